@@ -1,0 +1,87 @@
+/* util.c - see util.h. */
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+uint64_t ab_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+uint64_t ab_now_us(void)
+{
+    return ab_now_ns() / 1000u;
+}
+
+int64_t ab_now_ms(void)
+{
+    return (int64_t)(ab_now_ns() / 1000000u);
+}
+
+char *ab_hex(const void *bytes, size_t n, char *out, size_t cap)
+{
+    static const char digits[] = "0123456789abcdef";
+    const uint8_t *b = bytes;
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 2 < cap; i++) {
+        out[j++] = digits[b[i] >> 4];
+        out[j++] = digits[b[i] & 15];
+    }
+    if (cap)
+        out[j < cap ? j : cap - 1] = '\0';
+    return out;
+}
+
+uint64_t ab_hash_bytes(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+int ab_parse_long(const char *s, long min, long max, long *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int ab_parse_size(const char *s, size_t *out)
+{
+    if (!s || !*s)
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *s == '-')
+        return -1;
+    unsigned long long mul = 1;
+    if (*end == 'K' || *end == 'k')
+        mul = 1024ull, end++;
+    else if (*end == 'M' || *end == 'm')
+        mul = 1024ull * 1024, end++;
+    else if (*end == 'G' || *end == 'g')
+        mul = 1024ull * 1024 * 1024, end++;
+    if (*end == 'i' || *end == 'B')
+        end++;
+    if (*end == 'B')
+        end++;
+    if (*end || v > SIZE_MAX / mul)
+        return -1;
+    *out = (size_t)(v * mul);
+    return 0;
+}

@@ -1,0 +1,257 @@
+/*
+ * agentbus.h - the public API of libagentbus.
+ *
+ * libagentbus connects a process to an agentbus broker. One library serves
+ * both sides of a request:
+ *   - clients (agents) send requests to named services and get replies,
+ *     synchronously or through callbacks, streamed chunk by chunk;
+ *   - workers register a service with a capacity and answer requests.
+ *
+ * Conventions (all functions):
+ *   - Functions that can fail return int: AB_OK (0) or a negative AB_E* code.
+ *     ab_strerror(code) gives a fixed text for a code; a handle additionally
+ *     keeps the detailed text of its last error (ab_client_last_error,
+ *     ab_worker_last_error), valid until the next call on that handle.
+ *   - Handles are opaque. X_new() creates, X_destroy(&p) frees and sets
+ *     *p = NULL; destroying NULL or a pointer to NULL is a no-op.
+ *   - Threading: a handle is used by one thread at a time. Different handles
+ *     may be used from different threads concurrently. The only exceptions
+ *     are ab_worker_stop() and ab_client_stop(), which may be called from any
+ *     thread or from a signal handler.
+ *   - The library never exits, aborts or prints on its own.
+ *   - Sizes are in bytes, times in milliseconds unless a name says otherwise.
+ *
+ * Reconnection: a handle reconnects by itself when the broker restarts or the
+ * connection drops. Requests in flight at that moment complete with
+ * AB_EDISCONNECTED; requests made later are sent on the new connection.
+ * A worker registers its service again on every new connection.
+ */
+#ifndef AGENTBUS_H
+#define AGENTBUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define AB_EXPORT __attribute__((visibility("default")))
+#else
+#define AB_EXPORT
+#endif
+
+#define AB_VERSION_MAJOR 0
+#define AB_VERSION_MINOR 1
+#define AB_VERSION_PATCH 0
+#define AB_VERSION_STRING "0.1.0"
+
+/* Default broker endpoint, used when neither the options nor $AB_BROKER name one. */
+#define AB_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                             */
+/* ------------------------------------------------------------------------ */
+typedef enum {
+    AB_OK = 0,
+    AB_EINVAL = -1,         /* invalid argument */
+    AB_ENOMEM = -2,         /* out of memory */
+    AB_ETIMEOUT = -3,       /* the local wait ran out (sync request, recv) */
+    AB_ENOSERVICE = -4,     /* broker: service was never registered */
+    AB_EBUSY = -5,          /* broker: service queue full, try later */
+    AB_EDEADLINE = -6,      /* broker: request deadline passed */
+    AB_EMALFORMED = -7,     /* a peer found the message malformed */
+    AB_EWORKERLOST = -8,    /* the worker went away holding the request */
+    AB_EINTERNAL = -9,      /* internal fault in broker or library */
+    AB_EVERSION = -10,      /* unsupported protocol version */
+    AB_EUNSUPPORTED = -11,  /* message kind or operation not supported */
+    AB_EAPPLICATION = -12,  /* the worker's handler failed the request */
+    AB_EDISCONNECTED = -13, /* connection to the broker was lost */
+    AB_EZMQ = -14,          /* a ZeroMQ call failed (see last error text) */
+    AB_ESTOPPED = -15,      /* the handle was stopped (ab_*_stop) */
+    AB_EFRAMES = -20,       /* codec: wrong number of frames */
+    AB_EHDRSIZE = -21,      /* codec: header frame larger than the limit */
+    AB_EMISSING = -22,      /* codec: a required field is missing */
+    AB_EPAYLOADSIZE = -23,  /* codec: payload larger than the limit */
+    AB_EDECODE = -24        /* codec: header bytes are not a valid Header */
+} ab_status_t;
+
+/* Fixed English text for a status code; never NULL, static storage. */
+AB_EXPORT const char *ab_strerror(int code);
+
+/* Short stable name for a status code ("BUSY", "DEADLINE", ...); static. */
+AB_EXPORT const char *ab_status_name(int code);
+
+/* Frees memory the library returned to the caller (reply buffers). */
+AB_EXPORT void ab_free(void *p);
+
+/* ------------------------------------------------------------------------ */
+/* Options: shared by clients and workers                                   */
+/* ------------------------------------------------------------------------ */
+typedef struct ab_options ab_options_t;
+
+/* Creates options with defaults: endpoint from $AB_BROKER, else
+ * AB_DEFAULT_ENDPOINT; heartbeat 1000 ms; max payload 64 MiB;
+ * max header 64 KiB. Returns NULL only when out of memory. */
+AB_EXPORT ab_options_t *ab_options_new(void);
+AB_EXPORT void ab_options_destroy(ab_options_t **opts);
+
+/* Broker endpoint, e.g. "tcp://127.0.0.1:5555" or "ipc:///tmp/x.ipc".
+ * The string is copied. AB_EINVAL for NULL or empty. */
+AB_EXPORT int ab_options_set_endpoint(ab_options_t *opts, const char *endpoint);
+/* Name this peer reports to the broker (informational). Copied. */
+AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
+/* Application heartbeat interval, 100..60000 ms. */
+AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
+/* Largest payload accepted from the broker, and sent (AB_EPAYLOADSIZE). */
+AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
+/* Default request timeout for ab_client_request*() with timeout_ms < 0. */
+AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
+
+/* ------------------------------------------------------------------------ */
+/* Client side                                                              */
+/* ------------------------------------------------------------------------ */
+typedef struct ab_client ab_client_t;
+
+/* Connects to the broker (the connection completes in the background; a
+ * request made before it does is queued). opts may be NULL for defaults and
+ * is copied: the caller keeps ownership. On success *out is a new handle.
+ * Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ (bad endpoint syntax, ...). */
+AB_EXPORT int ab_client_new(ab_client_t **out, const ab_options_t *opts);
+
+/* Closes the connection. Requests still in flight are completed with
+ * AB_ESTOPPED (their callbacks run inside this call). */
+AB_EXPORT void ab_client_destroy(ab_client_t **client);
+
+/* Detailed text of the handle's last error ("" if none). Valid until the
+ * next call on the handle. */
+AB_EXPORT const char *ab_client_last_error(const ab_client_t *client);
+
+/* Synchronous request: sends DATA to SERVICE and waits up to timeout_ms
+ * (< 0: the options' default, 30000 unless set) for the reply. The deadline
+ * travels with the request: the broker answers AB_EDEADLINE when it passes.
+ * On AB_OK, *reply is a malloc'd buffer of *reply_size bytes (a streamed
+ * reply's chunks concatenated), to be freed with ab_free; it is NULL-safe to
+ * pass reply = NULL to discard the payload. On error *reply is NULL and the
+ * handle's last error holds the broker's or library's text.
+ * Other requests' callbacks may run during the wait.
+ * Errors: any AB_E* status; typical: AB_ENOSERVICE, AB_EBUSY, AB_EDEADLINE,
+ * AB_ETIMEOUT, AB_EDISCONNECTED, AB_EAPPLICATION. */
+AB_EXPORT int ab_client_request(ab_client_t *client, const char *service,
+                                const void *data, size_t size, int timeout_ms,
+                                void **reply, size_t *reply_size);
+
+/* One event of an asynchronous request, passed to its callback. Pointers are
+ * valid only during the callback. */
+typedef struct {
+    uint64_t request_id; /* as returned by ab_client_request_async */
+    int status;          /* AB_OK, or the error that ended the request */
+    int final;           /* 1 on the last event of this request, else 0 */
+    const void *data;    /* chunk (PARTIAL) or final reply payload */
+    size_t size;
+    const char *error_text; /* detail when status != AB_OK, else "" */
+} ab_reply_event_t;
+
+typedef void(ab_reply_fn)(ab_client_t *client, const ab_reply_event_t *ev, void *arg);
+
+/* Asynchronous request. Returns at once; the callback runs from
+ * ab_client_poll() (or a sync request's wait) once per streamed chunk
+ * (final = 0) and exactly once with final = 1 (the reply, or an error:
+ * deadline, disconnect, stop). *request_id, if not NULL, gets the id.
+ * timeout_ms as for ab_client_request. DATA is copied before return. */
+AB_EXPORT int ab_client_request_async(ab_client_t *client, const char *service,
+                                      const void *data, size_t size, int timeout_ms,
+                                      ab_reply_fn *fn, void *arg, uint64_t *request_id);
+
+/* Processes what has arrived and what has timed out, running callbacks.
+ * Waits up to timeout_ms for the first event (0: don't wait; -1: until one
+ * arrives). Returns the number of events handled (>= 0) or an error. */
+AB_EXPORT int ab_client_poll(ab_client_t *client, int timeout_ms);
+
+/* A file descriptor that becomes readable when ab_client_poll() may have
+ * work. It is edge-triggered (ZMQ_FD semantics): after it fires, call
+ * ab_client_poll(client, 0) until it returns 0. Timers (request deadlines,
+ * heartbeats) do not make it readable: also call ab_client_poll at least
+ * every ab_client_next_timeout_ms() milliseconds. */
+AB_EXPORT int ab_client_fd(ab_client_t *client, int *fd);
+/* Milliseconds until the handle needs ab_client_poll() for its timers. */
+AB_EXPORT int ab_client_next_timeout_ms(ab_client_t *client);
+
+/* Number of requests in flight on this handle. */
+AB_EXPORT size_t ab_client_pending(const ab_client_t *client);
+
+/* 1 while the connection to a broker is up, else 0. */
+AB_EXPORT int ab_client_connected(const ab_client_t *client);
+
+/* Makes a blocking ab_client_request/ab_client_poll return AB_ESTOPPED
+ * soon. Safe from any thread and from signal handlers. */
+AB_EXPORT void ab_client_stop(ab_client_t *client);
+
+/* Operator query (used by brokerctl): WHAT is "stats", "services" or
+ * "workers". On AB_OK *reply holds the broker's protobuf-encoded answer
+ * (agentbus.Stats, ServiceList, WorkerList in proto/agentbus.proto), to be
+ * freed with ab_free. */
+AB_EXPORT int ab_client_control(ab_client_t *client, const char *what, int timeout_ms,
+                                void **reply, size_t *reply_size);
+
+/* ------------------------------------------------------------------------ */
+/* Worker side                                                              */
+/* ------------------------------------------------------------------------ */
+typedef struct ab_worker ab_worker_t;
+typedef struct ab_job ab_job_t; /* one request received by a worker */
+
+/* Creates a worker offering SERVICE with CAPACITY concurrent requests
+ * (1..100000). It registers on connect and on every reconnect. opts may be
+ * NULL and is copied. Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ. */
+AB_EXPORT int ab_worker_new(ab_worker_t **out, const ab_options_t *opts,
+                            const char *service, unsigned capacity);
+/* Says BYE to the broker and closes. Jobs not yet answered are freed; the
+ * broker answers their clients (AB_EWORKERLOST). */
+AB_EXPORT void ab_worker_destroy(ab_worker_t **worker);
+AB_EXPORT const char *ab_worker_last_error(const ab_worker_t *worker);
+
+/* Adds a free-form label sent with the registration (model=..., gpu=0).
+ * Takes effect at the next registration; call before the first recv/poll. */
+AB_EXPORT int ab_worker_set_label(ab_worker_t *worker, const char *key, const char *value);
+
+/* Waits up to timeout_ms (-1: forever) for the next request. On AB_OK the
+ * caller owns *job and must end it with ab_worker_reply or ab_worker_fail.
+ * Errors: AB_ETIMEOUT, AB_ESTOPPED, AB_EZMQ. */
+AB_EXPORT int ab_worker_recv(ab_worker_t *worker, ab_job_t **job, int timeout_ms);
+
+/* The request's payload (valid while the job lives) and metadata. */
+AB_EXPORT const void *ab_job_data(const ab_job_t *job, size_t *size);
+AB_EXPORT uint64_t ab_job_id(const ab_job_t *job);
+/* Remaining time budget in ms when the job arrived (0 = none given). */
+AB_EXPORT uint32_t ab_job_timeout_ms(const ab_job_t *job);
+AB_EXPORT const char *ab_job_service(const ab_job_t *job);
+
+/* Sends one chunk of a streamed reply; the job stays open. */
+AB_EXPORT int ab_worker_reply_part(ab_worker_t *worker, ab_job_t *job,
+                                   const void *data, size_t size);
+/* Sends the final reply and frees the job (*job = NULL), also on error. */
+AB_EXPORT int ab_worker_reply(ab_worker_t *worker, ab_job_t **job, const void *data, size_t size);
+/* Fails the request: the client gets STATUS (AB_EAPPLICATION if STATUS is
+ * not an AB_E* code) with TEXT. Frees the job (*job = NULL). */
+AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, const char *text);
+/* Frees a job without answering (the client then gets its deadline). */
+AB_EXPORT void ab_job_destroy(ab_job_t **job);
+
+/* Handler mode: FN is called for each request and owns the job. */
+typedef void(ab_job_fn)(ab_worker_t *worker, ab_job_t *job, void *arg);
+
+/* Processes traffic for up to timeout_ms, calling FN for each request that
+ * arrives. Returns the number of requests handled or an error. */
+AB_EXPORT int ab_worker_poll(ab_worker_t *worker, int timeout_ms, ab_job_fn *fn, void *arg);
+/* Calls ab_worker_poll until ab_worker_stop(); returns AB_OK then. */
+AB_EXPORT int ab_worker_run(ab_worker_t *worker, ab_job_fn *fn, void *arg);
+/* Safe from any thread and from signal handlers. */
+AB_EXPORT void ab_worker_stop(ab_worker_t *worker);
+/* 1 while connected and registered with a broker, else 0. */
+AB_EXPORT int ab_worker_connected(const ab_worker_t *worker);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AGENTBUS_H */
