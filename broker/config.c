@@ -1,0 +1,268 @@
+/* config.c - see config.h. */
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#include <czmq.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL } s_type_t;
+
+typedef struct {
+    const char *name;
+    s_type_t type;
+    size_t offset;
+    long min, max;
+    const char *def;
+    const char *help;
+} s_option_t;
+
+#define OFF(f) offsetof(ab_broker_config_t, f)
+
+static const s_option_t s_options[] = {
+    {"bind", OPT_BINDS, OFF(binds), 0, 0, "tcp://127.0.0.1:5555,ipc:///tmp/agentbus.ipc",
+     "endpoint to bind; repeat the flag (or comma-separate) for several"},
+    {"queue-max", OPT_LONG, OFF(queue_max), 1, 10000000, "10000",
+     "requests that may wait per service; beyond it: ERROR(BUSY)"},
+    {"default-timeout-ms", OPT_LONG, OFF(default_timeout_ms), 1, 86400000, "30000",
+     "deadline of a request that carries none"},
+    {"max-timeout-ms", OPT_LONG, OFF(max_timeout_ms), 1, 86400000, "600000",
+     "longest deadline a request may ask for"},
+    {"max-header-bytes", OPT_SIZE, OFF(max_header_bytes), 64, 16 << 20, "64K",
+     "largest header frame accepted; larger: MALFORMED"},
+    {"max-payload-bytes", OPT_SIZE, OFF(max_payload_bytes), 1, 1L << 30, "64M",
+     "largest payload frame accepted; larger: MALFORMED"},
+    {"heartbeat-ms", OPT_LONG, OFF(heartbeat_ms), 50, 600000, "1000",
+     "heartbeat interval the broker asks peers to keep"},
+    {"liveness", OPT_LONG, OFF(liveness), 2, 100, "3",
+     "heartbeat intervals of silence before a peer is dropped"},
+    {"sndhwm", OPT_LONG, OFF(sndhwm), 0, 100000000, "100000",
+     "ZeroMQ high-water mark (messages) per connection, each direction"},
+    {"max-pending", OPT_LONG, OFF(max_pending), 1, 100000000, "1000000",
+     "requests held by the broker in total (queued + in flight)"},
+    {"log-level", OPT_LOGLEVEL, OFF(log_level), 0, 3, "info", "error, warn, info or debug"},
+};
+#define NOPTS (sizeof s_options / sizeof s_options[0])
+
+static const s_option_t *s_find(const char *name)
+{
+    for (size_t i = 0; i < NOPTS; i++)
+        if (strcmp(s_options[i].name, name) == 0)
+            return &s_options[i];
+    return NULL;
+}
+
+static void s_binds_clear(ab_broker_config_t *cfg)
+{
+    for (int i = 0; i < cfg->nbinds; i++)
+        free(cfg->binds[i]);
+    cfg->nbinds = 0;
+}
+
+static int s_binds_add(ab_broker_config_t *cfg, const char *list)
+{
+    char *copy = strdup(list), *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (isspace((unsigned char)*tok))
+            tok++;
+        if (!*tok)
+            continue;
+        if (cfg->nbinds >= AB_MAX_BINDS || !strstr(tok, "://")) {
+            fprintf(stderr, "agentbus-broker: bad or too many bind endpoints at '%s'\n", tok);
+            free(copy);
+            return -1;
+        }
+        cfg->binds[cfg->nbinds++] = strdup(tok);
+    }
+    free(copy);
+    return 0;
+}
+
+/* Sets one option. APPEND: a repeated --bind adds instead of replacing. */
+static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
+                 const char *source, int append)
+{
+    char *base = (char *)cfg;
+    long l;
+    size_t z;
+    switch (o->type) {
+    case OPT_LONG:
+        if (ab_parse_long(val, o->min, o->max, &l) != 0)
+            goto bad;
+        *(long *)(base + o->offset) = l;
+        return 0;
+    case OPT_SIZE:
+        if (ab_parse_size(val, &z) != 0 || z < (size_t)o->min || z > (size_t)o->max)
+            goto bad;
+        *(size_t *)(base + o->offset) = z;
+        return 0;
+    case OPT_LOGLEVEL:
+        if ((l = ab_log_level_parse(val)) < 0)
+            goto bad;
+        *(long *)(base + o->offset) = l;
+        return 0;
+    case OPT_BINDS:
+        if (!append)
+            s_binds_clear(cfg);
+        return s_binds_add(cfg, val);
+    }
+bad:
+    fprintf(stderr, "agentbus-broker: invalid value '%s' for %s (from %s)", val, o->name, source);
+    if (o->type == OPT_LONG || o->type == OPT_SIZE)
+        fprintf(stderr, "; expected %ld..%ld", o->min, o->max);
+    fprintf(stderr, "\n");
+    return -1;
+}
+
+static int s_load_file(ab_broker_config_t *cfg, const char *path)
+{
+    zconfig_t *root = zconfig_load(path);
+    if (!root) {
+        fprintf(stderr, "agentbus-broker: cannot read config file '%s'\n", path);
+        return -1;
+    }
+    /* Keys may sit at the top level or under a "broker" section. */
+    zconfig_t *sect = zconfig_locate(root, "broker");
+    zconfig_t *lists[2] = {zconfig_child(root), sect ? zconfig_child(sect) : NULL};
+    int rc = 0, binds_seen = 0;
+    for (int l = 0; l < 2 && rc == 0; l++) {
+        for (zconfig_t *c = lists[l]; c && rc == 0; c = zconfig_next(c)) {
+            const char *name = zconfig_name(c), *val = zconfig_value(c);
+            if (strcmp(name, "broker") == 0 && l == 0)
+                continue;
+            const s_option_t *o = s_find(name);
+            if (!o) {
+                fprintf(stderr, "agentbus-broker: unknown key '%s' in %s\n", name, path);
+                rc = -1;
+            } else if (!val || !*val) {
+                fprintf(stderr, "agentbus-broker: key '%s' in %s has no value\n", name, path);
+                rc = -1;
+            } else {
+                rc = s_set(cfg, o, val, path, o->type == OPT_BINDS && binds_seen++);
+            }
+        }
+    }
+    zconfig_destroy(&root);
+    return rc;
+}
+
+static int s_load_env(ab_broker_config_t *cfg)
+{
+    for (size_t i = 0; i < NOPTS; i++) {
+        char env[64] = "AB_";
+        size_t j = 3;
+        for (const char *p = s_options[i].name; *p && j < sizeof env - 1; p++)
+            env[j++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+        env[j] = '\0';
+        const char *v = getenv(env);
+        if (v && *v && s_set(cfg, &s_options[i], v, env, 0) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+void ab_config_usage(const char *prog)
+{
+    printf("Usage: %s [--config FILE] [--OPTION VALUE ...]\n\n"
+           "The agentbus broker: routes requests from agents to the workers of a service.\n"
+           "Each option may also come from a config file (key = value, ZPL format) or\n"
+           "from the environment (AB_ + name in upper case, '-' as '_').\n"
+           "Precedence: defaults < config file < environment < flags.\n\n",
+           prog);
+    printf("  %-24s %s\n", "--config FILE", "config file to read (env: AB_CONFIG)");
+    for (size_t i = 0; i < NOPTS; i++) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", s_options[i].name);
+        printf("  %-24s %s\n  %-24s default: %s\n", flag, s_options[i].help, "",
+               s_options[i].def);
+    }
+    printf("  %-24s %s\n  %-24s %s\n", "--help", "show this help", "--version",
+           "show the version");
+}
+
+/* Finds --config in ARGV (or AB_CONFIG); handles --help/--version. */
+static int s_prescan(ab_broker_config_t *cfg, int argc, char **argv)
+{
+    const char *path = getenv("AB_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            ab_config_usage(argv[0]);
+            return 1;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("agentbus-broker %s\n", "0.1.0");
+            return 1;
+        }
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            path = argv[i + 1];
+        else if (strncmp(argv[i], "--config=", 9) == 0)
+            path = argv[i] + 9;
+    }
+    if (path && *path) {
+        cfg->config_path = strdup(path);
+        return s_load_file(cfg, path) == 0 ? 0 : -1;
+    }
+    return 0;
+}
+
+static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
+{
+    int binds_seen = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i], *val = NULL;
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(stderr, "agentbus-broker: unexpected argument '%s' (see --help)\n", arg);
+            return -1;
+        }
+        char name[64];
+        const char *eq = strchr(arg, '=');
+        size_t n = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+        snprintf(name, sizeof name, "%.*s", (int)n, arg + 2);
+        if (eq)
+            val = eq + 1;
+        else if (i + 1 < argc)
+            val = argv[++i];
+        if (!val) {
+            fprintf(stderr, "agentbus-broker: option --%s needs a value\n", name);
+            return -1;
+        }
+        if (strcmp(name, "config") == 0)
+            continue;
+        const s_option_t *o = s_find(name);
+        if (!o) {
+            fprintf(stderr, "agentbus-broker: unknown option --%s (see --help)\n", name);
+            return -1;
+        }
+        if (s_set(cfg, o, val, "command line", o->type == OPT_BINDS && binds_seen++) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
+{
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NOPTS; i++)
+        if (s_set(cfg, &s_options[i], s_options[i].def, "defaults", 0) != 0)
+            return -1;
+    int rc = s_prescan(cfg, argc, argv);
+    if (rc != 0)
+        return rc;
+    if (s_load_env(cfg) != 0 || s_load_flags(cfg, argc, argv) != 0)
+        return -1;
+    if (cfg->nbinds == 0) {
+        fprintf(stderr, "agentbus-broker: no endpoint to bind\n");
+        return -1;
+    }
+    return 0;
+}
+
+void ab_config_free(ab_broker_config_t *cfg)
+{
+    s_binds_clear(cfg);
+    free(cfg->config_path);
+    cfg->config_path = NULL;
+}

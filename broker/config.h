@@ -1,0 +1,41 @@
+/*
+ * config.h - the broker's configuration, in one place.
+ *
+ * Every option has one entry in the table in config.c: its name is the
+ * command-line flag (--queue-max), the config-file key (queue-max) and, upper
+ * cased with '-' -> '_' and an AB_ prefix, the environment variable
+ * (AB_QUEUE_MAX). Precedence: defaults < config file < environment < flags.
+ * docs/configuration.md documents the same table.
+ */
+#ifndef AB_BROKER_CONFIG_H
+#define AB_BROKER_CONFIG_H
+
+#include <stddef.h>
+
+#define AB_MAX_BINDS 16
+
+typedef struct {
+    char *binds[AB_MAX_BINDS];
+    int nbinds;
+    long queue_max;          /* requests waiting per service */
+    long default_timeout_ms; /* deadline of a request that gives none */
+    long max_timeout_ms;     /* cap on any request's deadline */
+    size_t max_header_bytes;
+    size_t max_payload_bytes;
+    long heartbeat_ms;       /* how often peers should heartbeat */
+    long liveness;           /* missed heartbeats before a peer is dropped */
+    long sndhwm;             /* ZMQ_SNDHWM / ZMQ_RCVHWM of the ROUTER */
+    long max_pending;        /* requests held in the broker in total */
+    long log_level;
+    char *config_path;
+} ab_broker_config_t;
+
+/* Fills CFG from defaults, the config file (--config / AB_CONFIG), the
+ * environment and ARGV. Returns 0, 1 when --help/--version was handled
+ * (caller exits 0), or -1 with a message on stderr (caller exits 2). */
+int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv);
+void ab_config_free(ab_broker_config_t *cfg);
+/* Writes the option table (flags, env, defaults, help) to stdout. */
+void ab_config_usage(const char *prog);
+
+#endif

@@ -1,0 +1,44 @@
+/* main.c - agentbus-broker: configuration, signals, run. */
+#include "broker.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+static ab_broker_t s_broker;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_broker.stop = 1;
+}
+
+int main(int argc, char **argv)
+{
+    ab_broker_config_t cfg;
+    int rc = ab_config_load(&cfg, argc, argv);
+    if (rc != 0) {
+        ab_config_free(&cfg);
+        return rc > 0 ? 0 : 2;
+    }
+    ab_log_level = (int)cfg.log_level;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (ab_broker_init(&s_broker, &cfg) != 0) {
+        ab_broker_fini(&s_broker);
+        ab_config_free(&cfg);
+        return 1;
+    }
+    AB_INFO("agentbus-broker %s ready (queue-max %ld, default timeout %ld ms)", "0.1.0",
+            cfg.queue_max, cfg.default_timeout_ms);
+    rc = ab_broker_run(&s_broker);
+    ab_broker_fini(&s_broker);
+    ab_config_free(&cfg);
+    return rc == 0 ? 0 : 1;
+}

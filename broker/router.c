@@ -1,0 +1,85 @@
+/*
+ * router.c - the send path: every message the broker sends goes through
+ * ab_send, which encodes the header on the stack and moves the payload.
+ *
+ * ZMQ_ROUTER_MANDATORY is on, so a send to a peer that is gone fails with
+ * EHOSTUNREACH and one to a peer whose pipe is full fails with EAGAIN instead
+ * of vanishing silently. Both are counted (send_failures) and logged at a
+ * rate limit; the caller decides what a failure means for its request.
+ */
+#include "broker.h"
+#include "agentbus.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
+{
+    int err = errno;
+    char key[2 * AB_RID_MAX + 1];
+    b->c.send_failures++;
+    ab_hex(rid->bytes, rid->len, key, sizeof key);
+    AB_LOG_RL(&b->rl, ab_hash_bytes(rid->bytes, rid->len) ^ 0x5e17, ab_now_ms(), AB_LOG_WARN,
+              "cannot send to %s: %s", key,
+              err == EHOSTUNREACH ? "peer is gone" : err == EAGAIN ? "peer's queue is full"
+                                                                  : zmq_strerror(err));
+}
+
+int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
+{
+    uint8_t stack[512];
+    size_t need = ab_header_size(h);
+    uint8_t *buf = need <= sizeof stack ? stack : malloc(need);
+    if (!buf)
+        return -1;
+    size_t len = ab_header_encode(h, buf, need);
+    int rc = -1;
+    if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        goto fail;
+    /* Once the identity frame is accepted the rest of the message is too. */
+    if (zmq_send(b->router, buf, len, payload ? ZMQ_SNDMORE : 0) < 0)
+        goto fail;
+    size_t plen = payload ? zmq_msg_size(payload) : 0;
+    if (payload && zmq_msg_send(payload, b->router, 0) < 0)
+        goto fail;
+    b->c.msgs_out++;
+    b->c.bytes_out += rid->len + len + plen;
+    rc = 0;
+    goto done;
+fail:
+    s_send_failed(b, rid);
+done:
+    if (buf != stack)
+        free(buf);
+    return rc;
+}
+
+int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
+                  const char *text)
+{
+    ab_header_t h = ab_header_init(AB_KIND_ERROR);
+    h.correlation_id = corr;
+    h.error_code = code;
+    h.error_text = ab_view_of(text);
+    return ab_send(b, rid, &h, NULL);
+}
+
+void ab_req_free(ab_broker_t *b, ab_req_t *r)
+{
+    if (r->state == AB_REQ_QUEUED)
+        ab_queue_remove(r->service, r);
+    else if (r->worker)
+        ab_worker_req_remove(r->worker, r);
+    ab_heap_remove(b, r);
+    zhashx_delete(b->pending, &r->bid); /* destructor closes payload, frees */
+}
+
+void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text)
+{
+    ab_send_error(b, &r->client, r->client_id, code, text);
+    b->c.errors_sent[code < AB_ERR_COUNT_ ? code : AB_ERR_INTERNAL]++;
+    r->service->errors++;
+    ab_req_free(b, r);
+}

@@ -1,0 +1,318 @@
+/*
+ * service.c - services, their workers and queues, dispatch, deadlines.
+ *
+ * A service exists from its first REGISTER on; requests to it wait in its
+ * FIFO queue while no worker has free credit (bounded by queue-max). A
+ * worker's free credit is capacity - in_flight; dispatch picks the worker
+ * with the most, and among equals the one dispatched to longest ago, so
+ * load spreads. Invariant: a service's queue is non-empty only while none of
+ * its workers has free credit.
+ *
+ * Every held request also sits in a min-heap on its deadline (with its index
+ * stored in the request, so an answered request leaves the heap at once and
+ * the heap never holds more than the broker's pending requests).
+ */
+#include "broker.h"
+#include "agentbus.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create)
+{
+    ab_service_t *s = zhashx_lookup(b->services, name);
+    if (s || !create)
+        return s;
+    s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->workers = zlistx_new();
+    ab_hist_reset(&s->latency_us);
+    zhashx_insert(b->services, s->name, s);
+    AB_INFO("service '%s' created", name);
+    return s;
+}
+
+void ab_service_free(void **item)
+{
+    ab_service_t *s = *item;
+    if (s) {
+        zlistx_destroy(&s->workers);
+        free(s);
+    }
+    *item = NULL;
+}
+
+/* --- queue -------------------------------------------------------------------- */
+int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r)
+{
+    (void)b;
+    r->state = AB_REQ_QUEUED;
+    r->next = NULL;
+    r->prev = s->q_tail;
+    if (s->q_tail)
+        s->q_tail->next = r;
+    else
+        s->q_head = r;
+    s->q_tail = r;
+    s->q_len++;
+    return 0;
+}
+
+void ab_queue_remove(ab_service_t *s, ab_req_t *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        s->q_head = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        s->q_tail = r->prev;
+    r->prev = r->next = NULL;
+    s->q_len--;
+}
+
+static void s_queue_push_front(ab_service_t *s, ab_req_t *r)
+{
+    r->state = AB_REQ_QUEUED;
+    r->prev = NULL;
+    r->next = s->q_head;
+    if (s->q_head)
+        s->q_head->prev = r;
+    else
+        s->q_tail = r;
+    s->q_head = r;
+    s->q_len++;
+}
+
+static void s_str_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+/* --- workers ------------------------------------------------------------------- */
+void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t capacity)
+{
+    (void)b;
+    ab_worker_rec_t *w = peer->worker;
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w)
+            return;
+        w->peer = peer;
+        w->service = s;
+        w->labels = zhashx_new();
+        w->registered_ms = ab_now_ms();
+        zhashx_set_duplicator(w->labels, (zhashx_duplicator_fn *)strdup);
+        zhashx_set_destructor(w->labels, s_str_free);
+        zlistx_add_end(s->workers, w);
+        peer->worker = w;
+    }
+    w->capacity = capacity;
+}
+
+void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        w->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    r->worker = NULL;
+    if (w->in_flight)
+        w->in_flight--;
+}
+
+static void s_worker_req_add(ab_worker_rec_t *w, ab_req_t *r)
+{
+    r->prev = NULL;
+    r->next = w->reqs;
+    if (w->reqs)
+        w->reqs->prev = r;
+    w->reqs = r;
+    r->worker = w;
+    w->in_flight++;
+}
+
+void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
+{
+    ab_service_t *s = w->service;
+    char text[160];
+    snprintf(text, sizeof text, "worker lost while holding the request: %s", why);
+    while (w->reqs) {
+        ab_req_t *r = w->reqs;
+        if (r->state == AB_REQ_ORPHANED)
+            ab_req_free(b, r); /* its client was answered already */
+        else
+            ab_req_fail(b, r, AB_ERR_WORKER_LOST, text);
+    }
+    void *handle = zlistx_find(s->workers, w);
+    if (handle)
+        zlistx_delete(s->workers, handle);
+    zhashx_destroy(&w->labels);
+    w->peer->worker = NULL;
+    free(w);
+}
+
+ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s)
+{
+    (void)b;
+    ab_worker_rec_t *best = NULL;
+    uint32_t best_free = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+        uint32_t free_credit = w->capacity > w->in_flight ? w->capacity - w->in_flight : 0;
+        if (free_credit == 0)
+            continue;
+        if (!best || free_credit > best_free ||
+            (free_credit == best_free && w->last_dispatch < best->last_dispatch)) {
+            best = w;
+            best_free = free_credit;
+        }
+    }
+    return best;
+}
+
+/* Sends R to W. The payload goes as a reference-counted copy (no bytes are
+ * copied for payloads over ZeroMQ's 33-byte inline size), so the request
+ * keeps its own reference for a later re-dispatch. */
+static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int64_t now)
+{
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = r->bid;
+    h.target = ab_view_of(r->service->name);
+    h.flags = r->flags;
+    h.priority = r->priority;
+    int64_t left = r->deadline_ms - now;
+    h.timeout_ms = left > 0 ? (uint32_t)left : 1;
+    zmq_msg_t copy;
+    zmq_msg_init(&copy);
+    if (r->has_payload)
+        zmq_msg_copy(&copy, &r->payload);
+    int rc = ab_send(b, &w->peer->rid, &h, r->has_payload ? &copy : NULL);
+    zmq_msg_close(&copy);
+    return rc;
+}
+
+void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
+{
+    int64_t now = ab_now_ms();
+    while (s->q_head) {
+        ab_worker_rec_t *w = ab_service_pick(b, s);
+        if (!w)
+            return;
+        ab_req_t *r = s->q_head;
+        ab_queue_remove(s, r);
+        r->state = AB_REQ_DISPATCHED;
+        s_worker_req_add(w, r);
+        w->last_dispatch = ++b->dispatch_seq;
+        if (s_send_to_worker(b, w, r, now) != 0) {
+            /* The worker is gone or choking: take the request back, put it
+             * at the front, and stop offering that worker. */
+            ab_worker_req_remove(w, r);
+            s_queue_push_front(s, r);
+            ab_peer_drop(b, w->peer, "unreachable");
+        }
+    }
+}
+
+/* --- deadline heap ---------------------------------------------------------------- */
+static void s_heap_swap(ab_broker_t *b, size_t i, size_t j)
+{
+    ab_req_t *t = b->heap[i];
+    b->heap[i] = b->heap[j];
+    b->heap[j] = t;
+    b->heap[i]->heap_index = i;
+    b->heap[j]->heap_index = j;
+}
+
+static void s_heap_up(ab_broker_t *b, size_t i)
+{
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (b->heap[p]->deadline_ms <= b->heap[i]->deadline_ms)
+            break;
+        s_heap_swap(b, i, p);
+        i = p;
+    }
+}
+
+static void s_heap_down(ab_broker_t *b, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < b->heap_len && b->heap[l]->deadline_ms < b->heap[m]->deadline_ms)
+            m = l;
+        if (r < b->heap_len && b->heap[r]->deadline_ms < b->heap[m]->deadline_ms)
+            m = r;
+        if (m == i)
+            return;
+        s_heap_swap(b, i, m);
+        i = m;
+    }
+}
+
+void ab_heap_push(ab_broker_t *b, ab_req_t *r)
+{
+    if (b->heap_len == b->heap_cap) {
+        size_t cap = b->heap_cap ? b->heap_cap * 2 : 1024;
+        ab_req_t **h = realloc(b->heap, cap * sizeof *h);
+        if (!h) {
+            r->heap_index = SIZE_MAX; /* no deadline tracking; still answered */
+            return;
+        }
+        b->heap = h;
+        b->heap_cap = cap;
+    }
+    r->heap_index = b->heap_len;
+    b->heap[b->heap_len++] = r;
+    s_heap_up(b, r->heap_index);
+}
+
+void ab_heap_remove(ab_broker_t *b, ab_req_t *r)
+{
+    size_t i = r->heap_index;
+    if (i >= b->heap_len || b->heap[i] != r)
+        return;
+    b->heap_len--;
+    if (i != b->heap_len) {
+        b->heap[i] = b->heap[b->heap_len];
+        b->heap[i]->heap_index = i;
+        s_heap_down(b, i);
+        s_heap_up(b, i);
+    }
+    r->heap_index = SIZE_MAX;
+}
+
+int64_t ab_next_deadline(ab_broker_t *b)
+{
+    return b->heap_len ? b->heap[0]->deadline_ms : 0;
+}
+
+void ab_expire_deadlines(ab_broker_t *b, int64_t now)
+{
+    while (b->heap_len && b->heap[0]->deadline_ms <= now) {
+        ab_req_t *r = b->heap[0];
+        if (r->state == AB_REQ_DISPATCHED) {
+            /* Answer the client now; the worker keeps the credit until it
+             * answers (its late reply is then dropped and counted). */
+            ab_send_error(b, &r->client, r->client_id, AB_ERR_DEADLINE,
+                          "deadline passed while a worker held the request");
+            b->c.errors_sent[AB_ERR_DEADLINE]++;
+            r->service->errors++;
+            r->state = AB_REQ_ORPHANED;
+            if (r->has_payload) {
+                zmq_msg_close(&r->payload);
+                r->has_payload = 0;
+            }
+            ab_heap_remove(b, r);
+        } else {
+            ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");
+        }
+    }
+}

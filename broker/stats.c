@@ -1,0 +1,259 @@
+/*
+ * stats.c - the broker's figures, as answers to CONTROL queries.
+ *
+ * Counters are plain integers bumped on the hot path; everything derived
+ * (rates, percentiles, per-service views) is computed here, only when an
+ * operator asks or once per sweep for the rates.
+ */
+#include "broker.h"
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define AB_RATE_WINDOW_MS 1000
+
+void ab_stats_tick(ab_broker_t *b, int64_t now)
+{
+    ab_counters_t *c = &b->c;
+    int64_t dt = now - c->prev_ms;
+    if (dt < AB_RATE_WINDOW_MS)
+        return;
+    double s = (double)dt / 1000.0;
+    c->rate_msgs_in = (double)(c->msgs_in - c->prev_msgs_in) / s;
+    c->rate_msgs_out = (double)(c->msgs_out - c->prev_msgs_out) / s;
+    c->rate_bytes_in = (double)(c->bytes_in - c->prev_bytes_in) / s;
+    c->rate_bytes_out = (double)(c->bytes_out - c->prev_bytes_out) / s;
+    c->prev_msgs_in = c->msgs_in;
+    c->prev_msgs_out = c->msgs_out;
+    c->prev_bytes_in = c->bytes_in;
+    c->prev_bytes_out = c->bytes_out;
+    c->prev_ms = now;
+}
+
+/* Fills SI (and its latency, allocated by the caller) for service S. */
+static void s_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInfo *si,
+                           Agentbus__LatencySummary *lat)
+{
+    agentbus__service_info__init(si);
+    agentbus__latency_summary__init(lat);
+    si->name = s->name;
+    si->queue_depth = s->q_len;
+    si->queue_max = (uint32_t)b->cfg->queue_max;
+    si->workers = (uint32_t)zlistx_size(s->workers);
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+        si->capacity += w->capacity;
+        si->free_credit += w->capacity > w->in_flight ? w->capacity - w->in_flight : 0;
+    }
+    si->requests = s->requests;
+    si->replies = s->replies;
+    si->errors = s->errors;
+    lat->count = s->latency_us.total;
+    lat->p50_us = ab_hist_percentile(&s->latency_us, 50);
+    lat->p95_us = ab_hist_percentile(&s->latency_us, 95);
+    lat->p99_us = ab_hist_percentile(&s->latency_us, 99);
+    lat->max_us = s->latency_us.max;
+    si->latency = lat;
+}
+
+typedef struct {
+    Agentbus__ServiceInfo *infos;
+    Agentbus__LatencySummary *lats;
+    Agentbus__ServiceInfo **ptrs;
+    size_t n;
+} s_services_t;
+
+static int s_services_build(ab_broker_t *b, s_services_t *out)
+{
+    size_t n = zhashx_size(b->services);
+    out->n = 0;
+    out->infos = calloc(n + 1, sizeof *out->infos);
+    out->lats = calloc(n + 1, sizeof *out->lats);
+    out->ptrs = calloc(n + 1, sizeof *out->ptrs);
+    if (!out->infos || !out->lats || !out->ptrs)
+        return -1;
+    for (ab_service_t *s = zhashx_first(b->services); s && out->n < n;
+         s = zhashx_next(b->services)) {
+        s_service_info(b, s, &out->infos[out->n], &out->lats[out->n]);
+        out->ptrs[out->n] = &out->infos[out->n];
+        out->n++;
+    }
+    return 0;
+}
+
+static void s_services_free(s_services_t *sv)
+{
+    free(sv->infos);
+    free(sv->lats);
+    free(sv->ptrs);
+}
+
+static int s_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    *out = malloc(*len ? *len : 1);
+    if (!*out)
+        return -1;
+    protobuf_c_message_pack(m, *out);
+    return 0;
+}
+
+static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
+{
+    Agentbus__Stats st;
+    agentbus__stats__init(&st);
+    int64_t now = ab_now_ms();
+    ab_counters_t *c = &b->c;
+    st.version = (char *)AB_VERSION_STRING;
+    st.uptime_ms = (uint64_t)(now - b->started_ms);
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        if (p->role == AB_ROLE_WORKER)
+            st.workers++;
+        else if (p->role == AB_ROLE_CONTROL)
+            st.controls++;
+        else
+            st.agents++;
+    }
+    st.msgs_in = c->msgs_in;
+    st.msgs_out = c->msgs_out;
+    st.bytes_in = c->bytes_in;
+    st.bytes_out = c->bytes_out;
+    st.msgs_in_per_s = c->rate_msgs_in;
+    st.msgs_out_per_s = c->rate_msgs_out;
+    st.bytes_in_per_s = c->rate_bytes_in;
+    st.bytes_out_per_s = c->rate_bytes_out;
+    st.requests = c->requests;
+    st.replies = c->replies;
+    st.replies_dropped = c->replies_dropped;
+    st.malformed = c->malformed;
+    st.send_failures = c->send_failures;
+    st.pending = zhashx_size(b->pending);
+
+    /* Errors by code: those the broker answered or forwarded, then the
+     * reasons malformed messages were rejected for. */
+    Agentbus__ErrorCount ec[AB_ERR_COUNT_ + 32], *ecp[AB_ERR_COUNT_ + 32];
+    char names[32][32];
+    size_t ne = 0;
+    for (uint32_t i = 1; i < AB_ERR_COUNT_; i++) {
+        if (!c->errors_sent[i])
+            continue;
+        agentbus__error_count__init(&ec[ne]);
+        ec[ne].code = (char *)ab_wire_error_name(i);
+        ec[ne].count = c->errors_sent[i];
+        ecp[ne] = &ec[ne];
+        ne++;
+    }
+    for (int i = 1; i < 32; i++) {
+        if (!c->rejected[i])
+            continue;
+        agentbus__error_count__init(&ec[ne]);
+        snprintf(names[i], sizeof names[i], "rejected:%s", ab_status_name(-i));
+        ec[ne].code = names[i];
+        ec[ne].count = c->rejected[i];
+        ecp[ne] = &ec[ne];
+        ne++;
+    }
+    st.n_errors = ne;
+    st.errors = ecp;
+
+    s_services_t sv;
+    int rc = s_services_build(b, &sv);
+    if (rc == 0) {
+        st.n_services = sv.n;
+        st.services = sv.ptrs;
+        rc = s_pack(&st.base, out, len);
+    }
+    s_services_free(&sv);
+    return rc;
+}
+
+static int s_answer_services(ab_broker_t *b, uint8_t **out, size_t *len)
+{
+    Agentbus__ServiceList sl;
+    agentbus__service_list__init(&sl);
+    s_services_t sv;
+    int rc = s_services_build(b, &sv);
+    if (rc == 0) {
+        sl.n_services = sv.n;
+        sl.services = sv.ptrs;
+        rc = s_pack(&sl.base, out, len);
+    }
+    s_services_free(&sv);
+    return rc;
+}
+
+static int s_answer_workers(ab_broker_t *b, uint8_t **out, size_t *len)
+{
+    size_t n = 0, cap = zhashx_size(b->peers) + 1;
+    Agentbus__WorkerInfo *wi = calloc(cap, sizeof *wi);
+    Agentbus__WorkerInfo **wp = calloc(cap, sizeof *wp);
+    char (*ids)[2 * AB_RID_MAX + 1] = calloc(cap, sizeof *ids);
+    Agentbus__WorkerInfo__LabelsEntry **lab = calloc(cap, sizeof *lab);
+    Agentbus__WorkerInfo__LabelsEntry ***labp = calloc(cap, sizeof *labp);
+    int rc = -1;
+    int64_t now = ab_now_ms();
+    if (!wi || !wp || !ids || !lab || !labp)
+        goto done;
+    for (ab_peer_t *p = zhashx_first(b->peers); p && n < cap; p = zhashx_next(b->peers)) {
+        ab_worker_rec_t *w = p->worker;
+        if (!w)
+            continue;
+        Agentbus__WorkerInfo *x = &wi[n];
+        agentbus__worker_info__init(x);
+        snprintf(ids[n], sizeof ids[n], "%s", p->key);
+        x->id = ids[n];
+        x->name = p->name;
+        x->service = w->service->name;
+        x->capacity = w->capacity;
+        x->in_flight = w->in_flight;
+        x->completed = w->completed;
+        x->connected_ms = (uint64_t)(now - w->registered_ms);
+        x->last_seen_ms = (uint64_t)(now - p->last_seen_ms);
+        size_t nl = zhashx_size(w->labels), k = 0;
+        lab[n] = calloc(nl + 1, sizeof **lab);
+        labp[n] = calloc(nl + 1, sizeof **labp);
+        if (!lab[n] || !labp[n])
+            goto done;
+        for (char *v = zhashx_first(w->labels); v && k < nl; v = zhashx_next(w->labels), k++) {
+            agentbus__worker_info__labels_entry__init(&lab[n][k]);
+            lab[n][k].key = (char *)zhashx_cursor(w->labels);
+            lab[n][k].value = v;
+            labp[n][k] = &lab[n][k];
+        }
+        x->n_labels = k;
+        x->labels = labp[n];
+        wp[n] = x;
+        n++;
+    }
+    Agentbus__WorkerList wl;
+    agentbus__worker_list__init(&wl);
+    wl.n_workers = n;
+    wl.workers = wp;
+    rc = s_pack(&wl.base, out, len);
+done:
+    for (size_t i = 0; lab && labp && i < cap; i++) {
+        free(lab[i]);
+        free(labp[i]);
+    }
+    free(wi);
+    free(wp);
+    free(ids);
+    free(lab);
+    free(labp);
+    return rc;
+}
+
+int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    if (strcmp(what, "stats") == 0)
+        return s_answer_stats(b, out, len);
+    if (strcmp(what, "services") == 0)
+        return s_answer_services(b, out, len);
+    if (strcmp(what, "workers") == 0)
+        return s_answer_workers(b, out, len);
+    return -1;
+}

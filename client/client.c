@@ -1,0 +1,394 @@
+/*
+ * client.c - the client (agent) side: requests, replies, streaming.
+ *
+ * Each request in flight is a call record keyed by its id. The broker
+ * answers every request exactly once (REPLY or ERROR, after any number of
+ * PARTIALs); the library also keeps a local deadline, a little after the
+ * broker's, so a request never waits forever when the broker is gone.
+ */
+#include "internal.h"
+#include "util.h"
+
+#include <czmq.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define AB_LOCAL_GRACE_MS 250 /* local deadline = broker deadline + this */
+
+typedef struct {
+    uint64_t id;
+    ab_reply_fn *fn;
+    void *arg;
+    int64_t deadline_ms;
+} s_call_t;
+
+struct ab_client {
+    ab_conn_t conn;
+    zhashx_t *calls; /* &id -> s_call_t (owned) */
+    int64_t next_expiry_ms;
+    int in_callback;
+};
+
+static size_t s_u64_hash(const void *key)
+{
+    uint64_t v = *(const uint64_t *)key;
+    v ^= v >> 33;
+    v *= 0xff51afd7ed558ccdull;
+    v ^= v >> 33;
+    return (size_t)v;
+}
+
+static int s_u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void s_call_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+int ab_client_new(ab_client_t **out, const ab_options_t *opts)
+{
+    if (!out)
+        return AB_EINVAL;
+    *out = NULL;
+    ab_client_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return AB_ENOMEM;
+    c->calls = zhashx_new();
+    if (!c->calls) {
+        free(c);
+        return AB_ENOMEM;
+    }
+    zhashx_set_key_hasher(c->calls, s_u64_hash);
+    zhashx_set_key_comparator(c->calls, s_u64_cmp);
+    zhashx_set_key_duplicator(c->calls, NULL);
+    zhashx_set_key_destructor(c->calls, NULL);
+    zhashx_set_destructor(c->calls, s_call_free);
+    int rc = ab_conn_open(&c->conn, opts, "agent");
+    if (rc != AB_OK) {
+        ab_client_destroy(&c);
+        return rc;
+    }
+    *out = c;
+    return AB_OK;
+}
+
+/* Ends CALL with an event (final) and forgets it. */
+static void s_call_end(ab_client_t *c, s_call_t *call, int status, const void *data,
+                       size_t size, const char *text)
+{
+    ab_reply_event_t ev = {call->id, status, 1, data, size, text ? text : ""};
+    ab_reply_fn *fn = call->fn;
+    void *arg = call->arg;
+    zhashx_delete(c->calls, &call->id);
+    if (fn)
+        fn(c, &ev, arg);
+}
+
+/* Fails every call in flight with STATUS. */
+static void s_fail_all(ab_client_t *c, int status, const char *text)
+{
+    while (zhashx_size(c->calls)) {
+        s_call_t *call = zhashx_first(c->calls);
+        s_call_end(c, call, status, NULL, 0, text);
+    }
+}
+
+void ab_client_destroy(ab_client_t **cp)
+{
+    if (!cp || !*cp)
+        return;
+    ab_client_t *c = *cp;
+    if (c->calls) {
+        s_fail_all(c, AB_ESTOPPED, "client destroyed");
+        zhashx_destroy(&c->calls);
+    }
+    if (c->conn.sock && c->conn.connected)
+        ab_conn_send_kind(&c->conn, AB_KIND_BYE);
+    ab_conn_close(&c->conn);
+    free(c);
+    *cp = NULL;
+}
+
+const char *ab_client_last_error(const ab_client_t *c)
+{
+    return c ? c->conn.error : "";
+}
+
+static int s_timeout_of(ab_client_t *c, int timeout_ms)
+{
+    return timeout_ms < 0 ? c->conn.opts.timeout_ms : timeout_ms == 0 ? 1 : timeout_ms;
+}
+
+/* Sends a REQUEST (or CONTROL) and records its call. */
+static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void *data,
+                   size_t size, int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *id_out)
+{
+    if (!c || !target || !*target || (size && !data))
+        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
+    if (size > c->conn.opts.max_payload)
+        return ab_conn_fail(&c->conn, AB_EPAYLOADSIZE, "payload of %zu bytes exceeds %zu", size,
+                            c->conn.opts.max_payload);
+    s_call_t *call = calloc(1, sizeof *call);
+    if (!call)
+        return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
+    int t = s_timeout_of(c, timeout_ms);
+    call->id = ab_conn_next_id(&c->conn);
+    call->fn = fn;
+    call->arg = arg;
+    call->deadline_ms = ab_now_ms() + t + AB_LOCAL_GRACE_MS;
+    ab_header_t h = ab_header_init(kind);
+    h.id = call->id;
+    h.target = ab_view_of(target);
+    h.timeout_ms = (uint32_t)t;
+    h.sender = ab_view_of(c->conn.opts.name);
+    int rc = ab_conn_send(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
+                          size);
+    if (rc != AB_OK) {
+        free(call);
+        return rc;
+    }
+    zhashx_insert(c->calls, &call->id, call);
+    if (!c->next_expiry_ms || call->deadline_ms < c->next_expiry_ms)
+        c->next_expiry_ms = call->deadline_ms;
+    if (id_out)
+        *id_out = call->id;
+    return AB_OK;
+}
+
+int ab_client_request_async(ab_client_t *c, const char *service, const void *data, size_t size,
+                            int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *request_id)
+{
+    return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms, fn, arg, request_id);
+}
+
+static void s_expire(ab_client_t *c, int64_t now)
+{
+    if (!c->next_expiry_ms || now < c->next_expiry_ms)
+        return;
+    int64_t next = 0;
+    s_call_t *dead[64];
+    size_t n = 0;
+    for (s_call_t *call = zhashx_first(c->calls); call; call = zhashx_next(c->calls)) {
+        if (call->deadline_ms <= now && n < 64)
+            dead[n++] = call;
+        else if (!next || call->deadline_ms < next)
+            next = call->deadline_ms;
+    }
+    c->next_expiry_ms = n == 64 ? now : next;
+    for (size_t i = 0; i < n; i++)
+        s_call_end(c, dead[i], AB_ETIMEOUT, NULL, 0, "no answer from the broker in time");
+}
+
+static void s_on_message(ab_client_t *c, ab_in_t *in)
+{
+    ab_header_t *h = &in->h;
+    if (h->kind == AB_KIND_HELLO && h->correlation_id == 0) {
+        ab_conn_send_kind(&c->conn, AB_KIND_HELLO); /* broker forgot us */
+        return;
+    }
+    if (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_ERROR)
+        return;
+    s_call_t *call = zhashx_lookup(c->calls, &h->correlation_id);
+    if (!call)
+        return; /* answer to a call that already ended (timeout, disconnect) */
+    const void *data = in->has_body ? zmq_msg_data(&in->body) : NULL;
+    size_t size = in->has_body ? zmq_msg_size(&in->body) : 0;
+    if (h->kind == AB_KIND_PARTIAL) {
+        ab_reply_event_t ev = {call->id, AB_OK, 0, data, size, ""};
+        if (call->fn)
+            call->fn(c, &ev, call->arg);
+        return;
+    }
+    if (h->kind == AB_KIND_REPLY) {
+        s_call_end(c, call, AB_OK, data, size, NULL);
+        return;
+    }
+    char text[AB_ERRTEXT_MAX];
+    ab_view_copy(h->error_text, text, sizeof text);
+    s_call_end(c, call, ab_status_from_wire(h->error_code), NULL, 0, text);
+}
+
+/* Handles monitor events, incoming messages and timers once. */
+static int s_process(ab_client_t *c)
+{
+    int handled = 0;
+    int ev = ab_conn_events(&c->conn);
+    if (ev & AB_CONN_DISCONNECTED)
+        s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
+    if (ev & AB_CONN_CONNECTED)
+        ab_conn_send_kind(&c->conn, AB_KIND_HELLO);
+    for (int i = 0; i < 4096; i++) {
+        ab_in_t in;
+        int rc = ab_conn_recv(&c->conn, &in);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            break;
+        s_on_message(c, &in);
+        ab_in_close(&in);
+        handled++;
+    }
+    int64_t now = ab_now_ms();
+    s_expire(c, now);
+    ab_conn_heartbeat(&c->conn, now, 0);
+    return handled;
+}
+
+int ab_client_next_timeout_ms(ab_client_t *c)
+{
+    int64_t now = ab_now_ms();
+    int64_t wake = c->conn.next_heartbeat_ms;
+    if (c->next_expiry_ms && c->next_expiry_ms < wake)
+        wake = c->next_expiry_ms;
+    return wake > now ? (int)(wake - now) : 0;
+}
+
+int ab_client_poll(ab_client_t *c, int timeout_ms)
+{
+    if (!c)
+        return AB_EINVAL;
+    int handled = s_process(c);
+    if (handled != 0 || timeout_ms == 0)
+        return handled;
+    int64_t end = timeout_ms < 0 ? INT64_MAX : ab_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t now = ab_now_ms();
+        if (now >= end)
+            return 0;
+        int64_t wait = ab_client_next_timeout_ms(c);
+        if (end - now < wait)
+            wait = end - now;
+        int rc = ab_conn_wait(&c->conn, (int)wait);
+        if (rc < 0)
+            return rc;
+        handled = s_process(c);
+        if (handled != 0)
+            return handled;
+    }
+}
+
+/* --- synchronous requests: an async call whose callback fills a buffer ----- */
+typedef struct {
+    int done;
+    int status;
+    uint8_t *buf;
+    size_t len, cap;
+    int oom;
+} s_sync_t;
+
+static void s_sync_append(s_sync_t *s, const void *data, size_t size)
+{
+    if (!size || s->oom)
+        return;
+    if (s->len + size > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (cap < s->len + size)
+            cap *= 2;
+        uint8_t *nb = realloc(s->buf, cap);
+        if (!nb) {
+            s->oom = 1;
+            return;
+        }
+        s->buf = nb;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->len, data, size);
+    s->len += size;
+}
+
+static void s_sync_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    s_sync_t *s = arg;
+    if (ev->status == AB_OK)
+        s_sync_append(s, ev->data, ev->size);
+    if (ev->final) {
+        s->done = 1;
+        s->status = s->oom ? AB_ENOMEM : ev->status;
+        if (ev->status != AB_OK)
+            ab_conn_fail(&c->conn, ev->status, "%s",
+                         ev->error_text[0] ? ev->error_text : ab_strerror(ev->status));
+    }
+}
+
+static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void *data,
+                  size_t size, int timeout_ms, void **reply, size_t *reply_size)
+{
+    if (reply)
+        *reply = NULL;
+    if (reply_size)
+        *reply_size = 0;
+    s_sync_t s = {0};
+    uint64_t id;
+    int rc = s_start(c, kind, target, data, size, timeout_ms, s_sync_cb, &s, &id);
+    if (rc != AB_OK)
+        return rc;
+    while (!s.done) {
+        rc = ab_client_poll(c, -1);
+        if (rc < 0 && !s.done) {
+            /* Stopped or socket error: end the call so no callback later
+             * points at this stack frame. */
+            s_call_t *call = zhashx_lookup(c->calls, &id);
+            if (call)
+                zhashx_delete(c->calls, &id);
+            free(s.buf);
+            return rc;
+        }
+    }
+    if (s.status != AB_OK) {
+        free(s.buf);
+        return s.status;
+    }
+    if (reply) {
+        *reply = s.buf ? s.buf : calloc(1, 1);
+        if (!*reply)
+            return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
+    } else {
+        free(s.buf);
+    }
+    if (reply_size)
+        *reply_size = s.len;
+    return AB_OK;
+}
+
+int ab_client_request(ab_client_t *c, const char *service, const void *data, size_t size,
+                      int timeout_ms, void **reply, size_t *reply_size)
+{
+    return s_sync(c, AB_KIND_REQUEST, service, data, size, timeout_ms, reply, reply_size);
+}
+
+int ab_client_control(ab_client_t *c, const char *what, int timeout_ms, void **reply,
+                      size_t *reply_size)
+{
+    return s_sync(c, AB_KIND_CONTROL, what, NULL, 0, timeout_ms, reply, reply_size);
+}
+
+int ab_client_fd(ab_client_t *c, int *fd)
+{
+    if (!c || !fd)
+        return AB_EINVAL;
+    size_t len = sizeof *fd;
+    if (zmq_getsockopt(c->conn.sock, ZMQ_FD, fd, &len) != 0)
+        return ab_conn_fail(&c->conn, AB_EZMQ, "ZMQ_FD: %s", zmq_strerror(zmq_errno()));
+    return AB_OK;
+}
+
+size_t ab_client_pending(const ab_client_t *c)
+{
+    return c ? zhashx_size(c->calls) : 0;
+}
+
+int ab_client_connected(const ab_client_t *c)
+{
+    return c ? c->conn.connected : 0;
+}
+
+void ab_client_stop(ab_client_t *c)
+{
+    if (c)
+        c->conn.stop = 1;
+}

@@ -1,0 +1,244 @@
+/*
+ * conn.c - one connection to the broker: a DEALER socket plus a socket
+ * monitor that reports connects and disconnects.
+ *
+ * ZeroMQ reconnects by itself; the monitor lets the library notice it, so
+ * that a worker registers again with a restarted broker and a client fails
+ * the requests the old broker took with it. ZMTP heartbeats (in libzmq's I/O
+ * thread) detect a broker that vanished without closing TCP.
+ *
+ * All handles in a process share one ZeroMQ context, created with the first
+ * and terminated with the last.
+ */
+#include "internal.h"
+#include "util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static pthread_mutex_t s_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *s_ctx;
+static int s_ctx_refs;
+static unsigned long s_monitor_seq;
+
+static void *s_ctx_acquire(unsigned long *seq)
+{
+    pthread_mutex_lock(&s_ctx_lock);
+    if (!s_ctx)
+        s_ctx = zmq_ctx_new();
+    if (s_ctx) {
+        s_ctx_refs++;
+        *seq = ++s_monitor_seq;
+    }
+    void *ctx = s_ctx;
+    pthread_mutex_unlock(&s_ctx_lock);
+    return ctx;
+}
+
+static void s_ctx_release(void)
+{
+    pthread_mutex_lock(&s_ctx_lock);
+    if (s_ctx && --s_ctx_refs == 0) {
+        zmq_ctx_term(s_ctx);
+        s_ctx = NULL;
+    }
+    pthread_mutex_unlock(&s_ctx_lock);
+}
+
+int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->error, sizeof c->error, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
+{
+    memset(c, 0, sizeof *c);
+    if (opts)
+        c->opts = *opts;
+    else
+        ab_options_defaults(&c->opts);
+    c->role = role;
+    c->limits.max_header = c->opts.max_header;
+    c->limits.max_payload = c->opts.max_payload;
+    c->next_id = 1;
+    unsigned long seq = 0;
+    c->ctx = s_ctx_acquire(&seq);
+    if (!c->ctx)
+        return ab_conn_fail(c, AB_EZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
+    c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
+    if (!c->sock)
+        return ab_conn_fail(c, AB_EZMQ, "zmq_socket: %s", zmq_strerror(errno));
+    int linger = 0, hwm = 100000, ivl = c->opts.heartbeat_ms, tmo = 3 * c->opts.heartbeat_ms;
+    int64_t maxmsg = (int64_t)(c->opts.max_payload + c->opts.max_header + 4096);
+    zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
+    zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    char mon_ep[64];
+    snprintf(mon_ep, sizeof mon_ep, "inproc://ab-monitor-%lu", seq);
+    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
+        return ab_conn_fail(c, AB_EZMQ, "zmq_socket_monitor: %s", zmq_strerror(errno));
+    c->mon = zmq_socket(c->ctx, ZMQ_PAIR);
+    if (!c->mon || zmq_setsockopt(c->mon, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(c->mon, mon_ep) != 0)
+        return ab_conn_fail(c, AB_EZMQ, "monitor socket: %s", zmq_strerror(errno));
+    if (zmq_connect(c->sock, c->opts.endpoint) != 0)
+        return ab_conn_fail(c, AB_EZMQ, "cannot connect to '%s': %s", c->opts.endpoint,
+                            zmq_strerror(errno));
+    return AB_OK;
+}
+
+void ab_conn_close(ab_conn_t *c)
+{
+    if (c->sock) {
+        zmq_socket_monitor(c->sock, NULL, 0);
+        zmq_close(c->sock);
+    }
+    if (c->mon)
+        zmq_close(c->mon);
+    if (c->ctx)
+        s_ctx_release();
+    c->sock = c->mon = c->ctx = NULL;
+}
+
+uint64_t ab_conn_next_id(ab_conn_t *c)
+{
+    return c->next_id++;
+}
+
+int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size)
+{
+    uint8_t stack[512];
+    size_t need = ab_header_size(h);
+    uint8_t *buf = need <= sizeof stack ? stack : malloc(need);
+    if (!buf)
+        return ab_conn_fail(c, AB_ENOMEM, "out of memory encoding a header");
+    size_t len = ab_header_encode(h, buf, need);
+    int more = data != NULL;
+    int rc = zmq_send(c->sock, buf, len, more ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
+    if (rc >= 0 && more)
+        rc = zmq_send(c->sock, data, size, 0);
+    if (buf != stack)
+        free(buf);
+    if (rc < 0)
+        return ab_conn_fail(c, errno == EAGAIN ? AB_EBUSY : AB_EZMQ, "send failed: %s",
+                            errno == EAGAIN ? "outgoing queue to the broker is full"
+                                            : zmq_strerror(errno));
+    return AB_OK;
+}
+
+int ab_conn_send_kind(ab_conn_t *c, uint32_t kind)
+{
+    ab_header_t h = ab_header_init(kind);
+    h.id = ab_conn_next_id(c);
+    return ab_conn_send(c, &h, NULL, 0);
+}
+
+void ab_in_close(ab_in_t *in)
+{
+    zmq_msg_close(&in->hdr);
+    zmq_msg_close(&in->body);
+}
+
+int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
+{
+    for (;;) {
+        zmq_msg_init(&in->hdr);
+        zmq_msg_init(&in->body);
+        in->has_body = 0;
+        if (zmq_msg_recv(&in->hdr, c->sock, ZMQ_DONTWAIT) < 0) {
+            ab_in_close(in);
+            if (errno == EAGAIN || errno == EINTR)
+                return 0;
+            return ab_conn_fail(c, AB_EZMQ, "recv failed: %s", zmq_strerror(errno));
+        }
+        size_t n = 1;
+        int more = zmq_msg_more(&in->hdr);
+        while (more) { /* keep the second frame, drop any beyond it */
+            zmq_msg_t *m = n == 1 ? &in->body : &(zmq_msg_t){0};
+            if (n > 1)
+                zmq_msg_init(m);
+            zmq_msg_recv(m, c->sock, 0);
+            more = zmq_msg_more(m);
+            if (n > 1)
+                zmq_msg_close(m);
+            n++;
+        }
+        ab_frame_t f[2] = {{zmq_msg_data(&in->hdr), zmq_msg_size(&in->hdr)},
+                           {zmq_msg_data(&in->body), zmq_msg_size(&in->body)}};
+        ab_frame_t pl;
+        if (ab_msg_decode(f, n, &c->limits, &in->h, &pl) == AB_OK) {
+            in->has_body = n == 2;
+            return 1;
+        }
+        ab_in_close(in); /* a broker never sends these: skip it */
+    }
+}
+
+int ab_conn_wait(ab_conn_t *c, int timeout_ms)
+{
+    zmq_pollitem_t items[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
+    if (c->stop)
+        return AB_ESTOPPED;
+    int rc = zmq_poll(items, 2, timeout_ms);
+    if (c->stop)
+        return AB_ESTOPPED;
+    if (rc < 0)
+        return errno == EINTR ? 0 : ab_conn_fail(c, AB_EZMQ, "poll: %s", zmq_strerror(errno));
+    return rc > 0;
+}
+
+int ab_conn_events(ab_conn_t *c)
+{
+    int seen = 0;
+    for (;;) {
+        zmq_msg_t ev, addr;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return seen;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&ev) >= 2)
+            memcpy(&event, zmq_msg_data(&ev), 2);
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        while (more) {
+            zmq_msg_init(&addr);
+            zmq_msg_recv(&addr, c->mon, 0);
+            more = zmq_msg_more(&addr);
+            zmq_msg_close(&addr);
+        }
+        if (event == ZMQ_EVENT_CONNECTED) {
+            c->connected = 1;
+            seen |= AB_CONN_CONNECTED;
+        } else if (event == ZMQ_EVENT_DISCONNECTED) {
+            c->connected = 0;
+            seen |= AB_CONN_DISCONNECTED;
+        }
+    }
+}
+
+int ab_conn_heartbeat(ab_conn_t *c, int64_t now, uint32_t credit)
+{
+    if (now >= c->next_heartbeat_ms) {
+        if (c->connected) {
+            ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
+            h.credit = credit;
+            ab_conn_send(c, &h, NULL, 0); /* best effort: a full queue skips one */
+        }
+        c->next_heartbeat_ms = now + c->opts.heartbeat_ms;
+    }
+    int64_t left = c->next_heartbeat_ms - now;
+    return left > 0 ? (int)left : 0;
+}

@@ -1,0 +1,75 @@
+/*
+ * internal.h - what the client and worker halves of libagentbus share:
+ * options and the connection (a DEALER socket, its monitor, heartbeats).
+ */
+#ifndef AB_CLIENT_INTERNAL_H
+#define AB_CLIENT_INTERNAL_H
+
+#include "agentbus.h"
+#include "codec.h"
+
+#include <stdint.h>
+#include <zmq.h>
+
+#define AB_ENDPOINT_MAX 512
+#define AB_ERRTEXT_MAX 512
+
+struct ab_options {
+    char endpoint[AB_ENDPOINT_MAX];
+    char name[256];
+    int heartbeat_ms;
+    int timeout_ms;
+    size_t max_payload;
+    size_t max_header;
+};
+
+void ab_options_defaults(ab_options_t *o);
+
+/* Events ab_conn_events reports. */
+enum { AB_CONN_CONNECTED = 1, AB_CONN_DISCONNECTED = 2 };
+
+typedef struct {
+    ab_options_t opts;
+    ab_limits_t limits;
+    void *ctx;
+    void *sock;
+    void *mon;
+    int connected;
+    int64_t next_heartbeat_ms;
+    uint64_t next_id;
+    const char *role; /* "agent" or "worker": sent in HELLO */
+    volatile int stop;
+    char error[AB_ERRTEXT_MAX];
+} ab_conn_t;
+
+/* One received message: header views point into hdr. */
+typedef struct {
+    zmq_msg_t hdr;
+    zmq_msg_t body;
+    int has_body;
+    ab_header_t h;
+} ab_in_t;
+
+int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role);
+void ab_conn_close(ab_conn_t *c);
+/* Formats the handle's last error text and returns CODE. */
+int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Sends header H and DATA (copied; NULL/0 for none). */
+int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size);
+/* Sends a header-only message of KIND. */
+int ab_conn_send_kind(ab_conn_t *c, uint32_t kind);
+/* Receives one message without waiting: 1 got one (caller calls
+ * ab_in_close), 0 none waiting, < 0 error. Malformed input is skipped. */
+int ab_conn_recv(ab_conn_t *c, ab_in_t *in);
+void ab_in_close(ab_in_t *in);
+/* Waits up to timeout_ms for socket or monitor input: 1 ready, 0 timeout,
+ * AB_ESTOPPED, AB_EZMQ. */
+int ab_conn_wait(ab_conn_t *c, int timeout_ms);
+/* Reads monitor events; returns a mask of AB_CONN_* seen. */
+int ab_conn_events(ab_conn_t *c);
+/* Sends a heartbeat when one is due. CREDIT is the worker's capacity (0 for
+ * a client). Returns ms until the next one is due. */
+int ab_conn_heartbeat(ab_conn_t *c, int64_t now, uint32_t credit);
+uint64_t ab_conn_next_id(ab_conn_t *c);
+
+#endif

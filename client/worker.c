@@ -1,0 +1,350 @@
+/*
+ * worker.c - the worker side: register a service, receive requests, answer.
+ *
+ * The worker registers on every (re)connect and whenever the broker says it
+ * does not know it (a HELLO out of the blue). Its capacity is its credit:
+ * the broker never has more than that many of its requests outstanding.
+ */
+#include "internal.h"
+#include "agentbus.pb-c.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define AB_MAX_LABELS 64
+
+struct ab_worker {
+    ab_conn_t conn;
+    char service[256];
+    unsigned capacity;
+    int registered;
+    char *label_keys[AB_MAX_LABELS];
+    char *label_values[AB_MAX_LABELS];
+    size_t nlabels;
+    ab_job_t *ready_head, *ready_tail; /* received, not yet handed out */
+};
+
+struct ab_job {
+    uint64_t id; /* broker id: the reply's correlation id */
+    uint32_t timeout_ms;
+    zmq_msg_t payload;
+    ab_job_t *next;
+    char service[256];
+};
+
+int ab_worker_new(ab_worker_t **out, const ab_options_t *opts, const char *service,
+                  unsigned capacity)
+{
+    if (!out)
+        return AB_EINVAL;
+    *out = NULL;
+    if (!service || !*service || strlen(service) >= 256 || capacity < 1 || capacity > 100000)
+        return AB_EINVAL;
+    ab_worker_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return AB_ENOMEM;
+    snprintf(w->service, sizeof w->service, "%s", service);
+    w->capacity = capacity;
+    int rc = ab_conn_open(&w->conn, opts, "worker");
+    if (rc != AB_OK) {
+        ab_worker_destroy(&w);
+        return rc;
+    }
+    *out = w;
+    return AB_OK;
+}
+
+void ab_job_destroy(ab_job_t **job)
+{
+    if (job && *job) {
+        zmq_msg_close(&(*job)->payload);
+        free(*job);
+        *job = NULL;
+    }
+}
+
+void ab_worker_destroy(ab_worker_t **wp)
+{
+    if (!wp || !*wp)
+        return;
+    ab_worker_t *w = *wp;
+    while (w->ready_head) {
+        ab_job_t *j = w->ready_head;
+        w->ready_head = j->next;
+        ab_job_destroy(&j);
+    }
+    if (w->conn.sock && w->conn.connected)
+        ab_conn_send_kind(&w->conn, AB_KIND_BYE);
+    ab_conn_close(&w->conn);
+    for (size_t i = 0; i < w->nlabels; i++) {
+        free(w->label_keys[i]);
+        free(w->label_values[i]);
+    }
+    free(w);
+    *wp = NULL;
+}
+
+const char *ab_worker_last_error(const ab_worker_t *w)
+{
+    return w ? w->conn.error : "";
+}
+
+int ab_worker_set_label(ab_worker_t *w, const char *key, const char *value)
+{
+    if (!w || !key || !*key || !value)
+        return AB_EINVAL;
+    for (size_t i = 0; i < w->nlabels; i++) {
+        if (strcmp(w->label_keys[i], key) == 0) {
+            char *v = strdup(value);
+            if (!v)
+                return AB_ENOMEM;
+            free(w->label_values[i]);
+            w->label_values[i] = v;
+            return AB_OK;
+        }
+    }
+    if (w->nlabels >= AB_MAX_LABELS)
+        return ab_conn_fail(&w->conn, AB_EINVAL, "at most %d labels", AB_MAX_LABELS);
+    w->label_keys[w->nlabels] = strdup(key);
+    w->label_values[w->nlabels] = strdup(value);
+    if (!w->label_keys[w->nlabels] || !w->label_values[w->nlabels]) {
+        free(w->label_keys[w->nlabels]);
+        free(w->label_values[w->nlabels]);
+        return AB_ENOMEM;
+    }
+    w->nlabels++;
+    return AB_OK;
+}
+
+static int s_register(ab_worker_t *w)
+{
+    Agentbus__Register reg;
+    agentbus__register__init(&reg);
+    Agentbus__Register__LabelsEntry ent[AB_MAX_LABELS], *entp[AB_MAX_LABELS];
+    for (size_t i = 0; i < w->nlabels; i++) {
+        agentbus__register__labels_entry__init(&ent[i]);
+        ent[i].key = w->label_keys[i];
+        ent[i].value = w->label_values[i];
+        entp[i] = &ent[i];
+    }
+    reg.service = w->service;
+    reg.capacity = w->capacity;
+    reg.name = w->conn.opts.name;
+    reg.heartbeat_ms = (uint32_t)w->conn.opts.heartbeat_ms;
+    reg.n_labels = w->nlabels;
+    reg.labels = entp;
+    size_t len = agentbus__register__get_packed_size(&reg);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return ab_conn_fail(&w->conn, AB_ENOMEM, "out of memory");
+    agentbus__register__pack(&reg, buf);
+    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    h.id = ab_conn_next_id(&w->conn);
+    h.target = ab_view_of(w->service);
+    h.credit = w->capacity;
+    h.sender = ab_view_of(w->conn.opts.name);
+    int rc = ab_conn_send(&w->conn, &h, buf, len);
+    free(buf);
+    return rc;
+}
+
+static void s_on_message(ab_worker_t *w, ab_in_t *in)
+{
+    ab_header_t *h = &in->h;
+    switch (h->kind) {
+    case AB_KIND_HELLO:
+        if (h->correlation_id == 0) { /* the broker does not know us (any more) */
+            w->registered = 0;
+            s_register(w);
+        }
+        break;
+    case AB_KIND_REGISTER:
+        w->registered = 1;
+        break;
+    case AB_KIND_REQUEST: {
+        ab_job_t *j = calloc(1, sizeof *j);
+        if (!j)
+            return; /* the broker answers the client at the deadline */
+        j->id = h->id;
+        j->timeout_ms = h->timeout_ms;
+        ab_view_copy(h->target, j->service, sizeof j->service);
+        zmq_msg_init(&j->payload);
+        if (in->has_body)
+            zmq_msg_move(&j->payload, &in->body);
+        if (w->ready_tail)
+            w->ready_tail->next = j;
+        else
+            w->ready_head = j;
+        w->ready_tail = j;
+        break;
+    }
+    default:
+        break; /* ERROR to us (e.g. our message was malformed): nothing to do */
+    }
+}
+
+/* Reads everything waiting; returns messages handled or an error. */
+static int s_process(ab_worker_t *w)
+{
+    int ev = ab_conn_events(&w->conn);
+    if (ev & AB_CONN_DISCONNECTED)
+        w->registered = 0;
+    if (ev & AB_CONN_CONNECTED)
+        s_register(w);
+    int handled = 0;
+    for (int i = 0; i < 4096; i++) {
+        ab_in_t in;
+        int rc = ab_conn_recv(&w->conn, &in);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            break;
+        s_on_message(w, &in);
+        ab_in_close(&in);
+        handled++;
+    }
+    ab_conn_heartbeat(&w->conn, ab_now_ms(), w->capacity);
+    return handled;
+}
+
+static ab_job_t *s_pop(ab_worker_t *w)
+{
+    ab_job_t *j = w->ready_head;
+    if (j) {
+        w->ready_head = j->next;
+        if (!w->ready_head)
+            w->ready_tail = NULL;
+        j->next = NULL;
+    }
+    return j;
+}
+
+int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
+{
+    if (!w || !job)
+        return AB_EINVAL;
+    *job = NULL;
+    int64_t end = timeout_ms < 0 ? INT64_MAX : ab_now_ms() + timeout_ms;
+    for (;;) {
+        int rc = s_process(w);
+        if (rc < 0)
+            return rc;
+        if ((*job = s_pop(w)))
+            return AB_OK;
+        int64_t now = ab_now_ms();
+        if (now >= end)
+            return ab_conn_fail(&w->conn, AB_ETIMEOUT, "no request within %d ms", timeout_ms);
+        int64_t wait = w->conn.next_heartbeat_ms - now;
+        if (wait > end - now)
+            wait = end - now;
+        rc = ab_conn_wait(&w->conn, wait > 0 ? (int)wait : 0);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+const void *ab_job_data(const ab_job_t *job, size_t *size)
+{
+    if (size)
+        *size = job ? zmq_msg_size((zmq_msg_t *)&job->payload) : 0;
+    return job ? zmq_msg_data((zmq_msg_t *)&job->payload) : NULL;
+}
+
+uint64_t ab_job_id(const ab_job_t *job)
+{
+    return job ? job->id : 0;
+}
+
+uint32_t ab_job_timeout_ms(const ab_job_t *job)
+{
+    return job ? job->timeout_ms : 0;
+}
+
+const char *ab_job_service(const ab_job_t *job)
+{
+    return job ? job->service : "";
+}
+
+static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
+                    size_t size, uint32_t code, const char *text)
+{
+    if (!w || !job || (size && !data))
+        return AB_EINVAL;
+    if (size > w->conn.opts.max_payload)
+        return ab_conn_fail(&w->conn, AB_EPAYLOADSIZE, "reply of %zu bytes exceeds %zu", size,
+                            w->conn.opts.max_payload);
+    ab_header_t h = ab_header_init(kind);
+    h.correlation_id = job->id;
+    h.error_code = code;
+    h.error_text = ab_view_of(text);
+    return ab_conn_send(&w->conn, &h, kind == AB_KIND_ERROR ? NULL : (data ? data : ""), size);
+}
+
+int ab_worker_reply_part(ab_worker_t *w, ab_job_t *job, const void *data, size_t size)
+{
+    return s_answer(w, job, AB_KIND_PARTIAL, data, size, 0, NULL);
+}
+
+int ab_worker_reply(ab_worker_t *w, ab_job_t **job, const void *data, size_t size)
+{
+    if (!job)
+        return AB_EINVAL;
+    int rc = s_answer(w, *job, AB_KIND_REPLY, data, size, 0, NULL);
+    ab_job_destroy(job);
+    return rc;
+}
+
+int ab_worker_fail(ab_worker_t *w, ab_job_t **job, int status, const char *text)
+{
+    if (!job)
+        return AB_EINVAL;
+    uint32_t code = ab_status_to_wire(status);
+    if (code == AB_ERR_NONE || status >= 0)
+        code = AB_ERR_APPLICATION;
+    int rc = s_answer(w, *job, AB_KIND_ERROR, NULL, 0, code, text ? text : "");
+    ab_job_destroy(job);
+    return rc;
+}
+
+int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)
+{
+    if (!w || !fn)
+        return AB_EINVAL;
+    int n = 0;
+    ab_job_t *job;
+    int rc = ab_worker_recv(w, &job, timeout_ms);
+    if (rc == AB_ETIMEOUT)
+        return 0;
+    if (rc != AB_OK)
+        return rc;
+    /* Bounded, so a caller under constant load still gets control back. */
+    do {
+        fn(w, job, arg);
+        n++;
+    } while (n < 1024 && ((job = s_pop(w)) || (s_process(w) > 0 && (job = s_pop(w)))));
+    return n;
+}
+
+int ab_worker_run(ab_worker_t *w, ab_job_fn *fn, void *arg)
+{
+    while (!w->conn.stop) {
+        int rc = ab_worker_poll(w, 1000, fn, arg);
+        if (rc == AB_ESTOPPED)
+            break;
+        if (rc < 0)
+            return rc;
+    }
+    return AB_OK;
+}
+
+void ab_worker_stop(ab_worker_t *w)
+{
+    if (w)
+        w->conn.stop = 1;
+}
+
+int ab_worker_connected(const ab_worker_t *w)
+{
+    return w ? w->conn.connected && w->registered : 0;
+}

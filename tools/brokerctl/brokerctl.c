@@ -1,0 +1,201 @@
+/*
+ * brokerctl - what an operator looks at first.
+ *
+ *   brokerctl [--broker EP] [--json] [--timeout-ms N] [--watch S] stats|services|workers
+ *   brokerctl [--broker EP] [--timeout-ms N] request SERVICE DATA|-
+ *
+ * Exit codes: 0 success; 1 the broker answered with an error or could not
+ * be reached (code name and text on stderr); 2 bad usage.
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "render.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t s_stop;
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void s_usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: brokerctl [options] COMMAND [ARGS]\n\n"
+            "Commands:\n"
+            "  stats                   broker figures: connections, traffic, services, errors\n"
+            "  services                services with queue depth, workers, credit, latency\n"
+            "  workers                 registered workers with capacity, load and labels\n"
+            "  request SERVICE DATA    send DATA ('-' reads stdin) and print the reply\n\n"
+            "Options:\n"
+            "  --broker ENDPOINT       broker (default: $AB_BROKER, else %s)\n"
+            "  --json                  machine-readable output (stats, services, workers)\n"
+            "  --timeout-ms N          how long to wait for the broker (default 5000)\n"
+            "  --watch SECONDS         repeat stats/services/workers every SECONDS\n"
+            "  --help                  show this help\n\n"
+            "A failed command exits 1 and prints the error code and text on stderr.\n",
+            AB_DEFAULT_ENDPOINT);
+}
+
+static int s_fail(ab_client_t *c, int rc)
+{
+    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc),
+            c && ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc));
+    return 1;
+}
+
+static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = ab_client_control(c, what, timeout_ms, &buf, &len);
+    if (rc != AB_OK)
+        return s_fail(c, rc);
+    int bad = 0;
+    if (strcmp(what, "stats") == 0) {
+        Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
+        if ((bad = !st) == 0) {
+            ab_render_stats(stdout, st, json);
+            agentbus__stats__free_unpacked(st, NULL);
+        }
+    } else if (strcmp(what, "services") == 0) {
+        Agentbus__ServiceList *sl = agentbus__service_list__unpack(NULL, len, buf);
+        if ((bad = !sl) == 0) {
+            ab_render_services(stdout, sl->services, sl->n_services, json);
+            agentbus__service_list__free_unpacked(sl, NULL);
+        }
+    } else {
+        Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, len, buf);
+        if ((bad = !wl) == 0) {
+            ab_render_workers(stdout, wl, json);
+            agentbus__worker_list__free_unpacked(wl, NULL);
+        }
+    }
+    ab_free(buf);
+    fflush(stdout);
+    if (bad)
+        fprintf(stderr, "brokerctl: MALFORMED: the broker's answer could not be decoded\n");
+    return bad;
+}
+
+static char *s_read_stdin(size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, stdin);
+        n += r;
+        if (r == 0)
+            break;
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb)
+                free(buf);
+            buf = nb;
+        }
+    }
+    *len = n;
+    return buf;
+}
+
+static int s_request(ab_client_t *c, const char *service, const char *data, int timeout_ms)
+{
+    size_t len = 0;
+    char *in = NULL;
+    if (strcmp(data, "-") == 0) {
+        if (!(in = s_read_stdin(&len))) {
+            fprintf(stderr, "brokerctl: cannot read stdin\n");
+            return 1;
+        }
+        data = in;
+    } else {
+        len = strlen(data);
+    }
+    void *reply = NULL;
+    size_t rlen = 0;
+    int rc = ab_client_request(c, service, data, len, timeout_ms, &reply, &rlen);
+    free(in);
+    if (rc != AB_OK)
+        return s_fail(c, rc);
+    fwrite(reply, 1, rlen, stdout);
+    if (isatty(STDOUT_FILENO) && (rlen == 0 || ((char *)reply)[rlen - 1] != '\n'))
+        fputc('\n', stdout);
+    ab_free(reply);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *broker = NULL;
+    int json = 0, i = 1;
+    long timeout_ms = 5000, watch = 0;
+    for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(f, "--help") == 0) {
+            s_usage(stdout);
+            return 0;
+        } else if (strcmp(f, "--json") == 0) {
+            json = 1;
+        } else if (strcmp(f, "--broker") == 0 && v) {
+            broker = v, i++;
+        } else if (strcmp(f, "--timeout-ms") == 0 && v &&
+                   ab_parse_long(v, 1, 86400000, &timeout_ms) == 0) {
+            i++;
+        } else if (strcmp(f, "--watch") == 0 && v && ab_parse_long(v, 1, 86400, &watch) == 0) {
+            i++;
+        } else {
+            fprintf(stderr, "brokerctl: bad option '%s'\n\n", f);
+            s_usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        s_usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i++];
+    int is_show = !strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers");
+    int is_req = !strcmp(cmd, "request");
+    if ((!is_show && !is_req) || (is_show && i != argc) || (is_req && i + 2 != argc)) {
+        fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
+        s_usage(stderr);
+        return 2;
+    }
+    ab_options_t *o = ab_options_new();
+    ab_client_t *c = NULL;
+    if (!o || (broker && ab_options_set_endpoint(o, broker) != AB_OK)) {
+        fprintf(stderr, "brokerctl: invalid broker endpoint\n");
+        ab_options_destroy(&o);
+        return 2;
+    }
+    ab_options_set_name(o, "brokerctl");
+    int rc = ab_client_new(&c, o);
+    ab_options_destroy(&o);
+    if (rc != AB_OK) {
+        rc = s_fail(c, rc);
+        ab_client_destroy(&c);
+        return rc;
+    }
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    if (is_req) {
+        rc = s_request(c, argv[i], argv[i + 1], (int)timeout_ms);
+    } else {
+        do {
+            if (watch && !json)
+                printf("\033[H\033[2J");
+            rc = s_show(c, cmd, json, (int)timeout_ms);
+            for (long t = 0; watch && !s_stop && t < watch * 10; t++)
+                usleep(100000);
+        } while (watch && !s_stop && rc == 0);
+    }
+    ab_client_destroy(&c);
+    return rc;
+}

@@ -1,0 +1,12 @@
+/* render.h - brokerctl's output: the broker's answers as text or JSON. */
+#ifndef AB_BROKERCTL_RENDER_H
+#define AB_BROKERCTL_RENDER_H
+
+#include "agentbus.pb-c.h"
+#include <stdio.h>
+
+void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json);
+void ab_render_services(FILE *out, Agentbus__ServiceInfo **sv, size_t n, int json);
+void ab_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json);
+
+#endif

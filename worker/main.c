@@ -1,0 +1,172 @@
+/*
+ * main.c - agentbus-worker: connects to a broker, registers a service and
+ * serves it with a backend.
+ */
+#include "backend.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ab_worker_t *s_worker;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    ab_worker_stop(s_worker);
+}
+
+static void s_usage(const char *prog)
+{
+    printf("Usage: %s [options]\n\n"
+           "Serves one agentbus service with a backend.\n\n"
+           "  --broker ENDPOINT   broker to connect to (default: $AB_BROKER, else %s)\n"
+           "  --backend NAME      backend: echo (default echo)\n"
+           "  --service NAME      service to register (default echo)\n"
+           "  --capacity N        concurrent requests, 1..100000 (default 16)\n"
+           "  --delay-ms N        echo: wait N ms before replying (default 0)\n"
+           "  --chunks N          echo: stream the reply in N parts (default 1)\n"
+           "  --name NAME         worker name shown by brokerctl workers\n"
+           "  --label KEY=VALUE   label sent with the registration (repeatable)\n"
+           "  --heartbeat-ms N    heartbeat interval, 100..60000 (default 1000)\n"
+           "  --help              show this help\n",
+           prog, AB_DEFAULT_ENDPOINT);
+}
+
+typedef struct {
+    const char *broker, *backend, *name;
+    const char *labels[64];
+    int nlabels;
+    long heartbeat_ms;
+    ab_backend_args_t args;
+} s_args_t;
+
+static int s_parse(s_args_t *a, int argc, char **argv)
+{
+    memset(a, 0, sizeof *a);
+    a->backend = "echo";
+    a->args.service = "echo";
+    a->args.capacity = 16;
+    a->args.chunks = 1;
+    a->heartbeat_ms = 1000;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
+        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) {
+            s_usage(argv[0]);
+            return 1;
+        }
+        if (!v || strncmp(f, "--", 2) != 0) {
+            fprintf(stderr, "agentbus-worker: %s '%s' (see --help)\n",
+                    v ? "unexpected argument" : "missing value for", f);
+            return -1;
+        }
+        i++;
+        if (strcmp(f, "--broker") == 0)
+            a->broker = v;
+        else if (strcmp(f, "--backend") == 0)
+            a->backend = v;
+        else if (strcmp(f, "--service") == 0 && *v)
+            a->args.service = v;
+        else if (strcmp(f, "--name") == 0)
+            a->name = v;
+        else if (strcmp(f, "--label") == 0 && strchr(v, '=') && a->nlabels < 64)
+            a->labels[a->nlabels++] = v;
+        else if (strcmp(f, "--capacity") == 0 && ab_parse_long(v, 1, 100000, &n) == 0)
+            a->args.capacity = (unsigned)n;
+        else if (strcmp(f, "--delay-ms") == 0 && ab_parse_long(v, 0, 3600000, &n) == 0)
+            a->args.delay_ms = n;
+        else if (strcmp(f, "--chunks") == 0 && ab_parse_long(v, 1, 1000000, &n) == 0)
+            a->args.chunks = n;
+        else if (strcmp(f, "--heartbeat-ms") == 0 && ab_parse_long(v, 100, 60000, &n) == 0)
+            a->heartbeat_ms = n;
+        else {
+            fprintf(stderr, "agentbus-worker: bad option or value: %s %s (see --help)\n", f, v);
+            return -1;
+        }
+    }
+    if (strcmp(a->backend, "echo") != 0) {
+        fprintf(stderr, "agentbus-worker: unknown backend '%s' (available: echo)\n", a->backend);
+        return -1;
+    }
+    return 0;
+}
+
+static int s_setup(const s_args_t *a)
+{
+    ab_options_t *o = ab_options_new();
+    if (!o)
+        return AB_ENOMEM;
+    int rc = AB_OK;
+    if (a->broker)
+        rc = ab_options_set_endpoint(o, a->broker);
+    if (rc == AB_OK && a->name)
+        rc = ab_options_set_name(o, a->name);
+    if (rc == AB_OK)
+        rc = ab_options_set_heartbeat_ms(o, (int)a->heartbeat_ms);
+    if (rc == AB_OK)
+        rc = ab_worker_new(&s_worker, o, a->args.service, a->args.capacity);
+    ab_options_destroy(&o);
+    for (int i = 0; rc == AB_OK && i < a->nlabels; i++) {
+        char key[256];
+        const char *eq = strchr(a->labels[i], '=');
+        snprintf(key, sizeof key, "%.*s", (int)(eq - a->labels[i]), a->labels[i]);
+        rc = ab_worker_set_label(s_worker, key, eq + 1);
+    }
+    return rc;
+}
+
+typedef struct {
+    const ab_backend_ops_t *ops;
+    void *ctx;
+} s_loop_t;
+
+static void s_on_job(ab_worker_t *w, ab_job_t *job, void *arg)
+{
+    s_loop_t *l = arg;
+    l->ops->on_job(l->ctx, w, job);
+}
+
+int main(int argc, char **argv)
+{
+    s_args_t a;
+    int prc = s_parse(&a, argc, argv);
+    if (prc != 0)
+        return prc > 0 ? 0 : 2;
+    signal(SIGPIPE, SIG_IGN);
+    int rc = s_setup(&a);
+    if (rc != AB_OK) {
+        fprintf(stderr, "agentbus-worker: %s: %s\n", ab_strerror(rc),
+                s_worker ? ab_worker_last_error(s_worker) : "cannot create the worker");
+        ab_worker_destroy(&s_worker);
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    s_loop_t loop = {&ab_backend_echo, NULL};
+    if (loop.ops->create(&loop.ctx, &a.args) != AB_OK) {
+        ab_worker_destroy(&s_worker);
+        return 1;
+    }
+    fprintf(stderr, "agentbus-worker: serving '%s' (backend %s, capacity %u)\n", a.args.service,
+            loop.ops->name, a.args.capacity);
+    for (;;) {
+        int t = loop.ops->next_timeout_ms(loop.ctx);
+        rc = ab_worker_poll(s_worker, t < 0 || t > 1000 ? 1000 : t, s_on_job, &loop);
+        if (rc < 0)
+            break;
+        loop.ops->tick(loop.ctx, s_worker);
+    }
+    if (rc != AB_ESTOPPED)
+        fprintf(stderr, "agentbus-worker: %s: %s\n", ab_strerror(rc),
+                ab_worker_last_error(s_worker));
+    loop.ops->destroy(&loop.ctx);
+    ab_worker_destroy(&s_worker);
+    return rc == AB_ESTOPPED ? 0 : 1;
+}
