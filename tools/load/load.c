@@ -1,0 +1,214 @@
+/*
+ * agentbus-load - a demo load: N agents (one thread and one connection
+ * each) sending requests to a service for a while, then a summary.
+ *
+ * Each agent keeps a few requests in flight (async) with payloads of mixed
+ * sizes and checks that every reply echoes what it sent.
+ */
+#include "agentbus.h"
+#include "hist.h"
+#include "util.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *broker, *service;
+    long agents, seconds, window, max_bytes;
+} s_cfg_t;
+
+typedef struct {
+    const s_cfg_t *cfg;
+    int index;
+    uint64_t sent, ok, failed, mismatched;
+    int first_error;
+    ab_hist_t lat;
+    pthread_t thread;
+} s_agent_t;
+
+typedef struct {
+    s_agent_t *agent;
+    uint64_t start_us;
+    size_t size;
+    uint32_t seed;
+} s_call_t;
+
+static volatile sig_atomic_t s_stop;
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+/* Payload bytes are a function of (seed, offset), so a reply can be checked. */
+static void s_fill(char *buf, size_t n, uint32_t seed)
+{
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)('a' + (seed + i * 7) % 26);
+}
+
+static void s_on_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_call_t *call = arg;
+    if (!ev->final)
+        return;
+    s_agent_t *a = call->agent;
+    if (ev->status == AB_OK) {
+        char *expect = malloc(call->size + 1);
+        if (expect)
+            s_fill(expect, call->size, call->seed);
+        if (!expect || ev->size != call->size || memcmp(ev->data, expect, call->size) != 0)
+            a->mismatched++;
+        else
+            a->ok++;
+        free(expect);
+        ab_hist_record(&a->lat, ab_now_us() - call->start_us);
+    } else {
+        a->failed++;
+        if (!a->first_error)
+            a->first_error = ev->status;
+    }
+    free(call);
+}
+
+static int s_send(s_agent_t *a, ab_client_t *c, char *buf)
+{
+    s_call_t *call = malloc(sizeof *call);
+    if (!call)
+        return -1;
+    call->agent = a;
+    call->seed = (uint32_t)(a->sent * 2654435761u + (uint32_t)a->index);
+    /* Mostly small messages, now and then a large one, like agent traffic. */
+    call->size = (call->seed % 10 == 0) ? (size_t)a->cfg->max_bytes : 16 + call->seed % 240;
+    call->start_us = ab_now_us();
+    s_fill(buf, call->size, call->seed);
+    a->sent++;
+    if (ab_client_request_async(c, a->cfg->service, buf, call->size, 5000, s_on_reply, call,
+                                NULL) != AB_OK) {
+        a->failed++;
+        free(call);
+        return -1;
+    }
+    return 0;
+}
+
+static void *s_agent_main(void *arg)
+{
+    s_agent_t *a = arg;
+    ab_options_t *o = ab_options_new();
+    ab_client_t *c = NULL;
+    char name[64];
+    snprintf(name, sizeof name, "demo-agent-%d", a->index);
+    ab_options_set_name(o, name);
+    if (a->cfg->broker)
+        ab_options_set_endpoint(o, a->cfg->broker);
+    int rc = ab_client_new(&c, o);
+    ab_options_destroy(&o);
+    char *buf = malloc((size_t)a->cfg->max_bytes);
+    if (rc != AB_OK || !buf) {
+        a->first_error = rc ? rc : AB_ENOMEM;
+        free(buf);
+        return NULL;
+    }
+    int64_t end = ab_now_ms() + a->cfg->seconds * 1000;
+    while (!s_stop && ab_now_ms() < end) {
+        while (ab_client_pending(c) < (size_t)a->cfg->window && s_send(a, c, buf) == 0)
+            ;
+        ab_client_poll(c, 100);
+    }
+    /* Let what is in flight finish (bounded by the request timeout). */
+    for (int i = 0; i < 60 && ab_client_pending(c) > 0; i++)
+        ab_client_poll(c, 100);
+    ab_client_destroy(&c); /* ends anything left with AB_ESTOPPED */
+    free(buf);
+    return NULL;
+}
+
+static int s_parse(s_cfg_t *cfg, int argc, char **argv)
+{
+    *cfg = (s_cfg_t){NULL, "echo", 20, 10, 4, 4096};
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(f, "--help")) {
+            printf("Usage: agentbus-load [--broker EP] [--service NAME] [--agents N]\n"
+                   "                     [--seconds N] [--window N] [--max-bytes N]\n\n"
+                   "Runs N demo agents (default 20), each with its own connection and up to\n"
+                   "WINDOW requests in flight (default 4), for SECONDS (default 10) against\n"
+                   "SERVICE (default echo); checks every reply and prints a summary.\n"
+                   "Exits 1 if any request failed or a reply did not match.\n");
+            return 1;
+        }
+        long n;
+        if (!v)
+            goto bad;
+        i++;
+        if (!strcmp(f, "--broker"))
+            cfg->broker = v;
+        else if (!strcmp(f, "--service"))
+            cfg->service = v;
+        else if (!strcmp(f, "--agents") && !ab_parse_long(v, 1, 1000, &n))
+            cfg->agents = n;
+        else if (!strcmp(f, "--seconds") && !ab_parse_long(v, 1, 3600, &n))
+            cfg->seconds = n;
+        else if (!strcmp(f, "--window") && !ab_parse_long(v, 1, 10000, &n))
+            cfg->window = n;
+        else if (!strcmp(f, "--max-bytes") && !ab_parse_long(v, 256, 1 << 24, &n))
+            cfg->max_bytes = n;
+        else
+            goto bad;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "agentbus-load: bad option '%s' (see --help)\n", argv[argc - 1]);
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    s_cfg_t cfg;
+    int prc = s_parse(&cfg, argc, argv);
+    if (prc)
+        return prc > 0 ? 0 : 2;
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
+    if (!agents)
+        return 1;
+    printf("agentbus-load: %ld agents, %ld s, window %ld, service '%s'\n", cfg.agents,
+           cfg.seconds, cfg.window, cfg.service);
+    fflush(stdout);
+    for (long i = 0; i < cfg.agents; i++) {
+        agents[i].cfg = &cfg;
+        agents[i].index = (int)i;
+        pthread_create(&agents[i].thread, NULL, s_agent_main, &agents[i]);
+    }
+    uint64_t sent = 0, ok = 0, failed = 0, bad = 0;
+    int first_error = 0;
+    ab_hist_t lat;
+    ab_hist_reset(&lat);
+    for (long i = 0; i < cfg.agents; i++) {
+        pthread_join(agents[i].thread, NULL);
+        sent += agents[i].sent;
+        ok += agents[i].ok;
+        failed += agents[i].failed;
+        bad += agents[i].mismatched;
+        if (!first_error)
+            first_error = agents[i].first_error;
+        ab_hist_merge(&lat, &agents[i].lat);
+    }
+    printf("agentbus-load: sent %llu  ok %llu  failed %llu  mismatched %llu  (%.0f req/s)\n",
+           (unsigned long long)sent, (unsigned long long)ok, (unsigned long long)failed,
+           (unsigned long long)bad, (double)ok / (double)cfg.seconds);
+    printf("agentbus-load: latency p50 %llu us  p95 %llu us  p99 %llu us\n",
+           (unsigned long long)ab_hist_percentile(&lat, 50),
+           (unsigned long long)ab_hist_percentile(&lat, 95),
+           (unsigned long long)ab_hist_percentile(&lat, 99));
+    if (first_error)
+        printf("agentbus-load: first error: %s\n", ab_strerror(first_error));
+    free(agents);
+    return (failed || bad || ok == 0) ? 1 : 0;
+}
