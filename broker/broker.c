@@ -292,11 +292,12 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
         return;
     }
     s->requests++;
-    if (s->q_len >= (uint32_t)b->cfg->queue_max ||
-        zhashx_size(b->pending) >= (size_t)b->cfg->max_pending) {
+    if (!ab_service_admit(b, s)) {
         s->errors++;
         b->c.errors_sent[AB_ERR_BUSY]++;
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY, "service queue is full");
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
+                      s->q_len >= (uint32_t)b->cfg->queue_max ? "service queue is full"
+                                                              : "broker holds too many requests");
         return;
     }
     ab_req_t *r = calloc(1, sizeof *r);

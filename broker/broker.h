@@ -137,6 +137,9 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r);
 /* service.c */
 ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create);
 void ab_service_free(void **item);
+/* 1 if S may take one more request (its queue and the broker's total are
+ * under their bounds), else 0: the caller answers BUSY. */
+int ab_service_admit(ab_broker_t *b, const ab_service_t *s);
 int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s);

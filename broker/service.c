@@ -45,6 +45,12 @@ void ab_service_free(void **item)
     *item = NULL;
 }
 
+int ab_service_admit(ab_broker_t *b, const ab_service_t *s)
+{
+    return s->q_len < (uint32_t)b->cfg->queue_max &&
+           zhashx_size(b->pending) < (size_t)b->cfg->max_pending;
+}
+
 /* --- queue -------------------------------------------------------------------- */
 int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r)
 {
