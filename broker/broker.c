@@ -34,6 +34,22 @@ static int s_u64_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Peers are keyed by their binary routing id (the ab_rid_t inside the peer),
+ * so the per-message lookup hashes a few bytes and formats nothing. */
+static size_t s_rid_hash(const void *key)
+{
+    const ab_rid_t *r = key;
+    return (size_t)ab_hash_bytes(r->bytes, r->len);
+}
+
+static int s_rid_cmp(const void *a, const void *b)
+{
+    const ab_rid_t *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return memcmp(x->bytes, y->bytes, x->len);
+}
+
 static void s_peer_free(void **item)
 {
     free(*item);
@@ -61,6 +77,10 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     b->started_ms = ab_now_ms();
     b->c.prev_ms = b->started_ms;
     b->peers = zhashx_new();
+    zhashx_set_key_hasher(b->peers, s_rid_hash);
+    zhashx_set_key_comparator(b->peers, s_rid_cmp);
+    zhashx_set_key_duplicator(b->peers, NULL);
+    zhashx_set_key_destructor(b->peers, NULL);
     zhashx_set_destructor(b->peers, s_peer_free);
     b->services = zhashx_new();
     zhashx_set_destructor(b->services, ab_service_free);
@@ -137,17 +157,13 @@ static void s_rid_key(const ab_rid_t *rid, char *key)
 
 ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid)
 {
-    char key[2 * AB_RID_MAX + 1];
-    s_rid_key(rid, key);
-    return zhashx_lookup(b->peers, key);
+    return zhashx_lookup(b->peers, rid);
 }
 
-static ab_peer_t *s_peer_get(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now)
+/* Creates the record of a peer not seen before. */
+static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now)
 {
-    ab_peer_t *p = ab_peer_lookup(b, rid);
-    if (p)
-        return p;
-    p = calloc(1, sizeof *p);
+    ab_peer_t *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
     p->rid = *rid;
@@ -155,7 +171,7 @@ static ab_peer_t *s_peer_get(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     p->role = role;
     p->connected_ms = p->last_seen_ms = now;
     p->heartbeat_ms = b->cfg->heartbeat_ms;
-    zhashx_insert(b->peers, p->key, p);
+    zhashx_insert(b->peers, &p->rid, p);
     AB_DEBUG("peer %s connected", p->key);
     return p;
 }
@@ -167,7 +183,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
            peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
-    zhashx_delete(b->peers, peer->key);
+    zhashx_delete(b->peers, &peer->rid);
 }
 
 static void s_sweep_peers(ab_broker_t *b, int64_t now)
@@ -397,15 +413,16 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         p->last_seen_ms = in->now;
     switch (in->h.kind) {
     case AB_KIND_HELLO:
-        if ((p = s_peer_get(b, &in->rid, AB_ROLE_AGENT, in->now)))
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now)))
             s_on_hello(b, in, p, pl);
         break;
     case AB_KIND_REGISTER:
-        if ((p = s_peer_get(b, &in->rid, AB_ROLE_WORKER, in->now)))
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_WORKER, in->now)))
             s_on_register(b, in, p, pl);
         break;
     case AB_KIND_REQUEST:
-        s_peer_get(b, &in->rid, AB_ROLE_AGENT, in->now);
+        if (!p)
+            s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now);
         s_on_request(b, in);
         break;
     case AB_KIND_PARTIAL:
@@ -425,7 +442,7 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         break;
     case AB_KIND_CONTROL:
         if (!p)
-            s_peer_get(b, &in->rid, AB_ROLE_CONTROL, in->now);
+            s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now);
         s_on_control(b, in);
         break;
     case AB_KIND_BYE:

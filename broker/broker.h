@@ -38,7 +38,7 @@ typedef enum { AB_ROLE_AGENT = 0, AB_ROLE_WORKER = 1, AB_ROLE_CONTROL = 2, AB_RO
  * heartbeat intervals of silence, or on BYE. */
 typedef struct {
     ab_rid_t rid;
-    char key[2 * AB_RID_MAX + 1]; /* hex of rid: hash key */
+    char key[2 * AB_RID_MAX + 1]; /* hex of rid: for logs and brokerctl */
     ab_role_t role;
     char name[AB_NAME_MAX];
     int64_t connected_ms;
@@ -103,7 +103,7 @@ typedef struct {
     ab_limits_t limits;
     void *zctx;
     void *router;
-    zhashx_t *peers;    /* hex rid -> ab_peer_t (owned) */
+    zhashx_t *peers;    /* &peer->rid -> ab_peer_t (owned) */
     zhashx_t *services; /* name -> ab_service_t (owned) */
     zhashx_t *pending;  /* &bid -> ab_req_t (owned) */
     ab_req_t **heap;    /* min-heap on deadline_ms */

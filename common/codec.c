@@ -265,10 +265,16 @@ static uint8_t *s_put_s(uint8_t *p, unsigned field, ab_view_t s)
     return p + s.len;
 }
 
+/* 13 fields of at most 11 bytes of tag + varint, plus the strings. Lets the
+ * common case skip the exact sizing pass. */
+size_t ab_header_bound(const ab_header_t *h)
+{
+    return 13 * 11 + h->sender.len + h->target.len + h->error_text.len;
+}
+
 size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
 {
-    size_t need = ab_header_size(h);
-    if (need > cap)
+    if (ab_header_bound(h) > cap && ab_header_size(h) > cap)
         return 0;
     uint8_t *p = buf;
     p = s_put_v(p, 1, h->version);

@@ -127,6 +127,9 @@ int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *l
 /* Exact number of bytes ab_header_encode writes for H. */
 size_t ab_header_size(const ab_header_t *h);
 
+/* Cheap upper bound of ab_header_size(H): a buffer this large always fits. */
+size_t ab_header_bound(const ab_header_t *h);
+
 /* Writes H into BUF (CAP bytes). Returns the bytes written, or 0 when CAP is
  * too small (nothing useful is left in BUF then). Fields at their default
  * (0, empty) are omitted, as protobuf does. */
