@@ -269,6 +269,7 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
     if (p->worker && p->worker->service != s)
         ab_worker_detach(b, p->worker, "re-registered for another service");
     p->role = AB_ROLE_WORKER;
+    s->provisional = 0;
     ab_worker_attach(b, p, s, in->h.credit);
     if (m) {
         snprintf(p->name, sizeof p->name, "%s", m->name);
@@ -300,6 +301,11 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
     ab_view_copy(in->h.target, name, sizeof name);
     b->c.requests++;
     ab_service_t *s = ab_service_get(b, name, 0);
+    if (!s && !b->grace_over) {
+        /* Just (re)started: its workers may be reconnecting right now. */
+        if ((s = ab_service_get(b, name, 1)))
+            s->provisional = 1;
+    }
     if (!s) {
         char text[AB_NAME_MAX + 64];
         snprintf(text, sizeof text, "no service '%s' is registered", name);
@@ -511,6 +517,10 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
 static void s_timers(ab_broker_t *b, int64_t now)
 {
     ab_expire_deadlines(b, now);
+    if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
+        ab_service_end_grace(b);
+        b->grace_over = 1;
+    }
     if (now >= b->next_sweep_ms) {
         s_sweep_peers(b, now);
         ab_stats_tick(b, now);

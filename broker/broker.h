@@ -80,6 +80,7 @@ struct ab_worker_rec {
 
 struct ab_service {
     char name[AB_NAME_MAX];
+    int provisional;        /* created by a request during the startup grace */
     zlistx_t *workers;      /* ab_worker_rec_t*, not owned */
     ab_req_t *q_head, *q_tail;
     uint32_t q_len;
@@ -112,6 +113,7 @@ typedef struct {
     uint64_t dispatch_seq;
     int64_t started_ms;
     int64_t next_sweep_ms;
+    int grace_over;         /* startup grace has ended and been enforced */
     ab_counters_t c;
     ab_ratelimit_t rl;
     volatile int stop;
@@ -142,6 +144,9 @@ void ab_service_free(void **item);
 int ab_service_admit(ab_broker_t *b, const ab_service_t *s);
 int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
+/* Ends the startup grace: services no worker registered for during it are
+ * removed and their queued requests answered NO_SERVICE. */
+void ab_service_end_grace(ab_broker_t *b);
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s);
 void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t capacity);
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why);

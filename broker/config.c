@@ -43,6 +43,9 @@ static const s_option_t s_options[] = {
      "ZeroMQ high-water mark (messages) per connection, each direction"},
     {"max-pending", OPT_LONG, OFF(max_pending), 1, 100000000, "1000000",
      "requests held by the broker in total (queued + in flight)"},
+    {"startup-grace-ms", OPT_LONG, OFF(startup_grace_ms), 0, 600000, "2000",
+     "after a (re)start, requests to unknown services wait this long for their "
+     "workers to re-register before NO_SERVICE; 0 disables"},
     {"log-level", OPT_LOGLEVEL, OFF(log_level), 0, 3, "info", "error, warn, info or debug"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])

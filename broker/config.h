@@ -26,6 +26,7 @@ typedef struct {
     long liveness;           /* missed heartbeats before a peer is dropped */
     long sndhwm;             /* ZMQ_SNDHWM / ZMQ_RCVHWM of the ROUTER */
     long max_pending;        /* requests held in the broker in total */
+    long startup_grace_ms;   /* after start, unknown services wait for workers */
     long log_level;
     char *config_path;
 } ab_broker_config_t;

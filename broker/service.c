@@ -51,6 +51,26 @@ int ab_service_admit(ab_broker_t *b, const ab_service_t *s)
            zhashx_size(b->pending) < (size_t)b->cfg->max_pending;
 }
 
+void ab_service_end_grace(ab_broker_t *b)
+{
+    ab_service_t *gone[64];
+    size_t n;
+    do { /* collect, then delete: a zhashx may not change while iterated */
+        n = 0;
+        for (ab_service_t *s = zhashx_first(b->services); s && n < 64;
+             s = zhashx_next(b->services))
+            if (s->provisional)
+                gone[n++] = s;
+        for (size_t i = 0; i < n; i++) {
+            char text[AB_NAME_MAX + 64];
+            snprintf(text, sizeof text, "no service '%s' is registered", gone[i]->name);
+            while (gone[i]->q_head)
+                ab_req_fail(b, gone[i]->q_head, AB_ERR_NO_SERVICE, text);
+            zhashx_delete(b->services, gone[i]->name);
+        }
+    } while (n == 64);
+}
+
 /* --- queue -------------------------------------------------------------------- */
 int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r)
 {
