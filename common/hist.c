@@ -59,6 +59,8 @@ uint64_t ab_hist_percentile(const ab_hist_t *h, double p)
     for (unsigned i = 0; i < AB_HIST_BUCKETS; i++) {
         seen += h->counts[i];
         if (seen >= rank) {
+            if (i == AB_HIST_BUCKETS - 1)
+                return h->max; /* overflow bucket: no upper edge of its own */
             uint64_t hi = ab_hist_bucket_high(i);
             return hi > h->max ? h->max : hi;
         }

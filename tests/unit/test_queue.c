@@ -3,23 +3,11 @@
  * heap, driven directly (no sockets: these functions do no I/O).
  */
 #include "broker.h"
+#include "test.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int s_checks, s_failed;
-
-#define CHECK_EQ(a, b)                                                                             \
-    do {                                                                                           \
-        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
-        s_checks++;                                                                                \
-        if (a_ != b_) {                                                                            \
-            fprintf(stderr, "%s:%d: %s == %s failed: %lld != %lld\n", __FILE__, __LINE__, #a, #b,  \
-                    a_, b_);                                                                       \
-            s_failed++;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 static uint64_t s_rng = 0x9e3779b97f4a7c15ull;
 static uint64_t s_rand(void)
@@ -158,6 +146,5 @@ int main(void)
     s_test_admit();
     s_test_pick();
     s_test_heap();
-    printf("test_queue: %d checks, %d failed\n", s_checks, s_failed);
-    return s_failed ? 1 : 0;
+    return TEST_DONE("test_queue");
 }

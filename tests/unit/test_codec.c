@@ -1,0 +1,291 @@
+/*
+ * test_codec.c - the header codec: round trips, agreement with protobuf-c's
+ * generated code in both directions, and every rejection with hand-made
+ * bad frames, each with its own code.
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "codec.h"
+#include "test.h"
+
+#include <stdint.h>
+
+static ab_header_t s_full(void)
+{
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = UINT64_MAX;
+    h.correlation_id = 0x0123456789abcdefull;
+    h.sender = ab_view_of("agent-7");
+    h.target = ab_view_of("llm.generate");
+    h.priority = 3;
+    h.timeout_ms = UINT32_MAX;
+    h.flags = AB_FLAG_LZ4 | AB_FLAG_NO_STORE;
+    h.original_size = 1ull << 40;
+    h.error_code = AB_ERR_DEADLINE;
+    h.error_text = ab_view_of("took too long");
+    h.credit = 128;
+    return h;
+}
+
+static int s_view_eq(ab_view_t a, ab_view_t b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, a.len) == 0);
+}
+
+static void s_check_same(const ab_header_t *a, const ab_header_t *b)
+{
+    CHECK_U64(a->version, b->version);
+    CHECK_U64(a->kind, b->kind);
+    CHECK_U64(a->id, b->id);
+    CHECK_U64(a->correlation_id, b->correlation_id);
+    CHECK_TRUE(s_view_eq(a->sender, b->sender));
+    CHECK_TRUE(s_view_eq(a->target, b->target));
+    CHECK_U64(a->priority, b->priority);
+    CHECK_U64(a->timeout_ms, b->timeout_ms);
+    CHECK_U64(a->flags, b->flags);
+    CHECK_U64(a->original_size, b->original_size);
+    CHECK_U64(a->error_code, b->error_code);
+    CHECK_TRUE(s_view_eq(a->error_text, b->error_text));
+    CHECK_U64(a->credit, b->credit);
+}
+
+static void s_test_round_trip(void)
+{
+    uint8_t buf[70000];
+    ab_header_t h = s_full(), back;
+    size_t n = ab_header_encode(&h, buf, sizeof buf);
+    CHECK_U64(n, ab_header_size(&h));
+    CHECK_TRUE(n <= ab_header_bound(&h));
+    CHECK_EQ(ab_header_parse(buf, n, &back), AB_OK);
+    s_check_same(&h, &back);
+    /* All defaults: only version and kind on the wire (2 bytes each). */
+    ab_header_t d = ab_header_init(AB_KIND_HEARTBEAT);
+    n = ab_header_encode(&d, buf, sizeof buf);
+    CHECK_U64(n, 4);
+    CHECK_EQ(ab_header_parse(buf, n, &back), AB_OK);
+    s_check_same(&d, &back);
+    /* A long string needs a multi-byte length. */
+    static char big[60000];
+    memset(big, 'x', sizeof big - 1);
+    h.target = ab_view_of(big);
+    n = ab_header_encode(&h, buf, sizeof buf);
+    CHECK_TRUE(n > sizeof big);
+    CHECK_EQ(ab_header_parse(buf, n, &back), AB_OK);
+    CHECK_U64(back.target.len, sizeof big - 1);
+    /* Too small a buffer: 0, not an overrun. */
+    CHECK_U64(ab_header_encode(&h, buf, 100), 0);
+}
+
+/* Bytes from protobuf-c parse with our codec, and ours unpack with it. */
+static void s_test_protobuf_c_agrees(void)
+{
+    Agentbus__Header m;
+    agentbus__header__init(&m);
+    m.version = 1;
+    m.kind = AGENTBUS__KIND__KIND_REPLY;
+    m.id = 42;
+    m.correlation_id = UINT64_MAX;
+    m.sender = "w1";
+    m.target = "svc";
+    m.priority = 9;
+    m.timeout_ms = 1500;
+    m.flags = 17;
+    m.original_size = 123456789;
+    m.error_code = AGENTBUS__ERROR_CODE__ERR_BUSY;
+    m.error_text = "busy now";
+    m.credit = 7;
+    uint8_t buf[512];
+    size_t n = agentbus__header__pack(&m, buf);
+    ab_header_t h;
+    CHECK_EQ(ab_header_parse(buf, n, &h), AB_OK);
+    CHECK_U64(h.kind, AB_KIND_REPLY);
+    CHECK_U64(h.id, 42);
+    CHECK_U64(h.correlation_id, UINT64_MAX);
+    CHECK_TRUE(ab_view_eq(h.sender, "w1") && ab_view_eq(h.target, "svc"));
+    CHECK_TRUE(ab_view_eq(h.error_text, "busy now"));
+    CHECK_U64(h.original_size, 123456789);
+    CHECK_U64(h.credit, 7);
+    CHECK_U64(h.error_code, AB_ERR_BUSY);
+
+    ab_header_t ours = s_full();
+    size_t len = ab_header_encode(&ours, buf, sizeof buf);
+    CHECK_U64(len, agentbus__header__get_packed_size(&(Agentbus__Header){
+                       .base = m.base, .version = 1, .kind = AGENTBUS__KIND__KIND_REQUEST, .id = UINT64_MAX,
+                       .correlation_id = ours.correlation_id, .sender = "agent-7",
+                       .target = "llm.generate", .priority = 3, .timeout_ms = UINT32_MAX,
+                       .flags = ours.flags, .original_size = ours.original_size,
+                       .error_code = AGENTBUS__ERROR_CODE__ERR_DEADLINE, .error_text = "took too long",
+                       .credit = 128}));
+    Agentbus__Header *u = agentbus__header__unpack(NULL, len, buf);
+    REQUIRE(u != NULL);
+    CHECK_U64(u->version, 1);
+    CHECK_U64(u->kind, AB_KIND_REQUEST);
+    CHECK_U64(u->id, UINT64_MAX);
+    CHECK_U64(u->timeout_ms, UINT32_MAX);
+    CHECK_U64(u->original_size, 1ull << 40);
+    CHECK_STR(u->sender, "agent-7");
+    CHECK_STR(u->target, "llm.generate");
+    CHECK_STR(u->error_text, "took too long");
+    CHECK_U64(u->credit, 128);
+    agentbus__header__free_unpacked(u, NULL);
+}
+
+static void s_test_constants(void)
+{
+    CHECK_EQ(AB_KIND_HELLO, AGENTBUS__KIND__KIND_HELLO);
+    CHECK_EQ(AB_KIND_REGISTER, AGENTBUS__KIND__KIND_REGISTER);
+    CHECK_EQ(AB_KIND_REQUEST, AGENTBUS__KIND__KIND_REQUEST);
+    CHECK_EQ(AB_KIND_PARTIAL, AGENTBUS__KIND__KIND_PARTIAL);
+    CHECK_EQ(AB_KIND_REPLY, AGENTBUS__KIND__KIND_REPLY);
+    CHECK_EQ(AB_KIND_ERROR, AGENTBUS__KIND__KIND_ERROR);
+    CHECK_EQ(AB_KIND_HEARTBEAT, AGENTBUS__KIND__KIND_HEARTBEAT);
+    CHECK_EQ(AB_KIND_CONTROL, AGENTBUS__KIND__KIND_CONTROL);
+    CHECK_EQ(AB_KIND_BATCH, AGENTBUS__KIND__KIND_BATCH);
+    CHECK_EQ(AB_KIND_BYE, AGENTBUS__KIND__KIND_BYE);
+    CHECK_EQ(AB_ERR_NO_SERVICE, AGENTBUS__ERROR_CODE__ERR_NO_SERVICE);
+    CHECK_EQ(AB_ERR_BUSY, AGENTBUS__ERROR_CODE__ERR_BUSY);
+    CHECK_EQ(AB_ERR_DEADLINE, AGENTBUS__ERROR_CODE__ERR_DEADLINE);
+    CHECK_EQ(AB_ERR_MALFORMED, AGENTBUS__ERROR_CODE__ERR_MALFORMED);
+    CHECK_EQ(AB_ERR_WORKER_LOST, AGENTBUS__ERROR_CODE__ERR_WORKER_LOST);
+    CHECK_EQ(AB_ERR_INTERNAL, AGENTBUS__ERROR_CODE__ERR_INTERNAL);
+    CHECK_EQ(AB_ERR_UNSUPPORTED_VERSION, AGENTBUS__ERROR_CODE__ERR_UNSUPPORTED_VERSION);
+    CHECK_EQ(AB_ERR_APPLICATION, AGENTBUS__ERROR_CODE__ERR_APPLICATION);
+    CHECK_EQ(AB_FLAG_LZ4, AGENTBUS__FLAG__FLAG_LZ4);
+    CHECK_EQ(AB_FLAG_NON_IDEMPOTENT, AGENTBUS__FLAG__FLAG_NON_IDEMPOTENT);
+}
+
+/* Decodes one hand-made frame (plus an optional payload of PLEN bytes). */
+static int s_decode(const void *hdr, size_t len, size_t plen, const ab_limits_t *lim)
+{
+    static uint8_t payload[4096];
+    ab_frame_t f[2] = {{hdr, len}, {payload, plen}};
+    ab_header_t h;
+    ab_frame_t pl;
+    return ab_msg_decode(f, plen ? 2 : 1, lim, &h, &pl);
+}
+
+static int s_decode_h(const ab_header_t *h, size_t plen, const ab_limits_t *lim)
+{
+    uint8_t buf[512];
+    size_t n = ab_header_encode(h, buf, sizeof buf);
+    return s_decode(buf, n, plen, lim);
+}
+
+static void s_test_rejections(void)
+{
+    ab_limits_t small = {64, 100};
+    ab_header_t ok = ab_header_init(AB_KIND_REQUEST);
+    ok.id = 1;
+    ok.target = ab_view_of("echo");
+    CHECK_EQ(s_decode_h(&ok, 10, NULL), AB_OK);
+    CHECK_EQ(s_decode_h(&ok, 100, &small), AB_OK);
+    /* frame count */
+    ab_frame_t three[3] = {{"", 0}, {"", 0}, {"", 0}};
+    ab_header_t h;
+    ab_frame_t pl;
+    CHECK_EQ(ab_msg_decode(three, 3, NULL, &h, &pl), AB_EFRAMES);
+    CHECK_EQ(ab_msg_decode(three, 0, NULL, &h, &pl), AB_EFRAMES);
+    CHECK_EQ(ab_msg_decode(three, 10, NULL, &h, &pl), AB_EFRAMES);
+    /* header size: small limit, and the 64 KiB default */
+    ab_header_t big = ok;
+    char name[100];
+    memset(name, 'n', sizeof name - 1);
+    name[99] = 0;
+    big.target = ab_view_of(name);
+    CHECK_EQ(s_decode_h(&big, 0, &small), AB_EHDRSIZE);
+    static uint8_t huge[AB_DEFAULT_MAX_HEADER + 1];
+    CHECK_EQ(s_decode(huge, sizeof huge, 0, NULL), AB_EHDRSIZE);
+    /* version */
+    ab_header_t v2 = ok;
+    v2.version = 2;
+    CHECK_EQ(s_decode_h(&v2, 0, NULL), AB_EVERSION);
+    /* missing fields */
+    ab_header_t m = ok;
+    m.version = 0;
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EMISSING);
+    m = ok, m.kind = 0;
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EMISSING);
+    m = ok, m.target = ab_view_of("");
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EMISSING);
+    m = ok, m.id = 0;
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EMISSING);
+    m = ab_header_init(AB_KIND_REPLY);
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EMISSING);
+    m = ab_header_init(AB_KIND_ERROR);
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EMISSING);
+    m = ab_header_init(AB_KIND_REGISTER), m.target = ab_view_of("echo");
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EMISSING);
+    CHECK_EQ(s_decode(NULL, 0, 0, NULL), AB_EMISSING); /* empty message */
+    /* kind out of range */
+    m = ok, m.kind = 99;
+    CHECK_EQ(s_decode_h(&m, 0, NULL), AB_EDECODE);
+    /* payload size */
+    CHECK_EQ(s_decode_h(&ok, 101, &small), AB_EPAYLOADSIZE);
+    /* wire format */
+    const uint8_t trunc_varint[] = {0x08, 0x81};                  /* version: 0x81 then end */
+    const uint8_t long_len[] = {0x08, 0x01, 0x32, 0x05, 'a', 'b'}; /* sender claims 5, has 2 */
+    const uint8_t overlong[] = {0x08, 0x81, 0x81, 0x81, 0x81, 0x81, 0x81,
+                                0x81, 0x81, 0x81, 0x81, 0x01};       /* 11-byte varint */
+    const uint8_t group[] = {0x08, 0x01, 0x0b};                     /* field 1, wire type 3 */
+    const uint8_t field0[] = {0x00, 0x01};                          /* field number 0 */
+    const uint8_t wrong_wt[] = {0x08, 0x01, 0x10, 0x03, 0x1a, 0x01, 'x'}; /* id as LEN */
+    const uint8_t str_as_int[] = {0x08, 0x01, 0x10, 0x03, 0x30, 0x05};    /* target as varint */
+    const uint8_t trunc_fixed[] = {0x08, 0x01, 0x81, 0x03, 0x01, 0x02};   /* fixed64, 2 bytes */
+    CHECK_EQ(s_decode(trunc_varint, sizeof trunc_varint, 0, NULL), AB_EDECODE);
+    CHECK_EQ(s_decode(long_len, sizeof long_len, 0, NULL), AB_EDECODE);
+    CHECK_EQ(s_decode(overlong, sizeof overlong, 0, NULL), AB_EDECODE);
+    CHECK_EQ(s_decode(group, sizeof group, 0, NULL), AB_EDECODE);
+    CHECK_EQ(s_decode(field0, sizeof field0, 0, NULL), AB_EDECODE);
+    CHECK_EQ(s_decode(wrong_wt, sizeof wrong_wt, 0, NULL), AB_EDECODE);
+    CHECK_EQ(s_decode(str_as_int, sizeof str_as_int, 0, NULL), AB_EDECODE);
+    CHECK_EQ(s_decode(trunc_fixed, sizeof trunc_fixed, 0, NULL), AB_EDECODE);
+}
+
+/* Unknown fields of every wire type are skipped: newer peers may add some. */
+static void s_test_unknown_fields(void)
+{
+    uint8_t buf[600];
+    size_t n = ab_header_encode(&(ab_header_t){.version = 1, .kind = AB_KIND_HEARTBEAT}, buf,
+                                sizeof buf);
+    const uint8_t extra[] = {0x90, 0x03, 0x05,                   /* field 50 varint */
+                             0x9a, 0x03, 0x02, 'h', 'i',         /* field 51 LEN */
+                             0xa5, 0x03, 1, 2, 3, 4,             /* field 52 fixed32 */
+                             0xa9, 0x03, 1, 2, 3, 4, 5, 6, 7, 8}; /* field 53 fixed64 */
+    memcpy(buf + n, extra, sizeof extra);
+    ab_header_t h;
+    CHECK_EQ(ab_header_parse(buf, n + sizeof extra, &h), AB_OK);
+    CHECK_U64(h.kind, AB_KIND_HEARTBEAT);
+    CHECK_EQ(s_decode(buf, n + sizeof extra, 0, NULL), AB_OK);
+}
+
+static void s_test_status(void)
+{
+    for (uint32_t code = 1; code < AB_ERR_COUNT_; code++) {
+        int st = ab_status_from_wire(code);
+        CHECK_TRUE(st < 0);
+        CHECK_U64(ab_status_to_wire(st), code);
+        CHECK_TRUE(strcmp(ab_wire_error_name(code), "UNKNOWN") != 0);
+    }
+    CHECK_EQ(ab_status_from_wire(0), AB_OK);
+    CHECK_EQ(ab_status_from_wire(1000), AB_EINTERNAL);
+    CHECK_U64(ab_status_to_wire(AB_EFRAMES), AB_ERR_MALFORMED);
+    CHECK_U64(ab_status_to_wire(AB_EDECODE), AB_ERR_MALFORMED);
+    for (int code = 0; code >= AB_EDECODE; code--) {
+        if (code < AB_ESTOPPED && code > AB_EFRAMES)
+            continue; /* the gap between the groups */
+        CHECK_TRUE(strcmp(ab_strerror(code), "unknown error code") != 0);
+        CHECK_TRUE(strcmp(ab_status_name(code), "UNKNOWN") != 0);
+    }
+    CHECK_STR(ab_strerror(12345), "unknown error code");
+}
+
+int main(void)
+{
+    s_test_round_trip();
+    s_test_protobuf_c_agrees();
+    s_test_constants();
+    s_test_rejections();
+    s_test_unknown_fields();
+    s_test_status();
+    return TEST_DONE("test_codec");
+}
