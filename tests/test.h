@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int t_checks, t_failed;
+/* Weak: one pair of counters shared by every file of a test program. */
+__attribute__((weak)) int t_checks, t_failed;
 
 #define T_FAIL_(fmt, ...)                                                                          \
     do {                                                                                           \

@@ -1,0 +1,362 @@
+/* harness.c - see harness.h. */
+#include "harness.h"
+#include "test.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef AB_BIN_DIR
+#error "AB_BIN_DIR must name the directory of the built programs"
+#endif
+
+#define TH_MAX_PROCS 32
+
+typedef struct {
+    pid_t pid;
+    char log[600];
+    int reaped;
+} s_proc_t;
+
+static s_proc_t s_procs[TH_MAX_PROCS];
+static int s_nprocs;
+static char s_dir[256];
+static const char *s_test = "test";
+
+void th_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static s_proc_t *s_find(pid_t pid)
+{
+    for (int i = 0; i < s_nprocs; i++)
+        if (s_procs[i].pid == pid)
+            return &s_procs[i];
+    return NULL;
+}
+
+static void s_tail(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[512];
+    static char ring[40][512];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        snprintf(ring[n++ % 40], sizeof ring[0], "%s", line);
+    fclose(f);
+    int start = n > 40 ? n - 40 : 0;
+    for (int i = start; i < n; i++)
+        fprintf(stderr, "    | %s", ring[i % 40]);
+}
+
+static void s_cleanup(void)
+{
+    for (int i = 0; i < s_nprocs; i++)
+        if (!s_procs[i].reaped)
+            th_stop(s_procs[i].pid);
+    if (t_failed) {
+        for (int i = 0; i < s_nprocs; i++) {
+            fprintf(stderr, "--- log of pid %d (%s):\n", (int)s_procs[i].pid, s_procs[i].log);
+            s_tail(s_procs[i].log);
+        }
+    }
+}
+
+void th_init(const char *test_name)
+{
+    s_test = test_name;
+    snprintf(s_dir, sizeof s_dir, "/tmp/agentbus-test-%s-XXXXXX", test_name);
+    REQUIRE(mkdtemp(s_dir) != NULL);
+    signal(SIGPIPE, SIG_IGN);
+    atexit(s_cleanup);
+}
+
+const char *th_dir(void)
+{
+    return s_dir;
+}
+
+int th_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+            getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+const char *th_ep(int port)
+{
+    static char buf[4][64];
+    static int slot;
+    char *b = buf[slot++ % 4];
+    snprintf(b, sizeof buf[0], "tcp://127.0.0.1:%d", port);
+    return b;
+}
+
+const char *th_bin(const char *bin)
+{
+    static char path[4][512];
+    static int slot;
+    char *p = path[slot++ % 4];
+    snprintf(p, sizeof path[0], "%s/%s", AB_BIN_DIR, bin);
+    return p;
+}
+
+pid_t th_spawn(const char *bin, const char *const *argv, const char *const *env)
+{
+    REQUIRE(s_nprocs < TH_MAX_PROCS);
+    s_proc_t *p = &s_procs[s_nprocs];
+    snprintf(p->log, sizeof p->log, "%s/%s-%d.log", s_dir, bin, s_nprocs);
+    const char *args[64];
+    int n = 0;
+    args[n++] = th_bin(bin);
+    for (int i = 0; argv && argv[i] && n < 63; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int fd = open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        for (int i = 0; env && env[i]; i++)
+            putenv((char *)env[i]);
+        execv(args[0], (char *const *)args);
+        fprintf(stderr, "exec %s: %s\n", args[0], strerror(errno));
+        _exit(127);
+    }
+    p->pid = pid;
+    s_nprocs++;
+    return pid;
+}
+
+int th_wait_exit(pid_t pid, int timeout_ms)
+{
+    s_proc_t *p = s_find(pid);
+    for (int waited = 0; waited <= timeout_ms; waited += 10) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) {
+            if (p)
+                p->reaped = 1;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        if (r < 0)
+            return -1;
+        th_sleep_ms(10);
+    }
+    return -1;
+}
+
+int th_stop(pid_t pid)
+{
+    s_proc_t *p = s_find(pid);
+    if (p && p->reaped)
+        return -1;
+    kill(pid, SIGTERM);
+    int st = th_wait_exit(pid, 5000);
+    if (st < 0) {
+        kill(pid, SIGKILL);
+        st = th_wait_exit(pid, 5000);
+    }
+    return st;
+}
+
+void th_kill9(pid_t pid)
+{
+    kill(pid, SIGKILL);
+    th_wait_exit(pid, 5000);
+}
+
+int th_alive(pid_t pid)
+{
+    s_proc_t *p = s_find(pid);
+    if (p && p->reaped)
+        return 0;
+    return waitpid(pid, NULL, WNOHANG) == 0;
+}
+
+long th_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+const char *th_log_of(pid_t pid)
+{
+    s_proc_t *p = s_find(pid);
+    return p ? p->log : "";
+}
+
+ab_client_t *th_client(int port)
+{
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    ab_client_t *c = NULL;
+    int rc = ab_client_new(&c, o);
+    ab_options_destroy(&o);
+    REQUIRE(rc == AB_OK);
+    return c;
+}
+
+static pid_t s_broker_v(int port, const char *const *env, va_list ap)
+{
+    const char *args[48];
+    int n = 0;
+    args[n++] = "--bind";
+    args[n++] = th_ep(port);
+    args[n++] = "--log-level";
+    args[n++] = "debug";
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 47)
+        args[n++] = a;
+    args[n] = NULL;
+    pid_t pid = th_spawn("agentbus-broker", args, env);
+    ab_client_t *c = th_client(port);
+    int up = 0;
+    for (int i = 0; i < 100 && !up && th_alive(pid); i++) {
+        void *buf = NULL;
+        size_t len;
+        up = ab_client_control(c, "stats", 100, &buf, &len) == AB_OK;
+        ab_free(buf);
+    }
+    ab_client_destroy(&c);
+    if (!up)
+        fprintf(stderr, "broker on port %d did not come up\n", port);
+    REQUIRE(up);
+    return pid;
+}
+
+pid_t th_broker(int port, ...)
+{
+    va_list ap;
+    va_start(ap, port);
+    pid_t pid = s_broker_v(port, NULL, ap);
+    va_end(ap);
+    return pid;
+}
+
+pid_t th_broker_env(int port, const char *const *env, ...)
+{
+    va_list ap;
+    va_start(ap, env);
+    pid_t pid = s_broker_v(port, env, ap);
+    va_end(ap);
+    return pid;
+}
+
+pid_t th_worker(int port, const char *service, ...)
+{
+    const char *args[48];
+    int n = 0;
+    args[n++] = "--broker";
+    args[n++] = th_ep(port);
+    args[n++] = "--backend";
+    args[n++] = "echo";
+    args[n++] = "--service";
+    args[n++] = service;
+    va_list ap;
+    va_start(ap, service);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) && n < 47)
+        args[n++] = a;
+    va_end(ap);
+    args[n] = NULL;
+    return th_spawn("agentbus-worker", args, NULL);
+}
+
+Agentbus__Stats *th_stats(ab_client_t *c)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "stats", 3000, &buf, &len) != AB_OK)
+        return NULL;
+    Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
+    ab_free(buf);
+    return st;
+}
+
+Agentbus__WorkerList *th_workers(ab_client_t *c)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "workers", 3000, &buf, &len) != AB_OK)
+        return NULL;
+    Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    return wl;
+}
+
+unsigned long long th_stat_error(const Agentbus__Stats *st, const char *code)
+{
+    for (size_t i = 0; st && i < st->n_errors; i++)
+        if (strcmp(st->errors[i]->code, code) == 0)
+            return st->errors[i]->count;
+    return 0;
+}
+
+int th_wait_workers(ab_client_t *c, const char *service, unsigned n, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        Agentbus__WorkerList *wl = th_workers(c);
+        unsigned have = 0;
+        for (size_t i = 0; wl && i < wl->n_workers; i++)
+            have += strcmp(wl->workers[i]->service, service) == 0;
+        if (wl)
+            agentbus__worker_list__free_unpacked(wl, NULL);
+        if (have >= n)
+            return 0;
+        th_sleep_ms(50);
+    }
+    fprintf(stderr, "timed out waiting for %u workers of '%s'\n", n, service);
+    return -1;
+}
+
+int th_run(const char *cmdline, char *out, size_t cap)
+{
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmdline);
+    FILE *p = popen(full, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

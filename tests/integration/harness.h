@@ -1,0 +1,71 @@
+/*
+ * harness.h - integration test support: real processes on free loopback
+ * ports, stopped by PID; real ZeroMQ; bounded waits.
+ *
+ * Every process a test starts is recorded; at exit (pass, fail or REQUIRE)
+ * each is stopped by its PID (SIGTERM, then SIGKILL), and on failure the
+ * tail of each one's log is printed. Children also die with the test
+ * (PR_SET_PDEATHSIG) if ctest kills it on a timeout.
+ */
+#ifndef AB_HARNESS_H
+#define AB_HARNESS_H
+
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+
+#include <sys/types.h>
+
+/* Creates the test's temp dir and registers the cleanup. */
+void th_init(const char *test_name);
+const char *th_dir(void);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+int th_free_port(void);
+/* "tcp://127.0.0.1:PORT" in a static buffer per call slot (4 rotating). */
+const char *th_ep(int port);
+
+/* Starts BIN (a program of the build, e.g. "agentbus-broker") with the
+ * NULL-terminated ARGV (argv[0] excluded), extra environment ENV
+ * ("K=V" strings, NULL-terminated, may be NULL). Output goes to a log file. */
+pid_t th_spawn(const char *bin, const char *const *argv, const char *const *env);
+/* Stops PID: SIGTERM, up to 5 s, then SIGKILL. Returns its exit status
+ * (as from waitpid), or -1. */
+int th_stop(pid_t pid);
+/* SIGKILL and reap. */
+void th_kill9(pid_t pid);
+/* Waits up to timeout_ms for PID to exit; its exit code, or -1 if still running. */
+int th_wait_exit(pid_t pid, int timeout_ms);
+int th_alive(pid_t pid);
+/* Resident memory of PID in KiB (VmRSS), or -1. */
+long th_rss_kb(pid_t pid);
+/* The log file of PID (its stdout and stderr). */
+const char *th_log_of(pid_t pid);
+
+/* Starts a broker on PORT with extra flags (NULL-terminated list after
+ * port), and waits until it answers a control query. */
+pid_t th_broker(int port, ...);
+pid_t th_broker_env(int port, const char *const *env, ...);
+/* Starts an echo worker for SERVICE with extra flags (NULL-terminated). */
+pid_t th_worker(int port, const char *service, ...);
+
+/* A client of the broker on PORT; REQUIREs success. */
+ab_client_t *th_client(int port);
+/* The broker's answers; NULL on failure. Free with the matching
+ * agentbus__*__free_unpacked(x, NULL). */
+Agentbus__Stats *th_stats(ab_client_t *c);
+Agentbus__WorkerList *th_workers(ab_client_t *c);
+/* Count of errors with CODE in STATS (e.g. "BUSY", "rejected:FRAMES"). */
+unsigned long long th_stat_error(const Agentbus__Stats *st, const char *code);
+/* Waits (bounded) until SERVICE has N registered workers. 0 or -1. */
+int th_wait_workers(ab_client_t *c, const char *service, unsigned n, int timeout_ms);
+
+/* Runs a shell command line, capturing stdout+stderr into OUT (CAP bytes);
+ * returns the exit status (0..255) or -1. */
+int th_run(const char *cmdline, char *out, size_t cap);
+/* Full path of a program of the build. */
+const char *th_bin(const char *bin);
+
+/* Sleeps; ms. */
+void th_sleep_ms(int ms);
+
+#endif

@@ -1,0 +1,510 @@
+/*
+ * test_integration.c - the broker, workers and clients as real processes
+ * on free loopback ports. One case per ctest entry: test_integration CASE.
+ */
+#include "codec.h"
+#include "harness.h"
+#include "test.h"
+#include "util.h"
+
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+/* --- async request bookkeeping ------------------------------------------------ */
+typedef struct {
+    int finals, partials, ok, status_counts[64];
+    int last_status;
+    char data[4096];
+    size_t len;
+    int order_ok; /* partials all came before the final */
+} s_tally_t;
+
+static void s_tally_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_tally_t *t = arg;
+    if (ev->final) {
+        t->finals++;
+        t->last_status = ev->status;
+        t->status_counts[-ev->status < 64 ? -ev->status : 63]++;
+        if (ev->status == AB_OK)
+            t->ok++;
+    } else {
+        t->partials++;
+        if (t->finals)
+            t->order_ok = 0;
+    }
+    if (ev->status == AB_OK && t->len + ev->size <= sizeof t->data) {
+        memcpy(t->data + t->len, ev->data, ev->size);
+        t->len += ev->size;
+    }
+}
+
+/* Polls C until WANT finals arrived in T or timeout_ms passed. */
+static void s_poll_until(ab_client_t *c, s_tally_t *t, int want, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    while (t->finals < want && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+}
+
+static int s_request_str(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap)
+{
+    void *reply = NULL;
+    size_t n = 0;
+    int rc = ab_client_request(c, svc, data, strlen(data), 5000, &reply, &n);
+    if (rc == AB_OK && out) {
+        snprintf(out, cap, "%.*s", (int)n, (char *)reply);
+    }
+    ab_free(reply);
+    return rc;
+}
+
+/* --- cases ------------------------------------------------------------------------------ */
+static void s_routing(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "alpha", "--name", "wa", NULL);
+    th_worker(port, "beta", "--name", "wb", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "alpha", 1, 10000) == 0);
+    REQUIRE(th_wait_workers(c, "beta", 1, 10000) == 0);
+    char out[128], msg[64];
+    for (int i = 0; i < 8; i++) {
+        const char *svc = i < 5 ? "alpha" : "beta";
+        snprintf(msg, sizeof msg, "%s-%d", svc, i);
+        CHECK_EQ(s_request_str(c, svc, msg, out, sizeof out), AB_OK);
+        CHECK_STR(out, msg);
+    }
+    Agentbus__WorkerList *wl = th_workers(c);
+    REQUIRE(wl != NULL);
+    CHECK_EQ(wl->n_workers, 2);
+    for (size_t i = 0; i < wl->n_workers; i++) {
+        Agentbus__WorkerInfo *w = wl->workers[i];
+        if (strcmp(w->name, "wa") == 0) {
+            CHECK_STR(w->service, "alpha");
+            CHECK_EQ(w->completed, 5);
+        } else {
+            CHECK_STR(w->name, "wb");
+            CHECK_STR(w->service, "beta");
+            CHECK_EQ(w->completed, 3);
+        }
+    }
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    ab_client_destroy(&c);
+}
+
+static void s_credit(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "pool", "--name", "c1", "--capacity", "1", "--delay-ms", "20", NULL);
+    th_worker(port, "pool", "--name", "c2", "--capacity", "2", "--delay-ms", "20", NULL);
+    th_worker(port, "pool", "--name", "c4", "--capacity", "4", "--delay-ms", "20", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "pool", 3, 10000) == 0);
+    s_tally_t t = {0};
+    enum { TOTAL = 350, WINDOW = 14 };
+    int sent = 0;
+    int64_t end = ab_now_ms() + 30000;
+    while (t.finals < TOTAL && ab_now_ms() < end) {
+        while (sent < TOTAL && sent - t.finals < WINDOW) {
+            CHECK_EQ(ab_client_request_async(c, "pool", "x", 1, 10000, s_tally_cb, &t, NULL),
+                     AB_OK);
+            sent++;
+        }
+        ab_client_poll(c, 20);
+    }
+    CHECK_EQ(t.ok, TOTAL);
+    Agentbus__WorkerList *wl = th_workers(c);
+    REQUIRE(wl != NULL);
+    CHECK_EQ(wl->n_workers, 3);
+    for (size_t i = 0; i < wl->n_workers; i++) {
+        Agentbus__WorkerInfo *w = wl->workers[i];
+        double expect = TOTAL * w->capacity / 7.0;
+        printf("worker %s capacity %u completed %llu (expected ~%.0f)\n", w->name, w->capacity,
+               (unsigned long long)w->completed, expect);
+        CHECK_RANGE(w->completed, 0.6 * expect, 1.4 * expect);
+    }
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    ab_client_destroy(&c);
+}
+
+static void s_no_service(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    ab_client_t *c = th_client(port);
+    CHECK_EQ(s_request_str(c, "nosuch", "x", NULL, 0), AB_ENOSERVICE);
+    CHECK_TRUE(strstr(ab_client_last_error(c), "nosuch") != NULL);
+    char cmd[512], out[1024];
+    snprintf(cmd, sizeof cmd, "%s --broker %s request nosuch hello", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    CHECK_TRUE(strstr(out, "NO_SERVICE") != NULL);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(th_stat_error(st, "NO_SERVICE"), 2);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+}
+
+static void s_busy(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--queue-max", "10", "--startup-grace-ms", "0", NULL);
+    th_worker(port, "slow", "--capacity", "1", "--delay-ms", "3000", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    s_tally_t held = {0};
+    for (int i = 0; i < 11; i++) /* 1 with the worker + 10 queued */
+        CHECK_EQ(ab_client_request_async(c, "slow", "x", 1, 20000, s_tally_cb, &held, NULL),
+                 AB_OK);
+    ab_client_poll(c, 200);
+    CHECK_EQ(s_request_str(c, "slow", "one too many", NULL, 0), AB_EBUSY);
+    CHECK_EQ(held.finals, 0);
+    long rss_first = 0;
+    int busy = 0;
+    char payload[512];
+    memset(payload, 'p', sizeof payload);
+    for (int round = 0; round < 6; round++) {
+        s_tally_t t = {0};
+        for (int i = 0; i < 5000; i++)
+            ab_client_request_async(c, "slow", payload, sizeof payload, 20000, s_tally_cb, &t,
+                                    NULL);
+        s_poll_until(c, &t, 5000, 20000);
+        busy += t.status_counts[-AB_EBUSY];
+        CHECK_EQ(t.finals, 5000);
+        if (round == 0)
+            rss_first = th_rss_kb(broker);
+    }
+    long rss_last = th_rss_kb(broker);
+    printf("broker RSS after round 1: %ld KiB, after round 6: %ld KiB (bounded: allocator noise plateaus)\n", rss_first, rss_last);
+    CHECK_EQ(busy, 30000);
+    CHECK_RANGE(rss_last - rss_first, -1e9, 4096);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->pending, 11);
+    CHECK_EQ(th_stat_error(st, "BUSY"), 30001);
+    CHECK_EQ(st->services[0]->queue_depth, 10);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c); /* the 11 held ones end with STOPPED */
+    CHECK_EQ(held.finals, 11);
+    CHECK_EQ(held.status_counts[-AB_ESTOPPED], 11);
+}
+
+static void s_deadline(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "slow", "--capacity", "1", "--delay-ms", "1500", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    s_tally_t a = {0}, b = {0};
+    CHECK_EQ(ab_client_request_async(c, "slow", "a", 1, 200, s_tally_cb, &a, NULL), AB_OK);
+    CHECK_EQ(ab_client_request_async(c, "slow", "b", 1, 300, s_tally_cb, &b, NULL), AB_OK);
+    s_poll_until(c, &a, 1, 5000);
+    s_poll_until(c, &b, 1, 5000);
+    CHECK_EQ(a.last_status, AB_EDEADLINE); /* held by the worker */
+    CHECK_EQ(b.last_status, AB_EDEADLINE); /* waited in the queue */
+    CHECK_EQ(a.finals + b.finals, 2);
+    /* The worker's late reply is dropped and counted, never delivered. */
+    Agentbus__Stats *st = NULL;
+    for (int i = 0; i < 100; i++) {
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        st = th_stats(c);
+        if (st && st->replies_dropped >= 1)
+            break;
+        th_sleep_ms(50);
+    }
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->replies_dropped, 1);
+    CHECK_EQ(th_stat_error(st, "DEADLINE"), 2);
+    agentbus__stats__free_unpacked(st, NULL);
+    CHECK_EQ(a.finals, 1);
+    /* The worker got its credit back: a patient request succeeds. */
+    CHECK_EQ(s_request_str(c, "slow", "patient", NULL, 0), AB_OK);
+    ab_client_destroy(&c);
+}
+
+static void s_stream(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "stream", "--chunks", "5", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "stream", 1, 10000) == 0);
+    const char *payload = "0123456789abcdefghijABCDEFGHIJklmnopqrstKLMNOPQRST";
+    s_tally_t t = {0};
+    t.order_ok = 1;
+    CHECK_EQ(ab_client_request_async(c, "stream", payload, 50, 5000, s_tally_cb, &t, NULL), AB_OK);
+    s_poll_until(c, &t, 1, 5000);
+    ab_client_poll(c, 100); /* nothing may follow the final event */
+    CHECK_EQ(t.partials, 4);
+    CHECK_EQ(t.finals, 1);
+    CHECK_EQ(t.order_ok, 1);
+    CHECK_EQ(t.len, 50);
+    CHECK_TRUE(t.len == 50 && memcmp(t.data, payload, 50) == 0);
+    char out[128];
+    CHECK_EQ(s_request_str(c, "stream", payload, out, sizeof out), AB_OK);
+    CHECK_STR(out, payload);
+    ab_client_destroy(&c);
+}
+
+/* --- garbage ------------------------------------------------------------------------------ */
+static int s_raw_send(void *s, const void *const *frames, const size_t *sizes, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (zmq_send(s, frames[i], sizes[i], i + 1 < n ? ZMQ_SNDMORE : 0) < 0)
+            return -1;
+    return 0;
+}
+
+static int s_send_header(void *s, const ab_header_t *h, size_t cut)
+{
+    uint8_t buf[512];
+    size_t n = ab_header_encode(h, buf, sizeof buf);
+    const void *f[1] = {buf};
+    size_t sz[1] = {cut ? cut : n};
+    return s_raw_send(s, f, sz, 1);
+}
+
+/* Sends the bad messages; returns how many were sent. */
+static int s_send_garbage(void *raw)
+{
+    int bad = 0;
+    uint64_t rng = 12345;
+    uint8_t junk[64];
+    for (int i = 0; i < 20; i++) { /* random bytes, checked invalid locally */
+        for (size_t k = 0; k < sizeof junk; k++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            junk[k] = (uint8_t)(rng >> 56);
+        }
+        ab_frame_t f = {junk, 8 + i * 2};
+        ab_header_t h;
+        ab_frame_t pl;
+        if (ab_msg_decode(&f, 1, NULL, &h, &pl) == AB_OK || h.kind == AB_KIND_ERROR)
+            continue;
+        const void *fr[1] = {junk};
+        size_t sz[1] = {f.size};
+        bad += s_raw_send(raw, fr, sz, 1) == 0;
+    }
+    ab_header_t req = ab_header_init(AB_KIND_REQUEST);
+    req.id = 77;
+    req.target = ab_view_of("echo");
+    bad += s_send_header(raw, &req, ab_header_size(&req) / 2) == 0; /* truncated */
+    const void *empty[1] = {""};
+    size_t zero[1] = {0};
+    bad += s_raw_send(raw, empty, zero, 1) == 0; /* empty message */
+    uint8_t hdr[64];
+    size_t hn = ab_header_encode(&req, hdr, sizeof hdr);
+    const void *ten[10];
+    size_t tens[10];
+    for (int i = 0; i < 10; i++)
+        ten[i] = hdr, tens[i] = hn;
+    bad += s_raw_send(raw, ten, tens, 10) == 0; /* 10 frames */
+    ab_header_t v2 = req;
+    v2.version = 2;
+    bad += s_send_header(raw, &v2, 0) == 0;
+    ab_header_t notarget = req;
+    notarget.target = ab_view_of("");
+    bad += s_send_header(raw, &notarget, 0) == 0;
+    static uint8_t huge[70 * 1024];
+    const void *hf[1] = {huge};
+    size_t hs[1] = {sizeof huge};
+    bad += s_raw_send(raw, hf, hs, 1) == 0; /* header over 64 KiB */
+    return bad;
+}
+
+static void s_garbage(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    char out[64];
+    CHECK_EQ(s_request_str(c, "echo", "before", out, sizeof out), AB_OK);
+    void *ctx = zmq_ctx_new();
+    void *raw = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_connect(raw, th_ep(port)) == 0);
+    int bad = s_send_garbage(raw);
+    CHECK_EQ(s_request_str(c, "echo", "between", out, sizeof out), AB_OK);
+    CHECK_STR(out, "between");
+    bad += s_send_garbage(raw);
+    /* Each bad message is answered with ERROR(MALFORMED or UNSUPPORTED_VERSION). */
+    int errors = 0, versions = 0, timeout = 2000;
+    zmq_setsockopt(raw, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    for (int i = 0; i < bad; i++) {
+        uint8_t buf[1024];
+        int n = zmq_recv(raw, buf, sizeof buf, 0);
+        if (n < 0)
+            break;
+        ab_header_t h;
+        if (ab_header_parse(buf, (size_t)n, &h) == AB_OK && h.kind == AB_KIND_ERROR) {
+            errors += h.error_code == AB_ERR_MALFORMED || h.error_code == AB_ERR_UNSUPPORTED_VERSION;
+            versions += h.error_code == AB_ERR_UNSUPPORTED_VERSION;
+        }
+    }
+    CHECK_EQ(errors, bad);
+    CHECK_EQ(versions, 2);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    CHECK_EQ(s_request_str(c, "echo", "after", out, sizeof out), AB_OK);
+    CHECK_STR(out, "after");
+    CHECK_TRUE(th_alive(broker));
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    printf("sent %d bad messages; broker counted %llu malformed\n", bad,
+           (unsigned long long)st->malformed);
+    CHECK_EQ(st->malformed, bad);
+    CHECK_EQ(th_stat_error(st, "rejected:FRAMES"), 2);
+    CHECK_EQ(th_stat_error(st, "rejected:UNSUPPORTED_VERSION"), 2);
+    CHECK_EQ(th_stat_error(st, "rejected:HEADER_SIZE"), 2);
+    CHECK_TRUE(th_stat_error(st, "rejected:DECODE") + th_stat_error(st, "rejected:MISSING_FIELD") >= 4);
+    agentbus__stats__free_unpacked(st, NULL);
+    char cmd[512], text[8192];
+    snprintf(cmd, sizeof cmd, "%s --broker %s stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, text, sizeof text), 0);
+    CHECK_TRUE(strstr(text, "malformed") != NULL && strstr(text, "rejected:FRAMES") != NULL);
+    ab_client_destroy(&c);
+}
+
+static void s_restart(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, NULL);
+    th_worker(port, "echo", NULL);
+    th_worker(port, "slow", "--delay-ms", "3000", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    char out[64];
+    CHECK_EQ(s_request_str(c, "echo", "first", out, sizeof out), AB_OK);
+    s_tally_t t = {0};
+    CHECK_EQ(ab_client_request_async(c, "slow", "x", 1, 20000, s_tally_cb, &t, NULL), AB_OK);
+    ab_client_poll(c, 300);
+    th_kill9(broker);
+    s_poll_until(c, &t, 1, 10000);
+    CHECK_EQ(t.finals, 1);
+    CHECK_EQ(t.last_status, AB_EDISCONNECTED);
+    CHECK_EQ(ab_client_connected(c), 0);
+    /* A new broker on the same port: the client and both workers find it by
+     * themselves, and the first request succeeds (the startup grace holds it
+     * until the echo worker has registered again). */
+    th_broker(port, NULL);
+    CHECK_EQ(s_request_str(c, "echo", "second", out, sizeof out), AB_OK);
+    CHECK_STR(out, "second");
+    CHECK_EQ(th_wait_workers(c, "slow", 1, 10000), 0);
+    CHECK_EQ(ab_client_connected(c), 1);
+    ab_client_destroy(&c);
+}
+
+static void s_config(void)
+{
+    char path[512], cmd[1024], out[4096];
+    snprintf(path, sizeof path, "%s/broker.cfg", th_dir());
+    FILE *f = fopen(path, "w");
+    REQUIRE(f != NULL);
+    fprintf(f, "# test config\nqueue-max = 5\nbroker\n    default-timeout-ms = 4000\n");
+    fclose(f);
+    const char *env7[] = {"AB_QUEUE_MAX=7", NULL};
+    struct {
+        const char *const *env;
+        const char *flag;
+        unsigned want;
+    } cases[] = {{NULL, NULL, 5}, {env7, NULL, 7}, {env7, "9", 9}};
+    for (size_t i = 0; i < 3; i++) {
+        int port = th_free_port();
+        pid_t b = cases[i].flag ? th_broker_env(port, cases[i].env, "--config", path,
+                                                "--queue-max", cases[i].flag, NULL)
+                                : th_broker_env(port, cases[i].env, "--config", path, NULL);
+        pid_t w = th_worker(port, "cfg", NULL);
+        ab_client_t *c = th_client(port);
+        REQUIRE(th_wait_workers(c, "cfg", 1, 10000) == 0);
+        Agentbus__Stats *st = th_stats(c);
+        REQUIRE(st != NULL && st->n_services == 1);
+        CHECK_EQ(st->services[0]->queue_max, cases[i].want);
+        agentbus__stats__free_unpacked(st, NULL);
+        ab_client_destroy(&c);
+        th_stop(w);
+        th_stop(b);
+    }
+    snprintf(cmd, sizeof cmd, "%s --queue-max abc", th_bin("agentbus-broker"));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, "queue-max") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --no-such-option 1", th_bin("agentbus-broker"));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, "no-such-option") != NULL);
+    snprintf(cmd, sizeof cmd, "AB_LIVENESS=1 %s", th_bin("agentbus-broker"));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, "AB_LIVENESS") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --help", th_bin("agentbus-broker"));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "--queue-max") && strstr(out, "--startup-grace-ms"));
+}
+
+static void s_brokerctl(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "echo", "--label", "gpu=0", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    char cmd[1024], out[16384];
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    json_error_t err;
+    json_t *j = json_loads(out, 0, &err);
+    CHECK_TRUE(j != NULL);
+    CHECK_TRUE(json_is_integer(json_object_get(j, "uptime_ms")));
+    CHECK_TRUE(json_is_object(json_object_get(j, "connections")));
+    CHECK_EQ(json_integer_value(json_object_get(json_object_get(j, "connections"), "workers")), 1);
+    CHECK_EQ(json_array_size(json_object_get(j, "services")), 1);
+    json_decref(j);
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json workers", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    j = json_loads(out, 0, &err);
+    CHECK_TRUE(j && json_array_size(j) == 1);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(json_array_get(j, 0), "labels"), "gpu")), "0");
+    json_decref(j);
+    snprintf(cmd, sizeof cmd, "printf 'hello from stdin' | %s --broker %s request echo -",
+             th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_STR(out, "hello from stdin");
+    snprintf(cmd, sizeof cmd, "%s --broker %s bogus", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    ab_client_destroy(&c);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } cases[] = {{"routing", s_routing},       {"credit", s_credit},     {"no_service", s_no_service},
+                 {"busy", s_busy},             {"deadline", s_deadline}, {"stream", s_stream},
+                 {"garbage", s_garbage},       {"restart", s_restart},   {"config", s_config},
+                 {"brokerctl", s_brokerctl}};
+    if (argc != 2) {
+        fprintf(stderr, "usage: test_integration CASE\n");
+        return 2;
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (strcmp(argv[1], cases[i].name) == 0) {
+            th_init(cases[i].name);
+            cases[i].fn();
+            return TEST_DONE(argv[1]);
+        }
+    }
+    fprintf(stderr, "unknown case '%s'\n", argv[1]);
+    return 2;
+}
