@@ -170,9 +170,9 @@ static void s_busy(void)
     CHECK_EQ(held.finals, 0);
     long rss_first = 0;
     int busy = 0;
-    char payload[512];
+    char payload[4096];
     memset(payload, 'p', sizeof payload);
-    for (int round = 0; round < 6; round++) {
+    for (int round = 0; round < 8; round++) {
         s_tally_t t = {0};
         for (int i = 0; i < 5000; i++)
             ab_client_request_async(c, "slow", payload, sizeof payload, 20000, s_tally_cb, &t,
@@ -180,17 +180,22 @@ static void s_busy(void)
         s_poll_until(c, &t, 5000, 20000);
         busy += t.status_counts[-AB_EBUSY];
         CHECK_EQ(t.finals, 5000);
-        if (round == 0)
+        if (round == 1) /* after a warm-up, allocator and pipes have grown to size */
             rss_first = th_rss_kb(broker);
     }
     long rss_last = th_rss_kb(broker);
-    printf("broker RSS after round 1: %ld KiB, after round 6: %ld KiB (bounded: allocator noise plateaus)\n", rss_first, rss_last);
-    CHECK_EQ(busy, 30000);
-    CHECK_RANGE(rss_last - rss_first, -1e9, 4096);
+    printf("broker RSS after round 2: %ld KiB, after round 8: %ld KiB\n", rss_first, rss_last);
+    CHECK_EQ(busy, 40000);
+#ifndef __SANITIZE_ADDRESS__
+    /* Keeping a 4 KiB request per BUSY answer would add over 100 MiB here;
+     * allocator and pipe noise stays under ~8 MiB. (Under ASan RSS is not a
+     * clean signal; there the pending and queue-depth checks below hold.) */
+    CHECK_RANGE(rss_last - rss_first, -1e9, 32 * 1024);
+#endif
     Agentbus__Stats *st = th_stats(c);
     REQUIRE(st != NULL);
     CHECK_EQ(st->pending, 11);
-    CHECK_EQ(th_stat_error(st, "BUSY"), 30001);
+    CHECK_EQ(th_stat_error(st, "BUSY"), 40001);
     CHECK_EQ(st->services[0]->queue_depth, 10);
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&c); /* the 11 held ones end with STOPPED */

@@ -1,0 +1,452 @@
+/*
+ * agentbus-bench - request/reply through the agentbus broker versus a bare
+ * ZeroMQ forwarding hop, measured in the same run, reported as ratios.
+ *
+ * Both systems run side by side for the whole run (broker + echo worker as
+ * child processes of the real binaries; forwarder + echo as forked
+ * children), and their measurements are interleaved run by run so that
+ * machine noise hits both alike. Throughput: medians of --runs runs with
+ * --window requests in flight; latency: one request at a time.
+ */
+#include "agentbus.h"
+#include "bare_hop.h"
+#include "hist.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+typedef struct {
+    double seconds;
+    int runs, window, latency_count, json;
+    size_t small, large;
+    const char *only, *broker_bin, *worker_bin, *endpoint;
+} s_opts_t;
+
+typedef struct {
+    double rr_small, rr_large; /* msgs/s, medians */
+    uint64_t p50_ns, p99_ns;
+} s_result_t;
+
+static pid_t s_children[8];
+static int s_nchildren;
+
+static void s_stop_children(void)
+{
+    for (int i = 0; i < s_nchildren; i++)
+        kill(s_children[i], SIGTERM);
+    for (int i = 0; i < s_nchildren; i++) {
+        int waited = 0;
+        while (waitpid(s_children[i], NULL, WNOHANG) == 0 && waited++ < 300)
+            usleep(10000);
+        if (waited > 300) {
+            kill(s_children[i], SIGKILL);
+            waitpid(s_children[i], NULL, 0);
+        }
+    }
+    s_nchildren = 0;
+}
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop_children();
+    _exit(130);
+}
+
+static int s_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        perror("agentbus-bench: free port");
+        exit(1);
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static pid_t s_spawn(const char *const *argv)
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(1);
+        execv(argv[0], (char *const *)argv);
+        fprintf(stderr, "agentbus-bench: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+static int s_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double s_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, s_cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* --- bare hop client ------------------------------------------------------------ */
+static double s_bare_rr(void *s, size_t size, double seconds, int window)
+{
+    char *buf = calloc(1, size), rbuf[8];
+    uint64_t sent = 0, done = 0;
+    uint64_t t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
+    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+    while (ab_now_ns() < end) {
+        while (sent - done < (uint64_t)window && zmq_send(s, buf, size, ZMQ_DONTWAIT) >= 0)
+            sent++;
+        if (zmq_poll(&it, 1, 1000) <= 0)
+            break;
+        while (zmq_recv(s, rbuf, sizeof rbuf, ZMQ_DONTWAIT) >= 0)
+            done++;
+    }
+    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    for (int i = 0; i < 1000 && done < sent; i++) /* drain before the next run */
+        if (zmq_poll(&it, 1, 10) > 0)
+            while (zmq_recv(s, rbuf, sizeof rbuf, ZMQ_DONTWAIT) >= 0)
+                done++;
+    free(buf);
+    return done < sent ? -1 : (double)done / secs;
+}
+
+static int s_bare_lat(void *s, size_t size, int count, ab_hist_t *h)
+{
+    char *buf = calloc(1, size), rbuf[8];
+    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+    int rc = 0;
+    for (int i = 0; i < count && rc == 0; i++) {
+        uint64_t t = ab_now_ns();
+        zmq_send(s, buf, size, 0);
+        if (zmq_poll(&it, 1, 5000) <= 0 || zmq_recv(s, rbuf, sizeof rbuf, 0) < 0)
+            rc = -1;
+        else if (h)
+            ab_hist_record(h, ab_now_ns() - t);
+    }
+    free(buf);
+    return rc;
+}
+
+/* --- agentbus client ------------------------------------------------------------- */
+typedef struct {
+    uint64_t done, failed;
+    int last_error;
+} s_count_t;
+
+static void s_count_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_count_t *n = arg;
+    if (!ev->final)
+        return;
+    if (ev->status == AB_OK)
+        n->done++;
+    else
+        n->failed++, n->last_error = ev->status;
+}
+
+static double s_ab_rr(ab_client_t *c, size_t size, double seconds, int window)
+{
+    char *buf = calloc(1, size);
+    s_count_t n = {0, 0, 0};
+    uint64_t sent = 0;
+    uint64_t t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
+    while (ab_now_ns() < end && !n.failed) {
+        while (sent - n.done - n.failed < (uint64_t)window &&
+               ab_client_request_async(c, "echo", buf, size, 10000, s_count_cb, &n, NULL) == AB_OK)
+            sent++;
+        if (ab_client_poll(c, 1000) <= 0)
+            break;
+    }
+    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    for (int i = 0; i < 1000 && n.done + n.failed < sent; i++)
+        ab_client_poll(c, 10);
+    free(buf);
+    if (n.failed || n.done < sent) {
+        fprintf(stderr, "agentbus-bench: %llu requests failed (%s)\n",
+                (unsigned long long)(sent - n.done), ab_strerror(n.last_error));
+        return -1;
+    }
+    return (double)n.done / secs;
+}
+
+static int s_ab_lat(ab_client_t *c, size_t size, int count, ab_hist_t *h)
+{
+    char *buf = calloc(1, size);
+    int rc = AB_OK;
+    for (int i = 0; i < count && rc == AB_OK; i++) {
+        uint64_t t = ab_now_ns();
+        rc = ab_client_request(c, "echo", buf, size, 5000, NULL, NULL);
+        if (rc == AB_OK && h)
+            ab_hist_record(h, ab_now_ns() - t);
+    }
+    free(buf);
+    return rc == AB_OK ? 0 : -1;
+}
+
+/* --- setup ------------------------------------------------------------------------- */
+static void *s_bare_setup(void *ctx)
+{
+    int front = s_free_port(), back = s_free_port();
+    s_children[s_nchildren++] = bh_start_forwarder(front, back);
+    s_children[s_nchildren++] = bh_start_echo(back);
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int hwm = 100000, linger = 0;
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", front);
+    zmq_connect(s, ep);
+    if (s_bare_lat(s, 8, 1, NULL) != 0) { /* first reply: the hop is up */
+        fprintf(stderr, "agentbus-bench: bare hop did not answer\n");
+        return NULL;
+    }
+    return s;
+}
+
+static ab_client_t *s_ab_setup(const s_opts_t *o)
+{
+    char ep[64];
+    if (o->endpoint) {
+        snprintf(ep, sizeof ep, "%s", o->endpoint);
+    } else {
+        int port = s_free_port();
+        snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+        const char *b[] = {o->broker_bin, "--bind", ep, "--log-level", "warn", NULL};
+        s_children[s_nchildren++] = s_spawn(b);
+        const char *w[] = {o->worker_bin, "--broker", ep, "--backend", "echo", "--service", "echo",
+                           "--capacity", "100000", NULL};
+        s_children[s_nchildren++] = s_spawn(w);
+    }
+    ab_options_t *opts = ab_options_new();
+    ab_options_set_endpoint(opts, ep);
+    ab_client_t *c = NULL;
+    int rc = ab_client_new(&c, opts);
+    ab_options_destroy(&opts);
+    for (int i = 0; rc == AB_OK && i < 20; i++) { /* up to ~12 s for broker + worker */
+        int r = ab_client_request(c, "echo", "x", 1, 500, NULL, NULL);
+        if (r == AB_OK)
+            break;
+        if (i == 19)
+            rc = r;
+        usleep(100000);
+    }
+    if (rc != AB_OK) {
+        fprintf(stderr, "agentbus-bench: broker at %s not serving 'echo': %s\n", ep,
+                c ? ab_client_last_error(c) : ab_strerror(rc));
+        ab_client_destroy(&c);
+    }
+    return c;
+}
+
+/* --- measurement --------------------------------------------------------------------- */
+typedef struct {
+    void *bare;
+    ab_client_t *ab;
+} s_sys_t;
+
+/* One throughput run of SIZE for each system; stores msgs/s. */
+static int s_rr_run(const s_opts_t *o, s_sys_t *sys, size_t size, double *bare, double *ab)
+{
+    if (sys->bare && (*bare = s_bare_rr(sys->bare, size, o->seconds, o->window)) < 0)
+        return -1;
+    if (sys->ab && (*ab = s_ab_rr(sys->ab, size, o->seconds, o->window)) < 0)
+        return -1;
+    return 0;
+}
+
+static int s_measure(const s_opts_t *o, s_sys_t *sys, s_result_t *bare, s_result_t *ab)
+{
+    double bs[16], as[16], bl[16], al[16];
+    int runs = o->runs > 16 ? 16 : o->runs;
+    for (int r = 0; r < runs; r++) { /* interleaved: noise hits both alike */
+        if (s_rr_run(o, sys, o->small, &bs[r], &as[r]) != 0 ||
+            s_rr_run(o, sys, o->large, &bl[r], &al[r]) != 0)
+            return -1;
+    }
+    if (sys->bare)
+        bare->rr_small = s_median(bs, runs), bare->rr_large = s_median(bl, runs);
+    if (sys->ab)
+        ab->rr_small = s_median(as, runs), ab->rr_large = s_median(al, runs);
+    ab_hist_t *hb = calloc(1, sizeof *hb), *ha = calloc(1, sizeof *ha);
+    int warm = o->latency_count / 10, rc = 0;
+    /* Latency in alternating slices so both see the same machine. */
+    for (int slice = 0; slice < 10 && rc == 0; slice++) {
+        int n = o->latency_count / 10;
+        if (sys->bare)
+            rc |= s_bare_lat(sys->bare, o->small, slice == 0 ? warm : 0, NULL) |
+                  s_bare_lat(sys->bare, o->small, n, hb);
+        if (sys->ab)
+            rc |= s_ab_lat(sys->ab, o->small, slice == 0 ? warm : 0, NULL) |
+                  s_ab_lat(sys->ab, o->small, n, ha);
+    }
+    bare->p50_ns = ab_hist_percentile(hb, 50), bare->p99_ns = ab_hist_percentile(hb, 99);
+    ab->p50_ns = ab_hist_percentile(ha, 50), ab->p99_ns = ab_hist_percentile(ha, 99);
+    free(hb);
+    free(ha);
+    return rc;
+}
+
+static double s_ratio(double a, double b)
+{
+    return b > 0 ? a / b : 0;
+}
+
+static void s_report(const s_opts_t *o, const s_result_t *b, const s_result_t *a)
+{
+    if (o->json) {
+        printf("{\"runs\": %d, \"seconds\": %.2f, \"window\": %d, \"small_bytes\": %zu, "
+               "\"large_bytes\": %zu,\n \"bare_hop\": {\"rr_small_msgs_s\": %.0f, "
+               "\"rr_large_msgs_s\": %.0f, \"lone_p50_us\": %.1f, \"lone_p99_us\": %.1f},\n"
+               " \"agentbus\": {\"rr_small_msgs_s\": %.0f, \"rr_large_msgs_s\": %.0f, "
+               "\"lone_p50_us\": %.1f, \"lone_p99_us\": %.1f},\n \"ratio\": {\"rr_small\": %.3f, "
+               "\"rr_large\": %.3f, \"lone_p50\": %.3f, \"lone_p99\": %.3f}}\n",
+               o->runs, o->seconds, o->window, o->small, o->large, b->rr_small, b->rr_large,
+               b->p50_ns / 1e3, b->p99_ns / 1e3, a->rr_small, a->rr_large, a->p50_ns / 1e3,
+               a->p99_ns / 1e3, s_ratio(a->rr_small, b->rr_small),
+               s_ratio(a->rr_large, b->rr_large), s_ratio((double)a->p50_ns, (double)b->p50_ns),
+               s_ratio((double)a->p99_ns, (double)b->p99_ns));
+        return;
+    }
+    printf("agentbus-bench: %d runs x %.1f s, window %d, medians; tcp loopback, same run\n\n",
+           o->runs, o->seconds, o->window);
+    printf("%-22s %12s %12s %8s %9s\n", "workload", "bare-hop", "agentbus", "ratio", "target");
+    char l1[32], l2[32];
+    snprintf(l1, sizeof l1, "rr %zuB msgs/s", o->small);
+    snprintf(l2, sizeof l2, "rr %zuB msgs/s", o->large);
+    printf("%-22s %12.0f %12.0f %7.2fx %9s\n", l1, b->rr_small, a->rr_small,
+           s_ratio(a->rr_small, b->rr_small), ">=0.80x");
+    printf("%-22s %12.0f %12.0f %7.2fx %9s\n", l2, b->rr_large, a->rr_large,
+           s_ratio(a->rr_large, b->rr_large), ">=0.90x");
+    printf("%-22s %12.1f %12.1f %7.2fx %9s\n", "lone p50 us", b->p50_ns / 1e3, a->p50_ns / 1e3,
+           s_ratio((double)a->p50_ns, (double)b->p50_ns), "<=1.20x");
+    printf("%-22s %12.1f %12.1f %7.2fx %9s\n", "lone p99 us", b->p99_ns / 1e3, a->p99_ns / 1e3,
+           s_ratio((double)a->p99_ns, (double)b->p99_ns), "<=1.50x");
+}
+
+static void s_usage(void)
+{
+    printf("Usage: agentbus-bench [options]\n\n"
+           "Request/reply through agentbus-broker versus a bare ZeroMQ ROUTER->ROUTER hop,\n"
+           "both measured in this run (interleaved), with ratios.\n\n"
+           "  --seconds S          length of one throughput run (default 2)\n"
+           "  --runs N             runs per throughput figure; the median is kept (default 3)\n"
+           "  --window N           requests in flight for throughput (default 256)\n"
+           "  --latency-count N    sequential requests for the lone-request latency (default 5000)\n"
+           "  --size-small N       small payload bytes (default 64)\n"
+           "  --size-large N       large payload bytes (default 4096)\n"
+           "  --only bare|agentbus measure one system only\n"
+           "  --broker-bin PATH    agentbus-broker to start (default: next to this program)\n"
+           "  --worker-bin PATH    agentbus-worker to start (default: next to this program)\n"
+           "  --endpoint EP        use a running broker (with an 'echo' service) instead\n"
+           "  --json               one JSON object instead of the table\n");
+}
+
+static int s_parse(s_opts_t *o, int argc, char **argv)
+{
+    static char broker[PATH_MAX], worker[PATH_MAX], self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[n > 0 ? n : 0] = '\0';
+    const char *dir = dirname(self);
+    snprintf(broker, sizeof broker, "%s/agentbus-broker", dir);
+    snprintf(worker, sizeof worker, "%s/agentbus-worker", dir);
+    *o = (s_opts_t){2.0, 3, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL};
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long x;
+        if (!strcmp(f, "--help")) {
+            s_usage();
+            return 1;
+        } else if (!strcmp(f, "--json")) {
+            o->json = 1;
+            continue;
+        }
+        if (!v)
+            goto bad;
+        i++;
+        if (!strcmp(f, "--seconds") && atof(v) > 0 && atof(v) <= 600)
+            o->seconds = atof(v);
+        else if (!strcmp(f, "--runs") && !ab_parse_long(v, 1, 16, &x))
+            o->runs = (int)x;
+        else if (!strcmp(f, "--window") && !ab_parse_long(v, 1, 50000, &x))
+            o->window = (int)x;
+        else if (!strcmp(f, "--latency-count") && !ab_parse_long(v, 10, 10000000, &x))
+            o->latency_count = (int)x;
+        else if (!strcmp(f, "--size-small") && !ab_parse_long(v, 1, 1 << 24, &x))
+            o->small = (size_t)x;
+        else if (!strcmp(f, "--size-large") && !ab_parse_long(v, 1, 1 << 24, &x))
+            o->large = (size_t)x;
+        else if (!strcmp(f, "--only") && (!strcmp(v, "bare") || !strcmp(v, "agentbus")))
+            o->only = v;
+        else if (!strcmp(f, "--broker-bin"))
+            o->broker_bin = v;
+        else if (!strcmp(f, "--worker-bin"))
+            o->worker_bin = v;
+        else if (!strcmp(f, "--endpoint"))
+            o->endpoint = v;
+        else
+            goto bad;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "agentbus-bench: bad option or value near '%s' (see --help)\n", argv[argc - 1]);
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    s_opts_t o;
+    int prc = s_parse(&o, argc, argv);
+    if (prc)
+        return prc > 0 ? 0 : 2;
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    signal(SIGPIPE, SIG_IGN);
+    void *ctx = zmq_ctx_new();
+    s_sys_t sys = {NULL, NULL};
+    s_result_t bare = {0}, ab = {0};
+    int rc = 1;
+    if (o.only && !strcmp(o.only, "agentbus"))
+        ;
+    else if (!(sys.bare = s_bare_setup(ctx)))
+        goto done;
+    if (!(o.only && !strcmp(o.only, "bare")) && !(sys.ab = s_ab_setup(&o)))
+        goto done;
+    if (s_measure(&o, &sys, &bare, &ab) != 0) {
+        fprintf(stderr, "agentbus-bench: a measurement failed\n");
+        goto done;
+    }
+    s_report(&o, &bare, &ab);
+    rc = 0;
+done:
+    if (sys.bare)
+        zmq_close(sys.bare);
+    ab_client_destroy(&sys.ab);
+    zmq_ctx_term(ctx);
+    s_stop_children();
+    return rc;
+}
