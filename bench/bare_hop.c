@@ -19,10 +19,11 @@ static void *s_socket(void *ctx, int type)
     return s;
 }
 
-/* Moves the rest of a multipart message from IN to OUT. */
-static void s_pass_rest(void *in, void *out, zmq_msg_t *m)
+/* Moves the rest of a multipart message from IN to OUT; MORE is what the
+ * last frame received said (read before sending it: a sent zmq_msg_t is
+ * emptied). */
+static void s_pass_rest(void *in, void *out, zmq_msg_t *m, int more)
 {
-    int more = zmq_msg_more(m);
     while (more) {
         zmq_msg_init(m);
         zmq_msg_recv(m, in, 0);
@@ -31,6 +32,53 @@ static void s_pass_rest(void *in, void *out, zmq_msg_t *m)
     }
 }
 
+/* Worker side: the first message is the worker's hello; after that each
+ * message is [worker-id][client-id][payload] going back to the client.
+ * Returns 0 when it handled one, -1 when none was waiting. */
+static int s_from_back(void *back, void *front, zmq_msg_t *worker_id, int *have_worker)
+{
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, back, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&m);
+        return -1;
+    }
+    if (!*have_worker) {
+        zmq_msg_copy(worker_id, &m);
+        *have_worker = 1;
+    }
+    zmq_msg_close(&m);
+    zmq_msg_init(&m);
+    zmq_msg_recv(&m, back, 0); /* client id, or "READY" */
+    int more = zmq_msg_more(&m);
+    if (!more) { /* the hello */
+        zmq_msg_close(&m);
+        return 0;
+    }
+    zmq_msg_send(&m, front, ZMQ_SNDMORE);
+    s_pass_rest(back, front, &m, more);
+    return 0;
+}
+
+static int s_from_front(void *front, void *back, zmq_msg_t *worker_id)
+{
+    zmq_msg_t m, wid;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, front, ZMQ_DONTWAIT) < 0) { /* client id */
+        zmq_msg_close(&m);
+        return -1;
+    }
+    zmq_msg_init(&wid);
+    zmq_msg_copy(&wid, worker_id);
+    zmq_msg_send(&wid, back, ZMQ_SNDMORE);
+    int more = zmq_msg_more(&m);
+    zmq_msg_send(&m, back, ZMQ_SNDMORE);
+    s_pass_rest(front, back, &m, more);
+    return 0;
+}
+
+/* Drains whatever is waiting on each side after every poll, as a real
+ * forwarder (and the broker) does, rather than one message per poll. */
 static void s_forward(int front_port, int back_port)
 {
     void *ctx = zmq_ctx_new();
@@ -42,41 +90,20 @@ static void s_forward(int front_port, int back_port)
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", back_port);
     if (zmq_bind(back, ep) != 0)
         _exit(1);
-    zmq_msg_t worker_id, m;
+    zmq_msg_t worker_id;
     zmq_msg_init(&worker_id);
     int have_worker = 0;
     zmq_pollitem_t items[2] = {{back, 0, ZMQ_POLLIN, 0}, {front, 0, ZMQ_POLLIN, 0}};
     for (;;) {
-        /* Until a worker said hello, only its side is read. */
+        /* Until the worker said hello, only its side is read. */
         if (zmq_poll(items, have_worker ? 2 : 1, -1) < 0)
             continue;
-        if (items[0].revents & ZMQ_POLLIN) {
-            zmq_msg_init(&m);
-            zmq_msg_recv(&m, back, 0); /* worker id */
-            if (!have_worker) {
-                zmq_msg_copy(&worker_id, &m);
-                have_worker = 1;
-                zmq_msg_close(&m);
-                zmq_msg_init(&m);
-                zmq_msg_recv(&m, back, 0); /* "READY" */
-                zmq_msg_close(&m);
-                continue;
-            }
-            zmq_msg_close(&m);
-            zmq_msg_init(&m);
-            zmq_msg_recv(&m, back, 0); /* client id: the reply's address */
-            zmq_msg_send(&m, front, ZMQ_SNDMORE);
-            s_pass_rest(back, front, &m);
-        }
-        if (have_worker && (items[1].revents & ZMQ_POLLIN)) {
-            zmq_msg_t wid;
-            zmq_msg_init(&wid);
-            zmq_msg_copy(&wid, &worker_id);
-            zmq_msg_send(&wid, back, ZMQ_SNDMORE);
-            zmq_msg_init(&m);
-            zmq_msg_recv(&m, front, 0); /* client id */
-            zmq_msg_send(&m, back, ZMQ_SNDMORE);
-            s_pass_rest(front, back, &m);
+        for (int i = 0; i < 4096; i++) {
+            int got = s_from_back(back, front, &worker_id, &have_worker) == 0;
+            if (have_worker)
+                got |= s_from_front(front, back, &worker_id) == 0;
+            if (!got)
+                break;
         }
     }
 }
@@ -97,7 +124,7 @@ static void s_echo(int back_port)
             continue;
         int more = zmq_msg_more(&m);
         zmq_msg_send(&m, s, more ? ZMQ_SNDMORE : 0);
-        s_pass_rest(s, s, &m);
+        s_pass_rest(s, s, &m, more);
     }
 }
 
