@@ -8,6 +8,8 @@
 #include "util.h"
 
 #include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -490,6 +492,148 @@ static void s_brokerctl(void)
     ab_client_destroy(&c);
 }
 
+
+/* --- library: fd-driven client, worker API in recv mode ------------------------- */
+static void s_async_fd(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "echo", "--chunks", "2", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    int fd = -1;
+    CHECK_EQ(ab_client_fd(c, &fd), AB_OK);
+    REQUIRE(fd >= 0);
+    s_tally_t t = {0};
+    t.order_ok = 1;
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ(ab_client_request_async(c, "echo", "abcd", 4, 5000, s_tally_cb, &t, NULL), AB_OK);
+    CHECK_EQ(ab_client_pending(c), 100);
+    /* An application's own loop: poll(2) on the fd, with the library's timer
+     * hint, then drain with ab_client_poll(c, 0). */
+    int64_t end = ab_now_ms() + 10000;
+    while (t.finals < 100 && ab_now_ms() < end) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int wait = ab_client_next_timeout_ms(c);
+        poll(&p, 1, wait > 100 ? 100 : wait);
+        while (ab_client_poll(c, 0) > 0)
+            ;
+    }
+    CHECK_EQ(t.ok, 100);
+    CHECK_EQ(t.partials, 100); /* 2 chunks: one PARTIAL and the final REPLY each */
+    CHECK_EQ(t.len, 400);
+    CHECK_EQ(ab_client_pending(c), 0);
+    ab_client_destroy(&c);
+}
+
+typedef struct {
+    int port;
+    volatile int ready;
+    ab_worker_t *w;
+} s_wctx_t;
+
+/* A worker in recv mode: upper-cases, streams "a" as two parts, fails "fail". */
+static void *s_worker_thread(void *arg)
+{
+    s_wctx_t *x = arg;
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, th_ep(x->port));
+    ab_options_set_name(o, "inproc-worker");
+    if (ab_worker_new(&x->w, o, "upper", 2) != AB_OK) {
+        ab_options_destroy(&o);
+        return NULL;
+    }
+    ab_options_destroy(&o);
+    ab_worker_set_label(x->w, "kind", "test");
+    x->ready = 1;
+    for (;;) {
+        ab_job_t *job;
+        int rc = ab_worker_recv(x->w, &job, 200);
+        if (rc == AB_ESTOPPED)
+            break;
+        if (rc != AB_OK)
+            continue;
+        size_t n;
+        const char *d = ab_job_data(job, &n);
+        char out[256];
+        for (size_t i = 0; i < n && i < sizeof out; i++)
+            out[i] = (char)(d[i] >= 'a' && d[i] <= 'z' ? d[i] - 32 : d[i]);
+        if (n == 4 && memcmp(d, "fail", 4) == 0) {
+            ab_worker_fail(x->w, &job, AB_EAPPLICATION, "refused: fail");
+        } else if (n == 1 && d[0] == 'a') {
+            ab_worker_reply_part(x->w, job, "A", 1);
+            ab_worker_reply(x->w, &job, "!", 1);
+        } else {
+            ab_worker_reply(x->w, &job, out, n < sizeof out ? n : sizeof out);
+        }
+    }
+    ab_worker_destroy(&x->w);
+    return NULL;
+}
+
+static void s_worker_api(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    s_wctx_t x = {port, 0, NULL};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_worker_thread, &x) == 0);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "upper", 1, 10000) == 0);
+    char out[64];
+    CHECK_EQ(s_request_str(c, "upper", "hello", out, sizeof out), AB_OK);
+    CHECK_STR(out, "HELLO");
+    CHECK_EQ(s_request_str(c, "upper", "a", out, sizeof out), AB_OK);
+    CHECK_STR(out, "A!");
+    CHECK_EQ(s_request_str(c, "upper", "fail", out, sizeof out), AB_EAPPLICATION);
+    CHECK_STR(ab_client_last_error(c), "refused: fail");
+    Agentbus__WorkerList *wl = th_workers(c);
+    REQUIRE(wl && wl->n_workers == 1);
+    CHECK_STR(wl->workers[0]->name, "inproc-worker");
+    CHECK_EQ(wl->workers[0]->capacity, 2);
+    CHECK_TRUE(wl->workers[0]->n_labels == 1 && !strcmp(wl->workers[0]->labels[0]->value, "test"));
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    ab_worker_stop(x.w);
+    pthread_join(th, NULL);
+    /* The worker said BYE: the broker no longer lists it. */
+    wl = th_workers(c);
+    CHECK_TRUE(wl && wl->n_workers == 0);
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    ab_client_destroy(&c);
+}
+
+/* A worker that leaves (BYE) or dies (silence) with a request in hand:
+ * the client gets WORKER_LOST, not a hang. */
+static void s_worker_lost(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--heartbeat-ms", "200", NULL);
+    pid_t w1 = th_worker(port, "slow", "--delay-ms", "5000", "--heartbeat-ms", "200", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    s_tally_t t = {0};
+    CHECK_EQ(ab_client_request_async(c, "slow", "x", 1, 20000, s_tally_cb, &t, NULL), AB_OK);
+    ab_client_poll(c, 300);
+    CHECK_EQ(th_stop(w1), 0); /* SIGTERM: clean exit, says BYE */
+    s_poll_until(c, &t, 1, 5000);
+    CHECK_EQ(t.last_status, AB_EWORKERLOST);
+    pid_t w2 = th_worker(port, "slow", "--delay-ms", "5000", "--heartbeat-ms", "200", NULL);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    s_tally_t u = {0};
+    CHECK_EQ(ab_client_request_async(c, "slow", "x", 1, 20000, s_tally_cb, &u, NULL), AB_OK);
+    ab_client_poll(c, 300);
+    th_kill9(w2); /* no BYE: found by heartbeat silence */
+    s_poll_until(c, &u, 1, 10000);
+    CHECK_EQ(u.last_status, AB_EWORKERLOST);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(th_stat_error(st, "WORKER_LOST"), 2);
+    CHECK_EQ(st->workers, 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -498,7 +642,8 @@ int main(int argc, char **argv)
     } cases[] = {{"routing", s_routing},       {"credit", s_credit},     {"no_service", s_no_service},
                  {"busy", s_busy},             {"deadline", s_deadline}, {"stream", s_stream},
                  {"garbage", s_garbage},       {"restart", s_restart},   {"config", s_config},
-                 {"brokerctl", s_brokerctl}};
+                 {"brokerctl", s_brokerctl},   {"async_fd", s_async_fd}, {"worker_api", s_worker_api},
+                 {"worker_lost", s_worker_lost}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_integration CASE\n");
         return 2;
