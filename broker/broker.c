@@ -353,7 +353,9 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
 {
     ab_req_t *r = zhashx_lookup(b->pending, &in->h.correlation_id);
     int final = in->h.kind != AB_KIND_PARTIAL;
-    if (!r || r->state == AB_REQ_QUEUED || (p && p->worker && r->worker != p->worker)) {
+    /* Only the worker holding a request may answer it: request ids are
+     * sequential, and an agent must not be able to answer for a service. */
+    if (!r || r->state == AB_REQ_QUEUED || !p || !p->worker || r->worker != p->worker) {
         b->c.replies_dropped++;
         AB_DEBUG("dropped %s for unknown request %llu", ab_kind_name(in->h.kind),
                  (unsigned long long)in->h.correlation_id);

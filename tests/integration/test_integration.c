@@ -493,6 +493,43 @@ static void s_brokerctl(void)
 }
 
 
+/* Only the worker holding a request can answer it: replies forged by
+ * another peer for every plausible id are dropped and counted. */
+static void s_forged_reply(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "slow", "--delay-ms", "500", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    s_tally_t t = {0};
+    CHECK_EQ(ab_client_request_async(c, "slow", "real", 4, 5000, s_tally_cb, &t, NULL), AB_OK);
+    ab_client_poll(c, 100);
+    void *ctx = zmq_ctx_new();
+    void *raw = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_connect(raw, th_ep(port)) == 0);
+    for (uint64_t id = 1; id <= 50; id++) {
+        ab_header_t h = ab_header_init(AB_KIND_REPLY);
+        h.correlation_id = id;
+        uint8_t buf[64];
+        size_t n = ab_header_encode(&h, buf, sizeof buf);
+        zmq_send(raw, buf, n, ZMQ_SNDMORE);
+        zmq_send(raw, "forged", 6, 0);
+    }
+    s_poll_until(c, &t, 1, 5000);
+    CHECK_EQ(t.ok, 1);
+    CHECK_TRUE(t.len == 4 && memcmp(t.data, "real", 4) == 0);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->replies_dropped, 50);
+    agentbus__stats__free_unpacked(st, NULL);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&c);
+}
+
 /* --- library: fd-driven client, worker API in recv mode ------------------------- */
 static void s_async_fd(void)
 {
@@ -643,7 +680,7 @@ int main(int argc, char **argv)
                  {"busy", s_busy},             {"deadline", s_deadline}, {"stream", s_stream},
                  {"garbage", s_garbage},       {"restart", s_restart},   {"config", s_config},
                  {"brokerctl", s_brokerctl},   {"async_fd", s_async_fd}, {"worker_api", s_worker_api},
-                 {"worker_lost", s_worker_lost}};
+                 {"worker_lost", s_worker_lost}, {"forged_reply", s_forged_reply}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_integration CASE\n");
         return 2;
