@@ -18,22 +18,6 @@
 #define AB_RECV_BURST 4096 /* messages per turn before timers get a look */
 #define AB_SWEEP_MS 100    /* peer liveness and rate sampling period */
 
-/* --- hash keys ------------------------------------------------------------ */
-static size_t s_u64_hash(const void *key)
-{
-    uint64_t v = *(const uint64_t *)key;
-    v ^= v >> 33;
-    v *= 0xff51afd7ed558ccdull;
-    v ^= v >> 33;
-    return (size_t)v;
-}
-
-static int s_u64_cmp(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Peers are keyed by their binary routing id (the ab_rid_t inside the peer),
  * so the per-message lookup hashes a few bytes and formats nothing. */
 static size_t s_rid_hash(const void *key)
@@ -56,17 +40,6 @@ static void s_peer_free(void **item)
     *item = NULL;
 }
 
-static void s_req_destroy(void **item)
-{
-    ab_req_t *r = *item;
-    if (r) {
-        if (r->has_payload)
-            zmq_msg_close(&r->payload);
-        free(r);
-    }
-    *item = NULL;
-}
-
 int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
 {
     memset(b, 0, sizeof *b);
@@ -84,12 +57,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zhashx_set_destructor(b->peers, s_peer_free);
     b->services = zhashx_new();
     zhashx_set_destructor(b->services, ab_service_free);
-    b->pending = zhashx_new();
-    zhashx_set_key_hasher(b->pending, s_u64_hash);
-    zhashx_set_key_comparator(b->pending, s_u64_cmp);
-    zhashx_set_key_duplicator(b->pending, NULL);
-    zhashx_set_key_destructor(b->pending, NULL);
-    zhashx_set_destructor(b->pending, s_req_destroy);
+    if (ab_idmap_init(&b->pending, 1024) != 0)
+        return -1;
 
     b->zctx = zmq_ctx_new();
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -124,8 +93,10 @@ void ab_broker_fini(ab_broker_t *b)
 {
     /* Requests first (they are owned by the pending table), then the worker
      * records that listed them, then peers and services. */
-    if (b->pending)
-        zhashx_destroy(&b->pending);
+    for (size_t i = 0; i < b->pending.cap; i++)
+        if (b->pending.keys[i])
+            ab_req_destroy(b->pending.vals[i]);
+    ab_idmap_fini(&b->pending);
     if (b->peers) {
         for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
             ab_worker_rec_t *w = p->worker;
@@ -341,7 +312,11 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
         zmq_msg_move(&r->payload, &in->body);
         r->has_payload = 1;
     }
-    zhashx_insert(b->pending, &r->bid, r);
+    if (ab_idmap_put(&b->pending, r->bid, r) != 0) {
+        free(r);
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
     ab_heap_push(b, r);
     ab_service_enqueue(b, s, r);
     ab_service_dispatch(b, s);
@@ -351,7 +326,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
  * correlation_id. */
 static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
 {
-    ab_req_t *r = zhashx_lookup(b->pending, &in->h.correlation_id);
+    ab_req_t *r = ab_idmap_get(&b->pending, in->h.correlation_id);
     int final = in->h.kind != AB_KIND_PARTIAL;
     /* Only the worker holding a request may answer it: request ids are
      * sequential, and an agent must not be able to answer for a service. */
@@ -551,6 +526,6 @@ int ab_broker_run(ab_broker_t *b)
                 break;
         s_timers(b, ab_now_ms());
     }
-    AB_INFO("stopping: %zu requests pending", zhashx_size(b->pending));
+    AB_INFO("stopping: %zu requests pending", ab_idmap_size(&b->pending));
     return 0;
 }

@@ -14,6 +14,7 @@
 #include "codec.h"
 #include "config.h"
 #include "hist.h"
+#include "idmap.h"
 #include "log.h"
 
 #include <czmq.h>
@@ -106,7 +107,7 @@ typedef struct {
     void *router;
     zhashx_t *peers;    /* &peer->rid -> ab_peer_t (owned) */
     zhashx_t *services; /* name -> ab_service_t (owned) */
-    zhashx_t *pending;  /* &bid -> ab_req_t (owned) */
+    ab_idmap_t pending; /* bid -> ab_req_t (owned) */
     ab_req_t **heap;    /* min-heap on deadline_ms */
     size_t heap_len, heap_cap;
     uint64_t next_bid;
@@ -135,6 +136,8 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
 /* Answers request R to its client with an error and frees it. */
 void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text);
 void ab_req_free(ab_broker_t *b, ab_req_t *r);
+/* Closes R's payload and frees it (R must be out of every list). */
+void ab_req_destroy(ab_req_t *r);
 
 /* service.c */
 ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create);

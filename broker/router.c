@@ -75,7 +75,15 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
     else if (r->worker)
         ab_worker_req_remove(r->worker, r);
     ab_heap_remove(b, r);
-    zhashx_delete(b->pending, &r->bid); /* destructor closes payload, frees */
+    ab_idmap_del(&b->pending, r->bid);
+    ab_req_destroy(r);
+}
+
+void ab_req_destroy(ab_req_t *r)
+{
+    if (r->has_payload)
+        zmq_msg_close(&r->payload);
+    free(r);
 }
 
 void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text)

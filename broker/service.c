@@ -48,7 +48,7 @@ void ab_service_free(void **item)
 int ab_service_admit(ab_broker_t *b, const ab_service_t *s)
 {
     return s->q_len < (uint32_t)b->cfg->queue_max &&
-           zhashx_size(b->pending) < (size_t)b->cfg->max_pending;
+           ab_idmap_size(&b->pending) < (size_t)b->cfg->max_pending;
 }
 
 void ab_service_end_grace(ab_broker_t *b)

@@ -129,7 +129,7 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     st.replies_dropped = c->replies_dropped;
     st.malformed = c->malformed;
     st.send_failures = c->send_failures;
-    st.pending = zhashx_size(b->pending);
+    st.pending = ab_idmap_size(&b->pending);
 
     /* Errors by code: those the broker answered or forwarded, then the
      * reasons malformed messages were rejected for. */

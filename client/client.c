@@ -6,10 +6,10 @@
  * PARTIALs); the library also keeps a local deadline, a little after the
  * broker's, so a request never waits forever when the broker is gone.
  */
+#include "idmap.h"
 #include "internal.h"
 #include "util.h"
 
-#include <czmq.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,31 +24,10 @@ typedef struct {
 
 struct ab_client {
     ab_conn_t conn;
-    zhashx_t *calls; /* &id -> s_call_t (owned) */
+    ab_idmap_t calls; /* id -> s_call_t (owned) */
     int64_t next_expiry_ms;
     int in_callback;
 };
-
-static size_t s_u64_hash(const void *key)
-{
-    uint64_t v = *(const uint64_t *)key;
-    v ^= v >> 33;
-    v *= 0xff51afd7ed558ccdull;
-    v ^= v >> 33;
-    return (size_t)v;
-}
-
-static int s_u64_cmp(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static void s_call_free(void **item)
-{
-    free(*item);
-    *item = NULL;
-}
 
 int ab_client_new(ab_client_t **out, const ab_options_t *opts)
 {
@@ -58,16 +37,10 @@ int ab_client_new(ab_client_t **out, const ab_options_t *opts)
     ab_client_t *c = calloc(1, sizeof *c);
     if (!c)
         return AB_ENOMEM;
-    c->calls = zhashx_new();
-    if (!c->calls) {
+    if (ab_idmap_init(&c->calls, 64) != 0) {
         free(c);
         return AB_ENOMEM;
     }
-    zhashx_set_key_hasher(c->calls, s_u64_hash);
-    zhashx_set_key_comparator(c->calls, s_u64_cmp);
-    zhashx_set_key_duplicator(c->calls, NULL);
-    zhashx_set_key_destructor(c->calls, NULL);
-    zhashx_set_destructor(c->calls, s_call_free);
     int rc = ab_conn_open(&c->conn, opts, "agent");
     if (rc != AB_OK) {
         ab_client_destroy(&c);
@@ -82,20 +55,30 @@ static void s_call_end(ab_client_t *c, s_call_t *call, int status, const void *d
                        size_t size, const char *text)
 {
     ab_reply_event_t ev = {call->id, status, 1, data, size, text ? text : ""};
+    /* The callback runs after the call is forgotten: it may start new ones. */
     ab_reply_fn *fn = call->fn;
     void *arg = call->arg;
-    zhashx_delete(c->calls, &call->id);
+    ab_idmap_del(&c->calls, call->id);
+    free(call);
     if (fn)
         fn(c, &ev, arg);
 }
 
-/* Fails every call in flight with STATUS. */
+/* Fails every call in flight with STATUS. Collects the ids first: the
+ * callbacks may start new calls (which are not failed). */
 static void s_fail_all(ab_client_t *c, int status, const char *text)
 {
-    while (zhashx_size(c->calls)) {
-        s_call_t *call = zhashx_first(c->calls);
-        s_call_end(c, call, status, NULL, 0, text);
+    size_t n = ab_idmap_size(&c->calls), k = 0;
+    uint64_t *ids = n ? malloc(n * sizeof *ids) : NULL;
+    for (size_t i = 0; ids && i < c->calls.cap; i++)
+        if (c->calls.keys[i])
+            ids[k++] = c->calls.keys[i];
+    for (size_t i = 0; i < k; i++) {
+        s_call_t *call = ab_idmap_get(&c->calls, ids[i]);
+        if (call)
+            s_call_end(c, call, status, NULL, 0, text);
     }
+    free(ids);
 }
 
 void ab_client_destroy(ab_client_t **cp)
@@ -103,9 +86,12 @@ void ab_client_destroy(ab_client_t **cp)
     if (!cp || !*cp)
         return;
     ab_client_t *c = *cp;
-    if (c->calls) {
+    if (c->calls.keys) {
         s_fail_all(c, AB_ESTOPPED, "client destroyed");
-        zhashx_destroy(&c->calls);
+        for (size_t i = 0; i < c->calls.cap; i++) /* started by those callbacks */
+            if (c->calls.keys[i])
+                free(c->calls.vals[i]);
+        ab_idmap_fini(&c->calls);
     }
     if (c->conn.sock && c->conn.connected)
         ab_conn_send_kind(&c->conn, AB_KIND_BYE);
@@ -152,7 +138,10 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
         free(call);
         return rc;
     }
-    zhashx_insert(c->calls, &call->id, call);
+    if (ab_idmap_put(&c->calls, call->id, call) != 0) {
+        free(call); /* already sent: its answer will be ignored */
+        return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
+    }
     if (!c->next_expiry_ms || call->deadline_ms < c->next_expiry_ms)
         c->next_expiry_ms = call->deadline_ms;
     if (id_out)
@@ -171,17 +160,23 @@ static void s_expire(ab_client_t *c, int64_t now)
     if (!c->next_expiry_ms || now < c->next_expiry_ms)
         return;
     int64_t next = 0;
-    s_call_t *dead[64];
+    uint64_t dead[64]; /* ids, looked up again: a callback may end others */
     size_t n = 0;
-    for (s_call_t *call = zhashx_first(c->calls); call; call = zhashx_next(c->calls)) {
+    for (size_t i = 0; i < c->calls.cap; i++) {
+        s_call_t *call = c->calls.keys[i] ? c->calls.vals[i] : NULL;
+        if (!call)
+            continue;
         if (call->deadline_ms <= now && n < 64)
-            dead[n++] = call;
+            dead[n++] = call->id;
         else if (!next || call->deadline_ms < next)
             next = call->deadline_ms;
     }
     c->next_expiry_ms = n == 64 ? now : next;
-    for (size_t i = 0; i < n; i++)
-        s_call_end(c, dead[i], AB_ETIMEOUT, NULL, 0, "no answer from the broker in time");
+    for (size_t i = 0; i < n; i++) {
+        s_call_t *call = ab_idmap_get(&c->calls, dead[i]);
+        if (call)
+            s_call_end(c, call, AB_ETIMEOUT, NULL, 0, "no answer from the broker in time");
+    }
 }
 
 static void s_on_message(ab_client_t *c, ab_in_t *in)
@@ -193,7 +188,7 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     }
     if (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_ERROR)
         return;
-    s_call_t *call = zhashx_lookup(c->calls, &h->correlation_id);
+    s_call_t *call = ab_idmap_get(&c->calls, h->correlation_id);
     if (!call)
         return; /* answer to a call that already ended (timeout, disconnect) */
     const void *data = in->has_body ? zmq_msg_data(&in->body) : NULL;
@@ -332,9 +327,7 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void 
         if (rc < 0 && !s.done) {
             /* Stopped or socket error: end the call so no callback later
              * points at this stack frame. */
-            s_call_t *call = zhashx_lookup(c->calls, &id);
-            if (call)
-                zhashx_delete(c->calls, &id);
+            free(ab_idmap_del(&c->calls, id));
             free(s.buf);
             return rc;
         }
@@ -379,7 +372,7 @@ int ab_client_fd(ab_client_t *c, int *fd)
 
 size_t ab_client_pending(const ab_client_t *c)
 {
-    return c ? zhashx_size(c->calls) : 0;
+    return c ? ab_idmap_size(&c->calls) : 0;
 }
 
 int ab_client_connected(const ab_client_t *c)

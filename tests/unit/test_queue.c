@@ -25,7 +25,7 @@ static void s_setup(ab_broker_t *b, ab_broker_config_t *cfg)
     cfg->queue_max = 3;
     cfg->max_pending = 5;
     b->cfg = cfg;
-    b->pending = zhashx_new();
+    REQUIRE(ab_idmap_init(&b->pending, 16) == 0);
 }
 
 /* queue-max and max-pending both bound what a service admits. */
@@ -52,13 +52,10 @@ static void s_test_admit(void)
     CHECK_EQ(s.q_head->next->bid, 3);
     CHECK_EQ(s.q_tail->bid, 3);
     /* The broker-wide bound applies even with room in the queue. */
-    char key[16];
-    for (int i = 0; i < 5; i++) {
-        snprintf(key, sizeof key, "k%d", i);
-        zhashx_insert(b.pending, key, &r[0]);
-    }
+    for (uint64_t i = 1; i <= 5; i++)
+        ab_idmap_put(&b.pending, 100 + i, &r[0]);
     CHECK_EQ(ab_service_admit(&b, &s), 0);
-    zhashx_destroy(&b.pending);
+    ab_idmap_fini(&b.pending);
 }
 
 static ab_worker_rec_t *s_worker(ab_service_t *s, uint32_t cap, uint32_t in_flight, uint64_t last)
@@ -95,7 +92,7 @@ static void s_test_pick(void)
     for (ab_worker_rec_t *w = zlistx_first(s.workers); w; w = zlistx_next(s.workers))
         free(w);
     zlistx_destroy(&s.workers);
-    zhashx_destroy(&b.pending);
+    ab_idmap_fini(&b.pending);
 }
 
 /* The deadline heap yields deadlines in order after random removals, and a
@@ -138,7 +135,7 @@ static void s_test_heap(void)
     CHECK_EQ(ab_next_deadline(&b), 0);
     free(r);
     free(b.heap);
-    zhashx_destroy(&b.pending);
+    ab_idmap_fini(&b.pending);
 }
 
 int main(void)

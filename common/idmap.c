@@ -1,0 +1,102 @@
+/* idmap.c - see idmap.h. */
+#include "idmap.h"
+
+#include <stdlib.h>
+
+static size_t s_home(const ab_idmap_t *m, uint64_t key)
+{
+    /* Fibonacci hashing: sequential ids spread over the table. */
+    return (size_t)((key * 0x9e3779b97f4a7c15ull) >> 32) & (m->cap - 1);
+}
+
+int ab_idmap_init(ab_idmap_t *m, size_t initial_cap)
+{
+    size_t cap = 16;
+    while (cap < initial_cap)
+        cap *= 2;
+    m->keys = calloc(cap, sizeof *m->keys);
+    m->vals = calloc(cap, sizeof *m->vals);
+    m->cap = cap;
+    m->len = 0;
+    if (!m->keys || !m->vals) {
+        ab_idmap_fini(m);
+        return -1;
+    }
+    return 0;
+}
+
+void ab_idmap_fini(ab_idmap_t *m)
+{
+    free(m->keys);
+    free(m->vals);
+    m->keys = NULL;
+    m->vals = NULL;
+    m->cap = m->len = 0;
+}
+
+static int s_grow(ab_idmap_t *m)
+{
+    ab_idmap_t bigger;
+    if (ab_idmap_init(&bigger, m->cap * 2) != 0)
+        return -1;
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->keys[i])
+            ab_idmap_put(&bigger, m->keys[i], m->vals[i]);
+    ab_idmap_fini(m);
+    *m = bigger;
+    return 0;
+}
+
+int ab_idmap_put(ab_idmap_t *m, uint64_t key, void *val)
+{
+    if (key == 0)
+        return -1;
+    if ((m->len + 1) * 2 > m->cap && s_grow(m) != 0)
+        return -1;
+    size_t i = s_home(m, key);
+    while (m->keys[i] && m->keys[i] != key)
+        i = (i + 1) & (m->cap - 1);
+    if (!m->keys[i])
+        m->len++;
+    m->keys[i] = key;
+    m->vals[i] = val;
+    return 0;
+}
+
+void *ab_idmap_get(const ab_idmap_t *m, uint64_t key)
+{
+    if (key == 0 || m->cap == 0)
+        return NULL;
+    for (size_t i = s_home(m, key); m->keys[i]; i = (i + 1) & (m->cap - 1))
+        if (m->keys[i] == key)
+            return m->vals[i];
+    return NULL;
+}
+
+void *ab_idmap_del(ab_idmap_t *m, uint64_t key)
+{
+    if (key == 0 || m->cap == 0)
+        return NULL;
+    size_t mask = m->cap - 1, i = s_home(m, key);
+    while (m->keys[i] && m->keys[i] != key)
+        i = (i + 1) & mask;
+    if (!m->keys[i])
+        return NULL;
+    void *val = m->vals[i];
+    /* Backward shift: pull later entries of the same probe run into the
+     * hole, so lookups never need tombstones. */
+    for (size_t j = (i + 1) & mask; m->keys[j]; j = (j + 1) & mask) {
+        size_t home = s_home(m, m->keys[j]);
+        /* Entry j may move to i if its home is not in (i, j] cyclically. */
+        int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            m->keys[i] = m->keys[j];
+            m->vals[i] = m->vals[j];
+            i = j;
+        }
+    }
+    m->keys[i] = 0;
+    m->vals[i] = NULL;
+    m->len--;
+    return val;
+}

@@ -1,0 +1,39 @@
+/*
+ * idmap.h - a hash map from non-zero 64-bit ids to pointers.
+ *
+ * Open addressing with linear probing and backward-shift deletion: no
+ * allocation per entry, no tombstones, one multiply per lookup. The broker
+ * keys its pending requests by id, the library its calls in flight, and
+ * both do a put, a get and a delete for every request. Capacity doubles at
+ * half load and never shrinks (it is bounded by the peak). Not thread-safe.
+ */
+#ifndef AB_IDMAP_H
+#define AB_IDMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    uint64_t *keys; /* 0 = empty slot */
+    void **vals;
+    size_t cap;     /* power of two */
+    size_t len;
+} ab_idmap_t;
+
+/* 0, or -1 when out of memory. */
+int ab_idmap_init(ab_idmap_t *m, size_t initial_cap);
+void ab_idmap_fini(ab_idmap_t *m);
+/* Inserts or replaces KEY (must not be 0). 0, or -1 when out of memory. */
+int ab_idmap_put(ab_idmap_t *m, uint64_t key, void *val);
+/* The value for KEY, or NULL. */
+void *ab_idmap_get(const ab_idmap_t *m, uint64_t key);
+/* Removes KEY; returns its value, or NULL if absent. */
+void *ab_idmap_del(ab_idmap_t *m, uint64_t key);
+static inline size_t ab_idmap_size(const ab_idmap_t *m)
+{
+    return m->len;
+}
+/* Iteration: slots 0..cap-1 with keys[i] != 0. Do not change the map while
+ * iterating; collect first. */
+
+#endif
