@@ -354,7 +354,7 @@ static void s_usage(void)
            "Request/reply through agentbus-broker versus a bare ZeroMQ ROUTER->ROUTER hop,\n"
            "both measured in this run (interleaved), with ratios.\n\n"
            "  --seconds S          length of one throughput run (default 2)\n"
-           "  --runs N             runs per throughput figure; the median is kept (default 3)\n"
+           "  --runs N             runs per throughput figure; the median is kept (default 5)\n"
            "  --window N           requests in flight for throughput (default 256)\n"
            "  --latency-count N    sequential requests for the lone-request latency (default 5000)\n"
            "  --size-small N       small payload bytes (default 64)\n"
@@ -374,7 +374,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     const char *dir = dirname(self);
     snprintf(broker, sizeof broker, "%s/agentbus-broker", dir);
     snprintf(worker, sizeof worker, "%s/agentbus-worker", dir);
-    *o = (s_opts_t){2.0, 3, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL};
+    *o = (s_opts_t){2.0, 5, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x;
