@@ -362,7 +362,7 @@ static void s_usage(void)
            "  --only bare|agentbus measure one system only\n"
            "  --broker-bin PATH    agentbus-broker to start (default: next to this program)\n"
            "  --worker-bin PATH    agentbus-worker to start (default: next to this program)\n"
-           "  --endpoint EP        use a running broker (with an 'echo' service) instead\n"
+           "  --broker EP          use a running broker (with an 'echo' service) instead\n"
            "  --json               one JSON object instead of the table\n");
 }
 
@@ -406,7 +406,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->broker_bin = v;
         else if (!strcmp(f, "--worker-bin"))
             o->worker_bin = v;
-        else if (!strcmp(f, "--endpoint"))
+        else if (!strcmp(f, "--broker"))
             o->endpoint = v;
         else
             goto bad;

@@ -404,8 +404,11 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
             s_on_register(b, in, p, pl);
         break;
     case AB_KIND_REQUEST:
-        if (!p)
-            s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now);
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now))) {
+            p->requests++;
+            if (p->role == AB_ROLE_CONTROL)
+                p->role = AB_ROLE_AGENT;
+        }
         s_on_request(b, in);
         break;
     case AB_KIND_PARTIAL:
@@ -424,8 +427,11 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         }
         break;
     case AB_KIND_CONTROL:
+        /* A peer that only asks the broker questions is an operator's tool. */
         if (!p)
             s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now);
+        else if (!p->worker && p->requests == 0)
+            p->role = AB_ROLE_CONTROL;
         s_on_control(b, in);
         break;
     case AB_KIND_BYE:

@@ -45,6 +45,7 @@ typedef struct {
     int64_t connected_ms;
     int64_t last_seen_ms;
     int64_t heartbeat_ms; /* interval the peer said it keeps */
+    uint64_t requests;    /* REQUESTs sent: an operator's tool sends none */
     ab_worker_rec_t *worker; /* when role == WORKER */
 } ab_peer_t;
 

@@ -183,7 +183,7 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
 {
     ab_header_t *h = &in->h;
     if (h->kind == AB_KIND_HELLO && h->correlation_id == 0) {
-        ab_conn_send_kind(&c->conn, AB_KIND_HELLO); /* broker forgot us */
+        ab_conn_hello(&c->conn); /* the broker forgot us */
         return;
     }
     if (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_ERROR)
@@ -216,7 +216,7 @@ static int s_process(ab_client_t *c)
     if (ev & AB_CONN_DISCONNECTED)
         s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
     if (ev & AB_CONN_CONNECTED)
-        ab_conn_send_kind(&c->conn, AB_KIND_HELLO);
+        ab_conn_hello(&c->conn);
     for (int i = 0; i < 4096; i++) {
         ab_in_t in;
         int rc = ab_conn_recv(&c->conn, &in);

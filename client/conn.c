@@ -11,6 +11,7 @@
  * and terminated with the last.
  */
 #include "internal.h"
+#include "agentbus.pb-c.h"
 #include "util.h"
 
 #include <errno.h>
@@ -137,6 +138,23 @@ int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t si
                             errno == EAGAIN ? "outgoing queue to the broker is full"
                                             : zmq_strerror(errno));
     return AB_OK;
+}
+
+int ab_conn_hello(ab_conn_t *c)
+{
+    Agentbus__Hello m;
+    agentbus__hello__init(&m);
+    m.name = c->opts.name;
+    m.role = (char *)c->role;
+    m.heartbeat_ms = (uint32_t)c->opts.heartbeat_ms;
+    uint8_t buf[512];
+    size_t len = agentbus__hello__get_packed_size(&m);
+    if (len > sizeof buf)
+        return ab_conn_fail(c, AB_EINVAL, "name too long for HELLO");
+    agentbus__hello__pack(&m, buf);
+    ab_header_t h = ab_header_init(AB_KIND_HELLO);
+    h.id = ab_conn_next_id(c);
+    return ab_conn_send(c, &h, buf, len);
 }
 
 int ab_conn_send_kind(ab_conn_t *c, uint32_t kind)

@@ -56,6 +56,8 @@ void ab_conn_close(ab_conn_t *c);
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Sends header H and DATA (copied; NULL/0 for none). */
 int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size);
+/* Sends HELLO with this peer's name, role and heartbeat interval. */
+int ab_conn_hello(ab_conn_t *c);
 /* Sends a header-only message of KIND. */
 int ab_conn_send_kind(ab_conn_t *c, uint32_t kind);
 /* Receives one message without waiting: 1 got one (caller calls

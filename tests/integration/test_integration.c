@@ -462,7 +462,7 @@ static void s_config(void)
 static void s_brokerctl(void)
 {
     int port = th_free_port();
-    th_broker(port, NULL);
+    th_broker(port, "--startup-grace-ms", "0", NULL);
     th_worker(port, "echo", "--label", "gpu=0", NULL);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
@@ -487,6 +487,20 @@ static void s_brokerctl(void)
              th_bin("brokerctl"), th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_STR(out, "hello from stdin");
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json request echo hi", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    j = json_loads(out, 0, &err);
+    CHECK_TRUE(j && json_is_true(json_object_get(j, "ok")));
+    CHECK_STR(json_string_value(json_object_get(j, "reply")), "hi");
+    json_decref(j);
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json request nosuch hi 2>/dev/null",
+             th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    j = json_loads(out, 0, &err);
+    CHECK_TRUE(j && json_is_false(json_object_get(j, "ok")));
+    CHECK_STR(json_string_value(json_object_get(j, "code")), "NO_SERVICE");
+    json_decref(j);
     snprintf(cmd, sizeof cmd, "%s --broker %s bogus", th_bin("brokerctl"), th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 2);
     ab_client_destroy(&c);

@@ -36,7 +36,8 @@ static void s_usage(FILE *out)
             "  request SERVICE DATA    send DATA ('-' reads stdin) and print the reply\n\n"
             "Options:\n"
             "  --broker ENDPOINT       broker (default: $AB_BROKER, else %s)\n"
-            "  --json                  machine-readable output (stats, services, workers)\n"
+            "  --json                  machine-readable output (for request: {\"ok\", \"reply\"}\n"
+            "                          or {\"ok\": false, \"code\", \"error\"})\n"
             "  --timeout-ms N          how long to wait for the broker (default 5000)\n"
             "  --watch SECONDS         repeat stats/services/workers every SECONDS\n"
             "  --help                  show this help\n\n"
@@ -44,10 +45,16 @@ static void s_usage(FILE *out)
             AB_DEFAULT_ENDPOINT);
 }
 
+static int s_json;
+
+/* Reports a failed command: always on stderr; with --json also as an
+ * object on stdout, so scripts parsing stdout see the failure too. */
 static int s_fail(ab_client_t *c, int rc)
 {
-    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc),
-            c && ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc));
+    const char *text = c && ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
+    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
+    if (s_json)
+        ab_render_error(stdout, ab_status_name(rc), text);
     return 1;
 }
 
@@ -124,9 +131,13 @@ static int s_request(ab_client_t *c, const char *service, const char *data, int 
     free(in);
     if (rc != AB_OK)
         return s_fail(c, rc);
-    fwrite(reply, 1, rlen, stdout);
-    if (isatty(STDOUT_FILENO) && (rlen == 0 || ((char *)reply)[rlen - 1] != '\n'))
-        fputc('\n', stdout);
+    if (s_json) {
+        ab_render_reply(stdout, reply, rlen);
+    } else {
+        fwrite(reply, 1, rlen, stdout);
+        if (isatty(STDOUT_FILENO) && (rlen == 0 || ((char *)reply)[rlen - 1] != '\n'))
+            fputc('\n', stdout);
+    }
     ab_free(reply);
     return 0;
 }
@@ -142,7 +153,7 @@ int main(int argc, char **argv)
             s_usage(stdout);
             return 0;
         } else if (strcmp(f, "--json") == 0) {
-            json = 1;
+            json = s_json = 1;
         } else if (strcmp(f, "--broker") == 0 && v) {
             broker = v, i++;
         } else if (strcmp(f, "--timeout-ms") == 0 && v &&

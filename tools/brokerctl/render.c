@@ -144,3 +144,29 @@ void ab_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
     if (wl->n_workers == 0)
         fprintf(out, "(no workers registered)\n");
 }
+
+void ab_render_reply(FILE *out, const void *data, size_t len)
+{
+    json_t *j = json_pack("{s:b, s:I}", "ok", 1, "bytes", (json_int_t)len);
+    json_t *str = json_stringn(data, len); /* NULL unless valid UTF-8 */
+    if (str) {
+        json_object_set_new(j, "reply", str);
+    } else {
+        char *hex = malloc(2 * len + 1);
+        if (hex) {
+            for (size_t i = 0; i < len; i++)
+                snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)data)[i]);
+            hex[2 * len] = '\0';
+            json_object_set_new(j, "reply_hex", json_string(hex));
+            free(hex);
+        }
+    }
+    s_emit(out, j);
+}
+
+void ab_render_error(FILE *out, const char *code, const char *text)
+{
+    json_t *t = json_string(text);
+    s_emit(out, json_pack("{s:b, s:s, s:o}", "ok", 0, "code", code,
+                          "error", t ? t : json_string("(error text is not UTF-8)")));
+}
