@@ -351,7 +351,7 @@ int th_wait_workers(ab_client_t *c, const char *service, unsigned n, int timeout
 int th_run(const char *cmdline, char *out, size_t cap)
 {
     char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmdline);
+    snprintf(full, sizeof full, "( %s ) 2>&1", cmdline);
     FILE *p = popen(full, "r");
     if (!p)
         return -1;
