@@ -30,13 +30,10 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
 int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
 {
     uint8_t stack[512];
-    size_t need = sizeof stack;
-    uint8_t *buf = stack;
-    if (ab_header_bound(h) > sizeof stack)
-        buf = malloc(need = ab_header_size(h)); /* long strings: rare */
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
     if (!buf)
         return -1;
-    size_t len = ab_header_encode(h, buf, need);
     int rc = -1;
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto fail;

@@ -120,13 +120,10 @@ uint64_t ab_conn_next_id(ab_conn_t *c)
 int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size)
 {
     uint8_t stack[512];
-    size_t need = sizeof stack;
-    uint8_t *buf = stack;
-    if (ab_header_bound(h) > sizeof stack)
-        buf = malloc(need = ab_header_size(h)); /* long strings: rare */
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
     if (!buf)
         return ab_conn_fail(c, AB_ENOMEM, "out of memory encoding a header");
-    size_t len = ab_header_encode(h, buf, need);
     int more = data != NULL;
     int rc = zmq_send(c->sock, buf, len, more ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
     if (rc >= 0 && more)

@@ -9,6 +9,7 @@
 #include "codec.h"
 #include "agentbus.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
@@ -291,6 +292,18 @@ size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
     p = s_put_s(p, 12, h->error_text);
     p = s_put_v(p, 13, h->credit);
     return (size_t)(p - (uint8_t *)buf);
+}
+
+uint8_t *ab_header_encode_buf(const ab_header_t *h, uint8_t *stack, size_t cap, size_t *len)
+{
+    uint8_t *buf = stack;
+    if (ab_header_bound(h) > cap) {
+        cap = ab_header_size(h);
+        if (!(buf = malloc(cap)))
+            return NULL;
+    }
+    *len = ab_header_encode(h, buf, cap);
+    return buf;
 }
 
 static const struct {

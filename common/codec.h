@@ -135,6 +135,12 @@ size_t ab_header_bound(const ab_header_t *h);
  * (0, empty) are omitted, as protobuf does. */
 size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap);
 
+/* Encodes H into STACK (CAP bytes) when it fits, else into a malloc'd
+ * buffer. Returns the buffer (free it when it is not STACK) and sets *len,
+ * or NULL when out of memory. Senders use it with a small stack buffer: a
+ * header only outgrows one with very long strings. */
+uint8_t *ab_header_encode_buf(const ab_header_t *h, uint8_t *stack, size_t cap, size_t *len);
+
 /* Convenience: a view of a C string (NULL gives an empty view). */
 ab_view_t ab_view_of(const char *s);
 

@@ -70,6 +70,16 @@ __attribute__((weak)) int t_checks, t_failed;
         }                                                                                          \
     } while (0)
 
+/* Deterministic xorshift64 for test data: the same run every time. */
+static inline unsigned long long t_rand(void)
+{
+    static unsigned long long state = 0x9e3779b97f4a7c15ull;
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+}
+
 #define TEST_DONE(name)                                                                            \
     (printf("%s: %d checks, %d failed\n", (name), t_checks, t_failed), t_failed ? 1 : 0)
 

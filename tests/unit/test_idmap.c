@@ -5,14 +5,6 @@
 
 enum { N = 20000 };
 
-static uint64_t s_state = 0x1234567;
-static uint64_t s_rand(void)
-{
-    s_state ^= s_state << 13;
-    s_state ^= s_state >> 7;
-    s_state ^= s_state << 17;
-    return s_state;
-}
 
 int main(void)
 {
@@ -24,8 +16,8 @@ int main(void)
     size_t live = 0;
     int mismatches = 0;
     for (int step = 0; step < 200000; step++) {
-        uint64_t k = 1 + s_rand() % N;
-        switch (s_rand() % 3) {
+        uint64_t k = 1 + t_rand() % N;
+        switch (t_rand() % 3) {
         case 0:
         case 1: /* put, sequential-ish keys like real ids */
             if (!model[k])

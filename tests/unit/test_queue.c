@@ -9,14 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t s_rng = 0x9e3779b97f4a7c15ull;
-static uint64_t s_rand(void)
-{
-    s_rng ^= s_rng << 13;
-    s_rng ^= s_rng >> 7;
-    s_rng ^= s_rng << 17;
-    return s_rng;
-}
 
 static void s_setup(ab_broker_t *b, ab_broker_config_t *cfg)
 {
@@ -105,7 +97,7 @@ static void s_test_heap(void)
     s_setup(&b, &cfg);
     ab_req_t *r = calloc(N, sizeof *r);
     for (int i = 0; i < N; i++) {
-        r[i].deadline_ms = (int64_t)(s_rand() % 100000);
+        r[i].deadline_ms = (int64_t)(t_rand() % 100000);
         ab_heap_push(&b, &r[i]);
     }
     CHECK_EQ(b.heap_len, N);
