@@ -65,6 +65,19 @@ static void s_tail(const char *path)
         fprintf(stderr, "    | %s", ring[i % 40]);
 }
 
+void th_finish(void)
+{
+    for (int i = 0; i < s_nprocs; i++) {
+        if (s_procs[i].reaped)
+            continue;
+        int st = th_stop(s_procs[i].pid);
+        if (st != 0)
+            fprintf(stderr, "process %d (%s) exited with status %d\n", (int)s_procs[i].pid,
+                    s_procs[i].log, st);
+        CHECK_EQ(st, 0);
+    }
+}
+
 static void s_cleanup(void)
 {
     for (int i = 0; i < s_nprocs; i++)

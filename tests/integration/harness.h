@@ -24,6 +24,11 @@ int th_free_port(void);
 /* "tcp://127.0.0.1:PORT" in a static buffer per call slot (4 rotating). */
 const char *th_ep(int port);
 
+/* Stops every process still running (SIGTERM) and checks that each exited
+ * with status 0: a sanitizer finding (leak, overflow, UB) in a broker or
+ * worker fails the test. Call at the end of a case. */
+void th_finish(void);
+
 /* Starts BIN (a program of the build, e.g. "agentbus-broker") with the
  * NULL-terminated ARGV (argv[0] excluded), extra environment ENV
  * ("K=V" strings, NULL-terminated, may be NULL). Output goes to a log file. */

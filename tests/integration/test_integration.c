@@ -703,6 +703,7 @@ int main(int argc, char **argv)
         if (strcmp(argv[1], cases[i].name) == 0) {
             th_init(cases[i].name);
             cases[i].fn();
+            th_finish();
             return TEST_DONE(argv[1]);
         }
     }
