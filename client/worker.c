@@ -23,15 +23,22 @@ struct ab_worker {
     char *label_values[AB_MAX_LABELS];
     size_t nlabels;
     ab_job_t *ready_head, *ready_tail; /* received, not yet handed out */
+    ab_job_t *out;                     /* handed out, not yet freed */
 };
 
 struct ab_job {
     uint64_t id; /* broker id: the reply's correlation id */
     uint32_t timeout_ms;
     zmq_msg_t payload;
-    ab_job_t *next;
+    ab_job_t *next;              /* in the ready queue */
+    ab_worker_t *worker;         /* while handed out; NULL once the worker is gone */
+    ab_job_t *out_prev, *out_next;
+    int answered;
     char service[256];
 };
+
+static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
+                    size_t size, uint32_t code, const char *text);
 
 int ab_worker_new(ab_worker_t **out, const ab_options_t *opts, const char *service,
                   unsigned capacity)
@@ -55,13 +62,28 @@ int ab_worker_new(ab_worker_t **out, const ab_options_t *opts, const char *servi
     return AB_OK;
 }
 
+/* A job freed without an answer is answered here, so its client does not
+ * wait for the deadline and the worker's credit comes back. */
 void ab_job_destroy(ab_job_t **job)
 {
-    if (job && *job) {
-        zmq_msg_close(&(*job)->payload);
-        free(*job);
-        *job = NULL;
+    if (!job || !*job)
+        return;
+    ab_job_t *j = *job;
+    ab_worker_t *w = j->worker;
+    if (w) {
+        if (!j->answered)
+            s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_APPLICATION,
+                     "the worker dropped the request without answering");
+        if (j->out_prev)
+            j->out_prev->out_next = j->out_next;
+        else
+            w->out = j->out_next;
+        if (j->out_next)
+            j->out_next->out_prev = j->out_prev;
     }
+    zmq_msg_close(&j->payload);
+    free(j);
+    *job = NULL;
 }
 
 void ab_worker_destroy(ab_worker_t **wp)
@@ -69,11 +91,13 @@ void ab_worker_destroy(ab_worker_t **wp)
     if (!wp || !*wp)
         return;
     ab_worker_t *w = *wp;
-    while (w->ready_head) {
+    while (w->ready_head) { /* never handed out: BYE makes the broker fail them */
         ab_job_t *j = w->ready_head;
         w->ready_head = j->next;
         ab_job_destroy(&j);
     }
+    for (ab_job_t *j = w->out; j; j = j->out_next)
+        j->worker = NULL; /* the application may still hold and free them */
     if (w->conn.sock && w->conn.connected)
         ab_conn_send_kind(&w->conn, AB_KIND_BYE);
     ab_conn_close(&w->conn);
@@ -208,6 +232,7 @@ static int s_process(ab_worker_t *w)
     return handled;
 }
 
+/* Hands out the next ready job, tracking it until it is freed. */
 static ab_job_t *s_pop(ab_worker_t *w)
 {
     ab_job_t *j = w->ready_head;
@@ -216,6 +241,12 @@ static ab_job_t *s_pop(ab_worker_t *w)
         if (!w->ready_head)
             w->ready_tail = NULL;
         j->next = NULL;
+        j->worker = w;
+        j->out_prev = NULL;
+        j->out_next = w->out;
+        if (w->out)
+            w->out->out_prev = j;
+        w->out = j;
     }
     return j;
 }
@@ -288,21 +319,26 @@ int ab_worker_reply_part(ab_worker_t *w, ab_job_t *job, const void *data, size_t
 
 int ab_worker_reply(ab_worker_t *w, ab_job_t **job, const void *data, size_t size)
 {
-    if (!job)
+    if (!job || !*job)
         return AB_EINVAL;
     int rc = s_answer(w, *job, AB_KIND_REPLY, data, size, 0, NULL);
+    if (rc == AB_EPAYLOADSIZE) /* nothing was sent: tell the client why */
+        s_answer(w, *job, AB_KIND_ERROR, NULL, 0, AB_ERR_INTERNAL,
+                 "the worker's reply exceeds the maximum payload size");
+    (*job)->answered = 1; /* even if the send failed: never answer twice */
     ab_job_destroy(job);
     return rc;
 }
 
 int ab_worker_fail(ab_worker_t *w, ab_job_t **job, int status, const char *text)
 {
-    if (!job)
+    if (!job || !*job)
         return AB_EINVAL;
     uint32_t code = ab_status_to_wire(status);
     if (code == AB_ERR_NONE || status >= 0)
         code = AB_ERR_APPLICATION;
     int rc = s_answer(w, *job, AB_KIND_ERROR, NULL, 0, code, text ? text : "");
+    (*job)->answered = 1;
     ab_job_destroy(job);
     return rc;
 }

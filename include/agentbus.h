@@ -230,12 +230,15 @@ AB_EXPORT const char *ab_job_service(const ab_job_t *job);
 /* Sends one chunk of a streamed reply; the job stays open. */
 AB_EXPORT int ab_worker_reply_part(ab_worker_t *worker, ab_job_t *job,
                                    const void *data, size_t size);
-/* Sends the final reply and frees the job (*job = NULL), also on error. */
+/* Sends the final reply and frees the job (*job = NULL), also on error.
+ * A job is answered once: after a failed send it is not retried. */
 AB_EXPORT int ab_worker_reply(ab_worker_t *worker, ab_job_t **job, const void *data, size_t size);
 /* Fails the request: the client gets STATUS (AB_EAPPLICATION if STATUS is
  * not an AB_E* code) with TEXT. Frees the job (*job = NULL). */
 AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, const char *text);
-/* Frees a job without answering (the client then gets its deadline). */
+/* Frees a job. One not answered yet is answered with AB_EAPPLICATION
+ * ("dropped without answering"), so its client is not left waiting and the
+ * worker's credit comes back. Safe after the worker was destroyed. */
 AB_EXPORT void ab_job_destroy(ab_job_t **job);
 
 /* Handler mode: FN is called for each request and owns the job. */

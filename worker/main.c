@@ -166,7 +166,10 @@ int main(int argc, char **argv)
     if (rc != AB_ESTOPPED)
         fprintf(stderr, "agentbus-worker: %s: %s\n", ab_strerror(rc),
                 ab_worker_last_error(s_worker));
-    loop.ops->destroy(&loop.ctx);
+    /* The worker first: its BYE makes the broker fail (later: re-dispatch)
+     * what the backend still holds, and jobs freed after it are not
+     * answered one by one. */
     ab_worker_destroy(&s_worker);
+    loop.ops->destroy(&loop.ctx);
     return rc == AB_ESTOPPED ? 0 : 1;
 }

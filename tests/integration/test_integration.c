@@ -609,7 +609,9 @@ static void *s_worker_thread(void *arg)
         char out[256];
         for (size_t i = 0; i < n && i < sizeof out; i++)
             out[i] = (char)(d[i] >= 'a' && d[i] <= 'z' ? d[i] - 32 : d[i]);
-        if (n == 4 && memcmp(d, "fail", 4) == 0) {
+        if (n == 4 && memcmp(d, "drop", 4) == 0) {
+            ab_job_destroy(&job); /* the library answers for it */
+        } else if (n == 4 && memcmp(d, "fail", 4) == 0) {
             ab_worker_fail(x->w, &job, AB_EAPPLICATION, "refused: fail");
         } else if (n == 1 && d[0] == 'a') {
             ab_worker_reply_part(x->w, job, "A", 1);
@@ -638,6 +640,14 @@ static void s_worker_api(void)
     CHECK_STR(out, "A!");
     CHECK_EQ(s_request_str(c, "upper", "fail", out, sizeof out), AB_EAPPLICATION);
     CHECK_STR(ab_client_last_error(c), "refused: fail");
+    CHECK_EQ(s_request_str(c, "upper", "drop", out, sizeof out), AB_EAPPLICATION);
+    CHECK_TRUE(strstr(ab_client_last_error(c), "without answering") != NULL);
+    /* Its credit came back: both slots serve again at once. */
+    s_tally_t t = {0};
+    for (int i = 0; i < 2; i++)
+        ab_client_request_async(c, "upper", "x", 1, 5000, s_tally_cb, &t, NULL);
+    s_poll_until(c, &t, 2, 5000);
+    CHECK_EQ(t.ok, 2);
     Agentbus__WorkerList *wl = th_workers(c);
     REQUIRE(wl && wl->n_workers == 1);
     CHECK_STR(wl->workers[0]->name, "inproc-worker");
