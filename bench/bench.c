@@ -375,8 +375,10 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     snprintf(broker, sizeof broker, "%s/agentbus-broker", dir);
     snprintf(worker, sizeof worker, "%s/agentbus-worker", dir);
     *o = (s_opts_t){2.0, 5, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL};
+    const char *f = "";
     for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        f = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x;
         if (!strcmp(f, "--help")) {
             s_usage();
@@ -413,7 +415,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     }
     return 0;
 bad:
-    fprintf(stderr, "agentbus-bench: bad option or value near '%s' (see --help)\n", argv[argc - 1]);
+    fprintf(stderr, "agentbus-bench: unknown option, missing or bad value: '%s' (see --help)\n", f);
     return -1;
 }
 

@@ -58,9 +58,15 @@ static int s_parse(s_args_t *a, int argc, char **argv)
             s_usage(argv[0]);
             return 1;
         }
-        if (!v || strncmp(f, "--", 2) != 0) {
+        static const char *known[] = {"--broker", "--backend", "--service", "--name",
+                                      "--label", "--capacity", "--delay-ms", "--chunks",
+                                      "--heartbeat-ms"};
+        int is_known = 0;
+        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+            is_known |= strcmp(f, known[k]) == 0;
+        if (!is_known || !v) {
             fprintf(stderr, "agentbus-worker: %s '%s' (see --help)\n",
-                    v ? "unexpected argument" : "missing value for", f);
+                    !is_known ? "unknown option" : "missing value for", f);
             return -1;
         }
         i++;

@@ -131,8 +131,10 @@ static void *s_agent_main(void *arg)
 static int s_parse(s_cfg_t *cfg, int argc, char **argv)
 {
     *cfg = (s_cfg_t){NULL, "echo", 20, 10, 4, 4096};
+    const char *f = "";
     for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        f = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--help")) {
             printf("Usage: agentbus-load [--broker EP] [--service NAME] [--agents N]\n"
                    "                     [--seconds N] [--window N] [--max-bytes N]\n\n"
@@ -163,7 +165,7 @@ static int s_parse(s_cfg_t *cfg, int argc, char **argv)
     }
     return 0;
 bad:
-    fprintf(stderr, "agentbus-load: bad option '%s' (see --help)\n", argv[argc - 1]);
+    fprintf(stderr, "agentbus-load: unknown option, missing or bad value: '%s' (see --help)\n", f);
     return -1;
 }
 
