@@ -224,6 +224,12 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
         const char *eq = strchr(arg, '=');
         size_t n = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
         snprintf(name, sizeof name, "%.*s", (int)n, arg + 2);
+        /* An unknown name is reported as such, not as a missing value. */
+        const s_option_t *o = strcmp(name, "config") == 0 ? NULL : s_find(name);
+        if (!o && strcmp(name, "config") != 0) {
+            fprintf(stderr, "agentbus-broker: unknown option --%s (see --help)\n", name);
+            return -1;
+        }
         if (eq)
             val = eq + 1;
         else if (i + 1 < argc)
@@ -232,13 +238,8 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
             fprintf(stderr, "agentbus-broker: option --%s needs a value\n", name);
             return -1;
         }
-        if (strcmp(name, "config") == 0)
-            continue;
-        const s_option_t *o = s_find(name);
-        if (!o) {
-            fprintf(stderr, "agentbus-broker: unknown option --%s (see --help)\n", name);
-            return -1;
-        }
+        if (!o)
+            continue; /* --config: read by the prescan */
         if (s_set(cfg, o, val, "command line", o->type == OPT_BINDS && binds_seen++) != 0)
             return -1;
     }

@@ -66,7 +66,7 @@ static void s_call_end(ab_client_t *c, s_call_t *call, int status, const void *d
 
 /* Fails every call in flight with STATUS. Collects the ids first: the
  * callbacks may start new calls (which are not failed). */
-static void s_fail_all(ab_client_t *c, int status, const char *text)
+static int s_fail_all(ab_client_t *c, int status, const char *text)
 {
     size_t n = ab_idmap_size(&c->calls), k = 0;
     uint64_t *ids = n ? malloc(n * sizeof *ids) : NULL;
@@ -79,6 +79,7 @@ static void s_fail_all(ab_client_t *c, int status, const char *text)
             s_call_end(c, call, status, NULL, 0, text);
     }
     free(ids);
+    return (int)k;
 }
 
 void ab_client_destroy(ab_client_t **cp)
@@ -155,10 +156,11 @@ int ab_client_request_async(ab_client_t *c, const char *service, const void *dat
     return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms, fn, arg, request_id);
 }
 
-static void s_expire(ab_client_t *c, int64_t now)
+/* Ends the calls whose local deadline passed; returns how many. */
+static int s_expire(ab_client_t *c, int64_t now)
 {
     if (!c->next_expiry_ms || now < c->next_expiry_ms)
-        return;
+        return 0;
     int64_t next = 0;
     uint64_t dead[64]; /* ids, looked up again: a callback may end others */
     size_t n = 0;
@@ -172,11 +174,15 @@ static void s_expire(ab_client_t *c, int64_t now)
             next = call->deadline_ms;
     }
     c->next_expiry_ms = n == 64 ? now : next;
+    int ended = 0;
     for (size_t i = 0; i < n; i++) {
         s_call_t *call = ab_idmap_get(&c->calls, dead[i]);
-        if (call)
+        if (call) {
             s_call_end(c, call, AB_ETIMEOUT, NULL, 0, "no answer from the broker in time");
+            ended++;
+        }
     }
+    return ended;
 }
 
 static void s_on_message(ab_client_t *c, ab_in_t *in)
@@ -213,8 +219,11 @@ static int s_process(ab_client_t *c)
 {
     int handled = 0;
     int ev = ab_conn_events(&c->conn);
+    /* Calls ended here (disconnect, local deadline) are events too: a
+     * caller waiting in ab_client_poll must see them, or a sync request to
+     * an unreachable broker would wait forever. */
     if (ev & AB_CONN_DISCONNECTED)
-        s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
+        handled += s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
     if (ev & AB_CONN_CONNECTED)
         ab_conn_hello(&c->conn);
     for (int i = 0; i < 4096; i++) {
@@ -229,7 +238,7 @@ static int s_process(ab_client_t *c)
         handled++;
     }
     int64_t now = ab_now_ms();
-    s_expire(c, now);
+    handled += s_expire(c, now);
     ab_conn_heartbeat(&c->conn, now, 0);
     return handled;
 }

@@ -19,10 +19,13 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t s_stop;
+static ab_client_t *s_client; /* for the signal handler: a wait ends at once */
 static void s_on_signal(int sig)
 {
     (void)sig;
     s_stop = 1;
+    if (s_client)
+        ab_client_stop(s_client); /* documented as async-signal-safe */
 }
 
 static void s_usage(FILE *out)
@@ -49,9 +52,18 @@ static int s_json;
 
 /* Reports a failed command: always on stderr; with --json also as an
  * object on stdout, so scripts parsing stdout see the failure too. */
+static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
+
 static int s_fail(ab_client_t *c, int rc)
 {
     const char *text = c && ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
+    char hint[512];
+    if (rc == AB_ETIMEOUT && c && !ab_client_connected(c)) {
+        /* The likeliest cause by far: say it. */
+        snprintf(hint, sizeof hint, "no broker reachable at %s (is agentbus-broker running?)",
+                 s_endpoint);
+        text = hint;
+    }
     fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
     if (s_json)
         ab_render_error(stdout, ab_status_name(rc), text);
@@ -187,6 +199,10 @@ int main(int argc, char **argv)
         return 2;
     }
     ab_options_set_name(o, "brokerctl");
+    if (broker)
+        s_endpoint = broker;
+    else if (getenv("AB_BROKER") && *getenv("AB_BROKER"))
+        s_endpoint = getenv("AB_BROKER");
     int rc = ab_client_new(&c, o);
     ab_options_destroy(&o);
     if (rc != AB_OK) {
@@ -194,6 +210,7 @@ int main(int argc, char **argv)
         ab_client_destroy(&c);
         return rc;
     }
+    s_client = c;
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
     if (is_req) {
@@ -207,6 +224,7 @@ int main(int argc, char **argv)
                 usleep(100000);
         } while (watch && !s_stop && rc == 0);
     }
+    s_client = NULL;
     ab_client_destroy(&c);
     return rc;
 }
