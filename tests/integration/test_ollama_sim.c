@@ -582,15 +582,16 @@ static void test_keep_alive(void)
     CHECK_EQ(st, 200);
     json_decref(j);
     CHECK_TRUE(!s_in_ps("sim-small:latest"));
-    /* 2 s at time scale 20 = 100 ms of real time. */
-    j = s_json("POST", "/api/chat", "{\"model\":\"sim-small\",\"messages\":[],\"keep_alive\":\"2s\"}", &st);
+    /* 1 min at time scale 20 = 3 s of real time (the wait below is bounded
+     * well under the minute an unscaled keep-alive would take). */
+    j = s_json("POST", "/api/chat", "{\"model\":\"sim-small\",\"messages\":[],\"keep_alive\":\"1m\"}", &st);
     CHECK_EQ(st, 200);
     json_decref(j);
     int gone = 0;
-    for (int i = 0; i < 250 && !gone; i++) {
+    for (int i = 0; i < 150 && !gone; i++) {
         gone = !s_in_ps("sim-small:latest");
         if (!gone)
-            th_sleep_ms(20);
+            th_sleep_ms(100);
     }
     CHECK_TRUE(gone);
     json_t *stats = s_stats();
