@@ -561,6 +561,37 @@ static void test_eviction(void)
     CHECK_TRUE(s_in_ps("a:latest") && s_in_ps("c:latest"));
 }
 
+/* OLLAMA_MAX_LOADED_MODELS: with room for both in VRAM, a limit of one
+ * model still evicts the idle one; a busy model is never evicted: the
+ * request for the other waits until it is idle. */
+static void test_max_loaded(void)
+{
+    s_sim("--max-loaded-models", "1", "--model", "a,load_ms=0,token_ms=100,reply_tokens=100",
+          "--model", "b,load_ms=0", "--quiet", NULL);
+    long st;
+    json_t *j = s_json("POST", "/api/generate", "{\"model\":\"a\"}", &st);
+    CHECK_EQ(st, 200);
+    json_decref(j);
+    j = s_json("POST", "/api/generate", "{\"model\":\"b\"}", &st);
+    CHECK_EQ(st, 200);
+    json_decref(j);
+    CHECK_TRUE(!s_in_ps("a:latest") && s_in_ps("b:latest"));
+    CHECK_EQ(s_stat("evictions"), 1);
+    /* b busy: a request for a waits in the queue, b stays loaded */
+    int fd = s_raw_post("/api/generate", "{\"model\":\"b\",\"prompt\":\"x\",\"options\":{\"num_predict\":1000}}");
+    CHECK_EQ(s_wait_stat("active", 1, 5000), 0);
+    int fa = s_raw_post("/api/generate", "{\"model\":\"a\",\"prompt\":\"x\"}");
+    CHECK_EQ(s_wait_stat("queued", 1, 5000), 0);
+    CHECK_TRUE(s_in_ps("b:latest") && !s_in_ps("a:latest"));
+    close(fd);   /* b idle now: evicted for a, which then runs */
+    char buf[4096];
+    CHECK_TRUE(s_raw_wait_for(fa, "\"done\":false", buf, sizeof buf, 10000));
+    CHECK_TRUE(s_in_ps("a:latest") && !s_in_ps("b:latest"));
+    CHECK_EQ(s_stat("evictions"), 2);
+    close(fa);
+    CHECK_EQ(s_wait_stat("active", 0, 5000), 0);
+}
+
 /* keep_alive: 0 unloads at once (load-only and after a generation); a short
  * keep_alive expires; /api/ps shows it. */
 static void test_keep_alive(void)
@@ -803,7 +834,8 @@ int main(int argc, char **argv)
     } cases[] = {
         {"generate", test_generate}, {"stream_live", test_stream_live}, {"chat", test_chat},
         {"embed", test_embed}, {"errors", test_errors}, {"queue_full", test_queue_full},
-        {"eviction", test_eviction}, {"keep_alive", test_keep_alive}, {"abort", test_abort},
+        {"eviction", test_eviction}, {"keep_alive", test_keep_alive},
+        {"max_loaded", test_max_loaded}, {"abort", test_abort},
         {"faults", test_faults}, {"time_scale", test_time_scale}, {"usage", test_usage},
     };
     if (argc != 2) {

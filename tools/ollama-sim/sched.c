@@ -223,10 +223,25 @@ sim_q_t sim_sched_enqueue(sim_t *s, sim_job_t *job)
     return rc;
 }
 
+static void s_load_complete(sim_t *s, sim_model_t *m, int64_t now)
+{
+    m->state = SIM_LOADED;
+    m->loaded_since = now;
+    m->load_ns += now - (m->load_done - sim_scaled_ns(s, m->load_ms));
+    m->last_used = now;
+    if (m->active == 0)
+        s_arm_expiry(s, m, now);
+}
+
 int sim_sched_wait(sim_t *s, sim_job_t *job, int client_fd)
 {
     for (;;) {
         pthread_mutex_lock(&s->lock);
+        /* The load's time is up: it is loaded for everyone from now on,
+         * not only once the scheduler thread gets to it. */
+        int64_t now = sim_now();
+        if (job->granted && job->model->state == SIM_LOADING && job->model->load_done <= now)
+            s_load_complete(s, job->model, now);
         bool granted = job->granted;
         int64_t ready = job->model->load_done;
         sim_state_t st = job->model->state;
@@ -318,12 +333,7 @@ static void *s_thread(void *arg)
             sim_model_t *m = &s->models[i];
             if (m->state == SIM_LOADING) {
                 if (m->load_done <= now) {
-                    m->state = SIM_LOADED;
-                    m->loaded_since = now;
-                    m->load_ns += now - (m->load_done - sim_scaled_ns(s, m->load_ms));
-                    m->last_used = now;
-                    if (m->active == 0)
-                        s_arm_expiry(s, m, now);
+                    s_load_complete(s, m, now);
                     changed = true;
                 } else if (m->load_done < next) {
                     next = m->load_done;
