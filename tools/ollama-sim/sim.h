@@ -24,6 +24,7 @@
 #define SIM_MAX_TOKENS 16384   /* num_predict cap: bounds a reply's memory */
 #define SIM_MAX_EMBED_INPUTS 1024
 #define SIM_MAX_EMBED_DIM 8192
+#define SIM_MAX_EMBED_FLOATS (1 << 20)   /* inputs x embedding_length per request */
 #define SIM_FOREVER INT64_MAX
 
 typedef enum { SIM_UNLOADED = 0, SIM_LOADING, SIM_LOADED } sim_state_t;
