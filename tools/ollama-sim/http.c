@@ -176,11 +176,12 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     sim_infer_finish(r, toe);
     if (!s->quiet && r->route != R_SIM_STATS && r->route != R_SIM_FAULTS)
-        fprintf(stderr, "ollama-sim: %s %s %d %.1f ms%s%s\n", s_path(r->route),
-                r->model_echo[0] ? r->model_echo : "-", r->status,
+        fprintf(stderr, "ollama-sim: %s %s %d %.1f ms%s\n", s_path(r->route),
+                r->model_echo[0] ? r->model_echo : "-",
+                /* 499 as Ollama logs a client that left early */
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK || r->server_closed ? r->status : 499,
                 (double)(sim_now() - r->t_arrive) / 1e6,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " closed early",
-                r->server_closed ? " (by a fault)" : "");
+                r->server_closed ? " (closed by a fault)" : "");
     free(r->body);
     free(r->pending);
     free(r);
