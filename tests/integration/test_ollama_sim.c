@@ -640,6 +640,17 @@ static void test_keep_alive(void)
     CHECK_EQ(s_int(stats, "loads"), 3);
     CHECK_EQ(s_int(stats, "unloads"), 3);
     json_decref(stats);
+    /* Unload while busy: it stays until its request ends, then goes. */
+    int fd = s_raw_post("/api/generate", "{\"model\":\"sim-small\",\"prompt\":\"x\",\"options\":{\"num_predict\":16384}}");
+    char buf[4096];
+    CHECK_TRUE(s_raw_wait_for(fd, "\"done\":false", buf, sizeof buf, 10000));
+    j = s_json("POST", "/api/generate", "{\"model\":\"sim-small\",\"keep_alive\":0}", &st);
+    CHECK_STR(s_str(j, "done_reason"), "unload");
+    json_decref(j);
+    CHECK_TRUE(s_in_ps("sim-small:latest"));
+    close(fd);
+    CHECK_EQ(s_wait_stat("unloads", 4, 5000), 0);
+    CHECK_TRUE(!s_in_ps("sim-small:latest"));
 }
 
 /* A client that closes mid-stream: counted as aborted (Ollama's 499), the

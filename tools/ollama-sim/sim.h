@@ -88,6 +88,7 @@ typedef struct {
     int64_t expires;         /* monotonic ns, SIM_FOREVER */
     int64_t keep_alive_ns;   /* of the last request; <0 forever */
     int active, queued;
+    bool unload_pending;     /* keep_alive 0 came while it was busy or loading */
     sim_slot_t slots[SIM_MAX_PARALLEL];
     /* stats */
     uint64_t requests, n_generate, n_chat, n_embed, prompt_tokens, eval_tokens;
