@@ -831,6 +831,10 @@ static void test_usage(void)
     CHECK_STR(s_str(m0, "digest"), "abc");
     CHECK_EQ(s_int(m0, "size"), 1LL << 30);
     json_decref(tags);
+    /* The port is taken: a second simulator must not share it. */
+    snprintf(cmd, sizeof cmd, "timeout 20 %s --port %d", th_bin("ollama-sim"), s_port);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    CHECK_TRUE(strstr(out, "cannot listen") != NULL);
     json_t *fa = s_json("GET", "/sim/faults", NULL, NULL);
     CHECK_EQ(s_int(fa, "drop_after"), 3);
     json_decref(fa);

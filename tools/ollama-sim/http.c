@@ -211,8 +211,9 @@ int sim_http_run(sim_t *s)
         (uint16_t)s->port, NULL, NULL, s_access, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_NOTIFY_COMPLETED, s_completed, s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)s->max_connections, MHD_OPTION_THREAD_STACK_SIZE, (size_t)256 * 1024,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-        (unsigned)1, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
+    /* (No MHD_OPTION_LISTENING_ADDRESS_REUSE: it sets SO_REUSEPORT, which
+     * would let a second simulator share a port a test thinks is its own.) */
     if (!d) {
         fprintf(stderr, "ollama-sim: cannot listen on 127.0.0.1:%d\n", s->port);
         sim_sched_stop(s);
