@@ -424,6 +424,13 @@ static void test_embed(void)
     b = s_json("POST", "/api/embed", "{\"model\":\"sim-embed\",\"input\":[1]}", &st);
     CHECK_EQ(st, 400);
     json_decref(b);
+    json_t *stats = s_stats();
+    json_t *em = json_array_get(json_object_get(stats, "models"), 2);
+    CHECK_STR(s_str(em, "name"), "sim-embed:latest");
+    CHECK_EQ(s_int(em, "embed"), 4);
+    CHECK_EQ(s_int(em, "prompt_tokens"), 3);
+    CHECK_EQ(s_int(em, "eval_tokens"), 0);
+    json_decref(stats);
 }
 
 /* Ollama's error answers: 404 model, 400 bad input, 404/405 paths, 413. */

@@ -359,6 +359,9 @@ static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, i
     enum MHD_Result res;
     if (s_acquire(r, m, ka, &res) != 0)
         return res;
+    pthread_mutex_lock(&s->lock);
+    m->prompt_tokens += (uint64_t)r->prompt_tokens;
+    pthread_mutex_unlock(&s->lock);
     if (r->draw.hang && s_hang(r) != 0)
         return MHD_NO;
     if (r->draw.drop && r->draw.drop_after > 0) {   /* nothing streams: drop before the answer */
