@@ -157,6 +157,7 @@ void ab_directory_on_discover(ab_broker_t *b, const ab_rid_t *rid, const ab_head
     }
     ab_view_copy(h->target, filter, sizeof filter);
     int all = filter[0] == '\0' || strcmp(filter, "*") == 0;
+    AB_DEBUG("DISCOVER '%s' flags %u", filter, h->flags);
     if ((h->flags & AB_FLAG_WATCH) && s_subscribe(b, rid, h->id) != 0) {
         ab_send_error(b, rid, h->id, AB_ERR_BUSY, "too many directory subscribers");
         return;
@@ -180,6 +181,7 @@ void ab_directory_on_discover(ab_broker_t *b, const ab_rid_t *rid, const ab_head
 void ab_directory_event(ab_broker_t *b, ab_worker_rec_t *w, const char *change)
 {
     ab_watchers_t *ws = &b->watchers;
+    AB_DEBUG("directory change '%s' for %zu watchers", change, ws->n);
     if (ws->n == 0)
         return;
     ab_winfo_t wi;

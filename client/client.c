@@ -243,7 +243,7 @@ static int s_process(ab_client_t *c)
         s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
     if (ev & AB_CONN_CONNECTED) {
         ab_conn_hello(&c->conn);
-        if (c->watch_fn) /* subscribe again: a new broker knows nothing of us */
+        if (c->watch_fn && c->watch_id) /* subscribe again: a new broker knows nothing of us */
             s_start(c, AB_KIND_DISCOVER, "*", NULL, 0, -1, AB_FLAG_WATCH, NULL, NULL,
                     &c->watch_id);
     }
@@ -413,6 +413,7 @@ int ab_client_watch(ab_client_t *c, ab_dir_event_fn *fn, void *arg, int timeout_
         return AB_EINVAL;
     c->watch_fn = fn;
     c->watch_arg = arg;
+    c->watch_id = 0; /* set once the broker confirms (no re-subscribe before) */
     if (!fn) /* the broker keeps sending for this connection; they are ignored */
         return AB_OK;
     int rc = ab_client_discover_raw(c, "*", timeout_ms, 1, NULL, NULL);
