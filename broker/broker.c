@@ -650,6 +650,10 @@ static void s_drain(ab_broker_t *b, int64_t now)
         }
     } while (n == 256);
     AB_INFO("drained: %zu answered with an error", live);
+    /* The last answers are still in the ROUTER's pipes: give them a moment
+     * to leave before the socket closes (LINGER is 0 otherwise). */
+    int linger = 1000;
+    zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
     b->stop = 1;
 }
 

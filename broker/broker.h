@@ -54,6 +54,7 @@ typedef struct {
     ab_worker_rec_t *worker; /* when role == WORKER */
     int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
     uint32_t in_flight;   /* its requests the broker holds (client in-flight limit) */
+    int64_t fd_closed_ms; /* the monitor saw its fd close; being verified */
 } ab_peer_t;
 
 typedef enum { AB_REQ_QUEUED, AB_REQ_DISPATCHED, AB_REQ_ORPHANED } ab_req_state_t;

@@ -48,6 +48,7 @@ int ab_winfo_fill(ab_broker_t *b, ab_worker_rec_t *w, ab_winfo_t *wi, int64_t no
     x->redispatched = w->health.redispatched;
     x->failures = w->health.failures;
     x->backend_state = w->health.backend_state;
+    x->backoff_ms = w->health.backoff_ms;
     size_t nl = zhashx_size(w->labels), k = 0;
     wi->lab = calloc(nl + 1, sizeof *wi->lab);
     wi->labp = calloc(nl + 1, sizeof *wi->labp);

@@ -40,7 +40,7 @@ int ab_health_init(ab_broker_t *b)
     char ep[64];
     /* One endpoint per broker instance: tests run several in one process. */
     snprintf(ep, sizeof ep, "inproc://ab-broker-monitor-%p", (void *)b);
-    if (zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0)
+    if (zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED) != 0)
         return -1;
     b->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
     int linger = 0;
@@ -59,10 +59,23 @@ void ab_health_fini(ab_broker_t *b)
     b->monitor = NULL;
 }
 
-/* A connection closed (or its fd was reused by a new one, which proves the
- * old one closed): every peer last heard on that fd is gone. Peers are
+/* Sends P a header-only HEARTBEAT repeating the interval it was told. With
+ * ROUTER_MANDATORY the send fails (EHOSTUNREACH) once P's connection is
+ * gone: that, not the fd number alone, proves it. 1 reachable, 0 not. */
+static int s_probe(ab_broker_t *b, ab_peer_t *p)
+{
+    ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
+    h.credit = p->worker ? p->worker->health.interval_ms : (uint32_t)b->cfg->heartbeat_ms;
+    return ab_send(b, &p->rid, &h, NULL) == 0;
+}
+
+/* A connection closed. The peers last heard on its fd are probably gone,
+ * but the fd number may already belong to a new connection whose messages
+ * were read before this event: each is probed now and, while the probe
+ * still gets through (libzmq removes a dead pipe a moment after the
+ * event), again every sweep for a second (ab_health_tick). Peers are
  * collected by rid first, since dropping one may drop others. */
-static void s_fd_closed(ab_broker_t *b, int fd, int accepted)
+static void s_fd_closed(ab_broker_t *b, int fd)
 {
     ab_rid_t gone[64];
     size_t n = 0;
@@ -73,9 +86,12 @@ static void s_fd_closed(ab_broker_t *b, int fd, int accepted)
         ab_peer_t *p = ab_peer_lookup(b, &gone[i]);
         if (!p)
             continue;
-        if (!accepted)
-            b->c.disconnects++;
-        ab_peer_drop(b, p, accepted ? "connection replaced" : "disconnected");
+        if (s_probe(b, p)) {
+            p->fd_closed_ms = ab_now_ms();
+            continue;
+        }
+        b->c.disconnects++;
+        ab_peer_drop(b, p, "disconnected");
     }
 }
 
@@ -103,8 +119,8 @@ void ab_health_monitor_drain(ab_broker_t *b)
             more = zmq_msg_more(&a);
             zmq_msg_close(&a);
         }
-        if (event == ZMQ_EVENT_DISCONNECTED || event == ZMQ_EVENT_ACCEPTED)
-            s_fd_closed(b, (int)value, event == ZMQ_EVENT_ACCEPTED);
+        if (event == ZMQ_EVENT_DISCONNECTED)
+            s_fd_closed(b, (int)value);
     }
 }
 
@@ -350,6 +366,7 @@ static void s_eject(ab_broker_t *b, ab_worker_rec_t *w, int64_t now)
     h->ejections++;
     h->eject_streak++;
     h->ejected_until_ms = now + backoff;
+    h->backoff_ms = (uint32_t)backoff;
     b->c.workers_ejected++;
     char why[96];
     snprintf(why, sizeof why, "%u failed requests; out for %lld ms", h->failures,
@@ -421,10 +438,16 @@ int ab_req_tried(const ab_req_t *r, uint64_t rid_hash)
  * collected by rid first: acting on one may drop peers. */
 void ab_health_tick(ab_broker_t *b, int64_t now)
 {
-    ab_rid_t act[128];
-    size_t n = 0;
+    ab_rid_t act[128], closed[64];
+    size_t n = 0, nc = 0;
     double suspect_at = (double)b->cfg->phi_threshold / 2, dead_at = (double)b->cfg->phi_threshold;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        if (p->fd_closed_ms) {
+            if (now - p->fd_closed_ms > 1000)
+                p->fd_closed_ms = 0; /* still reachable: the fd was reused */
+            else if (nc < 64)
+                closed[nc++] = p->rid;
+        }
         ab_worker_rec_t *w = p->worker;
         if (!w)
             continue;
@@ -441,6 +464,13 @@ void ab_health_tick(ab_broker_t *b, int64_t now)
             h->eject_streak = 0;
         if (due && n < 128)
             act[n++] = p->rid;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        ab_peer_t *p = ab_peer_lookup(b, &closed[i]);
+        if (p && !s_probe(b, p)) {
+            b->c.disconnects++;
+            ab_peer_drop(b, p, "disconnected");
+        }
     }
     for (size_t i = 0; i < n; i++) {
         ab_peer_t *p = ab_peer_lookup(b, &act[i]);

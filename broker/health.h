@@ -46,6 +46,7 @@ typedef struct {
     uint32_t failures;           /* consecutive failed requests */
     uint32_t ejections, eject_streak;
     int64_t ejected_until_ms;
+    uint32_t backoff_ms;         /* of the last ejection */
     int64_t healthy_since_ms;
     int64_t last_failure_ms;
     double phi;

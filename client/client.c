@@ -239,8 +239,6 @@ static int s_process(ab_client_t *c)
 {
     int handled = 0;
     int ev = ab_conn_events(&c->conn);
-    if (ev & AB_CONN_DISCONNECTED)
-        s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
     if (ev & AB_CONN_CONNECTED) {
         ab_conn_hello(&c->conn);
         if (c->watch_fn && c->watch_id) /* subscribe again: a new broker knows nothing of us */
@@ -258,6 +256,10 @@ static int s_process(ab_client_t *c)
         ab_in_close(&in);
         handled++;
     }
+    /* After the messages already received: a broker's last answers before
+     * it closed (a drain) are delivered, not replaced by DISCONNECTED. */
+    if (ev & AB_CONN_DISCONNECTED)
+        s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
     int64_t now = ab_now_ms();
     s_expire(c, now);
     ab_conn_heartbeat(&c->conn, now, 0);

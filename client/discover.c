@@ -34,6 +34,7 @@ static void s_worker(ab_worker_info_t *o, const Agentbus__WorkerInfo *x, const c
     o->interval_ms = x->interval_ms;
     o->suspicion = x->suspicion;
     o->ejections = x->ejections;
+    o->backoff_ms = x->backoff_ms;
     o->failures = x->failures;
     o->completed = x->completed;
     o->redispatched = x->redispatched;

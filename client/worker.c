@@ -195,6 +195,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
     case AB_KIND_REGISTER:
         w->registered = 1;
         ab_conn_set_interval(&w->conn, h->credit); /* the broker's adaptive interval */
+        w->conn.next_heartbeat_ms = 0; /* report load and backend state at once */
         break;
     case AB_KIND_HEARTBEAT:
         ab_conn_set_interval(&w->conn, h->credit);

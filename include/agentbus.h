@@ -299,6 +299,7 @@ typedef struct {
     unsigned interval_ms;      /* heartbeat interval the broker asks of it */
     double suspicion;          /* phi: -log10 P(its next heartbeat is this late) */
     unsigned ejections;        /* times the circuit breaker ejected it */
+    unsigned backoff_ms;       /* backoff of its last ejection (0: never) */
     unsigned failures;         /* consecutive failed requests */
     uint64_t completed;
     uint64_t redispatched;     /* its requests the broker took back */

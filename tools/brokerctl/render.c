@@ -157,6 +157,7 @@ json_t *ab_render_worker_json(const Agentbus__WorkerInfo *w)
     json_object_set_new(j, "interval_ms", json_integer(w->interval_ms));
     json_object_set_new(j, "suspicion", json_real(w->suspicion));
     json_object_set_new(j, "ejections", json_integer(w->ejections));
+    json_object_set_new(j, "backoff_ms", json_integer(w->backoff_ms));
     json_object_set_new(j, "failures", json_integer(w->failures));
     json_object_set_new(j, "redispatched", json_integer((json_int_t)w->redispatched));
     json_object_set_new(j, "backend_state", json_string(w->backend_state));
