@@ -442,8 +442,10 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         b->c.replies_dropped++;
         if (final && r->answered)
             b->c.duplicates_dropped++;
-        if (final && holder)
+        if (final && holder) {
             ab_req_free(b, r);
+            b->hs.kick = 1; /* its credit is back: the queue may move */
+        }
         return;
     }
     if (late) {
@@ -689,13 +691,13 @@ int ab_broker_run(ab_broker_t *b)
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));
             return -1;
         }
-        /* Socket events first: a closed connection's peer is gone before
-         * a new connection reusing its fd is heard from. */
-        ab_health_monitor_drain(b);
         now = ab_now_ms();
         for (int i = 0; i < AB_RECV_BURST && !b->stop; i++)
             if (s_recv_one(b, now) != 0)
                 break;
+        /* Socket events after the messages: what a peer sent before its
+         * connection closed (last replies, BYE) is handled first. */
+        ab_health_monitor_drain(b);
         s_timers(b, ab_now_ms());
         ab_health_kick(b);
         if (b->term)

@@ -173,7 +173,8 @@ void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
      * re-dispatched at the end of this loop turn. */
     ab_health_take_back(b, w, why);
     ab_directory_event(b, w, "leave");
-    ab_health_forget(b, w, strcmp(why, "said goodbye") == 0);
+    ab_health_forget(b, w, strcmp(why, "said goodbye") == 0 ||
+                               strcmp(why, "re-registered for another service") == 0);
     void *handle = zlistx_find(s->workers, w);
     if (handle)
         zlistx_delete(s->workers, handle);

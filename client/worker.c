@@ -107,8 +107,13 @@ void ab_worker_destroy(ab_worker_t **wp)
     }
     for (ab_job_t *j = w->out; j; j = j->out_next)
         j->worker = NULL; /* the application may still hold and free them */
-    if (w->conn.sock && w->conn.connected)
+    if (w->conn.sock && w->conn.connected) {
         ab_conn_send_kind(&w->conn, AB_KIND_BYE);
+        /* Let the last replies and the BYE leave: dropped, they would make
+         * the broker re-dispatch requests this worker finished. */
+        int linger = 1000;
+        zmq_setsockopt(w->conn.sock, ZMQ_LINGER, &linger, sizeof linger);
+    }
     ab_conn_close(&w->conn);
     for (size_t i = 0; i < w->nlabels; i++) {
         free(w->label_keys[i]);

@@ -209,7 +209,9 @@ AB_EXPORT int ab_worker_new(ab_worker_t **out, const ab_options_t *opts,
 /* Says BYE to the broker and closes. Jobs not yet answered are freed
  * without an answer: the BYE hands them back to the broker, which
  * re-dispatches them to another worker (or answers AB_EWORKERLOST when a
- * request may not be retried; see ab_client_request_flags). */
+ * request may not be retried; see ab_client_request_flags). While connected
+ * it waits up to 1 s for its last replies and the BYE to leave (when the
+ * last handle of the process closes). */
 AB_EXPORT void ab_worker_destroy(ab_worker_t **worker);
 AB_EXPORT const char *ab_worker_last_error(const ab_worker_t *worker);
 

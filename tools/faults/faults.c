@@ -9,7 +9,8 @@
  * event that takes the victim out of dispatch ("leave", or a health change
  * to dead), received through a directory subscription. Every request of the
  * load is tracked by its own slot: at the end, requests never answered
- * (lost) and answered more than once are counted. Both must be 0.
+ * (lost) and answered more than once are counted. Both must be 0. First
+ * it times 1000 lookups (ab_discover: one broker round trip).
  *
  *   agentbus-faults [--runs N] [--mode kill9|sigstop|both] [--floor-ms N]
  *                   [--bin-dir DIR]
@@ -242,6 +243,18 @@ int main(int argc, char **argv)
         kill(backup, SIGKILL);
         return 1;
     }
+    /* Discovery: one round trip each, timed while nothing else runs. */
+    static int64_t lk[1000];
+    for (int i = 0; i < 1000; i++) {
+        ab_directory_t *d = NULL;
+        uint64_t t = ab_now_us();
+        ab_discover(c, NULL, 2000, &d);
+        lk[i] = (int64_t)(ab_now_us() - t);
+        ab_directory_destroy(&d);
+    }
+    qsort(lk, 1000, sizeof lk[0], s_cmp);
+    printf("ab_discover round trip over 1000 lookups: p50 %lld us, p99 %lld us\n",
+           (long long)lk[500], (long long)lk[990]);
     int64_t kill9[64], stop[64];
     char how9[64][16], hows[64][16];
     int n9 = 0, ns = 0;
