@@ -491,6 +491,8 @@ void ab_health_tick(ab_broker_t *b, int64_t now)
             ab_health_take_back(b, w, "worker silent (heartbeat suspicion)");
         } else if (h->phi >= suspect_at) {
             s_state(b, w, AB_HEALTH_SUSPECT, "heartbeat late");
+            /* Late beats are a flap: watch it closely again. */
+            s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
         } else {
             s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat on time again");
             b->hs.kick = 1;

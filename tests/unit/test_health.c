@@ -92,6 +92,8 @@ static void s_test_suspicion(ab_worker_rec_t *regular, ab_worker_rec_t *jittery)
     printf("regular, 1500 ms silent: phi %.2f %s\n", regular->health.phi,
            ab_health_name(regular->health.state));
     CHECK_STR(ab_health_name(regular->health.state), "suspect");
+    CHECK_EQ(regular->health.interval_ms, 100); /* a flap: back to the floor */
+    CHECK_EQ(ab_health_free_credit(regular), 0);
     uint64_t suspected = s_b.c.workers_suspected;
     s_silence(regular, 800, 800, 1800);
     printf("regular, 1800 ms silent: phi %.2f %s\n", regular->health.phi,
