@@ -152,9 +152,10 @@ static void s_set_interval(ab_broker_t *b, ab_worker_rec_t *w, uint32_t ms)
 
 /* phi = -log10 P(the next heartbeat comes later than now), arrivals taken
  * as normal with the window's mean and deviation. The deviation has a floor
- * (a fifth of the mean) so a very regular worker is not declared dead for a
- * scheduling hiccup; the logistic approximation of the normal CDF is the
- * one Akka's detector uses. */
+ * (a fifth of the mean, and 50 ms: scheduling noise does not shrink with
+ * the interval) so a very regular worker is not declared dead for a
+ * hiccup; the logistic approximation of the normal CDF is the one Akka's
+ * detector uses. */
 static double s_phi(const ab_health_t *h, int64_t since_ms)
 {
     double mean = h->expect_ms, sd = 0;
@@ -171,6 +172,8 @@ static double s_phi(const ab_health_t *h, int64_t since_ms)
     }
     if (sd < mean / 5)
         sd = mean / 5;
+    if (sd < 50)
+        sd = 50;
     double y = ((double)since_ms - mean) / sd;
     double e = exp(-y * (1.5976 + 0.070566 * y * y));
     double p = since_ms > mean ? e / (1.0 + e) : 1.0 - 1.0 / (1.0 + e);

@@ -215,7 +215,7 @@ static void s_sigstop(void)
     Agentbus__Stats *st = th_stats(c);
     REQUIRE(st != NULL);
     CHECK_TRUE(st->workers_suspected >= 1);
-    CHECK_EQ(st->redispatched, 4);
+    CHECK_TRUE(st->redispatched >= 4); /* s1's four (more if s2 was suspected too) */
     agentbus__stats__free_unpacked(st, NULL);
 
     kill(s1, SIGCONT); /* its four replies come late: duplicates */
@@ -224,7 +224,7 @@ static void s_sigstop(void)
     printf("suspected %llu, disconnects %llu, duplicates dropped %llu, late replies %llu\n",
            (unsigned long long)st->workers_suspected, (unsigned long long)st->disconnects,
            (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies);
-    CHECK_EQ(st->duplicates_dropped, 4);
+    CHECK_TRUE(st->duplicates_dropped >= 4);
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_poll(c, 200);
     for (int i = 0; i < 8; i++)
