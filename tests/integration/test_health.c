@@ -457,6 +457,13 @@ static void s_discover(void)
     snprintf(cmd, sizeof cmd, "%s --broker %s workers", th_bin("brokerctl"), th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, "HEALTH") != NULL && strstr(out, "healthy") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "\"duplicates_dropped\": 0") != NULL);
+    CHECK_TRUE(strstr(out, "\"redispatched\": 0") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "redispatched 0") != NULL && strstr(out, "ejected 0") != NULL);
 
     th_kill9(w1); /* leaves without a word */
     CHECK_TRUE(s_wait_event(watcher, &ev, "leave", "d1") >= 0);
