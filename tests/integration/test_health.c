@@ -484,6 +484,35 @@ static void s_discover(void)
     ab_client_destroy(&c);
 }
 
+/* The subscription survives a broker restart: the library subscribes again. */
+static void s_watch_restart(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, NULL);
+    ab_client_t *watcher = th_client(port);
+    s_events_t ev = {0};
+    CHECK_EQ(ab_client_watch(watcher, s_on_event, &ev, 5000), AB_OK);
+    th_worker(port, "svc", "--name", "r1", NULL);
+    CHECK_TRUE(s_wait_event(watcher, &ev, "join", "r1") >= 0);
+    CHECK_EQ(th_stop(broker), 0);
+    ab_client_poll(watcher, 300); /* sees the disconnect */
+    th_broker(port, NULL);
+    for (int64_t end = ab_now_ms() + 10000; !ab_client_connected(watcher) && ab_now_ms() < end;)
+        ab_client_poll(watcher, 50);
+    /* Two round trips on the same connection: the broker has handled the
+     * library's new subscription, sent when it saw the reconnect. */
+    for (int i = 0; i < 2; i++) {
+        ab_directory_t *d = NULL;
+        CHECK_EQ(ab_discover(watcher, NULL, 5000, &d), AB_OK);
+        ab_directory_destroy(&d);
+    }
+    int before = ev.n;
+    th_worker(port, "svc", "--name", "r2", NULL);
+    CHECK_TRUE(s_wait_event(watcher, &ev, "join", "r2") >= 0);
+    CHECK_TRUE(ev.n > before);
+    ab_client_destroy(&watcher);
+}
+
 /* --- bounded queues and per-client limits ------------------------------------------------------------ */
 static void s_flood(void)
 {
@@ -669,7 +698,8 @@ int main(int argc, char **argv)
     } cases[] = {{"kill9_load", s_kill9_load}, {"sigstop", s_sigstop},
                  {"eject", s_eject},           {"interval", s_interval},
                  {"discover", s_discover},     {"flood", s_flood},
-                 {"broker_drain", s_broker_drain}, {"worker_drain", s_worker_drain}};
+                 {"broker_drain", s_broker_drain}, {"worker_drain", s_worker_drain},
+                 {"watch_restart", s_watch_restart}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_health CASE\n");
         return 2;
