@@ -697,7 +697,8 @@ int ab_broker_run(ab_broker_t *b)
                 break;
         /* Socket events after the messages: what a peer sent before its
          * connection closed (last replies, BYE) is handled first. */
-        ab_health_monitor_drain(b);
+        if (items[1].revents & ZMQ_POLLIN)
+            ab_health_monitor_drain(b);
         s_timers(b, ab_now_ms());
         ab_health_kick(b);
         if (b->term)
