@@ -662,6 +662,8 @@ static void s_drain(ab_broker_t *b, int64_t now)
 static void s_timers(ab_broker_t *b, int64_t now)
 {
     ab_expire_deadlines(b, now);
+    if (b->hs.recheck_ms && now >= b->hs.recheck_ms)
+        ab_health_recheck(b, now);
     if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
         ab_service_end_grace(b);
         b->grace_over = 1;
@@ -683,6 +685,8 @@ int ab_broker_run(ab_broker_t *b)
         int64_t wake = b->next_sweep_ms, dl = ab_next_deadline(b);
         if (dl && dl < wake)
             wake = dl;
+        if (b->hs.recheck_ms && b->hs.recheck_ms < wake)
+            wake = b->hs.recheck_ms;
         long timeout = wake > now ? (long)(wake - now) : 0;
         if (b->term)
             timeout = timeout > 50 ? 50 : timeout; /* check the drain often */

@@ -215,6 +215,9 @@ void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash);
 int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
 void ab_health_tick(ab_broker_t *b, int64_t now);
+/* Probes again the peers whose connection the monitor saw close (due at
+ * b->hs.recheck_ms). */
+void ab_health_recheck(ab_broker_t *b, int64_t now);
 
 /* directory.c (see directory.h) */
 /* Answers DISCOVER H from RID: the directory (target "*" or empty: all

@@ -64,6 +64,11 @@ void ab_health_fini(ab_broker_t *b)
  * gone: that, not the fd number alone, proves it. 1 reachable, 0 not. */
 static int s_probe(ab_broker_t *b, ab_peer_t *p)
 {
+    /* Reading ZMQ_EVENTS makes the socket process its pending commands
+     * (unthrottled, unlike a send), among them the removal of dead pipes. */
+    int events = 0;
+    size_t sz = sizeof events;
+    zmq_getsockopt(b->router, ZMQ_EVENTS, &events, &sz);
     ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
     h.credit = p->worker ? p->worker->health.interval_ms : (uint32_t)b->cfg->heartbeat_ms;
     return ab_send(b, &p->rid, &h, NULL) == 0;
@@ -73,7 +78,7 @@ static int s_probe(ab_broker_t *b, ab_peer_t *p)
  * but the fd number may already belong to a new connection whose messages
  * were read before this event: each is probed now and, while the probe
  * still gets through (libzmq removes a dead pipe a moment after the
- * event), again every sweep for a second (ab_health_tick). Peers are
+ * event), again every 10 ms for a second (ab_health_recheck). Peers are
  * collected by rid first, since dropping one may drop others. */
 static void s_fd_closed(ab_broker_t *b, int fd)
 {
@@ -88,6 +93,7 @@ static void s_fd_closed(ab_broker_t *b, int fd)
             continue;
         if (s_probe(b, p)) {
             p->fd_closed_ms = ab_now_ms();
+            b->hs.recheck_ms = p->fd_closed_ms + 10;
             continue;
         }
         b->c.disconnects++;
@@ -436,21 +442,39 @@ int ab_req_tried(const ab_req_t *r, uint64_t rid_hash)
 }
 
 /* --- timer ------------------------------------------------------------------ */
+void ab_health_recheck(ab_broker_t *b, int64_t now)
+{
+    ab_rid_t closed[64];
+    size_t nc = 0;
+    b->hs.recheck_ms = 0;
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        if (!p->fd_closed_ms)
+            continue;
+        if (now - p->fd_closed_ms > 1000)
+            p->fd_closed_ms = 0; /* still reachable: the fd was reused */
+        else if (nc < 64)
+            closed[nc++] = p->rid;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        ab_peer_t *p = ab_peer_lookup(b, &closed[i]);
+        if (p && !s_probe(b, p)) {
+            b->c.disconnects++;
+            ab_peer_drop(b, p, "disconnected");
+        } else if (p) {
+            b->hs.recheck_ms = now + 10;
+        }
+    }
+}
+
 /* Runs every sweep: suspicion of silent workers, ejections that ended, and
  * the reset of the ejection streak after a long healthy spell. Workers are
  * collected by rid first: acting on one may drop peers. */
 void ab_health_tick(ab_broker_t *b, int64_t now)
 {
-    ab_rid_t act[128], closed[64];
-    size_t n = 0, nc = 0;
+    ab_rid_t act[128];
+    size_t n = 0;
     double suspect_at = (double)b->cfg->phi_threshold / 2, dead_at = (double)b->cfg->phi_threshold;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
-        if (p->fd_closed_ms) {
-            if (now - p->fd_closed_ms > 1000)
-                p->fd_closed_ms = 0; /* still reachable: the fd was reused */
-            else if (nc < 64)
-                closed[nc++] = p->rid;
-        }
         ab_worker_rec_t *w = p->worker;
         if (!w)
             continue;
@@ -467,13 +491,6 @@ void ab_health_tick(ab_broker_t *b, int64_t now)
             h->eject_streak = 0;
         if (due && n < 128)
             act[n++] = p->rid;
-    }
-    for (size_t i = 0; i < nc; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &closed[i]);
-        if (p && !s_probe(b, p)) {
-            b->c.disconnects++;
-            ab_peer_drop(b, p, "disconnected");
-        }
     }
     for (size_t i = 0; i < n; i++) {
         ab_peer_t *p = ab_peer_lookup(b, &act[i]);
