@@ -194,7 +194,9 @@ int main(int argc, char **argv)
                    "(SIGSTOP) a worker under steady load N times, and prints the median time\n"
                    "until the broker takes it out of dispatch, and the requests lost or\n"
                    "answered twice (both must be 0). --floor-ms: the broker's\n"
-                   "--health-floor-ms (default 1000, also the workers' first interval).\n",
+                   "--health-floor-ms (default 1000, also the workers' first interval).\n"
+                   "Exit status 1 if a request was lost, answered twice or failed, or a\n"
+                   "fault went undetected.\n",
                    argv[0]);
             return 0;
         } else if (!strcmp(f, "--runs") && v && ab_parse_long(v, 1, 50, &runs) == 0) {
@@ -257,7 +259,7 @@ int main(int argc, char **argv)
            (long long)lk[500], (long long)lk[990]);
     int64_t kill9[64], stop[64];
     char how9[64][16], hows[64][16];
-    int n9 = 0, ns = 0;
+    int n9 = 0, ns = 0, undetected = 0;
     srand((unsigned)getpid());
     for (long r = 0; r < 2 * runs; r++) {
         int is_stop = r % 2 == 1;
@@ -280,6 +282,7 @@ int main(int argc, char **argv)
         while (!s_out_ms && ab_now_ms() - t0 < 30000)
             s_pump(c, 1);
         int64_t dt = s_out_ms ? s_out_ms - t0 : -1;
+        undetected += !s_out_ms;
         printf("run %2ld %-7s detected in %5lld ms (%s)\n", r / 2 + 1, is_stop ? "SIGSTOP" : "kill -9",
                (long long)dt, s_out_ms ? s_how : "not detected");
         fflush(stdout);
@@ -330,5 +333,7 @@ int main(int argc, char **argv)
     kill(broker, SIGTERM);
     s_reap(broker);
     free(s_slots);
-    return lost == 0 && s_twice == 0 && s_errors == 0 ? 0 : 1;
+    /* Exit status for scripts and the smoke test: every fault detected,
+     * nothing lost, nothing answered twice, no errors. */
+    return lost == 0 && s_twice == 0 && s_errors == 0 && undetected == 0 ? 0 : 1;
 }
