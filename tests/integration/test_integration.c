@@ -160,7 +160,9 @@ static void s_busy(void)
 {
     int port = th_free_port();
     pid_t broker = th_broker(port, "--queue-max", "10", "--startup-grace-ms", "0", NULL);
-    th_worker(port, "slow", "--capacity", "1", "--delay-ms", "3000", NULL);
+    /* The worker never finishes within the case: a slow (ASan, loaded) run
+     * must still find every held request held. */
+    th_worker(port, "slow", "--capacity", "1", "--delay-ms", "600000", NULL);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
     s_tally_t held = {0};
