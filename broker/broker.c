@@ -79,6 +79,13 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout);
+    /* Workers keep their routing id across reconnects: the new connection
+     * takes over from one the broker has not yet seen close. */
+    zmq_setsockopt(b->router, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+    if (ab_health_init(b) != 0) {
+        AB_ERROR("cannot monitor the ROUTER socket: %s", zmq_strerror(errno));
+        return -1;
+    }
     for (int i = 0; i < cfg->nbinds; i++) {
         if (zmq_bind(b->router, cfg->binds[i]) != 0) {
             AB_ERROR("cannot bind %s: %s", cfg->binds[i], zmq_strerror(errno));
@@ -114,6 +121,8 @@ void ab_broker_fini(ab_broker_t *b)
     if (b->services)
         zhashx_destroy(&b->services);
     free(b->heap);
+    ab_directory_fini(b);
+    ab_health_fini(b);
     if (b->router)
         zmq_close(b->router);
     if (b->zctx)
@@ -142,6 +151,7 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     p->role = role;
     p->connected_ms = p->last_seen_ms = now;
     p->heartbeat_ms = b->cfg->heartbeat_ms;
+    p->fd = -1;
     zhashx_insert(b->peers, &p->rid, p);
     AB_DEBUG("peer %s connected", p->key);
     return p;
@@ -152,6 +162,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     /* Agents come and go all day; a worker leaving matters to an operator. */
     AB_LOG(peer->worker ? AB_LOG_INFO : AB_LOG_DEBUG, "peer %s (%s%s%s) dropped: %s", peer->key,
            peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
+    ab_directory_forget(b, &peer->rid);
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
     zhashx_delete(b->peers, &peer->rid);
@@ -159,16 +170,22 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
 
 static void s_sweep_peers(ab_broker_t *b, int64_t now)
 {
-    /* Collect first: deleting while iterating a zhashx is not allowed. */
-    ab_peer_t *dead[256];
+    /* Collect first: deleting while iterating a zhashx is not allowed; by
+     * rid, since dropping one peer may drop another (re-dispatch). */
+    ab_rid_t dead[256];
     size_t n = 0;
     for (ab_peer_t *p = zhashx_first(b->peers); p && n < 256; p = zhashx_next(b->peers)) {
         int64_t ivl = p->heartbeat_ms > b->cfg->heartbeat_ms ? p->heartbeat_ms : b->cfg->heartbeat_ms;
+        if (p->worker && p->worker->health.expect_ms > ivl)
+            ivl = p->worker->health.expect_ms; /* adaptive interval (health.c) */
         if (now - p->last_seen_ms > ivl * b->cfg->liveness)
-            dead[n++] = p;
+            dead[n++] = p->rid;
     }
-    for (size_t i = 0; i < n; i++)
-        ab_peer_drop(b, dead[i], "heartbeat timeout");
+    for (size_t i = 0; i < n; i++) {
+        ab_peer_t *p = ab_peer_lookup(b, &dead[i]);
+        if (p)
+            ab_peer_drop(b, p, "heartbeat timeout");
+    }
 }
 
 /* --- receive path ----------------------------------------------------------- */
@@ -178,6 +195,7 @@ typedef struct {
     zmq_msg_t hdr, body;
     int has_body;
     int64_t now;
+    int fd; /* the connection it came on (ZMQ_SRCFD) */
 } s_in_t;
 
 static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
@@ -241,7 +259,14 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         ab_worker_detach(b, p->worker, "re-registered for another service");
     p->role = AB_ROLE_WORKER;
     s->provisional = 0;
+    int joined = p->worker == NULL;
     ab_worker_attach(b, p, s, in->h.credit);
+    if (!p->worker) {
+        if (m)
+            agentbus__register__free_unpacked(m, NULL);
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
     if (m) {
         snprintf(p->name, sizeof p->name, "%s", m->name);
         if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
@@ -253,15 +278,17 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
     }
     AB_INFO("worker %s%s%s registered for '%s' with capacity %u", p->key, p->name[0] ? " " : "",
             p->name, name, in->h.credit);
+    if (joined)
+        ab_directory_event(b, p->worker, "join");
     ab_header_t h = ab_header_init(AB_KIND_REGISTER);
     h.correlation_id = in->h.id;
     h.target = in->h.target;
-    h.credit = (uint32_t)b->cfg->heartbeat_ms;
+    h.credit = p->worker->health.interval_ms; /* adaptive: health.c */
     ab_send(b, &in->rid, &h, NULL);
     ab_service_dispatch(b, s);
 }
 
-static void s_on_request(ab_broker_t *b, s_in_t *in)
+static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
 {
     char name[AB_NAME_MAX];
     if (in->h.target.len >= AB_NAME_MAX) {
@@ -285,6 +312,20 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
         return;
     }
     s->requests++;
+    if (b->draining) {
+        s->errors++;
+        b->c.errors_sent[AB_ERR_BUSY]++;
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY, "broker is shutting down");
+        return;
+    }
+    if (p && p->in_flight >= (uint32_t)b->cfg->max_client_inflight) {
+        s->errors++;
+        b->c.errors_sent[AB_ERR_BUSY]++;
+        b->c.client_limit_busy++;
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
+                      "this client has too many requests in flight (max-client-inflight)");
+        return;
+    }
     if (!ab_service_admit(b, s)) {
         s->errors++;
         b->c.errors_sent[AB_ERR_BUSY]++;
@@ -317,31 +358,18 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
+    if (p) {
+        p->in_flight++;
+        r->client_counted = 1;
+    }
     ab_heap_push(b, r);
     ab_service_enqueue(b, s, r);
     ab_service_dispatch(b, s);
 }
 
-/* PARTIAL, REPLY or ERROR from a worker, answering the broker id in
- * correlation_id. */
-static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
+/* Forwards the answer IN to R's client. */
+static void s_forward(ab_broker_t *b, s_in_t *in, ab_req_t *r)
 {
-    ab_req_t *r = ab_idmap_get(&b->pending, in->h.correlation_id);
-    int final = in->h.kind != AB_KIND_PARTIAL;
-    /* Only the worker holding a request may answer it: request ids are
-     * sequential, and an agent must not be able to answer for a service. */
-    if (!r || r->state == AB_REQ_QUEUED || !p || !p->worker || r->worker != p->worker) {
-        b->c.replies_dropped++;
-        AB_DEBUG("dropped %s for unknown request %llu", ab_kind_name(in->h.kind),
-                 (unsigned long long)in->h.correlation_id);
-        return;
-    }
-    if (r->state == AB_REQ_ORPHANED) { /* client already got DEADLINE */
-        b->c.replies_dropped++;
-        if (final)
-            ab_req_free(b, r);
-        return;
-    }
     ab_header_t h = ab_header_init(in->h.kind);
     h.correlation_id = r->client_id;
     h.flags = in->h.flags;
@@ -349,11 +377,13 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     h.error_code = in->h.error_code;
     h.error_text = in->h.error_text;
     ab_send(b, &r->client, &h, in->has_body ? &in->body : NULL);
-    if (!final)
-        return;
+}
+
+/* Counts a final answer to R in its service's figures. */
+static void s_count_final(ab_broker_t *b, s_in_t *in, ab_req_t *r)
+{
     ab_service_t *s = r->service;
-    uint64_t lat = ab_now_us() - r->start_us;
-    ab_hist_record(&s->latency_us, lat);
+    ab_hist_record(&s->latency_us, ab_now_us() - r->start_us);
     if (in->h.kind == AB_KIND_ERROR) {
         s->errors++;
         b->c.errors_sent[in->h.error_code < AB_ERR_COUNT_ ? in->h.error_code : AB_ERR_INTERNAL]++;
@@ -361,9 +391,80 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         s->replies++;
         b->c.replies++;
     }
-    if (r->worker)
-        r->worker->completed++;
+}
+
+/* A final answer from a worker that was presumed dead (or ejected) while
+ * holding R: the first answer wins. R may be queued again (it leaves the
+ * queue) or held by another worker (it stays there, orphaned, until that
+ * worker answers; that answer is then a counted duplicate). */
+static void s_late_answer(ab_broker_t *b, s_in_t *in, ab_req_t *r, uint64_t from)
+{
+    s_forward(b, in, r);
+    s_count_final(b, in, r);
+    b->c.late_replies++;
+    ab_health_note_answered(b, r, from);
+    ab_req_client_done(b, r);
+    if (r->state == AB_REQ_QUEUED) {
+        ab_req_free(b, r);
+        return;
+    }
+    r->state = AB_REQ_ORPHANED;
+    r->answered = 1;
+    if (r->has_payload) {
+        zmq_msg_close(&r->payload);
+        r->has_payload = 0;
+    }
+    ab_heap_remove(b, r);
+}
+
+/* PARTIAL, REPLY or ERROR from a worker, answering the broker id in
+ * correlation_id. Only a worker that was given the request may answer it
+ * (request ids are sequential: an agent must not answer for a service). */
+static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
+{
+    uint64_t corr = in->h.correlation_id, from = ab_rid_hash(&in->rid);
+    ab_req_t *r = ab_idmap_get(&b->pending, corr);
+    int final = in->h.kind != AB_KIND_PARTIAL;
+    int holder = r && r->state != AB_REQ_QUEUED && p && p->worker && r->worker == p->worker;
+    int late = r && !holder && ab_req_tried(r, from);
+    if (!holder && !late) {
+        b->c.replies_dropped++;
+        if (final && ab_health_is_dup(b, corr, from))
+            b->c.duplicates_dropped++;
+        AB_DEBUG("dropped %s for unknown request %llu", ab_kind_name(in->h.kind),
+                 (unsigned long long)corr);
+        return;
+    }
+    if (r->state == AB_REQ_ORPHANED || (late && !final)) {
+        /* The client has its answer (DEADLINE, or another worker's reply);
+         * or a presumed-dead worker streams a chunk: the request may run
+         * elsewhere by now, so a part of it could interleave. */
+        b->c.replies_dropped++;
+        if (final && r->answered)
+            b->c.duplicates_dropped++;
+        if (final && holder) {
+            ab_req_free(b, r);
+            b->hs.kick = 1; /* its credit is back: the queue may move */
+        }
+        return;
+    }
+    if (late) {
+        s_late_answer(b, in, r, from);
+        return;
+    }
+    s_forward(b, in, r);
+    if (!final) {
+        r->streamed = 1;
+        return;
+    }
+    s_count_final(b, in, r);
+    ab_service_t *s = r->service;
+    ab_worker_rec_t *w = r->worker;
+    w->completed++;
+    if (r->attempts > 1)
+        ab_health_note_answered(b, r, from);
     ab_req_free(b, r);
+    ab_health_on_result(b, w, in->h.kind != AB_KIND_ERROR);
     ab_service_dispatch(b, s);
 }
 
@@ -392,24 +493,31 @@ static void s_on_control(ab_broker_t *b, s_in_t *in)
 static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
 {
     ab_peer_t *p = ab_peer_lookup(b, &in->rid);
-    if (p)
+    if (p) {
         p->last_seen_ms = in->now;
+        p->fd = in->fd;
+    }
     switch (in->h.kind) {
     case AB_KIND_HELLO:
-        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now)))
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now))) {
+            p->fd = in->fd;
             s_on_hello(b, in, p, pl);
+        }
         break;
     case AB_KIND_REGISTER:
-        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_WORKER, in->now)))
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_WORKER, in->now))) {
+            p->fd = in->fd;
             s_on_register(b, in, p, pl);
+        }
         break;
     case AB_KIND_REQUEST:
         if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now))) {
+            p->fd = in->fd;
             p->requests++;
             if (p->role == AB_ROLE_CONTROL)
                 p->role = AB_ROLE_AGENT;
         }
-        s_on_request(b, in);
+        s_on_request(b, in, p);
         break;
     case AB_KIND_PARTIAL:
     case AB_KIND_REPLY:
@@ -420,6 +528,8 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
             s_on_answer(b, in, p);
         break;
     case AB_KIND_HEARTBEAT:
+        if (p && p->worker)
+            ab_health_on_heartbeat(b, p->worker, pl->data, pl->size, in->now);
         if (!p) { /* we forgot this peer (restart, expiry): ask it to say HELLO again */
             ab_header_t h = ab_header_init(AB_KIND_HELLO);
             h.credit = (uint32_t)b->cfg->heartbeat_ms;
@@ -428,15 +538,25 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         break;
     case AB_KIND_CONTROL:
         /* A peer that only asks the broker questions is an operator's tool. */
-        if (!p)
-            s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now);
-        else if (!p->worker && p->requests == 0)
+        if (!p) {
+            if ((p = s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now)))
+                p->fd = in->fd;
+        } else if (!p->worker && p->requests == 0)
             p->role = AB_ROLE_CONTROL;
         s_on_control(b, in);
         break;
     case AB_KIND_BYE:
-        if (p)
+        /* A draining worker gets nothing new and finishes what it holds;
+         * its final BYE hands back whatever it did not finish. */
+        if (p && p->worker && (in->h.flags & AB_FLAG_DRAINING))
+            ab_health_on_draining(b, p->worker);
+        else if (p)
             ab_peer_drop(b, p, "said goodbye");
+        break;
+    case AB_KIND_DISCOVER:
+        if (!p && (p = s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now)))
+            p->fd = in->fd;
+        ab_directory_on_discover(b, &in->rid, &in->h);
         break;
     default:
         b->c.errors_sent[AB_ERR_UNSUPPORTED]++;
@@ -479,6 +599,8 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
         frames[i - 1].data = zmq_msg_data(&f[i]);
         frames[i - 1].size = zmq_msg_size(&f[i]);
     }
+    /* The fd of its connection lets a monitor event name the peer. */
+    in.fd = kept > 1 ? zmq_msg_get(&f[1], ZMQ_SRCFD) : -1;
     ab_frame_t pl;
     int rc = ab_msg_decode(frames, n - 1, &b->limits, &in.h, &pl);
     in.has_body = rc == AB_OK && n == 3;
@@ -497,15 +619,58 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     return 0;
 }
 
+/* SIGTERM: refuse new requests, let those held finish until drain-ms has
+ * passed, answer the rest, stop. */
+static void s_drain(ab_broker_t *b, int64_t now)
+{
+    if (!b->draining) {
+        b->draining = 1;
+        b->drain_end_ms = now + b->cfg->drain_ms;
+        AB_INFO("draining: %zu requests held, up to %ld ms", ab_idmap_size(&b->pending),
+                b->cfg->drain_ms);
+    }
+    size_t live = 0;
+    for (size_t i = 0; i < b->pending.cap; i++)
+        if (b->pending.keys[i] && ((ab_req_t *)b->pending.vals[i])->state != AB_REQ_ORPHANED)
+            live++;
+    if (live && now < b->drain_end_ms)
+        return;
+    uint64_t left[256];
+    size_t n;
+    do { /* collect, then fail: failing changes the table */
+        n = 0;
+        for (size_t i = 0; i < b->pending.cap && n < 256; i++) {
+            ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
+            if (r && r->state != AB_REQ_ORPHANED)
+                left[n++] = r->bid;
+        }
+        for (size_t i = 0; i < n; i++) {
+            ab_req_t *r = ab_idmap_get(&b->pending, left[i]);
+            if (r)
+                ab_req_fail(b, r, AB_ERR_INTERNAL,
+                            "broker shut down before the request completed (drain-ms passed)");
+        }
+    } while (n == 256);
+    AB_INFO("drained: %zu answered with an error", live);
+    /* The last answers are still in the ROUTER's pipes: give them a moment
+     * to leave before the socket closes (LINGER is 0 otherwise). */
+    int linger = 1000;
+    zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
+    b->stop = 1;
+}
+
 static void s_timers(ab_broker_t *b, int64_t now)
 {
     ab_expire_deadlines(b, now);
+    if (b->hs.recheck_ms && now >= b->hs.recheck_ms)
+        ab_health_recheck(b, now);
     if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
         ab_service_end_grace(b);
         b->grace_over = 1;
     }
     if (now >= b->next_sweep_ms) {
         s_sweep_peers(b, now);
+        ab_health_tick(b, now);
         ab_stats_tick(b, now);
         b->next_sweep_ms = now + AB_SWEEP_MS;
     }
@@ -513,15 +678,19 @@ static void s_timers(ab_broker_t *b, int64_t now)
 
 int ab_broker_run(ab_broker_t *b)
 {
-    zmq_pollitem_t item = {b->router, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t items[2] = {{b->router, 0, ZMQ_POLLIN, 0}, {b->monitor, 0, ZMQ_POLLIN, 0}};
     b->next_sweep_ms = ab_now_ms() + AB_SWEEP_MS;
     while (!b->stop) {
         int64_t now = ab_now_ms();
         int64_t wake = b->next_sweep_ms, dl = ab_next_deadline(b);
         if (dl && dl < wake)
             wake = dl;
+        if (b->hs.recheck_ms && b->hs.recheck_ms < wake)
+            wake = b->hs.recheck_ms;
         long timeout = wake > now ? (long)(wake - now) : 0;
-        int rc = zmq_poll(&item, 1, timeout);
+        if (b->term)
+            timeout = timeout > 50 ? 50 : timeout; /* check the drain often */
+        int rc = zmq_poll(items, 2, timeout);
         if (rc < 0 && errno != EINTR) {
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));
             return -1;
@@ -530,7 +699,14 @@ int ab_broker_run(ab_broker_t *b)
         for (int i = 0; i < AB_RECV_BURST && !b->stop; i++)
             if (s_recv_one(b, now) != 0)
                 break;
+        /* Socket events after the messages: what a peer sent before its
+         * connection closed (last replies, BYE) is handled first. */
+        if (items[1].revents & ZMQ_POLLIN)
+            ab_health_monitor_drain(b);
         s_timers(b, ab_now_ms());
+        ab_health_kick(b);
+        if (b->term)
+            s_drain(b, ab_now_ms());
     }
     AB_INFO("stopping: %zu requests pending", ab_idmap_size(&b->pending));
     return 0;

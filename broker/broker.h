@@ -5,6 +5,9 @@
  *   router.c   sending: headers, payload moves, errors to peers
  *   service.c  services, workers, queues, dispatch, deadline heap
  *   stats.c    counters, CONTROL answers (Stats, ServiceList, WorkerList)
+ *   health.c   failure detection (monitor, phi suspicion), adaptive heartbeat
+ *              intervals, circuit breaker, re-dispatch of a lost worker's work
+ *   directory.c DISCOVER answers and directory-change pushes to watchers
  *
  * Everything runs on the broker's one thread; nothing here is locked.
  */
@@ -13,6 +16,8 @@
 
 #include "codec.h"
 #include "config.h"
+#include "directory.h"
+#include "health.h"
 #include "hist.h"
 #include "idmap.h"
 #include "log.h"
@@ -47,6 +52,9 @@ typedef struct {
     int64_t heartbeat_ms; /* interval the peer said it keeps */
     uint64_t requests;    /* REQUESTs sent: an operator's tool sends none */
     ab_worker_rec_t *worker; /* when role == WORKER */
+    int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
+    uint32_t in_flight;   /* its requests the broker holds (client in-flight limit) */
+    int64_t fd_closed_ms; /* the monitor saw its fd close; being verified */
 } ab_peer_t;
 
 typedef enum { AB_REQ_QUEUED, AB_REQ_DISPATCHED, AB_REQ_ORPHANED } ab_req_state_t;
@@ -65,6 +73,11 @@ typedef struct ab_req {
     int64_t deadline_ms;
     uint64_t start_us;
     size_t heap_index; /* position in the deadline heap */
+    uint8_t attempts;  /* dispatches so far (bounded by max-attempts) */
+    uint8_t streamed;  /* a PARTIAL reached the client: never re-dispatched */
+    uint8_t answered;  /* a presumed-dead worker's late reply answered it */
+    uint8_t client_counted; /* counted in its client's in_flight */
+    uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
     struct ab_req *prev, *next; /* in the service queue or the worker's list */
 } ab_req_t;
 
@@ -78,6 +91,7 @@ struct ab_worker_rec {
     int64_t registered_ms;
     zhashx_t *labels;       /* string -> string (owned copies) */
     ab_req_t *reqs;         /* in-flight requests (doubly linked) */
+    ab_health_t health;
 };
 
 struct ab_service {
@@ -95,6 +109,9 @@ typedef struct {
     uint64_t requests, replies, replies_dropped, malformed, send_failures;
     uint64_t errors_sent[AB_ERR_COUNT_];      /* ERROR replies by wire code */
     uint64_t rejected[32];                    /* codec rejections by -status */
+    uint64_t redispatched, retries_exhausted, duplicates_dropped, late_replies;
+    uint64_t deadline_expired, workers_suspected, workers_ejected, disconnects;
+    uint64_t send_eagain, send_unreachable, client_limit_busy, probes;
     /* Snapshot one rate interval ago, for per-second figures. */
     uint64_t prev_msgs_in, prev_msgs_out, prev_bytes_in, prev_bytes_out;
     int64_t prev_ms;
@@ -119,6 +136,12 @@ typedef struct {
     ab_counters_t c;
     ab_ratelimit_t rl;
     volatile int stop;
+    volatile int term;      /* SIGTERM seen: drain, then stop */
+    int draining;
+    int64_t drain_end_ms;
+    void *monitor;          /* PAIR receiving the ROUTER's socket events */
+    ab_health_state_t hs;   /* health.c's own state: graveyard, duplicate ring */
+    ab_watchers_t watchers; /* directory.c: DISCOVER subscribers */
 } ab_broker_t;
 
 /* broker.c */
@@ -137,6 +160,8 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
 /* Answers request R to its client with an error and frees it. */
 void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text);
 void ab_req_free(ab_broker_t *b, ab_req_t *r);
+/* R's client has its answer: R no longer counts toward its in-flight limit. */
+void ab_req_client_done(ab_broker_t *b, ab_req_t *r);
 /* Closes R's payload and frees it (R must be out of every list). */
 void ab_req_destroy(ab_req_t *r);
 
@@ -161,10 +186,59 @@ void ab_heap_remove(ab_broker_t *b, ab_req_t *r);
 void ab_expire_deadlines(ab_broker_t *b, int64_t now);
 int64_t ab_next_deadline(ab_broker_t *b);
 
+void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
+
+/* health.c (see health.h) */
+int ab_health_init(ab_broker_t *b);
+void ab_health_fini(ab_broker_t *b);
+/* Reads the ROUTER's socket events; drops peers whose connection closed. */
+void ab_health_monitor_drain(ab_broker_t *b);
+const char *ab_health_name(ab_health_kind_t k);
+uint64_t ab_rid_hash(const ab_rid_t *rid);
+void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w);
+/* Credit W may be offered: 0 unless healthy (or 1 while probing). */
+uint32_t ab_health_free_credit(const ab_worker_rec_t *w);
+void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
+/* W is going away; GRACEFUL (BYE) ones are not remembered for a probe. */
+void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful);
+void ab_health_kick(ab_broker_t *b);
+void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, size_t len,
+                            int64_t now);
+void ab_health_on_dispatch(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r);
+/* A final answer from W to a request it held: OK 1 for REPLY, 0 for ERROR
+ * or a deadline that passed while it held the request. */
+void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok);
+void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
+/* Remembers R's holders other than WINNER, so their answers count as
+ * duplicates; ab_health_is_dup asks. */
+void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner);
+int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash);
+int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
+void ab_health_tick(ab_broker_t *b, int64_t now);
+/* Probes again the peers whose connection the monitor saw close (due at
+ * b->hs.recheck_ms). */
+void ab_health_recheck(ab_broker_t *b, int64_t now);
+
+/* directory.c (see directory.h) */
+/* Answers DISCOVER H from RID: the directory (target "*" or empty: all
+ * services; else that one); FLAG_WATCH also subscribes RID to changes. */
+void ab_directory_on_discover(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h);
+/* Pushes CHANGE ("join", "leave", "health") about W to every subscriber. */
+void ab_directory_event(ab_broker_t *b, ab_worker_rec_t *w, const char *change);
+void ab_directory_forget(ab_broker_t *b, const ab_rid_t *rid);
+void ab_directory_fini(ab_broker_t *b);
+/* Fills X for W (strings point into W, X and the broker: valid until the
+ * broker's state changes). 0 or -1 (out of memory). */
+int ab_winfo_fill(ab_broker_t *b, ab_worker_rec_t *w, ab_winfo_t *x, int64_t now);
+void ab_winfo_free(ab_winfo_t *x);
+
 /* stats.c */
 void ab_stats_tick(ab_broker_t *b, int64_t now);
 /* Builds the answer to CONTROL target WHAT; *out malloc'd. 0, or -1 for an
  * unknown WHAT. */
 int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len);
+/* Fills SI (and LAT, which SI then points to) for service S. */
+void ab_stats_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInfo *si,
+                           Agentbus__LatencySummary *lat);
 
 #endif

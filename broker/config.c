@@ -47,6 +47,24 @@ static const s_option_t s_options[] = {
      "after a (re)start, requests to unknown services wait this long for their "
      "workers to re-register before NO_SERVICE; 0 disables"},
     {"log-level", OPT_LOGLEVEL, OFF(log_level), 0, 3, "info", "error, warn, info or debug"},
+    {"max-attempts", OPT_LONG, OFF(max_attempts), 1, 8, "3",
+     "times a request is dispatched when workers are lost holding it; then WORKER_LOST"},
+    {"health-floor-ms", OPT_LONG, OFF(health_floor_ms), 100, 60000, "1000",
+     "shortest heartbeat interval asked of a worker (new, failed or flapping)"},
+    {"health-ceiling-ms", OPT_LONG, OFF(health_ceiling_ms), 100, 600000, "60000",
+     "longest heartbeat interval asked of a stable worker"},
+    {"phi-threshold", OPT_LONG, OFF(phi_threshold), 1, 100, "8",
+     "heartbeat suspicion (phi) at which a silent worker is declared dead"},
+    {"eject-failures", OPT_LONG, OFF(eject_failures), 1, 100000, "5",
+     "consecutive failed requests (ERROR replies, deadlines) before ejection"},
+    {"eject-base-ms", OPT_LONG, OFF(eject_base_ms), 10, 3600000, "1000",
+     "backoff of a worker's first ejection; doubles with each further one"},
+    {"eject-max-ms", OPT_LONG, OFF(eject_max_ms), 10, 86400000, "60000",
+     "cap on the ejection backoff"},
+    {"max-client-inflight", OPT_LONG, OFF(max_client_inflight), 1, 100000000, "100000",
+     "requests one client may have held by the broker at once; beyond it BUSY"},
+    {"drain-ms", OPT_LONG, OFF(drain_ms), 0, 600000, "2000",
+     "on SIGTERM/SIGINT: refuse new requests and let in-flight ones finish this long"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 
@@ -257,6 +275,10 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
         return rc;
     if (s_load_env(cfg) != 0 || s_load_flags(cfg, argc, argv) != 0)
         return -1;
+    if (cfg->health_ceiling_ms < cfg->health_floor_ms) {
+        fprintf(stderr, "agentbus-broker: health-ceiling-ms must be >= health-floor-ms\n");
+        return -1;
+    }
     if (cfg->nbinds == 0) {
         fprintf(stderr, "agentbus-broker: no endpoint to bind\n");
         return -1;

@@ -29,6 +29,16 @@ typedef struct {
     long startup_grace_ms;   /* after start, unknown services wait for workers */
     long log_level;
     char *config_path;
+    /* issue 5: health, re-dispatch, shutdown */
+    long max_attempts;        /* dispatches of one request before WORKER_LOST */
+    long health_floor_ms;     /* shortest heartbeat interval asked of a worker */
+    long health_ceiling_ms;   /* longest */
+    long phi_threshold;       /* suspicion at which a silent worker is dead */
+    long eject_failures;      /* consecutive failed requests before ejection */
+    long eject_base_ms;       /* first ejection's backoff; doubles each time */
+    long eject_max_ms;        /* cap on the backoff */
+    long max_client_inflight; /* requests one client may have held at once */
+    long drain_ms;            /* on SIGTERM: time to finish in-flight work */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

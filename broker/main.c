@@ -8,10 +8,13 @@
 
 static ab_broker_t s_broker;
 
+/* The first SIGTERM/SIGINT drains (see --drain-ms); a second stops now. */
 static void s_on_signal(int sig)
 {
     (void)sig;
-    s_broker.stop = 1;
+    if (s_broker.term)
+        s_broker.stop = 1;
+    s_broker.term = 1;
 }
 
 int main(int argc, char **argv)

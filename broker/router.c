@@ -20,6 +20,10 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
     int err = errno;
     char key[2 * AB_RID_MAX + 1];
     b->c.send_failures++;
+    if (err == EAGAIN)
+        b->c.send_eagain++;
+    else if (err == EHOSTUNREACH)
+        b->c.send_unreachable++;
     ab_hex(rid->bytes, rid->len, key, sizeof key);
     AB_LOG_RL(&b->rl, ab_hash_bytes(rid->bytes, rid->len) ^ 0x5e17, ab_now_ms(), AB_LOG_WARN,
               "cannot send to %s: %s", key,
@@ -65,8 +69,19 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
     return ab_send(b, rid, &h, NULL);
 }
 
+void ab_req_client_done(ab_broker_t *b, ab_req_t *r)
+{
+    if (!r->client_counted)
+        return;
+    r->client_counted = 0;
+    ab_peer_t *p = ab_peer_lookup(b, &r->client);
+    if (p && p->in_flight)
+        p->in_flight--;
+}
+
 void ab_req_free(ab_broker_t *b, ab_req_t *r)
 {
+    ab_req_client_done(b, r);
     if (r->state == AB_REQ_QUEUED)
         ab_queue_remove(r->service, r);
     else if (r->worker)

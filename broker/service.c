@@ -101,7 +101,7 @@ void ab_queue_remove(ab_service_t *s, ab_req_t *r)
     s->q_len--;
 }
 
-static void s_queue_push_front(ab_service_t *s, ab_req_t *r)
+void ab_queue_push_front(ab_service_t *s, ab_req_t *r)
 {
     r->state = AB_REQ_QUEUED;
     r->prev = NULL;
@@ -123,7 +123,6 @@ static void s_str_free(void **item)
 /* --- workers ------------------------------------------------------------------- */
 void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t capacity)
 {
-    (void)b;
     ab_worker_rec_t *w = peer->worker;
     if (!w) {
         w = calloc(1, sizeof *w);
@@ -137,6 +136,7 @@ void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t
         zhashx_set_destructor(w->labels, s_str_free);
         zlistx_add_end(s->workers, w);
         peer->worker = w;
+        ab_health_new_worker(b, w);
     }
     w->capacity = capacity;
 }
@@ -169,15 +169,12 @@ static void s_worker_req_add(ab_worker_rec_t *w, ab_req_t *r)
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
 {
     ab_service_t *s = w->service;
-    char text[160];
-    snprintf(text, sizeof text, "worker lost while holding the request: %s", why);
-    while (w->reqs) {
-        ab_req_t *r = w->reqs;
-        if (r->state == AB_REQ_ORPHANED)
-            ab_req_free(b, r); /* its client was answered already */
-        else
-            ab_req_fail(b, r, AB_ERR_WORKER_LOST, text);
-    }
+    /* Its requests go back to the front of the queue (health.c), to be
+     * re-dispatched at the end of this loop turn. */
+    ab_health_take_back(b, w, why);
+    ab_directory_event(b, w, "leave");
+    ab_health_forget(b, w, strcmp(why, "said goodbye") == 0 ||
+                               strcmp(why, "re-registered for another service") == 0);
     void *handle = zlistx_find(s->workers, w);
     if (handle)
         zlistx_delete(s->workers, handle);
@@ -192,7 +189,7 @@ ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s)
     ab_worker_rec_t *best = NULL;
     uint32_t best_free = 0;
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
-        uint32_t free_credit = w->capacity > w->in_flight ? w->capacity - w->in_flight : 0;
+        uint32_t free_credit = ab_health_free_credit(w);
         if (free_credit == 0)
             continue;
         if (!best || free_credit > best_free ||
@@ -236,12 +233,14 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
         ab_queue_remove(s, r);
         r->state = AB_REQ_DISPATCHED;
         s_worker_req_add(w, r);
+        ab_health_on_dispatch(b, w, r);
         w->last_dispatch = ++b->dispatch_seq;
         if (s_send_to_worker(b, w, r, now) != 0) {
             /* The worker is gone or choking: take the request back, put it
              * at the front, and stop offering that worker. */
             ab_worker_req_remove(w, r);
-            s_queue_push_front(s, r);
+            r->attempts--; /* it never reached the worker */
+            ab_queue_push_front(s, r);
             ab_peer_drop(b, w->peer, "unreachable");
         }
     }
@@ -330,6 +329,7 @@ void ab_expire_deadlines(ab_broker_t *b, int64_t now)
             ab_send_error(b, &r->client, r->client_id, AB_ERR_DEADLINE,
                           "deadline passed while a worker held the request");
             b->c.errors_sent[AB_ERR_DEADLINE]++;
+            b->c.deadline_expired++;
             r->service->errors++;
             r->state = AB_REQ_ORPHANED;
             if (r->has_payload) {
@@ -337,7 +337,11 @@ void ab_expire_deadlines(ab_broker_t *b, int64_t now)
                 r->has_payload = 0;
             }
             ab_heap_remove(b, r);
+            ab_req_client_done(b, r);
+            /* Too slow counts against the worker's failure budget. */
+            ab_health_on_result(b, r->worker, 0);
         } else {
+            b->c.deadline_expired++;
             ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");
         }
     }

@@ -34,7 +34,7 @@ void ab_stats_tick(ab_broker_t *b, int64_t now)
 }
 
 /* Fills SI (and its latency, allocated by the caller) for service S. */
-static void s_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInfo *si,
+void ab_stats_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInfo *si,
                            Agentbus__LatencySummary *lat)
 {
     agentbus__service_info__init(si);
@@ -45,7 +45,7 @@ static void s_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInf
     si->workers = (uint32_t)zlistx_size(s->workers);
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
         si->capacity += w->capacity;
-        si->free_credit += w->capacity > w->in_flight ? w->capacity - w->in_flight : 0;
+        si->free_credit += ab_health_free_credit(w);
     }
     si->requests = s->requests;
     si->replies = s->replies;
@@ -76,7 +76,7 @@ static int s_services_build(ab_broker_t *b, s_services_t *out)
         return -1;
     for (ab_service_t *s = zhashx_first(b->services); s && out->n < n;
          s = zhashx_next(b->services)) {
-        s_service_info(b, s, &out->infos[out->n], &out->lats[out->n]);
+        ab_stats_service_info(b, s, &out->infos[out->n], &out->lats[out->n]);
         out->ptrs[out->n] = &out->infos[out->n];
         out->n++;
     }
@@ -130,6 +130,19 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     st.malformed = c->malformed;
     st.send_failures = c->send_failures;
     st.pending = ab_idmap_size(&b->pending);
+    st.redispatched = c->redispatched;
+    st.retries_exhausted = c->retries_exhausted;
+    st.duplicates_dropped = c->duplicates_dropped;
+    st.late_replies = c->late_replies;
+    st.deadline_expired = c->deadline_expired;
+    st.workers_suspected = c->workers_suspected;
+    st.workers_ejected = c->workers_ejected;
+    st.disconnects = c->disconnects;
+    st.send_eagain = c->send_eagain;
+    st.send_unreachable = c->send_unreachable;
+    st.client_limit_busy = c->client_limit_busy;
+    st.draining = b->draining;
+    st.probes = c->probes;
 
     /* Errors by code: those the broker answered or forwarded, then the
      * reasons malformed messages were rejected for. */
@@ -187,45 +200,20 @@ static int s_answer_services(ab_broker_t *b, uint8_t **out, size_t *len)
 static int s_answer_workers(ab_broker_t *b, uint8_t **out, size_t *len)
 {
     size_t n = 0, cap = zhashx_size(b->peers) + 1;
-    Agentbus__WorkerInfo *wi = calloc(cap, sizeof *wi);
+    ab_winfo_t *wi = calloc(cap, sizeof *wi);
     Agentbus__WorkerInfo **wp = calloc(cap, sizeof *wp);
-    char (*ids)[2 * AB_RID_MAX + 1] = calloc(cap, sizeof *ids);
-    Agentbus__WorkerInfo__LabelsEntry **lab = calloc(cap, sizeof *lab);
-    Agentbus__WorkerInfo__LabelsEntry ***labp = calloc(cap, sizeof *labp);
     int rc = -1;
     int64_t now = ab_now_ms();
-    if (!wi || !wp || !ids || !lab || !labp)
+    if (!wi || !wp)
         goto done;
     for (ab_peer_t *p = zhashx_first(b->peers); p && n < cap; p = zhashx_next(b->peers)) {
-        ab_worker_rec_t *w = p->worker;
-        if (!w)
+        if (!p->worker)
             continue;
-        Agentbus__WorkerInfo *x = &wi[n];
-        agentbus__worker_info__init(x);
-        snprintf(ids[n], sizeof ids[n], "%s", p->key);
-        x->id = ids[n];
-        x->name = p->name;
-        x->service = w->service->name;
-        x->capacity = w->capacity;
-        x->in_flight = w->in_flight;
-        x->completed = w->completed;
-        x->connected_ms = (uint64_t)(now - w->registered_ms);
-        x->last_seen_ms = (uint64_t)(now - p->last_seen_ms);
-        size_t nl = zhashx_size(w->labels), k = 0;
-        lab[n] = calloc(nl + 1, sizeof **lab);
-        labp[n] = calloc(nl + 1, sizeof **labp);
-        if (!lab[n] || !labp[n])
-            goto done;
-        for (char *v = zhashx_first(w->labels); v && k < nl; v = zhashx_next(w->labels), k++) {
-            agentbus__worker_info__labels_entry__init(&lab[n][k]);
-            lab[n][k].key = (char *)zhashx_cursor(w->labels);
-            lab[n][k].value = v;
-            labp[n][k] = &lab[n][k];
-        }
-        x->n_labels = k;
-        x->labels = labp[n];
-        wp[n] = x;
+        int frc = ab_winfo_fill(b, p->worker, &wi[n], now);
+        wp[n] = &wi[n].info;
         n++;
+        if (frc != 0)
+            goto done;
     }
     Agentbus__WorkerList wl;
     agentbus__worker_list__init(&wl);
@@ -233,15 +221,10 @@ static int s_answer_workers(ab_broker_t *b, uint8_t **out, size_t *len)
     wl.workers = wp;
     rc = s_pack(&wl.base, out, len);
 done:
-    for (size_t i = 0; lab && labp && i < cap; i++) {
-        free(lab[i]);
-        free(labp[i]);
-    }
+    for (size_t i = 0; wi && i < n; i++)
+        ab_winfo_free(&wi[i]);
     free(wi);
     free(wp);
-    free(ids);
-    free(lab);
-    free(labp);
     return rc;
 }
 

@@ -27,6 +27,9 @@ struct ab_client {
     ab_idmap_t calls; /* id -> s_call_t (owned) */
     int64_t next_expiry_ms;
     int in_callback;
+    ab_dir_event_fn *watch_fn; /* directory subscription (ab_client_watch) */
+    void *watch_arg;
+    uint64_t watch_id;         /* id of the subscribing DISCOVER */
 };
 
 int ab_client_new(ab_client_t **out, const ab_options_t *opts)
@@ -113,7 +116,8 @@ static int s_timeout_of(ab_client_t *c, int timeout_ms)
 
 /* Sends a REQUEST (or CONTROL) and records its call. */
 static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void *data,
-                   size_t size, int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *id_out)
+                   size_t size, int timeout_ms, uint32_t flags, ab_reply_fn *fn, void *arg,
+                   uint64_t *id_out)
 {
     if (!c || !target || !*target || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
@@ -132,6 +136,7 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
     h.id = call->id;
     h.target = ab_view_of(target);
     h.timeout_ms = (uint32_t)t;
+    h.flags = flags;
     h.sender = ab_view_of(c->conn.opts.name);
     int rc = ab_conn_send(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
                           size);
@@ -153,7 +158,18 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
 int ab_client_request_async(ab_client_t *c, const char *service, const void *data, size_t size,
                             int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *request_id)
 {
-    return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms, fn, arg, request_id);
+    return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms, 0, fn, arg, request_id);
+}
+
+int ab_client_request_flags(ab_client_t *c, const char *service, const void *data, size_t size,
+                            int timeout_ms, unsigned flags, ab_reply_fn *fn, void *arg,
+                            uint64_t *request_id)
+{
+    if (flags & ~(unsigned)AB_REQUEST_NON_IDEMPOTENT)
+        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "unknown request flags") : AB_EINVAL;
+    return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms,
+                   flags & AB_REQUEST_NON_IDEMPOTENT ? AB_FLAG_NON_IDEMPOTENT : 0, fn, arg,
+                   request_id);
 }
 
 /* Ends the calls whose local deadline passed; returns how many. */
@@ -192,6 +208,16 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
         ab_conn_hello(&c->conn); /* the broker forgot us */
         return;
     }
+    if (h->kind == AB_KIND_HELLO || h->kind == AB_KIND_HEARTBEAT) {
+        ab_conn_set_interval(&c->conn, h->credit);
+        return;
+    }
+    if (h->kind == AB_KIND_DISCOVER) {
+        if (c->watch_fn && h->correlation_id == c->watch_id && in->has_body)
+            ab_dir_event_deliver(c, c->watch_fn, c->watch_arg, zmq_msg_data(&in->body),
+                                 zmq_msg_size(&in->body));
+        return;
+    }
     if (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_ERROR)
         return;
     s_call_t *call = ab_idmap_get(&c->calls, h->correlation_id);
@@ -219,13 +245,12 @@ static int s_process(ab_client_t *c)
 {
     int handled = 0;
     int ev = ab_conn_events(&c->conn);
-    /* Calls ended here (disconnect, local deadline) are events too: a
-     * caller waiting in ab_client_poll must see them, or a sync request to
-     * an unreachable broker would wait forever. */
-    if (ev & AB_CONN_DISCONNECTED)
-        handled += s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
-    if (ev & AB_CONN_CONNECTED)
+    if (ev & AB_CONN_CONNECTED) {
         ab_conn_hello(&c->conn);
+        if (c->watch_fn && c->watch_id) /* subscribe again: a new broker knows nothing of us */
+            s_start(c, AB_KIND_DISCOVER, "*", NULL, 0, -1, AB_FLAG_WATCH, NULL, NULL,
+                    &c->watch_id);
+    }
     for (int i = 0; i < 4096; i++) {
         ab_in_t in;
         int rc = ab_conn_recv(&c->conn, &in);
@@ -237,6 +262,13 @@ static int s_process(ab_client_t *c)
         ab_in_close(&in);
         handled++;
     }
+    /* After the messages already received: a broker's last answers before
+     * it closed (a drain) are delivered, not replaced by DISCONNECTED.
+     * Calls ended here (disconnect, local deadline) are events too: a
+     * caller waiting in ab_client_poll must see them, or a sync request to
+     * an unreachable broker would wait forever. */
+    if (ev & AB_CONN_DISCONNECTED)
+        handled += s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
     int64_t now = ab_now_ms();
     handled += s_expire(c, now);
     ab_conn_heartbeat(&c->conn, now, 0);
@@ -320,7 +352,8 @@ static void s_sync_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 }
 
 static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void *data,
-                  size_t size, int timeout_ms, void **reply, size_t *reply_size)
+                  size_t size, int timeout_ms, uint32_t flags, void **reply, size_t *reply_size,
+                  uint64_t *id_out)
 {
     if (reply)
         *reply = NULL;
@@ -328,9 +361,11 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void 
         *reply_size = 0;
     s_sync_t s = {0};
     uint64_t id;
-    int rc = s_start(c, kind, target, data, size, timeout_ms, s_sync_cb, &s, &id);
+    int rc = s_start(c, kind, target, data, size, timeout_ms, flags, s_sync_cb, &s, &id);
     if (rc != AB_OK)
         return rc;
+    if (id_out)
+        *id_out = id;
     while (!s.done) {
         rc = ab_client_poll(c, -1);
         if (rc < 0 && !s.done) {
@@ -360,13 +395,42 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void 
 int ab_client_request(ab_client_t *c, const char *service, const void *data, size_t size,
                       int timeout_ms, void **reply, size_t *reply_size)
 {
-    return s_sync(c, AB_KIND_REQUEST, service, data, size, timeout_ms, reply, reply_size);
+    return s_sync(c, AB_KIND_REQUEST, service, data, size, timeout_ms, 0, reply, reply_size,
+                  NULL);
 }
 
 int ab_client_control(ab_client_t *c, const char *what, int timeout_ms, void **reply,
                       size_t *reply_size)
 {
-    return s_sync(c, AB_KIND_CONTROL, what, NULL, 0, timeout_ms, reply, reply_size);
+    return s_sync(c, AB_KIND_CONTROL, what, NULL, 0, timeout_ms, 0, reply, reply_size, NULL);
+}
+
+int ab_client_discover_raw(ab_client_t *c, const char *service, int timeout_ms, int watch,
+                           void **reply, size_t *reply_size)
+{
+    if (!c)
+        return AB_EINVAL;
+    uint64_t id = 0;
+    int rc = s_sync(c, AB_KIND_DISCOVER, service && *service ? service : "*", NULL, 0,
+                    timeout_ms, watch ? AB_FLAG_WATCH : 0, reply, reply_size, &id);
+    if (watch && rc == AB_OK)
+        c->watch_id = id;
+    return rc;
+}
+
+int ab_client_watch(ab_client_t *c, ab_dir_event_fn *fn, void *arg, int timeout_ms)
+{
+    if (!c)
+        return AB_EINVAL;
+    c->watch_fn = fn;
+    c->watch_arg = arg;
+    c->watch_id = 0; /* set once the broker confirms (no re-subscribe before) */
+    if (!fn) /* the broker keeps sending for this connection; they are ignored */
+        return AB_OK;
+    int rc = ab_client_discover_raw(c, "*", timeout_ms, 1, NULL, NULL);
+    if (rc != AB_OK)
+        c->watch_fn = NULL;
+    return rc;
 }
 
 int ab_client_fd(ab_client_t *c, int *fd)

@@ -15,11 +15,13 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static pthread_mutex_t s_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *s_ctx;
@@ -59,6 +61,29 @@ int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
     return code;
 }
 
+/* A worker keeps one random routing id for its whole life, across
+ * reconnects: the broker then knows a worker that comes back (it rejoins
+ * through a probe) and recognises its late replies to requests it was
+ * presumed lost with. The first byte must not be 0 (reserved by ZeroMQ). */
+static void s_stable_id(uint8_t id[16])
+{
+    static unsigned long seq;
+    size_t got = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, id, 16);
+        got = n > 0 ? (size_t)n : 0;
+        close(fd);
+    }
+    if (got < 16) { /* no /dev/urandom: time, pid and a counter are unique enough */
+        uint64_t a = ab_now_ns() ^ ((uint64_t)getpid() << 32), b2 = ab_hash_bytes(&a, sizeof a);
+        b2 ^= __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
+        memcpy(id, &a, 8);
+        memcpy(id + 8, &b2, 8);
+    }
+    id[0] = (uint8_t)('W' | 0x80);
+}
+
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
 {
     memset(c, 0, sizeof *c);
@@ -85,6 +110,11 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
     zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (strcmp(role, "worker") == 0) {
+        uint8_t id[16];
+        s_stable_id(id);
+        zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, id, sizeof id);
+    }
     char mon_ep[64];
     snprintf(mon_ep, sizeof mon_ep, "inproc://ab-monitor-%lu", seq);
     if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
@@ -246,13 +276,29 @@ int ab_conn_events(ab_conn_t *c)
     }
 }
 
+void ab_conn_set_interval(ab_conn_t *c, uint32_t ms)
+{
+    /* The broker's wish, within sane bounds; a change is acknowledged with
+     * a heartbeat at once so the broker can start expecting the new pace. */
+    if (ms < 100 || ms > 600000 || (int)ms == c->opts.heartbeat_ms)
+        return;
+    c->opts.heartbeat_ms = (int)ms;
+    c->next_heartbeat_ms = 0;
+}
+
 int ab_conn_heartbeat(ab_conn_t *c, int64_t now, uint32_t credit)
+{
+    return ab_conn_heartbeat_with(c, now, credit, NULL, 0);
+}
+
+int ab_conn_heartbeat_with(ab_conn_t *c, int64_t now, uint32_t credit, const void *data,
+                           size_t size)
 {
     if (now >= c->next_heartbeat_ms) {
         if (c->connected) {
             ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
             h.credit = credit;
-            ab_conn_send(c, &h, NULL, 0); /* best effort: a full queue skips one */
+            ab_conn_send(c, &h, data, size); /* best effort: a full queue skips one */
         }
         c->next_heartbeat_ms = now + c->opts.heartbeat_ms;
     }

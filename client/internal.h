@@ -72,6 +72,21 @@ int ab_conn_events(ab_conn_t *c);
 /* Sends a heartbeat when one is due. CREDIT is the worker's capacity (0 for
  * a client). Returns ms until the next one is due. */
 int ab_conn_heartbeat(ab_conn_t *c, int64_t now, uint32_t credit);
+/* The same with a payload (a worker's WorkerHeartbeat); DATA may be NULL. */
+int ab_conn_heartbeat_with(ab_conn_t *c, int64_t now, uint32_t credit, const void *data,
+                           size_t size);
+/* 1 when a heartbeat is due at NOW. */
+#define ab_conn_heartbeat_due(c, now) ((now) >= (c)->next_heartbeat_ms)
+/* Adopts the heartbeat interval the broker asked for (HELLO, REGISTER or
+ * HEARTBEAT from the broker, in credit). */
+void ab_conn_set_interval(ab_conn_t *c, uint32_t ms);
 uint64_t ab_conn_next_id(ab_conn_t *c);
+
+/* client.c: DISCOVER (WATCH: subscribe too); *reply is a Directory. */
+int ab_client_discover_raw(ab_client_t *c, const char *service, int timeout_ms, int watch,
+                           void **reply, size_t *reply_size);
+/* discover.c: decodes a DirectoryEvent and calls FN with it. */
+void ab_dir_event_deliver(ab_client_t *c, ab_dir_event_fn *fn, void *arg, const void *data,
+                          size_t size);
 
 #endif

@@ -24,6 +24,12 @@ struct ab_worker {
     size_t nlabels;
     ab_job_t *ready_head, *ready_tail; /* received, not yet handed out */
     ab_job_t *out;                     /* handed out, not yet freed */
+    unsigned n_ready, n_out;
+    char backend_state[64];            /* reported with each heartbeat */
+    volatile int shutdown;             /* ab_worker_shutdown: drain, then stop */
+    volatile int shutdown_grace_ms;
+    int draining;
+    int64_t drain_end_ms;
 };
 
 struct ab_job {
@@ -80,6 +86,8 @@ void ab_job_destroy(ab_job_t **job)
             w->out = j->out_next;
         if (j->out_next)
             j->out_next->out_prev = j->out_prev;
+        if (w->n_out)
+            w->n_out--;
     }
     zmq_msg_close(&j->payload);
     free(j);
@@ -91,15 +99,21 @@ void ab_worker_destroy(ab_worker_t **wp)
     if (!wp || !*wp)
         return;
     ab_worker_t *w = *wp;
-    while (w->ready_head) { /* never handed out: BYE makes the broker fail them */
+    while (w->ready_head) { /* never handed out: BYE hands them back */
         ab_job_t *j = w->ready_head;
         w->ready_head = j->next;
+        j->answered = 1;
         ab_job_destroy(&j);
     }
     for (ab_job_t *j = w->out; j; j = j->out_next)
         j->worker = NULL; /* the application may still hold and free them */
-    if (w->conn.sock && w->conn.connected)
+    if (w->conn.sock && w->conn.connected) {
         ab_conn_send_kind(&w->conn, AB_KIND_BYE);
+        /* Let the last replies and the BYE leave: dropped, they would make
+         * the broker re-dispatch requests this worker finished. */
+        int linger = 1000;
+        zmq_setsockopt(w->conn.sock, ZMQ_LINGER, &linger, sizeof linger);
+    }
     ab_conn_close(&w->conn);
     for (size_t i = 0; i < w->nlabels; i++) {
         free(w->label_keys[i]);
@@ -185,6 +199,11 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         break;
     case AB_KIND_REGISTER:
         w->registered = 1;
+        ab_conn_set_interval(&w->conn, h->credit); /* the broker's adaptive interval */
+        w->conn.next_heartbeat_ms = 0; /* report load and backend state at once */
+        break;
+    case AB_KIND_HEARTBEAT:
+        ab_conn_set_interval(&w->conn, h->credit);
         break;
     case AB_KIND_REQUEST: {
         ab_job_t *j = calloc(1, sizeof *j);
@@ -201,6 +220,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         else
             w->ready_head = j;
         w->ready_tail = j;
+        w->n_ready++;
         break;
     }
     default:
@@ -228,15 +248,33 @@ static int s_process(ab_worker_t *w)
         ab_in_close(&in);
         handled++;
     }
-    ab_conn_heartbeat(&w->conn, ab_now_ms(), w->capacity);
+    int64_t now = ab_now_ms();
+    if (ab_conn_heartbeat_due(&w->conn, now)) {
+        /* The heartbeat carries the worker's load and its backend's state. */
+        Agentbus__WorkerHeartbeat hb;
+        agentbus__worker_heartbeat__init(&hb);
+        hb.in_flight = w->n_out;
+        hb.queued = w->n_ready;
+        hb.free_credit = w->capacity > w->n_out + w->n_ready ? w->capacity - w->n_out - w->n_ready : 0;
+        hb.backend_state = w->backend_state;
+        uint8_t buf[128];
+        size_t len = agentbus__worker_heartbeat__get_packed_size(&hb);
+        if (len <= sizeof buf)
+            agentbus__worker_heartbeat__pack(&hb, buf);
+        ab_conn_heartbeat_with(&w->conn, now, w->capacity, len <= sizeof buf ? buf : NULL,
+                               len <= sizeof buf ? len : 0);
+    }
     return handled;
 }
 
 /* Hands out the next ready job, tracking it until it is freed. */
 static ab_job_t *s_pop(ab_worker_t *w)
 {
-    ab_job_t *j = w->ready_head;
+    /* A draining worker starts nothing new: its final BYE hands those back. */
+    ab_job_t *j = w->draining ? NULL : w->ready_head;
     if (j) {
+        w->n_ready--;
+        w->n_out++;
         w->ready_head = j->next;
         if (!w->ready_head)
             w->ready_tail = NULL;
@@ -251,6 +289,20 @@ static ab_job_t *s_pop(ab_worker_t *w)
     return j;
 }
 
+/* Tells the broker to send nothing new (BYE with FLAG_DRAINING); the
+ * worker then finishes what it holds before stopping. */
+static void s_drain_begin(ab_worker_t *w)
+{
+    w->draining = 1;
+    w->drain_end_ms = ab_now_ms() + w->shutdown_grace_ms;
+    if (w->conn.connected) {
+        ab_header_t h = ab_header_init(AB_KIND_BYE);
+        h.id = ab_conn_next_id(&w->conn);
+        h.flags = AB_FLAG_DRAINING;
+        ab_conn_send(&w->conn, &h, NULL, 0);
+    }
+}
+
 int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
 {
     if (!w || !job)
@@ -261,9 +313,15 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
         int rc = s_process(w);
         if (rc < 0)
             return rc;
+        if (w->shutdown && !w->draining)
+            s_drain_begin(w);
+        if (w->draining && (!w->out || ab_now_ms() >= w->drain_end_ms))
+            return ab_conn_fail(&w->conn, AB_ESTOPPED, "drained after shutdown");
         if ((*job = s_pop(w)))
             return AB_OK;
         int64_t now = ab_now_ms();
+        if (w->draining && w->drain_end_ms < end)
+            end = w->drain_end_ms;
         if (now >= end)
             return ab_conn_fail(&w->conn, AB_ETIMEOUT, "no request within %d ms", timeout_ms);
         int64_t wait = w->conn.next_heartbeat_ms - now;
@@ -378,6 +436,22 @@ void ab_worker_stop(ab_worker_t *w)
 {
     if (w)
         w->conn.stop = 1;
+}
+
+void ab_worker_shutdown(ab_worker_t *w, int grace_ms)
+{
+    if (!w)
+        return;
+    w->shutdown_grace_ms = grace_ms < 0 ? 0 : grace_ms;
+    w->shutdown = 1;
+}
+
+int ab_worker_set_backend_state(ab_worker_t *w, const char *state)
+{
+    if (!w || !state)
+        return AB_EINVAL;
+    snprintf(w->backend_state, sizeof w->backend_state, "%s", state);
+    return AB_OK;
 }
 
 int ab_worker_connected(const ab_worker_t *w)

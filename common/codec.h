@@ -62,7 +62,9 @@ enum {
     AB_FLAG_NO_CACHE = 2,
     AB_FLAG_NO_STORE = 4,
     AB_FLAG_CACHEABLE = 8,
-    AB_FLAG_NON_IDEMPOTENT = 16
+    AB_FLAG_NON_IDEMPOTENT = 16,
+    AB_FLAG_WATCH = 256,   /* issue 5: DISCOVER subscribes to changes */
+    AB_FLAG_DRAINING = 512 /* issue 5: BYE announces a drain */
 };
 
 /* A view of bytes owned by someone else. Not NUL-terminated. */

@@ -206,8 +206,12 @@ typedef struct ab_job ab_job_t; /* one request received by a worker */
  * NULL and is copied. Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ. */
 AB_EXPORT int ab_worker_new(ab_worker_t **out, const ab_options_t *opts,
                             const char *service, unsigned capacity);
-/* Says BYE to the broker and closes. Jobs not yet answered are freed; the
- * broker answers their clients (AB_EWORKERLOST). */
+/* Says BYE to the broker and closes. Jobs not yet answered are freed
+ * without an answer: the BYE hands them back to the broker, which
+ * re-dispatches them to another worker (or answers AB_EWORKERLOST when a
+ * request may not be retried; see ab_client_request_flags). While connected
+ * it waits up to 1 s for its last replies and the BYE to leave (when the
+ * last handle of the process closes). */
 AB_EXPORT void ab_worker_destroy(ab_worker_t **worker);
 AB_EXPORT const char *ab_worker_last_error(const ab_worker_t *worker);
 
@@ -253,6 +257,100 @@ AB_EXPORT int ab_worker_run(ab_worker_t *worker, ab_job_fn *fn, void *arg);
 AB_EXPORT void ab_worker_stop(ab_worker_t *worker);
 /* 1 while connected and registered with a broker, else 0. */
 AB_EXPORT int ab_worker_connected(const ab_worker_t *worker);
+
+/* Graceful stop, e.g. from a SIGTERM handler (async-signal-safe, any
+ * thread). The next ab_worker_recv/poll/run tells the broker to send nothing
+ * new (BYE with FLAG_DRAINING), keeps processing so the application can
+ * finish the jobs it holds, and returns AB_ESTOPPED once none is held or
+ * grace_ms (>= 0) has passed. Requests received but not yet handed out are
+ * not started; ab_worker_destroy's BYE then hands them, and any job still
+ * unanswered, back to the broker for re-dispatch. */
+AB_EXPORT void ab_worker_shutdown(ab_worker_t *worker, int grace_ms);
+
+/* Free-form state of the worker's backend ("ok", "degraded: ...", at most
+ * 63 bytes kept), reported to the broker with each heartbeat and shown by
+ * brokerctl workers and ab_discover. Copied. AB_EINVAL for NULL. */
+AB_EXPORT int ab_worker_set_backend_state(ab_worker_t *worker, const char *state);
+
+/* ------------------------------------------------------------------------ */
+/* Request flags, discovery                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* The request must not run twice: if its worker is lost while holding it,
+ * the broker answers AB_EWORKERLOST instead of re-dispatching it. */
+#define AB_REQUEST_NON_IDEMPOTENT 1u
+
+/* ab_client_request_async with FLAGS (AB_REQUEST_*; AB_EINVAL for others).
+ * Without flags, a request whose worker is lost (dies, disconnects, goes
+ * silent, is ejected, says BYE) goes back to the front of its service's
+ * queue and is dispatched again, up to the broker's max-attempts (3). */
+AB_EXPORT int ab_client_request_flags(ab_client_t *client, const char *service,
+                                      const void *data, size_t size, int timeout_ms,
+                                      unsigned flags, ab_reply_fn *fn, void *arg,
+                                      uint64_t *request_id);
+
+/* One worker in the broker's directory. Strings are never NULL. */
+typedef struct {
+    const char *id;            /* broker's routing id of the worker, hex */
+    const char *name;
+    const char *service;
+    const char *health;        /* healthy, suspect, dead, ejected, probing, draining */
+    const char *backend_state; /* as the worker last reported ("" if never) */
+    unsigned capacity, in_flight;
+    unsigned free_credit;      /* what the broker may still send it now */
+    unsigned interval_ms;      /* heartbeat interval the broker asks of it */
+    double suspicion;          /* phi: -log10 P(its next heartbeat is this late) */
+    unsigned ejections;        /* times the circuit breaker ejected it */
+    unsigned backoff_ms;       /* backoff of its last ejection (0: never) */
+    unsigned failures;         /* consecutive failed requests */
+    uint64_t completed;
+    uint64_t redispatched;     /* its requests the broker took back */
+    size_t n_labels;
+    const char *const *label_keys; /* n_labels each */
+    const char *const *label_values;
+} ab_worker_info_t;
+
+typedef struct {
+    const char *name;
+    unsigned workers, capacity, free_credit, queue_depth, queue_max;
+    uint64_t requests, replies, errors;
+} ab_service_info_t;
+
+/* A snapshot of the broker's directory. Read the arrays directly; free with
+ * ab_directory_destroy (every pointer inside dies with it). */
+typedef struct {
+    size_t n_services;
+    const ab_service_info_t *services;
+    size_t n_workers;
+    const ab_worker_info_t *workers;
+    void *priv_;
+} ab_directory_t;
+
+/* Looks up SERVICE (NULL or "*" for all) in the broker's directory: one
+ * round trip, answered by the broker from its own state. On AB_OK *out is a
+ * new snapshot (a service nobody registered gives empty arrays). Other
+ * requests' callbacks may run during the wait. Errors: AB_EINVAL,
+ * AB_ETIMEOUT, AB_EDISCONNECTED, AB_ENOMEM, AB_EMALFORMED (undecodable). */
+AB_EXPORT int ab_discover(ab_client_t *client, const char *service, int timeout_ms,
+                          ab_directory_t **out);
+AB_EXPORT void ab_directory_destroy(ab_directory_t **dir);
+
+/* A directory change pushed by the broker. Pointers are valid only during
+ * the callback. */
+typedef struct {
+    const char *change;             /* "join", "leave" or "health" */
+    const ab_worker_info_t *worker; /* the worker's state after the change */
+} ab_dir_event_t;
+
+typedef void(ab_dir_event_fn)(ab_client_t *client, const ab_dir_event_t *ev, void *arg);
+
+/* Subscribes to directory changes: FN runs from ab_client_poll (or a sync
+ * call's wait) once per change, for as long as the handle lives; the
+ * library subscribes again after a reconnect. Waits up to timeout_ms for
+ * the broker to confirm. FN NULL stops delivery (the broker keeps sending
+ * to this connection; the events are ignored). Errors as ab_discover. */
+AB_EXPORT int ab_client_watch(ab_client_t *client, ab_dir_event_fn *fn, void *arg,
+                              int timeout_ms);
 
 #ifdef __cplusplus
 }

@@ -9,13 +9,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static ab_worker_t *s_worker;
+static volatile sig_atomic_t s_signals;
+static long s_drain_ms = 2000;
 
+/* First SIGTERM/SIGINT: drain (finish what is held, up to --drain-ms);
+ * a second one, or --drain-ms 0: stop at once. */
 static void s_on_signal(int sig)
 {
     (void)sig;
-    ab_worker_stop(s_worker);
+    if (s_signals++ || s_drain_ms == 0)
+        ab_worker_stop(s_worker);
+    else
+        ab_worker_shutdown(s_worker, (int)s_drain_ms);
 }
 
 static void s_usage(const char *prog)
@@ -30,7 +38,15 @@ static void s_usage(const char *prog)
            "  --chunks N          echo: stream the reply in N parts (default 1)\n"
            "  --name NAME         worker name shown by brokerctl workers\n"
            "  --label KEY=VALUE   label sent with the registration (repeatable)\n"
-           "  --heartbeat-ms N    heartbeat interval, 100..60000 (default 1000)\n"
+           "  --heartbeat-ms N    heartbeat interval, 100..60000 (default 1000); the\n"
+           "                      broker then adapts it (health-floor/ceiling-ms)\n"
+           "  --drain-ms N        on SIGTERM/SIGINT: take nothing new and finish the\n"
+           "                      requests held for up to N ms, then hand the rest\n"
+           "                      back (default 2000; 0: stop at once). A second\n"
+           "                      signal stops at once\n"
+           "  --fail-file PATH    while PATH exists, answer every request with an\n"
+           "                      error (APPLICATION) and report backend state\n"
+           "                      \"failing\": fault injection for tests\n"
            "  --help              show this help\n",
            prog, AB_DEFAULT_ENDPOINT);
 }
@@ -38,6 +54,7 @@ static void s_usage(const char *prog)
 typedef struct {
     const char *broker, *backend, *name;
     const char *labels[64];
+    const char *fail_file;
     int nlabels;
     long heartbeat_ms;
     ab_backend_args_t args;
@@ -60,7 +77,7 @@ static int s_parse(s_args_t *a, int argc, char **argv)
         }
         static const char *known[] = {"--broker", "--backend", "--service", "--name",
                                       "--label", "--capacity", "--delay-ms", "--chunks",
-                                      "--heartbeat-ms"};
+                                      "--heartbeat-ms", "--drain-ms", "--fail-file"};
         int is_known = 0;
         for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
             is_known |= strcmp(f, known[k]) == 0;
@@ -88,6 +105,10 @@ static int s_parse(s_args_t *a, int argc, char **argv)
             a->args.chunks = n;
         else if (strcmp(f, "--heartbeat-ms") == 0 && ab_parse_long(v, 100, 60000, &n) == 0)
             a->heartbeat_ms = n;
+        else if (strcmp(f, "--drain-ms") == 0 && ab_parse_long(v, 0, 3600000, &n) == 0)
+            s_drain_ms = n;
+        else if (strcmp(f, "--fail-file") == 0 && *v)
+            a->fail_file = v;
         else {
             fprintf(stderr, "agentbus-worker: bad option or value: %s %s (see --help)\n", f, v);
             return -1;
@@ -127,11 +148,24 @@ static int s_setup(const s_args_t *a)
 typedef struct {
     const ab_backend_ops_t *ops;
     void *ctx;
+    const char *fail_file;
+    int failing;
 } s_loop_t;
 
 static void s_on_job(ab_worker_t *w, ab_job_t *job, void *arg)
 {
     s_loop_t *l = arg;
+    if (l->fail_file) {
+        int failing = access(l->fail_file, F_OK) == 0;
+        if (failing != l->failing) {
+            l->failing = failing;
+            ab_worker_set_backend_state(w, failing ? "failing" : "ok");
+        }
+        if (failing) {
+            ab_worker_fail(w, &job, AB_EAPPLICATION, "fail mode (--fail-file exists)");
+            return;
+        }
+    }
     l->ops->on_job(l->ctx, w, job);
 }
 
@@ -155,7 +189,8 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    s_loop_t loop = {&ab_backend_echo, NULL};
+    s_loop_t loop = {&ab_backend_echo, NULL, a.fail_file, 0};
+    ab_worker_set_backend_state(s_worker, "ok");
     if (loop.ops->create(&loop.ctx, &a.args) != AB_OK) {
         ab_worker_destroy(&s_worker);
         return 1;
@@ -172,8 +207,8 @@ int main(int argc, char **argv)
     if (rc != AB_ESTOPPED)
         fprintf(stderr, "agentbus-worker: %s: %s\n", ab_strerror(rc),
                 ab_worker_last_error(s_worker));
-    /* The worker first: its BYE makes the broker fail (later: re-dispatch)
-     * what the backend still holds, and jobs freed after it are not
+    /* The worker first: its BYE hands what the backend still holds back to
+     * the broker (re-dispatched elsewhere), and jobs freed after it are not
      * answered one by one. */
     ab_worker_destroy(&s_worker);
     loop.ops->destroy(&loop.ctx);

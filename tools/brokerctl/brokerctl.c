@@ -3,6 +3,7 @@
  *
  *   brokerctl [--broker EP] [--json] [--timeout-ms N] [--watch S] stats|services|workers
  *   brokerctl [--broker EP] [--timeout-ms N] request SERVICE DATA|-
+ *   brokerctl [--broker EP] [--json] [--events N] watch
  *
  * Exit codes: 0 success; 1 the broker answered with an error or could not
  * be reached (code name and text on stderr); 2 bad usage.
@@ -10,6 +11,8 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "render.h"
+
+#include <jansson.h>
 #include "util.h"
 
 #include <signal.h>
@@ -36,13 +39,17 @@ static void s_usage(FILE *out)
             "  stats                   broker figures: connections, traffic, services, errors\n"
             "  services                services with queue depth, workers, credit, latency\n"
             "  workers                 registered workers with capacity, load and labels\n"
-            "  request SERVICE DATA    send DATA ('-' reads stdin) and print the reply\n\n"
+            "  request SERVICE DATA    send DATA ('-' reads stdin) and print the reply\n"
+            "  watch                   print directory changes as they happen: a worker\n"
+            "                          joins, leaves or changes health (one line each;\n"
+            "                          with --json one JSON object per line)\n\n"
             "Options:\n"
             "  --broker ENDPOINT       broker (default: $AB_BROKER, else %s)\n"
             "  --json                  machine-readable output (for request: {\"ok\", \"reply\"}\n"
             "                          or {\"ok\": false, \"code\", \"error\"})\n"
             "  --timeout-ms N          how long to wait for the broker (default 5000)\n"
             "  --watch SECONDS         repeat stats/services/workers every SECONDS\n"
+            "  --events N              watch: exit after N changes\n"
             "  --help                  show this help\n\n"
             "A failed command exits 1 and prints the error code and text on stderr.\n",
             AB_DEFAULT_ENDPOINT);
@@ -154,6 +161,51 @@ static int s_request(ab_client_t *c, const char *service, const char *data, int 
     return 0;
 }
 
+/* --- watch: directory changes pushed by the broker ----------------------- */
+static long s_events_left = -1;
+
+static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
+{
+    (void)c;
+    (void)arg;
+    const ab_worker_info_t *w = ev->worker;
+    if (s_json) {
+        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:s}",
+                              "change", ev->change, "id", w->id, "name", w->name, "service",
+                              w->service, "health", w->health, "capacity",
+                              (json_int_t)w->capacity, "in_flight", (json_int_t)w->in_flight,
+                              "free_credit", (json_int_t)w->free_credit, "interval_ms",
+                              (json_int_t)w->interval_ms, "suspicion", w->suspicion,
+                              "ejections", (json_int_t)w->ejections, "backend_state",
+                              w->backend_state);
+        char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        if (s)
+            printf("%s\n", s);
+        free(s);
+        json_decref(j);
+    } else {
+        printf("%-6s %-16s %-16s %-9s free %u/%u  interval %u ms  phi %.1f  ejections %u\n",
+               ev->change, w->name[0] ? w->name : w->id, w->service, w->health, w->free_credit,
+               w->capacity, w->interval_ms, w->suspicion, w->ejections);
+    }
+    fflush(stdout);
+    if (s_events_left > 0)
+        s_events_left--;
+}
+
+static int s_watch(ab_client_t *c, int timeout_ms)
+{
+    int rc = ab_client_watch(c, s_on_dir_event, NULL, timeout_ms);
+    if (rc != AB_OK)
+        return s_fail(c, rc);
+    while (!s_stop && s_events_left != 0) {
+        rc = ab_client_poll(c, 200);
+        if (rc < 0 && rc != AB_ESTOPPED)
+            return s_fail(c, rc);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *broker = NULL;
@@ -173,6 +225,9 @@ int main(int argc, char **argv)
             i++;
         } else if (strcmp(f, "--watch") == 0 && v && ab_parse_long(v, 1, 86400, &watch) == 0) {
             i++;
+        } else if (strcmp(f, "--events") == 0 && v &&
+                   ab_parse_long(v, 1, 1000000000, &s_events_left) == 0) {
+            i++;
         } else {
             fprintf(stderr, "brokerctl: bad option '%s'\n\n", f);
             s_usage(stderr);
@@ -186,7 +241,9 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     int is_show = !strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers");
     int is_req = !strcmp(cmd, "request");
-    if ((!is_show && !is_req) || (is_show && i != argc) || (is_req && i + 2 != argc)) {
+    int is_watch = !strcmp(cmd, "watch");
+    if ((!is_show && !is_req && !is_watch) || ((is_show || is_watch) && i != argc) ||
+        (is_req && i + 2 != argc)) {
         fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
         s_usage(stderr);
         return 2;
@@ -213,7 +270,9 @@ int main(int argc, char **argv)
     s_client = c;
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
-    if (is_req) {
+    if (is_watch) {
+        rc = s_watch(c, (int)timeout_ms);
+    } else if (is_req) {
         rc = s_request(c, argv[i], argv[i + 1], (int)timeout_ms);
     } else {
         do {

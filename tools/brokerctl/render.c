@@ -82,10 +82,28 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
         errors, "services", services);
 }
 
+/* issue 5: failure handling figures, one object under "health". */
+static json_t *s_health_json(const Agentbus__Stats *st)
+{
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
+                     "redispatched", (json_int_t)st->redispatched, "retries_exhausted",
+                     (json_int_t)st->retries_exhausted, "duplicates_dropped",
+                     (json_int_t)st->duplicates_dropped, "late_replies",
+                     (json_int_t)st->late_replies, "deadline_expired",
+                     (json_int_t)st->deadline_expired, "workers_suspected",
+                     (json_int_t)st->workers_suspected, "workers_ejected",
+                     (json_int_t)st->workers_ejected, "disconnects", (json_int_t)st->disconnects,
+                     "probes", (json_int_t)st->probes, "send_eagain", (json_int_t)st->send_eagain,
+                     "send_unreachable", (json_int_t)st->send_unreachable, "client_limit_busy",
+                     (json_int_t)st->client_limit_busy, "draining", st->draining);
+}
+
 void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
 {
     if (json) {
-        s_emit(out, s_stats_json(st));
+        json_t *j = s_stats_json(st);
+        json_object_set_new(j, "health", s_health_json(st));
+        s_emit(out, j);
         return;
     }
     fprintf(out, "agentbus-broker %s   uptime %.1f s\n", st->version, st->uptime_ms / 1000.0);
@@ -106,37 +124,64 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     fprintf(out, "errors      ");
     for (size_t i = 0; i < st->n_errors; i++)
         fprintf(out, " %s %llu", st->errors[i]->code, (unsigned long long)st->errors[i]->count);
-    fprintf(out, "%s\n\n", st->n_errors ? "" : " none");
+    fprintf(out, "%s\n", st->n_errors ? "" : " none");
+    fprintf(out,
+            "health       redispatched %llu   retries exhausted %llu   duplicates dropped %llu"
+            "   late replies %llu\n"
+            "             deadline expired %llu   suspected %llu   ejected %llu   probes %llu"
+            "   disconnects %llu\n"
+            "             send eagain %llu   unreachable %llu   client limit busy %llu%s\n\n",
+            (unsigned long long)st->redispatched, (unsigned long long)st->retries_exhausted,
+            (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies,
+            (unsigned long long)st->deadline_expired, (unsigned long long)st->workers_suspected,
+            (unsigned long long)st->workers_ejected, (unsigned long long)st->probes,
+            (unsigned long long)st->disconnects, (unsigned long long)st->send_eagain,
+            (unsigned long long)st->send_unreachable, (unsigned long long)st->client_limit_busy,
+            st->draining ? "   DRAINING" : "");
     s_services_text(out, st->services, st->n_services);
+}
+
+json_t *ab_render_worker_json(const Agentbus__WorkerInfo *w)
+{
+    json_t *labels = json_object();
+    for (size_t k = 0; k < w->n_labels; k++)
+        json_object_set_new(labels, w->labels[k]->key, json_string(w->labels[k]->value));
+    json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:o}", "id", w->id, "name",
+                          w->name, "service", w->service, "capacity", (json_int_t)w->capacity,
+                          "in_flight", (json_int_t)w->in_flight, "completed",
+                          (json_int_t)w->completed, "connected_ms", (json_int_t)w->connected_ms,
+                          "last_seen_ms", (json_int_t)w->last_seen_ms, "labels", labels);
+    /* issue 5: health */
+    json_object_set_new(j, "health", json_string(w->health));
+    json_object_set_new(j, "free_credit", json_integer(w->free_credit));
+    json_object_set_new(j, "interval_ms", json_integer(w->interval_ms));
+    json_object_set_new(j, "suspicion", json_real(w->suspicion));
+    json_object_set_new(j, "ejections", json_integer(w->ejections));
+    json_object_set_new(j, "backoff_ms", json_integer(w->backoff_ms));
+    json_object_set_new(j, "failures", json_integer(w->failures));
+    json_object_set_new(j, "redispatched", json_integer((json_int_t)w->redispatched));
+    json_object_set_new(j, "backend_state", json_string(w->backend_state));
+    return j;
 }
 
 void ab_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
 {
     if (json) {
         json_t *arr = json_array();
-        for (size_t i = 0; i < wl->n_workers; i++) {
-            const Agentbus__WorkerInfo *w = wl->workers[i];
-            json_t *labels = json_object();
-            for (size_t k = 0; k < w->n_labels; k++)
-                json_object_set_new(labels, w->labels[k]->key, json_string(w->labels[k]->value));
-            json_array_append_new(
-                arr, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:o}", "id", w->id,
-                               "name", w->name, "service", w->service, "capacity",
-                               (json_int_t)w->capacity, "in_flight", (json_int_t)w->in_flight,
-                               "completed", (json_int_t)w->completed, "connected_ms",
-                               (json_int_t)w->connected_ms, "last_seen_ms",
-                               (json_int_t)w->last_seen_ms, "labels", labels));
-        }
+        for (size_t i = 0; i < wl->n_workers; i++)
+            json_array_append_new(arr, ab_render_worker_json(wl->workers[i]));
         s_emit(out, arr);
         return;
     }
-    fprintf(out, "%-12s %-16s %-16s %9s %9s %10s %9s  %s\n", "ID", "NAME", "SERVICE", "CAPACITY",
-            "IN_FLIGHT", "COMPLETED", "AGE_S", "LABELS");
+    fprintf(out, "%-12s %-16s %-16s %9s %9s %10s %9s %-9s %7s %6s %5s  %s\n", "ID", "NAME",
+            "SERVICE", "CAPACITY", "IN_FLIGHT", "COMPLETED", "AGE_S", "HEALTH", "IVL_MS", "PHI",
+            "EJECT", "LABELS");
     for (size_t i = 0; i < wl->n_workers; i++) {
         const Agentbus__WorkerInfo *w = wl->workers[i];
-        fprintf(out, "%-12s %-16s %-16s %9u %9u %10llu %9.1f ", w->id, w->name[0] ? w->name : "-",
-                w->service, w->capacity, w->in_flight, (unsigned long long)w->completed,
-                w->connected_ms / 1000.0);
+        fprintf(out, "%-12s %-16s %-16s %9u %9u %10llu %9.1f %-9s %7u %6.1f %5u ", w->id,
+                w->name[0] ? w->name : "-", w->service, w->capacity, w->in_flight,
+                (unsigned long long)w->completed, w->connected_ms / 1000.0, w->health,
+                w->interval_ms, w->suspicion, w->ejections);
         for (size_t k = 0; k < w->n_labels; k++)
             fprintf(out, " %s=%s", w->labels[k]->key, w->labels[k]->value);
         fprintf(out, "\n");

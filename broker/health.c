@@ -1,0 +1,521 @@
+/*
+ * health.c - see health.h for the layers. This file owns the worker's
+ * health record, the socket monitor, and what happens to a lost worker's
+ * requests: back to the front of their queue, re-dispatched to another
+ * worker (bounded by --max-attempts), or answered WORKER_LOST when they may
+ * not be retried (FLAG_NON_IDEMPOTENT, or the client already saw part of a
+ * streamed reply).
+ *
+ * Everything runs on the broker's thread.
+ */
+#include "broker.h"
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define AB_STABLE_BEATS 3 /* on-time heartbeats before the interval doubles */
+
+static const char *s_names[] = {"healthy", "suspect", "dead", "ejected", "probing", "draining"};
+
+const char *ab_health_name(ab_health_kind_t k)
+{
+    return (unsigned)k < sizeof s_names / sizeof s_names[0] ? s_names[k] : "unknown";
+}
+
+uint64_t ab_rid_hash(const ab_rid_t *rid)
+{
+    /* 0 means "no worker" in the request's tried list. */
+    uint64_t h = ab_hash_bytes(rid->bytes, rid->len);
+    return h ? h : 1;
+}
+
+/* --- socket monitor -------------------------------------------------------- */
+int ab_health_init(ab_broker_t *b)
+{
+    char ep[64];
+    /* One endpoint per broker instance: tests run several in one process. */
+    snprintf(ep, sizeof ep, "inproc://ab-broker-monitor-%p", (void *)b);
+    if (zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED) != 0)
+        return -1;
+    b->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
+    int linger = 0;
+    if (!b->monitor || zmq_setsockopt(b->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(b->monitor, ep) != 0)
+        return -1;
+    return 0;
+}
+
+void ab_health_fini(ab_broker_t *b)
+{
+    if (b->router && b->monitor)
+        zmq_socket_monitor(b->router, NULL, 0);
+    if (b->monitor)
+        zmq_close(b->monitor);
+    b->monitor = NULL;
+}
+
+/* Sends P a header-only HEARTBEAT repeating the interval it was told. With
+ * ROUTER_MANDATORY the send fails (EHOSTUNREACH) once P's connection is
+ * gone: that, not the fd number alone, proves it. 1 reachable, 0 not. */
+static int s_probe(ab_broker_t *b, ab_peer_t *p)
+{
+    /* Reading ZMQ_EVENTS makes the socket process its pending commands
+     * (unthrottled, unlike a send), among them the removal of dead pipes. */
+    int events = 0;
+    size_t sz = sizeof events;
+    zmq_getsockopt(b->router, ZMQ_EVENTS, &events, &sz);
+    ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
+    h.credit = p->worker ? p->worker->health.interval_ms : (uint32_t)b->cfg->heartbeat_ms;
+    return ab_send(b, &p->rid, &h, NULL) == 0;
+}
+
+/* A connection closed. The peers last heard on its fd are probably gone,
+ * but the fd number may already belong to a new connection whose messages
+ * were read before this event: each is probed now and, while the probe
+ * still gets through (libzmq removes a dead pipe a moment after the
+ * event), again every 10 ms for a second (ab_health_recheck). Peers are
+ * collected by rid first, since dropping one may drop others. */
+static void s_fd_closed(ab_broker_t *b, int fd)
+{
+    ab_rid_t gone[64];
+    size_t n = 0;
+    for (ab_peer_t *p = zhashx_first(b->peers); p && n < 64; p = zhashx_next(b->peers))
+        if (p->fd == fd)
+            gone[n++] = p->rid;
+    for (size_t i = 0; i < n; i++) {
+        ab_peer_t *p = ab_peer_lookup(b, &gone[i]);
+        if (!p)
+            continue;
+        if (s_probe(b, p)) {
+            p->fd_closed_ms = ab_now_ms();
+            b->hs.recheck_ms = p->fd_closed_ms + 10;
+            continue;
+        }
+        b->c.disconnects++;
+        ab_peer_drop(b, p, "disconnected");
+    }
+}
+
+void ab_health_monitor_drain(ab_broker_t *b)
+{
+    for (int i = 0; i < 1024; i++) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, b->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t event = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&ev) >= 6) {
+            memcpy(&event, zmq_msg_data(&ev), 2);
+            memcpy(&value, (uint8_t *)zmq_msg_data(&ev) + 2, 4);
+        }
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        while (more) { /* the endpoint frame: not needed */
+            zmq_msg_t a;
+            zmq_msg_init(&a);
+            zmq_msg_recv(&a, b->monitor, 0);
+            more = zmq_msg_more(&a);
+            zmq_msg_close(&a);
+        }
+        if (event == ZMQ_EVENT_DISCONNECTED)
+            s_fd_closed(b, (int)value);
+    }
+}
+
+/* --- interval and suspicion ------------------------------------------------ */
+/* Tells the worker the heartbeat interval the broker wants now. */
+static void s_tell_interval(ab_broker_t *b, ab_worker_rec_t *w)
+{
+    ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
+    h.credit = w->health.interval_ms;
+    ab_send(b, &w->peer->rid, &h, NULL);
+}
+
+/* Sets a new interval. A shorter one only becomes the expectation once the
+ * worker has heartbeat after hearing of it (its next beat may be scheduled
+ * on the old interval); a longer one at once. The sample window restarts:
+ * the distribution of arrivals changes with the interval. */
+static void s_set_interval(ab_broker_t *b, ab_worker_rec_t *w, uint32_t ms)
+{
+    ab_health_t *h = &w->health;
+    if (ms == h->interval_ms)
+        return;
+    if (ms > h->expect_ms)
+        h->expect_ms = ms;
+    h->interval_ms = ms;
+    h->nsamples = h->pos = 0;
+    h->stable_beats = 0;
+    s_tell_interval(b, w);
+}
+
+/* phi = -log10 P(the next heartbeat comes later than now), arrivals taken
+ * as normal with the window's mean and deviation. The deviation has a floor
+ * (a fifth of the mean, and 50 ms: scheduling noise does not shrink with
+ * the interval) so a very regular worker is not declared dead for a
+ * hiccup; the logistic approximation of the normal CDF is the one Akka's
+ * detector uses. */
+static double s_phi(const ab_health_t *h, int64_t since_ms)
+{
+    double mean = h->expect_ms, sd = 0;
+    if (h->nsamples >= 2) {
+        double sum = 0, sq = 0;
+        for (uint32_t i = 0; i < h->nsamples; i++)
+            sum += h->samples[i];
+        mean = sum / h->nsamples;
+        if (mean < h->expect_ms)
+            mean = h->expect_ms; /* arrivals were early: expect the asked interval */
+        for (uint32_t i = 0; i < h->nsamples; i++)
+            sq += (h->samples[i] - mean) * (h->samples[i] - mean);
+        sd = sqrt(sq / h->nsamples);
+    }
+    if (sd < mean / 5)
+        sd = mean / 5;
+    if (sd < 50)
+        sd = 50;
+    double y = ((double)since_ms - mean) / sd;
+    double e = exp(-y * (1.5976 + 0.070566 * y * y));
+    double p = since_ms > mean ? e / (1.0 + e) : 1.0 - 1.0 / (1.0 + e);
+    if (p < 1e-300)
+        return 300.0;
+    return -log10(p);
+}
+
+static void s_state(ab_broker_t *b, ab_worker_rec_t *w, ab_health_kind_t k, const char *why)
+{
+    if (w->health.state == k)
+        return;
+    AB_INFO("worker %s%s%s: %s -> %s (%s)", w->peer->key, w->peer->name[0] ? " " : "",
+            w->peer->name, ab_health_name(w->health.state), ab_health_name(k), why);
+    w->health.state = k;
+    if (k == AB_HEALTH_HEALTHY)
+        w->health.healthy_since_ms = ab_now_ms();
+    ab_directory_event(b, w, "health");
+}
+
+uint32_t ab_health_free_credit(const ab_worker_rec_t *w)
+{
+    uint32_t free_credit = w->capacity > w->in_flight ? w->capacity - w->in_flight : 0;
+    switch (w->health.state) {
+    case AB_HEALTH_HEALTHY:
+        return free_credit;
+    case AB_HEALTH_PROBING: /* half-open: one request at a time */
+        return w->in_flight == 0 && w->capacity > 0 ? 1 : 0;
+    default:
+        return 0;
+    }
+}
+
+void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w)
+{
+    ab_health_t *h = &w->health;
+    memset(h, 0, sizeof *h);
+    int64_t now = ab_now_ms();
+    h->interval_ms = h->expect_ms = (uint32_t)b->cfg->health_floor_ms;
+    h->last_hb_ms = now;
+    h->healthy_since_ms = now;
+    /* A worker lost recently (same routing id: libagentbus keeps it across
+     * reconnects) rejoins through a probe, keeping its ejection record. */
+    uint64_t hash = ab_rid_hash(&w->peer->rid);
+    for (unsigned i = 0; i < AB_GRAVE_SLOTS; i++) {
+        ab_grave_t *g = &b->hs.grave[i];
+        if (g->rid_hash == hash) {
+            h->state = AB_HEALTH_PROBING;
+            h->ejections = h->eject_streak = g->ejections;
+            g->rid_hash = 0;
+            AB_INFO("worker %s came back: probing it", w->peer->key);
+            break;
+        }
+    }
+}
+
+/* Takes back every request W holds. Those the client was already answered
+ * for are freed; the rest go to the front of the queue, or are answered
+ * WORKER_LOST when they may not run again. The caller dispatches later
+ * (ab_health_kick): W may still be on the service's list. */
+void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
+{
+    char text[200];
+    while (w->reqs) {
+        ab_req_t *r = w->reqs;
+        ab_worker_req_remove(w, r);
+        if (r->state == AB_REQ_ORPHANED) {
+            ab_req_free(b, r);
+        } else if (r->flags & AB_FLAG_NON_IDEMPOTENT) {
+            snprintf(text, sizeof text, "worker lost holding a non-idempotent request: %s", why);
+            ab_req_fail(b, r, AB_ERR_WORKER_LOST, text);
+        } else if (r->streamed) {
+            snprintf(text, sizeof text, "worker lost in the middle of a streamed reply: %s", why);
+            ab_req_fail(b, r, AB_ERR_WORKER_LOST, text);
+        } else if (r->attempts >= b->cfg->max_attempts) {
+            b->c.retries_exhausted++;
+            snprintf(text, sizeof text, "worker lost holding the request (%u attempts): %s",
+                     r->attempts, why);
+            ab_req_fail(b, r, AB_ERR_WORKER_LOST, text);
+        } else {
+            ab_queue_push_front(r->service, r);
+            b->c.redispatched++;
+            w->health.redispatched++;
+        }
+    }
+    w->in_flight = 0;
+    b->hs.kick = 1;
+}
+
+void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful)
+{
+    if (graceful)
+        return;
+    ab_grave_t *g = &b->hs.grave[b->hs.grave_pos++ % AB_GRAVE_SLOTS];
+    g->rid_hash = ab_rid_hash(&w->peer->rid);
+    g->ejections = w->health.ejections;
+}
+
+/* Dispatches every service whose queue waits while some worker has credit:
+ * run once per loop turn after work was taken back or a worker became
+ * dispatchable again (never from inside an iteration over peers). */
+void ab_health_kick(ab_broker_t *b)
+{
+    for (int round = 0; b->hs.kick && round < 8; round++) {
+        b->hs.kick = 0;
+        ab_service_t *todo[256];
+        size_t n = 0;
+        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services)) {
+            if (!s->q_head)
+                continue;
+            if (n == 256) {
+                b->hs.kick = 1; /* the rest next round */
+                break;
+            }
+            todo[n++] = s;
+        }
+        for (size_t i = 0; i < n; i++)
+            ab_service_dispatch(b, todo[i]);
+    }
+}
+
+/* --- events from the receive path ------------------------------------------- */
+void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, size_t len,
+                            int64_t now)
+{
+    ab_health_t *h = &w->health;
+    int64_t gap = now - h->last_hb_ms;
+    h->last_hb_ms = now;
+    if (pl && len) {
+        Agentbus__WorkerHeartbeat *m = agentbus__worker_heartbeat__unpack(NULL, len, pl);
+        if (m) {
+            snprintf(h->backend_state, sizeof h->backend_state, "%s", m->backend_state);
+            agentbus__worker_heartbeat__free_unpacked(m, NULL);
+        } else {
+            b->c.malformed++;
+        }
+    }
+    if (h->expect_ms > h->interval_ms && gap <= (int64_t)h->interval_ms * 2) {
+        /* The worker beats at the new, shorter interval now. */
+        h->expect_ms = h->interval_ms;
+        h->nsamples = h->pos = 0;
+    } else if (gap > 0) {
+        h->samples[h->pos] = gap > UINT32_MAX ? UINT32_MAX : (uint32_t)gap;
+        h->pos = (h->pos + 1) % AB_HB_WINDOW;
+        if (h->nsamples < AB_HB_WINDOW)
+            h->nsamples++;
+    }
+    switch (h->state) {
+    case AB_HEALTH_SUSPECT:
+        s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat arrived");
+        b->hs.kick = 1;
+        break;
+    case AB_HEALTH_DEAD: /* it was silent, not gone: let one request decide */
+        h->nsamples = h->pos = 0; /* the silence is not a sample of its rhythm */
+        s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
+        s_tell_interval(b, w);
+        s_state(b, w, AB_HEALTH_PROBING, "heartbeats resumed");
+        b->hs.kick = 1;
+        break;
+    case AB_HEALTH_HEALTHY:
+        /* Stable: ask for heartbeats half as often, up to the ceiling. A
+         * worker that failed within the last interval stays where it is. */
+        if (++h->stable_beats >= AB_STABLE_BEATS && h->failures == 0 &&
+            h->interval_ms < b->cfg->health_ceiling_ms) {
+            uint32_t next = h->interval_ms * 2;
+            if (next > b->cfg->health_ceiling_ms)
+                next = (uint32_t)b->cfg->health_ceiling_ms;
+            s_set_interval(b, w, next);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+void ab_health_on_dispatch(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r)
+{
+    if (r->attempts < AB_ATTEMPTS_MAX)
+        r->tried[r->attempts] = ab_rid_hash(&w->peer->rid);
+    r->attempts++;
+    if (w->health.state == AB_HEALTH_PROBING)
+        b->c.probes++;
+}
+
+static void s_eject(ab_broker_t *b, ab_worker_rec_t *w, int64_t now)
+{
+    ab_health_t *h = &w->health;
+    int64_t backoff = b->cfg->eject_base_ms;
+    for (uint32_t i = 0; i < h->eject_streak && backoff < b->cfg->eject_max_ms; i++)
+        backoff *= 2;
+    if (backoff > b->cfg->eject_max_ms)
+        backoff = b->cfg->eject_max_ms;
+    h->ejections++;
+    h->eject_streak++;
+    h->ejected_until_ms = now + backoff;
+    h->backoff_ms = (uint32_t)backoff;
+    b->c.workers_ejected++;
+    char why[96];
+    snprintf(why, sizeof why, "%u failed requests; out for %lld ms", h->failures,
+             (long long)backoff);
+    s_state(b, w, AB_HEALTH_EJECTED, why);
+    s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
+    ab_health_take_back(b, w, "worker ejected (failing requests)");
+}
+
+void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
+{
+    ab_health_t *h = &w->health;
+    int64_t now = ab_now_ms();
+    if (ok) {
+        h->failures = 0;
+        if (h->state == AB_HEALTH_PROBING) {
+            s_state(b, w, AB_HEALTH_HEALTHY, "probe request succeeded");
+            b->hs.kick = 1;
+        }
+        return;
+    }
+    h->failures++;
+    h->last_failure_ms = now;
+    /* A failure brings the heartbeat interval back to the floor. */
+    s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
+    if (h->state == AB_HEALTH_PROBING ||
+        (h->state == AB_HEALTH_HEALTHY && h->failures >= b->cfg->eject_failures))
+        s_eject(b, w, now);
+}
+
+void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w)
+{
+    s_state(b, w, AB_HEALTH_DRAINING, "worker is draining");
+}
+
+/* --- duplicates -------------------------------------------------------------- */
+void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
+{
+    unsigned n = r->attempts < AB_ATTEMPTS_MAX ? r->attempts : AB_ATTEMPTS_MAX;
+    for (unsigned i = 0; i < n; i++) {
+        if (r->tried[i] == winner)
+            continue;
+        ab_dup_t *d = &b->hs.dup[b->hs.dup_pos++ % AB_DUP_SLOTS];
+        d->bid = r->bid;
+        d->rid_hash = r->tried[i];
+    }
+}
+
+int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash)
+{
+    for (unsigned i = 0; i < AB_DUP_SLOTS; i++)
+        if (b->hs.dup[i].bid == bid && b->hs.dup[i].rid_hash == rid_hash)
+            return 1;
+    return 0;
+}
+
+int ab_req_tried(const ab_req_t *r, uint64_t rid_hash)
+{
+    unsigned n = r->attempts < AB_ATTEMPTS_MAX ? r->attempts : AB_ATTEMPTS_MAX;
+    for (unsigned i = 0; i < n; i++)
+        if (r->tried[i] == rid_hash)
+            return 1;
+    return 0;
+}
+
+/* --- timer ------------------------------------------------------------------ */
+void ab_health_recheck(ab_broker_t *b, int64_t now)
+{
+    ab_rid_t closed[64];
+    size_t nc = 0;
+    b->hs.recheck_ms = 0;
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        if (!p->fd_closed_ms)
+            continue;
+        if (now - p->fd_closed_ms > 1000)
+            p->fd_closed_ms = 0; /* still reachable: the fd was reused */
+        else if (nc < 64)
+            closed[nc++] = p->rid;
+    }
+    for (size_t i = 0; i < nc; i++) {
+        ab_peer_t *p = ab_peer_lookup(b, &closed[i]);
+        if (p && !s_probe(b, p)) {
+            b->c.disconnects++;
+            ab_peer_drop(b, p, "disconnected");
+        } else if (p) {
+            b->hs.recheck_ms = now + 10;
+        }
+    }
+}
+
+/* Runs every sweep: suspicion of silent workers, ejections that ended, and
+ * the reset of the ejection streak after a long healthy spell. Workers are
+ * collected by rid first: acting on one may drop peers. */
+void ab_health_tick(ab_broker_t *b, int64_t now)
+{
+    ab_rid_t act[128];
+    size_t n = 0;
+    double suspect_at = (double)b->cfg->phi_threshold / 2, dead_at = (double)b->cfg->phi_threshold;
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        ab_worker_rec_t *w = p->worker;
+        if (!w)
+            continue;
+        ab_health_t *h = &w->health;
+        int64_t last = p->last_seen_ms > h->last_hb_ms ? p->last_seen_ms : h->last_hb_ms;
+        h->phi = s_phi(h, now - last);
+        int due = (h->state == AB_HEALTH_HEALTHY && h->phi >= suspect_at) ||
+                  ((h->state == AB_HEALTH_SUSPECT || h->state == AB_HEALTH_PROBING ||
+                    h->state == AB_HEALTH_DRAINING) && h->phi >= dead_at) ||
+                  (h->state == AB_HEALTH_SUSPECT && h->phi < suspect_at) ||
+                  (h->state == AB_HEALTH_EJECTED && now >= h->ejected_until_ms);
+        if (h->state == AB_HEALTH_HEALTHY && h->eject_streak &&
+            now - h->healthy_since_ms > b->cfg->eject_max_ms)
+            h->eject_streak = 0;
+        if (due && n < 128)
+            act[n++] = p->rid;
+    }
+    for (size_t i = 0; i < n; i++) {
+        ab_peer_t *p = ab_peer_lookup(b, &act[i]);
+        ab_worker_rec_t *w = p ? p->worker : NULL;
+        if (!w)
+            continue;
+        ab_health_t *h = &w->health;
+        if (h->state == AB_HEALTH_EJECTED) {
+            s_state(b, w, AB_HEALTH_PROBING, "ejection backoff ended");
+            b->hs.kick = 1;
+        } else if (h->phi >= dead_at) {
+            char why[64];
+            snprintf(why, sizeof why, "silent, suspicion %.1f", h->phi);
+            b->c.workers_suspected++;
+            s_state(b, w, AB_HEALTH_DEAD, why);
+            h->interval_ms = h->expect_ms = (uint32_t)b->cfg->health_floor_ms;
+            h->nsamples = h->pos = 0;
+            ab_health_take_back(b, w, "worker silent (heartbeat suspicion)");
+        } else if (h->phi >= suspect_at) {
+            s_state(b, w, AB_HEALTH_SUSPECT, "heartbeat late");
+            /* Late beats are a flap: watch it closely again. */
+            s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
+        } else {
+            s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat on time again");
+            b->hs.kick = 1;
+        }
+    }
+}

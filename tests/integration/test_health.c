@@ -1,0 +1,717 @@
+/*
+ * test_health.c - failure handling with real processes: workers killed
+ * (-9), stopped (SIGSTOP/SIGCONT), failing every request, draining on
+ * SIGTERM; the broker draining on SIGTERM; discovery and its change events;
+ * bounded queues and per-client limits. One case per ctest entry:
+ * test_health CASE.
+ *
+ * No case asserts wall-clock speed: times only bound the waits.
+ */
+#include "harness.h"
+#include "test.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* --- per-request bookkeeping: each request has its own slot, so a second
+ * answer to one request is seen ------------------------------------------ */
+typedef struct {
+    int finals;
+    int status;
+} s_slot_t;
+
+static int s_done; /* finals seen by s_slot_cb, all slots */
+
+static void s_slot_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_slot_t *s = arg;
+    if (!ev->final)
+        return;
+    s->finals++;
+    s->status = ev->status;
+    s_done++;
+}
+
+/* Polls C until s_done reaches WANT, at most timeout_ms. */
+static void s_poll_done(ab_client_t *c, int want, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    while (s_done < want && ab_now_ms() < end)
+        ab_client_poll(c, 20);
+}
+
+static void s_poll_all(ab_client_t **cs, int n, int ms)
+{
+    for (int i = 0; i < n; i++)
+        ab_client_poll(cs[i], i == 0 ? ms : 0);
+}
+
+/* Copies the figures the tests look at from the directory entry of the
+ * worker named NAME; 0, or -1 when it is not registered. */
+typedef struct {
+    char health[16];
+    unsigned interval_ms, ejections, backoff_ms, free_credit, capacity;
+    double suspicion;
+    unsigned long long completed;
+} s_winfo_t;
+
+static int s_winfo(ab_client_t *c, const char *name, s_winfo_t *out)
+{
+    ab_directory_t *d = NULL;
+    if (ab_discover(c, NULL, 5000, &d) != AB_OK)
+        return -1;
+    int rc = -1;
+    for (size_t i = 0; i < d->n_workers; i++) {
+        const ab_worker_info_t *w = &d->workers[i];
+        if (strcmp(w->name, name) != 0)
+            continue;
+        snprintf(out->health, sizeof out->health, "%s", w->health);
+        out->interval_ms = w->interval_ms;
+        out->ejections = w->ejections;
+        out->backoff_ms = w->backoff_ms;
+        out->free_credit = w->free_credit;
+        out->capacity = w->capacity;
+        out->suspicion = w->suspicion;
+        out->completed = (unsigned long long)w->completed;
+        rc = 0;
+    }
+    ab_directory_destroy(&d);
+    return rc;
+}
+
+/* Waits (bounded) until worker NAME is in STATE. 0 or -1. */
+static int s_wait_health(ab_client_t *c, const char *name, const char *state, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    s_winfo_t w;
+    while (ab_now_ms() < end) {
+        if (s_winfo(c, name, &w) == 0 && strcmp(w.health, state) == 0)
+            return 0;
+        ab_client_poll(c, 50);
+    }
+    return -1;
+}
+
+/* Stats after waiting (bounded) until FIELD(st) >= MIN. */
+#define S_STATS_WHEN(c, field, min, timeout_ms)                                                   \
+    ({                                                                                             \
+        Agentbus__Stats *st_ = NULL;                                                               \
+        int64_t end_ = ab_now_ms() + (timeout_ms);                                                 \
+        for (;;) {                                                                                 \
+            st_ = th_stats(c);                                                                     \
+            if (!st_ || st_->field >= (min) || ab_now_ms() >= end_)                                \
+                break;                                                                             \
+            agentbus__stats__free_unpacked(st_, NULL);                                             \
+            st_ = NULL;                                                                            \
+            ab_client_poll(c, 50);                                                                 \
+        }                                                                                          \
+        st_;                                                                                       \
+    })
+
+/* --- kill -9 under steady load ------------------------------------------------ */
+static void s_kill9_load(void)
+{
+    enum { CLIENTS = 4, PER = 250, WINDOW = 16 };
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t k1 = th_worker(port, "work", "--name", "k1", "--capacity", "8", "--delay-ms", "30", NULL);
+    pid_t k2 = th_worker(port, "work", "--name", "k2", "--capacity", "8", "--delay-ms", "30", NULL);
+    th_worker(port, "work", "--name", "k3", "--capacity", "8", "--delay-ms", "30", NULL);
+    ab_client_t *cs[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++)
+        cs[i] = th_client(port);
+    REQUIRE(th_wait_workers(cs[0], "work", 3, 10000) == 0);
+    static s_slot_t slots[CLIENTS][PER];
+    memset(slots, 0, sizeof slots);
+    int sent[CLIENTS] = {0}, finals[CLIENTS] = {0}, killed = 0;
+    s_done = 0;
+    int64_t end = ab_now_ms() + 60000;
+    while (s_done < CLIENTS * PER && ab_now_ms() < end) {
+        for (int i = 0; i < CLIENTS; i++) {
+            finals[i] = 0;
+            for (int k = 0; k < sent[i]; k++)
+                finals[i] += slots[i][k].finals ? 1 : 0;
+            while (sent[i] < PER && sent[i] - finals[i] < WINDOW) {
+                char msg[32];
+                int n = snprintf(msg, sizeof msg, "c%d-%d", i, sent[i]);
+                CHECK_EQ(ab_client_request_async(cs[i], "work", msg, (size_t)n, 20000, s_slot_cb,
+                                                 &slots[i][sent[i]], NULL),
+                         AB_OK);
+                sent[i]++;
+            }
+        }
+        if (killed == 0 && s_done >= 200) {
+            th_kill9(k1); /* holding a full window of requests */
+            killed = 1;
+        } else if (killed == 1 && s_done >= 500) {
+            th_kill9(k2);
+            th_worker(port, "work", "--name", "k4", "--capacity", "8", "--delay-ms", "30", NULL);
+            killed = 2;
+        }
+        s_poll_all(cs, CLIENTS, 20);
+    }
+    s_poll_all(cs, CLIENTS, 300); /* a second answer would arrive now */
+    int ok = 0, once = 0, answers = 0;
+    for (int i = 0; i < CLIENTS; i++)
+        for (int k = 0; k < PER; k++) {
+            ok += slots[i][k].finals && slots[i][k].status == AB_OK;
+            once += slots[i][k].finals == 1;
+            answers += slots[i][k].finals;
+        }
+    printf("requests %d, answered %d (OK %d), exactly once %d\n", CLIENTS * PER, answers, ok,
+           once);
+    CHECK_EQ(killed, 2);
+    CHECK_EQ(answers, CLIENTS * PER); /* none lost, none answered twice */
+    CHECK_EQ(once, CLIENTS * PER);
+    CHECK_EQ(ok, CLIENTS * PER);
+    Agentbus__Stats *st = th_stats(cs[0]);
+    REQUIRE(st != NULL);
+    printf("redispatched %llu, disconnects %llu, retries exhausted %llu\n",
+           (unsigned long long)st->redispatched, (unsigned long long)st->disconnects,
+           (unsigned long long)st->retries_exhausted);
+    CHECK_TRUE(st->redispatched >= 8); /* k1 alone held 8 */
+    CHECK_EQ(st->retries_exhausted, 0);
+    CHECK_EQ(th_stat_error(st, "WORKER_LOST"), 0);
+    CHECK_EQ(st->pending, 0);
+    CHECK_EQ(st->workers, 2);
+    agentbus__stats__free_unpacked(st, NULL);
+    for (int i = 0; i < CLIENTS; i++)
+        ab_client_destroy(&cs[i]);
+}
+
+/* --- SIGSTOP: silent with its connection alive ---------------------------------------- */
+static void s_sigstop(void)
+{
+    int port = th_free_port();
+    /* A short floor and ceiling so suspicion, not the transport's 3 s ZMTP
+     * timeout, finds the stopped worker. */
+    th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400", NULL);
+    pid_t s1 = th_worker(port, "svc", "--name", "s1", "--capacity", "4", "--delay-ms", "600",
+                         "--heartbeat-ms", "200", NULL);
+    th_worker(port, "svc", "--name", "s2", "--capacity", "4", "--delay-ms", "600",
+              "--heartbeat-ms", "200", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "svc", 2, 10000) == 0);
+    static s_slot_t slots[20];
+    memset(slots, 0, sizeof slots);
+    s_done = 0;
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ(ab_client_request_async(c, "svc", "x", 1, 20000, s_slot_cb, &slots[i], NULL),
+                 AB_OK);
+    ab_client_poll(c, 150); /* both workers hold 4 */
+    kill(s1, SIGSTOP);
+    int64_t end = ab_now_ms() + 15000;
+    while (s_done < 8 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    for (int i = 0; i < 8; i++) {
+        CHECK_EQ(slots[i].finals, 1);
+        CHECK_EQ(slots[i].status, AB_OK);
+    }
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->workers_suspected >= 1);
+    CHECK_TRUE(st->redispatched >= 4); /* s1's four (more if s2 was suspected too) */
+    agentbus__stats__free_unpacked(st, NULL);
+
+    kill(s1, SIGCONT); /* its four replies come late: duplicates */
+    st = S_STATS_WHEN(c, duplicates_dropped, 4, 10000);
+    REQUIRE(st != NULL);
+    printf("suspected %llu, disconnects %llu, duplicates dropped %llu, late replies %llu\n",
+           (unsigned long long)st->workers_suspected, (unsigned long long)st->disconnects,
+           (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies);
+    CHECK_TRUE(st->duplicates_dropped >= 4);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_poll(c, 200);
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ(slots[i].finals, 1); /* still exactly once */
+
+    /* It rejoins through one probe request, then takes its share. */
+    REQUIRE(th_wait_workers(c, "svc", 2, 10000) == 0);
+    for (int i = 8; i < 20; i++)
+        CHECK_EQ(ab_client_request_async(c, "svc", "y", 1, 20000, s_slot_cb, &slots[i], NULL),
+                 AB_OK);
+    end = ab_now_ms() + 20000;
+    while (s_done < 20 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    for (int i = 8; i < 20; i++)
+        CHECK_EQ(slots[i].status, AB_OK);
+    CHECK_EQ(s_wait_health(c, "s1", "healthy", 5000), 0);
+    s_winfo_t w;
+    REQUIRE(s_winfo(c, "s1", &w) == 0);
+    CHECK_TRUE(w.completed >= 1);
+    st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->probes >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+}
+
+/* --- circuit breaker -------------------------------------------------------------------------- */
+static void s_eject(void)
+{
+    int port = th_free_port();
+    char flag[512];
+    snprintf(flag, sizeof flag, "%s/fail", th_dir());
+    FILE *f = fopen(flag, "w");
+    REQUIRE(f != NULL);
+    fclose(f);
+    th_broker(port, "--eject-failures", "3", "--eject-base-ms", "300", "--eject-max-ms", "5000",
+              NULL);
+    th_worker(port, "flaky", "--name", "e1", "--fail-file", flag, NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "flaky", 1, 10000) == 0);
+    unsigned backoffs[3] = {0};
+    /* 3 failures eject it; each probe after a backoff fails again. */
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ(ab_client_request(c, "flaky", "x", 1, 10000, NULL, NULL), AB_EAPPLICATION);
+        s_winfo_t w;
+        REQUIRE(s_winfo(c, "e1", &w) == 0);
+        printf("request %d: %s, ejections %u, backoff %u ms\n", i + 1, w.health, w.ejections,
+               w.backoff_ms);
+        if (i >= 2) {
+            CHECK_STR(w.health, "ejected");
+            CHECK_EQ(w.ejections, (unsigned)(i - 1));
+            backoffs[i - 2] = w.backoff_ms;
+            CHECK_EQ(w.free_credit, 0);
+        } else {
+            CHECK_STR(w.health, "healthy");
+        }
+    }
+    CHECK_EQ(backoffs[0], 300); /* growing: doubled each time */
+    CHECK_EQ(backoffs[1], 600);
+    CHECK_EQ(backoffs[2], 1200);
+    /* It recovers: the next probe succeeds and it is back. */
+    REQUIRE(unlink(flag) == 0);
+    void *reply = NULL;
+    size_t n = 0;
+    CHECK_EQ(ab_client_request(c, "flaky", "back", 4, 10000, &reply, &n), AB_OK);
+    CHECK_TRUE(n == 4 && memcmp(reply, "back", 4) == 0);
+    ab_free(reply);
+    s_winfo_t w;
+    REQUIRE(s_winfo(c, "e1", &w) == 0);
+    CHECK_STR(w.health, "healthy");
+    CHECK_EQ(w.free_credit, w.capacity);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(ab_client_request(c, "flaky", "x", 1, 10000, NULL, NULL), AB_OK);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->workers_ejected, 3);
+    CHECK_EQ(st->probes, 3);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+}
+
+/* --- adaptive heartbeat interval --------------------------------------------------------------- */
+static void s_interval(void)
+{
+    int port = th_free_port();
+    char flag[512];
+    snprintf(flag, sizeof flag, "%s/fail", th_dir());
+    th_broker(port, "--health-floor-ms", "100", "--health-ceiling-ms", "800", NULL);
+    th_worker(port, "steady", "--name", "i1", "--heartbeat-ms", "100", "--fail-file", flag, NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "steady", 1, 10000) == 0);
+    s_winfo_t w = {0};
+    unsigned seen_max = 0, steps = 0, last = 0;
+    int64_t end = ab_now_ms() + 20000;
+    while (ab_now_ms() < end) {
+        REQUIRE(s_winfo(c, "i1", &w) == 0);
+        if (w.interval_ms != last) {
+            printf("interval %u ms (%s)\n", w.interval_ms, w.health);
+            steps++;
+            last = w.interval_ms;
+        }
+        if (w.interval_ms > seen_max)
+            seen_max = w.interval_ms;
+        if (w.interval_ms == 800)
+            break;
+        ab_client_poll(c, 50);
+    }
+    CHECK_EQ(w.interval_ms, 800); /* grew to the ceiling */
+    CHECK_TRUE(steps >= 3);       /* through 200 and 400 */
+    CHECK_STR(w.health, "healthy");
+    /* The worker keeps the pace it was told: about 4 heartbeats in 3.2 s,
+     * where the 100 ms it started with would be 32. */
+    Agentbus__Stats *a = th_stats(c);
+    REQUIRE(a != NULL);
+    ab_client_poll(c, 3200);
+    Agentbus__Stats *b = th_stats(c);
+    REQUIRE(b != NULL);
+    unsigned long long beats = b->msgs_in - a->msgs_in - 1; /* minus our 2nd query */
+    printf("messages from the worker in 3.2 s at 800 ms: %llu\n", beats);
+    CHECK_RANGE(beats, 2, 12); /* + the client's own heartbeats */
+    agentbus__stats__free_unpacked(a, NULL);
+    agentbus__stats__free_unpacked(b, NULL);
+    REQUIRE(s_winfo(c, "i1", &w) == 0);
+    CHECK_STR(w.health, "healthy"); /* no false suspicion at the slow pace */
+    /* A failure brings it back to the floor. */
+    FILE *f = fopen(flag, "w");
+    REQUIRE(f != NULL);
+    fclose(f);
+    CHECK_EQ(ab_client_request(c, "steady", "x", 1, 5000, NULL, NULL), AB_EAPPLICATION);
+    REQUIRE(s_winfo(c, "i1", &w) == 0);
+    CHECK_EQ(w.interval_ms, 100);
+    REQUIRE(unlink(flag) == 0);
+    CHECK_EQ(ab_client_request(c, "steady", "x", 1, 5000, NULL, NULL), AB_OK);
+    ab_client_destroy(&c);
+}
+
+/* --- discovery and change events ------------------------------------------------------------------ */
+typedef struct {
+    int n;
+    char change[32][8];
+    char name[32][32];
+    char health[32][16];
+} s_events_t;
+
+static void s_on_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
+{
+    (void)c;
+    s_events_t *e = arg;
+    if (e->n >= 32)
+        return;
+    snprintf(e->change[e->n], sizeof e->change[0], "%s", ev->change);
+    snprintf(e->name[e->n], sizeof e->name[0], "%s", ev->worker->name);
+    snprintf(e->health[e->n], sizeof e->health[0], "%s", ev->worker->health);
+    e->n++;
+}
+
+static int s_find_event(const s_events_t *e, const char *change, const char *name)
+{
+    for (int i = 0; i < e->n; i++)
+        if (strcmp(e->change[i], change) == 0 && strcmp(e->name[i], name) == 0)
+            return i;
+    return -1;
+}
+
+static int s_wait_event(ab_client_t *c, s_events_t *e, const char *change, const char *name)
+{
+    int64_t end = ab_now_ms() + 10000;
+    while (s_find_event(e, change, name) < 0 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    return s_find_event(e, change, name);
+}
+
+static void s_discover(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = th_client(port), *watcher = th_client(port);
+    s_events_t ev = {0};
+    CHECK_EQ(ab_client_watch(watcher, s_on_event, &ev, 5000), AB_OK);
+    pid_t w1 = th_worker(port, "llm", "--name", "d1", "--capacity", "3", "--label",
+                         "model=llama3.2:1b", "--label", "gpu=0", NULL);
+    th_worker(port, "embed", "--name", "d2", NULL);
+    CHECK_TRUE(s_wait_event(watcher, &ev, "join", "d1") >= 0);
+    CHECK_TRUE(s_wait_event(watcher, &ev, "join", "d2") >= 0);
+
+    ab_directory_t *d = NULL;
+    /* The first heartbeat follows the registration: it brings the state. */
+    for (int i = 0; i < 100; i++) {
+        REQUIRE(ab_discover(c, "llm", 5000, &d) == AB_OK);
+        int got = d->n_workers == 1 && d->workers[0].backend_state[0];
+        ab_directory_destroy(&d);
+        if (got)
+            break;
+        ab_client_poll(c, 50);
+    }
+    REQUIRE(ab_discover(c, NULL, 5000, &d) == AB_OK);
+    CHECK_EQ(d->n_services, 2);
+    CHECK_EQ(d->n_workers, 2);
+    ab_directory_destroy(&d);
+    REQUIRE(ab_discover(c, "llm", 5000, &d) == AB_OK);
+    REQUIRE(d->n_workers == 1 && d->n_services == 1);
+    const ab_worker_info_t *w = &d->workers[0];
+    CHECK_STR(d->services[0].name, "llm");
+    CHECK_EQ(d->services[0].free_credit, 3);
+    CHECK_STR(w->name, "d1");
+    CHECK_STR(w->service, "llm");
+    CHECK_STR(w->health, "healthy");
+    CHECK_STR(w->backend_state, "ok");
+    CHECK_EQ(w->capacity, 3);
+    CHECK_EQ(w->free_credit, 3);
+    CHECK_TRUE(w->interval_ms >= 1000); /* the floor, or doubled since */
+    CHECK_EQ(w->n_labels, 2);
+    int labels = 0;
+    for (size_t i = 0; i < w->n_labels; i++)
+        labels += (!strcmp(w->label_keys[i], "model") && !strcmp(w->label_values[i], "llama3.2:1b")) +
+                  (!strcmp(w->label_keys[i], "gpu") && !strcmp(w->label_values[i], "0"));
+    CHECK_EQ(labels, 2);
+    ab_directory_destroy(&d);
+    REQUIRE(ab_discover(c, "nosuch", 5000, &d) == AB_OK);
+    CHECK_EQ(d->n_workers + d->n_services, 0);
+    ab_directory_destroy(&d);
+
+    /* brokerctl shows the same, with health. */
+    char cmd[512], out[8192];
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json workers", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "\"health\": \"healthy\"") != NULL);
+    CHECK_TRUE(strstr(out, "\"interval_ms\"") != NULL);
+    CHECK_TRUE(strstr(out, "\"suspicion\"") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s workers", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "HEALTH") != NULL && strstr(out, "healthy") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "\"duplicates_dropped\": 0") != NULL);
+    CHECK_TRUE(strstr(out, "\"redispatched\": 0") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "redispatched 0") != NULL && strstr(out, "ejected 0") != NULL);
+
+    th_kill9(w1); /* leaves without a word */
+    CHECK_TRUE(s_wait_event(watcher, &ev, "leave", "d1") >= 0);
+    CHECK_TRUE(s_find_event(&ev, "leave", "d2") < 0);
+    /* brokerctl watch sees a join too. */
+    snprintf(cmd, sizeof cmd, "timeout 15 %s --broker %s --json --events 1 --timeout-ms 5000 watch",
+             th_bin("brokerctl"), th_ep(port));
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p != NULL);
+    th_sleep_ms(1000); /* let it subscribe */
+    th_worker(port, "llm", "--name", "d3", NULL);
+    char line[1024] = "";
+    CHECK_TRUE(fgets(line, sizeof line, p) != NULL);
+    CHECK_EQ(pclose(p), 0);
+    CHECK_TRUE(strstr(line, "\"change\":\"join\"") != NULL && strstr(line, "\"d3\"") != NULL);
+    CHECK_TRUE(s_wait_event(watcher, &ev, "join", "d3") >= 0);
+    ab_client_destroy(&watcher);
+    ab_client_destroy(&c);
+}
+
+/* The subscription survives a broker restart: the library subscribes again. */
+static void s_watch_restart(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, NULL);
+    ab_client_t *watcher = th_client(port);
+    s_events_t ev = {0};
+    CHECK_EQ(ab_client_watch(watcher, s_on_event, &ev, 5000), AB_OK);
+    th_worker(port, "svc", "--name", "r1", NULL);
+    CHECK_TRUE(s_wait_event(watcher, &ev, "join", "r1") >= 0);
+    CHECK_EQ(th_stop(broker), 0);
+    ab_client_poll(watcher, 300); /* sees the disconnect */
+    th_broker(port, NULL);
+    for (int64_t end = ab_now_ms() + 10000; !ab_client_connected(watcher) && ab_now_ms() < end;)
+        ab_client_poll(watcher, 50);
+    /* Two round trips on the same connection: the broker has handled the
+     * library's new subscription, sent when it saw the reconnect. */
+    for (int i = 0; i < 2; i++) {
+        ab_directory_t *d = NULL;
+        CHECK_EQ(ab_discover(watcher, NULL, 5000, &d), AB_OK);
+        ab_directory_destroy(&d);
+    }
+    int before = ev.n;
+    th_worker(port, "svc", "--name", "r2", NULL);
+    CHECK_TRUE(s_wait_event(watcher, &ev, "join", "r2") >= 0);
+    CHECK_TRUE(ev.n > before);
+    ab_client_destroy(&watcher);
+}
+
+/* --- bounded queues and per-client limits ------------------------------------------------------------ */
+static void s_flood(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--queue-max", "100", "--max-client-inflight", "30",
+                             "--startup-grace-ms", "0", NULL);
+    th_worker(port, "slow", "--capacity", "2", "--delay-ms", "60000", NULL);
+    ab_client_t *a = th_client(port), *b = th_client(port);
+    REQUIRE(th_wait_workers(a, "slow", 1, 10000) == 0);
+    static s_slot_t sa[100], sb[100];
+    s_done = 0;
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ(ab_client_request_async(a, "slow", "x", 1, 60000, s_slot_cb, &sa[i], NULL), AB_OK);
+    s_poll_done(a, 70, 10000);
+    int busy = 0;
+    for (int i = 0; i < 100; i++)
+        busy += sa[i].finals == 1 && sa[i].status == AB_EBUSY;
+    CHECK_EQ(busy, 70); /* the client's limit, not the service's queue */
+    /* Another client is not held back by the first one's limit... */
+    for (int i = 0; i < 80; i++)
+        CHECK_EQ(ab_client_request_async(b, "slow", "x", 1, 60000, s_slot_cb, &sb[i], NULL), AB_OK);
+    s_poll_done(b, 120, 10000);
+    int busy_b = 0;
+    for (int i = 0; i < 80; i++)
+        busy_b += sb[i].finals == 1 && sb[i].status == AB_EBUSY;
+    CHECK_EQ(busy_b, 50);
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->client_limit_busy, 120);
+    CHECK_EQ(st->pending, 60);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* ...but the service's queue is: fill it from many clients, then flood
+     * with 4 KiB requests: every one is answered BUSY and the broker's
+     * memory stays flat. */
+    ab_client_t *more[3];
+    for (int k = 0; k < 3; k++) {
+        more[k] = th_client(port);
+        for (int i = 0; i < 30; i++)
+            ab_client_request_async(more[k], "slow", "x", 1, 60000, NULL, NULL, NULL);
+        ab_client_poll(more[k], 100);
+    }
+    char payload[4096];
+    memset(payload, 'p', sizeof payload);
+    long rss_first = 0;
+    for (int round = 0; round < 6; round++) {
+        ab_client_t *fl = th_client(port);
+        static s_slot_t sf[25];
+        memset(sf, 0, sizeof sf);
+        int before = s_done;
+        for (int i = 0; i < 25; i++)
+            ab_client_request_async(fl, "slow", payload, sizeof payload, 60000, s_slot_cb, &sf[i],
+                                    NULL);
+        int64_t end = ab_now_ms() + 10000;
+        while (s_done - before < 25 && ab_now_ms() < end)
+            ab_client_poll(fl, 50);
+        int fb = 0;
+        for (int i = 0; i < 25; i++)
+            fb += sf[i].finals == 1 && sf[i].status == AB_EBUSY;
+        CHECK_EQ(fb, 25);
+        ab_client_destroy(&fl);
+        if (round == 1)
+            rss_first = th_rss_kb(broker);
+    }
+    long rss_last = th_rss_kb(broker);
+    printf("broker RSS after round 2: %ld KiB, after round 6: %ld KiB\n", rss_first, rss_last);
+#ifndef __SANITIZE_ADDRESS__
+    CHECK_RANGE(rss_last - rss_first, -1e9, 16 * 1024);
+#endif
+    st = th_stats(a);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->pending <= 102); /* queue-max + what the worker holds */
+    CHECK_EQ(st->send_eagain, 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    for (int k = 0; k < 3; k++)
+        ab_client_destroy(&more[k]);
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+}
+
+/* --- graceful shutdown ------------------------------------------------------------------------------------ */
+static void s_broker_drain(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--drain-ms", "4000", NULL);
+    th_worker(port, "job", "--capacity", "8", "--delay-ms", "800", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
+    static s_slot_t slots[7];
+    s_done = 0;
+    for (int i = 0; i < 6; i++)
+        CHECK_EQ(ab_client_request_async(c, "job", "x", 1, 10000, s_slot_cb, &slots[i], NULL), AB_OK);
+    ab_client_poll(c, 200);
+    REQUIRE(kill(broker, SIGTERM) == 0);
+    ab_client_poll(c, 100);
+    CHECK_EQ(ab_client_request(c, "job", "late", 4, 5000, NULL, NULL), AB_EBUSY);
+    CHECK_TRUE(strstr(ab_client_last_error(c), "shutting down") != NULL);
+    int64_t end = ab_now_ms() + 10000;
+    while (s_done < 6 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    for (int i = 0; i < 6; i++)
+        CHECK_EQ(slots[i].status, AB_OK); /* drained: finished, not failed */
+    CHECK_EQ(th_wait_exit(broker, 8000), 0);
+    ab_client_destroy(&c);
+
+    /* Drain time too short for the work held: answered with an error, exit 0. */
+    port = th_free_port();
+    broker = th_broker(port, "--drain-ms", "300", NULL);
+    th_worker(port, "job", "--delay-ms", "3000", NULL);
+    c = th_client(port);
+    REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
+    memset(slots, 0, sizeof slots);
+    s_done = 0;
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(ab_client_request_async(c, "job", "x", 1, 10000, s_slot_cb, &slots[i], NULL), AB_OK);
+    ab_client_poll(c, 200);
+    REQUIRE(kill(broker, SIGTERM) == 0);
+    end = ab_now_ms() + 5000;
+    while (s_done < 2 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    CHECK_EQ(slots[0].status, AB_EINTERNAL);
+    CHECK_EQ(slots[1].status, AB_EINTERNAL);
+    CHECK_EQ(th_wait_exit(broker, 5000), 0);
+    ab_client_destroy(&c);
+}
+
+static void s_worker_drain(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w1 = th_worker(port, "job", "--name", "wd1", "--capacity", "4", "--delay-ms", "500",
+                         "--drain-ms", "3000", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
+    static s_slot_t slots[8];
+    s_done = 0;
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(ab_client_request_async(c, "job", "x", 1, 20000, s_slot_cb, &slots[i], NULL), AB_OK);
+    ab_client_poll(c, 100);
+    REQUIRE(kill(w1, SIGTERM) == 0);
+    ab_client_poll(c, 100);
+    /* Sent after the SIGTERM: the draining worker gets nothing new. */
+    CHECK_EQ(ab_client_request_async(c, "job", "y", 1, 20000, s_slot_cb, &slots[4], NULL), AB_OK);
+    int64_t end = ab_now_ms() + 10000;
+    while (s_done < 4 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(slots[i].status, AB_OK); /* finished by the draining worker */
+    CHECK_EQ(th_wait_exit(w1, 5000), 0);
+    CHECK_EQ(slots[4].finals, 0); /* waits for a worker */
+    th_worker(port, "job", "--name", "wd2", "--capacity", "4", NULL);
+    end = ab_now_ms() + 10000;
+    while (s_done < 5 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    CHECK_EQ(slots[4].status, AB_OK);
+
+    /* Too slow to finish within its drain: what it holds is handed back. */
+    pid_t w3 = th_worker(port, "slowjob", "--name", "wd3", "--delay-ms", "5000", "--drain-ms",
+                         "300", NULL);
+    REQUIRE(th_wait_workers(c, "slowjob", 1, 10000) == 0);
+    CHECK_EQ(ab_client_request_async(c, "slowjob", "z", 1, 20000, s_slot_cb, &slots[5], NULL),
+             AB_OK);
+    ab_client_poll(c, 200);
+    REQUIRE(kill(w3, SIGTERM) == 0);
+    CHECK_EQ(th_wait_exit(w3, 5000), 0);
+    th_worker(port, "slowjob", "--name", "wd4", "--delay-ms", "100", NULL);
+    end = ab_now_ms() + 10000;
+    while (s_done < 6 && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    CHECK_EQ(slots[5].finals, 1);
+    CHECK_EQ(slots[5].status, AB_OK);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->redispatched, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } cases[] = {{"kill9_load", s_kill9_load}, {"sigstop", s_sigstop},
+                 {"eject", s_eject},           {"interval", s_interval},
+                 {"discover", s_discover},     {"flood", s_flood},
+                 {"broker_drain", s_broker_drain}, {"worker_drain", s_worker_drain},
+                 {"watch_restart", s_watch_restart}};
+    if (argc != 2) {
+        fprintf(stderr, "usage: test_health CASE\n");
+        return 2;
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (strcmp(argv[1], cases[i].name) == 0) {
+            th_init(cases[i].name);
+            cases[i].fn();
+            th_finish();
+            return TEST_DONE(argv[1]);
+        }
+    }
+    fprintf(stderr, "unknown case '%s'\n", argv[1]);
+    return 2;
+}
