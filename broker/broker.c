@@ -7,6 +7,7 @@
  * message or the next timer. Nothing here blocks outside ZeroMQ.
  */
 #include "broker.h"
+#include "placement.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -106,6 +107,7 @@ void ab_broker_fini(ab_broker_t *b)
             if (handle)
                 zlistx_delete(w->service->workers, handle);
             zhashx_destroy(&w->labels);
+            ab_placement_forget(w);
             free(w);
             p->worker = NULL;
         }
@@ -249,6 +251,8 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         zhashx_purge(p->worker->labels);
         for (size_t i = 0; i < m->n_labels; i++)
             zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
+        ab_placement_update(p->worker, m->inference); /* takes it */
+        m->inference = NULL;
         agentbus__register__free_unpacked(m, NULL);
     }
     AB_INFO("worker %s%s%s registered for '%s' with capacity %u", p->key, p->name[0] ? " " : "",
@@ -305,6 +309,11 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
     r->flags = in->h.flags;
     r->priority = in->h.priority;
     r->start_us = ab_now_us();
+    if (ab_route_init(r, &in->h) != 0) {
+        free(r);
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
     int64_t t = in->h.timeout_ms ? in->h.timeout_ms : b->cfg->default_timeout_ms;
     r->deadline_ms = in->now + (t < b->cfg->max_timeout_ms ? t : b->cfg->max_timeout_ms);
     if (in->has_body) {
@@ -313,7 +322,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
         r->has_payload = 1;
     }
     if (ab_idmap_put(&b->pending, r->bid, r) != 0) {
-        free(r);
+        ab_req_destroy(r);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
@@ -338,10 +347,17 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     }
     if (r->state == AB_REQ_ORPHANED) { /* client already got DEADLINE */
         b->c.replies_dropped++;
-        if (final)
+        if (final) {
+            ab_service_t *os = r->service;
             ab_req_free(b, r);
+            ab_service_dispatch(b, os); /* the worker's credit is back */
+        }
         return;
     }
+    if (final && in->h.kind == AB_KIND_ERROR && ab_placement_retry(b, r, in->h.error_code))
+        return;
+    if (!final && r->route)
+        r->route->streamed = 1;
     ab_header_t h = ab_header_init(in->h.kind);
     h.correlation_id = r->client_id;
     h.flags = in->h.flags;
@@ -437,6 +453,9 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
     case AB_KIND_BYE:
         if (p)
             ab_peer_drop(b, p, "said goodbye");
+        break;
+    case AB_KIND_CANCEL:
+        ab_cancel_from_client(b, &in->rid, in->h.correlation_id);
         break;
     default:
         b->c.errors_sent[AB_ERR_UNSUPPORTED]++;

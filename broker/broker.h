@@ -66,6 +66,7 @@ typedef struct ab_req {
     uint64_t start_us;
     size_t heap_index; /* position in the deadline heap */
     struct ab_req *prev, *next; /* in the service queue or the worker's list */
+    struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -78,6 +79,7 @@ struct ab_worker_rec {
     int64_t registered_ms;
     zhashx_t *labels;       /* string -> string (owned copies) */
     ab_req_t *reqs;         /* in-flight requests (doubly linked) */
+    struct Agentbus__InferenceState *inference; /* placement.c; NULL: generic worker */
 };
 
 struct ab_service {
@@ -156,6 +158,7 @@ void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
 void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r);
 void ab_queue_remove(ab_service_t *s, ab_req_t *r);
+void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
 void ab_heap_push(ab_broker_t *b, ab_req_t *r);
 void ab_heap_remove(ab_broker_t *b, ab_req_t *r);
 void ab_expire_deadlines(ab_broker_t *b, int64_t now);

@@ -8,6 +8,7 @@
  * rate limit; the caller decides what a failure means for its request.
  */
 #include "broker.h"
+#include "placement.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -78,6 +79,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
 
 void ab_req_destroy(ab_req_t *r)
 {
+    ab_route_free(r);
     if (r->has_payload)
         zmq_msg_close(&r->payload);
     free(r);

@@ -224,6 +224,7 @@ static int s_answer_workers(ab_broker_t *b, uint8_t **out, size_t *len)
         }
         x->n_labels = k;
         x->labels = labp[n];
+        x->inference = w->inference;
         wp[n] = x;
         n++;
     }
