@@ -11,10 +11,12 @@
 #include <string.h>
 
 static ab_worker_t *s_worker;
+static volatile sig_atomic_t s_stopping;
 
 static void s_on_signal(int sig)
 {
     (void)sig;
+    s_stopping = 1;
     ab_worker_stop(s_worker);
 }
 
@@ -207,6 +209,10 @@ int main(int argc, char **argv)
         rc = ab_worker_poll(s_worker, loop.ops->wait ? 0 : t, s_on_job, &loop);
         if (rc < 0)
             break;
+        if (s_stopping) { /* a zero-timeout poll does not report the stop */
+            rc = AB_ESTOPPED;
+            break;
+        }
         if (loop.ops->wait)
             loop.ops->wait(loop.ctx, s_worker, t);
         loop.ops->tick(loop.ctx, s_worker);
