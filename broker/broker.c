@@ -372,7 +372,7 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     ab_hist_record(&s->latency_us, lat);
     if (in->h.kind == AB_KIND_ERROR) {
         s->errors++;
-        b->c.errors_sent[in->h.error_code < AB_ERR_COUNT_ ? in->h.error_code : AB_ERR_INTERNAL]++;
+        AB_COUNT_ERROR(b, in->h.error_code);
     } else {
         s->replies++;
         b->c.replies++;

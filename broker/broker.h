@@ -96,6 +96,7 @@ typedef struct {
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
     uint64_t requests, replies, replies_dropped, malformed, send_failures;
     uint64_t errors_sent[AB_ERR_COUNT_];      /* ERROR replies by wire code */
+    uint64_t errors_ext[16];                  /* the same for wire codes 20..35 */
     uint64_t rejected[32];                    /* codec rejections by -status */
     /* Snapshot one rate interval ago, for per-second figures. */
     uint64_t prev_msgs_in, prev_msgs_out, prev_bytes_in, prev_bytes_out;
@@ -122,6 +123,18 @@ typedef struct {
     ab_ratelimit_t rl;
     volatile int stop;
 } ab_broker_t;
+
+/* Counts an ERROR sent or forwarded with wire CODE (any value). */
+#define AB_COUNT_ERROR(b, code)                                                                  \
+    do {                                                                                         \
+        uint32_t c_ = (code);                                                                    \
+        if (c_ < AB_ERR_COUNT_)                                                                  \
+            (b)->c.errors_sent[c_]++;                                                            \
+        else if (c_ >= 20 && c_ < 36)                                                            \
+            (b)->c.errors_ext[c_ - 20]++;                                                        \
+        else                                                                                     \
+            (b)->c.errors_sent[AB_ERR_INTERNAL]++;                                               \
+    } while (0)
 
 /* broker.c */
 int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg);

@@ -490,7 +490,12 @@ int ab_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
         x->digest = s_dup(s_str(m, "digest"));
         x->size = s_u64(m, "size");
         x->size_vram = s_u64(m, "size_vram");
+        /* To the second: sub-second jitter in a backend's expiry must not
+         * look like a change worth re-registering for. */
         x->expires_at = s_dup(s_str(m, "expires_at"));
+        char *frac = x->expires_at ? strchr(x->expires_at, '.') : NULL;
+        if (frac && strlen(x->expires_at) > 19)
+            strcpy(frac, "Z");
         v[k++] = x;
     }
     json_decref(a);

@@ -186,7 +186,7 @@ static void s_test_probes(void)
     const char *tags = "{\"models\":[{\"name\":\"a:latest\",\"size\":100,\"digest\":\"d1\","
                        "\"details\":{\"family\":\"llama\"}},{\"name\":\"b:7b\",\"size\":200}]}";
     const char *ps = "{\"models\":[{\"name\":\"a:latest\",\"size\":100,\"size_vram\":90,"
-                     "\"expires_at\":\"x\"}]}";
+                     "\"expires_at\":\"2026-11-25T12:02:40.311099661Z\"}]}";
     CHECK_EQ(ab_ol_parse_tags(tags, strlen(tags), &st), 0);
     CHECK_EQ(ab_ol_parse_tags(tags, strlen(tags), &st), 0); /* replaces, no leak */
     CHECK_EQ(ab_ol_parse_ps(ps, strlen(ps), &st), 0);
@@ -197,6 +197,7 @@ static void s_test_probes(void)
     CHECK_STR(st.models[0]->family, "llama");
     CHECK_U64(st.models[1]->size, 200);
     CHECK_U64(st.loaded[0]->size_vram, 90);
+    CHECK_STR(st.loaded[0]->expires_at, "2026-11-25T12:02:40Z");
     CHECK_STR(st.backend_version, "0.5.7");
     ab_ol_state_clear(&st);
 }

@@ -188,14 +188,19 @@ int main(int argc, char **argv)
     int is_show = !strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers");
     int is_req = !strcmp(cmd, "request");
     int is_infer = !strcmp(cmd, "generate") || !strcmp(cmd, "chat") || !strcmp(cmd, "embed") ||
-                   (!strcmp(cmd, "models") && i < argc);
+                   (!strcmp(cmd, "models") && i < argc &&
+                    (!strcmp(argv[i], "load") || !strcmp(argv[i], "unload")));
     int is_models = !strcmp(cmd, "models") && !is_infer;
     if (is_infer || is_models) {
         for (int k = i; k < argc; k++) /* --json may follow the command */
             if (strcmp(argv[k], "--json") == 0)
                 json = s_json = 1;
     }
+    int models_args_ok = 1;
+    for (int k = i; is_models && k < argc; k++)
+        models_args_ok &= strcmp(argv[k], "--json") == 0;
     if ((!is_show && !is_req && !is_infer && !is_models) || (is_show && i != argc) ||
+        !models_args_ok ||
         (is_req && i + 2 != argc)) {
         fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
         s_usage(stderr);
