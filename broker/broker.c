@@ -156,6 +156,8 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
            peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
+    else if (peer->requests)
+        ab_cancel_client_gone(b, &peer->rid); /* frees their workers' slots */
     zhashx_delete(b->peers, &peer->rid);
 }
 

@@ -214,18 +214,16 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r)
     ab_send(b, &r->worker->peer->rid, &h, NULL);
 }
 
-void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
+static int s_rid_eq(const ab_rid_t *a, const ab_rid_t *b)
 {
-    /* Rare (a client gave up): a scan of what the broker holds is cheaper
-     * than keeping a second index on every request. */
-    ab_req_t *found = NULL;
-    for (size_t i = 0; i < b->pending.cap && !found; i++) {
-        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
-        if (r && r->client_id == client_id && r->client.len == client->len &&
-            memcmp(r->client.bytes, client->bytes, client->len) == 0)
-            found = r;
-    }
-    if (!found || found->state == AB_REQ_ORPHANED)
+    return a->len == b->len && memcmp(a->bytes, b->bytes, a->len) == 0;
+}
+
+/* Forgets FOUND for its client: dropped if queued, else orphaned and its
+ * worker told to stop. */
+static void s_cancel(ab_broker_t *b, ab_req_t *found)
+{
+    if (found->state == AB_REQ_ORPHANED)
         return;
     found->service->errors++;
     if (found->state == AB_REQ_QUEUED) {
@@ -241,4 +239,34 @@ void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t clie
     }
     ab_heap_remove(b, found);
     ab_cancel_send(b, found);
+}
+
+void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
+{
+    /* Rare (a client gave up): a scan of what the broker holds is cheaper
+     * than keeping a second index on every request. */
+    for (size_t i = 0; i < b->pending.cap; i++) {
+        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
+        if (r && r->client_id == client_id && s_rid_eq(&r->client, client)) {
+            s_cancel(b, r);
+            return;
+        }
+    }
+}
+
+void ab_cancel_client_gone(ab_broker_t *b, const ab_rid_t *client)
+{
+    /* Collect first: s_cancel may free entries of the table being scanned. */
+    ab_req_t *mine[256];
+    size_t n;
+    do {
+        n = 0;
+        for (size_t i = 0; i < b->pending.cap && n < 256; i++) {
+            ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
+            if (r && r->state != AB_REQ_ORPHANED && s_rid_eq(&r->client, client))
+                mine[n++] = r;
+        }
+        for (size_t i = 0; i < n; i++)
+            s_cancel(b, mine[i]);
+    } while (n == 256);
 }

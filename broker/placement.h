@@ -52,5 +52,8 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r);
  * a dispatched one orphaned (its client has its answer already) and the
  * worker told to stop. Unknown ids are ignored (the answer crossed). */
 void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id);
+/* The agent CLIENT is gone (BYE, heartbeat timeout): nobody waits for its
+ * requests any more, so each is cancelled as above. */
+void ab_cancel_client_gone(ab_broker_t *b, const ab_rid_t *client);
 
 #endif

@@ -587,6 +587,22 @@ static void s_hang_cancel(void)
     }
     CHECK_EQ(aborted, 2);
     CHECK_EQ(active, 0);
+    /* a client that goes away with a request in flight: same again */
+    ab_client_t *c2 = th_client(port);
+    s_res_t r2;
+    s_start_gen(c2, &g, &r2);
+    for (int i = 0; i < 200 && r2.partials < 2; i++)
+        ab_client_poll(c2, 25);
+    CHECK_EQ(r2.partials, 2);
+    ab_client_destroy(&c2);
+    CHECK_EQ(r2.status, AB_ESTOPPED);
+    for (int i = 0; i < 100 && (aborted < 3 || active != 0); i++) {
+        aborted = s_sim_stat(sim, "aborted");
+        active = s_sim_stat(sim, "active");
+        th_sleep_ms(50);
+    }
+    CHECK_EQ(aborted, 3);
+    CHECK_EQ(active, 0);
     /* and the worker's credit came back: a healthy request still works */
     s_faults(sim, "{\"reset\":true}");
     g.timeout_ms = 20000;
@@ -594,12 +610,12 @@ static void s_hang_cancel(void)
     Agentbus__WorkerList *wl;
     uint32_t cap = 0;
     const Agentbus__InferenceState *st = s_state(c, "w1", &wl, &cap);
-    for (int i = 0; i < 50 && !(st && st->cancelled >= 2); i++) {
+    for (int i = 0; i < 50 && !(st && st->cancelled >= 3); i++) {
         agentbus__worker_list__free_unpacked(wl, NULL);
         th_sleep_ms(100);
         st = s_state(c, "w1", &wl, &cap);
     }
-    CHECK_TRUE(st && st->cancelled >= 2);
+    CHECK_TRUE(st && st->cancelled >= 3);
     CHECK_TRUE(wl && wl->n_workers == 1 && wl->workers[0]->in_flight == 0);
     agentbus__worker_list__free_unpacked(wl, NULL);
     ab_client_destroy(&c);
