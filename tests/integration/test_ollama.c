@@ -458,6 +458,17 @@ static void s_model_not_found(void)
                                           s_on_event, &r, NULL) == AB_OK);
     s_wait(c, &r, 1, 10000);
     CHECK_EQ(r.status, AB_EBADREQUEST);
+    /* the backend's own 404 and 400 (a model deleted after it was listed,
+     * a request Ollama refuses) map to the same codes, with Ollama's text */
+    s_faults(sim, "{\"error_rate\":1,\"error_status\":404,\"count\":1,\"error_message\":"
+                  "\"model \\\"sim-small\\\" not found, try pulling it first\"}");
+    CHECK_EQ(s_generate(c, &ok, &r), AB_EMODEL);
+    CHECK_TRUE(strstr(r.error, "try pulling it first") != NULL);
+    s_faults(sim, "{\"error_rate\":1,\"error_status\":400,\"count\":1,\"error_message\":"
+                  "\"invalid options\"}");
+    CHECK_EQ(s_generate(c, &ok, &r), AB_EBADREQUEST);
+    CHECK_STR(r.error, "invalid options");
+    CHECK_EQ(s_generate(c, &ok, &r), AB_OK);
     Agentbus__Stats *st = th_stats(c);
     REQUIRE(st);
     CHECK_TRUE(th_stat_error(st, "MODEL_NOT_FOUND") >= 1);

@@ -275,6 +275,21 @@ static void s_test_status(void)
         CHECK_U64(ab_status_to_wire(st), code);
         CHECK_TRUE(strcmp(ab_wire_error_name(code), "UNKNOWN") != 0);
     }
+    /* the inference codes (issue 7) live outside the dense table */
+    const uint32_t ext[] = {AGENTBUS__ERROR_CODE__ERR_MODEL_NOT_FOUND,
+                            AGENTBUS__ERROR_CODE__ERR_BAD_REQUEST,
+                            AGENTBUS__ERROR_CODE__ERR_BACKEND_BUSY,
+                            AGENTBUS__ERROR_CODE__ERR_BACKEND, AGENTBUS__ERROR_CODE__ERR_CANCELLED};
+    const int ext_st[] = {AB_EMODEL, AB_EBADREQUEST, AB_EBACKENDBUSY, AB_EBACKEND, AB_ECANCELLED};
+    CHECK_U64(AB_ERR_MODEL_NOT_FOUND, AGENTBUS__ERROR_CODE__ERR_MODEL_NOT_FOUND);
+    CHECK_U64(AB_ERR_CANCELLED, AGENTBUS__ERROR_CODE__ERR_CANCELLED);
+    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++) {
+        CHECK_EQ(ab_status_from_wire(ext[i]), ext_st[i]);
+        CHECK_U64(ab_status_to_wire(ext_st[i]), ext[i]);
+        CHECK_TRUE(strcmp(ab_wire_error_name(ext[i]), "UNKNOWN") != 0);
+        CHECK_TRUE(strcmp(ab_strerror(ext_st[i]), "unknown error code") != 0);
+        CHECK_STR(ab_status_name(ext_st[i]), ab_wire_error_name(ext[i]));
+    }
     CHECK_EQ(ab_status_from_wire(0), AB_OK);
     CHECK_EQ(ab_status_from_wire(1000), AB_EINTERNAL);
     CHECK_U64(ab_status_to_wire(AB_EFRAMES), AB_ERR_MALFORMED);
