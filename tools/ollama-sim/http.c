@@ -191,7 +191,7 @@ int sim_http_run(sim_t *s)
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
-            MHD_USE_ERROR_LOG,
+            (s->quiet ? 0 : MHD_USE_ERROR_LOG),
         (uint16_t)s->port, NULL, NULL, s_access, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_NOTIFY_COMPLETED, s_completed, s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)s->max_connections, MHD_OPTION_THREAD_STACK_SIZE, (size_t)256 * 1024,

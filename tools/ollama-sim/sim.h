@@ -197,6 +197,8 @@ int sim_sched_wait(sim_t *s, sim_job_t *job, int client_fd);
 void sim_sched_release(sim_t *s, sim_job_t *job);
 /* keep_alive 0 without work: unload now if idle, else when idle. */
 void sim_sched_unload(sim_t *s, sim_model_t *m);
+/* When M would expire if it became idle at NOW (lock held). */
+int64_t sim_sched_expiry(const sim_t *s, const sim_model_t *m, int64_t now);
 /* Largest GPU VRAM. */
 uint64_t sim_sched_max_vram(const sim_t *s);
 
