@@ -175,6 +175,14 @@ uint32_t ab_placement_why(ab_service_t *s, const ab_req_t *r, char *text, size_t
             return AB_ERR_NO_SERVICE;
         }
     }
+    unsigned down = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        down += w->inference && !w->inference->backend_up;
+    if (down) { /* say so: "not found" would send the operator the wrong way */
+        snprintf(text, cap, "model \"%s\" not found on any worker of '%s' (%u worker%s backend "
+                 "unreachable)", rt->model, s->name, down, down == 1 ? "'s" : "s'");
+        return AB_ERR_BACKEND;
+    }
     snprintf(text, cap, "model \"%s\" not found on any worker of '%s'", rt->model, s->name);
     return AB_ERR_MODEL_NOT_FOUND;
 }

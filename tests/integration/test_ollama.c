@@ -815,6 +815,42 @@ static void s_models_cli(void)
     ab_client_destroy(&c);
 }
 
+/* Ollama not running yet: a clear error (not "model not found"); once it
+ * comes up the worker sees it at its next probe and serves. */
+static void s_backend_down(void)
+{
+    int sim_port = th_free_port();
+    int port = th_free_port();
+    th_broker(port, NULL);
+    s_oworker(port, sim_port, "w1", "--refresh-ms", "500", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    const Agentbus__InferenceState *st = NULL;
+    Agentbus__WorkerList *wl = NULL;
+    for (int i = 0; i < 100 && !st; i++) {
+        if (wl)
+            agentbus__worker_list__free_unpacked(wl, NULL);
+        th_sleep_ms(50);
+        st = s_state(c, "w1", &wl, NULL);
+    }
+    REQUIRE(st);
+    CHECK_EQ(st->backend_up, 0);
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    s_res_t r;
+    s_gen_t g = {"sim-small", "anyone there", NULL, 1, 1, 0};
+    CHECK_EQ(s_generate(c, &g, &r), AB_EBACKEND);
+    CHECK_TRUE(strstr(r.error, "unreachable") != NULL);
+    /* the simulator starts on the port the worker points at */
+    char p[16];
+    snprintf(p, sizeof p, "%d", sim_port);
+    const char *argv[] = {"--port", p, "--time-scale", S_SCALE, "--quiet", NULL};
+    th_spawn("ollama-sim", argv, NULL);
+    CHECK_EQ(s_wait_loaded(c, "w1", "none", 0, 15000), 0); /* models reported */
+    CHECK_EQ(s_generate(c, &g, &r), AB_OK);
+    CHECK_TRUE(r.eval_count > 0);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -829,7 +865,8 @@ int main(int argc, char **argv)
                  {"adaptive", s_adaptive},
                  {"placement_loaded", s_placement_loaded},
                  {"placement_vram", s_placement_vram},
-                 {"models_cli", s_models_cli}};
+                 {"models_cli", s_models_cli},
+                 {"backend_down", s_backend_down}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_ollama CASE\n");
         return 2;
