@@ -431,6 +431,36 @@ static void s_round_trip(void)
     if (ol && out[ol - 1] == '\n')
         out[--ol] = '\0';
     CHECK_STR(out, direct);
+    snprintf(cmd, sizeof cmd, "%s --broker %s chat sim-small 'hi there' --seed 3 --no-stream",
+             th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    ol = strlen(out);
+    if (ol && out[ol - 1] == '\n')
+        out[--ol] = '\0';
+    CHECK_STR(out, dchat);
+    /* --json: one Ollama-shaped object per line; the last has the timings */
+    snprintf(cmd, sizeof cmd, "%s --broker %s generate sim-small 'tell me a story' --seed 7 --json",
+             th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    char *last = out, *nl;
+    int lines = 0;
+    while ((nl = strchr(last, '\n')) && nl[1]) {
+        last = nl + 1;
+        lines++;
+    }
+    json_t *lj = json_loads(last, JSON_DISABLE_EOF_CHECK, NULL);
+    CHECK_TRUE(lj && json_is_true(json_object_get(lj, "done")));
+    CHECK_EQ(json_integer_value(json_object_get(lj, "eval_count")), lines);
+    json_decref(lj);
+    snprintf(cmd, sizeof cmd, "%s --broker %s embed sim-embed 'hello world' --json",
+             th_bin("brokerctl"), th_ep(port));
+    static char big[1 << 16]; /* 768 numbers as text */
+    CHECK_EQ(th_run(cmd, big, sizeof big), 0);
+    lj = json_loads(big, JSON_DISABLE_EOF_CHECK, NULL);
+    json_t *vec = json_array_get(json_object_get(lj, "embeddings"), 0);
+    CHECK_EQ(json_array_size(vec), dims);
+    CHECK_TRUE((float)json_number_value(json_array_get(vec, 0)) == (float)first);
+    json_decref(lj);
     ab_client_destroy(&c);
 }
 

@@ -40,7 +40,7 @@ static void s_usage(FILE *out)
             "           [--system S] [--no-stream] [--service S] [--json]\n"
             "                          stream the model's answer to stdout as it is generated\n"
             "  chat MODEL MESSAGE [same options]   one user message, answer streamed\n"
-            "  embed MODEL TEXT...     print one embedding vector per TEXT\n"
+            "  embed MODEL TEXT...     print one embedding vector per TEXT (up to 16)\n"
             "  models                  inference workers: slots, VRAM, loaded and available models\n"
             "  models load|unload WORKER MODEL     (un)load MODEL on that worker's GPU\n"
             "  (inference commands use service 'ollama' unless --service is given, and a\n"
