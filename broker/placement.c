@@ -212,12 +212,13 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
     return 1;
 }
 
-void ab_cancel_send(ab_broker_t *b, ab_req_t *r)
+void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
 {
     if (!r->worker)
         return;
     ab_header_t h = ab_header_init(AB_KIND_CANCEL);
     h.correlation_id = r->bid;
+    h.error_code = why;
     h.target = ab_view_of(r->service->name);
     ab_send(b, &r->worker->peer->rid, &h, NULL);
 }
@@ -246,7 +247,7 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
         found->has_payload = 0;
     }
     ab_heap_remove(b, found);
-    ab_cancel_send(b, found);
+    ab_cancel_send(b, found, AB_ERR_CANCELLED);
 }
 
 void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)

@@ -16,7 +16,8 @@
  *   which the broker re-dispatches to another worker;
  *   an error line mid-stream, or a stream that ends without its done line
  *   -> BACKEND after the partials (never a fake success).
- * Adaptive concurrency (AIMD): 503s, timeouts and out-of-memory errors
+ * Adaptive concurrency (AIMD): 503s, timeouts (also a CANCEL because the
+ * deadline passed while Ollama still worked) and out-of-memory errors
  * halve the slot limit (at most once per 500 ms); each success adds
  * 1/limit. The limit is the worker's capacity (credit) at the broker.
  * Models: /api/tags, /api/ps (and NVML when present) are probed at an
@@ -538,7 +539,7 @@ static int s_create(void **ctx, const ab_backend_args_t *args)
     return AB_OK;
 }
 
-static void s_cancel(ab_worker_t *w, uint64_t id, void *arg)
+static void s_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
 {
     (void)w;
     s_ollama_t *o = arg;
@@ -546,6 +547,8 @@ static void s_cancel(ab_worker_t *w, uint64_t id, void *arg)
         if (j->id != id || !j->job)
             continue;
         o->st.cancelled++;
+        if (why == AB_EDEADLINE && j->state == S_ACTIVE)
+            s_pushback(o, "a request outlived its deadline"); /* a backend timeout */
         s_stop_transfer(o, j); /* closes the connection: the backend frees the slot */
         s_fail(j, AB_ECANCELLED, "%s", "cancelled");
         s_job_free(o, j);
