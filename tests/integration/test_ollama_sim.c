@@ -188,6 +188,8 @@ static int s_wait_stat(const char *key, long long want, int timeout_ms)
     return s_stat(key) == want ? 0 : -1;
 }
 
+static const char *const *s_env;   /* environment for the next s_sim */
+
 /* Starts the simulator with extra flags (NULL-terminated) and waits until
  * it answers. */
 static pid_t s_sim(const char *first, ...)
@@ -203,7 +205,7 @@ static pid_t s_sim(const char *first, ...)
         argv[n++] = a;
     va_end(ap);
     argv[n] = NULL;
-    pid_t pid = th_spawn("ollama-sim", argv, NULL);
+    pid_t pid = th_spawn("ollama-sim", argv, s_env);
     for (int i = 0; i < 200; i++) {
         s_resp_t r = s_http("GET", "/api/version", NULL, 0, 1000);
         long st = r.status;
@@ -505,14 +507,22 @@ static void test_queue_full(void)
     CHECK_EQ(s_int(stats, "max_queued"), 1);
     CHECK_EQ(s_int(json_object_get(stats, "status"), "503"), 1);
     json_decref(stats);
-    /* Closing a running one hands its slot to the queued one. */
+    /* A client that gives up while queued leaves the queue at once. */
+    close(fds[2]);
+    CHECK_EQ(s_wait_stat("queued", 0, 5000), 0);
+    CHECK_EQ(s_stat("aborted_queued"), 1);
+    CHECK_EQ(s_stat("active"), 2);
+    /* Closing a running one hands its slot to the next queued one. */
+    fds[2] = s_raw_post("/api/generate", body);
+    CHECK_EQ(s_wait_stat("queued", 1, 5000), 0);
     close(fds[0]);
     CHECK_EQ(s_wait_stat("queued", 0, 5000), 0);
     CHECK_EQ(s_stat("active"), 2);
     close(fds[1]);
     close(fds[2]);
     CHECK_EQ(s_wait_stat("active", 0, 5000), 0);
-    CHECK_EQ(s_stat("aborted"), 3);
+    CHECK_EQ(s_stat("aborted"), 4);
+    CHECK_EQ(s_stat("aborted_queued"), 1);
 }
 
 /* VRAM: a model that does not fit evicts the least recently used idle one. */
@@ -630,6 +640,17 @@ static void test_keep_alive(void)
     CHECK_EQ(s_int(stats, "loads"), 3);
     CHECK_EQ(s_int(stats, "unloads"), 3);
     json_decref(stats);
+    /* Unload while busy: it stays until its request ends, then goes. */
+    int fd = s_raw_post("/api/generate", "{\"model\":\"sim-small\",\"prompt\":\"x\",\"options\":{\"num_predict\":16384}}");
+    char buf[4096];
+    CHECK_TRUE(s_raw_wait_for(fd, "\"done\":false", buf, sizeof buf, 10000));
+    j = s_json("POST", "/api/generate", "{\"model\":\"sim-small\",\"keep_alive\":0}", &st);
+    CHECK_STR(s_str(j, "done_reason"), "unload");
+    json_decref(j);
+    CHECK_TRUE(s_in_ps("sim-small:latest"));
+    close(fd);
+    CHECK_EQ(s_wait_stat("unloads", 4, 5000), 0);
+    CHECK_TRUE(!s_in_ps("sim-small:latest"));
 }
 
 /* A client that closes mid-stream: counted as aborted (Ollama's 499), the
@@ -810,6 +831,10 @@ static void test_usage(void)
     CHECK_STR(s_str(m0, "digest"), "abc");
     CHECK_EQ(s_int(m0, "size"), 1LL << 30);
     json_decref(tags);
+    /* The port is taken: a second simulator must not share it. */
+    snprintf(cmd, sizeof cmd, "timeout 20 %s --port %d", th_bin("ollama-sim"), s_port);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    CHECK_TRUE(strstr(out, "cannot listen") != NULL);
     json_t *fa = s_json("GET", "/sim/faults", NULL, NULL);
     CHECK_EQ(s_int(fa, "drop_after"), 3);
     json_decref(fa);
@@ -817,6 +842,36 @@ static void test_usage(void)
     json_t *mm = json_array_get(json_object_get(stats, "models"), 0);
     CHECK_EQ(json_array_size(json_object_get(mm, "slots")), 2);
     json_decref(stats);
+    /* Ollama's environment variables sit between the file and the flags. */
+    static const char *const env[] = {"OLLAMA_NUM_PARALLEL=3", "OLLAMA_MAX_QUEUE=0", NULL};
+    s_env = env;
+    s_sim("--config", path, "--max-queue", "5", NULL);
+    s_env = NULL;
+    stats = s_stats();
+    mm = json_array_get(json_object_get(stats, "models"), 0);
+    CHECK_EQ(json_array_size(json_object_get(mm, "slots")), 3);   /* env beats the file's 2 */
+    json_decref(stats);
+    s_sim("--model", "e,load_ms=0", NULL);
+    stats = s_stats();
+    CHECK_EQ(json_array_size(json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots")), 1);
+    json_decref(stats);
+    s_env = env;
+    s_sim("--model", "e,load_ms=0,token_ms=100,reply_tokens=100", NULL);
+    s_env = NULL;
+    stats = s_stats();
+    CHECK_EQ(json_array_size(json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots")), 3);
+    json_decref(stats);
+    int fds[3];
+    for (int i = 0; i < 3; i++)
+        fds[i] = s_raw_post("/api/generate", "{\"model\":\"e\",\"prompt\":\"x\"}");
+    CHECK_EQ(s_wait_stat("active", 3, 5000), 0);
+    long st;
+    json_t *j = s_json("POST", "/api/generate", "{\"model\":\"e\",\"prompt\":\"x\"}", &st);
+    CHECK_EQ(st, 503);   /* OLLAMA_MAX_QUEUE=0: no waiting at all */
+    json_decref(j);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    CHECK_EQ(s_wait_stat("active", 0, 5000), 0);
     f = fopen(path, "w");
     REQUIRE(f);
     fputs("{\"models\": [{\"name\": \"x\", \"sise\": 1}]}", f);

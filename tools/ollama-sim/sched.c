@@ -30,6 +30,7 @@ static void s_unload(sim_t *s, sim_model_t *m, int64_t now)
     if (m->state == SIM_LOADED)
         m->loaded_ns += now - m->loaded_since;
     m->state = SIM_UNLOADED;
+    m->unload_pending = false;
     m->gpu = -1;
     m->expires = SIM_FOREVER;
     s->st.unloads++;
@@ -230,7 +231,7 @@ static void s_load_complete(sim_t *s, sim_model_t *m, int64_t now)
     m->load_ns += now - (m->load_done - sim_scaled_ns(s, m->load_ms));
     m->last_used = now;
     if (m->active == 0)
-        s_arm_expiry(s, m, now);
+        m->expires = m->unload_pending ? now : sim_sched_expiry(s, m, now);
 }
 
 int sim_sched_wait(sim_t *s, sim_job_t *job, int client_fd)
@@ -286,7 +287,8 @@ void sim_sched_release(sim_t *s, sim_job_t *job)
         m->keep_alive_ns = job->keep_alive_ns;
         if (m->active == 0) {
             s_arm_expiry(s, m, now);
-            if (m->keep_alive_ns == 0 && m->queued == 0 && m->state == SIM_LOADED) {
+            if ((m->keep_alive_ns == 0 || m->unload_pending) && m->queued == 0 &&
+                m->state == SIM_LOADED) {
                 s_unload(s, m, now);
                 s->st.expirations++;
             }
@@ -304,8 +306,10 @@ void sim_sched_unload(sim_t *s, sim_model_t *m)
         s_unload(s, m, sim_now());
         s->st.expirations++;
         s_dispatch(s);
-    } else if (m->state != SIM_UNLOADED && m->active == 0) {
-        m->expires = sim_now();   /* the scheduler thread unloads it when idle */
+    } else if (m->state != SIM_UNLOADED) {
+        /* Busy or loading: unloaded when its last request ends (release)
+         * or, if none holds it, when the load completes (scheduler thread). */
+        m->unload_pending = true;
     }
     pthread_mutex_unlock(&s->lock);
 }
