@@ -644,6 +644,22 @@ static void s_hang_cancel(void)
     }
     CHECK_EQ(aborted, 3);
     CHECK_EQ(active, 0);
+    /* a client process killed (no CANCEL, no BYE): once the broker drops it
+     * for silence, its request is cancelled at the backend too */
+    const char *gen[] = {"--broker", th_ep(port), "generate", "sim-small", "hang", "--seed", "1",
+                         NULL};
+    pid_t ctl = th_spawn("brokerctl", gen, NULL);
+    for (int i = 0; i < 100 && s_sim_stat(sim, "active") != 1; i++)
+        th_sleep_ms(50);
+    CHECK_EQ(s_sim_stat(sim, "active"), 1);
+    th_kill9(ctl);
+    for (int i = 0; i < 200 && (aborted < 4 || active != 0); i++) {
+        aborted = s_sim_stat(sim, "aborted");
+        active = s_sim_stat(sim, "active");
+        th_sleep_ms(50);
+    }
+    CHECK_EQ(aborted, 4);
+    CHECK_EQ(active, 0);
     /* and the worker's credit came back: a healthy request still works */
     s_faults(sim, "{\"reset\":true}");
     g.timeout_ms = 20000;
@@ -651,12 +667,12 @@ static void s_hang_cancel(void)
     Agentbus__WorkerList *wl;
     uint32_t cap = 0;
     const Agentbus__InferenceState *st = s_state(c, "w1", &wl, &cap);
-    for (int i = 0; i < 50 && !(st && st->cancelled >= 3); i++) {
+    for (int i = 0; i < 50 && !(st && st->cancelled >= 4); i++) {
         agentbus__worker_list__free_unpacked(wl, NULL);
         th_sleep_ms(100);
         st = s_state(c, "w1", &wl, &cap);
     }
-    CHECK_TRUE(st && st->cancelled >= 3);
+    CHECK_TRUE(st && st->cancelled >= 4);
     CHECK_TRUE(st && st->slot_shrinks >= 1); /* the deadline one counts as a timeout */
     CHECK_TRUE(wl && wl->n_workers == 1 && wl->workers[0]->in_flight == 0);
     agentbus__worker_list__free_unpacked(wl, NULL);
