@@ -177,7 +177,11 @@ AB_EXPORT int ab_client_request_async(ab_client_t *client, const char *service,
  * the request on a worker that has it loaded or can load it (see
  * docs/placement.md); WORKER (may be NULL) pins it to the worker with that
  * name or id (operator commands). Both are copied. The payload of an
- * inference request is an agentbus.InferenceRequest (proto/agentbus.proto).
+ * inference request is an agentbus.InferenceRequest (proto/agentbus.proto);
+ * each streamed chunk arrives as its own event holding one encoded
+ * GenerateResponse / ChatResponse (decode each on its own: concatenated
+ * protobuf messages merge, so the sync ab_client_request's concatenation
+ * is only meaningful with stream = false).
  * Errors as ab_client_request_async; AB_EINVAL for a model over AB_MODEL_MAX. */
 AB_EXPORT int ab_client_request_model_async(ab_client_t *client, const char *service,
                                             const char *model, const char *worker,
