@@ -80,7 +80,7 @@ struct s_ollama {
     ab_worker_t *w;
     CURLM *multi;
     struct curl_slist *hdrs;
-    s_job_t *jobs; /* every job, any state */
+    s_job_t *jobs, *jobs_tail; /* every job, any state, in arrival order */
     unsigned active, admin_active;
     /* AIMD */
     double limit;
@@ -261,6 +261,8 @@ static void s_job_free(s_ollama_t *o, s_job_t *j)
         o->jobs = j->next;
     if (j->next)
         j->next->prev = j->prev;
+    else
+        o->jobs_tail = j->prev;
     if (j->job) /* unanswered: the library answers it */
         ab_job_destroy(&j->job);
     ab_ol_call_free(&j->call);
@@ -276,13 +278,12 @@ static s_job_t *s_job_add(s_ollama_t *o)
     j->o = o;
     ab_ndjson_init(&j->nd, S_MAX_LINE);
     /* appended: jobs start in arrival order */
-    s_job_t **pp = &o->jobs, *last = NULL;
-    while (*pp) {
-        last = *pp;
-        pp = &(*pp)->next;
-    }
-    j->prev = last;
-    *pp = j;
+    j->prev = o->jobs_tail;
+    if (o->jobs_tail)
+        o->jobs_tail->next = j;
+    else
+        o->jobs = j;
+    o->jobs_tail = j;
     return j;
 }
 
