@@ -7,6 +7,7 @@
  * message or the next timer. Nothing here blocks outside ZeroMQ.
  */
 #include "broker.h"
+#include "placement.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -113,6 +114,7 @@ void ab_broker_fini(ab_broker_t *b)
             if (handle)
                 zlistx_delete(w->service->workers, handle);
             zhashx_destroy(&w->labels);
+            ab_placement_forget(w);
             free(w);
             p->worker = NULL;
         }
@@ -165,6 +167,8 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     ab_directory_forget(b, &peer->rid);
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
+    else if (peer->requests)
+        ab_cancel_client_gone(b, &peer->rid); /* frees their workers' slots */
     zhashx_delete(b->peers, &peer->rid);
 }
 
@@ -255,6 +259,9 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
+    /* Inference workers register again whenever their models or slots
+     * change: that is routine, not news for the log. */
+    int again = p->worker && p->worker->service == s;
     if (p->worker && p->worker->service != s)
         ab_worker_detach(b, p->worker, "re-registered for another service");
     p->role = AB_ROLE_WORKER;
@@ -274,10 +281,12 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         zhashx_purge(p->worker->labels);
         for (size_t i = 0; i < m->n_labels; i++)
             zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
+        ab_placement_update(p->worker, m->inference); /* takes it */
+        m->inference = NULL;
         agentbus__register__free_unpacked(m, NULL);
     }
-    AB_INFO("worker %s%s%s registered for '%s' with capacity %u", p->key, p->name[0] ? " " : "",
-            p->name, name, in->h.credit);
+    AB_LOG(again ? AB_LOG_DEBUG : AB_LOG_INFO, "worker %s%s%s registered for '%s' with capacity %u",
+           p->key, p->name[0] ? " " : "", p->name, name, in->h.credit);
     if (joined)
         ab_directory_event(b, p->worker, "join");
     ab_header_t h = ab_header_init(AB_KIND_REGISTER);
@@ -346,6 +355,11 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     r->flags = in->h.flags;
     r->priority = in->h.priority;
     r->start_us = ab_now_us();
+    if (ab_route_init(r, &in->h) != 0) {
+        free(r);
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
     int64_t t = in->h.timeout_ms ? in->h.timeout_ms : b->cfg->default_timeout_ms;
     r->deadline_ms = in->now + (t < b->cfg->max_timeout_ms ? t : b->cfg->max_timeout_ms);
     if (in->has_body) {
@@ -354,7 +368,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         r->has_payload = 1;
     }
     if (ab_idmap_put(&b->pending, r->bid, r) != 0) {
-        free(r);
+        ab_req_destroy(r);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
@@ -386,7 +400,7 @@ static void s_count_final(ab_broker_t *b, s_in_t *in, ab_req_t *r)
     ab_hist_record(&s->latency_us, ab_now_us() - r->start_us);
     if (in->h.kind == AB_KIND_ERROR) {
         s->errors++;
-        b->c.errors_sent[in->h.error_code < AB_ERR_COUNT_ ? in->h.error_code : AB_ERR_INTERNAL]++;
+        AB_COUNT_ERROR(b, in->h.error_code);
     } else {
         s->replies++;
         b->c.replies++;
@@ -452,9 +466,15 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         s_late_answer(b, in, r, from);
         return;
     }
+    /* An Ollama worker's backend pushed back (503, down) before anything
+     * streamed: placement hands the request to another capable worker. */
+    if (final && in->h.kind == AB_KIND_ERROR && ab_placement_retry(b, r, in->h.error_code))
+        return;
     s_forward(b, in, r);
     if (!final) {
         r->streamed = 1;
+        if (r->route)
+            r->route->streamed = 1;
         return;
     }
     s_count_final(b, in, r);
@@ -557,6 +577,9 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         if (!p && (p = s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now)))
             p->fd = in->fd;
         ab_directory_on_discover(b, &in->rid, &in->h);
+        break;
+    case AB_KIND_CANCEL:
+        ab_cancel_from_client(b, &in->rid, in->h.correlation_id);
         break;
     default:
         b->c.errors_sent[AB_ERR_UNSUPPORTED]++;

@@ -79,6 +79,7 @@ typedef struct ab_req {
     uint8_t client_counted; /* counted in its client's in_flight */
     uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
     struct ab_req *prev, *next; /* in the service queue or the worker's list */
+    struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -92,6 +93,7 @@ struct ab_worker_rec {
     zhashx_t *labels;       /* string -> string (owned copies) */
     ab_req_t *reqs;         /* in-flight requests (doubly linked) */
     ab_health_t health;
+    struct Agentbus__InferenceState *inference; /* placement.c; NULL: generic worker */
 };
 
 struct ab_service {
@@ -108,6 +110,7 @@ typedef struct {
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
     uint64_t requests, replies, replies_dropped, malformed, send_failures;
     uint64_t errors_sent[AB_ERR_COUNT_];      /* ERROR replies by wire code */
+    uint64_t errors_ext[16];                  /* the same for wire codes 20..35 */
     uint64_t rejected[32];                    /* codec rejections by -status */
     uint64_t redispatched, retries_exhausted, duplicates_dropped, late_replies;
     uint64_t deadline_expired, workers_suspected, workers_ejected, disconnects;
@@ -143,6 +146,18 @@ typedef struct {
     ab_health_state_t hs;   /* health.c's own state: graveyard, duplicate ring */
     ab_watchers_t watchers; /* directory.c: DISCOVER subscribers */
 } ab_broker_t;
+
+/* Counts an ERROR sent or forwarded with wire CODE (any value). */
+#define AB_COUNT_ERROR(b, code)                                                                  \
+    do {                                                                                         \
+        uint32_t c_ = (code);                                                                    \
+        if (c_ < AB_ERR_COUNT_)                                                                  \
+            (b)->c.errors_sent[c_]++;                                                            \
+        else if (c_ >= 20 && c_ < 36)                                                            \
+            (b)->c.errors_ext[c_ - 20]++;                                                        \
+        else                                                                                     \
+            (b)->c.errors_sent[AB_ERR_INTERNAL]++;                                               \
+    } while (0)
 
 /* broker.c */
 int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg);
@@ -181,6 +196,7 @@ void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
 void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r);
 void ab_queue_remove(ab_service_t *s, ab_req_t *r);
+void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
 void ab_heap_push(ab_broker_t *b, ab_req_t *r);
 void ab_heap_remove(ab_broker_t *b, ab_req_t *r);
 void ab_expire_deadlines(ab_broker_t *b, int64_t now);

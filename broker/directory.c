@@ -49,6 +49,7 @@ int ab_winfo_fill(ab_broker_t *b, ab_worker_rec_t *w, ab_winfo_t *wi, int64_t no
     x->failures = w->health.failures;
     x->backend_state = w->health.backend_state;
     x->backoff_ms = w->health.backoff_ms;
+    x->inference = w->inference; /* borrowed: placement.c owns it */
     size_t nl = zhashx_size(w->labels), k = 0;
     wi->lab = calloc(nl + 1, sizeof *wi->lab);
     wi->labp = calloc(nl + 1, sizeof *wi->labp);

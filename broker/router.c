@@ -8,6 +8,7 @@
  * rate limit; the caller decides what a failure means for its request.
  */
 #include "broker.h"
+#include "placement.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -93,6 +94,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
 
 void ab_req_destroy(ab_req_t *r)
 {
+    ab_route_free(r);
     if (r->has_payload)
         zmq_msg_close(&r->payload);
     free(r);
@@ -101,7 +103,7 @@ void ab_req_destroy(ab_req_t *r)
 void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text)
 {
     ab_send_error(b, &r->client, r->client_id, code, text);
-    b->c.errors_sent[code < AB_ERR_COUNT_ ? code : AB_ERR_INTERNAL]++;
+    AB_COUNT_ERROR(b, code);
     r->service->errors++;
     ab_req_free(b, r);
 }

@@ -14,6 +14,7 @@
  */
 #include "broker.h"
 #include "agentbus.h"
+#include "placement.h"
 #include "util.h"
 
 #include <stdlib.h>
@@ -179,6 +180,7 @@ void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
     if (handle)
         zlistx_delete(s->workers, handle);
     zhashx_destroy(&w->labels);
+    ab_placement_forget(w);
     w->peer->worker = NULL;
     free(w);
 }
@@ -211,6 +213,8 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     h.target = ab_view_of(r->service->name);
     h.flags = r->flags;
     h.priority = r->priority;
+    if (r->route)
+        h.model = ab_view_of(r->route->model);
     int64_t left = r->deadline_ms - now;
     h.timeout_ms = left > 0 ? (uint32_t)left : 1;
     zmq_msg_t copy;
@@ -222,14 +226,35 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     return rc;
 }
 
+#define AB_DISPATCH_SCAN 64 /* queued requests looked past one that must wait */
+
+/* Requests with a model go where placement says (placement.c); a request
+ * whose model no free worker should take waits without blocking the ones
+ * behind it (up to AB_DISPATCH_SCAN of them). */
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
 {
     int64_t now = ab_now_ms();
-    while (s->q_head) {
-        ab_worker_rec_t *w = ab_service_pick(b, s);
-        if (!w)
-            return;
-        ab_req_t *r = s->q_head;
+    ab_req_t *r = s->q_head;
+    int waited = 0;
+    while (r && waited < AB_DISPATCH_SCAN) {
+        int impossible = 0;
+        ab_req_t *next = r->next;
+        ab_worker_rec_t *w = r->route ? ab_placement_pick(b, s, r, &impossible)
+                                      : ab_service_pick(b, s);
+        if (impossible) {
+            char text[AB_NAME_MAX + AB_MODEL_MAX + 64];
+            uint32_t code = ab_placement_why(s, r, text, sizeof text);
+            ab_req_fail(b, r, code, text);
+            r = next;
+            continue;
+        }
+        if (!w) {
+            if (!r->route)
+                return; /* no worker has credit */
+            waited++;
+            r = next;
+            continue;
+        }
         ab_queue_remove(s, r);
         r->state = AB_REQ_DISPATCHED;
         s_worker_req_add(w, r);
@@ -242,7 +267,9 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
             r->attempts--; /* it never reached the worker */
             ab_queue_push_front(s, r);
             ab_peer_drop(b, w->peer, "unreachable");
+            next = s->q_head;
         }
+        r = next;
     }
 }
 
@@ -332,6 +359,7 @@ void ab_expire_deadlines(ab_broker_t *b, int64_t now)
             b->c.deadline_expired++;
             r->service->errors++;
             r->state = AB_REQ_ORPHANED;
+            ab_cancel_send(b, r, AB_ERR_DEADLINE); /* frees the worker's slot (GPU) soon */
             if (r->has_payload) {
                 zmq_msg_close(&r->payload);
                 r->has_payload = 0;

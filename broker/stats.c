@@ -146,7 +146,7 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
 
     /* Errors by code: those the broker answered or forwarded, then the
      * reasons malformed messages were rejected for. */
-    Agentbus__ErrorCount ec[AB_ERR_COUNT_ + 32], *ecp[AB_ERR_COUNT_ + 32];
+    Agentbus__ErrorCount ec[AB_ERR_COUNT_ + 48], *ecp[AB_ERR_COUNT_ + 48];
     char names[32][32];
     size_t ne = 0;
     for (uint32_t i = 1; i < AB_ERR_COUNT_; i++) {
@@ -155,6 +155,15 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
         agentbus__error_count__init(&ec[ne]);
         ec[ne].code = (char *)ab_wire_error_name(i);
         ec[ne].count = c->errors_sent[i];
+        ecp[ne] = &ec[ne];
+        ne++;
+    }
+    for (uint32_t i = 0; i < 16; i++) {
+        if (!c->errors_ext[i])
+            continue;
+        agentbus__error_count__init(&ec[ne]);
+        ec[ne].code = (char *)ab_wire_error_name(20 + i);
+        ec[ne].count = c->errors_ext[i];
         ecp[ne] = &ec[ne];
         ne++;
     }

@@ -91,6 +91,15 @@ void ab_client_destroy(ab_client_t **cp)
         return;
     ab_client_t *c = *cp;
     if (c->calls.keys) {
+        /* Tell the broker first: a worker may be generating for us. */
+        for (size_t i = 0; c->conn.sock && c->conn.connected && i < c->calls.cap; i++) {
+            if (!c->calls.keys[i])
+                continue;
+            ab_header_t h = ab_header_init(AB_KIND_CANCEL);
+            h.id = ab_conn_next_id(&c->conn);
+            h.correlation_id = c->calls.keys[i];
+            ab_conn_send(&c->conn, &h, NULL, 0);
+        }
         s_fail_all(c, AB_ESTOPPED, "client destroyed");
         for (size_t i = 0; i < c->calls.cap; i++) /* started by those callbacks */
             if (c->calls.keys[i])
@@ -115,9 +124,9 @@ static int s_timeout_of(ab_client_t *c, int timeout_ms)
 }
 
 /* Sends a REQUEST (or CONTROL) and records its call. */
-static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void *data,
-                   size_t size, int timeout_ms, uint32_t flags, ab_reply_fn *fn, void *arg,
-                   uint64_t *id_out)
+static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, const char *model,
+                          const char *worker, const void *data, size_t size, int timeout_ms,
+                          uint32_t flags, ab_reply_fn *fn, void *arg, uint64_t *id_out)
 {
     if (!c || !target || !*target || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
@@ -138,6 +147,8 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
     h.timeout_ms = (uint32_t)t;
     h.flags = flags;
     h.sender = ab_view_of(c->conn.opts.name);
+    h.model = ab_view_of(model);
+    h.worker = ab_view_of(worker);
     int rc = ab_conn_send(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
                           size);
     if (rc != AB_OK) {
@@ -153,6 +164,42 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
     if (id_out)
         *id_out = call->id;
     return AB_OK;
+}
+
+static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void *data,
+                   size_t size, int timeout_ms, uint32_t flags, ab_reply_fn *fn, void *arg,
+                   uint64_t *id_out)
+{
+    return s_start_routed(c, kind, target, NULL, NULL, data, size, timeout_ms, flags, fn, arg,
+                          id_out);
+}
+
+int ab_client_request_model_async(ab_client_t *c, const char *service, const char *model,
+                                  const char *worker, const void *data, size_t size,
+                                  int timeout_ms, ab_reply_fn *fn, void *arg,
+                                  uint64_t *request_id)
+{
+    if (model && strlen(model) > AB_MODEL_MAX)
+        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "model name over %d bytes", AB_MODEL_MAX)
+                 : AB_EINVAL;
+    return s_start_routed(c, AB_KIND_REQUEST, service, model, worker, data, size, timeout_ms, 0,
+                          fn, arg, request_id);
+}
+
+int ab_client_cancel(ab_client_t *c, uint64_t request_id)
+{
+    if (!c)
+        return AB_EINVAL;
+    s_call_t *call = ab_idmap_get(&c->calls, request_id);
+    if (!call)
+        return ab_conn_fail(&c->conn, AB_EINVAL, "no request %llu in flight",
+                            (unsigned long long)request_id);
+    ab_header_t h = ab_header_init(AB_KIND_CANCEL);
+    h.id = ab_conn_next_id(&c->conn);
+    h.correlation_id = request_id;
+    int rc = ab_conn_send(&c->conn, &h, NULL, 0);
+    s_call_end(c, call, AB_ECANCELLED, NULL, 0, "cancelled by the client");
+    return rc;
 }
 
 int ab_client_request_async(ab_client_t *c, const char *service, const void *data, size_t size,

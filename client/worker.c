@@ -30,6 +30,10 @@ struct ab_worker {
     volatile int shutdown_grace_ms;
     int draining;
     int64_t drain_end_ms;
+    ab_cancel_fn *cancel_fn;
+    void *cancel_arg;
+    uint8_t *state; /* encoded agentbus.InferenceState, appended to Register */
+    size_t state_len;
 };
 
 struct ab_job {
@@ -119,6 +123,7 @@ void ab_worker_destroy(ab_worker_t **wp)
         free(w->label_keys[i]);
         free(w->label_values[i]);
     }
+    free(w->state);
     free(w);
     *wp = NULL;
 }
@@ -173,10 +178,24 @@ static int s_register(ab_worker_t *w)
     reg.n_labels = w->nlabels;
     reg.labels = entp;
     size_t len = agentbus__register__get_packed_size(&reg);
-    uint8_t *buf = malloc(len ? len : 1);
+    /* Register.inference (field 30) is appended already encoded: a
+     * sub-message on the wire is its bytes behind a key and a length. */
+    uint8_t *buf = malloc(len + (w->state_len ? 16 + w->state_len : 1));
     if (!buf)
         return ab_conn_fail(&w->conn, AB_ENOMEM, "out of memory");
     agentbus__register__pack(&reg, buf);
+    if (w->state_len) {
+        uint64_t v = 30u << 3 | 2u;
+        for (int k = 0; k < 2; k++, v = w->state_len) {
+            while (v >= 0x80) {
+                buf[len++] = (uint8_t)(v | 0x80);
+                v >>= 7;
+            }
+            buf[len++] = (uint8_t)v;
+        }
+        memcpy(buf + len, w->state, w->state_len);
+        len += w->state_len;
+    }
     ab_header_t h = ab_header_init(AB_KIND_REGISTER);
     h.id = ab_conn_next_id(&w->conn);
     h.target = ab_view_of(w->service);
@@ -185,6 +204,31 @@ static int s_register(ab_worker_t *w)
     int rc = ab_conn_send(&w->conn, &h, buf, len);
     free(buf);
     return rc;
+}
+
+/* A job still waiting in the ready queue is answered here; one handed out
+ * belongs to the application, which is told. */
+static void s_on_cancel(ab_worker_t *w, uint64_t id, int why)
+{
+    for (ab_job_t *j = w->ready_head, *prev = NULL; j; prev = j, j = j->next) {
+        if (j->id != id)
+            continue;
+        if (prev)
+            prev->next = j->next;
+        else
+            w->ready_head = j->next;
+        if (w->ready_tail == j)
+            w->ready_tail = prev;
+        s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_CANCELLED, "cancelled");
+        zmq_msg_close(&j->payload);
+        free(j);
+        return;
+    }
+    for (ab_job_t *j = w->out; j; j = j->out_next)
+        if (j->id == id && w->cancel_fn) {
+            w->cancel_fn(w, id, why, w->cancel_arg);
+            return;
+        }
 }
 
 static void s_on_message(ab_worker_t *w, ab_in_t *in)
@@ -223,6 +267,10 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         w->n_ready++;
         break;
     }
+    case AB_KIND_CANCEL:
+        s_on_cancel(w, h->correlation_id,
+                    h->error_code == AB_ERR_DEADLINE ? AB_EDEADLINE : AB_ECANCELLED);
+        break;
     default:
         break; /* ERROR to us (e.g. our message was malformed): nothing to do */
     }
@@ -457,4 +505,66 @@ int ab_worker_set_backend_state(ab_worker_t *w, const char *state)
 int ab_worker_connected(const ab_worker_t *w)
 {
     return w ? w->conn.connected && w->registered : 0;
+}
+
+int ab_worker_set_cancel_handler(ab_worker_t *w, ab_cancel_fn *fn, void *arg)
+{
+    if (!w)
+        return AB_EINVAL;
+    w->cancel_fn = fn;
+    w->cancel_arg = arg;
+    return AB_OK;
+}
+
+int ab_worker_set_capacity(ab_worker_t *w, unsigned capacity)
+{
+    if (!w || capacity < 1 || capacity > 100000)
+        return AB_EINVAL;
+    if (capacity == w->capacity)
+        return AB_OK;
+    w->capacity = capacity;
+    return w->conn.connected ? s_register(w) : AB_OK;
+}
+
+unsigned ab_worker_capacity(const ab_worker_t *w)
+{
+    return w ? w->capacity : 0;
+}
+
+int ab_worker_set_inference_state(ab_worker_t *w, const void *state, size_t size)
+{
+    if (!w || (size && !state) || size > (1u << 20))
+        return AB_EINVAL;
+    uint8_t *copy = NULL;
+    if (size && !(copy = malloc(size)))
+        return ab_conn_fail(&w->conn, AB_ENOMEM, "out of memory");
+    if (size)
+        memcpy(copy, state, size);
+    free(w->state);
+    w->state = copy;
+    w->state_len = size;
+    return w->conn.connected ? s_register(w) : AB_OK;
+}
+
+int ab_worker_fd(ab_worker_t *w, int *fd)
+{
+    if (!w || !fd)
+        return AB_EINVAL;
+    size_t len = sizeof *fd;
+    if (zmq_getsockopt(w->conn.sock, ZMQ_FD, fd, &len) != 0)
+        return ab_conn_fail(&w->conn, AB_EZMQ, "ZMQ_FD: %s", zmq_strerror(zmq_errno()));
+    return AB_OK;
+}
+
+int ab_worker_has_input(ab_worker_t *w)
+{
+    if (!w)
+        return 0;
+    if (w->ready_head)
+        return 1;
+    int ev = 0;
+    size_t len = sizeof ev;
+    if (zmq_getsockopt(w->conn.sock, ZMQ_EVENTS, &ev, &len) != 0)
+        return 1; /* let the caller poll and see the error */
+    return (ev & ZMQ_POLLIN) != 0;
 }

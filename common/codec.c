@@ -111,10 +111,11 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
         default: /* groups (3, 4) and reserved types */
             return AB_EDECODE;
         }
-        int is_len = (field == 5 || field == 6 || field == 12);
-        if (field <= 13 && (wt == WT_LEN) != is_len)
+        int is_len = (field == 5 || field == 6 || field == 12 || field == 40 || field == 41);
+        int known = field <= 13 || field == 40 || field == 41;
+        if (known && (wt == WT_LEN) != is_len)
             return AB_EDECODE;
-        if (field <= 13 && !is_len && wt != WT_VARINT)
+        if (known && !is_len && wt != WT_VARINT)
             return AB_EDECODE;
         switch (field) {
         case 1: h->version = (uint32_t)v; break;
@@ -130,6 +131,8 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
         case 11: h->error_code = (uint32_t)v; break;
         case 12: h->error_text = view; break;
         case 13: h->credit = (uint32_t)v; break;
+        case 40: h->model = view; break;
+        case 41: h->worker = view; break;
         default: break; /* unknown field: skipped (newer peer) */
         }
     }
@@ -139,6 +142,10 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
         h->target.ptr = "";
     if (!h->error_text.ptr)
         h->error_text.ptr = "";
+    if (!h->model.ptr)
+        h->model.ptr = "";
+    if (!h->worker.ptr)
+        h->worker.ptr = "";
     return AB_OK;
 }
 
@@ -245,7 +252,9 @@ size_t ab_header_size(const ab_header_t *h)
            s_sfield_size(h->target) + s_vfield_size(h->priority) +
            s_vfield_size(h->timeout_ms) + s_vfield_size(h->flags) +
            s_vfield_size(h->original_size) + s_vfield_size(h->error_code) +
-           s_sfield_size(h->error_text) + s_vfield_size(h->credit);
+           s_sfield_size(h->error_text) + s_vfield_size(h->credit) +
+           (h->model.len ? 1 + s_sfield_size(h->model) : 0) +
+           (h->worker.len ? 1 + s_sfield_size(h->worker) : 0);
 }
 
 static uint8_t *s_put_v(uint8_t *p, unsigned field, uint64_t v)
@@ -266,11 +275,23 @@ static uint8_t *s_put_s(uint8_t *p, unsigned field, ab_view_t s)
     return p + s.len;
 }
 
+/* A string field with a tag >= 16 (two-byte key). */
+static uint8_t *s_put_s2(uint8_t *p, unsigned field, ab_view_t s)
+{
+    if (!s.len)
+        return p;
+    p = s_put_varint(p, (uint64_t)field << 3 | WT_LEN);
+    p = s_put_varint(p, s.len);
+    memcpy(p, s.ptr, s.len);
+    return p + s.len;
+}
+
 /* 13 fields of at most 11 bytes of tag + varint, plus the strings. Lets the
  * common case skip the exact sizing pass. */
 size_t ab_header_bound(const ab_header_t *h)
 {
-    return 13 * 11 + h->sender.len + h->target.len + h->error_text.len;
+    return 15 * 12 + h->sender.len + h->target.len + h->error_text.len + h->model.len +
+           h->worker.len;
 }
 
 size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
@@ -291,6 +312,8 @@ size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
     p = s_put_v(p, 11, h->error_code);
     p = s_put_s(p, 12, h->error_text);
     p = s_put_v(p, 13, h->credit);
+    p = s_put_s2(p, 40, h->model);
+    p = s_put_s2(p, 41, h->worker);
     return (size_t)(p - (uint8_t *)buf);
 }
 
@@ -323,9 +346,28 @@ static const struct {
     {AB_ERR_APPLICATION, AB_EAPPLICATION, "APPLICATION"},
 };
 
+/* Codes outside the dense table (issue 7's inference range). */
+static const struct {
+    uint32_t wire;
+    int status;
+    const char *name;
+} s_errmap_ext[] = {
+    {AB_ERR_MODEL_NOT_FOUND, AB_EMODEL, "MODEL_NOT_FOUND"},
+    {AB_ERR_BAD_REQUEST, AB_EBADREQUEST, "BAD_REQUEST"},
+    {AB_ERR_BACKEND_BUSY, AB_EBACKENDBUSY, "BACKEND_BUSY"},
+    {AB_ERR_BACKEND, AB_EBACKEND, "BACKEND"},
+    {AB_ERR_CANCELLED, AB_ECANCELLED, "CANCELLED"},
+};
+#define AB_ERRMAP_EXT_N (sizeof s_errmap_ext / sizeof s_errmap_ext[0])
+
 int ab_status_from_wire(uint32_t code)
 {
-    return code < AB_ERR_COUNT_ ? s_errmap[code].status : AB_EINTERNAL;
+    if (code < AB_ERR_COUNT_)
+        return s_errmap[code].status;
+    for (size_t i = 0; i < AB_ERRMAP_EXT_N; i++)
+        if (s_errmap_ext[i].wire == code)
+            return s_errmap_ext[i].status;
+    return AB_EINTERNAL;
 }
 
 uint32_t ab_status_to_wire(int status)
@@ -333,15 +375,24 @@ uint32_t ab_status_to_wire(int status)
     for (size_t i = 0; i < AB_ERR_COUNT_; i++)
         if (s_errmap[i].status == status)
             return s_errmap[i].wire;
+    for (size_t i = 0; i < AB_ERRMAP_EXT_N; i++)
+        if (s_errmap_ext[i].status == status)
+            return s_errmap_ext[i].wire;
     /* Codec rejections all reach the peer as MALFORMED. */
     if (status <= AB_EFRAMES && status >= AB_EDECODE)
         return status == AB_EVERSION ? AB_ERR_UNSUPPORTED_VERSION : AB_ERR_MALFORMED;
     return AB_ERR_INTERNAL;
 }
 
+
 const char *ab_wire_error_name(uint32_t code)
 {
-    return code < AB_ERR_COUNT_ ? s_errmap[code].name : "UNKNOWN";
+    if (code < AB_ERR_COUNT_)
+        return s_errmap[code].name;
+    for (size_t i = 0; i < AB_ERRMAP_EXT_N; i++)
+        if (s_errmap_ext[i].wire == code)
+            return s_errmap_ext[i].name;
+    return "UNKNOWN";
 }
 
 const char *ab_kind_name(uint32_t kind)

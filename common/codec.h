@@ -53,7 +53,13 @@ enum {
     AB_ERR_UNSUPPORTED_VERSION = 7,
     AB_ERR_UNSUPPORTED = 8,
     AB_ERR_APPLICATION = 9,
-    AB_ERR_COUNT_ = 10
+    AB_ERR_COUNT_ = 10,
+    /* issue 7: inference (outside the dense 0..COUNT_-1 table) */
+    AB_ERR_MODEL_NOT_FOUND = 20,
+    AB_ERR_BAD_REQUEST = 21,
+    AB_ERR_BACKEND_BUSY = 22,
+    AB_ERR_BACKEND = 23,
+    AB_ERR_CANCELLED = 24
 };
 
 /* Mirrors agentbus.Flag. */
@@ -87,6 +93,8 @@ typedef struct {
     uint32_t error_code;
     ab_view_t error_text;
     uint32_t credit;
+    ab_view_t model;  /* field 40: REQUEST's model, for placement */
+    ab_view_t worker; /* field 41: REQUEST pinned to this worker */
 } ab_header_t;
 
 /* One frame of a multipart message, as received. */

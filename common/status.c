@@ -31,6 +31,11 @@ static const s_status_t s_table[] = {
     {AB_EMISSING, "MISSING_FIELD", "a required header field is missing"},
     {AB_EPAYLOADSIZE, "PAYLOAD_SIZE", "payload exceeds the size limit"},
     {AB_EDECODE, "DECODE", "header is not valid protobuf"},
+    {AB_EMODEL, "MODEL_NOT_FOUND", "the model is not available on any worker or backend"},
+    {AB_EBADREQUEST, "BAD_REQUEST", "the inference backend refused the request"},
+    {AB_EBACKENDBUSY, "BACKEND_BUSY", "the inference backend is overloaded, try later"},
+    {AB_EBACKEND, "BACKEND", "the inference backend failed or is unreachable"},
+    {AB_ECANCELLED, "CANCELLED", "the request was cancelled"},
 };
 
 static const s_status_t *s_find(int code)

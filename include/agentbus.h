@@ -74,7 +74,12 @@ typedef enum {
     AB_EHDRSIZE = -21,      /* codec: header frame larger than the limit */
     AB_EMISSING = -22,      /* codec: a required field is missing */
     AB_EPAYLOADSIZE = -23,  /* codec: payload larger than the limit */
-    AB_EDECODE = -24        /* codec: header bytes are not a valid Header */
+    AB_EDECODE = -24,       /* codec: header bytes are not a valid Header */
+    AB_EMODEL = -40,        /* inference: no worker or backend has the model */
+    AB_EBADREQUEST = -41,   /* inference: the backend refused the request (HTTP 400) */
+    AB_EBACKENDBUSY = -42,  /* inference: backend overloaded (HTTP 503) on every try */
+    AB_EBACKEND = -43,      /* inference: backend unreachable or failed mid-stream */
+    AB_ECANCELLED = -44     /* the request was cancelled (ab_client_cancel) */
 } ab_status_t;
 
 /* Fixed English text for a status code; never NULL, static storage. */
@@ -164,6 +169,34 @@ AB_EXPORT int ab_client_request_async(ab_client_t *client, const char *service,
                                       const void *data, size_t size, int timeout_ms,
                                       ab_reply_fn *fn, void *arg, uint64_t *request_id);
 
+/* Longest model name a request may carry (bytes). */
+#define AB_MODEL_MAX 200
+
+/* Like ab_client_request_async, for requests that need a model (inference
+ * services): MODEL (may be NULL) travels in the header so the broker places
+ * the request on a worker that has it loaded or can load it (see
+ * docs/placement.md); WORKER (may be NULL) pins it to the worker with that
+ * name or id (operator commands). Both are copied. The payload of an
+ * inference request is an agentbus.InferenceRequest (proto/agentbus.proto);
+ * each streamed chunk arrives as its own event holding one encoded
+ * GenerateResponse / ChatResponse (decode each on its own: concatenated
+ * protobuf messages merge, so the sync ab_client_request's concatenation
+ * is only meaningful with stream = false).
+ * Errors as ab_client_request_async; AB_EINVAL for a model over AB_MODEL_MAX. */
+AB_EXPORT int ab_client_request_model_async(ab_client_t *client, const char *service,
+                                            const char *model, const char *worker,
+                                            const void *data, size_t size, int timeout_ms,
+                                            ab_reply_fn *fn, void *arg, uint64_t *request_id);
+
+/* Gives up on request REQUEST_ID: its callback runs at once (inside this
+ * call) with final = 1 and AB_ECANCELLED, and the broker is told (CANCEL) so
+ * the worker holding it stops and frees its slot (an Ollama worker aborts
+ * the HTTP transfer). Later answers to it are ignored. ab_client_destroy
+ * cancels every request still in flight the same way.
+ * Errors: AB_EINVAL (no such request in flight), send errors (the request
+ * is ended locally anyway). */
+AB_EXPORT int ab_client_cancel(ab_client_t *client, uint64_t request_id);
+
 /* Processes what has arrived and what has timed out, running callbacks.
  * Waits up to timeout_ms for the first event (0: don't wait; -1: until one
  * arrives). Returns the number of events handled (>= 0) or an error. */
@@ -244,6 +277,34 @@ AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, co
  * ("dropped without answering"), so its client is not left waiting and the
  * worker's credit comes back. Safe after the worker was destroyed. */
 AB_EXPORT void ab_job_destroy(ab_job_t **job);
+
+/* --- inference workers (issue 7) --- */
+/* Called when the broker cancels job JOB_ID: WHY is AB_EDEADLINE (its
+ * deadline passed while the worker held it) or AB_ECANCELLED (the client
+ * gave up). The application should stop working on it and end it
+ * (ab_worker_fail with AB_ECANCELLED; that answer frees the credit). Jobs
+ * cancelled before they were handed out are answered by the library. */
+typedef void(ab_cancel_fn)(ab_worker_t *worker, uint64_t job_id, int why, void *arg);
+AB_EXPORT int ab_worker_set_cancel_handler(ab_worker_t *worker, ab_cancel_fn *fn, void *arg);
+
+/* Changes the worker's capacity (1..100000), e.g. adaptive concurrency.
+ * Sent at once (a new registration) when connected and in every heartbeat. */
+AB_EXPORT int ab_worker_set_capacity(ab_worker_t *worker, unsigned capacity);
+AB_EXPORT unsigned ab_worker_capacity(const ab_worker_t *worker);
+
+/* Sets the protobuf-encoded agentbus.InferenceState (models, loaded models,
+ * VRAM, slots) sent with every registration, and registers again at once
+ * when connected. The bytes are copied (at most 1 MiB); NULL/0 clears it. */
+AB_EXPORT int ab_worker_set_inference_state(ab_worker_t *worker, const void *state, size_t size);
+
+/* A file descriptor that becomes readable when the worker may have input,
+ * for waiting on it together with other I/O (an Ollama worker's HTTP
+ * transfers). Edge-triggered (ZMQ_FD semantics): before waiting on it,
+ * call ab_worker_poll(worker, 0, ...) and check ab_worker_has_input(),
+ * and wake at least every heartbeat interval. */
+AB_EXPORT int ab_worker_fd(ab_worker_t *worker, int *fd);
+/* 1 if a message or job is waiting to be processed now, else 0. */
+AB_EXPORT int ab_worker_has_input(ab_worker_t *worker);
 
 /* Handler mode: FN is called for each request and owns the job. */
 typedef void(ab_job_fn)(ab_worker_t *worker, ab_job_t *job, void *arg);

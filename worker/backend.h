@@ -5,8 +5,9 @@
  * it hands each job to on_job (which owns it from then on and must end it
  * with ab_worker_reply/ab_worker_fail, now or later) and calls tick when
  * next_timeout_ms said work would be due. One thread; no locking.
- * The echo backend is here now; an Ollama backend (libcurl multi) slots in
- * the same way: on_job starts an HTTP transfer, tick drives curl_multi.
+ * Backends with I/O of their own (Ollama: libcurl multi) also provide
+ * attach (called once the worker exists: cancel handler, state) and wait
+ * (sleeps on their sockets and the worker's fd together).
  */
 #ifndef AB_WORKER_BACKEND_H
 #define AB_WORKER_BACKEND_H
@@ -18,6 +19,13 @@ typedef struct {
     unsigned capacity;
     long delay_ms; /* echo: time before replying */
     long chunks;   /* echo: reply in this many parts (streamed) */
+    /* ollama */
+    const char *name;        /* worker name, reported in final replies */
+    const char *ollama_url;  /* base URL, e.g. http://127.0.0.1:11434 */
+    const char *preload;     /* comma-separated models to load at start */
+    long gpu_vram_mb;        /* VRAM when NVML cannot tell (0 = unknown) */
+    long retries;            /* local retries of 503 / connection errors */
+    long refresh_ms;         /* longest interval between /api/tags+/api/ps probes */
 } ab_backend_args_t;
 
 typedef struct {
@@ -28,8 +36,12 @@ typedef struct {
     int (*next_timeout_ms)(void *ctx);
     void (*tick)(void *ctx, ab_worker_t *w);
     void (*destroy)(void **ctx);
+    /* optional (NULL): see above */
+    void (*attach)(void *ctx, ab_worker_t *w);
+    int (*wait)(void *ctx, ab_worker_t *w, int timeout_ms);
 } ab_backend_ops_t;
 
 extern const ab_backend_ops_t ab_backend_echo;
+extern const ab_backend_ops_t ab_backend_ollama;
 
 #endif

@@ -112,4 +112,4 @@ static void s_destroy(void **ctx)
 }
 
 const ab_backend_ops_t ab_backend_echo = {"echo", s_create, s_on_job, s_next_timeout, s_tick,
-                                          s_destroy};
+                                          s_destroy, NULL, NULL};

@@ -14,16 +14,19 @@
 static ab_worker_t *s_worker;
 static volatile sig_atomic_t s_signals;
 static long s_drain_ms = 2000;
+static volatile sig_atomic_t s_stopping; /* hard stop: the loop checks it */
 
 /* First SIGTERM/SIGINT: drain (finish what is held, up to --drain-ms);
  * a second one, or --drain-ms 0: stop at once. */
 static void s_on_signal(int sig)
 {
     (void)sig;
-    if (s_signals++ || s_drain_ms == 0)
+    if (s_signals++ || s_drain_ms == 0) {
+        s_stopping = 1;
         ab_worker_stop(s_worker);
-    else
+    } else {
         ab_worker_shutdown(s_worker, (int)s_drain_ms);
+    }
 }
 
 static void s_usage(const char *prog)
@@ -31,11 +34,17 @@ static void s_usage(const char *prog)
     printf("Usage: %s [options]\n\n"
            "Serves one agentbus service with a backend.\n\n"
            "  --broker ENDPOINT   broker to connect to (default: $AB_BROKER, else %s)\n"
-           "  --backend NAME      backend: echo (default echo)\n"
-           "  --service NAME      service to register (default echo)\n"
-           "  --capacity N        concurrent requests, 1..100000 (default 16)\n"
+           "  --backend NAME      backend: echo or ollama (default echo)\n"
+           "  --service NAME      service to register (default echo; ollama backend: ollama)\n"
+           "  --capacity N        concurrent requests, 1..100000 (default 16; ollama backend:\n"
+           "                      $OLLAMA_NUM_PARALLEL, else 4; the adaptive limit's maximum)\n"
            "  --delay-ms N        echo: wait N ms before replying (default 0)\n"
            "  --chunks N          echo: stream the reply in N parts (default 1)\n"
+           "  --ollama-url URL    ollama: the Ollama server's base URL (http://127.0.0.1:11434)\n"
+           "  --preload M1,M2     ollama: load these models at start, one after another\n"
+           "  --gpu-vram-mb N     ollama: GPU memory when NVML cannot tell (default 0: unknown)\n"
+           "  --ollama-retries N  ollama: retries of a 503 / connection error here (default 2)\n"
+           "  --refresh-ms N      ollama: longest interval between model probes (default 5000)\n"
            "  --name NAME         worker name shown by brokerctl workers\n"
            "  --label KEY=VALUE   label sent with the registration (repeatable)\n"
            "  --heartbeat-ms N    heartbeat interval, 100..60000 (default 1000); the\n"
@@ -68,6 +77,10 @@ static int s_parse(s_args_t *a, int argc, char **argv)
     a->args.capacity = 16;
     a->args.chunks = 1;
     a->heartbeat_ms = 1000;
+    a->args.retries = 2;
+    a->args.refresh_ms = 5000;
+    int service_set = 0, capacity_set = 0;
+    long n0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long n;
@@ -77,7 +90,9 @@ static int s_parse(s_args_t *a, int argc, char **argv)
         }
         static const char *known[] = {"--broker", "--backend", "--service", "--name",
                                       "--label", "--capacity", "--delay-ms", "--chunks",
-                                      "--heartbeat-ms", "--drain-ms", "--fail-file"};
+                                      "--heartbeat-ms", "--drain-ms", "--fail-file",
+                                      "--ollama-url", "--preload", "--gpu-vram-mb",
+                                      "--ollama-retries", "--refresh-ms"};
         int is_known = 0;
         for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
             is_known |= strcmp(f, known[k]) == 0;
@@ -92,13 +107,23 @@ static int s_parse(s_args_t *a, int argc, char **argv)
         else if (strcmp(f, "--backend") == 0)
             a->backend = v;
         else if (strcmp(f, "--service") == 0 && *v)
-            a->args.service = v;
+            a->args.service = v, service_set = 1;
         else if (strcmp(f, "--name") == 0)
             a->name = v;
         else if (strcmp(f, "--label") == 0 && strchr(v, '=') && a->nlabels < 64)
             a->labels[a->nlabels++] = v;
         else if (strcmp(f, "--capacity") == 0 && ab_parse_long(v, 1, 100000, &n) == 0)
-            a->args.capacity = (unsigned)n;
+            a->args.capacity = (unsigned)n, capacity_set = 1;
+        else if (strcmp(f, "--ollama-url") == 0 && *v)
+            a->args.ollama_url = v;
+        else if (strcmp(f, "--preload") == 0)
+            a->args.preload = v;
+        else if (strcmp(f, "--gpu-vram-mb") == 0 && ab_parse_long(v, 0, 1L << 30, &n) == 0)
+            a->args.gpu_vram_mb = n;
+        else if (strcmp(f, "--ollama-retries") == 0 && ab_parse_long(v, 0, 10, &n) == 0)
+            a->args.retries = n;
+        else if (strcmp(f, "--refresh-ms") == 0 && ab_parse_long(v, 250, 600000, &n) == 0)
+            a->args.refresh_ms = n;
         else if (strcmp(f, "--delay-ms") == 0 && ab_parse_long(v, 0, 3600000, &n) == 0)
             a->args.delay_ms = n;
         else if (strcmp(f, "--chunks") == 0 && ab_parse_long(v, 1, 1000000, &n) == 0)
@@ -114,10 +139,24 @@ static int s_parse(s_args_t *a, int argc, char **argv)
             return -1;
         }
     }
-    if (strcmp(a->backend, "echo") != 0) {
-        fprintf(stderr, "agentbus-worker: unknown backend '%s' (available: echo)\n", a->backend);
+    if (strcmp(a->backend, "echo") != 0 && strcmp(a->backend, "ollama") != 0) {
+        fprintf(stderr, "agentbus-worker: unknown backend '%s' (available: echo, ollama)\n",
+                a->backend);
         return -1;
     }
+    if (strcmp(a->backend, "ollama") == 0) {
+        if (!a->args.ollama_url) {
+            fprintf(stderr, "agentbus-worker: --backend ollama needs --ollama-url URL\n");
+            return -1;
+        }
+        if (!service_set)
+            a->args.service = "ollama";
+        /* The backend's parallelism: what its operator gave Ollama. */
+        const char *np = getenv("OLLAMA_NUM_PARALLEL");
+        if (!capacity_set)
+            a->args.capacity = np && ab_parse_long(np, 1, 100000, &n0) == 0 ? (unsigned)n0 : 4;
+    }
+    a->args.name = a->name;
     return 0;
 }
 
@@ -189,19 +228,30 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    s_loop_t loop = {&ab_backend_echo, NULL, a.fail_file, 0};
+    s_loop_t loop = {strcmp(a.backend, "ollama") == 0 ? &ab_backend_ollama : &ab_backend_echo,
+                     NULL, a.fail_file, 0};
     ab_worker_set_backend_state(s_worker, "ok");
     if (loop.ops->create(&loop.ctx, &a.args) != AB_OK) {
         ab_worker_destroy(&s_worker);
         return 1;
     }
+    if (loop.ops->attach)
+        loop.ops->attach(loop.ctx, s_worker);
     fprintf(stderr, "agentbus-worker: serving '%s' (backend %s, capacity %u)\n", a.args.service,
             loop.ops->name, a.args.capacity);
     for (;;) {
         int t = loop.ops->next_timeout_ms(loop.ctx);
-        rc = ab_worker_poll(s_worker, t < 0 || t > 1000 ? 1000 : t, s_on_job, &loop);
+        t = t < 0 || t > 1000 ? 1000 : t;
+        /* A backend with its own sockets waits on them and the worker's fd. */
+        rc = ab_worker_poll(s_worker, loop.ops->wait ? 0 : t, s_on_job, &loop);
         if (rc < 0)
             break;
+        if (s_stopping) { /* a zero-timeout poll does not report the stop */
+            rc = AB_ESTOPPED;
+            break;
+        }
+        if (loop.ops->wait)
+            loop.ops->wait(loop.ctx, s_worker, t);
         loop.ops->tick(loop.ctx, s_worker);
     }
     if (rc != AB_ESTOPPED)

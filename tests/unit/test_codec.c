@@ -24,6 +24,8 @@ static ab_header_t s_full(void)
     h.error_code = AB_ERR_DEADLINE;
     h.error_text = ab_view_of("took too long");
     h.credit = 128;
+    h.model = ab_view_of("llama3:8b");
+    h.worker = ab_view_of("gpu0");
     return h;
 }
 
@@ -47,6 +49,8 @@ static void s_check_same(const ab_header_t *a, const ab_header_t *b)
     CHECK_U64(a->error_code, b->error_code);
     CHECK_TRUE(s_view_eq(a->error_text, b->error_text));
     CHECK_U64(a->credit, b->credit);
+    CHECK_TRUE(s_view_eq(a->model, b->model));
+    CHECK_TRUE(s_view_eq(a->worker, b->worker));
 }
 
 static void s_test_round_trip(void)
@@ -94,6 +98,8 @@ static void s_test_protobuf_c_agrees(void)
     m.error_code = AGENTBUS__ERROR_CODE__ERR_BUSY;
     m.error_text = "busy now";
     m.credit = 7;
+    m.model = "qwen2.5:7b";
+    m.worker = "gpu1";
     uint8_t buf[512];
     size_t n = agentbus__header__pack(&m, buf);
     ab_header_t h;
@@ -106,6 +112,7 @@ static void s_test_protobuf_c_agrees(void)
     CHECK_U64(h.original_size, 123456789);
     CHECK_U64(h.credit, 7);
     CHECK_U64(h.error_code, AB_ERR_BUSY);
+    CHECK_TRUE(ab_view_eq(h.model, "qwen2.5:7b") && ab_view_eq(h.worker, "gpu1"));
 
     ab_header_t ours = s_full();
     size_t len = ab_header_encode(&ours, buf, sizeof buf);
@@ -115,7 +122,7 @@ static void s_test_protobuf_c_agrees(void)
                        .target = "llm.generate", .priority = 3, .timeout_ms = UINT32_MAX,
                        .flags = ours.flags, .original_size = ours.original_size,
                        .error_code = AGENTBUS__ERROR_CODE__ERR_DEADLINE, .error_text = "took too long",
-                       .credit = 128}));
+                       .credit = 128, .model = "llama3:8b", .worker = "gpu0"}));
     Agentbus__Header *u = agentbus__header__unpack(NULL, len, buf);
     REQUIRE(u != NULL);
     CHECK_U64(u->version, 1);
@@ -127,6 +134,8 @@ static void s_test_protobuf_c_agrees(void)
     CHECK_STR(u->target, "llm.generate");
     CHECK_STR(u->error_text, "took too long");
     CHECK_U64(u->credit, 128);
+    CHECK_STR(u->model, "llama3:8b");
+    CHECK_STR(u->worker, "gpu0");
     agentbus__header__free_unpacked(u, NULL);
 }
 
@@ -265,6 +274,21 @@ static void s_test_status(void)
         CHECK_TRUE(st < 0);
         CHECK_U64(ab_status_to_wire(st), code);
         CHECK_TRUE(strcmp(ab_wire_error_name(code), "UNKNOWN") != 0);
+    }
+    /* the inference codes (issue 7) live outside the dense table */
+    const uint32_t ext[] = {AGENTBUS__ERROR_CODE__ERR_MODEL_NOT_FOUND,
+                            AGENTBUS__ERROR_CODE__ERR_BAD_REQUEST,
+                            AGENTBUS__ERROR_CODE__ERR_BACKEND_BUSY,
+                            AGENTBUS__ERROR_CODE__ERR_BACKEND, AGENTBUS__ERROR_CODE__ERR_CANCELLED};
+    const int ext_st[] = {AB_EMODEL, AB_EBADREQUEST, AB_EBACKENDBUSY, AB_EBACKEND, AB_ECANCELLED};
+    CHECK_U64(AB_ERR_MODEL_NOT_FOUND, AGENTBUS__ERROR_CODE__ERR_MODEL_NOT_FOUND);
+    CHECK_U64(AB_ERR_CANCELLED, AGENTBUS__ERROR_CODE__ERR_CANCELLED);
+    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++) {
+        CHECK_EQ(ab_status_from_wire(ext[i]), ext_st[i]);
+        CHECK_U64(ab_status_to_wire(ext_st[i]), ext[i]);
+        CHECK_TRUE(strcmp(ab_wire_error_name(ext[i]), "UNKNOWN") != 0);
+        CHECK_TRUE(strcmp(ab_strerror(ext_st[i]), "unknown error code") != 0);
+        CHECK_STR(ab_status_name(ext_st[i]), ab_wire_error_name(ext[i]));
     }
     CHECK_EQ(ab_status_from_wire(0), AB_OK);
     CHECK_EQ(ab_status_from_wire(1000), AB_EINTERNAL);

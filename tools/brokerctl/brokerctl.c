@@ -4,12 +4,14 @@
  *   brokerctl [--broker EP] [--json] [--timeout-ms N] [--watch S] stats|services|workers
  *   brokerctl [--broker EP] [--timeout-ms N] request SERVICE DATA|-
  *   brokerctl [--broker EP] [--json] [--events N] watch
+ *   brokerctl [...] generate|chat|embed|models ... (infer.c)
  *
  * Exit codes: 0 success; 1 the broker answered with an error or could not
  * be reached (code name and text on stderr); 2 bad usage.
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "infer.h"
 #include "render.h"
 
 #include <jansson.h>
@@ -43,6 +45,15 @@ static void s_usage(FILE *out)
             "  watch                   print directory changes as they happen: a worker\n"
             "                          joins, leaves or changes health (one line each;\n"
             "                          with --json one JSON object per line)\n\n"
+            "  generate MODEL PROMPT [--temperature T] [--seed N] [--num-predict N]\n"
+            "           [--system S] [--no-stream] [--service S] [--json]\n"
+            "                          stream the model's answer to stdout as it is generated\n"
+            "  chat MODEL MESSAGE [same options]   one user message, answer streamed\n"
+            "  embed MODEL TEXT...     print one embedding vector per TEXT (up to 16)\n"
+            "  models                  inference workers: slots, VRAM, loaded and available models\n"
+            "  models load|unload WORKER MODEL     (un)load MODEL on that worker's GPU\n"
+            "  (inference commands use service 'ollama' unless --service is given, and a\n"
+            "   120000 ms timeout unless --timeout-ms is)\n\n"
             "Options:\n"
             "  --broker ENDPOINT       broker (default: $AB_BROKER, else %s)\n"
             "  --json                  machine-readable output (for request: {\"ok\", \"reply\"}\n"
@@ -211,6 +222,7 @@ int main(int argc, char **argv)
     const char *broker = NULL;
     int json = 0, i = 1;
     long timeout_ms = 5000, watch = 0;
+    int timeout_set = 0;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(f, "--help") == 0) {
@@ -223,6 +235,7 @@ int main(int argc, char **argv)
         } else if (strcmp(f, "--timeout-ms") == 0 && v &&
                    ab_parse_long(v, 1, 86400000, &timeout_ms) == 0) {
             i++;
+            timeout_set = 1;
         } else if (strcmp(f, "--watch") == 0 && v && ab_parse_long(v, 1, 86400, &watch) == 0) {
             i++;
         } else if (strcmp(f, "--events") == 0 && v &&
@@ -242,7 +255,21 @@ int main(int argc, char **argv)
     int is_show = !strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers");
     int is_req = !strcmp(cmd, "request");
     int is_watch = !strcmp(cmd, "watch");
-    if ((!is_show && !is_req && !is_watch) || ((is_show || is_watch) && i != argc) ||
+    int is_infer = !strcmp(cmd, "generate") || !strcmp(cmd, "chat") || !strcmp(cmd, "embed") ||
+                   (!strcmp(cmd, "models") && i < argc &&
+                    (!strcmp(argv[i], "load") || !strcmp(argv[i], "unload")));
+    int is_models = !strcmp(cmd, "models") && !is_infer;
+    if (is_infer || is_models) {
+        for (int k = i; k < argc; k++) /* --json may follow the command */
+            if (strcmp(argv[k], "--json") == 0)
+                json = s_json = 1;
+    }
+    int models_args_ok = 1;
+    for (int k = i; is_models && k < argc; k++)
+        models_args_ok &= strcmp(argv[k], "--json") == 0;
+    if ((!is_show && !is_req && !is_watch && !is_infer && !is_models) ||
+        ((is_show || is_watch) && i != argc) ||
+        !models_args_ok ||
         (is_req && i + 2 != argc)) {
         fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
         s_usage(stderr);
@@ -272,6 +299,25 @@ int main(int argc, char **argv)
     signal(SIGTERM, s_on_signal);
     if (is_watch) {
         rc = s_watch(c, (int)timeout_ms);
+    } else if (is_infer) {
+        char err[512];
+        int irc = ab_ctl_infer(c, cmd, argc - i, argv + i, &json, timeout_set ? (int)timeout_ms
+                                                                              : 120000,
+                               &s_stop, err, sizeof err);
+        if (irc == AB_EINVAL && !err[0]) {
+            s_usage(stderr);
+            rc = 2;
+        } else if (irc != AB_OK) {
+            fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(irc), err[0] ? err : ab_strerror(irc));
+            if (s_json)
+                ab_render_error(stdout, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
+            rc = 1;
+        } else {
+            rc = 0;
+        }
+    } else if (is_models) {
+        int mrc = ab_ctl_models(c, json, (int)timeout_ms);
+        rc = mrc == AB_OK ? 0 : s_fail(c, mrc);
     } else if (is_req) {
         rc = s_request(c, argv[i], argv[i + 1], (int)timeout_ms);
     } else {

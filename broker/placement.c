@@ -1,0 +1,281 @@
+/*
+ * placement.c - where an inference request goes, and what happens when a
+ * client gives up on one or a backend pushes one back (issue 7).
+ *
+ * The policy (docs/placement.md), for a request naming model M:
+ *   1. never a worker that cannot serve M: one that reports its models
+ *      (Register.inference) and does not list M, or one that is not the
+ *      worker the request is pinned to;
+ *   2. among the rest with a free slot: first those with M loaded, then
+ *      those with enough free VRAM to load M, then the others (loading M
+ *      there evicts something) - but only while no worker has M loaded: a
+ *      request for a loaded model waits for a slot rather than evict;
+ *   3. ties: the coolest GPU, then the least loaded worker (in flight /
+ *      slots), then the one dispatched to longest ago.
+ * Workers that report no inference state are generic: they may take any
+ * request of their service and rank with "M loaded".
+ */
+#include "placement.h"
+#include "agentbus.pb-c.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int ab_route_init(ab_req_t *r, const ab_header_t *h)
+{
+    r->route = NULL;
+    if (!h->model.len && !h->worker.len)
+        return 0;
+    struct ab_route *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return -1;
+    ab_view_copy(h->model, rt->model, sizeof rt->model);
+    ab_view_copy(h->worker, rt->worker, sizeof rt->worker);
+    r->route = rt;
+    return 0;
+}
+
+void ab_route_free(ab_req_t *r)
+{
+    free(r->route);
+    r->route = NULL;
+}
+
+void ab_placement_update(ab_worker_rec_t *w, Agentbus__InferenceState *st)
+{
+    ab_placement_forget(w);
+    w->inference = st;
+}
+
+void ab_placement_forget(ab_worker_rec_t *w)
+{
+    if (w->inference)
+        agentbus__inference_state__free_unpacked(w->inference, NULL);
+    w->inference = NULL;
+}
+
+/* Ollama names "llama3" and "llama3:latest" are the same model. */
+static int s_model_eq(const char *a, const char *b)
+{
+    size_t la = strcspn(a, ":"), lb = strcspn(b, ":");
+    if (la != lb || strncmp(a, b, la) != 0)
+        return 0;
+    const char *ta = a[la] ? a + la + 1 : "latest", *tb = b[lb] ? b + lb + 1 : "latest";
+    return strcmp(ta, tb) == 0;
+}
+
+static const Agentbus__ModelInfo *s_model_info(const ab_worker_rec_t *w, const char *model)
+{
+    for (size_t i = 0; w->inference && i < w->inference->n_models; i++)
+        if (s_model_eq(w->inference->models[i]->name, model))
+            return w->inference->models[i];
+    return NULL;
+}
+
+static int s_loaded(const ab_worker_rec_t *w, const char *model)
+{
+    if (!w->inference)
+        return 1; /* generic: as good as loaded */
+    for (size_t i = 0; i < w->inference->n_loaded; i++)
+        if (s_model_eq(w->inference->loaded[i]->name, model))
+            return 1;
+    return 0;
+}
+
+static int s_pinned_ok(const ab_worker_rec_t *w, const struct ab_route *rt)
+{
+    return !rt->worker[0] || strcmp(w->peer->name, rt->worker) == 0 ||
+           strcmp(w->peer->key, rt->worker) == 0;
+}
+
+/* 1 if W may ever serve R (rule 1). */
+static int s_capable(const ab_worker_rec_t *w, const struct ab_route *rt)
+{
+    if (!s_pinned_ok(w, rt))
+        return 0;
+    if (!rt->model[0] || !w->inference)
+        return 1;
+    return s_model_info(w, rt->model) != NULL;
+}
+
+/* 0: model loaded, 1: fits in free VRAM, 2: would evict. */
+static int s_tier(const ab_worker_rec_t *w, const struct ab_route *rt)
+{
+    if (!rt->model[0] || s_loaded(w, rt->model))
+        return 0;
+    const Agentbus__ModelInfo *mi = s_model_info(w, rt->model);
+    uint64_t need = mi ? mi->size : 0;
+    return w->inference->vram_total && need <= w->inference->vram_free ? 1 : 2;
+}
+
+static uint32_t s_temperature(const ab_worker_rec_t *w)
+{
+    uint32_t t = 0;
+    for (size_t i = 0; w->inference && i < w->inference->n_gpus; i++)
+        if (w->inference->gpus[i]->temperature_c > t)
+            t = w->inference->gpus[i]->temperature_c;
+    return t;
+}
+
+/* 1 if A should be preferred to B (same tier). */
+static int s_better(const ab_worker_rec_t *a, const ab_worker_rec_t *b)
+{
+    uint32_t ta = s_temperature(a), tb = s_temperature(b);
+    if (ta != tb)
+        return ta < tb;
+    /* in_flight/capacity compared without division */
+    uint64_t la = (uint64_t)a->in_flight * (b->capacity ? b->capacity : 1);
+    uint64_t lb = (uint64_t)b->in_flight * (a->capacity ? a->capacity : 1);
+    if (la != lb)
+        return la < lb;
+    return a->last_dispatch < b->last_dispatch;
+}
+
+ab_worker_rec_t *ab_placement_pick(ab_broker_t *b, ab_service_t *s, ab_req_t *r,
+                                   int *impossible)
+{
+    (void)b;
+    const struct ab_route *rt = r->route;
+    ab_worker_rec_t *best = NULL;
+    int best_tier = 3, capable = 0, loaded_somewhere = 0;
+    *impossible = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+        if (!s_capable(w, rt))
+            continue;
+        capable++;
+        int tier = s_tier(w, rt);
+        if (tier == 0)
+            loaded_somewhere = 1;
+        if (w == rt->avoid || w->in_flight >= w->capacity)
+            continue;
+        if (!best || tier < best_tier || (tier == best_tier && s_better(w, best))) {
+            best = w;
+            best_tier = tier;
+        }
+    }
+    if (!capable) {
+        *impossible = 1;
+        return NULL;
+    }
+    if (best && best_tier == 2 && loaded_somewhere)
+        return NULL; /* wait for a slot next to the loaded model */
+    return best;
+}
+
+uint32_t ab_placement_why(ab_service_t *s, const ab_req_t *r, char *text, size_t cap)
+{
+    const struct ab_route *rt = r->route;
+    if (rt->worker[0]) {
+        int found = 0;
+        for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+            found |= s_pinned_ok(w, rt);
+        if (!found) {
+            snprintf(text, cap, "no worker '%s' serves '%s'", rt->worker, s->name);
+            return AB_ERR_NO_SERVICE;
+        }
+    }
+    unsigned down = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        down += w->inference && !w->inference->backend_up;
+    if (down) { /* say so: "not found" would send the operator the wrong way */
+        snprintf(text, cap, "model \"%s\" not found on any worker of '%s' (%u worker%s backend "
+                 "unreachable)", rt->model, s->name, down, down == 1 ? "'s" : "s'");
+        return AB_ERR_BACKEND;
+    }
+    snprintf(text, cap, "model \"%s\" not found on any worker of '%s'", rt->model, s->name);
+    return AB_ERR_MODEL_NOT_FOUND;
+}
+
+int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
+{
+    struct ab_route *rt = r->route;
+    if (!rt || rt->streamed || rt->retries >= 2 || (r->flags & AB_FLAG_NON_IDEMPOTENT) ||
+        !r->has_payload || !r->worker)
+        return 0;
+    if (code != AB_ERR_BACKEND_BUSY && code != AB_ERR_BACKEND)
+        return 0;
+    ab_worker_rec_t *from = r->worker;
+    ab_service_t *s = r->service;
+    int other = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        other |= w != from && s_capable(w, rt);
+    if (!other)
+        return 0;
+    AB_DEBUG("request %llu pushed back by %s (%s): re-dispatching",
+             (unsigned long long)r->bid, from->peer->name, ab_wire_error_name(code));
+    ab_worker_req_remove(from, r);
+    rt->avoid = from;
+    rt->retries++;
+    ab_queue_push_front(s, r);
+    ab_service_dispatch(b, s);
+    return 1;
+}
+
+void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
+{
+    if (!r->worker)
+        return;
+    ab_header_t h = ab_header_init(AB_KIND_CANCEL);
+    h.correlation_id = r->bid;
+    h.error_code = why;
+    h.target = ab_view_of(r->service->name);
+    ab_send(b, &r->worker->peer->rid, &h, NULL);
+}
+
+static int s_rid_eq(const ab_rid_t *a, const ab_rid_t *b)
+{
+    return a->len == b->len && memcmp(a->bytes, b->bytes, a->len) == 0;
+}
+
+/* Forgets FOUND for its client: dropped if queued, else orphaned and its
+ * worker told to stop. */
+static void s_cancel(ab_broker_t *b, ab_req_t *found)
+{
+    if (found->state == AB_REQ_ORPHANED)
+        return;
+    found->service->errors++;
+    if (found->state == AB_REQ_QUEUED) {
+        ab_req_free(b, found);
+        return;
+    }
+    /* Dispatched: the worker keeps the credit until it answers (CANCELLED,
+     * dropped as for any orphan), so the slot is not offered twice. */
+    found->state = AB_REQ_ORPHANED;
+    if (found->has_payload) {
+        zmq_msg_close(&found->payload);
+        found->has_payload = 0;
+    }
+    ab_heap_remove(b, found);
+    ab_cancel_send(b, found, AB_ERR_CANCELLED);
+}
+
+void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
+{
+    /* Rare (a client gave up): a scan of what the broker holds is cheaper
+     * than keeping a second index on every request. */
+    for (size_t i = 0; i < b->pending.cap; i++) {
+        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
+        if (r && r->client_id == client_id && s_rid_eq(&r->client, client)) {
+            s_cancel(b, r);
+            return;
+        }
+    }
+}
+
+void ab_cancel_client_gone(ab_broker_t *b, const ab_rid_t *client)
+{
+    /* Collect first: s_cancel may free entries of the table being scanned. */
+    ab_req_t *mine[256];
+    size_t n;
+    do {
+        n = 0;
+        for (size_t i = 0; i < b->pending.cap && n < 256; i++) {
+            ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
+            if (r && r->state != AB_REQ_ORPHANED && s_rid_eq(&r->client, client))
+                mine[n++] = r;
+        }
+        for (size_t i = 0; i < n; i++)
+            s_cancel(b, mine[i]);
+    } while (n == 256);
+}

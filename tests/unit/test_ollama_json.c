@@ -1,0 +1,213 @@
+/*
+ * test_ollama_json.c - the Ollama backend's JSON translation on its own:
+ * NDJSON split at every byte boundary, answers into typed messages, errors
+ * in the stream, requests built from InferenceRequest, probe answers.
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "ollama_json.h"
+#include "test.h"
+
+#include <stdint.h>
+
+typedef struct {
+    char lines[8][256];
+    int n;
+} s_lines_t;
+
+static int s_collect(const char *line, size_t len, void *arg)
+{
+    s_lines_t *l = arg;
+    if (l->n < 8)
+        snprintf(l->lines[l->n], sizeof l->lines[0], "%.*s", (int)len, line);
+    l->n++;
+    return 0;
+}
+
+static void s_test_split(void)
+{
+    const char *in = "{\"a\":1}\n{\"b\":2}\r\n\n{\"c\":3}";
+    size_t n = strlen(in);
+    for (size_t cut1 = 0; cut1 <= n; cut1++) {
+        for (size_t cut2 = cut1; cut2 <= n; cut2++) {
+            ab_ndjson_t nd;
+            s_lines_t l = {.n = 0};
+            ab_ndjson_init(&nd, 1024);
+            CHECK_EQ(ab_ndjson_feed(&nd, in, cut1, s_collect, &l), 0);
+            CHECK_EQ(ab_ndjson_feed(&nd, in + cut1, cut2 - cut1, s_collect, &l), 0);
+            CHECK_EQ(ab_ndjson_feed(&nd, in + cut2, n - cut2, s_collect, &l), 0);
+            CHECK_EQ(l.n, 2); /* the last line has no newline yet */
+            CHECK_EQ(ab_ndjson_finish(&nd, s_collect, &l), 0);
+            CHECK_EQ(l.n, 3);
+            CHECK_STR(l.lines[0], "{\"a\":1}");
+            CHECK_STR(l.lines[1], "{\"b\":2}");
+            CHECK_STR(l.lines[2], "{\"c\":3}");
+            ab_ndjson_fini(&nd);
+        }
+    }
+    /* a line over the bound is an error, not unbounded memory */
+    ab_ndjson_t nd;
+    s_lines_t l = {.n = 0};
+    ab_ndjson_init(&nd, 8);
+    CHECK_EQ(ab_ndjson_feed(&nd, "0123456789", 10, s_collect, &l), -1);
+    ab_ndjson_fini(&nd);
+}
+
+static void s_test_generate_chunks(void)
+{
+    const char *part = "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\" ipsum\",\"done\":false}";
+    ab_ol_chunk_t c;
+    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, part, strlen(part), "w1", &c), 0);
+    CHECK_EQ(c.done, 0);
+    CHECK_STR(c.error, "");
+    Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, c.pb_len, c.pb);
+    REQUIRE(g);
+    CHECK_STR(g->response, " ipsum");
+    CHECK_STR(g->model, "m");
+    CHECK_TRUE(g->timings == NULL);
+    agentbus__generate_response__free_unpacked(g, NULL);
+    free(c.pb);
+
+    const char *fin = "{\"model\":\"m\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\","
+                      "\"total_duration\":123,\"load_duration\":4,\"prompt_eval_count\":5,"
+                      "\"prompt_eval_duration\":6,\"eval_count\":7,\"eval_duration\":8}";
+    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, fin, strlen(fin), "w1", &c), 0);
+    CHECK_EQ(c.done, 1);
+    g = agentbus__generate_response__unpack(NULL, c.pb_len, c.pb);
+    REQUIRE(g && g->timings);
+    CHECK_U64(g->timings->total_duration, 123);
+    CHECK_U64(g->timings->eval_count, 7);
+    CHECK_U64(g->timings->eval_duration, 8);
+    CHECK_STR(g->done_reason, "stop");
+    CHECK_STR(g->worker, "w1");
+    agentbus__generate_response__free_unpacked(g, NULL);
+    free(c.pb);
+
+    const char *err = "{\"error\":\"simulated error mid-stream\"}";
+    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, err, strlen(err), "w1", &c), 0);
+    CHECK_STR(c.error, "simulated error mid-stream");
+    CHECK_TRUE(c.pb == NULL);
+
+    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, "{\"resp", 6, "w1", &c), -1);
+    CHECK_TRUE(c.error[0] != '\0');
+}
+
+static void s_test_chat_embed(void)
+{
+    const char *chat = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},"
+                       "\"done\":false}";
+    ab_ol_chunk_t c;
+    CHECK_EQ(ab_ol_chunk_parse(AB_OL_CHAT, chat, strlen(chat), "w", &c), 0);
+    Agentbus__ChatResponse *cr = agentbus__chat_response__unpack(NULL, c.pb_len, c.pb);
+    REQUIRE(cr && cr->message);
+    CHECK_STR(cr->message->content, "Hi");
+    CHECK_STR(cr->message->role, "assistant");
+    agentbus__chat_response__free_unpacked(cr, NULL);
+    free(c.pb);
+
+    const char *emb = "{\"model\":\"e\",\"embeddings\":[[0.5,-0.25],[1,0]],\"prompt_eval_count\":3}";
+    CHECK_EQ(ab_ol_chunk_parse(AB_OL_EMBED, emb, strlen(emb), "w", &c), 0);
+    CHECK_EQ(c.done, 1);
+    Agentbus__EmbedResponse *er = agentbus__embed_response__unpack(NULL, c.pb_len, c.pb);
+    REQUIRE(er && er->n_embeddings == 2);
+    CHECK_EQ(er->embeddings[0]->n_values, 2);
+    CHECK_TRUE(er->embeddings[0]->values[1] == -0.25f);
+    CHECK_TRUE(er->embeddings[1]->values[0] == 1.0f);
+    CHECK_U64(er->prompt_eval_count, 3);
+    agentbus__embed_response__free_unpacked(er, NULL);
+    free(c.pb);
+}
+
+static void s_test_build(void)
+{
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    Agentbus__InferenceOptions o = AGENTBUS__INFERENCE_OPTIONS__INIT;
+    char *stop[] = {"\n\n"};
+    o.has_temperature_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TEMPERATURE_TEMPERATURE;
+    o.temperature = 0;
+    o.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
+    o.seed = 42;
+    o.n_stop = 1;
+    o.stop = stop;
+    g.model = "llama3";
+    g.prompt = "why?";
+    g.options = &o;
+    g.keep_alive = "10m";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    r.generate = &g;
+    uint8_t buf[512];
+    size_t len = agentbus__inference_request__pack(&r, buf);
+    ab_ol_call_t call;
+    char err[128];
+    REQUIRE(ab_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_STR(call.path, "/api/generate");
+    CHECK_STR(call.model, "llama3");
+    CHECK_EQ(call.stream, 1); /* Ollama's default */
+    CHECK_STR(call.body, "{\"prompt\":\"why?\",\"keep_alive\":\"10m\",\"options\":"
+                         "{\"temperature\":0.0,\"seed\":42,\"stop\":[\"\\n\\n\"]},"
+                         "\"model\":\"llama3\",\"stream\":true}");
+    ab_ol_call_free(&call);
+
+    /* temperature absent stays absent (the backend's default applies) */
+    o.has_temperature_case = 0;
+    g.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
+    g.stream = 0;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(ab_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "temperature") == NULL);
+    CHECK_TRUE(strstr(call.body, "\"stream\":false") != NULL);
+    CHECK_EQ(call.stream, 0);
+    ab_ol_call_free(&call);
+
+    /* unload = keep_alive 0 on /api/generate */
+    Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
+    mc.model = "m";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD;
+    r.unload = &mc;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(ab_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_EQ(call.kind, AB_OL_UNLOAD);
+    CHECK_TRUE(strstr(call.body, "\"keep_alive\":0") != NULL);
+    ab_ol_call_free(&call);
+
+    /* garbage and missing fields are refused with a reason */
+    CHECK_EQ(ab_ol_call_build("\xff\xff\xff", 3, &call, err, sizeof err), -1);
+    CHECK_TRUE(err[0] != '\0');
+    g.prompt = "";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    len = agentbus__inference_request__pack(&r, buf);
+    CHECK_EQ(ab_ol_call_build(buf, len, &call, err, sizeof err), -1);
+}
+
+static void s_test_probes(void)
+{
+    Agentbus__InferenceState st = AGENTBUS__INFERENCE_STATE__INIT;
+    const char *tags = "{\"models\":[{\"name\":\"a:latest\",\"size\":100,\"digest\":\"d1\","
+                       "\"details\":{\"family\":\"llama\"}},{\"name\":\"b:7b\",\"size\":200}]}";
+    const char *ps = "{\"models\":[{\"name\":\"a:latest\",\"size\":100,\"size_vram\":90,"
+                     "\"expires_at\":\"2026-11-25T12:02:40.311099661Z\"}]}";
+    CHECK_EQ(ab_ol_parse_tags(tags, strlen(tags), &st), 0);
+    CHECK_EQ(ab_ol_parse_tags(tags, strlen(tags), &st), 0); /* replaces, no leak */
+    CHECK_EQ(ab_ol_parse_ps(ps, strlen(ps), &st), 0);
+    CHECK_EQ(ab_ol_parse_version("{\"version\":\"0.5.7\"}", 19, &st), 0);
+    CHECK_EQ(ab_ol_parse_ps("nope", 4, &st), -1);
+    REQUIRE(st.n_models == 2 && st.n_loaded == 1);
+    CHECK_STR(st.models[0]->digest, "d1");
+    CHECK_STR(st.models[0]->family, "llama");
+    CHECK_U64(st.models[1]->size, 200);
+    CHECK_U64(st.loaded[0]->size_vram, 90);
+    CHECK_STR(st.loaded[0]->expires_at, "2026-11-25T12:02:40Z");
+    CHECK_STR(st.backend_version, "0.5.7");
+    ab_ol_state_clear(&st);
+}
+
+int main(void)
+{
+    s_test_split();
+    s_test_generate_chunks();
+    s_test_chat_embed();
+    s_test_build();
+    s_test_probes();
+    return TEST_DONE("ollama_json");
+}

@@ -1,0 +1,250 @@
+/*
+ * agentbus-infer-load - N agents calling an inference service the way LLM
+ * agents do: one generate request at a time each (streamed), a think time
+ * between them, a share of the prompts repeated. Prints completed requests
+ * per second, latency (time to first token and to the end) and errors.
+ * Used by `scripts/demo --ollama-sim` and to saturate simulated GPUs.
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "hist.h"
+#include "util.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *broker, *service, *models;
+    long agents, seconds, think_ms, repeat_pct, num_predict;
+} s_cfg_t;
+
+typedef struct {
+    const s_cfg_t *cfg;
+    int index;
+    uint64_t sent, ok, failed, tokens;
+    int first_error;
+    char first_error_text[200];
+    ab_hist_t lat, ttft;
+    pthread_t thread;
+} s_agent_t;
+
+typedef struct {
+    s_agent_t *a;
+    uint64_t start_us;
+    int got_first, done, status;
+    char error[200];
+} s_call_t;
+
+static volatile sig_atomic_t s_stop;
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_call_t *call = arg;
+    if (ev->status == AB_OK && !call->got_first) {
+        call->got_first = 1;
+        ab_hist_record(&call->a->ttft, ab_now_us() - call->start_us);
+    }
+    if (ev->status == AB_OK)
+        call->a->tokens += !ev->final;
+    if (ev->final) {
+        call->done = 1;
+        call->status = ev->status;
+        snprintf(call->error, sizeof call->error, "%s", ev->error_text);
+    }
+}
+
+/* The Nth model of the comma-separated list (wrapping). */
+static void s_model(const char *list, long n, char *out, size_t cap)
+{
+    long count = 1;
+    for (const char *p = list; *p; p++)
+        count += *p == ',';
+    n %= count;
+    const char *p = list;
+    while (n-- > 0)
+        p = strchr(p, ',') + 1;
+    snprintf(out, cap, "%.*s", (int)strcspn(p, ","), p);
+}
+
+static void *s_agent_main(void *arg)
+{
+    s_agent_t *a = arg;
+    const s_cfg_t *cfg = a->cfg;
+    ab_options_t *o = ab_options_new();
+    char name[64];
+    snprintf(name, sizeof name, "infer-agent-%d", a->index);
+    ab_options_set_name(o, name);
+    if (cfg->broker)
+        ab_options_set_endpoint(o, cfg->broker);
+    ab_client_t *c = NULL;
+    int rc = ab_client_new(&c, o);
+    ab_options_destroy(&o);
+    if (rc != AB_OK) {
+        a->first_error = rc;
+        return NULL;
+    }
+    uint32_t rng = 0x9e3779b9u * (uint32_t)(a->index + 1);
+    int64_t end = ab_now_ms() + cfg->seconds * 1000;
+    char model[128], prompt[160];
+    while (!s_stop && ab_now_ms() < end) {
+        rng = rng * 1103515245u + 12345u;
+        int repeat = (long)(rng >> 8) % 100 < cfg->repeat_pct;
+        s_model(cfg->models, (long)(a->index + a->sent), model, sizeof model);
+        if (repeat)
+            snprintf(prompt, sizeof prompt, "frequently asked question number %u", (rng >> 4) % 8);
+        else
+            snprintf(prompt, sizeof prompt, "agent %d asks question %llu", a->index,
+                     (unsigned long long)a->sent);
+        Agentbus__InferenceRequest q = AGENTBUS__INFERENCE_REQUEST__INIT;
+        Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+        Agentbus__InferenceOptions op = AGENTBUS__INFERENCE_OPTIONS__INIT;
+        op.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
+        op.seed = 1;
+        if (cfg->num_predict > 0) {
+            op.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT;
+            op.num_predict = cfg->num_predict;
+        }
+        g.model = model;
+        g.prompt = prompt;
+        g.options = &op;
+        q.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+        q.generate = &g;
+        uint8_t buf[512];
+        size_t len = agentbus__inference_request__pack(&q, buf);
+        s_call_t call = {a, ab_now_us(), 0, 0, 0, ""};
+        a->sent++;
+        uint64_t id = 0;
+        rc = ab_client_request_model_async(c, cfg->service, model, NULL, buf, len, 60000,
+                                           s_on_event, &call, &id);
+        while (rc == AB_OK && !call.done && !s_stop)
+            if (ab_client_poll(c, 100) < 0)
+                break;
+        if (rc == AB_OK && !call.done) /* CALL lives on this stack: end it now */
+            ab_client_cancel(c, id);
+        if (rc == AB_OK && call.done && call.status == AB_OK) {
+            a->ok++;
+            ab_hist_record(&a->lat, ab_now_us() - call.start_us);
+        } else {
+            a->failed++;
+            if (!a->first_error) {
+                a->first_error = rc != AB_OK ? rc : call.done ? call.status : AB_ESTOPPED;
+                snprintf(a->first_error_text, sizeof a->first_error_text, "%s", call.error);
+            }
+        }
+        for (long t = 0; t < cfg->think_ms && !s_stop; t += 50)
+            ab_client_poll(c, cfg->think_ms - t < 50 ? (int)(cfg->think_ms - t) : 50);
+    }
+    ab_client_destroy(&c);
+    return NULL;
+}
+
+static int s_parse(s_cfg_t *cfg, int argc, char **argv)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->service = "ollama";
+    cfg->models = "sim-small";
+    cfg->agents = 20;
+    cfg->seconds = 10;
+    cfg->think_ms = 0;
+    cfg->repeat_pct = 70;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(f, "--help") == 0) {
+            printf("Usage: %s [--broker EP] [--service S] [--models M1,M2] [--agents N]\n"
+                   "          [--seconds N] [--think-ms N] [--repeat-pct P] [--num-predict N]\n\n"
+                   "N agents, one streamed generate request at a time each, for N seconds.\n",
+                   argv[0]);
+            return 1;
+        }
+        if (!v) {
+            fprintf(stderr, "agentbus-infer-load: missing value for '%s'\n", f);
+            return -1;
+        }
+        i++;
+        if (strcmp(f, "--broker") == 0)
+            cfg->broker = v;
+        else if (strcmp(f, "--service") == 0 && *v)
+            cfg->service = v;
+        else if (strcmp(f, "--models") == 0 && *v)
+            cfg->models = v;
+        else if (strcmp(f, "--agents") == 0 && ab_parse_long(v, 1, 2000, &cfg->agents) == 0)
+            ;
+        else if (strcmp(f, "--seconds") == 0 && ab_parse_long(v, 1, 86400, &cfg->seconds) == 0)
+            ;
+        else if (strcmp(f, "--think-ms") == 0 && ab_parse_long(v, 0, 600000, &cfg->think_ms) == 0)
+            ;
+        else if (strcmp(f, "--repeat-pct") == 0 && ab_parse_long(v, 0, 100, &cfg->repeat_pct) == 0)
+            ;
+        else if (strcmp(f, "--num-predict") == 0 &&
+                 ab_parse_long(v, 0, 100000, &cfg->num_predict) == 0)
+            ;
+        else {
+            fprintf(stderr, "agentbus-infer-load: bad option or value: %s %s\n", f, v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    s_cfg_t cfg;
+    int prc = s_parse(&cfg, argc, argv);
+    if (prc != 0)
+        return prc > 0 ? 0 : 2;
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
+    if (!agents)
+        return 1;
+    int64_t t0 = ab_now_ms();
+    for (long i = 0; i < cfg.agents; i++) {
+        agents[i].cfg = &cfg;
+        agents[i].index = (int)i;
+        ab_hist_reset(&agents[i].lat);
+        ab_hist_reset(&agents[i].ttft);
+        pthread_create(&agents[i].thread, NULL, s_agent_main, &agents[i]);
+    }
+    ab_hist_t lat, ttft;
+    ab_hist_reset(&lat);
+    ab_hist_reset(&ttft);
+    uint64_t sent = 0, ok = 0, failed = 0, tokens = 0;
+    int err = 0;
+    const char *err_text = "";
+    for (long i = 0; i < cfg.agents; i++) {
+        pthread_join(agents[i].thread, NULL);
+        ab_hist_merge(&lat, &agents[i].lat);
+        ab_hist_merge(&ttft, &agents[i].ttft);
+        sent += agents[i].sent;
+        ok += agents[i].ok;
+        failed += agents[i].failed;
+        tokens += agents[i].tokens;
+        if (!err && agents[i].first_error) {
+            err = agents[i].first_error;
+            err_text = agents[i].first_error_text;
+        }
+    }
+    double secs = (ab_now_ms() - t0) / 1000.0;
+    printf("infer-load: %ld agents, %.1f s: %llu requests, %llu ok (%.1f/s), %llu failed, "
+           "%.0f tokens/s\n",
+           cfg.agents, secs, (unsigned long long)sent, (unsigned long long)ok, ok / secs,
+           (unsigned long long)failed, tokens / secs);
+    printf("infer-load: latency p50 %.1f ms, p95 %.1f ms, p99 %.1f ms; first token p50 %.1f ms, "
+           "p95 %.1f ms\n",
+           ab_hist_percentile(&lat, 50) / 1000.0, ab_hist_percentile(&lat, 95) / 1000.0,
+           ab_hist_percentile(&lat, 99) / 1000.0, ab_hist_percentile(&ttft, 50) / 1000.0,
+           ab_hist_percentile(&ttft, 95) / 1000.0);
+    if (err)
+        printf("infer-load: first error: %s: %s\n", ab_status_name(err), err_text);
+    free(agents);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,670 @@
+/*
+ * backend_ollama.c - serves inference requests from one Ollama server (one
+ * GPU) over libcurl multi: keep-alive connections, N concurrent slots,
+ * NDJSON streamed into PARTIAL replies line by line as it arrives.
+ *
+ * Why one thread and curl multi: the worker's ZeroMQ socket and every HTTP
+ * transfer are driven by the same loop (wait = curl_multi_poll on the curl
+ * sockets plus the worker's fd), so nothing is locked and a CANCEL from the
+ * broker can abort a transfer at once (curl_multi_remove_handle closes it;
+ * Ollama then frees the slot, logging 499).
+ *
+ * Failure handling:
+ *   404 -> MODEL_NOT_FOUND, 400 -> BAD_REQUEST (Ollama's text passed on);
+ *   503 and connection errors before any byte -> retried here with
+ *   exponential backoff (--ollama-retries), then BACKEND_BUSY / BACKEND,
+ *   which the broker re-dispatches to another worker;
+ *   an error line mid-stream, or a stream that ends without its done line
+ *   -> BACKEND after the partials (never a fake success).
+ * Adaptive concurrency (AIMD): 503s, timeouts (also a CANCEL because the
+ * deadline passed while Ollama still worked) and out-of-memory errors
+ * halve the slot limit (at most once per 500 ms); each success adds
+ * 1/limit. The limit is the worker's capacity (credit) at the broker.
+ * Models: /api/tags, /api/ps (and NVML when present) are probed at an
+ * interval that starts short and doubles while nothing changes, and sent
+ * to the broker as Register.inference for placement.
+ */
+#include "backend.h"
+#include "agentbus.pb-c.h"
+#include "gpu_nvml.h"
+#include "ollama_json.h"
+#include "util.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S_MAX_LINE (16u << 20)   /* longest NDJSON line accepted */
+#define S_MAX_BODY (8u << 20)    /* longest non-streamed / probe answer */
+#define S_ERRBODY 2048           /* error answers kept this far */
+#define S_REFRESH_MIN_MS 250
+#define S_SHRINK_GAP_MS 500
+
+typedef struct s_ollama s_ollama_t;
+
+typedef enum { S_WAITING, S_ACTIVE, S_BACKOFF } s_state_t;
+
+typedef struct s_job {
+    struct s_job *prev, *next;
+    s_ollama_t *o;
+    ab_job_t *job; /* NULL for a preload */
+    uint64_t id;
+    s_state_t state;
+    ab_ol_call_t call;
+    CURL *easy;
+    ab_ndjson_t nd;
+    long status;
+    char errbody[S_ERRBODY];
+    size_t errlen;
+    int partials;
+    int answered;
+    int succeeded; /* the final line was sent as the REPLY */
+    int attempts;
+    int admin;
+    int64_t retry_at, deadline_ms;
+} s_job_t;
+
+typedef enum { S_TAGS, S_PS, S_VERSION, S_NPROBES } s_probe_kind_t;
+
+typedef struct {
+    CURL *easy;
+    char *buf;
+    size_t len;
+    int ok;
+} s_probe_t;
+
+struct s_ollama {
+    ab_backend_args_t args;
+    char url[512];
+    ab_worker_t *w;
+    CURLM *multi;
+    struct curl_slist *hdrs;
+    s_job_t *jobs, *jobs_tail; /* every job, any state, in arrival order */
+    unsigned active, admin_active;
+    /* AIMD */
+    double limit;
+    unsigned slots_max;
+    int64_t last_shrink_ms;
+    /* state probes */
+    s_probe_t probes[S_NPROBES];
+    int probing;
+    int64_t next_refresh_ms, refresh_ms;
+    Agentbus__InferenceState st;
+    uint8_t *sent;
+    size_t sent_len;
+    ab_gpu_t *gpu;
+    char worker_name[256];
+};
+
+static void s_job_free(s_ollama_t *o, s_job_t *j);
+static void s_start_waiting(s_ollama_t *o);
+
+/* --- adaptive concurrency ---------------------------------------------------- */
+static void s_apply_limit(s_ollama_t *o)
+{
+    unsigned cap = (unsigned)o->limit;
+    if (cap < 1)
+        cap = 1;
+    o->st.slots = cap;
+    if (o->w && cap != ab_worker_capacity(o->w)) {
+        fprintf(stderr, "agentbus-worker: slots %u -> %u\n", ab_worker_capacity(o->w), cap);
+        ab_worker_set_capacity(o->w, cap);
+    }
+}
+
+static void s_pushback(s_ollama_t *o, const char *why)
+{
+    int64_t now = ab_now_ms();
+    if (now - o->last_shrink_ms < S_SHRINK_GAP_MS)
+        return; /* one burst of 503s is one signal */
+    o->last_shrink_ms = now;
+    o->limit = o->limit / 2 < 1 ? 1 : o->limit / 2;
+    o->st.slot_shrinks++;
+    fprintf(stderr, "agentbus-worker: backend pushed back (%s)\n", why);
+    s_apply_limit(o);
+}
+
+static void s_success(s_ollama_t *o)
+{
+    o->limit += 1.0 / o->limit;
+    if (o->limit > o->slots_max)
+        o->limit = o->slots_max;
+    s_apply_limit(o);
+}
+
+/* --- answering --------------------------------------------------------------- */
+static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
+{
+    if (j->answered)
+        return;
+    j->answered = 1;
+    char text[768];
+    snprintf(text, sizeof text, fmt, detail);
+    if (j->job)
+        ab_worker_fail(j->o->w, &j->job, status, text);
+    else
+        fprintf(stderr, "agentbus-worker: preload of %s failed: %s\n", j->call.model, text);
+}
+
+static int s_on_line(const char *line, size_t len, void *arg)
+{
+    s_job_t *j = arg;
+    s_ollama_t *o = j->o;
+    if (j->answered)
+        return 1;
+    ab_ol_chunk_t c;
+    if (ab_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c) != 0) {
+        s_fail(j, AB_EBACKEND, "%s", c.error);
+        return 1;
+    }
+    if (c.error[0]) {
+        free(c.pb);
+        if (strstr(c.error, "memory"))
+            s_pushback(o, "out of memory");
+        s_fail(j, AB_EBACKEND, "backend error: %s", c.error);
+        return 1;
+    }
+    if (!j->job) { /* preload: only the outcome matters */
+        j->answered = j->succeeded = c.done;
+    } else if (c.done) {
+        j->answered = j->succeeded = 1;
+        ab_worker_reply(o->w, &j->job, c.pb, c.pb_len);
+    } else {
+        ab_worker_reply_part(o->w, j->job, c.pb, c.pb_len);
+        j->partials++;
+    }
+    free(c.pb);
+    return j->answered ? 1 : 0;
+}
+
+static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
+{
+    s_job_t *j = arg;
+    size_t bytes = size * n;
+    if (!j->status)
+        curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &j->status);
+    if (j->status != 200) { /* keep the start of an error answer */
+        size_t room = sizeof j->errbody - 1 - j->errlen, take = bytes < room ? bytes : room;
+        memcpy(j->errbody + j->errlen, data, take);
+        j->errlen += take;
+        j->errbody[j->errlen] = '\0';
+        return bytes;
+    }
+    int rc = ab_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
+    if (rc < 0)
+        s_fail(j, AB_EBACKEND, "%s", "backend sent a line over the size limit");
+    /* A final answer (or an error) ends the transfer: nothing more to read. */
+    return rc == 0 ? bytes : 0;
+}
+
+/* --- transfers ------------------------------------------------------------------ */
+static int s_start(s_ollama_t *o, s_job_t *j)
+{
+    char url[600];
+    snprintf(url, sizeof url, "%s%s", o->url, j->call.path);
+    j->easy = curl_easy_init();
+    if (!j->easy)
+        return -1;
+    j->status = 0;
+    j->errlen = 0;
+    j->errbody[0] = '\0';
+    ab_ndjson_fini(&j->nd);
+    ab_ndjson_init(&j->nd, j->call.stream ? S_MAX_LINE : S_MAX_BODY);
+    curl_easy_setopt(j->easy, CURLOPT_URL, url);
+    curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->call.body);
+    curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE, (long)j->call.body_len);
+    curl_easy_setopt(j->easy, CURLOPT_HTTPHEADER, o->hdrs);
+    curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, s_on_data);
+    curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
+    curl_easy_setopt(j->easy, CURLOPT_PRIVATE, j);
+    curl_easy_setopt(j->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(j->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(j->easy, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
+    if (j->deadline_ms) { /* the broker CANCELs at the deadline; this is the backstop */
+        int64_t left = j->deadline_ms - ab_now_ms() + 1000;
+        curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, (long)(left > 1 ? left : 1));
+    }
+    if (curl_multi_add_handle(o->multi, j->easy) != CURLM_OK) {
+        curl_easy_cleanup(j->easy);
+        j->easy = NULL;
+        return -1;
+    }
+    j->state = S_ACTIVE;
+    j->attempts++;
+    o->active++;
+    if (j->admin)
+        o->admin_active++;
+    return 0;
+}
+
+static void s_stop_transfer(s_ollama_t *o, s_job_t *j)
+{
+    if (!j->easy)
+        return;
+    curl_multi_remove_handle(o->multi, j->easy);
+    curl_easy_cleanup(j->easy);
+    j->easy = NULL;
+    if (j->state == S_ACTIVE) {
+        o->active--;
+        if (j->admin)
+            o->admin_active--;
+    }
+}
+
+static void s_job_free(s_ollama_t *o, s_job_t *j)
+{
+    s_stop_transfer(o, j);
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        o->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    else
+        o->jobs_tail = j->prev;
+    if (j->job) /* unanswered: the library answers it */
+        ab_job_destroy(&j->job);
+    ab_ol_call_free(&j->call);
+    ab_ndjson_fini(&j->nd);
+    free(j);
+}
+
+static s_job_t *s_job_add(s_ollama_t *o)
+{
+    s_job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->o = o;
+    ab_ndjson_init(&j->nd, S_MAX_LINE);
+    /* appended: jobs start in arrival order */
+    j->prev = o->jobs_tail;
+    if (o->jobs_tail)
+        o->jobs_tail->next = j;
+    else
+        o->jobs = j;
+    o->jobs_tail = j;
+    return j;
+}
+
+/* Retry with backoff, or give up with STATUS. */
+static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *text)
+{
+    int64_t now = ab_now_ms();
+    int64_t delay = 100LL << (j->attempts > 4 ? 4 : j->attempts - 1);
+    delay += (int64_t)(ab_now_us() % 50); /* spread retries of a burst */
+    int in_time = !j->deadline_ms || now + delay < j->deadline_ms;
+    if (j->partials == 0 && j->attempts <= o->args.retries && in_time) {
+        o->st.backend_retries++;
+        j->state = S_BACKOFF;
+        j->retry_at = now + delay;
+        return;
+    }
+    s_fail(j, status, "%s", text);
+}
+
+static void s_refresh_soon(s_ollama_t *o)
+{
+    o->refresh_ms = S_REFRESH_MIN_MS;
+    if (o->next_refresh_ms > ab_now_ms() + S_REFRESH_MIN_MS)
+        o->next_refresh_ms = ab_now_ms() + S_REFRESH_MIN_MS;
+}
+
+/* A transfer ended: decide what the job's client gets. */
+static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
+{
+    long status = j->status;
+    if (!status)
+        curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
+    s_stop_transfer(o, j);
+    if (res == CURLE_OK && status == 200 && !j->answered)
+        ab_ndjson_finish(&j->nd, s_on_line, j);
+    if (j->answered) {
+        if (j->succeeded)
+            s_success(o);
+    } else if (res == CURLE_OPERATION_TIMEDOUT) {
+        s_pushback(o, "timeout");
+        s_fail(j, AB_EDEADLINE, "%s", "the backend did not finish before the deadline");
+    } else if (res != CURLE_OK && res != CURLE_WRITE_ERROR) {
+        char text[300];
+        snprintf(text, sizeof text, "connection to the backend failed%s: %s",
+                 j->partials ? " mid-stream" : "", curl_easy_strerror(res));
+        s_retry_or_fail(o, j, AB_EBACKEND, text);
+    } else if (status == 200) {
+        s_fail(j, AB_EBACKEND, "%s", "the backend's answer ended without its final line");
+    } else {
+        ab_ol_chunk_t c;
+        const char *msg = j->errbody;
+        if (ab_ol_chunk_parse(AB_OL_GENERATE, j->errbody, j->errlen, "", &c) == 0 && c.error[0])
+            msg = c.error;
+        free(c.pb);
+        char text[S_ERRBODY + 64];
+        snprintf(text, sizeof text, "HTTP %ld: %s", status, msg);
+        if (status == 404) {
+            s_fail(j, AB_EMODEL, "%s", msg);
+        } else if (status == 400) {
+            s_fail(j, AB_EBADREQUEST, "%s", msg);
+        } else if (status == 503) {
+            s_pushback(o, "503");
+            s_retry_or_fail(o, j, AB_EBACKENDBUSY, text);
+        } else {
+            if (strstr(msg, "memory"))
+                s_pushback(o, "out of memory");
+            s_fail(j, AB_EBACKEND, "%s", text);
+        }
+    }
+    if (j->call.kind == AB_OL_LOAD || j->call.kind == AB_OL_UNLOAD || j->attempts == 1)
+        s_refresh_soon(o); /* a model may have been (un)loaded */
+    if (j->answered || j->state != S_BACKOFF)
+        s_job_free(o, j);
+}
+
+/* Starts waiting jobs while slots are free; admin (load/unload) jobs run
+ * one at a time, in order, so one GPU loads one model at a time. */
+static void s_start_waiting(s_ollama_t *o)
+{
+    int64_t now = ab_now_ms();
+    for (s_job_t *j = o->jobs, *next; j; j = next) {
+        next = j->next;
+        if (j->state == S_BACKOFF && j->retry_at <= now)
+            j->state = S_WAITING;
+        if (j->state != S_WAITING)
+            continue;
+        if (j->admin ? o->admin_active > 0 : o->active - o->admin_active >= (unsigned)o->limit)
+            continue;
+        if (s_start(o, j) != 0) {
+            s_fail(j, AB_EINTERNAL, "%s", "cannot start an HTTP transfer");
+            s_job_free(o, j);
+        }
+    }
+}
+
+/* --- state probes ------------------------------------------------------------------ */
+static size_t s_on_probe(char *data, size_t size, size_t n, void *arg)
+{
+    s_probe_t *p = arg;
+    size_t bytes = size * n;
+    if (p->len + bytes > S_MAX_BODY)
+        return 0;
+    char *b = realloc(p->buf, p->len + bytes + 1);
+    if (!b)
+        return 0;
+    p->buf = b;
+    memcpy(p->buf + p->len, data, bytes);
+    p->len += bytes;
+    p->buf[p->len] = '\0';
+    return bytes;
+}
+
+static void s_probe_start(s_ollama_t *o)
+{
+    static const char *paths[S_NPROBES] = {"/api/tags", "/api/ps", "/api/version"};
+    for (int i = 0; i < S_NPROBES; i++) {
+        s_probe_t *p = &o->probes[i];
+        char url[600];
+        snprintf(url, sizeof url, "%s%s", o->url, paths[i]);
+        p->len = 0;
+        p->ok = 0;
+        p->easy = curl_easy_init();
+        if (!p->easy)
+            continue;
+        curl_easy_setopt(p->easy, CURLOPT_URL, url);
+        curl_easy_setopt(p->easy, CURLOPT_WRITEFUNCTION, s_on_probe);
+        curl_easy_setopt(p->easy, CURLOPT_WRITEDATA, p);
+        curl_easy_setopt(p->easy, CURLOPT_PRIVATE, NULL);
+        curl_easy_setopt(p->easy, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(p->easy, CURLOPT_TIMEOUT_MS, 5000L);
+        if (curl_multi_add_handle(o->multi, p->easy) != CURLM_OK) {
+            curl_easy_cleanup(p->easy);
+            p->easy = NULL;
+            continue;
+        }
+        o->probing++;
+    }
+}
+
+/* All probes answered: rebuild the state and tell the broker if it changed. */
+static void s_probe_finish(s_ollama_t *o)
+{
+    s_probe_t *pr = o->probes;
+    int up = pr[S_TAGS].ok && pr[S_PS].ok;
+    if (pr[S_TAGS].ok)
+        ab_ol_parse_tags(pr[S_TAGS].buf, pr[S_TAGS].len, &o->st);
+    if (pr[S_PS].ok)
+        ab_ol_parse_ps(pr[S_PS].buf, pr[S_PS].len, &o->st);
+    if (pr[S_VERSION].ok)
+        ab_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
+    o->st.backend_up = up;
+    if (!o->gpu || ab_gpu_read(o->gpu, &o->st) != 0) {
+        uint64_t used = 0;
+        for (size_t i = 0; i < o->st.n_loaded; i++)
+            used += o->st.loaded[i]->size_vram;
+        o->st.vram_total = (uint64_t)o->args.gpu_vram_mb << 20;
+        o->st.vram_free = o->st.vram_total > used ? o->st.vram_total - used : 0;
+    }
+    size_t len = agentbus__inference_state__get_packed_size(&o->st);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return;
+    agentbus__inference_state__pack(&o->st, buf);
+    int changed = len != o->sent_len || memcmp(buf, o->sent, len) != 0;
+    if (changed && ab_worker_set_inference_state(o->w, buf, len) == AB_OK) {
+        free(o->sent);
+        o->sent = buf;
+        o->sent_len = len;
+        o->refresh_ms = S_REFRESH_MIN_MS;
+    } else {
+        free(buf);
+        o->refresh_ms *= 2;
+    }
+    if (o->refresh_ms > o->args.refresh_ms)
+        o->refresh_ms = o->args.refresh_ms;
+    o->next_refresh_ms = ab_now_ms() + o->refresh_ms;
+}
+
+static int s_probe_done(s_ollama_t *o, CURL *easy, CURLcode res)
+{
+    for (int i = 0; i < S_NPROBES; i++) {
+        s_probe_t *p = &o->probes[i];
+        if (p->easy != easy)
+            continue;
+        long status = 0;
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+        p->ok = res == CURLE_OK && status == 200;
+        curl_multi_remove_handle(o->multi, easy);
+        curl_easy_cleanup(easy);
+        p->easy = NULL;
+        if (--o->probing == 0)
+            s_probe_finish(o);
+        return 1;
+    }
+    return 0;
+}
+
+/* --- backend interface ------------------------------------------------------------- */
+static int s_create(void **ctx, const ab_backend_args_t *args)
+{
+    if (!args->ollama_url || !*args->ollama_url) {
+        fprintf(stderr, "agentbus-worker: --backend ollama needs --ollama-url URL\n");
+        return AB_EINVAL;
+    }
+    s_ollama_t *o = calloc(1, sizeof *o);
+    if (!o)
+        return AB_ENOMEM;
+    o->args = *args;
+    if (o->args.refresh_ms < S_REFRESH_MIN_MS)
+        o->args.refresh_ms = S_REFRESH_MIN_MS;
+    snprintf(o->url, sizeof o->url, "%s", args->ollama_url);
+    size_t ul = strlen(o->url);
+    while (ul && o->url[ul - 1] == '/')
+        o->url[--ul] = '\0';
+    snprintf(o->worker_name, sizeof o->worker_name, "%s", args->name ? args->name : "");
+    o->slots_max = args->capacity;
+    o->limit = args->capacity;
+    agentbus__inference_state__init(&o->st);
+    o->st.backend_url = o->url;
+    o->st.slots = o->st.slots_max = args->capacity;
+    o->refresh_ms = S_REFRESH_MIN_MS;
+    o->gpu = ab_gpu_open();
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(o->multi = curl_multi_init())) {
+        free(o);
+        return AB_EINTERNAL;
+    }
+    /* Keep a connection per slot (plus the probes) alive between requests. */
+    curl_multi_setopt(o->multi, CURLMOPT_MAXCONNECTS, (long)args->capacity + 4);
+    o->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    /* Load the requested models one after another, before serving. */
+    const char *p = args->preload;
+    while (p && *p) {
+        size_t n = strcspn(p, ",");
+        if (n > 0 && n < 250) {
+            Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+            Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
+            char model[256];
+            snprintf(model, sizeof model, "%.*s", (int)n, p);
+            mc.model = model;
+            r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_LOAD;
+            r.load = &mc;
+            uint8_t buf[600];
+            size_t len = agentbus__inference_request__pack(&r, buf);
+            char err[128];
+            s_job_t *j = s_job_add(o);
+            if (j && ab_ol_call_build(buf, len, &j->call, err, sizeof err) == 0)
+                j->admin = 1;
+            else if (j)
+                s_job_free(o, j);
+        }
+        p += n + (p[n] == ',');
+    }
+    *ctx = o;
+    return AB_OK;
+}
+
+static void s_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
+{
+    (void)w;
+    s_ollama_t *o = arg;
+    for (s_job_t *j = o->jobs; j; j = j->next) {
+        if (j->id != id || !j->job)
+            continue;
+        o->st.cancelled++;
+        if (why == AB_EDEADLINE && j->state == S_ACTIVE)
+            s_pushback(o, "a request outlived its deadline"); /* a backend timeout */
+        s_stop_transfer(o, j); /* closes the connection: the backend frees the slot */
+        s_fail(j, AB_ECANCELLED, "%s", "cancelled");
+        s_job_free(o, j);
+        s_start_waiting(o);
+        return;
+    }
+}
+
+static void s_attach(void *ctx, ab_worker_t *w)
+{
+    s_ollama_t *o = ctx;
+    o->w = w;
+    ab_worker_set_cancel_handler(w, s_cancel, o);
+    s_start_waiting(o); /* preloads */
+    s_probe_start(o);
+}
+
+static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
+{
+    s_ollama_t *o = ctx;
+    size_t size;
+    const void *data = ab_job_data(job, &size);
+    s_job_t *j = s_job_add(o);
+    if (!j) {
+        ab_worker_fail(w, &job, AB_EINTERNAL, "worker out of memory");
+        return;
+    }
+    char err[256];
+    if (ab_ol_call_build(data, size, &j->call, err, sizeof err) != 0) {
+        ab_worker_fail(w, &job, AB_EBADREQUEST, err);
+        s_job_free(o, j);
+        return;
+    }
+    j->job = job;
+    j->id = ab_job_id(job);
+    j->admin = j->call.kind == AB_OL_LOAD || j->call.kind == AB_OL_UNLOAD;
+    uint32_t t = ab_job_timeout_ms(job);
+    j->deadline_ms = t ? ab_now_ms() + t : 0;
+    s_start_waiting(o);
+}
+
+static int s_next_timeout(void *ctx)
+{
+    s_ollama_t *o = ctx;
+    int64_t now = ab_now_ms(), wake = o->probing ? now + 1000 : o->next_refresh_ms;
+    for (s_job_t *j = o->jobs; j; j = j->next)
+        if (j->state == S_BACKOFF && j->retry_at < wake)
+            wake = j->retry_at;
+    if (o->active)
+        wake = wake < now + 100 ? wake : now + 100;
+    return wake > now ? (int)(wake - now) : 0;
+}
+
+static void s_tick(void *ctx, ab_worker_t *w)
+{
+    (void)w;
+    s_ollama_t *o = ctx;
+    int running;
+    curl_multi_perform(o->multi, &running);
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(o->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = m->easy_handle;
+        CURLcode res = m->data.result;
+        if (s_probe_done(o, easy, res))
+            continue;
+        char *priv = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
+        s_job_t *j = (s_job_t *)(void *)priv;
+        if (j)
+            s_done(o, j, res);
+    }
+    if (!o->probing && ab_now_ms() >= o->next_refresh_ms)
+        s_probe_start(o);
+    s_start_waiting(o);
+}
+
+static int s_wait(void *ctx, ab_worker_t *w, int timeout_ms)
+{
+    s_ollama_t *o = ctx;
+    int fd;
+    if (ab_worker_has_input(w) || ab_worker_fd(w, &fd) != AB_OK)
+        return 0;
+    struct curl_waitfd extra = {fd, CURL_WAIT_POLLIN, 0};
+    int n;
+    curl_multi_poll(o->multi, &extra, 1, timeout_ms, &n);
+    return n;
+}
+
+static void s_destroy(void **ctx)
+{
+    s_ollama_t *o = *ctx;
+    if (!o)
+        return;
+    while (o->jobs)
+        s_job_free(o, o->jobs);
+    for (int i = 0; i < S_NPROBES; i++) {
+        if (o->probes[i].easy) {
+            curl_multi_remove_handle(o->multi, o->probes[i].easy);
+            curl_easy_cleanup(o->probes[i].easy);
+        }
+        free(o->probes[i].buf);
+    }
+    curl_multi_cleanup(o->multi);
+    curl_slist_free_all(o->hdrs);
+    curl_global_cleanup();
+    o->st.backend_url = NULL;
+    ab_ol_state_clear(&o->st);
+    ab_gpu_close(&o->gpu);
+    free(o->sent);
+    free(o);
+    *ctx = NULL;
+}
+
+const ab_backend_ops_t ab_backend_ollama = {"ollama", s_create, s_on_job, s_next_timeout,
+                                            s_tick, s_destroy, s_attach, s_wait};

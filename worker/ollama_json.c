@@ -1,0 +1,562 @@
+/*
+ * ollama_json.c - Ollama's JSON <-> agentbus's typed inference messages.
+ *
+ * Requests: InferenceRequest (protobuf) -> the JSON body Ollama expects,
+ * field for field (the proto keeps Ollama's names for exactly this).
+ * Answers: each NDJSON line -> one GenerateResponse / ChatResponse, packed,
+ * so the worker can send it as a PARTIAL the moment the line is complete.
+ */
+#include "ollama_json.h"
+#include "agentbus.pb-c.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- requests ------------------------------------------------------------- */
+static json_t *s_options(const Agentbus__InferenceOptions *o)
+{
+    json_t *j = json_object();
+    if (!o || !j)
+        return j;
+    if (o->has_temperature_case)
+        json_object_set_new(j, "temperature", json_real(o->temperature));
+    if (o->has_seed_case)
+        json_object_set_new(j, "seed", json_integer(o->seed));
+    if (o->has_num_ctx_case)
+        json_object_set_new(j, "num_ctx", json_integer(o->num_ctx));
+    if (o->has_num_predict_case)
+        json_object_set_new(j, "num_predict", json_integer(o->num_predict));
+    if (o->has_top_k_case)
+        json_object_set_new(j, "top_k", json_integer(o->top_k));
+    if (o->has_top_p_case)
+        json_object_set_new(j, "top_p", json_real(o->top_p));
+    if (o->has_repeat_penalty_case)
+        json_object_set_new(j, "repeat_penalty", json_real(o->repeat_penalty));
+    if (o->has_min_p_case)
+        json_object_set_new(j, "min_p", json_real(o->min_p));
+    if (o->n_stop) {
+        json_t *a = json_array();
+        for (size_t i = 0; i < o->n_stop; i++)
+            json_array_append_new(a, json_string(o->stop[i]));
+        json_object_set_new(j, "stop", a);
+    }
+    return j;
+}
+
+static void s_set_str(json_t *j, const char *key, const char *v)
+{
+    if (v && *v)
+        json_object_set_new(j, key, json_string(v));
+}
+
+/* keep_alive: Ollama takes a duration string or a number of seconds. */
+static void s_set_keep_alive(json_t *j, const char *v)
+{
+    if (!v || !*v)
+        return;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end == '\0')
+        json_object_set_new(j, "keep_alive", json_integer(n));
+    else
+        json_object_set_new(j, "keep_alive", json_string(v));
+}
+
+static int s_fail(char *err, size_t cap, const char *what)
+{
+    snprintf(err, cap, "%s", what);
+    return -1;
+}
+
+/* Each s_build_* fills J and CALL from one request kind; returns its model
+ * or NULL with ERR set. */
+static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *j,
+                                    ab_ol_call_t *call, char *err, size_t cap)
+{
+    call->kind = AB_OL_GENERATE;
+    call->path = "/api/generate";
+    call->stream = g->has_stream_case ? g->stream : 1;
+    s_set_str(j, "prompt", g->prompt);
+    s_set_str(j, "system", g->system);
+    s_set_str(j, "format", g->format);
+    s_set_str(j, "suffix", g->suffix);
+    if (g->raw)
+        json_object_set_new(j, "raw", json_true());
+    s_set_keep_alive(j, g->keep_alive);
+    if (g->options)
+        json_object_set_new(j, "options", s_options(g->options));
+    if (!g->prompt || !*g->prompt)
+        return s_fail(err, cap, "generate needs a prompt"), NULL;
+    return g->model;
+}
+
+static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, ab_ol_call_t *call,
+                                char *err, size_t cap)
+{
+    call->kind = AB_OL_CHAT;
+    call->path = "/api/chat";
+    call->stream = c->has_stream_case ? c->stream : 1;
+    json_t *msgs = json_array();
+    for (size_t i = 0; i < c->n_messages; i++) {
+        json_t *m = json_object();
+        json_object_set_new(m, "role", json_string(c->messages[i]->role));
+        json_object_set_new(m, "content", json_string(c->messages[i]->content));
+        json_array_append_new(msgs, m);
+    }
+    json_object_set_new(j, "messages", msgs);
+    s_set_str(j, "format", c->format);
+    s_set_keep_alive(j, c->keep_alive);
+    if (c->options)
+        json_object_set_new(j, "options", s_options(c->options));
+    if (!c->n_messages)
+        return s_fail(err, cap, "chat needs at least one message"), NULL;
+    return c->model;
+}
+
+static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, ab_ol_call_t *call,
+                                 char *err, size_t cap)
+{
+    call->kind = AB_OL_EMBED;
+    call->path = "/api/embed";
+    call->stream = 0; /* Ollama answers embeddings in one object */
+    json_t *in = json_array();
+    for (size_t i = 0; i < e->n_input; i++)
+        json_array_append_new(in, json_string(e->input[i]));
+    json_object_set_new(j, "input", in);
+    if (e->has_truncate_case)
+        json_object_set_new(j, "truncate", json_boolean(e->truncate));
+    s_set_keep_alive(j, e->keep_alive);
+    if (e->options)
+        json_object_set_new(j, "options", s_options(e->options));
+    if (!e->n_input)
+        return s_fail(err, cap, "embed needs at least one input"), NULL;
+    return e->model;
+}
+
+/* Load and unload: a request with only a model (and keep_alive 0 to unload). */
+static const char *s_build_command(const Agentbus__ModelCommand *m, int load, json_t *j,
+                                   ab_ol_call_t *call)
+{
+    call->kind = load ? AB_OL_LOAD : AB_OL_UNLOAD;
+    call->path = "/api/generate";
+    call->stream = 1;
+    if (load)
+        s_set_keep_alive(j, m->keep_alive);
+    else
+        json_object_set_new(j, "keep_alive", json_integer(0));
+    return m->model;
+}
+
+int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, size_t errcap)
+{
+    memset(call, 0, sizeof *call);
+    Agentbus__InferenceRequest *r = agentbus__inference_request__unpack(NULL, len, pb);
+    if (!r)
+        return s_fail(err, errcap, "payload is not an agentbus.InferenceRequest");
+    json_t *j = json_object();
+    const char *model = NULL;
+    switch (r->body_case) {
+    case AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE:
+        model = s_build_generate(r->generate, j, call, err, errcap);
+        break;
+    case AGENTBUS__INFERENCE_REQUEST__BODY_CHAT:
+        model = s_build_chat(r->chat, j, call, err, errcap);
+        break;
+    case AGENTBUS__INFERENCE_REQUEST__BODY_EMBED:
+        model = s_build_embed(r->embed, j, call, err, errcap);
+        break;
+    case AGENTBUS__INFERENCE_REQUEST__BODY_LOAD:
+        model = s_build_command(r->load, 1, j, call);
+        break;
+    case AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD:
+        model = s_build_command(r->unload, 0, j, call);
+        break;
+    default:
+        s_fail(err, errcap, "InferenceRequest has no body");
+        break;
+    }
+    int rc = model ? 0 : -1;
+    if (rc == 0 && !*model)
+        rc = s_fail(err, errcap, "the request names no model");
+    if (rc == 0 && strlen(model) >= sizeof call->model)
+        rc = s_fail(err, errcap, "model name too long");
+    if (rc == 0) {
+        snprintf(call->model, sizeof call->model, "%s", model);
+        json_object_set_new(j, "model", json_string(model));
+        if (call->kind != AB_OL_EMBED)
+            json_object_set_new(j, "stream", json_boolean(call->stream));
+        call->body = json_dumps(j, JSON_COMPACT);
+        if (!call->body)
+            rc = s_fail(err, errcap, "out of memory");
+        else
+            call->body_len = strlen(call->body);
+    }
+    json_decref(j);
+    agentbus__inference_request__free_unpacked(r, NULL);
+    return rc;
+}
+
+void ab_ol_call_free(ab_ol_call_t *call)
+{
+    free(call->body);
+    call->body = NULL;
+}
+
+/* --- answers -------------------------------------------------------------- */
+static const char *s_str(json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
+static uint64_t s_u64(json_t *o, const char *key)
+{
+    json_int_t v = json_integer_value(json_object_get(o, key));
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+static void s_timings(json_t *o, Agentbus__InferenceTimings *t)
+{
+    t->total_duration = s_u64(o, "total_duration");
+    t->load_duration = s_u64(o, "load_duration");
+    t->prompt_eval_count = s_u64(o, "prompt_eval_count");
+    t->prompt_eval_duration = s_u64(o, "prompt_eval_duration");
+    t->eval_count = s_u64(o, "eval_count");
+    t->eval_duration = s_u64(o, "eval_duration");
+}
+
+static int s_pack(const ProtobufCMessage *m, ab_ol_chunk_t *c)
+{
+    c->pb_len = protobuf_c_message_get_packed_size(m);
+    c->pb = malloc(c->pb_len ? c->pb_len : 1);
+    if (!c->pb) {
+        snprintf(c->error, sizeof c->error, "out of memory");
+        return -1;
+    }
+    protobuf_c_message_pack(m, c->pb);
+    return 0;
+}
+
+static int s_embed(json_t *o, const char *worker, ab_ol_chunk_t *c)
+{
+    Agentbus__EmbedResponse er;
+    agentbus__embed_response__init(&er);
+    er.model = (char *)s_str(o, "model");
+    er.total_duration = s_u64(o, "total_duration");
+    er.load_duration = s_u64(o, "load_duration");
+    er.prompt_eval_count = s_u64(o, "prompt_eval_count");
+    er.worker = (char *)worker;
+    json_t *embs = json_object_get(o, "embeddings");
+    size_t n = json_is_array(embs) ? json_array_size(embs) : 0;
+    Agentbus__Embedding *ev = calloc(n + 1, sizeof *ev);
+    Agentbus__Embedding **evp = calloc(n + 1, sizeof *evp);
+    int rc = ev && evp ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        json_t *vec = json_array_get(embs, i);
+        size_t k = json_is_array(vec) ? json_array_size(vec) : 0;
+        agentbus__embedding__init(&ev[i]);
+        ev[i].values = malloc((k + 1) * sizeof(float));
+        if (!ev[i].values) {
+            rc = -1;
+            break;
+        }
+        ev[i].n_values = k;
+        for (size_t x = 0; x < k; x++)
+            ev[i].values[x] = (float)json_number_value(json_array_get(vec, x));
+        evp[i] = &ev[i];
+    }
+    if (rc == 0) {
+        er.n_embeddings = n;
+        er.embeddings = evp;
+        rc = s_pack(&er.base, c);
+    } else {
+        snprintf(c->error, sizeof c->error, "out of memory");
+    }
+    for (size_t i = 0; ev && i < n; i++)
+        free(ev[i].values);
+    free(ev);
+    free(evp);
+    return rc;
+}
+
+int ab_ol_chunk_parse(ab_ol_kind_t kind, const char *line, size_t len, const char *worker,
+                      ab_ol_chunk_t *c)
+{
+    memset(c, 0, sizeof *c);
+    json_error_t je;
+    json_t *o = json_loadb(line, len, 0, &je);
+    if (!o || !json_is_object(o)) {
+        snprintf(c->error, sizeof c->error, "backend sent invalid JSON: %s",
+                 o ? "not an object" : je.text);
+        json_decref(o);
+        return -1;
+    }
+    json_t *e = json_object_get(o, "error");
+    if (e) {
+        snprintf(c->error, sizeof c->error, "%s",
+                 json_is_string(e) ? json_string_value(e) : "backend error");
+        if (!c->error[0])
+            snprintf(c->error, sizeof c->error, "backend error");
+        json_decref(o);
+        return 0;
+    }
+    c->done = json_is_true(json_object_get(o, "done"));
+    snprintf(c->done_reason, sizeof c->done_reason, "%s", s_str(o, "done_reason"));
+    Agentbus__InferenceTimings t;
+    agentbus__inference_timings__init(&t);
+    s_timings(o, &t);
+    int rc;
+    if (kind == AB_OL_EMBED) {
+        c->done = 1;
+        rc = s_embed(o, worker, c);
+    } else if (kind == AB_OL_CHAT) {
+        Agentbus__ChatResponse cr;
+        Agentbus__ChatMessage m;
+        agentbus__chat_response__init(&cr);
+        agentbus__chat_message__init(&m);
+        json_t *msg = json_object_get(o, "message");
+        m.role = (char *)s_str(msg, "role");
+        m.content = (char *)s_str(msg, "content");
+        cr.model = (char *)s_str(o, "model");
+        cr.created_at = (char *)s_str(o, "created_at");
+        cr.message = &m;
+        cr.done = c->done;
+        if (c->done) {
+            cr.done_reason = c->done_reason;
+            cr.timings = &t;
+            cr.worker = (char *)worker;
+        }
+        rc = s_pack(&cr.base, c);
+    } else {
+        Agentbus__GenerateResponse gr;
+        agentbus__generate_response__init(&gr);
+        gr.model = (char *)s_str(o, "model");
+        gr.created_at = (char *)s_str(o, "created_at");
+        gr.response = (char *)s_str(o, "response");
+        gr.done = c->done;
+        if (c->done) {
+            gr.done_reason = c->done_reason;
+            gr.timings = &t;
+            gr.worker = (char *)worker;
+        }
+        rc = s_pack(&gr.base, c);
+    }
+    json_decref(o);
+    return rc;
+}
+
+/* --- line splitting ------------------------------------------------------- */
+void ab_ndjson_init(ab_ndjson_t *nd, size_t max_line)
+{
+    memset(nd, 0, sizeof *nd);
+    nd->max = max_line;
+}
+
+void ab_ndjson_fini(ab_ndjson_t *nd)
+{
+    free(nd->buf);
+    memset(nd, 0, sizeof *nd);
+}
+
+static int s_emit(const char *p, size_t n, ab_ndjson_fn *fn, void *arg)
+{
+    while (n && (p[n - 1] == '\r' || p[n - 1] == ' '))
+        n--;
+    return n ? fn(p, n, arg) : 0;
+}
+
+int ab_ndjson_feed(ab_ndjson_t *nd, const char *data, size_t n, ab_ndjson_fn *fn, void *arg)
+{
+    while (n) {
+        const char *nl = memchr(data, '\n', n);
+        size_t take = nl ? (size_t)(nl - data) : n;
+        if (nd->len + take > nd->max)
+            return -1;
+        if (nd->len == 0 && nl) { /* whole line in DATA: no copy */
+            int rc = s_emit(data, take, fn, arg);
+            if (rc)
+                return rc;
+        } else {
+            if (nd->len + take > nd->cap) {
+                size_t cap = nd->cap ? nd->cap : 1024;
+                while (cap < nd->len + take)
+                    cap *= 2;
+                char *b = realloc(nd->buf, cap);
+                if (!b)
+                    return -1;
+                nd->buf = b;
+                nd->cap = cap;
+            }
+            memcpy(nd->buf + nd->len, data, take);
+            nd->len += take;
+            if (nl) {
+                size_t l = nd->len;
+                nd->len = 0;
+                int rc = s_emit(nd->buf, l, fn, arg);
+                if (rc)
+                    return rc;
+            }
+        }
+        if (!nl)
+            break;
+        data = nl + 1;
+        n -= take + 1;
+    }
+    return 0;
+}
+
+int ab_ndjson_finish(ab_ndjson_t *nd, ab_ndjson_fn *fn, void *arg)
+{
+    size_t l = nd->len;
+    nd->len = 0;
+    return l ? s_emit(nd->buf, l, fn, arg) : 0;
+}
+
+/* --- backend state (/api/tags, /api/ps, /api/version) --------------------- */
+static char *s_dup(const char *s)
+{
+    return strdup(s ? s : "");
+}
+
+static void s_free_models(Agentbus__InferenceState *st)
+{
+    for (size_t i = 0; i < st->n_models; i++) {
+        Agentbus__ModelInfo *m = st->models[i];
+        free(m->name);
+        free(m->digest);
+        free(m->family);
+        free(m->parameter_size);
+        free(m->quantization_level);
+        free(m);
+    }
+    free(st->models);
+    st->models = NULL;
+    st->n_models = 0;
+}
+
+static void s_free_loaded(Agentbus__InferenceState *st)
+{
+    for (size_t i = 0; i < st->n_loaded; i++) {
+        free(st->loaded[i]->name);
+        free(st->loaded[i]->digest);
+        free(st->loaded[i]->expires_at);
+        free(st->loaded[i]);
+    }
+    free(st->loaded);
+    st->loaded = NULL;
+    st->n_loaded = 0;
+}
+
+static json_t *s_models_array(const char *json, size_t len)
+{
+    json_t *o = json_loadb(json, len, 0, NULL);
+    json_t *a = json_object_get(o, "models");
+    if (!json_is_array(a)) {
+        json_decref(o);
+        return NULL;
+    }
+    json_incref(a);
+    json_decref(o);
+    return a;
+}
+
+int ab_ol_parse_tags(const char *json, size_t len, Agentbus__InferenceState *st)
+{
+    json_t *a = s_models_array(json, len);
+    if (!a)
+        return -1;
+    size_t n = json_array_size(a), k = 0;
+    Agentbus__ModelInfo **v = calloc(n + 1, sizeof *v);
+    for (size_t i = 0; v && i < n; i++) {
+        json_t *m = json_array_get(a, i), *d = json_object_get(m, "details");
+        Agentbus__ModelInfo *x = malloc(sizeof *x);
+        if (!x)
+            break;
+        agentbus__model_info__init(x);
+        x->name = s_dup(s_str(m, "name"));
+        x->digest = s_dup(s_str(m, "digest"));
+        x->size = s_u64(m, "size");
+        x->family = s_dup(s_str(d, "family"));
+        x->parameter_size = s_dup(s_str(d, "parameter_size"));
+        x->quantization_level = s_dup(s_str(d, "quantization_level"));
+        v[k++] = x;
+    }
+    json_decref(a);
+    if (!v)
+        return -1;
+    s_free_models(st);
+    st->models = v;
+    st->n_models = k;
+    return 0;
+}
+
+int ab_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
+{
+    json_t *a = s_models_array(json, len);
+    if (!a)
+        return -1;
+    size_t n = json_array_size(a);
+    Agentbus__LoadedModel **v = calloc(n + 1, sizeof *v);
+    size_t k = 0;
+    for (size_t i = 0; v && i < n; i++) {
+        json_t *m = json_array_get(a, i);
+        Agentbus__LoadedModel *x = malloc(sizeof *x);
+        if (!x)
+            break;
+        agentbus__loaded_model__init(x);
+        x->name = s_dup(s_str(m, "name"));
+        x->digest = s_dup(s_str(m, "digest"));
+        x->size = s_u64(m, "size");
+        x->size_vram = s_u64(m, "size_vram");
+        /* To the second: sub-second jitter in a backend's expiry must not
+         * look like a change worth re-registering for. */
+        x->expires_at = s_dup(s_str(m, "expires_at"));
+        char *frac = x->expires_at ? strchr(x->expires_at, '.') : NULL;
+        if (frac && strlen(x->expires_at) > 19)
+            strcpy(frac, "Z");
+        v[k++] = x;
+    }
+    json_decref(a);
+    if (!v)
+        return -1;
+    s_free_loaded(st);
+    st->loaded = v;
+    st->n_loaded = k;
+    return 0;
+}
+
+int ab_ol_parse_version(const char *json, size_t len, Agentbus__InferenceState *st)
+{
+    json_t *o = json_loadb(json, len, 0, NULL);
+    const char *v = json_string_value(json_object_get(o, "version"));
+    int rc = -1;
+    if (v) {
+        char *d = strdup(v);
+        if (d) {
+            if (st->backend_version != protobuf_c_empty_string)
+                free(st->backend_version);
+            st->backend_version = d;
+            rc = 0;
+        }
+    }
+    json_decref(o);
+    return rc;
+}
+
+void ab_ol_state_clear(Agentbus__InferenceState *st)
+{
+    s_free_models(st);
+    s_free_loaded(st);
+    if (st->backend_version && st->backend_version != protobuf_c_empty_string)
+        free(st->backend_version);
+    st->backend_version = NULL;
+    for (size_t i = 0; i < st->n_gpus; i++) {
+        free(st->gpus[i]->name);
+        free(st->gpus[i]);
+    }
+    free(st->gpus);
+    st->gpus = NULL;
+    st->n_gpus = 0;
+}
