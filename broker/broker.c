@@ -7,6 +7,7 @@
  * message or the next timer. Nothing here blocks outside ZeroMQ.
  */
 #include "broker.h"
+#include "msgs.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -59,6 +60,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zhashx_set_destructor(b->services, ab_service_free);
     if (ab_idmap_init(&b->pending, 1024) != 0)
         return -1;
+    if (ab_msgs_init(b) != 0)
+        return -1;
 
     b->zctx = zmq_ctx_new();
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -97,6 +100,7 @@ void ab_broker_fini(ab_broker_t *b)
         if (b->pending.keys[i])
             ab_req_destroy(b->pending.vals[i]);
     ab_idmap_fini(&b->pending);
+    ab_msgs_fini(b);
     if (b->peers) {
         for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
             ab_worker_rec_t *w = p->worker;
@@ -154,6 +158,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
            peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
+    ab_msgs_peer_gone(b, peer);
     zhashx_delete(b->peers, &peer->rid);
 }
 
@@ -197,6 +202,9 @@ static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
 
 static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
 {
+    char claim[AB_NAME_MAX] = "";
+    int takeover = 0;
+    uint64_t instance = 0;
     if (pl->size) {
         Agentbus__Hello *m = agentbus__hello__unpack(NULL, pl->size, pl->data);
         if (!m) {
@@ -208,6 +216,10 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
             p->role = AB_ROLE_CONTROL;
         if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
             p->heartbeat_ms = m->heartbeat_ms;
+        if (strcmp(m->role, "agent") == 0 && m->name[0])
+            snprintf(claim, sizeof claim, "%s", m->name);
+        takeover = m->takeover;
+        instance = m->instance;
         agentbus__hello__free_unpacked(m, NULL);
     }
     /* Tell the peer the heartbeat interval the broker wants. */
@@ -215,6 +227,8 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
     h.correlation_id = in->h.id;
     h.credit = (uint32_t)b->cfg->heartbeat_ms;
     ab_send(b, &in->rid, &h, NULL);
+    if (claim[0]) /* after the answer: a mailbox may follow it */
+        ab_mailbox_on_hello(b, p, claim, takeover, instance, in->h.id, in->now);
 }
 
 static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
@@ -438,6 +452,12 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         if (p)
             ab_peer_drop(b, p, "said goodbye");
         break;
+    case AB_KIND_SEND:
+    case AB_KIND_PUBLISH:
+    case AB_KIND_SUBSCRIBE:
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now)))
+            ab_msgs_route(b, p, &in->h, in->has_body ? &in->body : NULL, in->now);
+        break;
     default:
         b->c.errors_sent[AB_ERR_UNSUPPORTED]++;
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED,
@@ -500,6 +520,7 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
 static void s_timers(ab_broker_t *b, int64_t now)
 {
     ab_expire_deadlines(b, now);
+    ab_msgs_timers(b, now);
     if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
         ab_service_end_grace(b);
         b->grace_over = 1;
@@ -520,6 +541,9 @@ int ab_broker_run(ab_broker_t *b)
         int64_t wake = b->next_sweep_ms, dl = ab_next_deadline(b);
         if (dl && dl < wake)
             wake = dl;
+        int64_t mw = ab_msgs_next_wake(b);
+        if (mw && mw < wake)
+            wake = mw;
         long timeout = wake > now ? (long)(wake - now) : 0;
         int rc = zmq_poll(&item, 1, timeout);
         if (rc < 0 && errno != EINTR) {

@@ -5,6 +5,7 @@
  *   router.c   sending: headers, payload moves, errors to peers
  *   service.c  services, workers, queues, dispatch, deadline heap
  *   stats.c    counters, CONTROL answers (Stats, ServiceList, WorkerList)
+ *   msgs.c, mailbox.c, pubsub.c  agent names, direct messages, topics (msgs.h)
  *
  * Everything runs on the broker's one thread; nothing here is locked.
  */
@@ -47,6 +48,8 @@ typedef struct {
     int64_t heartbeat_ms; /* interval the peer said it keeps */
     uint64_t requests;    /* REQUESTs sent: an operator's tool sends none */
     ab_worker_rec_t *worker; /* when role == WORKER */
+    struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
+    struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
 } ab_peer_t;
 
 typedef enum { AB_REQ_QUEUED, AB_REQ_DISPATCHED, AB_REQ_ORPHANED } ab_req_state_t;
@@ -119,6 +122,7 @@ typedef struct {
     ab_counters_t c;
     ab_ratelimit_t rl;
     volatile int stop;
+    struct ab_msgs *msgs;   /* direct messages and pub/sub (msgs.h) */
 } ab_broker_t;
 
 /* broker.c */

@@ -323,8 +323,24 @@ static const struct {
     {AB_ERR_APPLICATION, AB_EAPPLICATION, "APPLICATION"},
 };
 
+/* Codes added after the dense table (direct messages, pub/sub). */
+static const struct {
+    uint32_t wire;
+    int status;
+    const char *name;
+} s_errmap_msg[] = {
+    {AB_ERR_NAME_TAKEN, AB_ENAMETAKEN, "NAME_TAKEN"},
+    {AB_ERR_BAD_NAME, AB_EBADNAME, "BAD_NAME"},
+    {AB_ERR_TOO_LARGE, AB_ETOOLARGE, "TOO_LARGE"},
+    {AB_ERR_NO_AGENT, AB_ENOAGENT, "NO_AGENT"},
+};
+#define AB_ERRMAP_MSG_N (sizeof s_errmap_msg / sizeof s_errmap_msg[0])
+
 int ab_status_from_wire(uint32_t code)
 {
+    for (size_t i = 0; i < AB_ERRMAP_MSG_N; i++)
+        if (s_errmap_msg[i].wire == code)
+            return s_errmap_msg[i].status;
     return code < AB_ERR_COUNT_ ? s_errmap[code].status : AB_EINTERNAL;
 }
 
@@ -333,6 +349,9 @@ uint32_t ab_status_to_wire(int status)
     for (size_t i = 0; i < AB_ERR_COUNT_; i++)
         if (s_errmap[i].status == status)
             return s_errmap[i].wire;
+    for (size_t i = 0; i < AB_ERRMAP_MSG_N; i++)
+        if (s_errmap_msg[i].status == status)
+            return s_errmap_msg[i].wire;
     /* Codec rejections all reach the peer as MALFORMED. */
     if (status <= AB_EFRAMES && status >= AB_EDECODE)
         return status == AB_EVERSION ? AB_ERR_UNSUPPORTED_VERSION : AB_ERR_MALFORMED;
@@ -341,6 +360,9 @@ uint32_t ab_status_to_wire(int status)
 
 const char *ab_wire_error_name(uint32_t code)
 {
+    for (size_t i = 0; i < AB_ERRMAP_MSG_N; i++)
+        if (s_errmap_msg[i].wire == code)
+            return s_errmap_msg[i].name;
     return code < AB_ERR_COUNT_ ? s_errmap[code].name : "UNKNOWN";
 }
 

@@ -53,7 +53,12 @@ enum {
     AB_ERR_UNSUPPORTED_VERSION = 7,
     AB_ERR_UNSUPPORTED = 8,
     AB_ERR_APPLICATION = 9,
-    AB_ERR_COUNT_ = 10
+    AB_ERR_COUNT_ = 10,
+    /* Direct messages and pub/sub (outside the dense table above). */
+    AB_ERR_NAME_TAKEN = 30,
+    AB_ERR_BAD_NAME = 31,
+    AB_ERR_TOO_LARGE = 32,
+    AB_ERR_NO_AGENT = 33
 };
 
 /* Mirrors agentbus.Flag. */
@@ -62,7 +67,11 @@ enum {
     AB_FLAG_NO_CACHE = 2,
     AB_FLAG_NO_STORE = 4,
     AB_FLAG_CACHEABLE = 8,
-    AB_FLAG_NON_IDEMPOTENT = 16
+    AB_FLAG_NON_IDEMPOTENT = 16,
+    AB_FLAG_WANT_RECEIPT = 1 << 16,
+    AB_FLAG_RECEIPT = 1 << 17,
+    AB_FLAG_GAP = 1 << 18,
+    AB_FLAG_UNSUBSCRIBE = 1 << 19
 };
 
 /* A view of bytes owned by someone else. Not NUL-terminated. */

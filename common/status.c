@@ -31,6 +31,10 @@ static const s_status_t s_table[] = {
     {AB_EMISSING, "MISSING_FIELD", "a required header field is missing"},
     {AB_EPAYLOADSIZE, "PAYLOAD_SIZE", "payload exceeds the size limit"},
     {AB_EDECODE, "DECODE", "header is not valid protobuf"},
+    {AB_ENAMETAKEN, "NAME_TAKEN", "another live connection holds that agent name"},
+    {AB_EBADNAME, "BAD_NAME", "malformed agent name or topic"},
+    {AB_ETOOLARGE, "TOO_LARGE", "message exceeds the broker's message size limit"},
+    {AB_ENOAGENT, "NO_AGENT", "no such agent is connected"},
 };
 
 static const s_status_t *s_find(int code)
