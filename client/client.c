@@ -22,12 +22,6 @@ typedef struct {
     int64_t deadline_ms;
 } s_call_t;
 
-struct ab_client {
-    ab_conn_t conn;
-    ab_idmap_t calls; /* id -> s_call_t (owned) */
-    int64_t next_expiry_ms;
-    int in_callback;
-};
 
 int ab_client_new(ab_client_t **out, const ab_options_t *opts)
 {
@@ -46,6 +40,10 @@ int ab_client_new(ab_client_t **out, const ab_options_t *opts)
         ab_client_destroy(&c);
         return rc;
     }
+    /* A named agent says HELLO first, so that whatever it sends before the
+     * connection is up already carries its name. */
+    if (c->conn.opts.name[0] && ab_conn_hello(&c->conn) == AB_OK)
+        c->early_hello = 1;
     *out = c;
     return AB_OK;
 }
@@ -93,6 +91,7 @@ void ab_client_destroy(ab_client_t **cp)
                 free(c->calls.vals[i]);
         ab_idmap_fini(&c->calls);
     }
+    ab_cmsg_fini(c);
     if (c->conn.sock && c->conn.connected)
         ab_conn_send_kind(&c->conn, AB_KIND_BYE);
     ab_conn_close(&c->conn);
@@ -110,9 +109,10 @@ static int s_timeout_of(ab_client_t *c, int timeout_ms)
     return timeout_ms < 0 ? c->conn.opts.timeout_ms : timeout_ms == 0 ? 1 : timeout_ms;
 }
 
-/* Sends a REQUEST (or CONTROL) and records its call. */
-static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void *data,
-                   size_t size, int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *id_out)
+/* Sends a REQUEST (or CONTROL, SEND, SUBSCRIBE) and records its call. */
+static int s_start(ab_client_t *c, uint32_t kind, const char *target, const ab_header_t *tmpl,
+                   const void *data, size_t size, int timeout_ms, ab_reply_fn *fn, void *arg,
+                   uint64_t *id_out)
 {
     if (!c || !target || !*target || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
@@ -132,8 +132,14 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
     h.target = ab_view_of(target);
     h.timeout_ms = (uint32_t)t;
     h.sender = ab_view_of(c->conn.opts.name);
-    int rc = ab_conn_send(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
-                          size);
+    if (tmpl) {
+        h.flags = tmpl->flags;
+        h.correlation_id = tmpl->correlation_id;
+        h.credit = tmpl->credit;
+        h.timeout_ms = tmpl->timeout_ms;
+    }
+    int with_data = kind == AB_KIND_REQUEST || kind == AB_KIND_SEND;
+    int rc = ab_conn_send(&c->conn, &h, with_data ? (data ? data : "") : NULL, size);
     if (rc != AB_OK) {
         free(call);
         return rc;
@@ -152,7 +158,15 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
 int ab_client_request_async(ab_client_t *c, const char *service, const void *data, size_t size,
                             int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *request_id)
 {
-    return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms, fn, arg, request_id);
+    return s_start(c, AB_KIND_REQUEST, service, NULL, data, size, timeout_ms, fn, arg,
+                   request_id);
+}
+
+int ab_client_call_start(ab_client_t *c, uint32_t kind, const char *target,
+                         const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
+                         ab_reply_fn *fn, void *arg, uint64_t *id_out)
+{
+    return s_start(c, kind, target, tmpl, data, size, timeout_ms, fn, arg, id_out);
 }
 
 static void s_expire(ab_client_t *c, int64_t now)
@@ -184,11 +198,26 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     ab_header_t *h = &in->h;
     if (h->kind == AB_KIND_HELLO && h->correlation_id == 0) {
         ab_conn_hello(&c->conn); /* the broker forgot us */
+        ab_cmsg_resubscribe(c);
+        return;
+    }
+    s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
+    if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {
+        /* An agent's answer to our ab_client_ask. */
+        s_call_end(c, call, AB_OK, in->has_body ? zmq_msg_data(&in->body) : NULL,
+                   in->has_body ? zmq_msg_size(&in->body) : 0, NULL);
+        return;
+    }
+    if (h->kind == AB_KIND_SEND || h->kind == AB_KIND_PUBLISH) {
+        ab_cmsg_on_message(c, in);
+        return;
+    }
+    if (h->kind == AB_KIND_ERROR && !call) {
+        ab_cmsg_on_error(c, in);
         return;
     }
     if (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_ERROR)
         return;
-    s_call_t *call = ab_idmap_get(&c->calls, h->correlation_id);
     if (!call)
         return; /* answer to a call that already ended (timeout, disconnect) */
     const void *data = in->has_body ? zmq_msg_data(&in->body) : NULL;
@@ -215,8 +244,12 @@ static int s_process(ab_client_t *c)
     int ev = ab_conn_events(&c->conn);
     if (ev & AB_CONN_DISCONNECTED)
         s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
-    if (ev & AB_CONN_CONNECTED)
-        ab_conn_hello(&c->conn);
+    if (ev & AB_CONN_CONNECTED) {
+        if (!c->early_hello)
+            ab_conn_hello(&c->conn);
+        c->early_hello = 0;
+        ab_cmsg_resubscribe(c);
+    }
     for (int i = 0; i < 4096; i++) {
         ab_in_t in;
         int rc = ab_conn_recv(&c->conn, &in);
@@ -310,8 +343,9 @@ static void s_sync_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     }
 }
 
-static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void *data,
-                  size_t size, int timeout_ms, void **reply, size_t *reply_size)
+static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const ab_header_t *tmpl,
+                  const void *data, size_t size, int timeout_ms, void **reply,
+                  size_t *reply_size)
 {
     if (reply)
         *reply = NULL;
@@ -319,7 +353,7 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void 
         *reply_size = 0;
     s_sync_t s = {0};
     uint64_t id;
-    int rc = s_start(c, kind, target, data, size, timeout_ms, s_sync_cb, &s, &id);
+    int rc = s_start(c, kind, target, tmpl, data, size, timeout_ms, s_sync_cb, &s, &id);
     if (rc != AB_OK)
         return rc;
     while (!s.done) {
@@ -351,13 +385,20 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void 
 int ab_client_request(ab_client_t *c, const char *service, const void *data, size_t size,
                       int timeout_ms, void **reply, size_t *reply_size)
 {
-    return s_sync(c, AB_KIND_REQUEST, service, data, size, timeout_ms, reply, reply_size);
+    return s_sync(c, AB_KIND_REQUEST, service, NULL, data, size, timeout_ms, reply, reply_size);
 }
 
 int ab_client_control(ab_client_t *c, const char *what, int timeout_ms, void **reply,
                       size_t *reply_size)
 {
-    return s_sync(c, AB_KIND_CONTROL, what, NULL, 0, timeout_ms, reply, reply_size);
+    return s_sync(c, AB_KIND_CONTROL, what, NULL, NULL, 0, timeout_ms, reply, reply_size);
+}
+
+int ab_client_call_wait(ab_client_t *c, uint32_t kind, const char *target,
+                        const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
+                        void **reply, size_t *reply_size)
+{
+    return s_sync(c, kind, target, tmpl, data, size, timeout_ms, reply, reply_size);
 }
 
 int ab_client_fd(ab_client_t *c, int *fd)
