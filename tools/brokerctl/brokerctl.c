@@ -3,6 +3,8 @@
  *
  *   brokerctl [--broker EP] [--json] [--timeout-ms N] [--watch S] stats|services|workers
  *   brokerctl [--broker EP] [--timeout-ms N] request SERVICE DATA|-
+ *   brokerctl [--broker EP] [--json] send AGENT DATA | pub TOPIC DATA | agents
+ *   brokerctl [--broker EP] [--json] [--count N] [--takeover] listen NAME | sub TOPIC
  *
  * Exit codes: 0 success; 1 the broker answered with an error or could not
  * be reached (code name and text on stderr); 2 bad usage.
@@ -10,6 +12,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "render.h"
+#include "msgcmd.h"
 #include "util.h"
 
 #include <signal.h>
@@ -33,13 +36,21 @@ static void s_usage(FILE *out)
             "  stats                   broker figures: connections, traffic, services, errors\n"
             "  services                services with queue depth, workers, credit, latency\n"
             "  workers                 registered workers with capacity, load and labels\n"
-            "  request SERVICE DATA    send DATA ('-' reads stdin) and print the reply\n\n"
+            "  request SERVICE DATA    send DATA ('-' reads stdin) and print the reply\n"
+            "  send AGENT DATA         direct message to agent AGENT (prints delivered/queued)\n"
+            "  listen NAME             connect as agent NAME, print its messages (mailbox first)\n"
+            "  pub TOPIC DATA          publish DATA on TOPIC (dot-separated)\n"
+            "  sub PATTERN             print messages on PATTERN (a topic, or a prefix ending\n"
+            "                          in '.'), one a line, as they arrive\n"
+            "  agents                  agents: connection age, mailbox depth, subscriptions\n\n"
             "Options:\n"
             "  --broker ENDPOINT       broker (default: $AB_BROKER, else %s)\n"
             "  --json                  machine-readable output (for request: {\"ok\", \"reply\"}\n"
             "                          or {\"ok\": false, \"code\", \"error\"})\n"
             "  --timeout-ms N          how long to wait for the broker (default 5000)\n"
             "  --watch SECONDS         repeat stats/services/workers every SECONDS\n"
+            "  --count N               listen/sub: exit after N messages\n"
+            "  --takeover              listen: take the name from a live connection\n"
             "  --help                  show this help\n\n"
             "A failed command exits 1 and prints the error code and text on stderr.\n",
             AB_DEFAULT_ENDPOINT);
@@ -145,8 +156,8 @@ static int s_request(ab_client_t *c, const char *service, const char *data, int 
 int main(int argc, char **argv)
 {
     const char *broker = NULL;
-    int json = 0, i = 1;
-    long timeout_ms = 5000, watch = 0;
+    int json = 0, i = 1, takeover = 0, msg_nargs = 0;
+    long timeout_ms = 5000, watch = 0, count = 0;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(f, "--help") == 0) {
@@ -161,6 +172,11 @@ int main(int argc, char **argv)
             i++;
         } else if (strcmp(f, "--watch") == 0 && v && ab_parse_long(v, 1, 86400, &watch) == 0) {
             i++;
+        } else if (strcmp(f, "--count") == 0 && v &&
+                   ab_parse_long(v, 1, 1000000000, &count) == 0) {
+            i++;
+        } else if (strcmp(f, "--takeover") == 0) {
+            takeover = 1;
         } else {
             fprintf(stderr, "brokerctl: bad option '%s'\n\n", f);
             s_usage(stderr);
@@ -174,7 +190,9 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     int is_show = !strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers");
     int is_req = !strcmp(cmd, "request");
-    if ((!is_show && !is_req) || (is_show && i != argc) || (is_req && i + 2 != argc)) {
+    int is_msg = ab_msgcmd_known(cmd, &msg_nargs);
+    if ((!is_show && !is_req && !is_msg) || (is_show && i != argc) ||
+        (is_req && i + 2 != argc) || (is_msg && i + msg_nargs != argc)) {
         fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
         s_usage(stderr);
         return 2;
@@ -186,7 +204,14 @@ int main(int argc, char **argv)
         ab_options_destroy(&o);
         return 2;
     }
-    ab_options_set_name(o, "brokerctl");
+    /* Only `listen` is an agent with a name: other commands stay unnamed,
+     * so that any number of them can run at once. */
+    if (strcmp(cmd, "listen") == 0 && ab_options_set_name(o, argv[i]) != AB_OK) {
+        fprintf(stderr, "brokerctl: invalid agent name\n");
+        ab_options_destroy(&o);
+        return 2;
+    }
+    ab_options_set_takeover(o, takeover);
     int rc = ab_client_new(&c, o);
     ab_options_destroy(&o);
     if (rc != AB_OK) {
@@ -196,7 +221,10 @@ int main(int argc, char **argv)
     }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
-    if (is_req) {
+    if (is_msg) {
+        ab_msgcmd_opts_t mo = {json, (int)timeout_ms, count, &s_stop};
+        rc = ab_msgcmd_run(c, cmd, argv + i, &mo);
+    } else if (is_req) {
         rc = s_request(c, argv[i], argv[i + 1], (int)timeout_ms);
     } else {
         do {
