@@ -389,7 +389,7 @@ static void s_on_control(ab_broker_t *b, s_in_t *in)
     size_t len = 0;
     if (ab_stats_answer(b, what, &buf, &len) != 0) {
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED,
-                      "unknown control query (try stats, services, workers)");
+                      "unknown control query (try stats, services, workers, agents)");
         return;
     }
     zmq_msg_t m;
