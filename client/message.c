@@ -149,9 +149,15 @@ void ab_cmsg_on_message(ab_client_t *c, const ab_in_t *in)
 void ab_cmsg_on_error(ab_client_t *c, const ab_in_t *in)
 {
     const ab_header_t *h = &in->h;
-    /* An ERROR without an id is about the connection; only a name refusal
-     * or takeover concerns the application. */
-    if (!h->correlation_id && h->error_code != AB_ERR_NAME_TAKEN)
+    /* Only refusals of messages, topics and names concern the application
+     * here. A late answer to a request that already ended (DEADLINE, ...)
+     * is dropped as before, so it cannot pile up in the receive queue of an
+     * application that never reads it. */
+    uint32_t code = h->error_code;
+    if (code != AB_ERR_BUSY && code != AB_ERR_NAME_TAKEN && code != AB_ERR_BAD_NAME &&
+        code != AB_ERR_TOO_LARGE && code != AB_ERR_NO_AGENT)
+        return;
+    if (!h->correlation_id && code != AB_ERR_NAME_TAKEN)
         return;
     char text[AB_ERRTEXT_MAX];
     ab_view_copy(h->error_text, text, sizeof text);

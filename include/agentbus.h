@@ -240,8 +240,9 @@ typedef enum {
     AB_MSG_TOPIC = 2,   /* a message published on a topic this handle subscribes */
     AB_MSG_RECEIPT = 3, /* the recipient's application got our message `id` */
     AB_MSG_GAP = 4,     /* `dropped` topic messages were lost (slow subscriber) */
-    AB_MSG_ERROR = 5    /* the broker refused our message `id` (status, error_text),
-                           or refused our name (AB_ENAMETAKEN, id 0) */
+    AB_MSG_ERROR = 5    /* the broker refused our message `id` (status, error_text:
+                           AB_EBUSY, AB_EBADNAME, AB_ETOOLARGE, AB_ENOAGENT), or
+                           our name (AB_ENAMETAKEN, id 0) */
 } ab_msg_type_t;
 
 /* One received message. Strings are NUL-terminated, never NULL. */

@@ -186,7 +186,7 @@ static void s_ttl_expiry(void)
     ab_client_t *ca = mt_agent(port, "alice", 0, NULL);
     for (int i = 0; i < 4; i++)
         CHECK_EQ(ab_client_send_wait(ca, "gina", "stale", 5, 0, 5000, NULL), AB_OK);
-    th_sleep_ms(1500); /* TTL 300 ms; the broker sweeps every second */
+    th_sleep_ms(2200); /* TTL 300 ms; the broker sweeps every second */
     ab_client_t *ctl = th_client(port);
     Agentbus__Stats *st = th_stats(ctl);
     REQUIRE(st != NULL);

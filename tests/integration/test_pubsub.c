@@ -162,6 +162,21 @@ static void s_resubscribe_restart(void)
     free(box);
 }
 
+/* Sum of N over the "# gap: N messages lost" lines of PID's log. */
+static unsigned long long s_log_gap_sum(pid_t pid)
+{
+    FILE *f = fopen(th_log_of(pid), "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    unsigned long long sum = 0, n;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "# gap: %llu messages lost", &n) == 1)
+            sum += n;
+    fclose(f);
+    return sum;
+}
+
 /* Counts lines of the stopped subscriber's log that contain NEEDLE. */
 static int s_log_count(pid_t pid, const char *needle)
 {
@@ -217,7 +232,7 @@ static void s_slow_subscriber(void)
         }
         /* The fast subscriber keeps up: it must not be slowed or lose any. */
         int64_t until = ab_now_ms() + 5000;
-        while (box->count[AB_MSG_TOPIC] + box->n * 0 < sent + BATCH && ab_now_ms() < until) {
+        while (box->count[AB_MSG_TOPIC] < sent + BATCH && ab_now_ms() < until) {
             ab_client_poll(c[0], 5);
             ab_client_poll(c[1], 0);
         }
@@ -246,17 +261,21 @@ static void s_slow_subscriber(void)
            (unsigned long long)st->slow_drops, dropped, (unsigned long long)st->fanout);
     CHECK_TRUE(st->slow_drops > 0);
     CHECK_U64(st->slow_drops, dropped);
+    unsigned long long slow_drops = st->slow_drops;
     agentbus__stats__free_unpacked(st, NULL);
 
     REQUIRE(kill(slow, SIGCONT) == 0);
     char last[32];
     snprintf(last, sizeof last, "msg-%07d", WARM + N - 1);
     end = ab_now_ms() + 20000;
-    while ((s_log_count(slow, "# gap:") < 1 || s_log_count(slow, last) < 1) &&
+    while ((s_log_gap_sum(slow) < slow_drops || s_log_count(slow, last) < 1) &&
            ab_now_ms() < end) {
         mt_pump(c, 2, 50);
     }
-    CHECK_EQ(s_log_count(slow, "# gap:"), 1);
+    /* Every loss is reported: one notice per hole (usually one; two when
+     * the kernel buffer took a few more while it was stopped). */
+    CHECK_TRUE(s_log_count(slow, "# gap:") >= 1);
+    CHECK_U64(s_log_gap_sum(slow), slow_drops);
     CHECK_EQ(s_log_count(slow, last), 1); /* drop-oldest: the newest arrive */
     CHECK_TRUE(th_alive(broker));
     ab_client_destroy(&c[0]);
