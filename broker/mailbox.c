@@ -151,46 +151,15 @@ static ab_agent_t *s_agent_new(ab_broker_t *b, const char *name)
     return a;
 }
 
-void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
-                        int64_t now)
+/* Appends a SEND to the mailbox of NAME (record A, NULL if none yet), or
+ * refuses it (BUSY) when a bound is reached. BODY is moved, not copied. */
+static void s_mailbox_put(ab_broker_t *b, ab_peer_t *p, ab_agent_t *a, const char *name,
+                          const char *sender, const ab_header_t *h, zmq_msg_t *body, int64_t now)
 {
     ab_msgs_t *m = b->msgs;
     ab_broker_config_t *cfg = b->cfg;
-    char sbuf[2 * AB_RID_MAX + 2], name[AB_NAME_MAX];
-    const char *sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
     size_t size = body ? zmq_msg_size(body) : 0;
-    if (size > cfg->message_max_bytes) {
-        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_TOO_LARGE,
-                       "message of %zu bytes exceeds message-max-bytes (%zu)", size,
-                       cfg->message_max_bytes);
-        return;
-    }
-    ab_view_copy(h->target, name, sizeof name);
-    if (h->target.len > 1 && h->target.len < AB_NAME_MAX && name[0] == '~' &&
-        strlen(name) == h->target.len) {
-        s_send_unnamed(b, p, h, body, name, sender);
-        return;
-    }
-    if (ab_agent_name_check_n(h->target.ptr, h->target.len) != AB_OK) {
-        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BAD_NAME,
-                       "malformed agent name '%.64s': 1..255 printable ASCII characters, no "
-                       "spaces, not starting with '~'", name);
-        return;
-    }
-    ab_agent_t *a = zhashx_lookup(m->agents, name);
     int receipt = (h->flags & AB_FLAG_RECEIPT) != 0;
-    if (a && a->peer && a->depth == 0 &&
-        s_deliver(b, &a->peer->rid, name, sender, h->id, h->correlation_id, h->flags, body) ==
-            0) {
-        m->c.delivered++;
-        if (receipt)
-            m->c.receipts++;
-        else
-            m->c.sent++;
-        s_accepted(b, p, h, "delivered");
-        return;
-    }
-    /* Offline, or its pipe is full, or older messages wait: the mailbox. */
     size_t slen = strlen(sender) + 1;
     size_t charge = sizeof(ab_mail_t) + slen + size + (a ? 0 : sizeof *a);
     if (a && a->depth >= (uint32_t)cfg->mailbox_max_msgs) {
@@ -248,6 +217,49 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
     if (a->peer)
         ab_msgs_backlog_agent(b, a);
     s_accepted(b, p, h, "queued");
+}
+
+void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
+                        int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    ab_broker_config_t *cfg = b->cfg;
+    char sbuf[2 * AB_RID_MAX + 2], name[AB_NAME_MAX];
+    const char *sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
+    size_t size = body ? zmq_msg_size(body) : 0;
+    if (size > cfg->message_max_bytes) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_TOO_LARGE,
+                       "message of %zu bytes exceeds message-max-bytes (%zu)", size,
+                       cfg->message_max_bytes);
+        return;
+    }
+    ab_view_copy(h->target, name, sizeof name);
+    if (h->target.len > 1 && h->target.len < AB_NAME_MAX && name[0] == '~' &&
+        strlen(name) == h->target.len) {
+        s_send_unnamed(b, p, h, body, name, sender);
+        return;
+    }
+    if (ab_agent_name_check_n(h->target.ptr, h->target.len) != AB_OK) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BAD_NAME,
+                       "malformed agent name '%.64s': 1..255 printable ASCII characters, no "
+                       "spaces, not starting with '~'", name);
+        return;
+    }
+    ab_agent_t *a = zhashx_lookup(m->agents, name);
+    int receipt = (h->flags & AB_FLAG_RECEIPT) != 0;
+    if (a && a->peer && a->depth == 0 &&
+        s_deliver(b, &a->peer->rid, name, sender, h->id, h->correlation_id, h->flags, body) ==
+            0) {
+        m->c.delivered++;
+        if (receipt)
+            m->c.receipts++;
+        else
+            m->c.sent++;
+        s_accepted(b, p, h, "delivered");
+        return;
+    }
+    /* Offline, or its pipe is full, or older messages wait: the mailbox. */
+    s_mailbox_put(b, p, a, name, sender, h, body, now);
 }
 
 /* Removes E (whose predecessor is PREV, NULL for the head) from A. */
