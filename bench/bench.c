@@ -10,6 +10,7 @@
  */
 #include "agentbus.h"
 #include "bare_hop.h"
+#include "pubsub.h"
 #include "hist.h"
 #include "util.h"
 
@@ -363,7 +364,11 @@ static void s_usage(void)
            "  --broker-bin PATH    agentbus-broker to start (default: next to this program)\n"
            "  --worker-bin PATH    agentbus-worker to start (default: next to this program)\n"
            "  --broker EP          use a running broker (with an 'echo' service) instead\n"
-           "  --json               one JSON object instead of the table\n");
+           "  --json               one JSON object instead of the table\n"
+           "  --pubsub             instead: pub/sub fan-out (1, 10, 100 subscribers) against\n"
+           "                       bare ZeroMQ PUB/SUB and an XSUB/XPUB proxy, and agent\n"
+           "                       ask/reply against request/reply (--subscribers LIST,\n"
+           "                       --seconds, --runs (default 3), --window, --size-small)\n");
 }
 
 static int s_parse(s_opts_t *o, int argc, char **argv)
@@ -422,6 +427,11 @@ bad:
 int main(int argc, char **argv)
 {
     s_opts_t o;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--pubsub") == 0) {
+            s_parse(&o, 1, argv); /* only for the default program paths */
+            return ab_bench_pubsub_main(argc, argv, o.broker_bin, o.worker_bin);
+        }
     int prc = s_parse(&o, argc, argv);
     if (prc)
         return prc > 0 ? 0 : 2;

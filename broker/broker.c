@@ -8,6 +8,7 @@
  */
 #include "broker.h"
 #include "placement.h"
+#include "msgs.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -60,6 +61,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zhashx_set_destructor(b->services, ab_service_free);
     if (ab_idmap_init(&b->pending, 1024) != 0)
         return -1;
+    if (ab_msgs_init(b) != 0)
+        return -1;
 
     b->zctx = zmq_ctx_new();
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -105,6 +108,7 @@ void ab_broker_fini(ab_broker_t *b)
         if (b->pending.keys[i])
             ab_req_destroy(b->pending.vals[i]);
     ab_idmap_fini(&b->pending);
+    ab_msgs_fini(b);
     if (b->peers) {
         for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
             ab_worker_rec_t *w = p->worker;
@@ -169,6 +173,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
         ab_worker_detach(b, peer->worker, why);
     else if (peer->requests)
         ab_cancel_client_gone(b, &peer->rid); /* frees their workers' slots */
+    ab_msgs_peer_gone(b, peer);
     zhashx_delete(b->peers, &peer->rid);
 }
 
@@ -219,6 +224,9 @@ static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
 
 static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
 {
+    char claim[AB_NAME_MAX] = "";
+    int takeover = 0;
+    uint64_t instance = 0;
     if (pl->size) {
         Agentbus__Hello *m = agentbus__hello__unpack(NULL, pl->size, pl->data);
         if (!m) {
@@ -230,6 +238,10 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
             p->role = AB_ROLE_CONTROL;
         if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
             p->heartbeat_ms = m->heartbeat_ms;
+        if (strcmp(m->role, "agent") == 0 && m->name[0])
+            snprintf(claim, sizeof claim, "%s", m->name);
+        takeover = m->takeover;
+        instance = m->instance;
         agentbus__hello__free_unpacked(m, NULL);
     }
     /* Tell the peer the heartbeat interval the broker wants. */
@@ -237,6 +249,8 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
     h.correlation_id = in->h.id;
     h.credit = (uint32_t)b->cfg->heartbeat_ms;
     ab_send(b, &in->rid, &h, NULL);
+    if (claim[0]) /* after the answer: a mailbox may follow it */
+        ab_mailbox_on_hello(b, p, claim, takeover, instance, in->h.id, in->now);
 }
 
 static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
@@ -496,7 +510,7 @@ static void s_on_control(ab_broker_t *b, s_in_t *in)
     size_t len = 0;
     if (ab_stats_answer(b, what, &buf, &len) != 0) {
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED,
-                      "unknown control query (try stats, services, workers)");
+                      "unknown control query (try stats, services, workers, agents)");
         return;
     }
     zmq_msg_t m;
@@ -580,6 +594,12 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         break;
     case AB_KIND_CANCEL:
         ab_cancel_from_client(b, &in->rid, in->h.correlation_id);
+        break;
+    case AB_KIND_SEND:
+    case AB_KIND_PUBLISH:
+    case AB_KIND_SUBSCRIBE:
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now)))
+            ab_msgs_route(b, p, &in->h, in->has_body ? &in->body : NULL, in->now);
         break;
     default:
         b->c.errors_sent[AB_ERR_UNSUPPORTED]++;
@@ -687,6 +707,7 @@ static void s_timers(ab_broker_t *b, int64_t now)
     ab_expire_deadlines(b, now);
     if (b->hs.recheck_ms && now >= b->hs.recheck_ms)
         ab_health_recheck(b, now);
+    ab_msgs_timers(b, now);
     if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
         ab_service_end_grace(b);
         b->grace_over = 1;
@@ -710,6 +731,9 @@ int ab_broker_run(ab_broker_t *b)
             wake = dl;
         if (b->hs.recheck_ms && b->hs.recheck_ms < wake)
             wake = b->hs.recheck_ms;
+        int64_t mw = ab_msgs_next_wake(b);
+        if (mw && mw < wake)
+            wake = mw;
         long timeout = wake > now ? (long)(wake - now) : 0;
         if (b->term)
             timeout = timeout > 50 ? 50 : timeout; /* check the drain often */

@@ -8,6 +8,7 @@
  *   health.c   failure detection (monitor, phi suspicion), adaptive heartbeat
  *              intervals, circuit breaker, re-dispatch of a lost worker's work
  *   directory.c DISCOVER answers and directory-change pushes to watchers
+ *   msgs.c, mailbox.c, pubsub.c  agent names, direct messages, topics (msgs.h)
  *
  * Everything runs on the broker's one thread; nothing here is locked.
  */
@@ -55,6 +56,8 @@ typedef struct {
     int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
     uint32_t in_flight;   /* its requests the broker holds (client in-flight limit) */
     int64_t fd_closed_ms; /* the monitor saw its fd close; being verified */
+    struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
+    struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
 } ab_peer_t;
 
 typedef enum { AB_REQ_QUEUED, AB_REQ_DISPATCHED, AB_REQ_ORPHANED } ab_req_state_t;
@@ -145,6 +148,7 @@ typedef struct {
     void *monitor;          /* PAIR receiving the ROUTER's socket events */
     ab_health_state_t hs;   /* health.c's own state: graveyard, duplicate ring */
     ab_watchers_t watchers; /* directory.c: DISCOVER subscribers */
+    struct ab_msgs *msgs;   /* direct messages and pub/sub (msgs.h) */
 } ab_broker_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value). */

@@ -65,6 +65,19 @@ static const s_option_t s_options[] = {
      "requests one client may have held by the broker at once; beyond it BUSY"},
     {"drain-ms", OPT_LONG, OFF(drain_ms), 0, 600000, "2000",
      "on SIGTERM/SIGINT: refuse new requests and let in-flight ones finish this long"},
+    {"mailbox-max-msgs", OPT_LONG, OFF(mailbox_max_msgs), 1, 10000000, "1000",
+     "direct messages one agent's mailbox holds; beyond it: ERROR(BUSY) to the sender"},
+    {"mailbox-max-bytes", OPT_SIZE, OFF(mailbox_max_bytes), 1, 1L << 30, "16M",
+     "payload bytes one agent's mailbox holds; beyond it: ERROR(BUSY)"},
+    {"mailbox-ttl-ms", OPT_LONG, OFF(mailbox_ttl_ms), 1, 86400000, "60000",
+     "how long a direct message may wait in a mailbox before it expires (counted)"},
+    {"mailbox-total-bytes", OPT_SIZE, OFF(mailbox_total_bytes), 1024, 1L << 40, "256M",
+     "all mailboxes together, with per-message overhead; beyond it: ERROR(BUSY)"},
+    {"message-max-bytes", OPT_SIZE, OFF(message_max_bytes), 1, 1L << 30, "1M",
+     "largest SEND/PUBLISH payload; larger: ERROR(TOO_LARGE)"},
+    {"sub-queue-max", OPT_LONG, OFF(sub_queue_max), 1, 10000000, "10000",
+     "publications the broker queues for a subscriber whose pipe is full; beyond it "
+     "the oldest is dropped and the subscriber told of the gap"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

@@ -39,6 +39,13 @@ typedef struct {
     long eject_max_ms;        /* cap on the backoff */
     long max_client_inflight; /* requests one client may have held at once */
     long drain_ms;            /* on SIGTERM: time to finish in-flight work */
+    /* Direct messages and pub/sub (broker/mailbox.c, broker/pubsub.c). */
+    long mailbox_max_msgs;      /* messages one agent's mailbox holds */
+    size_t mailbox_max_bytes;   /* payload bytes one mailbox holds */
+    long mailbox_ttl_ms;        /* how long a message may wait in a mailbox */
+    size_t mailbox_total_bytes; /* all mailboxes together (with overheads) */
+    size_t message_max_bytes;   /* largest SEND/PUBLISH payload */
+    long sub_queue_max;         /* publications queued per slow subscriber */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

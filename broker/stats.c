@@ -6,6 +6,7 @@
  * operator asks or once per sweep for the rates.
  */
 #include "broker.h"
+#include "msgs.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -179,6 +180,7 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     }
     st.n_errors = ne;
     st.errors = ecp;
+    ab_msgs_stats(b, &st);
 
     s_services_t sv;
     int rc = s_services_build(b, &sv);
@@ -247,5 +249,7 @@ int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
         return s_answer_services(b, out, len);
     if (strcmp(what, "workers") == 0)
         return s_answer_workers(b, out, len);
+    if (strcmp(what, "agents") == 0)
+        return ab_msgs_agents_answer(b, out, len);
     return -1;
 }

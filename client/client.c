@@ -22,15 +22,6 @@ typedef struct {
     int64_t deadline_ms;
 } s_call_t;
 
-struct ab_client {
-    ab_conn_t conn;
-    ab_idmap_t calls; /* id -> s_call_t (owned) */
-    int64_t next_expiry_ms;
-    int in_callback;
-    ab_dir_event_fn *watch_fn; /* directory subscription (ab_client_watch) */
-    void *watch_arg;
-    uint64_t watch_id;         /* id of the subscribing DISCOVER */
-};
 
 int ab_client_new(ab_client_t **out, const ab_options_t *opts)
 {
@@ -49,6 +40,10 @@ int ab_client_new(ab_client_t **out, const ab_options_t *opts)
         ab_client_destroy(&c);
         return rc;
     }
+    /* A named agent says HELLO first, so that whatever it sends before the
+     * connection is up already carries its name. */
+    if (c->conn.opts.name[0] && ab_conn_hello(&c->conn) == AB_OK)
+        c->early_hello = 1;
     *out = c;
     return AB_OK;
 }
@@ -106,6 +101,7 @@ void ab_client_destroy(ab_client_t **cp)
                 free(c->calls.vals[i]);
         ab_idmap_fini(&c->calls);
     }
+    ab_cmsg_fini(c);
     if (c->conn.sock && c->conn.connected)
         ab_conn_send_kind(&c->conn, AB_KIND_BYE);
     ab_conn_close(&c->conn);
@@ -123,10 +119,13 @@ static int s_timeout_of(ab_client_t *c, int timeout_ms)
     return timeout_ms < 0 ? c->conn.opts.timeout_ms : timeout_ms == 0 ? 1 : timeout_ms;
 }
 
-/* Sends a REQUEST (or CONTROL) and records its call. */
+/* Sends a REQUEST (or CONTROL, DISCOVER, SEND, SUBSCRIBE) and records its
+ * call. TMPL (may be NULL) gives flags, correlation_id, credit and
+ * timeout_ms of the header; FLAGS are or-ed in. */
 static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, const char *model,
-                          const char *worker, const void *data, size_t size, int timeout_ms,
-                          uint32_t flags, ab_reply_fn *fn, void *arg, uint64_t *id_out)
+                          const char *worker, const ab_header_t *tmpl, const void *data,
+                          size_t size, int timeout_ms, uint32_t flags, ab_reply_fn *fn,
+                          void *arg, uint64_t *id_out)
 {
     if (!c || !target || !*target || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
@@ -149,8 +148,14 @@ static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, con
     h.sender = ab_view_of(c->conn.opts.name);
     h.model = ab_view_of(model);
     h.worker = ab_view_of(worker);
-    int rc = ab_conn_send(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
-                          size);
+    if (tmpl) {
+        h.flags = tmpl->flags | flags;
+        h.correlation_id = tmpl->correlation_id;
+        h.credit = tmpl->credit;
+        h.timeout_ms = tmpl->timeout_ms;
+    }
+    int with_data = kind == AB_KIND_REQUEST || kind == AB_KIND_SEND;
+    int rc = ab_conn_send(&c->conn, &h, with_data ? (data ? data : "") : NULL, size);
     if (rc != AB_OK) {
         free(call);
         return rc;
@@ -170,8 +175,8 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
                    size_t size, int timeout_ms, uint32_t flags, ab_reply_fn *fn, void *arg,
                    uint64_t *id_out)
 {
-    return s_start_routed(c, kind, target, NULL, NULL, data, size, timeout_ms, flags, fn, arg,
-                          id_out);
+    return s_start_routed(c, kind, target, NULL, NULL, NULL, data, size, timeout_ms, flags, fn,
+                          arg, id_out);
 }
 
 int ab_client_request_model_async(ab_client_t *c, const char *service, const char *model,
@@ -182,8 +187,8 @@ int ab_client_request_model_async(ab_client_t *c, const char *service, const cha
     if (model && strlen(model) > AB_MODEL_MAX)
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "model name over %d bytes", AB_MODEL_MAX)
                  : AB_EINVAL;
-    return s_start_routed(c, AB_KIND_REQUEST, service, model, worker, data, size, timeout_ms, 0,
-                          fn, arg, request_id);
+    return s_start_routed(c, AB_KIND_REQUEST, service, model, worker, NULL, data, size,
+                          timeout_ms, 0, fn, arg, request_id);
 }
 
 int ab_client_cancel(ab_client_t *c, uint64_t request_id)
@@ -206,6 +211,14 @@ int ab_client_request_async(ab_client_t *c, const char *service, const void *dat
                             int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *request_id)
 {
     return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms, 0, fn, arg, request_id);
+}
+
+int ab_client_call_start(ab_client_t *c, uint32_t kind, const char *target,
+                         const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
+                         ab_reply_fn *fn, void *arg, uint64_t *id_out)
+{
+    return s_start_routed(c, kind, target, NULL, NULL, tmpl, data, size, timeout_ms, 0, fn, arg,
+                          id_out);
 }
 
 int ab_client_request_flags(ab_client_t *c, const char *service, const void *data, size_t size,
@@ -253,6 +266,22 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     ab_header_t *h = &in->h;
     if (h->kind == AB_KIND_HELLO && h->correlation_id == 0) {
         ab_conn_hello(&c->conn); /* the broker forgot us */
+        ab_cmsg_resubscribe(c);
+        return;
+    }
+    s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
+    if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {
+        /* An agent's answer to our ab_client_ask. */
+        s_call_end(c, call, AB_OK, in->has_body ? zmq_msg_data(&in->body) : NULL,
+                   in->has_body ? zmq_msg_size(&in->body) : 0, NULL);
+        return;
+    }
+    if (h->kind == AB_KIND_SEND || h->kind == AB_KIND_PUBLISH) {
+        ab_cmsg_on_message(c, in);
+        return;
+    }
+    if (h->kind == AB_KIND_ERROR && !call) {
+        ab_cmsg_on_error(c, in);
         return;
     }
     if (h->kind == AB_KIND_HELLO || h->kind == AB_KIND_HEARTBEAT) {
@@ -267,7 +296,6 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     }
     if (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_ERROR)
         return;
-    s_call_t *call = ab_idmap_get(&c->calls, h->correlation_id);
     if (!call)
         return; /* answer to a call that already ended (timeout, disconnect) */
     const void *data = in->has_body ? zmq_msg_data(&in->body) : NULL;
@@ -293,7 +321,10 @@ static int s_process(ab_client_t *c)
     int handled = 0;
     int ev = ab_conn_events(&c->conn);
     if (ev & AB_CONN_CONNECTED) {
-        ab_conn_hello(&c->conn);
+        if (!c->early_hello)
+            ab_conn_hello(&c->conn);
+        c->early_hello = 0;
+        ab_cmsg_resubscribe(c);
         if (c->watch_fn && c->watch_id) /* subscribe again: a new broker knows nothing of us */
             s_start(c, AB_KIND_DISCOVER, "*", NULL, 0, -1, AB_FLAG_WATCH, NULL, NULL,
                     &c->watch_id);
@@ -398,9 +429,9 @@ static void s_sync_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     }
 }
 
-static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void *data,
-                  size_t size, int timeout_ms, uint32_t flags, void **reply, size_t *reply_size,
-                  uint64_t *id_out)
+static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const ab_header_t *tmpl,
+                  const void *data, size_t size, int timeout_ms, uint32_t flags, void **reply,
+                  size_t *reply_size, uint64_t *id_out)
 {
     if (reply)
         *reply = NULL;
@@ -408,7 +439,8 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void 
         *reply_size = 0;
     s_sync_t s = {0};
     uint64_t id;
-    int rc = s_start(c, kind, target, data, size, timeout_ms, flags, s_sync_cb, &s, &id);
+    int rc = s_start_routed(c, kind, target, NULL, NULL, tmpl, data, size, timeout_ms, flags,
+                            s_sync_cb, &s, &id);
     if (rc != AB_OK)
         return rc;
     if (id_out)
@@ -442,14 +474,15 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const void 
 int ab_client_request(ab_client_t *c, const char *service, const void *data, size_t size,
                       int timeout_ms, void **reply, size_t *reply_size)
 {
-    return s_sync(c, AB_KIND_REQUEST, service, data, size, timeout_ms, 0, reply, reply_size,
-                  NULL);
+    return s_sync(c, AB_KIND_REQUEST, service, NULL, data, size, timeout_ms, 0, reply,
+                  reply_size, NULL);
 }
 
 int ab_client_control(ab_client_t *c, const char *what, int timeout_ms, void **reply,
                       size_t *reply_size)
 {
-    return s_sync(c, AB_KIND_CONTROL, what, NULL, 0, timeout_ms, 0, reply, reply_size, NULL);
+    return s_sync(c, AB_KIND_CONTROL, what, NULL, NULL, 0, timeout_ms, 0, reply, reply_size,
+                  NULL);
 }
 
 int ab_client_discover_raw(ab_client_t *c, const char *service, int timeout_ms, int watch,
@@ -458,7 +491,7 @@ int ab_client_discover_raw(ab_client_t *c, const char *service, int timeout_ms, 
     if (!c)
         return AB_EINVAL;
     uint64_t id = 0;
-    int rc = s_sync(c, AB_KIND_DISCOVER, service && *service ? service : "*", NULL, 0,
+    int rc = s_sync(c, AB_KIND_DISCOVER, service && *service ? service : "*", NULL, NULL, 0,
                     timeout_ms, watch ? AB_FLAG_WATCH : 0, reply, reply_size, &id);
     if (watch && rc == AB_OK)
         c->watch_id = id;
@@ -478,6 +511,13 @@ int ab_client_watch(ab_client_t *c, ab_dir_event_fn *fn, void *arg, int timeout_
     if (rc != AB_OK)
         c->watch_fn = NULL;
     return rc;
+}
+
+int ab_client_call_wait(ab_client_t *c, uint32_t kind, const char *target,
+                        const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
+                        void **reply, size_t *reply_size)
+{
+    return s_sync(c, kind, target, tmpl, data, size, timeout_ms, 0, reply, reply_size, NULL);
 }
 
 int ab_client_fd(ab_client_t *c, int *fd)

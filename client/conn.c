@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 static pthread_mutex_t s_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -50,6 +51,16 @@ static void s_ctx_release(void)
         s_ctx = NULL;
     }
     pthread_mutex_unlock(&s_ctx_lock);
+}
+
+/* A random id per handle, so the broker can tell a reconnect of the same
+ * handle (which keeps its agent name) from another process claiming it. */
+static uint64_t s_instance_id(const void *self)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+        v = ab_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)self;
+    return v ? v : 1;
 }
 
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
@@ -95,6 +106,7 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     c->limits.max_header = c->opts.max_header;
     c->limits.max_payload = c->opts.max_payload;
     c->next_id = 1;
+    c->instance = s_instance_id(c);
     unsigned long seq = 0;
     c->ctx = s_ctx_acquire(&seq);
     if (!c->ctx)
@@ -174,6 +186,8 @@ int ab_conn_hello(ab_conn_t *c)
     m.name = c->opts.name;
     m.role = (char *)c->role;
     m.heartbeat_ms = (uint32_t)c->opts.heartbeat_ms;
+    m.takeover = c->opts.takeover;
+    m.instance = c->instance;
     uint8_t buf[512];
     size_t len = agentbus__hello__get_packed_size(&m);
     if (len > sizeof buf)

@@ -7,6 +7,7 @@
 
 #include "agentbus.h"
 #include "codec.h"
+#include "idmap.h"
 
 #include <stdint.h>
 #include <zmq.h>
@@ -21,6 +22,7 @@ struct ab_options {
     int timeout_ms;
     size_t max_payload;
     size_t max_header;
+    int takeover; /* claim the name from a live holder (Hello.takeover) */
 };
 
 void ab_options_defaults(ab_options_t *o);
@@ -40,6 +42,7 @@ typedef struct {
     const char *role; /* "agent" or "worker": sent in HELLO */
     volatile int stop;
     char error[AB_ERRTEXT_MAX];
+    uint64_t instance; /* random per handle: Hello.instance */
 } ab_conn_t;
 
 /* One received message: header views point into hdr. */
@@ -88,5 +91,50 @@ int ab_client_discover_raw(ab_client_t *c, const char *service, int timeout_ms, 
 /* discover.c: decodes a DirectoryEvent and calls FN with it. */
 void ab_dir_event_deliver(ab_client_t *c, ab_dir_event_fn *fn, void *arg, const void *data,
                           size_t size);
+
+/* --- the client handle, shared by client.c and message.c ------------------ */
+typedef struct ab_rxmsg ab_rxmsg_t;
+
+/* Direct messages and topics on a client handle (message.c). */
+typedef struct {
+    ab_message_fn *fn;
+    void *arg;
+    ab_rxmsg_t *head, *tail; /* receive queue when no handler is set */
+    size_t qlen;
+    uint64_t gap;            /* dropped from the full receive queue */
+    char **subs;             /* patterns, restored on reconnect */
+    size_t nsubs, cap_subs;
+} ab_cmsg_t;
+
+struct ab_client {
+    ab_conn_t conn;
+    ab_idmap_t calls; /* id -> s_call_t (owned) */
+    int64_t next_expiry_ms;
+    int in_callback;
+    ab_cmsg_t msg;
+    int early_hello;  /* HELLO already queued before the first connect */
+    ab_dir_event_fn *watch_fn; /* directory subscription (ab_client_watch) */
+    void *watch_arg;
+    uint64_t watch_id;         /* id of the subscribing DISCOVER */
+};
+
+/* client.c: a call (REQUEST, CONTROL, SEND, SUBSCRIBE) waiting for its
+ * answer. TMPL (may be NULL) gives flags, correlation_id, credit and
+ * timeout_ms of the header. */
+int ab_client_call_start(ab_client_t *c, uint32_t kind, const char *target,
+                         const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
+                         ab_reply_fn *fn, void *arg, uint64_t *id_out);
+int ab_client_call_wait(ab_client_t *c, uint32_t kind, const char *target,
+                        const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
+                        void **reply, size_t *reply_size);
+
+/* message.c */
+void ab_cmsg_fini(ab_client_t *c);
+/* Sends SUBSCRIBE for every pattern held (after a (re)connect). */
+void ab_cmsg_resubscribe(ab_client_t *c);
+/* A SEND or PUBLISH from the broker. */
+void ab_cmsg_on_message(ab_client_t *c, const ab_in_t *in);
+/* An ERROR that ends no call: a refused send, publish or name. */
+void ab_cmsg_on_error(ab_client_t *c, const ab_in_t *in);
 
 #endif

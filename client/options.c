@@ -71,3 +71,11 @@ int ab_options_set_timeout_ms(ab_options_t *o, int ms)
     o->timeout_ms = ms;
     return AB_OK;
 }
+
+int ab_options_set_takeover(ab_options_t *o, int on)
+{
+    if (!o)
+        return AB_EINVAL;
+    o->takeover = on != 0;
+    return AB_OK;
+}

@@ -346,7 +346,7 @@ static const struct {
     {AB_ERR_APPLICATION, AB_EAPPLICATION, "APPLICATION"},
 };
 
-/* Codes outside the dense table (issue 7's inference range). */
+/* Codes outside the dense table (inference, direct messages, pub/sub). */
 static const struct {
     uint32_t wire;
     int status;
@@ -357,6 +357,10 @@ static const struct {
     {AB_ERR_BACKEND_BUSY, AB_EBACKENDBUSY, "BACKEND_BUSY"},
     {AB_ERR_BACKEND, AB_EBACKEND, "BACKEND"},
     {AB_ERR_CANCELLED, AB_ECANCELLED, "CANCELLED"},
+    {AB_ERR_NAME_TAKEN, AB_ENAMETAKEN, "NAME_TAKEN"},
+    {AB_ERR_BAD_NAME, AB_EBADNAME, "BAD_NAME"},
+    {AB_ERR_TOO_LARGE, AB_ETOOLARGE, "TOO_LARGE"},
+    {AB_ERR_NO_AGENT, AB_ENOAGENT, "NO_AGENT"},
 };
 #define AB_ERRMAP_EXT_N (sizeof s_errmap_ext / sizeof s_errmap_ext[0])
 

@@ -59,7 +59,12 @@ enum {
     AB_ERR_BAD_REQUEST = 21,
     AB_ERR_BACKEND_BUSY = 22,
     AB_ERR_BACKEND = 23,
-    AB_ERR_CANCELLED = 24
+    AB_ERR_CANCELLED = 24,
+    /* Direct messages and pub/sub (outside the dense table above). */
+    AB_ERR_NAME_TAKEN = 30,
+    AB_ERR_BAD_NAME = 31,
+    AB_ERR_TOO_LARGE = 32,
+    AB_ERR_NO_AGENT = 33
 };
 
 /* Mirrors agentbus.Flag. */
@@ -70,7 +75,11 @@ enum {
     AB_FLAG_CACHEABLE = 8,
     AB_FLAG_NON_IDEMPOTENT = 16,
     AB_FLAG_WATCH = 256,   /* issue 5: DISCOVER subscribes to changes */
-    AB_FLAG_DRAINING = 512 /* issue 5: BYE announces a drain */
+    AB_FLAG_DRAINING = 512, /* issue 5: BYE announces a drain */
+    AB_FLAG_WANT_RECEIPT = 1 << 16,
+    AB_FLAG_RECEIPT = 1 << 17,
+    AB_FLAG_GAP = 1 << 18,
+    AB_FLAG_UNSUBSCRIBE = 1 << 19
 };
 
 /* A view of bytes owned by someone else. Not NUL-terminated. */

@@ -36,6 +36,10 @@ static const s_status_t s_table[] = {
     {AB_EBACKENDBUSY, "BACKEND_BUSY", "the inference backend is overloaded, try later"},
     {AB_EBACKEND, "BACKEND", "the inference backend failed or is unreachable"},
     {AB_ECANCELLED, "CANCELLED", "the request was cancelled"},
+    {AB_ENAMETAKEN, "NAME_TAKEN", "another live connection holds that agent name"},
+    {AB_EBADNAME, "BAD_NAME", "malformed agent name or topic"},
+    {AB_ETOOLARGE, "TOO_LARGE", "message exceeds the broker's message size limit"},
+    {AB_ENOAGENT, "NO_AGENT", "no such agent is connected"},
 };
 
 static const s_status_t *s_find(int code)

@@ -79,7 +79,11 @@ typedef enum {
     AB_EBADREQUEST = -41,   /* inference: the backend refused the request (HTTP 400) */
     AB_EBACKENDBUSY = -42,  /* inference: backend overloaded (HTTP 503) on every try */
     AB_EBACKEND = -43,      /* inference: backend unreachable or failed mid-stream */
-    AB_ECANCELLED = -44     /* the request was cancelled (ab_client_cancel) */
+    AB_ECANCELLED = -44,    /* the request was cancelled (ab_client_cancel) */
+    AB_ENAMETAKEN = -50,    /* broker: a live connection holds that agent name */
+    AB_EBADNAME = -51,      /* malformed agent name or topic (see ab_client_publish) */
+    AB_ETOOLARGE = -52,     /* broker: message above its message-max-bytes */
+    AB_ENOAGENT = -53       /* broker: the unnamed ("~id") recipient is gone */
 } ab_status_t;
 
 /* Fixed English text for a status code; never NULL, static storage. */
@@ -113,6 +117,10 @@ AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
 /* Default request timeout for ab_client_request*() with timeout_ms < 0. */
 AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
+/* With ON = 1, a client's name (ab_options_set_name) replaces a live
+ * connection that holds it (for restarts); the old connection gets an
+ * AB_ENAMETAKEN message. Default 0: the name is refused instead. */
+AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
 
 /* ------------------------------------------------------------------------ */
 /* Client side                                                              */
@@ -221,12 +229,146 @@ AB_EXPORT int ab_client_connected(const ab_client_t *client);
  * soon. Safe from any thread and from signal handlers. */
 AB_EXPORT void ab_client_stop(ab_client_t *client);
 
-/* Operator query (used by brokerctl): WHAT is "stats", "services" or
- * "workers". On AB_OK *reply holds the broker's protobuf-encoded answer
- * (agentbus.Stats, ServiceList, WorkerList in proto/agentbus.proto), to be
+/* Operator query (used by brokerctl): WHAT is "stats", "services",
+ * "workers" or "agents". On AB_OK *reply holds the broker's protobuf-encoded
+ * answer (agentbus.Stats, ServiceList, WorkerList, AgentList in
+ * proto/agentbus.proto), to be
  * freed with ab_free. */
 AB_EXPORT int ab_client_control(ab_client_t *client, const char *what, int timeout_ms,
                                 void **reply, size_t *reply_size);
+
+/* ------------------------------------------------------------------------ */
+/* Agent-to-agent messages and pub/sub topics                               */
+/* ------------------------------------------------------------------------ */
+/*
+ * Names. A client whose options carry a name (ab_options_set_name) is the
+ * agent of that name: the broker binds the name to one live connection. A
+ * second client claiming a live name is refused: it keeps working unnamed
+ * and receives an AB_MSG_ERROR message with status AB_ENAMETAKEN (unless it
+ * set ab_options_set_takeover, which moves the name to it). Names are
+ * 1..255 bytes of printable ASCII without spaces, not starting with '~'.
+ * An unnamed client is addressed as "~" + hex routing id (that is what the
+ * `sender` of its messages reads); such an address has no mailbox.
+ *
+ * Topics are dot-separated labels: "alerts.gpu.temp". A label is 1..64
+ * bytes of [A-Za-z0-9_-:]; a topic has at most 255 bytes and 16 labels. A
+ * subscription pattern is a topic (exact match) or a topic followed by '.'
+ * (prefix: "alerts." matches "alerts.gpu" and "alerts.gpu.temp", not
+ * "alerts"). Anything else is AB_EBADNAME, locally and at the broker.
+ *
+ * Delivery. Direct messages and topic messages arrive through the same
+ * ab_client_poll() that runs request callbacks: to the handler set with
+ * ab_client_on_message, or, without one, into the handle's receive queue
+ * read with ab_client_recv. Direct messages to an offline agent wait in its
+ * mailbox at the broker (bounded in count, bytes and time) and arrive in
+ * order when it connects. Topic messages are not stored: a subscriber gets
+ * those published while it is subscribed; a slow one loses the oldest
+ * (drop-oldest, per subscriber) and gets an AB_MSG_GAP message saying how
+ * many. Subscriptions are kept by the handle and restored on reconnect.
+ */
+
+/* What an ab_message_t is. */
+typedef enum {
+    AB_MSG_DIRECT = 1,  /* a direct message (ab_client_send) to this agent */
+    AB_MSG_TOPIC = 2,   /* a message published on a topic this handle subscribes */
+    AB_MSG_RECEIPT = 3, /* the recipient's application got our message `id` */
+    AB_MSG_GAP = 4,     /* `dropped` topic messages were lost (slow subscriber) */
+    AB_MSG_ERROR = 5    /* the broker refused our message `id` (status, error_text:
+                           AB_EBUSY, AB_EBADNAME, AB_ETOOLARGE, AB_ENOAGENT), or
+                           our name (AB_ENAMETAKEN, id 0) */
+} ab_msg_type_t;
+
+/* One received message. Strings are NUL-terminated, never NULL. */
+typedef struct {
+    int type;             /* ab_msg_type_t */
+    const char *sender;   /* DIRECT/TOPIC: sender's agent name or "~id" */
+    const char *target;   /* DIRECT: the name it was sent to; TOPIC: the topic */
+    uint64_t id;          /* DIRECT/TOPIC: sender's id for it; RECEIPT/ERROR:
+                             the id ab_client_send/publish gave our message */
+    uint64_t reply_to;    /* DIRECT: id of our message this one answers, else 0 */
+    const void *data;     /* payload (may be NULL when size is 0) */
+    size_t size;
+    uint64_t dropped;     /* GAP: how many topic messages were lost */
+    int status;           /* ERROR: AB_E* code; else AB_OK */
+    const char *error_text; /* ERROR: broker's text; else "" */
+    int want_receipt;     /* DIRECT: the sender asked for a receipt (sent for
+                             you once the message is handed to you) */
+} ab_message_t;
+
+/* Handler for messages. M and everything it points to are valid only during
+ * the call. It runs on the thread calling ab_client_poll (or a sync request's
+ * wait) and may call any function on the handle, including ab_client_reply. */
+typedef void(ab_message_fn)(ab_client_t *client, const ab_message_t *m, void *arg);
+
+/* Sets (FN) or clears (NULL) the message handler. While none is set,
+ * messages go to the receive queue (ab_client_recv), which holds up to
+ * 100000; beyond that the oldest is dropped and an AB_MSG_GAP queued. */
+AB_EXPORT int ab_client_on_message(ab_client_t *client, ab_message_fn *fn, void *arg);
+
+/* Waits up to timeout_ms (-1: forever, 0: don't wait) for a message in the
+ * receive queue, processing traffic (and request callbacks) meanwhile. On
+ * AB_OK *msg is the caller's, to be freed with ab_message_destroy.
+ * Errors: AB_ETIMEOUT, AB_ESTOPPED, AB_EINVAL (a handler is set), AB_EZMQ. */
+AB_EXPORT int ab_client_recv(ab_client_t *client, ab_message_t **msg, int timeout_ms);
+AB_EXPORT void ab_message_destroy(ab_message_t **msg);
+
+/* Send flags. */
+#define AB_SEND_RECEIPT 1 /* ask for an AB_MSG_RECEIPT when the recipient's
+                             application has the message */
+
+/* Sends DATA (copied) to the agent NAME; returns at once. It is delivered at
+ * once when NAME is connected, else kept in NAME's mailbox. If the broker
+ * refuses it (mailbox full: AB_EBUSY; bad name; too large) an AB_MSG_ERROR
+ * message with this id arrives later. *id (may be NULL) gets its id.
+ * Errors now: AB_EINVAL, AB_EBADNAME, AB_EPAYLOADSIZE, AB_EBUSY (the local
+ * queue to the broker is full), AB_EZMQ. */
+AB_EXPORT int ab_client_send(ab_client_t *client, const char *name, const void *data,
+                             size_t size, int flags, uint64_t *id);
+
+/* As ab_client_send, but waits up to timeout_ms (< 0: the default timeout)
+ * for the broker to accept the message: AB_OK with *queued (may be NULL) = 0
+ * when it was handed to NAME's connection, 1 when it waits in the mailbox.
+ * Errors: those of ab_client_send, AB_EBUSY (mailbox full), AB_ETOOLARGE,
+ * AB_ETIMEOUT, AB_EDISCONNECTED. Other callbacks may run during the wait. */
+AB_EXPORT int ab_client_send_wait(ab_client_t *client, const char *name, const void *data,
+                                  size_t size, int flags, int timeout_ms, int *queued);
+
+/* Request/reply between agents: sends DATA to agent NAME and calls FN once
+ * (final = 1) with its answer (the payload NAME passed to ab_client_reply)
+ * or an error: AB_EBUSY (mailbox full), AB_ETIMEOUT (no answer within
+ * timeout_ms; < 0: the default), AB_EDISCONNECTED, AB_ESTOPPED. The message
+ * may wait in NAME's mailbox while the timeout runs. */
+AB_EXPORT int ab_client_ask(ab_client_t *client, const char *name, const void *data,
+                            size_t size, int timeout_ms, ab_reply_fn *fn, void *arg,
+                            uint64_t *id);
+
+/* Answers direct message M (received by this handle) with DATA: its sender
+ * gets an AB_MSG_DIRECT with reply_to = M->id, or its ab_client_ask
+ * callback runs. Errors as ab_client_send; AB_EINVAL if M is not DIRECT. */
+AB_EXPORT int ab_client_reply(ab_client_t *client, const ab_message_t *m, const void *data,
+                              size_t size);
+
+/* Subscribes to PATTERN (exact topic, or prefix ending in '.'), kept by the
+ * handle and restored after every reconnect. timeout_ms > 0 waits that long
+ * for the broker to confirm (so a publish made afterwards by anyone reaches
+ * this handle); 0 returns at once (a refusal then arrives as AB_MSG_ERROR).
+ * Subscribing twice to a pattern is a no-op. Errors: AB_EBADNAME, AB_EINVAL
+ * (more than 1024 patterns), AB_ETIMEOUT, AB_EDISCONNECTED. */
+AB_EXPORT int ab_client_subscribe(ab_client_t *client, const char *pattern, int timeout_ms);
+/* Removes a subscription (same waiting rule). Unknown PATTERN: AB_OK. */
+AB_EXPORT int ab_client_unsubscribe(ab_client_t *client, const char *pattern, int timeout_ms);
+
+/* Publishes DATA (copied) on TOPIC (no trailing '.'): every subscriber with
+ * a matching pattern gets it once. Returns at once; nothing is stored for
+ * absent subscribers. *id (may be NULL) gets its id.
+ * Errors: AB_EBADNAME, AB_EPAYLOADSIZE, AB_EBUSY (local queue full), AB_EZMQ;
+ * later, as AB_MSG_ERROR: AB_ETOOLARGE. */
+AB_EXPORT int ab_client_publish(ab_client_t *client, const char *topic, const void *data,
+                                size_t size, uint64_t *id);
+
+/* Syntax checks used by the library and the broker: AB_OK or AB_EBADNAME. */
+AB_EXPORT int ab_topic_check(const char *topic, int allow_prefix);
+AB_EXPORT int ab_agent_name_check(const char *name);
 
 /* ------------------------------------------------------------------------ */
 /* Worker side                                                              */

@@ -5,6 +5,8 @@
  *   brokerctl [--broker EP] [--timeout-ms N] request SERVICE DATA|-
  *   brokerctl [--broker EP] [--json] [--events N] watch
  *   brokerctl [...] generate|chat|embed|models ... (infer.c)
+ *   brokerctl [--broker EP] [--json] send AGENT DATA | pub TOPIC DATA | agents
+ *   brokerctl [--broker EP] [--json] [--count N] [--takeover] listen NAME | sub TOPIC
  *
  * Exit codes: 0 success; 1 the broker answered with an error or could not
  * be reached (code name and text on stderr); 2 bad usage.
@@ -13,6 +15,7 @@
 #include "agentbus.pb-c.h"
 #include "infer.h"
 #include "render.h"
+#include "msgcmd.h"
 
 #include <jansson.h>
 #include "util.h"
@@ -53,7 +56,13 @@ static void s_usage(FILE *out)
             "  models                  inference workers: slots, VRAM, loaded and available models\n"
             "  models load|unload WORKER MODEL     (un)load MODEL on that worker's GPU\n"
             "  (inference commands use service 'ollama' unless --service is given, and a\n"
-            "   120000 ms timeout unless --timeout-ms is)\n\n"
+            "   120000 ms timeout unless --timeout-ms is)\n"
+            "  send AGENT DATA         direct message to agent AGENT (prints delivered/queued)\n"
+            "  listen NAME             connect as agent NAME, print its messages (mailbox first)\n"
+            "  pub TOPIC DATA          publish DATA on TOPIC (dot-separated)\n"
+            "  sub PATTERN             print messages on PATTERN (a topic, or a prefix ending\n"
+            "                          in '.'), one a line, as they arrive\n"
+            "  agents                  agents: connection age, mailbox depth, subscriptions\n\n"
             "Options:\n"
             "  --broker ENDPOINT       broker (default: $AB_BROKER, else %s)\n"
             "  --json                  machine-readable output (for request: {\"ok\", \"reply\"}\n"
@@ -61,6 +70,8 @@ static void s_usage(FILE *out)
             "  --timeout-ms N          how long to wait for the broker (default 5000)\n"
             "  --watch SECONDS         repeat stats/services/workers every SECONDS\n"
             "  --events N              watch: exit after N changes\n"
+            "  --count N               listen/sub: exit after N messages\n"
+            "  --takeover              listen: take the name from a live connection\n"
             "  --help                  show this help\n\n"
             "A failed command exits 1 and prints the error code and text on stderr.\n",
             AB_DEFAULT_ENDPOINT);
@@ -220,8 +231,8 @@ static int s_watch(ab_client_t *c, int timeout_ms)
 int main(int argc, char **argv)
 {
     const char *broker = NULL;
-    int json = 0, i = 1;
-    long timeout_ms = 5000, watch = 0;
+    int json = 0, i = 1, takeover = 0, msg_nargs = 0;
+    long timeout_ms = 5000, watch = 0, count = 0;
     int timeout_set = 0;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -241,6 +252,11 @@ int main(int argc, char **argv)
         } else if (strcmp(f, "--events") == 0 && v &&
                    ab_parse_long(v, 1, 1000000000, &s_events_left) == 0) {
             i++;
+        } else if (strcmp(f, "--count") == 0 && v &&
+                   ab_parse_long(v, 1, 1000000000, &count) == 0) {
+            i++;
+        } else if (strcmp(f, "--takeover") == 0) {
+            takeover = 1;
         } else {
             fprintf(stderr, "brokerctl: bad option '%s'\n\n", f);
             s_usage(stderr);
@@ -267,10 +283,10 @@ int main(int argc, char **argv)
     int models_args_ok = 1;
     for (int k = i; is_models && k < argc; k++)
         models_args_ok &= strcmp(argv[k], "--json") == 0;
-    if ((!is_show && !is_req && !is_watch && !is_infer && !is_models) ||
-        ((is_show || is_watch) && i != argc) ||
-        !models_args_ok ||
-        (is_req && i + 2 != argc)) {
+    int is_msg = ab_msgcmd_known(cmd, &msg_nargs);
+    if ((!is_show && !is_req && !is_watch && !is_infer && !is_models && !is_msg) ||
+        ((is_show || is_watch) && i != argc) || !models_args_ok ||
+        (is_req && i + 2 != argc) || (is_msg && i + msg_nargs != argc)) {
         fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
         s_usage(stderr);
         return 2;
@@ -282,7 +298,14 @@ int main(int argc, char **argv)
         ab_options_destroy(&o);
         return 2;
     }
-    ab_options_set_name(o, "brokerctl");
+    /* Only `listen` is an agent with a name: other commands stay unnamed,
+     * so that any number of them can run at once. */
+    if (strcmp(cmd, "listen") == 0 && ab_options_set_name(o, argv[i]) != AB_OK) {
+        fprintf(stderr, "brokerctl: invalid agent name\n");
+        ab_options_destroy(&o);
+        return 2;
+    }
+    ab_options_set_takeover(o, takeover);
     if (broker)
         s_endpoint = broker;
     else if (getenv("AB_BROKER") && *getenv("AB_BROKER"))
@@ -318,6 +341,9 @@ int main(int argc, char **argv)
     } else if (is_models) {
         int mrc = ab_ctl_models(c, json, (int)timeout_ms);
         rc = mrc == AB_OK ? 0 : s_fail(c, mrc);
+    } else if (is_msg) {
+        ab_msgcmd_opts_t mo = {json, (int)timeout_ms, count, &s_stop};
+        rc = ab_msgcmd_run(c, cmd, argv + i, &mo);
     } else if (is_req) {
         rc = s_request(c, argv[i], argv[i + 1], (int)timeout_ms);
     } else {

@@ -1,6 +1,7 @@
 /* render.c - see render.h. JSON goes through jansson; text is aligned for
  * a terminal. */
 #include "render.h"
+#include "msgcmd.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -67,7 +68,7 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
         json_object_set_new(errors, st->errors[i]->code, json_integer((json_int_t)st->errors[i]->count));
     for (size_t i = 0; i < st->n_services; i++)
         json_array_append_new(services, s_service_json(st->services[i]));
-    return json_pack(
+    json_t *j = json_pack(
         "{s:s, s:I, s:{s:I, s:I, s:I}, s:{s:I, s:I, s:f, s:f}, s:{s:I, s:I, s:f, s:f},"
         " s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
         "version", st->version, "uptime_ms", (json_int_t)st->uptime_ms, "connections", "agents",
@@ -80,6 +81,11 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
         (json_int_t)st->pending, "replies_dropped", (json_int_t)st->replies_dropped, "malformed",
         (json_int_t)st->malformed, "send_failures", (json_int_t)st->send_failures, "errors",
         errors, "services", services);
+    json_t *msgs = ab_render_msg_stats_json(st);
+    if (j && msgs)
+        json_object_update(j, msgs);
+    json_decref(msgs);
+    return j;
 }
 
 /* issue 5: failure handling figures, one object under "health". */
@@ -121,6 +127,7 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     fprintf(out, "dropped      replies %llu   malformed %llu   send failures %llu\n",
             (unsigned long long)st->replies_dropped, (unsigned long long)st->malformed,
             (unsigned long long)st->send_failures);
+    ab_render_msg_stats(out, st);
     fprintf(out, "errors      ");
     for (size_t i = 0; i < st->n_errors; i++)
         fprintf(out, " %s %llu", st->errors[i]->code, (unsigned long long)st->errors[i]->count);

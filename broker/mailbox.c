@@ -1,0 +1,396 @@
+/*
+ * mailbox.c - agent names and direct messages (SEND).
+ *
+ * A name is bound to at most one live connection. A SEND to a bound name
+ * whose mailbox is empty goes out at once; otherwise (offline, or its pipe
+ * full) it joins the name's mailbox, which keeps order and is bounded by
+ * count, bytes and a TTL, and by a total over all mailboxes. A full mailbox
+ * answers ERROR(BUSY) to the sender: nothing is dropped silently. The
+ * mailbox is delivered, oldest first, as soon as the name is bound again.
+ *
+ * Receipts (FLAG_RECEIPT) and answers (correlation_id set) are SENDs like
+ * any other, addressed to the original sender's name: they wait for it too.
+ * An unnamed peer is addressed "~" + hex routing id and has no mailbox.
+ */
+#include "msgs.h"
+#include "agentbus.h"
+#include "topic.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ab_mail {
+    ab_mail_t *next;
+    uint64_t id, corr;
+    uint32_t flags;
+    int64_t expires_ms;
+    zmq_msg_t body;
+    int has_body;
+    size_t size;   /* payload bytes */
+    size_t charge; /* bytes counted against mailbox-total-bytes */
+    char sender[]; /* NUL-terminated */
+};
+
+#define AB_SEND_FLAGS (AB_FLAG_WANT_RECEIPT | AB_FLAG_RECEIPT)
+
+static void s_mail_free(ab_mail_t *e)
+{
+    zmq_msg_close(&e->body);
+    free(e);
+}
+
+void ab_agent_free(void **item)
+{
+    ab_agent_t *a = *item;
+    if (!a)
+        return;
+    for (ab_mail_t *e = a->head, *next; e; e = next) {
+        next = e->next;
+        s_mail_free(e);
+    }
+    free(a);
+    *item = NULL;
+}
+
+/* Forgets offline agent A with an empty mailbox. */
+static void s_agent_drop(ab_broker_t *b, ab_agent_t *a)
+{
+    b->msgs->total_bytes -= sizeof *a;
+    zhashx_delete(b->msgs->agents, a->name);
+}
+
+/* Sends a SEND to RID. BODY (may be NULL) is consumed only on success. */
+static int s_deliver(ab_broker_t *b, const ab_rid_t *rid, const char *target, const char *sender,
+                     uint64_t id, uint64_t corr, uint32_t flags, zmq_msg_t *body)
+{
+    ab_header_t h = ab_header_init(AB_KIND_SEND);
+    h.id = id;
+    h.correlation_id = corr;
+    h.sender = ab_view_of(sender);
+    h.target = ab_view_of(target);
+    h.flags = flags & AB_SEND_FLAGS;
+    zmq_msg_t hdr;
+    if (ab_msgs_hdr_msg(&h, &hdr) != 0)
+        return -1;
+    int rc = ab_msgs_try_send(b, rid, &hdr, body);
+    zmq_msg_close(&hdr);
+    return rc;
+}
+
+/* Answers a SEND that asked for confirmation (credit = 1). */
+static void s_accepted(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const char *what)
+{
+    if (h->credit != 1 || !h->id)
+        return;
+    ab_header_t r = ab_header_init(AB_KIND_REPLY);
+    r.correlation_id = h->id;
+    zmq_msg_t m;
+    if (zmq_msg_init_size(&m, strlen(what)) != 0)
+        return;
+    memcpy(zmq_msg_data(&m), what, strlen(what));
+    ab_send(b, &p->rid, &r, &m);
+    zmq_msg_close(&m);
+}
+
+static int s_hex_rid(const char *hex, ab_rid_t *rid)
+{
+    size_t n = strlen(hex);
+    if (n == 0 || n % 2 || n / 2 > AB_RID_MAX)
+        return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = hex[2 * i + (size_t)k];
+            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+            if (d < 0)
+                return -1;
+            v = v * 16 + (unsigned)d;
+        }
+        rid->bytes[i] = (uint8_t)v;
+    }
+    rid->len = (uint8_t)(n / 2);
+    return 0;
+}
+
+/* A SEND to "~hex": straight to that connection, no mailbox. */
+static void s_send_unnamed(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
+                           const char *name, const char *sender)
+{
+    ab_rid_t rid;
+    ab_peer_t *to = s_hex_rid(name + 1, &rid) == 0 ? ab_peer_lookup(b, &rid) : NULL;
+    if (!to) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_NO_AGENT,
+                       "agent '%s' is not connected (unnamed agents have no mailbox)", name);
+        return;
+    }
+    if (s_deliver(b, &to->rid, name, sender, h->id, h->correlation_id, h->flags, body) != 0) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
+                       "agent '%s' is not taking messages (its pipe is full; unnamed agents "
+                       "have no mailbox)", name);
+        return;
+    }
+    b->msgs->c.delivered++;
+    if (h->flags & AB_FLAG_RECEIPT)
+        b->msgs->c.receipts++;
+    else
+        b->msgs->c.sent++;
+    s_accepted(b, p, h, "delivered");
+}
+
+static ab_agent_t *s_agent_new(ab_broker_t *b, const char *name)
+{
+    ab_agent_t *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    snprintf(a->name, sizeof a->name, "%s", name);
+    zhashx_insert(b->msgs->agents, a->name, a);
+    b->msgs->total_bytes += sizeof *a;
+    return a;
+}
+
+/* Appends a SEND to the mailbox of NAME (record A, NULL if none yet), or
+ * refuses it (BUSY) when a bound is reached. BODY is moved, not copied. */
+static void s_mailbox_put(ab_broker_t *b, ab_peer_t *p, ab_agent_t *a, const char *name,
+                          const char *sender, const ab_header_t *h, zmq_msg_t *body, int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    ab_broker_config_t *cfg = b->cfg;
+    size_t size = body ? zmq_msg_size(body) : 0;
+    int receipt = (h->flags & AB_FLAG_RECEIPT) != 0;
+    size_t slen = strlen(sender) + 1;
+    size_t charge = sizeof(ab_mail_t) + slen + size + (a ? 0 : sizeof *a);
+    if (a && a->depth >= (uint32_t)cfg->mailbox_max_msgs) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
+                       "mailbox of '%s' is full (%u messages, mailbox-max-msgs)", name, a->depth);
+        return;
+    }
+    if ((a ? a->bytes : 0) + size > cfg->mailbox_max_bytes) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
+                       "mailbox of '%s' is full (%zu + %zu bytes > mailbox-max-bytes %zu)", name,
+                       a ? a->bytes : 0, size, cfg->mailbox_max_bytes);
+        return;
+    }
+    if (m->total_bytes + charge > cfg->mailbox_total_bytes) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
+                       "broker mailboxes are full (mailbox-total-bytes %zu)",
+                       cfg->mailbox_total_bytes);
+        return;
+    }
+    ab_mail_t *e = calloc(1, sizeof *e + slen);
+    if (!e || (!a && !(a = s_agent_new(b, name)))) {
+        free(e);
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    e->id = h->id;
+    e->corr = h->correlation_id;
+    e->flags = h->flags & AB_SEND_FLAGS;
+    int64_t ttl = cfg->mailbox_ttl_ms;
+    if (h->timeout_ms && h->timeout_ms < ttl)
+        ttl = h->timeout_ms; /* the sender's own limit, when shorter */
+    e->expires_ms = now + ttl;
+    zmq_msg_init(&e->body);
+    if (body) {
+        zmq_msg_move(&e->body, body); /* no copy: the received frame is kept */
+        e->has_body = 1;
+    }
+    e->size = size;
+    e->charge = sizeof(ab_mail_t) + slen + size;
+    memcpy(e->sender, sender, slen);
+    if (a->tail)
+        a->tail->next = e;
+    else
+        a->head = e;
+    a->tail = e;
+    a->depth++;
+    a->bytes += size;
+    m->total_bytes += e->charge;
+    m->mailbox_msgs++;
+    m->c.queued++;
+    if (receipt)
+        m->c.receipts++;
+    else
+        m->c.sent++;
+    if (a->peer)
+        ab_msgs_backlog_agent(b, a);
+    s_accepted(b, p, h, "queued");
+}
+
+void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
+                        int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    ab_broker_config_t *cfg = b->cfg;
+    char sbuf[2 * AB_RID_MAX + 2], name[AB_NAME_MAX];
+    const char *sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
+    size_t size = body ? zmq_msg_size(body) : 0;
+    if (size > cfg->message_max_bytes) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_TOO_LARGE,
+                       "message of %zu bytes exceeds message-max-bytes (%zu)", size,
+                       cfg->message_max_bytes);
+        return;
+    }
+    ab_view_copy(h->target, name, sizeof name);
+    if (h->target.len > 1 && h->target.len < AB_NAME_MAX && name[0] == '~' &&
+        strlen(name) == h->target.len) {
+        s_send_unnamed(b, p, h, body, name, sender);
+        return;
+    }
+    if (ab_agent_name_check_n(h->target.ptr, h->target.len) != AB_OK) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BAD_NAME,
+                       "malformed agent name '%.64s': 1..255 printable ASCII characters, no "
+                       "spaces, not starting with '~'", name);
+        return;
+    }
+    ab_agent_t *a = zhashx_lookup(m->agents, name);
+    int receipt = (h->flags & AB_FLAG_RECEIPT) != 0;
+    if (a && a->peer && a->depth == 0 &&
+        s_deliver(b, &a->peer->rid, name, sender, h->id, h->correlation_id, h->flags, body) ==
+            0) {
+        m->c.delivered++;
+        if (receipt)
+            m->c.receipts++;
+        else
+            m->c.sent++;
+        s_accepted(b, p, h, "delivered");
+        return;
+    }
+    /* Offline, or its pipe is full, or older messages wait: the mailbox. */
+    s_mailbox_put(b, p, a, name, sender, h, body, now);
+}
+
+/* Removes E (whose predecessor is PREV, NULL for the head) from A. */
+static void s_mail_remove(ab_broker_t *b, ab_agent_t *a, ab_mail_t *prev, ab_mail_t *e)
+{
+    if (prev)
+        prev->next = e->next;
+    else
+        a->head = e->next;
+    if (a->tail == e)
+        a->tail = prev;
+    a->depth--;
+    a->bytes -= e->size;
+    b->msgs->total_bytes -= e->charge;
+    b->msgs->mailbox_msgs--;
+    s_mail_free(e);
+}
+
+size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
+{
+    size_t sent = 0;
+    *done = 0;
+    while (a->peer && a->head) {
+        ab_mail_t *e = a->head;
+        if (e->expires_ms <= now) {
+            b->msgs->c.expired++;
+            s_mail_remove(b, a, NULL, e);
+            continue;
+        }
+        if (s_deliver(b, &a->peer->rid, a->name, e->sender, e->id, e->corr, e->flags,
+                      e->has_body ? &e->body : NULL) != 0)
+            return sent; /* pipe full: the backlog retries */
+        b->msgs->c.delivered++;
+        s_mail_remove(b, a, NULL, e);
+        sent++;
+    }
+    *done = 1;
+    return sent;
+}
+
+void ab_mailbox_expire(ab_broker_t *b, int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    if (!m->mailbox_msgs)
+        return;
+    ab_agent_t *empty[64];
+    size_t n = 0;
+    for (ab_agent_t *a = zhashx_first(m->agents); a; a = zhashx_next(m->agents)) {
+        for (ab_mail_t *prev = NULL, *e = a->head, *next; e; e = next) {
+            next = e->next;
+            if (e->expires_ms <= now) {
+                m->c.expired++;
+                s_mail_remove(b, a, prev, e);
+            } else {
+                prev = e;
+            }
+        }
+        if (!a->peer && !a->head && n < 64)
+            empty[n++] = a; /* deleting while iterating a zhashx is not allowed */
+    }
+    for (size_t i = 0; i < n; i++)
+        s_agent_drop(b, empty[i]);
+}
+
+void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
+{
+    ab_agent_t *a = p->agent;
+    if (!a)
+        return;
+    p->agent = NULL;
+    a->peer = NULL;
+    a->instance = 0;
+    if (!a->head)
+        s_agent_drop(b, a);
+}
+
+void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int takeover,
+                         uint64_t instance, uint64_t hello_id, int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    if (ab_agent_name_check(name) != AB_OK) {
+        ab_msgs_refuse(b, &p->rid, hello_id, AB_ERR_BAD_NAME,
+                       "malformed agent name '%.64s': 1..255 printable ASCII characters, no "
+                       "spaces, not starting with '~'", name);
+        return;
+    }
+    ab_agent_t *a = zhashx_lookup(m->agents, name);
+    if (a && a->peer == p)
+        return; /* the same connection saying HELLO again */
+    if (a && a->peer) {
+        /* The same library handle reconnecting (the broker has not noticed
+         * its old connection die yet) gets its name back without asking. */
+        int same = instance && instance == a->instance;
+        if (!takeover && !same) {
+            ab_msgs_refuse(b, &p->rid, hello_id, AB_ERR_NAME_TAKEN,
+                           "agent name '%s' is held by a live connection (%s, connected %lld ms "
+                           "ago); use the takeover option to replace it", name, a->peer->key,
+                           (long long)(now - a->peer->connected_ms));
+            return;
+        }
+        ab_peer_t *old = a->peer;
+        if (!same)
+            ab_send_error(b, &old->rid, 0, AB_ERR_NAME_TAKEN,
+                          "this connection's agent name was taken over by a newer one");
+        AB_INFO("agent '%s' taken over by %s (was %s)", name, p->key, old->key);
+        if (a->backlog) {
+            /* Leave the flush list: it only holds bound agents. */
+            for (size_t i = 0; i < m->n_blog_agents; i++)
+                if (m->blog_agents[i] == a) {
+                    m->blog_agents[i] = m->blog_agents[--m->n_blog_agents];
+                    break;
+                }
+            a->backlog = 0;
+        }
+        old->agent = NULL;
+        a->peer = NULL;
+    }
+    if (p->agent) /* renamed: the old name goes offline */
+        ab_mailbox_unbind(b, p);
+    if (!a && !(a = s_agent_new(b, name))) {
+        ab_send_error(b, &p->rid, hello_id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    a->peer = p;
+    a->instance = instance;
+    p->agent = a;
+    AB_DEBUG("agent '%s' bound to %s (%u messages waiting)", name, p->key, a->depth);
+    int done = 0;
+    if (a->head) {
+        ab_mailbox_flush(b, a, now, &done);
+        if (!done)
+            ab_msgs_backlog_agent(b, a);
+    }
+}

@@ -1,0 +1,132 @@
+/*
+ * msgs.h - agent-to-agent messages and pub/sub inside the broker.
+ *
+ *   msgs.c     shared state, the non-blocking send, timers, stats, "agents"
+ *   mailbox.c  agent names (one live connection each), SEND, mailboxes
+ *   pubsub.c   SUBSCRIBE/PUBLISH, the topic trie, per-subscriber queues
+ *
+ * Never blocking: every send uses ZMQ_DONTWAIT with ROUTER_MANDATORY. A
+ * peer whose pipe is full (EAGAIN: its SNDHWM is reached) is not waited for:
+ * a direct message goes to the recipient's mailbox, a publication to the
+ * subscriber's own bounded queue (drop-oldest, reported as a gap). Both are
+ * retried from the event loop's timers ("backlog").
+ */
+#ifndef AB_BROKER_MSGS_H
+#define AB_BROKER_MSGS_H
+
+#include "broker.h"
+#include "agentbus.pb-c.h"
+
+#define AB_SUBS_PER_PEER_MAX 1024
+
+typedef struct ab_mail ab_mail_t;
+typedef struct ab_tnode ab_tnode_t;
+
+/* A name known to the broker: bound to a live connection, or only a mailbox
+ * (offline). Freed when offline with an empty mailbox. */
+typedef struct ab_agent {
+    char name[AB_NAME_MAX];
+    ab_peer_t *peer;          /* NULL while offline */
+    uint64_t instance;        /* Hello.instance of the bound connection */
+    ab_mail_t *head, *tail;   /* mailbox, oldest first */
+    uint32_t depth;
+    size_t bytes;             /* payload bytes in the mailbox */
+    int backlog;              /* 1 while in the flush list */
+} ab_agent_t;
+
+/* One queued publication for a subscriber: header and payload references. */
+typedef struct {
+    zmq_msg_t hdr, body;
+    int has_body;
+} ab_pubq_t;
+
+typedef struct {
+    char *pattern;
+    ab_tnode_t *node;
+    int prefix;
+} ab_subpat_t;
+
+/* A connection with at least one subscription. */
+typedef struct ab_subr {
+    ab_peer_t *peer;
+    ab_subpat_t *pats;
+    size_t npats, cap_pats;
+    ab_pubq_t *q;             /* ring buffer, grows up to sub-queue-max */
+    size_t qcap, qhead, qlen;
+    uint64_t gap;             /* dropped since the last gap notice */
+    uint64_t dropped;         /* dropped in total */
+    uint64_t mark;            /* last publication matched: deduplicates */
+    int backlog;
+} ab_subr_t;
+
+typedef struct {
+    uint64_t sent, delivered, queued, expired, refused, receipts;
+    uint64_t published, fanout, slow_drops, no_subscribers;
+    uint64_t prev_fanout;
+    int64_t prev_ms;
+    double fanout_per_s;
+} ab_msgs_counters_t;
+
+typedef struct ab_msgs {
+    zhashx_t *agents;          /* name -> ab_agent_t (owned) */
+    size_t total_bytes;        /* all mailboxes, with overheads */
+    uint32_t mailbox_msgs;
+    ab_agent_t **blog_agents;  /* online agents with a non-empty mailbox */
+    size_t n_blog_agents, cap_blog_agents;
+    ab_subr_t **blog_subs;     /* subscribers with queued publications */
+    size_t n_blog_subs, cap_blog_subs;
+    int64_t next_flush_ms, flush_ivl_ms;
+    ab_tnode_t *root;
+    uint32_t topics;           /* distinct patterns subscribed */
+    uint32_t subscribers;
+    uint64_t pub_seq;
+    ab_msgs_counters_t c;
+} ab_msgs_t;
+
+/* msgs.c */
+int ab_msgs_init(ab_broker_t *b);
+void ab_msgs_fini(ab_broker_t *b);
+/* SEND, PUBLISH, SUBSCRIBE from peer P; BODY (may be NULL) may be moved. */
+void ab_msgs_route(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
+                   int64_t now);
+/* P is being dropped: unbind its name, remove its subscriptions. */
+void ab_msgs_peer_gone(ab_broker_t *b, ab_peer_t *p);
+void ab_msgs_timers(ab_broker_t *b, int64_t now);
+/* When the loop must wake for a backlog flush; 0 if it needn't. */
+int64_t ab_msgs_next_wake(ab_broker_t *b);
+void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);
+int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
+/* Sends HDR (+ BODY, may be NULL) to RID without waiting. 0: sent, HDR and
+ * BODY consumed. -1: errno EAGAIN (pipe full) or EHOSTUNREACH (gone);
+ * nothing consumed. */
+int ab_msgs_try_send(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body);
+/* Encodes H into a new message. 0 or -1 (out of memory). */
+int ab_msgs_hdr_msg(const ab_header_t *h, zmq_msg_t *out);
+/* The name messages from P carry: its agent name, else "~" + hex id. */
+const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);
+void ab_msgs_refuse(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, uint32_t code,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void ab_msgs_backlog_agent(ab_broker_t *b, ab_agent_t *a);
+void ab_msgs_backlog_sub(ab_broker_t *b, ab_subr_t *s);
+
+/* mailbox.c */
+void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
+                        int64_t now);
+/* HELLO with a name: binds it to P or refuses it (ERROR NAME_TAKEN). */
+void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int takeover,
+                         uint64_t instance, uint64_t hello_id, int64_t now);
+/* Delivers what the mailbox of online agent A holds, in order, while the
+ * pipe takes it. Returns messages sent; sets *done when it is empty. */
+size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done);
+void ab_mailbox_expire(ab_broker_t *b, int64_t now);
+void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p);
+void ab_agent_free(void **item);
+
+/* pubsub.c */
+void ab_pubsub_on_subscribe(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h);
+void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body);
+size_t ab_pubsub_flush(ab_broker_t *b, ab_subr_t *s, int *done);
+void ab_pubsub_peer_gone(ab_broker_t *b, ab_peer_t *p);
+void ab_pubsub_fini(ab_broker_t *b);
+
+#endif

@@ -1,0 +1,407 @@
+/*
+ * test_direct.c - agent names, direct messages and mailboxes, against a
+ * real broker (and brokerctl) process. One case per ctest entry.
+ */
+#include "codec.h"
+#include "harness.h"
+#include "msgtest.h"
+#include "test.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+/* Sent while the recipient is connected: each arrives once, in order, with
+ * the sender's name; receipts come back for those that asked. */
+static void s_direct_once(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    mt_box_t *bob = calloc(1, sizeof *bob), *alice = calloc(1, sizeof *alice);
+    ab_client_t *cb = mt_agent(port, "bob", 0, bob);
+    ab_client_t *ca = mt_agent(port, "alice", 0, alice);
+    ab_client_t *ctl = th_client(port);
+    REQUIRE(mt_wait_bound(ctl, "bob", 5000));
+    REQUIRE(mt_wait_bound(ctl, "alice", 5000));
+    uint64_t ids[10];
+    for (int i = 0; i < 10; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "m%d", i);
+        CHECK_EQ(ab_client_send(ca, "bob", msg, strlen(msg), i % 2 ? AB_SEND_RECEIPT : 0,
+                                &ids[i]), AB_OK);
+    }
+    ab_client_t *both[2] = {ca, cb};
+    for (int k = 0; k < 200 && (bob->n < 10 || alice->count[AB_MSG_RECEIPT] < 5); k++)
+        mt_pump(both, 2, 20);
+    mt_pump(both, 2, 300); /* nothing more may come */
+    CHECK_EQ(bob->n, 10);
+    for (int i = 0; i < bob->n && i < 10; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "m%d", i);
+        CHECK_EQ(bob->type[i], AB_MSG_DIRECT);
+        CHECK_STR(bob->data[i], msg);
+        CHECK_STR(bob->sender[i], "alice");
+        CHECK_STR(bob->target[i], "bob");
+        CHECK_U64(bob->id[i], ids[i]);
+    }
+    CHECK_EQ(alice->count[AB_MSG_RECEIPT], 5);
+    for (int i = 0, r = 0; i < alice->n; i++)
+        if (alice->type[i] == AB_MSG_RECEIPT)
+            CHECK_U64(alice->id[i], ids[2 * r++ + 1]);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->msgs_sent, 10);
+    CHECK_U64(st->msgs_delivered, 15); /* 10 messages + 5 receipts */
+    CHECK_U64(st->receipts, 5);
+    CHECK_U64(st->msgs_queued, 0);
+    CHECK_EQ(st->named_agents, 2);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cb);
+    ab_client_destroy(&ctl);
+    free(bob);
+    free(alice);
+}
+
+/* To an offline agent: kept, then delivered in order when it connects,
+ * mailbox first and live messages after. Also through brokerctl. */
+static void s_mailbox_order(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *ca = mt_agent(port, "alice", 0, NULL);
+    for (int i = 0; i < 50; i++) {
+        char msg[32];
+        int queued = -1;
+        snprintf(msg, sizeof msg, "offline-%d", i);
+        CHECK_EQ(ab_client_send_wait(ca, "carol", msg, strlen(msg), 0, 5000, &queued), AB_OK);
+        CHECK_EQ(queued, 1);
+    }
+    ab_client_t *ctl = th_client(port);
+    Agentbus__AgentList *al = mt_agents(ctl);
+    REQUIRE(al != NULL);
+    int found = 0;
+    for (size_t i = 0; i < al->n_agents; i++)
+        if (strcmp(al->agents[i]->name, "carol") == 0) {
+            found = 1;
+            CHECK_EQ(al->agents[i]->connected, 0);
+            CHECK_EQ(al->agents[i]->mailbox_depth, 50);
+        }
+    CHECK_TRUE(found);
+    agentbus__agent_list__free_unpacked(al, NULL);
+
+    mt_box_t *carol = calloc(1, sizeof *carol);
+    ab_client_t *cc = mt_agent(port, "carol", 0, carol);
+    CHECK_EQ(mt_wait(cc, carol, AB_MSG_DIRECT, 50, 10000), 50);
+    int queued = -1;
+    CHECK_EQ(ab_client_send_wait(ca, "carol", "live", 4, 0, 5000, &queued), AB_OK);
+    CHECK_EQ(queued, 0);
+    CHECK_EQ(mt_wait(cc, carol, AB_MSG_DIRECT, 51, 5000), 51);
+    for (int i = 0; i < 50 && i < carol->n; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "offline-%d", i);
+        CHECK_STR(carol->data[i], msg);
+        CHECK_STR(carol->sender[i], "alice");
+    }
+    CHECK_STR(carol->data[50], "live");
+    mt_pump(&cc, 1, 200);
+    CHECK_EQ(carol->n, 51); /* each exactly once */
+
+    /* The operator's tools: brokerctl send queues, brokerctl listen prints
+     * the mailbox in order. */
+    char cmd[1024], out[4096];
+    for (int i = 0; i < 3; i++) {
+        snprintf(cmd, sizeof cmd, "%s --broker %s send dave 'note %d'", th_bin("brokerctl"),
+                 th_ep(port), i);
+        CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+        CHECK_TRUE(strstr(out, "queued") != NULL);
+    }
+    snprintf(cmd, sizeof cmd, "%s --broker %s --count 3 listen dave", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    char *a = strstr(out, "note 0"), *b = strstr(out, "note 1"), *c = strstr(out, "note 2");
+    CHECK_TRUE(a && b && c && a < b && b < c);
+    printf("brokerctl listen printed:\n%s", out);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->msgs_queued, 53);
+    CHECK_U64(st->mailbox_msgs, 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cc);
+    ab_client_destroy(&ctl);
+    free(carol);
+}
+
+/* A full mailbox answers BUSY to the sender (sync and async); nothing is
+ * dropped silently; the ones accepted are all delivered. */
+static void s_mailbox_full(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--mailbox-max-msgs", "5", "--mailbox-max-bytes", "1K", NULL);
+    mt_box_t *abox = calloc(1, sizeof *abox);
+    ab_client_t *ca = mt_agent(port, "alice", 0, abox);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(ab_client_send_wait(ca, "erin", "x", 1, 0, 5000, NULL), AB_OK);
+    CHECK_EQ(ab_client_send_wait(ca, "erin", "one too many", 12, 0, 5000, NULL), AB_EBUSY);
+    printf("BUSY text: %s\n", ab_client_last_error(ca));
+    CHECK_TRUE(strstr(ab_client_last_error(ca), "mailbox of 'erin' is full") != NULL);
+    uint64_t id = 0;
+    CHECK_EQ(ab_client_send(ca, "erin", "async", 5, 0, &id), AB_OK);
+    CHECK_EQ(mt_wait(ca, abox, AB_MSG_ERROR, 1, 5000), 1);
+    CHECK_EQ(abox->status[0], AB_EBUSY);
+    CHECK_U64(abox->id[0], id);
+    /* The byte bound: another name, 600 + 600 bytes > 1 KiB. */
+    char big[600];
+    memset(big, 'b', sizeof big);
+    CHECK_EQ(ab_client_send_wait(ca, "frank", big, sizeof big, 0, 5000, NULL), AB_OK);
+    CHECK_EQ(ab_client_send_wait(ca, "frank", big, sizeof big, 0, 5000, NULL), AB_EBUSY);
+    CHECK_TRUE(strstr(ab_client_last_error(ca), "bytes") != NULL);
+
+    mt_box_t *erin = calloc(1, sizeof *erin);
+    ab_client_t *ce = mt_agent(port, "erin", 0, erin);
+    CHECK_EQ(mt_wait(ce, erin, AB_MSG_DIRECT, 5, 5000), 5);
+    mt_pump(&ce, 1, 200);
+    CHECK_EQ(erin->n, 5);
+    ab_client_t *ctl = th_client(port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->msgs_refused, 3);
+    CHECK_U64(st->msgs_queued, 6);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&ce);
+    ab_client_destroy(&ctl);
+    free(abox);
+    free(erin);
+}
+
+/* Past its TTL a message is never delivered, and it is counted. */
+static void s_ttl_expiry(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--mailbox-ttl-ms", "300", NULL);
+    ab_client_t *ca = mt_agent(port, "alice", 0, NULL);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(ab_client_send_wait(ca, "gina", "stale", 5, 0, 5000, NULL), AB_OK);
+    th_sleep_ms(2200); /* TTL 300 ms; the broker sweeps every second */
+    ab_client_t *ctl = th_client(port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->msgs_expired, 4);
+    CHECK_U64(st->mailbox_msgs, 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* Expiry also holds between sweeps: checked again at delivery. */
+    CHECK_EQ(ab_client_send_wait(ca, "gina", "stale too", 9, 0, 5000, NULL), AB_OK);
+    th_sleep_ms(400);
+    mt_box_t *gina = calloc(1, sizeof *gina);
+    ab_client_t *cg = mt_agent(port, "gina", 0, gina);
+    REQUIRE(mt_wait_bound(ctl, "gina", 5000));
+    CHECK_EQ(ab_client_send_wait(ca, "gina", "fresh", 5, 0, 5000, NULL), AB_OK);
+    CHECK_EQ(mt_wait(cg, gina, AB_MSG_DIRECT, 1, 5000), 1);
+    mt_pump(&cg, 1, 300);
+    CHECK_EQ(gina->n, 1);
+    CHECK_STR(gina->data[0], "fresh");
+    st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->msgs_expired, 5);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cg);
+    ab_client_destroy(&ctl);
+    free(gina);
+}
+
+/* A second live claim of a name is refused; the holder keeps it. */
+static void s_name_taken(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    mt_box_t *first = calloc(1, sizeof *first), *second = calloc(1, sizeof *second);
+    ab_client_t *c1 = mt_agent(port, "hank", 0, first);
+    ab_client_t *ctl = th_client(port);
+    REQUIRE(mt_wait_bound(ctl, "hank", 5000));
+    ab_client_t *c2 = mt_agent(port, "hank", 0, second);
+    CHECK_EQ(mt_wait(c2, second, AB_MSG_ERROR, 1, 5000), 1);
+    CHECK_EQ(second->status[0], AB_ENAMETAKEN);
+    printf("refusal: %s\n", second->data[0][0] ? second->data[0] : ab_client_last_error(c2));
+    CHECK_TRUE(strstr(ab_client_last_error(c2), "held by a live connection") != NULL);
+    ab_client_t *ca = mt_agent(port, NULL, 0, NULL);
+    CHECK_EQ(ab_client_send_wait(ca, "hank", "to the holder", 13, 0, 5000, NULL), AB_OK);
+    CHECK_EQ(mt_wait(c1, first, AB_MSG_DIRECT, 1, 5000), 1);
+    mt_pump(&c2, 1, 200);
+    CHECK_EQ(second->count[AB_MSG_DIRECT], 0);
+    char cmd[1024], out[2048];
+    snprintf(cmd, sizeof cmd, "%s --broker %s --count 1 listen hank", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    CHECK_TRUE(strstr(out, "NAME_TAKEN") != NULL);
+    ab_client_destroy(&c1);
+    ab_client_destroy(&c2);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&ctl);
+    free(first);
+    free(second);
+}
+
+/* With the takeover option the newcomer gets the name (and its messages);
+ * the old connection is told. */
+static void s_takeover(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    mt_box_t *old = calloc(1, sizeof *old), *neu = calloc(1, sizeof *neu);
+    ab_client_t *c1 = mt_agent(port, "ivan", 0, old);
+    ab_client_t *ctl = th_client(port);
+    REQUIRE(mt_wait_bound(ctl, "ivan", 5000));
+    ab_client_t *c2 = mt_agent(port, "ivan", 1, neu);
+    CHECK_EQ(mt_wait(c1, old, AB_MSG_ERROR, 1, 5000), 1);
+    CHECK_EQ(old->status[0], AB_ENAMETAKEN);
+    CHECK_TRUE(strstr(ab_client_last_error(c1), "taken over") != NULL);
+    ab_client_t *ca = mt_agent(port, NULL, 0, NULL);
+    int queued = -1;
+    CHECK_EQ(ab_client_send_wait(ca, "ivan", "after takeover", 14, 0, 5000, &queued), AB_OK);
+    CHECK_EQ(queued, 0);
+    CHECK_EQ(mt_wait(c2, neu, AB_MSG_DIRECT, 1, 5000), 1);
+    CHECK_STR(neu->data[0], "after takeover");
+    CHECK_EQ(neu->count[AB_MSG_ERROR], 0);
+    mt_pump(&c1, 1, 200);
+    CHECK_EQ(old->count[AB_MSG_DIRECT], 0);
+    /* The old connection, now unnamed, may leave without touching the name. */
+    ab_client_destroy(&c1);
+    th_sleep_ms(200);
+    CHECK_TRUE(mt_wait_bound(ctl, "ivan", 2000));
+    ab_client_destroy(&c2);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&ctl);
+    free(old);
+    free(neu);
+}
+
+/* Request/reply between agents: an answer to a SEND that carries the
+ * question's id, named and unnamed askers. */
+typedef struct {
+    int finals, status;
+    char data[64];
+} s_ans_t;
+
+static void s_ans_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_ans_t *a = arg;
+    if (!ev->final)
+        return;
+    a->finals++;
+    a->status = ev->status;
+    snprintf(a->data, sizeof a->data, "%.*s", (int)ev->size, ev->data ? (char *)ev->data : "");
+}
+
+static void s_upper_cb(ab_client_t *c, const ab_message_t *m, void *arg)
+{
+    (void)arg;
+    if (m->type != AB_MSG_DIRECT)
+        return;
+    char buf[64];
+    size_t n = m->size < sizeof buf ? m->size : sizeof buf;
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)((((const char *)m->data)[i] >= 'a' && ((const char *)m->data)[i] <= 'z')
+                            ? ((const char *)m->data)[i] - 32
+                            : ((const char *)m->data)[i]);
+    ab_client_reply(c, m, buf, n);
+}
+
+static void s_ask_reply(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *srv = mt_agent(port, "upper", 0, NULL);
+    ab_client_on_message(srv, s_upper_cb, NULL);
+    ab_client_t *ctl = th_client(port);
+    REQUIRE(mt_wait_bound(ctl, "upper", 5000));
+    ab_client_t *named = mt_agent(port, "asker", 0, NULL), *anon = mt_agent(port, NULL, 0, NULL);
+    s_ans_t a1 = {0}, a2 = {0}, a3 = {0};
+    CHECK_EQ(ab_client_ask(named, "upper", "hello", 5, 5000, s_ans_cb, &a1, NULL), AB_OK);
+    CHECK_EQ(ab_client_ask(anon, "upper", "world", 5, 5000, s_ans_cb, &a2, NULL), AB_OK);
+    ab_client_t *all[3] = {srv, named, anon};
+    for (int k = 0; k < 250 && (a1.finals < 1 || a2.finals < 1); k++)
+        mt_pump(all, 3, 20);
+    CHECK_EQ(a1.finals, 1);
+    CHECK_EQ(a1.status, AB_OK);
+    CHECK_STR(a1.data, "HELLO");
+    CHECK_EQ(a2.finals, 1);
+    CHECK_EQ(a2.status, AB_OK);
+    CHECK_STR(a2.data, "WORLD");
+    /* Nobody answers for "silent": the asker's timeout ends the call. */
+    CHECK_EQ(ab_client_ask(named, "silent", "?", 1, 300, s_ans_cb, &a3, NULL), AB_OK);
+    for (int k = 0; k < 100 && a3.finals < 1; k++)
+        ab_client_poll(named, 20);
+    CHECK_EQ(a3.finals, 1);
+    CHECK_EQ(a3.status, AB_ETIMEOUT);
+    ab_client_destroy(&srv);
+    ab_client_destroy(&named);
+    ab_client_destroy(&anon);
+    ab_client_destroy(&ctl);
+}
+
+/* Bad names and oversized messages: clear errors, counted, the broker
+ * unharmed; the library refuses what it can tell is bad before sending. */
+static void s_direct_bad(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--message-max-bytes", "1000", NULL);
+    ab_client_t *ca = mt_agent(port, "alice", 0, NULL);
+    CHECK_EQ(ab_client_send(ca, "has space", "x", 1, 0, NULL), AB_EBADNAME);
+    CHECK_EQ(ab_client_send(ca, "", "x", 1, 0, NULL), AB_EBADNAME);
+    char big[2000];
+    memset(big, 'x', sizeof big);
+    CHECK_EQ(ab_client_send_wait(ca, "bob", big, sizeof big, 0, 5000, NULL), AB_ETOOLARGE);
+    printf("TOO_LARGE text: %s\n", ab_client_last_error(ca));
+    CHECK_TRUE(strstr(ab_client_last_error(ca), "message-max-bytes") != NULL);
+    void *ctx = NULL, *raw = mt_raw(port, &ctx);
+    char text[256] = "";
+    CHECK_EQ(mt_raw_expect_error(raw, AB_KIND_SEND, "bad name", 7, 1, text, sizeof text),
+             AB_ERR_BAD_NAME);
+    CHECK_TRUE(strstr(text, "malformed agent name") != NULL);
+    CHECK_EQ(mt_raw_expect_error(raw, AB_KIND_SEND, "", 8, 1, NULL, 0), AB_ERR_BAD_NAME);
+    CHECK_EQ(mt_raw_expect_error(raw, AB_KIND_SEND, "~ffff", 9, 1, text, sizeof text),
+             AB_ERR_NO_AGENT);
+    CHECK_EQ(mt_raw_expect_error(raw, AB_KIND_SEND, "bob", 10, 5000, NULL, 0), AB_ERR_TOO_LARGE);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    CHECK_EQ(ab_client_send_wait(ca, "bob", "still fine", 10, 0, 5000, NULL), AB_OK);
+    CHECK_TRUE(th_alive(broker));
+    ab_client_t *ctl = th_client(port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->msgs_refused, 5);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&ctl);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } cases[] = {{"direct_once", s_direct_once},   {"mailbox_order", s_mailbox_order},
+                 {"mailbox_full", s_mailbox_full}, {"ttl_expiry", s_ttl_expiry},
+                 {"name_taken", s_name_taken},     {"takeover", s_takeover},
+                 {"ask_reply", s_ask_reply},       {"direct_bad", s_direct_bad}};
+    if (argc != 2) {
+        fprintf(stderr, "usage: test_direct CASE\n");
+        return 2;
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (strcmp(argv[1], cases[i].name) == 0) {
+            th_init(cases[i].name);
+            cases[i].fn();
+            th_finish();
+            return TEST_DONE(argv[1]);
+        }
+    }
+    fprintf(stderr, "unknown case '%s'\n", argv[1]);
+    return 2;
+}
