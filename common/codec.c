@@ -130,6 +130,11 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
         case 11: h->error_code = (uint32_t)v; break;
         case 12: h->error_text = view; break;
         case 13: h->credit = (uint32_t)v; break;
+        case 20:
+            if (wt != WT_VARINT)
+                return AB_EDECODE;
+            h->features = (uint32_t)v;
+            break;
         default: break; /* unknown field: skipped (newer peer) */
         }
     }
@@ -245,7 +250,8 @@ size_t ab_header_size(const ab_header_t *h)
            s_sfield_size(h->target) + s_vfield_size(h->priority) +
            s_vfield_size(h->timeout_ms) + s_vfield_size(h->flags) +
            s_vfield_size(h->original_size) + s_vfield_size(h->error_code) +
-           s_sfield_size(h->error_text) + s_vfield_size(h->credit);
+           s_sfield_size(h->error_text) + s_vfield_size(h->credit) +
+           (h->features ? 1 + s_vfield_size(h->features) : 0); /* tag 20: two bytes */
 }
 
 static uint8_t *s_put_v(uint8_t *p, unsigned field, uint64_t v)
@@ -270,7 +276,7 @@ static uint8_t *s_put_s(uint8_t *p, unsigned field, ab_view_t s)
  * common case skip the exact sizing pass. */
 size_t ab_header_bound(const ab_header_t *h)
 {
-    return 13 * 11 + h->sender.len + h->target.len + h->error_text.len;
+    return 14 * 11 + h->sender.len + h->target.len + h->error_text.len;
 }
 
 size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
@@ -291,6 +297,10 @@ size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
     p = s_put_v(p, 11, h->error_code);
     p = s_put_s(p, 12, h->error_text);
     p = s_put_v(p, 13, h->credit);
+    if (h->features) {
+        p = s_put_varint(p, 20u << 3 | WT_VARINT);
+        p = s_put_varint(p, h->features);
+    }
     return (size_t)(p - (uint8_t *)buf);
 }
 
@@ -336,6 +346,8 @@ uint32_t ab_status_to_wire(int status)
     /* Codec rejections all reach the peer as MALFORMED. */
     if (status <= AB_EFRAMES && status >= AB_EDECODE)
         return status == AB_EVERSION ? AB_ERR_UNSUPPORTED_VERSION : AB_ERR_MALFORMED;
+    if (status == AB_EBATCH || status == AB_ELZ4)
+        return AB_ERR_MALFORMED;
     return AB_ERR_INTERNAL;
 }
 

@@ -62,7 +62,15 @@ enum {
     AB_FLAG_NO_CACHE = 2,
     AB_FLAG_NO_STORE = 4,
     AB_FLAG_CACHEABLE = 8,
-    AB_FLAG_NON_IDEMPOTENT = 16
+    AB_FLAG_NON_IDEMPOTENT = 16,
+    AB_FLAG_LZ4_SKIPPED = 1u << 20, /* sender tried lz4; the saving was too small */
+    AB_FLAG_ACCEPT_LZ4 = 1u << 21   /* broker -> worker: the client reads lz4 replies */
+};
+
+/* Feature bits (Hello.features, Register.features, Header.features). */
+enum {
+    AB_FEATURE_BATCH = 1u << 0, /* reads KIND_BATCH (common/batch.h) */
+    AB_FEATURE_LZ4 = 1u << 1    /* reads lz4-compressed payloads (common/compress.h) */
 };
 
 /* A view of bytes owned by someone else. Not NUL-terminated. */
@@ -85,6 +93,7 @@ typedef struct {
     uint32_t error_code;
     ab_view_t error_text;
     uint32_t credit;
+    uint32_t features; /* field 20: broker -> peer, feature bits it reads */
 } ab_header_t;
 
 /* One frame of a multipart message, as received. */

@@ -31,6 +31,8 @@ static const s_status_t s_table[] = {
     {AB_EMISSING, "MISSING_FIELD", "a required header field is missing"},
     {AB_EPAYLOADSIZE, "PAYLOAD_SIZE", "payload exceeds the size limit"},
     {AB_EDECODE, "DECODE", "header is not valid protobuf"},
+    {AB_EBATCH, "BATCH", "malformed batch: a count or length exceeds what it holds"},
+    {AB_ELZ4, "LZ4", "corrupt compressed payload or wrong original size"},
 };
 
 static const s_status_t *s_find(int code)

@@ -74,7 +74,9 @@ typedef enum {
     AB_EHDRSIZE = -21,      /* codec: header frame larger than the limit */
     AB_EMISSING = -22,      /* codec: a required field is missing */
     AB_EPAYLOADSIZE = -23,  /* codec: payload larger than the limit */
-    AB_EDECODE = -24        /* codec: header bytes are not a valid Header */
+    AB_EDECODE = -24,       /* codec: header bytes are not a valid Header */
+    AB_EBATCH = -60,        /* codec: malformed BATCH (counts, lengths, nesting) */
+    AB_ELZ4 = -61           /* codec: corrupt lz4 payload or lying original size */
 } ab_status_t;
 
 /* Fixed English text for a status code; never NULL, static storage. */
