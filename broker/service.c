@@ -235,6 +235,12 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
         ab_req_t *r = s->q_head;
         ab_queue_remove(s, r);
         r->state = AB_REQ_DISPATCHED;
+        if ((r->flags & AB_FLAG_LZ4) && !(w->peer->features & AB_FEATURE_LZ4)) {
+            /* The broker never decompresses; an older worker cannot. */
+            ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
+                                                  "payloads: send this one uncompressed");
+            continue;
+        }
         s_worker_req_add(w, r);
         w->last_dispatch = ++b->dispatch_seq;
         if (s_send_to_worker(b, w, r, now) != 0) {
