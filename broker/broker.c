@@ -310,6 +310,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
     r->client = in->rid;
     r->service = s;
     r->flags = in->h.flags;
+    r->original_size = in->h.original_size;
     r->priority = in->h.priority;
     r->start_us = ab_now_us();
     int64_t t = in->h.timeout_ms ? in->h.timeout_ms : b->cfg->default_timeout_ms;

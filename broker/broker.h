@@ -68,6 +68,7 @@ typedef struct ab_req {
     uint64_t start_us;
     size_t heap_index; /* position in the deadline heap */
     struct ab_req *prev, *next; /* in the service queue or the worker's list */
+    uint64_t original_size;     /* of an lz4 payload, forwarded with it */
 } ab_req_t;
 
 struct ab_worker_rec {

@@ -214,6 +214,7 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     h.target = ab_view_of(r->service->name);
     h.flags = r->flags;
     h.priority = r->priority;
+    h.original_size = r->original_size;
     int64_t left = r->deadline_ms - now;
     h.timeout_ms = left > 0 ? (uint32_t)left : 1;
     zmq_msg_t copy;

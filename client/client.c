@@ -93,8 +93,10 @@ void ab_client_destroy(ab_client_t **cp)
                 free(c->calls.vals[i]);
         ab_idmap_fini(&c->calls);
     }
-    if (c->conn.sock && c->conn.connected)
+    if (c->conn.sock && c->conn.connected) {
+        ab_conn_flush(&c->conn);
         ab_conn_send_kind(&c->conn, AB_KIND_BYE);
+    }
     ab_conn_close(&c->conn);
     free(c);
     *cp = NULL;
@@ -132,8 +134,8 @@ static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void
     h.target = ab_view_of(target);
     h.timeout_ms = (uint32_t)t;
     h.sender = ab_view_of(c->conn.opts.name);
-    int rc = ab_conn_send(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
-                          size);
+    int rc = ab_conn_send_z(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
+                            size, kind == AB_KIND_REQUEST);
     if (rc != AB_OK) {
         free(call);
         return rc;
@@ -212,6 +214,7 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
 static int s_process(ab_client_t *c)
 {
     int handled = 0;
+    ab_conn_flush(&c->conn); /* a poll ends the batching turn */
     int ev = ab_conn_events(&c->conn);
     if (ev & AB_CONN_DISCONNECTED)
         s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
@@ -236,6 +239,8 @@ static int s_process(ab_client_t *c)
 
 int ab_client_next_timeout_ms(ab_client_t *c)
 {
+    if (c->conn.out.count)
+        return 0; /* gathered messages wait for a poll */
     int64_t now = ab_now_ms();
     int64_t wake = c->conn.next_heartbeat_ms;
     if (c->next_expiry_ms && c->next_expiry_ms < wake)
@@ -384,4 +389,9 @@ void ab_client_stop(ab_client_t *c)
 {
     if (c)
         c->conn.stop = 1;
+}
+
+int ab_client_flush(ab_client_t *c)
+{
+    return c ? ab_conn_flush(&c->conn) : AB_EINVAL;
 }
