@@ -2,12 +2,14 @@
  * batching.c - BATCH on the broker's wire, both directions, and the
  * compression figures (the broker never decompresses what it routes).
  *
- * Send side, Redis beforeSleep style: during a loop turn, the first message
- * for a peer goes out at once (nothing is waiting behind it, so batching
- * could only add delay); every further message for that peer in the same
- * turn is gathered. At the end of the turn (ab_batching_flush_all, called
- * by the loop before it sleeps) each peer's gathered messages leave as one
- * BATCH, or as a plain message when only one was gathered. Count, bytes and
+ * Send side, Redis beforeSleep style: during a loop turn, messages for a
+ * peer that reads BATCH are held; at the end of the turn
+ * (ab_batching_flush_all, called by the loop before it sleeps) each peer's
+ * messages leave together as one BATCH. A peer that got only one message in
+ * the turn gets it as a plain message, zero-copy (the first message is held
+ * as it came and only copied into a batch when a second one follows): an
+ * idle bus sees exactly the old wire, a turn later by microseconds only,
+ * since a turn ends as soon as nothing more is waiting. Count, bytes and
  * age limits flush earlier. All messages to a peer pass through its queue,
  * so per-peer order is kept: a message too large to gather first flushes
  * what was gathered before it.
@@ -26,8 +28,11 @@
 
 struct ab_outq {
     ab_batch_t batch;
-    int turn_used; /* a message went to this peer in the current turn */
-    int dirty;     /* listed in b->dirty */
+    int dirty;            /* listed in b->dirty */
+    int held, held_has_body; /* the turn's first message, not yet copied */
+    uint8_t *held_hdr;
+    size_t held_hlen, held_cap;
+    zmq_msg_t held_body;
 };
 
 uint32_t ab_batching_features(const ab_broker_t *b)
@@ -53,12 +58,28 @@ static int s_mark_dirty(ab_broker_t *b, ab_peer_t *p)
     return 0;
 }
 
-/* Sends what P has gathered: one BATCH, or the message alone if only one.
- * 0 or -1 (counted); the caller decides what a failure means. */
+static size_t s_held_size(const struct ab_outq *q)
+{
+    return ab_batch_entry_size(q->held_hlen, q->held_has_body ? zmq_msg_size((zmq_msg_t *)&q->held_body) : 0);
+}
+
+/* Sends what P has gathered: the held message alone (zero-copy), or one
+ * BATCH (a one-entry batch goes as a plain message). 0 or -1 (counted);
+ * the caller decides what a failure means. */
 static int s_flush(ab_broker_t *b, ab_peer_t *p)
 {
     struct ab_outq *q = p->out;
-    if (!q || q->batch.count == 0)
+    if (!q)
+        return 0;
+    if (q->held) {
+        q->held = 0;
+        int rc = ab_send_raw(b, &p->rid, q->held_hdr, q->held_hlen,
+                             q->held_has_body ? &q->held_body : NULL);
+        zmq_msg_close(&q->held_body);
+        zmq_msg_init(&q->held_body);
+        return rc;
+    }
+    if (q->batch.count == 0)
         return 0;
     size_t len;
     const uint8_t *body = ab_batch_body(&q->batch, &len);
@@ -96,38 +117,81 @@ static int s_flush(ab_broker_t *b, ab_peer_t *p)
     return rc;
 }
 
+/* Holds one message as it came: header bytes copied, payload moved. */
+static int s_hold(ab_broker_t *b, struct ab_outq *q, const uint8_t *hdr, size_t hlen,
+                  zmq_msg_t *payload)
+{
+    if (hlen > q->held_cap) {
+        uint8_t *nh = realloc(q->held_hdr, hlen);
+        if (!nh)
+            return -1;
+        q->held_hdr = nh;
+        q->held_cap = hlen;
+    }
+    memcpy(q->held_hdr, hdr, hlen);
+    q->held_hlen = hlen;
+    q->held_has_body = payload != NULL;
+    if (payload)
+        zmq_msg_move(&q->held_body, payload);
+    q->held = 1;
+    if (!b->oldest_gathered_us)
+        b->oldest_gathered_us = ab_now_us();
+    return 0;
+}
+
+/* Moves the held message into the batch (a second message follows it). */
+static int s_unhold(struct ab_outq *q)
+{
+    zmq_msg_t *m = &q->held_body;
+    int rc = ab_batch_add(&q->batch, q->held_hdr, q->held_hlen,
+                          q->held_has_body ? zmq_msg_data(m) : NULL,
+                          q->held_has_body ? zmq_msg_size(m) : 0, q->held_has_body);
+    if (rc == AB_OK) {
+        q->held = 0;
+        zmq_msg_close(m);
+        zmq_msg_init(m);
+    }
+    return rc;
+}
+
 int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hlen,
                      zmq_msg_t *payload)
 {
-    if (!p->out && !(p->out = calloc(1, sizeof *p->out)))
-        return ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (!p->out) {
+        if (!(p->out = calloc(1, sizeof *p->out)))
+            return ab_send_raw(b, &p->rid, hdr, hlen, payload);
+        zmq_msg_init(&p->out->held_body);
+    }
     struct ab_outq *q = p->out;
-    if (s_mark_dirty(b, p) != 0)
-        return ab_send_raw(b, &p->rid, hdr, hlen, payload);
-    size_t plen = payload ? zmq_msg_size(payload) : 0;
-    size_t esz = ab_batch_entry_size(hlen, plen);
-    if (!q->turn_used || esz + 8 > b->cfg->batch_max_bytes) {
-        /* First this turn (nothing waits behind it), or too big to gather:
-         * out now, after anything gathered before it. */
-        q->turn_used = 1;
-        if (q->batch.count && s_flush(b, p) != 0)
-            return -1;
-        return ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (s_mark_dirty(b, p) != 0) /* cannot promise a flush: send now, in order */
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    size_t esz = ab_batch_entry_size(hlen, payload ? zmq_msg_size(payload) : 0);
+    size_t max = b->cfg->batch_max_bytes;
+    if (esz + 8 > max) /* too big to gather: out now, after what was before it */
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (q->held) {
+        if (s_held_size(q) + esz + 8 > max || s_unhold(q) != AB_OK) {
+            if (s_flush(b, p) != 0) /* sends the held one */
+                return -1;
+        }
     }
-    if (q->batch.count && q->batch.len + esz > b->cfg->batch_max_bytes && s_flush(b, p) != 0)
+    if (!q->held && q->batch.count == 0)
+        return s_hold(b, q, hdr, hlen, payload) == 0
+                   ? 0
+                   : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (q->batch.len + esz > max && s_flush(b, p) != 0)
         return -1;
-    if (ab_batch_add(&q->batch, hdr, hlen, payload ? zmq_msg_data(payload) : NULL, plen,
-                     payload != NULL) != AB_OK) {
-        if (q->batch.count && s_flush(b, p) != 0)
-            return -1;
-        return ab_send_raw(b, &p->rid, hdr, hlen, payload);
-    }
+    if (q->batch.count == 0)
+        return s_hold(b, q, hdr, hlen, payload) == 0
+                   ? 0
+                   : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (ab_batch_add(&q->batch, hdr, hlen, payload ? zmq_msg_data(payload) : NULL,
+                     payload ? zmq_msg_size(payload) : 0, payload != NULL) != AB_OK)
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
     if (payload) { /* consumed, as a send would have */
         zmq_msg_close(payload);
         zmq_msg_init(payload);
     }
-    if (!b->oldest_gathered_us)
-        b->oldest_gathered_us = ab_now_us();
     if (q->batch.count >= (uint32_t)b->cfg->batch_max_count)
         return s_flush(b, p);
     return 0;
@@ -143,7 +207,6 @@ void ab_batching_flush_all(ab_broker_t *b)
     while (b->ndirty) {
         ab_peer_t *p = b->dirty[--b->ndirty];
         p->out->dirty = 0;
-        p->out->turn_used = 0;
         if (s_flush(b, p) != 0 && p->worker)
             ab_peer_drop(b, p, "unreachable");
     }
@@ -168,6 +231,8 @@ void ab_batching_peer_free(ab_broker_t *b, ab_peer_t *p)
                 break;
             }
     ab_batch_fini(&p->out->batch);
+    zmq_msg_close(&p->out->held_body);
+    free(p->out->held_hdr);
     free(p->out);
     p->out = NULL;
 }
