@@ -18,6 +18,36 @@
 #include <string.h>
 #include <zmq.h>
 
+/* --- async request bookkeeping ------------------------------------------------------ */
+typedef struct {
+    int finals, partials, ok;
+    char data[16384];
+    size_t len;
+} s_tally_t;
+
+static void s_tally_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_tally_t *t = arg;
+    if (ev->final) {
+        t->finals++;
+        t->ok += ev->status == AB_OK;
+    } else {
+        t->partials++;
+    }
+    if (ev->status == AB_OK && t->len + ev->size <= sizeof t->data) {
+        memcpy(t->data + t->len, ev->data, ev->size);
+        t->len += ev->size;
+    }
+}
+
+static void s_poll_until(ab_client_t *c, s_tally_t *t, int want, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    while (t->finals < want && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+}
+
 /* --- raw peers ------------------------------------------------------------------ */
 static void *s_ctx;
 
@@ -680,6 +710,138 @@ static void s_options(void)
     ab_options_destroy(&o);
 }
 
+/* --- the library's decoder, against a hand-driven broker ---------------------------- */
+typedef struct {
+    zmq_msg_t rid, hdr, body;
+    int has_body;
+    ab_header_t h;
+} s_rmsg_t;
+
+static int s_router_recv(void *r, s_rmsg_t *m, int timeout_ms)
+{
+    zmq_pollitem_t it = {r, 0, ZMQ_POLLIN, 0};
+    zmq_msg_init(&m->rid);
+    zmq_msg_init(&m->hdr);
+    zmq_msg_init(&m->body);
+    m->has_body = 0;
+    if (zmq_poll(&it, 1, timeout_ms) <= 0 || zmq_msg_recv(&m->rid, r, ZMQ_DONTWAIT) < 0)
+        return 0;
+    zmq_msg_recv(&m->hdr, r, 0);
+    if (zmq_msg_more(&m->hdr)) {
+        zmq_msg_recv(&m->body, r, 0);
+        m->has_body = 1;
+    }
+    return ab_header_parse(zmq_msg_data(&m->hdr), zmq_msg_size(&m->hdr), &m->h) == AB_OK;
+}
+
+static void s_router_send(void *r, zmq_msg_t *rid, const ab_header_t *h, const void *data,
+                          size_t size)
+{
+    uint8_t buf[512];
+    size_t n = ab_header_encode(h, buf, sizeof buf);
+    zmq_send(r, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE);
+    zmq_send(r, buf, n, data ? ZMQ_SNDMORE : 0);
+    if (data)
+        zmq_send(r, data, size, 0);
+}
+
+static void s_rmsg_close(s_rmsg_t *m)
+{
+    zmq_msg_close(&m->rid);
+    zmq_msg_close(&m->hdr);
+    zmq_msg_close(&m->body);
+}
+
+static void s_client_decode(void)
+{
+    int port = th_free_port();
+    s_ctx = zmq_ctx_new();
+    void *router = zmq_socket(s_ctx, ZMQ_ROUTER);
+    int linger = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_bind(router, th_ep(port)) == 0);
+    ab_client_t *c = th_client(port);
+    s_tally_t t = {0};
+    uint64_t id = 0;
+    REQUIRE(ab_client_request_async(c, "svc", "q", 1, 20000, s_tally_cb, &t, &id) == AB_OK);
+    /* Act as the broker: answer HELLO with our features, take the REQUEST. */
+    int hello = 0, request = 0;
+    zmq_msg_t rid;
+    zmq_msg_init(&rid);
+    for (int i = 0; i < 50 && !(hello && request); i++) {
+        ab_client_poll(c, 10);
+        s_rmsg_t m;
+        if (!s_router_recv(router, &m, 100)) {
+            s_rmsg_close(&m);
+            continue;
+        }
+        if (m.h.kind == AB_KIND_HELLO) {
+            Agentbus__Hello *hm = agentbus__hello__unpack(NULL, zmq_msg_size(&m.body),
+                                                          zmq_msg_data(&m.body));
+            REQUIRE(hm != NULL);
+            CHECK_U64(hm->features, AB_FEATURE_BATCH | AB_FEATURE_LZ4);
+            agentbus__hello__free_unpacked(hm, NULL);
+            ab_header_t a = ab_header_init(AB_KIND_HELLO);
+            a.correlation_id = m.h.id;
+            a.credit = 1000;
+            a.features = AB_FEATURE_BATCH | AB_FEATURE_LZ4;
+            s_router_send(router, &m.rid, &a, NULL, 0);
+            hello = 1;
+        } else if (m.h.kind == AB_KIND_REQUEST) {
+            CHECK_U64(m.h.id, id);
+            zmq_msg_copy(&rid, &m.rid);
+            request = 1;
+        }
+        s_rmsg_close(&m);
+    }
+    REQUIRE(hello && request);
+    /* A malformed batch (count says 3, holds 2) with a REPLY in it: the
+     * library must deliver nothing from it. */
+    char *text = s_text(8192);
+    void *z;
+    size_t zl;
+    REQUIRE(ab_lz4_compress(text, 8192, 10, &z, &zl) == 1);
+    ab_batch_t b;
+    ab_batch_init(&b);
+    ab_header_t part = ab_header_init(AB_KIND_PARTIAL), fin = ab_header_init(AB_KIND_REPLY);
+    part.correlation_id = fin.correlation_id = id;
+    fin.flags = AB_FLAG_LZ4;
+    fin.original_size = 8192;
+    uint8_t hb[2][64];
+    size_t hl0 = ab_header_encode(&part, hb[0], 64), hl1 = ab_header_encode(&fin, hb[1], 64);
+    ab_batch_add(&b, hb[0], hl0, "part-", 5, 1);
+    ab_batch_add(&b, hb[1], hl1, z, zl, 1);
+    size_t len;
+    const uint8_t *body = ab_batch_body(&b, &len);
+    uint8_t *bad = malloc(len);
+    memcpy(bad, body, len);
+    bad[0] = 3;
+    ab_header_t bh = ab_header_init(AB_KIND_BATCH);
+    s_router_send(router, &rid, &bh, bad, len);
+    int64_t end = ab_now_ms() + 300;
+    while (ab_now_ms() < end)
+        ab_client_poll(c, 20);
+    CHECK_EQ(t.partials, 0);
+    CHECK_EQ(t.finals, 0);
+    /* The good batch: a plain PARTIAL, then the compressed REPLY. */
+    s_router_send(router, &rid, &bh, body, len);
+    s_poll_until(c, &t, 1, 5000);
+    CHECK_EQ(t.partials, 1);
+    CHECK_EQ(t.finals, 1);
+    CHECK_EQ(t.ok, 1);
+    CHECK_U64(t.len, 5 + 8192);
+    CHECK_TRUE(memcmp(t.data, "part-", 5) == 0 && memcmp(t.data + 5, text, 8192) == 0);
+    free(bad);
+    free(z);
+    free(text);
+    ab_batch_fini(&b);
+    zmq_msg_close(&rid);
+    ab_client_destroy(&c);
+    zmq_close(router);
+    zmq_ctx_term(s_ctx);
+    s_ctx = NULL;
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -687,7 +849,8 @@ int main(int argc, char **argv)
         void (*fn)(void);
     } cases[] = {{"many", s_many},       {"old_peer", s_old_peer}, {"lz4", s_lz4},
                  {"lz4_corrupt", s_lz4_corrupt}, {"malformed", s_malformed},
-                 {"lone", s_lone},       {"options", s_options}};
+                 {"lone", s_lone},       {"options", s_options},
+                 {"client_decode", s_client_decode}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_batching CASE\n");
         return 2;
