@@ -193,8 +193,8 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     s_call_t *call = ab_idmap_get(&c->calls, h->correlation_id);
     if (!call)
         return; /* answer to a call that already ended (timeout, disconnect) */
-    const void *data = in->has_body ? zmq_msg_data(&in->body) : NULL;
-    size_t size = in->has_body ? zmq_msg_size(&in->body) : 0;
+    const void *data = in->data;
+    size_t size = in->size;
     if (h->kind == AB_KIND_PARTIAL) {
         ab_reply_event_t ev = {call->id, AB_OK, 0, data, size, ""};
         if (call->fn)

@@ -265,8 +265,9 @@ void ab_in_close(ab_in_t *in)
     zmq_msg_close(&in->body);
 }
 
-/* Hands out the next entry of the BATCH being read, as a message of its
- * own (header and payload copied: entries are small). 1, or 0 when none. */
+/* Hands out the next entry of the BATCH being read, as views into the
+ * batch (kept until the entry after the last is asked for, when every
+ * caller has closed its ab_in_t). 1, or 0 when none is left. */
 static int s_batch_entry(ab_conn_t *c, ab_in_t *in)
 {
     ab_frame_t f[2];
@@ -277,17 +278,29 @@ static int s_batch_entry(ab_conn_t *c, ab_in_t *in)
         zmq_msg_init(&c->in_batch);
         return 0;
     }
-    zmq_msg_init_size(&in->hdr, f[0].size);
-    memcpy(zmq_msg_data(&in->hdr), f[0].data, f[0].size);
-    zmq_msg_init_size(&in->body, nf == 2 ? f[1].size : 0);
-    if (nf == 2 && f[1].size)
-        memcpy(zmq_msg_data(&in->body), f[1].data, f[1].size);
-    ab_frame_t g[2] = {{zmq_msg_data(&in->hdr), f[0].size},
-                       {zmq_msg_data(&in->body), nf == 2 ? f[1].size : 0}};
+    zmq_msg_init(&in->hdr);
+    zmq_msg_init(&in->body);
     ab_frame_t pl;
-    ab_msg_decode(g, nf, &c->limits, &in->h, &pl); /* checked by ab_batch_open */
+    ab_msg_decode(f, nf, &c->limits, &in->h, &pl); /* checked by ab_batch_open */
     in->has_body = nf == 2;
+    in->body_owned = 0;
+    in->data = in->has_body ? pl.data : NULL;
+    in->size = in->has_body ? pl.size : 0;
     return 1;
+}
+
+int ab_in_take_body(ab_in_t *in, zmq_msg_t *out)
+{
+    if (in->body_owned)
+        return zmq_msg_move(out, &in->body) == 0 ? AB_OK : AB_ENOMEM;
+    zmq_msg_close(out);
+    if (zmq_msg_init_size(out, in->size) != 0) {
+        zmq_msg_init(out);
+        return AB_ENOMEM;
+    }
+    if (in->size)
+        memcpy(zmq_msg_data(out), in->data, in->size);
+    return AB_OK;
 }
 
 /* Replaces a compressed payload by its original bytes. 1: IN is ready (an
@@ -299,7 +312,7 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
     if (!(h->flags & AB_FLAG_LZ4) || !in->has_body ||
         (h->kind != AB_KIND_REQUEST && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_REPLY))
         return 1;
-    size_t zl = zmq_msg_size(&in->body);
+    size_t zl = in->size;
     int rc = ab_lz4_check(zl, h->original_size, c->opts.max_payload);
     zmq_msg_t out;
     zmq_msg_init(&out);
@@ -309,8 +322,7 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
             zmq_msg_init(&out);
             rc = AB_ENOMEM;
         } else {
-            rc = ab_lz4_decompress(zmq_msg_data(&in->body), zl, zmq_msg_data(&out),
-                                   (size_t)h->original_size);
+            rc = ab_lz4_decompress(in->data, zl, zmq_msg_data(&out), (size_t)h->original_size);
         }
     }
     if (rc == AB_OK) {
@@ -318,6 +330,9 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
         zmq_msg_init(&in->body);
         zmq_msg_move(&in->body, &out);
         zmq_msg_close(&out);
+        in->body_owned = 1;
+        in->data = zmq_msg_data(&in->body);
+        in->size = zmq_msg_size(&in->body);
         h->flags &= ~(uint32_t)AB_FLAG_LZ4;
         h->original_size = 0;
         return 1;
@@ -339,6 +354,8 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
     zmq_msg_close(&in->body);
     zmq_msg_init(&in->body);
     in->has_body = 0;
+    in->data = NULL;
+    in->size = 0;
     return 1;
 }
 
@@ -379,6 +396,9 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
             continue;
         }
         in->has_body = n == 2;
+        in->body_owned = 1;
+        in->data = in->has_body ? zmq_msg_data(&in->body) : NULL;
+        in->size = in->has_body ? zmq_msg_size(&in->body) : 0;
         if (in->h.kind == AB_KIND_BATCH) {
             /* Moved first: a small body lives inside the zmq_msg_t itself,
              * so the reader must point into its final home. */

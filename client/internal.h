@@ -56,13 +56,22 @@ typedef struct {
     char error[AB_ERRTEXT_MAX];
 } ab_conn_t;
 
-/* One received message: header views point into hdr. */
+/* One received message. The header's views and DATA point into hdr/body,
+ * or, for an entry of a received BATCH, into that batch (no copy); either
+ * way they are valid until ab_in_close. */
 typedef struct {
     zmq_msg_t hdr;
-    zmq_msg_t body;
+    zmq_msg_t body; /* holds the payload when body_owned */
     int has_body;
     ab_header_t h;
+    const void *data; /* the payload (has_body), else NULL */
+    size_t size;
+    int body_owned;
 } ab_in_t;
+
+/* Moves (or copies, for a batch entry) IN's payload into OUT (initialised
+ * by the caller). AB_OK or AB_ENOMEM. */
+int ab_in_take_body(ab_in_t *in, zmq_msg_t *out);
 
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role);
 void ab_conn_close(ab_conn_t *c);

@@ -199,8 +199,11 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         j->accept_lz4 = (h->flags & AB_FLAG_ACCEPT_LZ4) != 0;
         ab_view_copy(h->target, j->service, sizeof j->service);
         zmq_msg_init(&j->payload);
-        if (in->has_body)
-            zmq_msg_move(&j->payload, &in->body);
+        if (in->has_body && ab_in_take_body(in, &j->payload) != AB_OK) {
+            zmq_msg_close(&j->payload);
+            free(j);
+            return; /* out of memory: the broker answers the client at the deadline */
+        }
         if (w->ready_tail)
             w->ready_tail->next = j;
         else
