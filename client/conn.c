@@ -359,10 +359,19 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
     return 1;
 }
 
+/* The broker's answer to HELLO/REGISTER says what it reads. It may come
+ * inside a BATCH (with the first requests dispatched after a REGISTER). */
+static void s_note_features(ab_conn_t *c, const ab_in_t *in)
+{
+    if ((in->h.kind == AB_KIND_HELLO || in->h.kind == AB_KIND_REGISTER) && in->h.correlation_id)
+        c->broker_features = in->h.features;
+}
+
 int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
 {
     for (;;) {
         if (s_batch_entry(c, in)) {
+            s_note_features(c, in);
             if (s_inflate(c, in))
                 return 1;
             continue;
@@ -411,9 +420,7 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
                 c->in_rd.left = 0; /* malformed: dropped whole */
             continue;
         }
-        if ((in->h.kind == AB_KIND_HELLO || in->h.kind == AB_KIND_REGISTER) &&
-            in->h.correlation_id)
-            c->broker_features = in->h.features;
+        s_note_features(c, in);
         if (s_inflate(c, in))
             return 1;
     }

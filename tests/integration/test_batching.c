@@ -787,6 +787,53 @@ static void s_mixed(void)
     ab_client_destroy(&c);
 }
 
+/* --- the broker's answer to REGISTER arriving inside a BATCH -------------------------- */
+/* Requests that waited for a worker are dispatched in the same turn as the
+ * answer to its REGISTER, so that answer travels in a BATCH. The worker
+ * must still learn what the broker reads from it: afterwards its replies
+ * are batched and compressed. */
+static void s_register_batched(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "20000", NULL);
+    ab_client_t *c = th_client(port);
+    s_tally_t t = {0};
+    for (int i = 0; i < 20; i++) /* wait in the startup grace for a worker */
+        REQUIRE(ab_client_request_async(c, "echo", "early", 5, 20000, s_tally_cb, &t, NULL) ==
+                AB_OK);
+    ab_client_poll(c, 200);
+    th_worker(port, "echo", "--capacity", "1000", NULL);
+    s_poll_until(c, &t, 20, 10000);
+    CHECK_EQ(t.ok, 20);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    uint64_t bout0 = st->batches_out, bin0 = st->batches_in;
+    printf("after registration: %llu batches out, %llu in\n", (unsigned long long)bout0,
+           (unsigned long long)bin0);
+    CHECK_TRUE(bout0 > 0); /* the REGISTER answer and the waiting requests */
+    agentbus__stats__free_unpacked(st, NULL);
+    char *text = s_text(32 * 1024);
+    void *reply = NULL;
+    size_t n = 0;
+    CHECK_EQ(ab_client_request(c, "echo", text, 32 * 1024, 10000, &reply, &n), AB_OK);
+    CHECK_TRUE(n == 32 * 1024 && reply && memcmp(reply, text, n) == 0);
+    ab_free(reply);
+    s_tally_t t2 = {0};
+    for (int i = 0; i < 300; i++)
+        REQUIRE(ab_client_request_async(c, "echo", "x", 1, 20000, s_tally_cb, &t2, NULL) == AB_OK);
+    s_poll_until(c, &t2, 300, 10000);
+    CHECK_EQ(t2.ok, 300);
+    st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->lz4_msgs, 2); /* the text request and the worker's reply */
+    /* The burst came in batched again (client and worker both batch once
+     * they know the broker reads BATCH). */
+    CHECK_TRUE(st->batches_in > bin0);
+    agentbus__stats__free_unpacked(st, NULL);
+    free(text);
+    ab_client_destroy(&c);
+}
+
 /* --- the library's decoder, against a hand-driven broker ---------------------------- */
 typedef struct {
     zmq_msg_t rid, hdr, body;
@@ -927,7 +974,8 @@ int main(int argc, char **argv)
     } cases[] = {{"many", s_many},       {"old_peer", s_old_peer}, {"lz4", s_lz4},
                  {"lz4_corrupt", s_lz4_corrupt}, {"malformed", s_malformed},
                  {"lone", s_lone},       {"options", s_options},
-                 {"client_decode", s_client_decode}, {"mixed", s_mixed}};
+                 {"client_decode", s_client_decode}, {"mixed", s_mixed},
+                 {"register_batched", s_register_batched}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_batching CASE\n");
         return 2;
