@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define AB_BATCH_KEEP_BYTES (16 * 1024)
+
 struct ab_outq {
     ab_batch_t batch;
     int dirty;            /* listed in b->dirty */
@@ -207,7 +209,12 @@ void ab_batching_flush_all(ab_broker_t *b)
     while (b->ndirty) {
         ab_peer_t *p = b->dirty[--b->ndirty];
         p->out->dirty = 0;
-        if (s_flush(b, p) != 0 && p->worker)
+        int rc = s_flush(b, p);
+        /* An idle connection must stay cheap: a buffer that grew for a
+         * large batch is given back (one malloc per large batch). */
+        if (p->out->batch.cap > AB_BATCH_KEEP_BYTES)
+            ab_batch_fini(&p->out->batch);
+        if (rc != 0 && p->worker)
             ab_peer_drop(b, p, "unreachable");
     }
     b->oldest_gathered_us = 0;
