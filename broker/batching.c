@@ -30,7 +30,7 @@
 
 struct ab_outq {
     ab_batch_t batch;
-    int dirty;            /* listed in b->dirty */
+    int dirty;               /* listed in b->dirty */
     int held, held_has_body; /* the turn's first message, not yet copied */
     uint8_t *held_hdr;
     size_t held_hlen, held_cap;
@@ -62,7 +62,8 @@ static int s_mark_dirty(ab_broker_t *b, ab_peer_t *p)
 
 static size_t s_held_size(const struct ab_outq *q)
 {
-    return ab_batch_entry_size(q->held_hlen, q->held_has_body ? zmq_msg_size((zmq_msg_t *)&q->held_body) : 0);
+    size_t plen = q->held_has_body ? zmq_msg_size((zmq_msg_t *)&q->held_body) : 0;
+    return ab_batch_entry_size(q->held_hlen, plen);
 }
 
 /* Sends what P has gathered: the held message alone (zero-copy), or one
