@@ -8,7 +8,8 @@
  *   nolz4 batching on, lz4 off  (isolates compression for the large rows)
  * Measurements are interleaved run by run so machine noise hits all alike;
  * throughput figures are medians of --runs runs. The table gives:
- *   - 64 B request/reply msgs/s, on vs off (target >= 3x);
+ *   - 64 B request/reply msgs/s, on vs off (target >= 3x), and the CPU
+ *     (broker + worker + client, user + system) each request cost;
  *   - lone request round trip p50/p99, on vs off (target within +-10%);
  *   - 4 KiB and 64 KiB payloads of the corpus: msgs/s and bytes on the wire
  *     per request (broker bytes in + out, from its stats), on vs nolz4.
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 enum { SYS_ON, SYS_OFF, SYS_NOLZ4, SYS_N };
@@ -93,7 +95,40 @@ typedef struct {
     ab_client_t *c;
     const char *ep;
     char epbuf[64];
+    pid_t broker, worker;
 } s_sys_t;
+
+/* CPU time (user + system) of PID so far, in microseconds; 0 if unknown.
+ * Machine load from elsewhere changes how fast a system runs much more
+ * than how much CPU it burns per request, so CPU per request is the
+ * steadier measure of what batching saves. */
+static uint64_t s_cpu_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the name may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (ut + st) * 1000000ull / (uint64_t)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU of the whole system: broker, worker and this process (its client and
+ * libzmq I/O thread; the other systems' clients are idle meanwhile). */
+static uint64_t s_sys_cpu_us(const s_sys_t *sys)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    uint64_t self = (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec +
+                    (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec;
+    return self + s_cpu_us(sys->broker) + s_cpu_us(sys->worker);
+}
 
 static int s_sys_start(const ab_batch_report_opts_t *o, int which, s_sys_t *sys)
 {
@@ -107,8 +142,8 @@ static int s_sys_start(const ab_batch_report_opts_t *o, int which, s_sys_t *sys)
     const char *b[] = {o->broker_bin, "--bind", sys->ep, "--log-level", "warn", NULL};
     const char *w[] = {o->worker_bin, "--broker",   sys->ep, "--backend", "echo",
                        "--service",   "echo",       "--capacity", "100000", NULL};
-    o->spawn(b, benv);
-    o->spawn(w, benv);
+    sys->broker = o->spawn(b, benv);
+    sys->worker = o->spawn(w, benv);
     ab_options_t *opts = ab_options_new();
     ab_options_set_endpoint(opts, sys->ep);
     ab_options_set_batching(opts, batch);
@@ -160,9 +195,10 @@ static int s_wire(ab_client_t *c, uint64_t *bytes, uint64_t *replies)
     return 0;
 }
 
-/* One throughput run: msgs/s, and wire bytes per request into *WIRE. */
+/* One throughput run: msgs/s, wire bytes per request into *WIRE and CPU
+ * microseconds per request into *CPU (either may be NULL). */
 static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *buf, size_t size,
-                   double *wire)
+                   double *wire, double *cpu)
 {
     /* Large payloads keep fewer in flight: 4096 x 64 KiB would be 256 MiB
      * queued, enough for ZMTP heartbeats to time out on a busy machine. */
@@ -173,6 +209,7 @@ static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *bu
     if (wire && s_wire(sys->c, &b0, &r0) != 0)
         return -1;
     s_count_t n = {0, 0};
+    uint64_t cpu0 = cpu ? s_sys_cpu_us(sys) : 0;
     uint64_t sent = 0, t0 = ab_now_ns(), end = t0 + (uint64_t)(o->seconds * 1e9);
     while (ab_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
@@ -190,6 +227,8 @@ static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *bu
                 (unsigned long long)(sent - n.done), sys->ep);
         return -1;
     }
+    if (cpu)
+        *cpu = n.done ? (double)(s_sys_cpu_us(sys) - cpu0) / (double)n.done : 0;
     if (wire) {
         if (s_wire(sys->c, &b1, &r1) != 0 || r1 <= r0)
             return -1;
@@ -224,18 +263,20 @@ static double s_median(double *v, int n)
 
 typedef struct {
     double small[SYS_N];               /* 64 B msgs/s */
+    double small_cpu[SYS_N];           /* 64 B CPU us per request */
     double mid[SYS_N], mid_wire[SYS_N]; /* 4 KiB msgs/s, bytes per request */
     double big[SYS_N], big_wire[SYS_N]; /* 64 KiB */
     uint64_t p50[SYS_N], p99[SYS_N];   /* lone round trip, ns */
     /* Medians of the per-run ratios: each pair measured back to back, so
      * a burst of load from elsewhere hits both sides of a ratio alike. */
-    double r_small, r_mid, r_mid_wire, r_big, r_big_wire;
+    double r_small, r_mid, r_mid_wire, r_big, r_big_wire, r_small_cpu;
 } s_res_t;
 
 static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
 {
     double sm[SYS_N][16], md[SYS_N][16], mw[SYS_N][16], bg[SYS_N][16], bw[SYS_N][16];
-    double rs[16], rm[16], rmw[16], rb[16], rbw[16];
+    double sc[SYS_N][16];
+    double rs[16], rm[16], rmw[16], rb[16], rbw[16], rsc[16];
     int runs = o->runs > 16 ? 16 : o->runs;
     char small[64], *mid = malloc(MID), *big = malloc(BIG);
     ab_corpus_fill(o->corpus, small, sizeof small, 1);
@@ -245,16 +286,17 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
     for (int r = 0; r < runs && rc == 0; r++) {
         /* Row by row, the systems of a row back to back. */
         for (int s = 0; s < SYS_N && rc == 0; s++)
-            if ((sm[s][r] = s_rr(o, &sys[s], small, sizeof small, NULL)) < 0)
+            if ((sm[s][r] = s_rr(o, &sys[s], small, sizeof small, NULL, &sc[s][r])) < 0)
                 rc = -1;
         for (int s = 0; s < SYS_N && rc == 0; s++)
-            if (s != SYS_OFF && (md[s][r] = s_rr(o, &sys[s], mid, MID, &mw[s][r])) < 0)
+            if (s != SYS_OFF && (md[s][r] = s_rr(o, &sys[s], mid, MID, &mw[s][r], NULL)) < 0)
                 rc = -1;
         for (int s = 0; s < SYS_N && rc == 0; s++)
-            if (s != SYS_OFF && (bg[s][r] = s_rr(o, &sys[s], big, BIG, &bw[s][r])) < 0)
+            if (s != SYS_OFF && (bg[s][r] = s_rr(o, &sys[s], big, BIG, &bw[s][r], NULL)) < 0)
                 rc = -1;
         if (rc == 0) {
             rs[r] = sm[SYS_ON][r] / sm[SYS_OFF][r];
+            rsc[r] = sc[SYS_OFF][r] > 0 ? sc[SYS_ON][r] / sc[SYS_OFF][r] : 0;
             rm[r] = md[SYS_ON][r] / md[SYS_NOLZ4][r];
             rmw[r] = mw[SYS_ON][r] / mw[SYS_NOLZ4][r];
             rb[r] = bg[SYS_ON][r] / bg[SYS_NOLZ4][r];
@@ -263,6 +305,7 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
     }
     for (int s = 0; s < SYS_N && rc == 0; s++) {
         res->small[s] = s_median(sm[s], runs);
+        res->small_cpu[s] = s_median(sc[s], runs);
         if (s != SYS_OFF) {
             res->mid[s] = s_median(md[s], runs);
             res->mid_wire[s] = s_median(mw[s], runs);
@@ -272,6 +315,7 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
     }
     if (rc == 0) {
         res->r_small = s_median(rs, runs);
+        res->r_small_cpu = s_median(rsc, runs);
         res->r_mid = s_median(rm, runs);
         res->r_mid_wire = s_median(rmw, runs);
         res->r_big = s_median(rb, runs);
@@ -307,6 +351,7 @@ static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
         printf("{\"report\": \"batching\", \"runs\": %d, \"seconds\": %.2f, \"window\": %d, "
                "\"corpus\": \"%s\",\n"
                " \"rr_64_msgs_s\": {\"on\": %.0f, \"off\": %.0f, \"ratio\": %.3f},\n"
+               " \"cpu_64_us_per_req\": {\"on\": %.2f, \"off\": %.2f, \"ratio\": %.3f},\n"
                " \"lone_p50_us\": {\"on\": %.1f, \"off\": %.1f, \"ratio\": %.3f},\n"
                " \"lone_p99_us\": {\"on\": %.1f, \"off\": %.1f, \"ratio\": %.3f},\n"
                " \"rr_4k_msgs_s\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
@@ -314,7 +359,8 @@ static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
                " \"rr_64k_msgs_s\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
                " \"wire_64k_bytes_per_req\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f}}\n",
                o->runs, o->seconds, o->window, cn, r->small[SYS_ON], r->small[SYS_OFF],
-               r->r_small, r->p50[SYS_ON] / 1e3,
+               r->r_small, r->small_cpu[SYS_ON], r->small_cpu[SYS_OFF], r->r_small_cpu,
+               r->p50[SYS_ON] / 1e3,
                r->p50[SYS_OFF] / 1e3, s_ratio((double)r->p50[SYS_ON], (double)r->p50[SYS_OFF]),
                r->p99[SYS_ON] / 1e3, r->p99[SYS_OFF] / 1e3,
                s_ratio((double)r->p99[SYS_ON], (double)r->p99[SYS_OFF]), r->mid[SYS_ON],
@@ -332,6 +378,8 @@ static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
     printf("%-30s %12s %12s %8s %10s\n", "workload", "on", "baseline", "ratio", "target");
     printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "rr 64B msgs/s (vs off)", r->small[SYS_ON],
            r->small[SYS_OFF], r->r_small, ">=3x");
+    printf("%-30s %12.2f %12.2f %7.2fx %10s\n", "64B CPU us/request (vs off)",
+           r->small_cpu[SYS_ON], r->small_cpu[SYS_OFF], r->r_small_cpu, "");
     printf("%-30s %12.1f %12.1f %7.2fx %10s\n", "lone p50 us (vs off)", r->p50[SYS_ON] / 1e3,
            r->p50[SYS_OFF] / 1e3, s_ratio((double)r->p50[SYS_ON], (double)r->p50[SYS_OFF]),
            "0.9-1.1x");
