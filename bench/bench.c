@@ -11,6 +11,7 @@
 #include "agentbus.h"
 #include "bare_hop.h"
 #include "pubsub.h"
+#include "batch_report.h"
 #include "hist.h"
 #include "util.h"
 
@@ -34,14 +35,28 @@ typedef struct {
     int runs, window, latency_count, json;
     size_t small, large;
     const char *only, *broker_bin, *worker_bin, *endpoint;
+    int nobatch; /* --batching off: batching and lz4 off in the agentbus system */
+    int corpus;  /* payload bytes (batch_report.h) */
+    const char *report;
 } s_opts_t;
+
+static int s_corpus = AB_CORPUS_TEXT;
+
+/* A payload of SIZE bytes of the chosen corpus (malloc'd). */
+static char *s_payload(size_t size)
+{
+    char *buf = malloc(size ? size : 1);
+    if (buf)
+        ab_corpus_fill(s_corpus, buf, size, size);
+    return buf;
+}
 
 typedef struct {
     double rr_small, rr_large; /* msgs/s, medians */
     uint64_t p50_ns, p99_ns;
 } s_result_t;
 
-static pid_t s_children[8];
+static pid_t s_children[16];
 static int s_nchildren;
 
 static void s_stop_children(void)
@@ -83,7 +98,7 @@ static int s_free_port(void)
     return ntohs(a.sin_port);
 }
 
-static pid_t s_spawn(const char *const *argv)
+static pid_t s_spawn_env(const char *const *argv, const char *const *env)
 {
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -91,10 +106,14 @@ static pid_t s_spawn(const char *const *argv)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(1);
+        for (int i = 0; env && env[i]; i++)
+            putenv((char *)env[i]);
         execv(argv[0], (char *const *)argv);
         fprintf(stderr, "agentbus-bench: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
+    if (pid > 0 && s_nchildren < 16)
+        s_children[s_nchildren++] = pid;
     return pid;
 }
 
@@ -113,7 +132,7 @@ static double s_median(double *v, int n)
 /* --- bare hop client ------------------------------------------------------------ */
 static double s_bare_rr(void *s, size_t size, double seconds, int window)
 {
-    char *buf = calloc(1, size), rbuf[8];
+    char *buf = s_payload(size), rbuf[8];
     uint64_t sent = 0, done = 0;
     uint64_t t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
     zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
@@ -136,7 +155,7 @@ static double s_bare_rr(void *s, size_t size, double seconds, int window)
 
 static int s_bare_lat(void *s, size_t size, int count, ab_hist_t *h)
 {
-    char *buf = calloc(1, size), rbuf[8];
+    char *buf = s_payload(size), rbuf[8];
     zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
     int rc = 0;
     for (int i = 0; i < count && rc == 0; i++) {
@@ -171,7 +190,7 @@ static void s_count_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 
 static double s_ab_rr(ab_client_t *c, size_t size, double seconds, int window)
 {
-    char *buf = calloc(1, size);
+    char *buf = s_payload(size);
     s_count_t n = {0, 0, 0};
     uint64_t sent = 0;
     uint64_t t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
@@ -196,7 +215,7 @@ static double s_ab_rr(ab_client_t *c, size_t size, double seconds, int window)
 
 static int s_ab_lat(ab_client_t *c, size_t size, int count, ab_hist_t *h)
 {
-    char *buf = calloc(1, size);
+    char *buf = s_payload(size);
     int rc = AB_OK;
     for (int i = 0; i < count && rc == AB_OK; i++) {
         uint64_t t = ab_now_ns();
@@ -237,14 +256,20 @@ static ab_client_t *s_ab_setup(const s_opts_t *o)
     } else {
         int port = s_free_port();
         snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+        const char *env[] = {o->nobatch ? "AB_BATCH=0" : "AB_BATCH=1",
+                             o->nobatch ? "AB_COMPRESS_THRESHOLD_BYTES=0" : NULL, NULL};
         const char *b[] = {o->broker_bin, "--bind", ep, "--log-level", "warn", NULL};
-        s_children[s_nchildren++] = s_spawn(b);
+        s_spawn_env(b, env);
         const char *w[] = {o->worker_bin, "--broker", ep, "--backend", "echo", "--service", "echo",
                            "--capacity", "100000", NULL};
-        s_children[s_nchildren++] = s_spawn(w);
+        s_spawn_env(w, env);
     }
     ab_options_t *opts = ab_options_new();
     ab_options_set_endpoint(opts, ep);
+    if (o->nobatch) {
+        ab_options_set_batching(opts, 0);
+        ab_options_set_compression(opts, 0, 10);
+    }
     ab_client_t *c = NULL;
     int rc = ab_client_new(&c, opts);
     ab_options_destroy(&opts);
@@ -364,6 +389,13 @@ static void s_usage(void)
            "  --broker-bin PATH    agentbus-broker to start (default: next to this program)\n"
            "  --worker-bin PATH    agentbus-worker to start (default: next to this program)\n"
            "  --broker EP          use a running broker (with an 'echo' service) instead\n"
+           "  --batching on|off    batching and lz4 in the agentbus system (default on)\n"
+           "  --corpus NAME        payload bytes: text (prose-like, default), json (chat\n"
+           "                       messages), random (incompressible) or zeros\n"
+           "  --report batching    instead of the table above: batching and lz4 on vs off,\n"
+           "                       side by side (64 B msgs/s, lone round trip, 4 KiB and\n"
+           "                       64 KiB msgs/s and bytes on the wire)\n"
+
            "  --json               one JSON object instead of the table\n"
            "  --pubsub             instead: pub/sub fan-out (1, 10, 100 subscribers) against\n"
            "                       bare ZeroMQ PUB/SUB and an XSUB/XPUB proxy, and agent\n"
@@ -379,7 +411,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     const char *dir = dirname(self);
     snprintf(broker, sizeof broker, "%s/agentbus-broker", dir);
     snprintf(worker, sizeof worker, "%s/agentbus-worker", dir);
-    *o = (s_opts_t){2.0, 5, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL};
+    *o = (s_opts_t){2.0, 5, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL, 0,
+                    AB_CORPUS_TEXT, NULL};
     const char *f = "";
     for (int i = 1; i < argc; i++) {
         f = argv[i];
@@ -415,6 +448,12 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->worker_bin = v;
         else if (!strcmp(f, "--broker"))
             o->endpoint = v;
+        else if (!strcmp(f, "--batching") && (!strcmp(v, "on") || !strcmp(v, "off")))
+            o->nobatch = !strcmp(v, "off");
+        else if (!strcmp(f, "--corpus") && ab_corpus_parse(v) >= 0)
+            o->corpus = ab_corpus_parse(v);
+        else if (!strcmp(f, "--report") && !strcmp(v, "batching"))
+            o->report = v;
         else
             goto bad;
     }
@@ -438,6 +477,15 @@ int main(int argc, char **argv)
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
     signal(SIGPIPE, SIG_IGN);
+    s_corpus = o.corpus;
+    if (o.report) {
+        ab_batch_report_opts_t ro = {o.seconds,    o.runs,      o.window,     o.latency_count,
+                                     o.json,       o.corpus,    o.broker_bin, o.worker_bin,
+                                     s_spawn_env, s_free_port};
+        int r = ab_batch_report(&ro);
+        s_stop_children();
+        return r == 0 ? 0 : 1;
+    }
     void *ctx = zmq_ctx_new();
     s_sys_t sys = {NULL, NULL};
     s_result_t bare = {0}, ab = {0};

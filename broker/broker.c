@@ -38,6 +38,7 @@ static int s_rid_cmp(const void *a, const void *b)
 
 static void s_peer_free(void **item)
 {
+    ab_batching_peer_free(NULL, *item);
     free(*item);
     *item = NULL;
 }
@@ -129,6 +130,7 @@ void ab_broker_fini(ab_broker_t *b)
     free(b->heap);
     ab_directory_fini(b);
     ab_health_fini(b);
+    free(b->dirty);
     if (b->router)
         zmq_close(b->router);
     if (b->zctx)
@@ -174,6 +176,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     else if (peer->requests)
         ab_cancel_client_gone(b, &peer->rid); /* frees their workers' slots */
     ab_msgs_peer_gone(b, peer);
+    ab_batching_peer_free(b, peer);
     zhashx_delete(b->peers, &peer->rid);
 }
 
@@ -242,12 +245,14 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
             snprintf(claim, sizeof claim, "%s", m->name);
         takeover = m->takeover;
         instance = m->instance;
+        p->features = m->features;
         agentbus__hello__free_unpacked(m, NULL);
     }
     /* Tell the peer the heartbeat interval the broker wants. */
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.correlation_id = in->h.id;
     h.credit = (uint32_t)b->cfg->heartbeat_ms;
+    h.features = ab_batching_features(b);
     ab_send(b, &in->rid, &h, NULL);
     if (claim[0]) /* after the answer: a mailbox may follow it */
         ab_mailbox_on_hello(b, p, claim, takeover, instance, in->h.id, in->now);
@@ -292,6 +297,7 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         snprintf(p->name, sizeof p->name, "%s", m->name);
         if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
             p->heartbeat_ms = m->heartbeat_ms;
+        p->features = m->features;
         zhashx_purge(p->worker->labels);
         for (size_t i = 0; i < m->n_labels; i++)
             zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
@@ -307,6 +313,7 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
     h.correlation_id = in->h.id;
     h.target = in->h.target;
     h.credit = p->worker->health.interval_ms; /* adaptive: health.c */
+    h.features = ab_batching_features(b);
     ab_send(b, &in->rid, &h, NULL);
     ab_service_dispatch(b, s);
 }
@@ -367,6 +374,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     r->client = in->rid;
     r->service = s;
     r->flags = in->h.flags;
+    r->original_size = in->h.original_size;
     r->priority = in->h.priority;
     r->start_us = ab_now_us();
     if (ab_route_init(r, &in->h) != 0) {
@@ -513,13 +521,15 @@ static void s_on_control(ab_broker_t *b, s_in_t *in)
                       "unknown control query (try stats, services, workers, agents)");
         return;
     }
+    ab_header_t h = ab_header_init(AB_KIND_REPLY);
+    h.correlation_id = in->h.id;
+    ab_peer_t *p = ab_peer_lookup(b, &in->rid);
+    ab_batching_compress(b, p ? p->features : 0, &h, &buf, &len);
     zmq_msg_t m;
     zmq_msg_init_size(&m, len);
     if (len)
         memcpy(zmq_msg_data(&m), buf, len);
     free(buf);
-    ab_header_t h = ab_header_init(AB_KIND_REPLY);
-    h.correlation_id = in->h.id;
     ab_send(b, &in->rid, &h, &m);
     zmq_msg_close(&m);
 }
@@ -551,6 +561,10 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
             if (p->role == AB_ROLE_CONTROL)
                 p->role = AB_ROLE_AGENT;
         }
+        /* The worker may compress its reply only if this client reads lz4. */
+        in->h.flags &= ~(uint32_t)AB_FLAG_ACCEPT_LZ4;
+        if (p && (p->features & AB_FEATURE_LZ4))
+            in->h.flags |= AB_FLAG_ACCEPT_LZ4;
         s_on_request(b, in, p);
         break;
     case AB_KIND_PARTIAL:
@@ -653,8 +667,12 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     }
     if (rc != AB_OK)
         s_reject(b, &in, rc, n - 1);
-    else
+    else if (in.h.kind == AB_KIND_BATCH)
+        ab_batching_recv(b, &in.rid, in.fd, now, &pl);
+    else {
+        ab_batching_note(b, &in.h, pl.size);
         s_route(b, &in, &pl);
+    }
     if (in.has_body)
         zmq_msg_close(&in.body);
     for (size_t i = 0; i < kept; i++)
@@ -743,9 +761,12 @@ int ab_broker_run(ab_broker_t *b)
             return -1;
         }
         now = ab_now_ms();
-        for (int i = 0; i < AB_RECV_BURST && !b->stop; i++)
+        for (int i = 0; i < AB_RECV_BURST && !b->stop; i++) {
             if (s_recv_one(b, now) != 0)
                 break;
+            if ((i & 31) == 31)
+                ab_batching_check_age(b);
+        }
         /* Socket events after the messages: what a peer sent before its
          * connection closed (last replies, BYE) is handled first. */
         if (items[1].revents & ZMQ_POLLIN)
@@ -754,7 +775,33 @@ int ab_broker_run(ab_broker_t *b)
         ab_health_kick(b);
         if (b->term)
             s_drain(b, ab_now_ms());
+        ab_batching_flush_all(b); /* end of the turn: what was gathered goes out */
     }
     AB_INFO("stopping: %zu requests pending", ab_idmap_size(&b->pending));
     return 0;
+}
+
+void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
+                     const ab_frame_t *f, size_t nframes)
+{
+    s_in_t in;
+    in.now = now;
+    in.rid = *rid;
+    in.fd = fd; /* the BATCH's connection: the socket monitor maps closes by it */
+    ab_frame_t pl;
+    int rc = ab_msg_decode(f, nframes, &b->limits, &in.h, &pl);
+    in.has_body = rc == AB_OK && nframes == 2;
+    if (in.has_body) { /* a request keeps its payload as a message of its own */
+        zmq_msg_init_size(&in.body, pl.size);
+        if (pl.size)
+            memcpy(zmq_msg_data(&in.body), pl.data, pl.size);
+    }
+    if (rc != AB_OK) {
+        s_reject(b, &in, rc, nframes);
+    } else {
+        ab_batching_note(b, &in.h, pl.size);
+        s_route(b, &in, &pl);
+    }
+    if (in.has_body)
+        zmq_msg_close(&in.body);
 }

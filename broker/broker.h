@@ -58,6 +58,8 @@ typedef struct {
     int64_t fd_closed_ms; /* the monitor saw its fd close; being verified */
     struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
+    uint32_t features;       /* AB_FEATURE_* from its HELLO or REGISTER */
+    struct ab_outq *out;     /* batching state (batching.c), NULL until used */
 } ab_peer_t;
 
 typedef enum { AB_REQ_QUEUED, AB_REQ_DISPATCHED, AB_REQ_ORPHANED } ab_req_state_t;
@@ -83,6 +85,7 @@ typedef struct ab_req {
     uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
     struct ab_req *prev, *next; /* in the service queue or the worker's list */
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
+    uint64_t original_size;     /* of an lz4 payload, forwarded with it */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -122,6 +125,9 @@ typedef struct {
     uint64_t prev_msgs_in, prev_msgs_out, prev_bytes_in, prev_bytes_out;
     int64_t prev_ms;
     double rate_msgs_in, rate_msgs_out, rate_bytes_in, rate_bytes_out;
+    /* batching.c */
+    uint64_t batches_in, batched_msgs_in, batches_out, batched_msgs_out, batch_malformed;
+    uint64_t lz4_msgs, lz4_wire_bytes, lz4_original_bytes, lz4_skipped;
 } ab_counters_t;
 
 typedef struct {
@@ -149,6 +155,9 @@ typedef struct {
     ab_health_state_t hs;   /* health.c's own state: graveyard, duplicate ring */
     ab_watchers_t watchers; /* directory.c: DISCOVER subscribers */
     struct ab_msgs *msgs;   /* direct messages and pub/sub (msgs.h) */
+    ab_peer_t **dirty;      /* batching.c: peers sent to in this turn */
+    size_t ndirty, dirty_cap;
+    uint64_t oldest_gathered_us; /* 0: nothing gathered */
 } ab_broker_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value). */
@@ -173,6 +182,9 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why);
 /* router.c: every send goes through here (counts bytes, handles errors). */
 /* Sends HEADER (+ PAYLOAD moved, may be NULL) to RID. 0 or -1 (counted). */
 int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload);
+/* Sends an encoded header BUF (+ PAYLOAD moved) to RID now, unbatched. */
+int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t len,
+                zmq_msg_t *payload);
 /* Sends ERROR(code, text) answering CORR to RID. */
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
                   const char *text);
@@ -251,6 +263,40 @@ void ab_directory_fini(ab_broker_t *b);
  * broker's state changes). 0 or -1 (out of memory). */
 int ab_winfo_fill(ab_broker_t *b, ab_worker_rec_t *w, ab_winfo_t *x, int64_t now);
 void ab_winfo_free(ab_winfo_t *x);
+
+/* batching.c: the send side gathers messages for one peer during a loop
+ * turn and sends them as one BATCH at the end of it (ab_batching_flush_all),
+ * or sooner at the count, bytes or age limit. The first message to a peer
+ * in a turn goes at once, unbatched: an idle bus pays no delay. */
+/* Sends the encoded header HDR (+ PAYLOAD, moved, may be NULL) to peer P,
+ * directly or gathered. 0 or -1 (counted). */
+int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hlen,
+                     zmq_msg_t *payload);
+/* Sends everything gathered; ends the turn for every peer. */
+void ab_batching_flush_all(ab_broker_t *b);
+/* Flushes everything when the oldest gathered message is past the age limit. */
+void ab_batching_check_age(ab_broker_t *b);
+/* Forgets P's batching state (P is being dropped; nothing is sent). */
+void ab_batching_peer_free(ab_broker_t *b, ab_peer_t *p);
+/* A received BATCH from RID: checked whole, then each entry routed as if it
+ * had arrived alone (ab_route_frames). A malformed one is counted, answered
+ * MALFORMED and dropped whole. */
+void ab_batching_recv(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
+                      const ab_frame_t *body);
+/* Counts compression figures of a routed message (never decompresses). */
+void ab_batching_note(ab_broker_t *b, const ab_header_t *h, size_t payload_size);
+/* lz4-compresses a payload the broker itself created (*BUF, malloc'd, *LEN
+ * bytes), for a peer with FEATURES, when the configured threshold and
+ * minimum saving allow: *BUF is replaced and H flagged. */
+void ab_batching_compress(ab_broker_t *b, uint32_t features, ab_header_t *h, uint8_t **buf,
+                          size_t *len);
+/* Feature bits the broker announces in its HELLO/REGISTER answers. */
+uint32_t ab_batching_features(const ab_broker_t *b);
+
+/* broker.c: routes one message given as frames (header, optional payload;
+ * the payload is copied), as the receive path does for a message. */
+void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
+                     const ab_frame_t *f, size_t nframes);
 
 /* stats.c */
 void ab_stats_tick(ab_broker_t *b, int64_t now);

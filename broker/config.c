@@ -78,6 +78,20 @@ static const s_option_t s_options[] = {
     {"sub-queue-max", OPT_LONG, OFF(sub_queue_max), 1, 10000000, "10000",
      "publications the broker queues for a subscriber whose pipe is full; beyond it "
      "the oldest is dropped and the subscriber told of the gap"},
+    {"batch", OPT_LONG, OFF(batch), 0, 1, "1",
+     "1: gather messages bound for one peer in one turn into BATCHes (peers that "
+     "announce it only); 0: one ZeroMQ message per message"},
+    {"batch-max-count", OPT_LONG, OFF(batch_max_count), 2, 4096, "64",
+     "messages per BATCH before it is sent"},
+    {"batch-max-bytes", OPT_SIZE, OFF(batch_max_bytes), 256, 16 << 20, "64K",
+     "bytes per BATCH before it is sent; a larger message goes alone"},
+    {"batch-max-age-us", OPT_LONG, OFF(batch_max_age_us), 0, 1000000, "200",
+     "a gathered message waits at most this long (also flushed every loop turn)"},
+    {"compress-threshold-bytes", OPT_SIZE, OFF(compress_threshold_bytes), 0, 1L << 30, "1K",
+     "payloads the broker itself sends (control answers) are lz4-compressed from "
+     "this size, for peers that read lz4; 0 disables. Routed payloads are never touched"},
+    {"compress-min-saving-pct", OPT_LONG, OFF(compress_min_saving_pct), 0, 99, "10",
+     "compress only when it saves at least this percentage"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

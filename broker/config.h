@@ -46,6 +46,13 @@ typedef struct {
     size_t mailbox_total_bytes; /* all mailboxes together (with overheads) */
     size_t message_max_bytes;   /* largest SEND/PUBLISH payload */
     long sub_queue_max;         /* publications queued per slow subscriber */
+    /* Batching and compression (issue 4; see broker/batching.c). */
+    long batch;                  /* 1: send BATCHes to peers that read them */
+    long batch_max_count;        /* messages per BATCH */
+    size_t batch_max_bytes;      /* bytes per BATCH body */
+    long batch_max_age_us;       /* oldest gathered message flushed after this */
+    size_t compress_threshold_bytes; /* payloads the broker creates: lz4 from here; 0 off */
+    long compress_min_saving_pct;    /* compress only if it saves this much */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

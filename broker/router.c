@@ -32,14 +32,9 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
                                                                   : zmq_strerror(err));
 }
 
-int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
+int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t len,
+                zmq_msg_t *payload)
 {
-    uint8_t stack[512];
-    size_t len;
-    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
-    if (!buf)
-        return -1;
-    int rc = -1;
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto fail;
     /* Once the identity frame is accepted the rest of the message is too. */
@@ -50,11 +45,22 @@ int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t
         goto fail;
     b->c.msgs_out++;
     b->c.bytes_out += rid->len + len + plen;
-    rc = 0;
-    goto done;
+    return 0;
 fail:
     s_send_failed(b, rid);
-done:
+    return -1;
+}
+
+int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
+{
+    uint8_t stack[512];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
+    if (!buf)
+        return -1;
+    ab_peer_t *p = b->cfg->batch ? ab_peer_lookup(b, rid) : NULL;
+    int rc = p && (p->features & AB_FEATURE_BATCH) ? ab_batching_send(b, p, buf, len, payload)
+                                                     : ab_send_raw(b, rid, buf, len, payload);
     if (buf != stack)
         free(buf);
     return rc;

@@ -215,6 +215,7 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     h.priority = r->priority;
     if (r->route)
         h.model = ab_view_of(r->route->model);
+    h.original_size = r->original_size;
     int64_t left = r->deadline_ms - now;
     h.timeout_ms = left > 0 ? (uint32_t)left : 1;
     zmq_msg_t copy;
@@ -257,6 +258,12 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
         }
         ab_queue_remove(s, r);
         r->state = AB_REQ_DISPATCHED;
+        if ((r->flags & AB_FLAG_LZ4) && !(w->peer->features & AB_FEATURE_LZ4)) {
+            /* The broker never decompresses; an older worker cannot. */
+            ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
+                                                  "payloads: send this one uncompressed");
+            continue;
+        }
         s_worker_req_add(w, r);
         ab_health_on_dispatch(b, w, r);
         w->last_dispatch = ++b->dispatch_seq;

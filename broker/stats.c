@@ -144,6 +144,27 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     st.client_limit_busy = c->client_limit_busy;
     st.draining = b->draining;
     st.probes = c->probes;
+    st.batches_in = c->batches_in;
+    st.batched_msgs_in = c->batched_msgs_in;
+    st.batches_out = c->batches_out;
+    st.batched_msgs_out = c->batched_msgs_out;
+    /* Messages per ZeroMQ message: a BATCH counts once in msgs_in/out. */
+    if (c->msgs_in)
+        st.batch_factor_in = (double)(c->msgs_in - c->batches_in + c->batched_msgs_in) /
+                             (double)c->msgs_in;
+    if (c->msgs_out)
+        st.batch_factor_out = (double)(c->msgs_out - c->batches_out + c->batched_msgs_out) /
+                              (double)c->msgs_out;
+    st.lz4_msgs = c->lz4_msgs;
+    st.lz4_wire_bytes = c->lz4_wire_bytes;
+    st.lz4_original_bytes = c->lz4_original_bytes;
+    if (c->lz4_wire_bytes)
+        st.compression_ratio = (double)c->lz4_original_bytes / (double)c->lz4_wire_bytes;
+    st.bytes_saved = c->lz4_original_bytes > c->lz4_wire_bytes
+                         ? c->lz4_original_bytes - c->lz4_wire_bytes
+                         : 0;
+    st.lz4_skipped = c->lz4_skipped;
+    st.batch_malformed = c->batch_malformed;
 
     /* Errors by code: those the broker answered or forwarded, then the
      * reasons malformed messages were rejected for. */

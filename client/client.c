@@ -102,8 +102,10 @@ void ab_client_destroy(ab_client_t **cp)
         ab_idmap_fini(&c->calls);
     }
     ab_cmsg_fini(c);
-    if (c->conn.sock && c->conn.connected)
+    if (c->conn.sock && c->conn.connected) {
+        ab_conn_flush(&c->conn);
         ab_conn_send_kind(&c->conn, AB_KIND_BYE);
+    }
     ab_conn_close(&c->conn);
     free(c);
     *cp = NULL;
@@ -155,7 +157,9 @@ static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, con
         h.timeout_ms = tmpl->timeout_ms;
     }
     int with_data = kind == AB_KIND_REQUEST || kind == AB_KIND_SEND;
-    int rc = ab_conn_send(&c->conn, &h, with_data ? (data ? data : "") : NULL, size);
+    /* Only requests are compressed: their final receiver (a worker) reads lz4. */
+    int rc = ab_conn_send_z(&c->conn, &h, with_data ? (data ? data : "") : NULL, size,
+                            kind == AB_KIND_REQUEST);
     if (rc != AB_OK) {
         free(call);
         return rc;
@@ -272,8 +276,7 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
     if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {
         /* An agent's answer to our ab_client_ask. */
-        s_call_end(c, call, AB_OK, in->has_body ? zmq_msg_data(&in->body) : NULL,
-                   in->has_body ? zmq_msg_size(&in->body) : 0, NULL);
+        s_call_end(c, call, AB_OK, in->data, in->size, NULL);
         return;
     }
     if (h->kind == AB_KIND_SEND || h->kind == AB_KIND_PUBLISH) {
@@ -290,16 +293,15 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     }
     if (h->kind == AB_KIND_DISCOVER) {
         if (c->watch_fn && h->correlation_id == c->watch_id && in->has_body)
-            ab_dir_event_deliver(c, c->watch_fn, c->watch_arg, zmq_msg_data(&in->body),
-                                 zmq_msg_size(&in->body));
+            ab_dir_event_deliver(c, c->watch_fn, c->watch_arg, in->data, in->size);
         return;
     }
     if (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_ERROR)
         return;
     if (!call)
         return; /* answer to a call that already ended (timeout, disconnect) */
-    const void *data = in->has_body ? zmq_msg_data(&in->body) : NULL;
-    size_t size = in->has_body ? zmq_msg_size(&in->body) : 0;
+    const void *data = in->data;
+    size_t size = in->size;
     if (h->kind == AB_KIND_PARTIAL) {
         ab_reply_event_t ev = {call->id, AB_OK, 0, data, size, ""};
         if (call->fn)
@@ -319,6 +321,7 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
 static int s_process(ab_client_t *c)
 {
     int handled = 0;
+    ab_conn_flush(&c->conn); /* a poll ends the batching turn */
     int ev = ab_conn_events(&c->conn);
     if (ev & AB_CONN_CONNECTED) {
         if (!c->early_hello)
@@ -355,6 +358,8 @@ static int s_process(ab_client_t *c)
 
 int ab_client_next_timeout_ms(ab_client_t *c)
 {
+    if (c->conn.out.count)
+        return 0; /* gathered messages wait for a poll */
     int64_t now = ab_now_ms();
     int64_t wake = c->conn.next_heartbeat_ms;
     if (c->next_expiry_ms && c->next_expiry_ms < wake)
@@ -544,4 +549,9 @@ void ab_client_stop(ab_client_t *c)
 {
     if (c)
         c->conn.stop = 1;
+}
+
+int ab_client_flush(ab_client_t *c)
+{
+    return c ? ab_conn_flush(&c->conn) : AB_EINVAL;
 }

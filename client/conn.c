@@ -12,6 +12,7 @@
  */
 #include "internal.h"
 #include "agentbus.pb-c.h"
+#include "compress.h"
 #include "util.h"
 
 #include <errno.h>
@@ -107,6 +108,8 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     c->limits.max_payload = c->opts.max_payload;
     c->next_id = 1;
     c->instance = s_instance_id(c);
+    ab_batch_init(&c->out);
+    zmq_msg_init(&c->in_batch);
     unsigned long seq = 0;
     c->ctx = s_ctx_acquire(&seq);
     if (!c->ctx)
@@ -152,6 +155,10 @@ void ab_conn_close(ab_conn_t *c)
     if (c->ctx)
         s_ctx_release();
     c->sock = c->mon = c->ctx = NULL;
+    ab_batch_fini(&c->out);
+    zmq_msg_close(&c->in_batch);
+    zmq_msg_init(&c->in_batch);
+    c->in_rd.left = 0;
 }
 
 uint64_t ab_conn_next_id(ab_conn_t *c)
@@ -159,24 +166,114 @@ uint64_t ab_conn_next_id(ab_conn_t *c)
     return c->next_id++;
 }
 
-int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size)
+/* Sends one encoded header and optional payload now. */
+static int s_send_now(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
+                      size_t size, int has_data)
 {
-    uint8_t stack[512];
-    size_t len;
-    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
-    if (!buf)
-        return ab_conn_fail(c, AB_ENOMEM, "out of memory encoding a header");
-    int more = data != NULL;
-    int rc = zmq_send(c->sock, buf, len, more ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
-    if (rc >= 0 && more)
-        rc = zmq_send(c->sock, data, size, 0);
-    if (buf != stack)
-        free(buf);
+    int rc = zmq_send(c->sock, hdr, hlen, has_data ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
+    if (rc >= 0 && has_data)
+        rc = zmq_send(c->sock, data ? data : "", size, 0);
     if (rc < 0)
         return ab_conn_fail(c, errno == EAGAIN ? AB_EBUSY : AB_EZMQ, "send failed: %s",
                             errno == EAGAIN ? "outgoing queue to the broker is full"
                                             : zmq_strerror(errno));
     return AB_OK;
+}
+
+/* Sends what was gathered: a BATCH, or the one message alone. */
+static int s_send_gathered(ab_conn_t *c)
+{
+    if (c->out.count == 0)
+        return AB_OK;
+    size_t len;
+    const uint8_t *body = ab_batch_body(&c->out, &len);
+    int rc;
+    if (c->out.count == 1) {
+        ab_batch_reader_t r;
+        ab_frame_t f[2];
+        size_t nf = 0;
+        rc = ab_batch_open(&r, body, len, &c->limits, NULL) == AB_OK &&
+                     ab_batch_next(&r, f, &nf) == 1
+                 ? s_send_now(c, f[0].data, f[0].size, f[1].data, f[1].size, nf == 2)
+                 : ab_conn_fail(c, AB_EINTERNAL, "gathered message does not decode");
+    } else {
+        ab_header_t h = ab_header_init(AB_KIND_BATCH);
+        uint8_t hb[64];
+        size_t hl = ab_header_encode(&h, hb, sizeof hb);
+        rc = s_send_now(c, hb, hl, body, len, 1);
+    }
+    ab_batch_clear(&c->out);
+    return rc;
+}
+
+int ab_conn_flush(ab_conn_t *c)
+{
+    c->turn_used = 0;
+    return s_send_gathered(c);
+}
+
+/* The adaptive rule: the first message of a turn goes at once (nothing is
+ * waiting behind it); later ones are gathered until the turn ends or a
+ * limit is reached. Everything passes through here, in order. */
+static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
+                          size_t size, int has_data)
+{
+    if (!c->opts.batch || !(c->broker_features & AB_FEATURE_BATCH))
+        return s_send_now(c, hdr, hlen, data, size, has_data);
+    size_t esz = ab_batch_entry_size(hlen, has_data ? size : 0);
+    if (!c->turn_used || esz + 8 > c->opts.batch_max_bytes) {
+        c->turn_used = 1;
+        int rc = s_send_gathered(c);
+        return rc != AB_OK ? rc : s_send_now(c, hdr, hlen, data, size, has_data);
+    }
+    if (c->out.count && c->out.len + esz > c->opts.batch_max_bytes) {
+        int rc = s_send_gathered(c);
+        if (rc != AB_OK)
+            return rc;
+    }
+    if (ab_batch_add(&c->out, hdr, hlen, data, size, has_data) != AB_OK)
+        return ab_conn_fail(c, AB_ENOMEM, "out of memory gathering a batch");
+    uint64_t now = ab_now_us();
+    if (c->out.count == 1)
+        c->out_first_us = now;
+    if (c->out.count >= c->opts.batch_max_count ||
+        now - c->out_first_us >= c->opts.batch_max_age_us)
+        return s_send_gathered(c);
+    return AB_OK;
+}
+
+int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size,
+                   int may_compress)
+{
+    ab_header_t hh = *h;
+    void *z = NULL;
+    size_t zl = 0;
+    if (may_compress && data && c->opts.compress_threshold && size >= c->opts.compress_threshold &&
+        (c->broker_features & AB_FEATURE_LZ4)) {
+        int zr = ab_lz4_compress(data, size, c->opts.compress_min_saving_pct, &z, &zl);
+        if (zr == 1) {
+            hh.flags |= AB_FLAG_LZ4;
+            hh.original_size = size;
+            data = z;
+            size = zl;
+        } else {
+            hh.flags |= AB_FLAG_LZ4_SKIPPED; /* also on ENOMEM: sent as is */
+        }
+    }
+    uint8_t stack[512];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(&hh, stack, sizeof stack, &len);
+    int rc = buf ? s_send_encoded(c, buf, len, data, size, data != NULL)
+                 : ab_conn_fail(c, AB_ENOMEM, "out of memory encoding a header");
+    if (buf && buf != stack)
+        free(buf);
+    free(z);
+    return rc;
+}
+
+int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size)
+{
+    return ab_conn_send_z(c, h, data, size, 0);
 }
 
 int ab_conn_hello(ab_conn_t *c)
@@ -188,6 +285,7 @@ int ab_conn_hello(ab_conn_t *c)
     m.heartbeat_ms = (uint32_t)c->opts.heartbeat_ms;
     m.takeover = c->opts.takeover;
     m.instance = c->instance;
+    m.features = (c->opts.batch ? AB_FEATURE_BATCH : 0) | AB_FEATURE_LZ4;
     uint8_t buf[512];
     size_t len = agentbus__hello__get_packed_size(&m);
     if (len > sizeof buf)
@@ -211,9 +309,117 @@ void ab_in_close(ab_in_t *in)
     zmq_msg_close(&in->body);
 }
 
+/* Hands out the next entry of the BATCH being read, as views into the
+ * batch (kept until the entry after the last is asked for, when every
+ * caller has closed its ab_in_t). 1, or 0 when none is left. */
+static int s_batch_entry(ab_conn_t *c, ab_in_t *in)
+{
+    ab_frame_t f[2];
+    size_t nf = 0;
+    if (c->in_rd.left == 0 || ab_batch_next(&c->in_rd, f, &nf) != 1) {
+        c->in_rd.left = 0;
+        zmq_msg_close(&c->in_batch);
+        zmq_msg_init(&c->in_batch);
+        return 0;
+    }
+    zmq_msg_init(&in->hdr);
+    zmq_msg_init(&in->body);
+    ab_frame_t pl;
+    ab_msg_decode(f, nf, &c->limits, &in->h, &pl); /* checked by ab_batch_open */
+    in->has_body = nf == 2;
+    in->body_owned = 0;
+    in->data = in->has_body ? pl.data : NULL;
+    in->size = in->has_body ? pl.size : 0;
+    return 1;
+}
+
+int ab_in_take_body(ab_in_t *in, zmq_msg_t *out)
+{
+    if (in->body_owned)
+        return zmq_msg_move(out, &in->body) == 0 ? AB_OK : AB_ENOMEM;
+    zmq_msg_close(out);
+    if (zmq_msg_init_size(out, in->size) != 0) {
+        zmq_msg_init(out);
+        return AB_ENOMEM;
+    }
+    if (in->size)
+        memcpy(zmq_msg_data(out), in->data, in->size);
+    return AB_OK;
+}
+
+/* Replaces a compressed payload by its original bytes. 1: IN is ready (an
+ * answer with a corrupt payload became an ERROR(MALFORMED) for its call);
+ * 0: IN was a corrupt request, answered MALFORMED to the broker and closed. */
+static int s_inflate(ab_conn_t *c, ab_in_t *in)
+{
+    ab_header_t *h = &in->h;
+    if (!(h->flags & AB_FLAG_LZ4) || !in->has_body ||
+        (h->kind != AB_KIND_REQUEST && h->kind != AB_KIND_PARTIAL && h->kind != AB_KIND_REPLY))
+        return 1;
+    size_t zl = in->size;
+    int rc = ab_lz4_check(zl, h->original_size, c->opts.max_payload);
+    zmq_msg_t out;
+    zmq_msg_init(&out);
+    if (rc == AB_OK) {
+        zmq_msg_close(&out);
+        if (zmq_msg_init_size(&out, (size_t)h->original_size) != 0) {
+            zmq_msg_init(&out);
+            rc = AB_ENOMEM;
+        } else {
+            rc = ab_lz4_decompress(in->data, zl, zmq_msg_data(&out), (size_t)h->original_size);
+        }
+    }
+    if (rc == AB_OK) {
+        zmq_msg_close(&in->body);
+        zmq_msg_init(&in->body);
+        zmq_msg_move(&in->body, &out);
+        zmq_msg_close(&out);
+        in->body_owned = 1;
+        in->data = zmq_msg_data(&in->body);
+        in->size = zmq_msg_size(&in->body);
+        h->flags &= ~(uint32_t)AB_FLAG_LZ4;
+        h->original_size = 0;
+        return 1;
+    }
+    zmq_msg_close(&out);
+    static const char text[] = "compressed payload is corrupt or its original size is wrong";
+    if (h->kind == AB_KIND_REQUEST) {
+        ab_header_t e = ab_header_init(AB_KIND_ERROR);
+        e.correlation_id = h->id;
+        e.error_code = rc == AB_ENOMEM ? AB_ERR_INTERNAL : AB_ERR_MALFORMED;
+        e.error_text = ab_view_of(rc == AB_ENOMEM ? "worker out of memory" : text);
+        ab_conn_send(c, &e, NULL, 0);
+        ab_in_close(in);
+        return 0;
+    }
+    h->kind = AB_KIND_ERROR;
+    h->error_code = rc == AB_ENOMEM ? AB_ERR_INTERNAL : AB_ERR_MALFORMED;
+    h->error_text = ab_view_of(rc == AB_ENOMEM ? "out of memory decompressing a reply" : text);
+    zmq_msg_close(&in->body);
+    zmq_msg_init(&in->body);
+    in->has_body = 0;
+    in->data = NULL;
+    in->size = 0;
+    return 1;
+}
+
+/* The broker's answer to HELLO/REGISTER says what it reads. It may come
+ * inside a BATCH (with the first requests dispatched after a REGISTER). */
+static void s_note_features(ab_conn_t *c, const ab_in_t *in)
+{
+    if ((in->h.kind == AB_KIND_HELLO || in->h.kind == AB_KIND_REGISTER) && in->h.correlation_id)
+        c->broker_features = in->h.features;
+}
+
 int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
 {
     for (;;) {
+        if (s_batch_entry(c, in)) {
+            s_note_features(c, in);
+            if (s_inflate(c, in))
+                return 1;
+            continue;
+        }
         zmq_msg_init(&in->hdr);
         zmq_msg_init(&in->body);
         in->has_body = 0;
@@ -238,11 +444,29 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
         ab_frame_t f[2] = {{zmq_msg_data(&in->hdr), zmq_msg_size(&in->hdr)},
                            {zmq_msg_data(&in->body), zmq_msg_size(&in->body)}};
         ab_frame_t pl;
-        if (ab_msg_decode(f, n, &c->limits, &in->h, &pl) == AB_OK) {
-            in->has_body = n == 2;
-            return 1;
+        if (ab_msg_decode(f, n, &c->limits, &in->h, &pl) != AB_OK) {
+            ab_in_close(in); /* a broker never sends these: skip it */
+            continue;
         }
-        ab_in_close(in); /* a broker never sends these: skip it */
+        in->has_body = n == 2;
+        in->body_owned = 1;
+        in->data = in->has_body ? zmq_msg_data(&in->body) : NULL;
+        in->size = in->has_body ? zmq_msg_size(&in->body) : 0;
+        if (in->h.kind == AB_KIND_BATCH) {
+            /* Moved first: a small body lives inside the zmq_msg_t itself,
+             * so the reader must point into its final home. */
+            zmq_msg_close(&c->in_batch);
+            zmq_msg_init(&c->in_batch);
+            zmq_msg_move(&c->in_batch, &in->body);
+            ab_in_close(in);
+            if (ab_batch_open(&c->in_rd, zmq_msg_data(&c->in_batch), zmq_msg_size(&c->in_batch),
+                              &c->limits, NULL) != AB_OK)
+                c->in_rd.left = 0; /* malformed: dropped whole */
+            continue;
+        }
+        s_note_features(c, in);
+        if (s_inflate(c, in))
+            return 1;
     }
 }
 
@@ -251,6 +475,7 @@ int ab_conn_wait(ab_conn_t *c, int timeout_ms)
     zmq_pollitem_t items[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
     if (c->stop)
         return AB_ESTOPPED;
+    ab_conn_flush(c); /* never sleep on gathered messages */
     int rc = zmq_poll(items, 2, timeout_ms);
     if (c->stop)
         return AB_ESTOPPED;
@@ -285,6 +510,10 @@ int ab_conn_events(ab_conn_t *c)
             seen |= AB_CONN_CONNECTED;
         } else if (event == ZMQ_EVENT_DISCONNECTED) {
             c->connected = 0;
+            /* What was gathered belonged to the old connection (its calls
+             * fail now); the next broker says again what it reads. */
+            ab_batch_clear(&c->out);
+            c->broker_features = 0;
             seen |= AB_CONN_DISCONNECTED;
         }
     }

@@ -6,6 +6,7 @@
 #define AB_CLIENT_INTERNAL_H
 
 #include "agentbus.h"
+#include "batch.h"
 #include "codec.h"
 #include "idmap.h"
 
@@ -23,6 +24,13 @@ struct ab_options {
     size_t max_payload;
     size_t max_header;
     int takeover; /* claim the name from a live holder (Hello.takeover) */
+    /* Batching and compression (issue 4); defaults from AB_* env vars. */
+    int batch;
+    unsigned batch_max_count;
+    size_t batch_max_bytes;
+    unsigned batch_max_age_us;
+    size_t compress_threshold;
+    unsigned compress_min_saving_pct;
 };
 
 void ab_options_defaults(ab_options_t *o);
@@ -40,18 +48,33 @@ typedef struct {
     int64_t next_heartbeat_ms;
     uint64_t next_id;
     const char *role; /* "agent" or "worker": sent in HELLO */
+    uint32_t broker_features; /* AB_FEATURE_* from the broker's HELLO/REGISTER answer */
+    ab_batch_t out;           /* messages gathered in this turn (see conn.c) */
+    int turn_used;            /* a message went out directly in this turn */
+    uint64_t out_first_us;    /* when the oldest gathered message was added */
+    zmq_msg_t in_batch;       /* a received BATCH being handed out entry by entry */
+    ab_batch_reader_t in_rd;
     volatile int stop;
     char error[AB_ERRTEXT_MAX];
     uint64_t instance; /* random per handle: Hello.instance */
 } ab_conn_t;
 
-/* One received message: header views point into hdr. */
+/* One received message. The header's views and DATA point into hdr/body,
+ * or, for an entry of a received BATCH, into that batch (no copy); either
+ * way they are valid until ab_in_close. */
 typedef struct {
     zmq_msg_t hdr;
-    zmq_msg_t body;
+    zmq_msg_t body; /* holds the payload when body_owned */
     int has_body;
     ab_header_t h;
+    const void *data; /* the payload (has_body), else NULL */
+    size_t size;
+    int body_owned;
 } ab_in_t;
+
+/* Moves (or copies, for a batch entry) IN's payload into OUT (initialised
+ * by the caller). AB_OK or AB_ENOMEM. */
+int ab_in_take_body(ab_in_t *in, zmq_msg_t *out);
 
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role);
 void ab_conn_close(ab_conn_t *c);
@@ -59,6 +82,13 @@ void ab_conn_close(ab_conn_t *c);
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Sends header H and DATA (copied; NULL/0 for none). */
 int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size);
+/* As ab_conn_send; MAY_COMPRESS: lz4 the payload when the options and the
+ * broker allow it (the final receiver reads lz4). The message may be
+ * gathered into a BATCH (see conn.c) and leave at the next ab_conn_flush. */
+int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size,
+                   int may_compress);
+/* Ends the turn: sends what was gathered. AB_OK or a send error. */
+int ab_conn_flush(ab_conn_t *c);
 /* Sends HELLO with this peer's name, role and heartbeat interval. */
 int ab_conn_hello(ab_conn_t *c);
 /* Sends a header-only message of KIND. */

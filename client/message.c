@@ -124,9 +124,9 @@ void ab_cmsg_on_message(ab_client_t *c, const ab_in_t *in)
     m.target = target;
     m.error_text = "";
     m.id = h->id;
-    if (in->has_body) {
-        m.data = zmq_msg_data((zmq_msg_t *)&in->body);
-        m.size = zmq_msg_size((zmq_msg_t *)&in->body);
+    if (in->has_body) { /* in->data: also right for an entry of a BATCH */
+        m.data = in->data;
+        m.size = in->size;
     }
     if (h->kind == AB_KIND_PUBLISH && (h->flags & AB_FLAG_GAP)) {
         m.type = AB_MSG_GAP;

@@ -1,9 +1,21 @@
 /* options.c - ab_options_t: see agentbus.h. */
 #include "internal.h"
+#include "util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* 1 and *OUT when NAME is set to a number (K/M/G allowed) in [MIN, MAX]. */
+static int s_env_long(const char *name, long min, long max, long *out)
+{
+    const char *v = getenv(name);
+    size_t z;
+    if (!v || !*v || ab_parse_size(v, &z) != 0 || z < (size_t)min || z > (size_t)max)
+        return 0;
+    *out = (long)z;
+    return 1;
+}
 
 void ab_options_defaults(ab_options_t *o)
 {
@@ -14,6 +26,28 @@ void ab_options_defaults(ab_options_t *o)
     o->timeout_ms = 30000;
     o->max_payload = AB_DEFAULT_MAX_PAYLOAD;
     o->max_header = AB_DEFAULT_MAX_HEADER;
+    o->batch = 1;
+    o->batch_max_count = AB_BATCH_DEFAULT_COUNT;
+    o->batch_max_bytes = AB_BATCH_DEFAULT_BYTES;
+    o->batch_max_age_us = AB_BATCH_DEFAULT_AGE_US;
+    o->compress_threshold = 1024;
+    o->compress_min_saving_pct = 10;
+    /* The same AB_* names as the broker's options: one environment can set
+     * a whole machine. A bad value is ignored (the library never fails on
+     * its environment); the setters below report errors. */
+    long v;
+    if (s_env_long("AB_BATCH", 0, 1, &v))
+        o->batch = (int)v;
+    if (s_env_long("AB_BATCH_MAX_COUNT", 2, AB_BATCH_MAX_COUNT, &v))
+        o->batch_max_count = (unsigned)v;
+    if (s_env_long("AB_BATCH_MAX_BYTES", 256, 16 << 20, &v))
+        o->batch_max_bytes = (size_t)v;
+    if (s_env_long("AB_BATCH_MAX_AGE_US", 0, 1000000, &v))
+        o->batch_max_age_us = (unsigned)v;
+    if (s_env_long("AB_COMPRESS_THRESHOLD_BYTES", 0, 1L << 30, &v))
+        o->compress_threshold = (size_t)v;
+    if (s_env_long("AB_COMPRESS_MIN_SAVING_PCT", 0, 99, &v))
+        o->compress_min_saving_pct = (unsigned)v;
 }
 
 ab_options_t *ab_options_new(void)
@@ -77,5 +111,34 @@ int ab_options_set_takeover(ab_options_t *o, int on)
     if (!o)
         return AB_EINVAL;
     o->takeover = on != 0;
+    return AB_OK;
+}
+
+int ab_options_set_batching(ab_options_t *o, int on)
+{
+    if (!o || (on != 0 && on != 1))
+        return AB_EINVAL;
+    o->batch = on;
+    return AB_OK;
+}
+
+int ab_options_set_batch_limits(ab_options_t *o, unsigned max_count, size_t max_bytes,
+                                unsigned max_age_us)
+{
+    if (!o || max_count < 2 || max_count > AB_BATCH_MAX_COUNT || max_bytes < 256 ||
+        max_bytes > (16u << 20) || max_age_us > 1000000)
+        return AB_EINVAL;
+    o->batch_max_count = max_count;
+    o->batch_max_bytes = max_bytes;
+    o->batch_max_age_us = max_age_us;
+    return AB_OK;
+}
+
+int ab_options_set_compression(ab_options_t *o, size_t threshold_bytes, unsigned min_saving_pct)
+{
+    if (!o || min_saving_pct > 99)
+        return AB_EINVAL;
+    o->compress_threshold = threshold_bytes;
+    o->compress_min_saving_pct = min_saving_pct;
     return AB_OK;
 }

@@ -45,6 +45,7 @@ struct ab_job {
     ab_job_t *out_prev, *out_next;
     int answered;
     char service[256];
+    int accept_lz4; /* the client reads lz4: large replies may be compressed */
 };
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
@@ -112,6 +113,7 @@ void ab_worker_destroy(ab_worker_t **wp)
     for (ab_job_t *j = w->out; j; j = j->out_next)
         j->worker = NULL; /* the application may still hold and free them */
     if (w->conn.sock && w->conn.connected) {
+        ab_conn_flush(&w->conn); /* replies gathered before the goodbye */
         ab_conn_send_kind(&w->conn, AB_KIND_BYE);
         /* Let the last replies and the BYE leave: dropped, they would make
          * the broker re-dispatch requests this worker finished. */
@@ -175,6 +177,7 @@ static int s_register(ab_worker_t *w)
     reg.capacity = w->capacity;
     reg.name = w->conn.opts.name;
     reg.heartbeat_ms = (uint32_t)w->conn.opts.heartbeat_ms;
+    reg.features = (w->conn.opts.batch ? AB_FEATURE_BATCH : 0) | AB_FEATURE_LZ4;
     reg.n_labels = w->nlabels;
     reg.labels = entp;
     size_t len = agentbus__register__get_packed_size(&reg);
@@ -255,10 +258,14 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
             return; /* the broker answers the client at the deadline */
         j->id = h->id;
         j->timeout_ms = h->timeout_ms;
+        j->accept_lz4 = (h->flags & AB_FLAG_ACCEPT_LZ4) != 0;
         ab_view_copy(h->target, j->service, sizeof j->service);
         zmq_msg_init(&j->payload);
-        if (in->has_body)
-            zmq_msg_move(&j->payload, &in->body);
+        if (in->has_body && ab_in_take_body(in, &j->payload) != AB_OK) {
+            zmq_msg_close(&j->payload);
+            free(j);
+            return; /* out of memory: the broker answers the client at the deadline */
+        }
         if (w->ready_tail)
             w->ready_tail->next = j;
         else
@@ -279,6 +286,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
 /* Reads everything waiting; returns messages handled or an error. */
 static int s_process(ab_worker_t *w)
 {
+    ab_conn_flush(&w->conn); /* processing input ends the batching turn */
     int ev = ab_conn_events(&w->conn);
     if (ev & AB_CONN_DISCONNECTED)
         w->registered = 0;
@@ -415,7 +423,8 @@ static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const vo
     h.correlation_id = job->id;
     h.error_code = code;
     h.error_text = ab_view_of(text);
-    return ab_conn_send(&w->conn, &h, kind == AB_KIND_ERROR ? NULL : (data ? data : ""), size);
+    return ab_conn_send_z(&w->conn, &h, kind == AB_KIND_ERROR ? NULL : (data ? data : ""), size,
+                          job->accept_lz4);
 }
 
 int ab_worker_reply_part(ab_worker_t *w, ab_job_t *job, const void *data, size_t size)
@@ -465,6 +474,7 @@ int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)
         fn(w, job, arg);
         n++;
     } while (n < 1024 && ((job = s_pop(w)) || (s_process(w) > 0 && (job = s_pop(w)))));
+    ab_conn_flush(&w->conn); /* the caller may not come back soon */
     return n;
 }
 
@@ -560,11 +570,16 @@ int ab_worker_has_input(ab_worker_t *w)
 {
     if (!w)
         return 0;
-    if (w->ready_head)
+    if (w->ready_head || w->conn.in_rd.left) /* jobs, or entries of a received BATCH */
         return 1;
     int ev = 0;
     size_t len = sizeof ev;
     if (zmq_getsockopt(w->conn.sock, ZMQ_EVENTS, &ev, &len) != 0)
         return 1; /* let the caller poll and see the error */
     return (ev & ZMQ_POLLIN) != 0;
+}
+
+int ab_worker_flush(ab_worker_t *w)
+{
+    return w ? ab_conn_flush(&w->conn) : AB_EINVAL;
 }

@@ -133,6 +133,11 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
         case 13: h->credit = (uint32_t)v; break;
         case 40: h->model = view; break;
         case 41: h->worker = view; break;
+        case 20:
+            if (wt != WT_VARINT)
+                return AB_EDECODE;
+            h->features = (uint32_t)v;
+            break;
         default: break; /* unknown field: skipped (newer peer) */
         }
     }
@@ -254,7 +259,8 @@ size_t ab_header_size(const ab_header_t *h)
            s_vfield_size(h->original_size) + s_vfield_size(h->error_code) +
            s_sfield_size(h->error_text) + s_vfield_size(h->credit) +
            (h->model.len ? 1 + s_sfield_size(h->model) : 0) +
-           (h->worker.len ? 1 + s_sfield_size(h->worker) : 0);
+           (h->worker.len ? 1 + s_sfield_size(h->worker) : 0) +
+           (h->features ? 1 + s_vfield_size(h->features) : 0); /* tag 20: two bytes */
 }
 
 static uint8_t *s_put_v(uint8_t *p, unsigned field, uint64_t v)
@@ -290,7 +296,7 @@ static uint8_t *s_put_s2(uint8_t *p, unsigned field, ab_view_t s)
  * common case skip the exact sizing pass. */
 size_t ab_header_bound(const ab_header_t *h)
 {
-    return 15 * 12 + h->sender.len + h->target.len + h->error_text.len + h->model.len +
+    return 16 * 12 + h->sender.len + h->target.len + h->error_text.len + h->model.len +
            h->worker.len;
 }
 
@@ -314,6 +320,10 @@ size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
     p = s_put_v(p, 13, h->credit);
     p = s_put_s2(p, 40, h->model);
     p = s_put_s2(p, 41, h->worker);
+    if (h->features) {
+        p = s_put_varint(p, 20u << 3 | WT_VARINT);
+        p = s_put_varint(p, h->features);
+    }
     return (size_t)(p - (uint8_t *)buf);
 }
 
@@ -385,6 +395,8 @@ uint32_t ab_status_to_wire(int status)
     /* Codec rejections all reach the peer as MALFORMED. */
     if (status <= AB_EFRAMES && status >= AB_EDECODE)
         return status == AB_EVERSION ? AB_ERR_UNSUPPORTED_VERSION : AB_ERR_MALFORMED;
+    if (status == AB_EBATCH || status == AB_ELZ4)
+        return AB_ERR_MALFORMED;
     return AB_ERR_INTERNAL;
 }
 

@@ -79,7 +79,15 @@ enum {
     AB_FLAG_WANT_RECEIPT = 1 << 16,
     AB_FLAG_RECEIPT = 1 << 17,
     AB_FLAG_GAP = 1 << 18,
-    AB_FLAG_UNSUBSCRIBE = 1 << 19
+    AB_FLAG_UNSUBSCRIBE = 1 << 19,
+    AB_FLAG_LZ4_SKIPPED = 1u << 20, /* sender tried lz4; the saving was too small */
+    AB_FLAG_ACCEPT_LZ4 = 1u << 21   /* broker -> worker: the client reads lz4 replies */
+};
+
+/* Feature bits (Hello.features, Register.features, Header.features). */
+enum {
+    AB_FEATURE_BATCH = 1u << 0, /* reads KIND_BATCH (common/batch.h) */
+    AB_FEATURE_LZ4 = 1u << 1    /* reads lz4-compressed payloads (common/compress.h) */
 };
 
 /* A view of bytes owned by someone else. Not NUL-terminated. */
@@ -104,6 +112,7 @@ typedef struct {
     uint32_t credit;
     ab_view_t model;  /* field 40: REQUEST's model, for placement */
     ab_view_t worker; /* field 41: REQUEST pinned to this worker */
+    uint32_t features; /* field 20: broker -> peer, feature bits it reads */
 } ab_header_t;
 
 /* One frame of a multipart message, as received. */

@@ -40,6 +40,8 @@ static const s_status_t s_table[] = {
     {AB_EBADNAME, "BAD_NAME", "malformed agent name or topic"},
     {AB_ETOOLARGE, "TOO_LARGE", "message exceeds the broker's message size limit"},
     {AB_ENOAGENT, "NO_AGENT", "no such agent is connected"},
+    {AB_EBATCH, "BATCH", "malformed batch: a count or length exceeds what it holds"},
+    {AB_ELZ4, "LZ4", "corrupt compressed payload or wrong original size"},
 };
 
 static const s_status_t *s_find(int code)

@@ -83,7 +83,9 @@ typedef enum {
     AB_ENAMETAKEN = -50,    /* broker: a live connection holds that agent name */
     AB_EBADNAME = -51,      /* malformed agent name or topic (see ab_client_publish) */
     AB_ETOOLARGE = -52,     /* broker: message above its message-max-bytes */
-    AB_ENOAGENT = -53       /* broker: the unnamed ("~id") recipient is gone */
+    AB_ENOAGENT = -53,      /* broker: the unnamed ("~id") recipient is gone */
+    AB_EBATCH = -60,        /* codec: malformed BATCH (counts, lengths, nesting) */
+    AB_ELZ4 = -61           /* codec: corrupt lz4 payload or lying original size */
 } ab_status_t;
 
 /* Fixed English text for a status code; never NULL, static storage. */
@@ -121,6 +123,36 @@ AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
  * connection that holds it (for restarts); the old connection gets an
  * AB_ENAMETAKEN message. Default 0: the name is refused instead. */
 AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
+
+/* Batching (see docs/protocol.md, BATCH). When on (the default), messages
+ * sent in one "turn" travel to the broker as one ZeroMQ message, and the
+ * handle announces that it reads BATCHes, so the broker batches towards it
+ * too. A turn ends at every library call that processes input
+ * (ab_client_poll, ab_worker_recv/poll, a synchronous request's wait) or at
+ * ab_client_flush/ab_worker_flush. The first message of a turn always goes
+ * out at once, so a lone request is never delayed; the ones after it are
+ * gathered until the turn ends or a limit is reached: MAX_COUNT messages
+ * (2..4096, default 64), MAX_BYTES (256..16 MiB, default 64 KiB; a larger
+ * message goes alone, in order) or MAX_AGE_US since the oldest gathered one
+ * (0..1000000, default 200; checked when the handle sends or polls). Off:
+ * one ZeroMQ message per message, and nothing batched is sent to this
+ * handle (the wire of libagentbus 0.1).
+ * Defaults come from $AB_BATCH (0/1), $AB_BATCH_MAX_COUNT,
+ * $AB_BATCH_MAX_BYTES, $AB_BATCH_MAX_AGE_US when set. AB_EINVAL out of range. */
+AB_EXPORT int ab_options_set_batching(ab_options_t *opts, int on);
+AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count,
+                                          size_t max_bytes, unsigned max_age_us);
+/* lz4 compression of payloads this handle sends: a payload of at least
+ * THRESHOLD_BYTES (default 1024; 0 disables compression) is compressed when
+ * that saves at least MIN_SAVING_PCT percent (0..99, default 10), else sent
+ * as is. Requests are compressed only when the broker announced lz4 support,
+ * replies only when the requesting client did. Received compressed payloads
+ * are always decompressed before the application sees them (bounded by the
+ * declared size and the max payload; a corrupt one ends its request with
+ * AB_EMALFORMED). Defaults from $AB_COMPRESS_THRESHOLD_BYTES and
+ * $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL out of range. */
+AB_EXPORT int ab_options_set_compression(ab_options_t *opts, size_t threshold_bytes,
+                                         unsigned min_saving_pct);
 
 /* ------------------------------------------------------------------------ */
 /* Client side                                                              */
@@ -218,6 +250,12 @@ AB_EXPORT int ab_client_poll(ab_client_t *client, int timeout_ms);
 AB_EXPORT int ab_client_fd(ab_client_t *client, int *fd);
 /* Milliseconds until the handle needs ab_client_poll() for its timers. */
 AB_EXPORT int ab_client_next_timeout_ms(ab_client_t *client);
+
+/* Ends the current batching turn: sends what was gathered now. Needed only
+ * by an application that sends several async requests and then does not
+ * call ab_client_poll for a while. Errors: AB_EBUSY (queue to the broker
+ * full: the gathered requests are lost and time out), AB_EZMQ. */
+AB_EXPORT int ab_client_flush(ab_client_t *client);
 
 /* Number of requests in flight on this handle. */
 AB_EXPORT size_t ab_client_pending(const ab_client_t *client);
@@ -447,6 +485,11 @@ AB_EXPORT int ab_worker_set_inference_state(ab_worker_t *worker, const void *sta
 AB_EXPORT int ab_worker_fd(ab_worker_t *worker, int *fd);
 /* 1 if a message or job is waiting to be processed now, else 0. */
 AB_EXPORT int ab_worker_has_input(ab_worker_t *worker);
+
+/* Sends the replies gathered for batching now (see ab_client_flush). The
+ * library flushes by itself in ab_worker_recv/ab_worker_poll; call this
+ * after replying when the next call of those may be far off. */
+AB_EXPORT int ab_worker_flush(ab_worker_t *worker);
 
 /* Handler mode: FN is called for each request and owns the job. */
 typedef void(ab_job_fn)(ab_worker_t *worker, ab_job_t *job, void *arg);

@@ -104,10 +104,33 @@ static json_t *s_health_json(const Agentbus__Stats *st)
                      (json_int_t)st->client_limit_busy, "draining", st->draining);
 }
 
+/* Batching and compression figures (issue 4), added after the rest so the
+ * older fields keep their order. */
+static json_t *s_stats_json_batching(const Agentbus__Stats *st)
+{
+    json_t *j = s_stats_json(st);
+    json_object_set_new(
+        j, "batching",
+        json_pack("{s:f, s:f, s:I, s:I, s:I, s:I, s:I}", "factor_in", st->batch_factor_in,
+                  "factor_out", st->batch_factor_out, "batches_in", (json_int_t)st->batches_in,
+                  "batched_msgs_in", (json_int_t)st->batched_msgs_in, "batches_out",
+                  (json_int_t)st->batches_out, "batched_msgs_out",
+                  (json_int_t)st->batched_msgs_out, "malformed",
+                  (json_int_t)st->batch_malformed));
+    json_object_set_new(
+        j, "compression",
+        json_pack("{s:f, s:I, s:I, s:I, s:I, s:I}", "ratio", st->compression_ratio, "compressed",
+                  (json_int_t)st->lz4_msgs, "skipped", (json_int_t)st->lz4_skipped,
+                  "wire_bytes", (json_int_t)st->lz4_wire_bytes, "original_bytes",
+                  (json_int_t)st->lz4_original_bytes, "bytes_saved",
+                  (json_int_t)st->bytes_saved));
+    return j;
+}
+
 void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
 {
     if (json) {
-        json_t *j = s_stats_json(st);
+        json_t *j = s_stats_json_batching(st);
         json_object_set_new(j, "health", s_health_json(st));
         s_emit(out, j);
         return;
@@ -128,6 +151,13 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->replies_dropped, (unsigned long long)st->malformed,
             (unsigned long long)st->send_failures);
     ab_render_msg_stats(out, st);
+    fprintf(out, "batching     in %.2f msgs/zmq msg (%llu batches)   out %.2f (%llu batches)"
+                 "   malformed %llu\n",
+            st->batch_factor_in, (unsigned long long)st->batches_in, st->batch_factor_out,
+            (unsigned long long)st->batches_out, (unsigned long long)st->batch_malformed);
+    fprintf(out, "compression  ratio %.2f   saved %llu bytes   compressed %llu   skipped %llu\n",
+            st->compression_ratio, (unsigned long long)st->bytes_saved,
+            (unsigned long long)st->lz4_msgs, (unsigned long long)st->lz4_skipped);
     fprintf(out, "errors      ");
     for (size_t i = 0; i < st->n_errors; i++)
         fprintf(out, " %s %llu", st->errors[i]->code, (unsigned long long)st->errors[i]->count);

@@ -1,0 +1,415 @@
+/*
+ * batch_report.c - agentbus-bench --report batching.
+ *
+ * Three complete systems run side by side for the whole run, each a broker
+ * and an echo worker as child processes, with one client each:
+ *   on    batching on, lz4 on   (the defaults)
+ *   off   batching off, lz4 off (one ZeroMQ message per message, as 0.1)
+ *   nolz4 batching on, lz4 off  (isolates compression for the large rows)
+ * Measurements are interleaved run by run so machine noise hits all alike;
+ * throughput figures are medians of --runs runs. The table gives:
+ *   - 64 B request/reply msgs/s, on vs off (target >= 3x), and the CPU
+ *     (broker + worker + client, user + system) each request cost;
+ *   - lone request round trip p50/p99, on vs off (target within +-10%);
+ *   - 4 KiB and 64 KiB payloads of the corpus: msgs/s and bytes on the wire
+ *     per request (broker bytes in + out, from its stats), on vs nolz4.
+ */
+#include "batch_report.h"
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "hist.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+enum { SYS_ON, SYS_OFF, SYS_NOLZ4, SYS_N };
+#define MID 4096
+#define BIG 65536
+static const char *s_sys_name[SYS_N] = {"on", "off", "nolz4"};
+
+int ab_corpus_parse(const char *name)
+{
+    static const char *names[] = {"zeros", "text", "json", "random"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(name, names[i]) == 0)
+            return i;
+    return -1;
+}
+
+const char *ab_corpus_name(int corpus)
+{
+    static const char *names[] = {"zeros", "text", "json", "random"};
+    return corpus >= 0 && corpus < 4 ? names[corpus] : "?";
+}
+
+static unsigned long long s_next(unsigned long long *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
+{
+    static const char *words[] = {
+        "the",     "model",  "agent",   "context", "request", "answer", "token",   "prompt",
+        "summary", "of",     "a",       "and",     "to",      "in",     "is",      "with",
+        "system",  "user",   "tool",    "result",  "search",  "memory", "plan",    "step",
+        "next",    "GPU",    "latency", "should",  "we",      "will",   "because", "data"};
+    unsigned long long s = seed ? seed : 0x9e3779b97f4a7c15ull;
+    size_t k = 0;
+    if (corpus == AB_CORPUS_ZEROS) {
+        memset(buf, 0, size);
+        return;
+    }
+    if (corpus == AB_CORPUS_RANDOM) {
+        while (k < size)
+            buf[k++] = (char)s_next(&s);
+        return;
+    }
+    while (k < size) {
+        char piece[160];
+        int n;
+        if (corpus == AB_CORPUS_JSON) {
+            n = snprintf(piece, sizeof piece,
+                         "{\"role\": \"%s\", \"content\": \"%s %s %s %s.\", \"id\": %llu}, ",
+                         s_next(&s) % 2 ? "user" : "assistant", words[s_next(&s) % 32],
+                         words[s_next(&s) % 32], words[s_next(&s) % 32], words[s_next(&s) % 32],
+                         s_next(&s) % 100000);
+        } else {
+            n = snprintf(piece, sizeof piece, "%s%s", words[s_next(&s) % 32],
+                         s_next(&s) % 12 ? " " : ". ");
+        }
+        for (int i = 0; i < n && k < size; i++)
+            buf[k++] = piece[i];
+    }
+}
+
+/* --- one system -------------------------------------------------------------------- */
+typedef struct {
+    ab_client_t *c;
+    const char *ep;
+    char epbuf[64];
+    pid_t broker, worker;
+} s_sys_t;
+
+/* CPU time (user + system) of PID so far, in microseconds; 0 if unknown.
+ * Machine load from elsewhere changes how fast a system runs much more
+ * than how much CPU it burns per request, so CPU per request is the
+ * steadier measure of what batching saves. */
+static uint64_t s_cpu_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the name may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (ut + st) * 1000000ull / (uint64_t)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU of the whole system: broker, worker and this process (its client and
+ * libzmq I/O thread; the other systems' clients are idle meanwhile). */
+static uint64_t s_sys_cpu_us(const s_sys_t *sys)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    uint64_t self = (uint64_t)ru.ru_utime.tv_sec * 1000000 + (uint64_t)ru.ru_utime.tv_usec +
+                    (uint64_t)ru.ru_stime.tv_sec * 1000000 + (uint64_t)ru.ru_stime.tv_usec;
+    return self + s_cpu_us(sys->broker) + s_cpu_us(sys->worker);
+}
+
+static int s_sys_start(const ab_batch_report_opts_t *o, int which, s_sys_t *sys)
+{
+    snprintf(sys->epbuf, sizeof sys->epbuf, "tcp://127.0.0.1:%d", o->free_port());
+    sys->ep = sys->epbuf;
+    int batch = which != SYS_OFF, lz4 = which == SYS_ON;
+    const char *benv[] = {batch ? "AB_BATCH=1" : "AB_BATCH=0",
+                          lz4 ? "AB_COMPRESS_THRESHOLD_BYTES=1024"
+                              : "AB_COMPRESS_THRESHOLD_BYTES=0",
+                          NULL};
+    const char *b[] = {o->broker_bin, "--bind", sys->ep, "--log-level", "warn", NULL};
+    const char *w[] = {o->worker_bin, "--broker",   sys->ep, "--backend", "echo",
+                       "--service",   "echo",       "--capacity", "100000", NULL};
+    sys->broker = o->spawn(b, benv);
+    sys->worker = o->spawn(w, benv);
+    ab_options_t *opts = ab_options_new();
+    ab_options_set_endpoint(opts, sys->ep);
+    ab_options_set_batching(opts, batch);
+    ab_options_set_compression(opts, lz4 ? 1024 : 0, 10);
+    int rc = ab_client_new(&sys->c, opts);
+    ab_options_destroy(&opts);
+    for (int i = 0; rc == AB_OK && i < 40; i++) { /* broker and worker up */
+        int r = ab_client_request(sys->c, "echo", "x", 1, 500, NULL, NULL);
+        if (r == AB_OK)
+            return 0;
+        usleep(100000);
+    }
+    fprintf(stderr, "agentbus-bench: system '%s' at %s not serving 'echo'\n", s_sys_name[which],
+            sys->ep);
+    return -1;
+}
+
+/* --- measurements ------------------------------------------------------------------ */
+typedef struct {
+    uint64_t done, failed;
+} s_count_t;
+
+static void s_count_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_count_t *n = arg;
+    if (ev->final) {
+        if (ev->status == AB_OK)
+            n->done++;
+        else
+            n->failed++;
+    }
+}
+
+/* Broker bytes in + out and replies so far, from its stats. */
+static int s_wire(ab_client_t *c, uint64_t *bytes, uint64_t *replies)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "stats", 5000, &buf, &len) != AB_OK)
+        return -1;
+    Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
+    ab_free(buf);
+    if (!st)
+        return -1;
+    *bytes = st->bytes_in + st->bytes_out;
+    *replies = st->replies;
+    agentbus__stats__free_unpacked(st, NULL);
+    return 0;
+}
+
+/* One throughput run: msgs/s, wire bytes per request into *WIRE and CPU
+ * microseconds per request into *CPU (either may be NULL). */
+static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *buf, size_t size,
+                   double *wire, double *cpu)
+{
+    /* Large payloads keep fewer in flight: 4096 x 64 KiB would be 256 MiB
+     * queued, enough for ZMTP heartbeats to time out on a busy machine. */
+    int window = size >= BIG ? (o->window < 64 ? o->window : 64)
+                 : size >= MID ? (o->window < 256 ? o->window : 256)
+                               : o->window;
+    uint64_t b0 = 0, r0 = 0, b1 = 0, r1 = 0;
+    if (wire && s_wire(sys->c, &b0, &r0) != 0)
+        return -1;
+    s_count_t n = {0, 0};
+    uint64_t cpu0 = cpu ? s_sys_cpu_us(sys) : 0;
+    uint64_t sent = 0, t0 = ab_now_ns(), end = t0 + (uint64_t)(o->seconds * 1e9);
+    while (ab_now_ns() < end && !n.failed) {
+        while (sent - n.done - n.failed < (uint64_t)window &&
+               ab_client_request_async(sys->c, "echo", buf, size, 20000, s_count_cb, &n, NULL) ==
+                   AB_OK)
+            sent++;
+        if (ab_client_poll(sys->c, 1000) <= 0)
+            break;
+    }
+    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    for (int i = 0; i < 2000 && n.done + n.failed < sent; i++)
+        ab_client_poll(sys->c, 10);
+    if (n.failed || n.done < sent) {
+        fprintf(stderr, "agentbus-bench: %llu requests failed on '%s'\n",
+                (unsigned long long)(sent - n.done), sys->ep);
+        return -1;
+    }
+    if (cpu)
+        *cpu = n.done ? (double)(s_sys_cpu_us(sys) - cpu0) / (double)n.done : 0;
+    if (wire) {
+        if (s_wire(sys->c, &b1, &r1) != 0 || r1 <= r0)
+            return -1;
+        *wire = (double)(b1 - b0) / (double)(r1 - r0);
+    }
+    return (double)n.done / secs;
+}
+
+static int s_lat(s_sys_t *sys, const char *buf, size_t size, int count, ab_hist_t *h)
+{
+    for (int i = 0; i < count; i++) {
+        uint64_t t = ab_now_ns();
+        if (ab_client_request(sys->c, "echo", buf, size, 5000, NULL, NULL) != AB_OK)
+            return -1;
+        if (h)
+            ab_hist_record(h, ab_now_ns() - t);
+    }
+    return 0;
+}
+
+static int s_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double s_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, s_cmp);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+typedef struct {
+    double small[SYS_N];               /* 64 B msgs/s */
+    double small_cpu[SYS_N];           /* 64 B CPU us per request */
+    double mid[SYS_N], mid_wire[SYS_N]; /* 4 KiB msgs/s, bytes per request */
+    double big[SYS_N], big_wire[SYS_N]; /* 64 KiB */
+    uint64_t p50[SYS_N], p99[SYS_N];   /* lone round trip, ns */
+    /* Medians of the per-run ratios: each pair measured back to back, so
+     * a burst of load from elsewhere hits both sides of a ratio alike. */
+    double r_small, r_mid, r_mid_wire, r_big, r_big_wire, r_small_cpu;
+} s_res_t;
+
+static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
+{
+    double sm[SYS_N][16], md[SYS_N][16], mw[SYS_N][16], bg[SYS_N][16], bw[SYS_N][16];
+    double sc[SYS_N][16];
+    double rs[16], rm[16], rmw[16], rb[16], rbw[16], rsc[16];
+    int runs = o->runs > 16 ? 16 : o->runs;
+    char small[64], *mid = malloc(MID), *big = malloc(BIG);
+    ab_corpus_fill(o->corpus, small, sizeof small, 1);
+    ab_corpus_fill(o->corpus, mid, MID, 2);
+    ab_corpus_fill(o->corpus, big, BIG, 3);
+    int rc = 0;
+    for (int r = 0; r < runs && rc == 0; r++) {
+        /* Row by row, the systems of a row back to back. */
+        for (int s = 0; s < SYS_N && rc == 0; s++)
+            if ((sm[s][r] = s_rr(o, &sys[s], small, sizeof small, NULL, &sc[s][r])) < 0)
+                rc = -1;
+        for (int s = 0; s < SYS_N && rc == 0; s++)
+            if (s != SYS_OFF && (md[s][r] = s_rr(o, &sys[s], mid, MID, &mw[s][r], NULL)) < 0)
+                rc = -1;
+        for (int s = 0; s < SYS_N && rc == 0; s++)
+            if (s != SYS_OFF && (bg[s][r] = s_rr(o, &sys[s], big, BIG, &bw[s][r], NULL)) < 0)
+                rc = -1;
+        if (rc == 0) {
+            rs[r] = sm[SYS_ON][r] / sm[SYS_OFF][r];
+            rsc[r] = sc[SYS_OFF][r] > 0 ? sc[SYS_ON][r] / sc[SYS_OFF][r] : 0;
+            rm[r] = md[SYS_ON][r] / md[SYS_NOLZ4][r];
+            rmw[r] = mw[SYS_ON][r] / mw[SYS_NOLZ4][r];
+            rb[r] = bg[SYS_ON][r] / bg[SYS_NOLZ4][r];
+            rbw[r] = bw[SYS_ON][r] / bw[SYS_NOLZ4][r];
+        }
+    }
+    for (int s = 0; s < SYS_N && rc == 0; s++) {
+        res->small[s] = s_median(sm[s], runs);
+        res->small_cpu[s] = s_median(sc[s], runs);
+        if (s != SYS_OFF) {
+            res->mid[s] = s_median(md[s], runs);
+            res->mid_wire[s] = s_median(mw[s], runs);
+            res->big[s] = s_median(bg[s], runs);
+            res->big_wire[s] = s_median(bw[s], runs);
+        }
+    }
+    if (rc == 0) {
+        res->r_small = s_median(rs, runs);
+        res->r_small_cpu = s_median(rsc, runs);
+        res->r_mid = s_median(rm, runs);
+        res->r_mid_wire = s_median(rmw, runs);
+        res->r_big = s_median(rb, runs);
+        res->r_big_wire = s_median(rbw, runs);
+    }
+    /* Lone requests, alternating slices between on and off. */
+    ab_hist_t *h[2] = {calloc(1, sizeof(ab_hist_t)), calloc(1, sizeof(ab_hist_t))};
+    int n = o->latency_count / 10;
+    for (int slice = 0; slice < 10 && rc == 0; slice++)
+        for (int s = 0; s < 2 && rc == 0; s++)
+            if ((slice == 0 && s_lat(&sys[s], small, sizeof small, n, NULL) != 0) ||
+                s_lat(&sys[s], small, sizeof small, n, h[s]) != 0)
+                rc = -1;
+    for (int s = 0; s < 2; s++) {
+        res->p50[s] = ab_hist_percentile(h[s], 50);
+        res->p99[s] = ab_hist_percentile(h[s], 99);
+        free(h[s]);
+    }
+    free(mid);
+    free(big);
+    return rc;
+}
+
+static double s_ratio(double a, double b)
+{
+    return b > 0 ? a / b : 0;
+}
+
+static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
+{
+    const char *cn = ab_corpus_name(o->corpus);
+    if (o->json) {
+        printf("{\"report\": \"batching\", \"runs\": %d, \"seconds\": %.2f, \"window\": %d, "
+               "\"corpus\": \"%s\",\n"
+               " \"rr_64_msgs_s\": {\"on\": %.0f, \"off\": %.0f, \"ratio\": %.3f},\n"
+               " \"cpu_64_us_per_req\": {\"on\": %.2f, \"off\": %.2f, \"ratio\": %.3f},\n"
+               " \"lone_p50_us\": {\"on\": %.1f, \"off\": %.1f, \"ratio\": %.3f},\n"
+               " \"lone_p99_us\": {\"on\": %.1f, \"off\": %.1f, \"ratio\": %.3f},\n"
+               " \"rr_4k_msgs_s\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
+               " \"wire_4k_bytes_per_req\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
+               " \"rr_64k_msgs_s\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
+               " \"wire_64k_bytes_per_req\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f}}\n",
+               o->runs, o->seconds, o->window, cn, r->small[SYS_ON], r->small[SYS_OFF],
+               r->r_small, r->small_cpu[SYS_ON], r->small_cpu[SYS_OFF], r->r_small_cpu,
+               r->p50[SYS_ON] / 1e3,
+               r->p50[SYS_OFF] / 1e3, s_ratio((double)r->p50[SYS_ON], (double)r->p50[SYS_OFF]),
+               r->p99[SYS_ON] / 1e3, r->p99[SYS_OFF] / 1e3,
+               s_ratio((double)r->p99[SYS_ON], (double)r->p99[SYS_OFF]), r->mid[SYS_ON],
+               r->mid[SYS_NOLZ4], r->r_mid, r->mid_wire[SYS_ON], r->mid_wire[SYS_NOLZ4],
+               r->r_mid_wire, r->big[SYS_ON], r->big[SYS_NOLZ4], r->r_big, r->big_wire[SYS_ON],
+               r->big_wire[SYS_NOLZ4], r->r_big_wire);
+        return;
+    }
+    printf("agentbus-bench --report batching: %d runs x %.1f s, window %d (4 KiB: %d, 64 KiB: %d),"
+           " corpus %s, medians;\n"
+           "three systems side by side (on: batching+lz4, off: neither, nolz4: batching only);\n"
+           "figures are medians over runs, ratios medians of the per-run ratios\n\n",
+           o->runs, o->seconds, o->window, o->window < 256 ? o->window : 256,
+           o->window < 64 ? o->window : 64, cn);
+    printf("%-30s %12s %12s %8s %10s\n", "workload", "on", "baseline", "ratio", "target");
+    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "rr 64B msgs/s (vs off)", r->small[SYS_ON],
+           r->small[SYS_OFF], r->r_small, ">=3x");
+    printf("%-30s %12.2f %12.2f %7.2fx %10s\n", "64B CPU us/request (vs off)",
+           r->small_cpu[SYS_ON], r->small_cpu[SYS_OFF], r->r_small_cpu, "");
+    printf("%-30s %12.1f %12.1f %7.2fx %10s\n", "lone p50 us (vs off)", r->p50[SYS_ON] / 1e3,
+           r->p50[SYS_OFF] / 1e3, s_ratio((double)r->p50[SYS_ON], (double)r->p50[SYS_OFF]),
+           "0.9-1.1x");
+    printf("%-30s %12.1f %12.1f %7.2fx %10s\n", "lone p99 us (vs off)", r->p99[SYS_ON] / 1e3,
+           r->p99[SYS_OFF] / 1e3, s_ratio((double)r->p99[SYS_ON], (double)r->p99[SYS_OFF]),
+           "0.9-1.1x");
+    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "rr 4KiB msgs/s (vs nolz4)", r->mid[SYS_ON],
+           r->mid[SYS_NOLZ4], r->r_mid, "");
+    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "4KiB wire bytes/req (vs nolz4)",
+           r->mid_wire[SYS_ON], r->mid_wire[SYS_NOLZ4], r->r_mid_wire, "");
+    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "rr 64KiB msgs/s (vs nolz4)", r->big[SYS_ON],
+           r->big[SYS_NOLZ4], r->r_big, "");
+    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "64KiB wire bytes/req (vs nolz4)",
+           r->big_wire[SYS_ON], r->big_wire[SYS_NOLZ4], r->r_big_wire, "");
+}
+
+int ab_batch_report(const ab_batch_report_opts_t *o)
+{
+    s_sys_t sys[SYS_N];
+    memset(sys, 0, sizeof sys);
+    int rc = 0;
+    for (int s = 0; s < SYS_N && rc == 0; s++)
+        rc = s_sys_start(o, s, &sys[s]);
+    s_res_t res;
+    memset(&res, 0, sizeof res);
+    if (rc == 0 && (rc = s_measure(o, sys, &res)) != 0)
+        fprintf(stderr, "agentbus-bench: a measurement failed\n");
+    if (rc == 0)
+        s_print(o, &res);
+    for (int s = 0; s < SYS_N; s++)
+        ab_client_destroy(&sys[s].c);
+    return rc;
+}

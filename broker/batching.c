@@ -1,0 +1,299 @@
+/*
+ * batching.c - BATCH on the broker's wire, both directions, and the
+ * compression figures (the broker never decompresses what it routes).
+ *
+ * Send side, Redis beforeSleep style: during a loop turn, messages for a
+ * peer that reads BATCH are held; at the end of the turn
+ * (ab_batching_flush_all, called by the loop before it sleeps) each peer's
+ * messages leave together as one BATCH. A peer that got only one message in
+ * the turn gets it as a plain message, zero-copy (the first message is held
+ * as it came and only copied into a batch when a second one follows): an
+ * idle bus sees exactly the old wire, a turn later by microseconds only,
+ * since a turn ends as soon as nothing more is waiting. Count, bytes and
+ * age limits flush earlier. All messages to a peer pass through its queue,
+ * so per-peer order is kept: a message too large to gather first flushes
+ * what was gathered before it.
+ *
+ * Only peers that announced AB_FEATURE_BATCH get BATCHes; ab_send never
+ * calls in here for the others, so an older peer sees exactly the old wire.
+ */
+#include "agentbus.h"
+#include "batch.h"
+#include "broker.h"
+#include "compress.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define AB_BATCH_KEEP_BYTES (16 * 1024)
+
+struct ab_outq {
+    ab_batch_t batch;
+    int dirty;               /* listed in b->dirty */
+    int held, held_has_body; /* the turn's first message, not yet copied */
+    uint8_t *held_hdr;
+    size_t held_hlen, held_cap;
+    zmq_msg_t held_body;
+};
+
+uint32_t ab_batching_features(const ab_broker_t *b)
+{
+    (void)b; /* the broker reads both whatever its own send-side settings */
+    return AB_FEATURE_BATCH | AB_FEATURE_LZ4;
+}
+
+static int s_mark_dirty(ab_broker_t *b, ab_peer_t *p)
+{
+    if (p->out->dirty)
+        return 0;
+    if (b->ndirty == b->dirty_cap) {
+        size_t cap = b->dirty_cap ? 2 * b->dirty_cap : 64;
+        ab_peer_t **nd = realloc(b->dirty, cap * sizeof *nd);
+        if (!nd)
+            return -1;
+        b->dirty = nd;
+        b->dirty_cap = cap;
+    }
+    b->dirty[b->ndirty++] = p;
+    p->out->dirty = 1;
+    return 0;
+}
+
+static size_t s_held_size(const struct ab_outq *q)
+{
+    size_t plen = q->held_has_body ? zmq_msg_size((zmq_msg_t *)&q->held_body) : 0;
+    return ab_batch_entry_size(q->held_hlen, plen);
+}
+
+/* Sends what P has gathered: the held message alone (zero-copy), or one
+ * BATCH (a one-entry batch goes as a plain message). 0 or -1 (counted);
+ * the caller decides what a failure means. */
+static int s_flush(ab_broker_t *b, ab_peer_t *p)
+{
+    struct ab_outq *q = p->out;
+    if (!q)
+        return 0;
+    if (q->held) {
+        q->held = 0;
+        int rc = ab_send_raw(b, &p->rid, q->held_hdr, q->held_hlen,
+                             q->held_has_body ? &q->held_body : NULL);
+        zmq_msg_close(&q->held_body);
+        zmq_msg_init(&q->held_body);
+        return rc;
+    }
+    if (q->batch.count == 0)
+        return 0;
+    size_t len;
+    const uint8_t *body = ab_batch_body(&q->batch, &len);
+    uint32_t n = q->batch.count;
+    int rc;
+    if (n == 1) {
+        ab_batch_reader_t r;
+        ab_frame_t f[2];
+        size_t nf = 0;
+        rc = -1;
+        if (ab_batch_open(&r, body, len, &b->limits, NULL) == AB_OK &&
+            ab_batch_next(&r, f, &nf) == 1) {
+            zmq_msg_t m;
+            zmq_msg_init_size(&m, nf == 2 ? f[1].size : 0);
+            if (nf == 2 && f[1].size)
+                memcpy(zmq_msg_data(&m), f[1].data, f[1].size);
+            rc = ab_send_raw(b, &p->rid, f[0].data, f[0].size, nf == 2 ? &m : NULL);
+            zmq_msg_close(&m);
+        }
+    } else {
+        ab_header_t h = ab_header_init(AB_KIND_BATCH);
+        uint8_t hb[64];
+        size_t hl = ab_header_encode(&h, hb, sizeof hb);
+        zmq_msg_t m;
+        zmq_msg_init_size(&m, len);
+        memcpy(zmq_msg_data(&m), body, len);
+        rc = ab_send_raw(b, &p->rid, hb, hl, &m);
+        zmq_msg_close(&m);
+        if (rc == 0) {
+            b->c.batches_out++;
+            b->c.batched_msgs_out += n;
+        }
+    }
+    ab_batch_clear(&q->batch);
+    return rc;
+}
+
+/* Holds one message as it came: header bytes copied, payload moved. */
+static int s_hold(ab_broker_t *b, struct ab_outq *q, const uint8_t *hdr, size_t hlen,
+                  zmq_msg_t *payload)
+{
+    if (hlen > q->held_cap) {
+        uint8_t *nh = realloc(q->held_hdr, hlen);
+        if (!nh)
+            return -1;
+        q->held_hdr = nh;
+        q->held_cap = hlen;
+    }
+    memcpy(q->held_hdr, hdr, hlen);
+    q->held_hlen = hlen;
+    q->held_has_body = payload != NULL;
+    if (payload)
+        zmq_msg_move(&q->held_body, payload);
+    q->held = 1;
+    if (!b->oldest_gathered_us)
+        b->oldest_gathered_us = ab_now_us();
+    return 0;
+}
+
+/* Moves the held message into the batch (a second message follows it). */
+static int s_unhold(struct ab_outq *q)
+{
+    zmq_msg_t *m = &q->held_body;
+    int rc = ab_batch_add(&q->batch, q->held_hdr, q->held_hlen,
+                          q->held_has_body ? zmq_msg_data(m) : NULL,
+                          q->held_has_body ? zmq_msg_size(m) : 0, q->held_has_body);
+    if (rc == AB_OK) {
+        q->held = 0;
+        zmq_msg_close(m);
+        zmq_msg_init(m);
+    }
+    return rc;
+}
+
+int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hlen,
+                     zmq_msg_t *payload)
+{
+    if (!p->out) {
+        if (!(p->out = calloc(1, sizeof *p->out)))
+            return ab_send_raw(b, &p->rid, hdr, hlen, payload);
+        zmq_msg_init(&p->out->held_body);
+    }
+    struct ab_outq *q = p->out;
+    if (s_mark_dirty(b, p) != 0) /* cannot promise a flush: send now, in order */
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    size_t esz = ab_batch_entry_size(hlen, payload ? zmq_msg_size(payload) : 0);
+    size_t max = b->cfg->batch_max_bytes;
+    if (esz + 8 > max) /* too big to gather: out now, after what was before it */
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (q->held) {
+        if (s_held_size(q) + esz + 8 > max || s_unhold(q) != AB_OK) {
+            if (s_flush(b, p) != 0) /* sends the held one */
+                return -1;
+        }
+    }
+    if (!q->held && q->batch.count == 0)
+        return s_hold(b, q, hdr, hlen, payload) == 0
+                   ? 0
+                   : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (q->batch.len + esz > max && s_flush(b, p) != 0)
+        return -1;
+    if (q->batch.count == 0)
+        return s_hold(b, q, hdr, hlen, payload) == 0
+                   ? 0
+                   : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (ab_batch_add(&q->batch, hdr, hlen, payload ? zmq_msg_data(payload) : NULL,
+                     payload ? zmq_msg_size(payload) : 0, payload != NULL) != AB_OK)
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+    if (payload) { /* consumed, as a send would have */
+        zmq_msg_close(payload);
+        zmq_msg_init(payload);
+    }
+    if (q->batch.count >= (uint32_t)b->cfg->batch_max_count)
+        return s_flush(b, p);
+    return 0;
+}
+
+void ab_batching_flush_all(ab_broker_t *b)
+{
+    /* Popped one by one: a failed flush to a worker drops it, as a failed
+     * dispatch does (its requests go back to their clients as WORKER_LOST
+     * instead of waiting for deadlines); those answers may list peers
+     * again, and they are handled in this same loop. No caller holds a
+     * pointer to the peer here, so dropping it is safe. */
+    while (b->ndirty) {
+        ab_peer_t *p = b->dirty[--b->ndirty];
+        p->out->dirty = 0;
+        int rc = s_flush(b, p);
+        /* An idle connection must stay cheap: a buffer that grew for a
+         * large batch is given back (one malloc per large batch). */
+        if (p->out->batch.cap > AB_BATCH_KEEP_BYTES)
+            ab_batch_fini(&p->out->batch);
+        if (rc != 0 && p->worker)
+            ab_peer_drop(b, p, "unreachable");
+    }
+    b->oldest_gathered_us = 0;
+}
+
+void ab_batching_check_age(ab_broker_t *b)
+{
+    if (b->oldest_gathered_us &&
+        ab_now_us() - b->oldest_gathered_us >= (uint64_t)b->cfg->batch_max_age_us)
+        ab_batching_flush_all(b);
+}
+
+void ab_batching_peer_free(ab_broker_t *b, ab_peer_t *p)
+{
+    if (!p->out)
+        return;
+    if (p->out->dirty && b)
+        for (size_t i = 0; i < b->ndirty; i++)
+            if (b->dirty[i] == p) {
+                b->dirty[i] = b->dirty[--b->ndirty];
+                break;
+            }
+    ab_batch_fini(&p->out->batch);
+    zmq_msg_close(&p->out->held_body);
+    free(p->out->held_hdr);
+    free(p->out);
+    p->out = NULL;
+}
+
+void ab_batching_recv(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
+                      const ab_frame_t *body)
+{
+    ab_batch_reader_t r;
+    uint32_t count = 0;
+    if (ab_batch_open(&r, body->data, body->size, &b->limits, &count) != AB_OK) {
+        char key[2 * AB_RID_MAX + 1];
+        b->c.malformed++;
+        b->c.batch_malformed++;
+        ab_hex(rid->bytes, rid->len, key, sizeof key);
+        AB_LOG_RL(&b->rl, ab_hash_bytes(rid->bytes, rid->len) ^ 0xba7c, now, AB_LOG_WARN,
+                  "malformed batch from %s (%zu bytes): dropped whole", key, body->size);
+        ab_send_error(b, rid, 0, AB_ERR_MALFORMED, "BATCH: malformed batch, no entry delivered");
+        return;
+    }
+    b->c.batches_in++;
+    b->c.batched_msgs_in += count;
+    ab_frame_t f[2];
+    size_t nf;
+    while (ab_batch_next(&r, f, &nf) == 1)
+        ab_route_frames(b, rid, fd, now, f, nf);
+}
+
+void ab_batching_note(ab_broker_t *b, const ab_header_t *h, size_t payload_size)
+{
+    if (h->flags & AB_FLAG_LZ4) {
+        b->c.lz4_msgs++;
+        b->c.lz4_wire_bytes += payload_size;
+        b->c.lz4_original_bytes += h->original_size;
+    } else if (h->flags & AB_FLAG_LZ4_SKIPPED) {
+        b->c.lz4_skipped++;
+    }
+}
+
+void ab_batching_compress(ab_broker_t *b, uint32_t features, ab_header_t *h, uint8_t **buf,
+                          size_t *len)
+{
+    size_t t = b->cfg->compress_threshold_bytes;
+    if (!(features & AB_FEATURE_LZ4) || t == 0 || *len < t)
+        return;
+    void *z;
+    size_t zl;
+    if (ab_lz4_compress(*buf, *len, (unsigned)b->cfg->compress_min_saving_pct, &z, &zl) != 1) {
+        h->flags |= AB_FLAG_LZ4_SKIPPED;
+        return;
+    }
+    h->flags |= AB_FLAG_LZ4;
+    h->original_size = *len;
+    free(*buf);
+    *buf = z;
+    *len = zl;
+}

@@ -1,0 +1,189 @@
+/*
+ * batch.c - see batch.h. The count sits in a fixed 4-byte slot at the front
+ * so the encoder can append without knowing the final count, and the decoder
+ * can refuse an absurd count before it reads an entry.
+ */
+#include "batch.h"
+#include "agentbus.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define AB_BATCH_PREFIX 4
+
+void ab_batch_init(ab_batch_t *b)
+{
+    memset(b, 0, sizeof *b);
+}
+
+void ab_batch_fini(ab_batch_t *b)
+{
+    free(b->buf);
+    memset(b, 0, sizeof *b);
+}
+
+void ab_batch_clear(ab_batch_t *b)
+{
+    b->len = 0;
+    b->count = 0;
+}
+
+static size_t s_varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *s_put_varint(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* Reads a varint bounded by END; 0, or -1 when truncated or over 10 bytes. */
+static int s_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (*p >= end)
+            return -1;
+        uint8_t c = *(*p)++;
+        if (shift == 63 && (c & 0x7e))
+            return -1;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+size_t ab_batch_entry_size(size_t hlen, size_t plen)
+{
+    return s_varint_size(hlen) + hlen + s_varint_size((uint64_t)plen + 1) + plen;
+}
+
+int ab_batch_add(ab_batch_t *b, const void *hdr, size_t hlen, const void *payload, size_t plen,
+                 int has_payload)
+{
+    if (b->count >= AB_BATCH_MAX_COUNT)
+        return AB_EINVAL;
+    if (!has_payload)
+        plen = 0;
+    size_t need = (b->len ? b->len : AB_BATCH_PREFIX) + ab_batch_entry_size(hlen, plen);
+    if (need > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < need)
+            cap *= 2;
+        uint8_t *nb = realloc(b->buf, cap);
+        if (!nb)
+            return AB_ENOMEM;
+        b->buf = nb;
+        b->cap = cap;
+    }
+    if (b->len == 0)
+        b->len = AB_BATCH_PREFIX;
+    uint8_t *p = b->buf + b->len;
+    p = s_put_varint(p, hlen);
+    if (hlen)
+        memcpy(p, hdr, hlen);
+    p += hlen;
+    p = s_put_varint(p, has_payload ? (uint64_t)plen + 1 : 0);
+    if (plen)
+        memcpy(p, payload, plen);
+    p += plen;
+    b->len = (size_t)(p - b->buf);
+    b->count++;
+    return AB_OK;
+}
+
+const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len)
+{
+    if (!b->buf) {
+        *len = 0;
+        return NULL;
+    }
+    uint32_t n = b->count;
+    b->buf[0] = (uint8_t)n;
+    b->buf[1] = (uint8_t)(n >> 8);
+    b->buf[2] = (uint8_t)(n >> 16);
+    b->buf[3] = (uint8_t)(n >> 24);
+    *len = b->len;
+    return b->buf;
+}
+
+/* One entry's frames, lengths checked against what is left. */
+static int s_entry(const uint8_t **p, const uint8_t *end, ab_frame_t frames[2], size_t *nframes)
+{
+    uint64_t hlen, plen1;
+    if (s_get_varint(p, end, &hlen) != 0 || hlen > (uint64_t)(end - *p))
+        return AB_EBATCH;
+    frames[0].data = *p;
+    frames[0].size = (size_t)hlen;
+    *p += hlen;
+    if (s_get_varint(p, end, &plen1) != 0 || (plen1 && plen1 - 1 > (uint64_t)(end - *p)))
+        return AB_EBATCH;
+    *nframes = plen1 ? 2 : 1;
+    frames[1].data = plen1 ? *p : NULL;
+    frames[1].size = plen1 ? (size_t)(plen1 - 1) : 0;
+    if (plen1)
+        *p += plen1 - 1;
+    return AB_OK;
+}
+
+int ab_batch_open(ab_batch_reader_t *r, const void *body, size_t len, const ab_limits_t *lim,
+                  uint32_t *count)
+{
+    memset(r, 0, sizeof *r);
+    if (count)
+        *count = 0;
+    if (!body || len < AB_BATCH_PREFIX)
+        return AB_EBATCH;
+    const uint8_t *p = body, *end = p + len;
+    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                 (uint32_t)p[3] << 24;
+    /* Each entry takes at least two bytes: a count beyond that is a lie. */
+    if (n == 0 || n > AB_BATCH_MAX_COUNT || n > (len - AB_BATCH_PREFIX) / 2)
+        return AB_EBATCH;
+    p += AB_BATCH_PREFIX;
+    const uint8_t *first = p;
+    for (uint32_t i = 0; i < n; i++) {
+        ab_frame_t f[2], pl;
+        size_t nf;
+        ab_header_t h;
+        if (s_entry(&p, end, f, &nf) != AB_OK)
+            return AB_EBATCH;
+        if (ab_msg_decode(f, nf, lim, &h, &pl) != AB_OK || h.kind == AB_KIND_BATCH)
+            return AB_EBATCH;
+    }
+    if (p != end) /* fewer entries claimed than the body holds */
+        return AB_EBATCH;
+    r->p = first;
+    r->end = end;
+    r->left = n;
+    r->lim = lim;
+    if (count)
+        *count = n;
+    return AB_OK;
+}
+
+int ab_batch_next(ab_batch_reader_t *r, ab_frame_t frames[2], size_t *nframes)
+{
+    if (r->left == 0)
+        return 0;
+    if (s_entry(&r->p, r->end, frames, nframes) != AB_OK) {
+        r->left = 0;
+        return AB_EBATCH;
+    }
+    r->left--;
+    return 1;
+}

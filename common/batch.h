@@ -1,0 +1,73 @@
+/*
+ * batch.h - I/O-free encoding and decoding of BATCH messages.
+ *
+ * A BATCH is one ZeroMQ message carrying many agentbus messages bound for the
+ * same next hop: a Header frame of kind BATCH, then one payload frame, the
+ * batch body:
+ *
+ *   u32 little-endian   count of entries (1 .. AB_BATCH_MAX_COUNT)
+ *   count entries, each:
+ *     varint hlen, hlen bytes      the entry's Header (protobuf, as a frame)
+ *     varint plen1, plen1-1 bytes  its payload; plen1 = 0: no payload frame
+ *
+ * The body holds nothing else: a count larger or smaller than the entries,
+ * a length past the end, trailing bytes, an entry that is itself a BATCH or
+ * whose header does not decode make the whole batch malformed (AB_EBATCH),
+ * and no entry of it is delivered. ab_batch_open checks all of that before
+ * the first ab_batch_next, so a receiver never acts on half a batch.
+ *
+ * Like codec.h: no I/O, nothing asserted on input, every length and count
+ * checked before use. tests/unit/test_batch.c and tests/fuzz/fuzz_batch.c.
+ */
+#ifndef AB_BATCH_H
+#define AB_BATCH_H
+
+#include "codec.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define AB_BATCH_MAX_COUNT 4096 /* entries a decoder accepts in one batch */
+#define AB_BATCH_DEFAULT_COUNT 64
+#define AB_BATCH_DEFAULT_BYTES (64u * 1024u)
+#define AB_BATCH_DEFAULT_AGE_US 200
+
+/* An encoder: entries appended to one growing buffer (reused after clear). */
+typedef struct {
+    uint8_t *buf;
+    size_t len, cap;
+    uint32_t count;
+} ab_batch_t;
+
+void ab_batch_init(ab_batch_t *b);
+/* Frees the buffer; B may be initialised again. */
+void ab_batch_fini(ab_batch_t *b);
+/* Drops every entry, keeps the buffer. */
+void ab_batch_clear(ab_batch_t *b);
+/* Bytes one entry with a header of HLEN and a payload of PLEN adds. */
+size_t ab_batch_entry_size(size_t hlen, size_t plen);
+/* Appends one message (HAS_PAYLOAD 0: no payload frame; PAYLOAD ignored).
+ * AB_ENOMEM, or AB_EINVAL when the batch already holds AB_BATCH_MAX_COUNT. */
+int ab_batch_add(ab_batch_t *b, const void *hdr, size_t hlen, const void *payload, size_t plen,
+                 int has_payload);
+/* The body to send (count written in); valid until the next add/clear/fini. */
+const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len);
+
+/* A decoder over a received body (views into it, valid while it is). */
+typedef struct {
+    const uint8_t *p, *end;
+    uint32_t left;
+    const ab_limits_t *lim;
+} ab_batch_reader_t;
+
+/* Checks the whole body (see above) with LIM (NULL: defaults) applied to
+ * each entry as ab_msg_decode applies it to a message. AB_OK and *count, or
+ * AB_EBATCH. R then yields the entries in order. */
+int ab_batch_open(ab_batch_reader_t *r, const void *body, size_t len, const ab_limits_t *lim,
+                  uint32_t *count);
+/* Next entry as frames (FRAMES[0] header, FRAMES[1] payload when *NFRAMES
+ * is 2) for ab_msg_decode. 1: an entry; 0: no more; AB_EBATCH: malformed
+ * (never after a successful ab_batch_open on the same bytes). */
+int ab_batch_next(ab_batch_reader_t *r, ab_frame_t frames[2], size_t *nframes);
+
+#endif
