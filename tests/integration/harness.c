@@ -373,3 +373,23 @@ int th_run(const char *cmdline, char *out, size_t cap)
     int st = pclose(p);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+int th_main(int argc, char **argv, const th_case_t *cases, size_t ncases)
+{
+    const char *prog = argc > 0 ? strrchr(argv[0], '/') : NULL;
+    prog = prog ? prog + 1 : argc > 0 ? argv[0] : "test";
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s CASE\n", prog);
+        return 2;
+    }
+    for (size_t i = 0; i < ncases; i++) {
+        if (strcmp(argv[1], cases[i].name) == 0) {
+            th_init(cases[i].name);
+            cases[i].fn();
+            th_finish();
+            return TEST_DONE(argv[1]);
+        }
+    }
+    fprintf(stderr, "%s: unknown case '%s'\n", prog, argv[1]);
+    return 2;
+}

@@ -70,6 +70,15 @@ int th_run(const char *cmdline, char *out, size_t cap);
 /* Full path of a program of the build. */
 const char *th_bin(const char *bin);
 
+/* One test case of a program: test_X CASE runs the case named CASE. */
+typedef struct {
+    const char *name;
+    void (*fn)(void);
+} th_case_t;
+/* The main() of a test program: runs the case named argv[1] between
+ * th_init and th_finish and returns the exit status (2 on bad usage). */
+int th_main(int argc, char **argv, const th_case_t *cases, size_t ncases);
+
 /* Sleeps; ms. */
 void th_sleep_ms(int ms);
 

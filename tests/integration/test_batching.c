@@ -968,26 +968,11 @@ static void s_client_decode(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {{"many", s_many},       {"old_peer", s_old_peer}, {"lz4", s_lz4},
-                 {"lz4_corrupt", s_lz4_corrupt}, {"malformed", s_malformed},
-                 {"lone", s_lone},       {"options", s_options},
-                 {"client_decode", s_client_decode}, {"mixed", s_mixed},
-                 {"register_batched", s_register_batched}};
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_batching CASE\n");
-        return 2;
-    }
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case '%s'\n", argv[1]);
-    return 2;
+    static const th_case_t cases[] = {
+        {"many", s_many}, {"old_peer", s_old_peer}, {"lz4", s_lz4}, {"lz4_corrupt", s_lz4_corrupt},
+        {"malformed", s_malformed}, {"lone", s_lone}, {"options", s_options},
+        {"client_decode", s_client_decode}, {"mixed", s_mixed},
+        {"register_batched", s_register_batched},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

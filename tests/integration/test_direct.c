@@ -383,25 +383,11 @@ static void s_direct_bad(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {{"direct_once", s_direct_once},   {"mailbox_order", s_mailbox_order},
-                 {"mailbox_full", s_mailbox_full}, {"ttl_expiry", s_ttl_expiry},
-                 {"name_taken", s_name_taken},     {"takeover", s_takeover},
-                 {"ask_reply", s_ask_reply},       {"direct_bad", s_direct_bad}};
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_direct CASE\n");
-        return 2;
-    }
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case '%s'\n", argv[1]);
-    return 2;
+    static const th_case_t cases[] = {
+        {"direct_once", s_direct_once}, {"mailbox_order", s_mailbox_order},
+        {"mailbox_full", s_mailbox_full}, {"ttl_expiry", s_ttl_expiry},
+        {"name_taken", s_name_taken}, {"takeover", s_takeover}, {"ask_reply", s_ask_reply},
+        {"direct_bad", s_direct_bad},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

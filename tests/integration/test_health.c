@@ -692,26 +692,11 @@ static void s_worker_drain(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {{"kill9_load", s_kill9_load}, {"sigstop", s_sigstop},
-                 {"eject", s_eject},           {"interval", s_interval},
-                 {"discover", s_discover},     {"flood", s_flood},
-                 {"broker_drain", s_broker_drain}, {"worker_drain", s_worker_drain},
-                 {"watch_restart", s_watch_restart}};
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_health CASE\n");
-        return 2;
-    }
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case '%s'\n", argv[1]);
-    return 2;
+    static const th_case_t cases[] = {
+        {"kill9_load", s_kill9_load}, {"sigstop", s_sigstop}, {"eject", s_eject},
+        {"interval", s_interval}, {"discover", s_discover}, {"flood", s_flood},
+        {"broker_drain", s_broker_drain}, {"worker_drain", s_worker_drain},
+        {"watch_restart", s_watch_restart},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -714,26 +714,12 @@ static void s_worker_lost(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {{"routing", s_routing},       {"credit", s_credit},     {"no_service", s_no_service},
-                 {"busy", s_busy},             {"deadline", s_deadline}, {"stream", s_stream},
-                 {"garbage", s_garbage},       {"restart", s_restart},   {"config", s_config},
-                 {"brokerctl", s_brokerctl},   {"async_fd", s_async_fd}, {"worker_api", s_worker_api},
-                 {"worker_lost", s_worker_lost}, {"forged_reply", s_forged_reply}};
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_integration CASE\n");
-        return 2;
-    }
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case '%s'\n", argv[1]);
-    return 2;
+    static const th_case_t cases[] = {
+        {"routing", s_routing}, {"credit", s_credit}, {"no_service", s_no_service},
+        {"busy", s_busy}, {"deadline", s_deadline}, {"stream", s_stream}, {"garbage", s_garbage},
+        {"restart", s_restart}, {"config", s_config}, {"brokerctl", s_brokerctl},
+        {"async_fd", s_async_fd}, {"worker_api", s_worker_api}, {"worker_lost", s_worker_lost},
+        {"forged_reply", s_forged_reply},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

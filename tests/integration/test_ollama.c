@@ -900,34 +900,15 @@ static void s_backend_down(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {{"round_trip", s_round_trip},
-                 {"model_not_found", s_model_not_found},
-                 {"busy_redispatch", s_busy_redispatch},
-                 {"midstream_error", s_midstream_error},
-                 {"dropped", s_dropped},
-                 {"hang_cancel", s_hang_cancel},
-                 {"adaptive", s_adaptive},
-                 {"placement_loaded", s_placement_loaded},
-                 {"placement_vram", s_placement_vram},
-                 {"models_cli", s_models_cli},
-                 {"backend_down", s_backend_down}};
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_ollama CASE\n");
-        return 2;
-    }
+    static const th_case_t cases[] = {
+        {"round_trip", s_round_trip}, {"model_not_found", s_model_not_found},
+        {"busy_redispatch", s_busy_redispatch}, {"midstream_error", s_midstream_error},
+        {"dropped", s_dropped}, {"hang_cancel", s_hang_cancel}, {"adaptive", s_adaptive},
+        {"placement_loaded", s_placement_loaded}, {"placement_vram", s_placement_vram},
+        {"models_cli", s_models_cli}, {"backend_down", s_backend_down},
+    };
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            curl_global_cleanup();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case '%s'\n", argv[1]);
-    return 2;
+    int rc = th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+    curl_global_cleanup();
+    return rc;
 }

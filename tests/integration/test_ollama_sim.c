@@ -890,30 +890,15 @@ static void test_usage(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {
+    static const th_case_t cases[] = {
         {"generate", test_generate}, {"stream_live", test_stream_live}, {"chat", test_chat},
         {"embed", test_embed}, {"errors", test_errors}, {"queue_full", test_queue_full},
         {"eviction", test_eviction}, {"keep_alive", test_keep_alive},
-        {"max_loaded", test_max_loaded}, {"abort", test_abort},
-        {"faults", test_faults}, {"time_scale", test_time_scale}, {"usage", test_usage},
+        {"max_loaded", test_max_loaded}, {"abort", test_abort}, {"faults", test_faults},
+        {"time_scale", test_time_scale}, {"usage", test_usage},
     };
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_ollama_sim CASE\n");
-        return 2;
-    }
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            curl_global_cleanup();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case %s\n", argv[1]);
-    return 2;
+    int rc = th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+    curl_global_cleanup();
+    return rc;
 }

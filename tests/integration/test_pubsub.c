@@ -348,26 +348,10 @@ static void s_pubsub_bad(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {{"prefix_match", s_prefix_match},
-                 {"unsubscribe", s_unsubscribe},
-                 {"resubscribe_restart", s_resubscribe_restart},
-                 {"slow_subscriber", s_slow_subscriber},
-                 {"pubsub_bad", s_pubsub_bad}};
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_pubsub CASE\n");
-        return 2;
-    }
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case '%s'\n", argv[1]);
-    return 2;
+    static const th_case_t cases[] = {
+        {"prefix_match", s_prefix_match}, {"unsubscribe", s_unsubscribe},
+        {"resubscribe_restart", s_resubscribe_restart}, {"slow_subscriber", s_slow_subscriber},
+        {"pubsub_bad", s_pubsub_bad},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -101,24 +101,9 @@ static void s_bad_usage(void)
 
 int main(int argc, char **argv)
 {
-    static const struct {
-        const char *name;
-        void (*fn)(void);
-    } cases[] = {{"no_broker", s_no_broker},
-                 {"hung_broker_sigterm", s_hung_broker_sigterm},
-                 {"bad_usage", s_bad_usage}};
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_unreachable CASE\n");
-        return 2;
-    }
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(argv[1], cases[i].name) == 0) {
-            th_init(cases[i].name);
-            cases[i].fn();
-            th_finish();
-            return TEST_DONE(argv[1]);
-        }
-    }
-    fprintf(stderr, "unknown case '%s'\n", argv[1]);
-    return 2;
+    static const th_case_t cases[] = {
+        {"no_broker", s_no_broker}, {"hung_broker_sigterm", s_hung_broker_sigterm},
+        {"bad_usage", s_bad_usage},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
