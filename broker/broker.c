@@ -8,6 +8,7 @@
  */
 #include "broker.h"
 #include "placement.h"
+#include "cache.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -60,6 +61,7 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zhashx_set_destructor(b->services, ab_service_free);
     if (ab_idmap_init(&b->pending, 1024) != 0)
         return -1;
+    b->cache = ab_cache_new(cfg); /* NULL: off */
 
     b->zctx = zmq_ctx_new();
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -98,6 +100,7 @@ void ab_broker_fini(ab_broker_t *b)
         if (b->pending.keys[i])
             ab_req_destroy(b->pending.vals[i]);
     ab_idmap_fini(&b->pending);
+    ab_cache_destroy(&b->cache);
     if (b->peers) {
         for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
             ab_worker_rec_t *w = p->worker;
@@ -291,7 +294,12 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
         return;
     }
     s->requests++;
+    ab_cache_req_t *cr = NULL;
+    if (ab_cache_on_request(b, s, &in->rid, &in->h, in->has_body ? &in->body : NULL, in->now,
+                            &cr))
+        return; /* answered from the cache */
     if (!ab_service_admit(b, s)) {
+        ab_cache_req_free(&cr);
         s->errors++;
         b->c.errors_sent[AB_ERR_BUSY]++;
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
@@ -301,6 +309,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
     }
     ab_req_t *r = calloc(1, sizeof *r);
     if (!r) {
+        ab_cache_req_free(&cr);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
@@ -311,7 +320,9 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
     r->flags = in->h.flags;
     r->priority = in->h.priority;
     r->start_us = ab_now_us();
+    r->cache = cr;
     if (ab_route_init(r, &in->h) != 0) {
+        ab_cache_req_free(&r->cache);
         free(r);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
@@ -329,6 +340,8 @@ static void s_on_request(ab_broker_t *b, s_in_t *in)
         return;
     }
     ab_heap_push(b, r);
+    if (r->cache && ab_cache_join(b, r))
+        return; /* waits for an identical request in flight */
     ab_service_enqueue(b, s, r);
     ab_service_dispatch(b, s);
 }
@@ -349,6 +362,8 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     }
     if (r->state == AB_REQ_ORPHANED) { /* client already got DEADLINE */
         b->c.replies_dropped++;
+        if (r->cache) /* others may wait for it; a whole reply is still stored */
+            ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
         if (final) {
             ab_service_t *os = r->service;
             ab_req_free(b, r);
@@ -358,6 +373,8 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     }
     if (final && in->h.kind == AB_KIND_ERROR && ab_placement_retry(b, r, in->h.error_code))
         return;
+    if (r->cache)
+        ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
     if (!final && r->route)
         r->route->streamed = 1;
     ab_header_t h = ab_header_init(in->h.kind);
@@ -391,7 +408,13 @@ static void s_on_control(ab_broker_t *b, s_in_t *in)
     ab_view_copy(in->h.target, what, sizeof what);
     uint8_t *buf = NULL;
     size_t len = 0;
-    if (ab_stats_answer(b, what, &buf, &len) != 0) {
+    const char *err = NULL;
+    if (strncmp(what, "cache", 5) == 0 && (!what[5] || what[5] == ' ')) {
+        if (ab_cache_control(b, what, &buf, &len, &err) != 0) {
+            ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED, err);
+            return;
+        }
+    } else if (ab_stats_answer(b, what, &buf, &len) != 0) {
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED,
                       "unknown control query (try stats, services, workers)");
         return;
@@ -521,6 +544,7 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
 static void s_timers(ab_broker_t *b, int64_t now)
 {
     ab_expire_deadlines(b, now);
+    ab_cache_tick(b, now);
     if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
         ab_service_end_grace(b);
         b->grace_over = 1;

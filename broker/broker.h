@@ -49,7 +49,12 @@ typedef struct {
     ab_worker_rec_t *worker; /* when role == WORKER */
 } ab_peer_t;
 
-typedef enum { AB_REQ_QUEUED, AB_REQ_DISPATCHED, AB_REQ_ORPHANED } ab_req_state_t;
+typedef enum {
+    AB_REQ_QUEUED,
+    AB_REQ_DISPATCHED,
+    AB_REQ_ORPHANED,
+    AB_REQ_WAITING /* attached to an identical request in flight (cache.h) */
+} ab_req_state_t;
 
 /* A request held by the broker from arrival until its one answer. */
 typedef struct ab_req {
@@ -67,6 +72,7 @@ typedef struct ab_req {
     size_t heap_index; /* position in the deadline heap */
     struct ab_req *prev, *next; /* in the service queue or the worker's list */
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
+    struct ab_cache_req *cache; /* cacheable requests only (cache.h) */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -122,6 +128,7 @@ typedef struct {
     ab_counters_t c;
     ab_ratelimit_t rl;
     volatile int stop;
+    struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
 } ab_broker_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value). */

@@ -47,6 +47,14 @@ static const s_option_t s_options[] = {
      "after a (re)start, requests to unknown services wait this long for their "
      "workers to re-register before NO_SERVICE; 0 disables"},
     {"log-level", OPT_LOGLEVEL, OFF(log_level), 0, 3, "info", "error, warn, info or debug"},
+    {"cache-l1-bytes", OPT_SIZE, OFF(cache_l1_bytes), 0, 1L << 40, "256M",
+     "in-process inference cache (LRU) bound; 0 turns the cache off"},
+    {"cache-ttl-s", OPT_LONG, OFF(cache_ttl_s), 0, 30L * 86400, "3600",
+     "how long a cached reply is kept when its request gives no TTL; 0: store nothing"},
+    {"cache-max-entry-bytes", OPT_SIZE, OFF(cache_max_entry_bytes), 1024, 1L << 30, "16M",
+     "replies larger than this (all chunks together) are not cached"},
+    {"cache-waiters-max", OPT_LONG, OFF(cache_waiters_max), 0, 1000000, "1024",
+     "identical requests that may wait on one in flight; beyond: sent to a worker"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

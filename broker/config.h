@@ -29,6 +29,10 @@ typedef struct {
     long startup_grace_ms;   /* after start, unknown services wait for workers */
     long log_level;
     char *config_path;
+    size_t cache_l1_bytes;        /* in-process cache bound; 0 turns the cache off */
+    long cache_ttl_s;             /* TTL of a cached reply whose request gives none */
+    size_t cache_max_entry_bytes; /* larger replies are not cached */
+    long cache_waiters_max;       /* identical requests that may wait on one in flight */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -9,6 +9,7 @@
  */
 #include "broker.h"
 #include "placement.h"
+#include "cache.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -68,6 +69,8 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
 
 void ab_req_free(ab_broker_t *b, ab_req_t *r)
 {
+    if (r->cache)
+        ab_cache_req_gone(b, r);
     if (r->state == AB_REQ_QUEUED)
         ab_queue_remove(r->service, r);
     else if (r->worker)
@@ -80,6 +83,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
 void ab_req_destroy(ab_req_t *r)
 {
     ab_route_free(r);
+    ab_cache_req_free(&r->cache);
     if (r->has_payload)
         zmq_msg_close(&r->payload);
     free(r);

@@ -6,6 +6,7 @@
  * operator asks or once per sweep for the rates.
  */
 #include "broker.h"
+#include "cache.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -166,6 +167,7 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     }
     st.n_errors = ne;
     st.errors = ecp;
+    st.cache = ab_cache_stats(b);
 
     s_services_t sv;
     int rc = s_services_build(b, &sv);

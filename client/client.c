@@ -27,6 +27,8 @@ struct ab_client {
     ab_idmap_t calls; /* id -> s_call_t (owned) */
     int64_t next_expiry_ms;
     int in_callback;
+    uint32_t cache_flags; /* ab_client_set_cache: added to every REQUEST */
+    uint32_t cache_ttl_s;
 };
 
 int ab_client_new(ab_client_t **out, const ab_options_t *opts)
@@ -144,6 +146,10 @@ static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, con
     h.sender = ab_view_of(c->conn.opts.name);
     h.model = ab_view_of(model);
     h.worker = ab_view_of(worker);
+    if (kind == AB_KIND_REQUEST) {
+        h.flags |= c->cache_flags;
+        h.cache_ttl_s = c->cache_ttl_s;
+    }
     int rc = ab_conn_send(&c->conn, &h, kind == AB_KIND_REQUEST ? (data ? data : "") : NULL,
                           size);
     if (rc != AB_OK) {
@@ -177,6 +183,16 @@ int ab_client_request_model_async(ab_client_t *c, const char *service, const cha
                  : AB_EINVAL;
     return s_start_routed(c, AB_KIND_REQUEST, service, model, worker, data, size, timeout_ms, fn,
                           arg, request_id);
+}
+
+int ab_client_set_cache(ab_client_t *c, uint32_t flags, uint32_t ttl_s)
+{
+    if (!c || (flags & ~(uint32_t)(AB_CACHE_ON | AB_CACHE_NO_READ | AB_CACHE_NO_STORE)))
+        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "unknown cache flags 0x%x", flags)
+                 : AB_EINVAL;
+    c->cache_flags = flags;
+    c->cache_ttl_s = ttl_s;
+    return AB_OK;
 }
 
 int ab_client_cancel(ab_client_t *c, uint64_t request_id)
