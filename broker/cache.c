@@ -1,6 +1,7 @@
 /* cache.c - see cache.h and docs/cache.md. */
 #include "cache.h"
 #include "cache_l1.h"
+#include "cache_lmdb.h"
 #include "placement.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -11,6 +12,7 @@
 
 #define AB_CACHE_MAX_TTL_S (30u * 86400u)
 #define AB_EXPIRE_SCAN 64 /* cold entries looked at per timer turn */
+#define AB_L3_QUEUE_MAX (64u << 20) /* bytes of writes waiting for the L3 thread */
 
 typedef struct s_flight {
     ab_cache_key_t key;
@@ -36,9 +38,13 @@ struct ab_cache {
     uint64_t coalesced, uncacheable, redispatched, stores_skipped;
     ab_hist_t l1_ns;
     int dispatch_pending;
+    ab_l3_t *l3;            /* NULL without --data-dir */
+    ab_l3_writer_t *l3w;
+    ab_hist_t l3_ns;
+    uint64_t l3_hits, l3_misses;
     Agentbus__CacheStats st;
-    Agentbus__CacheTier tier;
-    Agentbus__CacheTier *tierp[1];
+    Agentbus__CacheTier tier[2];
+    Agentbus__CacheTier *tierp[2];
 };
 
 /* --- blobs -------------------------------------------------------------------- */
@@ -152,6 +158,12 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     c->max_entry = cfg->cache_max_entry_bytes;
     c->waiters_max = (size_t)cfg->cache_waiters_max;
     ab_hist_reset(&c->l1_ns);
+    ab_hist_reset(&c->l3_ns);
+    if (cfg->data_dir && *cfg->data_dir && (c->l3 = ab_l3_open(cfg->data_dir, cfg->cache_l3_bytes)) &&
+        !(c->l3w = ab_l3_writer_new(c->l3, AB_L3_QUEUE_MAX))) {
+        AB_ERROR("L3 cache off: cannot start its writer thread");
+        ab_l3_close(&c->l3);
+    }
     return c;
 }
 
@@ -169,6 +181,8 @@ void ab_cache_destroy(ab_cache_t **cp)
         }
     ab_idmap_fini(&c->flights);
     ab_l1_destroy(&c->l1);
+    ab_l3_writer_destroy(&c->l3w); /* writes what is queued first */
+    ab_l3_close(&c->l3);
     free(c);
     *cp = NULL;
 }
@@ -248,6 +262,32 @@ static void s_replay(ab_broker_t *b, const ab_rid_t *to, uint64_t corr, const ui
 }
 
 /* --- request path ------------------------------------------------------------------ */
+/* L3 lookup, straight from LMDB's map: a hit is replayed to the client and
+ * promoted to L1. 1 when answered. */
+static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, uint64_t id,
+                       const ab_cache_key_t *key, int64_t now)
+{
+    ab_cache_t *c = b->cache;
+    uint64_t t0 = ab_now_ns();
+    const uint8_t *val;
+    size_t len;
+    int64_t exp;
+    int hit = ab_l3_get(c->l3, key, now, &val, &len, &exp) == 1 && s_blob_valid(val, len);
+    ab_hist_record(&c->l3_ns, ab_now_ns() - t0);
+    if (hit) {
+        s_replay(b, client, id, val, len);
+        ab_l1_put(c->l1, key, val, len, exp);
+        c->l3_hits++;
+        s->replies++;
+        b->c.replies++;
+        ab_hist_record(&s->latency_us, 0);
+    } else {
+        c->l3_misses++;
+    }
+    ab_l3_release(c->l3);
+    return hit;
+}
+
 int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
                         const ab_header_t *h, const zmq_msg_t *body, int64_t now,
                         ab_cache_req_t **cr)
@@ -282,6 +322,8 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
         }
         if (hit)
             ab_l1_del(c->l1, &key); /* cannot happen: only whole replies are put */
+        if (c->l3 && s_l3_lookup(b, s, client, h->id, &key, now))
+            return 1;
     }
     ab_cache_req_t *x = calloc(1, sizeof *x);
     if (!x)
@@ -452,9 +494,12 @@ void ab_cache_on_answer(ab_broker_t *b, ab_req_t *r, const ab_header_t *h,
         return;
     }
     if (h->kind == AB_KIND_REPLY) {
-        if (cr->store && !cr->overflow && cr->ttl_ms > 0)
-            ab_l1_put(c->l1, &cr->key, cr->acc.buf, cr->acc.len, ab_now_ms() + cr->ttl_ms);
-        else
+        if (cr->store && !cr->overflow && cr->ttl_ms > 0) {
+            int64_t exp = ab_now_ms() + cr->ttl_ms;
+            ab_l1_put(c->l1, &cr->key, cr->acc.buf, cr->acc.len, exp);
+            if (c->l3w)
+                ab_l3_writer_put(c->l3w, &cr->key, exp, cr->acc.buf, cr->acc.len);
+        } else
             c->stores_skipped++;
         ab_blob_free(&cr->acc);
         if (f)
@@ -523,22 +568,39 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         return NULL;
     ab_l1_stats_t l;
     ab_l1_stats(c->l1, &l);
-    agentbus__cache_tier__init(&c->tier);
-    c->tier.name = "l1";
-    c->tier.hits = l.hits;
-    c->tier.misses = l.misses;
-    c->tier.bytes = l.bytes;
-    c->tier.entries = l.entries;
-    c->tier.evictions = l.evictions;
-    c->tier.expired = l.expired;
-    c->tier.lookup_p50_ns = ab_hist_percentile(&c->l1_ns, 50);
-    c->tier.lookup_p99_ns = ab_hist_percentile(&c->l1_ns, 99);
-    c->tier.max_bytes = l.max_bytes;
-    c->tier.stores = l.stores;
-    c->tier.state = "on";
-    c->tierp[0] = &c->tier;
+    agentbus__cache_tier__init(&c->tier[0]);
+    c->tier[0].name = "l1";
+    c->tier[0].hits = l.hits;
+    c->tier[0].misses = l.misses;
+    c->tier[0].bytes = l.bytes;
+    c->tier[0].entries = l.entries;
+    c->tier[0].evictions = l.evictions;
+    c->tier[0].expired = l.expired;
+    c->tier[0].lookup_p50_ns = ab_hist_percentile(&c->l1_ns, 50);
+    c->tier[0].lookup_p99_ns = ab_hist_percentile(&c->l1_ns, 99);
+    c->tier[0].max_bytes = l.max_bytes;
+    c->tier[0].stores = l.stores;
+    c->tier[0].state = "on";
+    c->tierp[0] = &c->tier[0];
+    size_t nt = 1;
+    if (c->l3) {
+        Agentbus__CacheTier *t = &c->tier[1];
+        ab_l3_counters_t *k = ab_l3_counters(c->l3);
+        agentbus__cache_tier__init(t);
+        t->name = "l3";
+        t->state = "on";
+        t->hits = c->l3_hits;
+        t->misses = c->l3_misses;
+        ab_l3_usage(c->l3, &t->entries, &t->bytes, &t->max_bytes);
+        t->stores = atomic_load(&k->stores);
+        t->evictions = atomic_load(&k->evictions);
+        t->expired = atomic_load(&k->expired);
+        t->lookup_p50_ns = ab_hist_percentile(&c->l3_ns, 50);
+        t->lookup_p99_ns = ab_hist_percentile(&c->l3_ns, 99);
+        c->tierp[nt++] = t;
+    }
     agentbus__cache_stats__init(&c->st);
-    c->st.n_tiers = 1;
+    c->st.n_tiers = nt;
     c->st.tiers = c->tierp;
     c->st.coalesced = c->coalesced;
     c->st.uncacheable = c->uncacheable;
@@ -569,16 +631,24 @@ static int s_get_entry(ab_cache_t *c, const char *hex, uint8_t **out, size_t *le
     const uint8_t *val;
     size_t vlen;
     int64_t exp, now = ab_now_ms();
+    const char *tier = "l1";
+    int in_l3 = 0;
     if (!ab_l1_get(c->l1, &key, now, &val, &vlen, &exp)) {
-        *err = "no such cache entry";
-        return -1;
+        in_l3 = c->l3 && ab_l3_get(c->l3, &key, now, &val, &vlen, &exp) == 1;
+        if (!in_l3) {
+            if (c->l3)
+                ab_l3_release(c->l3);
+            *err = "no such cache entry";
+            return -1;
+        }
+        tier = "l3";
     }
     Agentbus__CacheEntry e;
     agentbus__cache_entry__init(&e);
     char kh[AB_CACHE_KEY_HEX];
     ab_cache_key_hex(&key, kh);
     e.key = kh;
-    e.tier = "l1";
+    e.tier = (char *)tier;
     e.ttl_left_ms = (uint64_t)(exp - now);
     Agentbus__CacheChunk ch[64], *chp[64];
     size_t off = 0, n = 0;
@@ -595,7 +665,10 @@ static int s_get_entry(ab_cache_t *c, const char *hex, uint8_t **out, size_t *le
     }
     e.n_chunks = n;
     e.chunks = chp;
-    return s_pack(&e.base, out, len);
+    int rc = s_pack(&e.base, out, len);
+    if (in_l3)
+        ab_l3_release(c->l3); /* the chunks pointed into the map */
+    return rc;
 }
 
 int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *len,
@@ -604,16 +677,26 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     ab_cache_t *c = b->cache;
     *out = NULL;
     *len = 0;
-    *err = "unknown cache query (try: cache, cache clear [l1], cache get KEY)";
+    *err = "unknown cache query (try: cache, cache clear [l1|l3], cache get KEY)";
     if (!c) {
         *err = "the cache is off (--cache-l1-bytes 0)";
         return -1;
     }
     if (strcmp(what, "cache") == 0)
         return s_pack(&ab_cache_stats(b)->base, out, len);
-    if (strcmp(what, "cache clear") == 0 || strcmp(what, "cache clear l1") == 0) {
-        ab_l1_clear(c->l1);
-        AB_INFO("cache cleared by an operator");
+    int all = strcmp(what, "cache clear") == 0;
+    if (all || strcmp(what, "cache clear l1") == 0 || strcmp(what, "cache clear l3") == 0) {
+        if (!all && what[13] == '3' && !c->l3w) {
+            *err = "there is no L3 cache (no --data-dir)";
+            return -1;
+        }
+        if (all || what[13] == '1')
+            ab_l1_clear(c->l1);
+        if ((all || what[13] == '3') && c->l3w && ab_l3_writer_clear(c->l3w) != 0) {
+            *err = "the L3 writer is busy: try again";
+            return -1;
+        }
+        AB_INFO("cache %s cleared by an operator", all ? "(every tier)" : what + 12);
         return s_pack(&ab_cache_stats(b)->base, out, len);
     }
     if (strncmp(what, "cache get ", 10) == 0)

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL } s_type_t;
+typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_STR } s_type_t;
 
 typedef struct {
     const char *name;
@@ -53,6 +53,10 @@ static const s_option_t s_options[] = {
      "how long a cached reply is kept when its request gives no TTL; 0: store nothing"},
     {"cache-max-entry-bytes", OPT_SIZE, OFF(cache_max_entry_bytes), 1024, 1L << 30, "16M",
      "replies larger than this (all chunks together) are not cached"},
+    {"data-dir", OPT_STR, OFF(data_dir), 0, 0, "",
+     "directory of the broker's files (the L3 cache, cache.mdb); empty: no L3 cache"},
+    {"cache-l3-bytes", OPT_SIZE, OFF(cache_l3_bytes), 1 << 20, 1L << 40, "4G",
+     "LMDB map size of the L3 cache in --data-dir (its bound on disk)"},
     {"cache-waiters-max", OPT_LONG, OFF(cache_waiters_max), 0, 1000000, "1024",
      "identical requests that may wait on one in flight; beyond: sent to a worker"},
 };
@@ -119,6 +123,14 @@ static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
         if (!append)
             s_binds_clear(cfg);
         return s_binds_add(cfg, val);
+    case OPT_STR: {
+        char **slot = (char **)(base + o->offset), *copy = strdup(val);
+        if (!copy)
+            goto bad;
+        free(*slot);
+        *slot = copy;
+        return 0;
+    }
     }
 bad:
     fprintf(stderr, "agentbus-broker: invalid value '%s' for %s (from %s)", val, o->name, source);
@@ -276,4 +288,6 @@ void ab_config_free(ab_broker_config_t *cfg)
     s_binds_clear(cfg);
     free(cfg->config_path);
     cfg->config_path = NULL;
+    free(cfg->data_dir);
+    cfg->data_dir = NULL;
 }

@@ -33,6 +33,8 @@ typedef struct {
     long cache_ttl_s;             /* TTL of a cached reply whose request gives none */
     size_t cache_max_entry_bytes; /* larger replies are not cached */
     long cache_waiters_max;       /* identical requests that may wait on one in flight */
+    char *data_dir;               /* "" = none: no L3 cache */
+    size_t cache_l3_bytes;        /* LMDB map size */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -524,6 +524,82 @@ static void s_cli(void)
     ab_client_destroy(&c);
 }
 
+static Agentbus__CacheTier *s_tier(Agentbus__CacheStats *cs, const char *name)
+{
+    for (size_t i = 0; i < cs->n_tiers; i++)
+        if (strcmp(cs->tiers[i]->name, name) == 0)
+            return cs->tiers[i];
+    return NULL;
+}
+
+/* Waits (bounded) until the L3 writer has stored N entries. */
+static int s_wait_l3_stores(ab_client_t *c, unsigned long long n)
+{
+    for (int i = 0; i < 100; i++) {
+        Agentbus__Stats *st = th_stats(c);
+        Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l3") : NULL;
+        int ok = t && t->stores >= n;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        if (ok)
+            return 0;
+        th_sleep_ms(50);
+    }
+    return -1;
+}
+
+/* A reply stored in L3 (LMDB in --data-dir) is served after the broker
+ * restarts, without the worker, then from L1 (promoted). */
+static void s_l3_restart(void)
+{
+    int port = th_free_port();
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/data", th_dir());
+    pid_t broker = th_broker(port, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = s_worker_start(&x, c);
+    char out[512];
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(s_req(c, "echo", "keep", out, sizeof out), AB_OK);
+    CHECK_STR(out, "keep#1");
+    REQUIRE(s_wait_l3_stores(c, 1) == 0);
+    ab_client_destroy(&c);
+    CHECK_EQ(th_stop(broker), 0);
+    broker = th_broker(port, "--data-dir", dir, NULL);
+    c = th_client(port);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(s_req(c, "echo", "keep", out, sizeof out), AB_OK);
+    CHECK_STR(out, "keep#1");
+    CHECK_EQ(s_req(c, "echo", "keep", out, sizeof out), AB_OK);
+    CHECK_STR(out, "keep#1");
+    CHECK_EQ(atomic_load(&x.jobs), 1);
+    Agentbus__Stats *st;
+    Agentbus__CacheStats *cs = s_cache_stats(c, &st);
+    Agentbus__CacheTier *l3 = s_tier(cs, "l3"), *l1 = s_tier(cs, "l1");
+    REQUIRE(l3 && l1);
+    CHECK_U64(l3->hits, 1);
+    CHECK_U64(l1->hits, 1);
+    CHECK_U64(l3->entries, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* cache clear --tier l3 empties the file (written by the L3 thread). */
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s --broker %s cache clear --tier l3", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    int cleared = 0;
+    for (int i = 0; i < 100 && !cleared; i++) {
+        cs = s_cache_stats(c, &st);
+        cleared = s_tier(cs, "l3")->entries == 0;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (!cleared)
+            th_sleep_ms(50);
+    }
+    CHECK_TRUE(cleared);
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -533,7 +609,7 @@ int main(int argc, char **argv)
                  {"error_not_cached", s_error_not_cached}, {"typed", s_typed_determinism},
                  {"coalesce_100", s_coalesce_100},   {"stream_fanout", s_stream_fanout},
                  {"leader_fails", s_leader_fails},   {"waiter_deadline", s_waiter_deadline},
-                 {"cli", s_cli}};
+                 {"cli", s_cli}, {"l3_restart", s_l3_restart}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_cache CASE\n");
         return 2;
