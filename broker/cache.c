@@ -42,6 +42,7 @@ struct ab_cache {
     ab_l3_writer_t *l3w;
     ab_hist_t l3_ns;
     uint64_t l3_hits, l3_misses;
+    ab_hist_t l1_serve_ns, l3_serve_ns; /* request handled -> last chunk sent */
     Agentbus__CacheStats st;
     Agentbus__CacheTier tier[2];
     Agentbus__CacheTier *tierp[2];
@@ -159,6 +160,8 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     c->waiters_max = (size_t)cfg->cache_waiters_max;
     ab_hist_reset(&c->l1_ns);
     ab_hist_reset(&c->l3_ns);
+    ab_hist_reset(&c->l1_serve_ns);
+    ab_hist_reset(&c->l3_serve_ns);
     if (cfg->data_dir && *cfg->data_dir && (c->l3 = ab_l3_open(cfg->data_dir, cfg->cache_l3_bytes)) &&
         !(c->l3w = ab_l3_writer_new(c->l3, AB_L3_QUEUE_MAX))) {
         AB_ERROR("L3 cache off: cannot start its writer thread");
@@ -265,7 +268,7 @@ static void s_replay(ab_broker_t *b, const ab_rid_t *to, uint64_t corr, const ui
 /* L3 lookup, straight from LMDB's map: a hit is replayed to the client and
  * promoted to L1. 1 when answered. */
 static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, uint64_t id,
-                       const ab_cache_key_t *key, int64_t now)
+                       const ab_cache_key_t *key, int64_t now, uint64_t t_in)
 {
     ab_cache_t *c = b->cache;
     uint64_t t0 = ab_now_ns();
@@ -276,6 +279,7 @@ static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, 
     ab_hist_record(&c->l3_ns, ab_now_ns() - t0);
     if (hit) {
         s_replay(b, client, id, val, len);
+        ab_hist_record(&c->l3_serve_ns, ab_now_ns() - t_in);
         ab_l1_put(c->l1, key, val, len, exp);
         c->l3_hits++;
         s->replies++;
@@ -296,6 +300,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
     *cr = NULL;
     if (!c || h->worker.len) /* pinned requests are operator commands */
         return 0;
+    uint64_t t_in = ab_now_ns();
     char model[AB_MODEL_MAX + 1];
     ab_view_copy(h->model, model, sizeof model);
     ab_key_input_t in = {s->name, model, s_digest(s, model), h->flags,
@@ -315,6 +320,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
         ab_hist_record(&c->l1_ns, ab_now_ns() - t0);
         if (hit && s_blob_valid(val, len)) {
             s_replay(b, client, h->id, val, len);
+            ab_hist_record(&c->l1_serve_ns, ab_now_ns() - t_in);
             s->replies++;
             b->c.replies++;
             ab_hist_record(&s->latency_us, 0);
@@ -322,7 +328,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
         }
         if (hit)
             ab_l1_del(c->l1, &key); /* cannot happen: only whole replies are put */
-        if (c->l3 && s_l3_lookup(b, s, client, h->id, &key, now))
+        if (c->l3 && s_l3_lookup(b, s, client, h->id, &key, now, t_in))
             return 1;
     }
     ab_cache_req_t *x = calloc(1, sizeof *x);
@@ -581,6 +587,8 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
     c->tier[0].max_bytes = l.max_bytes;
     c->tier[0].stores = l.stores;
     c->tier[0].state = "on";
+    c->tier[0].serve_p50_ns = ab_hist_percentile(&c->l1_serve_ns, 50);
+    c->tier[0].serve_p99_ns = ab_hist_percentile(&c->l1_serve_ns, 99);
     c->tierp[0] = &c->tier[0];
     size_t nt = 1;
     if (c->l3) {
@@ -597,6 +605,8 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->expired = atomic_load(&k->expired);
         t->lookup_p50_ns = ab_hist_percentile(&c->l3_ns, 50);
         t->lookup_p99_ns = ab_hist_percentile(&c->l3_ns, 99);
+        t->serve_p50_ns = ab_hist_percentile(&c->l3_serve_ns, 50);
+        t->serve_p99_ns = ab_hist_percentile(&c->l3_serve_ns, 99);
         c->tierp[nt++] = t;
     }
     agentbus__cache_stats__init(&c->st);
