@@ -558,7 +558,8 @@ static void s_timers(ab_broker_t *b, int64_t now)
 
 int ab_broker_run(ab_broker_t *b)
 {
-    zmq_pollitem_t item = {b->router, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t items[2] = {{b->router, 0, ZMQ_POLLIN, 0}, {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
+    int nitems = items[1].socket ? 2 : 1; /* the L2 cache thread's answers */
     b->next_sweep_ms = ab_now_ms() + AB_SWEEP_MS;
     while (!b->stop) {
         int64_t now = ab_now_ms();
@@ -566,7 +567,7 @@ int ab_broker_run(ab_broker_t *b)
         if (dl && dl < wake)
             wake = dl;
         long timeout = wake > now ? (long)(wake - now) : 0;
-        int rc = zmq_poll(&item, 1, timeout);
+        int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0 && errno != EINTR) {
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));
             return -1;
@@ -575,6 +576,8 @@ int ab_broker_run(ab_broker_t *b)
         for (int i = 0; i < AB_RECV_BURST && !b->stop; i++)
             if (s_recv_one(b, now) != 0)
                 break;
+        if (nitems == 2)
+            ab_cache_on_pipe(b);
         s_timers(b, ab_now_ms());
     }
     AB_INFO("stopping: %zu requests pending", ab_idmap_size(&b->pending));

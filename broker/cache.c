@@ -2,6 +2,7 @@
 #include "cache.h"
 #include "cache_l1.h"
 #include "cache_lmdb.h"
+#include "cache_redis.h"
 #include "placement.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -26,6 +27,8 @@ struct ab_cache_req {
     ab_cache_key_t key;
     int64_t ttl_ms;
     uint8_t read, store, leader, overflow;
+    uint8_t l2_wait; /* a lookup is with the L2 thread */
+    uint64_t l2_sent_ns;
     ab_blob_t acc; /* the reply so far (a leader or a request alone) */
     s_flight_t *flight;
 };
@@ -43,9 +46,12 @@ struct ab_cache {
     ab_hist_t l3_ns;
     uint64_t l3_hits, l3_misses;
     ab_hist_t l1_serve_ns, l3_serve_ns; /* request handled -> last chunk sent */
+    ab_l2_t *l2;            /* NULL without --cache-redis */
+    ab_hist_t l2_ns;        /* lookup sent -> answer back (a Redis round trip + 2 pipes) */
+    uint64_t l2_hits, l2_misses;
     Agentbus__CacheStats st;
-    Agentbus__CacheTier tier[2];
-    Agentbus__CacheTier *tierp[2];
+    Agentbus__CacheTier tier[3];
+    Agentbus__CacheTier *tierp[3];
 };
 
 /* --- blobs -------------------------------------------------------------------- */
@@ -162,6 +168,9 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     ab_hist_reset(&c->l3_ns);
     ab_hist_reset(&c->l1_serve_ns);
     ab_hist_reset(&c->l3_serve_ns);
+    ab_hist_reset(&c->l2_ns);
+    if (cfg->cache_redis && *cfg->cache_redis)
+        c->l2 = ab_l2_new(cfg->cache_redis, (int)cfg->cache_l2_timeout_ms);
     if (cfg->data_dir && *cfg->data_dir && (c->l3 = ab_l3_open(cfg->data_dir, cfg->cache_l3_bytes)) &&
         !(c->l3w = ab_l3_writer_new(c->l3, AB_L3_QUEUE_MAX))) {
         AB_ERROR("L3 cache off: cannot start its writer thread");
@@ -184,6 +193,7 @@ void ab_cache_destroy(ab_cache_t **cp)
         }
     ab_idmap_fini(&c->flights);
     ab_l1_destroy(&c->l1);
+    ab_l2_destroy(&c->l2);
     ab_l3_writer_destroy(&c->l3w); /* writes what is queued first */
     ab_l3_close(&c->l3);
     free(c);
@@ -343,6 +353,22 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
     return 0;
 }
 
+/* Asks L2 for R's reply when Redis is usable: R then waits (other traffic
+ * flows) until ab_cache_on_pipe has the answer. 1 when asked. */
+static int s_l2_ask(ab_cache_t *c, ab_req_t *r)
+{
+    ab_cache_req_t *cr = r->cache;
+    /* A provisional service (startup grace) may be removed while R waits
+     * outside its queue: such requests skip L2. */
+    if (!c->l2 || !cr->read || r->service->provisional || !ab_l2_usable(c->l2) ||
+        ab_l2_get(c->l2, r->bid, &cr->key) != 0)
+        return 0;
+    r->state = AB_REQ_WAITING;
+    cr->l2_wait = 1;
+    cr->l2_sent_ns = ab_now_ns();
+    return 1;
+}
+
 int ab_cache_join(ab_broker_t *b, ab_req_t *r)
 {
     ab_cache_t *c = b->cache;
@@ -375,19 +401,19 @@ int ab_cache_join(ab_broker_t *b, ab_req_t *r)
         return 1;
     }
     if (ab_idmap_get(&c->flights, s_slot(&cr->key)))
-        return 0; /* another key in the same slot (2^-64): go alone */
+        return s_l2_ask(c, r); /* another key in the same slot (2^-64): go alone */
     f = calloc(1, sizeof *f);
     if (!f)
-        return 0;
+        return s_l2_ask(c, r);
     f->key = cr->key;
     f->leader = r;
     if (ab_idmap_put(&c->flights, s_slot(&cr->key), f) != 0) {
         free(f);
-        return 0;
+        return s_l2_ask(c, r);
     }
     cr->flight = f;
     cr->leader = 1;
-    return 0;
+    return s_l2_ask(c, r);
 }
 
 /* Takes F's waiters out of it (so freeing one does not touch F). */
@@ -505,6 +531,8 @@ void ab_cache_on_answer(ab_broker_t *b, ab_req_t *r, const ab_header_t *h,
             ab_l1_put(c->l1, &cr->key, cr->acc.buf, cr->acc.len, exp);
             if (c->l3w)
                 ab_l3_writer_put(c->l3w, &cr->key, exp, cr->acc.buf, cr->acc.len);
+            if (c->l2 && ab_l2_usable(c->l2))
+                ab_l2_put(c->l2, &cr->key, cr->ttl_ms, cr->acc.buf, cr->acc.len);
         } else
             c->stores_skipped++;
         ab_blob_free(&cr->acc);
@@ -566,6 +594,77 @@ void ab_cache_tick(ab_broker_t *b, int64_t now)
     ab_l1_expire(c->l1, now, AB_EXPIRE_SCAN);
 }
 
+/* --- L2 answers ----------------------------------------------------------------------- */
+void *ab_cache_pipe(ab_broker_t *b)
+{
+    return b->cache && b->cache->l2 ? ab_l2_pipe(b->cache->l2) : NULL;
+}
+
+/* An L2 hit for R (a leader that waited): R and its waiters get the whole
+ * reply, which is promoted to L1 (and L3). */
+static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len)
+{
+    ab_cache_t *c = b->cache;
+    ab_cache_req_t *cr = r->cache;
+    int64_t exp = ab_now_ms() + cr->ttl_ms;
+    ab_l1_put(c->l1, &cr->key, val, len, exp);
+    if (c->l3w)
+        ab_l3_writer_put(c->l3w, &cr->key, exp, val, len);
+    size_t n = 0;
+    ab_req_t **w = NULL;
+    if (cr->flight) {
+        s_flight_t *f = cr->flight;
+        w = s_take_waiters(f, &n);
+        cr->flight = NULL;
+        cr->leader = 0;
+        s_flight_drop(c, f);
+    }
+    uint64_t now = ab_now_us();
+    for (size_t i = 0; i <= n; i++) {
+        ab_req_t *x = i < n ? w[i] : r;
+        if (x->state != AB_REQ_ORPHANED) {
+            s_replay(b, &x->client, x->client_id, val, len);
+            x->service->replies++;
+            b->c.replies++;
+            ab_hist_record(&x->service->latency_us, now - x->start_us);
+        }
+        ab_req_free(b, x);
+    }
+    free(w);
+}
+
+void ab_cache_on_pipe(ab_broker_t *b)
+{
+    ab_cache_t *c = b->cache;
+    if (!c || !c->l2)
+        return;
+    for (int i = 0; i < 4096; i++) {
+        uint64_t tag;
+        int hit;
+        size_t off;
+        zmq_msg_t m;
+        if (!ab_l2_recv(c->l2, &tag, &hit, &m, &off))
+            return;
+        ab_req_t *r = ab_idmap_get(&b->pending, tag);
+        ab_cache_req_t *cr = r ? r->cache : NULL;
+        if (cr && cr->l2_wait) { /* else: answered or gone meanwhile */
+            cr->l2_wait = 0;
+            ab_hist_record(&c->l2_ns, ab_now_ns() - cr->l2_sent_ns);
+            const uint8_t *val = (const uint8_t *)zmq_msg_data(&m) + off;
+            size_t len = zmq_msg_size(&m) - off;
+            if (hit && s_blob_valid(val, len)) {
+                c->l2_hits++;
+                s_l2_hit(b, r, val, len);
+            } else {
+                c->l2_misses++;
+                ab_service_enqueue(b, r->service, r);
+                ab_service_dispatch(b, r->service);
+            }
+        }
+        zmq_msg_close(&m);
+    }
+}
+
 /* --- control and stats ------------------------------------------------------------- */
 Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
 {
@@ -607,6 +706,21 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->lookup_p99_ns = ab_hist_percentile(&c->l3_ns, 99);
         t->serve_p50_ns = ab_hist_percentile(&c->l3_serve_ns, 50);
         t->serve_p99_ns = ab_hist_percentile(&c->l3_serve_ns, 99);
+        c->tierp[nt++] = t;
+    }
+    if (c->l2) {
+        Agentbus__CacheTier *t = &c->tier[2];
+        ab_l2_counters_t *k = ab_l2_counters(c->l2);
+        agentbus__cache_tier__init(t);
+        t->name = "l2";
+        t->state = (char *)ab_l2_state_name(c->l2);
+        t->hits = c->l2_hits;
+        t->misses = c->l2_misses;
+        t->stores = atomic_load(&k->stores);
+        t->evictions = atomic_load(&k->opens); /* breaker openings (Redis evicts itself) */
+        t->expired = atomic_load(&k->dropped);
+        t->lookup_p50_ns = ab_hist_percentile(&c->l2_ns, 50);
+        t->lookup_p99_ns = ab_hist_percentile(&c->l2_ns, 99);
         c->tierp[nt++] = t;
     }
     agentbus__cache_stats__init(&c->st);
@@ -695,6 +809,14 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     if (strcmp(what, "cache") == 0)
         return s_pack(&ab_cache_stats(b)->base, out, len);
     int all = strcmp(what, "cache clear") == 0;
+    if (strcmp(what, "cache clear l2") == 0 || (all && c->l2)) {
+        if (!c->l2 || ab_l2_clear(c->l2) != 0) {
+            *err = c->l2 ? "the L2 thread is busy: try again" : "there is no L2 cache (no --cache-redis)";
+            return -1;
+        }
+        if (!all)
+            return s_pack(&ab_cache_stats(b)->base, out, len);
+    }
     if (all || strcmp(what, "cache clear l1") == 0 || strcmp(what, "cache clear l3") == 0) {
         if (!all && what[13] == '3' && !c->l3w) {
             *err = "there is no L3 cache (no --data-dir)";

@@ -60,6 +60,12 @@ int ab_cache_has_waiters(const ab_req_t *r);
  * waiters, expires cold entries. */
 void ab_cache_tick(ab_broker_t *b, int64_t now);
 
+/* The L2 thread's pipe (poll it for ZMQ_POLLIN), or NULL without L2. */
+void *ab_cache_pipe(ab_broker_t *b);
+/* Handles the L2 lookup answers that arrived: a hit answers the request
+ * (and its waiters), a miss sends it on to a worker. */
+void ab_cache_on_pipe(ab_broker_t *b);
+
 /* CONTROL "cache", "cache clear [l1]", "cache get KEY": *out malloc'd
  * protobuf (CacheStats, CacheStats, CacheEntry). 0, or -1 with *ERR set
  * (static text) for an unknown query or key. */

@@ -53,6 +53,10 @@ static const s_option_t s_options[] = {
      "how long a cached reply is kept when its request gives no TTL; 0: store nothing"},
     {"cache-max-entry-bytes", OPT_SIZE, OFF(cache_max_entry_bytes), 1024, 1L << 30, "16M",
      "replies larger than this (all chunks together) are not cached"},
+    {"cache-redis", OPT_STR, OFF(cache_redis), 0, 0, "",
+     "host:port of the Redis shared by brokers (L2 cache); empty: no L2"},
+    {"cache-l2-timeout-ms", OPT_LONG, OFF(cache_l2_timeout_ms), 1, 10000, "50",
+     "Redis connect/reply timeout; slower or down: L2 skipped for a backoff"},
     {"data-dir", OPT_STR, OFF(data_dir), 0, 0, "",
      "directory of the broker's files (the L3 cache, cache.mdb); empty: no L3 cache"},
     {"cache-l3-bytes", OPT_SIZE, OFF(cache_l3_bytes), 1 << 20, 1L << 40, "4G",
@@ -290,4 +294,6 @@ void ab_config_free(ab_broker_config_t *cfg)
     cfg->config_path = NULL;
     free(cfg->data_dir);
     cfg->data_dir = NULL;
+    free(cfg->cache_redis);
+    cfg->cache_redis = NULL;
 }

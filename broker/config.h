@@ -35,6 +35,8 @@ typedef struct {
     long cache_waiters_max;       /* identical requests that may wait on one in flight */
     char *data_dir;               /* "" = none: no L3 cache */
     size_t cache_l3_bytes;        /* LMDB map size */
+    char *cache_redis;            /* "host:port"; "" = no L2 cache */
+    long cache_l2_timeout_ms;
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -13,7 +13,14 @@
 #include "cache_key.h"
 #include "codec.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -600,6 +607,185 @@ static void s_l3_restart(void)
     ab_client_destroy(&c);
 }
 
+/* --- Redis (L2) ------------------------------------------------------------------------ */
+static pid_t s_redis_pid;
+
+static void s_redis_kill(void)
+{
+    if (s_redis_pid > 0) {
+        kill(s_redis_pid, SIGKILL);
+        waitpid(s_redis_pid, NULL, 0);
+        s_redis_pid = 0;
+    }
+}
+
+/* A real redis-server on 127.0.0.1:PORT, no persistence; stopped by PID. */
+static pid_t s_redis_start(int port)
+{
+    char ports[16], log[700];
+    snprintf(ports, sizeof ports, "%d", port);
+    snprintf(log, sizeof log, "%s/redis-%d.log", th_dir(), port);
+    pid_t parent = getpid(), pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execl("/usr/bin/redis-server", "redis-server", "--port", ports, "--bind", "127.0.0.1",
+              "--save", "", "--appendonly", "no", (char *)NULL);
+        _exit(127);
+    }
+    s_redis_pid = pid;
+    atexit(s_redis_kill);
+    /* Up when it accepts a connection (bounded). */
+    for (int i = 0; i < 100; i++) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0;
+        close(s);
+        if (ok)
+            return pid;
+        th_sleep_ms(50);
+    }
+    REQUIRE(!"redis-server did not start");
+    return -1;
+}
+
+static void s_redis_stop(void)
+{
+    if (s_redis_pid > 0) {
+        kill(s_redis_pid, SIGTERM);
+        waitpid(s_redis_pid, NULL, 0);
+        s_redis_pid = 0;
+    }
+}
+
+static const char *s_l2_state(ab_client_t *c, unsigned long long *hits,
+                              unsigned long long *stores)
+{
+    static char state[16];
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l2") : NULL;
+    snprintf(state, sizeof state, "%s", t ? t->state : "none");
+    if (hits)
+        *hits = t ? t->hits : 0;
+    if (stores)
+        *stores = t ? t->stores : 0;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return state;
+}
+
+static int s_wait_l2(ab_client_t *c, const char *state, unsigned long long stores)
+{
+    for (int i = 0; i < 200; i++) {
+        unsigned long long s = 0;
+        if (!strcmp(s_l2_state(c, NULL, &s), state) && s >= stores)
+            return 0;
+        th_sleep_ms(50);
+    }
+    return -1;
+}
+
+/* Two brokers share one Redis: a reply stored by the first is an L2 hit
+ * on the second, whose worker never sees the request. */
+static void s_l2_shared(void)
+{
+    int rport = th_free_port(), pa = th_free_port(), pb = th_free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    s_redis_start(rport);
+    th_broker(pa, "--cache-redis", addr, NULL);
+    th_broker(pb, "--cache-redis", addr, NULL);
+    ab_client_t *ca = th_client(pa), *cb = th_client(pb);
+    s_wk_t xa = {.port = pa, .service = "echo"}, xb = {.port = pb, .service = "echo"};
+    pthread_t ta = s_worker_start(&xa, ca), tb = s_worker_start(&xb, cb);
+    REQUIRE(s_wait_l2(ca, "closed", 0) == 0 && s_wait_l2(cb, "closed", 0) == 0);
+    char out[512];
+    ab_client_set_cache(ca, AB_CACHE_ON, 0);
+    ab_client_set_cache(cb, AB_CACHE_ON, 0);
+    CHECK_EQ(s_req(ca, "echo", "shared", out, sizeof out), AB_OK);
+    CHECK_STR(out, "shared#1");
+    REQUIRE(s_wait_l2(ca, "closed", 1) == 0); /* written to Redis */
+    CHECK_EQ(s_req(cb, "echo", "shared", out, sizeof out), AB_OK);
+    CHECK_STR(out, "shared#1"); /* broker A's worker's answer */
+    CHECK_EQ(atomic_load(&xb.jobs), 0);
+    unsigned long long hits = 0;
+    s_l2_state(cb, &hits, NULL);
+    CHECK_U64(hits, 1);
+    /* Promoted to B's L1: the next one does not go to Redis. */
+    CHECK_EQ(s_req(cb, "echo", "shared", out, sizeof out), AB_OK);
+    CHECK_STR(out, "shared#1");
+    CHECK_U64(s_l1_hits(cb), 1);
+    /* A miss in L2 goes on to the worker. */
+    CHECK_EQ(s_req(cb, "echo", "only-b", out, sizeof out), AB_OK);
+    CHECK_STR(out, "only-b#1");
+    CHECK_EQ(atomic_load(&xb.jobs), 1);
+    s_worker_end(&xa, ta);
+    s_worker_end(&xb, tb);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cb);
+    s_redis_stop();
+}
+
+/* Redis killed mid-run: no client error, the breaker opens; Redis back on
+ * the same port: the breaker closes and L2 serves again. */
+static void s_l2_down(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    s_redis_start(rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = s_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512], data[32];
+    int errors = 0;
+    for (int i = 0; i < 10; i++) {
+        snprintf(data, sizeof data, "d%d", i % 5);
+        errors += s_req(c, "echo", data, out, sizeof out) != AB_OK;
+    }
+    kill(s_redis_pid, SIGKILL); /* mid-run */
+    waitpid(s_redis_pid, NULL, 0);
+    s_redis_pid = 0;
+    for (int i = 0; i < 40; i++) { /* new keys: each tries L2 (until the breaker opens) */
+        snprintf(data, sizeof data, "e%d", i);
+        errors += s_req(c, "echo", data, out, sizeof out) != AB_OK;
+    }
+    CHECK_EQ(errors, 0);
+    CHECK_STR(s_l2_state(c, NULL, NULL), "open");
+    unsigned long long stores_before = 0;
+    s_l2_state(c, NULL, &stores_before);
+    s_redis_start(rport);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0); /* reconnected by itself */
+    /* Stored in Redis again, and read back (L1 cleared). */
+    CHECK_EQ(s_req(c, "echo", "back", out, sizeof out), AB_OK);
+    CHECK_TRUE(s_wait_l2(c, "closed", stores_before + 1) == 0);
+    void *buf = NULL;
+    size_t len;
+    CHECK_EQ(ab_client_control(c, "cache clear l1", 5000, &buf, &len), AB_OK);
+    ab_free(buf);
+    int jobs = atomic_load(&x.jobs);
+    CHECK_EQ(s_req(c, "echo", "back", out, sizeof out), AB_OK);
+    CHECK_EQ(atomic_load(&x.jobs), jobs);
+    unsigned long long hits = 0;
+    s_l2_state(c, &hits, NULL);
+    CHECK_U64(hits, 1);
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+    s_redis_stop();
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -609,7 +795,8 @@ int main(int argc, char **argv)
                  {"error_not_cached", s_error_not_cached}, {"typed", s_typed_determinism},
                  {"coalesce_100", s_coalesce_100},   {"stream_fanout", s_stream_fanout},
                  {"leader_fails", s_leader_fails},   {"waiter_deadline", s_waiter_deadline},
-                 {"cli", s_cli}, {"l3_restart", s_l3_restart}};
+                 {"cli", s_cli}, {"l3_restart", s_l3_restart},
+                 {"l2_shared", s_l2_shared}, {"l2_down", s_l2_down}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_cache CASE\n");
         return 2;

@@ -50,7 +50,7 @@ static void s_usage(FILE *out)
             "                          mark the request cacheable (TTL in seconds), or bypass\n"
             "                          reading / storing the broker's cache\n"
             "  cache                   cache tiers: hits, misses, bytes, entries, lookup p50/p99\n"
-            "  cache clear [--tier l1|l3]  drop cached replies\n"
+            "  cache clear [--tier l1|l2|l3]  drop cached replies\n"
             "  cache get KEY           show one cached reply (KEY: 32 hex digits)\n"
             "  (inference commands use service 'ollama' unless --service is given, and a\n"
             "   120000 ms timeout unless --timeout-ms is)\n\n"

@@ -3,7 +3,7 @@
  *
  *   brokerctl cache                    per-tier hits, misses, bytes, entries,
  *                                      evictions, lookup p50/p99, coalesced
- *   brokerctl cache clear [--tier T]   drop every entry (of tier T: l1, l3)
+ *   brokerctl cache clear [--tier T]   drop every entry (of tier T: l1, l2, l3)
  *   brokerctl cache get KEY            show one entry (32 hex digits)
  */
 #ifndef AB_BROKERCTL_CACHE_H
