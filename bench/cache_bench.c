@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <hiredis/hiredis.h>
 #include <zmq.h>
 
 static pid_t s_kids[8];
@@ -133,14 +134,108 @@ static void s_payload(char *buf, int i)
     buf[strlen(buf)] = 'x';
 }
 
+/* L2: a redis-server, broker A (stores) and broker B (L2 only, answers
+ * from Redis). Each distinct request is stored through A, then asked once
+ * of B: an L2 hit. Interleaved with direct GETs of the same Redis. */
+static int s_l2_bench(const char *broker, const char *worker, int count)
+{
+    int rport = s_free_port(), pa = s_free_port(), pb = s_free_port();
+    char rp[16], addr[64], ea[64], eb[64];
+    snprintf(rp, sizeof rp, "%d", rport);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    snprintf(ea, sizeof ea, "tcp://127.0.0.1:%d", pa);
+    snprintf(eb, sizeof eb, "tcp://127.0.0.1:%d", pb);
+    const char *rargv[] = {"/usr/bin/redis-server", "--port", rp, "--bind", "127.0.0.1", "--save",
+                           "", "--appendonly", "no", NULL};
+    const char *aargv[] = {broker, "--bind", ea, "--cache-redis", addr, "--log-level", "error", NULL};
+    const char *bargv[] = {broker, "--bind", eb, "--cache-redis", addr, "--log-level", "error", NULL};
+    const char *wa[] = {worker, "--broker", ea, "--service", "echo", NULL};
+    const char *wb[] = {worker, "--broker", eb, "--service", "echo", NULL};
+    s_spawn(rargv);
+    usleep(300000);
+    s_spawn(aargv);
+    s_spawn(bargv);
+    s_spawn(wa);
+    s_spawn(wb);
+    struct timeval tv = {1, 0};
+    redisContext *rc = NULL;
+    for (int i = 0; i < 50 && (!rc || rc->err); i++) {
+        if (rc)
+            redisFree(rc);
+        usleep(100000);
+        rc = redisConnectWithTimeout("127.0.0.1", rport, tv);
+    }
+    ab_client_t *ca = NULL, *cb = NULL;
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, ea);
+    ab_client_new(&ca, o);
+    ab_options_set_endpoint(o, eb);
+    ab_client_new(&cb, o);
+    ab_options_destroy(&o);
+    if (!rc || rc->err || !ca || !cb)
+        return -1;
+    ab_client_set_cache(ca, AB_CACHE_ON, 3600);
+    ab_client_set_cache(cb, AB_CACHE_ON, 3600);
+    char buf[64];
+    usleep(1500000); /* both brokers connected to Redis (breaker closed) */
+    for (int i = 0; i < count; i++) {
+        s_payload(buf, 1000000 + i);
+        if (s_ab_one(ca, buf, 64, NULL) != 0)
+            return -1;
+    }
+    usleep(500000); /* A's writes reach Redis */
+    ab_hist_t hr, h2;
+    ab_hist_reset(&hr);
+    ab_hist_reset(&h2);
+    int fails = 0, per = count / 10, next = 0;
+    for (int slice = 0; slice < 10; slice++) {
+        for (int i = 0; i < per; i++) {
+            uint64_t t = ab_now_ns();
+            redisReply *r = redisCommand(rc, "GET agentbus:bench:%d", i);
+            if (r)
+                ab_hist_record(&hr, ab_now_ns() - t);
+            else
+                fails++;
+            freeReplyObject(r);
+        }
+        for (int i = 0; i < per; i++, next++) {
+            s_payload(buf, 1000000 + next);
+            fails += s_ab_one(cb, buf, 64, &h2) != 0;
+        }
+    }
+    Agentbus__Stats *st;
+    const Agentbus__CacheTier *t2 = s_tier(s_cache(cb, &st), "l2");
+    if (!t2)
+        return -1;
+    double r50 = ab_hist_percentile(&hr, 50) / 1e3, r99 = ab_hist_percentile(&hr, 99) / 1e3;
+    double c50 = ab_hist_percentile(&h2, 50) / 1e3, c99 = ab_hist_percentile(&h2, 99) / 1e3;
+    double l50 = t2->lookup_p50_ns / 1e3, l99 = t2->lookup_p99_ns / 1e3;
+    printf("\nL2 (Redis), %d hits on a second broker, %d failed, %llu L2 hits counted\n", per * 10,
+           fails, (unsigned long long)t2->hits);
+    printf("%-40s %10s %10s\n", "", "p50_us", "p99_us");
+    printf("%-40s %10.1f %10.1f\n", "Redis GET round trip (hiredis, direct)", r50, r99);
+    printf("%-40s %10.1f %10.1f\n", "broker: L2 lookup queued -> answer back", l50, l99);
+    printf("%-40s %10.1f %10.1f\n", "  over the Redis round trip", l50 - r50, l99 - r99);
+    printf("%-40s %10.1f %10.1f\n", "client round trip of an L2 hit", c50, c99);
+    agentbus__stats__free_unpacked(st, NULL);
+    redisFree(rc);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cb);
+    return fails ? -1 : 0;
+}
+
 int main(int argc, char **argv)
 {
-    int count = 5000;
+    int count = 5000, redis = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--count") && i + 1 < argc)
             count = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--redis"))
+            redis = 1;
         else {
-            printf("Usage: agentbus-cache-bench [--count N]   (default 5000 requests per kind)\n");
+            printf("Usage: agentbus-cache-bench [--count N] [--redis]\n"
+                   "  --count N  requests per kind (default 5000)\n"
+                   "  --redis    also measure L2 hits (starts /usr/bin/redis-server)\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -273,5 +368,9 @@ int main(int argc, char **argv)
     ab_client_destroy(&c);
     zmq_close(bare);
     zmq_ctx_term(zctx);
+    if (redis && s_l2_bench(broker, worker, count) != 0) {
+        fprintf(stderr, "agentbus-cache-bench: the L2 part failed\n");
+        return 1;
+    }
     return fails ? 1 : 0;
 }

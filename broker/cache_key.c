@@ -160,6 +160,8 @@ ab_key_kind_t ab_cache_key(const ab_key_input_t *in, ab_cache_key_t *key)
         return AB_KEY_NO;
     int marked = (in->flags & AB_FLAG_CACHEABLE) != 0;
     int has_model = in->model && *in->model;
+    if (!marked && (!has_model || !in->size || (in->flags & AB_FLAG_LZ4)))
+        return AB_KEY_NO; /* the common case costs two tests, no hashing */
     XXH3_state_t st;
     XXH3_128bits_reset(&st);
     uint8_t ver = AB_CACHE_KEY_VERSION;

@@ -29,8 +29,10 @@ struct ab_l2 {
 };
 
 /* --- the L2 thread ------------------------------------------------------------------- */
-static void s_open_breaker(ab_l2_t *l2, const char *why)
+static void s_open_breaker(ab_l2_t *l2, const char *reason)
 {
+    char why[128]; /* REASON may live in the context freed below */
+    snprintf(why, sizeof why, "%s", reason);
     if (l2->rc) {
         redisFree(l2->rc);
         l2->rc = NULL;
