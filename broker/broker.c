@@ -244,6 +244,9 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
+    /* Inference workers register again whenever their models or slots
+     * change: that is routine, not news for the log. */
+    int again = p->worker && p->worker->service == s;
     if (p->worker && p->worker->service != s)
         ab_worker_detach(b, p->worker, "re-registered for another service");
     p->role = AB_ROLE_WORKER;
@@ -260,8 +263,8 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         m->inference = NULL;
         agentbus__register__free_unpacked(m, NULL);
     }
-    AB_INFO("worker %s%s%s registered for '%s' with capacity %u", p->key, p->name[0] ? " " : "",
-            p->name, name, in->h.credit);
+    AB_LOG(again ? AB_LOG_DEBUG : AB_LOG_INFO, "worker %s%s%s registered for '%s' with capacity %u",
+           p->key, p->name[0] ? " " : "", p->name, name, in->h.credit);
     ab_header_t h = ab_header_init(AB_KIND_REGISTER);
     h.correlation_id = in->h.id;
     h.target = in->h.target;

@@ -176,6 +176,14 @@ uint32_t ab_placement_why(ab_service_t *s, const ab_req_t *r, char *text, size_t
             return AB_ERR_NO_SERVICE;
         }
     }
+    unsigned down = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        down += w->inference && !w->inference->backend_up;
+    if (down) { /* say so: "not found" would send the operator the wrong way */
+        snprintf(text, cap, "model \"%s\" not found on any worker of '%s' (%u worker%s backend "
+                 "unreachable)", rt->model, s->name, down, down == 1 ? "'s" : "s'");
+        return AB_ERR_BACKEND;
+    }
     snprintf(text, cap, "model \"%s\" not found on any worker of '%s'", rt->model, s->name);
     return AB_ERR_MODEL_NOT_FOUND;
 }
@@ -205,12 +213,13 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
     return 1;
 }
 
-void ab_cancel_send(ab_broker_t *b, ab_req_t *r)
+void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
 {
     if (!r->worker || ab_cache_has_waiters(r)) /* identical requests wait for it */
         return;
     ab_header_t h = ab_header_init(AB_KIND_CANCEL);
     h.correlation_id = r->bid;
+    h.error_code = why;
     h.target = ab_view_of(r->service->name);
     ab_send(b, &r->worker->peer->rid, &h, NULL);
 }
@@ -239,7 +248,7 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
         found->has_payload = 0;
     }
     ab_heap_remove(b, found);
-    ab_cancel_send(b, found);
+    ab_cancel_send(b, found, AB_ERR_CANCELLED);
 }
 
 void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)

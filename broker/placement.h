@@ -45,9 +45,9 @@ uint32_t ab_placement_why(ab_service_t *s, const ab_req_t *r, char *text, size_t
  * could take it. Returns 1 when R was requeued (the caller forwards nothing). */
 int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code);
 
-/* Sends CANCEL for R to the worker holding it (deadline passed, client
- * cancelled). */
-void ab_cancel_send(ab_broker_t *b, ab_req_t *r);
+/* Sends CANCEL for R to the worker holding it, with WHY in error_code:
+ * AB_ERR_DEADLINE (its deadline passed) or AB_ERR_CANCELLED (the client). */
+void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why);
 /* A client's CANCEL of its request CLIENT_ID: a queued request is dropped,
  * a dispatched one orphaned (its client has its answer already) and the
  * worker told to stop. Unknown ids are ignored (the answer crossed). */

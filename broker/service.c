@@ -359,7 +359,7 @@ void ab_expire_deadlines(ab_broker_t *b, int64_t now)
             b->c.errors_sent[AB_ERR_DEADLINE]++;
             r->service->errors++;
             r->state = AB_REQ_ORPHANED;
-            ab_cancel_send(b, r); /* frees the worker's slot (GPU) soon */
+            ab_cancel_send(b, r, AB_ERR_DEADLINE); /* frees the worker's slot (GPU) soon */
             if (r->has_payload) {
                 zmq_msg_close(&r->payload);
                 r->has_payload = 0;

@@ -194,7 +194,7 @@ static int s_register(ab_worker_t *w)
 
 /* A job still waiting in the ready queue is answered here; one handed out
  * belongs to the application, which is told. */
-static void s_on_cancel(ab_worker_t *w, uint64_t id)
+static void s_on_cancel(ab_worker_t *w, uint64_t id, int why)
 {
     for (ab_job_t *j = w->ready_head, *prev = NULL; j; prev = j, j = j->next) {
         if (j->id != id)
@@ -212,7 +212,7 @@ static void s_on_cancel(ab_worker_t *w, uint64_t id)
     }
     for (ab_job_t *j = w->out; j; j = j->out_next)
         if (j->id == id && w->cancel_fn) {
-            w->cancel_fn(w, id, w->cancel_arg);
+            w->cancel_fn(w, id, why, w->cancel_arg);
             return;
         }
 }
@@ -248,7 +248,8 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         break;
     }
     case AB_KIND_CANCEL:
-        s_on_cancel(w, h->correlation_id);
+        s_on_cancel(w, h->correlation_id,
+                    h->error_code == AB_ERR_DEADLINE ? AB_EDEADLINE : AB_ECANCELLED);
         break;
     default:
         break; /* ERROR to us (e.g. our message was malformed): nothing to do */

@@ -177,7 +177,11 @@ AB_EXPORT int ab_client_request_async(ab_client_t *client, const char *service,
  * the request on a worker that has it loaded or can load it (see
  * docs/placement.md); WORKER (may be NULL) pins it to the worker with that
  * name or id (operator commands). Both are copied. The payload of an
- * inference request is an agentbus.InferenceRequest (proto/agentbus.proto).
+ * inference request is an agentbus.InferenceRequest (proto/agentbus.proto);
+ * each streamed chunk arrives as its own event holding one encoded
+ * GenerateResponse / ChatResponse (decode each on its own: concatenated
+ * protobuf messages merge, so the sync ab_client_request's concatenation
+ * is only meaningful with stream = false).
  * Errors as ab_client_request_async; AB_EINVAL for a model over AB_MODEL_MAX. */
 AB_EXPORT int ab_client_request_model_async(ab_client_t *client, const char *service,
                                             const char *model, const char *worker,
@@ -289,11 +293,12 @@ AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, co
 AB_EXPORT void ab_job_destroy(ab_job_t **job);
 
 /* --- inference workers (issue 7) --- */
-/* Called when the broker cancels job JOB_ID (the client gave up or its
- * deadline passed): the application should stop working on it and end it
+/* Called when the broker cancels job JOB_ID: WHY is AB_EDEADLINE (its
+ * deadline passed while the worker held it) or AB_ECANCELLED (the client
+ * gave up). The application should stop working on it and end it
  * (ab_worker_fail with AB_ECANCELLED; that answer frees the credit). Jobs
  * cancelled before they were handed out are answered by the library. */
-typedef void(ab_cancel_fn)(ab_worker_t *worker, uint64_t job_id, void *arg);
+typedef void(ab_cancel_fn)(ab_worker_t *worker, uint64_t job_id, int why, void *arg);
 AB_EXPORT int ab_worker_set_cancel_handler(ab_worker_t *worker, ab_cancel_fn *fn, void *arg);
 
 /* Changes the worker's capacity (1..100000), e.g. adaptive concurrency.

@@ -16,7 +16,8 @@
  *   which the broker re-dispatches to another worker;
  *   an error line mid-stream, or a stream that ends without its done line
  *   -> BACKEND after the partials (never a fake success).
- * Adaptive concurrency (AIMD): 503s, timeouts and out-of-memory errors
+ * Adaptive concurrency (AIMD): 503s, timeouts (also a CANCEL because the
+ * deadline passed while Ollama still worked) and out-of-memory errors
  * halve the slot limit (at most once per 500 ms); each success adds
  * 1/limit. The limit is the worker's capacity (credit) at the broker.
  * Models: /api/tags, /api/ps (and NVML when present) are probed at an
@@ -79,7 +80,7 @@ struct s_ollama {
     ab_worker_t *w;
     CURLM *multi;
     struct curl_slist *hdrs;
-    s_job_t *jobs; /* every job, any state */
+    s_job_t *jobs, *jobs_tail; /* every job, any state, in arrival order */
     unsigned active, admin_active;
     /* AIMD */
     double limit;
@@ -260,6 +261,8 @@ static void s_job_free(s_ollama_t *o, s_job_t *j)
         o->jobs = j->next;
     if (j->next)
         j->next->prev = j->prev;
+    else
+        o->jobs_tail = j->prev;
     if (j->job) /* unanswered: the library answers it */
         ab_job_destroy(&j->job);
     ab_ol_call_free(&j->call);
@@ -275,13 +278,12 @@ static s_job_t *s_job_add(s_ollama_t *o)
     j->o = o;
     ab_ndjson_init(&j->nd, S_MAX_LINE);
     /* appended: jobs start in arrival order */
-    s_job_t **pp = &o->jobs, *last = NULL;
-    while (*pp) {
-        last = *pp;
-        pp = &(*pp)->next;
-    }
-    j->prev = last;
-    *pp = j;
+    j->prev = o->jobs_tail;
+    if (o->jobs_tail)
+        o->jobs_tail->next = j;
+    else
+        o->jobs = j;
+    o->jobs_tail = j;
     return j;
 }
 
@@ -538,7 +540,7 @@ static int s_create(void **ctx, const ab_backend_args_t *args)
     return AB_OK;
 }
 
-static void s_cancel(ab_worker_t *w, uint64_t id, void *arg)
+static void s_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
 {
     (void)w;
     s_ollama_t *o = arg;
@@ -546,6 +548,8 @@ static void s_cancel(ab_worker_t *w, uint64_t id, void *arg)
         if (j->id != id || !j->job)
             continue;
         o->st.cancelled++;
+        if (why == AB_EDEADLINE && j->state == S_ACTIVE)
+            s_pushback(o, "a request outlived its deadline"); /* a backend timeout */
         s_stop_transfer(o, j); /* closes the connection: the backend frees the slot */
         s_fail(j, AB_ECANCELLED, "%s", "cancelled");
         s_job_free(o, j);

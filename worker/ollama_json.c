@@ -70,6 +70,85 @@ static int s_fail(char *err, size_t cap, const char *what)
     return -1;
 }
 
+/* Each s_build_* fills J and CALL from one request kind; returns its model
+ * or NULL with ERR set. */
+static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *j,
+                                    ab_ol_call_t *call, char *err, size_t cap)
+{
+    call->kind = AB_OL_GENERATE;
+    call->path = "/api/generate";
+    call->stream = g->has_stream_case ? g->stream : 1;
+    s_set_str(j, "prompt", g->prompt);
+    s_set_str(j, "system", g->system);
+    s_set_str(j, "format", g->format);
+    s_set_str(j, "suffix", g->suffix);
+    if (g->raw)
+        json_object_set_new(j, "raw", json_true());
+    s_set_keep_alive(j, g->keep_alive);
+    if (g->options)
+        json_object_set_new(j, "options", s_options(g->options));
+    if (!g->prompt || !*g->prompt)
+        return s_fail(err, cap, "generate needs a prompt"), NULL;
+    return g->model;
+}
+
+static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, ab_ol_call_t *call,
+                                char *err, size_t cap)
+{
+    call->kind = AB_OL_CHAT;
+    call->path = "/api/chat";
+    call->stream = c->has_stream_case ? c->stream : 1;
+    json_t *msgs = json_array();
+    for (size_t i = 0; i < c->n_messages; i++) {
+        json_t *m = json_object();
+        json_object_set_new(m, "role", json_string(c->messages[i]->role));
+        json_object_set_new(m, "content", json_string(c->messages[i]->content));
+        json_array_append_new(msgs, m);
+    }
+    json_object_set_new(j, "messages", msgs);
+    s_set_str(j, "format", c->format);
+    s_set_keep_alive(j, c->keep_alive);
+    if (c->options)
+        json_object_set_new(j, "options", s_options(c->options));
+    if (!c->n_messages)
+        return s_fail(err, cap, "chat needs at least one message"), NULL;
+    return c->model;
+}
+
+static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, ab_ol_call_t *call,
+                                 char *err, size_t cap)
+{
+    call->kind = AB_OL_EMBED;
+    call->path = "/api/embed";
+    call->stream = 0; /* Ollama answers embeddings in one object */
+    json_t *in = json_array();
+    for (size_t i = 0; i < e->n_input; i++)
+        json_array_append_new(in, json_string(e->input[i]));
+    json_object_set_new(j, "input", in);
+    if (e->has_truncate_case)
+        json_object_set_new(j, "truncate", json_boolean(e->truncate));
+    s_set_keep_alive(j, e->keep_alive);
+    if (e->options)
+        json_object_set_new(j, "options", s_options(e->options));
+    if (!e->n_input)
+        return s_fail(err, cap, "embed needs at least one input"), NULL;
+    return e->model;
+}
+
+/* Load and unload: a request with only a model (and keep_alive 0 to unload). */
+static const char *s_build_command(const Agentbus__ModelCommand *m, int load, json_t *j,
+                                   ab_ol_call_t *call)
+{
+    call->kind = load ? AB_OL_LOAD : AB_OL_UNLOAD;
+    call->path = "/api/generate";
+    call->stream = 1;
+    if (load)
+        s_set_keep_alive(j, m->keep_alive);
+    else
+        json_object_set_new(j, "keep_alive", json_integer(0));
+    return m->model;
+}
+
 int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, size_t errcap)
 {
     memset(call, 0, sizeof *call);
@@ -78,85 +157,28 @@ int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, 
         return s_fail(err, errcap, "payload is not an agentbus.InferenceRequest");
     json_t *j = json_object();
     const char *model = NULL;
-    int rc = 0;
     switch (r->body_case) {
-    case AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE: {
-        Agentbus__GenerateRequest *g = r->generate;
-        call->kind = AB_OL_GENERATE;
-        call->path = "/api/generate";
-        model = g->model;
-        call->stream = g->has_stream_case ? g->stream : 1;
-        s_set_str(j, "prompt", g->prompt);
-        s_set_str(j, "system", g->system);
-        s_set_str(j, "format", g->format);
-        s_set_str(j, "suffix", g->suffix);
-        if (g->raw)
-            json_object_set_new(j, "raw", json_true());
-        s_set_keep_alive(j, g->keep_alive);
-        if (g->options)
-            json_object_set_new(j, "options", s_options(g->options));
-        if (!g->prompt || !*g->prompt)
-            rc = s_fail(err, errcap, "generate needs a prompt");
+    case AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE:
+        model = s_build_generate(r->generate, j, call, err, errcap);
         break;
-    }
-    case AGENTBUS__INFERENCE_REQUEST__BODY_CHAT: {
-        Agentbus__ChatRequest *c = r->chat;
-        call->kind = AB_OL_CHAT;
-        call->path = "/api/chat";
-        model = c->model;
-        call->stream = c->has_stream_case ? c->stream : 1;
-        json_t *msgs = json_array();
-        for (size_t i = 0; i < c->n_messages; i++) {
-            json_t *m = json_object();
-            json_object_set_new(m, "role", json_string(c->messages[i]->role));
-            json_object_set_new(m, "content", json_string(c->messages[i]->content));
-            json_array_append_new(msgs, m);
-        }
-        json_object_set_new(j, "messages", msgs);
-        s_set_str(j, "format", c->format);
-        s_set_keep_alive(j, c->keep_alive);
-        if (c->options)
-            json_object_set_new(j, "options", s_options(c->options));
-        if (!c->n_messages)
-            rc = s_fail(err, errcap, "chat needs at least one message");
+    case AGENTBUS__INFERENCE_REQUEST__BODY_CHAT:
+        model = s_build_chat(r->chat, j, call, err, errcap);
         break;
-    }
-    case AGENTBUS__INFERENCE_REQUEST__BODY_EMBED: {
-        Agentbus__EmbedRequest *e = r->embed;
-        call->kind = AB_OL_EMBED;
-        call->path = "/api/embed";
-        model = e->model;
-        json_t *in = json_array();
-        for (size_t i = 0; i < e->n_input; i++)
-            json_array_append_new(in, json_string(e->input[i]));
-        json_object_set_new(j, "input", in);
-        if (e->has_truncate_case)
-            json_object_set_new(j, "truncate", json_boolean(e->truncate));
-        s_set_keep_alive(j, e->keep_alive);
-        if (e->options)
-            json_object_set_new(j, "options", s_options(e->options));
-        if (!e->n_input)
-            rc = s_fail(err, errcap, "embed needs at least one input");
+    case AGENTBUS__INFERENCE_REQUEST__BODY_EMBED:
+        model = s_build_embed(r->embed, j, call, err, errcap);
         break;
-    }
     case AGENTBUS__INFERENCE_REQUEST__BODY_LOAD:
-    case AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD: {
-        int load = r->body_case == AGENTBUS__INFERENCE_REQUEST__BODY_LOAD;
-        Agentbus__ModelCommand *m = load ? r->load : r->unload;
-        call->kind = load ? AB_OL_LOAD : AB_OL_UNLOAD;
-        call->path = "/api/generate"; /* a request with only a model (un)loads it */
-        model = m->model;
-        if (load)
-            s_set_keep_alive(j, m->keep_alive);
-        else
-            json_object_set_new(j, "keep_alive", json_integer(0));
+        model = s_build_command(r->load, 1, j, call);
         break;
-    }
+    case AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD:
+        model = s_build_command(r->unload, 0, j, call);
+        break;
     default:
-        rc = s_fail(err, errcap, "InferenceRequest has no body");
+        s_fail(err, errcap, "InferenceRequest has no body");
         break;
     }
-    if (rc == 0 && (!model || !*model))
+    int rc = model ? 0 : -1;
+    if (rc == 0 && !*model)
         rc = s_fail(err, errcap, "the request names no model");
     if (rc == 0 && strlen(model) >= sizeof call->model)
         rc = s_fail(err, errcap, "model name too long");
@@ -165,8 +187,6 @@ int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, 
         json_object_set_new(j, "model", json_string(model));
         if (call->kind != AB_OL_EMBED)
             json_object_set_new(j, "stream", json_boolean(call->stream));
-        else
-            call->stream = 0;
         call->body = json_dumps(j, JSON_COMPACT);
         if (!call->body)
             rc = s_fail(err, errcap, "out of memory");

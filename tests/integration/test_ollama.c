@@ -431,6 +431,36 @@ static void s_round_trip(void)
     if (ol && out[ol - 1] == '\n')
         out[--ol] = '\0';
     CHECK_STR(out, direct);
+    snprintf(cmd, sizeof cmd, "%s --broker %s chat sim-small 'hi there' --seed 3 --no-stream",
+             th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    ol = strlen(out);
+    if (ol && out[ol - 1] == '\n')
+        out[--ol] = '\0';
+    CHECK_STR(out, dchat);
+    /* --json: one Ollama-shaped object per line; the last has the timings */
+    snprintf(cmd, sizeof cmd, "%s --broker %s generate sim-small 'tell me a story' --seed 7 --json",
+             th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    char *last = out, *nl;
+    int lines = 0;
+    while ((nl = strchr(last, '\n')) && nl[1]) {
+        last = nl + 1;
+        lines++;
+    }
+    json_t *lj = json_loads(last, JSON_DISABLE_EOF_CHECK, NULL);
+    CHECK_TRUE(lj && json_is_true(json_object_get(lj, "done")));
+    CHECK_EQ(json_integer_value(json_object_get(lj, "eval_count")), lines);
+    json_decref(lj);
+    snprintf(cmd, sizeof cmd, "%s --broker %s embed sim-embed 'hello world' --json",
+             th_bin("brokerctl"), th_ep(port));
+    static char big[1 << 16]; /* 768 numbers as text */
+    CHECK_EQ(th_run(cmd, big, sizeof big), 0);
+    lj = json_loads(big, JSON_DISABLE_EOF_CHECK, NULL);
+    json_t *vec = json_array_get(json_object_get(lj, "embeddings"), 0);
+    CHECK_EQ(json_array_size(vec), dims);
+    CHECK_TRUE((float)json_number_value(json_array_get(vec, 0)) == (float)first);
+    json_decref(lj);
     ab_client_destroy(&c);
 }
 
@@ -614,6 +644,22 @@ static void s_hang_cancel(void)
     }
     CHECK_EQ(aborted, 3);
     CHECK_EQ(active, 0);
+    /* a client process killed (no CANCEL, no BYE): once the broker drops it
+     * for silence, its request is cancelled at the backend too */
+    const char *gen[] = {"--broker", th_ep(port), "generate", "sim-small", "hang", "--seed", "1",
+                         NULL};
+    pid_t ctl = th_spawn("brokerctl", gen, NULL);
+    for (int i = 0; i < 100 && s_sim_stat(sim, "active") != 1; i++)
+        th_sleep_ms(50);
+    CHECK_EQ(s_sim_stat(sim, "active"), 1);
+    th_kill9(ctl);
+    for (int i = 0; i < 200 && (aborted < 4 || active != 0); i++) {
+        aborted = s_sim_stat(sim, "aborted");
+        active = s_sim_stat(sim, "active");
+        th_sleep_ms(50);
+    }
+    CHECK_EQ(aborted, 4);
+    CHECK_EQ(active, 0);
     /* and the worker's credit came back: a healthy request still works */
     s_faults(sim, "{\"reset\":true}");
     g.timeout_ms = 20000;
@@ -621,12 +667,13 @@ static void s_hang_cancel(void)
     Agentbus__WorkerList *wl;
     uint32_t cap = 0;
     const Agentbus__InferenceState *st = s_state(c, "w1", &wl, &cap);
-    for (int i = 0; i < 50 && !(st && st->cancelled >= 3); i++) {
+    for (int i = 0; i < 50 && !(st && st->cancelled >= 4); i++) {
         agentbus__worker_list__free_unpacked(wl, NULL);
         th_sleep_ms(100);
         st = s_state(c, "w1", &wl, &cap);
     }
-    CHECK_TRUE(st && st->cancelled >= 3);
+    CHECK_TRUE(st && st->cancelled >= 4);
+    CHECK_TRUE(st && st->slot_shrinks >= 1); /* the deadline one counts as a timeout */
     CHECK_TRUE(wl && wl->n_workers == 1 && wl->workers[0]->in_flight == 0);
     agentbus__worker_list__free_unpacked(wl, NULL);
     ab_client_destroy(&c);
@@ -815,6 +862,42 @@ static void s_models_cli(void)
     ab_client_destroy(&c);
 }
 
+/* Ollama not running yet: a clear error (not "model not found"); once it
+ * comes up the worker sees it at its next probe and serves. */
+static void s_backend_down(void)
+{
+    int sim_port = th_free_port();
+    int port = th_free_port();
+    th_broker(port, NULL);
+    s_oworker(port, sim_port, "w1", "--refresh-ms", "500", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    const Agentbus__InferenceState *st = NULL;
+    Agentbus__WorkerList *wl = NULL;
+    for (int i = 0; i < 100 && !st; i++) {
+        if (wl)
+            agentbus__worker_list__free_unpacked(wl, NULL);
+        th_sleep_ms(50);
+        st = s_state(c, "w1", &wl, NULL);
+    }
+    REQUIRE(st);
+    CHECK_EQ(st->backend_up, 0);
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    s_res_t r;
+    s_gen_t g = {"sim-small", "anyone there", NULL, 1, 1, 0};
+    CHECK_EQ(s_generate(c, &g, &r), AB_EBACKEND);
+    CHECK_TRUE(strstr(r.error, "unreachable") != NULL);
+    /* the simulator starts on the port the worker points at */
+    char p[16];
+    snprintf(p, sizeof p, "%d", sim_port);
+    const char *argv[] = {"--port", p, "--time-scale", S_SCALE, "--quiet", NULL};
+    th_spawn("ollama-sim", argv, NULL);
+    CHECK_EQ(s_wait_loaded(c, "w1", "none", 0, 15000), 0); /* models reported */
+    CHECK_EQ(s_generate(c, &g, &r), AB_OK);
+    CHECK_TRUE(r.eval_count > 0);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -829,7 +912,8 @@ int main(int argc, char **argv)
                  {"adaptive", s_adaptive},
                  {"placement_loaded", s_placement_loaded},
                  {"placement_vram", s_placement_vram},
-                 {"models_cli", s_models_cli}};
+                 {"models_cli", s_models_cli},
+                 {"backend_down", s_backend_down}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_ollama CASE\n");
         return 2;

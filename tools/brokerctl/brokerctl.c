@@ -43,7 +43,7 @@ static void s_usage(FILE *out)
             "           [--system S] [--no-stream] [--service S] [--json]\n"
             "                          stream the model's answer to stdout as it is generated\n"
             "  chat MODEL MESSAGE [same options]   one user message, answer streamed\n"
-            "  embed MODEL TEXT...     print one embedding vector per TEXT\n"
+            "  embed MODEL TEXT...     print one embedding vector per TEXT (up to 16)\n"
             "  models                  inference workers: slots, VRAM, loaded and available models\n"
             "  models load|unload WORKER MODEL     (un)load MODEL on that worker's GPU\n"
             "  request --cache[=TTL_S] | --no-cache | --no-store SERVICE DATA\n"

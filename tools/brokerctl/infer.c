@@ -267,84 +267,117 @@ static Agentbus__InferenceOptions *s_options(const s_flags_t *f, Agentbus__Infer
     return o;
 }
 
+typedef struct {
+    ab_client_t *c;
+    const s_flags_t *f;
+    int timeout_ms;
+    volatile sig_atomic_t *stop;
+    s_run_t *run;
+} s_ctx_t;
+
+static int s_cmd_generate(const s_ctx_t *x, const char *model, const char *prompt)
+{
+    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    Agentbus__InferenceOptions opt;
+    g.model = (char *)model;
+    g.prompt = (char *)prompt;
+    g.system = (char *)(x->f->system ? x->f->system : "");
+    g.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
+    g.stream = !x->f->no_stream;
+    g.options = s_options(x->f, &opt);
+    req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    req.generate = &g;
+    x->run->kind = 1;
+    return s_send(x->c, x->f->service, model, NULL, &req, x->timeout_ms, x->run, x->stop);
+}
+
+static int s_cmd_chat(const s_ctx_t *x, const char *model, const char *message)
+{
+    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__ChatRequest ch = AGENTBUS__CHAT_REQUEST__INIT;
+    Agentbus__InferenceOptions opt;
+    Agentbus__ChatMessage m[2], *mp[2];
+    size_t n = 0;
+    if (x->f->system) {
+        agentbus__chat_message__init(&m[n]);
+        m[n].role = "system";
+        m[n].content = (char *)x->f->system;
+        mp[n] = &m[n];
+        n++;
+    }
+    agentbus__chat_message__init(&m[n]);
+    m[n].role = "user";
+    m[n].content = (char *)message;
+    mp[n] = &m[n];
+    n++;
+    ch.model = (char *)model;
+    ch.n_messages = n;
+    ch.messages = mp;
+    ch.has_stream_case = AGENTBUS__CHAT_REQUEST__HAS_STREAM_STREAM;
+    ch.stream = !x->f->no_stream;
+    ch.options = s_options(x->f, &opt);
+    req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    req.chat = &ch;
+    x->run->kind = 2;
+    return s_send(x->c, x->f->service, model, NULL, &req, x->timeout_ms, x->run, x->stop);
+}
+
+static int s_cmd_embed(const s_ctx_t *x, const char *model, const char **inputs, size_t n)
+{
+    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__EmbedRequest e = AGENTBUS__EMBED_REQUEST__INIT;
+    e.model = (char *)model;
+    e.n_input = n;
+    e.input = (char **)inputs;
+    req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
+    req.embed = &e;
+    x->run->kind = 3;
+    return s_send(x->c, x->f->service, model, NULL, &req, x->timeout_ms, x->run, x->stop);
+}
+
+/* models load|unload WORKER MODEL: pinned to WORKER (Header.worker). */
+static int s_cmd_model(const s_ctx_t *x, int load, const char *worker, const char *model)
+{
+    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
+    mc.model = (char *)model;
+    req.body_case = load ? AGENTBUS__INFERENCE_REQUEST__BODY_LOAD
+                         : AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD;
+    if (load)
+        req.load = &mc;
+    else
+        req.unload = &mc;
+    x->run->kind = load ? 4 : 5;
+    x->run->worker = worker;
+    x->run->model = model;
+    return s_send(x->c, x->f->service, model, worker, &req, x->timeout_ms, x->run, x->stop);
+}
+
 int ab_ctl_infer(ab_client_t *c, const char *cmd, int argc, char **argv, int *json,
                  int timeout_ms, volatile sig_atomic_t *stop, char *err, size_t errcap)
 {
     s_flags_t f = {0};
     f.service = "ollama";
-    const char *pos[3];
+    const char *pos[17]; /* embed takes up to 16 texts */
     int npos;
     err[0] = '\0';
-    if (s_flags(argc, argv, &f, pos, 3, &npos, json) != 0)
+    if (s_flags(argc, argv, &f, pos, 17, &npos, json) != 0)
         return AB_EINVAL;
     s_run_t run = {0};
     run.json = *json;
-    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
-    Agentbus__InferenceOptions opt;
+    s_ctx_t x = {c, &f, timeout_ms, stop, &run};
     int rc;
-    if (strcmp(cmd, "generate") == 0 && npos == 2) {
-        Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
-        g.model = (char *)pos[0];
-        g.prompt = (char *)pos[1];
-        g.system = (char *)(f.system ? f.system : "");
-        g.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
-        g.stream = !f.no_stream;
-        g.options = s_options(&f, &opt);
-        req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
-        req.generate = &g;
-        run.kind = 1;
-        rc = s_send(c, f.service, pos[0], NULL, &req, timeout_ms, &run, stop);
-    } else if (strcmp(cmd, "chat") == 0 && npos == 2) {
-        Agentbus__ChatRequest ch = AGENTBUS__CHAT_REQUEST__INIT;
-        Agentbus__ChatMessage m[2], *mp[2];
-        size_t n = 0;
-        if (f.system) {
-            agentbus__chat_message__init(&m[n]);
-            m[n].role = "system";
-            m[n].content = (char *)f.system;
-            mp[n] = &m[n];
-            n++;
-        }
-        agentbus__chat_message__init(&m[n]);
-        m[n].role = "user";
-        m[n].content = (char *)pos[1];
-        mp[n] = &m[n];
-        n++;
-        ch.model = (char *)pos[0];
-        ch.n_messages = n;
-        ch.messages = mp;
-        ch.has_stream_case = AGENTBUS__CHAT_REQUEST__HAS_STREAM_STREAM;
-        ch.stream = !f.no_stream;
-        ch.options = s_options(&f, &opt);
-        req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
-        req.chat = &ch;
-        run.kind = 2;
-        rc = s_send(c, f.service, pos[0], NULL, &req, timeout_ms, &run, stop);
-    } else if (strcmp(cmd, "embed") == 0 && npos >= 2) {
-        Agentbus__EmbedRequest e = AGENTBUS__EMBED_REQUEST__INIT;
-        e.model = (char *)pos[0];
-        e.n_input = (size_t)npos - 1;
-        e.input = (char **)&pos[1];
-        req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
-        req.embed = &e;
-        run.kind = 3;
-        rc = s_send(c, f.service, pos[0], NULL, &req, timeout_ms, &run, stop);
-    } else if (strcmp(cmd, "models") == 0 && npos == 3 &&
-               (strcmp(pos[0], "load") == 0 || strcmp(pos[0], "unload") == 0)) {
-        Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
-        mc.model = (char *)pos[2];
-        int load = strcmp(pos[0], "load") == 0;
-        req.body_case = load ? AGENTBUS__INFERENCE_REQUEST__BODY_LOAD
-                             : AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD;
-        if (load)
-            req.load = &mc;
-        else
-            req.unload = &mc;
-        run.kind = load ? 4 : 5;
-        run.worker = pos[1];
-        run.model = pos[2];
-        rc = s_send(c, f.service, pos[2], pos[1], &req, timeout_ms, &run, stop);
-    } else {
+    if (strcmp(cmd, "generate") == 0 && npos == 2)
+        rc = s_cmd_generate(&x, pos[0], pos[1]);
+    else if (strcmp(cmd, "chat") == 0 && npos == 2)
+        rc = s_cmd_chat(&x, pos[0], pos[1]);
+    else if (strcmp(cmd, "embed") == 0 && npos >= 2)
+        rc = s_cmd_embed(&x, pos[0], &pos[1], (size_t)npos - 1);
+    else if (strcmp(cmd, "models") == 0 && npos == 3 &&
+             (strcmp(pos[0], "load") == 0 || strcmp(pos[0], "unload") == 0))
+        rc = s_cmd_model(&x, strcmp(pos[0], "load") == 0, pos[1], pos[2]);
+    else {
         fprintf(stderr, "brokerctl: wrong arguments for %s\n", cmd);
         return AB_EINVAL;
     }

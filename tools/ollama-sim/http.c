@@ -66,18 +66,30 @@ enum MHD_Result sim_http_error(sim_req_t *r, int status, const char *fmt, ...)
     return sim_http_json(r, status, json_pack("{s:s}", "error", msg));
 }
 
+static const struct {
+    const char *path;
+    sim_route_t r;
+} s_map[] = {
+    {"/", R_ROOT}, {"/api/generate", R_GENERATE}, {"/api/chat", R_CHAT},
+    {"/api/embed", R_EMBED}, {"/api/tags", R_TAGS}, {"/api/ps", R_PS},
+    {"/api/version", R_VERSION}, {"/sim/faults", R_SIM_FAULTS}, {"/sim/stats", R_SIM_STATS},
+    {"/sim/stats/reset", R_SIM_STATS_RESET},
+};
+
 static sim_route_t s_route(const char *url)
 {
-    static const struct { const char *path; sim_route_t r; } map[] = {
-        {"/", R_ROOT}, {"/api/generate", R_GENERATE}, {"/api/chat", R_CHAT},
-        {"/api/embed", R_EMBED}, {"/api/tags", R_TAGS}, {"/api/ps", R_PS},
-        {"/api/version", R_VERSION}, {"/sim/faults", R_SIM_FAULTS}, {"/sim/stats", R_SIM_STATS},
-        {"/sim/stats/reset", R_SIM_STATS_RESET},
-    };
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (strcmp(url, map[i].path) == 0)
-            return map[i].r;
+    for (size_t i = 0; i < sizeof s_map / sizeof s_map[0]; i++)
+        if (strcmp(url, s_map[i].path) == 0)
+            return s_map[i].r;
     return R_NOTFOUND;
+}
+
+static const char *s_path(sim_route_t r)
+{
+    for (size_t i = 0; i < sizeof s_map / sizeof s_map[0]; i++)
+        if (s_map[i].r == r)
+            return s_map[i].path;
+    return "(unknown path)";
 }
 
 static bool s_method_ok(sim_route_t r, const char *method)
@@ -164,8 +176,12 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     sim_infer_finish(r, toe);
     if (!s->quiet && r->route != R_SIM_STATS && r->route != R_SIM_FAULTS)
-        fprintf(stderr, "ollama-sim: %s %d%s\n", r->model_echo[0] ? r->model_echo : "-", r->status,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (closed early)");
+        fprintf(stderr, "ollama-sim: %s %s %d %.1f ms%s\n", s_path(r->route),
+                r->model_echo[0] ? r->model_echo : "-",
+                /* 499 as Ollama logs a client that left early */
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK || r->server_closed ? r->status : 499,
+                (double)(sim_now() - r->t_arrive) / 1e6,
+                r->server_closed ? " (closed by a fault)" : "");
     free(r->body);
     free(r->pending);
     free(r);
@@ -191,12 +207,13 @@ int sim_http_run(sim_t *s)
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL |
-            MHD_USE_ERROR_LOG,
+            (s->quiet ? 0 : MHD_USE_ERROR_LOG),
         (uint16_t)s->port, NULL, NULL, s_access, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_NOTIFY_COMPLETED, s_completed, s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)s->max_connections, MHD_OPTION_THREAD_STACK_SIZE, (size_t)256 * 1024,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-        (unsigned)1, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
+    /* (No MHD_OPTION_LISTENING_ADDRESS_REUSE: it sets SO_REUSEPORT, which
+     * would let a second simulator share a port a test thinks is its own.) */
     if (!d) {
         fprintf(stderr, "ollama-sim: cannot listen on 127.0.0.1:%d\n", s->port);
         sim_sched_stop(s);

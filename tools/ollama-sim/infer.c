@@ -346,8 +346,10 @@ static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, i
     sim_t *s = r->s;
     const json_t *input = json_object_get(in, "input");
     size_t n = json_is_array(input) ? json_array_size(input) : json_is_string(input) ? 1 : 0;
-    if (n > SIM_MAX_EMBED_INPUTS)
-        return sim_http_error(r, 400, "too many inputs: at most %d", SIM_MAX_EMBED_INPUTS);
+    /* Bounds the answer's size too (each float is ~12 bytes of JSON). */
+    if (n > SIM_MAX_EMBED_INPUTS || n * (size_t)m->embedding_length > SIM_MAX_EMBED_FLOATS)
+        return sim_http_error(r, 400, "too many inputs: at most %d, and %d floats in all",
+                              SIM_MAX_EMBED_INPUTS, SIM_MAX_EMBED_FLOATS);
     int words = 0;
     for (size_t i = 0; i < n; i++) {
         const json_t *t = json_is_array(input) ? json_array_get(input, i) : input;
@@ -435,6 +437,46 @@ static int s_check_input(sim_req_t *r, const json_t *in, bool *load_only, enum M
     return 0;
 }
 
+/* Generate or chat once validated: slot, then the answer whole or streamed. */
+static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m,
+                                  const json_t *opts, int64_t ka)
+{
+    sim_t *s = r->s;
+    enum MHD_Result res = MHD_NO;
+    r->prompt_tokens = s_prompt_tokens(in, r->chat);
+    if (s_acquire(r, m, ka, &res) != 0)
+        return res;
+    pthread_mutex_lock(&s->lock);
+    m->prompt_tokens += (uint64_t)r->prompt_tokens;
+    pthread_mutex_unlock(&s->lock);
+    const json_t *np = json_object_get(opts, "num_predict");
+    int limit = m->reply_tokens;
+    if (json_is_integer(np) && json_integer_value(np) > 0) {
+        r->length_limited = true;
+        limit = json_integer_value(np) > SIM_MAX_TOKENS ? SIM_MAX_TOKENS : (int)json_integer_value(np);
+    }
+    const json_t *fmt = json_object_get(in, "format");
+    bool json_fmt = json_is_object(fmt) || (json_is_string(fmt) && json_string_length(fmt) > 0);
+    r->gen_init = true;   /* sim_gen_free copes with a half-done init */
+    if (sim_gen_init(&r->gen, s_seed(r, in, opts), limit, json_fmt, json_object_get(opts, "stop")) != 0)
+        return sim_http_error(r, 500, "out of memory");
+    if (!r->stream)
+        return s_generate_whole(r);
+    if (r->draw.hang && r->draw.hang_after == 0 && s_hang(r) != 0)
+        return MHD_NO;   /* nothing was sent: a hang before the headers */
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, s_reader, r, NULL);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", "application/x-ndjson");
+    res = MHD_queue_response(r->conn, 200, resp);
+    MHD_destroy_response(resp);
+    r->status = 200;
+    pthread_mutex_lock(&s->lock);
+    sim_stats_status(s, 200);
+    pthread_mutex_unlock(&s->lock);
+    return res;
+}
+
 static void s_count(sim_req_t *r, sim_model_t *m)
 {
     sim_t *s = r->s;
@@ -504,42 +546,7 @@ enum MHD_Result sim_infer_handle(sim_req_t *r)
         res = s_embed(r, in, m, ka);
         goto done;
     }
-    r->prompt_tokens = s_prompt_tokens(in, r->chat);
-    if (s_acquire(r, m, ka, &res) != 0)
-        goto done;
-    pthread_mutex_lock(&s->lock);
-    m->prompt_tokens += (uint64_t)r->prompt_tokens;
-    pthread_mutex_unlock(&s->lock);
-    const json_t *np = json_object_get(opts, "num_predict");
-    int limit = m->reply_tokens;
-    if (json_is_integer(np) && json_integer_value(np) > 0) {
-        r->length_limited = true;
-        limit = json_integer_value(np) > SIM_MAX_TOKENS ? SIM_MAX_TOKENS : (int)json_integer_value(np);
-    }
-    const json_t *fmt = json_object_get(in, "format");
-    bool json_fmt = json_is_object(fmt) || (json_is_string(fmt) && json_string_length(fmt) > 0);
-    if (sim_gen_init(&r->gen, s_seed(r, in, opts), limit, json_fmt, json_object_get(opts, "stop")) != 0) {
-        r->gen_init = true;
-        res = sim_http_error(r, 500, "out of memory");
-        goto done;
-    }
-    r->gen_init = true;
-    if (!r->stream) {
-        res = s_generate_whole(r);
-        goto done;
-    }
-    if (r->draw.hang && r->draw.hang_after == 0 && s_hang(r) != 0)
-        goto done;   /* nothing was sent: a hang before the headers */
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, s_reader, r, NULL);
-    if (!resp)
-        goto done;
-    MHD_add_response_header(resp, "Content-Type", "application/x-ndjson");
-    res = MHD_queue_response(r->conn, 200, resp);
-    MHD_destroy_response(resp);
-    r->status = 200;
-    pthread_mutex_lock(&s->lock);
-    sim_stats_status(s, 200);
-    pthread_mutex_unlock(&s->lock);
+    res = s_generate(r, in, m, opts, ka);
 done:
     json_decref(in);
     return res;

@@ -54,7 +54,7 @@ static enum MHD_Result s_ps(sim_req_t *r)
         const sim_model_t *m = list[i];
         int64_t exp = m->expires;
         if (m->active > 0 || m->queued > 0)   /* busy: would expire keep_alive after now */
-            exp = m->keep_alive_ns < 0 ? SIM_FOREVER : now + m->keep_alive_ns;
+            exp = sim_sched_expiry(s, m, now);
         char when[64];
         sim_rfc3339(when, sizeof when, exp);
         json_t *o = json_pack("{s:s, s:s}", "name", m->name, "model", m->name);

@@ -30,6 +30,7 @@ static void s_unload(sim_t *s, sim_model_t *m, int64_t now)
     if (m->state == SIM_LOADED)
         m->loaded_ns += now - m->loaded_since;
     m->state = SIM_UNLOADED;
+    m->unload_pending = false;
     m->gpu = -1;
     m->expires = SIM_FOREVER;
     s->st.unloads++;
@@ -180,13 +181,18 @@ static void s_dispatch(sim_t *s)
     pthread_cond_signal(&s->wake);
 }
 
-/* Expiry of an idle model: its last request's keep_alive from now. */
-static void s_arm_expiry(sim_model_t *m, int64_t now)
+int64_t sim_sched_expiry(const sim_t *s, const sim_model_t *m, int64_t now)
 {
     if (m->keep_alive_ns < 0)
-        m->expires = SIM_FOREVER;
-    else
-        m->expires = m->keep_alive_ns > SIM_FOREVER - now ? SIM_FOREVER : now + m->keep_alive_ns;
+        return SIM_FOREVER;
+    int64_t ka = sim_scaled_ns(s, (double)m->keep_alive_ns / 1e6);   /* time scale applies */
+    return ka >= SIM_FOREVER - now ? SIM_FOREVER : now + ka;
+}
+
+/* Expiry of an idle model: its last request's keep_alive from now. */
+static void s_arm_expiry(const sim_t *s, sim_model_t *m, int64_t now)
+{
+    m->expires = sim_sched_expiry(s, m, now);
 }
 
 sim_q_t sim_sched_enqueue(sim_t *s, sim_job_t *job)
@@ -218,10 +224,25 @@ sim_q_t sim_sched_enqueue(sim_t *s, sim_job_t *job)
     return rc;
 }
 
+static void s_load_complete(sim_t *s, sim_model_t *m, int64_t now)
+{
+    m->state = SIM_LOADED;
+    m->loaded_since = now;
+    m->load_ns += now - (m->load_done - sim_scaled_ns(s, m->load_ms));
+    m->last_used = now;
+    if (m->active == 0)
+        m->expires = m->unload_pending ? now : sim_sched_expiry(s, m, now);
+}
+
 int sim_sched_wait(sim_t *s, sim_job_t *job, int client_fd)
 {
     for (;;) {
         pthread_mutex_lock(&s->lock);
+        /* The load's time is up: it is loaded for everyone from now on,
+         * not only once the scheduler thread gets to it. */
+        int64_t now = sim_now();
+        if (job->granted && job->model->state == SIM_LOADING && job->model->load_done <= now)
+            s_load_complete(s, job->model, now);
         bool granted = job->granted;
         int64_t ready = job->model->load_done;
         sim_state_t st = job->model->state;
@@ -265,8 +286,9 @@ void sim_sched_release(sim_t *s, sim_job_t *job)
         m->last_used = now;
         m->keep_alive_ns = job->keep_alive_ns;
         if (m->active == 0) {
-            s_arm_expiry(m, now);
-            if (m->keep_alive_ns == 0 && m->queued == 0 && m->state == SIM_LOADED) {
+            s_arm_expiry(s, m, now);
+            if ((m->keep_alive_ns == 0 || m->unload_pending) && m->queued == 0 &&
+                m->state == SIM_LOADED) {
                 s_unload(s, m, now);
                 s->st.expirations++;
             }
@@ -284,8 +306,10 @@ void sim_sched_unload(sim_t *s, sim_model_t *m)
         s_unload(s, m, sim_now());
         s->st.expirations++;
         s_dispatch(s);
-    } else if (m->state != SIM_UNLOADED && m->active == 0) {
-        m->expires = sim_now();   /* the scheduler thread unloads it when idle */
+    } else if (m->state != SIM_UNLOADED) {
+        /* Busy or loading: unloaded when its last request ends (release)
+         * or, if none holds it, when the load completes (scheduler thread). */
+        m->unload_pending = true;
     }
     pthread_mutex_unlock(&s->lock);
 }
@@ -313,12 +337,7 @@ static void *s_thread(void *arg)
             sim_model_t *m = &s->models[i];
             if (m->state == SIM_LOADING) {
                 if (m->load_done <= now) {
-                    m->state = SIM_LOADED;
-                    m->loaded_since = now;
-                    m->load_ns += now - (m->load_done - sim_scaled_ns(s, m->load_ms));
-                    m->last_used = now;
-                    if (m->active == 0)
-                        s_arm_expiry(m, now);
+                    s_load_complete(s, m, now);
                     changed = true;
                 } else if (m->load_done < next) {
                     next = m->load_done;

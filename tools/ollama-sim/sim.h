@@ -24,6 +24,7 @@
 #define SIM_MAX_TOKENS 16384   /* num_predict cap: bounds a reply's memory */
 #define SIM_MAX_EMBED_INPUTS 1024
 #define SIM_MAX_EMBED_DIM 8192
+#define SIM_MAX_EMBED_FLOATS (1 << 20)   /* inputs x embedding_length per request */
 #define SIM_FOREVER INT64_MAX
 
 typedef enum { SIM_UNLOADED = 0, SIM_LOADING, SIM_LOADED } sim_state_t;
@@ -87,6 +88,7 @@ typedef struct {
     int64_t expires;         /* monotonic ns, SIM_FOREVER */
     int64_t keep_alive_ns;   /* of the last request; <0 forever */
     int active, queued;
+    bool unload_pending;     /* keep_alive 0 came while it was busy or loading */
     sim_slot_t slots[SIM_MAX_PARALLEL];
     /* stats */
     uint64_t requests, n_generate, n_chat, n_embed, prompt_tokens, eval_tokens;
@@ -197,6 +199,8 @@ int sim_sched_wait(sim_t *s, sim_job_t *job, int client_fd);
 void sim_sched_release(sim_t *s, sim_job_t *job);
 /* keep_alive 0 without work: unload now if idle, else when idle. */
 void sim_sched_unload(sim_t *s, sim_model_t *m);
+/* When M would expire if it became idle at NOW (lock held). */
+int64_t sim_sched_expiry(const sim_t *s, const sim_model_t *m, int64_t now);
 /* Largest GPU VRAM. */
 uint64_t sim_sched_max_vram(const sim_t *s);
 

@@ -56,8 +56,10 @@ int sim_gen_init(sim_gen_t *g, uint64_t seed, int limit, bool json, const json_t
         g->n_stop = 16;
     if (g->n_stop) {
         g->stop = calloc((size_t)g->n_stop, sizeof *g->stop);
-        if (!g->stop)
+        if (!g->stop) {
+            g->n_stop = 0;
             return -1;
+        }
         for (int i = 0; i < g->n_stop; i++) {
             const json_t *v = json_is_string(stop) ? stop : json_array_get(stop, (size_t)i);
             g->stop[i] = strdup(json_is_string(v) ? json_string_value(v) : "");
@@ -70,7 +72,7 @@ int sim_gen_init(sim_gen_t *g, uint64_t seed, int limit, bool json, const json_t
 
 void sim_gen_free(sim_gen_t *g)
 {
-    for (int i = 0; i < g->n_stop; i++)
+    for (int i = 0; g->stop && i < g->n_stop; i++)
         free(g->stop[i]);
     free(g->stop);
     free(g->text);

@@ -1,0 +1,148 @@
+/* test_ollama_sim_util.c - ollama-sim's parsers (durations, sizes,
+ * keep_alive), its text generator (determinism, limits, stop strings) and
+ * its embeddings (unit length, per input), without a server. */
+#include "sim.h"
+#include "test.h"
+
+#include <math.h>
+
+static void test_durations(void)
+{
+    int64_t ns = 0;
+    CHECK_EQ(sim_parse_duration("5m", &ns), 0);
+    CHECK_EQ(ns, 300000000000LL);
+    CHECK_EQ(sim_parse_duration("1h30m", &ns), 0);
+    CHECK_EQ(ns, 5400000000000LL);
+    CHECK_EQ(sim_parse_duration("300ms", &ns), 0);
+    CHECK_EQ(ns, 300000000LL);
+    CHECK_EQ(sim_parse_duration("1.5s", &ns), 0);
+    CHECK_EQ(ns, 1500000000LL);
+    CHECK_EQ(sim_parse_duration("10", &ns), 0);   /* bare number: seconds */
+    CHECK_EQ(ns, 10000000000LL);
+    CHECK_EQ(sim_parse_duration("-1", &ns), 0);   /* negative: forever */
+    CHECK_EQ(ns, -1);
+    CHECK_EQ(sim_parse_duration("-5m", &ns), 0);
+    CHECK_EQ(ns, -1);
+    CHECK_EQ(sim_parse_duration("0", &ns), 0);
+    CHECK_EQ(ns, 0);
+    CHECK_EQ(sim_parse_duration("soon", &ns), -1);
+    CHECK_EQ(sim_parse_duration("5x", &ns), -1);
+    CHECK_EQ(sim_parse_duration("", &ns), -1);
+    CHECK_EQ(sim_parse_duration("m", &ns), -1);
+    json_t *v = json_integer(0);
+    CHECK_EQ(sim_parse_keep_alive(v, &ns), 0);
+    CHECK_EQ(ns, 0);
+    json_decref(v);
+    v = json_real(-1);
+    CHECK_EQ(sim_parse_keep_alive(v, &ns), 0);
+    CHECK_EQ(ns, -1);
+    json_decref(v);
+    v = json_string("2s");
+    CHECK_EQ(sim_parse_keep_alive(v, &ns), 0);
+    CHECK_EQ(ns, 2000000000LL);
+    json_decref(v);
+    v = json_true();
+    CHECK_EQ(sim_parse_keep_alive(v, &ns), -1);
+    json_decref(v);
+}
+
+static void test_sizes(void)
+{
+    uint64_t b = 0;
+    CHECK_EQ(sim_parse_size("8G", &b), 0);
+    CHECK_U64(b, 8ULL << 30);
+    CHECK_EQ(sim_parse_size("256M", &b), 0);
+    CHECK_U64(b, 256ULL << 20);
+    CHECK_EQ(sim_parse_size("1.5GiB", &b), 0);
+    CHECK_U64(b, 3ULL << 29);
+    CHECK_EQ(sim_parse_size("4096", &b), 0);
+    CHECK_U64(b, 4096);
+    CHECK_EQ(sim_parse_size("12Q", &b), -1);
+    CHECK_EQ(sim_parse_size("-1G", &b), -1);
+    CHECK_EQ(sim_parse_size("", &b), -1);
+}
+
+/* Generates everything of G into BUF; returns the token count. */
+static int s_all(sim_gen_t *g, char *buf, size_t cap)
+{
+    char tok[128];
+    int n = 0;
+    buf[0] = '\0';
+    while (sim_gen_next(g, tok, sizeof tok) == 0 && n < 100000) {
+        strncat(buf, tok, cap - strlen(buf) - 1);
+        n++;
+    }
+    return n;
+}
+
+static void test_textgen(void)
+{
+    char a[8192], b[8192];
+    sim_gen_t g;
+    REQUIRE(sim_gen_init(&g, 42, 30, false, NULL) == 0);
+    CHECK_EQ(s_all(&g, a, sizeof a), 30);
+    CHECK_EQ(g.n, 30);
+    CHECK_TRUE(a[0] >= 'A' && a[0] <= 'Z');   /* a sentence starts capitalised */
+    CHECK_TRUE(a[strlen(a) - 1] == '.');
+    CHECK_EQ(sim_count_words(a), 30);
+    sim_gen_free(&g);
+    REQUIRE(sim_gen_init(&g, 42, 30, false, NULL) == 0);
+    s_all(&g, b, sizeof b);
+    CHECK_STR(a, b);   /* same seed, same text */
+    sim_gen_free(&g);
+    REQUIRE(sim_gen_init(&g, 43, 30, false, NULL) == 0);
+    s_all(&g, b, sizeof b);
+    CHECK_TRUE(strcmp(a, b) != 0);
+    sim_gen_free(&g);
+    /* A stop string ends the text before it; the text never contains it. */
+    json_t *stop = json_pack("[s]", ".");
+    REQUIRE(sim_gen_init(&g, 42, 30, false, stop) == 0);
+    int n = s_all(&g, b, sizeof b);
+    CHECK_TRUE(n > 0 && n < 30);
+    CHECK_TRUE(g.stopped_by_stop);
+    CHECK_TRUE(strchr(b, '.') == NULL);
+    CHECK_TRUE(strncmp(a, b, strlen(b)) == 0);   /* a prefix of the unstopped text */
+    sim_gen_free(&g);
+    json_decref(stop);
+    /* JSON format: the whole reply is one JSON object. */
+    REQUIRE(sim_gen_init(&g, 7, 5, true, NULL) == 0);
+    s_all(&g, b, sizeof b);
+    json_t *j = json_loads(b, 0, NULL);
+    CHECK_TRUE(json_is_string(json_object_get(j, "text")));
+    json_decref(j);
+    sim_gen_free(&g);
+    REQUIRE(sim_gen_init(&g, 7, 0, false, NULL) == 0);
+    CHECK_EQ(s_all(&g, b, sizeof b), 0);
+    sim_gen_free(&g);
+}
+
+static void test_embed(void)
+{
+    double x[384], y[384], z[384];
+    sim_embed("m:latest", "hello", 384, x);
+    sim_embed("m:latest", "hello", 384, y);
+    sim_embed("m:latest", "hullo", 384, z);
+    double norm = 0, same = 0, diff = 0;
+    for (int i = 0; i < 384; i++) {
+        norm += x[i] * x[i];
+        same += fabs(x[i] - y[i]);
+        diff += fabs(x[i] - z[i]);
+    }
+    CHECK_RANGE(norm, 0.999999, 1.000001);
+    CHECK_TRUE(same == 0);
+    CHECK_TRUE(diff > 0.1);
+    sim_embed("other:latest", "hello", 384, z);
+    diff = 0;
+    for (int i = 0; i < 384; i++)
+        diff += fabs(x[i] - z[i]);
+    CHECK_TRUE(diff > 0.1);   /* the model is part of the input */
+}
+
+int main(void)
+{
+    test_durations();
+    test_sizes();
+    test_textgen();
+    test_embed();
+    return TEST_DONE("ollama_sim_util");
+}
