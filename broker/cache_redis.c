@@ -59,7 +59,6 @@ static int s_connect(ab_l2_t *l2)
     redisSetTimeout(l2->rc, tv);
     atomic_fetch_add(&l2->c.reconnects, 1);
     atomic_store(&l2->c.state, AB_L2_CLOSED);
-    l2->backoff_ms = 0;
     AB_INFO("L2 cache: connected to redis %s:%d", l2->host, l2->port);
     return 0;
 }
@@ -153,6 +152,8 @@ static void s_run_batch(ab_l2_t *l2, zsock_t *pipe, zmq_msg_t *msgs, size_t n)
     if (!ok && l2->rc) {
         atomic_fetch_add(&l2->c.errors, 1);
         s_open_breaker(l2, l2->rc->errstr[0] ? l2->rc->errstr : "no answer in time");
+    } else if (ok && sent) {
+        l2->backoff_ms = 0; /* answered: a later failure starts a new backoff */
     }
 }
 

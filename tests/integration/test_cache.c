@@ -786,6 +786,41 @@ static void s_l2_down(void)
     s_redis_stop();
 }
 
+/* A "Redis" that accepts connections and never answers (a listening socket
+ * of the test that nobody reads): lookups time out, the breaker opens, and
+ * every request is still answered by the worker, without error. */
+static void s_l2_slow(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rport)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(ls, (struct sockaddr *)&a, sizeof a) == 0 && listen(ls, 16) == 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = s_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0); /* the connect itself succeeds */
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512], data[32];
+    int errors = 0;
+    for (int i = 0; i < 10; i++) {
+        snprintf(data, sizeof data, "s%d", i);
+        errors += s_req(c, "echo", data, out, sizeof out) != AB_OK;
+    }
+    CHECK_EQ(errors, 0);
+    CHECK_EQ(atomic_load(&x.jobs), 10);
+    CHECK_STR(s_l2_state(c, NULL, NULL), "open");
+    /* L1 still works while L2 is skipped. */
+    CHECK_EQ(s_req(c, "echo", "s3", out, sizeof out), AB_OK);
+    CHECK_STR(out, "s3#4");
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+    close(ls);
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -796,7 +831,7 @@ int main(int argc, char **argv)
                  {"coalesce_100", s_coalesce_100},   {"stream_fanout", s_stream_fanout},
                  {"leader_fails", s_leader_fails},   {"waiter_deadline", s_waiter_deadline},
                  {"cli", s_cli}, {"l3_restart", s_l3_restart},
-                 {"l2_shared", s_l2_shared}, {"l2_down", s_l2_down}};
+                 {"l2_shared", s_l2_shared}, {"l2_down", s_l2_down}, {"l2_slow", s_l2_slow}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_cache CASE\n");
         return 2;
