@@ -527,6 +527,9 @@ static void s_cli(void)
     snprintf(cmd, sizeof cmd, "%s --broker %s stats", ctl, th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, "cache") && strstr(out, "l1"));
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json stats", ctl, th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "\"cache\"") && strstr(out, "\"coalesced\""));
     s_worker_end(&x, th);
     ab_client_destroy(&c);
 }

@@ -90,7 +90,7 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
         Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
         if ((bad = !st) == 0) {
             ab_render_stats(stdout, st, json);
-            if (st->cache && !json) { /* JSON: see `brokerctl --json cache` */
+            if (st->cache && !json) { /* JSON: in the object, "cache" */
                 fprintf(stdout, "\ncache\n");
                 ab_render_cache(stdout, st->cache, 0);
             }

@@ -15,7 +15,7 @@ static void s_emit(FILE *out, json_t *j)
     json_decref(j);
 }
 
-static json_t *s_cache_json(const Agentbus__CacheStats *cs)
+json_t *ab_cache_json(const Agentbus__CacheStats *cs)
 {
     json_t *tiers = json_array();
     for (size_t i = 0; i < cs->n_tiers; i++) {
@@ -41,7 +41,7 @@ static json_t *s_cache_json(const Agentbus__CacheStats *cs)
 void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
 {
     if (json) {
-        s_emit(out, s_cache_json(cs));
+        s_emit(out, ab_cache_json(cs));
         return;
     }
     fprintf(out, "%-6s %-6s %10s %10s %10s %12s %10s %10s %10s %12s %12s\n", "TIER", "STATE",

@@ -17,6 +17,9 @@
 /* Runs `cache ARGS...`. AB_OK, AB_EINVAL for bad arguments (usage printed
  * by the caller), or the broker's error. */
 int ab_ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms);
+/* The cache figures as a JSON object (a new reference). */
+struct json_t;
+struct json_t *ab_cache_json(const Agentbus__CacheStats *cs);
 /* The cache section of `stats` (and of `cache`). */
 void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json);
 

@@ -1,6 +1,7 @@
 /* render.c - see render.h. JSON goes through jansson; text is aligned for
  * a terminal. */
 #include "render.h"
+#include "cache.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -85,7 +86,10 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
 void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
 {
     if (json) {
-        s_emit(out, s_stats_json(st));
+        json_t *j = s_stats_json(st);
+        if (st->cache) /* issue 6: the inference cache's figures */
+            json_object_set_new(j, "cache", ab_cache_json(st->cache));
+        s_emit(out, j);
         return;
     }
     fprintf(out, "agentbus-broker %s   uptime %.1f s\n", st->version, st->uptime_ms / 1000.0);
