@@ -36,6 +36,7 @@ typedef struct {
     atomic_int jobs;     /* requests that reached the worker */
     atomic_int ready;
     ab_worker_t *w;
+    const char *ttl_label; /* the service's cache TTL the worker declares */
 } s_wk_t;
 
 /* Payload prefixes: "fail" -> ERROR(APPLICATION); "flaky" -> the first one
@@ -74,6 +75,8 @@ static void *s_worker_main(void *arg)
     ab_options_destroy(&o);
     if (rc != AB_OK)
         return NULL;
+    if (x->ttl_label)
+        ab_worker_set_label(x->w, "cache-ttl-s", x->ttl_label);
     atomic_store(&x->ready, 1);
     for (;;) {
         ab_job_t *job;
@@ -252,6 +255,32 @@ static void s_flags(void)
     CHECK_EQ(s_req(c, "echo", "t", out, sizeof out), AB_OK);
     CHECK_STR(out, "t#6");
     CHECK_EQ(atomic_load(&x.jobs), 6);
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
+/* A worker's label cache-ttl-s sets its service's default TTL; a
+ * request's own TTL still wins. */
+static void s_service_ttl(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo", .ttl_label = "1"};
+    pthread_t th = s_worker_start(&x, c);
+    char out[512];
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(s_req(c, "echo", "a", out, sizeof out), AB_OK);
+    ab_client_set_cache(c, AB_CACHE_ON, 60);
+    CHECK_EQ(s_req(c, "echo", "b", out, sizeof out), AB_OK);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(s_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_STR(out, "a#1");
+    th_sleep_ms(1300);
+    CHECK_EQ(s_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_STR(out, "a#3"); /* the service's 1 s passed */
+    CHECK_EQ(s_req(c, "echo", "b", out, sizeof out), AB_OK);
+    CHECK_STR(out, "b#2"); /* the request's own 60 s did not */
     s_worker_end(&x, th);
     ab_client_destroy(&c);
 }
@@ -834,6 +863,7 @@ int main(int argc, char **argv)
                  {"coalesce_100", s_coalesce_100},   {"stream_fanout", s_stream_fanout},
                  {"leader_fails", s_leader_fails},   {"waiter_deadline", s_waiter_deadline},
                  {"cli", s_cli}, {"l3_restart", s_l3_restart},
+                 {"service_ttl", s_service_ttl},
                  {"l2_shared", s_l2_shared}, {"l2_down", s_l2_down}, {"l2_slow", s_l2_slow}};
     if (argc != 2) {
         fprintf(stderr, "usage: test_cache CASE\n");
