@@ -274,8 +274,33 @@ static void t_hex(void)
     CHECK_EQ(ab_cache_key_parse("0123456789abcdeffedcba987654321g", &back), -1);
 }
 
+/* Header field 60 (cache_ttl_s) agrees with protobuf-c both ways. */
+static void t_header_ttl(void)
+{
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = 7;
+    h.target = ab_view_of("echo");
+    h.flags = AB_FLAG_CACHEABLE;
+    h.cache_ttl_s = 600;
+    uint8_t buf[256];
+    size_t n = ab_header_encode(&h, buf, sizeof buf);
+    CHECK_EQ(n, ab_header_size(&h));
+    Agentbus__Header *m = agentbus__header__unpack(NULL, n, buf);
+    REQUIRE(m);
+    CHECK_EQ(m->cache_ttl_s, 600);
+    CHECK_EQ(m->flags, AB_FLAG_CACHEABLE);
+    m->cache_ttl_s = 86400;
+    size_t n2 = agentbus__header__pack(m, buf);
+    agentbus__header__free_unpacked(m, NULL);
+    ab_header_t back;
+    CHECK_EQ(ab_header_parse(buf, n2, &back), 0);
+    CHECK_EQ(back.cache_ttl_s, 86400);
+    CHECK_EQ(back.id, 7);
+}
+
 int main(void)
 {
+    t_header_ttl();
     t_field_order();
     t_irrelevant_fields();
     t_relevant_fields();
