@@ -9,6 +9,7 @@
 #include "broker.h"
 #include "placement.h"
 #include "msgs.h"
+#include "cache.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -64,6 +65,7 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
         return -1;
     if (ab_msgs_init(b) != 0)
         return -1;
+    b->cache = ab_cache_new(cfg); /* NULL: off */
 
     b->zctx = zmq_ctx_new();
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -110,6 +112,7 @@ void ab_broker_fini(ab_broker_t *b)
             ab_req_destroy(b->pending.vals[i]);
     ab_idmap_fini(&b->pending);
     ab_msgs_fini(b);
+    ab_cache_destroy(&b->cache);
     if (b->peers) {
         for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
             ab_worker_rec_t *w = p->worker;
@@ -356,7 +359,12 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
                       "this client has too many requests in flight (max-client-inflight)");
         return;
     }
+    ab_cache_req_t *cr = NULL;
+    if (ab_cache_on_request(b, s, &in->rid, &in->h, in->has_body ? &in->body : NULL, in->now,
+                            &cr))
+        return; /* answered from the cache */
     if (!ab_service_admit(b, s)) {
+        ab_cache_req_free(&cr);
         s->errors++;
         b->c.errors_sent[AB_ERR_BUSY]++;
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
@@ -366,6 +374,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     }
     ab_req_t *r = calloc(1, sizeof *r);
     if (!r) {
+        ab_cache_req_free(&cr);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
@@ -377,7 +386,9 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     r->original_size = in->h.original_size;
     r->priority = in->h.priority;
     r->start_us = ab_now_us();
+    r->cache = cr;
     if (ab_route_init(r, &in->h) != 0) {
+        ab_cache_req_free(&r->cache);
         free(r);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
@@ -399,6 +410,8 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         r->client_counted = 1;
     }
     ab_heap_push(b, r);
+    if (r->cache && ab_cache_join(b, r))
+        return; /* waits for an identical request in flight */
     ab_service_enqueue(b, s, r);
     ab_service_dispatch(b, s);
 }
@@ -435,6 +448,8 @@ static void s_count_final(ab_broker_t *b, s_in_t *in, ab_req_t *r)
  * worker answers; that answer is then a counted duplicate). */
 static void s_late_answer(ab_broker_t *b, s_in_t *in, ab_req_t *r, uint64_t from)
 {
+    if (r->cache)
+        ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
     s_forward(b, in, r);
     s_count_final(b, in, r);
     b->c.late_replies++;
@@ -478,6 +493,10 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         b->c.replies_dropped++;
         if (final && r->answered)
             b->c.duplicates_dropped++;
+        /* The client got DEADLINE, but others may wait for this answer
+         * (single-flight), and a whole reply is still worth storing. */
+        if (holder && r->cache && !r->answered && r->state == AB_REQ_ORPHANED)
+            ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
         if (final && holder) {
             ab_req_free(b, r);
             b->hs.kick = 1; /* its credit is back: the queue may move */
@@ -492,6 +511,8 @@ static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
      * streamed: placement hands the request to another capable worker. */
     if (final && in->h.kind == AB_KIND_ERROR && ab_placement_retry(b, r, in->h.error_code))
         return;
+    if (r->cache) /* before the payload is moved on: waiters and the store copy it */
+        ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
     s_forward(b, in, r);
     if (!final) {
         r->streamed = 1;
@@ -516,7 +537,13 @@ static void s_on_control(ab_broker_t *b, s_in_t *in)
     ab_view_copy(in->h.target, what, sizeof what);
     uint8_t *buf = NULL;
     size_t len = 0;
-    if (ab_stats_answer(b, what, &buf, &len) != 0) {
+    const char *err = NULL;
+    if (strncmp(what, "cache", 5) == 0 && (!what[5] || what[5] == ' ')) {
+        if (ab_cache_control(b, what, &buf, &len, &err) != 0) {
+            ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED, err);
+            return;
+        }
+    } else if (ab_stats_answer(b, what, &buf, &len) != 0) {
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED,
                       "unknown control query (try stats, services, workers, agents)");
         return;
@@ -726,6 +753,7 @@ static void s_timers(ab_broker_t *b, int64_t now)
     if (b->hs.recheck_ms && now >= b->hs.recheck_ms)
         ab_health_recheck(b, now);
     ab_msgs_timers(b, now);
+    ab_cache_tick(b, now);
     if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
         ab_service_end_grace(b);
         b->grace_over = 1;
@@ -740,7 +768,10 @@ static void s_timers(ab_broker_t *b, int64_t now)
 
 int ab_broker_run(ab_broker_t *b)
 {
-    zmq_pollitem_t items[2] = {{b->router, 0, ZMQ_POLLIN, 0}, {b->monitor, 0, ZMQ_POLLIN, 0}};
+    zmq_pollitem_t items[3] = {{b->router, 0, ZMQ_POLLIN, 0},
+                               {b->monitor, 0, ZMQ_POLLIN, 0},
+                               {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
+    int nitems = items[2].socket ? 3 : 2; /* the L2 cache thread's answers */
     b->next_sweep_ms = ab_now_ms() + AB_SWEEP_MS;
     while (!b->stop) {
         int64_t now = ab_now_ms();
@@ -755,7 +786,7 @@ int ab_broker_run(ab_broker_t *b)
         long timeout = wake > now ? (long)(wake - now) : 0;
         if (b->term)
             timeout = timeout > 50 ? 50 : timeout; /* check the drain often */
-        int rc = zmq_poll(items, 2, timeout);
+        int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0 && errno != EINTR) {
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));
             return -1;
@@ -771,6 +802,8 @@ int ab_broker_run(ab_broker_t *b)
          * connection closed (last replies, BYE) is handled first. */
         if (items[1].revents & ZMQ_POLLIN)
             ab_health_monitor_drain(b);
+        if (nitems == 3)
+            ab_cache_on_pipe(b);
         s_timers(b, ab_now_ms());
         ab_health_kick(b);
         if (b->term)

@@ -62,7 +62,12 @@ typedef struct {
     struct ab_outq *out;     /* batching state (batching.c), NULL until used */
 } ab_peer_t;
 
-typedef enum { AB_REQ_QUEUED, AB_REQ_DISPATCHED, AB_REQ_ORPHANED } ab_req_state_t;
+typedef enum {
+    AB_REQ_QUEUED,
+    AB_REQ_DISPATCHED,
+    AB_REQ_ORPHANED,
+    AB_REQ_WAITING /* attached to an identical request in flight (cache.h) */
+} ab_req_state_t;
 
 /* A request held by the broker from arrival until its one answer. */
 typedef struct ab_req {
@@ -86,6 +91,7 @@ typedef struct ab_req {
     struct ab_req *prev, *next; /* in the service queue or the worker's list */
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
     uint64_t original_size;     /* of an lz4 payload, forwarded with it */
+    struct ab_cache_req *cache; /* cacheable requests only (cache.h) */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -158,6 +164,7 @@ typedef struct {
     ab_peer_t **dirty;      /* batching.c: peers sent to in this turn */
     size_t ndirty, dirty_cap;
     uint64_t oldest_gathered_us; /* 0: nothing gathered */
+    struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
 } ab_broker_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value). */

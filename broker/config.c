@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL } s_type_t;
+typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_STR } s_type_t;
 
 typedef struct {
     const char *name;
@@ -92,6 +92,22 @@ static const s_option_t s_options[] = {
      "this size, for peers that read lz4; 0 disables. Routed payloads are never touched"},
     {"compress-min-saving-pct", OPT_LONG, OFF(compress_min_saving_pct), 0, 99, "10",
      "compress only when it saves at least this percentage"},
+    {"cache-l1-bytes", OPT_SIZE, OFF(cache_l1_bytes), 0, 1L << 40, "256M",
+     "in-process inference cache (LRU) bound; 0 turns the cache off"},
+    {"cache-ttl-s", OPT_LONG, OFF(cache_ttl_s), 0, 30L * 86400, "3600",
+     "how long a cached reply is kept when its request gives no TTL; 0: store nothing"},
+    {"cache-max-entry-bytes", OPT_SIZE, OFF(cache_max_entry_bytes), 1024, 1L << 30, "16M",
+     "replies larger than this (all chunks together) are not cached"},
+    {"cache-redis", OPT_STR, OFF(cache_redis), 0, 0, "",
+     "host:port of the Redis shared by brokers (L2 cache); empty: no L2"},
+    {"cache-l2-timeout-ms", OPT_LONG, OFF(cache_l2_timeout_ms), 1, 10000, "50",
+     "Redis connect/reply timeout; slower or down: L2 skipped for a backoff"},
+    {"data-dir", OPT_STR, OFF(data_dir), 0, 0, "",
+     "directory of the broker's files (the L3 cache, cache.mdb); empty: no L3 cache"},
+    {"cache-l3-bytes", OPT_SIZE, OFF(cache_l3_bytes), 1 << 20, 1L << 40, "4G",
+     "LMDB map size of the L3 cache in --data-dir (its bound on disk)"},
+    {"cache-waiters-max", OPT_LONG, OFF(cache_waiters_max), 0, 1000000, "1024",
+     "identical requests that may wait on one in flight; beyond: sent to a worker"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 
@@ -156,6 +172,14 @@ static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
         if (!append)
             s_binds_clear(cfg);
         return s_binds_add(cfg, val);
+    case OPT_STR: {
+        char **slot = (char **)(base + o->offset), *copy = strdup(val);
+        if (!copy)
+            goto bad;
+        free(*slot);
+        *slot = copy;
+        return 0;
+    }
     }
 bad:
     fprintf(stderr, "agentbus-broker: invalid value '%s' for %s (from %s)", val, o->name, source);
@@ -318,4 +342,8 @@ void ab_config_free(ab_broker_config_t *cfg)
     s_binds_clear(cfg);
     free(cfg->config_path);
     cfg->config_path = NULL;
+    free(cfg->data_dir);
+    cfg->data_dir = NULL;
+    free(cfg->cache_redis);
+    cfg->cache_redis = NULL;
 }

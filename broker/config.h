@@ -53,6 +53,14 @@ typedef struct {
     long batch_max_age_us;       /* oldest gathered message flushed after this */
     size_t compress_threshold_bytes; /* payloads the broker creates: lz4 from here; 0 off */
     long compress_min_saving_pct;    /* compress only if it saves this much */
+    size_t cache_l1_bytes;        /* in-process cache bound; 0 turns the cache off */
+    long cache_ttl_s;             /* TTL of a cached reply whose request gives none */
+    size_t cache_max_entry_bytes; /* larger replies are not cached */
+    long cache_waiters_max;       /* identical requests that may wait on one in flight */
+    char *data_dir;               /* "" = none: no L3 cache */
+    size_t cache_l3_bytes;        /* LMDB map size */
+    char *cache_redis;            /* "host:port"; "" = no L2 cache */
+    long cache_l2_timeout_ms;
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

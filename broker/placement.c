@@ -16,6 +16,7 @@
  * request of their service and rank with "M loaded".
  */
 #include "placement.h"
+#include "cache.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
 
@@ -214,7 +215,7 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
 
 void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
 {
-    if (!r->worker)
+    if (!r->worker || ab_cache_has_waiters(r)) /* identical requests wait for it */
         return;
     ab_header_t h = ab_header_init(AB_KIND_CANCEL);
     h.correlation_id = r->bid;
@@ -235,7 +236,7 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
     if (found->state == AB_REQ_ORPHANED)
         return;
     found->service->errors++;
-    if (found->state == AB_REQ_QUEUED) {
+    if (found->state == AB_REQ_QUEUED || found->state == AB_REQ_WAITING) {
         ab_req_free(b, found);
         return;
     }

@@ -9,6 +9,7 @@
  */
 #include "broker.h"
 #include "placement.h"
+#include "cache.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -89,6 +90,8 @@ void ab_req_client_done(ab_broker_t *b, ab_req_t *r)
 void ab_req_free(ab_broker_t *b, ab_req_t *r)
 {
     ab_req_client_done(b, r);
+    if (r->cache)
+        ab_cache_req_gone(b, r);
     if (r->state == AB_REQ_QUEUED)
         ab_queue_remove(r->service, r);
     else if (r->worker)
@@ -101,6 +104,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
 void ab_req_destroy(ab_req_t *r)
 {
     ab_route_free(r);
+    ab_cache_req_free(&r->cache);
     if (r->has_payload)
         zmq_msg_close(&r->payload);
     free(r);

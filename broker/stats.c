@@ -7,6 +7,7 @@
  */
 #include "broker.h"
 #include "msgs.h"
+#include "cache.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -202,6 +203,7 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     st.n_errors = ne;
     st.errors = ecp;
     ab_msgs_stats(b, &st);
+    st.cache = ab_cache_stats(b);
 
     s_services_t sv;
     int rc = s_services_build(b, &sv);

@@ -150,6 +150,10 @@ static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, con
     h.sender = ab_view_of(c->conn.opts.name);
     h.model = ab_view_of(model);
     h.worker = ab_view_of(worker);
+    if (kind == AB_KIND_REQUEST) {
+        h.flags |= c->cache_flags;
+        h.cache_ttl_s = c->cache_ttl_s;
+    }
     if (tmpl) {
         h.flags = tmpl->flags | flags;
         h.correlation_id = tmpl->correlation_id;
@@ -193,6 +197,16 @@ int ab_client_request_model_async(ab_client_t *c, const char *service, const cha
                  : AB_EINVAL;
     return s_start_routed(c, AB_KIND_REQUEST, service, model, worker, NULL, data, size,
                           timeout_ms, 0, fn, arg, request_id);
+}
+
+int ab_client_set_cache(ab_client_t *c, uint32_t flags, uint32_t ttl_s)
+{
+    if (!c || (flags & ~(uint32_t)(AB_CACHE_ON | AB_CACHE_NO_READ | AB_CACHE_NO_STORE)))
+        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "unknown cache flags 0x%x", flags)
+                 : AB_EINVAL;
+    c->cache_flags = flags;
+    c->cache_ttl_s = ttl_s;
+    return AB_OK;
 }
 
 int ab_client_cancel(ab_client_t *c, uint64_t request_id)

@@ -146,6 +146,8 @@ struct ab_client {
     ab_dir_event_fn *watch_fn; /* directory subscription (ab_client_watch) */
     void *watch_arg;
     uint64_t watch_id;         /* id of the subscribing DISCOVER */
+    uint32_t cache_flags;      /* ab_client_set_cache: added to every REQUEST */
+    uint32_t cache_ttl_s;
 };
 
 /* client.c: a call (REQUEST, CONTROL, SEND, SUBSCRIBE) waiting for its

@@ -112,7 +112,7 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
             return AB_EDECODE;
         }
         int is_len = (field == 5 || field == 6 || field == 12 || field == 40 || field == 41);
-        int known = field <= 13 || field == 40 || field == 41;
+        int known = field <= 13 || field == 40 || field == 41 || field == 60;
         if (known && (wt == WT_LEN) != is_len)
             return AB_EDECODE;
         if (known && !is_len && wt != WT_VARINT)
@@ -138,6 +138,7 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
                 return AB_EDECODE;
             h->features = (uint32_t)v;
             break;
+        case 60: h->cache_ttl_s = (uint32_t)v; break;
         default: break; /* unknown field: skipped (newer peer) */
         }
     }
@@ -260,7 +261,8 @@ size_t ab_header_size(const ab_header_t *h)
            s_sfield_size(h->error_text) + s_vfield_size(h->credit) +
            (h->model.len ? 1 + s_sfield_size(h->model) : 0) +
            (h->worker.len ? 1 + s_sfield_size(h->worker) : 0) +
-           (h->features ? 1 + s_vfield_size(h->features) : 0); /* tag 20: two bytes */
+           (h->features ? 1 + s_vfield_size(h->features) : 0) + /* tag 20: two bytes */
+           (h->cache_ttl_s ? 1 + s_vfield_size(h->cache_ttl_s) : 0);
 }
 
 static uint8_t *s_put_v(uint8_t *p, unsigned field, uint64_t v)
@@ -281,6 +283,15 @@ static uint8_t *s_put_s(uint8_t *p, unsigned field, ab_view_t s)
     return p + s.len;
 }
 
+/* A varint field with a tag >= 16 (two-byte key). */
+static uint8_t *s_put_v2(uint8_t *p, unsigned field, uint64_t v)
+{
+    if (!v)
+        return p;
+    p = s_put_varint(p, (uint64_t)field << 3 | WT_VARINT);
+    return s_put_varint(p, v);
+}
+
 /* A string field with a tag >= 16 (two-byte key). */
 static uint8_t *s_put_s2(uint8_t *p, unsigned field, ab_view_t s)
 {
@@ -296,7 +307,7 @@ static uint8_t *s_put_s2(uint8_t *p, unsigned field, ab_view_t s)
  * common case skip the exact sizing pass. */
 size_t ab_header_bound(const ab_header_t *h)
 {
-    return 16 * 12 + h->sender.len + h->target.len + h->error_text.len + h->model.len +
+    return 18 * 12 + h->sender.len + h->target.len + h->error_text.len + h->model.len +
            h->worker.len;
 }
 
@@ -324,6 +335,7 @@ size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
         p = s_put_varint(p, 20u << 3 | WT_VARINT);
         p = s_put_varint(p, h->features);
     }
+    p = s_put_v2(p, 60, h->cache_ttl_s);
     return (size_t)(p - (uint8_t *)buf);
 }
 

@@ -113,6 +113,7 @@ typedef struct {
     ab_view_t model;  /* field 40: REQUEST's model, for placement */
     ab_view_t worker; /* field 41: REQUEST pinned to this worker */
     uint32_t features; /* field 20: broker -> peer, feature bits it reads */
+    uint32_t cache_ttl_s; /* field 60: REQUEST: cache TTL (s) for its reply; 0 = default */
 } ab_header_t;
 
 /* One frame of a multipart message, as received. */

@@ -228,6 +228,24 @@ AB_EXPORT int ab_client_request_model_async(ab_client_t *client, const char *ser
                                             const void *data, size_t size, int timeout_ms,
                                             ab_reply_fn *fn, void *arg, uint64_t *request_id);
 
+/* Cache control of this handle's requests (the broker's inference cache,
+ * docs/cache.md). Bits of FLAGS (they are the wire Header.flags bits):
+ *   AB_CACHE_ON       the caller marks its requests cacheable: the broker
+ *                     may answer them from its cache and stores their
+ *                     replies (typed inference requests that are
+ *                     deterministic are cacheable without it);
+ *   AB_CACHE_NO_READ  never answer from the cache (the request still
+ *                     goes to a worker, its reply may be stored);
+ *   AB_CACHE_NO_STORE never store the reply.
+ * TTL_S (> 0) is how long the broker keeps the reply; 0 = the broker's
+ * default. Applies to every later request of the handle until changed
+ * (0, 0 restores the defaults). Not thread-safe (as every call on a handle).
+ * Errors: AB_EINVAL (NULL handle or unknown bits). */
+#define AB_CACHE_NO_READ 2u
+#define AB_CACHE_NO_STORE 4u
+#define AB_CACHE_ON 8u
+AB_EXPORT int ab_client_set_cache(ab_client_t *client, uint32_t flags, uint32_t ttl_s);
+
 /* Gives up on request REQUEST_ID: its callback runs at once (inside this
  * call) with final = 1 and AB_ECANCELLED, and the broker is told (CANCEL) so
  * the worker holding it stops and frees its slot (an Ollama worker aborts

@@ -2,7 +2,9 @@
  * brokerctl - what an operator looks at first.
  *
  *   brokerctl [--broker EP] [--json] [--timeout-ms N] [--watch S] stats|services|workers
- *   brokerctl [--broker EP] [--timeout-ms N] request SERVICE DATA|-
+ *   brokerctl [--broker EP] [--timeout-ms N] request [--cache[=TTL_S]|--no-cache|--no-store]
+ *             SERVICE DATA|-
+ *   brokerctl [...] cache [clear [--tier l1] | get KEY]  (cache.c)
  *   brokerctl [--broker EP] [--json] [--events N] watch
  *   brokerctl [...] generate|chat|embed|models ... (infer.c)
  *   brokerctl [--broker EP] [--json] send AGENT DATA | pub TOPIC DATA | agents
@@ -13,6 +15,7 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "cache.h"
 #include "infer.h"
 #include "render.h"
 #include "msgcmd.h"
@@ -55,6 +58,12 @@ static void s_usage(FILE *out)
             "  embed MODEL TEXT...     print one embedding vector per TEXT (up to 16)\n"
             "  models                  inference workers: slots, VRAM, loaded and available models\n"
             "  models load|unload WORKER MODEL     (un)load MODEL on that worker's GPU\n"
+            "  request --cache[=TTL_S] | --no-cache | --no-store SERVICE DATA\n"
+            "                          mark the request cacheable (TTL in seconds), or bypass\n"
+            "                          reading / storing the broker's cache\n"
+            "  cache                   cache tiers: hits, misses, bytes, entries, lookup p50/p99\n"
+            "  cache clear [--tier l1|l2|l3]  drop cached replies\n"
+            "  cache get KEY           show one cached reply (KEY: 32 hex digits)\n"
             "  (inference commands use service 'ollama' unless --service is given, and a\n"
             "   120000 ms timeout unless --timeout-ms is)\n"
             "  send AGENT DATA         direct message to agent AGENT (prints delivered/queued)\n"
@@ -111,6 +120,10 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
         Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
         if ((bad = !st) == 0) {
             ab_render_stats(stdout, st, json);
+            if (st->cache && !json) { /* JSON: in the object, "cache" */
+                fprintf(stdout, "\ncache\n");
+                ab_render_cache(stdout, st->cache, 0);
+            }
             agentbus__stats__free_unpacked(st, NULL);
         }
     } else if (strcmp(what, "services") == 0) {
@@ -151,6 +164,27 @@ static char *s_read_stdin(size_t *len)
     }
     *len = n;
     return buf;
+}
+
+/* Parses request's cache flags at ARGV[*I...]: --cache[=TTL_S], --no-cache,
+ * --no-store. 0, or -1 for a bad one. */
+static int s_cache_flags(int argc, char **argv, int *i, uint32_t *flags, uint32_t *ttl)
+{
+    for (; *i < argc && strncmp(argv[*i], "--", 2) == 0; (*i)++) {
+        const char *f = argv[*i];
+        long t;
+        if (strcmp(f, "--cache") == 0)
+            *flags |= AB_CACHE_ON;
+        else if (strncmp(f, "--cache=", 8) == 0 && ab_parse_long(f + 8, 1, 30L * 86400, &t) == 0)
+            *flags |= AB_CACHE_ON, *ttl = (uint32_t)t;
+        else if (strcmp(f, "--no-cache") == 0)
+            *flags |= AB_CACHE_NO_READ;
+        else if (strcmp(f, "--no-store") == 0)
+            *flags |= AB_CACHE_NO_STORE;
+        else
+            return -1;
+    }
+    return 0;
 }
 
 static int s_request(ab_client_t *c, const char *service, const char *data, int timeout_ms)
@@ -271,6 +305,13 @@ int main(int argc, char **argv)
     int is_show = !strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers");
     int is_req = !strcmp(cmd, "request");
     int is_watch = !strcmp(cmd, "watch");
+    int is_cache = !strcmp(cmd, "cache");
+    uint32_t cflags = 0, cttl = 0;
+    if (is_req && s_cache_flags(argc, argv, &i, &cflags, &cttl) != 0) {
+        fprintf(stderr, "brokerctl: bad request option '%s'\n\n", argv[i]);
+        s_usage(stderr);
+        return 2;
+    }
     int is_infer = !strcmp(cmd, "generate") || !strcmp(cmd, "chat") || !strcmp(cmd, "embed") ||
                    (!strcmp(cmd, "models") && i < argc &&
                     (!strcmp(argv[i], "load") || !strcmp(argv[i], "unload")));
@@ -284,7 +325,8 @@ int main(int argc, char **argv)
     for (int k = i; is_models && k < argc; k++)
         models_args_ok &= strcmp(argv[k], "--json") == 0;
     int is_msg = ab_msgcmd_known(cmd, &msg_nargs);
-    if ((!is_show && !is_req && !is_watch && !is_infer && !is_models && !is_msg) ||
+    if ((!is_show && !is_req && !is_watch && !is_infer && !is_models && !is_msg &&
+         !is_cache) ||
         ((is_show || is_watch) && i != argc) || !models_args_ok ||
         (is_req && i + 2 != argc) || (is_msg && i + msg_nargs != argc)) {
         fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
@@ -344,7 +386,18 @@ int main(int argc, char **argv)
     } else if (is_msg) {
         ab_msgcmd_opts_t mo = {json, (int)timeout_ms, count, &s_stop};
         rc = ab_msgcmd_run(c, cmd, argv + i, &mo);
+    } else if (is_cache) {
+        int crc = ab_ctl_cache(c, argc - i, argv + i, json, (int)timeout_ms);
+        if (crc == AB_EINVAL) {
+            fprintf(stderr, "brokerctl: wrong arguments to cache\n\n");
+            s_usage(stderr);
+            rc = 2;
+        } else {
+            rc = crc == AB_OK ? 0 : s_fail(c, crc);
+        }
     } else if (is_req) {
+        if (cflags)
+            ab_client_set_cache(c, cflags, cttl);
         rc = s_request(c, argv[i], argv[i + 1], (int)timeout_ms);
     } else {
         do {

@@ -2,6 +2,7 @@
  * a terminal. */
 #include "render.h"
 #include "msgcmd.h"
+#include "cache.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -132,6 +133,8 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     if (json) {
         json_t *j = s_stats_json_batching(st);
         json_object_set_new(j, "health", s_health_json(st));
+        if (st->cache) /* issue 6: the inference cache's figures */
+            json_object_set_new(j, "cache", ab_cache_json(st->cache));
         s_emit(out, j);
         return;
     }

@@ -1,0 +1,376 @@
+/*
+ * cache_bench.c - agentbus-cache-bench: what a cache hit costs (issue 6).
+ *
+ * In one run, interleaved slice by slice so machine noise hits all of them:
+ *   - the bare ZeroMQ hop (client -> ROUTER/ROUTER forwarder -> echo), one
+ *     64 B request at a time: the baseline round trip;
+ *   - an L1 hit through agentbus-broker (the same 64 B request, cacheable,
+ *     answered by the broker from its in-process LRU);
+ *   - an L3 hit (distinct requests stored in LMDB, L1 cleared first, so
+ *     each is read from the map; each is then promoted to L1).
+ * It prints the client round trips (p50/p99) and their ratio to the bare
+ * hop, and the broker's own figures from its stats: for each tier the
+ * time from handling the request to having sent the reply (serve), and
+ * the lookup alone. docs/bench.md has results.
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "bare_hop.h"
+#include "hist.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <hiredis/hiredis.h>
+#include <zmq.h>
+
+static pid_t s_kids[8];
+static int s_nkids;
+static char s_dir[64];
+
+static void s_cleanup(void)
+{
+    for (int i = 0; i < s_nkids; i++)
+        if (s_kids[i] > 0) {
+            kill(s_kids[i], SIGTERM);
+            waitpid(s_kids[i], NULL, 0);
+        }
+    s_nkids = 0;
+    if (s_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "agentbus-cache-bench: could not remove %s\n", s_dir);
+    }
+}
+
+static int s_free_port(void)
+{
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
+    char ep[64];
+    size_t len = sizeof ep;
+    int port = -1;
+    if (zmq_bind(s, "tcp://127.0.0.1:*") == 0 && zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len) == 0)
+        port = atoi(strrchr(ep, ':') + 1);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    return port;
+}
+
+static pid_t s_spawn(const char *const *argv)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    if (pid > 0)
+        s_kids[s_nkids++] = pid;
+    return pid;
+}
+
+static int s_bare_one(void *s, const char *buf, size_t size, ab_hist_t *h)
+{
+    char rbuf[128];
+    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+    uint64_t t = ab_now_ns();
+    zmq_send(s, buf, size, 0);
+    if (zmq_poll(&it, 1, 5000) <= 0 || zmq_recv(s, rbuf, sizeof rbuf, 0) < 0)
+        return -1;
+    if (h)
+        ab_hist_record(h, ab_now_ns() - t);
+    return 0;
+}
+
+static int s_ab_one(ab_client_t *c, const char *buf, size_t size, ab_hist_t *h)
+{
+    void *reply = NULL;
+    size_t rlen;
+    uint64_t t = ab_now_ns();
+    int rc = ab_client_request(c, "echo", buf, size, 5000, &reply, &rlen);
+    if (rc == AB_OK && h)
+        ab_hist_record(h, ab_now_ns() - t);
+    ab_free(reply);
+    return rc == AB_OK ? 0 : -1;
+}
+
+static Agentbus__CacheStats *s_cache(ab_client_t *c, Agentbus__Stats **st)
+{
+    void *buf = NULL;
+    size_t len;
+    *st = NULL;
+    if (ab_client_control(c, "stats", 5000, &buf, &len) != AB_OK)
+        return NULL;
+    *st = agentbus__stats__unpack(NULL, len, buf);
+    ab_free(buf);
+    return *st ? (*st)->cache : NULL;
+}
+
+static const Agentbus__CacheTier *s_tier(const Agentbus__CacheStats *cs, const char *name)
+{
+    for (size_t i = 0; cs && i < cs->n_tiers; i++)
+        if (!strcmp(cs->tiers[i]->name, name))
+            return cs->tiers[i];
+    return NULL;
+}
+
+/* The request payload of distinct request I (64 bytes). */
+static void s_payload(char *buf, int i)
+{
+    memset(buf, 'x', 64);
+    snprintf(buf, 64, "cache-bench request %08d", i);
+    buf[strlen(buf)] = 'x';
+}
+
+/* L2: a redis-server, broker A (stores) and broker B (L2 only, answers
+ * from Redis). Each distinct request is stored through A, then asked once
+ * of B: an L2 hit. Interleaved with direct GETs of the same Redis. */
+static int s_l2_bench(const char *broker, const char *worker, int count)
+{
+    int rport = s_free_port(), pa = s_free_port(), pb = s_free_port();
+    char rp[16], addr[64], ea[64], eb[64];
+    snprintf(rp, sizeof rp, "%d", rport);
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    snprintf(ea, sizeof ea, "tcp://127.0.0.1:%d", pa);
+    snprintf(eb, sizeof eb, "tcp://127.0.0.1:%d", pb);
+    const char *rargv[] = {"/usr/bin/redis-server", "--port", rp, "--bind", "127.0.0.1", "--save",
+                           "", "--appendonly", "no", NULL};
+    const char *aargv[] = {broker, "--bind", ea, "--cache-redis", addr, "--log-level", "error", NULL};
+    const char *bargv[] = {broker, "--bind", eb, "--cache-redis", addr, "--log-level", "error", NULL};
+    const char *wa[] = {worker, "--broker", ea, "--service", "echo", NULL};
+    const char *wb[] = {worker, "--broker", eb, "--service", "echo", NULL};
+    s_spawn(rargv);
+    usleep(300000);
+    s_spawn(aargv);
+    s_spawn(bargv);
+    s_spawn(wa);
+    s_spawn(wb);
+    struct timeval tv = {1, 0};
+    redisContext *rc = NULL;
+    for (int i = 0; i < 50 && (!rc || rc->err); i++) {
+        if (rc)
+            redisFree(rc);
+        usleep(100000);
+        rc = redisConnectWithTimeout("127.0.0.1", rport, tv);
+    }
+    ab_client_t *ca = NULL, *cb = NULL;
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, ea);
+    ab_client_new(&ca, o);
+    ab_options_set_endpoint(o, eb);
+    ab_client_new(&cb, o);
+    ab_options_destroy(&o);
+    if (!rc || rc->err || !ca || !cb)
+        return -1;
+    ab_client_set_cache(ca, AB_CACHE_ON, 3600);
+    ab_client_set_cache(cb, AB_CACHE_ON, 3600);
+    char buf[64];
+    usleep(1500000); /* both brokers connected to Redis (breaker closed) */
+    for (int i = 0; i < count; i++) {
+        s_payload(buf, 1000000 + i);
+        if (s_ab_one(ca, buf, 64, NULL) != 0)
+            return -1;
+    }
+    usleep(500000); /* A's writes reach Redis */
+    ab_hist_t hr, h2;
+    ab_hist_reset(&hr);
+    ab_hist_reset(&h2);
+    int fails = 0, per = count / 10, next = 0;
+    for (int slice = 0; slice < 10; slice++) {
+        for (int i = 0; i < per; i++) {
+            uint64_t t = ab_now_ns();
+            redisReply *r = redisCommand(rc, "GET agentbus:bench:%d", i);
+            if (r)
+                ab_hist_record(&hr, ab_now_ns() - t);
+            else
+                fails++;
+            freeReplyObject(r);
+        }
+        for (int i = 0; i < per; i++, next++) {
+            s_payload(buf, 1000000 + next);
+            fails += s_ab_one(cb, buf, 64, &h2) != 0;
+        }
+    }
+    Agentbus__Stats *st;
+    const Agentbus__CacheTier *t2 = s_tier(s_cache(cb, &st), "l2");
+    if (!t2)
+        return -1;
+    double r50 = ab_hist_percentile(&hr, 50) / 1e3, r99 = ab_hist_percentile(&hr, 99) / 1e3;
+    double c50 = ab_hist_percentile(&h2, 50) / 1e3, c99 = ab_hist_percentile(&h2, 99) / 1e3;
+    double l50 = t2->lookup_p50_ns / 1e3, l99 = t2->lookup_p99_ns / 1e3;
+    printf("\nL2 (Redis), %d hits on a second broker, %d failed, %llu L2 hits counted\n", per * 10,
+           fails, (unsigned long long)t2->hits);
+    printf("%-40s %10s %10s\n", "", "p50_us", "p99_us");
+    printf("%-40s %10.1f %10.1f\n", "Redis GET round trip (hiredis, direct)", r50, r99);
+    printf("%-40s %10.1f %10.1f\n", "broker: L2 lookup queued -> answer back", l50, l99);
+    printf("%-40s %10.1f %10.1f\n", "  over the Redis round trip", l50 - r50, l99 - r99);
+    printf("%-40s %10.1f %10.1f\n", "client round trip of an L2 hit", c50, c99);
+    agentbus__stats__free_unpacked(st, NULL);
+    redisFree(rc);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cb);
+    return fails ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    int count = 5000, redis = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--count") && i + 1 < argc)
+            count = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--redis"))
+            redis = 1;
+        else {
+            printf("Usage: agentbus-cache-bench [--count N] [--redis]\n"
+                   "  --count N  requests per kind (default 5000)\n"
+                   "  --redis    also measure L2 hits (starts /usr/bin/redis-server)\n");
+            return strcmp(argv[i], "--help") ? 2 : 0;
+        }
+    }
+    if (count < 100 || count > 1000000)
+        count = 5000;
+    char self[PATH_MAX], broker[PATH_MAX + 32], worker[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return 1;
+    self[n] = '\0';
+    *strrchr(self, '/') = '\0';
+    snprintf(broker, sizeof broker, "%s/agentbus-broker", self);
+    snprintf(worker, sizeof worker, "%s/agentbus-worker", self);
+    snprintf(s_dir, sizeof s_dir, "/tmp/ab-cache-bench-XXXXXX");
+    if (!mkdtemp(s_dir))
+        return 1;
+    atexit(s_cleanup);
+    signal(SIGPIPE, SIG_IGN);
+
+    /* The bare hop. */
+    int front = s_free_port(), back = s_free_port();
+    s_kids[s_nkids++] = bh_start_forwarder(front, back);
+    s_kids[s_nkids++] = bh_start_echo(back);
+    void *zctx = zmq_ctx_new(), *bare = zmq_socket(zctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(bare, ZMQ_LINGER, &linger, sizeof linger);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", front);
+    zmq_connect(bare, ep);
+
+    /* The broker, with L3, and an echo worker. */
+    int port = s_free_port();
+    char bep[64];
+    snprintf(bep, sizeof bep, "tcp://127.0.0.1:%d", port);
+    const char *bargv[] = {broker, "--bind", bep, "--data-dir", s_dir, "--log-level", "error", NULL};
+    const char *wargv[] = {worker, "--broker", bep, "--service", "echo", NULL};
+    s_spawn(bargv);
+    s_spawn(wargv);
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, bep);
+    ab_client_t *c = NULL;
+    if (ab_client_new(&c, o) != AB_OK)
+        return 1;
+    ab_options_destroy(&o);
+    ab_client_set_cache(c, AB_CACHE_ON, 3600);
+    char buf[64];
+    s_payload(buf, 0);
+    int up = 0;
+    for (int i = 0; i < 100 && !up; i++) {
+        up = s_ab_one(c, buf, sizeof buf, NULL) == 0;
+        if (!up)
+            usleep(100000);
+    }
+    if (!up || s_bare_one(bare, buf, sizeof buf, NULL) != 0) {
+        fprintf(stderr, "agentbus-cache-bench: broker or bare hop did not answer\n");
+        return 1;
+    }
+    /* Distinct entries for the L3 pass, stored by the worker's replies. */
+    for (int i = 1; i <= count; i++) {
+        s_payload(buf, i);
+        if (s_ab_one(c, buf, sizeof buf, NULL) != 0)
+            return 1;
+    }
+    Agentbus__Stats *st;
+    for (int i = 0; i < 200; i++) { /* wait for the L3 writer */
+        const Agentbus__CacheTier *t3 = s_tier(s_cache(c, &st), "l3");
+        int done = t3 && t3->stores >= (uint64_t)count + 1;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (done)
+            break;
+        usleep(50000);
+    }
+    void *cb = NULL;
+    size_t cl;
+    if (ab_client_control(c, "cache clear l1", 5000, &cb, &cl) != AB_OK)
+        return 1;
+    ab_free(cb);
+
+    ab_hist_t hb, h1, h3;
+    ab_hist_reset(&hb);
+    ab_hist_reset(&h1);
+    ab_hist_reset(&h3);
+    char hit[64];
+    s_payload(hit, 0);
+    ab_client_request(c, "echo", hit, 64, 5000, NULL, NULL); /* from L3 into L1 */
+    /* Warm-up, then 10 interleaved slices. */
+    for (int i = 0; i < 200; i++) {
+        s_bare_one(bare, hit, 64, NULL);
+        s_ab_one(c, hit, 64, NULL);
+    }
+    int per = count / 10, next3 = 1, fails = 0;
+    for (int slice = 0; slice < 10; slice++) {
+        for (int i = 0; i < per; i++)
+            fails += s_bare_one(bare, hit, 64, &hb) != 0;
+        for (int i = 0; i < per; i++)
+            fails += s_ab_one(c, hit, 64, &h1) != 0;
+        for (int i = 0; i < per && next3 <= count; i++) {
+            s_payload(buf, next3++);
+            fails += s_ab_one(c, buf, 64, &h3) != 0;
+        }
+    }
+    const Agentbus__CacheStats *cs = s_cache(c, &st);
+    const Agentbus__CacheTier *t1 = s_tier(cs, "l1"), *t3 = s_tier(cs, "l3");
+    if (!t1 || !t3)
+        return 1;
+    double bp50 = ab_hist_percentile(&hb, 50) / 1e3, bp99 = ab_hist_percentile(&hb, 99) / 1e3;
+    double p50_1 = ab_hist_percentile(&h1, 50) / 1e3, p99_1 = ab_hist_percentile(&h1, 99) / 1e3;
+    double p50_3 = ab_hist_percentile(&h3, 50) / 1e3, p99_3 = ab_hist_percentile(&h3, 99) / 1e3;
+    printf("agentbus-cache-bench: %d requests per kind, 64 B, tcp loopback, %d failed\n\n",
+           per * 10, fails);
+    printf("%-32s %10s %10s %12s %12s\n", "round trip (client)", "p50_us", "p99_us",
+           "p50/bare", "p99/bare");
+    printf("%-32s %10.1f %10.1f %12s %12s\n", "bare ZeroMQ hop (echo worker)", bp50, bp99, "1.00x",
+           "1.00x");
+    printf("%-32s %10.1f %10.1f %11.2fx %11.2fx\n", "L1 hit (broker answers)", p50_1, p99_1,
+           p50_1 / bp50, p99_1 / bp99);
+    printf("%-32s %10.1f %10.1f %11.2fx %11.2fx\n\n", "L3 hit (LMDB, then promoted)", p50_3,
+           p99_3, p50_3 / bp50, p99_3 / bp99);
+    printf("%-32s %10s %10s %12s %12s %10s\n", "in the broker", "serve_p50", "serve_p99",
+           "lookup_p50", "lookup_p99", "hits");
+    printf("%-32s %8.2fus %8.2fus %10.2fus %10.2fus %10llu\n", "L1 (target serve <= 5 us)",
+           t1->serve_p50_ns / 1e3, t1->serve_p99_ns / 1e3, t1->lookup_p50_ns / 1e3,
+           t1->lookup_p99_ns / 1e3, (unsigned long long)t1->hits);
+    printf("%-32s %8.2fus %8.2fus %10.2fus %10.2fus %10llu\n", "L3 (target serve <= 20 us)",
+           t3->serve_p50_ns / 1e3, t3->serve_p99_ns / 1e3, t3->lookup_p50_ns / 1e3,
+           t3->lookup_p99_ns / 1e3, (unsigned long long)t3->hits);
+    printf("\n(serve: request handled by the cache -> last reply frame handed to ZeroMQ;\n"
+           " lookup: the tier's get alone; L1 lookups include the misses before L3 hits)\n");
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+    zmq_close(bare);
+    zmq_ctx_term(zctx);
+    if (redis && s_l2_bench(broker, worker, count) != 0) {
+        fprintf(stderr, "agentbus-cache-bench: the L2 part failed\n");
+        return 1;
+    }
+    return fails ? 1 : 0;
+}

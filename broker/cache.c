@@ -1,0 +1,872 @@
+/* cache.c - see cache.h and docs/cache.md. */
+#include "cache.h"
+#include "compress.h"
+#include "cache_l1.h"
+#include "cache_lmdb.h"
+#include "cache_redis.h"
+#include "placement.h"
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define AB_CACHE_MAX_TTL_S (30u * 86400u)
+#define AB_EXPIRE_SCAN 64 /* cold entries looked at per timer turn */
+#define AB_L3_QUEUE_MAX (64u << 20) /* bytes of writes waiting for the L3 thread */
+
+typedef struct s_flight {
+    ab_cache_key_t key;
+    ab_req_t *leader;
+    ab_req_t **waiters; /* in arrival order */
+    size_t n, cap;
+    int streamed; /* some waiter got a chunk: it cannot be re-dispatched */
+} s_flight_t;
+
+struct ab_cache_req {
+    ab_cache_key_t key;
+    int64_t ttl_ms;
+    uint8_t read, store, leader, overflow;
+    uint8_t l2_wait; /* a lookup is with the L2 thread */
+    uint64_t l2_sent_ns;
+    ab_blob_t acc; /* the reply so far (a leader or a request alone) */
+    s_flight_t *flight;
+};
+
+struct ab_cache {
+    ab_l1_t *l1;
+    ab_idmap_t flights; /* key.lo (0 -> 1) -> s_flight_t (owned) */
+    int64_t default_ttl_ms;
+    size_t max_entry, waiters_max;
+    uint64_t coalesced, uncacheable, redispatched, stores_skipped;
+    ab_hist_t l1_ns;
+    int dispatch_pending;
+    ab_l3_t *l3;            /* NULL without --data-dir */
+    ab_l3_writer_t *l3w;
+    ab_hist_t l3_ns;
+    uint64_t l3_hits, l3_misses;
+    ab_hist_t l1_serve_ns, l3_serve_ns; /* request handled -> last chunk sent */
+    ab_l2_t *l2;            /* NULL without --cache-redis */
+    ab_hist_t l2_ns;        /* lookup sent -> answer back (a Redis round trip + 2 pipes) */
+    uint64_t l2_hits, l2_misses;
+    Agentbus__CacheStats st;
+    Agentbus__CacheTier tier[3];
+    Agentbus__CacheTier *tierp[3];
+};
+
+/* --- blobs -------------------------------------------------------------------- */
+/* Layout per chunk: kind u8, flags u32, original_size u64, size u32, bytes
+ * (little endian). Versioning lives in the key (AB_CACHE_KEY_VERSION). */
+#define AB_CHUNK_HDR 17
+
+static void s_put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void s_put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t s_get(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+int ab_blob_add(ab_blob_t *bl, uint32_t kind, uint32_t flags, uint64_t original_size,
+                const void *data, size_t size, size_t max)
+{
+    size_t need = bl->len + AB_CHUNK_HDR + size;
+    if (size > UINT32_MAX || need > max)
+        return -1;
+    if (need > bl->cap) {
+        size_t cap = bl->cap ? bl->cap * 2 : 256;
+        while (cap < need)
+            cap *= 2;
+        uint8_t *nb = realloc(bl->buf, cap);
+        if (!nb)
+            return -1;
+        bl->buf = nb;
+        bl->cap = cap;
+    }
+    uint8_t *p = bl->buf + bl->len;
+    p[0] = (uint8_t)kind;
+    s_put32(p + 1, flags);
+    s_put64(p + 5, original_size);
+    s_put32(p + 13, (uint32_t)size);
+    if (size)
+        memcpy(p + AB_CHUNK_HDR, data, size);
+    bl->len = need;
+    bl->nchunks++;
+    return 0;
+}
+
+void ab_blob_free(ab_blob_t *bl)
+{
+    free(bl->buf);
+    memset(bl, 0, sizeof *bl);
+}
+
+int ab_blob_next(const uint8_t *buf, size_t len, size_t *off, ab_chunk_t *ch)
+{
+    if (*off == len)
+        return 0;
+    if (*off > len || len - *off < AB_CHUNK_HDR)
+        return -1;
+    const uint8_t *p = buf + *off;
+    ch->kind = p[0];
+    ch->flags = (uint32_t)s_get(p + 1, 4);
+    ch->original_size = s_get(p + 5, 8);
+    ch->size = (size_t)s_get(p + 13, 4);
+    if (ch->kind != AB_KIND_PARTIAL && ch->kind != AB_KIND_REPLY)
+        return -1;
+    if (len - *off - AB_CHUNK_HDR < ch->size)
+        return -1;
+    ch->data = p + AB_CHUNK_HDR;
+    *off += AB_CHUNK_HDR + ch->size;
+    return 1;
+}
+
+/* A stored reply must be whole: chunks that parse, exactly one REPLY, last. */
+static int s_blob_valid(const uint8_t *buf, size_t len)
+{
+    size_t off = 0;
+    ab_chunk_t ch;
+    int rc, last = 0;
+    while ((rc = ab_blob_next(buf, len, &off, &ch)) == 1) {
+        if (last)
+            return 0;
+        last = ch.kind == AB_KIND_REPLY;
+    }
+    return rc == 0 && last;
+}
+
+/* --- life cycle ------------------------------------------------------------------- */
+ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
+{
+    if (!cfg->cache_l1_bytes)
+        return NULL;
+    ab_cache_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->l1 = ab_l1_new(cfg->cache_l1_bytes);
+    if (!c->l1 || ab_idmap_init(&c->flights, 256) != 0) {
+        ab_l1_destroy(&c->l1);
+        free(c);
+        return NULL;
+    }
+    c->default_ttl_ms = cfg->cache_ttl_s * 1000;
+    c->max_entry = cfg->cache_max_entry_bytes;
+    c->waiters_max = (size_t)cfg->cache_waiters_max;
+    ab_hist_reset(&c->l1_ns);
+    ab_hist_reset(&c->l3_ns);
+    ab_hist_reset(&c->l1_serve_ns);
+    ab_hist_reset(&c->l3_serve_ns);
+    ab_hist_reset(&c->l2_ns);
+    if (cfg->cache_redis && *cfg->cache_redis)
+        c->l2 = ab_l2_new(cfg->cache_redis, (int)cfg->cache_l2_timeout_ms);
+    if (cfg->data_dir && *cfg->data_dir && (c->l3 = ab_l3_open(cfg->data_dir, cfg->cache_l3_bytes)) &&
+        !(c->l3w = ab_l3_writer_new(c->l3, AB_L3_QUEUE_MAX))) {
+        AB_ERROR("L3 cache off: cannot start its writer thread");
+        ab_l3_close(&c->l3);
+    }
+    return c;
+}
+
+void ab_cache_destroy(ab_cache_t **cp)
+{
+    ab_cache_t *c = cp ? *cp : NULL;
+    if (!c)
+        return;
+    /* The requests were freed by the broker; only the groups are left. */
+    for (size_t i = 0; i < c->flights.cap; i++)
+        if (c->flights.keys[i]) {
+            s_flight_t *f = c->flights.vals[i];
+            free(f->waiters);
+            free(f);
+        }
+    ab_idmap_fini(&c->flights);
+    ab_l1_destroy(&c->l1);
+    ab_l2_destroy(&c->l2);
+    ab_l3_writer_destroy(&c->l3w); /* writes what is queued first */
+    ab_l3_close(&c->l3);
+    free(c);
+    *cp = NULL;
+}
+
+void ab_cache_req_free(ab_cache_req_t **crp)
+{
+    if (!crp || !*crp)
+        return;
+    ab_blob_free(&(*crp)->acc);
+    free(*crp);
+    *crp = NULL;
+}
+
+/* --- helpers ----------------------------------------------------------------------- */
+static uint64_t s_slot(const ab_cache_key_t *k)
+{
+    return k->lo ? k->lo : 1;
+}
+
+static s_flight_t *s_flight_get(ab_cache_t *c, const ab_cache_key_t *k)
+{
+    s_flight_t *f = ab_idmap_get(&c->flights, s_slot(k));
+    return f && ab_cache_key_eq(&f->key, k) ? f : NULL;
+}
+
+static void s_flight_drop(ab_cache_t *c, s_flight_t *f)
+{
+    if (ab_idmap_get(&c->flights, s_slot(&f->key)) == f)
+        ab_idmap_del(&c->flights, s_slot(&f->key));
+    free(f->waiters);
+    free(f);
+}
+
+/* The digest of MODEL as any worker of S reported it ("" when none did). */
+static const char *s_digest(const ab_service_t *s, const char *model)
+{
+    if (!*model)
+        return "";
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+        const Agentbus__InferenceState *st = w->inference;
+        for (size_t i = 0; st && i < st->n_models; i++)
+            if (strcmp(st->models[i]->name, model) == 0 && *st->models[i]->digest)
+                return st->models[i]->digest;
+        for (size_t i = 0; st && i < st->n_loaded; i++)
+            if (strcmp(st->loaded[i]->name, model) == 0 && *st->loaded[i]->digest)
+                return st->loaded[i]->digest;
+    }
+    return "";
+}
+
+/* The service's default TTL, when one of its workers declares it with the
+ * label cache-ttl-s=SECONDS (the worker knows how long its answers stay
+ * good); -1 when none does. */
+static int64_t s_service_ttl_ms(const ab_service_t *s)
+{
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+        const char *v = w->labels ? zhashx_lookup(w->labels, "cache-ttl-s") : NULL;
+        long t;
+        if (v && ab_parse_long(v, 0, AB_CACHE_MAX_TTL_S, &t) == 0)
+            return (int64_t)t * 1000;
+    }
+    return -1;
+}
+
+/* Sends one chunk to a client as KIND answering CORR. */
+static int s_send_chunk(ab_broker_t *b, const ab_rid_t *to, uint64_t corr, uint32_t kind,
+                        uint32_t flags, uint64_t orig, const void *data, size_t size)
+{
+    ab_header_t h = ab_header_init(kind);
+    h.correlation_id = corr;
+    h.flags = flags;
+    h.original_size = orig;
+    zmq_msg_t m;
+    if (zmq_msg_init_size(&m, size) != 0)
+        return -1;
+    if (size)
+        memcpy(zmq_msg_data(&m), data, size);
+    int rc = ab_send(b, to, &h, &m);
+    zmq_msg_close(&m);
+    return rc;
+}
+
+/* Replays a stored reply (or the chunks of one so far) to a client. */
+static void s_replay(ab_broker_t *b, const ab_rid_t *to, uint64_t corr, const uint8_t *buf,
+                     size_t len)
+{
+    size_t off = 0;
+    ab_chunk_t ch;
+    while (ab_blob_next(buf, len, &off, &ch) == 1)
+        s_send_chunk(b, to, corr, ch.kind, ch.flags, ch.original_size, ch.data, ch.size);
+}
+
+/* --- request path ------------------------------------------------------------------ */
+/* L3 lookup, straight from LMDB's map: a hit is replayed to the client and
+ * promoted to L1. 1 when answered. */
+static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, uint64_t id,
+                       const ab_cache_key_t *key, int64_t now, uint64_t t_in)
+{
+    ab_cache_t *c = b->cache;
+    uint64_t t0 = ab_now_ns();
+    const uint8_t *val;
+    size_t len;
+    int64_t exp;
+    int hit = ab_l3_get(c->l3, key, now, &val, &len, &exp) == 1 && s_blob_valid(val, len);
+    ab_hist_record(&c->l3_ns, ab_now_ns() - t0);
+    if (hit) {
+        s_replay(b, client, id, val, len);
+        ab_hist_record(&c->l3_serve_ns, ab_now_ns() - t_in);
+        ab_l1_put(c->l1, key, val, len, exp);
+        c->l3_hits++;
+        s->replies++;
+        b->c.replies++;
+        ab_hist_record(&s->latency_us, 0);
+    } else {
+        c->l3_misses++;
+    }
+    ab_l3_release(c->l3);
+    return hit;
+}
+
+int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
+                        const ab_header_t *h, const zmq_msg_t *body, int64_t now,
+                        ab_cache_req_t **cr)
+{
+    ab_cache_t *c = b->cache;
+    *cr = NULL;
+    if (!c || h->worker.len) /* pinned requests are operator commands */
+        return 0;
+    uint64_t t_in = ab_now_ns();
+    char model[AB_MODEL_MAX + 1];
+    ab_view_copy(h->model, model, sizeof model);
+    ab_key_input_t in = {s->name, model, s_digest(s, model), h->flags,
+                         body ? zmq_msg_data((zmq_msg_t *)body) : NULL,
+                         body ? zmq_msg_size((zmq_msg_t *)body) : 0};
+    /* The library lz4-compresses requests of 1 KiB or more, and long prompts
+     * are the ones worth caching: the key is computed over the plain bytes
+     * (bounded by the declared size and the payload limit), so it does not
+     * depend on how the request travelled. The payload itself stays as it is. */
+    void *plain = NULL;
+    if ((h->flags & AB_FLAG_LZ4) && in.size && (model[0] || (h->flags & AB_FLAG_CACHEABLE))) {
+        if (ab_lz4_check(in.size, h->original_size, b->limits.max_payload) != AB_OK ||
+            !(plain = malloc(h->original_size)) ||
+            ab_lz4_decompress(in.payload, in.size, plain, h->original_size) != AB_OK) {
+            free(plain);
+            c->uncacheable++;
+            return 0; /* a corrupt block: the worker answers MALFORMED */
+        }
+        in.payload = plain;
+        in.size = h->original_size;
+        in.flags &= ~(uint32_t)AB_FLAG_LZ4;
+    }
+    ab_cache_key_t key;
+    ab_key_kind_t kk = ab_cache_key(&in, &key);
+    free(plain);
+    if (kk == AB_KEY_NO) {
+        c->uncacheable++;
+        return 0;
+    }
+    int read = !(h->flags & AB_FLAG_NO_CACHE);
+    if (read) {
+        uint64_t t0 = ab_now_ns();
+        const uint8_t *val;
+        size_t len;
+        int hit = ab_l1_get(c->l1, &key, now, &val, &len, NULL);
+        ab_hist_record(&c->l1_ns, ab_now_ns() - t0);
+        if (hit && s_blob_valid(val, len)) {
+            s_replay(b, client, h->id, val, len);
+            ab_hist_record(&c->l1_serve_ns, ab_now_ns() - t_in);
+            s->replies++;
+            b->c.replies++;
+            ab_hist_record(&s->latency_us, 0);
+            return 1;
+        }
+        if (hit)
+            ab_l1_del(c->l1, &key); /* cannot happen: only whole replies are put */
+        if (c->l3 && s_l3_lookup(b, s, client, h->id, &key, now, t_in))
+            return 1;
+    }
+    ab_cache_req_t *x = calloc(1, sizeof *x);
+    if (!x)
+        return 0; /* served without the cache */
+    x->key = key;
+    uint32_t ttl = h->cache_ttl_s < AB_CACHE_MAX_TTL_S ? h->cache_ttl_s : AB_CACHE_MAX_TTL_S;
+    int64_t svc_ttl = ttl ? -1 : s_service_ttl_ms(s);
+    x->ttl_ms = ttl ? (int64_t)ttl * 1000 : svc_ttl >= 0 ? svc_ttl : c->default_ttl_ms;
+    x->read = (uint8_t)read;
+    x->store = !(h->flags & AB_FLAG_NO_STORE);
+    *cr = x;
+    return 0;
+}
+
+/* Asks L2 for R's reply when Redis is usable: R then waits (other traffic
+ * flows) until ab_cache_on_pipe has the answer. 1 when asked. */
+static int s_l2_ask(ab_cache_t *c, ab_req_t *r)
+{
+    ab_cache_req_t *cr = r->cache;
+    /* A provisional service (startup grace) may be removed while R waits
+     * outside its queue: such requests skip L2. */
+    if (!c->l2 || !cr->read || r->service->provisional || !ab_l2_usable(c->l2) ||
+        ab_l2_get(c->l2, r->bid, &cr->key) != 0)
+        return 0;
+    r->state = AB_REQ_WAITING;
+    cr->l2_wait = 1;
+    cr->l2_sent_ns = ab_now_ns();
+    return 1;
+}
+
+int ab_cache_join(ab_broker_t *b, ab_req_t *r)
+{
+    ab_cache_t *c = b->cache;
+    ab_cache_req_t *cr = r->cache;
+    if (!c || !cr)
+        return 0;
+    s_flight_t *f = s_flight_get(c, &cr->key);
+    if (f) {
+        ab_cache_req_t *lc = f->leader->cache;
+        /* A leader whose reply outgrew the entry bound cannot replay its
+         * start to a late joiner: that one goes to a worker itself. */
+        if (!cr->read || lc->overflow || f->n >= c->waiters_max)
+            return 0;
+        if (f->n == f->cap) {
+            size_t cap = f->cap ? f->cap * 2 : 8;
+            ab_req_t **nw = realloc(f->waiters, cap * sizeof *nw);
+            if (!nw)
+                return 0;
+            f->waiters = nw;
+            f->cap = cap;
+        }
+        f->waiters[f->n++] = r;
+        r->state = AB_REQ_WAITING;
+        cr->flight = f;
+        c->coalesced++;
+        if (lc->acc.len) { /* the stream so far, then the rest as it comes */
+            s_replay(b, &r->client, r->client_id, lc->acc.buf, lc->acc.len);
+            f->streamed = 1;
+        }
+        return 1;
+    }
+    if (ab_idmap_get(&c->flights, s_slot(&cr->key)))
+        return s_l2_ask(c, r); /* another key in the same slot (2^-64): go alone */
+    f = calloc(1, sizeof *f);
+    if (!f)
+        return s_l2_ask(c, r);
+    f->key = cr->key;
+    f->leader = r;
+    if (ab_idmap_put(&c->flights, s_slot(&cr->key), f) != 0) {
+        free(f);
+        return s_l2_ask(c, r);
+    }
+    cr->flight = f;
+    cr->leader = 1;
+    return s_l2_ask(c, r);
+}
+
+/* Takes F's waiters out of it (so freeing one does not touch F). */
+static ab_req_t **s_take_waiters(s_flight_t *f, size_t *n)
+{
+    ab_req_t **w = f->waiters;
+    *n = f->n;
+    f->waiters = NULL;
+    f->n = f->cap = 0;
+    for (size_t i = 0; i < *n; i++)
+        w[i]->cache->flight = NULL;
+    return w;
+}
+
+/* Ends F with its leader's final answer H for every waiter. */
+static void s_flight_end(ab_broker_t *b, s_flight_t *f, const ab_header_t *h,
+                         const zmq_msg_t *body)
+{
+    size_t n;
+    ab_req_t **w = s_take_waiters(f, &n);
+    f->leader->cache->flight = NULL;
+    f->leader->cache->leader = 0;
+    s_flight_drop(b->cache, f);
+    const void *data = body ? zmq_msg_data((zmq_msg_t *)body) : NULL;
+    size_t size = body ? zmq_msg_size((zmq_msg_t *)body) : 0;
+    char text[256];
+    ab_view_copy(h->error_text, text, sizeof text);
+    uint64_t now = ab_now_us();
+    for (size_t i = 0; i < n; i++) {
+        ab_req_t *r = w[i];
+        ab_service_t *s = r->service;
+        if (r->state != AB_REQ_ORPHANED) {
+            if (h->kind == AB_KIND_REPLY) {
+                s_send_chunk(b, &r->client, r->client_id, AB_KIND_REPLY, h->flags,
+                             h->original_size, data, size);
+                s->replies++;
+                b->c.replies++;
+            } else {
+                ab_send_error(b, &r->client, r->client_id, h->error_code, text);
+                s->errors++;
+                AB_COUNT_ERROR(b, h->error_code);
+            }
+            ab_hist_record(&s->latency_us, now - r->start_us);
+        }
+        ab_req_free(b, r);
+    }
+    free(w);
+}
+
+/* The leader of F failed before any waiter saw a chunk: the first waiter
+ * still waiting becomes the leader and goes to a worker (dispatched at the
+ * end of this loop turn: callers may be walking a worker's list); the
+ * others stay attached to it. */
+static void s_flight_handoff(ab_broker_t *b, s_flight_t *f)
+{
+    ab_cache_t *c = b->cache;
+    ab_cache_req_t *old = f->leader->cache;
+    old->flight = NULL;
+    old->leader = 0;
+    while (f->n) {
+        ab_req_t *w = f->waiters[0];
+        memmove(f->waiters, f->waiters + 1, (f->n - 1) * sizeof *f->waiters);
+        f->n--;
+        if (w->state == AB_REQ_ORPHANED) { /* its client gave up */
+            w->cache->flight = NULL;
+            ab_req_free(b, w);
+            continue;
+        }
+        f->leader = w;
+        w->cache->leader = 1;
+        ab_queue_push_front(w->service, w);
+        c->redispatched++;
+        c->dispatch_pending = 1;
+        return;
+    }
+    s_flight_drop(c, f);
+}
+
+static int s_error_is_final(uint32_t code)
+{
+    /* The same request would fail the same way on any worker. */
+    return code == AB_ERR_BAD_REQUEST || code == AB_ERR_MODEL_NOT_FOUND ||
+           code == AB_ERR_MALFORMED;
+}
+
+void ab_cache_on_answer(ab_broker_t *b, ab_req_t *r, const ab_header_t *h,
+                        const zmq_msg_t *body)
+{
+    ab_cache_t *c = b->cache;
+    ab_cache_req_t *cr = r->cache;
+    if (!c || !cr)
+        return;
+    const void *data = body ? zmq_msg_data((zmq_msg_t *)body) : NULL;
+    size_t size = body ? zmq_msg_size((zmq_msg_t *)body) : 0;
+    if (h->kind != AB_KIND_ERROR && !cr->overflow &&
+        ab_blob_add(&cr->acc, h->kind, h->flags, h->original_size, data, size,
+                    c->max_entry) != 0) {
+        cr->overflow = 1;
+        ab_blob_free(&cr->acc);
+    }
+    s_flight_t *f = cr->leader ? cr->flight : NULL;
+    if (h->kind == AB_KIND_PARTIAL) {
+        for (size_t i = 0; f && i < f->n; i++) {
+            if (f->waiters[i]->state == AB_REQ_ORPHANED)
+                continue;
+            s_send_chunk(b, &f->waiters[i]->client, f->waiters[i]->client_id,
+                         AB_KIND_PARTIAL, h->flags, h->original_size, data, size);
+            f->streamed = 1;
+        }
+        return;
+    }
+    if (h->kind == AB_KIND_REPLY) {
+        if (cr->store && !cr->overflow && cr->ttl_ms > 0) {
+            int64_t exp = ab_now_ms() + cr->ttl_ms;
+            ab_l1_put(c->l1, &cr->key, cr->acc.buf, cr->acc.len, exp);
+            if (c->l3w)
+                ab_l3_writer_put(c->l3w, &cr->key, exp, cr->acc.buf, cr->acc.len);
+            if (c->l2 && ab_l2_usable(c->l2))
+                ab_l2_put(c->l2, &cr->key, cr->ttl_ms, cr->acc.buf, cr->acc.len);
+        } else
+            c->stores_skipped++;
+        ab_blob_free(&cr->acc);
+        if (f)
+            s_flight_end(b, f, h, body);
+        return;
+    }
+    ab_blob_free(&cr->acc); /* an error or a cut stream is never stored */
+    cr->overflow = 0;
+    if (f && (f->streamed || s_error_is_final(h->error_code)))
+        s_flight_end(b, f, h, NULL);
+    else if (f)
+        s_flight_handoff(b, f);
+}
+
+void ab_cache_req_gone(ab_broker_t *b, ab_req_t *r)
+{
+    ab_cache_req_t *cr = r->cache;
+    if (!cr || !cr->flight || !b->cache)
+        return;
+    s_flight_t *f = cr->flight;
+    if (f->leader != r) {
+        for (size_t i = 0; i < f->n; i++)
+            if (f->waiters[i] == r) {
+                memmove(f->waiters + i, f->waiters + i + 1, (f->n - i - 1) * sizeof *f->waiters);
+                f->n--;
+                break;
+            }
+        cr->flight = NULL;
+        return;
+    }
+    if (!f->streamed) {
+        s_flight_handoff(b, f);
+        return;
+    }
+    ab_header_t h = ab_header_init(AB_KIND_ERROR);
+    h.error_code = AB_ERR_WORKER_LOST;
+    h.error_text = ab_view_of("the identical request this one was coalesced with failed "
+                              "mid-stream");
+    s_flight_end(b, f, &h, NULL);
+}
+
+int ab_cache_has_waiters(const ab_req_t *r)
+{
+    return r->cache && r->cache->leader && r->cache->flight && r->cache->flight->n > 0;
+}
+
+void ab_cache_tick(ab_broker_t *b, int64_t now)
+{
+    ab_cache_t *c = b->cache;
+    if (!c)
+        return;
+    if (c->dispatch_pending) {
+        c->dispatch_pending = 0;
+        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
+            if (s->q_head)
+                ab_service_dispatch(b, s);
+    }
+    ab_l1_expire(c->l1, now, AB_EXPIRE_SCAN);
+}
+
+/* --- L2 answers ----------------------------------------------------------------------- */
+void *ab_cache_pipe(ab_broker_t *b)
+{
+    return b->cache && b->cache->l2 ? ab_l2_pipe(b->cache->l2) : NULL;
+}
+
+/* An L2 hit for R (a leader that waited): R and its waiters get the whole
+ * reply, which is promoted to L1 (and L3). */
+static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len)
+{
+    ab_cache_t *c = b->cache;
+    ab_cache_req_t *cr = r->cache;
+    int64_t exp = ab_now_ms() + cr->ttl_ms;
+    ab_l1_put(c->l1, &cr->key, val, len, exp);
+    if (c->l3w)
+        ab_l3_writer_put(c->l3w, &cr->key, exp, val, len);
+    size_t n = 0;
+    ab_req_t **w = NULL;
+    if (cr->flight) {
+        s_flight_t *f = cr->flight;
+        w = s_take_waiters(f, &n);
+        cr->flight = NULL;
+        cr->leader = 0;
+        s_flight_drop(c, f);
+    }
+    uint64_t now = ab_now_us();
+    for (size_t i = 0; i <= n; i++) {
+        ab_req_t *x = i < n ? w[i] : r;
+        if (x->state != AB_REQ_ORPHANED) {
+            s_replay(b, &x->client, x->client_id, val, len);
+            x->service->replies++;
+            b->c.replies++;
+            ab_hist_record(&x->service->latency_us, now - x->start_us);
+        }
+        ab_req_free(b, x);
+    }
+    free(w);
+}
+
+void ab_cache_on_pipe(ab_broker_t *b)
+{
+    ab_cache_t *c = b->cache;
+    if (!c || !c->l2)
+        return;
+    for (int i = 0; i < 4096; i++) {
+        uint64_t tag;
+        int hit;
+        size_t off;
+        zmq_msg_t m;
+        if (!ab_l2_recv(c->l2, &tag, &hit, &m, &off))
+            return;
+        ab_req_t *r = ab_idmap_get(&b->pending, tag);
+        ab_cache_req_t *cr = r ? r->cache : NULL;
+        if (cr && cr->l2_wait) { /* else: answered or gone meanwhile */
+            cr->l2_wait = 0;
+            ab_hist_record(&c->l2_ns, ab_now_ns() - cr->l2_sent_ns);
+            const uint8_t *val = (const uint8_t *)zmq_msg_data(&m) + off;
+            size_t len = zmq_msg_size(&m) - off;
+            if (hit && s_blob_valid(val, len)) {
+                c->l2_hits++;
+                s_l2_hit(b, r, val, len);
+            } else {
+                c->l2_misses++;
+                ab_service_enqueue(b, r->service, r);
+                ab_service_dispatch(b, r->service);
+            }
+        }
+        zmq_msg_close(&m);
+    }
+}
+
+/* --- control and stats ------------------------------------------------------------- */
+Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
+{
+    ab_cache_t *c = b->cache;
+    if (!c)
+        return NULL;
+    ab_l1_stats_t l;
+    ab_l1_stats(c->l1, &l);
+    agentbus__cache_tier__init(&c->tier[0]);
+    c->tier[0].name = "l1";
+    c->tier[0].hits = l.hits;
+    c->tier[0].misses = l.misses;
+    c->tier[0].bytes = l.bytes;
+    c->tier[0].entries = l.entries;
+    c->tier[0].evictions = l.evictions;
+    c->tier[0].expired = l.expired;
+    c->tier[0].lookup_p50_ns = ab_hist_percentile(&c->l1_ns, 50);
+    c->tier[0].lookup_p99_ns = ab_hist_percentile(&c->l1_ns, 99);
+    c->tier[0].max_bytes = l.max_bytes;
+    c->tier[0].stores = l.stores;
+    c->tier[0].state = "on";
+    c->tier[0].serve_p50_ns = ab_hist_percentile(&c->l1_serve_ns, 50);
+    c->tier[0].serve_p99_ns = ab_hist_percentile(&c->l1_serve_ns, 99);
+    c->tierp[0] = &c->tier[0];
+    size_t nt = 1;
+    if (c->l3) {
+        Agentbus__CacheTier *t = &c->tier[1];
+        ab_l3_counters_t *k = ab_l3_counters(c->l3);
+        agentbus__cache_tier__init(t);
+        t->name = "l3";
+        t->state = "on";
+        t->hits = c->l3_hits;
+        t->misses = c->l3_misses;
+        ab_l3_usage(c->l3, &t->entries, &t->bytes, &t->max_bytes);
+        t->stores = atomic_load(&k->stores);
+        t->evictions = atomic_load(&k->evictions);
+        t->expired = atomic_load(&k->expired);
+        t->lookup_p50_ns = ab_hist_percentile(&c->l3_ns, 50);
+        t->lookup_p99_ns = ab_hist_percentile(&c->l3_ns, 99);
+        t->serve_p50_ns = ab_hist_percentile(&c->l3_serve_ns, 50);
+        t->serve_p99_ns = ab_hist_percentile(&c->l3_serve_ns, 99);
+        c->tierp[nt++] = t;
+    }
+    if (c->l2) {
+        Agentbus__CacheTier *t = &c->tier[2];
+        ab_l2_counters_t *k = ab_l2_counters(c->l2);
+        agentbus__cache_tier__init(t);
+        t->name = "l2";
+        t->state = (char *)ab_l2_state_name(c->l2);
+        t->hits = c->l2_hits;
+        t->misses = c->l2_misses;
+        t->stores = atomic_load(&k->stores);
+        t->evictions = atomic_load(&k->opens); /* breaker openings (Redis evicts itself) */
+        t->expired = atomic_load(&k->dropped);
+        t->lookup_p50_ns = ab_hist_percentile(&c->l2_ns, 50);
+        t->lookup_p99_ns = ab_hist_percentile(&c->l2_ns, 99);
+        c->tierp[nt++] = t;
+    }
+    agentbus__cache_stats__init(&c->st);
+    c->st.n_tiers = nt;
+    c->st.tiers = c->tierp;
+    c->st.coalesced = c->coalesced;
+    c->st.uncacheable = c->uncacheable;
+    c->st.redispatched = c->redispatched;
+    c->st.in_flight = ab_idmap_size(&c->flights);
+    c->st.stores_skipped = c->stores_skipped;
+    return &c->st;
+}
+
+static int s_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    *out = malloc(*len ? *len : 1);
+    if (!*out)
+        return -1;
+    protobuf_c_message_pack(m, *out);
+    return 0;
+}
+
+static int s_get_entry(ab_cache_t *c, const char *hex, uint8_t **out, size_t *len,
+                       const char **err)
+{
+    ab_cache_key_t key;
+    if (ab_cache_key_parse(hex, &key) != 0) {
+        *err = "cache get needs a key of 32 hex digits";
+        return -1;
+    }
+    const uint8_t *val;
+    size_t vlen;
+    int64_t exp, now = ab_now_ms();
+    const char *tier = "l1";
+    int in_l3 = 0;
+    if (!ab_l1_get(c->l1, &key, now, &val, &vlen, &exp)) {
+        in_l3 = c->l3 && ab_l3_get(c->l3, &key, now, &val, &vlen, &exp) == 1;
+        if (!in_l3) {
+            if (c->l3)
+                ab_l3_release(c->l3);
+            *err = "no such cache entry";
+            return -1;
+        }
+        tier = "l3";
+    }
+    Agentbus__CacheEntry e;
+    agentbus__cache_entry__init(&e);
+    char kh[AB_CACHE_KEY_HEX];
+    ab_cache_key_hex(&key, kh);
+    e.key = kh;
+    e.tier = (char *)tier;
+    e.ttl_left_ms = (uint64_t)(exp - now);
+    Agentbus__CacheChunk ch[64], *chp[64];
+    size_t off = 0, n = 0;
+    ab_chunk_t x;
+    while (n < 64 && ab_blob_next(val, vlen, &off, &x) == 1) {
+        agentbus__cache_chunk__init(&ch[n]);
+        ch[n].kind = (Agentbus__Kind)x.kind;
+        ch[n].flags = x.flags;
+        ch[n].original_size = x.original_size;
+        ch[n].data.data = (uint8_t *)x.data;
+        ch[n].data.len = x.size;
+        chp[n] = &ch[n];
+        n++;
+    }
+    e.n_chunks = n;
+    e.chunks = chp;
+    int rc = s_pack(&e.base, out, len);
+    if (in_l3)
+        ab_l3_release(c->l3); /* the chunks pointed into the map */
+    return rc;
+}
+
+int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *len,
+                     const char **err)
+{
+    ab_cache_t *c = b->cache;
+    *out = NULL;
+    *len = 0;
+    *err = "unknown cache query (try: cache, cache clear [l1|l3], cache get KEY)";
+    if (!c) {
+        *err = "the cache is off (--cache-l1-bytes 0)";
+        return -1;
+    }
+    if (strcmp(what, "cache") == 0)
+        return s_pack(&ab_cache_stats(b)->base, out, len);
+    int all = strcmp(what, "cache clear") == 0;
+    if (strcmp(what, "cache clear l2") == 0 || (all && c->l2)) {
+        if (!c->l2 || ab_l2_clear(c->l2) != 0) {
+            *err = c->l2 ? "the L2 thread is busy: try again" : "there is no L2 cache (no --cache-redis)";
+            return -1;
+        }
+        if (!all)
+            return s_pack(&ab_cache_stats(b)->base, out, len);
+    }
+    if (all || strcmp(what, "cache clear l1") == 0 || strcmp(what, "cache clear l3") == 0) {
+        if (!all && what[13] == '3' && !c->l3w) {
+            *err = "there is no L3 cache (no --data-dir)";
+            return -1;
+        }
+        if (all || what[13] == '1')
+            ab_l1_clear(c->l1);
+        if ((all || what[13] == '3') && c->l3w && ab_l3_writer_clear(c->l3w) != 0) {
+            *err = "the L3 writer is busy: try again";
+            return -1;
+        }
+        AB_INFO("cache %s cleared by an operator", all ? "(every tier)" : what + 12);
+        return s_pack(&ab_cache_stats(b)->base, out, len);
+    }
+    if (strncmp(what, "cache get ", 10) == 0)
+        return s_get_entry(c, what + 10, out, len, err);
+    return -1;
+}

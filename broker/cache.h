@@ -1,0 +1,102 @@
+/*
+ * cache.h - the broker's inference cache and single-flight (issue 6,
+ * docs/cache.md).
+ *
+ * Hooks into the request path, kept narrow so the rest of the broker does
+ * not change shape:
+ *   REQUEST arrives   ab_cache_on_request: key, lookup (a hit is answered
+ *                     here), then ab_cache_join: attach to an identical
+ *                     request in flight (single-flight) or lead one;
+ *   leader answers    ab_cache_on_answer: each PARTIAL/REPLY/ERROR of a
+ *                     leader is copied to its waiters; a complete REPLY is
+ *                     stored; a failed leader's waiters are re-dispatched;
+ *   request freed     ab_cache_req_gone (from ab_req_free).
+ *
+ * A stored reply is a "blob": the reply's chunks (PARTIALs then the REPLY)
+ * with each chunk's kind, flags and original size, payloads as they
+ * travelled (lz4 stays lz4), so a hit replays the same shape of reply.
+ * Everything runs on the broker's thread.
+ */
+#ifndef AB_CACHE_H
+#define AB_CACHE_H
+
+#include "broker.h"
+#include "cache_key.h"
+
+typedef struct ab_cache ab_cache_t;
+typedef struct ab_cache_req ab_cache_req_t;
+
+/* The broker's cache per its config (NULL when --cache-l1-bytes is 0 or out
+ * of memory: the broker then runs without a cache). */
+ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg);
+void ab_cache_destroy(ab_cache_t **c);
+
+/* A REQUEST for service S arrived (header H, payload BODY or NULL).
+ * Returns 1 when it was answered from the cache (the caller is done);
+ * else 0 with *CR the request's cache state (NULL: not cacheable), to be
+ * given to the ab_req_t (r->cache) the caller builds. */
+int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
+                        const ab_header_t *h, const zmq_msg_t *body, int64_t now,
+                        ab_cache_req_t **cr);
+/* R (with r->cache, already pending and in the deadline heap) attaches to
+ * an identical request in flight: returns 1 and R waits (state
+ * AB_REQ_WAITING, the caller does not enqueue it). Else R leads (or goes
+ * alone) and 0 is returned: the caller enqueues it as usual. */
+int ab_cache_join(ab_broker_t *b, ab_req_t *r);
+/* A worker's PARTIAL/REPLY/ERROR for R (which has r->cache) before it is
+ * forwarded to R's client: fans it out to R's waiters, stores a complete
+ * reply, re-dispatches waiters of a failed leader. BODY is not consumed. */
+void ab_cache_on_answer(ab_broker_t *b, ab_req_t *r, const ab_header_t *h,
+                        const zmq_msg_t *body);
+/* R is being freed (answered, failed, cancelled): leaves its flight; a
+ * leader that never completed hands its waiters on. */
+void ab_cache_req_gone(ab_broker_t *b, ab_req_t *r);
+/* Frees R's cache state (from ab_req_destroy). */
+void ab_cache_req_free(ab_cache_req_t **cr);
+/* 1 when others wait for R's answer (a deadline or cancel of R must then
+ * not stop the worker). */
+int ab_cache_has_waiters(const ab_req_t *r);
+/* End of each loop turn: dispatches services that got re-dispatched
+ * waiters, expires cold entries. */
+void ab_cache_tick(ab_broker_t *b, int64_t now);
+
+/* The L2 thread's pipe (poll it for ZMQ_POLLIN), or NULL without L2. */
+void *ab_cache_pipe(ab_broker_t *b);
+/* Handles the L2 lookup answers that arrived: a hit answers the request
+ * (and its waiters), a miss sends it on to a worker. */
+void ab_cache_on_pipe(ab_broker_t *b);
+
+/* CONTROL "cache", "cache clear [l1]", "cache get KEY": *out malloc'd
+ * protobuf (CacheStats, CacheStats, CacheEntry). 0, or -1 with *ERR set
+ * (static text) for an unknown query or key. */
+int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *len,
+                     const char **err);
+/* The cache's figures for Stats.cache: valid until the next call; NULL
+ * without a cache. */
+struct Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b);
+
+/* --- blobs (exposed for the unit test) ----------------------------------- */
+typedef struct {
+    uint8_t *buf;
+    size_t len, cap;
+    uint32_t nchunks;
+} ab_blob_t;
+
+/* Appends one chunk. 0, or -1 when it would pass MAX bytes or out of
+ * memory. */
+int ab_blob_add(ab_blob_t *bl, uint32_t kind, uint32_t flags, uint64_t original_size,
+                const void *data, size_t size, size_t max);
+void ab_blob_free(ab_blob_t *bl);
+
+typedef struct {
+    uint32_t kind, flags;
+    uint64_t original_size;
+    const uint8_t *data;
+    size_t size;
+} ab_chunk_t;
+
+/* Walks a blob: *OFF starts at 0. 1 with *CH filled, 0 at the end, -1 for
+ * a malformed blob (every length is checked: blobs may come from disk). */
+int ab_blob_next(const uint8_t *buf, size_t len, size_t *off, ab_chunk_t *ch);
+
+#endif

@@ -1,0 +1,552 @@
+/* cache_lmdb.c - see cache_lmdb.h. */
+#include "cache_lmdb.h"
+#include "log.h"
+#include "util.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define AB_L3_FORMAT "agentbus-cache-1" /* bump with the record layout */
+#define AB_L3_HIGH 0.75                 /* tree pages / map: start evicting */
+#define AB_L3_LOW 0.60                  /* ...down to this */
+#define AB_L3_INCOMPATIBLE (-1)         /* our own code: file of another format */
+
+/* Record: magic, expires_ms, age sequence (host order: the format string
+ * names the layout), then the reply blob. */
+static const uint8_t s_magic[4] = {'A', 'B', '3', 1};
+#define AB_L3_REC_HDR 20
+
+struct ab_l3 {
+    MDB_env *env;
+    MDB_dbi entries, age, meta;
+    MDB_txn *rtxn; /* the broker thread's reused read transaction */
+    size_t map_bytes, psize;
+    uint64_t next_seq;     /* writer only */
+    uint8_t scan_key[16];  /* writer only: where the expiry scan goes on */
+    int scan_valid;
+    ab_l3_counters_t c;
+};
+
+static void s_key_bytes(const ab_cache_key_t *k, uint8_t *out)
+{
+    memcpy(out, &k->hi, 8);
+    memcpy(out + 8, &k->lo, 8);
+}
+
+static void s_seq_bytes(uint64_t seq, uint8_t *out)
+{
+    for (int i = 0; i < 8; i++) /* big endian: LMDB's byte order is age order */
+        out[i] = (uint8_t)(seq >> (56 - 8 * i));
+}
+
+/* --- open, with corrupt files moved aside ------------------------------------------- */
+static int s_try_open(ab_l3_t *l3, const char *path)
+{
+    int rc = mdb_env_create(&l3->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs(l3->env, 4);
+    if (rc == 0)
+        rc = mdb_env_set_mapsize(l3->env, l3->map_bytes);
+    /* NOTLS: the broker thread's read transaction is not tied to thread
+     * storage; NOMETASYNC: a cache may lose its last commit in a power cut,
+     * never its integrity. */
+    if (rc == 0)
+        rc = mdb_env_open(l3->env, path, MDB_NOSUBDIR | MDB_NOTLS | MDB_NOMETASYNC, 0600);
+    MDB_txn *txn = NULL;
+    if (rc == 0)
+        rc = mdb_txn_begin(l3->env, NULL, 0, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "entries", MDB_CREATE, &l3->entries);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "age", MDB_CREATE, &l3->age);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &l3->meta);
+    if (rc == 0) {
+        MDB_val k = {6, "format"}, v;
+        rc = mdb_get(txn, l3->meta, &k, &v);
+        if (rc == MDB_NOTFOUND) {
+            v.mv_data = AB_L3_FORMAT;
+            v.mv_size = strlen(AB_L3_FORMAT);
+            rc = mdb_put(txn, l3->meta, &k, &v, 0);
+        } else if (rc == 0 && (v.mv_size != strlen(AB_L3_FORMAT) ||
+                               memcmp(v.mv_data, AB_L3_FORMAT, v.mv_size) != 0)) {
+            rc = AB_L3_INCOMPATIBLE;
+        }
+    }
+    if (rc == 0) { /* ages go on from the newest entry */
+        MDB_cursor *cur;
+        MDB_val k, v;
+        rc = mdb_cursor_open(txn, l3->age, &cur);
+        if (rc == 0) {
+            int g = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+            if (g == 0 && k.mv_size == 8)
+                for (int i = 0; i < 8; i++)
+                    l3->next_seq = l3->next_seq << 8 | ((uint8_t *)k.mv_data)[i];
+            l3->next_seq++;
+            mdb_cursor_close(cur);
+        }
+    }
+    if (rc == 0) {
+        rc = mdb_txn_commit(txn);
+        txn = NULL;
+    }
+    if (txn)
+        mdb_txn_abort(txn);
+    if (rc == 0) {
+        MDB_stat st;
+        mdb_env_stat(l3->env, &st);
+        l3->psize = st.ms_psize;
+    } else if (l3->env) {
+        mdb_env_close(l3->env);
+        l3->env = NULL;
+    }
+    return rc;
+}
+
+static int s_is_bad_file(int rc)
+{
+    return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED ||
+           rc == MDB_PAGE_NOTFOUND || rc == MDB_INCOMPATIBLE || rc == MDB_BAD_DBI ||
+           rc == AB_L3_INCOMPATIBLE;
+}
+
+ab_l3_t *ab_l3_open(const char *dir, size_t map_bytes)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        AB_ERROR("L3 cache off: cannot create data directory %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    ab_l3_t *l3 = calloc(1, sizeof *l3);
+    if (!l3)
+        return NULL;
+    l3->map_bytes = map_bytes;
+    char path[4096], lock[4200];
+    snprintf(path, sizeof path, "%s/cache.mdb", dir);
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    int rc = s_try_open(l3, path);
+    if (rc != 0 && s_is_bad_file(rc)) {
+        char aside[4200];
+        snprintf(aside, sizeof aside, "%s.bad-%lld", path, (long long)time(NULL));
+        int mv = rename(path, aside);
+        unlink(lock);
+        AB_ERROR("L3 cache file %s is corrupt or incompatible (%s): %s%s; starting with an "
+                 "empty one",
+                 path, rc == AB_L3_INCOMPATIBLE ? "written by another cache format"
+                                                : mdb_strerror(rc),
+                 mv == 0 ? "moved aside to " : "could not be moved aside, ",
+                 mv == 0 ? aside : strerror(errno));
+        l3->next_seq = 0;
+        rc = mv == 0 ? s_try_open(l3, path) : rc;
+    }
+    if (rc != 0) {
+        AB_ERROR("L3 cache off: cannot open %s: %s", path,
+                 rc == AB_L3_INCOMPATIBLE ? "incompatible format" : mdb_strerror(rc));
+        free(l3);
+        return NULL;
+    }
+    AB_INFO("L3 cache: %s, map %zu MiB", path, map_bytes >> 20);
+    return l3;
+}
+
+void ab_l3_close(ab_l3_t **p)
+{
+    ab_l3_t *l3 = p ? *p : NULL;
+    if (!l3)
+        return;
+    if (l3->rtxn)
+        mdb_txn_abort(l3->rtxn);
+    mdb_env_sync(l3->env, 1);
+    mdb_env_close(l3->env);
+    free(l3);
+    *p = NULL;
+}
+
+/* --- reads (broker thread) ------------------------------------------------------------ */
+int ab_l3_get(ab_l3_t *l3, const ab_cache_key_t *key, int64_t now_ms, const uint8_t **val,
+              size_t *len, int64_t *expires_ms)
+{
+    int rc = l3->rtxn ? mdb_txn_renew(l3->rtxn)
+                      : mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &l3->rtxn);
+    if (rc != 0) {
+        if (l3->rtxn) {
+            mdb_txn_abort(l3->rtxn);
+            l3->rtxn = NULL;
+        }
+        return -1;
+    }
+    uint8_t kb[16];
+    s_key_bytes(key, kb);
+    MDB_val k = {16, kb}, v;
+    rc = mdb_get(l3->rtxn, l3->entries, &k, &v);
+    if (rc != 0)
+        return rc == MDB_NOTFOUND ? 0 : -1;
+    if (v.mv_size < AB_L3_REC_HDR || memcmp(v.mv_data, s_magic, 4) != 0)
+        return 0; /* not ours: treated as absent (the writer overwrites it) */
+    int64_t exp;
+    memcpy(&exp, (uint8_t *)v.mv_data + 4, 8);
+    if (exp <= now_ms)
+        return 0;
+    *val = (const uint8_t *)v.mv_data + AB_L3_REC_HDR;
+    *len = v.mv_size - AB_L3_REC_HDR;
+    if (expires_ms)
+        *expires_ms = exp;
+    return 1;
+}
+
+void ab_l3_release(ab_l3_t *l3)
+{
+    if (l3->rtxn)
+        mdb_txn_reset(l3->rtxn);
+}
+
+/* --- writes (writer thread) --------------------------------------------------------------- */
+static size_t s_used(ab_l3_t *l3, MDB_txn *txn)
+{
+    MDB_stat a, b;
+    if (mdb_stat(txn, l3->entries, &a) != 0 || mdb_stat(txn, l3->age, &b) != 0)
+        return 0;
+    return (a.ms_branch_pages + a.ms_leaf_pages + a.ms_overflow_pages + b.ms_branch_pages +
+            b.ms_leaf_pages + b.ms_overflow_pages) *
+           l3->psize;
+}
+
+/* Removes the entry under KB and its age record. */
+static int s_del_entry(ab_l3_t *l3, MDB_txn *txn, const uint8_t *kb)
+{
+    MDB_val k = {16, (void *)kb}, v;
+    if (mdb_get(txn, l3->entries, &k, &v) != 0)
+        return 0;
+    if (v.mv_size >= AB_L3_REC_HDR) {
+        uint64_t seq;
+        memcpy(&seq, (uint8_t *)v.mv_data + 12, 8);
+        uint8_t sb[8];
+        s_seq_bytes(seq, sb);
+        MDB_val ak = {8, sb};
+        mdb_del(txn, l3->age, &ak, NULL);
+    }
+    return mdb_del(txn, l3->entries, &k, NULL) == 0;
+}
+
+/* Oldest first, until the tree pages are under TARGET bytes. */
+static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
+{
+    size_t n = 0;
+    MDB_cursor *cur;
+    if (mdb_cursor_open(txn, l3->age, &cur) != 0)
+        return 0;
+    MDB_val k, v;
+    while (s_used(l3, txn) > target && mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0) {
+        uint8_t kb[16];
+        if (v.mv_size != 16) {
+            mdb_cursor_del(cur, 0);
+            continue;
+        }
+        memcpy(kb, v.mv_data, 16);
+        mdb_cursor_del(cur, 0);
+        MDB_val ek = {16, kb};
+        if (mdb_del(txn, l3->entries, &ek, NULL) == 0)
+            n++;
+    }
+    mdb_cursor_close(cur);
+    atomic_fetch_add(&l3->c.evictions, n);
+    return n;
+}
+
+static void s_evict_if_needed(ab_l3_t *l3, MDB_txn *txn)
+{
+    if (s_used(l3, txn) > (size_t)(l3->map_bytes * AB_L3_HIGH))
+        s_evict_to(l3, txn, (size_t)(l3->map_bytes * AB_L3_LOW));
+}
+
+static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
+{
+    uint8_t kb[16], sb[8];
+    s_key_bytes(&it->key, kb);
+    s_del_entry(l3, txn, kb); /* a replaced entry leaves no stale age record */
+    uint64_t seq = l3->next_seq++;
+    MDB_val k = {16, kb}, v = {AB_L3_REC_HDR + it->len, NULL};
+    int rc = mdb_put(txn, l3->entries, &k, &v, MDB_RESERVE);
+    if (rc != 0)
+        return rc;
+    uint8_t *p = v.mv_data;
+    memcpy(p, s_magic, 4);
+    memcpy(p + 4, &it->expires_ms, 8);
+    memcpy(p + 12, &seq, 8);
+    memcpy(p + AB_L3_REC_HDR, it->val, it->len);
+    s_seq_bytes(seq, sb);
+    MDB_val ak = {8, sb}, av = {16, kb};
+    return mdb_put(txn, l3->age, &ak, &av, 0);
+}
+
+static int s_try_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, size_t target)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(l3->env, NULL, 0, &txn);
+    if (rc != 0)
+        return rc;
+    if (target)
+        s_evict_to(l3, txn, target);
+    else
+        s_evict_if_needed(l3, txn);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = s_put_one(l3, txn, &items[i]);
+    if (rc == 0)
+        return mdb_txn_commit(txn);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int ab_l3_put_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, int64_t now_ms)
+{
+    (void)now_ms;
+    if (!n)
+        return 0;
+    uint64_t seq0 = l3->next_seq;
+    int rc = s_try_batch(l3, items, n, 0);
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
+        /* Free pages LMDB cannot reuse yet (old readers) or a big batch:
+         * make much more room and try once more. */
+        l3->next_seq = seq0;
+        rc = s_try_batch(l3, items, n, (size_t)(l3->map_bytes * AB_L3_LOW / 2));
+    }
+    if (rc != 0) {
+        l3->next_seq = seq0;
+        atomic_fetch_add(&l3->c.dropped, n);
+        AB_WARN("L3 cache: a batch of %zu writes was dropped: %s", n, mdb_strerror(rc));
+        return -1;
+    }
+    atomic_fetch_add(&l3->c.stores, n);
+    atomic_fetch_add(&l3->c.batches, 1);
+    return 0;
+}
+
+size_t ab_l3_maintain(ab_l3_t *l3, int64_t now_ms, size_t max)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin(l3->env, NULL, 0, &txn) != 0)
+        return 0;
+    MDB_cursor *cur;
+    size_t removed = 0, seen = 0;
+    if (mdb_cursor_open(txn, l3->entries, &cur) == 0) {
+        MDB_val k = {16, l3->scan_key}, v;
+        int rc = l3->scan_valid ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
+                                : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+        while (rc == 0 && seen < max) {
+            seen++;
+            int64_t exp = 0;
+            if (v.mv_size >= AB_L3_REC_HDR)
+                memcpy(&exp, (uint8_t *)v.mv_data + 4, 8);
+            if (v.mv_size < AB_L3_REC_HDR || exp <= now_ms) {
+                uint8_t kb[16];
+                memcpy(kb, k.mv_data, 16 < k.mv_size ? 16 : k.mv_size);
+                mdb_cursor_close(cur);
+                removed += (size_t)s_del_entry(l3, txn, kb);
+                if (mdb_cursor_open(txn, l3->entries, &cur) != 0) {
+                    cur = NULL;
+                    break;
+                }
+                k.mv_data = kb;
+                k.mv_size = 16;
+                rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+                continue;
+            }
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+        l3->scan_valid = rc == 0 && k.mv_size == 16;
+        if (l3->scan_valid)
+            memcpy(l3->scan_key, k.mv_data, 16);
+        if (cur)
+            mdb_cursor_close(cur);
+    }
+    atomic_fetch_add(&l3->c.expired, removed);
+    s_evict_if_needed(l3, txn);
+    if (mdb_txn_commit(txn) != 0)
+        return 0;
+    return removed;
+}
+
+int ab_l3_clear(ab_l3_t *l3)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin(l3->env, NULL, 0, &txn) != 0)
+        return -1;
+    if (mdb_drop(txn, l3->entries, 0) != 0 || mdb_drop(txn, l3->age, 0) != 0) {
+        mdb_txn_abort(txn);
+        return -1;
+    }
+    l3->scan_valid = 0;
+    return mdb_txn_commit(txn) == 0 ? 0 : -1;
+}
+
+void ab_l3_usage(ab_l3_t *l3, uint64_t *entries, uint64_t *bytes, uint64_t *map_bytes)
+{
+    MDB_txn *txn;
+    *entries = *bytes = 0;
+    *map_bytes = l3->map_bytes;
+    if (mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &txn) != 0)
+        return;
+    MDB_stat st;
+    if (mdb_stat(txn, l3->entries, &st) == 0)
+        *entries = st.ms_entries;
+    *bytes = s_used(l3, txn);
+    mdb_txn_abort(txn);
+}
+
+ab_l3_counters_t *ab_l3_counters(ab_l3_t *l3)
+{
+    return &l3->c;
+}
+
+/* --- the writer thread ----------------------------------------------------------------- */
+#define AB_L3_BATCH 256           /* messages per transaction at most */
+#define AB_L3_MAINTAIN_MS 1000    /* expiry scan period */
+#define AB_L3_SCAN 1024           /* entries looked at per scan */
+
+struct ab_l3_writer {
+    ab_l3_t *l3;
+    zactor_t *actor;
+    size_t queue_max;
+    atomic_size_t queued; /* bytes sent to the thread, not yet written */
+};
+
+/* Message: 'P' key(16) expires(8) blob | 'C'. */
+static void s_apply(ab_l3_writer_t *w, zmq_msg_t *msgs, size_t n)
+{
+    ab_l3_item_t items[AB_L3_BATCH];
+    size_t ni = 0, bytes = 0;
+    for (size_t i = 0; i <= n; i++) {
+        const uint8_t *d = i < n ? zmq_msg_data(&msgs[i]) : NULL;
+        size_t sz = i < n ? zmq_msg_size(&msgs[i]) : 0;
+        bytes += sz;
+        if (d && sz >= 25 && d[0] == 'P') {
+            ab_l3_item_t *it = &items[ni++];
+            memcpy(&it->key.hi, d + 1, 8);
+            memcpy(&it->key.lo, d + 9, 8);
+            memcpy(&it->expires_ms, d + 17, 8);
+            it->val = d + 25;
+            it->len = sz - 25;
+            continue;
+        }
+        ab_l3_put_batch(w->l3, items, ni, ab_now_ms()); /* in order, before a clear */
+        ni = 0;
+        if (d && sz == 1 && d[0] == 'C')
+            ab_l3_clear(w->l3);
+    }
+    atomic_fetch_sub(&w->queued, bytes);
+}
+
+static void s_writer_task(zsock_t *pipe, void *arg)
+{
+    ab_l3_writer_t *w = arg;
+    zsock_signal(pipe, 0);
+    void *sock = zsock_resolve(pipe);
+    int64_t next_maint = ab_now_ms() + AB_L3_MAINTAIN_MS;
+    int term = 0;
+    zmq_msg_t msgs[AB_L3_BATCH];
+    while (!term) {
+        int64_t now = ab_now_ms();
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, next_maint > now ? (long)(next_maint - now) : 0) < 0 &&
+            zmq_errno() != EINTR)
+            break;
+        size_t n = 0;
+        while (n < AB_L3_BATCH) {
+            zmq_msg_init(&msgs[n]);
+            if (zmq_msg_recv(&msgs[n], sock, ZMQ_DONTWAIT) < 0) {
+                zmq_msg_close(&msgs[n]);
+                break;
+            }
+            if (zmq_msg_size(&msgs[n]) == 5 && memcmp(zmq_msg_data(&msgs[n]), "$TERM", 5) == 0) {
+                zmq_msg_close(&msgs[n]);
+                term = 1;
+                break;
+            }
+            n++;
+        }
+        s_apply(w, msgs, n);
+        for (size_t i = 0; i < n; i++)
+            zmq_msg_close(&msgs[i]);
+        if (ab_now_ms() >= next_maint) {
+            ab_l3_maintain(w->l3, ab_now_ms(), AB_L3_SCAN);
+            next_maint = ab_now_ms() + AB_L3_MAINTAIN_MS;
+        }
+    }
+}
+
+ab_l3_writer_t *ab_l3_writer_new(ab_l3_t *l3, size_t queue_max)
+{
+    ab_l3_writer_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->l3 = l3;
+    w->queue_max = queue_max;
+    /* czmq would otherwise take SIGINT/SIGTERM from the broker's own
+     * handlers when it starts (the broker stops on its own flag). */
+    zsys_handler_set(NULL);
+    w->actor = zactor_new(s_writer_task, w);
+    if (!w->actor) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void ab_l3_writer_destroy(ab_l3_writer_t **p)
+{
+    ab_l3_writer_t *w = p ? *p : NULL;
+    if (!w)
+        return;
+    zactor_destroy(&w->actor); /* $TERM: the thread writes what it has, then ends */
+    free(w);
+    *p = NULL;
+}
+
+static int s_send(ab_l3_writer_t *w, zmq_msg_t *m)
+{
+    size_t sz = zmq_msg_size(m);
+    atomic_fetch_add(&w->queued, sz);
+    if (zmq_msg_send(m, zsock_resolve(w->actor), ZMQ_DONTWAIT) < 0) {
+        atomic_fetch_sub(&w->queued, sz);
+        zmq_msg_close(m);
+        return -1;
+    }
+    return 0;
+}
+
+int ab_l3_writer_put(ab_l3_writer_t *w, const ab_cache_key_t *key, int64_t expires_ms,
+                     const void *val, size_t len)
+{
+    if (atomic_load(&w->queued) + len > w->queue_max) {
+        atomic_fetch_add(&w->l3->c.dropped, 1);
+        return -1;
+    }
+    zmq_msg_t m;
+    if (zmq_msg_init_size(&m, 25 + len) != 0)
+        return -1;
+    uint8_t *d = zmq_msg_data(&m);
+    d[0] = 'P';
+    memcpy(d + 1, &key->hi, 8);
+    memcpy(d + 9, &key->lo, 8);
+    memcpy(d + 17, &expires_ms, 8);
+    memcpy(d + 25, val, len);
+    if (s_send(w, &m) != 0) {
+        atomic_fetch_add(&w->l3->c.dropped, 1);
+        return -1;
+    }
+    return 0;
+}
+
+int ab_l3_writer_clear(ab_l3_writer_t *w)
+{
+    zmq_msg_t m;
+    zmq_msg_init_size(&m, 1);
+    *(uint8_t *)zmq_msg_data(&m) = 'C';
+    return s_send(w, &m);
+}

@@ -1,0 +1,215 @@
+/*
+ * test_cache_lmdb.c - the L3 tier (broker/cache_lmdb.c) on real LMDB files
+ * in a temp directory: writes near a full map evict the oldest and never
+ * fail; expiry; entries survive close/reopen; the writer thread writes
+ * what it was given before it stops; a corrupt or foreign-format file is
+ * moved aside and a fresh one used.
+ */
+#include "cache_lmdb.h"
+#include "log.h"
+#include "test.h"
+
+#include <dirent.h>
+#include <lmdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char s_dir[256];
+
+static void s_rm_dir(void)
+{
+    DIR *d = opendir(s_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s", s_dir, e->d_name);
+        unlink(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(s_dir);
+}
+
+static int s_count_prefix(const char *prefix)
+{
+    DIR *d = opendir(s_dir);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d)))
+        n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static ab_cache_key_t s_k(uint64_t i)
+{
+    ab_cache_key_t k = {i * 0x9e3779b97f4a7c15ull, i};
+    return k;
+}
+
+static int s_has(ab_l3_t *l3, uint64_t i, int64_t now)
+{
+    const uint8_t *v;
+    size_t len;
+    ab_cache_key_t k = s_k(i);
+    int rc = ab_l3_get(l3, &k, now, &v, &len, NULL);
+    uint64_t got = 0;
+    if (rc == 1 && len >= 8)
+        memcpy(&got, v, 8);
+    ab_l3_release(l3);
+    return rc == 1 && got == i;
+}
+
+static void t_evict_near_full(void)
+{
+    ab_l3_t *l3 = ab_l3_open(s_dir, 1 << 20); /* 1 MiB map */
+    REQUIRE(l3);
+    static uint8_t val[8][3000];
+    int failed = 0;
+    uint64_t next = 1;
+    for (int batch = 0; batch < 200; batch++) { /* ~4.8 MB through a 1 MiB map */
+        ab_l3_item_t it[8];
+        for (int j = 0; j < 8; j++, next++) {
+            memset(val[j], (int)next, sizeof val[j]);
+            memcpy(val[j], &next, 8);
+            it[j].key = s_k(next);
+            it[j].expires_ms = 1000000;
+            it[j].val = val[j];
+            it[j].len = sizeof val[j];
+        }
+        failed += ab_l3_put_batch(l3, it, 8, 0) != 0;
+    }
+    CHECK_EQ(failed, 0);
+    ab_l3_counters_t *c = ab_l3_counters(l3);
+    CHECK_TRUE(atomic_load(&c->evictions) > 0);
+    CHECK_EQ(atomic_load(&c->dropped), 0);
+    CHECK_U64(atomic_load(&c->stores), 1600);
+    uint64_t entries, bytes, map;
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_TRUE(bytes <= map * 3 / 4 + 64 * 1024);
+    CHECK_TRUE(entries > 10 && entries < 1600);
+    CHECK_TRUE(s_has(l3, next - 1, 0)); /* the newest is kept */
+    CHECK_TRUE(!s_has(l3, 1, 0));       /* the oldest went first */
+    printf("1 MiB map after 1600 x 3000 B: %llu entries, %llu bytes in trees, %llu evicted\n",
+           (unsigned long long)entries, (unsigned long long)bytes,
+           (unsigned long long)atomic_load(&c->evictions));
+    ab_l3_clear(l3);
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_U64(entries, 0);
+    ab_l3_close(&l3);
+}
+
+static void t_expiry_and_reopen(void)
+{
+    ab_l3_t *l3 = ab_l3_open(s_dir, 4 << 20);
+    REQUIRE(l3);
+    uint64_t v[4] = {1, 2, 3, 4};
+    ab_l3_item_t it[4];
+    for (int i = 0; i < 4; i++) {
+        it[i].key = s_k(v[i]);
+        it[i].expires_ms = i < 2 ? 100 : 1000000;
+        it[i].val = (const uint8_t *)&v[i];
+        it[i].len = 8;
+    }
+    CHECK_EQ(ab_l3_put_batch(l3, it, 4, 0), 0);
+    CHECK_TRUE(s_has(l3, 1, 50));
+    CHECK_TRUE(!s_has(l3, 1, 100)); /* expired: a miss even before the sweep */
+    CHECK_EQ(ab_l3_maintain(l3, 200, 1024), 2);
+    uint64_t entries, bytes, map;
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_U64(entries, 2);
+    /* Replacing an entry keeps one entry and one age record. */
+    uint64_t nv = 3;
+    ab_l3_item_t r = {s_k(3), 2000000, (const uint8_t *)&nv, 8};
+    CHECK_EQ(ab_l3_put_batch(l3, &r, 1, 0), 0);
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_U64(entries, 2);
+    ab_l3_close(&l3);
+    /* Survives a restart. */
+    l3 = ab_l3_open(s_dir, 4 << 20);
+    REQUIRE(l3);
+    CHECK_TRUE(s_has(l3, 3, 300) && s_has(l3, 4, 300));
+    ab_l3_close(&l3);
+}
+
+static void t_writer_thread(void)
+{
+    ab_l3_t *l3 = ab_l3_open(s_dir, 4 << 20);
+    REQUIRE(l3);
+    ab_l3_clear(l3);
+    ab_l3_writer_t *w = ab_l3_writer_new(l3, 1 << 20);
+    REQUIRE(w);
+    int ok = 0;
+    for (uint64_t i = 100; i < 150; i++) {
+        ab_cache_key_t k = s_k(i);
+        ok += ab_l3_writer_put(w, &k, 1000000, &i, sizeof i) == 0;
+    }
+    CHECK_EQ(ok, 50);
+    /* A put beyond the queue bound is dropped and counted, never blocks. */
+    static uint8_t big[2 << 20];
+    ab_cache_key_t kb = s_k(999);
+    CHECK_EQ(ab_l3_writer_put(w, &kb, 1000000, big, sizeof big), -1);
+    ab_l3_writer_destroy(&w); /* writes everything queued before it returns */
+    uint64_t entries, bytes, map;
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_U64(entries, 50);
+    CHECK_TRUE(s_has(l3, 100, 0) && s_has(l3, 149, 0));
+    CHECK_EQ(atomic_load(&ab_l3_counters(l3)->dropped), 1);
+    ab_l3_close(&l3);
+}
+
+static void t_corrupt_and_foreign(void)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/cache.mdb", s_dir);
+    unlink(path);
+    strcat(path, "-lock");
+    unlink(path);
+    snprintf(path, sizeof path, "%s/cache.mdb", s_dir);
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f);
+    for (int i = 0; i < 20000; i++)
+        fputc((int)(t_rand() & 0xff), f);
+    fclose(f);
+    ab_l3_t *l3 = ab_l3_open(s_dir, 4 << 20);
+    REQUIRE(l3); /* a fresh file, the bad one moved aside */
+    CHECK_EQ(s_count_prefix("cache.mdb.bad-"), 1);
+    uint64_t one = 1;
+    ab_l3_item_t it = {s_k(1), 1000000, (const uint8_t *)&one, 8};
+    CHECK_EQ(ab_l3_put_batch(l3, &it, 1, 0), 0);
+    ab_l3_close(&l3);
+    /* Another format version in the file's meta: incompatible, moved aside. */
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi meta;
+    REQUIRE(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 4) == 0);
+    REQUIRE(mdb_env_open(env, path, MDB_NOSUBDIR, 0600) == 0);
+    REQUIRE(mdb_txn_begin(env, NULL, 0, &txn) == 0 && mdb_dbi_open(txn, "meta", 0, &meta) == 0);
+    MDB_val k = {6, "format"}, v = {16, "agentbus-cache-0"};
+    REQUIRE(mdb_put(txn, meta, &k, &v, 0) == 0 && mdb_txn_commit(txn) == 0);
+    mdb_env_close(env);
+    sleep(1); /* the aside name carries the second */
+    l3 = ab_l3_open(s_dir, 4 << 20);
+    REQUIRE(l3);
+    CHECK_EQ(s_count_prefix("cache.mdb.bad-"), 2);
+    CHECK_TRUE(!s_has(l3, 1, 0)); /* nothing of the foreign file is read */
+    ab_l3_close(&l3);
+}
+
+int main(void)
+{
+    snprintf(s_dir, sizeof s_dir, "/tmp/ab-test-l3-XXXXXX");
+    REQUIRE(mkdtemp(s_dir));
+    ab_log_level = AB_LOG_ERROR; /* the moved-aside lines are expected */
+    t_evict_near_full();
+    t_expiry_and_reopen();
+    t_writer_thread();
+    t_corrupt_and_foreign();
+    s_rm_dir();
+    return TEST_DONE("test_cache_lmdb");
+}

@@ -1,0 +1,132 @@
+/* cache.c - see cache.h. */
+#include "cache.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void s_emit(FILE *out, json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (s) {
+        fprintf(out, "%s\n", s);
+        free(s);
+    }
+    json_decref(j);
+}
+
+json_t *ab_cache_json(const Agentbus__CacheStats *cs)
+{
+    json_t *tiers = json_array();
+    for (size_t i = 0; i < cs->n_tiers; i++) {
+        const Agentbus__CacheTier *t = cs->tiers[i];
+        json_array_append_new(
+            tiers, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                             "name", t->name, "state", t->state, "hits", (json_int_t)t->hits,
+                             "misses", (json_int_t)t->misses, "stores", (json_int_t)t->stores,
+                             "bytes", (json_int_t)t->bytes, "max_bytes",
+                             (json_int_t)t->max_bytes, "entries", (json_int_t)t->entries,
+                             "evictions", (json_int_t)t->evictions, "expired",
+                             (json_int_t)t->expired, "lookup_p50_ns",
+                             (json_int_t)t->lookup_p50_ns, "lookup_p99_ns",
+                             (json_int_t)t->lookup_p99_ns));
+    }
+    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I}", "tiers", tiers, "coalesced",
+                     (json_int_t)cs->coalesced, "redispatched", (json_int_t)cs->redispatched,
+                     "in_flight", (json_int_t)cs->in_flight, "uncacheable",
+                     (json_int_t)cs->uncacheable, "stores_skipped",
+                     (json_int_t)cs->stores_skipped);
+}
+
+void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
+{
+    if (json) {
+        s_emit(out, ab_cache_json(cs));
+        return;
+    }
+    fprintf(out, "%-6s %-6s %10s %10s %10s %12s %10s %10s %10s %12s %12s\n", "TIER", "STATE",
+            "HITS", "MISSES", "STORES", "BYTES", "ENTRIES", "EVICTED", "EXPIRED", "LOOKUP_P50",
+            "LOOKUP_P99");
+    for (size_t i = 0; i < cs->n_tiers; i++) {
+        const Agentbus__CacheTier *t = cs->tiers[i];
+        fprintf(out, "%-6s %-6s %10llu %10llu %10llu %12llu %10llu %10llu %10llu %10lluns %10lluns\n",
+                t->name, t->state, (unsigned long long)t->hits, (unsigned long long)t->misses,
+                (unsigned long long)t->stores, (unsigned long long)t->bytes,
+                (unsigned long long)t->entries, (unsigned long long)t->evictions,
+                (unsigned long long)t->expired, (unsigned long long)t->lookup_p50_ns,
+                (unsigned long long)t->lookup_p99_ns);
+    }
+    fprintf(out, "coalesced %llu   re-dispatched %llu   in flight %llu   uncacheable %llu   "
+                 "not stored %llu\n",
+            (unsigned long long)cs->coalesced, (unsigned long long)cs->redispatched,
+            (unsigned long long)cs->in_flight, (unsigned long long)cs->uncacheable,
+            (unsigned long long)cs->stores_skipped);
+}
+
+static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
+{
+    if (json) {
+        json_t *chunks = json_array();
+        for (size_t i = 0; i < e->n_chunks; i++) {
+            const Agentbus__CacheChunk *ch = e->chunks[i];
+            json_array_append_new(
+                chunks, json_pack("{s:s, s:I, s:I, s:s%}", "kind",
+                                  ch->kind == AGENTBUS__KIND__KIND_PARTIAL ? "PARTIAL" : "REPLY",
+                                  (json_int_t)ch->flags, (json_int_t)ch->original_size, "data",
+                                  (const char *)ch->data.data, ch->data.len));
+        }
+        s_emit(out, json_pack("{s:s, s:s, s:I, s:o}", "key", e->key, "tier", e->tier,
+                              "ttl_left_ms", (json_int_t)e->ttl_left_ms, "chunks", chunks));
+        return;
+    }
+    fprintf(out, "key %s   tier %s   ttl left %.1f s   chunks %zu\n", e->key, e->tier,
+            e->ttl_left_ms / 1000.0, e->n_chunks);
+    for (size_t i = 0; i < e->n_chunks; i++) {
+        const Agentbus__CacheChunk *ch = e->chunks[i];
+        fprintf(out, "%-7s flags 0x%x  %zu bytes: %.*s\n",
+                ch->kind == AGENTBUS__KIND__KIND_PARTIAL ? "PARTIAL" : "REPLY", ch->flags,
+                ch->data.len, (int)(ch->data.len > 200 ? 200 : ch->data.len),
+                (const char *)ch->data.data);
+    }
+}
+
+int ab_ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms)
+{
+    char what[64];
+    int get = 0;
+    if (argc == 0) {
+        snprintf(what, sizeof what, "cache");
+    } else if (!strcmp(argv[0], "clear") && argc == 1) {
+        snprintf(what, sizeof what, "cache clear");
+    } else if (!strcmp(argv[0], "clear") && argc == 3 && !strcmp(argv[1], "--tier") &&
+               strlen(argv[2]) < 8) {
+        snprintf(what, sizeof what, "cache clear %s", argv[2]);
+    } else if (!strcmp(argv[0], "get") && argc == 2 && strlen(argv[1]) == 32) {
+        snprintf(what, sizeof what, "cache get %s", argv[1]);
+        get = 1;
+    } else {
+        return AB_EINVAL;
+    }
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = ab_client_control(c, what, timeout_ms, &buf, &len);
+    if (rc != AB_OK)
+        return rc;
+    if (get) {
+        Agentbus__CacheEntry *e = agentbus__cache_entry__unpack(NULL, len, buf);
+        if (e) {
+            s_entry(stdout, e, json);
+            agentbus__cache_entry__free_unpacked(e, NULL);
+        }
+        rc = e ? AB_OK : AB_EDECODE;
+    } else {
+        Agentbus__CacheStats *cs = agentbus__cache_stats__unpack(NULL, len, buf);
+        if (cs) {
+            ab_render_cache(stdout, cs, json);
+            agentbus__cache_stats__free_unpacked(cs, NULL);
+        }
+        rc = cs ? AB_OK : AB_EDECODE;
+    }
+    ab_free(buf);
+    return rc;
+}
