@@ -168,6 +168,8 @@ ab_key_kind_t ab_cache_key(const ab_key_input_t *in, ab_cache_key_t *key)
     s_item(&st, 'V', &ver, 1);
     s_str(&st, 'v', in->service);
     s_str(&st, 'd', in->digest);
+    if (in->plain_only) /* absent for the usual client: their keys stay as they were */
+        s_u64(&st, 'z', 1, 1);
     ab_key_kind_t kind = AB_KEY_NO;
     /* A compressed typed payload is not decoded (the broker keeps payloads
      * as they travel); it is cached only when marked, on its bytes. */

@@ -30,6 +30,9 @@ typedef struct {
     uint32_t flags;        /* Header.flags */
     const void *payload;   /* the request payload as it travels */
     size_t size;
+    int plain_only;        /* the client does not read lz4: its replies are
+                            * never shared with clients that do (a cached
+                            * reply keeps the compression it travelled with) */
 } ab_key_input_t;
 
 /* Why a request is or is not cacheable (stats, logs, tests). */

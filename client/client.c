@@ -40,9 +40,10 @@ int ab_client_new(ab_client_t **out, const ab_options_t *opts)
         ab_client_destroy(&c);
         return rc;
     }
-    /* A named agent says HELLO first, so that whatever it sends before the
-     * connection is up already carries its name. */
-    if (c->conn.opts.name[0] && ab_conn_hello(&c->conn) == AB_OK)
+    /* Every client says HELLO first, so that whatever it sends before the
+     * connection is up already carries its name and its features (the
+     * broker shares cached replies only among clients that read lz4). */
+    if (ab_conn_hello(&c->conn) == AB_OK)
         c->early_hello = 1;
     *out = c;
     return AB_OK;

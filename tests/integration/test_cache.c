@@ -572,7 +572,7 @@ static void s_cli(void)
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, "\"hits\": 1") && strstr(out, "\"entries\": 1"));
     /* The key the broker computes, from the same inputs. */
-    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, "hi", 2};
+    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, "hi", 2, 0};
     ab_cache_key_t k;
     REQUIRE(ab_cache_key(&in, &k) == AB_KEY_RAW);
     char hex[AB_CACHE_KEY_HEX];

@@ -52,7 +52,7 @@ static ab_key_kind_t s_key_of(const s_pb_t *pb, const char *digest, uint32_t fla
         s_pack(&local);
         pb = &local;
     }
-    ab_key_input_t in = {"ollama", "llama3:8b", digest, flags, pb->buf, pb->len};
+    ab_key_input_t in = {"ollama", "llama3:8b", digest, flags, pb->buf, pb->len, 0};
     return ab_cache_key(&in, k);
 }
 
@@ -175,7 +175,7 @@ static void t_relevant_fields(void)
     s_base();
     s_pb_t pb;
     s_pack(&pb);
-    ab_key_input_t in = {"ollama-b", "llama3:8b", NULL, 0, pb.buf, pb.len};
+    ab_key_input_t in = {"ollama-b", "llama3:8b", NULL, 0, pb.buf, pb.len, 0};
     ab_cache_key_t k;
     CHECK_EQ(ab_cache_key(&in, &k), AB_KEY_TYPED);
     CHECK_TRUE(!s_same(&k, &keys[0]));
@@ -192,6 +192,24 @@ static void t_digest(void)
     CHECK_TRUE(!s_same(&none, &d1));
     CHECK_TRUE(!s_same(&d1, &d2));
     CHECK_TRUE(s_same(&d1, &d1b));
+}
+
+/* A client that cannot read lz4 never shares entries with those that can:
+ * a cached reply keeps the compression it travelled with. */
+static void t_plain_only(void)
+{
+    s_base();
+    s_pb_t pb;
+    s_pack(&pb);
+    ab_cache_key_t a, b2, c;
+    ab_key_input_t in = {"ollama", "llama3:8b", NULL, 0, pb.buf, pb.len, 0};
+    CHECK_EQ(ab_cache_key(&in, &a), AB_KEY_TYPED);
+    in.plain_only = 1;
+    CHECK_EQ(ab_cache_key(&in, &b2), AB_KEY_TYPED);
+    in.plain_only = 0;
+    ab_cache_key(&in, &c);
+    CHECK_TRUE(!s_same(&a, &b2));
+    CHECK_TRUE(s_same(&a, &c));
 }
 
 static void t_cacheability(void)
@@ -239,7 +257,7 @@ static void t_cacheability(void)
 static void t_raw(void)
 {
     ab_cache_key_t k1, k2, k3;
-    ab_key_input_t in = {"echo", "", NULL, 0, "hello", 5};
+    ab_key_input_t in = {"echo", "", NULL, 0, "hello", 5, 0};
     CHECK_EQ(ab_cache_key(&in, &k1), AB_KEY_NO); /* not marked */
     in.flags = AB_FLAG_CACHEABLE;
     CHECK_EQ(ab_cache_key(&in, &k1), AB_KEY_RAW);
@@ -256,7 +274,7 @@ static void t_raw(void)
     CHECK_EQ(ab_cache_key(&in, &k3), AB_KEY_RAW);
     CHECK_TRUE(!s_same(&k1, &k3));
     /* A model header whose payload is not an InferenceRequest: raw, if marked. */
-    ab_key_input_t bad = {"ollama", "m", NULL, 0, "\xff\xff\xff", 3};
+    ab_key_input_t bad = {"ollama", "m", NULL, 0, "\xff\xff\xff", 3, 0};
     CHECK_EQ(ab_cache_key(&bad, &k1), AB_KEY_NO);
     bad.flags = AB_FLAG_CACHEABLE;
     CHECK_EQ(ab_cache_key(&bad, &k1), AB_KEY_RAW);
@@ -305,6 +323,7 @@ int main(void)
     t_irrelevant_fields();
     t_relevant_fields();
     t_digest();
+    t_plain_only();
     t_cacheability();
     t_raw();
     t_hex();
