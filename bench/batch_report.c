@@ -15,6 +15,7 @@
  *     per request (broker bytes in + out, from its stats), on vs nolz4.
  */
 #include "batch_report.h"
+#include "bench_util.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "hist.h"
@@ -249,18 +250,6 @@ static int s_lat(s_sys_t *sys, const char *buf, size_t size, int count, ab_hist_
     return 0;
 }
 
-static int s_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double s_median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, s_cmp);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 typedef struct {
     double small[SYS_N];               /* 64 B msgs/s */
     double small_cpu[SYS_N];           /* 64 B CPU us per request */
@@ -304,22 +293,22 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
         }
     }
     for (int s = 0; s < SYS_N && rc == 0; s++) {
-        res->small[s] = s_median(sm[s], runs);
-        res->small_cpu[s] = s_median(sc[s], runs);
+        res->small[s] = bu_median(sm[s], runs);
+        res->small_cpu[s] = bu_median(sc[s], runs);
         if (s != SYS_OFF) {
-            res->mid[s] = s_median(md[s], runs);
-            res->mid_wire[s] = s_median(mw[s], runs);
-            res->big[s] = s_median(bg[s], runs);
-            res->big_wire[s] = s_median(bw[s], runs);
+            res->mid[s] = bu_median(md[s], runs);
+            res->mid_wire[s] = bu_median(mw[s], runs);
+            res->big[s] = bu_median(bg[s], runs);
+            res->big_wire[s] = bu_median(bw[s], runs);
         }
     }
     if (rc == 0) {
-        res->r_small = s_median(rs, runs);
-        res->r_small_cpu = s_median(rsc, runs);
-        res->r_mid = s_median(rm, runs);
-        res->r_mid_wire = s_median(rmw, runs);
-        res->r_big = s_median(rb, runs);
-        res->r_big_wire = s_median(rbw, runs);
+        res->r_small = bu_median(rs, runs);
+        res->r_small_cpu = bu_median(rsc, runs);
+        res->r_mid = bu_median(rm, runs);
+        res->r_mid_wire = bu_median(rmw, runs);
+        res->r_big = bu_median(rb, runs);
+        res->r_big_wire = bu_median(rbw, runs);
     }
     /* Lone requests, alternating slices between on and off. */
     ab_hist_t *h[2] = {calloc(1, sizeof(ab_hist_t)), calloc(1, sizeof(ab_hist_t))};

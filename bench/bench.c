@@ -10,6 +10,7 @@
  */
 #include "agentbus.h"
 #include "bare_hop.h"
+#include "bench_util.h"
 #include "pubsub.h"
 #include "batch_report.h"
 #include "hist.h"
@@ -61,17 +62,7 @@ static int s_nchildren;
 
 static void s_stop_children(void)
 {
-    for (int i = 0; i < s_nchildren; i++)
-        kill(s_children[i], SIGTERM);
-    for (int i = 0; i < s_nchildren; i++) {
-        int waited = 0;
-        while (waitpid(s_children[i], NULL, WNOHANG) == 0 && waited++ < 300)
-            usleep(10000);
-        if (waited > 300) {
-            kill(s_children[i], SIGKILL);
-            waitpid(s_children[i], NULL, 0);
-        }
-    }
+    bu_stop_pids(s_children, s_nchildren);
     s_nchildren = 0;
 }
 
@@ -84,18 +75,12 @@ static void s_on_signal(int sig)
 
 static int s_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    int port = bu_free_port();
+    if (port < 0) {
         perror("agentbus-bench: free port");
         exit(1);
     }
-    close(fd);
-    return ntohs(a.sin_port);
+    return port;
 }
 
 static pid_t s_spawn_env(const char *const *argv, const char *const *env)
@@ -115,18 +100,6 @@ static pid_t s_spawn_env(const char *const *argv, const char *const *env)
     if (pid > 0 && s_nchildren < 16)
         s_children[s_nchildren++] = pid;
     return pid;
-}
-
-static int s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double s_median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, s_cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* --- bare hop client ------------------------------------------------------------ */
@@ -315,9 +288,9 @@ static int s_measure(const s_opts_t *o, s_sys_t *sys, s_result_t *bare, s_result
             return -1;
     }
     if (sys->bare)
-        bare->rr_small = s_median(bs, runs), bare->rr_large = s_median(bl, runs);
+        bare->rr_small = bu_median(bs, runs), bare->rr_large = bu_median(bl, runs);
     if (sys->ab)
-        ab->rr_small = s_median(as, runs), ab->rr_large = s_median(al, runs);
+        ab->rr_small = bu_median(as, runs), ab->rr_large = bu_median(al, runs);
     ab_hist_t *hb = calloc(1, sizeof *hb), *ha = calloc(1, sizeof *ha);
     int warm = o->latency_count / 10, rc = 0;
     /* Latency in alternating slices so both see the same machine. */

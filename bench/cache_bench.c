@@ -16,6 +16,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "bare_hop.h"
+#include "bench_util.h"
 #include "hist.h"
 #include "util.h"
 
@@ -49,19 +50,6 @@ static void s_cleanup(void)
         if (system(cmd) != 0)
             fprintf(stderr, "agentbus-cache-bench: could not remove %s\n", s_dir);
     }
-}
-
-static int s_free_port(void)
-{
-    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_ROUTER);
-    char ep[64];
-    size_t len = sizeof ep;
-    int port = -1;
-    if (zmq_bind(s, "tcp://127.0.0.1:*") == 0 && zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len) == 0)
-        port = atoi(strrchr(ep, ':') + 1);
-    zmq_close(s);
-    zmq_ctx_term(ctx);
-    return port;
 }
 
 static pid_t s_spawn(const char *const *argv)
@@ -139,7 +127,7 @@ static void s_payload(char *buf, int i)
  * of B: an L2 hit. Interleaved with direct GETs of the same Redis. */
 static int s_l2_bench(const char *broker, const char *worker, int count)
 {
-    int rport = s_free_port(), pa = s_free_port(), pb = s_free_port();
+    int rport = bu_free_port(), pa = bu_free_port(), pb = bu_free_port();
     char rp[16], addr[64], ea[64], eb[64];
     snprintf(rp, sizeof rp, "%d", rport);
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
@@ -256,7 +244,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     /* The bare hop. */
-    int front = s_free_port(), back = s_free_port();
+    int front = bu_free_port(), back = bu_free_port();
     s_kids[s_nkids++] = bh_start_forwarder(front, back);
     s_kids[s_nkids++] = bh_start_echo(back);
     void *zctx = zmq_ctx_new(), *bare = zmq_socket(zctx, ZMQ_DEALER);
@@ -267,7 +255,7 @@ int main(int argc, char **argv)
     zmq_connect(bare, ep);
 
     /* The broker, with L3, and an echo worker. */
-    int port = s_free_port();
+    int port = bu_free_port();
     char bep[64];
     snprintf(bep, sizeof bep, "tcp://127.0.0.1:%d", port);
     const char *bargv[] = {broker, "--bind", bep, "--data-dir", s_dir, "--log-level", "error", NULL};

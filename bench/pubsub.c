@@ -20,6 +20,7 @@
  * same window, same broker.
  */
 #include "pubsub.h"
+#include "bench_util.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -50,20 +51,6 @@ typedef struct {
 
 static pid_t s_kids[4];
 static int s_nkids;
-
-static int s_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        return -1;
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 static pid_t s_exec(const char *const *argv)
 {
@@ -100,30 +87,8 @@ static pid_t s_proxy_start(int in_port, int out_port)
 
 static void s_kids_stop(void)
 {
-    for (int i = 0; i < s_nkids; i++)
-        kill(s_kids[i], SIGTERM);
-    for (int i = 0; i < s_nkids; i++) {
-        int n = 0;
-        while (waitpid(s_kids[i], NULL, WNOHANG) == 0 && n++ < 300)
-            usleep(10000);
-        if (n > 300) {
-            kill(s_kids[i], SIGKILL);
-            waitpid(s_kids[i], NULL, 0);
-        }
-    }
+    bu_stop_pids(s_kids, s_nkids);
     s_nkids = 0;
-}
-
-static int s_cmpd(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double s_med(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, s_cmpd);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 /* --- publisher and subscribers ---------------------------------------------------- */
@@ -452,7 +417,7 @@ int ab_bench_pubsub_main(int argc, char **argv, const char *broker_bin, const ch
     if (s_popts(&o, argc, argv) != 0)
         return 2;
     signal(SIGPIPE, SIG_IGN);
-    int bport = s_port(), pport = s_port(), xin = s_port(), xout = s_port();
+    int bport = bu_free_port(), pport = bu_free_port(), xin = bu_free_port(), xout = bu_free_port();
     char bep[64], pep[64], xin_ep[64], xout_ep[64];
     snprintf(bep, sizeof bep, "tcp://127.0.0.1:%d", bport);
     snprintf(pep, sizeof pep, "tcp://127.0.0.1:%d", pport);
@@ -519,7 +484,7 @@ int ab_bench_pubsub_main(int argc, char **argv, const char *broker_bin, const ch
                 }
             }
         for (int sys = 0; sys < 3; sys++)
-            med[k][sys] = s_med(r[sys], o.runs);
+            med[k][sys] = bu_median(r[sys], o.runs);
     }
     /* Agent-to-agent round trips against service round trips. */
     s_echo_agent_t ea = {echo, 0};
@@ -533,7 +498,7 @@ int ab_bench_pubsub_main(int argc, char **argv, const char *broker_bin, const ch
     }
     ea.stop = 1;
     pthread_join(th, NULL);
-    double mreq = s_med(req, o.runs), mask = s_med(ask, o.runs);
+    double mreq = bu_median(req, o.runs), mask = bu_median(ask, o.runs);
     if (o.json) {
         printf("{\"runs\": %d, \"seconds\": %.2f, \"size\": %zu, \"fanout\": [", o.runs,
                o.seconds, o.size);
