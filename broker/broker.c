@@ -360,8 +360,8 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         return;
     }
     ab_cache_req_t *cr = NULL;
-    if (ab_cache_on_request(b, s, &in->rid, &in->h, in->has_body ? &in->body : NULL, in->now,
-                            &cr))
+    if (ab_cache_on_request(b, s, &in->rid, p ? p->features : 0, &in->h,
+                            in->has_body ? &in->body : NULL, in->now, &cr))
         return; /* answered from the cache */
     if (!ab_service_admit(b, s)) {
         ab_cache_req_free(&cr);

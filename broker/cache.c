@@ -318,8 +318,8 @@ static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, 
 }
 
 int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
-                        const ab_header_t *h, const zmq_msg_t *body, int64_t now,
-                        ab_cache_req_t **cr)
+                        uint32_t client_features, const ab_header_t *h,
+                        const zmq_msg_t *body, int64_t now, ab_cache_req_t **cr)
 {
     ab_cache_t *c = b->cache;
     *cr = NULL;
@@ -331,8 +331,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
     ab_key_input_t in = {s->name, model, s_digest(s, model), h->flags,
                          body ? zmq_msg_data((zmq_msg_t *)body) : NULL,
                          body ? zmq_msg_size((zmq_msg_t *)body) : 0, 0};
-    const ab_peer_t *peer = ab_peer_lookup(b, client);
-    in.plain_only = !peer || !(peer->features & AB_FEATURE_LZ4);
+    in.plain_only = !(client_features & AB_FEATURE_LZ4);
     /* The library lz4-compresses requests of 1 KiB or more, and long prompts
      * are the ones worth caching: the key is computed over the plain bytes
      * (bounded by the declared size and the payload limit), so it does not
