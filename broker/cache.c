@@ -42,6 +42,8 @@ struct ab_cache {
     uint64_t coalesced, uncacheable, redispatched, stores_skipped;
     size_t key_plain_max;           /* cache-key-decompress-max-bytes */
     uint64_t key_not_decompressed;  /* lz4 requests keyed over that bound */
+    uint64_t l2_skipped;            /* L2 lookups not made: breaker open */
+    uint64_t l2_lookups;            /* L2 lookups queued to the L2 thread */
     ab_hist_t l1_ns;
     int dispatch_pending;
     ab_l3_t *l3;            /* NULL without --data-dir */
@@ -421,9 +423,15 @@ static int s_l2_ask(ab_cache_t *c, ab_req_t *r)
     ab_cache_req_t *cr = r->cache;
     /* A provisional service (startup grace) may be removed while R waits
      * outside its queue: such requests skip L2. */
-    if (!c->l2 || !cr->read || r->service->provisional || !ab_l2_usable(c->l2) ||
-        ab_l2_get(c->l2, r->bid, &cr->key) != 0)
+    if (!c->l2 || !cr->read || r->service->provisional)
         return 0;
+    if (!ab_l2_usable(c->l2)) {
+        c->l2_skipped++; /* what the breaker is for: no request waits on a Redis that is down */
+        return 0;
+    }
+    if (ab_l2_get(c->l2, r->bid, &cr->key) != 0)
+        return 0;
+    c->l2_lookups++;
     r->state = AB_REQ_WAITING;
     cr->l2_wait = 1;
     cr->l2_sent_ns = ab_now_ns();
@@ -780,6 +788,9 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->stores = atomic_load(&k->stores);
         t->evictions = atomic_load(&k->opens); /* breaker openings (Redis evicts itself) */
         t->expired = atomic_load(&k->dropped);
+        t->skipped = c->l2_skipped;
+        t->lookups = c->l2_lookups;
+        t->sent = atomic_load(&k->sent);
         t->lookup_p50_ns = ab_hist_percentile(&c->l2_ns, 50);
         t->lookup_p99_ns = ab_hist_percentile(&c->l2_ns, 99);
         c->tierp[nt++] = t;

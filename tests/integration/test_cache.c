@@ -1134,6 +1134,99 @@ static void s_l3_truncated(void)
     ab_client_destroy(&c);
 }
 
+/* Bytes of a "Redis" that never answers: connections the broker made to
+ * the listening socket LS (accepted now, never before), and the GET
+ * commands they carried. */
+static int s_fake_redis_gets(int ls, int *conns)
+{
+    int gets = 0;
+    fcntl(ls, F_SETFL, O_NONBLOCK);
+    for (int i = 0; i < 64; i++) {
+        int fd = accept(ls, NULL, NULL);
+        if (fd < 0)
+            break;
+        (*conns)++;
+        fcntl(fd, F_SETFL, O_NONBLOCK);
+        static char buf[1 << 16];
+        size_t len = 0;
+        for (int j = 0; j < 100 && len < sizeof buf - 1; j++) {
+            ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+        }
+        buf[len] = '\0';
+        for (char *p = buf; (p = strstr(p, "\r\nGET\r\n")); p += 7)
+            gets++;
+        close(fd);
+    }
+    return gets;
+}
+
+/* L2 tier counters: lookups asked, skipped while open, GETs sent, opens. */
+static void s_l2_counts(ab_client_t *c, unsigned long long v[4])
+{
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l2") : NULL;
+    REQUIRE(t);
+    v[0] = t->lookups;
+    v[1] = t->skipped;
+    v[2] = t->sent;
+    v[3] = t->evictions; /* breaker openings */
+    agentbus__stats__free_unpacked(st, NULL);
+}
+
+/* Issue 11: with the breaker open the broker does not ask L2 at all (the
+ * state string alone said nothing of it). A "Redis" that never answers:
+ * the first lookup times out and opens the breaker; the 20 requests that
+ * follow are counted as skipped, not looked up, except one per time the
+ * thread reconnected (the breaker closes, one lookup times out again).
+ * The socket's own bytes show what reached "Redis". */
+static void s_l2_breaker_skips(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rport)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(ls, (struct sockaddr *)&a, sizeof a) == 0 && listen(ls, 64) == 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = s_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512], data[32];
+    CHECK_EQ(s_req(c, "echo", "opens", out, sizeof out), AB_OK); /* times out in L2 */
+    REQUIRE(s_wait_l2(c, "open", 0) == 0);
+    unsigned long long v0[4], v1[4];
+    s_l2_counts(c, v0);
+    CHECK_TRUE(v0[0] >= 1 && v0[2] >= 1 && v0[3] >= 1);
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        snprintf(data, sizeof data, "open%d", i);
+        CHECK_EQ(s_req(c, "echo", data, out, sizeof out), AB_OK);
+    }
+    s_l2_counts(c, v1);
+    unsigned long long asked = v1[0] - v0[0], skipped = v1[1] - v0[1];
+    unsigned long long sent = v1[2] - v0[2], opens = v1[3] - v0[3];
+    CHECK_EQ(asked + skipped, N);
+    CHECK_TRUE(asked <= opens + 1); /* at most one per reconnect */
+    CHECK_TRUE(sent <= asked);
+    if (asked > opens + 1)
+        fprintf(stderr, "asked %llu lookups with the breaker open (%llu openings)\n", asked,
+                opens);
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+    /* What "Redis" received: only the GETs the thread says it sent. */
+    int conns = 0, gets = s_fake_redis_gets(ls, &conns);
+    CHECK_TRUE(conns >= 1);
+    CHECK_TRUE((unsigned long long)gets <= v1[2]);
+    CHECK_TRUE((unsigned long long)gets <= v1[0]);
+    close(ls);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -1144,6 +1237,7 @@ int main(int argc, char **argv)
         {"l3_restart", s_l3_restart}, {"service_ttl", s_service_ttl}, {"l2_shared", s_l2_shared},
         {"l2_down", s_l2_down}, {"l2_slow", s_l2_slow}, {"lz4_bomb", s_lz4_bomb},
         {"model_key", s_model_key}, {"l3_truncated", s_l3_truncated},
+        {"l2_breaker_skips", s_l2_breaker_skips},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
