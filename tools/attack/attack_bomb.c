@@ -19,8 +19,13 @@
  * It prints the echo rate and the bombs answered; with --bombers 0 it
  * measures the echo rate alone. The broker must be running.
  *
+ * With --plain the bombers send the same ~257 KB as a plain payload (not
+ * flagged lz4): the control, what any client sending messages that large
+ * as fast as it can costs the others.
+ *
  *   agentbus-attack-bomb [--broker EP] [--seconds N] [--bombers N]
  *                        [--window N] [--service NAME] [--bomb-service NAME]
+ *                        [--plain]
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -42,6 +47,7 @@
 static const char *s_ep = "tcp://127.0.0.1:5555";
 static const char *s_service = "echo", *s_bomb_service = "bomb";
 static int s_seconds = 5, s_bombers = 0, s_window = 4;
+static int s_plain; /* --plain: the same bytes sent as a plain payload (the control) */
 static void *s_bomb;
 static size_t s_bomb_len;
 static atomic_int s_stop;
@@ -131,8 +137,8 @@ static void *s_bomber(void *ctx)
             r.id = ++id;
             r.target = ab_view_of(s_bomb_service);
             r.model = ab_view_of("bomb:latest");
-            r.flags = AB_FLAG_CACHEABLE | AB_FLAG_LZ4;
-            r.original_size = BOMB_ORIGINAL;
+            r.flags = AB_FLAG_CACHEABLE | (s_plain ? 0 : AB_FLAG_LZ4);
+            r.original_size = s_plain ? 0 : BOMB_ORIGINAL;
             r.timeout_ms = 30000;
             if (s_send(s, &r, s_bomb, s_bomb_len) != 0)
                 break;
@@ -190,7 +196,10 @@ static int s_args(int argc, char **argv)
             s_service = v;
         else if (!strcmp(a, "--bomb-service") && v)
             s_bomb_service = v;
-        else
+        else if (!strcmp(a, "--plain")) {
+            s_plain = 1;
+            continue;
+        } else
             return -1;
         i++;
     }
@@ -204,7 +213,7 @@ int main(int argc, char **argv)
 {
     if (s_args(argc, argv) != 0) {
         fprintf(stderr, "usage: %s [--broker EP] [--seconds 1..3600] [--bombers 0..%d] "
-                        "[--window N] [--service NAME] [--bomb-service NAME]\n",
+                        "[--window N] [--service NAME] [--bomb-service NAME] [--plain]\n",
                 argv[0], MAX_BOMBERS);
         return 2;
     }
@@ -247,7 +256,8 @@ int main(int argc, char **argv)
     free(s_bomb);
     if (rc != 0)
         return 1;
-    printf("bomb: %zu bytes declaring %u; bombers %d x window %d\n", s_bomb_len, BOMB_ORIGINAL,
+    printf("bomb: %zu bytes %s %u; bombers %d x window %d\n", s_bomb_len,
+           s_plain ? "sent plain (control), not declaring" : "declaring", BOMB_ORIGINAL,
            s_bombers, s_window);
     printf("echo: %llu answered, %llu failed in %d s = %.0f req/s\n", ok, failed, s_seconds,
            (double)ok / s_seconds);
