@@ -771,6 +771,7 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->stores = atomic_load(&k->stores);
         t->evictions = atomic_load(&k->evictions);
         t->expired = atomic_load(&k->expired);
+        t->dropped = atomic_load(&k->dropped);
         t->lookup_p50_ns = ab_hist_percentile(&c->l3_ns, 50);
         t->lookup_p99_ns = ab_hist_percentile(&c->l3_ns, 99);
         t->serve_p50_ns = ab_hist_percentile(&c->l3_serve_ns, 50);
@@ -791,6 +792,7 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->skipped = c->l2_skipped;
         t->lookups = c->l2_lookups;
         t->sent = atomic_load(&k->sent);
+        t->dropped = atomic_load(&k->dropped);
         t->lookup_p50_ns = ab_hist_percentile(&c->l2_ns, 50);
         t->lookup_p99_ns = ab_hist_percentile(&c->l2_ns, 99);
         c->tierp[nt++] = t;

@@ -29,6 +29,8 @@ json_t *ab_cache_json(const Agentbus__CacheStats *cs)
                              (json_int_t)t->expired, "lookup_p50_ns",
                              (json_int_t)t->lookup_p50_ns, "lookup_p99_ns",
                              (json_int_t)t->lookup_p99_ns);
+        if (tj && strcmp(t->name, "l1") != 0) /* writes the tier's thread could not make */
+            json_object_set_new(tj, "dropped", json_integer((json_int_t)t->dropped));
         if (tj && strcmp(t->name, "l2") == 0) { /* the breaker at work (issue 11) */
             json_object_set_new(tj, "skipped", json_integer((json_int_t)t->skipped));
             json_object_set_new(tj, "lookups", json_integer((json_int_t)t->lookups));
@@ -72,6 +74,10 @@ void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
             (unsigned long long)cs->stores_skipped);
     fprintf(out, "keyed compressed (over cache-key-decompress-max-bytes) %llu\n",
             (unsigned long long)cs->key_not_decompressed);
+    for (size_t i = 0; i < cs->n_tiers; i++)
+        if (strcmp(cs->tiers[i]->name, "l1") != 0)
+            fprintf(out, "%s writes dropped %llu\n", cs->tiers[i]->name,
+                    (unsigned long long)cs->tiers[i]->dropped);
     for (size_t i = 0; i < cs->n_tiers; i++)
         if (strcmp(cs->tiers[i]->name, "l2") == 0)
             fprintf(out, "l2 lookups %llu   skipped (breaker open) %llu   GETs sent to redis %llu\n",
