@@ -40,6 +40,10 @@ struct ab_cache {
     int64_t default_ttl_ms;
     size_t max_entry, waiters_max;
     uint64_t coalesced, uncacheable, redispatched, stores_skipped;
+    size_t key_plain_max;           /* cache-key-decompress-max-bytes */
+    uint64_t key_not_decompressed;  /* lz4 requests keyed over that bound */
+    uint64_t l2_skipped;            /* L2 lookups not made: breaker open */
+    uint64_t l2_lookups;            /* L2 lookups queued to the L2 thread */
     ab_hist_t l1_ns;
     int dispatch_pending;
     ab_l3_t *l3;            /* NULL without --data-dir */
@@ -165,6 +169,7 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     c->default_ttl_ms = cfg->cache_ttl_s * 1000;
     c->max_entry = cfg->cache_max_entry_bytes;
     c->waiters_max = (size_t)cfg->cache_waiters_max;
+    c->key_plain_max = cfg->cache_key_decompress_max_bytes;
     ab_hist_reset(&c->l1_ns);
     ab_hist_reset(&c->l3_ns);
     ab_hist_reset(&c->l1_serve_ns);
@@ -317,6 +322,37 @@ static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, 
     return hit;
 }
 
+/* The library lz4-compresses requests of 1 KiB or more, and long prompts
+ * are the ones worth caching. A payload that declares at most
+ * cache-key-decompress-max-bytes is decompressed (into *PLAIN, the caller
+ * frees it) and keyed on its plain bytes, so its key does not depend on how
+ * it travelled. A larger one is not decompressed: decompressing and hashing
+ * what a 257 KB block may declare (64 MiB) cost 44 ms of the broker's one
+ * thread per message. It keeps its compressed bytes and is keyed on them
+ * and its declared size (ab_cache_key: cacheable only when marked), so the
+ * broker's work per message stays proportional to the bytes it received.
+ * 0, or -1 for a block that does not decompress. */
+static int s_key_plain(ab_cache_t *c, size_t max_payload, const ab_header_t *h,
+                       ab_key_input_t *in, void **plain)
+{
+    if (h->original_size > c->key_plain_max) {
+        c->key_not_decompressed++;
+        in->original_size = h->original_size;
+        return 0;
+    }
+    if (ab_lz4_check(in->size, h->original_size, max_payload) != AB_OK ||
+        !(*plain = malloc(h->original_size)) ||
+        ab_lz4_decompress(in->payload, in->size, *plain, h->original_size) != AB_OK) {
+        free(*plain);
+        *plain = NULL;
+        return -1;
+    }
+    in->payload = *plain;
+    in->size = h->original_size;
+    in->flags &= ~(uint32_t)AB_FLAG_LZ4;
+    return 0;
+}
+
 int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
                         uint32_t client_features, const ab_header_t *h,
                         const zmq_msg_t *body, int64_t now, ab_cache_req_t **cr)
@@ -330,24 +366,15 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
     ab_view_copy(h->model, model, sizeof model);
     ab_key_input_t in = {s->name, model, s_digest(s, model), h->flags,
                          body ? zmq_msg_data((zmq_msg_t *)body) : NULL,
-                         body ? zmq_msg_size((zmq_msg_t *)body) : 0, 0};
+                         body ? zmq_msg_size((zmq_msg_t *)body) : 0, 0, 0};
     in.plain_only = !(client_features & AB_FEATURE_LZ4);
-    /* The library lz4-compresses requests of 1 KiB or more, and long prompts
-     * are the ones worth caching: the key is computed over the plain bytes
-     * (bounded by the declared size and the payload limit), so it does not
-     * depend on how the request travelled. The payload itself stays as it is. */
     void *plain = NULL;
     if ((h->flags & AB_FLAG_LZ4) && in.size && (model[0] || (h->flags & AB_FLAG_CACHEABLE))) {
-        if (ab_lz4_check(in.size, h->original_size, b->limits.max_payload) != AB_OK ||
-            !(plain = malloc(h->original_size)) ||
-            ab_lz4_decompress(in.payload, in.size, plain, h->original_size) != AB_OK) {
-            free(plain);
+        int rc = s_key_plain(c, b->limits.max_payload, h, &in, &plain);
+        if (rc < 0) {
             c->uncacheable++;
             return 0; /* a corrupt block: the worker answers MALFORMED */
         }
-        in.payload = plain;
-        in.size = h->original_size;
-        in.flags &= ~(uint32_t)AB_FLAG_LZ4;
     }
     ab_cache_key_t key;
     ab_key_kind_t kk = ab_cache_key(&in, &key);
@@ -396,9 +423,15 @@ static int s_l2_ask(ab_cache_t *c, ab_req_t *r)
     ab_cache_req_t *cr = r->cache;
     /* A provisional service (startup grace) may be removed while R waits
      * outside its queue: such requests skip L2. */
-    if (!c->l2 || !cr->read || r->service->provisional || !ab_l2_usable(c->l2) ||
-        ab_l2_get(c->l2, r->bid, &cr->key) != 0)
+    if (!c->l2 || !cr->read || r->service->provisional)
         return 0;
+    if (!ab_l2_usable(c->l2)) {
+        c->l2_skipped++; /* what the breaker is for: no request waits on a Redis that is down */
+        return 0;
+    }
+    if (ab_l2_get(c->l2, r->bid, &cr->key) != 0)
+        return 0;
+    c->l2_lookups++;
     r->state = AB_REQ_WAITING;
     cr->l2_wait = 1;
     cr->l2_sent_ns = ab_now_ns();
@@ -738,6 +771,7 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->stores = atomic_load(&k->stores);
         t->evictions = atomic_load(&k->evictions);
         t->expired = atomic_load(&k->expired);
+        t->dropped = atomic_load(&k->dropped);
         t->lookup_p50_ns = ab_hist_percentile(&c->l3_ns, 50);
         t->lookup_p99_ns = ab_hist_percentile(&c->l3_ns, 99);
         t->serve_p50_ns = ab_hist_percentile(&c->l3_serve_ns, 50);
@@ -755,6 +789,10 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->stores = atomic_load(&k->stores);
         t->evictions = atomic_load(&k->opens); /* breaker openings (Redis evicts itself) */
         t->expired = atomic_load(&k->dropped);
+        t->skipped = c->l2_skipped;
+        t->lookups = c->l2_lookups;
+        t->sent = atomic_load(&k->sent);
+        t->dropped = atomic_load(&k->dropped);
         t->lookup_p50_ns = ab_hist_percentile(&c->l2_ns, 50);
         t->lookup_p99_ns = ab_hist_percentile(&c->l2_ns, 99);
         c->tierp[nt++] = t;
@@ -767,6 +805,7 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
     c->st.redispatched = c->redispatched;
     c->st.in_flight = ab_idmap_size(&c->flights);
     c->st.stores_skipped = c->stores_skipped;
+    c->st.key_not_decompressed = c->key_not_decompressed;
     return &c->st;
 }
 

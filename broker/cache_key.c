@@ -194,6 +194,8 @@ ab_key_kind_t ab_cache_key(const ab_key_input_t *in, ab_cache_key_t *key)
         s_str(&st, 'k', "raw");
         s_str(&st, 'm', in->model);
         s_u64(&st, 'l', 1, in->flags & AB_FLAG_LZ4);
+        if (in->flags & AB_FLAG_LZ4) /* keyed compressed: the same bytes may declare sizes */
+            s_u64(&st, 'o', 1, in->original_size);
         s_item(&st, 'b', in->payload, in->size);
         kind = AB_KEY_RAW;
     }

@@ -33,6 +33,10 @@ typedef struct {
     int plain_only;        /* the client does not read lz4: its replies are
                             * never shared with clients that do (a cached
                             * reply keeps the compression it travelled with) */
+    uint64_t original_size; /* with FLAG_LZ4 in FLAGS: the size the payload
+                             * declares (Header.original_size); hashed with
+                             * the compressed bytes (the caller did not
+                             * decompress them: docs/cache.md) */
 } ab_key_input_t;
 
 /* Why a request is or is not cacheable (stats, logs, tests). */
@@ -48,7 +52,12 @@ typedef enum {
  * deterministic (options.temperature == 0, or options.seed set; embeddings
  * always) or caller-marked (FLAG_CACHEABLE); other requests only when
  * caller-marked. A request with both NO_CACHE and NO_STORE is never
- * cacheable (there is nothing to do). Never fails otherwise. */
+ * cacheable (there is nothing to do). A payload still flagged LZ4 is never
+ * decoded (the caller decompresses the ones it can afford to, see
+ * s_key_plain in cache.c): it is cacheable only when marked, keyed on its
+ * compressed bytes and declared size. The work is one pass over SIZE bytes
+ * (plus a protobuf decode of them for a plain typed request). Never fails
+ * otherwise. */
 ab_key_kind_t ab_cache_key(const ab_key_input_t *in, ab_cache_key_t *key);
 
 /* Writes KEY as 32 lower-case hex digits into BUF (AB_CACHE_KEY_HEX). */

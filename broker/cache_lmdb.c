@@ -110,6 +110,95 @@ static int s_try_open(ab_l3_t *l3, const char *path)
     return rc;
 }
 
+/* --- the file checked before LMDB maps it ------------------------------------------- */
+/* LMDB maps the whole file and trusts its meta pages: a file cut short (a
+ * full disk, a copy that stopped) makes the first read of a page past its
+ * end a SIGBUS, on every start: a crash loop. LMDB 0.9's meta page, on a
+ * 64-bit host (its layout is private to mdb.c, so it is spelled out here):
+ * a 16-byte page header (pgno u64, pad u16, flags u16 with P_META 0x08,
+ * lower/upper u16), then magic u32 0xBEEFC0DE, version u32 (1), address,
+ * mapsize u64, two 48-byte database records (the first one's leading u32
+ * is the page size), last_pg u64, txnid u64. Two meta pages, at 0 and at
+ * one page size; LMDB uses the one with the larger txnid. */
+#define AB_MDB_MAGIC 0xBEEFC0DEu
+#define AB_MDB_VERSION 1u
+#define AB_MDB_P_META 0x08u
+#define AB_MDB_META_END 152 /* header + meta, bytes */
+
+typedef struct {
+    uint32_t psize;
+    uint64_t mapsize, last_pg, txnid;
+} s_meta_t;
+
+static uint64_t s_le(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Parses the meta page in P. NULL, or why it is not one LMDB would take. */
+static const char *s_meta_parse(const uint8_t *p, s_meta_t *m)
+{
+    if (!(s_le(p + 10, 2) & AB_MDB_P_META) || s_le(p + 16, 4) != AB_MDB_MAGIC)
+        return "not an LMDB file (no meta page)";
+    if (s_le(p + 20, 4) != AB_MDB_VERSION)
+        return "another LMDB data version";
+    m->mapsize = s_le(p + 32, 8);
+    m->psize = (uint32_t)s_le(p + 40, 4);
+    m->last_pg = s_le(p + 136, 8);
+    m->txnid = s_le(p + 144, 8);
+    if (m->psize < 512 || m->psize > 65536 || (m->psize & (m->psize - 1)))
+        return "meta page with an impossible page size";
+    return NULL;
+}
+
+/* Checks PATH before LMDB maps it: NULL when it is absent, empty (LMDB
+ * initialises it) or whole; else why it cannot be used. Reads two pages. */
+static const char *s_check_file(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || st.st_size == 0)
+        return NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL; /* LMDB reports what is wrong */
+    uint8_t p0[AB_MDB_META_END], p1[AB_MDB_META_END];
+    s_meta_t m0, m1;
+    const char *why = NULL;
+    if (fread(p0, 1, sizeof p0, f) != sizeof p0)
+        why = "shorter than one LMDB meta page";
+    else if (!(why = s_meta_parse(p0, &m0)) &&
+             (fseeko(f, (off_t)m0.psize, SEEK_SET) != 0 || fread(p1, 1, sizeof p1, f) != sizeof p1))
+        why = "truncated: shorter than its two meta pages";
+    else if (!why && !(why = s_meta_parse(p1, &m1)) && m1.psize != m0.psize)
+        why = "meta pages disagree on the page size";
+    fclose(f);
+    if (why)
+        return why;
+    const s_meta_t *m = m1.txnid > m0.txnid ? &m1 : &m0;
+    if (m->last_pg >= (uint64_t)1 << 40 ||
+        (uint64_t)st.st_size < (m->last_pg + 1) * (uint64_t)m->psize)
+        return "truncated: shorter than the last page its meta page records";
+    return NULL;
+}
+
+/* Moves PATH (and its lock file) aside as PATH.bad-<unix time>[.N]. 0, or -1
+ * with errno. */
+static int s_move_aside(const char *path, const char *lock, char *aside, size_t cap)
+{
+    long long t = (long long)time(NULL);
+    snprintf(aside, cap, "%s.bad-%lld", path, t);
+    for (int n = 1; n < 100 && access(aside, F_OK) == 0; n++) /* two in one second */
+        snprintf(aside, cap, "%s.bad-%lld.%d", path, t, n);
+    int mv = rename(path, aside);
+    int e = errno;
+    unlink(lock);
+    errno = e;
+    return mv;
+}
+
 static int s_is_bad_file(int rc)
 {
     return rc == MDB_INVALID || rc == MDB_VERSION_MISMATCH || rc == MDB_CORRUPTED ||
@@ -130,16 +219,17 @@ ab_l3_t *ab_l3_open(const char *dir, size_t map_bytes)
     char path[4096], lock[4200];
     snprintf(path, sizeof path, "%s/cache.mdb", dir);
     snprintf(lock, sizeof lock, "%s-lock", path);
-    int rc = s_try_open(l3, path);
+    /* A bad file is found before LMDB maps it (a truncated one would crash
+     * the broker), or by LMDB itself when it reads it. */
+    const char *why = s_check_file(path);
+    int rc = why ? AB_L3_INCOMPATIBLE : s_try_open(l3, path);
     if (rc != 0 && s_is_bad_file(rc)) {
-        char aside[4200];
-        snprintf(aside, sizeof aside, "%s.bad-%lld", path, (long long)time(NULL));
-        int mv = rename(path, aside);
-        unlink(lock);
+        char aside[4300];
+        int mv = s_move_aside(path, lock, aside, sizeof aside);
         AB_ERROR("L3 cache file %s is corrupt or incompatible (%s): %s%s; starting with an "
                  "empty one",
-                 path, rc == AB_L3_INCOMPATIBLE ? "written by another cache format"
-                                                : mdb_strerror(rc),
+                 path, why ? why : rc == AB_L3_INCOMPATIBLE ? "written by another cache format"
+                                                            : mdb_strerror(rc),
                  mv == 0 ? "moved aside to " : "could not be moved aside, ",
                  mv == 0 ? aside : strerror(errno));
         l3->next_seq = 0;

@@ -108,6 +108,8 @@ static void s_run_batch(ab_l2_t *l2, zsock_t *pipe, zmq_msg_t *msgs, size_t n)
             const char *argv[2] = {"GET", key};
             size_t lens[2] = {3, strlen(key)};
             ok = redisAppendCommandArgv(l2->rc, 2, argv, lens) == REDIS_OK;
+            if (ok)
+                atomic_fetch_add(&l2->c.sent, 1);
         } else if (d[0] == 'P') {
             s_key_str(d + 1, key);
             int64_t ttl;

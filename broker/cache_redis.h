@@ -30,6 +30,7 @@ enum { AB_L2_CLOSED = 0, AB_L2_OPEN = 1 };
 
 typedef struct {
     atomic_uint_fast64_t stores, errors, dropped, reconnects, opens;
+    atomic_uint_fast64_t sent; /* GETs written to a Redis connection */
     atomic_int state; /* AB_L2_CLOSED or AB_L2_OPEN */
 } ab_l2_counters_t;
 

@@ -108,6 +108,10 @@ static const s_option_t s_options[] = {
      "LMDB map size of the L3 cache in --data-dir (its bound on disk)"},
     {"cache-waiters-max", OPT_LONG, OFF(cache_waiters_max), 0, 1000000, "1024",
      "identical requests that may wait on one in flight; beyond: sent to a worker"},
+    {"cache-key-decompress-max-bytes", OPT_SIZE, OFF(cache_key_decompress_max_bytes), 0,
+     1L << 30, "64K",
+     "an lz4 request declaring up to this size is decompressed on the broker's thread to "
+     "compute its cache key; a larger one is keyed on its compressed bytes (marked only)"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

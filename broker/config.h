@@ -61,6 +61,7 @@ typedef struct {
     size_t cache_l3_bytes;        /* LMDB map size */
     char *cache_redis;            /* "host:port"; "" = no L2 cache */
     long cache_l2_timeout_ms;
+    size_t cache_key_decompress_max_bytes; /* lz4 requests larger are keyed compressed */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The first byte picks the flags; the rest is a payload. */
     uint32_t flags = data[0] & (AB_FLAG_CACHEABLE | AB_FLAG_NO_CACHE | AB_FLAG_LZ4);
     ab_key_input_t in = {"svc", "model:tag", (data[0] & 0x80) ? "sha256:d" : NULL, flags,
-                         data + 1, size - 1, (data[0] & 0x40) != 0};
+                         data + 1, size - 1, (data[0] & 0x40) != 0, size};
     ab_cache_key_t k1, k2;
     ab_key_kind_t a = ab_cache_key(&in, &k1), b = ab_cache_key(&in, &k2);
     /* Deterministic: the same input gives the same answer and key. */

@@ -12,6 +12,8 @@
 #include "util.h"
 #include "cache_key.h"
 #include "codec.h"
+#include "compress.h"
+#include "agentbus.pb-c.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -20,12 +22,14 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zmq.h>
 
 /* --- the counting worker ------------------------------------------------------ */
 typedef struct {
@@ -572,7 +576,7 @@ static void s_cli(void)
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, "\"hits\": 1") && strstr(out, "\"entries\": 1"));
     /* The key the broker computes, from the same inputs. */
-    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, "hi", 2, 0};
+    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, "hi", 2, 0, 0};
     ab_cache_key_t k;
     REQUIRE(ab_cache_key(&in, &k) == AB_KEY_RAW);
     char hex[AB_CACHE_KEY_HEX];
@@ -891,6 +895,344 @@ static void s_l2_slow(void)
     close(ls);
 }
 
+/* --- issue 11 --------------------------------------------------------------------------- */
+/* Raw peers: a hostile client is not a library client. */
+static void *s_zctx;
+
+static void *s_raw(int port)
+{
+    if (!s_zctx)
+        s_zctx = zmq_ctx_new();
+    void *s = zmq_socket(s_zctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_connect(s, th_ep(port)) == 0);
+    return s;
+}
+
+static void s_raw_send(void *s, const ab_header_t *h, const void *data, size_t size)
+{
+    uint8_t buf[1024];
+    size_t n = ab_header_encode(h, buf, sizeof buf);
+    REQUIRE(n > 0);
+    REQUIRE(zmq_send(s, buf, n, size || data ? ZMQ_SNDMORE : 0) >= 0);
+    if (size || data)
+        REQUIRE(zmq_send(s, data, size, 0) >= 0);
+}
+
+/* Receives one message's header within TIMEOUT_MS (its payload is
+ * dropped): 1, or 0 on timeout. */
+static int s_raw_recv(void *s, ab_header_t *h, int timeout_ms)
+{
+    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, timeout_ms) <= 0)
+        return 0;
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    if (zmq_msg_recv(&m, s, 0) < 0) {
+        zmq_msg_close(&m);
+        return 0;
+    }
+    int more = zmq_msg_more(&m);
+    int ok = ab_header_parse(zmq_msg_data(&m), zmq_msg_size(&m), h) == AB_OK;
+    zmq_msg_close(&m);
+    while (more) {
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, s, 0);
+        more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+    }
+    return ok;
+}
+
+static Agentbus__CacheStats *s_cstats(ab_client_t *c, Agentbus__Stats **keep)
+{
+    return s_cache_stats(c, keep);
+}
+
+/* The issue's lz4 bomb: a 257 KB block declaring 64 MiB, marked cacheable
+ * (and the same unmarked), from a raw client. The broker used to
+ * decompress and hash 64 MiB per bomb on its one thread (44 ms each). It
+ * now keys them without decompressing (key_not_decompressed counts each):
+ * every bomb is answered, the identical marked ones from the cache, and a
+ * well-behaved client is served alongside. */
+static void s_lz4_bomb(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "infer"};
+    pthread_t th = s_worker_start(&x, c);
+    const size_t orig = 64u << 20;
+    void *zeros = calloc(1, orig), *bomb = NULL;
+    size_t blen = 0;
+    REQUIRE(zeros && ab_lz4_compress(zeros, orig, 0, &bomb, &blen) == 1);
+    free(zeros);
+    REQUIRE(blen > 200000 && blen < 300000); /* ~257 KB declaring 64 MiB */
+    void *s = s_raw(port);
+    enum { MARKED = 8, UNMARKED = 4 };
+    for (int i = 0; i < MARKED + UNMARKED; i++) {
+        ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+        h.id = (uint64_t)i + 1;
+        h.target = ab_view_of("infer");
+        h.model = ab_view_of("tiny:latest");
+        h.flags = AB_FLAG_LZ4 | (i < MARKED ? AB_FLAG_CACHEABLE : 0);
+        h.original_size = orig;
+        h.timeout_ms = 60000;
+        s_raw_send(s, &h, bomb, blen);
+    }
+    free(bomb);
+    int replies = 0, errors = 0;
+    int64_t end = ab_now_ms() + 60000;
+    int64_t hb_at = 0;
+    while (replies + errors < MARKED + UNMARKED && ab_now_ms() < end) {
+        if (ab_now_ms() >= hb_at) { /* a silent peer is dropped, its requests with it */
+            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
+            s_raw_send(s, &hb, NULL, 0);
+            hb_at = ab_now_ms() + 500;
+        }
+        ab_header_t h;
+        if (!s_raw_recv(s, &h, 200))
+            continue;
+        replies += h.kind == AB_KIND_REPLY;
+        errors += h.kind == AB_KIND_ERROR;
+    }
+    CHECK_EQ(replies, MARKED + UNMARKED);
+    CHECK_EQ(errors, 0);
+    char out[512];
+    CHECK_EQ(s_req(c, "infer", "still here", out, sizeof out), AB_OK);
+    Agentbus__Stats *st;
+    Agentbus__CacheStats *cs = s_cstats(c, &st);
+    /* Each bomb keyed without being decompressed: before the fix, 0. */
+    CHECK_U64(cs->key_not_decompressed, MARKED + UNMARKED);
+    /* The identical marked ones share one key: one reached the worker. */
+    CHECK_U64(cs->tiers[0]->hits + cs->coalesced, MARKED - 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    CHECK_EQ(atomic_load(&x.jobs), 1 + UNMARKED + 1);
+    zmq_close(s);
+    zmq_ctx_term(s_zctx);
+    s_zctx = NULL;
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
+/* Packs a chat (KIND 'c'), embed ('e') request for MODEL. */
+static size_t s_typed_for(uint8_t *buf, int kind, const char *model)
+{
+    Agentbus__InferenceOptions o = AGENTBUS__INFERENCE_OPTIONS__INIT;
+    o.has_temperature_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TEMPERATURE_TEMPERATURE;
+    o.temperature = 0.0;
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+    Agentbus__ChatMessage *ms[1] = {&m};
+    Agentbus__ChatRequest chat = AGENTBUS__CHAT_REQUEST__INIT;
+    char *in[1] = {"one sentence"};
+    Agentbus__EmbedRequest emb = AGENTBUS__EMBED_REQUEST__INIT;
+    if (kind == 'c') {
+        m.role = "user";
+        m.content = "hello";
+        chat.model = (char *)model;
+        chat.n_messages = 1;
+        chat.messages = ms;
+        chat.options = &o;
+        chat.has_stream_case = AGENTBUS__CHAT_REQUEST__HAS_STREAM_STREAM;
+        chat.stream = 0;
+        r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+        r.chat = &chat;
+    } else {
+        emb.model = (char *)model;
+        emb.n_input = 1;
+        emb.input = in;
+        r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
+        r.embed = &emb;
+    }
+    return agentbus__inference_request__pack(&r, buf);
+}
+
+/* Answer number ("#N") of a request for MODEL with payload BUF. */
+static int s_model_req(ab_client_t *c, const char *model, const void *buf, size_t len)
+{
+    s_got_t g = {0};
+    REQUIRE(ab_client_request_model_async(c, "infer", model, NULL, buf, len, 10000, s_got_cb,
+                                          &g, NULL) == AB_OK);
+    s_poll_all(&c, 1, &g, 1, 10000);
+    const char *hash = strrchr(g.final, '#');
+    return g.status == AB_OK && hash ? atoi(hash + 1) : -1;
+}
+
+/* Issue 11: a cached chat, embed or marked raw reply for model A is never
+ * served for the same request to model B (only generate was tested). */
+static void s_model_key(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "infer"};
+    pthread_t th = s_worker_start(&x, c);
+    uint8_t buf[512];
+    int n = 0;
+    for (int k = 0; k < 2; k++) { /* chat, then embed */
+        int kind = k ? 'e' : 'c';
+        size_t la = s_typed_for(buf, kind, "model-a:latest");
+        CHECK_EQ(s_model_req(c, "model-a:latest", buf, la), ++n);
+        CHECK_EQ(s_model_req(c, "model-a:latest", buf, la), n); /* cached */
+        size_t lb = s_typed_for(buf, kind, "model-b:latest");
+        CHECK_EQ(s_model_req(c, "model-b:latest", buf, lb), ++n); /* not A's answer */
+        CHECK_EQ(s_model_req(c, "model-b:latest", buf, lb), n);
+    }
+    /* Marked raw payloads: the header's model is the only difference. */
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(s_model_req(c, "model-a:latest", "raw bytes", 9), ++n);
+    CHECK_EQ(s_model_req(c, "model-a:latest", "raw bytes", 9), n);
+    CHECK_EQ(s_model_req(c, "model-b:latest", "raw bytes", 9), ++n);
+    CHECK_EQ(atomic_load(&x.jobs), n);
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
+/* Issue 11: a truncated cache.mdb made every start die with SIGBUS. The
+ * broker now moves it aside, says so, starts with an empty L3, serves and
+ * caches again. */
+static void s_l3_truncated(void)
+{
+    int port = th_free_port();
+    char dir[600], path[700];
+    snprintf(dir, sizeof dir, "%s/data", th_dir());
+    snprintf(path, sizeof path, "%s/cache.mdb", dir);
+    pid_t broker = th_broker(port, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = s_worker_start(&x, c);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    static char big[3000];
+    memset(big, 'b', sizeof big - 1);
+    char out[512];
+    for (int i = 0; i < 300; i++) { /* ~150 KB of entries: many pages */
+        snprintf(big, 16, "k%05d", i);
+        big[6] = 'b';
+        CHECK_EQ(s_req(c, "echo", big, out, sizeof out), AB_OK);
+    }
+    REQUIRE(s_wait_l3_stores(c, 300) == 0);
+    ab_client_destroy(&c);
+    s_worker_end(&x, th);
+    CHECK_EQ(th_stop(broker), 0);
+    struct stat sb;
+    REQUIRE(stat(path, &sb) == 0 && sb.st_size > 64 * 1024);
+    REQUIRE(truncate(path, sb.st_size / 3) == 0);
+    broker = th_broker(port, "--data-dir", dir, NULL); /* before the fix: SIGBUS */
+    c = th_client(port);
+    x = (s_wk_t){.port = port, .service = "echo"};
+    th = s_worker_start(&x, c);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(s_req(c, "echo", "after", out, sizeof out), AB_OK);
+    CHECK_STR(out, "after#1");
+    CHECK_EQ(s_wait_l3_stores(c, 1), 0); /* caches again */
+    CHECK_EQ(s_req(c, "echo", "after", out, sizeof out), AB_OK);
+    CHECK_STR(out, "after#1");
+    CHECK_TRUE(th_alive(broker));
+    static char log[1 << 16];
+    FILE *lf = fopen(th_log_of(broker), "r");
+    REQUIRE(lf);
+    log[fread(log, 1, sizeof log - 1, lf)] = '\0';
+    fclose(lf);
+    CHECK_TRUE(strstr(log, "truncated") && strstr(log, "moved aside"));
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
+/* Bytes of a "Redis" that never answers: connections the broker made to
+ * the listening socket LS (accepted now, never before), and the GET
+ * commands they carried. */
+static int s_fake_redis_gets(int ls, int *conns)
+{
+    int gets = 0;
+    fcntl(ls, F_SETFL, O_NONBLOCK);
+    for (int i = 0; i < 64; i++) {
+        int fd = accept(ls, NULL, NULL);
+        if (fd < 0)
+            break;
+        (*conns)++;
+        fcntl(fd, F_SETFL, O_NONBLOCK);
+        static char buf[1 << 16];
+        size_t len = 0;
+        for (int j = 0; j < 100 && len < sizeof buf - 1; j++) {
+            ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+        }
+        buf[len] = '\0';
+        for (char *p = buf; (p = strstr(p, "\r\nGET\r\n")); p += 7)
+            gets++;
+        close(fd);
+    }
+    return gets;
+}
+
+/* L2 tier counters: lookups asked, skipped while open, GETs sent, opens. */
+static void s_l2_counts(ab_client_t *c, unsigned long long v[4])
+{
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l2") : NULL;
+    REQUIRE(t);
+    v[0] = t->lookups;
+    v[1] = t->skipped;
+    v[2] = t->sent;
+    v[3] = t->evictions; /* breaker openings */
+    agentbus__stats__free_unpacked(st, NULL);
+}
+
+/* Issue 11: with the breaker open the broker does not ask L2 at all (the
+ * state string alone said nothing of it). A "Redis" that never answers:
+ * the first lookup times out and opens the breaker; the 20 requests that
+ * follow are counted as skipped, not looked up, except one per time the
+ * thread reconnected (the breaker closes, one lookup times out again).
+ * The socket's own bytes show what reached "Redis". */
+static void s_l2_breaker_skips(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rport)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(ls, (struct sockaddr *)&a, sizeof a) == 0 && listen(ls, 64) == 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = s_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512], data[32];
+    CHECK_EQ(s_req(c, "echo", "opens", out, sizeof out), AB_OK); /* times out in L2 */
+    REQUIRE(s_wait_l2(c, "open", 0) == 0);
+    unsigned long long v0[4], v1[4];
+    s_l2_counts(c, v0);
+    CHECK_TRUE(v0[0] >= 1 && v0[2] >= 1 && v0[3] >= 1);
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        snprintf(data, sizeof data, "open%d", i);
+        CHECK_EQ(s_req(c, "echo", data, out, sizeof out), AB_OK);
+    }
+    s_l2_counts(c, v1);
+    unsigned long long asked = v1[0] - v0[0], skipped = v1[1] - v0[1];
+    unsigned long long sent = v1[2] - v0[2], opens = v1[3] - v0[3];
+    CHECK_EQ(asked + skipped, N);
+    CHECK_TRUE(asked <= opens + 1); /* at most one per reconnect */
+    CHECK_TRUE(sent <= asked);
+    if (asked > opens + 1)
+        fprintf(stderr, "asked %llu lookups with the breaker open (%llu openings)\n", asked,
+                opens);
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+    /* What "Redis" received: only the GETs the thread says it sent. */
+    int conns = 0, gets = s_fake_redis_gets(ls, &conns);
+    CHECK_TRUE(conns >= 1);
+    CHECK_TRUE((unsigned long long)gets <= v1[2]);
+    CHECK_TRUE((unsigned long long)gets <= v1[0]);
+    close(ls);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -899,7 +1241,9 @@ int main(int argc, char **argv)
         {"coalesce_100", s_coalesce_100}, {"stream_fanout", s_stream_fanout},
         {"leader_fails", s_leader_fails}, {"waiter_deadline", s_waiter_deadline}, {"cli", s_cli},
         {"l3_restart", s_l3_restart}, {"service_ttl", s_service_ttl}, {"l2_shared", s_l2_shared},
-        {"l2_down", s_l2_down}, {"l2_slow", s_l2_slow},
+        {"l2_down", s_l2_down}, {"l2_slow", s_l2_slow}, {"lz4_bomb", s_lz4_bomb},
+        {"model_key", s_model_key}, {"l3_truncated", s_l3_truncated},
+        {"l2_breaker_skips", s_l2_breaker_skips},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

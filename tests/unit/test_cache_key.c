@@ -52,7 +52,7 @@ static ab_key_kind_t s_key_of(const s_pb_t *pb, const char *digest, uint32_t fla
         s_pack(&local);
         pb = &local;
     }
-    ab_key_input_t in = {"ollama", "llama3:8b", digest, flags, pb->buf, pb->len, 0};
+    ab_key_input_t in = {"ollama", "llama3:8b", digest, flags, pb->buf, pb->len, 0, 0};
     return ab_cache_key(&in, k);
 }
 
@@ -175,7 +175,7 @@ static void t_relevant_fields(void)
     s_base();
     s_pb_t pb;
     s_pack(&pb);
-    ab_key_input_t in = {"ollama-b", "llama3:8b", NULL, 0, pb.buf, pb.len, 0};
+    ab_key_input_t in = {"ollama-b", "llama3:8b", NULL, 0, pb.buf, pb.len, 0, 0};
     ab_cache_key_t k;
     CHECK_EQ(ab_cache_key(&in, &k), AB_KEY_TYPED);
     CHECK_TRUE(!s_same(&k, &keys[0]));
@@ -202,7 +202,7 @@ static void t_plain_only(void)
     s_pb_t pb;
     s_pack(&pb);
     ab_cache_key_t a, b2, c;
-    ab_key_input_t in = {"ollama", "llama3:8b", NULL, 0, pb.buf, pb.len, 0};
+    ab_key_input_t in = {"ollama", "llama3:8b", NULL, 0, pb.buf, pb.len, 0, 0};
     CHECK_EQ(ab_cache_key(&in, &a), AB_KEY_TYPED);
     in.plain_only = 1;
     CHECK_EQ(ab_cache_key(&in, &b2), AB_KEY_TYPED);
@@ -257,7 +257,7 @@ static void t_cacheability(void)
 static void t_raw(void)
 {
     ab_cache_key_t k1, k2, k3;
-    ab_key_input_t in = {"echo", "", NULL, 0, "hello", 5, 0};
+    ab_key_input_t in = {"echo", "", NULL, 0, "hello", 5, 0, 0};
     CHECK_EQ(ab_cache_key(&in, &k1), AB_KEY_NO); /* not marked */
     in.flags = AB_FLAG_CACHEABLE;
     CHECK_EQ(ab_cache_key(&in, &k1), AB_KEY_RAW);
@@ -274,10 +274,82 @@ static void t_raw(void)
     CHECK_EQ(ab_cache_key(&in, &k3), AB_KEY_RAW);
     CHECK_TRUE(!s_same(&k1, &k3));
     /* A model header whose payload is not an InferenceRequest: raw, if marked. */
-    ab_key_input_t bad = {"ollama", "m", NULL, 0, "\xff\xff\xff", 3, 0};
+    ab_key_input_t bad = {"ollama", "m", NULL, 0, "\xff\xff\xff", 3, 0, 0};
     CHECK_EQ(ab_cache_key(&bad, &k1), AB_KEY_NO);
     bad.flags = AB_FLAG_CACHEABLE;
     CHECK_EQ(ab_cache_key(&bad, &k1), AB_KEY_RAW);
+}
+
+/* Key of a request for model MODEL in the header and payload PB. */
+static ab_key_kind_t s_key_model(const char *model, const s_pb_t *pb, uint32_t flags,
+                                 ab_cache_key_t *k)
+{
+    ab_key_input_t in = {"ollama", model, NULL, flags, pb->buf, pb->len, 0, 0};
+    return ab_cache_key(&in, k);
+}
+
+/* Issue 11: the model is part of the key of every kind of request, not only
+ * generate's: two requests that differ only in their model never share an
+ * answer. */
+static void t_model_in_key(void)
+{
+    ab_cache_key_t ka, kb;
+    s_pb_t pb;
+    /* chat: the body's model */
+    Agentbus__ChatMessage msg = AGENTBUS__CHAT_MESSAGE__INIT;
+    msg.role = "user";
+    msg.content = "hello";
+    Agentbus__ChatMessage *msgs[1] = {&msg};
+    Agentbus__ChatRequest chat = AGENTBUS__CHAT_REQUEST__INIT;
+    chat.model = "llama3:8b";
+    chat.n_messages = 1;
+    chat.messages = msgs;
+    chat.options = &s_opts;
+    s_base();
+    agentbus__inference_request__init(&s_req);
+    s_req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    s_req.chat = &chat;
+    s_pack(&pb);
+    CHECK_EQ(s_key_model("llama3:8b", &pb, 0, &ka), AB_KEY_TYPED);
+    chat.model = "qwen2:7b";
+    s_pack(&pb);
+    CHECK_EQ(s_key_model("llama3:8b", &pb, 0, &kb), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&ka, &kb));
+    /* embed: the body's model */
+    char *inputs[1] = {"a sentence"};
+    Agentbus__EmbedRequest emb = AGENTBUS__EMBED_REQUEST__INIT;
+    emb.model = "nomic-embed";
+    emb.n_input = 1;
+    emb.input = inputs;
+    s_req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
+    s_req.embed = &emb;
+    s_pack(&pb);
+    CHECK_EQ(s_key_model("nomic-embed", &pb, 0, &ka), AB_KEY_TYPED);
+    emb.model = "mxbai-embed";
+    s_pack(&pb);
+    CHECK_EQ(s_key_model("nomic-embed", &pb, 0, &kb), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&ka, &kb));
+    /* marked raw: Header.model */
+    memcpy(pb.buf, "not protobuf \xff\xff", 15);
+    pb.len = 15;
+    CHECK_EQ(s_key_model("model-a", &pb, AB_FLAG_CACHEABLE, &ka), AB_KEY_RAW);
+    CHECK_EQ(s_key_model("model-b", &pb, AB_FLAG_CACHEABLE, &kb), AB_KEY_RAW);
+    CHECK_TRUE(!s_same(&ka, &kb));
+    /* marked and still compressed (over cache-key-decompress-max-bytes):
+     * Header.model and the declared size are both in the key */
+    ab_key_input_t in = {"ollama", "model-a", NULL, AB_FLAG_CACHEABLE | AB_FLAG_LZ4,
+                         pb.buf, pb.len, 0, 1u << 20};
+    CHECK_EQ(ab_cache_key(&in, &ka), AB_KEY_RAW);
+    in.model = "model-b";
+    CHECK_EQ(ab_cache_key(&in, &kb), AB_KEY_RAW);
+    CHECK_TRUE(!s_same(&ka, &kb));
+    in.model = "model-a";
+    in.original_size = 2u << 20;
+    CHECK_EQ(ab_cache_key(&in, &kb), AB_KEY_RAW);
+    CHECK_TRUE(!s_same(&ka, &kb));
+    /* unmarked and still compressed: never decoded, so not cacheable */
+    in.flags = AB_FLAG_LZ4;
+    CHECK_EQ(ab_cache_key(&in, &kb), AB_KEY_NO);
 }
 
 static void t_hex(void)
@@ -326,6 +398,7 @@ int main(void)
     t_plain_only();
     t_cacheability();
     t_raw();
+    t_model_in_key();
     t_hex();
     return TEST_DONE("test_cache_key");
 }

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char s_dir[256];
@@ -201,6 +202,96 @@ static void t_corrupt_and_foreign(void)
     ab_l3_close(&l3);
 }
 
+static void s_fresh(char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/cache.mdb-lock", s_dir);
+    unlink(path);
+    snprintf(path, cap, "%s/cache.mdb", s_dir);
+    unlink(path);
+}
+
+static void s_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f);
+    REQUIRE(len == 0 || fwrite(data, 1, len, f) == len);
+    fclose(f);
+}
+
+/* Issue 11: a file cut short made every start die with SIGBUS (LMDB maps
+ * it and trusts its meta pages). It is found before the map, moved aside,
+ * and an empty L3 is used. Also an empty file and a file of garbage. */
+static void t_truncated_empty_garbage(void)
+{
+    char path[400];
+    s_fresh(path, sizeof path);
+    int before = s_count_prefix("cache.mdb.bad-");
+    ab_l3_t *l3 = ab_l3_open(s_dir, 8 << 20);
+    REQUIRE(l3);
+    static uint8_t val[3000];
+    for (uint64_t i = 1; i <= 400; i++) { /* ~1.2 MB: many pages */
+        memset(val, (int)i, sizeof val);
+        memcpy(val, &i, 8);
+        ab_l3_item_t it = {s_k(i), 1000000, val, sizeof val};
+        REQUIRE(ab_l3_put_batch(l3, &it, 1, 0) == 0);
+    }
+    ab_l3_close(&l3);
+    struct stat st;
+    REQUIRE(stat(path, &st) == 0 && st.st_size > (1 << 20));
+    /* Cut to a third: the meta pages still claim every page. */
+    REQUIRE(truncate(path, st.st_size / 3) == 0);
+    l3 = ab_l3_open(s_dir, 8 << 20); /* before the fix: SIGBUS here or on a read */
+    REQUIRE(l3);
+    CHECK_EQ(s_count_prefix("cache.mdb.bad-"), before + 1);
+    for (uint64_t i = 1; i <= 400; i += 37)
+        CHECK_TRUE(!s_has(l3, i, 0)); /* empty, and every read is safe */
+    uint64_t one = 1;
+    ab_l3_item_t it = {s_k(1), 1000000, (const uint8_t *)&one, 8};
+    CHECK_EQ(ab_l3_put_batch(l3, &it, 1, 0), 0); /* and it caches again */
+    CHECK_TRUE(s_has(l3, 1, 0));
+    ab_l3_close(&l3);
+    /* Cut inside the second meta page. */
+    REQUIRE(stat(path, &st) == 0);
+    REQUIRE(truncate(path, 4096 + 64) == 0);
+    l3 = ab_l3_open(s_dir, 8 << 20);
+    REQUIRE(l3);
+    CHECK_EQ(s_count_prefix("cache.mdb.bad-"), before + 2);
+    CHECK_TRUE(!s_has(l3, 1, 0));
+    ab_l3_close(&l3);
+    /* Zero length: LMDB initialises it; nothing to move aside. */
+    s_fresh(path, sizeof path);
+    s_write_file(path, "", 0);
+    l3 = ab_l3_open(s_dir, 8 << 20);
+    REQUIRE(l3);
+    CHECK_EQ(s_count_prefix("cache.mdb.bad-"), before + 2);
+    CHECK_EQ(ab_l3_put_batch(l3, &it, 1, 0), 0);
+    CHECK_TRUE(s_has(l3, 1, 0));
+    ab_l3_close(&l3);
+    /* Garbage shorter than a page, and a page of garbage with LMDB's magic
+     * but an absurd page size. */
+    s_fresh(path, sizeof path);
+    s_write_file(path, "garbage", 7);
+    l3 = ab_l3_open(s_dir, 8 << 20);
+    REQUIRE(l3);
+    CHECK_EQ(s_count_prefix("cache.mdb.bad-"), before + 3);
+    ab_l3_close(&l3);
+    s_fresh(path, sizeof path);
+    static uint8_t page[8192];
+    for (size_t i = 0; i < sizeof page; i++)
+        page[i] = (uint8_t)t_rand();
+    page[10] = 0x08; /* P_META */
+    page[11] = 0;
+    const uint8_t magic[8] = {0xde, 0xc0, 0xef, 0xbe, 1, 0, 0, 0};
+    memcpy(page + 16, magic, 8);
+    memcpy(page + 40, "\x01\x03\x00\x00", 4); /* 769: not a power of two */
+    s_write_file(path, page, sizeof page);
+    l3 = ab_l3_open(s_dir, 8 << 20);
+    REQUIRE(l3);
+    CHECK_EQ(s_count_prefix("cache.mdb.bad-"), before + 4);
+    CHECK_TRUE(!s_has(l3, 1, 0));
+    ab_l3_close(&l3);
+}
+
 int main(void)
 {
     snprintf(s_dir, sizeof s_dir, "/tmp/ab-test-l3-XXXXXX");
@@ -210,6 +301,7 @@ int main(void)
     t_expiry_and_reopen();
     t_writer_thread();
     t_corrupt_and_foreign();
+    t_truncated_empty_garbage();
     s_rm_dir();
     return TEST_DONE("test_cache_lmdb");
 }

@@ -20,8 +20,7 @@ json_t *ab_cache_json(const Agentbus__CacheStats *cs)
     json_t *tiers = json_array();
     for (size_t i = 0; i < cs->n_tiers; i++) {
         const Agentbus__CacheTier *t = cs->tiers[i];
-        json_array_append_new(
-            tiers, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+        json_t *tj = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                              "name", t->name, "state", t->state, "hits", (json_int_t)t->hits,
                              "misses", (json_int_t)t->misses, "stores", (json_int_t)t->stores,
                              "bytes", (json_int_t)t->bytes, "max_bytes",
@@ -29,13 +28,25 @@ json_t *ab_cache_json(const Agentbus__CacheStats *cs)
                              "evictions", (json_int_t)t->evictions, "expired",
                              (json_int_t)t->expired, "lookup_p50_ns",
                              (json_int_t)t->lookup_p50_ns, "lookup_p99_ns",
-                             (json_int_t)t->lookup_p99_ns));
+                             (json_int_t)t->lookup_p99_ns);
+        if (tj && strcmp(t->name, "l1") != 0) /* writes the tier's thread could not make */
+            json_object_set_new(tj, "dropped", json_integer((json_int_t)t->dropped));
+        if (tj && strcmp(t->name, "l2") == 0) { /* the breaker at work (issue 11) */
+            json_object_set_new(tj, "skipped", json_integer((json_int_t)t->skipped));
+            json_object_set_new(tj, "lookups", json_integer((json_int_t)t->lookups));
+            json_object_set_new(tj, "sent", json_integer((json_int_t)t->sent));
+        }
+        json_array_append_new(tiers, tj);
     }
-    return json_pack("{s:o, s:I, s:I, s:I, s:I, s:I}", "tiers", tiers, "coalesced",
-                     (json_int_t)cs->coalesced, "redispatched", (json_int_t)cs->redispatched,
-                     "in_flight", (json_int_t)cs->in_flight, "uncacheable",
-                     (json_int_t)cs->uncacheable, "stores_skipped",
-                     (json_int_t)cs->stores_skipped);
+    json_t *j = json_pack("{s:o, s:I, s:I, s:I, s:I, s:I}", "tiers", tiers, "coalesced",
+                          (json_int_t)cs->coalesced, "redispatched", (json_int_t)cs->redispatched,
+                          "in_flight", (json_int_t)cs->in_flight, "uncacheable",
+                          (json_int_t)cs->uncacheable, "stores_skipped",
+                          (json_int_t)cs->stores_skipped);
+    if (j)
+        json_object_set_new(j, "key_not_decompressed",
+                            json_integer((json_int_t)cs->key_not_decompressed));
+    return j;
 }
 
 void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
@@ -61,6 +72,18 @@ void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
             (unsigned long long)cs->coalesced, (unsigned long long)cs->redispatched,
             (unsigned long long)cs->in_flight, (unsigned long long)cs->uncacheable,
             (unsigned long long)cs->stores_skipped);
+    fprintf(out, "keyed compressed (over cache-key-decompress-max-bytes) %llu\n",
+            (unsigned long long)cs->key_not_decompressed);
+    for (size_t i = 0; i < cs->n_tiers; i++)
+        if (strcmp(cs->tiers[i]->name, "l1") != 0)
+            fprintf(out, "%s writes dropped %llu\n", cs->tiers[i]->name,
+                    (unsigned long long)cs->tiers[i]->dropped);
+    for (size_t i = 0; i < cs->n_tiers; i++)
+        if (strcmp(cs->tiers[i]->name, "l2") == 0)
+            fprintf(out, "l2 lookups %llu   skipped (breaker open) %llu   GETs sent to redis %llu\n",
+                    (unsigned long long)cs->tiers[i]->lookups,
+                    (unsigned long long)cs->tiers[i]->skipped,
+                    (unsigned long long)cs->tiers[i]->sent);
 }
 
 static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
