@@ -40,6 +40,7 @@ static int s_rid_cmp(const void *a, const void *b)
 static void s_peer_free(void **item)
 {
     ab_batching_peer_free(NULL, *item);
+    ab_idmap_fini(&((ab_peer_t *)*item)->reqs_by_id);
     free(*item);
     *item = NULL;
 }
@@ -174,10 +175,10 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     AB_LOG(peer->worker ? AB_LOG_INFO : AB_LOG_DEBUG, "peer %s (%s%s%s) dropped: %s", peer->key,
            peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
     ab_directory_forget(b, &peer->rid);
+    int agent = !peer->worker;
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
-    else if (peer->requests)
-        ab_cancel_client_gone(b, &peer->rid); /* frees their workers' slots */
+    ab_cancel_client_gone(b, peer, agent); /* frees their workers' slots */
     ab_msgs_peer_gone(b, peer);
     ab_batching_peer_free(b, peer);
     zhashx_delete(b->peers, &peer->rid);
@@ -408,6 +409,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     if (p) {
         p->in_flight++;
         r->client_counted = 1;
+        ab_client_track(p, r); /* CANCEL and departure find it (placement.c) */
     }
     ab_heap_push(b, r);
     if (r->cache && ab_cache_join(b, r))

@@ -60,6 +60,8 @@ typedef struct {
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
     uint32_t features;       /* AB_FEATURE_* from its HELLO or REGISTER */
     struct ab_outq *out;     /* batching state (batching.c), NULL until used */
+    struct ab_req *reqs;     /* its requests as a client (placement.c): for departure */
+    ab_idmap_t reqs_by_id;   /* client id -> its newest request with that id: CANCEL */
 } ab_peer_t;
 
 typedef enum {
@@ -92,6 +94,8 @@ typedef struct ab_req {
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
     uint64_t original_size;     /* of an lz4 payload, forwarded with it */
     struct ab_cache_req *cache; /* cacheable requests only (cache.h) */
+    ab_peer_t *owner;           /* its client's peer while it may cancel it (placement.c) */
+    struct ab_req *cprev, *cnext; /* in owner->reqs */
 } ab_req_t;
 
 struct ab_worker_rec {

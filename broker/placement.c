@@ -224,17 +224,50 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
     ab_send(b, &r->worker->peer->rid, &h, NULL);
 }
 
-static int s_rid_eq(const ab_rid_t *a, const ab_rid_t *b)
+/* --- each client's own requests -------------------------------------------
+ * A CANCEL names the client's id, and a client that leaves takes all its
+ * requests with it: both go through the client's own index instead of a
+ * scan of everything the broker holds (0.6 ms per CANCEL with 200k pending
+ * before; one lookup now). The map holds the newest request per client id
+ * (ids are the client's to choose; the library never reuses one while it is
+ * in flight); the list holds them all, so departure misses none. */
+void ab_client_track(ab_peer_t *p, ab_req_t *r)
 {
-    return a->len == b->len && memcmp(a->bytes, b->bytes, a->len) == 0;
+    r->owner = p;
+    r->cprev = NULL;
+    r->cnext = p->reqs;
+    if (p->reqs)
+        p->reqs->cprev = r;
+    p->reqs = r;
+    /* Out of memory: R is still cancelled when its client leaves. */
+    (void)ab_idmap_put(&p->reqs_by_id, r->client_id, r);
+}
+
+void ab_client_untrack(ab_req_t *r)
+{
+    ab_peer_t *p = r->owner;
+    if (!p)
+        return;
+    if (r->cprev)
+        r->cprev->cnext = r->cnext;
+    else
+        p->reqs = r->cnext;
+    if (r->cnext)
+        r->cnext->cprev = r->cprev;
+    if (ab_idmap_get(&p->reqs_by_id, r->client_id) == r)
+        ab_idmap_del(&p->reqs_by_id, r->client_id);
+    r->owner = NULL;
+    r->cprev = r->cnext = NULL;
 }
 
 /* Forgets FOUND for its client: dropped if queued, else orphaned and its
- * worker told to stop. */
+ * worker told to stop. Either way it leaves its client's index. */
 static void s_cancel(ab_broker_t *b, ab_req_t *found)
 {
-    if (found->state == AB_REQ_ORPHANED)
+    if (found->state == AB_REQ_ORPHANED) {
+        ab_client_untrack(found);
         return;
+    }
     found->service->errors++;
     if (found->state == AB_REQ_QUEUED || found->state == AB_REQ_WAITING) {
         ab_req_free(b, found);
@@ -242,6 +275,7 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
     }
     /* Dispatched: the worker keeps the credit until it answers (CANCELLED,
      * dropped as for any orphan), so the slot is not offered twice. */
+    ab_client_untrack(found);
     found->state = AB_REQ_ORPHANED;
     if (found->has_payload) {
         zmq_msg_close(&found->payload);
@@ -253,30 +287,21 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
 
 void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
 {
-    /* Rare (a client gave up): a scan of what the broker holds is cheaper
-     * than keeping a second index on every request. */
-    for (size_t i = 0; i < b->pending.cap; i++) {
-        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
-        if (r && r->client_id == client_id && s_rid_eq(&r->client, client)) {
-            s_cancel(b, r);
-            return;
-        }
-    }
+    ab_peer_t *p = ab_peer_lookup(b, client);
+    ab_req_t *r = p ? ab_idmap_get(&p->reqs_by_id, client_id) : NULL;
+    if (r && r->state != AB_REQ_ORPHANED) /* an orphan's client has its answer */
+        s_cancel(b, r);
 }
 
-void ab_cancel_client_gone(ab_broker_t *b, const ab_rid_t *client)
+void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
 {
-    /* Collect first: s_cancel may free entries of the table being scanned. */
-    ab_req_t *mine[256];
-    size_t n;
-    do {
-        n = 0;
-        for (size_t i = 0; i < b->pending.cap && n < 256; i++) {
-            ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
-            if (r && r->state != AB_REQ_ORPHANED && s_rid_eq(&r->client, client))
-                mine[n++] = r;
-        }
-        for (size_t i = 0; i < n; i++)
-            s_cancel(b, mine[i]);
-    } while (n == 256);
+    /* Each turn takes the head off the list (s_cancel frees or orphans it,
+     * and either unlinks it), whatever else the cancel changes. */
+    while (p->reqs) {
+        if (cancel)
+            s_cancel(b, p->reqs);
+        else
+            ab_client_untrack(p->reqs);
+    }
+    ab_idmap_fini(&p->reqs_by_id);
 }
