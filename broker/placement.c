@@ -56,6 +56,76 @@ void ab_placement_forget(ab_worker_rec_t *w)
     w->inference = NULL;
 }
 
+/* --- what a REGISTER may make the broker keep ---------------------------------
+ * A worker's labels and inference state live as long as it does (and come
+ * again with each re-registration), so each has a bound in bytes and in
+ * count: a count matters apart from bytes, since an empty entry costs two
+ * bytes on the wire and a hundred unpacked. */
+static int s_str_bad(const char *s, size_t max)
+{
+    return s && strlen(s) > max;
+}
+
+static int s_inference_bad(const ab_broker_config_t *cfg, const Agentbus__InferenceState *st)
+{
+    size_t max = cfg->register_max_string_bytes;
+    if (st->n_models > (size_t)cfg->register_max_models ||
+        st->n_loaded > (size_t)cfg->register_max_models ||
+        st->n_gpus > (size_t)cfg->register_max_models)
+        return 1;
+    if (s_str_bad(st->backend_url, max) || s_str_bad(st->backend_version, max))
+        return 1;
+    for (size_t i = 0; i < st->n_models; i++) {
+        const Agentbus__ModelInfo *x = st->models[i];
+        if (s_str_bad(x->name, max) || s_str_bad(x->digest, max) || s_str_bad(x->family, max) ||
+            s_str_bad(x->parameter_size, max) || s_str_bad(x->quantization_level, max))
+            return 1;
+    }
+    for (size_t i = 0; i < st->n_loaded; i++) {
+        const Agentbus__LoadedModel *x = st->loaded[i];
+        if (s_str_bad(x->name, max) || s_str_bad(x->digest, max) || s_str_bad(x->expires_at, max))
+            return 1;
+    }
+    for (size_t i = 0; i < st->n_gpus; i++)
+        if (s_str_bad(st->gpus[i]->name, max))
+            return 1;
+    return 0;
+}
+
+int ab_register_check(const ab_broker_config_t *cfg, size_t size, const Agentbus__Register *m,
+                      char *why, size_t cap)
+{
+    if (size > cfg->register_max_bytes) {
+        snprintf(why, cap, "REGISTER of %zu bytes: over register-max-bytes (%zu)", size,
+                 cfg->register_max_bytes);
+        return -1;
+    }
+    if (!m)
+        return 0;
+    size_t max = cfg->register_max_string_bytes;
+    if (m->n_labels > (size_t)cfg->register_max_labels) {
+        snprintf(why, cap, "REGISTER with %zu labels: over register-max-labels (%ld)",
+                 m->n_labels, cfg->register_max_labels);
+        return -1;
+    }
+    for (size_t i = 0; i < m->n_labels; i++)
+        if (s_str_bad(m->labels[i]->key, max) || s_str_bad(m->labels[i]->value, max)) {
+            snprintf(why, cap, "REGISTER label %zu: key or value over "
+                     "register-max-string-bytes (%zu)", i, max);
+            return -1;
+        }
+    if (s_str_bad(m->name, max)) {
+        snprintf(why, cap, "REGISTER name over register-max-string-bytes (%zu)", max);
+        return -1;
+    }
+    if (m->inference && s_inference_bad(cfg, m->inference)) {
+        snprintf(why, cap, "REGISTER inference state over register-max-models (%ld) or "
+                 "register-max-string-bytes (%zu)", cfg->register_max_models, max);
+        return -1;
+    }
+    return 0;
+}
+
 /* Ollama names "llama3" and "llama3:latest" are the same model. */
 static int s_model_eq(const char *a, const char *b)
 {
@@ -289,8 +359,10 @@ void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t clie
 {
     ab_peer_t *p = ab_peer_lookup(b, client);
     ab_req_t *r = p ? ab_idmap_get(&p->reqs_by_id, client_id) : NULL;
-    if (r && r->state != AB_REQ_ORPHANED) /* an orphan's client has its answer */
+    if (r && r->state != AB_REQ_ORPHANED) { /* an orphan's client has its answer */
+        b->c.cancelled++;
         s_cancel(b, r);
+    }
 }
 
 void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
@@ -298,9 +370,10 @@ void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
     /* Each turn takes the head off the list (s_cancel frees or orphans it,
      * and either unlinks it), whatever else the cancel changes. */
     while (p->reqs) {
-        if (cancel)
+        if (cancel) {
+            b->c.cancelled_on_leave += p->reqs->state != AB_REQ_ORPHANED;
             s_cancel(b, p->reqs);
-        else
+        } else
             ab_client_untrack(p->reqs);
     }
     ab_idmap_fini(&p->reqs_by_id);

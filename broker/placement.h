@@ -26,6 +26,12 @@ struct ab_route {
 int ab_route_init(ab_req_t *r, const ab_header_t *h);
 void ab_route_free(ab_req_t *r);
 
+/* Checks a REGISTER against the register-max-* limits of CFG: its payload
+ * SIZE (before unpacking: call with M NULL), then M's labels, name and
+ * inference state. 0, or -1 with a text for the peer in WHY (CAP bytes). */
+int ab_register_check(const ab_broker_config_t *cfg, size_t size,
+                      const struct Agentbus__Register *m, char *why, size_t cap);
+
 /* Replaces W's inference state with ST (ownership taken; NULL clears). */
 void ab_placement_update(ab_worker_rec_t *w, struct Agentbus__InferenceState *st);
 /* Frees W's placement data (the worker record is going away). */
