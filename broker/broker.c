@@ -40,6 +40,7 @@ static int s_rid_cmp(const void *a, const void *b)
 static void s_peer_free(void **item)
 {
     ab_batching_peer_free(NULL, *item);
+    ab_idmap_fini(&((ab_peer_t *)*item)->reqs_by_id);
     free(*item);
     *item = NULL;
 }
@@ -174,10 +175,10 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     AB_LOG(peer->worker ? AB_LOG_INFO : AB_LOG_DEBUG, "peer %s (%s%s%s) dropped: %s", peer->key,
            peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
     ab_directory_forget(b, &peer->rid);
+    int agent = !peer->worker;
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
-    else if (peer->requests)
-        ab_cancel_client_gone(b, &peer->rid); /* frees their workers' slots */
+    ab_cancel_client_gone(b, peer, agent); /* frees their workers' slots */
     ab_msgs_peer_gone(b, peer);
     ab_batching_peer_free(b, peer);
     zhashx_delete(b->peers, &peer->rid);
@@ -261,6 +262,20 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
         ab_mailbox_on_hello(b, p, claim, takeover, instance, in->h.id, in->now);
 }
 
+/* A REGISTER over a limit: answered CODE, counted; nothing of it is kept
+ * (a first one leaves P a plain agent). */
+static void s_register_refuse(ab_broker_t *b, s_in_t *in, ab_peer_t *p, uint32_t code,
+                              const char *why)
+{
+    b->c.registers_refused++;
+    AB_COUNT_ERROR(b, code);
+    if (!p->worker)
+        p->role = AB_ROLE_AGENT;
+    AB_LOG_RL(&b->rl, ab_hash_bytes(in->rid.bytes, in->rid.len) ^ 0x7e61, in->now, AB_LOG_WARN,
+              "REGISTER from %s refused: %s", p->key, why);
+    ab_send_error(b, &in->rid, in->h.id, code, why);
+}
+
 static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
 {
     char name[AB_NAME_MAX];
@@ -270,15 +285,28 @@ static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fra
         return;
     }
     Agentbus__Register *m = NULL;
+    char why[160];
+    if (ab_register_check(b->cfg, pl->size, NULL, why, sizeof why) != 0) {
+        s_register_refuse(b, in, p, AB_ERR_TOO_LARGE, why);
+        return;
+    }
     if (pl->size && !(m = agentbus__register__unpack(NULL, pl->size, pl->data))) {
         s_reject(b, in, AB_EDECODE, 2);
+        return;
+    }
+    if (m && ab_register_check(b->cfg, pl->size, m, why, sizeof why) != 0) {
+        agentbus__register__free_unpacked(m, NULL);
+        s_register_refuse(b, in, p, AB_ERR_TOO_LARGE, why);
         return;
     }
     ab_service_t *s = ab_service_get(b, name, 1);
     if (!s) {
         if (m)
             agentbus__register__free_unpacked(m, NULL);
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
+        if (zhashx_size(b->services) >= (size_t)b->cfg->max_services)
+            s_register_refuse(b, in, p, AB_ERR_BUSY, "too many services (max-services)");
+        else
+            ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
     /* Inference workers register again whenever their models or slots
@@ -405,9 +433,11 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
+    ab_service_hold(b, r); /* a service is not idle while a request names it */
     if (p) {
         p->in_flight++;
         r->client_counted = 1;
+        ab_client_track(p, r); /* CANCEL and departure find it (placement.c) */
     }
     ab_heap_push(b, r);
     if (r->cache && ab_cache_join(b, r))
@@ -432,7 +462,7 @@ static void s_forward(ab_broker_t *b, s_in_t *in, ab_req_t *r)
 static void s_count_final(ab_broker_t *b, s_in_t *in, ab_req_t *r)
 {
     ab_service_t *s = r->service;
-    ab_hist_record(&s->latency_us, ab_now_us() - r->start_us);
+    ab_service_latency(s, ab_now_us() - r->start_us);
     if (in->h.kind == AB_KIND_ERROR) {
         s->errors++;
         AB_COUNT_ERROR(b, in->h.error_code);
@@ -760,6 +790,7 @@ static void s_timers(ab_broker_t *b, int64_t now)
     }
     if (now >= b->next_sweep_ms) {
         s_sweep_peers(b, now);
+        ab_service_expire_idle(b, now);
         ab_health_tick(b, now);
         ab_stats_tick(b, now);
         b->next_sweep_ms = now + AB_SWEEP_MS;

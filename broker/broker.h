@@ -60,6 +60,8 @@ typedef struct {
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
     uint32_t features;       /* AB_FEATURE_* from its HELLO or REGISTER */
     struct ab_outq *out;     /* batching state (batching.c), NULL until used */
+    struct ab_req *reqs;     /* its requests as a client (placement.c): for departure */
+    ab_idmap_t reqs_by_id;   /* client id -> its newest request with that id: CANCEL */
 } ab_peer_t;
 
 typedef enum {
@@ -92,6 +94,9 @@ typedef struct ab_req {
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
     uint64_t original_size;     /* of an lz4 payload, forwarded with it */
     struct ab_cache_req *cache; /* cacheable requests only (cache.h) */
+    ab_peer_t *owner;           /* its client's peer while it may cancel it (placement.c) */
+    uint8_t holds_service;      /* counted in service->held (ab_service_hold) */
+    struct ab_req *cprev, *cnext; /* in owner->reqs */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -115,7 +120,11 @@ struct ab_service {
     ab_req_t *q_head, *q_tail;
     uint32_t q_len;
     uint64_t requests, replies, errors;
-    ab_hist_t latency_us;
+    ab_hist_t *latency_us;  /* NULL until its first answer: 9 KB an unused name does not cost */
+    uint32_t held;          /* pending requests naming it: while > 0 it is not idle */
+    int64_t idle_since_ms;  /* on the idle list since (no worker, nothing held) */
+    struct ab_service *idle_prev, *idle_next; /* b->idle_head: oldest idle first */
+    uint8_t idle;           /* on that list */
 };
 
 typedef struct {
@@ -134,6 +143,10 @@ typedef struct {
     /* batching.c */
     uint64_t batches_in, batched_msgs_in, batches_out, batched_msgs_out, batch_malformed;
     uint64_t lz4_msgs, lz4_wire_bytes, lz4_original_bytes, lz4_skipped;
+    /* issue 11: state a peer makes the broker keep */
+    uint64_t cancelled, cancelled_on_leave; /* by CANCEL; because the client left */
+    uint64_t registers_refused;             /* REGISTER over a register-max-* limit */
+    uint64_t services_expired, services_refused; /* idle ones removed; max-services */
 } ab_counters_t;
 
 typedef struct {
@@ -165,6 +178,7 @@ typedef struct {
     size_t ndirty, dirty_cap;
     uint64_t oldest_gathered_us; /* 0: nothing gathered */
     struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
+    ab_service_t *idle_head, *idle_tail; /* services with no worker and nothing held */
 } ab_broker_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value). */
@@ -204,7 +218,19 @@ void ab_req_client_done(ab_broker_t *b, ab_req_t *r);
 void ab_req_destroy(ab_req_t *r);
 
 /* service.c */
+/* The service NAME; with CREATE, made when absent. NULL when absent (and
+ * not CREATE), out of memory, or at max-services with no idle service to
+ * make room (counted in services_refused). */
 ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create);
+/* Request R (pending now) names its service: the service is not idle while
+ * any does. ab_service_release undoes it (from ab_req_free). */
+void ab_service_hold(ab_broker_t *b, ab_req_t *r);
+void ab_service_release(ab_broker_t *b, ab_req_t *r);
+/* Records a latency sample of S (its histogram is allocated on the first). */
+void ab_service_latency(ab_service_t *s, uint64_t us);
+/* Removes services idle (no worker, no request) for service-idle-ms, a
+ * bounded number per call; nothing during the startup grace. */
+void ab_service_expire_idle(ab_broker_t *b, int64_t now);
 void ab_service_free(void **item);
 /* 1 if S may take one more request (its queue and the broker's total are
  * under their bounds), else 0: the caller answers BUSY. */

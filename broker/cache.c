@@ -314,7 +314,7 @@ static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, 
         c->l3_hits++;
         s->replies++;
         b->c.replies++;
-        ab_hist_record(&s->latency_us, 0);
+        ab_service_latency(s, 0);
     } else {
         c->l3_misses++;
     }
@@ -395,7 +395,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
             ab_hist_record(&c->l1_serve_ns, ab_now_ns() - t_in);
             s->replies++;
             b->c.replies++;
-            ab_hist_record(&s->latency_us, 0);
+            ab_service_latency(s, 0);
             return 1;
         }
         if (hit)
@@ -525,7 +525,7 @@ static void s_flight_end(ab_broker_t *b, s_flight_t *f, const ab_header_t *h,
                 s->errors++;
                 AB_COUNT_ERROR(b, h->error_code);
             }
-            ab_hist_record(&s->latency_us, now - r->start_us);
+            ab_service_latency(s, now - r->start_us);
         }
         ab_req_free(b, r);
     }
@@ -695,7 +695,7 @@ static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len
             s_replay(b, &x->client, x->client_id, val, len);
             x->service->replies++;
             b->c.replies++;
-            ab_hist_record(&x->service->latency_us, now - x->start_us);
+            ab_service_latency(x->service, now - x->start_us);
         }
         ab_req_free(b, x);
     }

@@ -112,6 +112,22 @@ static const s_option_t s_options[] = {
      1L << 30, "64K",
      "an lz4 request declaring up to this size is decompressed on the broker's thread to "
      "compute its cache key; a larger one is keyed on its compressed bytes (marked only)"},
+    {"service-idle-ms", OPT_LONG, OFF(service_idle_ms), 0, 86400000, "60000",
+     "a service with no worker and no request is removed after this long (never during "
+     "the startup grace); later requests to it get NO_SERVICE"},
+    {"max-services", OPT_LONG, OFF(max_services), 1, 10000000, "10000",
+     "services at once; a new name then removes the oldest idle service, or is refused "
+     "(REGISTER: ERROR(BUSY))"},
+    {"register-max-bytes", OPT_SIZE, OFF(register_max_bytes), 1024, 64L << 20, "256K",
+     "largest REGISTER payload (labels, inference state); larger: ERROR(TOO_LARGE)"},
+    {"register-max-labels", OPT_LONG, OFF(register_max_labels), 0, 100000, "64",
+     "labels one worker may register; more: ERROR(TOO_LARGE)"},
+    {"register-max-string-bytes", OPT_SIZE, OFF(register_max_string_bytes), 16, 1L << 20, "1K",
+     "longest label key or value, worker name or inference-state string; longer: "
+     "ERROR(TOO_LARGE)"},
+    {"register-max-models", OPT_LONG, OFF(register_max_models), 0, 1000000, "1024",
+     "models, loaded models and GPUs (each) in a REGISTER's inference state; more: "
+     "ERROR(TOO_LARGE)"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

@@ -62,6 +62,13 @@ typedef struct {
     char *cache_redis;            /* "host:port"; "" = no L2 cache */
     long cache_l2_timeout_ms;
     size_t cache_key_decompress_max_bytes; /* lz4 requests larger are keyed compressed */
+    /* issue 11: state a peer makes the broker keep */
+    long service_idle_ms;            /* a service with no worker and no request goes after */
+    long max_services;               /* services at once; beyond: REGISTER refused BUSY */
+    size_t register_max_bytes;       /* a REGISTER payload; larger: refused TOO_LARGE */
+    long register_max_labels;        /* labels of one worker */
+    size_t register_max_string_bytes; /* each label key/value, name, inference string */
+    long register_max_models;        /* models, loaded models, GPUs (each) in its state */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

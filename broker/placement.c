@@ -56,6 +56,76 @@ void ab_placement_forget(ab_worker_rec_t *w)
     w->inference = NULL;
 }
 
+/* --- what a REGISTER may make the broker keep ---------------------------------
+ * A worker's labels and inference state live as long as it does (and come
+ * again with each re-registration), so each has a bound in bytes and in
+ * count: a count matters apart from bytes, since an empty entry costs two
+ * bytes on the wire and a hundred unpacked. */
+static int s_str_bad(const char *s, size_t max)
+{
+    return s && strlen(s) > max;
+}
+
+static int s_inference_bad(const ab_broker_config_t *cfg, const Agentbus__InferenceState *st)
+{
+    size_t max = cfg->register_max_string_bytes;
+    if (st->n_models > (size_t)cfg->register_max_models ||
+        st->n_loaded > (size_t)cfg->register_max_models ||
+        st->n_gpus > (size_t)cfg->register_max_models)
+        return 1;
+    if (s_str_bad(st->backend_url, max) || s_str_bad(st->backend_version, max))
+        return 1;
+    for (size_t i = 0; i < st->n_models; i++) {
+        const Agentbus__ModelInfo *x = st->models[i];
+        if (s_str_bad(x->name, max) || s_str_bad(x->digest, max) || s_str_bad(x->family, max) ||
+            s_str_bad(x->parameter_size, max) || s_str_bad(x->quantization_level, max))
+            return 1;
+    }
+    for (size_t i = 0; i < st->n_loaded; i++) {
+        const Agentbus__LoadedModel *x = st->loaded[i];
+        if (s_str_bad(x->name, max) || s_str_bad(x->digest, max) || s_str_bad(x->expires_at, max))
+            return 1;
+    }
+    for (size_t i = 0; i < st->n_gpus; i++)
+        if (s_str_bad(st->gpus[i]->name, max))
+            return 1;
+    return 0;
+}
+
+int ab_register_check(const ab_broker_config_t *cfg, size_t size, const Agentbus__Register *m,
+                      char *why, size_t cap)
+{
+    if (size > cfg->register_max_bytes) {
+        snprintf(why, cap, "REGISTER of %zu bytes: over register-max-bytes (%zu)", size,
+                 cfg->register_max_bytes);
+        return -1;
+    }
+    if (!m)
+        return 0;
+    size_t max = cfg->register_max_string_bytes;
+    if (m->n_labels > (size_t)cfg->register_max_labels) {
+        snprintf(why, cap, "REGISTER with %zu labels: over register-max-labels (%ld)",
+                 m->n_labels, cfg->register_max_labels);
+        return -1;
+    }
+    for (size_t i = 0; i < m->n_labels; i++)
+        if (s_str_bad(m->labels[i]->key, max) || s_str_bad(m->labels[i]->value, max)) {
+            snprintf(why, cap, "REGISTER label %zu: key or value over "
+                     "register-max-string-bytes (%zu)", i, max);
+            return -1;
+        }
+    if (s_str_bad(m->name, max)) {
+        snprintf(why, cap, "REGISTER name over register-max-string-bytes (%zu)", max);
+        return -1;
+    }
+    if (m->inference && s_inference_bad(cfg, m->inference)) {
+        snprintf(why, cap, "REGISTER inference state over register-max-models (%ld) or "
+                 "register-max-string-bytes (%zu)", cfg->register_max_models, max);
+        return -1;
+    }
+    return 0;
+}
+
 /* Ollama names "llama3" and "llama3:latest" are the same model. */
 static int s_model_eq(const char *a, const char *b)
 {
@@ -224,17 +294,50 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
     ab_send(b, &r->worker->peer->rid, &h, NULL);
 }
 
-static int s_rid_eq(const ab_rid_t *a, const ab_rid_t *b)
+/* --- each client's own requests -------------------------------------------
+ * A CANCEL names the client's id, and a client that leaves takes all its
+ * requests with it: both go through the client's own index instead of a
+ * scan of everything the broker holds (0.6 ms per CANCEL with 200k pending
+ * before; one lookup now). The map holds the newest request per client id
+ * (ids are the client's to choose; the library never reuses one while it is
+ * in flight); the list holds them all, so departure misses none. */
+void ab_client_track(ab_peer_t *p, ab_req_t *r)
 {
-    return a->len == b->len && memcmp(a->bytes, b->bytes, a->len) == 0;
+    r->owner = p;
+    r->cprev = NULL;
+    r->cnext = p->reqs;
+    if (p->reqs)
+        p->reqs->cprev = r;
+    p->reqs = r;
+    /* Out of memory: R is still cancelled when its client leaves. */
+    (void)ab_idmap_put(&p->reqs_by_id, r->client_id, r);
+}
+
+void ab_client_untrack(ab_req_t *r)
+{
+    ab_peer_t *p = r->owner;
+    if (!p)
+        return;
+    if (r->cprev)
+        r->cprev->cnext = r->cnext;
+    else
+        p->reqs = r->cnext;
+    if (r->cnext)
+        r->cnext->cprev = r->cprev;
+    if (ab_idmap_get(&p->reqs_by_id, r->client_id) == r)
+        ab_idmap_del(&p->reqs_by_id, r->client_id);
+    r->owner = NULL;
+    r->cprev = r->cnext = NULL;
 }
 
 /* Forgets FOUND for its client: dropped if queued, else orphaned and its
- * worker told to stop. */
+ * worker told to stop. Either way it leaves its client's index. */
 static void s_cancel(ab_broker_t *b, ab_req_t *found)
 {
-    if (found->state == AB_REQ_ORPHANED)
+    if (found->state == AB_REQ_ORPHANED) {
+        ab_client_untrack(found);
         return;
+    }
     found->service->errors++;
     if (found->state == AB_REQ_QUEUED || found->state == AB_REQ_WAITING) {
         ab_req_free(b, found);
@@ -242,6 +345,7 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
     }
     /* Dispatched: the worker keeps the credit until it answers (CANCELLED,
      * dropped as for any orphan), so the slot is not offered twice. */
+    ab_client_untrack(found);
     found->state = AB_REQ_ORPHANED;
     if (found->has_payload) {
         zmq_msg_close(&found->payload);
@@ -253,30 +357,24 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
 
 void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
 {
-    /* Rare (a client gave up): a scan of what the broker holds is cheaper
-     * than keeping a second index on every request. */
-    for (size_t i = 0; i < b->pending.cap; i++) {
-        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
-        if (r && r->client_id == client_id && s_rid_eq(&r->client, client)) {
-            s_cancel(b, r);
-            return;
-        }
+    ab_peer_t *p = ab_peer_lookup(b, client);
+    ab_req_t *r = p ? ab_idmap_get(&p->reqs_by_id, client_id) : NULL;
+    if (r && r->state != AB_REQ_ORPHANED) { /* an orphan's client has its answer */
+        b->c.cancelled++;
+        s_cancel(b, r);
     }
 }
 
-void ab_cancel_client_gone(ab_broker_t *b, const ab_rid_t *client)
+void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
 {
-    /* Collect first: s_cancel may free entries of the table being scanned. */
-    ab_req_t *mine[256];
-    size_t n;
-    do {
-        n = 0;
-        for (size_t i = 0; i < b->pending.cap && n < 256; i++) {
-            ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
-            if (r && r->state != AB_REQ_ORPHANED && s_rid_eq(&r->client, client))
-                mine[n++] = r;
-        }
-        for (size_t i = 0; i < n; i++)
-            s_cancel(b, mine[i]);
-    } while (n == 256);
+    /* Each turn takes the head off the list (s_cancel frees or orphans it,
+     * and either unlinks it), whatever else the cancel changes. */
+    while (p->reqs) {
+        if (cancel) {
+            b->c.cancelled_on_leave += p->reqs->state != AB_REQ_ORPHANED;
+            s_cancel(b, p->reqs);
+        } else
+            ab_client_untrack(p->reqs);
+    }
+    ab_idmap_fini(&p->reqs_by_id);
 }

@@ -26,6 +26,12 @@ struct ab_route {
 int ab_route_init(ab_req_t *r, const ab_header_t *h);
 void ab_route_free(ab_req_t *r);
 
+/* Checks a REGISTER against the register-max-* limits of CFG: its payload
+ * SIZE (before unpacking: call with M NULL), then M's labels, name and
+ * inference state. 0, or -1 with a text for the peer in WHY (CAP bytes). */
+int ab_register_check(const ab_broker_config_t *cfg, size_t size,
+                      const struct Agentbus__Register *m, char *why, size_t cap);
+
 /* Replaces W's inference state with ST (ownership taken; NULL clears). */
 void ab_placement_update(ab_worker_rec_t *w, struct Agentbus__InferenceState *st);
 /* Frees W's placement data (the worker record is going away). */
@@ -50,10 +56,21 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code);
 void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why);
 /* A client's CANCEL of its request CLIENT_ID: a queued request is dropped,
  * a dispatched one orphaned (its client has its answer already) and the
- * worker told to stop. Unknown ids are ignored (the answer crossed). */
+ * worker told to stop. Unknown ids are ignored (the answer crossed). O(1):
+ * one peer lookup and one lookup in the client's index. When a client has
+ * several requests with one id, the newest is the one cancelled. */
 void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id);
-/* The agent CLIENT is gone (BYE, heartbeat timeout): nobody waits for its
- * requests any more, so each is cancelled as above. */
-void ab_cancel_client_gone(ab_broker_t *b, const ab_rid_t *client);
+/* Peer P is gone (BYE, heartbeat timeout, disconnect): with CANCEL (an
+ * agent) nobody waits for its requests any more, so each is cancelled as
+ * above; without (a worker's own requests) they only leave its index.
+ * Either way P's index is emptied and freed: O(P's requests). */
+void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel);
+
+/* The client index (ab_peer_t.reqs, .reqs_by_id). R, now pending, is P's:
+ * call once, after R is in the pending table. */
+void ab_client_track(ab_peer_t *p, ab_req_t *r);
+/* R leaves its client's index (no-op when it is in none): from
+ * ab_req_free, and when R is orphaned by a cancel. */
+void ab_client_untrack(ab_req_t *r);
 
 #endif

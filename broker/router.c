@@ -89,6 +89,7 @@ void ab_req_client_done(ab_broker_t *b, ab_req_t *r)
 
 void ab_req_free(ab_broker_t *b, ab_req_t *r)
 {
+    ab_client_untrack(r);
     ab_req_client_done(b, r);
     if (r->cache)
         ab_cache_req_gone(b, r);
@@ -98,6 +99,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
         ab_worker_req_remove(r->worker, r);
     ab_heap_remove(b, r);
     ab_idmap_del(&b->pending, r->bid);
+    ab_service_release(b, r); /* it may be idle now (service.c) */
     ab_req_destroy(r);
 }
 

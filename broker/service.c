@@ -20,19 +20,82 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* --- service lifetime ----------------------------------------------------------
+ * A service lives while a worker serves it or a request names it. Once it
+ * has neither it goes on the idle list (oldest first) and is removed after
+ * service-idle-ms, or at once when max-services is reached and a new name
+ * needs the room: names a peer invents cannot pile up. */
+static void s_idle_unlink(ab_broker_t *b, ab_service_t *s)
+{
+    if (!s->idle)
+        return;
+    if (s->idle_prev)
+        s->idle_prev->idle_next = s->idle_next;
+    else
+        b->idle_head = s->idle_next;
+    if (s->idle_next)
+        s->idle_next->idle_prev = s->idle_prev;
+    else
+        b->idle_tail = s->idle_prev;
+    s->idle_prev = s->idle_next = NULL;
+    s->idle = 0;
+}
+
+/* Puts S on the idle list, or takes it off, as its state says. */
+static void s_idle_update(ab_broker_t *b, ab_service_t *s)
+{
+    int idle = s->held == 0 && zlistx_size(s->workers) == 0;
+    if (!idle) {
+        s_idle_unlink(b, s);
+        return;
+    }
+    if (s->idle)
+        return;
+    s->idle = 1;
+    s->idle_since_ms = ab_now_ms();
+    s->idle_prev = b->idle_tail;
+    s->idle_next = NULL;
+    if (b->idle_tail)
+        b->idle_tail->idle_next = s;
+    else
+        b->idle_head = s;
+    b->idle_tail = s;
+}
+
+static void s_service_delete(ab_broker_t *b, ab_service_t *s)
+{
+    s_idle_unlink(b, s);
+    zhashx_delete(b->services, s->name); /* ab_service_free */
+}
+
 ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create)
 {
     ab_service_t *s = zhashx_lookup(b->services, name);
     if (s || !create)
         return s;
+    if (zhashx_size(b->services) >= (size_t)b->cfg->max_services) {
+        if (!b->idle_head) {
+            b->c.services_refused++;
+            AB_LOG_RL(&b->rl, 0x5e4f1ce5, ab_now_ms(), AB_LOG_WARN,
+                      "service '%s' refused: max-services (%ld) reached", name,
+                      b->cfg->max_services);
+            return NULL;
+        }
+        b->c.services_expired++; /* the oldest idle one makes room */
+        s_service_delete(b, b->idle_head);
+    }
     s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     snprintf(s->name, sizeof s->name, "%s", name);
     s->workers = zlistx_new();
-    ab_hist_reset(&s->latency_us);
+    if (!s->workers) {
+        free(s);
+        return NULL;
+    }
     zhashx_insert(b->services, s->name, s);
-    AB_INFO("service '%s' created", name);
+    s_idle_update(b, s); /* until a worker or a request arrives */
+    AB_DEBUG("service '%s' created", name);
     return s;
 }
 
@@ -41,9 +104,56 @@ void ab_service_free(void **item)
     ab_service_t *s = *item;
     if (s) {
         zlistx_destroy(&s->workers);
+        free(s->latency_us);
         free(s);
     }
     *item = NULL;
+}
+
+void ab_service_hold(ab_broker_t *b, ab_req_t *r)
+{
+    if (r->holds_service)
+        return;
+    r->holds_service = 1;
+    r->service->held++;
+    s_idle_unlink(b, r->service);
+}
+
+void ab_service_release(ab_broker_t *b, ab_req_t *r)
+{
+    if (!r->holds_service)
+        return;
+    r->holds_service = 0;
+    if (r->service->held)
+        r->service->held--;
+    s_idle_update(b, r->service);
+}
+
+void ab_service_latency(ab_service_t *s, uint64_t us)
+{
+    if (!s->latency_us) {
+        s->latency_us = malloc(sizeof *s->latency_us);
+        if (!s->latency_us)
+            return; /* a sample lost, nothing else */
+        ab_hist_reset(s->latency_us);
+    }
+    ab_hist_record(s->latency_us, us);
+}
+
+#define AB_EXPIRE_BATCH 1024 /* services removed per sweep: bounded work per turn */
+
+void ab_service_expire_idle(ab_broker_t *b, int64_t now)
+{
+    if (!b->grace_over) /* workers may be reconnecting after a restart */
+        return;
+    for (int n = 0; n < AB_EXPIRE_BATCH && b->idle_head; n++) {
+        ab_service_t *s = b->idle_head;
+        if (now - s->idle_since_ms < b->cfg->service_idle_ms)
+            return;
+        AB_DEBUG("service '%s' removed: idle for %ld ms", s->name, (long)(now - s->idle_since_ms));
+        b->c.services_expired++;
+        s_service_delete(b, s);
+    }
 }
 
 int ab_service_admit(ab_broker_t *b, const ab_service_t *s)
@@ -67,7 +177,9 @@ void ab_service_end_grace(ab_broker_t *b)
             snprintf(text, sizeof text, "no service '%s' is registered", gone[i]->name);
             while (gone[i]->q_head)
                 ab_req_fail(b, gone[i]->q_head, AB_ERR_NO_SERVICE, text);
-            zhashx_delete(b->services, gone[i]->name);
+            gone[i]->provisional = 0;
+            if (gone[i]->held == 0) /* else removed once idle: requests name it */
+                s_service_delete(b, gone[i]);
         }
     } while (n == 64);
 }
@@ -138,6 +250,7 @@ void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t
         zlistx_add_end(s->workers, w);
         peer->worker = w;
         ab_health_new_worker(b, w);
+        s_idle_update(b, s);
     }
     w->capacity = capacity;
 }
@@ -183,6 +296,7 @@ void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
     ab_placement_forget(w);
     w->peer->worker = NULL;
     free(w);
+    s_idle_update(b, s);
 }
 
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s)

@@ -52,11 +52,13 @@ void ab_stats_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInf
     si->requests = s->requests;
     si->replies = s->replies;
     si->errors = s->errors;
-    lat->count = s->latency_us.total;
-    lat->p50_us = ab_hist_percentile(&s->latency_us, 50);
-    lat->p95_us = ab_hist_percentile(&s->latency_us, 95);
-    lat->p99_us = ab_hist_percentile(&s->latency_us, 99);
-    lat->max_us = s->latency_us.max;
+    if (s->latency_us) { /* none until its first answer */
+        lat->count = s->latency_us->total;
+        lat->p50_us = ab_hist_percentile(s->latency_us, 50);
+        lat->p95_us = ab_hist_percentile(s->latency_us, 95);
+        lat->p99_us = ab_hist_percentile(s->latency_us, 99);
+        lat->max_us = s->latency_us->max;
+    }
     si->latency = lat;
 }
 
@@ -132,6 +134,12 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     st.malformed = c->malformed;
     st.send_failures = c->send_failures;
     st.pending = ab_idmap_size(&b->pending);
+    st.cancelled = c->cancelled;
+    st.cancelled_on_leave = c->cancelled_on_leave;
+    st.registers_refused = c->registers_refused;
+    st.service_count = (uint32_t)zhashx_size(b->services);
+    st.services_expired = c->services_expired;
+    st.services_refused = c->services_refused;
     st.redispatched = c->redispatched;
     st.retries_exhausted = c->retries_exhausted;
     st.duplicates_dropped = c->duplicates_dropped;

@@ -18,6 +18,7 @@ int ab_idmap_init(ab_idmap_t *m, size_t initial_cap)
     m->vals = calloc(cap, sizeof *m->vals);
     m->cap = cap;
     m->len = 0;
+    m->min_cap = cap;
     if (!m->keys || !m->vals) {
         ab_idmap_fini(m);
         return -1;
@@ -34,16 +35,20 @@ void ab_idmap_fini(ab_idmap_t *m)
     m->cap = m->len = 0;
 }
 
-static int s_grow(ab_idmap_t *m)
+/* Moves every entry into a table of CAP slots (CAP holds them at under
+ * half load: the puts below never resize). */
+static int s_resize(ab_idmap_t *m, size_t cap)
 {
-    ab_idmap_t bigger;
-    if (ab_idmap_init(&bigger, m->cap * 2) != 0)
+    ab_idmap_t next;
+    size_t min_cap = m->min_cap;
+    if (ab_idmap_init(&next, cap) != 0)
         return -1;
     for (size_t i = 0; i < m->cap; i++)
         if (m->keys[i])
-            ab_idmap_put(&bigger, m->keys[i], m->vals[i]);
+            ab_idmap_put(&next, m->keys[i], m->vals[i]);
     ab_idmap_fini(m);
-    *m = bigger;
+    *m = next;
+    m->min_cap = min_cap ? min_cap : 16;
     return 0;
 }
 
@@ -51,7 +56,7 @@ int ab_idmap_put(ab_idmap_t *m, uint64_t key, void *val)
 {
     if (key == 0)
         return -1;
-    if ((m->len + 1) * 2 > m->cap && s_grow(m) != 0)
+    if ((m->len + 1) * 2 > m->cap && s_resize(m, m->cap ? m->cap * 2 : 16) != 0)
         return -1;
     size_t i = s_home(m, key);
     while (m->keys[i] && m->keys[i] != key)
@@ -98,5 +103,9 @@ void *ab_idmap_del(ab_idmap_t *m, uint64_t key)
     m->keys[i] = 0;
     m->vals[i] = NULL;
     m->len--;
+    /* At one-eighth load the halved table is at a quarter: another halving
+     * needs as many deletions again, so the rehash costs O(1) amortised. */
+    if (m->cap > m->min_cap && m->len * 8 < m->cap)
+        s_resize(m, m->cap / 2);
     return val;
 }

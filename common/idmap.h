@@ -5,7 +5,11 @@
  * allocation per entry, no tombstones, one multiply per lookup. The broker
  * keys its pending requests by id, the library its calls in flight, and
  * both do a put, a get and a delete for every request. Capacity doubles at
- * half load and never shrinks (it is bounded by the peak). Not thread-safe.
+ * half load and halves below one-eighth load, never under the initial
+ * capacity, so a table that once held a burst gives its memory back (the
+ * hysteresis keeps a put/delete at the boundary from resizing each time).
+ * A zeroed ab_idmap_t is a valid empty map (its first put allocates).
+ * Not thread-safe.
  */
 #ifndef AB_IDMAP_H
 #define AB_IDMAP_H
@@ -18,6 +22,7 @@ typedef struct {
     void **vals;
     size_t cap;     /* power of two */
     size_t len;
+    size_t min_cap; /* shrinking stops here (the initial capacity) */
 } ab_idmap_t;
 
 /* 0, or -1 when out of memory. */
@@ -27,7 +32,8 @@ void ab_idmap_fini(ab_idmap_t *m);
 int ab_idmap_put(ab_idmap_t *m, uint64_t key, void *val);
 /* The value for KEY, or NULL. */
 void *ab_idmap_get(const ab_idmap_t *m, uint64_t key);
-/* Removes KEY; returns its value, or NULL if absent. */
+/* Removes KEY; returns its value, or NULL if absent. May shrink the table
+ * (when that fails for lack of memory the map simply stays larger). */
 void *ab_idmap_del(ab_idmap_t *m, uint64_t key);
 static inline size_t ab_idmap_size(const ab_idmap_t *m)
 {

@@ -1,9 +1,58 @@
 /* test_idmap.c - the id map against a plain array model, through growth and
- * random deletions that exercise backward shifting. */
+ * random deletions that exercise backward shifting; then shrinking: a table
+ * that held a burst gives its memory back, never below its initial size,
+ * without resizing at every put/delete at the boundary. */
 #include "idmap.h"
 #include "test.h"
 
 enum { N = 20000 };
+
+/* A burst of 200k ids, then all but a few deleted: the table shrinks with
+ * the entries still found; a zeroed map is usable and shrinks to 16. */
+static void s_shrink(void)
+{
+    ab_idmap_t m;
+    REQUIRE(ab_idmap_init(&m, 1024) == 0);
+    CHECK_EQ(m.cap, 1024);
+    for (uint64_t k = 1; k <= 200000; k++)
+        REQUIRE(ab_idmap_put(&m, k, (void *)(uintptr_t)(k * 3)) == 0);
+    size_t peak = m.cap;
+    CHECK_TRUE(peak >= 400000);
+    int wrong = 0;
+    for (uint64_t k = 1; k <= 200000; k++)
+        if (k % 1000 != 0)
+            wrong += (uintptr_t)ab_idmap_del(&m, k) != k * 3;
+    CHECK_EQ(wrong, 0);
+    CHECK_EQ(ab_idmap_size(&m), 200);
+    CHECK_TRUE(m.cap <= 200 * 8); /* at most 1/8 empty... */
+    CHECK_EQ(m.cap, 1024);        /* ...and never under the initial capacity */
+    for (uint64_t k = 1000; k <= 200000; k += 1000)
+        wrong += (uintptr_t)ab_idmap_get(&m, k) != k * 3;
+    CHECK_EQ(wrong, 0);
+    /* Hysteresis: alternating put/delete around the shrink point resizes
+     * at most once, not at every step. */
+    size_t changes = 0, cap = m.cap;
+    for (int i = 0; i < 10000; i++) {
+        ab_idmap_put(&m, 900000, (void *)1);
+        ab_idmap_del(&m, 900000);
+        changes += m.cap != cap;
+        cap = m.cap;
+    }
+    CHECK_TRUE(changes <= 1);
+    ab_idmap_fini(&m);
+
+    ab_idmap_t z = {0}; /* zeroed: the first put allocates */
+    CHECK_TRUE(ab_idmap_get(&z, 7) == NULL);
+    CHECK_TRUE(ab_idmap_del(&z, 7) == NULL);
+    for (uint64_t k = 1; k <= 5000; k++)
+        REQUIRE(ab_idmap_put(&z, k, (void *)(uintptr_t)k) == 0);
+    for (uint64_t k = 1; k <= 5000; k++)
+        wrong += (uintptr_t)ab_idmap_del(&z, k) != k;
+    CHECK_EQ(wrong, 0);
+    CHECK_EQ(ab_idmap_size(&z), 0);
+    CHECK_EQ(z.cap, 16);
+    ab_idmap_fini(&z);
+}
 
 
 int main(void)
@@ -49,5 +98,6 @@ int main(void)
     CHECK_EQ(mismatches, 0);
     CHECK_EQ(ab_idmap_size(&m), 0);
     ab_idmap_fini(&m);
+    s_shrink();
     return TEST_DONE("test_idmap");
 }

@@ -135,6 +135,14 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
         json_object_set_new(j, "health", s_health_json(st));
         if (st->cache) /* issue 6: the inference cache's figures */
             json_object_set_new(j, "cache", ab_cache_json(st->cache));
+        json_object_set_new( /* issue 11: state peers make the broker keep */
+            j, "limits",
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "cancelled", (json_int_t)st->cancelled,
+                      "cancelled_on_leave", (json_int_t)st->cancelled_on_leave,
+                      "registers_refused", (json_int_t)st->registers_refused, "services",
+                      (json_int_t)st->service_count, "services_expired",
+                      (json_int_t)st->services_expired, "services_refused",
+                      (json_int_t)st->services_refused));
         s_emit(out, j);
         return;
     }
@@ -154,6 +162,11 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->replies_dropped, (unsigned long long)st->malformed,
             (unsigned long long)st->send_failures);
     ab_render_msg_stats(out, st);
+    fprintf(out, "limits       cancelled %llu (client left %llu)   services %u (expired %llu, "
+                 "refused %llu)   registers refused %llu\n",
+            (unsigned long long)st->cancelled, (unsigned long long)st->cancelled_on_leave,
+            st->service_count, (unsigned long long)st->services_expired,
+            (unsigned long long)st->services_refused, (unsigned long long)st->registers_refused);
     fprintf(out, "batching     in %.2f msgs/zmq msg (%llu batches)   out %.2f (%llu batches)"
                  "   malformed %llu\n",
             st->batch_factor_in, (unsigned long long)st->batches_in, st->batch_factor_out,

@@ -1,0 +1,246 @@
+/*
+ * agentbus-attack-services - what the names and REGISTERs of one peer make
+ * the broker keep (issue 11).
+ *
+ * Starts a broker (next to this program, or --broker PATH; arguments after
+ * "--" go to it) on a free loopback port, then:
+ *   1. one raw DEALER registers --names distinct service names (each
+ *      REGISTER moves its worker to the next name, leaving the last one
+ *      without a worker); the broker's RSS growth per name is printed, and
+ *      again after --wait-ms (idle services may have been removed by then);
+ *   2. --conns raw DEALERs each send one REGISTER carrying an inference
+ *      state of --register-mb MiB (one long backend URL); the RSS growth
+ *      and the answers (REGISTER accepted / ERROR code) are printed.
+ *
+ *   agentbus-attack-services [--broker PATH] [--names N] [--wait-ms N]
+ *                            [--conns N] [--register-mb N] [-- BROKER ARGS...]
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "codec.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+static void *s_ctx;
+static char s_ep[64];
+
+static long s_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static int s_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static void *s_dealer(void)
+{
+    void *s = zmq_socket(s_ctx, ZMQ_DEALER);
+    int linger = 0, hwm = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_connect(s, s_ep);
+    return s;
+}
+
+static void s_register(void *s, const char *service, uint64_t id, const void *pl, size_t len)
+{
+    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    h.id = id;
+    h.target = ab_view_of(service);
+    h.credit = 1;
+    uint8_t buf[512];
+    size_t n = ab_header_encode(&h, buf, sizeof buf);
+    zmq_send(s, buf, n, pl ? ZMQ_SNDMORE : 0);
+    if (pl)
+        zmq_send(s, pl, len, 0);
+}
+
+/* The kind (and *code) of the answer to ID on S within 30 s (other
+ * messages skipped); 0 if none. */
+static uint32_t s_answer(void *s, uint64_t id, uint32_t *code)
+{
+    for (int64_t end = ab_now_ms() + 30000; ab_now_ms() < end;) {
+        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        uint8_t buf[4096];
+        int n = zmq_recv(s, buf, sizeof buf, 0), more = 0;
+        size_t sz = sizeof more;
+        zmq_getsockopt(s, ZMQ_RCVMORE, &more, &sz);
+        while (more) {
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            zmq_msg_recv(&m, s, 0);
+            more = zmq_msg_more(&m);
+            zmq_msg_close(&m);
+        }
+        ab_header_t h;
+        if (n > 0 && (size_t)n <= sizeof buf && ab_header_parse(buf, (size_t)n, &h) == AB_OK &&
+            h.correlation_id == id) {
+            *code = h.error_code;
+            return h.kind;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    char path[PATH_MAX + 32], self[PATH_MAX];
+    long names = 100000, wait_ms = 0, conns = 20, mb = 22;
+    const char *bargs[64];
+    int nb = 0;
+    snprintf(self, sizeof self, "%s", argv[0]);
+    snprintf(path, sizeof path, "%s/agentbus-broker", dirname(self));
+    int i = 1;
+    for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
+        if (i + 1 >= argc)
+            goto usage;
+        if (strcmp(argv[i], "--broker") == 0)
+            snprintf(path, sizeof path, "%s", argv[i + 1]);
+        else if (strcmp(argv[i], "--names") == 0)
+            names = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--wait-ms") == 0)
+            wait_ms = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--conns") == 0)
+            conns = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--register-mb") == 0)
+            mb = atol(argv[i + 1]);
+        else
+            goto usage;
+    }
+    int port = s_free_port();
+    char bind[64];
+    snprintf(bind, sizeof bind, "tcp://127.0.0.1:%d", port);
+    snprintf(s_ep, sizeof s_ep, "%s", bind);
+    bargs[nb++] = path;
+    bargs[nb++] = "--bind";
+    bargs[nb++] = bind;
+    bargs[nb++] = "--liveness";
+    bargs[nb++] = "100";
+    bargs[nb++] = "--log-level";
+    bargs[nb++] = "error";
+    for (i++; i < argc && nb < 62; i++)
+        bargs[nb++] = argv[i];
+    bargs[nb] = NULL;
+    pid_t broker = fork();
+    if (broker == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(path, (char *const *)bargs);
+        _exit(127);
+    }
+    s_ctx = zmq_ctx_new();
+    usleep(500000);
+    void *reg = s_dealer();
+    uint32_t code = 0;
+    s_register(reg, "warmup", 1, NULL, 0);
+    if (s_answer(reg, 1, &code) != AB_KIND_REGISTER) {
+        fprintf(stderr, "no broker at %s (%s)\n", s_ep, path);
+        kill(broker, SIGKILL);
+        return 1;
+    }
+    long rss0 = s_rss_kb(broker);
+    char name[64];
+    for (long n = 0; n < names; n++) {
+        snprintf(name, sizeof name, "attack-name-%ld", n);
+        s_register(reg, name, (uint64_t)n + 2, NULL, 0);
+    }
+    if (s_answer(reg, (uint64_t)names + 1, &code) != AB_KIND_REGISTER)
+        printf("(the last REGISTER was not answered in 30 s)\n");
+    long rss1 = s_rss_kb(broker);
+    printf("%ld service names from one connection: RSS %ld -> %ld KiB, %.0f bytes per name\n",
+           names, rss0, rss1, (double)(rss1 - rss0) * 1024.0 / (double)(names ? names : 1));
+    if (wait_ms > 0) {
+        usleep((useconds_t)wait_ms * 1000);
+        printf("after %ld ms: RSS %ld KiB\n", wait_ms, s_rss_kb(broker));
+    }
+    /* Big inference states, one per connection. */
+    Agentbus__InferenceState inf;
+    agentbus__inference_state__init(&inf);
+    size_t big = (size_t)mb << 20;
+    char *url = malloc(big + 1);
+    if (!url)
+        return 1;
+    memset(url, 'u', big);
+    url[big] = '\0';
+    inf.backend_url = url;
+    Agentbus__Register m;
+    agentbus__register__init(&m);
+    m.service = "big";
+    m.capacity = 1;
+    m.inference = &inf;
+    size_t len = agentbus__register__get_packed_size(&m);
+    uint8_t *pl = malloc(len);
+    if (!pl)
+        return 1;
+    agentbus__register__pack(&m, pl);
+    free(url);
+    long rss2 = s_rss_kb(broker);
+    int accepted = 0, refused = 0;
+    void *socks[256];
+    for (long c = 0; c < conns && c < 256; c++) {
+        socks[c] = s_dealer();
+        s_register(socks[c], "big", 7, pl, len);
+        uint32_t kind = s_answer(socks[c], 7, &code);
+        accepted += kind == AB_KIND_REGISTER;
+        refused += kind == AB_KIND_ERROR;
+    }
+    free(pl);
+    long rss3 = s_rss_kb(broker);
+    printf("%ld connections x REGISTER with a %ld MiB inference state: %d accepted, %d refused "
+           "(last code %s); RSS %ld -> %ld KiB (+%.1f MiB)\n", conns, mb, accepted, refused,
+           ab_wire_error_name(code), rss2, rss3, (double)(rss3 - rss2) / 1024.0);
+    for (long c = 0; c < conns && c < 256; c++)
+        zmq_close(socks[c]);
+    zmq_close(reg);
+    zmq_ctx_term(s_ctx);
+    kill(broker, SIGTERM);
+    for (int k = 0; k < 100 && waitpid(broker, NULL, WNOHANG) != broker; k++)
+        usleep(50000);
+    kill(broker, SIGKILL);
+    waitpid(broker, NULL, 0);
+    return 0;
+usage:
+    fprintf(stderr, "usage: %s [--broker PATH] [--names N] [--wait-ms N] [--conns N] "
+                    "[--register-mb N] [-- BROKER ARGS...]\n", argv[0]);
+    return 2;
+}
