@@ -108,6 +108,15 @@ static const s_option_t s_options[] = {
      "LMDB map size of the L3 cache in --data-dir (its bound on disk)"},
     {"cache-waiters-max", OPT_LONG, OFF(cache_waiters_max), 0, 1000000, "1024",
      "identical requests that may wait on one in flight; beyond: sent to a worker"},
+    {"peer-out-max-bytes", OPT_SIZE, OFF(peer_out_max_bytes), 0, 1L << 40, "32M",
+     "bytes sent to one connection that its peer has not yet taken (as its kernel "
+     "acknowledges); over it: its new requests BUSY, publications dropped for it "
+     "(gap), direct messages wait in its mailbox; over twice it: disconnected. 0 disables"},
+    {"peer-stall-ms", OPT_LONG, OFF(peer_stall_ms), 100, 3600000, "10000",
+     "a peer over peer-out-max-bytes this long is disconnected (counted)"},
+    {"max-connections", OPT_LONG, OFF(max_connections), 1, 10000000, "10000",
+     "open connections; one beyond is answered ERROR(BUSY) \"too many connections\" "
+     "if it sends anything, then closed (counted)"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

@@ -61,6 +61,10 @@ typedef struct {
     size_t cache_l3_bytes;        /* LMDB map size */
     char *cache_redis;            /* "host:port"; "" = no L2 cache */
     long cache_l2_timeout_ms;
+    /* Bounds per connection (issue 11, router.c) */
+    size_t peer_out_max_bytes; /* sent to one peer, not yet taken by it; 0 off */
+    long peer_stall_ms;        /* over that bound this long: disconnected */
+    long max_connections;      /* open connections; beyond: refused */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the
