@@ -49,8 +49,9 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
  * asks the kernel how many the peer has taken: the bytes its TCP stack
  * acknowledged (TCP_INFO tcpi_bytes_acked, from the moment the connection
  * was first seen), or, for ipc, everything but what sits in the socket's
- * send queue at a moment that queue has room (SIOCOUTQ; with room, libzmq's
- * I/O thread keeps the pipe empty). The difference is what the broker holds
+ * send queue at a moment that queue is short (SIOCOUTQ under 1/8 of
+ * SO_SNDBUF: the socket then polls writable, so libzmq's I/O thread keeps
+ * the pipe empty; a reader that stops leaves it at about 1/4). The difference is what the broker holds
  * for the peer: libzmq's pipe plus the kernel's send buffer. It needs no
  * wire change and nothing the peer claims: a peer cannot opt out. The
  * kernel is asked only when the running estimate (sent - last taken) is
@@ -194,7 +195,9 @@ static void s_refresh(ab_peer_t *p, int64_t now)
             taken = acked - p->out_base; /* + handshake, pings: a few bytes */
     } else {
         int q = 0;
-        if (ioctl(p->fd, SIOCOUTQ, &q) == 0 && q >= 0 && q < p->out_sndbuf / 2)
+        /* A unix socket polls writable while its queue is under a quarter
+         * of SO_SNDBUF; well under that, libzmq has nothing left to write. */
+        if (ioctl(p->fd, SIOCOUTQ, &q) == 0 && q >= 0 && q < p->out_sndbuf / 8)
             taken = p->out_sent > (uint64_t)q ? p->out_sent - (uint64_t)q : 0;
     }
     if (taken > p->out_sent)
