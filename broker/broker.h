@@ -143,6 +143,7 @@ typedef struct {
     uint64_t lz4_msgs, lz4_wire_bytes, lz4_original_bytes, lz4_skipped;
     /* router.c: outbound bytes and connections (issue 11) */
     uint64_t out_busy, out_dropped, slow_disconnects, slow_disconnect_bytes, conn_refused;
+    uint64_t out_lost_bytes;
 } ab_counters_t;
 
 typedef struct {

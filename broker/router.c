@@ -73,6 +73,7 @@ enum { S_KIND_UNKNOWN = 0, S_KIND_TCP = 1, S_KIND_OTHER = 2 };
 #define S_REFUSE_LINGER_MS 200 /* a refused connection's ERROR gets this long to leave */
 #define S_REFUSE_SILENT_MS 1000 /* a refused connection that says nothing: closed */
 #define S_TRIM_CLOSED 256     /* connections closed before the heap is trimmed */
+#define S_FRESH_BYTES (64 * 1024) /* peers with more in flight are re-asked every sweep */
 /* struct tcp_info's tcpi_bytes_acked (Linux >= 4.1; glibc's header lacks it):
  * its offset is kernel ABI, so it is read from the raw bytes. */
 #define S_TCPI_BYTES_ACKED 120
@@ -267,6 +268,12 @@ void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int ha
 
 void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
 {
+    /* What it had not taken is lost: its connection closed (libzmq discarded
+     * it; figures at most one sweep old above S_FRESH_BYTES), or the broker
+     * forgets it (silence, BYE) and will not answer it again. */
+    if (s_in_flight(p) && s_inode(p->fd) == p->out_ino)
+        s_refresh(p, ab_now_ms());
+    b->c.out_lost_bytes += s_in_flight(p);
     if (b->conns && p->out_over_ms)
         s_rid_list_del(b->conns->over, &b->conns->nover, &p->rid);
     if (b->conns && p->out_kill)
@@ -287,6 +294,7 @@ static void s_disconnect(ab_broker_t *b, ab_peer_t *p)
               "peer-stall-ms %ld)", p->key, (unsigned long long)held,
               b->cfg->peer_out_max_bytes, b->cfg->peer_stall_ms);
     p->out_kill = 0;
+    p->out_taken = p->out_sent; /* counted above, not again as lost */
     ab_peer_drop(b, p, "not reading what it is sent");
 }
 
@@ -342,6 +350,11 @@ void ab_router_tick(ab_broker_t *b, int64_t now)
         return;
     s_tick_over(b, c, now);
     s_tick_refused(c, now);
+    /* Fresh figures for peers with much in flight, so that what a closed
+     * connection took with it can be counted (ab_router_peer_gone). */
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
+        if (s_in_flight(p) > S_FRESH_BYTES)
+            s_refresh(p, now);
     /* Many connections gone: give their memory back to the system (the
      * allocator keeps freed heap otherwise; ~28 KB per connection). */
     if (c->closed_since_trim >= S_TRIM_CLOSED && now - c->trim_ms >= 1000) {

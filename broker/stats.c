@@ -27,6 +27,7 @@ static void s_bounds_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->out_dropped = c->out_dropped;
     st->slow_disconnects = c->slow_disconnects;
     st->slow_disconnect_bytes = c->slow_disconnect_bytes;
+    st->out_lost_bytes = c->out_lost_bytes;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         if (p->out_over_ms)
             st->slow_peers++;

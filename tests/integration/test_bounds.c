@@ -21,7 +21,9 @@
 
 /* A raw DEALER on PORT that takes little from the network: a 4-message
  * receive pipe and a 64 KiB socket buffer, so the broker's data piles up
- * on the broker's side as soon as the test stops reading. */
+ * on the broker's side as soon as the test stops reading. Once the broker
+ * has closed such a connection while its input was throttled, it must not
+ * be read from: libzmq 4.3.4 then asserts (!_io_error) in the reader. */
 static void *s_raw(void *ctx, int port, int reconnect_ms)
 {
     void *raw = zmq_socket(ctx, ZMQ_DEALER);
@@ -371,6 +373,46 @@ static void s_max_connections(void)
     ab_client_destroy(&ctl);
 }
 
+/* A client that goes silent without reading: the broker drops it (silence,
+ * and its connection closes on the ZMTP heartbeat timeout) and libzmq
+ * discards the answers it had not taken. They were lost without a failed
+ * send; the bytes are counted (out_lost_bytes), so the loss is visible. */
+static void s_lost_at_close(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--heartbeat-ms", "200", "--liveness", "3", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *good = th_client(port);
+    REQUIRE(th_wait_workers(good, "echo", 1, 10000) == 0);
+    void *ctx = zmq_ctx_new();
+    void *raw = s_raw(ctx, port, 60000);
+    enum { SIZE = 1024, N = 2000 }; /* 2 MB of answers: under the bound */
+    char payload[SIZE];
+    memset(payload, 'l', sizeof payload);
+    for (int i = 0; i < N; i += 50) {
+        for (int k = 0; k < 50; k++)
+            REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", (uint64_t)(i + k + 1), payload,
+                               SIZE) == 0);
+        s_wait_pending(good, 8, 10000);
+    }
+    /* Silent now, and still not reading: wait (bounded) for the count. */
+    uint64_t lost = 0;
+    int64_t end = ab_now_ms() + 15000;
+    while (lost <= (uint64_t)N * SIZE / 4 && ab_now_ms() < end) {
+        th_sleep_ms(100);
+        Agentbus__Stats *st = s_stats(good);
+        lost = st->out_lost_bytes;
+        agentbus__stats__free_unpacked(st, NULL);
+    }
+    printf("answers lost with the dropped client: %llu bytes\n", (unsigned long long)lost);
+    /* Most of the 2000 answers sat in the pipe; the socket buffers took a few. */
+    CHECK_TRUE(lost > (uint64_t)N * SIZE / 4);
+    CHECK_TRUE(lost <= (uint64_t)N * (SIZE + 64));
+    zmq_close(raw); /* never read from again: see s_raw */
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&good);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -378,6 +420,7 @@ int main(int argc, char **argv)
         {"slow_subscriber", s_slow_subscriber},
         {"stall_disconnect", s_stall_disconnect},
         {"max_connections", s_max_connections},
+        {"lost_at_close", s_lost_at_close},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -3,9 +3,10 @@
  * cost a running broker (issue 11), from outside, with raw ZeroMQ peers
  * that speak the wire protocol and never read what they are sent.
  *
- *   agentbus-attack-slow --broker EP --pid PID replies N SIZE
+ *   agentbus-attack-slow --broker EP --pid PID replies N SIZE [PAUSE_MS]
  *       one client asks service "echo" (start an echo worker) for N answers
- *       of SIZE bytes and never reads them
+ *       of SIZE bytes without reading them (then, silent, PAUSE_MS more),
+ *       then reads and counts what it was answered
  *   agentbus-attack-slow --broker EP --pid PID subscribers K N SIZE
  *       K subscribers of "atk." that never read; N publications of SIZE
  *   agentbus-attack-slow --broker EP --pid PID connections C
@@ -146,7 +147,7 @@ static void s_report(const char *what, long before, long after, long n)
            what, before, s_peak, after, s_peak - before, (double)(s_peak - before) / (double)n, n);
 }
 
-static int s_replies(void *ctx, const char *ep, long n, long size)
+static int s_replies(void *ctx, const char *ep, long n, long size, long pause_ms)
 {
     void *atk = s_raw(ctx, ep), *ctl = s_raw(ctx, ep);
     char *data = malloc((size_t)size);
@@ -168,6 +169,10 @@ static int s_replies(void *ctx, const char *ep, long n, long size)
         usleep(2000);
     usleep(500000);
     s_report("one client not reading its answers", before, s_rss_kb(), 1);
+    if (pause_ms > 0) { /* it keeps not reading, silent, this long */
+        usleep((useconds_t)pause_ms * 1000);
+        printf("paused %ld ms more\n", pause_ms);
+    }
     /* What it was answered, now that it reads. */
     long replies = 0, busy = 0, other = 0;
     int tmo = 2000;
@@ -291,7 +296,7 @@ int main(int argc, char **argv)
             s_pid = atoi(argv[i + 1]);
     }
     if (!ep || s_pid <= 0 || i >= argc) {
-        fprintf(stderr, "usage: %s --broker EP --pid PID replies N SIZE | subscribers K N SIZE "
+        fprintf(stderr, "usage: %s --broker EP --pid PID replies N SIZE [PAUSE_MS] | subscribers K N SIZE "
                         "| connections C\n", argv[0]);
         return 2;
     }
@@ -307,7 +312,7 @@ int main(int argc, char **argv)
          c = i + 3 < argc ? atol(argv[i + 3]) : 0;
     int rc = 2;
     if (strcmp(mode, "replies") == 0 && a > 0 && b > 0)
-        rc = s_replies(ctx, ep, a, b);
+        rc = s_replies(ctx, ep, a, b, c);
     else if (strcmp(mode, "subscribers") == 0 && a > 0 && b > 0 && c > 0)
         rc = s_subscribers(ctx, ep, a, b, c);
     else if (strcmp(mode, "connections") == 0 && a > 0)
