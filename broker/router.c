@@ -51,12 +51,14 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
  * was first seen), or, for ipc, everything but what sits in the socket's
  * send queue at a moment that queue is short (SIOCOUTQ under 1/8 of
  * SO_SNDBUF: the socket then polls writable, so libzmq's I/O thread keeps
- * the pipe empty; a reader that stops leaves it at about 1/4). The difference is what the broker holds
- * for the peer: libzmq's pipe plus the kernel's send buffer. It needs no
- * wire change and nothing the peer claims: a peer cannot opt out. The
- * kernel is asked only when the running estimate (sent - last taken) is
- * over the bound, so a peer that keeps up costs one syscall per bound's
- * worth of bytes.
+ * the pipe empty; a reader that stops leaves it at about 1/4; so for ipc
+ * the figure lags: a peer counts as caught up only once its queue was seen
+ * short). The difference is what the broker holds for the peer: libzmq's
+ * pipe plus the kernel's send buffer. It needs no wire change and nothing
+ * the peer claims: a peer cannot opt out (a library ack could be forged).
+ * The kernel is asked when the running estimate (sent - last taken) is over
+ * the bound, and every sweep for peers with over S_FRESH_BYTES in flight,
+ * so a peer that keeps up costs about ten syscalls a second at most.
  *
  * Policy. Over peer-out-max-bytes: new REQUESTs BUSY (broker.c), direct
  * messages and publications are held back (ab_msgs_try_send reports the
