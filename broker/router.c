@@ -58,7 +58,8 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
  * the peer claims: a peer cannot opt out (a library ack could be forged).
  * The kernel is asked when the running estimate (sent - last taken) is over
  * the bound, and every sweep for peers with over S_FRESH_BYTES in flight,
- * so a peer that keeps up costs about ten syscalls a second at most.
+ * so a peer that keeps up costs two syscalls (fstat, getsockopt) per sweep
+ * at most; one over its bound, at most two per S_RECHECK_MS.
  *
  * Policy. Over peer-out-max-bytes: new REQUESTs BUSY (broker.c), direct
  * messages and publications are held back (ab_msgs_try_send reports the
