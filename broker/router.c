@@ -70,7 +70,9 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
  * ZMQ_SRCFD, after checking by inode that the fd is still that socket);
  * libzmq's I/O thread then sees the connection end, closes the fd and frees
  * the pipe and what it held. */
-enum { S_FD_NONE = 0, S_FD_OPEN = 1, S_FD_REFUSED = 2 };
+/* By fd. EARLY: its first message was read before the monitor's ACCEPTED
+ * (the loop reads messages first), so it was counted then. */
+enum { S_FD_NONE = 0, S_FD_OPEN = 1, S_FD_REFUSED = 2, S_FD_EARLY = 4 };
 enum { S_KIND_UNKNOWN = 0, S_KIND_TCP = 1, S_KIND_OTHER = 2 };
 #define S_RECHECK_MS 10       /* an over peer's kernel figures are reused this long */
 #define S_REFUSE_LINGER_MS 200 /* a refused connection's ERROR gets this long to leave */
@@ -340,7 +342,7 @@ static void s_tick_refused(struct ab_conns *c, int64_t now)
             i++;
             continue;
         }
-        if ((size_t)r->fd < c->fd_cap && c->fd_state[r->fd] == S_FD_REFUSED)
+        if ((size_t)r->fd < c->fd_cap && (c->fd_state[r->fd] & ~S_FD_EARLY) == S_FD_REFUSED)
             shutdown(r->fd, SHUT_RDWR); /* libzmq closes it; the monitor reports it */
         c->refused[i] = c->refused[--c->nrefused];
     }
@@ -367,37 +369,54 @@ void ab_router_tick(ab_broker_t *b, int64_t now)
     }
 }
 
+/* Grows the fd table to hold FD. 0 or -1. */
+static int s_fd_room(struct ab_conns *c, int fd)
+{
+    if ((size_t)fd < c->fd_cap)
+        return 0;
+    size_t cap = c->fd_cap ? c->fd_cap : 1024;
+    while (cap <= (size_t)fd)
+        cap *= 2;
+    uint8_t *st = realloc(c->fd_state, cap);
+    if (!st)
+        return -1;
+    memset(st + c->fd_cap, 0, cap - c->fd_cap);
+    c->fd_state = st;
+    c->fd_cap = cap;
+    return 0;
+}
+
+/* A new connection on FD: counted, and refused when over the limit. */
+static void s_admit(ab_broker_t *b, struct ab_conns *c, int fd)
+{
+    c->open++;
+    c->fd_state[fd] = S_FD_OPEN;
+    if (c->open <= (uint32_t)b->cfg->max_connections ||
+        s_room((void **)&c->refused, c->nrefused, &c->cap_refused, sizeof *c->refused) != 0)
+        return;
+    c->fd_state[fd] = S_FD_REFUSED;
+    c->refused[c->nrefused++] = (s_refused_t){fd, 0, ab_now_ms()};
+    b->c.conn_refused++;
+    AB_LOG_RL(&b->rl, 0xc0ee, ab_now_ms(), AB_LOG_WARN,
+              "connection refused: %u open (max-connections %ld)", c->open,
+              b->cfg->max_connections);
+}
+
 void ab_router_conn_event(ab_broker_t *b, int event, int fd)
 {
     struct ab_conns *c = s_conns(b);
-    if (!c || fd < 0)
+    if (!c || fd < 0 || s_fd_room(c, fd) != 0)
         return;
-    if ((size_t)fd >= c->fd_cap) {
-        size_t cap = c->fd_cap ? c->fd_cap : 1024;
-        while (cap <= (size_t)fd)
-            cap *= 2;
-        uint8_t *st = realloc(c->fd_state, cap);
-        if (!st)
-            return;
-        memset(st + c->fd_cap, 0, cap - c->fd_cap);
-        c->fd_state = st;
-        c->fd_cap = cap;
-    }
+    uint8_t st = c->fd_state[fd];
     if (event == ZMQ_EVENT_ACCEPTED) {
-        if (c->fd_state[fd] != S_FD_NONE) /* a close we did not see: not counted twice */
-            c->open--;
-        c->open++;
-        c->fd_state[fd] = S_FD_OPEN;
-        if (c->open > (uint32_t)b->cfg->max_connections &&
-            s_room((void **)&c->refused, c->nrefused, &c->cap_refused, sizeof *c->refused) == 0) {
-            c->fd_state[fd] = S_FD_REFUSED;
-            c->refused[c->nrefused++] = (s_refused_t){fd, 0, ab_now_ms()};
-            b->c.conn_refused++;
-            AB_LOG_RL(&b->rl, 0xc0ee, ab_now_ms(), AB_LOG_WARN,
-                      "connection refused: %u open (max-connections %ld)", c->open,
-                      b->cfg->max_connections);
+        if (st & S_FD_EARLY) { /* its first message came first: counted then */
+            c->fd_state[fd] = st & ~S_FD_EARLY;
+            return;
         }
-    } else if (event == ZMQ_EVENT_DISCONNECTED && c->fd_state[fd] != S_FD_NONE) {
+        if (st != S_FD_NONE) /* a close we did not see: not counted twice */
+            c->open--;
+        s_admit(b, c, fd);
+    } else if (event == ZMQ_EVENT_DISCONNECTED && st != S_FD_NONE) {
         c->fd_state[fd] = S_FD_NONE;
         c->open--;
         c->closed_since_trim++;
@@ -406,8 +425,14 @@ void ab_router_conn_event(ab_broker_t *b, int event, int fd)
 
 int ab_router_refused(ab_broker_t *b, const ab_rid_t *rid, int fd, const ab_header_t *h)
 {
-    struct ab_conns *c = b->conns;
-    if (!c || fd < 0 || (size_t)fd >= c->fd_cap || c->fd_state[fd] != S_FD_REFUSED)
+    struct ab_conns *c = fd >= 0 ? s_conns(b) : NULL;
+    if (!c)
+        return 0;
+    if (((size_t)fd >= c->fd_cap || c->fd_state[fd] == S_FD_NONE) && s_fd_room(c, fd) == 0) {
+        s_admit(b, c, fd); /* before its ACCEPTED event: decided now */
+        c->fd_state[fd] |= S_FD_EARLY;
+    }
+    if ((size_t)fd >= c->fd_cap || (c->fd_state[fd] & ~S_FD_EARLY) != S_FD_REFUSED)
         return 0;
     for (size_t i = 0; i < c->nrefused; i++) {
         s_refused_t *r = &c->refused[i];
