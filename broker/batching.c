@@ -76,7 +76,7 @@ static int s_flush(ab_broker_t *b, ab_peer_t *p)
         return 0;
     if (q->held) {
         q->held = 0;
-        int rc = ab_send_raw(b, &p->rid, q->held_hdr, q->held_hlen,
+        int rc = ab_send_raw_peer(b, p, &p->rid, q->held_hdr, q->held_hlen,
                              q->held_has_body ? &q->held_body : NULL);
         zmq_msg_close(&q->held_body);
         zmq_msg_init(&q->held_body);
@@ -99,7 +99,7 @@ static int s_flush(ab_broker_t *b, ab_peer_t *p)
             zmq_msg_init_size(&m, nf == 2 ? f[1].size : 0);
             if (nf == 2 && f[1].size)
                 memcpy(zmq_msg_data(&m), f[1].data, f[1].size);
-            rc = ab_send_raw(b, &p->rid, f[0].data, f[0].size, nf == 2 ? &m : NULL);
+            rc = ab_send_raw_peer(b, p, &p->rid, f[0].data, f[0].size, nf == 2 ? &m : NULL);
             zmq_msg_close(&m);
         }
     } else {
@@ -109,7 +109,7 @@ static int s_flush(ab_broker_t *b, ab_peer_t *p)
         zmq_msg_t m;
         zmq_msg_init_size(&m, len);
         memcpy(zmq_msg_data(&m), body, len);
-        rc = ab_send_raw(b, &p->rid, hb, hl, &m);
+        rc = ab_send_raw_peer(b, p, &p->rid, hb, hl, &m);
         zmq_msg_close(&m);
         if (rc == 0) {
             b->c.batches_out++;
@@ -162,16 +162,16 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
 {
     if (!p->out) {
         if (!(p->out = calloc(1, sizeof *p->out)))
-            return ab_send_raw(b, &p->rid, hdr, hlen, payload);
+            return ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
         zmq_msg_init(&p->out->held_body);
     }
     struct ab_outq *q = p->out;
     if (s_mark_dirty(b, p) != 0) /* cannot promise a flush: send now, in order */
-        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
     size_t esz = ab_batch_entry_size(hlen, payload ? zmq_msg_size(payload) : 0);
     size_t max = b->cfg->batch_max_bytes;
     if (esz + 8 > max) /* too big to gather: out now, after what was before it */
-        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
     if (q->held) {
         if (s_held_size(q) + esz + 8 > max || s_unhold(q) != AB_OK) {
             if (s_flush(b, p) != 0) /* sends the held one */
@@ -181,16 +181,16 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
     if (!q->held && q->batch.count == 0)
         return s_hold(b, q, hdr, hlen, payload) == 0
                    ? 0
-                   : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+                   : ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
     if (q->batch.len + esz > max && s_flush(b, p) != 0)
         return -1;
     if (q->batch.count == 0)
         return s_hold(b, q, hdr, hlen, payload) == 0
                    ? 0
-                   : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+                   : ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
     if (ab_batch_add(&q->batch, hdr, hlen, payload ? zmq_msg_data(payload) : NULL,
                      payload ? zmq_msg_size(payload) : 0, payload != NULL) != AB_OK)
-        return s_flush(b, p) != 0 ? -1 : ab_send_raw(b, &p->rid, hdr, hlen, payload);
+        return s_flush(b, p) != 0 ? -1 : ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
     if (payload) { /* consumed, as a send would have */
         zmq_msg_close(payload);
         zmq_msg_init(payload);
@@ -219,6 +219,7 @@ void ab_batching_flush_all(ab_broker_t *b)
             ab_peer_drop(b, p, "unreachable");
     }
     b->oldest_gathered_us = 0;
+    ab_router_reap(b); /* slow peers marked in this turn (router.c) */
 }
 
 void ab_batching_check_age(ab_broker_t *b)

@@ -113,6 +113,7 @@ void ab_broker_fini(ab_broker_t *b)
             ab_req_destroy(b->pending.vals[i]);
     ab_idmap_fini(&b->pending);
     ab_msgs_fini(b);
+    ab_router_fini(b);
     ab_cache_destroy(&b->cache);
     if (b->peers) {
         for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
@@ -181,6 +182,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     ab_cancel_client_gone(b, peer, agent); /* frees their workers' slots */
     ab_msgs_peer_gone(b, peer);
     ab_batching_peer_free(b, peer);
+    ab_router_peer_gone(b, peer);
     zhashx_delete(b->peers, &peer->rid);
 }
 
@@ -385,6 +387,14 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         b->c.client_limit_busy++;
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
                       "this client has too many requests in flight (max-client-inflight)");
+        return;
+    }
+    if (p && ab_peer_over(b, p)) { /* it does not read its answers (router.c) */
+        s->errors++;
+        b->c.errors_sent[AB_ERR_BUSY]++;
+        b->c.out_busy++;
+        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
+                      "this client has not read its earlier answers (peer-out-max-bytes)");
         return;
     }
     ab_cache_req_t *cr = NULL;
@@ -669,8 +679,10 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
     case AB_KIND_SEND:
     case AB_KIND_PUBLISH:
     case AB_KIND_SUBSCRIBE:
-        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now)))
+        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now))) {
+            p->fd = in->fd; /* its connection: bytes in flight (router.c) */
             ab_msgs_route(b, p, &in->h, in->has_body ? &in->body : NULL, in->now);
+        }
         break;
     default:
         b->c.errors_sent[AB_ERR_UNSUPPORTED]++;
@@ -722,7 +734,9 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
         zmq_msg_init(&in.body);
         zmq_msg_move(&in.body, &f[2]);
     }
-    if (rc != AB_OK)
+    if (ab_router_refused(b, &in.rid, in.fd, &in.h))
+        ; /* a connection over max-connections: answered once, then closed */
+    else if (rc != AB_OK)
         s_reject(b, &in, rc, n - 1);
     else if (in.h.kind == AB_KIND_BATCH)
         ab_batching_recv(b, &in.rid, in.fd, now, &pl);
@@ -791,6 +805,7 @@ static void s_timers(ab_broker_t *b, int64_t now)
     if (now >= b->next_sweep_ms) {
         s_sweep_peers(b, now);
         ab_service_expire_idle(b, now);
+        ab_router_tick(b, now);
         ab_health_tick(b, now);
         ab_stats_tick(b, now);
         b->next_sweep_ms = now + AB_SWEEP_MS;

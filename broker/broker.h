@@ -62,6 +62,13 @@ typedef struct {
     struct ab_outq *out;     /* batching state (batching.c), NULL until used */
     struct ab_req *reqs;     /* its requests as a client (placement.c): for departure */
     ab_idmap_t reqs_by_id;   /* client id -> its newest request with that id: CANCEL */
+    /* Outbound bytes (router.c): ZMTP bytes handed to libzmq for its current
+     * connection (out_fd) and how many of them the peer has taken. */
+    uint64_t out_sent, out_taken, out_base;
+    uint64_t out_ino;        /* inode of that socket: the fd is still it */
+    int out_fd, out_kind, out_sndbuf, out_kill;
+    int64_t out_over_ms;     /* over peer-out-max-bytes since; 0: not over */
+    int64_t out_checked_ms;  /* the kernel was last asked */
 } ab_peer_t;
 
 typedef enum {
@@ -147,6 +154,9 @@ typedef struct {
     uint64_t cancelled, cancelled_on_leave; /* by CANCEL; because the client left */
     uint64_t registers_refused;             /* REGISTER over a register-max-* limit */
     uint64_t services_expired, services_refused; /* idle ones removed; max-services */
+    /* router.c: outbound bytes and connections (issue 11) */
+    uint64_t out_busy, out_dropped, slow_disconnects, slow_disconnect_bytes, conn_refused;
+    uint64_t out_lost_bytes;
 } ab_counters_t;
 
 typedef struct {
@@ -179,6 +189,7 @@ typedef struct {
     uint64_t oldest_gathered_us; /* 0: nothing gathered */
     struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
     ab_service_t *idle_head, *idle_tail; /* services with no worker and nothing held */
+    struct ab_conns *conns; /* router.c: connections, slow peers; NULL until used */
 } ab_broker_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value). */
@@ -206,6 +217,9 @@ int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t
 /* Sends an encoded header BUF (+ PAYLOAD moved) to RID now, unbatched. */
 int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t len,
                 zmq_msg_t *payload);
+/* As ab_send_raw to peer P (accounted to it; P may be NULL). */
+int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                     size_t len, zmq_msg_t *payload);
 /* Sends ERROR(code, text) answering CORR to RID. */
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
                   const char *text);
@@ -216,6 +230,33 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r);
 void ab_req_client_done(ab_broker_t *b, ab_req_t *r);
 /* Closes R's payload and frees it (R must be out of every list). */
 void ab_req_destroy(ab_req_t *r);
+
+/* router.c: bytes in flight per peer and the connection limit.
+ *
+ * A peer's bytes in flight are the ZMTP bytes the broker handed to libzmq
+ * for its connection minus those the peer has taken, as its kernel proves:
+ * over TCP the bytes its TCP stack acknowledged (TCP_INFO), over ipc the
+ * bytes sent up to a moment the socket's send queue had room (SIOCOUTQ);
+ * nothing the peer says counts, so no peer can opt out. */
+/* 1 when P has more than peer-out-max-bytes in flight (asks the kernel
+ * only when the running estimate says so). Starts P's stall clock. */
+int ab_peer_over(ab_broker_t *b, ab_peer_t *p);
+/* P took HLEN + PLEN bytes (header and payload frames) just sent to it. */
+void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int has_payload);
+/* Sweep: slow peers (stall timeout), refused connections, memory trim. */
+void ab_router_tick(ab_broker_t *b, int64_t now);
+/* End of a turn: disconnects the peers marked for it (safe point). */
+void ab_router_reap(ab_broker_t *b);
+/* P is being dropped. */
+void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p);
+/* A socket-monitor EVENT (ZMQ_EVENT_ACCEPTED / DISCONNECTED) about FD. */
+void ab_router_conn_event(ab_broker_t *b, int event, int fd);
+/* 1 when a message from RID on FD came on a refused connection: it was
+ * answered ERROR(BUSY) (once) and must be ignored. */
+int ab_router_refused(ab_broker_t *b, const ab_rid_t *rid, int fd, const ab_header_t *h);
+void ab_router_fini(ab_broker_t *b);
+/* Open connections now. */
+uint32_t ab_router_connections(const ab_broker_t *b);
 
 /* service.c */
 /* The service NAME; with CREATE, made when absent. NULL when absent (and

@@ -128,6 +128,15 @@ static const s_option_t s_options[] = {
     {"register-max-models", OPT_LONG, OFF(register_max_models), 0, 1000000, "1024",
      "models, loaded models and GPUs (each) in a REGISTER's inference state; more: "
      "ERROR(TOO_LARGE)"},
+    {"peer-out-max-bytes", OPT_SIZE, OFF(peer_out_max_bytes), 0, 1L << 40, "32M",
+     "bytes sent to one connection that its peer has not yet taken (as its kernel "
+     "acknowledges); over it: its new requests BUSY, publications dropped for it "
+     "(gap), direct messages wait in its mailbox; over twice it: disconnected. 0 disables"},
+    {"peer-stall-ms", OPT_LONG, OFF(peer_stall_ms), 100, 3600000, "10000",
+     "a peer over peer-out-max-bytes this long is disconnected (counted)"},
+    {"max-connections", OPT_LONG, OFF(max_connections), 1, 10000000, "10000",
+     "open connections; one beyond is answered ERROR(BUSY) \"too many connections\" "
+     "if it sends anything, then closed (counted)"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

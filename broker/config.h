@@ -69,6 +69,10 @@ typedef struct {
     long register_max_labels;        /* labels of one worker */
     size_t register_max_string_bytes; /* each label key/value, name, inference string */
     long register_max_models;        /* models, loaded models, GPUs (each) in its state */
+    /* Bounds per connection (issue 11, router.c) */
+    size_t peer_out_max_bytes; /* sent to one peer, not yet taken by it; 0 off */
+    long peer_stall_ms;        /* over that bound this long: disconnected */
+    long max_connections;      /* open connections; beyond: refused */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

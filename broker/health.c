@@ -40,7 +40,7 @@ int ab_health_init(ab_broker_t *b)
     char ep[64];
     /* One endpoint per broker instance: tests run several in one process. */
     snprintf(ep, sizeof ep, "inproc://ab-broker-monitor-%p", (void *)b);
-    if (zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED) != 0)
+    if (zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0)
         return -1;
     b->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
     int linger = 0;
@@ -125,6 +125,7 @@ void ab_health_monitor_drain(ab_broker_t *b)
             more = zmq_msg_more(&a);
             zmq_msg_close(&a);
         }
+        ab_router_conn_event(b, event, (int)value); /* connection limit (router.c) */
         if (event == ZMQ_EVENT_DISCONNECTED)
             s_fd_closed(b, (int)value);
     }

@@ -88,7 +88,13 @@ int ab_msgs_hdr_msg(const ab_header_t *h, zmq_msg_t *out)
 
 int ab_msgs_try_send(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body)
 {
-    size_t bytes = rid->len + zmq_msg_size(hdr) + (body ? zmq_msg_size(body) : 0);
+    size_t hlen = zmq_msg_size(hdr), plen = body ? zmq_msg_size(body) : 0;
+    size_t bytes = rid->len + hlen + plen;
+    ab_peer_t *p = ab_peer_lookup(b, rid);
+    if (p && ab_peer_over(b, p)) { /* held back as if its pipe were full (router.c) */
+        errno = EAGAIN;
+        return -1;
+    }
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -1;
     /* Once the identity frame is accepted the rest of the message is too. */
@@ -99,6 +105,8 @@ int ab_msgs_try_send(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_ms
     }
     b->c.msgs_out++;
     b->c.bytes_out += bytes;
+    if (p)
+        ab_peer_sent(b, p, hlen, plen, body != NULL);
     return 0;
 }
 

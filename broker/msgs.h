@@ -53,6 +53,7 @@ typedef struct ab_subr {
     size_t npats, cap_pats;
     ab_pubq_t *q;             /* ring buffer, grows up to sub-queue-max */
     size_t qcap, qhead, qlen;
+    size_t qbytes;            /* header + payload bytes queued (pubsub.c) */
     uint64_t gap;             /* dropped since the last gap notice */
     uint64_t dropped;         /* dropped in total */
     uint64_t mark;            /* last publication matched: deduplicates */

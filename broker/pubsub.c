@@ -14,13 +14,17 @@
  * counted; no payload bytes are copied; payloads up to 33 bytes live inside
  * the message struct itself).
  *
- * Slow subscribers. libzmq keeps up to SNDHWM messages per peer in its
- * pipe; when that is full ROUTER_MANDATORY makes the send fail with EAGAIN
- * instead of blocking or dropping. The broker then keeps the subscriber's
- * publications in its own queue of at most sub-queue-max, and when that is
- * full drops the oldest, counts it (slow_drops) and tells the subscriber how
- * many it lost (a PUBLISH with FLAG_GAP, credit = count) before the next one
- * it gets. Other subscribers and the publisher are never slowed.
+ * Slow subscribers. A subscriber is slow when the broker may not hand its
+ * connection more: its bytes in flight are over peer-out-max-bytes (as its
+ * kernel proves, router.c), or its libzmq pipe is at SNDHWM (the send fails
+ * with EAGAIN under ROUTER_MANDATORY). The broker then keeps the
+ * subscriber's publications in its own queue of at most sub-queue-max
+ * publications and peer-out-max-bytes bytes, and when that is full drops
+ * the oldest, counts it (slow_drops) and tells the subscriber how many it
+ * lost (a PUBLISH with FLAG_GAP, credit = count) before the next one it
+ * gets. So one subscriber costs at most about twice peer-out-max-bytes
+ * (in flight + queued). Other subscribers and the publisher are never
+ * slowed.
  */
 #include "msgs.h"
 #include "agentbus.h"
@@ -259,6 +263,8 @@ static void s_q_grow(ab_subr_t *s, size_t max)
 static void s_q_pop(ab_subr_t *s)
 {
     ab_pubq_t *e = &s->q[s->qhead];
+    size_t sz = zmq_msg_size(&e->hdr) + (e->has_body ? zmq_msg_size(&e->body) : 0);
+    s->qbytes -= sz < s->qbytes ? sz : s->qbytes;
     zmq_msg_close(&e->hdr);
     zmq_msg_close(&e->body);
     s->qhead = (s->qhead + 1) % s->qcap;
@@ -282,8 +288,10 @@ static void s_push(ab_broker_t *b, ab_subr_t *s, zmq_msg_t *hdr, zmq_msg_t *body
         zmq_msg_close(&bc);
         return;
     }
-    size_t max = (size_t)b->cfg->sub_queue_max;
-    if (s->qlen >= max) { /* drop-oldest: the newest news is worth more */
+    size_t max = (size_t)b->cfg->sub_queue_max, bound = b->cfg->peer_out_max_bytes;
+    size_t sz = zmq_msg_size(hdr) + (body ? zmq_msg_size(body) : 0);
+    /* drop-oldest: the newest news is worth more */
+    while (s->qlen && (s->qlen >= max || (bound && s->qbytes + sz > bound))) {
         s_q_pop(s);
         s->gap++;
         s->dropped++;
@@ -305,6 +313,7 @@ static void s_push(ab_broker_t *b, ab_subr_t *s, zmq_msg_t *hdr, zmq_msg_t *body
         zmq_msg_move(&e->body, &bc);
         e->has_body = body != NULL;
         s->qlen++;
+        s->qbytes += sz;
         zmq_msg_close(&hc);
         zmq_msg_close(&bc);
     }

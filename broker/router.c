@@ -14,8 +14,16 @@
 #include "util.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
 {
@@ -33,8 +41,449 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
                                                                   : zmq_strerror(err));
 }
 
+/* --- bytes in flight per peer, connection limit (issue 11) -------------------
+ *
+ * libzmq does not say how much a peer's pipe holds, and a count (SNDHWM)
+ * says nothing about bytes: 100k messages of 16 KB are 1.6 GB. So the
+ * broker counts the ZMTP bytes it hands to libzmq for each connection and
+ * asks the kernel how many the peer has taken: the bytes its TCP stack
+ * acknowledged (TCP_INFO tcpi_bytes_acked, from the moment the connection
+ * was first seen), or, for ipc, everything but what sits in the socket's
+ * send queue at a moment that queue is short (SIOCOUTQ under 1/8 of
+ * SO_SNDBUF: the socket then polls writable, so libzmq's I/O thread keeps
+ * the pipe empty; a reader that stops leaves it at about 1/4; so for ipc
+ * the figure lags: a peer counts as caught up only once its queue was seen
+ * short). The difference is what the broker holds for the peer: libzmq's
+ * pipe plus the kernel's send buffer. It needs no wire change and nothing
+ * the peer claims: a peer cannot opt out (a library ack could be forged).
+ * The kernel is asked when the running estimate (sent - last taken) is over
+ * the bound, and every sweep for peers with over S_FRESH_BYTES in flight,
+ * so a peer that keeps up costs two syscalls (fstat, getsockopt) per sweep
+ * at most; one over its bound, at most two per S_RECHECK_MS.
+ *
+ * Policy. Over peer-out-max-bytes: new REQUESTs BUSY (broker.c), direct
+ * messages and publications are held back (ab_msgs_try_send reports the
+ * pipe full: mailbox, subscriber queue). Over twice the bound, nothing more
+ * is sent to it (counted out_dropped) and it is disconnected; over the bound
+ * for peer-stall-ms, too. Disconnecting: ROUTER has no per-peer close, so
+ * the broker shuts down the connection's socket (shutdown(2) on the fd from
+ * ZMQ_SRCFD, after checking by inode that the fd is still that socket);
+ * libzmq's I/O thread then sees the connection end, closes the fd and frees
+ * the pipe and what it held. */
+/* By fd. EARLY: its first message was read before the monitor's ACCEPTED
+ * (the loop reads messages first), so it was counted then. */
+enum { S_FD_NONE = 0, S_FD_OPEN = 1, S_FD_REFUSED = 2, S_FD_EARLY = 4 };
+enum { S_KIND_UNKNOWN = 0, S_KIND_TCP = 1, S_KIND_OTHER = 2 };
+#define S_RECHECK_MS 10       /* an over peer's kernel figures are reused this long */
+#define S_REFUSE_LINGER_MS 200 /* a refused connection's ERROR gets this long to leave */
+#define S_REFUSE_SILENT_MS 1000 /* a refused connection that says nothing: closed */
+#define S_TRIM_CLOSED 256     /* connections closed before the heap is trimmed */
+#define S_FRESH_BYTES (64 * 1024) /* peers with more in flight are re-asked every sweep */
+/* struct tcp_info's tcpi_bytes_acked (Linux >= 4.1; glibc's header lacks it):
+ * its offset is kernel ABI, so it is read from the raw bytes. */
+#define S_TCPI_BYTES_ACKED 120
+
+/* The bytes P's TCP stack acknowledged on FD. 0 or -1. */
+static int s_tcp_acked(int fd, uint64_t *acked)
+{
+    uint8_t ti[256] = {0};
+    socklen_t l = sizeof ti;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &l) != 0 || l < S_TCPI_BYTES_ACKED + 8)
+        return -1;
+    memcpy(acked, ti + S_TCPI_BYTES_ACKED, 8);
+    return 0;
+}
+
+typedef struct {
+    int fd;
+    int answered;
+    int64_t since_ms;
+} s_refused_t;
+
+struct ab_conns {
+    uint8_t *fd_state; /* S_FD_* by fd */
+    size_t fd_cap;
+    uint32_t open;
+    s_refused_t *refused;
+    size_t nrefused, cap_refused;
+    ab_rid_t *over; /* peers over their bound (stall clock running) */
+    size_t nover, cap_over;
+    ab_rid_t *kill; /* to disconnect at the end of the turn */
+    size_t nkill, cap_kill;
+    uint32_t closed_since_trim;
+    int64_t trim_ms;
+};
+
+static struct ab_conns *s_conns(ab_broker_t *b)
+{
+    if (!b->conns)
+        b->conns = calloc(1, sizeof *b->conns);
+    return b->conns;
+}
+
+/* Makes room for one more element in *ARR (N used of *CAP, SIZE each). */
+static int s_room(void **arr, size_t n, size_t *cap, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    size_t c = *cap ? 2 * *cap : 16;
+    void *a = realloc(*arr, c * size);
+    if (!a)
+        return -1;
+    *arr = a;
+    *cap = c;
+    return 0;
+}
+
+static void s_rid_list_add(ab_rid_t **arr, size_t *n, size_t *cap, const ab_rid_t *rid)
+{
+    if (s_room((void **)arr, *n, cap, sizeof **arr) == 0)
+        (*arr)[(*n)++] = *rid;
+}
+
+static void s_rid_list_del(ab_rid_t *arr, size_t *n, const ab_rid_t *rid)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (arr[i].len == rid->len && memcmp(arr[i].bytes, rid->bytes, rid->len) == 0) {
+            arr[i] = arr[--*n];
+            return;
+        }
+}
+
+/* Bytes a frame of SIZE takes on the wire (ZMTP 3: flags, 1 or 8 size bytes). */
+static uint64_t s_wire(size_t size)
+{
+    return size + (size > 255 ? 9 : 2);
+}
+
+static uint64_t s_inode(int fd)
+{
+    struct stat st;
+    return fd >= 0 && fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+/* P's connection is new to the accounting: start from zero there. */
+static void s_rebase(ab_peer_t *p)
+{
+    p->out_fd = p->fd;
+    p->out_sent = p->out_taken = p->out_base = 0;
+    p->out_kind = S_KIND_UNKNOWN;
+    p->out_over_ms = 0;
+    if (!(p->out_ino = s_inode(p->fd)))
+        return;
+    int dom = 0, sb = 0;
+    socklen_t l = sizeof dom;
+    if (getsockopt(p->fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
+        return;
+    if (dom == AF_INET || dom == AF_INET6) {
+        if (s_tcp_acked(p->fd, &p->out_base) == 0)
+            p->out_kind = S_KIND_TCP;
+    } else {
+        l = sizeof sb;
+        if (getsockopt(p->fd, SOL_SOCKET, SO_SNDBUF, &sb, &l) == 0) {
+            p->out_sndbuf = sb;
+            p->out_kind = S_KIND_OTHER;
+        }
+    }
+}
+
+/* Asks the kernel how much of what was sent P has taken. Nothing changes
+ * when the fd is no longer P's socket (closed, or reused). */
+static void s_refresh(ab_peer_t *p, int64_t now)
+{
+    p->out_checked_ms = now;
+    if (p->out_kind == S_KIND_UNKNOWN || s_inode(p->fd) != p->out_ino)
+        return;
+    uint64_t taken = p->out_taken;
+    if (p->out_kind == S_KIND_TCP) {
+        uint64_t acked;
+        if (s_tcp_acked(p->fd, &acked) == 0)
+            taken = acked - p->out_base; /* + handshake, pings: a few bytes */
+    } else {
+        int q = 0;
+        /* A unix socket polls writable while its queue is under a quarter
+         * of SO_SNDBUF; well under that, libzmq has nothing left to write. */
+        if (ioctl(p->fd, SIOCOUTQ, &q) == 0 && q >= 0 && q < p->out_sndbuf / 8)
+            taken = p->out_sent > (uint64_t)q ? p->out_sent - (uint64_t)q : 0;
+    }
+    if (taken > p->out_sent)
+        taken = p->out_sent;
+    if (taken > p->out_taken)
+        p->out_taken = taken;
+}
+
+static uint64_t s_in_flight(const ab_peer_t *p)
+{
+    /* A connection the kernel cannot tell about is bounded by SNDHWM only. */
+    return p->out_fd == p->fd && p->out_kind != S_KIND_UNKNOWN ? p->out_sent - p->out_taken : 0;
+}
+
+/* Marks P for disconnection at the end of the turn. */
+static void s_kill(ab_broker_t *b, ab_peer_t *p)
+{
+    struct ab_conns *c = s_conns(b);
+    if (p->out_kill || !c)
+        return;
+    p->out_kill = 1;
+    s_rid_list_add(&c->kill, &c->nkill, &c->cap_kill, &p->rid);
+}
+
+int ab_peer_over(ab_broker_t *b, ab_peer_t *p)
+{
+    uint64_t bound = b->cfg->peer_out_max_bytes;
+    if (!bound || s_in_flight(p) <= bound)
+        return 0;
+    int64_t now = ab_now_ms();
+    if (!p->out_over_ms || now - p->out_checked_ms >= S_RECHECK_MS)
+        s_refresh(p, now);
+    if (s_in_flight(p) <= bound)
+        return 0;
+    struct ab_conns *c = s_conns(b);
+    if (!p->out_over_ms && c) {
+        p->out_over_ms = now;
+        s_rid_list_add(&c->over, &c->nover, &c->cap_over, &p->rid);
+    }
+    return 1;
+}
+
+/* 1 when P already holds more than twice its bound: nothing more is sent
+ * to it (counted) and it is disconnected. One message may pass the bound,
+ * so the broker's share for a peer stays under 2 x bound + one message. */
+static int s_beyond_twice(ab_broker_t *b, ab_peer_t *p)
+{
+    uint64_t bound = b->cfg->peer_out_max_bytes;
+    if (!bound || s_in_flight(p) <= 2 * bound)
+        return 0;
+    s_refresh(p, ab_now_ms());
+    if (s_in_flight(p) <= 2 * bound)
+        return 0;
+    b->c.out_dropped++;
+    s_kill(b, p);
+    return 1;
+}
+
+void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int has_payload)
+{
+    if (p->out_fd != p->fd)
+        s_rebase(p);
+    p->out_sent += s_wire(hlen) + (has_payload ? s_wire(plen) : 0);
+    if (b->cfg->peer_out_max_bytes && s_in_flight(p) > b->cfg->peer_out_max_bytes)
+        ab_peer_over(b, p); /* starts the stall clock */
+}
+
+void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
+{
+    /* What it had not taken is lost: its connection closed (libzmq discarded
+     * it; figures at most one sweep old above S_FRESH_BYTES), or the broker
+     * forgets it (silence, BYE) and will not answer it again. */
+    if (s_in_flight(p) && s_inode(p->fd) == p->out_ino)
+        s_refresh(p, ab_now_ms());
+    b->c.out_lost_bytes += s_in_flight(p);
+    if (b->conns && p->out_over_ms)
+        s_rid_list_del(b->conns->over, &b->conns->nover, &p->rid);
+    if (b->conns && p->out_kill)
+        s_rid_list_del(b->conns->kill, &b->conns->nkill, &p->rid);
+}
+
+/* Ends P's connection (see above) and drops P. */
+static void s_disconnect(ab_broker_t *b, ab_peer_t *p)
+{
+    s_refresh(p, ab_now_ms());
+    uint64_t held = s_in_flight(p);
+    b->c.slow_disconnects++;
+    b->c.slow_disconnect_bytes += held;
+    if (p->fd >= 0 && p->out_ino && s_inode(p->fd) == p->out_ino)
+        shutdown(p->fd, SHUT_RDWR);
+    AB_LOG_RL(&b->rl, ab_hash_bytes(p->rid.bytes, p->rid.len) ^ 0x510e, ab_now_ms(), AB_LOG_WARN,
+              "peer %s disconnected: %llu bytes sent to it not taken (peer-out-max-bytes %zu, "
+              "peer-stall-ms %ld)", p->key, (unsigned long long)held,
+              b->cfg->peer_out_max_bytes, b->cfg->peer_stall_ms);
+    p->out_kill = 0;
+    p->out_taken = p->out_sent; /* counted above, not again as lost */
+    ab_peer_drop(b, p, "not reading what it is sent");
+}
+
+void ab_router_reap(ab_broker_t *b)
+{
+    struct ab_conns *c = b->conns;
+    /* Dropping one peer may mark others (answers go out): bounded rounds. */
+    for (int round = 0; c && c->nkill && round < 1024; round++) {
+        ab_rid_t rid = c->kill[--c->nkill];
+        ab_peer_t *p = ab_peer_lookup(b, &rid);
+        if (p)
+            s_disconnect(b, p);
+    }
+}
+
+static void s_tick_over(ab_broker_t *b, struct ab_conns *c, int64_t now)
+{
+    for (size_t i = 0; i < c->nover;) {
+        ab_peer_t *p = ab_peer_lookup(b, &c->over[i]);
+        if (p && p->out_over_ms) {
+            s_refresh(p, now);
+            if (s_in_flight(p) > b->cfg->peer_out_max_bytes) {
+                if (now - p->out_over_ms >= b->cfg->peer_stall_ms)
+                    s_kill(b, p);
+                i++;
+                continue;
+            }
+            p->out_over_ms = 0; /* it caught up */
+        }
+        c->over[i] = c->over[--c->nover];
+    }
+}
+
+static void s_tick_refused(struct ab_conns *c, int64_t now)
+{
+    for (size_t i = 0; i < c->nrefused;) {
+        s_refused_t *r = &c->refused[i];
+        int64_t age = now - r->since_ms;
+        if (age < (r->answered ? S_REFUSE_LINGER_MS : S_REFUSE_SILENT_MS)) {
+            i++;
+            continue;
+        }
+        if ((size_t)r->fd < c->fd_cap && (c->fd_state[r->fd] & ~S_FD_EARLY) == S_FD_REFUSED)
+            shutdown(r->fd, SHUT_RDWR); /* libzmq closes it; the monitor reports it */
+        c->refused[i] = c->refused[--c->nrefused];
+    }
+}
+
+void ab_router_tick(ab_broker_t *b, int64_t now)
+{
+    struct ab_conns *c = b->conns;
+    if (!c)
+        return;
+    s_tick_over(b, c, now);
+    s_tick_refused(c, now);
+    /* Fresh figures for peers with much in flight, so that what a closed
+     * connection took with it can be counted (ab_router_peer_gone). */
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
+        if (s_in_flight(p) > S_FRESH_BYTES)
+            s_refresh(p, now);
+    /* Many connections gone: give their memory back to the system (the
+     * allocator keeps freed heap otherwise; ~28 KB per connection). */
+    if (c->closed_since_trim >= S_TRIM_CLOSED && now - c->trim_ms >= 1000) {
+        malloc_trim(0);
+        c->closed_since_trim = 0;
+        c->trim_ms = now;
+    }
+}
+
+/* Grows the fd table to hold FD. 0 or -1. */
+static int s_fd_room(struct ab_conns *c, int fd)
+{
+    if ((size_t)fd < c->fd_cap)
+        return 0;
+    size_t cap = c->fd_cap ? c->fd_cap : 1024;
+    while (cap <= (size_t)fd)
+        cap *= 2;
+    uint8_t *st = realloc(c->fd_state, cap);
+    if (!st)
+        return -1;
+    memset(st + c->fd_cap, 0, cap - c->fd_cap);
+    c->fd_state = st;
+    c->fd_cap = cap;
+    return 0;
+}
+
+/* A new connection on FD: counted, and refused when over the limit. */
+static void s_admit(ab_broker_t *b, struct ab_conns *c, int fd)
+{
+    c->open++;
+    c->fd_state[fd] = S_FD_OPEN;
+    if (c->open <= (uint32_t)b->cfg->max_connections ||
+        s_room((void **)&c->refused, c->nrefused, &c->cap_refused, sizeof *c->refused) != 0)
+        return;
+    c->fd_state[fd] = S_FD_REFUSED;
+    c->refused[c->nrefused++] = (s_refused_t){fd, 0, ab_now_ms()};
+    b->c.conn_refused++;
+    AB_LOG_RL(&b->rl, 0xc0ee, ab_now_ms(), AB_LOG_WARN,
+              "connection refused: %u open (max-connections %ld)", c->open,
+              b->cfg->max_connections);
+}
+
+void ab_router_conn_event(ab_broker_t *b, int event, int fd)
+{
+    struct ab_conns *c = s_conns(b);
+    if (!c || fd < 0 || s_fd_room(c, fd) != 0)
+        return;
+    uint8_t st = c->fd_state[fd];
+    if (event == ZMQ_EVENT_ACCEPTED) {
+        if (st & S_FD_EARLY) { /* its first message came first: counted then */
+            c->fd_state[fd] = st & ~S_FD_EARLY;
+            return;
+        }
+        if (st != S_FD_NONE) /* a close we did not see: not counted twice */
+            c->open--;
+        s_admit(b, c, fd);
+    } else if (event == ZMQ_EVENT_DISCONNECTED && st != S_FD_NONE) {
+        c->fd_state[fd] = S_FD_NONE;
+        c->open--;
+        c->closed_since_trim++;
+    }
+}
+
+int ab_router_refused(ab_broker_t *b, const ab_rid_t *rid, int fd, const ab_header_t *h)
+{
+    struct ab_conns *c = fd >= 0 ? s_conns(b) : NULL;
+    if (!c)
+        return 0;
+    if (((size_t)fd >= c->fd_cap || c->fd_state[fd] == S_FD_NONE) && s_fd_room(c, fd) == 0) {
+        s_admit(b, c, fd); /* before its ACCEPTED event: decided now */
+        c->fd_state[fd] |= S_FD_EARLY;
+    }
+    if ((size_t)fd >= c->fd_cap || (c->fd_state[fd] & ~S_FD_EARLY) != S_FD_REFUSED)
+        return 0;
+    for (size_t i = 0; i < c->nrefused; i++) {
+        s_refused_t *r = &c->refused[i];
+        if (r->fd != fd || r->answered)
+            continue;
+        r->answered = 1;
+        r->since_ms = ab_now_ms();
+        char text[96];
+        snprintf(text, sizeof text, "too many connections (max-connections %ld)",
+                 b->cfg->max_connections);
+        if (h->kind != AB_KIND_ERROR) {
+            ab_header_t e = ab_header_init(AB_KIND_ERROR);
+            e.correlation_id = h->id;
+            e.error_code = AB_ERR_BUSY;
+            e.error_text = ab_view_of(text);
+            uint8_t buf[256];
+            size_t len = ab_header_encode(&e, buf, sizeof buf);
+            if (len)
+                ab_send_raw_peer(b, NULL, rid, buf, len, NULL);
+            AB_COUNT_ERROR(b, AB_ERR_BUSY);
+        }
+    }
+    return 1;
+}
+
+uint32_t ab_router_connections(const ab_broker_t *b)
+{
+    return b->conns ? b->conns->open : 0;
+}
+
+void ab_router_fini(ab_broker_t *b)
+{
+    struct ab_conns *c = b->conns;
+    if (!c)
+        return;
+    free(c->fd_state);
+    free(c->refused);
+    free(c->over);
+    free(c->kill);
+    free(c);
+    b->conns = NULL;
+}
+
 int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t len,
                 zmq_msg_t *payload)
+{
+    return ab_send_raw_peer(b, ab_peer_lookup(b, rid), rid, buf, len, payload);
+}
+
+int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                     size_t len, zmq_msg_t *payload)
 {
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto fail;
@@ -46,6 +495,8 @@ int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t 
         goto fail;
     b->c.msgs_out++;
     b->c.bytes_out += rid->len + len + plen;
+    if (p)
+        ab_peer_sent(b, p, len, plen, payload != NULL);
     return 0;
 fail:
     s_send_failed(b, rid);
@@ -59,9 +510,14 @@ int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t
     uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
     if (!buf)
         return -1;
-    ab_peer_t *p = b->cfg->batch ? ab_peer_lookup(b, rid) : NULL;
-    int rc = p && (p->features & AB_FEATURE_BATCH) ? ab_batching_send(b, p, buf, len, payload)
-                                                     : ab_send_raw(b, rid, buf, len, payload);
+    ab_peer_t *p = ab_peer_lookup(b, rid);
+    int rc;
+    if (p && s_beyond_twice(b, p))
+        rc = -1; /* counted; P is disconnected at the end of the turn */
+    else if (p && b->cfg->batch && (p->features & AB_FEATURE_BATCH))
+        rc = ab_batching_send(b, p, buf, len, payload);
+    else
+        rc = ab_send_raw_peer(b, p, rid, buf, len, payload);
     if (buf != stack)
         free(buf);
     return rc;

@@ -17,6 +17,25 @@
 
 #define AB_RATE_WINDOW_MS 1000
 
+/* Bounds per connection (issue 11, router.c). */
+static void s_bounds_stats(ab_broker_t *b, Agentbus__Stats *st)
+{
+    const ab_counters_t *c = &b->c;
+    st->connections = ab_router_connections(b);
+    st->conn_refused = c->conn_refused;
+    st->out_busy = c->out_busy;
+    st->out_dropped = c->out_dropped;
+    st->slow_disconnects = c->slow_disconnects;
+    st->slow_disconnect_bytes = c->slow_disconnect_bytes;
+    st->out_lost_bytes = c->out_lost_bytes;
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        if (p->out_over_ms)
+            st->slow_peers++;
+        if (p->out_fd == p->fd && p->out_kind)
+            st->out_in_flight_bytes += p->out_sent - p->out_taken;
+    }
+}
+
 void ab_stats_tick(ab_broker_t *b, int64_t now)
 {
     ab_counters_t *c = &b->c;
@@ -174,6 +193,7 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
                          : 0;
     st.lz4_skipped = c->lz4_skipped;
     st.batch_malformed = c->batch_malformed;
+    s_bounds_stats(b, &st);
 
     /* Errors by code: those the broker answered or forwarded, then the
      * reasons malformed messages were rejected for. */

@@ -133,6 +133,16 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     if (json) {
         json_t *j = s_stats_json_batching(st);
         json_object_set_new(j, "health", s_health_json(st));
+        json_object_set_new(
+            j, "bounds", /* issue 11: bytes in flight, connections */
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
+                      (json_int_t)st->connections, "conn_refused", (json_int_t)st->conn_refused,
+                      "slow_peers", (json_int_t)st->slow_peers, "in_flight_bytes",
+                      (json_int_t)st->out_in_flight_bytes, "busy", (json_int_t)st->out_busy,
+                      "dropped", (json_int_t)st->out_dropped, "disconnects",
+                      (json_int_t)st->slow_disconnects, "disconnect_bytes",
+                      (json_int_t)st->slow_disconnect_bytes, "lost_bytes",
+                      (json_int_t)st->out_lost_bytes));
         if (st->cache) /* issue 6: the inference cache's figures */
             json_object_set_new(j, "cache", ab_cache_json(st->cache));
         json_object_set_new( /* issue 11: state peers make the broker keep */
@@ -167,6 +177,14 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->cancelled, (unsigned long long)st->cancelled_on_leave,
             st->service_count, (unsigned long long)st->services_expired,
             (unsigned long long)st->services_refused, (unsigned long long)st->registers_refused);
+    fprintf(out, "bounds       connections %u (refused %llu)   slow peers %u   in flight %llu bytes\n"
+                 "             busy %llu   dropped %llu   disconnected %llu (%llu bytes)"
+                 "   lost at drop %llu bytes\n",
+            st->connections, (unsigned long long)st->conn_refused, st->slow_peers,
+            (unsigned long long)st->out_in_flight_bytes, (unsigned long long)st->out_busy,
+            (unsigned long long)st->out_dropped, (unsigned long long)st->slow_disconnects,
+            (unsigned long long)st->slow_disconnect_bytes,
+            (unsigned long long)st->out_lost_bytes);
     fprintf(out, "batching     in %.2f msgs/zmq msg (%llu batches)   out %.2f (%llu batches)"
                  "   malformed %llu\n",
             st->batch_factor_in, (unsigned long long)st->batches_in, st->batch_factor_out,

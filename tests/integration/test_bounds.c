@@ -1,0 +1,426 @@
+/*
+ * test_bounds.c - memory bounded in bytes per connection, and the connection
+ * limit (issue 11), against a real broker and echo worker. The hostile
+ * peers are raw DEALERs with a small receive pipe and socket buffer that
+ * never read: what the broker holds for them is bounded by
+ * --peer-out-max-bytes (checked on its VmRSS, with a generous margin, and
+ * on its counters), and well-behaved peers are still served.
+ */
+#include "harness.h"
+#include "msgtest.h"
+#include "test.h"
+#include "codec.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define MiB (1024L * 1024L)
+
+/* A raw DEALER on PORT that takes little from the network: a 4-message
+ * receive pipe and a 64 KiB socket buffer, so the broker's data piles up
+ * on the broker's side as soon as the test stops reading. Once the broker
+ * has closed such a connection while its input was throttled, it must not
+ * be read from: libzmq 4.3.4 then asserts (!_io_error) in the reader. */
+static void *s_raw(void *ctx, int port, int reconnect_ms)
+{
+    void *raw = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, hwm = 4, buf = 64 * 1024, sndtimeo = 5000;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(raw, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(raw, ZMQ_RCVBUF, &buf, sizeof buf);
+    zmq_setsockopt(raw, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo);
+    if (reconnect_ms)
+        zmq_setsockopt(raw, ZMQ_RECONNECT_IVL, &reconnect_ms, sizeof reconnect_ms);
+    REQUIRE(zmq_connect(raw, th_ep(port)) == 0);
+    return raw;
+}
+
+/* Sends KIND with TARGET, id ID and SIZE bytes of payload (0: none). */
+static int s_raw_send(void *raw, uint32_t kind, const char *target, uint64_t id,
+                      const char *payload, size_t size)
+{
+    ab_header_t h = ab_header_init(kind);
+    h.id = id;
+    h.target = ab_view_of(target);
+    uint8_t buf[512];
+    size_t n = ab_header_encode(&h, buf, sizeof buf);
+    if (zmq_send(raw, buf, n, size ? ZMQ_SNDMORE : 0) < 0)
+        return -1;
+    return size && zmq_send(raw, payload, size, 0) < 0 ? -1 : 0;
+}
+
+/* Receives one message within MS: its header in *H (kind, code,
+ * correlation); 1, or 0 on timeout. */
+static int s_raw_recv(void *raw, int ms, ab_header_t *h, char *text, size_t cap)
+{
+    zmq_pollitem_t it = {raw, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, ms) <= 0)
+        return 0;
+    zmq_msg_t hdr, m;
+    zmq_msg_init(&hdr);
+    if (zmq_msg_recv(&hdr, raw, 0) < 0) {
+        zmq_msg_close(&hdr);
+        return 0;
+    }
+    int more = zmq_msg_more(&hdr);
+    while (more) {
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, raw, 0);
+        more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+    }
+    *h = ab_header_init(0);
+    int ok = ab_header_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), h) == AB_OK;
+    if (text && cap) {
+        ab_view_copy(ok ? h->error_text : (ab_view_t){NULL, 0}, text, cap);
+    }
+    zmq_msg_close(&hdr);
+    return 1;
+}
+
+static Agentbus__Stats *s_stats(ab_client_t *c)
+{
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    return st;
+}
+
+/* Waits (bounded) until the broker holds at most N requests. */
+static void s_wait_pending(ab_client_t *ctl, uint64_t n, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    for (;;) {
+        Agentbus__Stats *st = s_stats(ctl);
+        uint64_t p = st->pending;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (p <= n || ab_now_ms() > end)
+            return;
+        th_sleep_ms(5);
+    }
+}
+
+/* A client that never reads its answers: once it has more than the bound
+ * in flight its new requests are answered BUSY; the broker's memory stays
+ * near the bound (not the 100 MiB of answers it asked for); another client
+ * is served all along; and every request gets exactly one answer. */
+static void s_reply_reader(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--peer-out-max-bytes", "4M", "--peer-stall-ms", "600000",
+                             "--heartbeat-ms", "1000", "--liveness", "60", NULL);
+    pid_t worker = th_worker(port, "echo", "--capacity", "16", NULL);
+    ab_client_t *good = th_client(port);
+    REQUIRE(th_wait_workers(good, "echo", 1, 10000) == 0);
+    (void)worker;
+    void *ctx = zmq_ctx_new();
+    void *raw = s_raw(ctx, port, 0);
+    enum { SIZE = 64 * 1024, ROUND = 32, N = 1600 }; /* 100 MiB of answers */
+    char *payload = malloc(SIZE);
+    REQUIRE(payload != NULL);
+    memset(payload, 'r', SIZE);
+    long rss0 = th_rss_kb(broker), rss_max = rss0;
+    int sent = 0, good_ok = 0;
+    for (; sent < N; sent += ROUND) {
+        for (int i = 0; i < ROUND; i++)
+            REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", (uint64_t)(sent + i + 1), payload,
+                               SIZE) == 0);
+        /* Paced by the broker's own queue, so what the bound admits before
+         * it is reached stays small and the figures do not depend on speed. */
+        s_wait_pending(good, 8, 10000);
+        if ((sent / ROUND) % 8 == 0) {
+            void *reply = NULL;
+            size_t rs = 0;
+            good_ok += ab_client_request(good, "echo", payload, SIZE, 10000, &reply, &rs) == AB_OK &&
+                       rs == SIZE;
+            ab_free(reply);
+        }
+        long r = th_rss_kb(broker);
+        if (r > rss_max)
+            rss_max = r;
+    }
+    s_wait_pending(good, 0, 10000);
+    Agentbus__Stats *st = s_stats(good);
+    printf("broker RSS %ld KiB before, %ld KiB at most while %d x %d KiB answers were asked "
+           "for by a client that does not read; out_busy %llu, slow peers %u, in flight %llu "
+           "bytes, dropped %llu\n",
+           rss0, rss_max, N, SIZE / 1024, (unsigned long long)st->out_busy, st->slow_peers,
+           (unsigned long long)st->out_in_flight_bytes, (unsigned long long)st->out_dropped);
+    CHECK_TRUE(st->out_busy > 0);
+    CHECK_EQ(st->slow_peers, 1);
+    CHECK_U64(st->out_dropped, 0);
+    CHECK_U64(st->slow_disconnects, 0);
+    CHECK_TRUE(th_stat_error(st, "BUSY") >= st->out_busy);
+    agentbus__stats__free_unpacked(st, NULL);
+    CHECK_EQ(good_ok, N / ROUND / 8 + (N / ROUND % 8 != 0));
+#ifndef __SANITIZE_ADDRESS__
+    /* Bound 4 MiB: in flight at most 2 x 4 MiB plus one answer; the rest is
+     * margin for the allocator. Unbounded it would be ~100 MiB. */
+    CHECK_RANGE(rss_max - rss0, -1e9, 40 * 1024);
+#endif
+    /* It reads now: every request has exactly one answer, a REPLY or BUSY. */
+    int replies = 0, busy = 0, other = 0;
+    ab_header_t h;
+    char text[256];
+    while (replies + busy + other < N && s_raw_recv(raw, 5000, &h, text, sizeof text)) {
+        if (h.kind == AB_KIND_REPLY)
+            replies++;
+        else if (h.kind == AB_KIND_ERROR && h.error_code == AB_ERR_BUSY)
+            busy++;
+        else if (h.kind != AB_KIND_HEARTBEAT && h.kind != AB_KIND_HELLO)
+            other++;
+    }
+    printf("the reader then got %d replies and %d BUSY (last: %s)\n", replies, busy, text);
+    CHECK_EQ(replies + busy, N);
+    CHECK_EQ(other, 0);
+    CHECK_TRUE(busy > 0);
+    CHECK_TRUE(replies > 0);
+    free(payload);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&good);
+}
+
+/* A subscriber that never reads 256 KiB publications: they are dropped for
+ * it (counted), the broker's memory stays near the bound, and another
+ * subscriber gets every one. */
+static void s_slow_subscriber(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--peer-out-max-bytes", "4M", "--heartbeat-ms", "1000",
+                             "--liveness", "60", "--message-max-bytes", "1M", NULL);
+    void *ctx = zmq_ctx_new();
+    void *raw = s_raw(ctx, port, 0);
+    mt_box_t *box = calloc(1, sizeof *box);
+    ab_client_t *c[2] = {mt_agent(port, NULL, 0, box), mt_agent(port, NULL, 0, NULL)};
+    REQUIRE(s_raw_send(raw, AB_KIND_SUBSCRIBE, "big.", 1, NULL, 0) == 0);
+    CHECK_EQ(ab_client_subscribe(c[0], "big.", 5000), AB_OK);
+    int64_t end = ab_now_ms() + 10000;
+    for (;;) { /* both subscribed */
+        Agentbus__Stats *st = s_stats(c[1]);
+        unsigned n = st->subscribers;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (n == 2 || ab_now_ms() > end)
+            break;
+        th_sleep_ms(20);
+    }
+    enum { SIZE = 256 * 1024, ROUND = 8, N = 400 }; /* 100 MiB */
+    char *payload = malloc(SIZE);
+    REQUIRE(payload != NULL);
+    memset(payload, 'p', SIZE);
+    long rss0 = th_rss_kb(broker), rss_max = rss0;
+    for (int sent = 0; sent < N; sent += ROUND) {
+        for (int i = 0; i < ROUND; i++)
+            REQUIRE(ab_client_publish(c[1], "big.news", payload, SIZE, NULL) == AB_OK);
+        /* The reading subscriber keeps up (bounded wait). */
+        int64_t until = ab_now_ms() + 10000;
+        while (box->count[AB_MSG_TOPIC] < sent + ROUND && ab_now_ms() < until) {
+            ab_client_poll(c[0], 5);
+            ab_client_poll(c[1], 0);
+        }
+        long r = th_rss_kb(broker);
+        if (r > rss_max)
+            rss_max = r;
+    }
+    Agentbus__Stats *st = s_stats(c[1]);
+    printf("broker RSS %ld KiB before, %ld KiB at most for %d x %d KiB publications with a "
+           "subscriber that does not read; slow_drops %llu, slow peers %u\n",
+           rss0, rss_max, N, SIZE / 1024, (unsigned long long)st->slow_drops, st->slow_peers);
+    CHECK_EQ(box->count[AB_MSG_TOPIC], N);
+    CHECK_EQ(box->count[AB_MSG_GAP], 0);
+    CHECK_TRUE(st->slow_drops > 0);
+    CHECK_EQ(st->slow_peers, 1);
+#ifndef __SANITIZE_ADDRESS__
+    /* 4 MiB in flight + 4 MiB queued + margin; unbounded ~100 MiB. */
+    CHECK_RANGE(rss_max - rss0, -1e9, 40 * 1024);
+#endif
+    agentbus__stats__free_unpacked(st, NULL);
+    free(payload);
+    free(box);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&c[0]);
+    ab_client_destroy(&c[1]);
+}
+
+/* A peer that stays over its bound longer than peer-stall-ms is
+ * disconnected, counted, and what it held is freed; others are served. */
+static void s_stall_disconnect(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--peer-out-max-bytes", "1M", "--peer-stall-ms", "1500", "--heartbeat-ms",
+              "1000", "--liveness", "60", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *good = th_client(port);
+    REQUIRE(th_wait_workers(good, "echo", 1, 10000) == 0);
+    void *ctx = zmq_ctx_new();
+    void *raw = s_raw(ctx, port, 0);
+    enum { SIZE = 64 * 1024 };
+    char *payload = malloc(SIZE);
+    REQUIRE(payload != NULL);
+    memset(payload, 's', SIZE);
+    /* Over the bound: requests until the broker refuses them. */
+    uint64_t id = 0, busy = 0;
+    for (int round = 0; round < 200 && !busy; round++) {
+        for (int i = 0; i < 8; i++)
+            REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", ++id, payload, SIZE) == 0);
+        s_wait_pending(good, 4, 10000);
+        Agentbus__Stats *st = s_stats(good);
+        busy = st->out_busy;
+        agentbus__stats__free_unpacked(st, NULL);
+    }
+    REQUIRE(busy > 0);
+    /* It stays connected and alive (heartbeats) but does not read. */
+    uint64_t disc = 0, disc_bytes = 0;
+    int64_t end = ab_now_ms() + 20000;
+    while (!disc && ab_now_ms() < end) {
+        s_raw_send(raw, AB_KIND_HEARTBEAT, "", 0, NULL, 0);
+        th_sleep_ms(100);
+        Agentbus__Stats *st = s_stats(good);
+        disc = st->slow_disconnects;
+        disc_bytes = st->slow_disconnect_bytes;
+        agentbus__stats__free_unpacked(st, NULL);
+    }
+    printf("slow peer disconnected %llu time(s), holding %llu bytes\n", (unsigned long long)disc,
+           (unsigned long long)disc_bytes);
+    CHECK_U64(disc, 1);
+    CHECK_TRUE(disc_bytes > 1 * MiB);
+    /* Its connection is gone: the broker's in-flight figure is back to
+     * (about) zero and another client is served. */
+    Agentbus__Stats *st = s_stats(good);
+    CHECK_EQ(st->slow_peers, 0);
+    CHECK_TRUE(st->out_in_flight_bytes < 1 * MiB);
+    agentbus__stats__free_unpacked(st, NULL);
+    void *reply = NULL;
+    size_t rs = 0;
+    CHECK_EQ(ab_client_request(good, "echo", payload, SIZE, 10000, &reply, &rs), AB_OK);
+    CHECK_EQ(rs, (size_t)SIZE);
+    ab_free(reply);
+    free(payload);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&good);
+}
+
+/* Says HELLO on RAW; 1 when the broker answered HELLO, 0 when it answered
+ * ERROR (its text in TEXT), -1 on no answer. */
+static int s_hello(void *raw, char *text, size_t cap)
+{
+    text[0] = '\0';
+    if (s_raw_send(raw, AB_KIND_HELLO, "", 7, NULL, 0) != 0)
+        return -1;
+    ab_header_t h;
+    int64_t end = ab_now_ms() + 5000;
+    while (ab_now_ms() < end && s_raw_recv(raw, 500, &h, text, cap)) {
+        if (h.kind == AB_KIND_HELLO && h.correlation_id == 7)
+            return 1;
+        if (h.kind == AB_KIND_ERROR)
+            return 0;
+    }
+    return -1;
+}
+
+static uint32_t s_connections(ab_client_t *c, uint32_t want, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    for (;;) {
+        Agentbus__Stats *st = s_stats(c);
+        uint32_t n = st->connections;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (n == want || ab_now_ms() > end)
+            return n;
+        th_sleep_ms(20);
+    }
+}
+
+/* max-connections: one connection beyond it is answered BUSY "too many
+ * connections" and closed (counted); after a close there is room again. */
+static void s_max_connections(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--max-connections", "4", NULL);
+    ab_client_t *ctl = th_client(port); /* connection 1 */
+    void *ctx = zmq_ctx_new();
+    void *raw[4];
+    char text[256];
+    for (int i = 0; i < 3; i++) { /* connections 2..4 */
+        raw[i] = s_raw(ctx, port, 0);
+        CHECK_EQ(s_hello(raw[i], text, sizeof text), 1);
+    }
+    CHECK_EQ(s_connections(ctl, 4, 5000), 4);
+    raw[3] = s_raw(ctx, port, 60000); /* one too many; no quick reconnect */
+    int rc = s_hello(raw[3], text, sizeof text);
+    printf("fifth connection: %d '%s'\n", rc, text);
+    CHECK_EQ(rc, 0);
+    CHECK_TRUE(strstr(text, "too many connections") != NULL);
+    /* Then closed by the broker: the count is back to 4. */
+    CHECK_EQ(s_connections(ctl, 4, 5000), 4);
+    Agentbus__Stats *st = s_stats(ctl);
+    CHECK_TRUE(st->conn_refused >= 1);
+    CHECK_TRUE(th_stat_error(st, "BUSY") >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    zmq_close(raw[3]);
+    /* One leaves: a new one is served. */
+    zmq_close(raw[0]);
+    CHECK_EQ(s_connections(ctl, 3, 5000), 3);
+    raw[0] = s_raw(ctx, port, 0);
+    CHECK_EQ(s_hello(raw[0], text, sizeof text), 1);
+    for (int i = 0; i < 3; i++)
+        zmq_close(raw[i]);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&ctl);
+}
+
+/* A client that goes silent without reading: the broker drops it (silence,
+ * and its connection closes on the ZMTP heartbeat timeout) and libzmq
+ * discards the answers it had not taken. They were lost without a failed
+ * send; the bytes are counted (out_lost_bytes), so the loss is visible. */
+static void s_lost_at_close(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--heartbeat-ms", "200", "--liveness", "3", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *good = th_client(port);
+    REQUIRE(th_wait_workers(good, "echo", 1, 10000) == 0);
+    void *ctx = zmq_ctx_new();
+    void *raw = s_raw(ctx, port, 60000);
+    enum { SIZE = 1024, N = 2000 }; /* 2 MB of answers: under the bound */
+    char payload[SIZE];
+    memset(payload, 'l', sizeof payload);
+    for (int i = 0; i < N; i += 50) {
+        for (int k = 0; k < 50; k++)
+            REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", (uint64_t)(i + k + 1), payload,
+                               SIZE) == 0);
+        s_wait_pending(good, 8, 10000);
+    }
+    /* Silent now, and still not reading: wait (bounded) for the count. */
+    uint64_t lost = 0;
+    int64_t end = ab_now_ms() + 15000;
+    while (lost <= (uint64_t)N * SIZE / 4 && ab_now_ms() < end) {
+        th_sleep_ms(100);
+        Agentbus__Stats *st = s_stats(good);
+        lost = st->out_lost_bytes;
+        agentbus__stats__free_unpacked(st, NULL);
+    }
+    printf("answers lost with the dropped client: %llu bytes\n", (unsigned long long)lost);
+    /* Most of the 2000 answers sat in the pipe; the socket buffers took a few. */
+    CHECK_TRUE(lost > (uint64_t)N * SIZE / 4);
+    CHECK_TRUE(lost <= (uint64_t)N * (SIZE + 64));
+    zmq_close(raw); /* never read from again: see s_raw */
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&good);
+}
+
+int main(int argc, char **argv)
+{
+    static const th_case_t cases[] = {
+        {"reply_reader", s_reply_reader},
+        {"slow_subscriber", s_slow_subscriber},
+        {"stall_disconnect", s_stall_disconnect},
+        {"max_connections", s_max_connections},
+        {"lost_at_close", s_lost_at_close},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
