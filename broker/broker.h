@@ -134,6 +134,7 @@ typedef struct {
     /* batching.c */
     uint64_t batches_in, batched_msgs_in, batches_out, batched_msgs_out, batch_malformed;
     uint64_t lz4_msgs, lz4_wire_bytes, lz4_original_bytes, lz4_skipped;
+    uint64_t lz4_refused; /* issue 11: lz4 request vs. a worker that cannot read it */
 } ab_counters_t;
 
 typedef struct {

@@ -133,6 +133,11 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     if (json) {
         json_t *j = s_stats_json_batching(st);
         json_object_set_new(j, "health", s_health_json(st));
+        /* issue 11: refused lz4 requests, offline names and their bytes */
+        json_object_set_new(j, "lz4_refused", json_integer((json_int_t)st->lz4_refused));
+        json_object_set_new(j, "offline_names", json_integer((json_int_t)st->offline_names));
+        json_object_set_new(j, "mailbox_charged_bytes",
+                            json_integer((json_int_t)st->mailbox_charged_bytes));
         if (st->cache) /* issue 6: the inference cache's figures */
             json_object_set_new(j, "cache", ab_cache_json(st->cache));
         s_emit(out, j);
@@ -161,6 +166,9 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     fprintf(out, "compression  ratio %.2f   saved %llu bytes   compressed %llu   skipped %llu\n",
             st->compression_ratio, (unsigned long long)st->bytes_saved,
             (unsigned long long)st->lz4_msgs, (unsigned long long)st->lz4_skipped);
+    fprintf(out, "names        offline %u   charged %llu bytes   lz4 refused %llu\n",
+            st->offline_names, (unsigned long long)st->mailbox_charged_bytes,
+            (unsigned long long)st->lz4_refused);
     fprintf(out, "errors      ");
     for (size_t i = 0; i < st->n_errors; i++)
         fprintf(out, " %s %llu", st->errors[i]->code, (unsigned long long)st->errors[i]->count);
