@@ -86,9 +86,15 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout);
-    /* Workers keep their routing id across reconnects: the new connection
-     * takes over from one the broker has not yet seen close. */
-    zmq_setsockopt(b->router, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+    /* No ROUTER_HANDOVER: with it, any peer that connects with another
+     * peer's routing id (shown by `brokerctl workers`) steals its traffic,
+     * and two connections racing for one id trip a libzmq assertion. A
+     * connection whose id is already live is ignored by ZeroMQ instead.
+     * Reconnection never rests on an id: the library lets the ROUTER
+     * assign one per connection; a worker registers again, an agent
+     * reclaims its name with its HELLO instance (mailbox.c). */
+    int zero = 0;
+    zmq_setsockopt(b->router, ZMQ_ROUTER_HANDOVER, &zero, sizeof zero);
     if (ab_health_init(b) != 0) {
         AB_ERROR("cannot monitor the ROUTER socket: %s", zmq_strerror(errno));
         return -1;
