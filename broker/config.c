@@ -108,6 +108,12 @@ static const s_option_t s_options[] = {
      "LMDB map size of the L3 cache in --data-dir (its bound on disk)"},
     {"cache-waiters-max", OPT_LONG, OFF(cache_waiters_max), 0, 1000000, "1024",
      "identical requests that may wait on one in flight; beyond: sent to a worker"},
+    /* issue 11 (helper A): names and mailboxes */
+    {"mailbox-max-names", OPT_LONG, OFF(mailbox_max_names), 1, 100000000, "100000",
+     "offline agent names holding a mailbox; a SEND to one more: ERROR(BUSY)"},
+    {"name-takeover", OPT_LONG, OFF(name_takeover), 0, 1, "0",
+     "1: Hello.takeover may take a name from a live connection of another instance "
+     "(unauthenticated: any peer could); 0: only the same instance reclaims it"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

@@ -61,6 +61,9 @@ typedef struct {
     size_t cache_l3_bytes;        /* LMDB map size */
     char *cache_redis;            /* "host:port"; "" = no L2 cache */
     long cache_l2_timeout_ms;
+    /* issue 11 (helper A) */
+    long mailbox_max_names;       /* offline names holding a mailbox */
+    long name_takeover;           /* 1: Hello.takeover honoured across instances */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the
