@@ -507,19 +507,31 @@ static void s_takeover_refused(void)
 }
 
 /* --- 3: a name leaves the flush list before its record is freed ------------------ */
-/* Agents whose pipes are full (they never read) rename themselves over and
- * over while short-lived messages to their names queue, expire and get
- * flushed: records go offline, empty and freed while the backlog list may
- * still hold them (found by a stateful fuzzer under ASan). */
+/* Agents whose pipes are full (they never read) keep renaming themselves
+ * between two names, each holding one short-lived message: a name's record
+ * is emptied by the expiry sweep while it is on the flush list, then unbound
+ * (renamed away) and freed before the next flush looks at the list (the
+ * use-after-free a stateful fuzzer found under ASan). Expiry times are
+ * spread so some land in the window on any machine. */
+static void s_send_one(void *raw, const char *name, uint64_t id, uint32_t ttl_ms,
+                       const void *data, size_t size)
+{
+    ab_header_t h = ab_header_init(AB_KIND_SEND);
+    h.id = id;
+    h.target = ab_view_of(name);
+    h.timeout_ms = ttl_ms;
+    s_send(raw, &h, data, size);
+}
+
 static void s_rename_backlog(void)
 {
-    enum { AGENTS = 12, BIG = 8192 };
+    enum { AGENTS = 8, BIG = 256 * 1024, CYCLES = 8 };
     int port = th_free_port();
     pid_t broker = th_broker(port, "--sndhwm", "4", NULL);
     void *socks[AGENTS + 1];
+    if (!s_ctx)
+        s_ctx = zmq_ctx_new();
     for (int i = 0; i < AGENTS; i++) {
-        if (!s_ctx)
-            s_ctx = zmq_ctx_new();
         void *s = zmq_socket(s_ctx, ZMQ_DEALER);
         int linger = 0, hwm = 2, rcvbuf = 4096;
         zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
@@ -532,28 +544,39 @@ static void s_rename_backlog(void)
     char *big = calloc(1, BIG);
     memset(big, 'm', BIG);
     uint64_t id = 1;
-    int64_t end = ab_now_ms() + 6000;
     unsigned seed = 11;
-    while (ab_now_ms() < end && th_alive(broker)) {
-        for (int i = 0; i < AGENTS; i++) {
-            char name[32];
-            snprintf(name, sizeof name, "r%d-%d", i, (int)(rand_r(&seed) % 2));
-            s_hello(socks[i], name, (uint64_t)i + 1, 0, id++);
-            s_beat(socks[i]);
-            /* Bursts to both names, with TTLs spread over the expiry period. */
-            for (int k = 0; k < 3; k++) {
-                ab_header_t h = ab_header_init(AB_KIND_SEND);
-                snprintf(name, sizeof name, "r%d-%d", i, (int)(rand_r(&seed) % 2));
-                h.id = id++;
-                h.target = ab_view_of(name);
-                h.timeout_ms = 50 + rand_r(&seed) % 1200;
-                s_send(sender, &h, big, BIG);
+    char name[32];
+    /* Fill every agent's pipe: what is not delivered expires soon. */
+    for (int i = 0; i < AGENTS; i++) {
+        snprintf(name, sizeof name, "r%d-0", i);
+        s_hello(socks[i], name, (uint64_t)i + 1, 0, id++);
+        for (int k = 0; k < 24; k++) /* 6 MB: past the socket buffers */
+            s_send_one(sender, name, id++, 300, big, BIG);
+    }
+    th_sleep_ms(500);
+    int cur[AGENTS] = {0};
+    for (int cycle = 0; cycle < CYCLES && th_alive(broker); cycle++) {
+        /* One message for each name, expiring somewhere in the next second. */
+        for (int i = 0; i < AGENTS; i++)
+            for (int k = 0; k < 2; k++) {
+                snprintf(name, sizeof name, "r%d-%d", i, k);
+                s_send_one(sender, name, id++, 100 + rand_r(&seed) % 1000, "x", 1);
             }
+        /* Then only renames, every few ms, while those expire. */
+        int64_t end = ab_now_ms() + 1300;
+        while (ab_now_ms() < end) {
+            for (int i = 0; i < AGENTS; i++) {
+                cur[i] ^= 1;
+                snprintf(name, sizeof name, "r%d-%d", i, cur[i]);
+                s_hello(socks[i], name, (uint64_t)i + 1, 0, id++);
+                s_beat(socks[i]);
+            }
+            s_beat(sender);
+            s_msg_t m;
+            while (s_take(sender, &m))
+                s_close(&m);
+            th_sleep_ms(2 + (int)(rand_r(&seed) % 6));
         }
-        s_msg_t m;
-        while (s_take(sender, &m)) /* BUSY answers: never let them pile up */
-            s_close(&m);
-        th_sleep_ms(3 + (int)(rand_r(&seed) % 8));
     }
     free(big);
     CHECK_TRUE(th_alive(broker));
@@ -563,7 +586,7 @@ static void s_rename_backlog(void)
     printf("queued %llu expired %llu delivered %llu refused %llu\n",
            (unsigned long long)st->msgs_queued, (unsigned long long)st->msgs_expired,
            (unsigned long long)st->msgs_delivered, (unsigned long long)st->msgs_refused);
-    CHECK_TRUE(st->msgs_queued > 0);
+    CHECK_TRUE(st->msgs_queued >= 2 * AGENTS * CYCLES);
     CHECK_TRUE(st->msgs_expired > 0);
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&ctl);
