@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #define AB_RECV_BURST 4096 /* messages per turn before timers get a look */
 #define AB_SWEEP_MS 100    /* peer liveness and rate sampling period */
@@ -59,6 +60,9 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zhashx_set_key_duplicator(b->peers, NULL);
     zhashx_set_key_destructor(b->peers, NULL);
     zhashx_set_destructor(b->peers, s_peer_free);
+    b->peer_keys = zhashx_new();
+    zhashx_set_key_duplicator(b->peer_keys, NULL);
+    zhashx_set_key_destructor(b->peer_keys, NULL);
     b->services = zhashx_new();
     zhashx_set_destructor(b->services, ab_service_free);
     if (ab_idmap_init(&b->pending, 1024) != 0)
@@ -132,6 +136,7 @@ void ab_broker_fini(ab_broker_t *b)
             free(w);
             p->worker = NULL;
         }
+        zhashx_destroy(&b->peer_keys);
         zhashx_destroy(&b->peers);
     }
     if (b->services)
@@ -157,6 +162,30 @@ ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid)
     return zhashx_lookup(b->peers, rid);
 }
 
+ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key)
+{
+    return zhashx_lookup(b->peer_keys, key);
+}
+
+/* Names P with a random 64-bit token, unique among live peers. Never the
+ * routing id: the ROUTER assigns ids in sequence from a random start, and a
+ * peer that saw one could connect with the next ones (ZMQ_ROUTING_ID); when
+ * libzmq (4.3) then assigns such an id to a new connection it aborts the
+ * broker (an assertion in socket_base.cpp). So ids are never shown. */
+static void s_peer_key(ab_broker_t *b, ab_peer_t *p)
+{
+    static uint64_t seq;
+    for (int i = 0; i < 8; i++) {
+        uint64_t v = 0;
+        if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+            v = ab_hash_bytes(p->rid.bytes, p->rid.len) ^ ab_now_ns() ^ ++seq;
+        snprintf(p->key, sizeof p->key, "%016llx", (unsigned long long)v);
+        if (!zhashx_lookup(b->peer_keys, p->key))
+            break;
+    }
+    zhashx_update(b->peer_keys, p->key, p);
+}
+
 /* Creates the record of a peer not seen before. */
 static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now)
 {
@@ -164,7 +193,7 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     if (!p)
         return NULL;
     p->rid = *rid;
-    s_rid_key(rid, p->key);
+    s_peer_key(b, p);
     p->role = role;
     p->connected_ms = p->last_seen_ms = now;
     p->heartbeat_ms = b->cfg->heartbeat_ms;
@@ -186,6 +215,8 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
         ab_cancel_client_gone(b, &peer->rid); /* frees their workers' slots */
     ab_msgs_peer_gone(b, peer);
     ab_batching_peer_free(b, peer);
+    if (zhashx_lookup(b->peer_keys, peer->key) == peer)
+        zhashx_delete(b->peer_keys, peer->key);
     zhashx_delete(b->peers, &peer->rid);
 }
 

@@ -104,33 +104,11 @@ static void s_accepted(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
     zmq_msg_close(&m);
 }
 
-static int s_hex_rid(const char *hex, ab_rid_t *rid)
-{
-    size_t n = strlen(hex);
-    if (n == 0 || n % 2 || n / 2 > AB_RID_MAX)
-        return -1;
-    for (size_t i = 0; i < n / 2; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 2; k++) {
-            char c = hex[2 * i + (size_t)k];
-            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                    : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-            if (d < 0)
-                return -1;
-            v = v * 16 + (unsigned)d;
-        }
-        rid->bytes[i] = (uint8_t)v;
-    }
-    rid->len = (uint8_t)(n / 2);
-    return 0;
-}
-
-/* A SEND to "~hex": straight to that connection, no mailbox. */
+/* A SEND to "~key": straight to that connection, no mailbox. */
 static void s_send_unnamed(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
                            const char *name, const char *sender)
 {
-    ab_rid_t rid;
-    ab_peer_t *to = s_hex_rid(name + 1, &rid) == 0 ? ab_peer_lookup(b, &rid) : NULL;
+    ab_peer_t *to = ab_peer_by_key(b, name + 1);
     if (!to) {
         ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_NO_AGENT,
                        "agent '%s' is not connected (unnamed agents have no mailbox)", name);
