@@ -663,7 +663,8 @@ static Agentbus__Stats *s_wait_names(ab_client_t *ctl, uint32_t names, int timeo
     for (;;) {
         Agentbus__Stats *st = th_stats(ctl);
         REQUIRE(st != NULL);
-        if ((st->offline_names == names && st->mailbox_msgs == 0) || ab_now_ms() >= end)
+        if ((st->offline_names == names && (names || st->mailbox_msgs == 0)) ||
+            ab_now_ms() >= end)
             return st;
         agentbus__stats__free_unpacked(st, NULL);
         th_sleep_ms(200);
