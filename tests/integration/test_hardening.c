@@ -470,8 +470,9 @@ static void s_next_id_claim(void)
     free(box);
 }
 
-/* Two connections sharing one id (and a third with a live worker's id),
- * busy for a few seconds: the broker stays up and answers. */
+/* Two connections sharing one id, and two more with the id a live worker
+ * chose (an older library's), busy for a few seconds: the broker stays up,
+ * keeps the worker, and answers. */
 static void s_shared_id(void)
 {
     int port = th_free_port();
@@ -479,15 +480,15 @@ static void s_shared_id(void)
     th_worker(port, "echo", NULL);
     ab_client_t *ctl = th_client(port);
     REQUIRE(th_wait_workers(ctl, "echo", 1, 10000) == 0);
-    uint8_t wrid[AB_RID_MAX];
-    size_t wlen = s_worker_rid(ctl, "echo", wrid);
-    REQUIRE(wlen > 0);
     const char twin[] = "twin-id";
-    void *socks[4];
+    const uint8_t wid[8] = {'W' | 0x80, 'o', 'l', 'd', 1, 2, 3, 4};
+    void *socks[5];
+    void *old = socks[4] = s_raw(port, wid, sizeof wid);
+    s_register(old, "raw", 10, 0);
     socks[0] = s_raw(port, twin, sizeof twin - 1);
     socks[1] = s_raw(port, twin, sizeof twin - 1);
-    socks[2] = s_raw(port, wrid, wlen);
-    socks[3] = s_raw(port, wrid, wlen);
+    socks[2] = s_raw(port, wid, sizeof wid);
+    socks[3] = s_raw(port, wid, sizeof wid);
     int64_t end = ab_now_ms() + 3000;
     uint64_t id = 1;
     while (ab_now_ms() < end) {
@@ -500,6 +501,7 @@ static void s_shared_id(void)
             while (s_take(socks[i], &m))
                 s_close(&m);
         }
+        s_beat(old);
         th_sleep_ms(5);
     }
     CHECK_TRUE(th_alive(broker));
@@ -509,12 +511,15 @@ static void s_shared_id(void)
              AB_OK);
     CHECK_EQ(olen, 10);
     free(out);
-    Agentbus__Stats *st = th_stats(ctl);
-    CHECK_TRUE(st != NULL);
-    if (st)
-        agentbus__stats__free_unpacked(st, NULL);
+    /* The worker that chose its id still gets its service's requests. */
+    CHECK_EQ(th_wait_workers(ctl, "raw", 1, 2000), 0);
+    REQUIRE(ab_client_request_async(ctl, "raw", "r", 1, 5000, NULL, NULL, NULL) == AB_OK);
+    ab_client_flush(ctl);
+    s_msg_t m;
+    CHECK_TRUE(s_wait(old, AB_KIND_REQUEST, &m, 5000, NULL, 0));
+    s_close(&m);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, 4);
+    s_raw_end(socks, 5);
     CHECK_TRUE(th_alive(broker));
 }
 
