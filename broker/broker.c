@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #define AB_RECV_BURST 4096 /* messages per turn before timers get a look */
 #define AB_SWEEP_MS 100    /* peer liveness and rate sampling period */
@@ -60,6 +61,9 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zhashx_set_key_duplicator(b->peers, NULL);
     zhashx_set_key_destructor(b->peers, NULL);
     zhashx_set_destructor(b->peers, s_peer_free);
+    b->peer_keys = zhashx_new();
+    zhashx_set_key_duplicator(b->peer_keys, NULL);
+    zhashx_set_key_destructor(b->peer_keys, NULL);
     b->services = zhashx_new();
     zhashx_set_destructor(b->services, ab_service_free);
     if (ab_idmap_init(&b->pending, 1024) != 0)
@@ -87,9 +91,15 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout);
-    /* Workers keep their routing id across reconnects: the new connection
-     * takes over from one the broker has not yet seen close. */
-    zmq_setsockopt(b->router, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+    /* No ROUTER_HANDOVER: with it, any peer that connects with another
+     * peer's routing id (shown by `brokerctl workers`) steals its traffic,
+     * and two connections racing for one id trip a libzmq assertion. A
+     * connection whose id is already live is ignored by ZeroMQ instead.
+     * Reconnection never rests on an id: the library lets the ROUTER
+     * assign one per connection; a worker registers again, an agent
+     * reclaims its name with its HELLO instance (mailbox.c). */
+    int zero = 0;
+    zmq_setsockopt(b->router, ZMQ_ROUTER_HANDOVER, &zero, sizeof zero);
     if (ab_health_init(b) != 0) {
         AB_ERROR("cannot monitor the ROUTER socket: %s", zmq_strerror(errno));
         return -1;
@@ -128,6 +138,7 @@ void ab_broker_fini(ab_broker_t *b)
             free(w);
             p->worker = NULL;
         }
+        zhashx_destroy(&b->peer_keys);
         zhashx_destroy(&b->peers);
     }
     if (b->services)
@@ -153,6 +164,30 @@ ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid)
     return zhashx_lookup(b->peers, rid);
 }
 
+ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key)
+{
+    return zhashx_lookup(b->peer_keys, key);
+}
+
+/* Names P with a random 64-bit token, unique among live peers. Never the
+ * routing id: the ROUTER assigns ids in sequence from a random start, and a
+ * peer that saw one could connect with the next ones (ZMQ_ROUTING_ID); when
+ * libzmq (4.3) then assigns such an id to a new connection it aborts the
+ * broker (an assertion in socket_base.cpp). So ids are never shown. */
+static void s_peer_key(ab_broker_t *b, ab_peer_t *p)
+{
+    static uint64_t seq;
+    for (int i = 0; i < 8; i++) {
+        uint64_t v = 0;
+        if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+            v = ab_hash_bytes(p->rid.bytes, p->rid.len) ^ ab_now_ns() ^ ++seq;
+        snprintf(p->key, sizeof p->key, "%016llx", (unsigned long long)v);
+        if (!zhashx_lookup(b->peer_keys, p->key))
+            break;
+    }
+    zhashx_update(b->peer_keys, p->key, p);
+}
+
 /* Creates the record of a peer not seen before. */
 static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now)
 {
@@ -160,7 +195,7 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     if (!p)
         return NULL;
     p->rid = *rid;
-    s_rid_key(rid, p->key);
+    s_peer_key(b, p);
     p->role = role;
     p->connected_ms = p->last_seen_ms = now;
     p->heartbeat_ms = b->cfg->heartbeat_ms;
@@ -183,6 +218,8 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     ab_msgs_peer_gone(b, peer);
     ab_batching_peer_free(b, peer);
     ab_router_peer_gone(b, peer);
+    if (zhashx_lookup(b->peer_keys, peer->key) == peer)
+        zhashx_delete(b->peer_keys, peer->key);
     zhashx_delete(b->peers, &peer->rid);
 }
 

@@ -45,7 +45,8 @@ typedef enum { AB_ROLE_AGENT = 0, AB_ROLE_WORKER = 1, AB_ROLE_CONTROL = 2, AB_RO
  * heartbeat intervals of silence, or on BYE. */
 typedef struct {
     ab_rid_t rid;
-    char key[2 * AB_RID_MAX + 1]; /* hex of rid: for logs and brokerctl */
+    char key[2 * AB_RID_MAX + 1]; /* random token naming it to peers, brokerctl and
+                                     logs; never its routing id (broker.c) */
     ab_role_t role;
     char name[AB_NAME_MAX];
     int64_t connected_ms;
@@ -157,6 +158,7 @@ typedef struct {
     /* router.c: outbound bytes and connections (issue 11) */
     uint64_t out_busy, out_dropped, slow_disconnects, slow_disconnect_bytes, conn_refused;
     uint64_t out_lost_bytes;
+    uint64_t lz4_refused; /* issue 11: lz4 request vs. a worker that cannot read it */
 } ab_counters_t;
 
 typedef struct {
@@ -165,6 +167,7 @@ typedef struct {
     void *zctx;
     void *router;
     zhashx_t *peers;    /* &peer->rid -> ab_peer_t (owned) */
+    zhashx_t *peer_keys; /* peer->key -> ab_peer_t (not owned): "~key" and pins */
     zhashx_t *services; /* name -> ab_service_t (owned) */
     ab_idmap_t pending; /* bid -> ab_req_t (owned) */
     ab_req_t **heap;    /* min-heap on deadline_ms */
@@ -209,6 +212,9 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg);
 int ab_broker_run(ab_broker_t *b);
 void ab_broker_fini(ab_broker_t *b);
 ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid);
+/* The live peer whose key (as brokerctl and "~key" senders show it) is KEY,
+ * or NULL. */
+ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key);
 void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why);
 
 /* router.c: every send goes through here (counts bytes, handles errors). */

@@ -137,6 +137,12 @@ static const s_option_t s_options[] = {
     {"max-connections", OPT_LONG, OFF(max_connections), 1, 10000000, "10000",
      "open connections; one beyond is answered ERROR(BUSY) \"too many connections\" "
      "if it sends anything, then closed (counted)"},
+    /* issue 11 (helper A): names and mailboxes */
+    {"mailbox-max-names", OPT_LONG, OFF(mailbox_max_names), 1, 100000000, "100000",
+     "offline agent names holding a mailbox; a SEND to one more: ERROR(BUSY)"},
+    {"name-takeover", OPT_LONG, OFF(name_takeover), 0, 1, "0",
+     "1: Hello.takeover may take a name from a live connection of another instance "
+     "(unauthenticated: any peer could); 0: only the same instance reclaims it"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

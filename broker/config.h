@@ -73,6 +73,9 @@ typedef struct {
     size_t peer_out_max_bytes; /* sent to one peer, not yet taken by it; 0 off */
     long peer_stall_ms;        /* over that bound this long: disconnected */
     long max_connections;      /* open connections; beyond: refused */
+    /* issue 11 (helper A) */
+    long mailbox_max_names;       /* offline names holding a mailbox */
+    long name_takeover;           /* 1: Hello.takeover honoured across instances */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -54,10 +54,20 @@ void ab_agent_free(void **item)
     *item = NULL;
 }
 
-/* Forgets offline agent A with an empty mailbox. */
+/* Bytes a name's record counts against mailbox-total-bytes: the record,
+ * its name and about what the hash table spends on an item. */
+#define AB_AGENT_OVERHEAD 64
+static size_t s_agent_charge(const char *name)
+{
+    return sizeof(ab_agent_t) + strlen(name) + 1 + AB_AGENT_OVERHEAD;
+}
+
+/* Forgets offline agent A with an empty mailbox. It leaves every list
+ * first: nothing may point at a freed record. */
 static void s_agent_drop(ab_broker_t *b, ab_agent_t *a)
 {
-    b->msgs->total_bytes -= sizeof *a;
+    ab_msgs_unbacklog_agent(b, a);
+    b->msgs->total_bytes -= s_agent_charge(a->name);
     zhashx_delete(b->msgs->agents, a->name);
 }
 
@@ -94,33 +104,11 @@ static void s_accepted(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
     zmq_msg_close(&m);
 }
 
-static int s_hex_rid(const char *hex, ab_rid_t *rid)
-{
-    size_t n = strlen(hex);
-    if (n == 0 || n % 2 || n / 2 > AB_RID_MAX)
-        return -1;
-    for (size_t i = 0; i < n / 2; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 2; k++) {
-            char c = hex[2 * i + (size_t)k];
-            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                    : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-            if (d < 0)
-                return -1;
-            v = v * 16 + (unsigned)d;
-        }
-        rid->bytes[i] = (uint8_t)v;
-    }
-    rid->len = (uint8_t)(n / 2);
-    return 0;
-}
-
-/* A SEND to "~hex": straight to that connection, no mailbox. */
+/* A SEND to "~key": straight to that connection, no mailbox. */
 static void s_send_unnamed(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
                            const char *name, const char *sender)
 {
-    ab_rid_t rid;
-    ab_peer_t *to = s_hex_rid(name + 1, &rid) == 0 ? ab_peer_lookup(b, &rid) : NULL;
+    ab_peer_t *to = ab_peer_by_key(b, name + 1);
     if (!to) {
         ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_NO_AGENT,
                        "agent '%s' is not connected (unnamed agents have no mailbox)", name);
@@ -142,12 +130,16 @@ static void s_send_unnamed(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, z
 
 static ab_agent_t *s_agent_new(ab_broker_t *b, const char *name)
 {
-    ab_agent_t *a = calloc(1, sizeof *a);
+    size_t len = strlen(name);
+    ab_agent_t *a = calloc(1, sizeof *a + len + 1);
     if (!a)
         return NULL;
-    snprintf(a->name, sizeof a->name, "%s", name);
-    zhashx_insert(b->msgs->agents, a->name, a);
-    b->msgs->total_bytes += sizeof *a;
+    memcpy(a->name, name, len + 1);
+    if (zhashx_insert(b->msgs->agents, a->name, a) != 0) {
+        free(a);
+        return NULL;
+    }
+    b->msgs->total_bytes += s_agent_charge(name);
     return a;
 }
 
@@ -161,7 +153,13 @@ static void s_mailbox_put(ab_broker_t *b, ab_peer_t *p, ab_agent_t *a, const cha
     size_t size = body ? zmq_msg_size(body) : 0;
     int receipt = (h->flags & AB_FLAG_RECEIPT) != 0;
     size_t slen = strlen(sender) + 1;
-    size_t charge = sizeof(ab_mail_t) + slen + size + (a ? 0 : sizeof *a);
+    size_t charge = sizeof(ab_mail_t) + slen + size + (a ? 0 : s_agent_charge(name));
+    size_t offline = zhashx_size(m->agents) - m->bound;
+    if (!a && offline >= (size_t)cfg->mailbox_max_names) {
+        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
+                       "too many offline names hold a mailbox (%zu, mailbox-max-names)", offline);
+        return;
+    }
     if (a && a->depth >= (uint32_t)cfg->mailbox_max_msgs) {
         ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
                        "mailbox of '%s' is full (%u messages, mailbox-max-msgs)", name, a->depth);
@@ -300,28 +298,43 @@ size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
     return sent;
 }
 
+/* Removes A's expired messages; 1 if A is now an offline empty record. */
+static int s_expire_one(ab_broker_t *b, ab_agent_t *a, int64_t now)
+{
+    for (ab_mail_t *prev = NULL, *e = a->head, *next; e; e = next) {
+        next = e->next;
+        if (e->expires_ms <= now) {
+            b->msgs->c.expired++;
+            s_mail_remove(b, a, prev, e);
+        } else {
+            prev = e;
+        }
+    }
+    return !a->peer && !a->head;
+}
+
 void ab_mailbox_expire(ab_broker_t *b, int64_t now)
 {
     ab_msgs_t *m = b->msgs;
     if (!m->mailbox_msgs)
-        return;
-    ab_agent_t *empty[64];
-    size_t n = 0;
-    for (ab_agent_t *a = zhashx_first(m->agents); a; a = zhashx_next(m->agents)) {
-        for (ab_mail_t *prev = NULL, *e = a->head, *next; e; e = next) {
-            next = e->next;
-            if (e->expires_ms <= now) {
-                m->c.expired++;
-                s_mail_remove(b, a, prev, e);
-            } else {
-                prev = e;
-            }
-        }
-        if (!a->peer && !a->head && n < 64)
-            empty[n++] = a; /* deleting while iterating a zhashx is not allowed */
+        return; /* offline records always hold a message: none can be empty */
+    /* Every emptied offline record is freed in this pass (deleting while
+     * iterating a zhashx is not allowed: collect, then drop). The list can
+     * hold every offline name; without memory for it, up to 64 now and the
+     * rest on the next pass. */
+    size_t cap = zhashx_size(m->agents) - m->bound, n = 0;
+    ab_agent_t *stack[64], **empty = cap > 64 ? malloc(cap * sizeof *empty) : NULL;
+    if (!empty) {
+        empty = stack;
+        cap = 64;
     }
+    for (ab_agent_t *a = zhashx_first(m->agents); a; a = zhashx_next(m->agents))
+        if (s_expire_one(b, a, now) && n < cap)
+            empty[n++] = a;
     for (size_t i = 0; i < n; i++)
         s_agent_drop(b, empty[i]);
+    if (empty != stack)
+        free(empty);
 }
 
 void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
@@ -329,9 +342,11 @@ void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
     ab_agent_t *a = p->agent;
     if (!a)
         return;
+    ab_msgs_unbacklog_agent(b, a); /* the flush list holds bound names only */
     p->agent = NULL;
     a->peer = NULL;
     a->instance = 0;
+    b->msgs->bound--;
     if (!a->head)
         s_agent_drop(b, a);
 }
@@ -351,31 +366,29 @@ void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int tak
         return; /* the same connection saying HELLO again */
     if (a && a->peer) {
         /* The same library handle reconnecting (the broker has not noticed
-         * its old connection die yet) gets its name back without asking. */
+         * its old connection die yet) gets its name back without asking:
+         * its Hello.instance is a random 64-bit value only it knows (the
+         * routing id proves nothing: a peer may choose it). Another instance
+         * takes a live name only where the operator allows takeover. */
         int same = instance && instance == a->instance;
-        if (!takeover && !same) {
+        if (!same && !(takeover && b->cfg->name_takeover)) {
             ab_msgs_refuse(b, &p->rid, hello_id, AB_ERR_NAME_TAKEN,
-                           "agent name '%s' is held by a live connection (%s, connected %lld ms "
-                           "ago); use the takeover option to replace it", name, a->peer->key,
-                           (long long)(now - a->peer->connected_ms));
+                           "agent name '%s' is held by a live connection (connected %lld ms "
+                           "ago)%s", name, (long long)(now - a->peer->connected_ms),
+                           takeover ? "; this broker does not allow takeover (name-takeover)"
+                                    : "");
             return;
         }
         ab_peer_t *old = a->peer;
         if (!same)
             ab_send_error(b, &old->rid, 0, AB_ERR_NAME_TAKEN,
                           "this connection's agent name was taken over by a newer one");
-        AB_INFO("agent '%s' taken over by %s (was %s)", name, p->key, old->key);
-        if (a->backlog) {
-            /* Leave the flush list: it only holds bound agents. */
-            for (size_t i = 0; i < m->n_blog_agents; i++)
-                if (m->blog_agents[i] == a) {
-                    m->blog_agents[i] = m->blog_agents[--m->n_blog_agents];
-                    break;
-                }
-            a->backlog = 0;
-        }
+        AB_INFO("agent '%s' %s by %s (was %s)", name, same ? "reclaimed" : "taken over", p->key,
+                old->key);
+        ab_msgs_unbacklog_agent(b, a); /* the flush list holds bound names only */
         old->agent = NULL;
         a->peer = NULL;
+        m->bound--;
     }
     if (p->agent) /* renamed: the old name goes offline */
         ab_mailbox_unbind(b, p);
@@ -386,6 +399,7 @@ void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int tak
     a->peer = p;
     a->instance = instance;
     p->agent = a;
+    m->bound++;
     AB_DEBUG("agent '%s' bound to %s (%u messages waiting)", name, p->key, a->depth);
     int done = 0;
     if (a->head) {

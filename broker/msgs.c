@@ -22,6 +22,13 @@ int ab_msgs_init(ab_broker_t *b)
     if (!m)
         return -1;
     m->agents = zhashx_new();
+    if (!m->agents) {
+        free(m);
+        return -1;
+    }
+    /* The key is the record's own name: no copy per name. */
+    zhashx_set_key_duplicator(m->agents, NULL);
+    zhashx_set_key_destructor(m->agents, NULL);
     zhashx_set_destructor(m->agents, ab_agent_free);
     m->root = NULL;
     m->flush_ivl_ms = AB_FLUSH_MIN_MS;
@@ -175,17 +182,22 @@ static void s_unlist(void **arr, size_t *n, void *x)
         }
 }
 
+void ab_msgs_unbacklog_agent(ab_broker_t *b, ab_agent_t *a)
+{
+    ab_msgs_t *m = b->msgs;
+    if (!a->backlog)
+        return;
+    s_unlist((void **)m->blog_agents, &m->n_blog_agents, a);
+    a->backlog = 0;
+}
+
 void ab_msgs_peer_gone(ab_broker_t *b, ab_peer_t *p)
 {
     ab_msgs_t *m = b->msgs;
     if (p->subr && p->subr->backlog)
         s_unlist((void **)m->blog_subs, &m->n_blog_subs, p->subr);
-    if (p->agent && p->agent->backlog) {
-        s_unlist((void **)m->blog_agents, &m->n_blog_agents, p->agent);
-        p->agent->backlog = 0;
-    }
     ab_pubsub_peer_gone(b, p);
-    ab_mailbox_unbind(b, p);
+    ab_mailbox_unbind(b, p); /* takes its name off the flush list */
 }
 
 /* Retries every backlogged peer once. Backs off while nothing moves, so a
@@ -267,6 +279,8 @@ void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->slow_drops = m->c.slow_drops;
     st->no_subscribers = m->c.no_subscribers;
     st->receipts = m->c.receipts;
+    st->offline_names = (uint32_t)(zhashx_size(m->agents) - m->bound);
+    st->mailbox_charged_bytes = m->total_bytes;
 }
 
 static void s_agent_info(Agentbus__AgentInfo *x, ab_peer_t *p, ab_agent_t *a, int64_t now)

@@ -23,15 +23,17 @@ typedef struct ab_mail ab_mail_t;
 typedef struct ab_tnode ab_tnode_t;
 
 /* A name known to the broker: bound to a live connection, or only a mailbox
- * (offline). Freed when offline with an empty mailbox. */
+ * (offline). Invariant: an offline record holds at least one message; it is
+ * freed with its last one (delivered, expired) and taken off the flush list
+ * before (mailbox.c s_agent_drop), so no list ever points at a freed one. */
 typedef struct ab_agent {
-    char name[AB_NAME_MAX];
     ab_peer_t *peer;          /* NULL while offline */
     uint64_t instance;        /* Hello.instance of the bound connection */
     ab_mail_t *head, *tail;   /* mailbox, oldest first */
     uint32_t depth;
     size_t bytes;             /* payload bytes in the mailbox */
     int backlog;              /* 1 while in the flush list */
+    char name[];              /* NUL-terminated; also the key in agents */
 } ab_agent_t;
 
 /* One queued publication for a subscriber: header and payload references. */
@@ -72,6 +74,7 @@ typedef struct ab_msgs {
     zhashx_t *agents;          /* name -> ab_agent_t (owned) */
     size_t total_bytes;        /* all mailboxes, with overheads */
     uint32_t mailbox_msgs;
+    uint32_t bound;            /* agent records bound to a live connection */
     ab_agent_t **blog_agents;  /* online agents with a non-empty mailbox */
     size_t n_blog_agents, cap_blog_agents;
     ab_subr_t **blog_subs;     /* subscribers with queued publications */
@@ -108,6 +111,8 @@ const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);
 void ab_msgs_refuse(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, uint32_t code,
                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 void ab_msgs_backlog_agent(ab_broker_t *b, ab_agent_t *a);
+/* Takes A off the flush list, if it is on it (before A is unbound or freed). */
+void ab_msgs_unbacklog_agent(ab_broker_t *b, ab_agent_t *a);
 void ab_msgs_backlog_sub(ab_broker_t *b, ab_subr_t *s);
 
 /* mailbox.c */

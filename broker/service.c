@@ -370,14 +370,19 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
             r = next;
             continue;
         }
-        ab_queue_remove(s, r);
-        r->state = AB_REQ_DISPATCHED;
         if ((r->flags & AB_FLAG_LZ4) && !(w->peer->features & AB_FEATURE_LZ4)) {
-            /* The broker never decompresses; an older worker cannot. */
+            /* The broker never decompresses; an older worker cannot. Every
+             * branch that frees R moves on to NEXT, read before the free
+             * (failing R may push a coalesced twin to the queue's front,
+             * never free a queued request). */
+            b->c.lz4_refused++;
             ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
                                                   "payloads: send this one uncompressed");
+            r = next;
             continue;
         }
+        ab_queue_remove(s, r);
+        r->state = AB_REQ_DISPATCHED;
         s_worker_req_add(w, r);
         ab_health_on_dispatch(b, w, r);
         w->last_dispatch = ++b->dispatch_seq;

@@ -192,6 +192,7 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
                          ? c->lz4_original_bytes - c->lz4_wire_bytes
                          : 0;
     st.lz4_skipped = c->lz4_skipped;
+    st.lz4_refused = c->lz4_refused;
     st.batch_malformed = c->batch_malformed;
     s_bounds_stats(b, &st);
 

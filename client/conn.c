@@ -16,7 +16,6 @@
 #include "util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -73,29 +72,6 @@ int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
     return code;
 }
 
-/* A worker keeps one random routing id for its whole life, across
- * reconnects: the broker then knows a worker that comes back (it rejoins
- * through a probe) and recognises its late replies to requests it was
- * presumed lost with. The first byte must not be 0 (reserved by ZeroMQ). */
-static void s_stable_id(uint8_t id[16])
-{
-    static unsigned long seq;
-    size_t got = 0;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, id, 16);
-        got = n > 0 ? (size_t)n : 0;
-        close(fd);
-    }
-    if (got < 16) { /* no /dev/urandom: time, pid and a counter are unique enough */
-        uint64_t a = ab_now_ns() ^ ((uint64_t)getpid() << 32), b2 = ab_hash_bytes(&a, sizeof a);
-        b2 ^= __atomic_add_fetch(&seq, 1, __ATOMIC_RELAXED);
-        memcpy(id, &a, 8);
-        memcpy(id + 8, &b2, 8);
-    }
-    id[0] = (uint8_t)('W' | 0x80);
-}
-
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
 {
     memset(c, 0, sizeof *c);
@@ -125,11 +101,11 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &tmo, sizeof tmo);
     zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
-    if (strcmp(role, "worker") == 0) {
-        uint8_t id[16];
-        s_stable_id(id);
-        zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, id, sizeof id);
-    }
+    /* No ZMQ_ROUTING_ID: the broker's ROUTER assigns one per connection,
+     * so no peer can pose as another by choosing its id, and a reconnect
+     * never collides with the old connection the broker has not yet seen
+     * close. A worker registers again on every connect; an agent reclaims
+     * its name through Hello.instance. */
     char mon_ep[64];
     snprintf(mon_ep, sizeof mon_ep, "inproc://ab-monitor-%lu", seq);
     if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)

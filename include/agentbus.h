@@ -301,10 +301,12 @@ AB_EXPORT int ab_client_control(ab_client_t *client, const char *what, int timeo
  * agent of that name: the broker binds the name to one live connection. A
  * second client claiming a live name is refused: it keeps working unnamed
  * and receives an AB_MSG_ERROR message with status AB_ENAMETAKEN (unless it
- * set ab_options_set_takeover, which moves the name to it). Names are
- * 1..255 bytes of printable ASCII without spaces, not starting with '~'.
- * An unnamed client is addressed as "~" + hex routing id (that is what the
- * `sender` of its messages reads); such an address has no mailbox.
+ * set ab_options_set_takeover and the broker allows takeover, which moves
+ * the name to it). The same handle reconnecting gets its name back. Names
+ * are 1..255 bytes of printable ASCII without spaces, not starting with '~'.
+ * An unnamed client is addressed as "~" + the broker's token for its
+ * connection (16 hex digits; that is what the `sender` of its messages
+ * reads; never its routing id); such an address has no mailbox.
  *
  * Topics are dot-separated labels: "alerts.gpu.temp". A label is 1..64
  * bytes of [A-Za-z0-9_-:]; a topic has at most 255 bytes and 16 labels. A
@@ -555,7 +557,7 @@ AB_EXPORT int ab_client_request_flags(ab_client_t *client, const char *service,
 
 /* One worker in the broker's directory. Strings are never NULL. */
 typedef struct {
-    const char *id;            /* broker's routing id of the worker, hex */
+    const char *id;            /* broker's token for the worker's connection, hex */
     const char *name;
     const char *service;
     const char *health;        /* healthy, suspect, dead, ejected, probing, draining */

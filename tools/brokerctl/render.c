@@ -143,6 +143,11 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
                       (json_int_t)st->slow_disconnects, "disconnect_bytes",
                       (json_int_t)st->slow_disconnect_bytes, "lost_bytes",
                       (json_int_t)st->out_lost_bytes));
+        /* issue 11: refused lz4 requests, offline names and their bytes */
+        json_object_set_new(j, "lz4_refused", json_integer((json_int_t)st->lz4_refused));
+        json_object_set_new(j, "offline_names", json_integer((json_int_t)st->offline_names));
+        json_object_set_new(j, "mailbox_charged_bytes",
+                            json_integer((json_int_t)st->mailbox_charged_bytes));
         if (st->cache) /* issue 6: the inference cache's figures */
             json_object_set_new(j, "cache", ab_cache_json(st->cache));
         json_object_set_new( /* issue 11: state peers make the broker keep */
@@ -192,6 +197,9 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     fprintf(out, "compression  ratio %.2f   saved %llu bytes   compressed %llu   skipped %llu\n",
             st->compression_ratio, (unsigned long long)st->bytes_saved,
             (unsigned long long)st->lz4_msgs, (unsigned long long)st->lz4_skipped);
+    fprintf(out, "names        offline %u   charged %llu bytes   lz4 refused %llu\n",
+            st->offline_names, (unsigned long long)st->mailbox_charged_bytes,
+            (unsigned long long)st->lz4_refused);
     fprintf(out, "errors      ");
     for (size_t i = 0; i < st->n_errors; i++)
         fprintf(out, " %s %llu", st->errors[i]->code, (unsigned long long)st->errors[i]->count);
