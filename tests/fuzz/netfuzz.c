@@ -12,9 +12,14 @@
  * connection with another peer's id, BYE, SUBSCRIBE, SEND, PUBLISH,
  * HEARTBEAT, DISCOVER, CONTROL and BATCHes of all of it.
  *
+ * The broker it starts runs with short timers and small limits (heartbeat,
+ * mailbox TTL and sizes, queue, timeouts), so that expiry, eviction and
+ * full queues happen within a run.
+ *
  * Oracle: the broker process stays alive (a sanitizer report aborts it),
- * the good client's answers stay correct (checked continuously), and the
- * broker answers a `stats` CONTROL at the end. Exit status 0 when all
+ * the good client's echoes stay correct and it gets at least one correct
+ * answer every 30 s, the broker answers a `stats` CONTROL at the end and
+ * exits with status 0 on SIGTERM (a leak report fails). Exit status 0 when all
  * held, 1 otherwise (with the seed to replay and the broker's report), 2 on
  * bad usage. A replay plays the same moves from the same seed; what the
  * broker answers, and so some later choices, depends on timing.
@@ -30,19 +35,16 @@
 #include "netfuzz.h"
 #include "util.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -51,7 +53,7 @@
 #endif
 
 #define NF_MAX_PEERS 16
-#define NF_RIDS 10     /* routing ids remembered from `workers` answers */
+#define NF_RIDS 10     /* routing ids remembered from `workers` / `agents` answers */
 
 /* --- moves ------------------------------------------------------------------ */
 #define NF_NAME(n) #n,
@@ -76,7 +78,7 @@ static char s_replay[512]; /* the command line that plays this run again */
 
 /* --- processes ---------------------------------------------------------------------- */
 static pid_t s_broker_pid, s_worker_pid;
-static char s_ep[64], s_logpath[256];
+static char s_ep[64], s_dir[64], s_logpath[256];
 
 static int s_free_port(void)
 {
@@ -138,7 +140,8 @@ static void s_print_log(void)
     int in_report = 0, shown = 0;
     while (fgets(line, sizeof line, f) && shown < 120) {
         if (strstr(line, "ERROR: AddressSanitizer") || strstr(line, "runtime error:") ||
-            strstr(line, "SUMMARY:") || strstr(line, "Assertion") || strstr(line, "double free"))
+            strstr(line, "SUMMARY:") || strstr(line, "Assertion") || strstr(line, "free(): ") ||
+            strstr(line, "corrupted") || strstr(line, "malloc(): "))
             in_report = 1;
         if (in_report) {
             fputs(line, stderr);
@@ -176,10 +179,10 @@ static const char *s_broker_dead(char *buf, size_t cap)
 
 static int s_start_processes(void)
 {
-    char dir[] = "/tmp/netfuzz.XXXXXX";
-    if (!mkdtemp(dir))
+    snprintf(s_dir, sizeof s_dir, "/tmp/netfuzz.XXXXXX");
+    if (!mkdtemp(s_dir))
         return -1;
-    snprintf(s_logpath, sizeof s_logpath, "%s/processes.log", dir);
+    snprintf(s_logpath, sizeof s_logpath, "%s/processes.log", s_dir);
     char bin[512], wbin[512];
     snprintf(bin, sizeof bin, "%s", s_opt.broker_bin ? s_opt.broker_bin : AB_BIN_DIR "/agentbus-broker");
     snprintf(wbin, sizeof wbin, "%s", AB_BIN_DIR "/agentbus-worker");
@@ -346,6 +349,65 @@ static void s_send(void *s, const ab_header_t *h, const void *data, size_t size,
 }
 
 /* --- what a peer receives ------------------------------------------------------------- */
+/* CONTROL queries for `workers` and `agents` in flight: their answers name
+ * routing ids worth stealing (ring buffers, no PRNG: receiving must not
+ * change which moves a seed plays). */
+static struct {
+    uint64_t id;
+    int agents;
+} s_listing[16];
+static unsigned s_nlisting, s_stolen_next;
+
+static void s_note_out(const nf_out_t *o)
+{
+    if (o->h.kind != AB_KIND_CONTROL)
+        return;
+    int agents = ab_view_eq(o->h.target, "agents");
+    if (agents || ab_view_eq(o->h.target, "workers")) {
+        s_listing[s_nlisting % 16].id = o->h.id;
+        s_listing[s_nlisting++ % 16].agents = agents;
+    }
+}
+
+static void s_steal_hex(const char *hex)
+{
+    size_t n = 0;
+    char *to = s_stolen[s_stolen_next % NF_RIDS];
+    for (; hex && hex[2 * n] && hex[2 * n + 1] && n < 63; n++) {
+        unsigned v = 0;
+        if (sscanf(hex + 2 * n, "%2x", &v) != 1)
+            break;
+        to[n] = (char)v;
+    }
+    if (n) {
+        s_stolen_len[s_stolen_next++ % NF_RIDS] = n;
+        if (s_nstolen < NF_RIDS)
+            s_nstolen++;
+    }
+}
+
+static void s_on_listing(uint64_t corr, ab_frame_t pl)
+{
+    int k = 0;
+    while (k < 16 && !(s_listing[k].id == corr && corr))
+        k++;
+    if (k == 16)
+        return;
+    if (s_listing[k].agents) {
+        Agentbus__AgentList *al = agentbus__agent_list__unpack(NULL, pl.size, pl.data);
+        for (size_t i = 0; al && i < al->n_agents; i++)
+            s_steal_hex(al->agents[i]->id);
+        if (al)
+            agentbus__agent_list__free_unpacked(al, NULL);
+    } else {
+        Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, pl.size, pl.data);
+        for (size_t i = 0; wl && i < wl->n_workers; i++)
+            s_steal_hex(wl->workers[i]->id);
+        if (wl)
+            agentbus__worker_list__free_unpacked(wl, NULL);
+    }
+}
+
 static void s_on_entry(nf_peer_t *p, const ab_frame_t *f, size_t nf)
 {
     ab_header_t h;
@@ -356,23 +418,8 @@ static void s_on_entry(nf_peer_t *p, const ab_frame_t *f, size_t nf)
     if (h.kind == AB_KIND_REQUEST) {
         nf_remember(p->held, &p->nheld, h.id);
         nf_seen_add(h.id);
-    } else if (h.kind == AB_KIND_REPLY && pl.size && s_nstolen < NF_RIDS) {
-        /* An answer to `workers` or `agents` names routing ids worth stealing. */
-        Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, pl.size, pl.data);
-        for (size_t i = 0; wl && i < wl->n_workers && s_nstolen < NF_RIDS; i++) {
-            const char *hex = wl->workers[i]->id;
-            size_t n = 0;
-            for (; hex && hex[2 * n] && hex[2 * n + 1] && n < 63; n++) {
-                unsigned v = 0;
-                if (sscanf(hex + 2 * n, "%2x", &v) != 1)
-                    break;
-                s_stolen[s_nstolen][n] = (char)v;
-            }
-            if (n)
-                s_stolen_len[s_nstolen++] = n;
-        }
-        if (wl)
-            agentbus__worker_list__free_unpacked(wl, NULL);
+    } else if (h.kind == AB_KIND_REPLY && pl.size) {
+        s_on_listing(h.correlation_id, pl);
     }
 }
 
@@ -454,6 +501,7 @@ static int s_pick_move(int allow_compound)
 
 static void s_emit(void *sock, nf_out_t *o)
 {
+    s_note_out(o);
     s_send(sock, &o->h, o->data, o->len, o->has);
     free(o->heap);
 }
@@ -472,6 +520,7 @@ static void s_do_batch(nf_peer_t *p)
         size_t hl = ab_header_encode(&o.h, hb, sizeof hb);
         if (hl)
             ab_batch_add(&b, hb, hl, o.data, o.len, o.has);
+        s_note_out(&o);
         free(o.heap);
     }
     size_t len;
@@ -650,7 +699,7 @@ static void s_print_summary(uint64_t moves, double secs)
 static const char *s_play(char *buf, size_t cap, uint64_t *moves)
 {
     int64_t start = ab_now_ms(), end = start + (int64_t)(s_opt.seconds * 1000);
-    int64_t next_check = 0;
+    int64_t next_check = 0, next_report = start + 10000;
     const char *fail = NULL;
     while (!fail && ab_now_ms() < end) {
         for (int k = 0; k < 16; k++, (*moves)++)
@@ -661,6 +710,12 @@ static const char *s_play(char *buf, size_t cap, uint64_t *moves)
         if (now >= next_check) {
             fail = s_check(buf, cap, now);
             next_check = now + 100;
+        }
+        if (s_opt.verbose && now >= next_report) {
+            printf("netfuzz: %.0f s: %llu moves; good client %ld correct, %ld errors\n",
+                   (double)(now - start) / 1000.0, (unsigned long long)*moves, (long)s_good.ok,
+                   (long)s_good.errors);
+            next_report = now + 10000;
         }
     }
     return fail;
@@ -749,7 +804,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < s_opt.peers; i++)
         s_peer_close(&s_peers[i]);
     zmq_ctx_term(s_ctx);
-    if (!fail)
+    if (!fail) { /* a failed run keeps its log for the developer */
+        unlink(s_logpath);
+        rmdir(s_dir);
         printf("netfuzz: passed (seed %llu)\n", (unsigned long long)s_opt.seed);
+    }
     return fail ? 1 : 0;
 }

@@ -347,7 +347,8 @@ static void s_mk_control(nf_peer_t *p, nf_out_t *o)
 {
     o->h = ab_header_init(AB_KIND_CONTROL);
     o->h.id = s_new_id(p);
-    o->h.target = ab_view_of(nf_chance(40) ? "workers" : NF_PICK(s_controls));
+    o->h.target = ab_view_of(nf_chance(40) ? (nf_chance(50) ? "workers" : "agents")
+                                           : NF_PICK(s_controls));
 }
 
 /* Builds the message of move MV (one that is a single message). */
