@@ -4,6 +4,8 @@
  * bit flips, truncations, inserted bytes, overlong varints). Bounded in
  * iterations; the same seed gives the same inputs, so a failure reproduces.
  * Usage: fuzz_driver [ITERATIONS] [SEED]
+ * Built with AB_DRIVER_CORPUS it writes the same inputs out as files
+ * instead: the seed corpus of the libFuzzer builds.
  */
 #include "codec.h"
 
@@ -11,8 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static uint64_t s_state;
 static uint64_t s_rand(void)
@@ -54,6 +54,48 @@ static size_t s_mutate(uint8_t *buf, size_t n, size_t cap)
     return n;
 }
 
+/* Input I of the stream (the stream is the same for every target). */
+static size_t s_input(long i, uint8_t *buf, size_t cap)
+{
+    size_t n;
+    if (i % 3 == 0) {
+        n = s_rand() % 300;
+        for (size_t k = 0; k < n; k++)
+            buf[k] = (uint8_t)s_rand();
+    } else {
+        n = s_valid(buf, cap);
+        if (i % 3 == 2)
+            n = s_mutate(buf, n, cap);
+    }
+    return n;
+}
+
+#ifdef AB_DRIVER_CORPUS
+/* fuzz_corpus DIR COUNT: writes the stream's first COUNT inputs as files,
+ * the seed corpus of the libFuzzer builds (AB_LIBFUZZER). */
+int main(int argc, char **argv)
+{
+    if (argc < 3)
+        return 2;
+    long count = atol(argv[2]);
+    s_state = 0x2545f4914f6cdd1dull;
+    uint8_t buf[2048];
+    for (long i = 0; i < count; i++) {
+        size_t n = s_input(i, buf, sizeof buf);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/seed-%05ld", argv[1], i);
+        FILE *f = fopen(path, "wb");
+        if (!f || fwrite(buf, 1, n, f) != n) {
+            perror(path);
+            return 1;
+        }
+        fclose(f);
+    }
+    return 0;
+}
+#else
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 int main(int argc, char **argv)
 {
     long iters = argc > 1 ? atol(argv[1]) : 200000;
@@ -62,16 +104,7 @@ int main(int argc, char **argv)
         s_state = 1;
     uint8_t buf[2048];
     for (long i = 0; i < iters; i++) {
-        size_t n;
-        if (i % 3 == 0) {
-            n = s_rand() % 300;
-            for (size_t k = 0; k < n; k++)
-                buf[k] = (uint8_t)s_rand();
-        } else {
-            n = s_valid(buf, sizeof buf);
-            if (i % 3 == 2)
-                n = s_mutate(buf, n, sizeof buf);
-        }
+        size_t n = s_input(i, buf, sizeof buf);
         /* An exactly-sized heap copy, as libFuzzer passes it, so ASan sees
          * any read past the end. */
         uint8_t *input = malloc(n ? n : 1);
@@ -84,3 +117,4 @@ int main(int argc, char **argv)
     printf("fuzz_driver: %ld inputs, no crash\n", iters);
     return 0;
 }
+#endif

@@ -1,0 +1,813 @@
+/*
+ * netfuzz.c - a stateful network fuzzer for the broker.
+ *
+ * The decoders are fuzzed on their own (fuzz_*.c); what breaks a broker is
+ * the state it keeps between messages. This program starts a real broker
+ * (or is given one), a real echo worker and a well-behaved libagentbus
+ * client, then lets a handful of raw ZeroMQ DEALER peers play random but
+ * valid-looking sequences at it: HELLO with names, instances and takeover,
+ * REGISTER with labels, capacity and features, requests (small, lz4,
+ * cacheable, typed inference), CANCEL, answers to their own, to other
+ * peers' and to random ids, reconnects with the same routing id, a second
+ * connection with another peer's id, BYE, SUBSCRIBE, SEND, PUBLISH,
+ * HEARTBEAT, DISCOVER, CONTROL and BATCHes of all of it.
+ *
+ * The broker it starts runs with short timers and small limits (heartbeat,
+ * mailbox TTL and sizes, queue, timeouts), so that expiry, eviction and
+ * full queues happen within a run.
+ *
+ * Oracle: the broker process stays alive (a sanitizer report aborts it),
+ * the good client's echoes stay correct and it gets at least one correct
+ * answer every 30 s, the broker answers a `stats` CONTROL at the end and
+ * exits with status 0 on SIGTERM (a leak report fails). Exit status 0 when all
+ * held, 1 otherwise (with the seed to replay and the broker's report), 2 on
+ * bad usage. A replay plays the same moves from the same seed; what the
+ * broker answers, and so some later choices, depends on timing.
+ *
+ *   netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]
+ *           [--broker-bin PATH | --endpoint EP] [--verbose]
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "batch.h"
+#include "codec.h"
+#include "compress.h"
+#include "netfuzz.h"
+#include "util.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#ifndef AB_BIN_DIR
+#define AB_BIN_DIR "."
+#endif
+
+#define NF_MAX_PEERS 16
+#define NF_RIDS 10     /* routing ids remembered from `workers` / `agents` answers */
+
+/* --- moves ------------------------------------------------------------------ */
+#define NF_NAME(n) #n,
+static const char *s_move_names[] = {NF_MOVES(NF_NAME)};
+/* Relative weights: the moves that build state come often. */
+static const int s_weight[MV_COUNT_] = {
+    [MV_hello] = 6, [MV_register] = 6, [MV_request] = 14, [MV_lz4] = 5, [MV_typed] = 5,
+    [MV_cancel] = 6, [MV_answer] = 14, [MV_reconnect] = 3, [MV_steal] = 1, [MV_bye] = 3,
+    [MV_subscribe] = 4, [MV_unsubscribe] = 2, [MV_send] = 8, [MV_publish] = 5,
+    [MV_heartbeat] = 5, [MV_discover] = 2, [MV_control] = 2, [MV_batch] = 6, [MV_deaf] = 1,
+};
+
+/* --- options -------------------------------------------------------------- */
+static struct {
+    uint64_t seed;
+    double seconds;
+    int peers, verbose;
+    const char *broker_bin, *endpoint;
+} s_opt = {0, 60, 6, 0, NULL, NULL};
+
+static char s_replay[512]; /* the command line that plays this run again */
+
+/* --- processes ---------------------------------------------------------------------- */
+static pid_t s_broker_pid, s_worker_pid;
+static char s_ep[64], s_dir[64], s_logpath[256];
+
+static int s_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+/* Starts ARGV[0] with its output appended to the log; dies with us. */
+static pid_t s_spawn(char *const *argv)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = open(s_logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void s_stop(pid_t *pid)
+{
+    if (*pid <= 0)
+        return;
+    kill(*pid, SIGTERM);
+    for (int i = 0; i < 100; i++) {
+        if (waitpid(*pid, NULL, WNOHANG) == *pid) {
+            *pid = 0;
+            return;
+        }
+        usleep(50 * 1000);
+    }
+    kill(*pid, SIGKILL);
+    waitpid(*pid, NULL, 0);
+    *pid = 0;
+}
+
+/* Prints the part of the broker's log a developer needs: every sanitizer
+ * report line and the stack frames after it, else the last lines. */
+static void s_print_log(void)
+{
+    FILE *f = fopen(s_logpath, "r");
+    if (!f)
+        return;
+    char line[1024];
+    int in_report = 0, shown = 0;
+    while (fgets(line, sizeof line, f) && shown < 120) {
+        if (strstr(line, "ERROR: AddressSanitizer") || strstr(line, "runtime error:") ||
+            strstr(line, "SUMMARY:") || strstr(line, "Assertion") || strstr(line, "free(): ") ||
+            strstr(line, "corrupted") || strstr(line, "malloc(): "))
+            in_report = 1;
+        if (in_report) {
+            fputs(line, stderr);
+            shown++;
+        }
+        if (strstr(line, "SUMMARY:")) /* the shadow-byte map after it helps nobody */
+            break;
+    }
+    if (!shown) { /* no report: the tail */
+        fseek(f, 0, SEEK_END);
+        long end = ftell(f);
+        fseek(f, end > 4000 ? end - 4000 : 0, SEEK_SET);
+        size_t n;
+        char buf[4001];
+        n = fread(buf, 1, 4000, f);
+        buf[n] = 0;
+        fputs(buf, stderr);
+    }
+    fclose(f);
+}
+
+/* "dead" text when the broker we started exited, else NULL. */
+static const char *s_broker_dead(char *buf, size_t cap)
+{
+    int st;
+    if (s_broker_pid <= 0 || waitpid(s_broker_pid, &st, WNOHANG) != s_broker_pid)
+        return NULL;
+    s_broker_pid = 0;
+    if (WIFSIGNALED(st))
+        snprintf(buf, cap, "broker killed by signal %d", WTERMSIG(st));
+    else
+        snprintf(buf, cap, "broker exited with status %d", WEXITSTATUS(st));
+    return buf;
+}
+
+static int s_start_processes(void)
+{
+    snprintf(s_dir, sizeof s_dir, "/tmp/netfuzz.XXXXXX");
+    if (!mkdtemp(s_dir))
+        return -1;
+    snprintf(s_logpath, sizeof s_logpath, "%s/processes.log", s_dir);
+    char bin[512], wbin[512];
+    snprintf(bin, sizeof bin, "%s", s_opt.broker_bin ? s_opt.broker_bin : AB_BIN_DIR "/agentbus-broker");
+    snprintf(wbin, sizeof wbin, "%s", AB_BIN_DIR "/agentbus-worker");
+    if (s_opt.endpoint) {
+        snprintf(s_ep, sizeof s_ep, "%s", s_opt.endpoint);
+    } else {
+        snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", s_free_port());
+        /* Short timers and small limits, so that expiry, eviction, full
+         * mailboxes and queues happen within a run. */
+        char *argv[] = {bin, "--bind", s_ep, "--heartbeat-ms", "500", "--liveness", "3",
+                        "--mailbox-ttl-ms", "700", "--mailbox-max-msgs", "8",
+                        "--mailbox-total-bytes", "64K", "--queue-max", "40",
+                        "--default-timeout-ms", "3000", "--max-timeout-ms", "8000",
+                        "--sub-queue-max", "16", "--startup-grace-ms", "0",
+                        "--cache-l1-bytes", "1M", "--log-level", "warn", NULL};
+        s_broker_pid = s_spawn(argv);
+    }
+    char *wargv[] = {wbin, "--broker", s_ep, "--backend", "echo", "--service", NF_GOOD_SVC,
+                     "--capacity", "64", NULL};
+    s_worker_pid = s_spawn(wargv);
+    printf("netfuzz: broker %s (pid %d), log %s\n", s_ep, (int)s_broker_pid, s_logpath);
+    return 0;
+}
+
+/* --- the well-behaved client (its own thread) --------------------------------------- */
+static struct {
+    pthread_t th;
+    volatile int stop;
+    volatile int64_t last_ok_ms;
+    volatile long ok, errors, wrong;
+    char first_wrong[256];
+    int codes[64];
+} s_good;
+
+static ab_client_t *s_client_new(void)
+{
+    ab_options_t *o = ab_options_new();
+    ab_client_t *c = NULL;
+    if (o && ab_options_set_endpoint(o, s_ep) == AB_OK)
+        ab_client_new(&c, o);
+    ab_options_destroy(&o);
+    return c;
+}
+
+/* One echo of a payload of a random size (large ones travel compressed):
+ * a wrong answer is a finding; an error is counted. */
+static void s_good_one(ab_client_t *c, uint64_t *rng, uint32_t n)
+{
+    static char buf[70000];
+    size_t size = (*rng % 7 == 0) ? 20000 + *rng % 40000 : 1 + *rng % 300;
+    for (size_t i = 0; i < size; i++)
+        buf[i] = (char)('a' + (i * 7 + n) % 26); /* compressible */
+    void *reply = NULL;
+    size_t rlen = 0;
+    int rc = ab_client_request(c, NF_GOOD_SVC, buf, size, 20000, &reply, &rlen);
+    if (rc == AB_OK && rlen == size && memcmp(reply, buf, size) == 0) {
+        s_good.ok++;
+        s_good.last_ok_ms = ab_now_ms();
+    } else if (rc == AB_OK) {
+        if (!s_good.wrong++)
+            snprintf(s_good.first_wrong, sizeof s_good.first_wrong,
+                     "echo of %zu bytes answered with %zu other bytes", size, rlen);
+    } else {
+        s_good.errors++;
+        s_good.codes[(-rc) & 63]++;
+    }
+    ab_free(reply);
+}
+
+static void *s_good_main(void *arg)
+{
+    (void)arg;
+    ab_client_t *c = s_client_new();
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    for (uint32_t n = 0; !s_good.stop && c; n++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        s_good_one(c, &rng, n);
+        ab_client_poll(c, 20);
+    }
+    ab_client_destroy(&c);
+    return NULL;
+}
+
+/* Waits until the good service answers: the broker and worker are up. */
+static int s_wait_ready(void)
+{
+    ab_client_t *c = s_client_new();
+    int64_t end = ab_now_ms() + 30000;
+    int ready = 0;
+    while (c && !ready && ab_now_ms() < end) {
+        void *r = NULL;
+        size_t n = 0;
+        ready = ab_client_request(c, NF_GOOD_SVC, "up?", 3, 2000, &r, &n) == AB_OK;
+        ab_free(r);
+        if (!ready)
+            usleep(100 * 1000);
+    }
+    ab_client_destroy(&c);
+    return ready ? 0 : -1;
+}
+
+/* --- raw peers ----------------------------------------------------------------------- */
+static void *s_ctx;
+static nf_peer_t s_peers[NF_MAX_PEERS];
+static uint64_t s_moves[MV_COUNT_], s_kinds_in[AB_KIND_MAX_ + 1];
+static char s_stolen[NF_RIDS][64]; /* routing ids read from `workers` / `agents` */
+static size_t s_stolen_len[NF_RIDS];
+static int s_nstolen;
+
+static void *s_socket_with_rid(const char *rid, size_t len)
+{
+    void *s = zmq_socket(s_ctx, ZMQ_DEALER);
+    int linger = 0, hwm = 20000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (len)
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, len);
+    zmq_connect(s, s_ep);
+    return s;
+}
+
+/* A routing id: one of a small shared pool, so peers collide on purpose. */
+/* A routing id of this peer's own: peer I's are "nf-I-G". Two connections
+ * share one only through the steal move (so --avoid steal keeps them
+ * apart) or a reconnect that keeps its id. */
+static void s_pick_rid(nf_peer_t *p)
+{
+    static unsigned gen;
+    p->rid_len = (size_t)snprintf(p->rid, sizeof p->rid, "nf-%d-%u", (int)(p - s_peers), gen++);
+}
+
+static void s_peer_open(nf_peer_t *p)
+{
+    s_pick_rid(p);
+    p->sock = s_socket_with_rid(p->rid, p->rid_len);
+    p->instance = nf_rand();
+    p->next_id = 1 + nf_below(1000);
+}
+
+static void s_peer_close(nf_peer_t *p)
+{
+    if (p->sock)
+        zmq_close(p->sock);
+    if (p->twin)
+        zmq_close(p->twin);
+    p->sock = p->twin = NULL;
+    p->nheld = p->nsent = 0;
+    p->registered = 0;
+}
+
+/* Sends a header (and payload when HAS) on S, without blocking. */
+static void s_send(void *s, const ab_header_t *h, const void *data, size_t size, int has)
+{
+    uint8_t stack[512];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
+    if (!buf)
+        return;
+    if (zmq_send(s, buf, len, (has ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) >= 0 && has)
+        zmq_send(s, data ? data : "", size, 0);
+    if (buf != stack)
+        free(buf);
+}
+
+/* --- what a peer receives ------------------------------------------------------------- */
+/* CONTROL queries for `workers` and `agents` in flight: their answers name
+ * routing ids worth stealing (ring buffers, no PRNG: receiving must not
+ * change which moves a seed plays). */
+static struct {
+    uint64_t id;
+    int agents;
+} s_listing[16];
+static unsigned s_nlisting, s_stolen_next;
+
+static void s_note_out(const nf_out_t *o)
+{
+    if (o->h.kind != AB_KIND_CONTROL)
+        return;
+    int agents = ab_view_eq(o->h.target, "agents");
+    if (agents || ab_view_eq(o->h.target, "workers")) {
+        s_listing[s_nlisting % 16].id = o->h.id;
+        s_listing[s_nlisting++ % 16].agents = agents;
+    }
+}
+
+static void s_steal_hex(const char *hex)
+{
+    size_t n = 0;
+    char *to = s_stolen[s_stolen_next % NF_RIDS];
+    for (; hex && hex[2 * n] && hex[2 * n + 1] && n < 63; n++) {
+        unsigned v = 0;
+        if (sscanf(hex + 2 * n, "%2x", &v) != 1)
+            break;
+        to[n] = (char)v;
+    }
+    if (n) {
+        s_stolen_len[s_stolen_next++ % NF_RIDS] = n;
+        if (s_nstolen < NF_RIDS)
+            s_nstolen++;
+    }
+}
+
+static void s_on_listing(uint64_t corr, ab_frame_t pl)
+{
+    int k = 0;
+    while (k < 16 && !(s_listing[k].id == corr && corr))
+        k++;
+    if (k == 16)
+        return;
+    if (s_listing[k].agents) {
+        Agentbus__AgentList *al = agentbus__agent_list__unpack(NULL, pl.size, pl.data);
+        for (size_t i = 0; al && i < al->n_agents; i++)
+            s_steal_hex(al->agents[i]->id);
+        if (al)
+            agentbus__agent_list__free_unpacked(al, NULL);
+    } else {
+        Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, pl.size, pl.data);
+        for (size_t i = 0; wl && i < wl->n_workers; i++)
+            s_steal_hex(wl->workers[i]->id);
+        if (wl)
+            agentbus__worker_list__free_unpacked(wl, NULL);
+    }
+}
+
+static void s_on_entry(nf_peer_t *p, const ab_frame_t *f, size_t nf)
+{
+    ab_header_t h;
+    ab_frame_t pl;
+    if (ab_msg_decode(f, nf, NULL, &h, &pl) != AB_OK)
+        return;
+    s_kinds_in[h.kind <= AB_KIND_MAX_ ? h.kind : 0]++;
+    if (h.kind == AB_KIND_REQUEST) {
+        nf_remember(p->held, &p->nheld, h.id);
+        nf_seen_add(h.id);
+    } else if (h.kind == AB_KIND_REPLY && pl.size) {
+        s_on_listing(h.correlation_id, pl);
+    }
+}
+
+/* Reads one message from S into the peer's state. 1 read, 0 nothing. */
+static int s_read_one(nf_peer_t *p, void *s)
+{
+    zmq_msg_t m[3];
+    size_t n = 0;
+    int more = 1;
+    while (more && n < 3) {
+        zmq_msg_init(&m[n]);
+        if (zmq_msg_recv(&m[n], s, n ? 0 : ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m[n]);
+            break;
+        }
+        more = zmq_msg_more(&m[n]);
+        n++;
+    }
+    if (n == 0)
+        return 0;
+    ab_frame_t f[2] = {{zmq_msg_data(&m[0]), zmq_msg_size(&m[0])}, {NULL, 0}};
+    if (n > 1)
+        f[1] = (ab_frame_t){zmq_msg_data(&m[1]), zmq_msg_size(&m[1])};
+    ab_header_t h;
+    ab_frame_t pl;
+    if (ab_msg_decode(f, n > 2 ? 2 : n, NULL, &h, &pl) == AB_OK && h.kind == AB_KIND_BATCH) {
+        ab_batch_reader_t r;
+        ab_frame_t ef[2];
+        size_t enf;
+        s_kinds_in[AB_KIND_BATCH]++;
+        if (ab_batch_open(&r, pl.data, pl.size, NULL, NULL) == AB_OK)
+            while (ab_batch_next(&r, ef, &enf) == 1)
+                s_on_entry(p, ef, enf);
+    } else {
+        s_on_entry(p, f, n > 2 ? 2 : n);
+    }
+    for (size_t i = 0; i < n; i++)
+        zmq_msg_close(&m[i]);
+    return 1;
+}
+
+/* Reads what every peer has waiting (bounded), except deaf ones. */
+static void s_drain_all(void)
+{
+    int64_t now = ab_now_ms();
+    for (int i = 0; i < s_opt.peers; i++) {
+        nf_peer_t *p = &s_peers[i];
+        if (now < p->deaf_until_ms)
+            continue;
+        for (int k = 0; k < 256 && p->sock && s_read_one(p, p->sock); k++)
+            ;
+        for (int k = 0; k < 256 && p->twin && s_read_one(p, p->twin); k++)
+            ;
+    }
+}
+
+/* --- moves that are not one message ------------------------------------------------- */
+static int s_pick_move(int allow_compound)
+{
+    int total = 0;
+    for (int i = 0; i < MV_COUNT_; i++)
+        total += nf_avoid[i] ? 0 : s_weight[i];
+    for (int tries = 0; tries < 64; tries++) {
+        int r = (int)nf_below((uint32_t)total), i = 0;
+        for (; i < MV_COUNT_; i++) {
+            if (nf_avoid[i])
+                continue;
+            if ((r -= s_weight[i]) < 0)
+                break;
+        }
+        if (i < MV_COUNT_ && (allow_compound || s_weight[i] > 0)) {
+            int compound = i == MV_batch || i == MV_reconnect || i == MV_steal || i == MV_deaf;
+            if (allow_compound || !compound)
+                return i;
+        }
+    }
+    return MV_request;
+}
+
+static void s_emit(void *sock, nf_out_t *o)
+{
+    s_note_out(o);
+    s_send(sock, &o->h, o->data, o->len, o->has);
+    free(o->heap);
+}
+
+/* A valid BATCH of 2..24 messages of the other kinds. */
+static void s_do_batch(nf_peer_t *p)
+{
+    ab_batch_t b;
+    ab_batch_init(&b);
+    int n = 2 + (int)nf_below(23);
+    static nf_out_t o;
+    for (int i = 0; i < n; i++) {
+        if (!nf_make(s_pick_move(0), p, &o))
+            continue;
+        uint8_t hb[512];
+        size_t hl = ab_header_encode(&o.h, hb, sizeof hb);
+        if (hl)
+            ab_batch_add(&b, hb, hl, o.data, o.len, o.has);
+        s_note_out(&o);
+        free(o.heap);
+    }
+    size_t len;
+    const uint8_t *body = ab_batch_body(&b, &len);
+    ab_header_t h = ab_header_init(AB_KIND_BATCH);
+    if (b.count)
+        s_send(p->sock, &h, body, len, 1);
+    ab_batch_fini(&b);
+}
+
+/* Closes the connection and opens another, mostly with the same routing
+ * id, sometimes before the broker noticed the old one was gone. */
+static void s_do_reconnect(nf_peer_t *p)
+{
+    char rid[32];
+    size_t len = p->rid_len;
+    memcpy(rid, p->rid, len);
+    uint64_t inst = p->instance;
+    s_peer_close(p);
+    s_peer_open(p);
+    if (nf_chance(80)) {
+        memcpy(p->rid, rid, len);
+        p->rid_len = len;
+        p->instance = inst;
+        zmq_close(p->sock);
+        p->sock = s_socket_with_rid(rid, len);
+    }
+}
+
+/* A second connection with a routing id some live connection holds: another
+ * raw peer's, or one the broker listed for a worker or an agent. */
+static void s_do_steal(nf_peer_t *p)
+{
+    if (p->twin)
+        zmq_close(p->twin);
+    if (s_nstolen && nf_chance(50)) {
+        int k = (int)nf_below((uint32_t)s_nstolen);
+        p->twin = s_socket_with_rid(s_stolen[k], s_stolen_len[k]);
+    } else {
+        nf_peer_t *o = &s_peers[nf_below((uint32_t)s_opt.peers)];
+        p->twin = s_socket_with_rid(o->rid, o->rid_len);
+    }
+    /* Say something on it, so the broker acts on the id. */
+    static nf_out_t o;
+    if (nf_make(nf_chance(50) ? MV_heartbeat : MV_answer, p, &o))
+        s_emit(p->twin, &o);
+}
+
+static void s_move(void)
+{
+    nf_peer_t *p = &s_peers[nf_below((uint32_t)s_opt.peers)];
+    int mv = s_pick_move(1);
+    s_moves[mv]++;
+    static nf_out_t o;
+    switch (mv) {
+    case MV_batch: s_do_batch(p); return;
+    case MV_reconnect: s_do_reconnect(p); return;
+    case MV_steal: s_do_steal(p); return;
+    case MV_deaf: p->deaf_until_ms = ab_now_ms() + 200 + nf_below(3000); return;
+    default:
+        if (nf_make(mv, p, &o))
+            s_emit(p->twin && nf_chance(30) ? p->twin : p->sock, &o);
+    }
+}
+
+/* --- the run ------------------------------------------------------------------------- */
+static int s_usage(void)
+{
+    fprintf(stderr, "usage: netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]\n"
+                    "               [--broker-bin PATH | --endpoint EP] [--verbose]\nmoves:");
+    for (int i = 0; i < MV_COUNT_; i++)
+        fprintf(stderr, " %s", s_move_names[i]);
+    fprintf(stderr, "\n");
+    return 2;
+}
+
+static int s_avoid(char *list)
+{
+    for (char *t = strtok(list, ","); t; t = strtok(NULL, ",")) {
+        int i = 0;
+        while (i < MV_COUNT_ && strcmp(t, s_move_names[i]) != 0)
+            i++;
+        if (i == MV_COUNT_)
+            return -1;
+        nf_avoid[i] = 1;
+    }
+    return 0;
+}
+
+static int s_parse(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--verbose")) {
+            s_opt.verbose = 1;
+            continue;
+        }
+        if (!v)
+            return -1;
+        i++;
+        if (!strcmp(a, "--seed"))
+            s_opt.seed = strtoull(v, NULL, 0);
+        else if (!strcmp(a, "--seconds"))
+            s_opt.seconds = atof(v);
+        else if (!strcmp(a, "--peers"))
+            s_opt.peers = atoi(v);
+        else if (!strcmp(a, "--avoid")) {
+            if (s_avoid(argv[i]) != 0)
+                return -1;
+        } else if (!strcmp(a, "--broker-bin"))
+            s_opt.broker_bin = v;
+        else if (!strcmp(a, "--endpoint"))
+            s_opt.endpoint = v;
+        else
+            return -1;
+    }
+    return s_opt.peers >= 1 && s_opt.peers <= NF_MAX_PEERS && s_opt.seconds > 0 ? 0 : -1;
+}
+
+/* NULL while every promise holds, else what broke (in BUF). */
+static const char *s_check(char *buf, size_t cap, int64_t now)
+{
+    const char *dead = s_broker_dead(buf, cap);
+    if (dead)
+        return dead;
+    if (s_good.wrong) {
+        snprintf(buf, cap, "the good client got a wrong answer: %s", s_good.first_wrong);
+        return buf;
+    }
+    if (now - s_good.last_ok_ms > 30000) {
+        snprintf(buf, cap, "the good client got no correct answer for 30 s (%ld errors)",
+                 (long)s_good.errors);
+        return buf;
+    }
+    return NULL;
+}
+
+/* The broker still answers `stats`: prints some of it. NULL or what failed. */
+static const char *s_final_stats(char *buf, size_t cap)
+{
+    ab_client_t *c = s_client_new();
+    void *data = NULL;
+    size_t len = 0;
+    int rc = c ? ab_client_control(c, "stats", 10000, &data, &len) : AB_EINVAL;
+    Agentbus__Stats *st = rc == AB_OK ? agentbus__stats__unpack(NULL, len, data) : NULL;
+    ab_free(data);
+    ab_client_destroy(&c);
+    if (!st) {
+        snprintf(buf, cap, "the broker did not answer a stats CONTROL (%s)", ab_strerror(rc));
+        return buf;
+    }
+    printf("netfuzz: broker stats: msgs_in %llu, requests %llu, replies %llu, dropped %llu, "
+           "malformed %llu, batches_in %llu, msgs_sent %llu, published %llu, pending %llu\n",
+           (unsigned long long)st->msgs_in, (unsigned long long)st->requests,
+           (unsigned long long)st->replies, (unsigned long long)st->replies_dropped,
+           (unsigned long long)st->malformed, (unsigned long long)st->batches_in,
+           (unsigned long long)st->msgs_sent, (unsigned long long)st->published,
+           (unsigned long long)st->pending);
+    agentbus__stats__free_unpacked(st, NULL);
+    return NULL;
+}
+
+static void s_print_summary(uint64_t moves, double secs)
+{
+    printf("netfuzz: %llu moves in %.1f s:", (unsigned long long)moves, secs);
+    for (int i = 0; i < MV_COUNT_; i++)
+        printf(" %s=%llu", s_move_names[i], (unsigned long long)s_moves[i]);
+    printf("\nnetfuzz: received:");
+    for (int k = 1; k <= AB_KIND_MAX_; k++)
+        printf(" %s=%llu", ab_kind_name((uint32_t)k), (unsigned long long)s_kinds_in[k]);
+    printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", (long)s_good.ok,
+           (long)s_good.errors, (long)s_good.wrong);
+}
+
+/* Plays moves until the time is up or a promise breaks. */
+static const char *s_play(char *buf, size_t cap, uint64_t *moves)
+{
+    int64_t start = ab_now_ms(), end = start + (int64_t)(s_opt.seconds * 1000);
+    int64_t next_check = 0, next_report = start + 10000;
+    const char *fail = NULL;
+    while (!fail && ab_now_ms() < end) {
+        for (int k = 0; k < 16; k++, (*moves)++)
+            s_move();
+        s_drain_all();
+        usleep(1000); /* let the broker breathe: state, not a flood, is the point */
+        int64_t now = ab_now_ms();
+        if (now >= next_check) {
+            fail = s_check(buf, cap, now);
+            next_check = now + 100;
+        }
+        if (s_opt.verbose && now >= next_report) {
+            printf("netfuzz: %.0f s: %llu moves; good client %ld correct, %ld errors\n",
+                   (double)(now - start) / 1000.0, (unsigned long long)*moves, (long)s_good.ok,
+                   (long)s_good.errors);
+            next_report = now + 10000;
+        }
+    }
+    return fail;
+}
+
+static const char *s_finish(char *buf, size_t cap)
+{
+    for (int i = 0; i < s_opt.peers; i++)
+        s_peer_close(&s_peers[i]);
+    const char *fail = s_check(buf, cap, ab_now_ms());
+    if (!fail)
+        fail = s_final_stats(buf, cap);
+    s_stop(&s_worker_pid);
+    if (!fail && s_broker_pid > 0) { /* a clean exit: a leak report fails it too */
+        pid_t pid = s_broker_pid;
+        int st = 0;
+        kill(pid, SIGTERM);
+        for (int i = 0; i < 200 && waitpid(pid, &st, WNOHANG) != pid; i++)
+            usleep(50 * 1000);
+        s_broker_pid = pid;
+        if (waitpid(pid, &st, WNOHANG) == 0) {
+            s_stop(&s_broker_pid);
+            fail = "the broker did not stop on SIGTERM within 10 s";
+        } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            snprintf(buf, cap, "the broker's exit after SIGTERM was not clean (status 0x%x)", st);
+            fail = buf;
+        }
+        s_broker_pid = 0;
+    }
+    return fail;
+}
+
+static void s_replay_line(void)
+{
+    size_t n = (size_t)snprintf(s_replay, sizeof s_replay, "netfuzz --seed %llu --seconds %g",
+                                (unsigned long long)s_opt.seed, s_opt.seconds);
+    if (s_opt.peers != 6)
+        n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, " --peers %d", s_opt.peers);
+    const char *sep = " --avoid ";
+    for (int i = 0; i < MV_COUNT_ && n < sizeof s_replay - 32; i++)
+        if (nf_avoid[i]) {
+            n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, "%s%s", sep, s_move_names[i]);
+            sep = ",";
+        }
+}
+
+int main(int argc, char **argv)
+{
+    if (s_parse(argc, argv) != 0)
+        return s_usage();
+    if (!s_opt.seed)
+        s_opt.seed = (ab_now_us() ^ ((uint64_t)getpid() << 32)) | 1;
+    nf_rng = s_opt.seed;
+    s_replay_line();
+    printf("netfuzz: seed %llu (replay: %s)\n", (unsigned long long)s_opt.seed, s_replay);
+    fflush(stdout);
+    signal(SIGPIPE, SIG_IGN);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    char buf[512];
+    const char *fail = NULL;
+    uint64_t moves = 0;
+    int64_t t0 = ab_now_ms();
+    s_ctx = zmq_ctx_new();
+    if (s_start_processes() != 0 || s_wait_ready() != 0) {
+        fail = s_broker_dead(buf, sizeof buf);
+        fail = fail ? fail : "broker or echo worker did not come up";
+    } else {
+        s_good.last_ok_ms = ab_now_ms();
+        pthread_create(&s_good.th, NULL, s_good_main, NULL);
+        for (int i = 0; i < s_opt.peers; i++)
+            s_peer_open(&s_peers[i]);
+        fail = s_play(buf, sizeof buf, &moves);
+        s_good.stop = 1;
+        if (!fail) { /* after a failure it may wait long on a dead broker */
+            pthread_join(s_good.th, NULL);
+            fail = s_finish(buf, sizeof buf);
+        }
+    }
+    s_print_summary(moves, (double)(ab_now_ms() - t0) / 1000.0);
+    s_stop(&s_worker_pid);
+    if (fail) {
+        fprintf(stderr, "netfuzz: FAILED: %s\nnetfuzz: replay: %s\n", fail, s_replay);
+        s_print_log();
+    }
+    s_stop(&s_broker_pid);
+    for (int i = 0; i < s_opt.peers; i++)
+        s_peer_close(&s_peers[i]);
+    zmq_ctx_term(s_ctx);
+    if (!fail) { /* a failed run keeps its log for the developer */
+        unlink(s_logpath);
+        rmdir(s_dir);
+        printf("netfuzz: passed (seed %llu)\n", (unsigned long long)s_opt.seed);
+    }
+    return fail ? 1 : 0;
+}
