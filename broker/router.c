@@ -228,15 +228,25 @@ static void s_kill(ab_broker_t *b, ab_peer_t *p)
     s_rid_list_add(&c->kill, &c->nkill, &c->cap_kill, &p->rid);
 }
 
+/* The level under which a peer counts as caught up: over the bound it must
+ * take half of it before it is under again (hysteresis). A peer that does not
+ * read but whose kernel slowly makes room (the receiver compacts its queue)
+ * would otherwise drift just under the bound, leave the stall clock, and
+ * hold its bytes for ever without being disconnected. */
+static uint64_t s_level(const ab_peer_t *p, uint64_t bound)
+{
+    return p->out_over_ms ? bound / 2 : bound;
+}
+
 int ab_peer_over(ab_broker_t *b, ab_peer_t *p)
 {
     uint64_t bound = b->cfg->peer_out_max_bytes;
-    if (!bound || s_in_flight(p) <= bound)
+    if (!bound || s_in_flight(p) <= s_level(p, bound))
         return 0;
     int64_t now = ab_now_ms();
     if (!p->out_over_ms || now - p->out_checked_ms >= S_RECHECK_MS)
         s_refresh(p, now);
-    if (s_in_flight(p) <= bound)
+    if (s_in_flight(p) <= s_level(p, bound))
         return 0;
     struct ab_conns *c = s_conns(b);
     if (!p->out_over_ms && c) {
@@ -321,7 +331,7 @@ static void s_tick_over(ab_broker_t *b, struct ab_conns *c, int64_t now)
         ab_peer_t *p = ab_peer_lookup(b, &c->over[i]);
         if (p && p->out_over_ms) {
             s_refresh(p, now);
-            if (s_in_flight(p) > b->cfg->peer_out_max_bytes) {
+            if (s_in_flight(p) > s_level(p, (uint64_t)b->cfg->peer_out_max_bytes)) {
                 if (now - p->out_over_ms >= b->cfg->peer_stall_ms)
                     s_kill(b, p);
                 i++;

@@ -117,7 +117,7 @@ static void s_reply_reader(void)
     (void)worker;
     void *ctx = zmq_ctx_new();
     void *raw = s_raw(ctx, port, 0);
-    enum { SIZE = 64 * 1024, ROUND = 32, N = 1600 }; /* 100 MiB of answers */
+    enum { SIZE = 64 * 1024, ROUND = 16, N = 1600 }; /* 100 MiB of answers */
     char *payload = malloc(SIZE);
     REQUIRE(payload != NULL);
     memset(payload, 'r', SIZE);
@@ -128,8 +128,11 @@ static void s_reply_reader(void)
             REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", (uint64_t)(sent + i + 1), payload,
                                SIZE) == 0);
         /* Paced by the broker's own queue, so what the bound admits before
-         * it is reached stays small and the figures do not depend on speed. */
-        s_wait_pending(good, 8, 10000);
+         * it is reached stays small and the figures do not depend on speed:
+         * admission sees the bytes already sent, not the answers still owed,
+         * so rounds that overlapped on a loaded machine once carried a client
+         * past twice its bound (a disconnect, not the BUSY tested here). */
+        s_wait_pending(good, 0, 10000);
         if ((sent / ROUND) % 8 == 0) {
             void *reply = NULL;
             size_t rs = 0;
@@ -261,12 +264,16 @@ static void s_stall_disconnect(void)
     char *payload = malloc(SIZE);
     REQUIRE(payload != NULL);
     memset(payload, 's', SIZE);
-    /* Over the bound: requests until the broker refuses them. */
+    /* Over the bound: requests until the broker refuses them. Two at a
+     * time, each pair answered before the next: the answers already due when
+     * the bound is crossed stay far under twice the bound, where the broker
+     * would disconnect at once instead of after peer-stall-ms (the loaded
+     * machine's case this test once hit with eight at a time). */
     uint64_t id = 0, busy = 0;
-    for (int round = 0; round < 200 && !busy; round++) {
-        for (int i = 0; i < 8; i++)
+    for (int round = 0; round < 800 && !busy; round++) {
+        for (int i = 0; i < 2; i++)
             REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", ++id, payload, SIZE) == 0);
-        s_wait_pending(good, 4, 10000);
+        s_wait_pending(good, 0, 10000);
         Agentbus__Stats *st = s_stats(good);
         busy = st->out_busy;
         agentbus__stats__free_unpacked(st, NULL);
@@ -286,7 +293,8 @@ static void s_stall_disconnect(void)
     printf("slow peer disconnected %llu time(s), holding %llu bytes\n", (unsigned long long)disc,
            (unsigned long long)disc_bytes);
     CHECK_U64(disc, 1);
-    CHECK_TRUE(disc_bytes > 1 * MiB);
+    /* Once over, a peer is under again only when it has taken half. */
+    CHECK_TRUE(disc_bytes > MiB / 2);
     /* Its connection is gone: the broker's in-flight figure is back to
      * (about) zero and another client is served. */
     Agentbus__Stats *st = s_stats(good);
