@@ -190,6 +190,8 @@ typedef struct {
     double active_s;
 } sc_scale_cfg_t;
 int sc_scale(const sc_scale_cfg_t *cfg, FILE *csv);
+/* Stops whatever the scale part still runs (an interrupted run). */
+void sc_scale_cleanup(void);
 /* Child modes (the program execs itself). */
 int sc_scale_child(int argc, char **argv);
 int sc_bare_router(const char *ep);

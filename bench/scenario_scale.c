@@ -151,6 +151,8 @@ int sc_scale_child(int argc, char **argv)
             return 1;
         }
     }
+    /* Up to 120 s: with thousands connecting at once, the broker (and
+     * these polls, 250 handles per process) share two cores. */
     int up = 0;
     for (int tries = 0; tries < 600 && up < n; tries++) {
         up = 0;
@@ -159,15 +161,15 @@ int sc_scale_child(int argc, char **argv)
             up += ab_client_connected(c[i]);
         }
         if (up < n)
-            usleep(50000);
+            usleep(200000);
     }
     printf("%s %d\n", up == n ? "ready" : "fail connected", up);
     fflush(stdout);
     struct pollfd pf = {0, POLLIN, 0};
     for (;;) {
         for (int i = 0; i < n; i++)
-            ab_client_poll(c[i], 0); /* heartbeats */
-        if (poll(&pf, 1, 200) <= 0)
+            ab_client_poll(c[i], 0); /* heartbeats (1 s by default) */
+        if (poll(&pf, 1, 500) <= 0)
             continue;
         char line[64];
         if (!fgets(line, sizeof line, stdin) || !strncmp(line, "quit", 4))
@@ -186,6 +188,38 @@ int sc_scale_child(int argc, char **argv)
 }
 
 /* --- the parent ----------------------------------------------------------------- */
+/* Every process the scale part started, so an interrupted run stops them. */
+static pid_t s_pids[512];
+static int s_npids;
+
+static void s_track(pid_t pid)
+{
+    if (pid > 0 && s_npids < (int)(sizeof s_pids / sizeof *s_pids))
+        s_pids[s_npids++] = pid;
+}
+
+static void s_untrack(pid_t pid)
+{
+    for (int i = 0; i < s_npids; i++)
+        if (s_pids[i] == pid) {
+            s_pids[i] = s_pids[--s_npids];
+            return;
+        }
+}
+
+/* bu_stop_pids, and forgets them (a reaped pid may be reused). */
+static void s_stop_pids(pid_t *pids, int n)
+{
+    bu_stop_pids(pids, n);
+    for (int i = 0; i < n; i++)
+        s_untrack(pids[i]);
+}
+
+void sc_scale_cleanup(void)
+{
+    bu_stop_pids(s_pids, s_npids);
+    s_npids = 0;
+}
 typedef struct {
     pid_t pid;
     FILE *in, *out;  /* its stdin (we write), its stdout (we read) */
@@ -199,6 +233,7 @@ static int s_child_start(s_child_t *k, const char *self, const char *mode, const
         return -1;
     char count[16];
     snprintf(count, sizeof count, "%d", n);
+    fflush(NULL);
     k->pid = fork();
     if (k->pid == 0) {
         dup2(to[0], 0);
@@ -208,6 +243,7 @@ static int s_child_start(s_child_t *k, const char *self, const char *mode, const
         execl(self, self, "--scale-child", mode, ep, count, prefix, (char *)NULL);
         _exit(127);
     }
+    s_track(k->pid);
     close(to[0]);
     close(from[1]);
     k->in = fdopen(to[1], "w");
@@ -240,6 +276,7 @@ static void s_children_stop(s_child_t *k, int n)
                 kill(k[i].pid, SIGKILL);
                 waitpid(k[i].pid, NULL, 0);
             }
+            s_untrack(k[i].pid);
         }
         if (k[i].in)
             fclose(k[i].in);
@@ -279,16 +316,22 @@ static int s_connect(const sc_scale_cfg_t *cfg, s_child_t *k, int from, int tota
     }
     for (int i = started; i < *nk; i++) {
         char line[96];
-        if (s_child_line(&k[i], line, sizeof line, 60000) == 0 && !strncmp(line, "ready ", 6))
+        if (s_child_line(&k[i], line, sizeof line, 150000) != 0)
+            fprintf(stderr, "[scenario] scale: child %d did not answer\n", i);
+        else if (!strncmp(line, "ready ", 6))
             up += atoi(line + 6);
-        else
-            fprintf(stderr, "[scenario] scale: child %d did not get ready\n", i);
+        else if (!strncmp(line, "fail connected ", 15)) {
+            up += atoi(line + 15);
+            fprintf(stderr, "[scenario] scale: child %d: %d of its clients connected in 120 s\n", i,
+                    atoi(line + 15));
+        }
     }
     return up;
 }
 
 static pid_t s_spawn_quiet(const char *const *argv)
 {
+    fflush(NULL); /* else the child's freopen writes our buffered output again */
     pid_t pid = fork();
     if (pid == 0) {
         FILE *f = freopen("/dev/null", "w", stdout);
@@ -296,6 +339,7 @@ static pid_t s_spawn_quiet(const char *const *argv)
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }
+    s_track(pid);
     return pid;
 }
 
@@ -306,10 +350,11 @@ static int s_lone(ab_client_t *c, int count, double *p50, double *p99)
     ab_hist_reset(&h);
     char buf[64];
     memset(buf, 'x', sizeof buf);
-    int fails = 0;
-    for (int i = 0; i < count + 200; i++) {
+    int fails = 0, in_row = 0;
+    for (int i = 0; i < count + 200 && in_row < 10; i++) { /* 10 failures in a row: give up */
         uint64_t t = ab_now_ns();
         int rc = ab_client_request(c, "echo", buf, sizeof buf, 5000, NULL, NULL);
+        in_row = rc != AB_OK ? in_row + 1 : 0;
         if (rc != AB_OK)
             fails++;
         else if (i >= 200)
@@ -362,7 +407,7 @@ static int s_bare_part(const sc_scale_cfg_t *cfg, s_child_t *k, long *rss10, lon
     usleep(2000000);
     *rssn = s_rss_kib(bare);
     s_children_stop(k, nk);
-    bu_stop_pids(&bare, 1);
+    s_stop_pids(&bare, 1);
     return up;
 }
 
@@ -424,16 +469,30 @@ int sc_scale(const sc_scale_cfg_t *cfg, FILE *csv)
             afail += b;
         }
     }
-    s_children_stop(k, nk);
+    /* Back to 10 connected (child 0), measured again: the machine's noise
+     * moves p99 by more than the target's margin, so the ratio is taken
+     * against the lower of the two 10-connection figures. */
+    s_children_stop(k + 1, nk - 1);
+    usleep(1000000);
+    double l10b[2];
+    f10 += s_lone(c, cfg->lone, &l10b[0], &l10b[1]);
+    fprintf(stderr, "[scenario] scale: back to 10 agents: lone p50 %.0f us p99 %.0f us\n", l10b[0],
+            l10b[1]);
+    if (l10b[1] < l10[1]) {
+        l10[0] = l10b[0];
+        l10[1] = l10b[1];
+    }
+    s_children_stop(k, 1);
     ab_client_destroy(&c);
-    bu_stop_pids(pids, 2);
-    double n = cfg->agents - 10;
-    double bare_per = (bn - b10) / n, broker_per = (rn - r10) / n;
-    printf("\nScale: %d connected libagentbus agents (%d processes of <= %d) vs 10\n", up, nk,
-           cfg->per_proc);
+    s_stop_pids(pids, 2);
+    /* Per connection, over the connections each side really held. */
+    double bare_per = bare_up > 10 ? (bn - b10) / (double)(bare_up - 10) : 0,
+           broker_per = up > 10 ? (rn - r10) / (double)(up - 10) : 0;
+    printf("\nScale: %d connected libagentbus agents of %d asked (%d processes of <= %d) vs 10; "
+           "bare ROUTER held %d\n", up, cfg->agents, nk, cfg->per_proc, bare_up);
     printf("  RSS per connection: bare ROUTER %.2f KiB, broker %.2f KiB, broker above bare %.2f KiB "
            "(target <= 2 KiB)\n", bare_per, broker_per, broker_per - bare_per);
-    printf("  lone request round trip: 10 connected p50 %.0f / p99 %.0f us; %d idle p50 %.0f / p99 "
+    printf("  lone request round trip: 10 connected (better of before/after) p50 %.0f / p99 %.0f us; %d idle p50 %.0f / p99 "
            "%.0f us (p99 ratio %.2fx, target <= 1.5x); %d active p50 %.0f / p99 %.0f us\n",
            l10[0], l10[1], up, ln[0], ln[1], ln[1] / l10[1], up, la[0], la[1]);
     printf("  active phase: %ld echo requests ok, %ld failed (%.1f req/s offered)\n", aok, afail,
