@@ -92,6 +92,7 @@ static void s_progress(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    fflush(stdout);
     fprintf(stderr, "[scenario %6.1fs] ", (ab_now_us() - s_t0) / 1e6);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -462,15 +463,15 @@ static void s_plot(const char *out, sc_result_t *res, int n)
                 labels[nl++] = res[i].label;
         }
         for (int col = 4; col <= 10; col += 6) {
-            fprintf(f, col == 4 ? "plot x with lines dt 2 lc 'gray' title 'offered'"
-                                : "set title 'open loop: batch p95 vs offered (errors apart)'\n"
-                                  "set ylabel 'p95 (s)'\n"
-                                  "plot 2 with lines dt 2 lc 'red' title '2 s'");
+            if (col != 4)
+                fprintf(f, "set title 'open loop: batch p95 vs offered (errors apart)'\n"
+                           "set ylabel 'p95 (s)'\n");
             for (int j = 0; j < nl; j++)
-                fprintf(f, ", '%s/scenario.csv' using (strcol(2) eq 'open' && strcol(1) eq '%s' ? "
-                           "$3 : 1/0):%d with linespoints lw 2 title '%s'", out, labels[j], col,
-                        labels[j]);
-            fprintf(f, "\n");
+                fprintf(f, "%s'%s/scenario.csv' using (strcol(2) eq 'open' && strcol(1) eq '%s' ? "
+                           "$3 : 1/0):%d with linespoints lw 2 title '%s'", j ? ", " : "plot ",
+                        out, labels[j], col, labels[j]);
+            fprintf(f, col == 4 ? ", x with lines dt 2 lc 'gray' title 'offered'\n"
+                                : ", 2 with lines dt 2 lc 'red' title '2 s'\n");
         }
         fprintf(f, "unset multiplot\n");
     }
