@@ -157,7 +157,7 @@ void sc_call_end(sc_call_t *call, int ok, int err);
 typedef struct {
     char label[48];
     int open_loop;
-    double rate, seconds_wall;
+    double rate, seconds_wall, sim_seconds;
     size_t nrecs;
     sc_rec_t *recs;          /* all calls, malloc'd */
     uint64_t issued;
@@ -180,6 +180,28 @@ int sc_run(const sc_run_cfg_t *cfg, sc_result_t *res);
 
 /* GET URL into a malloc'd NUL-terminated string (or NULL). POST when BODY. */
 char *sc_http(const char *url, const char *body, long *status);
+
+/* --- figures (scenario_report.c) --------------------------------------------- */
+typedef struct {
+    double done_per_s, repeat_pct, err_pct;
+    double ip[3], bp[3], tt[2];  /* interactive, batch p50/p95/p99; TTFT p50/p95 (sim s) */
+    double add95, floor95;       /* batch: p95 of (latency - unloaded GPU time); p95 of the latter */
+    double hit_pct;              /* bus: (cache hits + coalesced) / issued */
+    uint64_t ok, errs, lost, err_by[SC_E_N];
+} sc_sum_t;
+
+/* Summary of one run; times in simulated seconds (wall x SCALE). */
+void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s);
+/* The table (header and one row per run). */
+void sc_table(FILE *f, const sc_result_t *res, int n, double scale);
+extern const char *const sc_csv_hdr;
+void sc_csv_row(FILE *f, const sc_result_t *r, const sc_sum_t *s, double scale);
+/* OUT/LABEL.cdf and OUT/LABEL.rate of a closed-loop run, for the plot. */
+void sc_plot_data(const char *out, const sc_result_t *r, double scale);
+/* Writes OUT/scenario.gp and runs gnuplot: OUT/scenario.png. 0 or -1. */
+int sc_plot(const char *out, const sc_result_t *res, int n);
+/* Prints the targets as the runs met them or not. */
+void sc_targets(const sc_result_t *res, int n, double scale, int agents);
 
 /* Scale part. */
 typedef struct {

@@ -333,6 +333,7 @@ int sc_run(const sc_run_cfg_t *cfg, sc_result_t *res)
     snprintf(res->label, sizeof res->label, "%s", cfg->label);
     res->open_loop = cfg->open_loop;
     res->rate = cfg->rate;
+    res->sim_seconds = cfg->seconds;
     sc_seen_clear();
     s_sampler_t sp = {.cfg = cfg};
     sp.ctl = s_control_client(cfg);
