@@ -7,7 +7,8 @@
  *   scenario_bus.c       an agent calling through agentbus (libagentbus)
  *   scenario_run.c       agent threads: closed and open loop; GPU sampling
  *   scenario_scale.c     1,000 (10,000) connected agents
- *   scenario.c           processes, the sequence of runs, table, CSV, plot
+ *   scenario_report.c    summary of a run, table, CSV, plot, targets
+ *   scenario.c           options, processes, the sequence of runs
  *
  * Times inside the workload (think time, timeouts, offered rates, model
  * timings) are in *simulated* seconds; the simulators run --time-scale X
