@@ -162,6 +162,18 @@ void sc_plot_data(const char *out, const sc_result_t *r, double scale)
     free(c);
 }
 
+/* One colour per system in every panel. */
+static const char *s_color(const char *label)
+{
+    if (!strcmp(label, "direct-new"))
+        return "#9400d3";
+    if (!strcmp(label, "direct-keepalive"))
+        return "#009e73";
+    if (!strcmp(label, "bus"))
+        return "#56b4e9";
+    return "#e69f00";
+}
+
 int sc_plot(const char *out, const sc_result_t *res, int n)
 {
     int open = 0;
@@ -182,8 +194,8 @@ int sc_plot(const char *out, const sc_result_t *res, int n)
     int first = 1;
     for (int i = 0; i < n; i++)
         if (!res[i].open_loop) {
-            fprintf(f, "%s'%s/%s.cdf' using 1:2 with lines lw 2 title '%s'", first ? "" : ", ",
-                    out, res[i].label, res[i].label);
+            fprintf(f, "%s'%s/%s.cdf' using 1:2 with lines lw 2 lc rgb '%s' title '%s'",
+                    first ? "" : ", ", out, res[i].label, s_color(res[i].label), res[i].label);
             first = 0;
         }
     fprintf(f, "\nunset logscale x\nset key top right\n"
@@ -192,8 +204,8 @@ int sc_plot(const char *out, const sc_result_t *res, int n)
     first = 1;
     for (int i = 0; i < n; i++)
         if (!res[i].open_loop) {
-            fprintf(f, "%s'%s/%s.rate' using 1:2 with linespoints lw 2 title '%s'",
-                    first ? "" : ", ", out, res[i].label, res[i].label);
+            fprintf(f, "%s'%s/%s.rate' using 1:2 with linespoints lw 2 lc rgb '%s' title '%s'",
+                    first ? "" : ", ", out, res[i].label, s_color(res[i].label), res[i].label);
             first = 0;
         }
     if (!open)
@@ -218,8 +230,8 @@ int sc_plot(const char *out, const sc_result_t *res, int n)
                            "set ylabel 'p95 (s)'\n");
             for (int j = 0; j < nl; j++)
                 fprintf(f, "%s'%s/scenario.csv' using (strcol(2) eq 'open' && strcol(1) eq '%s' ? "
-                           "$3 : 1/0):%d with linespoints lw 2 title '%s'", j ? ", " : "plot ",
-                        out, labels[j], col, labels[j]);
+                           "$3 : 1/0):%d with linespoints lw 2 lc rgb '%s' title '%s'",
+                        j ? ", " : "plot ", out, labels[j], col, s_color(labels[j]), labels[j]);
             fprintf(f, col == 4 ? ", x with lines dt 2 lc 'gray' title 'offered'\n"
                                 : ", 2 with lines dt 2 lc 'red' title '2 s'\n");
         }
