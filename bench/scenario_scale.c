@@ -154,7 +154,7 @@ int sc_scale_child(int argc, char **argv)
     /* Up to 120 s: with thousands connecting at once, the broker (and
      * these polls, 250 handles per process) share two cores. */
     int up = 0;
-    for (int tries = 0; tries < 600 && up < n; tries++) {
+    for (int64_t end = ab_now_ms() + 120000; up < n && ab_now_ms() < end;) {
         up = 0;
         for (int i = 0; i < n; i++) {
             ab_client_poll(c[i], 0);
@@ -314,9 +314,12 @@ static int s_connect(const sc_scale_cfg_t *cfg, s_child_t *k, int from, int tota
             break;
         left -= n;
     }
+    /* One deadline for all: the children connect at the same time. */
+    int64_t deadline = ab_now_ms() + 180000;
     for (int i = started; i < *nk; i++) {
         char line[96];
-        if (s_child_line(&k[i], line, sizeof line, 150000) != 0)
+        int64_t left = deadline - ab_now_ms();
+        if (s_child_line(&k[i], line, sizeof line, left > 100 ? (int)left : 100) != 0)
             fprintf(stderr, "[scenario] scale: child %d did not answer\n", i);
         else if (!strncmp(line, "ready ", 6))
             up += atoi(line + 6);
@@ -428,10 +431,12 @@ static void s_active_phase(const sc_scale_cfg_t *cfg, s_child_t *k, ab_client_t 
         fflush(k[i].in);
     }
     f->fails[2] = s_lone(c, cfg->lone, &f->la[0], &f->la[1]);
+    int64_t deadline = ab_now_ms() + (int64_t)(cfg->active_s * 1000) + 60000;
     for (int i = 0; i < f->nk; i++) {
         char line[96];
         long a = 0, b = 0;
-        if (s_child_line(&k[i], line, sizeof line, 60000) == 0 &&
+        int64_t left = deadline - ab_now_ms();
+        if (s_child_line(&k[i], line, sizeof line, left > 100 ? (int)left : 100) == 0 &&
             sscanf(line, "active %ld %ld", &a, &b) == 2) {
             f->aok += a;
             f->afail += b;
