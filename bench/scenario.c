@@ -1,0 +1,550 @@
+/*
+ * scenario.c - agentbus-scenario: the seed workload measured end to end
+ * (issue 20; docs/bench.md, "Seed workload").
+ *
+ * Starts two ollama-sim (two GPUs), a broker with its cache (L1 + L3) and
+ * two Ollama workers, then runs the same seeded workload of 174 agents:
+ *   run A  direct: each agent POSTs to its GPU's simulator (a new
+ *          connection per call, and a keep-alive variant);
+ *   run B  bus: the same agents through agentbus;
+ *   run C  the HTTP gateway: not run, it does not exist yet;
+ * in a closed loop (think time) and an open loop (Poisson offered rates,
+ * stepped), then the scale part (1,000 connected agents). Prints progress
+ * lines and a table, writes a CSV and a gnuplot PNG.
+ */
+#include "scenario.h"
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "bench_util.h"
+#include "util.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct {
+    double scale, closed_s, open_s;
+    uint64_t seed;
+    int pool_pct, agents, scale_agents, quick, skip_open, skip_scale, skip_direct_ka, capacity, deep;
+    char rates[128], out[PATH_MAX];
+} s_opts_t;
+
+static pid_t s_kids[8];
+static int s_nkids;
+static char s_dir[64];
+
+static void s_cleanup(void)
+{
+    sc_scale_cleanup();
+    bu_stop_pids(s_kids, s_nkids);
+    s_nkids = 0;
+    if (s_dir[0] && getenv("AB_SCENARIO_KEEP_LOGS")) {
+        fprintf(stderr, "scenario: logs kept in %s\n", s_dir);
+        s_dir[0] = '\0';
+    }
+    if (s_dir[0]) {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s_dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "scenario: could not remove %s\n", s_dir);
+        s_dir[0] = '\0';
+    }
+}
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    exit(130); /* atexit: stop the children */
+}
+
+static pid_t s_spawn(const char *const *argv, const char *log)
+{
+    fflush(NULL); /* a child must not inherit (and later write) our buffered output */
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    if (pid > 0 && s_nkids < (int)(sizeof s_kids / sizeof *s_kids))
+        s_kids[s_nkids++] = pid;
+    return pid;
+}
+
+static uint64_t s_t0;
+static void s_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void s_progress(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    fprintf(stderr, "[scenario %6.1fs] ", (ab_now_us() - s_t0) / 1e6);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* --- the stack: two simulated GPUs, a broker, two workers ------------------------- */
+typedef struct {
+    char bin[PATH_MAX];
+    char sim_url[SC_GPUS][64];
+    char broker[64];
+} s_stack_t;
+
+static int s_sim_up(const char *url)
+{
+    char u[96];
+    snprintf(u, sizeof u, "%s/api/version", url);
+    char *t = sc_http(u, NULL, NULL);
+    free(t);
+    return t != NULL;
+}
+
+/* Requests the simulator holds (active + queued), or -1. */
+static long s_sim_load(const char *url)
+{
+    char u[96];
+    snprintf(u, sizeof u, "%s/sim/stats", url);
+    char *t = sc_http(u, NULL, NULL);
+    json_t *j = t ? json_loads(t, 0, NULL) : NULL;
+    free(t);
+    if (!j)
+        return -1;
+    long n = (long)(json_integer_value(json_object_get(j, "active")) +
+                    json_integer_value(json_object_get(j, "queued")));
+    json_decref(j);
+    return n;
+}
+
+/* Waits (bounded) until the simulators hold no request, so a run does not
+ * inherit the previous one's queue. */
+static void s_wait_idle(const s_stack_t *st)
+{
+    for (int tries = 0; tries < 600; tries++) {
+        long n = 0;
+        for (int g = 0; g < SC_GPUS; g++) {
+            long l = s_sim_load(st->sim_url[g]);
+            n += l < 0 ? 1 : l;
+        }
+        if (n == 0)
+            return;
+        usleep(50000);
+    }
+    s_progress("warning: simulators still busy after 30 s");
+}
+
+static int s_workers_ready(const char *broker, int want)
+{
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, broker);
+    ab_client_t *c = NULL;
+    int ready = 0;
+    if (ab_client_new(&c, o) == AB_OK) {
+        for (int tries = 0; tries < 300 && !ready; tries++) {
+            void *buf = NULL;
+            size_t len;
+            if (ab_client_control(c, "stats", 1000, &buf, &len) == AB_OK) {
+                Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
+                uint32_t have = 0;
+                for (size_t i = 0; st && i < st->n_services; i++)
+                    if (!strcmp(st->services[i]->name, "ollama"))
+                        have = st->services[i]->workers;
+                ready = st && have == (uint32_t)want;
+                if (st)
+                    agentbus__stats__free_unpacked(st, NULL);
+                ab_free(buf);
+            }
+            if (!ready)
+                usleep(100000);
+        }
+        ab_client_destroy(&c);
+    }
+    ab_options_destroy(&o);
+    return ready;
+}
+
+/* Two Ollama workers, one per simulated GPU, with CAPACITY requests each
+ * (the broker's credit); children 3 and 4. Waits until both registered. */
+static int s_start_workers(const s_stack_t *st, int capacity)
+{
+    char worker[PATH_MAX + 32], log[128];
+    snprintf(worker, sizeof worker, "%s/agentbus-worker", st->bin);
+    char preload[256] = "";
+    for (int m = 0; m < SC_MODELS; m++)
+        snprintf(preload + strlen(preload), sizeof preload - strlen(preload), "%s%s",
+                 m ? "," : "", sc_models[m].name);
+    for (int g = 0; g < SC_GPUS; g++) {
+        char name[16], cap[16];
+        snprintf(name, sizeof name, "gpu%d", g);
+        snprintf(cap, sizeof cap, "%d", capacity);
+        /* Capacity: by default every slot of the GPU (3 models x 4). */
+        const char *wargv[] = {worker, "--broker", st->broker, "--backend", "ollama",
+                               "--ollama-url", st->sim_url[g], "--name", name, "--capacity", cap,
+                               "--gpu-vram-mb", "24576", "--preload", preload, NULL};
+        snprintf(log, sizeof log, "%s/worker%d-cap%d.log", s_dir, g, capacity);
+        s_spawn(wargv, log);
+    }
+    if (!s_workers_ready(st->broker, SC_GPUS)) {
+        fprintf(stderr, "scenario: the workers did not register (logs in %s)\n", s_dir);
+        return -1;
+    }
+    return 0;
+}
+
+static int s_start_stack(const s_opts_t *op, s_stack_t *st)
+{
+    char scale[32], seed[32], log[128], cfgmodels[SC_MODELS][160];
+    snprintf(scale, sizeof scale, "%g", op->scale);
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)op->seed);
+    char sim[PATH_MAX + 16], broker[PATH_MAX + 32];
+    snprintf(sim, sizeof sim, "%s/ollama-sim", st->bin);
+    snprintf(broker, sizeof broker, "%s/agentbus-broker", st->bin);
+    for (int m = 0; m < SC_MODELS; m++)
+        snprintf(cfgmodels[m], sizeof cfgmodels[m],
+                 "%s,size=%s,load_ms=%g,prefill_tps=%g,token_ms=%g,parameter_size=%s",
+                 sc_models[m].name, sc_models[m].size, sc_models[m].load_ms,
+                 sc_models[m].prefill_tps, sc_models[m].token_ms, sc_models[m].parameter_size);
+    int ports[SC_GPUS];
+    for (int g = 0; g < SC_GPUS; g++) {
+        char port[16];
+        ports[g] = bu_free_port();
+        snprintf(port, sizeof port, "%d", ports[g]);
+        snprintf(st->sim_url[g], sizeof st->sim_url[g], "http://127.0.0.1:%d", ports[g]);
+        /* One RTX 3090 class GPU each: 24 GiB, OLLAMA_NUM_PARALLEL 4,
+         * OLLAMA_MAX_QUEUE 512 (Ollama's defaults), models kept loaded. */
+        const char *argv[] = {sim, "--port", port, "--time-scale", scale, "--gpu", "24G",
+                              "--num-parallel", "4", "--max-queue", "512", "--keep-alive", "-1",
+                              "--seed", seed, "--quiet", "--model", cfgmodels[0], "--model",
+                              cfgmodels[1], "--model", cfgmodels[2], NULL};
+        snprintf(log, sizeof log, "%s/sim%d.log", s_dir, g);
+        s_spawn(argv, log);
+    }
+    int bport = bu_free_port();
+    snprintf(st->broker, sizeof st->broker, "tcp://127.0.0.1:%d", bport);
+    const char *bargv[] = {broker, "--bind", st->broker, "--data-dir", s_dir, "--log-level",
+                           "error", NULL};
+    snprintf(log, sizeof log, "%s/broker.log", s_dir);
+    s_spawn(bargv, log);
+    for (int i = 0; i < 100 && !(s_sim_up(st->sim_url[0]) && s_sim_up(st->sim_url[1])); i++)
+        usleep(100000);
+    /* Load every model on both GPUs before anything is measured. */
+    for (int g = 0; g < SC_GPUS; g++)
+        for (int m = 0; m < SC_MODELS; m++) {
+            char u[96], body[128];
+            snprintf(u, sizeof u, "%s/api/generate", st->sim_url[g]);
+            snprintf(body, sizeof body, "{\"model\":\"%s\",\"keep_alive\":-1}", sc_models[m].name);
+            free(sc_http(u, body, NULL));
+        }
+    return s_start_workers(st, op->capacity);
+}
+
+static int s_parse(s_opts_t *o, int argc, char **argv)
+{
+    memset(o, 0, sizeof *o);
+    o->scale = 5;
+    o->closed_s = 60;
+    o->open_s = 30;
+    o->seed = 1;
+    o->pool_pct = 85;
+    o->agents = SC_AGENTS;
+    o->capacity = 12;
+    o->deep = 48;
+    o->scale_agents = 1000;
+    snprintf(o->rates, sizeof o->rates, "3,6,12,24,48,500");
+    snprintf(o->out, sizeof o->out, "scenario-out");
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+        long l;
+        if (!strcmp(f, "--quick")) {
+            o->quick = 1;
+            o->scale = 10;
+            o->closed_s = 20;
+            o->skip_open = o->skip_scale = o->skip_direct_ka = 1;
+            o->deep = 0;
+            continue;
+        }
+        if (!strcmp(f, "--no-open") || !strcmp(f, "--no-scale") || !strcmp(f, "--no-keepalive")) {
+            *(f[5] == 'o' ? &o->skip_open : f[5] == 's' ? &o->skip_scale : &o->skip_direct_ka) = 1;
+            continue;
+        }
+        if (!strcmp(f, "--scale-only")) {
+            o->skip_open = 1;
+            o->closed_s = 0;
+            continue;
+        }
+        i++;
+        if (!strcmp(f, "--time-scale") && atof(v) >= 0.1 && atof(v) <= 100)
+            o->scale = atof(v);
+        else if (!strcmp(f, "--closed-seconds") && ab_parse_long(v, 0, 3600, &l) == 0)
+            o->closed_s = (double)l;
+        else if (!strcmp(f, "--open-seconds") && ab_parse_long(v, 1, 3600, &l) == 0)
+            o->open_s = (double)l;
+        else if (!strcmp(f, "--seed") && ab_parse_long(v, 0, LONG_MAX, &l) == 0)
+            o->seed = (uint64_t)l;
+        else if (!strcmp(f, "--pool-pct") && ab_parse_long(v, 0, 100, &l) == 0)
+            o->pool_pct = (int)l;
+        else if (!strcmp(f, "--agents") && ab_parse_long(v, 1, SC_AGENTS, &l) == 0)
+            o->agents = (int)l;
+        else if (!strcmp(f, "--scale-agents") && ab_parse_long(v, 0, 100000, &l) == 0)
+            o->scale_agents = (int)l;
+        else if (!strcmp(f, "--worker-capacity") && ab_parse_long(v, 1, 1000, &l) == 0)
+            o->capacity = (int)l;
+        else if (!strcmp(f, "--deep-capacity") && ab_parse_long(v, 0, 1000, &l) == 0)
+            o->deep = (int)l;
+        else if (!strcmp(f, "--rates") && *v)
+            snprintf(o->rates, sizeof o->rates, "%s", v);
+        else if (!strcmp(f, "--out") && *v)
+            snprintf(o->out, sizeof o->out, "%s", v);
+        else {
+            printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
+                   "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
+                   "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
+                   "         [--no-keepalive] [--scale-only] [--worker-capacity N] [--deep-capacity N]\n"
+                   "         [--out DIR]\n\n"
+                   "The seed workload (174 agents, two simulated GPUs) direct vs over agentbus;\n"
+                   "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
+                   "run --time-scale X, default 5, times faster). docs/bench.md, \"Seed workload\".\n");
+            return strcmp(f, "--help") ? -1 : 1;
+        }
+    }
+    return 0;
+}
+
+/* One run with progress lines; appends to RES. */
+static void s_one(const s_opts_t *o, const s_stack_t *st, sc_run_cfg_t *cfg, sc_result_t *res,
+                  int *n, FILE *csv)
+{
+    snprintf(cfg->sim_url[0], sizeof cfg->sim_url[0], "%s", st->sim_url[0]);
+    snprintf(cfg->sim_url[1], sizeof cfg->sim_url[1], "%s", st->sim_url[1]);
+    cfg->scale = o->scale;
+    cfg->seed = o->seed;
+    cfg->pool_pct = o->pool_pct;
+    cfg->agents = o->agents;
+    s_wait_idle(st);
+    if (cfg->open_loop)
+        s_progress("%s open loop at %.0f req/s offered: %.0f s simulated (%.1f s wall)...",
+                   cfg->label, cfg->rate, cfg->seconds, cfg->seconds / o->scale);
+    else
+        s_progress("%s closed loop, %d agents: %.0f s simulated (%.1f s wall)...", cfg->label,
+                   cfg->agents, cfg->seconds, cfg->seconds / o->scale);
+    sc_result_t *r = &res[*n];
+    sc_run(cfg, r);
+    sc_sum_t s;
+    sc_summarise(r, o->scale, &s);
+    fprintf(stderr, "[scenario %6.1fs]   %llu issued, %llu ok (%.1f/s), %llu errors (", (ab_now_us() - s_t0) / 1e6,
+            (unsigned long long)r->issued, (unsigned long long)s.ok, s.done_per_s,
+            (unsigned long long)s.errs);
+    for (int e = 1; e < SC_E_N; e++)
+        if (s.err_by[e])
+            fprintf(stderr, " %s=%llu", sc_err_names[e], (unsigned long long)s.err_by[e]);
+    if (cfg->ops == &sc_bus_ops)
+        sc_bus_errors(stderr);
+    fprintf(stderr, " ), lost %llu, batch p95 %.2f s, slots busy %.0f%% (%.0f%% while queued)\n",
+            (unsigned long long)s.lost, s.bp[1], r->util_all, r->util_queued);
+    sc_csv_row(csv, r, &s, o->scale);
+    fflush(csv);
+    if (!r->open_loop)
+        sc_plot_data(o->out, r, o->scale);
+    (*n)++;
+}
+
+/* The open-loop ladder of one system: each offered rate in turn. Above
+ * the first rate with more than 5% errors (not sustained by any reading)
+ * only the last rate (the seed's wanted 500 req/s) is still run. */
+static void s_ladder(const s_opts_t *o, const s_stack_t *st, const sc_engine_ops_t *ops,
+                     const char *label, sc_result_t *res, int *n, FILE *csv)
+{
+    char rates[128];
+    snprintf(rates, sizeof rates, "%s", o->rates);
+    int collapsed = 0;
+    for (char *save = NULL, *t = strtok_r(rates, ",", &save); t && *n < 38;
+         t = strtok_r(NULL, ",", &save)) {
+        int last = !save || !*save;
+        if (collapsed && !last) {
+            s_progress("%s at %s req/s: not run (over 5%% errors at a lower rate)", label, t);
+            continue;
+        }
+        sc_run_cfg_t c = {.ops = ops, .label = label, .open_loop = 1, .rate = atof(t),
+                          .seconds = o->open_s};
+        if (ops == &sc_bus_ops)
+            snprintf(c.broker, sizeof c.broker, "%s", st->broker);
+        if (c.rate <= 0)
+            continue;
+        s_one(o, st, &c, res, n, csv);
+        sc_sum_t sm;
+        sc_summarise(&res[*n - 1], o->scale, &sm);
+        collapsed |= sm.err_pct > 5;
+    }
+}
+
+const char *const sc_err_names[SC_E_N] = {"none", "503", "http", "timeout", "conn", "bus", "cut"};
+
+/* Raises the descriptor limit (10,000 agents need more than 20,000 fds in
+ * the broker; root may raise the hard limit too), prepares OUT and a
+ * temporary directory for logs and the broker's data. */
+static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
+{
+    struct rlimit rl = {200000, 200000};
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        getrlimit(RLIMIT_NOFILE, &rl);
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, s_on_signal);
+    signal(SIGTERM, s_on_signal);
+    memset(st, 0, sizeof *st);
+    ssize_t len = readlink("/proc/self/exe", st->bin, sizeof st->bin - 1);
+    if (len <= 0)
+        return -1;
+    st->bin[len] = '\0';
+    snprintf(self, cap, "%s", st->bin);
+    *strrchr(st->bin, '/') = '\0';
+    mkdir(o->out, 0755);
+    snprintf(s_dir, sizeof s_dir, "/tmp/ab-scenario-XXXXXX");
+    if (!mkdtemp(s_dir))
+        return -1;
+    atexit(s_cleanup);
+    double load1 = -1;
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la && fscanf(la, "%lf", &load1) != 1)
+        load1 = -1;
+    if (la)
+        fclose(la);
+    s_progress("seed %llu, time scale %g, load average %.2f; logs in %s",
+               (unsigned long long)o->seed, o->scale, load1, s_dir);
+    return 0;
+}
+
+/* Runs A and B, closed then open loop, then bus-capN; appends to RES. */
+static void s_workload(const s_opts_t *o, s_stack_t *st, sc_result_t *res, int *n, FILE *csv)
+{
+    if (o->closed_s > 0) {
+        sc_run_cfg_t a = {.ops = &sc_direct_ops, .label = "direct-new", .seconds = o->closed_s};
+        s_one(o, st, &a, res, n, csv);
+        if (!o->skip_direct_ka) {
+            sc_run_cfg_t k = {.ops = &sc_direct_ops, .label = "direct-keepalive", .keepalive = 1,
+                              .seconds = o->closed_s};
+            s_one(o, st, &k, res, n, csv);
+        }
+        sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = "bus", .seconds = o->closed_s};
+        snprintf(b.broker, sizeof b.broker, "%s", st->broker);
+        s_one(o, st, &b, res, n, csv);
+    }
+    if (!o->skip_open) {
+        s_ladder(o, st, &sc_direct_ops, "direct-new", res, n, csv);
+        s_ladder(o, st, &sc_bus_ops, "bus", res, n, csv);
+    }
+    /* The workers again with a deeper credit (more than the GPU's slots, so
+     * each model's slots fill as with direct calls): docs/bench.md. */
+    if (o->deep <= 0 || s_nkids != 5)
+        return;
+    bu_stop_pids(&s_kids[3], 2);
+    s_nkids = 3;
+    char label[32];
+    snprintf(label, sizeof label, "bus-cap%d", o->deep);
+    if (!s_workers_ready(st->broker, 0) || s_start_workers(st, o->deep) != 0)
+        return;
+    s_progress("workers restarted with capacity %d", o->deep);
+    if (o->closed_s > 0) {
+        sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = label, .seconds = o->closed_s};
+        snprintf(b.broker, sizeof b.broker, "%s", st->broker);
+        s_one(o, st, &b, res, n, csv);
+    }
+    if (!o->skip_open)
+        s_ladder(o, st, &sc_bus_ops, label, res, n, csv);
+}
+
+/* The table, the targets and the plot; returns the requests lost. */
+static uint64_t s_report(const s_opts_t *o, const sc_result_t *res, int n, const char *csv)
+{
+    uint64_t lost = 0;
+    printf("\nSeed workload, %d agents, seed %llu, simulated times (wall x %g); latencies of "
+           "completed calls in s, errors apart\n", o->agents, (unsigned long long)o->seed,
+           o->scale);
+    sc_table(stdout, res, n, o->scale);
+    for (int i = 0; i < n; i++) {
+        sc_sum_t s;
+        sc_summarise(&res[i], o->scale, &s);
+        lost += s.lost;
+    }
+    printf("run C (agents over the HTTP gateway, unchanged clients): not run, no gateway yet\n");
+    sc_targets(res, n, o->scale, o->agents);
+    printf("CSV: %s\n", csv);
+    if (sc_plot(o->out, res, n) != 0)
+        s_progress("gnuplot failed (is gnuplot-nox installed?): see %s/gnuplot.err", o->out);
+    else
+        s_progress("plot: %s/scenario.png", o->out);
+    return lost;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--scale-child"))
+        return sc_scale_child(argc, argv);
+    if (argc > 2 && !strcmp(argv[1], "--bare-router"))
+        return sc_bare_router(argv[2]);
+    s_opts_t o;
+    int prc = s_parse(&o, argc, argv);
+    if (prc)
+        return prc > 0 ? 0 : 2;
+    s_t0 = ab_now_us();
+    s_stack_t st;
+    char self[PATH_MAX], path[PATH_MAX + 32];
+    if (s_setup(&o, &st, self, sizeof self) != 0)
+        return 1;
+    snprintf(path, sizeof path, "%s/scenario.csv", o.out);
+    FILE *csv = fopen(path, "w");
+    if (!csv)
+        return 1;
+    fprintf(csv, "%s\n", sc_csv_hdr);
+    static sc_result_t res[40];
+    int n = 0;
+    uint64_t lost = 0;
+    if (o.closed_s > 0 || !o.skip_open) {
+        if (s_start_stack(&o, &st) != 0)
+            return 1;
+        s_progress("two simulated GPUs, broker and two Ollama workers up; run C (HTTP gateway): "
+                   "not run, no gateway exists yet");
+        s_workload(&o, &st, res, &n, csv);
+    }
+    fclose(csv);
+    if (n)
+        lost = s_report(&o, res, n, path);
+    for (int i = 0; i < n; i++)
+        free(res[i].recs);
+    bu_stop_pids(s_kids, s_nkids); /* the stack is not needed for the scale part */
+    s_nkids = 0;
+    if (!o.skip_scale && o.scale_agents > 0) {
+        snprintf(path, sizeof path, "%s/scale.csv", o.out);
+        FILE *scsv = fopen(path, "w");
+        char broker[PATH_MAX + 32], worker[PATH_MAX + 32];
+        snprintf(broker, sizeof broker, "%s/agentbus-broker", st.bin);
+        snprintf(worker, sizeof worker, "%s/agentbus-worker", st.bin);
+        sc_scale_cfg_t sc = {self, broker, worker, o.scale_agents, 250, 2000, 5.0};
+        s_progress("scale: %d connected agents in %d processes", sc.agents,
+                   (sc.agents + sc.per_proc - 1) / sc.per_proc);
+        if (sc_scale(&sc, scsv) != 0)
+            s_progress("scale part did not complete (see above)");
+        if (scsv)
+            fclose(scsv);
+    }
+    s_progress("done");
+    return lost ? 1 : 0;
+}

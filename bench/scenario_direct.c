@@ -1,0 +1,176 @@
+/*
+ * scenario_direct.c - run A, "as the seed systems do": each agent POSTs
+ * /api/generate to the simulator of its GPU (agent index mod 2, a static
+ * assignment), with a new TCP connection per call (as they did) or, in
+ * the keep-alive variant, reusing its connections. One curl multi handle
+ * per agent thread, so an open-loop agent can have several calls out.
+ */
+#include "scenario.h"
+#include "util.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    sc_agent_t *a;
+    CURLM *multi;
+    struct curl_slist *headers;
+    CURL **out;              /* transfers in progress */
+    size_t nout, capout;
+} s_direct_t;
+
+static void *s_open(sc_agent_t *a)
+{
+    s_direct_t *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    d->a = a;
+    d->multi = curl_multi_init();
+    d->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    /* Keep-alive: up to 8 idle connections per agent; new-connection mode
+     * closes each one after its call (CURLOPT_FORBID_REUSE). */
+    curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, 8L);
+    return d;
+}
+
+/* Notes the first byte (the first token of a stream) and finds
+ * "done":true in the body, across chunk boundaries. */
+static size_t s_write(char *ptr, size_t size, size_t n, void *arg)
+{
+    sc_call_t *call = arg;
+    size_t len = size * n;
+    static const char pat[] = "\"done\":true";
+    const size_t pl = sizeof pat - 1, keep = pl - 1;
+    if (!call->first_us && len)
+        call->first_us = ab_now_us();
+    if (call->saw_done || !len)
+        return len;
+    char joint[2 * sizeof pat];
+    size_t head = len < keep ? len : keep;
+    memcpy(joint, call->tail, call->tail_len);
+    memcpy(joint + call->tail_len, ptr, head);
+    if (memmem(joint, call->tail_len + head, pat, pl) || memmem(ptr, len, pat, pl))
+        call->saw_done = 1;
+    if (len >= keep) { /* the tail: the last KEEP bytes seen */
+        memcpy(call->tail, ptr + len - keep, keep);
+        call->tail_len = keep;
+    } else {
+        size_t total = call->tail_len + len, drop = total > keep ? total - keep : 0;
+        memmove(call->tail, call->tail + drop, call->tail_len - drop);
+        call->tail_len -= drop;
+        memcpy(call->tail + call->tail_len, ptr, len);
+        call->tail_len += len;
+    }
+    return len;
+}
+
+static int s_start(void *eng, sc_call_t *call)
+{
+    s_direct_t *d = eng;
+    const sc_run_cfg_t *cfg = d->a->cfg;
+    const sc_req_t *r = &call->req;
+    size_t cap = r->prompt_len + 256;
+    char *body = malloc(cap), url[96];
+    CURL *e = curl_easy_init();
+    if (!body || !e) {
+        free(body);
+        if (e)
+            curl_easy_cleanup(e);
+        return -1;
+    }
+    /* The words of a prompt need no JSON escaping. */
+    snprintf(body, cap,
+             "{\"model\":\"%s\",\"prompt\":\"%s\",\"stream\":%s,"
+             "\"options\":{\"seed\":42,\"num_predict\":%d}}",
+             sc_models[r->model].name, r->prompt, r->stream ? "true" : "false", r->num_predict);
+    snprintf(url, sizeof url, "%s/api/generate", cfg->sim_url[r->agent % SC_GPUS]);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+    free(body);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)call->timeout_ms);
+    if (!cfg->keepalive) {
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
+    call->handle = e;
+    if (d->nout == d->capout) {
+        size_t cap2 = d->capout ? 2 * d->capout : 16;
+        CURL **o = realloc(d->out, cap2 * sizeof *o);
+        if (!o) {
+            curl_easy_cleanup(e);
+            return -1;
+        }
+        d->out = o;
+        d->capout = cap2;
+    }
+    if (curl_multi_add_handle(d->multi, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        return -1;
+    }
+    d->out[d->nout++] = e;
+    return 0;
+}
+
+static void s_finish(s_direct_t *d, CURL *e, CURLcode res)
+{
+    sc_call_t *call = NULL;
+    long status = 0;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&call);
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(d->multi, e);
+    curl_easy_cleanup(e);
+    for (size_t i = 0; i < d->nout; i++)
+        if (d->out[i] == e) {
+            d->out[i] = d->out[--d->nout];
+            break;
+        }
+    int err = SC_E_NONE;
+    if (res == CURLE_OPERATION_TIMEDOUT)
+        err = SC_E_TIMEOUT;
+    else if (res != CURLE_OK)
+        err = SC_E_CONN;
+    else if (status == 503)
+        err = SC_E_HTTP503;
+    else if (status != 200 || !call->saw_done)
+        err = SC_E_HTTP;
+    sc_call_end(call, err == SC_E_NONE, err);
+}
+
+static int s_poll(void *eng, int timeout_ms)
+{
+    s_direct_t *d = eng;
+    int running = 0, left = 0, n = 0;
+    curl_multi_perform(d->multi, &running);
+    if (timeout_ms > 0)
+        curl_multi_poll(d->multi, NULL, 0, timeout_ms, NULL);
+    curl_multi_perform(d->multi, &running);
+    CURLMsg *m;
+    while ((m = curl_multi_info_read(d->multi, &left)))
+        if (m->msg == CURLMSG_DONE) {
+            s_finish(d, m->easy_handle, m->data.result);
+            n++;
+        }
+    return n;
+}
+
+static void s_close(void *eng)
+{
+    s_direct_t *d = eng;
+    if (!d)
+        return;
+    /* Calls still out are ended as cut (the agent marked itself closing). */
+    while (d->nout)
+        s_finish(d, d->out[d->nout - 1], CURLE_ABORTED_BY_CALLBACK);
+    free(d->out);
+    curl_multi_cleanup(d->multi);
+    curl_slist_free_all(d->headers);
+    free(d);
+}
+
+const sc_engine_ops_t sc_direct_ops = {"direct", s_open, s_start, s_poll, s_close};
