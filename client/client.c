@@ -280,12 +280,23 @@ static int s_expire(ab_client_t *c, int64_t now)
     return ended;
 }
 
+/* Whatever the broker keeps for this connection, topic subscriptions and
+ * the directory watch, it has lost when it sees us anew (it restarted, or
+ * dropped us for silence): ask for them again after the HELLO. */
+static void s_restore(ab_client_t *c)
+{
+    ab_cmsg_resubscribe(c);
+    if (c->watch_fn && c->watch_id)
+        s_start(c, AB_KIND_DISCOVER, "*", NULL, 0, -1, AB_FLAG_WATCH, NULL, NULL,
+                &c->watch_id);
+}
+
 static void s_on_message(ab_client_t *c, ab_in_t *in)
 {
     ab_header_t *h = &in->h;
     if (h->kind == AB_KIND_HELLO && h->correlation_id == 0) {
         ab_conn_hello(&c->conn); /* the broker forgot us */
-        ab_cmsg_resubscribe(c);
+        s_restore(c);
         return;
     }
     s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
@@ -342,10 +353,7 @@ static int s_process(ab_client_t *c)
         if (!c->early_hello)
             ab_conn_hello(&c->conn);
         c->early_hello = 0;
-        ab_cmsg_resubscribe(c);
-        if (c->watch_fn && c->watch_id) /* subscribe again: a new broker knows nothing of us */
-            s_start(c, AB_KIND_DISCOVER, "*", NULL, 0, -1, AB_FLAG_WATCH, NULL, NULL,
-                    &c->watch_id);
+        s_restore(c);
     }
     for (int i = 0; i < 4096; i++) {
         ab_in_t in;

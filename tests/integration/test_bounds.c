@@ -102,6 +102,24 @@ static void s_wait_pending(ab_client_t *ctl, uint64_t n, int timeout_ms)
     }
 }
 
+/* Waits (bounded) until the broker has read READ requests in all (stats
+ * `requests`, BUSY ones included), then until it holds at most N. Pending
+ * alone does not pace a sender: requests the broker has not read yet are not
+ * pending, and a slow broker would let the sender fill its pipe (then block). */
+static void s_wait_taken(ab_client_t *ctl, uint64_t read, uint64_t n, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    for (;;) {
+        Agentbus__Stats *st = s_stats(ctl);
+        uint64_t r = st->requests;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (r >= read || ab_now_ms() > end)
+            break;
+        th_sleep_ms(5);
+    }
+    s_wait_pending(ctl, n, timeout_ms);
+}
+
 /* A client that never reads its answers: once it has more than the bound
  * in flight its new requests are answered BUSY; the broker's memory stays
  * near the bound (not the 100 MiB of answers it asked for); another client
@@ -122,7 +140,7 @@ static void s_reply_reader(void)
     REQUIRE(payload != NULL);
     memset(payload, 'r', SIZE);
     long rss0 = th_rss_kb(broker), rss_max = rss0;
-    int sent = 0, good_ok = 0;
+    int sent = 0, good_ok = 0, good_sent = 0;
     for (; sent < N; sent += ROUND) {
         for (int i = 0; i < ROUND; i++)
             REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", (uint64_t)(sent + i + 1), payload,
@@ -132,10 +150,11 @@ static void s_reply_reader(void)
          * admission sees the bytes already sent, not the answers still owed,
          * so rounds that overlapped on a loaded machine once carried a client
          * past twice its bound (a disconnect, not the BUSY tested here). */
-        s_wait_pending(good, 0, 10000);
+        s_wait_taken(good, (uint64_t)(sent + ROUND + good_sent), 0, 10000);
         if ((sent / ROUND) % 8 == 0) {
             void *reply = NULL;
             size_t rs = 0;
+            good_sent++;
             good_ok += ab_client_request(good, "echo", payload, SIZE, 10000, &reply, &rs) == AB_OK &&
                        rs == SIZE;
             ab_free(reply);
@@ -273,7 +292,7 @@ static void s_stall_disconnect(void)
     for (int round = 0; round < 800 && !busy; round++) {
         for (int i = 0; i < 2; i++)
             REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", ++id, payload, SIZE) == 0);
-        s_wait_pending(good, 0, 10000);
+        s_wait_taken(good, id, 0, 10000);
         Agentbus__Stats *st = s_stats(good);
         busy = st->out_busy;
         agentbus__stats__free_unpacked(st, NULL);
@@ -401,7 +420,7 @@ static void s_lost_at_close(void)
         for (int k = 0; k < 50; k++)
             REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", (uint64_t)(i + k + 1), payload,
                                SIZE) == 0);
-        s_wait_pending(good, 8, 10000);
+        s_wait_taken(good, (uint64_t)(i + 50), 8, 10000);
     }
     /* Silent now, and still not reading: wait (bounded) for the count. */
     uint64_t lost = 0;

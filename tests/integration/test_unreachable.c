@@ -61,6 +61,23 @@ static void s_no_broker(void)
     CHECK_TRUE(strstr(out, "TIMEOUT") != NULL);
 }
 
+/* 1 once PID's handler for SIG is installed (the SigCgt mask in
+ * /proc/PID/status), else 0. */
+static int s_catches(pid_t pid, int sig)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    unsigned long long mask = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "SigCgt: %llx", &mask) == 1)
+            break;
+    fclose(f);
+    return (mask >> (sig - 1)) & 1;
+}
+
 /* A broker that hangs (SIGSTOP): a waiting brokerctl ends on SIGTERM at once
  * with exit 1, not by the harness's SIGKILL. */
 static void s_hung_broker_sigterm(void)
@@ -70,7 +87,12 @@ static void s_hung_broker_sigterm(void)
     kill(broker, SIGSTOP);
     const char *argv[] = {"--broker", th_ep(port), "--timeout-ms", "600000", "stats", NULL};
     pid_t ctl = th_spawn("brokerctl", argv, NULL);
-    th_sleep_ms(300);
+    /* Signalled only once it has its handler: a slow start (sanitizers, a
+     * loaded machine) would otherwise die of the default action. */
+    for (int64_t end = ab_now_ms() + 20000; !s_catches(ctl, SIGTERM) && ab_now_ms() < end;)
+        th_sleep_ms(20);
+    CHECK_TRUE(s_catches(ctl, SIGTERM));
+    th_sleep_ms(300); /* not needed for the check: lets it reach its wait */
     CHECK_TRUE(th_alive(ctl));
     kill(ctl, SIGTERM);
     int code = th_wait_exit(ctl, 10000);
