@@ -649,6 +649,16 @@ int ab_cache_has_waiters(const ab_req_t *r)
     return r->cache && r->cache->leader && r->cache->flight && r->cache->flight->n > 0;
 }
 
+void ab_cache_req_cancelled(ab_broker_t *b, ab_req_t *r)
+{
+    ab_cache_req_t *cr = r->cache;
+    if (!b->cache || !cr || !cr->leader || !cr->flight || cr->flight->n > 0)
+        return;
+    s_flight_drop(b->cache, cr->flight);
+    cr->flight = NULL;
+    cr->leader = 0;
+}
+
 void ab_cache_tick(ab_broker_t *b, int64_t now)
 {
     ab_cache_t *c = b->cache;

@@ -57,6 +57,10 @@ void ab_cache_req_free(ab_cache_req_t **cr);
 /* 1 when others wait for R's answer (a deadline or cancel of R must then
  * not stop the worker). */
 int ab_cache_has_waiters(const ab_req_t *r);
+/* R's worker is told to stop (no one waits for R): R leads no flight any
+ * more, so an identical request goes to a worker itself instead of
+ * joining one that ends in CANCELLED. */
+void ab_cache_req_cancelled(ab_broker_t *b, ab_req_t *r);
 /* End of each loop turn: dispatches services that got re-dispatched
  * waiters, expires cold entries. */
 void ab_cache_tick(ab_broker_t *b, int64_t now);

@@ -287,6 +287,10 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
 {
     if (!r->worker || ab_cache_has_waiters(r)) /* identical requests wait for it */
         return;
+    /* Until the worker's answer comes back, R would still lead its flight:
+     * an identical request would join it, get its start replayed, then its
+     * CANCELLED, and never reach a worker. */
+    ab_cache_req_cancelled(b, r);
     ab_header_t h = ab_header_init(AB_KIND_CANCEL);
     h.correlation_id = r->bid;
     h.error_code = why;

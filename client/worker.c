@@ -378,8 +378,12 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
         int64_t now = ab_now_ms();
         if (w->draining && w->drain_end_ms < end)
             end = w->drain_end_ms;
-        if (now >= end)
+        if (now >= end) {
+            /* The caller may sleep elsewhere now (a backend in its own poll):
+             * answers gathered in this turn, such as a CANCEL's, go first. */
+            ab_conn_flush(&w->conn);
             return ab_conn_fail(&w->conn, AB_ETIMEOUT, "no request within %d ms", timeout_ms);
+        }
         int64_t wait = w->conn.next_heartbeat_ms - now;
         if (wait > end - now)
             wait = end - now;

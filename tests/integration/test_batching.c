@@ -1086,6 +1086,93 @@ static void s_client_decode(void)
     s_ctx = NULL;
 }
 
+/* --- a worker's answer to a CANCEL ------------------------------------------------------ */
+typedef struct {
+    ab_job_t *job;
+    int cancelled;
+} s_held_t;
+
+/* As the Ollama backend does: a cancel shrinks the slots (a REGISTER, the
+ * turn's first message, goes at once), then answers the job (gathered). */
+static void s_on_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
+{
+    (void)id;
+    (void)why;
+    s_held_t *x = arg;
+    ab_worker_set_capacity(w, 1);
+    ab_worker_fail(w, &x->job, AB_ECANCELLED, "cancelled");
+    x->cancelled = 1;
+}
+
+static int s_worker_in_flight(ab_client_t *c)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    int n = wl && wl->n_workers == 1 ? (int)wl->workers[0]->in_flight : 99;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return n;
+}
+
+/* A worker polled with a zero timeout (a backend that then sleeps in its
+ * own poll) handles a CANCEL: its answer must leave before the call
+ * returns. It used to stay gathered until the next call, so the broker
+ * still counted the request at the worker (and single-flight still led
+ * identical requests to it). Here the worker is not called again until
+ * the broker has seen the answer, so a held one fails the check. */
+static void s_cancel_flushed(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = th_client(port);
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, th_ep(port));
+    ab_worker_t *w = NULL;
+    REQUIRE(ab_worker_new(&w, o, "echo", 2) == AB_OK);
+    ab_options_destroy(&o);
+    s_held_t x = {NULL, 0};
+    ab_worker_set_cancel_handler(w, s_on_cancel, &x);
+    for (int i = 0; i < 500 && !ab_worker_connected(w); i++) {
+        ab_job_t *j;
+        ab_worker_recv(w, &j, 10);
+    }
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    uint64_t id = 0;
+    s_tally_t t;
+    memset(&t, 0, sizeof t);
+    REQUIRE(ab_client_request_async(c, "echo", "x", 1, 20000, s_tally_cb, &t, &id) == AB_OK);
+    for (int i = 0; i < 500 && !x.job; i++) {
+        ab_client_poll(c, 5);
+        ab_worker_recv(w, &x.job, 5);
+    }
+    REQUIRE(x.job != NULL);
+    CHECK_EQ(ab_client_cancel(c, id), AB_OK);
+    for (int i = 0; i < 500 && !x.cancelled; i++) {
+        ab_client_poll(c, 5);
+        ab_job_t *j = NULL;
+        ab_worker_recv(w, &j, 0);
+        if (j)
+            ab_worker_fail(w, &j, AB_EINTERNAL, "unexpected");
+        th_sleep_ms(5);
+    }
+    REQUIRE(x.cancelled);
+    /* The worker is left alone now: only what it already sent counts. Its
+     * answer to the orphaned request is dropped and counted; nothing else
+     * (the broker presuming a silent worker dead, say) counts there. */
+    unsigned long long dropped = 0;
+    for (int i = 0; i < 100 && dropped < 1; i++) {
+        Agentbus__Stats *st = th_stats(c);
+        dropped = st ? st->replies_dropped : 0;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        if (dropped < 1)
+            ab_client_poll(c, 50);
+    }
+    CHECK_U64(dropped, 1);
+    CHECK_EQ(s_worker_in_flight(c), 0); /* its credit is back */
+    ab_worker_destroy(&w);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -1093,6 +1180,7 @@ int main(int argc, char **argv)
         {"malformed", s_malformed}, {"lone", s_lone}, {"options", s_options},
         {"client_decode", s_client_decode}, {"mixed", s_mixed},
         {"register_batched", s_register_batched}, {"batch_counts", s_batch_counts},
+        {"cancel_flushed", s_cancel_flushed},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

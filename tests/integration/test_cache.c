@@ -1233,6 +1233,86 @@ static void s_l2_breaker_skips(void)
     close(ls);
 }
 
+/* --- a cancelled leader ----------------------------------------------------------------- */
+/* Waits on the raw worker WK for a message of KIND (CORR when nonzero),
+ * heartbeating so the broker keeps it: 1 with *H, 0 after TIMEOUT_MS. */
+static int s_wk_expect(void *wk, uint32_t kind, uint64_t corr, ab_header_t *h, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    while (ab_now_ms() < end) {
+        ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
+        hb.credit = 2;
+        s_raw_send(wk, &hb, NULL, 0);
+        if (s_raw_recv(wk, h, 200) && h->kind == kind && (!corr || h->correlation_id == corr))
+            return 1;
+    }
+    return 0;
+}
+
+/* A request cancelled at its worker must not lead its flight until that
+ * worker answers: an identical request arriving in between used to join
+ * it, got its start replayed, then its CANCELLED (a cancel it never
+ * asked for), and never reached a worker. The worker here is a raw peer
+ * that answers the CANCEL only after the identical request had its chance
+ * to arrive, so the window is held open on purpose. */
+static void s_cancelled_leader(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = th_client(port);
+    void *wk = s_raw(port);
+    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    h.id = 1;
+    h.target = ab_view_of("echo");
+    h.credit = 2;
+    s_raw_send(wk, &h, NULL, 0);
+    REQUIRE(s_wk_expect(wk, AB_KIND_REGISTER, 0, &h, 5000));
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    static s_got_t g[2];
+    memset(g, 0, sizeof g);
+    uint64_t ida = 0;
+    REQUIRE(ab_client_request_async(c, "echo", "same", 4, 10000, s_got_cb, &g[0], &ida) == AB_OK);
+    ab_client_poll(c, 0);
+    REQUIRE(s_wk_expect(wk, AB_KIND_REQUEST, 0, &h, 5000));
+    uint64_t bida = h.id;
+    ab_header_t p = ab_header_init(AB_KIND_PARTIAL);
+    p.correlation_id = bida;
+    s_raw_send(wk, &p, "start", 5);
+    for (int i = 0; i < 200 && g[0].partials < 1; i++)
+        ab_client_poll(c, 25);
+    REQUIRE(g[0].partials == 1);
+    CHECK_EQ(ab_client_cancel(c, ida), AB_OK);
+    ab_client_poll(c, 0);
+    CHECK_TRUE(s_wk_expect(wk, AB_KIND_CANCEL, bida, &h, 5000));
+    /* the identical request, while the worker still holds the cancelled one */
+    REQUIRE(ab_client_request_async(c, "echo", "same", 4, 10000, s_got_cb, &g[1], NULL) == AB_OK);
+    ab_client_poll(c, 0);
+    int reached = 0;
+    for (int i = 0; i < 15 && !reached; i++) {
+        ab_client_poll(c, 0);
+        reached = s_wk_expect(wk, AB_KIND_REQUEST, 0, &h, 200);
+    }
+    CHECK_TRUE(reached); /* it went to a worker itself */
+    uint64_t bidb = h.id;
+    ab_header_t e = ab_header_init(AB_KIND_ERROR);
+    e.correlation_id = bida;
+    e.error_code = AB_ERR_CANCELLED;
+    e.error_text = ab_view_of("cancelled");
+    s_raw_send(wk, &e, NULL, 0);
+    if (reached) {
+        ab_header_t r = ab_header_init(AB_KIND_REPLY);
+        r.correlation_id = bidb;
+        s_raw_send(wk, &r, "fresh", 5);
+    }
+    for (int i = 0; i < 200 && !g[1].finals; i++)
+        ab_client_poll(c, 25);
+    CHECK_EQ(g[1].status, AB_OK); /* not the cancelled one's CANCELLED */
+    CHECK_STR(g[1].final, "fresh");
+    zmq_close(wk);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -1243,7 +1323,7 @@ int main(int argc, char **argv)
         {"l3_restart", s_l3_restart}, {"service_ttl", s_service_ttl}, {"l2_shared", s_l2_shared},
         {"l2_down", s_l2_down}, {"l2_slow", s_l2_slow}, {"lz4_bomb", s_lz4_bomb},
         {"model_key", s_model_key}, {"l3_truncated", s_l3_truncated},
-        {"l2_breaker_skips", s_l2_breaker_skips},
+        {"l2_breaker_skips", s_l2_breaker_skips}, {"cancelled_leader", s_cancelled_leader},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
