@@ -629,7 +629,16 @@ static void test_keep_alive(void)
                "{\"model\":\"sim-small\",\"prompt\":\"x\",\"stream\":false,\"keep_alive\":0}", &st);
     CHECK_EQ(st, 200);
     json_decref(j);
-    CHECK_TRUE(!s_in_ps("sim-small:latest"));
+    /* The unload follows the slot's release, which the simulator's HTTP
+     * library may do just after the client has read the whole answer:
+     * wait for the state, bounded. */
+    int unloaded = 0;
+    for (int i = 0; i < 100 && !unloaded; i++) {
+        unloaded = !s_in_ps("sim-small:latest");
+        if (!unloaded)
+            th_sleep_ms(50);
+    }
+    CHECK_TRUE(unloaded);
     /* 1 min at time scale 20 = 3 s of real time (the wait below is bounded
      * well under the minute an unscaled keep-alive would take). */
     j = s_json("POST", "/api/chat", "{\"model\":\"sim-small\",\"messages\":[],\"keep_alive\":\"1m\"}", &st);
