@@ -29,6 +29,7 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "attack_util.h"
 #include "codec.h"
 #include "compress.h"
 #include "util.h"
@@ -69,15 +70,6 @@ static void *s_bomb_worker(void *arg)
 }
 
 /* --- a bomber: a raw DEALER --------------------------------------------------------- */
-static int s_send(void *s, const ab_header_t *h, const void *data, size_t size)
-{
-    uint8_t buf[512];
-    size_t n = ab_header_encode(h, buf, sizeof buf);
-    if (n == 0 || zmq_send(s, buf, n, ZMQ_SNDMORE) < 0)
-        return -1;
-    return zmq_send(s, data, size, 0) < 0 ? -1 : 0;
-}
-
 /* Reads what arrived: each REPLY/ERROR ends one bomb. Returns how many. */
 static int s_drain(void *s, int timeout_ms)
 {
@@ -128,7 +120,7 @@ static void *s_bomber(void *ctx)
     size_t hl = agentbus__hello__pack(&hello, hb);
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.id = 1;
-    s_send(s, &h, hb, hl);
+    at_send(s, &h, hb, hl);
     uint64_t id = 1;
     int inflight = 0;
     while (!atomic_load(&s_stop)) {
@@ -140,7 +132,7 @@ static void *s_bomber(void *ctx)
             r.flags = AB_FLAG_CACHEABLE | (s_plain ? 0 : AB_FLAG_LZ4);
             r.original_size = s_plain ? 0 : BOMB_ORIGINAL;
             r.timeout_ms = 30000;
-            if (s_send(s, &r, s_bomb, s_bomb_len) != 0)
+            if (at_send(s, &r, s_bomb, s_bomb_len) != 0)
                 break;
             atomic_fetch_add(&s_bombs_sent, 1);
             inflight++;
@@ -209,12 +201,21 @@ static int s_args(int argc, char **argv)
                : -1;
 }
 
+static void s_usage(FILE *f, const char *argv0)
+{
+    fprintf(f, "usage: %s [--broker EP] [--seconds 1..3600] [--bombers 0..%d] "
+               "[--window N] [--service NAME] [--bomb-service NAME] [--plain]\n",
+            argv0, MAX_BOMBERS);
+}
+
 int main(int argc, char **argv)
 {
+    if (at_help_asked(argc, argv)) {
+        s_usage(stdout, argv[0]);
+        return 0;
+    }
     if (s_args(argc, argv) != 0) {
-        fprintf(stderr, "usage: %s [--broker EP] [--seconds 1..3600] [--bombers 0..%d] "
-                        "[--window N] [--service NAME] [--bomb-service NAME] [--plain]\n",
-                argv[0], MAX_BOMBERS);
+        s_usage(stderr, argv[0]);
         return 2;
     }
     void *plain = calloc(1, BOMB_ORIGINAL);

@@ -17,91 +17,27 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "attack_util.h"
 #include "codec.h"
 #include "util.h"
 
-#include <arpa/inet.h>
 #include <libgen.h>
 #include <limits.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <zmq.h>
-
-static int s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static long s_rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = strtol(line + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
-static void s_send(void *s, const ab_header_t *h, const void *data, size_t size)
-{
-    uint8_t buf[1024];
-    size_t n = ab_header_encode(h, buf, sizeof buf);
-    zmq_send(s, buf, n, data ? ZMQ_SNDMORE : 0);
-    if (data)
-        zmq_send(s, data, size, 0);
-}
 
 /* Asks the broker for its stats: the decoded Stats, or NULL after 3 s. */
 static Agentbus__Stats *s_stats(void *s)
 {
-    ab_header_t h = ab_header_init(AB_KIND_CONTROL);
-    h.id = 1u << 30;
-    h.target = ab_view_of("stats");
-    s_send(s, &h, NULL, 0);
-    int64_t end = ab_now_ms() + 3000;
-    while (ab_now_ms() < end) {
-        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, 100) <= 0)
-            continue;
-        zmq_msg_t hdr, body;
-        zmq_msg_init(&hdr);
-        zmq_msg_init(&body);
-        zmq_msg_recv(&hdr, s, 0);
-        int more = zmq_msg_more(&hdr);
-        if (more)
-            zmq_msg_recv(&body, s, 0);
-        ab_header_t r;
-        Agentbus__Stats *st = NULL;
-        if (ab_header_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), &r) == AB_OK &&
-            r.kind == AB_KIND_REPLY && r.correlation_id == h.id && more &&
-            !(r.flags & AB_FLAG_LZ4)) /* raw peer: announced no lz4 */
-            st = agentbus__stats__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
-        zmq_msg_close(&hdr);
-        zmq_msg_close(&body);
-        if (st)
-            return st;
-    }
-    return NULL;
+    return at_stats(s, 1u << 30, 3000);
+}
+
+static void s_usage(FILE *f, const char *argv0)
+{
+    fprintf(f, "usage: %s [--names N] [--ttl-ms MS] [--window W] [--bin-dir DIR]"
+               " [-- broker flags...]\n", argv0);
 }
 
 /* Reads the answers waiting on S: counts REPLY (queued) and ERROR (refused). */
@@ -139,7 +75,13 @@ int main(int argc, char **argv)
 {
     long names = 100000, ttl_ms = 0, window = 1000;
     char bin_dir[PATH_MAX];
-    snprintf(bin_dir, sizeof bin_dir, "%s", dirname(realpath(argv[0], NULL) ?: argv[0]));
+    char *real = realpath(argv[0], NULL);
+    snprintf(bin_dir, sizeof bin_dir, "%s", dirname(real ? real : argv[0]));
+    free(real);
+    if (at_help_asked(argc, argv)) {
+        s_usage(stdout, argv[0]);
+        return 0;
+    }
     int i = 1;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) {
@@ -154,12 +96,11 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--bin-dir") == 0 && i + 1 < argc) {
             snprintf(bin_dir, sizeof bin_dir, "%s", argv[++i]);
         } else {
-            fprintf(stderr, "usage: %s [--names N] [--ttl-ms MS] [--window W] [--bin-dir DIR]"
-                            " [-- broker flags...]\n", argv[0]);
+            s_usage(stderr, argv[0]);
             return 2;
         }
     }
-    int port = s_free_port();
+    int port = at_free_port();
     char ep[64], bind[80], path[PATH_MAX + 32];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
     snprintf(bind, sizeof bind, "--bind=%s", ep);
@@ -169,28 +110,18 @@ int main(int argc, char **argv)
     for (; i < argc && bn < 63; i++)
         bargv[bn++] = argv[i];
     bargv[bn] = NULL;
-    pid_t broker = fork();
-    if (broker == 0) {
-        execv(path, (char *const *)bargv);
-        _exit(127);
-    }
-    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0, hwm = 0;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_connect(s, ep);
+    pid_t broker = at_spawn(path, bargv, 0);
+    void *ctx = zmq_ctx_new(), *s = at_dealer(ctx, ep);
     Agentbus__Stats *st = NULL;
-    for (int k = 0; k < 10 && !st; k++)
+    for (int k = 0; k < 10 && s && !st; k++)
         st = s_stats(s);
     if (!st) {
         fprintf(stderr, "broker %s did not answer\n", path);
-        kill(broker, SIGKILL);
-        waitpid(broker, NULL, 0);
+        at_kill(broker);
         return 1;
     }
     agentbus__stats__free_unpacked(st, NULL);
-    long before = s_rss_kb(broker), queued = 0, refused = 0;
+    long before = at_rss_kb(broker), queued = 0, refused = 0;
     int64_t t0 = ab_now_ms(), last_beat = 0;
     for (long n = 0; n < names; n++) {
         char name[64];
@@ -200,19 +131,19 @@ int main(int argc, char **argv)
         h.target = ab_view_of(name);
         h.credit = 1; /* answer: queued or refused */
         h.timeout_ms = (uint32_t)ttl_ms;
-        s_send(s, &h, "hello", 5);
+        at_send(s, &h, "hello", 5);
         while (n + 1 - queued - refused >= window)
             s_drain(s, &queued, &refused, 100);
         if (ab_now_ms() - last_beat > 200) { /* stay a live peer */
             ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
-            s_send(s, &hb, NULL, 0);
+            at_send(s, &hb, NULL, 0);
             last_beat = ab_now_ms();
         }
     }
     int64_t end = ab_now_ms() + 10000;
     while (queued + refused < names && ab_now_ms() < end)
         s_drain(s, &queued, &refused, 100);
-    long after = s_rss_kb(broker);
+    long after = at_rss_kb(broker);
     st = s_stats(s);
     printf("names sent %ld in %.1f s: queued %ld, refused %ld\n", names,
            (double)(ab_now_ms() - t0) / 1000.0, queued, refused);
@@ -230,8 +161,6 @@ int main(int argc, char **argv)
     }
     zmq_close(s);
     zmq_ctx_term(ctx);
-    kill(broker, SIGTERM);
-    int status = 0;
-    waitpid(broker, &status, 0);
+    at_stop(broker);
     return 0;
 }

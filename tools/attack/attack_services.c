@@ -17,64 +17,23 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "attack_util.h"
 #include "codec.h"
 #include "util.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 
 static void *s_ctx;
 static char s_ep[64];
 
-static long s_rss_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "VmRSS:", 6) == 0)
-            kb = atol(line + 6);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
-static int s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 static void *s_dealer(void)
 {
-    void *s = zmq_socket(s_ctx, ZMQ_DEALER);
-    int linger = 0, hwm = 0;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_connect(s, s_ep);
-    return s;
+    return at_dealer(s_ctx, s_ep);
 }
 
 static void s_register(void *s, const char *service, uint64_t id, const void *pl, size_t len)
@@ -83,11 +42,13 @@ static void s_register(void *s, const char *service, uint64_t id, const void *pl
     h.id = id;
     h.target = ab_view_of(service);
     h.credit = 1;
-    uint8_t buf[512];
-    size_t n = ab_header_encode(&h, buf, sizeof buf);
-    zmq_send(s, buf, n, pl ? ZMQ_SNDMORE : 0);
-    if (pl)
-        zmq_send(s, pl, len, 0);
+    at_send(s, &h, pl, len);
+}
+
+static void s_usage(FILE *f, const char *argv0)
+{
+    fprintf(f, "usage: %s [--broker PATH] [--names N] [--wait-ms N] [--conns N] "
+               "[--register-mb N] [-- BROKER ARGS...]\n", argv0);
 }
 
 /* The kind (and *code) of the answer to ID on S within 30 s (other
@@ -121,12 +82,15 @@ static uint32_t s_answer(void *s, uint64_t id, uint32_t *code)
 
 int main(int argc, char **argv)
 {
-    char path[PATH_MAX + 32], self[PATH_MAX];
+    char path[PATH_MAX + 32];
     long names = 100000, wait_ms = 0, conns = 20, mb = 22;
     const char *bargs[64];
     int nb = 0;
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(path, sizeof path, "%s/agentbus-broker", dirname(self));
+    at_sibling(path, sizeof path, argv[0], "agentbus-broker");
+    if (at_help_asked(argc, argv)) {
+        s_usage(stdout, argv[0]);
+        return 0;
+    }
     int i = 1;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc)
@@ -144,7 +108,7 @@ int main(int argc, char **argv)
         else
             goto usage;
     }
-    int port = s_free_port();
+    int port = at_free_port();
     char bind[64];
     snprintf(bind, sizeof bind, "tcp://127.0.0.1:%d", port);
     snprintf(s_ep, sizeof s_ep, "%s", bind);
@@ -158,27 +122,18 @@ int main(int argc, char **argv)
     for (i++; i < argc && nb < 62; i++)
         bargs[nb++] = argv[i];
     bargs[nb] = NULL;
-    pid_t broker = fork();
-    if (broker == 0) {
-        int fd = open("/dev/null", O_WRONLY);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        execv(path, (char *const *)bargs);
-        _exit(127);
-    }
+    pid_t broker = at_spawn(path, bargs, 1);
     s_ctx = zmq_ctx_new();
     usleep(500000);
     void *reg = s_dealer();
     uint32_t code = 0;
     s_register(reg, "warmup", 1, NULL, 0);
-    if (s_answer(reg, 1, &code) != AB_KIND_REGISTER) {
+    if (!reg || s_answer(reg, 1, &code) != AB_KIND_REGISTER) {
         fprintf(stderr, "no broker at %s (%s)\n", s_ep, path);
-        kill(broker, SIGKILL);
+        at_kill(broker);
         return 1;
     }
-    long rss0 = s_rss_kb(broker);
+    long rss0 = at_rss_kb(broker);
     char name[64];
     for (long n = 0; n < names; n++) {
         snprintf(name, sizeof name, "attack-name-%ld", n);
@@ -186,12 +141,12 @@ int main(int argc, char **argv)
     }
     if (s_answer(reg, (uint64_t)names + 1, &code) != AB_KIND_REGISTER)
         printf("(the last REGISTER was not answered in 30 s)\n");
-    long rss1 = s_rss_kb(broker);
+    long rss1 = at_rss_kb(broker);
     printf("%ld service names from one connection: RSS %ld -> %ld KiB, %.0f bytes per name\n",
            names, rss0, rss1, (double)(rss1 - rss0) * 1024.0 / (double)(names ? names : 1));
     if (wait_ms > 0) {
         usleep((useconds_t)wait_ms * 1000);
-        printf("after %ld ms: RSS %ld KiB\n", wait_ms, s_rss_kb(broker));
+        printf("after %ld ms: RSS %ld KiB\n", wait_ms, at_rss_kb(broker));
     }
     /* Big inference states, one per connection. */
     Agentbus__InferenceState inf;
@@ -214,7 +169,7 @@ int main(int argc, char **argv)
         return 1;
     agentbus__register__pack(&m, pl);
     free(url);
-    long rss2 = s_rss_kb(broker);
+    long rss2 = at_rss_kb(broker);
     int accepted = 0, refused = 0;
     void *socks[256];
     for (long c = 0; c < conns && c < 256; c++) {
@@ -225,7 +180,7 @@ int main(int argc, char **argv)
         refused += kind == AB_KIND_ERROR;
     }
     free(pl);
-    long rss3 = s_rss_kb(broker);
+    long rss3 = at_rss_kb(broker);
     printf("%ld connections x REGISTER with a %ld MiB inference state: %d accepted, %d refused "
            "(last code %s); RSS %ld -> %ld KiB (+%.1f MiB)\n", conns, mb, accepted, refused,
            ab_wire_error_name(code), rss2, rss3, (double)(rss3 - rss2) / 1024.0);
@@ -233,14 +188,9 @@ int main(int argc, char **argv)
         zmq_close(socks[c]);
     zmq_close(reg);
     zmq_ctx_term(s_ctx);
-    kill(broker, SIGTERM);
-    for (int k = 0; k < 100 && waitpid(broker, NULL, WNOHANG) != broker; k++)
-        usleep(50000);
-    kill(broker, SIGKILL);
-    waitpid(broker, NULL, 0);
+    at_stop(broker);
     return 0;
 usage:
-    fprintf(stderr, "usage: %s [--broker PATH] [--names N] [--wait-ms N] [--conns N] "
-                    "[--register-mb N] [-- BROKER ARGS...]\n", argv[0]);
+    s_usage(stderr, argv[0]);
     return 2;
 }

@@ -19,6 +19,7 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "attack_util.h"
 #include "codec.h"
 #include "util.h"
 
@@ -32,17 +33,10 @@
 static int s_pid;
 static long s_peak;
 
+/* The broker's VmRSS (KiB), also kept as the peak. */
 static long s_rss_kb(void)
 {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", s_pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
+    long kb = at_rss_kb((pid_t)s_pid);
     if (kb > s_peak)
         s_peak = kb;
     return kb;
@@ -74,11 +68,7 @@ static int s_send(void *s, uint32_t kind, const char *target, uint64_t id, const
     ab_header_t h = ab_header_init(kind);
     h.id = id;
     h.target = ab_view_of(target);
-    uint8_t buf[512];
-    size_t n = ab_header_encode(&h, buf, sizeof buf);
-    if (zmq_send(s, buf, n, size ? ZMQ_SNDMORE : 0) < 0)
-        return -1;
-    return size && zmq_send(s, data, size, 0) < 0 ? -1 : 0;
+    return at_send(s, &h, size ? data : NULL, size);
 }
 
 /* Waits for the answer to ID on S (other messages skipped); its header
@@ -118,17 +108,7 @@ static int s_answer(void *s, uint64_t id, uint32_t *kind, void **pl, size_t *ple
 static Agentbus__Stats *s_stats(void *ctl)
 {
     static uint64_t id = 1000000;
-    void *pl = NULL;
-    size_t len = 0;
-    uint32_t kind = 0;
-    if (s_send(ctl, AB_KIND_CONTROL, "stats", ++id, NULL, 0) != 0 ||
-        s_answer(ctl, id, &kind, &pl, &len) != 0 || kind != AB_KIND_REPLY) {
-        free(pl);
-        return NULL;
-    }
-    Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, pl);
-    free(pl);
-    return st;
+    return at_stats(ctl, ++id, 5000);
 }
 
 static uint64_t s_pending(void *ctl)
@@ -285,19 +265,30 @@ static int s_connections(void *ctx, const char *ep, long c)
     return 0;
 }
 
+static void s_usage(FILE *f, const char *argv0)
+{
+    fprintf(f, "usage: %s --broker EP --pid PID replies N SIZE [PAUSE_MS] | subscribers K N SIZE "
+               "| connections C\n", argv0);
+}
+
 int main(int argc, char **argv)
 {
     const char *ep = NULL;
+    if (at_help_asked(argc, argv)) {
+        s_usage(stdout, argv[0]);
+        return 0;
+    }
     int i = 1;
     for (; i + 1 < argc && strncmp(argv[i], "--", 2) == 0; i += 2) {
         if (strcmp(argv[i], "--broker") == 0)
             ep = argv[i + 1];
         else if (strcmp(argv[i], "--pid") == 0)
             s_pid = atoi(argv[i + 1]);
+        else
+            break; /* unknown: usage below */
     }
-    if (!ep || s_pid <= 0 || i >= argc) {
-        fprintf(stderr, "usage: %s --broker EP --pid PID replies N SIZE [PAUSE_MS] | subscribers K N SIZE "
-                        "| connections C\n", argv[0]);
+    if (!ep || s_pid <= 0 || i >= argc || strncmp(argv[i], "--", 2) == 0) {
+        s_usage(stderr, argv[0]);
         return 2;
     }
     struct rlimit rl;

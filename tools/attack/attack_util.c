@@ -1,0 +1,178 @@
+/*
+ * attack_util.c - helpers shared by the agentbus-attack-* programs (see
+ * attack_util.h for each one's contract).
+ */
+#include "attack_util.h"
+
+#include "agentbus.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+double at_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int at_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+long at_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+pid_t at_spawn(const char *path, const char *const argv[], int quiet)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (quiet) {
+            int fd = open("/dev/null", O_WRONLY);
+            if (fd >= 0) {
+                dup2(fd, 1);
+                dup2(fd, 2);
+            }
+        }
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+void at_stop(pid_t pid)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 100 && waitpid(pid, NULL, WNOHANG) != pid; i++)
+        usleep(50000);
+    at_kill(pid);
+}
+
+void at_kill(pid_t pid)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+void *at_dealer(void *ctx, const char *ep)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0, hwm = 0;
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (zmq_connect(s, ep) != 0) {
+        fprintf(stderr, "connect %s: %s\n", ep, zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+int at_send(void *s, const ab_header_t *h, const void *data, size_t size)
+{
+    uint8_t buf[1024];
+    size_t n = ab_header_encode(h, buf, sizeof buf);
+    if (n == 0 || zmq_send(s, buf, n, data ? ZMQ_SNDMORE : 0) < 0)
+        return -1;
+    return data && zmq_send(s, data, size, 0) < 0 ? -1 : 0;
+}
+
+Agentbus__Stats *at_stats(void *s, uint64_t id, int timeout_ms)
+{
+    ab_header_t h = ab_header_init(AB_KIND_CONTROL);
+    h.id = id;
+    h.target = ab_view_of("stats");
+    if (at_send(s, &h, NULL, 0) != 0)
+        return NULL;
+    int64_t end = ab_now_ms() + timeout_ms;
+    while (ab_now_ms() < end) {
+        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0)
+            continue;
+        zmq_msg_t hdr, body;
+        zmq_msg_init(&hdr);
+        zmq_msg_init(&body);
+        if (zmq_msg_recv(&hdr, s, 0) < 0) {
+            zmq_msg_close(&hdr);
+            zmq_msg_close(&body);
+            continue;
+        }
+        int more = zmq_msg_more(&hdr), parts = 0;
+        while (more) { /* the first part is the body; any further ones are skipped */
+            zmq_msg_t extra, *m = parts ? &extra : &body;
+            if (parts)
+                zmq_msg_init(&extra);
+            zmq_msg_recv(m, s, 0);
+            more = zmq_msg_more(m);
+            if (parts)
+                zmq_msg_close(&extra);
+            parts++;
+        }
+        ab_header_t r;
+        Agentbus__Stats *st = NULL;
+        if (ab_header_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), &r) == AB_OK &&
+            r.kind == AB_KIND_REPLY && r.correlation_id == id && parts > 0 &&
+            !(r.flags & AB_FLAG_LZ4)) /* raw peer: announced no lz4 */
+            st = agentbus__stats__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
+        zmq_msg_close(&hdr);
+        zmq_msg_close(&body);
+        if (st)
+            return st;
+    }
+    return NULL;
+}
+
+void at_sibling(char *out, size_t size, const char *argv0, const char *name)
+{
+    char self[PATH_MAX];
+    snprintf(self, sizeof self, "%s", argv0);
+    snprintf(out, size, "%s/%s", dirname(self), name);
+}
+
+int at_help_asked(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return 1;
+    return 0;
+}
