@@ -91,7 +91,7 @@ static int s_model_from_json(sim_model_t *m, const json_t *o)
     }
     const char *key;
     json_t *v;
-    double x;
+    double x = 0; /* s_num_field sets it only on success */
     json_object_foreach((json_t *)o, key, v) {
         int rc = 0;
         if (strcmp(key, "name") == 0) {
