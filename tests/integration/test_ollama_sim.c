@@ -624,6 +624,7 @@ static void test_keep_alive(void)
     CHECK_EQ(st, 200);
     CHECK_STR(s_str(j, "done_reason"), "unload");
     json_decref(j);
+    CHECK_EQ(s_wait_stat("unloads", 1, 5000), 0); /* after the slot's release */
     CHECK_TRUE(!s_in_ps("sim-small:latest"));
     j = s_json("POST", "/api/generate",
                "{\"model\":\"sim-small\",\"prompt\":\"x\",\"stream\":false,\"keep_alive\":0}", &st);
@@ -651,6 +652,7 @@ static void test_keep_alive(void)
             th_sleep_ms(100);
     }
     CHECK_TRUE(gone);
+    CHECK_EQ(s_wait_stat("expirations", 3, 5000), 0);
     json_t *stats = s_stats();
     CHECK_EQ(s_int(stats, "expirations"), 3);
     CHECK_EQ(s_int(stats, "loads"), 3);
