@@ -93,7 +93,15 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     c->sock = zmq_socket(c->ctx, ZMQ_DEALER);
     if (!c->sock)
         return ab_conn_fail(c, AB_EZMQ, "zmq_socket: %s", zmq_strerror(errno));
+    /* The ZMTP timeout runs in wall-clock time, so a process that was
+     * paused (SIGSTOP, a debugger, swapping) with a PING unanswered drops
+     * its connection the moment it resumes, before reading the broker's
+     * traffic waiting in the socket. Three heartbeats, never under 3 s: a
+     * worker with a short heartbeat keeps its connection (and the broker
+     * its late replies) over a short pause. */
     int linger = 0, hwm = 100000, ivl = c->opts.heartbeat_ms, tmo = 3 * c->opts.heartbeat_ms;
+    if (tmo < 3000)
+        tmo = 3000;
     int64_t maxmsg = (int64_t)(c->opts.max_payload + c->opts.max_header + 4096);
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);

@@ -113,7 +113,9 @@ AB_EXPORT void ab_options_destroy(ab_options_t **opts);
 AB_EXPORT int ab_options_set_endpoint(ab_options_t *opts, const char *endpoint);
 /* Name this peer reports to the broker (informational). Copied. */
 AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
-/* Application heartbeat interval, 100..60000 ms. */
+/* Application heartbeat interval, 100..60000 ms. It is also the ZMTP
+ * heartbeat interval; a broker silent for three intervals (never less than
+ * 3 s) is taken as gone and the connection is made again. */
 AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 /* Largest payload accepted from the broker, and sent (AB_EPAYLOADSIZE). */
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
