@@ -825,7 +825,7 @@ static void s_drain(ab_broker_t *b, int64_t now)
      * to leave before the socket closes (LINGER is 0 otherwise). */
     int linger = 1000;
     zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
-    b->stop = 1;
+    atomic_store(&b->stop, 1);
 }
 
 static void s_timers(ab_broker_t *b, int64_t now)
@@ -856,7 +856,7 @@ int ab_broker_run(ab_broker_t *b)
                                {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
     int nitems = items[2].socket ? 3 : 2; /* the L2 cache thread's answers */
     b->next_sweep_ms = ab_now_ms() + AB_SWEEP_MS;
-    while (!b->stop) {
+    while (!atomic_load(&b->stop)) {
         int64_t now = ab_now_ms();
         int64_t wake = b->next_sweep_ms, dl = ab_next_deadline(b);
         if (dl && dl < wake)
@@ -867,7 +867,7 @@ int ab_broker_run(ab_broker_t *b)
         if (mw && mw < wake)
             wake = mw;
         long timeout = wake > now ? (long)(wake - now) : 0;
-        if (b->term)
+        if (atomic_load(&b->term))
             timeout = timeout > 50 ? 50 : timeout; /* check the drain often */
         int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0 && errno != EINTR) {
@@ -875,7 +875,7 @@ int ab_broker_run(ab_broker_t *b)
             return -1;
         }
         now = ab_now_ms();
-        for (int i = 0; i < AB_RECV_BURST && !b->stop; i++) {
+        for (int i = 0; i < AB_RECV_BURST && !atomic_load(&b->stop); i++) {
             if (s_recv_one(b, now) != 0)
                 break;
             if ((i & 31) == 31)
@@ -889,7 +889,7 @@ int ab_broker_run(ab_broker_t *b)
             ab_cache_on_pipe(b);
         s_timers(b, ab_now_ms());
         ab_health_kick(b);
-        if (b->term)
+        if (atomic_load(&b->term))
             s_drain(b, ab_now_ms());
         ab_batching_flush_all(b); /* end of the turn: what was gathered goes out */
     }

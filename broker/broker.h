@@ -24,6 +24,7 @@
 #include "log.h"
 
 #include <czmq.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <zmq.h>
 
@@ -179,8 +180,8 @@ typedef struct {
     int grace_over;         /* startup grace has ended and been enforced */
     ab_counters_t c;
     ab_ratelimit_t rl;
-    volatile int stop;
-    volatile int term;      /* SIGTERM seen: drain, then stop */
+    atomic_int stop;        /* set from the signal handler (main.c) */
+    atomic_int term;        /* SIGTERM seen: drain, then stop */
     int draining;
     int64_t drain_end_ms;
     void *monitor;          /* PAIR receiving the ROUTER's socket events */
