@@ -257,7 +257,7 @@ static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
 {
     char key[2 * AB_RID_MAX + 1];
     b->c.malformed++;
-    b->c.rejected[-status < 32 ? -status : 31]++;
+    AB_COUNT_REJECTED(b, status);
     s_rid_key(&in->rid, key);
     AB_LOG_RL(&b->rl, ab_hash_bytes(in->rid.bytes, in->rid.len), in->now, AB_LOG_WARN,
               "malformed message from %s (%zu frames): %s", key, nframes, ab_strerror(status));
@@ -393,7 +393,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     char name[AB_NAME_MAX];
     if (in->h.target.len >= AB_NAME_MAX) {
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_NO_SERVICE, "service name too long");
-        b->c.errors_sent[AB_ERR_NO_SERVICE]++;
+        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
         return;
     }
     ab_view_copy(in->h.target, name, sizeof name);
@@ -407,20 +407,20 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     if (!s) {
         char text[AB_NAME_MAX + 64];
         snprintf(text, sizeof text, "no service '%s' is registered", name);
-        b->c.errors_sent[AB_ERR_NO_SERVICE]++;
+        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_NO_SERVICE, text);
         return;
     }
     s->requests++;
     if (b->draining) {
         s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
+        AB_COUNT_ERROR(b, AB_ERR_BUSY);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY, "broker is shutting down");
         return;
     }
     if (p && p->in_flight >= (uint32_t)b->cfg->max_client_inflight) {
         s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
+        AB_COUNT_ERROR(b, AB_ERR_BUSY);
         b->c.client_limit_busy++;
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
                       "this client has too many requests in flight (max-client-inflight)");
@@ -428,7 +428,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     }
     if (p && ab_peer_over(b, p)) { /* it does not read its answers (router.c) */
         s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
+        AB_COUNT_ERROR(b, AB_ERR_BUSY);
         b->c.out_busy++;
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
                       "this client has not read its earlier answers (peer-out-max-bytes)");
@@ -441,7 +441,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     if (!ab_service_admit(b, s)) {
         ab_cache_req_free(&cr);
         s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
+        AB_COUNT_ERROR(b, AB_ERR_BUSY);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
                       s->q_len >= (uint32_t)b->cfg->queue_max ? "service queue is full"
                                                               : "broker holds too many requests");
@@ -722,7 +722,7 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         }
         break;
     default:
-        b->c.errors_sent[AB_ERR_UNSUPPORTED]++;
+        AB_COUNT_ERROR(b, AB_ERR_UNSUPPORTED);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED,
                       "message kind not supported by this broker");
         break;
@@ -825,7 +825,7 @@ static void s_drain(ab_broker_t *b, int64_t now)
      * to leave before the socket closes (LINGER is 0 otherwise). */
     int linger = 1000;
     zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);
-    b->stop = 1;
+    atomic_store(&b->stop, 1);
 }
 
 static void s_timers(ab_broker_t *b, int64_t now)
@@ -856,7 +856,7 @@ int ab_broker_run(ab_broker_t *b)
                                {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
     int nitems = items[2].socket ? 3 : 2; /* the L2 cache thread's answers */
     b->next_sweep_ms = ab_now_ms() + AB_SWEEP_MS;
-    while (!b->stop) {
+    while (!atomic_load(&b->stop)) {
         int64_t now = ab_now_ms();
         int64_t wake = b->next_sweep_ms, dl = ab_next_deadline(b);
         if (dl && dl < wake)
@@ -867,7 +867,7 @@ int ab_broker_run(ab_broker_t *b)
         if (mw && mw < wake)
             wake = mw;
         long timeout = wake > now ? (long)(wake - now) : 0;
-        if (b->term)
+        if (atomic_load(&b->term))
             timeout = timeout > 50 ? 50 : timeout; /* check the drain often */
         int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0 && errno != EINTR) {
@@ -875,7 +875,7 @@ int ab_broker_run(ab_broker_t *b)
             return -1;
         }
         now = ab_now_ms();
-        for (int i = 0; i < AB_RECV_BURST && !b->stop; i++) {
+        for (int i = 0; i < AB_RECV_BURST && !atomic_load(&b->stop); i++) {
             if (s_recv_one(b, now) != 0)
                 break;
             if ((i & 31) == 31)
@@ -889,7 +889,7 @@ int ab_broker_run(ab_broker_t *b)
             ab_cache_on_pipe(b);
         s_timers(b, ab_now_ms());
         ab_health_kick(b);
-        if (b->term)
+        if (atomic_load(&b->term))
             s_drain(b, ab_now_ms());
         ab_batching_flush_all(b); /* end of the turn: what was gathered goes out */
     }

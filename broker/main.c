@@ -12,9 +12,9 @@ static ab_broker_t s_broker;
 static void s_on_signal(int sig)
 {
     (void)sig;
-    if (s_broker.term)
-        s_broker.stop = 1;
-    s_broker.term = 1;
+    if (atomic_load(&s_broker.term))
+        atomic_store(&s_broker.stop, 1);
+    atomic_store(&s_broker.term, 1);
 }
 
 int main(int argc, char **argv)

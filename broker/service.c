@@ -481,7 +481,7 @@ void ab_expire_deadlines(ab_broker_t *b, int64_t now)
              * answers (its late reply is then dropped and counted). */
             ab_send_error(b, &r->client, r->client_id, AB_ERR_DEADLINE,
                           "deadline passed while a worker held the request");
-            b->c.errors_sent[AB_ERR_DEADLINE]++;
+            AB_COUNT_ERROR(b, AB_ERR_DEADLINE);
             b->c.deadline_expired++;
             r->service->errors++;
             r->state = AB_REQ_ORPHANED;

@@ -198,32 +198,24 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
 
     /* Errors by code: those the broker answered or forwarded, then the
      * reasons malformed messages were rejected for. */
-    Agentbus__ErrorCount ec[AB_ERR_COUNT_ + 48], *ecp[AB_ERR_COUNT_ + 48];
-    char names[32][32];
+    enum { NE_MAX = AB_WIRE_ERROR_COUNT + AB_STATUS_COUNT };
+    Agentbus__ErrorCount ec[NE_MAX], *ecp[NE_MAX];
+    char names[AB_STATUS_COUNT][32];
     size_t ne = 0;
-    for (uint32_t i = 1; i < AB_ERR_COUNT_; i++) {
-        if (!c->errors_sent[i])
+    for (int i = 0; i < AB_WIRE_ERROR_COUNT; i++) {
+        if (!c->errors_sent[i] || ab_wire_error_at(i) == AB_ERR_NONE)
             continue;
         agentbus__error_count__init(&ec[ne]);
-        ec[ne].code = (char *)ab_wire_error_name(i);
+        ec[ne].code = (char *)ab_wire_error_name(ab_wire_error_at(i));
         ec[ne].count = c->errors_sent[i];
         ecp[ne] = &ec[ne];
         ne++;
     }
-    for (uint32_t i = 0; i < 16; i++) {
-        if (!c->errors_ext[i])
+    for (int i = 0; i < AB_STATUS_COUNT; i++) {
+        if (!c->rejected[i] || ab_status_at(i) == AB_OK)
             continue;
         agentbus__error_count__init(&ec[ne]);
-        ec[ne].code = (char *)ab_wire_error_name(20 + i);
-        ec[ne].count = c->errors_ext[i];
-        ecp[ne] = &ec[ne];
-        ne++;
-    }
-    for (int i = 1; i < 32; i++) {
-        if (!c->rejected[i])
-            continue;
-        agentbus__error_count__init(&ec[ne]);
-        snprintf(names[i], sizeof names[i], "rejected:%s", ab_status_name(-i));
+        snprintf(names[i], sizeof names[i], "rejected:%s", ab_status_name(ab_status_at(i)));
         ec[ne].code = names[i];
         ec[ne].count = c->rejected[i];
         ecp[ne] = &ec[ne];

@@ -571,7 +571,7 @@ int ab_client_connected(const ab_client_t *c)
 void ab_client_stop(ab_client_t *c)
 {
     if (c)
-        c->conn.stop = 1;
+        atomic_store(&c->conn.stop, 1);
 }
 
 int ab_client_flush(ab_client_t *c)

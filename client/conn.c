@@ -457,11 +457,11 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
 int ab_conn_wait(ab_conn_t *c, int timeout_ms)
 {
     zmq_pollitem_t items[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
-    if (c->stop)
+    if (atomic_load(&c->stop))
         return AB_ESTOPPED;
     ab_conn_flush(c); /* never sleep on gathered messages */
     int rc = zmq_poll(items, 2, timeout_ms);
-    if (c->stop)
+    if (atomic_load(&c->stop))
         return AB_ESTOPPED;
     if (rc < 0)
         return errno == EINTR ? 0 : ab_conn_fail(c, AB_EZMQ, "poll: %s", zmq_strerror(errno));

@@ -10,6 +10,7 @@
 #include "codec.h"
 #include "idmap.h"
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <zmq.h>
 
@@ -54,7 +55,7 @@ typedef struct {
     uint64_t out_first_us;    /* when the oldest gathered message was added */
     zmq_msg_t in_batch;       /* a received BATCH being handed out entry by entry */
     ab_batch_reader_t in_rd;
-    volatile int stop;
+    atomic_int stop; /* ab_*_stop: any thread or a signal handler */
     char error[AB_ERRTEXT_MAX];
     uint64_t instance; /* random per handle: Hello.instance */
 } ab_conn_t;

@@ -26,8 +26,8 @@ struct ab_worker {
     ab_job_t *out;                     /* handed out, not yet freed */
     unsigned n_ready, n_out;
     char backend_state[64];            /* reported with each heartbeat */
-    volatile int shutdown;             /* ab_worker_shutdown: drain, then stop */
-    volatile int shutdown_grace_ms;
+    atomic_int shutdown;               /* ab_worker_shutdown (any thread): drain, then stop */
+    atomic_int shutdown_grace_ms;
     int draining;
     int64_t drain_end_ms;
     ab_cancel_fn *cancel_fn;
@@ -350,7 +350,7 @@ static ab_job_t *s_pop(ab_worker_t *w)
 static void s_drain_begin(ab_worker_t *w)
 {
     w->draining = 1;
-    w->drain_end_ms = ab_now_ms() + w->shutdown_grace_ms;
+    w->drain_end_ms = ab_now_ms() + atomic_load(&w->shutdown_grace_ms);
     if (w->conn.connected) {
         ab_header_t h = ab_header_init(AB_KIND_BYE);
         h.id = ab_conn_next_id(&w->conn);
@@ -369,7 +369,7 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
         int rc = s_process(w);
         if (rc < 0)
             return rc;
-        if (w->shutdown && !w->draining)
+        if (atomic_load(&w->shutdown) && !w->draining)
             s_drain_begin(w);
         if (w->draining && (!w->out || ab_now_ms() >= w->drain_end_ms))
             return ab_conn_fail(&w->conn, AB_ESTOPPED, "drained after shutdown");
@@ -484,7 +484,7 @@ int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)
 
 int ab_worker_run(ab_worker_t *w, ab_job_fn *fn, void *arg)
 {
-    while (!w->conn.stop) {
+    while (!atomic_load(&w->conn.stop)) {
         int rc = ab_worker_poll(w, 1000, fn, arg);
         if (rc == AB_ESTOPPED)
             break;
@@ -497,15 +497,15 @@ int ab_worker_run(ab_worker_t *w, ab_job_fn *fn, void *arg)
 void ab_worker_stop(ab_worker_t *w)
 {
     if (w)
-        w->conn.stop = 1;
+        atomic_store(&w->conn.stop, 1);
 }
 
 void ab_worker_shutdown(ab_worker_t *w, int grace_ms)
 {
     if (!w)
         return;
-    w->shutdown_grace_ms = grace_ms < 0 ? 0 : grace_ms;
-    w->shutdown = 1;
+    atomic_store(&w->shutdown_grace_ms, grace_ms < 0 ? 0 : grace_ms);
+    atomic_store(&w->shutdown, 1);
 }
 
 int ab_worker_set_backend_state(ab_worker_t *w, const char *state)

@@ -5,6 +5,11 @@
  * every string, and the broker decodes a header for every message it routes.
  * Parsing into views costs a few dozen nanoseconds and no allocation. The
  * typed payloads (Register, Stats, ...) are rare and use protobuf-c.
+ *
+ * Nothing here names a header field, kind or error code: each step that
+ * touches fields (parse, validate, size, encode) is expanded from the rows of
+ * common/vocab.h, and so are the look-ups at the end. A new field is a row
+ * there, not an edit here.
  */
 #include "codec.h"
 #include "agentbus.h"
@@ -13,6 +18,25 @@
 #include <string.h>
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
+
+/* What each TYPE of AB_HEADER_FIELD_LIST (vocab.h) means to the codec:
+ * S_WT_ its wire type, S_GET_ its value from a parsed varint V or view W,
+ * S_ISSET_ whether it differs from the default (and so is written). */
+#define S_WT_U32 WT_VARINT
+#define S_WT_U64 WT_VARINT
+#define S_WT_ENUM WT_VARINT
+#define S_WT_STR WT_LEN
+#define S_GET_U32(v, w) ((uint32_t)(v))
+#define S_GET_ENUM(v, w) ((uint32_t)(v))
+#define S_GET_U64(v, w) (v)
+#define S_GET_STR(v, w) (w)
+#define S_ISSET_U32(x) ((x) != 0)
+#define S_ISSET_ENUM(x) ((x) != 0)
+#define S_ISSET_U64(x) ((x) != 0)
+#define S_ISSET_STR(x) ((x).len != 0)
+
+/* Bytes of the key (number << 3 | wire type) of field NUMBER. */
+#define S_KEYLEN(n) ((n) < 16 ? 1u : (n) < 2048 ? 2u : (n) < 262144 ? 3u : (n) < 33554432 ? 4u : 5u)
 
 void ab_limits_default(ab_limits_t *lim)
 {
@@ -71,6 +95,49 @@ static int s_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
     return -1;
 }
 
+/* Reads the value of one field whose key said wire type WT: a varint into
+ * *V, a length-delimited field into *W; fixed-size ones are skipped. 0, or
+ * -1 when it runs past END or the wire type is a group or reserved. */
+static int s_value(const uint8_t **p, const uint8_t *end, int wt, uint64_t *v, ab_view_t *w)
+{
+    switch (wt) {
+    case WT_VARINT:
+        return s_varint(p, end, v);
+    case WT_I64:
+    case WT_I32: {
+        size_t n = wt == WT_I64 ? 8 : 4;
+        if ((size_t)(end - *p) < n)
+            return -1;
+        *p += n;
+        return 0;
+    }
+    case WT_LEN:
+        if (s_varint(p, end, v) != 0 || *v > (uint64_t)(end - *p))
+            return -1;
+        w->ptr = (const char *)*p;
+        w->len = (size_t)*v;
+        *p += *v;
+        return 0;
+    default: /* groups (3, 4) and reserved types */
+        return -1;
+    }
+}
+
+/* A known field travels with its own wire type only. */
+#define S_PARSE(member, number, type)                                                            \
+    case number:                                                                                 \
+        if (wt != S_WT_##type)                                                                   \
+            return AB_EDECODE;                                                                   \
+        h->member = S_GET_##type(v, view);                                                       \
+        break;
+#define S_EMPTY_U32(x)
+#define S_EMPTY_ENUM(x)
+#define S_EMPTY_U64(x)
+#define S_EMPTY_STR(x)                                                                           \
+    if (!(x).ptr)                                                                                \
+        (x).ptr = "";
+#define S_EMPTY(member, number, type) S_EMPTY_##type(h->member)
+
 int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
 {
     memset(h, 0, sizeof *h);
@@ -84,76 +151,23 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
         uint64_t field = key >> 3;
         int wt = (int)(key & 7);
         ab_view_t view = {NULL, 0};
-        if (field == 0)
-            return AB_EDECODE;
-        switch (wt) {
-        case WT_VARINT:
-            if (s_varint(&p, end, &v) != 0)
-                return AB_EDECODE;
-            break;
-        case WT_I64:
-            if ((size_t)(end - p) < 8)
-                return AB_EDECODE;
-            p += 8;
-            break;
-        case WT_I32:
-            if ((size_t)(end - p) < 4)
-                return AB_EDECODE;
-            p += 4;
-            break;
-        case WT_LEN:
-            if (s_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p))
-                return AB_EDECODE;
-            view.ptr = (const char *)p;
-            view.len = (size_t)v;
-            p += v;
-            break;
-        default: /* groups (3, 4) and reserved types */
-            return AB_EDECODE;
-        }
-        int is_len = (field == 5 || field == 6 || field == 12 || field == 40 || field == 41);
-        int known = field <= 13 || field == 40 || field == 41 || field == 60;
-        if (known && (wt == WT_LEN) != is_len)
-            return AB_EDECODE;
-        if (known && !is_len && wt != WT_VARINT)
+        if (field == 0 || s_value(&p, end, wt, &v, &view) != 0)
             return AB_EDECODE;
         switch (field) {
-        case 1: h->version = (uint32_t)v; break;
-        case 2: h->kind = (uint32_t)v; break;
-        case 3: h->id = v; break;
-        case 4: h->correlation_id = v; break;
-        case 5: h->sender = view; break;
-        case 6: h->target = view; break;
-        case 7: h->priority = (uint32_t)v; break;
-        case 8: h->timeout_ms = (uint32_t)v; break;
-        case 9: h->flags = (uint32_t)v; break;
-        case 10: h->original_size = v; break;
-        case 11: h->error_code = (uint32_t)v; break;
-        case 12: h->error_text = view; break;
-        case 13: h->credit = (uint32_t)v; break;
-        case 40: h->model = view; break;
-        case 41: h->worker = view; break;
-        case 20:
-            if (wt != WT_VARINT)
-                return AB_EDECODE;
-            h->features = (uint32_t)v;
-            break;
-        case 60: h->cache_ttl_s = (uint32_t)v; break;
-        default: break; /* unknown field: skipped (newer peer) */
+            AB_HEADER_FIELD_LIST(S_PARSE)
+        default:
+            break; /* unknown field: skipped (newer peer) */
         }
     }
-    if (!h->sender.ptr)
-        h->sender.ptr = "";
-    if (!h->target.ptr)
-        h->target.ptr = "";
-    if (!h->error_text.ptr)
-        h->error_text.ptr = "";
-    if (!h->model.ptr)
-        h->model.ptr = "";
-    if (!h->worker.ptr)
-        h->worker.ptr = "";
+    /* Absent strings are empty, never NULL, as protobuf-c's are. */
+    AB_HEADER_FIELD_LIST(S_EMPTY)
     return AB_OK;
 }
+
+/* A field the kind requires (AB_KIND_LIST's REQUIRED) is at its default. */
+#define S_REQUIRED(member, number, type)                                                         \
+    if ((need & AB_HF_BIT(member)) && !S_ISSET_##type(h->member))                                \
+        return AB_EMISSING;
 
 int ab_header_validate(const ab_header_t *h)
 {
@@ -163,31 +177,8 @@ int ab_header_validate(const ab_header_t *h)
         return AB_EVERSION;
     if (h->kind > AB_KIND_MAX_)
         return AB_EDECODE;
-    switch (h->kind) {
-    case AB_KIND_REQUEST:
-        if (h->id == 0 || h->target.len == 0)
-            return AB_EMISSING;
-        break;
-    case AB_KIND_PARTIAL:
-    case AB_KIND_REPLY:
-        if (h->correlation_id == 0)
-            return AB_EMISSING;
-        break;
-    case AB_KIND_ERROR:
-        if (h->error_code == 0)
-            return AB_EMISSING;
-        break;
-    case AB_KIND_REGISTER:
-        if (h->target.len == 0 || h->credit == 0)
-            return AB_EMISSING;
-        break;
-    case AB_KIND_CONTROL:
-        if (h->id == 0 || h->target.len == 0)
-            return AB_EMISSING;
-        break;
-    default:
-        break;
-    }
+    uint32_t need = ab_kind_required(h->kind);
+    AB_HEADER_FIELD_LIST(S_REQUIRED)
     return AB_OK;
 }
 
@@ -240,75 +231,62 @@ static uint8_t *s_put_varint(uint8_t *p, uint64_t v)
     return p;
 }
 
-/* Field tags of agentbus.Header are all < 16: one byte each. */
-static size_t s_vfield_size(uint64_t v)
-{
-    return v ? 1 + s_varint_size(v) : 0;
-}
-
-static size_t s_sfield_size(ab_view_t s)
-{
-    return s.len ? 1 + s_varint_size(s.len) + s.len : 0;
-}
+/* Bytes field NUMBER of TYPE takes when X is set (S_SIZE_), at most (S_BOUND_),
+ * and the writer of each (S_PUT_: returns the byte after it). */
+#define S_SIZE_U32(n, x) ((x) ? S_KEYLEN(n) + s_varint_size(x) : 0)
+#define S_SIZE_ENUM S_SIZE_U32
+#define S_SIZE_U64 S_SIZE_U32
+#define S_SIZE_STR(n, x) ((x).len ? S_KEYLEN(n) + s_varint_size((x).len) + (x).len : 0)
+#define S_BOUND_U32(n, x) (S_KEYLEN(n) + 10)
+#define S_BOUND_ENUM S_BOUND_U32
+#define S_BOUND_U64 S_BOUND_U32
+#define S_BOUND_STR(n, x) (S_KEYLEN(n) + 10 + (x).len)
+#define S_PUT_U32(p, n, x) s_put_v(p, (uint32_t)(n) << 3 | WT_VARINT, x)
+#define S_PUT_ENUM S_PUT_U32
+#define S_PUT_U64 S_PUT_U32
+#define S_PUT_STR(p, n, x) s_put_s(p, (uint32_t)(n) << 3 | WT_LEN, x)
+#define S_SIZE(member, number, type) +S_SIZE_##type(number, h->member)
+#define S_BOUND(member, number, type) +S_BOUND_##type(number, h->member)
+#define S_PUT(member, number, type) p = S_PUT_##type(p, number, h->member);
 
 size_t ab_header_size(const ab_header_t *h)
 {
-    return s_vfield_size(h->version) + s_vfield_size(h->kind) + s_vfield_size(h->id) +
-           s_vfield_size(h->correlation_id) + s_sfield_size(h->sender) +
-           s_sfield_size(h->target) + s_vfield_size(h->priority) +
-           s_vfield_size(h->timeout_ms) + s_vfield_size(h->flags) +
-           s_vfield_size(h->original_size) + s_vfield_size(h->error_code) +
-           s_sfield_size(h->error_text) + s_vfield_size(h->credit) +
-           (h->model.len ? 1 + s_sfield_size(h->model) : 0) +
-           (h->worker.len ? 1 + s_sfield_size(h->worker) : 0) +
-           (h->features ? 1 + s_vfield_size(h->features) : 0) + /* tag 20: two bytes */
-           (h->cache_ttl_s ? 1 + s_vfield_size(h->cache_ttl_s) : 0);
+    return 0 AB_HEADER_FIELD_LIST(S_SIZE);
 }
 
-static uint8_t *s_put_v(uint8_t *p, unsigned field, uint64_t v)
+/* A field's key: one byte for fields 1..15, the ones on every message. */
+static inline uint8_t *s_put_key(uint8_t *p, uint32_t key)
+{
+    if (key < 0x80) {
+        *p++ = (uint8_t)key;
+        return p;
+    }
+    return s_put_varint(p, key);
+}
+
+static inline uint8_t *s_put_v(uint8_t *p, uint32_t key, uint64_t v)
 {
     if (!v)
         return p;
-    *p++ = (uint8_t)(field << 3 | WT_VARINT);
+    p = s_put_key(p, key);
     return s_put_varint(p, v);
 }
 
-static uint8_t *s_put_s(uint8_t *p, unsigned field, ab_view_t s)
+static inline uint8_t *s_put_s(uint8_t *p, uint32_t key, ab_view_t s)
 {
     if (!s.len)
         return p;
-    *p++ = (uint8_t)(field << 3 | WT_LEN);
+    p = s_put_key(p, key);
     p = s_put_varint(p, s.len);
     memcpy(p, s.ptr, s.len);
     return p + s.len;
 }
 
-/* A varint field with a tag >= 16 (two-byte key). */
-static uint8_t *s_put_v2(uint8_t *p, unsigned field, uint64_t v)
-{
-    if (!v)
-        return p;
-    p = s_put_varint(p, (uint64_t)field << 3 | WT_VARINT);
-    return s_put_varint(p, v);
-}
-
-/* A string field with a tag >= 16 (two-byte key). */
-static uint8_t *s_put_s2(uint8_t *p, unsigned field, ab_view_t s)
-{
-    if (!s.len)
-        return p;
-    p = s_put_varint(p, (uint64_t)field << 3 | WT_LEN);
-    p = s_put_varint(p, s.len);
-    memcpy(p, s.ptr, s.len);
-    return p + s.len;
-}
-
-/* 13 fields of at most 11 bytes of tag + varint, plus the strings. Lets the
- * common case skip the exact sizing pass. */
+/* Every field at its longest, plus the strings. Lets the common case skip
+ * the exact sizing pass. */
 size_t ab_header_bound(const ab_header_t *h)
 {
-    return 18 * 12 + h->sender.len + h->target.len + h->error_text.len + h->model.len +
-           h->worker.len;
+    return 0 AB_HEADER_FIELD_LIST(S_BOUND);
 }
 
 size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
@@ -316,26 +294,7 @@ size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
     if (ab_header_bound(h) > cap && ab_header_size(h) > cap)
         return 0;
     uint8_t *p = buf;
-    p = s_put_v(p, 1, h->version);
-    p = s_put_v(p, 2, h->kind);
-    p = s_put_v(p, 3, h->id);
-    p = s_put_v(p, 4, h->correlation_id);
-    p = s_put_s(p, 5, h->sender);
-    p = s_put_s(p, 6, h->target);
-    p = s_put_v(p, 7, h->priority);
-    p = s_put_v(p, 8, h->timeout_ms);
-    p = s_put_v(p, 9, h->flags);
-    p = s_put_v(p, 10, h->original_size);
-    p = s_put_v(p, 11, h->error_code);
-    p = s_put_s(p, 12, h->error_text);
-    p = s_put_v(p, 13, h->credit);
-    p = s_put_s2(p, 40, h->model);
-    p = s_put_s2(p, 41, h->worker);
-    if (h->features) {
-        p = s_put_varint(p, 20u << 3 | WT_VARINT);
-        p = s_put_varint(p, h->features);
-    }
-    p = s_put_v2(p, 60, h->cache_ttl_s);
+    AB_HEADER_FIELD_LIST(S_PUT)
     return (size_t)(p - (uint8_t *)buf);
 }
 
@@ -351,83 +310,99 @@ uint8_t *ab_header_encode_buf(const ab_header_t *h, uint8_t *stack, size_t cap, 
     return buf;
 }
 
-static const struct {
-    uint32_t wire;
-    int status;
-    const char *name;
-} s_errmap[AB_ERR_COUNT_] = {
-    {AB_ERR_NONE, AB_OK, "NONE"},
-    {AB_ERR_NO_SERVICE, AB_ENOSERVICE, "NO_SERVICE"},
-    {AB_ERR_BUSY, AB_EBUSY, "BUSY"},
-    {AB_ERR_DEADLINE, AB_EDEADLINE, "DEADLINE"},
-    {AB_ERR_MALFORMED, AB_EMALFORMED, "MALFORMED"},
-    {AB_ERR_WORKER_LOST, AB_EWORKERLOST, "WORKER_LOST"},
-    {AB_ERR_INTERNAL, AB_EINTERNAL, "INTERNAL"},
-    {AB_ERR_UNSUPPORTED_VERSION, AB_EVERSION, "UNSUPPORTED_VERSION"},
-    {AB_ERR_UNSUPPORTED, AB_EUNSUPPORTED, "UNSUPPORTED"},
-    {AB_ERR_APPLICATION, AB_EAPPLICATION, "APPLICATION"},
-};
+/* ---- Kinds and error codes: switches expanded from vocab.h. A value or a
+ * status listed twice is a duplicate case label: it does not compile. ---- */
 
-/* Codes outside the dense table (inference, direct messages, pub/sub). */
-static const struct {
-    uint32_t wire;
-    int status;
-    const char *name;
-} s_errmap_ext[] = {
-    {AB_ERR_MODEL_NOT_FOUND, AB_EMODEL, "MODEL_NOT_FOUND"},
-    {AB_ERR_BAD_REQUEST, AB_EBADREQUEST, "BAD_REQUEST"},
-    {AB_ERR_BACKEND_BUSY, AB_EBACKENDBUSY, "BACKEND_BUSY"},
-    {AB_ERR_BACKEND, AB_EBACKEND, "BACKEND"},
-    {AB_ERR_CANCELLED, AB_ECANCELLED, "CANCELLED"},
-    {AB_ERR_NAME_TAKEN, AB_ENAMETAKEN, "NAME_TAKEN"},
-    {AB_ERR_BAD_NAME, AB_EBADNAME, "BAD_NAME"},
-    {AB_ERR_TOO_LARGE, AB_ETOOLARGE, "TOO_LARGE"},
-    {AB_ERR_NO_AGENT, AB_ENOAGENT, "NO_AGENT"},
-};
-#define AB_ERRMAP_EXT_N (sizeof s_errmap_ext / sizeof s_errmap_ext[0])
+/* Kinds are dense from 1 (AB_KIND_MAX_ is their count): with the switches
+ * below rejecting duplicates, these make a gap impossible. */
+#define S_KIND_DENSE(constant, value, name, required)                                            \
+    _Static_assert((value) >= 1 && (value) <= AB_KIND_MAX_, "kind " name " out of 1..count");
+AB_KIND_LIST(S_KIND_DENSE)
+
+const char *ab_kind_name(uint32_t kind)
+{
+    switch (kind) {
+    case 0:
+        return "UNSPECIFIED";
+#define S_KIND_NAME(constant, value, name, required)                                             \
+    case value:                                                                                  \
+        return name;
+        AB_KIND_LIST(S_KIND_NAME)
+    default:
+        return "UNKNOWN";
+    }
+}
+
+uint32_t ab_kind_required(uint32_t kind)
+{
+    switch (kind) {
+#define S_KIND_REQUIRED(constant, value, name, required)                                         \
+    case value:                                                                                  \
+        return required;
+        AB_KIND_LIST(S_KIND_REQUIRED)
+    default:
+        return 0;
+    }
+}
 
 int ab_status_from_wire(uint32_t code)
 {
-    if (code < AB_ERR_COUNT_)
-        return s_errmap[code].status;
-    for (size_t i = 0; i < AB_ERRMAP_EXT_N; i++)
-        if (s_errmap_ext[i].wire == code)
-            return s_errmap_ext[i].status;
-    return AB_EINTERNAL;
+    switch (code) {
+#define S_FROM_WIRE(constant, value, name, status)                                               \
+    case value:                                                                                  \
+        return status;
+        AB_WIRE_ERROR_LIST(S_FROM_WIRE)
+    default:
+        return AB_EINTERNAL;
+    }
 }
 
 uint32_t ab_status_to_wire(int status)
 {
-    for (size_t i = 0; i < AB_ERR_COUNT_; i++)
-        if (s_errmap[i].status == status)
-            return s_errmap[i].wire;
-    for (size_t i = 0; i < AB_ERRMAP_EXT_N; i++)
-        if (s_errmap_ext[i].status == status)
-            return s_errmap_ext[i].wire;
-    /* Codec rejections all reach the peer as MALFORMED. */
-    if (status <= AB_EFRAMES && status >= AB_EDECODE)
-        return status == AB_EVERSION ? AB_ERR_UNSUPPORTED_VERSION : AB_ERR_MALFORMED;
-    if (status == AB_EBATCH || status == AB_ELZ4)
+    switch (status) {
+#define S_TO_WIRE(constant, value, name, status)                                                 \
+    case status:                                                                                 \
+        return constant;
+        AB_WIRE_ERROR_LIST(S_TO_WIRE)
+#define S_AS_MALFORMED(status) case status:
+        AB_STATUS_AS_MALFORMED_LIST(S_AS_MALFORMED)
         return AB_ERR_MALFORMED;
-    return AB_ERR_INTERNAL;
+    default:
+        return AB_ERR_INTERNAL;
+    }
 }
 
+/* Positions of the rows of AB_WIRE_ERROR_LIST. */
+#define S_WIRE_POS(constant, value, name, status) S_POS_##constant,
+enum { AB_WIRE_ERROR_LIST(S_WIRE_POS) };
+
+int ab_wire_error_index(uint32_t code)
+{
+    switch (code) {
+#define S_WIRE_INDEX(constant, value, name, status)                                              \
+    case value:                                                                                  \
+        return S_POS_##constant;
+        AB_WIRE_ERROR_LIST(S_WIRE_INDEX)
+    default:
+        return -1;
+    }
+}
+
+uint32_t ab_wire_error_at(int i)
+{
+#define S_WIRE_VALUE(constant, value, name, status) value,
+    static const uint32_t codes[AB_WIRE_ERROR_COUNT] = {AB_WIRE_ERROR_LIST(S_WIRE_VALUE)};
+    return i >= 0 && i < AB_WIRE_ERROR_COUNT ? codes[i] : AB_ERR_INTERNAL;
+}
 
 const char *ab_wire_error_name(uint32_t code)
 {
-    if (code < AB_ERR_COUNT_)
-        return s_errmap[code].name;
-    for (size_t i = 0; i < AB_ERRMAP_EXT_N; i++)
-        if (s_errmap_ext[i].wire == code)
-            return s_errmap_ext[i].name;
-    return "UNKNOWN";
-}
-
-const char *ab_kind_name(uint32_t kind)
-{
-    static const char *names[] = {"UNSPECIFIED", "HELLO",     "REGISTER", "REQUEST",
-                                  "PARTIAL",     "REPLY",     "ERROR",    "SEND",
-                                  "PUBLISH",     "SUBSCRIBE", "HEARTBEAT", "DISCOVER",
-                                  "CONTROL",     "BATCH",     "CANCEL",   "BYE"};
-    return kind <= AB_KIND_MAX_ ? names[kind] : "UNKNOWN";
+    switch (code) {
+#define S_WIRE_NAME(constant, value, name, status)                                               \
+    case value:                                                                                  \
+        return name;
+        AB_WIRE_ERROR_LIST(S_WIRE_NAME)
+    default:
+        return "UNKNOWN";
+    }
 }

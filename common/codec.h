@@ -7,6 +7,9 @@
  * header holds views into the caller's buffer (valid while that buffer is).
  * The hot path (broker routing) needs exactly that; tests/unit/test_codec.c
  * checks that the bytes agree with protobuf-c's generated code both ways.
+ * The fields, their numbers and wire types, and what each kind requires,
+ * are the rows of common/vocab.h: the parser, the encoder and the struct
+ * below are expanded from them.
  *
  * Nothing here asserts or aborts on input: every length and count is checked
  * before use and a bad message yields a distinct negative AB_E* code.
@@ -14,75 +17,14 @@
 #ifndef AB_CODEC_H
 #define AB_CODEC_H
 
+#include "vocab.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
 #define AB_PROTOCOL_VERSION 1
 #define AB_DEFAULT_MAX_HEADER (64u * 1024u)
 #define AB_DEFAULT_MAX_PAYLOAD (64u * 1024u * 1024u)
-
-/* Mirrors agentbus.Kind (checked against the generated enum in a test). */
-enum {
-    AB_KIND_HELLO = 1,
-    AB_KIND_REGISTER = 2,
-    AB_KIND_REQUEST = 3,
-    AB_KIND_PARTIAL = 4,
-    AB_KIND_REPLY = 5,
-    AB_KIND_ERROR = 6,
-    AB_KIND_SEND = 7,
-    AB_KIND_PUBLISH = 8,
-    AB_KIND_SUBSCRIBE = 9,
-    AB_KIND_HEARTBEAT = 10,
-    AB_KIND_DISCOVER = 11,
-    AB_KIND_CONTROL = 12,
-    AB_KIND_BATCH = 13,
-    AB_KIND_CANCEL = 14,
-    AB_KIND_BYE = 15,
-    AB_KIND_MAX_ = 15
-};
-
-/* Mirrors agentbus.ErrorCode. */
-enum {
-    AB_ERR_NONE = 0,
-    AB_ERR_NO_SERVICE = 1,
-    AB_ERR_BUSY = 2,
-    AB_ERR_DEADLINE = 3,
-    AB_ERR_MALFORMED = 4,
-    AB_ERR_WORKER_LOST = 5,
-    AB_ERR_INTERNAL = 6,
-    AB_ERR_UNSUPPORTED_VERSION = 7,
-    AB_ERR_UNSUPPORTED = 8,
-    AB_ERR_APPLICATION = 9,
-    AB_ERR_COUNT_ = 10,
-    /* issue 7: inference (outside the dense 0..COUNT_-1 table) */
-    AB_ERR_MODEL_NOT_FOUND = 20,
-    AB_ERR_BAD_REQUEST = 21,
-    AB_ERR_BACKEND_BUSY = 22,
-    AB_ERR_BACKEND = 23,
-    AB_ERR_CANCELLED = 24,
-    /* Direct messages and pub/sub (outside the dense table above). */
-    AB_ERR_NAME_TAKEN = 30,
-    AB_ERR_BAD_NAME = 31,
-    AB_ERR_TOO_LARGE = 32,
-    AB_ERR_NO_AGENT = 33
-};
-
-/* Mirrors agentbus.Flag. */
-enum {
-    AB_FLAG_LZ4 = 1,
-    AB_FLAG_NO_CACHE = 2,
-    AB_FLAG_NO_STORE = 4,
-    AB_FLAG_CACHEABLE = 8,
-    AB_FLAG_NON_IDEMPOTENT = 16,
-    AB_FLAG_WATCH = 256,   /* issue 5: DISCOVER subscribes to changes */
-    AB_FLAG_DRAINING = 512, /* issue 5: BYE announces a drain */
-    AB_FLAG_WANT_RECEIPT = 1 << 16,
-    AB_FLAG_RECEIPT = 1 << 17,
-    AB_FLAG_GAP = 1 << 18,
-    AB_FLAG_UNSUBSCRIBE = 1 << 19,
-    AB_FLAG_LZ4_SKIPPED = 1u << 20, /* sender tried lz4; the saving was too small */
-    AB_FLAG_ACCEPT_LZ4 = 1u << 21   /* broker -> worker: the client reads lz4 replies */
-};
 
 /* Feature bits (Hello.features, Register.features, Header.features). */
 enum {
@@ -96,25 +38,17 @@ typedef struct {
     size_t len;
 } ab_view_t;
 
+/* agentbus.Header, one member per row of AB_HEADER_FIELD_LIST (vocab.h),
+ * typed by its TYPE column. */
+#define AB_HF_CTYPE_U32 uint32_t
+#define AB_HF_CTYPE_ENUM uint32_t
+#define AB_HF_CTYPE_U64 uint64_t
+#define AB_HF_CTYPE_STR ab_view_t
+#define AB_HF_MEMBER_(member, number, type) AB_HF_CTYPE_##type member;
 typedef struct {
-    uint32_t version;
-    uint32_t kind;
-    uint64_t id;
-    uint64_t correlation_id;
-    ab_view_t sender;
-    ab_view_t target;
-    uint32_t priority;
-    uint32_t timeout_ms;
-    uint32_t flags;
-    uint64_t original_size;
-    uint32_t error_code;
-    ab_view_t error_text;
-    uint32_t credit;
-    ab_view_t model;  /* field 40: REQUEST's model, for placement */
-    ab_view_t worker; /* field 41: REQUEST pinned to this worker */
-    uint32_t features; /* field 20: broker -> peer, feature bits it reads */
-    uint32_t cache_ttl_s; /* field 60: REQUEST: cache TTL (s) for its reply; 0 = default */
+    AB_HEADER_FIELD_LIST(AB_HF_MEMBER_)
 } ab_header_t;
+#undef AB_HF_MEMBER_
 
 /* One frame of a multipart message, as received. */
 typedef struct {
@@ -178,14 +112,5 @@ int ab_view_eq(ab_view_t v, const char *s);
 
 /* Copies V into BUF (CAP bytes) with a terminating NUL, truncating. */
 void ab_view_copy(ab_view_t v, char *buf, size_t cap);
-
-/* Wire ErrorCode <-> ab_status_t (AB_ERR_NONE <-> AB_OK; unknown codes map
- * to AB_EINTERNAL / AB_ERR_INTERNAL). */
-int ab_status_from_wire(uint32_t code);
-uint32_t ab_status_to_wire(int status);
-/* Name of a wire error code ("NO_SERVICE", ...), "UNKNOWN" if out of range. */
-const char *ab_wire_error_name(uint32_t code);
-/* Name of a kind ("REQUEST", ...), "UNKNOWN" if out of range. */
-const char *ab_kind_name(uint32_t kind);
 
 #endif

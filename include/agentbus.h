@@ -53,42 +53,77 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 /* Status codes                                                             */
 /* ------------------------------------------------------------------------ */
-typedef enum {
-    AB_OK = 0,
-    AB_EINVAL = -1,         /* invalid argument */
-    AB_ENOMEM = -2,         /* out of memory */
-    AB_ETIMEOUT = -3,       /* the local wait ran out (sync request, recv) */
-    AB_ENOSERVICE = -4,     /* broker: service was never registered */
-    AB_EBUSY = -5,          /* broker: service queue full, try later */
-    AB_EDEADLINE = -6,      /* broker: request deadline passed */
-    AB_EMALFORMED = -7,     /* a peer found the message malformed */
-    AB_EWORKERLOST = -8,    /* the worker went away holding the request */
-    AB_EINTERNAL = -9,      /* internal fault in broker or library */
-    AB_EVERSION = -10,      /* unsupported protocol version */
-    AB_EUNSUPPORTED = -11,  /* message kind or operation not supported */
-    AB_EAPPLICATION = -12,  /* the worker's handler failed the request */
-    AB_EDISCONNECTED = -13, /* connection to the broker was lost */
-    AB_EZMQ = -14,          /* a ZeroMQ call failed (see last error text) */
-    AB_ESTOPPED = -15,      /* the handle was stopped (ab_*_stop) */
-    AB_EFRAMES = -20,       /* codec: wrong number of frames */
-    AB_EHDRSIZE = -21,      /* codec: header frame larger than the limit */
-    AB_EMISSING = -22,      /* codec: a required field is missing */
-    AB_EPAYLOADSIZE = -23,  /* codec: payload larger than the limit */
-    AB_EDECODE = -24,       /* codec: header bytes are not a valid Header */
-    AB_EMODEL = -40,        /* inference: no worker or backend has the model */
-    AB_EBADREQUEST = -41,   /* inference: the backend refused the request (HTTP 400) */
-    AB_EBACKENDBUSY = -42,  /* inference: backend overloaded (HTTP 503) on every try */
-    AB_EBACKEND = -43,      /* inference: backend unreachable or failed mid-stream */
-    AB_ECANCELLED = -44,    /* the request was cancelled (ab_client_cancel) */
-    AB_ENAMETAKEN = -50,    /* broker: a live connection holds that agent name */
-    AB_EBADNAME = -51,      /* malformed agent name or topic (see ab_client_publish) */
-    AB_ETOOLARGE = -52,     /* broker: message above its message-max-bytes */
-    AB_ENOAGENT = -53,      /* broker: the unnamed ("~id") recipient is gone */
-    AB_EBATCH = -60,        /* codec: malformed BATCH (counts, lengths, nesting) */
-    AB_ELZ4 = -61           /* codec: corrupt lz4 payload or lying original size */
-} ab_status_t;
+/* The one list of status codes. Each X(CONSTANT, VALUE, NAME, TEXT) row
+ * defines the constant (a value of ab_status_t) and gives ab_status_name()
+ * its NAME and ab_strerror() its TEXT; the comment says when it happens.
+ * Values are part of the ABI and never change; new codes take new values.
+ * Codes that come from a peer travel as the protocol's ErrorCode, mapped in
+ * the library (common/vocab.h); an ErrorCode this library does not know
+ * arrives as AB_EINTERNAL. An application may expand the list with its own X, e.g. to
+ * build a table of every code. */
+#define AB_STATUS_LIST(X)                                                                        \
+    X(AB_OK, 0, "OK", "success")                                                                 \
+    X(AB_EINVAL, -1, "INVALID", "invalid argument")                                              \
+    X(AB_ENOMEM, -2, "NOMEM", "out of memory")                                                   \
+    /* the local wait ran out (sync request, recv) */                                            \
+    X(AB_ETIMEOUT, -3, "TIMEOUT", "timed out waiting")                                           \
+    /* broker: service was never registered */                                                   \
+    X(AB_ENOSERVICE, -4, "NO_SERVICE", "no such service is registered")                          \
+    /* broker: service queue full, try later */                                                  \
+    X(AB_EBUSY, -5, "BUSY", "service queue is full, try later")                                  \
+    /* broker: request deadline passed */                                                        \
+    X(AB_EDEADLINE, -6, "DEADLINE", "request deadline passed")                                   \
+    /* a peer found the message malformed */                                                     \
+    X(AB_EMALFORMED, -7, "MALFORMED", "message was malformed")                                   \
+    /* the worker went away holding the request */                                               \
+    X(AB_EWORKERLOST, -8, "WORKER_LOST", "the worker was lost while holding the request")        \
+    /* internal fault in broker or library; also any code this version does not know */          \
+    X(AB_EINTERNAL, -9, "INTERNAL", "internal error")                                            \
+    X(AB_EVERSION, -10, "UNSUPPORTED_VERSION", "unsupported protocol version")                   \
+    /* message kind or operation not supported */                                                \
+    X(AB_EUNSUPPORTED, -11, "UNSUPPORTED", "operation not supported")                            \
+    /* the worker's handler failed the request */                                                \
+    X(AB_EAPPLICATION, -12, "APPLICATION", "the worker failed the request")                      \
+    X(AB_EDISCONNECTED, -13, "DISCONNECTED", "connection to the broker was lost")                \
+    /* a ZeroMQ call failed (see the last error text) */                                         \
+    X(AB_EZMQ, -14, "ZMQ", "ZeroMQ call failed")                                                 \
+    /* the handle was stopped (ab_*_stop) */                                                     \
+    X(AB_ESTOPPED, -15, "STOPPED", "handle was stopped")                                         \
+    /* codec: a received message was rejected (a peer is told MALFORMED) */                      \
+    X(AB_EFRAMES, -20, "FRAMES", "wrong number of frames")                                       \
+    X(AB_EHDRSIZE, -21, "HEADER_SIZE", "header frame exceeds the size limit")                    \
+    X(AB_EMISSING, -22, "MISSING_FIELD", "a required header field is missing")                   \
+    X(AB_EPAYLOADSIZE, -23, "PAYLOAD_SIZE", "payload exceeds the size limit")                    \
+    X(AB_EDECODE, -24, "DECODE", "header is not valid protobuf")                                 \
+    /* inference: no worker or backend has the model */                                          \
+    X(AB_EMODEL, -40, "MODEL_NOT_FOUND", "the model is not available on any worker or backend")  \
+    /* inference: the backend refused the request (HTTP 400) */                                  \
+    X(AB_EBADREQUEST, -41, "BAD_REQUEST", "the inference backend refused the request")           \
+    /* inference: backend overloaded (HTTP 503) on every try */                                  \
+    X(AB_EBACKENDBUSY, -42, "BACKEND_BUSY", "the inference backend is overloaded, try later")    \
+    /* inference: backend unreachable or failed mid-stream */                                    \
+    X(AB_EBACKEND, -43, "BACKEND", "the inference backend failed or is unreachable")             \
+    /* the request was cancelled (ab_client_cancel) */                                           \
+    X(AB_ECANCELLED, -44, "CANCELLED", "the request was cancelled")                              \
+    /* broker: a live connection holds that agent name */                                        \
+    X(AB_ENAMETAKEN, -50, "NAME_TAKEN", "another live connection holds that agent name")         \
+    /* malformed agent name or topic (see ab_client_publish) */                                  \
+    X(AB_EBADNAME, -51, "BAD_NAME", "malformed agent name or topic")                             \
+    /* broker: message above its message-max-bytes */                                            \
+    X(AB_ETOOLARGE, -52, "TOO_LARGE", "message exceeds the broker's message size limit")         \
+    /* broker: the unnamed ("~id") recipient is gone */                                          \
+    X(AB_ENOAGENT, -53, "NO_AGENT", "no such agent is connected")                                \
+    /* codec: malformed BATCH (counts, lengths, nesting) */                                      \
+    X(AB_EBATCH, -60, "BATCH", "malformed batch: a count or length exceeds what it holds")       \
+    /* codec: corrupt lz4 payload or lying original size */                                      \
+    X(AB_ELZ4, -61, "LZ4", "corrupt compressed payload or wrong original size")
 
-/* Fixed English text for a status code; never NULL, static storage. */
+#define AB_STATUS_ENUM_(constant, value, name, text) constant = value,
+typedef enum { AB_STATUS_LIST(AB_STATUS_ENUM_) } ab_status_t;
+#undef AB_STATUS_ENUM_
+
+/* Fixed English text for a status code (the TEXT of its AB_STATUS_LIST row);
+ * "unknown error code" for any other int. Never NULL, static storage. */
 AB_EXPORT const char *ab_strerror(int code);
 
 /* Short stable name for a status code ("BUSY", "DEADLINE", ...); static. */
