@@ -18,8 +18,8 @@
 #include "bench_util.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "hist.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_hist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,8 +211,8 @@ static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *bu
         return -1;
     s_count_t n = {0, 0};
     uint64_t cpu0 = cpu ? s_sys_cpu_us(sys) : 0;
-    uint64_t sent = 0, t0 = ab_now_ns(), end = t0 + (uint64_t)(o->seconds * 1e9);
-    while (ab_now_ns() < end && !n.failed) {
+    uint64_t sent = 0, t0 = tl_now_ns(), end = t0 + (uint64_t)(o->seconds * 1e9);
+    while (tl_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
                ab_client_request_async(sys->c, "echo", buf, size, 20000, s_count_cb, &n, NULL) ==
                    AB_OK)
@@ -220,7 +220,7 @@ static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *bu
         if (ab_client_poll(sys->c, 1000) <= 0)
             break;
     }
-    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    double secs = (double)(tl_now_ns() - t0) / 1e9;
     for (int i = 0; i < 2000 && n.done + n.failed < sent; i++)
         ab_client_poll(sys->c, 10);
     if (n.failed || n.done < sent) {
@@ -238,14 +238,14 @@ static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *bu
     return (double)n.done / secs;
 }
 
-static int s_lat(s_sys_t *sys, const char *buf, size_t size, int count, ab_hist_t *h)
+static int s_lat(s_sys_t *sys, const char *buf, size_t size, int count, tl_hist_t *h)
 {
     for (int i = 0; i < count; i++) {
-        uint64_t t = ab_now_ns();
+        uint64_t t = tl_now_ns();
         if (ab_client_request(sys->c, "echo", buf, size, 5000, NULL, NULL) != AB_OK)
             return -1;
         if (h)
-            ab_hist_record(h, ab_now_ns() - t);
+            tl_hist_record(h, tl_now_ns() - t);
     }
     return 0;
 }
@@ -311,7 +311,7 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
         res->r_big_wire = bu_median(rbw, runs);
     }
     /* Lone requests, alternating slices between on and off. */
-    ab_hist_t *h[2] = {calloc(1, sizeof(ab_hist_t)), calloc(1, sizeof(ab_hist_t))};
+    tl_hist_t *h[2] = {calloc(1, sizeof(tl_hist_t)), calloc(1, sizeof(tl_hist_t))};
     int n = o->latency_count / 10;
     for (int slice = 0; slice < 10 && rc == 0; slice++)
         for (int s = 0; s < 2 && rc == 0; s++)
@@ -319,8 +319,8 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
                 s_lat(&sys[s], small, sizeof small, n, h[s]) != 0)
                 rc = -1;
     for (int s = 0; s < 2; s++) {
-        res->p50[s] = ab_hist_percentile(h[s], 50);
-        res->p99[s] = ab_hist_percentile(h[s], 99);
+        res->p50[s] = tl_hist_percentile(h[s], 50);
+        res->p99[s] = tl_hist_percentile(h[s], 99);
         free(h[s]);
     }
     free(mid);

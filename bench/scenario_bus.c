@@ -8,7 +8,7 @@
 #include "scenario.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "util.h"
+#include "tl_clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +36,7 @@ static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     (void)c;
     sc_call_t *call = arg;
     if (ev->status == AB_OK && !call->first_us)
-        call->first_us = ab_now_us();
+        call->first_us = tl_now_us();
     if (!ev->final)
         return;
     int err = SC_E_NONE;

@@ -7,7 +7,7 @@
  * order is due order and the head is always the next one due.
  */
 #include "backend.h"
-#include "util.h"
+#include "tl_clock.h"
 
 #include <stdlib.h>
 
@@ -64,7 +64,7 @@ static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
         return;
     }
     it->job = job;
-    it->due_ms = ab_now_ms() + e->args.delay_ms;
+    it->due_ms = tl_now_ms() + e->args.delay_ms;
     it->next = NULL;
     if (e->tail)
         e->tail->next = it;
@@ -78,14 +78,14 @@ static int s_next_timeout(void *ctx)
     s_echo_t *e = ctx;
     if (!e->head)
         return -1;
-    int64_t left = e->head->due_ms - ab_now_ms();
+    int64_t left = e->head->due_ms - tl_now_ms();
     return left > 0 ? (int)left : 0;
 }
 
 static void s_tick(void *ctx, ab_worker_t *w)
 {
     s_echo_t *e = ctx;
-    int64_t now = ab_now_ms();
+    int64_t now = tl_now_ms();
     while (e->head && e->head->due_ms <= now) {
         s_item_t *it = e->head;
         e->head = it->next;

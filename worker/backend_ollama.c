@@ -28,7 +28,7 @@
 #include "agentbus.pb-c.h"
 #include "gpu_nvml.h"
 #include "ollama_json.h"
-#include "util.h"
+#include "tl_clock.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -115,7 +115,7 @@ static void s_apply_limit(s_ollama_t *o)
 
 static void s_pushback(s_ollama_t *o, const char *why)
 {
-    int64_t now = ab_now_ms();
+    int64_t now = tl_now_ms();
     if (now - o->last_shrink_ms < S_SHRINK_GAP_MS)
         return; /* one burst of 503s is one signal */
     o->last_shrink_ms = now;
@@ -222,7 +222,7 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     curl_easy_setopt(j->easy, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(j->easy, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     if (j->deadline_ms) { /* the broker CANCELs at the deadline; this is the backstop */
-        int64_t left = j->deadline_ms - ab_now_ms() + 1000;
+        int64_t left = j->deadline_ms - tl_now_ms() + 1000;
         curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, (long)(left > 1 ? left : 1));
     }
     if (curl_multi_add_handle(o->multi, j->easy) != CURLM_OK) {
@@ -290,9 +290,9 @@ static s_job_t *s_job_add(s_ollama_t *o)
 /* Retry with backoff, or give up with STATUS. */
 static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *text)
 {
-    int64_t now = ab_now_ms();
+    int64_t now = tl_now_ms();
     int64_t delay = 100LL << (j->attempts > 4 ? 4 : j->attempts - 1);
-    delay += (int64_t)(ab_now_us() % 50); /* spread retries of a burst */
+    delay += (int64_t)(tl_now_us() % 50); /* spread retries of a burst */
     int in_time = !j->deadline_ms || now + delay < j->deadline_ms;
     if (j->partials == 0 && j->attempts <= o->args.retries && in_time) {
         o->st.backend_retries++;
@@ -306,8 +306,8 @@ static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *t
 static void s_refresh_soon(s_ollama_t *o)
 {
     o->refresh_ms = S_REFRESH_MIN_MS;
-    if (o->next_refresh_ms > ab_now_ms() + S_REFRESH_MIN_MS)
-        o->next_refresh_ms = ab_now_ms() + S_REFRESH_MIN_MS;
+    if (o->next_refresh_ms > tl_now_ms() + S_REFRESH_MIN_MS)
+        o->next_refresh_ms = tl_now_ms() + S_REFRESH_MIN_MS;
 }
 
 /* A transfer ended: decide what the job's client gets. */
@@ -363,7 +363,7 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
  * one at a time, in order, so one GPU loads one model at a time. */
 static void s_start_waiting(s_ollama_t *o)
 {
-    int64_t now = ab_now_ms();
+    int64_t now = tl_now_ms();
     for (s_job_t *j = o->jobs, *next; j; j = next) {
         next = j->next;
         if (j->state == S_BACKOFF && j->retry_at <= now)
@@ -459,7 +459,7 @@ static void s_probe_finish(s_ollama_t *o)
     }
     if (o->refresh_ms > o->args.refresh_ms)
         o->refresh_ms = o->args.refresh_ms;
-    o->next_refresh_ms = ab_now_ms() + o->refresh_ms;
+    o->next_refresh_ms = tl_now_ms() + o->refresh_ms;
 }
 
 static int s_probe_done(s_ollama_t *o, CURL *easy, CURLcode res)
@@ -587,14 +587,14 @@ static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
     j->id = ab_job_id(job);
     j->admin = j->call.kind == AB_OL_LOAD || j->call.kind == AB_OL_UNLOAD;
     uint32_t t = ab_job_timeout_ms(job);
-    j->deadline_ms = t ? ab_now_ms() + t : 0;
+    j->deadline_ms = t ? tl_now_ms() + t : 0;
     s_start_waiting(o);
 }
 
 static int s_next_timeout(void *ctx)
 {
     s_ollama_t *o = ctx;
-    int64_t now = ab_now_ms(), wake = o->probing ? now + 1000 : o->next_refresh_ms;
+    int64_t now = tl_now_ms(), wake = o->probing ? now + 1000 : o->next_refresh_ms;
     for (s_job_t *j = o->jobs; j; j = j->next)
         if (j->state == S_BACKOFF && j->retry_at < wake)
             wake = j->retry_at;
@@ -624,7 +624,7 @@ static void s_tick(void *ctx, ab_worker_t *w)
         if (j)
             s_done(o, j, res);
     }
-    if (!o->probing && ab_now_ms() >= o->next_refresh_ms)
+    if (!o->probing && tl_now_ms() >= o->next_refresh_ms)
         s_probe_start(o);
     s_start_waiting(o);
 }

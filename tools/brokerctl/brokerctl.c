@@ -21,7 +21,7 @@
 #include "msgcmd.h"
 
 #include <jansson.h>
-#include "util.h"
+#include "tl_args.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -175,7 +175,7 @@ static int s_cache_flags(int argc, char **argv, int *i, uint32_t *flags, uint32_
         long t;
         if (strcmp(f, "--cache") == 0)
             *flags |= AB_CACHE_ON;
-        else if (strncmp(f, "--cache=", 8) == 0 && ab_parse_long(f + 8, 1, 30L * 86400, &t) == 0)
+        else if (strncmp(f, "--cache=", 8) == 0 && tl_parse_long(f + 8, 1, 30L * 86400, &t) == 0)
             *flags |= AB_CACHE_ON, *ttl = (uint32_t)t;
         else if (strcmp(f, "--no-cache") == 0)
             *flags |= AB_CACHE_NO_READ;
@@ -278,16 +278,16 @@ int main(int argc, char **argv)
         } else if (strcmp(f, "--broker") == 0 && v) {
             broker = v, i++;
         } else if (strcmp(f, "--timeout-ms") == 0 && v &&
-                   ab_parse_long(v, 1, 86400000, &timeout_ms) == 0) {
+                   tl_parse_long(v, 1, 86400000, &timeout_ms) == 0) {
             i++;
             timeout_set = 1;
-        } else if (strcmp(f, "--watch") == 0 && v && ab_parse_long(v, 1, 86400, &watch) == 0) {
+        } else if (strcmp(f, "--watch") == 0 && v && tl_parse_long(v, 1, 86400, &watch) == 0) {
             i++;
         } else if (strcmp(f, "--events") == 0 && v &&
-                   ab_parse_long(v, 1, 1000000000, &s_events_left) == 0) {
+                   tl_parse_long(v, 1, 1000000000, &s_events_left) == 0) {
             i++;
         } else if (strcmp(f, "--count") == 0 && v &&
-                   ab_parse_long(v, 1, 1000000000, &count) == 0) {
+                   tl_parse_long(v, 1, 1000000000, &count) == 0) {
             i++;
         } else if (strcmp(f, "--takeover") == 0) {
             takeover = 1;

@@ -14,7 +14,7 @@
  */
 #include "infer.h"
 #include "agentbus.pb-c.h"
-#include "util.h"
+#include "tl_args.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -230,10 +230,10 @@ static int s_flags(int argc, char **argv, s_flags_t *f, const char **pos, int ma
                 return -1;
             f->has_temp = 1, i++;
         } else if (strcmp(a, "--seed") == 0 && v &&
-                   ab_parse_long(v, -(1L << 62), 1L << 62, &f->seed) == 0) {
+                   tl_parse_long(v, -(1L << 62), 1L << 62, &f->seed) == 0) {
             f->has_seed = 1, i++;
         } else if (strcmp(a, "--num-predict") == 0 && v &&
-                   ab_parse_long(v, -2, 1L << 30, &f->num_predict) == 0) {
+                   tl_parse_long(v, -2, 1L << 30, &f->num_predict) == 0) {
             f->has_predict = 1, i++;
         } else if (strcmp(a, "--system") == 0 && v) {
             f->system = v, i++;
