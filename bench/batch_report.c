@@ -32,7 +32,7 @@ enum { SYS_ON, SYS_OFF, SYS_NOLZ4, SYS_N };
 #define BIG 65536
 static const char *s_sys_name[SYS_N] = {"on", "off", "nolz4"};
 
-int ab_corpus_parse(const char *name)
+int bn_corpus_parse(const char *name)
 {
     static const char *names[] = {"zeros", "text", "json", "random"};
     for (int i = 0; i < 4; i++)
@@ -41,7 +41,7 @@ int ab_corpus_parse(const char *name)
     return -1;
 }
 
-const char *ab_corpus_name(int corpus)
+const char *bn_corpus_name(int corpus)
 {
     static const char *names[] = {"zeros", "text", "json", "random"};
     return corpus >= 0 && corpus < 4 ? names[corpus] : "?";
@@ -55,7 +55,7 @@ static unsigned long long s_next(unsigned long long *s)
     return *s;
 }
 
-void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
+void bn_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
 {
     static const char *words[] = {
         "the",     "model",  "agent",   "context", "request", "answer", "token",   "prompt",
@@ -64,11 +64,11 @@ void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
         "next",    "GPU",    "latency", "should",  "we",      "will",   "because", "data"};
     unsigned long long s = seed ? seed : 0x9e3779b97f4a7c15ull;
     size_t k = 0;
-    if (corpus == AB_CORPUS_ZEROS) {
+    if (corpus == BN_CORPUS_ZEROS) {
         memset(buf, 0, size);
         return;
     }
-    if (corpus == AB_CORPUS_RANDOM) {
+    if (corpus == BN_CORPUS_RANDOM) {
         while (k < size)
             buf[k++] = (char)s_next(&s);
         return;
@@ -76,7 +76,7 @@ void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
     while (k < size) {
         char piece[160];
         int n;
-        if (corpus == AB_CORPUS_JSON) {
+        if (corpus == BN_CORPUS_JSON) {
             n = snprintf(piece, sizeof piece,
                          "{\"role\": \"%s\", \"content\": \"%s %s %s %s.\", \"id\": %llu}, ",
                          s_next(&s) % 2 ? "user" : "assistant", words[s_next(&s) % 32],
@@ -131,7 +131,7 @@ static uint64_t s_sys_cpu_us(const s_sys_t *sys)
     return self + s_cpu_us(sys->broker) + s_cpu_us(sys->worker);
 }
 
-static int s_sys_start(const ab_batch_report_opts_t *o, int which, s_sys_t *sys)
+static int s_sys_start(const bn_batch_report_opts_t *o, int which, s_sys_t *sys)
 {
     snprintf(sys->epbuf, sizeof sys->epbuf, "tcp://127.0.0.1:%d", o->free_port());
     sys->ep = sys->epbuf;
@@ -198,7 +198,7 @@ static int s_wire(ab_client_t *c, uint64_t *bytes, uint64_t *replies)
 
 /* One throughput run: msgs/s, wire bytes per request into *WIRE and CPU
  * microseconds per request into *CPU (either may be NULL). */
-static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *buf, size_t size,
+static double s_rr(const bn_batch_report_opts_t *o, s_sys_t *sys, const char *buf, size_t size,
                    double *wire, double *cpu)
 {
     /* Large payloads keep fewer in flight: 4096 x 64 KiB would be 256 MiB
@@ -261,16 +261,16 @@ typedef struct {
     double r_small, r_mid, r_mid_wire, r_big, r_big_wire, r_small_cpu;
 } s_res_t;
 
-static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
+static int s_measure(const bn_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
 {
     double sm[SYS_N][16], md[SYS_N][16], mw[SYS_N][16], bg[SYS_N][16], bw[SYS_N][16];
     double sc[SYS_N][16];
     double rs[16], rm[16], rmw[16], rb[16], rbw[16], rsc[16];
     int runs = o->runs > 16 ? 16 : o->runs;
     char small[64], *mid = malloc(MID), *big = malloc(BIG);
-    ab_corpus_fill(o->corpus, small, sizeof small, 1);
-    ab_corpus_fill(o->corpus, mid, MID, 2);
-    ab_corpus_fill(o->corpus, big, BIG, 3);
+    bn_corpus_fill(o->corpus, small, sizeof small, 1);
+    bn_corpus_fill(o->corpus, mid, MID, 2);
+    bn_corpus_fill(o->corpus, big, BIG, 3);
     int rc = 0;
     for (int r = 0; r < runs && rc == 0; r++) {
         /* Row by row, the systems of a row back to back. */
@@ -333,9 +333,9 @@ static double s_ratio(double a, double b)
     return b > 0 ? a / b : 0;
 }
 
-static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
+static void s_print(const bn_batch_report_opts_t *o, const s_res_t *r)
 {
-    const char *cn = ab_corpus_name(o->corpus);
+    const char *cn = bn_corpus_name(o->corpus);
     if (o->json) {
         printf("{\"report\": \"batching\", \"runs\": %d, \"seconds\": %.2f, \"window\": %d, "
                "\"corpus\": \"%s\",\n"
@@ -385,7 +385,7 @@ static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
            r->big_wire[SYS_ON], r->big_wire[SYS_NOLZ4], r->r_big_wire, "");
 }
 
-int ab_batch_report(const ab_batch_report_opts_t *o)
+int bn_batch_report(const bn_batch_report_opts_t *o)
 {
     s_sys_t sys[SYS_N];
     memset(sys, 0, sizeof sys);

@@ -11,7 +11,7 @@
 #include "agentbus.h"
 #include "bare_hop.h"
 #include "bench_util.h"
-#include "pubsub.h"
+#include "bench_pubsub.h"
 #include "batch_report.h"
 #include "tl_clock.h"
 #include "tl_args.h"
@@ -42,14 +42,14 @@ typedef struct {
     const char *report;
 } s_opts_t;
 
-static int s_corpus = AB_CORPUS_TEXT;
+static int s_corpus = BN_CORPUS_TEXT;
 
 /* A payload of SIZE bytes of the chosen corpus (malloc'd). */
 static char *s_payload(size_t size)
 {
     char *buf = malloc(size ? size : 1);
     if (buf)
-        ab_corpus_fill(s_corpus, buf, size, size);
+        bn_corpus_fill(s_corpus, buf, size, size);
     return buf;
 }
 
@@ -386,7 +386,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     snprintf(broker, sizeof broker, "%s/agentbus-broker", dir);
     snprintf(worker, sizeof worker, "%s/agentbus-worker", dir);
     *o = (s_opts_t){2.0, 5, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL, 0,
-                    AB_CORPUS_TEXT, NULL};
+                    BN_CORPUS_TEXT, NULL};
     const char *f = "";
     for (int i = 1; i < argc; i++) {
         f = argv[i];
@@ -424,8 +424,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->endpoint = v;
         else if (!strcmp(f, "--batching") && (!strcmp(v, "on") || !strcmp(v, "off")))
             o->nobatch = !strcmp(v, "off");
-        else if (!strcmp(f, "--corpus") && ab_corpus_parse(v) >= 0)
-            o->corpus = ab_corpus_parse(v);
+        else if (!strcmp(f, "--corpus") && bn_corpus_parse(v) >= 0)
+            o->corpus = bn_corpus_parse(v);
         else if (!strcmp(f, "--report") && !strcmp(v, "batching"))
             o->report = v;
         else
@@ -443,7 +443,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--pubsub") == 0) {
             s_parse(&o, 1, argv); /* only for the default program paths */
-            return ab_bench_pubsub_main(argc, argv, o.broker_bin, o.worker_bin);
+            return bn_pubsub_main(argc, argv, o.broker_bin, o.worker_bin);
         }
     int prc = s_parse(&o, argc, argv);
     if (prc)
@@ -453,10 +453,10 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     s_corpus = o.corpus;
     if (o.report) {
-        ab_batch_report_opts_t ro = {o.seconds,    o.runs,      o.window,     o.latency_count,
+        bn_batch_report_opts_t ro = {o.seconds,    o.runs,      o.window,     o.latency_count,
                                      o.json,       o.corpus,    o.broker_bin, o.worker_bin,
                                      s_spawn_env, s_free_port};
-        int r = ab_batch_report(&ro);
+        int r = bn_batch_report(&ro);
         s_stop_children();
         return r == 0 ? 0 : 1;
     }

@@ -2,8 +2,8 @@
  * bench_util.h - small helpers the benchmark programs share: free ports,
  * medians, stopping the processes a run started.
  */
-#ifndef AB_BENCH_UTIL_H
-#define AB_BENCH_UTIL_H
+#ifndef BN_BENCH_UTIL_H
+#define BN_BENCH_UTIL_H
 
 #include <sys/types.h>
 

@@ -18,11 +18,11 @@ typedef struct s_item {
 } s_item_t;
 
 typedef struct {
-    ab_backend_args_t args;
+    wk_backend_args_t args;
     s_item_t *head, *tail;
 } s_echo_t;
 
-static int s_create(void **ctx, const ab_backend_args_t *args)
+static int s_create(void **ctx, const wk_backend_args_t *args)
 {
     s_echo_t *e = calloc(1, sizeof *e);
     if (!e)
@@ -111,5 +111,5 @@ static void s_destroy(void **ctx)
     *ctx = NULL;
 }
 
-const ab_backend_ops_t ab_backend_echo = {"echo", s_create, s_on_job, s_next_timeout, s_tick,
+const wk_backend_ops_t wk_backend_echo = {"echo", s_create, s_on_job, s_next_timeout, s_tick,
                                           s_destroy, NULL, NULL};

@@ -66,7 +66,7 @@ typedef struct {
     const char *fail_file;
     int nlabels;
     long heartbeat_ms;
-    ab_backend_args_t args;
+    wk_backend_args_t args;
 } s_args_t;
 
 static int s_parse(s_args_t *a, int argc, char **argv)
@@ -185,7 +185,7 @@ static int s_setup(const s_args_t *a)
 }
 
 typedef struct {
-    const ab_backend_ops_t *ops;
+    const wk_backend_ops_t *ops;
     void *ctx;
     const char *fail_file;
     int failing;
@@ -228,7 +228,7 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    s_loop_t loop = {strcmp(a.backend, "ollama") == 0 ? &ab_backend_ollama : &ab_backend_echo,
+    s_loop_t loop = {strcmp(a.backend, "ollama") == 0 ? &wk_backend_ollama : &wk_backend_echo,
                      NULL, a.fail_file, 0};
     ab_worker_set_backend_state(s_worker, "ok");
     if (loop.ops->create(&loop.ctx, &a.args) != AB_OK) {

@@ -1,11 +1,12 @@
 /*
  * test_tools_lib.c - tools/lib: the histogram against a sorted reference,
- * argument parsing, the clock and the free-port helper.
+ * argument parsing, the intrusive list, the clock and the free-port helper.
  */
 #include "test.h"
 #include "tl_args.h"
 #include "tl_clock.h"
 #include "tl_hist.h"
+#include "tl_list.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -90,6 +91,40 @@ static void s_args(void)
     CHECK_RANGE(port, 1, 65535);
 }
 
+typedef struct {
+    int v;
+    tl_list_t node;
+} s_item_t;
+
+static void s_list(void)
+{
+    tl_list_t l;
+    s_item_t it[5];
+    tl_list_init(&l);
+    CHECK_TRUE(tl_list_empty(&l));
+    for (int i = 0; i < 5; i++) {
+        it[i].v = i;
+        tl_list_push_back(&l, &it[i].node);
+    }
+    CHECK_TRUE(!tl_list_empty(&l));
+    /* remove the odd ones while iterating, then check order and links */
+    for (tl_list_t *n = l.next, *nx; n != &l; n = nx) {
+        nx = n->next;
+        if (tl_list_entry(n, s_item_t, node)->v % 2)
+            tl_list_remove(n);
+    }
+    int want[] = {0, 2, 4}, k = 0;
+    for (tl_list_t *n = l.next; n != &l; n = n->next, k++)
+        CHECK_EQ(tl_list_entry(n, s_item_t, node)->v, want[k < 3 ? k : 2]);
+    CHECK_EQ(k, 3);
+    CHECK_EQ(tl_list_entry(l.prev, s_item_t, node)->v, 4); /* tail kept right */
+    tl_list_remove(&it[1].node); /* removed twice: a no-op */
+    tl_list_remove(&it[0].node);
+    tl_list_remove(&it[4].node);
+    tl_list_remove(&it[2].node);
+    CHECK_TRUE(tl_list_empty(&l));
+}
+
 static void s_clock(void)
 {
     uint64_t ns = tl_now_ns(), us = tl_now_us();
@@ -106,6 +141,7 @@ int main(void)
     s_hist_vs_sorted(7, 1);
     s_hist_edges();
     s_args();
+    s_list();
     s_clock();
     return TEST_DONE("test_tools_lib");
 }

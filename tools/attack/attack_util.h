@@ -9,8 +9,8 @@
  * and send them with libzmq; nothing here uses the library's internals.
  * Everything stays on 127.0.0.1 and every wait is bounded.
  */
-#ifndef AB_ATTACK_UTIL_H
-#define AB_ATTACK_UTIL_H
+#ifndef AT_ATTACK_UTIL_H
+#define AT_ATTACK_UTIL_H
 
 #include "agentbus.pb-c.h"
 

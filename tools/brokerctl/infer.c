@@ -354,7 +354,7 @@ static int s_cmd_model(const s_ctx_t *x, int load, const char *worker, const cha
     return s_send(x->c, x->f->service, model, worker, &req, x->timeout_ms, x->run, x->stop);
 }
 
-int ab_ctl_infer(ab_client_t *c, const char *cmd, int argc, char **argv, int *json,
+int ctl_infer(ab_client_t *c, const char *cmd, int argc, char **argv, int *json,
                  int timeout_ms, volatile sig_atomic_t *stop, char *err, size_t errcap)
 {
     s_flags_t f = {0};
@@ -457,7 +457,7 @@ static void s_models_json(const Agentbus__WorkerList *wl)
     s_print_json(json_pack("{s:o}", "workers", arr));
 }
 
-int ab_ctl_models(ab_client_t *c, int json, int timeout_ms)
+int ctl_models(ab_client_t *c, int json, int timeout_ms)
 {
     void *buf = NULL;
     size_t len = 0;

@@ -19,7 +19,7 @@
  * ab_client_reply, against ab_client_request_async to the echo worker,
  * same window, same broker.
  */
-#include "pubsub.h"
+#include "bench_pubsub.h"
 #include "bench_util.h"
 #include "agentbus.h"
 #include "tl_clock.h"
@@ -410,7 +410,7 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
     return 0;
 }
 
-int ab_bench_pubsub_main(int argc, char **argv, const char *broker_bin, const char *worker_bin)
+int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *worker_bin)
 {
     s_popts_t o = {0};
     o.broker_bin = broker_bin;
