@@ -214,8 +214,9 @@ static double s_rr(const bn_batch_report_opts_t *o, s_sys_t *sys, const char *bu
     uint64_t sent = 0, t0 = tl_now_ns(), end = t0 + (uint64_t)(o->seconds * 1e9);
     while (tl_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
-               ab_client_request_async(sys->c, "echo", buf, size, 20000, s_count_cb, &n, NULL) ==
-                   AB_OK)
+               ab_client_request_start(sys->c, "echo", buf, size,
+                                       &(ab_request_opts_t){.timeout_ms = 20000}, s_count_cb, &n,
+                                       NULL) == AB_OK)
             sent++;
         if (ab_client_poll(sys->c, 1000) <= 0)
             break;

@@ -170,7 +170,9 @@ static double s_ab_rr(ab_client_t *c, size_t size, double seconds, int window)
     uint64_t t0 = tl_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
     while (tl_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
-               ab_client_request_async(c, "echo", buf, size, 10000, s_count_cb, &n, NULL) == AB_OK)
+               ab_client_request_start(c, "echo", buf, size,
+                                       &(ab_request_opts_t){.timeout_ms = 10000}, s_count_cb, &n,
+                                       NULL) == AB_OK)
             sent++;
         if (ab_client_poll(c, 1000) <= 0)
             break;

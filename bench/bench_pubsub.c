@@ -342,8 +342,9 @@ static double s_rr(ab_client_t *c, int ask, size_t size, double seconds, int win
     while (tl_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
                (ask ? ab_client_ask(c, "bench-echo", buf, size, 10000, s_cnt_cb, &n, NULL)
-                    : ab_client_request_async(c, "echo", buf, size, 10000, s_cnt_cb, &n,
-                                              NULL)) == AB_OK)
+                    : ab_client_request_start(c, "echo", buf, size,
+                                              &(ab_request_opts_t){.timeout_ms = 10000}, s_cnt_cb,
+                                              &n, NULL)) == AB_OK)
             sent++;
         if (ab_client_poll(c, 1000) <= 0)
             break;

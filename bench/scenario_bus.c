@@ -75,8 +75,10 @@ static int s_start(void *eng, sc_call_t *call)
     if (!buf)
         return -1;
     agentbus__inference_request__pack(&q, buf);
-    int rc = ab_client_request_model_async(c, "ollama", g.model, NULL, buf, len,
-                                           call->timeout_ms, s_on_event, call, &call->id);
+    int rc = ab_client_request_start(
+        c, "ollama", buf, len,
+        &(ab_request_opts_t){.timeout_ms = call->timeout_ms, .model = g.model}, s_on_event, call,
+        &call->id);
     free(buf);
     if (rc != AB_OK) {
         pthread_mutex_lock(&s_lock);

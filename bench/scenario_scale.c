@@ -112,8 +112,9 @@ static void s_active(ab_client_t **c, int n, double secs, s_load_t *l)
         uint64_t due = (uint64_t)((tl_now_us() - t0) / 1e6 * n);
         for (; sent < due; sent++) {
             l->pending++;
-            if (ab_client_request_async(c[sent % (uint64_t)n], "echo", "ping", 4, 5000, s_on_echo,
-                                        l, NULL) != AB_OK) {
+            if (ab_client_request_start(c[sent % (uint64_t)n], "echo", "ping", 4,
+                                        &(ab_request_opts_t){.timeout_ms = 5000}, s_on_echo, l,
+                                        NULL) != AB_OK) {
                 l->pending--;
                 l->fail++;
             }

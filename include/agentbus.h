@@ -202,33 +202,55 @@ typedef struct {
 
 typedef void(ab_reply_fn)(ab_client_t *client, const ab_reply_event_t *ev, void *arg);
 
-/* Asynchronous request. Returns at once; the callback runs from
- * ab_client_poll() (or a sync request's wait) once per streamed chunk
- * (final = 0) and exactly once with final = 1 (the reply, or an error:
- * deadline, disconnect, stop). *request_id, if not NULL, gets the id.
- * timeout_ms as for ab_client_request. DATA is copied before return. */
-AB_EXPORT int ab_client_request_async(ab_client_t *client, const char *service,
-                                      const void *data, size_t size, int timeout_ms,
-                                      ab_reply_fn *fn, void *arg, uint64_t *request_id);
-
 /* Longest model name a request may carry (bytes). */
 #define AB_MODEL_MAX 200
 
-/* Like ab_client_request_async, for requests that need a model (inference
- * services): MODEL (may be NULL) travels in the header so the broker places
- * the request on a worker that has it loaded or can load it (see
- * docs/placement.md); WORKER (may be NULL) pins it to the worker with that
- * name or id (operator commands). Both are copied. The payload of an
- * inference request is an agentbus.InferenceRequest (proto/agentbus.proto);
- * each streamed chunk arrives as its own event holding one encoded
- * GenerateResponse / ChatResponse (decode each on its own: concatenated
- * protobuf messages merge, so the sync ab_client_request's concatenation
- * is only meaningful with stream = false).
- * Errors as ab_client_request_async; AB_EINVAL for a model over AB_MODEL_MAX. */
-AB_EXPORT int ab_client_request_model_async(ab_client_t *client, const char *service,
-                                            const char *model, const char *worker,
-                                            const void *data, size_t size, int timeout_ms,
-                                            ab_reply_fn *fn, void *arg, uint64_t *request_id);
+/* Options of one request (ab_client_request_start). Start from
+ * AB_REQUEST_OPTS_INIT or ab_request_opts_init(), which give the defaults
+ * below, and set the fields you need. Nothing is copied or kept after the
+ * call returns: the strings need to live only during it. */
+typedef struct {
+    int timeout_ms;       /* < 0 (default): the handle's (ab_options_set_timeout_ms).
+                           * The deadline travels with the request: the broker
+                           * answers AB_EDEADLINE when it passes. */
+    const char *model;    /* NULL (default) or a model name of at most
+                           * AB_MODEL_MAX bytes: the broker places the request on
+                           * a worker that has it loaded or can load it
+                           * (docs/placement.md) */
+    const char *worker;   /* NULL (default), or a worker's name or id: the
+                           * request goes to that worker only (operator commands) */
+    unsigned flags;       /* AB_REQUEST_* bits; default 0 */
+    uint32_t cache_flags; /* AB_CACHE_* bits, or-ed with the handle's
+                           * (ab_client_set_cache); default 0 */
+    uint32_t cache_ttl_s; /* > 0: how long the broker caches the reply, over the
+                           * handle's TTL; 0 (default): the handle's */
+    uint32_t priority;    /* carried to the worker in the header; the broker does
+                           * not order by it yet (reserved); default 0 */
+} ab_request_opts_t;
+
+#define AB_REQUEST_OPTS_INIT {-1, NULL, NULL, 0u, 0u, 0u, 0u}
+
+/* Sets *OPTS to AB_REQUEST_OPTS_INIT. NULL is a no-op. */
+AB_EXPORT void ab_request_opts_init(ab_request_opts_t *opts);
+
+/* Asynchronous request to SERVICE with OPTS (NULL: the defaults). Returns at
+ * once; FN (may be NULL) runs from ab_client_poll() (or a synchronous call's
+ * wait) once per streamed chunk (final = 0) and exactly once with
+ * final = 1 (the reply, or an error: deadline, disconnect, stop, cancel).
+ * *request_id, if not NULL, gets the id (for ab_client_cancel). DATA is
+ * copied before return.
+ * An inference request's payload is an agentbus.InferenceRequest
+ * (agentbus.pb-c.h); each streamed chunk arrives as its own event holding
+ * one encoded GenerateResponse / ChatResponse (decode each on its own:
+ * concatenated protobuf messages merge, so the sync ab_client_request's
+ * concatenation is only meaningful with stream = false).
+ * Errors (the callback does not run): AB_EINVAL (NULL handle or service, a
+ * model over AB_MODEL_MAX, unknown flags or cache flags), AB_EPAYLOADSIZE,
+ * AB_ENOMEM, AB_EBUSY (queue to the broker full), AB_EZMQ. */
+AB_EXPORT int ab_client_request_start(ab_client_t *client, const char *service,
+                                      const void *data, size_t size,
+                                      const ab_request_opts_t *opts, ab_reply_fn *fn,
+                                      void *arg, uint64_t *request_id);
 
 /* Cache control of this handle's requests (the broker's inference cache,
  * docs/cache.md). Bits of FLAGS (they are the wire Header.flags bits):
@@ -547,15 +569,6 @@ AB_EXPORT int ab_worker_set_backend_state(ab_worker_t *worker, const char *state
 /* The request must not run twice: if its worker is lost while holding it,
  * the broker answers AB_EWORKERLOST instead of re-dispatching it. */
 #define AB_REQUEST_NON_IDEMPOTENT 1u
-
-/* ab_client_request_async with FLAGS (AB_REQUEST_*; AB_EINVAL for others).
- * Without flags, a request whose worker is lost (dies, disconnects, goes
- * silent, is ejected, says BYE) goes back to the front of its service's
- * queue and is dispatched again, up to the broker's max-attempts (3). */
-AB_EXPORT int ab_client_request_flags(ab_client_t *client, const char *service,
-                                      const void *data, size_t size, int timeout_ms,
-                                      unsigned flags, ab_reply_fn *fn, void *arg,
-                                      uint64_t *request_id);
 
 /* One worker in the broker's directory. Strings are never NULL. */
 typedef struct {

@@ -188,8 +188,10 @@ static int s_send(ab_client_t *c, const char *service, const char *model, const 
         return AB_ENOMEM;
     agentbus__inference_request__pack(req, buf);
     uint64_t id;
-    int rc = ab_client_request_model_async(c, service, model, worker, buf, len, timeout_ms,
-                                           s_on_event, run, &id);
+    int rc = ab_client_request_start(
+        c, service, buf, len,
+        &(ab_request_opts_t){.timeout_ms = timeout_ms, .model = model, .worker = worker},
+        s_on_event, run, &id);
     free(buf);
     if (rc != AB_OK)
         return rc;

@@ -105,7 +105,8 @@ static void s_pump(ab_client_t *c, int ms)
     int64_t end = tl_now_ms() + ms;
     do {
         while (s_sent < MAX_REQ && s_sent - s_answered < WINDOW &&
-               ab_client_request_async(c, "faults", "ping", 4, 30000, s_on_reply,
+               ab_client_request_start(c, "faults", "ping", 4,
+                                       &(ab_request_opts_t){.timeout_ms = 30000}, s_on_reply,
                                        &s_slots[s_sent], NULL) == AB_OK)
             s_sent++;
         ab_client_poll(c, 5);

@@ -124,8 +124,9 @@ static void *s_agent_main(void *arg)
         s_call_t call = {a, tl_now_us(), 0, 0, 0, ""};
         a->sent++;
         uint64_t id = 0;
-        rc = ab_client_request_model_async(c, cfg->service, model, NULL, buf, len, 60000,
-                                           s_on_event, &call, &id);
+        rc = ab_client_request_start(c, cfg->service, buf, len,
+                                     &(ab_request_opts_t){.timeout_ms = 60000, .model = model},
+                                     s_on_event, &call, &id);
         while (rc == AB_OK && !call.done && !s_stop)
             if (ab_client_poll(c, 100) < 0)
                 break;

@@ -88,7 +88,8 @@ static int s_send(s_agent_t *a, ab_client_t *c, char *buf)
     call->start_us = tl_now_us();
     s_fill(buf, call->size, call->seed);
     a->sent++;
-    if (ab_client_request_async(c, a->cfg->service, buf, call->size, 5000, s_on_reply, call,
+    if (ab_client_request_start(c, a->cfg->service, buf, call->size,
+                                &(ab_request_opts_t){.timeout_ms = 5000}, s_on_reply, call,
                                 NULL) != AB_OK) {
         a->failed++;
         free(call);
