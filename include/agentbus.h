@@ -47,6 +47,10 @@ extern "C" {
 #define AB_VERSION_PATCH 0
 #define AB_VERSION_STRING "0.1.0"
 
+/* The version of the libagentbus actually loaded ("0.1.0"), to compare with
+ * AB_VERSION_STRING, the one compiled against. Static storage; any thread. */
+AB_EXPORT const char *ab_version(void);
+
 /* Default broker endpoint, used when neither the options nor $AB_BROKER name one. */
 #define AB_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
 
