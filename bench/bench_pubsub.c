@@ -16,7 +16,7 @@
  * median of --runs is kept.
  *
  * Direct messages: ab_client_ask to an agent thread that answers with
- * ab_client_reply, against ab_client_request_async to the echo worker,
+ * ab_client_reply, against ab_client_request_start to the echo worker,
  * same window, same broker.
  */
 #include "bench_pubsub.h"

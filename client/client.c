@@ -214,7 +214,7 @@ static int s_route_of(ab_client_t *c, const ab_request_opts_t *o, s_route_t *r)
                                                     : 0u),
                      .cache_ttl_s = o->cache_ttl_s,
                      .priority = o->priority,
-                     .timeout_ms = o->timeout_ms};
+                     .timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : -1};
     return AB_OK;
 }
 
@@ -397,6 +397,8 @@ static int s_process(ab_client_t *c)
 
 int ab_client_next_timeout_ms(ab_client_t *c)
 {
+    if (!c)
+        return 0;
     if (c->conn.out.count)
         return 0; /* gathered messages wait for a poll */
     int64_t now = ab_now_ms();

@@ -23,7 +23,7 @@ int main(void)
     /* A typed payload through the companion header's exported functions. */
     Agentbus__InferenceRequest ir = AGENTBUS__INFERENCE_REQUEST__INIT;
     size_t packed = agentbus__inference_request__get_packed_size(&ir);
-    if (rc != AB_OK || o != NULL || req.timeout_ms != -1 || packed != 0) {
+    if (rc != AB_OK || o != NULL || req.timeout_ms != 0 || packed != 0) {
         fprintf(stderr, "rc %s, options %p, timeout %d, packed %zu\n", ab_status_name(rc),
                 (void *)o, req.timeout_ms, packed);
         return 1;

@@ -2,6 +2,8 @@
  * test_request_opts.c - ab_client_request_start and ab_request_opts_t: the
  * defaults, argument checks, and the header each option produces, read off
  * the wire by a bare ROUTER standing in for the broker (no broker needed).
+ * Also the header's general contract that a NULL handle is AB_EINVAL (or a
+ * no-op / 0), never a crash.
  */
 #include "agentbus.h"
 #include "codec.h"
@@ -56,7 +58,7 @@ static void s_defaults_and_checks(ab_client_t *c)
     ab_request_opts_t o = {99, "m", "w", 7, 7, 7, 7}, init = AB_REQUEST_OPTS_INIT;
     ab_request_opts_init(&o);
     CHECK_TRUE(memcmp(&o, &init, sizeof o) == 0);
-    CHECK_EQ(o.timeout_ms, -1);
+    CHECK_EQ(o.timeout_ms, 0);
     CHECK_TRUE(o.model == NULL && o.worker == NULL);
     CHECK_EQ(o.flags + o.cache_flags + o.cache_ttl_s + o.priority, 0);
     ab_request_opts_init(NULL); /* no-op */
@@ -122,6 +124,7 @@ static void s_wire(ab_client_t *c, void *router)
     REQUIRE(ab_client_request_start(c, "infer", "z", 1, &o, s_cb, NULL, &id) == AB_OK);
     REQUIRE(s_next_request(router, &hdr, &h) == 0);
     CHECK_EQ(h.cache_ttl_s, 5);
+    CHECK_EQ(h.timeout_ms, 30000); /* 0 in the options: the handle's default */
     CHECK_EQ(h.flags & AB_FLAG_CACHEABLE, AB_FLAG_CACHEABLE);
     CHECK_EQ(h.flags & AB_FLAG_NON_IDEMPOTENT, 0);
     zmq_msg_close(&hdr);
@@ -132,8 +135,49 @@ static void s_wire(ab_client_t *c, void *router)
     CHECK_EQ(s_status, AB_ECANCELLED);
 }
 
+static void s_null_handles(void)
+{
+    void *p = NULL;
+    size_t n = 0;
+    int fd = -1;
+    CHECK_EQ(ab_client_request(NULL, "s", "x", 1, 10, &p, &n), AB_EINVAL);
+    CHECK_TRUE(p == NULL);
+    CHECK_EQ(ab_client_control(NULL, "stats", 10, &p, &n), AB_EINVAL);
+    CHECK_EQ(ab_client_poll(NULL, 0), AB_EINVAL);
+    CHECK_EQ(ab_client_fd(NULL, &fd), AB_EINVAL);
+    CHECK_EQ(ab_client_flush(NULL), AB_EINVAL);
+    CHECK_EQ(ab_client_cancel(NULL, 1), AB_EINVAL);
+    CHECK_EQ(ab_client_set_cache(NULL, 0, 0), AB_EINVAL);
+    CHECK_EQ(ab_client_send(NULL, "a", "x", 1, 0, NULL), AB_EINVAL);
+    CHECK_EQ(ab_client_publish(NULL, "t", "x", 1, NULL), AB_EINVAL);
+    CHECK_EQ(ab_client_subscribe(NULL, "t", 0), AB_EINVAL);
+    CHECK_EQ(ab_client_on_message(NULL, NULL, NULL), AB_EINVAL);
+    CHECK_EQ(ab_client_watch(NULL, NULL, NULL, 0), AB_EINVAL);
+    CHECK_EQ(ab_client_next_timeout_ms(NULL), 0);
+    CHECK_EQ(ab_client_pending(NULL), 0);
+    CHECK_EQ(ab_client_connected(NULL), 0);
+    CHECK_STR(ab_client_last_error(NULL), "");
+    ab_client_stop(NULL);
+    ab_client_destroy(NULL);
+    CHECK_EQ(ab_worker_recv(NULL, (ab_job_t **)&p, 0), AB_EINVAL);
+    CHECK_EQ(ab_worker_run(NULL, NULL, NULL), AB_EINVAL);
+    CHECK_EQ(ab_worker_poll(NULL, 0, NULL, NULL), AB_EINVAL);
+    CHECK_EQ(ab_worker_flush(NULL), AB_EINVAL);
+    CHECK_EQ(ab_worker_fd(NULL, &fd), AB_EINVAL);
+    CHECK_EQ(ab_worker_set_capacity(NULL, 1), AB_EINVAL);
+    CHECK_EQ(ab_worker_capacity(NULL), 0);
+    CHECK_EQ(ab_worker_has_input(NULL), 0);
+    CHECK_EQ(ab_worker_connected(NULL), 0);
+    CHECK_STR(ab_worker_last_error(NULL), "");
+    ab_worker_stop(NULL);
+    ab_worker_shutdown(NULL, 0);
+    ab_worker_destroy(NULL);
+    CHECK_STR(ab_version(), AB_VERSION_STRING);
+}
+
 int main(void)
 {
+    s_null_handles();
     void *ctx = zmq_ctx_new();
     void *router = zmq_socket(ctx, ZMQ_ROUTER);
     int linger = 0;
