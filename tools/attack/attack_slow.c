@@ -198,7 +198,8 @@ static int s_subscribers(void *ctx, const char *ep, long k, long n, long size)
     memset(data, 'p', (size_t)size);
     for (long i = 0; i < k; i++) {
         uint32_t kind = 0;
-        if (!(subs[i] = s_raw(ctx, ep)) || s_send(subs[i], AT_KIND(SUBSCRIBE), "atk.", 1, NULL, 0) ||
+        if (!(subs[i] = s_raw(ctx, ep)) ||
+            s_send(subs[i], AT_KIND(SUBSCRIBE), "atk.", 1, NULL, 0) ||
             s_answer(subs[i], 1, &kind, NULL, NULL) != 0)
             return fprintf(stderr, "subscriber %ld not subscribed\n", i), 1;
     }
