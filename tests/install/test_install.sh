@@ -31,4 +31,5 @@ cmake -S "$src/tests/install" -B "$tmp/cmake" -DCMAKE_PREFIX_PATH="$prefix" \
   || { cat "$tmp/configure.log"; exit 1; }
 cmake --build "$tmp/cmake" >"$tmp/build.log" || { cat "$tmp/build.log"; exit 1; }
 "$tmp/cmake/consumer"
+"$tmp/cmake/consumer_static"
 echo "install: pkg-config and find_package consumers built and ran"
