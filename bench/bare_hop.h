@@ -8,8 +8,8 @@
  * [worker-id][client-id][payload] and the echo back the other way: the least
  * any broker in this position must do.
  */
-#ifndef AB_BENCH_BARE_HOP_H
-#define AB_BENCH_BARE_HOP_H
+#ifndef BN_BARE_HOP_H
+#define BN_BARE_HOP_H
 
 #include <sys/types.h>
 

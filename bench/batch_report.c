@@ -18,8 +18,8 @@
 #include "bench_util.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "hist.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_hist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,7 +32,7 @@ enum { SYS_ON, SYS_OFF, SYS_NOLZ4, SYS_N };
 #define BIG 65536
 static const char *s_sys_name[SYS_N] = {"on", "off", "nolz4"};
 
-int ab_corpus_parse(const char *name)
+int bn_corpus_parse(const char *name)
 {
     static const char *names[] = {"zeros", "text", "json", "random"};
     for (int i = 0; i < 4; i++)
@@ -41,7 +41,7 @@ int ab_corpus_parse(const char *name)
     return -1;
 }
 
-const char *ab_corpus_name(int corpus)
+const char *bn_corpus_name(int corpus)
 {
     static const char *names[] = {"zeros", "text", "json", "random"};
     return corpus >= 0 && corpus < 4 ? names[corpus] : "?";
@@ -55,7 +55,7 @@ static unsigned long long s_next(unsigned long long *s)
     return *s;
 }
 
-void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
+void bn_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
 {
     static const char *words[] = {
         "the",     "model",  "agent",   "context", "request", "answer", "token",   "prompt",
@@ -64,11 +64,11 @@ void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
         "next",    "GPU",    "latency", "should",  "we",      "will",   "because", "data"};
     unsigned long long s = seed ? seed : 0x9e3779b97f4a7c15ull;
     size_t k = 0;
-    if (corpus == AB_CORPUS_ZEROS) {
+    if (corpus == BN_CORPUS_ZEROS) {
         memset(buf, 0, size);
         return;
     }
-    if (corpus == AB_CORPUS_RANDOM) {
+    if (corpus == BN_CORPUS_RANDOM) {
         while (k < size)
             buf[k++] = (char)s_next(&s);
         return;
@@ -76,7 +76,7 @@ void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed)
     while (k < size) {
         char piece[160];
         int n;
-        if (corpus == AB_CORPUS_JSON) {
+        if (corpus == BN_CORPUS_JSON) {
             n = snprintf(piece, sizeof piece,
                          "{\"role\": \"%s\", \"content\": \"%s %s %s %s.\", \"id\": %llu}, ",
                          s_next(&s) % 2 ? "user" : "assistant", words[s_next(&s) % 32],
@@ -131,7 +131,7 @@ static uint64_t s_sys_cpu_us(const s_sys_t *sys)
     return self + s_cpu_us(sys->broker) + s_cpu_us(sys->worker);
 }
 
-static int s_sys_start(const ab_batch_report_opts_t *o, int which, s_sys_t *sys)
+static int s_sys_start(const bn_batch_report_opts_t *o, int which, s_sys_t *sys)
 {
     snprintf(sys->epbuf, sizeof sys->epbuf, "tcp://127.0.0.1:%d", o->free_port());
     sys->ep = sys->epbuf;
@@ -198,7 +198,7 @@ static int s_wire(ab_client_t *c, uint64_t *bytes, uint64_t *replies)
 
 /* One throughput run: msgs/s, wire bytes per request into *WIRE and CPU
  * microseconds per request into *CPU (either may be NULL). */
-static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *buf, size_t size,
+static double s_rr(const bn_batch_report_opts_t *o, s_sys_t *sys, const char *buf, size_t size,
                    double *wire, double *cpu)
 {
     /* Large payloads keep fewer in flight: 4096 x 64 KiB would be 256 MiB
@@ -211,16 +211,17 @@ static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *bu
         return -1;
     s_count_t n = {0, 0};
     uint64_t cpu0 = cpu ? s_sys_cpu_us(sys) : 0;
-    uint64_t sent = 0, t0 = ab_now_ns(), end = t0 + (uint64_t)(o->seconds * 1e9);
-    while (ab_now_ns() < end && !n.failed) {
+    uint64_t sent = 0, t0 = tl_now_ns(), end = t0 + (uint64_t)(o->seconds * 1e9);
+    while (tl_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
-               ab_client_request_async(sys->c, "echo", buf, size, 20000, s_count_cb, &n, NULL) ==
-                   AB_OK)
+               ab_client_request_start(sys->c, "echo", buf, size,
+                                       &(ab_request_opts_t){.timeout_ms = 20000}, s_count_cb, &n,
+                                       NULL) == AB_OK)
             sent++;
         if (ab_client_poll(sys->c, 1000) <= 0)
             break;
     }
-    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    double secs = (double)(tl_now_ns() - t0) / 1e9;
     for (int i = 0; i < 2000 && n.done + n.failed < sent; i++)
         ab_client_poll(sys->c, 10);
     if (n.failed || n.done < sent) {
@@ -238,14 +239,14 @@ static double s_rr(const ab_batch_report_opts_t *o, s_sys_t *sys, const char *bu
     return (double)n.done / secs;
 }
 
-static int s_lat(s_sys_t *sys, const char *buf, size_t size, int count, ab_hist_t *h)
+static int s_lat(s_sys_t *sys, const char *buf, size_t size, int count, tl_hist_t *h)
 {
     for (int i = 0; i < count; i++) {
-        uint64_t t = ab_now_ns();
+        uint64_t t = tl_now_ns();
         if (ab_client_request(sys->c, "echo", buf, size, 5000, NULL, NULL) != AB_OK)
             return -1;
         if (h)
-            ab_hist_record(h, ab_now_ns() - t);
+            tl_hist_record(h, tl_now_ns() - t);
     }
     return 0;
 }
@@ -261,16 +262,16 @@ typedef struct {
     double r_small, r_mid, r_mid_wire, r_big, r_big_wire, r_small_cpu;
 } s_res_t;
 
-static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
+static int s_measure(const bn_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
 {
     double sm[SYS_N][16], md[SYS_N][16], mw[SYS_N][16], bg[SYS_N][16], bw[SYS_N][16];
     double sc[SYS_N][16];
     double rs[16], rm[16], rmw[16], rb[16], rbw[16], rsc[16];
     int runs = o->runs > 16 ? 16 : o->runs;
     char small[64], *mid = malloc(MID), *big = malloc(BIG);
-    ab_corpus_fill(o->corpus, small, sizeof small, 1);
-    ab_corpus_fill(o->corpus, mid, MID, 2);
-    ab_corpus_fill(o->corpus, big, BIG, 3);
+    bn_corpus_fill(o->corpus, small, sizeof small, 1);
+    bn_corpus_fill(o->corpus, mid, MID, 2);
+    bn_corpus_fill(o->corpus, big, BIG, 3);
     int rc = 0;
     for (int r = 0; r < runs && rc == 0; r++) {
         /* Row by row, the systems of a row back to back. */
@@ -311,7 +312,7 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
         res->r_big_wire = bu_median(rbw, runs);
     }
     /* Lone requests, alternating slices between on and off. */
-    ab_hist_t *h[2] = {calloc(1, sizeof(ab_hist_t)), calloc(1, sizeof(ab_hist_t))};
+    tl_hist_t *h[2] = {calloc(1, sizeof(tl_hist_t)), calloc(1, sizeof(tl_hist_t))};
     int n = o->latency_count / 10;
     for (int slice = 0; slice < 10 && rc == 0; slice++)
         for (int s = 0; s < 2 && rc == 0; s++)
@@ -319,8 +320,8 @@ static int s_measure(const ab_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
                 s_lat(&sys[s], small, sizeof small, n, h[s]) != 0)
                 rc = -1;
     for (int s = 0; s < 2; s++) {
-        res->p50[s] = ab_hist_percentile(h[s], 50);
-        res->p99[s] = ab_hist_percentile(h[s], 99);
+        res->p50[s] = tl_hist_percentile(h[s], 50);
+        res->p99[s] = tl_hist_percentile(h[s], 99);
         free(h[s]);
     }
     free(mid);
@@ -333,9 +334,9 @@ static double s_ratio(double a, double b)
     return b > 0 ? a / b : 0;
 }
 
-static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
+static void s_print(const bn_batch_report_opts_t *o, const s_res_t *r)
 {
-    const char *cn = ab_corpus_name(o->corpus);
+    const char *cn = bn_corpus_name(o->corpus);
     if (o->json) {
         printf("{\"report\": \"batching\", \"runs\": %d, \"seconds\": %.2f, \"window\": %d, "
                "\"corpus\": \"%s\",\n"
@@ -385,7 +386,7 @@ static void s_print(const ab_batch_report_opts_t *o, const s_res_t *r)
            r->big_wire[SYS_ON], r->big_wire[SYS_NOLZ4], r->r_big_wire, "");
 }
 
-int ab_batch_report(const ab_batch_report_opts_t *o)
+int bn_batch_report(const bn_batch_report_opts_t *o)
 {
     s_sys_t sys[SYS_N];
     memset(sys, 0, sizeof sys);

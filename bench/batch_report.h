@@ -2,21 +2,21 @@
  * batch_report.h - agentbus-bench --report batching: batching and lz4 on
  * versus off, measured side by side in one run (issue 4).
  */
-#ifndef AB_BENCH_BATCH_REPORT_H
-#define AB_BENCH_BATCH_REPORT_H
+#ifndef BN_BATCH_REPORT_H
+#define BN_BATCH_REPORT_H
 
 #include <stddef.h>
 #include <sys/types.h>
 
-typedef enum { AB_CORPUS_ZEROS, AB_CORPUS_TEXT, AB_CORPUS_JSON, AB_CORPUS_RANDOM } ab_corpus_t;
+typedef enum { BN_CORPUS_ZEROS, BN_CORPUS_TEXT, BN_CORPUS_JSON, BN_CORPUS_RANDOM } bn_corpus_t;
 
 /* Parses "zeros", "text", "json", "random"; -1 if none. */
-int ab_corpus_parse(const char *name);
-const char *ab_corpus_name(int corpus);
+int bn_corpus_parse(const char *name);
+const char *bn_corpus_name(int corpus);
 /* Fills BUF with SIZE bytes of CORPUS: text is prose-like LLM prompt/reply
  * text, json a stream of chat-message objects, random incompressible
  * bytes. Deterministic for a given SEED. */
-void ab_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed);
+void bn_corpus_fill(int corpus, char *buf, size_t size, unsigned long long seed);
 
 typedef struct {
     double seconds;
@@ -26,9 +26,9 @@ typedef struct {
      * and stopped with the others), and a free loopback port. */
     pid_t (*spawn)(const char *const *argv, const char *const *env);
     int (*free_port)(void);
-} ab_batch_report_opts_t;
+} bn_batch_report_opts_t;
 
 /* Runs the report and prints it (table or JSON). 0, or -1 on failure. */
-int ab_batch_report(const ab_batch_report_opts_t *o);
+int bn_batch_report(const bn_batch_report_opts_t *o);
 
 #endif

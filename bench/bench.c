@@ -11,10 +11,11 @@
 #include "agentbus.h"
 #include "bare_hop.h"
 #include "bench_util.h"
-#include "pubsub.h"
+#include "bench_pubsub.h"
 #include "batch_report.h"
-#include "hist.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
+#include "tl_hist.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,14 +42,14 @@ typedef struct {
     const char *report;
 } s_opts_t;
 
-static int s_corpus = AB_CORPUS_TEXT;
+static int s_corpus = BN_CORPUS_TEXT;
 
 /* A payload of SIZE bytes of the chosen corpus (malloc'd). */
 static char *s_payload(size_t size)
 {
     char *buf = malloc(size ? size : 1);
     if (buf)
-        ab_corpus_fill(s_corpus, buf, size, size);
+        bn_corpus_fill(s_corpus, buf, size, size);
     return buf;
 }
 
@@ -75,7 +76,7 @@ static void s_on_signal(int sig)
 
 static int s_free_port(void)
 {
-    int port = bu_free_port();
+    int port = tl_free_port();
     if (port < 0) {
         perror("agentbus-bench: free port");
         exit(1);
@@ -107,9 +108,9 @@ static double s_bare_rr(void *s, size_t size, double seconds, int window)
 {
     char *buf = s_payload(size), rbuf[8];
     uint64_t sent = 0, done = 0;
-    uint64_t t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
+    uint64_t t0 = tl_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
     zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-    while (ab_now_ns() < end) {
+    while (tl_now_ns() < end) {
         while (sent - done < (uint64_t)window && zmq_send(s, buf, size, ZMQ_DONTWAIT) >= 0)
             sent++;
         if (zmq_poll(&it, 1, 1000) <= 0)
@@ -117,7 +118,7 @@ static double s_bare_rr(void *s, size_t size, double seconds, int window)
         while (zmq_recv(s, rbuf, sizeof rbuf, ZMQ_DONTWAIT) >= 0)
             done++;
     }
-    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    double secs = (double)(tl_now_ns() - t0) / 1e9;
     for (int i = 0; i < 1000 && done < sent; i++) /* drain before the next run */
         if (zmq_poll(&it, 1, 10) > 0)
             while (zmq_recv(s, rbuf, sizeof rbuf, ZMQ_DONTWAIT) >= 0)
@@ -126,18 +127,18 @@ static double s_bare_rr(void *s, size_t size, double seconds, int window)
     return done < sent ? -1 : (double)done / secs;
 }
 
-static int s_bare_lat(void *s, size_t size, int count, ab_hist_t *h)
+static int s_bare_lat(void *s, size_t size, int count, tl_hist_t *h)
 {
     char *buf = s_payload(size), rbuf[8];
     zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
     int rc = 0;
     for (int i = 0; i < count && rc == 0; i++) {
-        uint64_t t = ab_now_ns();
+        uint64_t t = tl_now_ns();
         zmq_send(s, buf, size, 0);
         if (zmq_poll(&it, 1, 5000) <= 0 || zmq_recv(s, rbuf, sizeof rbuf, 0) < 0)
             rc = -1;
         else if (h)
-            ab_hist_record(h, ab_now_ns() - t);
+            tl_hist_record(h, tl_now_ns() - t);
     }
     free(buf);
     return rc;
@@ -166,15 +167,17 @@ static double s_ab_rr(ab_client_t *c, size_t size, double seconds, int window)
     char *buf = s_payload(size);
     s_count_t n = {0, 0, 0};
     uint64_t sent = 0;
-    uint64_t t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
-    while (ab_now_ns() < end && !n.failed) {
+    uint64_t t0 = tl_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
+    while (tl_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
-               ab_client_request_async(c, "echo", buf, size, 10000, s_count_cb, &n, NULL) == AB_OK)
+               ab_client_request_start(c, "echo", buf, size,
+                                       &(ab_request_opts_t){.timeout_ms = 10000}, s_count_cb, &n,
+                                       NULL) == AB_OK)
             sent++;
         if (ab_client_poll(c, 1000) <= 0)
             break;
     }
-    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    double secs = (double)(tl_now_ns() - t0) / 1e9;
     for (int i = 0; i < 1000 && n.done + n.failed < sent; i++)
         ab_client_poll(c, 10);
     free(buf);
@@ -186,15 +189,15 @@ static double s_ab_rr(ab_client_t *c, size_t size, double seconds, int window)
     return (double)n.done / secs;
 }
 
-static int s_ab_lat(ab_client_t *c, size_t size, int count, ab_hist_t *h)
+static int s_ab_lat(ab_client_t *c, size_t size, int count, tl_hist_t *h)
 {
     char *buf = s_payload(size);
     int rc = AB_OK;
     for (int i = 0; i < count && rc == AB_OK; i++) {
-        uint64_t t = ab_now_ns();
+        uint64_t t = tl_now_ns();
         rc = ab_client_request(c, "echo", buf, size, 5000, NULL, NULL);
         if (rc == AB_OK && h)
-            ab_hist_record(h, ab_now_ns() - t);
+            tl_hist_record(h, tl_now_ns() - t);
     }
     free(buf);
     return rc == AB_OK ? 0 : -1;
@@ -291,7 +294,7 @@ static int s_measure(const s_opts_t *o, s_sys_t *sys, s_result_t *bare, s_result
         bare->rr_small = bu_median(bs, runs), bare->rr_large = bu_median(bl, runs);
     if (sys->ab)
         ab->rr_small = bu_median(as, runs), ab->rr_large = bu_median(al, runs);
-    ab_hist_t *hb = calloc(1, sizeof *hb), *ha = calloc(1, sizeof *ha);
+    tl_hist_t *hb = calloc(1, sizeof *hb), *ha = calloc(1, sizeof *ha);
     int warm = o->latency_count / 10, rc = 0;
     /* Latency in alternating slices so both see the same machine. */
     for (int slice = 0; slice < 10 && rc == 0; slice++) {
@@ -303,8 +306,8 @@ static int s_measure(const s_opts_t *o, s_sys_t *sys, s_result_t *bare, s_result
             rc |= s_ab_lat(sys->ab, o->small, slice == 0 ? warm : 0, NULL) |
                   s_ab_lat(sys->ab, o->small, n, ha);
     }
-    bare->p50_ns = ab_hist_percentile(hb, 50), bare->p99_ns = ab_hist_percentile(hb, 99);
-    ab->p50_ns = ab_hist_percentile(ha, 50), ab->p99_ns = ab_hist_percentile(ha, 99);
+    bare->p50_ns = tl_hist_percentile(hb, 50), bare->p99_ns = tl_hist_percentile(hb, 99);
+    ab->p50_ns = tl_hist_percentile(ha, 50), ab->p99_ns = tl_hist_percentile(ha, 99);
     free(hb);
     free(ha);
     return rc;
@@ -385,7 +388,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     snprintf(broker, sizeof broker, "%s/agentbus-broker", dir);
     snprintf(worker, sizeof worker, "%s/agentbus-worker", dir);
     *o = (s_opts_t){2.0, 5, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL, 0,
-                    AB_CORPUS_TEXT, NULL};
+                    BN_CORPUS_TEXT, NULL};
     const char *f = "";
     for (int i = 1; i < argc; i++) {
         f = argv[i];
@@ -403,15 +406,15 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
         i++;
         if (!strcmp(f, "--seconds") && atof(v) > 0 && atof(v) <= 600)
             o->seconds = atof(v);
-        else if (!strcmp(f, "--runs") && !ab_parse_long(v, 1, 16, &x))
+        else if (!strcmp(f, "--runs") && !tl_parse_long(v, 1, 16, &x))
             o->runs = (int)x;
-        else if (!strcmp(f, "--window") && !ab_parse_long(v, 1, 50000, &x))
+        else if (!strcmp(f, "--window") && !tl_parse_long(v, 1, 50000, &x))
             o->window = (int)x;
-        else if (!strcmp(f, "--latency-count") && !ab_parse_long(v, 10, 10000000, &x))
+        else if (!strcmp(f, "--latency-count") && !tl_parse_long(v, 10, 10000000, &x))
             o->latency_count = (int)x;
-        else if (!strcmp(f, "--size-small") && !ab_parse_long(v, 1, 1 << 24, &x))
+        else if (!strcmp(f, "--size-small") && !tl_parse_long(v, 1, 1 << 24, &x))
             o->small = (size_t)x;
-        else if (!strcmp(f, "--size-large") && !ab_parse_long(v, 1, 1 << 24, &x))
+        else if (!strcmp(f, "--size-large") && !tl_parse_long(v, 1, 1 << 24, &x))
             o->large = (size_t)x;
         else if (!strcmp(f, "--only") && (!strcmp(v, "bare") || !strcmp(v, "agentbus")))
             o->only = v;
@@ -423,8 +426,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->endpoint = v;
         else if (!strcmp(f, "--batching") && (!strcmp(v, "on") || !strcmp(v, "off")))
             o->nobatch = !strcmp(v, "off");
-        else if (!strcmp(f, "--corpus") && ab_corpus_parse(v) >= 0)
-            o->corpus = ab_corpus_parse(v);
+        else if (!strcmp(f, "--corpus") && bn_corpus_parse(v) >= 0)
+            o->corpus = bn_corpus_parse(v);
         else if (!strcmp(f, "--report") && !strcmp(v, "batching"))
             o->report = v;
         else
@@ -442,7 +445,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--pubsub") == 0) {
             s_parse(&o, 1, argv); /* only for the default program paths */
-            return ab_bench_pubsub_main(argc, argv, o.broker_bin, o.worker_bin);
+            return bn_pubsub_main(argc, argv, o.broker_bin, o.worker_bin);
         }
     int prc = s_parse(&o, argc, argv);
     if (prc)
@@ -452,10 +455,10 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     s_corpus = o.corpus;
     if (o.report) {
-        ab_batch_report_opts_t ro = {o.seconds,    o.runs,      o.window,     o.latency_count,
+        bn_batch_report_opts_t ro = {o.seconds,    o.runs,      o.window,     o.latency_count,
                                      o.json,       o.corpus,    o.broker_bin, o.worker_bin,
                                      s_spawn_env, s_free_port};
-        int r = ab_batch_report(&ro);
+        int r = bn_batch_report(&ro);
         s_stop_children();
         return r == 0 ? 0 : 1;
     }

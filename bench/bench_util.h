@@ -2,13 +2,11 @@
  * bench_util.h - small helpers the benchmark programs share: free ports,
  * medians, stopping the processes a run started.
  */
-#ifndef AB_BENCH_UTIL_H
-#define AB_BENCH_UTIL_H
+#ifndef BN_BENCH_UTIL_H
+#define BN_BENCH_UTIL_H
 
 #include <sys/types.h>
 
-/* A TCP port on 127.0.0.1 that was free a moment ago, or -1. */
-int bu_free_port(void);
 /* Median of V[0..N-1] (N > 0); sorts V in place. */
 double bu_median(double *v, int n);
 /* SIGTERM to each of PIDS, up to 3 s for each to exit, then SIGKILL; reaps

@@ -17,8 +17,9 @@
 #include "agentbus.pb-c.h"
 #include "bare_hop.h"
 #include "bench_util.h"
-#include "hist.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
+#include "tl_hist.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -69,27 +70,27 @@ static pid_t s_spawn(const char *const *argv)
     return pid;
 }
 
-static int s_bare_one(void *s, const char *buf, size_t size, ab_hist_t *h)
+static int s_bare_one(void *s, const char *buf, size_t size, tl_hist_t *h)
 {
     char rbuf[128];
     zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-    uint64_t t = ab_now_ns();
+    uint64_t t = tl_now_ns();
     zmq_send(s, buf, size, 0);
     if (zmq_poll(&it, 1, 5000) <= 0 || zmq_recv(s, rbuf, sizeof rbuf, 0) < 0)
         return -1;
     if (h)
-        ab_hist_record(h, ab_now_ns() - t);
+        tl_hist_record(h, tl_now_ns() - t);
     return 0;
 }
 
-static int s_ab_one(ab_client_t *c, const char *buf, size_t size, ab_hist_t *h)
+static int s_ab_one(ab_client_t *c, const char *buf, size_t size, tl_hist_t *h)
 {
     void *reply = NULL;
     size_t rlen;
-    uint64_t t = ab_now_ns();
+    uint64_t t = tl_now_ns();
     int rc = ab_client_request(c, "echo", buf, size, 5000, &reply, &rlen);
     if (rc == AB_OK && h)
-        ab_hist_record(h, ab_now_ns() - t);
+        tl_hist_record(h, tl_now_ns() - t);
     ab_free(reply);
     return rc == AB_OK ? 0 : -1;
 }
@@ -127,7 +128,7 @@ static void s_payload(char *buf, int i)
  * of B: an L2 hit. Interleaved with direct GETs of the same Redis. */
 static int s_l2_bench(const char *broker, const char *worker, int count)
 {
-    int rport = bu_free_port(), pa = bu_free_port(), pb = bu_free_port();
+    int rport = tl_free_port(), pa = tl_free_port(), pb = tl_free_port();
     char rp[16], addr[64], ea[64], eb[64];
     snprintf(rp, sizeof rp, "%d", rport);
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
@@ -172,16 +173,16 @@ static int s_l2_bench(const char *broker, const char *worker, int count)
             return -1;
     }
     usleep(500000); /* A's writes reach Redis */
-    ab_hist_t hr, h2;
-    ab_hist_reset(&hr);
-    ab_hist_reset(&h2);
+    tl_hist_t hr, h2;
+    tl_hist_reset(&hr);
+    tl_hist_reset(&h2);
     int fails = 0, per = count / 10, next = 0;
     for (int slice = 0; slice < 10; slice++) {
         for (int i = 0; i < per; i++) {
-            uint64_t t = ab_now_ns();
+            uint64_t t = tl_now_ns();
             redisReply *r = redisCommand(rc, "GET agentbus:bench:%d", i);
             if (r)
-                ab_hist_record(&hr, ab_now_ns() - t);
+                tl_hist_record(&hr, tl_now_ns() - t);
             else
                 fails++;
             freeReplyObject(r);
@@ -195,8 +196,8 @@ static int s_l2_bench(const char *broker, const char *worker, int count)
     const Agentbus__CacheTier *t2 = s_tier(s_cache(cb, &st), "l2");
     if (!t2)
         return -1;
-    double r50 = ab_hist_percentile(&hr, 50) / 1e3, r99 = ab_hist_percentile(&hr, 99) / 1e3;
-    double c50 = ab_hist_percentile(&h2, 50) / 1e3, c99 = ab_hist_percentile(&h2, 99) / 1e3;
+    double r50 = tl_hist_percentile(&hr, 50) / 1e3, r99 = tl_hist_percentile(&hr, 99) / 1e3;
+    double c50 = tl_hist_percentile(&h2, 50) / 1e3, c99 = tl_hist_percentile(&h2, 99) / 1e3;
     double l50 = t2->lookup_p50_ns / 1e3, l99 = t2->lookup_p99_ns / 1e3;
     printf("\nL2 (Redis), %d hits on a second broker, %d failed, %llu L2 hits counted\n", per * 10,
            fails, (unsigned long long)t2->hits);
@@ -244,7 +245,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     /* The bare hop. */
-    int front = bu_free_port(), back = bu_free_port();
+    int front = tl_free_port(), back = tl_free_port();
     s_kids[s_nkids++] = bh_start_forwarder(front, back);
     s_kids[s_nkids++] = bh_start_echo(back);
     void *zctx = zmq_ctx_new(), *bare = zmq_socket(zctx, ZMQ_DEALER);
@@ -255,7 +256,7 @@ int main(int argc, char **argv)
     zmq_connect(bare, ep);
 
     /* The broker, with L3, and an echo worker. */
-    int port = bu_free_port();
+    int port = tl_free_port();
     char bep[64];
     snprintf(bep, sizeof bep, "tcp://127.0.0.1:%d", port);
     const char *bargv[] = {broker, "--bind", bep, "--data-dir", s_dir, "--log-level", "error", NULL};
@@ -302,10 +303,10 @@ int main(int argc, char **argv)
         return 1;
     ab_free(cb);
 
-    ab_hist_t hb, h1, h3;
-    ab_hist_reset(&hb);
-    ab_hist_reset(&h1);
-    ab_hist_reset(&h3);
+    tl_hist_t hb, h1, h3;
+    tl_hist_reset(&hb);
+    tl_hist_reset(&h1);
+    tl_hist_reset(&h3);
     char hit[64];
     s_payload(hit, 0);
     ab_client_request(c, "echo", hit, 64, 5000, NULL, NULL); /* from L3 into L1 */
@@ -329,9 +330,9 @@ int main(int argc, char **argv)
     const Agentbus__CacheTier *t1 = s_tier(cs, "l1"), *t3 = s_tier(cs, "l3");
     if (!t1 || !t3)
         return 1;
-    double bp50 = ab_hist_percentile(&hb, 50) / 1e3, bp99 = ab_hist_percentile(&hb, 99) / 1e3;
-    double p50_1 = ab_hist_percentile(&h1, 50) / 1e3, p99_1 = ab_hist_percentile(&h1, 99) / 1e3;
-    double p50_3 = ab_hist_percentile(&h3, 50) / 1e3, p99_3 = ab_hist_percentile(&h3, 99) / 1e3;
+    double bp50 = tl_hist_percentile(&hb, 50) / 1e3, bp99 = tl_hist_percentile(&hb, 99) / 1e3;
+    double p50_1 = tl_hist_percentile(&h1, 50) / 1e3, p99_1 = tl_hist_percentile(&h1, 99) / 1e3;
+    double p50_3 = tl_hist_percentile(&h3, 50) / 1e3, p99_3 = tl_hist_percentile(&h3, 99) / 1e3;
     printf("agentbus-cache-bench: %d requests per kind, 64 B, tcp loopback, %d failed\n\n",
            per * 10, fails);
     printf("%-32s %10s %10s %12s %12s\n", "round trip (client)", "p50_us", "p99_us",

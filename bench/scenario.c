@@ -16,7 +16,8 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "bench_util.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -93,7 +94,7 @@ static void s_progress(const char *fmt, ...)
     va_list ap;
     va_start(ap, fmt);
     fflush(stdout);
-    fprintf(stderr, "[scenario %6.1fs] ", (ab_now_us() - s_t0) / 1e6);
+    fprintf(stderr, "[scenario %6.1fs] ", (tl_now_us() - s_t0) / 1e6);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -222,7 +223,7 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
     int ports[SC_GPUS];
     for (int g = 0; g < SC_GPUS; g++) {
         char port[16];
-        ports[g] = bu_free_port();
+        ports[g] = tl_free_port();
         snprintf(port, sizeof port, "%d", ports[g]);
         snprintf(st->sim_url[g], sizeof st->sim_url[g], "http://127.0.0.1:%d", ports[g]);
         /* One RTX 3090 class GPU each: 24 GiB, OLLAMA_NUM_PARALLEL 4,
@@ -234,7 +235,7 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
         snprintf(log, sizeof log, "%s/sim%d.log", s_dir, g);
         s_spawn(argv, log);
     }
-    int bport = bu_free_port();
+    int bport = tl_free_port();
     snprintf(st->broker, sizeof st->broker, "tcp://127.0.0.1:%d", bport);
     const char *bargv[] = {broker, "--bind", st->broker, "--data-dir", s_dir, "--log-level",
                            "error", NULL};
@@ -290,21 +291,21 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
         i++;
         if (!strcmp(f, "--time-scale") && atof(v) >= 0.1 && atof(v) <= 100)
             o->scale = atof(v);
-        else if (!strcmp(f, "--closed-seconds") && ab_parse_long(v, 0, 3600, &l) == 0)
+        else if (!strcmp(f, "--closed-seconds") && tl_parse_long(v, 0, 3600, &l) == 0)
             o->closed_s = (double)l;
-        else if (!strcmp(f, "--open-seconds") && ab_parse_long(v, 1, 3600, &l) == 0)
+        else if (!strcmp(f, "--open-seconds") && tl_parse_long(v, 1, 3600, &l) == 0)
             o->open_s = (double)l;
-        else if (!strcmp(f, "--seed") && ab_parse_long(v, 0, LONG_MAX, &l) == 0)
+        else if (!strcmp(f, "--seed") && tl_parse_long(v, 0, LONG_MAX, &l) == 0)
             o->seed = (uint64_t)l;
-        else if (!strcmp(f, "--pool-pct") && ab_parse_long(v, 0, 100, &l) == 0)
+        else if (!strcmp(f, "--pool-pct") && tl_parse_long(v, 0, 100, &l) == 0)
             o->pool_pct = (int)l;
-        else if (!strcmp(f, "--agents") && ab_parse_long(v, 1, SC_AGENTS, &l) == 0)
+        else if (!strcmp(f, "--agents") && tl_parse_long(v, 1, SC_AGENTS, &l) == 0)
             o->agents = (int)l;
-        else if (!strcmp(f, "--scale-agents") && ab_parse_long(v, 0, 100000, &l) == 0)
+        else if (!strcmp(f, "--scale-agents") && tl_parse_long(v, 0, 100000, &l) == 0)
             o->scale_agents = (int)l;
-        else if (!strcmp(f, "--worker-capacity") && ab_parse_long(v, 1, 1000, &l) == 0)
+        else if (!strcmp(f, "--worker-capacity") && tl_parse_long(v, 1, 1000, &l) == 0)
             o->capacity = (int)l;
-        else if (!strcmp(f, "--deep-capacity") && ab_parse_long(v, 0, 1000, &l) == 0)
+        else if (!strcmp(f, "--deep-capacity") && tl_parse_long(v, 0, 1000, &l) == 0)
             o->deep = (int)l;
         else if (!strcmp(f, "--rates") && *v)
             snprintf(o->rates, sizeof o->rates, "%s", v);
@@ -346,7 +347,7 @@ static void s_one(const s_opts_t *o, const s_stack_t *st, sc_run_cfg_t *cfg, sc_
     sc_run(cfg, r);
     sc_sum_t s;
     sc_summarise(r, o->scale, &s);
-    fprintf(stderr, "[scenario %6.1fs]   %llu issued, %llu ok (%.1f/s), %llu errors (", (ab_now_us() - s_t0) / 1e6,
+    fprintf(stderr, "[scenario %6.1fs]   %llu issued, %llu ok (%.1f/s), %llu errors (", (tl_now_us() - s_t0) / 1e6,
             (unsigned long long)r->issued, (unsigned long long)s.ok, s.done_per_s,
             (unsigned long long)s.errs);
     for (int e = 1; e < SC_E_N; e++)
@@ -504,7 +505,7 @@ int main(int argc, char **argv)
     int prc = s_parse(&o, argc, argv);
     if (prc)
         return prc > 0 ? 0 : 2;
-    s_t0 = ab_now_us();
+    s_t0 = tl_now_us();
     s_stack_t st;
     char self[PATH_MAX], path[PATH_MAX + 32];
     if (s_setup(&o, &st, self, sizeof self) != 0)

@@ -15,8 +15,8 @@
  * faster, so the agents divide every delay by X and the report multiplies
  * measured wall times by X (docs/bench.md, "Seed workload").
  */
-#ifndef AB_SCENARIO_H
-#define AB_SCENARIO_H
+#ifndef BN_SCENARIO_H
+#define BN_SCENARIO_H
 
 #include <pthread.h>
 #include <stddef.h>

@@ -8,7 +8,7 @@
 #include "scenario.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "util.h"
+#include "tl_clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +36,7 @@ static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     (void)c;
     sc_call_t *call = arg;
     if (ev->status == AB_OK && !call->first_us)
-        call->first_us = ab_now_us();
+        call->first_us = tl_now_us();
     if (!ev->final)
         return;
     int err = SC_E_NONE;
@@ -75,8 +75,10 @@ static int s_start(void *eng, sc_call_t *call)
     if (!buf)
         return -1;
     agentbus__inference_request__pack(&q, buf);
-    int rc = ab_client_request_model_async(c, "ollama", g.model, NULL, buf, len,
-                                           call->timeout_ms, s_on_event, call, &call->id);
+    int rc = ab_client_request_start(
+        c, "ollama", buf, len,
+        &(ab_request_opts_t){.timeout_ms = call->timeout_ms, .model = g.model}, s_on_event, call,
+        &call->id);
     free(buf);
     if (rc != AB_OK) {
         pthread_mutex_lock(&s_lock);

@@ -6,7 +6,7 @@
  * per agent thread, so an open-loop agent can have several calls out.
  */
 #include "scenario.h"
-#include "util.h"
+#include "tl_clock.h"
 
 #include <curl/curl.h>
 #include <stdlib.h>
@@ -43,7 +43,7 @@ static size_t s_write(char *ptr, size_t size, size_t n, void *arg)
     static const char pat[] = "\"done\":true";
     const size_t pl = sizeof pat - 1, keep = pl - 1;
     if (!call->first_us && len)
-        call->first_us = ab_now_us();
+        call->first_us = tl_now_us();
     if (call->saw_done || !len)
         return len;
     char joint[2 * sizeof pat];

@@ -9,7 +9,7 @@
 #include "scenario.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "util.h"
+#include "tl_clock.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -70,7 +70,7 @@ static double s_wall_us(const sc_run_cfg_t *cfg, double sim_s)
 void sc_call_end(sc_call_t *call, int ok, int err)
 {
     sc_agent_t *a = call->a;
-    uint64_t now = ab_now_us();
+    uint64_t now = tl_now_us();
     if (a->closing) {
         ok = 0;
         err = SC_E_CUT;
@@ -113,7 +113,7 @@ static void s_issue(sc_agent_t *a, void *eng)
     sc_req_make(&call->req, cfg->seed, a->index, a->seq++, cfg->pool_pct);
     call->repeat = sc_seen(call->req.key);
     call->timeout_ms = (int)(s_wall_us(cfg, sc_classes[call->req.cls].timeout_s) / 1000);
-    call->t0_us = ab_now_us();
+    call->t0_us = tl_now_us();
     a->inflight++;
     a->issued++;
     if (!eng || cfg->ops->start(eng, call) != 0)
@@ -130,10 +130,10 @@ static void *s_agent_main(void *arg)
                                                      ? sc_exp(&a->rng, gap_s)
                                                      : sc_rand01(&a->rng) *
                                                        sc_classes[sc_agent_class(a->index)].think_s);
-    while (ab_now_us() < a->t_start_us)
+    while (tl_now_us() < a->t_start_us)
         usleep(1000);
     for (;;) {
-        uint64_t now = ab_now_us();
+        uint64_t now = tl_now_us();
         if (now >= a->t_end_us)
             break;
         while (now >= a->next_us && (cfg->open_loop || a->inflight == 0)) {
@@ -153,7 +153,7 @@ static void *s_agent_main(void *arg)
     /* Let the calls out finish: each has its own deadline (the class's
      * timeout); 2 s of wall time more, then they are cut. */
     uint64_t drain_end = a->t_end_us + (uint64_t)s_wall_us(cfg, 30.0) + 2000000;
-    while (eng && a->inflight > 0 && ab_now_us() < drain_end)
+    while (eng && a->inflight > 0 && tl_now_us() < drain_end)
         cfg->ops->poll(eng, 50);
     a->closing = 1;
     if (eng)
@@ -355,7 +355,7 @@ int sc_run(const sc_run_cfg_t *cfg, sc_result_t *res)
     sc_agent_t *agents = calloc((size_t)cfg->agents, sizeof *agents);
     if (!agents)
         return -1;
-    uint64_t start = ab_now_us() + 300000;
+    uint64_t start = tl_now_us() + 300000;
     uint64_t end = start + (uint64_t)s_wall_us(cfg, cfg->seconds);
     pthread_create(&sp.thread, NULL, s_sampler_main, &sp);
     for (int i = 0; i < cfg->agents; i++) {

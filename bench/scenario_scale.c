@@ -19,8 +19,9 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "bench_util.h"
-#include "hist.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
+#include "tl_hist.h"
 
 #include <poll.h>
 #include <signal.h>
@@ -105,14 +106,15 @@ static void s_on_echo(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 /* Each client one echo request a second for SECS, spread over the second. */
 static void s_active(ab_client_t **c, int n, double secs, s_load_t *l)
 {
-    uint64_t t0 = ab_now_us(), end = t0 + (uint64_t)(secs * 1e6);
+    uint64_t t0 = tl_now_us(), end = t0 + (uint64_t)(secs * 1e6);
     uint64_t sent = 0;
-    while (ab_now_us() < end) {
-        uint64_t due = (uint64_t)((ab_now_us() - t0) / 1e6 * n);
+    while (tl_now_us() < end) {
+        uint64_t due = (uint64_t)((tl_now_us() - t0) / 1e6 * n);
         for (; sent < due; sent++) {
             l->pending++;
-            if (ab_client_request_async(c[sent % (uint64_t)n], "echo", "ping", 4, 5000, s_on_echo,
-                                        l, NULL) != AB_OK) {
+            if (ab_client_request_start(c[sent % (uint64_t)n], "echo", "ping", 4,
+                                        &(ab_request_opts_t){.timeout_ms = 5000}, s_on_echo, l,
+                                        NULL) != AB_OK) {
                 l->pending--;
                 l->fail++;
             }
@@ -154,7 +156,7 @@ int sc_scale_child(int argc, char **argv)
     /* Up to 120 s: with thousands connecting at once, the broker (and
      * these polls, 250 handles per process) share two cores. */
     int up = 0;
-    for (int64_t end = ab_now_ms() + 120000; up < n && ab_now_ms() < end;) {
+    for (int64_t end = tl_now_ms() + 120000; up < n && tl_now_ms() < end;) {
         up = 0;
         for (int i = 0; i < n; i++) {
             ab_client_poll(c[i], 0);
@@ -315,10 +317,10 @@ static int s_connect(const sc_scale_cfg_t *cfg, s_child_t *k, int from, int tota
         left -= n;
     }
     /* One deadline for all: the children connect at the same time. */
-    int64_t deadline = ab_now_ms() + 180000;
+    int64_t deadline = tl_now_ms() + 180000;
     for (int i = started; i < *nk; i++) {
         char line[96];
-        int64_t left = deadline - ab_now_ms();
+        int64_t left = deadline - tl_now_ms();
         if (s_child_line(&k[i], line, sizeof line, left > 100 ? (int)left : 100) != 0)
             fprintf(stderr, "[scenario] scale: child %d did not answer\n", i);
         else if (!strncmp(line, "ready ", 6))
@@ -349,22 +351,22 @@ static pid_t s_spawn_quiet(const char *const *argv)
 /* COUNT sync echo round trips; p50/p99 in µs. */
 static int s_lone(ab_client_t *c, int count, double *p50, double *p99)
 {
-    ab_hist_t h;
-    ab_hist_reset(&h);
+    tl_hist_t h;
+    tl_hist_reset(&h);
     char buf[64];
     memset(buf, 'x', sizeof buf);
     int fails = 0, in_row = 0;
     for (int i = 0; i < count + 200 && in_row < 10; i++) { /* 10 failures in a row: give up */
-        uint64_t t = ab_now_ns();
+        uint64_t t = tl_now_ns();
         int rc = ab_client_request(c, "echo", buf, sizeof buf, 5000, NULL, NULL);
         in_row = rc != AB_OK ? in_row + 1 : 0;
         if (rc != AB_OK)
             fails++;
         else if (i >= 200)
-            ab_hist_record(&h, ab_now_ns() - t);
+            tl_hist_record(&h, tl_now_ns() - t);
     }
-    *p50 = ab_hist_percentile(&h, 50) / 1e3;
-    *p99 = ab_hist_percentile(&h, 99) / 1e3;
+    *p50 = tl_hist_percentile(&h, 50) / 1e3;
+    *p99 = tl_hist_percentile(&h, 99) / 1e3;
     return fails;
 }
 
@@ -372,19 +374,19 @@ static int s_lone(ab_client_t *c, int count, double *p50, double *p99)
  * *COUNT gets the agents listed (for "agents"). */
 static double s_query_ms(ab_client_t *c, const char *what, size_t *count)
 {
-    uint64_t t = ab_now_us();
+    uint64_t t = tl_now_us();
     if (!strcmp(what, "discover")) {
         ab_directory_t *d = NULL;
         if (ab_discover(c, "*", 10000, &d) != AB_OK)
             return -1;
         ab_directory_destroy(&d);
-        return (ab_now_us() - t) / 1e3;
+        return (tl_now_us() - t) / 1e3;
     }
     void *buf = NULL;
     size_t len = 0;
     if (ab_client_control(c, what, 10000, &buf, &len) != AB_OK)
         return -1;
-    double ms = (ab_now_us() - t) / 1e3;
+    double ms = (tl_now_us() - t) / 1e3;
     if (count && !strcmp(what, "agents")) {
         Agentbus__AgentList *l = agentbus__agent_list__unpack(NULL, len, buf);
         *count = l ? l->n_agents : 0;
@@ -399,7 +401,7 @@ static double s_query_ms(ab_client_t *c, const char *what, size_t *count)
 static int s_bare_part(const sc_scale_cfg_t *cfg, s_child_t *k, long *rss10, long *rssn)
 {
     char ep[64];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", bu_free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", tl_free_port());
     const char *argv[] = {cfg->self, "--bare-router", ep, NULL};
     pid_t bare = s_spawn_quiet(argv);
     usleep(300000);
@@ -431,11 +433,11 @@ static void s_active_phase(const sc_scale_cfg_t *cfg, s_child_t *k, ab_client_t 
         fflush(k[i].in);
     }
     f->fails[2] = s_lone(c, cfg->lone, &f->la[0], &f->la[1]);
-    int64_t deadline = ab_now_ms() + (int64_t)(cfg->active_s * 1000) + 60000;
+    int64_t deadline = tl_now_ms() + (int64_t)(cfg->active_s * 1000) + 60000;
     for (int i = 0; i < f->nk; i++) {
         char line[96];
         long a = 0, b = 0;
-        int64_t left = deadline - ab_now_ms();
+        int64_t left = deadline - tl_now_ms();
         if (s_child_line(&k[i], line, sizeof line, left > 100 ? (int)left : 100) == 0 &&
             sscanf(line, "active %ld %ld", &a, &b) == 2) {
             f->aok += a;
@@ -454,9 +456,9 @@ static void s_bus_part(const sc_scale_cfg_t *cfg, s_child_t *k, ab_client_t *c, 
     f->fails[0] = s_lone(c, cfg->lone, &f->l10[0], &f->l10[1]);
     fprintf(stderr, "[scenario] scale: 10 agents: broker RSS %ld KiB, lone p50 %.0f us p99 %.0f us\n",
             f->r10, f->l10[0], f->l10[1]);
-    uint64_t t = ab_now_us();
+    uint64_t t = tl_now_us();
     f->up += s_connect(cfg, k, 1000, cfg->agents - 10, "ab", ep, &f->nk);
-    f->connect_s = (ab_now_us() - t) / 1e6;
+    f->connect_s = (tl_now_us() - t) / 1e6;
     usleep(2000000);
     f->rn = s_rss_kib(broker);
     f->fails[1] = s_lone(c, cfg->lone, &f->ln[0], &f->ln[1]);
@@ -529,7 +531,7 @@ int sc_scale(const sc_scale_cfg_t *cfg, FILE *csv)
     fprintf(stderr, "[scenario] scale: bare ROUTER: %d raw connections, RSS %ld KiB at 10, %ld KiB "
                     "at %d\n", f.bare_up, f.b10, f.bn, cfg->agents);
     char ep[64];
-    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", bu_free_port());
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", tl_free_port());
     const char *bargv[] = {cfg->broker_bin, "--bind", ep, "--log-level", "error", NULL};
     const char *wargv[] = {cfg->worker_bin, "--broker", ep, "--service", "echo", NULL};
     pid_t pids[2] = {s_spawn_quiet(bargv), s_spawn_quiet(wargv)};

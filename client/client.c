@@ -122,13 +122,22 @@ static int s_timeout_of(ab_client_t *c, int timeout_ms)
     return timeout_ms < 0 ? c->conn.opts.timeout_ms : timeout_ms == 0 ? 1 : timeout_ms;
 }
 
+/* What a call carries besides its kind, target and payload. */
+typedef struct {
+    const char *model, *worker; /* may be NULL */
+    uint32_t flags;             /* wire flags, or-ed into the header's */
+    uint32_t cache_ttl_s;       /* REQUEST: 0 = the handle's */
+    uint32_t priority;
+    int timeout_ms;             /* < 0: the handle's default */
+    const ab_header_t *tmpl;    /* may be NULL: flags, correlation_id, credit, timeout_ms */
+} s_route_t;
+
 /* Sends a REQUEST (or CONTROL, DISCOVER, SEND, SUBSCRIBE) and records its
- * call. TMPL (may be NULL) gives flags, correlation_id, credit and
- * timeout_ms of the header; FLAGS are or-ed in. */
-static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, const char *model,
-                          const char *worker, const ab_header_t *tmpl, const void *data,
-                          size_t size, int timeout_ms, uint32_t flags, ab_reply_fn *fn,
-                          void *arg, uint64_t *id_out)
+ * call. R->tmpl (may be NULL) gives flags, correlation_id, credit and
+ * timeout_ms of the header; R->flags are or-ed in. */
+static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const s_route_t *r,
+                        const void *data, size_t size, ab_reply_fn *fn, void *arg,
+                        uint64_t *id_out)
 {
     if (!c || !target || !*target || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
@@ -138,7 +147,7 @@ static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, con
     s_call_t *call = calloc(1, sizeof *call);
     if (!call)
         return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
-    int t = s_timeout_of(c, timeout_ms);
+    int t = s_timeout_of(c, r->timeout_ms);
     call->id = ab_conn_next_id(&c->conn);
     call->fn = fn;
     call->arg = arg;
@@ -147,19 +156,20 @@ static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, con
     h.id = call->id;
     h.target = ab_view_of(target);
     h.timeout_ms = (uint32_t)t;
-    h.flags = flags;
+    h.flags = r->flags;
+    h.priority = r->priority;
     h.sender = ab_view_of(c->conn.opts.name);
-    h.model = ab_view_of(model);
-    h.worker = ab_view_of(worker);
+    h.model = ab_view_of(r->model);
+    h.worker = ab_view_of(r->worker);
     if (kind == AB_KIND_REQUEST) {
         h.flags |= c->cache_flags;
-        h.cache_ttl_s = c->cache_ttl_s;
+        h.cache_ttl_s = r->cache_ttl_s ? r->cache_ttl_s : c->cache_ttl_s;
     }
-    if (tmpl) {
-        h.flags = tmpl->flags | flags;
-        h.correlation_id = tmpl->correlation_id;
-        h.credit = tmpl->credit;
-        h.timeout_ms = tmpl->timeout_ms;
+    if (r->tmpl) {
+        h.flags = r->tmpl->flags | r->flags;
+        h.correlation_id = r->tmpl->correlation_id;
+        h.credit = r->tmpl->credit;
+        h.timeout_ms = r->tmpl->timeout_ms;
     }
     int with_data = kind == AB_KIND_REQUEST || kind == AB_KIND_SEND;
     /* Only requests are compressed: their final receiver (a worker) reads lz4. */
@@ -180,29 +190,51 @@ static int s_start_routed(ab_client_t *c, uint32_t kind, const char *target, con
     return AB_OK;
 }
 
-static int s_start(ab_client_t *c, uint32_t kind, const char *target, const void *data,
-                   size_t size, int timeout_ms, uint32_t flags, ab_reply_fn *fn, void *arg,
-                   uint64_t *id_out)
+void ab_request_opts_init(ab_request_opts_t *o)
 {
-    return s_start_routed(c, kind, target, NULL, NULL, NULL, data, size, timeout_ms, flags, fn,
-                          arg, id_out);
+    if (o)
+        *o = (ab_request_opts_t)AB_REQUEST_OPTS_INIT;
 }
 
-int ab_client_request_model_async(ab_client_t *c, const char *service, const char *model,
-                                  const char *worker, const void *data, size_t size,
-                                  int timeout_ms, ab_reply_fn *fn, void *arg,
-                                  uint64_t *request_id)
+#define S_CACHE_BITS ((uint32_t)(AB_CACHE_ON | AB_CACHE_NO_READ | AB_CACHE_NO_STORE))
+
+/* Checks OPTS and turns them into the header fields of a REQUEST. */
+static int s_route_of(ab_client_t *c, const ab_request_opts_t *o, s_route_t *r)
 {
-    if (model && strlen(model) > AB_MODEL_MAX)
-        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "model name over %d bytes", AB_MODEL_MAX)
-                 : AB_EINVAL;
-    return s_start_routed(c, AB_KIND_REQUEST, service, model, worker, NULL, data, size,
-                          timeout_ms, 0, fn, arg, request_id);
+    if (o->model && strlen(o->model) > AB_MODEL_MAX)
+        return ab_conn_fail(&c->conn, AB_EINVAL, "model name over %d bytes", AB_MODEL_MAX);
+    if (o->flags & ~(unsigned)AB_REQUEST_NON_IDEMPOTENT)
+        return ab_conn_fail(&c->conn, AB_EINVAL, "unknown request flags 0x%x", o->flags);
+    if (o->cache_flags & ~S_CACHE_BITS)
+        return ab_conn_fail(&c->conn, AB_EINVAL, "unknown cache flags 0x%x", o->cache_flags);
+    *r = (s_route_t){.model = o->model,
+                     .worker = o->worker,
+                     .flags = o->cache_flags | ((o->flags & AB_REQUEST_NON_IDEMPOTENT)
+                                                    ? (uint32_t)AB_FLAG_NON_IDEMPOTENT
+                                                    : 0u),
+                     .cache_ttl_s = o->cache_ttl_s,
+                     .priority = o->priority,
+                     .timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : -1};
+    return AB_OK;
+}
+
+int ab_client_request_start(ab_client_t *c, const char *service, const void *data, size_t size,
+                            const ab_request_opts_t *opts, ab_reply_fn *fn, void *arg,
+                            uint64_t *request_id)
+{
+    if (!c)
+        return AB_EINVAL;
+    ab_request_opts_t defaults = AB_REQUEST_OPTS_INIT;
+    s_route_t r;
+    int rc = s_route_of(c, opts ? opts : &defaults, &r);
+    if (rc != AB_OK)
+        return rc;
+    return s_start_call(c, AB_KIND_REQUEST, service, &r, data, size, fn, arg, request_id);
 }
 
 int ab_client_set_cache(ab_client_t *c, uint32_t flags, uint32_t ttl_s)
 {
-    if (!c || (flags & ~(uint32_t)(AB_CACHE_ON | AB_CACHE_NO_READ | AB_CACHE_NO_STORE)))
+    if (!c || (flags & ~S_CACHE_BITS))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "unknown cache flags 0x%x", flags)
                  : AB_EINVAL;
     c->cache_flags = flags;
@@ -226,29 +258,12 @@ int ab_client_cancel(ab_client_t *c, uint64_t request_id)
     return rc;
 }
 
-int ab_client_request_async(ab_client_t *c, const char *service, const void *data, size_t size,
-                            int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *request_id)
-{
-    return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms, 0, fn, arg, request_id);
-}
-
 int ab_client_call_start(ab_client_t *c, uint32_t kind, const char *target,
                          const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
                          ab_reply_fn *fn, void *arg, uint64_t *id_out)
 {
-    return s_start_routed(c, kind, target, NULL, NULL, tmpl, data, size, timeout_ms, 0, fn, arg,
-                          id_out);
-}
-
-int ab_client_request_flags(ab_client_t *c, const char *service, const void *data, size_t size,
-                            int timeout_ms, unsigned flags, ab_reply_fn *fn, void *arg,
-                            uint64_t *request_id)
-{
-    if (flags & ~(unsigned)AB_REQUEST_NON_IDEMPOTENT)
-        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "unknown request flags") : AB_EINVAL;
-    return s_start(c, AB_KIND_REQUEST, service, data, size, timeout_ms,
-                   flags & AB_REQUEST_NON_IDEMPOTENT ? AB_FLAG_NON_IDEMPOTENT : 0, fn, arg,
-                   request_id);
+    s_route_t r = {.tmpl = tmpl, .timeout_ms = timeout_ms};
+    return s_start_call(c, kind, target, &r, data, size, fn, arg, id_out);
 }
 
 /* Ends the calls whose local deadline passed; returns how many. */
@@ -286,9 +301,10 @@ static int s_expire(ab_client_t *c, int64_t now)
 static void s_restore(ab_client_t *c)
 {
     ab_cmsg_resubscribe(c);
-    if (c->watch_fn && c->watch_id)
-        s_start(c, AB_KIND_DISCOVER, "*", NULL, 0, -1, AB_FLAG_WATCH, NULL, NULL,
-                &c->watch_id);
+    if (c->watch_fn && c->watch_id) {
+        s_route_t r = {.flags = AB_FLAG_WATCH, .timeout_ms = -1};
+        s_start_call(c, AB_KIND_DISCOVER, "*", &r, NULL, 0, NULL, NULL, &c->watch_id);
+    }
 }
 
 static void s_on_message(ab_client_t *c, ab_in_t *in)
@@ -381,6 +397,8 @@ static int s_process(ab_client_t *c)
 
 int ab_client_next_timeout_ms(ab_client_t *c)
 {
+    if (!c)
+        return 0;
     if (c->conn.out.count)
         return 0; /* gathered messages wait for a poll */
     int64_t now = ab_now_ms();
@@ -467,8 +485,8 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const ab_he
         *reply_size = 0;
     s_sync_t s = {0};
     uint64_t id;
-    int rc = s_start_routed(c, kind, target, NULL, NULL, tmpl, data, size, timeout_ms, flags,
-                            s_sync_cb, &s, &id);
+    s_route_t r = {.tmpl = tmpl, .flags = flags, .timeout_ms = timeout_ms};
+    int rc = s_start_call(c, kind, target, &r, data, size, s_sync_cb, &s, &id);
     if (rc != AB_OK)
         return rc;
     if (id_out)

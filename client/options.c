@@ -142,3 +142,8 @@ int ab_options_set_compression(ab_options_t *o, size_t threshold_bytes, unsigned
     o->compress_min_saving_pct = min_saving_pct;
     return AB_OK;
 }
+
+const char *ab_version(void)
+{
+    return AB_VERSION_STRING;
+}

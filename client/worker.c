@@ -484,6 +484,8 @@ int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)
 
 int ab_worker_run(ab_worker_t *w, ab_job_fn *fn, void *arg)
 {
+    if (!w || !fn)
+        return AB_EINVAL;
     while (!atomic_load(&w->conn.stop)) {
         int rc = ab_worker_poll(w, 1000, fn, arg);
         if (rc == AB_ESTOPPED)

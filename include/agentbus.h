@@ -4,27 +4,53 @@
  * libagentbus connects a process to an agentbus broker. One library serves
  * both sides of a request:
  *   - clients (agents) send requests to named services and get replies,
- *     synchronously or through callbacks, streamed chunk by chunk;
+ *     synchronously or through callbacks, streamed chunk by chunk; they
+ *     also message each other by name and publish on topics;
  *   - workers register a service with a capacity and answer requests.
  *
- * Conventions (all functions):
- *   - Functions that can fail return int: AB_OK (0) or a negative AB_E* code.
- *     ab_strerror(code) gives a fixed text for a code; a handle additionally
- *     keeps the detailed text of its last error (ab_client_last_error,
- *     ab_worker_last_error), valid until the next call on that handle.
- *   - Handles are opaque. X_new() creates, X_destroy(&p) frees and sets
- *     *p = NULL; destroying NULL or a pointer to NULL is a no-op.
- *   - Threading: a handle is used by one thread at a time. Different handles
- *     may be used from different threads concurrently. The only exceptions
- *     are ab_worker_stop() and ab_client_stop(), which may be called from any
- *     thread or from a signal handler.
- *   - The library never exits, aborts or prints on its own.
- *   - Sizes are in bytes, times in milliseconds unless a name says otherwise.
+ * Contents, by topic:
+ *   1. version                  7. agent-to-agent messages
+ *   2. status codes             8. topics (publish/subscribe)
+ *   3. options                  9. discovery (the broker's directory)
+ *   4. client: lifecycle       10. operator queries (stats)
+ *   5. client: event loop      11. worker: lifecycle and registration
+ *   6. client: requests and    12. worker: receiving and answering jobs
+ *      streamed replies        13. worker: event loop, cancellation, stop
+ *
+ * Typed payloads (inference requests and responses, the broker's stats and
+ * directory) are the protobuf messages of proto/agentbus.proto; their
+ * protobuf-c code is the companion header agentbus.pb-c.h, installed beside
+ * this one, whose functions libagentbus exports.
+ *
+ * Conventions (every function; a function's own comment says where it
+ * differs). Each prototype's comment ends with its contract:
+ *   Errors:  functions that can fail return int: AB_OK (0) or a negative
+ *            AB_E* code. ab_strerror(code) gives a fixed text for a code; a
+ *            handle also keeps the detailed text of its last error
+ *            (ab_client_last_error, ab_worker_last_error). Any function
+ *            given a NULL handle or a NULL required pointer returns
+ *            AB_EINVAL (void functions: do nothing).
+ *   Owns:    what the caller must free and with what, and how long a
+ *            returned pointer stays valid. Arguments are copied before a
+ *            function returns unless it says otherwise.
+ *   Thread:  a handle (ab_client_t, ab_worker_t, and the jobs, messages
+ *            and callbacks that come from it) is used by one thread at a
+ *            time; different handles may be used from different threads
+ *            concurrently. Callbacks run on the thread that called into the
+ *            handle (poll, recv, a synchronous call's wait, destroy). The
+ *            only calls safe from any thread and from signal handlers are
+ *            ab_client_stop, ab_worker_stop and ab_worker_shutdown. "Any
+ *            thread" marks functions that touch no handle.
+ *   Handles are opaque. X_new() creates, X_destroy(&p) frees and sets
+ *   *p = NULL; destroying NULL or a pointer to NULL is a no-op.
+ *   The library never exits, aborts or prints on its own.
+ *   Sizes are in bytes, times in milliseconds unless a name says otherwise.
  *
  * Reconnection: a handle reconnects by itself when the broker restarts or the
  * connection drops. Requests in flight at that moment complete with
  * AB_EDISCONNECTED; requests made later are sent on the new connection.
- * A worker registers its service again on every new connection.
+ * A worker registers its service again on every new connection; a client
+ * restores its subscriptions and directory watch.
  */
 #ifndef AGENTBUS_H
 #define AGENTBUS_H
@@ -42,10 +68,18 @@ extern "C" {
 #define AB_EXPORT
 #endif
 
+/* ======================================================================== */
+/* 1. Version                                                               */
+/* ======================================================================== */
 #define AB_VERSION_MAJOR 0
 #define AB_VERSION_MINOR 1
 #define AB_VERSION_PATCH 0
 #define AB_VERSION_STRING "0.1.0"
+
+/* The version of the libagentbus actually loaded ("0.1.0"), to compare with
+ * AB_VERSION_STRING, the one compiled against.
+ * Owns: static storage. Thread: any thread. */
+AB_EXPORT const char *ab_version(void);
 
 /* Default broker endpoint, used when neither the options nor $AB_BROKER name one. */
 #define AB_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
@@ -126,35 +160,50 @@ typedef enum { AB_STATUS_LIST(AB_STATUS_ENUM_) } ab_status_t;
  * "unknown error code" for any other int. Never NULL, static storage. */
 AB_EXPORT const char *ab_strerror(int code);
 
-/* Short stable name for a status code ("BUSY", "DEADLINE", ...); static. */
+/* Short stable name for a status code ("BUSY", "DEADLINE", ...).
+ * Owns: static storage, never NULL. Thread: any thread. */
 AB_EXPORT const char *ab_status_name(int code);
 
-/* Frees memory the library returned to the caller (reply buffers). */
+/* Frees memory the library returned to the caller (reply buffers of
+ * ab_client_request and ab_client_control). NULL is a no-op.
+ * Thread: any thread. */
 AB_EXPORT void ab_free(void *p);
 
-/* ------------------------------------------------------------------------ */
-/* Options: shared by clients and workers                                   */
-/* ------------------------------------------------------------------------ */
+/* ======================================================================== */
+/* 3. Options: shared by clients and workers                                */
+/* ======================================================================== */
+/* An options object is read only by ab_client_new and ab_worker_new, which
+ * copy it: changing or destroying it later does not affect those handles,
+ * and one object may create any number of them. Every setter returns
+ * AB_EINVAL (and changes nothing) for a NULL object or a value out of its
+ * range. Thread: one thread at a time per object (concurrent ab_*_new
+ * calls only reading it are fine). */
 typedef struct ab_options ab_options_t;
 
 /* Creates options with defaults: endpoint from $AB_BROKER, else
- * AB_DEFAULT_ENDPOINT; heartbeat 1000 ms; max payload 64 MiB;
- * max header 64 KiB. Returns NULL only when out of memory. */
+ * AB_DEFAULT_ENDPOINT; heartbeat 1000 ms; request timeout 30000 ms; max
+ * payload 64 MiB; batching and compression as below (with their $AB_*
+ * overrides read now; a malformed variable is ignored).
+ * Owns: the caller, until ab_options_destroy. NULL only when out of memory.
+ * Thread: any thread (reads the environment). */
 AB_EXPORT ab_options_t *ab_options_new(void);
 AB_EXPORT void ab_options_destroy(ab_options_t **opts);
 
-/* Broker endpoint, e.g. "tcp://127.0.0.1:5555" or "ipc:///tmp/x.ipc".
- * The string is copied. AB_EINVAL for NULL or empty. */
+/* Broker endpoint, e.g. "tcp://127.0.0.1:5555" or "ipc:///tmp/x.ipc", at
+ * most 511 bytes. Copied. Errors: AB_EINVAL for NULL, empty or too long
+ * (a malformed endpoint is found by ab_client_new/ab_worker_new: AB_EZMQ). */
 AB_EXPORT int ab_options_set_endpoint(ab_options_t *opts, const char *endpoint);
-/* Name this peer reports to the broker (informational). Copied. */
+/* Name this peer reports to the broker, at most 255 bytes ("" = none).
+ * For a client it is its agent name (section 7). Copied. */
 AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
 /* Application heartbeat interval, 100..60000 ms. It is also the ZMTP
  * heartbeat interval; a broker silent for three intervals (never less than
  * 3 s) is taken as gone and the connection is made again. */
 AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
-/* Largest payload accepted from the broker, and sent (AB_EPAYLOADSIZE). */
+/* Largest payload accepted from the broker, and sent (> 0; larger ones
+ * fail with AB_EPAYLOADSIZE). */
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
-/* Default request timeout for ab_client_request*() with timeout_ms < 0. */
+/* Default timeout (> 0) of requests and waits given timeout_ms < 0. */
 AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
 /* With ON = 1, a client's name (ab_options_set_name) replaces a live
  * connection that holds it (for restarts); the old connection gets an
@@ -175,7 +224,8 @@ AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
  * one ZeroMQ message per message, and nothing batched is sent to this
  * handle (the wire of libagentbus 0.1).
  * Defaults come from $AB_BATCH (0/1), $AB_BATCH_MAX_COUNT,
- * $AB_BATCH_MAX_BYTES, $AB_BATCH_MAX_AGE_US when set. AB_EINVAL out of range. */
+ * $AB_BATCH_MAX_BYTES, $AB_BATCH_MAX_AGE_US when set. AB_EINVAL out of range
+ * (ON is 0 or 1). */
 AB_EXPORT int ab_options_set_batching(ab_options_t *opts, int on);
 AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count,
                                           size_t max_bytes, unsigned max_age_us);
@@ -191,43 +241,96 @@ AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count
 AB_EXPORT int ab_options_set_compression(ab_options_t *opts, size_t threshold_bytes,
                                          unsigned min_saving_pct);
 
-/* ------------------------------------------------------------------------ */
-/* Client side                                                              */
-/* ------------------------------------------------------------------------ */
+/* ======================================================================== */
+/* 4. Client: lifecycle                                                     */
+/* ======================================================================== */
 typedef struct ab_client ab_client_t;
 
 /* Connects to the broker (the connection completes in the background; a
- * request made before it does is queued). opts may be NULL for defaults and
- * is copied: the caller keeps ownership. On success *out is a new handle.
- * Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ (bad endpoint syntax, ...). */
+ * request made before it does is queued). OPTS may be NULL for defaults and
+ * is copied.
+ * Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ (bad endpoint syntax, ...); *out is
+ * NULL then. Owns: on AB_OK *out is the caller's, until ab_client_destroy.
+ * Thread: any thread; the handle then follows the one-thread-at-a-time rule. */
 AB_EXPORT int ab_client_new(ab_client_t **out, const ab_options_t *opts);
 
-/* Closes the connection. Requests still in flight are completed with
- * AB_ESTOPPED (their callbacks run inside this call). */
+/* Closes the connection. Requests still in flight are cancelled at the
+ * broker and completed with AB_ESTOPPED (their callbacks run inside this
+ * call); queued received messages are freed. Sets *client = NULL.
+ * Thread: the handle's thread, not from inside one of its callbacks. */
 AB_EXPORT void ab_client_destroy(ab_client_t **client);
 
-/* Detailed text of the handle's last error ("" if none). Valid until the
- * next call on the handle. */
+/* Detailed text of the handle's last error ("" if none or CLIENT is NULL).
+ * Owns: the handle; valid until the next call on it. */
 AB_EXPORT const char *ab_client_last_error(const ab_client_t *client);
+
+/* 1 while the connection to a broker is up, else 0 (also for NULL). */
+AB_EXPORT int ab_client_connected(const ab_client_t *client);
+
+/* Makes every blocking call on the handle (ab_client_request,
+ * ab_client_poll, ab_client_recv, synchronous waits) return AB_ESTOPPED
+ * soon, now and from then on: a stopped handle is only good for
+ * ab_client_destroy. Thread: any thread, and signal handlers. */
+AB_EXPORT void ab_client_stop(ab_client_t *client);
+
+/* ======================================================================== */
+/* 5. Client: event loop                                                    */
+/* ======================================================================== */
+
+/* Processes what has arrived and what has timed out, running callbacks
+ * (replies, messages, directory events). Waits up to timeout_ms for the
+ * first event (0: don't wait; -1: until one arrives).
+ * Returns the number of events handled (>= 0). Errors: AB_EINVAL,
+ * AB_ESTOPPED, AB_EZMQ. */
+AB_EXPORT int ab_client_poll(ab_client_t *client, int timeout_ms);
+
+/* A file descriptor that becomes readable when ab_client_poll() may have
+ * work. It is edge-triggered (ZMQ_FD semantics): after it fires, call
+ * ab_client_poll(client, 0) until it returns 0. Timers (request deadlines,
+ * heartbeats) do not make it readable: also call ab_client_poll at least
+ * every ab_client_next_timeout_ms() milliseconds.
+ * Errors: AB_EINVAL, AB_EZMQ. Owns: the library: never read, write or
+ * close it; valid until ab_client_destroy. */
+AB_EXPORT int ab_client_fd(ab_client_t *client, int *fd);
+/* Milliseconds (>= 0) until the handle needs ab_client_poll() for its
+ * timers; 0 also when gathered messages wait to be sent. 0 for NULL. */
+AB_EXPORT int ab_client_next_timeout_ms(ab_client_t *client);
+
+/* Ends the current batching turn: sends what was gathered now. Needed only
+ * by an application that sends several async requests and then does not
+ * call ab_client_poll for a while. Errors: AB_EINVAL, AB_EBUSY (queue to the
+ * broker full: the gathered requests are lost and time out), AB_EZMQ. */
+AB_EXPORT int ab_client_flush(ab_client_t *client);
+
+/* Number of requests (and other calls awaiting an answer) in flight on
+ * this handle; 0 for NULL. */
+AB_EXPORT size_t ab_client_pending(const ab_client_t *client);
+
+/* ======================================================================== */
+/* 6. Client: requests and streamed replies                                 */
+/* ======================================================================== */
 
 /* Synchronous request: sends DATA to SERVICE and waits up to timeout_ms
  * (< 0: the options' default, 30000 unless set) for the reply. The deadline
  * travels with the request: the broker answers AB_EDEADLINE when it passes.
- * On AB_OK, *reply is a malloc'd buffer of *reply_size bytes (a streamed
- * reply's chunks concatenated), to be freed with ab_free; it is NULL-safe to
- * pass reply = NULL to discard the payload. On error *reply is NULL and the
- * handle's last error holds the broker's or library's text.
- * Other requests' callbacks may run during the wait.
- * Errors: any AB_E* status; typical: AB_ENOSERVICE, AB_EBUSY, AB_EDEADLINE,
- * AB_ETIMEOUT, AB_EDISCONNECTED, AB_EAPPLICATION. */
+ * For a model, flags or cache control per request use
+ * ab_client_request_start.
+ * Errors: any AB_E* status; typical: AB_EINVAL, AB_ENOSERVICE, AB_EBUSY,
+ * AB_EDEADLINE, AB_ETIMEOUT, AB_EDISCONNECTED, AB_EAPPLICATION,
+ * AB_ESTOPPED. On error *reply is NULL and the handle's last error holds
+ * the broker's or library's text.
+ * Owns: on AB_OK, *reply is a malloc'd buffer of *reply_size bytes (a
+ * streamed reply's chunks concatenated), the caller's, freed with ab_free;
+ * pass reply = NULL to discard the payload.
+ * Thread: the handle's; other requests' callbacks may run during the wait. */
 AB_EXPORT int ab_client_request(ab_client_t *client, const char *service,
                                 const void *data, size_t size, int timeout_ms,
                                 void **reply, size_t *reply_size);
 
-/* One event of an asynchronous request, passed to its callback. Pointers are
- * valid only during the callback. */
+/* One event of an asynchronous request, passed to its callback.
+ * Owns: the library; every pointer is valid only during the callback. */
 typedef struct {
-    uint64_t request_id; /* as returned by ab_client_request_async */
+    uint64_t request_id; /* as ab_client_request_start returned it */
     int status;          /* AB_OK, or the error that ended the request */
     int final;           /* 1 on the last event of this request, else 0 */
     const void *data;    /* chunk (PARTIAL) or final reply payload */
@@ -235,52 +338,94 @@ typedef struct {
     const char *error_text; /* detail when status != AB_OK, else "" */
 } ab_reply_event_t;
 
+/* Called for each event of an asynchronous request (and of ab_client_ask),
+ * on the thread that polls the handle. It may call any function on the
+ * handle except ab_client_destroy, including starting new requests. */
 typedef void(ab_reply_fn)(ab_client_t *client, const ab_reply_event_t *ev, void *arg);
-
-/* Asynchronous request. Returns at once; the callback runs from
- * ab_client_poll() (or a sync request's wait) once per streamed chunk
- * (final = 0) and exactly once with final = 1 (the reply, or an error:
- * deadline, disconnect, stop). *request_id, if not NULL, gets the id.
- * timeout_ms as for ab_client_request. DATA is copied before return. */
-AB_EXPORT int ab_client_request_async(ab_client_t *client, const char *service,
-                                      const void *data, size_t size, int timeout_ms,
-                                      ab_reply_fn *fn, void *arg, uint64_t *request_id);
 
 /* Longest model name a request may carry (bytes). */
 #define AB_MODEL_MAX 200
 
-/* Like ab_client_request_async, for requests that need a model (inference
- * services): MODEL (may be NULL) travels in the header so the broker places
- * the request on a worker that has it loaded or can load it (see
- * docs/placement.md); WORKER (may be NULL) pins it to the worker with that
- * name or id (operator commands). Both are copied. The payload of an
- * inference request is an agentbus.InferenceRequest (proto/agentbus.proto);
- * each streamed chunk arrives as its own event holding one encoded
- * GenerateResponse / ChatResponse (decode each on its own: concatenated
- * protobuf messages merge, so the sync ab_client_request's concatenation
- * is only meaningful with stream = false).
- * Errors as ab_client_request_async; AB_EINVAL for a model over AB_MODEL_MAX. */
-AB_EXPORT int ab_client_request_model_async(ab_client_t *client, const char *service,
-                                            const char *model, const char *worker,
-                                            const void *data, size_t size, int timeout_ms,
-                                            ab_reply_fn *fn, void *arg, uint64_t *request_id);
+/* AB_REQUEST_* bits of ab_request_opts_t.flags.
+ * NON_IDEMPOTENT: the request must not run twice: if its worker is lost
+ * while holding it, the broker answers AB_EWORKERLOST instead of
+ * re-dispatching it. Without it, a request whose worker is lost (dies,
+ * disconnects, goes silent, is ejected, says BYE) goes back to the front of
+ * its service's queue and is dispatched again, up to the broker's
+ * max-attempts (3). */
+#define AB_REQUEST_NON_IDEMPOTENT 1u
 
-/* Cache control of this handle's requests (the broker's inference cache,
- * docs/cache.md). Bits of FLAGS (they are the wire Header.flags bits):
- *   AB_CACHE_ON       the caller marks its requests cacheable: the broker
- *                     may answer them from its cache and stores their
- *                     replies (typed inference requests that are
- *                     deterministic are cacheable without it);
- *   AB_CACHE_NO_READ  never answer from the cache (the request still
- *                     goes to a worker, its reply may be stored);
- *   AB_CACHE_NO_STORE never store the reply.
- * TTL_S (> 0) is how long the broker keeps the reply; 0 = the broker's
- * default. Applies to every later request of the handle until changed
- * (0, 0 restores the defaults). Not thread-safe (as every call on a handle).
- * Errors: AB_EINVAL (NULL handle or unknown bits). */
+/* AB_CACHE_* bits: control of the broker's inference cache (docs/cache.md)
+ * for a handle's requests (ab_client_set_cache) or one request
+ * (ab_request_opts_t.cache_flags). They are the wire Header.flags bits.
+ *   AB_CACHE_ON       the caller marks the request cacheable: the broker
+ *                     may answer it from its cache and stores its reply
+ *                     (typed inference requests that are deterministic
+ *                     are cacheable without it);
+ *   AB_CACHE_NO_READ  never answer from the cache (the request still goes
+ *                     to a worker, its reply may be stored);
+ *   AB_CACHE_NO_STORE never store the reply. */
 #define AB_CACHE_NO_READ 2u
 #define AB_CACHE_NO_STORE 4u
 #define AB_CACHE_ON 8u
+
+/* Options of one request (ab_client_request_start). Start from
+ * AB_REQUEST_OPTS_INIT or ab_request_opts_init(), which give the defaults
+ * below (all zero), and set the fields you need; with designated
+ * initialisers, &(ab_request_opts_t){.timeout_ms = 5000} is a complete set
+ * too (every unnamed field keeps its default).
+ * Owns: the caller's; nothing is kept after the call returns, so the
+ * strings need to live only during it. */
+typedef struct {
+    int timeout_ms;       /* > 0: the request's budget; <= 0 (default 0): the
+                           * handle's (ab_options_set_timeout_ms).
+                           * The deadline travels with the request: the broker
+                           * answers AB_EDEADLINE when it passes. */
+    const char *model;    /* NULL (default) or a model name of at most
+                           * AB_MODEL_MAX bytes: the broker places the request on
+                           * a worker that has it loaded or can load it
+                           * (docs/placement.md) */
+    const char *worker;   /* NULL (default), or a worker's name or id: the
+                           * request goes to that worker only (operator commands) */
+    unsigned flags;       /* AB_REQUEST_* bits; default 0 */
+    uint32_t cache_flags; /* AB_CACHE_* bits, or-ed with the handle's
+                           * (ab_client_set_cache); default 0 */
+    uint32_t cache_ttl_s; /* > 0: how long the broker caches the reply, over the
+                           * handle's TTL; 0 (default): the handle's */
+    uint32_t priority;    /* carried to the worker in the header; the broker does
+                           * not order by it yet (reserved); default 0 */
+} ab_request_opts_t;
+
+#define AB_REQUEST_OPTS_INIT {0, NULL, NULL, 0u, 0u, 0u, 0u}
+
+/* Sets *OPTS to AB_REQUEST_OPTS_INIT. NULL is a no-op. Thread: any thread. */
+AB_EXPORT void ab_request_opts_init(ab_request_opts_t *opts);
+
+/* Asynchronous request to SERVICE with OPTS (NULL: the defaults). Returns at
+ * once; FN (may be NULL) runs from ab_client_poll() (or a synchronous call's
+ * wait) once per streamed chunk (final = 0) and exactly once with
+ * final = 1 (the reply, or an error: deadline, disconnect, stop, cancel).
+ * *request_id, if not NULL, gets the id (for ab_client_cancel).
+ * An inference request's payload is an agentbus.InferenceRequest
+ * (agentbus.pb-c.h); each streamed chunk arrives as its own event holding
+ * one encoded GenerateResponse / ChatResponse (decode each on its own:
+ * concatenated protobuf messages merge, so the sync ab_client_request's
+ * concatenation is only meaningful with stream = false).
+ * Errors (FN does not run): AB_EINVAL (NULL handle or service, a model over
+ * AB_MODEL_MAX, unknown flags or cache flags), AB_EPAYLOADSIZE, AB_ENOMEM,
+ * AB_EBUSY (queue to the broker full), AB_EZMQ.
+ * Owns: DATA and OPTS are copied before return; ARG stays the caller's and
+ * must live until FN's final event. */
+AB_EXPORT int ab_client_request_start(ab_client_t *client, const char *service,
+                                      const void *data, size_t size,
+                                      const ab_request_opts_t *opts, ab_reply_fn *fn,
+                                      void *arg, uint64_t *request_id);
+
+/* The handle's cache control: FLAGS (AB_CACHE_* bits) and TTL_S (> 0: how
+ * long the broker keeps the reply; 0 = the broker's default) apply to
+ * every later request of the handle until changed (0, 0 restores the
+ * defaults); a request's own ab_request_opts_t cache fields add to them.
+ * Errors: AB_EINVAL (NULL handle or unknown bits). */
 AB_EXPORT int ab_client_set_cache(ab_client_t *client, uint32_t flags, uint32_t ttl_s);
 
 /* Gives up on request REQUEST_ID: its callback runs at once (inside this
@@ -292,47 +437,9 @@ AB_EXPORT int ab_client_set_cache(ab_client_t *client, uint32_t flags, uint32_t 
  * is ended locally anyway). */
 AB_EXPORT int ab_client_cancel(ab_client_t *client, uint64_t request_id);
 
-/* Processes what has arrived and what has timed out, running callbacks.
- * Waits up to timeout_ms for the first event (0: don't wait; -1: until one
- * arrives). Returns the number of events handled (>= 0) or an error. */
-AB_EXPORT int ab_client_poll(ab_client_t *client, int timeout_ms);
-
-/* A file descriptor that becomes readable when ab_client_poll() may have
- * work. It is edge-triggered (ZMQ_FD semantics): after it fires, call
- * ab_client_poll(client, 0) until it returns 0. Timers (request deadlines,
- * heartbeats) do not make it readable: also call ab_client_poll at least
- * every ab_client_next_timeout_ms() milliseconds. */
-AB_EXPORT int ab_client_fd(ab_client_t *client, int *fd);
-/* Milliseconds until the handle needs ab_client_poll() for its timers. */
-AB_EXPORT int ab_client_next_timeout_ms(ab_client_t *client);
-
-/* Ends the current batching turn: sends what was gathered now. Needed only
- * by an application that sends several async requests and then does not
- * call ab_client_poll for a while. Errors: AB_EBUSY (queue to the broker
- * full: the gathered requests are lost and time out), AB_EZMQ. */
-AB_EXPORT int ab_client_flush(ab_client_t *client);
-
-/* Number of requests in flight on this handle. */
-AB_EXPORT size_t ab_client_pending(const ab_client_t *client);
-
-/* 1 while the connection to a broker is up, else 0. */
-AB_EXPORT int ab_client_connected(const ab_client_t *client);
-
-/* Makes a blocking ab_client_request/ab_client_poll return AB_ESTOPPED
- * soon. Safe from any thread and from signal handlers. */
-AB_EXPORT void ab_client_stop(ab_client_t *client);
-
-/* Operator query (used by brokerctl): WHAT is "stats", "services",
- * "workers" or "agents". On AB_OK *reply holds the broker's protobuf-encoded
- * answer (agentbus.Stats, ServiceList, WorkerList, AgentList in
- * proto/agentbus.proto), to be
- * freed with ab_free. */
-AB_EXPORT int ab_client_control(ab_client_t *client, const char *what, int timeout_ms,
-                                void **reply, size_t *reply_size);
-
-/* ------------------------------------------------------------------------ */
-/* Agent-to-agent messages and pub/sub topics                               */
-/* ------------------------------------------------------------------------ */
+/* ======================================================================== */
+/* 7. Agent-to-agent messages                                               */
+/* ======================================================================== */
 /*
  * Names. A client whose options carry a name (ab_options_set_name) is the
  * agent of that name: the broker binds the name to one live connection. A
@@ -345,21 +452,12 @@ AB_EXPORT int ab_client_control(ab_client_t *client, const char *what, int timeo
  * connection (16 hex digits; that is what the `sender` of its messages
  * reads; never its routing id); such an address has no mailbox.
  *
- * Topics are dot-separated labels: "alerts.gpu.temp". A label is 1..64
- * bytes of [A-Za-z0-9_-:]; a topic has at most 255 bytes and 16 labels. A
- * subscription pattern is a topic (exact match) or a topic followed by '.'
- * (prefix: "alerts." matches "alerts.gpu" and "alerts.gpu.temp", not
- * "alerts"). Anything else is AB_EBADNAME, locally and at the broker.
- *
- * Delivery. Direct messages and topic messages arrive through the same
- * ab_client_poll() that runs request callbacks: to the handler set with
- * ab_client_on_message, or, without one, into the handle's receive queue
- * read with ab_client_recv. Direct messages to an offline agent wait in its
- * mailbox at the broker (bounded in count, bytes and time) and arrive in
- * order when it connects. Topic messages are not stored: a subscriber gets
- * those published while it is subscribed; a slow one loses the oldest
- * (drop-oldest, per subscriber) and gets an AB_MSG_GAP message saying how
- * many. Subscriptions are kept by the handle and restored on reconnect.
+ * Delivery. Direct messages and topic messages (section 8) arrive through
+ * the same ab_client_poll() that runs request callbacks: to the handler set
+ * with ab_client_on_message, or, without one, into the handle's receive
+ * queue read with ab_client_recv. Direct messages to an offline agent wait
+ * in its mailbox at the broker (bounded in count, bytes and time) and
+ * arrive in order when it connects.
  */
 
 /* What an ab_message_t is. */
@@ -373,7 +471,8 @@ typedef enum {
                            our name (AB_ENAMETAKEN, id 0) */
 } ab_msg_type_t;
 
-/* One received message. Strings are NUL-terminated, never NULL. */
+/* One received message. Strings are NUL-terminated, never NULL.
+ * Owns: see ab_message_fn and ab_client_recv. */
 typedef struct {
     int type;             /* ab_msg_type_t */
     const char *sender;   /* DIRECT/TOPIC: sender's agent name or "~id" */
@@ -392,19 +491,24 @@ typedef struct {
 
 /* Handler for messages. M and everything it points to are valid only during
  * the call. It runs on the thread calling ab_client_poll (or a sync request's
- * wait) and may call any function on the handle, including ab_client_reply. */
+ * wait) and may call any function on the handle except ab_client_destroy,
+ * including ab_client_reply. */
 typedef void(ab_message_fn)(ab_client_t *client, const ab_message_t *m, void *arg);
 
 /* Sets (FN) or clears (NULL) the message handler. While none is set,
  * messages go to the receive queue (ab_client_recv), which holds up to
- * 100000; beyond that the oldest is dropped and an AB_MSG_GAP queued. */
+ * 100000; beyond that the oldest is dropped and an AB_MSG_GAP queued.
+ * Errors: AB_EINVAL. Owns: ARG stays the caller's while FN is set. */
 AB_EXPORT int ab_client_on_message(ab_client_t *client, ab_message_fn *fn, void *arg);
 
 /* Waits up to timeout_ms (-1: forever, 0: don't wait) for a message in the
- * receive queue, processing traffic (and request callbacks) meanwhile. On
- * AB_OK *msg is the caller's, to be freed with ab_message_destroy.
- * Errors: AB_ETIMEOUT, AB_ESTOPPED, AB_EINVAL (a handler is set), AB_EZMQ. */
+ * receive queue, processing traffic (and request callbacks) meanwhile.
+ * Errors: AB_ETIMEOUT, AB_ESTOPPED, AB_EINVAL (a handler is set), AB_EZMQ;
+ * *msg is NULL then. Owns: on AB_OK *msg is the caller's, freed with
+ * ab_message_destroy (it outlives later calls and even the handle). */
 AB_EXPORT int ab_client_recv(ab_client_t *client, ab_message_t **msg, int timeout_ms);
+/* Frees a message from ab_client_recv and sets *msg = NULL. Thread: any
+ * thread, once the message is no longer used elsewhere. */
 AB_EXPORT void ab_message_destroy(ab_message_t **msg);
 
 /* Send flags. */
@@ -424,173 +528,76 @@ AB_EXPORT int ab_client_send(ab_client_t *client, const char *name, const void *
  * for the broker to accept the message: AB_OK with *queued (may be NULL) = 0
  * when it was handed to NAME's connection, 1 when it waits in the mailbox.
  * Errors: those of ab_client_send, AB_EBUSY (mailbox full), AB_ETOOLARGE,
- * AB_ETIMEOUT, AB_EDISCONNECTED. Other callbacks may run during the wait. */
+ * AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED. Other callbacks may run
+ * during the wait. */
 AB_EXPORT int ab_client_send_wait(ab_client_t *client, const char *name, const void *data,
                                   size_t size, int flags, int timeout_ms, int *queued);
 
-/* Request/reply between agents: sends DATA to agent NAME and calls FN once
- * (final = 1) with its answer (the payload NAME passed to ab_client_reply)
- * or an error: AB_EBUSY (mailbox full), AB_ETIMEOUT (no answer within
- * timeout_ms; < 0: the default), AB_EDISCONNECTED, AB_ESTOPPED. The message
- * may wait in NAME's mailbox while the timeout runs. */
+/* Request/reply between agents: sends DATA (copied) to agent NAME and calls
+ * FN once (final = 1) with its answer (the payload NAME passed to
+ * ab_client_reply) or an error: AB_EBUSY (mailbox full), AB_ETIMEOUT (no
+ * answer within timeout_ms; < 0: the default), AB_EDISCONNECTED,
+ * AB_ESTOPPED. The message may wait in NAME's mailbox while the timeout
+ * runs. *id (may be NULL) gets its id.
+ * Errors now (FN does not run): as ab_client_send. Owns: ARG stays the
+ * caller's until FN runs. */
 AB_EXPORT int ab_client_ask(ab_client_t *client, const char *name, const void *data,
                             size_t size, int timeout_ms, ab_reply_fn *fn, void *arg,
                             uint64_t *id);
 
-/* Answers direct message M (received by this handle) with DATA: its sender
- * gets an AB_MSG_DIRECT with reply_to = M->id, or its ab_client_ask
- * callback runs. Errors as ab_client_send; AB_EINVAL if M is not DIRECT. */
+/* Answers direct message M (received by this handle) with DATA (copied):
+ * its sender gets an AB_MSG_DIRECT with reply_to = M->id, or its
+ * ab_client_ask callback runs. Errors as ab_client_send; AB_EINVAL if M is
+ * not DIRECT. */
 AB_EXPORT int ab_client_reply(ab_client_t *client, const ab_message_t *m, const void *data,
                               size_t size);
 
-/* Subscribes to PATTERN (exact topic, or prefix ending in '.'), kept by the
- * handle and restored after every reconnect. timeout_ms > 0 waits that long
- * for the broker to confirm (so a publish made afterwards by anyone reaches
- * this handle); 0 returns at once (a refusal then arrives as AB_MSG_ERROR).
- * Subscribing twice to a pattern is a no-op. Errors: AB_EBADNAME, AB_EINVAL
- * (more than 1024 patterns), AB_ETIMEOUT, AB_EDISCONNECTED. */
+/* Syntax check of an agent name (the rules above): AB_OK or AB_EBADNAME.
+ * Thread: any thread. */
+AB_EXPORT int ab_agent_name_check(const char *name);
+
+/* ======================================================================== */
+/* 8. Topics (publish/subscribe)                                            */
+/* ======================================================================== */
+/*
+ * Topics are dot-separated labels: "alerts.gpu.temp". A label is 1..64
+ * bytes of [A-Za-z0-9_-:]; a topic has at most 255 bytes and 16 labels. A
+ * subscription pattern is a topic (exact match) or a topic followed by '.'
+ * (prefix: "alerts." matches "alerts.gpu" and "alerts.gpu.temp", not
+ * "alerts"). Anything else is AB_EBADNAME, locally and at the broker.
+ * Topic messages are not stored: a subscriber gets those published while it
+ * is subscribed, as AB_MSG_TOPIC messages (section 7's delivery); a slow one
+ * loses the oldest (drop-oldest, per subscriber) and gets an AB_MSG_GAP
+ * message saying how many. Subscriptions are kept by the handle and
+ * restored on reconnect.
+ */
+
+/* Subscribes to PATTERN (copied), kept by the handle and restored after
+ * every reconnect. timeout_ms > 0 waits that long for the broker to confirm
+ * (so a publish made afterwards by anyone reaches this handle); 0 returns at
+ * once (a refusal then arrives as AB_MSG_ERROR). Subscribing twice to a
+ * pattern is a no-op. Errors: AB_EBADNAME, AB_EINVAL (more than 1024
+ * patterns), AB_ENOMEM, AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED. */
 AB_EXPORT int ab_client_subscribe(ab_client_t *client, const char *pattern, int timeout_ms);
-/* Removes a subscription (same waiting rule). Unknown PATTERN: AB_OK. */
+/* Removes a subscription (same waiting rule and errors). Unknown PATTERN:
+ * AB_OK. */
 AB_EXPORT int ab_client_unsubscribe(ab_client_t *client, const char *pattern, int timeout_ms);
 
 /* Publishes DATA (copied) on TOPIC (no trailing '.'): every subscriber with
  * a matching pattern gets it once. Returns at once; nothing is stored for
  * absent subscribers. *id (may be NULL) gets its id.
- * Errors: AB_EBADNAME, AB_EPAYLOADSIZE, AB_EBUSY (local queue full), AB_EZMQ;
- * later, as AB_MSG_ERROR: AB_ETOOLARGE. */
+ * Errors: AB_EINVAL, AB_EBADNAME, AB_EPAYLOADSIZE, AB_EBUSY (local queue
+ * full), AB_EZMQ; later, as AB_MSG_ERROR: AB_ETOOLARGE. */
 AB_EXPORT int ab_client_publish(ab_client_t *client, const char *topic, const void *data,
                                 size_t size, uint64_t *id);
 
-/* Syntax checks used by the library and the broker: AB_OK or AB_EBADNAME. */
+/* Syntax check of a topic, or with ALLOW_PREFIX of a subscription pattern:
+ * AB_OK or AB_EBADNAME. Thread: any thread. */
 AB_EXPORT int ab_topic_check(const char *topic, int allow_prefix);
-AB_EXPORT int ab_agent_name_check(const char *name);
 
-/* ------------------------------------------------------------------------ */
-/* Worker side                                                              */
-/* ------------------------------------------------------------------------ */
-typedef struct ab_worker ab_worker_t;
-typedef struct ab_job ab_job_t; /* one request received by a worker */
-
-/* Creates a worker offering SERVICE with CAPACITY concurrent requests
- * (1..100000). It registers on connect and on every reconnect. opts may be
- * NULL and is copied. Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ. */
-AB_EXPORT int ab_worker_new(ab_worker_t **out, const ab_options_t *opts,
-                            const char *service, unsigned capacity);
-/* Says BYE to the broker and closes. Jobs not yet answered are freed
- * without an answer: the BYE hands them back to the broker, which
- * re-dispatches them to another worker (or answers AB_EWORKERLOST when a
- * request may not be retried; see ab_client_request_flags). While connected
- * it waits up to 1 s for its last replies and the BYE to leave (when the
- * last handle of the process closes). */
-AB_EXPORT void ab_worker_destroy(ab_worker_t **worker);
-AB_EXPORT const char *ab_worker_last_error(const ab_worker_t *worker);
-
-/* Adds a free-form label sent with the registration (model=..., gpu=0).
- * Takes effect at the next registration; call before the first recv/poll. */
-AB_EXPORT int ab_worker_set_label(ab_worker_t *worker, const char *key, const char *value);
-
-/* Waits up to timeout_ms (-1: forever) for the next request. On AB_OK the
- * caller owns *job and must end it with ab_worker_reply or ab_worker_fail.
- * Errors: AB_ETIMEOUT, AB_ESTOPPED, AB_EZMQ. */
-AB_EXPORT int ab_worker_recv(ab_worker_t *worker, ab_job_t **job, int timeout_ms);
-
-/* The request's payload (valid while the job lives) and metadata. */
-AB_EXPORT const void *ab_job_data(const ab_job_t *job, size_t *size);
-AB_EXPORT uint64_t ab_job_id(const ab_job_t *job);
-/* Remaining time budget in ms when the job arrived (0 = none given). */
-AB_EXPORT uint32_t ab_job_timeout_ms(const ab_job_t *job);
-AB_EXPORT const char *ab_job_service(const ab_job_t *job);
-
-/* Sends one chunk of a streamed reply; the job stays open. */
-AB_EXPORT int ab_worker_reply_part(ab_worker_t *worker, ab_job_t *job,
-                                   const void *data, size_t size);
-/* Sends the final reply and frees the job (*job = NULL), also on error.
- * A job is answered once: after a failed send it is not retried. */
-AB_EXPORT int ab_worker_reply(ab_worker_t *worker, ab_job_t **job, const void *data, size_t size);
-/* Fails the request: the client gets STATUS (AB_EAPPLICATION if STATUS is
- * not an AB_E* code) with TEXT. Frees the job (*job = NULL). */
-AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, const char *text);
-/* Frees a job. One not answered yet is answered with AB_EAPPLICATION
- * ("dropped without answering"), so its client is not left waiting and the
- * worker's credit comes back. Safe after the worker was destroyed. */
-AB_EXPORT void ab_job_destroy(ab_job_t **job);
-
-/* --- inference workers (issue 7) --- */
-/* Called when the broker cancels job JOB_ID: WHY is AB_EDEADLINE (its
- * deadline passed while the worker held it) or AB_ECANCELLED (the client
- * gave up). The application should stop working on it and end it
- * (ab_worker_fail with AB_ECANCELLED; that answer frees the credit). Jobs
- * cancelled before they were handed out are answered by the library. */
-typedef void(ab_cancel_fn)(ab_worker_t *worker, uint64_t job_id, int why, void *arg);
-AB_EXPORT int ab_worker_set_cancel_handler(ab_worker_t *worker, ab_cancel_fn *fn, void *arg);
-
-/* Changes the worker's capacity (1..100000), e.g. adaptive concurrency.
- * Sent at once (a new registration) when connected and in every heartbeat. */
-AB_EXPORT int ab_worker_set_capacity(ab_worker_t *worker, unsigned capacity);
-AB_EXPORT unsigned ab_worker_capacity(const ab_worker_t *worker);
-
-/* Sets the protobuf-encoded agentbus.InferenceState (models, loaded models,
- * VRAM, slots) sent with every registration, and registers again at once
- * when connected. The bytes are copied (at most 1 MiB); NULL/0 clears it. */
-AB_EXPORT int ab_worker_set_inference_state(ab_worker_t *worker, const void *state, size_t size);
-
-/* A file descriptor that becomes readable when the worker may have input,
- * for waiting on it together with other I/O (an Ollama worker's HTTP
- * transfers). Edge-triggered (ZMQ_FD semantics): before waiting on it,
- * call ab_worker_poll(worker, 0, ...) and check ab_worker_has_input(),
- * and wake at least every heartbeat interval. */
-AB_EXPORT int ab_worker_fd(ab_worker_t *worker, int *fd);
-/* 1 if a message or job is waiting to be processed now, else 0. */
-AB_EXPORT int ab_worker_has_input(ab_worker_t *worker);
-
-/* Sends the replies gathered for batching now (see ab_client_flush). The
- * library flushes by itself in ab_worker_recv/ab_worker_poll; call this
- * after replying when the next call of those may be far off. */
-AB_EXPORT int ab_worker_flush(ab_worker_t *worker);
-
-/* Handler mode: FN is called for each request and owns the job. */
-typedef void(ab_job_fn)(ab_worker_t *worker, ab_job_t *job, void *arg);
-
-/* Processes traffic for up to timeout_ms, calling FN for each request that
- * arrives. Returns the number of requests handled or an error. */
-AB_EXPORT int ab_worker_poll(ab_worker_t *worker, int timeout_ms, ab_job_fn *fn, void *arg);
-/* Calls ab_worker_poll until ab_worker_stop(); returns AB_OK then. */
-AB_EXPORT int ab_worker_run(ab_worker_t *worker, ab_job_fn *fn, void *arg);
-/* Safe from any thread and from signal handlers. */
-AB_EXPORT void ab_worker_stop(ab_worker_t *worker);
-/* 1 while connected and registered with a broker, else 0. */
-AB_EXPORT int ab_worker_connected(const ab_worker_t *worker);
-
-/* Graceful stop, e.g. from a SIGTERM handler (async-signal-safe, any
- * thread). The next ab_worker_recv/poll/run tells the broker to send nothing
- * new (BYE with FLAG_DRAINING), keeps processing so the application can
- * finish the jobs it holds, and returns AB_ESTOPPED once none is held or
- * grace_ms (>= 0) has passed. Requests received but not yet handed out are
- * not started; ab_worker_destroy's BYE then hands them, and any job still
- * unanswered, back to the broker for re-dispatch. */
-AB_EXPORT void ab_worker_shutdown(ab_worker_t *worker, int grace_ms);
-
-/* Free-form state of the worker's backend ("ok", "degraded: ...", at most
- * 63 bytes kept), reported to the broker with each heartbeat and shown by
- * brokerctl workers and ab_discover. Copied. AB_EINVAL for NULL. */
-AB_EXPORT int ab_worker_set_backend_state(ab_worker_t *worker, const char *state);
-
-/* ------------------------------------------------------------------------ */
-/* Request flags, discovery                                                 */
-/* ------------------------------------------------------------------------ */
-
-/* The request must not run twice: if its worker is lost while holding it,
- * the broker answers AB_EWORKERLOST instead of re-dispatching it. */
-#define AB_REQUEST_NON_IDEMPOTENT 1u
-
-/* ab_client_request_async with FLAGS (AB_REQUEST_*; AB_EINVAL for others).
- * Without flags, a request whose worker is lost (dies, disconnects, goes
- * silent, is ejected, says BYE) goes back to the front of its service's
- * queue and is dispatched again, up to the broker's max-attempts (3). */
-AB_EXPORT int ab_client_request_flags(ab_client_t *client, const char *service,
-                                      const void *data, size_t size, int timeout_ms,
-                                      unsigned flags, ab_reply_fn *fn, void *arg,
-                                      uint64_t *request_id);
+/* ======================================================================== */
+/* 9. Discovery: the broker's directory                                     */
+/* ======================================================================== */
 
 /* One worker in the broker's directory. Strings are never NULL. */
 typedef struct {
@@ -619,8 +626,10 @@ typedef struct {
     uint64_t requests, replies, errors;
 } ab_service_info_t;
 
-/* A snapshot of the broker's directory. Read the arrays directly; free with
- * ab_directory_destroy (every pointer inside dies with it). */
+/* A snapshot of the broker's directory. Read the arrays directly.
+ * Owns: the caller, freed with ab_directory_destroy; every pointer inside
+ * dies with it. Thread: any thread may read or free it (it is plain data,
+ * independent of the client that made it). */
 typedef struct {
     size_t n_services;
     const ab_service_info_t *services;
@@ -633,13 +642,14 @@ typedef struct {
  * round trip, answered by the broker from its own state. On AB_OK *out is a
  * new snapshot (a service nobody registered gives empty arrays). Other
  * requests' callbacks may run during the wait. Errors: AB_EINVAL,
- * AB_ETIMEOUT, AB_EDISCONNECTED, AB_ENOMEM, AB_EMALFORMED (undecodable). */
+ * AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED, AB_ENOMEM, AB_EMALFORMED
+ * (undecodable). */
 AB_EXPORT int ab_discover(ab_client_t *client, const char *service, int timeout_ms,
                           ab_directory_t **out);
 AB_EXPORT void ab_directory_destroy(ab_directory_t **dir);
 
-/* A directory change pushed by the broker. Pointers are valid only during
- * the callback. */
+/* A directory change pushed by the broker.
+ * Owns: the library; valid only during the callback. */
 typedef struct {
     const char *change;             /* "join", "leave" or "health" */
     const ab_worker_info_t *worker; /* the worker's state after the change */
@@ -651,9 +661,181 @@ typedef void(ab_dir_event_fn)(ab_client_t *client, const ab_dir_event_t *ev, voi
  * call's wait) once per change, for as long as the handle lives; the
  * library subscribes again after a reconnect. Waits up to timeout_ms for
  * the broker to confirm. FN NULL stops delivery (the broker keeps sending
- * to this connection; the events are ignored). Errors as ab_discover. */
+ * to this connection; the events are ignored). Errors as ab_discover (FN is
+ * not kept then). Owns: ARG stays the caller's while FN is set. */
 AB_EXPORT int ab_client_watch(ab_client_t *client, ab_dir_event_fn *fn, void *arg,
                               int timeout_ms);
+
+/* ======================================================================== */
+/* 10. Operator queries (stats)                                             */
+/* ======================================================================== */
+
+/* Operator query (used by brokerctl): WHAT is "stats", "services",
+ * "workers" or "agents". Waits up to timeout_ms (< 0: the default); other
+ * requests' callbacks may run during the wait.
+ * Errors: as ab_client_request (AB_EUNSUPPORTED for an unknown WHAT).
+ * Owns: on AB_OK *reply holds the broker's protobuf-encoded answer
+ * (agentbus.Stats, ServiceList, WorkerList, AgentList: decode with
+ * agentbus.pb-c.h), the caller's, freed with ab_free. */
+AB_EXPORT int ab_client_control(ab_client_t *client, const char *what, int timeout_ms,
+                                void **reply, size_t *reply_size);
+
+/* ======================================================================== */
+/* 11. Worker: lifecycle and registration                                   */
+/* ======================================================================== */
+typedef struct ab_worker ab_worker_t;
+typedef struct ab_job ab_job_t; /* one request received by a worker */
+
+/* Creates a worker offering SERVICE (1..255 bytes) with CAPACITY concurrent
+ * requests (1..100000). It registers on connect and on every reconnect.
+ * OPTS may be NULL and is copied.
+ * Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ; *out is NULL then. Owns: on AB_OK
+ * *out is the caller's, until ab_worker_destroy. Thread: any thread; the
+ * handle then follows the one-thread-at-a-time rule. */
+AB_EXPORT int ab_worker_new(ab_worker_t **out, const ab_options_t *opts,
+                            const char *service, unsigned capacity);
+/* Says BYE to the broker and closes. Jobs not yet answered are freed
+ * without an answer: the BYE hands them back to the broker, which
+ * re-dispatches them to another worker (or answers AB_EWORKERLOST when a
+ * request may not be retried: AB_REQUEST_NON_IDEMPOTENT). While connected
+ * it waits up to 1 s for its last replies and the BYE to leave (when the
+ * last handle of the process closes). Jobs the application still holds
+ * stay valid and must still be freed (ab_job_destroy, safe afterwards).
+ * Thread: the handle's, not from inside one of its callbacks. */
+AB_EXPORT void ab_worker_destroy(ab_worker_t **worker);
+/* Detailed text of the handle's last error ("" if none or WORKER is NULL).
+ * Owns: the handle; valid until the next call on it. */
+AB_EXPORT const char *ab_worker_last_error(const ab_worker_t *worker);
+/* 1 while connected and registered with a broker, else 0 (also for NULL). */
+AB_EXPORT int ab_worker_connected(const ab_worker_t *worker);
+
+/* Adds or replaces a free-form label sent with the registration
+ * (model=..., gpu=0); KEY non-empty, both copied. Takes effect at the next
+ * registration; call before the first recv/poll.
+ * Errors: AB_EINVAL (NULL, empty key, more than the label limit), AB_ENOMEM. */
+AB_EXPORT int ab_worker_set_label(ab_worker_t *worker, const char *key, const char *value);
+
+/* Changes the worker's capacity (1..100000), e.g. adaptive concurrency.
+ * Sent at once (a new registration) when connected and in every heartbeat.
+ * Errors: AB_EINVAL, and when connected the registration's send errors. */
+AB_EXPORT int ab_worker_set_capacity(ab_worker_t *worker, unsigned capacity);
+/* The capacity now (0 for NULL). */
+AB_EXPORT unsigned ab_worker_capacity(const ab_worker_t *worker);
+
+/* Sets the protobuf-encoded agentbus.InferenceState (models, loaded models,
+ * VRAM, slots; encode with agentbus.pb-c.h) sent with every registration,
+ * and registers again at once when connected. The bytes are copied (at
+ * most 1 MiB); NULL/0 clears it.
+ * Errors: AB_EINVAL, AB_ENOMEM, and when connected the registration's send
+ * errors. */
+AB_EXPORT int ab_worker_set_inference_state(ab_worker_t *worker, const void *state, size_t size);
+
+/* Free-form state of the worker's backend ("ok", "degraded: ...", at most
+ * 63 bytes kept), reported to the broker with each heartbeat and shown by
+ * brokerctl workers and ab_discover. Copied. Errors: AB_EINVAL for NULL. */
+AB_EXPORT int ab_worker_set_backend_state(ab_worker_t *worker, const char *state);
+
+/* ======================================================================== */
+/* 12. Worker: receiving and answering jobs                                 */
+/* ======================================================================== */
+
+/* Waits up to timeout_ms (-1: forever) for the next request.
+ * Errors: AB_EINVAL, AB_ETIMEOUT, AB_ESTOPPED (stopped, or drained after
+ * ab_worker_shutdown), AB_EZMQ; *job is NULL then.
+ * Owns: on AB_OK the caller owns *job and must end it with ab_worker_reply
+ * or ab_worker_fail (or free it with ab_job_destroy). */
+AB_EXPORT int ab_worker_recv(ab_worker_t *worker, ab_job_t **job, int timeout_ms);
+
+/* Handler mode: FN is called for each request and owns the job (it ends it
+ * now or later, as with ab_worker_recv). */
+typedef void(ab_job_fn)(ab_worker_t *worker, ab_job_t *job, void *arg);
+
+/* Processes traffic for up to timeout_ms, calling FN for each request that
+ * arrives (at most 1024 per call, so a caller under constant load gets
+ * control back). Returns the number of requests handled (>= 0).
+ * Errors: AB_EINVAL (NULL FN), AB_ESTOPPED, AB_EZMQ. */
+AB_EXPORT int ab_worker_poll(ab_worker_t *worker, int timeout_ms, ab_job_fn *fn, void *arg);
+/* Calls ab_worker_poll until ab_worker_stop() or a drained shutdown;
+ * returns AB_OK then, or the first other error of ab_worker_poll. */
+AB_EXPORT int ab_worker_run(ab_worker_t *worker, ab_job_fn *fn, void *arg);
+
+/* The request's payload and size (NULL and 0 for a NULL job).
+ * Owns: the job; valid while the job lives. */
+AB_EXPORT const void *ab_job_data(const ab_job_t *job, size_t *size);
+/* The request's id (as its client's ab_client_request_start gave it; 0 for
+ * NULL). */
+AB_EXPORT uint64_t ab_job_id(const ab_job_t *job);
+/* Remaining time budget in ms when the job arrived (0 = none given). */
+AB_EXPORT uint32_t ab_job_timeout_ms(const ab_job_t *job);
+/* The service the request was sent to. Owns: the job ("" for NULL). */
+AB_EXPORT const char *ab_job_service(const ab_job_t *job);
+
+/* Sends one chunk of a streamed reply (DATA copied); the job stays open.
+ * Errors: AB_EINVAL, AB_EPAYLOADSIZE, AB_EBUSY (queue to the broker full),
+ * AB_EZMQ. */
+AB_EXPORT int ab_worker_reply_part(ab_worker_t *worker, ab_job_t *job,
+                                   const void *data, size_t size);
+/* Sends the final reply (DATA copied) and frees the job (*job = NULL), also
+ * on error. A job is answered once: after a failed send it is not retried
+ * (a reply over the max payload is replaced by an AB_EINTERNAL answer).
+ * Errors: AB_EINVAL, AB_EPAYLOADSIZE, AB_EBUSY, AB_EZMQ. */
+AB_EXPORT int ab_worker_reply(ab_worker_t *worker, ab_job_t **job, const void *data, size_t size);
+/* Fails the request: the client gets STATUS (AB_EAPPLICATION if STATUS is
+ * not an AB_E* code) with TEXT (may be NULL; copied). Frees the job
+ * (*job = NULL), also on error. Errors: AB_EINVAL, AB_EBUSY, AB_EZMQ. */
+AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, const char *text);
+/* Frees a job and sets *job = NULL. One not answered yet is answered with
+ * AB_EAPPLICATION ("dropped without answering"), so its client is not left
+ * waiting and the worker's credit comes back. Safe after the worker was
+ * destroyed (then nothing is sent). */
+AB_EXPORT void ab_job_destroy(ab_job_t **job);
+
+/* ======================================================================== */
+/* 13. Worker: event loop, cancellation, stopping                           */
+/* ======================================================================== */
+
+/* Called when the broker cancels job JOB_ID: WHY is AB_EDEADLINE (its
+ * deadline passed while the worker held it) or AB_ECANCELLED (the client
+ * gave up). The application should stop working on it and end it
+ * (ab_worker_fail with AB_ECANCELLED; that answer frees the credit). Jobs
+ * cancelled before they were handed out are answered by the library.
+ * It runs inside ab_worker_recv/poll/run, on their thread. */
+typedef void(ab_cancel_fn)(ab_worker_t *worker, uint64_t job_id, int why, void *arg);
+/* Sets (FN) or clears (NULL) the cancel handler. Errors: AB_EINVAL.
+ * Owns: ARG stays the caller's while FN is set. */
+AB_EXPORT int ab_worker_set_cancel_handler(ab_worker_t *worker, ab_cancel_fn *fn, void *arg);
+
+/* A file descriptor that becomes readable when the worker may have input,
+ * for waiting on it together with other I/O (an Ollama worker's HTTP
+ * transfers). Edge-triggered (ZMQ_FD semantics): before waiting on it,
+ * call ab_worker_poll(worker, 0, ...) and check ab_worker_has_input(),
+ * and wake at least every heartbeat interval.
+ * Errors: AB_EINVAL, AB_EZMQ. Owns: the library: never read, write or
+ * close it; valid until ab_worker_destroy. */
+AB_EXPORT int ab_worker_fd(ab_worker_t *worker, int *fd);
+/* 1 if a message or job is waiting to be processed now, else 0 (also for
+ * NULL). */
+AB_EXPORT int ab_worker_has_input(ab_worker_t *worker);
+
+/* Sends the replies gathered for batching now (see ab_client_flush). The
+ * library flushes by itself in ab_worker_recv/ab_worker_poll; call this
+ * after replying when the next call of those may be far off.
+ * Errors: AB_EINVAL, AB_EBUSY, AB_EZMQ. */
+AB_EXPORT int ab_worker_flush(ab_worker_t *worker);
+
+/* Makes ab_worker_recv/poll/run return (AB_ESTOPPED, or AB_OK for run) soon,
+ * now and from then on. Thread: any thread, and signal handlers. */
+AB_EXPORT void ab_worker_stop(ab_worker_t *worker);
+
+/* Graceful stop, e.g. from a SIGTERM handler. The next
+ * ab_worker_recv/poll/run tells the broker to send nothing new (BYE with
+ * FLAG_DRAINING), keeps processing so the application can finish the jobs
+ * it holds, and returns AB_ESTOPPED once none is held or grace_ms (>= 0)
+ * has passed. Requests received but not yet handed out are not started;
+ * ab_worker_destroy's BYE then hands them, and any job still unanswered,
+ * back to the broker for re-dispatch.
+ * Thread: any thread, and signal handlers (async-signal-safe). */
+AB_EXPORT void ab_worker_shutdown(ab_worker_t *worker, int grace_ms);
 
 #ifdef __cplusplus
 }

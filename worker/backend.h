@@ -9,8 +9,8 @@
  * attach (called once the worker exists: cancel handler, state) and wait
  * (sleeps on their sockets and the worker's fd together).
  */
-#ifndef AB_WORKER_BACKEND_H
-#define AB_WORKER_BACKEND_H
+#ifndef WK_BACKEND_H
+#define WK_BACKEND_H
 
 #include "agentbus.h"
 
@@ -26,11 +26,11 @@ typedef struct {
     long gpu_vram_mb;        /* VRAM when NVML cannot tell (0 = unknown) */
     long retries;            /* local retries of 503 / connection errors */
     long refresh_ms;         /* longest interval between /api/tags+/api/ps probes */
-} ab_backend_args_t;
+} wk_backend_args_t;
 
 typedef struct {
     const char *name;
-    int (*create)(void **ctx, const ab_backend_args_t *args);
+    int (*create)(void **ctx, const wk_backend_args_t *args);
     void (*on_job)(void *ctx, ab_worker_t *w, ab_job_t *job);
     /* ms until tick should run; -1 when nothing is pending. */
     int (*next_timeout_ms)(void *ctx);
@@ -39,9 +39,9 @@ typedef struct {
     /* optional (NULL): see above */
     void (*attach)(void *ctx, ab_worker_t *w);
     int (*wait)(void *ctx, ab_worker_t *w, int timeout_ms);
-} ab_backend_ops_t;
+} wk_backend_ops_t;
 
-extern const ab_backend_ops_t ab_backend_echo;
-extern const ab_backend_ops_t ab_backend_ollama;
+extern const wk_backend_ops_t wk_backend_echo;
+extern const wk_backend_ops_t wk_backend_ollama;
 
 #endif

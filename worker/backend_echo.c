@@ -7,7 +7,7 @@
  * order is due order and the head is always the next one due.
  */
 #include "backend.h"
-#include "util.h"
+#include "tl_clock.h"
 
 #include <stdlib.h>
 
@@ -18,11 +18,11 @@ typedef struct s_item {
 } s_item_t;
 
 typedef struct {
-    ab_backend_args_t args;
+    wk_backend_args_t args;
     s_item_t *head, *tail;
 } s_echo_t;
 
-static int s_create(void **ctx, const ab_backend_args_t *args)
+static int s_create(void **ctx, const wk_backend_args_t *args)
 {
     s_echo_t *e = calloc(1, sizeof *e);
     if (!e)
@@ -64,7 +64,7 @@ static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
         return;
     }
     it->job = job;
-    it->due_ms = ab_now_ms() + e->args.delay_ms;
+    it->due_ms = tl_now_ms() + e->args.delay_ms;
     it->next = NULL;
     if (e->tail)
         e->tail->next = it;
@@ -78,14 +78,14 @@ static int s_next_timeout(void *ctx)
     s_echo_t *e = ctx;
     if (!e->head)
         return -1;
-    int64_t left = e->head->due_ms - ab_now_ms();
+    int64_t left = e->head->due_ms - tl_now_ms();
     return left > 0 ? (int)left : 0;
 }
 
 static void s_tick(void *ctx, ab_worker_t *w)
 {
     s_echo_t *e = ctx;
-    int64_t now = ab_now_ms();
+    int64_t now = tl_now_ms();
     while (e->head && e->head->due_ms <= now) {
         s_item_t *it = e->head;
         e->head = it->next;
@@ -111,5 +111,5 @@ static void s_destroy(void **ctx)
     *ctx = NULL;
 }
 
-const ab_backend_ops_t ab_backend_echo = {"echo", s_create, s_on_job, s_next_timeout, s_tick,
+const wk_backend_ops_t wk_backend_echo = {"echo", s_create, s_on_job, s_next_timeout, s_tick,
                                           s_destroy, NULL, NULL};

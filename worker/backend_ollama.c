@@ -28,7 +28,8 @@
 #include "agentbus.pb-c.h"
 #include "gpu_nvml.h"
 #include "ollama_json.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_list.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -43,17 +44,19 @@
 
 typedef struct s_ollama s_ollama_t;
 
+#define S_JOB(n) tl_list_entry(n, s_job_t, node)
+
 typedef enum { S_WAITING, S_ACTIVE, S_BACKOFF } s_state_t;
 
 typedef struct s_job {
-    struct s_job *prev, *next;
+    tl_list_t node; /* in s_ollama_t.jobs */
     s_ollama_t *o;
     ab_job_t *job; /* NULL for a preload */
     uint64_t id;
     s_state_t state;
-    ab_ol_call_t call;
+    wk_ol_call_t call;
     CURL *easy;
-    ab_ndjson_t nd;
+    wk_ndjson_t nd;
     long status;
     char errbody[S_ERRBODY];
     size_t errlen;
@@ -75,12 +78,12 @@ typedef struct {
 } s_probe_t;
 
 struct s_ollama {
-    ab_backend_args_t args;
+    wk_backend_args_t args;
     char url[512];
     ab_worker_t *w;
     CURLM *multi;
     struct curl_slist *hdrs;
-    s_job_t *jobs, *jobs_tail; /* every job, any state, in arrival order */
+    tl_list_t jobs; /* every job (s_job_t.node), any state, in arrival order */
     unsigned active, admin_active;
     /* AIMD */
     double limit;
@@ -93,7 +96,7 @@ struct s_ollama {
     Agentbus__InferenceState st;
     uint8_t *sent;
     size_t sent_len;
-    ab_gpu_t *gpu;
+    wk_gpu_t *gpu;
     char worker_name[256];
 };
 
@@ -115,7 +118,7 @@ static void s_apply_limit(s_ollama_t *o)
 
 static void s_pushback(s_ollama_t *o, const char *why)
 {
-    int64_t now = ab_now_ms();
+    int64_t now = tl_now_ms();
     if (now - o->last_shrink_ms < S_SHRINK_GAP_MS)
         return; /* one burst of 503s is one signal */
     o->last_shrink_ms = now;
@@ -153,8 +156,8 @@ static int s_on_line(const char *line, size_t len, void *arg)
     s_ollama_t *o = j->o;
     if (j->answered)
         return 1;
-    ab_ol_chunk_t c;
-    if (ab_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c) != 0) {
+    wk_ol_chunk_t c;
+    if (wk_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c) != 0) {
         s_fail(j, AB_EBACKEND, "%s", c.error);
         return 1;
     }
@@ -191,7 +194,7 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
         j->errbody[j->errlen] = '\0';
         return bytes;
     }
-    int rc = ab_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
+    int rc = wk_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
     if (rc < 0)
         s_fail(j, AB_EBACKEND, "%s", "backend sent a line over the size limit");
     /* A final answer (or an error) ends the transfer: nothing more to read. */
@@ -209,8 +212,8 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     j->status = 0;
     j->errlen = 0;
     j->errbody[0] = '\0';
-    ab_ndjson_fini(&j->nd);
-    ab_ndjson_init(&j->nd, j->call.stream ? S_MAX_LINE : S_MAX_BODY);
+    wk_ndjson_fini(&j->nd);
+    wk_ndjson_init(&j->nd, j->call.stream ? S_MAX_LINE : S_MAX_BODY);
     curl_easy_setopt(j->easy, CURLOPT_URL, url);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->call.body);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE, (long)j->call.body_len);
@@ -222,7 +225,7 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     curl_easy_setopt(j->easy, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(j->easy, CURLOPT_CONNECTTIMEOUT_MS, 3000L);
     if (j->deadline_ms) { /* the broker CANCELs at the deadline; this is the backstop */
-        int64_t left = j->deadline_ms - ab_now_ms() + 1000;
+        int64_t left = j->deadline_ms - tl_now_ms() + 1000;
         curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, (long)(left > 1 ? left : 1));
     }
     if (curl_multi_add_handle(o->multi, j->easy) != CURLM_OK) {
@@ -255,18 +258,11 @@ static void s_stop_transfer(s_ollama_t *o, s_job_t *j)
 static void s_job_free(s_ollama_t *o, s_job_t *j)
 {
     s_stop_transfer(o, j);
-    if (j->prev)
-        j->prev->next = j->next;
-    else
-        o->jobs = j->next;
-    if (j->next)
-        j->next->prev = j->prev;
-    else
-        o->jobs_tail = j->prev;
+    tl_list_remove(&j->node);
     if (j->job) /* unanswered: the library answers it */
         ab_job_destroy(&j->job);
-    ab_ol_call_free(&j->call);
-    ab_ndjson_fini(&j->nd);
+    wk_ol_call_free(&j->call);
+    wk_ndjson_fini(&j->nd);
     free(j);
 }
 
@@ -276,23 +272,18 @@ static s_job_t *s_job_add(s_ollama_t *o)
     if (!j)
         return NULL;
     j->o = o;
-    ab_ndjson_init(&j->nd, S_MAX_LINE);
+    wk_ndjson_init(&j->nd, S_MAX_LINE);
     /* appended: jobs start in arrival order */
-    j->prev = o->jobs_tail;
-    if (o->jobs_tail)
-        o->jobs_tail->next = j;
-    else
-        o->jobs = j;
-    o->jobs_tail = j;
+    tl_list_push_back(&o->jobs, &j->node);
     return j;
 }
 
 /* Retry with backoff, or give up with STATUS. */
 static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *text)
 {
-    int64_t now = ab_now_ms();
+    int64_t now = tl_now_ms();
     int64_t delay = 100LL << (j->attempts > 4 ? 4 : j->attempts - 1);
-    delay += (int64_t)(ab_now_us() % 50); /* spread retries of a burst */
+    delay += (int64_t)(tl_now_us() % 50); /* spread retries of a burst */
     int in_time = !j->deadline_ms || now + delay < j->deadline_ms;
     if (j->partials == 0 && j->attempts <= o->args.retries && in_time) {
         o->st.backend_retries++;
@@ -306,8 +297,8 @@ static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *t
 static void s_refresh_soon(s_ollama_t *o)
 {
     o->refresh_ms = S_REFRESH_MIN_MS;
-    if (o->next_refresh_ms > ab_now_ms() + S_REFRESH_MIN_MS)
-        o->next_refresh_ms = ab_now_ms() + S_REFRESH_MIN_MS;
+    if (o->next_refresh_ms > tl_now_ms() + S_REFRESH_MIN_MS)
+        o->next_refresh_ms = tl_now_ms() + S_REFRESH_MIN_MS;
 }
 
 /* A transfer ended: decide what the job's client gets. */
@@ -318,7 +309,7 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
         curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
     s_stop_transfer(o, j);
     if (res == CURLE_OK && status == 200 && !j->answered)
-        ab_ndjson_finish(&j->nd, s_on_line, j);
+        wk_ndjson_finish(&j->nd, s_on_line, j);
     if (j->answered) {
         if (j->succeeded)
             s_success(o);
@@ -333,9 +324,9 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
     } else if (status == 200) {
         s_fail(j, AB_EBACKEND, "%s", "the backend's answer ended without its final line");
     } else {
-        ab_ol_chunk_t c;
+        wk_ol_chunk_t c;
         const char *msg = j->errbody;
-        if (ab_ol_chunk_parse(AB_OL_GENERATE, j->errbody, j->errlen, "", &c) == 0 && c.error[0])
+        if (wk_ol_chunk_parse(WK_OL_GENERATE, j->errbody, j->errlen, "", &c) == 0 && c.error[0])
             msg = c.error;
         free(c.pb);
         char text[S_ERRBODY + 64];
@@ -353,7 +344,7 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
             s_fail(j, AB_EBACKEND, "%s", text);
         }
     }
-    if (j->call.kind == AB_OL_LOAD || j->call.kind == AB_OL_UNLOAD || j->attempts == 1)
+    if (j->call.kind == WK_OL_LOAD || j->call.kind == WK_OL_UNLOAD || j->attempts == 1)
         s_refresh_soon(o); /* a model may have been (un)loaded */
     if (j->answered || j->state != S_BACKOFF)
         s_job_free(o, j);
@@ -363,9 +354,10 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
  * one at a time, in order, so one GPU loads one model at a time. */
 static void s_start_waiting(s_ollama_t *o)
 {
-    int64_t now = ab_now_ms();
-    for (s_job_t *j = o->jobs, *next; j; j = next) {
-        next = j->next;
+    int64_t now = tl_now_ms();
+    for (tl_list_t *n = o->jobs.next, *next; n != &o->jobs; n = next) {
+        next = n->next; /* J may be freed below */
+        s_job_t *j = S_JOB(n);
         if (j->state == S_BACKOFF && j->retry_at <= now)
             j->state = S_WAITING;
         if (j->state != S_WAITING)
@@ -429,13 +421,13 @@ static void s_probe_finish(s_ollama_t *o)
     s_probe_t *pr = o->probes;
     int up = pr[S_TAGS].ok && pr[S_PS].ok;
     if (pr[S_TAGS].ok)
-        ab_ol_parse_tags(pr[S_TAGS].buf, pr[S_TAGS].len, &o->st);
+        wk_ol_parse_tags(pr[S_TAGS].buf, pr[S_TAGS].len, &o->st);
     if (pr[S_PS].ok)
-        ab_ol_parse_ps(pr[S_PS].buf, pr[S_PS].len, &o->st);
+        wk_ol_parse_ps(pr[S_PS].buf, pr[S_PS].len, &o->st);
     if (pr[S_VERSION].ok)
-        ab_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
+        wk_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
     o->st.backend_up = up;
-    if (!o->gpu || ab_gpu_read(o->gpu, &o->st) != 0) {
+    if (!o->gpu || wk_gpu_read(o->gpu, &o->st) != 0) {
         uint64_t used = 0;
         for (size_t i = 0; i < o->st.n_loaded; i++)
             used += o->st.loaded[i]->size_vram;
@@ -459,7 +451,7 @@ static void s_probe_finish(s_ollama_t *o)
     }
     if (o->refresh_ms > o->args.refresh_ms)
         o->refresh_ms = o->args.refresh_ms;
-    o->next_refresh_ms = ab_now_ms() + o->refresh_ms;
+    o->next_refresh_ms = tl_now_ms() + o->refresh_ms;
 }
 
 static int s_probe_done(s_ollama_t *o, CURL *easy, CURLcode res)
@@ -482,7 +474,7 @@ static int s_probe_done(s_ollama_t *o, CURL *easy, CURLcode res)
 }
 
 /* --- backend interface ------------------------------------------------------------- */
-static int s_create(void **ctx, const ab_backend_args_t *args)
+static int s_create(void **ctx, const wk_backend_args_t *args)
 {
     if (!args->ollama_url || !*args->ollama_url) {
         fprintf(stderr, "agentbus-worker: --backend ollama needs --ollama-url URL\n");
@@ -491,6 +483,7 @@ static int s_create(void **ctx, const ab_backend_args_t *args)
     s_ollama_t *o = calloc(1, sizeof *o);
     if (!o)
         return AB_ENOMEM;
+    tl_list_init(&o->jobs);
     o->args = *args;
     if (o->args.refresh_ms < S_REFRESH_MIN_MS)
         o->args.refresh_ms = S_REFRESH_MIN_MS;
@@ -505,7 +498,7 @@ static int s_create(void **ctx, const ab_backend_args_t *args)
     o->st.backend_url = o->url;
     o->st.slots = o->st.slots_max = args->capacity;
     o->refresh_ms = S_REFRESH_MIN_MS;
-    o->gpu = ab_gpu_open();
+    o->gpu = wk_gpu_open();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(o->multi = curl_multi_init())) {
         free(o);
         return AB_EINTERNAL;
@@ -529,7 +522,7 @@ static int s_create(void **ctx, const ab_backend_args_t *args)
             size_t len = agentbus__inference_request__pack(&r, buf);
             char err[128];
             s_job_t *j = s_job_add(o);
-            if (j && ab_ol_call_build(buf, len, &j->call, err, sizeof err) == 0)
+            if (j && wk_ol_call_build(buf, len, &j->call, err, sizeof err) == 0)
                 j->admin = 1;
             else if (j)
                 s_job_free(o, j);
@@ -544,7 +537,8 @@ static void s_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
 {
     (void)w;
     s_ollama_t *o = arg;
-    for (s_job_t *j = o->jobs; j; j = j->next) {
+    for (tl_list_t *n = o->jobs.next; n != &o->jobs; n = n->next) {
+        s_job_t *j = S_JOB(n);
         if (j->id != id || !j->job)
             continue;
         o->st.cancelled++;
@@ -578,26 +572,26 @@ static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
         return;
     }
     char err[256];
-    if (ab_ol_call_build(data, size, &j->call, err, sizeof err) != 0) {
+    if (wk_ol_call_build(data, size, &j->call, err, sizeof err) != 0) {
         ab_worker_fail(w, &job, AB_EBADREQUEST, err);
         s_job_free(o, j);
         return;
     }
     j->job = job;
     j->id = ab_job_id(job);
-    j->admin = j->call.kind == AB_OL_LOAD || j->call.kind == AB_OL_UNLOAD;
+    j->admin = j->call.kind == WK_OL_LOAD || j->call.kind == WK_OL_UNLOAD;
     uint32_t t = ab_job_timeout_ms(job);
-    j->deadline_ms = t ? ab_now_ms() + t : 0;
+    j->deadline_ms = t ? tl_now_ms() + t : 0;
     s_start_waiting(o);
 }
 
 static int s_next_timeout(void *ctx)
 {
     s_ollama_t *o = ctx;
-    int64_t now = ab_now_ms(), wake = o->probing ? now + 1000 : o->next_refresh_ms;
-    for (s_job_t *j = o->jobs; j; j = j->next)
-        if (j->state == S_BACKOFF && j->retry_at < wake)
-            wake = j->retry_at;
+    int64_t now = tl_now_ms(), wake = o->probing ? now + 1000 : o->next_refresh_ms;
+    for (tl_list_t *n = o->jobs.next; n != &o->jobs; n = n->next)
+        if (S_JOB(n)->state == S_BACKOFF && S_JOB(n)->retry_at < wake)
+            wake = S_JOB(n)->retry_at;
     if (o->active)
         wake = wake < now + 100 ? wake : now + 100;
     return wake > now ? (int)(wake - now) : 0;
@@ -624,7 +618,7 @@ static void s_tick(void *ctx, ab_worker_t *w)
         if (j)
             s_done(o, j, res);
     }
-    if (!o->probing && ab_now_ms() >= o->next_refresh_ms)
+    if (!o->probing && tl_now_ms() >= o->next_refresh_ms)
         s_probe_start(o);
     s_start_waiting(o);
 }
@@ -646,8 +640,8 @@ static void s_destroy(void **ctx)
     s_ollama_t *o = *ctx;
     if (!o)
         return;
-    while (o->jobs)
-        s_job_free(o, o->jobs);
+    while (!tl_list_empty(&o->jobs))
+        s_job_free(o, S_JOB(o->jobs.next));
     for (int i = 0; i < S_NPROBES; i++) {
         if (o->probes[i].easy) {
             curl_multi_remove_handle(o->multi, o->probes[i].easy);
@@ -659,12 +653,12 @@ static void s_destroy(void **ctx)
     curl_slist_free_all(o->hdrs);
     curl_global_cleanup();
     o->st.backend_url = NULL;
-    ab_ol_state_clear(&o->st);
-    ab_gpu_close(&o->gpu);
+    wk_ol_state_clear(&o->st);
+    wk_gpu_close(&o->gpu);
     free(o->sent);
     free(o);
     *ctx = NULL;
 }
 
-const ab_backend_ops_t ab_backend_ollama = {"ollama", s_create, s_on_job, s_next_timeout,
+const wk_backend_ops_t wk_backend_ollama = {"ollama", s_create, s_on_job, s_next_timeout,
                                             s_tick, s_destroy, s_attach, s_wait};

@@ -20,7 +20,7 @@ typedef struct {
     unsigned int gpu, memory;
 } s_util_t;
 
-struct ab_gpu {
+struct wk_gpu {
     void *lib;
     int (*init)(void);
     int (*shutdown)(void);
@@ -32,14 +32,14 @@ struct ab_gpu {
     int (*name)(s_dev_t, char *, unsigned int);
 };
 
-ab_gpu_t *ab_gpu_open(void)
+wk_gpu_t *wk_gpu_open(void)
 {
     void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         lib = dlopen("libnvidia-ml.so", RTLD_NOW | RTLD_LOCAL);
     if (!lib)
         return NULL;
-    ab_gpu_t *g = calloc(1, sizeof *g);
+    wk_gpu_t *g = calloc(1, sizeof *g);
     if (!g) {
         dlclose(lib);
         return NULL;
@@ -62,7 +62,7 @@ ab_gpu_t *ab_gpu_open(void)
     return g;
 }
 
-void ab_gpu_close(ab_gpu_t **gp)
+void wk_gpu_close(wk_gpu_t **gp)
 {
     if (!gp || !*gp)
         return;
@@ -72,7 +72,7 @@ void ab_gpu_close(ab_gpu_t **gp)
     *gp = NULL;
 }
 
-int ab_gpu_read(ab_gpu_t *g, Agentbus__InferenceState *st)
+int wk_gpu_read(wk_gpu_t *g, Agentbus__InferenceState *st)
 {
     unsigned int n = 0;
     if (!g || g->count(&n) != 0)

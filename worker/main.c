@@ -3,7 +3,7 @@
  * serves it with a backend.
  */
 #include "backend.h"
-#include "util.h"
+#include "tl_args.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -66,7 +66,7 @@ typedef struct {
     const char *fail_file;
     int nlabels;
     long heartbeat_ms;
-    ab_backend_args_t args;
+    wk_backend_args_t args;
 } s_args_t;
 
 static int s_parse(s_args_t *a, int argc, char **argv)
@@ -112,25 +112,25 @@ static int s_parse(s_args_t *a, int argc, char **argv)
             a->name = v;
         else if (strcmp(f, "--label") == 0 && strchr(v, '=') && a->nlabels < 64)
             a->labels[a->nlabels++] = v;
-        else if (strcmp(f, "--capacity") == 0 && ab_parse_long(v, 1, 100000, &n) == 0)
+        else if (strcmp(f, "--capacity") == 0 && tl_parse_long(v, 1, 100000, &n) == 0)
             a->args.capacity = (unsigned)n, capacity_set = 1;
         else if (strcmp(f, "--ollama-url") == 0 && *v)
             a->args.ollama_url = v;
         else if (strcmp(f, "--preload") == 0)
             a->args.preload = v;
-        else if (strcmp(f, "--gpu-vram-mb") == 0 && ab_parse_long(v, 0, 1L << 30, &n) == 0)
+        else if (strcmp(f, "--gpu-vram-mb") == 0 && tl_parse_long(v, 0, 1L << 30, &n) == 0)
             a->args.gpu_vram_mb = n;
-        else if (strcmp(f, "--ollama-retries") == 0 && ab_parse_long(v, 0, 10, &n) == 0)
+        else if (strcmp(f, "--ollama-retries") == 0 && tl_parse_long(v, 0, 10, &n) == 0)
             a->args.retries = n;
-        else if (strcmp(f, "--refresh-ms") == 0 && ab_parse_long(v, 250, 600000, &n) == 0)
+        else if (strcmp(f, "--refresh-ms") == 0 && tl_parse_long(v, 250, 600000, &n) == 0)
             a->args.refresh_ms = n;
-        else if (strcmp(f, "--delay-ms") == 0 && ab_parse_long(v, 0, 3600000, &n) == 0)
+        else if (strcmp(f, "--delay-ms") == 0 && tl_parse_long(v, 0, 3600000, &n) == 0)
             a->args.delay_ms = n;
-        else if (strcmp(f, "--chunks") == 0 && ab_parse_long(v, 1, 1000000, &n) == 0)
+        else if (strcmp(f, "--chunks") == 0 && tl_parse_long(v, 1, 1000000, &n) == 0)
             a->args.chunks = n;
-        else if (strcmp(f, "--heartbeat-ms") == 0 && ab_parse_long(v, 100, 60000, &n) == 0)
+        else if (strcmp(f, "--heartbeat-ms") == 0 && tl_parse_long(v, 100, 60000, &n) == 0)
             a->heartbeat_ms = n;
-        else if (strcmp(f, "--drain-ms") == 0 && ab_parse_long(v, 0, 3600000, &n) == 0)
+        else if (strcmp(f, "--drain-ms") == 0 && tl_parse_long(v, 0, 3600000, &n) == 0)
             s_drain_ms = n;
         else if (strcmp(f, "--fail-file") == 0 && *v)
             a->fail_file = v;
@@ -154,7 +154,7 @@ static int s_parse(s_args_t *a, int argc, char **argv)
         /* The backend's parallelism: what its operator gave Ollama. */
         const char *np = getenv("OLLAMA_NUM_PARALLEL");
         if (!capacity_set)
-            a->args.capacity = np && ab_parse_long(np, 1, 100000, &n0) == 0 ? (unsigned)n0 : 4;
+            a->args.capacity = np && tl_parse_long(np, 1, 100000, &n0) == 0 ? (unsigned)n0 : 4;
     }
     a->args.name = a->name;
     return 0;
@@ -185,7 +185,7 @@ static int s_setup(const s_args_t *a)
 }
 
 typedef struct {
-    const ab_backend_ops_t *ops;
+    const wk_backend_ops_t *ops;
     void *ctx;
     const char *fail_file;
     int failing;
@@ -228,7 +228,7 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    s_loop_t loop = {strcmp(a.backend, "ollama") == 0 ? &ab_backend_ollama : &ab_backend_echo,
+    s_loop_t loop = {strcmp(a.backend, "ollama") == 0 ? &wk_backend_ollama : &wk_backend_echo,
                      NULL, a.fail_file, 0};
     ab_worker_set_backend_state(s_worker, "ok");
     if (loop.ops->create(&loop.ctx, &a.args) != AB_OK) {

@@ -73,9 +73,9 @@ static int s_fail(char *err, size_t cap, const char *what)
 /* Each s_build_* fills J and CALL from one request kind; returns its model
  * or NULL with ERR set. */
 static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *j,
-                                    ab_ol_call_t *call, char *err, size_t cap)
+                                    wk_ol_call_t *call, char *err, size_t cap)
 {
-    call->kind = AB_OL_GENERATE;
+    call->kind = WK_OL_GENERATE;
     call->path = "/api/generate";
     call->stream = g->has_stream_case ? g->stream : 1;
     s_set_str(j, "prompt", g->prompt);
@@ -92,10 +92,10 @@ static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *
     return g->model;
 }
 
-static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, ab_ol_call_t *call,
+static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol_call_t *call,
                                 char *err, size_t cap)
 {
-    call->kind = AB_OL_CHAT;
+    call->kind = WK_OL_CHAT;
     call->path = "/api/chat";
     call->stream = c->has_stream_case ? c->stream : 1;
     json_t *msgs = json_array();
@@ -115,10 +115,10 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, ab_ol
     return c->model;
 }
 
-static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, ab_ol_call_t *call,
+static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, wk_ol_call_t *call,
                                  char *err, size_t cap)
 {
-    call->kind = AB_OL_EMBED;
+    call->kind = WK_OL_EMBED;
     call->path = "/api/embed";
     call->stream = 0; /* Ollama answers embeddings in one object */
     json_t *in = json_array();
@@ -137,9 +137,9 @@ static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, ab_
 
 /* Load and unload: a request with only a model (and keep_alive 0 to unload). */
 static const char *s_build_command(const Agentbus__ModelCommand *m, int load, json_t *j,
-                                   ab_ol_call_t *call)
+                                   wk_ol_call_t *call)
 {
-    call->kind = load ? AB_OL_LOAD : AB_OL_UNLOAD;
+    call->kind = load ? WK_OL_LOAD : WK_OL_UNLOAD;
     call->path = "/api/generate";
     call->stream = 1;
     if (load)
@@ -149,7 +149,7 @@ static const char *s_build_command(const Agentbus__ModelCommand *m, int load, js
     return m->model;
 }
 
-int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, size_t errcap)
+int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, size_t errcap)
 {
     memset(call, 0, sizeof *call);
     Agentbus__InferenceRequest *r = agentbus__inference_request__unpack(NULL, len, pb);
@@ -185,7 +185,7 @@ int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, 
     if (rc == 0) {
         snprintf(call->model, sizeof call->model, "%s", model);
         json_object_set_new(j, "model", json_string(model));
-        if (call->kind != AB_OL_EMBED)
+        if (call->kind != WK_OL_EMBED)
             json_object_set_new(j, "stream", json_boolean(call->stream));
         call->body = json_dumps(j, JSON_COMPACT);
         if (!call->body)
@@ -198,7 +198,7 @@ int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, 
     return rc;
 }
 
-void ab_ol_call_free(ab_ol_call_t *call)
+void wk_ol_call_free(wk_ol_call_t *call)
 {
     free(call->body);
     call->body = NULL;
@@ -227,7 +227,7 @@ static void s_timings(json_t *o, Agentbus__InferenceTimings *t)
     t->eval_duration = s_u64(o, "eval_duration");
 }
 
-static int s_pack(const ProtobufCMessage *m, ab_ol_chunk_t *c)
+static int s_pack(const ProtobufCMessage *m, wk_ol_chunk_t *c)
 {
     c->pb_len = protobuf_c_message_get_packed_size(m);
     c->pb = malloc(c->pb_len ? c->pb_len : 1);
@@ -239,7 +239,7 @@ static int s_pack(const ProtobufCMessage *m, ab_ol_chunk_t *c)
     return 0;
 }
 
-static int s_embed(json_t *o, const char *worker, ab_ol_chunk_t *c)
+static int s_embed(json_t *o, const char *worker, wk_ol_chunk_t *c)
 {
     Agentbus__EmbedResponse er;
     agentbus__embed_response__init(&er);
@@ -281,8 +281,8 @@ static int s_embed(json_t *o, const char *worker, ab_ol_chunk_t *c)
     return rc;
 }
 
-int ab_ol_chunk_parse(ab_ol_kind_t kind, const char *line, size_t len, const char *worker,
-                      ab_ol_chunk_t *c)
+int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const char *worker,
+                      wk_ol_chunk_t *c)
 {
     memset(c, 0, sizeof *c);
     json_error_t je;
@@ -308,10 +308,10 @@ int ab_ol_chunk_parse(ab_ol_kind_t kind, const char *line, size_t len, const cha
     agentbus__inference_timings__init(&t);
     s_timings(o, &t);
     int rc;
-    if (kind == AB_OL_EMBED) {
+    if (kind == WK_OL_EMBED) {
         c->done = 1;
         rc = s_embed(o, worker, c);
-    } else if (kind == AB_OL_CHAT) {
+    } else if (kind == WK_OL_CHAT) {
         Agentbus__ChatResponse cr;
         Agentbus__ChatMessage m;
         agentbus__chat_response__init(&cr);
@@ -348,26 +348,26 @@ int ab_ol_chunk_parse(ab_ol_kind_t kind, const char *line, size_t len, const cha
 }
 
 /* --- line splitting ------------------------------------------------------- */
-void ab_ndjson_init(ab_ndjson_t *nd, size_t max_line)
+void wk_ndjson_init(wk_ndjson_t *nd, size_t max_line)
 {
     memset(nd, 0, sizeof *nd);
     nd->max = max_line;
 }
 
-void ab_ndjson_fini(ab_ndjson_t *nd)
+void wk_ndjson_fini(wk_ndjson_t *nd)
 {
     free(nd->buf);
     memset(nd, 0, sizeof *nd);
 }
 
-static int s_emit(const char *p, size_t n, ab_ndjson_fn *fn, void *arg)
+static int s_emit(const char *p, size_t n, wk_ndjson_fn *fn, void *arg)
 {
     while (n && (p[n - 1] == '\r' || p[n - 1] == ' '))
         n--;
     return n ? fn(p, n, arg) : 0;
 }
 
-int ab_ndjson_feed(ab_ndjson_t *nd, const char *data, size_t n, ab_ndjson_fn *fn, void *arg)
+int wk_ndjson_feed(wk_ndjson_t *nd, const char *data, size_t n, wk_ndjson_fn *fn, void *arg)
 {
     while (n) {
         const char *nl = memchr(data, '\n', n);
@@ -407,7 +407,7 @@ int ab_ndjson_feed(ab_ndjson_t *nd, const char *data, size_t n, ab_ndjson_fn *fn
     return 0;
 }
 
-int ab_ndjson_finish(ab_ndjson_t *nd, ab_ndjson_fn *fn, void *arg)
+int wk_ndjson_finish(wk_ndjson_t *nd, wk_ndjson_fn *fn, void *arg)
 {
     size_t l = nd->len;
     nd->len = 0;
@@ -462,7 +462,7 @@ static json_t *s_models_array(const char *json, size_t len)
     return a;
 }
 
-int ab_ol_parse_tags(const char *json, size_t len, Agentbus__InferenceState *st)
+int wk_ol_parse_tags(const char *json, size_t len, Agentbus__InferenceState *st)
 {
     json_t *a = s_models_array(json, len);
     if (!a)
@@ -492,7 +492,7 @@ int ab_ol_parse_tags(const char *json, size_t len, Agentbus__InferenceState *st)
     return 0;
 }
 
-int ab_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
+int wk_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
 {
     json_t *a = s_models_array(json, len);
     if (!a)
@@ -527,7 +527,7 @@ int ab_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
     return 0;
 }
 
-int ab_ol_parse_version(const char *json, size_t len, Agentbus__InferenceState *st)
+int wk_ol_parse_version(const char *json, size_t len, Agentbus__InferenceState *st)
 {
     json_t *o = json_loadb(json, len, 0, NULL);
     const char *v = json_string_value(json_object_get(o, "version"));
@@ -545,7 +545,7 @@ int ab_ol_parse_version(const char *json, size_t len, Agentbus__InferenceState *
     return rc;
 }
 
-void ab_ol_state_clear(Agentbus__InferenceState *st)
+void wk_ol_state_clear(Agentbus__InferenceState *st)
 {
     s_free_models(st);
     s_free_loaded(st);

@@ -3,34 +3,34 @@
  * typed inference messages of proto/agentbus.proto. No I/O: bytes in,
  * bytes out, so it is unit-tested on its own (tests/unit/test_ollama_json.c).
  */
-#ifndef AB_OLLAMA_JSON_H
-#define AB_OLLAMA_JSON_H
+#ifndef WK_OLLAMA_JSON_H
+#define WK_OLLAMA_JSON_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 typedef enum {
-    AB_OL_GENERATE = 1,
-    AB_OL_CHAT = 2,
-    AB_OL_EMBED = 3,
-    AB_OL_LOAD = 4,
-    AB_OL_UNLOAD = 5
-} ab_ol_kind_t;
+    WK_OL_GENERATE = 1,
+    WK_OL_CHAT = 2,
+    WK_OL_EMBED = 3,
+    WK_OL_LOAD = 4,
+    WK_OL_UNLOAD = 5
+} wk_ol_kind_t;
 
 /* An HTTP call built from an agentbus.InferenceRequest. */
 typedef struct {
-    ab_ol_kind_t kind;
+    wk_ol_kind_t kind;
     const char *path;  /* "/api/generate", "/api/chat", "/api/embed" */
     char *body;        /* JSON, malloc'd */
     size_t body_len;
     char model[256];
     int stream;        /* 1: the answer is NDJSON, one PARTIAL per line */
-} ab_ol_call_t;
+} wk_ol_call_t;
 
 /* Decodes PB (an InferenceRequest) into CALL. 0, or -1 with a reason in
  * ERR (the request is malformed: the caller answers BAD_REQUEST). */
-int ab_ol_call_build(const void *pb, size_t len, ab_ol_call_t *call, char *err, size_t errcap);
-void ab_ol_call_free(ab_ol_call_t *call);
+int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, size_t errcap);
+void wk_ol_call_free(wk_ol_call_t *call);
 
 /* One line (JSON object) of an answer, as a typed message. */
 typedef struct {
@@ -39,40 +39,40 @@ typedef struct {
     int done;         /* the line had "done": true (or was an embed answer) */
     char error[512];  /* non-empty: the line was {"error": ...} */
     char done_reason[32];
-} ab_ol_chunk_t;
+} wk_ol_chunk_t;
 
 /* Parses LINE (LEN bytes, one JSON object) of a KIND answer; WORKER names
  * the worker in final messages. 0 (chunk filled; free chunk->pb), -1 when
  * the line is not valid JSON (ERR set in chunk->error too). */
-int ab_ol_chunk_parse(ab_ol_kind_t kind, const char *line, size_t len, const char *worker,
-                      ab_ol_chunk_t *chunk);
+int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const char *worker,
+                      wk_ol_chunk_t *chunk);
 
 /* Splits a byte stream into lines. Bounded: a line longer than max is an
  * error (a broken or hostile backend must not grow memory without end). */
 typedef struct {
     char *buf;
     size_t len, cap, max;
-} ab_ndjson_t;
+} wk_ndjson_t;
 
-typedef int(ab_ndjson_fn)(const char *line, size_t len, void *arg);
+typedef int(wk_ndjson_fn)(const char *line, size_t len, void *arg);
 
-void ab_ndjson_init(ab_ndjson_t *nd, size_t max_line);
-void ab_ndjson_fini(ab_ndjson_t *nd);
+void wk_ndjson_init(wk_ndjson_t *nd, size_t max_line);
+void wk_ndjson_fini(wk_ndjson_t *nd);
 /* Feeds N bytes; calls FN for each complete non-empty line (without the
  * newline). Returns 0, -1 if a line is too long or out of memory, or FN's
  * non-zero return (which stops feeding). */
-int ab_ndjson_feed(ab_ndjson_t *nd, const char *data, size_t n, ab_ndjson_fn *fn, void *arg);
+int wk_ndjson_feed(wk_ndjson_t *nd, const char *data, size_t n, wk_ndjson_fn *fn, void *arg);
 /* End of stream: the last line may lack its newline. Same returns. */
-int ab_ndjson_finish(ab_ndjson_t *nd, ab_ndjson_fn *fn, void *arg);
+int wk_ndjson_finish(wk_ndjson_t *nd, wk_ndjson_fn *fn, void *arg);
 
 /* Parses /api/tags, /api/ps and /api/version answers into ST (an
  * Agentbus__InferenceState, fields models / loaded / backend_version).
  * 0 or -1 (bad JSON; ST unchanged). Strings are malloc'd: free the state
- * with ab_ol_state_clear. */
+ * with wk_ol_state_clear. */
 struct Agentbus__InferenceState;
-int ab_ol_parse_tags(const char *json, size_t len, struct Agentbus__InferenceState *st);
-int ab_ol_parse_ps(const char *json, size_t len, struct Agentbus__InferenceState *st);
-int ab_ol_parse_version(const char *json, size_t len, struct Agentbus__InferenceState *st);
-void ab_ol_state_clear(struct Agentbus__InferenceState *st);
+int wk_ol_parse_tags(const char *json, size_t len, struct Agentbus__InferenceState *st);
+int wk_ol_parse_ps(const char *json, size_t len, struct Agentbus__InferenceState *st);
+int wk_ol_parse_version(const char *json, size_t len, struct Agentbus__InferenceState *st);
+void wk_ol_state_clear(struct Agentbus__InferenceState *st);
 
 #endif

@@ -241,7 +241,8 @@ static void *s_agent_main(void *arg)
             int n = snprintf(msg, sizeof msg, "agent-%d-msg-%d", a->index, sent);
             tickets[sent].a = a;
             tickets[sent].seq = sent;
-            if (ab_client_request_async(c, "echo", msg, (size_t)n, 30000, s_agent_cb,
+            if (ab_client_request_start(c, "echo", msg, (size_t)n,
+                                        &(ab_request_opts_t){.timeout_ms = 30000}, s_agent_cb,
                                         &tickets[sent], NULL) != AB_OK)
                 break;
             sent++;
@@ -324,7 +325,9 @@ static void s_old_peer(void)
     REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
     int done = 0;
     for (int i = 0; i < N; i++)
-        REQUIRE(ab_client_request_async(c, "old", "ping", 4, 20000, NULL, NULL, NULL) == AB_OK);
+        REQUIRE(ab_client_request_start(c, "old", "ping", 4,
+                                        &(ab_request_opts_t){.timeout_ms = 20000}, NULL, NULL,
+                                        NULL) == AB_OK);
     ab_client_flush(c);
     int got = 0, batches = 0;
     for (int i = 0; i < N; i++) {
@@ -419,7 +422,8 @@ static void s_lz4(void)
 
     uint64_t id;
     s_msg_t m;
-    REQUIRE(ab_client_request_async(c, "raw", text, BIG, 20000, NULL, NULL, &id) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "raw", text, BIG, &(ab_request_opts_t){.timeout_ms = 20000},
+                                    NULL, NULL, &id) == AB_OK);
     ab_client_flush(c);
     REQUIRE(s_raw_recv_msg(w, &m, 5000));
     CHECK_EQ(m.h.kind, AB_KIND_REQUEST);
@@ -708,7 +712,8 @@ static void s_options(void)
     REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
     int n = 0;
     for (int i = 0; i < 500; i++)
-        n += ab_client_request_async(c, "echo", "x", 1, 20000, NULL, NULL, NULL) == AB_OK;
+        n += ab_client_request_start(c, "echo", "x", 1, &(ab_request_opts_t){.timeout_ms = 20000},
+                                     NULL, NULL, NULL) == AB_OK;
     CHECK_EQ(n, 500);
     int64_t end = ab_now_ms() + 20000;
     while (ab_client_pending(c) && ab_now_ms() < end)
@@ -802,7 +807,8 @@ static void s_mixed(void)
             tickets[sent].m = &m;
             tickets[sent].seq = sent;
             int k = sent % 64;
-            REQUIRE(ab_client_request_async(c, "echo", m.bufs[k], m.sizes[k], 20000, s_mixed_cb,
+            REQUIRE(ab_client_request_start(c, "echo", m.bufs[k], m.sizes[k],
+                                            &(ab_request_opts_t){.timeout_ms = 20000}, s_mixed_cb,
                                             &tickets[sent], NULL) == AB_OK);
             sent++;
         }
@@ -834,8 +840,9 @@ static void s_register_batched(void)
     ab_client_t *c = th_client(port);
     s_tally_t t = {0};
     for (int i = 0; i < 20; i++) /* wait in the startup grace for a worker */
-        REQUIRE(ab_client_request_async(c, "echo", "early", 5, 20000, s_tally_cb, &t, NULL) ==
-                AB_OK);
+        REQUIRE(ab_client_request_start(c, "echo", "early", 5,
+                                        &(ab_request_opts_t){.timeout_ms = 20000}, s_tally_cb, &t,
+                                        NULL) == AB_OK);
     ab_client_poll(c, 200);
     th_worker(port, "echo", "--capacity", "1000", NULL);
     s_poll_until(c, &t, 20, 10000);
@@ -855,7 +862,9 @@ static void s_register_batched(void)
     ab_free(reply);
     s_tally_t t2 = {0};
     for (int i = 0; i < 300; i++)
-        REQUIRE(ab_client_request_async(c, "echo", "x", 1, 20000, s_tally_cb, &t2, NULL) == AB_OK);
+        REQUIRE(ab_client_request_start(c, "echo", "x", 1,
+                                        &(ab_request_opts_t){.timeout_ms = 20000}, s_tally_cb, &t2,
+                                        NULL) == AB_OK);
     s_poll_until(c, &t2, 300, 10000);
     CHECK_EQ(t2.ok, 300);
     st = th_stats(c);
@@ -1007,7 +1016,8 @@ static void s_client_decode(void)
     ab_client_t *c = th_client(port);
     s_tally_t t = {0};
     uint64_t id = 0;
-    REQUIRE(ab_client_request_async(c, "svc", "q", 1, 20000, s_tally_cb, &t, &id) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "svc", "q", 1, &(ab_request_opts_t){.timeout_ms = 20000},
+                                    s_tally_cb, &t, &id) == AB_OK);
     /* Act as the broker: answer HELLO with our features, take the REQUEST. */
     int hello = 0, request = 0;
     zmq_msg_t rid;
@@ -1139,7 +1149,8 @@ static void s_cancel_flushed(void)
     uint64_t id = 0;
     s_tally_t t;
     memset(&t, 0, sizeof t);
-    REQUIRE(ab_client_request_async(c, "echo", "x", 1, 20000, s_tally_cb, &t, &id) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "echo", "x", 1, &(ab_request_opts_t){.timeout_ms = 20000},
+                                    s_tally_cb, &t, &id) == AB_OK);
     for (int i = 0; i < 500 && !x.job; i++) {
         ab_client_poll(c, 5);
         ab_worker_recv(w, &x.job, 5);

@@ -340,8 +340,10 @@ static size_t s_generate(uint8_t *buf, const char *prompt, double temp, long see
 static int s_typed(ab_client_t *c, const uint8_t *buf, size_t len)
 {
     s_got_t g = {0};
-    REQUIRE(ab_client_request_model_async(c, "infer", "tiny:latest", NULL, buf, len, 10000,
-                                          s_got_cb, &g, NULL) == AB_OK);
+    REQUIRE(
+        ab_client_request_start(c, "infer", buf, len,
+                                &(ab_request_opts_t){.timeout_ms = 10000, .model = "tiny:latest"},
+                                s_got_cb, &g, NULL) == AB_OK);
     s_poll_all(&c, 1, &g, 1, 10000);
     return g.status == AB_OK ? atoi(strrchr(g.final, '#') ? strrchr(g.final, '#') + 1 : "0")
                              : -1;
@@ -429,8 +431,9 @@ static void s_coalesce_100(void)
     static s_got_t g[100];
     memset(g, 0, sizeof g);
     for (int i = 0; i < 100; i++)
-        REQUIRE(ab_client_request_async(c, "echo", "same", 4, 20000, s_got_cb, &g[i], NULL) ==
-                AB_OK);
+        REQUIRE(ab_client_request_start(c, "echo", "same", 4,
+                                        &(ab_request_opts_t){.timeout_ms = 20000}, s_got_cb, &g[i],
+                                        NULL) == AB_OK);
     s_poll_all(&c, 1, g, 100, 20000);
     int ok = 0;
     for (int i = 0; i < 100; i++)
@@ -464,7 +467,8 @@ static void s_stream_fanout(void)
     static s_got_t g[7];
     memset(g, 0, sizeof g);
     for (int i = 0; i < 5; i++)
-        REQUIRE(ab_client_request_async(cs[i % 3], "echo", "stream", 6, 20000, s_got_cb, &g[i],
+        REQUIRE(ab_client_request_start(cs[i % 3], "echo", "stream", 6,
+                                        &(ab_request_opts_t){.timeout_ms = 20000}, s_got_cb, &g[i],
                                         NULL) == AB_OK);
     /* A late one, after some chunks went out. */
     int64_t until = ab_now_ms() + 350;
@@ -472,8 +476,9 @@ static void s_stream_fanout(void)
         for (int i = 0; i < 3; i++)
             ab_client_poll(cs[i], 5);
     CHECK_TRUE(g[0].partials >= 1 && g[0].finals == 0);
-    REQUIRE(ab_client_request_async(cs[1], "echo", "stream", 6, 20000, s_got_cb, &g[5], NULL) ==
-            AB_OK);
+    REQUIRE(ab_client_request_start(cs[1], "echo", "stream", 6,
+                                    &(ab_request_opts_t){.timeout_ms = 20000}, s_got_cb, &g[5],
+                                    NULL) == AB_OK);
     s_poll_all(cs, 3, g, 6, 20000);
     const char *want = "part0#1;part1#1;part2#1;part3#1;";
     for (int i = 0; i < 6; i++) {
@@ -484,8 +489,9 @@ static void s_stream_fanout(void)
     }
     CHECK_EQ(atomic_load(&x.jobs), 1);
     /* Now from the cache: the same shape, 4 chunks then the reply. */
-    REQUIRE(ab_client_request_async(cs[2], "echo", "stream", 6, 20000, s_got_cb, &g[6], NULL) ==
-            AB_OK);
+    REQUIRE(ab_client_request_start(cs[2], "echo", "stream", 6,
+                                    &(ab_request_opts_t){.timeout_ms = 20000}, s_got_cb, &g[6],
+                                    NULL) == AB_OK);
     s_poll_all(&cs[2], 1, &g[6], 1, 10000);
     CHECK_EQ(g[6].partials, 4);
     CHECK_STR(g[6].chunks, want);
@@ -510,8 +516,9 @@ static void s_leader_fails(void)
     static s_got_t g[5];
     memset(g, 0, sizeof g);
     for (int i = 0; i < 5; i++)
-        REQUIRE(ab_client_request_async(c, "echo", "flaky", 5, 20000, s_got_cb, &g[i], NULL) ==
-                AB_OK);
+        REQUIRE(ab_client_request_start(c, "echo", "flaky", 5,
+                                        &(ab_request_opts_t){.timeout_ms = 20000}, s_got_cb, &g[i],
+                                        NULL) == AB_OK);
     s_poll_all(&c, 1, g, 5, 20000);
     CHECK_EQ(g[0].status, AB_EINTERNAL);
     for (int i = 1; i < 5; i++) {
@@ -540,9 +547,12 @@ static void s_waiter_deadline(void)
     ab_client_set_cache(c, AB_CACHE_ON, 0);
     static s_got_t g[3];
     memset(g, 0, sizeof g);
-    REQUIRE(ab_client_request_async(c, "echo", "slow", 4, 10000, s_got_cb, &g[0], NULL) == AB_OK);
-    REQUIRE(ab_client_request_async(c, "echo", "slow", 4, 200, s_got_cb, &g[1], NULL) == AB_OK);
-    REQUIRE(ab_client_request_async(c, "echo", "slow", 4, 10000, s_got_cb, &g[2], NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "echo", "slow", 4, &(ab_request_opts_t){.timeout_ms = 10000},
+                                    s_got_cb, &g[0], NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "echo", "slow", 4, &(ab_request_opts_t){.timeout_ms = 200},
+                                    s_got_cb, &g[1], NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "echo", "slow", 4, &(ab_request_opts_t){.timeout_ms = 10000},
+                                    s_got_cb, &g[2], NULL) == AB_OK);
     s_poll_all(&c, 1, g, 3, 15000);
     CHECK_EQ(g[0].status, AB_OK);
     CHECK_EQ(g[1].status, AB_EDEADLINE);
@@ -1053,8 +1063,9 @@ static size_t s_typed_for(uint8_t *buf, int kind, const char *model)
 static int s_model_req(ab_client_t *c, const char *model, const void *buf, size_t len)
 {
     s_got_t g = {0};
-    REQUIRE(ab_client_request_model_async(c, "infer", model, NULL, buf, len, 10000, s_got_cb,
-                                          &g, NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "infer", buf, len,
+                                    &(ab_request_opts_t){.timeout_ms = 10000, .model = model},
+                                    s_got_cb, &g, NULL) == AB_OK);
     s_poll_all(&c, 1, &g, 1, 10000);
     const char *hash = strrchr(g.final, '#');
     return g.status == AB_OK && hash ? atoi(hash + 1) : -1;
@@ -1272,7 +1283,8 @@ static void s_cancelled_leader(void)
     static s_got_t g[2];
     memset(g, 0, sizeof g);
     uint64_t ida = 0;
-    REQUIRE(ab_client_request_async(c, "echo", "same", 4, 10000, s_got_cb, &g[0], &ida) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "echo", "same", 4, &(ab_request_opts_t){.timeout_ms = 10000},
+                                    s_got_cb, &g[0], &ida) == AB_OK);
     ab_client_poll(c, 0);
     REQUIRE(s_wk_expect(wk, AB_KIND_REQUEST, 0, &h, 5000));
     uint64_t bida = h.id;
@@ -1286,7 +1298,8 @@ static void s_cancelled_leader(void)
     ab_client_poll(c, 0);
     CHECK_TRUE(s_wk_expect(wk, AB_KIND_CANCEL, bida, &h, 5000));
     /* the identical request, while the worker still holds the cancelled one */
-    REQUIRE(ab_client_request_async(c, "echo", "same", 4, 10000, s_got_cb, &g[1], NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "echo", "same", 4, &(ab_request_opts_t){.timeout_ms = 10000},
+                                    s_got_cb, &g[1], NULL) == AB_OK);
     ab_client_poll(c, 0);
     int reached = 0;
     for (int i = 0; i < 15 && !reached; i++) {

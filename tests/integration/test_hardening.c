@@ -313,8 +313,9 @@ static void s_forged_worker_round(int port, const void *vrid, size_t vlen)
     th_sleep_ms(300);
     s_tally_t t = {0, 0, 0};
     for (int i = 0; i < N; i++)
-        REQUIRE(ab_client_request_async(ctl, "svc", "q", 1, 20000, s_tally_cb, &t, NULL) ==
-                AB_OK);
+        REQUIRE(ab_client_request_start(ctl, "svc", "q", 1,
+                                        &(ab_request_opts_t){.timeout_ms = 20000}, s_tally_cb, &t,
+                                        NULL) == AB_OK);
     ab_client_flush(ctl);
     uint64_t bids[N];
     int got = 0;
@@ -513,7 +514,8 @@ static void s_shared_id(void)
     free(out);
     /* The worker that chose its id still gets its service's requests. */
     CHECK_EQ(th_wait_workers(ctl, "raw", 1, 2000), 0);
-    REQUIRE(ab_client_request_async(ctl, "raw", "r", 1, 5000, NULL, NULL, NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(ctl, "raw", "r", 1, &(ab_request_opts_t){.timeout_ms = 5000},
+                                    NULL, NULL, NULL) == AB_OK);
     ab_client_flush(ctl);
     s_msg_t m;
     CHECK_TRUE(s_wait(old, AB_KIND_REQUEST, &m, 5000, NULL, 0));

@@ -142,8 +142,9 @@ static void s_kill9_load(void)
             while (sent[i] < PER && sent[i] - finals[i] < WINDOW) {
                 char msg[32];
                 int n = snprintf(msg, sizeof msg, "c%d-%d", i, sent[i]);
-                CHECK_EQ(ab_client_request_async(cs[i], "work", msg, (size_t)n, 20000, s_slot_cb,
-                                                 &slots[i][sent[i]], NULL),
+                CHECK_EQ(ab_client_request_start(cs[i], "work", msg, (size_t)n,
+                                                 &(ab_request_opts_t){.timeout_ms = 20000},
+                                                 s_slot_cb, &slots[i][sent[i]], NULL),
                          AB_OK);
                 sent[i]++;
             }
@@ -204,7 +205,9 @@ static void s_sigstop(void)
     memset(slots, 0, sizeof slots);
     s_done = 0;
     for (int i = 0; i < 8; i++)
-        CHECK_EQ(ab_client_request_async(c, "svc", "x", 1, 20000, s_slot_cb, &slots[i], NULL),
+        CHECK_EQ(ab_client_request_start(c, "svc", "x", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 20000}, s_slot_cb,
+                                         &slots[i], NULL),
                  AB_OK);
     ab_client_poll(c, 150); /* both workers hold 4 */
     kill(s1, SIGSTOP);
@@ -236,7 +239,9 @@ static void s_sigstop(void)
     /* It rejoins through one probe request, then takes its share. */
     REQUIRE(th_wait_workers(c, "svc", 2, 10000) == 0);
     for (int i = 8; i < 20; i++)
-        CHECK_EQ(ab_client_request_async(c, "svc", "y", 1, 20000, s_slot_cb, &slots[i], NULL),
+        CHECK_EQ(ab_client_request_start(c, "svc", "y", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 20000}, s_slot_cb,
+                                         &slots[i], NULL),
                  AB_OK);
     end = ab_now_ms() + 20000;
     while (s_done < 20 && ab_now_ms() < end)
@@ -630,7 +635,10 @@ static void s_flood(void)
     static s_slot_t sa[100], sb[100];
     s_done = 0;
     for (int i = 0; i < 100; i++)
-        CHECK_EQ(ab_client_request_async(a, "slow", "x", 1, 60000, s_slot_cb, &sa[i], NULL), AB_OK);
+        CHECK_EQ(ab_client_request_start(a, "slow", "x", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 60000}, s_slot_cb,
+                                         &sa[i], NULL),
+                 AB_OK);
     s_poll_done(a, 70, 10000);
     int busy = 0;
     for (int i = 0; i < 100; i++)
@@ -638,7 +646,10 @@ static void s_flood(void)
     CHECK_EQ(busy, 70); /* the client's limit, not the service's queue */
     /* Another client is not held back by the first one's limit... */
     for (int i = 0; i < 80; i++)
-        CHECK_EQ(ab_client_request_async(b, "slow", "x", 1, 60000, s_slot_cb, &sb[i], NULL), AB_OK);
+        CHECK_EQ(ab_client_request_start(b, "slow", "x", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 60000}, s_slot_cb,
+                                         &sb[i], NULL),
+                 AB_OK);
     s_poll_done(b, 120, 10000);
     int busy_b = 0;
     for (int i = 0; i < 80; i++)
@@ -656,7 +667,8 @@ static void s_flood(void)
     for (int k = 0; k < 3; k++) {
         more[k] = th_client(port);
         for (int i = 0; i < 30; i++)
-            ab_client_request_async(more[k], "slow", "x", 1, 60000, NULL, NULL, NULL);
+            ab_client_request_start(more[k], "slow", "x", 1,
+                                    &(ab_request_opts_t){.timeout_ms = 60000}, NULL, NULL, NULL);
         ab_client_poll(more[k], 100);
     }
     char payload[4096];
@@ -668,7 +680,8 @@ static void s_flood(void)
         memset(sf, 0, sizeof sf);
         int before = s_done;
         for (int i = 0; i < 25; i++)
-            ab_client_request_async(fl, "slow", payload, sizeof payload, 60000, s_slot_cb, &sf[i],
+            ab_client_request_start(fl, "slow", payload, sizeof payload,
+                                    &(ab_request_opts_t){.timeout_ms = 60000}, s_slot_cb, &sf[i],
                                     NULL);
         int64_t end = ab_now_ms() + 10000;
         while (s_done - before < 25 && ab_now_ms() < end)
@@ -708,7 +721,10 @@ static void s_broker_drain(void)
     static s_slot_t slots[7];
     s_done = 0;
     for (int i = 0; i < 6; i++)
-        CHECK_EQ(ab_client_request_async(c, "job", "x", 1, 10000, s_slot_cb, &slots[i], NULL), AB_OK);
+        CHECK_EQ(ab_client_request_start(c, "job", "x", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 10000}, s_slot_cb,
+                                         &slots[i], NULL),
+                 AB_OK);
     ab_client_poll(c, 200);
     REQUIRE(kill(broker, SIGTERM) == 0);
     ab_client_poll(c, 100);
@@ -731,7 +747,10 @@ static void s_broker_drain(void)
     memset(slots, 0, sizeof slots);
     s_done = 0;
     for (int i = 0; i < 2; i++)
-        CHECK_EQ(ab_client_request_async(c, "job", "x", 1, 10000, s_slot_cb, &slots[i], NULL), AB_OK);
+        CHECK_EQ(ab_client_request_start(c, "job", "x", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 10000}, s_slot_cb,
+                                         &slots[i], NULL),
+                 AB_OK);
     ab_client_poll(c, 200);
     REQUIRE(kill(broker, SIGTERM) == 0);
     end = ab_now_ms() + 5000;
@@ -754,12 +773,17 @@ static void s_worker_drain(void)
     static s_slot_t slots[8];
     s_done = 0;
     for (int i = 0; i < 4; i++)
-        CHECK_EQ(ab_client_request_async(c, "job", "x", 1, 20000, s_slot_cb, &slots[i], NULL), AB_OK);
+        CHECK_EQ(ab_client_request_start(c, "job", "x", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 20000}, s_slot_cb,
+                                         &slots[i], NULL),
+                 AB_OK);
     ab_client_poll(c, 100);
     REQUIRE(kill(w1, SIGTERM) == 0);
     ab_client_poll(c, 100);
     /* Sent after the SIGTERM: the draining worker gets nothing new. */
-    CHECK_EQ(ab_client_request_async(c, "job", "y", 1, 20000, s_slot_cb, &slots[4], NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "job", "y", 1, &(ab_request_opts_t){.timeout_ms = 20000},
+                                     s_slot_cb, &slots[4], NULL),
+             AB_OK);
     int64_t end = ab_now_ms() + 10000;
     while (s_done < 4 && ab_now_ms() < end)
         ab_client_poll(c, 50);
@@ -777,7 +801,9 @@ static void s_worker_drain(void)
     pid_t w3 = th_worker(port, "slowjob", "--name", "wd3", "--delay-ms", "5000", "--drain-ms",
                          "300", NULL);
     REQUIRE(th_wait_workers(c, "slowjob", 1, 10000) == 0);
-    CHECK_EQ(ab_client_request_async(c, "slowjob", "z", 1, 20000, s_slot_cb, &slots[5], NULL),
+    CHECK_EQ(ab_client_request_start(c, "slowjob", "z", 1,
+                                     &(ab_request_opts_t){.timeout_ms = 20000}, s_slot_cb,
+                                     &slots[5], NULL),
              AB_OK);
     ab_client_poll(c, 200);
     REQUIRE(kill(w3, SIGTERM) == 0);

@@ -116,7 +116,9 @@ static void s_credit(void)
     int64_t end = ab_now_ms() + 30000;
     while (t.finals < TOTAL && ab_now_ms() < end) {
         while (sent < TOTAL && sent - t.finals < WINDOW) {
-            CHECK_EQ(ab_client_request_async(c, "pool", "x", 1, 10000, s_tally_cb, &t, NULL),
+            CHECK_EQ(ab_client_request_start(c, "pool", "x", 1,
+                                             &(ab_request_opts_t){.timeout_ms = 10000}, s_tally_cb,
+                                             &t, NULL),
                      AB_OK);
             sent++;
         }
@@ -169,7 +171,9 @@ static void s_busy(void)
     /* The held requests must outlive every round below, however slow the
      * build (ASan) or the machine: they end only when the client closes. */
     for (int i = 0; i < 11; i++) /* 1 with the worker + 10 queued */
-        CHECK_EQ(ab_client_request_async(c, "slow", "x", 1, 600000, s_tally_cb, &held, NULL),
+        CHECK_EQ(ab_client_request_start(c, "slow", "x", 1,
+                                         &(ab_request_opts_t){.timeout_ms = 600000}, s_tally_cb,
+                                         &held, NULL),
                  AB_OK);
     ab_client_poll(c, 200);
     CHECK_EQ(s_request_str(c, "slow", "one too many", NULL, 0), AB_EBUSY);
@@ -186,7 +190,8 @@ static void s_busy(void)
     for (int round = 0; round < rounds; round++) {
         s_tally_t t = {0};
         for (int i = 0; i < 5000; i++)
-            ab_client_request_async(c, "slow", payload, sizeof payload, 20000, s_tally_cb, &t,
+            ab_client_request_start(c, "slow", payload, sizeof payload,
+                                    &(ab_request_opts_t){.timeout_ms = 20000}, s_tally_cb, &t,
                                     NULL);
         s_poll_until(c, &t, 5000, 60000);
         busy += t.status_counts[-AB_EBUSY];
@@ -223,8 +228,12 @@ static void s_deadline(void)
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
     s_tally_t a = {0}, b = {0};
-    CHECK_EQ(ab_client_request_async(c, "slow", "a", 1, 200, s_tally_cb, &a, NULL), AB_OK);
-    CHECK_EQ(ab_client_request_async(c, "slow", "b", 1, 300, s_tally_cb, &b, NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "slow", "a", 1, &(ab_request_opts_t){.timeout_ms = 200},
+                                     s_tally_cb, &a, NULL),
+             AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "slow", "b", 1, &(ab_request_opts_t){.timeout_ms = 300},
+                                     s_tally_cb, &b, NULL),
+             AB_OK);
     s_poll_until(c, &a, 1, 5000);
     s_poll_until(c, &b, 1, 5000);
     CHECK_EQ(a.last_status, AB_EDEADLINE); /* held by the worker */
@@ -260,7 +269,10 @@ static void s_stream(void)
     const char *payload = "0123456789abcdefghijABCDEFGHIJklmnopqrstKLMNOPQRST";
     s_tally_t t = {0};
     t.order_ok = 1;
-    CHECK_EQ(ab_client_request_async(c, "stream", payload, 50, 5000, s_tally_cb, &t, NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "stream", payload, 50,
+                                     &(ab_request_opts_t){.timeout_ms = 5000}, s_tally_cb, &t,
+                                     NULL),
+             AB_OK);
     s_poll_until(c, &t, 1, 5000);
     ab_client_poll(c, 100); /* nothing may follow the final event */
     CHECK_EQ(t.partials, 4);
@@ -410,7 +422,9 @@ static void s_restart(void)
     char out[64];
     CHECK_EQ(s_request_str(c, "echo", "first", out, sizeof out), AB_OK);
     s_tally_t t = {0};
-    CHECK_EQ(ab_client_request_async(c, "slow", "x", 1, 20000, s_tally_cb, &t, NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "slow", "x", 1, &(ab_request_opts_t){.timeout_ms = 20000},
+                                     s_tally_cb, &t, NULL),
+             AB_OK);
     ab_client_poll(c, 300);
     th_kill9(broker);
     s_poll_until(c, &t, 1, 10000);
@@ -530,7 +544,9 @@ static void s_forged_reply(void)
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
     s_tally_t t = {0};
-    CHECK_EQ(ab_client_request_async(c, "slow", "real", 4, 5000, s_tally_cb, &t, NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "slow", "real", 4, &(ab_request_opts_t){.timeout_ms = 5000},
+                                     s_tally_cb, &t, NULL),
+             AB_OK);
     ab_client_poll(c, 100);
     void *ctx = zmq_ctx_new();
     void *raw = zmq_socket(ctx, ZMQ_DEALER);
@@ -571,7 +587,10 @@ static void s_async_fd(void)
     s_tally_t t = {0};
     t.order_ok = 1;
     for (int i = 0; i < 100; i++)
-        CHECK_EQ(ab_client_request_async(c, "echo", "abcd", 4, 5000, s_tally_cb, &t, NULL), AB_OK);
+        CHECK_EQ(ab_client_request_start(c, "echo", "abcd", 4,
+                                         &(ab_request_opts_t){.timeout_ms = 5000}, s_tally_cb, &t,
+                                         NULL),
+                 AB_OK);
     CHECK_EQ(ab_client_pending(c), 100);
     /* An application's own loop: poll(2) on the fd, with the library's timer
      * hint, then drain with ab_client_poll(c, 0). */
@@ -658,7 +677,8 @@ static void s_worker_api(void)
     /* Its credit came back: both slots serve again at once. */
     s_tally_t t = {0};
     for (int i = 0; i < 2; i++)
-        ab_client_request_async(c, "upper", "x", 1, 5000, s_tally_cb, &t, NULL);
+        ab_client_request_start(c, "upper", "x", 1, &(ab_request_opts_t){.timeout_ms = 5000},
+                                s_tally_cb, &t, NULL);
     s_poll_until(c, &t, 2, 5000);
     CHECK_EQ(t.ok, 2);
     Agentbus__WorkerList *wl = th_workers(c);
@@ -689,9 +709,14 @@ static void s_worker_lost(void)
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
     s_tally_t t = {0}, once = {0};
-    CHECK_EQ(ab_client_request_async(c, "slow", "x", 1, 20000, s_tally_cb, &t, NULL), AB_OK);
-    CHECK_EQ(ab_client_request_flags(c, "slow", "y", 1, 20000, AB_REQUEST_NON_IDEMPOTENT,
-                                     s_tally_cb, &once, NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "slow", "x", 1, &(ab_request_opts_t){.timeout_ms = 20000},
+                                     s_tally_cb, &t, NULL),
+             AB_OK);
+    CHECK_EQ(ab_client_request_start(
+                 c, "slow", "y", 1,
+                 &(ab_request_opts_t){.timeout_ms = 20000, .flags = AB_REQUEST_NON_IDEMPOTENT},
+                 s_tally_cb, &once, NULL),
+             AB_OK);
     ab_client_poll(c, 300);
     CHECK_EQ(th_stop(w1), 0); /* SIGTERM with --drain-ms 0: BYE at once */
     s_poll_until(c, &once, 1, 5000);

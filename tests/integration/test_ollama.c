@@ -282,9 +282,12 @@ static uint64_t s_start_gen(ab_client_t *c, const s_gen_t *g, s_res_t *r)
     uint8_t buf[4096];
     size_t len = agentbus__inference_request__pack(&q, buf);
     uint64_t id = 0;
-    REQUIRE(ab_client_request_model_async(c, "ollama", g->model, g->worker, buf, len,
-                                          g->timeout_ms ? g->timeout_ms : 20000, s_on_event, r,
-                                          &id) == AB_OK);
+    REQUIRE(ab_client_request_start(
+                c, "ollama", buf, len,
+                &(ab_request_opts_t){.timeout_ms = g->timeout_ms ? g->timeout_ms : 20000,
+                                     .model = g->model,
+                                     .worker = g->worker},
+                s_on_event, r, &id) == AB_OK);
     return id;
 }
 
@@ -384,8 +387,10 @@ static void s_round_trip(void)
         memset(&r, 0, sizeof r);
         r.kind = 2;
         r.order_ok = 1;
-        REQUIRE(ab_client_request_model_async(c, "ollama", "sim-small", NULL, buf, len, 20000,
-                                              s_on_event, &r, NULL) == AB_OK);
+        REQUIRE(
+            ab_client_request_start(c, "ollama", buf, len,
+                                    &(ab_request_opts_t){.timeout_ms = 20000, .model = "sim-small"},
+                                    s_on_event, &r, NULL) == AB_OK);
         s_wait(c, &r, 1, 20000);
         CHECK_EQ(r.status, AB_OK);
         CHECK_STR(r.text, dchat);
@@ -414,8 +419,9 @@ static void s_round_trip(void)
     size_t len = agentbus__inference_request__pack(&q, buf);
     memset(&r, 0, sizeof r);
     r.kind = 3;
-    REQUIRE(ab_client_request_model_async(c, "ollama", "sim-embed", NULL, buf, len, 20000,
-                                          s_on_event, &r, NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "ollama", buf, len,
+                                    &(ab_request_opts_t){.timeout_ms = 20000, .model = "sim-embed"},
+                                    s_on_event, &r, NULL) == AB_OK);
     s_wait(c, &r, 1, 20000);
     CHECK_EQ(r.status, AB_OK);
     CHECK_EQ(r.n_embeddings, 2);
@@ -484,8 +490,9 @@ static void s_model_not_found(void)
     /* a malformed payload is a clear BAD_REQUEST from the worker */
     memset(&r, 0, sizeof r);
     r.kind = 1;
-    REQUIRE(ab_client_request_model_async(c, "ollama", "sim-small", NULL, "\xff\x01", 2, 10000,
-                                          s_on_event, &r, NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "ollama", "\xff\x01", 2,
+                                    &(ab_request_opts_t){.timeout_ms = 10000, .model = "sim-small"},
+                                    s_on_event, &r, NULL) == AB_OK);
     s_wait(c, &r, 1, 10000);
     CHECK_EQ(r.status, AB_EBADREQUEST);
     /* the backend's own 404 and 400 (a model deleted after it was listed,

@@ -40,7 +40,9 @@ static void s_no_broker(void)
     CHECK_TRUE(strstr(ab_client_last_error(c), "in time") != NULL);
     CHECK_EQ(ab_client_control(c, "stats", 300, &reply, &n), AB_ETIMEOUT);
     int st = 1;
-    CHECK_EQ(ab_client_request_async(c, "echo", "hi", 2, 300, s_cb, &st, NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(c, "echo", "hi", 2, &(ab_request_opts_t){.timeout_ms = 300},
+                                     s_cb, &st, NULL),
+             AB_OK);
     CHECK_EQ(ab_client_pending(c), 1);
     /* -1 = wait until an event: the expiry is that event. */
     CHECK_EQ(ab_client_poll(c, -1), 1);

@@ -30,34 +30,34 @@ static void s_test_split(void)
     size_t n = strlen(in);
     for (size_t cut1 = 0; cut1 <= n; cut1++) {
         for (size_t cut2 = cut1; cut2 <= n; cut2++) {
-            ab_ndjson_t nd;
+            wk_ndjson_t nd;
             s_lines_t l = {.n = 0};
-            ab_ndjson_init(&nd, 1024);
-            CHECK_EQ(ab_ndjson_feed(&nd, in, cut1, s_collect, &l), 0);
-            CHECK_EQ(ab_ndjson_feed(&nd, in + cut1, cut2 - cut1, s_collect, &l), 0);
-            CHECK_EQ(ab_ndjson_feed(&nd, in + cut2, n - cut2, s_collect, &l), 0);
+            wk_ndjson_init(&nd, 1024);
+            CHECK_EQ(wk_ndjson_feed(&nd, in, cut1, s_collect, &l), 0);
+            CHECK_EQ(wk_ndjson_feed(&nd, in + cut1, cut2 - cut1, s_collect, &l), 0);
+            CHECK_EQ(wk_ndjson_feed(&nd, in + cut2, n - cut2, s_collect, &l), 0);
             CHECK_EQ(l.n, 2); /* the last line has no newline yet */
-            CHECK_EQ(ab_ndjson_finish(&nd, s_collect, &l), 0);
+            CHECK_EQ(wk_ndjson_finish(&nd, s_collect, &l), 0);
             CHECK_EQ(l.n, 3);
             CHECK_STR(l.lines[0], "{\"a\":1}");
             CHECK_STR(l.lines[1], "{\"b\":2}");
             CHECK_STR(l.lines[2], "{\"c\":3}");
-            ab_ndjson_fini(&nd);
+            wk_ndjson_fini(&nd);
         }
     }
     /* a line over the bound is an error, not unbounded memory */
-    ab_ndjson_t nd;
+    wk_ndjson_t nd;
     s_lines_t l = {.n = 0};
-    ab_ndjson_init(&nd, 8);
-    CHECK_EQ(ab_ndjson_feed(&nd, "0123456789", 10, s_collect, &l), -1);
-    ab_ndjson_fini(&nd);
+    wk_ndjson_init(&nd, 8);
+    CHECK_EQ(wk_ndjson_feed(&nd, "0123456789", 10, s_collect, &l), -1);
+    wk_ndjson_fini(&nd);
 }
 
 static void s_test_generate_chunks(void)
 {
     const char *part = "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\" ipsum\",\"done\":false}";
-    ab_ol_chunk_t c;
-    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, part, strlen(part), "w1", &c), 0);
+    wk_ol_chunk_t c;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, part, strlen(part), "w1", &c), 0);
     CHECK_EQ(c.done, 0);
     CHECK_STR(c.error, "");
     Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, c.pb_len, c.pb);
@@ -71,7 +71,7 @@ static void s_test_generate_chunks(void)
     const char *fin = "{\"model\":\"m\",\"response\":\"\",\"done\":true,\"done_reason\":\"stop\","
                       "\"total_duration\":123,\"load_duration\":4,\"prompt_eval_count\":5,"
                       "\"prompt_eval_duration\":6,\"eval_count\":7,\"eval_duration\":8}";
-    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, fin, strlen(fin), "w1", &c), 0);
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, fin, strlen(fin), "w1", &c), 0);
     CHECK_EQ(c.done, 1);
     g = agentbus__generate_response__unpack(NULL, c.pb_len, c.pb);
     REQUIRE(g && g->timings);
@@ -84,11 +84,11 @@ static void s_test_generate_chunks(void)
     free(c.pb);
 
     const char *err = "{\"error\":\"simulated error mid-stream\"}";
-    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, err, strlen(err), "w1", &c), 0);
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, err, strlen(err), "w1", &c), 0);
     CHECK_STR(c.error, "simulated error mid-stream");
     CHECK_TRUE(c.pb == NULL);
 
-    CHECK_EQ(ab_ol_chunk_parse(AB_OL_GENERATE, "{\"resp", 6, "w1", &c), -1);
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, "{\"resp", 6, "w1", &c), -1);
     CHECK_TRUE(c.error[0] != '\0');
 }
 
@@ -96,8 +96,8 @@ static void s_test_chat_embed(void)
 {
     const char *chat = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},"
                        "\"done\":false}";
-    ab_ol_chunk_t c;
-    CHECK_EQ(ab_ol_chunk_parse(AB_OL_CHAT, chat, strlen(chat), "w", &c), 0);
+    wk_ol_chunk_t c;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_CHAT, chat, strlen(chat), "w", &c), 0);
     Agentbus__ChatResponse *cr = agentbus__chat_response__unpack(NULL, c.pb_len, c.pb);
     REQUIRE(cr && cr->message);
     CHECK_STR(cr->message->content, "Hi");
@@ -106,7 +106,7 @@ static void s_test_chat_embed(void)
     free(c.pb);
 
     const char *emb = "{\"model\":\"e\",\"embeddings\":[[0.5,-0.25],[1,0]],\"prompt_eval_count\":3}";
-    CHECK_EQ(ab_ol_chunk_parse(AB_OL_EMBED, emb, strlen(emb), "w", &c), 0);
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_EMBED, emb, strlen(emb), "w", &c), 0);
     CHECK_EQ(c.done, 1);
     Agentbus__EmbedResponse *er = agentbus__embed_response__unpack(NULL, c.pb_len, c.pb);
     REQUIRE(er && er->n_embeddings == 2);
@@ -138,27 +138,27 @@ static void s_test_build(void)
     r.generate = &g;
     uint8_t buf[512];
     size_t len = agentbus__inference_request__pack(&r, buf);
-    ab_ol_call_t call;
+    wk_ol_call_t call;
     char err[128];
-    REQUIRE(ab_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
     CHECK_STR(call.path, "/api/generate");
     CHECK_STR(call.model, "llama3");
     CHECK_EQ(call.stream, 1); /* Ollama's default */
     CHECK_STR(call.body, "{\"prompt\":\"why?\",\"keep_alive\":\"10m\",\"options\":"
                          "{\"temperature\":0.0,\"seed\":42,\"stop\":[\"\\n\\n\"]},"
                          "\"model\":\"llama3\",\"stream\":true}");
-    ab_ol_call_free(&call);
+    wk_ol_call_free(&call);
 
     /* temperature absent stays absent (the backend's default applies) */
     o.has_temperature_case = 0;
     g.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
     g.stream = 0;
     len = agentbus__inference_request__pack(&r, buf);
-    REQUIRE(ab_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
     CHECK_TRUE(strstr(call.body, "temperature") == NULL);
     CHECK_TRUE(strstr(call.body, "\"stream\":false") != NULL);
     CHECK_EQ(call.stream, 0);
-    ab_ol_call_free(&call);
+    wk_ol_call_free(&call);
 
     /* unload = keep_alive 0 on /api/generate */
     Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
@@ -166,18 +166,18 @@ static void s_test_build(void)
     r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD;
     r.unload = &mc;
     len = agentbus__inference_request__pack(&r, buf);
-    REQUIRE(ab_ol_call_build(buf, len, &call, err, sizeof err) == 0);
-    CHECK_EQ(call.kind, AB_OL_UNLOAD);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_EQ(call.kind, WK_OL_UNLOAD);
     CHECK_TRUE(strstr(call.body, "\"keep_alive\":0") != NULL);
-    ab_ol_call_free(&call);
+    wk_ol_call_free(&call);
 
     /* garbage and missing fields are refused with a reason */
-    CHECK_EQ(ab_ol_call_build("\xff\xff\xff", 3, &call, err, sizeof err), -1);
+    CHECK_EQ(wk_ol_call_build("\xff\xff\xff", 3, &call, err, sizeof err), -1);
     CHECK_TRUE(err[0] != '\0');
     g.prompt = "";
     r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
     len = agentbus__inference_request__pack(&r, buf);
-    CHECK_EQ(ab_ol_call_build(buf, len, &call, err, sizeof err), -1);
+    CHECK_EQ(wk_ol_call_build(buf, len, &call, err, sizeof err), -1);
 }
 
 static void s_test_probes(void)
@@ -187,11 +187,11 @@ static void s_test_probes(void)
                        "\"details\":{\"family\":\"llama\"}},{\"name\":\"b:7b\",\"size\":200}]}";
     const char *ps = "{\"models\":[{\"name\":\"a:latest\",\"size\":100,\"size_vram\":90,"
                      "\"expires_at\":\"2026-11-25T12:02:40.311099661Z\"}]}";
-    CHECK_EQ(ab_ol_parse_tags(tags, strlen(tags), &st), 0);
-    CHECK_EQ(ab_ol_parse_tags(tags, strlen(tags), &st), 0); /* replaces, no leak */
-    CHECK_EQ(ab_ol_parse_ps(ps, strlen(ps), &st), 0);
-    CHECK_EQ(ab_ol_parse_version("{\"version\":\"0.5.7\"}", 19, &st), 0);
-    CHECK_EQ(ab_ol_parse_ps("nope", 4, &st), -1);
+    CHECK_EQ(wk_ol_parse_tags(tags, strlen(tags), &st), 0);
+    CHECK_EQ(wk_ol_parse_tags(tags, strlen(tags), &st), 0); /* replaces, no leak */
+    CHECK_EQ(wk_ol_parse_ps(ps, strlen(ps), &st), 0);
+    CHECK_EQ(wk_ol_parse_version("{\"version\":\"0.5.7\"}", 19, &st), 0);
+    CHECK_EQ(wk_ol_parse_ps("nope", 4, &st), -1);
     REQUIRE(st.n_models == 2 && st.n_loaded == 1);
     CHECK_STR(st.models[0]->digest, "d1");
     CHECK_STR(st.models[0]->family, "llama");
@@ -199,7 +199,7 @@ static void s_test_probes(void)
     CHECK_U64(st.loaded[0]->size_vram, 90);
     CHECK_STR(st.loaded[0]->expires_at, "2026-11-25T12:02:40Z");
     CHECK_STR(st.backend_version, "0.5.7");
-    ab_ol_state_clear(&st);
+    wk_ol_state_clear(&st);
 }
 
 int main(void)

@@ -30,10 +30,9 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "attack_util.h"
-#include "codec.h"
-#include "compress.h"
-#include "util.h"
+#include "tl_clock.h"
 
+#include <lz4.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -84,9 +83,9 @@ static int s_drain(void *s, int timeout_ms)
             zmq_msg_close(&m);
             break;
         }
-        ab_header_t h;
+        at_reply_t h;
         int more = zmq_msg_more(&m);
-        int ok = ab_header_parse(zmq_msg_data(&m), zmq_msg_size(&m), &h) == AB_OK;
+        int ok = at_parse(zmq_msg_data(&m), zmq_msg_size(&m), &h) == 0;
         zmq_msg_close(&m);
         while (more) { /* the payload */
             zmq_msg_init(&m);
@@ -94,10 +93,10 @@ static int s_drain(void *s, int timeout_ms)
             more = zmq_msg_more(&m);
             zmq_msg_close(&m);
         }
-        if (ok && h.kind == AB_KIND_REPLY) {
+        if (ok && h.kind == AT_KIND(REPLY)) {
             atomic_fetch_add(&s_bombs_ok, 1);
             done++;
-        } else if (ok && h.kind == AB_KIND_ERROR) {
+        } else if (ok && h.kind == AT_KIND(ERROR)) {
             atomic_fetch_add(&s_bombs_err, 1);
             done++;
         }
@@ -115,21 +114,21 @@ static void *s_bomber(void *ctx)
     Agentbus__Hello hello = AGENTBUS__HELLO__INIT;
     hello.name = "bomber";
     hello.role = "agent";
-    hello.features = AB_FEATURE_LZ4; /* reads lz4: the broker's usual client */
+    hello.features = AT_FEATURE_LZ4; /* reads lz4: the broker's usual client */
     uint8_t hb[64];
     size_t hl = agentbus__hello__pack(&hello, hb);
-    ab_header_t h = ab_header_init(AB_KIND_HELLO);
+    Agentbus__Header h = at_header(AT_KIND(HELLO));
     h.id = 1;
     at_send(s, &h, hb, hl);
     uint64_t id = 1;
     int inflight = 0;
     while (!atomic_load(&s_stop)) {
         while (inflight < s_window) {
-            ab_header_t r = ab_header_init(AB_KIND_REQUEST);
+            Agentbus__Header r = at_header(AT_KIND(REQUEST));
             r.id = ++id;
-            r.target = ab_view_of(s_bomb_service);
-            r.model = ab_view_of("bomb:latest");
-            r.flags = AB_FLAG_CACHEABLE | (s_plain ? 0 : AB_FLAG_LZ4);
+            r.target = (char *)s_bomb_service;
+            r.model = (char *)"bomb:latest";
+            r.flags = AT_FLAG(CACHEABLE) | (s_plain ? 0 : AT_FLAG(LZ4));
             r.original_size = s_plain ? 0 : BOMB_ORIGINAL;
             r.timeout_ms = 30000;
             if (at_send(s, &r, s_bomb, s_bomb_len) != 0)
@@ -158,8 +157,8 @@ static int s_echo_loop(unsigned long long *ok, unsigned long long *failed)
         fprintf(stderr, "cannot connect to %s: %s\n", s_ep, ab_strerror(rc));
         return -1;
     }
-    int64_t end = ab_now_ms() + (int64_t)s_seconds * 1000;
-    while (ab_now_ms() < end) {
+    int64_t end = tl_now_ms() + (int64_t)s_seconds * 1000;
+    while (tl_now_ms() < end) {
         void *reply = NULL;
         size_t n = 0;
         if (ab_client_request(c, s_service, "ping", 4, 5000, &reply, &n) == AB_OK)
@@ -218,8 +217,13 @@ int main(int argc, char **argv)
         s_usage(stderr, argv[0]);
         return 2;
     }
+    /* A raw lz4 block, as FLAG_LZ4 payloads are on the wire (docs/protocol.md). */
     void *plain = calloc(1, BOMB_ORIGINAL);
-    if (!plain || ab_lz4_compress(plain, BOMB_ORIGINAL, 0, &s_bomb, &s_bomb_len) != 1) {
+    int bound = LZ4_compressBound((int)BOMB_ORIGINAL);
+    s_bomb = plain && bound > 0 ? malloc((size_t)bound) : NULL;
+    int packed = s_bomb ? LZ4_compress_default(plain, s_bomb, (int)BOMB_ORIGINAL, bound) : 0;
+    s_bomb_len = packed > 0 ? (size_t)packed : 0;
+    if (packed <= 0) {
         fprintf(stderr, "cannot build the bomb\n");
         return 1;
     }

@@ -22,7 +22,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "attack_util.h"
-#include "codec.h"
+#include "tl_args.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -50,9 +50,9 @@ static void *s_worker(void *arg)
 {
     (void)arg;
     void *w = s_dealer();
-    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    Agentbus__Header h = at_header(AT_KIND(REGISTER));
     h.id = 1;
-    h.target = ab_view_of("attack");
+    h.target = (char *)"attack";
     h.credit = s_capacity;
     at_send(w, &h, NULL, 0);
     double next_hb = 0;
@@ -65,7 +65,7 @@ static void *s_worker(void *arg)
             ;
         zmq_msg_close(&m);
         if (at_now_s() >= next_hb) {
-            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
+            Agentbus__Header hb = at_header(AT_KIND(HEARTBEAT));
             at_send(w, &hb, NULL, 0);
             next_hb = at_now_s() + 0.3;
         }
@@ -90,8 +90,8 @@ static uint64_t s_id = 1u << 30;
 /* Sends N requests from SOCK and waits until the broker holds WANT. */
 static int s_fill(void *sock, void *ctl, unsigned n, long want)
 {
-    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
-    h.target = ab_view_of("attack");
+    Agentbus__Header h = at_header(AT_KIND(REQUEST));
+    h.target = (char *)"attack";
     h.timeout_ms = 3600000;
     for (unsigned i = 0; i < n; i++) {
         h.id = ++s_id;
@@ -111,7 +111,7 @@ static int s_fill(void *sock, void *ctl, unsigned n, long want)
  * Prints the longest ping and the time to that point. */
 static void s_leave(const char *who, void *sock, void *ctl, long want, double idle)
 {
-    ab_header_t h = ab_header_init(AB_KIND_BYE);
+    Agentbus__Header h = at_header(AT_KIND(BYE));
     double t0 = at_now_s(), worst = 0;
     at_send(sock, &h, NULL, 0);
     long p = -1;
@@ -176,7 +176,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "--capacity must be <= --pending and --leave; --cancels > 0\n");
         return 2;
     }
-    int port = at_free_port();
+    int port = tl_free_port();
     snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", port);
     pid_t broker = s_broker(path, port);
     s_ctx = zmq_ctx_new();
@@ -207,7 +207,7 @@ int main(int argc, char **argv)
             rtts[j - 1] = x;
         }
     double idle = rtts[10];
-    ab_header_t h = ab_header_init(AB_KIND_CANCEL);
+    Agentbus__Header h = at_header(AT_KIND(CANCEL));
     double t0 = at_now_s();
     for (unsigned i = 0; i < cancels; i++) {
         h.id = ++s_id;

@@ -18,8 +18,8 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "attack_util.h"
-#include "codec.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
 
 #include <libgen.h>
 #include <limits.h>
@@ -53,10 +53,10 @@ static void s_drain(void *s, long *queued, long *refused, int timeout_ms)
             zmq_msg_close(&hdr);
             return;
         }
-        ab_header_t r;
-        if (ab_header_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), &r) == AB_OK) {
-            *queued += r.kind == AB_KIND_REPLY;
-            *refused += r.kind == AB_KIND_ERROR;
+        at_reply_t r;
+        if (at_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), &r) == 0) {
+            *queued += r.kind == AT_KIND(REPLY);
+            *refused += r.kind == AT_KIND(ERROR);
         }
         while (zmq_msg_more(&hdr)) {
             zmq_msg_t part;
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    int port = at_free_port();
+    int port = tl_free_port();
     char ep[64], bind[80], path[PATH_MAX + 32];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
     snprintf(bind, sizeof bind, "--bind=%s", ep);
@@ -122,31 +122,31 @@ int main(int argc, char **argv)
     }
     agentbus__stats__free_unpacked(st, NULL);
     long before = at_rss_kb(broker), queued = 0, refused = 0;
-    int64_t t0 = ab_now_ms(), last_beat = 0;
+    int64_t t0 = tl_now_ms(), last_beat = 0;
     for (long n = 0; n < names; n++) {
         char name[64];
         snprintf(name, sizeof name, "offline-%ld", n);
-        ab_header_t h = ab_header_init(AB_KIND_SEND);
+        Agentbus__Header h = at_header(AT_KIND(SEND));
         h.id = (uint64_t)n + 1;
-        h.target = ab_view_of(name);
+        h.target = (char *)name;
         h.credit = 1; /* answer: queued or refused */
         h.timeout_ms = (uint32_t)ttl_ms;
         at_send(s, &h, "hello", 5);
         while (n + 1 - queued - refused >= window)
             s_drain(s, &queued, &refused, 100);
-        if (ab_now_ms() - last_beat > 200) { /* stay a live peer */
-            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
+        if (tl_now_ms() - last_beat > 200) { /* stay a live peer */
+            Agentbus__Header hb = at_header(AT_KIND(HEARTBEAT));
             at_send(s, &hb, NULL, 0);
-            last_beat = ab_now_ms();
+            last_beat = tl_now_ms();
         }
     }
-    int64_t end = ab_now_ms() + 10000;
-    while (queued + refused < names && ab_now_ms() < end)
+    int64_t end = tl_now_ms() + 10000;
+    while (queued + refused < names && tl_now_ms() < end)
         s_drain(s, &queued, &refused, 100);
     long after = at_rss_kb(broker);
     st = s_stats(s);
     printf("names sent %ld in %.1f s: queued %ld, refused %ld\n", names,
-           (double)(ab_now_ms() - t0) / 1000.0, queued, refused);
+           (double)(tl_now_ms() - t0) / 1000.0, queued, refused);
     printf("broker VmRSS %ld KiB before, %ld KiB after: +%.1f MiB, %.0f bytes per queued name\n",
            before, after, (double)(after - before) / 1024.0,
            queued ? (double)(after - before) * 1024.0 / (double)queued : 0.0);

@@ -18,8 +18,8 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "attack_util.h"
-#include "codec.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -38,9 +38,9 @@ static void *s_dealer(void)
 
 static void s_register(void *s, const char *service, uint64_t id, const void *pl, size_t len)
 {
-    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    Agentbus__Header h = at_header(AT_KIND(REGISTER));
     h.id = id;
-    h.target = ab_view_of(service);
+    h.target = (char *)service;
     h.credit = 1;
     at_send(s, &h, pl, len);
 }
@@ -55,7 +55,7 @@ static void s_usage(FILE *f, const char *argv0)
  * messages skipped); 0 if none. */
 static uint32_t s_answer(void *s, uint64_t id, uint32_t *code)
 {
-    for (int64_t end = ab_now_ms() + 30000; ab_now_ms() < end;) {
+    for (int64_t end = tl_now_ms() + 30000; tl_now_ms() < end;) {
         zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&it, 1, 100) <= 0)
             continue;
@@ -70,8 +70,8 @@ static uint32_t s_answer(void *s, uint64_t id, uint32_t *code)
             more = zmq_msg_more(&m);
             zmq_msg_close(&m);
         }
-        ab_header_t h;
-        if (n > 0 && (size_t)n <= sizeof buf && ab_header_parse(buf, (size_t)n, &h) == AB_OK &&
+        at_reply_t h;
+        if (n > 0 && (size_t)n <= sizeof buf && at_parse(buf, (size_t)n, &h) == 0 &&
             h.correlation_id == id) {
             *code = h.error_code;
             return h.kind;
@@ -108,7 +108,7 @@ int main(int argc, char **argv)
         else
             goto usage;
     }
-    int port = at_free_port();
+    int port = tl_free_port();
     char bind[64];
     snprintf(bind, sizeof bind, "tcp://127.0.0.1:%d", port);
     snprintf(s_ep, sizeof s_ep, "%s", bind);
@@ -128,7 +128,7 @@ int main(int argc, char **argv)
     void *reg = s_dealer();
     uint32_t code = 0;
     s_register(reg, "warmup", 1, NULL, 0);
-    if (!reg || s_answer(reg, 1, &code) != AB_KIND_REGISTER) {
+    if (!reg || s_answer(reg, 1, &code) != AT_KIND(REGISTER)) {
         fprintf(stderr, "no broker at %s (%s)\n", s_ep, path);
         at_kill(broker);
         return 1;
@@ -139,7 +139,7 @@ int main(int argc, char **argv)
         snprintf(name, sizeof name, "attack-name-%ld", n);
         s_register(reg, name, (uint64_t)n + 2, NULL, 0);
     }
-    if (s_answer(reg, (uint64_t)names + 1, &code) != AB_KIND_REGISTER)
+    if (s_answer(reg, (uint64_t)names + 1, &code) != AT_KIND(REGISTER))
         printf("(the last REGISTER was not answered in 30 s)\n");
     long rss1 = at_rss_kb(broker);
     printf("%ld service names from one connection: RSS %ld -> %ld KiB, %.0f bytes per name\n",
@@ -176,14 +176,14 @@ int main(int argc, char **argv)
         socks[c] = s_dealer();
         s_register(socks[c], "big", 7, pl, len);
         uint32_t kind = s_answer(socks[c], 7, &code);
-        accepted += kind == AB_KIND_REGISTER;
-        refused += kind == AB_KIND_ERROR;
+        accepted += kind == AT_KIND(REGISTER);
+        refused += kind == AT_KIND(ERROR);
     }
     free(pl);
     long rss3 = at_rss_kb(broker);
     printf("%ld connections x REGISTER with a %ld MiB inference state: %d accepted, %d refused "
            "(last code %s); RSS %ld -> %ld KiB (+%.1f MiB)\n", conns, mb, accepted, refused,
-           ab_wire_error_name(code), rss2, rss3, (double)(rss3 - rss2) / 1024.0);
+           at_err_name(code), rss2, rss3, (double)(rss3 - rss2) / 1024.0);
     for (long c = 0; c < conns && c < 256; c++)
         zmq_close(socks[c]);
     zmq_close(reg);

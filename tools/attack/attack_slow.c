@@ -20,8 +20,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "attack_util.h"
-#include "codec.h"
-#include "util.h"
+
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,9 +64,9 @@ static void *s_raw(void *ctx, const char *ep)
 static int s_send(void *s, uint32_t kind, const char *target, uint64_t id, const void *data,
                   size_t size)
 {
-    ab_header_t h = ab_header_init(kind);
+    Agentbus__Header h = at_header((Agentbus__Kind)kind);
     h.id = id;
-    h.target = ab_view_of(target);
+    h.target = (char *)target;
     return at_send(s, &h, size ? data : NULL, size);
 }
 
@@ -86,8 +85,8 @@ static int s_answer(void *s, uint64_t id, uint32_t *kind, void **pl, size_t *ple
         int more = zmq_msg_more(&h);
         if (more)
             zmq_msg_recv(&p, s, 0);
-        ab_header_t hd;
-        int ok = ab_header_parse(zmq_msg_data(&h), zmq_msg_size(&h), &hd) == AB_OK &&
+        at_reply_t hd;
+        int ok = at_parse(zmq_msg_data(&h), zmq_msg_size(&h), &hd) == 0 &&
                  hd.correlation_id == id;
         if (ok) {
             *kind = hd.kind;
@@ -138,7 +137,7 @@ static int s_replies(void *ctx, const char *ep, long n, long size, long pause_ms
     s_peak = before;
     for (long i = 0; i < n;) {
         for (int k = 0; k < 32 && i < n; k++, i++)
-            if (s_send(atk, AB_KIND_REQUEST, "echo", (uint64_t)i + 1, data, (size_t)size) != 0)
+            if (s_send(atk, AT_KIND(REQUEST), "echo", (uint64_t)i + 1, data, (size_t)size) != 0)
                 return fprintf(stderr, "send failed at %ld\n", i), 1;
         /* Paced by the broker's queue: requests do not pile up, answers do. */
         for (int w = 0; w < 2000 && s_pending(ctl) > 8; w++)
@@ -165,13 +164,13 @@ static int s_replies(void *ctx, const char *ep, long n, long size, long pause_ms
             break;
         }
         int more = zmq_msg_more(&h);
-        ab_header_t hd;
-        if (ab_header_parse(zmq_msg_data(&h), zmq_msg_size(&h), &hd) == AB_OK) {
-            if (hd.kind == AB_KIND_REPLY)
+        at_reply_t hd;
+        if (at_parse(zmq_msg_data(&h), zmq_msg_size(&h), &hd) == 0) {
+            if (hd.kind == AT_KIND(REPLY))
                 replies++;
-            else if (hd.kind == AB_KIND_ERROR && hd.error_code == AB_ERR_BUSY)
+            else if (hd.kind == AT_KIND(ERROR) && hd.error_code == AT_ERR(BUSY))
                 busy++;
-            else if (hd.kind != AB_KIND_HEARTBEAT && hd.kind != AB_KIND_HELLO)
+            else if (hd.kind != AT_KIND(HEARTBEAT) && hd.kind != AT_KIND(HELLO))
                 other++;
         }
         zmq_msg_close(&h);
@@ -199,14 +198,15 @@ static int s_subscribers(void *ctx, const char *ep, long k, long n, long size)
     memset(data, 'p', (size_t)size);
     for (long i = 0; i < k; i++) {
         uint32_t kind = 0;
-        if (!(subs[i] = s_raw(ctx, ep)) || s_send(subs[i], AB_KIND_SUBSCRIBE, "atk.", 1, NULL, 0) ||
+        if (!(subs[i] = s_raw(ctx, ep)) ||
+            s_send(subs[i], AT_KIND(SUBSCRIBE), "atk.", 1, NULL, 0) ||
             s_answer(subs[i], 1, &kind, NULL, NULL) != 0)
             return fprintf(stderr, "subscriber %ld not subscribed\n", i), 1;
     }
     long before = s_rss_kb();
     s_peak = before;
     for (long i = 0; i < n; i++) {
-        if (s_send(pub, AB_KIND_PUBLISH, "atk.x", 0, data, (size_t)size) != 0)
+        if (s_send(pub, AT_KIND(PUBLISH), "atk.x", 0, data, (size_t)size) != 0)
             return fprintf(stderr, "publish failed at %ld\n", i), 1;
         if (i % 8 == 7) {
             s_pending(ctl); /* a round trip: the broker has fanned these out */
@@ -240,13 +240,13 @@ static int s_connections(void *ctx, const char *ep, long c)
     long before = s_rss_kb(), ok = 0, refused = 0;
     s_peak = before;
     for (long i = 0; i < c; i++) {
-        if (!(s[i] = s_raw(ctx, ep)) || s_send(s[i], AB_KIND_HELLO, "", 1, NULL, 0) != 0)
+        if (!(s[i] = s_raw(ctx, ep)) || s_send(s[i], AT_KIND(HELLO), "", 1, NULL, 0) != 0)
             return fprintf(stderr, "connection %ld failed\n", i), 1;
     }
     for (long i = 0; i < c; i++) {
         uint32_t kind = 0;
         if (s_answer(s[i], 1, &kind, NULL, NULL) == 0)
-            kind == AB_KIND_HELLO ? ok++ : refused++;
+            kind == AT_KIND(HELLO) ? ok++ : refused++;
     }
     usleep(300000);
     long open_rss = s_rss_kb();

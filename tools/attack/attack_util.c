@@ -5,7 +5,8 @@
 #include "attack_util.h"
 
 #include "agentbus.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -26,20 +27,6 @@ double at_now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-int at_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
 }
 
 long at_rss_kb(pid_t pid)
@@ -108,24 +95,53 @@ void *at_dealer(void *ctx, const char *ep)
     return s;
 }
 
-int at_send(void *s, const ab_header_t *h, const void *data, size_t size)
+Agentbus__Header at_header(Agentbus__Kind kind)
+{
+    Agentbus__Header h = AGENTBUS__HEADER__INIT;
+    h.version = 1;
+    h.kind = kind;
+    return h;
+}
+
+int at_parse(const void *buf, size_t len, at_reply_t *out)
+{
+    Agentbus__Header *h = agentbus__header__unpack(NULL, len, buf);
+    if (!h)
+        return -1;
+    *out = (at_reply_t){(uint32_t)h->kind, h->id, h->correlation_id, h->flags,
+                        (uint32_t)h->error_code};
+    agentbus__header__free_unpacked(h, NULL);
+    return 0;
+}
+
+const char *at_err_name(uint32_t code)
+{
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value(&agentbus__error_code__descriptor, (int)code);
+    /* "ERR_BUSY" -> "BUSY", as the broker's logs and the library name it */
+    return v ? v->name + (strncmp(v->name, "ERR_", 4) == 0 ? 4 : 0) : "?";
+}
+
+int at_send(void *s, const Agentbus__Header *h, const void *data, size_t size)
 {
     uint8_t buf[1024];
-    size_t n = ab_header_encode(h, buf, sizeof buf);
-    if (n == 0 || zmq_send(s, buf, n, data ? ZMQ_SNDMORE : 0) < 0)
+    if (agentbus__header__get_packed_size(h) > sizeof buf)
+        return -1;
+    size_t n = agentbus__header__pack(h, buf);
+    if (zmq_send(s, buf, n, data ? ZMQ_SNDMORE : 0) < 0)
         return -1;
     return data && zmq_send(s, data, size, 0) < 0 ? -1 : 0;
 }
 
 Agentbus__Stats *at_stats(void *s, uint64_t id, int timeout_ms)
 {
-    ab_header_t h = ab_header_init(AB_KIND_CONTROL);
+    Agentbus__Header h = at_header(AT_KIND(CONTROL));
     h.id = id;
-    h.target = ab_view_of("stats");
+    h.target = "stats";
     if (at_send(s, &h, NULL, 0) != 0)
         return NULL;
-    int64_t end = ab_now_ms() + timeout_ms;
-    while (ab_now_ms() < end) {
+    int64_t end = tl_now_ms() + timeout_ms;
+    while (tl_now_ms() < end) {
         zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&it, 1, 100) <= 0)
             continue;
@@ -148,11 +164,11 @@ Agentbus__Stats *at_stats(void *s, uint64_t id, int timeout_ms)
                 zmq_msg_close(&extra);
             parts++;
         }
-        ab_header_t r;
+        at_reply_t r;
         Agentbus__Stats *st = NULL;
-        if (ab_header_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), &r) == AB_OK &&
-            r.kind == AB_KIND_REPLY && r.correlation_id == id && parts > 0 &&
-            !(r.flags & AB_FLAG_LZ4)) /* raw peer: announced no lz4 */
+        if (at_parse(zmq_msg_data(&hdr), zmq_msg_size(&hdr), &r) == 0 &&
+            r.kind == AT_KIND(REPLY) && r.correlation_id == id && parts > 0 &&
+            !(r.flags & AT_FLAG(LZ4))) /* raw peer: announced no lz4 */
             st = agentbus__stats__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
         zmq_msg_close(&hdr);
         zmq_msg_close(&body);

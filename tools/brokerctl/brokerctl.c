@@ -15,13 +15,13 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "cache.h"
+#include "cachecmd.h"
 #include "infer.h"
 #include "render.h"
 #include "msgcmd.h"
 
 #include <jansson.h>
-#include "util.h"
+#include "tl_args.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -104,7 +104,7 @@ static int s_fail(ab_client_t *c, int rc)
     }
     fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
     if (s_json)
-        ab_render_error(stdout, ab_status_name(rc), text);
+        ctl_render_error(stdout, ab_status_name(rc), text);
     return 1;
 }
 
@@ -119,23 +119,23 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
     if (strcmp(what, "stats") == 0) {
         Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
         if ((bad = !st) == 0) {
-            ab_render_stats(stdout, st, json);
+            ctl_render_stats(stdout, st, json);
             if (st->cache && !json) { /* JSON: in the object, "cache" */
                 fprintf(stdout, "\ncache\n");
-                ab_render_cache(stdout, st->cache, 0);
+                ctl_render_cache(stdout, st->cache, 0);
             }
             agentbus__stats__free_unpacked(st, NULL);
         }
     } else if (strcmp(what, "services") == 0) {
         Agentbus__ServiceList *sl = agentbus__service_list__unpack(NULL, len, buf);
         if ((bad = !sl) == 0) {
-            ab_render_services(stdout, sl->services, sl->n_services, json);
+            ctl_render_services(stdout, sl->services, sl->n_services, json);
             agentbus__service_list__free_unpacked(sl, NULL);
         }
     } else {
         Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, len, buf);
         if ((bad = !wl) == 0) {
-            ab_render_workers(stdout, wl, json);
+            ctl_render_workers(stdout, wl, json);
             agentbus__worker_list__free_unpacked(wl, NULL);
         }
     }
@@ -175,7 +175,7 @@ static int s_cache_flags(int argc, char **argv, int *i, uint32_t *flags, uint32_
         long t;
         if (strcmp(f, "--cache") == 0)
             *flags |= AB_CACHE_ON;
-        else if (strncmp(f, "--cache=", 8) == 0 && ab_parse_long(f + 8, 1, 30L * 86400, &t) == 0)
+        else if (strncmp(f, "--cache=", 8) == 0 && tl_parse_long(f + 8, 1, 30L * 86400, &t) == 0)
             *flags |= AB_CACHE_ON, *ttl = (uint32_t)t;
         else if (strcmp(f, "--no-cache") == 0)
             *flags |= AB_CACHE_NO_READ;
@@ -207,7 +207,7 @@ static int s_request(ab_client_t *c, const char *service, const char *data, int 
     if (rc != AB_OK)
         return s_fail(c, rc);
     if (s_json) {
-        ab_render_reply(stdout, reply, rlen);
+        ctl_render_reply(stdout, reply, rlen);
     } else {
         fwrite(reply, 1, rlen, stdout);
         if (isatty(STDOUT_FILENO) && (rlen == 0 || ((char *)reply)[rlen - 1] != '\n'))
@@ -278,16 +278,16 @@ int main(int argc, char **argv)
         } else if (strcmp(f, "--broker") == 0 && v) {
             broker = v, i++;
         } else if (strcmp(f, "--timeout-ms") == 0 && v &&
-                   ab_parse_long(v, 1, 86400000, &timeout_ms) == 0) {
+                   tl_parse_long(v, 1, 86400000, &timeout_ms) == 0) {
             i++;
             timeout_set = 1;
-        } else if (strcmp(f, "--watch") == 0 && v && ab_parse_long(v, 1, 86400, &watch) == 0) {
+        } else if (strcmp(f, "--watch") == 0 && v && tl_parse_long(v, 1, 86400, &watch) == 0) {
             i++;
         } else if (strcmp(f, "--events") == 0 && v &&
-                   ab_parse_long(v, 1, 1000000000, &s_events_left) == 0) {
+                   tl_parse_long(v, 1, 1000000000, &s_events_left) == 0) {
             i++;
         } else if (strcmp(f, "--count") == 0 && v &&
-                   ab_parse_long(v, 1, 1000000000, &count) == 0) {
+                   tl_parse_long(v, 1, 1000000000, &count) == 0) {
             i++;
         } else if (strcmp(f, "--takeover") == 0) {
             takeover = 1;
@@ -324,7 +324,7 @@ int main(int argc, char **argv)
     int models_args_ok = 1;
     for (int k = i; is_models && k < argc; k++)
         models_args_ok &= strcmp(argv[k], "--json") == 0;
-    int is_msg = ab_msgcmd_known(cmd, &msg_nargs);
+    int is_msg = ctl_msgcmd_known(cmd, &msg_nargs);
     if ((!is_show && !is_req && !is_watch && !is_infer && !is_models && !is_msg &&
          !is_cache) ||
         ((is_show || is_watch) && i != argc) || !models_args_ok ||
@@ -366,7 +366,7 @@ int main(int argc, char **argv)
         rc = s_watch(c, (int)timeout_ms);
     } else if (is_infer) {
         char err[512];
-        int irc = ab_ctl_infer(c, cmd, argc - i, argv + i, &json, timeout_set ? (int)timeout_ms
+        int irc = ctl_infer(c, cmd, argc - i, argv + i, &json, timeout_set ? (int)timeout_ms
                                                                               : 120000,
                                &s_stop, err, sizeof err);
         if (irc == AB_EINVAL && !err[0]) {
@@ -375,19 +375,19 @@ int main(int argc, char **argv)
         } else if (irc != AB_OK) {
             fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(irc), err[0] ? err : ab_strerror(irc));
             if (s_json)
-                ab_render_error(stdout, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
+                ctl_render_error(stdout, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
             rc = 1;
         } else {
             rc = 0;
         }
     } else if (is_models) {
-        int mrc = ab_ctl_models(c, json, (int)timeout_ms);
+        int mrc = ctl_models(c, json, (int)timeout_ms);
         rc = mrc == AB_OK ? 0 : s_fail(c, mrc);
     } else if (is_msg) {
-        ab_msgcmd_opts_t mo = {json, (int)timeout_ms, count, &s_stop};
-        rc = ab_msgcmd_run(c, cmd, argv + i, &mo);
+        ctl_msgcmd_opts_t mo = {json, (int)timeout_ms, count, &s_stop};
+        rc = ctl_msgcmd_run(c, cmd, argv + i, &mo);
     } else if (is_cache) {
-        int crc = ab_ctl_cache(c, argc - i, argv + i, json, (int)timeout_ms);
+        int crc = ctl_cache(c, argc - i, argv + i, json, (int)timeout_ms);
         if (crc == AB_EINVAL) {
             fprintf(stderr, "brokerctl: wrong arguments to cache\n\n");
             s_usage(stderr);

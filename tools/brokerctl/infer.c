@@ -14,7 +14,7 @@
  */
 #include "infer.h"
 #include "agentbus.pb-c.h"
-#include "util.h"
+#include "tl_args.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -188,8 +188,10 @@ static int s_send(ab_client_t *c, const char *service, const char *model, const 
         return AB_ENOMEM;
     agentbus__inference_request__pack(req, buf);
     uint64_t id;
-    int rc = ab_client_request_model_async(c, service, model, worker, buf, len, timeout_ms,
-                                           s_on_event, run, &id);
+    int rc = ab_client_request_start(
+        c, service, buf, len,
+        &(ab_request_opts_t){.timeout_ms = timeout_ms, .model = model, .worker = worker},
+        s_on_event, run, &id);
     free(buf);
     if (rc != AB_OK)
         return rc;
@@ -230,10 +232,10 @@ static int s_flags(int argc, char **argv, s_flags_t *f, const char **pos, int ma
                 return -1;
             f->has_temp = 1, i++;
         } else if (strcmp(a, "--seed") == 0 && v &&
-                   ab_parse_long(v, -(1L << 62), 1L << 62, &f->seed) == 0) {
+                   tl_parse_long(v, -(1L << 62), 1L << 62, &f->seed) == 0) {
             f->has_seed = 1, i++;
         } else if (strcmp(a, "--num-predict") == 0 && v &&
-                   ab_parse_long(v, -2, 1L << 30, &f->num_predict) == 0) {
+                   tl_parse_long(v, -2, 1L << 30, &f->num_predict) == 0) {
             f->has_predict = 1, i++;
         } else if (strcmp(a, "--system") == 0 && v) {
             f->system = v, i++;
@@ -354,7 +356,7 @@ static int s_cmd_model(const s_ctx_t *x, int load, const char *worker, const cha
     return s_send(x->c, x->f->service, model, worker, &req, x->timeout_ms, x->run, x->stop);
 }
 
-int ab_ctl_infer(ab_client_t *c, const char *cmd, int argc, char **argv, int *json,
+int ctl_infer(ab_client_t *c, const char *cmd, int argc, char **argv, int *json,
                  int timeout_ms, volatile sig_atomic_t *stop, char *err, size_t errcap)
 {
     s_flags_t f = {0};
@@ -457,7 +459,7 @@ static void s_models_json(const Agentbus__WorkerList *wl)
     s_print_json(json_pack("{s:o}", "workers", arr));
 }
 
-int ab_ctl_models(ab_client_t *c, int json, int timeout_ms)
+int ctl_models(ab_client_t *c, int json, int timeout_ms)
 {
     void *buf = NULL;
     size_t len = 0;

@@ -34,7 +34,7 @@ static int s_fail(ab_client_t *c, int rc, int json)
     return 1;
 }
 
-int ab_msgcmd_known(const char *cmd, int *nargs)
+int ctl_msgcmd_known(const char *cmd, int *nargs)
 {
     static const struct {
         const char *name;
@@ -104,7 +104,7 @@ static void s_print_message(const ab_message_t *m, int json)
 }
 
 /* Prints messages as they arrive until stopped or COUNT were printed. */
-static int s_print_loop(ab_client_t *c, const ab_msgcmd_opts_t *o)
+static int s_print_loop(ab_client_t *c, const ctl_msgcmd_opts_t *o)
 {
     long printed = 0;
     while (!*o->stop && (o->count == 0 || printed < o->count)) {
@@ -127,7 +127,7 @@ static int s_print_loop(ab_client_t *c, const ab_msgcmd_opts_t *o)
     return 0;
 }
 
-static int s_show_agents(ab_client_t *c, const ab_msgcmd_opts_t *o)
+static int s_show_agents(ab_client_t *c, const ctl_msgcmd_opts_t *o)
 {
     void *buf = NULL;
     size_t len = 0;
@@ -140,12 +140,12 @@ static int s_show_agents(ab_client_t *c, const ab_msgcmd_opts_t *o)
         fprintf(stderr, "brokerctl: MALFORMED: the broker's answer could not be decoded\n");
         return 1;
     }
-    ab_render_agents(stdout, al, o->json);
+    ctl_render_agents(stdout, al, o->json);
     agentbus__agent_list__free_unpacked(al, NULL);
     return 0;
 }
 
-int ab_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ab_msgcmd_opts_t *o)
+int ctl_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ctl_msgcmd_opts_t *o)
 {
     int rc;
     if (strcmp(cmd, "agents") == 0)
@@ -191,7 +191,7 @@ int ab_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ab_msgcmd_
     return s_print_loop(c, o);
 }
 
-void ab_render_msg_stats(FILE *out, const Agentbus__Stats *st)
+void ctl_render_msg_stats(FILE *out, const Agentbus__Stats *st)
 {
     fprintf(out,
             "direct       sent %llu   delivered %llu   queued %llu   expired %llu   refused %llu"
@@ -209,7 +209,7 @@ void ab_render_msg_stats(FILE *out, const Agentbus__Stats *st)
             (unsigned long long)st->no_subscribers);
 }
 
-void ab_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
+void ctl_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
 {
     if (json) {
         json_t *arr = json_array();
@@ -255,7 +255,7 @@ void ab_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
         fprintf(out, "(no agents)\n");
 }
 
-void *ab_render_msg_stats_json(const Agentbus__Stats *st)
+void *ctl_render_msg_stats_json(const Agentbus__Stats *st)
 {
     return json_pack("{s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
                      " s:{s:I, s:I, s:I, s:I, s:f, s:I, s:I}}",

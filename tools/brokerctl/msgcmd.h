@@ -1,6 +1,6 @@
 /* msgcmd.h - brokerctl's messaging commands: send, listen, pub, sub, agents. */
-#ifndef AB_BROKERCTL_MSGCMD_H
-#define AB_BROKERCTL_MSGCMD_H
+#ifndef CTL_MSGCMD_H
+#define CTL_MSGCMD_H
 
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -13,18 +13,18 @@ typedef struct {
     int timeout_ms;
     long count;                  /* listen/sub: exit after this many (0: run on) */
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
-} ab_msgcmd_opts_t;
+} ctl_msgcmd_opts_t;
 
 /* 1 if CMD is one of these commands, and the number of arguments it takes. */
-int ab_msgcmd_known(const char *cmd, int *nargs);
+int ctl_msgcmd_known(const char *cmd, int *nargs);
 /* Runs CMD with ARGS on client C. Exit status: 0, or 1 after an error
  * (reported on stderr, and as JSON on stdout with --json). */
-int ab_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ab_msgcmd_opts_t *o);
+int ctl_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ctl_msgcmd_opts_t *o);
 
 /* Text and JSON views used by `stats` and `agents`. */
-void ab_render_msg_stats(FILE *out, const Agentbus__Stats *st);
-void ab_render_agents(FILE *out, const Agentbus__AgentList *al, int json);
+void ctl_render_msg_stats(FILE *out, const Agentbus__Stats *st);
+void ctl_render_agents(FILE *out, const Agentbus__AgentList *al, int json);
 /* A json_t* object {"direct": {...}, "pubsub": {...}} (void*: no jansson here). */
-void *ab_render_msg_stats_json(const Agentbus__Stats *st);
+void *ctl_render_msg_stats_json(const Agentbus__Stats *st);
 
 #endif

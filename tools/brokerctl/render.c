@@ -2,7 +2,7 @@
  * a terminal. */
 #include "render.h"
 #include "msgcmd.h"
-#include "cache.h"
+#include "cachecmd.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -50,7 +50,7 @@ static void s_services_text(FILE *out, Agentbus__ServiceInfo **sv, size_t n)
         fprintf(out, "(no services registered)\n");
 }
 
-void ab_render_services(FILE *out, Agentbus__ServiceInfo **sv, size_t n, int json)
+void ctl_render_services(FILE *out, Agentbus__ServiceInfo **sv, size_t n, int json)
 {
     if (!json) {
         s_services_text(out, sv, n);
@@ -82,7 +82,7 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
         (json_int_t)st->pending, "replies_dropped", (json_int_t)st->replies_dropped, "malformed",
         (json_int_t)st->malformed, "send_failures", (json_int_t)st->send_failures, "errors",
         errors, "services", services);
-    json_t *msgs = ab_render_msg_stats_json(st);
+    json_t *msgs = ctl_render_msg_stats_json(st);
     if (j && msgs)
         json_object_update(j, msgs);
     json_decref(msgs);
@@ -128,7 +128,7 @@ static json_t *s_stats_json_batching(const Agentbus__Stats *st)
     return j;
 }
 
-void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
+void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
 {
     if (json) {
         json_t *j = s_stats_json_batching(st);
@@ -149,7 +149,7 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
         json_object_set_new(j, "mailbox_charged_bytes",
                             json_integer((json_int_t)st->mailbox_charged_bytes));
         if (st->cache) /* issue 6: the inference cache's figures */
-            json_object_set_new(j, "cache", ab_cache_json(st->cache));
+            json_object_set_new(j, "cache", ctl_cache_json(st->cache));
         json_object_set_new( /* issue 11: state peers make the broker keep */
             j, "limits",
             json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "cancelled", (json_int_t)st->cancelled,
@@ -176,7 +176,7 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     fprintf(out, "dropped      replies %llu   malformed %llu   send failures %llu\n",
             (unsigned long long)st->replies_dropped, (unsigned long long)st->malformed,
             (unsigned long long)st->send_failures);
-    ab_render_msg_stats(out, st);
+    ctl_render_msg_stats(out, st);
     fprintf(out, "limits       cancelled %llu (client left %llu)   services %u (expired %llu, "
                  "refused %llu)   registers refused %llu\n",
             (unsigned long long)st->cancelled, (unsigned long long)st->cancelled_on_leave,
@@ -220,7 +220,7 @@ void ab_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     s_services_text(out, st->services, st->n_services);
 }
 
-json_t *ab_render_worker_json(const Agentbus__WorkerInfo *w)
+json_t *ctl_render_worker_json(const Agentbus__WorkerInfo *w)
 {
     json_t *labels = json_object();
     for (size_t k = 0; k < w->n_labels; k++)
@@ -243,12 +243,12 @@ json_t *ab_render_worker_json(const Agentbus__WorkerInfo *w)
     return j;
 }
 
-void ab_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
+void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
 {
     if (json) {
         json_t *arr = json_array();
         for (size_t i = 0; i < wl->n_workers; i++)
-            json_array_append_new(arr, ab_render_worker_json(wl->workers[i]));
+            json_array_append_new(arr, ctl_render_worker_json(wl->workers[i]));
         s_emit(out, arr);
         return;
     }
@@ -269,7 +269,7 @@ void ab_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
         fprintf(out, "(no workers registered)\n");
 }
 
-void ab_render_reply(FILE *out, const void *data, size_t len)
+void ctl_render_reply(FILE *out, const void *data, size_t len)
 {
     json_t *j = json_pack("{s:b, s:I}", "ok", 1, "bytes", (json_int_t)len);
     json_t *str = json_stringn(data, len); /* NULL unless valid UTF-8 */
@@ -288,7 +288,7 @@ void ab_render_reply(FILE *out, const void *data, size_t len)
     s_emit(out, j);
 }
 
-void ab_render_error(FILE *out, const char *code, const char *text)
+void ctl_render_error(FILE *out, const char *code, const char *text)
 {
     json_t *t = json_string(text);
     s_emit(out, json_pack("{s:b, s:s, s:o}", "ok", 0, "code", code,

@@ -17,7 +17,8 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -72,21 +73,6 @@ static void s_reap(pid_t pid)
     waitpid(pid, NULL, 0);
 }
 
-static int s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        return -1;
-    int port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 /* --- load: every request has a slot -------------------------------------------- */
 typedef struct {
     unsigned char finals;
@@ -116,14 +102,15 @@ static void s_on_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 
 static void s_pump(ab_client_t *c, int ms)
 {
-    int64_t end = ab_now_ms() + ms;
+    int64_t end = tl_now_ms() + ms;
     do {
         while (s_sent < MAX_REQ && s_sent - s_answered < WINDOW &&
-               ab_client_request_async(c, "faults", "ping", 4, 30000, s_on_reply,
+               ab_client_request_start(c, "faults", "ping", 4,
+                                       &(ab_request_opts_t){.timeout_ms = 30000}, s_on_reply,
                                        &s_slots[s_sent], NULL) == AB_OK)
             s_sent++;
         ab_client_poll(c, 5);
-    } while (ab_now_ms() < end);
+    } while (tl_now_ms() < end);
 }
 
 /* --- detection: directory events -------------------------------------------------- */
@@ -138,7 +125,7 @@ static void s_on_dir(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
     if (s_out_ms || strcmp(ev->worker->name, s_victim) != 0)
         return;
     if (strcmp(ev->change, "leave") == 0 || strcmp(ev->worker->health, "dead") == 0) {
-        s_out_ms = ab_now_ms();
+        s_out_ms = tl_now_ms();
         snprintf(s_how, sizeof s_how, "%s", strcmp(ev->change, "leave") == 0 ? "disconnect"
                                                                               : "suspicion");
     }
@@ -199,9 +186,9 @@ int main(int argc, char **argv)
                    "fault went undetected.\n",
                    argv[0]);
             return 0;
-        } else if (!strcmp(f, "--runs") && v && ab_parse_long(v, 1, 50, &runs) == 0) {
+        } else if (!strcmp(f, "--runs") && v && tl_parse_long(v, 1, 50, &runs) == 0) {
             i++;
-        } else if (!strcmp(f, "--floor-ms") && v && ab_parse_long(v, 100, 60000, &floor_ms) == 0) {
+        } else if (!strcmp(f, "--floor-ms") && v && tl_parse_long(v, 100, 60000, &floor_ms) == 0) {
             i++;
         } else if (!strcmp(f, "--mode") && v &&
                    (!strcmp(v, "kill9") || !strcmp(v, "sigstop") || !strcmp(v, "both"))) {
@@ -215,7 +202,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     s_slots = calloc(MAX_REQ, sizeof *s_slots);
-    int port = s_free_port();
+    int port = tl_free_port();
     if (!s_slots || port < 0)
         return 1;
     char bind_arg[64], floor_arg[32], hb_arg[32];
@@ -249,9 +236,9 @@ int main(int argc, char **argv)
     static int64_t lk[1000];
     for (int i = 0; i < 1000; i++) {
         ab_directory_t *d = NULL;
-        uint64_t t = ab_now_us();
+        uint64_t t = tl_now_us();
         ab_discover(c, NULL, 2000, &d);
-        lk[i] = (int64_t)(ab_now_us() - t);
+        lk[i] = (int64_t)(tl_now_us() - t);
         ab_directory_destroy(&d);
     }
     qsort(lk, 1000, sizeof lk[0], s_cmp);
@@ -277,9 +264,9 @@ int main(int argc, char **argv)
          * heartbeat cycle. */
         s_pump(c, 500 + rand() % (int)floor_ms);
         s_out_ms = 0;
-        int64_t t0 = ab_now_ms();
+        int64_t t0 = tl_now_ms();
         kill(v, is_stop ? SIGSTOP : SIGKILL);
-        while (!s_out_ms && ab_now_ms() - t0 < 30000)
+        while (!s_out_ms && tl_now_ms() - t0 < 30000)
             s_pump(c, 1);
         int64_t dt = s_out_ms ? s_out_ms - t0 : -1;
         undetected += !s_out_ms;
@@ -303,8 +290,8 @@ int main(int argc, char **argv)
         s_pump(c, 200);
     }
     /* Let every request still in flight finish (or reach its deadline). */
-    int64_t end = ab_now_ms() + 35000;
-    while (s_answered < s_sent && ab_now_ms() < end)
+    int64_t end = tl_now_ms() + 35000;
+    while (s_answered < s_sent && tl_now_ms() < end)
         ab_client_poll(c, 50);
     int lost = s_sent - s_answered;
     printf("\n");

@@ -7,8 +7,9 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
-#include "hist.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
+#include "tl_hist.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -27,7 +28,7 @@ typedef struct {
     uint64_t sent, ok, failed, tokens;
     int first_error;
     char first_error_text[200];
-    ab_hist_t lat, ttft;
+    tl_hist_t lat, ttft;
     pthread_t thread;
 } s_agent_t;
 
@@ -51,7 +52,7 @@ static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     s_call_t *call = arg;
     if (ev->status == AB_OK && !call->got_first) {
         call->got_first = 1;
-        ab_hist_record(&call->a->ttft, ab_now_us() - call->start_us);
+        tl_hist_record(&call->a->ttft, tl_now_us() - call->start_us);
     }
     if (ev->status == AB_OK)
         call->a->tokens += !ev->final;
@@ -93,9 +94,9 @@ static void *s_agent_main(void *arg)
         return NULL;
     }
     uint32_t rng = 0x9e3779b9u * (uint32_t)(a->index + 1);
-    int64_t end = ab_now_ms() + cfg->seconds * 1000;
+    int64_t end = tl_now_ms() + cfg->seconds * 1000;
     char model[128], prompt[160];
-    while (!s_stop && ab_now_ms() < end) {
+    while (!s_stop && tl_now_ms() < end) {
         rng = rng * 1103515245u + 12345u;
         int repeat = (long)(rng >> 8) % 100 < cfg->repeat_pct;
         s_model(cfg->models, (long)(a->index + a->sent), model, sizeof model);
@@ -120,11 +121,12 @@ static void *s_agent_main(void *arg)
         q.generate = &g;
         uint8_t buf[512];
         size_t len = agentbus__inference_request__pack(&q, buf);
-        s_call_t call = {a, ab_now_us(), 0, 0, 0, ""};
+        s_call_t call = {a, tl_now_us(), 0, 0, 0, ""};
         a->sent++;
         uint64_t id = 0;
-        rc = ab_client_request_model_async(c, cfg->service, model, NULL, buf, len, 60000,
-                                           s_on_event, &call, &id);
+        rc = ab_client_request_start(c, cfg->service, buf, len,
+                                     &(ab_request_opts_t){.timeout_ms = 60000, .model = model},
+                                     s_on_event, &call, &id);
         while (rc == AB_OK && !call.done && !s_stop)
             if (ab_client_poll(c, 100) < 0)
                 break;
@@ -132,7 +134,7 @@ static void *s_agent_main(void *arg)
             ab_client_cancel(c, id);
         if (rc == AB_OK && call.done && call.status == AB_OK) {
             a->ok++;
-            ab_hist_record(&a->lat, ab_now_us() - call.start_us);
+            tl_hist_record(&a->lat, tl_now_us() - call.start_us);
         } else {
             a->failed++;
             if (!a->first_error) {
@@ -176,16 +178,16 @@ static int s_parse(s_cfg_t *cfg, int argc, char **argv)
             cfg->service = v;
         else if (strcmp(f, "--models") == 0 && *v)
             cfg->models = v;
-        else if (strcmp(f, "--agents") == 0 && ab_parse_long(v, 1, 2000, &cfg->agents) == 0)
+        else if (strcmp(f, "--agents") == 0 && tl_parse_long(v, 1, 2000, &cfg->agents) == 0)
             ;
-        else if (strcmp(f, "--seconds") == 0 && ab_parse_long(v, 1, 86400, &cfg->seconds) == 0)
+        else if (strcmp(f, "--seconds") == 0 && tl_parse_long(v, 1, 86400, &cfg->seconds) == 0)
             ;
-        else if (strcmp(f, "--think-ms") == 0 && ab_parse_long(v, 0, 600000, &cfg->think_ms) == 0)
+        else if (strcmp(f, "--think-ms") == 0 && tl_parse_long(v, 0, 600000, &cfg->think_ms) == 0)
             ;
-        else if (strcmp(f, "--repeat-pct") == 0 && ab_parse_long(v, 0, 100, &cfg->repeat_pct) == 0)
+        else if (strcmp(f, "--repeat-pct") == 0 && tl_parse_long(v, 0, 100, &cfg->repeat_pct) == 0)
             ;
         else if (strcmp(f, "--num-predict") == 0 &&
-                 ab_parse_long(v, 0, 100000, &cfg->num_predict) == 0)
+                 tl_parse_long(v, 0, 100000, &cfg->num_predict) == 0)
             ;
         else {
             fprintf(stderr, "agentbus-infer-load: bad option or value: %s %s\n", f, v);
@@ -206,24 +208,24 @@ int main(int argc, char **argv)
     s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
     if (!agents)
         return 1;
-    int64_t t0 = ab_now_ms();
+    int64_t t0 = tl_now_ms();
     for (long i = 0; i < cfg.agents; i++) {
         agents[i].cfg = &cfg;
         agents[i].index = (int)i;
-        ab_hist_reset(&agents[i].lat);
-        ab_hist_reset(&agents[i].ttft);
+        tl_hist_reset(&agents[i].lat);
+        tl_hist_reset(&agents[i].ttft);
         pthread_create(&agents[i].thread, NULL, s_agent_main, &agents[i]);
     }
-    ab_hist_t lat, ttft;
-    ab_hist_reset(&lat);
-    ab_hist_reset(&ttft);
+    tl_hist_t lat, ttft;
+    tl_hist_reset(&lat);
+    tl_hist_reset(&ttft);
     uint64_t sent = 0, ok = 0, failed = 0, tokens = 0;
     int err = 0;
     const char *err_text = "";
     for (long i = 0; i < cfg.agents; i++) {
         pthread_join(agents[i].thread, NULL);
-        ab_hist_merge(&lat, &agents[i].lat);
-        ab_hist_merge(&ttft, &agents[i].ttft);
+        tl_hist_merge(&lat, &agents[i].lat);
+        tl_hist_merge(&ttft, &agents[i].ttft);
         sent += agents[i].sent;
         ok += agents[i].ok;
         failed += agents[i].failed;
@@ -233,16 +235,16 @@ int main(int argc, char **argv)
             err_text = agents[i].first_error_text;
         }
     }
-    double secs = (ab_now_ms() - t0) / 1000.0;
+    double secs = (tl_now_ms() - t0) / 1000.0;
     printf("infer-load: %ld agents, %.1f s: %llu requests, %llu ok (%.1f/s), %llu failed, "
            "%.0f tokens/s\n",
            cfg.agents, secs, (unsigned long long)sent, (unsigned long long)ok, ok / secs,
            (unsigned long long)failed, tokens / secs);
     printf("infer-load: latency p50 %.1f ms, p95 %.1f ms, p99 %.1f ms; first token p50 %.1f ms, "
            "p95 %.1f ms\n",
-           ab_hist_percentile(&lat, 50) / 1000.0, ab_hist_percentile(&lat, 95) / 1000.0,
-           ab_hist_percentile(&lat, 99) / 1000.0, ab_hist_percentile(&ttft, 50) / 1000.0,
-           ab_hist_percentile(&ttft, 95) / 1000.0);
+           tl_hist_percentile(&lat, 50) / 1000.0, tl_hist_percentile(&lat, 95) / 1000.0,
+           tl_hist_percentile(&lat, 99) / 1000.0, tl_hist_percentile(&ttft, 50) / 1000.0,
+           tl_hist_percentile(&ttft, 95) / 1000.0);
     if (err)
         printf("infer-load: first error: %s: %s\n", ab_status_name(err), err_text);
     free(agents);

@@ -6,8 +6,9 @@
  * sizes and checks that every reply echoes what it sent.
  */
 #include "agentbus.h"
-#include "hist.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
+#include "tl_hist.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -25,7 +26,7 @@ typedef struct {
     int index;
     uint64_t sent, ok, failed, mismatched;
     int first_error;
-    ab_hist_t lat;
+    tl_hist_t lat;
     pthread_t thread;
 } s_agent_t;
 
@@ -66,7 +67,7 @@ static void s_on_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
         else
             a->ok++;
         free(expect);
-        ab_hist_record(&a->lat, ab_now_us() - call->start_us);
+        tl_hist_record(&a->lat, tl_now_us() - call->start_us);
     } else {
         a->failed++;
         if (!a->first_error)
@@ -84,10 +85,11 @@ static int s_send(s_agent_t *a, ab_client_t *c, char *buf)
     call->seed = (uint32_t)(a->sent * 2654435761u + (uint32_t)a->index);
     /* Mostly small messages, now and then a large one, like agent traffic. */
     call->size = (call->seed % 10 == 0) ? (size_t)a->cfg->max_bytes : 16 + call->seed % 240;
-    call->start_us = ab_now_us();
+    call->start_us = tl_now_us();
     s_fill(buf, call->size, call->seed);
     a->sent++;
-    if (ab_client_request_async(c, a->cfg->service, buf, call->size, 5000, s_on_reply, call,
+    if (ab_client_request_start(c, a->cfg->service, buf, call->size,
+                                &(ab_request_opts_t){.timeout_ms = 5000}, s_on_reply, call,
                                 NULL) != AB_OK) {
         a->failed++;
         free(call);
@@ -114,8 +116,8 @@ static void *s_agent_main(void *arg)
         free(buf);
         return NULL;
     }
-    int64_t end = ab_now_ms() + a->cfg->seconds * 1000;
-    while (!s_stop && ab_now_ms() < end) {
+    int64_t end = tl_now_ms() + a->cfg->seconds * 1000;
+    while (!s_stop && tl_now_ms() < end) {
         while (ab_client_pending(c) < (size_t)a->cfg->window && s_send(a, c, buf) == 0)
             ;
         ab_client_poll(c, 100);
@@ -152,13 +154,13 @@ static int s_parse(s_cfg_t *cfg, int argc, char **argv)
             cfg->broker = v;
         else if (!strcmp(f, "--service"))
             cfg->service = v;
-        else if (!strcmp(f, "--agents") && !ab_parse_long(v, 1, 1000, &n))
+        else if (!strcmp(f, "--agents") && !tl_parse_long(v, 1, 1000, &n))
             cfg->agents = n;
-        else if (!strcmp(f, "--seconds") && !ab_parse_long(v, 1, 3600, &n))
+        else if (!strcmp(f, "--seconds") && !tl_parse_long(v, 1, 3600, &n))
             cfg->seconds = n;
-        else if (!strcmp(f, "--window") && !ab_parse_long(v, 1, 10000, &n))
+        else if (!strcmp(f, "--window") && !tl_parse_long(v, 1, 10000, &n))
             cfg->window = n;
-        else if (!strcmp(f, "--max-bytes") && !ab_parse_long(v, 256, 1 << 24, &n))
+        else if (!strcmp(f, "--max-bytes") && !tl_parse_long(v, 256, 1 << 24, &n))
             cfg->max_bytes = n;
         else
             goto bad;
@@ -190,8 +192,8 @@ int main(int argc, char **argv)
     }
     uint64_t sent = 0, ok = 0, failed = 0, bad = 0;
     int first_error = 0;
-    ab_hist_t lat;
-    ab_hist_reset(&lat);
+    tl_hist_t lat;
+    tl_hist_reset(&lat);
     for (long i = 0; i < cfg.agents; i++) {
         pthread_join(agents[i].thread, NULL);
         sent += agents[i].sent;
@@ -200,15 +202,15 @@ int main(int argc, char **argv)
         bad += agents[i].mismatched;
         if (!first_error)
             first_error = agents[i].first_error;
-        ab_hist_merge(&lat, &agents[i].lat);
+        tl_hist_merge(&lat, &agents[i].lat);
     }
     printf("agentbus-load: sent %llu  ok %llu  failed %llu  mismatched %llu  (%.0f req/s)\n",
            (unsigned long long)sent, (unsigned long long)ok, (unsigned long long)failed,
            (unsigned long long)bad, (double)ok / (double)cfg.seconds);
     printf("agentbus-load: latency p50 %llu us  p95 %llu us  p99 %llu us\n",
-           (unsigned long long)ab_hist_percentile(&lat, 50),
-           (unsigned long long)ab_hist_percentile(&lat, 95),
-           (unsigned long long)ab_hist_percentile(&lat, 99));
+           (unsigned long long)tl_hist_percentile(&lat, 50),
+           (unsigned long long)tl_hist_percentile(&lat, 95),
+           (unsigned long long)tl_hist_percentile(&lat, 99));
     if (first_error)
         printf("agentbus-load: first error: %s\n", ab_strerror(first_error));
     free(agents);

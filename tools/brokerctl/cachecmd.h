@@ -6,8 +6,8 @@
  *   brokerctl cache clear [--tier T]   drop every entry (of tier T: l1, l2, l3)
  *   brokerctl cache get KEY            show one entry (32 hex digits)
  */
-#ifndef AB_BROKERCTL_CACHE_H
-#define AB_BROKERCTL_CACHE_H
+#ifndef CTL_CACHECMD_H
+#define CTL_CACHECMD_H
 
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -16,11 +16,11 @@
 
 /* Runs `cache ARGS...`. AB_OK, AB_EINVAL for bad arguments (usage printed
  * by the caller), or the broker's error. */
-int ab_ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms);
+int ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms);
 /* The cache figures as a JSON object (a new reference). */
 struct json_t;
-struct json_t *ab_cache_json(const Agentbus__CacheStats *cs);
+struct json_t *ctl_cache_json(const Agentbus__CacheStats *cs);
 /* The cache section of `stats` (and of `cache`). */
-void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json);
+void ctl_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json);
 
 #endif

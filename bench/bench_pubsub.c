@@ -16,13 +16,14 @@
  * median of --runs is kept.
  *
  * Direct messages: ab_client_ask to an agent thread that answers with
- * ab_client_reply, against ab_client_request_async to the echo worker,
+ * ab_client_reply, against ab_client_request_start to the echo worker,
  * same window, same broker.
  */
-#include "pubsub.h"
+#include "bench_pubsub.h"
 #include "bench_util.h"
 #include "agentbus.h"
-#include "util.h"
+#include "tl_clock.h"
+#include "tl_args.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -276,13 +277,13 @@ static double s_fanout_run(int system, int n, void *ctx, const char *sub_ep, s_p
         pub->sent = 0;
         pub->subs = s;
         pthread_t th;
-        uint64_t t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
+        uint64_t t0 = tl_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
         pthread_create(&th, NULL, s_pub_main, pub);
-        while (ab_now_ns() < end)
+        while (tl_now_ns() < end)
             if (s_drain(s, system) == 0)
                 s_idle(s, system);
         uint64_t got = s_total(s);
-        double secs = (double)(ab_now_ns() - t0) / 1e9;
+        double secs = (double)(tl_now_ns() - t0) / 1e9;
         pub->stop = 1;
         pthread_join(th, NULL);
         rate = (double)got / secs;
@@ -337,17 +338,18 @@ static double s_rr(ab_client_t *c, int ask, size_t size, double seconds, int win
 {
     char *buf = calloc(1, size);
     s_cnt_t n = {0, 0};
-    uint64_t sent = 0, t0 = ab_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
-    while (ab_now_ns() < end && !n.failed) {
+    uint64_t sent = 0, t0 = tl_now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
+    while (tl_now_ns() < end && !n.failed) {
         while (sent - n.done - n.failed < (uint64_t)window &&
                (ask ? ab_client_ask(c, "bench-echo", buf, size, 10000, s_cnt_cb, &n, NULL)
-                    : ab_client_request_async(c, "echo", buf, size, 10000, s_cnt_cb, &n,
-                                              NULL)) == AB_OK)
+                    : ab_client_request_start(c, "echo", buf, size,
+                                              &(ab_request_opts_t){.timeout_ms = 10000}, s_cnt_cb,
+                                              &n, NULL)) == AB_OK)
             sent++;
         if (ab_client_poll(c, 1000) <= 0)
             break;
     }
-    double secs = (double)(ab_now_ns() - t0) / 1e9;
+    double secs = (double)(tl_now_ns() - t0) / 1e9;
     for (int i = 0; i < 1000 && n.done + n.failed < sent; i++)
         ab_client_poll(c, 10);
     free(buf);
@@ -377,11 +379,11 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
         i++;
         if (!strcmp(f, "--seconds") && atof(v) > 0 && atof(v) <= 600)
             o->seconds = atof(v);
-        else if (!strcmp(f, "--runs") && !ab_parse_long(v, 1, 16, &x))
+        else if (!strcmp(f, "--runs") && !tl_parse_long(v, 1, 16, &x))
             o->runs = (int)x;
-        else if (!strcmp(f, "--window") && !ab_parse_long(v, 1, 50000, &x))
+        else if (!strcmp(f, "--window") && !tl_parse_long(v, 1, 50000, &x))
             o->window = (int)x;
-        else if (!strcmp(f, "--size-small") && !ab_parse_long(v, 1, 200, &x))
+        else if (!strcmp(f, "--size-small") && !tl_parse_long(v, 1, 200, &x))
             o->size = (size_t)x;
         else if (!strcmp(f, "--subscribers")) {
             char copy[128], *save = NULL;
@@ -389,7 +391,7 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
             o->nn = 0;
             for (char *t = strtok_r(copy, ",", &save); t && o->nn < 8;
                  t = strtok_r(NULL, ",", &save)) {
-                if (ab_parse_long(t, 1, PB_MAX_SUBS, &x))
+                if (tl_parse_long(t, 1, PB_MAX_SUBS, &x))
                     goto bad;
                 o->nsubs[o->nn++] = (int)x;
             }
@@ -409,7 +411,7 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
     return 0;
 }
 
-int ab_bench_pubsub_main(int argc, char **argv, const char *broker_bin, const char *worker_bin)
+int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *worker_bin)
 {
     s_popts_t o = {0};
     o.broker_bin = broker_bin;
@@ -417,7 +419,7 @@ int ab_bench_pubsub_main(int argc, char **argv, const char *broker_bin, const ch
     if (s_popts(&o, argc, argv) != 0)
         return 2;
     signal(SIGPIPE, SIG_IGN);
-    int bport = bu_free_port(), pport = bu_free_port(), xin = bu_free_port(), xout = bu_free_port();
+    int bport = tl_free_port(), pport = tl_free_port(), xin = tl_free_port(), xout = tl_free_port();
     char bep[64], pep[64], xin_ep[64], xout_ep[64];
     snprintf(bep, sizeof bep, "tcp://127.0.0.1:%d", bport);
     snprintf(pep, sizeof pep, "tcp://127.0.0.1:%d", pport);

@@ -1,5 +1,5 @@
 /* cache.c - see cache.h. */
-#include "cache.h"
+#include "cachecmd.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -15,7 +15,7 @@ static void s_emit(FILE *out, json_t *j)
     json_decref(j);
 }
 
-json_t *ab_cache_json(const Agentbus__CacheStats *cs)
+json_t *ctl_cache_json(const Agentbus__CacheStats *cs)
 {
     json_t *tiers = json_array();
     for (size_t i = 0; i < cs->n_tiers; i++) {
@@ -49,10 +49,10 @@ json_t *ab_cache_json(const Agentbus__CacheStats *cs)
     return j;
 }
 
-void ab_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
+void ctl_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
 {
     if (json) {
-        s_emit(out, ab_cache_json(cs));
+        s_emit(out, ctl_cache_json(cs));
         return;
     }
     fprintf(out, "%-6s %-6s %10s %10s %10s %12s %10s %10s %10s %12s %12s\n", "TIER", "STATE",
@@ -113,7 +113,7 @@ static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
     }
 }
 
-int ab_ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms)
+int ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms)
 {
     char what[64];
     int get = 0;
@@ -145,7 +145,7 @@ int ab_ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms
     } else {
         Agentbus__CacheStats *cs = agentbus__cache_stats__unpack(NULL, len, buf);
         if (cs) {
-            ab_render_cache(stdout, cs, json);
+            ctl_render_cache(stdout, cs, json);
             agentbus__cache_stats__free_unpacked(cs, NULL);
         }
         rc = cs ? AB_OK : AB_EDECODE;

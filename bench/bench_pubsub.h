@@ -4,10 +4,10 @@
  * agent-to-agent request/reply against service request/reply, all measured
  * in the same run.
  */
-#ifndef AB_BENCH_PUBSUB_H
-#define AB_BENCH_PUBSUB_H
+#ifndef BN_BENCH_PUBSUB_H
+#define BN_BENCH_PUBSUB_H
 
 /* Runs the bench; ARGV as given to agentbus-bench. Returns the exit code. */
-int ab_bench_pubsub_main(int argc, char **argv, const char *broker_bin, const char *worker_bin);
+int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *worker_bin);
 
 #endif

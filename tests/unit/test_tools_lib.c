@@ -1,0 +1,147 @@
+/*
+ * test_tools_lib.c - tools/lib: the histogram against a sorted reference,
+ * argument parsing, the intrusive list, the clock and the free-port helper.
+ */
+#include "test.h"
+#include "tl_args.h"
+#include "tl_clock.h"
+#include "tl_hist.h"
+#include "tl_list.h"
+
+#include <math.h>
+#include <stdint.h>
+
+static int s_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted V; the epsilon absorbs float error. */
+static uint64_t s_exact(const uint64_t *v, size_t n, double p)
+{
+    size_t rank = (size_t)ceil(p / 100.0 * (double)n - 1e-6);
+    return v[(rank < 1 ? 1 : rank) - 1];
+}
+
+static void s_hist_vs_sorted(uint64_t modulo, size_t n)
+{
+    uint64_t *v = malloc(n * sizeof *v);
+    tl_hist_t *h = malloc(sizeof *h);
+    REQUIRE(v && h);
+    tl_hist_reset(h);
+    for (size_t i = 0; i < n; i++) {
+        v[i] = 1 + t_rand() % modulo;
+        tl_hist_record(h, v[i]);
+    }
+    qsort(v, n, sizeof *v, s_cmp);
+    const double ps[] = {50, 90, 99, 99.9, 100};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
+        uint64_t want = s_exact(v, n, ps[i]);
+        /* Never below the truth, above it by at most one sub-bucket. */
+        double tol = (double)want / (1u << TL_HIST_SUB_BITS) + 1;
+        CHECK_RANGE(tl_hist_percentile(h, ps[i]), want, (double)want + tol);
+    }
+    CHECK_U64(h->total, n);
+    CHECK_U64(h->min, v[0]);
+    CHECK_U64(h->max, v[n - 1]);
+    free(v);
+    free(h);
+}
+
+static void s_hist_edges(void)
+{
+    static tl_hist_t h, a, b;
+    tl_hist_reset(&h);
+    CHECK_U64(tl_hist_percentile(&h, 50), 0);
+    for (uint64_t x = 0; x < 32; x++) /* small values are exact */
+        tl_hist_record(&h, x);
+    CHECK_U64(tl_hist_percentile(&h, 50), 15);
+    CHECK_U64(tl_hist_percentile(&h, 0), 0);
+    CHECK_U64(tl_hist_percentile(&h, 100), 31);
+    tl_hist_reset(&h);
+    tl_hist_record(&h, 1ull << 50); /* past the top: capped at the maximum */
+    CHECK_U64(tl_hist_percentile(&h, 99), 1ull << 50);
+    tl_hist_reset(&a);
+    tl_hist_reset(&b);
+    tl_hist_reset(&h);
+    for (int i = 0; i < 5000; i++) {
+        uint64_t x = t_rand() % 50000;
+        tl_hist_record(i % 2 ? &a : &b, x);
+        tl_hist_record(&h, x);
+    }
+    tl_hist_merge(&a, &b); /* merging == recording into one */
+    CHECK_TRUE(memcmp(&a, &h, sizeof a) == 0);
+}
+
+static void s_args(void)
+{
+    long v = 7;
+    CHECK_EQ(tl_parse_long("42", 0, 100, &v), 0);
+    CHECK_EQ(v, 42);
+    CHECK_EQ(tl_parse_long("-5", -10, 10, &v), 0);
+    CHECK_EQ(v, -5);
+    CHECK_EQ(tl_parse_long("101", 0, 100, &v), -1);
+    CHECK_EQ(tl_parse_long("4x", 0, 100, &v), -1);
+    CHECK_EQ(tl_parse_long("", 0, 100, &v), -1);
+    CHECK_EQ(tl_parse_long(NULL, 0, 100, &v), -1);
+    CHECK_EQ(tl_parse_long("99999999999999999999", 0, 100, &v), -1);
+    CHECK_EQ(v, -5); /* untouched by the failures */
+    int port = tl_free_port();
+    CHECK_RANGE(port, 1, 65535);
+}
+
+typedef struct {
+    int v;
+    tl_list_t node;
+} s_item_t;
+
+static void s_list(void)
+{
+    tl_list_t l;
+    s_item_t it[5];
+    tl_list_init(&l);
+    CHECK_TRUE(tl_list_empty(&l));
+    for (int i = 0; i < 5; i++) {
+        it[i].v = i;
+        tl_list_push_back(&l, &it[i].node);
+    }
+    CHECK_TRUE(!tl_list_empty(&l));
+    /* remove the odd ones while iterating, then check order and links */
+    for (tl_list_t *n = l.next, *nx; n != &l; n = nx) {
+        nx = n->next;
+        if (tl_list_entry(n, s_item_t, node)->v % 2)
+            tl_list_remove(n);
+    }
+    int want[] = {0, 2, 4}, k = 0;
+    for (tl_list_t *n = l.next; n != &l; n = n->next, k++)
+        CHECK_EQ(tl_list_entry(n, s_item_t, node)->v, want[k < 3 ? k : 2]);
+    CHECK_EQ(k, 3);
+    CHECK_EQ(tl_list_entry(l.prev, s_item_t, node)->v, 4); /* tail kept right */
+    tl_list_remove(&it[1].node); /* removed twice: a no-op */
+    tl_list_remove(&it[0].node);
+    tl_list_remove(&it[4].node);
+    tl_list_remove(&it[2].node);
+    CHECK_TRUE(tl_list_empty(&l));
+}
+
+static void s_clock(void)
+{
+    uint64_t ns = tl_now_ns(), us = tl_now_us();
+    int64_t ms = tl_now_ms();
+    CHECK_TRUE(us >= ns / 1000u);
+    CHECK_TRUE((uint64_t)ms >= ns / 1000000u);
+    CHECK_TRUE(tl_now_ns() >= ns);
+}
+
+int main(void)
+{
+    s_hist_vs_sorted(100000, 100000);
+    s_hist_vs_sorted(1000000000ull, 100000);
+    s_hist_vs_sorted(7, 1);
+    s_hist_edges();
+    s_args();
+    s_list();
+    s_clock();
+    return TEST_DONE("test_tools_lib");
+}
