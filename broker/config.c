@@ -5,6 +5,7 @@
 
 #include <czmq.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,11 +225,48 @@ bad:
     return -1;
 }
 
+/* Says why zconfig refused PATH. czmq's own message lacks the file name and
+ * calls a tab "invalid syntax"; ZPL indents by 4 spaces per level, and a
+ * file copied from a web page or an editor often has tabs instead. */
+static void s_explain_load_error(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "agentbus-broker: cannot read config file '%s': %s\n", path,
+                strerror(errno));
+        return;
+    }
+    char line[1024];
+    int lineno = 0, found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        lineno++;
+        /* zconfig's rules: spaces before anything but a blank line come in
+         * fours; a tab may precede a comment but not a key. */
+        size_t sp = strspn(line, " "), ws = strspn(line, " \t");
+        if (strchr("\r\n", line[ws]))
+            continue;
+        if (sp % 4 != 0) {
+            fprintf(stderr, "agentbus-broker: %s line %d: indented by %zu spaces; config files "
+                    "(ZPL) indent each level by exactly 4 spaces\n", path, lineno, sp);
+            found = 1;
+        } else if (ws > sp && line[ws] != '#') {
+            fprintf(stderr, "agentbus-broker: %s line %d: indented with a tab; config files "
+                    "(ZPL) indent each level by exactly 4 spaces, never tabs\n", path, lineno);
+            found = 1;
+        }
+    }
+    fclose(f);
+    if (!found)
+        fprintf(stderr, "agentbus-broker: cannot parse config file '%s' (ZPL: \"key = value\" "
+                "lines under \"broker\", indented by 4 spaces; czmq's message above gives "
+                "the line)\n", path);
+}
+
 static int s_load_file(ab_broker_config_t *cfg, const char *path)
 {
     zconfig_t *root = zconfig_load(path);
     if (!root) {
-        fprintf(stderr, "agentbus-broker: cannot read config file '%s'\n", path);
+        s_explain_load_error(path);
         return -1;
     }
     /* Keys may sit at the top level or under a "broker" section. */
