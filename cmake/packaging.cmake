@@ -50,11 +50,21 @@ find_program(HELP2MAN help2man)
 if(HELP2MAN)
   file(MAKE_DIRECTORY ${AB_MAN_DIR})
   set(_pages)
+  # Sections --help does not give: files and environment (etc/man/*.h2m.in,
+  # with the configured paths), and the related pages.
   foreach(p ${AB_MAN_PROGRAMS})
+    set(_inc --include=${CMAKE_CURRENT_SOURCE_DIR}/etc/man/see-also.h2m)
+    set(_deps ${p} ${CMAKE_CURRENT_SOURCE_DIR}/etc/man/see-also.h2m)
+    if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/etc/man/${p}.h2m.in)
+      configure_file(etc/man/${p}.h2m.in ${AB_MAN_DIR}/${p}.h2m @ONLY)
+      list(APPEND _inc --include=${AB_MAN_DIR}/${p}.h2m)
+      list(APPEND _deps ${AB_MAN_DIR}/${p}.h2m)
+    endif()
     add_custom_command(OUTPUT ${AB_MAN_DIR}/${p}.1
       COMMAND ${CMAKE_COMMAND} -E env LC_ALL=C ${HELP2MAN} --no-info --section=1
-              --name=${AB_MAN_NAME_${p}} --output=${AB_MAN_DIR}/${p}.1 $<TARGET_FILE:${p}>
-      DEPENDS ${p} VERBATIM COMMENT "help2man ${p}")
+              --name=${AB_MAN_NAME_${p}} ${_inc} --output=${AB_MAN_DIR}/${p}.1
+              $<TARGET_FILE:${p}>
+      DEPENDS ${_deps} VERBATIM COMMENT "help2man ${p}")
     list(APPEND _pages ${AB_MAN_DIR}/${p}.1)
   endforeach()
   add_custom_target(man ALL DEPENDS ${_pages})

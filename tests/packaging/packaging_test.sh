@@ -119,7 +119,7 @@ case_man_pages()
 {
     need groff
     need man
-    local p page err
+    local p page err conf
     for p in agentbus-broker agentbus-worker brokerctl ollama-sim; do
         page=$build/man/$p.1
         [[ -s $page ]] || fail "$page not generated (help2man missing? scripts/setup installs it)"
@@ -131,7 +131,13 @@ case_man_pages()
         MANWIDTH=80 man -l "$page" 2>/dev/null >"$tmp/page.txt"
         grep -q "^NAME" "$tmp/page.txt" || fail "$page renders no NAME"
         grep -q -- '--help' "$tmp/page.txt" || fail "$page lists no options"
+        grep -q '^SEE ALSO' "$tmp/page.txt" || fail "$page has no SEE ALSO (etc/man)"
     done
+    # The broker's page names the config file the unit reads.
+    conf=$(sed -n 's#^ExecStart=[^ ]* --config \([^ ]*\) .*#\1#p' \
+        "$build/systemd/agentbus-broker.service")
+    MANWIDTH=200 man -l "$build/man/agentbus-broker.1" 2>/dev/null | grep -q -F "$conf" ||
+        fail "agentbus-broker.1 does not name $conf"
 }
 
 free_port()
