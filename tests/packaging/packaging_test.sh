@@ -204,6 +204,11 @@ case_broker_conf_tab()
     "$bin/agentbus-broker" --config "$tmp/two.conf" 2>"$tmp/err" || rc=$?
     [[ $rc -eq 2 ]] && grep -q "two.conf line [0-9]*: indented by 2 spaces" "$tmp/err" ||
         fail "2-space file: exit $rc, $(cat "$tmp/err")"
+    # A missing file: the reason, not just "cannot read".
+    rc=0
+    "$bin/agentbus-broker" --config "$tmp/none.conf" 2>"$tmp/err" || rc=$?
+    [[ $rc -eq 2 ]] && grep -q "none.conf': No such file or directory" "$tmp/err" ||
+        fail "missing file: exit $rc, $(cat "$tmp/err")"
 }
 
 case_bash_completion()
