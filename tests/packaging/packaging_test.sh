@@ -119,11 +119,14 @@ case_man_pages()
 {
     need groff
     need man
-    local p page err conf
+    local p page err conf ver
     for p in agentbus-broker agentbus-worker brokerctl ollama-sim; do
         page=$build/man/$p.1
         [[ -s $page ]] || fail "$page not generated (help2man missing? scripts/setup installs it)"
-        grep -q "$("$bin/$p" --version)" "$page" || fail "$page lacks '$p --version' output"
+        # --version says "NAME VERSION" and exits 0; help2man puts it in the page.
+        ver=$("$bin/$p" --version) || fail "$p --version exited $?"
+        [[ $ver =~ ^$p\ [0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "$p --version printed '$ver'"
+        grep -q -F "$ver" "$page" || fail "$page lacks '$ver'"
         err=$(groff -man -Tutf8 -ww -z "$page" 2>&1)
         [[ -z $err ]] || fail "groff warns on $page: $err"
         err=$(MANWIDTH=80 man --warnings -l "$page" 2>&1 >/dev/null)
