@@ -224,6 +224,7 @@ case_bash_completion()
         PATH="$bin:$PATH" bash --norc --noprofile -c '
             source "$1"; shift
             COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))
+            COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
             _brokerctl
             printf "%s\n" "${COMPREPLY[@]}" | sort | tr "\n" " "' \
             _ "$src/etc/bash-completion/brokerctl" "$@"
@@ -240,6 +241,7 @@ case_bash_completion()
     expect "send services stats sub" brokerctl s
     expect "--timeout-ms" brokerctl --tim
     expect "--json" brokerctl --broker tcp://127.0.0.1:5555 --js
+    expect "stats" brokerctl --broker=tcp://127.0.0.1:5555 --timeout-ms 100 st
     expect "clear" brokerctl cache cl
     expect "l1 l2 l3" brokerctl cache clear --tier ""
     expect "load" brokerctl models lo
