@@ -5,6 +5,7 @@
 
 #include <czmq.h>
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ typedef struct {
 } s_option_t;
 
 #define OFF(f) offsetof(ab_broker_config_t, f)
+#define AB_CONFIG_FILE_MAX (1 << 20) /* a config file is a page of text */
 
 static const s_option_t s_options[] = {
     {"bind", OPT_BINDS, OFF(binds), 0, 0, "tcp://127.0.0.1:5555,ipc:///tmp/agentbus.ipc",
@@ -224,13 +226,72 @@ bad:
     return -1;
 }
 
+/* 0 when TEXT's indentation is what zconfig accepts; else says which line
+ * of PATH is wrong and why. czmq's own message lacks the file name and calls
+ * a tab "invalid syntax"; ZPL indents by 4 spaces per level, and a file
+ * from a web page or an editor often has tabs instead. */
+static int s_check_indent(const char *path, const char *text)
+{
+    int lineno = 0;
+    for (const char *line = text, *next; *line; line = next) {
+        next = line + strcspn(line, "\n");
+        next += *next == '\n';
+        lineno++;
+        /* zconfig's rules: spaces before anything but a blank line come in
+         * fours; a tab may precede a comment but not a key. */
+        size_t sp = strspn(line, " "), ws = strspn(line, " \t");
+        if (strchr("\r\n", line[ws]))
+            continue;
+        if (sp % 4 != 0) {
+            fprintf(stderr, "agentbus-broker: %s line %d: indented by %zu spaces; config files "
+                    "(ZPL) indent each level by exactly 4 spaces\n", path, lineno, sp);
+            return -1;
+        }
+        if (ws > sp && line[ws] != '#') {
+            fprintf(stderr, "agentbus-broker: %s line %d: indented with a tab; config files "
+                    "(ZPL) indent each level by exactly 4 spaces, never tabs\n", path, lineno);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* PATH parsed, or NULL with the reason on stderr. Read here rather than by
+ * zconfig_load, which leaks its file object on a syntax error. */
+static zconfig_t *s_parse_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *text = NULL;
+    size_t len = 0;
+    if (f) {
+        text = malloc(AB_CONFIG_FILE_MAX + 1);
+        len = text ? fread(text, 1, AB_CONFIG_FILE_MAX + 1, f) : 0;
+    }
+    if (!f || !text || ferror(f) || len > AB_CONFIG_FILE_MAX || memchr(text, 0, len)) {
+        fprintf(stderr, "agentbus-broker: cannot read config file '%s': %s\n", path,
+                !f || !text || ferror(f) ? strerror(errno) : "not a text file of at most 1 MiB");
+        if (f)
+            fclose(f);
+        free(text);
+        return NULL;
+    }
+    fclose(f);
+    text[len] = '\0';
+    int indent_ok = s_check_indent(path, text) == 0;
+    zconfig_t *root = indent_ok ? zconfig_str_load(text) : NULL;
+    if (!root && indent_ok)
+        fprintf(stderr, "agentbus-broker: cannot parse config file '%s' (ZPL: \"key = value\" "
+                "lines under \"broker\", indented by 4 spaces; czmq's message above gives "
+                "the line)\n", path);
+    free(text);
+    return root;
+}
+
 static int s_load_file(ab_broker_config_t *cfg, const char *path)
 {
-    zconfig_t *root = zconfig_load(path);
-    if (!root) {
-        fprintf(stderr, "agentbus-broker: cannot read config file '%s'\n", path);
+    zconfig_t *root = s_parse_file(path);
+    if (!root)
         return -1;
-    }
     /* Keys may sit at the top level or under a "broker" section. */
     zconfig_t *sect = zconfig_locate(root, "broker");
     zconfig_t *lists[2] = {zconfig_child(root), sect ? zconfig_child(sect) : NULL};

@@ -56,7 +56,8 @@ static void s_usage(const char *prog)
            "  --fail-file PATH    while PATH exists, answer every request with an\n"
            "                      error (APPLICATION) and report backend state\n"
            "                      \"failing\": fault injection for tests\n"
-           "  --help              show this help\n",
+           "  --help              show this help\n"
+           "  --version           show the version\n",
            prog, AB_DEFAULT_ENDPOINT);
 }
 
@@ -86,6 +87,10 @@ static int s_parse(s_args_t *a, int argc, char **argv)
         long n;
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) {
             s_usage(argv[0]);
+            return 1;
+        }
+        if (strcmp(f, "--version") == 0) {
+            printf("agentbus-worker %s\n", AB_VERSION_STRING);
             return 1;
         }
         static const char *known[] = {"--broker", "--backend", "--service", "--name",

@@ -81,7 +81,8 @@ static void s_usage(FILE *out)
             "  --events N              watch: exit after N changes\n"
             "  --count N               listen/sub: exit after N messages\n"
             "  --takeover              listen: take the name from a live connection\n"
-            "  --help                  show this help\n\n"
+            "  --help                  show this help\n"
+            "  --version               show the version\n\n"
             "A failed command exits 1 and prints the error code and text on stderr.\n",
             AB_DEFAULT_ENDPOINT);
 }
@@ -272,6 +273,9 @@ int main(int argc, char **argv)
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(f, "--help") == 0) {
             s_usage(stdout);
+            return 0;
+        } else if (strcmp(f, "--version") == 0) {
+            printf("brokerctl %s\n", AB_VERSION_STRING);
             return 0;
         } else if (strcmp(f, "--json") == 0) {
             json = s_json = 1;

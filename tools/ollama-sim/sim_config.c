@@ -19,7 +19,7 @@ static void s_usage(FILE *out)
             "  --max-body-bytes N  --max-connections N  --seed N  --version-string S\n"
             "  --gpu VRAM (repeatable)  --model NAME[,key=value...] (repeatable)\n"
             "  --fault-KEY VALUE for every key of /sim/faults (e.g. --fault-error-rate 0.5)\n"
-            "  --quiet\n"
+            "  --quiet  --help  --version\n"
             "See docs/ollama-sim.md.\n");
 }
 
@@ -425,6 +425,7 @@ static const struct option s_long[] = {
     {"model", required_argument, 0, 'm'},
     {"quiet", no_argument, 0, 'q'},
     {"help", no_argument, 0, 'h'},
+    {"version", no_argument, 0, 'V'}, /* exact, so not taken as --version-string */
     {"fault-error-rate", required_argument, 0, 'F'},
     {"fault-error-status", required_argument, 0, 'F'},
     {"fault-error-message", required_argument, 0, 'F'},
@@ -482,6 +483,7 @@ int sim_config_load(sim_t *s, int argc, char **argv)
         case 't': rc = s_set_option(s, "time_scale", optarg); break;
         case 'q': s->quiet = true; break;
         case 'h': s_usage(stdout); exit(0);
+        case 'V': printf("ollama-sim %s\n", AB_VERSION_STRING); exit(0);
         case 'g':
             if (!flag_gpus)
                 s->n_gpus = 0;

@@ -1,0 +1,110 @@
+/*
+ * test_config.c - the broker's config files: the shipped
+ * etc/agentbus/broker.conf loads with the values it shows, and files czmq's
+ * ZPL parser refuses (a tab, 2-space indentation, a missing file) are
+ * refused, while what it accepts (a tab before a comment, blank lines with
+ * any spaces) still loads.
+ */
+#include "config.h"
+#include "test.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+static char s_path[64];
+
+/* Writes TEXT to a fresh temporary file; its name is in s_path. */
+static const char *s_file(const char *text)
+{
+    snprintf(s_path, sizeof s_path, "/tmp/ab-test-config.XXXXXX");
+    int fd = mkstemp(s_path);
+    REQUIRE(fd >= 0);
+    size_t len = strlen(text);
+    REQUIRE(write(fd, text, len) == (ssize_t)len);
+    close(fd);
+    return s_path;
+}
+
+/* ab_config_load with --config PATH and then EXTRA (may be NULL). */
+static int s_load(ab_broker_config_t *cfg, const char *path, const char *extra)
+{
+    char *argv[] = {"agentbus-broker", "--config", (char *)path, (char *)extra, NULL};
+    int rc = ab_config_load(cfg, extra ? 4 : 3, argv);
+    return rc;
+}
+
+static int s_load_text(ab_broker_config_t *cfg, const char *text)
+{
+    int rc = s_load(cfg, s_file(text), NULL);
+    unlink(s_path);
+    return rc;
+}
+
+static void s_test_shipped(void)
+{
+    ab_broker_config_t cfg;
+    CHECK_EQ(s_load(&cfg, AB_SOURCE_DIR "/etc/agentbus/broker.conf", NULL), 0);
+    CHECK_EQ(cfg.nbinds, 1);
+    CHECK_STR(cfg.nbinds > 0 ? cfg.binds[0] : NULL, "tcp://127.0.0.1:5555");
+    CHECK_EQ(cfg.queue_max, 10000);
+    CHECK_EQ(cfg.default_timeout_ms, 30000);
+    CHECK_EQ(cfg.max_timeout_ms, 600000);
+    CHECK_EQ(cfg.drain_ms, 2000);
+    CHECK_TRUE(cfg.data_dir == NULL || cfg.data_dir[0] == '\0'); /* commented out */
+    ab_config_free(&cfg);
+    /* A flag wins over the file (the packaging test binds a free port so). */
+    CHECK_EQ(s_load(&cfg, AB_SOURCE_DIR "/etc/agentbus/broker.conf",
+                    "--bind=tcp://127.0.0.1:1"), 0);
+    CHECK_EQ(cfg.nbinds, 1);
+    CHECK_STR(cfg.nbinds > 0 ? cfg.binds[0] : NULL, "tcp://127.0.0.1:1");
+    ab_config_free(&cfg);
+}
+
+static void s_test_indentation(void)
+{
+    ab_broker_config_t cfg;
+    /* Refused: a tab before a key, 2 spaces, a comment by 2 spaces. */
+    CHECK_EQ(s_load_text(&cfg, "broker\n\tqueue-max = 5\n"), -1);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, "broker\n  queue-max = 5\n"), -1);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, "broker\n    queue-max = 5\n  # two\n"), -1);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, "broker\n    \tqueue-max = 5\n"), -1);
+    ab_config_free(&cfg);
+    /* Accepted, as by zconfig: a tab before a comment, blank lines of
+     * spaces or tabs, the last line without a newline, top-level keys. */
+    CHECK_EQ(s_load_text(&cfg, "\t# c\nbroker\n  \n\t\n    queue-max = 5"), 0);
+    CHECK_EQ(cfg.queue_max, 5);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, "queue-max = 7\n"), 0);
+    CHECK_EQ(cfg.queue_max, 7);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, ""), 0);
+    CHECK_EQ(cfg.queue_max, 10000);
+    ab_config_free(&cfg);
+}
+
+static void s_test_unreadable(void)
+{
+    ab_broker_config_t cfg;
+    CHECK_EQ(s_load(&cfg, "/nonexistent/agentbus.conf", NULL), -1);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load(&cfg, "/tmp", NULL), -1); /* a directory */
+    ab_config_free(&cfg);
+    /* Well indented, still not ZPL: czmq's error, the file named. */
+    CHECK_EQ(s_load_text(&cfg, "broker\n    bind = \"tcp://x\n"), -1);
+    ab_config_free(&cfg);
+    /* Not an option / no value: the broker's own errors, unchanged. */
+    CHECK_EQ(s_load_text(&cfg, "broker\n    no-such-key = 1\n"), -1);
+    ab_config_free(&cfg);
+}
+
+int main(void)
+{
+    unsetenv("AB_CONFIG"); /* the environment must not add a file of its own */
+    s_test_shipped();
+    s_test_indentation();
+    s_test_unreadable();
+    return TEST_DONE("test_config");
+}
