@@ -143,7 +143,7 @@ void ab_broker_fini(ab_broker_t *b)
     }
     if (b->services)
         zhashx_destroy(&b->services);
-    free(b->heap);
+    ab_heap_fini(&b->deadlines);
     ab_directory_fini(b);
     ab_health_fini(b);
     free(b->dirty);
@@ -486,7 +486,7 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
         r->client_counted = 1;
         ab_client_track(p, r); /* CANCEL and departure find it (placement.c) */
     }
-    ab_heap_push(b, r);
+    ab_deadline_push(b, r);
     if (r->cache && ab_cache_join(b, r))
         return; /* waits for an identical request in flight */
     ab_service_enqueue(b, s, r);
@@ -542,7 +542,7 @@ static void s_late_answer(ab_broker_t *b, s_in_t *in, ab_req_t *r, uint64_t from
         zmq_msg_close(&r->payload);
         r->has_payload = 0;
     }
-    ab_heap_remove(b, r);
+    ab_deadline_remove(b, r);
 }
 
 /* PARTIAL, REPLY or ERROR from a worker, answering the broker id in
@@ -830,7 +830,7 @@ static void s_drain(ab_broker_t *b, int64_t now)
 
 static void s_timers(ab_broker_t *b, int64_t now)
 {
-    ab_expire_deadlines(b, now);
+    ab_deadline_expire(b, now);
     if (b->hs.recheck_ms && now >= b->hs.recheck_ms)
         ab_health_recheck(b, now);
     ab_msgs_timers(b, now);
@@ -858,7 +858,7 @@ int ab_broker_run(ab_broker_t *b)
     b->next_sweep_ms = ab_now_ms() + AB_SWEEP_MS;
     while (!b->stop) {
         int64_t now = ab_now_ms();
-        int64_t wake = b->next_sweep_ms, dl = ab_next_deadline(b);
+        int64_t wake = b->next_sweep_ms, dl = ab_deadline_next(b);
         if (dl && dl < wake)
             wake = dl;
         if (b->hs.recheck_ms && b->hs.recheck_ms < wake)

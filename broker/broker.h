@@ -17,10 +17,12 @@
 
 #include "codec.h"
 #include "config.h"
+#include "heap.h"
 #include "directory.h"
 #include "health.h"
 #include "hist.h"
 #include "idmap.h"
+#include "list.h"
 #include "log.h"
 
 #include <czmq.h>
@@ -61,7 +63,8 @@ typedef struct {
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
     uint32_t features;       /* AB_FEATURE_* from its HELLO or REGISTER */
     struct ab_outq *out;     /* batching state (batching.c), NULL until used */
-    struct ab_req *reqs;     /* its requests as a client (placement.c): for departure */
+    ab_list_t reqs;          /* its requests as a client (ab_req_t.clink, placement.c):
+                                for departure */
     ab_idmap_t reqs_by_id;   /* client id -> its newest request with that id: CANCEL */
     /* Outbound bytes (router.c): ZMTP bytes handed to libzmq for its current
      * connection (out_fd) and how many of them the peer has taken. */
@@ -92,19 +95,19 @@ typedef struct ab_req {
     uint32_t flags, priority;
     int64_t deadline_ms;
     uint64_t start_us;
-    size_t heap_index; /* position in the deadline heap */
+    ab_heap_node_t dl; /* in the deadline heap (key: deadline_ms) */
     uint8_t attempts;  /* dispatches so far (bounded by max-attempts) */
     uint8_t streamed;  /* a PARTIAL reached the client: never re-dispatched */
     uint8_t answered;  /* a presumed-dead worker's late reply answered it */
     uint8_t client_counted; /* counted in its client's in_flight */
     uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
-    struct ab_req *prev, *next; /* in the service queue or the worker's list */
+    ab_list_t qlink;            /* in the service queue or the worker's list */
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
     uint64_t original_size;     /* of an lz4 payload, forwarded with it */
     struct ab_cache_req *cache; /* cacheable requests only (cache.h) */
     ab_peer_t *owner;           /* its client's peer while it may cancel it (placement.c) */
     uint8_t holds_service;      /* counted in service->held (ab_service_hold) */
-    struct ab_req *cprev, *cnext; /* in owner->reqs */
+    ab_list_t clink;              /* in owner->reqs */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -116,7 +119,7 @@ struct ab_worker_rec {
     uint64_t last_dispatch; /* dispatch sequence number, spreads ties */
     int64_t registered_ms;
     zhashx_t *labels;       /* string -> string (owned copies) */
-    ab_req_t *reqs;         /* in-flight requests (doubly linked) */
+    ab_list_t reqs;         /* in-flight requests (ab_req_t.qlink) */
     ab_health_t health;
     struct Agentbus__InferenceState *inference; /* placement.c; NULL: generic worker */
 };
@@ -125,14 +128,13 @@ struct ab_service {
     char name[AB_NAME_MAX];
     int provisional;        /* created by a request during the startup grace */
     zlistx_t *workers;      /* ab_worker_rec_t*, not owned */
-    ab_req_t *q_head, *q_tail;
+    ab_list_t queue;        /* queued requests (ab_req_t.qlink), FIFO */
     uint32_t q_len;
     uint64_t requests, replies, errors;
     ab_hist_t *latency_us;  /* NULL until its first answer: 9 KB an unused name does not cost */
     uint32_t held;          /* pending requests naming it: while > 0 it is not idle */
     int64_t idle_since_ms;  /* on the idle list since (no worker, nothing held) */
-    struct ab_service *idle_prev, *idle_next; /* b->idle_head: oldest idle first */
-    uint8_t idle;           /* on that list */
+    ab_list_t idle_link;    /* on b->idle (oldest idle first) while idle */
 };
 
 typedef struct {
@@ -170,8 +172,7 @@ typedef struct {
     zhashx_t *peer_keys; /* peer->key -> ab_peer_t (not owned): "~key" and pins */
     zhashx_t *services; /* name -> ab_service_t (owned) */
     ab_idmap_t pending; /* bid -> ab_req_t (owned) */
-    ab_req_t **heap;    /* min-heap on deadline_ms */
-    size_t heap_len, heap_cap;
+    ab_heap_t deadlines; /* every held request (ab_req_t.dl), earliest first */
     uint64_t next_bid;
     uint64_t dispatch_seq;
     int64_t started_ms;
@@ -191,7 +192,7 @@ typedef struct {
     size_t ndirty, dirty_cap;
     uint64_t oldest_gathered_us; /* 0: nothing gathered */
     struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
-    ab_service_t *idle_head, *idle_tail; /* services with no worker and nothing held */
+    ab_list_t idle;         /* services with no worker and nothing held (service.c) */
     struct ab_conns *conns; /* router.c: connections, slow peers; NULL until used */
 } ab_broker_t;
 
@@ -293,12 +294,15 @@ void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
 void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r);
 void ab_queue_remove(ab_service_t *s, ab_req_t *r);
 void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
-void ab_heap_push(ab_broker_t *b, ab_req_t *r);
-void ab_heap_remove(ab_broker_t *b, ab_req_t *r);
-void ab_expire_deadlines(ab_broker_t *b, int64_t now);
-int64_t ab_next_deadline(ab_broker_t *b);
-
-void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
+/* The request at the front of S's queue, or NULL. */
+ab_req_t *ab_queue_head(ab_service_t *s);
+/* Deadline heap: R (its deadline_ms set) is tracked until removed; out of
+ * memory it is simply not (still answered, by its worker). */
+void ab_deadline_push(ab_broker_t *b, ab_req_t *r);
+void ab_deadline_remove(ab_broker_t *b, ab_req_t *r);
+void ab_deadline_expire(ab_broker_t *b, int64_t now);
+/* The earliest deadline held, or 0 when none. */
+int64_t ab_deadline_next(ab_broker_t *b);
 
 /* health.c (see health.h) */
 int ab_health_init(ab_broker_t *b);

@@ -244,8 +244,9 @@ void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w)
 void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
 {
     char text[200];
-    while (w->reqs) {
-        ab_req_t *r = w->reqs;
+    ab_list_t *l;
+    while ((l = ab_list_first(&w->reqs))) {
+        ab_req_t *r = ab_list_data(l, ab_req_t, qlink);
         ab_worker_req_remove(w, r);
         if (r->state == AB_REQ_ORPHANED) {
             ab_req_free(b, r);
@@ -289,7 +290,7 @@ void ab_health_kick(ab_broker_t *b)
         ab_service_t *todo[256];
         size_t n = 0;
         for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services)) {
-            if (!s->q_head)
+            if (!s->q_len)
                 continue;
             if (n == 256) {
                 b->hs.kick = 1; /* the rest next round */

@@ -22,7 +22,7 @@
 #include <string.h>
 
 struct ab_mail {
-    ab_mail_t *next;
+    ab_list_t link; /* in its agent's mailbox */
     uint64_t id, corr;
     uint32_t flags;
     int64_t expires_ms;
@@ -46,10 +46,9 @@ void ab_agent_free(void **item)
     ab_agent_t *a = *item;
     if (!a)
         return;
-    for (ab_mail_t *e = a->head, *next; e; e = next) {
-        next = e->next;
-        s_mail_free(e);
-    }
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_SAFE(l, tmp, &a->mail)
+        s_mail_free(ab_list_data(l, ab_mail_t, link));
     free(a);
     *item = NULL;
 }
@@ -198,11 +197,7 @@ static void s_mailbox_put(ab_broker_t *b, ab_peer_t *p, ab_agent_t *a, const cha
     e->size = size;
     e->charge = sizeof(ab_mail_t) + slen + size;
     memcpy(e->sender, sender, slen);
-    if (a->tail)
-        a->tail->next = e;
-    else
-        a->head = e;
-    a->tail = e;
+    ab_list_insert_tail(&a->mail, &e->link);
     a->depth++;
     a->bytes += size;
     m->total_bytes += e->charge;
@@ -260,15 +255,10 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
     s_mailbox_put(b, p, a, name, sender, h, body, now);
 }
 
-/* Removes E (whose predecessor is PREV, NULL for the head) from A. */
-static void s_mail_remove(ab_broker_t *b, ab_agent_t *a, ab_mail_t *prev, ab_mail_t *e)
+/* Removes E from A's mailbox and frees it. */
+static void s_mail_remove(ab_broker_t *b, ab_agent_t *a, ab_mail_t *e)
 {
-    if (prev)
-        prev->next = e->next;
-    else
-        a->head = e->next;
-    if (a->tail == e)
-        a->tail = prev;
+    ab_list_remove(&e->link);
     a->depth--;
     a->bytes -= e->size;
     b->msgs->total_bytes -= e->charge;
@@ -280,18 +270,19 @@ size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
 {
     size_t sent = 0;
     *done = 0;
-    while (a->peer && a->head) {
-        ab_mail_t *e = a->head;
+    ab_list_t *l;
+    while (a->peer && (l = ab_list_first(&a->mail))) {
+        ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
         if (e->expires_ms <= now) {
             b->msgs->c.expired++;
-            s_mail_remove(b, a, NULL, e);
+            s_mail_remove(b, a, e);
             continue;
         }
         if (s_deliver(b, &a->peer->rid, a->name, e->sender, e->id, e->corr, e->flags,
                       e->has_body ? &e->body : NULL) != 0)
             return sent; /* pipe full: the backlog retries */
         b->msgs->c.delivered++;
-        s_mail_remove(b, a, NULL, e);
+        s_mail_remove(b, a, e);
         sent++;
     }
     *done = 1;
@@ -301,16 +292,15 @@ size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
 /* Removes A's expired messages; 1 if A is now an offline empty record. */
 static int s_expire_one(ab_broker_t *b, ab_agent_t *a, int64_t now)
 {
-    for (ab_mail_t *prev = NULL, *e = a->head, *next; e; e = next) {
-        next = e->next;
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_SAFE(l, tmp, &a->mail) {
+        ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
         if (e->expires_ms <= now) {
             b->msgs->c.expired++;
-            s_mail_remove(b, a, prev, e);
-        } else {
-            prev = e;
+            s_mail_remove(b, a, e);
         }
     }
-    return !a->peer && !a->head;
+    return !a->peer && ab_list_empty(&a->mail);
 }
 
 void ab_mailbox_expire(ab_broker_t *b, int64_t now)
@@ -347,7 +337,7 @@ void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
     a->peer = NULL;
     a->instance = 0;
     b->msgs->bound--;
-    if (!a->head)
+    if (ab_list_empty(&a->mail))
         s_agent_drop(b, a);
 }
 
@@ -402,7 +392,7 @@ void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int tak
     m->bound++;
     AB_DEBUG("agent '%s' bound to %s (%u messages waiting)", name, p->key, a->depth);
     int done = 0;
-    if (a->head) {
+    if (!ab_list_empty(&a->mail)) {
         ab_mailbox_flush(b, a, now, &done);
         if (!done)
             ab_msgs_backlog_agent(b, a);

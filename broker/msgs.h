@@ -29,7 +29,7 @@ typedef struct ab_tnode ab_tnode_t;
 typedef struct ab_agent {
     ab_peer_t *peer;          /* NULL while offline */
     uint64_t instance;        /* Hello.instance of the bound connection */
-    ab_mail_t *head, *tail;   /* mailbox, oldest first */
+    ab_list_t mail;           /* mailbox (ab_mail_t.link), oldest first */
     uint32_t depth;
     size_t bytes;             /* payload bytes in the mailbox */
     int backlog;              /* 1 while in the flush list */

@@ -308,11 +308,7 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
 void ab_client_track(ab_peer_t *p, ab_req_t *r)
 {
     r->owner = p;
-    r->cprev = NULL;
-    r->cnext = p->reqs;
-    if (p->reqs)
-        p->reqs->cprev = r;
-    p->reqs = r;
+    ab_list_insert_head(&p->reqs, &r->clink);
     /* Out of memory: R is still cancelled when its client leaves. */
     (void)ab_idmap_put(&p->reqs_by_id, r->client_id, r);
 }
@@ -322,16 +318,10 @@ void ab_client_untrack(ab_req_t *r)
     ab_peer_t *p = r->owner;
     if (!p)
         return;
-    if (r->cprev)
-        r->cprev->cnext = r->cnext;
-    else
-        p->reqs = r->cnext;
-    if (r->cnext)
-        r->cnext->cprev = r->cprev;
+    ab_list_remove(&r->clink);
     if (ab_idmap_get(&p->reqs_by_id, r->client_id) == r)
         ab_idmap_del(&p->reqs_by_id, r->client_id);
     r->owner = NULL;
-    r->cprev = r->cnext = NULL;
 }
 
 /* Forgets FOUND for its client: dropped if queued, else orphaned and its
@@ -355,7 +345,7 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
         zmq_msg_close(&found->payload);
         found->has_payload = 0;
     }
-    ab_heap_remove(b, found);
+    ab_deadline_remove(b, found);
     ab_cancel_send(b, found, AB_ERR_CANCELLED);
 }
 
@@ -373,12 +363,14 @@ void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
 {
     /* Each turn takes the head off the list (s_cancel frees or orphans it,
      * and either unlinks it), whatever else the cancel changes. */
-    while (p->reqs) {
+    ab_list_t *l;
+    while ((l = ab_list_first(&p->reqs))) {
+        ab_req_t *r = ab_list_data(l, ab_req_t, clink);
         if (cancel) {
-            b->c.cancelled_on_leave += p->reqs->state != AB_REQ_ORPHANED;
-            s_cancel(b, p->reqs);
+            b->c.cancelled_on_leave += r->state != AB_REQ_ORPHANED;
+            s_cancel(b, r);
         } else
-            ab_client_untrack(p->reqs);
+            ab_client_untrack(r);
     }
     ab_idmap_fini(&p->reqs_by_id);
 }

@@ -563,7 +563,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
         ab_queue_remove(r->service, r);
     else if (r->worker)
         ab_worker_req_remove(r->worker, r);
-    ab_heap_remove(b, r);
+    ab_deadline_remove(b, r);
     ab_idmap_del(&b->pending, r->bid);
     ab_service_release(b, r); /* it may be idle now (service.c) */
     ab_req_destroy(r);

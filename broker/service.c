@@ -25,20 +25,9 @@
  * has neither it goes on the idle list (oldest first) and is removed after
  * service-idle-ms, or at once when max-services is reached and a new name
  * needs the room: names a peer invents cannot pile up. */
-static void s_idle_unlink(ab_broker_t *b, ab_service_t *s)
+static void s_idle_unlink(ab_service_t *s)
 {
-    if (!s->idle)
-        return;
-    if (s->idle_prev)
-        s->idle_prev->idle_next = s->idle_next;
-    else
-        b->idle_head = s->idle_next;
-    if (s->idle_next)
-        s->idle_next->idle_prev = s->idle_prev;
-    else
-        b->idle_tail = s->idle_prev;
-    s->idle_prev = s->idle_next = NULL;
-    s->idle = 0;
+    ab_list_remove(&s->idle_link);
 }
 
 /* Puts S on the idle list, or takes it off, as its state says. */
@@ -46,25 +35,24 @@ static void s_idle_update(ab_broker_t *b, ab_service_t *s)
 {
     int idle = s->held == 0 && zlistx_size(s->workers) == 0;
     if (!idle) {
-        s_idle_unlink(b, s);
+        s_idle_unlink(s);
         return;
     }
-    if (s->idle)
+    if (ab_list_linked(&s->idle_link))
         return;
-    s->idle = 1;
     s->idle_since_ms = ab_now_ms();
-    s->idle_prev = b->idle_tail;
-    s->idle_next = NULL;
-    if (b->idle_tail)
-        b->idle_tail->idle_next = s;
-    else
-        b->idle_head = s;
-    b->idle_tail = s;
+    ab_list_insert_tail(&b->idle, &s->idle_link);
+}
+
+static ab_service_t *s_oldest_idle(ab_broker_t *b)
+{
+    ab_list_t *l = ab_list_first(&b->idle);
+    return l ? ab_list_data(l, ab_service_t, idle_link) : NULL;
 }
 
 static void s_service_delete(ab_broker_t *b, ab_service_t *s)
 {
-    s_idle_unlink(b, s);
+    s_idle_unlink(s);
     zhashx_delete(b->services, s->name); /* ab_service_free */
 }
 
@@ -74,7 +62,8 @@ ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create)
     if (s || !create)
         return s;
     if (zhashx_size(b->services) >= (size_t)b->cfg->max_services) {
-        if (!b->idle_head) {
+        ab_service_t *oldest = s_oldest_idle(b);
+        if (!oldest) {
             b->c.services_refused++;
             AB_LOG_RL(&b->rl, 0x5e4f1ce5, ab_now_ms(), AB_LOG_WARN,
                       "service '%s' refused: max-services (%ld) reached", name,
@@ -82,7 +71,7 @@ ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create)
             return NULL;
         }
         b->c.services_expired++; /* the oldest idle one makes room */
-        s_service_delete(b, b->idle_head);
+        s_service_delete(b, oldest);
     }
     s = calloc(1, sizeof *s);
     if (!s)
@@ -112,11 +101,12 @@ void ab_service_free(void **item)
 
 void ab_service_hold(ab_broker_t *b, ab_req_t *r)
 {
+    (void)b;
     if (r->holds_service)
         return;
     r->holds_service = 1;
     r->service->held++;
-    s_idle_unlink(b, r->service);
+    s_idle_unlink(r->service);
 }
 
 void ab_service_release(ab_broker_t *b, ab_req_t *r)
@@ -146,8 +136,8 @@ void ab_service_expire_idle(ab_broker_t *b, int64_t now)
 {
     if (!b->grace_over) /* workers may be reconnecting after a restart */
         return;
-    for (int n = 0; n < AB_EXPIRE_BATCH && b->idle_head; n++) {
-        ab_service_t *s = b->idle_head;
+    ab_service_t *s;
+    for (int n = 0; n < AB_EXPIRE_BATCH && (s = s_oldest_idle(b)); n++) {
         if (now - s->idle_since_ms < b->cfg->service_idle_ms)
             return;
         AB_DEBUG("service '%s' removed: idle for %ld ms", s->name, (long)(now - s->idle_since_ms));
@@ -175,8 +165,9 @@ void ab_service_end_grace(ab_broker_t *b)
         for (size_t i = 0; i < n; i++) {
             char text[AB_NAME_MAX + 64];
             snprintf(text, sizeof text, "no service '%s' is registered", gone[i]->name);
-            while (gone[i]->q_head)
-                ab_req_fail(b, gone[i]->q_head, AB_ERR_NO_SERVICE, text);
+            ab_req_t *r;
+            while ((r = ab_queue_head(gone[i])))
+                ab_req_fail(b, r, AB_ERR_NO_SERVICE, text);
             gone[i]->provisional = 0;
             if (gone[i]->held == 0) /* else removed once idle: requests name it */
                 s_service_delete(b, gone[i]);
@@ -189,42 +180,28 @@ int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r)
 {
     (void)b;
     r->state = AB_REQ_QUEUED;
-    r->next = NULL;
-    r->prev = s->q_tail;
-    if (s->q_tail)
-        s->q_tail->next = r;
-    else
-        s->q_head = r;
-    s->q_tail = r;
+    ab_list_insert_tail(&s->queue, &r->qlink);
     s->q_len++;
     return 0;
 }
 
 void ab_queue_remove(ab_service_t *s, ab_req_t *r)
 {
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        s->q_head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        s->q_tail = r->prev;
-    r->prev = r->next = NULL;
+    ab_list_remove(&r->qlink);
     s->q_len--;
 }
 
 void ab_queue_push_front(ab_service_t *s, ab_req_t *r)
 {
     r->state = AB_REQ_QUEUED;
-    r->prev = NULL;
-    r->next = s->q_head;
-    if (s->q_head)
-        s->q_head->prev = r;
-    else
-        s->q_tail = r;
-    s->q_head = r;
+    ab_list_insert_head(&s->queue, &r->qlink);
     s->q_len++;
+}
+
+ab_req_t *ab_queue_head(ab_service_t *s)
+{
+    ab_list_t *l = ab_list_first(&s->queue);
+    return l ? ab_list_data(l, ab_req_t, qlink) : NULL;
 }
 
 static void s_str_free(void **item)
@@ -257,13 +234,7 @@ void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t
 
 void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r)
 {
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        w->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    r->prev = r->next = NULL;
+    ab_list_remove(&r->qlink);
     r->worker = NULL;
     if (w->in_flight)
         w->in_flight--;
@@ -271,11 +242,7 @@ void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r)
 
 static void s_worker_req_add(ab_worker_rec_t *w, ab_req_t *r)
 {
-    r->prev = NULL;
-    r->next = w->reqs;
-    if (w->reqs)
-        w->reqs->prev = r;
-    w->reqs = r;
+    ab_list_insert_head(&w->reqs, &r->qlink);
     r->worker = w;
     w->in_flight++;
 }
@@ -349,11 +316,12 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
 {
     int64_t now = ab_now_ms();
-    ab_req_t *r = s->q_head;
+    ab_req_t *r = ab_queue_head(s);
     int waited = 0;
     while (r && waited < AB_DISPATCH_SCAN) {
         int impossible = 0;
-        ab_req_t *next = r->next;
+        ab_list_t *nl = ab_list_next(&s->queue, &r->qlink);
+        ab_req_t *next = nl ? ab_list_data(nl, ab_req_t, qlink) : NULL;
         ab_worker_rec_t *w = r->route ? ab_placement_pick(b, s, r, &impossible)
                                       : ab_service_pick(b, s);
         if (impossible) {
@@ -393,89 +361,35 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
             r->attempts--; /* it never reached the worker */
             ab_queue_push_front(s, r);
             ab_peer_drop(b, w->peer, "unreachable");
-            next = s->q_head;
+            next = ab_queue_head(s);
         }
         r = next;
     }
 }
 
 /* --- deadline heap ---------------------------------------------------------------- */
-static void s_heap_swap(ab_broker_t *b, size_t i, size_t j)
+void ab_deadline_push(ab_broker_t *b, ab_req_t *r)
 {
-    ab_req_t *t = b->heap[i];
-    b->heap[i] = b->heap[j];
-    b->heap[j] = t;
-    b->heap[i]->heap_index = i;
-    b->heap[j]->heap_index = j;
+    r->dl.key = r->deadline_ms;
+    (void)ab_heap_push(&b->deadlines, &r->dl); /* fails only out of memory */
 }
 
-static void s_heap_up(ab_broker_t *b, size_t i)
+void ab_deadline_remove(ab_broker_t *b, ab_req_t *r)
 {
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (b->heap[p]->deadline_ms <= b->heap[i]->deadline_ms)
-            break;
-        s_heap_swap(b, i, p);
-        i = p;
-    }
+    ab_heap_remove(&b->deadlines, &r->dl);
 }
 
-static void s_heap_down(ab_broker_t *b, size_t i)
+int64_t ab_deadline_next(ab_broker_t *b)
 {
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < b->heap_len && b->heap[l]->deadline_ms < b->heap[m]->deadline_ms)
-            m = l;
-        if (r < b->heap_len && b->heap[r]->deadline_ms < b->heap[m]->deadline_ms)
-            m = r;
-        if (m == i)
-            return;
-        s_heap_swap(b, i, m);
-        i = m;
-    }
+    ab_heap_node_t *n = ab_heap_min(&b->deadlines);
+    return n ? n->key : 0;
 }
 
-void ab_heap_push(ab_broker_t *b, ab_req_t *r)
+void ab_deadline_expire(ab_broker_t *b, int64_t now)
 {
-    if (b->heap_len == b->heap_cap) {
-        size_t cap = b->heap_cap ? b->heap_cap * 2 : 1024;
-        ab_req_t **h = realloc(b->heap, cap * sizeof *h);
-        if (!h) {
-            r->heap_index = SIZE_MAX; /* no deadline tracking; still answered */
-            return;
-        }
-        b->heap = h;
-        b->heap_cap = cap;
-    }
-    r->heap_index = b->heap_len;
-    b->heap[b->heap_len++] = r;
-    s_heap_up(b, r->heap_index);
-}
-
-void ab_heap_remove(ab_broker_t *b, ab_req_t *r)
-{
-    size_t i = r->heap_index;
-    if (i >= b->heap_len || b->heap[i] != r)
-        return;
-    b->heap_len--;
-    if (i != b->heap_len) {
-        b->heap[i] = b->heap[b->heap_len];
-        b->heap[i]->heap_index = i;
-        s_heap_down(b, i);
-        s_heap_up(b, i);
-    }
-    r->heap_index = SIZE_MAX;
-}
-
-int64_t ab_next_deadline(ab_broker_t *b)
-{
-    return b->heap_len ? b->heap[0]->deadline_ms : 0;
-}
-
-void ab_expire_deadlines(ab_broker_t *b, int64_t now)
-{
-    while (b->heap_len && b->heap[0]->deadline_ms <= now) {
-        ab_req_t *r = b->heap[0];
+    ab_heap_node_t *n;
+    while ((n = ab_heap_min(&b->deadlines)) && n->key <= now) {
+        ab_req_t *r = ab_list_data(n, ab_req_t, dl);
         if (r->state == AB_REQ_DISPATCHED) {
             /* Answer the client now; the worker keeps the credit until it
              * answers (its late reply is then dropped and counted). */
@@ -490,7 +404,7 @@ void ab_expire_deadlines(ab_broker_t *b, int64_t now)
                 zmq_msg_close(&r->payload);
                 r->has_payload = 0;
             }
-            ab_heap_remove(b, r);
+            ab_deadline_remove(b, r);
             ab_req_client_done(b, r);
             /* Too slow counts against the worker's failure budget. */
             ab_health_on_result(b, r->worker, 0);

@@ -152,7 +152,7 @@ static ab_req_t *s_req(ab_service_t *s, uint32_t flags)
     r->flags = flags;
     r->deadline_ms = ab_now_ms() + 60000;
     REQUIRE(ab_idmap_put(&s_b.pending, r->bid, r) == 0);
-    ab_heap_push(&s_b, r);
+    ab_deadline_push(&s_b, r);
     ab_service_enqueue(&s_b, s, r);
     return r;
 }
@@ -172,7 +172,7 @@ static void s_test_take_back(ab_worker_rec_t *w, ab_service_t *s)
     ab_health_take_back(&s_b, w, "unit test");
     CHECK_EQ(w->in_flight, 0);
     CHECK_EQ(s->q_len, 1); /* only the plain one is queued again */
-    CHECK_TRUE(s->q_head == plain);
+    CHECK_TRUE(ab_queue_head(s) == plain);
     CHECK_EQ(ab_idmap_size(&s_b.pending), 1);
     CHECK_TRUE(ab_idmap_get(&s_b.pending, bid) == plain);
     CHECK_EQ(s_b.c.redispatched, 1);
