@@ -20,7 +20,15 @@
 #include <sys/random.h>
 
 #define AB_RECV_BURST 4096 /* messages per turn before timers get a look */
-#define AB_SWEEP_MS 100    /* peer liveness and rate sampling period */
+#define AB_TICKS_MAX 16    /* periodic timers the subsystems register */
+
+struct ab_tick {
+    ab_broker_t *b;
+    ab_tick_fn *fn; /* NULL: a free slot */
+    int id;
+};
+
+static void s_sweep_peers(ab_broker_t *b, int64_t now);
 
 /* Peers are keyed by their binary routing id (the ab_rid_t inside the peer),
  * so the per-message lookup hashes a few bytes and formats nothing. */
@@ -50,6 +58,10 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
 {
     memset(b, 0, sizeof *b);
     b->cfg = cfg;
+    b->timers = zmq_timers_new();
+    b->ticks = calloc(AB_TICKS_MAX, sizeof *b->ticks);
+    if (!b->timers || !b->ticks)
+        return -1;
     b->limits.max_header = cfg->max_header_bytes;
     b->limits.max_payload = cfg->max_payload_bytes;
     b->rl.interval_ms = 10000;
@@ -67,6 +79,11 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     b->services = zhashx_new();
     zhashx_set_destructor(b->services, ab_service_free);
     if (ab_idmap_init(&b->pending, 1024) != 0)
+        return -1;
+    /* Periodic work, in the order it runs each sweep: peers, services,
+     * connections, health, rates (each owner registers its own). */
+    if (ab_broker_every(b, AB_SWEEP_MS, s_sweep_peers) < 0 || ab_service_init(b) != 0 ||
+        ab_router_init(b) != 0)
         return -1;
     if (ab_msgs_init(b) != 0)
         return -1;
@@ -104,6 +121,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
         AB_ERROR("cannot monitor the ROUTER socket: %s", zmq_strerror(errno));
         return -1;
     }
+    if (ab_stats_init(b) != 0)
+        return -1;
     for (int i = 0; i < cfg->nbinds; i++) {
         if (zmq_bind(b->router, cfg->binds[i]) != 0) {
             AB_ERROR("cannot bind %s: %s", cfg->binds[i], zmq_strerror(errno));
@@ -151,6 +170,42 @@ void ab_broker_fini(ab_broker_t *b)
         zmq_close(b->router);
     if (b->zctx)
         zmq_ctx_term(b->zctx);
+    if (b->timers)
+        zmq_timers_destroy(&b->timers);
+    free(b->ticks);
+    b->ticks = NULL;
+}
+
+static void s_tick(int id, void *arg)
+{
+    (void)id;
+    struct ab_tick *t = arg;
+    t->fn(t->b, ab_now_ms());
+}
+
+int ab_broker_every(ab_broker_t *b, long ms, ab_tick_fn *fn)
+{
+    size_t i = 0;
+    while (i < AB_TICKS_MAX && b->ticks[i].fn)
+        i++;
+    if (i == AB_TICKS_MAX || ms < 1)
+        return -1;
+    int id = zmq_timers_add(b->timers, (size_t)ms, s_tick, &b->ticks[i]);
+    if (id >= 0)
+        b->ticks[i] = (struct ab_tick){b, fn, id};
+    return id;
+}
+
+void ab_broker_cancel(ab_broker_t *b, int id)
+{
+    /* A cancelled timer is never called again, even when it is the one
+     * running now (zmq_timers checks its cancelled set first): the slot is
+     * free at once. */
+    for (size_t i = 0; i < AB_TICKS_MAX; i++)
+        if (b->ticks[i].fn && b->ticks[i].id == id) {
+            zmq_timers_cancel(b->timers, id);
+            b->ticks[i].fn = NULL;
+        }
 }
 
 /* --- peers ---------------------------------------------------------------- */
@@ -223,6 +278,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     zhashx_delete(b->peers, &peer->rid);
 }
 
+/* Drops the peers silent for `liveness` heartbeat intervals. */
 static void s_sweep_peers(ab_broker_t *b, int64_t now)
 {
     /* Collect first: deleting while iterating a zhashx is not allowed; by
@@ -828,25 +884,30 @@ static void s_drain(ab_broker_t *b, int64_t now)
     b->stop = 1;
 }
 
+/* Time-driven work: request deadlines (the heap is the request owner's),
+ * the backlog of messages waiting for slow readers, the cache's per-turn
+ * upkeep, then every periodic timer that is due. */
 static void s_timers(ab_broker_t *b, int64_t now)
 {
     ab_deadline_expire(b, now);
-    if (b->hs.recheck_ms && now >= b->hs.recheck_ms)
-        ab_health_recheck(b, now);
     ab_msgs_timers(b, now);
     ab_cache_tick(b, now);
-    if (!b->grace_over && now - b->started_ms >= b->cfg->startup_grace_ms) {
-        ab_service_end_grace(b);
-        b->grace_over = 1;
-    }
-    if (now >= b->next_sweep_ms) {
-        s_sweep_peers(b, now);
-        ab_service_expire_idle(b, now);
-        ab_router_tick(b, now);
-        ab_health_tick(b, now);
-        ab_stats_tick(b, now);
-        b->next_sweep_ms = now + AB_SWEEP_MS;
-    }
+    zmq_timers_execute(b->timers);
+}
+
+/* How long the loop may sleep: until the next timer, deadline or backlog
+ * retry. */
+static long s_timeout(ab_broker_t *b, int64_t now)
+{
+    long t = zmq_timers_timeout(b->timers); /* -1: none */
+    int64_t dl = ab_deadline_next(b), mw = ab_msgs_next_wake(b);
+    if (dl && (t < 0 || dl - now < t))
+        t = dl > now ? (long)(dl - now) : 0;
+    if (mw && (t < 0 || mw - now < t))
+        t = mw > now ? (long)(mw - now) : 0;
+    if (b->term && (t < 0 || t > 50))
+        t = 50; /* check the drain often */
+    return t;
 }
 
 int ab_broker_run(ab_broker_t *b)
@@ -855,26 +916,13 @@ int ab_broker_run(ab_broker_t *b)
                                {b->monitor, 0, ZMQ_POLLIN, 0},
                                {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
     int nitems = items[2].socket ? 3 : 2; /* the L2 cache thread's answers */
-    b->next_sweep_ms = ab_now_ms() + AB_SWEEP_MS;
     while (!b->stop) {
-        int64_t now = ab_now_ms();
-        int64_t wake = b->next_sweep_ms, dl = ab_deadline_next(b);
-        if (dl && dl < wake)
-            wake = dl;
-        if (b->hs.recheck_ms && b->hs.recheck_ms < wake)
-            wake = b->hs.recheck_ms;
-        int64_t mw = ab_msgs_next_wake(b);
-        if (mw && mw < wake)
-            wake = mw;
-        long timeout = wake > now ? (long)(wake - now) : 0;
-        if (b->term)
-            timeout = timeout > 50 ? 50 : timeout; /* check the drain often */
-        int rc = zmq_poll(items, nitems, timeout);
+        int rc = zmq_poll(items, nitems, s_timeout(b, ab_now_ms()));
         if (rc < 0 && errno != EINTR) {
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));
             return -1;
         }
-        now = ab_now_ms();
+        int64_t now = ab_now_ms();
         for (int i = 0; i < AB_RECV_BURST && !b->stop; i++) {
             if (s_recv_one(b, now) != 0)
                 break;

@@ -176,8 +176,8 @@ typedef struct {
     uint64_t next_bid;
     uint64_t dispatch_seq;
     int64_t started_ms;
-    int64_t next_sweep_ms;
     int grace_over;         /* startup grace has ended and been enforced */
+    int grace_timer;        /* the timer that ends it (service.c) */
     ab_counters_t c;
     ab_ratelimit_t rl;
     volatile int stop;
@@ -194,7 +194,14 @@ typedef struct {
     struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
     ab_list_t idle;         /* services with no worker and nothing held (service.c) */
     struct ab_conns *conns; /* router.c: connections, slow peers; NULL until used */
+    void *timers;           /* zmq_timers: periodic work, each registered by its owner */
+    struct ab_tick *ticks;  /* what those timers call (broker.c) */
 } ab_broker_t;
+
+/* Periodic work of a subsystem, called from the loop after the turn's
+ * messages with the time then. */
+typedef void ab_tick_fn(ab_broker_t *b, int64_t now);
+#define AB_SWEEP_MS 100 /* period of the sweeps: liveness, idle services, rates */
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value). */
 #define AB_COUNT_ERROR(b, code)                                                                  \
@@ -217,6 +224,11 @@ ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid);
  * or NULL. */
 ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key);
 void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why);
+/* Registers FN to run every MS milliseconds (timers with the same period
+ * run in the order registered). Returns a timer id, or -1. A tick may
+ * cancel its own timer (ab_broker_cancel) but not change another's period. */
+int ab_broker_every(ab_broker_t *b, long ms, ab_tick_fn *fn);
+void ab_broker_cancel(ab_broker_t *b, int id);
 
 /* router.c: every send goes through here (counts bytes, handles errors). */
 /* Sends HEADER (+ PAYLOAD moved, may be NULL) to RID. 0 or -1 (counted). */
@@ -250,6 +262,8 @@ void ab_req_destroy(ab_req_t *r);
 int ab_peer_over(ab_broker_t *b, ab_peer_t *p);
 /* P took HLEN + PLEN bytes (header and payload frames) just sent to it. */
 void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int has_payload);
+/* Registers the router's sweep. */
+int ab_router_init(ab_broker_t *b);
 /* Sweep: slow peers (stall timeout), refused connections, memory trim. */
 void ab_router_tick(ab_broker_t *b, int64_t now);
 /* End of a turn: disconnects the peers marked for it (safe point). */
@@ -276,6 +290,8 @@ void ab_service_hold(ab_broker_t *b, ab_req_t *r);
 void ab_service_release(ab_broker_t *b, ab_req_t *r);
 /* Records a latency sample of S (its histogram is allocated on the first). */
 void ab_service_latency(ab_service_t *s, uint64_t us);
+/* Registers the service timers: idle expiry, the end of the startup grace. */
+int ab_service_init(ab_broker_t *b);
 /* Removes services idle (no worker, no request) for service-idle-ms, a
  * bounded number per call; nothing during the startup grace. */
 void ab_service_expire_idle(ab_broker_t *b, int64_t now);
@@ -331,8 +347,8 @@ void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash);
 int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
 void ab_health_tick(ab_broker_t *b, int64_t now);
-/* Probes again the peers whose connection the monitor saw close (due at
- * b->hs.recheck_ms). */
+/* Probes again the peers whose connection the monitor saw close (a 10 ms
+ * timer while there are any). */
 void ab_health_recheck(ab_broker_t *b, int64_t now);
 
 /* directory.c (see directory.h) */
@@ -383,6 +399,8 @@ void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
                      const ab_frame_t *f, size_t nframes);
 
 /* stats.c */
+/* Registers the rate sampling. */
+int ab_stats_init(ab_broker_t *b);
 void ab_stats_tick(ab_broker_t *b, int64_t now);
 /* Builds the answer to CONTROL target WHAT; *out malloc'd. 0, or -1 for an
  * unknown WHAT. */

@@ -47,7 +47,7 @@ int ab_health_init(ab_broker_t *b)
     if (!b->monitor || zmq_setsockopt(b->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_connect(b->monitor, ep) != 0)
         return -1;
-    return 0;
+    return ab_broker_every(b, AB_SWEEP_MS, ab_health_tick) < 0 ? -1 : 0;
 }
 
 void ab_health_fini(ab_broker_t *b)
@@ -93,7 +93,8 @@ static void s_fd_closed(ab_broker_t *b, int fd)
             continue;
         if (s_probe(b, p)) {
             p->fd_closed_ms = ab_now_ms();
-            b->hs.recheck_ms = p->fd_closed_ms + 10;
+            if (!b->hs.recheck_timer && (b->hs.recheck_timer = ab_broker_every(b, 10, ab_health_recheck)) < 0)
+                b->hs.recheck_timer = 0; /* no timer: the liveness sweep finds it */
             continue;
         }
         b->c.disconnects++;
@@ -448,7 +449,7 @@ void ab_health_recheck(ab_broker_t *b, int64_t now)
 {
     ab_rid_t closed[64];
     size_t nc = 0;
-    b->hs.recheck_ms = 0;
+    int again = 0;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         if (!p->fd_closed_ms)
             continue;
@@ -463,8 +464,12 @@ void ab_health_recheck(ab_broker_t *b, int64_t now)
             b->c.disconnects++;
             ab_peer_drop(b, p, "disconnected");
         } else if (p) {
-            b->hs.recheck_ms = now + 10;
+            again = 1;
         }
+    }
+    if (!again && b->hs.recheck_timer) { /* nothing left to watch */
+        ab_broker_cancel(b, b->hs.recheck_timer);
+        b->hs.recheck_timer = 0;
     }
 }
 

@@ -72,7 +72,7 @@ typedef struct {
     ab_dup_t dup[AB_DUP_SLOTS];
     unsigned dup_pos;
     int kick; /* some queue may now be dispatchable: see ab_health_kick */
-    int64_t recheck_ms; /* next probe of peers whose fd closed (0: none) */
+    int recheck_timer;  /* 10 ms re-probe of peers whose fd closed (0: none) */
 } ab_health_state_t;
 
 #endif

@@ -16,6 +16,19 @@
 #define AB_FLUSH_MAX_MS 50 /* back off while a stalled peer takes nothing */
 #define AB_FANOUT_WINDOW_MS 1000
 
+/* Once a window: the fan-out rate, and mailbox messages past their TTL. */
+static void s_window(ab_broker_t *b, int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    if (now <= m->c.prev_ms)
+        return;
+    m->c.fanout_per_s =
+        (double)(m->c.fanout - m->c.prev_fanout) * 1000.0 / (double)(now - m->c.prev_ms);
+    m->c.prev_fanout = m->c.fanout;
+    m->c.prev_ms = now;
+    ab_mailbox_expire(b, now);
+}
+
 int ab_msgs_init(ab_broker_t *b)
 {
     ab_msgs_t *m = calloc(1, sizeof *m);
@@ -34,6 +47,8 @@ int ab_msgs_init(ab_broker_t *b)
     m->flush_ivl_ms = AB_FLUSH_MIN_MS;
     m->c.prev_ms = ab_now_ms();
     b->msgs = m;
+    if (ab_broker_every(b, AB_FANOUT_WINDOW_MS, s_window) < 0)
+        return -1;
     return m->agents ? 0 : -1;
 }
 
@@ -246,13 +261,6 @@ void ab_msgs_timers(ab_broker_t *b, int64_t now)
     ab_msgs_t *m = b->msgs;
     if ((m->n_blog_agents || m->n_blog_subs) && now >= m->next_flush_ms)
         s_flush(b, now);
-    if (now - m->c.prev_ms >= AB_FANOUT_WINDOW_MS) {
-        m->c.fanout_per_s = (double)(m->c.fanout - m->c.prev_fanout) * 1000.0 /
-                            (double)(now - m->c.prev_ms);
-        m->c.prev_fanout = m->c.fanout;
-        m->c.prev_ms = now;
-        ab_mailbox_expire(b, now);
-    }
 }
 
 /* --- operator views --------------------------------------------------------- */

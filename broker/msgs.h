@@ -95,6 +95,7 @@ void ab_msgs_route(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t
                    int64_t now);
 /* P is being dropped: unbind its name, remove its subscriptions. */
 void ab_msgs_peer_gone(ab_broker_t *b, ab_peer_t *p);
+/* Retries the backlog of slow readers when due (see ab_msgs_next_wake). */
 void ab_msgs_timers(ab_broker_t *b, int64_t now);
 /* When the loop must wake for a backlog flush; 0 if it needn't. */
 int64_t ab_msgs_next_wake(ab_broker_t *b);

@@ -358,6 +358,11 @@ static void s_tick_refused(struct ab_conns *c, int64_t now)
     }
 }
 
+int ab_router_init(ab_broker_t *b)
+{
+    return ab_broker_every(b, AB_SWEEP_MS, ab_router_tick) < 0 ? -1 : 0;
+}
+
 void ab_router_tick(ab_broker_t *b, int64_t now)
 {
     struct ab_conns *c = b->conns;

@@ -132,6 +132,26 @@ void ab_service_latency(ab_service_t *s, uint64_t us)
 
 #define AB_EXPIRE_BATCH 1024 /* services removed per sweep: bounded work per turn */
 
+/* The startup grace has passed: services no worker claimed go. Once. */
+static void s_grace_end(ab_broker_t *b, int64_t now)
+{
+    (void)now;
+    ab_broker_cancel(b, b->grace_timer);
+    if (b->grace_over)
+        return;
+    ab_service_end_grace(b);
+    b->grace_over = 1;
+}
+
+int ab_service_init(ab_broker_t *b)
+{
+    long grace = b->cfg->startup_grace_ms > 0 ? b->cfg->startup_grace_ms : 1;
+    if (ab_broker_every(b, AB_SWEEP_MS, ab_service_expire_idle) < 0)
+        return -1;
+    b->grace_timer = ab_broker_every(b, grace, s_grace_end);
+    return b->grace_timer < 0 ? -1 : 0;
+}
+
 void ab_service_expire_idle(ab_broker_t *b, int64_t now)
 {
     if (!b->grace_over) /* workers may be reconnecting after a restart */

@@ -36,6 +36,11 @@ static void s_bounds_stats(ab_broker_t *b, Agentbus__Stats *st)
     }
 }
 
+int ab_stats_init(ab_broker_t *b)
+{
+    return ab_broker_every(b, AB_SWEEP_MS, ab_stats_tick) < 0 ? -1 : 0;
+}
+
 void ab_stats_tick(ab_broker_t *b, int64_t now)
 {
     ab_counters_t *c = &b->c;
