@@ -48,6 +48,9 @@ static int s_rid_cmp(const void *a, const void *b)
 
 static void s_peer_free(void **item)
 {
+    ab_peer_t *p = *item;
+    ab_defer_cancel(&p->later); /* a walk's queue never reaches a freed peer */
+    ab_defer_cancel(&p->kill);
     ab_batching_peer_free(NULL, *item);
     ab_idmap_fini(&((ab_peer_t *)*item)->reqs_by_id);
     free(*item);
@@ -278,25 +281,27 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     zhashx_delete(b->peers, &peer->rid);
 }
 
+static void s_drop_silent(void *ctx, ab_defer_node_t *n)
+{
+    ab_peer_drop(ctx, ab_defer_data(n, ab_peer_t, later), "heartbeat timeout");
+}
+
 /* Drops the peers silent for `liveness` heartbeat intervals. */
 static void s_sweep_peers(ab_broker_t *b, int64_t now)
 {
-    /* Collect first: deleting while iterating a zhashx is not allowed; by
-     * rid, since dropping one peer may drop another (re-dispatch). */
-    ab_rid_t dead[256];
-    size_t n = 0;
-    for (ab_peer_t *p = zhashx_first(b->peers); p && n < 256; p = zhashx_next(b->peers)) {
+    /* Queued, then dropped: a zhashx may not change while iterated, and
+     * dropping one peer may drop another (re-dispatch), which then leaves
+     * the queue as it is freed. */
+    ab_defer_t dead;
+    ab_defer_init(&dead);
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         int64_t ivl = p->heartbeat_ms > b->cfg->heartbeat_ms ? p->heartbeat_ms : b->cfg->heartbeat_ms;
         if (p->worker && p->worker->health.expect_ms > ivl)
             ivl = p->worker->health.expect_ms; /* adaptive interval (health.c) */
         if (now - p->last_seen_ms > ivl * b->cfg->liveness)
-            dead[n++] = p->rid;
+            ab_defer_add(&dead, &p->later, s_drop_silent);
     }
-    for (size_t i = 0; i < n; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &dead[i]);
-        if (p)
-            ab_peer_drop(b, p, "heartbeat timeout");
-    }
+    ab_defer_run(&dead, b);
 }
 
 /* --- receive path ----------------------------------------------------------- */
@@ -844,6 +849,12 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     return 0;
 }
 
+static void s_fail_drained(void *ctx, ab_defer_node_t *n)
+{
+    ab_req_fail(ctx, ab_defer_data(n, ab_req_t, later), AB_ERR_INTERNAL,
+                "broker shut down before the request completed (drain-ms passed)");
+}
+
 /* SIGTERM: refuse new requests, let those held finish until drain-ms has
  * passed, answer the rest, stop. */
 static void s_drain(ab_broker_t *b, int64_t now)
@@ -860,22 +871,16 @@ static void s_drain(ab_broker_t *b, int64_t now)
             live++;
     if (live && now < b->drain_end_ms)
         return;
-    uint64_t left[256];
-    size_t n;
-    do { /* collect, then fail: failing changes the table */
-        n = 0;
-        for (size_t i = 0; i < b->pending.cap && n < 256; i++) {
-            ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
-            if (r && r->state != AB_REQ_ORPHANED)
-                left[n++] = r->bid;
-        }
-        for (size_t i = 0; i < n; i++) {
-            ab_req_t *r = ab_idmap_get(&b->pending, left[i]);
-            if (r)
-                ab_req_fail(b, r, AB_ERR_INTERNAL,
-                            "broker shut down before the request completed (drain-ms passed)");
-        }
-    } while (n == 256);
+    /* Queued, then failed: failing changes the table (and may free other
+     * requests, which leave the queue as they go). */
+    ab_defer_t left;
+    ab_defer_init(&left);
+    for (size_t i = 0; i < b->pending.cap; i++) {
+        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
+        if (r && r->state != AB_REQ_ORPHANED)
+            ab_defer_add(&left, &r->later, s_fail_drained);
+    }
+    ab_defer_run(&left, b);
     AB_INFO("drained: %zu answered with an error", live);
     /* The last answers are still in the ROUTER's pipes: give them a moment
      * to leave before the socket closes (LINGER is 0 otherwise). */

@@ -17,6 +17,7 @@
 
 #include "codec.h"
 #include "config.h"
+#include "defer.h"
 #include "heap.h"
 #include "directory.h"
 #include "health.h"
@@ -70,7 +71,9 @@ typedef struct {
      * connection (out_fd) and how many of them the peer has taken. */
     uint64_t out_sent, out_taken, out_base;
     uint64_t out_ino;        /* inode of that socket: the fd is still it */
-    int out_fd, out_kind, out_sndbuf, out_kill;
+    int out_fd, out_kind, out_sndbuf;
+    ab_defer_node_t kill;    /* queued to be disconnected at the end of the turn (router.c) */
+    ab_defer_node_t later;   /* queued for an action after a walk over the peers */
     int64_t out_over_ms;     /* over peer-out-max-bytes since; 0: not over */
     int64_t out_checked_ms;  /* the kernel was last asked */
 } ab_peer_t;
@@ -108,6 +111,7 @@ typedef struct ab_req {
     ab_peer_t *owner;           /* its client's peer while it may cancel it (placement.c) */
     uint8_t holds_service;      /* counted in service->held (ab_service_hold) */
     ab_list_t clink;              /* in owner->reqs */
+    ab_defer_node_t later;        /* queued for an action after a walk (drain) */
 } ab_req_t;
 
 struct ab_worker_rec {
@@ -135,6 +139,7 @@ struct ab_service {
     uint32_t held;          /* pending requests naming it: while > 0 it is not idle */
     int64_t idle_since_ms;  /* on the idle list since (no worker, nothing held) */
     ab_list_t idle_link;    /* on b->idle (oldest idle first) while idle */
+    ab_defer_node_t later;  /* queued for an action after a walk over the services */
 };
 
 typedef struct {

@@ -80,26 +80,31 @@ static int s_probe(ab_broker_t *b, ab_peer_t *p)
  * still gets through (libzmq removes a dead pipe a moment after the
  * event), again every 10 ms for a second (ab_health_recheck). Peers are
  * collected by rid first, since dropping one may drop others. */
-static void s_fd_closed(ab_broker_t *b, int fd)
+static void s_fd_closed_one(void *ctx, ab_defer_node_t *n)
 {
-    ab_rid_t gone[64];
-    size_t n = 0;
-    for (ab_peer_t *p = zhashx_first(b->peers); p && n < 64; p = zhashx_next(b->peers))
-        if (p->fd == fd)
-            gone[n++] = p->rid;
-    for (size_t i = 0; i < n; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &gone[i]);
-        if (!p)
-            continue;
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, later);
+    {
         if (s_probe(b, p)) {
             p->fd_closed_ms = ab_now_ms();
-            if (!b->hs.recheck_timer && (b->hs.recheck_timer = ab_broker_every(b, 10, ab_health_recheck)) < 0)
+            if (!b->hs.recheck_timer &&
+                (b->hs.recheck_timer = ab_broker_every(b, 10, ab_health_recheck)) < 0)
                 b->hs.recheck_timer = 0; /* no timer: the liveness sweep finds it */
-            continue;
+            return;
         }
         b->c.disconnects++;
         ab_peer_drop(b, p, "disconnected");
     }
+}
+
+static void s_fd_closed(ab_broker_t *b, int fd)
+{
+    ab_defer_t gone;
+    ab_defer_init(&gone);
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
+        if (p->fd == fd)
+            ab_defer_add(&gone, &p->later, s_fd_closed_one);
+    ab_defer_run(&gone, b);
 }
 
 void ab_health_monitor_drain(ab_broker_t *b)
@@ -281,26 +286,26 @@ void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful)
     g->ejections = w->health.ejections;
 }
 
+static void s_dispatch_one(void *ctx, ab_defer_node_t *n)
+{
+    ab_service_dispatch(ctx, ab_defer_data(n, ab_service_t, later));
+}
+
 /* Dispatches every service whose queue waits while some worker has credit:
  * run once per loop turn after work was taken back or a worker became
  * dispatchable again (never from inside an iteration over peers). */
 void ab_health_kick(ab_broker_t *b)
 {
+    /* Dispatching may drop peers and detach workers: services are queued
+     * first, dispatched after the walk. */
     for (int round = 0; b->hs.kick && round < 8; round++) {
         b->hs.kick = 0;
-        ab_service_t *todo[256];
-        size_t n = 0;
-        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services)) {
-            if (!s->q_len)
-                continue;
-            if (n == 256) {
-                b->hs.kick = 1; /* the rest next round */
-                break;
-            }
-            todo[n++] = s;
-        }
-        for (size_t i = 0; i < n; i++)
-            ab_service_dispatch(b, todo[i]);
+        ab_defer_t todo;
+        ab_defer_init(&todo);
+        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
+            if (s->q_len)
+                ab_defer_add(&todo, &s->later, s_dispatch_one);
+        ab_defer_run(&todo, b);
     }
 }
 
@@ -445,41 +450,74 @@ int ab_req_tried(const ab_req_t *r, uint64_t rid_hash)
 }
 
 /* --- timer ------------------------------------------------------------------ */
+static void s_recheck_one(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, later);
+    if (!s_probe(b, p)) {
+        b->c.disconnects++;
+        ab_peer_drop(b, p, "disconnected");
+    }
+}
+
 void ab_health_recheck(ab_broker_t *b, int64_t now)
 {
-    ab_rid_t closed[64];
-    size_t nc = 0;
+    ab_defer_t closed;
+    ab_defer_init(&closed);
     int again = 0;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         if (!p->fd_closed_ms)
             continue;
         if (now - p->fd_closed_ms > 1000)
             p->fd_closed_ms = 0; /* still reachable: the fd was reused */
-        else if (nc < 64)
-            closed[nc++] = p->rid;
+        else
+            again = !ab_defer_add(&closed, &p->later, s_recheck_one) || again;
     }
-    for (size_t i = 0; i < nc; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &closed[i]);
-        if (p && !s_probe(b, p)) {
-            b->c.disconnects++;
-            ab_peer_drop(b, p, "disconnected");
-        } else if (p) {
-            again = 1;
-        }
-    }
+    ab_defer_run(&closed, b);
     if (!again && b->hs.recheck_timer) { /* nothing left to watch */
         ab_broker_cancel(b, b->hs.recheck_timer);
         b->hs.recheck_timer = 0;
     }
 }
 
+/* Moves a worker whose suspicion crossed a threshold (or whose ejection
+ * ended) to its next state; phi was computed by the sweep. */
+static void s_tick_one(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_worker_rec_t *w = ab_defer_data(n, ab_peer_t, later)->worker;
+    double suspect_at = (double)b->cfg->phi_threshold / 2, dead_at = (double)b->cfg->phi_threshold;
+    if (!w)
+        return;
+    ab_health_t *h = &w->health;
+    if (h->state == AB_HEALTH_EJECTED) {
+        s_state(b, w, AB_HEALTH_PROBING, "ejection backoff ended");
+        b->hs.kick = 1;
+    } else if (h->phi >= dead_at) {
+        char why[64];
+        snprintf(why, sizeof why, "silent, suspicion %.1f", h->phi);
+        b->c.workers_suspected++;
+        s_state(b, w, AB_HEALTH_DEAD, why);
+        h->interval_ms = h->expect_ms = (uint32_t)b->cfg->health_floor_ms;
+        h->nsamples = h->pos = 0;
+        ab_health_take_back(b, w, "worker silent (heartbeat suspicion)");
+    } else if (h->phi >= suspect_at) {
+        s_state(b, w, AB_HEALTH_SUSPECT, "heartbeat late");
+        /* Late beats are a flap: watch it closely again. */
+        s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
+    } else {
+        s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat on time again");
+        b->hs.kick = 1;
+    }
+}
+
 /* Runs every sweep: suspicion of silent workers, ejections that ended, and
  * the reset of the ejection streak after a long healthy spell. Workers are
- * collected by rid first: acting on one may drop peers. */
+ * queued first, acted on after the walk: acting on one may drop peers. */
 void ab_health_tick(ab_broker_t *b, int64_t now)
 {
-    ab_rid_t act[128];
-    size_t n = 0;
+    ab_defer_t act;
+    ab_defer_init(&act);
     double suspect_at = (double)b->cfg->phi_threshold / 2, dead_at = (double)b->cfg->phi_threshold;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         ab_worker_rec_t *w = p->worker;
@@ -496,33 +534,8 @@ void ab_health_tick(ab_broker_t *b, int64_t now)
         if (h->state == AB_HEALTH_HEALTHY && h->eject_streak &&
             now - h->healthy_since_ms > b->cfg->eject_max_ms)
             h->eject_streak = 0;
-        if (due && n < 128)
-            act[n++] = p->rid;
+        if (due)
+            ab_defer_add(&act, &p->later, s_tick_one);
     }
-    for (size_t i = 0; i < n; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &act[i]);
-        ab_worker_rec_t *w = p ? p->worker : NULL;
-        if (!w)
-            continue;
-        ab_health_t *h = &w->health;
-        if (h->state == AB_HEALTH_EJECTED) {
-            s_state(b, w, AB_HEALTH_PROBING, "ejection backoff ended");
-            b->hs.kick = 1;
-        } else if (h->phi >= dead_at) {
-            char why[64];
-            snprintf(why, sizeof why, "silent, suspicion %.1f", h->phi);
-            b->c.workers_suspected++;
-            s_state(b, w, AB_HEALTH_DEAD, why);
-            h->interval_ms = h->expect_ms = (uint32_t)b->cfg->health_floor_ms;
-            h->nsamples = h->pos = 0;
-            ab_health_take_back(b, w, "worker silent (heartbeat suspicion)");
-        } else if (h->phi >= suspect_at) {
-            s_state(b, w, AB_HEALTH_SUSPECT, "heartbeat late");
-            /* Late beats are a flap: watch it closely again. */
-            s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
-        } else {
-            s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat on time again");
-            b->hs.kick = 1;
-        }
-    }
+    ab_defer_run(&act, b);
 }

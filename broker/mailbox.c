@@ -46,6 +46,7 @@ void ab_agent_free(void **item)
     ab_agent_t *a = *item;
     if (!a)
         return;
+    ab_defer_cancel(&a->later);
     ab_list_t *l, *tmp;
     AB_LIST_FOREACH_SAFE(l, tmp, &a->mail)
         s_mail_free(ab_list_data(l, ab_mail_t, link));
@@ -303,28 +304,24 @@ static int s_expire_one(ab_broker_t *b, ab_agent_t *a, int64_t now)
     return !a->peer && ab_list_empty(&a->mail);
 }
 
+static void s_drop_empty(void *ctx, ab_defer_node_t *n)
+{
+    s_agent_drop(ctx, ab_defer_data(n, ab_agent_t, later));
+}
+
 void ab_mailbox_expire(ab_broker_t *b, int64_t now)
 {
     ab_msgs_t *m = b->msgs;
     if (!m->mailbox_msgs)
         return; /* offline records always hold a message: none can be empty */
-    /* Every emptied offline record is freed in this pass (deleting while
-     * iterating a zhashx is not allowed: collect, then drop). The list can
-     * hold every offline name; without memory for it, up to 64 now and the
-     * rest on the next pass. */
-    size_t cap = zhashx_size(m->agents) - m->bound, n = 0;
-    ab_agent_t *stack[64], **empty = cap > 64 ? malloc(cap * sizeof *empty) : NULL;
-    if (!empty) {
-        empty = stack;
-        cap = 64;
-    }
+    /* Every emptied offline record is freed in this pass: queued during the
+     * walk (a zhashx may not change while iterated), dropped after it. */
+    ab_defer_t empty;
+    ab_defer_init(&empty);
     for (ab_agent_t *a = zhashx_first(m->agents); a; a = zhashx_next(m->agents))
-        if (s_expire_one(b, a, now) && n < cap)
-            empty[n++] = a;
-    for (size_t i = 0; i < n; i++)
-        s_agent_drop(b, empty[i]);
-    if (empty != stack)
-        free(empty);
+        if (s_expire_one(b, a, now))
+            ab_defer_add(&empty, &a->later, s_drop_empty);
+    ab_defer_run(&empty, b);
 }
 
 void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)

@@ -30,6 +30,7 @@ typedef struct ab_agent {
     ab_peer_t *peer;          /* NULL while offline */
     uint64_t instance;        /* Hello.instance of the bound connection */
     ab_list_t mail;           /* mailbox (ab_mail_t.link), oldest first */
+    ab_defer_node_t later;    /* queued to be dropped after a walk (mailbox.c) */
     uint32_t depth;
     size_t bytes;             /* payload bytes in the mailbox */
     int backlog;              /* 1 while in the flush list */

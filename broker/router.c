@@ -108,8 +108,7 @@ struct ab_conns {
     size_t nrefused, cap_refused;
     ab_rid_t *over; /* peers over their bound (stall clock running) */
     size_t nover, cap_over;
-    ab_rid_t *kill; /* to disconnect at the end of the turn */
-    size_t nkill, cap_kill;
+    ab_defer_t kill; /* peers to disconnect at the end of the turn (ab_peer_t.kill) */
     uint32_t closed_since_trim;
     int64_t trim_ms;
 };
@@ -218,14 +217,14 @@ static uint64_t s_in_flight(const ab_peer_t *p)
     return p->out_fd == p->fd && p->out_kind != S_KIND_UNKNOWN ? p->out_sent - p->out_taken : 0;
 }
 
+static void s_disconnect(void *ctx, ab_defer_node_t *n);
+
 /* Marks P for disconnection at the end of the turn. */
 static void s_kill(ab_broker_t *b, ab_peer_t *p)
 {
     struct ab_conns *c = s_conns(b);
-    if (p->out_kill || !c)
-        return;
-    p->out_kill = 1;
-    s_rid_list_add(&c->kill, &c->nkill, &c->cap_kill, &p->rid);
+    if (c)
+        ab_defer_add(&c->kill, &p->kill, s_disconnect);
 }
 
 /* The level under which a peer counts as caught up: over the bound it must
@@ -291,13 +290,14 @@ void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
     b->c.out_lost_bytes += s_in_flight(p);
     if (b->conns && p->out_over_ms)
         s_rid_list_del(b->conns->over, &b->conns->nover, &p->rid);
-    if (b->conns && p->out_kill)
-        s_rid_list_del(b->conns->kill, &b->conns->nkill, &p->rid);
+    ab_defer_cancel(&p->kill);
 }
 
 /* Ends P's connection (see above) and drops P. */
-static void s_disconnect(ab_broker_t *b, ab_peer_t *p)
+static void s_disconnect(void *ctx, ab_defer_node_t *n)
 {
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, kill);
     s_refresh(p, ab_now_ms());
     uint64_t held = s_in_flight(p);
     b->c.slow_disconnects++;
@@ -308,21 +308,16 @@ static void s_disconnect(ab_broker_t *b, ab_peer_t *p)
               "peer %s disconnected: %llu bytes sent to it not taken (peer-out-max-bytes %zu, "
               "peer-stall-ms %ld)", p->key, (unsigned long long)held,
               b->cfg->peer_out_max_bytes, b->cfg->peer_stall_ms);
-    p->out_kill = 0;
     p->out_taken = p->out_sent; /* counted above, not again as lost */
     ab_peer_drop(b, p, "not reading what it is sent");
 }
 
 void ab_router_reap(ab_broker_t *b)
 {
-    struct ab_conns *c = b->conns;
-    /* Dropping one peer may mark others (answers go out): bounded rounds. */
-    for (int round = 0; c && c->nkill && round < 1024; round++) {
-        ab_rid_t rid = c->kill[--c->nkill];
-        ab_peer_t *p = ab_peer_lookup(b, &rid);
-        if (p)
-            s_disconnect(b, p);
-    }
+    /* Dropping one peer may mark others (answers go out): they are
+     * disconnected in the same run; a dropped peer leaves the queue. */
+    if (b->conns)
+        ab_defer_run(&b->conns->kill, b);
 }
 
 static void s_tick_over(ab_broker_t *b, struct ab_conns *c, int64_t now)
@@ -486,7 +481,7 @@ void ab_router_fini(ab_broker_t *b)
     free(c->fd_state);
     free(c->refused);
     free(c->over);
-    free(c->kill);
+    ab_defer_clear(&c->kill); /* its peers are freed after this */
     free(c);
     b->conns = NULL;
 }
@@ -576,6 +571,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
 
 void ab_req_destroy(ab_req_t *r)
 {
+    ab_defer_cancel(&r->later);
     ab_route_free(r);
     ab_cache_req_free(&r->cache);
     if (r->has_payload)

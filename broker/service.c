@@ -92,6 +92,7 @@ void ab_service_free(void **item)
 {
     ab_service_t *s = *item;
     if (s) {
+        ab_defer_cancel(&s->later); /* a walk's queue never reaches a freed one */
         zlistx_destroy(&s->workers);
         free(s->latency_us);
         free(s);
@@ -172,27 +173,31 @@ int ab_service_admit(ab_broker_t *b, const ab_service_t *s)
            ab_idmap_size(&b->pending) < (size_t)b->cfg->max_pending;
 }
 
+/* A provisional service at the end of the grace: its queue is answered
+ * NO_SERVICE and it goes (or, while requests still name it, once idle). */
+static void s_grace_drop(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_service_t *s = ab_defer_data(n, ab_service_t, later);
+    char text[AB_NAME_MAX + 64];
+    snprintf(text, sizeof text, "no service '%s' is registered", s->name);
+    ab_req_t *r;
+    while ((r = ab_queue_head(s)))
+        ab_req_fail(b, r, AB_ERR_NO_SERVICE, text);
+    s->provisional = 0;
+    if (s->held == 0)
+        s_service_delete(b, s);
+}
+
 void ab_service_end_grace(ab_broker_t *b)
 {
-    ab_service_t *gone[64];
-    size_t n;
-    do { /* collect, then delete: a zhashx may not change while iterated */
-        n = 0;
-        for (ab_service_t *s = zhashx_first(b->services); s && n < 64;
-             s = zhashx_next(b->services))
-            if (s->provisional)
-                gone[n++] = s;
-        for (size_t i = 0; i < n; i++) {
-            char text[AB_NAME_MAX + 64];
-            snprintf(text, sizeof text, "no service '%s' is registered", gone[i]->name);
-            ab_req_t *r;
-            while ((r = ab_queue_head(gone[i])))
-                ab_req_fail(b, r, AB_ERR_NO_SERVICE, text);
-            gone[i]->provisional = 0;
-            if (gone[i]->held == 0) /* else removed once idle: requests name it */
-                s_service_delete(b, gone[i]);
-        }
-    } while (n == 64);
+    /* Queued, then acted on: a zhashx may not change while iterated. */
+    ab_defer_t gone;
+    ab_defer_init(&gone);
+    for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
+        if (s->provisional)
+            ab_defer_add(&gone, &s->later, s_grace_drop);
+    ab_defer_run(&gone, b);
 }
 
 /* --- queue -------------------------------------------------------------------- */
