@@ -10,6 +10,7 @@
 #include "placement.h"
 #include "msgs.h"
 #include "cache.h"
+#include "request.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -138,34 +139,17 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
 
 void ab_broker_fini(ab_broker_t *b)
 {
-    /* Requests first (they are owned by the pending table), then the worker
-     * records that listed them, then peers and services. */
-    for (size_t i = 0; i < b->pending.cap; i++)
-        if (b->pending.keys[i])
-            ab_req_destroy(b->pending.vals[i]);
-    ab_idmap_fini(&b->pending);
+    /* Each owner frees its own: requests first (the lists of the others
+     * point at them), then the worker records and services, then peers. */
+    ab_req_fini(b);
     ab_msgs_fini(b);
     ab_router_fini(b);
     ab_cache_destroy(&b->cache);
+    ab_service_fini(b);
     if (b->peers) {
-        for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
-            ab_worker_rec_t *w = p->worker;
-            if (!w)
-                continue;
-            void *handle = zlistx_find(w->service->workers, w);
-            if (handle)
-                zlistx_delete(w->service->workers, handle);
-            zhashx_destroy(&w->labels);
-            ab_placement_forget(w);
-            free(w);
-            p->worker = NULL;
-        }
         zhashx_destroy(&b->peer_keys);
         zhashx_destroy(&b->peers);
     }
-    if (b->services)
-        zhashx_destroy(&b->services);
-    ab_heap_fini(&b->deadlines);
     ab_directory_fini(b);
     ab_health_fini(b);
     free(b->dirty);
@@ -508,164 +492,15 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
                                                               : "broker holds too many requests");
         return;
     }
-    ab_req_t *r = calloc(1, sizeof *r);
+    ab_req_t *r = ab_req_new(b, s, p, &in->rid, &in->h, in->has_body ? &in->body : NULL, cr,
+                             in->now);
     if (!r) {
-        ab_cache_req_free(&cr);
         ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
         return;
     }
-    r->bid = ++b->next_bid;
-    r->client_id = in->h.id;
-    r->client = in->rid;
-    r->service = s;
-    r->flags = in->h.flags;
-    r->original_size = in->h.original_size;
-    r->priority = in->h.priority;
-    r->start_us = ab_now_us();
-    r->cache = cr;
-    if (ab_route_init(r, &in->h) != 0) {
-        ab_cache_req_free(&r->cache);
-        free(r);
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    int64_t t = in->h.timeout_ms ? in->h.timeout_ms : b->cfg->default_timeout_ms;
-    r->deadline_ms = in->now + (t < b->cfg->max_timeout_ms ? t : b->cfg->max_timeout_ms);
-    if (in->has_body) {
-        zmq_msg_init(&r->payload);
-        zmq_msg_move(&r->payload, &in->body);
-        r->has_payload = 1;
-    }
-    if (ab_idmap_put(&b->pending, r->bid, r) != 0) {
-        ab_req_destroy(r);
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    ab_service_hold(b, r); /* a service is not idle while a request names it */
-    if (p) {
-        p->in_flight++;
-        r->client_counted = 1;
-        ab_client_track(p, r); /* CANCEL and departure find it (placement.c) */
-    }
-    ab_deadline_push(b, r);
     if (r->cache && ab_cache_join(b, r))
         return; /* waits for an identical request in flight */
     ab_service_enqueue(b, s, r);
-    ab_service_dispatch(b, s);
-}
-
-/* Forwards the answer IN to R's client. */
-static void s_forward(ab_broker_t *b, s_in_t *in, ab_req_t *r)
-{
-    ab_header_t h = ab_header_init(in->h.kind);
-    h.correlation_id = r->client_id;
-    h.flags = in->h.flags;
-    h.original_size = in->h.original_size;
-    h.error_code = in->h.error_code;
-    h.error_text = in->h.error_text;
-    ab_send(b, &r->client, &h, in->has_body ? &in->body : NULL);
-}
-
-/* Counts a final answer to R in its service's figures. */
-static void s_count_final(ab_broker_t *b, s_in_t *in, ab_req_t *r)
-{
-    ab_service_t *s = r->service;
-    ab_service_latency(s, ab_now_us() - r->start_us);
-    if (in->h.kind == AB_KIND_ERROR) {
-        s->errors++;
-        AB_COUNT_ERROR(b, in->h.error_code);
-    } else {
-        s->replies++;
-        b->c.replies++;
-    }
-}
-
-/* A final answer from a worker that was presumed dead (or ejected) while
- * holding R: the first answer wins. R may be queued again (it leaves the
- * queue) or held by another worker (it stays there, orphaned, until that
- * worker answers; that answer is then a counted duplicate). */
-static void s_late_answer(ab_broker_t *b, s_in_t *in, ab_req_t *r, uint64_t from)
-{
-    if (r->cache)
-        ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
-    s_forward(b, in, r);
-    s_count_final(b, in, r);
-    b->c.late_replies++;
-    ab_health_note_answered(b, r, from);
-    ab_req_client_done(b, r);
-    if (r->state == AB_REQ_QUEUED) {
-        ab_req_free(b, r);
-        return;
-    }
-    r->state = AB_REQ_ORPHANED;
-    r->answered = 1;
-    if (r->has_payload) {
-        zmq_msg_close(&r->payload);
-        r->has_payload = 0;
-    }
-    ab_deadline_remove(b, r);
-}
-
-/* PARTIAL, REPLY or ERROR from a worker, answering the broker id in
- * correlation_id. Only a worker that was given the request may answer it
- * (request ids are sequential: an agent must not answer for a service). */
-static void s_on_answer(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
-{
-    uint64_t corr = in->h.correlation_id, from = ab_rid_hash(&in->rid);
-    ab_req_t *r = ab_idmap_get(&b->pending, corr);
-    int final = in->h.kind != AB_KIND_PARTIAL;
-    int holder = r && r->state != AB_REQ_QUEUED && p && p->worker && r->worker == p->worker;
-    int late = r && !holder && ab_req_tried(r, from);
-    if (!holder && !late) {
-        b->c.replies_dropped++;
-        if (final && ab_health_is_dup(b, corr, from))
-            b->c.duplicates_dropped++;
-        AB_DEBUG("dropped %s for unknown request %llu", ab_kind_name(in->h.kind),
-                 (unsigned long long)corr);
-        return;
-    }
-    if (r->state == AB_REQ_ORPHANED || (late && !final)) {
-        /* The client has its answer (DEADLINE, or another worker's reply);
-         * or a presumed-dead worker streams a chunk: the request may run
-         * elsewhere by now, so a part of it could interleave. */
-        b->c.replies_dropped++;
-        if (final && r->answered)
-            b->c.duplicates_dropped++;
-        /* The client got DEADLINE, but others may wait for this answer
-         * (single-flight), and a whole reply is still worth storing. */
-        if (holder && r->cache && !r->answered && r->state == AB_REQ_ORPHANED)
-            ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
-        if (final && holder) {
-            ab_req_free(b, r);
-            b->hs.kick = 1; /* its credit is back: the queue may move */
-        }
-        return;
-    }
-    if (late) {
-        s_late_answer(b, in, r, from);
-        return;
-    }
-    /* An Ollama worker's backend pushed back (503, down) before anything
-     * streamed: placement hands the request to another capable worker. */
-    if (final && in->h.kind == AB_KIND_ERROR && ab_placement_retry(b, r, in->h.error_code))
-        return;
-    if (r->cache) /* before the payload is moved on: waiters and the store copy it */
-        ab_cache_on_answer(b, r, &in->h, in->has_body ? &in->body : NULL);
-    s_forward(b, in, r);
-    if (!final) {
-        r->streamed = 1;
-        if (r->route)
-            r->route->streamed = 1;
-        return;
-    }
-    s_count_final(b, in, r);
-    ab_service_t *s = r->service;
-    ab_worker_rec_t *w = r->worker;
-    w->completed++;
-    if (r->attempts > 1)
-        ab_health_note_answered(b, r, from);
-    ab_req_free(b, r);
-    ab_health_on_result(b, w, in->h.kind != AB_KIND_ERROR);
     ab_service_dispatch(b, s);
 }
 
@@ -734,11 +569,11 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         break;
     case AB_KIND_PARTIAL:
     case AB_KIND_REPLY:
-        s_on_answer(b, in, p);
+        ab_req_on_answer(b, p, &in->rid, &in->h, in->has_body ? &in->body : NULL);
         break;
     case AB_KIND_ERROR:
         if (in->h.correlation_id)
-            s_on_answer(b, in, p);
+            ab_req_on_answer(b, p, &in->rid, &in->h, in->has_body ? &in->body : NULL);
         break;
     case AB_KIND_HEARTBEAT:
         if (p && p->worker)
@@ -849,12 +684,6 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     return 0;
 }
 
-static void s_fail_drained(void *ctx, ab_defer_node_t *n)
-{
-    ab_req_fail(ctx, ab_defer_data(n, ab_req_t, later), AB_ERR_INTERNAL,
-                "broker shut down before the request completed (drain-ms passed)");
-}
-
 /* SIGTERM: refuse new requests, let those held finish until drain-ms has
  * passed, answer the rest, stop. */
 static void s_drain(ab_broker_t *b, int64_t now)
@@ -865,22 +694,11 @@ static void s_drain(ab_broker_t *b, int64_t now)
         AB_INFO("draining: %zu requests held, up to %ld ms", ab_idmap_size(&b->pending),
                 b->cfg->drain_ms);
     }
-    size_t live = 0;
-    for (size_t i = 0; i < b->pending.cap; i++)
-        if (b->pending.keys[i] && ((ab_req_t *)b->pending.vals[i])->state != AB_REQ_ORPHANED)
-            live++;
+    size_t live = ab_req_live(b);
     if (live && now < b->drain_end_ms)
         return;
-    /* Queued, then failed: failing changes the table (and may free other
-     * requests, which leave the queue as they go). */
-    ab_defer_t left;
-    ab_defer_init(&left);
-    for (size_t i = 0; i < b->pending.cap; i++) {
-        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
-        if (r && r->state != AB_REQ_ORPHANED)
-            ab_defer_add(&left, &r->later, s_fail_drained);
-    }
-    ab_defer_run(&left, b);
+    ab_req_fail_all(b, AB_ERR_INTERNAL,
+                    "broker shut down before the request completed (drain-ms passed)");
     AB_INFO("drained: %zu answered with an error", live);
     /* The last answers are still in the ROUTER's pipes: give them a moment
      * to leave before the socket closes (LINGER is 0 otherwise). */

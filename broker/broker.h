@@ -35,6 +35,7 @@
 
 typedef struct ab_service ab_service_t;
 typedef struct ab_worker_rec ab_worker_rec_t;
+typedef struct ab_req ab_req_t; /* request.h */
 
 /* A ZeroMQ routing id: who a message came from / goes to. */
 typedef struct {
@@ -77,42 +78,6 @@ typedef struct {
     int64_t out_over_ms;     /* over peer-out-max-bytes since; 0: not over */
     int64_t out_checked_ms;  /* the kernel was last asked */
 } ab_peer_t;
-
-typedef enum {
-    AB_REQ_QUEUED,
-    AB_REQ_DISPATCHED,
-    AB_REQ_ORPHANED,
-    AB_REQ_WAITING /* attached to an identical request in flight (cache.h) */
-} ab_req_state_t;
-
-/* A request held by the broker from arrival until its one answer. */
-typedef struct ab_req {
-    uint64_t bid;       /* broker-assigned id: correlation with workers */
-    uint64_t client_id; /* the client's own request id */
-    ab_rid_t client;
-    ab_service_t *service;
-    ab_worker_rec_t *worker; /* while dispatched */
-    ab_req_state_t state;
-    zmq_msg_t payload;       /* kept for re-dispatch; sent as refcounted copies */
-    int has_payload;
-    uint32_t flags, priority;
-    int64_t deadline_ms;
-    uint64_t start_us;
-    ab_heap_node_t dl; /* in the deadline heap (key: deadline_ms) */
-    uint8_t attempts;  /* dispatches so far (bounded by max-attempts) */
-    uint8_t streamed;  /* a PARTIAL reached the client: never re-dispatched */
-    uint8_t answered;  /* a presumed-dead worker's late reply answered it */
-    uint8_t client_counted; /* counted in its client's in_flight */
-    uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
-    ab_list_t qlink;            /* in the service queue or the worker's list */
-    struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
-    uint64_t original_size;     /* of an lz4 payload, forwarded with it */
-    struct ab_cache_req *cache; /* cacheable requests only (cache.h) */
-    ab_peer_t *owner;           /* its client's peer while it may cancel it (placement.c) */
-    uint8_t holds_service;      /* counted in service->held (ab_service_hold) */
-    ab_list_t clink;              /* in owner->reqs */
-    ab_defer_node_t later;        /* queued for an action after a walk (drain) */
-} ab_req_t;
 
 struct ab_worker_rec {
     ab_peer_t *peer;
@@ -244,16 +209,18 @@ int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t 
 /* As ab_send_raw to peer P (accounted to it; P may be NULL). */
 int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
                      size_t len, zmq_msg_t *payload);
+/* Sends HDR (an encoded header message, see ab_header_msg) + BODY (may be
+ * NULL) to RID now, unbatched, if its pipe takes it: direct messages and
+ * publications, which wait in their mailbox or subscriber queue otherwise.
+ * 0: sent, HDR and BODY consumed. -1: errno EAGAIN (pipe full, or the peer
+ * is over peer-out-max-bytes) or EHOSTUNREACH (gone); nothing consumed.
+ * A refused send is counted as any other (send_failures). */
+int ab_send_try(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body);
+/* Encodes H into a new message (fan-out sends copies of it). 0 or -1. */
+int ab_header_msg(const ab_header_t *h, zmq_msg_t *out);
 /* Sends ERROR(code, text) answering CORR to RID. */
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
                   const char *text);
-/* Answers request R to its client with an error and frees it. */
-void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text);
-void ab_req_free(ab_broker_t *b, ab_req_t *r);
-/* R's client has its answer: R no longer counts toward its in-flight limit. */
-void ab_req_client_done(ab_broker_t *b, ab_req_t *r);
-/* Closes R's payload and frees it (R must be out of every list). */
-void ab_req_destroy(ab_req_t *r);
 
 /* router.c: bytes in flight per peer and the connection limit.
  *
@@ -301,6 +268,8 @@ int ab_service_init(ab_broker_t *b);
  * bounded number per call; nothing during the startup grace. */
 void ab_service_expire_idle(ab_broker_t *b, int64_t now);
 void ab_service_free(void **item);
+/* Frees every worker record and service (the broker is going away). */
+void ab_service_fini(ab_broker_t *b);
 /* 1 if S may take one more request (its queue and the broker's total are
  * under their bounds), else 0: the caller answers BUSY. */
 int ab_service_admit(ab_broker_t *b, const ab_service_t *s);
@@ -317,13 +286,6 @@ void ab_queue_remove(ab_service_t *s, ab_req_t *r);
 void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
 /* The request at the front of S's queue, or NULL. */
 ab_req_t *ab_queue_head(ab_service_t *s);
-/* Deadline heap: R (its deadline_ms set) is tracked until removed; out of
- * memory it is simply not (still answered, by its worker). */
-void ab_deadline_push(ab_broker_t *b, ab_req_t *r);
-void ab_deadline_remove(ab_broker_t *b, ab_req_t *r);
-void ab_deadline_expire(ab_broker_t *b, int64_t now);
-/* The earliest deadline held, or 0 when none. */
-int64_t ab_deadline_next(ab_broker_t *b);
 
 /* health.c (see health.h) */
 int ab_health_init(ab_broker_t *b);
@@ -350,7 +312,6 @@ void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
  * duplicates; ab_health_is_dup asks. */
 void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner);
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash);
-int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
 void ab_health_tick(ab_broker_t *b, int64_t now);
 /* Probes again the peers whose connection the monitor saw close (a 10 ms
  * timer while there are any). */

@@ -1,5 +1,6 @@
 /* cache.c - see cache.h and docs/cache.md. */
 #include "cache.h"
+#include "request.h"
 #include "compress.h"
 #include "cache_l1.h"
 #include "cache_lmdb.h"

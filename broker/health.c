@@ -8,7 +8,7 @@
  *
  * Everything runs on the broker's thread.
  */
-#include "broker.h"
+#include "request.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -436,15 +436,6 @@ int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash)
 {
     for (unsigned i = 0; i < AB_DUP_SLOTS; i++)
         if (b->hs.dup[i].bid == bid && b->hs.dup[i].rid_hash == rid_hash)
-            return 1;
-    return 0;
-}
-
-int ab_req_tried(const ab_req_t *r, uint64_t rid_hash)
-{
-    unsigned n = r->attempts < AB_ATTEMPTS_MAX ? r->attempts : AB_ATTEMPTS_MAX;
-    for (unsigned i = 0; i < n; i++)
-        if (r->tried[i] == rid_hash)
             return 1;
     return 0;
 }

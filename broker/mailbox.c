@@ -82,9 +82,9 @@ static int s_deliver(ab_broker_t *b, const ab_rid_t *rid, const char *target, co
     h.target = ab_view_of(target);
     h.flags = flags & AB_SEND_FLAGS;
     zmq_msg_t hdr;
-    if (ab_msgs_hdr_msg(&h, &hdr) != 0)
+    if (ab_header_msg(&h, &hdr) != 0)
         return -1;
-    int rc = ab_msgs_try_send(b, rid, &hdr, body);
+    int rc = ab_send_try(b, rid, &hdr, body);
     zmq_msg_close(&hdr);
     return rc;
 }

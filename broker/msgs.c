@@ -93,45 +93,6 @@ void ab_msgs_refuse(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, uint32_t c
     ab_send_error(b, rid, id, code, text);
 }
 
-int ab_msgs_hdr_msg(const ab_header_t *h, zmq_msg_t *out)
-{
-    uint8_t stack[512];
-    size_t len;
-    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
-    if (!buf)
-        return -1;
-    int rc = zmq_msg_init_size(out, len);
-    if (rc == 0)
-        memcpy(zmq_msg_data(out), buf, len);
-    if (buf != stack)
-        free(buf);
-    return rc == 0 ? 0 : -1;
-}
-
-int ab_msgs_try_send(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body)
-{
-    size_t hlen = zmq_msg_size(hdr), plen = body ? zmq_msg_size(body) : 0;
-    size_t bytes = rid->len + hlen + plen;
-    ab_peer_t *p = ab_peer_lookup(b, rid);
-    if (p && ab_peer_over(b, p)) { /* held back as if its pipe were full (router.c) */
-        errno = EAGAIN;
-        return -1;
-    }
-    if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        return -1;
-    /* Once the identity frame is accepted the rest of the message is too. */
-    if (zmq_msg_send(hdr, b->router, body ? ZMQ_SNDMORE : 0) < 0 ||
-        (body && zmq_msg_send(body, b->router, 0) < 0)) {
-        b->c.send_failures++;
-        return -1;
-    }
-    b->c.msgs_out++;
-    b->c.bytes_out += bytes;
-    if (p)
-        ab_peer_sent(b, p, hlen, plen, body != NULL);
-    return 0;
-}
-
 void ab_msgs_route(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
                    int64_t now)
 {

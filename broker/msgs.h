@@ -102,12 +102,6 @@ void ab_msgs_timers(ab_broker_t *b, int64_t now);
 int64_t ab_msgs_next_wake(ab_broker_t *b);
 void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);
 int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
-/* Sends HDR (+ BODY, may be NULL) to RID without waiting. 0: sent, HDR and
- * BODY consumed. -1: errno EAGAIN (pipe full) or EHOSTUNREACH (gone);
- * nothing consumed. */
-int ab_msgs_try_send(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body);
-/* Encodes H into a new message. 0 or -1 (out of memory). */
-int ab_msgs_hdr_msg(const ab_header_t *h, zmq_msg_t *out);
 /* The name messages from P carry: its agent name, else "~" + hex id. */
 const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);
 void ab_msgs_refuse(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, uint32_t code,

@@ -7,7 +7,7 @@
  * of vanishing silently. Both are counted (send_failures) and logged at a
  * rate limit; the caller decides what a failure means for its request.
  */
-#include "broker.h"
+#include "request.h"
 #include "placement.h"
 #include "cache.h"
 #include "agentbus.h"
@@ -39,6 +39,7 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
               "cannot send to %s: %s", key,
               err == EHOSTUNREACH ? "peer is gone" : err == EAGAIN ? "peer's queue is full"
                                                                   : zmq_strerror(err));
+    errno = err; /* the caller may tell a full pipe from a gone peer */
 }
 
 /* --- bytes in flight per peer, connection limit (issue 11) -------------------
@@ -62,7 +63,7 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
  * at most; one over its bound, at most two per S_RECHECK_MS.
  *
  * Policy. Over peer-out-max-bytes: new REQUESTs BUSY (broker.c), direct
- * messages and publications are held back (ab_msgs_try_send reports the
+ * messages and publications are held back (ab_send_try reports the
  * pipe full: mailbox, subscriber queue). Over twice the bound, nothing more
  * is sent to it (counted out_dropped) and it is disconnected; over the bound
  * for peer-stall-ms, too. Disconnecting: ROUTER has no per-peer close, so
@@ -492,25 +493,61 @@ int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t 
     return ab_send_raw_peer(b, ab_peer_lookup(b, rid), rid, buf, len, payload);
 }
 
-int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
-                     size_t len, zmq_msg_t *payload)
+/* The one place a message leaves the ROUTER: routing id, then the header
+ * as bytes (BUF, LEN) or as a message (HMSG, moved), then PAYLOAD (moved;
+ * may be NULL). Counts what went out, or the failure. 0 or -1 (errno). */
+static int s_emit(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                  size_t len, zmq_msg_t *hmsg, zmq_msg_t *payload)
 {
+    int more = payload ? ZMQ_SNDMORE : 0;
+    size_t hlen = hmsg ? zmq_msg_size(hmsg) : len;
+    size_t plen = payload ? zmq_msg_size(payload) : 0;
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto fail;
     /* Once the identity frame is accepted the rest of the message is too. */
-    if (zmq_send(b->router, buf, len, payload ? ZMQ_SNDMORE : 0) < 0)
+    if ((hmsg ? zmq_msg_send(hmsg, b->router, more) : zmq_send(b->router, buf, len, more)) < 0)
         goto fail;
-    size_t plen = payload ? zmq_msg_size(payload) : 0;
     if (payload && zmq_msg_send(payload, b->router, 0) < 0)
         goto fail;
     b->c.msgs_out++;
-    b->c.bytes_out += rid->len + len + plen;
+    b->c.bytes_out += rid->len + hlen + plen;
     if (p)
-        ab_peer_sent(b, p, len, plen, payload != NULL);
+        ab_peer_sent(b, p, hlen, plen, payload != NULL);
     return 0;
 fail:
     s_send_failed(b, rid);
     return -1;
+}
+
+int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                     size_t len, zmq_msg_t *payload)
+{
+    return s_emit(b, p, rid, buf, len, NULL, payload);
+}
+
+int ab_send_try(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body)
+{
+    ab_peer_t *p = ab_peer_lookup(b, rid);
+    if (p && ab_peer_over(b, p)) { /* held back as if its pipe were full */
+        errno = EAGAIN;
+        return -1;
+    }
+    return s_emit(b, p, rid, NULL, 0, hdr, body);
+}
+
+int ab_header_msg(const ab_header_t *h, zmq_msg_t *out)
+{
+    uint8_t stack[512];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
+    if (!buf)
+        return -1;
+    int rc = zmq_msg_init_size(out, len);
+    if (rc == 0)
+        memcpy(zmq_msg_data(out), buf, len);
+    if (buf != stack)
+        free(buf);
+    return rc == 0 ? 0 : -1;
 }
 
 int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
@@ -543,46 +580,3 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
     return ab_send(b, rid, &h, NULL);
 }
 
-void ab_req_client_done(ab_broker_t *b, ab_req_t *r)
-{
-    if (!r->client_counted)
-        return;
-    r->client_counted = 0;
-    ab_peer_t *p = ab_peer_lookup(b, &r->client);
-    if (p && p->in_flight)
-        p->in_flight--;
-}
-
-void ab_req_free(ab_broker_t *b, ab_req_t *r)
-{
-    ab_client_untrack(r);
-    ab_req_client_done(b, r);
-    if (r->cache)
-        ab_cache_req_gone(b, r);
-    if (r->state == AB_REQ_QUEUED)
-        ab_queue_remove(r->service, r);
-    else if (r->worker)
-        ab_worker_req_remove(r->worker, r);
-    ab_deadline_remove(b, r);
-    ab_idmap_del(&b->pending, r->bid);
-    ab_service_release(b, r); /* it may be idle now (service.c) */
-    ab_req_destroy(r);
-}
-
-void ab_req_destroy(ab_req_t *r)
-{
-    ab_defer_cancel(&r->later);
-    ab_route_free(r);
-    ab_cache_req_free(&r->cache);
-    if (r->has_payload)
-        zmq_msg_close(&r->payload);
-    free(r);
-}
-
-void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text)
-{
-    ab_send_error(b, &r->client, r->client_id, code, text);
-    AB_COUNT_ERROR(b, code);
-    r->service->errors++;
-    ab_req_free(b, r);
-}

@@ -12,7 +12,7 @@
  * stored in the request, so an answered request leaves the heap at once and
  * the heap never holds more than the broker's pending requests).
  */
-#include "broker.h"
+#include "request.h"
 #include "agentbus.h"
 #include "placement.h"
 #include "util.h"
@@ -272,6 +272,19 @@ static void s_worker_req_add(ab_worker_rec_t *w, ab_req_t *r)
     w->in_flight++;
 }
 
+/* Frees W: off its service's list, its placement data gone, its peer no
+ * longer a worker. */
+static void s_worker_free(ab_worker_rec_t *w)
+{
+    void *handle = zlistx_find(w->service->workers, w);
+    if (handle)
+        zlistx_delete(w->service->workers, handle);
+    zhashx_destroy(&w->labels);
+    ab_placement_forget(w);
+    w->peer->worker = NULL;
+    free(w);
+}
+
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
 {
     ab_service_t *s = w->service;
@@ -281,14 +294,20 @@ void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
     ab_directory_event(b, w, "leave");
     ab_health_forget(b, w, strcmp(why, "said goodbye") == 0 ||
                                strcmp(why, "re-registered for another service") == 0);
-    void *handle = zlistx_find(s->workers, w);
-    if (handle)
-        zlistx_delete(s->workers, handle);
-    zhashx_destroy(&w->labels);
-    ab_placement_forget(w);
-    w->peer->worker = NULL;
-    free(w);
+    s_worker_free(w);
     s_idle_update(b, s);
+}
+
+void ab_service_fini(ab_broker_t *b)
+{
+    /* Worker records first (their services' lists point at them), then
+     * the services; requests are gone already (ab_req_fini). */
+    if (b->peers)
+        for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
+            if (p->worker)
+                s_worker_free(p->worker);
+    if (b->services)
+        zhashx_destroy(&b->services);
 }
 
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s)
@@ -392,50 +411,3 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
     }
 }
 
-/* --- deadline heap ---------------------------------------------------------------- */
-void ab_deadline_push(ab_broker_t *b, ab_req_t *r)
-{
-    r->dl.key = r->deadline_ms;
-    (void)ab_heap_push(&b->deadlines, &r->dl); /* fails only out of memory */
-}
-
-void ab_deadline_remove(ab_broker_t *b, ab_req_t *r)
-{
-    ab_heap_remove(&b->deadlines, &r->dl);
-}
-
-int64_t ab_deadline_next(ab_broker_t *b)
-{
-    ab_heap_node_t *n = ab_heap_min(&b->deadlines);
-    return n ? n->key : 0;
-}
-
-void ab_deadline_expire(ab_broker_t *b, int64_t now)
-{
-    ab_heap_node_t *n;
-    while ((n = ab_heap_min(&b->deadlines)) && n->key <= now) {
-        ab_req_t *r = ab_list_data(n, ab_req_t, dl);
-        if (r->state == AB_REQ_DISPATCHED) {
-            /* Answer the client now; the worker keeps the credit until it
-             * answers (its late reply is then dropped and counted). */
-            ab_send_error(b, &r->client, r->client_id, AB_ERR_DEADLINE,
-                          "deadline passed while a worker held the request");
-            b->c.errors_sent[AB_ERR_DEADLINE]++;
-            b->c.deadline_expired++;
-            r->service->errors++;
-            r->state = AB_REQ_ORPHANED;
-            ab_cancel_send(b, r, AB_ERR_DEADLINE); /* frees the worker's slot (GPU) soon */
-            if (r->has_payload) {
-                zmq_msg_close(&r->payload);
-                r->has_payload = 0;
-            }
-            ab_deadline_remove(b, r);
-            ab_req_client_done(b, r);
-            /* Too slow counts against the worker's failure budget. */
-            ab_health_on_result(b, r->worker, 0);
-        } else {
-            b->c.deadline_expired++;
-            ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");
-        }
-    }
-}

@@ -5,7 +5,7 @@
  * broker core on an inproc endpoint, with a DEALER standing in for the
  * worker so that dispatch has somewhere to send.
  */
-#include "broker.h"
+#include "request.h"
 #include "test.h"
 #include "util.h"
 

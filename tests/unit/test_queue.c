@@ -2,7 +2,7 @@
  * test_queue.c - the broker's queue bounds, dispatch choice and deadline
  * heap, driven directly (no sockets: these functions do no I/O).
  */
-#include "broker.h"
+#include "request.h"
 #include "test.h"
 
 #include <stdio.h>
