@@ -18,6 +18,8 @@
  * calls in here for the others, so an older peer sees exactly the old wire.
  */
 #include "agentbus.h"
+#include "batching.h"
+#include "router.h"
 #include "batch.h"
 #include "broker.h"
 #include "compress.h"

@@ -7,6 +7,12 @@
  * message or the next timer. Nothing here blocks outside ZeroMQ.
  */
 #include "broker.h"
+#include "service.h"
+#include "router.h"
+#include "batching.h"
+#include "health.h"
+#include "directory.h"
+#include "stats.h"
 #include "placement.h"
 #include "msgs.h"
 #include "cache.h"
@@ -736,7 +742,7 @@ static long s_timeout(ab_broker_t *b, int64_t now)
 int ab_broker_run(ab_broker_t *b)
 {
     zmq_pollitem_t items[3] = {{b->router, 0, ZMQ_POLLIN, 0},
-                               {b->monitor, 0, ZMQ_POLLIN, 0},
+                               {ab_health_pipe(b), 0, ZMQ_POLLIN, 0},
                                {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
     int nitems = items[2].socket ? 3 : 2; /* the L2 cache thread's answers */
     while (!b->stop) {

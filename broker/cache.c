@@ -1,5 +1,8 @@
 /* cache.c - see cache.h and docs/cache.md. */
 #include "cache.h"
+#include "service.h"
+#include "router.h"
+#include "batching.h"
 #include "request.h"
 #include "compress.h"
 #include "cache_l1.h"

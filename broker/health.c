@@ -9,6 +9,10 @@
  * Everything runs on the broker's thread.
  */
 #include "request.h"
+#include "health.h"
+#include "service.h"
+#include "router.h"
+#include "directory.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -40,23 +44,38 @@ int ab_health_init(ab_broker_t *b)
     char ep[64];
     /* One endpoint per broker instance: tests run several in one process. */
     snprintf(ep, sizeof ep, "inproc://ab-broker-monitor-%p", (void *)b);
-    if (zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0)
+    ab_health_state_t *hs = b->health = calloc(1, sizeof *b->health);
+    if (!hs || zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0)
         return -1;
-    b->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
+    hs->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
     int linger = 0;
-    if (!b->monitor || zmq_setsockopt(b->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_connect(b->monitor, ep) != 0)
+    if (!hs->monitor || zmq_setsockopt(hs->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(hs->monitor, ep) != 0)
         return -1;
     return ab_broker_every(b, AB_SWEEP_MS, ab_health_tick) < 0 ? -1 : 0;
 }
 
 void ab_health_fini(ab_broker_t *b)
 {
-    if (b->router && b->monitor)
+    ab_health_state_t *hs = b->health;
+    if (!hs)
+        return;
+    if (b->router && hs->monitor)
         zmq_socket_monitor(b->router, NULL, 0);
-    if (b->monitor)
-        zmq_close(b->monitor);
-    b->monitor = NULL;
+    if (hs->monitor)
+        zmq_close(hs->monitor);
+    free(hs);
+    b->health = NULL;
+}
+
+void *ab_health_pipe(ab_broker_t *b)
+{
+    return b->health ? b->health->monitor : NULL;
+}
+
+void ab_health_kick_later(ab_broker_t *b)
+{
+    b->health->kick = 1;
 }
 
 /* Sends P a header-only HEARTBEAT repeating the interval it was told. With
@@ -87,9 +106,9 @@ static void s_fd_closed_one(void *ctx, ab_defer_node_t *n)
     {
         if (s_probe(b, p)) {
             p->fd_closed_ms = ab_now_ms();
-            if (!b->hs.recheck_timer &&
-                (b->hs.recheck_timer = ab_broker_every(b, 10, ab_health_recheck)) < 0)
-                b->hs.recheck_timer = 0; /* no timer: the liveness sweep finds it */
+            if (!b->health->recheck_timer &&
+                (b->health->recheck_timer = ab_broker_every(b, 10, ab_health_recheck)) < 0)
+                b->health->recheck_timer = 0; /* no timer: the liveness sweep finds it */
             return;
         }
         b->c.disconnects++;
@@ -112,7 +131,7 @@ void ab_health_monitor_drain(ab_broker_t *b)
     for (int i = 0; i < 1024; i++) {
         zmq_msg_t ev;
         zmq_msg_init(&ev);
-        if (zmq_msg_recv(&ev, b->monitor, ZMQ_DONTWAIT) < 0) {
+        if (zmq_msg_recv(&ev, b->health->monitor, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&ev);
             return;
         }
@@ -127,7 +146,7 @@ void ab_health_monitor_drain(ab_broker_t *b)
         while (more) { /* the endpoint frame: not needed */
             zmq_msg_t a;
             zmq_msg_init(&a);
-            zmq_msg_recv(&a, b->monitor, 0);
+            zmq_msg_recv(&a, b->health->monitor, 0);
             more = zmq_msg_more(&a);
             zmq_msg_close(&a);
         }
@@ -232,7 +251,7 @@ void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w)
      * reconnects) rejoins through a probe, keeping its ejection record. */
     uint64_t hash = ab_rid_hash(&w->peer->rid);
     for (unsigned i = 0; i < AB_GRAVE_SLOTS; i++) {
-        ab_grave_t *g = &b->hs.grave[i];
+        ab_grave_t *g = &b->health->grave[i];
         if (g->rid_hash == hash) {
             h->state = AB_HEALTH_PROBING;
             h->ejections = h->eject_streak = g->ejections;
@@ -274,14 +293,14 @@ void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
         }
     }
     w->in_flight = 0;
-    b->hs.kick = 1;
+    b->health->kick = 1;
 }
 
 void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful)
 {
     if (graceful)
         return;
-    ab_grave_t *g = &b->hs.grave[b->hs.grave_pos++ % AB_GRAVE_SLOTS];
+    ab_grave_t *g = &b->health->grave[b->health->grave_pos++ % AB_GRAVE_SLOTS];
     g->rid_hash = ab_rid_hash(&w->peer->rid);
     g->ejections = w->health.ejections;
 }
@@ -298,8 +317,8 @@ void ab_health_kick(ab_broker_t *b)
 {
     /* Dispatching may drop peers and detach workers: services are queued
      * first, dispatched after the walk. */
-    for (int round = 0; b->hs.kick && round < 8; round++) {
-        b->hs.kick = 0;
+    for (int round = 0; b->health->kick && round < 8; round++) {
+        b->health->kick = 0;
         ab_defer_t todo;
         ab_defer_init(&todo);
         for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
@@ -338,14 +357,14 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
     switch (h->state) {
     case AB_HEALTH_SUSPECT:
         s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat arrived");
-        b->hs.kick = 1;
+        b->health->kick = 1;
         break;
     case AB_HEALTH_DEAD: /* it was silent, not gone: let one request decide */
         h->nsamples = h->pos = 0; /* the silence is not a sample of its rhythm */
         s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
         s_tell_interval(b, w);
         s_state(b, w, AB_HEALTH_PROBING, "heartbeats resumed");
-        b->hs.kick = 1;
+        b->health->kick = 1;
         break;
     case AB_HEALTH_HEALTHY:
         /* Stable: ask for heartbeats half as often, up to the ceiling. A
@@ -401,7 +420,7 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
         h->failures = 0;
         if (h->state == AB_HEALTH_PROBING) {
             s_state(b, w, AB_HEALTH_HEALTHY, "probe request succeeded");
-            b->hs.kick = 1;
+            b->health->kick = 1;
         }
         return;
     }
@@ -426,7 +445,7 @@ void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
     for (unsigned i = 0; i < n; i++) {
         if (r->tried[i] == winner)
             continue;
-        ab_dup_t *d = &b->hs.dup[b->hs.dup_pos++ % AB_DUP_SLOTS];
+        ab_dup_t *d = &b->health->dup[b->health->dup_pos++ % AB_DUP_SLOTS];
         d->bid = r->bid;
         d->rid_hash = r->tried[i];
     }
@@ -435,7 +454,7 @@ void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash)
 {
     for (unsigned i = 0; i < AB_DUP_SLOTS; i++)
-        if (b->hs.dup[i].bid == bid && b->hs.dup[i].rid_hash == rid_hash)
+        if (b->health->dup[i].bid == bid && b->health->dup[i].rid_hash == rid_hash)
             return 1;
     return 0;
 }
@@ -465,9 +484,9 @@ void ab_health_recheck(ab_broker_t *b, int64_t now)
             again = !ab_defer_add(&closed, &p->later, s_recheck_one) || again;
     }
     ab_defer_run(&closed, b);
-    if (!again && b->hs.recheck_timer) { /* nothing left to watch */
-        ab_broker_cancel(b, b->hs.recheck_timer);
-        b->hs.recheck_timer = 0;
+    if (!again && b->health->recheck_timer) { /* nothing left to watch */
+        ab_broker_cancel(b, b->health->recheck_timer);
+        b->health->recheck_timer = 0;
     }
 }
 
@@ -483,7 +502,7 @@ static void s_tick_one(void *ctx, ab_defer_node_t *n)
     ab_health_t *h = &w->health;
     if (h->state == AB_HEALTH_EJECTED) {
         s_state(b, w, AB_HEALTH_PROBING, "ejection backoff ended");
-        b->hs.kick = 1;
+        b->health->kick = 1;
     } else if (h->phi >= dead_at) {
         char why[64];
         snprintf(why, sizeof why, "silent, suspicion %.1f", h->phi);
@@ -498,7 +517,7 @@ static void s_tick_one(void *ctx, ab_defer_node_t *n)
         s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
     } else {
         s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat on time again");
-        b->hs.kick = 1;
+        b->health->kick = 1;
     }
 }
 

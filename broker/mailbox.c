@@ -13,6 +13,7 @@
  * An unnamed peer is addressed "~" + hex routing id and has no mailbox.
  */
 #include "msgs.h"
+#include "router.h"
 #include "agentbus.h"
 #include "topic.h"
 #include "util.h"

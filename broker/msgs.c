@@ -4,6 +4,7 @@
  * See msgs.h for the delivery policy.
  */
 #include "msgs.h"
+#include "router.h"
 #include "agentbus.h"
 #include "util.h"
 

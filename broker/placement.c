@@ -16,6 +16,8 @@
  * request of their service and rank with "M loaded".
  */
 #include "placement.h"
+#include "service.h"
+#include "router.h"
 #include "cache.h"
 #include "agentbus.pb-c.h"
 #include "util.h"

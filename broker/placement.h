@@ -11,6 +11,7 @@
 #define AB_PLACEMENT_H
 
 #include "request.h"
+#include "agentbus.pb-c.h"
 
 #include <agentbus.h>
 

@@ -27,6 +27,7 @@
  * slowed.
  */
 #include "msgs.h"
+#include "router.h"
 #include "agentbus.h"
 #include "topic.h"
 #include "util.h"

@@ -7,6 +7,9 @@
  * and the heap never holds more than the broker's pending requests).
  */
 #include "request.h"
+#include "service.h"
+#include "router.h"
+#include "health.h"
 #include "cache.h"
 #include "placement.h"
 #include "agentbus.h"
@@ -235,7 +238,7 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *bo
         ab_cache_on_answer(b, r, h, body);
     if (final && holder) {
         ab_req_free(b, r);
-        b->hs.kick = 1; /* its credit is back: the queue may move */
+        ab_health_kick_later(b); /* its credit is back: the queue may move */
     }
 }
 

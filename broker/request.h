@@ -14,6 +14,7 @@
 #define AB_REQUEST_H
 
 #include "broker.h"
+#include "health.h" /* AB_ATTEMPTS_MAX */
 
 typedef enum {
     AB_REQ_QUEUED,

@@ -8,6 +8,9 @@
  * rate limit; the caller decides what a failure means for its request.
  */
 #include "request.h"
+#include "router.h"
+#include "batching.h"
+#include "service.h"
 #include "placement.h"
 #include "cache.h"
 #include "agentbus.h"

@@ -13,6 +13,10 @@
  * the heap never holds more than the broker's pending requests).
  */
 #include "request.h"
+#include "service.h"
+#include "router.h"
+#include "health.h"
+#include "directory.h"
 #include "agentbus.h"
 #include "placement.h"
 #include "util.h"

@@ -6,6 +6,11 @@
  * operator asks or once per sweep for the rates.
  */
 #include "broker.h"
+#include "stats.h"
+#include "directory.h"
+#include "router.h"
+#include "health.h"
+#include "request.h"
 #include "msgs.h"
 #include "cache.h"
 #include "agentbus.h"

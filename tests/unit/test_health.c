@@ -6,6 +6,7 @@
  * worker so that dispatch has somewhere to send.
  */
 #include "request.h"
+#include "service.h"
 #include "test.h"
 #include "util.h"
 

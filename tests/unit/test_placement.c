@@ -4,7 +4,7 @@
  * evicting, pinning, temperature and load on ties. No sockets.
  */
 #include "agentbus.pb-c.h"
-#include "broker.h"
+#include "service.h"
 #include "placement.h"
 #include "test.h"
 

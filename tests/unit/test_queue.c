@@ -3,6 +3,7 @@
  * heap, driven directly (no sockets: these functions do no I/O).
  */
 #include "request.h"
+#include "service.h"
 #include "test.h"
 
 #include <stdio.h>
