@@ -304,6 +304,11 @@ typedef struct {
     int fd; /* the connection it came on (ZMQ_SRCFD) */
 } s_in_t;
 
+static zmq_msg_t *s_body(s_in_t *in)
+{
+    return in->has_body ? &in->body : NULL;
+}
+
 static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
 {
     char key[2 * AB_RID_MAX + 1];
@@ -352,276 +357,105 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
         ab_mailbox_on_hello(b, p, claim, takeover, instance, in->h.id, in->now);
 }
 
-/* A REGISTER over a limit: answered CODE, counted; nothing of it is kept
- * (a first one leaves P a plain agent). */
-static void s_register_refuse(ab_broker_t *b, s_in_t *in, ab_peer_t *p, uint32_t code,
-                              const char *why)
+/* P, or (when P is NULL) a new peer with ROLE for the sender of IN; NULL
+ * out of memory. */
+static ab_peer_t *s_peer_of(ab_broker_t *b, s_in_t *in, ab_peer_t *p, ab_role_t role)
 {
-    b->c.registers_refused++;
-    AB_COUNT_ERROR(b, code);
-    if (!p->worker)
-        p->role = AB_ROLE_AGENT;
-    AB_LOG_RL(&b->rl, ab_hash_bytes(in->rid.bytes, in->rid.len) ^ 0x7e61, in->now, AB_LOG_WARN,
-              "REGISTER from %s refused: %s", p->key, why);
-    ab_send_error(b, &in->rid, in->h.id, code, why);
-}
-
-static void s_on_register(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
-{
-    char name[AB_NAME_MAX];
-    ab_view_copy(in->h.target, name, sizeof name);
-    if (in->h.target.len >= AB_NAME_MAX) {
-        s_reject(b, in, AB_EDECODE, 2);
-        return;
-    }
-    Agentbus__Register *m = NULL;
-    char why[160];
-    if (ab_register_check(b->cfg, pl->size, NULL, why, sizeof why) != 0) {
-        s_register_refuse(b, in, p, AB_ERR_TOO_LARGE, why);
-        return;
-    }
-    if (pl->size && !(m = agentbus__register__unpack(NULL, pl->size, pl->data))) {
-        s_reject(b, in, AB_EDECODE, 2);
-        return;
-    }
-    if (m && ab_register_check(b->cfg, pl->size, m, why, sizeof why) != 0) {
-        agentbus__register__free_unpacked(m, NULL);
-        s_register_refuse(b, in, p, AB_ERR_TOO_LARGE, why);
-        return;
-    }
-    ab_service_t *s = ab_service_get(b, name, 1);
-    if (!s) {
-        if (m)
-            agentbus__register__free_unpacked(m, NULL);
-        if (zhashx_size(b->services) >= (size_t)b->cfg->max_services)
-            s_register_refuse(b, in, p, AB_ERR_BUSY, "too many services (max-services)");
-        else
-            ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    /* Inference workers register again whenever their models or slots
-     * change: that is routine, not news for the log. */
-    int again = p->worker && p->worker->service == s;
-    if (p->worker && p->worker->service != s)
-        ab_worker_detach(b, p->worker, "re-registered for another service");
-    p->role = AB_ROLE_WORKER;
-    s->provisional = 0;
-    int joined = p->worker == NULL;
-    ab_worker_attach(b, p, s, in->h.credit);
-    if (!p->worker) {
-        if (m)
-            agentbus__register__free_unpacked(m, NULL);
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    if (m) {
-        snprintf(p->name, sizeof p->name, "%s", m->name);
-        if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
-            p->heartbeat_ms = m->heartbeat_ms;
-        p->features = m->features;
-        zhashx_purge(p->worker->labels);
-        for (size_t i = 0; i < m->n_labels; i++)
-            zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
-        ab_placement_update(p->worker, m->inference); /* takes it */
-        m->inference = NULL;
-        agentbus__register__free_unpacked(m, NULL);
-    }
-    AB_LOG(again ? AB_LOG_DEBUG : AB_LOG_INFO, "worker %s%s%s registered for '%s' with capacity %u",
-           p->key, p->name[0] ? " " : "", p->name, name, in->h.credit);
-    if (joined)
-        ab_directory_event(b, p->worker, "join");
-    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
-    h.correlation_id = in->h.id;
-    h.target = in->h.target;
-    h.credit = p->worker->health.interval_ms; /* adaptive: health.c */
-    h.features = ab_batching_features(b);
-    ab_send(b, &in->rid, &h, NULL);
-    ab_service_dispatch(b, s);
+    if (!p && (p = s_peer_new(b, &in->rid, role, in->now)))
+        p->fd = in->fd; /* its connection: socket events, bytes in flight */
+    return p;
 }
 
 static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
 {
-    char name[AB_NAME_MAX];
-    if (in->h.target.len >= AB_NAME_MAX) {
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_NO_SERVICE, "service name too long");
-        b->c.errors_sent[AB_ERR_NO_SERVICE]++;
-        return;
+    if (p) {
+        p->requests++;
+        if (p->role == AB_ROLE_CONTROL)
+            p->role = AB_ROLE_AGENT;
     }
-    ab_view_copy(in->h.target, name, sizeof name);
-    b->c.requests++;
-    ab_service_t *s = ab_service_get(b, name, 0);
-    if (!s && !b->grace_over) {
-        /* Just (re)started: its workers may be reconnecting right now. */
-        if ((s = ab_service_get(b, name, 1)))
-            s->provisional = 1;
-    }
-    if (!s) {
-        char text[AB_NAME_MAX + 64];
-        snprintf(text, sizeof text, "no service '%s' is registered", name);
-        b->c.errors_sent[AB_ERR_NO_SERVICE]++;
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_NO_SERVICE, text);
-        return;
-    }
-    s->requests++;
-    if (b->draining) {
-        s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY, "broker is shutting down");
-        return;
-    }
-    if (p && p->in_flight >= (uint32_t)b->cfg->max_client_inflight) {
-        s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
-        b->c.client_limit_busy++;
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
-                      "this client has too many requests in flight (max-client-inflight)");
-        return;
-    }
-    if (p && ab_peer_over(b, p)) { /* it does not read its answers (router.c) */
-        s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
-        b->c.out_busy++;
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
-                      "this client has not read its earlier answers (peer-out-max-bytes)");
-        return;
-    }
-    ab_cache_req_t *cr = NULL;
-    if (ab_cache_on_request(b, s, &in->rid, p ? p->features : 0, &in->h,
-                            in->has_body ? &in->body : NULL, in->now, &cr))
-        return; /* answered from the cache */
-    if (!ab_service_admit(b, s)) {
-        ab_cache_req_free(&cr);
-        s->errors++;
-        b->c.errors_sent[AB_ERR_BUSY]++;
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_BUSY,
-                      s->q_len >= (uint32_t)b->cfg->queue_max ? "service queue is full"
-                                                              : "broker holds too many requests");
-        return;
-    }
-    ab_req_t *r = ab_req_new(b, s, p, &in->rid, &in->h, in->has_body ? &in->body : NULL, cr,
-                             in->now);
-    if (!r) {
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_INTERNAL, "out of memory");
-        return;
-    }
-    if (r->cache && ab_cache_join(b, r))
-        return; /* waits for an identical request in flight */
-    ab_service_enqueue(b, s, r);
-    ab_service_dispatch(b, s);
+    /* The worker may compress its reply only if this client reads lz4. */
+    in->h.flags &= ~(uint32_t)AB_FLAG_ACCEPT_LZ4;
+    if (p && (p->features & AB_FEATURE_LZ4))
+        in->h.flags |= AB_FLAG_ACCEPT_LZ4;
+    ab_req_on_request(b, p, &in->rid, &in->h, s_body(in), in->now);
 }
 
-static void s_on_control(ab_broker_t *b, s_in_t *in)
+static void s_on_heartbeat(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
 {
-    char what[64];
-    ab_view_copy(in->h.target, what, sizeof what);
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    const char *err = NULL;
-    if (strncmp(what, "cache", 5) == 0 && (!what[5] || what[5] == ' ')) {
-        if (ab_cache_control(b, what, &buf, &len, &err) != 0) {
-            ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED, err);
-            return;
-        }
-    } else if (ab_stats_answer(b, what, &buf, &len) != 0) {
-        ab_send_error(b, &in->rid, in->h.id, AB_ERR_UNSUPPORTED,
-                      "unknown control query (try stats, services, workers, agents)");
-        return;
+    if (p && p->worker)
+        ab_health_on_heartbeat(b, p->worker, pl->data, pl->size, in->now);
+    if (!p) { /* we forgot this peer (restart, expiry): ask it to say HELLO again */
+        ab_header_t h = ab_header_init(AB_KIND_HELLO);
+        h.credit = (uint32_t)b->cfg->heartbeat_ms;
+        ab_send(b, &in->rid, &h, NULL);
     }
-    ab_header_t h = ab_header_init(AB_KIND_REPLY);
-    h.correlation_id = in->h.id;
-    ab_peer_t *p = ab_peer_lookup(b, &in->rid);
-    ab_batching_compress(b, p ? p->features : 0, &h, &buf, &len);
-    zmq_msg_t m;
-    zmq_msg_init_size(&m, len);
-    if (len)
-        memcpy(zmq_msg_data(&m), buf, len);
-    free(buf);
-    ab_send(b, &in->rid, &h, &m);
-    zmq_msg_close(&m);
 }
 
+static void s_on_bye(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
+{
+    /* A draining worker gets nothing new and finishes what it holds; its
+     * final BYE hands back whatever it did not finish. */
+    if (p && p->worker && (in->h.flags & AB_FLAG_DRAINING))
+        ab_health_on_draining(b, p->worker);
+    else if (p)
+        ab_peer_drop(b, p, "said goodbye");
+}
+
+/* Hands a decoded message to the owner of its kind. */
 static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
 {
     ab_peer_t *p = ab_peer_lookup(b, &in->rid);
+    int rc;
     if (p) {
         p->last_seen_ms = in->now;
         p->fd = in->fd;
     }
     switch (in->h.kind) {
     case AB_KIND_HELLO:
-        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now))) {
-            p->fd = in->fd;
+        if ((p = s_peer_of(b, in, p, AB_ROLE_AGENT)))
             s_on_hello(b, in, p, pl);
-        }
         break;
-    case AB_KIND_REGISTER:
-        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_WORKER, in->now))) {
-            p->fd = in->fd;
-            s_on_register(b, in, p, pl);
-        }
+    case AB_KIND_REGISTER: /* service.h */
+        if ((p = s_peer_of(b, in, p, AB_ROLE_WORKER)) &&
+            (rc = ab_worker_on_register(b, p, &in->h, pl, in->now)) != 0)
+            s_reject(b, in, rc, 2);
         break;
-    case AB_KIND_REQUEST:
-        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now))) {
-            p->fd = in->fd;
-            p->requests++;
-            if (p->role == AB_ROLE_CONTROL)
-                p->role = AB_ROLE_AGENT;
-        }
-        /* The worker may compress its reply only if this client reads lz4. */
-        in->h.flags &= ~(uint32_t)AB_FLAG_ACCEPT_LZ4;
-        if (p && (p->features & AB_FEATURE_LZ4))
-            in->h.flags |= AB_FLAG_ACCEPT_LZ4;
-        s_on_request(b, in, p);
-        break;
-    case AB_KIND_PARTIAL:
-    case AB_KIND_REPLY:
-        ab_req_on_answer(b, p, &in->rid, &in->h, in->has_body ? &in->body : NULL);
+    case AB_KIND_REQUEST: /* request.h */
+        s_on_request(b, in, s_peer_of(b, in, p, AB_ROLE_AGENT));
         break;
     case AB_KIND_ERROR:
-        if (in->h.correlation_id)
-            ab_req_on_answer(b, p, &in->rid, &in->h, in->has_body ? &in->body : NULL);
+        if (!in->h.correlation_id)
+            break; /* answers nothing */
+        /* fall through */
+    case AB_KIND_PARTIAL:
+    case AB_KIND_REPLY: /* request.h */
+        ab_req_on_answer(b, p, &in->rid, &in->h, s_body(in));
         break;
-    case AB_KIND_HEARTBEAT:
-        if (p && p->worker)
-            ab_health_on_heartbeat(b, p->worker, pl->data, pl->size, in->now);
-        if (!p) { /* we forgot this peer (restart, expiry): ask it to say HELLO again */
-            ab_header_t h = ab_header_init(AB_KIND_HELLO);
-            h.credit = (uint32_t)b->cfg->heartbeat_ms;
-            ab_send(b, &in->rid, &h, NULL);
-        }
+    case AB_KIND_HEARTBEAT: /* health.h */
+        s_on_heartbeat(b, in, p, pl);
         break;
-    case AB_KIND_CONTROL:
+    case AB_KIND_CONTROL: /* stats.h */
         /* A peer that only asks the broker questions is an operator's tool. */
-        if (!p) {
-            if ((p = s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now)))
-                p->fd = in->fd;
-        } else if (!p->worker && p->requests == 0)
+        if (p && !p->worker && p->requests == 0)
             p->role = AB_ROLE_CONTROL;
-        s_on_control(b, in);
+        s_peer_of(b, in, p, AB_ROLE_CONTROL);
+        ab_stats_on_control(b, &in->rid, &in->h);
         break;
     case AB_KIND_BYE:
-        /* A draining worker gets nothing new and finishes what it holds;
-         * its final BYE hands back whatever it did not finish. */
-        if (p && p->worker && (in->h.flags & AB_FLAG_DRAINING))
-            ab_health_on_draining(b, p->worker);
-        else if (p)
-            ab_peer_drop(b, p, "said goodbye");
+        s_on_bye(b, in, p);
         break;
-    case AB_KIND_DISCOVER:
-        if (!p && (p = s_peer_new(b, &in->rid, AB_ROLE_CONTROL, in->now)))
-            p->fd = in->fd;
+    case AB_KIND_DISCOVER: /* directory.h */
+        s_peer_of(b, in, p, AB_ROLE_CONTROL);
         ab_directory_on_discover(b, &in->rid, &in->h);
         break;
-    case AB_KIND_CANCEL:
+    case AB_KIND_CANCEL: /* request.h */
         ab_cancel_from_client(b, &in->rid, in->h.correlation_id);
         break;
     case AB_KIND_SEND:
     case AB_KIND_PUBLISH:
-    case AB_KIND_SUBSCRIBE:
-        if (p || (p = s_peer_new(b, &in->rid, AB_ROLE_AGENT, in->now))) {
-            p->fd = in->fd; /* its connection: bytes in flight (router.c) */
-            ab_msgs_route(b, p, &in->h, in->has_body ? &in->body : NULL, in->now);
-        }
+    case AB_KIND_SUBSCRIBE: /* messaging: msgs.h */
+        if ((p = s_peer_of(b, in, p, AB_ROLE_AGENT)))
+            ab_msgs_route(b, p, &in->h, s_body(in), in->now);
         break;
     default:
         b->c.errors_sent[AB_ERR_UNSUPPORTED]++;

@@ -62,6 +62,91 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
     return r;
 }
 
+/* --- arrival ----------------------------------------------------------------- */
+/* Refuses a request to S with BUSY (counted in S, by code, and in ALSO). */
+static void s_busy(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, ab_service_t *s,
+                   uint64_t *also, const char *text)
+{
+    s->errors++;
+    b->c.errors_sent[AB_ERR_BUSY]++;
+    if (also)
+        (*also)++;
+    ab_send_error(b, rid, id, AB_ERR_BUSY, text);
+}
+
+/* The service H names, or NULL when it was answered NO_SERVICE. */
+static ab_service_t *s_target(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h)
+{
+    char name[AB_NAME_MAX];
+    if (h->target.len >= AB_NAME_MAX) {
+        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE, "service name too long");
+        b->c.errors_sent[AB_ERR_NO_SERVICE]++;
+        return NULL;
+    }
+    ab_view_copy(h->target, name, sizeof name);
+    b->c.requests++;
+    ab_service_t *s = ab_service_get(b, name, 0);
+    if (!s && !b->grace_over) {
+        /* Just (re)started: its workers may be reconnecting right now. */
+        if ((s = ab_service_get(b, name, 1)))
+            s->provisional = 1;
+    }
+    if (!s) {
+        char text[AB_NAME_MAX + 64];
+        snprintf(text, sizeof text, "no service '%s' is registered", name);
+        b->c.errors_sent[AB_ERR_NO_SERVICE]++;
+        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE, text);
+        return NULL;
+    }
+    s->requests++;
+    return s;
+}
+
+/* 1 when client P may have one more request held now; else it was
+ * answered BUSY (draining, its in-flight limit, or it does not read). */
+static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, uint64_t id,
+                          ab_service_t *s)
+{
+    if (b->draining)
+        s_busy(b, rid, id, s, NULL, "broker is shutting down");
+    else if (p && p->in_flight >= (uint32_t)b->cfg->max_client_inflight)
+        s_busy(b, rid, id, s, &b->c.client_limit_busy,
+               "this client has too many requests in flight (max-client-inflight)");
+    else if (p && ab_peer_over(b, p)) /* router.h */
+        s_busy(b, rid, id, s, &b->c.out_busy,
+               "this client has not read its earlier answers (peer-out-max-bytes)");
+    else
+        return 1;
+    return 0;
+}
+
+void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       zmq_msg_t *body, int64_t now)
+{
+    ab_service_t *s = s_target(b, rid, h);
+    if (!s || !s_admit_client(b, p, rid, h->id, s))
+        return;
+    ab_cache_req_t *cr = NULL;
+    if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body, now, &cr))
+        return; /* answered from the cache */
+    if (!ab_service_admit(b, s)) {
+        ab_cache_req_free(&cr);
+        s_busy(b, rid, h->id, s, NULL,
+               s->q_len >= (uint32_t)b->cfg->queue_max ? "service queue is full"
+                                                       : "broker holds too many requests");
+        return;
+    }
+    ab_req_t *r = ab_req_new(b, s, p, rid, h, body, cr, now);
+    if (!r) {
+        ab_send_error(b, rid, h->id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    if (r->cache && ab_cache_join(b, r))
+        return; /* waits for an identical request in flight */
+    ab_service_enqueue(b, s, r);
+    ab_service_dispatch(b, s);
+}
+
 /* R's client has its answer, a worker may still hold R: R keeps only what
  * that worker's answer needs (no payload, no deadline). */
 static void s_orphan(ab_broker_t *b, ab_req_t *r)

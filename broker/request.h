@@ -78,6 +78,15 @@ size_t ab_req_live(const ab_broker_t *b);
 /* 1 if R was dispatched to the worker whose routing id hashes to RID_HASH. */
 int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
 
+/* --- arrival ---------------------------------------------------------------- */
+/* REQUEST H (+ BODY, moved when kept; may be NULL) from RID, its peer P
+ * (NULL when unknown): admitted (service known, client under its limits,
+ * queue and broker under theirs), answered from the cache, joined to an
+ * identical request in flight, or queued and dispatched. Every refusal is
+ * answered (NO_SERVICE, BUSY) and counted. */
+void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       zmq_msg_t *body, int64_t now);
+
 /* --- answers --------------------------------------------------------------- */
 /* PARTIAL, REPLY or ERROR H (+ BODY, moved on; may be NULL) from peer P
  * (NULL: unknown) at routing id FROM, answering the broker id in

@@ -17,6 +17,8 @@
 #include "router.h"
 #include "health.h"
 #include "directory.h"
+#include "batching.h"
+#include "agentbus.pb-c.h"
 #include "agentbus.h"
 #include "placement.h"
 #include "util.h"
@@ -240,6 +242,93 @@ static void s_str_free(void **item)
 }
 
 /* --- workers ------------------------------------------------------------------- */
+/* A REGISTER over a limit: answered CODE, counted; nothing of it is kept
+ * (a first one leaves P a plain agent). */
+static void s_register_refuse(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, uint32_t code,
+                              const char *why, int64_t now)
+{
+    b->c.registers_refused++;
+    AB_COUNT_ERROR(b, code);
+    if (!p->worker)
+        p->role = AB_ROLE_AGENT;
+    AB_LOG_RL(&b->rl, ab_hash_bytes(p->rid.bytes, p->rid.len) ^ 0x7e61, now, AB_LOG_WARN,
+              "REGISTER from %s refused: %s", p->key, why);
+    ab_send_error(b, &p->rid, h->id, code, why);
+}
+
+int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, const ab_frame_t *pl,
+                          int64_t now)
+{
+    char name[AB_NAME_MAX];
+    ab_view_copy(in->target, name, sizeof name);
+    if (in->target.len >= AB_NAME_MAX) {
+        return AB_EDECODE;
+    }
+    Agentbus__Register *m = NULL;
+    char why[160];
+    if (ab_register_check(b->cfg, pl->size, NULL, why, sizeof why) != 0) {
+        s_register_refuse(b, p, in, AB_ERR_TOO_LARGE, why, now);
+        return 0;
+    }
+    if (pl->size && !(m = agentbus__register__unpack(NULL, pl->size, pl->data))) {
+        return AB_EDECODE;
+    }
+    if (m && ab_register_check(b->cfg, pl->size, m, why, sizeof why) != 0) {
+        agentbus__register__free_unpacked(m, NULL);
+        s_register_refuse(b, p, in, AB_ERR_TOO_LARGE, why, now);
+        return 0;
+    }
+    ab_service_t *s = ab_service_get(b, name, 1);
+    if (!s) {
+        if (m)
+            agentbus__register__free_unpacked(m, NULL);
+        if (zhashx_size(b->services) >= (size_t)b->cfg->max_services)
+            s_register_refuse(b, p, in, AB_ERR_BUSY, "too many services (max-services)", now);
+        else
+            ab_send_error(b, &p->rid, in->id, AB_ERR_INTERNAL, "out of memory");
+        return 0;
+    }
+    /* Inference workers register again whenever their models or slots
+     * change: that is routine, not news for the log. */
+    int again = p->worker && p->worker->service == s;
+    if (p->worker && p->worker->service != s)
+        ab_worker_detach(b, p->worker, "re-registered for another service");
+    p->role = AB_ROLE_WORKER;
+    s->provisional = 0;
+    int joined = p->worker == NULL;
+    ab_worker_attach(b, p, s, in->credit);
+    if (!p->worker) {
+        if (m)
+            agentbus__register__free_unpacked(m, NULL);
+        ab_send_error(b, &p->rid, in->id, AB_ERR_INTERNAL, "out of memory");
+        return 0;
+    }
+    if (m) {
+        snprintf(p->name, sizeof p->name, "%s", m->name);
+        if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
+            p->heartbeat_ms = m->heartbeat_ms;
+        p->features = m->features;
+        zhashx_purge(p->worker->labels);
+        for (size_t i = 0; i < m->n_labels; i++)
+            zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
+        ab_placement_update(p->worker, m->inference); /* takes it */
+        m->inference = NULL;
+        agentbus__register__free_unpacked(m, NULL);
+    }
+    AB_LOG(again ? AB_LOG_DEBUG : AB_LOG_INFO, "worker %s%s%s registered for '%s' with capacity %u",
+           p->key, p->name[0] ? " " : "", p->name, name, in->credit);
+    if (joined)
+        ab_directory_event(b, p->worker, "join");
+    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    h.correlation_id = in->id;
+    h.target = in->target;
+    h.credit = p->worker->health.interval_ms; /* adaptive: health.c */
+    h.features = ab_batching_features(b);
+    ab_send(b, &p->rid, &h, NULL);
+    ab_service_dispatch(b, s);
+    return 0;
+}
+
 void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t capacity)
 {
     ab_worker_rec_t *w = peer->worker;

@@ -67,6 +67,11 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
  * removed and their queued requests answered NO_SERVICE. */
 void ab_service_end_grace(ab_broker_t *b);
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s);
+/* REGISTER IN (+ payload PL) from P: P becomes (or stays) a worker of the
+ * service IN names, and is answered. 0, or AB_EDECODE for a malformed one
+ * (the caller rejects it); limits are answered here (TOO_LARGE, BUSY). */
+int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, const ab_frame_t *pl,
+                          int64_t now);
 void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t capacity);
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
 void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r);

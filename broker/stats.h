@@ -18,4 +18,8 @@ int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
 void ab_stats_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInfo *si,
                            Agentbus__LatencySummary *lat);
 
+/* CONTROL IN from RID: answered with the query's figures (stats, services,
+ * workers, agents, cache ...) or ERROR(UNSUPPORTED). */
+void ab_stats_on_control(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *in);
+
 #endif
