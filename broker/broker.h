@@ -9,7 +9,8 @@
  *   request.h  a request from arrival to its one answer
  *   service.h  services, workers, queues, dispatch
  *   router.h   the one send path; batching.h gathers for it
- *   health/, placement/, cache/, messaging/, directory.h, stats.h: subsystems
+ *   health/, placement/, cache/, messaging/, directory/: subsystems, each
+ *              behind its own header; stats.h answers CONTROL from them all
  * Everything runs on the broker's one thread; nothing here is locked.
  */
 #ifndef AB_BROKER_H

@@ -1,5 +1,5 @@
 /*
- * test_health.c - broker/health.c driven directly: the adaptive interval,
+ * test_health.c - broker/health/health.c driven directly: the adaptive interval,
  * the phi suspicion (and how it adapts to jitter), the circuit breaker's
  * growing backoff, and what happens to a lost worker's requests. A real
  * broker core on an inproc endpoint, with a DEALER standing in for the
