@@ -195,15 +195,41 @@ static void s_grace_drop(void *ctx, ab_defer_node_t *n)
         s_service_delete(b, s);
 }
 
+static int s_has_queue(const ab_service_t *s)
+{
+    return s->q_len != 0;
+}
+
+static void s_dispatch_one(void *ctx, ab_defer_node_t *n)
+{
+    ab_service_dispatch(ctx, ab_defer_data(n, ab_service_t, later));
+}
+
+void ab_service_dispatch_all(ab_broker_t *b)
+{
+    ab_service_each(b, s_has_queue, s_dispatch_one);
+}
+
+static int s_provisional(const ab_service_t *s)
+{
+    return s->provisional;
+}
+
 void ab_service_end_grace(ab_broker_t *b)
 {
-    /* Queued, then acted on: a zhashx may not change while iterated. */
-    ab_defer_t gone;
-    ab_defer_init(&gone);
+    ab_service_each(b, s_provisional, s_grace_drop);
+}
+
+void ab_service_each(ab_broker_t *b, int (*want)(const ab_service_t *), ab_defer_fn *fn)
+{
+    /* Queued, then acted on: a zhashx may not change while iterated, and
+     * FN may delete services or drop peers (a deleted one leaves the queue). */
+    ab_defer_t todo;
+    ab_defer_init(&todo);
     for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
-        if (s->provisional)
-            ab_defer_add(&gone, &s->later, s_grace_drop);
-    ab_defer_run(&gone, b);
+        if (want(s))
+            ab_defer_add(&todo, &s->later, fn);
+    ab_defer_run(&todo, b);
 }
 
 /* --- queue -------------------------------------------------------------------- */

@@ -63,6 +63,11 @@ void ab_service_fini(ab_broker_t *b);
 int ab_service_admit(ab_broker_t *b, const ab_service_t *s);
 int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
+/* Dispatches every service with a queue (after the walk over them). */
+void ab_service_dispatch_all(ab_broker_t *b);
+/* Calls FN(B, &s->later) for each service S that WANT accepts, after the
+ * walk over the services. */
+void ab_service_each(ab_broker_t *b, int (*want)(const ab_service_t *), ab_defer_fn *fn);
 /* Ends the startup grace: services no worker registered for during it are
  * removed and their queued requests answered NO_SERVICE. */
 void ab_service_end_grace(ab_broker_t *b);

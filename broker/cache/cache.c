@@ -578,9 +578,7 @@ void ab_cache_tick(ab_broker_t *b, int64_t now)
         return;
     if (c->dispatch_pending) {
         c->dispatch_pending = 0;
-        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
-            if (s->q_len)
-                ab_service_dispatch(b, s);
+        ab_service_dispatch_all(b);
     }
     ab_l1_expire(c->l1, now, AB_EXPIRE_SCAN);
 }

@@ -305,26 +305,16 @@ void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful)
     g->ejections = w->health.ejections;
 }
 
-static void s_dispatch_one(void *ctx, ab_defer_node_t *n)
-{
-    ab_service_dispatch(ctx, ab_defer_data(n, ab_service_t, later));
-}
-
 /* Dispatches every service whose queue waits while some worker has credit:
  * run once per loop turn after work was taken back or a worker became
  * dispatchable again (never from inside an iteration over peers). */
 void ab_health_kick(ab_broker_t *b)
 {
-    /* Dispatching may drop peers and detach workers: services are queued
-     * first, dispatched after the walk. */
+    /* Dispatching may drop peers and detach workers: services are
+     * dispatched after the walk. */
     for (int round = 0; b->health->kick && round < 8; round++) {
         b->health->kick = 0;
-        ab_defer_t todo;
-        ab_defer_init(&todo);
-        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
-            if (s->q_len)
-                ab_defer_add(&todo, &s->later, s_dispatch_one);
-        ab_defer_run(&todo, b);
+        ab_service_dispatch_all(b);
     }
 }
 
