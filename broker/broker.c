@@ -64,19 +64,9 @@ static void s_peer_free(void **item)
     *item = NULL;
 }
 
-int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
+/* The peer and service tables. 0 or -1. */
+static int s_tables_new(ab_broker_t *b)
 {
-    memset(b, 0, sizeof *b);
-    b->cfg = cfg;
-    b->timers = zmq_timers_new();
-    b->ticks = calloc(AB_TICKS_MAX, sizeof *b->ticks);
-    if (!b->timers || !b->ticks)
-        return -1;
-    b->limits.max_header = cfg->max_header_bytes;
-    b->limits.max_payload = cfg->max_payload_bytes;
-    b->rl.interval_ms = 10000;
-    b->started_ms = ab_now_ms();
-    b->c.prev_ms = b->started_ms;
     b->peers = zhashx_new();
     zhashx_set_key_hasher(b->peers, s_rid_hash);
     zhashx_set_key_comparator(b->peers, s_rid_cmp);
@@ -88,17 +78,12 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     zhashx_set_key_destructor(b->peer_keys, NULL);
     b->services = zhashx_new();
     zhashx_set_destructor(b->services, ab_service_free);
-    if (ab_idmap_init(&b->pending, 1024) != 0)
-        return -1;
-    /* Periodic work, in the order it runs each sweep: peers, services,
-     * connections, health, rates (each owner registers its own). */
-    if (ab_broker_every(b, AB_SWEEP_MS, s_sweep_peers) < 0 || ab_service_init(b) != 0 ||
-        ab_router_init(b) != 0)
-        return -1;
-    if (ab_msgs_init(b) != 0)
-        return -1;
-    b->cache = ab_cache_new(cfg); /* NULL: off */
+    return b->peers && b->peer_keys && b->services ? 0 : -1;
+}
 
+/* The ROUTER socket with its options (not bound yet). 0 or -1. */
+static int s_router_new(ab_broker_t *b, ab_broker_config_t *cfg)
+{
     b->zctx = zmq_ctx_new();
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
     if (!b->zctx || !b->router)
@@ -127,6 +112,37 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
      * reclaims its name with its HELLO instance (mailbox.c). */
     int zero = 0;
     zmq_setsockopt(b->router, ZMQ_ROUTER_HANDOVER, &zero, sizeof zero);
+    return 0;
+}
+
+int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
+{
+    memset(b, 0, sizeof *b);
+    b->cfg = cfg;
+    b->timers = zmq_timers_new();
+    b->ticks = calloc(AB_TICKS_MAX, sizeof *b->ticks);
+    if (!b->timers || !b->ticks)
+        return -1;
+    b->limits.max_header = cfg->max_header_bytes;
+    b->limits.max_payload = cfg->max_payload_bytes;
+    b->rl.interval_ms = 10000;
+    b->started_ms = ab_now_ms();
+    b->c.prev_ms = b->started_ms;
+    if (s_tables_new(b) != 0)
+        return -1;
+    if (ab_idmap_init(&b->pending, 1024) != 0)
+        return -1;
+    /* Periodic work, in the order it runs each sweep: peers, services,
+     * connections, health, rates (each owner registers its own). */
+    if (ab_broker_every(b, AB_SWEEP_MS, s_sweep_peers) < 0 || ab_service_init(b) != 0 ||
+        ab_router_init(b) != 0)
+        return -1;
+    if (ab_msgs_init(b) != 0)
+        return -1;
+    b->cache = ab_cache_new(cfg); /* NULL: off */
+
+    if (s_router_new(b, cfg) != 0)
+        return -1;
     if (ab_health_init(b) != 0) {
         AB_ERROR("cannot monitor the ROUTER socket: %s", zmq_strerror(errno));
         return -1;
