@@ -60,6 +60,7 @@ typedef struct {
     uint64_t out_sent, out_taken, out_base;
     uint64_t out_ino;        /* inode of that socket: the fd is still it */
     int out_fd, out_kind, out_sndbuf;
+    ab_list_t over_link;     /* on the router's list of peers over their bound */
     ab_defer_node_t kill;    /* queued to be disconnected at the end of the turn (router.c) */
     ab_defer_node_t later;   /* queued for an action after a walk over the peers */
     int64_t out_over_ms;     /* over peer-out-max-bytes since; 0: not over */

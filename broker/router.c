@@ -110,8 +110,7 @@ struct ab_conns {
     uint32_t open;
     s_refused_t *refused;
     size_t nrefused, cap_refused;
-    ab_rid_t *over; /* peers over their bound (stall clock running) */
-    size_t nover, cap_over;
+    ab_list_t over; /* peers over their bound, stall clock running (over_link) */
     ab_defer_t kill; /* peers to disconnect at the end of the turn (ab_peer_t.kill) */
     uint32_t closed_since_trim;
     int64_t trim_ms;
@@ -136,21 +135,6 @@ static int s_room(void **arr, size_t n, size_t *cap, size_t size)
     *arr = a;
     *cap = c;
     return 0;
-}
-
-static void s_rid_list_add(ab_rid_t **arr, size_t *n, size_t *cap, const ab_rid_t *rid)
-{
-    if (s_room((void **)arr, *n, cap, sizeof **arr) == 0)
-        (*arr)[(*n)++] = *rid;
-}
-
-static void s_rid_list_del(ab_rid_t *arr, size_t *n, const ab_rid_t *rid)
-{
-    for (size_t i = 0; i < *n; i++)
-        if (arr[i].len == rid->len && memcmp(arr[i].bytes, rid->bytes, rid->len) == 0) {
-            arr[i] = arr[--*n];
-            return;
-        }
 }
 
 /* Bytes a frame of SIZE takes on the wire (ZMTP 3: flags, 1 or 8 size bytes). */
@@ -254,7 +238,8 @@ int ab_peer_over(ab_broker_t *b, ab_peer_t *p)
     struct ab_conns *c = s_conns(b);
     if (!p->out_over_ms && c) {
         p->out_over_ms = now;
-        s_rid_list_add(&c->over, &c->nover, &c->cap_over, &p->rid);
+        if (!ab_list_linked(&p->over_link)) /* still listed after a rebase */
+            ab_list_insert_tail(&c->over, &p->over_link);
     }
     return 1;
 }
@@ -292,8 +277,7 @@ void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
     if (s_in_flight(p) && s_inode(p->fd) == p->out_ino)
         s_refresh(p, ab_now_ms());
     b->c.out_lost_bytes += s_in_flight(p);
-    if (b->conns && p->out_over_ms)
-        s_rid_list_del(b->conns->over, &b->conns->nover, &p->rid);
+    ab_list_remove(&p->over_link);
     ab_defer_cancel(&p->kill);
 }
 
@@ -326,19 +310,19 @@ void ab_router_reap(ab_broker_t *b)
 
 static void s_tick_over(ab_broker_t *b, struct ab_conns *c, int64_t now)
 {
-    for (size_t i = 0; i < c->nover;) {
-        ab_peer_t *p = ab_peer_lookup(b, &c->over[i]);
-        if (p && p->out_over_ms) {
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_SAFE(l, tmp, &c->over) { /* s_kill only queues: the list holds */
+        ab_peer_t *p = ab_list_data(l, ab_peer_t, over_link);
+        if (p->out_over_ms) {
             s_refresh(p, now);
             if (s_in_flight(p) > s_level(p, (uint64_t)b->cfg->peer_out_max_bytes)) {
                 if (now - p->out_over_ms >= b->cfg->peer_stall_ms)
                     s_kill(b, p);
-                i++;
                 continue;
             }
             p->out_over_ms = 0; /* it caught up */
         }
-        c->over[i] = c->over[--c->nover];
+        ab_list_remove(l);
     }
 }
 
@@ -484,7 +468,8 @@ void ab_router_fini(ab_broker_t *b)
         return;
     free(c->fd_state);
     free(c->refused);
-    free(c->over);
+    while (ab_list_pop_head(&c->over)) /* its peers are freed after this */
+        ;
     ab_defer_clear(&c->kill); /* its peers are freed after this */
     free(c);
     b->conns = NULL;
