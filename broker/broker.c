@@ -174,7 +174,6 @@ void ab_broker_fini(ab_broker_t *b)
     }
     ab_directory_fini(b);
     ab_health_fini(b);
-    free(b->dirty);
     if (b->router)
         zmq_close(b->router);
     if (b->zctx)

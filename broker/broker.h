@@ -49,8 +49,7 @@ struct ab_broker {
     struct ab_health_state *health; /* health.h: monitor, graveyard, duplicates */
     struct ab_watchers *watchers;   /* directory.h: DISCOVER subscribers; NULL until one */
     struct ab_msgs *msgs;   /* direct messages and pub/sub (msgs.h) */
-    ab_peer_t **dirty;      /* batching.h: peers sent to in this turn */
-    size_t ndirty, dirty_cap;
+    ab_list_t dirty;        /* batching.h: peers sent to in this turn (LIFO) */
     uint64_t oldest_gathered_us; /* 0: nothing gathered */
     struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
     ab_list_t idle;         /* service.h: services with no worker and nothing held */
