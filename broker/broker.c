@@ -14,7 +14,7 @@
 #include "directory.h"
 #include "stats.h"
 #include "placement.h"
-#include "msgs.h"
+#include "messaging.h"
 #include "cache.h"
 #include "request.h"
 #include "agentbus.h"

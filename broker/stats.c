@@ -12,7 +12,7 @@
 #include "router.h"
 #include "health.h"
 #include "request.h"
-#include "msgs.h"
+#include "messaging.h"
 #include "cache.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
