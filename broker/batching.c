@@ -18,6 +18,8 @@
  * calls in here for the others, so an older peer sees exactly the old wire.
  */
 #include "agentbus.h"
+#include "batching.h"
+#include "router.h"
 #include "batch.h"
 #include "broker.h"
 #include "compress.h"
@@ -30,7 +32,8 @@
 
 struct ab_outq {
     ab_batch_t batch;
-    int dirty;               /* listed in b->dirty */
+    ab_peer_t *peer;
+    ab_list_t dirty_link;    /* on b->dirty: sent to in this turn */
     int held, held_has_body; /* the turn's first message, not yet copied */
     uint8_t *held_hdr;
     size_t held_hlen, held_cap;
@@ -43,21 +46,10 @@ uint32_t ab_batching_features(const ab_broker_t *b)
     return AB_FEATURE_BATCH | AB_FEATURE_LZ4;
 }
 
-static int s_mark_dirty(ab_broker_t *b, ab_peer_t *p)
+static void s_mark_dirty(ab_broker_t *b, ab_peer_t *p)
 {
-    if (p->out->dirty)
-        return 0;
-    if (b->ndirty == b->dirty_cap) {
-        size_t cap = b->dirty_cap ? 2 * b->dirty_cap : 64;
-        ab_peer_t **nd = realloc(b->dirty, cap * sizeof *nd);
-        if (!nd)
-            return -1;
-        b->dirty = nd;
-        b->dirty_cap = cap;
-    }
-    b->dirty[b->ndirty++] = p;
-    p->out->dirty = 1;
-    return 0;
+    if (!ab_list_linked(&p->out->dirty_link))
+        ab_list_insert_head(&b->dirty, &p->out->dirty_link);
 }
 
 static size_t s_held_size(const struct ab_outq *q)
@@ -164,10 +156,10 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
         if (!(p->out = calloc(1, sizeof *p->out)))
             return ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
         zmq_msg_init(&p->out->held_body);
+        p->out->peer = p;
     }
     struct ab_outq *q = p->out;
-    if (s_mark_dirty(b, p) != 0) /* cannot promise a flush: send now, in order */
-        return s_flush(b, p) != 0 ? -1 : ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
+    s_mark_dirty(b, p);
     size_t esz = ab_batch_entry_size(hlen, payload ? zmq_msg_size(payload) : 0);
     size_t max = b->cfg->batch_max_bytes;
     if (esz + 8 > max) /* too big to gather: out now, after what was before it */
@@ -207,9 +199,9 @@ void ab_batching_flush_all(ab_broker_t *b)
      * instead of waiting for deadlines); those answers may list peers
      * again, and they are handled in this same loop. No caller holds a
      * pointer to the peer here, so dropping it is safe. */
-    while (b->ndirty) {
-        ab_peer_t *p = b->dirty[--b->ndirty];
-        p->out->dirty = 0;
+    ab_list_t *l;
+    while ((l = ab_list_pop_head(&b->dirty))) {
+        ab_peer_t *p = ab_list_data(l, struct ab_outq, dirty_link)->peer;
         int rc = s_flush(b, p);
         /* An idle connection must stay cheap: a buffer that grew for a
          * large batch is given back (one malloc per large batch). */
@@ -233,12 +225,8 @@ void ab_batching_peer_free(ab_broker_t *b, ab_peer_t *p)
 {
     if (!p->out)
         return;
-    if (p->out->dirty && b)
-        for (size_t i = 0; i < b->ndirty; i++)
-            if (b->dirty[i] == p) {
-                b->dirty[i] = b->dirty[--b->ndirty];
-                break;
-            }
+    (void)b;
+    ab_list_remove(&p->out->dirty_link);
     ab_batch_fini(&p->out->batch);
     zmq_msg_close(&p->out->held_body);
     free(p->out->held_hdr);

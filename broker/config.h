@@ -39,7 +39,7 @@ typedef struct {
     long eject_max_ms;        /* cap on the backoff */
     long max_client_inflight; /* requests one client may have held at once */
     long drain_ms;            /* on SIGTERM: time to finish in-flight work */
-    /* Direct messages and pub/sub (broker/mailbox.c, broker/pubsub.c). */
+    /* Direct messages and pub/sub (broker/messaging/). */
     long mailbox_max_msgs;      /* messages one agent's mailbox holds */
     size_t mailbox_max_bytes;   /* payload bytes one mailbox holds */
     long mailbox_ttl_ms;        /* how long a message may wait in a mailbox */

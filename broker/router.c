@@ -7,7 +7,10 @@
  * of vanishing silently. Both are counted (send_failures) and logged at a
  * rate limit; the caller decides what a failure means for its request.
  */
-#include "broker.h"
+#include "request.h"
+#include "router.h"
+#include "batching.h"
+#include "service.h"
 #include "placement.h"
 #include "cache.h"
 #include "agentbus.h"
@@ -39,6 +42,7 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
               "cannot send to %s: %s", key,
               err == EHOSTUNREACH ? "peer is gone" : err == EAGAIN ? "peer's queue is full"
                                                                   : zmq_strerror(err));
+    errno = err; /* the caller may tell a full pipe from a gone peer */
 }
 
 /* --- bytes in flight per peer, connection limit (issue 11) -------------------
@@ -62,7 +66,7 @@ static void s_send_failed(ab_broker_t *b, const ab_rid_t *rid)
  * at most; one over its bound, at most two per S_RECHECK_MS.
  *
  * Policy. Over peer-out-max-bytes: new REQUESTs BUSY (broker.c), direct
- * messages and publications are held back (ab_msgs_try_send reports the
+ * messages and publications are held back (ab_send_try reports the
  * pipe full: mailbox, subscriber queue). Over twice the bound, nothing more
  * is sent to it (counted out_dropped) and it is disconnected; over the bound
  * for peer-stall-ms, too. Disconnecting: ROUTER has no per-peer close, so
@@ -106,10 +110,8 @@ struct ab_conns {
     uint32_t open;
     s_refused_t *refused;
     size_t nrefused, cap_refused;
-    ab_rid_t *over; /* peers over their bound (stall clock running) */
-    size_t nover, cap_over;
-    ab_rid_t *kill; /* to disconnect at the end of the turn */
-    size_t nkill, cap_kill;
+    ab_list_t over; /* peers over their bound, stall clock running (over_link) */
+    ab_defer_t kill; /* peers to disconnect at the end of the turn (ab_peer_t.kill) */
     uint32_t closed_since_trim;
     int64_t trim_ms;
 };
@@ -133,21 +135,6 @@ static int s_room(void **arr, size_t n, size_t *cap, size_t size)
     *arr = a;
     *cap = c;
     return 0;
-}
-
-static void s_rid_list_add(ab_rid_t **arr, size_t *n, size_t *cap, const ab_rid_t *rid)
-{
-    if (s_room((void **)arr, *n, cap, sizeof **arr) == 0)
-        (*arr)[(*n)++] = *rid;
-}
-
-static void s_rid_list_del(ab_rid_t *arr, size_t *n, const ab_rid_t *rid)
-{
-    for (size_t i = 0; i < *n; i++)
-        if (arr[i].len == rid->len && memcmp(arr[i].bytes, rid->bytes, rid->len) == 0) {
-            arr[i] = arr[--*n];
-            return;
-        }
 }
 
 /* Bytes a frame of SIZE takes on the wire (ZMTP 3: flags, 1 or 8 size bytes). */
@@ -218,14 +205,14 @@ static uint64_t s_in_flight(const ab_peer_t *p)
     return p->out_fd == p->fd && p->out_kind != S_KIND_UNKNOWN ? p->out_sent - p->out_taken : 0;
 }
 
+static void s_disconnect(void *ctx, ab_defer_node_t *n);
+
 /* Marks P for disconnection at the end of the turn. */
 static void s_kill(ab_broker_t *b, ab_peer_t *p)
 {
     struct ab_conns *c = s_conns(b);
-    if (p->out_kill || !c)
-        return;
-    p->out_kill = 1;
-    s_rid_list_add(&c->kill, &c->nkill, &c->cap_kill, &p->rid);
+    if (c)
+        ab_defer_add(&c->kill, &p->kill, s_disconnect);
 }
 
 /* The level under which a peer counts as caught up: over the bound it must
@@ -251,7 +238,8 @@ int ab_peer_over(ab_broker_t *b, ab_peer_t *p)
     struct ab_conns *c = s_conns(b);
     if (!p->out_over_ms && c) {
         p->out_over_ms = now;
-        s_rid_list_add(&c->over, &c->nover, &c->cap_over, &p->rid);
+        if (!ab_list_linked(&p->over_link)) /* still listed after a rebase */
+            ab_list_insert_tail(&c->over, &p->over_link);
     }
     return 1;
 }
@@ -289,15 +277,15 @@ void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
     if (s_in_flight(p) && s_inode(p->fd) == p->out_ino)
         s_refresh(p, ab_now_ms());
     b->c.out_lost_bytes += s_in_flight(p);
-    if (b->conns && p->out_over_ms)
-        s_rid_list_del(b->conns->over, &b->conns->nover, &p->rid);
-    if (b->conns && p->out_kill)
-        s_rid_list_del(b->conns->kill, &b->conns->nkill, &p->rid);
+    ab_list_remove(&p->over_link);
+    ab_defer_cancel(&p->kill);
 }
 
 /* Ends P's connection (see above) and drops P. */
-static void s_disconnect(ab_broker_t *b, ab_peer_t *p)
+static void s_disconnect(void *ctx, ab_defer_node_t *n)
 {
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, kill);
     s_refresh(p, ab_now_ms());
     uint64_t held = s_in_flight(p);
     b->c.slow_disconnects++;
@@ -308,38 +296,33 @@ static void s_disconnect(ab_broker_t *b, ab_peer_t *p)
               "peer %s disconnected: %llu bytes sent to it not taken (peer-out-max-bytes %zu, "
               "peer-stall-ms %ld)", p->key, (unsigned long long)held,
               b->cfg->peer_out_max_bytes, b->cfg->peer_stall_ms);
-    p->out_kill = 0;
     p->out_taken = p->out_sent; /* counted above, not again as lost */
     ab_peer_drop(b, p, "not reading what it is sent");
 }
 
 void ab_router_reap(ab_broker_t *b)
 {
-    struct ab_conns *c = b->conns;
-    /* Dropping one peer may mark others (answers go out): bounded rounds. */
-    for (int round = 0; c && c->nkill && round < 1024; round++) {
-        ab_rid_t rid = c->kill[--c->nkill];
-        ab_peer_t *p = ab_peer_lookup(b, &rid);
-        if (p)
-            s_disconnect(b, p);
-    }
+    /* Dropping one peer may mark others (answers go out): they are
+     * disconnected in the same run; a dropped peer leaves the queue. */
+    if (b->conns)
+        ab_defer_run(&b->conns->kill, b);
 }
 
 static void s_tick_over(ab_broker_t *b, struct ab_conns *c, int64_t now)
 {
-    for (size_t i = 0; i < c->nover;) {
-        ab_peer_t *p = ab_peer_lookup(b, &c->over[i]);
-        if (p && p->out_over_ms) {
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_SAFE(l, tmp, &c->over) { /* s_kill only queues: the list holds */
+        ab_peer_t *p = ab_list_data(l, ab_peer_t, over_link);
+        if (p->out_over_ms) {
             s_refresh(p, now);
             if (s_in_flight(p) > s_level(p, (uint64_t)b->cfg->peer_out_max_bytes)) {
                 if (now - p->out_over_ms >= b->cfg->peer_stall_ms)
                     s_kill(b, p);
-                i++;
                 continue;
             }
             p->out_over_ms = 0; /* it caught up */
         }
-        c->over[i] = c->over[--c->nover];
+        ab_list_remove(l);
     }
 }
 
@@ -356,6 +339,11 @@ static void s_tick_refused(struct ab_conns *c, int64_t now)
             shutdown(r->fd, SHUT_RDWR); /* libzmq closes it; the monitor reports it */
         c->refused[i] = c->refused[--c->nrefused];
     }
+}
+
+int ab_router_init(ab_broker_t *b)
+{
+    return ab_broker_every(b, AB_SWEEP_MS, ab_router_tick) < 0 ? -1 : 0;
 }
 
 void ab_router_tick(ab_broker_t *b, int64_t now)
@@ -480,8 +468,9 @@ void ab_router_fini(ab_broker_t *b)
         return;
     free(c->fd_state);
     free(c->refused);
-    free(c->over);
-    free(c->kill);
+    while (ab_list_pop_head(&c->over)) /* its peers are freed after this */
+        ;
+    ab_defer_clear(&c->kill); /* its peers are freed after this */
     free(c);
     b->conns = NULL;
 }
@@ -492,25 +481,61 @@ int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t 
     return ab_send_raw_peer(b, ab_peer_lookup(b, rid), rid, buf, len, payload);
 }
 
-int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
-                     size_t len, zmq_msg_t *payload)
+/* The one place a message leaves the ROUTER: routing id, then the header
+ * as bytes (BUF, LEN) or as a message (HMSG, moved), then PAYLOAD (moved;
+ * may be NULL). Counts what went out, or the failure. 0 or -1 (errno). */
+static int s_emit(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                  size_t len, zmq_msg_t *hmsg, zmq_msg_t *payload)
 {
+    int more = payload ? ZMQ_SNDMORE : 0;
+    size_t hlen = hmsg ? zmq_msg_size(hmsg) : len;
+    size_t plen = payload ? zmq_msg_size(payload) : 0;
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto fail;
     /* Once the identity frame is accepted the rest of the message is too. */
-    if (zmq_send(b->router, buf, len, payload ? ZMQ_SNDMORE : 0) < 0)
+    if ((hmsg ? zmq_msg_send(hmsg, b->router, more) : zmq_send(b->router, buf, len, more)) < 0)
         goto fail;
-    size_t plen = payload ? zmq_msg_size(payload) : 0;
     if (payload && zmq_msg_send(payload, b->router, 0) < 0)
         goto fail;
     b->c.msgs_out++;
-    b->c.bytes_out += rid->len + len + plen;
+    b->c.bytes_out += rid->len + hlen + plen;
     if (p)
-        ab_peer_sent(b, p, len, plen, payload != NULL);
+        ab_peer_sent(b, p, hlen, plen, payload != NULL);
     return 0;
 fail:
     s_send_failed(b, rid);
     return -1;
+}
+
+int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                     size_t len, zmq_msg_t *payload)
+{
+    return s_emit(b, p, rid, buf, len, NULL, payload);
+}
+
+int ab_send_try(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body)
+{
+    ab_peer_t *p = ab_peer_lookup(b, rid);
+    if (p && ab_peer_over(b, p)) { /* held back as if its pipe were full */
+        errno = EAGAIN;
+        return -1;
+    }
+    return s_emit(b, p, rid, NULL, 0, hdr, body);
+}
+
+int ab_header_msg(const ab_header_t *h, zmq_msg_t *out)
+{
+    uint8_t stack[512];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
+    if (!buf)
+        return -1;
+    int rc = zmq_msg_init_size(out, len);
+    if (rc == 0)
+        memcpy(zmq_msg_data(out), buf, len);
+    if (buf != stack)
+        free(buf);
+    return rc == 0 ? 0 : -1;
 }
 
 int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
@@ -543,45 +568,3 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
     return ab_send(b, rid, &h, NULL);
 }
 
-void ab_req_client_done(ab_broker_t *b, ab_req_t *r)
-{
-    if (!r->client_counted)
-        return;
-    r->client_counted = 0;
-    ab_peer_t *p = ab_peer_lookup(b, &r->client);
-    if (p && p->in_flight)
-        p->in_flight--;
-}
-
-void ab_req_free(ab_broker_t *b, ab_req_t *r)
-{
-    ab_client_untrack(r);
-    ab_req_client_done(b, r);
-    if (r->cache)
-        ab_cache_req_gone(b, r);
-    if (r->state == AB_REQ_QUEUED)
-        ab_queue_remove(r->service, r);
-    else if (r->worker)
-        ab_worker_req_remove(r->worker, r);
-    ab_heap_remove(b, r);
-    ab_idmap_del(&b->pending, r->bid);
-    ab_service_release(b, r); /* it may be idle now (service.c) */
-    ab_req_destroy(r);
-}
-
-void ab_req_destroy(ab_req_t *r)
-{
-    ab_route_free(r);
-    ab_cache_req_free(&r->cache);
-    if (r->has_payload)
-        zmq_msg_close(&r->payload);
-    free(r);
-}
-
-void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text)
-{
-    ab_send_error(b, &r->client, r->client_id, code, text);
-    AB_COUNT_ERROR(b, code);
-    r->service->errors++;
-    ab_req_free(b, r);
-}

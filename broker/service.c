@@ -12,7 +12,13 @@
  * stored in the request, so an answered request leaves the heap at once and
  * the heap never holds more than the broker's pending requests).
  */
-#include "broker.h"
+#include "request.h"
+#include "service.h"
+#include "router.h"
+#include "health.h"
+#include "directory.h"
+#include "batching.h"
+#include "agentbus.pb-c.h"
 #include "agentbus.h"
 #include "placement.h"
 #include "util.h"
@@ -25,20 +31,9 @@
  * has neither it goes on the idle list (oldest first) and is removed after
  * service-idle-ms, or at once when max-services is reached and a new name
  * needs the room: names a peer invents cannot pile up. */
-static void s_idle_unlink(ab_broker_t *b, ab_service_t *s)
+static void s_idle_unlink(ab_service_t *s)
 {
-    if (!s->idle)
-        return;
-    if (s->idle_prev)
-        s->idle_prev->idle_next = s->idle_next;
-    else
-        b->idle_head = s->idle_next;
-    if (s->idle_next)
-        s->idle_next->idle_prev = s->idle_prev;
-    else
-        b->idle_tail = s->idle_prev;
-    s->idle_prev = s->idle_next = NULL;
-    s->idle = 0;
+    ab_list_remove(&s->idle_link);
 }
 
 /* Puts S on the idle list, or takes it off, as its state says. */
@@ -46,25 +41,24 @@ static void s_idle_update(ab_broker_t *b, ab_service_t *s)
 {
     int idle = s->held == 0 && zlistx_size(s->workers) == 0;
     if (!idle) {
-        s_idle_unlink(b, s);
+        s_idle_unlink(s);
         return;
     }
-    if (s->idle)
+    if (ab_list_linked(&s->idle_link))
         return;
-    s->idle = 1;
     s->idle_since_ms = ab_now_ms();
-    s->idle_prev = b->idle_tail;
-    s->idle_next = NULL;
-    if (b->idle_tail)
-        b->idle_tail->idle_next = s;
-    else
-        b->idle_head = s;
-    b->idle_tail = s;
+    ab_list_insert_tail(&b->idle, &s->idle_link);
+}
+
+static ab_service_t *s_oldest_idle(ab_broker_t *b)
+{
+    ab_list_t *l = ab_list_first(&b->idle);
+    return l ? ab_list_data(l, ab_service_t, idle_link) : NULL;
 }
 
 static void s_service_delete(ab_broker_t *b, ab_service_t *s)
 {
-    s_idle_unlink(b, s);
+    s_idle_unlink(s);
     zhashx_delete(b->services, s->name); /* ab_service_free */
 }
 
@@ -74,7 +68,8 @@ ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create)
     if (s || !create)
         return s;
     if (zhashx_size(b->services) >= (size_t)b->cfg->max_services) {
-        if (!b->idle_head) {
+        ab_service_t *oldest = s_oldest_idle(b);
+        if (!oldest) {
             b->c.services_refused++;
             AB_LOG_RL(&b->rl, 0x5e4f1ce5, ab_now_ms(), AB_LOG_WARN,
                       "service '%s' refused: max-services (%ld) reached", name,
@@ -82,7 +77,7 @@ ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create)
             return NULL;
         }
         b->c.services_expired++; /* the oldest idle one makes room */
-        s_service_delete(b, b->idle_head);
+        s_service_delete(b, oldest);
     }
     s = calloc(1, sizeof *s);
     if (!s)
@@ -103,6 +98,7 @@ void ab_service_free(void **item)
 {
     ab_service_t *s = *item;
     if (s) {
+        ab_defer_cancel(&s->later); /* a walk's queue never reaches a freed one */
         zlistx_destroy(&s->workers);
         free(s->latency_us);
         free(s);
@@ -112,11 +108,12 @@ void ab_service_free(void **item)
 
 void ab_service_hold(ab_broker_t *b, ab_req_t *r)
 {
+    (void)b;
     if (r->holds_service)
         return;
     r->holds_service = 1;
     r->service->held++;
-    s_idle_unlink(b, r->service);
+    s_idle_unlink(r->service);
 }
 
 void ab_service_release(ab_broker_t *b, ab_req_t *r)
@@ -142,12 +139,32 @@ void ab_service_latency(ab_service_t *s, uint64_t us)
 
 #define AB_EXPIRE_BATCH 1024 /* services removed per sweep: bounded work per turn */
 
+/* The startup grace has passed: services no worker claimed go. Once. */
+static void s_grace_end(ab_broker_t *b, int64_t now)
+{
+    (void)now;
+    ab_broker_cancel(b, b->grace_timer);
+    if (b->grace_over)
+        return;
+    ab_service_end_grace(b);
+    b->grace_over = 1;
+}
+
+int ab_service_init(ab_broker_t *b)
+{
+    long grace = b->cfg->startup_grace_ms > 0 ? b->cfg->startup_grace_ms : 1;
+    if (ab_broker_every(b, AB_SWEEP_MS, ab_service_expire_idle) < 0)
+        return -1;
+    b->grace_timer = ab_broker_every(b, grace, s_grace_end);
+    return b->grace_timer < 0 ? -1 : 0;
+}
+
 void ab_service_expire_idle(ab_broker_t *b, int64_t now)
 {
     if (!b->grace_over) /* workers may be reconnecting after a restart */
         return;
-    for (int n = 0; n < AB_EXPIRE_BATCH && b->idle_head; n++) {
-        ab_service_t *s = b->idle_head;
+    ab_service_t *s;
+    for (int n = 0; n < AB_EXPIRE_BATCH && (s = s_oldest_idle(b)); n++) {
         if (now - s->idle_since_ms < b->cfg->service_idle_ms)
             return;
         AB_DEBUG("service '%s' removed: idle for %ld ms", s->name, (long)(now - s->idle_since_ms));
@@ -162,26 +179,57 @@ int ab_service_admit(ab_broker_t *b, const ab_service_t *s)
            ab_idmap_size(&b->pending) < (size_t)b->cfg->max_pending;
 }
 
+/* A provisional service at the end of the grace: its queue is answered
+ * NO_SERVICE and it goes (or, while requests still name it, once idle). */
+static void s_grace_drop(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_service_t *s = ab_defer_data(n, ab_service_t, later);
+    char text[AB_NAME_MAX + 64];
+    snprintf(text, sizeof text, "no service '%s' is registered", s->name);
+    ab_req_t *r;
+    while ((r = ab_queue_head(s)))
+        ab_req_fail(b, r, AB_ERR_NO_SERVICE, text);
+    s->provisional = 0;
+    if (s->held == 0)
+        s_service_delete(b, s);
+}
+
+static int s_has_queue(const ab_service_t *s)
+{
+    return s->q_len != 0;
+}
+
+static void s_dispatch_one(void *ctx, ab_defer_node_t *n)
+{
+    ab_service_dispatch(ctx, ab_defer_data(n, ab_service_t, later));
+}
+
+void ab_service_dispatch_all(ab_broker_t *b)
+{
+    ab_service_each(b, s_has_queue, s_dispatch_one);
+}
+
+static int s_provisional(const ab_service_t *s)
+{
+    return s->provisional;
+}
+
 void ab_service_end_grace(ab_broker_t *b)
 {
-    ab_service_t *gone[64];
-    size_t n;
-    do { /* collect, then delete: a zhashx may not change while iterated */
-        n = 0;
-        for (ab_service_t *s = zhashx_first(b->services); s && n < 64;
-             s = zhashx_next(b->services))
-            if (s->provisional)
-                gone[n++] = s;
-        for (size_t i = 0; i < n; i++) {
-            char text[AB_NAME_MAX + 64];
-            snprintf(text, sizeof text, "no service '%s' is registered", gone[i]->name);
-            while (gone[i]->q_head)
-                ab_req_fail(b, gone[i]->q_head, AB_ERR_NO_SERVICE, text);
-            gone[i]->provisional = 0;
-            if (gone[i]->held == 0) /* else removed once idle: requests name it */
-                s_service_delete(b, gone[i]);
-        }
-    } while (n == 64);
+    ab_service_each(b, s_provisional, s_grace_drop);
+}
+
+void ab_service_each(ab_broker_t *b, int (*want)(const ab_service_t *), ab_defer_fn *fn)
+{
+    /* Queued, then acted on: a zhashx may not change while iterated, and
+     * FN may delete services or drop peers (a deleted one leaves the queue). */
+    ab_defer_t todo;
+    ab_defer_init(&todo);
+    for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
+        if (want(s))
+            ab_defer_add(&todo, &s->later, fn);
+    ab_defer_run(&todo, b);
 }
 
 /* --- queue -------------------------------------------------------------------- */
@@ -189,42 +237,28 @@ int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r)
 {
     (void)b;
     r->state = AB_REQ_QUEUED;
-    r->next = NULL;
-    r->prev = s->q_tail;
-    if (s->q_tail)
-        s->q_tail->next = r;
-    else
-        s->q_head = r;
-    s->q_tail = r;
+    ab_list_insert_tail(&s->queue, &r->qlink);
     s->q_len++;
     return 0;
 }
 
 void ab_queue_remove(ab_service_t *s, ab_req_t *r)
 {
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        s->q_head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        s->q_tail = r->prev;
-    r->prev = r->next = NULL;
+    ab_list_remove(&r->qlink);
     s->q_len--;
 }
 
 void ab_queue_push_front(ab_service_t *s, ab_req_t *r)
 {
     r->state = AB_REQ_QUEUED;
-    r->prev = NULL;
-    r->next = s->q_head;
-    if (s->q_head)
-        s->q_head->prev = r;
-    else
-        s->q_tail = r;
-    s->q_head = r;
+    ab_list_insert_head(&s->queue, &r->qlink);
     s->q_len++;
+}
+
+ab_req_t *ab_queue_head(ab_service_t *s)
+{
+    ab_list_t *l = ab_list_first(&s->queue);
+    return l ? ab_list_data(l, ab_req_t, qlink) : NULL;
 }
 
 static void s_str_free(void **item)
@@ -234,6 +268,93 @@ static void s_str_free(void **item)
 }
 
 /* --- workers ------------------------------------------------------------------- */
+/* A REGISTER over a limit: answered CODE, counted; nothing of it is kept
+ * (a first one leaves P a plain agent). */
+static void s_register_refuse(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, uint32_t code,
+                              const char *why, int64_t now)
+{
+    b->c.registers_refused++;
+    AB_COUNT_ERROR(b, code);
+    if (!p->worker)
+        p->role = AB_ROLE_AGENT;
+    AB_LOG_RL(&b->rl, ab_hash_bytes(p->rid.bytes, p->rid.len) ^ 0x7e61, now, AB_LOG_WARN,
+              "REGISTER from %s refused: %s", p->key, why);
+    ab_send_error(b, &p->rid, h->id, code, why);
+}
+
+int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, const ab_frame_t *pl,
+                          int64_t now)
+{
+    char name[AB_NAME_MAX];
+    ab_view_copy(in->target, name, sizeof name);
+    if (in->target.len >= AB_NAME_MAX) {
+        return AB_EDECODE;
+    }
+    Agentbus__Register *m = NULL;
+    char why[160];
+    if (ab_register_check(b->cfg, pl->size, NULL, why, sizeof why) != 0) {
+        s_register_refuse(b, p, in, AB_ERR_TOO_LARGE, why, now);
+        return 0;
+    }
+    if (pl->size && !(m = agentbus__register__unpack(NULL, pl->size, pl->data))) {
+        return AB_EDECODE;
+    }
+    if (m && ab_register_check(b->cfg, pl->size, m, why, sizeof why) != 0) {
+        agentbus__register__free_unpacked(m, NULL);
+        s_register_refuse(b, p, in, AB_ERR_TOO_LARGE, why, now);
+        return 0;
+    }
+    ab_service_t *s = ab_service_get(b, name, 1);
+    if (!s) {
+        if (m)
+            agentbus__register__free_unpacked(m, NULL);
+        if (zhashx_size(b->services) >= (size_t)b->cfg->max_services)
+            s_register_refuse(b, p, in, AB_ERR_BUSY, "too many services (max-services)", now);
+        else
+            ab_send_error(b, &p->rid, in->id, AB_ERR_INTERNAL, "out of memory");
+        return 0;
+    }
+    /* Inference workers register again whenever their models or slots
+     * change: that is routine, not news for the log. */
+    int again = p->worker && p->worker->service == s;
+    if (p->worker && p->worker->service != s)
+        ab_worker_detach(b, p->worker, "re-registered for another service");
+    p->role = AB_ROLE_WORKER;
+    s->provisional = 0;
+    int joined = p->worker == NULL;
+    ab_worker_attach(b, p, s, in->credit);
+    if (!p->worker) {
+        if (m)
+            agentbus__register__free_unpacked(m, NULL);
+        ab_send_error(b, &p->rid, in->id, AB_ERR_INTERNAL, "out of memory");
+        return 0;
+    }
+    if (m) {
+        snprintf(p->name, sizeof p->name, "%s", m->name);
+        if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
+            p->heartbeat_ms = m->heartbeat_ms;
+        p->features = m->features;
+        zhashx_purge(p->worker->labels);
+        for (size_t i = 0; i < m->n_labels; i++)
+            zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
+        ab_placement_update(p->worker, m->inference); /* takes it */
+        m->inference = NULL;
+        agentbus__register__free_unpacked(m, NULL);
+    }
+    AB_LOG(again ? AB_LOG_DEBUG : AB_LOG_INFO, "worker %s%s%s registered for '%s' with capacity %u",
+           p->key, p->name[0] ? " " : "", p->name, name, in->credit);
+    if (joined)
+        ab_directory_event(b, p->worker, "join");
+    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    h.correlation_id = in->id;
+    h.target = in->target;
+    h.credit = p->worker->health.interval_ms; /* adaptive: health.c */
+    h.features = ab_batching_features(b);
+    ab_send(b, &p->rid, &h, NULL);
+    ab_service_dispatch(b, s);
+    return 0;
+}
+
 void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t capacity)
 {
     ab_worker_rec_t *w = peer->worker;
@@ -257,13 +378,7 @@ void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t
 
 void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r)
 {
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        w->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    r->prev = r->next = NULL;
+    ab_list_remove(&r->qlink);
     r->worker = NULL;
     if (w->in_flight)
         w->in_flight--;
@@ -271,13 +386,22 @@ void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r)
 
 static void s_worker_req_add(ab_worker_rec_t *w, ab_req_t *r)
 {
-    r->prev = NULL;
-    r->next = w->reqs;
-    if (w->reqs)
-        w->reqs->prev = r;
-    w->reqs = r;
+    ab_list_insert_head(&w->reqs, &r->qlink);
     r->worker = w;
     w->in_flight++;
+}
+
+/* Frees W: off its service's list, its placement data gone, its peer no
+ * longer a worker. */
+static void s_worker_free(ab_worker_rec_t *w)
+{
+    void *handle = zlistx_find(w->service->workers, w);
+    if (handle)
+        zlistx_delete(w->service->workers, handle);
+    zhashx_destroy(&w->labels);
+    ab_placement_forget(w);
+    w->peer->worker = NULL;
+    free(w);
 }
 
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
@@ -289,14 +413,20 @@ void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
     ab_directory_event(b, w, "leave");
     ab_health_forget(b, w, strcmp(why, "said goodbye") == 0 ||
                                strcmp(why, "re-registered for another service") == 0);
-    void *handle = zlistx_find(s->workers, w);
-    if (handle)
-        zlistx_delete(s->workers, handle);
-    zhashx_destroy(&w->labels);
-    ab_placement_forget(w);
-    w->peer->worker = NULL;
-    free(w);
+    s_worker_free(w);
     s_idle_update(b, s);
+}
+
+void ab_service_fini(ab_broker_t *b)
+{
+    /* Worker records first (their services' lists point at them), then
+     * the services; requests are gone already (ab_req_fini). */
+    if (b->peers)
+        for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
+            if (p->worker)
+                s_worker_free(p->worker);
+    if (b->services)
+        zhashx_destroy(&b->services);
 }
 
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s)
@@ -349,11 +479,12 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
 {
     int64_t now = ab_now_ms();
-    ab_req_t *r = s->q_head;
+    ab_req_t *r = ab_queue_head(s);
     int waited = 0;
     while (r && waited < AB_DISPATCH_SCAN) {
         int impossible = 0;
-        ab_req_t *next = r->next;
+        ab_list_t *nl = ab_list_next(&s->queue, &r->qlink);
+        ab_req_t *next = nl ? ab_list_data(nl, ab_req_t, qlink) : NULL;
         ab_worker_rec_t *w = r->route ? ab_placement_pick(b, s, r, &impossible)
                                       : ab_service_pick(b, s);
         if (impossible) {
@@ -393,110 +524,9 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
             r->attempts--; /* it never reached the worker */
             ab_queue_push_front(s, r);
             ab_peer_drop(b, w->peer, "unreachable");
-            next = s->q_head;
+            next = ab_queue_head(s);
         }
         r = next;
     }
 }
 
-/* --- deadline heap ---------------------------------------------------------------- */
-static void s_heap_swap(ab_broker_t *b, size_t i, size_t j)
-{
-    ab_req_t *t = b->heap[i];
-    b->heap[i] = b->heap[j];
-    b->heap[j] = t;
-    b->heap[i]->heap_index = i;
-    b->heap[j]->heap_index = j;
-}
-
-static void s_heap_up(ab_broker_t *b, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (b->heap[p]->deadline_ms <= b->heap[i]->deadline_ms)
-            break;
-        s_heap_swap(b, i, p);
-        i = p;
-    }
-}
-
-static void s_heap_down(ab_broker_t *b, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < b->heap_len && b->heap[l]->deadline_ms < b->heap[m]->deadline_ms)
-            m = l;
-        if (r < b->heap_len && b->heap[r]->deadline_ms < b->heap[m]->deadline_ms)
-            m = r;
-        if (m == i)
-            return;
-        s_heap_swap(b, i, m);
-        i = m;
-    }
-}
-
-void ab_heap_push(ab_broker_t *b, ab_req_t *r)
-{
-    if (b->heap_len == b->heap_cap) {
-        size_t cap = b->heap_cap ? b->heap_cap * 2 : 1024;
-        ab_req_t **h = realloc(b->heap, cap * sizeof *h);
-        if (!h) {
-            r->heap_index = SIZE_MAX; /* no deadline tracking; still answered */
-            return;
-        }
-        b->heap = h;
-        b->heap_cap = cap;
-    }
-    r->heap_index = b->heap_len;
-    b->heap[b->heap_len++] = r;
-    s_heap_up(b, r->heap_index);
-}
-
-void ab_heap_remove(ab_broker_t *b, ab_req_t *r)
-{
-    size_t i = r->heap_index;
-    if (i >= b->heap_len || b->heap[i] != r)
-        return;
-    b->heap_len--;
-    if (i != b->heap_len) {
-        b->heap[i] = b->heap[b->heap_len];
-        b->heap[i]->heap_index = i;
-        s_heap_down(b, i);
-        s_heap_up(b, i);
-    }
-    r->heap_index = SIZE_MAX;
-}
-
-int64_t ab_next_deadline(ab_broker_t *b)
-{
-    return b->heap_len ? b->heap[0]->deadline_ms : 0;
-}
-
-void ab_expire_deadlines(ab_broker_t *b, int64_t now)
-{
-    while (b->heap_len && b->heap[0]->deadline_ms <= now) {
-        ab_req_t *r = b->heap[0];
-        if (r->state == AB_REQ_DISPATCHED) {
-            /* Answer the client now; the worker keeps the credit until it
-             * answers (its late reply is then dropped and counted). */
-            ab_send_error(b, &r->client, r->client_id, AB_ERR_DEADLINE,
-                          "deadline passed while a worker held the request");
-            AB_COUNT_ERROR(b, AB_ERR_DEADLINE);
-            b->c.deadline_expired++;
-            r->service->errors++;
-            r->state = AB_REQ_ORPHANED;
-            ab_cancel_send(b, r, AB_ERR_DEADLINE); /* frees the worker's slot (GPU) soon */
-            if (r->has_payload) {
-                zmq_msg_close(&r->payload);
-                r->has_payload = 0;
-            }
-            ab_heap_remove(b, r);
-            ab_req_client_done(b, r);
-            /* Too slow counts against the worker's failure budget. */
-            ab_health_on_result(b, r->worker, 0);
-        } else {
-            b->c.deadline_expired++;
-            ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");
-        }
-    }
-}

@@ -6,7 +6,13 @@
  * operator asks or once per sweep for the rates.
  */
 #include "broker.h"
-#include "msgs.h"
+#include "stats.h"
+#include "batching.h"
+#include "directory.h"
+#include "router.h"
+#include "health.h"
+#include "request.h"
+#include "messaging.h"
 #include "cache.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -34,6 +40,11 @@ static void s_bounds_stats(ab_broker_t *b, Agentbus__Stats *st)
         if (p->out_fd == p->fd && p->out_kind)
             st->out_in_flight_bytes += p->out_sent - p->out_taken;
     }
+}
+
+int ab_stats_init(ab_broker_t *b)
+{
+    return ab_broker_every(b, AB_SWEEP_MS, ab_stats_tick) < 0 ? -1 : 0;
 }
 
 void ab_stats_tick(ab_broker_t *b, int64_t now)
@@ -296,4 +307,34 @@ int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
     if (strcmp(what, "agents") == 0)
         return ab_msgs_agents_answer(b, out, len);
     return -1;
+}
+
+void ab_stats_on_control(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *in)
+{
+    char what[64];
+    ab_view_copy(in->target, what, sizeof what);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    const char *err = NULL;
+    if (strncmp(what, "cache", 5) == 0 && (!what[5] || what[5] == ' ')) {
+        if (ab_cache_control(b, what, &buf, &len, &err) != 0) {
+            ab_send_error(b, rid, in->id, AB_ERR_UNSUPPORTED, err);
+            return;
+        }
+    } else if (ab_stats_answer(b, what, &buf, &len) != 0) {
+        ab_send_error(b, rid, in->id, AB_ERR_UNSUPPORTED,
+                      "unknown control query (try stats, services, workers, agents)");
+        return;
+    }
+    ab_header_t h = ab_header_init(AB_KIND_REPLY);
+    h.correlation_id = in->id;
+    ab_peer_t *p = ab_peer_lookup(b, rid);
+    ab_batching_compress(b, p ? p->features : 0, &h, &buf, &len);
+    zmq_msg_t m;
+    zmq_msg_init_size(&m, len);
+    if (len)
+        memcpy(zmq_msg_data(&m), buf, len);
+    free(buf);
+    ab_send(b, rid, &h, &m);
+    zmq_msg_close(&m);
 }

@@ -9,6 +9,7 @@
 #include "batch.h"
 #include "codec.h"
 #include "idmap.h"
+#include "list.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -130,7 +131,7 @@ typedef struct ab_rxmsg ab_rxmsg_t;
 typedef struct {
     ab_message_fn *fn;
     void *arg;
-    ab_rxmsg_t *head, *tail; /* receive queue when no handler is set */
+    ab_list_t rxq;           /* ab_rxmsg_t.link: receive queue when no handler is set */
     size_t qlen;
     uint64_t gap;            /* dropped from the full receive queue */
     char **subs;             /* patterns, restored on reconnect */

@@ -21,18 +21,16 @@
  * the block through it. */
 struct ab_rxmsg {
     ab_message_t m;
-    ab_rxmsg_t *next;
+    ab_list_t link; /* in the handle's receive queue */
     char buf[];
 };
 
 void ab_cmsg_fini(ab_client_t *c)
 {
     ab_cmsg_t *ms = &c->msg;
-    for (ab_rxmsg_t *r = ms->head, *next; r; r = next) {
-        next = r->next;
-        free(r);
-    }
-    ms->head = ms->tail = NULL;
+    ab_list_t *l;
+    while ((l = ab_list_pop_head(&ms->rxq)))
+        free(ab_list_data(l, ab_rxmsg_t, link));
     ms->qlen = 0;
     for (size_t i = 0; i < ms->nsubs; i++)
         free(ms->subs[i]);
@@ -72,7 +70,6 @@ static ab_rxmsg_t *s_copy(const ab_message_t *m)
     if (!r)
         return NULL;
     r->m = *m;
-    r->next = NULL;
     char *p = r->buf;
     r->m.sender = memcpy(p, m->sender, ls);
     r->m.target = memcpy(p += ls, m->target, lt);
@@ -97,19 +94,11 @@ static void s_deliver(ab_client_t *c, const ab_message_t *m)
         return;
     }
     if (ms->qlen >= AB_RECV_QUEUE_MAX) { /* drop the oldest, as the broker does */
-        ab_rxmsg_t *old = ms->head;
-        ms->head = old->next;
-        if (!ms->head)
-            ms->tail = NULL;
+        free(ab_list_data(ab_list_pop_head(&ms->rxq), ab_rxmsg_t, link));
         ms->qlen--;
         ms->gap++;
-        free(old);
     }
-    if (ms->tail)
-        ms->tail->next = r;
-    else
-        ms->head = r;
-    ms->tail = r;
+    ab_list_insert_tail(&ms->rxq, &r->link);
     ms->qlen++;
 }
 
@@ -195,12 +184,10 @@ static ab_message_t *s_pop(ab_client_t *c)
             ms->gap = 0;
         return r ? &r->m : NULL;
     }
-    ab_rxmsg_t *r = ms->head;
-    if (!r)
+    ab_list_t *l = ab_list_pop_head(&ms->rxq);
+    if (!l)
         return NULL;
-    ms->head = r->next;
-    if (!ms->head)
-        ms->tail = NULL;
+    ab_rxmsg_t *r = ab_list_data(l, ab_rxmsg_t, link);
     ms->qlen--;
     s_receipt(c, &r->m);
     return &r->m;

@@ -6,6 +6,7 @@
  * the broker never has more than that many of its requests outstanding.
  */
 #include "internal.h"
+#include "list.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
 
@@ -22,8 +23,8 @@ struct ab_worker {
     char *label_keys[AB_MAX_LABELS];
     char *label_values[AB_MAX_LABELS];
     size_t nlabels;
-    ab_job_t *ready_head, *ready_tail; /* received, not yet handed out */
-    ab_job_t *out;                     /* handed out, not yet freed */
+    ab_list_t ready;                   /* ab_job_t.link: received, not yet handed out */
+    ab_list_t out;                     /* ab_job_t.link: handed out, not yet freed */
     unsigned n_ready, n_out;
     char backend_state[64];            /* reported with each heartbeat */
     atomic_int shutdown;               /* ab_worker_shutdown (any thread): drain, then stop */
@@ -40,9 +41,8 @@ struct ab_job {
     uint64_t id; /* broker id: the reply's correlation id */
     uint32_t timeout_ms;
     zmq_msg_t payload;
-    ab_job_t *next;              /* in the ready queue */
+    ab_list_t link;              /* in its worker's ready or out list */
     ab_worker_t *worker;         /* while handed out; NULL once the worker is gone */
-    ab_job_t *out_prev, *out_next;
     int answered;
     char service[256];
     int accept_lz4; /* the client reads lz4: large replies may be compressed */
@@ -85,12 +85,7 @@ void ab_job_destroy(ab_job_t **job)
         if (!j->answered)
             s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_APPLICATION,
                      "the worker dropped the request without answering");
-        if (j->out_prev)
-            j->out_prev->out_next = j->out_next;
-        else
-            w->out = j->out_next;
-        if (j->out_next)
-            j->out_next->out_prev = j->out_prev;
+        ab_list_remove(&j->link);
         if (w->n_out)
             w->n_out--;
     }
@@ -104,14 +99,15 @@ void ab_worker_destroy(ab_worker_t **wp)
     if (!wp || !*wp)
         return;
     ab_worker_t *w = *wp;
-    while (w->ready_head) { /* never handed out: BYE hands them back */
-        ab_job_t *j = w->ready_head;
-        w->ready_head = j->next;
+    ab_list_t *l;
+    while ((l = ab_list_pop_head(&w->ready))) { /* never handed out: BYE hands them back */
+        ab_job_t *j = ab_list_data(l, ab_job_t, link);
         j->answered = 1;
         ab_job_destroy(&j);
     }
-    for (ab_job_t *j = w->out; j; j = j->out_next)
-        j->worker = NULL; /* the application may still hold and free them */
+    while ((l = ab_list_pop_head(&w->out))) /* unlinked: the list goes with W */
+        ab_list_data(l, ab_job_t, link)->worker = NULL; /* the application may still
+                                                            hold and free them */
     if (w->conn.sock && w->conn.connected) {
         ab_conn_flush(&w->conn); /* replies gathered before the goodbye */
         ab_conn_send_kind(&w->conn, AB_KIND_BYE);
@@ -213,22 +209,19 @@ static int s_register(ab_worker_t *w)
  * belongs to the application, which is told. */
 static void s_on_cancel(ab_worker_t *w, uint64_t id, int why)
 {
-    for (ab_job_t *j = w->ready_head, *prev = NULL; j; prev = j, j = j->next) {
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_SAFE(l, tmp, &w->ready) {
+        ab_job_t *j = ab_list_data(l, ab_job_t, link);
         if (j->id != id)
             continue;
-        if (prev)
-            prev->next = j->next;
-        else
-            w->ready_head = j->next;
-        if (w->ready_tail == j)
-            w->ready_tail = prev;
+        ab_list_remove(&j->link);
         s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_CANCELLED, "cancelled");
         zmq_msg_close(&j->payload);
         free(j);
         return;
     }
-    for (ab_job_t *j = w->out; j; j = j->out_next)
-        if (j->id == id && w->cancel_fn) {
+    AB_LIST_FOREACH_SAFE(l, tmp, &w->out)
+        if (ab_list_data(l, ab_job_t, link)->id == id && w->cancel_fn) {
             w->cancel_fn(w, id, why, w->cancel_arg);
             return;
         }
@@ -266,11 +259,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
             free(j);
             return; /* out of memory: the broker answers the client at the deadline */
         }
-        if (w->ready_tail)
-            w->ready_tail->next = j;
-        else
-            w->ready_head = j;
-        w->ready_tail = j;
+        ab_list_insert_tail(&w->ready, &j->link);
         w->n_ready++;
         break;
     }
@@ -327,21 +316,14 @@ static int s_process(ab_worker_t *w)
 static ab_job_t *s_pop(ab_worker_t *w)
 {
     /* A draining worker starts nothing new: its final BYE hands those back. */
-    ab_job_t *j = w->draining ? NULL : w->ready_head;
-    if (j) {
-        w->n_ready--;
-        w->n_out++;
-        w->ready_head = j->next;
-        if (!w->ready_head)
-            w->ready_tail = NULL;
-        j->next = NULL;
-        j->worker = w;
-        j->out_prev = NULL;
-        j->out_next = w->out;
-        if (w->out)
-            w->out->out_prev = j;
-        w->out = j;
-    }
+    ab_list_t *l = w->draining ? NULL : ab_list_pop_head(&w->ready);
+    if (!l)
+        return NULL;
+    ab_job_t *j = ab_list_data(l, ab_job_t, link);
+    w->n_ready--;
+    w->n_out++;
+    j->worker = w;
+    ab_list_insert_head(&w->out, &j->link);
     return j;
 }
 
@@ -371,7 +353,7 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
             return rc;
         if (atomic_load(&w->shutdown) && !w->draining)
             s_drain_begin(w);
-        if (w->draining && (!w->out || ab_now_ms() >= w->drain_end_ms))
+        if (w->draining && (ab_list_empty(&w->out) || ab_now_ms() >= w->drain_end_ms))
             return ab_conn_fail(&w->conn, AB_ESTOPPED, "drained after shutdown");
         if ((*job = s_pop(w)))
             return AB_OK;
@@ -576,7 +558,7 @@ int ab_worker_has_input(ab_worker_t *w)
 {
     if (!w)
         return 0;
-    if (w->ready_head || w->conn.in_rd.left) /* jobs, or entries of a received BATCH */
+    if (!ab_list_empty(&w->ready) || w->conn.in_rd.left) /* jobs, or entries of a received BATCH */
         return 1;
     int ev = 0;
     size_t len = sizeof ev;

@@ -5,7 +5,7 @@
  * back from Redis (L2) or an LMDB file (L3). libFuzzer-compatible; ctest
  * runs it through driver.c under ASan+UBSan.
  */
-#include "cache.h"
+#include "cache_blob.h"
 #include "cache_key.h"
 #include "codec.h"
 

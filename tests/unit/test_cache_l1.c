@@ -1,10 +1,10 @@
 /*
- * test_cache_l1.c - the in-process LRU (broker/cache_l1.c): the byte bound
+ * test_cache_l1.c - the in-process LRU (broker/cache/cache_l1.c): the byte bound
  * holds (least recently used go first), TTLs expire, replace and delete
  * keep the accounting right; and the reply blobs every tier stores
- * (broker/cache.c) round-trip and reject truncation.
+ * (broker/cache/cache_blob.c) round-trip and reject truncation.
  */
-#include "cache.h"
+#include "cache_blob.h"
 #include "cache_l1.h"
 #include "test.h"
 

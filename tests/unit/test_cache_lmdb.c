@@ -1,5 +1,5 @@
 /*
- * test_cache_lmdb.c - the L3 tier (broker/cache_lmdb.c) on real LMDB files
+ * test_cache_lmdb.c - the L3 tier (broker/cache/cache_lmdb.c) on real LMDB files
  * in a temp directory: writes near a full map evict the oldest and never
  * fail; expiry; entries survive close/reopen; the writer thread writes
  * what it was given before it stops; a corrupt or foreign-format file is

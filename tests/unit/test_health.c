@@ -1,11 +1,12 @@
 /*
- * test_health.c - broker/health.c driven directly: the adaptive interval,
+ * test_health.c - broker/health/health.c driven directly: the adaptive interval,
  * the phi suspicion (and how it adapts to jitter), the circuit breaker's
  * growing backoff, and what happens to a lost worker's requests. A real
  * broker core on an inproc endpoint, with a DEALER standing in for the
  * worker so that dispatch has somewhere to send.
  */
-#include "broker.h"
+#include "request.h"
+#include "service.h"
 #include "test.h"
 #include "util.h"
 
@@ -152,7 +153,7 @@ static ab_req_t *s_req(ab_service_t *s, uint32_t flags)
     r->flags = flags;
     r->deadline_ms = ab_now_ms() + 60000;
     REQUIRE(ab_idmap_put(&s_b.pending, r->bid, r) == 0);
-    ab_heap_push(&s_b, r);
+    ab_deadline_push(&s_b, r);
     ab_service_enqueue(&s_b, s, r);
     return r;
 }
@@ -172,7 +173,7 @@ static void s_test_take_back(ab_worker_rec_t *w, ab_service_t *s)
     ab_health_take_back(&s_b, w, "unit test");
     CHECK_EQ(w->in_flight, 0);
     CHECK_EQ(s->q_len, 1); /* only the plain one is queued again */
-    CHECK_TRUE(s->q_head == plain);
+    CHECK_TRUE(ab_queue_head(s) == plain);
     CHECK_EQ(ab_idmap_size(&s_b.pending), 1);
     CHECK_TRUE(ab_idmap_get(&s_b.pending, bid) == plain);
     CHECK_EQ(s_b.c.redispatched, 1);

@@ -1,10 +1,10 @@
 /*
- * test_placement.c - the placement policy (broker/placement.c) on its own:
+ * test_placement.c - the placement policy (broker/placement/placement.c) on its own:
  * capability, loaded > fits in free VRAM > would evict, waiting instead of
  * evicting, pinning, temperature and load on ties. No sockets.
  */
 #include "agentbus.pb-c.h"
-#include "broker.h"
+#include "service.h"
 #include "placement.h"
 #include "test.h"
 

@@ -2,7 +2,8 @@
  * test_queue.c - the broker's queue bounds, dispatch choice and deadline
  * heap, driven directly (no sockets: these functions do no I/O).
  */
-#include "broker.h"
+#include "request.h"
+#include "service.h"
 #include "test.h"
 
 #include <stdio.h>
@@ -40,9 +41,10 @@ static void s_test_admit(void)
     ab_queue_remove(&s, &r[1]);
     CHECK_EQ(ab_service_admit(&b, &s), 1);
     /* FIFO order survives a removal in the middle. */
-    CHECK_EQ(s.q_head->bid, 1);
-    CHECK_EQ(s.q_head->next->bid, 3);
-    CHECK_EQ(s.q_tail->bid, 3);
+    CHECK_EQ(ab_queue_head(&s)->bid, 1);
+    CHECK_EQ(ab_list_data(ab_list_next(&s.queue, &ab_queue_head(&s)->qlink), ab_req_t, qlink)->bid,
+             3);
+    CHECK_EQ(ab_list_data(ab_list_last(&s.queue), ab_req_t, qlink)->bid, 3);
     /* The broker-wide bound applies even with room in the queue. */
     for (uint64_t i = 1; i <= 5; i++)
         ab_idmap_put(&b.pending, 100 + i, &r[0]);
@@ -98,35 +100,35 @@ static void s_test_heap(void)
     ab_req_t *r = calloc(N, sizeof *r);
     for (int i = 0; i < N; i++) {
         r[i].deadline_ms = (int64_t)(t_rand() % 100000);
-        ab_heap_push(&b, &r[i]);
+        ab_deadline_push(&b, &r[i]);
     }
-    CHECK_EQ(b.heap_len, N);
+    CHECK_EQ(ab_heap_size(&b.deadlines), N);
     int removed = 0;
     for (int i = 0; i < N; i += 3) {
-        ab_heap_remove(&b, &r[i]);
-        ab_heap_remove(&b, &r[i]); /* twice is harmless */
+        ab_deadline_remove(&b, &r[i]);
+        ab_deadline_remove(&b, &r[i]); /* twice is harmless */
         removed++;
     }
-    CHECK_EQ(b.heap_len, N - removed);
+    CHECK_EQ(ab_heap_size(&b.deadlines), N - removed);
     int64_t prev = -1;
     size_t popped = 0;
     int order_ok = 1, removed_seen = 0;
-    while (b.heap_len) {
-        ab_req_t *top = b.heap[0];
-        if (ab_next_deadline(&b) != top->deadline_ms || top->deadline_ms < prev)
+    while (ab_heap_size(&b.deadlines)) {
+        ab_req_t *top = ab_list_data(ab_heap_min(&b.deadlines), ab_req_t, dl);
+        if (ab_deadline_next(&b) != top->deadline_ms || top->deadline_ms < prev)
             order_ok = 0;
         if ((top - r) % 3 == 0)
             removed_seen = 1;
         prev = top->deadline_ms;
-        ab_heap_remove(&b, top);
+        ab_deadline_remove(&b, top);
         popped++;
     }
     CHECK_EQ(order_ok, 1);
     CHECK_EQ(removed_seen, 0);
     CHECK_EQ(popped, N - removed);
-    CHECK_EQ(ab_next_deadline(&b), 0);
+    CHECK_EQ(ab_deadline_next(&b), 0);
     free(r);
-    free(b.heap);
+    ab_heap_fini(&b.deadlines);
     ab_idmap_fini(&b.pending);
 }
 

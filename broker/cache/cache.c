@@ -1,5 +1,10 @@
 /* cache.c - see cache.h and docs/cache.md. */
 #include "cache.h"
+#include "cache_blob.h"
+#include "service.h"
+#include "router.h"
+#include "batching.h"
+#include "request.h"
 #include "compress.h"
 #include "cache_l1.h"
 #include "cache_lmdb.h"
@@ -58,99 +63,6 @@ struct ab_cache {
     Agentbus__CacheTier tier[3];
     Agentbus__CacheTier *tierp[3];
 };
-
-/* --- blobs -------------------------------------------------------------------- */
-/* Layout per chunk: kind u8, flags u32, original_size u64, size u32, bytes
- * (little endian). Versioning lives in the key (AB_CACHE_KEY_VERSION). */
-#define AB_CHUNK_HDR 17
-
-static void s_put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void s_put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t s_get(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
-int ab_blob_add(ab_blob_t *bl, uint32_t kind, uint32_t flags, uint64_t original_size,
-                const void *data, size_t size, size_t max)
-{
-    size_t need = bl->len + AB_CHUNK_HDR + size;
-    if (size > UINT32_MAX || need > max)
-        return -1;
-    if (need > bl->cap) {
-        size_t cap = bl->cap ? bl->cap * 2 : 256;
-        while (cap < need)
-            cap *= 2;
-        uint8_t *nb = realloc(bl->buf, cap);
-        if (!nb)
-            return -1;
-        bl->buf = nb;
-        bl->cap = cap;
-    }
-    uint8_t *p = bl->buf + bl->len;
-    p[0] = (uint8_t)kind;
-    s_put32(p + 1, flags);
-    s_put64(p + 5, original_size);
-    s_put32(p + 13, (uint32_t)size);
-    if (size)
-        memcpy(p + AB_CHUNK_HDR, data, size);
-    bl->len = need;
-    bl->nchunks++;
-    return 0;
-}
-
-void ab_blob_free(ab_blob_t *bl)
-{
-    free(bl->buf);
-    memset(bl, 0, sizeof *bl);
-}
-
-int ab_blob_next(const uint8_t *buf, size_t len, size_t *off, ab_chunk_t *ch)
-{
-    if (*off == len)
-        return 0;
-    if (*off > len || len - *off < AB_CHUNK_HDR)
-        return -1;
-    const uint8_t *p = buf + *off;
-    ch->kind = p[0];
-    ch->flags = (uint32_t)s_get(p + 1, 4);
-    ch->original_size = s_get(p + 5, 8);
-    ch->size = (size_t)s_get(p + 13, 4);
-    if (ch->kind != AB_KIND_PARTIAL && ch->kind != AB_KIND_REPLY)
-        return -1;
-    if (len - *off - AB_CHUNK_HDR < ch->size)
-        return -1;
-    ch->data = p + AB_CHUNK_HDR;
-    *off += AB_CHUNK_HDR + ch->size;
-    return 1;
-}
-
-/* A stored reply must be whole: chunks that parse, exactly one REPLY, last. */
-static int s_blob_valid(const uint8_t *buf, size_t len)
-{
-    size_t off = 0;
-    ab_chunk_t ch;
-    int rc, last = 0;
-    while ((rc = ab_blob_next(buf, len, &off, &ch)) == 1) {
-        if (last)
-            return 0;
-        last = ch.kind == AB_KIND_REPLY;
-    }
-    return rc == 0 && last;
-}
 
 /* --- life cycle ------------------------------------------------------------------- */
 ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
@@ -305,7 +217,7 @@ static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, 
     const uint8_t *val;
     size_t len;
     int64_t exp;
-    int hit = ab_l3_get(c->l3, key, now, &val, &len, &exp) == 1 && s_blob_valid(val, len);
+    int hit = ab_l3_get(c->l3, key, now, &val, &len, &exp) == 1 && ab_blob_valid(val, len);
     ab_hist_record(&c->l3_ns, ab_now_ns() - t0);
     if (hit) {
         s_replay(b, client, id, val, len);
@@ -390,7 +302,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
         size_t len;
         int hit = ab_l1_get(c->l1, &key, now, &val, &len, NULL);
         ab_hist_record(&c->l1_ns, ab_now_ns() - t0);
-        if (hit && s_blob_valid(val, len)) {
+        if (hit && ab_blob_valid(val, len)) {
             s_replay(b, client, h->id, val, len);
             ab_hist_record(&c->l1_serve_ns, ab_now_ns() - t_in);
             s->replies++;
@@ -666,9 +578,7 @@ void ab_cache_tick(ab_broker_t *b, int64_t now)
         return;
     if (c->dispatch_pending) {
         c->dispatch_pending = 0;
-        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
-            if (s->q_head)
-                ab_service_dispatch(b, s);
+        ab_service_dispatch_all(b);
     }
     ab_l1_expire(c->l1, now, AB_EXPIRE_SCAN);
 }
@@ -731,7 +641,7 @@ void ab_cache_on_pipe(ab_broker_t *b)
             ab_hist_record(&c->l2_ns, ab_now_ns() - cr->l2_sent_ns);
             const uint8_t *val = (const uint8_t *)zmq_msg_data(&m) + off;
             size_t len = zmq_msg_size(&m) - off;
-            if (hit && s_blob_valid(val, len)) {
+            if (hit && ab_blob_valid(val, len)) {
                 c->l2_hits++;
                 s_l2_hit(b, r, val, len);
             } else {

@@ -4,6 +4,7 @@
  * See msgs.h for the delivery policy.
  */
 #include "msgs.h"
+#include "router.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -15,6 +16,19 @@
 #define AB_FLUSH_MIN_MS 1  /* retry soon after a flush that made progress */
 #define AB_FLUSH_MAX_MS 50 /* back off while a stalled peer takes nothing */
 #define AB_FANOUT_WINDOW_MS 1000
+
+/* Once a window: the fan-out rate, and mailbox messages past their TTL. */
+static void s_window(ab_broker_t *b, int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    if (now <= m->c.prev_ms)
+        return;
+    m->c.fanout_per_s =
+        (double)(m->c.fanout - m->c.prev_fanout) * 1000.0 / (double)(now - m->c.prev_ms);
+    m->c.prev_fanout = m->c.fanout;
+    m->c.prev_ms = now;
+    ab_mailbox_expire(b, now);
+}
 
 int ab_msgs_init(ab_broker_t *b)
 {
@@ -34,6 +48,8 @@ int ab_msgs_init(ab_broker_t *b)
     m->flush_ivl_ms = AB_FLUSH_MIN_MS;
     m->c.prev_ms = ab_now_ms();
     b->msgs = m;
+    if (ab_broker_every(b, AB_FANOUT_WINDOW_MS, s_window) < 0)
+        return -1;
     return m->agents ? 0 : -1;
 }
 
@@ -76,45 +92,6 @@ void ab_msgs_refuse(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, uint32_t c
     b->msgs->c.refused++;
     AB_COUNT_ERROR(b, code); /* errors by code in brokerctl stats */
     ab_send_error(b, rid, id, code, text);
-}
-
-int ab_msgs_hdr_msg(const ab_header_t *h, zmq_msg_t *out)
-{
-    uint8_t stack[512];
-    size_t len;
-    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
-    if (!buf)
-        return -1;
-    int rc = zmq_msg_init_size(out, len);
-    if (rc == 0)
-        memcpy(zmq_msg_data(out), buf, len);
-    if (buf != stack)
-        free(buf);
-    return rc == 0 ? 0 : -1;
-}
-
-int ab_msgs_try_send(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body)
-{
-    size_t hlen = zmq_msg_size(hdr), plen = body ? zmq_msg_size(body) : 0;
-    size_t bytes = rid->len + hlen + plen;
-    ab_peer_t *p = ab_peer_lookup(b, rid);
-    if (p && ab_peer_over(b, p)) { /* held back as if its pipe were full (router.c) */
-        errno = EAGAIN;
-        return -1;
-    }
-    if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
-        return -1;
-    /* Once the identity frame is accepted the rest of the message is too. */
-    if (zmq_msg_send(hdr, b->router, body ? ZMQ_SNDMORE : 0) < 0 ||
-        (body && zmq_msg_send(body, b->router, 0) < 0)) {
-        b->c.send_failures++;
-        return -1;
-    }
-    b->c.msgs_out++;
-    b->c.bytes_out += bytes;
-    if (p)
-        ab_peer_sent(b, p, hlen, plen, body != NULL);
-    return 0;
 }
 
 void ab_msgs_route(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
@@ -246,13 +223,6 @@ void ab_msgs_timers(ab_broker_t *b, int64_t now)
     ab_msgs_t *m = b->msgs;
     if ((m->n_blog_agents || m->n_blog_subs) && now >= m->next_flush_ms)
         s_flush(b, now);
-    if (now - m->c.prev_ms >= AB_FANOUT_WINDOW_MS) {
-        m->c.fanout_per_s = (double)(m->c.fanout - m->c.prev_fanout) * 1000.0 /
-                            (double)(now - m->c.prev_ms);
-        m->c.prev_fanout = m->c.fanout;
-        m->c.prev_ms = now;
-        ab_mailbox_expire(b, now);
-    }
 }
 
 /* --- operator views --------------------------------------------------------- */

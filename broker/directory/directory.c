@@ -12,6 +12,10 @@
  * forgotten when their peer goes.
  */
 #include "broker.h"
+#include "directory.h"
+#include "service.h"
+#include "router.h"
+#include "stats.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -127,7 +131,9 @@ done:
 
 static int s_subscribe(ab_broker_t *b, const ab_rid_t *rid, uint64_t id)
 {
-    ab_watchers_t *ws = &b->watchers;
+    if (!b->watchers && !(b->watchers = calloc(1, sizeof *b->watchers)))
+        return -1; /* made by the first subscriber: most brokers have none */
+    ab_watchers_t *ws = b->watchers;
     for (size_t i = 0; i < ws->n; i++) {
         if (ws->v[i].rid.len == rid->len && memcmp(ws->v[i].rid.bytes, rid->bytes, rid->len) == 0) {
             ws->v[i].id = id; /* a re-subscription replaces the old one */
@@ -182,10 +188,10 @@ void ab_directory_on_discover(ab_broker_t *b, const ab_rid_t *rid, const ab_head
 
 void ab_directory_event(ab_broker_t *b, ab_worker_rec_t *w, const char *change)
 {
-    ab_watchers_t *ws = &b->watchers;
-    AB_DEBUG("directory change '%s' for %zu watchers", change, ws->n);
-    if (ws->n == 0)
+    ab_watchers_t *ws = b->watchers;
+    if (!ws || ws->n == 0)
         return;
+    AB_DEBUG("directory change '%s' for %zu watchers", change, ws->n);
     ab_winfo_t wi;
     Agentbus__DirectoryEvent ev;
     agentbus__directory_event__init(&ev);
@@ -218,8 +224,8 @@ void ab_directory_event(ab_broker_t *b, ab_worker_rec_t *w, const char *change)
 
 void ab_directory_forget(ab_broker_t *b, const ab_rid_t *rid)
 {
-    ab_watchers_t *ws = &b->watchers;
-    for (size_t i = 0; i < ws->n; i++) {
+    ab_watchers_t *ws = b->watchers;
+    for (size_t i = 0; ws && i < ws->n; i++) {
         if (ws->v[i].rid.len == rid->len && memcmp(ws->v[i].rid.bytes, rid->bytes, rid->len) == 0) {
             ws->v[i] = ws->v[--ws->n];
             return;
@@ -229,6 +235,8 @@ void ab_directory_forget(ab_broker_t *b, const ab_rid_t *rid)
 
 void ab_directory_fini(ab_broker_t *b)
 {
-    free(b->watchers.v);
-    memset(&b->watchers, 0, sizeof b->watchers);
+    if (b->watchers)
+        free(b->watchers->v);
+    free(b->watchers);
+    b->watchers = NULL;
 }

@@ -27,6 +27,7 @@
  * slowed.
  */
 #include "msgs.h"
+#include "router.h"
 #include "agentbus.h"
 #include "topic.h"
 #include "util.h"
@@ -283,7 +284,7 @@ static void s_push(ab_broker_t *b, ab_subr_t *s, zmq_msg_t *hdr, zmq_msg_t *body
         zmq_msg_copy(&bc, body);
     m->c.fanout++;
     if (s->qlen == 0 && s->gap == 0 &&
-        ab_msgs_try_send(b, &s->peer->rid, &hc, body ? &bc : NULL) == 0) {
+        ab_send_try(b, &s->peer->rid, &hc, body ? &bc : NULL) == 0) {
         zmq_msg_close(&hc);
         zmq_msg_close(&bc);
         return;
@@ -372,7 +373,7 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
             break;
         size_t n = next ? node->n_prefix : node->n_exact;
         if (n && !have_hdr) { /* encoded once, shared by every subscriber */
-            if (ab_msgs_hdr_msg(&out, &hdr) != 0)
+            if (ab_header_msg(&out, &hdr) != 0)
                 return;
             have_hdr = 1;
         }
@@ -394,9 +395,9 @@ size_t ab_pubsub_flush(ab_broker_t *b, ab_subr_t *s, int *done)
         h.flags = AB_FLAG_GAP;
         h.credit = s->gap > UINT32_MAX ? UINT32_MAX : (uint32_t)s->gap;
         zmq_msg_t hdr;
-        if (ab_msgs_hdr_msg(&h, &hdr) != 0)
+        if (ab_header_msg(&h, &hdr) != 0)
             return 0;
-        int rc = ab_msgs_try_send(b, &s->peer->rid, &hdr, NULL);
+        int rc = ab_send_try(b, &s->peer->rid, &hdr, NULL);
         zmq_msg_close(&hdr);
         if (rc != 0)
             return 0;
@@ -407,7 +408,7 @@ size_t ab_pubsub_flush(ab_broker_t *b, ab_subr_t *s, int *done)
     }
     while (s->qlen) {
         ab_pubq_t *e = &s->q[s->qhead];
-        if (ab_msgs_try_send(b, &s->peer->rid, &e->hdr, e->has_body ? &e->body : NULL) != 0)
+        if (ab_send_try(b, &s->peer->rid, &e->hdr, e->has_body ? &e->body : NULL) != 0)
             return sent;
         s_q_pop(s);
         sent++;

@@ -8,7 +8,11 @@
  *
  * Everything runs on the broker's thread.
  */
-#include "broker.h"
+#include "request.h"
+#include "health.h"
+#include "service.h"
+#include "router.h"
+#include "directory.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -40,23 +44,38 @@ int ab_health_init(ab_broker_t *b)
     char ep[64];
     /* One endpoint per broker instance: tests run several in one process. */
     snprintf(ep, sizeof ep, "inproc://ab-broker-monitor-%p", (void *)b);
-    if (zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0)
+    ab_health_state_t *hs = b->health = calloc(1, sizeof *b->health);
+    if (!hs || zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0)
         return -1;
-    b->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
+    hs->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
     int linger = 0;
-    if (!b->monitor || zmq_setsockopt(b->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_connect(b->monitor, ep) != 0)
+    if (!hs->monitor || zmq_setsockopt(hs->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(hs->monitor, ep) != 0)
         return -1;
-    return 0;
+    return ab_broker_every(b, AB_SWEEP_MS, ab_health_tick) < 0 ? -1 : 0;
 }
 
 void ab_health_fini(ab_broker_t *b)
 {
-    if (b->router && b->monitor)
+    ab_health_state_t *hs = b->health;
+    if (!hs)
+        return;
+    if (b->router && hs->monitor)
         zmq_socket_monitor(b->router, NULL, 0);
-    if (b->monitor)
-        zmq_close(b->monitor);
-    b->monitor = NULL;
+    if (hs->monitor)
+        zmq_close(hs->monitor);
+    free(hs);
+    b->health = NULL;
+}
+
+void *ab_health_pipe(ab_broker_t *b)
+{
+    return b->health ? b->health->monitor : NULL;
+}
+
+void ab_health_kick_later(ab_broker_t *b)
+{
+    b->health->kick = 1;
 }
 
 /* Sends P a header-only HEARTBEAT repeating the interval it was told. With
@@ -80,25 +99,31 @@ static int s_probe(ab_broker_t *b, ab_peer_t *p)
  * still gets through (libzmq removes a dead pipe a moment after the
  * event), again every 10 ms for a second (ab_health_recheck). Peers are
  * collected by rid first, since dropping one may drop others. */
-static void s_fd_closed(ab_broker_t *b, int fd)
+static void s_fd_closed_one(void *ctx, ab_defer_node_t *n)
 {
-    ab_rid_t gone[64];
-    size_t n = 0;
-    for (ab_peer_t *p = zhashx_first(b->peers); p && n < 64; p = zhashx_next(b->peers))
-        if (p->fd == fd)
-            gone[n++] = p->rid;
-    for (size_t i = 0; i < n; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &gone[i]);
-        if (!p)
-            continue;
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, later);
+    {
         if (s_probe(b, p)) {
             p->fd_closed_ms = ab_now_ms();
-            b->hs.recheck_ms = p->fd_closed_ms + 10;
-            continue;
+            if (!b->health->recheck_timer &&
+                (b->health->recheck_timer = ab_broker_every(b, 10, ab_health_recheck)) < 0)
+                b->health->recheck_timer = 0; /* no timer: the liveness sweep finds it */
+            return;
         }
         b->c.disconnects++;
         ab_peer_drop(b, p, "disconnected");
     }
+}
+
+static void s_fd_closed(ab_broker_t *b, int fd)
+{
+    ab_defer_t gone;
+    ab_defer_init(&gone);
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
+        if (p->fd == fd)
+            ab_defer_add(&gone, &p->later, s_fd_closed_one);
+    ab_defer_run(&gone, b);
 }
 
 void ab_health_monitor_drain(ab_broker_t *b)
@@ -106,7 +131,7 @@ void ab_health_monitor_drain(ab_broker_t *b)
     for (int i = 0; i < 1024; i++) {
         zmq_msg_t ev;
         zmq_msg_init(&ev);
-        if (zmq_msg_recv(&ev, b->monitor, ZMQ_DONTWAIT) < 0) {
+        if (zmq_msg_recv(&ev, b->health->monitor, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&ev);
             return;
         }
@@ -121,7 +146,7 @@ void ab_health_monitor_drain(ab_broker_t *b)
         while (more) { /* the endpoint frame: not needed */
             zmq_msg_t a;
             zmq_msg_init(&a);
-            zmq_msg_recv(&a, b->monitor, 0);
+            zmq_msg_recv(&a, b->health->monitor, 0);
             more = zmq_msg_more(&a);
             zmq_msg_close(&a);
         }
@@ -226,7 +251,7 @@ void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w)
      * reconnects) rejoins through a probe, keeping its ejection record. */
     uint64_t hash = ab_rid_hash(&w->peer->rid);
     for (unsigned i = 0; i < AB_GRAVE_SLOTS; i++) {
-        ab_grave_t *g = &b->hs.grave[i];
+        ab_grave_t *g = &b->health->grave[i];
         if (g->rid_hash == hash) {
             h->state = AB_HEALTH_PROBING;
             h->ejections = h->eject_streak = g->ejections;
@@ -244,8 +269,9 @@ void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w)
 void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
 {
     char text[200];
-    while (w->reqs) {
-        ab_req_t *r = w->reqs;
+    ab_list_t *l;
+    while ((l = ab_list_first(&w->reqs))) {
+        ab_req_t *r = ab_list_data(l, ab_req_t, qlink);
         ab_worker_req_remove(w, r);
         if (r->state == AB_REQ_ORPHANED) {
             ab_req_free(b, r);
@@ -267,14 +293,14 @@ void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
         }
     }
     w->in_flight = 0;
-    b->hs.kick = 1;
+    b->health->kick = 1;
 }
 
 void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful)
 {
     if (graceful)
         return;
-    ab_grave_t *g = &b->hs.grave[b->hs.grave_pos++ % AB_GRAVE_SLOTS];
+    ab_grave_t *g = &b->health->grave[b->health->grave_pos++ % AB_GRAVE_SLOTS];
     g->rid_hash = ab_rid_hash(&w->peer->rid);
     g->ejections = w->health.ejections;
 }
@@ -284,21 +310,11 @@ void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful)
  * dispatchable again (never from inside an iteration over peers). */
 void ab_health_kick(ab_broker_t *b)
 {
-    for (int round = 0; b->hs.kick && round < 8; round++) {
-        b->hs.kick = 0;
-        ab_service_t *todo[256];
-        size_t n = 0;
-        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services)) {
-            if (!s->q_head)
-                continue;
-            if (n == 256) {
-                b->hs.kick = 1; /* the rest next round */
-                break;
-            }
-            todo[n++] = s;
-        }
-        for (size_t i = 0; i < n; i++)
-            ab_service_dispatch(b, todo[i]);
+    /* Dispatching may drop peers and detach workers: services are
+     * dispatched after the walk. */
+    for (int round = 0; b->health->kick && round < 8; round++) {
+        b->health->kick = 0;
+        ab_service_dispatch_all(b);
     }
 }
 
@@ -331,14 +347,14 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
     switch (h->state) {
     case AB_HEALTH_SUSPECT:
         s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat arrived");
-        b->hs.kick = 1;
+        b->health->kick = 1;
         break;
     case AB_HEALTH_DEAD: /* it was silent, not gone: let one request decide */
         h->nsamples = h->pos = 0; /* the silence is not a sample of its rhythm */
         s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
         s_tell_interval(b, w);
         s_state(b, w, AB_HEALTH_PROBING, "heartbeats resumed");
-        b->hs.kick = 1;
+        b->health->kick = 1;
         break;
     case AB_HEALTH_HEALTHY:
         /* Stable: ask for heartbeats half as often, up to the ceiling. A
@@ -394,7 +410,7 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
         h->failures = 0;
         if (h->state == AB_HEALTH_PROBING) {
             s_state(b, w, AB_HEALTH_HEALTHY, "probe request succeeded");
-            b->hs.kick = 1;
+            b->health->kick = 1;
         }
         return;
     }
@@ -419,7 +435,7 @@ void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
     for (unsigned i = 0; i < n; i++) {
         if (r->tried[i] == winner)
             continue;
-        ab_dup_t *d = &b->hs.dup[b->hs.dup_pos++ % AB_DUP_SLOTS];
+        ab_dup_t *d = &b->health->dup[b->health->dup_pos++ % AB_DUP_SLOTS];
         d->bid = r->bid;
         d->rid_hash = r->tried[i];
     }
@@ -428,52 +444,80 @@ void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash)
 {
     for (unsigned i = 0; i < AB_DUP_SLOTS; i++)
-        if (b->hs.dup[i].bid == bid && b->hs.dup[i].rid_hash == rid_hash)
-            return 1;
-    return 0;
-}
-
-int ab_req_tried(const ab_req_t *r, uint64_t rid_hash)
-{
-    unsigned n = r->attempts < AB_ATTEMPTS_MAX ? r->attempts : AB_ATTEMPTS_MAX;
-    for (unsigned i = 0; i < n; i++)
-        if (r->tried[i] == rid_hash)
+        if (b->health->dup[i].bid == bid && b->health->dup[i].rid_hash == rid_hash)
             return 1;
     return 0;
 }
 
 /* --- timer ------------------------------------------------------------------ */
+static void s_recheck_one(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, later);
+    if (!s_probe(b, p)) {
+        b->c.disconnects++;
+        ab_peer_drop(b, p, "disconnected");
+    }
+}
+
 void ab_health_recheck(ab_broker_t *b, int64_t now)
 {
-    ab_rid_t closed[64];
-    size_t nc = 0;
-    b->hs.recheck_ms = 0;
+    ab_defer_t closed;
+    ab_defer_init(&closed);
+    int again = 0;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         if (!p->fd_closed_ms)
             continue;
         if (now - p->fd_closed_ms > 1000)
             p->fd_closed_ms = 0; /* still reachable: the fd was reused */
-        else if (nc < 64)
-            closed[nc++] = p->rid;
+        else
+            again = !ab_defer_add(&closed, &p->later, s_recheck_one) || again;
     }
-    for (size_t i = 0; i < nc; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &closed[i]);
-        if (p && !s_probe(b, p)) {
-            b->c.disconnects++;
-            ab_peer_drop(b, p, "disconnected");
-        } else if (p) {
-            b->hs.recheck_ms = now + 10;
-        }
+    ab_defer_run(&closed, b);
+    if (!again && b->health->recheck_timer) { /* nothing left to watch */
+        ab_broker_cancel(b, b->health->recheck_timer);
+        b->health->recheck_timer = 0;
+    }
+}
+
+/* Moves a worker whose suspicion crossed a threshold (or whose ejection
+ * ended) to its next state; phi was computed by the sweep. */
+static void s_tick_one(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_worker_rec_t *w = ab_defer_data(n, ab_peer_t, later)->worker;
+    double suspect_at = (double)b->cfg->phi_threshold / 2, dead_at = (double)b->cfg->phi_threshold;
+    if (!w)
+        return;
+    ab_health_t *h = &w->health;
+    if (h->state == AB_HEALTH_EJECTED) {
+        s_state(b, w, AB_HEALTH_PROBING, "ejection backoff ended");
+        b->health->kick = 1;
+    } else if (h->phi >= dead_at) {
+        char why[64];
+        snprintf(why, sizeof why, "silent, suspicion %.1f", h->phi);
+        b->c.workers_suspected++;
+        s_state(b, w, AB_HEALTH_DEAD, why);
+        h->interval_ms = h->expect_ms = (uint32_t)b->cfg->health_floor_ms;
+        h->nsamples = h->pos = 0;
+        ab_health_take_back(b, w, "worker silent (heartbeat suspicion)");
+    } else if (h->phi >= suspect_at) {
+        s_state(b, w, AB_HEALTH_SUSPECT, "heartbeat late");
+        /* Late beats are a flap: watch it closely again. */
+        s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
+    } else {
+        s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat on time again");
+        b->health->kick = 1;
     }
 }
 
 /* Runs every sweep: suspicion of silent workers, ejections that ended, and
  * the reset of the ejection streak after a long healthy spell. Workers are
- * collected by rid first: acting on one may drop peers. */
+ * queued first, acted on after the walk: acting on one may drop peers. */
 void ab_health_tick(ab_broker_t *b, int64_t now)
 {
-    ab_rid_t act[128];
-    size_t n = 0;
+    ab_defer_t act;
+    ab_defer_init(&act);
     double suspect_at = (double)b->cfg->phi_threshold / 2, dead_at = (double)b->cfg->phi_threshold;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         ab_worker_rec_t *w = p->worker;
@@ -490,33 +534,8 @@ void ab_health_tick(ab_broker_t *b, int64_t now)
         if (h->state == AB_HEALTH_HEALTHY && h->eject_streak &&
             now - h->healthy_since_ms > b->cfg->eject_max_ms)
             h->eject_streak = 0;
-        if (due && n < 128)
-            act[n++] = p->rid;
+        if (due)
+            ab_defer_add(&act, &p->later, s_tick_one);
     }
-    for (size_t i = 0; i < n; i++) {
-        ab_peer_t *p = ab_peer_lookup(b, &act[i]);
-        ab_worker_rec_t *w = p ? p->worker : NULL;
-        if (!w)
-            continue;
-        ab_health_t *h = &w->health;
-        if (h->state == AB_HEALTH_EJECTED) {
-            s_state(b, w, AB_HEALTH_PROBING, "ejection backoff ended");
-            b->hs.kick = 1;
-        } else if (h->phi >= dead_at) {
-            char why[64];
-            snprintf(why, sizeof why, "silent, suspicion %.1f", h->phi);
-            b->c.workers_suspected++;
-            s_state(b, w, AB_HEALTH_DEAD, why);
-            h->interval_ms = h->expect_ms = (uint32_t)b->cfg->health_floor_ms;
-            h->nsamples = h->pos = 0;
-            ab_health_take_back(b, w, "worker silent (heartbeat suspicion)");
-        } else if (h->phi >= suspect_at) {
-            s_state(b, w, AB_HEALTH_SUSPECT, "heartbeat late");
-            /* Late beats are a flap: watch it closely again. */
-            s_set_interval(b, w, (uint32_t)b->cfg->health_floor_ms);
-        } else {
-            s_state(b, w, AB_HEALTH_HEALTHY, "heartbeat on time again");
-            b->hs.kick = 1;
-        }
-    }
+    ab_defer_run(&act, b);
 }

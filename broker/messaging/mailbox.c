@@ -13,6 +13,7 @@
  * An unnamed peer is addressed "~" + hex routing id and has no mailbox.
  */
 #include "msgs.h"
+#include "router.h"
 #include "agentbus.h"
 #include "topic.h"
 #include "util.h"
@@ -22,7 +23,7 @@
 #include <string.h>
 
 struct ab_mail {
-    ab_mail_t *next;
+    ab_list_t link; /* in its agent's mailbox */
     uint64_t id, corr;
     uint32_t flags;
     int64_t expires_ms;
@@ -46,10 +47,10 @@ void ab_agent_free(void **item)
     ab_agent_t *a = *item;
     if (!a)
         return;
-    for (ab_mail_t *e = a->head, *next; e; e = next) {
-        next = e->next;
-        s_mail_free(e);
-    }
+    ab_defer_cancel(&a->later);
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_SAFE(l, tmp, &a->mail)
+        s_mail_free(ab_list_data(l, ab_mail_t, link));
     free(a);
     *item = NULL;
 }
@@ -82,9 +83,9 @@ static int s_deliver(ab_broker_t *b, const ab_rid_t *rid, const char *target, co
     h.target = ab_view_of(target);
     h.flags = flags & AB_SEND_FLAGS;
     zmq_msg_t hdr;
-    if (ab_msgs_hdr_msg(&h, &hdr) != 0)
+    if (ab_header_msg(&h, &hdr) != 0)
         return -1;
-    int rc = ab_msgs_try_send(b, rid, &hdr, body);
+    int rc = ab_send_try(b, rid, &hdr, body);
     zmq_msg_close(&hdr);
     return rc;
 }
@@ -198,11 +199,7 @@ static void s_mailbox_put(ab_broker_t *b, ab_peer_t *p, ab_agent_t *a, const cha
     e->size = size;
     e->charge = sizeof(ab_mail_t) + slen + size;
     memcpy(e->sender, sender, slen);
-    if (a->tail)
-        a->tail->next = e;
-    else
-        a->head = e;
-    a->tail = e;
+    ab_list_insert_tail(&a->mail, &e->link);
     a->depth++;
     a->bytes += size;
     m->total_bytes += e->charge;
@@ -260,15 +257,10 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
     s_mailbox_put(b, p, a, name, sender, h, body, now);
 }
 
-/* Removes E (whose predecessor is PREV, NULL for the head) from A. */
-static void s_mail_remove(ab_broker_t *b, ab_agent_t *a, ab_mail_t *prev, ab_mail_t *e)
+/* Removes E from A's mailbox and frees it. */
+static void s_mail_remove(ab_broker_t *b, ab_agent_t *a, ab_mail_t *e)
 {
-    if (prev)
-        prev->next = e->next;
-    else
-        a->head = e->next;
-    if (a->tail == e)
-        a->tail = prev;
+    ab_list_remove(&e->link);
     a->depth--;
     a->bytes -= e->size;
     b->msgs->total_bytes -= e->charge;
@@ -280,18 +272,19 @@ size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
 {
     size_t sent = 0;
     *done = 0;
-    while (a->peer && a->head) {
-        ab_mail_t *e = a->head;
+    ab_list_t *l;
+    while (a->peer && (l = ab_list_first(&a->mail))) {
+        ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
         if (e->expires_ms <= now) {
             b->msgs->c.expired++;
-            s_mail_remove(b, a, NULL, e);
+            s_mail_remove(b, a, e);
             continue;
         }
         if (s_deliver(b, &a->peer->rid, a->name, e->sender, e->id, e->corr, e->flags,
                       e->has_body ? &e->body : NULL) != 0)
             return sent; /* pipe full: the backlog retries */
         b->msgs->c.delivered++;
-        s_mail_remove(b, a, NULL, e);
+        s_mail_remove(b, a, e);
         sent++;
     }
     *done = 1;
@@ -301,16 +294,20 @@ size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
 /* Removes A's expired messages; 1 if A is now an offline empty record. */
 static int s_expire_one(ab_broker_t *b, ab_agent_t *a, int64_t now)
 {
-    for (ab_mail_t *prev = NULL, *e = a->head, *next; e; e = next) {
-        next = e->next;
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_SAFE(l, tmp, &a->mail) {
+        ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
         if (e->expires_ms <= now) {
             b->msgs->c.expired++;
-            s_mail_remove(b, a, prev, e);
-        } else {
-            prev = e;
+            s_mail_remove(b, a, e);
         }
     }
-    return !a->peer && !a->head;
+    return !a->peer && ab_list_empty(&a->mail);
+}
+
+static void s_drop_empty(void *ctx, ab_defer_node_t *n)
+{
+    s_agent_drop(ctx, ab_defer_data(n, ab_agent_t, later));
 }
 
 void ab_mailbox_expire(ab_broker_t *b, int64_t now)
@@ -318,23 +315,14 @@ void ab_mailbox_expire(ab_broker_t *b, int64_t now)
     ab_msgs_t *m = b->msgs;
     if (!m->mailbox_msgs)
         return; /* offline records always hold a message: none can be empty */
-    /* Every emptied offline record is freed in this pass (deleting while
-     * iterating a zhashx is not allowed: collect, then drop). The list can
-     * hold every offline name; without memory for it, up to 64 now and the
-     * rest on the next pass. */
-    size_t cap = zhashx_size(m->agents) - m->bound, n = 0;
-    ab_agent_t *stack[64], **empty = cap > 64 ? malloc(cap * sizeof *empty) : NULL;
-    if (!empty) {
-        empty = stack;
-        cap = 64;
-    }
+    /* Every emptied offline record is freed in this pass: queued during the
+     * walk (a zhashx may not change while iterated), dropped after it. */
+    ab_defer_t empty;
+    ab_defer_init(&empty);
     for (ab_agent_t *a = zhashx_first(m->agents); a; a = zhashx_next(m->agents))
-        if (s_expire_one(b, a, now) && n < cap)
-            empty[n++] = a;
-    for (size_t i = 0; i < n; i++)
-        s_agent_drop(b, empty[i]);
-    if (empty != stack)
-        free(empty);
+        if (s_expire_one(b, a, now))
+            ab_defer_add(&empty, &a->later, s_drop_empty);
+    ab_defer_run(&empty, b);
 }
 
 void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
@@ -347,7 +335,7 @@ void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
     a->peer = NULL;
     a->instance = 0;
     b->msgs->bound--;
-    if (!a->head)
+    if (ab_list_empty(&a->mail))
         s_agent_drop(b, a);
 }
 
@@ -402,7 +390,7 @@ void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int tak
     m->bound++;
     AB_DEBUG("agent '%s' bound to %s (%u messages waiting)", name, p->key, a->depth);
     int done = 0;
-    if (a->head) {
+    if (!ab_list_empty(&a->mail)) {
         ab_mailbox_flush(b, a, now, &done);
         if (!done)
             ab_msgs_backlog_agent(b, a);

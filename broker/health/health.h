@@ -19,6 +19,8 @@
 #ifndef AB_HEALTH_H
 #define AB_HEALTH_H
 
+#include "broker.h"
+
 #include <stdint.h>
 
 #define AB_ATTEMPTS_MAX 8   /* upper bound of --max-attempts */
@@ -63,16 +65,52 @@ typedef struct {
     uint64_t bid, rid_hash;
 } ab_dup_t;
 
-/* The broker-wide part: workers lost recently (a worker that comes back
- * rejoins through a probe) and the lost holders of answered requests (so a
- * late answer is recognised as a duplicate). Both are fixed-size rings. */
-typedef struct {
+/* The broker-wide part, owned by health.c (b->health): the socket monitor,
+ * workers lost recently (a worker that comes back rejoins through a probe)
+ * and the lost holders of answered requests (so a late answer is
+ * recognised as a duplicate). Both are fixed-size rings. */
+typedef struct ab_health_state {
+    void *monitor; /* PAIR receiving the ROUTER's socket events */
     ab_grave_t grave[AB_GRAVE_SLOTS];
     unsigned grave_pos;
     ab_dup_t dup[AB_DUP_SLOTS];
     unsigned dup_pos;
     int kick; /* some queue may now be dispatchable: see ab_health_kick */
-    int64_t recheck_ms; /* next probe of peers whose fd closed (0: none) */
+    int recheck_timer;  /* 10 ms re-probe of peers whose fd closed (0: none) */
 } ab_health_state_t;
+
+/* Allocates b->health, monitors the ROUTER and registers the sweeps. 0 or -1. */
+int ab_health_init(ab_broker_t *b);
+/* The socket the loop polls for socket events (ab_health_monitor_drain). */
+void *ab_health_pipe(ab_broker_t *b);void ab_health_fini(ab_broker_t *b);
+/* Reads the ROUTER's socket events; drops peers whose connection closed. */
+void ab_health_monitor_drain(ab_broker_t *b);
+const char *ab_health_name(ab_health_kind_t k);
+void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w);
+/* Credit W may be offered: 0 unless healthy (or 1 while probing). */
+uint32_t ab_health_free_credit(const ab_worker_rec_t *w);
+void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
+/* W is going away; GRACEFUL (BYE) ones are not remembered for a probe. */
+void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful);
+/* Dispatches every service with a queue if some worker may have become
+ * dispatchable this turn (ab_health_kick_later); once per loop turn. */
+void ab_health_kick(ab_broker_t *b);
+/* A worker's credit came back or it became dispatchable: kick this turn. */
+void ab_health_kick_later(ab_broker_t *b);
+void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, size_t len,
+                            int64_t now);
+void ab_health_on_dispatch(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r);
+/* A final answer from W to a request it held: OK 1 for REPLY, 0 for ERROR
+ * or a deadline that passed while it held the request. */
+void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok);
+void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
+/* Remembers R's holders other than WINNER, so their answers count as
+ * duplicates; ab_health_is_dup asks. */
+void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner);
+int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash);
+void ab_health_tick(ab_broker_t *b, int64_t now);
+/* Probes again the peers whose connection the monitor saw close (a 10 ms
+ * timer while there are any). */
+void ab_health_recheck(ab_broker_t *b, int64_t now);
 
 #endif

@@ -1,11 +1,12 @@
 /*
- * msgs.h - agent-to-agent messages and pub/sub inside the broker.
+ * msgs.h - messaging's own state and the calls between its three files
+ * (the core sees only messaging.h).
  *
- *   msgs.c     shared state, the non-blocking send, timers, stats, "agents"
+ *   msgs.c     shared state, routing, the backlog, timers, stats, "agents"
  *   mailbox.c  agent names (one live connection each), SEND, mailboxes
  *   pubsub.c   SUBSCRIBE/PUBLISH, the topic trie, per-subscriber queues
  *
- * Never blocking: every send uses ZMQ_DONTWAIT with ROUTER_MANDATORY. A
+ * Never blocking: every send is ab_send_try (router.h, ZMQ_DONTWAIT). A
  * peer whose pipe is full (EAGAIN: its SNDHWM is reached) is not waited for:
  * a direct message goes to the recipient's mailbox, a publication to the
  * subscriber's own bounded queue (drop-oldest, reported as a gap). Both are
@@ -14,8 +15,7 @@
 #ifndef AB_BROKER_MSGS_H
 #define AB_BROKER_MSGS_H
 
-#include "broker.h"
-#include "agentbus.pb-c.h"
+#include "messaging.h"
 
 #define AB_SUBS_PER_PEER_MAX 1024
 
@@ -29,7 +29,8 @@ typedef struct ab_tnode ab_tnode_t;
 typedef struct ab_agent {
     ab_peer_t *peer;          /* NULL while offline */
     uint64_t instance;        /* Hello.instance of the bound connection */
-    ab_mail_t *head, *tail;   /* mailbox, oldest first */
+    ab_list_t mail;           /* mailbox (ab_mail_t.link), oldest first */
+    ab_defer_node_t later;    /* queued to be dropped after a walk (mailbox.c) */
     uint32_t depth;
     size_t bytes;             /* payload bytes in the mailbox */
     int backlog;              /* 1 while in the flush list */
@@ -88,24 +89,6 @@ typedef struct ab_msgs {
 } ab_msgs_t;
 
 /* msgs.c */
-int ab_msgs_init(ab_broker_t *b);
-void ab_msgs_fini(ab_broker_t *b);
-/* SEND, PUBLISH, SUBSCRIBE from peer P; BODY (may be NULL) may be moved. */
-void ab_msgs_route(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
-                   int64_t now);
-/* P is being dropped: unbind its name, remove its subscriptions. */
-void ab_msgs_peer_gone(ab_broker_t *b, ab_peer_t *p);
-void ab_msgs_timers(ab_broker_t *b, int64_t now);
-/* When the loop must wake for a backlog flush; 0 if it needn't. */
-int64_t ab_msgs_next_wake(ab_broker_t *b);
-void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);
-int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
-/* Sends HDR (+ BODY, may be NULL) to RID without waiting. 0: sent, HDR and
- * BODY consumed. -1: errno EAGAIN (pipe full) or EHOSTUNREACH (gone);
- * nothing consumed. */
-int ab_msgs_try_send(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body);
-/* Encodes H into a new message. 0 or -1 (out of memory). */
-int ab_msgs_hdr_msg(const ab_header_t *h, zmq_msg_t *out);
 /* The name messages from P carry: its agent name, else "~" + hex id. */
 const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);
 void ab_msgs_refuse(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, uint32_t code,
@@ -118,9 +101,6 @@ void ab_msgs_backlog_sub(ab_broker_t *b, ab_subr_t *s);
 /* mailbox.c */
 void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
                         int64_t now);
-/* HELLO with a name: binds it to P or refuses it (ERROR NAME_TAKEN). */
-void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int takeover,
-                         uint64_t instance, uint64_t hello_id, int64_t now);
 /* Delivers what the mailbox of online agent A holds, in order, while the
  * pipe takes it. Returns messages sent; sets *done when it is empty. */
 size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done);

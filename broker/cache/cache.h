@@ -21,6 +21,7 @@
 #define AB_CACHE_H
 
 #include "broker.h"
+#include "cache_blob.h"
 #include "cache_key.h"
 
 typedef struct ab_cache ab_cache_t;
@@ -79,29 +80,5 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
 /* The cache's figures for Stats.cache: valid until the next call; NULL
  * without a cache. */
 struct Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b);
-
-/* --- blobs (exposed for the unit test) ----------------------------------- */
-typedef struct {
-    uint8_t *buf;
-    size_t len, cap;
-    uint32_t nchunks;
-} ab_blob_t;
-
-/* Appends one chunk. 0, or -1 when it would pass MAX bytes or out of
- * memory. */
-int ab_blob_add(ab_blob_t *bl, uint32_t kind, uint32_t flags, uint64_t original_size,
-                const void *data, size_t size, size_t max);
-void ab_blob_free(ab_blob_t *bl);
-
-typedef struct {
-    uint32_t kind, flags;
-    uint64_t original_size;
-    const uint8_t *data;
-    size_t size;
-} ab_chunk_t;
-
-/* Walks a blob: *OFF starts at 0. 1 with *CH filled, 0 at the end, -1 for
- * a malformed blob (every length is checked: blobs may come from disk). */
-int ab_blob_next(const uint8_t *buf, size_t len, size_t *off, ab_chunk_t *ch);
 
 #endif

@@ -1,5 +1,6 @@
 /* cache_l1.c - see cache_l1.h. */
 #include "cache_l1.h"
+#include "list.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -9,14 +10,14 @@ typedef struct s_entry {
     int64_t expires_ms;
     size_t len;
     struct s_entry *hnext;        /* hash chain */
-    struct s_entry *prev, *next;  /* recency: head = most recent */
+    ab_list_t lru;                /* recency: head = most recent */
     uint8_t val[];
 } s_entry_t;
 
 struct ab_l1 {
     s_entry_t **buckets;
     size_t nbuckets; /* power of two */
-    s_entry_t *head, *tail;
+    ab_list_t lru;      /* s_entry_t.lru, most recent first */
     ab_l1_stats_t st;
 };
 
@@ -60,28 +61,11 @@ static s_entry_t **s_slot(ab_l1_t *l1, const ab_cache_key_t *key)
     return pp;
 }
 
-static void s_lru_unlink(ab_l1_t *l1, s_entry_t *e)
+/* The least recently used entry, or NULL. */
+static s_entry_t *s_lru_tail(ab_l1_t *l1)
 {
-    if (e->prev)
-        e->prev->next = e->next;
-    else
-        l1->head = e->next;
-    if (e->next)
-        e->next->prev = e->prev;
-    else
-        l1->tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void s_lru_push(ab_l1_t *l1, s_entry_t *e)
-{
-    e->prev = NULL;
-    e->next = l1->head;
-    if (l1->head)
-        l1->head->prev = e;
-    else
-        l1->tail = e;
-    l1->head = e;
+    ab_list_t *l = ab_list_last(&l1->lru);
+    return l ? ab_list_data(l, s_entry_t, lru) : NULL;
 }
 
 static size_t s_cost(size_t len)
@@ -93,7 +77,7 @@ static size_t s_cost(size_t len)
 static void s_remove(ab_l1_t *l1, s_entry_t **pp, s_entry_t *e)
 {
     *pp = e->hnext;
-    s_lru_unlink(l1, e);
+    ab_list_remove(&e->lru);
     l1->st.bytes -= s_cost(e->len);
     l1->st.entries--;
     free(e);
@@ -142,9 +126,9 @@ int ab_l1_get(ab_l1_t *l1, const ab_cache_key_t *key, int64_t now_ms, const uint
         l1->st.misses++;
         return 0;
     }
-    if (l1->head != e) {
-        s_lru_unlink(l1, e);
-        s_lru_push(l1, e);
+    if (ab_list_first(&l1->lru) != &e->lru) {
+        ab_list_remove(&e->lru);
+        ab_list_insert_head(&l1->lru, &e->lru);
     }
     l1->st.hits++;
     *val = e->val;
@@ -160,8 +144,9 @@ int ab_l1_put(ab_l1_t *l1, const ab_cache_key_t *key, const void *val, size_t le
     if (s_cost(len) > l1->st.max_bytes)
         return -1;
     ab_l1_del(l1, key);
-    while (l1->tail && l1->st.bytes + s_cost(len) > l1->st.max_bytes) {
-        s_remove_entry(l1, l1->tail);
+    s_entry_t *old;
+    while ((old = s_lru_tail(l1)) && l1->st.bytes + s_cost(len) > l1->st.max_bytes) {
+        s_remove_entry(l1, old);
         l1->st.evictions++;
     }
     s_entry_t *e = malloc(sizeof *e + len);
@@ -176,7 +161,7 @@ int ab_l1_put(ab_l1_t *l1, const ab_cache_key_t *key, const void *val, size_t le
     s_entry_t **pp = &l1->buckets[key->lo & (l1->nbuckets - 1)];
     e->hnext = *pp;
     *pp = e;
-    s_lru_push(l1, e);
+    ab_list_insert_head(&l1->lru, &e->lru);
     l1->st.bytes += s_cost(len);
     l1->st.entries++;
     l1->st.stores++;
@@ -194,8 +179,9 @@ int ab_l1_del(ab_l1_t *l1, const ab_cache_key_t *key)
 
 void ab_l1_clear(ab_l1_t *l1)
 {
-    while (l1->tail)
-        s_remove_entry(l1, l1->tail);
+    s_entry_t *e;
+    while ((e = s_lru_tail(l1)))
+        s_remove_entry(l1, e);
 }
 
 size_t ab_l1_expire(ab_l1_t *l1, int64_t now_ms, size_t max)
@@ -203,16 +189,16 @@ size_t ab_l1_expire(ab_l1_t *l1, int64_t now_ms, size_t max)
     /* Entries are not ordered by expiry; scan the cold end only, where
      * entries nobody asks for (and so nobody expires on lookup) sit. */
     size_t n = 0, seen = 0;
-    s_entry_t *e = l1->tail;
-    while (e && seen < max) {
-        s_entry_t *prev = e->prev;
+    ab_list_t *l, *tmp;
+    AB_LIST_FOREACH_REVERSE_SAFE(l, tmp, &l1->lru) {
+        if (seen++ >= max)
+            break;
+        s_entry_t *e = ab_list_data(l, s_entry_t, lru);
         if (e->expires_ms <= now_ms) {
             s_remove_entry(l1, e);
             l1->st.expired++;
             n++;
         }
-        seen++;
-        e = prev;
     }
     return n;
 }

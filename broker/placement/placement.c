@@ -16,6 +16,8 @@
  * request of their service and rank with "M loaded".
  */
 #include "placement.h"
+#include "service.h"
+#include "router.h"
 #include "cache.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -283,102 +285,3 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
     return 1;
 }
 
-void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
-{
-    if (!r->worker || ab_cache_has_waiters(r)) /* identical requests wait for it */
-        return;
-    /* Until the worker's answer comes back, R would still lead its flight:
-     * an identical request would join it, get its start replayed, then its
-     * CANCELLED, and never reach a worker. */
-    ab_cache_req_cancelled(b, r);
-    ab_header_t h = ab_header_init(AB_KIND_CANCEL);
-    h.correlation_id = r->bid;
-    h.error_code = why;
-    h.target = ab_view_of(r->service->name);
-    ab_send(b, &r->worker->peer->rid, &h, NULL);
-}
-
-/* --- each client's own requests -------------------------------------------
- * A CANCEL names the client's id, and a client that leaves takes all its
- * requests with it: both go through the client's own index instead of a
- * scan of everything the broker holds (0.6 ms per CANCEL with 200k pending
- * before; one lookup now). The map holds the newest request per client id
- * (ids are the client's to choose; the library never reuses one while it is
- * in flight); the list holds them all, so departure misses none. */
-void ab_client_track(ab_peer_t *p, ab_req_t *r)
-{
-    r->owner = p;
-    r->cprev = NULL;
-    r->cnext = p->reqs;
-    if (p->reqs)
-        p->reqs->cprev = r;
-    p->reqs = r;
-    /* Out of memory: R is still cancelled when its client leaves. */
-    (void)ab_idmap_put(&p->reqs_by_id, r->client_id, r);
-}
-
-void ab_client_untrack(ab_req_t *r)
-{
-    ab_peer_t *p = r->owner;
-    if (!p)
-        return;
-    if (r->cprev)
-        r->cprev->cnext = r->cnext;
-    else
-        p->reqs = r->cnext;
-    if (r->cnext)
-        r->cnext->cprev = r->cprev;
-    if (ab_idmap_get(&p->reqs_by_id, r->client_id) == r)
-        ab_idmap_del(&p->reqs_by_id, r->client_id);
-    r->owner = NULL;
-    r->cprev = r->cnext = NULL;
-}
-
-/* Forgets FOUND for its client: dropped if queued, else orphaned and its
- * worker told to stop. Either way it leaves its client's index. */
-static void s_cancel(ab_broker_t *b, ab_req_t *found)
-{
-    if (found->state == AB_REQ_ORPHANED) {
-        ab_client_untrack(found);
-        return;
-    }
-    found->service->errors++;
-    if (found->state == AB_REQ_QUEUED || found->state == AB_REQ_WAITING) {
-        ab_req_free(b, found);
-        return;
-    }
-    /* Dispatched: the worker keeps the credit until it answers (CANCELLED,
-     * dropped as for any orphan), so the slot is not offered twice. */
-    ab_client_untrack(found);
-    found->state = AB_REQ_ORPHANED;
-    if (found->has_payload) {
-        zmq_msg_close(&found->payload);
-        found->has_payload = 0;
-    }
-    ab_heap_remove(b, found);
-    ab_cancel_send(b, found, AB_ERR_CANCELLED);
-}
-
-void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
-{
-    ab_peer_t *p = ab_peer_lookup(b, client);
-    ab_req_t *r = p ? ab_idmap_get(&p->reqs_by_id, client_id) : NULL;
-    if (r && r->state != AB_REQ_ORPHANED) { /* an orphan's client has its answer */
-        b->c.cancelled++;
-        s_cancel(b, r);
-    }
-}
-
-void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
-{
-    /* Each turn takes the head off the list (s_cancel frees or orphans it,
-     * and either unlinks it), whatever else the cancel changes. */
-    while (p->reqs) {
-        if (cancel) {
-            b->c.cancelled_on_leave += p->reqs->state != AB_REQ_ORPHANED;
-            s_cancel(b, p->reqs);
-        } else
-            ab_client_untrack(p->reqs);
-    }
-    ab_idmap_fini(&p->reqs_by_id);
-}

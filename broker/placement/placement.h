@@ -1,5 +1,5 @@
 /*
- * placement.h - model-aware placement of inference requests, CANCEL, and
+ * placement.h - model-aware placement of inference requests and
  * re-dispatch of requests a worker's backend pushed back (issue 7).
  *
  * A request that names a model (Header.model) or a worker (Header.worker)
@@ -10,7 +10,8 @@
 #ifndef AB_PLACEMENT_H
 #define AB_PLACEMENT_H
 
-#include "broker.h"
+#include "request.h"
+#include "agentbus.pb-c.h"
 
 #include <agentbus.h>
 
@@ -50,27 +51,5 @@ uint32_t ab_placement_why(ab_service_t *s, const ab_req_t *r, char *text, size_t
  * queue to go to another worker, at most twice and only if another worker
  * could take it. Returns 1 when R was requeued (the caller forwards nothing). */
 int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code);
-
-/* Sends CANCEL for R to the worker holding it, with WHY in error_code:
- * AB_ERR_DEADLINE (its deadline passed) or AB_ERR_CANCELLED (the client). */
-void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why);
-/* A client's CANCEL of its request CLIENT_ID: a queued request is dropped,
- * a dispatched one orphaned (its client has its answer already) and the
- * worker told to stop. Unknown ids are ignored (the answer crossed). O(1):
- * one peer lookup and one lookup in the client's index. When a client has
- * several requests with one id, the newest is the one cancelled. */
-void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id);
-/* Peer P is gone (BYE, heartbeat timeout, disconnect): with CANCEL (an
- * agent) nobody waits for its requests any more, so each is cancelled as
- * above; without (a worker's own requests) they only leave its index.
- * Either way P's index is emptied and freed: O(P's requests). */
-void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel);
-
-/* The client index (ab_peer_t.reqs, .reqs_by_id). R, now pending, is P's:
- * call once, after R is in the pending table. */
-void ab_client_track(ab_peer_t *p, ab_req_t *r);
-/* R leaves its client's index (no-op when it is in none): from
- * ab_req_free, and when R is orphaned by a cancel. */
-void ab_client_untrack(ab_req_t *r);
 
 #endif

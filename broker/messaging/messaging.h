@@ -1,0 +1,40 @@
+/*
+ * messaging.h - direct messages, agent names, mailboxes and pub/sub, as the
+ * broker core sees them: the hooks it calls. Everything else (names,
+ * mailboxes, the topic trie, subscriber queues, the backlog) is messaging's
+ * own, in msgs.h, shared by msgs.c, mailbox.c and pubsub.c only.
+ *
+ *   HELLO with a name   ab_mailbox_on_hello (after the HELLO answer)
+ *   SEND/PUBLISH/SUBSCRIBE  ab_msgs_route
+ *   peer dropped        ab_msgs_peer_gone
+ *   each loop turn      ab_msgs_timers; the loop sleeps at most until
+ *                       ab_msgs_next_wake (a backlog retry)
+ *   CONTROL stats/agents  ab_msgs_stats, ab_msgs_agents_answer
+ *
+ * Broker thread only. Bounds and answers: docs/messaging.md.
+ */
+#ifndef AB_BROKER_MESSAGING_H
+#define AB_BROKER_MESSAGING_H
+
+#include "broker.h"
+#include "agentbus.pb-c.h"
+
+/* Allocates b->msgs and registers its window timer. 0 or -1. */
+int ab_msgs_init(ab_broker_t *b);
+void ab_msgs_fini(ab_broker_t *b);
+/* SEND, PUBLISH, SUBSCRIBE from peer P; BODY (may be NULL) may be moved. */
+void ab_msgs_route(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
+                   int64_t now);
+/* P is being dropped: unbind its name, remove its subscriptions. */
+void ab_msgs_peer_gone(ab_broker_t *b, ab_peer_t *p);
+/* Retries the backlog of slow readers when due (see ab_msgs_next_wake). */
+void ab_msgs_timers(ab_broker_t *b, int64_t now);
+/* When the loop must wake for a backlog flush; 0 if it needn't. */
+int64_t ab_msgs_next_wake(ab_broker_t *b);
+void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);
+int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
+/* HELLO with a name: binds it to P or refuses it (ERROR NAME_TAKEN). */
+void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int takeover,
+                         uint64_t instance, uint64_t hello_id, int64_t now);
+
+#endif

@@ -1,0 +1,80 @@
+/*
+ * peer.h - who is connected: routing ids, peers and their roles.
+ *
+ * A peer is created by its first message (broker.c) and dropped after
+ * `liveness` heartbeat intervals of silence, on BYE, when its connection
+ * closes (health.h) or when it does not read (router.h). Dropping tells
+ * each subsystem (ab_peer_drop), which forgets what it kept for the peer.
+ */
+#ifndef AB_PEER_H
+#define AB_PEER_H
+
+#include "defer.h"
+#include "idmap.h"
+#include "list.h"
+
+#include <czmq.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#define AB_RID_MAX 255
+#define AB_NAME_MAX 256
+
+typedef struct ab_broker ab_broker_t;
+typedef struct ab_service ab_service_t;       /* service.h */
+typedef struct ab_worker_rec ab_worker_rec_t; /* service.h */
+typedef struct ab_req ab_req_t;               /* request.h */
+
+/* A ZeroMQ routing id: who a message came from / goes to. */
+typedef struct {
+    uint8_t len;
+    uint8_t bytes[AB_RID_MAX];
+} ab_rid_t;
+
+typedef enum { AB_ROLE_AGENT = 0, AB_ROLE_WORKER = 1, AB_ROLE_CONTROL = 2, AB_ROLE_COUNT } ab_role_t;
+
+/* A connected peer, known by its routing id. */
+typedef struct {
+    ab_rid_t rid;
+    char key[2 * AB_RID_MAX + 1]; /* random token naming it to peers, brokerctl and
+                                     logs; never its routing id (broker.c) */
+    ab_role_t role;
+    char name[AB_NAME_MAX];
+    int64_t connected_ms;
+    int64_t last_seen_ms;
+    int64_t heartbeat_ms; /* interval the peer said it keeps */
+    uint64_t requests;    /* REQUESTs sent: an operator's tool sends none */
+    ab_worker_rec_t *worker; /* when role == WORKER */
+    int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
+    uint32_t in_flight;   /* its requests the broker holds (client in-flight limit) */
+    int64_t fd_closed_ms; /* the monitor saw its fd close; being verified */
+    struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
+    struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
+    uint32_t features;       /* AB_FEATURE_* from its HELLO or REGISTER */
+    struct ab_outq *out;     /* batching state (batching.c), NULL until used */
+    ab_list_t reqs;          /* its requests as a client (ab_req_t.clink, placement.c):
+                                for departure */
+    ab_idmap_t reqs_by_id;   /* client id -> its newest request with that id: CANCEL */
+    /* Outbound bytes (router.c): ZMTP bytes handed to libzmq for its current
+     * connection (out_fd) and how many of them the peer has taken. */
+    uint64_t out_sent, out_taken, out_base;
+    uint64_t out_ino;        /* inode of that socket: the fd is still it */
+    int out_fd, out_kind, out_sndbuf;
+    ab_list_t over_link;     /* on the router's list of peers over their bound */
+    ab_defer_node_t kill;    /* queued to be disconnected at the end of the turn (router.c) */
+    ab_defer_node_t later;   /* queued for an action after a walk over the peers */
+    int64_t out_over_ms;     /* over peer-out-max-bytes since; 0: not over */
+    int64_t out_checked_ms;  /* the kernel was last asked */
+} ab_peer_t;
+
+/* The peer with routing id RID, or NULL. */
+ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid);
+/* The live peer whose key (as brokerctl and "~key" senders show it) is KEY,
+ * or NULL. */
+ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key);
+/* Forgets PEER everywhere and frees it (WHY is logged). */
+void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why);
+/* A 64-bit hash of RID: names a worker in the health records. */
+uint64_t ab_rid_hash(const ab_rid_t *rid);
+
+#endif

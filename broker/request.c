@@ -1,0 +1,509 @@
+/*
+ * request.c - a request's life: creation, the pending table, deadlines,
+ * answers, failure, cancel and the client index (see request.h).
+ *
+ * Every held request also sits in a min-heap on its deadline (common/heap.h:
+ * the node knows its index, so an answered request leaves the heap at once
+ * and the heap never holds more than the broker's pending requests).
+ */
+#include "request.h"
+#include "service.h"
+#include "router.h"
+#include "health.h"
+#include "cache.h"
+#include "placement.h"
+#include "agentbus.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* --- life ------------------------------------------------------------------ */
+ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid_t *client,
+                     const ab_header_t *h, zmq_msg_t *body, struct ab_cache_req *cache,
+                     int64_t now)
+{
+    ab_req_t *r = calloc(1, sizeof *r);
+    if (!r) {
+        ab_cache_req_free(&cache);
+        return NULL;
+    }
+    r->bid = ++b->next_bid;
+    r->client_id = h->id;
+    r->client = *client;
+    r->service = s;
+    r->flags = h->flags;
+    r->original_size = h->original_size;
+    r->priority = h->priority;
+    r->start_us = ab_now_us();
+    r->cache = cache;
+    if (ab_route_init(r, h) != 0) {
+        ab_req_destroy(r);
+        return NULL;
+    }
+    int64_t t = h->timeout_ms ? h->timeout_ms : b->cfg->default_timeout_ms;
+    r->deadline_ms = now + (t < b->cfg->max_timeout_ms ? t : b->cfg->max_timeout_ms);
+    if (body) { /* moved, not copied: the received frame is kept */
+        zmq_msg_init(&r->payload);
+        zmq_msg_move(&r->payload, body);
+        r->has_payload = 1;
+    }
+    if (ab_idmap_put(&b->pending, r->bid, r) != 0) {
+        ab_req_destroy(r);
+        return NULL;
+    }
+    ab_service_hold(b, r); /* a service is not idle while a request names it */
+    if (p) {
+        p->in_flight++;
+        r->client_counted = 1;
+        ab_client_track(p, r); /* CANCEL and departure find it */
+    }
+    ab_deadline_push(b, r);
+    return r;
+}
+
+/* --- arrival ----------------------------------------------------------------- */
+/* Refuses a request to S with BUSY (counted in S, by code, and in ALSO). */
+static void s_busy(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, ab_service_t *s,
+                   uint64_t *also, const char *text)
+{
+    s->errors++;
+    AB_COUNT_ERROR(b, AB_ERR_BUSY);
+    if (also)
+        (*also)++;
+    ab_send_error(b, rid, id, AB_ERR_BUSY, text);
+}
+
+/* The service H names, or NULL when it was answered NO_SERVICE. */
+static ab_service_t *s_target(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h)
+{
+    char name[AB_NAME_MAX];
+    if (h->target.len >= AB_NAME_MAX) {
+        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE, "service name too long");
+        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
+        return NULL;
+    }
+    ab_view_copy(h->target, name, sizeof name);
+    b->c.requests++;
+    ab_service_t *s = ab_service_get(b, name, 0);
+    if (!s && !b->grace_over) {
+        /* Just (re)started: its workers may be reconnecting right now. */
+        if ((s = ab_service_get(b, name, 1)))
+            s->provisional = 1;
+    }
+    if (!s) {
+        char text[AB_NAME_MAX + 64];
+        snprintf(text, sizeof text, "no service '%s' is registered", name);
+        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
+        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE, text);
+        return NULL;
+    }
+    s->requests++;
+    return s;
+}
+
+/* 1 when client P may have one more request held now; else it was
+ * answered BUSY (draining, its in-flight limit, or it does not read). */
+static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, uint64_t id,
+                          ab_service_t *s)
+{
+    if (b->draining)
+        s_busy(b, rid, id, s, NULL, "broker is shutting down");
+    else if (p && p->in_flight >= (uint32_t)b->cfg->max_client_inflight)
+        s_busy(b, rid, id, s, &b->c.client_limit_busy,
+               "this client has too many requests in flight (max-client-inflight)");
+    else if (p && ab_peer_over(b, p)) /* router.h */
+        s_busy(b, rid, id, s, &b->c.out_busy,
+               "this client has not read its earlier answers (peer-out-max-bytes)");
+    else
+        return 1;
+    return 0;
+}
+
+void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       zmq_msg_t *body, int64_t now)
+{
+    ab_service_t *s = s_target(b, rid, h);
+    if (!s || !s_admit_client(b, p, rid, h->id, s))
+        return;
+    ab_cache_req_t *cr = NULL;
+    if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body, now, &cr))
+        return; /* answered from the cache */
+    if (!ab_service_admit(b, s)) {
+        ab_cache_req_free(&cr);
+        s_busy(b, rid, h->id, s, NULL,
+               s->q_len >= (uint32_t)b->cfg->queue_max ? "service queue is full"
+                                                       : "broker holds too many requests");
+        return;
+    }
+    ab_req_t *r = ab_req_new(b, s, p, rid, h, body, cr, now);
+    if (!r) {
+        ab_send_error(b, rid, h->id, AB_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    if (r->cache && ab_cache_join(b, r))
+        return; /* waits for an identical request in flight */
+    ab_service_enqueue(b, s, r);
+    ab_service_dispatch(b, s);
+}
+
+/* R's client has its answer, a worker may still hold R: R keeps only what
+ * that worker's answer needs (no payload, no deadline). */
+static void s_orphan(ab_broker_t *b, ab_req_t *r)
+{
+    r->state = AB_REQ_ORPHANED;
+    if (r->has_payload) {
+        zmq_msg_close(&r->payload);
+        r->has_payload = 0;
+    }
+    ab_deadline_remove(b, r);
+}
+
+void ab_req_client_done(ab_broker_t *b, ab_req_t *r)
+{
+    if (!r->client_counted)
+        return;
+    r->client_counted = 0;
+    ab_peer_t *p = ab_peer_lookup(b, &r->client);
+    if (p && p->in_flight)
+        p->in_flight--;
+}
+
+void ab_req_free(ab_broker_t *b, ab_req_t *r)
+{
+    ab_client_untrack(r);
+    ab_req_client_done(b, r);
+    if (r->cache)
+        ab_cache_req_gone(b, r);
+    if (r->state == AB_REQ_QUEUED)
+        ab_queue_remove(r->service, r);
+    else if (r->worker)
+        ab_worker_req_remove(r->worker, r);
+    ab_deadline_remove(b, r);
+    ab_idmap_del(&b->pending, r->bid);
+    ab_service_release(b, r); /* it may be idle now (service.c) */
+    ab_req_destroy(r);
+}
+
+void ab_req_destroy(ab_req_t *r)
+{
+    ab_defer_cancel(&r->later);
+    ab_route_free(r);
+    ab_cache_req_free(&r->cache);
+    if (r->has_payload)
+        zmq_msg_close(&r->payload);
+    free(r);
+}
+
+void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text)
+{
+    ab_send_error(b, &r->client, r->client_id, code, text);
+    AB_COUNT_ERROR(b, code);
+    r->service->errors++;
+    ab_req_free(b, r);
+}
+
+typedef struct {
+    ab_broker_t *b;
+    uint32_t code;
+    const char *text;
+} s_fail_t;
+
+static void s_fail_queued(void *ctx, ab_defer_node_t *n)
+{
+    s_fail_t *f = ctx;
+    ab_req_fail(f->b, ab_defer_data(n, ab_req_t, later), f->code, f->text);
+}
+
+size_t ab_req_fail_all(ab_broker_t *b, uint32_t code, const char *text)
+{
+    /* Queued, then failed: failing changes the table (and may free other
+     * requests, which leave the queue as they go). */
+    ab_defer_t left;
+    ab_defer_init(&left);
+    for (size_t i = 0; i < b->pending.cap; i++) {
+        ab_req_t *r = b->pending.keys[i] ? b->pending.vals[i] : NULL;
+        if (r && r->state != AB_REQ_ORPHANED)
+            ab_defer_add(&left, &r->later, s_fail_queued);
+    }
+    s_fail_t f = {b, code, text};
+    return ab_defer_run(&left, &f);
+}
+
+void ab_req_fini(ab_broker_t *b)
+{
+    for (size_t i = 0; i < b->pending.cap; i++)
+        if (b->pending.keys[i])
+            ab_req_destroy(b->pending.vals[i]);
+    ab_idmap_fini(&b->pending);
+    ab_heap_fini(&b->deadlines);
+}
+
+size_t ab_req_live(const ab_broker_t *b)
+{
+    size_t live = 0;
+    for (size_t i = 0; i < b->pending.cap; i++)
+        if (b->pending.keys[i] && ((ab_req_t *)b->pending.vals[i])->state != AB_REQ_ORPHANED)
+            live++;
+    return live;
+}
+
+int ab_req_tried(const ab_req_t *r, uint64_t rid_hash)
+{
+    unsigned n = r->attempts < AB_ATTEMPTS_MAX ? r->attempts : AB_ATTEMPTS_MAX;
+    for (unsigned i = 0; i < n; i++)
+        if (r->tried[i] == rid_hash)
+            return 1;
+    return 0;
+}
+
+/* --- answers --------------------------------------------------------------- */
+/* Forwards the answer H (+ BODY) to R's client. */
+static void s_forward(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *body, ab_req_t *r)
+{
+    ab_header_t out = ab_header_init(h->kind);
+    out.correlation_id = r->client_id;
+    out.flags = h->flags;
+    out.original_size = h->original_size;
+    out.error_code = h->error_code;
+    out.error_text = h->error_text;
+    ab_send(b, &r->client, &out, body);
+}
+
+/* Counts a final answer to R in its service's figures. */
+static void s_count_final(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
+{
+    ab_service_t *s = r->service;
+    ab_service_latency(s, ab_now_us() - r->start_us);
+    if (h->kind == AB_KIND_ERROR) {
+        s->errors++;
+        AB_COUNT_ERROR(b, h->error_code);
+    } else {
+        s->replies++;
+        b->c.replies++;
+    }
+}
+
+/* A final answer from a worker that was presumed dead (or ejected) while
+ * holding R: the first answer wins. R may be queued again (it leaves the
+ * queue) or held by another worker (it stays there, orphaned, until that
+ * worker answers; that answer is then a counted duplicate). */
+static void s_late_answer(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *body, ab_req_t *r,
+                          uint64_t from)
+{
+    if (r->cache)
+        ab_cache_on_answer(b, r, h, body);
+    s_forward(b, h, body, r);
+    s_count_final(b, h, r);
+    b->c.late_replies++;
+    ab_health_note_answered(b, r, from);
+    ab_req_client_done(b, r);
+    if (r->state == AB_REQ_QUEUED) {
+        ab_req_free(b, r);
+        return;
+    }
+    s_orphan(b, r);
+    r->answered = 1;
+}
+
+/* An answer to an orphan (the client has its answer: DEADLINE, or another
+ * worker's reply), or a chunk from a presumed-dead worker (the request may
+ * run elsewhere by now, so a part of it could interleave): dropped and
+ * counted; a holder's final answer frees the request and its slot. */
+static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *body, ab_req_t *r,
+                             int holder)
+{
+    int final = h->kind != AB_KIND_PARTIAL;
+    b->c.replies_dropped++;
+    if (final && r->answered)
+        b->c.duplicates_dropped++;
+    /* The client got DEADLINE, but others may wait for this answer
+     * (single-flight), and a whole reply is still worth storing. */
+    if (holder && r->cache && !r->answered && r->state == AB_REQ_ORPHANED)
+        ab_cache_on_answer(b, r, h, body);
+    if (final && holder) {
+        ab_req_free(b, r);
+        ab_health_kick_later(b); /* its credit is back: the queue may move */
+    }
+}
+
+/* Request ids are sequential: an agent must not answer for a service, so
+ * only a holder, or a worker the request went to before (late), counts. */
+void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid, const ab_header_t *h,
+                      zmq_msg_t *body)
+{
+    uint64_t corr = h->correlation_id, from = ab_rid_hash(from_rid);
+    ab_req_t *r = ab_idmap_get(&b->pending, corr);
+    int final = h->kind != AB_KIND_PARTIAL;
+    int holder = r && r->state != AB_REQ_QUEUED && p && p->worker && r->worker == p->worker;
+    int late = r && !holder && ab_req_tried(r, from);
+    if (!holder && !late) {
+        b->c.replies_dropped++;
+        if (final && ab_health_is_dup(b, corr, from))
+            b->c.duplicates_dropped++;
+        AB_DEBUG("dropped %s for unknown request %llu", ab_kind_name(h->kind),
+                 (unsigned long long)corr);
+        return;
+    }
+    if (r->state == AB_REQ_ORPHANED || (late && !final)) {
+        s_answer_dropped(b, h, body, r, holder);
+        return;
+    }
+    if (late) {
+        s_late_answer(b, h, body, r, from);
+        return;
+    }
+    /* An Ollama worker's backend pushed back (503, down) before anything
+     * streamed: placement hands the request to another capable worker. */
+    if (final && h->kind == AB_KIND_ERROR && ab_placement_retry(b, r, h->error_code))
+        return;
+    if (r->cache) /* before the payload is moved on: waiters and the store copy it */
+        ab_cache_on_answer(b, r, h, body);
+    s_forward(b, h, body, r);
+    if (!final) {
+        r->streamed = 1;
+        if (r->route)
+            r->route->streamed = 1;
+        return;
+    }
+    s_count_final(b, h, r);
+    ab_service_t *s = r->service;
+    ab_worker_rec_t *w = r->worker;
+    w->completed++;
+    if (r->attempts > 1)
+        ab_health_note_answered(b, r, from);
+    ab_req_free(b, r);
+    ab_health_on_result(b, w, h->kind != AB_KIND_ERROR);
+    ab_service_dispatch(b, s);
+}
+
+/* --- deadlines ---------------------------------------------------------------- */
+void ab_deadline_push(ab_broker_t *b, ab_req_t *r)
+{
+    r->dl.key = r->deadline_ms;
+    (void)ab_heap_push(&b->deadlines, &r->dl); /* fails only out of memory */
+}
+
+void ab_deadline_remove(ab_broker_t *b, ab_req_t *r)
+{
+    ab_heap_remove(&b->deadlines, &r->dl);
+}
+
+int64_t ab_deadline_next(ab_broker_t *b)
+{
+    ab_heap_node_t *n = ab_heap_min(&b->deadlines);
+    return n ? n->key : 0;
+}
+
+void ab_deadline_expire(ab_broker_t *b, int64_t now)
+{
+    ab_heap_node_t *n;
+    while ((n = ab_heap_min(&b->deadlines)) && n->key <= now) {
+        ab_req_t *r = ab_list_data(n, ab_req_t, dl);
+        if (r->state == AB_REQ_DISPATCHED) {
+            /* Answer the client now; the worker keeps the credit until it
+             * answers (its late reply is then dropped and counted). */
+            ab_send_error(b, &r->client, r->client_id, AB_ERR_DEADLINE,
+                          "deadline passed while a worker held the request");
+            AB_COUNT_ERROR(b, AB_ERR_DEADLINE);
+            b->c.deadline_expired++;
+            r->service->errors++;
+            s_orphan(b, r);
+            ab_cancel_send(b, r, AB_ERR_DEADLINE); /* frees the worker's slot (GPU) soon */
+            ab_req_client_done(b, r);
+            /* Too slow counts against the worker's failure budget. */
+            ab_health_on_result(b, r->worker, 0);
+        } else {
+            b->c.deadline_expired++;
+            ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");
+        }
+    }
+}
+
+/* --- cancel and the client index ------------------------------------------- */
+void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
+{
+    if (!r->worker || ab_cache_has_waiters(r)) /* identical requests wait for it */
+        return;
+    /* Until the worker's answer comes back, R would still lead its flight:
+     * an identical request would join it, get its start replayed, then its
+     * CANCELLED, and never reach a worker. */
+    ab_cache_req_cancelled(b, r);
+    ab_header_t h = ab_header_init(AB_KIND_CANCEL);
+    h.correlation_id = r->bid;
+    h.error_code = why;
+    h.target = ab_view_of(r->service->name);
+    ab_send(b, &r->worker->peer->rid, &h, NULL);
+}
+
+/* --- each client's own requests -------------------------------------------
+ * A CANCEL names the client's id, and a client that leaves takes all its
+ * requests with it: both go through the client's own index instead of a
+ * scan of everything the broker holds (0.6 ms per CANCEL with 200k pending
+ * before; one lookup now). The map holds the newest request per client id
+ * (ids are the client's to choose; the library never reuses one while it is
+ * in flight); the list holds them all, so departure misses none. */
+void ab_client_track(ab_peer_t *p, ab_req_t *r)
+{
+    r->owner = p;
+    ab_list_insert_head(&p->reqs, &r->clink);
+    /* Out of memory: R is still cancelled when its client leaves. */
+    (void)ab_idmap_put(&p->reqs_by_id, r->client_id, r);
+}
+
+void ab_client_untrack(ab_req_t *r)
+{
+    ab_peer_t *p = r->owner;
+    if (!p)
+        return;
+    ab_list_remove(&r->clink);
+    if (ab_idmap_get(&p->reqs_by_id, r->client_id) == r)
+        ab_idmap_del(&p->reqs_by_id, r->client_id);
+    r->owner = NULL;
+}
+
+/* Forgets FOUND for its client: dropped if queued, else orphaned and its
+ * worker told to stop. Either way it leaves its client's index. */
+static void s_cancel(ab_broker_t *b, ab_req_t *found)
+{
+    if (found->state == AB_REQ_ORPHANED) {
+        ab_client_untrack(found);
+        return;
+    }
+    found->service->errors++;
+    if (found->state == AB_REQ_QUEUED || found->state == AB_REQ_WAITING) {
+        ab_req_free(b, found);
+        return;
+    }
+    /* Dispatched: the worker keeps the credit until it answers (CANCELLED,
+     * dropped as for any orphan), so the slot is not offered twice. */
+    ab_client_untrack(found);
+    s_orphan(b, found);
+    ab_cancel_send(b, found, AB_ERR_CANCELLED);
+}
+
+void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
+{
+    ab_peer_t *p = ab_peer_lookup(b, client);
+    ab_req_t *r = p ? ab_idmap_get(&p->reqs_by_id, client_id) : NULL;
+    if (r && r->state != AB_REQ_ORPHANED) { /* an orphan's client has its answer */
+        b->c.cancelled++;
+        s_cancel(b, r);
+    }
+}
+
+void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
+{
+    /* Each turn takes the head off the list (s_cancel frees or orphans it,
+     * and either unlinks it), whatever else the cancel changes. */
+    ab_list_t *l;
+    while ((l = ab_list_first(&p->reqs))) {
+        ab_req_t *r = ab_list_data(l, ab_req_t, clink);
+        if (cancel) {
+            b->c.cancelled_on_leave += r->state != AB_REQ_ORPHANED;
+            s_cancel(b, r);
+        } else
+            ab_client_untrack(r);
+    }
+    ab_idmap_fini(&p->reqs_by_id);
+}

@@ -1,0 +1,130 @@
+/*
+ * request.h - a request's life in the broker, from arrival to its one answer.
+ *
+ * The request module owns every ab_req_t: it creates it (ab_req_new), keeps
+ * it in the pending table (bid -> request) and in the deadline heap, answers
+ * it (a worker's reply, an error, DEADLINE, a client's CANCEL) and frees it.
+ * Other owners hold a request in their own lists while it is theirs: the
+ * service queue and a worker's list (service.c), the client index (here),
+ * a single-flight group (cache.c). ab_req_free takes it out of all of them.
+ *
+ * Everything runs on the broker thread.
+ */
+#ifndef AB_REQUEST_H
+#define AB_REQUEST_H
+
+#include "broker.h"
+#include "health.h" /* AB_ATTEMPTS_MAX */
+
+typedef enum {
+    AB_REQ_QUEUED,
+    AB_REQ_DISPATCHED,
+    AB_REQ_ORPHANED, /* its client has its answer; a worker still holds it */
+    AB_REQ_WAITING   /* attached to an identical request in flight (cache.h) */
+} ab_req_state_t;
+
+/* A request held by the broker from arrival until its one answer. */
+struct ab_req {
+    uint64_t bid;       /* broker-assigned id: correlation with workers */
+    uint64_t client_id; /* the client's own request id */
+    ab_rid_t client;
+    ab_service_t *service;
+    ab_worker_rec_t *worker; /* while dispatched */
+    ab_req_state_t state;
+    zmq_msg_t payload;       /* kept for re-dispatch; sent as refcounted copies */
+    int has_payload;
+    uint32_t flags, priority;
+    int64_t deadline_ms;
+    uint64_t start_us;
+    ab_heap_node_t dl; /* in the deadline heap (key: deadline_ms) */
+    uint8_t attempts;  /* dispatches so far (bounded by max-attempts) */
+    uint8_t streamed;  /* a PARTIAL reached the client: never re-dispatched */
+    uint8_t answered;  /* a presumed-dead worker's late reply answered it */
+    uint8_t client_counted; /* counted in its client's in_flight */
+    uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
+    ab_list_t qlink;            /* in the service queue or the worker's list */
+    struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
+    uint64_t original_size;     /* of an lz4 payload, forwarded with it */
+    struct ab_cache_req *cache; /* cacheable requests only (cache.h) */
+    ab_peer_t *owner;           /* its client's peer while it may cancel it */
+    uint8_t holds_service;      /* counted in service->held (ab_service_hold) */
+    ab_list_t clink;              /* in owner->reqs */
+    ab_defer_node_t later;        /* queued for an action after a walk (drain) */
+};
+
+/* --- life ------------------------------------------------------------------ */
+/* A new pending request for service S from CLIENT (its peer P, may be NULL),
+ * from header H; BODY (may be NULL) is moved into it; CACHE (may be NULL)
+ * is taken. It is in the pending table, the deadline heap and its client's
+ * index, and holds S; the caller queues it (or joins a flight). NULL out of
+ * memory: CACHE is freed, nothing else kept, the caller answers INTERNAL. */
+ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid_t *client,
+                     const ab_header_t *h, zmq_msg_t *body, struct ab_cache_req *cache,
+                     int64_t now);
+/* Answers R to its client with ERROR(CODE, TEXT) and frees it. */
+void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text);
+/* Takes R out of every list, table and heap, and frees it. */
+void ab_req_free(ab_broker_t *b, ab_req_t *r);
+/* Closes R's payload and frees it (R must be out of every list). */
+void ab_req_destroy(ab_req_t *r);
+/* R's client has its answer: R no longer counts toward its in-flight limit. */
+void ab_req_client_done(ab_broker_t *b, ab_req_t *r);
+/* Fails every request whose client still waits (drain); returns how many. */
+size_t ab_req_fail_all(ab_broker_t *b, uint32_t code, const char *text);
+/* Frees every request (the broker is going away: no answers, no lists). */
+void ab_req_fini(ab_broker_t *b);
+/* Requests whose client still waits for an answer. */
+size_t ab_req_live(const ab_broker_t *b);
+/* 1 if R was dispatched to the worker whose routing id hashes to RID_HASH. */
+int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
+
+/* --- arrival ---------------------------------------------------------------- */
+/* REQUEST H (+ BODY, moved when kept; may be NULL) from RID, its peer P
+ * (NULL when unknown): admitted (service known, client under its limits,
+ * queue and broker under theirs), answered from the cache, joined to an
+ * identical request in flight, or queued and dispatched. Every refusal is
+ * answered (NO_SERVICE, BUSY) and counted. */
+void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       zmq_msg_t *body, int64_t now);
+
+/* --- answers --------------------------------------------------------------- */
+/* PARTIAL, REPLY or ERROR H (+ BODY, moved on; may be NULL) from peer P
+ * (NULL: unknown) at routing id FROM, answering the broker id in
+ * H->correlation_id. Only a worker that was given the request may answer
+ * it; anything else is dropped and counted. */
+void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from, const ab_header_t *h,
+                      zmq_msg_t *body);
+
+/* --- deadlines ------------------------------------------------------------- */
+/* Answers DEADLINE every request whose deadline is NOW or earlier. */
+void ab_deadline_expire(ab_broker_t *b, int64_t now);
+/* The earliest deadline held, or 0 when none. */
+int64_t ab_deadline_next(ab_broker_t *b);
+/* R (its deadline_ms set) is tracked until removed; out of memory it is
+ * simply not (still answered, by its worker). */
+void ab_deadline_push(ab_broker_t *b, ab_req_t *r);
+void ab_deadline_remove(ab_broker_t *b, ab_req_t *r);
+
+/* --- cancel and the client index ------------------------------------------- */
+/* Sends CANCEL for R to the worker holding it, with WHY in error_code:
+ * AB_ERR_DEADLINE (its deadline passed) or AB_ERR_CANCELLED (the client). */
+void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why);
+/* A client's CANCEL of its request CLIENT_ID: a queued request is dropped,
+ * a dispatched one orphaned (its client has its answer already) and the
+ * worker told to stop. Unknown ids are ignored (the answer crossed). O(1):
+ * one peer lookup and one lookup in the client's index. When a client has
+ * several requests with one id, the newest is the one cancelled. */
+void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id);
+/* Peer P is gone (BYE, heartbeat timeout, disconnect): with CANCEL (an
+ * agent) nobody waits for its requests any more, so each is cancelled as
+ * above; without (a worker's own requests) they only leave its index.
+ * Either way P's index is emptied and freed: O(P's requests). */
+void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel);
+/* The client index (ab_peer_t.reqs, .reqs_by_id). R, now pending, is P's:
+ * call once, after R is in the pending table. */
+void ab_client_track(ab_peer_t *p, ab_req_t *r);
+/* R leaves its client's index (no-op when it is in none): from
+ * ab_req_free, and when R is orphaned by a cancel. */
+void ab_client_untrack(ab_req_t *r);
+
+#endif

@@ -1,0 +1,62 @@
+/*
+ * router.h - the one send path: every message the broker sends goes
+ * through ab_send (or, for held direct messages and publications,
+ * ab_send_try), which counts bytes and failures, batches for peers that
+ * read BATCH (batching.h) and keeps each peer's bytes in flight bounded.
+ */
+#ifndef AB_ROUTER_H
+#define AB_ROUTER_H
+
+#include "broker.h"
+
+/* Sends HEADER (+ PAYLOAD moved, may be NULL) to RID. 0 or -1 (counted). */
+int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload);
+/* Sends an encoded header BUF (+ PAYLOAD moved) to RID now, unbatched. */
+int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t len,
+                zmq_msg_t *payload);
+/* As ab_send_raw to peer P (accounted to it; P may be NULL). */
+int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                     size_t len, zmq_msg_t *payload);
+/* Sends HDR (an encoded header message, see ab_header_msg) + BODY (may be
+ * NULL) to RID now, unbatched, if its pipe takes it: direct messages and
+ * publications, which wait in their mailbox or subscriber queue otherwise.
+ * 0: sent, HDR and BODY consumed. -1: errno EAGAIN (pipe full, or the peer
+ * is over peer-out-max-bytes) or EHOSTUNREACH (gone); nothing consumed.
+ * A refused send is counted as any other (send_failures). */
+int ab_send_try(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body);
+/* Encodes H into a new message (fan-out sends copies of it). 0 or -1. */
+int ab_header_msg(const ab_header_t *h, zmq_msg_t *out);
+/* Sends ERROR(code, text) answering CORR to RID. */
+int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
+                  const char *text);
+
+/* router.c: bytes in flight per peer and the connection limit.
+ *
+ * A peer's bytes in flight are the ZMTP bytes the broker handed to libzmq
+ * for its connection minus those the peer has taken, as its kernel proves:
+ * over TCP the bytes its TCP stack acknowledged (TCP_INFO), over ipc the
+ * bytes sent up to a moment the socket's send queue had room (SIOCOUTQ);
+ * nothing the peer says counts, so no peer can opt out. */
+/* 1 when P has more than peer-out-max-bytes in flight (asks the kernel
+ * only when the running estimate says so). Starts P's stall clock. */
+int ab_peer_over(ab_broker_t *b, ab_peer_t *p);
+/* P took HLEN + PLEN bytes (header and payload frames) just sent to it. */
+void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int has_payload);
+/* Registers the router's sweep. */
+int ab_router_init(ab_broker_t *b);
+/* Sweep: slow peers (stall timeout), refused connections, memory trim. */
+void ab_router_tick(ab_broker_t *b, int64_t now);
+/* End of a turn: disconnects the peers marked for it (safe point). */
+void ab_router_reap(ab_broker_t *b);
+/* P is being dropped. */
+void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p);
+/* A socket-monitor EVENT (ZMQ_EVENT_ACCEPTED / DISCONNECTED) about FD. */
+void ab_router_conn_event(ab_broker_t *b, int event, int fd);
+/* 1 when a message from RID on FD came on a refused connection: it was
+ * answered ERROR(BUSY) (once) and must be ignored. */
+int ab_router_refused(ab_broker_t *b, const ab_rid_t *rid, int fd, const ab_header_t *h);
+void ab_router_fini(ab_broker_t *b);
+/* Open connections now. */
+uint32_t ab_router_connections(const ab_broker_t *b);
+
+#endif

@@ -1,0 +1,88 @@
+/*
+ * service.h - services, their workers and queues, dispatch (service.c).
+ *
+ * A service exists from its first REGISTER (or, during the startup grace,
+ * its first request) and lives while a worker serves it or a request names
+ * it. Requests wait in its FIFO queue while no worker has free credit.
+ */
+#ifndef AB_SERVICE_H
+#define AB_SERVICE_H
+
+#include "broker.h"
+#include "health.h"
+#include "hist.h"
+
+struct ab_worker_rec {
+    ab_peer_t *peer;
+    ab_service_t *service;
+    uint32_t capacity;
+    uint32_t in_flight;
+    uint64_t completed;
+    uint64_t last_dispatch; /* dispatch sequence number, spreads ties */
+    int64_t registered_ms;
+    zhashx_t *labels;       /* string -> string (owned copies) */
+    ab_list_t reqs;         /* in-flight requests (ab_req_t.qlink) */
+    ab_health_t health;
+    struct Agentbus__InferenceState *inference; /* placement.c; NULL: generic worker */
+};
+
+struct ab_service {
+    char name[AB_NAME_MAX];
+    int provisional;        /* created by a request during the startup grace */
+    zlistx_t *workers;      /* ab_worker_rec_t*, not owned */
+    ab_list_t queue;        /* queued requests (ab_req_t.qlink), FIFO */
+    uint32_t q_len;
+    uint64_t requests, replies, errors;
+    ab_hist_t *latency_us;  /* NULL until its first answer: 9 KB an unused name does not cost */
+    uint32_t held;          /* pending requests naming it: while > 0 it is not idle */
+    int64_t idle_since_ms;  /* on the idle list since (no worker, nothing held) */
+    ab_list_t idle_link;    /* on b->idle (oldest idle first) while idle */
+    ab_defer_node_t later;  /* queued for an action after a walk over the services */
+};
+
+/* The service NAME; with CREATE, made when absent. NULL when absent (and
+ * not CREATE), out of memory, or at max-services with no idle service to
+ * make room (counted in services_refused). */
+ab_service_t *ab_service_get(ab_broker_t *b, const char *name, int create);
+/* Request R (pending now) names its service: the service is not idle while
+ * any does. ab_service_release undoes it (from ab_req_free). */
+void ab_service_hold(ab_broker_t *b, ab_req_t *r);
+void ab_service_release(ab_broker_t *b, ab_req_t *r);
+/* Records a latency sample of S (its histogram is allocated on the first). */
+void ab_service_latency(ab_service_t *s, uint64_t us);
+/* Registers the service timers: idle expiry, the end of the startup grace. */
+int ab_service_init(ab_broker_t *b);
+/* Removes services idle (no worker, no request) for service-idle-ms, a
+ * bounded number per call; nothing during the startup grace. */
+void ab_service_expire_idle(ab_broker_t *b, int64_t now);
+void ab_service_free(void **item);
+/* Frees every worker record and service (the broker is going away). */
+void ab_service_fini(ab_broker_t *b);
+/* 1 if S may take one more request (its queue and the broker's total are
+ * under their bounds), else 0: the caller answers BUSY. */
+int ab_service_admit(ab_broker_t *b, const ab_service_t *s);
+int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
+void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
+/* Dispatches every service with a queue (after the walk over them). */
+void ab_service_dispatch_all(ab_broker_t *b);
+/* Calls FN(B, &s->later) for each service S that WANT accepts, after the
+ * walk over the services. */
+void ab_service_each(ab_broker_t *b, int (*want)(const ab_service_t *), ab_defer_fn *fn);
+/* Ends the startup grace: services no worker registered for during it are
+ * removed and their queued requests answered NO_SERVICE. */
+void ab_service_end_grace(ab_broker_t *b);
+ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s);
+/* REGISTER IN (+ payload PL) from P: P becomes (or stays) a worker of the
+ * service IN names, and is answered. 0, or AB_EDECODE for a malformed one
+ * (the caller rejects it); limits are answered here (TOO_LARGE, BUSY). */
+int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, const ab_frame_t *pl,
+                          int64_t now);
+void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t capacity);
+void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
+void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r);
+void ab_queue_remove(ab_service_t *s, ab_req_t *r);
+void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
+/* The request at the front of S's queue, or NULL. */
+ab_req_t *ab_queue_head(ab_service_t *s);
+
+#endif
