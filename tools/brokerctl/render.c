@@ -6,6 +6,7 @@
 
 #include <jansson.h>
 #include <stdlib.h>
+#include <string.h>
 
 int ctl_json_lines;
 
@@ -261,7 +262,10 @@ void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
     for (size_t i = 0; i < wl->n_workers; i++) {
         const Agentbus__WorkerInfo *w = wl->workers[i];
         char id[16]; /* the column holds 12: a longer id shows its first 10 and ".." */
-        snprintf(id, sizeof id, strlen(w->id) > 12 ? "%.10s.." : "%s", w->id);
+        if (strlen(w->id) > 12)
+            snprintf(id, sizeof id, "%.10s..", w->id);
+        else
+            snprintf(id, sizeof id, "%s", w->id);
         fprintf(out, "%-12s %-16s %-16s %9u %9u %10llu %9.1f %-9s %7u %6.1f %5u ", id,
                 w->name[0] ? w->name : "-", w->service, w->capacity, w->in_flight,
                 (unsigned long long)w->completed, w->connected_ms / 1000.0, w->health,
