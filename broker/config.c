@@ -328,7 +328,7 @@ static int s_prescan(ab_broker_config_t *cfg, int argc, char **argv)
             return 1;
         }
         if (strcmp(argv[i], "--version") == 0) {
-            printf("agentbus-broker %s\n", "0.1.0");
+            printf("agentbus-broker %s\n", AB_PROGRAM_VERSION);
             return 1;
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
