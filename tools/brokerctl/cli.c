@@ -138,7 +138,8 @@ void ctl_cli_usage(FILE *out, const char *cmd)
     for (size_t i = 0; i < NCMDS; i++) {
         char head[64];
         snprintf(head, sizeof head, "%s %s", s_cmds[i].name, s_cmds[i].args);
-        fprintf(out, "  %-30s ", head);
+        /* A head too long for its column puts the summary on the next line. */
+        fprintf(out, strlen(head) > 30 ? "  %s\n%33s" : "  %-30s ", head, "");
         s_wrapped(out, 33, s_cmds[i].summary);
     }
     fprintf(out, "\nGlobal options (before or after the command):\n");
