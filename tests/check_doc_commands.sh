@@ -54,7 +54,7 @@ while IFS=$'\t' read -r file line; do
   prog=${1##*/}
   shift
   case $prog in
-  brokerctl) timeout 10 "$bin/brokerctl" --timeout-ms 2000 "$@" </dev/null >"$tmp/out" 2>&1 ;;
+  brokerctl) timeout -s INT 3 "$bin/brokerctl" --timeout-ms 2000 "$@" </dev/null >"$tmp/out" 2>&1 ;;
   agentbus-worker) timeout -s INT 2 "$bin/agentbus-worker" "$@" --drain-ms 0 >"$tmp/out" 2>&1 ;;
   agentbus-broker)
     # Its own ports: a documented 5555 becomes "any free port".
