@@ -14,11 +14,10 @@
 #include "render.h"
 #include "msgcmd.h"
 #include "cli.h"
-
-#include <jansson.h>
 #include "tl_args.h"
 #include "tl_clock.h"
 
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,11 +35,10 @@ static void s_on_signal(int sig)
 }
 
 static int s_json;
+static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
 
 /* Reports a failed command: always on stderr; with --json also as an
  * object on stdout, so scripts parsing stdout see the failure too. */
-static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
-
 static int s_fail(ab_client_t *c, int rc)
 {
     const char *text = c && ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
