@@ -154,7 +154,12 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
             AB_ERROR("cannot bind %s: %s", cfg->binds[i], zmq_strerror(errno));
             return -1;
         }
-        AB_INFO("listening on %s", cfg->binds[i]);
+        /* What was bound, not what was asked: port '*' or 0 becomes a real one. */
+        char bound[256] = "";
+        size_t blen = sizeof bound;
+        if (zmq_getsockopt(b->router, ZMQ_LAST_ENDPOINT, bound, &blen) != 0 || !bound[0])
+            snprintf(bound, sizeof bound, "%s", cfg->binds[i]);
+        AB_INFO("listening on %s", bound);
     }
     return 0;
 }

@@ -163,6 +163,33 @@ static void s_binds_clear(ab_broker_config_t *cfg)
     cfg->nbinds = 0;
 }
 
+/* A bind endpoint ZeroMQ would take as meant: tcp://HOST:PORT (PORT
+ * 0..65535 or '*': any free one), ipc://PATH or inproc://NAME. libzmq
+ * itself takes port 99999 as another port, so this is checked here. NULL if
+ * good, else what is wrong. */
+static const char *s_bind_problem(const char *ep)
+{
+    const char *sep = strstr(ep, "://");
+    if (!sep)
+        return "no scheme (expected tcp://HOST:PORT, ipc://PATH or inproc://NAME)";
+    const char *rest = sep + 3;
+    if (!strncmp(ep, "ipc://", 6) || !strncmp(ep, "inproc://", 9))
+        return *rest ? NULL : "empty path or name";
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return "unknown scheme (expected tcp, ipc or inproc)";
+    const char *colon = strrchr(rest, ':');
+    if (!colon || colon == rest || (rest[0] == '[' && colon[-1] != ']'))
+        return "expected tcp://HOST:PORT";
+    const char *port = colon + 1;
+    if (strcmp(port, "*") == 0)
+        return NULL;
+    long v;
+    if (strlen(port) > 5 || strspn(port, "0123456789") != strlen(port) ||
+        ab_parse_long(port, 0, 65535, &v) != 0)
+        return "port is not 0..65535 or '*'";
+    return NULL;
+}
+
 static int s_binds_add(ab_broker_config_t *cfg, const char *list)
 {
     char *copy = strdup(list), *save = NULL;
@@ -171,8 +198,9 @@ static int s_binds_add(ab_broker_config_t *cfg, const char *list)
             tok++;
         if (!*tok)
             continue;
-        if (cfg->nbinds >= AB_MAX_BINDS || !strstr(tok, "://")) {
-            fprintf(stderr, "agentbus-broker: bad or too many bind endpoints at '%s'\n", tok);
+        const char *why = cfg->nbinds >= AB_MAX_BINDS ? "too many endpoints" : s_bind_problem(tok);
+        if (why) {
+            fprintf(stderr, "agentbus-broker: invalid bind endpoint '%s': %s\n", tok, why);
             free(copy);
             return -1;
         }
@@ -361,7 +389,7 @@ static int s_prescan(ab_broker_config_t *cfg, int argc, char **argv)
             return 1;
         }
         if (strcmp(argv[i], "--version") == 0) {
-            printf("agentbus-broker %s\n", "0.1.0");
+            printf("agentbus-broker %s\n", AB_PROGRAM_VERSION);
             return 1;
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
@@ -428,6 +456,14 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
     }
     if (cfg->nbinds == 0) {
         fprintf(stderr, "agentbus-broker: no endpoint to bind\n");
+        return -1;
+    }
+    const char *colon = cfg->cache_redis[0] ? strrchr(cfg->cache_redis, ':') : NULL;
+    long port;
+    if (cfg->cache_redis[0] &&
+        (!colon || colon == cfg->cache_redis || ab_parse_long(colon + 1, 1, 65535, &port) != 0)) {
+        fprintf(stderr, "agentbus-broker: invalid cache-redis '%s': expected HOST:PORT\n",
+                cfg->cache_redis);
         return -1;
     }
     return 0;

@@ -38,7 +38,7 @@ int main(int argc, char **argv)
         ab_config_free(&cfg);
         return 1;
     }
-    AB_INFO("agentbus-broker %s ready (queue-max %ld, default timeout %ld ms)", "0.1.0",
+    AB_INFO("agentbus-broker %s ready (queue-max %ld, default timeout %ld ms)", AB_PROGRAM_VERSION,
             cfg.queue_max, cfg.default_timeout_ms);
     rc = ab_broker_run(&s_broker);
     ab_broker_fini(&s_broker);

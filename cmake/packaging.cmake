@@ -39,7 +39,6 @@ install(FILES etc/bash-completion/brokerctl
 # Generated from each program's --help and --version, so they never disagree
 # with it. Without help2man (scripts/setup installs it) there are none, and
 # the man_pages test fails.
-target_compile_definitions(ollama-sim PRIVATE AB_VERSION_STRING="${PROJECT_VERSION}")
 set(AB_MAN_DIR ${CMAKE_CURRENT_BINARY_DIR}/man)
 set(AB_MAN_PROGRAMS agentbus-broker agentbus-worker brokerctl ollama-sim)
 set(AB_MAN_NAME_agentbus-broker "message broker for multi-agent AI systems")

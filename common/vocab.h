@@ -60,6 +60,7 @@
     X(AB_ERR_UNSUPPORTED_VERSION, 7, "UNSUPPORTED_VERSION", AB_EVERSION)                         \
     X(AB_ERR_UNSUPPORTED, 8, "UNSUPPORTED", AB_EUNSUPPORTED)                                     \
     X(AB_ERR_APPLICATION, 9, "APPLICATION", AB_EAPPLICATION)                                     \
+    X(AB_ERR_NOT_FOUND, 10, "NOT_FOUND", AB_ENOTFOUND)                                           \
     X(AB_ERR_MODEL_NOT_FOUND, 20, "MODEL_NOT_FOUND", AB_EMODEL)                                  \
     X(AB_ERR_BAD_REQUEST, 21, "BAD_REQUEST", AB_EBADREQUEST)                                     \
     X(AB_ERR_BACKEND_BUSY, 22, "BACKEND_BUSY", AB_EBACKENDBUSY)                                  \

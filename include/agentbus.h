@@ -123,6 +123,8 @@ AB_EXPORT const char *ab_version(void);
     X(AB_EZMQ, -14, "ZMQ", "ZeroMQ call failed")                                                 \
     /* the handle was stopped (ab_*_stop) */                                                     \
     X(AB_ESTOPPED, -15, "STOPPED", "handle was stopped")                                         \
+    /* broker: the named thing (a cache entry, a pinned worker) does not exist */                \
+    X(AB_ENOTFOUND, -16, "NOT_FOUND", "no such entry")                                           \
     /* codec: a received message was rejected (a peer is told MALFORMED) */                      \
     X(AB_EFRAMES, -20, "FRAMES", "wrong number of frames")                                       \
     X(AB_EHDRSIZE, -21, "HEADER_SIZE", "header frame exceeds the size limit")                    \

@@ -4,6 +4,7 @@
  */
 #include "backend.h"
 #include "tl_args.h"
+#include "tl_clock.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -40,7 +41,8 @@ static void s_usage(const char *prog)
            "                      $OLLAMA_NUM_PARALLEL, else 4; the adaptive limit's maximum)\n"
            "  --delay-ms N        echo: wait N ms before replying (default 0)\n"
            "  --chunks N          echo: stream the reply in N parts (default 1)\n"
-           "  --ollama-url URL    ollama: the Ollama server's base URL (http://127.0.0.1:11434)\n"
+           "  --ollama-url URL    ollama (required): the Ollama server's base URL, e.g.\n"
+           "                      http://127.0.0.1:11434 (no default)\n"
            "  --preload M1,M2     ollama: load these models at start, one after another\n"
            "  --gpu-vram-mb N     ollama: GPU memory when NVML cannot tell (default 0: unknown)\n"
            "  --ollama-retries N  ollama: retries of a 503 / connection error here (default 2)\n"
@@ -56,19 +58,93 @@ static void s_usage(const char *prog)
            "  --fail-file PATH    while PATH exists, answer every request with an\n"
            "                      error (APPLICATION) and report backend state\n"
            "                      \"failing\": fault injection for tests\n"
-           "  --help              show this help\n"
-           "  --version           show the version\n",
+           "  --help, -h          show this help\n"
+           "  --version           print \"agentbus-worker VERSION\"\n"
+           "Options may be given as --opt VALUE or --opt=VALUE (needed for a value that\n"
+           "starts with '-').\n",
            prog, AB_DEFAULT_ENDPOINT);
 }
 
 typedef struct {
     const char *broker, *backend, *name;
+    const char *endpoint; /* --broker, else $AB_BROKER, else the default */
     const char *labels[64];
     const char *fail_file;
     int nlabels;
     long heartbeat_ms;
     wk_backend_args_t args;
 } s_args_t;
+
+enum {
+    O_HELP = 1, O_VERSION, O_BROKER, O_BACKEND, O_SERVICE, O_NAME, O_LABEL, O_CAPACITY,
+    O_DELAY, O_CHUNKS, O_HEARTBEAT, O_DRAIN, O_FAILFILE, O_OLLAMA_URL, O_PRELOAD, O_VRAM,
+    O_RETRIES, O_REFRESH,
+};
+static const tl_opt_t s_opts[] = {
+    {"help", 'h', TL_NOVAL, O_HELP},           {"version", 0, TL_NOVAL, O_VERSION},
+    {"broker", 0, TL_VAL, O_BROKER},           {"backend", 0, TL_VAL, O_BACKEND},
+    {"service", 0, TL_VAL, O_SERVICE},         {"name", 0, TL_VAL, O_NAME},
+    {"label", 0, TL_VAL, O_LABEL},             {"capacity", 0, TL_VAL, O_CAPACITY},
+    {"delay-ms", 0, TL_VAL, O_DELAY},          {"chunks", 0, TL_VAL, O_CHUNKS},
+    {"heartbeat-ms", 0, TL_VAL, O_HEARTBEAT},  {"drain-ms", 0, TL_VAL, O_DRAIN},
+    {"fail-file", 0, TL_VAL, O_FAILFILE},      {"ollama-url", 0, TL_VAL, O_OLLAMA_URL},
+    {"preload", 0, TL_VAL, O_PRELOAD},         {"gpu-vram-mb", 0, TL_VAL, O_VRAM},
+    {"ollama-retries", 0, TL_VAL, O_RETRIES},  {"refresh-ms", 0, TL_VAL, O_REFRESH},
+    {NULL, 0, 0, 0},
+};
+
+/* One option's value V into A; 0, or -1 for a bad value. */
+static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *capacity_set)
+{
+    long n;
+    switch (id) {
+    case O_BROKER: a->broker = v; return 0;
+    case O_BACKEND: a->backend = v; return 0;
+    case O_SERVICE: a->args.service = v, *service_set = 1; return *v ? 0 : -1;
+    case O_NAME: a->name = v; return 0;
+    case O_LABEL:
+        if (!strchr(v, '=') || a->nlabels >= 64)
+            return -1;
+        a->labels[a->nlabels++] = v;
+        return 0;
+    case O_CAPACITY:
+        if (tl_parse_long(v, 1, 100000, &n) != 0)
+            return -1;
+        a->args.capacity = (unsigned)n, *capacity_set = 1;
+        return 0;
+    case O_OLLAMA_URL: a->args.ollama_url = v; return *v ? 0 : -1;
+    case O_PRELOAD: a->args.preload = v; return 0;
+    case O_VRAM: return tl_parse_long(v, 0, 1L << 30, &a->args.gpu_vram_mb);
+    case O_RETRIES: return tl_parse_long(v, 0, 10, &a->args.retries);
+    case O_REFRESH: return tl_parse_long(v, 250, 600000, &a->args.refresh_ms);
+    case O_DELAY: return tl_parse_long(v, 0, 3600000, &a->args.delay_ms);
+    case O_CHUNKS: return tl_parse_long(v, 1, 1000000, &a->args.chunks);
+    case O_HEARTBEAT: return tl_parse_long(v, 100, 60000, &a->heartbeat_ms);
+    case O_DRAIN: return tl_parse_long(v, 0, 3600000, &s_drain_ms);
+    case O_FAILFILE: a->fail_file = v; return *v ? 0 : -1;
+    }
+    return -1;
+}
+
+/* The broker's endpoint and the Ollama URL, checked before anything
+ * starts: a typo is exit 2 naming the value, not a worker that waits. */
+static int s_check(s_args_t *a)
+{
+    const char *env = getenv("AB_BROKER");
+    a->endpoint = a->broker ? a->broker : env && *env ? env : AB_DEFAULT_ENDPOINT;
+    char why[256];
+    if (tl_check_endpoint(a->endpoint, why, sizeof why) != 0) {
+        fprintf(stderr, "agentbus-worker: invalid %s '%s': %s\n",
+                a->broker ? "--broker" : "$AB_BROKER", a->endpoint, why);
+        return -1;
+    }
+    if (a->args.ollama_url && tl_check_http_url(a->args.ollama_url, why, sizeof why) != 0) {
+        fprintf(stderr, "agentbus-worker: invalid --ollama-url '%s': %s\n", a->args.ollama_url,
+                why);
+        return -1;
+    }
+    return 0;
+}
 
 static int s_parse(s_args_t *a, int argc, char **argv)
 {
@@ -80,67 +156,28 @@ static int s_parse(s_args_t *a, int argc, char **argv)
     a->heartbeat_ms = 1000;
     a->args.retries = 2;
     a->args.refresh_ms = 5000;
-    int service_set = 0, capacity_set = 0;
+    int service_set = 0, capacity_set = 0, id;
     long n0;
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long n;
-        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0) {
+    tl_parser_t p;
+    tl_parser_init(&p, argc, argv, 1);
+    while ((id = tl_next(&p, s_opts)) != TL_END) {
+        if (id == O_HELP) {
             s_usage(argv[0]);
             return 1;
         }
-        if (strcmp(f, "--version") == 0) {
-            printf("agentbus-worker %s\n", AB_VERSION_STRING);
+        if (id == O_VERSION) {
+            tl_print_version("agentbus-worker", ab_version());
             return 1;
         }
-        static const char *known[] = {"--broker", "--backend", "--service", "--name",
-                                      "--label", "--capacity", "--delay-ms", "--chunks",
-                                      "--heartbeat-ms", "--drain-ms", "--fail-file",
-                                      "--ollama-url", "--preload", "--gpu-vram-mb",
-                                      "--ollama-retries", "--refresh-ms"};
-        int is_known = 0;
-        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
-            is_known |= strcmp(f, known[k]) == 0;
-        if (!is_known || !v) {
-            fprintf(stderr, "agentbus-worker: %s '%s' (see --help)\n",
-                    !is_known ? "unknown option" : "missing value for", f);
+        if (id == TL_ERROR || id == TL_ARG) {
+            fprintf(stderr, "agentbus-worker: %s%s%s (see --help)\n", id == TL_ARG ?
+                    "unexpected argument '" : p.err, id == TL_ARG ? p.arg : "",
+                    id == TL_ARG ? "'" : "");
             return -1;
         }
-        i++;
-        if (strcmp(f, "--broker") == 0)
-            a->broker = v;
-        else if (strcmp(f, "--backend") == 0)
-            a->backend = v;
-        else if (strcmp(f, "--service") == 0 && *v)
-            a->args.service = v, service_set = 1;
-        else if (strcmp(f, "--name") == 0)
-            a->name = v;
-        else if (strcmp(f, "--label") == 0 && strchr(v, '=') && a->nlabels < 64)
-            a->labels[a->nlabels++] = v;
-        else if (strcmp(f, "--capacity") == 0 && tl_parse_long(v, 1, 100000, &n) == 0)
-            a->args.capacity = (unsigned)n, capacity_set = 1;
-        else if (strcmp(f, "--ollama-url") == 0 && *v)
-            a->args.ollama_url = v;
-        else if (strcmp(f, "--preload") == 0)
-            a->args.preload = v;
-        else if (strcmp(f, "--gpu-vram-mb") == 0 && tl_parse_long(v, 0, 1L << 30, &n) == 0)
-            a->args.gpu_vram_mb = n;
-        else if (strcmp(f, "--ollama-retries") == 0 && tl_parse_long(v, 0, 10, &n) == 0)
-            a->args.retries = n;
-        else if (strcmp(f, "--refresh-ms") == 0 && tl_parse_long(v, 250, 600000, &n) == 0)
-            a->args.refresh_ms = n;
-        else if (strcmp(f, "--delay-ms") == 0 && tl_parse_long(v, 0, 3600000, &n) == 0)
-            a->args.delay_ms = n;
-        else if (strcmp(f, "--chunks") == 0 && tl_parse_long(v, 1, 1000000, &n) == 0)
-            a->args.chunks = n;
-        else if (strcmp(f, "--heartbeat-ms") == 0 && tl_parse_long(v, 100, 60000, &n) == 0)
-            a->heartbeat_ms = n;
-        else if (strcmp(f, "--drain-ms") == 0 && tl_parse_long(v, 0, 3600000, &n) == 0)
-            s_drain_ms = n;
-        else if (strcmp(f, "--fail-file") == 0 && *v)
-            a->fail_file = v;
-        else {
-            fprintf(stderr, "agentbus-worker: bad option or value: %s %s (see --help)\n", f, v);
+        if (s_take(a, id, p.value, &service_set, &capacity_set) != 0) {
+            fprintf(stderr, "agentbus-worker: bad value '%s' for --%s (see --help)\n", p.value,
+                    p.opt->name);
             return -1;
         }
     }
@@ -162,7 +199,7 @@ static int s_parse(s_args_t *a, int argc, char **argv)
             a->args.capacity = np && tl_parse_long(np, 1, 100000, &n0) == 0 ? (unsigned)n0 : 4;
     }
     a->args.name = a->name;
-    return 0;
+    return s_check(a);
 }
 
 static int s_setup(const s_args_t *a)
@@ -171,8 +208,7 @@ static int s_setup(const s_args_t *a)
     if (!o)
         return AB_ENOMEM;
     int rc = AB_OK;
-    if (a->broker)
-        rc = ab_options_set_endpoint(o, a->broker);
+    rc = ab_options_set_endpoint(o, a->endpoint);
     if (rc == AB_OK && a->name)
         rc = ab_options_set_name(o, a->name);
     if (rc == AB_OK)
@@ -213,6 +249,35 @@ static void s_on_job(ab_worker_t *w, ab_job_t *job, void *arg)
     l->ops->on_job(l->ctx, w, job);
 }
 
+/* Says when the broker is reached, lost and reached again, and once when
+ * it has not been reached for a while: a worker started before its broker
+ * (or with a wrong --broker) is not silent. */
+typedef struct {
+    int up, warned;
+    int64_t since;
+} s_link_t;
+
+static void s_link_log(s_link_t *l, const char *ep, const char *service)
+{
+    int up = ab_worker_connected(s_worker);
+    int64_t now = tl_now_ms();
+    if (up && !l->up)
+        fprintf(stderr, "agentbus-worker: connected to the broker at %s, '%s' registered\n", ep,
+                service);
+    else if (!up && l->up)
+        fprintf(stderr, "agentbus-worker: lost the broker at %s, reconnecting\n", ep);
+    if (up != l->up) {
+        l->up = up;
+        l->since = now;
+        l->warned = 0;
+    }
+    if (!up && !l->warned && now - l->since >= 5000) {
+        fprintf(stderr, "agentbus-worker: no broker reachable at %s yet (is agentbus-broker "
+                        "running?), still trying\n", ep);
+        l->warned = 1;
+    }
+}
+
 int main(int argc, char **argv)
 {
     s_args_t a;
@@ -242,9 +307,11 @@ int main(int argc, char **argv)
     }
     if (loop.ops->attach)
         loop.ops->attach(loop.ctx, s_worker);
-    fprintf(stderr, "agentbus-worker: serving '%s' (backend %s, capacity %u)\n", a.args.service,
-            loop.ops->name, a.args.capacity);
+    fprintf(stderr, "agentbus-worker: serving '%s' (backend %s, capacity %u), waiting for the "
+                    "broker at %s\n", a.args.service, loop.ops->name, a.args.capacity, a.endpoint);
+    s_link_t link = {0, 0, tl_now_ms()};
     for (;;) {
+        s_link_log(&link, a.endpoint, a.args.service);
         int t = loop.ops->next_timeout_ms(loop.ctx);
         t = t < 0 || t > 1000 ? 1000 : t;
         /* A backend with its own sockets waits on them and the worker's fd. */

@@ -47,7 +47,7 @@ static void s_test_status_abi(void)
                {-6, "DEADLINE"},    {-7, "MALFORMED"},     {-8, "WORKER_LOST"},
                {-9, "INTERNAL"},    {-10, "UNSUPPORTED_VERSION"}, {-11, "UNSUPPORTED"},
                {-12, "APPLICATION"}, {-13, "DISCONNECTED"}, {-14, "ZMQ"},
-               {-15, "STOPPED"},    {-20, "FRAMES"},       {-21, "HEADER_SIZE"},
+               {-15, "STOPPED"},    {-16, "NOT_FOUND"},    {-20, "FRAMES"},       {-21, "HEADER_SIZE"},
                {-22, "MISSING_FIELD"}, {-23, "PAYLOAD_SIZE"}, {-24, "DECODE"},
                {-40, "MODEL_NOT_FOUND"}, {-41, "BAD_REQUEST"}, {-42, "BACKEND_BUSY"},
                {-43, "BACKEND"},    {-44, "CANCELLED"},    {-50, "NAME_TAKEN"},

@@ -1,14 +1,8 @@
 /*
- * brokerctl - what an operator looks at first.
- *
- *   brokerctl [--broker EP] [--json] [--timeout-ms N] [--watch S] stats|services|workers
- *   brokerctl [--broker EP] [--timeout-ms N] request [--cache[=TTL_S]|--no-cache|--no-store]
- *             SERVICE DATA|-
- *   brokerctl [...] cache [clear [--tier l1] | get KEY]  (cache.c)
- *   brokerctl [--broker EP] [--json] [--events N] watch
- *   brokerctl [...] generate|chat|embed|models ... (infer.c)
- *   brokerctl [--broker EP] [--json] send AGENT DATA | pub TOPIC DATA | agents
- *   brokerctl [--broker EP] [--json] [--count N] [--takeover] listen NAME | sub TOPIC
+ * brokerctl - what an operator looks at first. `brokerctl --help` lists the
+ * commands, `brokerctl COMMAND --help` the options of one (cli.c). Every
+ * command first waits up to --timeout-ms for a connection to the broker and
+ * says so, the same way for all, when there is none.
  *
  * Exit codes: 0 success; 1 the broker answered with an error or could not
  * be reached (code name and text on stderr); 2 bad usage.
@@ -19,10 +13,11 @@
 #include "infer.h"
 #include "render.h"
 #include "msgcmd.h"
+#include "cli.h"
+#include "tl_args.h"
+#include "tl_clock.h"
 
 #include <jansson.h>
-#include "tl_args.h"
-
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,60 +34,11 @@ static void s_on_signal(int sig)
         ab_client_stop(s_client); /* documented as async-signal-safe */
 }
 
-static void s_usage(FILE *out)
-{
-    fprintf(out,
-            "Usage: brokerctl [options] COMMAND [ARGS]\n\n"
-            "Commands:\n"
-            "  stats                   broker figures: connections, traffic, services, errors\n"
-            "  services                services with queue depth, workers, credit, latency\n"
-            "  workers                 registered workers with capacity, load and labels\n"
-            "  request SERVICE DATA    send DATA ('-' reads stdin) and print the reply\n"
-            "  watch                   print directory changes as they happen: a worker\n"
-            "                          joins, leaves or changes health (one line each;\n"
-            "                          with --json one JSON object per line)\n\n"
-            "  generate MODEL PROMPT [--temperature T] [--seed N] [--num-predict N]\n"
-            "           [--system S] [--no-stream] [--service S] [--json]\n"
-            "                          stream the model's answer to stdout as it is generated\n"
-            "  chat MODEL MESSAGE [same options]   one user message, answer streamed\n"
-            "  embed MODEL TEXT...     print one embedding vector per TEXT (up to 16)\n"
-            "  models                  inference workers: slots, VRAM, loaded and available models\n"
-            "  models load|unload WORKER MODEL     (un)load MODEL on that worker's GPU\n"
-            "  request --cache[=TTL_S] | --no-cache | --no-store SERVICE DATA\n"
-            "                          mark the request cacheable (TTL in seconds), or bypass\n"
-            "                          reading / storing the broker's cache\n"
-            "  cache                   cache tiers: hits, misses, bytes, entries, lookup p50/p99\n"
-            "  cache clear [--tier l1|l2|l3]  drop cached replies\n"
-            "  cache get KEY           show one cached reply (KEY: 32 hex digits)\n"
-            "  (inference commands use service 'ollama' unless --service is given, and a\n"
-            "   120000 ms timeout unless --timeout-ms is)\n"
-            "  send AGENT DATA         direct message to agent AGENT (prints delivered/queued)\n"
-            "  listen NAME             connect as agent NAME, print its messages (mailbox first)\n"
-            "  pub TOPIC DATA          publish DATA on TOPIC (dot-separated)\n"
-            "  sub PATTERN             print messages on PATTERN (a topic, or a prefix ending\n"
-            "                          in '.'), one a line, as they arrive\n"
-            "  agents                  agents: connection age, mailbox depth, subscriptions\n\n"
-            "Options:\n"
-            "  --broker ENDPOINT       broker (default: $AB_BROKER, else %s)\n"
-            "  --json                  machine-readable output (for request: {\"ok\", \"reply\"}\n"
-            "                          or {\"ok\": false, \"code\", \"error\"})\n"
-            "  --timeout-ms N          how long to wait for the broker (default 5000)\n"
-            "  --watch SECONDS         repeat stats/services/workers every SECONDS\n"
-            "  --events N              watch: exit after N changes\n"
-            "  --count N               listen/sub: exit after N messages\n"
-            "  --takeover              listen: take the name from a live connection\n"
-            "  --help                  show this help\n"
-            "  --version               show the version\n\n"
-            "A failed command exits 1 and prints the error code and text on stderr.\n",
-            AB_DEFAULT_ENDPOINT);
-}
-
 static int s_json;
+static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
 
 /* Reports a failed command: always on stderr; with --json also as an
  * object on stdout, so scripts parsing stdout see the failure too. */
-static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
-
 static int s_fail(ab_client_t *c, int rc)
 {
     const char *text = c && ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
@@ -165,27 +111,6 @@ static char *s_read_stdin(size_t *len)
     }
     *len = n;
     return buf;
-}
-
-/* Parses request's cache flags at ARGV[*I...]: --cache[=TTL_S], --no-cache,
- * --no-store. 0, or -1 for a bad one. */
-static int s_cache_flags(int argc, char **argv, int *i, uint32_t *flags, uint32_t *ttl)
-{
-    for (; *i < argc && strncmp(argv[*i], "--", 2) == 0; (*i)++) {
-        const char *f = argv[*i];
-        long t;
-        if (strcmp(f, "--cache") == 0)
-            *flags |= AB_CACHE_ON;
-        else if (strncmp(f, "--cache=", 8) == 0 && tl_parse_long(f + 8, 1, 30L * 86400, &t) == 0)
-            *flags |= AB_CACHE_ON, *ttl = (uint32_t)t;
-        else if (strcmp(f, "--no-cache") == 0)
-            *flags |= AB_CACHE_NO_READ;
-        else if (strcmp(f, "--no-store") == 0)
-            *flags |= AB_CACHE_NO_STORE;
-        else
-            return -1;
-    }
-    return 0;
 }
 
 static int s_request(ab_client_t *c, const char *service, const char *data, int timeout_ms)
@@ -263,155 +188,140 @@ static int s_watch(ab_client_t *c, int timeout_ms)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* Waits up to TIMEOUT_MS for the connection to the broker: every command
+ * fails the same way, and as soon, when there is none. */
+static int s_connect(ab_client_t *c, long timeout_ms)
 {
-    const char *broker = NULL;
-    int json = 0, i = 1, takeover = 0, msg_nargs = 0;
-    long timeout_ms = 5000, watch = 0, count = 0;
-    int timeout_set = 0;
-    for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(f, "--help") == 0) {
-            s_usage(stdout);
-            return 0;
-        } else if (strcmp(f, "--version") == 0) {
-            printf("brokerctl %s\n", AB_VERSION_STRING);
-            return 0;
-        } else if (strcmp(f, "--json") == 0) {
-            json = s_json = 1;
-        } else if (strcmp(f, "--broker") == 0 && v) {
-            broker = v, i++;
-        } else if (strcmp(f, "--timeout-ms") == 0 && v &&
-                   tl_parse_long(v, 1, 86400000, &timeout_ms) == 0) {
-            i++;
-            timeout_set = 1;
-        } else if (strcmp(f, "--watch") == 0 && v && tl_parse_long(v, 1, 86400, &watch) == 0) {
-            i++;
-        } else if (strcmp(f, "--events") == 0 && v &&
-                   tl_parse_long(v, 1, 1000000000, &s_events_left) == 0) {
-            i++;
-        } else if (strcmp(f, "--count") == 0 && v &&
-                   tl_parse_long(v, 1, 1000000000, &count) == 0) {
-            i++;
-        } else if (strcmp(f, "--takeover") == 0) {
-            takeover = 1;
-        } else {
-            fprintf(stderr, "brokerctl: bad option '%s'\n\n", f);
-            s_usage(stderr);
-            return 2;
-        }
+    int64_t end = tl_now_ms() + timeout_ms;
+    while (!ab_client_connected(c) && !s_stop && tl_now_ms() < end) {
+        int rc = ab_client_poll(c, 10);
+        if (rc < 0 && rc != AB_ETIMEOUT)
+            return rc;
     }
-    if (i >= argc) {
-        s_usage(stderr);
-        return 2;
+    return ab_client_connected(c) ? AB_OK : s_stop ? AB_ESTOPPED : AB_ETIMEOUT;
+}
+
+static void s_show_loop(ab_client_t *c, const ctl_args_t *a, int *rc)
+{
+    int tty = isatty(STDOUT_FILENO);
+    for (int first = 1;; first = 0) {
+        /* Terminal codes only for a terminal; a pipe gets a blank line
+         * between repeats (text) or one JSON object per line. */
+        if (a->watch && !a->json && tty)
+            printf("\033[H\033[2J");
+        else if (a->watch && !a->json && !first)
+            printf("\n");
+        *rc = s_show(c, a->cmd, a->json, (int)a->timeout_ms);
+        for (long t = 0; a->watch && !s_stop && t < a->watch * 10; t++)
+            usleep(100000);
+        if (!a->watch || s_stop || *rc != 0)
+            return;
     }
-    const char *cmd = argv[i++];
-    int is_show = !strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers");
-    int is_req = !strcmp(cmd, "request");
-    int is_watch = !strcmp(cmd, "watch");
-    int is_cache = !strcmp(cmd, "cache");
-    uint32_t cflags = 0, cttl = 0;
-    if (is_req && s_cache_flags(argc, argv, &i, &cflags, &cttl) != 0) {
-        fprintf(stderr, "brokerctl: bad request option '%s'\n\n", argv[i]);
-        s_usage(stderr);
-        return 2;
+}
+
+static int s_infer(ab_client_t *c, const ctl_args_t *a)
+{
+    char err[512];
+    int irc = ctl_infer(c, a->cmd, a->npos, a->pos, &a->infer, a->json,
+                        a->timeout_set ? (int)a->timeout_ms : 120000, &s_stop, err, sizeof err);
+    if (irc == AB_OK)
+        return 0;
+    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(irc), err[0] ? err : ab_strerror(irc));
+    if (s_json)
+        ctl_render_error(stdout, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
+    return 1;
+}
+
+static int s_run(ab_client_t *c, const ctl_args_t *a)
+{
+    const char *cmd = a->cmd;
+    if (!strcmp(cmd, "watch"))
+        return s_watch(c, (int)a->timeout_ms);
+    if (!strcmp(cmd, "generate") || !strcmp(cmd, "chat") || !strcmp(cmd, "embed") ||
+        (!strcmp(cmd, "models") && a->npos))
+        return s_infer(c, a);
+    if (!strcmp(cmd, "models")) {
+        int mrc = ctl_models(c, a->json, (int)a->timeout_ms);
+        return mrc == AB_OK ? 0 : s_fail(c, mrc);
     }
-    int is_infer = !strcmp(cmd, "generate") || !strcmp(cmd, "chat") || !strcmp(cmd, "embed") ||
-                   (!strcmp(cmd, "models") && i < argc &&
-                    (!strcmp(argv[i], "load") || !strcmp(argv[i], "unload")));
-    int is_models = !strcmp(cmd, "models") && !is_infer;
-    if (is_infer || is_models) {
-        for (int k = i; k < argc; k++) /* --json may follow the command */
-            if (strcmp(argv[k], "--json") == 0)
-                json = s_json = 1;
+    if (!strcmp(cmd, "cache")) {
+        int crc = ctl_cache(c, a->npos, (char **)a->pos, a->tier, a->json, (int)a->timeout_ms);
+        return crc == AB_OK ? 0 : s_fail(c, crc);
     }
-    int models_args_ok = 1;
-    for (int k = i; is_models && k < argc; k++)
-        models_args_ok &= strcmp(argv[k], "--json") == 0;
-    int is_msg = ctl_msgcmd_known(cmd, &msg_nargs);
-    if ((!is_show && !is_req && !is_watch && !is_infer && !is_models && !is_msg &&
-         !is_cache) ||
-        ((is_show || is_watch) && i != argc) || !models_args_ok ||
-        (is_req && i + 2 != argc) || (is_msg && i + msg_nargs != argc)) {
-        fprintf(stderr, "brokerctl: unknown command or wrong arguments: %s\n\n", cmd);
-        s_usage(stderr);
+    if (!strcmp(cmd, "request")) {
+        if (a->cache_flags)
+            ab_client_set_cache(c, a->cache_flags, a->cache_ttl);
+        return s_request(c, a->pos[0], a->pos[1], (int)a->timeout_ms);
+    }
+    if (!strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers")) {
+        int rc = 0;
+        s_show_loop(c, a, &rc);
+        return rc;
+    }
+    ctl_msgcmd_opts_t mo = {a->json, (int)a->timeout_ms, a->count, &s_stop};
+    return ctl_msgcmd_run(c, cmd, (char **)a->pos, &mo);
+}
+
+/* The client for A: endpoint, name (listen), takeover. 0, or the exit
+ * status after a message. */
+static int s_client_new(const ctl_args_t *a, ab_client_t **c)
+{
+    const char *env = getenv("AB_BROKER");
+    s_endpoint = a->broker ? a->broker : env && *env ? env : AB_DEFAULT_ENDPOINT;
+    char why[256];
+    if (!a->broker && tl_check_endpoint(s_endpoint, why, sizeof why) != 0) {
+        fprintf(stderr, "brokerctl: invalid $AB_BROKER '%s': %s\n", s_endpoint, why);
         return 2;
     }
     ab_options_t *o = ab_options_new();
-    ab_client_t *c = NULL;
-    if (!o || (broker && ab_options_set_endpoint(o, broker) != AB_OK)) {
-        fprintf(stderr, "brokerctl: invalid broker endpoint\n");
+    if (!o || ab_options_set_endpoint(o, s_endpoint) != AB_OK) {
+        fprintf(stderr, "brokerctl: invalid broker endpoint '%s'\n", s_endpoint);
         ab_options_destroy(&o);
         return 2;
     }
     /* Only `listen` is an agent with a name: other commands stay unnamed,
      * so that any number of them can run at once. */
-    if (strcmp(cmd, "listen") == 0 && ab_options_set_name(o, argv[i]) != AB_OK) {
-        fprintf(stderr, "brokerctl: invalid agent name\n");
+    if (!strcmp(a->cmd, "listen") && ab_options_set_name(o, a->pos[0]) != AB_OK) {
+        fprintf(stderr, "brokerctl: listen: invalid agent name '%s'\n", a->pos[0]);
         ab_options_destroy(&o);
         return 2;
     }
-    ab_options_set_takeover(o, takeover);
-    if (broker)
-        s_endpoint = broker;
-    else if (getenv("AB_BROKER") && *getenv("AB_BROKER"))
-        s_endpoint = getenv("AB_BROKER");
-    int rc = ab_client_new(&c, o);
+    ab_options_set_takeover(o, a->takeover);
+    int rc = ab_client_new(c, o);
     ab_options_destroy(&o);
-    if (rc != AB_OK) {
-        rc = s_fail(c, rc);
+    return rc == AB_OK ? 0 : s_fail(*c, rc);
+}
+
+int main(int argc, char **argv)
+{
+    ctl_args_t a;
+    int prc = ctl_cli_parse(&a, argc, argv, stderr);
+    if (prc < 0)
+        return 2;
+    if (prc > 0) {
+        if (a.version)
+            tl_print_version("brokerctl", ab_version());
+        else
+            ctl_cli_usage(stdout, a.cmd);
+        return 0;
+    }
+    s_json = a.json;
+    ctl_json_lines = ctl_cli_is_stream(&a);
+    s_events_left = a.events ? a.events : -1;
+    ab_client_t *c = NULL;
+    int rc = s_client_new(&a, &c);
+    if (rc != 0) {
         ab_client_destroy(&c);
         return rc;
     }
     s_client = c;
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
-    if (is_watch) {
-        rc = s_watch(c, (int)timeout_ms);
-    } else if (is_infer) {
-        char err[512];
-        int irc = ctl_infer(c, cmd, argc - i, argv + i, &json, timeout_set ? (int)timeout_ms
-                                                                              : 120000,
-                               &s_stop, err, sizeof err);
-        if (irc == AB_EINVAL && !err[0]) {
-            s_usage(stderr);
-            rc = 2;
-        } else if (irc != AB_OK) {
-            fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(irc), err[0] ? err : ab_strerror(irc));
-            if (s_json)
-                ctl_render_error(stdout, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
-            rc = 1;
-        } else {
-            rc = 0;
-        }
-    } else if (is_models) {
-        int mrc = ctl_models(c, json, (int)timeout_ms);
-        rc = mrc == AB_OK ? 0 : s_fail(c, mrc);
-    } else if (is_msg) {
-        ctl_msgcmd_opts_t mo = {json, (int)timeout_ms, count, &s_stop};
-        rc = ctl_msgcmd_run(c, cmd, argv + i, &mo);
-    } else if (is_cache) {
-        int crc = ctl_cache(c, argc - i, argv + i, json, (int)timeout_ms);
-        if (crc == AB_EINVAL) {
-            fprintf(stderr, "brokerctl: wrong arguments to cache\n\n");
-            s_usage(stderr);
-            rc = 2;
-        } else {
-            rc = crc == AB_OK ? 0 : s_fail(c, crc);
-        }
-    } else if (is_req) {
-        if (cflags)
-            ab_client_set_cache(c, cflags, cttl);
-        rc = s_request(c, argv[i], argv[i + 1], (int)timeout_ms);
-    } else {
-        do {
-            if (watch && !json)
-                printf("\033[H\033[2J");
-            rc = s_show(c, cmd, json, (int)timeout_ms);
-            for (long t = 0; watch && !s_stop && t < watch * 10; t++)
-                usleep(100000);
-        } while (watch && !s_stop && rc == 0);
-    }
+    int crc = s_connect(c, a.timeout_ms);
+    if (crc == AB_OK)
+        rc = s_run(c, &a);
+    else
+        rc = crc == AB_ESTOPPED ? 1 : s_fail(c, crc);
     s_client = NULL;
     ab_client_destroy(&c);
     return rc;

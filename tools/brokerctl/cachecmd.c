@@ -1,19 +1,10 @@
 /* cache.c - see cache.h. */
 #include "cachecmd.h"
+#include "render.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void s_emit(FILE *out, json_t *j)
-{
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    if (s) {
-        fprintf(out, "%s\n", s);
-        free(s);
-    }
-    json_decref(j);
-}
 
 json_t *ctl_cache_json(const Agentbus__CacheStats *cs)
 {
@@ -52,7 +43,7 @@ json_t *ctl_cache_json(const Agentbus__CacheStats *cs)
 void ctl_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
 {
     if (json) {
-        s_emit(out, ctl_cache_json(cs));
+        ctl_json_print(out, ctl_cache_json(cs));
         return;
     }
     fprintf(out, "%-6s %-6s %10s %10s %10s %12s %10s %10s %10s %12s %12s\n", "TIER", "STATE",
@@ -98,7 +89,7 @@ static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
                                   (json_int_t)ch->flags, (json_int_t)ch->original_size, "data",
                                   (const char *)ch->data.data, ch->data.len));
         }
-        s_emit(out, json_pack("{s:s, s:s, s:I, s:o}", "key", e->key, "tier", e->tier,
+        ctl_json_print(out, json_pack("{s:s, s:s, s:I, s:o}", "key", e->key, "tier", e->tier,
                               "ttl_left_ms", (json_int_t)e->ttl_left_ms, "chunks", chunks));
         return;
     }
@@ -113,22 +104,20 @@ static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
     }
 }
 
-int ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms)
+int ctl_cache(ab_client_t *c, int argc, char **argv, const char *tier, int json,
+              int timeout_ms)
 {
     char what[64];
     int get = 0;
     if (argc == 0) {
         snprintf(what, sizeof what, "cache");
     } else if (!strcmp(argv[0], "clear") && argc == 1) {
-        snprintf(what, sizeof what, "cache clear");
-    } else if (!strcmp(argv[0], "clear") && argc == 3 && !strcmp(argv[1], "--tier") &&
-               strlen(argv[2]) < 8) {
-        snprintf(what, sizeof what, "cache clear %s", argv[2]);
+        snprintf(what, sizeof what, "cache clear%s%s", tier ? " " : "", tier ? tier : "");
     } else if (!strcmp(argv[0], "get") && argc == 2 && strlen(argv[1]) == 32) {
         snprintf(what, sizeof what, "cache get %s", argv[1]);
         get = 1;
     } else {
-        return AB_EINVAL;
+        return AB_EINVAL; /* cli.c checked the arguments: not reached */
     }
     void *buf = NULL;
     size_t len = 0;

@@ -14,9 +14,10 @@
 
 #include <stdio.h>
 
-/* Runs `cache ARGS...`. AB_OK, AB_EINVAL for bad arguments (usage printed
- * by the caller), or the broker's error. */
-int ctl_cache(ab_client_t *c, int argc, char **argv, int json, int timeout_ms);
+/* Runs `cache ARGS...` (checked by cli.c), clearing only TIER when not
+ * NULL. AB_OK, or the broker's error. */
+int ctl_cache(ab_client_t *c, int argc, char **argv, const char *tier, int json,
+              int timeout_ms);
 /* The cache figures as a JSON object (a new reference). */
 struct json_t;
 struct json_t *ctl_cache_json(const Agentbus__CacheStats *cs);

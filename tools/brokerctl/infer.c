@@ -13,8 +13,8 @@
  * line, in Ollama's own shape (so scripts written for Ollama read them).
  */
 #include "infer.h"
+#include "render.h"
 #include "agentbus.pb-c.h"
-#include "tl_args.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -49,11 +49,7 @@ static json_t *s_timings(const Agentbus__InferenceTimings *t)
 
 static void s_print_json(json_t *o)
 {
-    char *s = json_dumps(o, JSON_COMPACT);
-    if (s)
-        printf("%s\n", s);
-    free(s);
-    json_decref(o);
+    ctl_json_print(stdout, o); /* compact lines for generate/chat (a stream) */
 }
 
 static void s_on_generate(s_run_t *r, const void *data, size_t size)
@@ -207,51 +203,7 @@ static int s_send(ab_client_t *c, const char *service, const char *model, const 
     return run->status;
 }
 
-typedef struct {
-    const char *service, *system;
-    int no_stream, has_temp, has_seed, has_predict;
-    double temperature;
-    long seed, num_predict;
-} s_flags_t;
-
-/* Parses trailing flags; positional arguments are collected in POS. */
-static int s_flags(int argc, char **argv, s_flags_t *f, const char **pos, int maxpos, int *npos,
-                   int *json)
-{
-    *npos = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        char *end;
-        if (strcmp(a, "--no-stream") == 0) {
-            f->no_stream = 1;
-        } else if (strcmp(a, "--json") == 0) {
-            *json = 1;
-        } else if (strcmp(a, "--temperature") == 0 && v) {
-            f->temperature = strtod(v, &end);
-            if (*end || f->temperature < 0 || f->temperature > 100)
-                return -1;
-            f->has_temp = 1, i++;
-        } else if (strcmp(a, "--seed") == 0 && v &&
-                   tl_parse_long(v, -(1L << 62), 1L << 62, &f->seed) == 0) {
-            f->has_seed = 1, i++;
-        } else if (strcmp(a, "--num-predict") == 0 && v &&
-                   tl_parse_long(v, -2, 1L << 30, &f->num_predict) == 0) {
-            f->has_predict = 1, i++;
-        } else if (strcmp(a, "--system") == 0 && v) {
-            f->system = v, i++;
-        } else if (strcmp(a, "--service") == 0 && v && *v) {
-            f->service = v, i++;
-        } else if (strncmp(a, "--", 2) == 0 || *npos >= maxpos) {
-            fprintf(stderr, "brokerctl: bad option or extra argument '%s'\n", a);
-            return -1;
-        } else {
-            pos[(*npos)++] = a;
-        }
-    }
-    return 0;
-}
-
-static Agentbus__InferenceOptions *s_options(const s_flags_t *f, Agentbus__InferenceOptions *o)
+static Agentbus__InferenceOptions *s_options(const ctl_infer_flags_t *f, Agentbus__InferenceOptions *o)
 {
     agentbus__inference_options__init(o);
     if (f->has_temp) {
@@ -271,7 +223,7 @@ static Agentbus__InferenceOptions *s_options(const s_flags_t *f, Agentbus__Infer
 
 typedef struct {
     ab_client_t *c;
-    const s_flags_t *f;
+    const ctl_infer_flags_t *f;
     int timeout_ms;
     volatile sig_atomic_t *stop;
     s_run_t *run;
@@ -325,7 +277,8 @@ static int s_cmd_chat(const s_ctx_t *x, const char *model, const char *message)
     return s_send(x->c, x->f->service, model, NULL, &req, x->timeout_ms, x->run, x->stop);
 }
 
-static int s_cmd_embed(const s_ctx_t *x, const char *model, const char **inputs, size_t n)
+static int s_cmd_embed(const s_ctx_t *x, const char *model, const char *const *inputs,
+                       size_t n)
 {
     Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
     Agentbus__EmbedRequest e = AGENTBUS__EMBED_REQUEST__INIT;
@@ -356,19 +309,14 @@ static int s_cmd_model(const s_ctx_t *x, int load, const char *worker, const cha
     return s_send(x->c, x->f->service, model, worker, &req, x->timeout_ms, x->run, x->stop);
 }
 
-int ctl_infer(ab_client_t *c, const char *cmd, int argc, char **argv, int *json,
-                 int timeout_ms, volatile sig_atomic_t *stop, char *err, size_t errcap)
+int ctl_infer(ab_client_t *c, const char *cmd, int npos, const char *const *pos,
+              const ctl_infer_flags_t *f, int json, int timeout_ms, volatile sig_atomic_t *stop,
+              char *err, size_t errcap)
 {
-    s_flags_t f = {0};
-    f.service = "ollama";
-    const char *pos[17]; /* embed takes up to 16 texts */
-    int npos;
     err[0] = '\0';
-    if (s_flags(argc, argv, &f, pos, 17, &npos, json) != 0)
-        return AB_EINVAL;
     s_run_t run = {0};
-    run.json = *json;
-    s_ctx_t x = {c, &f, timeout_ms, stop, &run};
+    run.json = json;
+    s_ctx_t x = {c, f, timeout_ms, stop, &run};
     int rc;
     if (strcmp(cmd, "generate") == 0 && npos == 2)
         rc = s_cmd_generate(&x, pos[0], pos[1]);
@@ -379,10 +327,8 @@ int ctl_infer(ab_client_t *c, const char *cmd, int argc, char **argv, int *json,
     else if (strcmp(cmd, "models") == 0 && npos == 3 &&
              (strcmp(pos[0], "load") == 0 || strcmp(pos[0], "unload") == 0))
         rc = s_cmd_model(&x, strcmp(pos[0], "load") == 0, pos[1], pos[2]);
-    else {
-        fprintf(stderr, "brokerctl: wrong arguments for %s\n", cmd);
-        return AB_EINVAL;
-    }
+    else
+        return AB_EINVAL; /* cli.c checked the arguments: not reached */
     if (rc != AB_OK)
         snprintf(err, errcap, "%s", run.error[0] ? run.error : ab_client_last_error(c));
     return rc;

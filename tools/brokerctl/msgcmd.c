@@ -13,6 +13,7 @@
  * dropped because this subscriber was slow) prints "# gap: N messages lost".
  */
 #include "msgcmd.h"
+#include "render.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -22,30 +23,9 @@ static int s_fail(ab_client_t *c, int rc, int json)
 {
     const char *text = ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
     fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
-    if (json) {
-        json_t *j = json_pack("{s:b, s:s, s:s}", "ok", 0, "code", ab_status_name(rc), "error",
-                              text);
-        char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        if (s)
-            printf("%s\n", s);
-        free(s);
-        json_decref(j);
-    }
+    if (json)
+        ctl_render_error(stdout, ab_status_name(rc), text);
     return 1;
-}
-
-int ctl_msgcmd_known(const char *cmd, int *nargs)
-{
-    static const struct {
-        const char *name;
-        int nargs;
-    } cmds[] = {{"send", 2}, {"listen", 1}, {"pub", 2}, {"sub", 1}, {"agents", 0}};
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        if (strcmp(cmd, cmds[i].name) == 0) {
-            *nargs = cmds[i].nargs;
-            return 1;
-        }
-    return 0;
 }
 
 /* DATA as one line of text: control characters and backslashes escaped. */
@@ -84,11 +64,7 @@ static void s_print_message(const ab_message_t *m, int json)
             json_t *d = json_stringn(m->data ? m->data : "", m->size);
             json_object_set_new(j, d ? "data" : "bytes", d ? d : json_integer((json_int_t)m->size));
         }
-        char *s = json_dumps(j, JSON_COMPACT);
-        if (s)
-            printf("%s\n", s);
-        free(s);
-        json_decref(j);
+        ctl_json_print(stdout, j); /* a stream: ctl_json_lines is set */
     } else if (m->type == AB_MSG_GAP) {
         printf("# gap: %llu messages lost\n", (unsigned long long)m->dropped);
     } else if (m->type == AB_MSG_ERROR) {
@@ -157,7 +133,7 @@ int ctl_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ctl_msgcm
         if (rc != AB_OK)
             return s_fail(c, rc, o->json);
         if (o->json)
-            printf("{\"ok\": true, \"queued\": %s}\n", queued ? "true" : "false");
+            ctl_json_print(stdout, json_pack("{s:b, s:b}", "ok", 1, "queued", queued));
         else
             printf("%s\n", queued ? "queued (agent offline or busy)" : "delivered");
         return 0;
@@ -178,7 +154,7 @@ int ctl_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ctl_msgcm
         if (rc != AB_OK)
             return s_fail(c, rc, o->json);
         if (o->json)
-            printf("{\"ok\": true}\n");
+            ctl_json_print(stdout, json_pack("{s:b}", "ok", 1));
         return 0;
     }
     if (strcmp(cmd, "sub") == 0) {
@@ -227,11 +203,7 @@ void ctl_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
                                (json_int_t)a->sub_queue, "sub_dropped",
                                (json_int_t)a->sub_dropped));
         }
-        char *s = json_dumps(arr, JSON_INDENT(2));
-        if (s)
-            fprintf(out, "%s\n", s);
-        free(s);
-        json_decref(arr);
+        ctl_json_print(out, arr);
         return;
     }
     fprintf(out, "%-20s %-12s %9s %8s %10s %7s %8s  %s\n", "NAME", "ID", "AGE_S", "MAILBOX",

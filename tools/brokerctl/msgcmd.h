@@ -15,8 +15,6 @@ typedef struct {
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
 } ctl_msgcmd_opts_t;
 
-/* 1 if CMD is one of these commands, and the number of arguments it takes. */
-int ctl_msgcmd_known(const char *cmd, int *nargs);
 /* Runs CMD with ARGS on client C. Exit status: 0, or 1 after an error
  * (reported on stderr, and as JSON on stdout with --json). */
 int ctl_msgcmd_run(ab_client_t *c, const char *cmd, char **args, const ctl_msgcmd_opts_t *o);

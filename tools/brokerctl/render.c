@@ -6,10 +6,14 @@
 
 #include <jansson.h>
 #include <stdlib.h>
+#include <string.h>
 
-static void s_emit(FILE *out, json_t *j)
+int ctl_json_lines;
+
+void ctl_json_print(FILE *out, json_t *j)
 {
-    char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    size_t flags = (ctl_json_lines ? JSON_COMPACT : JSON_INDENT(2)) | JSON_PRESERVE_ORDER;
+    char *s = j ? json_dumps(j, flags) : NULL;
     if (s) {
         fprintf(out, "%s\n", s);
         free(s);
@@ -59,7 +63,7 @@ void ctl_render_services(FILE *out, Agentbus__ServiceInfo **sv, size_t n, int js
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
         json_array_append_new(arr, s_service_json(sv[i]));
-    s_emit(out, arr);
+    ctl_json_print(out, arr);
 }
 
 static json_t *s_stats_json(const Agentbus__Stats *st)
@@ -158,7 +162,7 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
                       (json_int_t)st->service_count, "services_expired",
                       (json_int_t)st->services_expired, "services_refused",
                       (json_int_t)st->services_refused));
-        s_emit(out, j);
+        ctl_json_print(out, j);
         return;
     }
     fprintf(out, "agentbus-broker %s   uptime %.1f s\n", st->version, st->uptime_ms / 1000.0);
@@ -249,7 +253,7 @@ void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
         json_t *arr = json_array();
         for (size_t i = 0; i < wl->n_workers; i++)
             json_array_append_new(arr, ctl_render_worker_json(wl->workers[i]));
-        s_emit(out, arr);
+        ctl_json_print(out, arr);
         return;
     }
     fprintf(out, "%-12s %-16s %-16s %9s %9s %10s %9s %-9s %7s %6s %5s  %s\n", "ID", "NAME",
@@ -257,7 +261,12 @@ void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
             "EJECT", "LABELS");
     for (size_t i = 0; i < wl->n_workers; i++) {
         const Agentbus__WorkerInfo *w = wl->workers[i];
-        fprintf(out, "%-12s %-16s %-16s %9u %9u %10llu %9.1f %-9s %7u %6.1f %5u ", w->id,
+        char id[16]; /* the column holds 12: a longer id shows its first 10 and ".." */
+        if (strlen(w->id) > 12)
+            snprintf(id, sizeof id, "%.10s..", w->id);
+        else
+            snprintf(id, sizeof id, "%s", w->id);
+        fprintf(out, "%-12s %-16s %-16s %9u %9u %10llu %9.1f %-9s %7u %6.1f %5u ", id,
                 w->name[0] ? w->name : "-", w->service, w->capacity, w->in_flight,
                 (unsigned long long)w->completed, w->connected_ms / 1000.0, w->health,
                 w->interval_ms, w->suspicion, w->ejections);
@@ -285,12 +294,12 @@ void ctl_render_reply(FILE *out, const void *data, size_t len)
             free(hex);
         }
     }
-    s_emit(out, j);
+    ctl_json_print(out, j);
 }
 
 void ctl_render_error(FILE *out, const char *code, const char *text)
 {
     json_t *t = json_string(text);
-    s_emit(out, json_pack("{s:b, s:s, s:o}", "ok", 0, "code", code,
+    ctl_json_print(out, json_pack("{s:b, s:s, s:o}", "ok", 0, "code", code,
                           "error", t ? t : json_string("(error text is not UTF-8)")));
 }

@@ -14,6 +14,12 @@ json_t *ctl_render_worker_json(const Agentbus__WorkerInfo *w);
 /* A request's reply as JSON: {"ok": true, "bytes": N, "reply": "..."} (the
  * reply as a string when it is UTF-8, else "reply_hex"). */
 void ctl_render_reply(FILE *out, const void *data, size_t len);
+/* --json output, one rule for every command: a command that prints one
+ * result prints one indented JSON document; a command that prints a
+ * stream (ctl_json_lines set: watch, listen, sub, generate, chat, --watch)
+ * prints one compact JSON object per line. Takes J's reference. */
+extern int ctl_json_lines;
+void ctl_json_print(FILE *out, json_t *j);
 /* {"ok": false, "code": CODE, "error": TEXT} */
 void ctl_render_error(FILE *out, const char *code, const char *text);
 

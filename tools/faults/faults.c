@@ -164,17 +164,24 @@ static void s_summary(const char *what, int64_t *v, int n, const char (*how)[16]
            what, n, (long long)s[n / 2], (long long)s[0], (long long)s[n - 1], susp, n - susp);
 }
 
-int main(int argc, char **argv)
+/* The command line into *RUNS, *FLOOR_MS, *MODE and s_bin_dir. 0, 1 after
+ * --help/--version, -1 after a message on a bad one. */
+static int s_parse(int argc, char **argv, long *runs, long *floor_ms, const char **mode)
 {
-    long runs = 7, floor_ms = 1000;
-    const char *mode = "both";
-    char self[PATH_MAX];
-    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
-    self[sl > 0 ? sl : 0] = '\0';
-    snprintf(s_bin_dir, sizeof s_bin_dir, "%s", dirname(self));
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(f, "--help")) {
+    enum { O_HELP = 1, O_VERSION, O_RUNS, O_FLOOR, O_MODE, O_BINDIR };
+    static const tl_opt_t opts[] = {
+        {"help", 'h', TL_NOVAL, O_HELP}, {"version", 0, TL_NOVAL, O_VERSION},
+        {"runs", 0, TL_VAL, O_RUNS},     {"floor-ms", 0, TL_VAL, O_FLOOR},
+        {"mode", 0, TL_VAL, O_MODE},     {"bin-dir", 0, TL_VAL, O_BINDIR},
+        {NULL, 0, 0, 0},
+    };
+    tl_parser_t p;
+    tl_parser_init(&p, argc, argv, 1);
+    int id;
+    while ((id = tl_next(&p, opts)) != TL_END) {
+        const char *v = p.value;
+        int ok = 1;
+        if (id == O_HELP) {
             printf("Usage: %s [--runs N] [--mode kill9|sigstop|both] [--floor-ms N] "
                    "[--bin-dir DIR]\n\n"
                    "Starts a broker and workers on a free loopback port, kills (-9) or stops\n"
@@ -185,21 +192,44 @@ int main(int argc, char **argv)
                    "Exit status 1 if a request was lost, answered twice or failed, or a\n"
                    "fault went undetected.\n",
                    argv[0]);
-            return 0;
-        } else if (!strcmp(f, "--runs") && v && tl_parse_long(v, 1, 50, &runs) == 0) {
-            i++;
-        } else if (!strcmp(f, "--floor-ms") && v && tl_parse_long(v, 100, 60000, &floor_ms) == 0) {
-            i++;
-        } else if (!strcmp(f, "--mode") && v &&
-                   (!strcmp(v, "kill9") || !strcmp(v, "sigstop") || !strcmp(v, "both"))) {
-            mode = v, i++;
-        } else if (!strcmp(f, "--bin-dir") && v) {
-            snprintf(s_bin_dir, sizeof s_bin_dir, "%s", v), i++;
+            return 1;
+        } else if (id == O_VERSION) {
+            tl_print_version("agentbus-faults", ab_version());
+            return 1;
+        } else if (id == O_RUNS) {
+            ok = tl_parse_long(v, 1, 50, runs) == 0;
+        } else if (id == O_FLOOR) {
+            ok = tl_parse_long(v, 100, 60000, floor_ms) == 0;
+        } else if (id == O_MODE) {
+            ok = !strcmp(v, "kill9") || !strcmp(v, "sigstop") || !strcmp(v, "both");
+            *mode = v;
+        } else if (id == O_BINDIR) {
+            snprintf(s_bin_dir, sizeof s_bin_dir, "%s", v);
         } else {
-            fprintf(stderr, "agentbus-faults: bad option '%s' (see --help)\n", f);
-            return 2;
+            fprintf(stderr, "agentbus-faults: %s%s (see --help)\n",
+                    id == TL_ARG ? "unexpected argument " : p.err, id == TL_ARG ? p.arg : "");
+            return -1;
+        }
+        if (!ok) {
+            fprintf(stderr, "agentbus-faults: bad value '%s' for --%s (see --help)\n", v,
+                    p.opt->name);
+            return -1;
         }
     }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    long runs = 7, floor_ms = 1000;
+    const char *mode = "both";
+    char self[PATH_MAX];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[sl > 0 ? sl : 0] = '\0';
+    snprintf(s_bin_dir, sizeof s_bin_dir, "%s", dirname(self));
+    int prc = s_parse(argc, argv, &runs, &floor_ms, &mode);
+    if (prc != 0)
+        return prc > 0 ? 0 : 2;
     signal(SIGPIPE, SIG_IGN);
     s_slots = calloc(MAX_REQ, sizeof *s_slots);
     int port = tl_free_port();

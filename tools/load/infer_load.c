@@ -149,6 +149,38 @@ static void *s_agent_main(void *arg)
     return NULL;
 }
 
+enum { O_HELP = 1, O_VERSION, O_BROKER, O_SERVICE, O_MODELS, O_AGENTS, O_SECONDS, O_THINK,
+       O_REPEAT, O_PREDICT };
+static const tl_opt_t s_opts[] = {
+    {"help", 'h', TL_NOVAL, O_HELP},       {"version", 0, TL_NOVAL, O_VERSION},
+    {"broker", 0, TL_VAL, O_BROKER},       {"service", 0, TL_VAL, O_SERVICE},
+    {"models", 0, TL_VAL, O_MODELS},       {"agents", 0, TL_VAL, O_AGENTS},
+    {"seconds", 0, TL_VAL, O_SECONDS},     {"think-ms", 0, TL_VAL, O_THINK},
+    {"repeat-pct", 0, TL_VAL, O_REPEAT},   {"num-predict", 0, TL_VAL, O_PREDICT},
+    {NULL, 0, 0, 0},
+};
+
+static int s_take(s_cfg_t *cfg, int id, const char *v)
+{
+    char why[256];
+    switch (id) {
+    case O_BROKER:
+        cfg->broker = v;
+        if (tl_check_endpoint(v, why, sizeof why) == 0)
+            return 0;
+        fprintf(stderr, "agentbus-infer-load: invalid --broker '%s': %s\n", v, why);
+        return -2; /* reported */
+    case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
+    case O_MODELS: cfg->models = v; return *v ? 0 : -1;
+    case O_AGENTS: return tl_parse_long(v, 1, 2000, &cfg->agents);
+    case O_SECONDS: return tl_parse_long(v, 1, 86400, &cfg->seconds);
+    case O_THINK: return tl_parse_long(v, 0, 600000, &cfg->think_ms);
+    case O_REPEAT: return tl_parse_long(v, 0, 100, &cfg->repeat_pct);
+    case O_PREDICT: return tl_parse_long(v, 0, 100000, &cfg->num_predict);
+    }
+    return -1;
+}
+
 static int s_parse(s_cfg_t *cfg, int argc, char **argv)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -158,39 +190,32 @@ static int s_parse(s_cfg_t *cfg, int argc, char **argv)
     cfg->seconds = 10;
     cfg->think_ms = 0;
     cfg->repeat_pct = 70;
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(f, "--help") == 0) {
+    tl_parser_t p;
+    tl_parser_init(&p, argc, argv, 1);
+    int id;
+    while ((id = tl_next(&p, s_opts)) != TL_END) {
+        if (id == O_HELP) {
             printf("Usage: %s [--broker EP] [--service S] [--models M1,M2] [--agents N]\n"
                    "          [--seconds N] [--think-ms N] [--repeat-pct P] [--num-predict N]\n\n"
                    "N agents, one streamed generate request at a time each, for N seconds.\n",
                    argv[0]);
             return 1;
         }
-        if (!v) {
-            fprintf(stderr, "agentbus-infer-load: missing value for '%s'\n", f);
+        if (id == O_VERSION) {
+            tl_print_version("agentbus-infer-load", ab_version());
+            return 1;
+        }
+        if (id == TL_ERROR || id == TL_ARG) {
+            fprintf(stderr, "agentbus-infer-load: %s%s (see --help)\n",
+                    id == TL_ARG ? "unexpected argument " : p.err, id == TL_ARG ? p.arg : "");
             return -1;
         }
-        i++;
-        if (strcmp(f, "--broker") == 0)
-            cfg->broker = v;
-        else if (strcmp(f, "--service") == 0 && *v)
-            cfg->service = v;
-        else if (strcmp(f, "--models") == 0 && *v)
-            cfg->models = v;
-        else if (strcmp(f, "--agents") == 0 && tl_parse_long(v, 1, 2000, &cfg->agents) == 0)
-            ;
-        else if (strcmp(f, "--seconds") == 0 && tl_parse_long(v, 1, 86400, &cfg->seconds) == 0)
-            ;
-        else if (strcmp(f, "--think-ms") == 0 && tl_parse_long(v, 0, 600000, &cfg->think_ms) == 0)
-            ;
-        else if (strcmp(f, "--repeat-pct") == 0 && tl_parse_long(v, 0, 100, &cfg->repeat_pct) == 0)
-            ;
-        else if (strcmp(f, "--num-predict") == 0 &&
-                 tl_parse_long(v, 0, 100000, &cfg->num_predict) == 0)
-            ;
-        else {
-            fprintf(stderr, "agentbus-infer-load: bad option or value: %s %s\n", f, v);
+        int bad = s_take(cfg, id, p.value);
+        if (bad == -2)
+            return -1;
+        if (bad != 0) {
+            fprintf(stderr, "agentbus-infer-load: bad value '%s' for --%s (see --help)\n",
+                    p.value, p.opt->name);
             return -1;
         }
     }

@@ -130,14 +130,42 @@ static void *s_agent_main(void *arg)
     return NULL;
 }
 
+enum { O_HELP = 1, O_VERSION, O_BROKER, O_SERVICE, O_AGENTS, O_SECONDS, O_WINDOW, O_MAXB };
+static const tl_opt_t s_opts[] = {
+    {"help", 'h', TL_NOVAL, O_HELP},     {"version", 0, TL_NOVAL, O_VERSION},
+    {"broker", 0, TL_VAL, O_BROKER},     {"service", 0, TL_VAL, O_SERVICE},
+    {"agents", 0, TL_VAL, O_AGENTS},     {"seconds", 0, TL_VAL, O_SECONDS},
+    {"window", 0, TL_VAL, O_WINDOW},     {"max-bytes", 0, TL_VAL, O_MAXB},
+    {NULL, 0, 0, 0},
+};
+
+static int s_take(s_cfg_t *cfg, int id, const char *v)
+{
+    char why[256];
+    switch (id) {
+    case O_BROKER:
+        cfg->broker = v;
+        if (tl_check_endpoint(v, why, sizeof why) == 0)
+            return 0;
+        fprintf(stderr, "agentbus-load: invalid --broker '%s': %s\n", v, why);
+        return -2; /* reported */
+    case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
+    case O_AGENTS: return tl_parse_long(v, 1, 1000, &cfg->agents);
+    case O_SECONDS: return tl_parse_long(v, 1, 3600, &cfg->seconds);
+    case O_WINDOW: return tl_parse_long(v, 1, 10000, &cfg->window);
+    case O_MAXB: return tl_parse_long(v, 256, 1 << 24, &cfg->max_bytes);
+    }
+    return -1;
+}
+
 static int s_parse(s_cfg_t *cfg, int argc, char **argv)
 {
     *cfg = (s_cfg_t){NULL, "echo", 20, 10, 4, 4096};
-    const char *f = "";
-    for (int i = 1; i < argc; i++) {
-        f = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(f, "--help")) {
+    tl_parser_t p;
+    tl_parser_init(&p, argc, argv, 1);
+    int id;
+    while ((id = tl_next(&p, s_opts)) != TL_END) {
+        if (id == O_HELP) {
             printf("Usage: agentbus-load [--broker EP] [--service NAME] [--agents N]\n"
                    "                     [--seconds N] [--window N] [--max-bytes N]\n\n"
                    "Runs N demo agents (default 20), each with its own connection and up to\n"
@@ -146,29 +174,25 @@ static int s_parse(s_cfg_t *cfg, int argc, char **argv)
                    "Exits 1 if any request failed or a reply did not match.\n");
             return 1;
         }
-        long n;
-        if (!v)
-            goto bad;
-        i++;
-        if (!strcmp(f, "--broker"))
-            cfg->broker = v;
-        else if (!strcmp(f, "--service"))
-            cfg->service = v;
-        else if (!strcmp(f, "--agents") && !tl_parse_long(v, 1, 1000, &n))
-            cfg->agents = n;
-        else if (!strcmp(f, "--seconds") && !tl_parse_long(v, 1, 3600, &n))
-            cfg->seconds = n;
-        else if (!strcmp(f, "--window") && !tl_parse_long(v, 1, 10000, &n))
-            cfg->window = n;
-        else if (!strcmp(f, "--max-bytes") && !tl_parse_long(v, 256, 1 << 24, &n))
-            cfg->max_bytes = n;
-        else
-            goto bad;
+        if (id == O_VERSION) {
+            tl_print_version("agentbus-load", ab_version());
+            return 1;
+        }
+        if (id == TL_ERROR || id == TL_ARG) {
+            fprintf(stderr, "agentbus-load: %s%s (see --help)\n",
+                    id == TL_ARG ? "unexpected argument " : p.err, id == TL_ARG ? p.arg : "");
+            return -1;
+        }
+        int bad = s_take(cfg, id, p.value);
+        if (bad == -2)
+            return -1;
+        if (bad != 0) {
+            fprintf(stderr, "agentbus-load: bad value '%s' for --%s (see --help)\n", p.value,
+                    p.opt->name);
+            return -1;
+        }
     }
     return 0;
-bad:
-    fprintf(stderr, "agentbus-load: unknown option, missing or bad value: '%s' (see --help)\n", f);
-    return -1;
 }
 
 int main(int argc, char **argv)

@@ -19,7 +19,8 @@ static void s_usage(FILE *out)
             "  --max-body-bytes N  --max-connections N  --seed N  --version-string S\n"
             "  --gpu VRAM (repeatable)  --model NAME[,key=value...] (repeatable)\n"
             "  --fault-KEY VALUE for every key of /sim/faults (e.g. --fault-error-rate 0.5)\n"
-            "  --quiet  --help  --version\n"
+            "  --quiet  --help, -h  --version (prints \"ollama-sim VERSION\"; --version-string S\n"
+            "  sets the Ollama version the simulator reports)\n"
             "See docs/ollama-sim.md.\n");
 }
 
@@ -425,7 +426,9 @@ static const struct option s_long[] = {
     {"model", required_argument, 0, 'm'},
     {"quiet", no_argument, 0, 'q'},
     {"help", no_argument, 0, 'h'},
-    {"version", no_argument, 0, 'V'}, /* exact, so not taken as --version-string */
+    /* Exact names win over getopt's prefix matching, so --version is not
+     * taken for --version-string. */
+    {"version", no_argument, 0, 'V'},
     {"fault-error-rate", required_argument, 0, 'F'},
     {"fault-error-status", required_argument, 0, 'F'},
     {"fault-error-message", required_argument, 0, 'F'},
@@ -475,7 +478,7 @@ int sim_config_load(sim_t *s, int argc, char **argv)
     bool flag_models = false, flag_gpus = false;
     int c, idx = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "", s_long, &idx)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", s_long, &idx)) != -1) {
         int rc = 0;
         switch (c) {
         case 'p': rc = s_set_option(s, "port", optarg); break;
@@ -483,7 +486,7 @@ int sim_config_load(sim_t *s, int argc, char **argv)
         case 't': rc = s_set_option(s, "time_scale", optarg); break;
         case 'q': s->quiet = true; break;
         case 'h': s_usage(stdout); exit(0);
-        case 'V': printf("ollama-sim %s\n", AB_VERSION_STRING); exit(0);
+        case 'V': printf("ollama-sim %s\n", SIM_PROGRAM_VERSION); exit(0);
         case 'g':
             if (!flag_gpus)
                 s->n_gpus = 0;

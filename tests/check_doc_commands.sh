@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Every brokerctl, agentbus-worker and agentbus-broker command line in the
+# code blocks of README.md and docs/*.md is taken as written by the current
+# programs (ctest doc_commands): run against a live broker and echo worker,
+# none may exit 2 (bad usage). Lines continued with '\' are joined first.
+# Commands that wait (listen, sub, watch, a worker, a broker) are ended by
+# timeout; their exit then says nothing but "not a usage error".
+#   check_doc_commands.sh BIN_DIR SOURCE_DIR
+set -uo pipefail
+bin=$1
+src=$2
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# A broker on a port of its own choosing: its log names the one it bound.
+"$bin/agentbus-broker" --bind 'tcp://127.0.0.1:*' --startup-grace-ms 0 >"$tmp/broker.log" 2>&1 &
+pids+=($!)
+ep=
+for _ in $(seq 100); do
+  ep=$(sed -n 's/.*listening on \(tcp:[^ ]*\).*/\1/p' "$tmp/broker.log" | head -1)
+  [[ -n $ep ]] && break
+  sleep 0.1
+done
+[[ -n $ep ]] || { echo "doc_commands: the broker did not start"; cat "$tmp/broker.log"; exit 1; }
+export AB_BROKER=$ep
+"$bin/agentbus-worker" >"$tmp/worker.log" 2>&1 &
+pids+=($!)
+sleep 0.5
+
+# Command lines inside ``` blocks, continuation lines joined, comments cut.
+awk '/^[ \t]*```/ { inblock = !inblock; next }
+     inblock {
+       line = (held != "" ? held " " : "") $0
+       if (line ~ /\\[ \t]*$/) { sub(/\\[ \t]*$/, "", line); held = line; next }
+       held = ""
+       sub(/^[ \t]*(\$ )?/, "", line)
+       if (line ~ /^([A-Z_]+=[^ ]+ )*(build\/)?(brokerctl|agentbus-worker|agentbus-broker)( |$)/)
+         print FILENAME "\t" line
+     }' "$src/README.md" "$src"/docs/*.md >"$tmp/lines"
+
+bad=0
+n=0
+while IFS=$'\t' read -r file line; do
+  line=${line%%#*}
+  # Words as the shell would split them; env assignments dropped.
+  eval "set -- $line" 2>/dev/null || { echo "doc_commands: $file: cannot split: $line"; bad=1; continue; }
+  while [[ $# -gt 0 && $1 == *=* && $1 != -* ]]; do shift; done
+  prog=${1##*/}
+  shift
+  case $prog in
+  brokerctl) timeout -s INT 3 "$bin/brokerctl" --timeout-ms 2000 "$@" </dev/null >"$tmp/out" 2>&1 ;;
+  agentbus-worker) timeout -s INT 2 "$bin/agentbus-worker" "$@" --drain-ms 0 >"$tmp/out" 2>&1 ;;
+  agentbus-broker)
+    # Its own ports: a documented 5555 becomes "any free port".
+    args=()
+    for a in "$@"; do args+=("${a//:5555/:*}"); done
+    [[ ${#args[@]} -eq 0 ]] && args=(--bind 'tcp://127.0.0.1:*')
+    timeout -s INT 1 "$bin/agentbus-broker" "${args[@]}" --drain-ms 0 >"$tmp/out" 2>&1 ;;
+  esac
+  rc=$?
+  n=$((n + 1))
+  if [[ $rc -eq 2 ]]; then
+    echo "doc_commands: $file: usage error (exit 2): $line"
+    sed 's/^/    /' "$tmp/out" | head -5
+    bad=1
+  fi
+done <"$tmp/lines"
+echo "doc_commands: $n command lines checked"
+[[ $n -gt 20 ]] || { echo "doc_commands: too few command lines found"; bad=1; }
+exit $bad

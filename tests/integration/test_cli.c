@@ -1,0 +1,225 @@
+/*
+ * test_cli.c - the command lines of brokerctl, agentbus-worker,
+ * agentbus-broker, ollama-sim and the load tools as a user types them
+ * (issue 13): options before or after the command, --opt=VALUE, --help per
+ * brokerctl command, --version everywhere, one message and a bounded wait
+ * when no broker runs, endpoints and URLs checked at start (exit 2 naming
+ * the value), names starting with '-' refused before '--'. One case per
+ * ctest entry.
+ */
+#include "harness.h"
+#include "test.h"
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define CTL th_bin("brokerctl")
+
+/* Runs a command line built from FMT; exit status, output in s_out. */
+static char s_out[65536];
+static int s_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int s_sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return th_run(cmd, s_out, sizeof s_out);
+}
+
+#define HAS(s) (strstr(s_out, (s)) != NULL)
+
+/* Options after the command and --opt=VALUE, as the README writes them. */
+static void s_arg_order(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    const char *ep = th_ep(port);
+    CHECK_EQ(s_sh("timeout 30 %s stats --json --broker %s", CTL, ep), 0);
+    CHECK_TRUE(HAS("\"uptime_ms\""));
+    CHECK_EQ(s_sh("timeout 30 %s workers --broker=%s --json", CTL, ep), 0);
+    CHECK_TRUE(HAS("\"service\": \"echo\""));
+    CHECK_EQ(s_sh("timeout 30 %s --broker=%s request echo hi --timeout-ms=5000", CTL, ep), 0);
+    CHECK_STR(s_out, "hi");
+    /* Data starting with '-' after "--". */
+    CHECK_EQ(s_sh("timeout 30 %s request echo --broker %s -- -dash", CTL, ep), 0);
+    CHECK_STR(s_out, "-dash");
+    /* listen with --count after its name (documented in the README). */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "timeout 30 %s listen coder --count 1 --broker %s & sleep 1; "
+             "%s send coder hello --broker %s >/dev/null; wait",
+             CTL, ep, CTL, ep);
+    CHECK_EQ(th_run(cmd, s_out, sizeof s_out), 0);
+    CHECK_TRUE(HAS("\thello"));
+    /* --watch into a pipe: no terminal codes, repeats separated. */
+    CHECK_EQ(s_sh("timeout -s INT 3 %s services --watch 1 --broker %s; true", CTL, ep), 0);
+    CHECK_TRUE(HAS("SERVICE"));
+    CHECK_TRUE(!HAS("\033["));
+    /* A stream with --json: one compact object per line. */
+    CHECK_EQ(s_sh("timeout -s INT 3 %s services --watch 1 --json --broker %s; true", CTL, ep), 0);
+    CHECK_TRUE(s_out[0] == '[' && strchr(s_out, '\n') && strchr(s_out, '\n')[-1] == ']');
+    /* The workers table keeps its columns: the id fits in 12. */
+    CHECK_EQ(s_sh("timeout 30 %s workers --broker %s", CTL, ep), 0);
+    const char *row = strchr(s_out, '\n');
+    REQUIRE(row != NULL);
+    CHECK_EQ(strchr(row + 1, ' ') - (row + 1), 12);
+    ab_client_destroy(&c);
+}
+
+static const char *s_cmds[] = {"stats", "services", "workers", "request", "watch",
+                               "generate", "chat", "embed", "models", "cache",
+                               "send", "listen", "pub", "sub", "agents"};
+#define NCMDS (sizeof s_cmds / sizeof s_cmds[0])
+
+/* COMMAND --help (and -h) prints that command's usage and exits 0 at once,
+ * broker or not; it never runs the command. */
+static void s_help(void)
+{
+    for (size_t i = 0; i < NCMDS; i++) {
+        char want[128];
+        snprintf(want, sizeof want, "Usage: brokerctl [options] %s", s_cmds[i]);
+        CHECK_EQ(s_sh("timeout 10 %s %s --help", CTL, s_cmds[i]), 0);
+        CHECK_TRUE(strncmp(s_out, want, strlen(want)) == 0);
+        CHECK_EQ(s_sh("timeout 10 %s -h %s", CTL, s_cmds[i]), 0);
+        CHECK_TRUE(strncmp(s_out, want, strlen(want)) == 0);
+    }
+    CHECK_EQ(s_sh("timeout 10 %s pub --help some.topic data", CTL), 0);
+    CHECK_TRUE(HAS("Usage: brokerctl [options] pub TOPIC DATA"));
+    CHECK_EQ(s_sh("timeout 10 %s --help", CTL), 0);
+    CHECK_TRUE(HAS("COMMAND --help"));
+    CHECK_EQ(s_sh("timeout 10 %s --help", th_bin("agentbus-worker")), 0);
+    CHECK_TRUE(HAS("no default"));
+    CHECK_TRUE(!HAS("URL (http://127.0.0.1:11434)"));
+}
+
+/* --version: "PROGRAM VERSION", one line, exit 0, for every program. */
+static void s_version(void)
+{
+    static const char *progs[] = {"brokerctl", "agentbus-worker", "agentbus-broker",
+                                  "ollama-sim", "agentbus-load", "agentbus-infer-load",
+                                  "agentbus-faults"};
+    for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --version", th_bin(progs[i])), 0);
+        char want[128];
+        snprintf(want, sizeof want, "%s %s\n", progs[i], ab_version());
+        CHECK_STR(s_out, want);
+    }
+}
+
+/* No broker: every command ends within a bound, exit 1, with one message. */
+static void s_no_broker(void)
+{
+    int port = th_free_port();
+    const char *ep = th_ep(port);
+    static const char *args[NCMDS] = {"", "", "", "echo hi", "", "m p", "m p", "m t", "",
+                                      "", "a d", "n", "t d", "t", ""};
+    char want[256];
+    snprintf(want, sizeof want, "no broker reachable at %s (is agentbus-broker running?)", ep);
+    for (size_t i = 0; i < NCMDS; i++) {
+        int64_t t0 = ab_now_ms();
+        CHECK_EQ(s_sh("timeout 30 %s %s %s --broker %s --timeout-ms 300", CTL, s_cmds[i],
+                      args[i], ep), 1);
+        int64_t took = ab_now_ms() - t0;
+        CHECK_RANGE(took, 250, 5000);
+        if (!HAS(want))
+            fprintf(stderr, "%s: %s\n", s_cmds[i], s_out);
+        CHECK_TRUE(HAS(want));
+    }
+    /* The same with the default timeout (5 s) for listen and generate,
+     * which used to wait forever or 120 s. */
+    for (int k = 0; k < 2; k++) {
+        int64_t t0 = ab_now_ms();
+        CHECK_EQ(s_sh("timeout 30 %s --broker %s %s", CTL, ep, k ? "listen n" : "generate m p"),
+                 1);
+        CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
+        CHECK_TRUE(HAS(want));
+    }
+}
+
+/* A worker with no broker says what it waits for, then that it still does. */
+static void s_worker_no_broker(void)
+{
+    const char *ep = th_ep(th_free_port());
+    CHECK_EQ(s_sh("timeout -s INT 7 %s --broker %s --drain-ms 0; true", th_bin("agentbus-worker"),
+                  ep), 0);
+    char want[256];
+    snprintf(want, sizeof want, "waiting for the broker at %s", ep);
+    CHECK_TRUE(HAS(want));
+    snprintf(want, sizeof want, "no broker reachable at %s yet", ep);
+    CHECK_TRUE(HAS(want));
+    CHECK_TRUE(!HAS("connected to the broker"));
+}
+
+/* Endpoints and URLs are checked before anything starts: exit 2, naming
+ * the value. The broker logs the port it bound, not the one asked for. */
+static void s_endpoints(void)
+{
+    char bk[1024], wk[1024]; /* th_bin's buffer is reused by the next call */
+    snprintf(bk, sizeof bk, "%s", th_bin("agentbus-broker"));
+    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:99999", bk), 2);
+    CHECK_TRUE(HAS("'tcp://127.0.0.1:99999'"));
+    CHECK_EQ(s_sh("timeout 10 %s --bind=127.0.0.1:5555", bk), 2);
+    CHECK_TRUE(HAS("'127.0.0.1:5555'") && HAS("no scheme"));
+    CHECK_EQ(s_sh("timeout 10 %s --cache-redis localhost", bk), 2);
+    CHECK_TRUE(HAS("'localhost'"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker 127.0.0.1:5555 stats", CTL), 2);
+    CHECK_TRUE(HAS("'127.0.0.1:5555'"));
+    CHECK_EQ(s_sh("AB_BROKER=nowhere timeout 10 %s stats", CTL), 2);
+    CHECK_TRUE(HAS("'nowhere'"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker tcp://127.0.0.1:99999", wk), 2);
+    CHECK_TRUE(HAS("'tcp://127.0.0.1:99999'"));
+    CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url notaurl", wk), 2);
+    CHECK_TRUE(HAS("'notaurl'"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker=ipc:// ", th_bin("agentbus-load")), 2);
+    /* Port '*': the log names the port actually bound. */
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0; true", bk), 0);
+    const char *l = strstr(s_out, "listening on tcp://127.0.0.1:");
+    CHECK_TRUE(l && l[29] >= '1' && l[29] <= '9');
+}
+
+/* Names, topics and data starting with '-' are refused unless after "--";
+ * usage errors are found locally (exit 2), not sent to a broker. */
+static void s_leading_dash(void)
+{
+    const char *ep = th_ep(th_free_port()); /* nothing there: exit 2 must come first */
+    static const char *lines[] = {"listen -agent", "sub -t", "pub -t x", "send -a x",
+                                  "request -svc x", "listen --count 1 -x"};
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --broker %s %s", CTL, ep, lines[i]), 2);
+        CHECK_TRUE(HAS("after '--'"));
+    }
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s cache clear --tier l9", CTL, ep), 2);
+    CHECK_TRUE(HAS("'l9'"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s cache get nothex", CTL, ep), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s stats --count 2", CTL, ep), 2);
+    CHECK_TRUE(HAS("--count"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s bogus", CTL, ep), 2);
+    CHECK_TRUE(HAS("unknown command 'bogus'"));
+    CHECK_EQ(s_sh("timeout 10 %s --name --capacity 2", th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("--name=VALUE"));
+    /* After "--" a leading-dash name reaches the broker, which judges it. */
+    int port = th_free_port();
+    th_broker(port, NULL);
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s --timeout-ms 2000 sub -- -x --count 1 & "
+                  "sleep 1; kill %%1; wait; true", CTL, th_ep(port)), 0);
+    CHECK_TRUE(!HAS("unknown option"));
+}
+
+int main(int argc, char **argv)
+{
+    static const th_case_t cases[] = {
+        {"arg_order", s_arg_order},       {"help", s_help},
+        {"version", s_version},           {"no_broker", s_no_broker},
+        {"worker_no_broker", s_worker_no_broker}, {"endpoints", s_endpoints},
+        {"leading_dash", s_leading_dash},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
