@@ -5,6 +5,9 @@
 #       ollama-gateway  the same script, unchanged, against the gateway
 #       extra           gateway-only routes (show, ps, embeddings, /metrics, ...)
 #       openai          the openai client script against the gateway's /v1
+#       cache           one prompt through brokerctl, then the gateway's Ollama
+#                       and OpenAI routes: one cache entry, the simulator sees
+#                       one request; X-Agentbus-Cache: no-read goes through
 # Real processes on free loopback ports: broker, ollama-sim, two Ollama
 # workers, the gateway; all killed by PID on exit. The npm packages are
 # installed into a temp dir from the registry: if that fails, the test fails.
@@ -65,12 +68,38 @@ for _ in $(seq 1 200); do
 done
 [[ $n -ge 1 ]] || die "no worker registered sim-small"
 
+sim_requests() {
+  curl -sf "http://127.0.0.1:$sport/sim/stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).requests))'
+}
+# The text of an Ollama NDJSON stream or an OpenAI SSE stream on stdin.
+stream_text() {
+  node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let t="";for(let l of s.split("\n")){l=l.replace(/^data: /,"");if(!l||l==="[DONE]")continue;const o=JSON.parse(l);t+=o.response??(o.choices?o.choices[0]?.text??"":"")}console.log(t)})'
+}
+cache_check() {
+  local prompt="the same prompt, three ways" r0 r1 r2 a b c
+  r0=$(sim_requests)
+  a=$("$build/brokerctl" --broker "$ep" generate sim-small "$prompt" --seed 7)
+  r1=$(sim_requests)
+  [[ $r1 == $((r0 + 1)) ]] || die "brokerctl: expected one simulator request, $r0 -> $r1"
+  b=$(curl -sfN "$gw/api/generate" -d "{\"model\":\"sim-small\",\"prompt\":\"$prompt\",\"options\":{\"seed\":7}}" | stream_text)
+  c=$(curl -sfN "$gw/v1/completions" -d "{\"model\":\"sim-small\",\"prompt\":\"$prompt\",\"seed\":7,\"stream\":true}" | stream_text)
+  r2=$(sim_requests)
+  [[ $r2 == "$r1" ]] || die "gateway: the cached prompt reached the simulator ($r1 -> $r2)"
+  [[ -n $a && $a == "$b" && $a == "$c" ]] || die "texts differ: '$a' / '$b' / '$c'"
+  echo "ok - brokerctl, /api/generate and /v1/completions share one cache entry"
+  curl -sfN "$gw/api/generate" -H 'X-Agentbus-Cache: no-read' \
+    -d "{\"model\":\"sim-small\",\"prompt\":\"$prompt\",\"options\":{\"seed\":7}}" >/dev/null
+  [[ $(sim_requests) == $((r2 + 1)) ]] || die "X-Agentbus-Cache: no-read did not reach the simulator"
+  echo "ok - X-Agentbus-Cache: no-read bypasses the cache"
+}
+
 cd "$tmp"
 case $mode in
   ollama-sim) OLLAMA_URL=http://127.0.0.1:$sport SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
   ollama-gateway) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
   extra) OLLAMA_URL=$gw node gateway_extra.mjs ;;
   openai) OPENAI_BASE_URL=$gw/v1 node openai_client.mjs ;;
+  cache) cache_check ;;
   *) die "unknown mode $mode" ;;
 esac || die "$mode: the client script failed"
 # Every process is still up (nothing crashed under the clients).
