@@ -130,6 +130,7 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
     o.timeout_ms = c->timeout_ms > 0 ? c->timeout_ms : b->default_timeout_ms;
     o.model = c->model[0] ? c->model : NULL;
     o.cache_flags = c->cache_flags;
+    o.priority = c->priority;
     c->started = 1;
     int rc = ab_client_request_start(b->client, b->service, c->pb, c->pb_len, &o, s_on_event, c,
                                      &c->id);

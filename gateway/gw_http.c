@@ -179,13 +179,17 @@ enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
     return MHD_YES;
 }
 
-/* Header values: the request's deadline and cache control. */
+/* Header values: the request's deadline, priority and cache control. */
 static void s_call_headers(gw_conn_t *c, gw_call_t *k)
 {
     const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
     long ms = t ? strtol(t, NULL, 10) : 0;
     if (ms > 0)
         k->timeout_ms = ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
+    const char *pr = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Priority");
+    long p = pr ? strtol(pr, NULL, 10) : 0;
+    if (p > 0)
+        k->priority = p > 255 ? 255u : (uint32_t)p;
     const char *cf = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Cache");
     if (cf) {
         if (strstr(cf, "no-read") || strstr(cf, "off"))
