@@ -405,7 +405,7 @@ int gw_http_start(gw_t *g)
         flags, 0, NULL, NULL, s_access, g, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_THREAD_POOL_SIZE, g->cfg.threads, MHD_OPTION_CONNECTION_LIMIT,
         g->cfg.max_connections, MHD_OPTION_NOTIFY_COMPLETED, s_completed, g,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, g->cfg.idle_timeout_s, MHD_OPTION_END);
     if (!g->mhd) {
         fprintf(stderr, "agentbus-gateway: cannot listen on %s:%d\n", g->cfg.host, g->cfg.port);
         return -1;

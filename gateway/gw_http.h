@@ -31,6 +31,7 @@ typedef struct {
     int timeout_ms;            /* --timeout-ms: default request deadline */
     int max_timeout_ms;        /* --max-timeout-ms: cap of X-Agentbus-Timeout-Ms */
     const char *version;       /* --ollama-version: what /api/version says */
+    unsigned idle_timeout_s;   /* --idle-timeout-s: a silent client's connection closes */
     int quiet;
 } gw_config_t;
 

@@ -29,6 +29,8 @@ static void s_usage(FILE *f)
             "(default 300000)\n"
             "  --max-timeout-ms N        cap of X-Agentbus-Timeout-Ms (default 3600000)\n"
             "  --ollama-version S        what /api/version reports (default 0.5.7)\n"
+            "  --idle-timeout-s N        close a connection silent this long, not counting\n"
+            "                            time waiting for the bus (default 60; 0 = never)\n"
             "  --quiet                   no start-up line\n",
             AB_DEFAULT_ENDPOINT);
 }
@@ -79,6 +81,8 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             cfg->max_connections = (unsigned)n;
         else if (!bad && strcmp(f, "--max-body-bytes") == 0 && !s_number(v, 1024, 1L << 30, &n))
             cfg->max_body_bytes = (size_t)n;
+        else if (!bad && strcmp(f, "--idle-timeout-s") == 0 && !s_number(v, 0, 86400, &n))
+            cfg->idle_timeout_s = (unsigned)n;
         else if (!bad && strcmp(f, "--threads") == 0 && !s_number(v, 1, 256, &n))
             cfg->threads = (unsigned)n;
         else if (!bad && strcmp(f, "--timeout-ms") == 0 && !s_number(v, 1, 86400000, &n))
@@ -102,7 +106,8 @@ int main(int argc, char **argv)
     static gw_t g; /* counters: zero-initialised, lives for the process */
     g.cfg = (gw_config_t){.host = "127.0.0.1", .port = 11434, .service = "ollama", .name = "",
                           .max_connections = 1024, .max_body_bytes = 8u << 20, .threads = 2,
-                          .timeout_ms = 300000, .max_timeout_ms = 3600000, .version = "0.5.7"};
+                          .timeout_ms = 300000, .max_timeout_ms = 3600000, .version = "0.5.7",
+                          .idle_timeout_s = 60};
     const char *env = getenv("AB_BROKER");
     g.cfg.broker = env && *env ? env : AB_DEFAULT_ENDPOINT;
     int rc = s_args(argc, argv, &g.cfg);
