@@ -159,7 +159,7 @@ static int s_args(int argc, char **argv, s_cfg_t *c)
 
 int main(int argc, char **argv)
 {
-    s_cfg_t cfg = {NULL, NULL, "sim-small", 32, 5, 30, 8};
+    s_cfg_t cfg = {NULL, NULL, "sim-small", 32, 5, 85, 8}; /* 85%: the seed workload's pool share */
     if (s_args(argc, argv, &cfg) != 0) {
         fprintf(stderr, "usage: agentbus-gateway-bench --direct URL --gateway URL [--agents N] "
                         "[--seconds S] [--repeat-pct P] [--num-predict N] [--model M]\n");
