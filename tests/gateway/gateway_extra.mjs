@@ -52,4 +52,14 @@ const big = await fetch(`${host}/api/generate`, { method: 'POST', body: 'x'.repe
 check(big.status === 413, 'a body over --max-body-bytes: 413', big.status);
 const bad = await fetch(`${host}/api/generate`, { method: 'POST', body: '{"model":' });
 check(bad.status === 400 && typeof (await bad.json()).error === 'string', 'malformed JSON: 400 {"error"}');
+// A deadline from the header: the broker ends the request when it passes.
+const t0 = Date.now();
+const late = await fetch(`${host}/api/generate`, {
+  method: 'POST', headers: { 'X-Agentbus-Timeout-Ms': '300' },
+  body: JSON.stringify({ model: 'sim-small', prompt: 'deadline', stream: false,
+    options: { num_predict: 20000 } }),
+});
+const lateBody = await late.json();
+check(late.status === 504 && typeof lateBody.error === 'string' && Date.now() - t0 < 5000,
+  'X-Agentbus-Timeout-Ms: 504 when the deadline passes', { status: late.status, ms: Date.now() - t0, lateBody });
 console.log('all ok');
