@@ -57,7 +57,8 @@ for w in w1 w2; do
   pids+=($!)
 done
 "$build/agentbus-gateway" --listen "127.0.0.1:$gport" --broker "$ep" --max-body-bytes 65536 \
-  --timeout-ms 60000 >"$tmp/gateway.log" 2>&1 & pids+=($!)
+  --timeout-ms 60000 >"$tmp/gateway.log" 2>&1 & gwpid=$!
+pids+=($gwpid)
 gw=http://127.0.0.1:$gport
 wait_http "$gw/healthz" 10 || die "the gateway did not come up"
 # Both workers registered with their models.
@@ -104,3 +105,9 @@ case $mode in
 esac || die "$mode: the client script failed"
 # Every process is still up (nothing crashed under the clients).
 for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "process $p died"; done
+# The gateway stops cleanly on SIGTERM, with every call ended (under ASan:
+# no leak, no error, or its exit status says so).
+kill -TERM "$gwpid"
+st=0
+wait "$gwpid" || st=$?
+[[ $st == 0 ]] || die "the gateway exited with status $st after SIGTERM"
