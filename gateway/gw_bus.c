@@ -12,25 +12,30 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+enum { S_START = 0, S_CANCEL = 1, S_UNWATCH = 2 };
 
 typedef struct s_cmd {
     struct s_cmd *next;
     gw_call_t *call;
-    int cancel;
+    int cancel; /* S_START, S_CANCEL or S_UNWATCH */
 } s_cmd_t;
 
 struct gw_bus {
     pthread_t thread;
     ab_client_t *client;
     int efd;
+    int epfd;             /* client sockets of waiting calls (EPOLLRDHUP) */
     int default_timeout_ms;
     char service[128];
     pthread_mutex_t lock; /* guards the command queue and stopping */
     s_cmd_t *head, *tail;
     int stopping;
     atomic_int connected;
+    atomic_ullong hangups;
 };
 
 gw_call_t *gw_call_new(gw_op_t op)
@@ -41,6 +46,7 @@ gw_call_t *gw_call_new(gw_op_t op)
     pthread_mutex_init(&c->lock, NULL);
     c->refs = 1;
     c->op = op;
+    c->watch_fd = -1;
     return c;
 }
 
@@ -115,6 +121,12 @@ static void s_on_event(ab_client_t *client, const ab_reply_event_t *ev, void *ar
 
 static void s_start(gw_bus_t *b, gw_call_t *c)
 {
+    if (c->hungup) { /* the client left before the request was sent */
+        s_deliver(c, AB_ECANCELLED, 1, NULL, 0, "client closed the connection");
+        c->ended = 1;
+        gw_call_unref(c);
+        return;
+    }
     if (c->op == GW_OP_WORKERS) {
         void *buf = NULL;
         size_t len = 0;
@@ -161,14 +173,35 @@ static int s_run_commands(gw_bus_t *b)
     pthread_mutex_unlock(&b->lock);
     while (q) {
         s_cmd_t *next = q->next;
-        if (q->cancel)
+        if (q->cancel == S_CANCEL) {
             s_cancel(b, q->call);
-        else
+        } else if (q->cancel == S_UNWATCH) {
+            gw_call_unref(q->call); /* the watch's reference */
+            gw_call_unref(q->call); /* the command's */
+        } else {
             s_start(b, q->call);
+        }
         free(q);
         q = next;
     }
     return stopping;
+}
+
+/* Clients that hung up while their call waits: cancel the bus request so
+ * the worker and its backend stop (libmicrohttpd does not watch a
+ * suspended connection). Runs before the commands of the same turn, so an
+ * UNWATCH never frees a call an event here still points at. */
+static void s_hangups(gw_bus_t *b)
+{
+    struct epoll_event ev[64];
+    int n = epoll_wait(b->epfd, ev, 64, 0);
+    for (int i = 0; i < n; i++) {
+        gw_call_t *c = ev[i].data.ptr;
+        c->hungup = 1;
+        atomic_fetch_add(&b->hangups, 1);
+        if (c->started && !c->ended)
+            ab_client_cancel(b->client, c->id);
+    }
 }
 
 static void *s_thread(void *arg)
@@ -177,9 +210,10 @@ static void *s_thread(void *arg)
     int fd = -1;
     ab_client_fd(b->client, &fd);
     for (;;) {
-        struct pollfd p[2] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}};
+        struct pollfd p[3] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}, {b->epfd, POLLIN, 0}};
         int wait = ab_client_next_timeout_ms(b->client);
-        poll(p, 2, wait > 100 ? 100 : wait);
+        poll(p, 3, wait > 100 ? 100 : wait);
+        s_hangups(b);
         if (s_run_commands(b))
             break;
         /* The library fd is edge-triggered: drain until nothing is left. */
@@ -199,10 +233,11 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
     if (!b || !o)
         goto fail;
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    b->epfd = epoll_create1(EPOLL_CLOEXEC);
     b->default_timeout_ms = default_timeout_ms;
     snprintf(b->service, sizeof b->service, "%s", service);
     pthread_mutex_init(&b->lock, NULL);
-    if (b->efd < 0 || ab_options_set_endpoint(o, endpoint) != AB_OK ||
+    if (b->efd < 0 || b->epfd < 0 || ab_options_set_endpoint(o, endpoint) != AB_OK ||
         (name && *name && ab_options_set_name(o, name) != AB_OK) ||
         ab_options_set_timeout_ms(o, default_timeout_ms) != AB_OK) {
         fprintf(stderr, "agentbus-gateway: bad broker endpoint or name\n");
@@ -224,6 +259,8 @@ fail:
     ab_options_destroy(&o);
     if (b && b->efd >= 0)
         close(b->efd);
+    if (b && b->epfd >= 0)
+        close(b->epfd);
     free(b);
     return NULL;
 }
@@ -262,7 +299,36 @@ int gw_bus_submit(gw_bus_t *b, gw_call_t *c)
 
 void gw_bus_cancel(gw_bus_t *b, gw_call_t *c)
 {
-    s_queue(b, c, 1);
+    s_queue(b, c, S_CANCEL);
+}
+
+void gw_bus_watch(gw_bus_t *b, gw_call_t *c, int fd)
+{
+    if (fd < 0 || c->watch_fd >= 0)
+        return;
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.ptr = c};
+    atomic_fetch_add(&c->refs, 1); /* the watch's, dropped by UNWATCH */
+    if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        gw_call_unref(c);
+        return;
+    }
+    c->watch_fd = fd;
+}
+
+void gw_bus_unwatch(gw_bus_t *b, gw_call_t *c)
+{
+    if (c->watch_fd < 0)
+        return;
+    epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->watch_fd, NULL);
+    c->watch_fd = -1;
+    /* The reference goes on the bus thread, after any event it holds. */
+    if (s_queue(b, c, S_UNWATCH) != 0)
+        gw_call_unref(c); /* stopped: no event can come any more */
+}
+
+unsigned long long gw_bus_hangups(const gw_bus_t *b)
+{
+    return atomic_load(&((gw_bus_t *)b)->hangups);
 }
 
 int gw_bus_connected(const gw_bus_t *b)
@@ -294,12 +360,15 @@ void gw_bus_destroy(gw_bus_t **bp)
     /* Commands queued after the last turn: drop their references. */
     for (s_cmd_t *q = b->head, *n; q; q = n) {
         n = q->next;
-        if (!q->cancel)
+        if (q->cancel == S_START)
             s_deliver(q->call, AB_ESTOPPED, 1, NULL, 0, "gateway stopping");
+        if (q->cancel == S_UNWATCH)
+            gw_call_unref(q->call);
         gw_call_unref(q->call);
         free(q);
     }
     close(b->efd);
+    close(b->epfd);
     pthread_mutex_destroy(&b->lock);
     free(b);
     *bp = NULL;

@@ -56,9 +56,11 @@ struct gw_call {
     int final;            /* the final event has been appended */
     int status;           /* of the final event */
     char error[512];
+    int watch_fd;         /* HTTP side: the client socket watched, or -1 */
     /* bus thread only */
     uint64_t id;
     int started, ended;
+    int hungup;           /* the client closed its connection */
 };
 
 /* Starts the bus thread, connected to ENDPOINT as a client named NAME ("" =
@@ -83,6 +85,16 @@ int gw_bus_submit(gw_bus_t *bus, gw_call_t *call);
 /* Asks the bus thread to cancel CALL's request (CANCEL reaches the worker
  * and its backend) if it is still in flight. Any thread. */
 void gw_bus_cancel(gw_bus_t *bus, gw_call_t *call);
+
+/* Watches FD, CALL's client socket, while the call waits: if the client
+ * hangs up, the bus thread cancels the request (as gw_bus_cancel). Takes a
+ * reference. HTTP side, once per call. */
+void gw_bus_watch(gw_bus_t *bus, gw_call_t *call, int fd);
+/* Stops watching (before libmicrohttpd closes the socket: the completion
+ * hook); the reference goes on the bus thread. */
+void gw_bus_unwatch(gw_bus_t *bus, gw_call_t *call);
+/* Clients seen hanging up while waiting. Any thread. */
+unsigned long long gw_bus_hangups(const gw_bus_t *bus);
 
 /* Takes the oldest event of CALL (caller holds the lock; free it with
  * free()), or NULL. */

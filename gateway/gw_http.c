@@ -173,6 +173,11 @@ enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
         pthread_mutex_unlock(&k->lock);
         return gw_routes_handle(c, "");
     }
+    /* A suspended connection is not watched by libmicrohttpd: the bus
+     * thread watches it for a hang-up instead. */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    gw_bus_watch(c->g->bus, k, ci ? ci->connect_fd : -1);
     c->suspended = 1;
     MHD_suspend_connection(c->conn);
     pthread_mutex_unlock(&k->lock);
@@ -362,6 +367,7 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     if (c->call) {
         gw_call_t *k = c->call;
+        gw_bus_unwatch(g->bus, k); /* the socket closes after this hook */
         pthread_mutex_lock(&k->lock);
         int unfinished = !k->final;
         k->owner = NULL; /* no more wake-ups for this connection */

@@ -327,12 +327,16 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              "# HELP agentbus_gateway_bus_errors_total Requests the bus ended with an error.\n"
              "# TYPE agentbus_gateway_bus_errors_total counter\n"
              "agentbus_gateway_bus_errors_total %llu\n"
+             "# HELP agentbus_gateway_client_hangups_total Clients that hung up while their call "
+             "waited (request cancelled).\n# TYPE agentbus_gateway_client_hangups_total counter\n"
+             "agentbus_gateway_client_hangups_total %llu\n"
              "# HELP agentbus_gateway_bus_connected 1 while the broker connection is up.\n"
              "# TYPE agentbus_gateway_bus_connected gauge\nagentbus_gateway_bus_connected %d\n",
              (unsigned long long)atomic_load(&m->in_flight),
              (unsigned long long)atomic_load(&m->cancelled),
              (unsigned long long)atomic_load(&m->chunks),
-             (unsigned long long)atomic_load(&m->bus_errors), gw_bus_connected(c->g->bus));
+             (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
+             gw_bus_connected(c->g->bus));
     static const char *edge[GW_LAT_BUCKETS] = {"0.001", "0.002", "0.005", "0.01", "0.05",
                                                "0.1",   "0.5",   "1",     "5",    "30"};
     s_metric(&b, &len, &cap,

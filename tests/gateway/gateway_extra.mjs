@@ -2,7 +2,7 @@
 // `ollama` client: /api/show, /api/ps, the older /api/embeddings, plus
 // /healthz and /metrics (tests/gateway/run.sh).
 //
-//   OLLAMA_URL=http://127.0.0.1:P node gateway_extra.mjs
+//   OLLAMA_URL=http://127.0.0.1:P SIM_URL=http://127.0.0.1:S node gateway_extra.mjs
 import { Ollama } from 'ollama';
 
 const host = process.env.OLLAMA_URL;
@@ -52,6 +52,26 @@ const big = await fetch(`${host}/api/generate`, { method: 'POST', body: 'x'.repe
 check(big.status === 413, 'a body over --max-body-bytes: 413', big.status);
 const bad = await fetch(`${host}/api/generate`, { method: 'POST', body: '{"model":' });
 check(bad.status === 400 && typeof (await bad.json()).error === 'string', 'malformed JSON: 400 {"error"}');
+// A client that gives up on a stream: false call (no chunk is written to
+// it, so only the hang-up tells): the request ends at the simulator too.
+const sim = process.env.SIM_URL;
+const aborted = async () => (await (await fetch(`${sim}/sim/stats`)).json()).aborted;
+const before = await aborted();
+const ac = new AbortController();
+setTimeout(() => ac.abort(), 300);
+try {
+  await fetch(`${host}/api/generate`, { method: 'POST', signal: ac.signal,
+    body: JSON.stringify({ model: 'sim-small', prompt: 'wait', stream: false, options: { num_predict: 100000 } }) });
+} catch (err) {
+  check(err.name === 'AbortError', 'client aborts a stream: false call', err.name);
+}
+let after = before;
+for (let i = 0; i < 100 && after <= before; i++) {
+  await new Promise((r) => setTimeout(r, 50));
+  after = await aborted();
+}
+check(after > before, 'the hang-up reaches the simulator', { before, after });
+
 // A deadline from the header: the broker ends the request when it passes.
 const t0 = Date.now();
 const late = await fetch(`${host}/api/generate`, {
