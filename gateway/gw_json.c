@@ -304,6 +304,28 @@ typedef struct {
     size_t cap;
 } s_build_t;
 
+/* Ollama answers a generate without prompt (or a chat without messages) by
+ * loading the model, or unloading it when keep_alive is 0: clients use
+ * that to preload. Such a call becomes a LOAD or UNLOAD command; its reply
+ * is a final GenerateResponse with done_reason "load" / "unload". */
+static int s_model_command(s_build_t *b, Agentbus__ModelCommand *mc)
+{
+    agentbus__model_command__init(mc);
+    mc->model = b->req->model;
+    if (s_keep_alive(b->body, b->ka, sizeof b->ka, &mc->keep_alive, b->err, b->cap) ||
+        s_stream(b->body, &b->req->stream, b->err, b->cap))
+        return -1;
+    const char *ka = mc->keep_alive;
+    int unload = strcmp(ka, "0") == 0 || strcmp(ka, "0s") == 0 || strcmp(ka, "0m") == 0;
+    b->ir->body_case = unload ? AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD
+                              : AGENTBUS__INFERENCE_REQUEST__BODY_LOAD;
+    if (unload)
+        b->ir->unload = mc;
+    else
+        b->ir->load = mc;
+    return 0;
+}
+
 static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__InferenceOptions *o)
 {
     agentbus__generate_request__init(g);
@@ -404,6 +426,21 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
     return 0;
 }
 
+/* No prompt and no images (generate), or no messages (chat). */
+static int s_is_command(gw_kind_t kind, json_t *body)
+{
+    if (kind == GW_GENERATE) {
+        json_t *p = json_object_get(body, "prompt"), *im = json_object_get(body, "images");
+        return (!p || json_is_null(p) || (json_is_string(p) && !json_string_length(p))) &&
+               json_array_size(im) == 0;
+    }
+    if (kind == GW_CHAT) {
+        json_t *m = json_object_get(body, "messages");
+        return !m || json_is_null(m) || (json_is_array(m) && !json_array_size(m));
+    }
+    return 0;
+}
+
 int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, size_t errcap)
 {
     memset(req, 0, sizeof *req);
@@ -424,8 +461,13 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
     Agentbus__ChatRequest c;
     Agentbus__EmbedRequest e;
     Agentbus__InferenceOptions o;
+    Agentbus__ModelCommand mc;
     s_build_t b = {body, req, a, &ir, {0}, err, errcap};
-    int rc = kind == GW_GENERATE ? s_generate(&b, &g, &o)
+    int rc;
+    if (s_is_command(kind, body))
+        rc = s_model_command(&b, &mc);
+    else
+        rc = kind == GW_GENERATE ? s_generate(&b, &g, &o)
              : kind == GW_CHAT   ? s_chat(&b, &c, &o)
                                  : s_embed(&b, &e, &o);
     if (rc == 0 && a->oom)

@@ -30,6 +30,9 @@ typedef struct {
 /* Builds REQ from BODY, an Ollama-shaped request object of KIND
  * (/api/generate, /api/chat, /api/embed fields; "prompt" is taken for
  * embed when "input" is absent, as the older /api/embeddings sends it).
+ * A generate without prompt and images, or a chat without messages, is
+ * Ollama's load (unload with keep_alive 0): a LOAD / UNLOAD command, whose
+ * reply is a GenerateResponse (it decodes as a ChatResponse too).
  * Returns 0, or -1 with a client-facing reason in ERR (answer 400).
  * Owns: BODY stays the caller's; free REQ with gw_req_free. */
 int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, size_t errcap);

@@ -37,6 +37,13 @@ for (let i = 0; i < 40 && !loaded.includes('sim-small:latest'); i++) {
 }
 check(loaded.includes('sim-small:latest'), 'ps lists the loaded model', loaded);
 
+// chat without messages and keep_alive 0: Ollama's unload (streamed: one line).
+let unload = null;
+for await (const p of await ollama.chat({ model: 'sim-large', messages: [], keep_alive: 0, stream: true }))
+  unload = p;
+check(unload && unload.done === true && unload.done_reason === 'unload' &&
+  unload.message.role === 'assistant', 'unload (chat without messages, keep_alive 0)', unload);
+
 const root = await fetch(host);
 check(root.status === 200 && (await root.text()) === 'Ollama is running', 'GET / says Ollama is running');
 const head = await fetch(host, { method: 'HEAD' });

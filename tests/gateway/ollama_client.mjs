@@ -55,6 +55,13 @@ async function listAndVersion() {
   check(typeof v.version === 'string' && v.version.length > 0, 'version', v);
 }
 
+// Ollama's preload: a generate without prompt loads the model and answers
+// done_reason "load" (clients use it to warm a model up).
+async function preload() {
+  const r = await ollama.generate({ model: 'sim-large', prompt: '', stream: false });
+  check(r.done === true && r.done_reason === 'load' && r.response === '', 'preload (no prompt)', r);
+}
+
 async function generate() {
   const g = await ollama.generate({ model: 'sim-small', prompt: 'why is the sky blue?',
     stream: false, options: { seed: 1, num_predict: 12 } });
@@ -157,6 +164,7 @@ async function concurrent() {
 }
 
 await listAndVersion();
+await preload();
 await generate();
 await chat();
 await embed();

@@ -97,9 +97,11 @@ static void s_test_refused(void)
 {
     static const char *bad[] = {
         "[]", "{}", "{\"model\":\"\"}", "{\"model\":\"m\",\"prompt\":3}",
-        "{\"model\":\"m\",\"stream\":\"yes\"}", "{\"model\":\"m\",\"options\":[]}",
-        "{\"model\":\"m\",\"options\":{\"seed\":\"x\"}}", "{\"model\":\"m\",\"images\":[\"!!\"]}",
-        "{\"model\":\"m\",\"options\":{\"stop\":[1]}}",
+        "{\"model\":\"m\",\"stream\":\"yes\"}", "{\"model\":\"m\",\"prompt\":\"x\",\"options\":[]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"seed\":\"x\"}}",
+        "{\"model\":\"m\",\"images\":[\"!!\"]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"stop\":[1]}}",
+        "{\"model\":\"m\",\"keep_alive\":[]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
@@ -114,6 +116,29 @@ static void s_test_refused(void)
     json_t *j = json_loads("{\"model\":\"m\",\"messages\":[{\"content\":\"no role\"}]}", 0, NULL);
     CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
     json_decref(j);
+}
+
+/* Ollama's preload: no prompt (generate) or no messages (chat). */
+static void s_test_load(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir = s_build(GW_GENERATE, "{\"model\":\"m\"}", &req);
+    REQUIRE(ir);
+    CHECK_EQ(ir->body_case, AGENTBUS__INFERENCE_REQUEST__BODY_LOAD);
+    CHECK_STR(ir->load->model, "m");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"messages\":[],\"keep_alive\":0}", &req);
+    REQUIRE(ir);
+    CHECK_EQ(ir->body_case, AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"\",\"keep_alive\":\"10m\"}", &req);
+    REQUIRE(ir);
+    CHECK_EQ(ir->body_case, AGENTBUS__INFERENCE_REQUEST__BODY_LOAD);
+    CHECK_STR(ir->load->keep_alive, "10m");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
 }
 
 static void s_test_replies(void)
@@ -183,6 +208,7 @@ int main(void)
     s_test_generate();
     s_test_chat_embed();
     s_test_refused();
+    s_test_load();
     s_test_replies();
     s_test_base64();
     return TEST_DONE("gw_json");
