@@ -79,6 +79,22 @@ for (let i = 0; i < 100 && after <= before; i++) {
 }
 check(after > before, 'the hang-up reaches the simulator', { before, after });
 
+// A backend failing mid-stream: the chunks already sent, then an error line
+// (as Ollama ends such a stream), which the client raises.
+await fetch(`${sim}/sim/faults`, { method: 'POST',
+  body: JSON.stringify({ midstream_rate: 1, midstream_after: 3 }) });
+let got = 0;
+let midErr = null;
+try {
+  for await (const p of await ollama.generate({ model: 'sim-small', prompt: 'fail midway', stream: true }))
+    got += p.response ? 1 : 0;
+} catch (err) {
+  midErr = err;
+}
+await fetch(`${sim}/sim/faults`, { method: 'POST', body: JSON.stringify({ reset: true }) });
+check(got === 3 && midErr && /mid-stream|backend/.test(midErr.message), 'error mid-stream: 3 chunks, then the error',
+  { got, error: midErr && midErr.message });
+
 // A deadline from the header: the broker ends the request when it passes.
 const t0 = Date.now();
 const late = await fetch(`${host}/api/generate`, {
