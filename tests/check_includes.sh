@@ -39,7 +39,7 @@ while IFS= read -r -d '' f; do
       breach "$f includes client/ internal header \"$inc\""
     fi
   done < <(sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$f")
-done < <(find include client common broker tools worker bench -type f \
+done < <(find include client common broker tools worker bench gateway -type f \
            \( -name '*.c' -o -name '*.h' \) -print0 2>/dev/null)
 
 # Header names outside broker/ and common/ that shadow theirs.
@@ -48,7 +48,7 @@ while IFS= read -r -d '' h; do
   if has "$broker_h" "$base" || has "$common_h" "$base"; then
     breach "$h has the name of a broker/ or common/ header"
   fi
-done < <(find include client tools worker bench -type f -name '*.h' -print0 2>/dev/null)
+done < <(find include client tools worker bench gateway -type f -name '*.h' -print0 2>/dev/null)
 
 if [[ $bad != 0 ]]; then
   exit 1

@@ -1,0 +1,375 @@
+/*
+ * gw_bus.c - the bus thread: a poll() loop over the library's fd and an
+ * eventfd that other threads ring when they queue work, so a request from
+ * HTTP starts within one loop turn and the handle stays single-threaded.
+ */
+#include "gw_bus.h"
+#include "agentbus.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+enum { S_START = 0, S_CANCEL = 1, S_UNWATCH = 2 };
+
+typedef struct s_cmd {
+    struct s_cmd *next;
+    gw_call_t *call;
+    int cancel; /* S_START, S_CANCEL or S_UNWATCH */
+} s_cmd_t;
+
+struct gw_bus {
+    pthread_t thread;
+    ab_client_t *client;
+    int efd;
+    int epfd;             /* client sockets of waiting calls (EPOLLRDHUP) */
+    int default_timeout_ms;
+    char service[128];
+    pthread_mutex_t lock; /* guards the command queue and stopping */
+    s_cmd_t *head, *tail;
+    int stopping;
+    atomic_int connected;
+    atomic_ullong hangups;
+};
+
+gw_call_t *gw_call_new(gw_op_t op)
+{
+    gw_call_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    pthread_mutex_init(&c->lock, NULL);
+    c->refs = 1;
+    c->op = op;
+    c->watch_fd = -1;
+    return c;
+}
+
+void gw_call_unref(gw_call_t *c)
+{
+    if (!c)
+        return;
+    if (atomic_fetch_sub(&c->refs, 1) > 1)
+        return;
+    gw_event_t *e;
+    while ((e = gw_call_pop(c)))
+        free(e);
+    free(c->pb);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+gw_event_t *gw_call_pop(gw_call_t *c)
+{
+    gw_event_t *e = c->head;
+    if (e) {
+        c->head = e->next;
+        if (!c->head)
+            c->tail = NULL;
+    }
+    return e;
+}
+
+/* Appends an event and tells the waiter; the bus reference is dropped on
+ * the final one. */
+static void s_deliver(gw_call_t *c, int status, int final, const void *data, size_t size,
+                      const char *text)
+{
+    gw_event_t *e = malloc(sizeof *e + size);
+    pthread_mutex_lock(&c->lock);
+    if (e) {
+        e->next = NULL;
+        e->status = status;
+        e->final = final;
+        e->size = size;
+        if (size)
+            memcpy(e->data, data, size);
+        if (c->tail)
+            c->tail->next = e;
+        else
+            c->head = e;
+        c->tail = e;
+    } else if (!final) {
+        status = AB_ENOMEM; /* a lost chunk must not pass silently */
+    }
+    if (final || status != AB_OK) {
+        c->final = 1;
+        c->status = status;
+        snprintf(c->error, sizeof c->error, "%s", text ? text : "");
+    }
+    int resume = c->wake ? c->wake(c) : 0;
+    pthread_mutex_unlock(&c->lock);
+    if (resume && c->resume)
+        c->resume(c);
+}
+
+static void s_on_event(ab_client_t *client, const ab_reply_event_t *ev, void *arg)
+{
+    (void)client;
+    gw_call_t *c = arg;
+    s_deliver(c, ev->status, ev->final, ev->data, ev->size, ev->error_text);
+    if (ev->final) {
+        c->ended = 1;
+        gw_call_unref(c);
+    }
+}
+
+static void s_start(gw_bus_t *b, gw_call_t *c)
+{
+    if (c->hungup) { /* the client left before the request was sent */
+        s_deliver(c, AB_ECANCELLED, 1, NULL, 0, "client closed the connection");
+        c->ended = 1;
+        gw_call_unref(c);
+        return;
+    }
+    if (c->op == GW_OP_WORKERS) {
+        void *buf = NULL;
+        size_t len = 0;
+        int rc = ab_client_control(b->client, "workers", 5000, &buf, &len);
+        s_deliver(c, rc, 1, buf, rc == AB_OK ? len : 0,
+                  rc == AB_OK ? "" : ab_client_last_error(b->client));
+        ab_free(buf);
+        c->ended = 1;
+        gw_call_unref(c);
+        return;
+    }
+    ab_request_opts_t o = AB_REQUEST_OPTS_INIT;
+    o.timeout_ms = c->timeout_ms > 0 ? c->timeout_ms : b->default_timeout_ms;
+    o.model = c->model[0] ? c->model : NULL;
+    o.cache_flags = c->cache_flags;
+    o.priority = c->priority;
+    c->started = 1;
+    int rc = ab_client_request_start(b->client, b->service, c->pb, c->pb_len, &o, s_on_event, c,
+                                     &c->id);
+    if (rc != AB_OK) {
+        s_deliver(c, rc, 1, NULL, 0, ab_client_last_error(b->client));
+        c->ended = 1;
+        gw_call_unref(c);
+    }
+}
+
+static void s_cancel(gw_bus_t *b, gw_call_t *c)
+{
+    if (c->started && !c->ended)
+        ab_client_cancel(b->client, c->id); /* its final event runs inside */
+    gw_call_unref(c);                        /* the command's reference */
+}
+
+/* Runs what other threads queued; 1 if the bus is stopping. */
+static int s_run_commands(gw_bus_t *b)
+{
+    uint64_t v;
+    if (read(b->efd, &v, sizeof v) < 0 && errno != EAGAIN)
+        return 1;
+    pthread_mutex_lock(&b->lock);
+    s_cmd_t *q = b->head;
+    b->head = b->tail = NULL;
+    int stopping = b->stopping;
+    pthread_mutex_unlock(&b->lock);
+    while (q) {
+        s_cmd_t *next = q->next;
+        if (q->cancel == S_CANCEL) {
+            s_cancel(b, q->call);
+        } else if (q->cancel == S_UNWATCH) {
+            gw_call_unref(q->call); /* the watch's reference */
+            gw_call_unref(q->call); /* the command's */
+        } else {
+            s_start(b, q->call);
+        }
+        free(q);
+        q = next;
+    }
+    return stopping;
+}
+
+/* Clients that hung up while their call waits: cancel the bus request so
+ * the worker and its backend stop (libmicrohttpd does not watch a
+ * suspended connection). Runs before the commands of the same turn, so an
+ * UNWATCH never frees a call an event here still points at. */
+static void s_hangups(gw_bus_t *b)
+{
+    struct epoll_event ev[64];
+    int n = epoll_wait(b->epfd, ev, 64, 0);
+    for (int i = 0; i < n; i++) {
+        gw_call_t *c = ev[i].data.ptr;
+        c->hungup = 1;
+        atomic_fetch_add(&b->hangups, 1);
+        if (c->started && !c->ended)
+            ab_client_cancel(b->client, c->id);
+    }
+}
+
+static void *s_thread(void *arg)
+{
+    gw_bus_t *b = arg;
+    int fd = -1;
+    ab_client_fd(b->client, &fd);
+    for (;;) {
+        struct pollfd p[3] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}, {b->epfd, POLLIN, 0}};
+        int wait = ab_client_next_timeout_ms(b->client);
+        poll(p, 3, wait > 100 ? 100 : wait);
+        s_hangups(b);
+        if (s_run_commands(b))
+            break;
+        /* The library fd is edge-triggered: drain until nothing is left. */
+        while (ab_client_poll(b->client, 0) > 0)
+            ;
+        atomic_store(&b->connected, ab_client_connected(b->client));
+    }
+    ab_client_destroy(&b->client); /* ends every call in flight (AB_ESTOPPED) */
+    return NULL;
+}
+
+gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
+                     const char *service)
+{
+    gw_bus_t *b = calloc(1, sizeof *b);
+    ab_options_t *o = ab_options_new();
+    if (!b || !o)
+        goto fail;
+    b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    b->epfd = epoll_create1(EPOLL_CLOEXEC);
+    b->default_timeout_ms = default_timeout_ms;
+    snprintf(b->service, sizeof b->service, "%s", service);
+    pthread_mutex_init(&b->lock, NULL);
+    if (b->efd < 0 || b->epfd < 0 || ab_options_set_endpoint(o, endpoint) != AB_OK ||
+        (name && *name && ab_options_set_name(o, name) != AB_OK) ||
+        ab_options_set_timeout_ms(o, default_timeout_ms) != AB_OK) {
+        fprintf(stderr, "agentbus-gateway: bad broker endpoint or name\n");
+        goto fail;
+    }
+    int rc = ab_client_new(&b->client, o);
+    if (rc != AB_OK) {
+        fprintf(stderr, "agentbus-gateway: cannot connect to %s: %s\n", endpoint,
+                ab_strerror(rc));
+        goto fail;
+    }
+    ab_options_destroy(&o);
+    if (pthread_create(&b->thread, NULL, s_thread, b) != 0) {
+        ab_client_destroy(&b->client);
+        goto fail;
+    }
+    return b;
+fail:
+    ab_options_destroy(&o);
+    if (b && b->efd >= 0)
+        close(b->efd);
+    if (b && b->epfd >= 0)
+        close(b->epfd);
+    free(b);
+    return NULL;
+}
+
+static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel)
+{
+    s_cmd_t *q = calloc(1, sizeof *q);
+    if (!q)
+        return -1;
+    q->call = c;
+    q->cancel = cancel;
+    pthread_mutex_lock(&b->lock);
+    if (b->stopping) {
+        pthread_mutex_unlock(&b->lock);
+        free(q);
+        return -1;
+    }
+    atomic_fetch_add(&c->refs, 1);
+    if (b->tail)
+        b->tail->next = q;
+    else
+        b->head = q;
+    b->tail = q;
+    pthread_mutex_unlock(&b->lock);
+    uint64_t one = 1;
+    if (write(b->efd, &one, sizeof one) < 0) {
+        /* the counter is full: the thread is awake anyway */
+    }
+    return 0;
+}
+
+int gw_bus_submit(gw_bus_t *b, gw_call_t *c)
+{
+    return s_queue(b, c, 0);
+}
+
+void gw_bus_cancel(gw_bus_t *b, gw_call_t *c)
+{
+    s_queue(b, c, S_CANCEL);
+}
+
+void gw_bus_watch(gw_bus_t *b, gw_call_t *c, int fd)
+{
+    if (fd < 0 || c->watch_fd >= 0)
+        return;
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.ptr = c};
+    atomic_fetch_add(&c->refs, 1); /* the watch's, dropped by UNWATCH */
+    if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        gw_call_unref(c);
+        return;
+    }
+    c->watch_fd = fd;
+}
+
+void gw_bus_unwatch(gw_bus_t *b, gw_call_t *c)
+{
+    if (c->watch_fd < 0)
+        return;
+    epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->watch_fd, NULL);
+    c->watch_fd = -1;
+    /* The reference goes on the bus thread, after any event it holds. */
+    if (s_queue(b, c, S_UNWATCH) != 0)
+        gw_call_unref(c); /* stopped: no event can come any more */
+}
+
+unsigned long long gw_bus_hangups(const gw_bus_t *b)
+{
+    return atomic_load(&((gw_bus_t *)b)->hangups);
+}
+
+int gw_bus_connected(const gw_bus_t *b)
+{
+    return atomic_load(&((gw_bus_t *)b)->connected);
+}
+
+void gw_bus_stop(gw_bus_t *b)
+{
+    pthread_mutex_lock(&b->lock);
+    int was = b->stopping;
+    b->stopping = 1;
+    pthread_mutex_unlock(&b->lock);
+    if (was)
+        return;
+    uint64_t one = 1;
+    if (write(b->efd, &one, sizeof one) < 0) {
+        /* awake anyway */
+    }
+    pthread_join(b->thread, NULL);
+}
+
+void gw_bus_destroy(gw_bus_t **bp)
+{
+    gw_bus_t *b = bp ? *bp : NULL;
+    if (!b)
+        return;
+    gw_bus_stop(b);
+    /* Commands queued after the last turn: drop their references. */
+    for (s_cmd_t *q = b->head, *n; q; q = n) {
+        n = q->next;
+        if (q->cancel == S_START)
+            s_deliver(q->call, AB_ESTOPPED, 1, NULL, 0, "gateway stopping");
+        if (q->cancel == S_UNWATCH)
+            gw_call_unref(q->call);
+        gw_call_unref(q->call);
+        free(q);
+    }
+    close(b->efd);
+    close(b->epfd);
+    pthread_mutex_destroy(&b->lock);
+    free(b);
+    *bp = NULL;
+}

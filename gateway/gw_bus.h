@@ -1,0 +1,106 @@
+/*
+ * gw_bus.h - the gateway's one bus connection, owned by one thread.
+ *
+ * libagentbus handles are used by one thread at a time, and HTTP requests
+ * arrive on libmicrohttpd's pool threads, so those threads never touch
+ * the handle: they hand a gw_call_t to the bus thread (gw_bus_submit), which
+ * starts the request and appends each reply event to the call. The call is
+ * shared, guarded by its own mutex and counted: one reference for the HTTP
+ * side, one for the bus side while the request is in flight. A waiter (the
+ * HTTP side) is told through WAKE and RESUME whenever an event arrives.
+ */
+#ifndef GW_BUS_H
+#define GW_BUS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gw_bus gw_bus_t;
+
+/* One reply event, in arrival order. */
+typedef struct gw_event {
+    struct gw_event *next;
+    int status;   /* AB_OK, or the error that ended the request */
+    int final;
+    size_t size;
+    uint8_t data[];
+} gw_event_t;
+
+typedef enum { GW_OP_REQUEST = 1, GW_OP_WORKERS = 2 } gw_op_t;
+
+typedef struct gw_call gw_call_t;
+/* WAKE runs with the call's lock held when an event arrives and says
+ * whether the waiter must be resumed; RESUME then runs without the lock
+ * (it calls into libmicrohttpd, which takes locks of its own). */
+typedef int(gw_wake_fn)(gw_call_t *call);
+typedef void(gw_resume_fn)(gw_call_t *call);
+
+struct gw_call {
+    pthread_mutex_t lock;
+    atomic_int refs;      /* not under lock: a submit may run while it is held */
+    /* set before gw_bus_submit, read-only afterwards */
+    gw_op_t op;
+    uint8_t *pb;          /* request payload (freed with the call) */
+    size_t pb_len;
+    char model[256];
+    int timeout_ms;       /* <= 0: the gateway's default */
+    uint32_t cache_flags; /* AB_CACHE_* */
+    uint32_t priority;    /* carried in the header (not yet ordered by) */
+    gw_wake_fn *wake;
+    gw_resume_fn *resume;
+    void *owner;          /* the HTTP side's state */
+    /* under lock: what arrived */
+    gw_event_t *head, *tail;
+    int final;            /* the final event has been appended */
+    int status;           /* of the final event */
+    char error[512];
+    int watch_fd;         /* HTTP side: the client socket watched, or -1 */
+    /* bus thread only */
+    uint64_t id;
+    int started, ended;
+    int hungup;           /* the client closed its connection */
+};
+
+/* Starts the bus thread, connected to ENDPOINT as a client named NAME ("" =
+ * unnamed). DEFAULT_TIMEOUT_MS applies to calls without their own.
+ * Returns NULL (with a reason on stderr) on failure. */
+gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
+                     const char *service);
+/* Stops the thread: calls in flight end with AB_ESTOPPED (their WAKE runs);
+ * later submits fail. The handle stays valid for submit/cancel (which then
+ * do nothing) until gw_bus_destroy, so HTTP threads may still call them. */
+void gw_bus_stop(gw_bus_t *bus);
+/* Stops (if not yet) and frees. Sets *bus = NULL. */
+void gw_bus_destroy(gw_bus_t **bus);
+
+/* A new call with one reference (the caller's); NULL when out of memory. */
+gw_call_t *gw_call_new(gw_op_t op);
+void gw_call_unref(gw_call_t *call);
+
+/* Hands CALL to the bus thread (which takes its own reference). Any thread.
+ * -1 when the bus is stopping or out of memory (nothing was taken). */
+int gw_bus_submit(gw_bus_t *bus, gw_call_t *call);
+/* Asks the bus thread to cancel CALL's request (CANCEL reaches the worker
+ * and its backend) if it is still in flight. Any thread. */
+void gw_bus_cancel(gw_bus_t *bus, gw_call_t *call);
+
+/* Watches FD, CALL's client socket, while the call waits: if the client
+ * hangs up, the bus thread cancels the request (as gw_bus_cancel). Takes a
+ * reference. HTTP side, once per call. */
+void gw_bus_watch(gw_bus_t *bus, gw_call_t *call, int fd);
+/* Stops watching (before libmicrohttpd closes the socket: the completion
+ * hook); the reference goes on the bus thread. */
+void gw_bus_unwatch(gw_bus_t *bus, gw_call_t *call);
+/* Clients seen hanging up while waiting. Any thread. */
+unsigned long long gw_bus_hangups(const gw_bus_t *bus);
+
+/* Takes the oldest event of CALL (caller holds the lock; free it with
+ * free()), or NULL. */
+gw_event_t *gw_call_pop(gw_call_t *call);
+
+/* 1 while the bus connection is up. Any thread. */
+int gw_bus_connected(const gw_bus_t *bus);
+
+#endif

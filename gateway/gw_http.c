@@ -1,0 +1,430 @@
+/*
+ * gw_http.c - libmicrohttpd glue: request bodies (bounded), the suspend /
+ * resume hand-off with the bus thread, streamed bodies written chunk by
+ * chunk as events arrive, and the completion hook that cancels the bus
+ * request of a client that left early.
+ */
+#include "gw_http.h"
+#include "agentbus.h"
+#include "tl_clock.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct {
+    const char *path;
+    gw_route_t r;
+} s_map[] = {
+    {"/", GW_R_ROOT},
+    {"/api/generate", GW_R_GENERATE},
+    {"/api/chat", GW_R_CHAT},
+    {"/api/embed", GW_R_EMBED},
+    {"/api/embeddings", GW_R_EMBEDDINGS},
+    {"/api/tags", GW_R_TAGS},
+    {"/api/ps", GW_R_PS},
+    {"/api/show", GW_R_SHOW},
+    {"/api/version", GW_R_VERSION},
+    {"/v1/chat/completions", GW_R_OAI_CHAT},
+    {"/v1/completions", GW_R_OAI_COMPLETIONS},
+    {"/v1/embeddings", GW_R_OAI_EMBEDDINGS},
+    {"/v1/models", GW_R_OAI_MODELS},
+    {"/metrics", GW_R_METRICS},
+    {"/healthz", GW_R_HEALTHZ},
+};
+
+static gw_route_t s_route(const char *url)
+{
+    for (size_t i = 0; i < sizeof s_map / sizeof s_map[0]; i++)
+        if (strcmp(url, s_map[i].path) == 0)
+            return s_map[i].r;
+    return GW_R_NOTFOUND;
+}
+
+const char *gw_route_path(gw_route_t r)
+{
+    for (size_t i = 0; i < sizeof s_map / sizeof s_map[0]; i++)
+        if (s_map[i].r == r)
+            return s_map[i].path;
+    return "other";
+}
+
+/* --- responses ------------------------------------------------------------------ */
+static void s_count(gw_conn_t *c, unsigned status)
+{
+    unsigned cls = status / 100;
+    atomic_fetch_add(&c->g->m.status[cls >= 1 && cls <= 5 ? cls : 0], 1);
+}
+
+static enum MHD_Result s_queue(gw_conn_t *c, unsigned status, struct MHD_Response *resp)
+{
+    if (!resp)
+        return MHD_NO;
+    enum MHD_Result rc = MHD_queue_response(c->conn, status, resp);
+    MHD_destroy_response(resp);
+    s_count(c, status);
+    return rc;
+}
+
+enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type, const char *text)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    if (r)
+        MHD_add_response_header(r, "Content-Type", type);
+    return s_queue(c, status, r);
+}
+
+enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j)
+{
+    char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!txt)
+        return MHD_NO;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(txt), txt, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(txt);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json; charset=utf-8");
+    return s_queue(c, status, r);
+}
+
+enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text)
+{
+    if (!c->openai)
+        return gw_reply_json(c, status, json_pack("{s:s}", "error", text));
+    const char *type = status == 404 || status == 400 || status == 413 ? "invalid_request_error"
+                       : status == 503 || status == 429             ? "server_overloaded"
+                                                                     : "api_error";
+    json_t *code = status == 404 ? json_string("model_not_found") : json_null();
+    return gw_reply_json(c, status,
+                         json_pack("{s:{s:s, s:s, s:n, s:o}}", "error", "message", text, "type",
+                                   type, "param", "code", code));
+}
+
+unsigned gw_http_status(int st)
+{
+    switch (st) {
+    case AB_OK: return 200;
+    case AB_EMODEL: return 404;
+    case AB_EBADREQUEST: case AB_EINVAL: case AB_EMALFORMED: return 400;
+    case AB_EPAYLOADSIZE: case AB_ETOOLARGE: return 413;
+    case AB_EBUSY: case AB_EBACKENDBUSY: case AB_ENOSERVICE: case AB_EDISCONNECTED:
+    case AB_ESTOPPED: return 503;
+    case AB_EDEADLINE: case AB_ETIMEOUT: return 504;
+    case AB_EBACKEND: case AB_EWORKERLOST: return 502;
+    default: return 500;
+    }
+}
+
+void gw_error_text(const gw_conn_t *c, int st, const char *detail, char *buf, size_t cap)
+{
+    if (st == AB_EMODEL) /* Ollama's own words, which its clients show */
+        snprintf(buf, cap, "model \"%s\" not found, try pulling it first", c->model);
+    else if (detail && *detail)
+        snprintf(buf, cap, "%s", detail);
+    else
+        snprintf(buf, cap, "%s", ab_strerror(st));
+}
+
+/* --- the bus hand-off ---------------------------------------------------------- */
+/* Whether C can answer (or write) now. Caller holds call->lock. */
+static int s_ready(const gw_conn_t *c)
+{
+    const gw_call_t *k = c->call;
+    if (c->phase == GW_P_WAIT && c->wait_final)
+        return k->final;
+    return k->head != NULL || k->final;
+}
+
+static int s_wake(gw_call_t *k)
+{
+    gw_conn_t *c = k->owner;
+    if (!c || !c->suspended || !s_ready(c))
+        return 0;
+    c->suspended = 0;
+    return 1;
+}
+
+static void s_resume(gw_call_t *k)
+{
+    gw_conn_t *c = k->owner;
+    MHD_resume_connection(c->conn);
+}
+
+enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
+{
+    k->wake = s_wake;
+    k->resume = s_resume;
+    k->owner = c;
+    c->call = k;
+    c->phase = GW_P_WAIT;
+    atomic_fetch_add(&c->g->m.in_flight, 1);
+    pthread_mutex_lock(&k->lock);
+    if (gw_bus_submit(c->g->bus, k) != 0) {
+        pthread_mutex_unlock(&k->lock);
+        return gw_reply_error(c, 503, "gateway is stopping");
+    }
+    if (s_ready(c)) {
+        pthread_mutex_unlock(&k->lock);
+        return gw_routes_handle(c, "");
+    }
+    /* A suspended connection is not watched by libmicrohttpd: the bus
+     * thread watches it for a hang-up instead. */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    gw_bus_watch(c->g->bus, k, ci ? ci->connect_fd : -1);
+    c->suspended = 1;
+    MHD_suspend_connection(c->conn);
+    pthread_mutex_unlock(&k->lock);
+    return MHD_YES;
+}
+
+/* Header values: the request's deadline, priority and cache control. */
+static void s_call_headers(gw_conn_t *c, gw_call_t *k)
+{
+    const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
+    long ms = t ? strtol(t, NULL, 10) : 0;
+    if (ms > 0)
+        k->timeout_ms = ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
+    const char *pr = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Priority");
+    long p = pr ? strtol(pr, NULL, 10) : 0;
+    if (p > 0)
+        k->priority = p > 255 ? 255u : (uint32_t)p;
+    const char *cf = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Cache");
+    if (cf) {
+        if (strstr(cf, "no-read") || strstr(cf, "off"))
+            k->cache_flags |= AB_CACHE_NO_READ;
+        if (strstr(cf, "no-store") || strstr(cf, "off"))
+            k->cache_flags |= AB_CACHE_NO_STORE;
+        if (strstr(cf, "on"))
+            k->cache_flags |= AB_CACHE_ON;
+        if (strstr(cf, "off"))
+            k->cache_flags &= ~AB_CACHE_ON;
+    }
+}
+
+enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
+{
+    gw_call_t *k = gw_call_new(GW_OP_REQUEST);
+    if (!k) {
+        gw_req_free(req);
+        return MHD_NO;
+    }
+    k->pb = req->pb;
+    k->pb_len = req->pb_len;
+    req->pb = NULL;
+    snprintf(k->model, sizeof k->model, "%s", req->model);
+    snprintf(c->model, sizeof c->model, "%s", req->model);
+    c->kind = req->kind;
+    c->stream = req->stream;
+    c->wait_final = !req->stream;
+    s_call_headers(c, k);
+    return gw_call_bus(c, k);
+}
+
+/* --- streaming ----------------------------------------------------------------- */
+void gw_out_append(gw_conn_t *c, const char *s, size_t len)
+{
+    if (c->out_off == c->out_len)
+        c->out_off = c->out_len = 0;
+    char *p = realloc(c->out, c->out_len + len + 1);
+    if (!p)
+        return;
+    memcpy(p + c->out_len, s, len);
+    c->out = p;
+    c->out_len += len;
+}
+
+static ssize_t s_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    gw_conn_t *c = cls;
+    gw_call_t *k = c->call;
+    while (c->out_off == c->out_len) {
+        if (c->eos)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        pthread_mutex_lock(&k->lock);
+        gw_event_t *e = gw_call_pop(k);
+        if (!e) {
+            if (k->final) { /* the final event was lost (out of memory) */
+                pthread_mutex_unlock(&k->lock);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            /* Nothing yet: step out of the event loop until the bus thread
+             * has the next chunk (s_wake / s_resume). */
+            c->suspended = 1;
+            MHD_suspend_connection(c->conn);
+            pthread_mutex_unlock(&k->lock);
+            return 0;
+        }
+        pthread_mutex_unlock(&k->lock);
+        gw_routes_render(c, e);
+        free(e);
+        atomic_fetch_add(&c->g->m.chunks, 1);
+    }
+    size_t n = c->out_len - c->out_off;
+    if (n > max)
+        n = max;
+    memcpy(buf, c->out + c->out_off, n);
+    c->out_off += n;
+    return (ssize_t)n;
+}
+
+enum MHD_Result gw_stream_start(gw_conn_t *c, const char *type)
+{
+    c->phase = GW_P_STREAM;
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, s_read,
+                                                                c, NULL);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", type);
+    if (c->openai) {
+        MHD_add_response_header(r, "Cache-Control", "no-cache");
+    }
+    return s_queue(c, 200, r);
+}
+
+/* --- libmicrohttpd callbacks ------------------------------------------------------ */
+static enum MHD_Result s_body(gw_conn_t *c, const char *upload, size_t *size)
+{
+    size_t max = c->g->cfg.max_body_bytes;
+    if (!c->too_big && c->len + *size > max)
+        c->too_big = 1;
+    if (!c->too_big) {
+        if (c->len + *size + 1 > c->cap) {
+            size_t cap = (c->len + *size + 1) * 2;
+            if (cap > max + 1)
+                cap = max + 1;
+            char *p = realloc(c->body, cap);
+            if (!p)
+                return MHD_NO;
+            c->body = p;
+            c->cap = cap;
+        }
+        memcpy(c->body + c->len, upload, *size);
+        c->len += *size;
+        c->body[c->len] = '\0';
+    }
+    *size = 0; /* dropped when too big: memory stays bounded */
+    return MHD_YES;
+}
+
+static gw_conn_t *s_conn_new(gw_t *g, struct MHD_Connection *conn, const char *url)
+{
+    gw_conn_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->g = g;
+    c->conn = conn;
+    c->route = s_route(url);
+    c->openai = strncmp(url, "/v1/", 4) == 0;
+    c->t0_us = tl_now_us();
+    atomic_fetch_add(&g->m.requests[c->route], 1);
+    return c;
+}
+
+static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                const char *method, const char *version, const char *upload,
+                                size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    gw_t *g = cls;
+    gw_conn_t *c = *con_cls;
+    if (!c) {
+        c = s_conn_new(g, conn, url);
+        if (!c)
+            return MHD_NO;
+        *con_cls = c;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > g->cfg.max_body_bytes) {
+            c->too_big = 1;
+            return gw_reply_error(c, 413, "request body too large");
+        }
+        return MHD_YES;
+    }
+    if (*upload_size)
+        return s_body(c, upload, upload_size);
+    if (c->phase == GW_P_WAIT) /* resumed: the bus has an answer */
+        return gw_routes_handle(c, method);
+    if (c->too_big)
+        return gw_reply_error(c, 413, "request body too large");
+    return gw_routes_handle(c, method);
+}
+
+static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                        enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    gw_t *g = cls;
+    gw_conn_t *c = *con_cls;
+    if (!c)
+        return;
+    *con_cls = NULL;
+    if (c->call) {
+        gw_call_t *k = c->call;
+        gw_bus_unwatch(g->bus, k); /* the socket closes after this hook */
+        pthread_mutex_lock(&k->lock);
+        int unfinished = !k->final;
+        k->owner = NULL; /* no more wake-ups for this connection */
+        pthread_mutex_unlock(&k->lock);
+        if (unfinished || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+            if (unfinished) {
+                gw_bus_cancel(g->bus, k); /* CANCEL reaches the worker and backend */
+                atomic_fetch_add(&g->m.cancelled, 1);
+            }
+        }
+        atomic_fetch_sub(&g->m.in_flight, 1);
+        gw_call_unref(k);
+    }
+    uint64_t us = tl_now_us() - c->t0_us;
+    static const uint64_t edge_ms[GW_LAT_BUCKETS] = {1, 2, 5, 10, 50, 100, 500, 1000, 5000, 30000};
+    int b = 0;
+    while (b < GW_LAT_BUCKETS && us > edge_ms[b] * 1000)
+        b++;
+    atomic_fetch_add(&g->m.lat_bucket[b], 1);
+    atomic_fetch_add(&g->m.lat_sum_us, us);
+    atomic_fetch_add(&g->m.lat_count, 1);
+    free(c->body);
+    free(c->out);
+    free(c);
+}
+
+int gw_http_start(gw_t *g)
+{
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)g->cfg.port);
+    if (inet_pton(AF_INET, g->cfg.host, &sa.sin_addr) != 1) {
+        fprintf(stderr, "agentbus-gateway: --listen wants an IPv4 address, got '%s'\n",
+                g->cfg.host);
+        return -1;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    g->mhd = MHD_start_daemon(
+        flags, 0, NULL, NULL, s_access, g, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_THREAD_POOL_SIZE, g->cfg.threads, MHD_OPTION_CONNECTION_LIMIT,
+        g->cfg.max_connections, MHD_OPTION_NOTIFY_COMPLETED, s_completed, g,
+        MHD_OPTION_CONNECTION_TIMEOUT, g->cfg.idle_timeout_s, MHD_OPTION_END);
+    if (!g->mhd) {
+        fprintf(stderr, "agentbus-gateway: cannot listen on %s:%d\n", g->cfg.host, g->cfg.port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(g->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    if (di)
+        g->cfg.port = di->port;
+    return 0;
+}
+
+void gw_http_stop(gw_t *g)
+{
+    if (g->mhd)
+        MHD_stop_daemon(g->mhd);
+    g->mhd = NULL;
+}

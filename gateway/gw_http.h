@@ -1,0 +1,149 @@
+/*
+ * gw_http.h - the gateway's HTTP side: libmicrohttpd with its internal
+ * epoll thread pool. A request that waits for the bus is suspended
+ * (MHD_suspend_connection) and resumed by the bus thread when an event
+ * arrives, so a waiting or streaming client holds no thread.
+ *
+ * Shared by gw_http.c (server, connection life, streaming), gw_routes.c
+ * (the Ollama and gateway routes) and gw_openai.c (the OpenAI routes).
+ */
+#ifndef GW_HTTP_H
+#define GW_HTTP_H
+
+#include "gw_bus.h"
+#include "gw_json.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    const char *host;          /* --listen HOST:PORT */
+    int port;
+    const char *broker;        /* --broker ENDPOINT */
+    const char *service;       /* --service (default "ollama") */
+    const char *name;          /* --name: the gateway's agent name ("" none) */
+    unsigned max_connections;  /* --max-connections */
+    size_t max_body_bytes;     /* --max-body-bytes: larger bodies get 413 */
+    unsigned threads;          /* --threads: libmicrohttpd's pool */
+    int timeout_ms;            /* --timeout-ms: default request deadline */
+    int max_timeout_ms;        /* --max-timeout-ms: cap of X-Agentbus-Timeout-Ms */
+    const char *version;       /* --ollama-version: what /api/version says */
+    unsigned idle_timeout_s;   /* --idle-timeout-s: a silent client's connection closes */
+    int quiet;
+} gw_config_t;
+
+#define GW_LAT_BUCKETS 10
+
+/* Counters for /metrics; atomics, bumped from any thread. */
+typedef struct {
+    atomic_ullong requests[16];   /* by route */
+    atomic_ullong status[6];      /* 1xx..5xx by class; [0] other */
+    atomic_ullong in_flight;
+    atomic_ullong cancelled;      /* client left before the end: bus CANCEL sent */
+    atomic_ullong chunks;         /* streamed chunks written */
+    atomic_ullong bus_errors;     /* requests the bus ended with an error */
+    atomic_ullong lat_bucket[GW_LAT_BUCKETS + 1];
+    atomic_ullong lat_sum_us, lat_count;
+} gw_metrics_t;
+
+typedef struct {
+    gw_config_t cfg;
+    gw_bus_t *bus;
+    struct MHD_Daemon *mhd;
+    gw_metrics_t m;
+    atomic_ullong next_id;        /* OpenAI ids */
+} gw_t;
+
+typedef enum {
+    GW_R_NOTFOUND = 0, GW_R_ROOT, GW_R_GENERATE, GW_R_CHAT, GW_R_EMBED, GW_R_EMBEDDINGS,
+    GW_R_TAGS, GW_R_PS, GW_R_SHOW, GW_R_VERSION, GW_R_OAI_CHAT, GW_R_OAI_COMPLETIONS,
+    GW_R_OAI_EMBEDDINGS, GW_R_OAI_MODELS, GW_R_METRICS, GW_R_HEALTHZ
+} gw_route_t;
+
+typedef enum { GW_P_READ = 0, GW_P_WAIT, GW_P_STREAM } gw_phase_t;
+
+/* One HTTP request's state (libmicrohttpd's per-request pointer). */
+typedef struct gw_conn {
+    gw_t *g;
+    struct MHD_Connection *conn;
+    gw_route_t route;
+    int openai;
+    char *body;
+    size_t len, cap;
+    int too_big;
+    uint64_t t0_us;
+    /* bus call; phase and suspended are under call->lock once it exists */
+    gw_call_t *call;
+    gw_phase_t phase;
+    int suspended;
+    int stream;         /* chunks as they arrive */
+    int wait_final;     /* GW_P_WAIT ends at the final event, not the first */
+    gw_kind_t kind;
+    int legacy;         /* /api/embeddings */
+    char model[256];
+    /* streaming output */
+    char *out;
+    size_t out_len, out_off;
+    int eos;            /* everything written */
+    /* OpenAI */
+    char oai_id[64];
+    long created;
+    int oai_usage;      /* stream_options.include_usage */
+    int oai_role_sent;
+    int oai_b64;        /* embeddings: encoding_format "base64" */
+    uint64_t prompt_tokens, eval_tokens;
+} gw_conn_t;
+
+/* The path of route R ("other" for GW_R_NOTFOUND). */
+const char *gw_route_path(gw_route_t r);
+
+/* Starts libmicrohttpd on cfg.host:cfg.port (0: any; G->cfg.port gets the
+ * bound one). 0 or -1 (reason on stderr). */
+int gw_http_start(gw_t *g);
+void gw_http_stop(gw_t *g);
+
+/* Responses (every one counts in the metrics). They return what the access
+ * handler must return. JSON takes J's reference. */
+enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j);
+enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type,
+                              const char *text);
+/* An error in the caller's API dialect: {"error":"..."} (Ollama) or
+ * {"error":{"message":...}} (OpenAI). */
+enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text);
+/* The HTTP status for a bus status (AB_EMODEL -> 404, ...). */
+unsigned gw_http_status(int ab_status);
+/* The client-facing text of a bus error (Ollama's wording for a missing
+ * model). */
+void gw_error_text(const gw_conn_t *c, int ab_status, const char *detail, char *buf, size_t cap);
+
+/* Hands C's request to the bus and suspends the connection until it can
+ * answer (first event when streaming, else the final one). */
+enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *call);
+/* Starts an inference call built from REQ (takes REQ's payload). */
+enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req);
+
+/* Answers 200 with a body written by gw_routes_render as events arrive. */
+enum MHD_Result gw_stream_start(gw_conn_t *c, const char *type);
+
+/* gw_routes.c: the routes; called once the body is in (phase READ) and
+ * again when a suspended call resumes (phase WAIT). */
+enum MHD_Result gw_routes_handle(gw_conn_t *c, const char *method);
+/* Renders one event of a streamed call into C->out (NDJSON line or SSE
+ * event(s)); sets C->eos after the last. */
+void gw_routes_render(gw_conn_t *c, const gw_event_t *e);
+
+/* gw_openai.c */
+enum MHD_Result gw_openai_request(gw_conn_t *c);
+enum MHD_Result gw_openai_answer(gw_conn_t *c);
+void gw_openai_render(gw_conn_t *c, const gw_event_t *e);
+/* /v1/models from an /api/tags object (takes its reference). */
+json_t *gw_openai_models(json_t *tags);
+/* Text of C's body as JSON; NULL after answering 400 (in *res). */
+json_t *gw_body_json(gw_conn_t *c, enum MHD_Result *res);
+/* Appends LEN bytes to C->out. */
+void gw_out_append(gw_conn_t *c, const char *s, size_t len);
+
+#endif

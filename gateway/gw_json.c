@@ -1,0 +1,577 @@
+/*
+ * gw_json.c - Ollama-shaped JSON to InferenceRequest, and replies back to
+ * Ollama's JSON. The OpenAI routes reuse the request side by first
+ * rewriting their body into Ollama's shape (gw_openai.c).
+ */
+#include "gw_json.h"
+#include "agentbus.pb-c.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Memory the protobuf structs point into until they are packed: decoded
+ * images and pointer arrays. Bounded by the body size limit. */
+typedef struct {
+    void *p[4096];
+    size_t n;
+    int oom;
+} s_arena_t;
+
+static void *s_keep(s_arena_t *a, void *p)
+{
+    if (!p || a->n >= sizeof a->p / sizeof a->p[0]) {
+        free(p);
+        a->oom = 1;
+        return NULL;
+    }
+    a->p[a->n++] = p;
+    return p;
+}
+
+static void s_arena_free(s_arena_t *a)
+{
+    for (size_t i = 0; i < a->n; i++)
+        free(a->p[i]);
+    a->n = 0;
+}
+
+static int s_fail(char *err, size_t cap, const char *fmt, const char *arg)
+{
+    snprintf(err, cap, fmt, arg);
+    return -1;
+}
+
+/* --- base64 ------------------------------------------------------------------ */
+static int s_b64val(int c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+uint8_t *gw_base64_decode(const char *s, size_t *out_len)
+{
+    size_t n = strlen(s);
+    while (n && s[n - 1] == '=')
+        n--;
+    if (n % 4 == 1)
+        return NULL;
+    uint8_t *out = malloc(n / 4 * 3 + 3);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int v = s_b64val((unsigned char)s[i]);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    *out_len = o;
+    return out;
+}
+
+char *gw_base64_encode(const void *data, size_t len)
+{
+    static const char tab[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const uint8_t *p = data;
+    char *out = malloc((len + 2) / 3 * 4 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        out[o++] = tab[(v >> 18) & 63];
+        out[o++] = tab[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? tab[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* --- request fields ---------------------------------------------------------- */
+/* A string field: absent or null gives "", anything else but a string is an
+ * error (Ollama answers 400 for a wrongly typed field too). */
+static int s_str(json_t *o, const char *key, char **out, char *err, size_t cap)
+{
+    json_t *v = json_object_get(o, key);
+    *out = "";
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v))
+        return s_fail(err, cap, "invalid %s: expected a string", key);
+    *out = (char *)json_string_value(v);
+    return 0;
+}
+
+/* keep_alive: a duration string or a number of seconds, kept as the text
+ * the worker hands Ollama back (worker/ollama_json.c). */
+static int s_keep_alive(json_t *o, char *buf, size_t cap, char **out, char *err, size_t ecap)
+{
+    json_t *v = json_object_get(o, "keep_alive");
+    *out = "";
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v))
+        *out = (char *)json_string_value(v);
+    else if (json_is_integer(v))
+        snprintf(buf, cap, "%lld", (long long)json_integer_value(v)), *out = buf;
+    else if (json_is_real(v))
+        snprintf(buf, cap, "%lld", (long long)json_real_value(v)), *out = buf;
+    else
+        return s_fail(err, ecap, "invalid %s: expected a duration", "keep_alive");
+    return 0;
+}
+
+/* format: "json", or a JSON schema object passed on as its text. */
+static int s_format(json_t *o, s_arena_t *a, char **out, char *err, size_t cap)
+{
+    json_t *v = json_object_get(o, "format");
+    *out = "";
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        *out = (char *)json_string_value(v);
+        return 0;
+    }
+    if (!json_is_object(v))
+        return s_fail(err, cap, "invalid %s: expected \"json\" or a schema", "format");
+    *out = s_keep(a, json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS));
+    return *out ? 0 : s_fail(err, cap, "%s", "out of memory");
+}
+
+static int s_num(json_t *o, const char *key, int *has, double *d, char *err, size_t cap)
+{
+    json_t *v = json_object_get(o, key);
+    *has = 0;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_number(v))
+        return s_fail(err, cap, "invalid option %s: expected a number", key);
+    *has = 1;
+    *d = json_number_value(v);
+    return 0;
+}
+
+static int s_int(json_t *o, const char *key, int *has, int64_t *i, char *err, size_t cap)
+{
+    double d = 0;
+    if (s_num(o, key, has, &d, err, cap) != 0)
+        return -1;
+    if (*has)
+        *i = json_is_integer(json_object_get(o, key))
+                 ? (int64_t)json_integer_value(json_object_get(o, key))
+                 : (int64_t)d;
+    return 0;
+}
+
+static int s_stop(json_t *j, Agentbus__InferenceOptions *o, s_arena_t *a, char *err, size_t cap)
+{
+    json_t *v = json_object_get(j, "stop");
+    if (!v || json_is_null(v))
+        return 0;
+    size_t n = json_is_string(v) ? 1 : json_is_array(v) ? json_array_size(v) : (size_t)-1;
+    if (n == (size_t)-1)
+        return s_fail(err, cap, "invalid option %s: expected strings", "stop");
+    o->stop = s_keep(a, calloc(n + 1, sizeof(char *)));
+    if (!o->stop)
+        return s_fail(err, cap, "%s", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = json_is_string(v) ? v : json_array_get(v, i);
+        if (!json_is_string(s))
+            return s_fail(err, cap, "invalid option %s: expected strings", "stop");
+        o->stop[i] = (char *)json_string_value(s);
+    }
+    o->n_stop = n;
+    return 0;
+}
+
+/* options: only the ones the proto carries; others are ignored, as
+ * Ollama ignores options a model does not use. */
+static int s_options(json_t *j, Agentbus__InferenceOptions *o, Agentbus__InferenceOptions **out,
+                     s_arena_t *a, char *err, size_t cap)
+{
+    agentbus__inference_options__init(o);
+    *out = NULL;
+    if (!j || json_is_null(j))
+        return 0;
+    if (!json_is_object(j))
+        return s_fail(err, cap, "invalid %s: expected an object", "options");
+    int h[8] = {0};
+    if (s_num(j, "temperature", &h[0], &o->temperature, err, cap) ||
+        s_int(j, "seed", &h[1], &o->seed, err, cap) ||
+        s_int(j, "num_ctx", &h[2], &o->num_ctx, err, cap) ||
+        s_int(j, "num_predict", &h[3], &o->num_predict, err, cap) ||
+        s_int(j, "top_k", &h[4], &o->top_k, err, cap) ||
+        s_num(j, "top_p", &h[5], &o->top_p, err, cap) ||
+        s_num(j, "repeat_penalty", &h[6], &o->repeat_penalty, err, cap) ||
+        s_num(j, "min_p", &h[7], &o->min_p, err, cap))
+        return -1;
+    /* Presence is kept: an absent option and a zero one are different
+     * requests (and different cache keys). */
+    if (h[0])
+        o->has_temperature_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TEMPERATURE_TEMPERATURE;
+    if (h[1])
+        o->has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
+    if (h[2])
+        o->has_num_ctx_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_CTX_NUM_CTX;
+    if (h[3])
+        o->has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT;
+    if (h[4])
+        o->has_top_k_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TOP_K_TOP_K;
+    if (h[5])
+        o->has_top_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TOP_P_TOP_P;
+    if (h[6])
+        o->has_repeat_penalty_case =
+            AGENTBUS__INFERENCE_OPTIONS__HAS_REPEAT_PENALTY_REPEAT_PENALTY;
+    if (h[7])
+        o->has_min_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_MIN_P_MIN_P;
+    if (s_stop(j, o, a, err, cap) != 0)
+        return -1;
+    /* brokerctl sends an options message even when it is empty; an empty
+     * one and none give the same cache key, so either is fine. */
+    *out = o;
+    return 0;
+}
+
+/* images: base64 strings, carried as raw bytes. */
+static int s_images(json_t *v, ProtobufCBinaryData **out, size_t *n, s_arena_t *a, char *err,
+                    size_t cap)
+{
+    *n = 0;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_array(v))
+        return s_fail(err, cap, "invalid %s: expected base64 strings", "images");
+    size_t k = json_array_size(v);
+    *out = s_keep(a, calloc(k + 1, sizeof **out));
+    if (!*out)
+        return s_fail(err, cap, "%s", "out of memory");
+    for (size_t i = 0; i < k; i++) {
+        const char *s = json_string_value(json_array_get(v, i));
+        size_t len = 0;
+        uint8_t *b = s ? gw_base64_decode(s, &len) : NULL;
+        if (!b)
+            return s_fail(err, cap, "invalid %s: expected base64 strings", "images");
+        (*out)[i].data = s_keep(a, b);
+        (*out)[i].len = len;
+        if (!(*out)[i].data)
+            return s_fail(err, cap, "%s", "out of memory");
+    }
+    *n = k;
+    return 0;
+}
+
+static int s_stream(json_t *o, int *stream, char *err, size_t cap)
+{
+    json_t *v = json_object_get(o, "stream");
+    *stream = 1; /* Ollama streams unless told not to */
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v))
+        return s_fail(err, cap, "invalid %s: expected a boolean", "stream");
+    *stream = json_is_true(v);
+    return 0;
+}
+
+/* --- request kinds ------------------------------------------------------------- */
+typedef struct {
+    json_t *body;
+    gw_req_t *req;
+    s_arena_t *a;
+    Agentbus__InferenceRequest *ir;
+    char ka[32];
+    char *err;
+    size_t cap;
+} s_build_t;
+
+/* Ollama answers a generate without prompt (or a chat without messages) by
+ * loading the model, or unloading it when keep_alive is 0: clients use
+ * that to preload. Such a call becomes a LOAD or UNLOAD command; its reply
+ * is a final GenerateResponse with done_reason "load" / "unload". */
+static int s_model_command(s_build_t *b, Agentbus__ModelCommand *mc)
+{
+    agentbus__model_command__init(mc);
+    mc->model = b->req->model;
+    if (s_keep_alive(b->body, b->ka, sizeof b->ka, &mc->keep_alive, b->err, b->cap) ||
+        s_stream(b->body, &b->req->stream, b->err, b->cap))
+        return -1;
+    const char *ka = mc->keep_alive;
+    int unload = strcmp(ka, "0") == 0 || strcmp(ka, "0s") == 0 || strcmp(ka, "0m") == 0;
+    b->ir->body_case = unload ? AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD
+                              : AGENTBUS__INFERENCE_REQUEST__BODY_LOAD;
+    if (unload)
+        b->ir->unload = mc;
+    else
+        b->ir->load = mc;
+    return 0;
+}
+
+static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__InferenceOptions *o)
+{
+    agentbus__generate_request__init(g);
+    g->model = b->req->model;
+    if (s_str(b->body, "prompt", &g->prompt, b->err, b->cap) ||
+        s_str(b->body, "system", &g->system, b->err, b->cap) ||
+        s_str(b->body, "suffix", &g->suffix, b->err, b->cap) ||
+        s_format(b->body, b->a, &g->format, b->err, b->cap) ||
+        s_keep_alive(b->body, b->ka, sizeof b->ka, &g->keep_alive, b->err, b->cap) ||
+        s_stream(b->body, &b->req->stream, b->err, b->cap) ||
+        s_options(json_object_get(b->body, "options"), o, &g->options, b->a, b->err, b->cap) ||
+        s_images(json_object_get(b->body, "images"), &g->images, &g->n_images, b->a, b->err,
+                 b->cap))
+        return -1;
+    g->raw = json_is_true(json_object_get(b->body, "raw"));
+    g->has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
+    g->stream = b->req->stream;
+    b->ir->body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    b->ir->generate = g;
+    return 0;
+}
+
+static int s_message(s_build_t *b, json_t *m, Agentbus__ChatMessage *cm)
+{
+    agentbus__chat_message__init(cm);
+    if (!json_is_object(m))
+        return s_fail(b->err, b->cap, "invalid %s: expected objects", "messages");
+    if (s_str(m, "role", &cm->role, b->err, b->cap) ||
+        s_str(m, "content", &cm->content, b->err, b->cap) ||
+        s_images(json_object_get(m, "images"), &cm->images, &cm->n_images, b->a, b->err, b->cap))
+        return -1;
+    if (!cm->role[0])
+        return s_fail(b->err, b->cap, "invalid %s: a message needs a role", "messages");
+    return 0;
+}
+
+static int s_chat(s_build_t *b, Agentbus__ChatRequest *c, Agentbus__InferenceOptions *o)
+{
+    agentbus__chat_request__init(c);
+    c->model = b->req->model;
+    json_t *msgs = json_object_get(b->body, "messages");
+    if (msgs && !json_is_null(msgs) && !json_is_array(msgs))
+        return s_fail(b->err, b->cap, "invalid %s: expected an array", "messages");
+    size_t n = json_array_size(msgs);
+    Agentbus__ChatMessage *m = s_keep(b->a, calloc(n + 1, sizeof *m));
+    c->messages = s_keep(b->a, calloc(n + 1, sizeof *c->messages));
+    if (!m || !c->messages)
+        return s_fail(b->err, b->cap, "%s", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (s_message(b, json_array_get(msgs, i), &m[i]) != 0)
+            return -1;
+        c->messages[i] = &m[i];
+    }
+    c->n_messages = n;
+    if (s_format(b->body, b->a, &c->format, b->err, b->cap) ||
+        s_keep_alive(b->body, b->ka, sizeof b->ka, &c->keep_alive, b->err, b->cap) ||
+        s_stream(b->body, &b->req->stream, b->err, b->cap) ||
+        s_options(json_object_get(b->body, "options"), o, &c->options, b->a, b->err, b->cap))
+        return -1;
+    c->has_stream_case = AGENTBUS__CHAT_REQUEST__HAS_STREAM_STREAM;
+    c->stream = b->req->stream;
+    b->ir->body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    b->ir->chat = c;
+    return 0;
+}
+
+static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceOptions *o)
+{
+    agentbus__embed_request__init(e);
+    e->model = b->req->model;
+    json_t *in = json_object_get(b->body, "input");
+    if (!in || json_is_null(in))
+        in = json_object_get(b->body, "prompt");
+    size_t n = json_is_string(in) ? 1 : json_is_array(in) ? json_array_size(in) : 0;
+    if (in && !json_is_null(in) && !json_is_string(in) && !json_is_array(in))
+        return s_fail(b->err, b->cap, "invalid %s: expected a string or strings", "input");
+    e->input = s_keep(b->a, calloc(n + 1, sizeof(char *)));
+    if (!e->input)
+        return s_fail(b->err, b->cap, "%s", "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = json_is_string(in) ? in : json_array_get(in, i);
+        if (!json_is_string(s))
+            return s_fail(b->err, b->cap, "invalid %s: expected a string or strings", "input");
+        e->input[i] = (char *)json_string_value(s);
+    }
+    e->n_input = n;
+    json_t *t = json_object_get(b->body, "truncate");
+    if (json_is_boolean(t)) {
+        e->has_truncate_case = AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE_TRUNCATE;
+        e->truncate = json_is_true(t);
+    }
+    b->req->stream = 0;
+    if (s_keep_alive(b->body, b->ka, sizeof b->ka, &e->keep_alive, b->err, b->cap) ||
+        s_options(json_object_get(b->body, "options"), o, &e->options, b->a, b->err, b->cap))
+        return -1;
+    b->ir->body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
+    b->ir->embed = e;
+    return 0;
+}
+
+/* No prompt and no images (generate), or no messages (chat). */
+static int s_is_command(gw_kind_t kind, json_t *body)
+{
+    if (kind == GW_GENERATE) {
+        json_t *p = json_object_get(body, "prompt"), *im = json_object_get(body, "images");
+        return (!p || json_is_null(p) || (json_is_string(p) && !json_string_length(p))) &&
+               json_array_size(im) == 0;
+    }
+    if (kind == GW_CHAT) {
+        json_t *m = json_object_get(body, "messages");
+        return !m || json_is_null(m) || (json_is_array(m) && !json_array_size(m));
+    }
+    return 0;
+}
+
+int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, size_t errcap)
+{
+    memset(req, 0, sizeof *req);
+    req->kind = kind;
+    if (!json_is_object(body))
+        return s_fail(err, errcap, "%s", "invalid request body: expected a JSON object");
+    const char *model = json_string_value(json_object_get(body, "model"));
+    if (!model || !*model)
+        return s_fail(err, errcap, "%s", "model is required");
+    if (strlen(model) >= sizeof req->model)
+        return s_fail(err, errcap, "%s", "model name too long");
+    snprintf(req->model, sizeof req->model, "%s", model);
+    s_arena_t *a = calloc(1, sizeof *a);
+    if (!a)
+        return s_fail(err, errcap, "%s", "out of memory");
+    Agentbus__InferenceRequest ir = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g;
+    Agentbus__ChatRequest c;
+    Agentbus__EmbedRequest e;
+    Agentbus__InferenceOptions o;
+    Agentbus__ModelCommand mc;
+    s_build_t b = {body, req, a, &ir, {0}, err, errcap};
+    int rc;
+    if (s_is_command(kind, body))
+        rc = s_model_command(&b, &mc);
+    else
+        rc = kind == GW_GENERATE ? s_generate(&b, &g, &o)
+             : kind == GW_CHAT   ? s_chat(&b, &c, &o)
+                                 : s_embed(&b, &e, &o);
+    if (rc == 0 && a->oom)
+        rc = s_fail(err, errcap, "%s", "out of memory");
+    if (rc == 0) {
+        req->pb_len = agentbus__inference_request__get_packed_size(&ir);
+        req->pb = malloc(req->pb_len ? req->pb_len : 1);
+        if (req->pb)
+            agentbus__inference_request__pack(&ir, req->pb);
+        else
+            rc = s_fail(err, errcap, "%s", "out of memory");
+    }
+    s_arena_free(a);
+    free(a);
+    return rc;
+}
+
+void gw_req_free(gw_req_t *req)
+{
+    free(req->pb);
+    req->pb = NULL;
+}
+
+/* --- replies -------------------------------------------------------------------- */
+static void s_timings(json_t *o, const Agentbus__InferenceTimings *t)
+{
+    if (!t)
+        return;
+    json_object_set_new(o, "total_duration", json_integer((json_int_t)t->total_duration));
+    json_object_set_new(o, "load_duration", json_integer((json_int_t)t->load_duration));
+    json_object_set_new(o, "prompt_eval_count", json_integer((json_int_t)t->prompt_eval_count));
+    json_object_set_new(o, "prompt_eval_duration",
+                        json_integer((json_int_t)t->prompt_eval_duration));
+    json_object_set_new(o, "eval_count", json_integer((json_int_t)t->eval_count));
+    json_object_set_new(o, "eval_duration", json_integer((json_int_t)t->eval_duration));
+}
+
+static json_t *s_generate_reply(const void *pb, size_t len)
+{
+    Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, len, pb);
+    if (!g)
+        return NULL;
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "model", g->model, "created_at", g->created_at,
+                          "response", g->response, "done", g->done);
+    if (o && g->done) {
+        json_object_set_new(o, "done_reason", json_string(g->done_reason));
+        s_timings(o, g->timings);
+    }
+    agentbus__generate_response__free_unpacked(g, NULL);
+    return o;
+}
+
+static json_t *s_chat_reply(const void *pb, size_t len)
+{
+    Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
+    if (!c)
+        return NULL;
+    const char *role = c->message && c->message->role[0] ? c->message->role : "assistant";
+    json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}, s:b}", "model", c->model, "created_at",
+                          c->created_at, "message", "role", role, "content",
+                          c->message ? c->message->content : "", "done", c->done);
+    if (o && c->done) {
+        json_object_set_new(o, "done_reason", json_string(c->done_reason));
+        s_timings(o, c->timings);
+    }
+    agentbus__chat_response__free_unpacked(c, NULL);
+    return o;
+}
+
+static json_t *s_vector(const Agentbus__Embedding *e)
+{
+    json_t *v = json_array();
+    for (size_t k = 0; v && e && k < e->n_values; k++)
+        json_array_append_new(v, json_real(e->values[k]));
+    return v;
+}
+
+static json_t *s_embed_reply(const void *pb, size_t len, int legacy)
+{
+    Agentbus__EmbedResponse *e = agentbus__embed_response__unpack(NULL, len, pb);
+    if (!e)
+        return NULL;
+    json_t *o;
+    if (legacy) {
+        o = json_pack("{s:o}", "embedding",
+                      s_vector(e->n_embeddings ? e->embeddings[0] : NULL));
+    } else {
+        json_t *embs = json_array();
+        for (size_t i = 0; embs && i < e->n_embeddings; i++)
+            json_array_append_new(embs, s_vector(e->embeddings[i]));
+        o = json_pack("{s:s, s:o, s:I, s:I, s:I}", "model", e->model, "embeddings", embs,
+                      "total_duration", (json_int_t)e->total_duration, "load_duration",
+                      (json_int_t)e->load_duration, "prompt_eval_count",
+                      (json_int_t)e->prompt_eval_count);
+    }
+    agentbus__embed_response__free_unpacked(e, NULL);
+    return o;
+}
+
+json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy)
+{
+    if (kind == GW_GENERATE)
+        return s_generate_reply(pb, len);
+    if (kind == GW_CHAT)
+        return s_chat_reply(pb, len);
+    return s_embed_reply(pb, len, legacy);
+}

@@ -1,0 +1,54 @@
+/*
+ * gw_json.h - the gateway's translation between HTTP JSON bodies (Ollama's
+ * and OpenAI's) and the typed inference messages of proto/agentbus.proto.
+ * No I/O and no threads: bytes in, bytes out, unit-tested on its own
+ * (tests/unit/test_gw_json.c).
+ *
+ * Requests are built so that the same call through the gateway, through
+ * brokerctl or through the C library carries the same InferenceRequest
+ * fields, so the broker's cache key (broker/cache_key.c, computed over the
+ * decoded fields) is the same: an option absent in the JSON stays absent.
+ */
+#ifndef GW_JSON_H
+#define GW_JSON_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { GW_GENERATE = 1, GW_CHAT = 2, GW_EMBED = 3 } gw_kind_t;
+
+/* A bus request built from an HTTP body. */
+typedef struct {
+    gw_kind_t kind;
+    uint8_t *pb;     /* packed agentbus.InferenceRequest, malloc'd */
+    size_t pb_len;
+    char model[256]; /* also Header.model, so the broker places by it */
+    int stream;      /* 1: the client wants chunks as they arrive */
+} gw_req_t;
+
+/* Builds REQ from BODY, an Ollama-shaped request object of KIND
+ * (/api/generate, /api/chat, /api/embed fields; "prompt" is taken for
+ * embed when "input" is absent, as the older /api/embeddings sends it).
+ * A generate without prompt and images, or a chat without messages, is
+ * Ollama's load (unload with keep_alive 0): a LOAD / UNLOAD command, whose
+ * reply is a GenerateResponse (it decodes as a ChatResponse too).
+ * Returns 0, or -1 with a client-facing reason in ERR (answer 400).
+ * Owns: BODY stays the caller's; free REQ with gw_req_free. */
+int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, size_t errcap);
+void gw_req_free(gw_req_t *req);
+
+/* Ollama's JSON object for one reply chunk of KIND (a packed
+ * GenerateResponse, ChatResponse or EmbedResponse). LEGACY renders an
+ * embed answer as /api/embeddings does ({"embedding": [...]}).
+ * Returns a new reference, or NULL when the bytes do not decode. */
+json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy);
+
+/* Decodes standard base64 (padding optional, no whitespace) into a
+ * malloc'd buffer; *out_len gets its size. NULL on bad input. */
+uint8_t *gw_base64_decode(const char *s, size_t *out_len);
+/* Encodes LEN bytes as standard padded base64, malloc'd and
+ * NUL-terminated; NULL when out of memory. */
+char *gw_base64_encode(const void *data, size_t len);
+
+#endif

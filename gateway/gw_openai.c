@@ -1,0 +1,347 @@
+/*
+ * gw_openai.c - the OpenAI-compatible routes. A request body is rewritten
+ * into Ollama's shape and built by gw_req_from_json, so an OpenAI call and
+ * the equivalent Ollama call are the same bus request (and cache entry);
+ * answers are rendered from the typed replies: one object, or server-sent
+ * events (data: {...} per chunk, data: [DONE] at the end).
+ */
+#include "gw_http.h"
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* --- requests ------------------------------------------------------------------- */
+static void s_copy(json_t *to, const char *tkey, json_t *from, const char *fkey)
+{
+    json_t *v = json_object_get(from, fkey);
+    if (v && !json_is_null(v))
+        json_object_set(to, tkey, v);
+}
+
+static json_t *s_options(json_t *b)
+{
+    json_t *o = json_object();
+    s_copy(o, "temperature", b, "temperature");
+    s_copy(o, "top_p", b, "top_p");
+    s_copy(o, "seed", b, "seed");
+    s_copy(o, "stop", b, "stop");
+    s_copy(o, "num_predict", b, "max_tokens");
+    s_copy(o, "num_predict", b, "max_completion_tokens");
+    return o;
+}
+
+static const char *s_part_text(json_t *part)
+{
+    const char *t = json_string_value(json_object_get(part, "text"));
+    return t ? t : "";
+}
+
+/* A message's content: a string, or parts of which the text ones count. */
+static json_t *s_message(json_t *m)
+{
+    json_t *content = json_object_get(m, "content");
+    json_t *out = json_object();
+    s_copy(out, "role", m, "role");
+    if (json_is_array(content)) {
+        size_t n = 0, i;
+        json_t *part;
+        json_array_foreach(content, i, part)
+            n += strlen(s_part_text(part));
+        char *text = calloc(1, n + 1);
+        json_array_foreach(content, i, part)
+            if (text)
+                strcat(text, s_part_text(part));
+        json_object_set_new(out, "content", json_string(text ? text : ""));
+        free(text);
+    } else {
+        s_copy(out, "content", m, "content");
+    }
+    return out;
+}
+
+static json_t *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind)
+{
+    json_t *o = json_object();
+    s_copy(o, "model", b, "model");
+    if (c->route == GW_R_OAI_EMBEDDINGS) {
+        *kind = GW_EMBED;
+        s_copy(o, "input", b, "input");
+        const char *fmt = json_string_value(json_object_get(b, "encoding_format"));
+        c->oai_b64 = fmt && strcmp(fmt, "base64") == 0;
+        return o;
+    }
+    json_object_set_new(o, "stream", json_boolean(json_is_true(json_object_get(b, "stream"))));
+    json_object_set_new(o, "options", s_options(b));
+    c->oai_usage = json_is_true(json_object_get(json_object_get(b, "stream_options"),
+                                                "include_usage"));
+    const char *rf = json_string_value(
+        json_object_get(json_object_get(b, "response_format"), "type"));
+    if (rf && strcmp(rf, "json_object") == 0)
+        json_object_set_new(o, "format", json_string("json"));
+    if (c->route == GW_R_OAI_CHAT) {
+        *kind = GW_CHAT;
+        json_t *msgs = json_object_get(b, "messages"), *arr = json_array(), *m;
+        size_t i;
+        json_array_foreach(msgs, i, m)
+            json_array_append_new(arr, s_message(m));
+        json_object_set_new(o, "messages", arr);
+    } else {
+        *kind = GW_GENERATE;
+        json_t *p = json_object_get(b, "prompt");
+        if (json_is_array(p))
+            p = json_array_get(p, 0); /* one choice per request */
+        if (p)
+            json_object_set(o, "prompt", p);
+        s_copy(o, "suffix", b, "suffix");
+    }
+    return o;
+}
+
+enum MHD_Result gw_openai_request(gw_conn_t *c)
+{
+    enum MHD_Result res;
+    json_t *b = gw_body_json(c, &res);
+    if (!b)
+        return res;
+    gw_kind_t kind = GW_CHAT;
+    json_t *o = s_rewrite(c, b, &kind);
+    json_decref(b);
+    gw_req_t req;
+    char err[512];
+    int rc = gw_req_from_json(kind, o, &req, err, sizeof err);
+    json_decref(o);
+    if (rc != 0)
+        return gw_reply_error(c, 400, err);
+    unsigned long long n = atomic_fetch_add(&c->g->next_id, 1);
+    snprintf(c->oai_id, sizeof c->oai_id, "%s-%llx",
+             kind == GW_CHAT ? "chatcmpl" : kind == GW_GENERATE ? "cmpl" : "emb", n + 1);
+    c->created = (long)time(NULL);
+    return gw_call_infer(c, &req);
+}
+
+/* --- answers --------------------------------------------------------------------- */
+typedef struct {
+    const char *text;
+    int done;
+    const char *done_reason;
+    uint64_t prompt, eval;
+    void *msg; /* the unpacked message, freed by s_piece_free */
+} s_piece_t;
+
+static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
+{
+    memset(p, 0, sizeof *p);
+    if (kind == GW_CHAT) {
+        Agentbus__ChatResponse *r = agentbus__chat_response__unpack(NULL, len, pb);
+        if (!r)
+            return -1;
+        p->text = r->message ? r->message->content : "";
+        p->done = r->done;
+        p->done_reason = r->done_reason;
+        if (r->timings)
+            p->prompt = r->timings->prompt_eval_count, p->eval = r->timings->eval_count;
+        p->msg = r;
+    } else {
+        Agentbus__GenerateResponse *r = agentbus__generate_response__unpack(NULL, len, pb);
+        if (!r)
+            return -1;
+        p->text = r->response;
+        p->done = r->done;
+        p->done_reason = r->done_reason;
+        if (r->timings)
+            p->prompt = r->timings->prompt_eval_count, p->eval = r->timings->eval_count;
+        p->msg = r;
+    }
+    return 0;
+}
+
+static void s_piece_free(gw_kind_t kind, s_piece_t *p)
+{
+    if (p->msg && kind == GW_CHAT)
+        agentbus__chat_response__free_unpacked(p->msg, NULL);
+    else if (p->msg)
+        agentbus__generate_response__free_unpacked(p->msg, NULL);
+    p->msg = NULL;
+}
+
+static const char *s_finish(const char *done_reason)
+{
+    return done_reason && strcmp(done_reason, "length") == 0 ? "length" : "stop";
+}
+
+static json_t *s_usage(uint64_t prompt, uint64_t eval)
+{
+    return json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)prompt, "completion_tokens",
+                     (json_int_t)eval, "total_tokens", (json_int_t)(prompt + eval));
+}
+
+static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish, int stream)
+{
+    json_t *fin = finish ? json_string(finish) : json_null();
+    if (c->kind == GW_GENERATE)
+        return json_pack("{s:s, s:i, s:n, s:o}", "text", text, "index", 0, "logprobs",
+                         "finish_reason", fin);
+    json_t *msg = json_object();
+    if (!stream || !c->oai_role_sent)
+        json_object_set_new(msg, "role", json_string("assistant"));
+    if (!stream || text[0] || !finish)
+        json_object_set_new(msg, "content", json_string(text));
+    return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, stream ? "delta" : "message", msg,
+                     "logprobs", "finish_reason", fin);
+}
+
+static json_t *s_object(const gw_conn_t *c, int stream, json_t *choices)
+{
+    const char *obj = c->kind == GW_CHAT ? (stream ? "chat.completion.chunk" : "chat.completion")
+                                         : "text_completion";
+    return json_pack("{s:s, s:s, s:I, s:s, s:s, s:o}", "id", c->oai_id, "object", obj, "created",
+                     (json_int_t)c->created, "model", c->model, "system_fingerprint",
+                     "fp_agentbus", "choices", choices);
+}
+
+static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
+{
+    Agentbus__EmbedResponse *e = agentbus__embed_response__unpack(NULL, len, pb);
+    if (!e)
+        return NULL;
+    json_t *data = json_array();
+    for (size_t i = 0; i < e->n_embeddings; i++) {
+        const Agentbus__Embedding *v = e->embeddings[i];
+        json_t *emb;
+        if (c->oai_b64) { /* little-endian float32, as OpenAI sends it */
+            char *b64 = gw_base64_encode(v->values, v->n_values * sizeof(float));
+            emb = json_string(b64 ? b64 : "");
+            free(b64);
+        } else {
+            emb = json_array();
+            for (size_t k = 0; k < v->n_values; k++)
+                json_array_append_new(emb, json_real(v->values[k]));
+        }
+        json_array_append_new(data, json_pack("{s:s, s:o, s:I}", "object", "embedding",
+                                              "embedding", emb, "index", (json_int_t)i));
+    }
+    json_t *o = json_pack("{s:s, s:o, s:s, s:{s:I, s:I}}", "object", "list", "data", data,
+                          "model", c->model, "usage", "prompt_tokens",
+                          (json_int_t)e->prompt_eval_count, "total_tokens",
+                          (json_int_t)e->prompt_eval_count);
+    agentbus__embed_response__free_unpacked(e, NULL);
+    return o;
+}
+
+/* stream: false (or an error before any chunk): one object. */
+static enum MHD_Result s_single(gw_conn_t *c)
+{
+    gw_call_t *k = c->call;
+    char *text = NULL;
+    size_t tlen = 0;
+    json_t *out = NULL;
+    const char *finish = "stop";
+    uint64_t prompt = 0, eval = 0;
+    pthread_mutex_lock(&k->lock);
+    gw_event_t *e;
+    while ((e = gw_call_pop(k))) {
+        s_piece_t p;
+        if (e->status == AB_OK && c->kind == GW_EMBED) {
+            json_decref(out);
+            out = s_embeddings(c, e->data, e->size);
+        } else if (e->status == AB_OK && s_piece(c->kind, e->data, e->size, &p) == 0) {
+            size_t n = strlen(p.text);
+            char *t = realloc(text, tlen + n + 1);
+            if (t) {
+                memcpy(t + tlen, p.text, n + 1);
+                text = t;
+                tlen += n;
+            }
+            if (p.done)
+                finish = s_finish(p.done_reason), prompt = p.prompt, eval = p.eval;
+            s_piece_free(c->kind, &p);
+        }
+        free(e);
+    }
+    int status = k->final ? k->status : AB_EINTERNAL;
+    pthread_mutex_unlock(&k->lock);
+    if (status != AB_OK) {
+        char msg[600];
+        gw_error_text(c, status, k->error, msg, sizeof msg);
+        json_decref(out);
+        free(text);
+        atomic_fetch_add(&c->g->m.bus_errors, 1);
+        return gw_reply_error(c, gw_http_status(status), msg);
+    }
+    if (c->kind != GW_EMBED) {
+        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", finish, 0)));
+        json_object_set_new(out, "usage", s_usage(prompt, eval));
+    }
+    free(text);
+    if (!out)
+        return gw_reply_error(c, 502, "worker sent a reply that does not decode");
+    return gw_reply_json(c, 200, out);
+}
+
+static void s_event(gw_conn_t *c, json_t *o)
+{
+    char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!txt)
+        return;
+    gw_out_append(c, "data: ", 6);
+    gw_out_append(c, txt, strlen(txt));
+    gw_out_append(c, "\n\n", 2);
+    free(txt);
+}
+
+void gw_openai_render(gw_conn_t *c, const gw_event_t *e)
+{
+    s_piece_t p;
+    if (e->status != AB_OK || s_piece(c->kind, e->data, e->size, &p) != 0) {
+        char msg[600];
+        gw_error_text(c, e->status ? e->status : AB_EMALFORMED, c->call->error, msg, sizeof msg);
+        s_event(c, json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", msg, "type",
+                             "api_error", "param", "code"));
+        c->eos = 1;
+        return;
+    }
+    if (p.text[0] || !c->oai_role_sent) {
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, NULL, 1))));
+        c->oai_role_sent = 1;
+    }
+    if (p.done || e->final) {
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", s_finish(p.done_reason), 1))));
+        if (c->oai_usage) {
+            json_t *u = s_object(c, 1, json_array());
+            json_object_set_new(u, "usage", s_usage(p.prompt, p.eval));
+            s_event(c, u);
+        }
+        gw_out_append(c, "data: [DONE]\n\n", 14);
+        c->eos = 1;
+    }
+    s_piece_free(c->kind, &p);
+}
+
+enum MHD_Result gw_openai_answer(gw_conn_t *c)
+{
+    gw_call_t *k = c->call;
+    pthread_mutex_lock(&k->lock);
+    int error_first = k->head && k->head->status != AB_OK;
+    pthread_mutex_unlock(&k->lock);
+    if (!c->stream || error_first)
+        return s_single(c);
+    return gw_stream_start(c, "text/event-stream");
+}
+
+json_t *gw_openai_models(json_t *tags)
+{
+    json_t *data = json_array(), *m;
+    size_t i;
+    json_array_foreach(json_object_get(tags, "models"), i, m)
+        json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}", "id",
+                                              json_string_value(json_object_get(m, "name")),
+                                              "object", "model", "created", 0, "owned_by",
+                                              "library"));
+    json_decref(tags);
+    return json_pack("{s:s, s:o}", "object", "list", "data", data);
+}

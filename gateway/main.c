@@ -1,0 +1,146 @@
+/*
+ * main.c - agentbus-gateway: the Ollama HTTP API and the OpenAI API served
+ * over the bus, so an agent written for Ollama (or an OpenAI-compatible
+ * server) uses agentbus by changing its base URL. See docs/gateway.md.
+ *
+ *   agentbus-gateway --listen HOST:PORT --broker ENDPOINT [options]
+ */
+#include "gw_http.h"
+#include "agentbus.h"
+#include "tl_args.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void s_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: agentbus-gateway [options]\n"
+            "  --listen HOST:PORT        HTTP address (default 127.0.0.1:11434; port 0 = any)\n"
+            "  --broker ENDPOINT         broker endpoint (default $AB_BROKER or %s)\n"
+            "  --service NAME            inference service on the bus (default ollama)\n"
+            "  --name NAME               the gateway's agent name on the bus (default none)\n"
+            "  --max-connections N       concurrent HTTP connections (default 1024)\n"
+            "  --max-body-bytes N        largest request body; larger get 413 (default 8388608)\n"
+            "  --threads N               HTTP threads (epoll pool; default 2)\n"
+            "  --timeout-ms N            request deadline without X-Agentbus-Timeout-Ms "
+            "(default 300000)\n"
+            "  --max-timeout-ms N        cap of X-Agentbus-Timeout-Ms (default 3600000)\n"
+            "  --ollama-version S        what /api/version reports (default 0.5.7)\n"
+            "  --idle-timeout-s N        close a connection silent this long, not counting\n"
+            "                            time waiting for the bus (default 60; 0 = never)\n"
+            "  --quiet                   no start-up line\n",
+            AB_DEFAULT_ENDPOINT);
+}
+
+static int s_listen(const char *v, gw_config_t *cfg)
+{
+    static char host[64];
+    const char *colon = strrchr(v, ':');
+    long port;
+    if (!colon || (size_t)(colon - v) >= sizeof host || tl_parse_long(colon + 1, 0, 65535, &port))
+        return -1;
+    memcpy(host, v, (size_t)(colon - v));
+    host[colon - v] = '\0';
+    cfg->host = host[0] ? host : "127.0.0.1";
+    cfg->port = (int)port;
+    return 0;
+}
+
+static int s_number(const char *v, long min, long max, long *out)
+{
+    return tl_parse_long(v, min, max, out);
+}
+
+/* 0, 1 (--help), -1 (bad usage, said on stderr). */
+static int s_args(int argc, char **argv, gw_config_t *cfg)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n = 0;
+        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0)
+            return 1;
+        if (strcmp(f, "--quiet") == 0) {
+            cfg->quiet = 1;
+            continue;
+        }
+        int bad = !v;
+        if (!bad && strcmp(f, "--listen") == 0)
+            bad = s_listen(v, cfg);
+        else if (!bad && strcmp(f, "--broker") == 0)
+            cfg->broker = v;
+        else if (!bad && strcmp(f, "--service") == 0 && *v)
+            cfg->service = v;
+        else if (!bad && strcmp(f, "--name") == 0)
+            cfg->name = v;
+        else if (!bad && strcmp(f, "--ollama-version") == 0)
+            cfg->version = v;
+        else if (!bad && strcmp(f, "--max-connections") == 0 && !s_number(v, 1, 100000, &n))
+            cfg->max_connections = (unsigned)n;
+        else if (!bad && strcmp(f, "--max-body-bytes") == 0 && !s_number(v, 1024, 1L << 30, &n))
+            cfg->max_body_bytes = (size_t)n;
+        else if (!bad && strcmp(f, "--idle-timeout-s") == 0 && !s_number(v, 0, 86400, &n))
+            cfg->idle_timeout_s = (unsigned)n;
+        else if (!bad && strcmp(f, "--threads") == 0 && !s_number(v, 1, 256, &n))
+            cfg->threads = (unsigned)n;
+        else if (!bad && strcmp(f, "--timeout-ms") == 0 && !s_number(v, 1, 86400000, &n))
+            cfg->timeout_ms = (int)n;
+        else if (!bad && strcmp(f, "--max-timeout-ms") == 0 && !s_number(v, 1, 86400000, &n))
+            cfg->max_timeout_ms = (int)n;
+        else
+            bad = 1;
+        if (bad) {
+            fprintf(stderr, "agentbus-gateway: bad option or value: %s%s%s\n", f, v ? " " : "",
+                    v ? v : "");
+            return -1;
+        }
+        i++;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static gw_t g; /* counters: zero-initialised, lives for the process */
+    g.cfg = (gw_config_t){.host = "127.0.0.1", .port = 11434, .service = "ollama", .name = "",
+                          .max_connections = 1024, .max_body_bytes = 8u << 20, .threads = 2,
+                          .timeout_ms = 300000, .max_timeout_ms = 3600000, .version = "0.5.7",
+                          .idle_timeout_s = 60};
+    const char *env = getenv("AB_BROKER");
+    g.cfg.broker = env && *env ? env : AB_DEFAULT_ENDPOINT;
+    int rc = s_args(argc, argv, &g.cfg);
+    if (rc != 0) {
+        s_usage(rc > 0 ? stdout : stderr);
+        return rc > 0 ? 0 : 2;
+    }
+    /* Signals are taken by sigwait() here; every thread started after this
+     * (the bus thread, libmicrohttpd's pool) inherits the blocked mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    g.bus = gw_bus_new(g.cfg.broker, g.cfg.name, g.cfg.timeout_ms, g.cfg.service);
+    if (!g.bus)
+        return 1;
+    if (gw_http_start(&g) != 0) {
+        gw_bus_destroy(&g.bus);
+        return 1;
+    }
+    if (!g.cfg.quiet) {
+        printf("agentbus-gateway listening on %s:%d (broker %s, service %s)\n", g.cfg.host,
+               g.cfg.port, g.cfg.broker, g.cfg.service);
+        fflush(stdout);
+    }
+    int sig = 0;
+    sigwait(&set, &sig);
+    /* Bus first: calls in flight end (AB_ESTOPPED) and their suspended
+     * connections resume, so libmicrohttpd can close every one. */
+    gw_bus_stop(g.bus);
+    gw_http_stop(&g);
+    gw_bus_destroy(&g.bus);
+    return 0;
+}

@@ -1,0 +1,112 @@
+/*
+ * fuzz_gw_json.c - fuzz target for what agentbus-gateway decodes from HTTP
+ * clients and workers (issue 18): request bodies (raw bytes as JSON, and
+ * JSON objects built from the bytes with the fields the gateway reads, so
+ * most inputs reach the translation, not just the parser), reply payloads
+ * rendered as Ollama JSON, base64 images. libFuzzer-compatible; ctest runs
+ * it through driver.c under ASan+UBSan.
+ */
+#include "agentbus.pb-c.h"
+#include "gw_json.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const char *const s_keys[] = {
+    "model", "prompt", "system", "suffix", "format", "keep_alive", "stream", "raw", "images",
+    "messages", "input", "truncate", "options", "temperature", "seed", "num_ctx",
+    "num_predict", "top_k", "top_p", "stop", "repeat_penalty", "min_p", "role", "content"};
+#define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
+
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} s_in_t;
+
+static unsigned s_byte(s_in_t *in)
+{
+    if (!in->n)
+        return 0;
+    in->n--;
+    return *in->p++;
+}
+
+/* A value of a type the next byte picks; objects use the gateway's keys. */
+static json_t *s_value(s_in_t *in, int depth)
+{
+    unsigned t = s_byte(in) % (depth > 3 ? 6 : 8);
+    size_t len = s_byte(in) % 12;
+    if (len > in->n)
+        len = in->n;
+    switch (t) {
+    case 0: return json_null();
+    case 1: return json_boolean(s_byte(in) & 1);
+    case 2: return json_integer((json_int_t)(int8_t)s_byte(in) * 1000003);
+    case 3: return json_real((double)(int8_t)s_byte(in) / 7.0);
+    case 4: {
+        json_t *s = json_stringn_nocheck((const char *)in->p, len);
+        in->p += len, in->n -= len;
+        return s;
+    }
+    case 5: return json_string(s_byte(in) & 1 ? "m:latest" : "aGk=");
+    case 6: {
+        json_t *a = json_array();
+        for (size_t i = 0; i < len % 4; i++)
+            json_array_append_new(a, s_value(in, depth + 1));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        for (size_t i = 0; i < len % 6; i++)
+            json_object_set_new(o, s_keys[s_byte(in) % S_NKEYS], s_value(in, depth + 1));
+        return o;
+    }
+    }
+}
+
+static void s_request(json_t *body)
+{
+    for (int kind = GW_GENERATE; kind <= GW_EMBED; kind++) {
+        gw_req_t req;
+        char err[256];
+        if (gw_req_from_json((gw_kind_t)kind, body, &req, err, sizeof err) != 0)
+            continue;
+        /* What the gateway sends must decode, and name the model it asked for. */
+        Agentbus__InferenceRequest *ir =
+            agentbus__inference_request__unpack(NULL, req.pb_len, req.pb);
+        if (!ir || ir->body_case == AGENTBUS__INFERENCE_REQUEST__BODY__NOT_SET || !req.model[0])
+            __builtin_trap();
+        agentbus__inference_request__free_unpacked(ir, NULL);
+        gw_req_free(&req);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    json_t *raw = json_loadb((const char *)data, size, 0, NULL);
+    if (raw)
+        s_request(raw);
+    json_decref(raw);
+    s_in_t in = {data, size};
+    json_t *o = json_object();
+    json_object_set_new(o, "model", json_string("m"));
+    while (in.n)
+        json_object_set_new(o, s_keys[s_byte(&in) % S_NKEYS], s_value(&in, 0));
+    s_request(o);
+    json_decref(o);
+    for (int kind = GW_GENERATE; kind <= GW_EMBED; kind++)
+        for (int legacy = 0; legacy < 2; legacy++)
+            json_decref(gw_ollama_reply((gw_kind_t)kind, data, size, legacy));
+    char *s = malloc(size + 1);
+    if (s) {
+        memcpy(s, data, size);
+        s[size] = '\0';
+        size_t n;
+        free(gw_base64_decode(s, &n));
+        free(s);
+    }
+    return 0;
+}

@@ -1,0 +1,108 @@
+// The gateway's routes the simulator does not serve, with the official
+// `ollama` client: /api/show, /api/ps, the older /api/embeddings, plus
+// /healthz and /metrics (tests/gateway/run.sh).
+//
+//   OLLAMA_URL=http://127.0.0.1:P SIM_URL=http://127.0.0.1:S node gateway_extra.mjs
+import { Ollama } from 'ollama';
+
+const host = process.env.OLLAMA_URL;
+const ollama = new Ollama({ host });
+
+function check(cond, what, detail) {
+  if (!cond) {
+    console.error(`FAIL: ${what}${detail === undefined ? '' : ': ' + JSON.stringify(detail)}`);
+    process.exit(1);
+  }
+  console.log(`ok - ${what}`);
+}
+
+const show = await ollama.show({ model: 'sim-small' });
+check(show.details && show.details.family === 'llama' && show.details.quantization_level,
+  'show gives the details', show.details);
+try {
+  await ollama.show({ model: 'no-such-model' });
+  check(false, 'show of an unknown model fails');
+} catch (err) {
+  check(err.status_code === 404 && /not found/.test(err.error), 'show of an unknown model: 404', err.error);
+}
+const legacy = await ollama.embeddings({ model: 'sim-embed', prompt: 'hello' });
+const now = await ollama.embed({ model: 'sim-embed', input: 'hello' });
+check(legacy.embedding.length === 768 && Math.abs(legacy.embedding[3] - now.embeddings[0][3]) < 1e-6,
+  'embeddings (older endpoint) gives embed\'s vector');
+await ollama.generate({ model: 'sim-small', prompt: 'warm up', stream: false, options: { num_predict: 1 } });
+let loaded = [];
+for (let i = 0; i < 40 && !loaded.includes('sim-small:latest'); i++) {
+  await new Promise((r) => setTimeout(r, 100)); // the worker reports /api/ps within ~250 ms
+  loaded = (await ollama.ps()).models.map((m) => m.name);
+}
+check(loaded.includes('sim-small:latest'), 'ps lists the loaded model', loaded);
+
+// chat without messages and keep_alive 0: Ollama's unload (streamed: one line).
+let unload = null;
+for await (const p of await ollama.chat({ model: 'sim-large', messages: [], keep_alive: 0, stream: true }))
+  unload = p;
+check(unload && unload.done === true && unload.done_reason === 'unload' &&
+  unload.message.role === 'assistant', 'unload (chat without messages, keep_alive 0)', unload);
+
+const root = await fetch(host);
+check(root.status === 200 && (await root.text()) === 'Ollama is running', 'GET / says Ollama is running');
+const head = await fetch(host, { method: 'HEAD' });
+check(head.status === 200, 'HEAD /');
+const health = await fetch(`${host}/healthz`);
+check(health.status === 200 && (await health.json()).broker_connected === true, '/healthz');
+const metrics = await (await fetch(`${host}/metrics`)).text();
+check(/^agentbus_gateway_requests_total\{route="\/api\/show"\} [1-9]/m.test(metrics) &&
+  /^agentbus_gateway_request_duration_seconds_count [1-9]/m.test(metrics), '/metrics in Prometheus text');
+const notFound = await fetch(`${host}/api/nothing`);
+check(notFound.status === 404, 'unknown path: 404');
+const big = await fetch(`${host}/api/generate`, { method: 'POST', body: 'x'.repeat(70000) });
+check(big.status === 413, 'a body over --max-body-bytes: 413', big.status);
+const bad = await fetch(`${host}/api/generate`, { method: 'POST', body: '{"model":' });
+check(bad.status === 400 && typeof (await bad.json()).error === 'string', 'malformed JSON: 400 {"error"}');
+// A client that gives up on a stream: false call (no chunk is written to
+// it, so only the hang-up tells): the request ends at the simulator too.
+const sim = process.env.SIM_URL;
+const aborted = async () => (await (await fetch(`${sim}/sim/stats`)).json()).aborted;
+const before = await aborted();
+const ac = new AbortController();
+setTimeout(() => ac.abort(), 300);
+try {
+  await fetch(`${host}/api/generate`, { method: 'POST', signal: ac.signal,
+    body: JSON.stringify({ model: 'sim-small', prompt: 'wait', stream: false, options: { num_predict: 100000 } }) });
+} catch (err) {
+  check(err.name === 'AbortError', 'client aborts a stream: false call', err.name);
+}
+let after = before;
+for (let i = 0; i < 100 && after <= before; i++) {
+  await new Promise((r) => setTimeout(r, 50));
+  after = await aborted();
+}
+check(after > before, 'the hang-up reaches the simulator', { before, after });
+
+// A backend failing mid-stream: the chunks already sent, then an error line
+// (as Ollama ends such a stream), which the client raises.
+await fetch(`${sim}/sim/faults`, { method: 'POST',
+  body: JSON.stringify({ midstream_rate: 1, midstream_after: 3 }) });
+let got = 0;
+let midErr = null;
+try {
+  for await (const p of await ollama.generate({ model: 'sim-small', prompt: 'fail midway', stream: true }))
+    got += p.response ? 1 : 0;
+} catch (err) {
+  midErr = err;
+}
+await fetch(`${sim}/sim/faults`, { method: 'POST', body: JSON.stringify({ reset: true }) });
+check(got === 3 && midErr && /mid-stream|backend/.test(midErr.message), 'error mid-stream: 3 chunks, then the error',
+  { got, error: midErr && midErr.message });
+
+// A deadline from the header: the broker ends the request when it passes.
+const t0 = Date.now();
+const late = await fetch(`${host}/api/generate`, {
+  method: 'POST', headers: { 'X-Agentbus-Timeout-Ms': '300' },
+  body: JSON.stringify({ model: 'sim-small', prompt: 'deadline', stream: false,
+    options: { num_predict: 20000 } }),
+});
+const lateBody = await late.json();
+check(late.status === 504 && typeof lateBody.error === 'string' && Date.now() - t0 < 5000,
+  'X-Agentbus-Timeout-Ms: 504 when the deadline passes', { status: late.status, ms: Date.now() - t0, lateBody });
+console.log('all ok');

@@ -1,0 +1,174 @@
+// The official `ollama` npm client against an Ollama-API server. The same
+// script runs against ollama-sim directly and against agentbus-gateway in
+// front of a broker, Ollama workers and that simulator: only OLLAMA_URL
+// differs, which is what "drop-in" means (tests/gateway/run.sh).
+//
+//   OLLAMA_URL=http://127.0.0.1:P SIM_URL=http://127.0.0.1:S node ollama_client.mjs
+//
+// Only what the simulator serves too is checked here (it has no /api/show
+// and no older /api/embeddings); gateway_extra.mjs checks those on the
+// gateway. SIM_URL is the simulator itself, whose /sim/stats says whether an
+// aborted stream reached it. Exit 0 when every check passes, 1 otherwise.
+import { Ollama } from 'ollama';
+
+const host = process.env.OLLAMA_URL;
+const sim = process.env.SIM_URL;
+const CONCURRENT = Number(process.env.CONCURRENT || 174);
+if (!host || !sim) {
+  console.error('OLLAMA_URL and SIM_URL are required');
+  process.exit(2);
+}
+const ollama = new Ollama({ host });
+
+function check(cond, what, detail) {
+  if (!cond) {
+    console.error(`FAIL: ${what}${detail === undefined ? '' : ': ' + JSON.stringify(detail)}`);
+    process.exit(1);
+  }
+  console.log(`ok - ${what}`);
+}
+
+async function simStats() {
+  const r = await fetch(`${sim}/sim/stats`);
+  return r.json();
+}
+
+async function expectError(promise, status, pattern, what) {
+  try {
+    const r = await promise;
+    if (r && typeof r[Symbol.asyncIterator] === 'function')
+      for await (const _ of r); // eslint-disable-line no-unused-vars
+    check(false, what, 'no error');
+  } catch (err) {
+    check(err.status_code === status && pattern.test(err.error || err.message), what,
+      { status: err.status_code, error: err.error || err.message });
+  }
+}
+
+async function listAndVersion() {
+  const list = await ollama.list();
+  const names = list.models.map((m) => m.name);
+  check(names.includes('sim-small:latest') && names.includes('sim-embed:latest'),
+    'list shows the models', names);
+  check(list.models[0].details && typeof list.models[0].size === 'number', 'list entries have details and size');
+  const v = await ollama.version();
+  check(typeof v.version === 'string' && v.version.length > 0, 'version', v);
+}
+
+// Ollama's preload: a generate without prompt loads the model and answers
+// done_reason "load" (clients use it to warm a model up).
+async function preload() {
+  const r = await ollama.generate({ model: 'sim-large', prompt: '', stream: false });
+  check(r.done === true && r.done_reason === 'load' && r.response === '', 'preload (no prompt)', r);
+}
+
+async function generate() {
+  const g = await ollama.generate({ model: 'sim-small', prompt: 'why is the sky blue?',
+    stream: false, options: { seed: 1, num_predict: 12 } });
+  check(g.done === true && g.response.split(' ').length >= 6 && g.eval_count === 12 &&
+    g.done_reason === 'length', 'generate, stream: false', g);
+  let parts = 0;
+  let text = '';
+  let last = null;
+  const it = await ollama.generate({ model: 'sim-small', prompt: 'tell me a story', stream: true });
+  for await (const p of it) {
+    parts++;
+    text += p.response;
+    last = p;
+  }
+  check(parts > 3 && last.done === true && last.done_reason === 'stop' && text.length > 10 &&
+    last.eval_count > 0, 'generate, streamed chunk by chunk', { parts, last });
+}
+
+async function chat() {
+  const messages = [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'hello there' }];
+  const c = await ollama.chat({ model: 'sim-small', messages, stream: false,
+    options: { num_predict: 5 } });
+  check(c.done === true && c.message.role === 'assistant' && c.message.content.length > 0 &&
+    c.eval_count === 5, 'chat, stream: false', c);
+  let parts = 0;
+  let last = null;
+  for await (const p of await ollama.chat({ model: 'sim-small', messages, stream: true })) {
+    parts++;
+    last = p;
+  }
+  check(parts > 3 && last.done === true && last.message.role === 'assistant', 'chat, streamed',
+    { parts, last });
+}
+
+async function embed() {
+  const e = await ollama.embed({ model: 'sim-embed', input: ['hello', 'world'] });
+  check(e.embeddings.length === 2 && e.embeddings[0].length === 768 &&
+    e.embeddings[0][0] !== e.embeddings[1][0], 'embed two inputs', e.embeddings.length);
+  const one = await ollama.embed({ model: 'sim-embed', input: 'hello' });
+  check(Math.abs(one.embeddings[0][5] - e.embeddings[0][5]) < 1e-6, 'embed is deterministic');
+}
+
+async function unknownModel() {
+  await expectError(ollama.generate({ model: 'no-such-model', prompt: 'x', stream: false }),
+    404, /not found/, 'unknown model: 404 (generate)');
+  await expectError(ollama.chat({ model: 'no-such-model', messages: [{ role: 'user', content: 'x' }],
+    stream: true }), 404, /not found/, 'unknown model: 404 (chat, streamed)');
+}
+
+// A client that stops reading mid-stream: the request must end at the
+// simulator too (its slot freed), not run to its end.
+async function abortMidStream() {
+  const before = (await simStats()).aborted;
+  const it = await ollama.generate({ model: 'sim-small', prompt: 'a very long story',
+    stream: true, options: { num_predict: 100000 } });
+  let n = 0;
+  let aborted = false;
+  try {
+    for await (const p of it) { // eslint-disable-line no-unused-vars
+      if (++n === 3)
+        it.abort();
+    }
+  } catch (err) {
+    aborted = err.name === 'AbortError';
+  }
+  check(aborted && n >= 3, 'client aborts mid-stream', { n, aborted });
+  let after = before;
+  for (let i = 0; i < 100 && after <= before; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    after = (await simStats()).aborted;
+  }
+  check(after > before, 'the abort reaches the simulator', { before, after });
+}
+
+// CONCURRENT clients at once, each its own Ollama instance, half streamed:
+// every one completes with its whole answer.
+async function concurrent() {
+  const one = async (i) => {
+    const client = new Ollama({ host });
+    const options = { num_predict: 8, seed: i };
+    if (i % 2) {
+      const r = await client.generate({ model: 'sim-small', prompt: `agent ${i}`, stream: false, options });
+      return r.done && r.eval_count === 8 && r.response.length > 0;
+    }
+    let tokens = 0;
+    let done = false;
+    for await (const p of await client.chat({ model: 'sim-small', stream: true, options,
+      messages: [{ role: 'user', content: `agent ${i}` }] })) {
+      tokens += p.done ? 0 : 1;
+      done = p.done;
+    }
+    return done && tokens === 8;
+  };
+  const t0 = Date.now();
+  const results = await Promise.allSettled([...Array(CONCURRENT).keys()].map(one));
+  const good = results.filter((r) => r.status === 'fulfilled' && r.value).length;
+  const bad = results.find((r) => r.status !== 'fulfilled' || !r.value);
+  check(good === CONCURRENT, `${CONCURRENT} concurrent clients complete, nothing lost (${Date.now() - t0} ms)`,
+    { good, example: bad && (bad.reason ? String(bad.reason) : bad.value) });
+}
+
+await listAndVersion();
+await preload();
+await generate();
+await chat();
+await embed();
+await unknownModel();
+await abortMidStream();
+await concurrent();
+console.log('all ok');

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Drives agentbus-gateway with the official npm clients (issue 18).
+#   run.sh BUILD_DIR MODE
+# MODE: ollama-sim      the ollama client script against ollama-sim directly
+#       ollama-gateway  the same script, unchanged, against the gateway
+#       extra           gateway-only routes (show, ps, embeddings, /metrics, ...)
+#       openai          the openai client script against the gateway's /v1
+#       cache           one prompt through brokerctl, then the gateway's Ollama
+#                       and OpenAI routes: one cache entry, the simulator sees
+#                       one request; X-Agentbus-Cache: no-read goes through
+# Real processes on free loopback ports: broker, ollama-sim, two Ollama
+# workers, the gateway; all killed by PID on exit. The npm packages are
+# installed into a temp dir from the registry: if that fails, the test fails.
+set -euo pipefail
+build=$(cd "$1" && pwd)
+mode=$2
+here=$(cd "$(dirname "$0")" && pwd)
+tmp=$(mktemp -d /tmp/ab-gw-test.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [[ ${AB_KEEP_TMP:-0} != 1 ]]; then rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+die() { echo "run.sh: $*" >&2; for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done; exit 1; }
+
+command -v node >/dev/null || die "node is not installed (scripts/setup)"
+command -v npm >/dev/null || die "npm is not installed (scripts/setup)"
+(cd "$tmp" && npm init -y >/dev/null &&
+  timeout 180 npm install --no-audit --no-fund --loglevel=error --fetch-retries=1 \
+    --fetch-retry-mintimeout=1000 --fetch-retry-maxtimeout=5000 ollama@0.6 openai@6 >npm.log 2>&1) ||
+  die "npm install of ollama and openai failed (registry unreachable?): $(tail -5 "$tmp/npm.log")"
+cp "$here"/*.mjs "$tmp/"
+
+free_port() {
+  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+wait_http() { # URL SECONDS
+  for _ in $(seq 1 $(($2 * 20))); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+bport=$(free_port); sport=$(free_port); gport=$(free_port)
+ep=tcp://127.0.0.1:$bport
+"$build/agentbus-broker" --bind "$ep" >"$tmp/broker.log" 2>&1 & pids+=($!)
+# Eight slots, a fast clock: 174 clients finish in seconds.
+"$build/ollama-sim" --port "$sport" --time-scale 20 --num-parallel 8 --quiet >"$tmp/sim.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$sport/api/version" 10 || die "ollama-sim did not come up"
+for w in w1 w2; do
+  "$build/agentbus-worker" --broker "$ep" --backend ollama --name "$w" --capacity 8 \
+    --ollama-url "http://127.0.0.1:$sport" --heartbeat-ms 200 >"$tmp/$w.log" 2>&1 &
+  pids+=($!)
+done
+"$build/agentbus-gateway" --listen "127.0.0.1:$gport" --broker "$ep" --max-body-bytes 65536 \
+  --timeout-ms 60000 >"$tmp/gateway.log" 2>&1 & gwpid=$!
+pids+=($gwpid)
+gw=http://127.0.0.1:$gport
+wait_http "$gw/healthz" 10 || die "the gateway did not come up"
+# Both workers registered with their models.
+for _ in $(seq 1 200); do
+  n=$(curl -sf "$gw/api/tags" | grep -o '"sim-small:latest"' | wc -l || true)
+  [[ $n -ge 1 ]] && break
+  sleep 0.05
+done
+[[ $n -ge 1 ]] || die "no worker registered sim-small"
+
+sim_requests() {
+  curl -sf "http://127.0.0.1:$sport/sim/stats" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).requests))'
+}
+# The text of an Ollama NDJSON stream or an OpenAI SSE stream on stdin.
+stream_text() {
+  node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let t="";for(let l of s.split("\n")){l=l.replace(/^data: /,"");if(!l||l==="[DONE]")continue;const o=JSON.parse(l);t+=o.response??(o.choices?o.choices[0]?.text??"":"")}console.log(t)})'
+}
+cache_check() {
+  local prompt="the same prompt, three ways" r0 r1 r2 a b c
+  r0=$(sim_requests)
+  a=$("$build/brokerctl" --broker "$ep" generate sim-small "$prompt" --seed 7)
+  r1=$(sim_requests)
+  [[ $r1 == $((r0 + 1)) ]] || die "brokerctl: expected one simulator request, $r0 -> $r1"
+  b=$(curl -sfN "$gw/api/generate" -d "{\"model\":\"sim-small\",\"prompt\":\"$prompt\",\"options\":{\"seed\":7}}" | stream_text)
+  c=$(curl -sfN "$gw/v1/completions" -d "{\"model\":\"sim-small\",\"prompt\":\"$prompt\",\"seed\":7,\"stream\":true}" | stream_text)
+  r2=$(sim_requests)
+  [[ $r2 == "$r1" ]] || die "gateway: the cached prompt reached the simulator ($r1 -> $r2)"
+  [[ -n $a && $a == "$b" && $a == "$c" ]] || die "texts differ: '$a' / '$b' / '$c'"
+  echo "ok - brokerctl, /api/generate and /v1/completions share one cache entry"
+  curl -sfN "$gw/api/generate" -H 'X-Agentbus-Cache: no-read' \
+    -d "{\"model\":\"sim-small\",\"prompt\":\"$prompt\",\"options\":{\"seed\":7}}" >/dev/null
+  [[ $(sim_requests) == $((r2 + 1)) ]] || die "X-Agentbus-Cache: no-read did not reach the simulator"
+  echo "ok - X-Agentbus-Cache: no-read bypasses the cache"
+}
+
+cd "$tmp"
+case $mode in
+  ollama-sim) OLLAMA_URL=http://127.0.0.1:$sport SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
+  ollama-gateway) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
+  extra) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node gateway_extra.mjs ;;
+  openai) OPENAI_BASE_URL=$gw/v1 node openai_client.mjs ;;
+  cache) cache_check ;;
+  *) die "unknown mode $mode" ;;
+esac || die "$mode: the client script failed"
+# Every process is still up (nothing crashed under the clients).
+for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || die "process $p died"; done
+# The gateway stops cleanly on SIGTERM, with every call ended (under ASan:
+# no leak, no error, or its exit status says so).
+kill -TERM "$gwpid"
+st=0
+wait "$gwpid" || st=$?
+[[ $st == 0 ]] || die "the gateway exited with status $st after SIGTERM"

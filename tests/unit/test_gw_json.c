@@ -1,0 +1,215 @@
+/*
+ * test_gw_json.c - the gateway's JSON translation on its own: Ollama
+ * bodies into InferenceRequest (presence of options kept, as the cache key
+ * needs), the fields brokerctl sets, bad bodies refused with a reason,
+ * replies rendered in Ollama's shapes, base64 both ways.
+ */
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+#include "gw_json.h"
+#include "test.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static Agentbus__InferenceRequest *s_build(gw_kind_t kind, const char *body, gw_req_t *req)
+{
+    char err[256] = "";
+    json_t *j = json_loads(body, 0, NULL);
+    int rc = gw_req_from_json(kind, j, req, err, sizeof err);
+    json_decref(j);
+    CHECK_EQ(rc, 0);
+    if (rc != 0) {
+        printf("  err: %s\n", err);
+        return NULL;
+    }
+    return agentbus__inference_request__unpack(NULL, req->pb_len, req->pb);
+}
+
+static void s_test_generate(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir = s_build(
+        GW_GENERATE,
+        "{\"model\":\"m1\",\"prompt\":\"hi\",\"system\":\"s\",\"keep_alive\":30,"
+        "\"format\":{\"type\":\"object\"},\"images\":[\"aGVsbG8=\"],"
+        "\"options\":{\"temperature\":0,\"seed\":7,\"num_ctx\":4096,\"stop\":[\"a\",\"b\"],"
+        "\"mirostat\":1}}",
+        &req);
+    REQUIRE(ir && ir->generate);
+    const Agentbus__GenerateRequest *g = ir->generate;
+    CHECK_STR(req.model, "m1");
+    CHECK_EQ(req.stream, 1); /* Ollama streams unless told not to */
+    CHECK_EQ(g->has_stream_case, AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM);
+    CHECK_EQ(g->stream, 1);
+    CHECK_STR(g->prompt, "hi");
+    CHECK_STR(g->system, "s");
+    CHECK_STR(g->keep_alive, "30");
+    CHECK_STR(g->format, "{\"type\":\"object\"}");
+    CHECK_EQ(g->n_images, 1);
+    CHECK_EQ(g->images[0].len, 5);
+    CHECK_TRUE(memcmp(g->images[0].data, "hello", 5) == 0);
+    REQUIRE(g->options);
+    /* temperature 0 is present (not the same request as no temperature) */
+    CHECK_EQ(g->options->has_temperature_case,
+             AGENTBUS__INFERENCE_OPTIONS__HAS_TEMPERATURE_TEMPERATURE);
+    CHECK_EQ(g->options->seed, 7);
+    CHECK_EQ(g->options->num_ctx, 4096);
+    CHECK_EQ(g->options->has_num_predict_case, 0);
+    CHECK_EQ(g->options->n_stop, 2);
+    CHECK_STR(g->options->stop[1], "b");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+}
+
+static void s_test_chat_embed(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir =
+        s_build(GW_CHAT,
+                "{\"model\":\"m\",\"stream\":false,\"messages\":[{\"role\":\"system\","
+                "\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"hi\"}]}",
+                &req);
+    REQUIRE(ir && ir->chat);
+    CHECK_EQ(req.stream, 0);
+    CHECK_EQ(ir->chat->n_messages, 2);
+    CHECK_STR(ir->chat->messages[1]->content, "hi");
+    CHECK_TRUE(ir->chat->options == NULL);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+
+    ir = s_build(GW_EMBED, "{\"model\":\"e\",\"input\":[\"a\",\"b\"],\"truncate\":false}", &req);
+    REQUIRE(ir && ir->embed);
+    CHECK_EQ(ir->embed->n_input, 2);
+    CHECK_EQ(ir->embed->has_truncate_case, AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE_TRUNCATE);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    /* the older /api/embeddings sends "prompt" */
+    ir = s_build(GW_EMBED, "{\"model\":\"e\",\"prompt\":\"one\"}", &req);
+    REQUIRE(ir && ir->embed);
+    CHECK_EQ(ir->embed->n_input, 1);
+    CHECK_STR(ir->embed->input[0], "one");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+}
+
+static void s_test_refused(void)
+{
+    static const char *bad[] = {
+        "[]", "{}", "{\"model\":\"\"}", "{\"model\":\"m\",\"prompt\":3}",
+        "{\"model\":\"m\",\"stream\":\"yes\"}", "{\"model\":\"m\",\"prompt\":\"x\",\"options\":[]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"seed\":\"x\"}}",
+        "{\"model\":\"m\",\"images\":[\"!!\"]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"stop\":[1]}}",
+        "{\"model\":\"m\",\"keep_alive\":[]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        gw_req_t req;
+        char err[256] = "";
+        json_t *j = json_loads(bad[i], 0, NULL);
+        CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
+        CHECK_TRUE(err[0] != '\0');
+        json_decref(j);
+    }
+    gw_req_t req;
+    char err[256];
+    json_t *j = json_loads("{\"model\":\"m\",\"messages\":[{\"content\":\"no role\"}]}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
+    json_decref(j);
+}
+
+/* Ollama's preload: no prompt (generate) or no messages (chat). */
+static void s_test_load(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir = s_build(GW_GENERATE, "{\"model\":\"m\"}", &req);
+    REQUIRE(ir);
+    CHECK_EQ(ir->body_case, AGENTBUS__INFERENCE_REQUEST__BODY_LOAD);
+    CHECK_STR(ir->load->model, "m");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"messages\":[],\"keep_alive\":0}", &req);
+    REQUIRE(ir);
+    CHECK_EQ(ir->body_case, AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"\",\"keep_alive\":\"10m\"}", &req);
+    REQUIRE(ir);
+    CHECK_EQ(ir->body_case, AGENTBUS__INFERENCE_REQUEST__BODY_LOAD);
+    CHECK_STR(ir->load->keep_alive, "10m");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+}
+
+static void s_test_replies(void)
+{
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    Agentbus__InferenceTimings t = AGENTBUS__INFERENCE_TIMINGS__INIT;
+    g.model = "m";
+    g.created_at = "2026-01-01T00:00:00Z";
+    g.response = "tok";
+    uint8_t buf[256];
+    size_t n = agentbus__generate_response__pack(&g, buf);
+    json_t *o = gw_ollama_reply(GW_GENERATE, buf, n, 0);
+    REQUIRE(o);
+    CHECK_TRUE(json_is_false(json_object_get(o, "done")));
+    CHECK_TRUE(json_object_get(o, "eval_count") == NULL); /* only on the last chunk */
+    json_decref(o);
+    g.done = 1;
+    g.done_reason = "stop";
+    t.eval_count = 9;
+    g.timings = &t;
+    n = agentbus__generate_response__pack(&g, buf);
+    o = gw_ollama_reply(GW_GENERATE, buf, n, 0);
+    REQUIRE(o);
+    CHECK_EQ(json_integer_value(json_object_get(o, "eval_count")), 9);
+    CHECK_STR(json_string_value(json_object_get(o, "done_reason")), "stop");
+    json_decref(o);
+
+    Agentbus__EmbedResponse e = AGENTBUS__EMBED_RESPONSE__INIT;
+    Agentbus__Embedding v = AGENTBUS__EMBEDDING__INIT, *vp = &v;
+    float vals[2] = {0.5f, -1.0f};
+    v.values = vals;
+    v.n_values = 2;
+    e.model = "e";
+    e.embeddings = &vp;
+    e.n_embeddings = 1;
+    n = agentbus__embed_response__pack(&e, buf);
+    o = gw_ollama_reply(GW_EMBED, buf, n, 1);
+    REQUIRE(o);
+    CHECK_TRUE(json_real_value(json_array_get(json_object_get(o, "embedding"), 1)) == -1.0);
+    json_decref(o);
+    CHECK_TRUE(gw_ollama_reply(GW_CHAT, "\xff\xff\xff", 3, 0) == NULL);
+}
+
+static void s_test_base64(void)
+{
+    for (size_t len = 0; len < 40; len++) {
+        uint8_t in[40];
+        for (size_t i = 0; i < len; i++)
+            in[i] = (uint8_t)t_rand();
+        char *s = gw_base64_encode(in, len);
+        REQUIRE(s);
+        size_t out_len = 99;
+        uint8_t *out = gw_base64_decode(s, &out_len);
+        REQUIRE(out);
+        CHECK_EQ(out_len, len);
+        CHECK_TRUE(memcmp(in, out, len) == 0);
+        free(s);
+        free(out);
+    }
+    size_t l;
+    CHECK_TRUE(gw_base64_decode("a", &l) == NULL);
+    CHECK_TRUE(gw_base64_decode("ab$d", &l) == NULL);
+}
+
+int main(void)
+{
+    s_test_generate();
+    s_test_chat_embed();
+    s_test_refused();
+    s_test_load();
+    s_test_replies();
+    s_test_base64();
+    return TEST_DONE("gw_json");
+}
