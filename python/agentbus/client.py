@@ -30,7 +30,7 @@ Message = C.Message
 class _Call:
     """One request in flight: its events as the C callback delivered them."""
 
-    __slots__ = ("id", "events", "final", "status", "error_text", "key")
+    __slots__ = ("id", "events", "final", "status", "error_text", "key", "waiter")
 
     def __init__(self, key: int) -> None:
         self.key = key
@@ -39,6 +39,7 @@ class _Call:
         self.final = False
         self.status = 0
         self.error_text = ""
+        self.waiter: Any = None  # AsyncClient: a future set on the next event
 
     def raise_if_failed(self) -> None:
         if self.final and self.status != 0:
@@ -64,9 +65,7 @@ class _Base:
             lib.ab_options_destroy(byref(c_void_p(o)))
 
     # -- lifecycle --------------------------------------------------------
-    def close(self) -> None:
-        """Closes the connection; requests in flight end with STOPPED.
-        Idempotent."""
+    def _close_handle(self) -> None:
         if self._h:
             lib.ab_client_destroy(byref(self._h))
             self._h = c_void_p()
@@ -79,7 +78,7 @@ class _Base:
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self._close_handle()
         except Exception:
             pass
 
@@ -115,6 +114,9 @@ class _Base:
             call.status = ev.status
             call.error_text = text(ev.error_text)
             self._calls.pop(call.key, None)
+        w = call.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def _start(self, service: str, data: Data, timeout: Optional[float],
                model: Optional[str] = None, worker: Optional[str] = None,
@@ -156,6 +158,10 @@ class _Base:
                     s._deliver(m)
             return
         self._direct.append(m)
+        self._on_direct()
+
+    def _on_direct(self) -> None:
+        """AsyncClient wakes its receivers here."""
 
 
 class Client(_Base):
@@ -175,6 +181,11 @@ class Client(_Base):
 
     def __enter__(self) -> "Client":
         return self
+
+    def close(self) -> None:
+        """Closes the connection; requests in flight end with STOPPED.
+        Idempotent."""
+        self._close_handle()
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
