@@ -166,3 +166,22 @@ def test_closed_client_raises(bus):
     c.close()  # idempotent
     with pytest.raises(agentbus.StoppedError):
         c.request("echo", b"x")
+
+
+def test_readme_example_runs_as_written(bus, tmp_path):
+    import subprocess
+    import sys
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## From Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) == 5
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    app = tmp_path / "app.py"
+    app.write_text(code)
+    env = dict(os.environ, AB_BROKER=bus.endpoint, PYTHONPATH=os.path.join(ROOT, "python"))
+    out = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello\n['echo']\n"
