@@ -198,3 +198,29 @@ def test_python_client_to_c_worker_and_back(bus, serve):
 def _relay(bus, data):
     with bus.client() as c:
         return b"relayed: " + c.request("echo", data, timeout=5)
+
+
+def test_shutdown_finishes_held_jobs(bus):
+    started = threading.Event()
+
+    def slow(job):
+        started.set()
+        time.sleep(0.5)
+        return b"finished"
+
+    w = agentbus.Worker("drain", slow, endpoint=bus.endpoint, capacity=2)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        bus.wait_workers("drain")
+        with bus.client() as c:
+            s = c.stream("drain", b"x", timeout=10)
+            assert started.wait(5)
+            w.shutdown(grace=5)  # from another thread, as from a signal handler
+            assert b"".join(s) == b"finished"
+            t.join(10)
+            assert not t.is_alive(), "run() did not return after a drained shutdown"
+    finally:
+        w.stop()
+        t.join(10)
+        w.close()
