@@ -56,8 +56,10 @@ def test_thousand_concurrent_requests_one_thread(bus):
 
 def test_task_cancel_cancels_request(bus):
     cancelled = threading.Event()
+    started = threading.Event()
 
     async def held(job):
+        started.set()
         try:
             await asyncio.sleep(600)
         except asyncio.CancelledError:
@@ -73,8 +75,11 @@ def test_task_cancel_cancels_request(bus):
         async def main():
             async with agentbus.AsyncClient(bus.endpoint) as c:
                 task = asyncio.create_task(c.request("held", b"x", timeout=600))
-                await asyncio.sleep(0.3)
-                assert c.pending == 1
+                for _ in range(250):  # until the worker's handler holds it
+                    await asyncio.sleep(0.02)
+                    if started.is_set():
+                        break
+                assert started.is_set() and c.pending == 1
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

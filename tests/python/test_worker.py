@@ -124,8 +124,10 @@ def test_errors_reach_the_client(bus, serve):
 
 def test_cancellation_async_and_sync(bus, serve):
     seen = {"async": threading.Event(), "sync": threading.Event()}
+    started = {"async": threading.Event(), "sync": threading.Event()}
 
     async def forever(job):
+        started["async"].set()
         try:
             await asyncio.sleep(600)
         except asyncio.CancelledError:
@@ -133,6 +135,7 @@ def test_cancellation_async_and_sync(bus, serve):
             raise
 
     def polling(job):
+        started["sync"].set()
         end = time.monotonic() + 60
         while not job.cancelled and time.monotonic() < end:
             time.sleep(0.01)
@@ -145,7 +148,11 @@ def test_cancellation_async_and_sync(bus, serve):
     with bus.client() as c:
         for svc, key in (("aforever", "async"), ("sforever", "sync")):
             s = c.stream(svc, b"x", timeout=600)
-            c.poll(0.3)  # the worker has it
+            for _ in range(100):  # until the handler runs (a queued job is
+                c.poll(0.05)      # cancelled by the library, unseen)
+                if started[key].is_set():
+                    break
+            assert started[key].is_set()
             s.close()
             assert seen[key].wait(5), "%s handler was not cancelled" % key
             # its slot is free again (capacity 1)
