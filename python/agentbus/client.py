@@ -19,6 +19,7 @@ from typing import (Any, Callable, Deque, Dict, Iterator, List, Mapping, Optiona
                     Union)
 
 from . import _common as C
+from . import _pb
 from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b, lib,
                    text)
 from .errors import AgentbusError, CancelledError, TimeoutError, check, error
@@ -248,6 +249,8 @@ class Client(_Base):
         size = c_size_t()
         rc = lib.ab_client_request(self._handle(), b(service), payload, len(payload),
                                    C.ms(timeout, -1), byref(reply), byref(size))
+        if self._subs:  # topic messages that came during the wait
+            self._messages_in()
         if rc < 0:
             check(rc, self.last_error)
         try:
@@ -330,6 +333,24 @@ class Client(_Base):
             return C.directory_from_c(d.contents)
         finally:
             lib.ab_directory_destroy(byref(d))
+
+    _CONTROL = {"stats": "stats", "services": "service_list", "workers": "worker_list",
+                "agents": "agent_list"}
+
+    def control(self, what: str = "stats", timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Operator query (as brokerctl): WHAT is "stats", "services",
+        "workers" or "agents"; the broker's answer decoded to a dict."""
+        if what not in self._CONTROL:
+            raise error(-11, "unknown control query %r" % what)
+        reply = c_void_p()
+        size = c_size_t()
+        check(lib.ab_client_control(self._handle(), b(what), C.ms(timeout, -1), byref(reply),
+                                    byref(size)), self.last_error)
+        try:
+            data = ctypes.string_at(reply, size.value) if size.value else b""
+        finally:
+            lib.ab_free(reply)
+        return _pb.unpack(self._CONTROL[what], data)
 
     # -- direct messages --------------------------------------------------
     def send(self, name: str, data: Data, *, receipt: bool = False, wait: bool = False,

@@ -185,3 +185,17 @@ def test_readme_example_runs_as_written(bus, tmp_path):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "hello\n['echo']\n"
+
+
+def test_control_stats(bus):
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client(name="ops") as c:
+        c.request("echo", b"x")
+        st = c.control("stats")
+        assert any(s["name"] == "echo" for s in st["services"])
+        names = [w["service"] for w in c.control("workers")["workers"]]
+        assert names == ["echo"]
+        assert "ops" in [a["name"] for a in c.control("agents")["agents"]]
+        with pytest.raises(agentbus.UnsupportedError):
+            c.control("nonsense")
