@@ -10,8 +10,11 @@ measured in the same run, interleaved round by round.
   pyzmq hop     pyzmq DEALER -> ROUTER/DEALER zmq.proxy -> ROUTER echo
                 (zmq.proxy on one socket): libzmq only, no broker
 
+The binding's own cost per lone request is taken from --pairs alternating
+short slices (C, then Python), differences paired in time.
+
 Usage: /usr/bin/python3 bench/python_bench.py [--rounds N] [--seconds S]
-       [--count N] [--window N] [--size N] [--json]
+       [--count N] [--window N] [--size N] [--pairs N] [--pair-count N] [--json]
 Needs a built tree (build/) and python3-zmq.
 """
 
@@ -67,6 +70,56 @@ def bench_c(ep, a):
                          capture_output=True, text=True, timeout=600, check=True)
     r = json.loads(out.stdout)["agentbus"]
     return r["rr_small_msgs_s"], r["lone_p50_us"], r["lone_p99_us"]
+
+
+def lone_c(ep, count):
+    """The C library's lone round trip, p50 (agentbus-bench, short run)."""
+    out = subprocess.run([os.path.join(BIN, "agentbus-bench"), "--broker", ep, "--only",
+                          "agentbus", "--json", "--runs", "1", "--seconds", "0.05",
+                          "--window", "16", "--latency-count", str(count)],
+                         capture_output=True, text=True, timeout=600, check=True)
+    return json.loads(out.stdout)["agentbus"]["lone_p50_us"]
+
+
+def lone_py(client, count, payload):
+    lat = []
+    cpu0 = time.process_time()
+    for _ in range(count):
+        t0 = time.perf_counter_ns()
+        client.request("echo", payload)
+        lat.append((time.perf_counter_ns() - t0) / 1000.0)
+    cpu = (time.process_time() - cpu0) / count * 1e6
+    return pct(lat, 0.50), cpu
+
+
+def lone_raw(client, count, payload):
+    """CPU per request of the bare ctypes call (no wrapper code): the floor
+    that the C library, libzmq's I/O thread and ctypes itself cost here."""
+    from ctypes import byref, c_size_t, c_void_p
+    lib = agentbus._lib.lib
+    h, svc, n = client._h, b"echo", len(payload)
+    reply, size = c_void_p(), c_size_t()
+    cpu0 = time.process_time()
+    for _ in range(count):
+        lib.ab_client_request(h, svc, payload, n, -1, byref(reply), byref(size))
+        lib.ab_free(reply)
+    return (time.process_time() - cpu0) / count * 1e6
+
+
+def paired(ep, a, payload):
+    """Lone latency, C then Python, in short alternating slices: the
+    difference of each pair is taken close in time, so the machine's noise
+    (which moves p50 by 2-3x here) mostly cancels; the median of the
+    differences is reported, and the CPU the wrapper adds over a bare ctypes call of
+    ab_client_request (median of the slices)."""
+    diffs, cpus = [], []
+    with agentbus.Client(ep) as c:
+        for _ in range(a.pairs):
+            cp = lone_c(ep, a.pair_count)
+            pp, cpu = lone_py(c, a.pair_count, payload)
+            diffs.append(pp - cp)
+            cpus.append(cpu - lone_raw(c, a.pair_count, payload))
+    return statistics.median(diffs), statistics.median(cpus)
 
 
 def bench_py(ep, a, payload):
@@ -136,6 +189,9 @@ def main():
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--pairs", type=int, default=15,
+                    help="alternating C/Python lone-latency slices for the overhead figure")
+    ap.add_argument("--pair-count", type=int, default=500)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     payload = (b"lorem ipsum dolor sit amet " * ((a.size // 27) + 1))[:a.size]
@@ -162,16 +218,17 @@ def main():
             res["c"].append(bench_c(ep, a))
             res["py"].append(bench_py(ep, a, payload))
             res["pyzmq"].append(bench_zmq(hop_front, a, payload))
+        over, cpu = paired(ep, a, payload)
     finally:
         for p in procs:
             p.terminate()
             p.wait(10)
     med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3))
            for k, v in res.items()}
-    over = med["py"][1] - med["c"][1]
     if a.json:
         print(json.dumps({"args": vars(a), "median": med, "rounds": res,
-                          "python_over_c_p50_us": over}))
+                          "python_over_c_p50_us": over,
+                          "python_wrapper_cpu_us": cpu}))
         return
     print("%d B payload, window %d, %d rounds of %.1f s / %d lone requests (medians)"
           % (a.size, a.window, a.rounds, a.seconds, a.count))
@@ -181,8 +238,9 @@ def main():
     for k in ("c", "py", "pyzmq"):
         r, p50, p99 = med[k]
         print("%-28s %12.0f %12.1f %12.1f" % (names[k], r, p50, p99))
-    print("Python over C: %+.1f us per lone request (p50); throughput %.2fx of C"
-          % (over, med["py"][0] / med["c"][0]))
+    print("Python over C, lone request p50, median of %d paired slices: %+.1f us "
+          "(wrapper CPU over a bare ctypes call: %.1f us); throughput %.2fx of C"
+          % (a.pairs, over, cpu, med["py"][0] / med["c"][0]))
 
 
 if __name__ == "__main__":

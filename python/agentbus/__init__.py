@@ -15,7 +15,7 @@ codes (:class:`NoServiceError`, :class:`BusyError`, :class:`DeadlineError`,
 used by one thread at a time; ``stop()`` is safe from any thread.
 """
 
-from ._lib import LIB_PATH, lib as _lib
+from ._lib import LIB_PATH, lib as _clib
 from .errors import *  # noqa: F401,F403 (one class per status code)
 from .errors import AgentbusError, BY_CODE, STATUS_CODES, error
 from ._common import Message
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 def library_version() -> str:
     """The version of the libagentbus actually loaded (ab_version())."""
-    return _lib.ab_version().decode()
+    return _clib.ab_version().decode()
 
 
 __all__ = ["AsyncClient", "AsyncStream", "AsyncSubscription", "Worker", "Job", "inference_reply", "Client", "Stream", "Subscription", "Message", "AgentbusError", "BY_CODE",

@@ -20,7 +20,7 @@ def test_status_table_matches_header():
         cls = agentbus.BY_CODE[code]
         assert cls.__name__ == agentbus.errors.class_name(name)
         assert getattr(agentbus, cls.__name__) is cls
-        assert agentbus._lib.ab_status_name(code).decode() == name
+        assert agentbus._lib.lib.ab_status_name(code).decode() == name
 
 
 def test_library_version():
