@@ -240,7 +240,10 @@ class Worker:
                     fut.set_exception(e)
 
             loop.call_soon_threadsafe(call)
-            fut.result()
+            try:
+                fut.result(timeout=60)
+            except concurrent.futures.TimeoutError:  # the loop is gone
+                raise StoppedError("worker stopped") from None
 
     def _on_job(self, _w, job_p, _arg) -> None:
         job = Job(self, job_p)

@@ -116,7 +116,7 @@ def test_pubsub_iterator_and_callback(bus):
     with bus.client() as sub, bus.client() as pub:
         s = sub.subscribe("alerts.")
         got = []
-        exact = sub.subscribe("news.today", got.append)
+        sub.subscribe("news.today", got.append)
         pub.publish("alerts.gpu.temp", b"hot")
         pub.publish("alerts", b"not matched by 'alerts.'")
         pub.publish("news.today", "paper")
