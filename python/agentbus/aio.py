@@ -336,6 +336,15 @@ class AsyncStream:
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
 
+    def __del__(self) -> None:
+        # Abandoned mid-stream (a `break` out of `async for`): cancel it.
+        try:
+            if self._client._h and not self._call.final:
+                self._client._cancel(self._call)
+                self._client._kick()
+        except Exception:
+            pass
+
 
 class AsyncSubscription(Subscription):
     """Topic messages for one pattern as an async iterator."""

@@ -134,3 +134,18 @@ def test_async_generate_stream(bus, sim):
             assert len(e["embeddings"]) == 1
 
     run(main())
+
+
+def test_abandoned_stream_is_cancelled(bus):
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
+    bus.wait_workers("slow")
+
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint) as c:
+            s = c.stream("slow", b"x", timeout=600)
+            assert c.pending == 1
+            del s  # dropped without aclose(): cancelled at the broker
+            await asyncio.sleep(0.1)
+            assert c.pending == 0
+
+    run(main())

@@ -231,3 +231,41 @@ def test_shutdown_finishes_held_jobs(bus):
         w.stop()
         t.join(10)
         w.close()
+
+
+def test_broker_restart(procs):
+    # A request in flight when the broker dies ends with DisconnectedError;
+    # the Python worker registers again with the restarted broker by itself.
+    from conftest import Bus
+    import signal
+    bus = Bus(procs).start("--heartbeat-ms", "200")
+    hold = threading.Event()
+
+    def handler(job):
+        if job.data == b"hold":
+            hold.wait(20)
+        return b"ok " + job.data
+
+    w = agentbus.Worker("svc", handler, endpoint=bus.endpoint, capacity=2, heartbeat_ms=200)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        bus.wait_workers("svc")
+        with bus.client(heartbeat_ms=200) as c:
+            s = c.stream("svc", b"hold", timeout=30)
+            c.poll(0.3)
+            os.kill(bus.pid, signal.SIGKILL)
+            with pytest.raises(agentbus.DisconnectedError) as e:
+                list(s)
+            assert isinstance(e.value, ConnectionError)
+            hold.set()
+            port = bus.port
+            p = procs.spawn("agentbus-broker", "--bind", bus.endpoint, "--heartbeat-ms", "200")
+            assert bus.port == port and p.poll() is None
+            bus.wait_workers("svc", timeout=20)
+            assert c.request("svc", b"again", timeout=10) == b"ok again"
+    finally:
+        hold.set()
+        w.stop()
+        t.join(10)
+        w.close()
