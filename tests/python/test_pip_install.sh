@@ -20,3 +20,11 @@ import importlib.resources as r
 assert (r.files("agentbus") / "py.typed").is_file()
 print("installed", agentbus.__file__, "with", agentbus.LIB_PATH)
 PY
+# Without $AGENTBUS_LIB, a libagentbus.so placed beside the installed package
+# is the one loaded (the lookup order of python/agentbus/_lib.py).
+pkg=$("$venv/bin/python" -c 'import os, agentbus; print(os.path.dirname(agentbus.__file__))')
+cp "$AGENTBUS_LIB" "$pkg/libagentbus.so"
+env -u AGENTBUS_LIB "$venv/bin/python" -c '
+import os, agentbus
+assert agentbus.LIB_PATH == os.path.join(os.path.dirname(agentbus.__file__), "libagentbus.so"), agentbus.LIB_PATH
+print("beside the package:", agentbus.LIB_PATH)'
