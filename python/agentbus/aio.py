@@ -32,7 +32,8 @@ class AsyncClient(_Base):
 
     ``async with AsyncClient(endpoint) as bus: reply = await
     bus.request("echo", b"hi")``. Methods that only send (``send``,
-    ``publish``) return at once; ``discover`` and ``send(wait=True)`` wait
+    ``publish``) return at once; ``discover``, ``subscribe`` (its
+    confirmation; ``timeout=0`` does not wait) and ``send(wait=True)`` wait
     for one broker round trip inside the C library and block the loop for
     that long (loopback: well under a millisecond)."""
 
