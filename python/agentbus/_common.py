@@ -1,0 +1,242 @@
+"""Pieces shared by Client, AsyncClient and Worker: options, messages,
+Ollama-shaped request building and result shaping."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from . import _pb
+from ._lib import (AB_CACHE_NO_READ, AB_CACHE_NO_STORE, AB_CACHE_ON, AB_REQUEST_NON_IDEMPOTENT,
+                   MSG_DIRECT, MSG_ERROR, MSG_GAP, MSG_RECEIPT, MSG_TOPIC, RequestOpts, b, lib,
+                   text)
+from .errors import check
+
+Data = Union[bytes, bytearray, memoryview, str]
+MSG_TYPES = {MSG_DIRECT: "direct", MSG_TOPIC: "topic", MSG_RECEIPT: "receipt", MSG_GAP: "gap",
+             MSG_ERROR: "error"}
+
+
+def ms(seconds: Optional[float], default: int = -1) -> int:
+    """Seconds (float, None = DEFAULT) to the C API's milliseconds."""
+    if seconds is None:
+        return default
+    if seconds < 0:
+        return -1
+    return max(0, int(round(seconds * 1000)))
+
+
+def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional[float],
+                 heartbeat_ms: Optional[int], takeover: bool, batching: Optional[bool]):
+    """A new ab_options_t (the caller destroys it)."""
+    o = lib.ab_options_new()
+    if not o:
+        raise MemoryError("ab_options_new")
+    try:
+        if endpoint:
+            check(lib.ab_options_set_endpoint(o, b(endpoint)), lambda: "bad endpoint")
+        if name:
+            check(lib.ab_options_set_name(o, b(name)), lambda: "bad name")
+        if timeout is not None:
+            check(lib.ab_options_set_timeout_ms(o, max(1, ms(timeout))), lambda: "bad timeout")
+        if heartbeat_ms is not None:
+            check(lib.ab_options_set_heartbeat_ms(o, heartbeat_ms), lambda: "bad heartbeat")
+        if takeover:
+            check(lib.ab_options_set_takeover(o, 1))
+        if batching is not None:
+            check(lib.ab_options_set_batching(o, 1 if batching else 0))
+    except BaseException:
+        lib.ab_options_destroy(ctypes.byref(ctypes.c_void_p(o)))
+        raise
+    return o
+
+
+def request_opts(timeout: Optional[float], model: Optional[str], worker: Optional[str],
+                 cache: Optional[bool], cache_ttl: Optional[float], priority: Optional[int],
+                 idempotent: bool, keep: List[bytes]) -> RequestOpts:
+    """An ab_request_opts_t; KEEP holds the encoded strings during the call.
+    CACHE True marks the request cacheable, False bypasses the cache both
+    ways; CACHE_TTL is in seconds."""
+    o = RequestOpts()
+    o.timeout_ms = ms(timeout, 0) if timeout is not None and timeout > 0 else 0
+    if model:
+        keep.append(b(model))
+        o.model = keep[-1]
+    if worker:
+        keep.append(b(worker))
+        o.worker = keep[-1]
+    o.flags = 0 if idempotent else AB_REQUEST_NON_IDEMPOTENT
+    if cache is True:
+        o.cache_flags = AB_CACHE_ON
+    elif cache is False:
+        o.cache_flags = AB_CACHE_NO_READ | AB_CACHE_NO_STORE
+    if cache_ttl:
+        o.cache_ttl_s = max(1, int(cache_ttl))
+        o.cache_flags |= AB_CACHE_ON if cache is None else 0
+    o.priority = int(priority or 0)
+    return o
+
+
+@dataclass
+class Message:
+    """A message received by a client (ab_message_t copied into Python).
+
+    ``type`` is "direct", "topic", "receipt", "gap" or "error"; ``sender``
+    the sender's agent name (or "~id"), ``target`` the name it was sent to
+    or the topic; ``id`` the sender's id for it (receipt/error: the id our
+    send/publish returned); ``data`` the payload; ``reply_to`` the id of
+    our message it answers; ``dropped`` (gap) how many topic messages were
+    lost; ``status``/``error_text`` (error) why the broker refused ours.
+    """
+
+    type: str
+    sender: str = ""
+    target: str = ""
+    id: int = 0
+    reply_to: int = 0
+    data: bytes = b""
+    dropped: int = 0
+    status: int = 0
+    error_text: str = ""
+    want_receipt: bool = False
+    _c: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def topic(self) -> str:
+        """The topic of a topic message (same as ``target``)."""
+        return self.target
+
+    def text(self) -> str:
+        """The payload decoded as UTF-8."""
+        return self.data.decode("utf-8", "replace")
+
+    def __del__(self) -> None:
+        if self._c is not None:
+            lib.ab_message_destroy(ctypes.byref(self._c))
+            self._c = None
+
+
+def message_from_c(p) -> Message:
+    """A Message owning the C message P (from ab_client_recv)."""
+    m = p.contents
+    data = ctypes.string_at(m.data, m.size) if m.size else b""
+    return Message(type=MSG_TYPES.get(m.type, str(m.type)), sender=text(m.sender),
+                   target=text(m.target), id=m.id, reply_to=m.reply_to, data=data,
+                   dropped=m.dropped, status=m.status, error_text=text(m.error_text),
+                   want_receipt=bool(m.want_receipt), _c=p)
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """The broker's rule: exact match, or prefix when PATTERN ends in '.'."""
+    if pattern.endswith("."):
+        return topic.startswith(pattern)
+    return topic == pattern
+
+
+# ---------------------------------------------------------------------------
+# Ollama-shaped inference (docs/ollama.md): dicts in, dicts out.
+
+_TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+            "eval_count", "eval_duration")
+
+
+def _options(options: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not options:
+        return None
+    o = dict(options)
+    if isinstance(o.get("stop"), str):
+        o["stop"] = [o["stop"]]
+    return o
+
+
+def generate_payload(model: str, prompt: str, *, system: str = "", format: str = "",
+                     options: Optional[Mapping[str, Any]] = None, stream: bool = False,
+                     keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
+                     suffix: str = "", images: Optional[Sequence[bytes]] = None) -> bytes:
+    g = {"model": model, "prompt": prompt, "system": system, "format": format or "",
+         "stream": bool(stream), "options": _options(options),
+         "keep_alive": "" if keep_alive is None else str(keep_alive), "raw": raw,
+         "suffix": suffix, "images": list(images or [])}
+    return _pb.pack("inference_request", {"generate": g})
+
+
+def _message(m: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"role": m.get("role", "user"), "content": m.get("content", ""),
+            "images": list(m.get("images") or [])}
+
+
+def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: str = "",
+                 options: Optional[Mapping[str, Any]] = None, stream: bool = False,
+                 keep_alive: Optional[Union[str, int]] = None) -> bytes:
+    c = {"model": model, "messages": [_message(m) for m in messages], "format": format or "",
+         "stream": bool(stream), "options": _options(options),
+         "keep_alive": "" if keep_alive is None else str(keep_alive)}
+    return _pb.pack("inference_request", {"chat": c})
+
+
+def embed_payload(model: str, input: Union[str, Sequence[str]], *,
+                  truncate: Optional[bool] = None,
+                  options: Optional[Mapping[str, Any]] = None,
+                  keep_alive: Optional[Union[str, int]] = None) -> bytes:
+    e = {"model": model, "input": [input] if isinstance(input, str) else list(input),
+         "truncate": truncate, "options": _options(options),
+         "keep_alive": "" if keep_alive is None else str(keep_alive)}
+    return _pb.pack("inference_request", {"embed": e})
+
+
+def _flatten(r: Dict[str, Any]) -> Dict[str, Any]:
+    t = r.pop("timings", None) or {}
+    for k in _TIMINGS:
+        if k in t:
+            r[k] = t[k]
+    if not r.get("done"):
+        for k in _TIMINGS:
+            r.pop(k, None)
+        r.pop("done_reason", None)
+    return r
+
+
+def generate_result(data: bytes) -> Dict[str, Any]:
+    """A GenerateResponse as Ollama's /api/generate JSON object."""
+    return _flatten(_pb.unpack("generate_response", data))
+
+
+def chat_result(data: bytes) -> Dict[str, Any]:
+    """A ChatResponse as Ollama's /api/chat JSON object."""
+    r = _flatten(_pb.unpack("chat_response", data))
+    m = r.get("message") or {"role": "assistant", "content": ""}
+    if not m.get("images"):
+        m.pop("images", None)
+    r["message"] = m
+    return r
+
+
+def embed_result(data: bytes) -> Dict[str, Any]:
+    """An EmbedResponse as Ollama's /api/embed JSON object."""
+    r = _pb.unpack("embed_response", data)
+    r["embeddings"] = [e["values"] for e in r.get("embeddings", [])]
+    return r
+
+
+def directory_from_c(d) -> Dict[str, List[Dict[str, Any]]]:
+    """An ab_directory_t as {"services": [...], "workers": [...]}."""
+    services = []
+    for i in range(d.n_services):
+        s = d.services[i]
+        services.append({k: (text(getattr(s, k)) if k == "name" else getattr(s, k))
+                         for k, _ in s._fields_})
+    workers = []
+    for i in range(d.n_workers):
+        w = d.workers[i]
+        row: Dict[str, Any] = {}
+        for k, _ in w._fields_:
+            if k in ("n_labels", "label_keys", "label_values"):
+                continue
+            v = getattr(w, k)
+            row[k] = text(v) if isinstance(v, bytes) or v is None and k in (
+                "id", "name", "service", "health", "backend_state") else v
+        row["labels"] = {text(w.label_keys[j]): text(w.label_values[j])
+                         for j in range(w.n_labels)}
+        workers.append(row)
+    return {"services": services, "workers": workers}

@@ -1,0 +1,551 @@
+"""The synchronous client: requests, streams, inference, messages, topics.
+
+Thread safety (as the C API states it): a Client, and the streams and
+subscriptions that come from it, is used by one thread at a time;
+different Clients may be used from different threads at once. Callbacks
+(subscription callbacks) run on the thread that is inside a call of the
+client (a request's wait, ``poll``, ``listen``, iterating a stream). Only
+:meth:`Client.stop` may be called from any thread (or a signal handler).
+Blocking calls release the GIL while they wait in the C library.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections import deque
+from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
+from typing import (Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence,
+                    Union)
+
+from . import _common as C
+from . import _pb
+from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b, lib,
+                   text)
+from .errors import AgentbusError, CancelledError, TimeoutError, check, error
+
+Data = C.Data
+Message = C.Message
+
+
+class _Call:
+    """One request in flight: its events as the C callback delivered them."""
+
+    __slots__ = ("id", "events", "final", "status", "error_text", "key", "waiter")
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+        self.id = 0
+        self.events: Deque[bytes] = deque()
+        self.final = False
+        self.status = 0
+        self.error_text = ""
+        self.waiter: Any = None  # AsyncClient: a future set on the next event
+
+    def raise_if_failed(self) -> None:
+        if self.final and self.status != 0:
+            raise error(self.status, self.error_text)
+
+
+class _Base:
+    """What Client and AsyncClient share: the handle, request bookkeeping."""
+
+    def __init__(self, endpoint: Optional[str] = None, *, name: Optional[str] = None,
+                 timeout: Optional[float] = None, heartbeat_ms: Optional[int] = None,
+                 takeover: bool = False, batching: Optional[bool] = None) -> None:
+        self._h = c_void_p()
+        self._calls: Dict[int, _Call] = {}
+        self._next_key = 1
+        self._reply_cb = REPLY_FN(self._on_reply)  # kept alive with the client
+        self._direct: Deque[C.Message] = deque()
+        self._subs: List["Subscription"] = []
+        o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching)
+        try:
+            check(lib.ab_client_new(byref(self._h), o), lambda: "cannot create client")
+        finally:
+            lib.ab_options_destroy(byref(c_void_p(o)))
+
+    # -- lifecycle --------------------------------------------------------
+    def _close_handle(self) -> None:
+        if self._h:
+            lib.ab_client_destroy(byref(self._h))
+            self._h = c_void_p()
+
+    def stop(self) -> None:
+        """Makes blocking calls return StoppedError soon, now and from then
+        on. Safe from any thread and from signal handlers."""
+        if self._h:
+            lib.ab_client_stop(self._h)
+
+    def __del__(self) -> None:
+        try:
+            self._close_handle()
+        except Exception:
+            pass
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection to a broker is up."""
+        return bool(lib.ab_client_connected(self._h))
+
+    @property
+    def pending(self) -> int:
+        """Requests (and other calls awaiting an answer) in flight."""
+        return int(lib.ab_client_pending(self._h))
+
+    def last_error(self) -> str:
+        """Detailed text of the handle's last error."""
+        return text(lib.ab_client_last_error(self._h))
+
+    def _handle(self) -> c_void_p:
+        if not self._h:
+            raise error(-15, "client is closed")
+        return self._h
+
+    # -- requests ---------------------------------------------------------
+    def _on_reply(self, _client, evp, arg) -> None:
+        call = self._calls.get(arg or 0)
+        if call is None:
+            return
+        ev = evp.contents
+        if ev.size:
+            call.events.append(ctypes.string_at(ev.data, ev.size))
+        if ev.final:
+            call.final = True
+            call.status = ev.status
+            call.error_text = text(ev.error_text)
+            self._calls.pop(call.key, None)
+        w = call.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _start(self, service: str, data: Data, timeout: Optional[float],
+               model: Optional[str] = None, worker: Optional[str] = None,
+               cache: Optional[bool] = None, cache_ttl: Optional[float] = None,
+               priority: Optional[int] = None, idempotent: bool = True) -> _Call:
+        keep: List[bytes] = []
+        opts = C.request_opts(timeout, model, worker, cache, cache_ttl, priority, idempotent,
+                              keep)
+        payload = b(data)
+        key = self._next_key
+        self._next_key += 1
+        call = _Call(key)
+        self._calls[key] = call
+        rid = c_uint64()
+        rc = lib.ab_client_request_start(self._handle(), b(service), payload, len(payload),
+                                         byref(opts), self._reply_cb, key, byref(rid))
+        if rc < 0:
+            self._calls.pop(key, None)
+            check(rc, self.last_error)
+        call.id = rid.value
+        return call
+
+    def _cancel(self, call: _Call) -> None:
+        if not call.final and self._h:
+            lib.ab_client_cancel(self._h, call.id)
+            self._calls.pop(call.key, None)
+
+    def _messages_in(self) -> None:
+        """Moves queued messages from the C receive queue to Python."""
+        p = POINTER(_CMessage)()
+        while self._h and lib.ab_client_recv(self._h, byref(p), 0) == 0:
+            self._dispatch(C.message_from_c(p))
+            p = POINTER(_CMessage)()
+
+    def _dispatch(self, m: C.Message) -> None:
+        if m.type == "topic":
+            for s in list(self._subs):
+                if C.topic_matches(s.pattern, m.target):
+                    s._deliver(m)
+            return
+        self._direct.append(m)
+        self._on_direct()
+
+    def _on_direct(self) -> None:
+        """AsyncClient wakes its receivers here."""
+
+
+class Client(_Base):
+    """A connection to an agentbus broker (libagentbus's ab_client_t).
+
+    ``Client(endpoint="tcp://127.0.0.1:5555", name="planner")``: the
+    endpoint defaults to ``$AB_BROKER``, then ``tcp://127.0.0.1:5555``;
+    NAME makes this client the agent of that name (direct messages,
+    mailbox). TIMEOUT (seconds) is the default of every request and wait.
+    Use it as a context manager, or call :meth:`close`.
+
+    Timeouts are in seconds throughout (``None``: the client's default).
+    Errors raise :class:`agentbus.AgentbusError` subclasses named after
+    the bus's status codes (:class:`NoServiceError`, :class:`BusyError`,
+    :class:`DeadlineError`, ...), carrying the broker's text.
+    """
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def close(self) -> None:
+        """Closes the connection; requests in flight end with STOPPED.
+        Idempotent."""
+        self._close_handle()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- event loop -------------------------------------------------------
+    def _flush(self) -> None:
+        # A synchronous client has no loop that would end the batching turn:
+        # what it sends without waiting goes out now.
+        check(lib.ab_client_flush(self._handle()), self.last_error)
+
+    def poll(self, timeout: Optional[float] = 0) -> int:
+        """Processes traffic for up to TIMEOUT seconds (0: what is there;
+        None: until something arrives), running subscription callbacks.
+        Returns the number of events handled."""
+        n = check(lib.ab_client_poll(self._handle(), C.ms(timeout, -1)), self.last_error)
+        self._messages_in()
+        return n
+
+    def _wait(self, call: _Call, timeout: Optional[float]) -> None:
+        """Polls until CALL's final event. The library ends the request at
+        its deadline; GRACE guards against a lost deadline all the same."""
+        limit = None if timeout is None else time.monotonic() + timeout + 5.0
+        while not call.final:
+            rc = lib.ab_client_poll(self._handle(), 1000)
+            self._messages_in()
+            if rc < 0 and not call.final:
+                self._cancel(call)
+                check(rc, self.last_error)
+            if limit is not None and time.monotonic() > limit and not call.final:
+                self._cancel(call)
+                raise TimeoutError("no answer from the library within the request's timeout")
+
+    def request(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
+                cache_ttl: Optional[float] = None, priority: Optional[int] = None,
+                model: Optional[str] = None, worker: Optional[str] = None,
+                cache: Optional[bool] = None, idempotent: bool = True) -> bytes:
+        """Sends DATA to SERVICE and returns the reply (a streamed reply's
+        chunks concatenated).
+
+        TIMEOUT: the request's budget in seconds (it travels with the
+        request; the broker answers DEADLINE when it passes). CACHE_TTL:
+        seconds the broker may cache the reply (marks it cacheable);
+        CACHE=False bypasses the cache. PRIORITY is carried to the worker.
+        MODEL places the request on a worker that has the model; WORKER
+        sends it to that worker only. IDEMPOTENT=False: never run twice
+        (WORKER_LOST instead of re-dispatch).
+        """
+        if (cache_ttl is None and priority is None and model is None and worker is None
+                and cache is None and idempotent):
+            return self._request_sync(service, data, timeout)
+        call = self._start(service, data, timeout, model, worker, cache, cache_ttl, priority,
+                           idempotent)
+        self._wait(call, timeout)
+        call.raise_if_failed()
+        return b"".join(call.events)
+
+    def _request_sync(self, service: str, data: Data, timeout: Optional[float]) -> bytes:
+        payload = b(data)
+        reply = c_void_p()
+        size = c_size_t()
+        rc = lib.ab_client_request(self._handle(), b(service), payload, len(payload),
+                                   C.ms(timeout, -1), byref(reply), byref(size))
+        if self._subs:  # topic messages that came during the wait
+            self._messages_in()
+        if rc < 0:
+            check(rc, self.last_error)
+        try:
+            return ctypes.string_at(reply, size.value) if size.value else b""
+        finally:
+            lib.ab_free(reply)
+
+    def stream(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
+               **opts: Any) -> "Stream":
+        """Starts a request and returns its reply as an iterator of chunks
+        (bytes): each streamed part, then the final reply if not empty.
+        Options as :meth:`request`. Closing the stream early (``close()``,
+        ``with``, ``break`` then garbage collection) cancels the request."""
+        call = self._start(service, data, timeout, **opts)
+        return Stream(self, call, timeout, None)
+
+    # -- inference (Ollama-shaped) ----------------------------------------
+    def generate(self, model: str, prompt: str = "", *, stream: bool = False,
+                 system: str = "", format: str = "",
+                 options: Optional[Mapping[str, Any]] = None,
+                 keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
+                 suffix: str = "", images: Optional[Sequence[bytes]] = None,
+                 service: str = "ollama", timeout: Optional[float] = None,
+                 **req: Any) -> Any:
+        """Ollama's /api/generate over the bus. Returns the response dict
+        (``response``, ``done``, ``done_reason``, durations, ``worker``),
+        or with STREAM=True an iterator of such dicts, one per chunk, the
+        last with ``done`` True. REQ: options of :meth:`request`."""
+        payload = C.generate_payload(model, prompt, system=system, format=format,
+                                     options=options, stream=stream, keep_alive=keep_alive,
+                                     raw=raw, suffix=suffix, images=images)
+        return self._infer(service, payload, model, stream, timeout, C.generate_result, req)
+
+    def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
+             format: str = "", options: Optional[Mapping[str, Any]] = None,
+             keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
+             timeout: Optional[float] = None, **req: Any) -> Any:
+        """Ollama's /api/chat over the bus: MESSAGES are dicts with
+        ``role`` and ``content``. Returns the response dict (``message``,
+        ``done``, ...) or, with STREAM=True, an iterator of them."""
+        payload = C.chat_payload(model, messages, format=format, options=options,
+                                 stream=stream, keep_alive=keep_alive)
+        return self._infer(service, payload, model, stream, timeout, C.chat_result, req)
+
+    def embed(self, model: str, input: Union[str, Sequence[str]], *,
+              truncate: Optional[bool] = None, options: Optional[Mapping[str, Any]] = None,
+              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
+              timeout: Optional[float] = None, **req: Any) -> Dict[str, Any]:
+        """Ollama's /api/embed over the bus: returns ``{"model",
+        "embeddings": [[float, ...], ...], durations, "worker"}``."""
+        payload = C.embed_payload(model, input, truncate=truncate, options=options,
+                                  keep_alive=keep_alive)
+        return self._infer(service, payload, model, False, timeout, C.embed_result, req)
+
+    def _infer(self, service: str, payload: bytes, model: str, stream: bool,
+               timeout: Optional[float], decode: Callable[[bytes], Any],
+               req: Dict[str, Any]) -> Any:
+        call = self._start(service, payload, timeout, model=model, **req)
+        s = Stream(self, call, timeout, decode)
+        if stream:
+            return s
+        last = None
+        with s:
+            for last in s:
+                pass
+        if last is None:
+            raise error(-9, "empty inference reply")
+        return last
+
+    # -- discovery --------------------------------------------------------
+    def discover(self, service: Optional[str] = None,
+                 timeout: Optional[float] = None) -> Dict[str, List[Dict[str, Any]]]:
+        """The broker's directory for SERVICE (None: all):
+        ``{"services": [{name, workers, capacity, queue_depth, ...}],
+        "workers": [{id, name, service, health, capacity, labels, ...}]}``."""
+        d = POINTER(Directory)()
+        check(lib.ab_discover(self._handle(), b(service) if service else None,
+                              C.ms(timeout, -1), byref(d)), self.last_error)
+        try:
+            return C.directory_from_c(d.contents)
+        finally:
+            lib.ab_directory_destroy(byref(d))
+
+    _CONTROL = {"stats": "stats", "services": "service_list", "workers": "worker_list",
+                "agents": "agent_list"}
+
+    def control(self, what: str = "stats", timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Operator query (as brokerctl): WHAT is "stats", "services",
+        "workers" or "agents"; the broker's answer decoded to a dict."""
+        if what not in self._CONTROL:
+            raise error(-11, "unknown control query %r" % what)
+        reply = c_void_p()
+        size = c_size_t()
+        check(lib.ab_client_control(self._handle(), b(what), C.ms(timeout, -1), byref(reply),
+                                    byref(size)), self.last_error)
+        try:
+            data = ctypes.string_at(reply, size.value) if size.value else b""
+        finally:
+            lib.ab_free(reply)
+        return _pb.unpack(self._CONTROL[what], data)
+
+    # -- direct messages --------------------------------------------------
+    def send(self, name: str, data: Data, *, receipt: bool = False, wait: bool = False,
+             timeout: Optional[float] = None) -> Union[int, bool]:
+        """Sends DATA to the agent NAME (kept in its mailbox when it is
+        offline). Returns the message id; with WAIT=True waits for the
+        broker to accept it and returns True if it went to the mailbox,
+        False if it was handed over at once. RECEIPT asks for a "receipt"
+        message when the recipient's application has it."""
+        payload = b(data)
+        flags = AB_SEND_RECEIPT if receipt else 0
+        if wait:
+            queued = c_int()
+            check(lib.ab_client_send_wait(self._handle(), b(name), payload, len(payload), flags,
+                                          C.ms(timeout, -1), byref(queued)), self.last_error)
+            return bool(queued.value)
+        mid = c_uint64()
+        check(lib.ab_client_send(self._handle(), b(name), payload, len(payload), flags,
+                                 byref(mid)), self.last_error)
+        self._flush()
+        return mid.value
+
+    def reply(self, message: C.Message, data: Data) -> None:
+        """Answers direct MESSAGE (received by this client) with DATA."""
+        if message._c is None:
+            raise error(-1, "not a received direct message")
+        payload = b(data)
+        check(lib.ab_client_reply(self._handle(), message._c, payload, len(payload)),
+              self.last_error)
+        self._flush()
+
+    def recv(self, timeout: Optional[float] = None) -> C.Message:
+        """The next direct message (or receipt, gap, error notice); waits up
+        to TIMEOUT seconds (None: forever). Raises TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._direct:
+            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            p = POINTER(_CMessage)()
+            rc = lib.ab_client_recv(self._handle(), byref(p), left if left >= 0 else 1000)
+            if rc == 0:
+                self._dispatch(C.message_from_c(p))
+                continue
+            if rc != -3:
+                check(rc, self.last_error)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("no message within %.3f s" % timeout)
+        return self._direct.popleft()
+
+    def listen(self, timeout: Optional[float] = None) -> Iterator[C.Message]:
+        """Iterates over direct messages as they arrive; stops after
+        TIMEOUT seconds without one (None: never)."""
+        while True:
+            try:
+                yield self.recv(timeout)
+            except TimeoutError:
+                return
+
+    # -- topics -----------------------------------------------------------
+    def publish(self, topic: str, data: Data) -> int:
+        """Publishes DATA on TOPIC; returns its id."""
+        payload = b(data)
+        mid = c_uint64()
+        check(lib.ab_client_publish(self._handle(), b(topic), payload, len(payload),
+                                    byref(mid)), self.last_error)
+        self._flush()
+        return mid.value
+
+    def subscribe(self, pattern: str, callback: Optional[Callable[[C.Message], Any]] = None,
+                  *, timeout: Optional[float] = 5.0) -> "Subscription":
+        """Subscribes to PATTERN ("a.b" exact, "a." prefix) and waits up to
+        TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic
+        message is passed to it from within the client's calls (``poll``,
+        request waits); without, iterate the returned Subscription."""
+        check(lib.ab_client_subscribe(self._handle(), b(pattern), C.ms(timeout, 0)),
+              self.last_error)
+        s = Subscription(self, pattern, callback)
+        self._subs.append(s)
+        return s
+
+    def run(self, timeout: Optional[float] = None) -> None:
+        """Runs subscription callbacks for TIMEOUT seconds (None: until
+        :meth:`stop`, which then raises StoppedError)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            left = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+            self.poll(left)
+
+
+class Stream:
+    """The chunks of one streamed reply, in order, as an iterator.
+
+    Chunks are bytes, or dicts for generate/chat streams. ``close()``
+    (or leaving a ``with`` block) before the end cancels the request at
+    the broker, and the worker holding it is told to stop."""
+
+    def __init__(self, client: Client, call: _Call, timeout: Optional[float],
+                 decode: Optional[Callable[[bytes], Any]]) -> None:
+        self._client = client
+        self._call = call
+        self._timeout = timeout
+        self._decode = decode
+
+    @property
+    def request_id(self) -> int:
+        return self._call.id
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> Any:
+        call = self._call
+        limit = None if self._timeout is None else time.monotonic() + self._timeout + 5.0
+        while not call.events:
+            if call.final:
+                call.raise_if_failed()
+                raise StopIteration
+            rc = lib.ab_client_poll(self._client._handle(), 1000)
+            self._client._messages_in()
+            if rc < 0 and not call.final:
+                self.close()
+                check(rc, self._client.last_error)
+            if limit is not None and time.monotonic() > limit and not call.final:
+                self.close()
+                raise TimeoutError("stream: no answer within the request's timeout")
+        chunk = call.events.popleft()
+        return self._decode(chunk) if self._decode else chunk
+
+    def close(self) -> None:
+        """Cancels the request if it is still running."""
+        self._client._cancel(self._call)
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._client._h:
+                self.close()
+        except Exception:
+            pass
+
+
+class Subscription:
+    """Topic messages matching one pattern: an iterator (``next`` waits
+    for the next one) unless a callback was given. ``close()`` or leaving
+    a ``with`` block unsubscribes."""
+
+    def __init__(self, client: _Base, pattern: str,
+                 callback: Optional[Callable[[C.Message], Any]]) -> None:
+        self._client = client
+        self.pattern = pattern
+        self.callback = callback
+        self._queue: Deque[C.Message] = deque()
+        self._waiter: Any = None  # AsyncClient: future woken on delivery
+
+    def _deliver(self, m: C.Message) -> None:
+        if self.callback is not None:
+            self.callback(m)
+            return
+        self._queue.append(m)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def get(self, timeout: Optional[float] = None) -> C.Message:
+        """The next message; raises TimeoutError after TIMEOUT seconds."""
+        client = self._client
+        assert isinstance(client, Client), "use 'async for' with an AsyncClient"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._queue:
+            left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            client.poll(min(left, 1.0))
+            if deadline is not None and time.monotonic() >= deadline and not self._queue:
+                raise TimeoutError("no message on %s within %.3f s" % (self.pattern, timeout))
+        return self._queue.popleft()
+
+    def __iter__(self) -> Iterator[C.Message]:
+        while True:
+            yield self.get()
+
+    def close(self) -> None:
+        """Unsubscribes (the client keeps other subscriptions)."""
+        if self in self._client._subs:
+            self._client._subs.remove(self)
+            if self._client._h and not any(s.pattern == self.pattern
+                                            for s in self._client._subs):
+                lib.ab_client_unsubscribe(self._client._h, b(self.pattern), 2000)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["Client", "Stream", "Subscription", "Message", "AgentbusError", "CancelledError"]

@@ -1,0 +1,356 @@
+"""Workers: serve a service from a Python function (ab_worker_t).
+
+The worker's event loop is asyncio, woken by the library's file descriptor
+(ab_worker_fd) and a short timer for heartbeats. Every call on the C handle
+happens on that loop's thread, as the C API requires (one thread at a time
+per handle): synchronous handlers run in a thread pool of ``capacity``
+threads, and what they send (``job.send``, their result) is handed back to
+the loop thread. Async handlers run as tasks on the loop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import inspect
+import threading
+from ctypes import byref, c_int, c_size_t, c_void_p
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from . import _common as C
+from . import _pb
+from ._lib import CANCEL_FN, JOB_FN, b, lib, text
+from .errors import AgentbusError, StoppedError, check, error
+
+Handler = Callable[["Job"], Any]
+_ECANCELLED = -44
+_EAPPLICATION = -12
+_ESTOPPED = -15
+_TICK = 0.05  # s: the longest the loop sleeps without polling the handle
+
+
+class Job:
+    """One request a worker received.
+
+    ``data`` (bytes), ``id``, ``service``, ``timeout_ms`` (the budget left
+    when it arrived, 0 = none); ``cancelled`` turns True when the broker
+    cancels it (client gave up, or its deadline passed): a synchronous
+    handler should check it and return; an async handler's task is
+    cancelled. ``send(part)`` streams a partial reply."""
+
+    def __init__(self, worker: "Worker", ptr: int) -> None:
+        self._worker = worker
+        self._p = c_void_p(ptr)
+        size = c_size_t()
+        data = lib.ab_job_data(self._p, byref(size))
+        self.data: bytes = ctypes.string_at(data, size.value) if size.value else b""
+        self.id: int = int(lib.ab_job_id(self._p))
+        self.service: str = text(lib.ab_job_service(self._p))
+        self.timeout_ms: int = int(lib.ab_job_timeout_ms(self._p))
+        self.cancelled = False
+        self._task: Optional[asyncio.Future] = None
+
+    def text(self) -> str:
+        """The payload decoded as UTF-8."""
+        return self.data.decode("utf-8", "replace")
+
+    def inference(self) -> Dict[str, Any]:
+        """The payload decoded as an agentbus.InferenceRequest (what an
+        "ollama" service receives): ``{"generate": {...}}``, ``{"chat":
+        {...}}`` or ``{"embed": {...}}`` with Ollama's field names."""
+        return _pb.unpack("inference_request", self.data)
+
+    def send(self, part: C.Data) -> None:
+        """Sends one chunk of a streamed reply (from any handler thread)."""
+        self._worker._call_on_loop(self._part, b(part))
+
+    def _part(self, data: bytes) -> None:
+        if self._p and not self.cancelled:
+            check(lib.ab_worker_reply_part(self._worker._h, self._p, data, len(data)),
+                  self._worker.last_error)
+
+    def _finish(self, data: Optional[bytes], exc: Optional[BaseException]) -> None:
+        w = self._worker
+        if not self._p:
+            return
+        if self.cancelled or isinstance(exc, (asyncio.CancelledError,)):
+            lib.ab_worker_fail(w._h, byref(self._p), _ECANCELLED, b"cancelled")
+        elif exc is not None:
+            code = exc.code if isinstance(exc, AgentbusError) else _EAPPLICATION
+            detail = exc.text if isinstance(exc, AgentbusError) else (
+                "%s: %s" % (type(exc).__name__, exc))
+            lib.ab_worker_fail(w._h, byref(self._p), code, b(detail))
+        else:
+            payload = data or b""
+            lib.ab_worker_reply(w._h, byref(self._p), payload, len(payload))
+        w._jobs.pop(self.id, None)
+        w._kick()
+
+
+def _result_bytes(r: Any) -> bytes:
+    if r is None:
+        return b""
+    return b(r)
+
+
+class Worker:
+    """Serves SERVICE with HANDLER, up to CAPACITY requests at once.
+
+    HANDLER(job) may be a plain function or a coroutine function. It
+    returns the reply (bytes or str; None = empty), or raises (an
+    :class:`AgentbusError` fails the request with its code and text, any
+    other exception with APPLICATION and the exception's text). A
+    generator / async generator streams: every item but the last is sent
+    as a partial reply, the last as the final reply.
+
+    ``Worker("echo", handler, endpoint=..., capacity=4, labels={"gpu": "0"},
+    name="w1").run()`` blocks until :meth:`stop` or :meth:`shutdown`;
+    ``await worker.serve()`` runs it inside a running event loop.
+    Thread safety: ``stop``, ``shutdown`` may be called from any thread;
+    the rest from the thread that created or runs the worker."""
+
+    def __init__(self, service: str, handler: Optional[Handler] = None, *,
+                 endpoint: Optional[str] = None, capacity: int = 1,
+                 labels: Optional[Mapping[str, str]] = None, name: Optional[str] = None,
+                 heartbeat_ms: Optional[int] = None,
+                 batching: Optional[bool] = None) -> None:
+        self.service = service
+        self._handler = handler
+        self._h = c_void_p()
+        self._jobs: Dict[int, Job] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._stopped = threading.Event()
+        self._kicked = False
+        self._job_cb = JOB_FN(self._on_job)
+        self._cancel_cb = CANCEL_FN(self._on_cancel)
+        o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching)
+        try:
+            check(lib.ab_worker_new(byref(self._h), o, b(service), int(capacity)),
+                  lambda: "cannot create worker")
+        finally:
+            lib.ab_options_destroy(byref(c_void_p(o)))
+        for k, v in (labels or {}).items():
+            check(lib.ab_worker_set_label(self._h, b(k), b(v)), self.last_error)
+        check(lib.ab_worker_set_cancel_handler(self._h, self._cancel_cb, None), self.last_error)
+
+    # -- configuration ----------------------------------------------------
+    def handler(self, fn: Handler) -> Handler:
+        """Decorator form: ``@worker.handler``."""
+        self._handler = fn
+        return fn
+
+    @property
+    def capacity(self) -> int:
+        """Concurrent requests; settable (sent to the broker at once)."""
+        return int(lib.ab_worker_capacity(self._h))
+
+    @capacity.setter
+    def capacity(self, n: int) -> None:
+        check(lib.ab_worker_set_capacity(self._h, int(n)), self.last_error)
+        if self._pool is not None:
+            self._pool._max_workers = max(self._pool._max_workers, int(n))
+
+    def set_backend_state(self, state: str) -> None:
+        """Free-form backend state shown by ``brokerctl workers``."""
+        check(lib.ab_worker_set_backend_state(self._h, b(state)), self.last_error)
+
+    @property
+    def connected(self) -> bool:
+        return bool(lib.ab_worker_connected(self._h))
+
+    def last_error(self) -> str:
+        return text(lib.ab_worker_last_error(self._h))
+
+    # -- running ----------------------------------------------------------
+    def run(self) -> None:
+        """Serves until :meth:`stop` or a drained :meth:`shutdown`."""
+        asyncio.run(self.serve())
+
+    async def serve(self) -> None:
+        """Serves inside the running event loop until stopped."""
+        if self._handler is None:
+            raise error(-1, "worker has no handler")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, self.capacity), thread_name_prefix="agentbus-worker")
+        fd = c_int()
+        check(lib.ab_worker_fd(self._h, byref(fd)), self.last_error)
+        loop.add_reader(fd.value, self._drain)
+        try:
+            while not self._stopped.is_set():
+                if not self._drain():
+                    break
+                await asyncio.sleep(_TICK)
+        finally:
+            loop.remove_reader(fd.value)
+            for job in list(self._jobs.values()):
+                if job._task is not None:
+                    job._task.cancel()
+            if self._jobs:
+                await asyncio.gather(*(j._task for j in self._jobs.values() if j._task),
+                                     return_exceptions=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._loop = None
+
+    def _drain(self) -> bool:
+        """Processes what the handle has; False once it is stopped."""
+        self._kicked = False
+        if not self._h:
+            return False
+        while True:
+            n = lib.ab_worker_poll(self._h, 0, self._job_cb, None)
+            if n < 0:  # STOPPED (stop, drained shutdown) or a ZeroMQ failure
+                self._stopped.set()
+                return False
+            if n == 0 and not lib.ab_worker_has_input(self._h):
+                return True
+
+    def _kick(self) -> None:
+        """After sending: flush, and look at the handle again soon (the fd
+        is edge-triggered; a send may have consumed the edge)."""
+        if self._h:
+            lib.ab_worker_flush(self._h)
+        if not self._kicked and self._loop is not None:
+            self._kicked = True
+            self._loop.call_soon(self._drain)
+
+    def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            raise StoppedError("worker is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn(*args)
+            self._kick()
+        else:
+            fut = concurrent.futures.Future()
+
+            def call() -> None:
+                try:
+                    fn(*args)
+                    self._kick()
+                    fut.set_result(None)
+                except BaseException as e:  # give it to the handler's thread
+                    fut.set_exception(e)
+
+            loop.call_soon_threadsafe(call)
+            try:
+                fut.result(timeout=60)
+            except concurrent.futures.TimeoutError:  # the loop is gone
+                raise StoppedError("worker stopped") from None
+
+    def _on_job(self, _w, job_p, _arg) -> None:
+        job = Job(self, job_p)
+        self._jobs[job.id] = job
+        assert self._loop is not None
+        job._task = self._loop.create_task(self._serve_job(job))
+
+    def _on_cancel(self, _w, job_id: int, why: int, _arg) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        job.cancelled = True
+        # An async handler is interrupted; a synchronous one (in a pool
+        # thread) cannot be, and is expected to look at job.cancelled.
+        fn = self._handler
+        if job._task is not None and (inspect.iscoroutinefunction(fn)
+                                      or inspect.isasyncgenfunction(fn)):
+            job._task.cancel()
+
+    async def _serve_job(self, job: Job) -> None:
+        fn = self._handler
+        assert fn is not None
+        try:
+            if inspect.iscoroutinefunction(fn):
+                result = await fn(job)
+            elif inspect.isasyncgenfunction(fn):
+                result = await self._stream_async(job, fn(job))
+            else:
+                result = await self._loop.run_in_executor(self._pool, self._run_sync, job, fn)
+            job._finish(_result_bytes(result), None)
+        except asyncio.CancelledError as e:
+            job._finish(None, e)
+        except BaseException as e:  # the request fails; the worker goes on
+            job._finish(None, e)
+
+    @staticmethod
+    def _run_sync(job: Job, fn: Handler) -> Any:
+        r = fn(job)
+        if inspect.isgenerator(r):
+            prev = None
+            first = True
+            for item in r:
+                if job.cancelled:
+                    r.close()
+                    return None
+                if not first:
+                    job.send(_result_bytes(prev))
+                prev, first = item, False
+            return prev
+        return r
+
+    @staticmethod
+    async def _stream_async(job: Job, agen: Any) -> Any:
+        prev = None
+        first = True
+        async for item in agen:
+            if not first:
+                job.send(_result_bytes(prev))
+            prev, first = item, False
+        return prev
+
+    def stop(self) -> None:
+        """Stops :meth:`run` soon; jobs held are handed back to the broker
+        by :meth:`close`. Any thread, signal handlers too."""
+        self._stopped.set()
+        if self._h:
+            lib.ab_worker_stop(self._h)
+
+    def shutdown(self, grace: float = 2.0) -> None:
+        """Graceful stop: take nothing new, finish held jobs for up to GRACE
+        seconds, then stop. Any thread."""
+        if self._h:
+            lib.ab_worker_shutdown(self._h, C.ms(grace, 0))
+
+    def close(self) -> None:
+        """Says BYE and frees the handle (idempotent)."""
+        if self._h:
+            for job in list(self._jobs.values()):
+                lib.ab_job_destroy(byref(job._p))
+            self._jobs.clear()
+            lib.ab_worker_destroy(byref(self._h))
+            self._h = c_void_p()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def inference_reply(kind: str, **fields: Any) -> bytes:
+    """Encodes one chunk of an inference answer for a Python worker serving
+    an "ollama"-typed service: KIND "generate", "chat" or "embed" and
+    Ollama's field names (``response``, ``done``, ``message``,
+    ``embeddings`` as lists of floats; durations in nanoseconds)."""
+    f = dict(fields)
+    timings = {k: f.pop(k) for k in list(f) if k in C._TIMINGS and kind != "embed"}
+    if timings:
+        f["timings"] = timings
+    if kind == "embed":
+        f["embeddings"] = [{"values": list(v)} for v in f.get("embeddings", [])]
+    return _pb.pack("%s_response" % kind, f)
+

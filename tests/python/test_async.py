@@ -1,0 +1,151 @@
+"""AsyncClient: driven by the library's fd in the event loop, no threads."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import agentbus
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def test_request_stream_and_errors(bus):
+    bus.echo_worker("echo", "--chunks", "3")
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "1500")
+    bus.wait_workers("echo")
+    bus.wait_workers("slow")
+
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint) as c:
+            assert await c.request("echo", b"abcdef") == b"abcdef"
+            assert [x async for x in c.stream("echo", b"abcdef")] == [b"ab", b"cd", b"ef"]
+            with pytest.raises(agentbus.NoServiceError) as e:
+                await c.request("missing", b"x", timeout=2)
+            assert "missing" in e.value.text
+            with pytest.raises(agentbus.DeadlineError):
+                await c.request("slow", b"x", timeout=0.2)
+            d = await c.discover("echo")
+            assert d["services"][0]["workers"] == 1
+
+    run(main())
+
+
+def test_thousand_concurrent_requests_one_thread(bus):
+    bus.echo_worker("echo", "--capacity", "64")
+    bus.wait_workers("echo")
+
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint) as c:
+            threads = threading.active_count()
+            t0 = time.monotonic()
+            replies = await asyncio.gather(*(c.request("echo", b"%d" % i, timeout=30)
+                                             for i in range(1000)))
+            elapsed = time.monotonic() - t0
+            assert replies == [b"%d" % i for i in range(1000)]
+            assert threading.active_count() == threads  # no thread per request
+            assert c.pending == 0
+            return elapsed
+
+    elapsed = run(main())
+    print("1000 concurrent asyncio requests: %.3f s" % elapsed)
+
+
+def test_task_cancel_cancels_request(bus):
+    cancelled = threading.Event()
+    started = threading.Event()
+
+    async def held(job):
+        started.set()
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    w = agentbus.Worker("held", held, endpoint=bus.endpoint)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        bus.wait_workers("held")
+
+        async def main():
+            async with agentbus.AsyncClient(bus.endpoint) as c:
+                task = asyncio.create_task(c.request("held", b"x", timeout=600))
+                for _ in range(250):  # until the worker's handler holds it
+                    await asyncio.sleep(0.02)
+                    if started.is_set():
+                        break
+                assert started.is_set() and c.pending == 1
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert c.pending == 0
+                # asyncio.wait_for's timeout cancels the same way
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(c.request("held", b"y", timeout=600), 0.3)
+                assert c.pending == 0
+
+        run(main())
+        assert cancelled.wait(5), "the worker's task was not cancelled"
+    finally:
+        w.stop()
+        t.join(10)
+        w.close()
+
+
+def test_pubsub_and_direct(bus):
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint, name="a1") as a, \
+                agentbus.AsyncClient(bus.endpoint, name="a2") as b:
+            sub = await b.subscribe("jobs.")
+            await a.publish("jobs.new", b"j1")
+            m = await sub.get(timeout=5)
+            assert (m.topic, m.data) == ("jobs.new", b"j1")
+            await a.send("a2", b"ping")
+            m = await b.recv(timeout=5)
+            assert (m.sender, m.data) == ("a1", b"ping")
+            await b.reply(m, b"pong")
+            r = await a.recv(timeout=5)
+            assert (r.data, r.reply_to) == (b"pong", m.id)
+            with pytest.raises(agentbus.TimeoutError):
+                await a.recv(timeout=0.2)
+
+    run(main())
+
+
+def test_async_generate_stream(bus, sim):
+    port = sim("--time-scale", "20", "--quiet")
+    bus.procs.spawn("agentbus-worker", "--broker", bus.endpoint, "--backend", "ollama",
+                    "--ollama-url", "http://127.0.0.1:%d" % port, "--heartbeat-ms", "200")
+    bus.wait_workers("ollama")
+
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint) as c:
+            chunks = [ch async for ch in await c.generate("sim-small", "hi", stream=True,
+                                                          timeout=20)]
+            assert chunks[-1]["done"] and len(chunks) > 2
+            r = await c.chat("sim-small", [{"role": "user", "content": "hi"}], timeout=20)
+            assert r["message"]["content"]
+            e = await c.embed("sim-embed", "x", timeout=20)
+            assert len(e["embeddings"]) == 1
+
+    run(main())
+
+
+def test_abandoned_stream_is_cancelled(bus):
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
+    bus.wait_workers("slow")
+
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint) as c:
+            s = c.stream("slow", b"x", timeout=600)
+            assert c.pending == 1
+            del s  # dropped without aclose(): cancelled at the broker
+            await asyncio.sleep(0.1)
+            assert c.pending == 0
+
+    run(main())

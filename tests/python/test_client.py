@@ -1,0 +1,201 @@
+"""Client against real brokers and workers (tests/python/conftest.py)."""
+
+import os
+import re
+import time
+
+import pytest
+
+import agentbus
+from conftest import ROOT
+
+
+def test_status_table_matches_header():
+    # errors.STATUS_CODES must be AB_STATUS_LIST exactly (minus OK).
+    with open(os.path.join(ROOT, "include", "agentbus.h")) as f:
+        rows = re.findall(r'X\((AB_\w+), (-?\d+), "(\w+)"', f.read())
+    header = [(name, int(v)) for _, v, name in rows if name != "OK"]
+    assert header == list(agentbus.STATUS_CODES)
+    for name, code in header:
+        cls = agentbus.BY_CODE[code]
+        assert cls.__name__ == agentbus.errors.class_name(name)
+        assert getattr(agentbus, cls.__name__) is cls
+        assert agentbus._lib.lib.ab_status_name(code).decode() == name
+
+
+def test_library_version():
+    assert agentbus.library_version() == "0.1.0"
+
+
+def test_request_reply(bus):
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as c:
+        assert c.request("echo", b"hello") == b"hello"
+        assert c.request("echo", "text is UTF-8 \u00e9") == "text is UTF-8 \u00e9".encode()
+        big = os.urandom(1 << 20)
+        assert c.request("echo", big, timeout=10) == big
+        # options force the asynchronous path: same answer
+        assert c.request("echo", b"opts", timeout=5, priority=7, cache_ttl=30) == b"opts"
+        assert c.request("echo", b"x", cache=False, idempotent=False) == b"x"
+        assert c.pending == 0
+
+
+def test_stream_chunks(bus):
+    bus.echo_worker("echo", "--chunks", "4")
+    bus.wait_workers("echo")
+    with bus.client() as c:
+        chunks = list(c.stream("echo", b"abcdefgh", timeout=5))
+        assert len(chunks) == 4 and b"".join(chunks) == b"abcdefgh"
+        assert c.request("echo", b"abcdefgh") == b"abcdefgh"  # concatenated
+
+
+def test_no_service(bus):
+    with bus.client() as c:
+        with pytest.raises(agentbus.NoServiceError) as e:
+            c.request("nobody-here", b"x", timeout=2)
+        assert e.value.code == -4 and e.value.name == "NO_SERVICE"
+        assert "nobody-here" in e.value.text  # the broker's text
+        with pytest.raises(agentbus.NoServiceError):
+            list(c.stream("nobody-here", b"x", timeout=2))
+
+
+def test_deadline(bus):
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "1500")
+    bus.wait_workers("slow")
+    with bus.client() as c:
+        t0 = time.monotonic()
+        with pytest.raises(agentbus.DeadlineError) as e:
+            c.request("slow", b"x", timeout=0.2)
+        assert time.monotonic() - t0 < 1.4
+        assert isinstance(e.value, TimeoutError)  # also a built-in TimeoutError
+
+
+def test_busy(procs):
+    from conftest import Bus
+    bus = Bus(procs).start("--queue-max", "1")
+    bus.echo_worker("held", "--capacity", "1", "--delay-ms", "600000")
+    bus.wait_workers("held")
+    with bus.client() as c:
+        held = [c.stream("held", b"x", timeout=600) for _ in range(2)]  # 1 held + 1 queued
+        c.poll(0.3)
+        with pytest.raises(agentbus.BusyError) as e:
+            c.request("held", b"one too many", timeout=5)
+        assert e.value.code == -5 and e.value.text
+        for s in held:
+            s.close()
+        assert c.pending == 0
+
+
+def test_stream_close_cancels(bus):
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
+    bus.wait_workers("slow")
+    with bus.client() as c:
+        with c.stream("slow", b"x", timeout=600) as s:
+            assert c.pending == 1
+        assert c.pending == 0
+        with pytest.raises(agentbus.CancelledError):
+            next(s)
+        # the worker's slot came back: the broker re-dispatches nothing to it
+        d = c.discover("slow")
+        assert d["services"][0]["queue_depth"] == 0
+
+
+def test_discover_labels(bus):
+    bus.echo_worker("echo", "--label", "gpu=0", "--name", "w1")
+    bus.wait_workers("echo")
+    with bus.client() as c:
+        d = c.discover("echo")
+        assert d["services"][0]["name"] == "echo"
+        (w,) = d["workers"]
+        assert w["name"] == "w1" and w["labels"] == {"gpu": "0"} and w["capacity"] == 16
+        assert c.discover("none")["workers"] == []
+
+
+def test_pubsub_iterator_and_callback(bus):
+    with bus.client() as sub, bus.client() as pub:
+        s = sub.subscribe("alerts.")
+        got = []
+        sub.subscribe("news.today", got.append)
+        pub.publish("alerts.gpu.temp", b"hot")
+        pub.publish("alerts", b"not matched by 'alerts.'")
+        pub.publish("news.today", "paper")
+        m = s.get(timeout=5)
+        assert (m.type, m.topic, m.data) == ("topic", "alerts.gpu.temp", b"hot")
+        sub.run(0.5)
+        assert [g.data for g in got] == [b"paper"]
+        with pytest.raises(agentbus.TimeoutError):
+            s.get(timeout=0.3)  # "alerts" did not match
+        s.close()
+        pub.publish("alerts.x", b"after unsubscribe")
+        sub.run(0.3)
+        assert not s._queue
+        with pytest.raises(agentbus.BadNameError):
+            sub.subscribe("bad topic!")
+
+
+def test_mailbox_and_direct(bus):
+    with bus.client(name="alice") as alice:
+        assert alice.send("bob", b"one", wait=True) is True  # bob offline: mailbox
+        alice.send("bob", b"two")
+        time.sleep(0.2)
+        with bus.client(name="bob") as bob:
+            got = [m.data for m in bob.listen(timeout=2)]
+            assert got == [b"one", b"two"]
+            alice.send("bob", b"question", wait=True)
+            m = bob.recv(timeout=5)
+            assert m.sender == "alice" and m.type == "direct"
+            bob.reply(m, b"answer")
+            r = alice.recv(timeout=5)
+            assert (r.data, r.reply_to, r.sender) == (b"answer", m.id, "bob")
+        with pytest.raises(agentbus.TimeoutError):
+            alice.recv(timeout=0.2)
+
+
+def test_name_taken(bus):
+    with bus.client(name="solo") as a, bus.client(name="solo") as b:
+        m = b.recv(timeout=5)
+        assert m.type == "error" and m.status == agentbus.NameTakenError.code
+        a.poll(0.3)
+        assert a.connected
+
+
+def test_closed_client_raises(bus):
+    c = bus.client()
+    c.close()
+    c.close()  # idempotent
+    with pytest.raises(agentbus.StoppedError):
+        c.request("echo", b"x")
+
+
+def test_readme_example_runs_as_written(bus, tmp_path):
+    import subprocess
+    import sys
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## From Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) == 5
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    app = tmp_path / "app.py"
+    app.write_text(code)
+    env = dict(os.environ, AB_BROKER=bus.endpoint, PYTHONPATH=os.path.join(ROOT, "python"))
+    out = subprocess.run([sys.executable, str(app)], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello\n['echo']\n"
+
+
+def test_control_stats(bus):
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client(name="ops") as c:
+        c.request("echo", b"x")
+        st = c.control("stats")
+        assert any(s["name"] == "echo" for s in st["services"])
+        names = [w["service"] for w in c.control("workers")["workers"]]
+        assert names == ["echo"]
+        assert "ops" in [a["name"] for a in c.control("agents")["agents"]]
+        with pytest.raises(agentbus.UnsupportedError):
+            c.control("nonsense")

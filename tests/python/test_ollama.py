@@ -1,0 +1,62 @@
+"""generate / chat / embed through an Ollama worker and tools/ollama-sim."""
+
+import pytest
+
+import agentbus
+
+
+@pytest.fixture
+def ollama(bus, sim):
+    port = sim("--time-scale", "20", "--quiet")
+    bus.procs.spawn("agentbus-worker", "--broker", bus.endpoint, "--backend", "ollama",
+                    "--ollama-url", "http://127.0.0.1:%d" % port, "--name", "gpu0",
+                    "--heartbeat-ms", "200")
+    bus.wait_workers("ollama")
+    return bus
+
+
+def test_generate_stream(ollama):
+    with ollama.client() as c:
+        chunks = list(c.generate("sim-small", "Why is the sky blue?", stream=True,
+                                 options={"seed": 7}, timeout=20))
+        assert len(chunks) > 2
+        assert all(not ch["done"] for ch in chunks[:-1])
+        last = chunks[-1]
+        assert last["done"] and last["done_reason"] == "stop"
+        assert last["eval_count"] > 0 and last["total_duration"] > 0
+        assert last["worker"] == "gpu0"
+        text = "".join(ch["response"] for ch in chunks)
+        assert text.strip()
+        whole = c.generate("sim-small", "Why is the sky blue?", options={"seed": 7}, timeout=20)
+        assert whole["done"] and whole["response"] == text  # same seed, same words
+
+
+def test_chat_and_embed(ollama):
+    with ollama.client() as c:
+        r = c.chat("sim-small", [{"role": "user", "content": "hi"}], timeout=20)
+        assert r["done"] and r["message"]["role"] == "assistant" and r["message"]["content"]
+        parts = list(c.chat("sim-small", [{"role": "user", "content": "hi"}], stream=True,
+                            timeout=20))
+        assert parts[-1]["done"] and len(parts) > 1
+        e = c.embed("sim-embed", ["one", "two"], timeout=20)
+        assert len(e["embeddings"]) == 2 and len(e["embeddings"][0]) == 768
+        assert isinstance(e["embeddings"][0][0], float)
+
+
+def test_model_not_found(ollama):
+    with ollama.client() as c:
+        with pytest.raises(agentbus.ModelNotFoundError) as e:
+            c.generate("no-such-model", "x", timeout=20)
+        assert e.value.text
+
+
+def test_generate_cancel(ollama):
+    with ollama.client() as c:
+        s = c.generate("sim-large", "long story", stream=True, options={"num_predict": 2000},
+                       timeout=60)
+        first = next(s)
+        assert "response" in first
+        s.close()
+        assert c.pending == 0
+        # the slot is free again: a new request is served
+        assert c.generate("sim-small", "again", timeout=20)["done"]

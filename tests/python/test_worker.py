@@ -1,0 +1,292 @@
+"""Python workers beside C ones: served to Python and C clients (brokerctl)."""
+
+import asyncio
+import subprocess
+import threading
+import time
+import os
+
+import pytest
+
+import agentbus
+from conftest import BIN
+
+
+class Running:
+    """A Worker running on its own thread for the length of a test."""
+
+    def __init__(self, bus, service, handler, **kw):
+        self.worker = agentbus.Worker(service, handler, endpoint=bus.endpoint, **kw)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        bus.wait_workers(service)
+
+    def stop(self):
+        self.worker.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.worker.close()
+
+
+@pytest.fixture
+def serve(bus):
+    running = []
+
+    def start(service, handler, **kw):
+        r = Running(bus, service, handler, **kw)
+        running.append(r)
+        return r.worker
+
+    yield start
+    for r in running:
+        r.stop()
+
+
+def brokerctl(bus, *args):
+    return subprocess.run([os.path.join(BIN, "brokerctl"), "--broker", bus.endpoint, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_sync_handler_python_and_c_clients(bus, serve):
+    serve("upper", lambda job: job.data.upper())
+    with bus.client() as c:
+        assert c.request("upper", b"hello") == b"HELLO"
+    out = brokerctl(bus, "request", "upper", "from c")
+    assert out.returncode == 0, out.stderr
+    assert "FROM C" in out.stdout
+
+
+class Overlap:
+    """Counts how many handlers run at the same time (concurrency proof that
+    does not depend on the machine's speed)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.now = self.max = 0
+
+    def __enter__(self):
+        with self.lock:
+            self.now += 1
+            self.max = max(self.max, self.now)
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.now -= 1
+
+
+def test_async_handler_capacity(bus, serve):
+    overlap = Overlap()
+
+    async def slow(job):
+        with overlap:
+            await asyncio.sleep(0.4)
+        return b"done " + job.data
+
+    serve("slow", slow, capacity=8, labels={"lang": "python"}, name="py1")
+    with bus.client() as c:
+        d = c.discover("slow")
+        assert d["workers"][0]["labels"] == {"lang": "python"}
+        assert d["workers"][0]["capacity"] == 8 and d["workers"][0]["name"] == "py1"
+        streams = [c.stream("slow", str(i), timeout=10) for i in range(8)]
+        replies = [b"".join(s) for s in streams]
+        assert replies == [b"done %d" % i for i in range(8)]
+        assert overlap.max >= 4, "at capacity 8 at most %d ran at once" % overlap.max
+
+
+def test_sync_handlers_run_concurrently(bus, serve):
+    overlap = Overlap()
+
+    def slow(job):
+        with overlap:
+            time.sleep(0.4)
+        return job.data
+
+    serve("tslow", slow, capacity=4)
+    with bus.client() as c:
+        streams = [c.stream("tslow", b"x", timeout=10) for _ in range(4)]
+        assert [b"".join(s) for s in streams] == [b"x"] * 4
+        assert overlap.max >= 2, "sync handlers ran one at a time"
+
+
+def test_streamed_parts(bus, serve):
+    def gen(job):
+        for word in job.text().split():
+            yield word
+
+    async def agen(job):
+        for word in job.text().split():
+            await asyncio.sleep(0)
+            yield word.upper()
+
+    serve("words", gen)
+    serve("awords", agen)
+    with bus.client() as c:
+        assert list(c.stream("words", "a bb ccc", timeout=5)) == [b"a", b"bb", b"ccc"]
+        assert list(c.stream("awords", "a bb", timeout=5)) == [b"A", b"BB"]
+
+
+def test_errors_reach_the_client(bus, serve):
+    def fail(job):
+        if job.data == b"model":
+            raise agentbus.ModelNotFoundError("no model %s here" % job.text())
+        raise ValueError("bad input")
+
+    serve("fail", fail)
+    with bus.client() as c:
+        with pytest.raises(agentbus.ApplicationError) as e:
+            c.request("fail", b"x", timeout=5)
+        assert "ValueError: bad input" in e.value.text
+        with pytest.raises(agentbus.ModelNotFoundError) as e:
+            c.request("fail", b"model", timeout=5)
+        assert "no model model here" in e.value.text
+    out = brokerctl(bus, "--json", "request", "fail", "x")
+    assert out.returncode != 0 and "APPLICATION" in out.stdout + out.stderr
+
+
+def test_cancellation_async_and_sync(bus, serve):
+    seen = {"async": threading.Event(), "sync": threading.Event()}
+    started = {"async": threading.Event(), "sync": threading.Event()}
+
+    async def forever(job):
+        started["async"].set()
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            seen["async"].set()
+            raise
+
+    def polling(job):
+        started["sync"].set()
+        end = time.monotonic() + 60
+        while not job.cancelled and time.monotonic() < end:
+            time.sleep(0.01)
+        if job.cancelled:
+            seen["sync"].set()
+        return b"late"
+
+    serve("aforever", forever)
+    serve("sforever", polling)
+    with bus.client() as c:
+        for svc, key in (("aforever", "async"), ("sforever", "sync")):
+            s = c.stream(svc, b"x", timeout=600)
+            for _ in range(100):  # until the handler runs (a queued job is
+                c.poll(0.05)      # cancelled by the library, unseen)
+                if started[key].is_set():
+                    break
+            assert started[key].is_set()
+            s.close()
+            assert seen[key].wait(5), "%s handler was not cancelled" % key
+            # its slot is free again (capacity 1)
+            d = c.discover(svc)
+            for _ in range(50):
+                if d["workers"][0]["in_flight"] == 0:
+                    break
+                time.sleep(0.1)
+                d = c.discover(svc)
+            assert d["workers"][0]["in_flight"] == 0
+
+
+def test_python_worker_serves_inference(bus, serve):
+    def llm(job):
+        req = job.inference()["generate"]
+        words = ("echo: " + req["prompt"]).split()
+        for w in words:
+            yield agentbus.inference_reply("generate", model=req["model"], response=w + " ",
+                                           worker="py-llm")
+        yield agentbus.inference_reply("generate", model=req["model"], done=True,
+                                       done_reason="stop", eval_count=len(words),
+                                       worker="py-llm")
+
+    serve("pyllm", llm)
+    with bus.client() as c:
+        chunks = list(c.generate("tiny", "hi there", stream=True, service="pyllm", timeout=10))
+        assert "".join(ch["response"] for ch in chunks) == "echo: hi there "
+        assert chunks[-1]["done"] and chunks[-1]["eval_count"] == 3
+    out = brokerctl(bus, "generate", "tiny", "from brokerctl", "--service", "pyllm")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "echo: from brokerctl" in out.stdout
+
+
+def test_python_client_to_c_worker_and_back(bus, serve):
+    # C worker (echo) serving the Python client, and a Python worker that
+    # itself calls the C worker while serving a C client.
+    bus.echo_worker()
+    bus.wait_workers("echo")
+
+    async def relay(job):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: _relay(bus, job.data))
+
+    serve("relay", relay)
+    out = brokerctl(bus, "request", "relay", "round trip")
+    assert out.returncode == 0, out.stderr
+    assert "relayed: round trip" in out.stdout
+
+
+def _relay(bus, data):
+    with bus.client() as c:
+        return b"relayed: " + c.request("echo", data, timeout=5)
+
+
+def test_shutdown_finishes_held_jobs(bus):
+    started = threading.Event()
+
+    def slow(job):
+        started.set()
+        time.sleep(0.5)
+        return b"finished"
+
+    w = agentbus.Worker("drain", slow, endpoint=bus.endpoint, capacity=2)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        bus.wait_workers("drain")
+        with bus.client() as c:
+            s = c.stream("drain", b"x", timeout=10)
+            assert started.wait(5)
+            w.shutdown(grace=5)  # from another thread, as from a signal handler
+            assert b"".join(s) == b"finished"
+            t.join(10)
+            assert not t.is_alive(), "run() did not return after a drained shutdown"
+    finally:
+        w.stop()
+        t.join(10)
+        w.close()
+
+
+def test_broker_restart(procs):
+    # A request in flight when the broker dies ends with DisconnectedError;
+    # the Python worker registers again with the restarted broker by itself.
+    from conftest import Bus
+    import signal
+    bus = Bus(procs).start("--heartbeat-ms", "200")
+    hold = threading.Event()
+
+    def handler(job):
+        if job.data == b"hold":
+            hold.wait(20)
+        return b"ok " + job.data
+
+    w = agentbus.Worker("svc", handler, endpoint=bus.endpoint, capacity=2, heartbeat_ms=200)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        bus.wait_workers("svc")
+        with bus.client(heartbeat_ms=200) as c:
+            s = c.stream("svc", b"hold", timeout=30)
+            c.poll(0.3)
+            os.kill(bus.pid, signal.SIGKILL)
+            with pytest.raises(agentbus.DisconnectedError) as e:
+                list(s)
+            assert isinstance(e.value, ConnectionError)
+            hold.set()
+            port = bus.port
+            p = procs.spawn("agentbus-broker", "--bind", bus.endpoint, "--heartbeat-ms", "200")
+            assert bus.port == port and p.poll() is None
+            bus.wait_workers("svc", timeout=20)
+            assert c.request("svc", b"again", timeout=10) == b"ok again"
+    finally:
+        hold.set()
+        w.stop()
+        t.join(10)
+        w.close()
