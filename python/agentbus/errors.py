@@ -38,7 +38,8 @@ STATUS_CODES = (
     ("INVALID", -1), ("NOMEM", -2), ("TIMEOUT", -3), ("NO_SERVICE", -4), ("BUSY", -5),
     ("DEADLINE", -6), ("MALFORMED", -7), ("WORKER_LOST", -8), ("INTERNAL", -9),
     ("UNSUPPORTED_VERSION", -10), ("UNSUPPORTED", -11), ("APPLICATION", -12),
-    ("DISCONNECTED", -13), ("ZMQ", -14), ("STOPPED", -15), ("FRAMES", -20),
+    ("DISCONNECTED", -13), ("ZMQ", -14), ("STOPPED", -15), ("NOT_FOUND", -16),
+    ("FRAMES", -20),
     ("HEADER_SIZE", -21), ("MISSING_FIELD", -22), ("PAYLOAD_SIZE", -23), ("DECODE", -24),
     ("MODEL_NOT_FOUND", -40), ("BAD_REQUEST", -41), ("BACKEND_BUSY", -42), ("BACKEND", -43),
     ("CANCELLED", -44), ("NAME_TAKEN", -50), ("BAD_NAME", -51), ("TOO_LARGE", -52),
@@ -83,6 +84,7 @@ ApplicationError: Type[AgentbusError] = BY_CODE[-12]
 DisconnectedError: Type[AgentbusError] = BY_CODE[-13]
 ZmqError: Type[AgentbusError] = BY_CODE[-14]
 StoppedError: Type[AgentbusError] = BY_CODE[-15]
+NotFoundError: Type[AgentbusError] = BY_CODE[-16]
 FramesError: Type[AgentbusError] = BY_CODE[-20]
 HeaderSizeError: Type[AgentbusError] = BY_CODE[-21]
 MissingFieldError: Type[AgentbusError] = BY_CODE[-22]
