@@ -12,6 +12,7 @@
  * stored in the request, so an answered request leaves the heap at once and
  * the heap never holds more than the broker's pending requests).
  */
+#define AB_LOG_SUBSYS "service" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "service.h"
 #include "router.h"

@@ -1,4 +1,5 @@
 /* cache.c - see cache.h and docs/cache.md. */
+#define AB_LOG_SUBSYS "cache" /* log.h: the subsystem in log lines */
 #include "cache.h"
 #include "cache_blob.h"
 #include "service.h"

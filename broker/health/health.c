@@ -8,6 +8,7 @@
  *
  * Everything runs on the broker's thread.
  */
+#define AB_LOG_SUBSYS "health" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "health.h"
 #include "service.h"

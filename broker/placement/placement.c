@@ -15,6 +15,7 @@
  * Workers that report no inference state are generic: they may take any
  * request of their service and rank with "M loaded".
  */
+#define AB_LOG_SUBSYS "placement" /* log.h: the subsystem in log lines */
 #include "placement.h"
 #include "service.h"
 #include "router.h"
