@@ -320,6 +320,29 @@ void ab_health_kick(ab_broker_t *b)
 }
 
 /* --- events from the receive path ------------------------------------------- */
+/* Length of STATE's first word: "down: Ollama unreachable" is "down". */
+static size_t s_state_word(const char *state)
+{
+    return strcspn(state, ": ");
+}
+
+void ab_health_backend_state(ab_broker_t *b, ab_worker_rec_t *w, const char *state)
+{
+    ab_health_t *h = &w->health;
+    size_t o = s_state_word(h->backend_state), n = s_state_word(state);
+    int changed = o != n || strncmp(h->backend_state, state, n) != 0;
+    /* "" -> "ok" is a worker's first report, not news. */
+    int news = changed && !(o == 0 && strncmp(state, "ok", n) == 0 && n == 2);
+    snprintf(h->backend_state, sizeof h->backend_state, "%s", state);
+    if (!news)
+        return;
+    ab_peer_t *p = w->peer;
+    AB_LOG(strncmp(state, "ok", 2) == 0 ? AB_LOG_INFO : AB_LOG_WARN,
+           "worker %s%s%s of '%s': backend %s", p->key, p->name[0] ? " " : "", p->name,
+           w->service->name, state[0] ? state : "(none)");
+    ab_directory_event(b, w, "backend");
+}
+
 void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, size_t len,
                             int64_t now)
 {
@@ -329,7 +352,7 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
     if (pl && len) {
         Agentbus__WorkerHeartbeat *m = agentbus__worker_heartbeat__unpack(NULL, len, pl);
         if (m) {
-            snprintf(h->backend_state, sizeof h->backend_state, "%s", m->backend_state);
+            ab_health_backend_state(b, w, m->backend_state);
             agentbus__worker_heartbeat__free_unpacked(m, NULL);
         } else {
             b->c.malformed++;

@@ -106,6 +106,8 @@ static void s_parse_and_levels(void)
     AB_INFO("%d", s_count());
     TL_WARN("worker", "%d", s_count());
     CHECK_EQ(s_formatted, 0); /* the arguments are not even evaluated */
+    TL_ERR("worker", "expected test line %d", s_count());
+    CHECK_EQ(s_formatted, 1); /* an enabled level is */
     ab_log_level = AB_LOG_INFO;
 }
 

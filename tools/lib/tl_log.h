@@ -35,7 +35,7 @@ size_t tl_log_format_line(char *buf, size_t size, int format, int level, const c
         if ((level) <= tl_log_level)                                                               \
             tl_log_write((level), (subsys), __VA_ARGS__);                                          \
     } while (0)
-#define TL_ERROR(subsys, ...) TL_LOG(TL_LOG_ERROR, subsys, __VA_ARGS__)
+#define TL_ERR(subsys, ...) TL_LOG(TL_LOG_ERROR, subsys, __VA_ARGS__)
 #define TL_WARN(subsys, ...) TL_LOG(TL_LOG_WARN, subsys, __VA_ARGS__)
 #define TL_INFO(subsys, ...) TL_LOG(TL_LOG_INFO, subsys, __VA_ARGS__)
 #define TL_DEBUG(subsys, ...) TL_LOG(TL_LOG_DEBUG, subsys, __VA_ARGS__)
