@@ -887,7 +887,7 @@ static void s_models_cli(void)
     snprintf(cmd, sizeof cmd, "%s --broker %s models load nobody m-mid", th_bin("brokerctl"),
              th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 1);
-    CHECK_TRUE(strstr(out, "no worker 'nobody'") != NULL);
+    CHECK_TRUE(strstr(out, "NOT_FOUND: no worker 'nobody'") != NULL);
     ab_client_destroy(&c);
 }
 
