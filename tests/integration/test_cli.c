@@ -11,6 +11,7 @@
 #include "test.h"
 #include "util.h"
 
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -213,13 +214,67 @@ static void s_leading_dash(void)
     CHECK_TRUE(!HAS("unknown option"));
 }
 
+/* 1 when TS is RFC 3339 UTC with milliseconds: 2026-01-02T03:04:05.678Z. */
+static int s_rfc3339(const char *ts)
+{
+    int y, mo, d, h, mi, sec, ms, n = 0;
+    return sscanf(ts, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ%n", &y, &mo, &d, &h, &mi, &sec, &ms, &n) == 7 &&
+           n == 24 && y >= 2024 && mo >= 1 && mo <= 12 && d >= 1 && d <= 31 && h < 24 &&
+           mi < 60 && sec <= 60;
+}
+
+/* Every line of s_out is a JSON log object (ts, level, subsys, msg); the
+ * number of lines whose subsys is SUBSYS and msg contains NEEDLE. */
+static int s_json_lines(const char *subsys, const char *needle)
+{
+    int found = 0, lines = 0;
+    for (char *line = strtok(s_out, "\n"); line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *ts = json_string_value(json_object_get(j, "ts"));
+        const char *lv = json_string_value(json_object_get(j, "level"));
+        const char *sub = json_string_value(json_object_get(j, "subsys"));
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        CHECK_TRUE(j && json_object_size(j) == 4 && ts && s_rfc3339(ts) && lv && sub && msg);
+        if (!j || !ts || !lv || !sub || !msg)
+            fprintf(stderr, "not a JSON log line: %s\n", line);
+        found += sub && msg && strcmp(sub, subsys) == 0 && strstr(msg, needle);
+        lines++;
+        json_decref(j);
+    }
+    CHECK_TRUE(lines > 0);
+    return found;
+}
+
+/* Log lines of the broker and the worker: text with date, level and
+ * subsystem; JSON lines; --log-level everywhere, checked at start-up. */
+static void s_log_lines(void)
+{
+    const char *bk = th_bin("agentbus-broker"), *wk = th_bin("agentbus-worker");
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 2>&1; true", bk), 0);
+    CHECK_TRUE(s_rfc3339(s_out));
+    CHECK_TRUE(strncmp(s_out + 24, " INFO  core      listening on tcp://", 36) == 0);
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 "
+                  "--log-format json 2>&1; true", bk), 0);
+    CHECK_EQ(s_json_lines("core", "listening on tcp://127.0.0.1:"), 1);
+    const char *ep = th_ep(th_free_port()); /* no broker there: the worker says so */
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --broker %s --log-format=json 2>&1; true", wk, ep), 0);
+    CHECK_EQ(s_json_lines("worker", "serving 'echo'"), 1);
+    /* --log-level error: the worker's INFO line is not written. */
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --broker %s --log-level error 2>&1; true", wk, ep), 0);
+    CHECK_TRUE(!HAS("serving"));
+    CHECK_EQ(s_sh("timeout 10 %s --log-level loud", wk), 2);
+    CHECK_TRUE(HAS("'loud'"));
+    CHECK_EQ(s_sh("timeout 10 %s --log-format xml", bk), 2);
+    CHECK_TRUE(HAS("'xml'"));
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"arg_order", s_arg_order},       {"help", s_help},
         {"version", s_version},           {"no_broker", s_no_broker},
         {"worker_no_broker", s_worker_no_broker}, {"endpoints", s_endpoints},
-        {"leading_dash", s_leading_dash},
+        {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
