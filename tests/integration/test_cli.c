@@ -11,10 +11,15 @@
 #include "test.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #define CTL th_bin("brokerctl")
 
@@ -245,6 +250,45 @@ static int s_json_lines(const char *subsys, const char *needle)
     return found;
 }
 
+/* Sends TEXT to 127.0.0.1:PORT over plain TCP, as a non-ZeroMQ client
+ * would, and waits a little for the broker to close it. */
+static void s_send_raw(int port, const char *text)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CHECK_TRUE(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+    char buf[64];
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    close(fd);
+}
+
+/* An HTTP request on the broker's port is logged as not ZeroMQ, once
+ * within the rate limit however often it comes. */
+static void s_not_zeromq(void)
+{
+    int port = th_free_port();
+    pid_t bk = th_broker(port, NULL);
+    for (int i = 0; i < 3; i++)
+        s_send_raw(port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    int lines = 0;
+    for (int waited = 0; waited < 5000 && lines == 0; waited += 50) {
+        th_sleep_ms(50);
+        FILE *f = fopen(th_log_of(bk), "r");
+        char line[1024];
+        lines = 0;
+        while (f && fgets(line, sizeof line, f))
+            lines += strstr(line, "is not ZeroMQ (handshake failed") != NULL;
+        if (f)
+            fclose(f);
+    }
+    CHECK_EQ(lines, 1);
+}
+
 /* Log lines of the broker and the worker: text with date, level and
  * subsystem; JSON lines; --log-level everywhere, checked at start-up. */
 static void s_log_lines(void)
@@ -275,6 +319,7 @@ int main(int argc, char **argv)
         {"version", s_version},           {"no_broker", s_no_broker},
         {"worker_no_broker", s_worker_no_broker}, {"endpoints", s_endpoints},
         {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
+        {"not_zeromq", s_not_zeromq},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
