@@ -17,6 +17,7 @@
  * Only peers that announced AB_FEATURE_BATCH get BATCHes; ab_send never
  * calls in here for the others, so an older peer sees exactly the old wire.
  */
+#define AB_LOG_SUBSYS "batching" /* log.h: the subsystem in log lines */
 #include "agentbus.h"
 #include "batching.h"
 #include "router.h"

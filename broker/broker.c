@@ -335,8 +335,13 @@ static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
     b->c.malformed++;
     AB_COUNT_REJECTED(b, status);
     s_rid_key(&in->rid, key);
+    /* A first message that is garbage is likelier a stranger than a bug: a
+     * TLS or other binary client can pass libzmq's old ZMTP 1.0 greeting. */
+    const char *stranger = ab_peer_lookup(b, &in->rid) ? "" : " (a new connection: not an "
+                                                              "agentbus client?)";
     AB_LOG_RL(&b->rl, ab_hash_bytes(in->rid.bytes, in->rid.len), in->now, AB_LOG_WARN,
-              "malformed message from %s (%zu frames): %s", key, nframes, ab_strerror(status));
+              "malformed message from %s (%zu frames): %s%s", key, nframes, ab_strerror(status),
+              stranger);
     char text[160];
     snprintf(text, sizeof text, "%s: %s", ab_status_name(status), ab_strerror(status));
     /* Never answer an ERROR with an ERROR: two confused peers could loop. */

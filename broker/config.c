@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_STR } s_type_t;
+typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_LOGFORMAT, OPT_STR } s_type_t;
 
 typedef struct {
     const char *name;
@@ -49,6 +49,8 @@ static const s_option_t s_options[] = {
      "after a (re)start, requests to unknown services wait this long for their "
      "workers to re-register before NO_SERVICE; 0 disables"},
     {"log-level", OPT_LOGLEVEL, OFF(log_level), 0, 3, "info", "error, warn, info or debug"},
+    {"log-format", OPT_LOGFORMAT, OFF(log_format), 0, 1, "text",
+     "text (time level subsystem message) or json (one object per line)"},
     {"max-attempts", OPT_LONG, OFF(max_attempts), 1, 8, "3",
      "times a request is dispatched when workers are lost holding it; then WORKER_LOST"},
     {"health-floor-ms", OPT_LONG, OFF(health_floor_ms), 100, 60000, "1000",
@@ -230,6 +232,11 @@ static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
         return 0;
     case OPT_LOGLEVEL:
         if ((l = ab_log_level_parse(val)) < 0)
+            goto bad;
+        *(long *)(base + o->offset) = l;
+        return 0;
+    case OPT_LOGFORMAT:
+        if ((l = ab_log_format_parse(val)) < 0)
             goto bad;
         *(long *)(base + o->offset) = l;
         return 0;

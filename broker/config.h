@@ -28,6 +28,7 @@ typedef struct {
     long max_pending;        /* requests held in the broker in total */
     long startup_grace_ms;   /* after start, unknown services wait for workers */
     long log_level;
+    long log_format; /* AB_LOG_TEXT or AB_LOG_JSON */
     char *config_path;
     /* issue 5: health, re-dispatch, shutdown */
     long max_attempts;        /* dispatches of one request before WORKER_LOST */

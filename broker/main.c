@@ -26,6 +26,7 @@ int main(int argc, char **argv)
         return rc > 0 ? 0 : 2;
     }
     ab_log_level = (int)cfg.log_level;
+    ab_log_format = (int)cfg.log_format;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = s_on_signal;

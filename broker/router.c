@@ -7,6 +7,7 @@
  * of vanishing silently. Both are counted (send_failures) and logged at a
  * rate limit; the caller decides what a failure means for its request.
  */
+#define AB_LOG_SUBSYS "router" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "router.h"
 #include "batching.h"

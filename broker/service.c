@@ -12,6 +12,7 @@
  * stored in the request, so an answered request leaves the heap at once and
  * the heap never holds more than the broker's pending requests).
  */
+#define AB_LOG_SUBSYS "service" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "service.h"
 #include "router.h"
@@ -339,6 +340,13 @@ int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, c
             zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
         ab_placement_update(p->worker, m->inference); /* takes it */
         m->inference = NULL;
+        /* An inference worker re-registers at once when its backend goes
+         * down or up: faster news than its next heartbeat. */
+        const Agentbus__InferenceState *st = p->worker->inference;
+        if (st && !st->backend_up)
+            ab_health_backend_state(b, p->worker, "down");
+        else if (st && strncmp(p->worker->health.backend_state, "down", 4) == 0)
+            ab_health_backend_state(b, p->worker, "ok");
         agentbus__register__free_unpacked(m, NULL);
     }
     AB_LOG(again ? AB_LOG_DEBUG : AB_LOG_INFO, "worker %s%s%s registered for '%s' with capacity %u",

@@ -317,8 +317,9 @@ void ab_stats_on_control(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t 
     size_t len = 0;
     const char *err = NULL;
     if (strncmp(what, "cache", 5) == 0 && (!what[5] || what[5] == ' ')) {
-        if (ab_cache_control(b, what, &buf, &len, &err) != 0) {
-            ab_send_error(b, rid, in->id, AB_ERR_UNSUPPORTED, err);
+        int code = ab_cache_control(b, what, &buf, &len, &err);
+        if (code != 0) {
+            ab_send_error(b, rid, in->id, code, err);
             return;
         }
     } else if (ab_stats_answer(b, what, &buf, &len) != 0) {

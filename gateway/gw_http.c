@@ -110,7 +110,7 @@ unsigned gw_http_status(int st)
 {
     switch (st) {
     case AB_OK: return 200;
-    case AB_EMODEL: return 404;
+    case AB_EMODEL: case AB_ENOTFOUND: return 404;
     case AB_EBADREQUEST: case AB_EINVAL: case AB_EMALFORMED: return 400;
     case AB_EPAYLOADSIZE: case AB_ETOOLARGE: return 413;
     case AB_EBUSY: case AB_EBACKENDBUSY: case AB_ENOSERVICE: case AB_EDISCONNECTED:

@@ -30,6 +30,7 @@
 #include "ollama_json.h"
 #include "tl_clock.h"
 #include "tl_list.h"
+#include "tl_log.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -98,6 +99,7 @@ struct s_ollama {
     size_t sent_len;
     wk_gpu_t *gpu;
     char worker_name[256];
+    int was_up; /* backend up at the last probe; -1 before the first */
 };
 
 static void s_job_free(s_ollama_t *o, s_job_t *j);
@@ -111,7 +113,7 @@ static void s_apply_limit(s_ollama_t *o)
         cap = 1;
     o->st.slots = cap;
     if (o->w && cap != ab_worker_capacity(o->w)) {
-        fprintf(stderr, "agentbus-worker: slots %u -> %u\n", ab_worker_capacity(o->w), cap);
+        TL_INFO("backend", "slots %u -> %u", ab_worker_capacity(o->w), cap);
         ab_worker_set_capacity(o->w, cap);
     }
 }
@@ -124,7 +126,7 @@ static void s_pushback(s_ollama_t *o, const char *why)
     o->last_shrink_ms = now;
     o->limit = o->limit / 2 < 1 ? 1 : o->limit / 2;
     o->st.slot_shrinks++;
-    fprintf(stderr, "agentbus-worker: backend pushed back (%s)\n", why);
+    TL_WARN("backend", "backend pushed back (%s)", why);
     s_apply_limit(o);
 }
 
@@ -147,7 +149,7 @@ static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
     if (j->job)
         ab_worker_fail(j->o->w, &j->job, status, text);
     else
-        fprintf(stderr, "agentbus-worker: preload of %s failed: %s\n", j->call.model, text);
+        TL_WARN("backend", "preload of %s failed: %s", j->call.model, text);
 }
 
 static int s_on_line(const char *line, size_t len, void *arg)
@@ -415,6 +417,24 @@ static void s_probe_start(s_ollama_t *o)
     }
 }
 
+/* Says when Ollama goes away and comes back, and reports it to the broker
+ * as the backend state (brokerctl workers and watch show it). */
+static void s_backend_changed(s_ollama_t *o, int up)
+{
+    if (up == o->was_up)
+        return;
+    if (!up)
+        TL_WARN("backend", "Ollama at %s is unreachable: backend down", o->url);
+    else if (o->was_up == 0)
+        TL_INFO("backend", "Ollama at %s is reachable again: backend up", o->url);
+    else
+        TL_INFO("backend", "Ollama at %s is up (version %s)", o->url,
+                o->st.backend_version && *o->st.backend_version ? o->st.backend_version : "?");
+    o->was_up = up;
+    if (o->w)
+        ab_worker_set_backend_state(o->w, up ? "ok" : "down: Ollama unreachable");
+}
+
 /* All probes answered: rebuild the state and tell the broker if it changed. */
 static void s_probe_finish(s_ollama_t *o)
 {
@@ -427,6 +447,7 @@ static void s_probe_finish(s_ollama_t *o)
     if (pr[S_VERSION].ok)
         wk_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
     o->st.backend_up = up;
+    s_backend_changed(o, up);
     if (!o->gpu || wk_gpu_read(o->gpu, &o->st) != 0) {
         uint64_t used = 0;
         for (size_t i = 0; i < o->st.n_loaded; i++)
@@ -494,6 +515,7 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     snprintf(o->worker_name, sizeof o->worker_name, "%s", args->name ? args->name : "");
     o->slots_max = args->capacity;
     o->limit = args->capacity;
+    o->was_up = -1;
     agentbus__inference_state__init(&o->st);
     o->st.backend_url = o->url;
     o->st.slots = o->st.slots_max = args->capacity;

@@ -5,6 +5,7 @@
 #include "backend.h"
 #include "tl_args.h"
 #include "tl_clock.h"
+#include "tl_log.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -58,6 +59,9 @@ static void s_usage(const char *prog)
            "  --fail-file PATH    while PATH exists, answer every request with an\n"
            "                      error (APPLICATION) and report backend state\n"
            "                      \"failing\": fault injection for tests\n"
+           "  --log-level LEVEL   error, warn, info (default) or debug\n"
+           "  --log-format FMT    text (default: time level subsystem message) or json\n"
+           "                      (one object per line: ts, level, subsys, msg)\n"
            "  --help, -h          show this help\n"
            "  --version           print \"agentbus-worker VERSION\"\n"
            "Options may be given as --opt VALUE or --opt=VALUE (needed for a value that\n"
@@ -78,7 +82,7 @@ typedef struct {
 enum {
     O_HELP = 1, O_VERSION, O_BROKER, O_BACKEND, O_SERVICE, O_NAME, O_LABEL, O_CAPACITY,
     O_DELAY, O_CHUNKS, O_HEARTBEAT, O_DRAIN, O_FAILFILE, O_OLLAMA_URL, O_PRELOAD, O_VRAM,
-    O_RETRIES, O_REFRESH,
+    O_RETRIES, O_REFRESH, O_LOGLEVEL, O_LOGFORMAT,
 };
 static const tl_opt_t s_opts[] = {
     {"help", 'h', TL_NOVAL, O_HELP},           {"version", 0, TL_NOVAL, O_VERSION},
@@ -90,6 +94,7 @@ static const tl_opt_t s_opts[] = {
     {"fail-file", 0, TL_VAL, O_FAILFILE},      {"ollama-url", 0, TL_VAL, O_OLLAMA_URL},
     {"preload", 0, TL_VAL, O_PRELOAD},         {"gpu-vram-mb", 0, TL_VAL, O_VRAM},
     {"ollama-retries", 0, TL_VAL, O_RETRIES},  {"refresh-ms", 0, TL_VAL, O_REFRESH},
+    {"log-level", 0, TL_VAL, O_LOGLEVEL},      {"log-format", 0, TL_VAL, O_LOGFORMAT},
     {NULL, 0, 0, 0},
 };
 
@@ -122,6 +127,8 @@ static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *cap
     case O_HEARTBEAT: return tl_parse_long(v, 100, 60000, &a->heartbeat_ms);
     case O_DRAIN: return tl_parse_long(v, 0, 3600000, &s_drain_ms);
     case O_FAILFILE: a->fail_file = v; return *v ? 0 : -1;
+    case O_LOGLEVEL: return (tl_log_level = tl_log_level_parse(v)) < 0 ? -1 : 0;
+    case O_LOGFORMAT: return (tl_log_format = tl_log_format_parse(v)) < 0 ? -1 : 0;
     }
     return -1;
 }
@@ -240,6 +247,10 @@ static void s_on_job(ab_worker_t *w, ab_job_t *job, void *arg)
         if (failing != l->failing) {
             l->failing = failing;
             ab_worker_set_backend_state(w, failing ? "failing" : "ok");
+            if (failing)
+                TL_WARN("worker", "%s exists: failing every request", l->fail_file);
+            else
+                TL_INFO("worker", "%s is gone: serving again", l->fail_file);
         }
         if (failing) {
             ab_worker_fail(w, &job, AB_EAPPLICATION, "fail mode (--fail-file exists)");
@@ -262,18 +273,17 @@ static void s_link_log(s_link_t *l, const char *ep, const char *service)
     int up = ab_worker_connected(s_worker);
     int64_t now = tl_now_ms();
     if (up && !l->up)
-        fprintf(stderr, "agentbus-worker: connected to the broker at %s, '%s' registered\n", ep,
-                service);
+        TL_INFO("worker", "connected to the broker at %s, '%s' registered", ep, service);
     else if (!up && l->up)
-        fprintf(stderr, "agentbus-worker: lost the broker at %s, reconnecting\n", ep);
+        TL_WARN("worker", "lost the broker at %s, reconnecting", ep);
     if (up != l->up) {
         l->up = up;
         l->since = now;
         l->warned = 0;
     }
     if (!up && !l->warned && now - l->since >= 5000) {
-        fprintf(stderr, "agentbus-worker: no broker reachable at %s yet (is agentbus-broker "
-                        "running?), still trying\n", ep);
+        TL_WARN("worker", "no broker reachable at %s yet (is agentbus-broker running?), still trying",
+                ep);
         l->warned = 1;
     }
 }
@@ -307,8 +317,9 @@ int main(int argc, char **argv)
     }
     if (loop.ops->attach)
         loop.ops->attach(loop.ctx, s_worker);
-    fprintf(stderr, "agentbus-worker: serving '%s' (backend %s, capacity %u), waiting for the "
-                    "broker at %s\n", a.args.service, loop.ops->name, a.args.capacity, a.endpoint);
+    TL_INFO("worker", "agentbus-worker %s serving '%s' (backend %s, capacity %u), waiting for the "
+            "broker at %s", ab_version(), a.args.service, loop.ops->name, a.args.capacity,
+            a.endpoint);
     s_link_t link = {0, 0, tl_now_ms()};
     for (;;) {
         s_link_log(&link, a.endpoint, a.args.service);
@@ -327,8 +338,7 @@ int main(int argc, char **argv)
         loop.ops->tick(loop.ctx, s_worker);
     }
     if (rc != AB_ESTOPPED)
-        fprintf(stderr, "agentbus-worker: %s: %s\n", ab_strerror(rc),
-                ab_worker_last_error(s_worker));
+        TL_ERR("worker", "%s: %s", ab_strerror(rc), ab_worker_last_error(s_worker));
     /* The worker first: its BYE hands what the backend still holds back to
      * the broker (re-dispatched elsewhere), and jobs freed after it are not
      * answered one by one. */

@@ -1,4 +1,5 @@
 /* cache.c - see cache.h and docs/cache.md. */
+#define AB_LOG_SUBSYS "cache" /* log.h: the subsystem in log lines */
 #include "cache.h"
 #include "cache_blob.h"
 #include "service.h"
@@ -739,13 +740,22 @@ static int s_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
     return 0;
 }
 
+/* s_pack for a CONTROL answer: 0, or INTERNAL with *ERR set. */
+static int s_pack_rc(const ProtobufCMessage *m, uint8_t **out, size_t *len, const char **err)
+{
+    if (s_pack(m, out, len) == 0)
+        return 0;
+    *err = "out of memory";
+    return AB_ERR_INTERNAL;
+}
+
 static int s_get_entry(ab_cache_t *c, const char *hex, uint8_t **out, size_t *len,
                        const char **err)
 {
     ab_cache_key_t key;
     if (ab_cache_key_parse(hex, &key) != 0) {
         *err = "cache get needs a key of 32 hex digits";
-        return -1;
+        return AB_ERR_BAD_REQUEST;
     }
     const uint8_t *val;
     size_t vlen;
@@ -758,7 +768,7 @@ static int s_get_entry(ab_cache_t *c, const char *hex, uint8_t **out, size_t *le
             if (c->l3)
                 ab_l3_release(c->l3);
             *err = "no such cache entry";
-            return -1;
+            return AB_ERR_NOT_FOUND;
         }
         tier = "l3";
     }
@@ -784,7 +794,7 @@ static int s_get_entry(ab_cache_t *c, const char *hex, uint8_t **out, size_t *le
     }
     e.n_chunks = n;
     e.chunks = chp;
-    int rc = s_pack(&e.base, out, len);
+    int rc = s_pack_rc(&e.base, out, len, err);
     if (in_l3)
         ab_l3_release(c->l3); /* the chunks pointed into the map */
     return rc;
@@ -799,34 +809,34 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     *err = "unknown cache query (try: cache, cache clear [l1|l3], cache get KEY)";
     if (!c) {
         *err = "the cache is off (--cache-l1-bytes 0)";
-        return -1;
+        return AB_ERR_UNSUPPORTED;
     }
     if (strcmp(what, "cache") == 0)
-        return s_pack(&ab_cache_stats(b)->base, out, len);
+        return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
     int all = strcmp(what, "cache clear") == 0;
     if (strcmp(what, "cache clear l2") == 0 || (all && c->l2)) {
         if (!c->l2 || ab_l2_clear(c->l2) != 0) {
             *err = c->l2 ? "the L2 thread is busy: try again" : "there is no L2 cache (no --cache-redis)";
-            return -1;
+            return c->l2 ? AB_ERR_BUSY : AB_ERR_UNSUPPORTED;
         }
         if (!all)
-            return s_pack(&ab_cache_stats(b)->base, out, len);
+            return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
     }
     if (all || strcmp(what, "cache clear l1") == 0 || strcmp(what, "cache clear l3") == 0) {
         if (!all && what[13] == '3' && !c->l3w) {
             *err = "there is no L3 cache (no --data-dir)";
-            return -1;
+            return AB_ERR_UNSUPPORTED;
         }
         if (all || what[13] == '1')
             ab_l1_clear(c->l1);
         if ((all || what[13] == '3') && c->l3w && ab_l3_writer_clear(c->l3w) != 0) {
             *err = "the L3 writer is busy: try again";
-            return -1;
+            return AB_ERR_BUSY;
         }
         AB_INFO("cache %s cleared by an operator", all ? "(every tier)" : what + 12);
-        return s_pack(&ab_cache_stats(b)->base, out, len);
+        return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
     }
     if (strncmp(what, "cache get ", 10) == 0)
         return s_get_entry(c, what + 10, out, len, err);
-    return -1;
+    return AB_ERR_UNSUPPORTED;
 }

@@ -72,9 +72,11 @@ void *ab_cache_pipe(ab_broker_t *b);
  * (and its waiters), a miss sends it on to a worker. */
 void ab_cache_on_pipe(ab_broker_t *b);
 
-/* CONTROL "cache", "cache clear [l1]", "cache get KEY": *out malloc'd
- * protobuf (CacheStats, CacheStats, CacheEntry). 0, or -1 with *ERR set
- * (static text) for an unknown query or key. */
+/* CONTROL "cache", "cache clear [l1|l2|l3]", "cache get KEY": *out malloc'd
+ * protobuf (CacheStats, CacheStats, CacheEntry). 0, or the AB_ERR_* code
+ * for the peer with *ERR set (static text): NOT_FOUND for a key not cached,
+ * BAD_REQUEST for a malformed key, BUSY for a tier that cannot clear now,
+ * UNSUPPORTED for an unknown query, a tier not configured or no cache. */
 int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *len,
                      const char **err);
 /* The cache's figures for Stats.cache: valid until the next call; NULL

@@ -1,4 +1,5 @@
 /* cache_l1.c - see cache_l1.h. */
+#define AB_LOG_SUBSYS "cache" /* log.h: the subsystem in log lines */
 #include "cache_l1.h"
 #include "list.h"
 

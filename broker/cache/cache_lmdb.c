@@ -1,4 +1,5 @@
 /* cache_lmdb.c - see cache_lmdb.h. */
+#define AB_LOG_SUBSYS "cache" /* log.h: the subsystem in log lines */
 #include "cache_lmdb.h"
 #include "log.h"
 #include "util.h"

@@ -1,4 +1,5 @@
 /* cache_redis.c - see cache_redis.h. */
+#define AB_LOG_SUBSYS "cache" /* log.h: the subsystem in log lines */
 #include "cache_redis.h"
 #include "log.h"
 #include "util.h"

@@ -11,6 +11,7 @@
  * of its subscribing message. Subscribers are kept in a bounded array and
  * forgotten when their peer goes.
  */
+#define AB_LOG_SUBSYS "directory" /* log.h: the subsystem in log lines */
 #include "broker.h"
 #include "directory.h"
 #include "service.h"

@@ -8,6 +8,7 @@
  *
  * Everything runs on the broker's thread.
  */
+#define AB_LOG_SUBSYS "health" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "health.h"
 #include "service.h"
@@ -39,13 +40,19 @@ uint64_t ab_rid_hash(const ab_rid_t *rid)
 }
 
 /* --- socket monitor -------------------------------------------------------- */
+/* A peer that is not ZeroMQ (an HTTP request, a TLS client, a port scanner)
+ * fails the ZMTP greeting: libzmq reports it and closes the connection. */
+#define S_HANDSHAKE_FAILED                                                                        \
+    (ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
 int ab_health_init(ab_broker_t *b)
 {
     char ep[64];
     /* One endpoint per broker instance: tests run several in one process. */
     snprintf(ep, sizeof ep, "inproc://ab-broker-monitor-%p", (void *)b);
     ab_health_state_t *hs = b->health = calloc(1, sizeof *b->health);
-    if (!hs || zmq_socket_monitor(b->router, ep, ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED) != 0)
+    int events = ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_ACCEPTED | S_HANDSHAKE_FAILED;
+    if (!hs || zmq_socket_monitor(b->router, ep, events) != 0)
         return -1;
     hs->monitor = zmq_socket(b->zctx, ZMQ_PAIR);
     int linger = 0;
@@ -126,6 +133,23 @@ static void s_fd_closed(ab_broker_t *b, int fd)
     ab_defer_run(&gone, b);
 }
 
+/* Logs a failed ZMTP handshake on ADDR, rate-limited: anyone can send
+ * garbage to the port, as often as they like. */
+static void s_not_zeromq(ab_broker_t *b, const char *addr, int event, uint32_t value)
+{
+    (void)b;
+    /* libzmq 4.3 names the listening endpoint, not the remote address; the
+     * value is an errno (NO_DETAIL) or a ZMTP protocol error code. */
+    static ab_ratelimit_t rl = {.interval_ms = 10000};
+    char why[96];
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        snprintf(why, sizeof why, "ZMTP protocol error 0x%x", (unsigned)value);
+    else
+        snprintf(why, sizeof why, "%s", strerror((int)value));
+    AB_LOG_RL(&rl, 1, ab_now_ms(), AB_LOG_WARN,
+              "a connection to %s is not ZeroMQ (handshake failed: %s)", addr, why);
+}
+
 void ab_health_monitor_drain(ab_broker_t *b)
 {
     for (int i = 0; i < 1024; i++) {
@@ -143,12 +167,20 @@ void ab_health_monitor_drain(ab_broker_t *b)
         }
         int more = zmq_msg_more(&ev);
         zmq_msg_close(&ev);
-        while (more) { /* the endpoint frame: not needed */
+        char addr[256] = "";
+        while (more) { /* the endpoint frame */
             zmq_msg_t a;
             zmq_msg_init(&a);
             zmq_msg_recv(&a, b->health->monitor, 0);
+            size_t n = zmq_msg_size(&a) < sizeof addr - 1 ? zmq_msg_size(&a) : sizeof addr - 1;
+            memcpy(addr, zmq_msg_data(&a), n);
+            addr[n] = '\0';
             more = zmq_msg_more(&a);
             zmq_msg_close(&a);
+        }
+        if (event & S_HANDSHAKE_FAILED) {
+            s_not_zeromq(b, addr, event, value);
+            continue;
         }
         ab_router_conn_event(b, event, (int)value); /* connection limit (router.c) */
         if (event == ZMQ_EVENT_DISCONNECTED)
@@ -319,6 +351,29 @@ void ab_health_kick(ab_broker_t *b)
 }
 
 /* --- events from the receive path ------------------------------------------- */
+/* Length of STATE's first word: "down: Ollama unreachable" is "down". */
+static size_t s_state_word(const char *state)
+{
+    return strcspn(state, ": ");
+}
+
+void ab_health_backend_state(ab_broker_t *b, ab_worker_rec_t *w, const char *state)
+{
+    ab_health_t *h = &w->health;
+    size_t o = s_state_word(h->backend_state), n = s_state_word(state);
+    int changed = o != n || strncmp(h->backend_state, state, n) != 0;
+    /* "" -> "ok" is a worker's first report, not news. */
+    int news = changed && !(o == 0 && strncmp(state, "ok", n) == 0 && n == 2);
+    snprintf(h->backend_state, sizeof h->backend_state, "%s", state);
+    if (!news)
+        return;
+    ab_peer_t *p = w->peer;
+    AB_LOG(strncmp(state, "ok", 2) == 0 ? AB_LOG_INFO : AB_LOG_WARN,
+           "worker %s%s%s of '%s': backend %s", p->key, p->name[0] ? " " : "", p->name,
+           w->service->name, state[0] ? state : "(none)");
+    ab_directory_event(b, w, "backend");
+}
+
 void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, size_t len,
                             int64_t now)
 {
@@ -328,7 +383,7 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
     if (pl && len) {
         Agentbus__WorkerHeartbeat *m = agentbus__worker_heartbeat__unpack(NULL, len, pl);
         if (m) {
-            snprintf(h->backend_state, sizeof h->backend_state, "%s", m->backend_state);
+            ab_health_backend_state(b, w, m->backend_state);
             agentbus__worker_heartbeat__free_unpacked(m, NULL);
         } else {
             b->c.malformed++;

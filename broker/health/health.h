@@ -99,6 +99,10 @@ void ab_health_kick(ab_broker_t *b);
 void ab_health_kick_later(ab_broker_t *b);
 void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, size_t len,
                             int64_t now);
+/* W's backend state is STATE now (its heartbeat, or its inference state's
+ * backend_up). When its first word ("ok", "down", "failing", ...) changes,
+ * logs it and pushes a "backend" directory change to watchers. */
+void ab_health_backend_state(ab_broker_t *b, ab_worker_rec_t *w, const char *state);
 void ab_health_on_dispatch(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r);
 /* A final answer from W to a request it held: OK 1 for REPLY, 0 for ERROR
  * or a deadline that passed while it held the request. */

@@ -12,6 +12,7 @@
  * any other, addressed to the original sender's name: they wait for it too.
  * An unnamed peer is addressed "~" + hex routing id and has no mailbox.
  */
+#define AB_LOG_SUBSYS "messaging" /* log.h: the subsystem in log lines */
 #include "msgs.h"
 #include "router.h"
 #include "agentbus.h"

@@ -3,6 +3,7 @@
  * non-blocking send, the backlog flush, timers and the operator's views.
  * See msgs.h for the delivery policy.
  */
+#define AB_LOG_SUBSYS "messaging" /* log.h: the subsystem in log lines */
 #include "msgs.h"
 #include "router.h"
 #include "agentbus.h"

@@ -26,6 +26,7 @@
  * (in flight + queued). Other subscribers and the publisher are never
  * slowed.
  */
+#define AB_LOG_SUBSYS "messaging" /* log.h: the subsystem in log lines */
 #include "msgs.h"
 #include "router.h"
 #include "agentbus.h"

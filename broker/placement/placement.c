@@ -15,6 +15,7 @@
  * Workers that report no inference state are generic: they may take any
  * request of their service and rank with "M loaded".
  */
+#define AB_LOG_SUBSYS "placement" /* log.h: the subsystem in log lines */
 #include "placement.h"
 #include "service.h"
 #include "router.h"
@@ -245,7 +246,7 @@ uint32_t ab_placement_why(ab_service_t *s, const ab_req_t *r, char *text, size_t
             found |= s_pinned_ok(w, rt);
         if (!found) {
             snprintf(text, cap, "no worker '%s' serves '%s'", rt->worker, s->name);
-            return AB_ERR_NO_SERVICE;
+            return AB_ERR_NOT_FOUND; /* the service exists; the worker named does not */
         }
     }
     unsigned down = 0;

@@ -597,7 +597,21 @@ static void s_cli(void)
     snprintf(cmd, sizeof cmd, "%s --broker %s cache get 00000000000000000000000000000000", ctl,
              th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 1);
-    CHECK_TRUE(strstr(out, "no such cache entry") != NULL);
+    CHECK_TRUE(strstr(out, "NOT_FOUND: no such cache entry") != NULL);
+    /* A malformed key is the caller's mistake (brokerctl refuses it itself:
+     * usage, exit 2; the broker says BAD_REQUEST); a tier not configured is
+     * not supported here (no --data-dir). */
+    snprintf(cmd, sizeof cmd, "%s --broker %s cache get 12zz", ctl, th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    void *rep = NULL;
+    size_t rlen = 0;
+    CHECK_EQ(ab_client_control(c, "cache get 12zz", 5000, &rep, &rlen), AB_EBADREQUEST);
+    CHECK_EQ(ab_client_control(c, "cache get 00000000000000000000000000000000", 5000, &rep,
+                               &rlen), AB_ENOTFOUND);
+    CHECK_EQ(ab_client_control(c, "cache frobnicate", 5000, &rep, &rlen), AB_EUNSUPPORTED);
+    snprintf(cmd, sizeof cmd, "%s --broker %s cache clear --tier l3", ctl, th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    CHECK_TRUE(strstr(out, "UNSUPPORTED: there is no L3 cache") != NULL);
     snprintf(cmd, sizeof cmd, "%s --broker %s cache clear --tier l1", ctl, th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     snprintf(cmd, sizeof cmd, "%s --broker %s request --cache echo hi", ctl, th_ep(port));

@@ -11,9 +11,15 @@
 #include "test.h"
 #include "util.h"
 
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #define CTL th_bin("brokerctl")
 
@@ -213,13 +219,107 @@ static void s_leading_dash(void)
     CHECK_TRUE(!HAS("unknown option"));
 }
 
+/* 1 when TS is RFC 3339 UTC with milliseconds: 2026-01-02T03:04:05.678Z. */
+static int s_rfc3339(const char *ts)
+{
+    int y, mo, d, h, mi, sec, ms, n = 0;
+    return sscanf(ts, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ%n", &y, &mo, &d, &h, &mi, &sec, &ms, &n) == 7 &&
+           n == 24 && y >= 2024 && mo >= 1 && mo <= 12 && d >= 1 && d <= 31 && h < 24 &&
+           mi < 60 && sec <= 60;
+}
+
+/* Every line of s_out is a JSON log object (ts, level, subsys, msg); the
+ * number of lines whose subsys is SUBSYS and msg contains NEEDLE. */
+static int s_json_lines(const char *subsys, const char *needle)
+{
+    int found = 0, lines = 0;
+    for (char *line = strtok(s_out, "\n"); line; line = strtok(NULL, "\n")) {
+        json_t *j = json_loads(line, 0, NULL);
+        const char *ts = json_string_value(json_object_get(j, "ts"));
+        const char *lv = json_string_value(json_object_get(j, "level"));
+        const char *sub = json_string_value(json_object_get(j, "subsys"));
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        CHECK_TRUE(j && json_object_size(j) == 4 && ts && s_rfc3339(ts) && lv && sub && msg);
+        if (!j || !ts || !lv || !sub || !msg)
+            fprintf(stderr, "not a JSON log line: %s\n", line);
+        found += sub && msg && strcmp(sub, subsys) == 0 && strstr(msg, needle);
+        lines++;
+        json_decref(j);
+    }
+    CHECK_TRUE(lines > 0);
+    return found;
+}
+
+/* Sends TEXT to 127.0.0.1:PORT over plain TCP, as a non-ZeroMQ client
+ * would, and waits a little for the broker to close it. */
+static void s_send_raw(int port, const char *text)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CHECK_TRUE(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+    char buf[64];
+    struct timeval tv = {2, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    close(fd);
+}
+
+/* An HTTP request on the broker's port is logged as not ZeroMQ, once
+ * within the rate limit however often it comes. */
+static void s_not_zeromq(void)
+{
+    int port = th_free_port();
+    pid_t bk = th_broker(port, NULL);
+    for (int i = 0; i < 3; i++)
+        s_send_raw(port, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    int lines = 0;
+    for (int waited = 0; waited < 5000 && lines == 0; waited += 50) {
+        th_sleep_ms(50);
+        FILE *f = fopen(th_log_of(bk), "r");
+        char line[1024];
+        lines = 0;
+        while (f && fgets(line, sizeof line, f))
+            lines += strstr(line, "is not ZeroMQ (handshake failed") != NULL;
+        if (f)
+            fclose(f);
+    }
+    CHECK_EQ(lines, 1);
+}
+
+/* Log lines of the broker and the worker: text with date, level and
+ * subsystem; JSON lines; --log-level everywhere, checked at start-up. */
+static void s_log_lines(void)
+{
+    const char *bk = th_bin("agentbus-broker"), *wk = th_bin("agentbus-worker");
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 2>&1; true", bk), 0);
+    CHECK_TRUE(s_rfc3339(s_out));
+    CHECK_TRUE(strncmp(s_out + 24, " INFO  core      listening on tcp://", 36) == 0);
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 "
+                  "--log-format json 2>&1; true", bk), 0);
+    CHECK_EQ(s_json_lines("core", "listening on tcp://127.0.0.1:"), 1);
+    const char *ep = th_ep(th_free_port()); /* no broker there: the worker says so */
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --broker %s --log-format=json 2>&1; true", wk, ep), 0);
+    CHECK_EQ(s_json_lines("worker", "serving 'echo'"), 1);
+    /* --log-level error: the worker's INFO line is not written. */
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --broker %s --log-level error 2>&1; true", wk, ep), 0);
+    CHECK_TRUE(!HAS("serving"));
+    CHECK_EQ(s_sh("timeout 10 %s --log-level loud", wk), 2);
+    CHECK_TRUE(HAS("'loud'"));
+    CHECK_EQ(s_sh("timeout 10 %s --log-format xml", bk), 2);
+    CHECK_TRUE(HAS("'xml'"));
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"arg_order", s_arg_order},       {"help", s_help},
         {"version", s_version},           {"no_broker", s_no_broker},
         {"worker_no_broker", s_worker_no_broker}, {"endpoints", s_endpoints},
-        {"leading_dash", s_leading_dash},
+        {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
+        {"not_zeromq", s_not_zeromq},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

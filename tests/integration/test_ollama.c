@@ -887,7 +887,7 @@ static void s_models_cli(void)
     snprintf(cmd, sizeof cmd, "%s --broker %s models load nobody m-mid", th_bin("brokerctl"),
              th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 1);
-    CHECK_TRUE(strstr(out, "no worker 'nobody'") != NULL);
+    CHECK_TRUE(strstr(out, "NOT_FOUND: no worker 'nobody'") != NULL);
     ab_client_destroy(&c);
 }
 
@@ -927,6 +927,96 @@ static void s_backend_down(void)
     ab_client_destroy(&c);
 }
 
+/* Waits MS; polls the watching client meanwhile, if any (so it keeps its
+ * connection and takes its directory changes). */
+static ab_client_t *s_watching;
+static void s_pause(int ms)
+{
+    if (s_watching)
+        ab_client_poll(s_watching, ms);
+    else
+        th_sleep_ms(ms);
+}
+
+/* 1 once PID's log has a line with NEEDLE, within TIMEOUT_MS. */
+static int s_log_wait(pid_t pid, const char *needle, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        FILE *f = fopen(th_log_of(pid), "r");
+        char line[1024];
+        int found = 0;
+        while (f && !found && fgets(line, sizeof line, f))
+            found = strstr(line, needle) != NULL;
+        if (f)
+            fclose(f);
+        if (found)
+            return 1;
+        s_pause(50);
+    }
+    return 0;
+}
+
+/* 1 once the BACKEND column of `brokerctl workers` says WORD for w1. */
+static int s_ctl_backend_wait(int port, const char *word, int timeout_ms)
+{
+    char cmd[512], out[4096], want[32];
+    snprintf(cmd, sizeof cmd, "%s workers --broker %s", th_bin("brokerctl"), th_ep(port));
+    snprintf(want, sizeof want, " healthy   %-8s", word);
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        if (th_run(cmd, out, sizeof out) == 0 && strstr(out, " w1 ") && strstr(out, want))
+            return 1;
+        s_pause(100);
+    }
+    return 0;
+}
+
+static int s_backend_events;
+static void s_on_backend_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
+{
+    (void)c;
+    (void)arg;
+    if (strcmp(ev->change, "backend") == 0 && strncmp(ev->worker->backend_state, "down", 4) == 0)
+        s_backend_events |= 1;
+    if (strcmp(ev->change, "backend") == 0 && strcmp(ev->worker->backend_state, "ok") == 0)
+        s_backend_events |= 2;
+}
+
+/* Ollama killed under a serving worker: the worker logs it, the broker
+ * logs it, `brokerctl workers` and watchers see the backend down; Ollama
+ * back on the same port: logged and shown up again. */
+static void s_backend_down_up(void)
+{
+    int sim_port = th_free_port(), port = th_free_port();
+    char p[16];
+    snprintf(p, sizeof p, "%d", sim_port);
+    const char *sim_argv[] = {"--port", p, "--time-scale", S_SCALE, "--quiet", NULL};
+    pid_t sim = th_spawn("ollama-sim", sim_argv, NULL);
+    pid_t broker = th_broker(port, NULL);
+    pid_t w = s_oworker(port, sim_port, "w1", "--refresh-ms", "300", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    CHECK_TRUE(s_log_wait(w, "is up (version", 15000));
+    CHECK_TRUE(s_ctl_backend_wait(port, "ok", 15000));
+    REQUIRE(ab_client_watch(c, s_on_backend_event, NULL, 5000) == AB_OK);
+    s_watching = c;
+
+    th_kill9(sim);
+    CHECK_TRUE(s_log_wait(w, "is unreachable: backend down", 15000));
+    CHECK_TRUE(s_log_wait(broker, "of 'ollama': backend down", 15000));
+    CHECK_TRUE(s_ctl_backend_wait(port, "down", 15000));
+
+    pid_t sim2 = th_spawn("ollama-sim", sim_argv, NULL);
+    CHECK_TRUE(sim2 > 0);
+    CHECK_TRUE(s_log_wait(w, "is reachable again: backend up", 15000));
+    CHECK_TRUE(s_log_wait(broker, "of 'ollama': backend ok", 15000));
+    CHECK_TRUE(s_ctl_backend_wait(port, "ok", 15000));
+    for (int i = 0; i < 100 && s_backend_events != 3; i++)
+        ab_client_poll(c, 50);
+    CHECK_EQ(s_backend_events, 3); /* watchers got both changes */
+    s_watching = NULL;
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -935,6 +1025,7 @@ int main(int argc, char **argv)
         {"dropped", s_dropped}, {"hang_cancel", s_hang_cancel}, {"adaptive", s_adaptive},
         {"placement_loaded", s_placement_loaded}, {"placement_vram", s_placement_vram},
         {"models_cli", s_models_cli}, {"backend_down", s_backend_down},
+        {"backend_down_up", s_backend_down_up},
     };
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

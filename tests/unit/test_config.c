@@ -6,6 +6,7 @@
  * any spaces) still loads.
  */
 #include "config.h"
+#include "log.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -50,6 +51,7 @@ static void s_test_shipped(void)
     CHECK_EQ(cfg.default_timeout_ms, 30000);
     CHECK_EQ(cfg.max_timeout_ms, 600000);
     CHECK_EQ(cfg.drain_ms, 2000);
+    CHECK_EQ(cfg.log_format, AB_LOG_TEXT);
     CHECK_TRUE(cfg.data_dir == NULL || cfg.data_dir[0] == '\0'); /* commented out */
     ab_config_free(&cfg);
     /* A flag wins over the file (the packaging test binds a free port so). */
@@ -100,11 +102,28 @@ static void s_test_unreadable(void)
     ab_config_free(&cfg);
 }
 
+/* log-format from a file, a flag over it, and a value it does not know. */
+static void s_test_log_format(void)
+{
+    ab_broker_config_t cfg;
+    const char *path = s_file("broker\n    log-format = json\n");
+    CHECK_EQ(s_load(&cfg, path, NULL), 0);
+    CHECK_EQ(cfg.log_format, AB_LOG_JSON);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load(&cfg, path, "--log-format=text"), 0);
+    CHECK_EQ(cfg.log_format, AB_LOG_TEXT);
+    ab_config_free(&cfg);
+    CHECK_TRUE(s_load(&cfg, path, "--log-format=xml") < 0);
+    ab_config_free(&cfg);
+    unlink(path);
+}
+
 int main(void)
 {
     unsetenv("AB_CONFIG"); /* the environment must not add a file of its own */
     s_test_shipped();
     s_test_indentation();
     s_test_unreadable();
+    s_test_log_format();
     return TEST_DONE("test_config");
 }

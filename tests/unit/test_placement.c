@@ -123,7 +123,7 @@ static void s_test_tiers(void)
     h.worker = ab_view_of("nobody");
     ab_route_init(&r, &h);
     char text[256];
-    CHECK_EQ(ab_placement_why(&s, &r, text, sizeof text), AB_ERR_NO_SERVICE);
+    CHECK_EQ(ab_placement_why(&s, &r, text, sizeof text), AB_ERR_NOT_FOUND);
     CHECK_TRUE(strstr(text, "nobody") != NULL);
     ab_route_free(&r);
     s_free(&s);

@@ -166,8 +166,11 @@ static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
         free(s);
         json_decref(j);
     } else {
-        printf("%-6s %-16s %-16s %-9s free %u/%u  interval %u ms  phi %.1f  ejections %u\n",
-               ev->change, w->name[0] ? w->name : w->id, w->service, w->health, w->free_credit,
+        char word[16];
+        printf("%-7s %-16s %-16s %-9s backend %-7s free %u/%u  interval %u ms  phi %.1f  "
+               "ejections %u\n",
+               ev->change, w->name[0] ? w->name : w->id, w->service, w->health,
+               ctl_backend_word(w->backend_state, 0, word, sizeof word), w->free_credit,
                w->capacity, w->interval_ms, w->suspicion, w->ejections);
     }
     fflush(stdout);

@@ -247,6 +247,16 @@ json_t *ctl_render_worker_json(const Agentbus__WorkerInfo *w)
     return j;
 }
 
+const char *ctl_backend_word(const char *state, int down, char *buf, size_t cap)
+{
+    if (down)
+        return "down";
+    if (!state || !*state)
+        return "-";
+    snprintf(buf, cap, "%.*s", (int)strcspn(state, ": "), state);
+    return buf;
+}
+
 void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
 {
     if (json) {
@@ -256,9 +266,9 @@ void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
         ctl_json_print(out, arr);
         return;
     }
-    fprintf(out, "%-12s %-16s %-16s %9s %9s %10s %9s %-9s %7s %6s %5s  %s\n", "ID", "NAME",
-            "SERVICE", "CAPACITY", "IN_FLIGHT", "COMPLETED", "AGE_S", "HEALTH", "IVL_MS", "PHI",
-            "EJECT", "LABELS");
+    fprintf(out, "%-12s %-16s %-16s %9s %9s %10s %9s %-9s %-8s %7s %6s %5s  %s\n", "ID",
+            "NAME", "SERVICE", "CAPACITY", "IN_FLIGHT", "COMPLETED", "AGE_S", "HEALTH", "BACKEND",
+            "IVL_MS", "PHI", "EJECT", "LABELS");
     for (size_t i = 0; i < wl->n_workers; i++) {
         const Agentbus__WorkerInfo *w = wl->workers[i];
         char id[16]; /* the column holds 12: a longer id shows its first 10 and ".." */
@@ -266,9 +276,12 @@ void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
             snprintf(id, sizeof id, "%.10s..", w->id);
         else
             snprintf(id, sizeof id, "%s", w->id);
-        fprintf(out, "%-12s %-16s %-16s %9u %9u %10llu %9.1f %-9s %7u %6.1f %5u ", id,
+        char word[16];
+        const char *backend = ctl_backend_word(
+            w->backend_state, w->inference && !w->inference->backend_up, word, sizeof word);
+        fprintf(out, "%-12s %-16s %-16s %9u %9u %10llu %9.1f %-9s %-8s %7u %6.1f %5u ", id,
                 w->name[0] ? w->name : "-", w->service, w->capacity, w->in_flight,
-                (unsigned long long)w->completed, w->connected_ms / 1000.0, w->health,
+                (unsigned long long)w->completed, w->connected_ms / 1000.0, w->health, backend,
                 w->interval_ms, w->suspicion, w->ejections);
         for (size_t k = 0; k < w->n_labels; k++)
             fprintf(out, " %s=%s", w->labels[k]->key, w->labels[k]->value);

@@ -8,6 +8,10 @@
 void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json);
 void ctl_render_services(FILE *out, Agentbus__ServiceInfo **sv, size_t n, int json);
 void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json);
+/* The first word of a worker's backend STATE ("ok", "down", "failing"), in
+ * BUF of CAP bytes; "down" when DOWN (its inference state says so), "-" when
+ * it reports none. */
+const char *ctl_backend_word(const char *state, int down, char *buf, size_t cap);
 /* One worker as a JSON object (new reference), health figures included. */
 #include <jansson.h>
 json_t *ctl_render_worker_json(const Agentbus__WorkerInfo *w);
