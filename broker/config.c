@@ -1,6 +1,6 @@
 /* config.c - see config.h. */
 #include "config.h"
-#include "http.h"
+#include "metrics_http.h"
 #include "log.h"
 #include "util.h"
 

@@ -4,13 +4,13 @@
  *
  * Rendered on the loop's thread from the same sources as `brokerctl stats`
  * (counters.h, the services, the cache's and messaging's own figures), then
- * handed to http.c. Names carry the agentbus_ prefix; counters end in
+ * handed to metrics_http.c. Names carry the agentbus_ prefix; counters end in
  * _total; each family is written once, HELP and TYPE first.
  */
 #include "metrics.h"
 #include "cache.h"
 #include "health.h"
-#include "http.h"
+#include "metrics_http.h"
 #include "messaging.h"
 #include "router.h"
 #include "service.h"

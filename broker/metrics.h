@@ -1,6 +1,6 @@
 /*
  * metrics.h - the broker's figures in Prometheus text format (0.0.4), for
- * /metrics on the --http port (http.h).
+ * /metrics on the --http port (metrics_http.h).
  *
  * The loop renders the whole exposition every AB_METRICS_MS from the
  * counters (counters.h) and each subsystem's figures, and hands it to the

@@ -1,5 +1,5 @@
 /*
- * http.h - the monitoring HTTP endpoint (--http HOST:PORT): /metrics,
+ * metrics_http.h - the monitoring HTTP endpoint (--http HOST:PORT): /metrics,
  * /healthz, /readyz, served by libmicrohttpd's own thread.
  *
  * The broker's loop never waits on HTTP: it publishes a rendered text (and

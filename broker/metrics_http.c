@@ -1,5 +1,5 @@
-/* http.c - see http.h. */
-#include "http.h"
+/* metrics_http.c - see metrics_http.h. */
+#include "metrics_http.h"
 #include "log.h"
 #include "util.h"
 

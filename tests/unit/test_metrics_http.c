@@ -1,9 +1,9 @@
 /*
- * test_http.c - broker/http.c on its own: listen addresses checked, the
+ * test_metrics_http.c - broker/metrics_http.c on its own: listen addresses checked, the
  * published text served, /healthz 503 once the render is stale (a stuck
  * loop), /readyz following the ready flag, other paths and methods refused.
  */
-#include "http.h"
+#include "metrics_http.h"
 #include "test.h"
 #include "util.h"
 
@@ -91,5 +91,5 @@ int main(void)
 {
     s_addresses();
     s_serving();
-    return TEST_DONE("test_http");
+    return TEST_DONE("test_metrics_http");
 }
