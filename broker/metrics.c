@@ -374,13 +374,16 @@ char *ab_metrics_render(ab_broker_t *b, size_t *len)
     return o.p;
 }
 
-static void s_publish(ab_broker_t *b, int64_t now)
+static void s_tick(ab_broker_t *b, int64_t now)
 {
+    ab_http_t *h = b->metrics->http;
+    int ready = !b->draining && !atomic_load(&b->term);
     size_t len = 0;
-    char *text = ab_metrics_render(b, &len);
-    if (text) /* out of memory: the last one stays, and ages into /healthz 503 */
-        ab_http_publish(b->metrics->http, text, len, now,
-                        !b->draining && !atomic_load(&b->term));
+    char *text = ab_http_wanted(h) ? ab_metrics_render(b, &len) : NULL;
+    if (text)
+        ab_http_publish(h, text, len, now, ready);
+    else /* nobody asked, or out of memory (the scrape then gets 503) */
+        ab_http_beat(h, now, ready);
 }
 
 int ab_metrics_init(ab_broker_t *b)
@@ -392,7 +395,7 @@ int ab_metrics_init(ab_broker_t *b)
         return -1;
     AB_INFO("serving /metrics, /healthz, /readyz over HTTP on %s (port %u)", b->cfg->http,
             ab_http_port(b->metrics->http));
-    return ab_broker_every(b, AB_METRICS_MS, s_publish) < 0 ? -1 : 0;
+    return ab_broker_every(b, AB_METRICS_MS, s_tick) < 0 ? -1 : 0;
 }
 
 void ab_metrics_fini(ab_broker_t *b)

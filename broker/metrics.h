@@ -2,10 +2,12 @@
  * metrics.h - the broker's figures in Prometheus text format (0.0.4), for
  * /metrics on the --http port (metrics_http.h).
  *
- * The loop renders the whole exposition every AB_METRICS_MS from the
- * counters (counters.h) and each subsystem's figures, and hands it to the
- * HTTP thread: a scrape never touches broker state and never waits on the
- * loop. Off (nothing allocated, no port) unless --http is given.
+ * Every AB_METRICS_MS the loop tells the HTTP side it is alive and, when a
+ * scrape waits, renders the whole exposition from the counters
+ * (counters.h) and each subsystem's figures and hands it over: a scrape
+ * never touches broker state, the loop never waits on HTTP, and nothing is
+ * rendered while nobody scrapes. Off (nothing allocated, no port) unless
+ * --http is given.
  */
 #ifndef AB_METRICS_H
 #define AB_METRICS_H
@@ -14,7 +16,7 @@
 
 #include <stddef.h>
 
-#define AB_METRICS_MS 500 /* render period: the freshness of a scrape */
+#define AB_METRICS_MS 100 /* beat period: the most a scrape waits for its render */
 
 /* With cfg->http set: starts the HTTP endpoint and the render timer. 0, or
  * -1 (logged). Without it: 0, nothing done. */

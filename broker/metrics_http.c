@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define AB_HTTP_CONNS 32      /* scrapers and probes are few */
 #define AB_HTTP_TIMEOUT_S 10  /* an idle or slow client is cut after this */
@@ -20,9 +21,12 @@ struct ab_http {
     struct MHD_Daemon *d;
     unsigned port;
     pthread_mutex_t mu; /* guards the fields below: held for copies and swaps only */
+    pthread_cond_t rendered; /* signalled by each publish (CLOCK_MONOTONIC waits) */
     char *text;
     size_t len;
-    int64_t rendered_ms; /* 0: nothing published yet */
+    uint64_t gen;     /* publishes so far */
+    int waiting;      /* scrapes waiting for a render */
+    int64_t alive_ms; /* last beat of the loop; 0: none yet */
     int ready;
 };
 
@@ -91,22 +95,39 @@ static enum MHD_Result s_text(struct MHD_Connection *conn, unsigned status, cons
     return s_reply(conn, status, "text/plain; charset=utf-8", msg, strlen(msg));
 }
 
-/* /metrics: a copy of the latest render, made under the lock. */
+/* /metrics: asks the loop for a render, waits for it (this connection's
+ * thread only), and answers a copy made under the lock. */
 static enum MHD_Result s_metrics(ab_http_t *h, struct MHD_Connection *conn)
 {
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += AB_HTTP_RENDER_WAIT_MS / 1000;
+    until.tv_nsec += (long)(AB_HTTP_RENDER_WAIT_MS % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&h->mu);
-    enum MHD_Result rc = h->text ? s_reply(conn, MHD_HTTP_OK, AB_PROM_TYPE, h->text, h->len)
-                                 : MHD_NO;
-    int none = !h->text;
+    uint64_t gen = h->gen;
+    h->waiting++;
+    while (h->gen == gen && pthread_cond_timedwait(&h->rendered, &h->mu, &until) == 0)
+        ;
+    h->waiting--; /* a scrape that gave up asks for nothing more */
+    enum MHD_Result rc = MHD_NO;
+    int fresh = h->gen != gen && h->text;
+    if (fresh)
+        rc = s_reply(conn, MHD_HTTP_OK, AB_PROM_TYPE, h->text, h->len);
     pthread_mutex_unlock(&h->mu);
-    return none ? s_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "no metrics rendered yet\n") : rc;
+    return fresh ? rc
+                 : s_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          "the broker loop did not render the metrics in time\n");
 }
 
 /* /healthz and /readyz, from the time and flag of the latest render. */
 static enum MHD_Result s_probe(ab_http_t *h, struct MHD_Connection *conn, int readyz)
 {
     pthread_mutex_lock(&h->mu);
-    int64_t at = h->rendered_ms;
+    int64_t at = h->alive_ms;
     int ready = h->ready;
     pthread_mutex_unlock(&h->mu);
     int64_t age = ab_now_ms() - at;
@@ -158,18 +179,33 @@ ab_http_t *ab_http_start(const char *spec)
         return NULL;
     }
     ab_http_t *h = calloc(1, sizeof *h);
-    if (!h || pthread_mutex_init(&h->mu, NULL) != 0) {
+    pthread_condattr_t ca;
+    if (!h || pthread_condattr_init(&ca) != 0) {
         free(h);
         return NULL;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int ok = pthread_cond_init(&h->rendered, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+    if (!ok || pthread_mutex_init(&h->mu, NULL) != 0) {
+        if (ok)
+            pthread_cond_destroy(&h->rendered);
+        free(h);
+        return NULL;
+    }
+    /* A thread per connection: a scrape waiting for its render holds up
+     * no probe. */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL |
                      (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     h->d = MHD_start_daemon(flags, 0, NULL, NULL, s_access, h, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
                             (unsigned)AB_HTTP_CONNS, MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)AB_HTTP_TIMEOUT_S, MHD_OPTION_END);
+                            (unsigned)AB_HTTP_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE,
+                            (size_t)256 * 1024, MHD_OPTION_END);
     if (!h->d) {
         AB_ERROR("cannot listen for HTTP on %s (address in use or not local?)", spec);
+        pthread_cond_destroy(&h->rendered);
         pthread_mutex_destroy(&h->mu);
         free(h);
         return NULL;
@@ -184,14 +220,32 @@ unsigned ab_http_port(const ab_http_t *h)
     return h->port;
 }
 
+void ab_http_beat(ab_http_t *h, int64_t now_ms, int ready)
+{
+    pthread_mutex_lock(&h->mu);
+    h->alive_ms = now_ms;
+    h->ready = ready;
+    pthread_mutex_unlock(&h->mu);
+}
+
+int ab_http_wanted(ab_http_t *h)
+{
+    pthread_mutex_lock(&h->mu);
+    int w = h->waiting > 0;
+    pthread_mutex_unlock(&h->mu);
+    return w;
+}
+
 void ab_http_publish(ab_http_t *h, char *text, size_t len, int64_t now_ms, int ready)
 {
     pthread_mutex_lock(&h->mu);
     char *old = h->text;
     h->text = text;
     h->len = len;
-    h->rendered_ms = now_ms;
+    h->gen++;
+    h->alive_ms = now_ms;
     h->ready = ready;
+    pthread_cond_broadcast(&h->rendered);
     pthread_mutex_unlock(&h->mu);
     free(old); /* outside the lock */
 }
@@ -201,7 +255,8 @@ void ab_http_stop(ab_http_t **hp)
     ab_http_t *h = *hp;
     if (!h)
         return;
-    MHD_stop_daemon(h->d);
+    MHD_stop_daemon(h->d); /* joins the connection threads */
+    pthread_cond_destroy(&h->rendered);
     pthread_mutex_destroy(&h->mu);
     free(h->text);
     free(h);

@@ -2,11 +2,14 @@
  * metrics_http.h - the monitoring HTTP endpoint (--http HOST:PORT): /metrics,
  * /healthz, /readyz, served by libmicrohttpd's own thread.
  *
- * The broker's loop never waits on HTTP: it publishes a rendered text (and
- * whether it is ready) with ab_http_publish, under a mutex held only for
- * a pointer swap; the HTTP thread serves a copy of the latest one. So the
- * HTTP side reads no broker state at all, and a loop that stops publishing
- * is visible as a stale render (/healthz 503).
+ * The broker's loop never waits on HTTP. A scrape of /metrics raises a
+ * flag and waits (on its own connection thread) for the next render; the
+ * loop, on a short timer, reports that it is alive (ab_http_beat) and,
+ * when the flag is up (ab_http_wanted), renders and hands the text over
+ * with ab_http_publish, under a mutex held only for a pointer swap. So the
+ * HTTP side reads no broker state, the loop renders once per scrape and
+ * not at all when nobody scrapes, and a loop that stops reporting is seen
+ * as stale (/healthz 503).
  */
 #ifndef AB_HTTP_H
 #define AB_HTTP_H
@@ -14,8 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A render older than this makes /healthz answer 503: the loop is stuck. */
+/* A loop silent longer than this makes /healthz answer 503: it is stuck. */
 #define AB_HTTP_STALE_MS 5000
+/* A scrape waits this long for the loop's render, then answers 503. */
+#define AB_HTTP_RENDER_WAIT_MS 2000
 
 typedef struct ab_http ab_http_t;
 
@@ -27,9 +32,12 @@ const char *ab_http_addr_problem(const char *spec);
 ab_http_t *ab_http_start(const char *spec);
 /* The port actually bound (the one asked, or the one picked for 0). */
 unsigned ab_http_port(const ab_http_t *h);
-/* Hands TEXT (malloc'd, LEN bytes; ownership passes) to the HTTP thread as
- * the /metrics answer from now on, rendered at NOW_MS (ab_now_ms); READY
- * is what /readyz says. Never blocks beyond a pointer swap. */
+/* The loop is alive at NOW_MS (ab_now_ms); READY is what /readyz says. */
+void ab_http_beat(ab_http_t *h, int64_t now_ms, int ready);
+/* 1 when a scrape waits for a render. */
+int ab_http_wanted(ab_http_t *h);
+/* Hands TEXT (malloc'd, LEN bytes; ownership passes) to the scrapes
+ * waiting, and beats as ab_http_beat. Never blocks beyond a pointer swap. */
 void ab_http_publish(ab_http_t *h, char *text, size_t len, int64_t now_ms, int ready);
 /* Stops the thread (waits for requests being answered) and frees *H. */
 void ab_http_stop(ab_http_t **h);

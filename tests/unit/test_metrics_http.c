@@ -1,7 +1,8 @@
 /*
  * test_metrics_http.c - broker/metrics_http.c on its own: listen addresses checked, the
- * published text served, /healthz 503 once the render is stale (a stuck
- * loop), /readyz following the ready flag, other paths and methods refused.
+ * text rendered for each scrape served, nothing rendered unasked, /healthz
+ * 503 once the loop is silent (stuck), /readyz following the ready flag,
+ * other paths and methods refused.
  */
 #include "metrics_http.h"
 #include "test.h"
@@ -9,6 +10,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -50,41 +53,79 @@ static void s_addresses(void)
         CHECK_TRUE(ab_http_addr_problem(bad[i]) != NULL);
 }
 
+/* A stand-in for the broker's loop: beats every 10 ms, renders "n N\n"
+ * (N counting renders) when a scrape waits; stops beating when told. */
+static ab_http_t *s_h;
+static atomic_int s_ready, s_frozen, s_quit, s_renders;
+
+static void *s_loop(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&s_quit)) {
+        if (!atomic_load(&s_frozen)) {
+            if (ab_http_wanted(s_h)) {
+                char *t = malloc(32);
+                REQUIRE(t);
+                int n = snprintf(t, 32, "n %d\n", atomic_fetch_add(&s_renders, 1) + 1);
+                ab_http_publish(s_h, t, (size_t)n, ab_now_ms(), atomic_load(&s_ready));
+            } else {
+                ab_http_beat(s_h, ab_now_ms(), atomic_load(&s_ready));
+            }
+        }
+        usleep(10000);
+    }
+    return NULL;
+}
+
 static void s_serving(void)
 {
-    ab_http_t *h = ab_http_start("127.0.0.1:0");
-    REQUIRE(h);
-    unsigned port = ab_http_port(h);
+    s_h = ab_http_start("127.0.0.1:0");
+    REQUIRE(s_h);
+    unsigned port = ab_http_port(s_h);
     CHECK_TRUE(port > 0);
     char body[8192];
-    /* Nothing published yet: not alive, not ready, no metrics. */
+    /* No loop yet: not alive, not ready, and a scrape times out. */
     CHECK_EQ(s_get(port, "GET", "/healthz", body, sizeof body), 503);
     CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 503);
+    int64_t t0 = ab_now_ms();
     CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 503);
+    CHECK_TRUE(ab_now_ms() - t0 >= AB_HTTP_RENDER_WAIT_MS - 50);
 
-    ab_http_publish(h, strdup("# TYPE a gauge\na 1\n"), 19, ab_now_ms(), 0);
-    CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 200);
-    CHECK_STR(body, "# TYPE a gauge\na 1\n");
+    pthread_t loop;
+    REQUIRE(pthread_create(&loop, NULL, s_loop, NULL) == 0);
+    usleep(50000);
+    CHECK_EQ(atomic_load(&s_renders), 0); /* nobody scraped: nothing rendered */
     CHECK_EQ(s_get(port, "GET", "/healthz", body, sizeof body), 200);
     CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 503); /* starting/draining */
-
-    ab_http_publish(h, strdup("b 2\n"), 4, ab_now_ms(), 1);
-    CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 200);
+    /* Each scrape gets a render of its own, made after it asked. */
     CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 200);
-    CHECK_STR(body, "b 2\n");
+    CHECK_STR(body, "n 1\n");
+    CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 200);
+    CHECK_STR(body, "n 2\n");
+    atomic_store(&s_ready, 1);
+    usleep(50000);
+    CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 200);
 
-    /* The loop stopped rendering: stale, so neither alive nor ready. */
-    ab_http_publish(h, strdup("c 3\n"), 4, ab_now_ms() - AB_HTTP_STALE_MS - 1000, 1);
+    /* The loop stops reporting: after AB_HTTP_STALE_MS, neither alive nor
+     * ready, and a scrape gets 503 rather than old figures. */
+    atomic_store(&s_frozen, 1);
+    usleep((AB_HTTP_STALE_MS + 300) * 1000);
     CHECK_EQ(s_get(port, "GET", "/healthz", body, sizeof body), 503);
     CHECK_TRUE(strstr(body, "stale") != NULL);
     CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 503);
+    CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 503);
+    atomic_store(&s_frozen, 0);
+    usleep(50000);
+    CHECK_EQ(s_get(port, "GET", "/healthz", body, sizeof body), 200);
 
     CHECK_EQ(s_get(port, "GET", "/other", body, sizeof body), 404);
     CHECK_EQ(s_get(port, "POST", "/metrics", body, sizeof body), 405);
-    CHECK_EQ(s_get(port, "HEAD", "/healthz", body, sizeof body), 503);
-    ab_http_stop(&h);
-    CHECK_TRUE(h == NULL);
-    ab_http_stop(&h); /* twice is harmless */
+    CHECK_EQ(s_get(port, "HEAD", "/healthz", body, sizeof body), 200);
+    atomic_store(&s_quit, 1);
+    pthread_join(loop, NULL);
+    ab_http_stop(&s_h);
+    CHECK_TRUE(s_h == NULL);
+    ab_http_stop(&s_h); /* twice is harmless */
 }
 
 int main(void)
