@@ -117,7 +117,8 @@ static const struct {
     const char *name, *help;
     size_t off;
 } s_counters[] = {
-    {"agentbus_messages_received_total", "ZeroMQ messages received (a BATCH counts once)", C(msgs_in)},
+    {"agentbus_messages_received_total", "ZeroMQ messages received (a BATCH counts once)",
+     C(msgs_in)},
     {"agentbus_messages_sent_total", "ZeroMQ messages sent (a BATCH counts once)", C(msgs_out)},
     {"agentbus_received_bytes_total", "Bytes received in messages", C(bytes_in)},
     {"agentbus_sent_bytes_total", "Bytes sent in messages", C(bytes_out)},
@@ -131,7 +132,8 @@ static const struct {
      C(retries_exhausted)},
     {"agentbus_duplicates_dropped_total", "Second answers to an answered request",
      C(duplicates_dropped)},
-    {"agentbus_late_replies_total", "Answers from a presumed-dead worker that won", C(late_replies)},
+    {"agentbus_late_replies_total", "Answers from a presumed-dead worker that won",
+     C(late_replies)},
     {"agentbus_deadline_expired_total", "Requests answered DEADLINE by the broker",
      C(deadline_expired)},
     {"agentbus_workers_suspected_total", "Workers declared dead by heartbeat suspicion",
