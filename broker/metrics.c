@@ -283,6 +283,8 @@ static void s_latency(s_out_t *o, ab_broker_t *b)
         s_histogram(o, name, s->name, s->latency_us ? s->latency_us : &empty);
 }
 
+_Static_assert(AB_HEALTH_DRAINING < AB_HEALTH_KINDS_MAX, "counters.h: health_entered too small");
+
 static void s_health(s_out_t *o, ab_broker_t *b)
 {
     enum { N = AB_HEALTH_DRAINING + 1 };
