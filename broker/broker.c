@@ -13,6 +13,7 @@
 #include "health.h"
 #include "directory.h"
 #include "stats.h"
+#include "metrics.h"
 #include "placement.h"
 #include "messaging.h"
 #include "cache.h"
@@ -149,6 +150,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     }
     if (ab_stats_init(b) != 0)
         return -1;
+    if (ab_metrics_init(b) != 0)
+        return -1;
     for (int i = 0; i < cfg->nbinds; i++) {
         if (zmq_bind(b->router, cfg->binds[i]) != 0) {
             AB_ERROR("cannot bind %s: %s", cfg->binds[i], zmq_strerror(errno));
@@ -168,6 +171,7 @@ void ab_broker_fini(ab_broker_t *b)
 {
     /* Each owner frees its own: requests first (the lists of the others
      * point at them), then the worker records and services, then peers. */
+    ab_metrics_fini(b); /* first: its HTTP thread serves no more */
     ab_req_fini(b);
     ab_msgs_fini(b);
     ab_router_fini(b);

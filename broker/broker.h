@@ -56,6 +56,7 @@ struct ab_broker {
     struct ab_cache *cache; /* inference cache (cache.h); NULL when off */
     ab_list_t idle;         /* service.h: services with no worker and nothing held */
     struct ab_conns *conns; /* router.h: connections, slow peers; NULL until used */
+    struct ab_metrics *metrics; /* metrics.h: --http endpoint; NULL when off */
     void *timers;           /* zmq_timers: periodic work, each registered by its owner */
     struct ab_tick *ticks;  /* what those timers call (broker.c) */
 };

@@ -1,5 +1,6 @@
 /* config.c - see config.h. */
 #include "config.h"
+#include "metrics_http.h"
 #include "log.h"
 #include "util.h"
 
@@ -147,6 +148,9 @@ static const s_option_t s_options[] = {
     {"name-takeover", OPT_LONG, OFF(name_takeover), 0, 1, "0",
      "1: Hello.takeover may take a name from a live connection of another instance "
      "(unauthenticated: any peer could); 0: only the same instance reclaims it"},
+    {"http", OPT_STR, OFF(http), 0, 0, "",
+     "HOST:PORT to serve Prometheus /metrics, /healthz and /readyz on (HTTP; port 0: any "
+     "free one, logged); empty: off. Unauthenticated: keep it on loopback or a private network"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 
@@ -473,6 +477,11 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
                 cfg->cache_redis);
         return -1;
     }
+    const char *why = cfg->http[0] ? ab_http_addr_problem(cfg->http) : NULL;
+    if (why) {
+        fprintf(stderr, "agentbus-broker: invalid http '%s': %s\n", cfg->http, why);
+        return -1;
+    }
     return 0;
 }
 
@@ -485,4 +494,6 @@ void ab_config_free(ab_broker_config_t *cfg)
     cfg->data_dir = NULL;
     free(cfg->cache_redis);
     cfg->cache_redis = NULL;
+    free(cfg->http);
+    cfg->http = NULL;
 }

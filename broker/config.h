@@ -77,6 +77,7 @@ typedef struct {
     /* issue 11 (helper A) */
     long mailbox_max_names;       /* offline names holding a mailbox */
     long name_takeover;           /* 1: Hello.takeover honoured across instances */
+    char *http; /* issue 13: HOST:PORT of /metrics, /healthz, /readyz; "" = off */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#define AB_HEALTH_KINDS_MAX 8 /* >= the states of health.h's ab_health_kind_t */
+
 typedef struct {
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
     uint64_t requests, replies, replies_dropped, malformed, send_failures;
@@ -32,6 +34,8 @@ typedef struct {
     uint64_t out_busy, out_dropped, slow_disconnects, slow_disconnect_bytes, conn_refused;
     uint64_t out_lost_bytes;
     uint64_t lz4_refused; /* issue 11: lz4 request vs. a worker that cannot read it */
+    /* health.c: worker health transitions, by the state entered (ab_health_kind_t) */
+    uint64_t health_entered[AB_HEALTH_KINDS_MAX];
 } ab_counters_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value; one the

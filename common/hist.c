@@ -39,6 +39,7 @@ void ab_hist_record(ab_hist_t *h, uint64_t v)
     if (v > h->max)
         h->max = v;
     h->total++;
+    h->sum = h->sum + v < h->sum ? UINT64_MAX : h->sum + v;
 }
 
 uint64_t ab_hist_percentile(const ab_hist_t *h, double p)
@@ -79,4 +80,5 @@ void ab_hist_merge(ab_hist_t *dst, const ab_hist_t *src)
     if (src->max > dst->max)
         dst->max = src->max;
     dst->total += src->total;
+    dst->sum = dst->sum + src->sum < dst->sum ? UINT64_MAX : dst->sum + src->sum;
 }

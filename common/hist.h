@@ -23,6 +23,7 @@ typedef struct {
     uint64_t total;
     uint64_t max;
     uint64_t min;
+    uint64_t sum; /* of every value recorded (saturates): a Prometheus _sum */
 } ab_hist_t;
 
 void ab_hist_reset(ab_hist_t *h);

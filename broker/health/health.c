@@ -253,6 +253,8 @@ static void s_state(ab_broker_t *b, ab_worker_rec_t *w, ab_health_kind_t k, cons
     AB_INFO("worker %s%s%s: %s -> %s (%s)", w->peer->key, w->peer->name[0] ? " " : "",
             w->peer->name, ab_health_name(w->health.state), ab_health_name(k), why);
     w->health.state = k;
+    if ((unsigned)k < AB_HEALTH_KINDS_MAX)
+        b->c.health_entered[k]++;
     if (k == AB_HEALTH_HEALTHY)
         w->health.healthy_since_ms = ab_now_ms();
     ab_directory_event(b, w, "health");

@@ -85,13 +85,18 @@ static void s_test_edges(void)
     ab_hist_reset(&a);
     ab_hist_reset(&b);
     ab_hist_reset(&h);
+    uint64_t want_sum = 0;
     for (int i = 0; i < 5000; i++) {
         uint64_t x = t_rand() % 50000;
         ab_hist_record(i % 2 ? &a : &b, x);
         ab_hist_record(&h, x);
+        want_sum += x;
     }
     ab_hist_merge(&a, &b);
     CHECK_TRUE(memcmp(&a, &h, sizeof a) == 0);
+    CHECK_U64(h.sum, want_sum); /* exact: /metrics exposes it as the _sum */
+    ab_hist_record(&h, UINT64_MAX); /* saturates instead of wrapping */
+    CHECK_U64(h.sum, UINT64_MAX);
     CHECK_TRUE(sizeof(ab_hist_t) < 16 * 1024); /* fixed, whatever is recorded */
 }
 
