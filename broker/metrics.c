@@ -7,6 +7,7 @@
  * handed to metrics_http.c. Names carry the agentbus_ prefix; counters end in
  * _total; each family is written once, HELP and TYPE first.
  */
+#define AB_LOG_SUBSYS "metrics" /* log.h: the subsystem in log lines */
 #include "metrics.h"
 #include "cache.h"
 #include "health.h"

@@ -1,4 +1,5 @@
 /* metrics_http.c - see metrics_http.h. */
+#define AB_LOG_SUBSYS "metrics" /* log.h: the subsystem in log lines */
 #include "metrics_http.h"
 #include "log.h"
 #include "util.h"
