@@ -225,7 +225,7 @@ int ab_client_request_start(ab_client_t *c, const char *service, const void *dat
     if (!c)
         return AB_EINVAL;
     ab_request_opts_t defaults = AB_REQUEST_OPTS_INIT;
-    s_route_t r;
+    s_route_t r = {0}; /* filled by s_route_of; zeroed so -O3 sees no path reading it unset */
     int rc = s_route_of(c, opts ? opts : &defaults, &r);
     if (rc != AB_OK)
         return rc;
