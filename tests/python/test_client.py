@@ -153,11 +153,16 @@ def test_mailbox_and_direct(bus):
 
 
 def test_name_taken(bus):
-    with bus.client(name="solo") as a, bus.client(name="solo") as b:
-        m = b.recv(timeout=5)
-        assert m.type == "error" and m.status == agentbus.NameTakenError.code
-        a.poll(0.3)
-        assert a.connected
+    with bus.client(name="solo") as a:
+        # The broker handles a peer's messages in order: once a's CONTROL is
+        # answered, its HELLO (sent first) holds the name. Without this, b's
+        # HELLO can win on a loaded machine and a gets NAME_TAKEN instead.
+        a.control("agents", timeout=10)
+        with bus.client(name="solo") as b:
+            m = b.recv(timeout=5)
+            assert m.type == "error" and m.status == agentbus.NameTakenError.code
+            a.poll(0.3)
+            assert a.connected
 
 
 def test_closed_client_raises(bus):
