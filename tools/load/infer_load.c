@@ -131,11 +131,10 @@ static void *s_agent_main(void *arg)
     return NULL;
 }
 
-enum { O_HELP = LD_HELP, O_VERSION = LD_VERSION, O_BROKER, O_SERVICE, O_MODELS, O_AGENTS, O_SECONDS, O_THINK,
-       O_REPEAT, O_PREDICT };
+enum { O_SERVICE = LD_FIRST_OWN, O_MODELS, O_AGENTS, O_SECONDS, O_THINK, O_REPEAT, O_PREDICT };
 static const tl_opt_t s_opts[] = {
-    {"help", 'h', TL_NOVAL, O_HELP},       {"version", 0, TL_NOVAL, O_VERSION},
-    {"broker", 0, TL_VAL, O_BROKER},       {"service", 0, TL_VAL, O_SERVICE},
+    {"help", 'h', TL_NOVAL, LD_HELP},      {"version", 0, TL_NOVAL, LD_VERSION},
+    {"broker", 0, TL_VAL, LD_BROKER},      {"service", 0, TL_VAL, O_SERVICE},
     {"models", 0, TL_VAL, O_MODELS},       {"agents", 0, TL_VAL, O_AGENTS},
     {"seconds", 0, TL_VAL, O_SECONDS},     {"think-ms", 0, TL_VAL, O_THINK},
     {"repeat-pct", 0, TL_VAL, O_REPEAT},   {"num-predict", 0, TL_VAL, O_PREDICT},
@@ -145,14 +144,7 @@ static const tl_opt_t s_opts[] = {
 static int s_take(void *arg, int id, const char *v)
 {
     s_cfg_t *cfg = arg;
-    char why[256];
     switch (id) {
-    case O_BROKER:
-        cfg->broker = v;
-        if (tl_check_endpoint(v, why, sizeof why) == 0)
-            return 0;
-        fprintf(stderr, "agentbus-infer-load: invalid --broker '%s': %s\n", v, why);
-        return -2; /* reported */
     case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
     case O_MODELS: cfg->models = v; return *v ? 0 : -1;
     case O_AGENTS: return tl_parse_long(v, 1, 2000, &cfg->agents);
@@ -176,7 +168,8 @@ int main(int argc, char **argv)
 {
     s_cfg_t cfg = {.service = "ollama", .models = "sim-small", .agents = 20, .seconds = 10,
                    .think_ms = 0, .repeat_pct = 70};
-    int prc = ld_parse(argc, argv, "agentbus-infer-load", s_opts, s_usage, s_take, &cfg);
+    int prc = ld_parse(argc, argv, "agentbus-infer-load", s_opts, s_usage, &cfg.broker,
+                       s_take, &cfg);
     if (prc != 0)
         return prc > 0 ? 0 : 2;
     ld_signals();

@@ -112,10 +112,10 @@ static void *s_agent_main(void *arg)
     return NULL;
 }
 
-enum { O_HELP = LD_HELP, O_VERSION = LD_VERSION, O_BROKER, O_SERVICE, O_AGENTS, O_SECONDS, O_WINDOW, O_MAXB };
+enum { O_SERVICE = LD_FIRST_OWN, O_AGENTS, O_SECONDS, O_WINDOW, O_MAXB };
 static const tl_opt_t s_opts[] = {
-    {"help", 'h', TL_NOVAL, O_HELP},     {"version", 0, TL_NOVAL, O_VERSION},
-    {"broker", 0, TL_VAL, O_BROKER},     {"service", 0, TL_VAL, O_SERVICE},
+    {"help", 'h', TL_NOVAL, LD_HELP},    {"version", 0, TL_NOVAL, LD_VERSION},
+    {"broker", 0, TL_VAL, LD_BROKER},    {"service", 0, TL_VAL, O_SERVICE},
     {"agents", 0, TL_VAL, O_AGENTS},     {"seconds", 0, TL_VAL, O_SECONDS},
     {"window", 0, TL_VAL, O_WINDOW},     {"max-bytes", 0, TL_VAL, O_MAXB},
     {NULL, 0, 0, 0},
@@ -124,14 +124,7 @@ static const tl_opt_t s_opts[] = {
 static int s_take(void *arg, int id, const char *v)
 {
     s_cfg_t *cfg = arg;
-    char why[256];
     switch (id) {
-    case O_BROKER:
-        cfg->broker = v;
-        if (tl_check_endpoint(v, why, sizeof why) == 0)
-            return 0;
-        fprintf(stderr, "agentbus-load: invalid --broker '%s': %s\n", v, why);
-        return -2; /* reported */
     case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
     case O_AGENTS: return tl_parse_long(v, 1, 1000, &cfg->agents);
     case O_SECONDS: return tl_parse_long(v, 1, 3600, &cfg->seconds);
@@ -155,7 +148,8 @@ static void s_usage(const char *argv0)
 int main(int argc, char **argv)
 {
     s_cfg_t cfg = {NULL, "echo", 20, 10, 4, 4096};
-    int prc = ld_parse(argc, argv, "agentbus-load", s_opts, s_usage, s_take, &cfg);
+    int prc = ld_parse(argc, argv, "agentbus-load", s_opts, s_usage, &cfg.broker, s_take,
+                       &cfg);
     if (prc)
         return prc > 0 ? 0 : 2;
     ld_signals();

@@ -70,9 +70,10 @@ int ld_connect(const char *broker, const char *prefix, int index, ab_client_t **
 }
 
 int ld_parse(int argc, char **argv, const char *prog, const tl_opt_t *opts,
-             void (*usage)(const char *argv0), int (*take)(void *cfg, int id, const char *v),
-             void *cfg)
+             void (*usage)(const char *argv0), const char **broker,
+             int (*take)(void *cfg, int id, const char *v), void *cfg)
 {
+    char why[256];
     tl_parser_t p;
     tl_parser_init(&p, argc, argv, 1);
     int id;
@@ -90,10 +91,14 @@ int ld_parse(int argc, char **argv, const char *prog, const tl_opt_t *opts,
                     id == TL_ARG ? "unexpected argument " : p.err, id == TL_ARG ? p.arg : "");
             return -1;
         }
-        int bad = take(cfg, id, p.value);
-        if (bad == -2)
+        if (id == LD_BROKER) {
+            *broker = p.value;
+            if (tl_check_endpoint(p.value, why, sizeof why) == 0)
+                continue;
+            fprintf(stderr, "%s: invalid --broker '%s': %s\n", prog, p.value, why);
             return -1;
-        if (bad != 0) {
+        }
+        if (take(cfg, id, p.value) != 0) {
             fprintf(stderr, "%s: bad value '%s' for --%s (see --help)\n", prog, p.value,
                     p.opt->name);
             return -1;

@@ -44,16 +44,17 @@ void ld_run(void *agents, size_t size, long n, void *(*fn)(void *), ld_stats_t *
  * endpoint). AB_OK, or the error of ab_client_new. */
 int ld_connect(const char *broker, const char *prefix, int index, ab_client_t **c);
 
-/* The ids of --help and --version in both programs' option tables. */
-enum { LD_HELP = 1, LD_VERSION = 2 };
+/* The ids of the options both programs have, in their option tables. */
+enum { LD_HELP = 1, LD_VERSION = 2, LD_BROKER = 3, LD_FIRST_OWN = 4 };
 
 /* The command-line loop of both programs (tl_next): LD_HELP calls USAGE and
- * LD_VERSION prints PROG's version (both: return 1, exit 0); an unknown or
- * bad argument is reported as "PROG: ..." (return -1, exit 2). Every other
- * option goes to TAKE(CFG, id, value): 0 taken, -1 bad value (reported
- * here), -2 already reported. Returns 0 when every argument was taken. */
+ * LD_VERSION prints PROG's version (both: return 1, exit 0); LD_BROKER
+ * checks the endpoint into *BROKER; an unknown or bad argument is reported
+ * as "PROG: ..." (return -1, exit 2). Every other option goes to TAKE(CFG,
+ * id, value): 0 taken, -1 bad value (reported here). Returns 0 when every
+ * argument was taken. */
 int ld_parse(int argc, char **argv, const char *prog, const tl_opt_t *opts,
-             void (*usage)(const char *argv0), int (*take)(void *cfg, int id, const char *v),
-             void *cfg);
+             void (*usage)(const char *argv0), const char **broker,
+             int (*take)(void *cfg, int id, const char *v), void *cfg);
 
 #endif
