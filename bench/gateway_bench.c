@@ -116,7 +116,7 @@ static void s_run(const s_cfg_t *cfg, const char *url, const char *cache, s_resu
     }
     uint64_t t0 = tl_now_us(), end = t0 + (uint64_t)cfg->seconds * 1000000u;
     for (long i = 0; i < n; i++) {
-        a[i] = (s_agent_t){cfg, url, cache, (int)i, end, {{0}, 0, 0, 0}, 0, 0, 0};
+        a[i] = (s_agent_t){cfg, url, cache, (int)i, end, {{0}, 0, 0, 0, 0}, 0, 0, 0};
         tl_hist_reset(&a[i].hist);
         pthread_create(&t[i], NULL, s_agent, &a[i]);
     }

@@ -134,106 +134,151 @@ static int s_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
     return 0;
 }
 
-static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
+/* Who is connected, the traffic and its rates, requests and what became of
+ * them, and the state peers make the broker keep (issue 11). */
+static void s_traffic_stats(ab_broker_t *b, Agentbus__Stats *st)
 {
-    Agentbus__Stats st;
-    agentbus__stats__init(&st);
-    int64_t now = ab_now_ms();
-    ab_counters_t *c = &b->c;
-    st.version = (char *)AB_VERSION_STRING;
-    st.uptime_ms = (uint64_t)(now - b->started_ms);
+    const ab_counters_t *c = &b->c;
+    st->version = (char *)AB_VERSION_STRING;
+    st->uptime_ms = (uint64_t)(ab_now_ms() - b->started_ms);
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         if (p->role == AB_ROLE_WORKER)
-            st.workers++;
+            st->workers++;
         else if (p->role == AB_ROLE_CONTROL)
-            st.controls++;
+            st->controls++;
         else
-            st.agents++;
+            st->agents++;
     }
-    st.msgs_in = c->msgs_in;
-    st.msgs_out = c->msgs_out;
-    st.bytes_in = c->bytes_in;
-    st.bytes_out = c->bytes_out;
-    st.msgs_in_per_s = c->rate_msgs_in;
-    st.msgs_out_per_s = c->rate_msgs_out;
-    st.bytes_in_per_s = c->rate_bytes_in;
-    st.bytes_out_per_s = c->rate_bytes_out;
-    st.requests = c->requests;
-    st.replies = c->replies;
-    st.replies_dropped = c->replies_dropped;
-    st.malformed = c->malformed;
-    st.send_failures = c->send_failures;
-    st.pending = ab_idmap_size(&b->pending);
-    st.cancelled = c->cancelled;
-    st.cancelled_on_leave = c->cancelled_on_leave;
-    st.registers_refused = c->registers_refused;
-    st.service_count = (uint32_t)zhashx_size(b->services);
-    st.services_expired = c->services_expired;
-    st.services_refused = c->services_refused;
-    st.redispatched = c->redispatched;
-    st.retries_exhausted = c->retries_exhausted;
-    st.duplicates_dropped = c->duplicates_dropped;
-    st.late_replies = c->late_replies;
-    st.deadline_expired = c->deadline_expired;
-    st.workers_suspected = c->workers_suspected;
-    st.workers_ejected = c->workers_ejected;
-    st.disconnects = c->disconnects;
-    st.send_eagain = c->send_eagain;
-    st.send_unreachable = c->send_unreachable;
-    st.client_limit_busy = c->client_limit_busy;
-    st.draining = b->draining;
-    st.probes = c->probes;
-    st.batches_in = c->batches_in;
-    st.batched_msgs_in = c->batched_msgs_in;
-    st.batches_out = c->batches_out;
-    st.batched_msgs_out = c->batched_msgs_out;
+    st->msgs_in = c->msgs_in;
+    st->msgs_out = c->msgs_out;
+    st->bytes_in = c->bytes_in;
+    st->bytes_out = c->bytes_out;
+    st->msgs_in_per_s = c->rate_msgs_in;
+    st->msgs_out_per_s = c->rate_msgs_out;
+    st->bytes_in_per_s = c->rate_bytes_in;
+    st->bytes_out_per_s = c->rate_bytes_out;
+    st->requests = c->requests;
+    st->replies = c->replies;
+    st->replies_dropped = c->replies_dropped;
+    st->malformed = c->malformed;
+    st->send_failures = c->send_failures;
+    st->pending = ab_idmap_size(&b->pending);
+    st->cancelled = c->cancelled;
+    st->cancelled_on_leave = c->cancelled_on_leave;
+    st->registers_refused = c->registers_refused;
+    st->service_count = (uint32_t)zhashx_size(b->services);
+    st->services_expired = c->services_expired;
+    st->services_refused = c->services_refused;
+}
+
+/* Failure handling (issue 5). */
+static void s_failure_stats(ab_broker_t *b, Agentbus__Stats *st)
+{
+    const ab_counters_t *c = &b->c;
+    st->redispatched = c->redispatched;
+    st->retries_exhausted = c->retries_exhausted;
+    st->duplicates_dropped = c->duplicates_dropped;
+    st->late_replies = c->late_replies;
+    st->deadline_expired = c->deadline_expired;
+    st->workers_suspected = c->workers_suspected;
+    st->workers_ejected = c->workers_ejected;
+    st->disconnects = c->disconnects;
+    st->send_eagain = c->send_eagain;
+    st->send_unreachable = c->send_unreachable;
+    st->client_limit_busy = c->client_limit_busy;
+    st->draining = b->draining;
+    st->probes = c->probes;
+}
+
+/* Batching and compression (issue 4). */
+static void s_wire_stats(const ab_counters_t *c, Agentbus__Stats *st)
+{
+    st->batches_in = c->batches_in;
+    st->batched_msgs_in = c->batched_msgs_in;
+    st->batches_out = c->batches_out;
+    st->batched_msgs_out = c->batched_msgs_out;
     /* Messages per ZeroMQ message: a BATCH counts once in msgs_in/out. */
     if (c->msgs_in)
-        st.batch_factor_in = (double)(c->msgs_in - c->batches_in + c->batched_msgs_in) /
-                             (double)c->msgs_in;
+        st->batch_factor_in = (double)(c->msgs_in - c->batches_in + c->batched_msgs_in) /
+                              (double)c->msgs_in;
     if (c->msgs_out)
-        st.batch_factor_out = (double)(c->msgs_out - c->batches_out + c->batched_msgs_out) /
-                              (double)c->msgs_out;
-    st.lz4_msgs = c->lz4_msgs;
-    st.lz4_wire_bytes = c->lz4_wire_bytes;
-    st.lz4_original_bytes = c->lz4_original_bytes;
+        st->batch_factor_out = (double)(c->msgs_out - c->batches_out + c->batched_msgs_out) /
+                               (double)c->msgs_out;
+    st->lz4_msgs = c->lz4_msgs;
+    st->lz4_wire_bytes = c->lz4_wire_bytes;
+    st->lz4_original_bytes = c->lz4_original_bytes;
     if (c->lz4_wire_bytes)
-        st.compression_ratio = (double)c->lz4_original_bytes / (double)c->lz4_wire_bytes;
-    st.bytes_saved = c->lz4_original_bytes > c->lz4_wire_bytes
-                         ? c->lz4_original_bytes - c->lz4_wire_bytes
-                         : 0;
-    st.lz4_skipped = c->lz4_skipped;
-    st.lz4_refused = c->lz4_refused;
-    st.batch_malformed = c->batch_malformed;
-    s_bounds_stats(b, &st);
+        st->compression_ratio = (double)c->lz4_original_bytes / (double)c->lz4_wire_bytes;
+    st->bytes_saved = c->lz4_original_bytes > c->lz4_wire_bytes
+                          ? c->lz4_original_bytes - c->lz4_wire_bytes
+                          : 0;
+    st->lz4_skipped = c->lz4_skipped;
+    st->lz4_refused = c->lz4_refused;
+    st->batch_malformed = c->batch_malformed;
+}
 
-    /* Errors by code: those the broker answered or forwarded, then the
-     * reasons malformed messages were rejected for. */
-    enum { NE_MAX = AB_WIRE_ERROR_COUNT + AB_STATUS_COUNT };
-    Agentbus__ErrorCount ec[NE_MAX], *ecp[NE_MAX];
+/* Storage the Stats message points into until it is packed. */
+enum { S_NE_MAX = AB_WIRE_ERROR_COUNT + AB_STATUS_COUNT, S_NH = AB_HEALTH_DRAINING + 1 };
+_Static_assert(S_NH <= AB_HEALTH_KINDS_MAX, "counters.h: health_entered too small");
+typedef struct {
+    Agentbus__ErrorCount ec[S_NE_MAX], *ecp[S_NE_MAX];
     char names[AB_STATUS_COUNT][32];
+    Agentbus__StateCount hc[S_NH], *hcp[S_NH];
+} s_stats_mem_t;
+
+/* Errors by code: those the broker answered or forwarded, then the reasons
+ * malformed messages were rejected for. */
+static void s_error_stats(const ab_counters_t *c, Agentbus__Stats *st, s_stats_mem_t *m)
+{
     size_t ne = 0;
     for (int i = 0; i < AB_WIRE_ERROR_COUNT; i++) {
         if (!c->errors_sent[i] || ab_wire_error_at(i) == AB_ERR_NONE)
             continue;
-        agentbus__error_count__init(&ec[ne]);
-        ec[ne].code = (char *)ab_wire_error_name(ab_wire_error_at(i));
-        ec[ne].count = c->errors_sent[i];
-        ecp[ne] = &ec[ne];
+        agentbus__error_count__init(&m->ec[ne]);
+        m->ec[ne].code = (char *)ab_wire_error_name(ab_wire_error_at(i));
+        m->ec[ne].count = c->errors_sent[i];
+        m->ecp[ne] = &m->ec[ne];
         ne++;
     }
     for (int i = 0; i < AB_STATUS_COUNT; i++) {
         if (!c->rejected[i] || ab_status_at(i) == AB_OK)
             continue;
-        agentbus__error_count__init(&ec[ne]);
-        snprintf(names[i], sizeof names[i], "rejected:%s", ab_status_name(ab_status_at(i)));
-        ec[ne].code = names[i];
-        ec[ne].count = c->rejected[i];
-        ecp[ne] = &ec[ne];
+        agentbus__error_count__init(&m->ec[ne]);
+        snprintf(m->names[i], sizeof m->names[i], "rejected:%s", ab_status_name(ab_status_at(i)));
+        m->ec[ne].code = m->names[i];
+        m->ec[ne].count = c->rejected[i];
+        m->ecp[ne] = &m->ec[ne];
         ne++;
     }
-    st.n_errors = ne;
-    st.errors = ecp;
+    st->n_errors = ne;
+    st->errors = m->ecp;
+}
+
+/* Worker health transitions by the state entered, every state listed (the
+ * figures of /metrics' agentbus_health_transitions_total). */
+static void s_health_stats(const ab_counters_t *c, Agentbus__Stats *st, s_stats_mem_t *m)
+{
+    for (int k = 0; k < S_NH; k++) {
+        agentbus__state_count__init(&m->hc[k]);
+        m->hc[k].state = (char *)ab_health_name((ab_health_kind_t)k);
+        m->hc[k].count = c->health_entered[k];
+        m->hcp[k] = &m->hc[k];
+    }
+    st->n_health_transitions = S_NH;
+    st->health_transitions = m->hcp;
+}
+
+static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
+{
+    Agentbus__Stats st;
+    agentbus__stats__init(&st);
+    s_stats_mem_t m;
+    s_traffic_stats(b, &st);
+    s_failure_stats(b, &st);
+    s_wire_stats(&b->c, &st);
+    s_bounds_stats(b, &st);
+    s_error_stats(&b->c, &st, &m);
+    s_health_stats(&b->c, &st, &m);
     ab_msgs_stats(b, &st);
     st.cache = ab_cache_stats(b);
 

@@ -1,10 +1,9 @@
 /*
- * log.h - level-checked logging to stderr.
+ * log.h - level-checked logging to stderr for the broker and the library.
  *
- * One line per message: RFC 3339 UTC time with milliseconds, level,
- * subsystem, message ("2026-01-02T03:04:05.678Z INFO  router  text"), or with
- * ab_log_format = AB_LOG_JSON one JSON object per line with the keys ts,
- * level, subsys and msg.
+ * The line format (text or JSON) is base/logline.h's, shared with the
+ * programs outside (tools/lib/tl_log.h); this adds the levels in force, the
+ * stream, the macros and the rate limiter.
  *
  * The subsystem is AB_LOG_SUBSYS where the macro is used: a .c file defines
  * it (a string literal) before its first #include; "core" when it does not.
@@ -16,31 +15,19 @@
 #ifndef AB_LOG_H
 #define AB_LOG_H
 
-#include <stddef.h>
+#include "logline.h"
+
 #include <stdint.h>
-#include <time.h>
 
 #ifndef AB_LOG_SUBSYS
 #define AB_LOG_SUBSYS "core"
 #endif
-
-enum { AB_LOG_ERROR = 0, AB_LOG_WARN = 1, AB_LOG_INFO = 2, AB_LOG_DEBUG = 3 };
-enum { AB_LOG_TEXT = 0, AB_LOG_JSON = 1 };
 
 extern int ab_log_level;
 extern int ab_log_format; /* AB_LOG_TEXT or AB_LOG_JSON */
 
 void ab_log_write(int level, const char *subsys, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* Parses "error", "warn", "info", "debug"; -1 if unknown. */
-int ab_log_level_parse(const char *s);
-/* Parses "text" or "json"; -1 if unknown. */
-int ab_log_format_parse(const char *s);
-/* Formats one line (with its '\n') of FORMAT into BUF of SIZE bytes, at time
- * T; a message too long for BUF is cut (a JSON line stays valid). Returns the
- * length written. Pure: the writer and the unit test share it. */
-size_t ab_log_format_line(char *buf, size_t size, int format, int level, const char *subsys,
-                          const struct timespec *t, const char *msg);
 
 #define AB_LOG(level, ...)                                                                         \
     do {                                                                                           \

@@ -3,24 +3,6 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <time.h>
-
-uint64_t ab_now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
-uint64_t ab_now_us(void)
-{
-    return ab_now_ns() / 1000u;
-}
-
-int64_t ab_now_ms(void)
-{
-    return (int64_t)(ab_now_ns() / 1000000u);
-}
 
 char *ab_hex(const void *bytes, size_t n, char *out, size_t cap)
 {
@@ -45,19 +27,6 @@ uint64_t ab_hash_bytes(const void *p, size_t n)
         h *= 1099511628211ull;
     }
     return h;
-}
-
-int ab_parse_long(const char *s, long min, long max, long *out)
-{
-    if (!s || !*s)
-        return -1;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < min || v > max)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 int ab_parse_size(const char *s, size_t *out)

@@ -5,6 +5,7 @@
  */
 #include "gw_json.h"
 #include "agentbus.pb-c.h"
+#include "tl_infer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,7 +299,7 @@ typedef struct {
     json_t *body;
     gw_req_t *req;
     s_arena_t *a;
-    Agentbus__InferenceRequest *ir;
+    tl_infer_t *in; /* packed by tl_infer_pack, as brokerctl's requests */
     char ka[32];
     char *err;
     size_t cap;
@@ -311,25 +312,19 @@ typedef struct {
 static int s_model_command(s_build_t *b, Agentbus__ModelCommand *mc)
 {
     agentbus__model_command__init(mc);
-    mc->model = b->req->model;
     if (s_keep_alive(b->body, b->ka, sizeof b->ka, &mc->keep_alive, b->err, b->cap) ||
         s_stream(b->body, &b->req->stream, b->err, b->cap))
         return -1;
     const char *ka = mc->keep_alive;
     int unload = strcmp(ka, "0") == 0 || strcmp(ka, "0s") == 0 || strcmp(ka, "0m") == 0;
-    b->ir->body_case = unload ? AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD
-                              : AGENTBUS__INFERENCE_REQUEST__BODY_LOAD;
-    if (unload)
-        b->ir->unload = mc;
-    else
-        b->ir->load = mc;
+    b->in->kind = unload ? TL_INFER_UNLOAD : TL_INFER_LOAD;
+    b->in->body.command = mc;
     return 0;
 }
 
 static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__InferenceOptions *o)
 {
     agentbus__generate_request__init(g);
-    g->model = b->req->model;
     if (s_str(b->body, "prompt", &g->prompt, b->err, b->cap) ||
         s_str(b->body, "system", &g->system, b->err, b->cap) ||
         s_str(b->body, "suffix", &g->suffix, b->err, b->cap) ||
@@ -341,10 +336,8 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
                  b->cap))
         return -1;
     g->raw = json_is_true(json_object_get(b->body, "raw"));
-    g->has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
-    g->stream = b->req->stream;
-    b->ir->body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
-    b->ir->generate = g;
+    b->in->kind = TL_INFER_GENERATE;
+    b->in->body.generate = g;
     return 0;
 }
 
@@ -365,7 +358,6 @@ static int s_message(s_build_t *b, json_t *m, Agentbus__ChatMessage *cm)
 static int s_chat(s_build_t *b, Agentbus__ChatRequest *c, Agentbus__InferenceOptions *o)
 {
     agentbus__chat_request__init(c);
-    c->model = b->req->model;
     json_t *msgs = json_object_get(b->body, "messages");
     if (msgs && !json_is_null(msgs) && !json_is_array(msgs))
         return s_fail(b->err, b->cap, "invalid %s: expected an array", "messages");
@@ -385,17 +377,14 @@ static int s_chat(s_build_t *b, Agentbus__ChatRequest *c, Agentbus__InferenceOpt
         s_stream(b->body, &b->req->stream, b->err, b->cap) ||
         s_options(json_object_get(b->body, "options"), o, &c->options, b->a, b->err, b->cap))
         return -1;
-    c->has_stream_case = AGENTBUS__CHAT_REQUEST__HAS_STREAM_STREAM;
-    c->stream = b->req->stream;
-    b->ir->body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
-    b->ir->chat = c;
+    b->in->kind = TL_INFER_CHAT;
+    b->in->body.chat = c;
     return 0;
 }
 
 static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceOptions *o)
 {
     agentbus__embed_request__init(e);
-    e->model = b->req->model;
     json_t *in = json_object_get(b->body, "input");
     if (!in || json_is_null(in))
         in = json_object_get(b->body, "prompt");
@@ -421,8 +410,8 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
     if (s_keep_alive(b->body, b->ka, sizeof b->ka, &e->keep_alive, b->err, b->cap) ||
         s_options(json_object_get(b->body, "options"), o, &e->options, b->a, b->err, b->cap))
         return -1;
-    b->ir->body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
-    b->ir->embed = e;
+    b->in->kind = TL_INFER_EMBED;
+    b->in->body.embed = e;
     return 0;
 }
 
@@ -456,13 +445,13 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
     s_arena_t *a = calloc(1, sizeof *a);
     if (!a)
         return s_fail(err, errcap, "%s", "out of memory");
-    Agentbus__InferenceRequest ir = AGENTBUS__INFERENCE_REQUEST__INIT;
+    tl_infer_t in = {0};
     Agentbus__GenerateRequest g;
     Agentbus__ChatRequest c;
     Agentbus__EmbedRequest e;
     Agentbus__InferenceOptions o;
     Agentbus__ModelCommand mc;
-    s_build_t b = {body, req, a, &ir, {0}, err, errcap};
+    s_build_t b = {body, req, a, &in, {0}, err, errcap};
     int rc;
     if (s_is_command(kind, body))
         rc = s_model_command(&b, &mc);
@@ -473,11 +462,10 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
     if (rc == 0 && a->oom)
         rc = s_fail(err, errcap, "%s", "out of memory");
     if (rc == 0) {
-        req->pb_len = agentbus__inference_request__get_packed_size(&ir);
-        req->pb = malloc(req->pb_len ? req->pb_len : 1);
-        if (req->pb)
-            agentbus__inference_request__pack(&ir, req->pb);
-        else
+        in.model = req->model;
+        in.stream = req->stream;
+        req->pb = tl_infer_pack(&in, &req->pb_len);
+        if (!req->pb)
             rc = s_fail(err, errcap, "%s", "out of memory");
     }
     s_arena_free(a);

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -310,8 +311,35 @@ static void s_eject(void)
     REQUIRE(st != NULL);
     CHECK_EQ(st->workers_ejected, 3);
     CHECK_EQ(st->probes, 3);
+    /* The health transitions of /metrics, in stats: every state listed,
+     * ejected entered three times, healthy again once recovered. */
+    CHECK_EQ(st->n_health_transitions, 6);
+    unsigned long long entered_ejected = 0, entered_healthy = 0;
+    for (size_t i = 0; i < st->n_health_transitions; i++) {
+        if (strcmp(st->health_transitions[i]->state, "ejected") == 0)
+            entered_ejected = st->health_transitions[i]->count;
+        if (strcmp(st->health_transitions[i]->state, "healthy") == 0)
+            entered_healthy = st->health_transitions[i]->count;
+    }
+    CHECK_U64(entered_ejected, 3);
+    CHECK_TRUE(entered_healthy >= 1);
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&c);
+    /* brokerctl stats shows them, as text and as JSON. */
+    char cmd[512], out[16384];
+    snprintf(cmd, sizeof cmd, "%s --broker %s stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    const char *line = strstr(out, "entered");
+    CHECK_TRUE(line != NULL && strstr(line, "ejected 3") != NULL &&
+               strstr(line, "draining 0") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    json_t *j = json_loads(out, 0, NULL);
+    json_t *tr = json_object_get(json_object_get(j, "health"), "transitions");
+    CHECK_EQ(json_object_size(tr), 6);
+    CHECK_EQ(json_integer_value(json_object_get(tr, "ejected")), 3);
+    CHECK_TRUE(json_integer_value(json_object_get(tr, "healthy")) >= 1);
+    json_decref(j);
 }
 
 /* --- adaptive heartbeat interval --------------------------------------------------------------- */

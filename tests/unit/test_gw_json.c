@@ -1,13 +1,15 @@
 /*
  * test_gw_json.c - the gateway's JSON translation on its own: Ollama
  * bodies into InferenceRequest (presence of options kept, as the cache key
- * needs), the fields brokerctl sets, bad bodies refused with a reason,
+ * needs), the fields brokerctl sets, the same bytes as brokerctl's
+ * requests (tl_infer_pack), bad bodies refused with a reason,
  * replies rendered in Ollama's shapes, base64 both ways.
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "gw_json.h"
 #include "test.h"
+#include "tl_infer.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -203,10 +205,62 @@ static void s_test_base64(void)
     CHECK_TRUE(gw_base64_decode("ab$d", &l) == NULL);
 }
 
+/* Packs what brokerctl builds (tools/brokerctl/infer.c) and checks that the
+ * gateway sends the same bytes for the same call: one cache entry. */
+static void s_same_bytes(const char *what, const tl_infer_t *ctl, gw_kind_t kind,
+                         const char *body)
+{
+    size_t len = 0;
+    uint8_t *a = tl_infer_pack(ctl, &len);
+    gw_req_t req;
+    char err[256] = "";
+    json_t *j = json_loads(body, 0, NULL);
+    CHECK_EQ(gw_req_from_json(kind, j, &req, err, sizeof err), 0);
+    json_decref(j);
+    REQUIRE(a != NULL);
+    CHECK_U64(req.pb_len, len);
+    if (req.pb_len != len || memcmp(req.pb, a, len) != 0)
+        printf("  %s: brokerctl and gateway requests differ\n", what);
+    CHECK_TRUE(req.pb_len == len && memcmp(req.pb, a, len) == 0);
+    free(a);
+    gw_req_free(&req);
+}
+
+static void s_test_same_as_brokerctl(void)
+{
+    /* brokerctl generate sim-small PROMPT --seed 7 */
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    Agentbus__InferenceOptions o = AGENTBUS__INFERENCE_OPTIONS__INIT;
+    o.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
+    o.seed = 7;
+    g.prompt = "the same prompt";
+    g.system = "";
+    g.options = &o;
+    s_same_bytes("generate", &(tl_infer_t){TL_INFER_GENERATE, "sim-small", 1, {.generate = &g}},
+                 GW_GENERATE,
+                 "{\"model\":\"sim-small\",\"prompt\":\"the same prompt\",\"options\":{\"seed\":7}}");
+    /* brokerctl embed m a b */
+    Agentbus__EmbedRequest e = AGENTBUS__EMBED_REQUEST__INIT;
+    char *in[] = {"a", "b"};
+    e.input = in;
+    e.n_input = 2;
+    s_same_bytes("embed", &(tl_infer_t){TL_INFER_EMBED, "m", 0, {.embed = &e}}, GW_EMBED,
+                 "{\"model\":\"m\",\"input\":[\"a\",\"b\"]}");
+    /* brokerctl models load W m */
+    Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
+    s_same_bytes("load", &(tl_infer_t){TL_INFER_LOAD, "m", 0, {.command = &mc}}, GW_GENERATE,
+                 "{\"model\":\"m\"}");
+    /* An unknown kind is refused, not packed. */
+    size_t len = 1;
+    CHECK_TRUE(tl_infer_pack(&(tl_infer_t){(tl_infer_kind_t)9, "m", 0, {NULL}}, &len) == NULL);
+    CHECK_U64(len, 0);
+}
+
 int main(void)
 {
     s_test_generate();
     s_test_chat_embed();
+    s_test_same_as_brokerctl();
     s_test_refused();
     s_test_load();
     s_test_replies();

@@ -15,6 +15,7 @@
 #include "infer.h"
 #include "render.h"
 #include "agentbus.pb-c.h"
+#include "tl_infer.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -174,15 +175,15 @@ static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
         r->done = 1;
 }
 
-static int s_send(ab_client_t *c, const char *service, const char *model, const char *worker,
-                  const Agentbus__InferenceRequest *req, int timeout_ms, s_run_t *run,
+static int s_send(ab_client_t *c, const char *service, const char *worker,
+                  const tl_infer_t *req, int timeout_ms, s_run_t *run,
                   volatile sig_atomic_t *stop)
 {
-    size_t len = agentbus__inference_request__get_packed_size(req);
-    uint8_t *buf = malloc(len ? len : 1);
+    size_t len;
+    uint8_t *buf = tl_infer_pack(req, &len);
     if (!buf)
         return AB_ENOMEM;
-    agentbus__inference_request__pack(req, buf);
+    const char *model = req->model;
     uint64_t id;
     int rc = ab_client_request_start(
         c, service, buf, len,
@@ -231,24 +232,18 @@ typedef struct {
 
 static int s_cmd_generate(const s_ctx_t *x, const char *model, const char *prompt)
 {
-    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
     Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
     Agentbus__InferenceOptions opt;
-    g.model = (char *)model;
     g.prompt = (char *)prompt;
     g.system = (char *)(x->f->system ? x->f->system : "");
-    g.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
-    g.stream = !x->f->no_stream;
     g.options = s_options(x->f, &opt);
-    req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
-    req.generate = &g;
+    tl_infer_t req = {TL_INFER_GENERATE, model, !x->f->no_stream, {.generate = &g}};
     x->run->kind = 1;
-    return s_send(x->c, x->f->service, model, NULL, &req, x->timeout_ms, x->run, x->stop);
+    return s_send(x->c, x->f->service, NULL, &req, x->timeout_ms, x->run, x->stop);
 }
 
 static int s_cmd_chat(const s_ctx_t *x, const char *model, const char *message)
 {
-    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
     Agentbus__ChatRequest ch = AGENTBUS__CHAT_REQUEST__INIT;
     Agentbus__InferenceOptions opt;
     Agentbus__ChatMessage m[2], *mp[2];
@@ -265,48 +260,34 @@ static int s_cmd_chat(const s_ctx_t *x, const char *model, const char *message)
     m[n].content = (char *)message;
     mp[n] = &m[n];
     n++;
-    ch.model = (char *)model;
     ch.n_messages = n;
     ch.messages = mp;
-    ch.has_stream_case = AGENTBUS__CHAT_REQUEST__HAS_STREAM_STREAM;
-    ch.stream = !x->f->no_stream;
     ch.options = s_options(x->f, &opt);
-    req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
-    req.chat = &ch;
+    tl_infer_t req = {TL_INFER_CHAT, model, !x->f->no_stream, {.chat = &ch}};
     x->run->kind = 2;
-    return s_send(x->c, x->f->service, model, NULL, &req, x->timeout_ms, x->run, x->stop);
+    return s_send(x->c, x->f->service, NULL, &req, x->timeout_ms, x->run, x->stop);
 }
 
 static int s_cmd_embed(const s_ctx_t *x, const char *model, const char *const *inputs,
                        size_t n)
 {
-    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
     Agentbus__EmbedRequest e = AGENTBUS__EMBED_REQUEST__INIT;
-    e.model = (char *)model;
     e.n_input = n;
     e.input = (char **)inputs;
-    req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
-    req.embed = &e;
+    tl_infer_t req = {TL_INFER_EMBED, model, 0, {.embed = &e}};
     x->run->kind = 3;
-    return s_send(x->c, x->f->service, model, NULL, &req, x->timeout_ms, x->run, x->stop);
+    return s_send(x->c, x->f->service, NULL, &req, x->timeout_ms, x->run, x->stop);
 }
 
 /* models load|unload WORKER MODEL: pinned to WORKER (Header.worker). */
 static int s_cmd_model(const s_ctx_t *x, int load, const char *worker, const char *model)
 {
-    Agentbus__InferenceRequest req = AGENTBUS__INFERENCE_REQUEST__INIT;
     Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
-    mc.model = (char *)model;
-    req.body_case = load ? AGENTBUS__INFERENCE_REQUEST__BODY_LOAD
-                         : AGENTBUS__INFERENCE_REQUEST__BODY_UNLOAD;
-    if (load)
-        req.load = &mc;
-    else
-        req.unload = &mc;
+    tl_infer_t req = {load ? TL_INFER_LOAD : TL_INFER_UNLOAD, model, 0, {.command = &mc}};
     x->run->kind = load ? 4 : 5;
     x->run->worker = worker;
     x->run->model = model;
-    return s_send(x->c, x->f->service, model, worker, &req, x->timeout_ms, x->run, x->stop);
+    return s_send(x->c, x->f->service, worker, &req, x->timeout_ms, x->run, x->stop);
 }
 
 int ctl_infer(ab_client_t *c, const char *cmd, int npos, const char *const *pos,

@@ -93,10 +93,15 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
     return j;
 }
 
-/* issue 5: failure handling figures, one object under "health". */
+/* issue 5: failure handling figures, one object under "health", with the
+ * health transitions by the state entered under "transitions". */
 static json_t *s_health_json(const Agentbus__Stats *st)
 {
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
+    json_t *entered = json_object();
+    for (size_t i = 0; i < st->n_health_transitions; i++)
+        json_object_set_new(entered, st->health_transitions[i]->state,
+                            json_integer((json_int_t)st->health_transitions[i]->count));
+    json_t *j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
                      "redispatched", (json_int_t)st->redispatched, "retries_exhausted",
                      (json_int_t)st->retries_exhausted, "duplicates_dropped",
                      (json_int_t)st->duplicates_dropped, "late_replies",
@@ -107,6 +112,19 @@ static json_t *s_health_json(const Agentbus__Stats *st)
                      "probes", (json_int_t)st->probes, "send_eagain", (json_int_t)st->send_eagain,
                      "send_unreachable", (json_int_t)st->send_unreachable, "client_limit_busy",
                      (json_int_t)st->client_limit_busy, "draining", st->draining);
+    json_object_set_new(j, "transitions", entered);
+    return j;
+}
+
+/* The health transitions line of the text view (under "health"). */
+static void s_transitions_text(FILE *out, const Agentbus__Stats *st)
+{
+    fprintf(out, "             entered     ");
+    for (size_t i = 0; i < st->n_health_transitions; i++)
+        fprintf(out, " %s %llu%s", st->health_transitions[i]->state,
+                (unsigned long long)st->health_transitions[i]->count,
+                i + 1 < st->n_health_transitions ? "  " : "");
+    fprintf(out, "%s\n", st->n_health_transitions ? "" : " -");
 }
 
 /* Batching and compression figures (issue 4), added after the rest so the
@@ -213,7 +231,7 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             "   late replies %llu\n"
             "             deadline expired %llu   suspected %llu   ejected %llu   probes %llu"
             "   disconnects %llu\n"
-            "             send eagain %llu   unreachable %llu   client limit busy %llu%s\n\n",
+            "             send eagain %llu   unreachable %llu   client limit busy %llu%s\n",
             (unsigned long long)st->redispatched, (unsigned long long)st->retries_exhausted,
             (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies,
             (unsigned long long)st->deadline_expired, (unsigned long long)st->workers_suspected,
@@ -221,6 +239,8 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->disconnects, (unsigned long long)st->send_eagain,
             (unsigned long long)st->send_unreachable, (unsigned long long)st->client_limit_busy,
             st->draining ? "   DRAINING" : "");
+    s_transitions_text(out, st);
+    fprintf(out, "\n");
     s_services_text(out, st->services, st->n_services);
 }
 

@@ -10,19 +10,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int tl_parse_long(const char *s, long min, long max, long *out)
-{
-    if (!s || !*s)
-        return -1;
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || *end != '\0' || v < min || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 int tl_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -18,12 +18,17 @@
 #ifndef TL_ARGS_H
 #define TL_ARGS_H
 
+#include "parse.h"
+
 #include <stddef.h>
 
 /* Parses S as a whole decimal number in [MIN, MAX] into *OUT.
  * 0 on success; -1 (and *OUT untouched) for NULL, "", trailing characters,
- * overflow or a value out of range. */
-int tl_parse_long(const char *s, long min, long max, long *out);
+ * overflow or a value out of range (base/parse.h's ab_parse_long). */
+static inline int tl_parse_long(const char *s, long min, long max, long *out)
+{
+    return ab_parse_long(s, min, max, out);
+}
 
 /* A TCP port that was free on 127.0.0.1 a moment ago (bound to port 0 and
  * released), or -1. Another process may take it before the caller binds:

@@ -1,39 +1,43 @@
 /*
- * tl_hist.h - latency histogram for the load tools and benches (tools/lib).
- *
- * Log-linear buckets: values below 2^TL_HIST_SUB_BITS are counted exactly;
- * each higher power-of-two range is cut into 2^TL_HIST_SUB_BITS equal
- * parts, so a reported percentile is at most ~3% above the true value.
- * Fixed memory (TL_HIST_BUCKETS counters) whatever is recorded, so a
- * program can keep one per thread and merge them at the end.
- *
- * A tl_hist_t is plain data owned by the caller (zero it with
- * tl_hist_reset); no function allocates or fails. Not thread-safe: one
- * thread records into a histogram at a time.
+ * tl_hist.h - the latency histogram for the load tools and benches:
+ * base/hist.h under tools/lib's names (its contract holds: log-linear
+ * buckets within ~3%, fixed memory, plain data owned by the caller, no
+ * allocation, one thread at a time).
  */
 #ifndef TL_HIST_H
 #define TL_HIST_H
 
+#include "hist.h"
+
 #include <stdint.h>
 
-#define TL_HIST_SUB_BITS 5
-/* Values of 2^TL_HIST_TOP_BITS and above share the last bucket. */
-#define TL_HIST_TOP_BITS 40
-#define TL_HIST_BUCKETS ((TL_HIST_TOP_BITS - TL_HIST_SUB_BITS + 1) << TL_HIST_SUB_BITS)
+#define TL_HIST_SUB_BITS AB_HIST_SUB_BITS
+#define TL_HIST_BUCKETS AB_HIST_BUCKETS
 
-typedef struct {
-    uint64_t counts[TL_HIST_BUCKETS];
-    uint64_t total;
-    uint64_t min, max; /* of the recorded values; 0 when empty */
-} tl_hist_t;
+typedef ab_hist_t tl_hist_t;
 
-void tl_hist_reset(tl_hist_t *h);
-void tl_hist_record(tl_hist_t *h, uint64_t value);
+static inline void tl_hist_reset(tl_hist_t *h)
+{
+    ab_hist_reset(h);
+}
+
+static inline void tl_hist_record(tl_hist_t *h, uint64_t value)
+{
+    ab_hist_record(h, value);
+}
+
 /* The value at percentile P (0..100, nearest rank): the top of the bucket
  * holding that sample, never above the largest value recorded. P <= 0
  * gives the minimum; 0 for an empty histogram. */
-uint64_t tl_hist_percentile(const tl_hist_t *h, double p);
+static inline uint64_t tl_hist_percentile(const tl_hist_t *h, double p)
+{
+    return ab_hist_percentile(h, p);
+}
+
 /* Adds SRC's samples into DST. */
-void tl_hist_merge(tl_hist_t *dst, const tl_hist_t *src);
+static inline void tl_hist_merge(tl_hist_t *dst, const tl_hist_t *src)
+{
+    ab_hist_merge(dst, src);
+}
 
 #endif

@@ -1,53 +1,43 @@
 /*
- * tl_list.h - an intrusive doubly linked list for the programs outside the
- * broker (tools/lib), in the manner of libuv's QUEUE: the element embeds a
- * tl_list_t node, the list is a sentinel node of the same type, and
- * tl_list_entry gets back from a node to its element. Nothing allocates and
- * nothing fails; removing an element is O(1) without knowing its list.
- *
- * A list and its elements belong to one thread at a time. An element may be
- * removed while iterating if the loop saved the next node first:
+ * tl_list.h - the intrusive doubly linked list for the programs outside the
+ * broker: base/list.h under tools/lib's names (its contract holds: the
+ * element embeds a tl_list_t node, the list is a head node of the same
+ * type, nothing allocates or fails, one thread at a time). An unlinked
+ * node may be removed again (a no-op). An element may be removed while
+ * iterating if the loop saved the next node first:
  *     for (tl_list_t *n = l.next, *nx; n != &l; n = nx) { nx = n->next; ... }
  */
 #ifndef TL_LIST_H
 #define TL_LIST_H
 
-#include <stddef.h>
+#include "list.h"
 
-typedef struct tl_list {
-    struct tl_list *prev, *next;
-} tl_list_t;
+typedef ab_list_t tl_list_t;
 
 /* The element of type TYPE whose member MEMBER is NODE. */
-#define tl_list_entry(node, type, member) ((type *)((char *)(node) - offsetof(type, member)))
+#define tl_list_entry(node, type, member) ab_list_data(node, type, member)
 
-/* Makes L an empty list (or N an unlinked node). */
+/* Makes L an empty list. */
 static inline void tl_list_init(tl_list_t *l)
 {
-    l->prev = l->next = l;
+    ab_list_init(l);
 }
 
 static inline int tl_list_empty(const tl_list_t *l)
 {
-    return l->next == l;
+    return ab_list_empty(l);
 }
 
 /* Appends node N (not in a list) at the end of L. */
 static inline void tl_list_push_back(tl_list_t *l, tl_list_t *n)
 {
-    n->prev = l->prev;
-    n->next = l;
-    l->prev->next = n;
-    l->prev = n;
+    ab_list_insert_tail(l, n);
 }
 
-/* Unlinks N from its list and leaves it unlinked (removing it again is a
- * no-op). */
+/* Unlinks N from its list (a no-op when it is not linked). */
 static inline void tl_list_remove(tl_list_t *n)
 {
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    tl_list_init(n);
+    ab_list_remove(n);
 }
 
 #endif

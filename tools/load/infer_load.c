@@ -7,12 +7,9 @@
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "load_run.h"
 #include "tl_clock.h"
-#include "tl_args.h"
-#include "tl_hist.h"
 
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,13 +20,11 @@ typedef struct {
 } s_cfg_t;
 
 typedef struct {
+    ld_stats_t st; /* first: ld_run's record */
     const s_cfg_t *cfg;
     int index;
-    uint64_t sent, ok, failed, tokens;
-    int first_error;
-    char first_error_text[200];
-    tl_hist_t lat, ttft;
-    pthread_t thread;
+    uint64_t tokens;
+    tl_hist_t ttft;
 } s_agent_t;
 
 typedef struct {
@@ -38,13 +33,6 @@ typedef struct {
     int got_first, done, status;
     char error[200];
 } s_call_t;
-
-static volatile sig_atomic_t s_stop;
-static void s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
 
 static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
@@ -80,31 +68,24 @@ static void *s_agent_main(void *arg)
 {
     s_agent_t *a = arg;
     const s_cfg_t *cfg = a->cfg;
-    ab_options_t *o = ab_options_new();
-    char name[64];
-    snprintf(name, sizeof name, "infer-agent-%d", a->index);
-    ab_options_set_name(o, name);
-    if (cfg->broker)
-        ab_options_set_endpoint(o, cfg->broker);
     ab_client_t *c = NULL;
-    int rc = ab_client_new(&c, o);
-    ab_options_destroy(&o);
+    int rc = ld_connect(cfg->broker, "infer-agent", a->index, &c);
     if (rc != AB_OK) {
-        a->first_error = rc;
+        a->st.first_error = rc;
         return NULL;
     }
     uint32_t rng = 0x9e3779b9u * (uint32_t)(a->index + 1);
     int64_t end = tl_now_ms() + cfg->seconds * 1000;
     char model[128], prompt[160];
-    while (!s_stop && tl_now_ms() < end) {
+    while (!ld_stop && tl_now_ms() < end) {
         rng = rng * 1103515245u + 12345u;
         int repeat = (long)(rng >> 8) % 100 < cfg->repeat_pct;
-        s_model(cfg->models, (long)(a->index + a->sent), model, sizeof model);
+        s_model(cfg->models, (long)(a->index + a->st.sent), model, sizeof model);
         if (repeat)
             snprintf(prompt, sizeof prompt, "frequently asked question number %u", (rng >> 4) % 8);
         else
             snprintf(prompt, sizeof prompt, "agent %d asks question %llu", a->index,
-                     (unsigned long long)a->sent);
+                     (unsigned long long)a->st.sent);
         Agentbus__InferenceRequest q = AGENTBUS__INFERENCE_REQUEST__INIT;
         Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
         Agentbus__InferenceOptions op = AGENTBUS__INFERENCE_OPTIONS__INIT;
@@ -122,54 +103,48 @@ static void *s_agent_main(void *arg)
         uint8_t buf[512];
         size_t len = agentbus__inference_request__pack(&q, buf);
         s_call_t call = {a, tl_now_us(), 0, 0, 0, ""};
-        a->sent++;
+        a->st.sent++;
         uint64_t id = 0;
         rc = ab_client_request_start(c, cfg->service, buf, len,
                                      &(ab_request_opts_t){.timeout_ms = 60000, .model = model},
                                      s_on_event, &call, &id);
-        while (rc == AB_OK && !call.done && !s_stop)
+        while (rc == AB_OK && !call.done && !ld_stop)
             if (ab_client_poll(c, 100) < 0)
                 break;
         if (rc == AB_OK && !call.done) /* CALL lives on this stack: end it now */
             ab_client_cancel(c, id);
         if (rc == AB_OK && call.done && call.status == AB_OK) {
-            a->ok++;
-            tl_hist_record(&a->lat, tl_now_us() - call.start_us);
+            a->st.ok++;
+            tl_hist_record(&a->st.lat, tl_now_us() - call.start_us);
         } else {
-            a->failed++;
-            if (!a->first_error) {
-                a->first_error = rc != AB_OK ? rc : call.done ? call.status : AB_ESTOPPED;
-                snprintf(a->first_error_text, sizeof a->first_error_text, "%s", call.error);
+            a->st.failed++;
+            if (!a->st.first_error) {
+                a->st.first_error = rc != AB_OK ? rc : call.done ? call.status : AB_ESTOPPED;
+                snprintf(a->st.first_error_text, sizeof a->st.first_error_text, "%s",
+                         call.error);
             }
         }
-        for (long t = 0; t < cfg->think_ms && !s_stop; t += 50)
+        for (long t = 0; t < cfg->think_ms && !ld_stop; t += 50)
             ab_client_poll(c, cfg->think_ms - t < 50 ? (int)(cfg->think_ms - t) : 50);
     }
     ab_client_destroy(&c);
     return NULL;
 }
 
-enum { O_HELP = 1, O_VERSION, O_BROKER, O_SERVICE, O_MODELS, O_AGENTS, O_SECONDS, O_THINK,
-       O_REPEAT, O_PREDICT };
+enum { O_SERVICE = LD_FIRST_OWN, O_MODELS, O_AGENTS, O_SECONDS, O_THINK, O_REPEAT, O_PREDICT };
 static const tl_opt_t s_opts[] = {
-    {"help", 'h', TL_NOVAL, O_HELP},       {"version", 0, TL_NOVAL, O_VERSION},
-    {"broker", 0, TL_VAL, O_BROKER},       {"service", 0, TL_VAL, O_SERVICE},
+    {"help", 'h', TL_NOVAL, LD_HELP},      {"version", 0, TL_NOVAL, LD_VERSION},
+    {"broker", 0, TL_VAL, LD_BROKER},      {"service", 0, TL_VAL, O_SERVICE},
     {"models", 0, TL_VAL, O_MODELS},       {"agents", 0, TL_VAL, O_AGENTS},
     {"seconds", 0, TL_VAL, O_SECONDS},     {"think-ms", 0, TL_VAL, O_THINK},
     {"repeat-pct", 0, TL_VAL, O_REPEAT},   {"num-predict", 0, TL_VAL, O_PREDICT},
     {NULL, 0, 0, 0},
 };
 
-static int s_take(s_cfg_t *cfg, int id, const char *v)
+static int s_take(void *arg, int id, const char *v)
 {
-    char why[256];
+    s_cfg_t *cfg = arg;
     switch (id) {
-    case O_BROKER:
-        cfg->broker = v;
-        if (tl_check_endpoint(v, why, sizeof why) == 0)
-            return 0;
-        fprintf(stderr, "agentbus-infer-load: invalid --broker '%s': %s\n", v, why);
-        return -2; /* reported */
     case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
     case O_MODELS: cfg->models = v; return *v ? 0 : -1;
     case O_AGENTS: return tl_parse_long(v, 1, 2000, &cfg->agents);
@@ -181,55 +156,23 @@ static int s_take(s_cfg_t *cfg, int id, const char *v)
     return -1;
 }
 
-static int s_parse(s_cfg_t *cfg, int argc, char **argv)
+static void s_usage(const char *argv0)
 {
-    memset(cfg, 0, sizeof *cfg);
-    cfg->service = "ollama";
-    cfg->models = "sim-small";
-    cfg->agents = 20;
-    cfg->seconds = 10;
-    cfg->think_ms = 0;
-    cfg->repeat_pct = 70;
-    tl_parser_t p;
-    tl_parser_init(&p, argc, argv, 1);
-    int id;
-    while ((id = tl_next(&p, s_opts)) != TL_END) {
-        if (id == O_HELP) {
-            printf("Usage: %s [--broker EP] [--service S] [--models M1,M2] [--agents N]\n"
-                   "          [--seconds N] [--think-ms N] [--repeat-pct P] [--num-predict N]\n\n"
-                   "N agents, one streamed generate request at a time each, for N seconds.\n",
-                   argv[0]);
-            return 1;
-        }
-        if (id == O_VERSION) {
-            tl_print_version("agentbus-infer-load", ab_version());
-            return 1;
-        }
-        if (id == TL_ERROR || id == TL_ARG) {
-            fprintf(stderr, "agentbus-infer-load: %s%s (see --help)\n",
-                    id == TL_ARG ? "unexpected argument " : p.err, id == TL_ARG ? p.arg : "");
-            return -1;
-        }
-        int bad = s_take(cfg, id, p.value);
-        if (bad == -2)
-            return -1;
-        if (bad != 0) {
-            fprintf(stderr, "agentbus-infer-load: bad value '%s' for --%s (see --help)\n",
-                    p.value, p.opt->name);
-            return -1;
-        }
-    }
-    return 0;
+    printf("Usage: %s [--broker EP] [--service S] [--models M1,M2] [--agents N]\n"
+           "          [--seconds N] [--think-ms N] [--repeat-pct P] [--num-predict N]\n\n"
+           "N agents, one streamed generate request at a time each, for N seconds.\n",
+           argv0);
 }
 
 int main(int argc, char **argv)
 {
-    s_cfg_t cfg;
-    int prc = s_parse(&cfg, argc, argv);
+    s_cfg_t cfg = {.service = "ollama", .models = "sim-small", .agents = 20, .seconds = 10,
+                   .think_ms = 0, .repeat_pct = 70};
+    int prc = ld_parse(argc, argv, "agentbus-infer-load", s_opts, s_usage, &cfg.broker,
+                       s_take, &cfg);
     if (prc != 0)
         return prc > 0 ? 0 : 2;
-    signal(SIGINT, s_on_signal);
-    signal(SIGTERM, s_on_signal);
+    ld_signals();
     s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
     if (!agents)
         return 1;
@@ -237,41 +180,30 @@ int main(int argc, char **argv)
     for (long i = 0; i < cfg.agents; i++) {
         agents[i].cfg = &cfg;
         agents[i].index = (int)i;
-        tl_hist_reset(&agents[i].lat);
         tl_hist_reset(&agents[i].ttft);
-        pthread_create(&agents[i].thread, NULL, s_agent_main, &agents[i]);
     }
-    tl_hist_t lat, ttft;
-    tl_hist_reset(&lat);
+    ld_stats_t t;
+    ld_run(agents, sizeof *agents, cfg.agents, s_agent_main, &t);
+    tl_hist_t ttft;
     tl_hist_reset(&ttft);
-    uint64_t sent = 0, ok = 0, failed = 0, tokens = 0;
-    int err = 0;
-    const char *err_text = "";
+    uint64_t tokens = 0;
     for (long i = 0; i < cfg.agents; i++) {
-        pthread_join(agents[i].thread, NULL);
-        tl_hist_merge(&lat, &agents[i].lat);
         tl_hist_merge(&ttft, &agents[i].ttft);
-        sent += agents[i].sent;
-        ok += agents[i].ok;
-        failed += agents[i].failed;
         tokens += agents[i].tokens;
-        if (!err && agents[i].first_error) {
-            err = agents[i].first_error;
-            err_text = agents[i].first_error_text;
-        }
     }
     double secs = (tl_now_ms() - t0) / 1000.0;
     printf("infer-load: %ld agents, %.1f s: %llu requests, %llu ok (%.1f/s), %llu failed, "
            "%.0f tokens/s\n",
-           cfg.agents, secs, (unsigned long long)sent, (unsigned long long)ok, ok / secs,
-           (unsigned long long)failed, tokens / secs);
+           cfg.agents, secs, (unsigned long long)t.sent, (unsigned long long)t.ok, t.ok / secs,
+           (unsigned long long)t.failed, tokens / secs);
     printf("infer-load: latency p50 %.1f ms, p95 %.1f ms, p99 %.1f ms; first token p50 %.1f ms, "
            "p95 %.1f ms\n",
-           tl_hist_percentile(&lat, 50) / 1000.0, tl_hist_percentile(&lat, 95) / 1000.0,
-           tl_hist_percentile(&lat, 99) / 1000.0, tl_hist_percentile(&ttft, 50) / 1000.0,
+           tl_hist_percentile(&t.lat, 50) / 1000.0, tl_hist_percentile(&t.lat, 95) / 1000.0,
+           tl_hist_percentile(&t.lat, 99) / 1000.0, tl_hist_percentile(&ttft, 50) / 1000.0,
            tl_hist_percentile(&ttft, 95) / 1000.0);
-    if (err)
-        printf("infer-load: first error: %s: %s\n", ab_status_name(err), err_text);
+    if (t.first_error)
+        printf("infer-load: first error: %s: %s\n", ab_status_name(t.first_error),
+               t.first_error_text);
     free(agents);
-    return failed ? 1 : 0;
+    return t.failed ? 1 : 0;
 }

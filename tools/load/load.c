@@ -6,12 +6,9 @@
  * sizes and checks that every reply echoes what it sent.
  */
 #include "agentbus.h"
+#include "load_run.h"
 #include "tl_clock.h"
-#include "tl_args.h"
-#include "tl_hist.h"
 
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +19,10 @@ typedef struct {
 } s_cfg_t;
 
 typedef struct {
+    ld_stats_t st; /* first: ld_run's record */
     const s_cfg_t *cfg;
     int index;
-    uint64_t sent, ok, failed, mismatched;
-    int first_error;
-    tl_hist_t lat;
-    pthread_t thread;
+    uint64_t mismatched;
 } s_agent_t;
 
 typedef struct {
@@ -36,13 +31,6 @@ typedef struct {
     size_t size;
     uint32_t seed;
 } s_call_t;
-
-static volatile sig_atomic_t s_stop;
-static void s_on_signal(int sig)
-{
-    (void)sig;
-    s_stop = 1;
-}
 
 /* Payload bytes are a function of (seed, offset), so a reply can be checked. */
 static void s_fill(char *buf, size_t n, uint32_t seed)
@@ -65,13 +53,13 @@ static void s_on_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
         if (!expect || ev->size != call->size || memcmp(ev->data, expect, call->size) != 0)
             a->mismatched++;
         else
-            a->ok++;
+            a->st.ok++;
         free(expect);
-        tl_hist_record(&a->lat, tl_now_us() - call->start_us);
+        tl_hist_record(&a->st.lat, tl_now_us() - call->start_us);
     } else {
-        a->failed++;
-        if (!a->first_error)
-            a->first_error = ev->status;
+        a->st.failed++;
+        if (!a->st.first_error)
+            a->st.first_error = ev->status;
     }
     free(call);
 }
@@ -82,16 +70,16 @@ static int s_send(s_agent_t *a, ab_client_t *c, char *buf)
     if (!call)
         return -1;
     call->agent = a;
-    call->seed = (uint32_t)(a->sent * 2654435761u + (uint32_t)a->index);
+    call->seed = (uint32_t)(a->st.sent * 2654435761u + (uint32_t)a->index);
     /* Mostly small messages, now and then a large one, like agent traffic. */
     call->size = (call->seed % 10 == 0) ? (size_t)a->cfg->max_bytes : 16 + call->seed % 240;
     call->start_us = tl_now_us();
     s_fill(buf, call->size, call->seed);
-    a->sent++;
+    a->st.sent++;
     if (ab_client_request_start(c, a->cfg->service, buf, call->size,
                                 &(ab_request_opts_t){.timeout_ms = 5000}, s_on_reply, call,
                                 NULL) != AB_OK) {
-        a->failed++;
+        a->st.failed++;
         free(call);
         return -1;
     }
@@ -101,23 +89,17 @@ static int s_send(s_agent_t *a, ab_client_t *c, char *buf)
 static void *s_agent_main(void *arg)
 {
     s_agent_t *a = arg;
-    ab_options_t *o = ab_options_new();
     ab_client_t *c = NULL;
-    char name[64];
-    snprintf(name, sizeof name, "demo-agent-%d", a->index);
-    ab_options_set_name(o, name);
-    if (a->cfg->broker)
-        ab_options_set_endpoint(o, a->cfg->broker);
-    int rc = ab_client_new(&c, o);
-    ab_options_destroy(&o);
+    int rc = ld_connect(a->cfg->broker, "demo-agent", a->index, &c);
     char *buf = malloc((size_t)a->cfg->max_bytes);
     if (rc != AB_OK || !buf) {
-        a->first_error = rc ? rc : AB_ENOMEM;
+        ab_client_destroy(&c);
+        a->st.first_error = rc ? rc : AB_ENOMEM;
         free(buf);
         return NULL;
     }
     int64_t end = tl_now_ms() + a->cfg->seconds * 1000;
-    while (!s_stop && tl_now_ms() < end) {
+    while (!ld_stop && tl_now_ms() < end) {
         while (ab_client_pending(c) < (size_t)a->cfg->window && s_send(a, c, buf) == 0)
             ;
         ab_client_poll(c, 100);
@@ -130,25 +112,19 @@ static void *s_agent_main(void *arg)
     return NULL;
 }
 
-enum { O_HELP = 1, O_VERSION, O_BROKER, O_SERVICE, O_AGENTS, O_SECONDS, O_WINDOW, O_MAXB };
+enum { O_SERVICE = LD_FIRST_OWN, O_AGENTS, O_SECONDS, O_WINDOW, O_MAXB };
 static const tl_opt_t s_opts[] = {
-    {"help", 'h', TL_NOVAL, O_HELP},     {"version", 0, TL_NOVAL, O_VERSION},
-    {"broker", 0, TL_VAL, O_BROKER},     {"service", 0, TL_VAL, O_SERVICE},
+    {"help", 'h', TL_NOVAL, LD_HELP},    {"version", 0, TL_NOVAL, LD_VERSION},
+    {"broker", 0, TL_VAL, LD_BROKER},    {"service", 0, TL_VAL, O_SERVICE},
     {"agents", 0, TL_VAL, O_AGENTS},     {"seconds", 0, TL_VAL, O_SECONDS},
     {"window", 0, TL_VAL, O_WINDOW},     {"max-bytes", 0, TL_VAL, O_MAXB},
     {NULL, 0, 0, 0},
 };
 
-static int s_take(s_cfg_t *cfg, int id, const char *v)
+static int s_take(void *arg, int id, const char *v)
 {
-    char why[256];
+    s_cfg_t *cfg = arg;
     switch (id) {
-    case O_BROKER:
-        cfg->broker = v;
-        if (tl_check_endpoint(v, why, sizeof why) == 0)
-            return 0;
-        fprintf(stderr, "agentbus-load: invalid --broker '%s': %s\n", v, why);
-        return -2; /* reported */
     case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
     case O_AGENTS: return tl_parse_long(v, 1, 1000, &cfg->agents);
     case O_SECONDS: return tl_parse_long(v, 1, 3600, &cfg->seconds);
@@ -158,51 +134,25 @@ static int s_take(s_cfg_t *cfg, int id, const char *v)
     return -1;
 }
 
-static int s_parse(s_cfg_t *cfg, int argc, char **argv)
+static void s_usage(const char *argv0)
 {
-    *cfg = (s_cfg_t){NULL, "echo", 20, 10, 4, 4096};
-    tl_parser_t p;
-    tl_parser_init(&p, argc, argv, 1);
-    int id;
-    while ((id = tl_next(&p, s_opts)) != TL_END) {
-        if (id == O_HELP) {
-            printf("Usage: agentbus-load [--broker EP] [--service NAME] [--agents N]\n"
-                   "                     [--seconds N] [--window N] [--max-bytes N]\n\n"
-                   "Runs N demo agents (default 20), each with its own connection and up to\n"
-                   "WINDOW requests in flight (default 4), for SECONDS (default 10) against\n"
-                   "SERVICE (default echo); checks every reply and prints a summary.\n"
-                   "Exits 1 if any request failed or a reply did not match.\n");
-            return 1;
-        }
-        if (id == O_VERSION) {
-            tl_print_version("agentbus-load", ab_version());
-            return 1;
-        }
-        if (id == TL_ERROR || id == TL_ARG) {
-            fprintf(stderr, "agentbus-load: %s%s (see --help)\n",
-                    id == TL_ARG ? "unexpected argument " : p.err, id == TL_ARG ? p.arg : "");
-            return -1;
-        }
-        int bad = s_take(cfg, id, p.value);
-        if (bad == -2)
-            return -1;
-        if (bad != 0) {
-            fprintf(stderr, "agentbus-load: bad value '%s' for --%s (see --help)\n", p.value,
-                    p.opt->name);
-            return -1;
-        }
-    }
-    return 0;
+    (void)argv0;
+    printf("Usage: agentbus-load [--broker EP] [--service NAME] [--agents N]\n"
+           "                     [--seconds N] [--window N] [--max-bytes N]\n\n"
+           "Runs N demo agents (default 20), each with its own connection and up to\n"
+           "WINDOW requests in flight (default 4), for SECONDS (default 10) against\n"
+           "SERVICE (default echo); checks every reply and prints a summary.\n"
+           "Exits 1 if any request failed or a reply did not match.\n");
 }
 
 int main(int argc, char **argv)
 {
-    s_cfg_t cfg;
-    int prc = s_parse(&cfg, argc, argv);
+    s_cfg_t cfg = {NULL, "echo", 20, 10, 4, 4096};
+    int prc = ld_parse(argc, argv, "agentbus-load", s_opts, s_usage, &cfg.broker, s_take,
+                       &cfg);
     if (prc)
         return prc > 0 ? 0 : 2;
-    signal(SIGINT, s_on_signal);
-    signal(SIGTERM, s_on_signal);
+    ld_signals();
     s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
     if (!agents)
         return 1;
@@ -212,31 +162,21 @@ int main(int argc, char **argv)
     for (long i = 0; i < cfg.agents; i++) {
         agents[i].cfg = &cfg;
         agents[i].index = (int)i;
-        pthread_create(&agents[i].thread, NULL, s_agent_main, &agents[i]);
     }
-    uint64_t sent = 0, ok = 0, failed = 0, bad = 0;
-    int first_error = 0;
-    tl_hist_t lat;
-    tl_hist_reset(&lat);
-    for (long i = 0; i < cfg.agents; i++) {
-        pthread_join(agents[i].thread, NULL);
-        sent += agents[i].sent;
-        ok += agents[i].ok;
-        failed += agents[i].failed;
+    ld_stats_t t;
+    ld_run(agents, sizeof *agents, cfg.agents, s_agent_main, &t);
+    uint64_t bad = 0;
+    for (long i = 0; i < cfg.agents; i++)
         bad += agents[i].mismatched;
-        if (!first_error)
-            first_error = agents[i].first_error;
-        tl_hist_merge(&lat, &agents[i].lat);
-    }
     printf("agentbus-load: sent %llu  ok %llu  failed %llu  mismatched %llu  (%.0f req/s)\n",
-           (unsigned long long)sent, (unsigned long long)ok, (unsigned long long)failed,
-           (unsigned long long)bad, (double)ok / (double)cfg.seconds);
+           (unsigned long long)t.sent, (unsigned long long)t.ok, (unsigned long long)t.failed,
+           (unsigned long long)bad, (double)t.ok / (double)cfg.seconds);
     printf("agentbus-load: latency p50 %llu us  p95 %llu us  p99 %llu us\n",
-           (unsigned long long)tl_hist_percentile(&lat, 50),
-           (unsigned long long)tl_hist_percentile(&lat, 95),
-           (unsigned long long)tl_hist_percentile(&lat, 99));
-    if (first_error)
-        printf("agentbus-load: first error: %s\n", ab_strerror(first_error));
+           (unsigned long long)tl_hist_percentile(&t.lat, 50),
+           (unsigned long long)tl_hist_percentile(&t.lat, 95),
+           (unsigned long long)tl_hist_percentile(&t.lat, 99));
+    if (t.first_error)
+        printf("agentbus-load: first error: %s\n", ab_strerror(t.first_error));
     free(agents);
-    return (failed || bad || ok == 0) ? 1 : 0;
+    return (t.failed || bad || t.ok == 0) ? 1 : 0;
 }

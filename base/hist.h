@@ -1,11 +1,15 @@
 /*
- * hist.h - log-linear latency histogram (HDR-style), bounded memory.
+ * hist.h - log-linear latency histogram (HDR-style), bounded memory
+ * (base/: built into both common/ and tools/lib, see docs/architecture.md).
  *
  * Values (microseconds, or any unit) fall into buckets: values below 2^SUB
  * are counted exactly; above, each power-of-two range is split into 2^SUB
  * equal sub-buckets, so a reported percentile is within 1/2^SUB (about 3%
  * with SUB = 5) of the true value. Memory is fixed: AB_HIST_BUCKETS
- * counters, whatever is recorded. Not thread-safe.
+ * counters, whatever is recorded, so a program can keep one per thread and
+ * merge them at the end. An ab_hist_t is plain data owned by the caller
+ * (zero it with ab_hist_reset); no function allocates or fails. Not
+ * thread-safe: one thread records into a histogram at a time.
  */
 #ifndef AB_HIST_H
 #define AB_HIST_H

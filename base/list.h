@@ -1,5 +1,6 @@
 /*
- * list.h - an intrusive doubly linked list (libuv QUEUE style).
+ * list.h - an intrusive doubly linked list (libuv QUEUE style; base/: built
+ * into both common/ and tools/lib, see docs/architecture.md).
  *
  * The node lives inside the object that is listed, so linking and unlinking
  * allocate nothing and an object can leave its list in O(1) from a pointer

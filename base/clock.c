@@ -1,0 +1,21 @@
+/* clock.c - see clock.h. */
+#include "clock.h"
+
+#include <time.h>
+
+uint64_t ab_now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+uint64_t ab_now_us(void)
+{
+    return ab_now_ns() / 1000u;
+}
+
+int64_t ab_now_ms(void)
+{
+    return (int64_t)(ab_now_ns() / 1000000u);
+}

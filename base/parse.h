@@ -1,0 +1,13 @@
+/*
+ * parse.h - strict number parsing (base/: built into both common/ and
+ * tools/lib, see docs/architecture.md). Thread-safe; no allocation.
+ */
+#ifndef AB_PARSE_H
+#define AB_PARSE_H
+
+/* Parses S as a whole decimal number in [MIN, MAX] into *OUT.
+ * 0 on success; -1 (and *OUT untouched) for NULL, "", trailing characters,
+ * overflow or a value out of range. */
+int ab_parse_long(const char *s, long min, long max, long *out);
+
+#endif

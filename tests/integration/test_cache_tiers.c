@@ -1,0 +1,457 @@
+/*
+ * test_cache_tiers.c - the cache's lower tiers against a real broker (part
+ * of test_cache, cachetest.h): L3 (LMDB in --data-dir) across restarts and
+ * a truncated file; L2 (a real redis-server, or a fake one) shared, down,
+ * slow, and behind its circuit breaker.
+ */
+#include "harness.h"
+#include "test.h"
+#include "cachetest.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static Agentbus__CacheTier *s_tier(Agentbus__CacheStats *cs, const char *name)
+{
+    for (size_t i = 0; i < cs->n_tiers; i++)
+        if (strcmp(cs->tiers[i]->name, name) == 0)
+            return cs->tiers[i];
+    return NULL;
+}
+
+/* Waits (bounded) until the L3 writer has stored N entries. */
+static int s_wait_l3_stores(ab_client_t *c, unsigned long long n)
+{
+    for (int i = 0; i < 100; i++) {
+        Agentbus__Stats *st = th_stats(c);
+        Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l3") : NULL;
+        int ok = t && t->stores >= n;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        if (ok)
+            return 0;
+        th_sleep_ms(50);
+    }
+    return -1;
+}
+
+/* A reply stored in L3 (LMDB in --data-dir) is served after the broker
+ * restarts, without the worker, then from L1 (promoted). */
+void cache_l3_restart(void)
+{
+    int port = th_free_port();
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/data", th_dir());
+    pid_t broker = th_broker(port, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    char out[512];
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(ct_req(c, "echo", "keep", out, sizeof out), AB_OK);
+    CHECK_STR(out, "keep#1");
+    REQUIRE(s_wait_l3_stores(c, 1) == 0);
+    ab_client_destroy(&c);
+    CHECK_EQ(th_stop(broker), 0);
+    broker = th_broker(port, "--data-dir", dir, NULL);
+    c = th_client(port);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(ct_req(c, "echo", "keep", out, sizeof out), AB_OK);
+    CHECK_STR(out, "keep#1");
+    CHECK_EQ(ct_req(c, "echo", "keep", out, sizeof out), AB_OK);
+    CHECK_STR(out, "keep#1");
+    CHECK_EQ(atomic_load(&x.jobs), 1);
+    Agentbus__Stats *st;
+    Agentbus__CacheStats *cs = ct_cache_stats(c, &st);
+    Agentbus__CacheTier *l3 = s_tier(cs, "l3"), *l1 = s_tier(cs, "l1");
+    REQUIRE(l3 && l1);
+    CHECK_U64(l3->hits, 1);
+    CHECK_U64(l1->hits, 1);
+    CHECK_U64(l3->entries, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* cache clear --tier l3 empties the file (written by the L3 thread). */
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "%s --broker %s cache clear --tier l3", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    int cleared = 0;
+    for (int i = 0; i < 100 && !cleared; i++) {
+        cs = ct_cache_stats(c, &st);
+        cleared = s_tier(cs, "l3")->entries == 0;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (!cleared)
+            th_sleep_ms(50);
+    }
+    CHECK_TRUE(cleared);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
+/* --- Redis (L2) ------------------------------------------------------------------------ */
+static pid_t s_redis_pid;
+
+static void s_redis_kill(void)
+{
+    if (s_redis_pid > 0) {
+        kill(s_redis_pid, SIGKILL);
+        waitpid(s_redis_pid, NULL, 0);
+        s_redis_pid = 0;
+    }
+}
+
+/* A real redis-server on 127.0.0.1:PORT, no persistence; stopped by PID. */
+static pid_t s_redis_start(int port)
+{
+    char ports[16], log[700];
+    snprintf(ports, sizeof ports, "%d", port);
+    snprintf(log, sizeof log, "%s/redis-%d.log", th_dir(), port);
+    pid_t parent = getpid(), pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execl("/usr/bin/redis-server", "redis-server", "--port", ports, "--bind", "127.0.0.1",
+              "--save", "", "--appendonly", "no", (char *)NULL);
+        _exit(127);
+    }
+    s_redis_pid = pid;
+    atexit(s_redis_kill);
+    /* Up when it accepts a connection (bounded). */
+    for (int i = 0; i < 100; i++) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0;
+        close(s);
+        if (ok)
+            return pid;
+        th_sleep_ms(50);
+    }
+    REQUIRE(!"redis-server did not start");
+    return -1;
+}
+
+static void s_redis_stop(void)
+{
+    if (s_redis_pid > 0) {
+        kill(s_redis_pid, SIGTERM);
+        waitpid(s_redis_pid, NULL, 0);
+        s_redis_pid = 0;
+    }
+}
+
+static const char *s_l2_state(ab_client_t *c, unsigned long long *hits,
+                              unsigned long long *stores)
+{
+    static char state[16];
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l2") : NULL;
+    snprintf(state, sizeof state, "%s", t ? t->state : "none");
+    if (hits)
+        *hits = t ? t->hits : 0;
+    if (stores)
+        *stores = t ? t->stores : 0;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return state;
+}
+
+static int s_wait_l2(ab_client_t *c, const char *state, unsigned long long stores)
+{
+    for (int i = 0; i < 200; i++) {
+        unsigned long long s = 0;
+        if (!strcmp(s_l2_state(c, NULL, &s), state) && s >= stores)
+            return 0;
+        th_sleep_ms(50);
+    }
+    return -1;
+}
+
+/* Two brokers share one Redis: a reply stored by the first is an L2 hit
+ * on the second, whose worker never sees the request. */
+void cache_l2_shared(void)
+{
+    int rport = th_free_port(), pa = th_free_port(), pb = th_free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    s_redis_start(rport);
+    th_broker(pa, "--cache-redis", addr, NULL);
+    th_broker(pb, "--cache-redis", addr, NULL);
+    ab_client_t *ca = th_client(pa), *cb = th_client(pb);
+    ct_wk_t xa = {.port = pa, .service = "echo"}, xb = {.port = pb, .service = "echo"};
+    pthread_t ta = ct_worker_start(&xa, ca), tb = ct_worker_start(&xb, cb);
+    REQUIRE(s_wait_l2(ca, "closed", 0) == 0 && s_wait_l2(cb, "closed", 0) == 0);
+    char out[512];
+    ab_client_set_cache(ca, AB_CACHE_ON, 0);
+    ab_client_set_cache(cb, AB_CACHE_ON, 0);
+    CHECK_EQ(ct_req(ca, "echo", "shared", out, sizeof out), AB_OK);
+    CHECK_STR(out, "shared#1");
+    REQUIRE(s_wait_l2(ca, "closed", 1) == 0); /* written to Redis */
+    CHECK_EQ(ct_req(cb, "echo", "shared", out, sizeof out), AB_OK);
+    CHECK_STR(out, "shared#1"); /* broker A's worker's answer */
+    CHECK_EQ(atomic_load(&xb.jobs), 0);
+    unsigned long long hits = 0;
+    s_l2_state(cb, &hits, NULL);
+    CHECK_U64(hits, 1);
+    /* Promoted to B's L1: the next one does not go to Redis. */
+    CHECK_EQ(ct_req(cb, "echo", "shared", out, sizeof out), AB_OK);
+    CHECK_STR(out, "shared#1");
+    CHECK_U64(ct_l1_hits(cb), 1);
+    /* A miss in L2 goes on to the worker. */
+    CHECK_EQ(ct_req(cb, "echo", "only-b", out, sizeof out), AB_OK);
+    CHECK_STR(out, "only-b#1");
+    CHECK_EQ(atomic_load(&xb.jobs), 1);
+    ct_worker_end(&xa, ta);
+    ct_worker_end(&xb, tb);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cb);
+    s_redis_stop();
+}
+
+/* Redis killed mid-run: no client error, the breaker opens; Redis back on
+ * the same port: the breaker closes and L2 serves again. */
+void cache_l2_down(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    s_redis_start(rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512], data[32];
+    int errors = 0;
+    for (int i = 0; i < 10; i++) {
+        snprintf(data, sizeof data, "d%d", i % 5);
+        errors += ct_req(c, "echo", data, out, sizeof out) != AB_OK;
+    }
+    kill(s_redis_pid, SIGKILL); /* mid-run */
+    waitpid(s_redis_pid, NULL, 0);
+    s_redis_pid = 0;
+    for (int i = 0; i < 40; i++) { /* new keys: each tries L2 (until the breaker opens) */
+        snprintf(data, sizeof data, "e%d", i);
+        errors += ct_req(c, "echo", data, out, sizeof out) != AB_OK;
+    }
+    CHECK_EQ(errors, 0);
+    CHECK_STR(s_l2_state(c, NULL, NULL), "open");
+    unsigned long long stores_before = 0;
+    s_l2_state(c, NULL, &stores_before);
+    s_redis_start(rport);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0); /* reconnected by itself */
+    /* Stored in Redis again, and read back (L1 cleared). */
+    CHECK_EQ(ct_req(c, "echo", "back", out, sizeof out), AB_OK);
+    CHECK_TRUE(s_wait_l2(c, "closed", stores_before + 1) == 0);
+    void *buf = NULL;
+    size_t len;
+    CHECK_EQ(ab_client_control(c, "cache clear l1", 5000, &buf, &len), AB_OK);
+    ab_free(buf);
+    int jobs = atomic_load(&x.jobs);
+    CHECK_EQ(ct_req(c, "echo", "back", out, sizeof out), AB_OK);
+    CHECK_EQ(atomic_load(&x.jobs), jobs);
+    unsigned long long hits = 0;
+    s_l2_state(c, &hits, NULL);
+    CHECK_U64(hits, 1);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+    s_redis_stop();
+}
+
+/* A "Redis" that accepts connections and never answers (a listening socket
+ * of the test that nobody reads): lookups time out, the breaker opens, and
+ * every request is still answered by the worker, without error. */
+void cache_l2_slow(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rport)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(ls, (struct sockaddr *)&a, sizeof a) == 0 && listen(ls, 16) == 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0); /* the connect itself succeeds */
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512], data[32];
+    int errors = 0;
+    for (int i = 0; i < 10; i++) {
+        snprintf(data, sizeof data, "s%d", i);
+        errors += ct_req(c, "echo", data, out, sizeof out) != AB_OK;
+    }
+    CHECK_EQ(errors, 0);
+    CHECK_EQ(atomic_load(&x.jobs), 10);
+    CHECK_STR(s_l2_state(c, NULL, NULL), "open");
+    /* L1 still works while L2 is skipped. */
+    CHECK_EQ(ct_req(c, "echo", "s3", out, sizeof out), AB_OK);
+    CHECK_STR(out, "s3#4");
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+    close(ls);
+}
+
+
+/* Issue 11: a truncated cache.mdb made every start die with SIGBUS. The
+ * broker now moves it aside, says so, starts with an empty L3, serves and
+ * caches again. */
+void cache_l3_truncated(void)
+{
+    int port = th_free_port();
+    char dir[600], path[700];
+    snprintf(dir, sizeof dir, "%s/data", th_dir());
+    snprintf(path, sizeof path, "%s/cache.mdb", dir);
+    pid_t broker = th_broker(port, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    static char big[3000];
+    memset(big, 'b', sizeof big - 1);
+    char out[512];
+    for (int i = 0; i < 300; i++) { /* ~150 KB of entries: many pages */
+        snprintf(big, 16, "k%05d", i);
+        big[6] = 'b';
+        CHECK_EQ(ct_req(c, "echo", big, out, sizeof out), AB_OK);
+    }
+    REQUIRE(s_wait_l3_stores(c, 300) == 0);
+    ab_client_destroy(&c);
+    ct_worker_end(&x, th);
+    CHECK_EQ(th_stop(broker), 0);
+    struct stat sb;
+    REQUIRE(stat(path, &sb) == 0 && sb.st_size > 64 * 1024);
+    REQUIRE(truncate(path, sb.st_size / 3) == 0);
+    broker = th_broker(port, "--data-dir", dir, NULL); /* before the fix: SIGBUS */
+    c = th_client(port);
+    x = (ct_wk_t){.port = port, .service = "echo"};
+    th = ct_worker_start(&x, c);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(ct_req(c, "echo", "after", out, sizeof out), AB_OK);
+    CHECK_STR(out, "after#1");
+    CHECK_EQ(s_wait_l3_stores(c, 1), 0); /* caches again */
+    CHECK_EQ(ct_req(c, "echo", "after", out, sizeof out), AB_OK);
+    CHECK_STR(out, "after#1");
+    CHECK_TRUE(th_alive(broker));
+    static char log[1 << 16];
+    FILE *lf = fopen(th_log_of(broker), "r");
+    REQUIRE(lf);
+    log[fread(log, 1, sizeof log - 1, lf)] = '\0';
+    fclose(lf);
+    CHECK_TRUE(strstr(log, "truncated") && strstr(log, "moved aside"));
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
+/* Bytes of a "Redis" that never answers: connections the broker made to
+ * the listening socket LS (accepted now, never before), and the GET
+ * commands they carried. */
+static int s_fake_redis_gets(int ls, int *conns)
+{
+    int gets = 0;
+    fcntl(ls, F_SETFL, O_NONBLOCK);
+    for (int i = 0; i < 64; i++) {
+        int fd = accept(ls, NULL, NULL);
+        if (fd < 0)
+            break;
+        (*conns)++;
+        fcntl(fd, F_SETFL, O_NONBLOCK);
+        static char buf[1 << 16];
+        size_t len = 0;
+        for (int j = 0; j < 100 && len < sizeof buf - 1; j++) {
+            ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+        }
+        buf[len] = '\0';
+        for (char *p = buf; (p = strstr(p, "\r\nGET\r\n")); p += 7)
+            gets++;
+        close(fd);
+    }
+    return gets;
+}
+
+/* L2 tier counters: lookups asked, skipped while open, GETs sent, opens. */
+static void s_l2_counts(ab_client_t *c, unsigned long long v[4])
+{
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l2") : NULL;
+    REQUIRE(t);
+    v[0] = t->lookups;
+    v[1] = t->skipped;
+    v[2] = t->sent;
+    v[3] = t->evictions; /* breaker openings */
+    agentbus__stats__free_unpacked(st, NULL);
+}
+
+/* Issue 11: with the breaker open the broker does not ask L2 at all (the
+ * state string alone said nothing of it). A "Redis" that never answers:
+ * the first lookup times out and opens the breaker; the 20 requests that
+ * follow are counted as skipped, not looked up, except one per time the
+ * thread reconnected (the breaker closes, one lookup times out again).
+ * The socket's own bytes show what reached "Redis". */
+void cache_l2_breaker_skips(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rport)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(ls, (struct sockaddr *)&a, sizeof a) == 0 && listen(ls, 64) == 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512], data[32];
+    CHECK_EQ(ct_req(c, "echo", "opens", out, sizeof out), AB_OK); /* times out in L2 */
+    REQUIRE(s_wait_l2(c, "open", 0) == 0);
+    unsigned long long v0[4], v1[4];
+    s_l2_counts(c, v0);
+    CHECK_TRUE(v0[0] >= 1 && v0[2] >= 1 && v0[3] >= 1);
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        snprintf(data, sizeof data, "open%d", i);
+        CHECK_EQ(ct_req(c, "echo", data, out, sizeof out), AB_OK);
+    }
+    s_l2_counts(c, v1);
+    unsigned long long asked = v1[0] - v0[0], skipped = v1[1] - v0[1];
+    unsigned long long sent = v1[2] - v0[2], opens = v1[3] - v0[3];
+    CHECK_EQ(asked + skipped, N);
+    CHECK_TRUE(asked <= opens + 1); /* at most one per reconnect */
+    CHECK_TRUE(sent <= asked);
+    if (asked > opens + 1)
+        fprintf(stderr, "asked %llu lookups with the breaker open (%llu openings)\n", asked,
+                opens);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+    /* What "Redis" received: only the GETs the thread says it sent. */
+    int conns = 0, gets = s_fake_redis_gets(ls, &conns);
+    CHECK_TRUE(conns >= 1);
+    CHECK_TRUE((unsigned long long)gets <= v1[2]);
+    CHECK_TRUE((unsigned long long)gets <= v1[0]);
+    close(ls);
+}

@@ -1,0 +1,139 @@
+/*
+ * test_ollama_backend.c - an Ollama that is not there (part of test_ollama,
+ * ollamatest.h): down when the worker starts, down and up again while it
+ * runs, as clients, brokerctl and directory watchers see it.
+ */
+#include "harness.h"
+#include "test.h"
+#include "ollamatest.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Ollama not running yet: a clear error (not "model not found"); once it
+ * comes up the worker sees it at its next probe and serves. */
+void ollama_backend_down(void)
+{
+    int sim_port = th_free_port();
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim_port, "w1", "--refresh-ms", "500", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    const Agentbus__InferenceState *st = NULL;
+    Agentbus__WorkerList *wl = NULL;
+    for (int i = 0; i < 100 && !st; i++) {
+        if (wl)
+            agentbus__worker_list__free_unpacked(wl, NULL);
+        th_sleep_ms(50);
+        st = ot_state(c, "w1", &wl, NULL);
+    }
+    REQUIRE(st);
+    CHECK_EQ(st->backend_up, 0);
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    ot_res_t r;
+    ot_gen_t g = {"sim-small", "anyone there", NULL, 1, 1, 0};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_EBACKEND);
+    CHECK_TRUE(strstr(r.error, "unreachable") != NULL);
+    /* the simulator starts on the port the worker points at */
+    char p[16];
+    snprintf(p, sizeof p, "%d", sim_port);
+    const char *argv[] = {"--port", p, "--time-scale", OT_SCALE, "--quiet", NULL};
+    th_spawn("ollama-sim", argv, NULL);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "none", 0, 15000), 0); /* models reported */
+    CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
+    CHECK_TRUE(r.eval_count > 0);
+    ab_client_destroy(&c);
+}
+
+/* Waits MS; polls the watching client meanwhile, if any (so it keeps its
+ * connection and takes its directory changes). */
+static ab_client_t *s_watching;
+static void s_pause(int ms)
+{
+    if (s_watching)
+        ab_client_poll(s_watching, ms);
+    else
+        th_sleep_ms(ms);
+}
+
+/* 1 once PID's log has a line with NEEDLE, within TIMEOUT_MS. */
+static int s_log_wait(pid_t pid, const char *needle, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        FILE *f = fopen(th_log_of(pid), "r");
+        char line[1024];
+        int found = 0;
+        while (f && !found && fgets(line, sizeof line, f))
+            found = strstr(line, needle) != NULL;
+        if (f)
+            fclose(f);
+        if (found)
+            return 1;
+        s_pause(50);
+    }
+    return 0;
+}
+
+/* 1 once the BACKEND column of `brokerctl workers` says WORD for w1. */
+static int s_ctl_backend_wait(int port, const char *word, int timeout_ms)
+{
+    char cmd[512], out[4096], want[32];
+    snprintf(cmd, sizeof cmd, "%s workers --broker %s", th_bin("brokerctl"), th_ep(port));
+    snprintf(want, sizeof want, " healthy   %-8s", word);
+    for (int waited = 0; waited <= timeout_ms; waited += 100) {
+        if (th_run(cmd, out, sizeof out) == 0 && strstr(out, " w1 ") && strstr(out, want))
+            return 1;
+        s_pause(100);
+    }
+    return 0;
+}
+
+static int s_backend_events;
+static void s_on_backend_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
+{
+    (void)c;
+    (void)arg;
+    if (strcmp(ev->change, "backend") == 0 && strncmp(ev->worker->backend_state, "down", 4) == 0)
+        s_backend_events |= 1;
+    if (strcmp(ev->change, "backend") == 0 && strcmp(ev->worker->backend_state, "ok") == 0)
+        s_backend_events |= 2;
+}
+
+/* Ollama killed under a serving worker: the worker logs it, the broker
+ * logs it, `brokerctl workers` and watchers see the backend down; Ollama
+ * back on the same port: logged and shown up again. */
+void ollama_backend_down_up(void)
+{
+    int sim_port = th_free_port(), port = th_free_port();
+    char p[16];
+    snprintf(p, sizeof p, "%d", sim_port);
+    const char *sim_argv[] = {"--port", p, "--time-scale", OT_SCALE, "--quiet", NULL};
+    pid_t sim = th_spawn("ollama-sim", sim_argv, NULL);
+    pid_t broker = th_broker(port, NULL);
+    pid_t w = ot_oworker(port, sim_port, "w1", "--refresh-ms", "300", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    CHECK_TRUE(s_log_wait(w, "is up (version", 15000));
+    CHECK_TRUE(s_ctl_backend_wait(port, "ok", 15000));
+    REQUIRE(ab_client_watch(c, s_on_backend_event, NULL, 5000) == AB_OK);
+    s_watching = c;
+
+    th_kill9(sim);
+    CHECK_TRUE(s_log_wait(w, "is unreachable: backend down", 15000));
+    CHECK_TRUE(s_log_wait(broker, "of 'ollama': backend down", 15000));
+    CHECK_TRUE(s_ctl_backend_wait(port, "down", 15000));
+
+    pid_t sim2 = th_spawn("ollama-sim", sim_argv, NULL);
+    CHECK_TRUE(sim2 > 0);
+    CHECK_TRUE(s_log_wait(w, "is reachable again: backend up", 15000));
+    CHECK_TRUE(s_log_wait(broker, "of 'ollama': backend ok", 15000));
+    CHECK_TRUE(s_ctl_backend_wait(port, "ok", 15000));
+    for (int i = 0; i < 100 && s_backend_events != 3; i++)
+        ab_client_poll(c, 50);
+    CHECK_EQ(s_backend_events, 3); /* watchers got both changes */
+    s_watching = NULL;
+    ab_client_destroy(&c);
+}

@@ -1,0 +1,196 @@
+/*
+ * test_ollama_placement.c - Ollama workers' capacity and models (part of
+ * test_ollama, ollamatest.h): adaptive concurrency, placement by loaded
+ * model and by VRAM, brokerctl models load|unload.
+ */
+#include "harness.h"
+#include "test.h"
+#include "ollamatest.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t s_capacity(ab_client_t *c, const char *name)
+{
+    Agentbus__WorkerList *wl;
+    uint32_t cap = 0;
+    ot_state(c, name, &wl, &cap);
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return cap;
+}
+
+void ollama_adaptive(void)
+{
+    int sim = ot_sim("--num-parallel", "8", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "8", "--preload", "sim-small", "--ollama-retries",
+              "0", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 15000) == 0);
+    CHECK_EQ(s_capacity(c, "w1"), 8);
+    ot_faults(sim, "{\"error_rate\":1,\"error_status\":503}");
+    /* waves of requests while the backend pushes back: the slots halve */
+    uint32_t cap = 8;
+    for (int wave = 0; wave < 40 && cap > 1; wave++) {
+        ot_res_t r[8];
+        for (int i = 0; i < 8; i++) {
+            ot_gen_t g = {"sim-small", "x", NULL, 1, 1, 5000};
+            ot_start_gen(c, &g, &r[i]);
+        }
+        ot_wait(c, r, 8, 10000);
+        for (int i = 0; i < 8; i++)
+            CHECK_EQ(r[i].status, AB_EBACKENDBUSY); /* no other worker to go to */
+        th_sleep_ms(300);
+        cap = s_capacity(c, "w1");
+    }
+    CHECK_EQ(cap, 1);
+    /* healthy again: it grows back, slowly, to the maximum */
+    ot_faults(sim, "{\"reset\":true}");
+    int n = 0;
+    for (; n < 200 && cap < 8; n++) {
+        ot_res_t r;
+        ot_gen_t g = {"sim-small", "y", NULL, 1, 1, 10000};
+        CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
+        cap = s_capacity(c, "w1");
+    }
+    CHECK_EQ(cap, 8);
+    CHECK_TRUE(n >= 7); /* additive increase: not back in one step */
+    ab_client_destroy(&c);
+}
+
+/* Model A loaded on worker 1, B on worker 2: requests follow the models. */
+void ollama_placement_loaded(void)
+{
+    int s1 = ot_sim(NULL), s2 = ot_sim(NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, s1, "w1", "--preload", "sim-small", "--gpu-vram-mb", "8192", NULL);
+    ot_oworker(port, s2, "w2", "--preload", "sim-large", "--gpu-vram-mb", "8192", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 2, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w2", "sim-large:latest", 1, 15000) == 0);
+    for (int i = 0; i < 6; i++) {
+        ot_res_t r;
+        ot_gen_t g = {i % 2 ? "sim-large" : "sim-small", "where do I run", NULL, 1, i, 0};
+        CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
+        CHECK_STR(r.worker, i % 2 ? "w2" : "w1");
+    }
+    /* the simulators agree: each saw only its own model */
+    json_t *j = NULL;
+    REQUIRE(ot_http(s1, "/sim/stats", NULL, &j) == 200);
+    json_t *m;
+    size_t k;
+    json_array_foreach(json_object_get(j, "models"), k, m)
+    {
+        const char *name = json_string_value(json_object_get(m, "name"));
+        long long gen = json_integer_value(json_object_get(m, "generate"));
+        if (strcmp(name, "sim-small:latest") == 0)
+            CHECK_EQ(gen, 1 + 3); /* the preload is a generate request too */
+        else
+            CHECK_EQ(gen, 0);
+    }
+    json_decref(j);
+    ab_client_destroy(&c);
+}
+
+/* A model loaded nowhere goes to the GPU whose free VRAM holds it. */
+void ollama_placement_vram(void)
+{
+    const char *models[] = {"--model", "m-small,size=1G", "--model", "m-mid,size=3G", "--model",
+                            "m-big,size=5G", "--gpu", "6G"};
+    int s1 = ot_sim(models[0], models[1], models[2], models[3], models[4], models[5], models[6],
+                   models[7], NULL);
+    int s2 = ot_sim(models[0], models[1], models[2], models[3], models[4], models[5], models[6],
+                   models[7], NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    /* w1: 5 of 6 GiB used; w2: 1 of 6 GiB used */
+    ot_oworker(port, s1, "w1", "--preload", "m-big", "--gpu-vram-mb", "6144", NULL);
+    ot_oworker(port, s2, "w2", "--preload", "m-small", "--gpu-vram-mb", "6144", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 2, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "m-big:latest", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w2", "m-small:latest", 1, 15000) == 0);
+    ot_res_t r;
+    ot_gen_t g = {"m-mid", "fits where", NULL, 1, 1, 0};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
+    CHECK_STR(r.worker, "w2");
+    CHECK_EQ(ot_sim_stat(s1, "evictions"), 0); /* nothing was pushed out on w1 */
+    ab_client_destroy(&c);
+}
+
+/* brokerctl models: preload, load, eviction when VRAM is full, unload. */
+static int s_ctl_loaded(int port, const char *worker, const char *model)
+{
+    char cmd[512], out[16384];
+    snprintf(cmd, sizeof cmd, "%s --broker %s models --json", th_bin("brokerctl"), th_ep(port));
+    if (th_run(cmd, out, sizeof out) != 0)
+        return -1;
+    json_t *j = json_loads(out, 0, NULL), *w, *m;
+    size_t i, k;
+    int found = 0;
+    json_array_foreach(json_object_get(j, "workers"), i, w)
+    {
+        if (strcmp(json_string_value(json_object_get(w, "worker")), worker) != 0)
+            continue;
+        json_array_foreach(json_object_get(w, "loaded"), k, m)
+            found |= strcmp(json_string_value(json_object_get(m, "name")), model) == 0;
+    }
+    json_decref(j);
+    return found;
+}
+
+static int s_ctl_wait(int port, const char *worker, const char *model, int want)
+{
+    for (int i = 0; i < 100; i++) {
+        if (s_ctl_loaded(port, worker, model) == want)
+            return 0;
+        th_sleep_ms(100);
+    }
+    return -1;
+}
+
+void ollama_models_cli(void)
+{
+    int sim = ot_sim("--model", "m-small,size=1G", "--model", "m-mid,size=2G", "--model",
+                    "m-big,size=4G", "--gpu", "6G", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--preload", "m-small,m-big", "--gpu-vram-mb", "6144", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    /* preloaded, one after the other */
+    CHECK_EQ(s_ctl_wait(port, "w1", "m-small:latest", 1), 0);
+    CHECK_EQ(s_ctl_wait(port, "w1", "m-big:latest", 1), 0);
+    char cmd[512], out[4096];
+    /* 2 GiB more does not fit in 6: the least recently used idle model goes */
+    snprintf(cmd, sizeof cmd, "%s --broker %s models load w1 m-mid", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "loaded m-mid on w1") != NULL);
+    CHECK_EQ(s_ctl_wait(port, "w1", "m-mid:latest", 1), 0);
+    CHECK_EQ(s_ctl_wait(port, "w1", "m-small:latest", 0), 0);
+    CHECK_EQ(s_ctl_loaded(port, "w1", "m-big:latest"), 1);
+    CHECK_EQ(ot_sim_stat(sim, "evictions"), 1);
+    snprintf(cmd, sizeof cmd, "%s --broker %s models unload w1 m-big", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_EQ(s_ctl_wait(port, "w1", "m-big:latest", 0), 0);
+    CHECK_EQ(s_ctl_loaded(port, "w1", "m-mid:latest"), 1);
+    /* the text view shows the same */
+    snprintf(cmd, sizeof cmd, "%s --broker %s models", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "loaded: m-mid:latest") != NULL);
+    /* an unknown worker is a clear error */
+    snprintf(cmd, sizeof cmd, "%s --broker %s models load nobody m-mid", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    CHECK_TRUE(strstr(out, "NOT_FOUND: no worker 'nobody'") != NULL);
+    ab_client_destroy(&c);
+}
