@@ -2,12 +2,13 @@
  * scenario.c - agentbus-scenario: the seed workload measured end to end
  * (issue 20; docs/bench.md, "Seed workload").
  *
- * Starts two ollama-sim (two GPUs), a broker with its cache (L1 + L3) and
- * two Ollama workers, then runs the same seeded workload of 174 agents:
+ * Starts two ollama-sim (two GPUs), a broker with its cache (L1 + L3),
+ * agentbus-gateway and two Ollama workers, then runs the same seeded
+ * workload of 174 agents:
  *   run A  direct: each agent POSTs to its GPU's simulator (a new
  *          connection per call, and a keep-alive variant);
- *   run B  bus: the same agents through agentbus;
- *   run C  the HTTP gateway: not run, it does not exist yet;
+ *   run B  bus: the same agents through agentbus (libagentbus);
+ *   run C  gateway: run A's HTTP agents, unchanged, pointed at the gateway;
  * in a closed loop (think time) and an open loop (Poisson offered rates,
  * stepped), then the scale part (1,000 connected agents). Prints progress
  * lines and a table, writes a CSV and a gnuplot PNG.
@@ -37,7 +38,8 @@
 typedef struct {
     double scale, closed_s, open_s;
     uint64_t seed;
-    int pool_pct, agents, scale_agents, quick, skip_open, skip_scale, skip_direct_ka, capacity, deep;
+    int pool_pct, agents, scale_agents, quick, skip_open, skip_scale, skip_direct_ka, skip_gateway;
+    int capacity, deep;
     char rates[128], out[PATH_MAX];
 } s_opts_t;
 
@@ -105,7 +107,12 @@ typedef struct {
     char bin[PATH_MAX];
     char sim_url[SC_GPUS][64];
     char broker[64];
+    char gateway[64];        /* http://127.0.0.1:PORT, or "" if it did not start */
 } s_stack_t;
+
+/* Children: 0, 1 the simulators, 2 the broker, 3 the gateway, 4 and 5
+ * the workers (restarted with another capacity: s_workload). */
+enum { S_KID_WORKERS = 4 };
 
 static int s_sim_up(const char *url)
 {
@@ -180,7 +187,7 @@ static int s_workers_ready(const char *broker, int want)
 }
 
 /* Two Ollama workers, one per simulated GPU, with CAPACITY requests each
- * (the broker's credit); children 3 and 4. Waits until both registered. */
+ * (the broker's credit); children 4 and 5. Waits until both registered. */
 static int s_start_workers(const s_stack_t *st, int capacity)
 {
     char worker[PATH_MAX + 32], log[128];
@@ -193,7 +200,8 @@ static int s_start_workers(const s_stack_t *st, int capacity)
         char name[16], cap[16];
         snprintf(name, sizeof name, "gpu%d", g);
         snprintf(cap, sizeof cap, "%d", capacity);
-        /* Capacity: by default every slot of the GPU (3 models x 4). */
+        /* Capacity: by default 48, four times the GPU's 12 slots (3 models
+         * x 4): the credit is per worker, the slots per model (docs). */
         const char *wargv[] = {worker, "--broker", st->broker, "--backend", "ollama",
                                "--ollama-url", st->sim_url[g], "--name", name, "--capacity", cap,
                                "--gpu-vram-mb", "24576", "--preload", preload, NULL};
@@ -205,6 +213,34 @@ static int s_start_workers(const s_stack_t *st, int capacity)
         return -1;
     }
     return 0;
+}
+
+/* agentbus-gateway in front of the broker (run C); child 3. Connections:
+ * every open-loop call may hold one (new connection per call), so the cap
+ * is far above the 1,024 default; the descriptor limit was raised. */
+static void s_start_gateway(s_stack_t *st)
+{
+    char gw[PATH_MAX + 32], listen[32], log[128];
+    snprintf(gw, sizeof gw, "%s/agentbus-gateway", st->bin);
+    int port = tl_free_port();
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    const char *argv[] = {gw, "--listen", listen, "--broker", st->broker, "--name",
+                          "scenario-gateway", "--max-connections", "30000", "--quiet", NULL};
+    snprintf(log, sizeof log, "%s/gateway.log", s_dir);
+    s_spawn(argv, log);
+    char url[96];
+    snprintf(url, sizeof url, "http://%s/healthz", listen);
+    for (int i = 0; i < 100; i++) {
+        long status = 0;
+        char *t = sc_http(url, NULL, &status);
+        free(t);
+        if (t && status == 200) {
+            snprintf(st->gateway, sizeof st->gateway, "http://%s", listen);
+            return;
+        }
+        usleep(100000);
+    }
+    s_progress("the gateway did not answer /healthz (log %s): run C skipped", log);
 }
 
 static int s_start_stack(const s_opts_t *op, s_stack_t *st)
@@ -241,6 +277,7 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
                            "error", NULL};
     snprintf(log, sizeof log, "%s/broker.log", s_dir);
     s_spawn(bargv, log);
+    s_start_gateway(st);
     for (int i = 0; i < 100 && !(s_sim_up(st->sim_url[0]) && s_sim_up(st->sim_url[1])); i++)
         usleep(100000);
     /* Load every model on both GPUs before anything is measured. */
@@ -263,8 +300,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     o->seed = 1;
     o->pool_pct = 85;
     o->agents = SC_AGENTS;
-    o->capacity = 12;
-    o->deep = 48;
+    o->capacity = 48;
+    o->deep = 0;
     o->scale_agents = 1000;
     snprintf(o->rates, sizeof o->rates, "3,6,12,24,48,500");
     snprintf(o->out, sizeof o->out, "scenario-out");
@@ -276,11 +313,14 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->scale = 10;
             o->closed_s = 20;
             o->skip_open = o->skip_scale = o->skip_direct_ka = 1;
-            o->deep = 0;
             continue;
         }
         if (!strcmp(f, "--no-open") || !strcmp(f, "--no-scale") || !strcmp(f, "--no-keepalive")) {
             *(f[5] == 'o' ? &o->skip_open : f[5] == 's' ? &o->skip_scale : &o->skip_direct_ka) = 1;
+            continue;
+        }
+        if (!strcmp(f, "--no-gateway")) {
+            o->skip_gateway = 1;
             continue;
         }
         if (!strcmp(f, "--scale-only")) {
@@ -315,11 +355,14 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
                    "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
                    "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
-                   "         [--no-keepalive] [--scale-only] [--worker-capacity N] [--deep-capacity N]\n"
-                   "         [--out DIR]\n\n"
-                   "The seed workload (174 agents, two simulated GPUs) direct vs over agentbus;\n"
+                   "         [--no-keepalive] [--no-gateway] [--scale-only] [--worker-capacity N]\n"
+                   "         [--deep-capacity N] [--out DIR]\n\n"
+                   "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
+                   "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
                    "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
-                   "run --time-scale X, default 5, times faster). docs/bench.md, \"Seed workload\".\n");
+                   "run --time-scale X, default 5, times faster). Workers' capacity default 48;\n"
+                   "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
+                   "docs/bench.md, \"Seed workload\".\n");
             return strcmp(f, "--help") ? -1 : 1;
         }
     }
@@ -367,9 +410,10 @@ static void s_one(const s_opts_t *o, const s_stack_t *st, sc_run_cfg_t *cfg, sc_
 /* The open-loop ladder of one system: each offered rate in turn. Above
  * the first rate with more than 5% errors (not sustained by any reading)
  * only the last rate (the seed's wanted 500 req/s) is still run. */
-static void s_ladder(const s_opts_t *o, const s_stack_t *st, const sc_engine_ops_t *ops,
-                     const char *label, sc_result_t *res, int *n, FILE *csv)
+static void s_ladder(const s_opts_t *o, const s_stack_t *st, const sc_run_cfg_t *tmpl,
+                     sc_result_t *res, int *n, FILE *csv)
 {
+    const char *label = tmpl->label;
     char rates[128];
     snprintf(rates, sizeof rates, "%s", o->rates);
     int collapsed = 0;
@@ -380,10 +424,10 @@ static void s_ladder(const s_opts_t *o, const s_stack_t *st, const sc_engine_ops
             s_progress("%s at %s req/s: not run (over 5%% errors at a lower rate)", label, t);
             continue;
         }
-        sc_run_cfg_t c = {.ops = ops, .label = label, .open_loop = 1, .rate = atof(t),
-                          .seconds = o->open_s};
-        if (ops == &sc_bus_ops)
-            snprintf(c.broker, sizeof c.broker, "%s", st->broker);
+        sc_run_cfg_t c = *tmpl;
+        c.open_loop = 1;
+        c.rate = atof(t);
+        c.seconds = o->open_s;
         if (c.rate <= 0)
             continue;
         s_one(o, st, &c, res, n, csv);
@@ -433,43 +477,69 @@ static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
     return 0;
 }
 
-/* Runs A and B, closed then open loop, then bus-capN; appends to RES. */
+/* The systems of the same run: A (direct, new connections; keep-alive),
+ * B (bus), C (gateway), as closed-loop templates. Returns how many. */
+static int s_systems(const s_opts_t *o, const s_stack_t *st, const char *bus_label,
+                     sc_run_cfg_t sys[4], int with_direct)
+{
+    int k = 0;
+    if (with_direct) {
+        sys[k++] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "direct-new"};
+        if (!o->skip_direct_ka)
+            sys[k++] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "direct-keepalive",
+                                      .keepalive = 1};
+    }
+    sys[k] = (sc_run_cfg_t){.ops = &sc_bus_ops, .label = bus_label};
+    snprintf(sys[k++].broker, sizeof sys->broker, "%s", st->broker);
+    if (!o->skip_gateway && st->gateway[0]) {
+        /* Run A's client code and connection mode (a new connection per
+         * call); only the URL differs. */
+        sys[k] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "gateway"};
+        snprintf(sys[k].broker, sizeof sys->broker, "%s", st->broker);
+        snprintf(sys[k++].gateway, sizeof sys->gateway, "%s", st->gateway);
+    }
+    return k;
+}
+
+/* The open-loop ladder of the open-loop-capable systems; direct-keepalive
+ * is left out (closed loop showed it the same as direct-new). */
+static void s_ladders(const s_opts_t *o, const s_stack_t *st, const sc_run_cfg_t *sys, int k,
+                      sc_result_t *res, int *n, FILE *csv)
+{
+    for (int i = 0; i < k && !o->skip_open; i++)
+        if (!sys[i].keepalive)
+            s_ladder(o, st, &sys[i], res, n, csv);
+}
+
+/* Runs A, B and C, closed then open loop; then, with --deep-capacity, B
+ * and C again on workers of another capacity. Appends to RES. */
 static void s_workload(const s_opts_t *o, s_stack_t *st, sc_result_t *res, int *n, FILE *csv)
 {
-    if (o->closed_s > 0) {
-        sc_run_cfg_t a = {.ops = &sc_direct_ops, .label = "direct-new", .seconds = o->closed_s};
-        s_one(o, st, &a, res, n, csv);
-        if (!o->skip_direct_ka) {
-            sc_run_cfg_t k = {.ops = &sc_direct_ops, .label = "direct-keepalive", .keepalive = 1,
-                              .seconds = o->closed_s};
-            s_one(o, st, &k, res, n, csv);
-        }
-        sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = "bus", .seconds = o->closed_s};
-        snprintf(b.broker, sizeof b.broker, "%s", st->broker);
-        s_one(o, st, &b, res, n, csv);
+    sc_run_cfg_t sys[4];
+    int k = s_systems(o, st, "bus", sys, 1);
+    for (int i = 0; i < k && o->closed_s > 0; i++) {
+        sc_run_cfg_t c = sys[i];
+        c.seconds = o->closed_s;
+        s_one(o, st, &c, res, n, csv);
     }
-    if (!o->skip_open) {
-        s_ladder(o, st, &sc_direct_ops, "direct-new", res, n, csv);
-        s_ladder(o, st, &sc_bus_ops, "bus", res, n, csv);
-    }
-    /* The workers again with a deeper credit (more than the GPU's slots, so
-     * each model's slots fill as with direct calls): docs/bench.md. */
-    if (o->deep <= 0 || s_nkids != 5)
+    s_ladders(o, st, sys, k, res, n, csv);
+    if (o->deep <= 0 || s_nkids != S_KID_WORKERS + SC_GPUS)
         return;
-    bu_stop_pids(&s_kids[3], 2);
-    s_nkids = 3;
-    char label[32];
+    bu_stop_pids(&s_kids[S_KID_WORKERS], SC_GPUS);
+    s_nkids = S_KID_WORKERS;
+    static char label[32];
     snprintf(label, sizeof label, "bus-cap%d", o->deep);
     if (!s_workers_ready(st->broker, 0) || s_start_workers(st, o->deep) != 0)
         return;
     s_progress("workers restarted with capacity %d", o->deep);
+    k = s_systems(o, st, label, sys, 0);
+    k = k > 1 ? 1 : k; /* the bus alone: the gateway adds nothing to this question */
     if (o->closed_s > 0) {
-        sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = label, .seconds = o->closed_s};
-        snprintf(b.broker, sizeof b.broker, "%s", st->broker);
-        s_one(o, st, &b, res, n, csv);
+        sc_run_cfg_t c = sys[0];
+        c.seconds = o->closed_s;
+        s_one(o, st, &c, res, n, csv);
     }
-    if (!o->skip_open)
-        s_ladder(o, st, &sc_bus_ops, label, res, n, csv);
+    s_ladders(o, st, sys, k, res, n, csv);
 }
 
 /* The table, the targets and the plot; returns the requests lost. */
@@ -485,7 +555,6 @@ static uint64_t s_report(const s_opts_t *o, const sc_result_t *res, int n, const
         sc_summarise(&res[i], o->scale, &s);
         lost += s.lost;
     }
-    printf("run C (agents over the HTTP gateway, unchanged clients): not run, no gateway yet\n");
     sc_targets(res, n, o->scale, o->agents);
     printf("CSV: %s\n", csv);
     if (sc_plot(o->out, res, n) != 0)
@@ -521,8 +590,8 @@ int main(int argc, char **argv)
     if (o.closed_s > 0 || !o.skip_open) {
         if (s_start_stack(&o, &st) != 0)
             return 1;
-        s_progress("two simulated GPUs, broker and two Ollama workers up; run C (HTTP gateway): "
-                   "not run, no gateway exists yet");
+        s_progress("two simulated GPUs, broker, gateway (%s) and two Ollama workers (capacity %d) "
+                   "up", st.gateway[0] ? st.gateway : "not running", o.capacity);
         s_workload(&o, &st, res, &n, csv);
     }
     fclose(csv);
