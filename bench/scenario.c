@@ -41,7 +41,22 @@ typedef struct {
     int pool_pct, agents, scale_agents, quick, skip_open, skip_scale, skip_direct_ka, skip_gateway;
     int capacity, deep;
     char rates[128], out[PATH_MAX];
+    char systems[128];       /* --systems: labels to run, comma-separated; "" = all */
 } s_opts_t;
+
+/* Whether --systems lets LABEL run. */
+static int s_wanted(const s_opts_t *o, const char *label)
+{
+    if (!o->systems[0])
+        return 1;
+    size_t len = strlen(label);
+    for (const char *p = o->systems; (p = strstr(p, label)) != NULL; p += len)
+        if ((p == o->systems || p[-1] == ',') && (p[len] == ',' || p[len] == '\0'))
+            return 1;
+    return 0;
+}
+
+#define S_MAX_RUNS 40
 
 static pid_t s_kids[8];
 static int s_nkids;
@@ -349,6 +364,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->deep = (int)l;
         else if (!strcmp(f, "--rates") && *v)
             snprintf(o->rates, sizeof o->rates, "%s", v);
+        else if (!strcmp(f, "--systems") && *v)
+            snprintf(o->systems, sizeof o->systems, "%s", v);
         else if (!strcmp(f, "--out") && *v)
             snprintf(o->out, sizeof o->out, "%s", v);
         else {
@@ -356,7 +373,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
                    "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
                    "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
                    "         [--no-keepalive] [--no-gateway] [--scale-only] [--worker-capacity N]\n"
-                   "         [--deep-capacity N] [--out DIR]\n\n"
+                   "         [--deep-capacity N] [--systems direct-new,direct-keepalive,bus,gateway]\n"
+                   "         [--out DIR]\n\n"
                    "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
                    "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
                    "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
@@ -407,34 +425,60 @@ static void s_one(const s_opts_t *o, const s_stack_t *st, sc_run_cfg_t *cfg, sc_
     (*n)++;
 }
 
-/* The open-loop ladder of one system: each offered rate in turn. Above
- * the first rate with more than 5% errors (not sustained by any reading)
- * only the last rate (the seed's wanted 500 req/s) is still run. */
-static void s_ladder(const s_opts_t *o, const s_stack_t *st, const sc_run_cfg_t *tmpl,
-                     sc_result_t *res, int *n, FILE *csv)
+/* The open-loop ladders: each offered rate in turn, every system at that
+ * rate one after the other (so a change in the machine's load, shared
+ * with other work, falls on all systems alike). Above the first rate at
+ * which a system had more than 5% errors (not sustained by any reading)
+ * it runs only the last rate (the seed's wanted 500 req/s). */
+static void s_ladders(const s_opts_t *o, const s_stack_t *st, const sc_run_cfg_t *sys, int k,
+                      sc_result_t *res, int *n, FILE *csv)
 {
-    const char *label = tmpl->label;
     char rates[128];
+    int collapsed[4] = {0};
     snprintf(rates, sizeof rates, "%s", o->rates);
-    int collapsed = 0;
-    for (char *save = NULL, *t = strtok_r(rates, ",", &save); t && *n < 38;
+    for (char *save = NULL, *t = strtok_r(rates, ",", &save); t && !o->skip_open;
          t = strtok_r(NULL, ",", &save)) {
         int last = !save || !*save;
-        if (collapsed && !last) {
-            s_progress("%s at %s req/s: not run (over 5%% errors at a lower rate)", label, t);
-            continue;
+        for (int i = 0; i < k && i < 4 && *n < S_MAX_RUNS; i++) {
+            if (sys[i].keepalive == 1) /* closed loop showed it the same as direct-new */
+                continue;
+            if (collapsed[i] && !last) {
+                s_progress("%s at %s req/s: not run (over 5%% errors at a lower rate)",
+                           sys[i].label, t);
+                continue;
+            }
+            sc_run_cfg_t c = sys[i];
+            c.open_loop = 1;
+            c.rate = atof(t);
+            c.seconds = o->open_s;
+            if (c.rate <= 0)
+                continue;
+            s_one(o, st, &c, res, n, csv);
+            sc_sum_t sm;
+            sc_summarise(&res[*n - 1], o->scale, &sm);
+            collapsed[i] |= sm.err_pct > 5;
         }
-        sc_run_cfg_t c = *tmpl;
-        c.open_loop = 1;
-        c.rate = atof(t);
-        c.seconds = o->open_s;
-        if (c.rate <= 0)
-            continue;
-        s_one(o, st, &c, res, n, csv);
-        sc_sum_t sm;
-        sc_summarise(&res[*n - 1], o->scale, &sm);
-        collapsed |= sm.err_pct > 5;
     }
+}
+
+/* The table groups the open-loop runs by system (in the order the systems
+ * first ran), each in the order of its rates; closed-loop runs first. */
+static void s_group(sc_result_t *res, int n)
+{
+    static sc_result_t tmp[S_MAX_RUNS];
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (!res[i].open_loop)
+            tmp[m++] = res[i];
+    for (int i = 0; i < n; i++) {
+        int first = res[i].open_loop;
+        for (int j = 0; j < i && first; j++)
+            first = !(res[j].open_loop && !strcmp(res[j].label, res[i].label));
+        for (int j = i; first && j < n; j++)
+            if (res[j].open_loop && !strcmp(res[j].label, res[i].label))
+                tmp[m++] = res[j];
+    }
+    memcpy(res, tmp, (size_t)n * sizeof *res);
 }
 
 const char *const sc_err_names[SC_E_N] = {"none", "503", "http", "timeout", "conn", "bus", "cut"};
@@ -483,32 +527,30 @@ static int s_systems(const s_opts_t *o, const s_stack_t *st, const char *bus_lab
                      sc_run_cfg_t sys[4], int with_direct)
 {
     int k = 0;
-    if (with_direct) {
+    if (with_direct && s_wanted(o, "direct-new"))
         sys[k++] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "direct-new"};
-        if (!o->skip_direct_ka)
-            sys[k++] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "direct-keepalive",
-                                      .keepalive = 1};
+    if (with_direct && !o->skip_direct_ka && s_wanted(o, "direct-keepalive"))
+        sys[k++] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "direct-keepalive",
+                                  .keepalive = 1};
+    if (s_wanted(o, "bus") || !with_direct) {
+        sys[k] = (sc_run_cfg_t){.ops = &sc_bus_ops, .label = bus_label};
+        snprintf(sys[k++].broker, sizeof sys->broker, "%s", st->broker);
     }
-    sys[k] = (sc_run_cfg_t){.ops = &sc_bus_ops, .label = bus_label};
-    snprintf(sys[k++].broker, sizeof sys->broker, "%s", st->broker);
-    if (!o->skip_gateway && st->gateway[0]) {
+    if (with_direct && !o->skip_gateway && st->gateway[0] && s_wanted(o, "gateway")) {
         /* Run A's client code and connection mode (a new connection per
          * call); only the URL differs. */
         sys[k] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "gateway"};
         snprintf(sys[k].broker, sizeof sys->broker, "%s", st->broker);
         snprintf(sys[k++].gateway, sizeof sys->gateway, "%s", st->gateway);
     }
+    if (with_direct && st->gateway[0] && o->systems[0] && s_wanted(o, "gateway-keepalive") &&
+        k < 4) { /* only when asked for by name */
+        sys[k] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "gateway-keepalive",
+                                .keepalive = 2};
+        snprintf(sys[k].broker, sizeof sys->broker, "%s", st->broker);
+        snprintf(sys[k++].gateway, sizeof sys->gateway, "%s", st->gateway);
+    }
     return k;
-}
-
-/* The open-loop ladder of the open-loop-capable systems; direct-keepalive
- * is left out (closed loop showed it the same as direct-new). */
-static void s_ladders(const s_opts_t *o, const s_stack_t *st, const sc_run_cfg_t *sys, int k,
-                      sc_result_t *res, int *n, FILE *csv)
-{
-    for (int i = 0; i < k && !o->skip_open; i++)
-        if (!sys[i].keepalive)
-            s_ladder(o, st, &sys[i], res, n, csv);
 }
 
 /* Runs A, B and C, closed then open loop; then, with --deep-capacity, B
@@ -532,8 +574,7 @@ static void s_workload(const s_opts_t *o, s_stack_t *st, sc_result_t *res, int *
     if (!s_workers_ready(st->broker, 0) || s_start_workers(st, o->deep) != 0)
         return;
     s_progress("workers restarted with capacity %d", o->deep);
-    k = s_systems(o, st, label, sys, 0);
-    k = k > 1 ? 1 : k; /* the bus alone: the gateway adds nothing to this question */
+    k = s_systems(o, st, label, sys, 0); /* the bus alone: the question is the credit */
     if (o->closed_s > 0) {
         sc_run_cfg_t c = sys[0];
         c.seconds = o->closed_s;
@@ -557,7 +598,7 @@ static uint64_t s_report(const s_opts_t *o, const sc_result_t *res, int n, const
     }
     sc_targets(res, n, o->scale, o->agents);
     printf("CSV: %s\n", csv);
-    if (sc_plot(o->out, res, n) != 0)
+    if (sc_plot(o->out, res, n, o->scale) != 0)
         s_progress("gnuplot failed (is gnuplot-nox installed?): see %s/gnuplot.err", o->out);
     else
         s_progress("plot: %s/scenario.png", o->out);
@@ -584,7 +625,7 @@ int main(int argc, char **argv)
     if (!csv)
         return 1;
     fprintf(csv, "%s\n", sc_csv_hdr);
-    static sc_result_t res[40];
+    static sc_result_t res[S_MAX_RUNS];
     int n = 0;
     uint64_t lost = 0;
     if (o.closed_s > 0 || !o.skip_open) {
@@ -595,6 +636,7 @@ int main(int argc, char **argv)
         s_workload(&o, &st, res, &n, csv);
     }
     fclose(csv);
+    s_group(res, n);
     if (n)
         lost = s_report(&o, res, n, path);
     for (int i = 0; i < n; i++)

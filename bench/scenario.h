@@ -209,8 +209,9 @@ extern const char *const sc_csv_hdr;
 void sc_csv_row(FILE *f, const sc_result_t *r, const sc_sum_t *s, double scale);
 /* OUT/LABEL.cdf and OUT/LABEL.rate of a closed-loop run, for the plot. */
 void sc_plot_data(const char *out, const sc_result_t *r, double scale);
-/* Writes OUT/scenario.gp and runs gnuplot: OUT/scenario.png. 0 or -1. */
-int sc_plot(const char *out, const sc_result_t *res, int n);
+/* Writes OUT/scenario.gp (and OUT/LABEL.open) and runs gnuplot:
+ * OUT/scenario.png. 0 or -1. */
+int sc_plot(const char *out, const sc_result_t *res, int n, double scale);
 /* Prints the targets as the runs met them or not. */
 void sc_targets(const sc_result_t *res, int n, double scale, int agents);
 

@@ -181,11 +181,86 @@ static const char *s_color(const char *label)
     return "#e69f00";
 }
 
-int sc_plot(const char *out, const sc_result_t *res, int n)
+/* Closed-loop panels: latency CDFs, completions over time. */
+static void s_plot_closed(FILE *f, const char *out, const sc_result_t *res, int n)
 {
-    int open = 0;
-    for (int i = 0; i < n; i++)
+    static const char *const what[2][4] = {
+        {"closed loop: latency CDF (completed calls)", "latency (s)", "fraction", "cdf"},
+        {"closed loop: completed requests/s over time", "time (s)", "req/s (5 s bins)", "rate"}};
+    for (int p = 0; p < 2; p++) {
+        fprintf(f, "%s\nset key %s\nset title '%s'\nset xlabel '%s'\nset ylabel '%s'\nplot ",
+                p ? "unset logscale x" : "set logscale x", p ? "top right" : "bottom right",
+                what[p][0], what[p][1], what[p][2]);
+        int first = 1;
+        for (int i = 0; i < n; i++)
+            if (!res[i].open_loop) {
+                fprintf(f, "%s'%s/%s.%s' using 1:2 with %s lw 2 lc rgb '%s' title '%s'",
+                        first ? "" : ", ", out, res[i].label, what[p][3],
+                        p ? "linespoints" : "lines", s_color(res[i].label), res[i].label);
+                first = 0;
+            }
+        fputc('\n', f);
+    }
+}
+
+/* OUT/LABEL.open: offered, completed, p95 of all, interactive p95, one
+ * line per open-loop run of LABEL (the CSV interleaves the systems). */
+static void s_open_data(const char *out, const char *label, const sc_result_t *res, int n,
+                        double scale)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s.open", out, label);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; f && i < n; i++)
+        if (res[i].open_loop && !strcmp(res[i].label, label)) {
+            sc_sum_t s;
+            sc_summarise(&res[i], scale, &s);
+            fprintf(f, "%g %.3f %.3f %.3f\n", res[i].rate, s.done_per_s, s.all95, s.ip[1]);
+        }
+    if (f)
+        fclose(f);
+}
+
+/* Open-loop panels: completed vs offered; p95 of all calls (solid) and of
+ * the interactive ones (dashed) vs offered. */
+static void s_plot_open(FILE *f, const char *out, const sc_result_t *res, int n, double scale)
+{
+    const char *labels[8];
+    int nl = 0;
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int j = 0; j < nl; j++)
+            seen |= !strcmp(labels[j], res[i].label);
+        if (res[i].open_loop && !seen && nl < 8)
+            labels[nl++] = res[i].label;
+    }
+    for (int j = 0; j < nl; j++)
+        s_open_data(out, labels[j], res, n, scale);
+    fprintf(f, "unset logscale\nset logscale xy\nset key top left\n"
+               "set title 'open loop: completed vs offered'\nset xlabel 'offered req/s'\n"
+               "set ylabel 'completed req/s'\n");
+    for (int j = 0; j < nl; j++)
+        fprintf(f, "%s'%s/%s.open' using 1:2 with linespoints lw 2 lc rgb '%s' title '%s'",
+                j ? ", " : "plot ", out, labels[j], s_color(labels[j]), labels[j]);
+    fprintf(f, ", x with lines dt 2 lc 'gray' title 'offered'\n"
+               "set title 'open loop: p95 of all calls (solid), interactive (dashed); errors apart'\n"
+               "set ylabel 'p95 (s)'\n");
+    for (int j = 0; j < nl; j++)
+        fprintf(f, "%s'%s/%s.open' using 1:3 with linespoints lw 2 lc rgb '%s' title '%s', "
+                   "'%s/%s.open' using 1:4 with linespoints lw 1 dt 2 lc rgb '%s' notitle",
+                j ? ", " : "plot ", out, labels[j], s_color(labels[j]), labels[j], out, labels[j],
+                s_color(labels[j]));
+    fprintf(f, ", 2 with lines dt 2 lc 'red' title '2 s', 1.5 with lines dt 3 lc 'red' "
+               "title '1.5 s'\n");
+}
+
+int sc_plot(const char *out, const sc_result_t *res, int n, double scale)
+{
+    int open = 0, closed = 0;
+    for (int i = 0; i < n; i++) {
         open |= res[i].open_loop;
+        closed |= !res[i].open_loop;
+    }
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/scenario.gp", out);
     FILE *f = fopen(path, "w");
@@ -194,56 +269,12 @@ int sc_plot(const char *out, const sc_result_t *res, int n)
     fprintf(f, "set terminal pngcairo size 1400,%d font 'sans,10'\n"
                "set output '%s/scenario.png'\nset multiplot layout %d,2 title "
                "'agentbus seed workload: 174 agents, two simulated GPUs (times in simulated s)'\n"
-               "set grid\nset key bottom right\nset logscale x\n"
-               "set title 'closed loop: latency CDF (completed calls)'\n"
-               "set xlabel 'latency (s)'\nset ylabel 'fraction'\nplot ", open ? 1000 : 500, out,
-            open ? 2 : 1);
-    int first = 1;
-    for (int i = 0; i < n; i++)
-        if (!res[i].open_loop) {
-            fprintf(f, "%s'%s/%s.cdf' using 1:2 with lines lw 2 lc rgb '%s' title '%s'",
-                    first ? "" : ", ", out, res[i].label, s_color(res[i].label), res[i].label);
-            first = 0;
-        }
-    fprintf(f, "\nunset logscale x\nset key top right\n"
-               "set title 'closed loop: completed requests/s over time'\n"
-               "set xlabel 'time (s)'\nset ylabel 'req/s (5 s bins)'\nplot ");
-    first = 1;
-    for (int i = 0; i < n; i++)
-        if (!res[i].open_loop) {
-            fprintf(f, "%s'%s/%s.rate' using 1:2 with linespoints lw 2 lc rgb '%s' title '%s'",
-                    first ? "" : ", ", out, res[i].label, s_color(res[i].label), res[i].label);
-            first = 0;
-        }
-    if (!open)
-        fprintf(f, "\nunset multiplot\n");
-    else
-        fprintf(f, "\nset logscale xy\nset key top left\nset datafile separator ','\n"
-               "set title 'open loop: completed vs offered'\nset xlabel 'offered req/s'\n"
-               "set ylabel 'completed req/s'\n");
-    if (open) {
-        const char *labels[8];
-        int nl = 0;
-        for (int i = 0; i < n; i++) {
-            int seen = 0;
-            for (int j = 0; j < nl; j++)
-                seen |= !strcmp(labels[j], res[i].label);
-            if (res[i].open_loop && !seen && nl < 8)
-                labels[nl++] = res[i].label;
-        }
-        for (int col = 4; col <= 10; col += 6) {
-            if (col != 4)
-                fprintf(f, "set title 'open loop: batch p95 vs offered (errors apart)'\n"
-                           "set ylabel 'p95 (s)'\n");
-            for (int j = 0; j < nl; j++)
-                fprintf(f, "%s'%s/scenario.csv' using (strcol(2) eq 'open' && strcol(1) eq '%s' ? "
-                           "$3 : 1/0):%d with linespoints lw 2 lc rgb '%s' title '%s'",
-                        j ? ", " : "plot ", out, labels[j], col, s_color(labels[j]), labels[j]);
-            fprintf(f, col == 4 ? ", x with lines dt 2 lc 'gray' title 'offered'\n"
-                                : ", 2 with lines dt 2 lc 'red' title '2 s'\n");
-        }
-        fprintf(f, "unset multiplot\n");
-    }
+               "set grid\n", open && closed ? 1000 : 500, out, open + closed);
+    if (closed)
+        s_plot_closed(f, out, res, n);
+    if (open)
+        s_plot_open(f, out, res, n, scale);
+    fprintf(f, "unset multiplot\n");
     fclose(f);
     char cmd[3 * PATH_MAX];
     snprintf(cmd, sizeof cmd, "gnuplot '%.4000s' 2>'%.4000s/gnuplot.err'", path, out);
@@ -329,7 +360,8 @@ void sc_targets(const sc_result_t *res, int n, double scale, int agents)
             ceiling += 1.0 / sc_classes[sc_agent_class(a)].think_s;
         printf("  closed: the agents' own ceiling (zero latency, think time only): %.1f req/s; "
                "direct: slots busy while work waits %.1f%%, errors %.2f%%; batch GPU time alone "
-               "p95 %.2f s\n", ceiling, res[dn].util_queued, sum[dn].err_pct, sum[dn].floor95);
+               "p95 %.2f s\n", ceiling, res[dn].util_queued < 0 ? 0 : res[dn].util_queued,
+               sum[dn].err_pct, sum[dn].floor95);
     }
     uint64_t lost = 0;
     for (int i = 0; i < n; i++)
