@@ -39,7 +39,7 @@ typedef struct {
     double scale, closed_s, open_s;
     uint64_t seed;
     int pool_pct, agents, scale_agents, quick, skip_open, skip_scale, skip_direct_ka, skip_gateway;
-    int capacity, deep;
+    int capacity, deep, skip_nothink;
     char rates[128], out[PATH_MAX];
     char systems[128];       /* --systems: labels to run, comma-separated; "" = all */
 } s_opts_t;
@@ -327,15 +327,15 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->quick = 1;
             o->scale = 10;
             o->closed_s = 20;
-            o->skip_open = o->skip_scale = o->skip_direct_ka = 1;
+            o->skip_open = o->skip_scale = o->skip_direct_ka = o->skip_nothink = 1;
             continue;
         }
         if (!strcmp(f, "--no-open") || !strcmp(f, "--no-scale") || !strcmp(f, "--no-keepalive")) {
             *(f[5] == 'o' ? &o->skip_open : f[5] == 's' ? &o->skip_scale : &o->skip_direct_ka) = 1;
             continue;
         }
-        if (!strcmp(f, "--no-gateway")) {
-            o->skip_gateway = 1;
+        if (!strcmp(f, "--no-gateway") || !strcmp(f, "--no-nothink")) {
+            *(f[5] == 'g' ? &o->skip_gateway : &o->skip_nothink) = 1;
             continue;
         }
         if (!strcmp(f, "--scale-only")) {
@@ -372,7 +372,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
                    "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
                    "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
-                   "         [--no-keepalive] [--no-gateway] [--scale-only] [--worker-capacity N]\n"
+                   "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
+                   "         [--worker-capacity N]\n"
                    "         [--deep-capacity N] [--systems direct-new,direct-keepalive,bus,gateway]\n"
                    "         [--out DIR]\n\n"
                    "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
@@ -553,6 +554,25 @@ static int s_systems(const s_opts_t *o, const s_stack_t *st, const char *bus_lab
     return k;
 }
 
+/* Direct and bus in a closed loop without think time, half the closed
+ * window: the GPU-bound case in which the bus's gain is capped by
+ * 1 / (1 - hit-or-coalesced fraction) (docs/bench.md). */
+static void s_nothink(const s_opts_t *o, const s_stack_t *st, sc_result_t *res, int *n,
+                      FILE *csv)
+{
+    if (o->skip_nothink || o->closed_s <= 0)
+        return;
+    sc_run_cfg_t d = {.ops = &sc_direct_ops, .label = "direct-nothink", .no_think = 1,
+                      .seconds = o->closed_s / 2};
+    sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = "bus-nothink", .no_think = 1,
+                      .seconds = o->closed_s / 2};
+    snprintf(b.broker, sizeof b.broker, "%s", st->broker);
+    if (s_wanted(o, d.label))
+        s_one(o, st, &d, res, n, csv);
+    if (s_wanted(o, b.label))
+        s_one(o, st, &b, res, n, csv);
+}
+
 /* Runs A, B and C, closed then open loop; then, with --deep-capacity, B
  * and C again on workers of another capacity. Appends to RES. */
 static void s_workload(const s_opts_t *o, s_stack_t *st, sc_result_t *res, int *n, FILE *csv)
@@ -564,6 +584,7 @@ static void s_workload(const s_opts_t *o, s_stack_t *st, sc_result_t *res, int *
         c.seconds = o->closed_s;
         s_one(o, st, &c, res, n, csv);
     }
+    s_nothink(o, st, res, n, csv);
     s_ladders(o, st, sys, k, res, n, csv);
     if (o->deep <= 0 || s_nkids != S_KID_WORKERS + SC_GPUS)
         return;

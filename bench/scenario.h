@@ -136,6 +136,7 @@ typedef struct {
     const char *label;       /* "direct-new", "direct-keepalive", "bus", "gateway" */
     int keepalive;           /* HTTP: reuse connections */
     int open_loop;
+    int no_think;            /* closed loop without think time (the GPU-bound case) */
     double rate;             /* open loop: offered sim req/s, all agents together */
     double seconds;          /* sim seconds of issuing */
     double scale;            /* simulator time scale */

@@ -178,6 +178,10 @@ static const char *s_color(const char *label)
         return "#56b4e9";
     if (!strcmp(label, "gateway"))
         return "#d55e00";
+    if (!strcmp(label, "direct-nothink"))
+        return "#cc79a7";
+    if (!strcmp(label, "bus-nothink"))
+        return "#0072b2";
     return "#e69f00";
 }
 
@@ -281,15 +285,16 @@ int sc_plot(const char *out, const sc_result_t *res, int n, double scale)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-/* Closed loop: a system on the bus (B or C) against direct-new. */
-static void s_closed_target(const sc_result_t *r, const sc_sum_t *sm, const sc_sum_t *dn)
+/* Closed loop: a system on the bus (B or C) against direct (DLABEL). */
+static void s_closed_target(const sc_result_t *r, const sc_sum_t *sm, const sc_sum_t *dn,
+                            const char *dlabel)
 {
     double f = sm->hit_pct / 100.0, want = f < 1 ? 0.95 * dn->done_per_s / (1 - f) : 0;
     char uq[48];
     snprintf(uq, sizeof uq, r->util_queued >= 0 ? "%.1f%%" : "- (nothing waited)", r->util_queued);
-    printf("  closed %s: %.1f req/s vs 0.95 x direct %.1f / (1 - %.2f hit-or-coalesced) = %.1f: "
+    printf("  closed %s: %.1f req/s vs 0.95 x %s %.1f / (1 - %.2f hit-or-coalesced) = %.1f: "
            "%s (%.2fx direct); slots busy while work waits %s (target >= 95%%); errors "
-           "%.2f%% (target < 0.1%%)\n", r->label, sm->done_per_s, dn->done_per_s, f, want,
+           "%.2f%% (target < 0.1%%)\n", r->label, sm->done_per_s, dlabel, dn->done_per_s, f, want,
            sm->done_per_s >= want ? "met" : "NOT met", sm->done_per_s / dn->done_per_s, uq,
            sm->err_pct);
 }
@@ -344,16 +349,20 @@ static void s_open_targets(const sc_result_t *res, const sc_sum_t *sum, int n)
 void sc_targets(const sc_result_t *res, int n, double scale, int agents)
 {
     sc_sum_t sum[40];
-    int dn = -1;
+    int dn = -1, dz = -1;
     for (int i = 0; i < n && i < 40; i++) {
         sc_summarise(&res[i], scale, &sum[i]);
         if (!res[i].open_loop && !strcmp(res[i].label, "direct-new"))
             dn = i;
+        if (!res[i].open_loop && !strcmp(res[i].label, "direct-nothink"))
+            dz = i;
     }
     printf("\nTargets (issue 20), same run:\n");
-    for (int i = 0; i < n && dn >= 0; i++)
-        if (!res[i].open_loop && res[i].has_bus)
-            s_closed_target(&res[i], &sum[i], &sum[dn]);
+    for (int i = 0; i < n && i < 40; i++) {
+        int ref = strstr(res[i].label, "-nothink") ? dz : dn;
+        if (!res[i].open_loop && res[i].has_bus && ref >= 0)
+            s_closed_target(&res[i], &sum[i], &sum[ref], res[ref].label);
+    }
     if (dn >= 0) {
         double ceiling = 0;
         for (int a = 0; a < agents; a++)
