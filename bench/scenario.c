@@ -35,6 +35,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+enum { S_BROKER_OPTS = 4 };
+
 typedef struct {
     double scale, closed_s, open_s;
     uint64_t seed;
@@ -42,6 +44,8 @@ typedef struct {
     int capacity, deep, skip_nothink;
     char rates[128], out[PATH_MAX];
     char systems[128];       /* --systems: labels to run, comma-separated; "" = all */
+    char bopt[S_BROKER_OPTS][2][64]; /* --broker-opt FLAG=VALUE, passed to the broker */
+    int nbopts;
 } s_opts_t;
 
 /* Whether --systems lets LABEL run. */
@@ -288,8 +292,13 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
     }
     int bport = tl_free_port();
     snprintf(st->broker, sizeof st->broker, "tcp://127.0.0.1:%d", bport);
-    const char *bargv[] = {broker, "--bind", st->broker, "--data-dir", s_dir, "--log-level",
-                           "error", NULL};
+    /* --broker-opt "FLAG VALUE" pairs go after the fixed arguments. */
+    const char *bargv[8 + 2 * S_BROKER_OPTS] = {broker, "--bind", st->broker, "--data-dir",
+                                                s_dir, "--log-level", "error"};
+    for (int k = 0; k < op->nbopts; k++) {
+        bargv[7 + 2 * k] = op->bopt[k][0];
+        bargv[8 + 2 * k] = op->bopt[k][1];
+    }
     snprintf(log, sizeof log, "%s/broker.log", s_dir);
     s_spawn(bargv, log);
     s_start_gateway(st);
@@ -364,7 +373,11 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->deep = (int)l;
         else if (!strcmp(f, "--rates") && *v)
             snprintf(o->rates, sizeof o->rates, "%s", v);
-        else if (!strcmp(f, "--systems") && *v)
+        else if (!strcmp(f, "--broker-opt") && strchr(v, '=') && o->nbopts < S_BROKER_OPTS &&
+                 strlen(v) < 64) {
+            snprintf(o->bopt[o->nbopts][0], 64, "%.*s", (int)(strchr(v, '=') - v), v);
+            snprintf(o->bopt[o->nbopts++][1], 64, "%s", strchr(v, '=') + 1);
+        } else if (!strcmp(f, "--systems") && *v)
             snprintf(o->systems, sizeof o->systems, "%s", v);
         else if (!strcmp(f, "--out") && *v)
             snprintf(o->out, sizeof o->out, "%s", v);
@@ -375,7 +388,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
                    "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
                    "         [--worker-capacity N]\n"
                    "         [--deep-capacity N] [--systems direct-new,direct-keepalive,bus,gateway]\n"
-                   "         [--out DIR]\n\n"
+                   "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR]\n\n"
                    "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
                    "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
                    "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
