@@ -94,9 +94,18 @@ static const char *s_hdr =
     "bat_p99 add_p95  ttft50 ttft95  err%   lost  util%  utilQ%  L1hit  L2hit  L3hit  coalesced  "
     "hit%";
 
+/* The latency columns: "-" where no call of that kind completed. */
+static void s_lat(char out[10][16], const sc_sum_t *s)
+{
+    const double v[10] = {s->all95, s->ip[0], s->ip[1], s->ip[2], s->bp[0],
+                          s->bp[1], s->bp[2], s->add95, s->tt[0], s->tt[1]};
+    for (int k = 0; k < 10; k++)
+        snprintf(out[k], 16, isnan(v[k]) ? "-" : "%.2f", v[k]);
+}
+
 static void s_row(FILE *f, const sc_result_t *r, const sc_sum_t *s)
 {
-    char off[16], hits[3][16], co[16];
+    char off[16], hits[3][16], co[16], lat[10][16];
     snprintf(off, sizeof off, r->open_loop ? "%.0f" : "-", r->rate);
     for (int t = 0; t < 3; t++)
         snprintf(hits[t], sizeof hits[t], r->has_bus ? "%llu" : "-", (unsigned long long)r->hits[t]);
@@ -104,13 +113,12 @@ static void s_row(FILE *f, const sc_result_t *r, const sc_sum_t *s)
     char hp[16], uq[16];
     snprintf(hp, sizeof hp, r->has_bus ? "%.0f" : "-", s->hit_pct);
     snprintf(uq, sizeof uq, r->util_queued >= 0 ? "%.1f" : "-", r->util_queued);
-    fprintf(f, "%-17s %-6s %7s %7.1f %5.0f  %7.2f  %7.2f %7.2f %7.2f  %7.2f %7.2f %7.2f %7.2f  "
-               "%6.2f %6.2f %5.1f %6llu %6.1f %7s %6s %6s %6s %10s %5s\n",
-            r->label, r->open_loop ? "open" : "closed", off, s->done_per_s, s->repeat_pct, s->all95,
-            s->ip[0],
-            s->ip[1], s->ip[2], s->bp[0], s->bp[1], s->bp[2], s->add95, s->tt[0], s->tt[1],
-            s->err_pct, (unsigned long long)s->lost, r->util_all, uq, hits[0], hits[1],
-            hits[2], co, hp);
+    s_lat(lat, s);
+    fprintf(f, "%-17s %-6s %7s %7.1f %5.0f  %7s  %7s %7s %7s  %7s %7s %7s %7s  "
+               "%6s %6s %5.1f %6llu %6.1f %7s %6s %6s %6s %10s %5s\n",
+            r->label, r->open_loop ? "open" : "closed", off, s->done_per_s, s->repeat_pct, lat[0],
+            lat[1], lat[2], lat[3], lat[4], lat[5], lat[6], lat[7], lat[8], lat[9], s->err_pct,
+            (unsigned long long)s->lost, r->util_all, uq, hits[0], hits[1], hits[2], co, hp);
 }
 
 void sc_csv_row(FILE *f, const sc_result_t *r, const sc_sum_t *s, double scale)
