@@ -569,8 +569,8 @@ static int s_systems(const s_opts_t *o, const s_stack_t *st, const char *bus_lab
 
 /* Direct and bus in a closed loop without think time: the GPU-bound case
  * in which the bus's gain is capped by 1 / (1 - hit-or-coalesced
- * fraction) (docs/bench.md). The whole closed window: its first ~30
- * simulated s are a transient; the targets read the second half. */
+ * fraction) (docs/bench.md). The whole closed window: its first ~25
+ * simulated s are not the steady state; the targets read the second half. */
 static void s_nothink(const s_opts_t *o, const s_stack_t *st, sc_result_t *res, int *n,
                       FILE *csv)
 {

@@ -302,9 +302,9 @@ int sc_plot(const char *out, const sc_result_t *res, int n, double scale)
 static void s_closed_target(const sc_result_t *r, const sc_sum_t *sm, const sc_sum_t *dn,
                             const char *dlabel)
 {
-    /* Without think time the first seconds are a transient (every agent
-     * starts with its repeats answered at once; the misses' queues fill
-     * later): that pair is compared over the second half of the window. */
+    /* Without think time the first seconds are not the steady state (the
+     * misses' queues still fill, the workers' adaptive credit is still
+     * whole): that pair is compared over the second half of the window. */
     int steady = strstr(r->label, "-nothink") != NULL;
     double mine = steady ? sm->done2_per_s : sm->done_per_s;
     double theirs = steady ? dn->done2_per_s : dn->done_per_s;
