@@ -315,6 +315,51 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
     return s_start_workers(st, op->capacity);
 }
 
+/* The usage text (--help and a bad option). */
+static void s_usage(void)
+{
+    printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
+           "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
+           "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
+           "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
+           "         [--worker-capacity N] [--deep-capacity N] [--systems LABEL,..]\n"
+           "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR]\n\n"
+           "--systems: direct-new, direct-keepalive, bus, gateway, direct-nothink,\n"
+           "bus-nothink (default: all of these), gateway-keepalive (only when named).\n\n"
+           "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
+           "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
+           "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
+           "run --time-scale X, default 5, times faster). Workers' capacity default 48;\n"
+           "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
+           "docs/bench.md, \"Seed workload\".\n");
+}
+
+/* The options without a value; 1 if F was one. */
+static int s_flag(s_opts_t *o, const char *f)
+{
+    if (!strcmp(f, "--quick")) {
+        o->quick = 1;
+        o->scale = 10;
+        o->closed_s = 20;
+        o->skip_open = o->skip_scale = o->skip_direct_ka = o->skip_nothink = 1;
+        return 1;
+    }
+    if (!strcmp(f, "--no-open") || !strcmp(f, "--no-scale") || !strcmp(f, "--no-keepalive")) {
+        *(f[5] == 'o' ? &o->skip_open : f[5] == 's' ? &o->skip_scale : &o->skip_direct_ka) = 1;
+        return 1;
+    }
+    if (!strcmp(f, "--no-gateway") || !strcmp(f, "--no-nothink")) {
+        *(f[5] == 'g' ? &o->skip_gateway : &o->skip_nothink) = 1;
+        return 1;
+    }
+    if (!strcmp(f, "--scale-only")) {
+        o->skip_open = 1;
+        o->closed_s = 0;
+        return 1;
+    }
+    return 0;
+}
+
 static int s_parse(s_opts_t *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
@@ -332,26 +377,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         long l;
-        if (!strcmp(f, "--quick")) {
-            o->quick = 1;
-            o->scale = 10;
-            o->closed_s = 20;
-            o->skip_open = o->skip_scale = o->skip_direct_ka = o->skip_nothink = 1;
+        if (s_flag(o, f))
             continue;
-        }
-        if (!strcmp(f, "--no-open") || !strcmp(f, "--no-scale") || !strcmp(f, "--no-keepalive")) {
-            *(f[5] == 'o' ? &o->skip_open : f[5] == 's' ? &o->skip_scale : &o->skip_direct_ka) = 1;
-            continue;
-        }
-        if (!strcmp(f, "--no-gateway") || !strcmp(f, "--no-nothink")) {
-            *(f[5] == 'g' ? &o->skip_gateway : &o->skip_nothink) = 1;
-            continue;
-        }
-        if (!strcmp(f, "--scale-only")) {
-            o->skip_open = 1;
-            o->closed_s = 0;
-            continue;
-        }
         i++;
         if (!strcmp(f, "--time-scale") && atof(v) >= 0.1 && atof(v) <= 100)
             o->scale = atof(v);
@@ -382,19 +409,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
         else if (!strcmp(f, "--out") && *v)
             snprintf(o->out, sizeof o->out, "%s", v);
         else {
-            printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
-                   "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
-                   "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
-                   "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
-                   "         [--worker-capacity N]\n"
-                   "         [--deep-capacity N] [--systems direct-new,direct-keepalive,bus,gateway]\n"
-                   "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR]\n\n"
-                   "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
-                   "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
-                   "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
-                   "run --time-scale X, default 5, times faster). Workers' capacity default 48;\n"
-                   "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
-                   "docs/bench.md, \"Seed workload\".\n");
+            s_usage();
             return strcmp(f, "--help") ? -1 : 1;
         }
     }
