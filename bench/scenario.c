@@ -2,12 +2,13 @@
  * scenario.c - agentbus-scenario: the seed workload measured end to end
  * (issue 20; docs/bench.md, "Seed workload").
  *
- * Starts two ollama-sim (two GPUs), a broker with its cache (L1 + L3) and
- * two Ollama workers, then runs the same seeded workload of 174 agents:
+ * Starts two ollama-sim (two GPUs), a broker with its cache (L1 + L3),
+ * agentbus-gateway and two Ollama workers, then runs the same seeded
+ * workload of 174 agents:
  *   run A  direct: each agent POSTs to its GPU's simulator (a new
  *          connection per call, and a keep-alive variant);
- *   run B  bus: the same agents through agentbus;
- *   run C  the HTTP gateway: not run, it does not exist yet;
+ *   run B  bus: the same agents through agentbus (libagentbus);
+ *   run C  gateway: run A's HTTP agents, unchanged, pointed at the gateway;
  * in a closed loop (think time) and an open loop (Poisson offered rates,
  * stepped), then the scale part (1,000 connected agents). Prints progress
  * lines and a table, writes a CSV and a gnuplot PNG.
@@ -34,12 +35,32 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+enum { S_BROKER_OPTS = 4 };
+
 typedef struct {
     double scale, closed_s, open_s;
     uint64_t seed;
-    int pool_pct, agents, scale_agents, quick, skip_open, skip_scale, skip_direct_ka, capacity, deep;
+    int pool_pct, agents, scale_agents, quick, skip_open, skip_scale, skip_direct_ka, skip_gateway;
+    int capacity, deep, skip_nothink;
     char rates[128], out[PATH_MAX];
+    char systems[128];       /* --systems: labels to run, comma-separated; "" = all */
+    char bopt[S_BROKER_OPTS][2][64]; /* --broker-opt FLAG=VALUE, passed to the broker */
+    int nbopts;
 } s_opts_t;
+
+/* Whether --systems lets LABEL run. */
+static int s_wanted(const s_opts_t *o, const char *label)
+{
+    if (!o->systems[0])
+        return 1;
+    size_t len = strlen(label);
+    for (const char *p = o->systems; (p = strstr(p, label)) != NULL; p += len)
+        if ((p == o->systems || p[-1] == ',') && (p[len] == ',' || p[len] == '\0'))
+            return 1;
+    return 0;
+}
+
+#define S_MAX_RUNS 40
 
 static pid_t s_kids[8];
 static int s_nkids;
@@ -105,7 +126,12 @@ typedef struct {
     char bin[PATH_MAX];
     char sim_url[SC_GPUS][64];
     char broker[64];
+    char gateway[64];        /* http://127.0.0.1:PORT, or "" if it did not start */
 } s_stack_t;
+
+/* Children: 0, 1 the simulators, 2 the broker, 3 the gateway, 4 and 5
+ * the workers (restarted with another capacity: s_workload). */
+enum { S_KID_WORKERS = 4 };
 
 static int s_sim_up(const char *url)
 {
@@ -180,7 +206,7 @@ static int s_workers_ready(const char *broker, int want)
 }
 
 /* Two Ollama workers, one per simulated GPU, with CAPACITY requests each
- * (the broker's credit); children 3 and 4. Waits until both registered. */
+ * (the broker's credit); children 4 and 5. Waits until both registered. */
 static int s_start_workers(const s_stack_t *st, int capacity)
 {
     char worker[PATH_MAX + 32], log[128];
@@ -193,7 +219,8 @@ static int s_start_workers(const s_stack_t *st, int capacity)
         char name[16], cap[16];
         snprintf(name, sizeof name, "gpu%d", g);
         snprintf(cap, sizeof cap, "%d", capacity);
-        /* Capacity: by default every slot of the GPU (3 models x 4). */
+        /* Capacity: by default 48, four times the GPU's 12 slots (3 models
+         * x 4): the credit is per worker, the slots per model (docs). */
         const char *wargv[] = {worker, "--broker", st->broker, "--backend", "ollama",
                                "--ollama-url", st->sim_url[g], "--name", name, "--capacity", cap,
                                "--gpu-vram-mb", "24576", "--preload", preload, NULL};
@@ -205,6 +232,34 @@ static int s_start_workers(const s_stack_t *st, int capacity)
         return -1;
     }
     return 0;
+}
+
+/* agentbus-gateway in front of the broker (run C); child 3. Connections:
+ * every open-loop call may hold one (new connection per call), so the cap
+ * is far above the 1,024 default; the descriptor limit was raised. */
+static void s_start_gateway(s_stack_t *st)
+{
+    char gw[PATH_MAX + 32], listen[32], log[128];
+    snprintf(gw, sizeof gw, "%s/agentbus-gateway", st->bin);
+    int port = tl_free_port();
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    const char *argv[] = {gw, "--listen", listen, "--broker", st->broker, "--name",
+                          "scenario-gateway", "--max-connections", "30000", "--quiet", NULL};
+    snprintf(log, sizeof log, "%s/gateway.log", s_dir);
+    s_spawn(argv, log);
+    char url[96];
+    snprintf(url, sizeof url, "http://%s/healthz", listen);
+    for (int i = 0; i < 100; i++) {
+        long status = 0;
+        char *t = sc_http(url, NULL, &status);
+        free(t);
+        if (t && status == 200) {
+            snprintf(st->gateway, sizeof st->gateway, "http://%s", listen);
+            return;
+        }
+        usleep(100000);
+    }
+    s_progress("the gateway did not answer /healthz (log %s): run C skipped", log);
 }
 
 static int s_start_stack(const s_opts_t *op, s_stack_t *st)
@@ -237,10 +292,16 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
     }
     int bport = tl_free_port();
     snprintf(st->broker, sizeof st->broker, "tcp://127.0.0.1:%d", bport);
-    const char *bargv[] = {broker, "--bind", st->broker, "--data-dir", s_dir, "--log-level",
-                           "error", NULL};
+    /* --broker-opt "FLAG VALUE" pairs go after the fixed arguments. */
+    const char *bargv[8 + 2 * S_BROKER_OPTS] = {broker, "--bind", st->broker, "--data-dir",
+                                                s_dir, "--log-level", "error"};
+    for (int k = 0; k < op->nbopts; k++) {
+        bargv[7 + 2 * k] = op->bopt[k][0];
+        bargv[8 + 2 * k] = op->bopt[k][1];
+    }
     snprintf(log, sizeof log, "%s/broker.log", s_dir);
     s_spawn(bargv, log);
+    s_start_gateway(st);
     for (int i = 0; i < 100 && !(s_sim_up(st->sim_url[0]) && s_sim_up(st->sim_url[1])); i++)
         usleep(100000);
     /* Load every model on both GPUs before anything is measured. */
@@ -254,6 +315,51 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
     return s_start_workers(st, op->capacity);
 }
 
+/* The usage text (--help and a bad option). */
+static void s_usage(void)
+{
+    printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
+           "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
+           "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
+           "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
+           "         [--worker-capacity N] [--deep-capacity N] [--systems LABEL,..]\n"
+           "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR]\n\n"
+           "--systems: direct-new, direct-keepalive, bus, gateway, direct-nothink,\n"
+           "bus-nothink (default: all of these), gateway-keepalive (only when named).\n\n"
+           "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
+           "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
+           "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
+           "run --time-scale X, default 5, times faster). Workers' capacity default 48;\n"
+           "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
+           "docs/bench.md, \"Seed workload\".\n");
+}
+
+/* The options without a value; 1 if F was one. */
+static int s_flag(s_opts_t *o, const char *f)
+{
+    if (!strcmp(f, "--quick")) {
+        o->quick = 1;
+        o->scale = 10;
+        o->closed_s = 20;
+        o->skip_open = o->skip_scale = o->skip_direct_ka = o->skip_nothink = 1;
+        return 1;
+    }
+    if (!strcmp(f, "--no-open") || !strcmp(f, "--no-scale") || !strcmp(f, "--no-keepalive")) {
+        *(f[5] == 'o' ? &o->skip_open : f[5] == 's' ? &o->skip_scale : &o->skip_direct_ka) = 1;
+        return 1;
+    }
+    if (!strcmp(f, "--no-gateway") || !strcmp(f, "--no-nothink")) {
+        *(f[5] == 'g' ? &o->skip_gateway : &o->skip_nothink) = 1;
+        return 1;
+    }
+    if (!strcmp(f, "--scale-only")) {
+        o->skip_open = 1;
+        o->closed_s = 0;
+        return 1;
+    }
+    return 0;
+}
+
 static int s_parse(s_opts_t *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
@@ -263,31 +369,16 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     o->seed = 1;
     o->pool_pct = 85;
     o->agents = SC_AGENTS;
-    o->capacity = 12;
-    o->deep = 48;
+    o->capacity = 48;
+    o->deep = 0;
     o->scale_agents = 1000;
     snprintf(o->rates, sizeof o->rates, "3,6,12,24,48,500");
     snprintf(o->out, sizeof o->out, "scenario-out");
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         long l;
-        if (!strcmp(f, "--quick")) {
-            o->quick = 1;
-            o->scale = 10;
-            o->closed_s = 20;
-            o->skip_open = o->skip_scale = o->skip_direct_ka = 1;
-            o->deep = 0;
+        if (s_flag(o, f))
             continue;
-        }
-        if (!strcmp(f, "--no-open") || !strcmp(f, "--no-scale") || !strcmp(f, "--no-keepalive")) {
-            *(f[5] == 'o' ? &o->skip_open : f[5] == 's' ? &o->skip_scale : &o->skip_direct_ka) = 1;
-            continue;
-        }
-        if (!strcmp(f, "--scale-only")) {
-            o->skip_open = 1;
-            o->closed_s = 0;
-            continue;
-        }
         i++;
         if (!strcmp(f, "--time-scale") && atof(v) >= 0.1 && atof(v) <= 100)
             o->scale = atof(v);
@@ -309,17 +400,16 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->deep = (int)l;
         else if (!strcmp(f, "--rates") && *v)
             snprintf(o->rates, sizeof o->rates, "%s", v);
+        else if (!strcmp(f, "--broker-opt") && strchr(v, '=') && o->nbopts < S_BROKER_OPTS &&
+                 strlen(v) < 64) {
+            snprintf(o->bopt[o->nbopts][0], 64, "%.*s", (int)(strchr(v, '=') - v), v);
+            snprintf(o->bopt[o->nbopts++][1], 64, "%s", strchr(v, '=') + 1);
+        } else if (!strcmp(f, "--systems") && *v)
+            snprintf(o->systems, sizeof o->systems, "%s", v);
         else if (!strcmp(f, "--out") && *v)
             snprintf(o->out, sizeof o->out, "%s", v);
         else {
-            printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
-                   "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
-                   "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
-                   "         [--no-keepalive] [--scale-only] [--worker-capacity N] [--deep-capacity N]\n"
-                   "         [--out DIR]\n\n"
-                   "The seed workload (174 agents, two simulated GPUs) direct vs over agentbus;\n"
-                   "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
-                   "run --time-scale X, default 5, times faster). docs/bench.md, \"Seed workload\".\n");
+            s_usage();
             return strcmp(f, "--help") ? -1 : 1;
         }
     }
@@ -347,9 +437,9 @@ static void s_one(const s_opts_t *o, const s_stack_t *st, sc_run_cfg_t *cfg, sc_
     sc_run(cfg, r);
     sc_sum_t s;
     sc_summarise(r, o->scale, &s);
-    fprintf(stderr, "[scenario %6.1fs]   %llu issued, %llu ok (%.1f/s), %llu errors (", (tl_now_us() - s_t0) / 1e6,
-            (unsigned long long)r->issued, (unsigned long long)s.ok, s.done_per_s,
-            (unsigned long long)s.errs);
+    fprintf(stderr, "[scenario %6.1fs]   %llu issued, %llu ok (%.1f/s; %.1f/s in the second half), "
+            "%llu errors (", (tl_now_us() - s_t0) / 1e6, (unsigned long long)r->issued,
+            (unsigned long long)s.ok, s.done_per_s, s.done2_per_s, (unsigned long long)s.errs);
     for (int e = 1; e < SC_E_N; e++)
         if (s.err_by[e])
             fprintf(stderr, " %s=%llu", sc_err_names[e], (unsigned long long)s.err_by[e]);
@@ -364,33 +454,60 @@ static void s_one(const s_opts_t *o, const s_stack_t *st, sc_run_cfg_t *cfg, sc_
     (*n)++;
 }
 
-/* The open-loop ladder of one system: each offered rate in turn. Above
- * the first rate with more than 5% errors (not sustained by any reading)
- * only the last rate (the seed's wanted 500 req/s) is still run. */
-static void s_ladder(const s_opts_t *o, const s_stack_t *st, const sc_engine_ops_t *ops,
-                     const char *label, sc_result_t *res, int *n, FILE *csv)
+/* The open-loop ladders: each offered rate in turn, every system at that
+ * rate one after the other (so a change in the machine's load, shared
+ * with other work, falls on all systems alike). Above the first rate at
+ * which a system had more than 5% errors (not sustained by any reading)
+ * it runs only the last rate (the seed's wanted 500 req/s). */
+static void s_ladders(const s_opts_t *o, const s_stack_t *st, const sc_run_cfg_t *sys, int k,
+                      sc_result_t *res, int *n, FILE *csv)
 {
     char rates[128];
+    int collapsed[4] = {0};
     snprintf(rates, sizeof rates, "%s", o->rates);
-    int collapsed = 0;
-    for (char *save = NULL, *t = strtok_r(rates, ",", &save); t && *n < 38;
+    for (char *save = NULL, *t = strtok_r(rates, ",", &save); t && !o->skip_open;
          t = strtok_r(NULL, ",", &save)) {
         int last = !save || !*save;
-        if (collapsed && !last) {
-            s_progress("%s at %s req/s: not run (over 5%% errors at a lower rate)", label, t);
-            continue;
+        for (int i = 0; i < k && i < 4 && *n < S_MAX_RUNS; i++) {
+            if (sys[i].keepalive == 1) /* closed loop showed it the same as direct-new */
+                continue;
+            if (collapsed[i] && !last) {
+                s_progress("%s at %s req/s: not run (over 5%% errors at a lower rate)",
+                           sys[i].label, t);
+                continue;
+            }
+            sc_run_cfg_t c = sys[i];
+            c.open_loop = 1;
+            c.rate = atof(t);
+            c.seconds = o->open_s;
+            if (c.rate <= 0)
+                continue;
+            s_one(o, st, &c, res, n, csv);
+            sc_sum_t sm;
+            sc_summarise(&res[*n - 1], o->scale, &sm);
+            collapsed[i] |= sm.err_pct > 5;
         }
-        sc_run_cfg_t c = {.ops = ops, .label = label, .open_loop = 1, .rate = atof(t),
-                          .seconds = o->open_s};
-        if (ops == &sc_bus_ops)
-            snprintf(c.broker, sizeof c.broker, "%s", st->broker);
-        if (c.rate <= 0)
-            continue;
-        s_one(o, st, &c, res, n, csv);
-        sc_sum_t sm;
-        sc_summarise(&res[*n - 1], o->scale, &sm);
-        collapsed |= sm.err_pct > 5;
     }
+}
+
+/* The table groups the open-loop runs by system (in the order the systems
+ * first ran), each in the order of its rates; closed-loop runs first. */
+static void s_group(sc_result_t *res, int n)
+{
+    static sc_result_t tmp[S_MAX_RUNS];
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (!res[i].open_loop)
+            tmp[m++] = res[i];
+    for (int i = 0; i < n; i++) {
+        int first = res[i].open_loop;
+        for (int j = 0; j < i && first; j++)
+            first = !(res[j].open_loop && !strcmp(res[j].label, res[i].label));
+        for (int j = i; first && j < n; j++)
+            if (res[j].open_loop && !strcmp(res[j].label, res[i].label))
+                tmp[m++] = res[j];
+    }
+    memcpy(res, tmp, (size_t)n * sizeof *res);
 }
 
 const char *const sc_err_names[SC_E_N] = {"none", "503", "http", "timeout", "conn", "bus", "cut"};
@@ -433,43 +550,87 @@ static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
     return 0;
 }
 
-/* Runs A and B, closed then open loop, then bus-capN; appends to RES. */
+/* The systems of the same run: A (direct, new connections; keep-alive),
+ * B (bus), C (gateway), as closed-loop templates. Returns how many. */
+static int s_systems(const s_opts_t *o, const s_stack_t *st, const char *bus_label,
+                     sc_run_cfg_t sys[4], int with_direct)
+{
+    int k = 0;
+    if (with_direct && s_wanted(o, "direct-new"))
+        sys[k++] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "direct-new"};
+    if (with_direct && !o->skip_direct_ka && s_wanted(o, "direct-keepalive"))
+        sys[k++] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "direct-keepalive",
+                                  .keepalive = 1};
+    if (s_wanted(o, "bus") || !with_direct) {
+        sys[k] = (sc_run_cfg_t){.ops = &sc_bus_ops, .label = bus_label};
+        snprintf(sys[k++].broker, sizeof sys->broker, "%s", st->broker);
+    }
+    if (with_direct && !o->skip_gateway && st->gateway[0] && s_wanted(o, "gateway")) {
+        /* Run A's client code and connection mode (a new connection per
+         * call); only the URL differs. */
+        sys[k] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "gateway"};
+        snprintf(sys[k].broker, sizeof sys->broker, "%s", st->broker);
+        snprintf(sys[k++].gateway, sizeof sys->gateway, "%s", st->gateway);
+    }
+    if (with_direct && st->gateway[0] && o->systems[0] && s_wanted(o, "gateway-keepalive") &&
+        k < 4) { /* only when asked for by name */
+        sys[k] = (sc_run_cfg_t){.ops = &sc_direct_ops, .label = "gateway-keepalive",
+                                .keepalive = 2};
+        snprintf(sys[k].broker, sizeof sys->broker, "%s", st->broker);
+        snprintf(sys[k++].gateway, sizeof sys->gateway, "%s", st->gateway);
+    }
+    return k;
+}
+
+/* Direct and bus in a closed loop without think time: the GPU-bound case
+ * in which the bus's gain is capped by 1 / (1 - hit-or-coalesced
+ * fraction) (docs/bench.md). The whole closed window: its first ~25
+ * simulated s are not the steady state; the targets read the second half. */
+static void s_nothink(const s_opts_t *o, const s_stack_t *st, sc_result_t *res, int *n,
+                      FILE *csv)
+{
+    if (o->skip_nothink || o->closed_s <= 0)
+        return;
+    sc_run_cfg_t d = {.ops = &sc_direct_ops, .label = "direct-nothink", .no_think = 1,
+                      .seconds = o->closed_s};
+    sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = "bus-nothink", .no_think = 1,
+                      .seconds = o->closed_s};
+    snprintf(b.broker, sizeof b.broker, "%s", st->broker);
+    if (s_wanted(o, d.label))
+        s_one(o, st, &d, res, n, csv);
+    if (s_wanted(o, b.label))
+        s_one(o, st, &b, res, n, csv);
+}
+
+/* Runs A, B and C, closed then open loop; then, with --deep-capacity, B
+ * and C again on workers of another capacity. Appends to RES. */
 static void s_workload(const s_opts_t *o, s_stack_t *st, sc_result_t *res, int *n, FILE *csv)
 {
-    if (o->closed_s > 0) {
-        sc_run_cfg_t a = {.ops = &sc_direct_ops, .label = "direct-new", .seconds = o->closed_s};
-        s_one(o, st, &a, res, n, csv);
-        if (!o->skip_direct_ka) {
-            sc_run_cfg_t k = {.ops = &sc_direct_ops, .label = "direct-keepalive", .keepalive = 1,
-                              .seconds = o->closed_s};
-            s_one(o, st, &k, res, n, csv);
-        }
-        sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = "bus", .seconds = o->closed_s};
-        snprintf(b.broker, sizeof b.broker, "%s", st->broker);
-        s_one(o, st, &b, res, n, csv);
+    sc_run_cfg_t sys[4];
+    int k = s_systems(o, st, "bus", sys, 1);
+    for (int i = 0; i < k && o->closed_s > 0; i++) {
+        sc_run_cfg_t c = sys[i];
+        c.seconds = o->closed_s;
+        s_one(o, st, &c, res, n, csv);
     }
-    if (!o->skip_open) {
-        s_ladder(o, st, &sc_direct_ops, "direct-new", res, n, csv);
-        s_ladder(o, st, &sc_bus_ops, "bus", res, n, csv);
-    }
-    /* The workers again with a deeper credit (more than the GPU's slots, so
-     * each model's slots fill as with direct calls): docs/bench.md. */
-    if (o->deep <= 0 || s_nkids != 5)
+    s_nothink(o, st, res, n, csv);
+    s_ladders(o, st, sys, k, res, n, csv);
+    if (o->deep <= 0 || s_nkids != S_KID_WORKERS + SC_GPUS)
         return;
-    bu_stop_pids(&s_kids[3], 2);
-    s_nkids = 3;
-    char label[32];
+    bu_stop_pids(&s_kids[S_KID_WORKERS], SC_GPUS);
+    s_nkids = S_KID_WORKERS;
+    static char label[32];
     snprintf(label, sizeof label, "bus-cap%d", o->deep);
     if (!s_workers_ready(st->broker, 0) || s_start_workers(st, o->deep) != 0)
         return;
     s_progress("workers restarted with capacity %d", o->deep);
+    k = s_systems(o, st, label, sys, 0); /* the bus alone: the question is the credit */
     if (o->closed_s > 0) {
-        sc_run_cfg_t b = {.ops = &sc_bus_ops, .label = label, .seconds = o->closed_s};
-        snprintf(b.broker, sizeof b.broker, "%s", st->broker);
-        s_one(o, st, &b, res, n, csv);
+        sc_run_cfg_t c = sys[0];
+        c.seconds = o->closed_s;
+        s_one(o, st, &c, res, n, csv);
     }
-    if (!o->skip_open)
-        s_ladder(o, st, &sc_bus_ops, label, res, n, csv);
+    s_ladders(o, st, sys, k, res, n, csv);
 }
 
 /* The table, the targets and the plot; returns the requests lost. */
@@ -485,10 +646,9 @@ static uint64_t s_report(const s_opts_t *o, const sc_result_t *res, int n, const
         sc_summarise(&res[i], o->scale, &s);
         lost += s.lost;
     }
-    printf("run C (agents over the HTTP gateway, unchanged clients): not run, no gateway yet\n");
     sc_targets(res, n, o->scale, o->agents);
     printf("CSV: %s\n", csv);
-    if (sc_plot(o->out, res, n) != 0)
+    if (sc_plot(o->out, res, n, o->scale) != 0)
         s_progress("gnuplot failed (is gnuplot-nox installed?): see %s/gnuplot.err", o->out);
     else
         s_progress("plot: %s/scenario.png", o->out);
@@ -515,17 +675,18 @@ int main(int argc, char **argv)
     if (!csv)
         return 1;
     fprintf(csv, "%s\n", sc_csv_hdr);
-    static sc_result_t res[40];
+    static sc_result_t res[S_MAX_RUNS];
     int n = 0;
     uint64_t lost = 0;
     if (o.closed_s > 0 || !o.skip_open) {
         if (s_start_stack(&o, &st) != 0)
             return 1;
-        s_progress("two simulated GPUs, broker and two Ollama workers up; run C (HTTP gateway): "
-                   "not run, no gateway exists yet");
+        s_progress("two simulated GPUs, broker, gateway (%s) and two Ollama workers (capacity %d) "
+                   "up", st.gateway[0] ? st.gateway : "not running", o.capacity);
         s_workload(&o, &st, res, &n, csv);
     }
     fclose(csv);
+    s_group(res, n);
     if (n)
         lost = s_report(&o, res, n, path);
     for (int i = 0; i < n; i++)

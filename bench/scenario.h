@@ -3,7 +3,8 @@
  * between its files.
  *
  *   scenario_workload.c  roles, agents, prompts (Zipf), one request's spec
- *   scenario_direct.c    an agent calling ollama-sim over HTTP (libcurl)
+ *   scenario_direct.c    an agent calling over HTTP (libcurl): ollama-sim
+ *                        directly (run A) or agentbus-gateway (run C)
  *   scenario_bus.c       an agent calling through agentbus (libagentbus)
  *   scenario_run.c       agent threads: closed and open loop; GPU sampling
  *   scenario_scale.c     1,000 (10,000) connected agents
@@ -29,6 +30,13 @@
 #define SC_AGENTS 174
 #define SC_MODELS 3
 #define SC_PROMPT_MAX 16384
+
+/* The header priority of interactive (voice) calls; batch calls send the
+ * default 0 (normal). AB_PRIORITY_INTERACTIVE once priority lanes (issue
+ * 16) name it; until then the highest, so that lanes ordering "higher
+ * first" put voice first. HTTP agents send it as X-Agentbus-Priority (the
+ * simulator ignores the header, as Ollama does). In scenario_bus.c. */
+extern const unsigned sc_prio_interactive;
 
 /* Role classes: what a role asks, of which model, how. */
 enum { SC_VOICE, SC_ROUTER, SC_SUMMARY, SC_ASSIST, SC_ANALYSIS, SC_CLASSES };
@@ -125,9 +133,10 @@ struct sc_call {
 /* What a run is. */
 typedef struct {
     const sc_engine_ops_t *ops;
-    const char *label;       /* "direct-new", "direct-keepalive", "bus" */
-    int keepalive;           /* direct: reuse connections */
+    const char *label;       /* "direct-new", "direct-keepalive", "bus", "gateway" */
+    int keepalive;           /* HTTP: reuse connections */
     int open_loop;
+    int no_think;            /* closed loop without think time (the GPU-bound case) */
     double rate;             /* open loop: offered sim req/s, all agents together */
     double seconds;          /* sim seconds of issuing */
     double scale;            /* simulator time scale */
@@ -135,7 +144,8 @@ typedef struct {
     int pool_pct;
     int agents;
     char sim_url[SC_GPUS][64];
-    char broker[64];
+    char broker[64];         /* set: the broker's stats and cache are read (runs B, C) */
+    char gateway[64];        /* set: HTTP agents call this URL instead of their GPU (run C) */
 } sc_run_cfg_t;
 
 struct sc_agent {
@@ -185,8 +195,10 @@ char *sc_http(const char *url, const char *body, long *status);
 /* --- figures (scenario_report.c) --------------------------------------------- */
 typedef struct {
     double done_per_s, repeat_pct, err_pct;
+    double done2_per_s;          /* over the second half of the window (closer to steady state) */
     double ip[3], bp[3], tt[2];  /* interactive, batch p50/p95/p99; TTFT p50/p95 (sim s) */
     double add95, floor95;       /* batch: p95 of (latency - unloaded GPU time); p95 of the latter */
+    double all95;                /* p95 of every completed call, interactive and batch */
     double hit_pct;              /* bus: (cache hits + coalesced) / issued */
     uint64_t ok, errs, lost, err_by[SC_E_N];
 } sc_sum_t;
@@ -199,8 +211,9 @@ extern const char *const sc_csv_hdr;
 void sc_csv_row(FILE *f, const sc_result_t *r, const sc_sum_t *s, double scale);
 /* OUT/LABEL.cdf and OUT/LABEL.rate of a closed-loop run, for the plot. */
 void sc_plot_data(const char *out, const sc_result_t *r, double scale);
-/* Writes OUT/scenario.gp and runs gnuplot: OUT/scenario.png. 0 or -1. */
-int sc_plot(const char *out, const sc_result_t *res, int n);
+/* Writes OUT/scenario.gp (and OUT/LABEL.open) and runs gnuplot:
+ * OUT/scenario.png. 0 or -1. */
+int sc_plot(const char *out, const sc_result_t *res, int n, double scale);
 /* Prints the issue's targets as the runs met them or not. */
 void sc_targets(const sc_result_t *res, int n, double scale, int agents);
 

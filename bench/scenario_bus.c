@@ -3,7 +3,8 @@
  * owns one libagentbus client and sends typed generate requests to the
  * "ollama" service, naming the model in the header (placement) and asking
  * deterministic output (seed 42), so the broker's cache and single-flight
- * apply exactly as they would to the seed systems' repeated prompts.
+ * apply exactly as they would to the seed systems' repeated prompts. Voice
+ * calls carry the interactive priority (sc_prio_interactive).
  */
 #include "scenario.h"
 #include "agentbus.h"
@@ -13,6 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef AB_PRIORITY_INTERACTIVE
+const unsigned sc_prio_interactive = AB_PRIORITY_INTERACTIVE;
+#else
+const unsigned sc_prio_interactive = 255u;
+#endif
 
 /* Errors by libagentbus status, for the report. */
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -77,8 +84,9 @@ static int s_start(void *eng, sc_call_t *call)
     agentbus__inference_request__pack(&q, buf);
     int rc = ab_client_request_start(
         c, "ollama", buf, len,
-        &(ab_request_opts_t){.timeout_ms = call->timeout_ms, .model = g.model}, s_on_event, call,
-        &call->id);
+        &(ab_request_opts_t){.timeout_ms = call->timeout_ms, .model = g.model,
+                             .priority = sc_classes[r->cls].interactive ? sc_prio_interactive : 0},
+        s_on_event, call, &call->id);
     free(buf);
     if (rc != AB_OK) {
         pthread_mutex_lock(&s_lock);

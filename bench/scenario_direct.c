@@ -1,21 +1,29 @@
 /*
- * scenario_direct.c - run A, "as the seed systems do": each agent POSTs
- * /api/generate to the simulator of its GPU (agent index mod 2, a static
- * assignment), with a new TCP connection per call (as they did) or, in
- * the keep-alive variant, reusing its connections. One curl multi handle
- * per agent thread, so an open-loop agent can have several calls out.
+ * scenario_direct.c - the HTTP agents. Run A, "as the seed systems do":
+ * each agent POSTs /api/generate to the simulator of its GPU (agent index
+ * mod 2, a static assignment), with a new TCP connection per call (as they
+ * did) or, in the keep-alive variant, reusing its connections. Run C: the
+ * same code, the same bytes, pointed at agentbus-gateway instead. One curl
+ * multi handle per agent thread, so an open-loop agent can have several
+ * calls out.
+ *
+ * Every call carries X-Agentbus-Timeout-Ms (its deadline) and, for the
+ * voice role, X-Agentbus-Priority: the simulator ignores unknown headers as
+ * Ollama does, so runs A and C send identical requests and only the URL
+ * differs.
  */
 #include "scenario.h"
 #include "tl_clock.h"
 
 #include <curl/curl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct {
     sc_agent_t *a;
     CURLM *multi;
-    struct curl_slist *headers;
+    struct curl_slist *headers[SC_CLASSES]; /* per class: deadline, priority */
     CURL **out;              /* transfers in progress */
     size_t nout, capout;
 } s_direct_t;
@@ -27,7 +35,17 @@ static void *s_open(sc_agent_t *a)
         return NULL;
     d->a = a;
     d->multi = curl_multi_init();
-    d->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    for (int c = 0; c < SC_CLASSES; c++) {
+        char h[64];
+        struct curl_slist *l = curl_slist_append(NULL, "Content-Type: application/json");
+        snprintf(h, sizeof h, "X-Agentbus-Timeout-Ms: %ld",
+                 (long)(sc_classes[c].timeout_s / a->cfg->scale * 1000));
+        l = l ? curl_slist_append(l, h) : NULL;
+        snprintf(h, sizeof h, "X-Agentbus-Priority: %u", sc_prio_interactive);
+        if (l && sc_classes[c].interactive)
+            l = curl_slist_append(l, h);
+        d->headers[c] = l;
+    }
     /* Keep-alive: up to 8 idle connections per agent; new-connection mode
      * closes each one after its call (CURLOPT_FORBID_REUSE). */
     curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, 8L);
@@ -84,9 +102,10 @@ static int s_start(void *eng, sc_call_t *call)
              "{\"model\":\"%s\",\"prompt\":\"%s\",\"stream\":%s,"
              "\"options\":{\"seed\":42,\"num_predict\":%d}}",
              sc_models[r->model].name, r->prompt, r->stream ? "true" : "false", r->num_predict);
-    snprintf(url, sizeof url, "%s/api/generate", cfg->sim_url[r->agent % SC_GPUS]);
+    snprintf(url, sizeof url, "%s/api/generate",
+             cfg->gateway[0] ? cfg->gateway : cfg->sim_url[r->agent % SC_GPUS]);
     curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers[r->cls]);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
     free(body);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write);
@@ -137,6 +156,8 @@ static void s_finish(s_direct_t *d, CURL *e, CURLcode res)
         err = SC_E_CONN;
     else if (status == 503)
         err = SC_E_HTTP503;
+    else if (status == 504) /* the gateway: the deadline passed on the bus */
+        err = SC_E_TIMEOUT;
     else if (status != 200 || !call->saw_done)
         err = SC_E_HTTP;
     sc_call_end(call, err == SC_E_NONE, err);
@@ -169,7 +190,8 @@ static void s_close(void *eng)
         s_finish(d, d->out[d->nout - 1], CURLE_ABORTED_BY_CALLBACK);
     free(d->out);
     curl_multi_cleanup(d->multi);
-    curl_slist_free_all(d->headers);
+    for (int c = 0; c < SC_CLASSES; c++)
+        curl_slist_free_all(d->headers[c]);
     free(d);
 }
 

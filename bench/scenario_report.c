@@ -33,9 +33,10 @@ void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s)
     memset(s, 0, sizeof *s);
     uint32_t *vi = malloc((r->nrecs + 1) * sizeof *vi), *vb = malloc((r->nrecs + 1) * sizeof *vb),
              *vt = malloc((r->nrecs + 1) * sizeof *vt), *va = malloc((r->nrecs + 1) * sizeof *va),
-             *vf = malloc((r->nrecs + 1) * sizeof *vf);
-    size_t ni = 0, nb = 0, nt = 0, rep = 0, in_window = 0;
-    for (size_t i = 0; vi && vb && vt && va && vf && i < r->nrecs; i++) {
+             *vf = malloc((r->nrecs + 1) * sizeof *vf), *vall = malloc((r->nrecs + 1) * sizeof *vall);
+    size_t ni = 0, nb = 0, nt = 0, nall = 0, rep = 0, in_window = 0, in_second = 0;
+    uint32_t half_ms = (uint32_t)(r->seconds_wall * 500);
+    for (size_t i = 0; vi && vb && vt && va && vf && vall && i < r->nrecs; i++) {
         const sc_rec_t *x = &r->recs[i];
         rep += x->repeat;
         if (!x->ok) {
@@ -45,6 +46,8 @@ void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s)
         }
         s->ok++;
         in_window += !x->late;
+        in_second += !x->late && x->done_ms >= half_ms;
+        vall[nall++] = x->lat_us;
         if (sc_classes[x->cls].interactive)
             vi[ni++] = x->lat_us;
         else {
@@ -60,6 +63,8 @@ void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s)
     qsort(vt, nt, sizeof *vt, s_cmp_u32);
     qsort(va, nb, sizeof *va, s_cmp_u32);
     qsort(vf, nb, sizeof *vf, s_cmp_u32);
+    qsort(vall, nall, sizeof *vall, s_cmp_u32);
+    s->all95 = s_pct(vall, nall, 95, scale);
     s->add95 = s_pct(va, nb, 95, scale);
     s->floor95 = s_pct(vf, nb, 95, scale);
     s->hit_pct = r->has_bus && r->issued ? 100.0 * (r->hits[0] + r->hits[1] + r->hits[2] +
@@ -72,6 +77,7 @@ void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s)
     s->tt[0] = s_pct(vt, nt, 50, scale);
     s->tt[1] = s_pct(vt, nt, 95, scale);
     s->done_per_s = r->sim_seconds > 0 ? in_window / r->sim_seconds : 0;
+    s->done2_per_s = r->sim_seconds > 0 ? in_second / (r->sim_seconds / 2) : 0;
     s->repeat_pct = r->nrecs ? 100.0 * rep / r->nrecs : 0;
     s->err_pct = r->issued ? 100.0 * s->errs / r->issued : 0;
     s->lost = r->issued > r->nrecs ? r->issued - r->nrecs : 0;
@@ -80,16 +86,26 @@ void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s)
     free(vt);
     free(va);
     free(vf);
+    free(vall);
 }
 
 static const char *s_hdr =
-    "run               loop   offered  done/s  rep%  int_p50 int_p95 int_p99  bat_p50 bat_p95 "
+    "run               loop   offered  done/s  rep%  all_p95  int_p50 int_p95 int_p99  bat_p50 bat_p95 "
     "bat_p99 add_p95  ttft50 ttft95  err%   lost  util%  utilQ%  L1hit  L2hit  L3hit  coalesced  "
     "hit%";
 
+/* The latency columns: "-" where no call of that kind completed. */
+static void s_lat(char out[10][16], const sc_sum_t *s)
+{
+    const double v[10] = {s->all95, s->ip[0], s->ip[1], s->ip[2], s->bp[0],
+                          s->bp[1], s->bp[2], s->add95, s->tt[0], s->tt[1]};
+    for (int k = 0; k < 10; k++)
+        snprintf(out[k], 16, isnan(v[k]) ? "-" : "%.2f", v[k]);
+}
+
 static void s_row(FILE *f, const sc_result_t *r, const sc_sum_t *s)
 {
-    char off[16], hits[3][16], co[16];
+    char off[16], hits[3][16], co[16], lat[10][16];
     snprintf(off, sizeof off, r->open_loop ? "%.0f" : "-", r->rate);
     for (int t = 0; t < 3; t++)
         snprintf(hits[t], sizeof hits[t], r->has_bus ? "%llu" : "-", (unsigned long long)r->hits[t]);
@@ -97,18 +113,19 @@ static void s_row(FILE *f, const sc_result_t *r, const sc_sum_t *s)
     char hp[16], uq[16];
     snprintf(hp, sizeof hp, r->has_bus ? "%.0f" : "-", s->hit_pct);
     snprintf(uq, sizeof uq, r->util_queued >= 0 ? "%.1f" : "-", r->util_queued);
-    fprintf(f, "%-17s %-6s %7s %7.1f %5.0f  %7.2f %7.2f %7.2f  %7.2f %7.2f %7.2f %7.2f  %6.2f %6.2f "
-               "%5.1f %6llu %6.1f %7s %6s %6s %6s %10s %5s\n",
-            r->label, r->open_loop ? "open" : "closed", off, s->done_per_s, s->repeat_pct, s->ip[0],
-            s->ip[1], s->ip[2], s->bp[0], s->bp[1], s->bp[2], s->add95, s->tt[0], s->tt[1],
-            s->err_pct, (unsigned long long)s->lost, r->util_all, uq, hits[0], hits[1],
-            hits[2], co, hp);
+    s_lat(lat, s);
+    fprintf(f, "%-17s %-6s %7s %7.1f %5.0f  %7s  %7s %7s %7s  %7s %7s %7s %7s  "
+               "%6s %6s %5.1f %6llu %6.1f %7s %6s %6s %6s %10s %5s\n",
+            r->label, r->open_loop ? "open" : "closed", off, s->done_per_s, s->repeat_pct, lat[0],
+            lat[1], lat[2], lat[3], lat[4], lat[5], lat[6], lat[7], lat[8], lat[9], s->err_pct,
+            (unsigned long long)s->lost, r->util_all, uq, hits[0], hits[1], hits[2], co, hp);
 }
 
 void sc_csv_row(FILE *f, const sc_result_t *r, const sc_sum_t *s, double scale)
 {
     fprintf(f, "%s,%s,%.1f,%.3f,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%llu,%llu,%llu,"
-               "%.1f,%.1f,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%g,%.3f,%.3f,%.1f\n",
+               "%.1f,%.1f,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%g,%.3f,%.3f,%.1f,%.3f,"
+               "%.3f\n",
             r->label, r->open_loop ? "open" : "closed", r->open_loop ? r->rate : 0,
             s->done_per_s, s->repeat_pct, s->ip[0], s->ip[1], s->ip[2], s->bp[0], s->bp[1],
             s->bp[2], s->tt[0], s->tt[1], s->err_pct, (unsigned long long)r->issued,
@@ -118,7 +135,8 @@ void sc_csv_row(FILE *f, const sc_result_t *r, const sc_sum_t *s, double scale)
             (unsigned long long)s->err_by[SC_E_HTTP503], (unsigned long long)s->err_by[SC_E_TIMEOUT],
             (unsigned long long)s->err_by[SC_E_CONN] + s->err_by[SC_E_HTTP],
             (unsigned long long)s->err_by[SC_E_BUS], (unsigned long long)s->err_by[SC_E_CUT],
-            (unsigned long long)r->sim_503, scale, s->add95, s->floor95, s->hit_pct);
+            (unsigned long long)r->sim_503, scale, s->add95, s->floor95, s->hit_pct, s->all95,
+            s->done2_per_s);
 }
 
 const char *const sc_csv_hdr =
@@ -126,7 +144,7 @@ const char *const sc_csv_hdr =
     "batch_p95_s,batch_p99_s,ttft_p50_s,ttft_p95_s,err_pct,issued,ok,lost,util_pct,"
     "util_queued_pct,queued_s,l1_hits,l2_hits,l3_hits,coalesced,err_503,err_timeout,"
     "err_http_conn,err_bus,err_cut,sim_503,time_scale,batch_added_p95_s,batch_floor_p95_s,"
-    "hit_or_coalesced_pct";
+    "hit_or_coalesced_pct,all_p95_s,done_rps_second_half";
 
 /* Plot data of a closed-loop run: the latency CDF and completions per
  * simulated 5 s, in OUT/LABEL.cdf and OUT/LABEL.rate. */
@@ -171,14 +189,95 @@ static const char *s_color(const char *label)
         return "#009e73";
     if (!strcmp(label, "bus"))
         return "#56b4e9";
+    if (!strcmp(label, "gateway"))
+        return "#d55e00";
+    if (!strcmp(label, "direct-nothink"))
+        return "#cc79a7";
+    if (!strcmp(label, "bus-nothink"))
+        return "#0072b2";
     return "#e69f00";
 }
 
-int sc_plot(const char *out, const sc_result_t *res, int n)
+/* Closed-loop panels: latency CDFs, completions over time. */
+static void s_plot_closed(FILE *f, const char *out, const sc_result_t *res, int n)
 {
-    int open = 0;
-    for (int i = 0; i < n; i++)
+    static const char *const what[2][4] = {
+        {"closed loop: latency CDF (completed calls)", "latency (s)", "fraction", "cdf"},
+        {"closed loop: completed requests/s over time", "time (s)", "req/s (5 s bins)", "rate"}};
+    for (int p = 0; p < 2; p++) {
+        fprintf(f, "%s\nset key %s\nset title '%s'\nset xlabel '%s'\nset ylabel '%s'\nplot ",
+                p ? "unset logscale x" : "set logscale x", p ? "top right" : "bottom right",
+                what[p][0], what[p][1], what[p][2]);
+        int first = 1;
+        for (int i = 0; i < n; i++)
+            if (!res[i].open_loop) {
+                fprintf(f, "%s'%s/%s.%s' using 1:2 with %s lw 2 lc rgb '%s' title '%s'",
+                        first ? "" : ", ", out, res[i].label, what[p][3],
+                        p ? "linespoints" : "lines", s_color(res[i].label), res[i].label);
+                first = 0;
+            }
+        fputc('\n', f);
+    }
+}
+
+/* OUT/LABEL.open: offered, completed, p95 of all, interactive p95, one
+ * line per open-loop run of LABEL (the CSV interleaves the systems). */
+static void s_open_data(const char *out, const char *label, const sc_result_t *res, int n,
+                        double scale)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s.open", out, label);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; f && i < n; i++)
+        if (res[i].open_loop && !strcmp(res[i].label, label)) {
+            sc_sum_t s;
+            sc_summarise(&res[i], scale, &s);
+            fprintf(f, "%g %.3f %.3f %.3f\n", res[i].rate, s.done_per_s, s.all95, s.ip[1]);
+        }
+    if (f)
+        fclose(f);
+}
+
+/* Open-loop panels: completed vs offered; p95 of all calls (solid) and of
+ * the interactive ones (dashed) vs offered. */
+static void s_plot_open(FILE *f, const char *out, const sc_result_t *res, int n, double scale)
+{
+    const char *labels[8];
+    int nl = 0;
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int j = 0; j < nl; j++)
+            seen |= !strcmp(labels[j], res[i].label);
+        if (res[i].open_loop && !seen && nl < 8)
+            labels[nl++] = res[i].label;
+    }
+    for (int j = 0; j < nl; j++)
+        s_open_data(out, labels[j], res, n, scale);
+    fprintf(f, "unset logscale\nset logscale xy\nset key top left\n"
+               "set title 'open loop: completed vs offered'\nset xlabel 'offered req/s'\n"
+               "set ylabel 'completed req/s'\n");
+    for (int j = 0; j < nl; j++)
+        fprintf(f, "%s'%s/%s.open' using 1:2 with linespoints lw 2 lc rgb '%s' title '%s'",
+                j ? ", " : "plot ", out, labels[j], s_color(labels[j]), labels[j]);
+    fprintf(f, ", x with lines dt 2 lc 'gray' title 'offered'\n"
+               "set title 'open loop: p95 of all calls (solid), interactive (dashed); errors apart'\n"
+               "set ylabel 'p95 (s)'\n");
+    for (int j = 0; j < nl; j++)
+        fprintf(f, "%s'%s/%s.open' using 1:3 with linespoints lw 2 lc rgb '%s' title '%s', "
+                   "'%s/%s.open' using 1:4 with linespoints lw 1 dt 2 lc rgb '%s' notitle",
+                j ? ", " : "plot ", out, labels[j], s_color(labels[j]), labels[j], out, labels[j],
+                s_color(labels[j]));
+    fprintf(f, ", 2 with lines dt 2 lc 'red' title '2 s', 1.5 with lines dt 3 lc 'red' "
+               "title '1.5 s'\n");
+}
+
+int sc_plot(const char *out, const sc_result_t *res, int n, double scale)
+{
+    int open = 0, closed = 0;
+    for (int i = 0; i < n; i++) {
         open |= res[i].open_loop;
+        closed |= !res[i].open_loop;
+    }
     char path[PATH_MAX + 64];
     snprintf(path, sizeof path, "%s/scenario.gp", out);
     FILE *f = fopen(path, "w");
@@ -187,105 +286,47 @@ int sc_plot(const char *out, const sc_result_t *res, int n)
     fprintf(f, "set terminal pngcairo size 1400,%d font 'sans,10'\n"
                "set output '%s/scenario.png'\nset multiplot layout %d,2 title "
                "'agentbus seed workload: 174 agents, two simulated GPUs (times in simulated s)'\n"
-               "set grid\nset key bottom right\nset logscale x\n"
-               "set title 'closed loop: latency CDF (completed calls)'\n"
-               "set xlabel 'latency (s)'\nset ylabel 'fraction'\nplot ", open ? 1000 : 500, out,
-            open ? 2 : 1);
-    int first = 1;
-    for (int i = 0; i < n; i++)
-        if (!res[i].open_loop) {
-            fprintf(f, "%s'%s/%s.cdf' using 1:2 with lines lw 2 lc rgb '%s' title '%s'",
-                    first ? "" : ", ", out, res[i].label, s_color(res[i].label), res[i].label);
-            first = 0;
-        }
-    fprintf(f, "\nunset logscale x\nset key top right\n"
-               "set title 'closed loop: completed requests/s over time'\n"
-               "set xlabel 'time (s)'\nset ylabel 'req/s (5 s bins)'\nplot ");
-    first = 1;
-    for (int i = 0; i < n; i++)
-        if (!res[i].open_loop) {
-            fprintf(f, "%s'%s/%s.rate' using 1:2 with linespoints lw 2 lc rgb '%s' title '%s'",
-                    first ? "" : ", ", out, res[i].label, s_color(res[i].label), res[i].label);
-            first = 0;
-        }
-    if (!open)
-        fprintf(f, "\nunset multiplot\n");
-    else
-        fprintf(f, "\nset logscale xy\nset key top left\nset datafile separator ','\n"
-               "set title 'open loop: completed vs offered'\nset xlabel 'offered req/s'\n"
-               "set ylabel 'completed req/s'\n");
-    if (open) {
-        const char *labels[8];
-        int nl = 0;
-        for (int i = 0; i < n; i++) {
-            int seen = 0;
-            for (int j = 0; j < nl; j++)
-                seen |= !strcmp(labels[j], res[i].label);
-            if (res[i].open_loop && !seen && nl < 8)
-                labels[nl++] = res[i].label;
-        }
-        for (int col = 4; col <= 10; col += 6) {
-            if (col != 4)
-                fprintf(f, "set title 'open loop: batch p95 vs offered (errors apart)'\n"
-                           "set ylabel 'p95 (s)'\n");
-            for (int j = 0; j < nl; j++)
-                fprintf(f, "%s'%s/scenario.csv' using (strcol(2) eq 'open' && strcol(1) eq '%s' ? "
-                           "$3 : 1/0):%d with linespoints lw 2 lc rgb '%s' title '%s'",
-                        j ? ", " : "plot ", out, labels[j], col, s_color(labels[j]), labels[j]);
-            fprintf(f, col == 4 ? ", x with lines dt 2 lc 'gray' title 'offered'\n"
-                                : ", 2 with lines dt 2 lc 'red' title '2 s'\n");
-        }
-        fprintf(f, "unset multiplot\n");
-    }
+               "set grid\n", open && closed ? 1000 : 500, out, open + closed);
+    if (closed)
+        s_plot_closed(f, out, res, n);
+    if (open)
+        s_plot_open(f, out, res, n, scale);
+    fprintf(f, "unset multiplot\n");
     fclose(f);
     char cmd[3 * PATH_MAX];
     snprintf(cmd, sizeof cmd, "gnuplot '%.4000s' 2>'%.4000s/gnuplot.err'", path, out);
     return system(cmd) == 0 ? 0 : -1;
 }
 
-/* The issue's targets, read off the same run. */
-void sc_targets(const sc_result_t *res, int n, double scale, int agents)
+/* Closed loop: a system on the bus (B or C) against direct (DLABEL). */
+static void s_closed_target(const sc_result_t *r, const sc_sum_t *sm, const sc_sum_t *dn,
+                            const char *dlabel)
 {
-    sc_sum_t sum[40];
-    int dn = -1, bus = -1;
-    for (int i = 0; i < n; i++) {
-        sc_summarise(&res[i], scale, &sum[i]);
-        if (!res[i].open_loop && !strcmp(res[i].label, "direct-new"))
-            dn = i;
-        if (!res[i].open_loop && !strcmp(res[i].label, "bus"))
-            bus = i;
-    }
-    printf("\nTargets (issue 20), same run:\n");
-    if (dn >= 0 && bus >= 0) {
-        double f = sum[bus].hit_pct / 100.0, want = 0.95 * sum[dn].done_per_s / (1 - f);
-        printf("  closed: bus %.1f req/s vs 0.95 x direct %.1f / (1 - %.2f hit-or-coalesced) = %.1f: "
-               "%s (%.2fx direct)\n", sum[bus].done_per_s, sum[dn].done_per_s, f, want,
-               sum[bus].done_per_s >= want ? "met" : "NOT met",
-               sum[bus].done_per_s / sum[dn].done_per_s);
-        double ceiling = 0;
-        for (int a = 0; a < agents; a++)
-            ceiling += 1.0 / sc_classes[sc_agent_class(a)].think_s;
-        printf("  closed: the agents' own ceiling (zero latency, think time only): %.1f req/s\n",
-               ceiling);
-        for (int i = 0; i < n; i++)
-            if (!res[i].open_loop && !strncmp(res[i].label, "bus-cap", 7))
-                printf("  closed: %s: %.1f req/s (%.2fx direct), slots busy while work waits %.1f%%, "
-                       "errors %.2f%%\n", res[i].label, sum[i].done_per_s,
-                       sum[i].done_per_s / sum[dn].done_per_s, res[i].util_queued, sum[i].err_pct);
-        printf("  closed: GPU slots busy while work waits: bus %.1f%%, direct %.1f%% (target >= 95%%)\n",
-               res[bus].util_queued, res[dn].util_queued);
-        printf("  closed: errors bus %.2f%%, direct %.2f%% (target < 0.1%%); batch GPU time alone "
-               "p95 %.2f s\n", sum[bus].err_pct, sum[dn].err_pct, sum[bus].floor95);
-    }
-    uint64_t lost = 0;
-    for (int i = 0; i < n; i++)
-        lost += sum[i].lost;
-    printf("  lost requests, all runs: %llu (target 0)\n", (unsigned long long)lost);
-    /* Per open-loop system: the highest offered rate it sustained, by three
-     * readings: errors < 0.1% alone; and with batch p95 < 2 s (raw, or of
-     * the time added to the GPU's own). */
+    /* Without think time the first seconds are not the steady state (the
+     * misses' queues still fill, the workers' adaptive credit is still
+     * whole): that pair is compared over the second half of the window. */
+    int steady = strstr(r->label, "-nothink") != NULL;
+    double mine = steady ? sm->done2_per_s : sm->done_per_s;
+    double theirs = steady ? dn->done2_per_s : dn->done_per_s;
+    double f = sm->hit_pct / 100.0, want = f < 1 ? 0.95 * theirs / (1 - f) : 0;
+    char uq[48];
+    snprintf(uq, sizeof uq, r->util_queued >= 0 ? "%.1f%%" : "- (nothing waited)", r->util_queued);
+    printf("  closed %s%s: %.1f req/s vs 0.95 x %s %.1f / (1 - %.2f hit-or-coalesced) = %.1f: "
+           "%s (%.2fx direct); slots busy while work waits %s (target >= 95%%); errors "
+           "%.2f%% (target < 0.1%%)\n", r->label, steady ? " (second half of the window)" : "",
+           mine, dlabel, theirs, f, want, mine >= want ? "met" : "NOT met",
+           theirs > 0 ? mine / theirs : 0, uq, sm->err_pct);
+}
+
+enum { S_READ_ERR, S_READ_P95, S_READ_INT, S_READ_ADD, S_READINGS };
+
+/* The highest offered rate each open-loop system sustained, by four
+ * readings: errors < 0.1% alone; and p95 of all calls < 2 s; and
+ * interactive p95 < 1.5 s; and batch p95 added to the GPU's own time < 2 s. */
+static void s_open_targets(const sc_result_t *res, const sc_sum_t *sum, int n)
+{
     const char *labels[8];
-    double best[8][3] = {{0}};
+    double best[8][S_READINGS] = {{0}};
     int nl = 0;
     for (int i = 0; i < n; i++) {
         if (!res[i].open_loop)
@@ -297,25 +338,67 @@ void sc_targets(const sc_result_t *res, int n, double scale, int agents)
             labels[nl++] = res[i].label;
         if (l >= 8)
             continue;
-        int ok = sum[i].err_pct < 0.1;
         double r = res[i].rate;
-        if (ok && r > best[l][0])
-            best[l][0] = r;
-        if (ok && sum[i].bp[1] < 2.0 && r > best[l][1])
-            best[l][1] = r;
-        if (ok && sum[i].add95 < 2.0 && r > best[l][2])
-            best[l][2] = r;
-        if (res[i].has_bus)
-            printf("  open %s %.0f req/s: interactive p95 %.2f s (target < 1.5 s), batch p95 %.2f s, "
-                   "errors %.2f%%\n", res[i].label, r, sum[i].ip[1], sum[i].bp[1], sum[i].err_pct);
+        int ok = sum[i].err_pct < 0.1;
+        const int pass[S_READINGS] = {ok, ok && sum[i].all95 < 2.0, ok && sum[i].ip[1] < 1.5,
+                                      ok && sum[i].add95 < 2.0};
+        for (int k = 0; k < S_READINGS; k++)
+            if (pass[k] && r > best[l][k])
+                best[l][k] = r;
+        printf("  open %s %.0f req/s: p95 %.2f s (target < 2 s), interactive p95 %.2f s "
+               "(target < 1.5 s), errors %.2f%% (target < 0.1%%)\n", res[i].label, r,
+               sum[i].all95, sum[i].ip[1], sum[i].err_pct);
     }
+    int d = -1;
     for (int l = 0; l < nl; l++)
-        printf("  open %s: highest offered rate sustained (0 = none): errors < 0.1%%: %.0f req/s; "
-               "and batch p95 < 2 s: %.0f; and p95 added to the GPU time < 2 s: %.0f\n",
-               labels[l], best[l][0], best[l][1], best[l][2]);
-    if (nl)
-        printf("  open: target: the bus sustains >= 3x the rate direct use does\n");
-    printf("  priority lanes: none in the broker yet (interactive calls share the FIFO)\n");
+        if (!strcmp(labels[l], "direct-new"))
+            d = l;
+    for (int l = 0; l < nl; l++) {
+        printf("  open %s: highest offered rate sustained (0 = none) with errors < 0.1%%: %.0f "
+               "req/s", labels[l], best[l][S_READ_ERR]);
+        if (d >= 0 && l != d && best[d][S_READ_ERR] > 0)
+            printf(" (%.1fx direct's; target >= 3x)", best[l][S_READ_ERR] / best[d][S_READ_ERR]);
+        printf("; and p95 < 2 s: %.0f; and interactive p95 < 1.5 s: %.0f; and batch p95 added "
+               "to the GPU time < 2 s: %.0f\n", best[l][S_READ_P95], best[l][S_READ_INT],
+               best[l][S_READ_ADD]);
+    }
+}
+
+/* The issue's targets, read off the same run. */
+void sc_targets(const sc_result_t *res, int n, double scale, int agents)
+{
+    sc_sum_t sum[40];
+    int dn = -1, dz = -1;
+    for (int i = 0; i < n && i < 40; i++) {
+        sc_summarise(&res[i], scale, &sum[i]);
+        if (!res[i].open_loop && !strcmp(res[i].label, "direct-new"))
+            dn = i;
+        if (!res[i].open_loop && !strcmp(res[i].label, "direct-nothink"))
+            dz = i;
+    }
+    printf("\nTargets (issue 20), same run:\n");
+    for (int i = 0; i < n && i < 40; i++) {
+        int ref = strstr(res[i].label, "-nothink") ? dz : dn;
+        if (!res[i].open_loop && res[i].has_bus && ref >= 0)
+            s_closed_target(&res[i], &sum[i], &sum[ref], res[ref].label);
+    }
+    if (dn >= 0) {
+        double ceiling = 0;
+        for (int a = 0; a < agents; a++)
+            ceiling += 1.0 / sc_classes[sc_agent_class(a)].think_s;
+        printf("  closed: the agents' own ceiling (zero latency, think time only): %.1f req/s; "
+               "direct: slots busy while work waits %.1f%%, errors %.2f%%; batch GPU time alone "
+               "p95 %.2f s\n", ceiling, res[dn].util_queued < 0 ? 0 : res[dn].util_queued,
+               sum[dn].err_pct, sum[dn].floor95);
+    }
+    uint64_t lost = 0;
+    for (int i = 0; i < n; i++)
+        lost += sum[i].lost;
+    printf("  lost requests, all runs: %llu (target 0)\n", (unsigned long long)lost);
+    s_open_targets(res, sum, n);
+    printf("  priority: voice calls sent with priority %u (X-Agentbus-Priority over HTTP); the "
+           "broker orders by it once priority lanes (issue 16) are in\n",
+           sc_prio_interactive);
 }
 
 void sc_table(FILE *f, const sc_result_t *res, int n, double scale)

@@ -97,8 +97,8 @@ void sc_call_end(sc_call_t *call, int ok, int err)
     }
     a->inflight--;
     if (!a->cfg->open_loop)
-        a->next_us = now + (uint64_t)s_wall_us(a->cfg,
-                                                sc_exp(&a->rng, sc_classes[call->req.cls].think_s));
+        a->next_us = now + (a->cfg->no_think ? 0 : (uint64_t)s_wall_us(
+                                 a->cfg, sc_exp(&a->rng, sc_classes[call->req.cls].think_s)));
     sc_req_free(&call->req);
     free(call);
 }
@@ -129,7 +129,8 @@ static void *s_agent_main(void *arg)
     a->next_us = a->t_start_us + (uint64_t)s_wall_us(cfg, cfg->open_loop
                                                      ? sc_exp(&a->rng, gap_s)
                                                      : sc_rand01(&a->rng) *
-                                                       sc_classes[sc_agent_class(a->index)].think_s);
+                                                       sc_classes[sc_agent_class(a->index)].think_s *
+                                                       (cfg->no_think ? 0.1 : 1));
     while (tl_now_us() < a->t_start_us)
         usleep(1000);
     for (;;) {
