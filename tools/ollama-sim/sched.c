@@ -256,10 +256,17 @@ int sim_sched_wait(sim_t *s, sim_job_t *job, int client_fd)
                     perror("ollama-sim: eventfd");
                 continue;
             }
-        } else if (st == SIM_LOADING && ready > sim_now()) {
-            w = sim_wait(s, client_fd, -1, ready - sim_now());
+        } else if (st == SIM_LOADING) {
+            /* Round again once the load's time is up: the top of the loop
+             * marks it loaded under the lock, so the answer never goes out
+             * while /api/ps still shows the model as loading (the time
+             * can pass between the unlock above and this check). */
+            int64_t left = ready - sim_now();
+            if (left <= 0)
+                continue;
+            w = sim_wait(s, client_fd, -1, left);
             if (w == SIM_WAIT_TIMEOUT)
-                return 0;
+                continue;
         } else {
             return 0;
         }
