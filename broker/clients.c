@@ -61,9 +61,14 @@ void ab_client_release(ab_broker_t *b, ab_client_rec_t *c)
 
 ab_client_rec_t *ab_client_of(ab_broker_t *b, ab_peer_t *p)
 {
+    ab_client_rec_t *c = p->client;
+    /* The identity changes only with the agent name (claimed, taken over):
+     * the hot path compares one pointer. */
+    if (c && p->client_agent == (const void *)p->agent)
+        return c;
     char buf[AB_NAME_MAX + 2 * AB_RID_MAX + 2];
     const char *ident = ab_client_identity(p, buf, sizeof buf);
-    ab_client_rec_t *c = p->client;
+    p->client_agent = p->agent;
     if (c && strcmp(c->ident, ident) == 0)
         return c;
     ab_client_rec_t *now = ab_client_named(b, ident);
