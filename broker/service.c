@@ -583,9 +583,10 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
 
 void ab_service_submit(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now)
 {
-    if (!s->q_len && !r->route) {
+    if (!s->q_len) {
         /* Nothing waits ahead of it: straight to a worker when one has
-         * credit (no flow made, no lane walk: the common, idle case). */
+         * credit (no flow made, no lane walk: the common, idle case). A
+         * request for a model whose workers are busy (2) waits. */
         ab_worker_rec_t *w;
         int v = s_verdict(b, s, r, now, &w);
         if (v == 1)
