@@ -466,7 +466,9 @@ static int s_check_weights(const char *spec)
 {
     for (const char *p = spec; p && *p;) {
         size_t n = strcspn(p, ", ");
-        const char *eq = memchr(p, '=', n);
+        const char *eq = NULL; /* the last '=': a name may hold one */
+        for (const char *q = p; q < p + n; q++)
+            eq = *q == '=' ? q : eq;
         char num[16] = "";
         size_t nl = eq ? n - (size_t)(eq + 1 - p) : 0;
         long w = 0;
