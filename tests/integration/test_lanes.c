@@ -458,6 +458,12 @@ static void s_cli(void)
              th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, "\"in_flight\"") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "client queue busy 0") != NULL);
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json stats", th_bin("brokerctl"), th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "\"deadline_early\"") != NULL);
     ab_client_destroy(&ctl);
 }
 

@@ -144,6 +144,11 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     if (json) {
         json_t *j = s_stats_json_batching(st);
         json_object_set_new(j, "health", s_health_json(st));
+        json_object_set_new(j, "lanes", /* issue 16: client quotas, early deadlines */
+                            json_pack("{s:I, s:I, s:I, s:I}", "clients", (json_int_t)st->clients,
+                                      "client_limit_busy", (json_int_t)st->client_limit_busy,
+                                      "client_queue_busy", (json_int_t)st->client_queue_busy,
+                                      "deadline_early", (json_int_t)st->deadline_early));
         json_object_set_new(
             j, "bounds", /* issue 11: bytes in flight, connections */
             json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
@@ -228,6 +233,9 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->disconnects, (unsigned long long)st->send_eagain,
             (unsigned long long)st->send_unreachable, (unsigned long long)st->client_limit_busy,
             st->draining ? "   DRAINING" : "");
+    fprintf(out, "lanes        clients %u   client queue busy %llu   deadline early %llu\n\n",
+            st->clients, (unsigned long long)st->client_queue_busy,
+            (unsigned long long)st->deadline_early);
     s_services_text(out, st->services, st->n_services);
 }
 
