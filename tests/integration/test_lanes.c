@@ -418,6 +418,39 @@ static void s_leave_queued(void)
         ab_client_destroy(&s_cl[i]);
 }
 
+/* --- a deadline that cannot be met is answered at once, not dispatched ------------------- */
+static void s_deadline_early(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    th_worker(port, "slow", "--capacity", "1", "--delay-ms", "400", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "slow", 1, WAIT_MS) == 0);
+    void *reply = NULL;
+    size_t rlen = 0;
+    /* One answer teaches the broker that this service takes >= 400 ms. */
+    CHECK_EQ(ab_client_request(c, "slow", "x", 1, 30000, &reply, &rlen), AB_OK);
+    ab_free(reply);
+    /* 50 ms can never be enough: DEADLINE at once, the worker never sees it. */
+    static s_slot_t s;
+    CHECK_EQ(ab_client_request_start(c, "slow", "y", 1, &(ab_request_opts_t){.timeout_ms = 50},
+                                     s_on_reply, &s, NULL),
+             AB_OK);
+    for (int64_t end = ab_now_ms() + WAIT_MS; ab_now_ms() < end && !s.finals;)
+        ab_client_poll(c, 20);
+    CHECK_EQ(s.status, AB_EDEADLINE);
+    CHECK_TRUE(strstr(s.error, "cannot be met") != NULL);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->deadline_early, 1);
+    CHECK_EQ(st->replies, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* Enough time left: served as usual. */
+    CHECK_EQ(ab_client_request(c, "slow", "z", 1, 30000, &reply, &rlen), AB_OK);
+    ab_free(reply);
+    ab_client_destroy(&c);
+}
+
 /* --- what a user types: brokerctl --priority, services, clients --------------------------- */
 static void s_cli(void)
 {
@@ -472,7 +505,7 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"interactive_first", s_interactive_first}, {"fair_single", s_fair_single},
         {"quota_busy", s_quota_busy},               {"leave_queued", s_leave_queued},
-        {"cli", s_cli},
+        {"deadline_early", s_deadline_early}, {"cli", s_cli},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
