@@ -18,6 +18,7 @@
 #include "messaging.h"
 #include "cache.h"
 #include "request.h"
+#include "clients.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -138,7 +139,7 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     if (ab_broker_every(b, AB_SWEEP_MS, s_sweep_peers) < 0 || ab_service_init(b) != 0 ||
         ab_router_init(b) != 0)
         return -1;
-    if (ab_msgs_init(b) != 0)
+    if (ab_msgs_init(b) != 0 || ab_clients_init(b) != 0)
         return -1;
     b->cache = ab_cache_new(cfg); /* NULL: off */
 
@@ -181,6 +182,7 @@ void ab_broker_fini(ab_broker_t *b)
         zhashx_destroy(&b->peer_keys);
         zhashx_destroy(&b->peers);
     }
+    ab_clients_fini(b); /* after the requests and peers that held them */
     ab_directory_fini(b);
     ab_health_fini(b);
     if (b->router)
@@ -287,6 +289,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     if (peer->worker)
         ab_worker_detach(b, peer->worker, why);
     ab_cancel_client_gone(b, peer, agent); /* frees their workers' slots */
+    ab_clients_peer_gone(b, peer); /* after its requests left their flows */
     ab_msgs_peer_gone(b, peer);
     ab_batching_peer_free(b, peer);
     ab_router_peer_gone(b, peer);

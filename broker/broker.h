@@ -57,6 +57,10 @@ struct ab_broker {
     ab_list_t idle;         /* service.h: services with no worker and nothing held */
     struct ab_conns *conns; /* router.h: connections, slow peers; NULL until used */
     struct ab_metrics *metrics; /* metrics.h: --http endpoint; NULL when off */
+    zhashx_t *clients;        /* clients.h: identity -> ab_client_rec_t (freed by refs) */
+    zhashx_t *client_weights; /* clients.h: identity -> weight (client-weights); may be NULL */
+    uint64_t next_client_id;
+    uint32_t dispatch_mark;   /* service.c: one per dispatch pass (ab_req_t.skip_mark) */
     void *timers;           /* zmq_timers: periodic work, each registered by its owner */
     struct ab_tick *ticks;  /* what those timers call (broker.c) */
 };

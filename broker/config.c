@@ -151,6 +151,17 @@ static const s_option_t s_options[] = {
     {"http", OPT_STR, OFF(http), 0, 0, "",
      "HOST:PORT to serve Prometheus /metrics, /healthz and /readyz on (HTTP; port 0: any "
      "free one, logged); empty: off. Unauthenticated: keep it on loopback or a private network"},
+    {"max-client-queued", OPT_LONG, OFF(max_client_queued), 1, 100000000, "10000",
+     "requests one client (agent name, else connection) may have waiting in service queues; "
+     "beyond it: ERROR(BUSY) with a retry hint"},
+    {"lane-normal-min-pct", OPT_LONG, OFF(lane_normal_min_pct), 1, 50, "20",
+     "minimum share of a service's dispatches for its normal lane while it has work "
+     "(1 of every ceil(100/pct)), however busy the interactive lane"},
+    {"lane-batch-min-pct", OPT_LONG, OFF(lane_batch_min_pct), 1, 50, "10",
+     "minimum share of a service's dispatches for its batch lane while it has work"},
+    {"client-weights", OPT_STR, OFF(client_weights), 0, 0, "",
+     "NAME=W,... : a client's weight (1..1000, default 1) in each lane's round robin, "
+     "by agent name (or ~token)"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 
@@ -450,6 +461,29 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
     return 0;
 }
 
+/* client-weights: "NAME=W" items separated by commas or spaces, W 1..1000. */
+static int s_check_weights(const char *spec)
+{
+    for (const char *p = spec; p && *p;) {
+        size_t n = strcspn(p, ", ");
+        const char *eq = NULL; /* the last '=': a name may hold one */
+        for (const char *q = p; q < p + n; q++)
+            eq = *q == '=' ? q : eq;
+        char num[16] = "";
+        size_t nl = eq ? n - (size_t)(eq + 1 - p) : 0;
+        long w = 0;
+        if (eq && nl && nl < sizeof num)
+            memcpy(num, eq + 1, nl);
+        if (n && (!eq || eq == p || ab_parse_long(num, 1, 1000, &w) != 0)) {
+            fprintf(stderr, "agentbus-broker: invalid client-weights item '%.*s': expected "
+                            "NAME=WEIGHT with WEIGHT 1..1000\n", (int)n, p);
+            return -1;
+        }
+        p += n + (p[n] != '\0');
+    }
+    return 0;
+}
+
 int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -482,11 +516,13 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "agentbus-broker: invalid http '%s': %s\n", cfg->http, why);
         return -1;
     }
-    return 0;
+    return s_check_weights(cfg->client_weights);
 }
 
 void ab_config_free(ab_broker_config_t *cfg)
 {
+    free(cfg->client_weights);
+    cfg->client_weights = NULL;
     s_binds_clear(cfg);
     free(cfg->config_path);
     cfg->config_path = NULL;

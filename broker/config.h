@@ -78,6 +78,11 @@ typedef struct {
     long mailbox_max_names;       /* offline names holding a mailbox */
     long name_takeover;           /* 1: Hello.takeover honoured across instances */
     char *http; /* issue 13: HOST:PORT of /metrics, /healthz, /readyz; "" = off */
+    /* issue 16: lanes, fair queuing, quotas (docs/lanes.md) */
+    long max_client_queued;   /* requests one client may have waiting in lanes */
+    long lane_normal_min_pct; /* minimum share of dispatches for the normal lane */
+    long lane_batch_min_pct;  /* ... and for the batch lane */
+    char *client_weights;     /* "name=W,...": DRR weights by client identity */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -36,6 +36,9 @@ typedef struct {
     uint64_t lz4_refused; /* issue 11: lz4 request vs. a worker that cannot read it */
     /* health.c: worker health transitions, by the state entered (ab_health_kind_t) */
     uint64_t health_entered[AB_HEALTH_KINDS_MAX];
+    /* issue 16: lanes and client quotas (clients.c, service.c) */
+    uint64_t client_queue_busy; /* BUSY: a client's max-client-queued was reached */
+    uint64_t deadline_early;    /* DEADLINE before dispatch: too little time left */
 } ab_counters_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value; one the

@@ -15,6 +15,7 @@
 #include "messaging.h"
 #include "router.h"
 #include "service.h"
+#include "clients.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
 
@@ -175,6 +176,11 @@ static const struct {
     {"agentbus_slow_disconnects_total", "Peers disconnected for not reading", C(slow_disconnects)},
     {"agentbus_connections_refused_total", "Connections refused at max-connections",
      C(conn_refused)},
+    {"agentbus_client_queue_busy_total", "BUSY answers: a client's max-client-queued was reached",
+     C(client_queue_busy)},
+    {"agentbus_deadline_early_total",
+     "Requests answered DEADLINE before dispatch: less time left than a fast answer",
+     C(deadline_early)},
 };
 
 static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)
@@ -303,6 +309,63 @@ static void s_health(s_out_t *o, ab_broker_t *b)
                    (double)b->c.health_entered[k]);
 }
 
+/* Per lane of each service (issue 16): labels service and lane. */
+static void s_lanes(s_out_t *o, ab_broker_t *b)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"agentbus_lane_queue_depth", "gauge", "Requests waiting in the lane"},
+        {"agentbus_lane_clients", "gauge", "Clients with requests waiting in the lane"},
+        {"agentbus_lane_dispatched_total", "counter", "Requests dispatched from the lane"},
+        {"agentbus_lane_wait_p50_seconds", "gauge", "Median queue wait in the lane, since start"},
+        {"agentbus_lane_wait_p99_seconds", "gauge", "99th percentile queue wait, since start"},
+    };
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        s_family(o, fam[f].name, fam[f].type, fam[f].help);
+        for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
+            for (int i = 0; i < AB_LANES; i++) {
+                const ab_lane_t *l = &s->lanes[i];
+                double v[] = {l->depth, (double)ab_idmap_size(&l->flows), (double)l->dispatched,
+                              (double)ab_lanes_wait_pct(l, 50) / 1e6,
+                              (double)ab_lanes_wait_pct(l, 99) / 1e6};
+                s_printf(o, "%s{", fam[f].name);
+                s_pair(o, "service", s->name);
+                s_printf(o, ",");
+                s_pair(o, "lane", ab_lane_name(i));
+                s_printf(o, "}");
+                s_num(o, v[f]);
+            }
+    }
+}
+
+#define AB_METRICS_CLIENTS_MAX 100 /* per-client series: a scrape stays small */
+
+/* Per client (issue 16): the first AB_METRICS_CLIENTS_MAX records, by
+ * identity; brokerctl clients lists them all. */
+static void s_clients(s_out_t *o, ab_broker_t *b)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"agentbus_client_in_flight", "gauge", "Requests of the client at a worker"},
+        {"agentbus_client_queued", "gauge", "Requests of the client waiting in a lane"},
+        {"agentbus_client_refused_total", "counter", "Requests refused BUSY by its quotas"},
+    };
+    s_one(o, "agentbus_clients", "gauge", "Client records (connected or holding requests)",
+          (double)zhashx_size(b->clients));
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        s_family(o, fam[f].name, fam[f].type, fam[f].help);
+        int n = 0;
+        for (ab_client_rec_t *c = zhashx_first(b->clients); c && n < AB_METRICS_CLIENTS_MAX;
+             c = zhashx_next(b->clients), n++) {
+            double v[] = {c->held > c->queued ? c->held - c->queued : 0, c->queued,
+                          (double)c->refused};
+            s_labelled(o, fam[f].name, "client", c->ident, v[f]);
+        }
+    }
+}
+
 static void s_cache(s_out_t *o, ab_broker_t *b)
 {
     Agentbus__CacheStats *cs = ab_cache_stats(b);
@@ -368,6 +431,8 @@ char *ab_metrics_render(ab_broker_t *b, size_t *len)
     s_errors(&o, b);
     s_services(&o, b);
     s_latency(&o, b);
+    s_lanes(&o, b);
+    s_clients(&o, b);
     s_health(&o, b);
     s_cache(&o, b);
     s_messaging(&o, b);

@@ -46,7 +46,9 @@ typedef struct {
     uint64_t requests;    /* REQUESTs sent: an operator's tool sends none */
     ab_worker_rec_t *worker; /* when role == WORKER */
     int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
-    uint32_t in_flight;   /* its requests the broker holds (client in-flight limit) */
+    struct ab_client_rec *client; /* who it is for fair queuing and quotas (clients.h) */
+    const void *client_agent;     /* its agent record when CLIENT was bound: unchanged
+                                     means the identity is too (no string work per request) */
     int64_t fd_closed_ms; /* the monitor saw its fd close; being verified */
     struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */

@@ -12,6 +12,8 @@
 #include "health.h"
 #include "cache.h"
 #include "placement.h"
+#include "clients.h"
+#include "lanes.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -23,6 +25,12 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
                      const ab_header_t *h, zmq_msg_t *body, struct ab_cache_req *cache,
                      int64_t now)
 {
+    /* Every request has a client record: its flow in a lane is its client's. */
+    ab_client_rec_t *crec = p ? ab_client_of(b, p) : ab_client_named(b, "~unknown");
+    if (!crec) {
+        ab_cache_req_free(&cache);
+        return NULL;
+    }
     ab_req_t *r = calloc(1, sizeof *r);
     if (!r) {
         ab_cache_req_free(&cache);
@@ -35,6 +43,7 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
     r->flags = h->flags;
     r->original_size = h->original_size;
     r->priority = h->priority;
+    r->lane = (uint8_t)ab_lane_of(h->priority);
     r->start_us = ab_now_us();
     r->cache = cache;
     if (ab_route_init(r, h) != 0) {
@@ -53,8 +62,11 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
         return NULL;
     }
     ab_service_hold(b, r); /* a service is not idle while a request names it */
+    r->crec = crec;
+    ab_client_hold(crec);
+    crec->requests++;
     if (p) {
-        p->in_flight++;
+        crec->held++;
         r->client_counted = 1;
         ab_client_track(p, r); /* CANCEL and departure find it */
     }
@@ -103,15 +115,17 @@ static ab_service_t *s_target(ab_broker_t *b, const ab_rid_t *rid, const ab_head
 }
 
 /* 1 when client P may have one more request held now; else it was
- * answered BUSY (draining, its in-flight limit, or it does not read). */
-static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, uint64_t id,
+ * answered BUSY (draining, its in-flight quota, or it does not read). */
+static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
                           ab_service_t *s)
 {
+    uint64_t id = h->id;
+    char why[AB_NAME_MAX + 2 * AB_RID_MAX + 128];
+    ab_client_rec_t *c = p ? ab_client_of(b, p) : NULL;
     if (b->draining)
         s_busy(b, rid, id, s, NULL, "broker is shutting down");
-    else if (p && p->in_flight >= (uint32_t)b->cfg->max_client_inflight)
-        s_busy(b, rid, id, s, &b->c.client_limit_busy,
-               "this client has too many requests in flight (max-client-inflight)");
+    else if (c && ab_client_admit(b, c, s, ab_lane_of(h->priority), 0, why, sizeof why))
+        s_busy(b, rid, id, s, NULL, why);
     else if (p && ab_peer_over(b, p)) /* router.h */
         s_busy(b, rid, id, s, &b->c.out_busy,
                "this client has not read its earlier answers (peer-out-max-bytes)");
@@ -124,7 +138,7 @@ void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
                        zmq_msg_t *body, int64_t now)
 {
     ab_service_t *s = s_target(b, rid, h);
-    if (!s || !s_admit_client(b, p, rid, h->id, s))
+    if (!s || !s_admit_client(b, p, rid, h, s))
         return;
     ab_cache_req_t *cr = NULL;
     if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body, now, &cr))
@@ -143,8 +157,7 @@ void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
     }
     if (r->cache && ab_cache_join(b, r))
         return; /* waits for an identical request in flight */
-    ab_service_enqueue(b, s, r);
-    ab_service_dispatch(b, s);
+    ab_service_submit(b, s, r, now);
 }
 
 /* R's client has its answer, a worker may still hold R: R keeps only what
@@ -161,12 +174,12 @@ static void s_orphan(ab_broker_t *b, ab_req_t *r)
 
 void ab_req_client_done(ab_broker_t *b, ab_req_t *r)
 {
+    (void)b;
     if (!r->client_counted)
         return;
     r->client_counted = 0;
-    ab_peer_t *p = ab_peer_lookup(b, &r->client);
-    if (p && p->in_flight)
-        p->in_flight--;
+    if (r->crec && r->crec->held)
+        r->crec->held--;
 }
 
 void ab_req_free(ab_broker_t *b, ab_req_t *r)
@@ -182,6 +195,8 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
     ab_deadline_remove(b, r);
     ab_idmap_del(&b->pending, r->bid);
     ab_service_release(b, r); /* it may be idle now (service.c) */
+    if (r->crec) /* after it left its flow: a flow never outlives its record */
+        ab_client_release(b, r->crec);
     ab_req_destroy(r);
 }
 
@@ -274,13 +289,16 @@ static void s_forward(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *body, ab_
 static void s_count_final(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
 {
     ab_service_t *s = r->service;
-    ab_service_latency(s, ab_now_us() - r->start_us);
+    uint64_t now_us = ab_now_us();
+    ab_service_latency(s, now_us - r->start_us);
     if (h->kind == AB_KIND_ERROR) {
         s->errors++;
         AB_COUNT_ERROR(b, h->error_code);
     } else {
         s->replies++;
         b->c.replies++;
+        if (r->dispatch_us && now_us > r->dispatch_us)
+            ab_service_fast(s, now_us - r->dispatch_us);
     }
 }
 

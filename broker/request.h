@@ -40,7 +40,7 @@ struct ab_req {
     uint8_t attempts;  /* dispatches so far (bounded by max-attempts) */
     uint8_t streamed;  /* a PARTIAL reached the client: never re-dispatched */
     uint8_t answered;  /* a presumed-dead worker's late reply answered it */
-    uint8_t client_counted; /* counted in its client's in_flight */
+    uint8_t client_counted; /* counted in its client's held requests */
     uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
     ab_list_t qlink;            /* in the service queue or the worker's list */
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */
@@ -49,6 +49,13 @@ struct ab_req {
     ab_peer_t *owner;           /* its client's peer while it may cancel it */
     uint8_t holds_service;      /* counted in service->held (ab_service_hold) */
     ab_list_t clink;              /* in owner->reqs */
+    /* issue 16: lanes and fair queuing (lanes.h, clients.h) */
+    struct ab_client_rec *crec;   /* its client's record (a reference), NULL if none */
+    struct ab_flow *flow;         /* its flow while queued (qlink is in flow's list) */
+    uint8_t lane;                 /* AB_LANE_* from its priority */
+    uint32_t skip_mark;           /* passed over in dispatch pass N (service.c) */
+    uint64_t enq_us;              /* queued since (0: not queued) */
+    uint64_t dispatch_us;         /* last sent to a worker */
     ab_defer_node_t later;        /* queued for an action after a walk (drain) */
 };
 

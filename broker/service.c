@@ -2,7 +2,8 @@
  * service.c - services, their workers and queues, dispatch, deadlines.
  *
  * A service exists from its first REGISTER on; requests to it wait in its
- * FIFO queue while no worker has free credit (bounded by queue-max). A
+ * queue (lanes.h: priority lanes, fair across clients) while no worker has
+ * free credit (bounded by queue-max and each client's quota). A
  * worker's free credit is capacity - in_flight; dispatch picks the worker
  * with the most, and among equals the one dispatched to longest ago, so
  * load spreads. Invariant: a service's queue is non-empty only while none of
@@ -23,6 +24,7 @@
 #include "agentbus.h"
 #include "placement.h"
 #include "util.h"
+#include "clients.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +102,7 @@ void ab_service_free(void **item)
     ab_service_t *s = *item;
     if (s) {
         ab_defer_cancel(&s->later); /* a walk's queue never reaches a freed one */
+        ab_lanes_fini(s);
         zlistx_destroy(&s->workers);
         free(s->latency_us);
         free(s);
@@ -233,33 +236,62 @@ void ab_service_each(ab_broker_t *b, int (*want)(const ab_service_t *), ab_defer
     ab_defer_run(&todo, b);
 }
 
-/* --- queue -------------------------------------------------------------------- */
+/* --- queue (lanes.c holds the structure) ---------------------------------- */
 int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r)
 {
-    (void)b;
-    r->state = AB_REQ_QUEUED;
-    ab_list_insert_tail(&s->queue, &r->qlink);
-    s->q_len++;
-    return 0;
+    if (ab_lanes_put(s, r, 0) == 0)
+        return 0;
+    ab_req_fail(b, r, AB_ERR_INTERNAL, "out of memory queuing the request");
+    return -1;
 }
 
 void ab_queue_remove(ab_service_t *s, ab_req_t *r)
 {
-    ab_list_remove(&r->qlink);
-    s->q_len--;
+    ab_lanes_remove(s, r);
 }
 
-void ab_queue_push_front(ab_service_t *s, ab_req_t *r)
+void ab_queue_push_front(ab_broker_t *b, ab_service_t *s, ab_req_t *r)
 {
-    r->state = AB_REQ_QUEUED;
-    ab_list_insert_head(&s->queue, &r->qlink);
-    s->q_len++;
+    if (ab_lanes_put(s, r, 1) != 0)
+        ab_req_fail(b, r, AB_ERR_INTERNAL, "out of memory queuing the request again");
 }
 
 ab_req_t *ab_queue_head(ab_service_t *s)
 {
-    ab_list_t *l = ab_list_first(&s->queue);
-    return l ? ab_list_data(l, ab_req_t, qlink) : NULL;
+    return ab_lanes_any(s);
+}
+
+#define AB_FAST_WINDOW_MS 10000 /* the fastest answer is kept per window of this */
+
+void ab_service_fast(ab_service_t *s, uint64_t us)
+{
+    int64_t now = ab_now_ms();
+    if (now - s->fast_since_ms >= AB_FAST_WINDOW_MS) {
+        s->fast_us[1] = s->fast_us[0];
+        s->fast_us[0] = 0;
+        s->fast_since_ms = now;
+    }
+    if (!s->fast_us[0] || us < s->fast_us[0])
+        s->fast_us[0] = us;
+}
+
+/* Answers R DEADLINE now, and returns 1, when less time is left than the
+ * fastest answer of S's workers in the last 10-20 s: dispatching it would
+ * only keep a slot busy for an answer nobody can use. */
+static int s_too_late(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now)
+{
+    uint64_t f0 = s->fast_us[0], f1 = s->fast_us[1];
+    uint64_t fast = !f0 ? f1 : !f1 ? f0 : f0 < f1 ? f0 : f1;
+    int64_t left_ms = r->deadline_ms - now;
+    if (!fast || (uint64_t)(left_ms > 0 ? left_ms : 0) * 1000 >= fast)
+        return 0;
+    char text[160];
+    snprintf(text, sizeof text, "deadline cannot be met: %lld ms left, the fastest recent "
+             "answer took %llu ms", (long long)left_ms, (unsigned long long)(fast / 1000));
+    s->deadline_early++;
+    b->c.deadline_early++;
+    ab_req_fail(b, r, AB_ERR_DEADLINE, text);
+    return 1;
 }
 
 static void s_str_free(void **item)
@@ -479,62 +511,100 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     return rc;
 }
 
-#define AB_DISPATCH_SCAN 64 /* queued requests looked past one that must wait */
+/* Starts R (out of every queue) on W: on W's list, counted, sent. 0, or
+ * -1 when W could not be sent to: R is back at the front of the queue and
+ * W's peer dropped. */
+static int s_start(ab_broker_t *b, ab_service_t *s, ab_worker_rec_t *w, ab_req_t *r, int64_t now)
+{
+    r->state = AB_REQ_DISPATCHED;
+    s_worker_req_add(w, r);
+    ab_health_on_dispatch(b, w, r);
+    w->last_dispatch = ++b->dispatch_seq;
+    r->dispatch_us = ab_now_us();
+    if (s_send_to_worker(b, w, r, now) == 0)
+        return 0;
+    /* The worker is gone or choking: take the request back, put it at the
+     * front, and stop offering that worker. */
+    ab_worker_req_remove(w, r);
+    r->attempts--; /* it never reached the worker */
+    ab_queue_push_front(b, s, r);
+    ab_peer_drop(b, w->peer, "unreachable");
+    return -1;
+}
 
-/* Requests with a model go where placement says (placement.c); a request
- * whose model no free worker should take waits without blocking the ones
- * behind it (up to AB_DISPATCH_SCAN of them). */
+/* What the dispatch pass does with candidate R: a worker for it (0), R
+ * failed here (1: it cannot run, or too late), R waits and is passed over
+ * (2: its model's workers are busy), or stop (3: no worker has credit). */
+static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
+                     ab_worker_rec_t **w)
+{
+    int impossible = 0;
+    *w = r->route ? ab_placement_pick(b, s, r, &impossible) : ab_service_pick(b, s);
+    if (impossible) {
+        char text[AB_NAME_MAX + AB_MODEL_MAX + 64];
+        uint32_t code = ab_placement_why(s, r, text, sizeof text);
+        ab_req_fail(b, r, code, text);
+        return 1;
+    }
+    if (!*w)
+        return r->route ? 2 : 3;
+    if ((r->flags & AB_FLAG_LZ4) && !((*w)->peer->features & AB_FEATURE_LZ4)) {
+        /* The broker never decompresses; an older worker cannot. */
+        b->c.lz4_refused++;
+        ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
+                                              "payloads: send this one uncompressed");
+        return 1;
+    }
+    return s_too_late(b, s, r, now) ? 1 : 0;
+}
+
+/* Lanes decide the order (lanes.h); placement decides where a request with
+ * a model goes, and one whose model's workers are busy is passed over
+ * without blocking the ones behind it (up to AB_LANES_SCAN of them). Each
+ * pass restarts from the lanes' heads: failing a request may change them. */
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
 {
     int64_t now = ab_now_ms();
-    ab_req_t *r = ab_queue_head(s);
-    int waited = 0;
-    while (r && waited < AB_DISPATCH_SCAN) {
-        int impossible = 0;
-        ab_list_t *nl = ab_list_next(&s->queue, &r->qlink);
-        ab_req_t *next = nl ? ab_list_data(nl, ab_req_t, qlink) : NULL;
-        ab_worker_rec_t *w = r->route ? ab_placement_pick(b, s, r, &impossible)
-                                      : ab_service_pick(b, s);
-        if (impossible) {
-            char text[AB_NAME_MAX + AB_MODEL_MAX + 64];
-            uint32_t code = ab_placement_why(s, r, text, sizeof text);
-            ab_req_fail(b, r, code, text);
-            r = next;
+    uint32_t mark = ++b->dispatch_mark ? b->dispatch_mark : ++b->dispatch_mark;
+    ab_req_t *r;
+    while (s->q_len && (r = ab_lanes_next(b, s, mark))) {
+        ab_worker_rec_t *w;
+        int v = s_verdict(b, s, r, now, &w);
+        if (v == 3)
+            return;
+        if (v == 2)
+            r->skip_mark = mark;
+        if (v != 0)
             continue;
-        }
-        if (!w) {
-            if (!r->route)
-                return; /* no worker has credit */
-            waited++;
-            r = next;
-            continue;
-        }
-        if ((r->flags & AB_FLAG_LZ4) && !(w->peer->features & AB_FEATURE_LZ4)) {
-            /* The broker never decompresses; an older worker cannot. Every
-             * branch that frees R moves on to NEXT, read before the free
-             * (failing R may push a coalesced twin to the queue's front,
-             * never free a queued request). */
-            b->c.lz4_refused++;
-            ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
-                                                  "payloads: send this one uncompressed");
-            r = next;
-            continue;
-        }
-        ab_queue_remove(s, r);
-        r->state = AB_REQ_DISPATCHED;
-        s_worker_req_add(w, r);
-        ab_health_on_dispatch(b, w, r);
-        w->last_dispatch = ++b->dispatch_seq;
-        if (s_send_to_worker(b, w, r, now) != 0) {
-            /* The worker is gone or choking: take the request back, put it
-             * at the front, and stop offering that worker. */
-            ab_worker_req_remove(w, r);
-            r->attempts--; /* it never reached the worker */
-            ab_queue_push_front(s, r);
-            ab_peer_drop(b, w->peer, "unreachable");
-            next = ab_queue_head(s);
-        }
-        r = next;
+        ab_lanes_take(s, r, ab_now_us());
+        s_start(b, s, w, r, now);
     }
 }
 
+void ab_service_submit(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now)
+{
+    if (!s->q_len) {
+        /* Nothing waits ahead of it: straight to a worker when one has
+         * credit (no flow made, no lane walk: the common, idle case). A
+         * request for a model whose workers are busy (2) waits. */
+        ab_worker_rec_t *w;
+        int v = s_verdict(b, s, r, now, &w);
+        if (v == 1)
+            return;
+        if (v == 0) {
+            ab_lanes_direct(s, r->lane);
+            if (s_start(b, s, w, r, now) != 0)
+                ab_service_dispatch(b, s);
+            return;
+        }
+    } else if (s_too_late(b, s, r, now)) {
+        return;
+    }
+    char why[AB_NAME_MAX + 2 * AB_RID_MAX + 128];
+    if (r->crec && ab_client_admit(b, r->crec, s, r->lane, 1, why, sizeof why)) {
+        ab_req_fail(b, r, AB_ERR_BUSY, why);
+        return;
+    }
+    if (ab_service_enqueue(b, s, r) == 0)
+        ab_service_dispatch(b, s);
+}

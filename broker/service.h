@@ -3,7 +3,7 @@
  *
  * A service exists from its first REGISTER (or, during the startup grace,
  * its first request) and lives while a worker serves it or a request names
- * it. Requests wait in its FIFO queue while no worker has free credit.
+ * it. Requests wait in its queue (lanes.h) while no worker has free credit.
  */
 #ifndef AB_SERVICE_H
 #define AB_SERVICE_H
@@ -11,6 +11,7 @@
 #include "broker.h"
 #include "health.h"
 #include "hist.h"
+#include "lanes.h"
 
 struct ab_worker_rec {
     ab_peer_t *peer;
@@ -30,8 +31,11 @@ struct ab_service {
     char name[AB_NAME_MAX];
     int provisional;        /* created by a request during the startup grace */
     zlistx_t *workers;      /* ab_worker_rec_t*, not owned */
-    ab_list_t queue;        /* queued requests (ab_req_t.qlink), FIFO */
-    uint32_t q_len;
+    ab_lane_t lanes[AB_LANES]; /* queued requests by lane and client (lanes.h) */
+    uint32_t q_len;         /* in all lanes */
+    uint64_t deadline_early; /* answered DEADLINE early: less time left than a fast answer */
+    uint64_t fast_us[2];    /* fastest answer of this window and the last (0: none) */
+    int64_t fast_since_ms;  /* the current window's start */
     uint64_t requests, replies, errors;
     ab_hist_t *latency_us;  /* NULL until its first answer: 9 KB an unused name does not cost */
     uint32_t held;          /* pending requests naming it: while > 0 it is not idle */
@@ -61,7 +65,18 @@ void ab_service_fini(ab_broker_t *b);
 /* 1 if S may take one more request (its queue and the broker's total are
  * under their bounds), else 0: the caller answers BUSY. */
 int ab_service_admit(ab_broker_t *b, const ab_service_t *s);
+/* R (pending) waits in S's queue. 0, or -1 when out of memory: R was
+ * answered INTERNAL and freed. */
 int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
+/* A newly admitted R for S: sent to a worker at once when nothing waits
+ * ahead of it and one has credit, else queued (within its client's
+ * max-client-queued: over it R is answered BUSY) and S dispatched. R may be
+ * answered early (DEADLINE) when less time is left than S's fastest recent
+ * answer. R must not be used after the call. */
+void ab_service_submit(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now);
+/* Records a worker's answer time US for S (dispatch to final reply): the
+ * fastest one per 10 s window decides what is too late (above). */
+void ab_service_fast(ab_service_t *s, uint64_t us);
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
 /* Dispatches every service with a queue (after the walk over them). */
 void ab_service_dispatch_all(ab_broker_t *b);
@@ -81,7 +96,9 @@ void ab_worker_attach(ab_broker_t *b, ab_peer_t *peer, ab_service_t *s, uint32_t
 void ab_worker_detach(ab_broker_t *b, ab_worker_rec_t *w, const char *why);
 void ab_worker_req_remove(ab_worker_rec_t *w, ab_req_t *r);
 void ab_queue_remove(ab_service_t *s, ab_req_t *r);
-void ab_queue_push_front(ab_service_t *s, ab_req_t *r);
+/* R goes back to the front of S's queue (taken back from a worker); out of
+ * memory it is answered INTERNAL and freed instead. */
+void ab_queue_push_front(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
 /* The request at the front of S's queue, or NULL. */
 ab_req_t *ab_queue_head(ab_service_t *s);
 

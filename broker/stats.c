@@ -14,6 +14,7 @@
 #include "request.h"
 #include "messaging.h"
 #include "cache.h"
+#include "clients.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -90,12 +91,35 @@ void ab_stats_service_info(ab_broker_t *b, ab_service_t *s, Agentbus__ServiceInf
         lat->max_us = s->latency_us->max;
     }
     si->latency = lat;
+    si->deadline_early = s->deadline_early;
+}
+
+/* Fills LI[AB_LANES] (and P, the pointers SI gets) with S's lanes. */
+static void s_lanes_info(const ab_service_t *s, Agentbus__ServiceInfo *si, Agentbus__LaneInfo *li,
+                         Agentbus__LaneInfo **p)
+{
+    for (int i = 0; i < AB_LANES; i++) {
+        const ab_lane_t *l = &s->lanes[i];
+        agentbus__lane_info__init(&li[i]);
+        li[i].name = (char *)ab_lane_name(i);
+        li[i].depth = l->depth;
+        li[i].clients = (uint32_t)ab_idmap_size(&l->flows);
+        li[i].dispatched = l->dispatched;
+        li[i].waits = ab_lanes_wait_count(l);
+        li[i].wait_p50_us = ab_lanes_wait_pct(l, 50);
+        li[i].wait_p99_us = ab_lanes_wait_pct(l, 99);
+        p[i] = &li[i];
+    }
+    si->n_lanes = AB_LANES;
+    si->lanes = p;
 }
 
 typedef struct {
     Agentbus__ServiceInfo *infos;
     Agentbus__LatencySummary *lats;
     Agentbus__ServiceInfo **ptrs;
+    Agentbus__LaneInfo *lanes; /* AB_LANES per service */
+    Agentbus__LaneInfo **lane_ptrs;
     size_t n;
 } s_services_t;
 
@@ -106,11 +130,15 @@ static int s_services_build(ab_broker_t *b, s_services_t *out)
     out->infos = calloc(n + 1, sizeof *out->infos);
     out->lats = calloc(n + 1, sizeof *out->lats);
     out->ptrs = calloc(n + 1, sizeof *out->ptrs);
-    if (!out->infos || !out->lats || !out->ptrs)
+    out->lanes = calloc((n + 1) * AB_LANES, sizeof *out->lanes);
+    out->lane_ptrs = calloc((n + 1) * AB_LANES, sizeof *out->lane_ptrs);
+    if (!out->infos || !out->lats || !out->ptrs || !out->lanes || !out->lane_ptrs)
         return -1;
     for (ab_service_t *s = zhashx_first(b->services); s && out->n < n;
          s = zhashx_next(b->services)) {
         ab_stats_service_info(b, s, &out->infos[out->n], &out->lats[out->n]);
+        s_lanes_info(s, &out->infos[out->n], &out->lanes[out->n * AB_LANES],
+                     &out->lane_ptrs[out->n * AB_LANES]);
         out->ptrs[out->n] = &out->infos[out->n];
         out->n++;
     }
@@ -122,6 +150,8 @@ static void s_services_free(s_services_t *sv)
     free(sv->infos);
     free(sv->lats);
     free(sv->ptrs);
+    free(sv->lanes);
+    free(sv->lane_ptrs);
 }
 
 static int s_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
@@ -186,6 +216,9 @@ static void s_failure_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->send_eagain = c->send_eagain;
     st->send_unreachable = c->send_unreachable;
     st->client_limit_busy = c->client_limit_busy;
+    st->client_queue_busy = c->client_queue_busy;
+    st->deadline_early = c->deadline_early;
+    st->clients = (uint32_t)zhashx_size(b->clients);
     st->draining = b->draining;
     st->probes = c->probes;
 }
@@ -351,6 +384,8 @@ int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
         return s_answer_workers(b, out, len);
     if (strcmp(what, "agents") == 0)
         return ab_msgs_agents_answer(b, out, len);
+    if (strcmp(what, "clients") == 0)
+        return ab_clients_answer(b, out, len);
     return -1;
 }
 
@@ -369,7 +404,7 @@ void ab_stats_on_control(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t 
         }
     } else if (ab_stats_answer(b, what, &buf, &len) != 0) {
         ab_send_error(b, rid, in->id, AB_ERR_UNSUPPORTED,
-                      "unknown control query (try stats, services, workers, agents)");
+                      "unknown control query (try stats, services, workers, agents, clients)");
         return;
     }
     ab_header_t h = ab_header_init(AB_KIND_REPLY);

@@ -12,6 +12,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define AB_LOCAL_GRACE_MS 250 /* local deadline = broker deadline + this */
 
@@ -188,6 +189,37 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
     if (id_out)
         *id_out = call->id;
     return AB_OK;
+}
+
+int ab_priority_parse(const char *text, uint32_t *priority)
+{
+    static const struct {
+        const char *name;
+        uint32_t value;
+    } names[] = {{"interactive", AB_PRIORITY_INTERACTIVE},
+                 {"normal", AB_PRIORITY_NORMAL},
+                 {"batch", AB_PRIORITY_BATCH}};
+    if (!text || !priority)
+        return AB_EINVAL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(text, names[i].name) == 0) {
+            *priority = names[i].value;
+            return AB_OK;
+        }
+    char *end = NULL;
+    long v = strtol(text, &end, 10);
+    if (end == text || *end || v < 0 || v > 255)
+        return AB_EINVAL;
+    *priority = (uint32_t)v;
+    return AB_OK;
+}
+
+const char *ab_priority_lane(uint32_t priority)
+{
+    /* The broker's mapping (broker/lanes.c ab_lane_of), said once more for clients. */
+    return priority >= AB_PRIORITY_INTERACTIVE ? "interactive"
+           : priority == AB_PRIORITY_BATCH     ? "batch"
+                                               : "normal";
 }
 
 void ab_request_opts_init(ab_request_opts_t *o)

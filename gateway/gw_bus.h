@@ -47,7 +47,7 @@ struct gw_call {
     char model[256];
     int timeout_ms;       /* <= 0: the gateway's default */
     uint32_t cache_flags; /* AB_CACHE_* */
-    uint32_t priority;    /* carried in the header (not yet ordered by) */
+    uint32_t priority;    /* carried in the header: the broker's lane (AB_PRIORITY_*) */
     gw_wake_fn *wake;
     gw_resume_fn *resume;
     void *owner;          /* the HTTP side's state */

@@ -191,10 +191,15 @@ static void s_call_headers(gw_conn_t *c, gw_call_t *k)
     long ms = t ? strtol(t, NULL, 10) : 0;
     if (ms > 0)
         k->timeout_ms = ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
+    /* A lane name (interactive, normal, batch) or a number; a larger number
+     * is capped at 255, anything else leaves the default (normal lane). */
     const char *pr = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Priority");
-    long p = pr ? strtol(pr, NULL, 10) : 0;
-    if (p > 0)
-        k->priority = p > 255 ? 255u : (uint32_t)p;
+    uint32_t p = 0;
+    long n = pr ? strtol(pr, NULL, 10) : 0;
+    if (pr && ab_priority_parse(pr, &p) == AB_OK)
+        k->priority = p;
+    else if (n > 255)
+        k->priority = 255u;
     const char *cf = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Cache");
     if (cf) {
         if (strstr(cf, "no-read") || strstr(cf, "off"))

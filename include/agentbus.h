@@ -394,9 +394,26 @@ typedef struct {
                            * (ab_client_set_cache); default 0 */
     uint32_t cache_ttl_s; /* > 0: how long the broker caches the reply, over the
                            * handle's TTL; 0 (default): the handle's */
-    uint32_t priority;    /* carried to the worker in the header; the broker does
-                           * not order by it yet (reserved); default 0 */
+    uint32_t priority;    /* the lane the request waits in at the broker: an
+                           * AB_PRIORITY_* value (ab_priority_parse reads names);
+                           * default 0 = normal. Also carried to the worker. */
 } ab_request_opts_t;
+
+/* Priorities (ab_request_opts_t.priority) and the broker's lanes they map
+ * onto (docs/lanes.md): 1 batch; 0 and 2 normal; 3 and above interactive.
+ * The interactive lane is served first, with a minimum share kept for the
+ * lower ones; within a lane clients take turns (fair queuing). */
+#define AB_PRIORITY_DEFAULT 0u     /* normal lane */
+#define AB_PRIORITY_BATCH 1u
+#define AB_PRIORITY_NORMAL 2u
+#define AB_PRIORITY_INTERACTIVE 3u
+
+/* Reads TEXT as a priority: "interactive", "normal", "batch" (any case) or
+ * a number 0..255, into *PRIORITY. AB_OK, or AB_EINVAL (NULL or unknown;
+ * *PRIORITY unchanged). Thread: any. */
+AB_EXPORT int ab_priority_parse(const char *text, uint32_t *priority);
+/* The lane PRIORITY maps onto: "interactive", "normal" or "batch" (static). */
+AB_EXPORT const char *ab_priority_lane(uint32_t priority);
 
 #define AB_REQUEST_OPTS_INIT {0, NULL, NULL, 0u, 0u, 0u, 0u}
 

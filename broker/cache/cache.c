@@ -466,7 +466,7 @@ static void s_flight_handoff(ab_broker_t *b, s_flight_t *f)
         }
         f->leader = w;
         w->cache->leader = 1;
-        ab_queue_push_front(w->service, w);
+        ab_queue_push_front(b, w->service, w);
         c->redispatched++;
         c->dispatch_pending = 1;
         return;
@@ -647,8 +647,9 @@ void ab_cache_on_pipe(ab_broker_t *b)
                 s_l2_hit(b, r, val, len);
             } else {
                 c->l2_misses++;
-                ab_service_enqueue(b, r->service, r);
-                ab_service_dispatch(b, r->service);
+                ab_service_t *s = r->service;
+                if (ab_service_enqueue(b, s, r) == 0)
+                    ab_service_dispatch(b, s);
             }
         }
         zmq_msg_close(&m);

@@ -321,7 +321,7 @@ void ab_health_take_back(ab_broker_t *b, ab_worker_rec_t *w, const char *why)
                      r->attempts, why);
             ab_req_fail(b, r, AB_ERR_WORKER_LOST, text);
         } else {
-            ab_queue_push_front(r->service, r);
+            ab_queue_push_front(b, r->service, r);
             b->c.redispatched++;
             w->health.redispatched++;
         }

@@ -33,6 +33,9 @@ void ab_msgs_timers(ab_broker_t *b, int64_t now);
 int64_t ab_msgs_next_wake(ab_broker_t *b);
 void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);
 int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
+/* The name P goes by: its agent name, else "~" + its key (in BUF of CAP
+ * bytes). The identity of a client for fair queuing (clients.c). */
+const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);
 /* HELLO with a name: binds it to P or refuses it (ERROR NAME_TAKEN). */
 void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int takeover,
                          uint64_t instance, uint64_t hello_id, int64_t now);

@@ -281,7 +281,7 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
     ab_worker_req_remove(from, r);
     rt->avoid = from;
     rt->retries++;
-    ab_queue_push_front(s, r);
+    ab_queue_push_front(b, s, r);
     ab_service_dispatch(b, s);
     return 1;
 }

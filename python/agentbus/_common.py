@@ -53,7 +53,7 @@ def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional
 
 
 def request_opts(timeout: Optional[float], model: Optional[str], worker: Optional[str],
-                 cache: Optional[bool], cache_ttl: Optional[float], priority: Optional[int],
+                 cache: Optional[bool], cache_ttl: Optional[float], priority,
                  idempotent: bool, keep: List[bytes]) -> RequestOpts:
     """An ab_request_opts_t; KEEP holds the encoded strings during the call.
     CACHE True marks the request cacheable, False bypasses the cache both
@@ -74,8 +74,27 @@ def request_opts(timeout: Optional[float], model: Optional[str], worker: Optiona
     if cache_ttl:
         o.cache_ttl_s = max(1, int(cache_ttl))
         o.cache_flags |= AB_CACHE_ON if cache is None else 0
-    o.priority = int(priority or 0)
+    o.priority = priority_value(priority)
     return o
+
+
+# The broker's lanes (docs/lanes.md): a name, or a number 0..255.
+PRIORITIES = {"interactive": 3, "normal": 2, "batch": 1}
+
+
+def priority_value(priority) -> int:
+    """PRIORITY as the header carries it: None -> 0 (normal lane), a lane
+    name, or a number 0..255; anything else raises ValueError."""
+    if priority is None:
+        return 0
+    if isinstance(priority, str):
+        if priority.lower() in PRIORITIES:
+            return PRIORITIES[priority.lower()]
+        raise ValueError(f"unknown priority {priority!r} (interactive, normal, batch, 0..255)")
+    value = int(priority)
+    if not 0 <= value <= 255:
+        raise ValueError(f"priority {value} out of range 0..255")
+    return value
 
 
 @dataclass

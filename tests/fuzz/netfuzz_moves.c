@@ -168,7 +168,7 @@ static void s_mk_request(nf_peer_t *p, nf_out_t *o)
     o->h.target = ab_view_of(NF_PICK(s_services));
     o->h.flags = flags[nf_below(6)] | (nf_chance(20) ? flags[nf_below(6)] : 0);
     o->h.timeout_ms = nf_chance(30) ? 0 : 50 + nf_below(4000);
-    o->h.priority = nf_below(3);
+    o->h.priority = nf_below(5); /* every lane: 1 batch, 0 and 2 normal, 3+ interactive */
     if (nf_chance(20))
         o->h.model = ab_view_of(NF_PICK(s_models));
     if (nf_chance(10))

@@ -38,6 +38,11 @@ def test_request_reply(bus):
         # options force the asynchronous path: same answer
         assert c.request("echo", b"opts", timeout=5, priority=7, cache_ttl=30) == b"opts"
         assert c.request("echo", b"x", cache=False, idempotent=False) == b"x"
+        # lanes by name (docs/lanes.md); a bad name is the caller's error
+        assert c.request("echo", b"i", priority="interactive") == b"i"
+        assert c.request("echo", b"b", priority="batch") == b"b"
+        with pytest.raises(ValueError):
+            c.request("echo", b"?", priority="urgent")
         assert c.pending == 0
 
 

@@ -118,6 +118,26 @@ static void s_test_log_format(void)
     unlink(path);
 }
 
+/* client-weights (issue 16): NAME=W items, W 1..1000; a bad item is refused
+ * at start-up, not found later. */
+static void s_test_client_weights(void)
+{
+    ab_broker_config_t cfg;
+    CHECK_EQ(s_load_text(&cfg, "broker\n    client-weights = voice=4,~0a1b=2 a=b=3\n"), 0);
+    CHECK_STR(cfg.client_weights, "voice=4,~0a1b=2 a=b=3");
+    CHECK_EQ(cfg.lane_normal_min_pct, 20);
+    CHECK_EQ(cfg.lane_batch_min_pct, 10);
+    CHECK_EQ(cfg.max_client_queued, 10000);
+    ab_config_free(&cfg);
+    static const char *bad[] = {"voice", "voice=0", "=3", "voice=1001", "voice=4x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "broker\n    client-weights = %s\n", bad[i]);
+        CHECK_EQ(s_load_text(&cfg, text), -1);
+        ab_config_free(&cfg);
+    }
+}
+
 int main(void)
 {
     unsetenv("AB_CONFIG"); /* the environment must not add a file of its own */
@@ -125,5 +145,6 @@ int main(void)
     s_test_indentation();
     s_test_unreadable();
     s_test_log_format();
+    s_test_client_weights();
     return TEST_DONE("test_config");
 }

@@ -7,6 +7,7 @@
  */
 #include "request.h"
 #include "service.h"
+#include "clients.h"
 #include "test.h"
 #include "util.h"
 
@@ -154,6 +155,8 @@ static ab_req_t *s_req(ab_service_t *s, uint32_t flags)
     r->deadline_ms = ab_now_ms() + 60000;
     REQUIRE(ab_idmap_put(&s_b.pending, r->bid, r) == 0);
     ab_deadline_push(&s_b, r);
+    r->crec = ab_client_named(&s_b, "~unit"); /* as ab_req_new: every request has one */
+    ab_client_hold(r->crec);
     ab_service_enqueue(&s_b, s, r);
     return r;
 }

@@ -4,6 +4,8 @@
  */
 #include "request.h"
 #include "service.h"
+#include "clients.h"
+#include "lanes.h"
 #include "test.h"
 
 #include <stdio.h>
@@ -17,8 +19,44 @@ static void s_setup(ab_broker_t *b, ab_broker_config_t *cfg)
     memset(cfg, 0, sizeof *cfg);
     cfg->queue_max = 3;
     cfg->max_pending = 5;
+    cfg->lane_normal_min_pct = 20;
+    cfg->lane_batch_min_pct = 10;
     b->cfg = cfg;
     REQUIRE(ab_idmap_init(&b->pending, 16) == 0);
+}
+
+static ab_client_rec_t *s_client(uint64_t id, uint32_t weight)
+{
+    ab_client_rec_t *c = calloc(1, sizeof *c + 8);
+    REQUIRE(c != NULL);
+    c->id = id;
+    c->weight = weight;
+    snprintf(c->ident, 8, "c%llu", (unsigned long long)id);
+    return c;
+}
+
+/* Dispatches the request the lanes offer next (as ab_service_dispatch
+ * does when a worker has credit). */
+static ab_req_t *s_take(ab_broker_t *b, ab_service_t *s)
+{
+    ab_req_t *r = ab_lanes_next(b, s, 1);
+    if (r)
+        ab_lanes_take(s, r, 0);
+    return r;
+}
+
+/* Queues N requests of client C in LANE (bids from BID0). */
+static ab_req_t *s_queue(ab_service_t *s, ab_client_rec_t *c, int lane, int n, uint64_t bid0)
+{
+    ab_req_t *r = calloc((size_t)n, sizeof *r);
+    REQUIRE(r != NULL);
+    for (int i = 0; i < n; i++) {
+        r[i].bid = bid0 + (uint64_t)i;
+        r[i].crec = c;
+        r[i].lane = (uint8_t)lane;
+        REQUIRE(ab_lanes_put(s, &r[i], 0) == 0);
+    }
+    return r;
 }
 
 /* queue-max and max-pending both bound what a service admits. */
@@ -31,20 +69,27 @@ static void s_test_admit(void)
     memset(&s, 0, sizeof s);
     ab_req_t r[4];
     memset(r, 0, sizeof r);
+    ab_client_rec_t *c = s_client(1, 1);
     for (int i = 0; i < 3; i++) {
         CHECK_EQ(ab_service_admit(&b, &s), 1);
         r[i].bid = (uint64_t)i + 1;
+        r[i].crec = c;
         ab_service_enqueue(&b, &s, &r[i]);
     }
     CHECK_EQ(s.q_len, 3);
+    CHECK_EQ(c->queued, 3);
     CHECK_EQ(ab_service_admit(&b, &s), 0); /* queue full */
     ab_queue_remove(&s, &r[1]);
     CHECK_EQ(ab_service_admit(&b, &s), 1);
-    /* FIFO order survives a removal in the middle. */
+    /* FIFO order (one client, one lane) survives a removal in the middle. */
     CHECK_EQ(ab_queue_head(&s)->bid, 1);
-    CHECK_EQ(ab_list_data(ab_list_next(&s.queue, &ab_queue_head(&s)->qlink), ab_req_t, qlink)->bid,
-             3);
-    CHECK_EQ(ab_list_data(ab_list_last(&s.queue), ab_req_t, qlink)->bid, 3);
+    CHECK_EQ(s_take(&b, &s)->bid, 1);
+    CHECK_EQ(s_take(&b, &s)->bid, 3);
+    CHECK_EQ(s.q_len, 0);
+    CHECK_EQ(c->queued, 0);
+    CHECK_EQ(ab_idmap_size(&s.lanes[AB_LANE_NORMAL].flows), 0); /* the flow went with it */
+    ab_lanes_fini(&s);
+    free(c);
     /* The broker-wide bound applies even with room in the queue. */
     for (uint64_t i = 1; i <= 5; i++)
         ab_idmap_put(&b.pending, 100 + i, &r[0]);
@@ -132,8 +177,98 @@ static void s_test_heap(void)
     ab_idmap_fini(&b.pending);
 }
 
+/* Header priorities map onto the three lanes. */
+static void s_test_lane_of(void)
+{
+    CHECK_EQ(ab_lane_of(0), AB_LANE_NORMAL);
+    CHECK_EQ(ab_lane_of(1), AB_LANE_BATCH);
+    CHECK_EQ(ab_lane_of(2), AB_LANE_NORMAL);
+    CHECK_EQ(ab_lane_of(3), AB_LANE_INTERACTIVE);
+    CHECK_EQ(ab_lane_of(255), AB_LANE_INTERACTIVE);
+    CHECK_EQ(strcmp(ab_lane_name(AB_LANE_BATCH), "batch"), 0);
+}
+
+/* Deficit round robin: one client with 1,000 queued and another with one:
+ * the single one goes second, not 1,001st. Weights give turns of W. */
+static void s_test_drr(void)
+{
+    ab_broker_t b;
+    ab_broker_config_t cfg;
+    s_setup(&b, &cfg);
+    ab_service_t s;
+    memset(&s, 0, sizeof s);
+    ab_client_rec_t *big = s_client(1, 1), *one = s_client(2, 1);
+    ab_req_t *flood = s_queue(&s, big, AB_LANE_NORMAL, 1000, 1);
+    ab_req_t *single = s_queue(&s, one, AB_LANE_NORMAL, 1, 5000);
+    CHECK_EQ(s_take(&b, &s)->bid, 1);
+    CHECK_EQ(s_take(&b, &s)->bid, 5000);
+    CHECK_EQ(ab_idmap_size(&s.lanes[AB_LANE_NORMAL].flows), 1);
+    /* Weight 3 against 1: turns of three and one. */
+    big->weight = 3;
+    ab_client_rec_t *light = s_client(3, 1);
+    ab_req_t *l = s_queue(&s, light, AB_LANE_NORMAL, 10, 9000);
+    int from_big = 0, from_light = 0;
+    for (int i = 0; i < 40; i++) {
+        ab_req_t *r = s_take(&b, &s);
+        from_big += r->crec == big;
+        from_light += r->crec == light;
+    }
+    CHECK_EQ(from_big, 30);
+    CHECK_EQ(from_light, 10);
+    CHECK_EQ(light->queued, 0);
+    /* Removing every queued request frees every flow: nothing left on a ring. */
+    while (s.q_len)
+        ab_lanes_remove(&s, ab_lanes_any(&s));
+    CHECK_EQ(ab_list_empty(&s.lanes[AB_LANE_NORMAL].ring), 1);
+    CHECK_EQ(ab_idmap_size(&s.lanes[AB_LANE_NORMAL].flows), 0);
+    CHECK_EQ(big->queued, 0);
+    ab_lanes_fini(&s);
+    free(flood);
+    free(single);
+    free(l);
+    free(big);
+    free(one);
+    free(light);
+    ab_idmap_fini(&b.pending);
+}
+
+/* Interactive first; batch still gets its minimum share (1 in 10) and
+ * normal its own (1 in 5) while the interactive lane is never empty. */
+static void s_test_lanes(void)
+{
+    ab_broker_t b;
+    ab_broker_config_t cfg;
+    s_setup(&b, &cfg);
+    ab_service_t s;
+    memset(&s, 0, sizeof s);
+    ab_client_rec_t *bat = s_client(1, 1), *inter = s_client(2, 1), *norm = s_client(3, 1);
+    ab_req_t *rb = s_queue(&s, bat, AB_LANE_BATCH, 300, 1);
+    CHECK_EQ(s_take(&b, &s)->bid, 1);
+    ab_req_t *ri = s_queue(&s, inter, AB_LANE_INTERACTIVE, 1, 1000);
+    CHECK_EQ(s_take(&b, &s)->bid, 1000); /* next, before the flood */
+    ab_lanes_fini(&s);
+    memset(&s, 0, sizeof s);
+    bat->queued = 0;
+    ab_req_t *rb2 = s_queue(&s, bat, AB_LANE_BATCH, 300, 1);
+    ab_req_t *ri2 = s_queue(&s, inter, AB_LANE_INTERACTIVE, 300, 1000);
+    ab_req_t *rn2 = s_queue(&s, norm, AB_LANE_NORMAL, 300, 2000);
+    int n[AB_LANES] = {0};
+    for (int i = 0; i < 100; i++)
+        n[s_take(&b, &s)->lane]++;
+    CHECK_RANGE(n[AB_LANE_BATCH], 10, 12);
+    CHECK_RANGE(n[AB_LANE_NORMAL], 18, 22);
+    CHECK_RANGE(n[AB_LANE_INTERACTIVE], 60, 72);
+    ab_lanes_fini(&s);
+    free(rb), free(ri), free(rb2), free(ri2), free(rn2);
+    free(bat), free(inter), free(norm);
+    ab_idmap_fini(&b.pending);
+}
+
 int main(void)
 {
+    s_test_lane_of();
+    s_test_drr();
+    s_test_lanes();
     s_test_admit();
     s_test_pick();
     s_test_heap();

@@ -14,6 +14,7 @@
 #include "render.h"
 #include "msgcmd.h"
 #include "cli.h"
+#include "lanecmd.h"
 #include "tl_args.h"
 #include "tl_clock.h"
 
@@ -79,6 +80,12 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
             ctl_render_services(stdout, sl->services, sl->n_services, json);
             agentbus__service_list__free_unpacked(sl, NULL);
         }
+    } else if (strcmp(what, "clients") == 0) {
+        Agentbus__ClientList *cl = agentbus__client_list__unpack(NULL, len, buf);
+        if ((bad = !cl) == 0) {
+            ctl_render_clients(stdout, cl, json);
+            agentbus__client_list__free_unpacked(cl, NULL);
+        }
     } else {
         Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, len, buf);
         if ((bad = !wl) == 0) {
@@ -113,7 +120,58 @@ static char *s_read_stdin(size_t *len)
     return buf;
 }
 
-static int s_request(ab_client_t *c, const char *service, const char *data, int timeout_ms)
+typedef struct {
+    int done, status;
+    char *buf;
+    size_t len;
+    char error[512];
+} s_reply_t;
+
+/* Gathers a request's chunks and its end (as a synchronous request does). */
+static void s_on_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_reply_t *r = arg;
+    if (ev->size) {
+        char *nb = realloc(r->buf, r->len + ev->size);
+        if (nb) {
+            memcpy(nb + r->len, ev->data, ev->size);
+            r->buf = nb;
+            r->len += ev->size;
+        }
+    }
+    if (ev->final) {
+        r->done = 1;
+        r->status = ev->status;
+        snprintf(r->error, sizeof r->error, "%s", ev->error_text ? ev->error_text : "");
+    }
+}
+
+/* A request with options (its priority): started, then polled to its end. */
+static int s_request_opts(ab_client_t *c, const char *service, const void *data, size_t len,
+                          const ab_request_opts_t *o, void **reply, size_t *rlen)
+{
+    s_reply_t r = {0};
+    int rc = ab_client_request_start(c, service, data, len, o, s_on_reply, &r, NULL);
+    while (rc == AB_OK && !r.done && !s_stop)
+        ab_client_poll(c, 100);
+    if (rc == AB_OK && !r.done)
+        rc = AB_ECANCELLED;
+    else if (rc == AB_OK)
+        rc = r.status;
+    if (rc != AB_OK) {
+        if (r.error[0])
+            fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), r.error);
+        free(r.buf);
+        return rc;
+    }
+    *reply = r.buf;
+    *rlen = r.len;
+    return AB_OK;
+}
+
+static int s_request(ab_client_t *c, const char *service, const char *data, int timeout_ms,
+                     uint32_t priority)
 {
     size_t len = 0;
     char *in = NULL;
@@ -128,7 +186,11 @@ static int s_request(ab_client_t *c, const char *service, const char *data, int 
     }
     void *reply = NULL;
     size_t rlen = 0;
-    int rc = ab_client_request(c, service, data, len, timeout_ms, &reply, &rlen);
+    int rc = priority ? s_request_opts(c, service, data, len,
+                                       &(ab_request_opts_t){.timeout_ms = timeout_ms,
+                                                            .priority = priority},
+                                       &reply, &rlen)
+                      : ab_client_request(c, service, data, len, timeout_ms, &reply, &rlen);
     free(in);
     if (rc != AB_OK)
         return s_fail(c, rc);
@@ -254,9 +316,10 @@ static int s_run(ab_client_t *c, const ctl_args_t *a)
     if (!strcmp(cmd, "request")) {
         if (a->cache_flags)
             ab_client_set_cache(c, a->cache_flags, a->cache_ttl);
-        return s_request(c, a->pos[0], a->pos[1], (int)a->timeout_ms);
+        return s_request(c, a->pos[0], a->pos[1], (int)a->timeout_ms, a->priority);
     }
-    if (!strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers")) {
+    if (!strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers") ||
+        !strcmp(cmd, "clients")) {
         int rc = 0;
         s_show_loop(c, a, &rc);
         return rc;

@@ -9,11 +9,11 @@
 enum {
     O_BROKER = 1, O_JSON, O_TIMEOUT, O_HELP, O_VERSION, /* global: every command */
     O_WATCH, O_EVENTS, O_COUNT, O_TAKEOVER, O_CACHE, O_NOCACHE, O_NOSTORE, O_TIER,
-    O_TEMP, O_SEED, O_PREDICT, O_SYSTEM, O_NOSTREAM, O_SERVICE,
+    O_TEMP, O_SEED, O_PREDICT, O_SYSTEM, O_NOSTREAM, O_SERVICE, O_PRIORITY,
 };
 #define B(o) (1u << (o))
 #define GLOBAL (B(O_BROKER) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | B(O_VERSION))
-#define GEN (B(O_TEMP) | B(O_SEED) | B(O_PREDICT) | B(O_SYSTEM) | B(O_NOSTREAM) | B(O_SERVICE))
+#define GEN (B(O_TEMP) | B(O_SEED) | B(O_PREDICT) | B(O_SYSTEM) | B(O_NOSTREAM) | B(O_SERVICE) | B(O_PRIORITY))
 
 static const tl_opt_t s_opts[] = {
     {"broker", 0, TL_VAL, O_BROKER},       {"json", 0, TL_NOVAL, O_JSON},
@@ -25,7 +25,8 @@ static const tl_opt_t s_opts[] = {
     {"tier", 0, TL_VAL, O_TIER},           {"temperature", 0, TL_VAL, O_TEMP},
     {"seed", 0, TL_VAL, O_SEED},           {"num-predict", 0, TL_VAL, O_PREDICT},
     {"system", 0, TL_VAL, O_SYSTEM},       {"no-stream", 0, TL_NOVAL, O_NOSTREAM},
-    {"service", 0, TL_VAL, O_SERVICE},     {NULL, 0, 0, 0},
+    {"service", 0, TL_VAL, O_SERVICE},     {"priority", 0, TL_VAL, O_PRIORITY},
+    {NULL, 0, 0, 0},
 };
 
 static const struct {
@@ -55,6 +56,8 @@ static const struct {
     {O_SYSTEM, "--system TEXT", "system prompt"},
     {O_NOSTREAM, "--no-stream", "print the answer when complete, not as it streams"},
     {O_SERVICE, "--service NAME", "inference service (default ollama)"},
+    {O_PRIORITY, "--priority P", "lane at the broker: interactive, normal (default), batch,\n"
+                                 "or a number 0..255 (1 batch, 3+ interactive)"},
 };
 
 static const struct {
@@ -67,14 +70,14 @@ static const struct {
     {"workers", "", "registered workers with capacity, load, health and labels\n"
                     "(ID shortened to 12 characters; --json has the full id)", 0, 0, B(O_WATCH)},
     {"request", "SERVICE DATA", "send DATA ('-' reads stdin) and print the reply", 2, 2,
-     B(O_CACHE) | B(O_NOCACHE) | B(O_NOSTORE)},
+     B(O_CACHE) | B(O_NOCACHE) | B(O_NOSTORE) | B(O_PRIORITY)},
     {"watch", "", "print directory changes as they happen: a worker joins,\n"
                   "leaves or changes health, one line each", 0, 0, B(O_EVENTS)},
     {"generate", "MODEL PROMPT", "stream the model's answer to stdout as it is generated", 2, 2,
      GEN},
     {"chat", "MODEL MESSAGE", "one user message, the answer streamed", 2, 2, GEN},
     {"embed", "MODEL TEXT...", "print one embedding vector per TEXT (up to 16)", 2, 17,
-     B(O_SERVICE)},
+     B(O_SERVICE) | B(O_PRIORITY)},
     {"models", "[load|unload WORKER MODEL]",
      "inference workers: slots, VRAM, loaded and available models;\n"
      "load|unload: (un)load MODEL on that worker's GPU", 0, 3, B(O_SERVICE)},
@@ -88,6 +91,8 @@ static const struct {
     {"sub", "PATTERN", "print messages on PATTERN (a topic, or a prefix ending in\n"
                        "'.'), one a line, as they arrive", 1, 1, B(O_COUNT)},
     {"agents", "", "agents: connection age, mailbox depth, subscriptions", 0, 0, 0},
+    {"clients", "", "clients (agent name, else connection): requests in flight,\n"
+                    "queued and refused by their quotas, weight", 0, 0, B(O_WATCH)},
 };
 #define NCMDS (sizeof s_cmds / sizeof s_cmds[0])
 
@@ -198,6 +203,10 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
     case O_SYSTEM: a->infer.system = v; break;
     case O_NOSTREAM: a->infer.no_stream = 1; break;
     case O_SERVICE: ok = *v != '\0'; a->infer.service = v; break;
+    case O_PRIORITY:
+        ok = ab_priority_parse(v, &a->priority) == AB_OK;
+        a->infer.priority = a->priority;
+        break;
     }
     if (!ok && id == O_TIER)
         snprintf(errbuf, cap, "unknown cache tier '%s' (l1, l2 or l3)", v);

@@ -20,6 +20,7 @@ typedef struct {
     int no_stream, has_temp, has_seed, has_predict;
     double temperature;
     long seed, num_predict;
+    uint32_t priority; /* --priority */
 } ctl_infer_flags_t;
 
 typedef struct {
@@ -35,6 +36,7 @@ typedef struct {
     uint32_t cache_flags, cache_ttl; /* request: --cache[=TTL_S], --no-cache, --no-store */
     const char *tier;              /* cache clear --tier */
     ctl_infer_flags_t infer;
+    uint32_t priority;             /* --priority (ab_priority_parse); 0 default */
     int help, version;             /* --help / -h, --version */
 } ctl_args_t;
 

@@ -31,6 +31,7 @@ typedef struct {
     int any_text;
     const char *worker; /* models load|unload: for the message */
     const char *model;
+    uint32_t priority; /* --priority: the lane at the broker */
 } s_run_t;
 
 static json_t *s_timings(const Agentbus__InferenceTimings *t)
@@ -187,7 +188,8 @@ static int s_send(ab_client_t *c, const char *service, const char *worker,
     uint64_t id;
     int rc = ab_client_request_start(
         c, service, buf, len,
-        &(ab_request_opts_t){.timeout_ms = timeout_ms, .model = model, .worker = worker},
+        &(ab_request_opts_t){.timeout_ms = timeout_ms, .model = model, .worker = worker,
+                             .priority = run->priority},
         s_on_event, run, &id);
     free(buf);
     if (rc != AB_OK)
@@ -297,6 +299,7 @@ int ctl_infer(ab_client_t *c, const char *cmd, int npos, const char *const *pos,
     err[0] = '\0';
     s_run_t run = {0};
     run.json = json;
+    run.priority = f->priority;
     s_ctx_t x = {c, f, timeout_ms, stop, &run};
     int rc;
     if (strcmp(cmd, "generate") == 0 && npos == 2)

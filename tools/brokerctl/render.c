@@ -3,6 +3,7 @@
 #include "render.h"
 #include "msgcmd.h"
 #include "cachecmd.h"
+#include "lanecmd.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@ void ctl_json_print(FILE *out, json_t *j)
 static json_t *s_service_json(const Agentbus__ServiceInfo *s)
 {
     const Agentbus__LatencySummary *l = s->latency;
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
+    json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
                      "name", s->name, "queue_depth", (json_int_t)s->queue_depth, "queue_max",
                      (json_int_t)s->queue_max, "workers", (json_int_t)s->workers, "capacity",
                      (json_int_t)s->capacity, "free_credit", (json_int_t)s->free_credit,
@@ -33,6 +34,11 @@ static json_t *s_service_json(const Agentbus__ServiceInfo *s)
                      (json_int_t)(l ? l->count : 0), "p50", (json_int_t)(l ? l->p50_us : 0),
                      "p95", (json_int_t)(l ? l->p95_us : 0), "p99",
                      (json_int_t)(l ? l->p99_us : 0), "max", (json_int_t)(l ? l->max_us : 0));
+    if (j) { /* issue 16 */
+        json_object_set_new(j, "lanes", ctl_render_lanes_json(s));
+        json_object_set_new(j, "deadline_early", json_integer((json_int_t)s->deadline_early));
+    }
+    return j;
 }
 
 static void s_services_text(FILE *out, Agentbus__ServiceInfo **sv, size_t n)
@@ -52,6 +58,7 @@ static void s_services_text(FILE *out, Agentbus__ServiceInfo **sv, size_t n)
     }
     if (n == 0)
         fprintf(out, "(no services registered)\n");
+    ctl_render_lanes_text(out, sv, n);
 }
 
 void ctl_render_services(FILE *out, Agentbus__ServiceInfo **sv, size_t n, int json)
@@ -155,6 +162,11 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     if (json) {
         json_t *j = s_stats_json_batching(st);
         json_object_set_new(j, "health", s_health_json(st));
+        json_object_set_new(j, "lanes", /* issue 16: client quotas, early deadlines */
+                            json_pack("{s:I, s:I, s:I, s:I}", "clients", (json_int_t)st->clients,
+                                      "client_limit_busy", (json_int_t)st->client_limit_busy,
+                                      "client_queue_busy", (json_int_t)st->client_queue_busy,
+                                      "deadline_early", (json_int_t)st->deadline_early));
         json_object_set_new(
             j, "bounds", /* issue 11: bytes in flight, connections */
             json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
@@ -240,7 +252,9 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->send_unreachable, (unsigned long long)st->client_limit_busy,
             st->draining ? "   DRAINING" : "");
     s_transitions_text(out, st);
-    fprintf(out, "\n");
+    fprintf(out, "lanes        clients %u   client queue busy %llu   deadline early %llu\n\n",
+            st->clients, (unsigned long long)st->client_queue_busy,
+            (unsigned long long)st->deadline_early);
     s_services_text(out, st->services, st->n_services);
 }
 

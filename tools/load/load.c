@@ -13,9 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define S_PRIO_MAX 8
 typedef struct {
     const char *broker, *service;
     long agents, seconds, window, max_bytes;
+    uint32_t prio[S_PRIO_MAX]; /* --priority: cycled request by request */
+    int nprio;
 } s_cfg_t;
 
 typedef struct {
@@ -76,9 +79,10 @@ static int s_send(s_agent_t *a, ab_client_t *c, char *buf)
     call->start_us = tl_now_us();
     s_fill(buf, call->size, call->seed);
     a->st.sent++;
+    uint32_t prio = a->cfg->nprio ? a->cfg->prio[a->st.sent % (uint64_t)a->cfg->nprio] : 0;
     if (ab_client_request_start(c, a->cfg->service, buf, call->size,
-                                &(ab_request_opts_t){.timeout_ms = 5000}, s_on_reply, call,
-                                NULL) != AB_OK) {
+                                &(ab_request_opts_t){.timeout_ms = 5000, .priority = prio},
+                                s_on_reply, call, NULL) != AB_OK) {
         a->st.failed++;
         free(call);
         return -1;
@@ -112,14 +116,33 @@ static void *s_agent_main(void *arg)
     return NULL;
 }
 
-enum { O_SERVICE = LD_FIRST_OWN, O_AGENTS, O_SECONDS, O_WINDOW, O_MAXB };
+enum { O_SERVICE = LD_FIRST_OWN, O_AGENTS, O_SECONDS, O_WINDOW, O_MAXB, O_PRIO };
 static const tl_opt_t s_opts[] = {
     {"help", 'h', TL_NOVAL, LD_HELP},    {"version", 0, TL_NOVAL, LD_VERSION},
     {"broker", 0, TL_VAL, LD_BROKER},    {"service", 0, TL_VAL, O_SERVICE},
     {"agents", 0, TL_VAL, O_AGENTS},     {"seconds", 0, TL_VAL, O_SECONDS},
     {"window", 0, TL_VAL, O_WINDOW},     {"max-bytes", 0, TL_VAL, O_MAXB},
+    {"priority", 0, TL_VAL, O_PRIO},
     {NULL, 0, 0, 0},
 };
+
+/* "batch,interactive,...": each a name or number (ab_priority_parse). */
+static int s_priorities(s_cfg_t *cfg, const char *v)
+{
+    cfg->nprio = 0;
+    for (const char *p = v; *p && cfg->nprio < S_PRIO_MAX;) {
+        char one[32];
+        size_t n = strcspn(p, ",");
+        if (n == 0 || n >= sizeof one)
+            return -1;
+        memcpy(one, p, n);
+        one[n] = '\0';
+        if (ab_priority_parse(one, &cfg->prio[cfg->nprio++]) != AB_OK)
+            return -1;
+        p += n + (p[n] == ',');
+    }
+    return cfg->nprio ? 0 : -1;
+}
 
 static int s_take(void *arg, int id, const char *v)
 {
@@ -130,6 +153,7 @@ static int s_take(void *arg, int id, const char *v)
     case O_SECONDS: return tl_parse_long(v, 1, 3600, &cfg->seconds);
     case O_WINDOW: return tl_parse_long(v, 1, 10000, &cfg->window);
     case O_MAXB: return tl_parse_long(v, 256, 1 << 24, &cfg->max_bytes);
+    case O_PRIO: return s_priorities(cfg, v);
     }
     return -1;
 }
@@ -138,16 +162,19 @@ static void s_usage(const char *argv0)
 {
     (void)argv0;
     printf("Usage: agentbus-load [--broker EP] [--service NAME] [--agents N]\n"
-           "                     [--seconds N] [--window N] [--max-bytes N]\n\n"
+           "                     [--seconds N] [--window N] [--max-bytes N]\n"
+           "                     [--priority P[,P...]]\n\n"
            "Runs N demo agents (default 20), each with its own connection and up to\n"
            "WINDOW requests in flight (default 4), for SECONDS (default 10) against\n"
            "SERVICE (default echo); checks every reply and prints a summary.\n"
+           "--priority: the lanes its requests take, in turn (interactive,\n"
+           "normal, batch or 0..255; default normal).\n"
            "Exits 1 if any request failed or a reply did not match.\n");
 }
 
 int main(int argc, char **argv)
 {
-    s_cfg_t cfg = {NULL, "echo", 20, 10, 4, 4096};
+    s_cfg_t cfg = {NULL, "echo", 20, 10, 4, 4096, {0}, 0};
     int prc = ld_parse(argc, argv, "agentbus-load", s_opts, s_usage, &cfg.broker, s_take,
                        &cfg);
     if (prc)

@@ -1,0 +1,278 @@
+/*
+ * lanes.c - priority lanes and per-client fair queuing (see lanes.h).
+ *
+ * Deficit round robin with a cost of one per request: a flow at the head of
+ * its lane's ring whose deficit is spent is given its client's weight, pays
+ * one per request dispatched, and goes to the ring's tail when it has paid
+ * its weight. One agent with 1,000 queued requests and another with one
+ * therefore alternate: the single request waits one dispatch, not 1,000.
+ * Costs are counted in requests, not in tokens or seconds: the broker does
+ * not know a request's cost before it is answered.
+ */
+#include "lanes.h"
+#include "broker.h"
+#include "clients.h"
+#include "request.h"
+#include "service.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* One client's requests in one lane of one service. */
+typedef struct ab_flow {
+    ab_list_t reqs;   /* its queued requests (ab_req_t.qlink), FIFO */
+    ab_list_t ring;   /* in the lane's ring while it has requests (always) */
+    uint32_t n;       /* requests in reqs */
+    int32_t deficit;  /* requests it may still send in its current turn */
+    ab_client_rec_t *crec;
+} ab_flow_t;
+
+/* --- wait histogram: log-linear, 8 sub-buckets per power of two (about 6%) -- */
+#define W_SUB_BITS 3
+#define W_SUB (1u << W_SUB_BITS)
+#define W_MAX_BITS 40 /* 2^40 us: 12 days, far past any deadline */
+#define W_BUCKETS ((W_MAX_BITS - W_SUB_BITS + 1) * W_SUB)
+
+struct ab_lanes_wait {
+    uint64_t total;
+    uint32_t counts[W_BUCKETS]; /* saturating: 4 G samples per bucket */
+};
+
+static unsigned s_wbucket(uint64_t v)
+{
+    if (v < W_SUB)
+        return (unsigned)v;
+    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
+    if (msb >= W_MAX_BITS)
+        return W_BUCKETS - 1;
+    unsigned sub = (unsigned)(v >> (msb - W_SUB_BITS)) & (W_SUB - 1);
+    return (msb - W_SUB_BITS + 1) * W_SUB + sub;
+}
+
+static uint64_t s_wbucket_high(unsigned i)
+{
+    if (i < W_SUB)
+        return i;
+    unsigned msb = i / W_SUB + W_SUB_BITS - 1, sub = i % W_SUB;
+    return ((uint64_t)(W_SUB + sub + 1) << (msb - W_SUB_BITS)) - 1;
+}
+
+static void s_wait_record(ab_lane_t *l, uint64_t us)
+{
+    if (!l->wait && !(l->wait = calloc(1, sizeof *l->wait)))
+        return; /* a sample lost, nothing else */
+    uint32_t *c = &l->wait->counts[s_wbucket(us)];
+    if (*c != UINT32_MAX)
+        (*c)++;
+    l->wait->total++;
+}
+
+uint64_t ab_lanes_wait_count(const ab_lane_t *l)
+{
+    return l->wait ? l->wait->total : 0;
+}
+
+uint64_t ab_lanes_wait_pct(const ab_lane_t *l, double p)
+{
+    if (!l->wait || !l->wait->total)
+        return 0;
+    uint64_t want = (uint64_t)((double)l->wait->total * p / 100.0 + 0.999999), seen = 0;
+    if (want == 0)
+        want = 1;
+    for (unsigned i = 0; i < W_BUCKETS; i++)
+        if ((seen += l->wait->counts[i]) >= want)
+            return s_wbucket_high(i);
+    return s_wbucket_high(W_BUCKETS - 1);
+}
+
+/* --- names ------------------------------------------------------------------ */
+int ab_lane_of(uint32_t priority)
+{
+    if (priority >= 3)
+        return AB_LANE_INTERACTIVE;
+    return priority == 1 ? AB_LANE_BATCH : AB_LANE_NORMAL;
+}
+
+const char *ab_lane_name(int lane)
+{
+    static const char *const names[AB_LANES] = {"interactive", "normal", "batch"};
+    return lane >= 0 && lane < AB_LANES ? names[lane] : "?";
+}
+
+/* --- flows ------------------------------------------------------------------- */
+static ab_flow_t *s_flow_get(ab_lane_t *l, ab_client_rec_t *c, int front)
+{
+    ab_flow_t *f = ab_idmap_get(&l->flows, c->id);
+    if (f)
+        return f;
+    if (!(f = calloc(1, sizeof *f)))
+        return NULL;
+    if (ab_idmap_put(&l->flows, c->id, f) != 0) {
+        free(f);
+        return NULL;
+    }
+    f->crec = c;
+    if (front)
+        ab_list_insert_head(&l->ring, &f->ring);
+    else
+        ab_list_insert_tail(&l->ring, &f->ring);
+    return f;
+}
+
+/* F has no request left: off the ring and the index, freed. */
+static void s_flow_free(ab_lane_t *l, ab_flow_t *f)
+{
+    ab_list_remove(&f->ring);
+    ab_idmap_del(&l->flows, f->crec->id);
+    free(f);
+}
+
+int ab_lanes_put(ab_service_t *s, ab_req_t *r, int front)
+{
+    ab_lane_t *l = &s->lanes[r->lane];
+    ab_flow_t *f = s_flow_get(l, r->crec, front);
+    if (!f)
+        return -1;
+    if (front) {
+        ab_list_insert_head(&f->reqs, &r->qlink);
+        ab_list_remove(&f->ring); /* taken back from a worker: it goes first */
+        ab_list_insert_head(&l->ring, &f->ring);
+    } else {
+        ab_list_insert_tail(&f->reqs, &r->qlink);
+    }
+    f->n++;
+    r->flow = f;
+    r->state = AB_REQ_QUEUED;
+    r->enq_us = r->enq_us ? r->enq_us : ab_now_us();
+    l->depth++;
+    s->q_len++;
+    r->crec->queued++;
+    return 0;
+}
+
+/* R out of its flow (freed when empty); the counts follow. */
+static void s_unlink(ab_service_t *s, ab_req_t *r)
+{
+    ab_lane_t *l = &s->lanes[r->lane];
+    ab_flow_t *f = r->flow;
+    ab_list_remove(&r->qlink);
+    r->flow = NULL;
+    l->depth--;
+    s->q_len--;
+    if (r->crec->queued)
+        r->crec->queued--;
+    if (--f->n == 0)
+        s_flow_free(l, f);
+}
+
+void ab_lanes_remove(ab_service_t *s, ab_req_t *r)
+{
+    if (!r->flow)
+        return;
+    s->lanes[r->lane].expired++;
+    s_unlink(s, r);
+}
+
+void ab_lanes_take(ab_service_t *s, ab_req_t *r, uint64_t now_us)
+{
+    ab_lane_t *l = &s->lanes[r->lane];
+    ab_flow_t *f = r->flow;
+    if (f->deficit <= 0) /* its turn starts */
+        f->deficit += (int32_t)r->crec->weight;
+    f->deficit--;
+    if (f->n > 1 && f->deficit <= 0) { /* turn used up: the next flow's */
+        ab_list_remove(&f->ring);
+        ab_list_insert_tail(&l->ring, &f->ring);
+    }
+    s_wait_record(l, now_us > r->enq_us ? now_us - r->enq_us : 0);
+    r->enq_us = 0;
+    s_unlink(s, r); /* may free F */
+    for (int i = 0; i < AB_LANES; i++)
+        if (i != r->lane && s->lanes[i].depth)
+            s->lanes[i].skipped++;
+    l->skipped = 0;
+    l->dispatched++;
+}
+
+void ab_lanes_direct(ab_service_t *s, int lane)
+{
+    ab_lane_t *l = &s->lanes[lane];
+    s_wait_record(l, 0);
+    for (int i = 0; i < AB_LANES; i++)
+        if (i != lane && s->lanes[i].depth)
+            s->lanes[i].skipped++;
+    l->skipped = 0;
+    l->dispatched++;
+}
+
+/* --- which request next ---------------------------------------------------------- */
+/* 1 when lower lane I with work is owed the next dispatch: it has seen
+ * "every - 1" dispatches go elsewhere, where 1 of every "every" is its
+ * share (ceil(100 / pct)). */
+static int s_owed(const ab_broker_t *b, const ab_service_t *s, int i)
+{
+    long pct = i == AB_LANE_NORMAL ? b->cfg->lane_normal_min_pct : b->cfg->lane_batch_min_pct;
+    if (pct <= 0)
+        return 0;
+    uint32_t every = (uint32_t)((100 + pct - 1) / pct);
+    return s->lanes[i].depth && s->lanes[i].skipped + 1 >= every;
+}
+
+/* The lanes in the order they are offered the next dispatch: owed lower
+ * lanes first (the lowest first), then from interactive down. */
+static int s_order(const ab_broker_t *b, const ab_service_t *s, int order[AB_LANES])
+{
+    int n = 0, owed[AB_LANES] = {0};
+    for (int i = AB_LANES - 1; i > AB_LANE_INTERACTIVE; i--)
+        if (s_owed(b, s, i))
+            order[n++] = i, owed[i] = 1;
+    for (int i = 0; i < AB_LANES; i++)
+        if (!owed[i] && s->lanes[i].depth)
+            order[n++] = i;
+    return n;
+}
+
+ab_req_t *ab_lanes_next(const ab_broker_t *b, ab_service_t *s, uint32_t mark)
+{
+    int order[AB_LANES], n = s_order(b, s, order), passed = 0;
+    for (int k = 0; k < n; k++) {
+        ab_lane_t *l = &s->lanes[order[k]];
+        for (ab_list_t *fl = ab_list_first(&l->ring); fl; fl = ab_list_next(&l->ring, fl)) {
+            ab_flow_t *f = ab_list_data(fl, ab_flow_t, ring);
+            for (ab_list_t *q = ab_list_first(&f->reqs); q; q = ab_list_next(&f->reqs, q)) {
+                ab_req_t *r = ab_list_data(q, ab_req_t, qlink);
+                if (r->skip_mark != mark)
+                    return r;
+                if (++passed >= AB_LANES_SCAN)
+                    return NULL;
+            }
+        }
+    }
+    return NULL;
+}
+
+ab_req_t *ab_lanes_any(ab_service_t *s)
+{
+    for (int i = 0; i < AB_LANES; i++) {
+        ab_list_t *fl = ab_list_first(&s->lanes[i].ring);
+        if (fl) {
+            ab_flow_t *f = ab_list_data(fl, ab_flow_t, ring);
+            return ab_list_data(ab_list_first(&f->reqs), ab_req_t, qlink);
+        }
+    }
+    return NULL;
+}
+
+void ab_lanes_fini(ab_service_t *s)
+{
+    for (int i = 0; i < AB_LANES; i++) {
+        ab_lane_t *l = &s->lanes[i];
+        ab_list_t *fl;
+        while ((fl = ab_list_pop_head(&l->ring)))
+            free(ab_list_data(fl, ab_flow_t, ring));
+        ab_idmap_fini(&l->flows);
+        free(l->wait);
+        l->wait = NULL;
+    }
+}
