@@ -59,6 +59,9 @@ struct ab_broker {
     struct ab_metrics *metrics; /* metrics.h: --http endpoint; NULL when off */
     void *timers;           /* zmq_timers: periodic work, each registered by its owner */
     struct ab_tick *ticks;  /* what those timers call (broker.c) */
+    struct ab_auth *auth;   /* auth.h: keys, ZAP; NULL with --auth none */
+    const struct ab_key *in_key; /* key proved by the connection of the message being routed */
+    atomic_int reload;      /* SIGHUP seen: reload the keys (main.c) */
 };
 
 /* Periodic work of a subsystem, called from the loop after the turn's

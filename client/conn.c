@@ -72,6 +72,28 @@ int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
     return code;
 }
 
+/* CURVE client options from the handle's keys (none: a plain connection). */
+static int s_curve(ab_conn_t *c)
+{
+    const ab_options_t *o = &c->opts;
+    if (o->key_error[0])
+        return ab_conn_fail(c, AB_EINVAL, "%s", o->key_error);
+    int has_key = o->curve_secret[0] != '\0', has_server = o->curve_server[0] != '\0';
+    if (!has_key && !has_server)
+        return AB_OK;
+    if (!has_key || !has_server)
+        return ab_conn_fail(c, AB_EINVAL, "%s", has_key
+                            ? "a key (AB_KEY, --key) needs the broker's public key too "
+                              "(AB_BROKER_KEY, --broker-key)"
+                            : "the broker's key (AB_BROKER_KEY, --broker-key) needs a key of "
+                              "this peer too (AB_KEY, --key; brokerctl keygen makes one)");
+    if (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, o->curve_server, 41) != 0 ||
+        zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, o->curve_public, 41) != 0 ||
+        zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, o->curve_secret, 41) != 0)
+        return ab_conn_fail(c, AB_EINVAL, "CURVE keys: %s", zmq_strerror(errno));
+    return AB_OK;
+}
+
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
 {
     memset(c, 0, sizeof *c);
@@ -114,9 +136,15 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
      * never collides with the old connection the broker has not yet seen
      * close. A worker registers again on every connect; an agent reclaims
      * its name through Hello.instance. */
+    if (s_curve(c) != AB_OK)
+        return AB_EINVAL;
     char mon_ep[64];
     snprintf(mon_ep, sizeof mon_ep, "inproc://ab-monitor-%lu", seq);
-    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
+    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                                ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
         return ab_conn_fail(c, AB_EZMQ, "zmq_socket_monitor: %s", zmq_strerror(errno));
     c->mon = zmq_socket(c->ctx, ZMQ_PAIR);
     if (!c->mon || zmq_setsockopt(c->mon, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
@@ -489,9 +517,25 @@ int ab_conn_events(ab_conn_t *c)
             more = zmq_msg_more(&addr);
             zmq_msg_close(&addr);
         }
-        if (event == ZMQ_EVENT_CONNECTED) {
+        /* With CURVE the connection is usable once the broker accepted
+         * the key, not when TCP connects. */
+        int curve = c->opts.curve_secret[0] != '\0';
+        if (event == (curve ? ZMQ_EVENT_HANDSHAKE_SUCCEEDED : ZMQ_EVENT_CONNECTED)) {
             c->connected = 1;
+            c->auth_refused = 0;
             seen |= AB_CONN_CONNECTED;
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
+                   event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+                   event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+            /* Said once per run of refusals; libzmq keeps retrying. */
+            if (!c->auth_refused)
+                ab_conn_fail(c, AB_EDENIED, "the broker refused the connection's handshake: %s",
+                             c->opts.curve_secret[0]
+                                 ? "its key is not trusted there (or --broker-key is not that "
+                                   "broker's key)"
+                                 : "it requires CURVE (set AB_KEY and AB_BROKER_KEY, or "
+                                   "--key and --broker-key)");
+            c->auth_refused = 1;
         } else if (event == ZMQ_EVENT_DISCONNECTED) {
             c->connected = 0;
             /* What was gathered belonged to the old connection (its calls
