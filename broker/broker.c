@@ -156,7 +156,12 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
         return -1;
     if (ab_auth_init(b) != 0) /* before any bind: no handshake without ZAP */
         return -1;
-    for (int i = 0; i < cfg->nbinds; i++) {
+    /* ipc endpoints first: they stay plain (auth.c), the ones after are
+     * CURVE servers when auth is on. */
+    for (int k = 0; k < 2 * cfg->nbinds; k++) {
+        int i = k % cfg->nbinds, ipc_pass = k < cfg->nbinds;
+        if ((strncmp(cfg->binds[i], "ipc://", 6) == 0) != ipc_pass)
+            continue;
         if (ab_auth_bind(b, cfg->binds[i]) != 0) {
             AB_ERROR("cannot bind %s: %s", cfg->binds[i], zmq_strerror(errno));
             return -1;
@@ -385,7 +390,9 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
     }
     const char *why;
     if (claim[0] && !ab_auth_may_name(b->in_key, claim, &why)) {
-        ab_auth_deny(b, b->in_key, &in->rid, &in->h, why); /* the name stays its holder's */
+        ab_header_t shown = in->h; /* the refusal names the name claimed */
+        shown.target = (ab_view_t){claim, strlen(claim)};
+        ab_auth_deny(b, b->in_key, &in->rid, &shown, why); /* the name stays its holder's */
         claim[0] = '\0';
     }
     /* Tell the peer the heartbeat interval the broker wants. */

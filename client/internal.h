@@ -65,6 +65,9 @@ typedef struct {
     char error[AB_ERRTEXT_MAX];
     uint64_t instance; /* random per handle: Hello.instance */
     int auth_refused;  /* the broker refused the CURVE handshake (last error says how) */
+    int64_t retry_at_ms; /* libzmq gives up after a refused handshake: connect again then */
+    int retry_ms;        /* backoff of those retries: 500 ms doubling to 10 s */
+    int events_seen;     /* AB_CONN_* read by a send, for the next ab_conn_events */
 } ab_conn_t;
 
 /* One received message. The header's views and DATA point into hdr/body,

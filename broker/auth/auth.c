@@ -176,7 +176,8 @@ int ab_auth_bind(ab_broker_t *b, const char *ep)
         if (server)
             zmq_setsockopt(b->router, ZMQ_CURVE_SECRETKEY, zcert_secret_key(a->cert), 32);
         zmq_setsockopt(b->router, ZMQ_CURVE_SERVER, &server, sizeof server);
-        zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, domain, strlen(domain));
+        /* libzmq clears a string option only when given NULL and 0. */
+        zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, ipc ? NULL : domain, strlen(domain));
     }
     /* The socket file is created without group or other access: on Linux
      * connecting needs write permission on it. */
@@ -209,13 +210,22 @@ static void s_zap_one(ab_broker_t *b, zmq_msg_t *f, size_t n)
     struct ab_auth *a = b->auth;
     char addr[64] = "?", pub[AB_KEY_TXT] = "";
     const ab_key_t *k = NULL;
-    if (n >= 7 && zmq_msg_size(&f[3]) < sizeof addr) {
+    if (n >= 6 && zmq_msg_size(&f[3]) < sizeof addr) {
         memcpy(addr, zmq_msg_data(&f[3]), zmq_msg_size(&f[3]));
         addr[zmq_msg_size(&f[3])] = '\0';
     }
     int curve = n >= 7 && zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "CURVE", 5);
     if (curve && zmq_msg_size(&f[6]) == 32 && zmq_z85_encode(pub, zmq_msg_data(&f[6]), 32))
         k = ab_keys_lookup(a->keys, pub);
+    /* NULL comes only from a plain (ipc) listener, whose ZAP domain is
+     * empty: a tcp listener is a CURVE server, where a NULL client fails the
+     * mechanism handshake before ZAP. */
+    int null_local = n >= 6 && zmq_msg_size(&f[2]) == 0 && zmq_msg_size(&f[5]) == 4 &&
+                     !memcmp(zmq_msg_data(&f[5]), "NULL", 4);
+    if (null_local) {
+        s_zap_reply(a->zap, &f[1], "200", "OK", "");
+        return;
+    }
     if (k) {
         a->zap_ok++;
         AB_DEBUG("key %s (%s) accepted from %s", k->name, ab_keyrole_name(k->role), addr);
@@ -223,9 +233,12 @@ static void s_zap_one(ab_broker_t *b, zmq_msg_t *f, size_t n)
         return;
     }
     a->zap_refused++;
+    char mech[16] = "";
+    if (n >= 6 && zmq_msg_size(&f[5]) < sizeof mech)
+        memcpy(mech, zmq_msg_data(&f[5]), zmq_msg_size(&f[5]));
     AB_LOG_RL(&a->rl_unknown, ab_hash_bytes(pub, strlen(pub)), ab_now_ms(), AB_LOG_WARN,
               "refused a connection from %s: %s %s", addr, curve ? "unknown key" : "mechanism",
-              curve ? pub : "not CURVE");
+              curve ? pub : mech);
     s_zap_reply(a->zap, &f[1], "400", curve ? "unknown key" : "CURVE required", "");
 }
 

@@ -149,6 +149,13 @@ static void s_not_zeromq(ab_broker_t *b, const char *addr, int event, uint32_t v
                                      : "it uses CURVE, this endpoint does not (--auth)");
         return;
     }
+    if (b->cfg->auth_curve) { /* the client may give up first: the cause is often unknown */
+        AB_LOG_RL(&rl, 3, ab_now_ms(), AB_LOG_WARN,
+                  "a connection to %s failed its handshake (value %u): a client without a key "
+                  "(--key / AB_KEY), with another broker's key (--broker-key), or not ZeroMQ",
+                  addr, (unsigned)value);
+        return;
+    }
     char why[96];
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
         snprintf(why, sizeof why, "ZMTP protocol error 0x%x", (unsigned)value);
