@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #ifndef AB_BIN_DIR
 #error "AB_BIN_DIR must name the directory of the built programs"
@@ -143,6 +144,36 @@ void th_init(const char *test_name)
     signal(SIGPIPE, SIG_IGN);
     atexit(s_cleanup);
     s_auth_setup();
+}
+
+/* The quoted Z85 value after WHICH in certificate file PATH into OUT. */
+static void s_cert_value(const char *path, const char *which, char out[41])
+{
+    FILE *f = fopen(path, "r");
+    REQUIRE(f != NULL);
+    char line[256];
+    out[0] = '\0';
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, which);
+        if (p && (p = strchr(p, '"')) && strlen(p) > 41) {
+            memcpy(out, p + 1, 40);
+            out[40] = '\0';
+        }
+    }
+    fclose(f);
+    REQUIRE(strlen(out) == 40);
+}
+
+void th_secure(void *sock)
+{
+    if (!th_auth_on())
+        return;
+    char pub[41], sec[41];
+    s_cert_value(getenv("AB_KEY"), "public-key", pub);
+    s_cert_value(getenv("AB_KEY"), "secret-key", sec);
+    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, getenv("AB_BROKER_KEY"), 41);
+    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 41);
+    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 41);
 }
 
 int th_auth_on(void)

@@ -23,6 +23,9 @@
 void th_init(const char *test_name);
 /* 1 when the test runs with AB_TEST_AUTH=curve. */
 int th_auth_on(void);
+/* With AB_TEST_AUTH=curve, makes raw ZeroMQ socket SOCK (before its
+ * connect) a CURVE client proving the test's admin key; else nothing. */
+void th_secure(void *sock);
 const char *th_dir(void);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
