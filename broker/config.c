@@ -165,7 +165,7 @@ static const s_option_t s_options[] = {
     {"insecure", OPT_FLAG, OFF(insecure), 0, 1, "0",
      "allow binding beyond loopback without --auth curve (anyone who reaches the port may "
      "do anything)"},
-    {"worker-capacity-max", OPT_LONG, OFF(worker_capacity_max), 1, 100000000, "65536",
+    {"worker-capacity-max", OPT_LONG, OFF(worker_capacity_max), 1, 100000000, "100000",
      "largest capacity a REGISTER may announce; more: ERROR(DENIED) (a key's capacity "
      "grant may lower it)"},
     {"cache-label-ttl-max-s", OPT_LONG, OFF(cache_label_ttl_max_s), 0, 30L * 86400, "86400",
