@@ -289,6 +289,28 @@ static void s_service_ttl(void)
     ab_client_destroy(&c);
 }
 
+/* A worker's cache-ttl-s label is capped by the broker's
+ * cache-label-ttl-max-s (issue 14): a worker cannot keep its answers (or a
+ * poisoned one) cached for longer than the operator allows. */
+static void s_label_ttl_cap(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--cache-label-ttl-max-s", "1", NULL);
+    ab_client_t *c = th_client(port);
+    s_wk_t x = {.port = port, .service = "echo", .ttl_label = "2592000"};
+    pthread_t th = s_worker_start(&x, c);
+    char out[512];
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(s_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_EQ(s_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_STR(out, "a#1"); /* cached */
+    th_sleep_ms(1300);
+    CHECK_EQ(s_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_STR(out, "a#2"); /* 1 s, not the label's 30 days */
+    s_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
 /* An error reply is never cached: each repeat reaches the worker. */
 static void s_error_not_cached(void)
 {
@@ -1351,6 +1373,7 @@ int main(int argc, char **argv)
         {"l2_down", s_l2_down}, {"l2_slow", s_l2_slow}, {"lz4_bomb", s_lz4_bomb},
         {"model_key", s_model_key}, {"l3_truncated", s_l3_truncated},
         {"l2_breaker_skips", s_l2_breaker_skips}, {"cancelled_leader", s_cancelled_leader},
+        {"label_ttl_cap", s_label_ttl_cap},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
