@@ -27,6 +27,8 @@ struct ab_auth {
     void *zap;           /* REP socket answering libzmq's ZAP requests */
     zcert_t *cert;       /* the broker's keypair */
     ab_key_t local;      /* ipc connections: the broker's own user */
+    ab_key_t revoked;    /* b->in_key when its key was removed mid-message (a BATCH
+                            holding "keys reload"): may do nothing */
     ab_ratelimit_t rl_unknown, rl_denied;
     int inotify_fd;      /* the keys directory's changes; -1 if unwatched */
     uint64_t zap_ok, zap_refused;
@@ -127,6 +129,11 @@ int ab_auth_init(ab_broker_t *b)
     snprintf(a->local.pub, sizeof a->local.pub, "local");
     snprintf(a->local.name, sizeof a->local.name, "local");
     a->local.role = AB_KEYROLE_ADMIN;
+    a->local.services = a->local.names = a->local.topics = "*";
+    snprintf(a->revoked.pub, sizeof a->revoked.pub, "revoked");
+    snprintf(a->revoked.name, sizeof a->revoked.name, "revoked");
+    a->revoked.role = AB_KEYROLE_COUNT; /* in no role's mask: every check fails */
+    a->revoked.services = a->revoked.names = a->revoked.topics = "";
     char cert[4096], keys[4096];
     if (s_paths(b, cert, keys, sizeof cert) != 0 || !(a->cert = s_broker_cert(cert)))
         return -1;
@@ -178,6 +185,16 @@ int ab_auth_bind(ab_broker_t *b, const char *ep)
         zmq_setsockopt(b->router, ZMQ_CURVE_SERVER, &server, sizeof server);
         /* libzmq clears a string option only when given NULL and 0. */
         zmq_setsockopt(b->router, ZMQ_ZAP_DOMAIN, ipc ? NULL : domain, strlen(domain));
+    }
+    if (ipc) { /* a directory of its own, made 0700, when it does not exist yet */
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s", ep + 6);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            if (mkdir(dir, 0700) == 0)
+                AB_INFO("created %s (mode 0700) for the ipc socket", dir);
+        }
     }
     /* The socket file is created without group or other access: on Linux
      * connecting needs write permission on it. */
@@ -452,6 +469,8 @@ static void s_reload(ab_broker_t *b, const char *why)
             if (p->authkey && p->authkey->seen == -1)
                 ab_defer_add(&q, &p->later, s_cut);
         ab_defer_run(&q, b);
+        if (b->in_key && b->in_key->seen == -1)
+            b->in_key = &a->revoked; /* the rest of a BATCH from that key */
         for (ab_key_t *k = zlistx_first(gone); k; k = zlistx_next(gone)) {
             AB_INFO("key %s (%s) no longer trusted: its connections were closed", k->name,
                     k->pub);

@@ -16,7 +16,7 @@ struct ab_key {
     char pub[AB_KEY_TXT];
     char name[64];
     ab_keyrole_t role;
-    char *services; /* comma-separated globs; "" none */
+    char *services; /* comma-separated globs; "" none (static for auth.c's own records) */
     char *names;
     char *topics;
     uint32_t capacity; /* 0: the broker's cap */
