@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -40,6 +41,7 @@ typedef struct {
     int nobatch; /* --batching off: batching and lz4 off in the agentbus system */
     int corpus;  /* payload bytes (batch_report.h) */
     const char *report;
+    const char *auth_dir; /* --report auth: CURVE files of the agentbus system */
 } s_opts_t;
 
 static int s_corpus = BN_CORPUS_TEXT;
@@ -234,14 +236,29 @@ static ab_client_t *s_ab_setup(const s_opts_t *o)
         snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
         const char *env[] = {o->nobatch ? "AB_BATCH=0" : "AB_BATCH=1",
                              o->nobatch ? "AB_COMPRESS_THRESHOLD_BYTES=0" : NULL, NULL};
-        const char *b[] = {o->broker_bin, "--bind", ep, "--log-level", "warn", NULL};
+        char cert[600], keys[600], wkey[600], bpub[600];
+        snprintf(cert, sizeof cert, "%s/broker.key", o->auth_dir ? o->auth_dir : "");
+        snprintf(keys, sizeof keys, "%s/keys", o->auth_dir ? o->auth_dir : "");
+        snprintf(wkey, sizeof wkey, "%s/bench.key_secret", o->auth_dir ? o->auth_dir : "");
+        snprintf(bpub, sizeof bpub, "%s/broker.key", o->auth_dir ? o->auth_dir : "");
+        const char *b[] = {o->broker_bin, "--bind", ep, "--log-level", "warn",
+                           o->auth_dir ? "--auth" : NULL, "curve", "--broker-cert", cert,
+                           "--keys-dir", keys, NULL};
         s_spawn_env(b, env);
         const char *w[] = {o->worker_bin, "--broker", ep, "--backend", "echo", "--service", "echo",
-                           "--capacity", "100000", NULL};
+                           "--capacity", "100000", o->auth_dir ? "--key" : NULL, wkey,
+                           "--broker-key", bpub, NULL};
         s_spawn_env(w, env);
     }
     ab_options_t *opts = ab_options_new();
     ab_options_set_endpoint(opts, ep);
+    if (o->auth_dir) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/bench.key_secret", o->auth_dir);
+        ab_options_set_key_file(opts, path);
+        snprintf(path, sizeof path, "%s/broker.key", o->auth_dir);
+        ab_options_set_broker_key(opts, path);
+    }
     if (o->nobatch) {
         ab_options_set_batching(opts, 0);
         ab_options_set_compression(opts, 0, 10);
@@ -350,6 +367,97 @@ static void s_report(const s_opts_t *o, const s_result_t *b, const s_result_t *a
            s_ratio((double)a->p99_ns, (double)b->p99_ns), "<=1.50x");
 }
 
+/* --- --report auth: the price of CURVE ------------------------------------------------ */
+
+/* A certificate in czmq's zcert format (what brokerctl keygen writes). */
+static int s_cert(const char *path, const char *role, const char *pub, const char *sec)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "metadata\n    name = \"bench\"\n    role = \"%s\"\ncurve\n"
+               "    public-key = \"%s\"\n", role, pub);
+    if (sec)
+        fprintf(f, "    secret-key = \"%s\"\n", sec);
+    fclose(f);
+    return sec ? chmod(path, 0600) : 0;
+}
+
+/* A temporary directory with the broker's keypair and an admin key. */
+static int s_auth_files(char *dir, size_t cap)
+{
+    snprintf(dir, cap, "/tmp/agentbus-bench-auth-XXXXXX");
+    char bp[41], bs[41], kp[41], ks[41], path[700];
+    if (!mkdtemp(dir) || ab_curve_keypair(bp, bs) != AB_OK || ab_curve_keypair(kp, ks) != AB_OK)
+        return -1;
+    snprintf(path, sizeof path, "%s/keys", dir);
+    int rc = mkdir(path, 0700);
+    snprintf(path, sizeof path, "%s/broker.key", dir);
+    rc |= s_cert(path, "peer", bp, NULL);
+    snprintf(path, sizeof path, "%s/broker.key_secret", dir);
+    rc |= s_cert(path, "peer", bp, bs);
+    snprintf(path, sizeof path, "%s/keys/bench.key", dir);
+    rc |= s_cert(path, "admin", kp, NULL);
+    snprintf(path, sizeof path, "%s/bench.key_secret", dir);
+    rc |= s_cert(path, "admin", kp, ks);
+    return rc;
+}
+
+static int s_auth_report(const s_opts_t *o)
+{
+    char dir[256];
+    if (s_auth_files(dir, sizeof dir) != 0) {
+        fprintf(stderr, "agentbus-bench: cannot make the CURVE keys\n");
+        return -1;
+    }
+    s_opts_t co = *o;
+    co.auth_dir = dir;
+    ab_client_t *plain = s_ab_setup(o), *curve = plain ? s_ab_setup(&co) : NULL;
+    int rc = plain && curve ? 0 : -1;
+    double ps[16], cs[16], pl[16], cl[16];
+    int runs = o->runs > 16 ? 16 : o->runs;
+    for (int r = 0; r < runs && rc == 0; r++) { /* interleaved: noise hits both alike */
+        ps[r] = s_ab_rr(plain, o->small, o->seconds, o->window);
+        cs[r] = s_ab_rr(curve, o->small, o->seconds, o->window);
+        pl[r] = s_ab_rr(plain, o->large, o->seconds, o->window);
+        cl[r] = s_ab_rr(curve, o->large, o->seconds, o->window);
+        rc = ps[r] < 0 || cs[r] < 0 || pl[r] < 0 || cl[r] < 0 ? -1 : 0;
+    }
+    tl_hist_t *hp = calloc(1, sizeof *hp), *hc = calloc(1, sizeof *hc);
+    for (int slice = 0; slice < 10 && rc == 0 && hp && hc; slice++) {
+        int n = o->latency_count / 10, warm = slice == 0 ? n : 0;
+        rc |= s_ab_lat(plain, o->small, warm, NULL) | s_ab_lat(plain, o->small, n, hp);
+        rc |= s_ab_lat(curve, o->small, warm, NULL) | s_ab_lat(curve, o->small, n, hc);
+    }
+    if (rc == 0) {
+        double a = bu_median(ps, runs), b = bu_median(cs, runs), c = bu_median(pl, runs),
+               d = bu_median(cl, runs);
+        double p50p = tl_hist_percentile(hp, 50) / 1e3, p50c = tl_hist_percentile(hc, 50) / 1e3;
+        double p99p = tl_hist_percentile(hp, 99) / 1e3, p99c = tl_hist_percentile(hc, 99) / 1e3;
+        printf("agentbus-bench --report auth: %d runs x %.1f s, window %d, medians; same run\n\n",
+               runs, o->seconds, o->window);
+        printf("%-22s %12s %12s %8s %14s\n", "workload", "plaintext", "curve", "ratio",
+               "cost/msg us");
+        printf("%-22s %12.0f %12.0f %7.2fx %14.2f\n", "rr 64B msgs/s", a, b, s_ratio(b, a),
+               (1 / b - 1 / a) * 1e6);
+        printf("%-22s %12.0f %12.0f %7.2fx %14.2f\n", "rr 4KiB msgs/s", c, d, s_ratio(d, c),
+               (1 / d - 1 / c) * 1e6);
+        printf("%-22s %12.1f %12.1f %7.2fx %14.1f\n", "lone p50 us", p50p, p50c,
+               s_ratio(p50c, p50p), p50c - p50p);
+        printf("%-22s %12.1f %12.1f %7.2fx %14.1f\n", "lone p99 us", p99p, p99c,
+               s_ratio(p99c, p99p), p99c - p99p);
+    }
+    free(hp);
+    free(hc);
+    ab_client_destroy(&plain);
+    ab_client_destroy(&curve);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "agentbus-bench: could not remove %s\n", dir);
+    return rc;
+}
+
 static void s_usage(void)
 {
     printf("Usage: agentbus-bench [options]\n\n"
@@ -371,6 +479,9 @@ static void s_usage(void)
            "  --report batching    instead of the table above: batching and lz4 on vs off,\n"
            "                       side by side (64 B msgs/s, lone round trip, 4 KiB and\n"
            "                       64 KiB msgs/s and bytes on the wire)\n"
+           "  --report auth        instead: agentbus plaintext vs --auth curve (CURVE on\n"
+           "                       every hop), side by side: 64 B and 4 KiB msgs/s, lone\n"
+           "                       round trip p50/p99, and the cost per message\n"
 
            "  --json               one JSON object instead of the table\n"
            "  --pubsub             instead: pub/sub fan-out (1, 10, 100 subscribers) against\n"
@@ -388,7 +499,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
     snprintf(broker, sizeof broker, "%s/agentbus-broker", dir);
     snprintf(worker, sizeof worker, "%s/agentbus-worker", dir);
     *o = (s_opts_t){2.0, 5, 256, 5000, 0, 64, 4096, NULL, broker, worker, NULL, 0,
-                    BN_CORPUS_TEXT, NULL};
+                    BN_CORPUS_TEXT, NULL, NULL};
     const char *f = "";
     for (int i = 1; i < argc; i++) {
         f = argv[i];
@@ -428,7 +539,7 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->nobatch = !strcmp(v, "off");
         else if (!strcmp(f, "--corpus") && bn_corpus_parse(v) >= 0)
             o->corpus = bn_corpus_parse(v);
-        else if (!strcmp(f, "--report") && !strcmp(v, "batching"))
+        else if (!strcmp(f, "--report") && (!strcmp(v, "batching") || !strcmp(v, "auth")))
             o->report = v;
         else
             goto bad;
@@ -454,6 +565,11 @@ int main(int argc, char **argv)
     signal(SIGTERM, s_on_signal);
     signal(SIGPIPE, SIG_IGN);
     s_corpus = o.corpus;
+    if (o.report && !strcmp(o.report, "auth")) {
+        int r = s_auth_report(&o);
+        s_stop_children();
+        return r == 0 ? 0 : 1;
+    }
     if (o.report) {
         bn_batch_report_opts_t ro = {o.seconds,    o.runs,      o.window,     o.latency_count,
                                      o.json,       o.corpus,    o.broker_bin, o.worker_bin,

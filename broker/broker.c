@@ -19,6 +19,7 @@
 #include "cache.h"
 #include "request.h"
 #include "clients.h"
+#include "auth.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 
 #define AB_RECV_BURST 4096 /* messages per turn before timers get a look */
 #define AB_TICKS_MAX 16    /* periodic timers the subsystems register */
@@ -153,8 +155,15 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
         return -1;
     if (ab_metrics_init(b) != 0)
         return -1;
-    for (int i = 0; i < cfg->nbinds; i++) {
-        if (zmq_bind(b->router, cfg->binds[i]) != 0) {
+    if (ab_auth_init(b) != 0) /* before any bind: no handshake without ZAP */
+        return -1;
+    /* ipc endpoints first: they stay plain (auth.c), the ones after are
+     * CURVE servers when auth is on. */
+    for (int k = 0; k < 2 * cfg->nbinds; k++) {
+        int i = k % cfg->nbinds, ipc_pass = k < cfg->nbinds;
+        if ((strncmp(cfg->binds[i], "ipc://", 6) == 0) != ipc_pass)
+            continue;
+        if (ab_auth_bind(b, cfg->binds[i]) != 0) {
             AB_ERROR("cannot bind %s: %s", cfg->binds[i], zmq_strerror(errno));
             return -1;
         }
@@ -185,6 +194,7 @@ void ab_broker_fini(ab_broker_t *b)
     ab_clients_fini(b); /* after the requests and peers that held them */
     ab_directory_fini(b);
     ab_health_fini(b);
+    ab_auth_fini(b); /* after the peers: they point at its keys */
     if (b->router)
         zmq_close(b->router);
     if (b->zctx)
@@ -274,6 +284,7 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     p->connected_ms = p->last_seen_ms = now;
     p->heartbeat_ms = b->cfg->heartbeat_ms;
     p->fd = -1;
+    ab_auth_peer_new(p, b->in_key);
     zhashx_insert(b->peers, &p->rid, p);
     AB_DEBUG("peer %s connected", p->key);
     return p;
@@ -293,6 +304,7 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     ab_msgs_peer_gone(b, peer);
     ab_batching_peer_free(b, peer);
     ab_router_peer_gone(b, peer);
+    ab_auth_peer_gone(peer);
     if (zhashx_lookup(b->peer_keys, peer->key) == peer)
         zhashx_delete(b->peer_keys, peer->key);
     zhashx_delete(b->peers, &peer->rid);
@@ -379,6 +391,13 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
         p->features = m->features;
         agentbus__hello__free_unpacked(m, NULL);
     }
+    const char *why;
+    if (claim[0] && !ab_auth_may_name(b->in_key, claim, &why)) {
+        ab_header_t shown = in->h; /* the refusal names the name claimed */
+        shown.target = (ab_view_t){claim, strlen(claim)};
+        ab_auth_deny(b, b->in_key, &in->rid, &shown, why); /* the name stays its holder's */
+        claim[0] = '\0';
+    }
     /* Tell the peer the heartbeat interval the broker wants. */
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.correlation_id = in->h.id;
@@ -409,6 +428,11 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     in->h.flags &= ~(uint32_t)AB_FLAG_ACCEPT_LZ4;
     if (p && (p->features & AB_FEATURE_LZ4))
         in->h.flags |= AB_FLAG_ACCEPT_LZ4;
+    /* The broker vouches for the requester's role to the worker (models
+     * load/unload are an admin's); a client's own bit is never passed on. */
+    in->h.flags &= ~(uint32_t)AB_FLAG_ADMIN;
+    if (ab_auth_is_admin(b->in_key))
+        in->h.flags |= AB_FLAG_ADMIN;
     ab_req_on_request(b, p, &in->rid, &in->h, s_body(in), in->now);
 }
 
@@ -438,9 +462,16 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
 {
     ab_peer_t *p = ab_peer_lookup(b, &in->rid);
     int rc;
+    if (p && p->authkey != b->in_key) /* a routing id reused by another connection */
+        ab_peer_drop(b, p, "its routing id now names a connection with another key"), p = NULL;
     if (p) {
         p->last_seen_ms = in->now;
         p->fd = in->fd;
+    }
+    const char *why;
+    if (!ab_auth_check(b, b->in_key, &in->h, &why)) {
+        ab_auth_deny(b, b->in_key, &in->rid, &in->h, why);
+        return;
     }
     switch (in->h.kind) {
     case AB_KIND_HELLO:
@@ -532,6 +563,14 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     }
     /* The fd of its connection lets a monitor event name the peer. */
     in.fd = kept > 1 ? zmq_msg_get(&f[1], ZMQ_SRCFD) : -1;
+    if (kept > 1 && ab_auth_of_msg(b, &f[1], &b->in_key) != 0) {
+        /* Its key was removed while the message waited: the connection goes. */
+        if (in.fd >= 0)
+            shutdown(in.fd, SHUT_RDWR);
+        for (size_t i = 0; i < kept; i++)
+            zmq_msg_close(&f[i]);
+        return 0;
+    }
     ab_frame_t pl;
     int rc = ab_msg_decode(frames, n - 1, &b->limits, &in.h, &pl);
     in.has_body = rc == AB_OK && n == 3;
@@ -607,10 +646,18 @@ static long s_timeout(ab_broker_t *b, int64_t now)
 
 int ab_broker_run(ab_broker_t *b)
 {
-    zmq_pollitem_t items[3] = {{b->router, 0, ZMQ_POLLIN, 0},
+    zmq_pollitem_t items[4] = {{b->router, 0, ZMQ_POLLIN, 0},
                                {ab_health_pipe(b), 0, ZMQ_POLLIN, 0},
+                               {ab_auth_zap_socket(b), 0, ZMQ_POLLIN, 0},
                                {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
-    int nitems = items[2].socket ? 3 : 2; /* the L2 cache thread's answers */
+    /* The L2 cache thread's answers and the ZAP handler, when they exist. */
+    int nitems = 2, cache_at = -1;
+    if (items[2].socket)
+        nitems = 3;
+    if (items[3].socket) {
+        items[nitems] = items[3];
+        cache_at = nitems++;
+    }
     while (!atomic_load(&b->stop)) {
         int rc = zmq_poll(items, nitems, s_timeout(b, ab_now_ms()));
         if (rc < 0 && errno != EINTR) {
@@ -628,8 +675,10 @@ int ab_broker_run(ab_broker_t *b)
          * connection closed (last replies, BYE) is handled first. */
         if (items[1].revents & ZMQ_POLLIN)
             ab_health_monitor_drain(b);
-        if (nitems == 3)
+        if (cache_at >= 0)
             ab_cache_on_pipe(b);
+        if (items[2].socket == ab_auth_zap_socket(b) && items[2].socket)
+            ab_auth_on_zap(b); /* handshakes of new connections */
         s_timers(b, ab_now_ms());
         ab_health_kick(b);
         if (atomic_load(&b->term))

@@ -63,6 +63,9 @@ struct ab_broker {
     uint32_t dispatch_mark;   /* service.c: one per dispatch pass (ab_req_t.skip_mark) */
     void *timers;           /* zmq_timers: periodic work, each registered by its owner */
     struct ab_tick *ticks;  /* what those timers call (broker.c) */
+    struct ab_auth *auth;   /* auth.h: keys, ZAP; NULL with --auth none */
+    const struct ab_key *in_key; /* key proved by the connection of the message being routed */
+    atomic_int reload;      /* SIGHUP seen: reload the keys (main.c) */
 };
 
 /* Periodic work of a subsystem, called from the loop after the turn's

@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_LOGFORMAT, OPT_STR } s_type_t;
+/* OPT_FLAG: a long 0/1 whose flag may stand alone (--insecure means 1). */
+typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_LOGFORMAT, OPT_STR, OPT_FLAG } s_type_t;
 
 typedef struct {
     const char *name;
@@ -162,6 +163,24 @@ static const s_option_t s_options[] = {
     {"client-weights", OPT_STR, OFF(client_weights), 0, 0, "",
      "NAME=W,... : a client's weight (1..1000, default 1) in each lane's round robin, "
      "by agent name (or ~token)"},
+    /* issue 14: authentication and authorization (docs/security.md) */
+    {"auth", OPT_STR, OFF(auth), 0, 0, "none",
+     "none, or curve: every endpoint but ipc requires CURVE with a key trusted in keys-dir; "
+     "each message is authorized by the role of the key its connection proved"},
+    {"keys-dir", OPT_STR, OFF(keys_dir), 0, 0, "",
+     "directory of trusted public certificates (brokerctl keygen); reloaded on SIGHUP and "
+     "when it changes; empty: <data-dir>/keys"},
+    {"broker-cert", OPT_STR, OFF(broker_cert), 0, 0, "",
+     "the broker's CURVE certificate: public part at this path, secret part (mode 0600) "
+     "at PATH_secret; created on first start; empty: <data-dir>/broker.key"},
+    {"insecure", OPT_FLAG, OFF(insecure), 0, 1, "0",
+     "allow binding beyond loopback without --auth curve (anyone who reaches the port may "
+     "do anything)"},
+    {"worker-capacity-max", OPT_LONG, OFF(worker_capacity_max), 1, 100000000, "100000",
+     "largest capacity a REGISTER may announce; more: ERROR(DENIED) (a key's capacity "
+     "grant may lower it)"},
+    {"cache-label-ttl-max-s", OPT_LONG, OFF(cache_label_ttl_max_s), 0, 30L * 86400, "86400",
+     "cap on the TTL a worker's cache-ttl-s label may give its service's cached replies"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 
@@ -236,6 +255,7 @@ static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
     size_t z;
     switch (o->type) {
     case OPT_LONG:
+    case OPT_FLAG:
         if (ab_parse_long(val, o->min, o->max, &l) != 0)
             goto bad;
         *(long *)(base + o->offset) = l;
@@ -270,7 +290,7 @@ static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
     }
 bad:
     fprintf(stderr, "agentbus-broker: invalid value '%s' for %s (from %s)", val, o->name, source);
-    if (o->type == OPT_LONG || o->type == OPT_SIZE)
+    if (o->type == OPT_LONG || o->type == OPT_SIZE || o->type == OPT_FLAG)
         fprintf(stderr, "; expected %ld..%ld", o->min, o->max);
     fprintf(stderr, "\n");
     return -1;
@@ -447,6 +467,8 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
         }
         if (eq)
             val = eq + 1;
+        else if (o && o->type == OPT_FLAG)
+            val = "1"; /* --insecure alone */
         else if (i + 1 < argc)
             val = argv[++i];
         if (!val) {
@@ -484,6 +506,48 @@ static int s_check_weights(const char *spec)
     return 0;
 }
 
+int ab_bind_is_local(const char *ep)
+{
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return 1; /* ipc, inproc: this machine only */
+    const char *host = ep + 6, *colon = strrchr(host, ':');
+    size_t n = colon ? (size_t)(colon - host) : strlen(host);
+    char h[128];
+    snprintf(h, sizeof h, "%.*s", (int)(n < sizeof h ? n : sizeof h - 1), host);
+    /* 127/8, ::1 and the name that means them; '*', 0.0.0.0, an
+     * interface's name or any other address reach beyond the machine. */
+    return strncmp(h, "127.", 4) == 0 || strcmp(h, "localhost") == 0 ||
+           strcmp(h, "[::1]") == 0 || strcmp(h, "::1") == 0 || strcmp(h, "lo") == 0;
+}
+
+/* auth is none or curve; curve has a place for its keys; a bind beyond
+ * loopback without auth needs --insecure (Redis' protected mode). */
+static int s_check_auth(ab_broker_config_t *cfg)
+{
+    if (strcmp(cfg->auth, "none") != 0 && strcmp(cfg->auth, "curve") != 0) {
+        fprintf(stderr, "agentbus-broker: invalid auth '%s': expected none or curve\n",
+                cfg->auth);
+        return -1;
+    }
+    cfg->auth_curve = strcmp(cfg->auth, "curve") == 0;
+    if (cfg->auth_curve && !cfg->data_dir[0] && (!cfg->keys_dir[0] || !cfg->broker_cert[0])) {
+        fprintf(stderr, "agentbus-broker: --auth curve needs --data-dir (for the broker's "
+                "keypair and its keys directory), or both --broker-cert and --keys-dir\n");
+        return -1;
+    }
+    for (int i = 0; i < cfg->nbinds && !cfg->auth_curve && !cfg->insecure; i++) {
+        if (!ab_bind_is_local(cfg->binds[i])) {
+            fprintf(stderr, "agentbus-broker: refusing to bind %s without authentication: any "
+                    "host that reaches it could register as a worker, read the requests and "
+                    "replies, take agents' names and clear the cache. Use --auth curve (see "
+                    "docs/security.md), bind 127.0.0.1 only, or pass --insecure to accept "
+                    "that risk on a trusted network.\n", cfg->binds[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -516,13 +580,19 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "agentbus-broker: invalid http '%s': %s\n", cfg->http, why);
         return -1;
     }
-    return s_check_weights(cfg->client_weights);
+    if (s_check_weights(cfg->client_weights) != 0)
+        return -1;
+    return s_check_auth(cfg);
 }
 
 void ab_config_free(ab_broker_config_t *cfg)
 {
     free(cfg->client_weights);
     cfg->client_weights = NULL;
+    free(cfg->auth);
+    free(cfg->keys_dir);
+    free(cfg->broker_cert);
+    cfg->auth = cfg->keys_dir = cfg->broker_cert = NULL;
     s_binds_clear(cfg);
     free(cfg->config_path);
     cfg->config_path = NULL;

@@ -83,6 +83,14 @@ typedef struct {
     long lane_normal_min_pct; /* minimum share of dispatches for the normal lane */
     long lane_batch_min_pct;  /* ... and for the batch lane */
     char *client_weights;     /* "name=W,...": DRR weights by client identity */
+    /* issue 14: authentication and authorization (broker/auth/) */
+    char *auth;                /* "none" or "curve" */
+    int auth_curve;            /* auth == "curve" */
+    char *keys_dir;            /* trusted public certificates; "" = <data-dir>/keys */
+    char *broker_cert;         /* the broker's certificate (secret: <path>_secret) */
+    long insecure;             /* 1: non-loopback binds without auth allowed */
+    long worker_capacity_max;  /* cap on a REGISTER's capacity (a key's grant may lower it) */
+    long cache_label_ttl_max_s; /* cap on a worker's cache-ttl-s label */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the
@@ -90,6 +98,9 @@ typedef struct {
  * (caller exits 0), or -1 with a message on stderr (caller exits 2). */
 int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv);
 void ab_config_free(ab_broker_config_t *cfg);
+/* 1 when bind endpoint EP stays on this machine (ipc, inproc, tcp on a
+ * loopback address), else 0. */
+int ab_bind_is_local(const char *ep);
 /* Writes the option table (flags, env, defaults, help) to stdout. */
 void ab_config_usage(const char *prog);
 

@@ -17,6 +17,13 @@ static void s_on_signal(int sig)
     atomic_store(&s_broker.term, 1);
 }
 
+/* SIGHUP: reload the trusted keys (auth.h) at the loop's next look. */
+static void s_on_hup(int sig)
+{
+    (void)sig;
+    atomic_store(&s_broker.reload, 1);
+}
+
 int main(int argc, char **argv)
 {
     ab_broker_config_t cfg;
@@ -32,6 +39,8 @@ int main(int argc, char **argv)
     sa.sa_handler = s_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = s_on_hup;
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     if (ab_broker_init(&s_broker, &cfg) != 0) {

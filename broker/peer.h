@@ -67,6 +67,7 @@ typedef struct {
     ab_defer_node_t later;   /* queued for an action after a walk over the peers */
     int64_t out_over_ms;     /* over peer-out-max-bytes since; 0: not over */
     int64_t out_checked_ms;  /* the kernel was last asked */
+    const struct ab_key *authkey; /* key its connection proved (auth.h); NULL: auth off */
 } ab_peer_t;
 
 /* The peer with routing id RID, or NULL. */

@@ -7,6 +7,7 @@
  */
 #include "broker.h"
 #include "stats.h"
+#include "auth.h"
 #include "batching.h"
 #include "directory.h"
 #include "router.h"
@@ -396,7 +397,13 @@ void ab_stats_on_control(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t 
     uint8_t *buf = NULL;
     size_t len = 0;
     const char *err = NULL;
-    if (strncmp(what, "cache", 5) == 0 && (!what[5] || what[5] == ' ')) {
+    if (strncmp(what, "keys", 4) == 0 && (!what[4] || what[4] == ' ')) {
+        int code = ab_auth_control(b, what, &buf, &len, &err);
+        if (code != 0) {
+            ab_send_error(b, rid, in->id, code, err);
+            return;
+        }
+    } else if (strncmp(what, "cache", 5) == 0 && (!what[5] || what[5] == ' ')) {
         int code = ab_cache_control(b, what, &buf, &len, &err);
         if (code != 0) {
             ab_send_error(b, rid, in->id, code, err);

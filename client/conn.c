@@ -72,6 +72,28 @@ int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
     return code;
 }
 
+/* CURVE client options from the handle's keys (none: a plain connection). */
+static int s_curve(ab_conn_t *c)
+{
+    const ab_options_t *o = &c->opts;
+    if (o->key_error[0])
+        return ab_conn_fail(c, AB_EINVAL, "%s", o->key_error);
+    int has_key = o->curve_secret[0] != '\0', has_server = o->curve_server[0] != '\0';
+    if (!has_key && !has_server)
+        return AB_OK;
+    if (!has_key || !has_server)
+        return ab_conn_fail(c, AB_EINVAL, "%s", has_key
+                            ? "a key (AB_KEY, --key) needs the broker's public key too "
+                              "(AB_BROKER_KEY, --broker-key)"
+                            : "the broker's key (AB_BROKER_KEY, --broker-key) needs a key of "
+                              "this peer too (AB_KEY, --key; brokerctl keygen makes one)");
+    if (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, o->curve_server, 41) != 0 ||
+        zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, o->curve_public, 41) != 0 ||
+        zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, o->curve_secret, 41) != 0)
+        return ab_conn_fail(c, AB_EINVAL, "CURVE keys: %s", zmq_strerror(errno));
+    return AB_OK;
+}
+
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
 {
     memset(c, 0, sizeof *c);
@@ -114,9 +136,15 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
      * never collides with the old connection the broker has not yet seen
      * close. A worker registers again on every connect; an agent reclaims
      * its name through Hello.instance. */
+    if (s_curve(c) != AB_OK)
+        return AB_EINVAL;
     char mon_ep[64];
     snprintf(mon_ep, sizeof mon_ep, "inproc://ab-monitor-%lu", seq);
-    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
+    if (zmq_socket_monitor(c->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                                ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
         return ab_conn_fail(c, AB_EZMQ, "zmq_socket_monitor: %s", zmq_strerror(errno));
     c->mon = zmq_socket(c->ctx, ZMQ_PAIR);
     if (!c->mon || zmq_setsockopt(c->mon, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
@@ -151,10 +179,36 @@ uint64_t ab_conn_next_id(ab_conn_t *c)
 }
 
 /* Sends one encoded header and optional payload now. */
+static int s_read_events(ab_conn_t *c);
+
+/* Connects again when a refused handshake's backoff has passed (libzmq
+ * does not). Called before sends and with heartbeats: a program that only
+ * makes synchronous calls gets there too. */
+static void s_retry_refused(ab_conn_t *c, int64_t now)
+{
+    if (c->retry_at_ms && now >= c->retry_at_ms) {
+        c->retry_at_ms = 0;
+        zmq_disconnect(c->sock, c->opts.endpoint); /* ENOENT when libzmq dropped it */
+        zmq_connect(c->sock, c->opts.endpoint);
+    }
+}
+
 static int s_send_now(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
                       size_t size, int has_data)
 {
+    if (c->retry_at_ms)
+        s_retry_refused(c, ab_now_ms());
     int rc = zmq_send(c->sock, hdr, hlen, has_data ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
+    if (rc < 0 && errno == EAGAIN && !c->connected) {
+        /* No pipe: libzmq may have given up on a refused handshake whose
+         * event nobody read yet (a program making only sync calls). */
+        c->events_seen |= s_read_events(c);
+        if (c->retry_at_ms) {
+            s_retry_refused(c, ab_now_ms());
+            rc = zmq_send(c->sock, hdr, hlen, has_data ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
+        }
+        errno = rc < 0 ? EAGAIN : errno;
+    }
     if (rc >= 0 && has_data)
         rc = zmq_send(c->sock, data ? data : "", size, 0);
     if (rc < 0)
@@ -468,7 +522,8 @@ int ab_conn_wait(ab_conn_t *c, int timeout_ms)
     return rc > 0;
 }
 
-int ab_conn_events(ab_conn_t *c)
+/* Reads the monitor's events into C's state; returns the AB_CONN_* seen. */
+static int s_read_events(ab_conn_t *c)
 {
     int seen = 0;
     for (;;) {
@@ -489,9 +544,31 @@ int ab_conn_events(ab_conn_t *c)
             more = zmq_msg_more(&addr);
             zmq_msg_close(&addr);
         }
-        if (event == ZMQ_EVENT_CONNECTED) {
+        /* With CURVE the connection is usable once the broker accepted
+         * the key, not when TCP connects. */
+        int curve = c->opts.curve_secret[0] != '\0';
+        if (event == (curve ? ZMQ_EVENT_HANDSHAKE_SUCCEEDED : ZMQ_EVENT_CONNECTED)) {
             c->connected = 1;
+            c->auth_refused = 0;
+            c->retry_ms = 0;
+            c->retry_at_ms = 0;
             seen |= AB_CONN_CONNECTED;
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
+                   event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+                   event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+            /* Said once per run of refusals; libzmq keeps retrying. */
+            if (!c->auth_refused)
+                ab_conn_fail(c, AB_EDENIED, "the broker refused the connection's handshake: %s",
+                             c->opts.curve_secret[0]
+                                 ? "its key is not trusted there (or --broker-key is not that "
+                                   "broker's key)"
+                                 : "it requires CURVE (set AB_KEY and AB_BROKER_KEY, or "
+                                   "--key and --broker-key)");
+            c->auth_refused = 1;
+            /* libzmq ends the session on a refused handshake and does not
+             * reconnect; the key may be trusted again later (a reload). */
+            c->retry_ms = c->retry_ms ? (c->retry_ms < 5000 ? c->retry_ms * 2 : 10000) : 500;
+            c->retry_at_ms = ab_now_ms() + c->retry_ms;
         } else if (event == ZMQ_EVENT_DISCONNECTED) {
             c->connected = 0;
             /* What was gathered belonged to the old connection (its calls
@@ -501,6 +578,14 @@ int ab_conn_events(ab_conn_t *c)
             seen |= AB_CONN_DISCONNECTED;
         }
     }
+}
+
+int ab_conn_events(ab_conn_t *c)
+{
+    /* With what a send already read (s_send_now): the caller acts on them. */
+    int seen = c->events_seen | s_read_events(c);
+    c->events_seen = 0;
+    return seen;
 }
 
 void ab_conn_set_interval(ab_conn_t *c, uint32_t ms)
@@ -521,6 +606,7 @@ int ab_conn_heartbeat(ab_conn_t *c, int64_t now, uint32_t credit)
 int ab_conn_heartbeat_with(ab_conn_t *c, int64_t now, uint32_t credit, const void *data,
                            size_t size)
 {
+    s_retry_refused(c, now);
     if (now >= c->next_heartbeat_ms) {
         if (c->connected) {
             ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
@@ -530,5 +616,7 @@ int ab_conn_heartbeat_with(ab_conn_t *c, int64_t now, uint32_t credit, const voi
         c->next_heartbeat_ms = now + c->opts.heartbeat_ms;
     }
     int64_t left = c->next_heartbeat_ms - now;
+    if (c->retry_at_ms && c->retry_at_ms - now < left)
+        left = c->retry_at_ms - now;
     return left > 0 ? (int)left : 0;
 }

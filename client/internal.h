@@ -33,6 +33,11 @@ struct ab_options {
     unsigned batch_max_age_us;
     size_t compress_threshold;
     unsigned compress_min_saving_pct;
+    /* CURVE (issue 14): this peer's keypair and the broker's public key,
+     * Z85 text; empty when unset. key_error: why AB_KEY / AB_BROKER_KEY
+     * could not be used (ab_client_new / ab_worker_new then fail). */
+    char curve_public[41], curve_secret[41], curve_server[41];
+    char key_error[300];
 };
 
 void ab_options_defaults(ab_options_t *o);
@@ -59,6 +64,10 @@ typedef struct {
     atomic_int stop; /* ab_*_stop: any thread or a signal handler */
     char error[AB_ERRTEXT_MAX];
     uint64_t instance; /* random per handle: Hello.instance */
+    int auth_refused;  /* the broker refused the CURVE handshake (last error says how) */
+    int64_t retry_at_ms; /* libzmq gives up after a refused handshake: connect again then */
+    int retry_ms;        /* backoff of those retries: 500 ms doubling to 10 s */
+    int events_seen;     /* AB_CONN_* read by a send, for the next ab_conn_events */
 } ab_conn_t;
 
 /* One received message. The header's views and DATA point into hdr/body,

@@ -144,7 +144,7 @@ void ab_cmsg_on_error(ab_client_t *c, const ab_in_t *in)
      * application that never reads it. */
     uint32_t code = h->error_code;
     if (code != AB_ERR_BUSY && code != AB_ERR_NAME_TAKEN && code != AB_ERR_BAD_NAME &&
-        code != AB_ERR_TOO_LARGE && code != AB_ERR_NO_AGENT)
+        code != AB_ERR_TOO_LARGE && code != AB_ERR_NO_AGENT && code != AB_ERR_DENIED)
         return;
     if (!h->correlation_id && code != AB_ERR_NAME_TAKEN)
         return;

@@ -2,6 +2,7 @@
 #include "internal.h"
 #include "util.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,91 @@ static int s_env_long(const char *name, long min, long max, long *out)
         return 0;
     *out = (long)z;
     return 1;
+}
+
+/* 1 when S is a CURVE key in Z85 (40 characters that decode to 32 bytes). */
+static int s_is_z85_key(const char *s)
+{
+    uint8_t bin[32];
+    return s && strlen(s) == 40 && zmq_z85_decode(bin, s) != NULL;
+}
+
+/* Reads the quoted value of KEY ("public-key", "secret-key") from the text
+ * of a certificate (czmq's zcert format: ZPL, `    public-key = "..."`)
+ * into OUT (41 bytes). 0 or -1. */
+static int s_cert_value(const char *text, const char *key, char *out)
+{
+    for (const char *p = strstr(text, key); p; p = strstr(p + 1, key)) {
+        if (p > text && p[-1] != ' ' && p[-1] != '\t' && p[-1] != '\n')
+            continue;
+        const char *q = p + strlen(key);
+        q += strspn(q, " \t");
+        if (*q != '=')
+            continue;
+        q++;
+        q += strspn(q, " \t");
+        if (*q == '"')
+            q++;
+        char v[41];
+        size_t n = strcspn(q, "\"\r\n");
+        if (n != 40)
+            continue;
+        memcpy(v, q, 40);
+        v[40] = '\0';
+        if (!s_is_z85_key(v))
+            continue;
+        memcpy(out, v, 41);
+        return 0;
+    }
+    return -1;
+}
+
+/* Reads certificate file PATH (at most 64 KiB) into BUF. 0 or -1. */
+static int s_read_small(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return 0;
+}
+
+/* KEY as a public key: Z85 text itself, or the file of a certificate. */
+static int s_load_broker_key(ab_options_t *o, const char *key)
+{
+    if (s_is_z85_key(key)) {
+        memcpy(o->curve_server, key, 41);
+        return AB_OK;
+    }
+    char *buf = malloc(65536);
+    int ok = buf && s_read_small(key, buf, 65536) == 0 &&
+             s_cert_value(buf, "public-key", o->curve_server) == 0;
+    free(buf);
+    if (!ok) {
+        snprintf(o->key_error, sizeof o->key_error, "broker key '%.200s' is neither a Z85 "
+                 "public key (40 characters) nor a readable certificate file", key);
+        return AB_EINVAL;
+    }
+    return AB_OK;
+}
+
+static int s_load_key_file(ab_options_t *o, const char *path)
+{
+    char *buf = malloc(65536);
+    int readable = buf && s_read_small(path, buf, 65536) == 0;
+    int ok = readable && s_cert_value(buf, "public-key", o->curve_public) == 0 &&
+             s_cert_value(buf, "secret-key", o->curve_secret) == 0;
+    free(buf);
+    if (!ok) {
+        o->curve_public[0] = o->curve_secret[0] = '\0';
+        snprintf(o->key_error, sizeof o->key_error, "key file '%.200s': %s", path,
+                 readable ? "no public-key and secret-key in it (expected the NAME.key_secret "
+                            "file of brokerctl keygen)" : strerror(errno));
+        return AB_EINVAL;
+    }
+    return AB_OK;
 }
 
 void ab_options_defaults(ab_options_t *o)
@@ -48,6 +134,55 @@ void ab_options_defaults(ab_options_t *o)
         o->compress_threshold = (size_t)v;
     if (s_env_long("AB_COMPRESS_MIN_SAVING_PCT", 0, 99, &v))
         o->compress_min_saving_pct = (unsigned)v;
+    /* Unlike the figures above, a key that cannot be used is not ignored:
+     * connecting without it would fail later and say less. */
+    const char *key = getenv("AB_KEY"), *bkey = getenv("AB_BROKER_KEY");
+    if (key && *key)
+        s_load_key_file(o, key);
+    if (bkey && *bkey && !o->key_error[0])
+        s_load_broker_key(o, bkey);
+}
+
+int ab_options_set_key_file(ab_options_t *o, const char *path)
+{
+    if (!o || !path)
+        return AB_EINVAL;
+    o->key_error[0] = '\0';
+    if (!*path) {
+        o->curve_public[0] = o->curve_secret[0] = '\0';
+        return AB_OK;
+    }
+    int rc = s_load_key_file(o, path);
+    if (rc != AB_OK)
+        o->key_error[0] = '\0'; /* the setter reports it; the options stay usable */
+    return rc;
+}
+
+int ab_options_set_broker_key(ab_options_t *o, const char *key)
+{
+    if (!o || !key)
+        return AB_EINVAL;
+    if (!*key) {
+        o->curve_server[0] = '\0';
+        return AB_OK;
+    }
+    char saved[sizeof o->key_error];
+    memcpy(saved, o->key_error, sizeof saved);
+    int rc = s_load_broker_key(o, key);
+    if (rc != AB_OK)
+        memcpy(o->key_error, saved, sizeof saved);
+    return rc;
+}
+
+int ab_options_set_curve_keys(ab_options_t *o, const char *public_key, const char *secret_key)
+{
+    if (!o || !public_key || !secret_key || !s_is_z85_key(public_key) ||
+        !s_is_z85_key(secret_key))
+        return AB_EINVAL;
+    memcpy(o->curve_public, public_key, 41);
+    memcpy(o->curve_secret, secret_key, 41);
+    o->key_error[0] = '\0';
+    return AB_OK;
 }
 
 ab_options_t *ab_options_new(void)
@@ -140,6 +275,15 @@ int ab_options_set_compression(ab_options_t *o, size_t threshold_bytes, unsigned
         return AB_EINVAL;
     o->compress_threshold = threshold_bytes;
     o->compress_min_saving_pct = min_saving_pct;
+    return AB_OK;
+}
+
+int ab_curve_keypair(char public_key[41], char secret_key[41])
+{
+    if (!public_key || !secret_key)
+        return AB_EINVAL;
+    if (zmq_curve_keypair(public_key, secret_key) != 0)
+        return AB_EZMQ; /* libzmq built without CURVE (libsodium) */
     return AB_OK;
 }
 

@@ -46,6 +46,7 @@ struct ab_job {
     int answered;
     char service[256];
     int accept_lz4; /* the client reads lz4: large replies may be compressed */
+    int admin;      /* the broker vouches the requester is an admin (AB_FLAG_ADMIN) */
 };
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
@@ -252,6 +253,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         j->id = h->id;
         j->timeout_ms = h->timeout_ms;
         j->accept_lz4 = (h->flags & AB_FLAG_ACCEPT_LZ4) != 0;
+        j->admin = (h->flags & AB_FLAG_ADMIN) != 0;
         ab_view_copy(h->target, j->service, sizeof j->service);
         zmq_msg_init(&j->payload);
         if (in->has_body && ab_in_take_body(in, &j->payload) != AB_OK) {
@@ -395,6 +397,11 @@ uint32_t ab_job_timeout_ms(const ab_job_t *job)
 const char *ab_job_service(const ab_job_t *job)
 {
     return job ? job->service : "";
+}
+
+int ab_job_admin(const ab_job_t *job)
+{
+    return job ? job->admin : 0;
 }
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,

@@ -69,7 +69,8 @@
     X(AB_ERR_NAME_TAKEN, 30, "NAME_TAKEN", AB_ENAMETAKEN)                                        \
     X(AB_ERR_BAD_NAME, 31, "BAD_NAME", AB_EBADNAME)                                              \
     X(AB_ERR_TOO_LARGE, 32, "TOO_LARGE", AB_ETOOLARGE)                                           \
-    X(AB_ERR_NO_AGENT, 33, "NO_AGENT", AB_ENOAGENT)
+    X(AB_ERR_NO_AGENT, 33, "NO_AGENT", AB_ENOAGENT)                                          \
+    X(AB_ERR_DENIED, 34, "DENIED", AB_EDENIED)
 
 /* Statuses with no ErrorCode of their own that a peer is told as
  * MALFORMED: the reasons a receiver rejects a message it could not use.
@@ -93,7 +94,8 @@
     X(AB_FLAG_GAP, 1u << 18, "GAP")                                                              \
     X(AB_FLAG_UNSUBSCRIBE, 1u << 19, "UNSUBSCRIBE")                                              \
     X(AB_FLAG_LZ4_SKIPPED, 1u << 20, "LZ4_SKIPPED") /* sender tried lz4; saving too small */     \
-    X(AB_FLAG_ACCEPT_LZ4, 1u << 21, "ACCEPT_LZ4") /* broker -> worker: client reads lz4 */
+    X(AB_FLAG_ACCEPT_LZ4, 1u << 21, "ACCEPT_LZ4") /* broker -> worker: client reads lz4 */      \
+    X(AB_FLAG_ADMIN, 1u << 22, "ADMIN") /* broker -> worker: requester holds the admin role */
 
 /* agentbus.Header: X(MEMBER, NUMBER, TYPE), in field-number order (the
  * order protobuf-c writes fields in; the codec writes them in the list's

@@ -20,6 +20,10 @@ static void s_usage(FILE *f)
             "usage: agentbus-gateway [options]\n"
             "  --listen HOST:PORT        HTTP address (default 127.0.0.1:11434; port 0 = any)\n"
             "  --broker ENDPOINT         broker endpoint (default $AB_BROKER or %s)\n"
+            "  --key FILE                secret certificate for a broker with --auth curve\n"
+            "                            (default $AB_KEY; docs/security.md)\n"
+            "  --broker-key KEY          the broker's public key, Z85 or a certificate file\n"
+            "                            (default $AB_BROKER_KEY)\n"
             "  --service NAME            inference service on the bus (default ollama)\n"
             "  --name NAME               the gateway's agent name on the bus (default none)\n"
             "  --max-connections N       concurrent HTTP connections (default 1024)\n"
@@ -71,6 +75,11 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             bad = s_listen(v, cfg);
         else if (!bad && strcmp(f, "--broker") == 0)
             cfg->broker = v;
+        /* libagentbus reads its CURVE keys from the environment (agentbus.h). */
+        else if (!bad && strcmp(f, "--key") == 0 && *v)
+            setenv("AB_KEY", v, 1);
+        else if (!bad && strcmp(f, "--broker-key") == 0 && *v)
+            setenv("AB_BROKER_KEY", v, 1);
         else if (!bad && strcmp(f, "--service") == 0 && *v)
             cfg->service = v;
         else if (!bad && strcmp(f, "--name") == 0)

@@ -149,6 +149,8 @@ AB_EXPORT const char *ab_version(void);
     X(AB_ETOOLARGE, -52, "TOO_LARGE", "message exceeds the broker's message size limit")         \
     /* broker: the unnamed ("~id") recipient is gone */                                          \
     X(AB_ENOAGENT, -53, "NO_AGENT", "no such agent is connected")                                \
+    /* broker (--auth curve): the connection's key may not do this; the text says why */         \
+    X(AB_EDENIED, -54, "DENIED", "not allowed for this key")                                     \
     /* codec: malformed BATCH (counts, lengths, nesting) */                                      \
     X(AB_EBATCH, -60, "BATCH", "malformed batch: a count or length exceeds what it holds")       \
     /* codec: corrupt lz4 payload or lying original size */                                      \
@@ -242,6 +244,32 @@ AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count
  * $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL out of range. */
 AB_EXPORT int ab_options_set_compression(ab_options_t *opts, size_t threshold_bytes,
                                          unsigned min_saving_pct);
+/* CURVE authentication and encryption (a broker run with --auth curve;
+ * docs/security.md). A handle with a key connects with CURVE, proving the
+ * key to the broker, which grants the key's role; the broker's public key
+ * makes sure the other end is that broker.
+ * ab_options_set_key_file: PATH is this peer's secret certificate (the
+ * NAME.key_secret written by `brokerctl keygen NAME`); "" unsets the key.
+ * AB_EINVAL when it cannot be read or holds no keypair (the key is then
+ * unset). ab_options_set_broker_key: KEY is the broker's public key, as Z85
+ * text (40 characters, `brokerctl keys` shows it) or the path of its public
+ * certificate; "" unsets it. ab_options_set_curve_keys: this peer's keypair
+ * as Z85 text, for keys kept elsewhere than in a file.
+ * Defaults come from $AB_KEY (a key file) and $AB_BROKER_KEY; unlike the
+ * other variables, one that cannot be used makes ab_client_new and
+ * ab_worker_new fail with AB_EINVAL (the last error says why), as does a
+ * key without a broker key or the reverse. A broker that refuses the key
+ * (unknown, removed) closes the connection during the handshake: requests
+ * then wait and time out, and the handle's last error says "refused".
+ * Thread: as the other setters. */
+AB_EXPORT int ab_options_set_key_file(ab_options_t *opts, const char *path);
+AB_EXPORT int ab_options_set_broker_key(ab_options_t *opts, const char *key);
+AB_EXPORT int ab_options_set_curve_keys(ab_options_t *opts, const char *public_key,
+                                        const char *secret_key);
+/* A new CURVE keypair as Z85 text (40 characters and a NUL each), from
+ * libsodium's random source: what `brokerctl keygen` writes into a
+ * certificate. AB_EZMQ when libzmq has no CURVE. Thread: any thread. */
+AB_EXPORT int ab_curve_keypair(char public_key[41], char secret_key[41]);
 
 /* ======================================================================== */
 /* 4. Client: lifecycle                                                     */
@@ -788,6 +816,11 @@ AB_EXPORT uint64_t ab_job_id(const ab_job_t *job);
 AB_EXPORT uint32_t ab_job_timeout_ms(const ab_job_t *job);
 /* The service the request was sent to. Owns: the job ("" for NULL). */
 AB_EXPORT const char *ab_job_service(const ab_job_t *job);
+/* 1 when the broker vouches that the requester holds the admin role (a
+ * broker with --auth curve sets this only for admin keys; a broker without
+ * auth for every request), else 0. A worker refuses state-changing jobs
+ * (models load/unload) without it, with AB_EDENIED. Thread: any. */
+AB_EXPORT int ab_job_admin(const ab_job_t *job);
 
 /* Sends one chunk of a streamed reply (DATA copied); the job stays open.
  * Errors: AB_EINVAL, AB_EPAYLOADSIZE, AB_EBUSY (queue to the broker full),

@@ -599,6 +599,12 @@ static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
         s_job_free(o, j);
         return;
     }
+    if ((j->call.kind == WK_OL_LOAD || j->call.kind == WK_OL_UNLOAD) && !ab_job_admin(job)) {
+        /* The broker vouches for the requester's role (AB_FLAG_ADMIN). */
+        ab_worker_fail(w, &job, AB_EDENIED, "models load/unload need an admin key");
+        s_job_free(o, j);
+        return;
+    }
     j->job = job;
     j->id = ab_job_id(job);
     j->admin = j->call.kind == WK_OL_LOAD || j->call.kind == WK_OL_UNLOAD;

@@ -36,6 +36,10 @@ static void s_usage(const char *prog)
     printf("Usage: %s [options]\n\n"
            "Serves one agentbus service with a backend.\n\n"
            "  --broker ENDPOINT   broker to connect to (default: $AB_BROKER, else %s)\n"
+           "  --key FILE          this worker's secret certificate for a broker with\n"
+           "                      --auth curve (brokerctl keygen; default: $AB_KEY)\n"
+           "  --broker-key KEY    the broker's public key, Z85 or a certificate file\n"
+           "                      (default: $AB_BROKER_KEY)\n"
            "  --backend NAME      backend: echo or ollama (default echo)\n"
            "  --service NAME      service to register (default echo; ollama backend: ollama)\n"
            "  --capacity N        concurrent requests, 1..100000 (default 16; ollama backend:\n"
@@ -74,6 +78,7 @@ typedef struct {
     const char *endpoint; /* --broker, else $AB_BROKER, else the default */
     const char *labels[64];
     const char *fail_file;
+    const char *key, *broker_key; /* --key, --broker-key (else $AB_KEY ...) */
     int nlabels;
     long heartbeat_ms;
     wk_backend_args_t args;
@@ -82,7 +87,7 @@ typedef struct {
 enum {
     O_HELP = 1, O_VERSION, O_BROKER, O_BACKEND, O_SERVICE, O_NAME, O_LABEL, O_CAPACITY,
     O_DELAY, O_CHUNKS, O_HEARTBEAT, O_DRAIN, O_FAILFILE, O_OLLAMA_URL, O_PRELOAD, O_VRAM,
-    O_RETRIES, O_REFRESH, O_LOGLEVEL, O_LOGFORMAT,
+    O_RETRIES, O_REFRESH, O_LOGLEVEL, O_LOGFORMAT, O_KEY, O_BROKERKEY,
 };
 static const tl_opt_t s_opts[] = {
     {"help", 'h', TL_NOVAL, O_HELP},           {"version", 0, TL_NOVAL, O_VERSION},
@@ -95,6 +100,7 @@ static const tl_opt_t s_opts[] = {
     {"preload", 0, TL_VAL, O_PRELOAD},         {"gpu-vram-mb", 0, TL_VAL, O_VRAM},
     {"ollama-retries", 0, TL_VAL, O_RETRIES},  {"refresh-ms", 0, TL_VAL, O_REFRESH},
     {"log-level", 0, TL_VAL, O_LOGLEVEL},      {"log-format", 0, TL_VAL, O_LOGFORMAT},
+    {"key", 0, TL_VAL, O_KEY},                 {"broker-key", 0, TL_VAL, O_BROKERKEY},
     {NULL, 0, 0, 0},
 };
 
@@ -104,6 +110,8 @@ static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *cap
     long n;
     switch (id) {
     case O_BROKER: a->broker = v; return 0;
+    case O_KEY: a->key = v; return *v ? 0 : -1;
+    case O_BROKERKEY: a->broker_key = v; return *v ? 0 : -1;
     case O_BACKEND: a->backend = v; return 0;
     case O_SERVICE: a->args.service = v, *service_set = 1; return *v ? 0 : -1;
     case O_NAME: a->name = v; return 0;
@@ -220,6 +228,12 @@ static int s_setup(const s_args_t *a)
         rc = ab_options_set_name(o, a->name);
     if (rc == AB_OK)
         rc = ab_options_set_heartbeat_ms(o, (int)a->heartbeat_ms);
+    if (rc == AB_OK && a->key && (rc = ab_options_set_key_file(o, a->key)) != AB_OK)
+        fprintf(stderr, "agentbus-worker: --key '%s': not a readable secret certificate "
+                "(brokerctl keygen's NAME.key_secret)\n", a->key);
+    if (rc == AB_OK && a->broker_key && (rc = ab_options_set_broker_key(o, a->broker_key)))
+        fprintf(stderr, "agentbus-worker: --broker-key '%s': neither a Z85 public key nor a "
+                "certificate file\n", a->broker_key);
     if (rc == AB_OK)
         rc = ab_worker_new(&s_worker, o, a->args.service, a->args.capacity);
     ab_options_destroy(&o);

@@ -167,14 +167,15 @@ static const char *s_digest(const ab_service_t *s, const char *model)
 
 /* The service's default TTL, when one of its workers declares it with the
  * label cache-ttl-s=SECONDS (the worker knows how long its answers stay
- * good); -1 when none does. */
-static int64_t s_service_ttl_ms(const ab_service_t *s)
+ * good), capped by cache-label-ttl-max-s (a worker's word is not an
+ * operator's); -1 when none does. */
+static int64_t s_service_ttl_ms(const ab_service_t *s, long max_s)
 {
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
         const char *v = w->labels ? zhashx_lookup(w->labels, "cache-ttl-s") : NULL;
         long t;
         if (v && ab_parse_long(v, 0, AB_CACHE_MAX_TTL_S, &t) == 0)
-            return (int64_t)t * 1000;
+            return (int64_t)(t < max_s ? t : max_s) * 1000;
     }
     return -1;
 }
@@ -321,7 +322,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
         return 0; /* served without the cache */
     x->key = key;
     uint32_t ttl = h->cache_ttl_s < AB_CACHE_MAX_TTL_S ? h->cache_ttl_s : AB_CACHE_MAX_TTL_S;
-    int64_t svc_ttl = ttl ? -1 : s_service_ttl_ms(s);
+    int64_t svc_ttl = ttl ? -1 : s_service_ttl_ms(s, b->cfg->cache_label_ttl_max_s);
     x->ttl_ms = ttl ? (int64_t)ttl * 1000 : svc_ttl >= 0 ? svc_ttl : c->default_ttl_ms;
     x->read = (uint8_t)read;
     x->store = !(h->flags & AB_FLAG_NO_STORE);

@@ -96,8 +96,49 @@ static void s_answer(ab_l2_t *l2, zsock_t *pipe, const uint8_t *tag, const char 
 /* Sends every command of the batch as one pipeline, then reads the replies
  * in order. On any error the breaker opens and the lookups not yet
  * answered are answered as misses. */
+/* Deletes every key of our namespace with SCAN + UNLINK, a bounded batch
+ * at a time, never KEYS: on a Redis shared by brokers (and by whatever
+ * else the deployment keeps there) one O(keys) command would stall them
+ * all. Runs on this thread; the broker's lookups meanwhile time out into
+ * the breaker (nothing fails). Returns the keys deleted, or -1. */
+static long s_clear_scan(ab_l2_t *l2)
+{
+    char cursor[32] = "0";
+    long deleted = 0;
+    do {
+        redisReply *r = redisCommand(l2->rc, "SCAN %s MATCH %s* COUNT 1000", cursor, AB_L2_NS);
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING) {
+            if (r)
+                freeReplyObject(r);
+            return -1;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        redisReply *keys = r->element[1];
+        if (keys->type == REDIS_REPLY_ARRAY && keys->elements) {
+            const char **argv = calloc(keys->elements + 1, sizeof *argv);
+            size_t *lens = calloc(keys->elements + 1, sizeof *lens);
+            if (argv && lens) {
+                argv[0] = "UNLINK", lens[0] = 6;
+                for (size_t i = 0; i < keys->elements; i++)
+                    argv[i + 1] = keys->element[i]->str, lens[i + 1] = keys->element[i]->len;
+                redisReply *u = redisCommandArgv(l2->rc, (int)keys->elements + 1, argv, lens);
+                if (u && u->type == REDIS_REPLY_INTEGER)
+                    deleted += u->integer;
+                if (u)
+                    freeReplyObject(u);
+            }
+            free(argv);
+            free(lens);
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return deleted;
+}
+
 static void s_run_batch(ab_l2_t *l2, zsock_t *pipe, zmq_msg_t *msgs, size_t n)
 {
+    int clear = 0;
     size_t sent = 0;
     int ok = l2->rc != NULL;
     char key[AB_L2_NS_LEN + AB_CACHE_KEY_HEX];
@@ -121,14 +162,11 @@ static void s_run_batch(ab_l2_t *l2, zsock_t *pipe, zmq_msg_t *msgs, size_t n)
             const char *argv[5] = {"SET", key, (const char *)d + 25, "PX", px};
             size_t lens[5] = {3, strlen(key), sz - 25, 2, strlen(px)};
             ok = redisAppendCommandArgv(l2->rc, 5, argv, lens) == REDIS_OK;
-        } else { /* 'C': one SCAN round per command is enough for a cache */
-            /* An operator's clear: KEYS is O(keys), acceptable for a rare
-             * command on a cache namespace. */
-            const char *script = "local n=0 for _,k in ipairs(redis.call('KEYS',ARGV[1])) do "
-                                 "redis.call('UNLINK',k) n=n+1 end return n";
-            const char *av[4] = {"EVAL", script, "0", AB_L2_NS "*"};
-            size_t lens[4] = {4, strlen(script), 1, strlen(AB_L2_NS) + 1};
-            ok = redisAppendCommandArgv(l2->rc, 4, av, lens) == REDIS_OK;
+        } else { /* 'C': a PING keeps the replies in step; the clear runs after */
+            const char *av[1] = {"PING"};
+            size_t lens[1] = {4};
+            ok = redisAppendCommandArgv(l2->rc, 1, av, lens) == REDIS_OK;
+            clear = 1;
         }
     }
     for (size_t i = 0; i < n; i++) {
@@ -157,6 +195,12 @@ static void s_run_batch(ab_l2_t *l2, zsock_t *pipe, zmq_msg_t *msgs, size_t n)
         s_open_breaker(l2, l2->rc->errstr[0] ? l2->rc->errstr : "no answer in time");
     } else if (ok && sent) {
         l2->backoff_ms = 0; /* answered: a later failure starts a new backoff */
+    }
+    if (ok && clear && l2->rc) {
+        long gone = s_clear_scan(l2);
+        if (gone < 0)
+            atomic_fetch_add(&l2->c.errors, 1);
+        AB_INFO("L2 cache cleared: %ld keys unlinked (SCAN)", gone);
     }
 }
 

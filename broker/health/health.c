@@ -137,10 +137,25 @@ static void s_fd_closed(ab_broker_t *b, int fd)
  * garbage to the port, as often as they like. */
 static void s_not_zeromq(ab_broker_t *b, const char *addr, int event, uint32_t value)
 {
-    (void)b;
     /* libzmq 4.3 names the listening endpoint, not the remote address; the
      * value is an errno (NO_DETAIL) or a ZMTP protocol error code. */
     static ab_ratelimit_t rl = {.interval_ms = 10000};
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        return; /* the ZAP handler refused a key and said so (auth.c) */
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+        value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+        AB_LOG_RL(&rl, 2, ab_now_ms(), AB_LOG_WARN, "refused a connection to %s: %s", addr,
+                  b->cfg->auth_curve ? "it does not use CURVE (no key: --key / AB_KEY)"
+                                     : "it uses CURVE, this endpoint does not (--auth)");
+        return;
+    }
+    if (b->cfg->auth_curve) { /* the client may give up first: the cause is often unknown */
+        AB_LOG_RL(&rl, 3, ab_now_ms(), AB_LOG_WARN,
+                  "a connection to %s failed its handshake (value %u): a client without a key "
+                  "(--key / AB_KEY), with another broker's key (--broker-key), or not ZeroMQ",
+                  addr, (unsigned)value);
+        return;
+    }
     char why[96];
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
         snprintf(why, sizeof why, "ZMTP protocol error 0x%x", (unsigned)value);

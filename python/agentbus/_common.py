@@ -28,8 +28,11 @@ def ms(seconds: Optional[float], default: int = -1) -> int:
 
 
 def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional[float],
-                 heartbeat_ms: Optional[int], takeover: bool, batching: Optional[bool]):
-    """A new ab_options_t (the caller destroys it)."""
+                 heartbeat_ms: Optional[int], takeover: bool, batching: Optional[bool],
+                 key: Optional[str] = None, broker_key: Optional[str] = None):
+    """A new ab_options_t (the caller destroys it). KEY: a secret certificate
+    file, BROKER_KEY: the broker's public key (Z85 or a certificate file), for
+    a broker with --auth curve; default $AB_KEY / $AB_BROKER_KEY."""
     o = lib.ab_options_new()
     if not o:
         raise MemoryError("ab_options_new")
@@ -46,6 +49,10 @@ def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional
             check(lib.ab_options_set_takeover(o, 1))
         if batching is not None:
             check(lib.ab_options_set_batching(o, 1 if batching else 0))
+        if key is not None:
+            check(lib.ab_options_set_key_file(o, b(key)), lambda: "cannot read key file %s" % key)
+        if broker_key is not None:
+            check(lib.ab_options_set_broker_key(o, b(broker_key)), lambda: "bad broker key")
     except BaseException:
         lib.ab_options_destroy(ctypes.byref(ctypes.c_void_p(o)))
         raise

@@ -122,6 +122,8 @@ for _n, _r, _a in [
     ("ab_options_set_max_payload", c_int, (P, c_size_t)),
     ("ab_options_set_takeover", c_int, (P, c_int)),
     ("ab_options_set_batching", c_int, (P, c_int)),
+    ("ab_options_set_key_file", c_int, (P, c_char_p)),
+    ("ab_options_set_broker_key", c_int, (P, c_char_p)),
     ("ab_client_new", c_int, (PP, P)),
     ("ab_client_destroy", None, (PP,)),
     ("ab_client_last_error", c_char_p, (P,)),

@@ -52,14 +52,16 @@ class _Base:
 
     def __init__(self, endpoint: Optional[str] = None, *, name: Optional[str] = None,
                  timeout: Optional[float] = None, heartbeat_ms: Optional[int] = None,
-                 takeover: bool = False, batching: Optional[bool] = None) -> None:
+                 takeover: bool = False, batching: Optional[bool] = None,
+                 key: Optional[str] = None, broker_key: Optional[str] = None) -> None:
         self._h = c_void_p()
         self._calls: Dict[int, _Call] = {}
         self._next_key = 1
         self._reply_cb = REPLY_FN(self._on_reply)  # kept alive with the client
         self._direct: Deque[C.Message] = deque()
         self._subs: List["Subscription"] = []
-        o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching)
+        o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching, key,
+                           broker_key)
         try:
             check(lib.ab_client_new(byref(self._h), o), lambda: "cannot create client")
         finally:

@@ -43,7 +43,7 @@ STATUS_CODES = (
     ("HEADER_SIZE", -21), ("MISSING_FIELD", -22), ("PAYLOAD_SIZE", -23), ("DECODE", -24),
     ("MODEL_NOT_FOUND", -40), ("BAD_REQUEST", -41), ("BACKEND_BUSY", -42), ("BACKEND", -43),
     ("CANCELLED", -44), ("NAME_TAKEN", -50), ("BAD_NAME", -51), ("TOO_LARGE", -52),
-    ("NO_AGENT", -53), ("BATCH", -60), ("LZ4", -61),
+    ("NO_AGENT", -53), ("DENIED", -54), ("BATCH", -60), ("LZ4", -61),
 )
 
 _EXTRA_BASES: Dict[str, Type[BaseException]] = {
@@ -99,6 +99,7 @@ NameTakenError: Type[AgentbusError] = BY_CODE[-50]
 BadNameError: Type[AgentbusError] = BY_CODE[-51]
 TooLargeError: Type[AgentbusError] = BY_CODE[-52]
 NoAgentError: Type[AgentbusError] = BY_CODE[-53]
+DeniedError: Type[AgentbusError] = BY_CODE[-54]
 BatchError: Type[AgentbusError] = BY_CODE[-60]
 Lz4Error: Type[AgentbusError] = BY_CODE[-61]
 

@@ -114,7 +114,8 @@ class Worker:
                  endpoint: Optional[str] = None, capacity: int = 1,
                  labels: Optional[Mapping[str, str]] = None, name: Optional[str] = None,
                  heartbeat_ms: Optional[int] = None,
-                 batching: Optional[bool] = None) -> None:
+                 batching: Optional[bool] = None, key: Optional[str] = None,
+                 broker_key: Optional[str] = None) -> None:
         self.service = service
         self._handler = handler
         self._h = c_void_p()
@@ -125,7 +126,7 @@ class Worker:
         self._kicked = False
         self._job_cb = JOB_FN(self._on_job)
         self._cancel_cb = CANCEL_FN(self._on_cancel)
-        o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching)
+        o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
         try:
             check(lib.ab_worker_new(byref(self._h), o, b(service), int(capacity)),
                   lambda: "cannot create worker")

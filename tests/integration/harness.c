@@ -13,9 +13,11 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #ifndef AB_BIN_DIR
 #error "AB_BIN_DIR must name the directory of the built programs"
@@ -91,6 +93,49 @@ static void s_cleanup(void)
     }
 }
 
+/* Writes a certificate in czmq's zcert format (what brokerctl keygen
+ * writes; the broker reads it with zcert_load). SEC NULL: the public one. */
+static void s_write_cert(const char *path, const char *role, const char *pub, const char *sec)
+{
+    FILE *f = fopen(path, "w");
+    REQUIRE(f != NULL);
+    fprintf(f, "metadata\n    name = \"test\"\n    role = \"%s\"\ncurve\n"
+               "    public-key = \"%s\"\n", role, pub);
+    if (sec)
+        fprintf(f, "    secret-key = \"%s\"\n", sec);
+    fclose(f);
+    if (sec)
+        chmod(path, 0600);
+}
+
+/* AB_TEST_AUTH=curve: every broker this test starts runs --auth curve (by
+ * its AB_* environment) and every client and program it starts proves an
+ * admin key (AB_KEY, AB_BROKER_KEY): the suite run again with auth on. */
+static void s_auth_setup(void)
+{
+    const char *mode = getenv("AB_TEST_AUTH");
+    if (!mode || strcmp(mode, "curve") != 0)
+        return;
+    char dir[512], keys[600], path[700], bpub[41], bsec[41], pub[41], sec[41];
+    snprintf(dir, sizeof dir, "%s/auth", s_dir);
+    snprintf(keys, sizeof keys, "%s/keys", dir);
+    REQUIRE(mkdir(dir, 0700) == 0 && mkdir(keys, 0700) == 0);
+    REQUIRE(ab_curve_keypair(bpub, bsec) == AB_OK && ab_curve_keypair(pub, sec) == AB_OK);
+    snprintf(path, sizeof path, "%s/broker.key_secret", dir);
+    s_write_cert(path, "peer", bpub, bsec);
+    snprintf(path, sizeof path, "%s/broker.key", dir);
+    s_write_cert(path, "peer", bpub, NULL);
+    setenv("AB_BROKER_CERT", path, 1);
+    snprintf(path, sizeof path, "%s/test.key", keys);
+    s_write_cert(path, "admin", pub, NULL);
+    snprintf(path, sizeof path, "%s/test.key_secret", dir);
+    s_write_cert(path, "admin", pub, sec);
+    setenv("AB_KEY", path, 1);
+    setenv("AB_BROKER_KEY", bpub, 1);
+    setenv("AB_KEYS_DIR", keys, 1);
+    setenv("AB_AUTH", "curve", 1);
+}
+
 void th_init(const char *test_name)
 {
     s_test = test_name;
@@ -98,6 +143,43 @@ void th_init(const char *test_name)
     REQUIRE(mkdtemp(s_dir) != NULL);
     signal(SIGPIPE, SIG_IGN);
     atexit(s_cleanup);
+    s_auth_setup();
+}
+
+/* The quoted Z85 value after WHICH in certificate file PATH into OUT. */
+static void s_cert_value(const char *path, const char *which, char out[41])
+{
+    FILE *f = fopen(path, "r");
+    REQUIRE(f != NULL);
+    char line[256];
+    out[0] = '\0';
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, which);
+        if (p && (p = strchr(p, '"')) && strlen(p) > 41) {
+            memcpy(out, p + 1, 40);
+            out[40] = '\0';
+        }
+    }
+    fclose(f);
+    REQUIRE(strlen(out) == 40);
+}
+
+void th_secure(void *sock)
+{
+    if (!th_auth_on())
+        return;
+    char pub[41], sec[41];
+    s_cert_value(getenv("AB_KEY"), "public-key", pub);
+    s_cert_value(getenv("AB_KEY"), "secret-key", sec);
+    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, getenv("AB_BROKER_KEY"), 41);
+    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 41);
+    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 41);
+}
+
+int th_auth_on(void)
+{
+    const char *mode = getenv("AB_TEST_AUTH");
+    return mode && strcmp(mode, "curve") == 0;
 }
 
 const char *th_dir(void)

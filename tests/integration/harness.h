@@ -15,8 +15,17 @@
 
 #include <sys/types.h>
 
-/* Creates the test's temp dir and registers the cleanup. */
+/* Creates the test's temp dir and registers the cleanup. With
+ * AB_TEST_AUTH=curve in the environment it also makes a broker keypair and
+ * an admin key and sets AB_AUTH, AB_KEYS_DIR, AB_BROKER_CERT, AB_KEY and
+ * AB_BROKER_KEY, so every broker, client and program the test starts uses
+ * CURVE (the ctest entries auth_*). */
 void th_init(const char *test_name);
+/* 1 when the test runs with AB_TEST_AUTH=curve. */
+int th_auth_on(void);
+/* With AB_TEST_AUTH=curve, makes raw ZeroMQ socket SOCK (before its
+ * connect) a CURVE client proving the test's admin key; else nothing. */
+void th_secure(void *sock);
 const char *th_dir(void);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. */

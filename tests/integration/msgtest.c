@@ -107,6 +107,7 @@ void *mt_raw(int port, void **ctx)
     int linger = 0, timeout = 2000;
     zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(raw, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    th_secure(raw); /* CURVE under AB_TEST_AUTH=curve */
     REQUIRE(zmq_connect(raw, th_ep(port)) == 0);
     return raw;
 }

@@ -132,6 +132,28 @@ static void s_service_ttl(void)
     ab_client_destroy(&c);
 }
 
+/* A worker's cache-ttl-s label is capped by the broker's
+ * cache-label-ttl-max-s (issue 14): a worker cannot keep its answers (or a
+ * poisoned one) cached for longer than the operator allows. */
+static void s_label_ttl_cap(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--cache-label-ttl-max-s", "1", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo", .ttl_label = "2592000"};
+    pthread_t th = ct_worker_start(&x, c);
+    char out[512];
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    CHECK_EQ(ct_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_EQ(ct_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_STR(out, "a#1"); /* cached */
+    th_sleep_ms(1300);
+    CHECK_EQ(ct_req(c, "echo", "a", out, sizeof out), AB_OK);
+    CHECK_STR(out, "a#2"); /* 1 s, not the label's 30 days */
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
 /* An error reply is never cached: each repeat reaches the worker. */
 static void s_error_not_cached(void)
 {
@@ -479,10 +501,10 @@ int main(int argc, char **argv)
         {"typed", s_typed_determinism}, {"typed_lz4", s_typed_lz4},
         {"coalesce_100", s_coalesce_100}, {"stream_fanout", s_stream_fanout},
         {"leader_fails", s_leader_fails}, {"waiter_deadline", s_waiter_deadline}, {"cli", s_cli},
-        {"service_ttl", s_service_ttl},
+        {"service_ttl", s_service_ttl}, {"label_ttl_cap", s_label_ttl_cap},
         /* test_cache_tiers.c */
         {"l3_restart", cache_l3_restart}, {"l2_shared", cache_l2_shared},
-        {"l2_down", cache_l2_down}, {"l2_slow", cache_l2_slow},
+        {"l2_down", cache_l2_down}, {"l2_clear", cache_l2_clear}, {"l2_slow", cache_l2_slow},
         {"l3_truncated", cache_l3_truncated}, {"l2_breaker_skips", cache_l2_breaker_skips},
         /* test_cache_hostile.c */
         {"lz4_bomb", cache_lz4_bomb}, {"model_key", cache_model_key},

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -228,6 +229,40 @@ void cache_l2_shared(void)
 
 /* Redis killed mid-run: no client error, the breaker opens; Redis back on
  * the same port: the breaker closes and L2 serves again. */
+/* `cache clear --tier l2` on a Redis the brokers share (issue 14): our
+ * namespace goes in SCAN batches (never KEYS), keys of others stay. */
+void cache_l2_clear(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64], cmd[1024], out[256];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    s_redis_start(rport);
+    /* 2500 entries of ours (several SCAN rounds) and one of another app. */
+    snprintf(cmd, sizeof cmd, "redis-cli -p %d eval \"for i=1,2500 do redis.call('SET', "
+             "'agentbus:cache:v1:' .. i, 'x') end redis.call('SET', 'other:app', 'y') "
+             "return 1\" 0", rport);
+    REQUIRE(th_run(cmd, out, sizeof out) == 0);
+    th_broker(port, "--cache-redis", addr, NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    snprintf(cmd, sizeof cmd, "%s --broker %s cache clear --tier l2", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    long left = -1;
+    for (int i = 0; i < 200 && left != 1; i++) {
+        snprintf(cmd, sizeof cmd, "redis-cli -p %d dbsize", rport);
+        left = th_run(cmd, out, sizeof out) == 0 ? atol(out) : -1;
+        if (left != 1)
+            th_sleep_ms(25);
+    }
+    CHECK_EQ(left, 1);
+    snprintf(cmd, sizeof cmd, "redis-cli -p %d get other:app", rport);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strncmp(out, "y", 1) == 0);
+    ab_client_destroy(&c);
+    s_redis_stop();
+}
+
 void cache_l2_down(void)
 {
     int rport = th_free_port(), port = th_free_port();

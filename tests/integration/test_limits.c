@@ -36,6 +36,7 @@ static void *s_dealer(int port)
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    th_secure(s); /* CURVE under AB_TEST_AUTH=curve */
     REQUIRE(zmq_connect(s, th_ep(port)) == 0);
     return s;
 }

@@ -209,3 +209,35 @@ def test_control_stats(bus):
         assert "ops" in [a["name"] for a in c.control("agents")["agents"]]
         with pytest.raises(agentbus.UnsupportedError):
             c.control("nonsense")
+
+
+def test_auth_curve(procs, tmp_path, monkeypatch):
+    """A broker with --auth curve: a client proving a trusted key (key=,
+    broker_key=) is served; one without a key gets DeniedError."""
+    from conftest import Bus
+    import subprocess
+    data = tmp_path / "data"
+    (data / "keys").mkdir(parents=True)
+    from conftest import BIN
+    ctl = os.path.join(BIN, "brokerctl")
+    for args in (["broker", "--role", "peer", "--out", str(data)],
+                 ["ops", "--role", "admin", "--out", str(tmp_path)],
+                 ["ag", "--out", str(tmp_path)],
+                 ["w", "--role", "worker", "--services", "echo", "--out", str(tmp_path)]):
+        subprocess.run([ctl, "keygen"] + args, check=True, stdout=subprocess.DEVNULL)
+    for name in ("ops", "ag", "w"):
+        os.link(str(tmp_path / (name + ".key")), str(data / "keys" / (name + ".key")))
+    broker_key = str(data / "broker.key")
+    monkeypatch.setenv("AB_KEY", str(tmp_path / "ops.key_secret"))  # the fixture's own probes
+    monkeypatch.setenv("AB_BROKER_KEY", broker_key)
+    bus = Bus(procs).start("--auth", "curve", "--data-dir", str(data))
+    bus.echo_worker("echo", "--key", str(tmp_path / "w.key_secret"), "--broker-key", broker_key)
+    bus.wait_workers("echo")
+    monkeypatch.delenv("AB_KEY")
+    monkeypatch.delenv("AB_BROKER_KEY")
+    with agentbus.Client(bus.endpoint, key=str(tmp_path / "ag.key_secret"),
+                         broker_key=broker_key) as c:
+        assert c.request("echo", b"hi", timeout=5) == b"hi"
+    with agentbus.Client(bus.endpoint) as c:
+        with pytest.raises(agentbus.DeniedError):
+            c.request("echo", b"hi", timeout=5)

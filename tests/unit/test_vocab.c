@@ -51,7 +51,7 @@ static void s_test_status_abi(void)
                {-22, "MISSING_FIELD"}, {-23, "PAYLOAD_SIZE"}, {-24, "DECODE"},
                {-40, "MODEL_NOT_FOUND"}, {-41, "BAD_REQUEST"}, {-42, "BACKEND_BUSY"},
                {-43, "BACKEND"},    {-44, "CANCELLED"},    {-50, "NAME_TAKEN"},
-               {-51, "BAD_NAME"},   {-52, "TOO_LARGE"},    {-53, "NO_AGENT"},
+               {-51, "BAD_NAME"},   {-52, "TOO_LARGE"},    {-53, "NO_AGENT"},     {-54, "DENIED"},
                {-60, "BATCH"},      {-61, "LZ4"}};
     const int n = (int)(sizeof abi / sizeof abi[0]);
     CHECK_EQ(S_NSTATUS, n); /* a new code needs its line here too */

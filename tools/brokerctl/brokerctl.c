@@ -15,6 +15,7 @@
 #include "msgcmd.h"
 #include "cli.h"
 #include "lanecmd.h"
+#include "keycmd.h"
 #include "tl_args.h"
 #include "tl_clock.h"
 
@@ -313,6 +314,10 @@ static int s_run(ab_client_t *c, const ctl_args_t *a)
         int crc = ctl_cache(c, a->npos, (char **)a->pos, a->tier, a->json, (int)a->timeout_ms);
         return crc == AB_OK ? 0 : s_fail(c, crc);
     }
+    if (!strcmp(cmd, "keys")) {
+        int krc = ctl_keys(c, a->npos == 1, a->json, (int)a->timeout_ms);
+        return krc == AB_OK ? 0 : s_fail(c, krc);
+    }
     if (!strcmp(cmd, "request")) {
         if (a->cache_flags)
             ab_client_set_cache(c, a->cache_flags, a->cache_ttl);
@@ -353,6 +358,17 @@ static int s_client_new(const ctl_args_t *a, ab_client_t **c)
         return 2;
     }
     ab_options_set_takeover(o, a->takeover);
+    const char *bad = a->key && ab_options_set_key_file(o, a->key) != AB_OK ? "--key" : NULL;
+    if (!bad && a->broker_key && ab_options_set_broker_key(o, a->broker_key) != AB_OK)
+        bad = "--broker-key";
+    if (bad) {
+        fprintf(stderr, "brokerctl: %s '%s' cannot be used: expected %s\n", bad,
+                bad[2] == 'k' ? a->key : a->broker_key,
+                bad[2] == 'k' ? "a readable secret certificate (keygen's NAME.key_secret)"
+                              : "a Z85 public key (40 characters) or a certificate file");
+        ab_options_destroy(&o);
+        return 2;
+    }
     int rc = ab_client_new(c, o);
     ab_options_destroy(&o);
     return rc == AB_OK ? 0 : s_fail(*c, rc);
@@ -371,6 +387,8 @@ int main(int argc, char **argv)
             ctl_cli_usage(stdout, a.cmd);
         return 0;
     }
+    if (!strcmp(a.cmd, "keygen")) /* local: no broker */
+        return ctl_keygen(a.pos[0], &a.kg, a.json);
     s_json = a.json;
     ctl_json_lines = ctl_cli_is_stream(&a);
     s_events_left = a.events ? a.events : -1;

@@ -10,10 +10,16 @@ enum {
     O_BROKER = 1, O_JSON, O_TIMEOUT, O_HELP, O_VERSION, /* global: every command */
     O_WATCH, O_EVENTS, O_COUNT, O_TAKEOVER, O_CACHE, O_NOCACHE, O_NOSTORE, O_TIER,
     O_TEMP, O_SEED, O_PREDICT, O_SYSTEM, O_NOSTREAM, O_SERVICE, O_PRIORITY,
+    O_KEY, O_BROKERKEY, /* global too */
+    O_ROLE, O_SERVICES, O_NAMES, O_TOPICS, O_CAPACITY, O_OUT, /* keygen */
 };
 #define B(o) (1u << (o))
-#define GLOBAL (B(O_BROKER) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | B(O_VERSION))
-#define GEN (B(O_TEMP) | B(O_SEED) | B(O_PREDICT) | B(O_SYSTEM) | B(O_NOSTREAM) | B(O_SERVICE) | B(O_PRIORITY))
+#define GLOBAL (B(O_BROKER) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | B(O_VERSION) | B(O_KEY) | \
+                B(O_BROKERKEY))
+#define KEYGEN (B(O_ROLE) | B(O_SERVICES) | B(O_NAMES) | B(O_TOPICS) | B(O_CAPACITY) | B(O_OUT))
+#define GEN (B(O_TEMP) | B(O_SEED) | B(O_PREDICT) | B(O_SYSTEM) | B(O_NOSTREAM) | B(O_SERVICE) | \
+             B(O_PRIORITY))
+_Static_assert(O_OUT < 32, "option bits: one unsigned mask");
 
 static const tl_opt_t s_opts[] = {
     {"broker", 0, TL_VAL, O_BROKER},       {"json", 0, TL_NOVAL, O_JSON},
@@ -26,6 +32,10 @@ static const tl_opt_t s_opts[] = {
     {"seed", 0, TL_VAL, O_SEED},           {"num-predict", 0, TL_VAL, O_PREDICT},
     {"system", 0, TL_VAL, O_SYSTEM},       {"no-stream", 0, TL_NOVAL, O_NOSTREAM},
     {"service", 0, TL_VAL, O_SERVICE},     {"priority", 0, TL_VAL, O_PRIORITY},
+    {"key", 0, TL_VAL, O_KEY},             {"broker-key", 0, TL_VAL, O_BROKERKEY},
+    {"role", 0, TL_VAL, O_ROLE},           {"services", 0, TL_VAL, O_SERVICES},
+    {"names", 0, TL_VAL, O_NAMES},         {"topics", 0, TL_VAL, O_TOPICS},
+    {"capacity", 0, TL_VAL, O_CAPACITY},   {"out", 0, TL_VAL, O_OUT},
     {NULL, 0, 0, 0},
 };
 
@@ -58,6 +68,18 @@ static const struct {
     {O_SERVICE, "--service NAME", "inference service (default ollama)"},
     {O_PRIORITY, "--priority P", "lane at the broker: interactive, normal (default), batch,\n"
                                  "or a number 0..255 (1 batch, 3+ interactive)"},
+    {O_KEY, "--key FILE", "this peer's secret certificate (keygen's NAME.key_secret)\n"
+                          "for a broker with --auth curve (default: $AB_KEY)"},
+    {O_BROKERKEY, "--broker-key KEY", "the broker's public key, Z85 or a certificate file\n"
+                                      "(default: $AB_BROKER_KEY)"},
+    {O_ROLE, "--role ROLE", "agent (default), worker, admin or peer"},
+    {O_SERVICES, "--services LIST", "comma-separated globs: services a worker may register,\n"
+                                    "an agent may request (default: worker none, others all)"},
+    {O_NAMES, "--names PATTERNS", "agent names it may take, globs (default: NAME itself;\n"
+                                  "admin: all)"},
+    {O_TOPICS, "--topics PATTERNS", "topics it may publish and subscribe to (default all)"},
+    {O_CAPACITY, "--capacity N", "largest capacity a worker may register"},
+    {O_OUT, "--out DIR", "directory to write the two files in (default .)"},
 };
 
 static const struct {
@@ -93,6 +115,11 @@ static const struct {
     {"agents", "", "agents: connection age, mailbox depth, subscriptions", 0, 0, 0},
     {"clients", "", "clients (agent name, else connection): requests in flight,\n"
                     "queued and refused by their quotas, weight", 0, 0, B(O_WATCH)},
+    {"keygen", "NAME", "write a CURVE keypair: NAME.key (public, for the broker's\n"
+                       "keys directory) and NAME.key_secret (the peer's --key),\n"
+                       "with the role and grants in it; needs no broker", 1, 1, KEYGEN},
+    {"keys", "[reload]", "the broker's public key and the keys it trusts with their\n"
+                         "grants (admin); reload: read its keys directory again", 0, 1, 0},
 };
 #define NCMDS (sizeof s_cmds / sizeof s_cmds[0])
 
@@ -207,6 +234,14 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
         ok = ab_priority_parse(v, &a->priority) == AB_OK;
         a->infer.priority = a->priority;
         break;
+    case O_KEY: a->key = v; break;
+    case O_BROKERKEY: a->broker_key = v; break;
+    case O_ROLE: a->kg.role = v; break;
+    case O_SERVICES: a->kg.services = v; break;
+    case O_NAMES: a->kg.names = v; break;
+    case O_TOPICS: a->kg.topics = v; break;
+    case O_CAPACITY: ok = !tl_parse_long(v, 1, 100000000, &a->kg.capacity); break;
+    case O_OUT: ok = *v != '\0'; a->kg.out_dir = v; break;
     }
     if (!ok && id == O_TIER)
         snprintf(errbuf, cap, "unknown cache tier '%s' (l1, l2 or l3)", v);
@@ -229,6 +264,8 @@ static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
     if (!strcmp(c, "models") && a->npos &&
         (a->npos != 3 || (strcmp(a->pos[0], "load") && strcmp(a->pos[0], "unload"))))
         return "expected: models, or models load|unload WORKER MODEL";
+    if (!strcmp(c, "keys") && a->npos && strcmp(a->pos[0], "reload"))
+        return "expected: keys, or keys reload";
     if (!strcmp(c, "cache")) {
         int clear = a->npos == 1 && !strcmp(a->pos[0], "clear");
         int get = a->npos == 2 && !strcmp(a->pos[0], "get");
@@ -254,6 +291,8 @@ int ctl_cli_parse(ctl_args_t *a, int argc, char **argv, FILE *err)
     memset(a, 0, sizeof *a);
     a->timeout_ms = 5000;
     a->infer.service = "ollama";
+    a->kg.role = "agent";
+    a->kg.out_dir = ".";
     tl_parser_t p;
     tl_parser_init(&p, argc, argv, 1);
     char first_err[300] = "";

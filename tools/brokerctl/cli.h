@@ -10,6 +10,8 @@
 #ifndef CTL_CLI_H
 #define CTL_CLI_H
 
+#include "keycmd.h"
+
 #include <stdint.h>
 #include <stdio.h>
 
@@ -38,6 +40,8 @@ typedef struct {
     ctl_infer_flags_t infer;
     uint32_t priority;             /* --priority (ab_priority_parse); 0 default */
     int help, version;             /* --help / -h, --version */
+    const char *key, *broker_key;  /* --key FILE, --broker-key KEY (else $AB_KEY...) */
+    ctl_keygen_opts_t kg;          /* keygen: --role, --services, --names, ... */
 } ctl_args_t;
 
 /* Parses ARGV into A. 0: run A; 1: A->help or A->version is set (print and

@@ -1,0 +1,651 @@
+/*
+ * test_auth.c - authentication and authorization (issue 14) with real
+ * processes: a broker with --auth curve, keys made by brokerctl keygen,
+ * workers and clients proving them, raw CURVE peers playing the hostile
+ * side.
+ */
+#include "harness.h"
+#include "test.h"
+#include "codec.h"
+#include "vocab.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+static char s_data[512]; /* the broker's --data-dir */
+
+/* Runs a shell command; REQUIREs exit 0. */
+static void s_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void s_sh(const char *fmt, ...)
+{
+    char cmd[2048], out[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int rc = th_run(cmd, out, sizeof out);
+    if (rc != 0)
+        fprintf(stderr, "command failed (%d): %s\n%s\n", rc, cmd, out);
+    REQUIRE(rc == 0);
+}
+
+/* brokerctl keygen NAME ARGS into <data>/certs; TRUST: its public half
+ * into the keys directory too. */
+static void s_key(const char *name, const char *args, int trust)
+{
+    s_sh("%s keygen %s %s --out %s/certs", th_bin("brokerctl"), name, args, s_data);
+    if (trust)
+        s_sh("cp %s/certs/%s.key %s/keys/", s_data, name, s_data);
+}
+
+static const char *s_secret(const char *name)
+{
+    static char path[4][700];
+    static int slot;
+    char *p = path[slot++ % 4];
+    snprintf(p, sizeof path[0], "%s/certs/%s.key_secret", s_data, name);
+    return p;
+}
+
+static const char *s_broker_pub(void)
+{
+    static char path[600];
+    snprintf(path, sizeof path, "%s/broker.key", s_data);
+    return path;
+}
+
+/* The data dir with a broker keypair and an admin key, and the test's
+ * own clients (th_client, th_broker's probe) set to prove the admin key. */
+static void s_setup(void)
+{
+    snprintf(s_data, sizeof s_data, "%s/data", th_dir());
+    s_sh("mkdir -p %s/keys %s/certs && chmod 700 %s/keys", s_data, s_data, s_data);
+    /* The broker's own keypair, made ahead so clients know its key. */
+    s_sh("%s keygen broker --role peer --out %s", th_bin("brokerctl"), s_data);
+    s_key("admin", "--role admin", 1);
+    setenv("AB_KEY", s_secret("admin"), 1);
+    setenv("AB_BROKER_KEY", s_broker_pub(), 1);
+}
+
+static pid_t s_broker(int port)
+{
+    return th_broker(port, "--auth", "curve", "--data-dir", s_data, NULL);
+}
+
+/* A client proving key NAME (NULL: none at all), named AGENT (or unnamed). */
+static ab_client_t *s_client(int port, const char *name, const char *agent, int takeover)
+{
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    if (name) {
+        REQUIRE(ab_options_set_key_file(o, s_secret(name)) == AB_OK);
+        REQUIRE(ab_options_set_broker_key(o, s_broker_pub()) == AB_OK);
+    } else {
+        ab_options_set_key_file(o, "");
+        ab_options_set_broker_key(o, "");
+    }
+    if (agent)
+        REQUIRE(ab_options_set_name(o, agent) == AB_OK);
+    ab_options_set_takeover(o, takeover);
+    ab_client_t *c = NULL;
+    REQUIRE(ab_client_new(&c, o) == AB_OK);
+    ab_options_destroy(&o);
+    return c;
+}
+
+static pid_t s_worker(int port, const char *key, const char *service, const char *extra)
+{
+    const char *argv[] = {"--broker", th_ep(port), "--backend", "echo", "--service", service,
+                          "--key", s_secret(key), "--broker-key", s_broker_pub(),
+                          extra ? "--capacity" : NULL, extra, NULL};
+    return th_spawn("agentbus-worker", argv, NULL);
+}
+
+/* Occurrences of TEXT in the log of PID. */
+static int s_log_count(pid_t pid, const char *text)
+{
+    FILE *f = fopen(th_log_of(pid), "r");
+    char line[2048];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, text) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* 1 when the log of PID contains TEXT within timeout_ms. */
+static int s_log_has(pid_t pid, const char *text, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        if (s_log_count(pid, text) > 0)
+            return 1;
+        th_sleep_ms(50);
+    }
+    fprintf(stderr, "log of %d lacks: %s\n", (int)pid, text);
+    return 0;
+}
+
+static int s_request(ab_client_t *c, const char *service, const char *data, int timeout_ms,
+                     char *out, size_t cap)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = ab_client_request(c, service, data, strlen(data), timeout_ms, &buf, &len);
+    if (out && cap) {
+        snprintf(out, cap, "%.*s", (int)(len < cap ? len : cap - 1), buf ? (char *)buf : "");
+    }
+    ab_free(buf);
+    return rc;
+}
+
+/* The public key text in a certificate file. */
+static void s_cert_key(const char *path, const char *which, char out[41])
+{
+    FILE *f = fopen(path, "r");
+    REQUIRE(f != NULL);
+    char line[256];
+    out[0] = '\0';
+    while (fgets(line, sizeof line, f)) {
+        char *p = strstr(line, which);
+        if (p && (p = strchr(p, '"')) && strlen(p) > 41) {
+            memcpy(out, p + 1, 40);
+            out[40] = '\0';
+        }
+    }
+    fclose(f);
+    REQUIRE(strlen(out) == 40);
+}
+
+/* A raw DEALER proving key NAME (its own context in *CTX). */
+static void *s_raw(int port, const char *name, void **ctx)
+{
+    char pub[41], sec[41], srv[41];
+    s_cert_key(s_secret(name), "public-key", pub);
+    s_cert_key(s_secret(name), "secret-key", sec);
+    s_cert_key(s_broker_pub(), "public-key", srv);
+    *ctx = zmq_ctx_new();
+    void *raw = zmq_socket(*ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(raw, ZMQ_CURVE_SERVERKEY, srv, 41);
+    zmq_setsockopt(raw, ZMQ_CURVE_PUBLICKEY, pub, 41);
+    zmq_setsockopt(raw, ZMQ_CURVE_SECRETKEY, sec, 41);
+    REQUIRE(zmq_connect(raw, th_ep(port)) == 0);
+    return raw;
+}
+
+static void s_raw_send(void *raw, ab_header_t *h, const char *data)
+{
+    uint8_t buf[256];
+    size_t n = ab_header_encode(h, buf, sizeof buf);
+    REQUIRE(n > 0);
+    zmq_send(raw, buf, n, data ? ZMQ_SNDMORE : 0);
+    if (data)
+        zmq_send(raw, data, strlen(data), 0);
+}
+
+/* The `denied` count of key NAME in `brokerctl keys`, or -1. */
+static long s_denied(const char *name)
+{
+    char cmd[1024], out[8192];
+    snprintf(cmd, sizeof cmd, "%s keys --json --broker %s 2>&1", th_bin("brokerctl"),
+             getenv("AB_TEST_EP"));
+    if (th_run(cmd, out, sizeof out) != 0)
+        return -1;
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"name\": \"%s\"", name);
+    char *p = strstr(out, pat);
+    p = p ? strstr(p, "\"denied\": ") : NULL;
+    return p ? strtol(p + 10, NULL, 10) : -1;
+}
+
+static int s_port_with_ep(void)
+{
+    int port = th_free_port();
+    setenv("AB_TEST_EP", th_ep(port), 1);
+    return port;
+}
+
+/* --- authentication ------------------------------------------------------- */
+
+/* The keypair is made on first start (secret 0600), kept across restarts;
+ * the ipc socket is the broker user's only, and ipc peers are the admin. */
+static void s_keypair(void)
+{
+    snprintf(s_data, sizeof s_data, "%s/fresh", th_dir());
+    int port = th_free_port();
+    char ipc[600], ep[640];
+    snprintf(ipc, sizeof ipc, "%s/b.ipc", th_dir());
+    snprintf(ep, sizeof ep, "ipc://%s", ipc);
+    const char *argv[] = {"--bind", th_ep(port), "--bind", ep, "--auth", "curve", "--data-dir",
+                          s_data, NULL};
+    pid_t b = th_spawn("agentbus-broker", argv, NULL);
+    REQUIRE(s_log_has(b, "ready", 10000));
+    char path[700];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/broker.key_secret", s_data);
+    REQUIRE(stat(path, &st) == 0);
+    CHECK_EQ(st.st_mode & 0777, 0600);
+    snprintf(path, sizeof path, "%s/keys", s_data);
+    REQUIRE(stat(path, &st) == 0);
+    CHECK_EQ(st.st_mode & 0777, 0700);
+    REQUIRE(stat(ipc, &st) == 0);
+    CHECK_EQ(st.st_mode & 077, 0); /* no group or other access */
+    char pub1[41], pub2[41];
+    snprintf(path, sizeof path, "%s/broker.key", s_data);
+    s_cert_key(path, "public-key", pub1);
+    /* Over ipc, without a key: the local operator, an admin. */
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, ep);
+    ab_client_t *c = NULL;
+    REQUIRE(ab_client_new(&c, o) == AB_OK);
+    ab_options_destroy(&o);
+    void *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ(ab_client_control(c, "keys", 3000, &buf, &len), AB_OK);
+    Agentbus__KeyList *kl = buf ? agentbus__key_list__unpack(NULL, len, buf) : NULL;
+    REQUIRE(kl != NULL);
+    CHECK_STR(kl->broker_key, pub1);
+    CHECK_EQ(kl->n_keys, 0);
+    agentbus__key_list__free_unpacked(kl, NULL);
+    ab_free(buf);
+    ab_client_destroy(&c);
+    CHECK_EQ(th_stop(b), 0);
+    b = th_spawn("agentbus-broker", argv, NULL);
+    REQUIRE(s_log_has(b, "ready", 10000));
+    s_cert_key(path, "public-key", pub2);
+    CHECK_STR(pub2, pub1); /* the same keypair after a restart */
+    /* A secret readable by others is refused, as ssh does. */
+    CHECK_EQ(th_stop(b), 0);
+    snprintf(path, sizeof path, "%s/broker.key_secret", s_data);
+    chmod(path, 0644);
+    b = th_spawn("agentbus-broker", argv, NULL);
+    CHECK_EQ(th_wait_exit(b, 10000), 1);
+    CHECK_TRUE(s_log_has(b, "readable by other users", 100));
+}
+
+/* A trusted agent key works; an unknown key and no key are refused at the
+ * handshake and logged with the address. */
+static void s_handshake(void)
+{
+    s_setup();
+    s_key("ag1", "", 1);
+    s_key("stranger", "", 0);
+    s_key("w1", "--role worker --services echo", 1);
+    int port = s_port_with_ep();
+    pid_t b = s_broker(port);
+    s_worker(port, "w1", "echo", NULL);
+    ab_client_t *adm = th_client(port);
+    REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
+    ab_client_t *ok = s_client(port, "ag1", NULL, 0);
+    char out[64];
+    CHECK_EQ(s_request(ok, "echo", "hello", 5000, out, sizeof out), AB_OK);
+    CHECK_STR(out, "hello");
+    ab_client_t *bad = s_client(port, "stranger", NULL, 0);
+    CHECK_EQ(s_request(bad, "echo", "x", 5000, NULL, 0), AB_EDENIED);
+    CHECK_TRUE(strstr(ab_client_last_error(bad), "refused") != NULL);
+    char pub[41], line[200];
+    s_cert_key(s_secret("stranger"), "public-key", pub);
+    snprintf(line, sizeof line, "refused a connection from 127.0.0.1: unknown key %s", pub);
+    CHECK_TRUE(s_log_has(b, line, 5000));
+    ab_client_t *none = s_client(port, NULL, NULL, 0);
+    CHECK_EQ(s_request(none, "echo", "x", 5000, NULL, 0), AB_EDENIED);
+    CHECK_TRUE(strstr(ab_client_last_error(none), "requires CURVE") != NULL);
+    CHECK_TRUE(s_log_has(b, "failed its handshake", 5000));
+    /* The stranger retries for ever; it is logged once a minute. */
+    th_sleep_ms(1000);
+    snprintf(line, sizeof line, "unknown key %s", pub);
+    CHECK_EQ(s_log_count(b, line), 1);
+    ab_client_destroy(&bad);
+    ab_client_destroy(&none);
+    ab_client_destroy(&ok);
+    ab_client_destroy(&adm);
+}
+
+/* Beyond loopback without auth: refused unless --insecure. */
+static void s_bind_guard(void)
+{
+    int port = th_free_port();
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://0.0.0.0:%d", port);
+    const char *plain[] = {"--bind", ep, NULL};
+    pid_t b = th_spawn("agentbus-broker", plain, NULL);
+    CHECK_EQ(th_wait_exit(b, 10000), 2);
+    CHECK_TRUE(s_log_has(b, "refusing to bind", 100));
+    CHECK_TRUE(s_log_has(b, "--insecure", 100));
+    const char *star[] = {"--bind", "tcp://*:0", NULL};
+    b = th_spawn("agentbus-broker", star, NULL);
+    CHECK_EQ(th_wait_exit(b, 10000), 2);
+    const char *insecure[] = {"--bind", ep, "--insecure", NULL};
+    b = th_spawn("agentbus-broker", insecure, NULL);
+    CHECK_TRUE(s_log_has(b, "ready", 10000));
+    ab_client_t *c = th_client(port); /* reached on 127.0.0.1 through 0.0.0.0 */
+    Agentbus__Stats *st = th_stats(c);
+    CHECK_TRUE(st != NULL);
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+    CHECK_EQ(th_stop(b), 0);
+    s_setup();
+    char ep2[64];
+    snprintf(ep2, sizeof ep2, "tcp://0.0.0.0:%d", th_free_port());
+    const char *curve[] = {"--bind", ep2, "--auth", "curve", "--data-dir", s_data, NULL};
+    b = th_spawn("agentbus-broker", curve, NULL);
+    CHECK_TRUE(s_log_has(b, "ready", 10000));
+}
+
+/* --- authorization -------------------------------------------------------- */
+
+/* An agent key cannot register; a worker key registers only its services,
+ * within its capacity grant. Refusals are DENIED and counted per key. */
+static void s_register(void)
+{
+    s_setup();
+    s_key("ag1", "", 1);
+    s_key("wecho", "--role worker --services echo --capacity 8", 1);
+    int port = s_port_with_ep();
+    pid_t b = s_broker(port);
+    ab_client_t *adm = th_client(port);
+    s_worker(port, "ag1", "echo", NULL);
+    CHECK_TRUE(s_log_has(b, "denied REGISTER 'echo' to key ag1 (agent)", 10000));
+    s_worker(port, "wecho", "ollama", NULL);
+    CHECK_TRUE(s_log_has(b, "denied REGISTER 'ollama' to key wecho (worker)", 10000));
+    s_worker(port, "wecho", "echo", "16"); /* capacity 16 > its grant of 8 */
+    CHECK_TRUE(s_log_has(b, "capacity above this key's grant", 10000));
+    s_worker(port, "wecho", "echo", "8");
+    REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
+    Agentbus__WorkerList *wl = th_workers(adm);
+    REQUIRE(wl != NULL);
+    CHECK_EQ(wl->n_workers, 1); /* only the granted one */
+    if (wl->n_workers == 1) {
+        CHECK_STR(wl->workers[0]->service, "echo");
+        CHECK_EQ(wl->workers[0]->capacity, 8);
+    }
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    CHECK_TRUE(s_denied("ag1") >= 1);
+    CHECK_TRUE(s_denied("wecho") >= 2);
+    CHECK_EQ(s_denied("admin"), 0);
+    Agentbus__Stats *st = th_stats(adm);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(th_stat_error(st, "DENIED") >= 3);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&adm);
+}
+
+typedef struct {
+    int done, status;
+    char data[64];
+} s_answer_t;
+
+static void s_keep(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_answer_t *a = arg;
+    if (!ev->final)
+        return;
+    a->done = 1;
+    a->status = ev->status;
+    snprintf(a->data, sizeof a->data, "%.*s", (int)(ev->size < 63 ? ev->size : 63),
+             ev->data ? (const char *)ev->data : "");
+}
+
+/* A worker cannot answer a request it was not given: a trusted worker key
+ * forging replies for others' request ids is dropped, and nothing it
+ * forged reaches the client or the cache. */
+static void s_forged_answer(void)
+{
+    s_setup();
+    s_key("w1", "--role worker --services echo", 1);
+    s_key("w2", "--role worker --services echo,echo2", 1);
+    s_key("ag1", "", 1);
+    int port = s_port_with_ep();
+    s_broker(port);
+    const char *argv[] = {"--broker", th_ep(port), "--service", "echo", "--delay-ms", "1000",
+                          "--key", s_secret("w1"), "--broker-key", s_broker_pub(), NULL};
+    th_spawn("agentbus-worker", argv, NULL);
+    ab_client_t *adm = th_client(port);
+    REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
+    void *ctx;
+    void *raw = s_raw(port, "w2", &ctx);
+    ab_header_t reg = ab_header_init(AB_KIND_REGISTER);
+    reg.id = 1;
+    reg.target = (ab_view_t){"echo2", 5};
+    reg.credit = 1;
+    s_raw_send(raw, &reg, NULL);
+    REQUIRE(th_wait_workers(adm, "echo2", 1, 10000) == 0);
+    ab_client_t *c = s_client(port, "ag1", NULL, 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 600);
+    /* The request waits a second at w1 while w2 answers every id. */
+    s_answer_t got = {0};
+    CHECK_EQ(ab_client_request_start(c, "echo", "real", 4, NULL, s_keep, &got, NULL), AB_OK);
+    for (int i = 0; i < 10; i++)
+        ab_client_poll(c, 10);
+    for (uint64_t id = 1; id <= 50; id++) {
+        ab_header_t h = ab_header_init(AB_KIND_REPLY);
+        h.correlation_id = id;
+        s_raw_send(raw, &h, "forged");
+    }
+    for (int i = 0; i < 1000 && !got.done; i++)
+        ab_client_poll(c, 10);
+    CHECK_EQ(got.status, AB_OK);
+    CHECK_STR(got.data, "real");
+    /* Every forged answer is dropped and counted (none taken). */
+    unsigned long long dropped = 0;
+    for (int i = 0; i < 200 && dropped < 50; i++) {
+        Agentbus__Stats *st = th_stats(adm);
+        REQUIRE(st != NULL);
+        dropped = st->replies_dropped;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (dropped < 50)
+            th_sleep_ms(25);
+    }
+    CHECK_U64(dropped, 50);
+    /* What the cache holds is the real answer. */
+    char out[64];
+    CHECK_EQ(s_request(c, "echo", "real", 5000, out, sizeof out), AB_OK);
+    CHECK_STR(out, "real");
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&c);
+    ab_client_destroy(&adm);
+}
+
+/* An agent takes only the names granted to it, so it cannot take another
+ * agent's name (takeover or offline mailbox) and read its messages. */
+static void s_names(void)
+{
+    s_setup();
+    s_key("ag1", "", 1);
+    s_key("bob", "--names bob", 1);
+    s_key("team", "--names 'team-*'", 1);
+    int port = s_port_with_ep();
+    pid_t b = s_broker(port);
+    ab_client_t *adm = th_client(port);
+    /* A message waits in bob's mailbox while bob is offline. */
+    int queued = 0;
+    CHECK_EQ(ab_client_send_wait(adm, "bob", "for bob", 7, 0, 3000, &queued), AB_OK);
+    CHECK_EQ(queued, 1);
+    ab_client_t *thief = s_client(port, "ag1", "bob", 1);
+    CHECK_TRUE(s_log_has(b, "denied HELLO 'bob' to key ag1 (agent)", 10000));
+    ab_message_t *m = NULL;
+    int stolen = 0, denied = 0;
+    for (int i = 0; i < 10; i++) {
+        if (ab_client_recv(thief, &m, 50) == AB_OK && m) {
+            stolen += m->type == AB_MSG_DIRECT;
+            denied += m->type == AB_MSG_ERROR && m->status == AB_EDENIED;
+        }
+        ab_message_destroy(&m);
+    }
+    CHECK_EQ(stolen, 0);
+    CHECK_TRUE(denied >= 1); /* told why, as a message (for each HELLO) */
+    ab_client_t *t1 = s_client(port, "team", "team-a", 0);
+    ab_client_t *t2 = s_client(port, "team", "other", 0);
+    /* The owner gets the message that waited. */
+    ab_client_t *bob = s_client(port, "bob", "bob", 0);
+    CHECK_EQ(ab_client_recv(bob, &m, 5000), AB_OK);
+    if (m)
+        CHECK_TRUE(m->size == 7 && memcmp(m->data, "for bob", 7) == 0);
+    ab_message_destroy(&m);
+    for (int i = 0; i < 50; i++)
+        ab_client_poll(t1, 10), ab_client_poll(t2, 10);
+    Agentbus__AgentList *al = NULL;
+    void *buf = NULL;
+    size_t len = 0;
+    REQUIRE(ab_client_control(adm, "agents", 3000, &buf, &len) == AB_OK);
+    al = agentbus__agent_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    REQUIRE(al != NULL);
+    int team_a = 0, other = 0;
+    for (size_t i = 0; i < al->n_agents; i++) {
+        team_a += strcmp(al->agents[i]->name, "team-a") == 0 && al->agents[i]->connected;
+        other += strcmp(al->agents[i]->name, "other") == 0;
+    }
+    CHECK_EQ(team_a, 1);
+    CHECK_EQ(other, 0);
+    agentbus__agent_list__free_unpacked(al, NULL);
+    CHECK_TRUE(s_denied("ag1") >= 1);
+    CHECK_TRUE(s_denied("team") >= 1);
+    ab_client_destroy(&t1);
+    ab_client_destroy(&t2);
+    ab_client_destroy(&bob);
+    ab_client_destroy(&thief);
+    ab_client_destroy(&adm);
+}
+
+static void s_ignore(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c, (void)ev, (void)arg;
+}
+
+/* A request from C to the "vouch" worker of this process. */
+static void s_admin_flag(ab_client_t *c)
+{
+    uint64_t id = 0;
+    CHECK_EQ(ab_client_request_start(c, "vouch", "q", 1, NULL, s_ignore, NULL, &id), AB_OK);
+}
+
+/* A non-admin key cannot clear the cache, list keys or use any verb that
+ * changes state; read-only verbs stay open. The broker vouches for admins
+ * to workers (models load/unload). */
+static void s_admin_verbs(void)
+{
+    s_setup();
+    s_key("ag1", "", 1);
+    s_key("wv", "--role worker --services vouch", 1);
+    int port = s_port_with_ep();
+    s_broker(port);
+    ab_client_t *adm = th_client(port);
+    ab_client_t *ag = s_client(port, "ag1", NULL, 0);
+    const char *verbs[] = {"cache clear", "cache clear l1", "cache get 00000000000000000000000000000000",
+                           "keys", "keys reload", "drain", "eject x"};
+    for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
+        void *buf = NULL;
+        size_t len = 0;
+        int rc = ab_client_control(ag, verbs[i], 3000, &buf, &len);
+        if (rc != AB_EDENIED)
+            fprintf(stderr, "verb '%s': %s\n", verbs[i], ab_status_name(rc));
+        CHECK_EQ(rc, AB_EDENIED);
+        ab_free(buf);
+    }
+    const char *open_verbs[] = {"stats", "services", "workers", "agents", "cache"};
+    for (size_t i = 0; i < sizeof open_verbs / sizeof open_verbs[0]; i++) {
+        void *buf = NULL;
+        size_t len = 0;
+        CHECK_EQ(ab_client_control(ag, open_verbs[i], 3000, &buf, &len), AB_OK);
+        ab_free(buf);
+    }
+    void *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ(ab_client_control(adm, "cache clear", 3000, &buf, &len), AB_OK);
+    ab_free(buf);
+    /* A worker in this process sees who vouched. */
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, th_ep(port));
+    REQUIRE(ab_options_set_key_file(o, s_secret("wv")) == AB_OK);
+    ab_worker_t *w = NULL;
+    REQUIRE(ab_worker_new(&w, o, "vouch", 4) == AB_OK);
+    ab_options_destroy(&o);
+    for (int i = 0; i < 1000 && !ab_worker_connected(w); i++) {
+        ab_job_t *j = NULL;
+        if (ab_worker_recv(w, &j, 10) == AB_OK)
+            ab_job_destroy(&j);
+    }
+    REQUIRE(th_wait_workers(adm, "vouch", 1, 10000) == 0);
+    s_admin_flag(ag);
+    s_admin_flag(adm);
+    int seen_admin = 0, seen_agent = 0;
+    for (int i = 0; i < 400 && seen_admin + seen_agent < 2; i++) {
+        ab_client_poll(ag, 0);
+        ab_client_poll(adm, 0);
+        ab_job_t *j = NULL;
+        if (ab_worker_recv(w, &j, 10) == AB_OK && j) {
+            if (ab_job_admin(j))
+                seen_admin++;
+            else
+                seen_agent++;
+            ab_worker_reply(w, &j, "ok", 2);
+        }
+    }
+    CHECK_EQ(seen_admin, 1);
+    CHECK_EQ(seen_agent, 1);
+    ab_worker_destroy(&w);
+    ab_client_destroy(&ag);
+    ab_client_destroy(&adm);
+}
+
+/* A key removed from the keys directory is cut off at once (its live
+ * connections closed, its reconnects refused); put back, with SIGHUP, it
+ * works again. */
+static void s_removed_key(void)
+{
+    s_setup();
+    s_key("ag1", "", 1);
+    s_key("w1", "--role worker --services echo", 1);
+    int port = s_port_with_ep();
+    pid_t b = s_broker(port);
+    s_worker(port, "w1", "echo", NULL);
+    ab_client_t *adm = th_client(port);
+    REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
+    ab_client_t *ag = s_client(port, "ag1", NULL, 0);
+    CHECK_EQ(s_request(ag, "echo", "before", 5000, NULL, 0), AB_OK);
+    s_sh("rm %s/keys/ag1.key", s_data);
+    CHECK_TRUE(s_log_has(b, "key ag1", 10000) && s_log_has(b, "no longer trusted", 10000));
+    CHECK_EQ(s_denied("ag1"), -1); /* not listed any more */
+    int rc = s_request(ag, "echo", "after", 1500, NULL, 0);
+    CHECK_TRUE(rc != AB_OK); /* DISCONNECTED, DENIED, TIMEOUT: as the events fall */
+    char pub[41], line[200];
+    s_cert_key(s_secret("ag1"), "public-key", pub);
+    snprintf(line, sizeof line, "unknown key %s", pub);
+    CHECK_TRUE(s_log_has(b, line, 10000)); /* its reconnect is refused */
+    /* Back, and SIGHUP (a directory watch may also see it first). */
+    s_sh("cp %s/certs/ag1.key %s/keys/", s_data, s_data);
+    kill(b, SIGHUP);
+    int back = 0;
+    for (int i = 0; i < 100 && !back; i++) {
+        int rc2 = s_request(ag, "echo", "again", 500, NULL, 0);
+        back = rc2 == AB_OK;
+        if (!back)
+            th_sleep_ms(200); /* the library retries a refused handshake, backing off */
+    }
+    CHECK_TRUE(back);
+    ab_client_destroy(&ag);
+    ab_client_destroy(&adm);
+}
+
+int main(int argc, char **argv)
+{
+    const th_case_t cases[] = {
+        {"keypair", s_keypair},         {"handshake", s_handshake},
+        {"bind_guard", s_bind_guard},   {"register", s_register},
+        {"forged_answer", s_forged_answer}, {"names", s_names},
+        {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}

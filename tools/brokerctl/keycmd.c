@@ -1,0 +1,145 @@
+/* keycmd.c - see keycmd.h. */
+#include "keycmd.h"
+#include "agentbus.pb-c.h"
+#include "render.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A value that can sit between double quotes in a ZPL file. */
+static int s_zpl_ok(const char *v)
+{
+    return v && strlen(v) < 1024 && !strpbrk(v, "\"\n\r");
+}
+
+/* Writes the certificate text to PATH with MODE (a new file; an existing
+ * one is replaced). 0 or -1 (errno). */
+static int s_write(const char *path, int mode, const char *name, const ctl_keygen_opts_t *o,
+                   const char *pub, const char *sec)
+{
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    /* czmq's zcert format (ZPL), which the broker reads with zcert_load. */
+    fprintf(f, "#   agentbus CURVE certificate, written by brokerctl keygen\n"
+               "#   %s: %s\n", sec ? "SECRET: give it only to the peer it names"
+                                  : "public: put it in the broker's keys directory",
+            name);
+    fprintf(f, "metadata\n    name = \"%s\"\n    role = \"%s\"\n", name, o->role);
+    if (o->services)
+        fprintf(f, "    services = \"%s\"\n", o->services);
+    if (o->names)
+        fprintf(f, "    names = \"%s\"\n", o->names);
+    if (o->topics)
+        fprintf(f, "    topics = \"%s\"\n", o->topics);
+    if (o->capacity > 0)
+        fprintf(f, "    capacity = \"%ld\"\n", o->capacity);
+    fprintf(f, "curve\n    public-key = \"%s\"\n", pub);
+    if (sec)
+        fprintf(f, "    secret-key = \"%s\"\n", sec);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
+{
+    if (!*name || strlen(name) > 60 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO"
+                                                    "PQRSTUVWXYZ0123456789_-") != strlen(name)) {
+        fprintf(stderr, "brokerctl: keygen: NAME must be 1..60 letters, digits, '_' or '-'\n");
+        return 2;
+    }
+    if (strcmp(o->role, "agent") && strcmp(o->role, "worker") && strcmp(o->role, "admin") &&
+        strcmp(o->role, "peer")) {
+        fprintf(stderr, "brokerctl: keygen: --role is agent, worker, admin or peer\n");
+        return 2;
+    }
+    if ((o->services && !s_zpl_ok(o->services)) || (o->names && !s_zpl_ok(o->names)) ||
+        (o->topics && !s_zpl_ok(o->topics))) {
+        fprintf(stderr, "brokerctl: keygen: a grant may not contain '\"' or a newline\n");
+        return 2;
+    }
+    if (!strcmp(o->role, "worker") && !o->services) {
+        fprintf(stderr, "brokerctl: keygen: a worker key needs --services (the services it "
+                        "may register)\n");
+        return 2;
+    }
+    char pub[41], sec[41], path[4096], spath[4200];
+    if (ab_curve_keypair(pub, sec) != AB_OK) {
+        fprintf(stderr, "brokerctl: keygen: libzmq has no CURVE support\n");
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/%s.key", o->out_dir, name);
+    snprintf(spath, sizeof spath, "%s_secret", path);
+    if (s_write(path, 0644, name, o, pub, NULL) != 0 ||
+        s_write(spath, 0600, name, o, pub, sec) != 0) {
+        fprintf(stderr, "brokerctl: keygen: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (json)
+        ctl_json_print(stdout, json_pack("{s:s, s:s, s:s, s:s}", "name", name, "public_key", pub,
+                                         "public", path, "secret", spath));
+    else
+        printf("%s  %s (%s)\n  public: %s (copy into the broker's keys directory)\n"
+               "  secret: %s (mode 0600; the peer's --key)\n",
+               pub, name, o->role, path, spath);
+    return 0;
+}
+
+static void s_print(const Agentbus__KeyList *kl, int json)
+{
+    if (json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < kl->n_keys; i++) {
+            const Agentbus__KeyInfo *k = kl->keys[i];
+            json_array_append_new(
+                arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I}", "name", k->name,
+                               "public_key", k->public_key, "role", k->role, "services",
+                               k->services, "names", k->names, "topics", k->topics, "capacity",
+                               (json_int_t)k->capacity, "denied", (json_int_t)k->denied,
+                               "connections", (json_int_t)k->connections));
+        }
+        ctl_json_print(stdout, json_pack("{s:s, s:s, s:o}", "broker_key", kl->broker_key,
+                                         "auth", kl->auth, "keys", arr));
+        return;
+    }
+    printf("broker key: %s (auth %s)\n", kl->broker_key, kl->auth);
+    printf("%-16s %-40s %-6s %5s %6s  %s\n", "NAME", "PUBLIC KEY", "ROLE", "CONNS", "DENIED",
+           "GRANTS");
+    for (size_t i = 0; i < kl->n_keys; i++) {
+        const Agentbus__KeyInfo *k = kl->keys[i];
+        printf("%-16s %-40s %-6s %5u %6llu  services=%s names=%s topics=%s", k->name,
+               k->public_key, k->role, k->connections, (unsigned long long)k->denied,
+               k->services[0] ? k->services : "-", k->names[0] ? k->names : "-",
+               k->topics[0] ? k->topics : "-");
+        if (k->capacity)
+            printf(" capacity=%u", k->capacity);
+        printf("\n");
+    }
+}
+
+int ctl_keys(ab_client_t *c, int reload, int json, int timeout_ms)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = ab_client_control(c, reload ? "keys reload" : "keys", timeout_ms, &buf, &len);
+    if (rc != AB_OK)
+        return rc;
+    Agentbus__KeyList *kl = agentbus__key_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    if (!kl)
+        return AB_EMALFORMED;
+    s_print(kl, json);
+    agentbus__key_list__free_unpacked(kl, NULL);
+    return AB_OK;
+}
