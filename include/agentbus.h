@@ -771,6 +771,13 @@ AB_EXPORT uint64_t ab_job_id(const ab_job_t *job);
 AB_EXPORT uint32_t ab_job_timeout_ms(const ab_job_t *job);
 /* The service the request was sent to. Owns: the job ("" for NULL). */
 AB_EXPORT const char *ab_job_service(const ab_job_t *job);
+/* The request's priority as its client set it (ab_request_opts_t.priority,
+ * carried unchanged by the broker; 0 when none was set, and for NULL). */
+AB_EXPORT uint32_t ab_job_priority(const ab_job_t *job);
+/* The model the request named (ab_request_opts_t.model: what the broker
+ * placed it by), at most AB_MODEL_MAX bytes; "" when it named none, and for
+ * NULL. Owns: the job; valid while the job lives. */
+AB_EXPORT const char *ab_job_model(const ab_job_t *job);
 
 /* Sends one chunk of a streamed reply (DATA copied); the job stays open.
  * Errors: AB_EINVAL, AB_EPAYLOADSIZE, AB_EBUSY (queue to the broker full),
