@@ -217,8 +217,11 @@ AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
  * handle announces that it reads BATCHes, so the broker batches towards it
  * too. A turn ends at every library call that processes input
  * (ab_client_poll, ab_worker_recv/poll, a synchronous request's wait) or at
- * ab_client_flush/ab_worker_flush. The first message of a turn always goes
- * out at once, so a lone request is never delayed; the ones after it are
+ * ab_client_flush/ab_worker_flush, and when such a call hands control back
+ * to the application (a job, a message, after callbacks) with nothing more
+ * waiting, so an answer sent then never waits for a later poll; while more
+ * waits (a backlog) the answers are gathered. The first message of a turn
+ * always goes out at once, so a lone request is never delayed; the ones after it are
  * gathered until the turn ends or a limit is reached: MAX_COUNT messages
  * (2..4096, default 64), MAX_BYTES (256..16 MiB, default 64 KiB; a larger
  * message goes alone, in order) or MAX_AGE_US since the oldest gathered one
