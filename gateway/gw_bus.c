@@ -265,7 +265,8 @@ fail:
     return NULL;
 }
 
-static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel)
+/* Queues a command; RING wakes the bus thread for it. */
+static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel, int ring)
 {
     s_cmd_t *q = calloc(1, sizeof *q);
     if (!q)
@@ -286,7 +287,7 @@ static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel)
     b->tail = q;
     pthread_mutex_unlock(&b->lock);
     uint64_t one = 1;
-    if (write(b->efd, &one, sizeof one) < 0) {
+    if (ring && write(b->efd, &one, sizeof one) < 0) {
         /* the counter is full: the thread is awake anyway */
     }
     return 0;
@@ -294,12 +295,12 @@ static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel)
 
 int gw_bus_submit(gw_bus_t *b, gw_call_t *c)
 {
-    return s_queue(b, c, 0);
+    return s_queue(b, c, S_START, 1);
 }
 
 void gw_bus_cancel(gw_bus_t *b, gw_call_t *c)
 {
-    s_queue(b, c, S_CANCEL);
+    s_queue(b, c, S_CANCEL, 1);
 }
 
 void gw_bus_watch(gw_bus_t *b, gw_call_t *c, int fd)
@@ -321,8 +322,11 @@ void gw_bus_unwatch(gw_bus_t *b, gw_call_t *c)
         return;
     epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->watch_fd, NULL);
     c->watch_fd = -1;
-    /* The reference goes on the bus thread, after any event it holds. */
-    if (s_queue(b, c, S_UNWATCH) != 0)
+    /* The reference goes on the bus thread, after any event it holds. It
+     * rides with the next command (or the thread's next timer turn, at most
+     * 100 ms): a wake-up of its own, as the response leaves and the
+     * client's next request arrives, took a core from the calls in flight. */
+    if (s_queue(b, c, S_UNWATCH, 0) != 0)
         gw_call_unref(c); /* stopped: no event can come any more */
 }
 
