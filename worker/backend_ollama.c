@@ -570,6 +570,11 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     /* Keep a connection per slot (plus the probes) alive between requests. */
     curl_multi_setopt(o->multi, CURLMOPT_MAXCONNECTS, (long)args->capacity + 4);
     o->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    /* libcurl asks "Expect: 100-continue" for bodies over 1 MiB (images):
+     * a round trip more before the body leaves, for a server we trust. */
+    struct curl_slist *h = o->hdrs ? curl_slist_append(o->hdrs, "Expect:") : NULL;
+    if (h)
+        o->hdrs = h;
     /* Load the requested models one after another, before serving. */
     const char *p = args->preload;
     while (p && *p) {
