@@ -36,6 +36,10 @@ struct gw_bus {
     int stopping;
     atomic_int connected;
     atomic_ullong hangups;
+    /* gw_bus_serve: other I/O this thread runs (HTTP), set once */
+    atomic_int io_fd;
+    gw_io_fn *io_run;
+    void *io_arg;
 };
 
 gw_call_t *gw_call_new(gw_op_t op)
@@ -209,20 +213,40 @@ static void *s_thread(void *arg)
     gw_bus_t *b = arg;
     int fd = -1;
     ab_client_fd(b->client, &fd);
+    int io_wait = -1; /* what RUN asked for last */
     for (;;) {
-        struct pollfd p[3] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}, {b->epfd, POLLIN, 0}};
+        int io = atomic_load(&b->io_fd);
+        struct pollfd p[4] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}, {b->epfd, POLLIN, 0},
+                              {io, POLLIN, 0}};
         int wait = ab_client_next_timeout_ms(b->client);
-        poll(p, 3, wait > 100 ? 100 : wait);
+        if (wait > 100)
+            wait = 100;
+        if (io_wait >= 0 && io_wait < wait)
+            wait = io_wait;
+        poll(p, io >= 0 ? 4 : 3, wait);
         s_hangups(b);
+        if (io >= 0) /* new HTTP requests queue their commands here */
+            b->io_run(b->io_arg);
         if (s_run_commands(b))
             break;
         /* The library fd is edge-triggered: drain until nothing is left. */
         while (ab_client_poll(b->client, 0) > 0)
             ;
+        if (io >= 0) /* connections resumed by those events answer now */
+            io_wait = b->io_run(b->io_arg);
         atomic_store(&b->connected, ab_client_connected(b->client));
     }
     ab_client_destroy(&b->client); /* ends every call in flight (AB_ESTOPPED) */
+    if (atomic_load(&b->io_fd) >= 0)
+        b->io_run(b->io_arg); /* their connections resume, to be closed */
     return NULL;
+}
+
+void gw_bus_serve(gw_bus_t *b, int fd, gw_io_fn *run, void *arg)
+{
+    b->io_run = run;
+    b->io_arg = arg;
+    atomic_store(&b->io_fd, fd); /* publishes RUN and ARG to the thread */
 }
 
 gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
@@ -232,6 +256,7 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
     ab_options_t *o = ab_options_new();
     if (!b || !o)
         goto fail;
+    atomic_init(&b->io_fd, -1);
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     b->default_timeout_ms = default_timeout_ms;
