@@ -446,10 +446,8 @@ int ab_client_next_timeout_ms(ab_client_t *c)
     return wake > now ? (int)(wake - now) : 0;
 }
 
-int ab_client_poll(ab_client_t *c, int timeout_ms)
+static int s_poll(ab_client_t *c, int timeout_ms)
 {
-    if (!c)
-        return AB_EINVAL;
     int handled = s_process(c);
     if (handled != 0 || timeout_ms == 0)
         return handled;
@@ -468,6 +466,18 @@ int ab_client_poll(ab_client_t *c, int timeout_ms)
         if (handled != 0)
             return handled;
     }
+}
+
+int ab_client_poll(ab_client_t *c, int timeout_ms)
+{
+    if (!c)
+        return AB_EINVAL;
+    int rc = s_poll(c, timeout_ms);
+    /* Back to the application: what its callbacks sent leaves now unless
+     * more input waits (then its next poll sends it, batched). */
+    if (rc >= 0)
+        ab_conn_turn_end_idle(&c->conn, 0);
+    return rc;
 }
 
 /* --- synchronous requests: an async call whose callback fills a buffer ----- */

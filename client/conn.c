@@ -250,6 +250,13 @@ int ab_conn_flush(ab_conn_t *c)
     return s_send_gathered(c);
 }
 
+int ab_conn_turn_end_idle(ab_conn_t *c, int app_queued)
+{
+    if (app_queued || !c->in_idle || c->in_rd.left)
+        return AB_OK;
+    return ab_conn_flush(c);
+}
+
 /* The adaptive rule: the first message of a turn goes at once (nothing is
  * waiting behind it); later ones are gathered until the turn ends or a
  * limit is reached. Everything passes through here, in order. */
@@ -451,6 +458,7 @@ static void s_note_features(ab_conn_t *c, const ab_in_t *in)
 
 int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
 {
+    c->in_idle = 0; /* until a receive finds nothing */
     for (;;) {
         if (s_batch_entry(c, in)) {
             s_note_features(c, in);
@@ -463,8 +471,10 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
         in->has_body = 0;
         if (zmq_msg_recv(&in->hdr, c->sock, ZMQ_DONTWAIT) < 0) {
             ab_in_close(in);
-            if (errno == EAGAIN || errno == EINTR)
+            if (errno == EAGAIN || errno == EINTR) {
+                c->in_idle = 1;
                 return 0;
+            }
             return ab_conn_fail(c, AB_EZMQ, "recv failed: %s", zmq_strerror(errno));
         }
         size_t n = 1;

@@ -58,6 +58,7 @@ typedef struct {
     uint32_t broker_features; /* AB_FEATURE_* from the broker's HELLO/REGISTER answer */
     ab_batch_t out;           /* messages gathered in this turn (see conn.c) */
     int turn_used;            /* a message went out directly in this turn */
+    int in_idle;              /* the last ab_conn_recv found nothing waiting */
     uint64_t out_first_us;    /* when the oldest gathered message was added */
     zmq_msg_t in_batch;       /* a received BATCH being handed out entry by entry */
     ab_batch_reader_t in_rd;
@@ -100,6 +101,16 @@ int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t 
                    int may_compress);
 /* Ends the turn: sends what was gathered. AB_OK or a send error. */
 int ab_conn_flush(ab_conn_t *c);
+/* Called where the library hands control back to the application (a job,
+ * a message, a callback, a return from a poll). With nothing more waiting
+ * (APP_QUEUED 0: the handle's own queue of jobs or messages is empty, and
+ * the last receive found the socket empty) the turn ends here: what was
+ * gathered leaves, and the application's next message goes out at once
+ * instead of waiting in a batch for a poll that may be far off. Under load
+ * (more waiting) the turn goes on, so the answers the application sends
+ * while working through the backlog are still gathered; its next call to
+ * take input ends that turn. AB_OK or a send error. */
+int ab_conn_turn_end_idle(ab_conn_t *c, int app_queued);
 /* Sends HELLO with this peer's name, role and heartbeat interval. */
 int ab_conn_hello(ab_conn_t *c);
 /* Sends a header-only message of KIND. */

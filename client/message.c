@@ -193,6 +193,15 @@ static ab_message_t *s_pop(ab_client_t *c)
     return &r->m;
 }
 
+/* A message goes to the application, which may answer it at once: with
+ * no other message waiting the turn ends (the receipt just sent used its
+ * direct send), so that answer does not wait in a batch for a later poll. */
+static int s_handed(ab_client_t *c)
+{
+    ab_conn_turn_end_idle(&c->conn, !ab_list_empty(&c->msg.rxq));
+    return AB_OK;
+}
+
 int ab_client_recv(ab_client_t *c, ab_message_t **msg, int timeout_ms)
 {
     if (!c || !msg)
@@ -203,14 +212,14 @@ int ab_client_recv(ab_client_t *c, ab_message_t **msg, int timeout_ms)
     int64_t end = timeout_ms < 0 ? INT64_MAX : ab_now_ms() + timeout_ms;
     for (;;) {
         if ((*msg = s_pop(c)) != NULL)
-            return AB_OK;
+            return s_handed(c);
         int64_t left = end - ab_now_ms();
         if (left <= 0 && timeout_ms >= 0) {
             int rc = ab_client_poll(c, 0); /* one look even with timeout 0 */
             if (rc < 0)
                 return rc;
             if ((*msg = s_pop(c)) != NULL)
-                return AB_OK;
+                return s_handed(c);
             return ab_conn_fail(&c->conn, AB_ETIMEOUT, "no message in time");
         }
         int rc = ab_client_poll(c, timeout_ms < 0 ? 1000 : (int)(left < 1000 ? left : 1000));

@@ -45,6 +45,8 @@ struct ab_job {
     ab_worker_t *worker;         /* while handed out; NULL once the worker is gone */
     int answered;
     char service[256];
+    char model[AB_MODEL_MAX + 1]; /* the model the request named, "" for none */
+    uint32_t priority;            /* as the client set it */
     int accept_lz4; /* the client reads lz4: large replies may be compressed */
     int admin;      /* the broker vouches the requester is an admin (AB_FLAG_ADMIN) */
 };
@@ -216,6 +218,7 @@ static void s_on_cancel(ab_worker_t *w, uint64_t id, int why)
         if (j->id != id)
             continue;
         ab_list_remove(&j->link);
+        w->n_ready--; /* else heartbeats report it as queued (and credit as used) */
         s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_CANCELLED, "cancelled");
         zmq_msg_close(&j->payload);
         free(j);
@@ -255,6 +258,8 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         j->accept_lz4 = (h->flags & AB_FLAG_ACCEPT_LZ4) != 0;
         j->admin = (h->flags & AB_FLAG_ADMIN) != 0;
         ab_view_copy(h->target, j->service, sizeof j->service);
+        ab_view_copy(h->model, j->model, sizeof j->model);
+        j->priority = h->priority;
         zmq_msg_init(&j->payload);
         if (in->has_body && ab_in_take_body(in, &j->payload) != AB_OK) {
             zmq_msg_close(&j->payload);
@@ -357,8 +362,13 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
             s_drain_begin(w);
         if (w->draining && (ab_list_empty(&w->out) || ab_now_ms() >= w->drain_end_ms))
             return ab_conn_fail(&w->conn, AB_ESTOPPED, "drained after shutdown");
-        if ((*job = s_pop(w)))
+        if ((*job = s_pop(w))) {
+            /* Its answer must not wait for a later poll when nothing else
+             * is waiting (a heartbeat or a CANCEL's answer may have used
+             * this turn's direct send). */
+            ab_conn_turn_end_idle(&w->conn, !ab_list_empty(&w->ready));
             return AB_OK;
+        }
         int64_t now = ab_now_ms();
         if (w->draining && w->drain_end_ms < end)
             end = w->drain_end_ms;
@@ -402,6 +412,16 @@ const char *ab_job_service(const ab_job_t *job)
 int ab_job_admin(const ab_job_t *job)
 {
     return job ? job->admin : 0;
+}
+
+uint32_t ab_job_priority(const ab_job_t *job)
+{
+    return job ? job->priority : 0;
+}
+
+const char *ab_job_model(const ab_job_t *job)
+{
+    return job ? job->model : "";
 }
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
@@ -462,7 +482,9 @@ int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)
         return 0;
     if (rc != AB_OK)
         return rc;
-    /* Bounded, so a caller under constant load still gets control back. */
+    /* Bounded, so a caller under constant load still gets control back.
+     * A lone job's answer goes at once (ab_worker_recv ended the turn);
+     * the answers to a backlog are gathered and leave together below. */
     do {
         fn(w, job, arg);
         n++;

@@ -36,6 +36,10 @@ struct gw_bus {
     int stopping;
     atomic_int connected;
     atomic_ullong hangups;
+    /* gw_bus_serve: other I/O this thread runs (HTTP), set once */
+    atomic_int io_fd;
+    gw_io_fn *io_run;
+    void *io_arg;
 };
 
 gw_call_t *gw_call_new(gw_op_t op)
@@ -209,20 +213,40 @@ static void *s_thread(void *arg)
     gw_bus_t *b = arg;
     int fd = -1;
     ab_client_fd(b->client, &fd);
+    int io_wait = -1; /* what RUN asked for last */
     for (;;) {
-        struct pollfd p[3] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}, {b->epfd, POLLIN, 0}};
+        int io = atomic_load(&b->io_fd);
+        struct pollfd p[4] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}, {b->epfd, POLLIN, 0},
+                              {io, POLLIN, 0}};
         int wait = ab_client_next_timeout_ms(b->client);
-        poll(p, 3, wait > 100 ? 100 : wait);
+        if (wait > 100)
+            wait = 100;
+        if (io_wait >= 0 && io_wait < wait)
+            wait = io_wait;
+        poll(p, io >= 0 ? 4 : 3, wait);
         s_hangups(b);
+        if (io >= 0) /* new HTTP requests queue their commands here */
+            b->io_run(b->io_arg);
         if (s_run_commands(b))
             break;
         /* The library fd is edge-triggered: drain until nothing is left. */
         while (ab_client_poll(b->client, 0) > 0)
             ;
+        if (io >= 0) /* connections resumed by those events answer now */
+            io_wait = b->io_run(b->io_arg);
         atomic_store(&b->connected, ab_client_connected(b->client));
     }
     ab_client_destroy(&b->client); /* ends every call in flight (AB_ESTOPPED) */
+    if (atomic_load(&b->io_fd) >= 0)
+        b->io_run(b->io_arg); /* their connections resume, to be closed */
     return NULL;
+}
+
+void gw_bus_serve(gw_bus_t *b, int fd, gw_io_fn *run, void *arg)
+{
+    b->io_run = run;
+    b->io_arg = arg;
+    atomic_store(&b->io_fd, fd); /* publishes RUN and ARG to the thread */
 }
 
 gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
@@ -232,6 +256,7 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
     ab_options_t *o = ab_options_new();
     if (!b || !o)
         goto fail;
+    atomic_init(&b->io_fd, -1);
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     b->default_timeout_ms = default_timeout_ms;
@@ -265,7 +290,8 @@ fail:
     return NULL;
 }
 
-static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel)
+/* Queues a command; RING wakes the bus thread for it. */
+static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel, int ring)
 {
     s_cmd_t *q = calloc(1, sizeof *q);
     if (!q)
@@ -286,7 +312,7 @@ static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel)
     b->tail = q;
     pthread_mutex_unlock(&b->lock);
     uint64_t one = 1;
-    if (write(b->efd, &one, sizeof one) < 0) {
+    if (ring && write(b->efd, &one, sizeof one) < 0) {
         /* the counter is full: the thread is awake anyway */
     }
     return 0;
@@ -294,12 +320,12 @@ static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel)
 
 int gw_bus_submit(gw_bus_t *b, gw_call_t *c)
 {
-    return s_queue(b, c, 0);
+    return s_queue(b, c, S_START, 1);
 }
 
 void gw_bus_cancel(gw_bus_t *b, gw_call_t *c)
 {
-    s_queue(b, c, S_CANCEL);
+    s_queue(b, c, S_CANCEL, 1);
 }
 
 void gw_bus_watch(gw_bus_t *b, gw_call_t *c, int fd)
@@ -321,8 +347,11 @@ void gw_bus_unwatch(gw_bus_t *b, gw_call_t *c)
         return;
     epoll_ctl(b->epfd, EPOLL_CTL_DEL, c->watch_fd, NULL);
     c->watch_fd = -1;
-    /* The reference goes on the bus thread, after any event it holds. */
-    if (s_queue(b, c, S_UNWATCH) != 0)
+    /* The reference goes on the bus thread, after any event it holds. It
+     * rides with the next command (or the thread's next timer turn, at most
+     * 100 ms): a wake-up of its own, as the response leaves and the
+     * client's next request arrives, took a core from the calls in flight. */
+    if (s_queue(b, c, S_UNWATCH, 0) != 0)
         gw_call_unref(c); /* stopped: no event can come any more */
 }
 

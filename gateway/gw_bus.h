@@ -68,6 +68,15 @@ struct gw_call {
  * Returns NULL (with a reason on stderr) on failure. */
 gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
                      const char *service);
+/* Makes the bus thread also wait for FD to be readable and call RUN(ARG)
+ * each turn (after reading FD, and again after the bus events, so a
+ * connection resumed by an event answers in the same turn), and once more
+ * after its last events when stopping. RUN returns the ms until it wants
+ * to run again without FD becoming readable (-1: not before). For serving
+ * HTTP on this thread: no hand-off between an HTTP thread and the bus
+ * thread either way. Call once, before any HTTP request can arrive. */
+typedef int(gw_io_fn)(void *arg);
+void gw_bus_serve(gw_bus_t *bus, int fd, gw_io_fn *run, void *arg);
 /* Stops the thread: calls in flight end with AB_ESTOPPED (their WAKE runs);
  * later submits fail. The handle stays valid for submit/cancel (which then
  * do nothing) until gw_bus_destroy, so HTTP threads may still call them. */

@@ -219,8 +219,11 @@ AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
  * handle announces that it reads BATCHes, so the broker batches towards it
  * too. A turn ends at every library call that processes input
  * (ab_client_poll, ab_worker_recv/poll, a synchronous request's wait) or at
- * ab_client_flush/ab_worker_flush. The first message of a turn always goes
- * out at once, so a lone request is never delayed; the ones after it are
+ * ab_client_flush/ab_worker_flush, and when such a call hands control back
+ * to the application (a job, a message, after callbacks) with nothing more
+ * waiting, so an answer sent then never waits for a later poll; while more
+ * waits (a backlog) the answers are gathered. The first message of a turn
+ * always goes out at once, so a lone request is never delayed; the ones after it are
  * gathered until the turn ends or a limit is reached: MAX_COUNT messages
  * (2..4096, default 64), MAX_BYTES (256..16 MiB, default 64 KiB; a larger
  * message goes alone, in order) or MAX_AGE_US since the oldest gathered one
@@ -821,6 +824,13 @@ AB_EXPORT const char *ab_job_service(const ab_job_t *job);
  * auth for every request), else 0. A worker refuses state-changing jobs
  * (models load/unload) without it, with AB_EDENIED. Thread: any. */
 AB_EXPORT int ab_job_admin(const ab_job_t *job);
+/* The request's priority as its client set it (ab_request_opts_t.priority,
+ * carried unchanged by the broker; 0 when none was set, and for NULL). */
+AB_EXPORT uint32_t ab_job_priority(const ab_job_t *job);
+/* The model the request named (ab_request_opts_t.model: what the broker
+ * placed it by), at most AB_MODEL_MAX bytes; "" when it named none, and for
+ * NULL. Owns: the job; valid while the job lives. */
+AB_EXPORT const char *ab_job_model(const ab_job_t *job);
 
 /* Sends one chunk of a streamed reply (DATA copied); the job stays open.
  * Errors: AB_EINVAL, AB_EPAYLOADSIZE, AB_EBUSY (queue to the broker full),

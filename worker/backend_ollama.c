@@ -42,6 +42,7 @@
 #define S_ERRBODY 2048           /* error answers kept this far */
 #define S_REFRESH_MIN_MS 250
 #define S_SHRINK_GAP_MS 500
+#define S_SPARE_MAX 16           /* easy handles kept for reuse */
 
 typedef struct s_ollama s_ollama_t;
 
@@ -100,6 +101,8 @@ struct s_ollama {
     wk_gpu_t *gpu;
     char worker_name[256];
     int was_up; /* backend up at the last probe; -1 before the first */
+    CURL *spare[S_SPARE_MAX]; /* easy handles of ended transfers, for the next */
+    unsigned n_spare;
 };
 
 static void s_job_free(s_ollama_t *o, s_job_t *j);
@@ -204,11 +207,30 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
 }
 
 /* --- transfers ------------------------------------------------------------------ */
+/* Easy handles are kept for the next transfer (reset, not rebuilt): one
+ * curl_easy_init per call was measurable next to a ~1 ms call. */
+static CURL *s_easy_get(s_ollama_t *o)
+{
+    if (o->n_spare == 0)
+        return curl_easy_init();
+    CURL *e = o->spare[--o->n_spare];
+    curl_easy_reset(e);
+    return e;
+}
+
+static void s_easy_put(s_ollama_t *o, CURL *e)
+{
+    if (o->n_spare < S_SPARE_MAX)
+        o->spare[o->n_spare++] = e;
+    else
+        curl_easy_cleanup(e);
+}
+
 static int s_start(s_ollama_t *o, s_job_t *j)
 {
     char url[600];
     snprintf(url, sizeof url, "%s%s", o->url, j->call.path);
-    j->easy = curl_easy_init();
+    j->easy = s_easy_get(o);
     if (!j->easy)
         return -1;
     j->status = 0;
@@ -231,7 +253,7 @@ static int s_start(s_ollama_t *o, s_job_t *j)
         curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, (long)(left > 1 ? left : 1));
     }
     if (curl_multi_add_handle(o->multi, j->easy) != CURLM_OK) {
-        curl_easy_cleanup(j->easy);
+        s_easy_put(o, j->easy);
         j->easy = NULL;
         return -1;
     }
@@ -248,7 +270,7 @@ static void s_stop_transfer(s_ollama_t *o, s_job_t *j)
     if (!j->easy)
         return;
     curl_multi_remove_handle(o->multi, j->easy);
-    curl_easy_cleanup(j->easy);
+    s_easy_put(o, j->easy);
     j->easy = NULL;
     if (j->state == S_ACTIVE) {
         o->active--;
@@ -303,6 +325,25 @@ static void s_refresh_soon(s_ollama_t *o)
         o->next_refresh_ms = tl_now_ms() + S_REFRESH_MIN_MS;
 }
 
+/* Whether MODEL was loaded at the last probe ("name" is "name:latest", as
+ * in Ollama). A call for a loaded model changes nothing worth re-probing
+ * for: probing after every call (three HTTP calls to the backend and often
+ * a REGISTER, since the expiry moves) cost CPU next to the calls in flight. */
+static int s_model_loaded(const s_ollama_t *o, const char *model)
+{
+    size_t n = strlen(model);
+    int bare = strchr(model, ':') == NULL;
+    for (size_t i = 0; i < o->st.n_loaded; i++) {
+        const char *l = o->st.loaded[i]->name;
+        if (!l)
+            continue;
+        if (strcmp(l, model) == 0 ||
+            (bare && strncmp(l, model, n) == 0 && strcmp(l + n, ":latest") == 0))
+            return 1;
+    }
+    return 0;
+}
+
 /* A transfer ended: decide what the job's client gets. */
 static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
 {
@@ -346,7 +387,8 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
             s_fail(j, AB_EBACKEND, "%s", text);
         }
     }
-    if (j->call.kind == WK_OL_LOAD || j->call.kind == WK_OL_UNLOAD || j->attempts == 1)
+    if (j->call.kind == WK_OL_LOAD || j->call.kind == WK_OL_UNLOAD ||
+        (j->attempts == 1 && !s_model_loaded(o, j->call.model)))
         s_refresh_soon(o); /* a model may have been (un)loaded */
     if (j->answered || j->state != S_BACKOFF)
         s_job_free(o, j);
@@ -528,6 +570,11 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     /* Keep a connection per slot (plus the probes) alive between requests. */
     curl_multi_setopt(o->multi, CURLMOPT_MAXCONNECTS, (long)args->capacity + 4);
     o->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    /* libcurl asks "Expect: 100-continue" for bodies over 1 MiB (images):
+     * a round trip more before the body leaves, for a server we trust. */
+    struct curl_slist *h = o->hdrs ? curl_slist_append(o->hdrs, "Expect:") : NULL;
+    if (h)
+        o->hdrs = h;
     /* Load the requested models one after another, before serving. */
     const char *p = args->preload;
     while (p && *p) {
@@ -677,6 +724,8 @@ static void s_destroy(void **ctx)
         }
         free(o->probes[i].buf);
     }
+    while (o->n_spare)
+        curl_easy_cleanup(o->spare[--o->n_spare]);
     curl_multi_cleanup(o->multi);
     curl_slist_free_all(o->hdrs);
     curl_global_cleanup();
