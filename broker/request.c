@@ -12,6 +12,7 @@
 #include "health.h"
 #include "cache.h"
 #include "placement.h"
+#include "link.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -37,7 +38,7 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
     r->priority = h->priority;
     r->start_us = ab_now_us();
     r->cache = cache;
-    if (ab_route_init(r, h) != 0) {
+    if (ab_route_init(r, h) != 0 || (h->via.len && ab_link_req_new(r, h) != 0)) {
         ab_req_destroy(r);
         return NULL;
     }
@@ -189,6 +190,7 @@ void ab_req_destroy(ab_req_t *r)
 {
     ab_defer_cancel(&r->later);
     ab_route_free(r);
+    ab_link_req_free(r);
     ab_cache_req_free(&r->cache);
     if (r->has_payload)
         zmq_msg_close(&r->payload);

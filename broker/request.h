@@ -50,6 +50,7 @@ struct ab_req {
     uint8_t holds_service;      /* counted in service->held (ab_service_hold) */
     ab_list_t clink;              /* in owner->reqs */
     ab_defer_node_t later;        /* queued for an action after a walk (drain) */
+    struct ab_fwd *fwd;           /* came over a broker link (link.h); NULL otherwise */
 };
 
 /* --- life ------------------------------------------------------------------ */

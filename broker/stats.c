@@ -7,6 +7,7 @@
  */
 #include "broker.h"
 #include "stats.h"
+#include "link.h"
 #include "auth.h"
 #include "batching.h"
 #include "directory.h"
@@ -97,6 +98,7 @@ typedef struct {
     Agentbus__ServiceInfo *infos;
     Agentbus__LatencySummary *lats;
     Agentbus__ServiceInfo **ptrs;
+    char (*remote)[256]; /* peers offering each (link.h) */
     size_t n;
 } s_services_t;
 
@@ -107,11 +109,15 @@ static int s_services_build(ab_broker_t *b, s_services_t *out)
     out->infos = calloc(n + 1, sizeof *out->infos);
     out->lats = calloc(n + 1, sizeof *out->lats);
     out->ptrs = calloc(n + 1, sizeof *out->ptrs);
-    if (!out->infos || !out->lats || !out->ptrs)
+    out->remote = calloc(n + 1, sizeof *out->remote);
+    if (!out->infos || !out->lats || !out->ptrs || !out->remote)
         return -1;
     for (ab_service_t *s = zhashx_first(b->services); s && out->n < n;
          s = zhashx_next(b->services)) {
         ab_stats_service_info(b, s, &out->infos[out->n], &out->lats[out->n]);
+        out->infos[out->n].remote_workers =
+            ab_link_service_remote(b, s, out->remote[out->n], sizeof out->remote[out->n]);
+        out->infos[out->n].remote = out->remote[out->n];
         out->ptrs[out->n] = &out->infos[out->n];
         out->n++;
     }
@@ -123,6 +129,7 @@ static void s_services_free(s_services_t *sv)
     free(sv->infos);
     free(sv->lats);
     free(sv->ptrs);
+    free(sv->remote);
 }
 
 static int s_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
@@ -307,6 +314,8 @@ int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
         return s_answer_workers(b, out, len);
     if (strcmp(what, "agents") == 0)
         return ab_msgs_agents_answer(b, out, len);
+    if (strcmp(what, "peers") == 0)
+        return ab_link_control_peers(b, out, len);
     return -1;
 }
 

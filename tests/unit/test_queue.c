@@ -72,17 +72,17 @@ static void s_test_pick(void)
     ab_service_t s;
     memset(&s, 0, sizeof s);
     s.workers = zlistx_new();
-    CHECK_EQ(ab_service_pick(&b, &s) == NULL, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == NULL, 1);
     ab_worker_rec_t *a = s_worker(&s, 4, 4, 1); /* full */
-    CHECK_EQ(ab_service_pick(&b, &s) == NULL, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == NULL, 1);
     ab_worker_rec_t *w2 = s_worker(&s, 2, 0, 9);
     ab_worker_rec_t *w3 = s_worker(&s, 4, 2, 5);
     /* w2 and w3 both have 2 free: w3 was dispatched to longer ago. */
-    CHECK_EQ(ab_service_pick(&b, &s) == w3, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == w3, 1);
     w3->last_dispatch = 10;
-    CHECK_EQ(ab_service_pick(&b, &s) == w2, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == w2, 1);
     a->in_flight = 0; /* 4 free beats 2 free */
-    CHECK_EQ(ab_service_pick(&b, &s) == a, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == a, 1);
     for (ab_worker_rec_t *w = zlistx_first(s.workers); w; w = zlistx_next(s.workers))
         free(w);
     zlistx_destroy(&s.workers);

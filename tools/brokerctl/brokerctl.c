@@ -74,6 +74,12 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
             }
             agentbus__stats__free_unpacked(st, NULL);
         }
+    } else if (strcmp(what, "peers") == 0) {
+        Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
+        if ((bad = !pl) == 0) {
+            ctl_render_peers(stdout, pl, json);
+            agentbus__peer_list__free_unpacked(pl, NULL);
+        }
     } else if (strcmp(what, "services") == 0) {
         Agentbus__ServiceList *sl = agentbus__service_list__unpack(NULL, len, buf);
         if ((bad = !sl) == 0) {
@@ -261,7 +267,8 @@ static int s_run(ab_client_t *c, const ctl_args_t *a)
             ab_client_set_cache(c, a->cache_flags, a->cache_ttl);
         return s_request(c, a->pos[0], a->pos[1], (int)a->timeout_ms);
     }
-    if (!strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers")) {
+    if (!strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers") ||
+        !strcmp(cmd, "peers")) {
         int rc = 0;
         s_show_loop(c, a, &rc);
         return rc;
