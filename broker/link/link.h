@@ -59,6 +59,10 @@ int ab_link_may_take(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_re
 /* Links remote worker W's request would cross to reach a worker (1: the
  * peer's own); UINT32_MAX when W is not a remote worker. */
 uint32_t ab_link_hops(const ab_worker_rec_t *w);
+/* 0 when service S is served only through links that a request with
+ * header H may not cross (hop limit, loop): the caller answers NO_SERVICE
+ * at once rather than let it wait for its deadline. Else 1. */
+int ab_link_routable(ab_broker_t *b, ab_service_t *s, const ab_header_t *h);
 /* R arrived over a link with header H: R keeps its crossed list, hops left
  * and origin. 0, or -1 out of memory. */
 int ab_link_req_new(ab_req_t *r, const ab_header_t *h);

@@ -129,6 +129,24 @@ void ab_link_req_free(ab_req_t *r)
 
 /* --- requests a peer forwards here ------------------------------------------------ */
 
+int ab_link_routable(ab_broker_t *b, ab_service_t *s, const ab_header_t *h)
+{
+    if (!b->links || zlistx_size(s->workers) == 0)
+        return 1; /* no workers at all: the core's rules (queue, startup grace) */
+    ab_req_t probe;
+    memset(&probe, 0, sizeof probe);
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        if (w->peer->link_role != AB_LINK_WORKER)
+            return 1;
+    if (h->via.len && ab_link_req_new(&probe, h) != 0)
+        return 1;
+    int ok = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w && !ok; w = zlistx_next(s->workers))
+        ok = ab_link_may_take(b, w, &probe);
+    ab_link_req_free(&probe);
+    return ok;
+}
+
 /* 1 when S has a worker that may take a request that crossed F: a local
  * one, or a link that may take it on. */
 static int s_routable(ab_broker_t *b, ab_service_t *s, ab_req_t *probe)
@@ -154,11 +172,13 @@ static int s_origin_ok(ab_broker_t *b, const ab_header_t *h, const struct ab_fwd
         *why = "only an agent's or an admin's request crosses a link";
         return 0;
     }
+    /* ab_auth_check sets its text whether or not it refuses. */
     const struct ab_key *k = ab_auth_key_lookup(b, f->origin_key);
-    if (k && !ab_auth_check(b, k, h, why))
+    const char *w = NULL;
+    if ((k && !ab_auth_check(b, k, h, &w)) || (linkkey && !ab_auth_check(b, linkkey, h, &w))) {
+        *why = w;
         return 0;
-    if (linkkey && !ab_auth_check(b, linkkey, h, why))
-        return 0;
+    }
     return 1;
 }
 
