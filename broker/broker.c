@@ -488,6 +488,17 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         ab_link_on_router(b, p, &in->rid, &in->h, pl, s_body(in), in->now);
         return; /* link.c checks a link's messages itself */
     }
+    if (ab_key_role(b->in_key) == AB_KEYROLE_PEER && in->h.kind != AB_KIND_CONTROL) {
+        /* A broker's key outside a link (after a restart of either side):
+         * it says LINK HELLO first, so that what it forwards is checked. */
+        AB_COUNT_ERROR(b, AB_ERR_DENIED);
+        AB_LOG_RL(&b->rl, ab_hash_bytes(in->rid.bytes, in->rid.len) ^ 0x11c2, in->now, AB_LOG_WARN,
+                  "denied %s from a peer broker's key outside a link", ab_kind_name(in->h.kind));
+        if (in->h.kind != AB_KIND_ERROR) /* correlation 0: the link, not one request */
+            ab_send_error(b, &in->rid, 0, AB_ERR_DENIED, "a peer broker's key: say LINK HELLO "
+                                                         "first");
+        return;
+    }
     const char *why;
     if (!ab_auth_check(b, b->in_key, &in->h, &why)) {
         ab_auth_deny(b, b->in_key, &in->rid, &in->h, why);

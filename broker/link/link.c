@@ -549,6 +549,7 @@ static void s_on_dealer(ab_broker_t *b, ab_link_t *l, ab_frame_t *f, size_t n, z
                   "peer %s refused the link: %.*s", l->endpoint, (int)h.error_text.len,
                   h.error_text.ptr);
         l->refused++;
+        l->out_up = 0; /* the peer does not know this connection (it restarted): HELLO again */
         return;
     }
     if (h.kind == AB_KIND_LINK && !l->out_up) {

@@ -9,11 +9,14 @@
  * leaving, here or in a peer's directory). Whole directories make a lost
  * or reordered update harmless: the last one received is the truth.
  *
- * Split horizon: what a broker learned from link L is never advertised
- * back to L, and an entry is advertised only while its hops stay under
- * link-hop-limit, so a withdrawn service disappears everywhere after a few
- * exchanges instead of counting up. The forwarded header's crossed list
- * (link_fwd.c) is what prevents loops; this only keeps directories short.
+ * Path vector: a remote entry carries the brokers its route goes through,
+ * and a broker named in it ignores it, so no route runs in a circle and a
+ * withdrawn service disappears everywhere at once instead of counting up
+ * (a ring of three would otherwise pass it round until the hop limit).
+ * Split horizon: what a broker learned from link L is never advertised back
+ * to L; an entry is advertised only while its hops stay under
+ * link-hop-limit. The forwarded header's crossed list (link_fwd.c) is what
+ * prevents request loops; this keeps directories true.
  */
 #define AB_LOG_SUBSYS "link"
 #include "link_int.h"
@@ -27,10 +30,13 @@
 
 /* --- outgoing -------------------------------------------------------------------- */
 
-/* What this broker offers for S to link L: 0 when nothing. */
-static int s_entry(ab_broker_t *b, ab_service_t *s, const ab_link_t *l, Agentbus__LinkService *e)
+/* What this broker offers for S to link L: 0 when nothing. A remote
+ * entry's route is written into VIA (AB_VIA_MAX). */
+static int s_entry(ab_broker_t *b, ab_service_t *s, const ab_link_t *l, Agentbus__LinkService *e,
+                   char *via)
 {
     uint32_t cap = 0, free_credit = 0, workers = 0, hops = UINT32_MAX, rcap = 0, rworkers = 0;
+    const ab_remote_t *best = NULL;
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
         ab_peer_t *p = w->peer;
         if (p->link_role != AB_LINK_WORKER) {
@@ -44,8 +50,10 @@ static int s_entry(ab_broker_t *b, ab_service_t *s, const ab_link_t *l, Agentbus
         ab_remote_t *r = zhashx_lookup(p->link->remote, s->name);
         if (!r || r->peer != p)
             continue;
+        if (ab_link_in_list(r->via, strlen(r->via), l->name))
+            continue; /* its route goes through L's broker already */
         if (r->hops + 1 < hops)
-            hops = r->hops + 1, rcap = 0, rworkers = 0;
+            hops = r->hops + 1, rcap = 0, rworkers = 0, best = r;
         if (r->hops + 1 == hops)
             rcap += r->capacity, rworkers += r->workers;
     }
@@ -55,6 +63,11 @@ static int s_entry(ab_broker_t *b, ab_service_t *s, const ab_link_t *l, Agentbus
     } else if (hops != UINT32_MAX && hops < (uint32_t)b->cfg->link_hop_limit && rcap) {
         *e = (Agentbus__LinkService)AGENTBUS__LINK_SERVICE__INIT;
         e->hops = hops, e->capacity = rcap, e->free_credit = rcap, e->workers = rworkers;
+        int n = snprintf(via, AB_VIA_MAX, "%s%s%s", best->peer->link->name,
+                         best->via[0] ? "," : "", best->via);
+        if (n < 0 || n >= AB_VIA_MAX)
+            return 0;
+        e->via = via;
     } else {
         return 0;
     }
@@ -67,14 +80,16 @@ void ab_link_dir_send(ab_broker_t *b, ab_link_t *l)
     size_t n = zhashx_size(b->services), k = 0;
     Agentbus__LinkService *es = calloc(n ? n : 1, sizeof *es);
     Agentbus__LinkService **ps = calloc(n ? n : 1, sizeof *ps);
-    if (!es || !ps) {
+    char *vias = malloc((n ? n : 1) * (size_t)AB_VIA_MAX);
+    if (!es || !ps || !vias) {
         free(es);
         free(ps);
+        free(vias);
         b->links->dirty = 1; /* try again next tick */
         return;
     }
     for (ab_service_t *s = zhashx_first(b->services); s && k < n; s = zhashx_next(b->services))
-        if (s_entry(b, s, l, &es[k])) {
+        if (s_entry(b, s, l, &es[k], vias + k * (size_t)AB_VIA_MAX)) {
             ps[k] = &es[k];
             k++;
         }
@@ -88,6 +103,7 @@ void ab_link_dir_send(ab_broker_t *b, ab_link_t *l)
         b->links->dirty = 1;
     free(es);
     free(ps);
+    free(vias);
 }
 
 /* --- incoming --------------------------------------------------------------------- */
@@ -145,6 +161,7 @@ static void s_add(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkService *e, 
     snprintf(p->name, sizeof p->name, "link:%s", l->name);
     r->peer = p;
     r->capacity = e->capacity, r->hops = e->hops, r->workers = e->workers;
+    snprintf(r->via, sizeof r->via, "%s", e->via);
     zhashx_insert(l->remote, e->name, r);
     if (s_register(b, l, p, e, now) != 0) {
         zhashx_delete(l->remote, e->name);
@@ -169,7 +186,14 @@ static void s_remove(ab_broker_t *b, ab_link_t *l, const char *name, const char 
 static int s_valid(const Agentbus__LinkService *e)
 {
     size_t n = e->name ? strlen(e->name) : 0;
-    return n && n < AB_NAME_MAX && e->capacity;
+    return n && n < AB_NAME_MAX && e->capacity && strlen(e->via) < AB_VIA_MAX;
+}
+
+/* 1 when E's route goes through this broker: ignored (no circles). */
+static int s_through_self(const ab_link_t *l, const Agentbus__LinkService *e)
+{
+    return ab_link_in_list(e->via, strlen(e->via), l->all->self) ||
+           ab_link_in_list(e->via, strlen(e->via), l->name);
 }
 
 void ab_link_dir_apply(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m, int64_t now)
@@ -187,11 +211,17 @@ void ab_link_dir_apply(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m,
             b->c.malformed++;
             continue;
         }
+        if (s_through_self(l, e))
+            continue; /* not in SEEN: an entry we held for it is withdrawn */
         zhashx_insert(seen, e->name, (void *)e);
         ab_remote_t *r = zhashx_lookup(l->remote, e->name);
         if (!r) {
             s_add(b, l, e, now);
             continue;
+        }
+        if (strcmp(r->via, e->via)) {
+            snprintf(r->via, sizeof r->via, "%s", e->via);
+            b->links->dirty = 1;
         }
         if (r->capacity != e->capacity || r->hops != e->hops || r->workers != e->workers) {
             r->capacity = e->capacity, r->hops = e->hops, r->workers = e->workers;

@@ -22,6 +22,7 @@ enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4 
 typedef struct {
     ab_peer_t *peer; /* link_role AB_LINK_WORKER */
     uint32_t capacity, hops, workers;
+    char via[AB_VIA_MAX]; /* brokers beyond the peer on its route (path vector) */
 } ab_remote_t;
 
 typedef struct ab_link {
