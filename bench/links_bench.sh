@@ -49,7 +49,7 @@ run() { # run a|b AGENTS WINDOW -> "req/s p50 p99"
   local port=$pa
   [ "$1" = b ] && port=$pb
   AB_BROKER_KEY="$dir/certs/$1.key" "$bin/agentbus-load" --broker "tcp://127.0.0.1:$port" \
-    --agents "$2" --window "$3" --seconds "$secs" --max-bytes 64 |
+    --agents "$2" --window "$3" --seconds "$secs" --max-bytes 256 |
     awk '/req\/s/ { gsub(/[(]/, "", $0); for (i = 1; i <= NF; i++) if ($i == "req/s)") r = $(i - 1) }
          /latency/ { p50 = $4; p99 = $10 }
          END { print r, p50, p99 }'
