@@ -179,6 +179,8 @@ int ab_link_init(ab_broker_t *b)
         uint64_t v = ab_now_ns();
         memcpy(ls->nonce, &v, 8);
     }
+    if (getrandom(&ls->session, sizeof ls->session, 0) != (ssize_t)sizeof ls->session)
+        ls->session = ab_now_ns() ^ (uint64_t)getpid() << 32;
     const char *name = b->cfg->name ? b->cfg->name : "";
     if (!name[0]) {
         char host[AB_LINK_NAME_MAX] = "";
@@ -368,6 +370,7 @@ static void s_tick(ab_broker_t *b, int64_t now)
         s_check(b, l, now);
         Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
         m.broker = ls->self;
+        m.session = ls->session;
         if (l->dealer) {
             m.type = l->out_up ? S_LM_HEARTBEAT : S_LM_HELLO;
             m.sent_us = ab_now_us();
@@ -421,6 +424,16 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
     l->dealer = NULL;
     s_link_free(l);
     return o;
+}
+
+/* The peer of L said HELLO (or answered it) with SESSION: when L is up
+ * with another session the peer restarted, and what either side held for
+ * the other belongs to the old one (request ids start again): down first. */
+static void s_session(ab_broker_t *b, ab_link_t *l, uint64_t session)
+{
+    if (l->up && l->peer_session && session != l->peer_session)
+        s_down(b, l, "the peer broker restarted");
+    l->peer_session = session;
 }
 
 static void s_on_link_msg(ab_broker_t *b, ab_link_t *l, int dealer, const Agentbus__LinkMsg *m,
@@ -508,9 +521,11 @@ static void s_on_hello(ab_broker_t *b, ab_peer_t *p, const Agentbus__LinkMsg *m,
     p->link = l;
     p->link_role = AB_LINK_TRANSPORT;
     snprintf(p->name, sizeof p->name, "link:%s", l->name);
+    s_session(b, l, m->session);
     Agentbus__LinkMsg w = AGENTBUS__LINK_MSG__INIT;
     w.type = S_LM_WELCOME;
     w.broker = ls->self;
+    w.session = ls->session;
     s_send_msg_on(b, l, 0, &w);
     s_up(b, l, now);
 }
@@ -557,6 +572,7 @@ static void s_on_dealer(ab_broker_t *b, ab_link_t *l, ab_frame_t *f, size_t n, z
         int ok = m && m->type == S_LM_WELCOME && m->broker[0] &&
                  strlen(m->broker) < AB_LINK_NAME_MAX && strcmp(m->broker, l->all->self) != 0;
         if (ok && (l = s_named(b, l, m->broker))) {
+            s_session(b, l, m->session);
             l->out_up = 1;
             l->out_last_ms = now;
             s_up(b, l, now);

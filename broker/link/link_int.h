@@ -40,6 +40,7 @@ typedef struct ab_link {
     int64_t up_since_ms;
     ab_peer_t *client;           /* requests the peer forwards here come from it */
     zhashx_t *remote;            /* service name -> ab_remote_t (owned) */
+    uint64_t peer_session; /* the peer's HELLO session: another one is a restart */
     uint32_t rtt_us;
     uint64_t forwarded, received, answered, failed, ups, refused;
 } ab_link_t;
@@ -49,6 +50,7 @@ struct ab_links {
     int n;
     char self[AB_LINK_NAME_MAX];
     uint8_t nonce[8]; /* routing ids of remote workers: never on the ROUTER */
+    uint64_t session; /* this broker's start, in HELLO (random) */
     uint32_t seq;
     int dirty;        /* the directory changed: send it at the next tick */
     int timer;
