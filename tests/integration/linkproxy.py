@@ -2,10 +2,11 @@
 """ab-linkproxy: a userspace TCP proxy standing for the network between two
 brokers in the link tests (this kernel has no netem).
 
-usage: ab-linkproxy LISTEN_PORT TARGET_PORT [DELAY_MS]
+usage: ab-linkproxy LISTEN_PORT [TARGET_HOST:]TARGET_PORT [DELAY_MS]
 
 Listens on 127.0.0.1:LISTEN_PORT and joins each connection to
-127.0.0.1:TARGET_PORT, holding every chunk DELAY_MS (default 0) each way.
+TARGET_HOST (default 127.0.0.1):TARGET_PORT, holding every chunk DELAY_MS
+(default 0) each way.
 Controlled by signals, so a test needs nothing but the proxy's PID:
   SIGUSR1  cut: close every connection, and each new one at once
   SIGUSR2  stall: keep the connections, deliver nothing either way
@@ -19,7 +20,8 @@ import time
 
 
 class Proxy:
-    def __init__(self, target, delay_ms):
+    def __init__(self, host, target, delay_ms):
+        self.host = host
         self.target = target
         self.delay = delay_ms / 1000.0
         self.cut = False
@@ -61,7 +63,7 @@ class Proxy:
             cw.close()
             return
         try:
-            sr, sw = await asyncio.open_connection("127.0.0.1", self.target)
+            sr, sw = await asyncio.open_connection(self.host, self.target)
         except OSError:
             cw.close()
             return
@@ -90,9 +92,10 @@ async def main():
     if len(sys.argv) < 3:
         sys.stderr.write(__doc__)
         sys.exit(2)
-    listen, target = int(sys.argv[1]), int(sys.argv[2])
+    listen = int(sys.argv[1])
+    host, _, port = sys.argv[2].rpartition(":")
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-    p = Proxy(target, delay)
+    p = Proxy(host or "127.0.0.1", int(port), delay)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, p.on_cut)
     loop.add_signal_handler(signal.SIGUSR2, p.on_stall)
