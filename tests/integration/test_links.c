@@ -205,6 +205,17 @@ static void s_two(void)
     char st[32];
     REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
     CHECK_TRUE(pi.forwarded >= 3 && pi.answered >= 3);
+    /* A's cache is asked before forwarding: a cacheable request's second
+     * copy is answered at A without crossing the link. */
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    uint64_t before = pi.forwarded;
+    CHECK_EQ(ab_client_set_cache(a, AB_CACHE_ON, 60), AB_OK);
+    CHECK_EQ(s_req(a, "echo", "cache me", out, sizeof out), AB_OK);
+    CHECK_EQ(s_req(a, "echo", "cache me", out, sizeof out), AB_OK);
+    CHECK_STR(out, "cache me");
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    CHECK_U64(pi.forwarded - before, 1);
+    CHECK_EQ(ab_client_set_cache(a, 0, 0), AB_OK);
     /* B's echo worker leaves: A withdraws the service; a new one restores it. */
     th_stop(w);
     REQUIRE(s_wait_no_workers(a, "echo", 20000) == 0);
