@@ -60,5 +60,19 @@ read -r _ b_p50 b_p99 < <(run b 1 1)
 read -r _ a_p50 a_p99 < <(run a 1 1)
 echo "one broker:      $b_tput req/s ($agents agents x $window), lone request p50 $b_p50 us p99 $b_p99 us"
 echo "through a link:  $a_tput req/s ($agents agents x $window), lone request p50 $a_p50 us p99 $a_p99 us"
+if [ "${BARE:-1}" = 1 ]; then
+  # agentbus-bench against each broker (its echo service) and the bare
+  # ZeroMQ ROUTER->ROUTER hop over TCP loopback, in the same run.
+  for who in b a; do
+    port=$pa
+    [ "$who" = b ] && port=$pb
+    echo "--- agentbus-bench --broker ($([ $who = a ] && echo 'through the link' || echo 'one broker'))"
+    AB_BROKER_KEY="$dir/certs/$who.key" "$bin/agentbus-bench" --broker "tcp://127.0.0.1:$port" \
+      --only agentbus --runs 3 --seconds 1 --latency-count 2000 2>&1 | grep -E "msgs/s|lone"
+  done
+  echo "--- agentbus-bench --only bare (ZeroMQ hop over TCP loopback)"
+  "$bin/agentbus-bench" --only bare --runs 3 --seconds 1 --latency-count 2000 2>&1 |
+    grep -E "msgs/s|lone"
+fi
 awk -v a="$a_tput" -v b="$b_tput" -v ap="$a_p50" -v bp="$b_p50" 'BEGIN {
   printf "link/one broker: throughput %.2fx, lone p50 +%d us\n", a / b, ap - bp }'
