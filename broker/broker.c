@@ -20,6 +20,7 @@
 #include "request.h"
 #include "clients.h"
 #include "auth.h"
+#include "link.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -157,6 +158,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
         return -1;
     if (ab_auth_init(b) != 0) /* before any bind: no handshake without ZAP */
         return -1;
+    if (ab_link_init(b) != 0) /* after auth: links prove the broker's key */
+        return -1;
     /* ipc endpoints first: they stay plain (auth.c), the ones after are
      * CURVE servers when auth is on. */
     for (int k = 0; k < 2 * cfg->nbinds; k++) {
@@ -183,6 +186,7 @@ void ab_broker_fini(ab_broker_t *b)
      * point at them), then the worker records and services, then peers. */
     ab_metrics_fini(b); /* first: its HTTP thread serves no more */
     ab_req_fini(b);
+    ab_link_fini(b); /* before the peers: links point at them, never the reverse */
     ab_msgs_fini(b);
     ab_router_fini(b);
     ab_cache_destroy(&b->cache);
@@ -290,8 +294,18 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     return p;
 }
 
+ab_peer_t *ab_peer_add(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now)
+{
+    const struct ab_key *k = b->in_key;
+    b->in_key = NULL; /* no connection: no key */
+    ab_peer_t *p = s_peer_new(b, rid, role, now);
+    b->in_key = k;
+    return p;
+}
+
 void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
 {
+    ab_link_peer_gone(b, peer); /* first: its worker record still names its service */
     /* Agents come and go all day; a worker leaving matters to an operator. */
     AB_LOG(peer->worker ? AB_LOG_INFO : AB_LOG_DEBUG, "peer %s (%s%s%s) dropped: %s", peer->key,
            peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
@@ -324,6 +338,8 @@ static void s_sweep_peers(ab_broker_t *b, int64_t now)
     ab_defer_t dead;
     ab_defer_init(&dead);
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        if (p->link_role >= AB_LINK_WORKER)
+            continue; /* no connection: lives and dies with its link (link.h) */
         int64_t ivl = p->heartbeat_ms > b->cfg->heartbeat_ms ? p->heartbeat_ms : b->cfg->heartbeat_ms;
         if (p->worker && p->worker->health.expect_ms > ivl)
             ivl = p->worker->health.expect_ms; /* adaptive interval (health.c) */
@@ -428,6 +444,10 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     in->h.flags &= ~(uint32_t)AB_FLAG_ACCEPT_LZ4;
     if (p && (p->features & AB_FEATURE_LZ4))
         in->h.flags |= AB_FLAG_ACCEPT_LZ4;
+    /* Only a broker link sets where a request has been (link.h). */
+    in->h.via = ab_view_of(NULL);
+    in->h.hops_left = in->h.origin_role = 0;
+    in->h.origin_key = ab_view_of(NULL);
     /* The broker vouches for the requester's role to the worker (models
      * load/unload are an admin's); a client's own bit is never passed on. */
     in->h.flags &= ~(uint32_t)AB_FLAG_ADMIN;
@@ -464,9 +484,30 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
     int rc;
     if (p && p->authkey != b->in_key) /* a routing id reused by another connection */
         ab_peer_drop(b, p, "its routing id now names a connection with another key"), p = NULL;
+    if (p && p->link_role >= AB_LINK_WORKER) {
+        b->c.malformed++; /* a link's own records have no connection: never from the ROUTER */
+        return;
+    }
     if (p) {
         p->last_seen_ms = in->now;
         p->fd = in->fd;
+    }
+    if ((p && p->link_role == AB_LINK_TRANSPORT) || in->h.kind == AB_KIND_LINK) {
+        if (!p && !(p = s_peer_of(b, in, NULL, AB_ROLE_AGENT)))
+            return;
+        ab_link_on_router(b, p, &in->rid, &in->h, pl, s_body(in), in->now);
+        return; /* link.c checks a link's messages itself */
+    }
+    if (ab_key_role(b->in_key) == AB_KEYROLE_PEER && in->h.kind != AB_KIND_CONTROL) {
+        /* A broker's key outside a link (after a restart of either side):
+         * it says LINK HELLO first, so that what it forwards is checked. */
+        AB_COUNT_ERROR(b, AB_ERR_DENIED);
+        AB_LOG_RL(&b->rl, ab_hash_bytes(in->rid.bytes, in->rid.len) ^ 0x11c2, in->now, AB_LOG_WARN,
+                  "denied %s from a peer broker's key outside a link", ab_kind_name(in->h.kind));
+        if (in->h.kind != AB_KIND_ERROR) /* correlation 0: the link, not one request */
+            ab_send_error(b, &in->rid, 0, AB_ERR_DENIED, "a peer broker's key: say LINK HELLO "
+                                                         "first");
+        return;
     }
     const char *why;
     if (!ab_auth_check(b, b->in_key, &in->h, &why)) {
@@ -646,7 +687,7 @@ static long s_timeout(ab_broker_t *b, int64_t now)
 
 int ab_broker_run(ab_broker_t *b)
 {
-    zmq_pollitem_t items[4] = {{b->router, 0, ZMQ_POLLIN, 0},
+    zmq_pollitem_t items[4 + 16] = {{b->router, 0, ZMQ_POLLIN, 0},
                                {ab_health_pipe(b), 0, ZMQ_POLLIN, 0},
                                {ab_auth_zap_socket(b), 0, ZMQ_POLLIN, 0},
                                {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
@@ -658,7 +699,11 @@ int ab_broker_run(ab_broker_t *b)
         items[nitems] = items[3];
         cache_at = nitems++;
     }
+    int fixed = nitems;
     while (!atomic_load(&b->stop)) {
+        /* Broker links' dialed sockets (link.h): re-listed each turn, as
+         * a link may close and re-dial its socket. */
+        nitems = fixed + ab_link_poll_items(b, items + fixed, 16);
         int rc = zmq_poll(items, nitems, s_timeout(b, ab_now_ms()));
         if (rc < 0 && errno != EINTR) {
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));
@@ -677,6 +722,7 @@ int ab_broker_run(ab_broker_t *b)
             ab_health_monitor_drain(b);
         if (cache_at >= 0)
             ab_cache_on_pipe(b);
+        ab_link_on_poll(b, now);
         if (items[2].socket == ab_auth_zap_socket(b) && items[2].socket)
             ab_auth_on_zap(b); /* handshakes of new connections */
         s_timers(b, ab_now_ms());

@@ -66,6 +66,7 @@ struct ab_broker {
     struct ab_auth *auth;   /* auth.h: keys, ZAP; NULL with --auth none */
     const struct ab_key *in_key; /* key proved by the connection of the message being routed */
     atomic_int reload;      /* SIGHUP seen: reload the keys (main.c) */
+    struct ab_links *links; /* link.h: broker links; NULL when none configured or seen */
 };
 
 /* Periodic work of a subsystem, called from the loop after the turn's

@@ -4,6 +4,7 @@
  */
 #define AB_LOG_SUBSYS "clients" /* log.h: the subsystem in log lines */
 #include "clients.h"
+#include "auth.h"
 #include "lanes.h"
 #include "messaging.h"
 #include "service.h"
@@ -17,8 +18,16 @@
 
 const char *ab_client_identity(const ab_peer_t *p, char *out, size_t cap)
 {
-    /* Today: the agent name, else the connection. With CURVE (issue 14),
-     * the proven key goes here and nothing else changes. */
+    /* With --auth curve an agent key is one client across its connections
+     * and names: its quotas and its round-robin share follow the key, so
+     * opening more connections or taking more names does not multiply them.
+     * Keys shared by design (admin, the local ipc operator, workers, peer
+     * links) stay per agent name, else per connection. "~key:" cannot be
+     * an agent name (none starts with '~') nor a connection ("~" + hex). */
+    if (p->authkey && ab_key_role(p->authkey) == AB_KEYROLE_AGENT) {
+        snprintf(out, cap, "~key:%s", ab_key_name(p->authkey));
+        return out;
+    }
     return ab_msgs_sender_name(p, out, cap);
 }
 

@@ -3,9 +3,9 @@
  * (clients.c; docs/lanes.md).
  *
  * A client is identified by ab_client_identity alone: its agent name when
- * it claimed one, else "~" + its connection's key (one connection). With
- * authentication (issue 14) that function is the one place to name a client
- * by its proven key instead. Requests from one identity share one record:
+ * it claimed one, else "~" + its connection's key (one connection); with
+ * --auth curve, a connection proving an agent-role key is "~key:" + the
+ * key's name, whatever its agent name. Requests from one identity share one record:
  * its weight in the lanes' round robin, its counts and its quotas.
  *
  * Life: a record exists while a connection is bound to it or a request

@@ -12,7 +12,9 @@
 #include <string.h>
 
 /* OPT_FLAG: a long 0/1 whose flag may stand alone (--insecure means 1). */
-typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_LOGFORMAT, OPT_STR, OPT_FLAG } s_type_t;
+/* OPT_LIST: a string to which each further setting appends ",VALUE". */
+typedef enum { OPT_LONG, OPT_SIZE, OPT_BINDS, OPT_LOGLEVEL, OPT_LOGFORMAT, OPT_STR, OPT_FLAG,
+               OPT_LIST } s_type_t;
 
 typedef struct {
     const char *name;
@@ -181,6 +183,16 @@ static const s_option_t s_options[] = {
      "grant may lower it)"},
     {"cache-label-ttl-max-s", OPT_LONG, OFF(cache_label_ttl_max_s), 0, 30L * 86400, "86400",
      "cap on the TTL a worker's cache-ttl-s label may give its service's cached replies"},
+    /* issue 15: broker links (broker/link/, docs/links.md) */
+    {"name", OPT_STR, OFF(name), 0, 0, "",
+     "this broker's name among peered brokers (unique); empty: the host name"},
+    {"peer", OPT_LIST, OFF(peers), 0, 0, "",
+     "peer broker to link with, tcp://HOST:PORT#KEY (KEY: its Z85 public key or the path of "
+     "its public certificate); repeat (or comma-separate) for several; settings add up"},
+    {"link-heartbeat-ms", OPT_LONG, OFF(link_heartbeat_ms), 20, 60000, "200",
+     "heartbeat interval on broker links; a link silent 5 intervals is down"},
+    {"link-hop-limit", OPT_LONG, OFF(link_hop_limit), 1, 16, "4",
+     "links a forwarded request may cross"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 
@@ -246,6 +258,22 @@ static int s_binds_add(ab_broker_config_t *cfg, const char *list)
     return 0;
 }
 
+/* Appends ",VAL" to the list in *SLOT when it holds one: 0 with *DONE 1
+ * (or 0 out of memory); -1 when *SLOT is empty (VAL is its first value). */
+static int s_list_append(char **slot, const char *val, long *done)
+{
+    if (!*slot || !**slot)
+        return -1;
+    char *joined = malloc(strlen(*slot) + strlen(val) + 2);
+    *done = joined != NULL;
+    if (joined) {
+        sprintf(joined, "%s,%s", *slot, val);
+        free(*slot);
+        *slot = joined;
+    }
+    return 0;
+}
+
 /* Sets one option. APPEND: a repeated --bind adds instead of replacing. */
 static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
                  const char *source, int append)
@@ -279,6 +307,11 @@ static int s_set(ab_broker_config_t *cfg, const s_option_t *o, const char *val,
         if (!append)
             s_binds_clear(cfg);
         return s_binds_add(cfg, val);
+    case OPT_LIST:
+        if (s_list_append((char **)(base + o->offset), val, &l) == 0)
+            return l ? 0 : -1;
+        /* its first value: */
+        /* fall through */
     case OPT_STR: {
         char **slot = (char **)(base + o->offset), *copy = strdup(val);
         if (!copy)
@@ -602,4 +635,7 @@ void ab_config_free(ab_broker_config_t *cfg)
     cfg->cache_redis = NULL;
     free(cfg->http);
     cfg->http = NULL;
+    free(cfg->name);
+    free(cfg->peers);
+    cfg->name = cfg->peers = NULL;
 }

@@ -91,6 +91,11 @@ typedef struct {
     long insecure;             /* 1: non-loopback binds without auth allowed */
     long worker_capacity_max;  /* cap on a REGISTER's capacity (a key's grant may lower it) */
     long cache_label_ttl_max_s; /* cap on a worker's cache-ttl-s label */
+    /* issue 15: broker links (broker/link/) */
+    char *name;                /* broker name among peers; "" = host name */
+    char *peers;               /* comma-separated tcp://HOST:PORT#KEY; "" = none */
+    long link_heartbeat_ms;    /* link heartbeat interval; 5 silent: down */
+    long link_hop_limit;       /* links a forwarded request may cross */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

@@ -68,6 +68,8 @@ typedef struct {
     int64_t out_over_ms;     /* over peer-out-max-bytes since; 0: not over */
     int64_t out_checked_ms;  /* the kernel was last asked */
     const struct ab_key *authkey; /* key its connection proved (auth.h); NULL: auth off */
+    struct ab_link *link;    /* link.h: the broker link it belongs to, or NULL */
+    uint8_t link_role;       /* AB_LINK_* (link.h): connection, remote worker or client */
 } ab_peer_t;
 
 /* The peer with routing id RID, or NULL. */
@@ -75,6 +77,9 @@ ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid);
 /* The live peer whose key (as brokerctl and "~key" senders show it) is KEY,
  * or NULL. */
 ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key);
+/* A peer with no connection of its own (broker links, link.h) with routing
+ * id RID and ROLE, created now; NULL out of memory. */
+ab_peer_t *ab_peer_add(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now);
 /* Forgets PEER everywhere and frees it (WHY is logged). */
 void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why);
 /* A 64-bit hash of RID: names a worker in the health records. */

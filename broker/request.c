@@ -14,6 +14,7 @@
 #include "placement.h"
 #include "clients.h"
 #include "lanes.h"
+#include "link.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -46,7 +47,7 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
     r->lane = (uint8_t)ab_lane_of(h->priority);
     r->start_us = ab_now_us();
     r->cache = cache;
-    if (ab_route_init(r, h) != 0) {
+    if (ab_route_init(r, h) != 0 || (h->via.len && ab_link_req_new(r, h) != 0)) {
         ab_req_destroy(r);
         return NULL;
     }
@@ -138,6 +139,13 @@ void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
                        zmq_msg_t *body, int64_t now)
 {
     ab_service_t *s = s_target(b, rid, h);
+    if (s && !ab_link_routable(b, s, h)) { /* only beyond the hop limit (link.h) */
+        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
+        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE,
+                      "the service is offered only by peer brokers beyond the hop limit "
+                      "(link-hop-limit) or already crossed");
+        return;
+    }
     if (!s || !s_admit_client(b, p, rid, h, s))
         return;
     ab_cache_req_t *cr = NULL;
@@ -204,6 +212,7 @@ void ab_req_destroy(ab_req_t *r)
 {
     ab_defer_cancel(&r->later);
     ab_route_free(r);
+    ab_link_req_free(r);
     ab_cache_req_free(&r->cache);
     if (r->has_payload)
         zmq_msg_close(&r->payload);
@@ -391,7 +400,10 @@ void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid, co
     if (r->attempts > 1)
         ab_health_note_answered(b, r, from);
     ab_req_free(b, r);
-    ab_health_on_result(b, w, h->kind != AB_KIND_ERROR);
+    /* A broker link's error is the far side's verdict on one request (its
+     * own workers' health is judged there); the link's health is its
+     * heartbeats (link.h). */
+    ab_health_on_result(b, w, h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER);
     ab_service_dispatch(b, s);
 }
 

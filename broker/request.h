@@ -57,6 +57,7 @@ struct ab_req {
     uint64_t enq_us;              /* queued since (0: not queued) */
     uint64_t dispatch_us;         /* last sent to a worker */
     ab_defer_node_t later;        /* queued for an action after a walk (drain) */
+    struct ab_fwd *fwd;           /* came over a broker link (link.h); NULL otherwise */
 };
 
 /* --- life ------------------------------------------------------------------ */

@@ -14,6 +14,7 @@
 #include "service.h"
 #include "placement.h"
 #include "cache.h"
+#include "link.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -488,6 +489,8 @@ int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t 
 static int s_emit(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
                   size_t len, zmq_msg_t *hmsg, zmq_msg_t *payload)
 {
+    if (p && p->link_role >= AB_LINK_WORKER) /* a broker link's peer (link.h) */
+        return ab_link_emit(b, p, buf, len, hmsg, payload);
     int more = payload ? ZMQ_SNDMORE : 0;
     size_t hlen = hmsg ? zmq_msg_size(hmsg) : len;
     size_t plen = payload ? zmq_msg_size(payload) : 0;

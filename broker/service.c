@@ -16,6 +16,7 @@
 #define AB_LOG_SUBSYS "service" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "service.h"
+#include "link.h"
 #include "router.h"
 #include "health.h"
 #include "directory.h"
@@ -469,22 +470,39 @@ void ab_service_fini(ab_broker_t *b)
         zhashx_destroy(&b->services);
 }
 
-ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s)
+ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s, const ab_req_t *r)
 {
-    (void)b;
-    ab_worker_rec_t *best = NULL;
-    uint32_t best_free = 0;
+    /* Local first: a broker link's remote worker (link.h) is picked only
+     * when no local worker has free credit, the nearest with the most free
+     * credit, and only when the request may cross that link (no loop, hop
+     * limit). */
+    ab_worker_rec_t *best = NULL, *remote = NULL;
+    uint32_t best_free = 0, remote_free = 0, remote_hops = UINT32_MAX;
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
         uint32_t free_credit = ab_health_free_credit(w);
         if (free_credit == 0)
             continue;
+        if (w->peer->link_role == AB_LINK_WORKER) {
+            uint32_t hops = ab_link_hops(w);
+            if (r && !ab_link_may_take(b, w, r))
+                continue;
+            if (!remote || hops < remote_hops ||
+                (hops == remote_hops && (free_credit > remote_free ||
+                                         (free_credit == remote_free &&
+                                          w->last_dispatch < remote->last_dispatch)))) {
+                remote = w;
+                remote_free = free_credit;
+                remote_hops = hops;
+            }
+            continue;
+        }
         if (!best || free_credit > best_free ||
             (free_credit == best_free && w->last_dispatch < best->last_dispatch)) {
             best = w;
             best_free = free_credit;
         }
     }
-    return best;
+    return best ? best : remote;
 }
 
 /* Sends R to W. The payload goes as a reference-counted copy (no bytes are
@@ -506,7 +524,9 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     zmq_msg_init(&copy);
     if (r->has_payload)
         zmq_msg_copy(&copy, &r->payload);
-    int rc = ab_send(b, &w->peer->rid, &h, r->has_payload ? &copy : NULL);
+    int rc = w->peer->link_role == AB_LINK_WORKER /* over a broker link (link.h) */
+                 ? ab_link_forward(b, w, r, &h, r->has_payload ? &copy : NULL)
+                 : ab_send(b, &w->peer->rid, &h, r->has_payload ? &copy : NULL);
     zmq_msg_close(&copy);
     return rc;
 }
@@ -539,7 +559,7 @@ static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
                      ab_worker_rec_t **w)
 {
     int impossible = 0;
-    *w = r->route ? ab_placement_pick(b, s, r, &impossible) : ab_service_pick(b, s);
+    *w = r->route ? ab_placement_pick(b, s, r, &impossible) : ab_service_pick(b, s, r);
     if (impossible) {
         char text[AB_NAME_MAX + AB_MODEL_MAX + 64];
         uint32_t code = ab_placement_why(s, r, text, sizeof text);

@@ -86,7 +86,9 @@ void ab_service_each(ab_broker_t *b, int (*want)(const ab_service_t *), ab_defer
 /* Ends the startup grace: services no worker registered for during it are
  * removed and their queued requests answered NO_SERVICE. */
 void ab_service_end_grace(ab_broker_t *b);
-ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s);
+/* The worker of S that takes request R next (R may be NULL): local ones
+ * first, then broker links that may take R (link.h). NULL when none. */
+ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s, const ab_req_t *r);
 /* REGISTER IN (+ payload PL) from P: P becomes (or stays) a worker of the
  * service IN names, and is answered. 0, or AB_EDECODE for a malformed one
  * (the caller rejects it); limits are answered here (TOO_LARGE, BUSY). */

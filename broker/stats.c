@@ -7,6 +7,7 @@
  */
 #include "broker.h"
 #include "stats.h"
+#include "link.h"
 #include "auth.h"
 #include "batching.h"
 #include "directory.h"
@@ -121,6 +122,7 @@ typedef struct {
     Agentbus__ServiceInfo **ptrs;
     Agentbus__LaneInfo *lanes; /* AB_LANES per service */
     Agentbus__LaneInfo **lane_ptrs;
+    char (*remote)[256]; /* peers offering each (link.h) */
     size_t n;
 } s_services_t;
 
@@ -133,13 +135,18 @@ static int s_services_build(ab_broker_t *b, s_services_t *out)
     out->ptrs = calloc(n + 1, sizeof *out->ptrs);
     out->lanes = calloc((n + 1) * AB_LANES, sizeof *out->lanes);
     out->lane_ptrs = calloc((n + 1) * AB_LANES, sizeof *out->lane_ptrs);
-    if (!out->infos || !out->lats || !out->ptrs || !out->lanes || !out->lane_ptrs)
+    out->remote = calloc(n + 1, sizeof *out->remote);
+    if (!out->infos || !out->lats || !out->ptrs || !out->lanes || !out->lane_ptrs ||
+        !out->remote)
         return -1;
     for (ab_service_t *s = zhashx_first(b->services); s && out->n < n;
          s = zhashx_next(b->services)) {
         ab_stats_service_info(b, s, &out->infos[out->n], &out->lats[out->n]);
         s_lanes_info(s, &out->infos[out->n], &out->lanes[out->n * AB_LANES],
                      &out->lane_ptrs[out->n * AB_LANES]);
+        out->infos[out->n].remote_workers =
+            ab_link_service_remote(b, s, out->remote[out->n], sizeof out->remote[out->n]);
+        out->infos[out->n].remote = out->remote[out->n];
         out->ptrs[out->n] = &out->infos[out->n];
         out->n++;
     }
@@ -153,6 +160,7 @@ static void s_services_free(s_services_t *sv)
     free(sv->ptrs);
     free(sv->lanes);
     free(sv->lane_ptrs);
+    free(sv->remote);
 }
 
 static int s_pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
@@ -387,6 +395,8 @@ int ab_stats_answer(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
         return ab_msgs_agents_answer(b, out, len);
     if (strcmp(what, "clients") == 0)
         return ab_clients_answer(b, out, len);
+    if (strcmp(what, "peers") == 0)
+        return ab_link_control_peers(b, out, len);
     return -1;
 }
 

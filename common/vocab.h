@@ -41,7 +41,8 @@
     X(AB_KIND_CONTROL, 12, "CONTROL", AB_HF_BIT(id) | AB_HF_BIT(target))                         \
     X(AB_KIND_BATCH, 13, "BATCH", 0)        /* many messages in one (common/batch.h) */          \
     X(AB_KIND_CANCEL, 14, "CANCEL", 0)                                                           \
-    X(AB_KIND_BYE, 15, "BYE", 0)
+    X(AB_KIND_BYE, 15, "BYE", 0)                                                                 \
+    X(AB_KIND_LINK, 16, "LINK", 0)          /* broker <-> broker link control (link.h) */
 
 /* agentbus.ErrorCode: X(CONSTANT, VALUE, NAME, STATUS).
  * NAME is the .proto's name without "ERR_" and equals ab_status_name(STATUS)
@@ -122,7 +123,11 @@
     X(features, 20, U32)       /* broker -> peer: AB_FEATURE_* bits it reads */                  \
     X(model, 40, STR)          /* REQUEST: model it needs, for placement */                      \
     X(worker, 41, STR)         /* REQUEST: pinned to this worker */                              \
-    X(cache_ttl_s, 60, U32)    /* REQUEST: cache TTL (s) of its reply; 0 = default */
+    X(cache_ttl_s, 60, U32)    /* REQUEST: cache TTL (s) of its reply; 0 = default */         \
+    X(via, 70, STR)            /* REQUEST over a link: brokers crossed, comma-separated */       \
+    X(hops_left, 71, U32)      /* REQUEST over a link: links it may still cross */               \
+    X(origin_key, 72, STR)     /* REQUEST over a link: the sending agent's public key */          \
+    X(origin_role, 73, U32)    /* REQUEST over a link: 1 + that key's role; 0 unknown */
 
 /* ---- Expansions every user needs --------------------------------------- */
 

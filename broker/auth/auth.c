@@ -321,7 +321,7 @@ int ab_auth_is_admin(const ab_key_t *k)
  * clear/get, keys, later ones) needs the admin role. */
 static int s_read_only(const ab_view_t *t)
 {
-    static const char *ro[] = {"stats", "services", "workers", "agents", "cache"};
+    static const char *ro[] = {"stats", "services", "workers", "agents", "cache", "peers"};
     for (size_t i = 0; i < sizeof ro / sizeof ro[0]; i++)
         if (t->len == strlen(ro[i]) && memcmp(t->ptr, ro[i], t->len) == 0)
             return 1;
@@ -383,7 +383,9 @@ int ab_auth_may_register(ab_broker_t *b, const ab_key_t *k, const char *service,
     }
     if (!k || k->role == AB_KEYROLE_ADMIN)
         return 1;
-    if (k->role != AB_KEYROLE_WORKER && k->role != AB_KEYROLE_PEER) {
+    /* Not a peer (issue 15): a broker link offers its services through the
+     * link's directory, never by registering workers on its own authority. */
+    if (k->role != AB_KEYROLE_WORKER) {
         *why = "this key's role may not register a service";
         return 0;
     }
@@ -423,6 +425,37 @@ const char *ab_peer_identity(const ab_peer_t *p)
 const char *ab_key_name(const ab_key_t *k)
 {
     return k ? k->name : NULL;
+}
+
+int ab_auth_link_client(ab_broker_t *b, void *sock, const char *server)
+{
+    struct ab_auth *a = b->auth;
+    uint8_t key[32];
+    if (!a)
+        return 0;
+    if (strlen(server) != 40 || !zmq_z85_decode(key, server)) {
+        AB_ERROR("invalid peer broker key '%s'", server);
+        return -1;
+    }
+    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, key, 32);
+    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, zcert_public_key(a->cert), 32);
+    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, zcert_secret_key(a->cert), 32);
+    return 0;
+}
+
+int ab_auth_is_peer(const ab_key_t *k)
+{
+    return !k || k->role == AB_KEYROLE_PEER;
+}
+
+const ab_key_t *ab_auth_key_lookup(ab_broker_t *b, const char *pub)
+{
+    return b->auth && pub && pub[0] ? ab_keys_lookup(b->auth->keys, pub) : NULL;
+}
+
+int ab_key_role(const ab_key_t *k)
+{
+    return k ? (int)k->role : -1;
 }
 
 void ab_auth_peer_new(ab_peer_t *p, const ab_key_t *k)

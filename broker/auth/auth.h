@@ -26,7 +26,7 @@ typedef enum {
     AB_KEYROLE_AGENT = 0, /* request, send, listen, publish, subscribe */
     AB_KEYROLE_WORKER,    /* register its granted services, answer what it is given */
     AB_KEYROLE_ADMIN,     /* everything, with the control verbs that change state */
-    AB_KEYROLE_PEER,      /* broker-to-broker links (issue 15): request, register */
+    AB_KEYROLE_PEER,      /* broker-to-broker links (issue 15): link HELLO, request */
     AB_KEYROLE_COUNT
 } ab_keyrole_t;
 
@@ -76,6 +76,17 @@ void ab_auth_deny(ab_broker_t *b, const ab_key_t *k, const ab_rid_t *rid, const 
 const char *ab_peer_identity(const ab_peer_t *p);
 /* The key's name (its certificate's "name"), "local", or NULL. */
 const char *ab_key_name(const ab_key_t *k);
+
+/* Broker links (issue 15, broker/link/). Makes SOCK a CURVE client of the
+ * peer broker whose Z85 public key is SERVER, proving this broker's key.
+ * 0, or -1 (logged); auth off: 0, nothing set (a plain link). */
+int ab_auth_link_client(ab_broker_t *b, void *sock, const char *server);
+/* 1 when K may hold a broker link: role peer, or auth off (K NULL). */
+int ab_auth_is_peer(const ab_key_t *k);
+/* The trusted key with Z85 public key PUB, or NULL (also with auth off). */
+const ab_key_t *ab_auth_key_lookup(ab_broker_t *b, const char *pub);
+/* K's role (ab_keyrole_t), or -1 for NULL. */
+int ab_key_role(const ab_key_t *k);
 
 /* A peer was created with key K / is being dropped (broker.c). */
 void ab_auth_peer_new(ab_peer_t *p, const ab_key_t *k);

@@ -14,6 +14,7 @@
 #define AB_LOG_SUBSYS "directory" /* log.h: the subsystem in log lines */
 #include "broker.h"
 #include "directory.h"
+#include "link.h"
 #include "service.h"
 #include "router.h"
 #include "stats.h"
@@ -189,6 +190,7 @@ void ab_directory_on_discover(ab_broker_t *b, const ab_rid_t *rid, const ab_head
 
 void ab_directory_event(ab_broker_t *b, ab_worker_rec_t *w, const char *change)
 {
+    ab_link_dir_changed(b); /* peer brokers get the new directory (link.h) */
     ab_watchers_t *ws = b->watchers;
     if (!ws || ws->n == 0)
         return;

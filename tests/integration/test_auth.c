@@ -8,6 +8,7 @@
 #include "test.h"
 #include "codec.h"
 #include "vocab.h"
+#include "util.h"
 
 #include <signal.h>
 #include <stdarg.h>
@@ -639,6 +640,72 @@ static void s_removed_key(void)
     ab_client_destroy(&adm);
 }
 
+/* Quotas follow an agent key (issues 14 + 16): two connections proving one
+ * key under different names share its max-client-queued; another key is
+ * not held back, and every request gets exactly one answer. */
+static void s_key_quota(void)
+{
+    s_setup();
+    s_key("alice", "--role agent --names 'a*'", 1);
+    s_key("bob", "--role agent", 1);
+    s_key("wk", "--role worker --services slow", 1);
+    int port = th_free_port();
+    th_broker(port, "--auth", "curve", "--data-dir", s_data, "--max-client-queued", "2", NULL);
+    const char *argv[] = {"--broker", th_ep(port), "--backend", "echo", "--service", "slow",
+                          "--capacity", "1", "--delay-ms", "1500", "--key", s_secret("wk"),
+                          "--broker-key", s_broker_pub(), NULL};
+    th_spawn("agentbus-worker", argv, NULL);
+    ab_client_t *ctl = th_client(port);
+    REQUIRE(th_wait_workers(ctl, "slow", 1, 10000) == 0);
+    ab_client_t *a1 = s_client(port, "alice", "a1", 0);
+    ab_client_t *a2 = s_client(port, "alice", "a2", 0);
+    ab_client_t *bob = s_client(port, "bob", NULL, 0);
+    s_answer_t r[5] = {{0}};
+    ab_request_opts_t opts = {.timeout_ms = 20000};
+    /* a1: one at the worker, then two queued: alice's quota is full. */
+    CHECK_EQ(ab_client_request_start(a1, "slow", "1", 1, &opts, s_keep, &r[0], NULL), AB_OK);
+    Agentbus__Stats *st = NULL;
+    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end; th_sleep_ms(20)) {
+        ab_client_poll(a1, 0);
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        st = th_stats(ctl);
+        if (st && st->pending >= 1)
+            break;
+    }
+    for (int i = 1; i <= 2; i++)
+        CHECK_EQ(ab_client_request_start(a1, "slow", "q", 1, &opts, s_keep, &r[i], NULL), AB_OK);
+    ab_client_poll(a1, 50);
+    /* a2 proves the same key under another name: same client, refused. */
+    CHECK_EQ(ab_client_request_start(a2, "slow", "x", 1, &opts, s_keep, &r[3], NULL), AB_OK);
+    for (int64_t end = ab_now_ms() + 10000; !r[3].done && ab_now_ms() < end;)
+        ab_client_poll(a2, 50);
+    CHECK_EQ(r[3].status, AB_EBUSY);
+    /* bob is another client: queued, not refused. */
+    CHECK_EQ(ab_client_request_start(bob, "slow", "b", 1, &opts, s_keep, &r[4], NULL), AB_OK);
+    for (int64_t end = ab_now_ms() + 30000;
+         ab_now_ms() < end && !(r[0].done && r[1].done && r[2].done && r[4].done);) {
+        ab_client_poll(a1, 20);
+        ab_client_poll(bob, 20);
+    }
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(r[i].done, 1);
+    CHECK_EQ(r[0].status, AB_OK);
+    CHECK_EQ(r[1].status, AB_OK);
+    CHECK_EQ(r[2].status, AB_OK);
+    CHECK_EQ(r[4].status, AB_OK);
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->client_queue_busy, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&a1);
+    ab_client_destroy(&a2);
+    ab_client_destroy(&bob);
+    ab_client_destroy(&ctl);
+}
+
 int main(int argc, char **argv)
 {
     const th_case_t cases[] = {
@@ -646,6 +713,7 @@ int main(int argc, char **argv)
         {"bind_guard", s_bind_guard},   {"register", s_register},
         {"forged_answer", s_forged_answer}, {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
+        {"key_quota", s_key_quota},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

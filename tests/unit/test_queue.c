@@ -6,6 +6,7 @@
 #include "service.h"
 #include "clients.h"
 #include "lanes.h"
+#include "link.h"
 #include "test.h"
 
 #include <stdio.h>
@@ -97,9 +98,12 @@ static void s_test_admit(void)
     ab_idmap_fini(&b.pending);
 }
 
+static ab_peer_t s_local_peer, s_remote_peer; /* link_role 0 and AB_LINK_WORKER */
+
 static ab_worker_rec_t *s_worker(ab_service_t *s, uint32_t cap, uint32_t in_flight, uint64_t last)
 {
     ab_worker_rec_t *w = calloc(1, sizeof *w);
+    w->peer = &s_local_peer;
     w->capacity = cap;
     w->in_flight = in_flight;
     w->last_dispatch = last;
@@ -117,17 +121,25 @@ static void s_test_pick(void)
     ab_service_t s;
     memset(&s, 0, sizeof s);
     s.workers = zlistx_new();
-    CHECK_EQ(ab_service_pick(&b, &s) == NULL, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == NULL, 1);
     ab_worker_rec_t *a = s_worker(&s, 4, 4, 1); /* full */
-    CHECK_EQ(ab_service_pick(&b, &s) == NULL, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == NULL, 1);
     ab_worker_rec_t *w2 = s_worker(&s, 2, 0, 9);
     ab_worker_rec_t *w3 = s_worker(&s, 4, 2, 5);
     /* w2 and w3 both have 2 free: w3 was dispatched to longer ago. */
-    CHECK_EQ(ab_service_pick(&b, &s) == w3, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == w3, 1);
     w3->last_dispatch = 10;
-    CHECK_EQ(ab_service_pick(&b, &s) == w2, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == w2, 1);
     a->in_flight = 0; /* 4 free beats 2 free */
-    CHECK_EQ(ab_service_pick(&b, &s) == a, 1);
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == a, 1);
+    /* Local first: a broker link's worker (link.h) with more free credit
+     * is picked only once no local worker has any. */
+    s_remote_peer.link_role = AB_LINK_WORKER;
+    ab_worker_rec_t *r = s_worker(&s, 64, 0, 0);
+    r->peer = &s_remote_peer;
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == a, 1);
+    a->in_flight = 4, w2->in_flight = 2, w3->in_flight = 4;
+    CHECK_EQ(ab_service_pick(&b, &s, NULL) == r, 1);
     for (ab_worker_rec_t *w = zlistx_first(s.workers); w; w = zlistx_next(s.workers))
         free(w);
     zlistx_destroy(&s.workers);

@@ -75,6 +75,12 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
             }
             agentbus__stats__free_unpacked(st, NULL);
         }
+    } else if (strcmp(what, "peers") == 0) {
+        Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
+        if ((bad = !pl) == 0) {
+            ctl_render_peers(stdout, pl, json);
+            agentbus__peer_list__free_unpacked(pl, NULL);
+        }
     } else if (strcmp(what, "services") == 0) {
         Agentbus__ServiceList *sl = agentbus__service_list__unpack(NULL, len, buf);
         if ((bad = !sl) == 0) {
@@ -324,7 +330,7 @@ static int s_run(ab_client_t *c, const ctl_args_t *a)
         return s_request(c, a->pos[0], a->pos[1], (int)a->timeout_ms, a->priority);
     }
     if (!strcmp(cmd, "stats") || !strcmp(cmd, "services") || !strcmp(cmd, "workers") ||
-        !strcmp(cmd, "clients")) {
+        !strcmp(cmd, "clients") || !strcmp(cmd, "peers")) {
         int rc = 0;
         s_show_loop(c, a, &rc);
         return rc;

@@ -89,6 +89,8 @@ static const struct {
 } s_cmds[] = {
     {"stats", "", "broker figures: connections, traffic, services, errors", 0, 0, B(O_WATCH)},
     {"services", "", "services with queue depth, workers, credit, latency", 0, 0, B(O_WATCH)},
+    {"peers", "", "broker links: state, round trip, requests forwarded each way", 0, 0,
+     B(O_WATCH)},
     {"workers", "", "registered workers with capacity, load, health and labels\n"
                     "(ID shortened to 12 characters; --json has the full id)", 0, 0, B(O_WATCH)},
     {"request", "SERVICE DATA", "send DATA ('-' reads stdin) and print the reply", 2, 2,

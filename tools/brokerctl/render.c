@@ -22,7 +22,18 @@ void ctl_json_print(FILE *out, json_t *j)
     json_decref(j);
 }
 
+static json_t *s_service_json_base(const Agentbus__ServiceInfo *s);
+
 static json_t *s_service_json(const Agentbus__ServiceInfo *s)
+{
+    json_t *j = s_service_json_base(s);
+    /* Broker links (docs/links.md): how many of its workers are peers. */
+    json_object_set_new(j, "remote_workers", json_integer(s->remote_workers));
+    json_object_set_new(j, "remote", json_string(s->remote ? s->remote : ""));
+    return j;
+}
+
+static json_t *s_service_json_base(const Agentbus__ServiceInfo *s)
 {
     const Agentbus__LatencySummary *l = s->latency;
     json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
@@ -43,18 +54,20 @@ static json_t *s_service_json(const Agentbus__ServiceInfo *s)
 
 static void s_services_text(FILE *out, Agentbus__ServiceInfo **sv, size_t n)
 {
-    fprintf(out, "%-20s %7s %7s %11s %10s %10s %8s %8s %8s %8s\n", "SERVICE", "QUEUE", "WORKERS",
-            "FREE/CAP", "REQUESTS", "REPLIES", "ERRORS", "P50_US", "P95_US", "P99_US");
+    fprintf(out, "%-20s %7s %7s %11s %10s %10s %8s %8s %8s %8s %s\n", "SERVICE", "QUEUE",
+            "WORKERS", "FREE/CAP", "REQUESTS", "REPLIES", "ERRORS", "P50_US", "P95_US", "P99_US",
+            "REMOTE");
     for (size_t i = 0; i < n; i++) {
         const Agentbus__ServiceInfo *s = sv[i];
         const Agentbus__LatencySummary *l = s->latency;
         char credit[32];
         snprintf(credit, sizeof credit, "%u/%u", s->free_credit, s->capacity);
-        fprintf(out, "%-20s %7u %7u %11s %10llu %10llu %8llu %8llu %8llu %8llu\n", s->name,
+        fprintf(out, "%-20s %7u %7u %11s %10llu %10llu %8llu %8llu %8llu %8llu %s\n", s->name,
                 s->queue_depth, s->workers, credit, (unsigned long long)s->requests,
                 (unsigned long long)s->replies, (unsigned long long)s->errors,
                 (unsigned long long)(l ? l->p50_us : 0), (unsigned long long)(l ? l->p95_us : 0),
-                (unsigned long long)(l ? l->p99_us : 0));
+                (unsigned long long)(l ? l->p99_us : 0),
+                s->remote_workers && s->remote && s->remote[0] ? s->remote : "-");
     }
     if (n == 0)
         fprintf(out, "(no services registered)\n");

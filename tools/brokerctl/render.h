@@ -8,6 +8,8 @@
 void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json);
 void ctl_render_services(FILE *out, Agentbus__ServiceInfo **sv, size_t n, int json);
 void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json);
+/* CONTROL "peers": broker links (peers.c). */
+void ctl_render_peers(FILE *out, const Agentbus__PeerList *pl, int json);
 /* The first word of a worker's backend STATE ("ok", "down", "failing"), in
  * BUF of CAP bytes; "down" when DOWN (its inference state says so), "-" when
  * it reports none. */

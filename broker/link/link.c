@@ -1,0 +1,675 @@
+/*
+ * link.c - broker links: the records, their connections, HELLO, heartbeats
+ * and loss (see link.h; directory in link_dir.c, forwarding in link_fwd.c).
+ *
+ * A link is up while one of its connections has heard from the peer within
+ * AB_LINK_SILENT_IVL heartbeat intervals. A dialed connection that goes
+ * silent is closed and dialed again from scratch (a fresh DEALER: nothing
+ * queued for the old connection is delivered late); an accepted one that
+ * goes silent is shut down and its peer dropped. When no connection is
+ * left the link is down: its remote workers and its client are dropped.
+ */
+#define AB_LOG_SUBSYS "link"
+#include "link_int.h"
+#include "auth.h"
+#include "router.h"
+#include "request.h"
+#include "service.h"
+#include "agentbus.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void s_tick(ab_broker_t *b, int64_t now);
+
+/* --- records ---------------------------------------------------------------- */
+
+static void s_remote_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+static ab_link_t *s_link_new(struct ab_links *ls)
+{
+    if (ls->n >= AB_LINKS_MAX)
+        return NULL;
+    ab_link_t *l = calloc(1, sizeof *l);
+    if (!l || !(l->remote = zhashx_new())) {
+        free(l);
+        return NULL;
+    }
+    zhashx_set_destructor(l->remote, s_remote_free);
+    l->all = ls;
+    for (l->idx = 0; ls->l[l->idx]; l->idx++)
+        ;
+    ls->l[l->idx] = l;
+    ls->n++;
+    return l;
+}
+
+static void s_link_free(ab_link_t *l)
+{
+    struct ab_links *ls = l->all;
+    ls->l[l->idx] = NULL;
+    ls->n--;
+    if (l->dealer)
+        zmq_close(l->dealer);
+    zhashx_destroy(&l->remote);
+    free(l);
+}
+
+void ab_link_rid(ab_link_t *l, ab_rid_t *rid)
+{
+    /* 0xff and 14 bytes: libzmq's own ids are 5 bytes from 0x00, and the
+     * random nonce is never shown, so no connection can take one. */
+    uint32_t seq = ++l->all->seq;
+    rid->len = 14;
+    rid->bytes[0] = 0xff;
+    memcpy(rid->bytes + 1, l->all->nonce, 8);
+    rid->bytes[9] = (uint8_t)l->idx;
+    memcpy(rid->bytes + 10, &seq, 4);
+}
+
+int ab_link_in_list(const char *list, size_t len, const char *name)
+{
+    size_t n = strlen(name), i = 0;
+    while (i < len) {
+        size_t j = i;
+        while (j < len && list[j] != ',')
+            j++;
+        if (j - i == n && memcmp(list + i, name, n) == 0)
+            return 1;
+        i = j + 1;
+    }
+    return 0;
+}
+
+/* --- dialing ---------------------------------------------------------------- */
+
+/* Opens L's DEALER and dials its endpoint. 0 or -1. */
+static int s_dial(ab_broker_t *b, ab_link_t *l)
+{
+    void *d = zmq_socket(b->zctx, ZMQ_DEALER);
+    if (!d)
+        return -1;
+    int zero = 0, one = 1, hwm = (int)b->cfg->sndhwm, ivl = 100;
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+    /* Nothing is queued for a connection not made yet: a send then fails
+     * and the request goes elsewhere, instead of arriving late. */
+    zmq_setsockopt(d, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt(d, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    int64_t maxmsg = (int64_t)b->cfg->max_payload_bytes + (1 << 20);
+    zmq_setsockopt(d, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (l->key[0] && ab_auth_link_client(b, d, l->key) != 0) {
+        zmq_close(d);
+        return -1;
+    }
+    if (zmq_connect(d, l->endpoint) != 0) {
+        AB_ERROR("cannot dial peer %s: %s", l->endpoint, zmq_strerror(errno));
+        zmq_close(d);
+        return -1;
+    }
+    l->dealer = d;
+    l->out_up = 0;
+    l->out_since_ms = ab_now_ms();
+    return 0;
+}
+
+/* KEY after '#' in a --peer: a Z85 public key (40 characters) or the path
+ * of a public certificate. 0 with OUT, or -1. */
+static int s_peer_key(const char *key, char *out)
+{
+    if (strlen(key) == 40) {
+        uint8_t raw[32];
+        if (zmq_z85_decode(raw, key)) {
+            snprintf(out, AB_LINK_KEY_TXT, "%s", key);
+            return 0;
+        }
+    }
+    zcert_t *c = zcert_load(key);
+    if (!c)
+        return -1;
+    snprintf(out, AB_LINK_KEY_TXT, "%s", zcert_public_txt(c));
+    zcert_destroy(&c);
+    return 0;
+}
+
+/* One --peer entry: tcp://HOST:PORT[#KEY]. 0 or -1 (logged). */
+static int s_peer_add(ab_broker_t *b, const char *spec)
+{
+    char ep[256];
+    const char *hash = strchr(spec, '#');
+    size_t n = hash ? (size_t)(hash - spec) : strlen(spec);
+    if (strncmp(spec, "tcp://", 6) != 0 || n >= sizeof ep || n <= 6) {
+        AB_ERROR("invalid peer '%s': expected tcp://HOST:PORT#KEY", spec);
+        return -1;
+    }
+    snprintf(ep, sizeof ep, "%.*s", (int)n, spec);
+    ab_link_t *l = s_link_new(b->links);
+    if (!l) {
+        AB_ERROR("too many peers (at most %d)", AB_LINKS_MAX);
+        return -1;
+    }
+    snprintf(l->endpoint, sizeof l->endpoint, "%s", ep);
+    if (b->cfg->auth_curve && (!hash || s_peer_key(hash + 1, l->key) != 0)) {
+        AB_ERROR("peer %s: with --auth curve its public key is needed: %s#KEY (Z85 key or the "
+                 "path of its public certificate)", ep, ep);
+        return -1;
+    }
+    if (!b->cfg->auth_curve && hash)
+        AB_WARN("peer %s: key ignored: --auth none, so the link is not encrypted", ep);
+    return s_dial(b, l);
+}
+
+int ab_link_init(ab_broker_t *b)
+{
+    struct ab_links *ls = calloc(1, sizeof *ls);
+    if (!ls)
+        return -1;
+    b->links = ls;
+    if (getrandom(ls->nonce, sizeof ls->nonce, 0) != (ssize_t)sizeof ls->nonce) {
+        uint64_t v = ab_now_ns();
+        memcpy(ls->nonce, &v, 8);
+    }
+    if (getrandom(&ls->session, sizeof ls->session, 0) != (ssize_t)sizeof ls->session)
+        ls->session = ab_now_ns() ^ (uint64_t)getpid() << 32;
+    const char *name = b->cfg->name ? b->cfg->name : "";
+    if (!name[0]) {
+        char host[AB_LINK_NAME_MAX] = "";
+        gethostname(host, sizeof host - 1);
+        snprintf(ls->self, sizeof ls->self, "%s", host[0] ? host : "broker");
+    } else if (strlen(name) >= AB_LINK_NAME_MAX || strchr(name, ',')) {
+        AB_ERROR("invalid name '%s': at most %d characters, no comma", name, AB_LINK_NAME_MAX - 1);
+        return -1;
+    } else {
+        snprintf(ls->self, sizeof ls->self, "%s", name);
+    }
+    char *peers = strdup(b->cfg->peers ? b->cfg->peers : "");
+    int rc = peers ? 0 : -1;
+    for (char *save = NULL, *tok = peers ? strtok_r(peers, ",", &save) : NULL; tok && rc == 0;
+         tok = strtok_r(NULL, ",", &save))
+        rc = s_peer_add(b, tok);
+    free(peers);
+    if (rc == 0 && (ls->timer = ab_broker_every(b, b->cfg->link_heartbeat_ms, s_tick)) < 0)
+        rc = -1;
+    if (rc == 0 && ls->n)
+        AB_INFO("broker '%s': %d peer(s) to dial", ls->self, ls->n);
+    return rc;
+}
+
+void ab_link_fini(ab_broker_t *b)
+{
+    struct ab_links *ls = b->links;
+    if (!ls)
+        return;
+    for (int i = 0; i < AB_LINKS_MAX; i++)
+        if (ls->l[i])
+            s_link_free(ls->l[i]);
+    free(ls);
+    b->links = NULL;
+}
+
+/* --- sending ---------------------------------------------------------------- */
+
+/* 1 when L's traffic goes on the connection it dialed: when both are up,
+ * the one dialed by the broker with the smaller name (both sides agree). */
+static int s_use_dealer(const ab_link_t *l)
+{
+    int out = l->dealer && l->out_up, in = l->in != NULL;
+    if (out && in)
+        return strcmp(l->all->self, l->name) < 0;
+    return out;
+}
+
+int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
+                 zmq_msg_t *payload)
+{
+    if (s_use_dealer(l)) {
+        int more = payload ? ZMQ_SNDMORE : 0;
+        if (zmq_send(l->dealer, buf, len, more | ZMQ_DONTWAIT) < 0)
+            return -1;
+        if (payload && zmq_msg_send(payload, l->dealer, 0) < 0)
+            return -1;
+        b->c.msgs_out++;
+        b->c.bytes_out += len + (payload ? zmq_msg_size(payload) : 0);
+        return 0;
+    }
+    if (l->in)
+        return ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, payload);
+    errno = EHOSTUNREACH;
+    return -1;
+}
+
+/* Sends M on the dealer (DEALER 1) or to the accepted peer (0). */
+static int s_send_msg_on(ab_broker_t *b, ab_link_t *l, int dealer, const Agentbus__LinkMsg *m)
+{
+    size_t n = agentbus__link_msg__get_packed_size(m);
+    zmq_msg_t body;
+    if (zmq_msg_init_size(&body, n) != 0)
+        return -1;
+    agentbus__link_msg__pack(m, zmq_msg_data(&body));
+    ab_header_t h = ab_header_init(AB_KIND_LINK);
+    uint8_t buf[128];
+    size_t len = ab_header_encode(&h, buf, sizeof buf);
+    int rc = -1;
+    if (dealer && l->dealer) {
+        if (zmq_send(l->dealer, buf, len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+            zmq_msg_send(&body, l->dealer, 0) >= 0)
+            rc = 0;
+    } else if (!dealer && l->in) {
+        rc = ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, &body);
+    }
+    zmq_msg_close(&body);
+    return rc;
+}
+
+int ab_link_send_msg(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m)
+{
+    return s_send_msg_on(b, l, s_use_dealer(l), m);
+}
+
+/* --- up and down -------------------------------------------------------------- */
+
+static void s_up(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    if (!l->client) {
+        ab_rid_t rid;
+        ab_link_rid(l, &rid);
+        if ((l->client = ab_peer_add(b, &rid, AB_ROLE_AGENT, now))) {
+            l->client->link = l;
+            l->client->link_role = AB_LINK_CLIENT;
+            l->client->features = AB_FEATURE_LZ4;
+            snprintf(l->client->name, sizeof l->client->name, "link:%s", l->name);
+        }
+    }
+    if (!l->up) {
+        l->up = 1;
+        l->ups++;
+        l->up_since_ms = now;
+        AB_INFO("link to '%s' up (%s)", l->name, s_use_dealer(l) ? "dialed" : "accepted");
+    }
+    ab_link_dir_send(b, l); /* the whole directory on every (re)connection */
+}
+
+static void s_down(ab_broker_t *b, ab_link_t *l, const char *why)
+{
+    if (!l->up)
+        return;
+    l->up = 0;
+    l->up_since_ms = 0;
+    uint32_t held = ab_link_dir_withdraw(b, l, why);
+    l->failed += held;
+    ab_peer_t *c = l->client;
+    l->client = NULL;
+    if (c) {
+        c->link = NULL; /* ab_link_peer_gone: nothing more to forget */
+        ab_peer_drop(b, c, why);
+    }
+    AB_WARN("link to '%s' down: %s (%u forwarded request(s) taken back)", l->name, why, held);
+}
+
+/* Forgets L's accepted connection (and drops its peer). */
+static void s_in_lost(ab_broker_t *b, ab_link_t *l, const char *why)
+{
+    ab_peer_t *p = l->in;
+    l->in = NULL;
+    if (!p)
+        return;
+    p->link = NULL;
+    p->link_role = AB_LINK_NONE;
+    if (p->fd >= 0 && !p->fd_closed_ms)
+        shutdown(p->fd, SHUT_RDWR); /* a stalled connection delivers nothing later */
+    ab_peer_drop(b, p, why);
+}
+
+/* Closes L's dialed connection and dials again. */
+static void s_redial(ab_broker_t *b, ab_link_t *l)
+{
+    zmq_close(l->dealer);
+    l->dealer = NULL;
+    l->out_up = 0;
+    if (s_dial(b, l) != 0)
+        AB_WARN("cannot dial '%s' again (%s): retried next tick", l->name, l->endpoint);
+}
+
+static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    int64_t silent = b->cfg->link_heartbeat_ms * AB_LINK_SILENT_IVL;
+    if (l->endpoint[0] && !l->dealer)
+        s_dial(b, l);
+    if (l->dealer && l->out_up && now - l->out_last_ms > silent) {
+        AB_WARN("link to '%s': dialed connection silent for %lld ms", l->name,
+                (long long)(now - l->out_last_ms));
+        s_redial(b, l);
+    }
+    if (l->in && now - l->in_last_ms > silent)
+        s_in_lost(b, l, "link connection silent");
+    if (l->up && !(l->dealer && l->out_up) && !l->in)
+        s_down(b, l, "no heartbeat from the peer broker");
+}
+
+/* Every link-heartbeat-ms: liveness, HELLO on dialed connections not yet
+ * answered, heartbeats on the others, the directory when it changed. */
+static void s_tick(ab_broker_t *b, int64_t now)
+{
+    struct ab_links *ls = b->links;
+    int dirty = ls->dirty;
+    ls->dirty = 0;
+    for (int i = 0; i < AB_LINKS_MAX; i++) {
+        ab_link_t *l = ls->l[i];
+        if (!l)
+            continue;
+        s_check(b, l, now);
+        Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+        m.broker = ls->self;
+        m.session = ls->session;
+        if (l->dealer) {
+            m.type = l->out_up ? S_LM_HEARTBEAT : S_LM_HELLO;
+            m.sent_us = ab_now_us();
+            s_send_msg_on(b, l, 1, &m);
+        }
+        if (l->in) {
+            m.type = S_LM_HEARTBEAT;
+            m.sent_us = ab_now_us();
+            s_send_msg_on(b, l, 0, &m);
+        }
+        if (dirty && l->up)
+            ab_link_dir_send(b, l);
+    }
+}
+
+/* --- receiving ------------------------------------------------------------------ */
+
+/* The record of broker NAME, or NULL. */
+static ab_link_t *s_by_name(struct ab_links *ls, const char *name, const ab_link_t *but)
+{
+    for (int i = 0; i < AB_LINKS_MAX; i++)
+        if (ls->l[i] && ls->l[i] != but && strcmp(ls->l[i]->name, name) == 0)
+            return ls->l[i];
+    return NULL;
+}
+
+/* L's dialed connection was answered by broker NAME: when a record for
+ * NAME exists already (it dialed us first), the dialed connection joins it
+ * and L's empty shell goes. Returns the record that holds it. */
+static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
+{
+    if (!strcmp(l->name, name))
+        return l;
+    ab_link_t *o = s_by_name(b->links, name, l);
+    if (!o || l->up) {
+        if (l->up) /* a dialed endpoint now answers as another broker */
+            s_down(b, l, "the peer broker changed its name");
+        snprintf(l->name, sizeof l->name, "%s", name);
+        return l;
+    }
+    if (o->dealer) { /* two --peer entries name one broker: keep the first */
+        zmq_close(l->dealer);
+        l->dealer = NULL;
+        l->endpoint[0] = '\0';
+        return NULL;
+    }
+    o->dealer = l->dealer;
+    memcpy(o->endpoint, l->endpoint, sizeof o->endpoint);
+    memcpy(o->key, l->key, sizeof o->key);
+    o->out_since_ms = l->out_since_ms;
+    l->dealer = NULL;
+    s_link_free(l);
+    return o;
+}
+
+/* The peer of L said HELLO (or answered it) with SESSION: when L is up
+ * with another session the peer restarted, and what either side held for
+ * the other belongs to the old one (request ids start again): down first. */
+static void s_session(ab_broker_t *b, ab_link_t *l, uint64_t session)
+{
+    if (l->up && l->peer_session && session != l->peer_session)
+        s_down(b, l, "the peer broker restarted");
+    l->peer_session = session;
+}
+
+static void s_on_link_msg(ab_broker_t *b, ab_link_t *l, int dealer, const Agentbus__LinkMsg *m,
+                          int64_t now)
+{
+    if (m->type == S_LM_HEARTBEAT) {
+        if (m->sent_us) { /* echo it: the peer measures the round trip */
+            Agentbus__LinkMsg e = AGENTBUS__LINK_MSG__INIT;
+            e.type = S_LM_HEARTBEAT;
+            e.broker = l->all->self;
+            e.echo_us = m->sent_us;
+            s_send_msg_on(b, l, dealer, &e);
+        }
+        uint64_t t = ab_now_us();
+        if (m->echo_us && m->echo_us <= t && t - m->echo_us < 60000000u)
+            l->rtt_us = (uint32_t)(t - m->echo_us);
+        if (l->up)
+            ab_link_dir_alive(b, l, now);
+    } else if (m->type == S_LM_DIRECTORY && l->up) {
+        ab_link_dir_apply(b, l, m, now);
+    }
+}
+
+/* Common to both connections: a message from L's peer. */
+static void s_on_msg(ab_broker_t *b, ab_link_t *l, int dealer, const ab_header_t *h,
+                     const ab_frame_t *pl, zmq_msg_t *body, const struct ab_key *key, int64_t now)
+{
+    if (h->kind == AB_KIND_LINK) {
+        Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, pl->size, pl->data);
+        if (!m) {
+            b->c.malformed++;
+            return;
+        }
+        s_on_link_msg(b, l, dealer, m, now);
+        agentbus__link_msg__free_unpacked(m, NULL);
+        return;
+    }
+    if (!l->up)
+        return; /* nothing is forwarded before HELLO */
+    switch (h->kind) {
+    case AB_KIND_REQUEST:
+        ab_link_fwd_request(b, l, h, body, key, now);
+        break;
+    case AB_KIND_PARTIAL:
+    case AB_KIND_REPLY:
+    case AB_KIND_ERROR:
+        ab_link_fwd_answer(b, l, h, body);
+        break;
+    case AB_KIND_CANCEL:
+        if (l->client)
+            ab_cancel_from_client(b, &l->client->rid, h->correlation_id);
+        break;
+    default:
+        b->c.malformed++; /* a link carries nothing else */
+        break;
+    }
+}
+
+/* A LINK HELLO from a new connection on the ROUTER (peer P). */
+static void s_on_hello(ab_broker_t *b, ab_peer_t *p, const Agentbus__LinkMsg *m, int64_t now)
+{
+    struct ab_links *ls = b->links;
+    const char *why = NULL;
+    if (!ab_auth_is_peer(p->authkey))
+        why = "this key's role is not peer";
+    else if (!m->broker[0] || strlen(m->broker) >= AB_LINK_NAME_MAX || strchr(m->broker, ','))
+        why = "invalid broker name";
+    else if (!strcmp(m->broker, ls->self))
+        why = "the peer has this broker's own name";
+    ab_link_t *l = why ? NULL : s_by_name(ls, m->broker, NULL);
+    if (!why && !l && !(l = s_link_new(ls)))
+        why = "too many links";
+    if (why) {
+        AB_LOG_RL(&b->rl, 0x11c0, now, AB_LOG_WARN, "link HELLO from %s refused: %s", p->key, why);
+        AB_COUNT_ERROR(b, AB_ERR_DENIED);
+        ab_send_error(b, &p->rid, 0, AB_ERR_DENIED, why);
+        return;
+    }
+    if (!l->name[0])
+        snprintf(l->name, sizeof l->name, "%s", m->broker);
+    if (l->in && l->in != p)
+        s_in_lost(b, l, "replaced by a new link connection");
+    l->in = p;
+    l->in_last_ms = now;
+    p->link = l;
+    p->link_role = AB_LINK_TRANSPORT;
+    snprintf(p->name, sizeof p->name, "link:%s", l->name);
+    s_session(b, l, m->session);
+    Agentbus__LinkMsg w = AGENTBUS__LINK_MSG__INIT;
+    w.type = S_LM_WELCOME;
+    w.broker = ls->self;
+    w.session = ls->session;
+    s_send_msg_on(b, l, 0, &w);
+    s_up(b, l, now);
+}
+
+void ab_link_on_router(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       const ab_frame_t *pl, zmq_msg_t *body, int64_t now)
+{
+    (void)rid;
+    if (p && p->link && p->link_role == AB_LINK_TRANSPORT) {
+        p->link->in_last_ms = now;
+        s_on_msg(b, p->link, 0, h, pl, body, p->authkey, now);
+        return;
+    }
+    Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, pl->size, pl->data);
+    if (!m) {
+        b->c.malformed++;
+        return;
+    }
+    if (m->type == S_LM_HELLO && p && b->links)
+        s_on_hello(b, p, m, now);
+    agentbus__link_msg__free_unpacked(m, NULL);
+}
+
+/* A message on L's dialed connection. */
+static void s_on_dealer(ab_broker_t *b, ab_link_t *l, ab_frame_t *f, size_t n, zmq_msg_t *body,
+                        int64_t now)
+{
+    ab_header_t h;
+    ab_frame_t pl;
+    if (ab_msg_decode(f, n, &b->limits, &h, &pl) != AB_OK) {
+        b->c.malformed++;
+        return;
+    }
+    if (h.kind == AB_KIND_ERROR && h.error_code == AB_ERR_DENIED && !h.correlation_id) {
+        AB_LOG_RL(&b->rl, 0x11c1 + (uint64_t)l->idx, now, AB_LOG_WARN,
+                  "peer %s refused the link: %.*s", l->endpoint, (int)h.error_text.len,
+                  h.error_text.ptr);
+        l->refused++;
+        l->out_up = 0; /* the peer does not know this connection (it restarted): HELLO again */
+        return;
+    }
+    if (h.kind == AB_KIND_LINK && !l->out_up) {
+        Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, pl.size, pl.data);
+        int ok = m && m->type == S_LM_WELCOME && m->broker[0] &&
+                 strlen(m->broker) < AB_LINK_NAME_MAX && strcmp(m->broker, l->all->self) != 0;
+        if (ok && (l = s_named(b, l, m->broker))) {
+            s_session(b, l, m->session);
+            l->out_up = 1;
+            l->out_last_ms = now;
+            s_up(b, l, now);
+        }
+        if (m)
+            agentbus__link_msg__free_unpacked(m, NULL);
+        return;
+    }
+    if (!l->out_up)
+        return;
+    l->out_last_ms = now;
+    s_on_msg(b, l, 1, &h, &pl, body, NULL, now);
+}
+
+int ab_link_poll_items(ab_broker_t *b, zmq_pollitem_t *items, int max)
+{
+    int n = 0;
+    for (int i = 0; b->links && i < AB_LINKS_MAX && n < max; i++)
+        if (b->links->l[i] && b->links->l[i]->dealer)
+            items[n++] = (zmq_pollitem_t){b->links->l[i]->dealer, 0, ZMQ_POLLIN, 0};
+    return n;
+}
+
+/* Receives what L's dealer holds (a bounded number per turn). */
+static void s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    for (int k = 0; k < 1024 && l->dealer; k++) {
+        zmq_msg_t f[3];
+        size_t n = 0;
+        int more = 1;
+        while (more) {
+            zmq_msg_t *m = &f[n < 3 ? n : 2];
+            if (n >= 3)
+                zmq_msg_close(m);
+            zmq_msg_init(m);
+            if (zmq_msg_recv(m, l->dealer, n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+                zmq_msg_close(m);
+                if (n == 0)
+                    return;
+                break;
+            }
+            more = zmq_msg_more(m);
+            n++;
+        }
+        b->c.msgs_in++;
+        size_t kept = n < 3 ? n : 3;
+        ab_frame_t fr[2] = {{zmq_msg_data(&f[0]), zmq_msg_size(&f[0])}, {NULL, 0}};
+        if (kept > 1)
+            fr[1] = (ab_frame_t){zmq_msg_data(&f[1]), zmq_msg_size(&f[1])};
+        int idx = l->idx;
+        s_on_dealer(b, l, fr, n, kept == 2 ? &f[1] : NULL, now);
+        for (size_t i = 0; i < kept; i++)
+            zmq_msg_close(&f[i]);
+        if (b->links->l[idx] != l)
+            return; /* merged into another record and freed */
+    }
+}
+
+void ab_link_on_poll(ab_broker_t *b, int64_t now)
+{
+    for (int i = 0; b->links && i < AB_LINKS_MAX; i++)
+        if (b->links->l[i] && b->links->l[i]->dealer)
+            s_drain(b, b->links->l[i], now);
+}
+
+/* --- the core's hooks ------------------------------------------------------------ */
+
+void ab_link_peer_gone(ab_broker_t *b, ab_peer_t *p)
+{
+    ab_link_t *l = p->link;
+    if (!l)
+        return;
+    p->link = NULL;
+    if (p->link_role == AB_LINK_TRANSPORT && l->in == p) {
+        l->in = NULL; /* its connection closed: the link may live on the other */
+        if (l->up && !(l->dealer && l->out_up))
+            s_down(b, l, "its connection closed");
+    } else if (p->link_role == AB_LINK_CLIENT && l->client == p) {
+        l->client = NULL;
+    } else if (p->link_role == AB_LINK_WORKER) {
+        ab_remote_t *r = p->worker ? zhashx_lookup(l->remote, p->worker->service->name) : NULL;
+        if (r && r->peer == p)
+            zhashx_delete(l->remote, p->worker->service->name);
+    }
+}
+
+void ab_link_dir_changed(ab_broker_t *b)
+{
+    if (b->links)
+        b->links->dirty = 1;
+}
+
+uint32_t ab_link_up_count(const ab_broker_t *b)
+{
+    uint32_t n = 0;
+    for (int i = 0; b->links && i < AB_LINKS_MAX; i++)
+        if (b->links->l[i] && b->links->l[i]->up)
+            n++;
+    return n;
+}

@@ -1,0 +1,82 @@
+/*
+ * link.h - broker-to-broker links (issue 15; docs/links.md): the hooks the
+ * core calls.
+ *
+ * A link joins this broker to a peer broker over one TCP connection: the
+ * one this broker dialed (--peer, a DEALER with the peer's CURVE key) or
+ * the one the peer dialed (a peer on the ROUTER whose key has role peer and
+ * that said LINK HELLO). When both dialed, both connections stay open and
+ * the one dialed by the broker with the smaller name carries the traffic;
+ * the other is a standby. Either may deliver anything: a link is one record
+ * per peer broker name.
+ *
+ * The core sees a link through ordinary peers, so that its promises hold
+ * unchanged across a link:
+ *  - each service the peer offers is a worker here (a "remote worker": a
+ *    peer record with no connection, link_role AB_LINK_WORKER); dispatch,
+ *    re-dispatch when it is lost, deadlines and CANCEL are the core's;
+ *  - requests the peer forwards here come from one client (link_role
+ *    AB_LINK_CLIENT), whose answers go back over the link;
+ *  - what the core sends to either goes through ab_link_emit (router.c).
+ * When a link is lost its remote workers are dropped (their requests go
+ * back to the queue: another worker, another link, or an error) and its
+ * client is dropped (what the peer asked is cancelled here).
+ *
+ * Broker thread only.
+ */
+#ifndef AB_LINK_H
+#define AB_LINK_H
+
+#include "broker.h"
+
+enum { AB_LINK_NONE = 0, AB_LINK_TRANSPORT = 1, AB_LINK_WORKER = 2, AB_LINK_CLIENT = 3 };
+
+/* Dials the configured peers. 0, or -1 (logged) on a bad --peer. */
+int ab_link_init(ab_broker_t *b);
+void ab_link_fini(ab_broker_t *b);
+/* The loop's poll set: fills up to MAX items with the link sockets;
+ * returns how many. ab_link_on_poll reads what they hold. */
+int ab_link_poll_items(ab_broker_t *b, zmq_pollitem_t *items, int max);
+void ab_link_on_poll(ab_broker_t *b, int64_t now);
+/* A message from peer P on the ROUTER while P is a link's connection (or
+ * a LINK message from anyone): handled here. IN_KEY: its connection's key. */
+void ab_link_on_router(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       const ab_frame_t *pl, zmq_msg_t *body, int64_t now);
+/* The core sends to link peer P (a remote worker or a link's client): the
+ * encoded header BUF,LEN (or HMSG, moved) and PAYLOAD (moved; may be NULL).
+ * 0 sent or deliberately dropped (what a link does not carry), -1 the link
+ * is down (errno EHOSTUNREACH). */
+int ab_link_emit(ab_broker_t *b, ab_peer_t *p, const uint8_t *buf, size_t len, zmq_msg_t *hmsg,
+                 zmq_msg_t *payload);
+/* Request R goes to remote worker W with header H (PAYLOAD moved): the
+ * forwarded header gets the crossed brokers, hops left and the origin's
+ * key and role. 0 or -1. */
+int ab_link_forward(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, ab_header_t *h,
+                    zmq_msg_t *payload);
+/* 1 when remote worker W may take R (W's broker is not in R's crossed
+ * list and R may cross one more link). Local workers: 1. */
+int ab_link_may_take(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_req_t *r);
+/* Links remote worker W's request would cross to reach a worker (1: the
+ * peer's own); UINT32_MAX when W is not a remote worker. */
+uint32_t ab_link_hops(const ab_worker_rec_t *w);
+/* 0 when service S is served only through links that a request with
+ * header H may not cross (hop limit, loop): the caller answers NO_SERVICE
+ * at once rather than let it wait for its deadline. Else 1. */
+int ab_link_routable(ab_broker_t *b, ab_service_t *s, const ab_header_t *h);
+/* R arrived over a link with header H: R keeps its crossed list, hops left
+ * and origin. 0, or -1 out of memory. */
+int ab_link_req_new(ab_req_t *r, const ab_header_t *h);
+void ab_link_req_free(ab_req_t *r);
+/* Peer P is being dropped: a link forgets it. */
+void ab_link_peer_gone(ab_broker_t *b, ab_peer_t *p);
+/* A worker joined or left: the directory is sent to the peers soon. */
+void ab_link_dir_changed(ab_broker_t *b);
+/* CONTROL "peers" (PeerList): 0 with *OUT (malloc, caller frees). */
+int ab_link_control_peers(ab_broker_t *b, uint8_t **out, size_t *len);
+/* For ServiceInfo: remote workers of S and the peers offering it
+ * (comma-separated into BUF). */
+uint32_t ab_link_service_remote(ab_broker_t *b, const ab_service_t *s, char *buf, size_t cap);
+/* Links up now. */
+uint32_t ab_link_up_count(const ab_broker_t *b);
+
+#endif

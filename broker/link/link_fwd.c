@@ -1,0 +1,300 @@
+/*
+ * link_fwd.c - requests across links: what the core sends to a link's
+ * peers, the forwarded header (crossed brokers, hops left, origin), the
+ * checks at the far side, answers coming back; CONTROL "peers".
+ *
+ * Exactly once across a link rests on the core's own rule: an answer is
+ * taken only from the worker that holds the request. A request forwarded
+ * over link L is held by L's remote worker for its service; when L is lost
+ * that worker is dropped and the request goes back to the queue (or gets
+ * its error), so an answer arriving later over L finds another holder (or
+ * none) and is dropped and counted.
+ */
+#define AB_LOG_SUBSYS "link"
+#include "link_int.h"
+#include "auth.h"
+#include "request.h"
+#include "router.h"
+#include "service.h"
+#include "agentbus.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- what the core sends to link peers -------------------------------------------- */
+
+int ab_link_emit(ab_broker_t *b, ab_peer_t *p, const uint8_t *buf, size_t len, zmq_msg_t *hmsg,
+                 zmq_msg_t *payload)
+{
+    ab_link_t *l = p->link;
+    if (hmsg)
+        buf = zmq_msg_data(hmsg), len = zmq_msg_size(hmsg);
+    ab_header_t h;
+    int rc = 0;
+    if (!l || !l->up) {
+        errno = EHOSTUNREACH;
+        rc = -1;
+    } else if (ab_header_parse(buf, len, &h) != AB_OK) {
+        rc = 0; /* the core's own encoding: cannot happen */
+    } else if (p->link_role == AB_LINK_WORKER ? h.kind == AB_KIND_CANCEL
+                                              : (h.kind == AB_KIND_PARTIAL ||
+                                                 h.kind == AB_KIND_REPLY ||
+                                                 h.kind == AB_KIND_ERROR)) {
+        rc = ab_link_send(b, l, buf, len, payload);
+    } /* else: REGISTER answers, HELLO, probes: a link's peers need none */
+    if (hmsg)
+        zmq_msg_close(hmsg);
+    if (payload)
+        zmq_msg_close(payload);
+    return rc;
+}
+
+int ab_link_forward(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, ab_header_t *h,
+                    zmq_msg_t *payload)
+{
+    ab_link_t *l = w->peer->link;
+    if (!l || !l->up) {
+        errno = EHOSTUNREACH;
+        return -1;
+    }
+    char via[AB_VIA_MAX];
+    const struct ab_fwd *f = r->fwd;
+    int n = snprintf(via, sizeof via, "%s%s%s", f ? f->via : "", f && f->via[0] ? "," : "",
+                     l->all->self);
+    if (n < 0 || (size_t)n >= sizeof via)
+        return -1;
+    h->via = ab_view_of(via);
+    h->hops_left = (f ? f->hops_left : (uint32_t)b->cfg->link_hop_limit) - 1;
+    if (f) {
+        h->origin_key = ab_view_of(f->origin_key);
+        h->origin_role = f->origin_role;
+    } else {
+        ab_peer_t *o = r->owner ? r->owner : ab_peer_lookup(b, &r->client);
+        const char *pub = ab_peer_identity(o); /* "local": ipc, no key to name */
+        const struct ab_key *k = o ? o->authkey : NULL;
+        h->origin_key = ab_view_of(pub && strcmp(pub, "local") ? pub : NULL);
+        h->origin_role = k ? (uint32_t)ab_key_role(k) + 1 : 0;
+    }
+    uint8_t stack[2048];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
+    if (!buf)
+        return -1;
+    int rc = ab_link_send(b, l, buf, len, payload);
+    if (buf != stack)
+        free(buf);
+    if (rc == 0)
+        l->forwarded++;
+    return rc;
+}
+
+int ab_link_may_take(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_req_t *r)
+{
+    ab_link_t *l = w->peer->link;
+    if (w->peer->link_role != AB_LINK_WORKER)
+        return 1;
+    if (!l || !l->up)
+        return 0;
+    const struct ab_fwd *f = r->fwd;
+    uint32_t left = f ? f->hops_left : (uint32_t)b->cfg->link_hop_limit;
+    if (left == 0)
+        return 0; /* hop limit */
+    if (f && (ab_link_in_list(f->via, strlen(f->via), l->name) ||
+              !strcmp(l->name, l->all->self)))
+        return 0; /* it came from there: no loops */
+    ab_remote_t *rm = zhashx_lookup(l->remote, w->service->name);
+    return !rm || rm->hops <= left - 1; /* the peer can reach it in the hops left */
+}
+
+int ab_link_req_new(ab_req_t *r, const ab_header_t *h)
+{
+    struct ab_fwd *f = calloc(1, sizeof *f);
+    if (!f)
+        return -1;
+    ab_view_copy(h->via, f->via, sizeof f->via);
+    ab_view_copy(h->origin_key, f->origin_key, sizeof f->origin_key);
+    f->hops_left = h->hops_left;
+    f->origin_role = h->origin_role;
+    r->fwd = f;
+    return 0;
+}
+
+void ab_link_req_free(ab_req_t *r)
+{
+    free(r->fwd);
+    r->fwd = NULL;
+}
+
+/* --- requests a peer forwards here ------------------------------------------------ */
+
+int ab_link_routable(ab_broker_t *b, ab_service_t *s, const ab_header_t *h)
+{
+    if (!b->links || zlistx_size(s->workers) == 0)
+        return 1; /* no workers at all: the core's rules (queue, startup grace) */
+    ab_req_t probe;
+    memset(&probe, 0, sizeof probe);
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        if (w->peer->link_role != AB_LINK_WORKER)
+            return 1;
+    if (h->via.len && ab_link_req_new(&probe, h) != 0)
+        return 1;
+    int ok = 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w && !ok; w = zlistx_next(s->workers))
+        ok = ab_link_may_take(b, w, &probe);
+    ab_link_req_free(&probe);
+    return ok;
+}
+
+/* 1 when S has a worker that may take a request that crossed F: a local
+ * one, or a link that may take it on. */
+static int s_routable(ab_broker_t *b, ab_service_t *s, ab_req_t *probe)
+{
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        if (ab_link_may_take(b, w, probe))
+            return 1;
+    return 0;
+}
+
+/* The role the first broker vouches for, and the checks that hold here:
+ * only an agent's or an admin's request crosses a link, and a key this
+ * broker trusts keeps its own grants. 1 allowed, else 0 with *WHY. */
+static int s_origin_ok(ab_broker_t *b, const ab_header_t *h, const struct ab_fwd *f,
+                       const struct ab_key *linkkey, const char **why)
+{
+    int role = (int)f->origin_role - 1;
+    if (b->cfg->auth_curve && f->origin_role == 0) {
+        *why = "the request's origin is unknown (the first broker runs without auth)";
+        return 0;
+    }
+    if (f->origin_role && role != AB_KEYROLE_AGENT && role != AB_KEYROLE_ADMIN) {
+        *why = "only an agent's or an admin's request crosses a link";
+        return 0;
+    }
+    /* ab_auth_check sets its text whether or not it refuses. */
+    const struct ab_key *k = ab_auth_key_lookup(b, f->origin_key);
+    const char *w = NULL;
+    if ((k && !ab_auth_check(b, k, h, &w)) || (linkkey && !ab_auth_check(b, linkkey, h, &w))) {
+        *why = w;
+        return 0;
+    }
+    return 1;
+}
+
+void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zmq_msg_t *body,
+                         const struct ab_key *key, int64_t now)
+{
+    ab_peer_t *c = l->client;
+    if (!c)
+        return;
+    ab_header_t h = *in;
+    ab_req_t probe;
+    memset(&probe, 0, sizeof probe);
+    if (ab_link_req_new(&probe, &h) != 0)
+        return;
+    const char *why = NULL;
+    uint32_t code = AB_ERR_DENIED;
+    char name[AB_NAME_MAX], text[AB_NAME_MAX + 96];
+    ab_view_copy(h.target, name, sizeof name);
+    ab_service_t *s = ab_service_get(b, name, 0);
+    l->received++;
+    if (ab_link_in_list(probe.fwd->via, strlen(probe.fwd->via), l->all->self)) {
+        why = "loop: the request already crossed this broker", code = AB_ERR_NO_SERVICE;
+    } else if (!s_origin_ok(b, &h, probe.fwd, key, &why)) {
+        ;
+    } else if (!s || !s_routable(b, s, &probe)) {
+        snprintf(text, sizeof text, "no route to service '%s' from broker '%s'", name,
+                 l->all->self);
+        why = text, code = AB_ERR_NO_SERVICE;
+    }
+    ab_link_req_free(&probe);
+    if (why) {
+        AB_COUNT_ERROR(b, code);
+        ab_send_error(b, &c->rid, h.id, code, why);
+        return;
+    }
+    /* The admin bit is vouched for by the first broker's check of its agent. */
+    h.flags &= ~(uint32_t)AB_FLAG_ADMIN;
+    if (h.origin_role == AB_KEYROLE_ADMIN + 1)
+        h.flags |= AB_FLAG_ADMIN;
+    if (!h.via.len)
+        h.via = ab_view_of(l->name); /* marks it as forwarded (ab_req_new) */
+    ab_req_on_request(b, c, &c->rid, &h, body, now);
+}
+
+void ab_link_fwd_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body)
+{
+    ab_req_t *r = ab_idmap_get(&b->pending, h->correlation_id);
+    ab_worker_rec_t *w = r && r->state != AB_REQ_QUEUED ? r->worker : NULL;
+    if (!w || w->peer->link != l || w->peer->link_role != AB_LINK_WORKER) {
+        b->c.replies_dropped++; /* the link was lost and the request moved on */
+        if (h->kind != AB_KIND_PARTIAL)
+            b->c.duplicates_dropped++;
+        return;
+    }
+    if (h->kind != AB_KIND_PARTIAL)
+        l->answered++;
+    ab_req_on_answer(b, w->peer, &w->peer->rid, h, body);
+}
+
+/* --- CONTROL "peers", services ----------------------------------------------------- */
+
+int ab_link_control_peers(ab_broker_t *b, uint8_t **out, size_t *len)
+{
+    Agentbus__PeerInfo infos[AB_LINKS_MAX], *ps[AB_LINKS_MAX];
+    Agentbus__PeerList pl = AGENTBUS__PEER_LIST__INIT;
+    int64_t now = ab_now_ms();
+    size_t n = 0;
+    for (int i = 0; b->links && i < AB_LINKS_MAX; i++) {
+        ab_link_t *l = b->links->l[i];
+        if (!l)
+            continue;
+        Agentbus__PeerInfo *p = &infos[n];
+        *p = (Agentbus__PeerInfo)AGENTBUS__PEER_INFO__INIT;
+        p->name = l->name;
+        p->endpoint = l->endpoint;
+        p->state = l->up ? "up" : l->dealer ? "connecting" : "down";
+        p->rtt_us = l->rtt_us;
+        p->forwarded = l->forwarded, p->received = l->received, p->answered = l->answered;
+        p->failed = l->failed, p->ups = l->ups;
+        p->services = (uint32_t)zhashx_size(l->remote);
+        p->up_ms = l->up ? (uint64_t)(now - l->up_since_ms) : 0;
+        p->transport = !l->up ? "" : (l->dealer && l->out_up && (!l->in ||
+                                      strcmp(l->all->self, l->name) < 0)) ? "dialed" : "accepted";
+        ps[n] = p;
+        n++;
+    }
+    pl.n_peers = n;
+    pl.peers = ps;
+    *len = agentbus__peer_list__get_packed_size(&pl);
+    *out = malloc(*len ? *len : 1);
+    if (!*out)
+        return -1;
+    agentbus__peer_list__pack(&pl, *out);
+    return 0;
+}
+
+uint32_t ab_link_service_remote(ab_broker_t *b, const ab_service_t *s, char *buf, size_t cap)
+{
+    (void)b;
+    uint32_t n = 0;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+        if (w->peer->link_role != AB_LINK_WORKER || !w->peer->link)
+            continue;
+        n++;
+        int k = snprintf(buf + used, cap - used, "%s%s", used ? "," : "", w->peer->link->name);
+        if (k > 0 && (size_t)k < cap - used)
+            used += (size_t)k;
+    }
+    return n;
+}
+
+uint32_t ab_link_hops(const ab_worker_rec_t *w)
+{
+    ab_link_t *l = w->peer->link;
+    ab_remote_t *r = l ? zhashx_lookup(l->remote, w->service->name) : NULL;
+    return r ? r->hops + 1 : UINT32_MAX;
+}

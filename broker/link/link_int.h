@@ -1,0 +1,95 @@
+/*
+ * link_int.h - what the link module's own files share (link.c: records,
+ * connections, HELLO and heartbeats; link_dir.c: directory exchange and
+ * remote workers; link_fwd.c: forwarding, answers, CONTROL "peers").
+ */
+#ifndef AB_LINK_INT_H
+#define AB_LINK_INT_H
+
+#include "link.h"
+#include "agentbus.pb-c.h"
+
+#define AB_LINKS_MAX 16            /* links per broker (dialed + accepted) */
+#define AB_LINK_SERVICES_MAX 1024  /* remote services taken from one peer */
+#define AB_LINK_NAME_MAX 64        /* broker names */
+#define AB_VIA_MAX 1100            /* crossed list: 16 names of 63 + commas */
+#define AB_LINK_SILENT_IVL 5       /* heartbeat intervals of silence: connection lost */
+#define AB_LINK_KEY_TXT 41
+
+enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4 };
+
+/* A remote service offered over a link: its remote worker here. */
+typedef struct {
+    ab_peer_t *peer; /* link_role AB_LINK_WORKER */
+    uint32_t capacity, hops, workers;
+    char via[AB_VIA_MAX]; /* brokers beyond the peer on its route (path vector) */
+} ab_remote_t;
+
+typedef struct ab_link {
+    struct ab_links *all;
+    int idx;
+    char name[AB_LINK_NAME_MAX]; /* the peer broker's name; "" until its HELLO */
+    char endpoint[256];          /* dialed; "" when only accepted */
+    char key[AB_LINK_KEY_TXT];   /* the peer's public key (dialed, auth on) */
+    void *dealer;                /* the dialed connection; NULL when only accepted */
+    int out_up;                  /* the peer answered our HELLO on it */
+    int64_t out_last_ms, out_since_ms;
+    ab_peer_t *in;               /* the connection the peer dialed (ROUTER peer) */
+    int64_t in_last_ms;
+    int up;
+    int64_t up_since_ms;
+    ab_peer_t *client;           /* requests the peer forwards here come from it */
+    zhashx_t *remote;            /* service name -> ab_remote_t (owned) */
+    uint64_t peer_session; /* the peer's HELLO session: another one is a restart */
+    uint32_t rtt_us;
+    uint64_t forwarded, received, answered, failed, ups, refused;
+} ab_link_t;
+
+struct ab_links {
+    ab_link_t *l[AB_LINKS_MAX];
+    int n;
+    char self[AB_LINK_NAME_MAX];
+    uint8_t nonce[8]; /* routing ids of remote workers: never on the ROUTER */
+    uint64_t session; /* this broker's start, in HELLO (random) */
+    uint32_t seq;
+    int dirty;        /* the directory changed: send it at the next tick */
+    int timer;
+};
+
+/* Where a request that came over a link has been. */
+struct ab_fwd {
+    char via[AB_VIA_MAX];
+    uint32_t hops_left;
+    uint32_t origin_role; /* 1 + ab_keyrole_t; 0 unknown */
+    char origin_key[AB_LINK_KEY_TXT];
+};
+
+/* link.c */
+/* Sends an encoded header (+ PAYLOAD moved) over L's connection in use.
+ * 0 or -1 (errno EHOSTUNREACH: no connection). */
+int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
+                 zmq_msg_t *payload);
+/* Sends LinkMsg M as a LINK message over L. 0 or -1. */
+int ab_link_send_msg(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m);
+/* A new remote worker's routing id for L. */
+void ab_link_rid(ab_link_t *l, ab_rid_t *rid);
+/* 1 when NAME is in the comma-separated LIST. */
+int ab_link_in_list(const char *list, size_t len, const char *name);
+
+/* link_dir.c */
+/* Sends the whole directory to L. */
+void ab_link_dir_send(ab_broker_t *b, ab_link_t *l);
+/* L's peer sent its directory M. */
+void ab_link_dir_apply(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m, int64_t now);
+/* Feeds the health records of L's remote workers (a heartbeat came). */
+void ab_link_dir_alive(ab_broker_t *b, ab_link_t *l, int64_t now);
+/* Drops every remote worker of L (WHY logged); returns the requests they
+ * held (taken back: re-dispatched or answered). */
+uint32_t ab_link_dir_withdraw(ab_broker_t *b, ab_link_t *l, const char *why);
+
+/* link_fwd.c */
+void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body,
+                         const struct ab_key *key, int64_t now);
+void ab_link_fwd_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body);
+
+#endif

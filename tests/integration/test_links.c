@@ -1,0 +1,594 @@
+/*
+ * test_links.c - broker links (issue 15, docs/links.md) with real
+ * processes: two and three brokers on loopback, every link CURVE, and
+ * ab-linkproxy (tests/integration/linkproxy.py) on the link where the
+ * network must delay, stall or cut it.
+ *
+ * Keys: one peer keypair shared by the brokers of a test (each broker's
+ * keys directory trusts it with role peer) and one admin key that the
+ * workers, clients and brokerctl use; cases add their own.
+ */
+#include "harness.h"
+#include "test.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static char s_cert[600], s_certdir[520];
+
+static int s_wait_no_workers(ab_client_t *c, const char *svc, int timeout_ms);
+
+/* Keys for the test: DIR/certs/{broker,admin,stranger}.key(_secret). */
+static void s_keys(void)
+{
+    char cmd[2048], out[4096];
+    snprintf(s_certdir, sizeof s_certdir, "%s/certs", th_dir());
+    REQUIRE(mkdir(s_certdir, 0700) == 0);
+    snprintf(cmd, sizeof cmd,
+             "%s keygen broker --role peer --out %s && %s keygen admin --role admin --out %s && "
+             "%s keygen stranger --role peer --out %s && "
+             "%s keygen agent --role agent --services '*' --out %s",
+             th_bin("brokerctl"), s_certdir, th_bin("brokerctl"), s_certdir, th_bin("brokerctl"),
+             s_certdir, th_bin("brokerctl"), s_certdir);
+    REQUIRE(th_run(cmd, out, sizeof out) == 0);
+    snprintf(s_cert, sizeof s_cert, "%s/broker.key", s_certdir);
+    char path[700];
+    snprintf(path, sizeof path, "%s/admin.key_secret", s_certdir);
+    setenv("AB_KEY", path, 1);
+    setenv("AB_BROKER_KEY", s_cert, 1);
+    setenv("AB_AUTH", "curve", 1);
+    setenv("AB_BROKER_CERT", s_cert, 1);
+}
+
+/* A keys directory NAME trusting the peer and admin keys (and EXTRA, a
+ * shell command run in it, may be NULL). Returns its path (static slots). */
+static const char *s_keysdir(const char *name, const char *extra)
+{
+    static char dirs[4][700];
+    static int slot;
+    char *d = dirs[slot++ % 4], cmd[3000], out[1024];
+    snprintf(d, sizeof dirs[0], "%s/keys-%s", th_dir(), name);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/broker.key %s/admin.key %s/ && cd %s && %s",
+             d, s_certdir, s_certdir, d, d, extra ? extra : "true");
+    REQUIRE(th_run(cmd, out, sizeof out) == 0);
+    return d;
+}
+
+/* "tcp://127.0.0.1:PORT#<broker cert>" */
+static const char *s_peer(int port)
+{
+    static char buf[4][800];
+    static int slot;
+    char *p = buf[slot++ % 4];
+    snprintf(p, sizeof buf[0], "tcp://127.0.0.1:%d#%s", port, s_cert);
+    return p;
+}
+
+static pid_t s_broker(int port, const char *name, const char *keys, const char *peer1,
+                      const char *peer2, const char *extra1, const char *extra2)
+{
+    return th_broker(port, "--name", name, "--keys-dir", keys, "--link-heartbeat-ms", "100",
+                     "--peer", peer1 ? peer1 : "", "--peer", peer2 ? peer2 : "",
+                     extra1 ? extra1 : "--queue-max", extra2 ? extra2 : "10000", NULL);
+}
+
+static Agentbus__PeerList *s_peers(ab_client_t *c)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "peers", 3000, &buf, &len) != AB_OK)
+        return NULL;
+    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    return pl;
+}
+
+/* The figures of C's link to NAME (copied), or 0 when it has none. */
+static int s_peer_info(ab_client_t *c, const char *name, Agentbus__PeerInfo *out, char *state,
+                       size_t cap)
+{
+    Agentbus__PeerList *pl = s_peers(c);
+    int found = 0;
+    for (size_t i = 0; pl && i < pl->n_peers && !found; i++)
+        if (!strcmp(pl->peers[i]->name, name)) {
+            *out = *pl->peers[i];
+            snprintf(state, cap, "%s", pl->peers[i]->state);
+            found = 1;
+        }
+    if (pl)
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    return found;
+}
+
+/* Waits until C's link to NAME is (UP 1) or is not (UP 0) up. 0 or -1. */
+static int s_wait_link(ab_client_t *c, const char *name, int up, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        Agentbus__PeerInfo pi;
+        char st[32] = "";
+        int found = s_peer_info(c, name, &pi, st, sizeof st);
+        if ((found && !strcmp(st, "up")) == up)
+            return 0;
+        th_sleep_ms(20);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+static int s_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap)
+{
+    void *reply = NULL;
+    size_t n = 0;
+    int rc = ab_client_request(c, svc, data, strlen(data), 10000, &reply, &n);
+    if (out)
+        snprintf(out, cap, "%.*s", rc == AB_OK ? (int)n : 0, rc == AB_OK ? (char *)reply : "");
+    ab_free(reply);
+    return rc;
+}
+
+/* Waits until a request to SVC on C gives RC (the directory reached it). */
+static int s_wait_rc(ab_client_t *c, const char *svc, int rc, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        if (s_req(c, svc, "probe", NULL, 0) == rc)
+            return 0;
+        th_sleep_ms(50);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+typedef struct {
+    int finals, partials, status, len;
+    char data[256];
+} s_slot_t;
+
+static void s_slot_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_slot_t *s = arg;
+    if (!ev->final) {
+        s->partials++;
+    } else {
+        s->finals++;
+        s->status = ev->status;
+    }
+    if (ev->status == AB_OK && s->len + ev->size <= sizeof s->data) {
+        memcpy(s->data + s->len, ev->data, ev->size);
+        s->len += (int)ev->size;
+    }
+}
+
+/* --- two brokers -------------------------------------------------------------------- */
+
+/* Agents on A, workers on B: requests and a streamed answer complete; A
+ * shows the service as remote and the link up; B withdrawing its worker
+ * withdraws the service at A, and a new worker restores it. */
+static void s_two(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port();
+    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    pid_t w = th_worker(pb, "echo", NULL);
+    th_worker(pb, "stream", "--chunks", "5", NULL);
+    ab_client_t *a = th_client(pa), *b = th_client(pb);
+    REQUIRE(s_wait_link(a, "B", 1, 20000) == 0);
+    REQUIRE(s_wait_link(b, "A", 1, 20000) == 0);
+    REQUIRE(s_wait_rc(a, "echo", AB_OK, 20000) == 0);
+    char out[256];
+    CHECK_EQ(s_req(a, "echo", "across the link", out, sizeof out), AB_OK);
+    CHECK_STR(out, "across the link");
+    REQUIRE(s_wait_rc(a, "stream", AB_OK, 20000) == 0);
+    const char *payload = "0123456789abcdefghijABCDEFGHIJklmnopqrstKLMNOPQRST";
+    s_slot_t s = {0};
+    CHECK_EQ(ab_client_request_start(a, "stream", payload, 50,
+                                     &(ab_request_opts_t){.timeout_ms = 10000}, s_slot_cb, &s,
+                                     NULL),
+             AB_OK);
+    for (int i = 0; i < 200 && !s.finals; i++)
+        ab_client_poll(a, 50);
+    CHECK_EQ(s.finals, 1);
+    CHECK_EQ(s.partials, 4);
+    CHECK_TRUE(s.len == 50 && memcmp(s.data, payload, 50) == 0);
+    /* brokerctl shows the remote service and the link. */
+    char cmd[1200], text[8192];
+    snprintf(cmd, sizeof cmd, "%s --broker %s services && %s --broker %s peers",
+             th_bin("brokerctl"), th_ep(pa), th_bin("brokerctl"), th_ep(pa));
+    CHECK_EQ(th_run(cmd, text, sizeof text), 0);
+    CHECK_TRUE(strstr(text, "echo") && strstr(text, " B\n") && strstr(text, "up"));
+    Agentbus__PeerInfo pi;
+    char st[32];
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    CHECK_TRUE(pi.forwarded >= 3 && pi.answered >= 3);
+    /* A's cache is asked before forwarding: a cacheable request's second
+     * copy is answered at A without crossing the link. */
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    uint64_t before = pi.forwarded;
+    CHECK_EQ(ab_client_set_cache(a, AB_CACHE_ON, 60), AB_OK);
+    CHECK_EQ(s_req(a, "echo", "cache me", out, sizeof out), AB_OK);
+    CHECK_EQ(s_req(a, "echo", "cache me", out, sizeof out), AB_OK);
+    CHECK_STR(out, "cache me");
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    CHECK_U64(pi.forwarded - before, 1);
+    CHECK_EQ(ab_client_set_cache(a, 0, 0), AB_OK);
+    /* B's echo worker leaves: A withdraws the service; a new one restores it. */
+    th_stop(w);
+    REQUIRE(s_wait_no_workers(a, "echo", 20000) == 0);
+    th_worker(pb, "echo", NULL);
+    REQUIRE(s_wait_rc(a, "echo", AB_OK, 20000) == 0);
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+}
+
+/* Both brokers dial each other: one link each, up, used both ways. */
+static void s_both_dial(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port();
+    s_broker(pb, "B", s_keysdir("B", NULL), s_peer(pa), NULL, NULL, NULL);
+    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    th_worker(pb, "on-b", NULL);
+    th_worker(pa, "on-a", NULL);
+    ab_client_t *a = th_client(pa), *b = th_client(pb);
+    REQUIRE(s_wait_rc(a, "on-b", AB_OK, 20000) == 0);
+    REQUIRE(s_wait_rc(b, "on-a", AB_OK, 20000) == 0);
+    for (int k = 0; k < 2; k++) {
+        Agentbus__PeerList *pl = s_peers(k ? b : a);
+        REQUIRE(pl != NULL);
+        CHECK_EQ(pl->n_peers, 1);
+        CHECK_STR(pl->peers[0]->state, "up");
+        CHECK_STR(pl->peers[0]->name, k ? "A" : "B");
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    }
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+}
+
+/* B is killed and started again on the same port: A's link goes down,
+ * A's service entry is withdrawn, and both come back with the new B. */
+static void s_restart(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port();
+    const char *kb = s_keysdir("B", NULL);
+    pid_t b = s_broker(pb, "B", kb, NULL, NULL, NULL, NULL);
+    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    th_worker(pb, "echo", NULL);
+    ab_client_t *a = th_client(pa);
+    REQUIRE(s_wait_rc(a, "echo", AB_OK, 30000) == 0);
+    th_kill9(b);
+    REQUIRE(s_wait_link(a, "B", 0, 30000) == 0);
+    REQUIRE(s_wait_no_workers(a, "echo", 30000) == 0);
+    s_broker(pb, "B", kb, NULL, NULL, NULL, NULL);
+    REQUIRE(s_wait_link(a, "B", 1, 30000) == 0);
+    REQUIRE(s_wait_rc(a, "echo", AB_OK, 30000) == 0); /* the worker re-registered at B */
+    Agentbus__PeerInfo pi;
+    char st[32];
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    CHECK_TRUE(pi.ups >= 2);
+    ab_client_destroy(&a);
+}
+
+/* --- the link cut and stalled under load --------------------------------------------- */
+
+static pid_t s_proxy(int listen, int target, const char *delay_ms)
+{
+    char l[16], t[16];
+    snprintf(l, sizeof l, "%d", listen);
+    snprintf(t, sizeof t, "%d", target);
+    const char *args[] = {l, t, delay_ms, NULL};
+    pid_t p = th_spawn("ab-linkproxy", args, NULL);
+    th_sleep_ms(300); /* python starting; the broker's dialing retries anyway */
+    return p;
+}
+
+enum { S_LOAD = 300 };
+
+/* Sends S_LOAD requests from A through the proxy, with FAULT (SIGUSR1 cut,
+ * SIGUSR2 stall) applied once a third are answered and lifted once A saw
+ * the link down. Every request gets exactly one answer: OK, or a clear
+ * error for one that had streamed; none is lost or answered twice. */
+static void s_fault_under_load(int fault)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
+    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    pid_t proxy = s_proxy(px, pb, "50");
+    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(px), NULL, NULL, NULL);
+    th_worker(pb, "slow", "--capacity", "8", "--delay-ms", "20", NULL);
+    ab_client_t *a = th_client(pa);
+    REQUIRE(s_wait_rc(a, "slow", AB_OK, 30000) == 0);
+    static s_slot_t slots[S_LOAD];
+    memset(slots, 0, sizeof slots);
+    int sent = 0, done = 0, faulted = 0, lifted = 0;
+    int64_t end = ab_now_ms() + 120000;
+    while (done < S_LOAD && ab_now_ms() < end) {
+        while (sent < S_LOAD && sent - done < 32) {
+            char msg[32];
+            snprintf(msg, sizeof msg, "req-%d", sent);
+            CHECK_EQ(ab_client_request_start(a, "slow", msg, strlen(msg),
+                                             &(ab_request_opts_t){.timeout_ms = 60000},
+                                             s_slot_cb, &slots[sent], NULL),
+                     AB_OK);
+            sent++;
+        }
+        ab_client_poll(a, 20);
+        done = 0;
+        for (int i = 0; i < sent; i++)
+            done += slots[i].finals > 0;
+        if (!faulted && done >= S_LOAD / 3) {
+            kill(proxy, fault);
+            faulted = 1;
+            REQUIRE(s_wait_link(a, "B", 0, 30000) == 0);
+            kill(proxy, SIGHUP);
+            lifted = 1;
+        }
+    }
+    CHECK_EQ(lifted, 1);
+    int ok = 0, dup = 0, clear = 0;
+    for (int i = 0; i < S_LOAD; i++) {
+        dup += slots[i].finals > 1;
+        ok += slots[i].finals == 1 && slots[i].status == AB_OK;
+        clear += slots[i].finals == 1 &&
+                 (slots[i].status == AB_EWORKERLOST || slots[i].status == AB_EDEADLINE);
+    }
+    ab_client_poll(a, 300); /* nothing more may arrive */
+    for (int i = 0; i < S_LOAD; i++)
+        dup += slots[i].finals > 1;
+    printf("answered %d: ok %d, clear errors %d, duplicates %d\n", done, ok, clear, dup);
+    CHECK_EQ(done, S_LOAD);
+    CHECK_EQ(dup, 0);
+    CHECK_EQ(ok + clear, S_LOAD);
+    /* The link is back and the directory repaired: a new request crosses. */
+    REQUIRE(s_wait_link(a, "B", 1, 30000) == 0);
+    REQUIRE(s_wait_rc(a, "slow", AB_OK, 30000) == 0);
+    Agentbus__PeerInfo pi;
+    char st[32];
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    CHECK_TRUE(pi.ups >= 2);
+    printf("link: ups %llu, forwarded %llu, taken back %llu, rtt %u us\n",
+           (unsigned long long)pi.ups, (unsigned long long)pi.forwarded,
+           (unsigned long long)pi.failed, pi.rtt_us);
+    ab_client_destroy(&a);
+}
+
+static void s_cut(void)
+{
+    s_fault_under_load(SIGUSR1);
+}
+
+static void s_stall(void)
+{
+    s_fault_under_load(SIGUSR2);
+}
+
+/* --- three brokers --------------------------------------------------------------------- */
+
+/* A - B - C in a line, the service on C: A reaches it two hops away; E,
+ * peered with B but with link-hop-limit 1, is refused at once; C reaches
+ * nothing back through the line (no loop). */
+static void s_line(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), pc = th_free_port(), pe = th_free_port();
+    s_broker(pc, "C", s_keysdir("C", NULL), NULL, NULL, NULL, NULL);
+    s_broker(pb, "B", s_keysdir("B", NULL), s_peer(pc), NULL, NULL, NULL);
+    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    s_broker(pe, "E", s_keysdir("E", NULL), s_peer(pb), NULL, "--link-hop-limit", "1");
+    th_worker(pc, "far", NULL);
+    ab_client_t *a = th_client(pa), *e = th_client(pe), *c = th_client(pc);
+    REQUIRE(s_wait_rc(a, "far", AB_OK, 30000) == 0);
+    char out[64];
+    CHECK_EQ(s_req(a, "far", "two hops", out, sizeof out), AB_OK);
+    CHECK_STR(out, "two hops");
+    REQUIRE(s_wait_link(e, "B", 1, 30000) == 0);
+    /* E knows "far" from B (hops 2) but may cross one link only. */
+    CHECK_EQ(s_req(e, "far", "x", NULL, 0), AB_ENOSERVICE);
+    /* A service on A is reachable from C through B, and "far" is C's own. */
+    th_worker(pa, "near-a", NULL);
+    REQUIRE(s_wait_rc(c, "near-a", AB_OK, 30000) == 0);
+    Agentbus__PeerInfo pi;
+    char st[32];
+    REQUIRE(s_peer_info(c, "B", &pi, st, sizeof st));
+    uint64_t before = pi.forwarded;
+    CHECK_EQ(s_req(c, "far", "local", NULL, 0), AB_OK);
+    REQUIRE(s_peer_info(c, "B", &pi, st, sizeof st));
+    CHECK_U64(pi.forwarded, before); /* local first */
+    ab_client_destroy(&a);
+    ab_client_destroy(&e);
+    ab_client_destroy(&c);
+}
+
+static uint64_t s_forwarded(ab_client_t *c)
+{
+    Agentbus__PeerList *pl = s_peers(c);
+    uint64_t n = 0;
+    for (size_t i = 0; pl && i < pl->n_peers; i++)
+        n += pl->peers[i]->forwarded;
+    if (pl)
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    return n;
+}
+
+/* Waits until C's link to NAME is up and offers at least one service. */
+static int s_wait_services(ab_client_t *c, const char *name, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        Agentbus__PeerInfo pi;
+        char st[32] = "";
+        if (s_peer_info(c, name, &pi, st, sizeof st) && !strcmp(st, "up") && pi.services)
+            return 0;
+        th_sleep_ms(20);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+/* Waits until C's broker lists no worker (local or remote) for SVC. */
+static int s_wait_no_workers(ab_client_t *c, const char *svc, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        void *buf = NULL;
+        size_t len = 0;
+        int n = -1;
+        if (ab_client_control(c, "services", 3000, &buf, &len) == AB_OK) {
+            Agentbus__ServiceList *sl = agentbus__service_list__unpack(NULL, len, buf);
+            n = 0;
+            for (size_t i = 0; sl && i < sl->n_services; i++)
+                if (!strcmp(sl->services[i]->name, svc))
+                    n += (int)sl->services[i]->workers;
+            if (sl)
+                agentbus__service_list__free_unpacked(sl, NULL);
+        }
+        ab_free(buf);
+        if (n == 0)
+            return 0;
+        th_sleep_ms(20);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+/* A, B, C in a triangle, the service on C: A and B go to C directly (the
+ * nearest); when C's worker leaves, requests get NO_SERVICE instead of
+ * going round the triangle, and every request crossed at most one link. */
+static void s_triangle(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
+    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    s_broker(pb, "B", s_keysdir("B", NULL), s_peer(pc), NULL, NULL, NULL);
+    s_broker(pc, "C", s_keysdir("C", NULL), s_peer(pa), NULL, NULL, NULL);
+    pid_t w = th_worker(pc, "svc", NULL);
+    ab_client_t *a = th_client(pa), *b = th_client(pb), *c = th_client(pc);
+    /* C's directory reached A and B directly (not only through the other). */
+    REQUIRE(s_wait_services(a, "C", 30000) == 0);
+    REQUIRE(s_wait_services(b, "C", 30000) == 0);
+    REQUIRE(s_wait_rc(a, "svc", AB_OK, 30000) == 0);
+    REQUIRE(s_wait_rc(b, "svc", AB_OK, 30000) == 0);
+    uint64_t fa = s_forwarded(a), fb = s_forwarded(b);
+    for (int i = 0; i < 20; i++) {
+        CHECK_EQ(s_req(a, "svc", "from a", NULL, 0), AB_OK);
+        CHECK_EQ(s_req(b, "svc", "from b", NULL, 0), AB_OK);
+    }
+    CHECK_U64(s_forwarded(a) - fa, 20); /* one link each: straight to C */
+    CHECK_U64(s_forwarded(b) - fb, 20);
+    Agentbus__PeerInfo pi;
+    char st[32];
+    REQUIRE(s_peer_info(c, "A", &pi, st, sizeof st));
+    CHECK_U64(pi.forwarded, 0); /* C never sends them on */
+    th_stop(w);
+    /* Withdrawals spread: wait until no broker lists a worker for it. */
+    REQUIRE(s_wait_no_workers(a, "svc", 30000) == 0);
+    REQUIRE(s_wait_no_workers(b, "svc", 30000) == 0);
+    REQUIRE(s_wait_no_workers(c, "svc", 30000) == 0);
+    uint64_t total = s_forwarded(a) + s_forwarded(b) + s_forwarded(c);
+    /* The service has no worker anywhere: requests wait for one (the
+     * core's rule for a known service) and none crosses a link. */
+    for (int i = 0; i < 5; i++) {
+        int rc = ab_client_request(a, "svc", "gone", 4, 200, NULL, NULL);
+        if (rc != AB_EDEADLINE && rc != AB_ENOSERVICE && rc != AB_ETIMEOUT)
+            printf("rc %d (%s)\n", rc, ab_status_name(rc));
+        CHECK_TRUE(rc == AB_EDEADLINE || rc == AB_ENOSERVICE || rc == AB_ETIMEOUT);
+    }
+    CHECK_U64(s_forwarded(a) + s_forwarded(b) + s_forwarded(c), total); /* nothing circles */
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+    ab_client_destroy(&c);
+}
+
+/* --- security ------------------------------------------------------------------------ */
+
+/* D proves a key B does not trust: B refuses and logs it, and never lists
+ * D, while A (trusted) is linked. */
+static void s_unknown_key(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), pd = th_free_port();
+    pid_t bpid = s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    char stranger[700], spub[700], out[4096], cmd[1500];
+    snprintf(stranger, sizeof stranger, "%s/stranger.key_secret", s_certdir);
+    snprintf(spub, sizeof spub, "%s/stranger.key", s_certdir);
+    /* D's own keys trust its clients' admin key; its cert is the stranger's. */
+    setenv("AB_BROKER_KEY", spub, 1); /* th_broker's own client: D's key */
+    th_broker(pd, "--name", "D", "--keys-dir", s_keysdir("D", NULL), "--broker-cert", spub,
+              "--peer", s_peer(pb), NULL);
+    setenv("AB_BROKER_KEY", s_cert, 1);
+    ab_client_t *b = th_client(pb);
+    REQUIRE(s_wait_link(b, "A", 1, 30000) == 0);
+    /* Wait for B's log to show the refusal of D's key. */
+    snprintf(cmd, sizeof cmd, "grep -c 'unknown key' %s", th_log_of(bpid));
+    int seen = 0;
+    for (int i = 0; i < 300 && !seen; i++) {
+        seen = th_run(cmd, out, sizeof out) == 0;
+        if (!seen)
+            th_sleep_ms(50);
+    }
+    CHECK_EQ(seen, 1);
+    Agentbus__PeerList *pl = s_peers(b);
+    REQUIRE(pl != NULL);
+    CHECK_EQ(pl->n_peers, 1);
+    CHECK_STR(pl->peers[0]->name, "A");
+    agentbus__peer_list__free_unpacked(pl, NULL);
+    (void)stranger;
+    ab_client_destroy(&b);
+}
+
+/* An agent key granted every service on A, but only "echo" on B: its
+ * request for B's "secret" is DENIED by B; its "echo" passes. A peer key
+ * may not register a worker. */
+static void s_roles(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port();
+    char extra[600];
+    snprintf(extra, sizeof extra,
+             "sed 's/services = \"\\*\"/services = \"echo\"/' %s/agent.key > agent.key && "
+             "grep -q 'services = \"echo\"' agent.key", s_certdir);
+    pid_t bpid = s_broker(pb, "B", s_keysdir("B", extra), NULL, NULL, NULL, NULL);
+    char akeys[800];
+    snprintf(akeys, sizeof akeys, "cp %s/agent.key .", s_certdir);
+    s_broker(pa, "A", s_keysdir("A", akeys), s_peer(pb), NULL, NULL, NULL);
+    th_worker(pb, "echo", NULL);
+    th_worker(pb, "secret", NULL);
+    ab_client_t *adm = th_client(pa);
+    REQUIRE(s_wait_rc(adm, "secret", AB_OK, 30000) == 0); /* admin: allowed */
+    REQUIRE(s_wait_rc(adm, "echo", AB_OK, 30000) == 0);
+    ab_options_t *o = ab_options_new();
+    char path[700];
+    snprintf(path, sizeof path, "%s/agent.key_secret", s_certdir);
+    REQUIRE(ab_options_set_endpoint(o, th_ep(pa)) == AB_OK);
+    REQUIRE(ab_options_set_key_file(o, path) == AB_OK);
+    REQUIRE(ab_options_set_broker_key(o, s_cert) == AB_OK);
+    ab_client_t *ag = NULL;
+    REQUIRE(ab_client_new(&ag, o) == AB_OK);
+    ab_options_destroy(&o);
+    CHECK_EQ(s_req(ag, "echo", "ok", NULL, 0), AB_OK);
+    CHECK_EQ(s_req(ag, "secret", "no", NULL, 0), AB_EDENIED);
+    /* A worker proving the peer key is refused: a peer registers nothing. */
+    char cmd[1500], out[4096];
+    snprintf(cmd, sizeof cmd,
+             "AB_KEY=%s/broker.key_secret timeout 3 %s --broker %s --backend echo --service "
+             "sneaky >/dev/null 2>&1; grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
+             s_certdir, th_bin("agentbus-worker"), th_ep(pb), th_log_of(bpid));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_EQ(s_req(adm, "sneaky", "x", NULL, 0), AB_ENOSERVICE);
+    ab_client_destroy(&ag);
+    ab_client_destroy(&adm);
+}
+
+int main(int argc, char **argv)
+{
+    static const th_case_t cases[] = {
+        {"two", s_two},         {"both_dial", s_both_dial},     {"cut", s_cut},
+        {"stall", s_stall},     {"restart", s_restart},         {"line", s_line},               {"triangle", s_triangle},
+        {"unknown_key", s_unknown_key}, {"roles", s_roles},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
