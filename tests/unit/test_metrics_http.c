@@ -42,6 +42,18 @@ static int s_get(unsigned port, const char *method, const char *path, char *body
     return status;
 }
 
+/* Polls METHOD PATH until it answers WANT, at most 10 s: the stand-in loop
+ * is a thread that may not run for a while on a busy machine. The last
+ * status seen. */
+static int s_wait_status(unsigned port, const char *path, int want, char *body, size_t cap)
+{
+    int st = 0;
+    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end; usleep(10000))
+        if ((st = s_get(port, "GET", path, body, cap)) == want)
+            break;
+    return st;
+}
+
 static void s_addresses(void)
 {
     CHECK_TRUE(ab_http_addr_problem("127.0.0.1:9464") == NULL);
@@ -93,9 +105,8 @@ static void s_serving(void)
 
     pthread_t loop;
     REQUIRE(pthread_create(&loop, NULL, s_loop, NULL) == 0);
-    usleep(50000);
+    CHECK_EQ(s_wait_status(port, "/healthz", 200, body, sizeof body), 200);
     CHECK_EQ(atomic_load(&s_renders), 0); /* nobody scraped: nothing rendered */
-    CHECK_EQ(s_get(port, "GET", "/healthz", body, sizeof body), 200);
     CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 503); /* starting/draining */
     /* Each scrape gets a render of its own, made after it asked. */
     CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 200);
@@ -103,8 +114,7 @@ static void s_serving(void)
     CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 200);
     CHECK_STR(body, "n 2\n");
     atomic_store(&s_ready, 1);
-    usleep(50000);
-    CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 200);
+    CHECK_EQ(s_wait_status(port, "/readyz", 200, body, sizeof body), 200);
 
     /* The loop stops reporting: after AB_HTTP_STALE_MS, neither alive nor
      * ready, and a scrape gets 503 rather than old figures. */
@@ -115,8 +125,7 @@ static void s_serving(void)
     CHECK_EQ(s_get(port, "GET", "/readyz", body, sizeof body), 503);
     CHECK_EQ(s_get(port, "GET", "/metrics", body, sizeof body), 503);
     atomic_store(&s_frozen, 0);
-    usleep(50000);
-    CHECK_EQ(s_get(port, "GET", "/healthz", body, sizeof body), 200);
+    CHECK_EQ(s_wait_status(port, "/healthz", 200, body, sizeof body), 200);
 
     CHECK_EQ(s_get(port, "GET", "/other", body, sizeof body), 404);
     CHECK_EQ(s_get(port, "POST", "/metrics", body, sizeof body), 405);
