@@ -25,6 +25,7 @@ typedef struct {
     const char *preload;     /* comma-separated models to load at start */
     long gpu_vram_mb;        /* VRAM when NVML cannot tell (0 = unknown) */
     long retries;            /* local retries of 503 / connection errors */
+    long min_slots;          /* the adaptive limit's floor (1..capacity) */
     long refresh_ms;         /* longest interval between /api/tags+/api/ps probes */
 } wk_backend_args_t;
 

@@ -16,10 +16,13 @@
  *   which the broker re-dispatches to another worker;
  *   an error line mid-stream, or a stream that ends without its done line
  *   -> BACKEND after the partials (never a fake success).
- * Adaptive concurrency (AIMD): 503s, timeouts (also a CANCEL because the
- * deadline passed while Ollama still worked) and out-of-memory errors
- * halve the slot limit (at most once per 500 ms); each success adds
- * 1/limit. The limit is the worker's capacity (credit) at the broker.
+ * Adaptive concurrency (AIMD): only Ollama refusing work (503: its queue is
+ * full; out-of-memory) halves the slot limit (at most once per 500 ms, never
+ * below --min-slots); each success adds 1/limit. A deadline passing (curl
+ * timeout, or a CANCEL because it passed) leaves the limit alone: under
+ * tight deadlines requests expire in Ollama's own queue while every slot
+ * works, and shrinking on that collapsed the credit to 1 (issue 20).
+ * The limit is the worker's capacity (credit) at the broker.
  * Models: /api/tags, /api/ps (and NVML when present) are probed at an
  * interval that starts short and doubles while nothing changes, and sent
  * to the broker as Register.inference for placement.
@@ -89,7 +92,7 @@ struct s_ollama {
     unsigned active, admin_active;
     /* AIMD */
     double limit;
-    unsigned slots_max;
+    unsigned slots_max, slots_min;
     int64_t last_shrink_ms;
     /* state probes */
     s_probe_t probes[S_NPROBES];
@@ -112,8 +115,8 @@ static void s_start_waiting(s_ollama_t *o);
 static void s_apply_limit(s_ollama_t *o)
 {
     unsigned cap = (unsigned)o->limit;
-    if (cap < 1)
-        cap = 1;
+    if (cap < o->slots_min)
+        cap = o->slots_min;
     o->st.slots = cap;
     if (o->w && cap != ab_worker_capacity(o->w)) {
         TL_INFO("backend", "slots %u -> %u", ab_worker_capacity(o->w), cap);
@@ -127,7 +130,7 @@ static void s_pushback(s_ollama_t *o, const char *why)
     if (now - o->last_shrink_ms < S_SHRINK_GAP_MS)
         return; /* one burst of 503s is one signal */
     o->last_shrink_ms = now;
-    o->limit = o->limit / 2 < 1 ? 1 : o->limit / 2;
+    o->limit = o->limit / 2 < o->slots_min ? o->slots_min : o->limit / 2;
     o->st.slot_shrinks++;
     TL_WARN("backend", "backend pushed back (%s)", why);
     s_apply_limit(o);
@@ -357,7 +360,7 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
         if (j->succeeded)
             s_success(o);
     } else if (res == CURLE_OPERATION_TIMEDOUT) {
-        s_pushback(o, "timeout");
+        /* not a pushback: the deadline passed, Ollama refused nothing */
         s_fail(j, AB_EDEADLINE, "%s", "the backend did not finish before the deadline");
     } else if (res != CURLE_OK && res != CURLE_WRITE_ERROR) {
         char text[300];
@@ -556,6 +559,10 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
         o->url[--ul] = '\0';
     snprintf(o->worker_name, sizeof o->worker_name, "%s", args->name ? args->name : "");
     o->slots_max = args->capacity;
+    /* the floor: at least 1, at most the maximum */
+    o->slots_min = args->min_slots < 1 ? 1u : (unsigned)args->min_slots;
+    if (o->slots_min > o->slots_max)
+        o->slots_min = o->slots_max;
     o->limit = args->capacity;
     o->was_up = -1;
     agentbus__inference_state__init(&o->st);
@@ -605,14 +612,13 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
 static void s_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
 {
     (void)w;
+    (void)why; /* a deadline that passed is not pushback (issue 20) */
     s_ollama_t *o = arg;
     for (tl_list_t *n = o->jobs.next; n != &o->jobs; n = n->next) {
         s_job_t *j = S_JOB(n);
         if (j->id != id || !j->job)
             continue;
         o->st.cancelled++;
-        if (why == AB_EDEADLINE && j->state == S_ACTIVE)
-            s_pushback(o, "a request outlived its deadline"); /* a backend timeout */
         s_stop_transfer(o, j); /* closes the connection: the backend frees the slot */
         s_fail(j, AB_ECANCELLED, "%s", "cancelled");
         s_job_free(o, j);

@@ -63,6 +63,67 @@ void ollama_adaptive(void)
     ab_client_destroy(&c);
 }
 
+/* Issue 20: requests whose deadline passes in Ollama's own queue (one slot,
+ * real-time tokens, eight sent at once) are not pushback: the worker's
+ * capacity stays at its maximum. A burst of 503s still halves it, down to
+ * --min-slots and never below. */
+void ollama_timeout_credit(void)
+{
+    int sim = ot_sim("--num-parallel", "1", "--time-scale", "1", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "8", "--min-slots", "2", "--preload", "sim-small",
+               "--ollama-retries", "0", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    CHECK_EQ(s_capacity(c, "w1"), 8);
+    int expired = 0;
+    for (int wave = 0; wave < 4; wave++) {
+        ot_res_t r[8];
+        for (int i = 0; i < 8; i++) {
+            ot_gen_t g = {"sim-small", "queued", NULL, 1, 100 + wave * 8 + i, 400};
+            ot_start_gen(c, &g, &r[i]);
+        }
+        ot_wait(c, r, 8, 15000);
+        for (int i = 0; i < 8; i++) {
+            CHECK_EQ(r[i].finals, 1);
+            expired += r[i].status == AB_EDEADLINE || r[i].status == AB_ETIMEOUT;
+        }
+        th_sleep_ms(300);
+        CHECK_EQ(s_capacity(c, "w1"), 8); /* before the fix: 4, 2, 1 */
+    }
+    /* one slot of ~250 ms each: at most a few of 8 fit in 400 ms */
+    CHECK_TRUE(expired >= 16);
+    /* 503s are pushback: the capacity halves to the floor, not below */
+    ot_faults(sim, "{\"error_rate\":1,\"error_status\":503}");
+    uint32_t cap = 8;
+    for (int wave = 0; wave < 40 && cap > 2; wave++) {
+        ot_res_t r[8];
+        for (int i = 0; i < 8; i++) {
+            ot_gen_t g = {"sim-small", "x", NULL, 1, 1, 5000};
+            ot_start_gen(c, &g, &r[i]);
+        }
+        ot_wait(c, r, 8, 10000);
+        for (int i = 0; i < 8; i++)
+            CHECK_EQ(r[i].status, AB_EBACKENDBUSY);
+        th_sleep_ms(300);
+        cap = s_capacity(c, "w1");
+    }
+    CHECK_EQ(cap, 2);
+    for (int wave = 0; wave < 3; wave++) { /* more 503s: still the floor */
+        ot_res_t r[4];
+        for (int i = 0; i < 4; i++) {
+            ot_gen_t g = {"sim-small", "x", NULL, 1, 1, 5000};
+            ot_start_gen(c, &g, &r[i]);
+        }
+        ot_wait(c, r, 4, 10000);
+        th_sleep_ms(600);
+        CHECK_EQ(s_capacity(c, "w1"), 2);
+    }
+    ab_client_destroy(&c);
+}
+
 /* Model A loaded on worker 1, B on worker 2: requests follow the models. */
 void ollama_placement_loaded(void)
 {
