@@ -573,28 +573,14 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
 static int s_recv_one(ab_broker_t *b, int64_t now)
 {
     zmq_msg_t f[4];
-    size_t n = 0, bytes = 0;
-    int more = 1;
-    while (more) {
-        zmq_msg_t *m = &f[n < 4 ? n : 3];
-        if (n >= 4)
-            zmq_msg_close(m); /* frames past the 4th: counted, discarded */
-        zmq_msg_init(m);
-        if (zmq_msg_recv(m, b->router, n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
-            zmq_msg_close(m);
-            if (n == 0)
-                return -1;
-            break; /* cannot happen: ZeroMQ delivers multipart atomically */
-        }
-        bytes += zmq_msg_size(m);
-        more = zmq_msg_more(m);
-        n++;
-    }
+    size_t kept, bytes;
+    size_t n = ab_recv_frames(b->router, f, 4, &kept, &bytes);
+    if (n == 0)
+        return -1;
     b->c.msgs_in++;
     b->c.bytes_in += bytes;
     s_in_t in;
     in.now = now;
-    size_t kept = n < 4 ? n : 4;
     in.rid.len = (uint8_t)(zmq_msg_size(&f[0]) <= AB_RID_MAX ? zmq_msg_size(&f[0]) : AB_RID_MAX);
     memcpy(in.rid.bytes, zmq_msg_data(&f[0]), in.rid.len);
     ab_frame_t frames[2] = {{NULL, 0}, {NULL, 0}};

@@ -572,3 +572,26 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
     return ab_send(b, rid, &h, NULL);
 }
 
+
+size_t ab_recv_frames(void *sock, zmq_msg_t *f, size_t cap, size_t *kept, size_t *bytes)
+{
+    size_t n = 0, sum = 0;
+    int more = 1;
+    while (more) {
+        zmq_msg_t *m = &f[n < cap ? n : cap - 1];
+        if (n >= cap)
+            zmq_msg_close(m); /* frames past CAP: counted, discarded */
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            zmq_msg_close(m); /* none waits (n == 0); later frames cannot */
+            break;            /* fail: ZeroMQ delivers multipart atomically */
+        }
+        sum += zmq_msg_size(m);
+        more = zmq_msg_more(m);
+        n++;
+    }
+    *kept = n < cap ? n : cap;
+    if (bytes)
+        *bytes = sum;
+    return n;
+}

@@ -24,6 +24,13 @@ int ab_send_raw_peer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ui
  * is over peer-out-max-bytes) or EHOSTUNREACH (gone); nothing consumed.
  * A refused send is counted as any other (send_failures). */
 int ab_send_try(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *body);
+/* Receives one whole multipart message from SOCK if one waits (never
+ * blocks for the first frame; ZeroMQ delivers the rest at once): its
+ * first CAP frames into F (initialised here; the caller closes the first
+ * *KEPT = min(frames, CAP)), later frames counted and discarded. The
+ * number of frames, or 0 when none waits. *BYTES (may be NULL): their
+ * total size. */
+size_t ab_recv_frames(void *sock, zmq_msg_t *f, size_t cap, size_t *kept, size_t *bytes);
 /* Encodes H into a new message (fan-out sends copies of it). 0 or -1. */
 int ab_header_msg(const ab_header_t *h, zmq_msg_t *out);
 /* Sends ERROR(code, text) answering CORR to RID. */

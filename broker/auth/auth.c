@@ -264,23 +264,9 @@ void ab_auth_on_zap(ab_broker_t *b)
     struct ab_auth *a = b->auth;
     for (int turn = 0; a && turn < 1024; turn++) {
         zmq_msg_t f[8];
-        size_t n = 0;
-        int more = 1;
-        while (more) {
-            zmq_msg_t *m = &f[n < 8 ? n : 7];
-            if (n >= 8)
-                zmq_msg_close(m);
-            zmq_msg_init(m);
-            if (zmq_msg_recv(m, a->zap, n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
-                zmq_msg_close(m);
-                if (n == 0)
-                    return;
-                break;
-            }
-            more = zmq_msg_more(m);
-            n++;
-        }
-        size_t kept = n < 8 ? n : 8;
+        size_t kept;
+        if (ab_recv_frames(a->zap, f, 8, &kept, NULL) == 0)
+            return;
         if (kept >= 2)
             s_zap_one(b, f, kept);
         else /* a REP must answer something: libzmq never sends this */

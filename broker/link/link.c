@@ -601,24 +601,11 @@ static void s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
 {
     for (int k = 0; k < 1024 && l->dealer; k++) {
         zmq_msg_t f[3];
-        size_t n = 0;
-        int more = 1;
-        while (more) {
-            zmq_msg_t *m = &f[n < 3 ? n : 2];
-            if (n >= 3)
-                zmq_msg_close(m);
-            zmq_msg_init(m);
-            if (zmq_msg_recv(m, l->dealer, n == 0 ? ZMQ_DONTWAIT : 0) < 0) {
-                zmq_msg_close(m);
-                if (n == 0)
-                    return;
-                break;
-            }
-            more = zmq_msg_more(m);
-            n++;
-        }
+        size_t kept;
+        size_t n = ab_recv_frames(l->dealer, f, 3, &kept, NULL);
+        if (n == 0)
+            return;
         b->c.msgs_in++;
-        size_t kept = n < 3 ? n : 3;
         ab_frame_t fr[2] = {{zmq_msg_data(&f[0]), zmq_msg_size(&f[0])}, {NULL, 0}};
         if (kept > 1)
             fr[1] = (ab_frame_t){zmq_msg_data(&f[1]), zmq_msg_size(&f[1])};
