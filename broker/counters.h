@@ -32,6 +32,7 @@ typedef struct {
     uint64_t services_expired, services_refused; /* idle ones removed; max-services */
     /* router.c: outbound bytes and connections (issue 11) */
     uint64_t out_busy, out_dropped, slow_disconnects, slow_disconnect_bytes, conn_refused;
+    uint64_t handshakes_failed; /* ZMTP handshakes that failed before ZAP (health.c) */
     uint64_t out_lost_bytes;
     uint64_t lz4_refused; /* issue 11: lz4 request vs. a worker that cannot read it */
     /* health.c: worker health transitions, by the state entered (ab_health_kind_t) */

@@ -12,6 +12,7 @@
 #include "cache.h"
 #include "health.h"
 #include "metrics_http.h"
+#include "auth.h"
 #include "messaging.h"
 #include "router.h"
 #include "service.h"
@@ -176,6 +177,9 @@ static const struct {
     {"agentbus_slow_disconnects_total", "Peers disconnected for not reading", C(slow_disconnects)},
     {"agentbus_connections_refused_total", "Connections refused at max-connections",
      C(conn_refused)},
+    {"agentbus_handshakes_failed_total",
+     "ZMTP handshakes that failed before the key check (no key, wrong mechanism, not ZeroMQ)",
+     C(handshakes_failed)},
     {"agentbus_client_queue_busy_total", "BUSY answers: a client's max-client-queued was reached",
      C(client_queue_busy)},
     {"agentbus_deadline_early_total",
@@ -206,6 +210,11 @@ static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)
     for (size_t i = 0; i < sizeof s_counters / sizeof s_counters[0]; i++)
         s_one(o, s_counters[i].name, "counter", s_counters[i].help,
               (double)*(const uint64_t *)((const char *)&b->c + s_counters[i].off));
+    uint64_t hs_ok, hs_refused;
+    ab_auth_handshakes(b, &hs_ok, &hs_refused);
+    s_family(o, "agentbus_handshakes_total", "counter", "CURVE keys checked, by result");
+    s_labelled(o, "agentbus_handshakes_total", "result", "accepted", (double)hs_ok);
+    s_labelled(o, "agentbus_handshakes_total", "result", "refused", (double)hs_refused);
 }
 
 static void s_errors(s_out_t *o, ab_broker_t *b)

@@ -32,6 +32,8 @@ static void s_bounds_stats(ab_broker_t *b, Agentbus__Stats *st)
     const ab_counters_t *c = &b->c;
     st->connections = ab_router_connections(b);
     st->conn_refused = c->conn_refused;
+    st->handshakes_failed = c->handshakes_failed;
+    ab_auth_handshakes(b, &st->handshakes_accepted, &st->handshakes_refused);
     st->out_busy = c->out_busy;
     st->out_dropped = c->out_dropped;
     st->slow_disconnects = c->slow_disconnects;

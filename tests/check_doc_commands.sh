@@ -53,6 +53,8 @@ bad=0
 n=0
 while IFS=$'\t' read -r file line; do
   line=${line%%#*}
+  # Paths the docs put under /tmp go under this run's own temp dir, removed at exit.
+  line=${line//\/tmp\//$tmp\/}
   # Words as the shell would split them; env assignments dropped.
   eval "set -- $line" 2>/dev/null || { echo "doc_commands: $file: cannot split: $line"; bad=1; continue; }
   while [[ $# -gt 0 && $1 == *=* && $1 != -* ]]; do shift; done

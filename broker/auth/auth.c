@@ -590,3 +590,9 @@ int ab_auth_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
     }
     return 0;
 }
+
+void ab_auth_handshakes(const ab_broker_t *b, uint64_t *accepted, uint64_t *refused)
+{
+    *accepted = b->auth ? b->auth->zap_ok : 0;
+    *refused = b->auth ? b->auth->zap_refused : 0;
+}

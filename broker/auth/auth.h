@@ -98,5 +98,7 @@ int ab_auth_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *len
                     const char **err);
 /* Called when SIGHUP was seen: reloads the keys directory. */
 void ab_auth_reload(ab_broker_t *b);
+/* Handshakes the ZAP handler accepted and refused (unknown key, no CURVE). */
+void ab_auth_handshakes(const ab_broker_t *b, uint64_t *accepted, uint64_t *refused);
 
 #endif

@@ -141,7 +141,8 @@ static void s_not_zeromq(ab_broker_t *b, const char *addr, int event, uint32_t v
      * value is an errno (NO_DETAIL) or a ZMTP protocol error code. */
     static ab_ratelimit_t rl = {.interval_ms = 10000};
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
-        return; /* the ZAP handler refused a key and said so (auth.c) */
+        return; /* the ZAP handler refused a key, counted and said so (auth.c) */
+    b->c.handshakes_failed++;
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
         value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
         AB_LOG_RL(&rl, 2, ab_now_ms(), AB_LOG_WARN, "refused a connection to %s: %s", addr,

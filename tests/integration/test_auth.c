@@ -304,6 +304,14 @@ static void s_handshake(void)
     th_sleep_ms(1000);
     snprintf(line, sizeof line, "unknown key %s", pub);
     CHECK_EQ(s_log_count(b, line), 1);
+    /* Each is counted, not only logged: the stranger's key at ZAP, the
+     * keyless client's failed ZMTP handshake before it. */
+    Agentbus__Stats *st = th_stats(adm);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->handshakes_accepted >= 3); /* w1, ag1, adm */
+    CHECK_TRUE(st->handshakes_refused >= 1);
+    CHECK_TRUE(st->handshakes_failed >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&bad);
     ab_client_destroy(&none);
     ab_client_destroy(&ok);

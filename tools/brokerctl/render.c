@@ -190,6 +190,11 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
                       (json_int_t)st->slow_disconnects, "disconnect_bytes",
                       (json_int_t)st->slow_disconnect_bytes, "lost_bytes",
                       (json_int_t)st->out_lost_bytes));
+        json_object_set_new(j, "handshakes", /* docs/security.md */
+                            json_pack("{s:I, s:I, s:I}", "accepted",
+                                      (json_int_t)st->handshakes_accepted, "refused",
+                                      (json_int_t)st->handshakes_refused, "failed",
+                                      (json_int_t)st->handshakes_failed));
         /* issue 11: refused lz4 requests, offline names and their bytes */
         json_object_set_new(j, "lz4_refused", json_integer((json_int_t)st->lz4_refused));
         json_object_set_new(j, "offline_names", json_integer((json_int_t)st->offline_names));
@@ -237,6 +242,10 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->out_dropped, (unsigned long long)st->slow_disconnects,
             (unsigned long long)st->slow_disconnect_bytes,
             (unsigned long long)st->out_lost_bytes);
+    fprintf(out, "handshakes   accepted %llu   refused %llu (unknown key)   failed %llu\n",
+            (unsigned long long)st->handshakes_accepted,
+            (unsigned long long)st->handshakes_refused,
+            (unsigned long long)st->handshakes_failed);
     fprintf(out, "batching     in %.2f msgs/zmq msg (%llu batches)   out %.2f (%llu batches)"
                  "   malformed %llu\n",
             st->batch_factor_in, (unsigned long long)st->batches_in, st->batch_factor_out,
