@@ -112,6 +112,7 @@ struct s_ollama {
     Agentbus__ModelSlots slots_pb[S_CREDITS_MAX];
     Agentbus__ModelSlots *slots_ptr[S_CREDITS_MAX];
     unsigned slots_max, slots_min;
+    unsigned model_max; /* --model-slots: one model's most at once (<= slots_max) */
     /* state probes */
     s_probe_t probes[S_NPROBES];
     int probing;
@@ -132,7 +133,9 @@ static void s_start_waiting(s_ollama_t *o);
 /* --- adaptive concurrency, per model ----------------------------------------- */
 static unsigned s_cap(const s_ollama_t *o, const s_credit_t *c)
 {
-    unsigned cap = c ? (unsigned)c->limit : o->slots_max;
+    unsigned cap = c ? (unsigned)c->limit : o->model_max;
+    if (cap > o->model_max)
+        cap = o->model_max;
     return cap < o->slots_min ? o->slots_min : cap;
 }
 
@@ -167,7 +170,7 @@ static s_credit_t *s_credit_get(s_ollama_t *o, const char *model)
         return c;
     for (unsigned i = 0; i < S_CREDITS_MAX; i++) {
         s_credit_t *x = &o->credits[i];
-        if (!x->model[0] || (x->active == 0 && x->limit >= o->slots_max)) {
+        if (!x->model[0] || (x->active == 0 && x->limit >= o->model_max)) {
             pick = x;
             break;
         }
@@ -176,9 +179,9 @@ static s_credit_t *s_credit_get(s_ollama_t *o, const char *model)
     }
     if (!pick)
         return NULL;
-    int forgot = pick->model[0] && pick->limit < o->slots_max;
+    int forgot = pick->model[0] && pick->limit < o->model_max;
     snprintf(pick->model, sizeof pick->model, "%s", model);
-    pick->limit = o->slots_max;
+    pick->limit = o->model_max;
     pick->active = 0;
     pick->last_shrink_ms = 0;
     if (forgot)
@@ -193,7 +196,7 @@ static void s_limits_publish(s_ollama_t *o)
     size_t n = 0;
     for (unsigned i = 0; i < S_CREDITS_MAX; i++) {
         s_credit_t *c = &o->credits[i];
-        if (!c->model[0] || s_cap(o, c) >= o->slots_max)
+        if (!c->model[0] || s_cap(o, c) >= o->model_max)
             continue;
         agentbus__model_slots__init(&o->slots_pb[n]);
         o->slots_pb[n].name = c->model;
@@ -225,12 +228,12 @@ static void s_pushback(s_ollama_t *o, const char *model, const char *why)
 static void s_success(s_ollama_t *o, const char *model)
 {
     s_credit_t *c = s_credit_find(o, model);
-    if (!c || c->limit >= o->slots_max)
+    if (!c || c->limit >= o->model_max)
         return;
     unsigned before = s_cap(o, c);
     c->limit += 1.0 / c->limit;
-    if (c->limit > o->slots_max)
-        c->limit = o->slots_max;
+    if (c->limit > o->model_max)
+        c->limit = o->model_max;
     if (s_cap(o, c) != before) {
         TL_INFO("backend", "%s: slots %u -> %u", model, before, s_cap(o, c));
         s_limits_publish(o);
@@ -679,12 +682,16 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     o->slots_max = args->capacity;
     /* the floor: at least 1, at most the maximum */
     o->slots_min = args->min_slots < 1 ? 1u : (unsigned)args->min_slots;
-    if (o->slots_min > o->slots_max)
-        o->slots_min = o->slots_max;
+    o->model_max = args->model_slots > 0 && (unsigned long)args->model_slots < o->slots_max
+                       ? (unsigned)args->model_slots
+                       : o->slots_max;
+    if (o->slots_min > o->model_max)
+        o->slots_min = o->model_max;
     o->was_up = -1;
     agentbus__inference_state__init(&o->st);
     o->st.backend_url = o->url;
     o->st.slots = o->st.slots_max = args->capacity;
+    o->st.model_slots_max = o->model_max < o->slots_max ? o->model_max : 0;
     o->refresh_ms = S_REFRESH_MIN_MS;
     o->gpu = wk_gpu_open();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(o->multi = curl_multi_init())) {

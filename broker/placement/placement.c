@@ -198,20 +198,23 @@ static uint32_t s_temperature(const ab_worker_rec_t *w)
 }
 
 /* 1 when W holds as many of model M's requests as its backend takes now.
- * A worker lists a model in model_slots when that model was pushed back
- * (503, out of memory: Ollama's slots and queue are per model), so one
- * model's backlog cannot take the credit the other models' slots need.
+ * Ollama's slots and queue are per model, so a worker may cap each model
+ * (model_slots_max, --model-slots) and lists a model in model_slots when
+ * that model was pushed back (503, out of memory): one model's backlog
+ * then cannot take the credit the other models' slots need (issue 20).
  * Counted over W's in-flight list (at most its capacity), and only for a
- * model it limits: nothing is counted while no backend pushes back. */
+ * worker that limits models at all. */
 static int s_model_full(const ab_worker_rec_t *w, const struct ab_route *rt)
 {
     const Agentbus__InferenceState *st = w->inference;
-    if (!rt->model[0] || !st || !st->n_model_slots)
+    if (!rt->model[0] || !st || (!st->n_model_slots && !st->model_slots_max))
         return 0;
-    uint32_t limit = 0;
-    for (size_t i = 0; i < st->n_model_slots && !limit; i++)
-        if (s_model_eq(st->model_slots[i]->name, rt->model))
+    uint32_t limit = st->model_slots_max < w->capacity ? st->model_slots_max : 0;
+    for (size_t i = 0; i < st->n_model_slots; i++)
+        if (s_model_eq(st->model_slots[i]->name, rt->model)) {
             limit = st->model_slots[i]->slots ? st->model_slots[i]->slots : 1;
+            break;
+        }
     if (!limit)
         return 0;
     uint32_t n = 0;

@@ -214,6 +214,48 @@ void ollama_model_credit(void)
     ab_client_destroy(&c);
 }
 
+/* --model-slots: one model's backlog waits at the broker, not in the
+ * worker's credit. sim-large hangs; the worker takes two of its requests
+ * (the model's cap) and sim-small's requests still go through. */
+void ollama_model_slots(void)
+{
+    int sim = ot_sim("--num-parallel", "8", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "8", "--model-slots", "2", "--preload",
+               "sim-small,sim-large", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-large:latest", 1, 30000) == 0);
+    Agentbus__WorkerList *wl;
+    const Agentbus__InferenceState *st = ot_state(c, "w1", &wl, NULL);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->model_slots_max, 2);
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-large\"}");
+    ot_res_t big[5];
+    for (int i = 0; i < 5; i++) {
+        ot_gen_t g = {"sim-large", "hold", NULL, 0, 400 + i, 20000};
+        ot_start_gen(c, &g, &big[i]);
+    }
+    for (int i = 0; i < 200 && s_in_flight(c, "w1") < 2; i++)
+        th_sleep_ms(25);
+    th_sleep_ms(300);
+    CHECK_EQ(s_in_flight(c, "w1"), 2); /* without the cap: 5 */
+    ot_res_t small[6];
+    for (int i = 0; i < 6; i++) {
+        ot_gen_t g = {"sim-small", "free", NULL, 1, 500 + i, 10000};
+        ot_start_gen(c, &g, &small[i]);
+    }
+    ot_wait(c, small, 6, 15000);
+    for (int i = 0; i < 6; i++)
+        CHECK_EQ(small[i].status, AB_OK);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(big[i].finals, 0);
+    ab_client_destroy(&c);
+}
+
 /* Model A loaded on worker 1, B on worker 2: requests follow the models. */
 void ollama_placement_loaded(void)
 {
