@@ -205,10 +205,11 @@ static int s_workers_ready(const char *broker, int want)
     return ready;
 }
 
-/* Each worker's --model-slots: one more than the simulator's 4 parallel
- * slots per model (a request waiting inside Ollama covers the hand-off);
- * 0 = off (--model-slots). */
-static long s_model_slots = 5;
+/* Each worker's --model-slots (--model-slots N; 0 = off, the default):
+ * 5 is one more than the simulator's 4 parallel slots per model. It helped
+ * the no-think run's second half and hurt the think-time and open-loop
+ * runs (docs/bench.md), so it is not the default. */
+static long s_model_slots = 0;
 
 /* Two Ollama workers, one per simulated GPU, with CAPACITY requests each
  * (the broker's credit); children 4 and 5. Waits until both registered. */
@@ -339,7 +340,7 @@ static void s_usage(void)
            "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
            "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
            "run --time-scale X, default 5, times faster). Workers' capacity default 48,\n"
-           "--model-slots 5 (0: off: one model may take all of a worker's capacity);\n"
+           "--model-slots N caps each model per worker (default 0: off);\n"
            "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
            "docs/bench.md, \"Seed workload\".\n");
 }
