@@ -205,6 +205,12 @@ static int s_workers_ready(const char *broker, int want)
     return ready;
 }
 
+/* Each worker's --model-slots (--model-slots N; 0 = off, the default):
+ * 5 is one more than the simulator's 4 parallel slots per model. It helped
+ * the no-think run's second half and hurt the think-time and open-loop
+ * runs (docs/bench.md), so it is not the default. */
+static long s_model_slots = 0;
+
 /* Two Ollama workers, one per simulated GPU, with CAPACITY requests each
  * (the broker's credit); children 4 and 5. Waits until both registered. */
 static int s_start_workers(const s_stack_t *st, int capacity)
@@ -216,14 +222,17 @@ static int s_start_workers(const s_stack_t *st, int capacity)
         snprintf(preload + strlen(preload), sizeof preload - strlen(preload), "%s%s",
                  m ? "," : "", sc_models[m].name);
     for (int g = 0; g < SC_GPUS; g++) {
-        char name[16], cap[16];
+        char name[16], cap[16], ms[16];
         snprintf(name, sizeof name, "gpu%d", g);
         snprintf(cap, sizeof cap, "%d", capacity);
+        snprintf(ms, sizeof ms, "%ld", s_model_slots);
         /* Capacity: by default 48, four times the GPU's 12 slots (3 models
-         * x 4): the credit is per worker, the slots per model (docs). */
+         * x 4): the credit is per worker, the slots per model (docs); the
+         * model slots keep one model's backlog from taking all of it. */
         const char *wargv[] = {worker, "--broker", st->broker, "--backend", "ollama",
                                "--ollama-url", st->sim_url[g], "--name", name, "--capacity", cap,
-                               "--gpu-vram-mb", "24576", "--preload", preload, NULL};
+                               "--model-slots", ms, "--gpu-vram-mb", "24576", "--preload",
+                               preload, NULL};
         snprintf(log, sizeof log, "%s/worker%d-cap%d.log", s_dir, g, capacity);
         s_spawn(wargv, log);
     }
@@ -322,14 +331,16 @@ static void s_usage(void)
            "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
            "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
            "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
-           "         [--worker-capacity N] [--deep-capacity N] [--systems LABEL,..]\n"
+           "         [--worker-capacity N] [--model-slots N] [--deep-capacity N]\n"
+           "         [--systems LABEL,..]\n"
            "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR]\n\n"
            "--systems: direct-new, direct-keepalive, bus, gateway, direct-nothink,\n"
            "bus-nothink (default: all of these), gateway-keepalive (only when named).\n\n"
            "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
            "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
            "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
-           "run --time-scale X, default 5, times faster). Workers' capacity default 48;\n"
+           "run --time-scale X, default 5, times faster). Workers' capacity default 48,\n"
+           "--model-slots N caps each model per worker (default 0: off);\n"
            "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
            "docs/bench.md, \"Seed workload\".\n");
 }
@@ -398,6 +409,8 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->capacity = (int)l;
         else if (!strcmp(f, "--deep-capacity") && tl_parse_long(v, 0, 1000, &l) == 0)
             o->deep = (int)l;
+        else if (!strcmp(f, "--model-slots") && tl_parse_long(v, 0, 1000, &l) == 0)
+            s_model_slots = l;
         else if (!strcmp(f, "--rates") && *v)
             snprintf(o->rates, sizeof o->rates, "%s", v);
         else if (!strcmp(f, "--broker-opt") && strchr(v, '=') && o->nbopts < S_BROKER_OPTS &&

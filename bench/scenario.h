@@ -32,10 +32,10 @@
 #define SC_PROMPT_MAX 16384
 
 /* The header priority of interactive (voice) calls; batch calls send the
- * default 0 (normal). AB_PRIORITY_INTERACTIVE once priority lanes (issue
- * 16) name it; until then the highest, so that lanes ordering "higher
- * first" put voice first. HTTP agents send it as X-Agentbus-Priority (the
- * simulator ignores the header, as Ollama does). In scenario_bus.c. */
+ * default 0 (normal). AB_PRIORITY_INTERACTIVE (priority lanes, issue 16);
+ * the highest value where a header does not define it. HTTP agents send it
+ * as X-Agentbus-Priority (the simulator ignores the header, as Ollama
+ * does). In scenario_bus.c. */
 extern const unsigned sc_prio_interactive;
 
 /* Role classes: what a role asks, of which model, how. */

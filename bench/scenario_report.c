@@ -396,9 +396,9 @@ void sc_targets(const sc_result_t *res, int n, double scale, int agents)
         lost += sum[i].lost;
     printf("  lost requests, all runs: %llu (target 0)\n", (unsigned long long)lost);
     s_open_targets(res, sum, n);
-    printf("  priority: voice calls sent with priority %u (X-Agentbus-Priority over HTTP); the "
-           "broker orders by it once priority lanes (issue 16) are in\n",
-           sc_prio_interactive);
+    printf("  priority: voice calls sent with priority %u (AB_PRIORITY_INTERACTIVE; "
+           "X-Agentbus-Priority over HTTP), batch calls 0: the broker's interactive lane goes "
+           "first\n", sc_prio_interactive);
 }
 
 void sc_table(FILE *f, const sc_result_t *res, int n, double scale)

@@ -19,6 +19,9 @@
 
 #define AB_RID_MAX 255
 #define AB_NAME_MAX 256
+/* A peer's key: 16 hex digits and a NUL (broker.c). Not 2 * AB_RID_MAX + 1
+ * as a hex routing id would need: 494 bytes a connection (issue 20). */
+#define AB_PEER_KEY_MAX 17
 
 typedef struct ab_broker ab_broker_t;
 typedef struct ab_service ab_service_t;       /* service.h */
@@ -36,8 +39,8 @@ typedef enum { AB_ROLE_AGENT = 0, AB_ROLE_WORKER = 1, AB_ROLE_CONTROL = 2, AB_RO
 /* A connected peer, known by its routing id. */
 typedef struct {
     ab_rid_t rid;
-    char key[2 * AB_RID_MAX + 1]; /* random token naming it to peers, brokerctl and
-                                     logs; never its routing id (broker.c) */
+    char key[AB_PEER_KEY_MAX]; /* random token naming it to peers, brokerctl and
+                                  logs; never its routing id (broker.c) */
     ab_role_t role;
     char name[AB_NAME_MAX];
     int64_t connected_ms;

@@ -26,6 +26,7 @@ typedef struct {
     long gpu_vram_mb;        /* VRAM when NVML cannot tell (0 = unknown) */
     long retries;            /* local retries of 503 / connection errors */
     long min_slots;          /* the adaptive limit's floor (1..capacity) */
+    long model_slots;        /* most requests of one model at once (0: capacity) */
     long refresh_ms;         /* longest interval between /api/tags+/api/ps probes */
 } wk_backend_args_t;
 

@@ -16,13 +16,18 @@
  *   which the broker re-dispatches to another worker;
  *   an error line mid-stream, or a stream that ends without its done line
  *   -> BACKEND after the partials (never a fake success).
- * Adaptive concurrency (AIMD): only Ollama refusing work (503: its queue is
- * full; out-of-memory) halves the slot limit (at most once per 500 ms, never
- * below --min-slots); each success adds 1/limit. A deadline passing (curl
- * timeout, or a CANCEL because it passed) leaves the limit alone: under
- * tight deadlines requests expire in Ollama's own queue while every slot
- * works, and shrinking on that collapsed the credit to 1 (issue 20).
- * The limit is the worker's capacity (credit) at the broker.
+ * Adaptive concurrency (AIMD), per model: only Ollama refusing work for a
+ * model (503: its queue is full; out-of-memory) halves that model's limit
+ * (at most once per 500 ms, never below --min-slots); each success adds
+ * 1/limit. A deadline passing (curl timeout, or a CANCEL because it passed)
+ * leaves the limit alone: under tight deadlines requests expire in Ollama's
+ * own queue while every slot works, and shrinking on that collapsed the
+ * credit to 1 (issue 20). Ollama's slots and queue are per model, so one
+ * model's 503s say nothing of the others: with one limit for the worker,
+ * one overloaded model halved the credit of all and their slots idled
+ * (issue 20). The worker's capacity at the broker stays --capacity; the
+ * models whose limit is lower are reported in InferenceState.model_slots
+ * and the broker's placement holds their requests back.
  * Models: /api/tags, /api/ps (and NVML when present) are probed at an
  * interval that starts short and doubles while nothing changes, and sent
  * to the broker as Register.inference for placement.
@@ -46,8 +51,19 @@
 #define S_REFRESH_MIN_MS 250
 #define S_SHRINK_GAP_MS 500
 #define S_SPARE_MAX 16           /* easy handles kept for reuse */
+#define S_CREDITS_MAX 32         /* models with a limit of their own at once */
 
 typedef struct s_ollama s_ollama_t;
+
+/* One model's adaptive limit and its transfers running now. A model with
+ * no entry is at the maximum; an entry at the maximum with nothing running
+ * is free for another model. */
+typedef struct {
+    char model[256];
+    double limit;
+    unsigned active;
+    int64_t last_shrink_ms;
+} s_credit_t;
 
 #define S_JOB(n) tl_list_entry(n, s_job_t, node)
 
@@ -61,6 +77,7 @@ typedef struct s_job {
     s_state_t state;
     wk_ol_call_t call;
     CURL *easy;
+    s_credit_t *credit; /* its model's, while ACTIVE (NULL: admin, or table full) */
     wk_ndjson_t nd;
     long status;
     char errbody[S_ERRBODY];
@@ -90,10 +107,12 @@ struct s_ollama {
     struct curl_slist *hdrs;
     tl_list_t jobs; /* every job (s_job_t.node), any state, in arrival order */
     unsigned active, admin_active;
-    /* AIMD */
-    double limit;
+    /* AIMD, per model */
+    s_credit_t credits[S_CREDITS_MAX];
+    Agentbus__ModelSlots slots_pb[S_CREDITS_MAX];
+    Agentbus__ModelSlots *slots_ptr[S_CREDITS_MAX];
     unsigned slots_max, slots_min;
-    int64_t last_shrink_ms;
+    unsigned model_max; /* --model-slots: one model's most at once (<= slots_max) */
     /* state probes */
     s_probe_t probes[S_NPROBES];
     int probing;
@@ -111,37 +130,125 @@ struct s_ollama {
 static void s_job_free(s_ollama_t *o, s_job_t *j);
 static void s_start_waiting(s_ollama_t *o);
 
-/* --- adaptive concurrency ---------------------------------------------------- */
-static void s_apply_limit(s_ollama_t *o)
+/* --- adaptive concurrency, per model ----------------------------------------- */
+static unsigned s_cap(const s_ollama_t *o, const s_credit_t *c)
 {
-    unsigned cap = (unsigned)o->limit;
-    if (cap < o->slots_min)
-        cap = o->slots_min;
-    o->st.slots = cap;
-    if (o->w && cap != ab_worker_capacity(o->w)) {
-        TL_INFO("backend", "slots %u -> %u", ab_worker_capacity(o->w), cap);
-        ab_worker_set_capacity(o->w, cap);
+    unsigned cap = c ? (unsigned)c->limit : o->model_max;
+    if (cap > o->model_max)
+        cap = o->model_max;
+    return cap < o->slots_min ? o->slots_min : cap;
+}
+
+/* Ollama's names "llama3" and "llama3:latest" are one model. */
+static int s_same_model(const char *a, const char *b)
+{
+    size_t la = strcspn(a, ":"), lb = strcspn(b, ":");
+    if (la != lb || strncmp(a, b, la) != 0)
+        return 0;
+    return strcmp(a[la] ? a + la + 1 : "latest", b[lb] ? b + lb + 1 : "latest") == 0;
+}
+
+static s_credit_t *s_credit_find(s_ollama_t *o, const char *model)
+{
+    for (unsigned i = 0; i < S_CREDITS_MAX; i++)
+        if (o->credits[i].model[0] && s_same_model(o->credits[i].model, model))
+            return &o->credits[i];
+    return NULL;
+}
+
+static int s_state_send(s_ollama_t *o);
+static void s_limits_publish(s_ollama_t *o);
+
+/* MODEL's entry, made when missing: a free one (unused, or at the maximum
+ * with nothing running), else the idle one with the highest limit (what it
+ * remembered of a pushback is lost: the table is bounded). NULL when every
+ * entry has transfers running. */
+static s_credit_t *s_credit_get(s_ollama_t *o, const char *model)
+{
+    s_credit_t *c = s_credit_find(o, model), *pick = NULL;
+    if (c || !model[0])
+        return c;
+    for (unsigned i = 0; i < S_CREDITS_MAX; i++) {
+        s_credit_t *x = &o->credits[i];
+        if (!x->model[0] || (x->active == 0 && x->limit >= o->model_max)) {
+            pick = x;
+            break;
+        }
+        if (x->active == 0 && (!pick || x->limit > pick->limit))
+            pick = x;
+    }
+    if (!pick)
+        return NULL;
+    int forgot = pick->model[0] && pick->limit < o->model_max;
+    snprintf(pick->model, sizeof pick->model, "%s", model);
+    pick->limit = o->model_max;
+    pick->active = 0;
+    pick->last_shrink_ms = 0;
+    if (forgot)
+        s_limits_publish(o);
+    return pick;
+}
+
+/* Reports the models whose limit is below the maximum (model_slots) when
+ * that list changed; the broker places by it. */
+static void s_limits_publish(s_ollama_t *o)
+{
+    size_t n = 0;
+    for (unsigned i = 0; i < S_CREDITS_MAX; i++) {
+        s_credit_t *c = &o->credits[i];
+        if (!c->model[0] || s_cap(o, c) >= o->model_max)
+            continue;
+        agentbus__model_slots__init(&o->slots_pb[n]);
+        o->slots_pb[n].name = c->model;
+        o->slots_pb[n].slots = s_cap(o, c);
+        o->slots_ptr[n] = &o->slots_pb[n];
+        n++;
+    }
+    o->st.model_slots = n ? o->slots_ptr : NULL;
+    o->st.n_model_slots = n;
+    if (o->w && o->was_up != -1) /* before the first probe the state has no models */
+        s_state_send(o);
+}
+
+static void s_pushback(s_ollama_t *o, const char *model, const char *why)
+{
+    s_credit_t *c = s_credit_get(o, model);
+    int64_t now = tl_now_ms();
+    if (!c || now - c->last_shrink_ms < S_SHRINK_GAP_MS)
+        return; /* one burst of 503s is one signal */
+    c->last_shrink_ms = now;
+    unsigned before = s_cap(o, c);
+    c->limit = c->limit / 2 < o->slots_min ? o->slots_min : c->limit / 2;
+    o->st.slot_shrinks++;
+    TL_WARN("backend", "backend pushed back on %s (%s): slots %u -> %u", model, why, before,
+            s_cap(o, c));
+    s_limits_publish(o);
+}
+
+static void s_success(s_ollama_t *o, const char *model)
+{
+    s_credit_t *c = s_credit_find(o, model);
+    if (!c || c->limit >= o->model_max)
+        return;
+    unsigned before = s_cap(o, c);
+    c->limit += 1.0 / c->limit;
+    if (c->limit > o->model_max)
+        c->limit = o->model_max;
+    if (s_cap(o, c) != before) {
+        TL_INFO("backend", "%s: slots %u -> %u", model, before, s_cap(o, c));
+        s_limits_publish(o);
     }
 }
 
-static void s_pushback(s_ollama_t *o, const char *why)
+/* Whether J may start now: a free slot of the worker, and of its model. */
+static int s_room(s_ollama_t *o, const s_job_t *j)
 {
-    int64_t now = tl_now_ms();
-    if (now - o->last_shrink_ms < S_SHRINK_GAP_MS)
-        return; /* one burst of 503s is one signal */
-    o->last_shrink_ms = now;
-    o->limit = o->limit / 2 < o->slots_min ? o->slots_min : o->limit / 2;
-    o->st.slot_shrinks++;
-    TL_WARN("backend", "backend pushed back (%s)", why);
-    s_apply_limit(o);
-}
-
-static void s_success(s_ollama_t *o)
-{
-    o->limit += 1.0 / o->limit;
-    if (o->limit > o->slots_max)
-        o->limit = o->slots_max;
-    s_apply_limit(o);
+    if (j->admin)
+        return o->admin_active == 0;
+    if (o->active - o->admin_active >= o->slots_max)
+        return 0;
+    s_credit_t *c = s_credit_find(o, j->call.model);
+    return !c || c->active < s_cap(o, c);
 }
 
 /* --- answering --------------------------------------------------------------- */
@@ -172,7 +279,7 @@ static int s_on_line(const char *line, size_t len, void *arg)
     if (c.error[0]) {
         free(c.pb);
         if (strstr(c.error, "memory"))
-            s_pushback(o, "out of memory");
+            s_pushback(o, j->call.model, "out of memory");
         s_fail(j, AB_EBACKEND, "backend error: %s", c.error);
         return 1;
     }
@@ -265,6 +372,8 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     o->active++;
     if (j->admin)
         o->admin_active++;
+    else if ((j->credit = s_credit_get(o, j->call.model)))
+        j->credit->active++;
     return 0;
 }
 
@@ -279,6 +388,9 @@ static void s_stop_transfer(s_ollama_t *o, s_job_t *j)
         o->active--;
         if (j->admin)
             o->admin_active--;
+        if (j->credit)
+            j->credit->active--;
+        j->credit = NULL;
     }
 }
 
@@ -357,8 +469,8 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
     if (res == CURLE_OK && status == 200 && !j->answered)
         wk_ndjson_finish(&j->nd, s_on_line, j);
     if (j->answered) {
-        if (j->succeeded)
-            s_success(o);
+        if (j->succeeded && !j->admin)
+            s_success(o, j->call.model);
     } else if (res == CURLE_OPERATION_TIMEDOUT) {
         /* not a pushback: the deadline passed, Ollama refused nothing */
         s_fail(j, AB_EDEADLINE, "%s", "the backend did not finish before the deadline");
@@ -382,11 +494,11 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
         } else if (status == 400) {
             s_fail(j, AB_EBADREQUEST, "%s", msg);
         } else if (status == 503) {
-            s_pushback(o, "503");
+            s_pushback(o, j->call.model, "503");
             s_retry_or_fail(o, j, AB_EBACKENDBUSY, text);
         } else {
             if (strstr(msg, "memory"))
-                s_pushback(o, "out of memory");
+                s_pushback(o, j->call.model, "out of memory");
             s_fail(j, AB_EBACKEND, "%s", text);
         }
     }
@@ -409,7 +521,7 @@ static void s_start_waiting(s_ollama_t *o)
             j->state = S_WAITING;
         if (j->state != S_WAITING)
             continue;
-        if (j->admin ? o->admin_active > 0 : o->active - o->admin_active >= (unsigned)o->limit)
+        if (!s_room(o, j))
             continue;
         if (s_start(o, j) != 0) {
             s_fail(j, AB_EINTERNAL, "%s", "cannot start an HTTP transfer");
@@ -480,6 +592,26 @@ static void s_backend_changed(s_ollama_t *o, int up)
         ab_worker_set_backend_state(o->w, up ? "ok" : "down: Ollama unreachable");
 }
 
+/* Sends the state to the broker (a REGISTER) when it differs from what was
+ * sent last; 1 if it did. */
+static int s_state_send(s_ollama_t *o)
+{
+    size_t len = agentbus__inference_state__get_packed_size(&o->st);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return 0;
+    agentbus__inference_state__pack(&o->st, buf);
+    int changed = len != o->sent_len || memcmp(buf, o->sent, len) != 0;
+    if (changed && ab_worker_set_inference_state(o->w, buf, len) == AB_OK) {
+        free(o->sent);
+        o->sent = buf;
+        o->sent_len = len;
+        return 1;
+    }
+    free(buf);
+    return 0;
+}
+
 /* All probes answered: rebuild the state and tell the broker if it changed. */
 static void s_probe_finish(s_ollama_t *o)
 {
@@ -500,21 +632,10 @@ static void s_probe_finish(s_ollama_t *o)
         o->st.vram_total = (uint64_t)o->args.gpu_vram_mb << 20;
         o->st.vram_free = o->st.vram_total > used ? o->st.vram_total - used : 0;
     }
-    size_t len = agentbus__inference_state__get_packed_size(&o->st);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf)
-        return;
-    agentbus__inference_state__pack(&o->st, buf);
-    int changed = len != o->sent_len || memcmp(buf, o->sent, len) != 0;
-    if (changed && ab_worker_set_inference_state(o->w, buf, len) == AB_OK) {
-        free(o->sent);
-        o->sent = buf;
-        o->sent_len = len;
+    if (s_state_send(o))
         o->refresh_ms = S_REFRESH_MIN_MS;
-    } else {
-        free(buf);
+    else
         o->refresh_ms *= 2;
-    }
     if (o->refresh_ms > o->args.refresh_ms)
         o->refresh_ms = o->args.refresh_ms;
     o->next_refresh_ms = tl_now_ms() + o->refresh_ms;
@@ -561,13 +682,16 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     o->slots_max = args->capacity;
     /* the floor: at least 1, at most the maximum */
     o->slots_min = args->min_slots < 1 ? 1u : (unsigned)args->min_slots;
-    if (o->slots_min > o->slots_max)
-        o->slots_min = o->slots_max;
-    o->limit = args->capacity;
+    o->model_max = args->model_slots > 0 && (unsigned long)args->model_slots < o->slots_max
+                       ? (unsigned)args->model_slots
+                       : o->slots_max;
+    if (o->slots_min > o->model_max)
+        o->slots_min = o->model_max;
     o->was_up = -1;
     agentbus__inference_state__init(&o->st);
     o->st.backend_url = o->url;
     o->st.slots = o->st.slots_max = args->capacity;
+    o->st.model_slots_max = o->model_max < o->slots_max ? o->model_max : 0;
     o->refresh_ms = S_REFRESH_MIN_MS;
     o->gpu = wk_gpu_open();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(o->multi = curl_multi_init())) {
@@ -736,6 +860,8 @@ static void s_destroy(void **ctx)
     curl_slist_free_all(o->hdrs);
     curl_global_cleanup();
     o->st.backend_url = NULL;
+    o->st.model_slots = NULL; /* points into o->slots_pb */
+    o->st.n_model_slots = 0;
     wk_ol_state_clear(&o->st);
     wk_gpu_close(&o->gpu);
     free(o->sent);

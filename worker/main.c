@@ -53,6 +53,8 @@ static void s_usage(const char *prog)
            "  --ollama-retries N  ollama: retries of a 503 / connection error here (default 2)\n"
            "  --min-slots N       ollama: floor of the adaptive slot limit, which 503s and\n"
            "                      out-of-memory errors halve (default 1; at most --capacity)\n"
+           "  --model-slots N     ollama: most requests of one model at once (default 0:\n"
+           "                      --capacity); e.g. OLLAMA_NUM_PARALLEL + 1\n"
            "  --refresh-ms N      ollama: longest interval between model probes (default 5000)\n"
            "  --name NAME         worker name shown by brokerctl workers\n"
            "  --label KEY=VALUE   label sent with the registration (repeatable)\n"
@@ -89,7 +91,7 @@ typedef struct {
 enum {
     O_HELP = 1, O_VERSION, O_BROKER, O_BACKEND, O_SERVICE, O_NAME, O_LABEL, O_CAPACITY,
     O_DELAY, O_CHUNKS, O_HEARTBEAT, O_DRAIN, O_FAILFILE, O_OLLAMA_URL, O_PRELOAD, O_VRAM,
-    O_RETRIES, O_REFRESH, O_LOGLEVEL, O_LOGFORMAT, O_KEY, O_BROKERKEY, O_MINSLOTS,
+    O_RETRIES, O_REFRESH, O_LOGLEVEL, O_LOGFORMAT, O_KEY, O_BROKERKEY, O_MINSLOTS, O_MODELSLOTS,
 };
 static const tl_opt_t s_opts[] = {
     {"help", 'h', TL_NOVAL, O_HELP},           {"version", 0, TL_NOVAL, O_VERSION},
@@ -103,7 +105,7 @@ static const tl_opt_t s_opts[] = {
     {"ollama-retries", 0, TL_VAL, O_RETRIES},  {"refresh-ms", 0, TL_VAL, O_REFRESH},
     {"log-level", 0, TL_VAL, O_LOGLEVEL},      {"log-format", 0, TL_VAL, O_LOGFORMAT},
     {"key", 0, TL_VAL, O_KEY},                 {"broker-key", 0, TL_VAL, O_BROKERKEY},
-    {"min-slots", 0, TL_VAL, O_MINSLOTS},
+    {"min-slots", 0, TL_VAL, O_MINSLOTS},      {"model-slots", 0, TL_VAL, O_MODELSLOTS},
     {NULL, 0, 0, 0},
 };
 
@@ -133,6 +135,7 @@ static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *cap
     case O_VRAM: return tl_parse_long(v, 0, 1L << 30, &a->args.gpu_vram_mb);
     case O_RETRIES: return tl_parse_long(v, 0, 10, &a->args.retries);
     case O_MINSLOTS: return tl_parse_long(v, 1, 100000, &a->args.min_slots);
+    case O_MODELSLOTS: return tl_parse_long(v, 0, 100000, &a->args.model_slots);
     case O_REFRESH: return tl_parse_long(v, 250, 600000, &a->args.refresh_ms);
     case O_DELAY: return tl_parse_long(v, 0, 3600000, &a->args.delay_ms);
     case O_CHUNKS: return tl_parse_long(v, 1, 1000000, &a->args.chunks);

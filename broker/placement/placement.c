@@ -76,8 +76,13 @@ static int s_inference_bad(const ab_broker_config_t *cfg, const Agentbus__Infere
         st->n_loaded > (size_t)cfg->register_max_models ||
         st->n_gpus > (size_t)cfg->register_max_models)
         return 1;
+    if (st->n_model_slots > (size_t)cfg->register_max_models)
+        return 1;
     if (s_str_bad(st->backend_url, max) || s_str_bad(st->backend_version, max))
         return 1;
+    for (size_t i = 0; i < st->n_model_slots; i++)
+        if (s_str_bad(st->model_slots[i]->name, max))
+            return 1;
     for (size_t i = 0; i < st->n_models; i++) {
         const Agentbus__ModelInfo *x = st->models[i];
         if (s_str_bad(x->name, max) || s_str_bad(x->digest, max) || s_str_bad(x->family, max) ||
@@ -192,6 +197,35 @@ static uint32_t s_temperature(const ab_worker_rec_t *w)
     return t;
 }
 
+/* 1 when W holds as many of model M's requests as its backend takes now.
+ * Ollama's slots and queue are per model, so a worker may cap each model
+ * (model_slots_max, --model-slots) and lists a model in model_slots when
+ * that model was pushed back (503, out of memory): one model's backlog
+ * then cannot take the credit the other models' slots need (issue 20).
+ * Counted over W's in-flight list (at most its capacity), and only for a
+ * worker that limits models at all. */
+static int s_model_full(const ab_worker_rec_t *w, const struct ab_route *rt)
+{
+    const Agentbus__InferenceState *st = w->inference;
+    if (!rt->model[0] || !st || (!st->n_model_slots && !st->model_slots_max))
+        return 0;
+    uint32_t limit = st->model_slots_max < w->capacity ? st->model_slots_max : 0;
+    for (size_t i = 0; i < st->n_model_slots; i++)
+        if (s_model_eq(st->model_slots[i]->name, rt->model)) {
+            limit = st->model_slots[i]->slots ? st->model_slots[i]->slots : 1;
+            break;
+        }
+    if (!limit)
+        return 0;
+    uint32_t n = 0;
+    for (const ab_list_t *q = ab_list_first(&w->reqs); q; q = ab_list_next(&w->reqs, q)) {
+        const ab_req_t *x = ab_list_data(q, ab_req_t, qlink);
+        if (x->route && s_model_eq(x->route->model, rt->model) && ++n >= limit)
+            return 1;
+    }
+    return 0;
+}
+
 /* 1 if A should be preferred to B (same tier). */
 static int s_better(const ab_worker_rec_t *a, const ab_worker_rec_t *b)
 {
@@ -221,7 +255,7 @@ ab_worker_rec_t *ab_placement_pick(ab_broker_t *b, ab_service_t *s, ab_req_t *r,
         int tier = s_tier(w, rt);
         if (tier == 0)
             loaded_somewhere = 1;
-        if (w == rt->avoid || w->in_flight >= w->capacity)
+        if (w == rt->avoid || w->in_flight >= w->capacity || s_model_full(w, rt))
             continue;
         if (!best || tier < best_tier || (tier == best_tier && s_better(w, best))) {
             best = w;

@@ -68,6 +68,8 @@ void ot_direct(int sim_port, const char *path, const char *body, char *out, size
 /* test_ollama_placement.c: adaptive concurrency, placement, models. */
 void ollama_adaptive(void);
 void ollama_timeout_credit(void);
+void ollama_model_credit(void);
+void ollama_model_slots(void);
 void ollama_placement_loaded(void);
 void ollama_placement_vram(void);
 void ollama_models_cli(void);

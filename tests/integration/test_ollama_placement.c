@@ -22,6 +22,21 @@ static uint32_t s_capacity(ab_client_t *c, const char *name)
     return cap;
 }
 
+/* MODEL's slot limit as worker NAME reports it: its model_slots entry, or
+ * the worker's maximum when the model has none (0: no state yet). */
+static uint32_t s_model_slots(ab_client_t *c, const char *name, const char *model)
+{
+    Agentbus__WorkerList *wl;
+    const Agentbus__InferenceState *st = ot_state(c, name, &wl, NULL);
+    uint32_t slots = st ? st->slots_max : 0;
+    for (size_t i = 0; st && i < st->n_model_slots; i++)
+        if (strcmp(st->model_slots[i]->name, model) == 0)
+            slots = st->model_slots[i]->slots;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return slots;
+}
+
 void ollama_adaptive(void)
 {
     int sim = ot_sim("--num-parallel", "8", NULL);
@@ -46,9 +61,10 @@ void ollama_adaptive(void)
         for (int i = 0; i < 8; i++)
             CHECK_EQ(r[i].status, AB_EBACKENDBUSY); /* no other worker to go to */
         th_sleep_ms(300);
-        cap = s_capacity(c, "w1");
+        cap = s_model_slots(c, "w1", "sim-small");
     }
     CHECK_EQ(cap, 1);
+    CHECK_EQ(s_capacity(c, "w1"), 8); /* the limit is the model's, not the worker's */
     /* healthy again: it grows back, slowly, to the maximum */
     ot_faults(sim, "{\"reset\":true}");
     int n = 0;
@@ -56,7 +72,7 @@ void ollama_adaptive(void)
         ot_res_t r;
         ot_gen_t g = {"sim-small", "y", NULL, 1, 1, 10000};
         CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
-        cap = s_capacity(c, "w1");
+        cap = s_model_slots(c, "w1", "sim-small");
     }
     CHECK_EQ(cap, 8);
     CHECK_TRUE(n >= 7); /* additive increase: not back in one step */
@@ -91,7 +107,7 @@ void ollama_timeout_credit(void)
             expired += r[i].status == AB_EDEADLINE || r[i].status == AB_ETIMEOUT;
         }
         th_sleep_ms(300);
-        CHECK_EQ(s_capacity(c, "w1"), 8); /* before the fix: 4, 2, 1 */
+        CHECK_EQ(s_model_slots(c, "w1", "sim-small"), 8); /* before the fix: 4, 2, 1 */
     }
     /* one slot of ~250 ms each: at most a few of 8 fit in 400 ms */
     CHECK_TRUE(expired >= 16);
@@ -108,7 +124,7 @@ void ollama_timeout_credit(void)
         for (int i = 0; i < 8; i++)
             CHECK_EQ(r[i].status, AB_EBACKENDBUSY);
         th_sleep_ms(300);
-        cap = s_capacity(c, "w1");
+        cap = s_model_slots(c, "w1", "sim-small");
     }
     CHECK_EQ(cap, 2);
     for (int wave = 0; wave < 3; wave++) { /* more 503s: still the floor */
@@ -119,8 +135,124 @@ void ollama_timeout_credit(void)
         }
         ot_wait(c, r, 4, 10000);
         th_sleep_ms(600);
-        CHECK_EQ(s_capacity(c, "w1"), 2);
+        CHECK_EQ(s_model_slots(c, "w1", "sim-small"), 2);
     }
+    ab_client_destroy(&c);
+}
+
+/* Worker NAME's requests in flight as the broker counts them. */
+static uint32_t s_in_flight(ab_client_t *c, const char *name)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    uint32_t n = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        if (strcmp(wl->workers[i]->name, name) == 0)
+            n = wl->workers[i]->in_flight;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return n;
+}
+
+/* Issue 20: credit per (worker, model). Ollama's slots and queue are per
+ * model; one model's 503s halve that model's limit only, the worker keeps
+ * its capacity, and the broker holds back the limited model's requests
+ * (model_slots) while the other model's go through. */
+void ollama_model_credit(void)
+{
+    int sim = ot_sim("--num-parallel", "8", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "8", "--preload", "sim-small,sim-large",
+               "--ollama-retries", "0", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-large:latest", 1, 30000) == 0);
+    ot_faults(sim, "{\"error_rate\":1,\"error_status\":503,\"model\":\"sim-large\"}");
+    uint32_t cap = 8;
+    for (int wave = 0; wave < 40 && cap > 1; wave++) {
+        ot_res_t r[8];
+        for (int i = 0; i < 8; i++) {
+            ot_gen_t g = {"sim-large", "x", NULL, 0, 1, 5000};
+            ot_start_gen(c, &g, &r[i]);
+        }
+        ot_wait(c, r, 8, 10000);
+        for (int i = 0; i < 8; i++)
+            CHECK_EQ(r[i].status, AB_EBACKENDBUSY);
+        th_sleep_ms(300);
+        cap = s_model_slots(c, "w1", "sim-large");
+    }
+    CHECK_EQ(cap, 1);
+    /* the other model keeps its slots, the worker its capacity */
+    CHECK_EQ(s_model_slots(c, "w1", "sim-small"), 8);
+    CHECK_EQ(s_capacity(c, "w1"), 8);
+    /* sim-large now hangs (no success, no pushback: its limit stays 1):
+     * the broker sends the worker one of four, the others wait at the
+     * broker, where another worker could take them */
+    ot_faults(sim, "{\"reset\":true,\"hang_rate\":1,\"model\":\"sim-large\"}");
+    ot_res_t big[4];
+    for (int i = 0; i < 4; i++) {
+        ot_gen_t g = {"sim-large", "hold", NULL, 0, 200 + i, 20000};
+        ot_start_gen(c, &g, &big[i]);
+    }
+    for (int i = 0; i < 200 && s_in_flight(c, "w1") < 1; i++)
+        th_sleep_ms(25);
+    th_sleep_ms(300);
+    CHECK_EQ(s_in_flight(c, "w1"), 1); /* before: 4 (capacity 8, the worker queued 3) */
+    /* sim-small's requests do not wait behind them (before: capacity 1,
+     * held by the hanging request until its deadline, after theirs) */
+    ot_res_t small[8];
+    for (int i = 0; i < 8; i++) {
+        ot_gen_t g = {"sim-small", "free", NULL, 1, 300 + i, 10000};
+        ot_start_gen(c, &g, &small[i]);
+    }
+    ot_wait(c, small, 8, 15000);
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ(small[i].status, AB_OK);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(big[i].finals, 0); /* still held: the sim-large slot hangs */
+    ab_client_destroy(&c);
+}
+
+/* --model-slots: one model's backlog waits at the broker, not in the
+ * worker's credit. sim-large hangs; the worker takes two of its requests
+ * (the model's cap) and sim-small's requests still go through. */
+void ollama_model_slots(void)
+{
+    int sim = ot_sim("--num-parallel", "8", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "8", "--model-slots", "2", "--preload",
+               "sim-small,sim-large", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-large:latest", 1, 30000) == 0);
+    Agentbus__WorkerList *wl;
+    const Agentbus__InferenceState *st = ot_state(c, "w1", &wl, NULL);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->model_slots_max, 2);
+    agentbus__worker_list__free_unpacked(wl, NULL);
+    ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-large\"}");
+    ot_res_t big[5];
+    for (int i = 0; i < 5; i++) {
+        ot_gen_t g = {"sim-large", "hold", NULL, 0, 400 + i, 20000};
+        ot_start_gen(c, &g, &big[i]);
+    }
+    for (int i = 0; i < 200 && s_in_flight(c, "w1") < 2; i++)
+        th_sleep_ms(25);
+    th_sleep_ms(300);
+    CHECK_EQ(s_in_flight(c, "w1"), 2); /* without the cap: 5 */
+    ot_res_t small[6];
+    for (int i = 0; i < 6; i++) {
+        ot_gen_t g = {"sim-small", "free", NULL, 1, 500 + i, 10000};
+        ot_start_gen(c, &g, &small[i]);
+    }
+    ot_wait(c, small, 6, 15000);
+    for (int i = 0; i < 6; i++)
+        CHECK_EQ(small[i].status, AB_OK);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(big[i].finals, 0);
     ab_client_destroy(&c);
 }
 

@@ -333,6 +333,9 @@ static void s_models_text(const Agentbus__WorkerList *wl)
         printf("  slots %u/%u  in flight %u  shrinks %llu  retries %llu  cancelled %llu\n",
                st->slots, st->slots_max, w->in_flight, (unsigned long long)st->slot_shrinks,
                (unsigned long long)st->backend_retries, (unsigned long long)st->cancelled);
+        for (size_t k = 0; k < st->n_model_slots; k++)
+            printf("  %s: slots %u/%u (pushed back)\n", st->model_slots[k]->name,
+                   st->model_slots[k]->slots, st->slots_max);
         if (st->vram_total)
             printf("  VRAM %.1f GiB free of %.1f GiB\n", st->vram_free / 1073741824.0,
                    st->vram_total / 1073741824.0);
@@ -377,14 +380,20 @@ static void s_models_json(const Agentbus__WorkerList *wl)
                                   json_pack("{s:s, s:s, s:I}", "name", st->models[k]->name,
                                             "digest", st->models[k]->digest, "size",
                                             (json_int_t)st->models[k]->size));
+        json_t *ms = json_object(); /* models limited below slots_max */
+        for (size_t k = 0; k < st->n_model_slots; k++)
+            json_object_set_new(ms, st->model_slots[k]->name,
+                                json_integer(st->model_slots[k]->slots));
         json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:s, s:b, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:o, s:o}",
+            arr, json_pack("{s:s, s:s, s:s, s:s, s:b, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:o, s:o, "
+                           "s:o}",
                            "worker", w->name, "id", w->id, "service", w->service, "backend_url",
                            st->backend_url, "backend_up", st->backend_up, "slots", st->slots,
                            "slots_max", st->slots_max, "in_flight", w->in_flight, "vram_total",
                            (json_int_t)st->vram_total, "vram_free", (json_int_t)st->vram_free,
                            "slot_shrinks", (json_int_t)st->slot_shrinks, "backend_retries",
-                           (json_int_t)st->backend_retries, "loaded", loaded, "models", models));
+                           (json_int_t)st->backend_retries, "loaded", loaded, "models", models,
+                           "model_slots", ms));
     }
     s_print_json(json_pack("{s:o}", "workers", arr));
 }
