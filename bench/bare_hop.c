@@ -265,9 +265,10 @@ double bh_rr(void *s, const char *buf, size_t size, double seconds, int window, 
         }
         done += got;
     }
-    double secs = (double)(tl_now_ns() - t0) / 1e9;
-    for (int i = 0; i < 1000 && done < sent; i++) /* drain before the next run */
-        if (zmq_poll(&it, 1, 10) > 0)
+    uint64_t t1 = tl_now_ns();
+    double secs = (double)(t1 - t0) / 1e9;
+    while (done < sent && tl_now_ns() - t1 < 10000000000ull) /* drain before the next run */
+        if (zmq_poll(&it, 1, 100) > 0)
             done += s_drain(s);
     return done < sent ? -1 : (double)done / secs;
 }

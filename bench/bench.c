@@ -151,9 +151,10 @@ static double s_ab_rr(ab_client_t *c, const char *buf, size_t size, double secon
         if (ab_client_poll(c, 1000) <= 0)
             break;
     }
-    double secs = (double)(tl_now_ns() - t0) / 1e9;
-    for (int i = 0; i < 1000 && n.done + n.failed < sent; i++)
-        ab_client_poll(c, 10);
+    uint64_t t1 = tl_now_ns();
+    double secs = (double)(t1 - t0) / 1e9;
+    while (n.done + n.failed < sent && tl_now_ns() - t1 < 10000000000ull) /* drain */
+        ab_client_poll(c, 100);
     if (n.failed || n.done < sent) {
         fprintf(stderr, "agentbus-bench: %llu requests failed (%s)\n",
                 (unsigned long long)(sent - n.done), ab_strerror(n.last_error));
