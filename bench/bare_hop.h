@@ -24,11 +24,17 @@
 #include <sys/types.h>
 
 typedef enum {
-    BH_FWD_DRAIN,  /* ROUTER->ROUTER, every socket drained after each poll (the baseline) */
+    BH_FWD_BURST,  /* ROUTER->ROUTER, each socket drained in turn, in bursts, after each poll */
+    BH_FWD_ALTERN, /* ROUTER->ROUTER, drained one message from each side in turn */
     BH_FWD_ONE,    /* ROUTER->ROUTER, one message per ready socket per poll */
-    BH_FWD_DEALER, /* ROUTER->DEALER backend, drained after each poll */
-    BH_FWD_PROXY   /* zmq_proxy(ROUTER, DEALER): libzmq's own loop */
+    BH_FWD_DEALER, /* ROUTER->DEALER backend, drained in bursts */
+    BH_FWD_PROXY,  /* zmq_proxy(ROUTER, DEALER): libzmq's own loop */
+    BH_FWD_N
 } bh_fwd_t;
+
+/* The kind the bench measures agentbus against: the fastest of those
+ * tried (--report baseline, docs/bench.md). */
+#define BH_FWD_BASELINE BH_FWD_BURST
 
 /* Client modes (flags for bh_rr). */
 enum {
@@ -38,7 +44,7 @@ enum {
 
 /* Forks the forwarder of KIND, bound to 127.0.0.1 FRONT and BACK ports. */
 pid_t bh_start_forwarder_kind(int front_port, int back_port, bh_fwd_t kind);
-/* The baseline forwarder (BH_FWD_DRAIN). */
+/* The baseline forwarder (BH_FWD_BASELINE). */
 pid_t bh_start_forwarder(int front_port, int back_port);
 /* Forks the echo worker, connected to BACK. */
 pid_t bh_start_echo(int back_port);

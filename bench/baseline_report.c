@@ -20,7 +20,7 @@
 #include <string.h>
 #include <zmq.h>
 
-enum { HOP_N = 4, VAR_MAX = 12 };
+enum { HOP_N = BH_FWD_N, VAR_MAX = 12 };
 
 typedef struct {
     char name[16];
@@ -31,26 +31,29 @@ typedef struct {
 } s_var_t;
 
 static const char *s_hop_text[HOP_N] = {
-    "ROUTER->ROUTER, drain all after each poll", "ROUTER->ROUTER, one message per poll",
-    "ROUTER->DEALER, drain all after each poll", "zmq_proxy(ROUTER, DEALER)"};
+    "ROUTER->ROUTER, drain each side in bursts of 1000 after each poll",
+    "ROUTER->ROUTER, drain one message from each side in turn",
+    "ROUTER->ROUTER, one message per ready socket per poll",
+    "ROUTER->DEALER, drain each side in bursts of 1000", "zmq_proxy(ROUTER, DEALER)"};
 
 /* The variants: the baseline first, then one change each. */
 static int s_variants(const bn_baseline_opts_t *o, s_var_t *v)
 {
     int n = 0, windows[] = {64, 256, 1000, 4000};
-    v[n++] = (s_var_t){"baseline", "the bench's hop and client", BH_FWD_DRAIN, o->window, 0};
+    v[n++] = (s_var_t){"baseline", s_hop_text[BH_FWD_BASELINE], BH_FWD_BASELINE, o->window, 0};
     for (int i = 0; i < 4; i++)
         if (windows[i] != o->window) {
-            v[n] = (s_var_t){"", "other window", BH_FWD_DRAIN, windows[i], 0};
+            v[n] = (s_var_t){"", "the baseline, other window", BH_FWD_BASELINE, windows[i], 0};
             snprintf(v[n].name, sizeof v[n].name, "w%d", windows[i]);
             n++;
         }
+    v[n++] = (s_var_t){"alternate", s_hop_text[BH_FWD_ALTERN], BH_FWD_ALTERN, o->window, 0};
     v[n++] = (s_var_t){"one-per-poll", s_hop_text[BH_FWD_ONE], BH_FWD_ONE, o->window, 0};
     v[n++] = (s_var_t){"dealer-back", s_hop_text[BH_FWD_DEALER], BH_FWD_DEALER, o->window, 0};
     v[n++] = (s_var_t){"zmq_proxy", s_hop_text[BH_FWD_PROXY], BH_FWD_PROXY, o->window, 0};
     v[n++] = (s_var_t){"poll-first", "client polls before each drain (old bench client)",
-                       BH_FWD_DRAIN, o->window, BH_POLL_FIRST};
-    v[n++] = (s_var_t){"copy-send", "client zmq_send copies the payload", BH_FWD_DRAIN,
+                       BH_FWD_BASELINE, o->window, BH_POLL_FIRST};
+    v[n++] = (s_var_t){"copy-send", "client zmq_send copies the payload", BH_FWD_BASELINE,
                        o->window, BH_COPY_SEND};
     return n;
 }
@@ -124,7 +127,7 @@ static void s_figures(const bn_baseline_opts_t *o, const s_var_t *v, int nv, dou
         bf_add("rr_large_msgs_s", l2, "msgs/s", v[i].name, med[i][1]);
         bf_add("window", "window", "n", v[i].name, v[i].window);
         /* Lone latency belongs to the hop, not the window: one column per hop. */
-        if (i == 0 || (v[i].hop != BH_FWD_DRAIN && !v[i].flags)) {
+        if (i == 0 || (v[i].hop != BH_FWD_BASELINE && !v[i].flags)) {
             bf_add("lone_p50_us", "lone p50 us", "us", v[i].name, p50[v[i].hop]);
             bf_add("lone_p99_us", "lone p99 us", "us", v[i].name, p99[v[i].hop]);
         }

@@ -445,6 +445,8 @@ static int s_rr_report(const s_opts_t *o)
     ab_client_destroy(&sys.ab);
     bn_nats_destroy(&sys.nats[0]);
     bn_nats_destroy(&sys.nats[1]);
+    if (o->nats && !o->only)
+        bn_nats_shutdown();
     zmq_ctx_term(ctx);
     free(sys.buf[0]);
     free(sys.buf[1]);

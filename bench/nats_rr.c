@@ -143,6 +143,11 @@ void bn_nats_destroy(bn_nats_t **self_p)
     *self_p = NULL;
 }
 
+void bn_nats_shutdown(void)
+{
+    nats_CloseAndWait(2000);
+}
+
 /* Takes every reply already delivered to the inbox; returns how many. */
 static uint64_t s_drain(bn_nats_t *n, int64_t wait_ms)
 {
@@ -211,6 +216,10 @@ bn_nats_t *bn_nats_client(int port, int asap)
 void bn_nats_destroy(bn_nats_t **self_p)
 {
     *self_p = NULL;
+}
+
+void bn_nats_shutdown(void)
+{
 }
 
 double bn_nats_rr(bn_nats_t *n, const char *buf, size_t size, double seconds, int window)
