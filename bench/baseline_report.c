@@ -39,9 +39,9 @@ static const char *s_hop_text[HOP_N] = {
 /* The variants: the baseline first, then one change each. */
 static int s_variants(const bn_baseline_opts_t *o, s_var_t *v)
 {
-    int n = 0, windows[] = {64, 256, 1000, 4000};
+    int n = 0, windows[] = {64, 256, 1000, 2000, 4000};
     v[n++] = (s_var_t){"baseline", s_hop_text[BH_FWD_BASELINE], BH_FWD_BASELINE, o->window, 0};
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (windows[i] != o->window) {
             v[n] = (s_var_t){"", "the baseline, other window", BH_FWD_BASELINE, windows[i], 0};
             snprintf(v[n].name, sizeof v[n].name, "w%d", windows[i]);
@@ -72,9 +72,13 @@ static int s_hops_start(const bn_baseline_opts_t *o, void *ctx, void *sock[HOP_N
     return 0;
 }
 
+/* MED: each variant's median msgs/s; RATIO: the median over runs of the
+ * baseline's msgs/s over the variant's in the same run (the two measured
+ * seconds apart, so a burst of outside load hits both). */
 static int s_measure(const bn_baseline_opts_t *o, void *sock[HOP_N], const s_var_t *v, int nv,
-                     double med[][2])
+                     double med[][2], double ratio[][2])
 {
+    double q[16];
     static double r[VAR_MAX][2][16];
     const char *buf[2] = {o->payload_small, o->payload_large};
     size_t size[2] = {o->small, o->large};
@@ -93,8 +97,12 @@ static int s_measure(const bn_baseline_opts_t *o, void *sock[HOP_N], const s_var
                     runs, o->small, r[0][0][run], r[nv > 1][0][run]);
     }
     for (int i = 0; i < nv; i++)
-        for (int s = 0; s < 2; s++)
+        for (int s = 0; s < 2; s++) {
+            for (int run = 0; run < runs; run++)
+                q[run] = r[i][s][run] > 0 ? r[0][s][run] / r[i][s][run] : 0;
+            ratio[i][s] = bu_median(q, runs);
             med[i][s] = bu_median(r[i][s], runs);
+        }
     return 0;
 }
 
@@ -117,7 +125,7 @@ static int s_latency(const bn_baseline_opts_t *o, void *sock[HOP_N], double p50[
 }
 
 static void s_figures(const bn_baseline_opts_t *o, const s_var_t *v, int nv, double med[][2],
-                      const double *p50, const double *p99)
+                      double ratio[][2], const double *p50, const double *p99)
 {
     char l1[32], l2[32];
     snprintf(l1, sizeof l1, "rr %zuB msgs/s", o->small);
@@ -133,8 +141,8 @@ static void s_figures(const bn_baseline_opts_t *o, const s_var_t *v, int nv, dou
         }
     }
     for (int i = 1; i < nv; i++) {
-        bf_ratio("rr_small_msgs_s", "baseline", v[i].name, -1, BF_AT_LEAST, 0.95);
-        bf_ratio("rr_large_msgs_s", "baseline", v[i].name, -1, BF_AT_LEAST, 0.95);
+        bf_ratio("rr_small_msgs_s", "baseline", v[i].name, ratio[i][0], BF_AT_LEAST, 0.95);
+        bf_ratio("rr_large_msgs_s", "baseline", v[i].name, ratio[i][1], BF_AT_LEAST, 0.95);
     }
 }
 
@@ -144,8 +152,9 @@ int bn_baseline_report(const bn_baseline_opts_t *o)
     int nv = s_variants(o, v);
     char title[1024];
     int k = snprintf(title, sizeof title,
-                     "agentbus-bench --report baseline: bare ZeroMQ hop variants, medians, "
-                     "interleaved; tcp loopback, same run\n");
+                     "agentbus-bench --report baseline: bare ZeroMQ hop variants, medians of "
+                     "interleaved runs;\nratios are medians of the per-run ratios; tcp "
+                     "loopback, same run\n");
     for (int i = 0; i < nv && k < (int)sizeof title - 100; i++)
         k += snprintf(title + k, sizeof title - (size_t)k, "  %-13s %s, window %d\n", v[i].name,
                       v[i].what, v[i].window);
@@ -154,14 +163,14 @@ int bn_baseline_report(const bn_baseline_opts_t *o)
     bf_param("seconds", o->seconds);
     bf_param("window", o->window);
     void *ctx = zmq_ctx_new(), *sock[HOP_N] = {0};
-    double med[VAR_MAX][2], p50[HOP_N] = {0}, p99[HOP_N] = {0};
+    double med[VAR_MAX][2], ratio[VAR_MAX][2], p50[HOP_N] = {0}, p99[HOP_N] = {0};
     int rc = s_hops_start(o, ctx, sock);
     if (rc == 0)
-        rc = s_measure(o, sock, v, nv, med);
+        rc = s_measure(o, sock, v, nv, med, ratio);
     if (rc == 0 && (rc = s_latency(o, sock, p50, p99)) != 0)
         fprintf(stderr, "agentbus-bench: a lone round trip was lost\n");
     if (rc == 0) {
-        s_figures(o, v, nv, med, p50, p99);
+        s_figures(o, v, nv, med, ratio, p50, p99);
         rc = bf_print(o->format);
     }
     for (int h = 0; h < HOP_N; h++)

@@ -608,7 +608,9 @@ static void s_usage(void)
            "  --pubsub             instead: pub/sub fan-out (1, 10, 100 subscribers) against\n"
            "                       bare ZeroMQ PUB/SUB and an XSUB/XPUB proxy, and agent\n"
            "                       ask/reply against request/reply (--subscribers LIST,\n"
-           "                       --seconds, --runs (default 3), --window, --size-small)\n",
+           "                       --seconds, --runs (default 3), --window (default 256),\n"
+           "                       --size-small, --targets, --json, --csv); target: >= 0.8x\n"
+           "                       the proxy at 10 and 100 subscribers\n",
            BENCH_WINDOW);
 }
 
