@@ -142,7 +142,8 @@ static int s_sys_start(const bn_batch_report_opts_t *o, int which, s_sys_t *sys)
                           NULL};
     const char *b[] = {o->broker_bin, "--bind", sys->ep, "--log-level", "warn", NULL};
     const char *w[] = {o->worker_bin, "--broker",   sys->ep, "--backend", "echo",
-                       "--service",   "echo",       "--capacity", "100000", NULL};
+                       "--service",   "echo",       "--capacity", "100000",
+                       "--log-level", "warn",  NULL};
     sys->broker = o->spawn(b, benv);
     sys->worker = o->spawn(w, benv);
     ab_options_t *opts = ab_options_new();

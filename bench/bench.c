@@ -194,7 +194,8 @@ static ab_client_t *s_ab_setup(const s_opts_t *o)
                            "--keys-dir", keys, NULL};
         s_spawn_env(b, env);
         const char *w[] = {o->worker_bin, "--broker", ep, "--backend", "echo", "--service", "echo",
-                           "--capacity", "100000", o->auth_dir ? "--key" : NULL, wkey,
+                           "--capacity", "100000", "--log-level", "warn",
+                           o->auth_dir ? "--key" : NULL, wkey,
                            "--broker-key", bpub, NULL};
         s_spawn_env(w, env);
     }

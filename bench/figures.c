@@ -175,19 +175,21 @@ static void s_print_table(void)
     }
     if (!S.nratio)
         return;
-    printf("\n%-24s %-34s %8s %8s  %s\n", "ratio", "system / baseline", "value", "target",
+    printf("\n%-24s %-34s %8s %10s  %s\n", "ratio", "system / baseline", "value", "target",
            S.judge ? "status" : "(targets not judged)");
     for (int i = 0; i < S.nratio; i++) {
         const s_ratio_t *r = &S.ratio[i];
         char pair[96], bound[16] = "", status[48] = "";
         snprintf(pair, sizeof pair, "%s / %s", r->system, r->baseline);
-        if (r->op != BF_INFO)
+        if (r->op == BF_WITHIN)
+            snprintf(bound, sizeof bound, "%.2f-%.2fx", 2 - r->bound, r->bound);
+        else if (r->op != BF_INFO)
             snprintf(bound, sizeof bound, "%s%.2fx", s_op_text(r->op), r->bound);
         if (!r->measured)
             snprintf(status, sizeof status, "not measured");
         else if (r->op != BF_INFO)
             snprintf(status, sizeof status, r->met ? "met" : "MISSED (%+.0f%%)", s_miss_pct(r));
-        printf("%-24s %-34s %7.2fx %8s  %s\n", s_label(r->key), pair, r->ratio, bound, status);
+        printf("%-24s %-34s %7.2fx %10s  %s\n", s_label(r->key), pair, r->ratio, bound, status);
     }
     if (S.judge)
         printf("\ntargets missed: %d\n", s_missed());
