@@ -382,7 +382,7 @@ static int s_print(const s_popts_t *o, double med[8][3], double mreq, double mas
     }
     bf_add("direct_rr_msgs_s", "request/reply msgs/s", "msgs/s", "agentbus", mreq);
     bf_add("direct_ask_msgs_s", "agent ask/reply msgs/s", "msgs/s", "agentbus", mask);
-    bf_add("ask_vs_rr_x", "ask/reply vs request/reply", "x", "agentbus",
+    bf_add("ask_vs_rr_x", "ask/reply vs rr", "x", "agentbus",
            mreq > 0 ? mask / mreq : 0);
     for (int k = 0; k < o->nn; k++) {
         char key[40];
@@ -471,7 +471,7 @@ int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *wo
     const char *b[] = {o.broker_bin, "--bind", bep, "--log-level", "warn", NULL};
     s_kids[s_nkids++] = s_exec(b);
     const char *w[] = {o.worker_bin, "--broker", bep, "--backend", "echo", "--service", "echo",
-                       "--capacity", "100000", NULL};
+                       "--capacity", "100000", "--log-level", "warn", NULL};
     s_kids[s_nkids++] = s_exec(w);
     s_kids[s_nkids++] = s_proxy_start(xin, xout);
 
