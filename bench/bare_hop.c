@@ -150,7 +150,10 @@ static void s_forward(int front_port, int back_port, bh_fwd_t kind)
         zmq_proxy(f.front, f.back, NULL);
         _exit(0);
     }
-    s_fwd_loop(&f, kind == BH_FWD_ONE ? 0 : kind == BH_FWD_ALTERN ? 1 : 1000);
+    s_fwd_loop(&f, kind == BH_FWD_ONE      ? 0
+                   : kind == BH_FWD_ALTERN  ? 1
+                   : kind == BH_FWD_BURST64 ? 64
+                                            : 1000);
 }
 
 static void s_echo(int back_port)

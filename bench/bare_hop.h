@@ -25,6 +25,7 @@
 
 typedef enum {
     BH_FWD_BURST,  /* ROUTER->ROUTER, each socket drained in turn, in bursts, after each poll */
+    BH_FWD_BURST64, /* the same with bursts of 64 instead of 1000 */
     BH_FWD_ALTERN, /* ROUTER->ROUTER, drained one message from each side in turn */
     BH_FWD_ONE,    /* ROUTER->ROUTER, one message per ready socket per poll */
     BH_FWD_DEALER, /* ROUTER->DEALER backend, drained in bursts */

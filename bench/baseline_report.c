@@ -20,7 +20,7 @@
 #include <string.h>
 #include <zmq.h>
 
-enum { HOP_N = BH_FWD_N, VAR_MAX = 12 };
+enum { HOP_N = BH_FWD_N, VAR_MAX = 14 };
 
 typedef struct {
     char name[16];
@@ -32,6 +32,7 @@ typedef struct {
 
 static const char *s_hop_text[HOP_N] = {
     "ROUTER->ROUTER, drain each side in bursts of 1000 after each poll",
+    "ROUTER->ROUTER, drain each side in bursts of 64 after each poll",
     "ROUTER->ROUTER, drain one message from each side in turn",
     "ROUTER->ROUTER, one message per ready socket per poll",
     "ROUTER->DEALER, drain each side in bursts of 1000", "zmq_proxy(ROUTER, DEALER)"};
@@ -47,6 +48,7 @@ static int s_variants(const bn_baseline_opts_t *o, s_var_t *v)
             snprintf(v[n].name, sizeof v[n].name, "w%d", windows[i]);
             n++;
         }
+    v[n++] = (s_var_t){"burst-64", s_hop_text[BH_FWD_BURST64], BH_FWD_BURST64, o->window, 0};
     v[n++] = (s_var_t){"alternate", s_hop_text[BH_FWD_ALTERN], BH_FWD_ALTERN, o->window, 0};
     v[n++] = (s_var_t){"one-per-poll", s_hop_text[BH_FWD_ONE], BH_FWD_ONE, o->window, 0};
     v[n++] = (s_var_t){"dealer-back", s_hop_text[BH_FWD_DEALER], BH_FWD_DEALER, o->window, 0};
