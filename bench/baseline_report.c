@@ -48,7 +48,7 @@ static int s_variants(const bn_baseline_opts_t *o, s_var_t *v)
             snprintf(v[n].name, sizeof v[n].name, "w%d", windows[i]);
             n++;
         }
-    v[n++] = (s_var_t){"burst-64", s_hop_text[BH_FWD_BURST64], BH_FWD_BURST64, o->window, 0};
+    v[n++] = (s_var_t){"burst-1000", s_hop_text[BH_FWD_BURST], BH_FWD_BURST, o->window, 0};
     v[n++] = (s_var_t){"alternate", s_hop_text[BH_FWD_ALTERN], BH_FWD_ALTERN, o->window, 0};
     v[n++] = (s_var_t){"one-per-poll", s_hop_text[BH_FWD_ONE], BH_FWD_ONE, o->window, 0};
     v[n++] = (s_var_t){"dealer-back", s_hop_text[BH_FWD_DEALER], BH_FWD_DEALER, o->window, 0};
