@@ -263,6 +263,26 @@ typedef struct {
     double r_small, r_mid, r_mid_wire, r_big, r_big_wire, r_small_cpu;
 } s_res_t;
 
+/* Lone requests, alternating slices between on and off. */
+static int s_measure_lat(const bn_batch_report_opts_t *o, s_sys_t *sys, const char *small,
+                         size_t size, s_res_t *res)
+{
+    tl_hist_t *h[2] = {calloc(1, sizeof(tl_hist_t)), calloc(1, sizeof(tl_hist_t))};
+    int n = o->latency_count / 10, rc = h[0] && h[1] ? 0 : -1;
+    bf_progress("lone round trips: %d per system", o->latency_count);
+    for (int slice = 0; slice < 10 && rc == 0; slice++)
+        for (int s = 0; s < 2 && rc == 0; s++)
+            if ((slice == 0 && s_lat(&sys[s], small, size, n, NULL) != 0) ||
+                s_lat(&sys[s], small, size, n, h[s]) != 0)
+                rc = -1;
+    for (int s = 0; s < 2; s++) {
+        res->p50[s] = rc == 0 ? tl_hist_percentile(h[s], 50) : 0;
+        res->p99[s] = rc == 0 ? tl_hist_percentile(h[s], 99) : 0;
+        free(h[s]);
+    }
+    return rc;
+}
+
 static int s_measure(const bn_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
 {
     double sm[SYS_N][16], md[SYS_N][16], mw[SYS_N][16], bg[SYS_N][16], bw[SYS_N][16];
@@ -316,21 +336,8 @@ static int s_measure(const bn_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
         res->r_big = bu_median(rb, runs);
         res->r_big_wire = bu_median(rbw, runs);
     }
-    /* Lone requests, alternating slices between on and off. */
-    tl_hist_t *h[2] = {calloc(1, sizeof(tl_hist_t)), calloc(1, sizeof(tl_hist_t))};
-    int n = o->latency_count / 10;
     if (rc == 0)
-        bf_progress("lone round trips: %d per system", o->latency_count);
-    for (int slice = 0; slice < 10 && rc == 0; slice++)
-        for (int s = 0; s < 2 && rc == 0; s++)
-            if ((slice == 0 && s_lat(&sys[s], small, sizeof small, n, NULL) != 0) ||
-                s_lat(&sys[s], small, sizeof small, n, h[s]) != 0)
-                rc = -1;
-    for (int s = 0; s < 2; s++) {
-        res->p50[s] = tl_hist_percentile(h[s], 50);
-        res->p99[s] = tl_hist_percentile(h[s], 99);
-        free(h[s]);
-    }
+        rc = s_measure_lat(o, sys, small, sizeof small, res);
     free(mid);
     free(big);
     return rc;
