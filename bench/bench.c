@@ -593,8 +593,8 @@ static void s_usage(void)
            "  --batching on|off    batching and lz4 in the agentbus system (default on)\n"
            "  --corpus NAME        payload bytes: text (prose-like, default), json (chat\n"
            "                       messages), random (incompressible) or zeros\n"
-           "  --targets on|off     judge the targets (default on); off: figures and ratios\n"
-           "                       only, exit 0 whatever they are\n"
+           "  --targets on|off     judge the targets (default on, and only with --runs >= 3);\n"
+           "                       off: figures and ratios only, exit 0 whatever they are\n"
            "  --json               one JSON object instead of the table\n"
            "  --csv                CSV rows (params, figures, ratios) instead of the table\n"
            "  --report baseline    instead: the bare hop beside the variants tried (windows,\n"
@@ -726,6 +726,11 @@ int main(int argc, char **argv)
     int prc = s_parse(&o, argc, argv);
     if (prc)
         return prc > 0 ? 0 : 2;
+    if (o.judge && o.runs < 3) { /* a target is judged on a median of >= 3 runs */
+        fprintf(stderr, "agentbus-bench: --runs %d: targets not judged (that takes >= 3 runs)\n",
+                o.runs);
+        o.judge = 0;
+    }
     signal(SIGINT, s_on_signal);
     signal(SIGTERM, s_on_signal);
     signal(SIGPIPE, SIG_IGN);

@@ -18,7 +18,7 @@ typedef struct {
 typedef struct {
     char key[MAX_NAME], system[MAX_NAME], baseline[MAX_NAME];
     double ratio, bound;
-    bf_op_t op;
+    bf_op_t op, shown; /* judged op (BF_INFO when not judging); the target as printed */
     int measured, met;
 } s_ratio_t;
 
@@ -87,6 +87,7 @@ void bf_ratio(const char *key, const char *system, const char *baseline, double 
     r->measured = a && b && b->value > 0 && a->value >= 0;
     r->ratio = ratio >= 0 ? ratio : r->measured ? a->value / b->value : 0;
     r->op = S.judge ? op : BF_INFO;
+    r->shown = op;
     r->bound = bound;
     r->met = !r->measured || r->op == BF_INFO ||
              (r->op == BF_AT_LEAST && r->ratio >= bound) ||
@@ -181,15 +182,20 @@ static void s_print_table(void)
         const s_ratio_t *r = &S.ratio[i];
         char pair[96], bound[16] = "", status[48] = "";
         snprintf(pair, sizeof pair, "%s / %s", r->system, r->baseline);
-        if (r->op == BF_WITHIN)
+        char value[16] = "-";
+        if (r->shown == BF_WITHIN)
             snprintf(bound, sizeof bound, "%.2f-%.2fx", 2 - r->bound, r->bound);
-        else if (r->op != BF_INFO)
-            snprintf(bound, sizeof bound, "%s%.2fx", s_op_text(r->op), r->bound);
+        else if (r->shown != BF_INFO)
+            snprintf(bound, sizeof bound, "%s%.2fx", s_op_text(r->shown), r->bound);
+        if (r->measured)
+            snprintf(value, sizeof value, "%.2fx", r->ratio);
         if (!r->measured)
             snprintf(status, sizeof status, "not measured");
         else if (r->op != BF_INFO)
             snprintf(status, sizeof status, r->met ? "met" : "MISSED (%+.0f%%)", s_miss_pct(r));
-        printf("%-24s %-34s %7.2fx %10s  %s\n", s_label(r->key), pair, r->ratio, bound, status);
+        else if (r->shown != BF_INFO)
+            snprintf(status, sizeof status, "not judged");
+        printf("%-24s %-34s %8s %10s  %s\n", s_label(r->key), pair, value, bound, status);
     }
     if (S.judge)
         printf("\ntargets missed: %d\n", s_missed());
@@ -229,9 +235,10 @@ static void s_print_json(void)
                "\"ratio\": %.4f",
                i ? "," : "", r->key, r->system, r->baseline, r->measured ? "true" : "false",
                r->ratio);
+        if (r->shown != BF_INFO)
+            printf(", \"target\": \"%s%.2f\"", s_op_text(r->shown), r->bound);
         if (r->op != BF_INFO)
-            printf(", \"target\": \"%s%.2f\", \"met\": %s, \"miss_pct\": %.1f", s_op_text(r->op),
-                   r->bound, r->met ? "true" : "false", s_miss_pct(r));
+            printf(", \"met\": %s, \"miss_pct\": %.1f", r->met ? "true" : "false", s_miss_pct(r));
         printf("}");
     }
     printf("],\n \"targets_judged\": %s, \"targets_missed\": %d}\n", S.judge ? "true" : "false",
@@ -255,9 +262,10 @@ static void s_print_csv(void)
         if (r->measured)
             printf("%.4f", r->ratio);
         printf(",x,");
+        if (r->shown != BF_INFO)
+            printf("%s%.2f", s_op_text(r->shown), r->bound);
         if (r->op != BF_INFO)
-            printf("%s%.2f,%s,%.1f", s_op_text(r->op), r->bound, r->met ? "yes" : "no",
-                   s_miss_pct(r));
+            printf(",%s,%.1f", r->met ? "yes" : "no", s_miss_pct(r));
         else
             printf(",,");
         printf("\n");
