@@ -142,7 +142,8 @@ static int s_sys_start(const bn_batch_report_opts_t *o, int which, s_sys_t *sys)
                           NULL};
     const char *b[] = {o->broker_bin, "--bind", sys->ep, "--log-level", "warn", NULL};
     const char *w[] = {o->worker_bin, "--broker",   sys->ep, "--backend", "echo",
-                       "--service",   "echo",       "--capacity", "100000", NULL};
+                       "--service",   "echo",       "--capacity", "100000",
+                       "--log-level", "warn",  NULL};
     sys->broker = o->spawn(b, benv);
     sys->worker = o->spawn(w, benv);
     ab_options_t *opts = ab_options_new();
@@ -262,6 +263,26 @@ typedef struct {
     double r_small, r_mid, r_mid_wire, r_big, r_big_wire, r_small_cpu;
 } s_res_t;
 
+/* Lone requests, alternating slices between on and off. */
+static int s_measure_lat(const bn_batch_report_opts_t *o, s_sys_t *sys, const char *small,
+                         size_t size, s_res_t *res)
+{
+    tl_hist_t *h[2] = {calloc(1, sizeof(tl_hist_t)), calloc(1, sizeof(tl_hist_t))};
+    int n = o->latency_count / 10, rc = h[0] && h[1] ? 0 : -1;
+    bf_progress("lone round trips: %d per system", o->latency_count);
+    for (int slice = 0; slice < 10 && rc == 0; slice++)
+        for (int s = 0; s < 2 && rc == 0; s++)
+            if ((slice == 0 && s_lat(&sys[s], small, size, n, NULL) != 0) ||
+                s_lat(&sys[s], small, size, n, h[s]) != 0)
+                rc = -1;
+    for (int s = 0; s < 2; s++) {
+        res->p50[s] = rc == 0 ? tl_hist_percentile(h[s], 50) : 0;
+        res->p99[s] = rc == 0 ? tl_hist_percentile(h[s], 99) : 0;
+        free(h[s]);
+    }
+    return rc;
+}
+
 static int s_measure(const bn_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res)
 {
     double sm[SYS_N][16], md[SYS_N][16], mw[SYS_N][16], bg[SYS_N][16], bw[SYS_N][16];
@@ -285,6 +306,10 @@ static int s_measure(const bn_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
             if (s != SYS_OFF && (bg[s][r] = s_rr(o, &sys[s], big, BIG, &bw[s][r], NULL)) < 0)
                 rc = -1;
         if (rc == 0) {
+            bf_progress("run %d/%d msgs/s: 64B on %.0f off %.0f nolz4 %.0f | 4KiB on %.0f nolz4 "
+                        "%.0f | 64KiB on %.0f nolz4 %.0f", r + 1, runs, sm[SYS_ON][r],
+                        sm[SYS_OFF][r], sm[SYS_NOLZ4][r], md[SYS_ON][r], md[SYS_NOLZ4][r],
+                        bg[SYS_ON][r], bg[SYS_NOLZ4][r]);
             rs[r] = sm[SYS_ON][r] / sm[SYS_OFF][r];
             rsc[r] = sc[SYS_OFF][r] > 0 ? sc[SYS_ON][r] / sc[SYS_OFF][r] : 0;
             rm[r] = md[SYS_ON][r] / md[SYS_NOLZ4][r];
@@ -311,79 +336,57 @@ static int s_measure(const bn_batch_report_opts_t *o, s_sys_t *sys, s_res_t *res
         res->r_big = bu_median(rb, runs);
         res->r_big_wire = bu_median(rbw, runs);
     }
-    /* Lone requests, alternating slices between on and off. */
-    tl_hist_t *h[2] = {calloc(1, sizeof(tl_hist_t)), calloc(1, sizeof(tl_hist_t))};
-    int n = o->latency_count / 10;
-    for (int slice = 0; slice < 10 && rc == 0; slice++)
-        for (int s = 0; s < 2 && rc == 0; s++)
-            if ((slice == 0 && s_lat(&sys[s], small, sizeof small, n, NULL) != 0) ||
-                s_lat(&sys[s], small, sizeof small, n, h[s]) != 0)
-                rc = -1;
-    for (int s = 0; s < 2; s++) {
-        res->p50[s] = tl_hist_percentile(h[s], 50);
-        res->p99[s] = tl_hist_percentile(h[s], 99);
-        free(h[s]);
-    }
+    if (rc == 0)
+        rc = s_measure_lat(o, sys, small, sizeof small, res);
     free(mid);
     free(big);
     return rc;
 }
 
-static double s_ratio(double a, double b)
+static void s_print_sys(const char *key, const char *label, const char *unit, const double *v,
+                        int with_off)
 {
-    return b > 0 ? a / b : 0;
+    for (int s = 0; s < SYS_N; s++)
+        if (with_off || s != SYS_OFF)
+            bf_add(key, label, unit, s_sys_name[s], v[s]);
 }
 
-static void s_print(const bn_batch_report_opts_t *o, const s_res_t *r)
+static int s_print(const bn_batch_report_opts_t *o, const s_res_t *r)
 {
-    const char *cn = bn_corpus_name(o->corpus);
-    if (o->json) {
-        printf("{\"report\": \"batching\", \"runs\": %d, \"seconds\": %.2f, \"window\": %d, "
-               "\"corpus\": \"%s\",\n"
-               " \"rr_64_msgs_s\": {\"on\": %.0f, \"off\": %.0f, \"ratio\": %.3f},\n"
-               " \"cpu_64_us_per_req\": {\"on\": %.2f, \"off\": %.2f, \"ratio\": %.3f},\n"
-               " \"lone_p50_us\": {\"on\": %.1f, \"off\": %.1f, \"ratio\": %.3f},\n"
-               " \"lone_p99_us\": {\"on\": %.1f, \"off\": %.1f, \"ratio\": %.3f},\n"
-               " \"rr_4k_msgs_s\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
-               " \"wire_4k_bytes_per_req\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
-               " \"rr_64k_msgs_s\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f},\n"
-               " \"wire_64k_bytes_per_req\": {\"lz4\": %.0f, \"nolz4\": %.0f, \"ratio\": %.3f}}\n",
-               o->runs, o->seconds, o->window, cn, r->small[SYS_ON], r->small[SYS_OFF],
-               r->r_small, r->small_cpu[SYS_ON], r->small_cpu[SYS_OFF], r->r_small_cpu,
-               r->p50[SYS_ON] / 1e3,
-               r->p50[SYS_OFF] / 1e3, s_ratio((double)r->p50[SYS_ON], (double)r->p50[SYS_OFF]),
-               r->p99[SYS_ON] / 1e3, r->p99[SYS_OFF] / 1e3,
-               s_ratio((double)r->p99[SYS_ON], (double)r->p99[SYS_OFF]), r->mid[SYS_ON],
-               r->mid[SYS_NOLZ4], r->r_mid, r->mid_wire[SYS_ON], r->mid_wire[SYS_NOLZ4],
-               r->r_mid_wire, r->big[SYS_ON], r->big[SYS_NOLZ4], r->r_big, r->big_wire[SYS_ON],
-               r->big_wire[SYS_NOLZ4], r->r_big_wire);
-        return;
+    char title[400];
+    snprintf(title, sizeof title,
+             "agentbus-bench --report batching: window %d (4 KiB: %d, 64 KiB: %d), corpus %s;\n"
+             "three systems side by side (on: batching+lz4, off: neither, nolz4: batching only);"
+             "\nfigures are medians over runs, throughput ratios medians of the per-run ratios",
+             o->window, o->window < 256 ? o->window : 256, o->window < 64 ? o->window : 64,
+             bn_corpus_name(o->corpus));
+    bf_begin("batching", title, o->judge);
+    bf_param("runs", o->runs);
+    bf_param("seconds", o->seconds);
+    bf_param("window", o->window);
+    bf_param("latency_count", o->latency_count);
+    double p50[SYS_N], p99[SYS_N];
+    for (int s = 0; s < SYS_N; s++)
+        p50[s] = r->p50[s] / 1e3, p99[s] = r->p99[s] / 1e3;
+    s_print_sys("rr_64_msgs_s", "rr 64B msgs/s", "msgs/s", r->small, 1);
+    s_print_sys("cpu_64_us_per_req", "64B CPU us/request", "us", r->small_cpu, 1);
+    for (int s = 0; s < 2; s++) { /* lone round trips: on and off only */
+        bf_add("lone_p50_us", "lone p50 us", "us", s_sys_name[s], p50[s]);
+        bf_add("lone_p99_us", "lone p99 us", "us", s_sys_name[s], p99[s]);
     }
-    printf("agentbus-bench --report batching: %d runs x %.1f s, window %d (4 KiB: %d, 64 KiB: %d),"
-           " corpus %s, medians;\n"
-           "three systems side by side (on: batching+lz4, off: neither, nolz4: batching only);\n"
-           "figures are medians over runs, ratios medians of the per-run ratios\n\n",
-           o->runs, o->seconds, o->window, o->window < 256 ? o->window : 256,
-           o->window < 64 ? o->window : 64, cn);
-    printf("%-30s %12s %12s %8s %10s\n", "workload", "on", "baseline", "ratio", "target");
-    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "rr 64B msgs/s (vs off)", r->small[SYS_ON],
-           r->small[SYS_OFF], r->r_small, ">=3x");
-    printf("%-30s %12.2f %12.2f %7.2fx %10s\n", "64B CPU us/request (vs off)",
-           r->small_cpu[SYS_ON], r->small_cpu[SYS_OFF], r->r_small_cpu, "");
-    printf("%-30s %12.1f %12.1f %7.2fx %10s\n", "lone p50 us (vs off)", r->p50[SYS_ON] / 1e3,
-           r->p50[SYS_OFF] / 1e3, s_ratio((double)r->p50[SYS_ON], (double)r->p50[SYS_OFF]),
-           "0.9-1.1x");
-    printf("%-30s %12.1f %12.1f %7.2fx %10s\n", "lone p99 us (vs off)", r->p99[SYS_ON] / 1e3,
-           r->p99[SYS_OFF] / 1e3, s_ratio((double)r->p99[SYS_ON], (double)r->p99[SYS_OFF]),
-           "0.9-1.1x");
-    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "rr 4KiB msgs/s (vs nolz4)", r->mid[SYS_ON],
-           r->mid[SYS_NOLZ4], r->r_mid, "");
-    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "4KiB wire bytes/req (vs nolz4)",
-           r->mid_wire[SYS_ON], r->mid_wire[SYS_NOLZ4], r->r_mid_wire, "");
-    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "rr 64KiB msgs/s (vs nolz4)", r->big[SYS_ON],
-           r->big[SYS_NOLZ4], r->r_big, "");
-    printf("%-30s %12.0f %12.0f %7.2fx %10s\n", "64KiB wire bytes/req (vs nolz4)",
-           r->big_wire[SYS_ON], r->big_wire[SYS_NOLZ4], r->r_big_wire, "");
+    s_print_sys("rr_4k_msgs_s", "rr 4KiB msgs/s", "msgs/s", r->mid, 0);
+    s_print_sys("wire_4k_bytes_per_req", "4KiB wire bytes/req", "bytes", r->mid_wire, 0);
+    s_print_sys("rr_64k_msgs_s", "rr 64KiB msgs/s", "msgs/s", r->big, 0);
+    s_print_sys("wire_64k_bytes_per_req", "64KiB wire bytes/req", "bytes", r->big_wire, 0);
+    bf_ratio("rr_64_msgs_s", "on", "off", r->r_small, BF_AT_LEAST, 3.0);
+    bf_ratio("cpu_64_us_per_req", "on", "off", r->r_small_cpu, BF_INFO, 0);
+    bf_ratio("lone_p50_us", "on", "off", -1, BF_WITHIN, 1.1);
+    bf_ratio("lone_p99_us", "on", "off", -1, BF_WITHIN, 1.1);
+    bf_ratio("rr_4k_msgs_s", "on", "nolz4", r->r_mid, BF_INFO, 0);
+    bf_ratio("wire_4k_bytes_per_req", "on", "nolz4", r->r_mid_wire, BF_INFO, 0);
+    bf_ratio("rr_64k_msgs_s", "on", "nolz4", r->r_big, BF_INFO, 0);
+    bf_ratio("wire_64k_bytes_per_req", "on", "nolz4", r->r_big_wire, BF_INFO, 0);
+    return bf_print(o->format);
 }
 
 int bn_batch_report(const bn_batch_report_opts_t *o)
@@ -391,6 +394,8 @@ int bn_batch_report(const bn_batch_report_opts_t *o)
     s_sys_t sys[SYS_N];
     memset(sys, 0, sizeof sys);
     int rc = 0;
+    bf_begin("batching", "", o->judge); /* progress times from here */
+    bf_progress("starting the three systems");
     for (int s = 0; s < SYS_N && rc == 0; s++)
         rc = s_sys_start(o, s, &sys[s]);
     s_res_t res;
@@ -398,7 +403,7 @@ int bn_batch_report(const bn_batch_report_opts_t *o)
     if (rc == 0 && (rc = s_measure(o, sys, &res)) != 0)
         fprintf(stderr, "agentbus-bench: a measurement failed\n");
     if (rc == 0)
-        s_print(o, &res);
+        rc = s_print(o, &res);
     for (int s = 0; s < SYS_N; s++)
         ab_client_destroy(&sys[s].c);
     return rc;
