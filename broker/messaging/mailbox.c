@@ -14,6 +14,7 @@
  */
 #define AB_LOG_SUBSYS "messaging" /* log.h: the subsystem in log lines */
 #include "msgs.h"
+#include "link.h"
 #include "router.h"
 #include "agentbus.h"
 #include "topic.h"
@@ -221,7 +222,9 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
     ab_msgs_t *m = b->msgs;
     ab_broker_config_t *cfg = b->cfg;
     char sbuf[2 * AB_RID_MAX + 2], name[AB_NAME_MAX];
-    const char *sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
+    const char *sender = ab_link_msg_sender(p, h, sbuf, sizeof sbuf); /* from a peer broker */
+    if (!sender)
+        sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
     size_t size = body ? zmq_msg_size(body) : 0;
     if (size > cfg->message_max_bytes) {
         ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_TOO_LARGE,
@@ -230,6 +233,11 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
         return;
     }
     ab_view_copy(h->target, name, sizeof name);
+    /* Not bound here but on a peer broker: over the link (link_msg.c). */
+    ab_agent_t *here = name[0] != '~' ? zhashx_lookup(m->agents, name) : NULL;
+    if (h->target.len < AB_NAME_MAX &&
+        ab_link_msg_send(b, p, h, body, name, sender, here && here->peer))
+        return;
     if (h->target.len > 1 && h->target.len < AB_NAME_MAX && name[0] == '~' &&
         strlen(name) == h->target.len) {
         s_send_unnamed(b, p, h, body, name, sender);
