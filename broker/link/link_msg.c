@@ -49,6 +49,9 @@
 #define AB_LINK_SEND_WAIT_MS 60000
 #define S_FWD_BIT (1ull << 63)   /* request ids (b->next_bid) never reach it */
 #define S_SENDER_MAX 512
+/* Link ticks between unconditional resends of the whole sets: a set lost on
+ * the way (a connection replaced while it was in flight) is repaired. */
+#define AB_LINK_MSG_REFRESH_TICKS 50
 
 /* One link's messaging state. */
 struct ab_link_msg {
@@ -76,6 +79,7 @@ struct ab_link_msgs {
     ab_idmap_t pending; /* fid -> s_pend_t */
     ab_list_t order;
     uint64_t seq;
+    uint32_t ticks;
 };
 
 static const char s_one = 1; /* the value of set members */
@@ -158,6 +162,10 @@ void ab_link_msg_down(ab_broker_t *b, ab_link_t *l)
         s_pend_t *e = ab_list_data(n, s_pend_t, node);
         if (e->l != l)
             continue;
+        if (!e->rid.len) { /* handed over from a mailbox: nobody waits for it */
+            s_pend_remove(ms, e);
+            continue;
+        }
         char text[192];
         snprintf(text, sizeof text, "the link to broker '%s' was lost before it confirmed the "
                  "message to '%s' (it may have been delivered)", l->name, e->target);
@@ -265,6 +273,10 @@ static void s_expire(ab_broker_t *b, int64_t now)
         s_pend_t *e = ab_list_data(n, s_pend_t, node);
         if (e->expires_ms > now)
             break;
+        if (!e->rid.len) {
+            s_pend_remove(ms, e);
+            continue;
+        }
         char text[160];
         snprintf(text, sizeof text, "broker '%s' did not confirm the message to '%s'",
                  e->l->name, e->target);
@@ -282,6 +294,7 @@ void ab_link_msg_tick(ab_broker_t *b, int64_t now)
     s_expire(b, now);
     if (!ab_link_up_count(b))
         return;
+    int refresh = ++ls->msg->ticks % AB_LINK_MSG_REFRESH_TICKS == 0;
     size_t nn, nt;
     uint64_t nsig = s_names_sig(b, &nn), tsig = s_topics_sig(b, &nt);
     for (int i = 0; i < AB_LINKS_MAX; i++) {
@@ -289,6 +302,8 @@ void ab_link_msg_tick(ab_broker_t *b, int64_t now)
         struct ab_link_msg *lm = l && l->up ? s_lm(l) : NULL;
         if (!lm)
             continue;
+        if (refresh)
+            lm->names_sent = lm->topics_sent = 0;
         if (!lm->names_sent || lm->names_sig != nsig) {
             lm->names_sig = nsig;
             s_send_names(b, l, nn);
@@ -321,6 +336,8 @@ static void s_set_replace(ab_broker_t *b, zhashx_t *set, char **items, size_t co
     }
 }
 
+static void s_hand_over_all(ab_broker_t *b, ab_link_t *l, int64_t now);
+
 void ab_link_msg_on_link(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m, int64_t now)
 {
     struct ab_link_msg *lm = s_lm(l);
@@ -332,6 +349,7 @@ void ab_link_msg_on_link(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *
             AB_LOG_RL(&b->rl, 0x11e0 + (uint64_t)l->idx, now, AB_LOG_WARN,
                       "link '%s': %zu agent names offered, %d taken", l->name, m->n_names,
                       AB_LINK_NAMES_MAX);
+        s_hand_over_all(b, l, now);
     } else if (m->type == S_LM_INTEREST) {
         s_set_replace(b, lm->topics, m->topics, m->n_topics, AB_LINK_TOPICS_MAX, 1);
         /* More patterns than a peer may list means it wants everything. */
@@ -408,39 +426,32 @@ static const char *s_sender_out(ab_broker_t *b, ab_peer_t *p, const char *sender
     return buf;
 }
 
-/* Sends SEND IN (for TARGET, from SENDER) over L and records it. 0 sent,
- * 1 it may not cross L (it stays here), -1 L does not take it now. */
-static int s_forward_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, zmq_msg_t *body,
-                          ab_link_t *l, const char *target, const char *sender)
+/* Sends SEND H (its id and credit set here; BODY moved when sent) over L
+ * and records who waits for the answer: RID with its ID (WANT: it asked
+ * for "delivered"/"queued"), or nobody (RID NULL). 0 or -1. */
+static int s_send_recorded(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *body,
+                           const ab_rid_t *rid, uint64_t id, int want, const char *target)
 {
     struct ab_link_msgs *ms = b->links->msg;
-    char via[AB_VIA_MAX], okey[AB_LINK_KEY_TXT], sbuf[S_SENDER_MAX];
-    ab_header_t h = ab_header_init(AB_KIND_SEND);
-    if (s_route_fields(b, p, in, l, &h, via, okey) != 0)
-        return 1; /* not over L: the local mailbox */
     s_pend_t *e = calloc(1, sizeof *e);
     if (!e || ab_idmap_put(&ms->pending, S_FWD_BIT | (ms->seq + 1), e) != 0) {
         free(e);
         return -1;
     }
     e->fid = S_FWD_BIT | ++ms->seq;
-    e->rid = p->rid;
-    e->id = in->id;
-    e->want = in->credit == 1;
+    if (rid)
+        e->rid = *rid;
+    e->id = id;
+    e->want = want;
     e->l = l;
     e->expires_ms = ab_now_ms() + AB_LINK_SEND_WAIT_MS;
     snprintf(e->target, sizeof e->target, "%s", target);
     ab_list_insert_tail(&ms->order, &e->node);
-    h.id = e->fid;
-    h.correlation_id = in->correlation_id;
-    h.flags = in->flags & (AB_FLAG_WANT_RECEIPT | AB_FLAG_RECEIPT);
-    h.credit = 1; /* the far broker always answers: the record ends */
-    h.timeout_ms = in->timeout_ms;
-    h.sender = ab_view_of(s_sender_out(b, p, sender, sbuf));
-    h.target = ab_view_of(target);
+    h->id = e->fid;
+    h->credit = 1; /* the far broker always answers: the record ends */
     uint8_t stack[2048];
     size_t len;
-    uint8_t *buf = ab_header_encode_buf(&h, stack, sizeof stack, &len);
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
     int rc = buf ? ab_link_send(b, l, buf, len, body) : -1;
     if (buf && buf != stack)
         free(buf);
@@ -448,8 +459,26 @@ static int s_forward_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, z
         s_pend_remove(ms, e);
         return -1;
     }
-    s_lm(l)->sends_fwd++;
+    if (l->msg)
+        l->msg->sends_fwd++;
     return 0;
+}
+
+/* Sends SEND IN (for TARGET, from SENDER) from P over L. 0 sent, 1 it may
+ * not cross L (it stays here), -1 L does not take it now. */
+static int s_forward_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, zmq_msg_t *body,
+                          ab_link_t *l, const char *target, const char *sender)
+{
+    char via[AB_VIA_MAX], okey[AB_LINK_KEY_TXT], sbuf[S_SENDER_MAX];
+    ab_header_t h = ab_header_init(AB_KIND_SEND);
+    if (s_route_fields(b, p, in, l, &h, via, okey) != 0)
+        return 1; /* not over L: the local mailbox */
+    h.correlation_id = in->correlation_id;
+    h.flags = in->flags & (AB_FLAG_WANT_RECEIPT | AB_FLAG_RECEIPT);
+    h.timeout_ms = in->timeout_ms;
+    h.sender = ab_view_of(s_sender_out(b, p, sender, sbuf));
+    h.target = ab_view_of(target);
+    return s_send_recorded(b, l, &h, body, &p->rid, in->id, in->credit == 1, target);
 }
 
 int ab_link_msg_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
@@ -487,6 +516,52 @@ int ab_link_msg_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg
     return 1;
 }
 
+/* Mailbox hand-over: a message that waited here for a name now bound on
+ * L's peer goes there. This broker accepted it under its own checks, so it
+ * vouches for an agent's message (the sender's key was not kept). */
+static int s_hand_one(ab_broker_t *b, void *arg, const char *sender, uint64_t id, uint64_t corr,
+                      uint32_t flags, int64_t ttl_left_ms, zmq_msg_t *body)
+{
+    const char *target = ((void **)arg)[1];
+    ab_link_t *l = ((void **)arg)[0];
+    char via[AB_LINK_NAME_MAX], sbuf[S_SENDER_MAX];
+    (void)id;
+    ab_header_t h = ab_header_init(AB_KIND_SEND);
+    snprintf(via, sizeof via, "%s", l->all->self);
+    h.via = ab_view_of(via);
+    h.hops_left = (uint32_t)b->cfg->link_hop_limit - 1;
+    h.origin_role = AB_KEYROLE_AGENT + 1;
+    h.correlation_id = corr;
+    h.flags = flags & (AB_FLAG_WANT_RECEIPT | AB_FLAG_RECEIPT);
+    h.timeout_ms = ttl_left_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ttl_left_ms;
+    if (sender[0] == '~' && !strchr(sender, '@')) {
+        snprintf(sbuf, sizeof sbuf, "%s@%s", sender, l->all->self);
+        sender = sbuf;
+    }
+    h.sender = ab_view_of(sender);
+    h.target = ab_view_of(target);
+    return s_send_recorded(b, l, &h, body, NULL, 0, 0, target);
+}
+
+static void s_hand_over_all(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    if (!b->msgs->mailbox_msgs)
+        return;
+    /* A copy of the names: a lookup in a zhashx moves its iteration cursor. */
+    zlistx_t *names = zhashx_keys(l->msg->names);
+    for (const char *name = names ? zlistx_first(names) : NULL; name;
+         name = zlistx_next(names)) {
+        if (s_owner(b, name, "", 0) != l)
+            continue;
+        void *arg[2] = {l, (void *)name};
+        size_t n = ab_mailbox_hand_over(b, name, s_hand_one, arg, now);
+        if (n)
+            AB_INFO("%zu message(s) waiting here for '%s' handed over to broker '%s'", n, name,
+                    l->name);
+    }
+    zlistx_destroy(&names);
+}
+
 const char *ab_link_msg_sender(const ab_peer_t *p, const ab_header_t *h, char *buf, size_t cap)
 {
     if (p->link_role != AB_LINK_CLIENT)
@@ -505,13 +580,17 @@ int ab_link_msg_on_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zm
         b->c.replies_dropped++; /* answered already (link lost), or not ours */
         return 1;
     }
-    if (h->kind == AB_KIND_ERROR) {
+    if (h->kind == AB_KIND_ERROR && !e->rid.len) { /* a handed-over message */
+        AB_LOG_RL(&b->rl, 0x11f0 + (uint64_t)l->idx, ab_now_ms(), AB_LOG_WARN,
+                  "broker '%s' refused a message handed over for '%s': %.*s", l->name,
+                  e->target, (int)h->error_text.len, h->error_text.ptr);
+    } else if (h->kind == AB_KIND_ERROR) {
         char text[512];
         ab_view_copy(h->error_text, text, sizeof text);
         b->msgs->c.refused++;
         AB_COUNT_ERROR(b, h->error_code);
         ab_send_error(b, &e->rid, e->id, h->error_code, text);
-    } else if (e->want) {
+    } else if (e->want && e->rid.len) {
         ab_header_t r = ab_header_init(AB_KIND_REPLY);
         r.correlation_id = e->id;
         ab_send(b, &e->rid, &r, body); /* "delivered" or "queued" */

@@ -334,6 +334,31 @@ void ab_mailbox_expire(ab_broker_t *b, int64_t now)
     ab_defer_run(&empty, b);
 }
 
+size_t ab_mailbox_hand_over(ab_broker_t *b, const char *name, ab_mail_fn *fn, void *arg,
+                            int64_t now)
+{
+    ab_agent_t *a = zhashx_lookup(b->msgs->agents, name);
+    if (!a || a->peer)
+        return 0;
+    size_t n = 0;
+    ab_list_t *l;
+    while ((l = ab_list_first(&a->mail))) {
+        ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
+        if (e->expires_ms <= now) {
+            b->msgs->c.expired++;
+        } else if (fn(b, arg, e->sender, e->id, e->corr, e->flags, e->expires_ms - now,
+                      e->has_body ? &e->body : NULL) == 0) {
+            n++;
+        } else {
+            break;
+        }
+        s_mail_remove(b, a, e);
+    }
+    if (ab_list_empty(&a->mail))
+        s_agent_drop(b, a);
+    return n;
+}
+
 void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
 {
     ab_agent_t *a = p->agent;
