@@ -466,8 +466,8 @@ static void s_roles(void)
     int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
     char eb[600], ec[600], ea[600];
     snprintf(eb, sizeof eb,
-             "sed 's/^\\( *names = .*\\)$/\\1\\n    topics = \"news.*\"/' %s/agent.key > agent.key && "
-             "grep -q 'topics = \"news' agent.key", s_certdir);
+             "sed 's/^\\( *names = .*\\)$/\\1\\n    topics = \"news.*\"/' %s/agent.key "
+             "> agent.key && grep -q 'topics = \"news' agent.key", s_certdir);
     snprintf(ec, sizeof ec,
              "sed 's/role = \"agent\"/role = \"worker\"/' %s/agent.key > agent.key && "
              "grep -q 'role = \"worker\"' agent.key", s_certdir);
