@@ -61,6 +61,7 @@ static void s_link_free(ab_link_t *l)
     if (l->dealer)
         zmq_close(l->dealer);
     zhashx_destroy(&l->remote);
+    ab_link_msg_free(l);
     free(l);
 }
 
@@ -175,6 +176,8 @@ int ab_link_init(ab_broker_t *b)
     if (!ls)
         return -1;
     b->links = ls;
+    if (ab_link_msg_init(b) != 0)
+        return -1;
     if (getrandom(ls->nonce, sizeof ls->nonce, 0) != (ssize_t)sizeof ls->nonce) {
         uint64_t v = ab_now_ns();
         memcpy(ls->nonce, &v, 8);
@@ -213,6 +216,7 @@ void ab_link_fini(ab_broker_t *b)
     for (int i = 0; i < AB_LINKS_MAX; i++)
         if (ls->l[i])
             s_link_free(ls->l[i]);
+    ab_link_msg_fini(b);
     free(ls);
     b->links = NULL;
 }
@@ -297,6 +301,7 @@ static void s_up(ab_broker_t *b, ab_link_t *l, int64_t now)
         AB_INFO("link to '%s' up (%s)", l->name, s_use_dealer(l) ? "dialed" : "accepted");
     }
     ab_link_dir_send(b, l); /* the whole directory on every (re)connection */
+    ab_link_msg_up(b, l);   /* and the names and topics at the next tick */
 }
 
 static void s_down(ab_broker_t *b, ab_link_t *l, const char *why)
@@ -307,6 +312,7 @@ static void s_down(ab_broker_t *b, ab_link_t *l, const char *why)
     l->up_since_ms = 0;
     uint32_t held = ab_link_dir_withdraw(b, l, why);
     l->failed += held;
+    ab_link_msg_down(b, l);
     ab_peer_t *c = l->client;
     l->client = NULL;
     if (c) {
@@ -384,6 +390,7 @@ static void s_tick(ab_broker_t *b, int64_t now)
         if (dirty && l->up)
             ab_link_dir_send(b, l);
     }
+    ab_link_msg_tick(b, now);
 }
 
 /* --- receiving ------------------------------------------------------------------ */
@@ -454,6 +461,8 @@ static void s_on_link_msg(ab_broker_t *b, ab_link_t *l, int dealer, const Agentb
             ab_link_dir_alive(b, l, now);
     } else if (m->type == S_LM_DIRECTORY && l->up) {
         ab_link_dir_apply(b, l, m, now);
+    } else if ((m->type == S_LM_NAMES || m->type == S_LM_INTEREST) && l->up) {
+        ab_link_msg_on_link(b, l, m, now);
     }
 }
 
@@ -480,7 +489,12 @@ static void s_on_msg(ab_broker_t *b, ab_link_t *l, int dealer, const ab_header_t
     case AB_KIND_PARTIAL:
     case AB_KIND_REPLY:
     case AB_KIND_ERROR:
-        ab_link_fwd_answer(b, l, h, body);
+        if (!ab_link_msg_on_answer(b, l, h, body)) /* a forwarded SEND's, else a request's */
+            ab_link_fwd_answer(b, l, h, body);
+        break;
+    case AB_KIND_SEND:
+    case AB_KIND_PUBLISH: /* link_msg.c */
+        ab_link_msg_on_frame(b, l, h, body, key, now);
         break;
     case AB_KIND_CANCEL:
         if (l->client)

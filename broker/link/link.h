@@ -76,6 +76,21 @@ int ab_link_control_peers(ab_broker_t *b, uint8_t **out, size_t *len);
 /* For ServiceInfo: remote workers of S and the peers offering it
  * (comma-separated into BUF). */
 uint32_t ab_link_service_remote(ab_broker_t *b, const ab_service_t *s, char *buf, size_t cap);
+/* Messaging across links (link_msg.c; docs/links.md "Messages and
+ * topics"). A SEND from P (local or a link's client) to NAME, not bound to
+ * a live connection here (BOUND_HERE 0), that a peer has bound: forwarded
+ * to it (or refused). 1 when taken (BODY may be moved), 0 when the local
+ * mailbox code handles it. SENDER: the name it is from. */
+int ab_link_msg_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
+                     const char *name, const char *sender, int bound_here);
+/* After the local fan-out of P's publication H (SENDER: its sender name):
+ * forwarded to each up link whose peer has interest in its topic; never
+ * for what came over a link (one hop). BODY is not consumed. */
+void ab_link_msg_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, ab_view_t sender,
+                         zmq_msg_t *body);
+/* The sender name of H when P is a link's client (the name the first broker
+ * vouched for, copied into BUF), else NULL. */
+const char *ab_link_msg_sender(const ab_peer_t *p, const ab_header_t *h, char *buf, size_t cap);
 /* Links up now. */
 uint32_t ab_link_up_count(const ab_broker_t *b);
 

@@ -16,7 +16,8 @@
 #define AB_LINK_SILENT_IVL 5       /* heartbeat intervals of silence: connection lost */
 #define AB_LINK_KEY_TXT 41
 
-enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4 };
+enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4,
+       S_LM_NAMES = 5, S_LM_INTEREST = 6 };
 
 /* A remote service offered over a link: its remote worker here. */
 typedef struct {
@@ -43,6 +44,7 @@ typedef struct ab_link {
     uint64_t peer_session; /* the peer's HELLO session: another one is a restart */
     uint32_t rtt_us;
     uint64_t forwarded, received, answered, failed, ups, refused;
+    struct ab_link_msg *msg;     /* names, interest, counters (link_msg.c); NULL until used */
 } ab_link_t;
 
 struct ab_links {
@@ -54,6 +56,7 @@ struct ab_links {
     uint32_t seq;
     int dirty;        /* the directory changed: send it at the next tick */
     int timer;
+    struct ab_link_msgs *msg; /* forwarded SENDs awaiting answers (link_msg.c) */
 };
 
 /* Where a request that came over a link has been. */
@@ -91,5 +94,27 @@ uint32_t ab_link_dir_withdraw(ab_broker_t *b, ab_link_t *l, const char *why);
 void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body,
                          const struct ab_key *key, int64_t now);
 void ab_link_fwd_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body);
+
+/* link_msg.c: agent names and topics across links */
+int ab_link_msg_init(ab_broker_t *b);
+void ab_link_msg_fini(ab_broker_t *b);
+/* L is freed. */
+void ab_link_msg_free(ab_link_t *l);
+/* L came up / went down: names and interest sent again / withdrawn, SENDs
+ * forwarded over it answered NO_AGENT. */
+void ab_link_msg_up(ab_broker_t *b, ab_link_t *l);
+void ab_link_msg_down(ab_broker_t *b, ab_link_t *l);
+/* Each link tick: names and interest to the peers when they changed. */
+void ab_link_msg_tick(ab_broker_t *b, int64_t now);
+/* A NAMES or INTEREST LinkMsg from L's peer. */
+void ab_link_msg_on_link(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m, int64_t now);
+/* A SEND or PUBLISH from L's peer (KEY: the link connection's key). */
+void ab_link_msg_on_frame(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body,
+                          const struct ab_key *key, int64_t now);
+/* An answer from L's peer: 1 when it answered a forwarded SEND (taken),
+ * 0 when it is a request's (link_fwd.c). */
+int ab_link_msg_on_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body);
+/* The messaging figures of L for `brokerctl peers`. */
+void ab_link_msg_peer_info(const ab_link_t *l, Agentbus__PeerInfo *p);
 
 #endif

@@ -14,6 +14,7 @@
  */
 #define AB_LOG_SUBSYS "messaging" /* log.h: the subsystem in log lines */
 #include "msgs.h"
+#include "link.h"
 #include "router.h"
 #include "agentbus.h"
 #include "topic.h"
@@ -221,7 +222,9 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
     ab_msgs_t *m = b->msgs;
     ab_broker_config_t *cfg = b->cfg;
     char sbuf[2 * AB_RID_MAX + 2], name[AB_NAME_MAX];
-    const char *sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
+    const char *sender = ab_link_msg_sender(p, h, sbuf, sizeof sbuf); /* from a peer broker */
+    if (!sender)
+        sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
     size_t size = body ? zmq_msg_size(body) : 0;
     if (size > cfg->message_max_bytes) {
         ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_TOO_LARGE,
@@ -230,6 +233,11 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
         return;
     }
     ab_view_copy(h->target, name, sizeof name);
+    /* Not bound here but on a peer broker: over the link (link_msg.c). */
+    ab_agent_t *here = name[0] != '~' ? zhashx_lookup(m->agents, name) : NULL;
+    if (h->target.len < AB_NAME_MAX &&
+        ab_link_msg_send(b, p, h, body, name, sender, here && here->peer))
+        return;
     if (h->target.len > 1 && h->target.len < AB_NAME_MAX && name[0] == '~' &&
         strlen(name) == h->target.len) {
         s_send_unnamed(b, p, h, body, name, sender);
@@ -324,6 +332,31 @@ void ab_mailbox_expire(ab_broker_t *b, int64_t now)
         if (s_expire_one(b, a, now))
             ab_defer_add(&empty, &a->later, s_drop_empty);
     ab_defer_run(&empty, b);
+}
+
+size_t ab_mailbox_hand_over(ab_broker_t *b, const char *name, ab_mail_fn *fn, void *arg,
+                            int64_t now)
+{
+    ab_agent_t *a = zhashx_lookup(b->msgs->agents, name);
+    if (!a || a->peer)
+        return 0;
+    size_t n = 0;
+    ab_list_t *l;
+    while ((l = ab_list_first(&a->mail))) {
+        ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
+        if (e->expires_ms <= now) {
+            b->msgs->c.expired++;
+        } else if (fn(b, arg, e->sender, e->id, e->corr, e->flags, e->expires_ms - now,
+                      e->has_body ? &e->body : NULL) == 0) {
+            n++;
+        } else {
+            break;
+        }
+        s_mail_remove(b, a, e);
+    }
+    if (ab_list_empty(&a->mail))
+        s_agent_drop(b, a);
+    return n;
 }
 
 void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)

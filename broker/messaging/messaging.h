@@ -36,6 +36,15 @@ int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
 /* The name P goes by: its agent name, else "~" + its key (in BUF of CAP
  * bytes). The identity of a client for fair queuing (clients.c). */
 const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);
+/* One waiting message handed over (ab_mailbox_hand_over): 0 taken (BODY,
+ * NULL when empty, may be moved), -1 refused (it stays). */
+typedef int ab_mail_fn(ab_broker_t *b, void *arg, const char *sender, uint64_t id, uint64_t corr,
+                       uint32_t flags, int64_t ttl_left_ms, zmq_msg_t *body);
+/* The name NAME, offline here, is bound on a peer broker now (broker links,
+ * link_msg.c): what its mailbox holds goes to FN, oldest first, until FN
+ * refuses one; an emptied offline name is forgotten. Returns how many. */
+size_t ab_mailbox_hand_over(ab_broker_t *b, const char *name, ab_mail_fn *fn, void *arg,
+                            int64_t now);
 /* HELLO with a name: binds it to P or refuses it (ERROR NAME_TAKEN). */
 void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int takeover,
                          uint64_t instance, uint64_t hello_id, int64_t now);

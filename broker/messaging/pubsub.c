@@ -28,6 +28,7 @@
  */
 #define AB_LOG_SUBSYS "messaging" /* log.h: the subsystem in log lines */
 #include "msgs.h"
+#include "link.h"
 #include "router.h"
 #include "agentbus.h"
 #include "topic.h"
@@ -359,7 +360,8 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
     ab_view_copy(h->target, topic, sizeof topic);
     ab_header_t out = ab_header_init(AB_KIND_PUBLISH);
     out.id = h->id;
-    out.sender = ab_view_of(ab_msgs_sender_name(p, sbuf, sizeof sbuf));
+    const char *sender = ab_link_msg_sender(p, h, sbuf, sizeof sbuf); /* from a peer broker */
+    out.sender = ab_view_of(sender ? sender : ab_msgs_sender_name(p, sbuf, sizeof sbuf));
     out.target = h->target;
     zmq_msg_t hdr;
     int have_hdr = 0;
@@ -385,6 +387,7 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
         zmq_msg_close(&hdr);
     if (!matched)
         m->c.no_subscribers++;
+    ab_link_msg_publish(b, p, h, out.sender, body); /* peers with subscribers for it */
 }
 
 size_t ab_pubsub_flush(ab_broker_t *b, ab_subr_t *s, int *done)
