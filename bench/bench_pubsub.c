@@ -45,6 +45,7 @@
 typedef struct {
     double seconds;
     int runs, window, json;
+    int only; /* -1: every system; else the one --only names (profiling) */
     size_t size;
     int nsubs[8], nn;
     const char *broker_bin, *worker_bin;
@@ -364,6 +365,7 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
     o->window = 256;
     o->size = 64;
     o->nn = 3;
+    o->only = -1;
     o->nsubs[0] = 1, o->nsubs[1] = 10, o->nsubs[2] = 100;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -381,6 +383,12 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
             o->seconds = atof(v);
         else if (!strcmp(f, "--runs") && !tl_parse_long(v, 1, 16, &x))
             o->runs = (int)x;
+        else if (!strcmp(f, "--only") && !strcmp(v, "bare-pubsub"))
+            o->only = 0;
+        else if (!strcmp(f, "--only") && !strcmp(v, "bare-proxy"))
+            o->only = 1;
+        else if (!strcmp(f, "--only") && !strcmp(v, "agentbus"))
+            o->only = 2;
         else if (!strcmp(f, "--window") && !tl_parse_long(v, 1, 50000, &x))
             o->window = (int)x;
         else if (!strcmp(f, "--size-small") && !tl_parse_long(v, 1, 200, &x))
@@ -477,6 +485,9 @@ int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *wo
         double r[3][16];
         for (int run = 0; run < o.runs; run++)
             for (int sys = 0; sys < 3; sys++) {
+                r[sys][run] = 0;
+                if (o.only >= 0 && sys != o.only)
+                    continue;
                 r[sys][run] = s_fanout_run(sys, o.nsubs[k], ctx, eps[sys], &pubs[sys],
                                            o.seconds);
                 if (r[sys][run] < 0) {
@@ -493,8 +504,8 @@ int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *wo
     ab_client_on_message(echo, s_echo_cb, NULL);
     pthread_t th;
     pthread_create(&th, NULL, s_echo_agent_main, &ea);
-    double ask[16], req[16];
-    for (int run = 0; run < o.runs; run++) {
+    double ask[16] = {0}, req[16] = {0};
+    for (int run = 0; run < o.runs && o.only < 0; run++) {
         req[run] = s_rr(asker, 0, o.size, o.seconds, o.window);
         ask[run] = s_rr(asker, 1, o.size, o.seconds, o.window);
     }

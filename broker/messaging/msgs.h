@@ -38,13 +38,23 @@ typedef struct ab_agent {
     char name[];              /* NUL-terminated; also the key in agents */
 } ab_agent_t;
 
-/* One queued publication for a subscriber: header and payload references,
- * and the publication's number (ab_msgs_t.pub_seq): equal numbers mean equal
- * bytes, which lets subscribers share one encoded BATCH (pubsub.c). */
-typedef struct {
+/* One publication as the broker holds it for its subscribers: header and
+ * payload, and its number (ab_msgs_t.pub_seq; equal numbers mean equal
+ * bytes, which lets subscribers share one encoded BATCH, pubsub.c). Shared
+ * by every subscriber queue that holds it: REFS is counted by the broker
+ * thread alone, so holding one costs no atomic operation (a zmq_msg_copy
+ * per subscriber did, and the I/O thread fought over the cache line). */
+typedef struct ab_pub {
     zmq_msg_t hdr, body;
     int has_body;
+    uint32_t refs;
     uint64_t seq;
+    size_t size;              /* header + payload bytes */
+} ab_pub_t;
+
+/* One queued publication for a subscriber. */
+typedef struct {
+    ab_pub_t *pub;
 } ab_pubq_t;
 
 typedef struct {
