@@ -37,8 +37,9 @@ static const char *s_topic(int k, int i)
     return k == 0 && i % 2 ? "fan.b" : "fan.a";
 }
 
-/* Checks that BOX holds, from each publisher, exactly the numbers WANT(k, i)
- * selects, each once and in publishing order. */
+/* Checks that what BOX holds from each publisher comes in publishing order
+ * with nothing skipped that the subscriber matches (ONLY_B: it matches
+ * fan.b alone) and nothing twice; the caller checks the counts. */
 static void s_check_order(const mt_box_t *box, int sub, int only_b)
 {
     int next[NPUB] = {0, 0};
