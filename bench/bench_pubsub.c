@@ -47,6 +47,7 @@ typedef struct {
     double seconds;
     int runs, window, judge;
     bf_format_t format;
+    int only; /* -1: every system; else the one --only names (profiling) */
     size_t size;
     int nsubs[8], nn;
     const char *broker_bin, *worker_bin;
@@ -68,7 +69,12 @@ static pid_t s_exec(const char *const *argv)
     return pid;
 }
 
-/* The proxy baseline: a forked process running zmq_proxy. */
+/* The proxy baseline: a forked process running zmq_proxy, libzmq's own
+ * forwarder: it drains up to a burst of 1,000 messages per wake-up and moves
+ * each frame without copying (libzmq 4.3's proxy.cpp), the strongest
+ * XSUB/XPUB hop short of writing libzmq's loop again. Its sockets get the
+ * same high-water marks as the bench's own, so a deep --window never drops
+ * at the proxy (XPUB drops silently at SNDHWM). */
 static pid_t s_proxy_start(int in_port, int out_port)
 {
     pid_t parent = getpid(), pid = fork();
@@ -79,6 +85,9 @@ static pid_t s_proxy_start(int in_port, int out_port)
         _exit(1);
     void *ctx = zmq_ctx_new();
     void *xsub = zmq_socket(ctx, ZMQ_XSUB), *xpub = zmq_socket(ctx, ZMQ_XPUB);
+    int hwm = 100000; /* as the bench's PUB and SUB sockets */
+    zmq_setsockopt(xsub, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(xpub, ZMQ_SNDHWM, &hwm, sizeof hwm);
     char ep[64];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", in_port);
     zmq_bind(xsub, ep);
@@ -102,6 +111,7 @@ typedef struct {
     int n;
     void *socks[PB_MAX_SUBS];
     ab_client_t *clients[PB_MAX_SUBS];
+    int fds[PB_MAX_SUBS];       /* ab_client_fd of each client */
     uint64_t count[PB_MAX_SUBS]; /* written by the draining thread only */
 } s_subs_t;
 
@@ -192,13 +202,13 @@ static uint64_t s_drain(s_subs_t *s, int system)
  * throttles a sleep-and-retry loop badly. */
 static void s_idle(s_subs_t *s, int system)
 {
-    if (system == 2) {
-        ab_client_poll(s->clients[0], 1);
-        return;
-    }
+    /* Every subscriber, the same way for each system: agentbus clients by
+     * their ab_client_fd (readable when a poll may have work; s_drain then
+     * polls each until it has nothing). */
     zmq_pollitem_t items[PB_MAX_SUBS];
     for (int i = 0; i < s->n; i++)
-        items[i] = (zmq_pollitem_t){s->socks[i], 0, ZMQ_POLLIN, 0};
+        items[i] = system == 2 ? (zmq_pollitem_t){NULL, s->fds[i], ZMQ_POLLIN, 0}
+                               : (zmq_pollitem_t){s->socks[i], 0, ZMQ_POLLIN, 0};
     zmq_poll(items, s->n, 1);
 }
 
@@ -243,6 +253,8 @@ static int s_subs_open(s_subs_t *s, int system, int n, void *ctx, const char *ep
             if (rc != AB_OK)
                 return -1;
             ab_client_on_message(s->clients[i], s_sub_cb, &s->count[i]);
+            if (ab_client_fd(s->clients[i], &s->fds[i]) != AB_OK)
+                return -1;
             if (ab_client_subscribe(s->clients[i], PB_TOPIC, 5000) != AB_OK)
                 return -1;
         }
@@ -402,6 +414,7 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
     o->window = 256;
     o->size = 64;
     o->nn = 3;
+    o->only = -1;
     o->nsubs[0] = 1, o->nsubs[1] = 10, o->nsubs[2] = 100;
     o->judge = 1;
     for (int i = 1; i < argc; i++) {
@@ -420,6 +433,12 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
             o->seconds = atof(v);
         else if (!strcmp(f, "--runs") && !tl_parse_long(v, 1, 16, &x))
             o->runs = (int)x;
+        else if (!strcmp(f, "--only") && !strcmp(v, "bare-pubsub"))
+            o->only = 0;
+        else if (!strcmp(f, "--only") && !strcmp(v, "bare-proxy"))
+            o->only = 1;
+        else if (!strcmp(f, "--only") && !strcmp(v, "agentbus"))
+            o->only = 2;
         else if (!strcmp(f, "--window") && !tl_parse_long(v, 1, 50000, &x))
             o->window = (int)x;
         else if (!strcmp(f, "--size-small") && !tl_parse_long(v, 1, 200, &x))
@@ -525,6 +544,9 @@ int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *wo
         double r[3][16];
         for (int run = 0; run < o.runs; run++)
             for (int sys = 0; sys < 3; sys++) {
+                r[sys][run] = 0;
+                if (o.only >= 0 && sys != o.only)
+                    continue;
                 r[sys][run] = s_fanout_run(sys, o.nsubs[k], ctx, eps[sys], &pubs[sys],
                                            o.seconds);
                 if (r[sys][run] < 0) {
@@ -543,8 +565,8 @@ int bn_pubsub_main(int argc, char **argv, const char *broker_bin, const char *wo
     ab_client_on_message(echo, s_echo_cb, NULL);
     pthread_t th;
     pthread_create(&th, NULL, s_echo_agent_main, &ea);
-    double ask[16], req[16];
-    for (int run = 0; run < o.runs; run++) {
+    double ask[16] = {0}, req[16] = {0};
+    for (int run = 0; run < o.runs && o.only < 0; run++) {
         req[run] = s_rr(asker, 0, o.size, o.seconds, o.window);
         ask[run] = s_rr(asker, 1, o.size, o.seconds, o.window);
     }

@@ -715,6 +715,7 @@ int ab_broker_run(ab_broker_t *b)
         ab_health_kick(b);
         if (atomic_load(&b->term))
             s_drain(b, ab_now_ms());
+        ab_msgs_turn_end(b); /* publications gathered in this turn */
         ab_batching_flush_all(b); /* end of the turn: what was gathered goes out */
     }
     AB_INFO("stopping: %zu requests pending", ab_idmap_size(&b->pending));

@@ -9,6 +9,7 @@
  *   peer dropped        ab_msgs_peer_gone
  *   each loop turn      ab_msgs_timers; the loop sleeps at most until
  *                       ab_msgs_next_wake (a backlog retry)
+ *   end of a loop turn  ab_msgs_turn_end (publications gathered in it go)
  *   CONTROL stats/agents  ab_msgs_stats, ab_msgs_agents_answer
  *
  * Broker thread only. Bounds and answers: docs/messaging.md.
@@ -29,6 +30,9 @@ void ab_msgs_route(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t
 void ab_msgs_peer_gone(ab_broker_t *b, ab_peer_t *p);
 /* Retries the backlog of slow readers when due (see ab_msgs_next_wake). */
 void ab_msgs_timers(ab_broker_t *b, int64_t now);
+/* End of a loop turn, before the loop sleeps: sends the publications
+ * gathered for each subscriber in this turn (pubsub.c). */
+void ab_msgs_turn_end(ab_broker_t *b);
 /* When the loop must wake for a backlog flush; 0 if it needn't. */
 int64_t ab_msgs_next_wake(ab_broker_t *b);
 void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);

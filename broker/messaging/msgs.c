@@ -213,6 +213,11 @@ static void s_flush(ab_broker_t *b, int64_t now)
     m->next_flush_ms = now + m->flush_ivl_ms;
 }
 
+void ab_msgs_turn_end(ab_broker_t *b)
+{
+    ab_pubsub_turn_end(b);
+}
+
 int64_t ab_msgs_next_wake(ab_broker_t *b)
 {
     ab_msgs_t *m = b->msgs;

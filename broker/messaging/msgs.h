@@ -16,6 +16,7 @@
 #define AB_BROKER_MSGS_H
 
 #include "messaging.h"
+#include "batch.h"
 
 #define AB_SUBS_PER_PEER_MAX 1024
 
@@ -37,10 +38,23 @@ typedef struct ab_agent {
     char name[];              /* NUL-terminated; also the key in agents */
 } ab_agent_t;
 
-/* One queued publication for a subscriber: header and payload references. */
-typedef struct {
+/* One publication as the broker holds it for its subscribers: header and
+ * payload, and its number (ab_msgs_t.pub_seq; equal numbers mean equal
+ * bytes, which lets subscribers share one encoded BATCH, pubsub.c). Shared
+ * by every subscriber queue that holds it: REFS is counted by the broker
+ * thread alone, so holding one costs no atomic operation (a zmq_msg_copy
+ * per subscriber did, and the I/O thread fought over the cache line). */
+typedef struct ab_pub {
     zmq_msg_t hdr, body;
     int has_body;
+    uint32_t refs;
+    uint64_t seq;
+    size_t size;              /* header + payload bytes */
+} ab_pub_t;
+
+/* One queued publication for a subscriber. */
+typedef struct {
+    ab_pub_t *pub;
 } ab_pubq_t;
 
 typedef struct {
@@ -61,7 +75,23 @@ typedef struct ab_subr {
     uint64_t dropped;         /* dropped in total */
     uint64_t mark;            /* last publication matched: deduplicates */
     int backlog;
+    ab_list_t turn_link;      /* on ab_fanout_t.turn: publications wait for the turn's end */
 } ab_subr_t;
+
+/* Fan-out batching (pubsub.c): subscribers that got publications in this
+ * loop turn, and the last BATCH body built for one of them, kept while the
+ * next subscriber's queue holds the same publications. */
+typedef struct {
+    ab_list_t turn;           /* ab_subr_t.turn_link */
+    uint64_t turn_us;         /* when the first of this turn's waited */
+    uint32_t pubs;            /* publications since the age was last checked */
+    int ready;                /* hdr and body initialised */
+    zmq_msg_t hdr;            /* a BATCH header, encoded once */
+    zmq_msg_t body;           /* the last batch body built */
+    uint64_t *seqs;           /* its publications, in order */
+    size_t n, cap;
+    ab_batch_t scratch;       /* where bodies are encoded */
+} ab_fanout_t;
 
 typedef struct {
     uint64_t sent, delivered, queued, expired, refused, receipts;
@@ -85,6 +115,7 @@ typedef struct ab_msgs {
     uint32_t topics;           /* distinct patterns subscribed */
     uint32_t subscribers;
     uint64_t pub_seq;
+    ab_fanout_t fan;
     ab_msgs_counters_t c;
 } ab_msgs_t;
 
@@ -112,6 +143,9 @@ void ab_agent_free(void **item);
 void ab_pubsub_on_subscribe(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h);
 void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body);
 size_t ab_pubsub_flush(ab_broker_t *b, ab_subr_t *s, int *done);
+/* End of a loop turn: sends what each subscriber got in it (one BATCH when
+ * it reads them); what its pipe refuses goes to the backlog. */
+void ab_pubsub_turn_end(ab_broker_t *b);
 void ab_pubsub_peer_gone(ab_broker_t *b, ab_peer_t *p);
 void ab_pubsub_fini(ab_broker_t *b);
 

@@ -9,10 +9,13 @@
  * lookups plus one send per matching subscriber, independent of how many
  * other topics exist.
  *
- * Fan-out sends ZeroMQ references: the header is encoded once, and each
- * subscriber's copy of header and payload is a zmq_msg_copy (reference
- * counted; no payload bytes are copied; payloads up to 33 bytes live inside
- * the message struct itself).
+ * A publication is held once (ab_pub_t: header encoded once, payload
+ * moved in) and each matching subscriber's queue takes a reference counted
+ * by the broker thread alone. Subscribers that read BATCH get the
+ * publications of a loop turn as one BATCH, whose body is encoded once and
+ * shared by every subscriber with the same publications (see "Fan-out
+ * batching" below); others get each one as a plain message whose frames
+ * are zmq_msg_copy references (no payload bytes copied).
  *
  * Slow subscribers. A subscriber is slow when the broker may not hand its
  * connection more: its bytes in flight are over peer-out-max-bytes (as its
@@ -30,6 +33,7 @@
 #include "msgs.h"
 #include "link.h"
 #include "router.h"
+#include "batch.h"
 #include "agentbus.h"
 #include "topic.h"
 #include "util.h"
@@ -246,55 +250,88 @@ static void s_q_grow(ab_subr_t *s, size_t max)
     ab_pubq_t *q = malloc(cap * sizeof *q);
     if (!q)
         return;
-    /* zmq_msg_t must not be copied bytewise: move each into its new slot. */
-    for (size_t i = 0; i < s->qlen; i++) {
-        ab_pubq_t *from = &s->q[(s->qhead + i) % s->qcap];
-        zmq_msg_init(&q[i].hdr);
-        zmq_msg_init(&q[i].body);
-        zmq_msg_move(&q[i].hdr, &from->hdr);
-        zmq_msg_move(&q[i].body, &from->body);
-        q[i].has_body = from->has_body;
-        zmq_msg_close(&from->hdr);
-        zmq_msg_close(&from->body);
-    }
+    for (size_t i = 0; i < s->qlen; i++)
+        q[i] = s->q[(s->qhead + i) % s->qcap];
     free(s->q);
     s->q = q;
     s->qcap = cap;
     s->qhead = 0;
 }
 
+static void s_pub_release(ab_pub_t *pub)
+{
+    if (--pub->refs)
+        return;
+    zmq_msg_close(&pub->hdr);
+    zmq_msg_close(&pub->body);
+    free(pub);
+}
+
 static void s_q_pop(ab_subr_t *s)
 {
-    ab_pubq_t *e = &s->q[s->qhead];
-    size_t sz = zmq_msg_size(&e->hdr) + (e->has_body ? zmq_msg_size(&e->body) : 0);
-    s->qbytes -= sz < s->qbytes ? sz : s->qbytes;
-    zmq_msg_close(&e->hdr);
-    zmq_msg_close(&e->body);
+    ab_pub_t *pub = s->q[s->qhead].pub;
+    s->qbytes -= pub->size < s->qbytes ? pub->size : s->qbytes;
+    s_pub_release(pub);
     s->qhead = (s->qhead + 1) % s->qcap;
     s->qlen--;
 }
 
-/* Gives subscriber S its copy of HDR (+ BODY). */
-static void s_push(ab_broker_t *b, ab_subr_t *s, zmq_msg_t *hdr, zmq_msg_t *body)
+/* Sends publication PUB alone to S (references: zero-copy). 0 or -1 as
+ * ab_send_try. */
+static int s_send_one(ab_broker_t *b, ab_subr_t *s, ab_pub_t *pub)
 {
-    ab_msgs_t *m = b->msgs;
     zmq_msg_t hc, bc;
     zmq_msg_init(&hc);
     zmq_msg_init(&bc);
-    zmq_msg_copy(&hc, hdr);
-    if (body)
-        zmq_msg_copy(&bc, body);
-    m->c.fanout++;
-    if (s->qlen == 0 && s->gap == 0 &&
-        ab_send_try(b, &s->peer->rid, &hc, body ? &bc : NULL) == 0) {
-        zmq_msg_close(&hc);
-        zmq_msg_close(&bc);
-        return;
-    }
+    zmq_msg_copy(&hc, &pub->hdr);
+    if (pub->has_body)
+        zmq_msg_copy(&bc, &pub->body);
+    int rc = ab_send_try(b, &s->peer->rid, &hc, pub->has_body ? &bc : NULL);
+    zmq_msg_close(&hc);
+    zmq_msg_close(&bc);
+    return rc;
+}
+
+/* Fan-out batching. A subscriber that reads BATCH (and is not a broker
+ * link) does not get each publication as it is routed: its references are
+ * queued, and at the end of the loop turn, or sooner at the limits below,
+ * what it got goes as one BATCH: three frames for the lot instead of three
+ * per publication, at the broker, in both libzmq I/O threads and in the
+ * subscriber's library. The body is encoded once and shared (zmq_msg_copy)
+ * by every subscriber whose queue holds the same publications, as those on
+ * one topic do. A lone publication in a turn still goes as a plain message.
+ * The queue is the one slow subscribers use, so accounting and policy stay
+ * one: a queued publication is sent, or dropped oldest-first and counted. */
+#define AB_FAN_MAX_BYTES (16 * 1024) /* a body: libzmq's pipe holds SNDHWM of them */
+
+static int s_batches(const ab_broker_t *b, const ab_subr_t *s)
+{
+    const ab_peer_t *p = s->peer;
+    return b->cfg->batch && (p->features & AB_FEATURE_BATCH) && p->link_role == AB_LINK_NONE;
+}
+
+static size_t s_fan_max_count(const ab_broker_t *b)
+{
+    size_t n = (size_t)b->cfg->batch_max_count, q = (size_t)b->cfg->sub_queue_max;
+    return n < q ? n : q;
+}
+
+static size_t s_fan_max_bytes(const ab_broker_t *b)
+{
+    size_t n = b->cfg->batch_max_bytes < AB_FAN_MAX_BYTES ? b->cfg->batch_max_bytes
+                                                           : AB_FAN_MAX_BYTES;
+    size_t bound = b->cfg->peer_out_max_bytes;
+    return bound && bound < n ? bound : n;
+}
+
+/* Queues a reference to PUB for S; the oldest goes when the queue is
+ * full (counted, reported as a gap). */
+static void s_enqueue(ab_broker_t *b, ab_subr_t *s, ab_pub_t *pub)
+{
+    ab_msgs_t *m = b->msgs;
     size_t max = (size_t)b->cfg->sub_queue_max, bound = b->cfg->peer_out_max_bytes;
-    size_t sz = zmq_msg_size(hdr) + (body ? zmq_msg_size(body) : 0);
     /* drop-oldest: the newest news is worth more */
-    while (s->qlen && (s->qlen >= max || (bound && s->qbytes + sz > bound))) {
+    while (s->qlen && (s->qlen >= max || (bound && s->qbytes + pub->size > bound))) {
         s_q_pop(s);
         s->gap++;
         s->dropped++;
@@ -306,36 +343,97 @@ static void s_push(ab_broker_t *b, ab_subr_t *s, zmq_msg_t *hdr, zmq_msg_t *body
         s->gap++;
         s->dropped++;
         m->c.slow_drops++;
-        zmq_msg_close(&hc);
-        zmq_msg_close(&bc);
-    } else {
-        ab_pubq_t *e = &s->q[(s->qhead + s->qlen) % s->qcap];
-        zmq_msg_init(&e->hdr);
-        zmq_msg_init(&e->body);
-        zmq_msg_move(&e->hdr, &hc);
-        zmq_msg_move(&e->body, &bc);
-        e->has_body = body != NULL;
-        s->qlen++;
-        s->qbytes += sz;
-        zmq_msg_close(&hc);
-        zmq_msg_close(&bc);
+        return;
     }
-    ab_msgs_backlog_sub(b, s);
+    s->q[(s->qhead + s->qlen) % s->qcap].pub = pub;
+    pub->refs++;
+    s->qlen++;
+    s->qbytes += pub->size;
 }
 
-static size_t s_push_all(ab_broker_t *b, ab_subr_t **list, size_t n, uint64_t seq,
-                         zmq_msg_t *hdr, zmq_msg_t *body)
+/* Sends what S holds now; what its pipe refuses waits in the backlog. */
+static void s_flush_now(ab_broker_t *b, ab_subr_t *s)
+{
+    int done = 0;
+    ab_list_remove(&s->turn_link);
+    ab_pubsub_flush(b, s, &done);
+    if (!done)
+        ab_msgs_backlog_sub(b, s);
+}
+
+/* Gives subscriber S publication PUB. */
+static void s_push(ab_broker_t *b, ab_subr_t *s, ab_pub_t *pub)
+{
+    ab_msgs_t *m = b->msgs;
+    m->c.fanout++;
+    if (!s_batches(b, s)) {
+        if (s->qlen == 0 && s->gap == 0 && s_send_one(b, s, pub) == 0)
+            return;
+        s_enqueue(b, s, pub);
+        ab_msgs_backlog_sub(b, s);
+        return;
+    }
+    if (s->backlog) { /* its pipe is full: the backlog retries it */
+        s_enqueue(b, s, pub);
+        return;
+    }
+    /* Gathered this turn: a full batch leaves before the next is begun,
+     * so waiting for the turn's end never drops anything. */
+    if (s->qlen && (s->qlen >= s_fan_max_count(b) || s->qbytes + pub->size > s_fan_max_bytes(b))) {
+        s_flush_now(b, s);
+        if (s->backlog) {
+            s_enqueue(b, s, pub);
+            return;
+        }
+    }
+    s_enqueue(b, s, pub);
+    if (!ab_list_linked(&s->turn_link)) {
+        if (ab_list_empty(&m->fan.turn))
+            m->fan.turn_us = ab_now_us();
+        ab_list_insert_tail(&m->fan.turn, &s->turn_link);
+    }
+}
+
+void ab_pubsub_turn_end(ab_broker_t *b)
+{
+    ab_list_t *l;
+    while ((l = ab_list_pop_head(&b->msgs->fan.turn)))
+        s_flush_now(b, ab_list_data(l, ab_subr_t, turn_link));
+}
+
+static size_t s_push_all(ab_broker_t *b, ab_subr_t **list, size_t n, ab_pub_t *pub)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         ab_subr_t *s = list[i];
-        if (s->mark == seq) /* matched by another of its patterns */
+        if (s->mark == pub->seq) /* matched by another of its patterns */
             continue;
-        s->mark = seq;
-        s_push(b, s, hdr, body);
+        s->mark = pub->seq;
+        s_push(b, s, pub);
         k++;
     }
     return k;
+}
+
+/* The publication's record, its header encoded once and BODY moved in
+ * (NULL on failure: out of memory). The caller holds one reference. */
+static ab_pub_t *s_pub_new(const ab_header_t *out, zmq_msg_t *body, uint64_t seq)
+{
+    ab_pub_t *pub = malloc(sizeof *pub);
+    if (!pub)
+        return NULL;
+    if (ab_header_msg(out, &pub->hdr) != 0) {
+        free(pub);
+        return NULL;
+    }
+    zmq_msg_init(&pub->body);
+    pub->has_body = body != NULL;
+    if (body)
+        zmq_msg_move(&pub->body, body);
+    pub->refs = 1;
+    pub->seq = seq;
+    pub->size = zmq_msg_size(&pub->hdr) + zmq_msg_size(&pub->body);
+    return pub;
 }
 
 void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body)
@@ -363,8 +461,7 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
     const char *sender = ab_link_msg_sender(p, h, sbuf, sizeof sbuf); /* from a peer broker */
     out.sender = ab_view_of(sender ? sender : ab_msgs_sender_name(p, sbuf, sizeof sbuf));
     out.target = h->target;
-    zmq_msg_t hdr;
-    int have_hdr = 0;
+    ab_pub_t *pub = NULL;
     uint64_t seq = ++m->pub_seq;
     size_t matched = 0;
     ab_tnode_t *node = m->root;
@@ -375,19 +472,111 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
         if (!node)
             break;
         size_t n = next ? node->n_prefix : node->n_exact;
-        if (n && !have_hdr) { /* encoded once, shared by every subscriber */
-            if (ab_header_msg(&out, &hdr) != 0)
-                return;
-            have_hdr = 1;
-        }
-        matched += next ? s_push_all(b, node->prefix, node->n_prefix, seq, &hdr, body)
-                        : s_push_all(b, node->exact, node->n_exact, seq, &hdr, body);
+        if (n && !pub && !(pub = s_pub_new(&out, body, seq))) /* shared by every subscriber */
+            return;
+        matched += next ? s_push_all(b, node->prefix, node->n_prefix, pub)
+                        : s_push_all(b, node->exact, node->n_exact, pub);
     }
-    if (have_hdr)
-        zmq_msg_close(&hdr);
+    if (pub)
+        s_pub_release(pub);
     if (!matched)
         m->c.no_subscribers++;
     ab_link_msg_publish(b, p, h, out.sender, body); /* peers with subscribers for it */
+    /* A long turn (many messages waiting) must not hold publications past
+     * the batching age limit: checked every 16 publications. */
+    if (!ab_list_empty(&m->fan.turn) && (++m->fan.pubs & 15) == 0 &&
+        ab_now_us() - m->fan.turn_us >= (uint64_t)b->cfg->batch_max_age_us)
+        ab_pubsub_turn_end(b);
+}
+
+/* How many of S's oldest publications go in one BATCH (1: send it alone). */
+static size_t s_batch_span(const ab_broker_t *b, const ab_subr_t *s)
+{
+    size_t max = s_fan_max_count(b), bytes = s_fan_max_bytes(b), n = 0, sum = 4;
+    if (max > AB_BATCH_MAX_COUNT)
+        max = AB_BATCH_MAX_COUNT;
+    while (n < s->qlen && n < max) {
+        const ab_pub_t *e = s->q[(s->qhead + n) % s->qcap].pub;
+        size_t hl = zmq_msg_size((zmq_msg_t *)&e->hdr);
+        sum += ab_batch_entry_size(hl, e->size - hl);
+        if (n && sum > bytes)
+            break;
+        n++;
+    }
+    return n ? n : 1;
+}
+
+/* 1 when the last body built carries exactly S's N oldest publications. */
+static int s_fan_match(const ab_fanout_t *f, const ab_subr_t *s, size_t n)
+{
+    if (!f->ready || f->n != n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (f->seqs[i] != s->q[(s->qhead + i) % s->qcap].pub->seq)
+            return 0;
+    return 1;
+}
+
+/* Encodes S's N oldest publications into F's body. 0 or -1 (memory). */
+static int s_fan_build(ab_fanout_t *f, const ab_subr_t *s, size_t n)
+{
+    if (!f->ready) {
+        ab_header_t h = ab_header_init(AB_KIND_BATCH);
+        if (ab_header_msg(&h, &f->hdr) != 0)
+            return -1;
+        zmq_msg_init(&f->body);
+        f->ready = 1;
+    }
+    if (n > f->cap) {
+        uint64_t *q = realloc(f->seqs, n * sizeof *q);
+        if (!q)
+            return -1;
+        f->seqs = q;
+        f->cap = n;
+    }
+    f->n = 0; /* no match until rebuilt */
+    ab_batch_clear(&f->scratch);
+    for (size_t i = 0; i < n; i++) {
+        ab_pub_t *e = s->q[(s->qhead + i) % s->qcap].pub;
+        if (ab_batch_add(&f->scratch, zmq_msg_data(&e->hdr), zmq_msg_size(&e->hdr),
+                         zmq_msg_data(&e->body), zmq_msg_size(&e->body), e->has_body) != AB_OK)
+            return -1;
+        f->seqs[i] = e->seq;
+    }
+    size_t len;
+    const uint8_t *body = ab_batch_body(&f->scratch, &len);
+    zmq_msg_close(&f->body);
+    if (zmq_msg_init_size(&f->body, len) != 0) {
+        zmq_msg_init(&f->body);
+        return -1;
+    }
+    memcpy(zmq_msg_data(&f->body), body, len);
+    f->n = n;
+    return 0;
+}
+
+/* Sends S's N oldest publications as one BATCH. 0: sent (popped); -1:
+ * refused (errno EAGAIN/EHOSTUNREACH, nothing popped); -2: not encoded. */
+static int s_send_batch(ab_broker_t *b, ab_subr_t *s, size_t n)
+{
+    ab_fanout_t *f = &b->msgs->fan;
+    if (!s_fan_match(f, s, n) && s_fan_build(f, s, n) != 0)
+        return -2;
+    zmq_msg_t hc, bc;
+    zmq_msg_init(&hc);
+    zmq_msg_init(&bc);
+    zmq_msg_copy(&hc, &f->hdr);
+    zmq_msg_copy(&bc, &f->body);
+    int rc = ab_send_try(b, &s->peer->rid, &hc, &bc);
+    zmq_msg_close(&hc);
+    zmq_msg_close(&bc);
+    if (rc != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        s_q_pop(s);
+    b->c.batches_out++;
+    b->c.batched_msgs_out += n;
+    return 0;
 }
 
 size_t ab_pubsub_flush(ab_broker_t *b, ab_subr_t *s, int *done)
@@ -410,12 +599,19 @@ size_t ab_pubsub_flush(ab_broker_t *b, ab_subr_t *s, int *done)
         if (s->gap)
             return sent;
     }
+    int batches = s_batches(b, s);
     while (s->qlen) {
-        ab_pubq_t *e = &s->q[s->qhead];
-        if (ab_send_try(b, &s->peer->rid, &e->hdr, e->has_body ? &e->body : NULL) != 0)
+        size_t n = batches && s->qlen > 1 ? s_batch_span(b, s) : 1;
+        int rc = n > 1 ? s_send_batch(b, s, n) : -2;
+        if (rc == -2) { /* alone, or the batch could not be encoded */
+            n = 1;
+            rc = s_send_one(b, s, s->q[s->qhead].pub);
+            if (rc == 0)
+                s_q_pop(s);
+        }
+        if (rc != 0)
             return sent;
-        s_q_pop(s);
-        sent++;
+        sent += n;
     }
     *done = 1;
     return sent;
@@ -428,6 +624,7 @@ void ab_pubsub_peer_gone(ab_broker_t *b, ab_peer_t *p)
         return;
     while (s->npats)
         s_unsubscribe_at(b, s, s->npats - 1);
+    ab_list_remove(&s->turn_link);
     while (s->qlen)
         s_q_pop(s);
     free(s->q);
@@ -438,6 +635,16 @@ void ab_pubsub_peer_gone(ab_broker_t *b, ab_peer_t *p)
 
 void ab_pubsub_fini(ab_broker_t *b)
 {
+    ab_fanout_t *f = &b->msgs->fan;
+    if (f->ready) {
+        zmq_msg_close(&f->hdr);
+        zmq_msg_close(&f->body);
+        f->ready = 0;
+    }
+    free(f->seqs);
+    f->seqs = NULL;
+    f->n = f->cap = 0;
+    ab_batch_fini(&f->scratch);
     if (b->msgs->root)
         s_node_free(b->msgs->root);
     b->msgs->root = NULL;

@@ -49,6 +49,12 @@ ab_client_t *mt_agent(int port, const char *name, int takeover, mt_box_t *box)
     return c;
 }
 
+void mt_box_attach(ab_client_t *c, mt_box_t *box)
+{
+    memset(box, 0, sizeof *box);
+    ab_client_on_message(c, s_box_cb, box);
+}
+
 int mt_wait(ab_client_t *c, mt_box_t *box, int type, int want, int timeout_ms)
 {
     int64_t end = ab_now_ms() + timeout_ms;

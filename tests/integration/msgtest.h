@@ -29,6 +29,8 @@ typedef struct {
 /* A client named NAME (NULL: unnamed), TAKEOVER as in the options, whose
  * messages land in BOX (may be NULL: then ab_client_recv works). */
 ab_client_t *mt_agent(int port, const char *name, int takeover, mt_box_t *box);
+/* Records what C receives in BOX (cleared), as mt_agent does. */
+void mt_box_attach(ab_client_t *c, mt_box_t *box);
 /* Polls C until BOX counted WANT messages of TYPE (0: of any type), at
  * most timeout_ms. Returns the count reached. */
 int mt_wait(ab_client_t *c, mt_box_t *box, int type, int want, int timeout_ms);
