@@ -461,6 +461,9 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
     const char *sender = ab_link_msg_sender(p, h, sbuf, sizeof sbuf); /* from a peer broker */
     out.sender = ab_view_of(sender ? sender : ab_msgs_sender_name(p, sbuf, sizeof sbuf));
     out.target = h->target;
+    /* Peers with subscribers for it first: the local fan-out below moves
+     * BODY into the shared publication. */
+    ab_link_msg_publish(b, p, h, out.sender, body); /* peers with subscribers for it */
     ab_pub_t *pub = NULL;
     uint64_t seq = ++m->pub_seq;
     size_t matched = 0;
@@ -481,7 +484,6 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
         s_pub_release(pub);
     if (!matched)
         m->c.no_subscribers++;
-    ab_link_msg_publish(b, p, h, out.sender, body); /* peers with subscribers for it */
     /* A long turn (many messages waiting) must not hold publications past
      * the batching age limit: checked every 16 publications. */
     if (!ab_list_empty(&m->fan.turn) && (++m->fan.pubs & 15) == 0 &&
