@@ -37,6 +37,7 @@ typedef struct {
     uint8_t *buf;
     size_t len, cap;
     uint32_t count;
+    size_t next_cap; /* after a detach: what the next buffer starts at (the last body's size) */
 } ab_batch_t;
 
 void ab_batch_init(ab_batch_t *b);
@@ -52,6 +53,11 @@ int ab_batch_add(ab_batch_t *b, const void *hdr, size_t hlen, const void *payloa
                  int has_payload);
 /* The body to send (count written in); valid until the next add/clear/fini. */
 const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len);
+/* The body (count written in) as a malloc'd buffer the caller now owns and
+ * frees (a sender hands it to ZeroMQ instead of copying it); B is left
+ * empty, without a buffer, and its next one starts at about this body's
+ * size. NULL (*len 0) when B holds nothing. */
+uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len);
 
 /* A decoder over a received body (views into it, valid while it is). */
 typedef struct {
