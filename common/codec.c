@@ -77,8 +77,13 @@ void ab_view_copy(ab_view_t v, char *buf, size_t cap)
 
 /* Reads a varint at *p (bounded by end). 0 on success, -1 if truncated or
  * longer than 10 bytes. */
-static int s_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+static inline int s_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
 {
+    /* One byte: every key of fields 1..15 and most values of a header. */
+    if (*p < end && !(**p & 0x80)) {
+        *out = *(*p)++;
+        return 0;
+    }
     uint64_t v = 0;
     for (int shift = 0; shift < 70; shift += 7) {
         if (*p >= end)
@@ -190,13 +195,12 @@ int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *l
         ab_limits_default(&def);
         lim = &def;
     }
-    memset(h, 0, sizeof *h);
     payload->data = NULL;
     payload->size = 0;
-    if (nframes < 1 || nframes > 2 || !frames)
-        return AB_EFRAMES;
-    if (frames[0].size > lim->max_header)
-        return AB_EHDRSIZE;
+    if (nframes < 1 || nframes > 2 || !frames || frames[0].size > lim->max_header) {
+        memset(h, 0, sizeof *h); /* else ab_header_parse clears it */
+        return nframes < 1 || nframes > 2 || !frames ? AB_EFRAMES : AB_EHDRSIZE;
+    }
     int rc = ab_header_parse(frames[0].data, frames[0].size, h);
     if (rc != AB_OK)
         return rc;
