@@ -45,7 +45,7 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
     r->original_size = h->original_size;
     r->priority = h->priority;
     r->lane = (uint8_t)ab_lane_of(h->priority);
-    r->start_us = ab_now_us();
+    r->start_us = ab_broker_clock_us(b);
     r->cache = cache;
     if (ab_route_init(r, h) != 0 || (h->via.len && ab_link_req_new(r, h) != 0)) {
         ab_req_destroy(r);
@@ -298,7 +298,7 @@ static void s_forward(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *body, ab_
 static void s_count_final(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
 {
     ab_service_t *s = r->service;
-    uint64_t now_us = ab_now_us();
+    uint64_t now_us = ab_broker_clock_us(b);
     ab_service_latency(s, now_us - r->start_us);
     if (h->kind == AB_KIND_ERROR) {
         s->errors++;
@@ -307,7 +307,7 @@ static void s_count_final(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
         s->replies++;
         b->c.replies++;
         if (r->dispatch_us && now_us > r->dispatch_us)
-            ab_service_fast(s, now_us - r->dispatch_us);
+            ab_service_fast(s, now_us - r->dispatch_us, (int64_t)(now_us / 1000));
     }
 }
 
