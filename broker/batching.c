@@ -10,7 +10,8 @@
  * as it came and only copied into a batch when a second one follows): an
  * idle bus sees exactly the old wire, a turn later by microseconds only,
  * since a turn ends as soon as nothing more is waiting. Count, bytes and
- * age limits flush earlier. All messages to a peer pass through its queue,
+ * age limits flush earlier; the count limit is each peer's own and follows
+ * its backlog (ab_batch_next_limit: from 64 up to batch-max-count). All messages to a peer pass through its queue,
  * so per-peer order is kept: a message too large to gather first flushes
  * what was gathered before it.
  *
@@ -37,6 +38,8 @@ struct ab_outq {
     ab_peer_t *peer;
     ab_list_t dirty_link;    /* on b->dirty: sent to in this turn */
     int held, held_has_body; /* the turn's first message, not yet copied */
+    uint32_t limit;          /* count limit now (adaptive: ab_batch_next_limit) */
+    uint32_t gathered;       /* messages for the peer since the last flush_all */
     uint8_t *held_hdr;
     size_t held_hlen, held_cap;
     zmq_msg_t held_body;
@@ -180,9 +183,11 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
             return ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
         zmq_msg_init(&p->out->held_body);
         p->out->peer = p;
+        p->out->limit = ab_batch_next_limit(0, 0, (uint32_t)b->cfg->batch_max_count);
     }
     struct ab_outq *q = p->out;
     s_mark_dirty(b, p);
+    q->gathered++;
     size_t esz = ab_batch_entry_size(hlen, payload ? zmq_msg_size(payload) : 0);
     size_t max = b->cfg->batch_max_bytes;
     if (esz + 8 > max) /* too big to gather: out now, after what was before it */
@@ -210,7 +215,7 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
         zmq_msg_close(payload);
         zmq_msg_init(payload);
     }
-    if (q->batch.count >= (uint32_t)b->cfg->batch_max_count)
+    if (q->batch.count >= q->limit)
         return s_flush(b, p);
     return 0;
 }
@@ -224,7 +229,10 @@ void ab_batching_flush_all(ab_broker_t *b)
      * pointer to the peer here, so dropping it is safe. */
     ab_list_t *l;
     while ((l = ab_list_pop_head(&b->dirty))) {
-        ab_peer_t *p = ab_list_data(l, struct ab_outq, dirty_link)->peer;
+        struct ab_outq *q = ab_list_data(l, struct ab_outq, dirty_link);
+        ab_peer_t *p = q->peer;
+        q->limit = ab_batch_next_limit(q->limit, q->gathered, (uint32_t)b->cfg->batch_max_count);
+        q->gathered = 0;
         int rc = s_flush(b, p);
         /* An idle connection must stay cheap: a buffer that grew for a
          * large batch is given back (one malloc per large batch). */
@@ -276,8 +284,11 @@ void ab_batching_recv(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
     b->c.batched_msgs_in += count;
     ab_frame_t f[2];
     size_t nf;
-    while (ab_batch_next(&r, f, &nf) == 1)
+    for (uint32_t i = 1; ab_batch_next(&r, f, &nf) == 1; i++) {
         ab_route_frames(b, rid, fd, now, f, nf);
+        if ((i & 31) == 0 && b->clock_us) /* a long batch: the clock moves on */
+            b->clock_us = ab_now_us();
+    }
 }
 
 void ab_batching_note(ab_broker_t *b, const ab_header_t *h, size_t payload_size)

@@ -277,6 +277,9 @@ static int s_send_gathered(ab_conn_t *c)
 int ab_conn_flush(ab_conn_t *c)
 {
     c->turn_used = 0;
+    /* The end of a turn: the count limit follows what this one gathered. */
+    c->out_limit = ab_batch_next_limit(c->out_limit, c->out_turn, c->opts.batch_max_count);
+    c->out_turn = 0;
     return s_send_gathered(c);
 }
 
@@ -311,7 +314,10 @@ static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const v
     uint64_t now = ab_now_us();
     if (c->out.count == 1)
         c->out_first_us = now;
-    if (c->out.count >= c->opts.batch_max_count ||
+    if (!c->out_limit)
+        c->out_limit = ab_batch_next_limit(0, 0, c->opts.batch_max_count);
+    c->out_turn++;
+    if (c->out.count >= c->out_limit ||
         now - c->out_first_us >= c->opts.batch_max_age_us)
         return s_send_gathered(c);
     return AB_OK;

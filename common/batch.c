@@ -140,6 +140,19 @@ uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len)
     return buf;
 }
 
+uint32_t ab_batch_next_limit(uint32_t limit, uint32_t gathered, uint32_t max)
+{
+    if (max > AB_BATCH_MAX_COUNT)
+        max = AB_BATCH_MAX_COUNT;
+    uint32_t floor = max < AB_BATCH_START_COUNT ? max : AB_BATCH_START_COUNT;
+    limit = limit < floor ? floor : limit > max ? max : limit;
+    if (gathered >= limit)
+        return limit > max / 2 ? max : 2 * limit;
+    if (gathered < limit / 4)
+        return limit / 2 > floor ? limit / 2 : floor;
+    return limit;
+}
+
 /* One entry's frames, lengths checked against what is left. */
 static int s_entry(const uint8_t **p, const uint8_t *end, ab_frame_t frames[2], size_t *nframes)
 {

@@ -28,7 +28,8 @@
 #include <stdint.h>
 
 #define AB_BATCH_MAX_COUNT 4096 /* entries a decoder accepts in one batch */
-#define AB_BATCH_DEFAULT_COUNT 64
+#define AB_BATCH_START_COUNT 64 /* adaptive count limit: where it starts and its floor */
+#define AB_BATCH_DEFAULT_COUNT AB_BATCH_MAX_COUNT /* the ceiling it may grow to */
 #define AB_BATCH_DEFAULT_BYTES (64u * 1024u)
 #define AB_BATCH_DEFAULT_AGE_US 200
 
@@ -58,6 +59,16 @@ const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len);
  * empty, without a buffer, and its next one starts at about this body's
  * size. NULL (*len 0) when B holds nothing. */
 uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len);
+
+/* The count limit of a sender's next turn, from LIMIT (this turn's) and
+ * GATHERED (the messages it gathered for that peer this turn), within
+ * [min(AB_BATCH_START_COUNT, MAX), MAX]. A backlog makes turns that gather
+ * more than the limit: it doubles, so a busy peer gets fewer, larger
+ * batches (each ZeroMQ message has a fixed cost in every process it
+ * crosses); turns that gather under a quarter of it halve it. An idle peer
+ * never reaches it (one message a turn goes alone), so idle latency does
+ * not depend on it. */
+uint32_t ab_batch_next_limit(uint32_t limit, uint32_t gathered, uint32_t max);
 
 /* A decoder over a received body (views into it, valid while it is). */
 typedef struct {
