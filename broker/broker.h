@@ -69,6 +69,8 @@ struct ab_broker {
     atomic_int reload;      /* SIGHUP seen: reload the keys (main.c) */
     struct ab_links *links; /* link.h: broker links; NULL when none configured or seen */
     uint64_t clock_us;      /* ab_broker_clock_us; 0 outside the routing of a message */
+    void *req_spare;        /* request.c: freed request records kept for reuse (a list) */
+    uint32_t req_nspare;
 };
 
 /* The time (ab_now_us) for work done on behalf of the message being

@@ -525,7 +525,7 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
         zmq_msg_copy(&copy, &r->payload);
     int rc = w->peer->link_role == AB_LINK_WORKER /* over a broker link (link.h) */
                  ? ab_link_forward(b, w, r, &h, r->has_payload ? &copy : NULL)
-                 : ab_send(b, &w->peer->rid, &h, r->has_payload ? &copy : NULL);
+                 : ab_send_peer(b, w->peer, &h, r->has_payload ? &copy : NULL);
     zmq_msg_close(&copy);
     return rc;
 }
