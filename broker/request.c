@@ -49,7 +49,7 @@ static ab_req_t *s_req_alloc(ab_broker_t *b)
 
 static void s_req_release(ab_broker_t *b, ab_req_t *r)
 {
-    if (b->req_nspare >= S_SPARE_MAX) {
+    if (b->req_nspare + 1 > S_SPARE_MAX) { /* (+ 1: no always-true test when 0) */
         free(r);
         return;
     }
