@@ -128,6 +128,14 @@ uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len)
         return NULL;
     }
     uint8_t *buf = b->buf;
+    /* The buffer lives on in a send queue: it should hold what is sent,
+     * not up to twice that (capacity doubles). Shrinking gives the tail
+     * back in place (no copy). */
+    if (b->cap - b->len > b->len / 4) {
+        uint8_t *fit = realloc(buf, b->len);
+        if (fit)
+            buf = fit;
+    }
     /* The next batch to this peer is likely about as large: start there
      * instead of doubling up from 1 KB (each step a copy). */
     size_t hint = 1024;
