@@ -10,7 +10,8 @@
  * as it came and only copied into a batch when a second one follows): an
  * idle bus sees exactly the old wire, a turn later by microseconds only,
  * since a turn ends as soon as nothing more is waiting. Count, bytes and
- * age limits flush earlier. All messages to a peer pass through its queue,
+ * age limits flush earlier; the count limit is each peer's own and follows
+ * its backlog (ab_batch_next_limit: from 64 up to batch-max-count). All messages to a peer pass through its queue,
  * so per-peer order is kept: a message too large to gather first flushes
  * what was gathered before it.
  *
@@ -26,6 +27,7 @@
 #include "compress.h"
 #include "util.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +38,8 @@ struct ab_outq {
     ab_peer_t *peer;
     ab_list_t dirty_link;    /* on b->dirty: sent to in this turn */
     int held, held_has_body; /* the turn's first message, not yet copied */
+    uint32_t limit;          /* count limit now (adaptive: ab_batch_next_limit) */
+    uint32_t gathered;       /* messages for the peer since the last flush_all */
     uint8_t *held_hdr;
     size_t held_hlen, held_cap;
     zmq_msg_t held_body;
@@ -57,6 +61,34 @@ static size_t s_held_size(const struct ab_outq *q)
 {
     size_t plen = q->held_has_body ? zmq_msg_size((zmq_msg_t *)&q->held_body) : 0;
     return ab_batch_entry_size(q->held_hlen, plen);
+}
+
+static void s_free_body(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends P's gathered entries as one BATCH. The body's buffer
+ * goes to ZeroMQ as it is (freed by its I/O thread once written): a batch
+ * is up to batch-max-bytes, and copying it into a message of its own was
+ * the broker's largest single cost at 4 KiB (callgrind: 16% of its
+ * instructions, in memcpy). 0 or -1 (counted). */
+static int s_send_batch(ab_broker_t *b, ab_peer_t *p)
+{
+    ab_header_t h = ab_header_init(AB_KIND_BATCH);
+    uint8_t hb[64];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb), len;
+    uint8_t *body = ab_batch_detach(&p->out->batch, &len);
+    zmq_msg_t m;
+    if (!body || zmq_msg_init_data(&m, body, len, s_free_body, NULL) != 0) {
+        free(body);
+        errno = ENOMEM;
+        return -1;
+    }
+    int rc = ab_send_raw_peer(b, p, &p->rid, hb, hl, &m);
+    zmq_msg_close(&m); /* after a send: empty; after a failure: frees the body */
+    return rc;
 }
 
 /* Sends what P has gathered: the held message alone (zero-copy), or one
@@ -96,14 +128,7 @@ static int s_flush(ab_broker_t *b, ab_peer_t *p)
             zmq_msg_close(&m);
         }
     } else {
-        ab_header_t h = ab_header_init(AB_KIND_BATCH);
-        uint8_t hb[64];
-        size_t hl = ab_header_encode(&h, hb, sizeof hb);
-        zmq_msg_t m;
-        zmq_msg_init_size(&m, len);
-        memcpy(zmq_msg_data(&m), body, len);
-        rc = ab_send_raw_peer(b, p, &p->rid, hb, hl, &m);
-        zmq_msg_close(&m);
+        rc = s_send_batch(b, p);
         if (rc == 0) {
             b->c.batches_out++;
             b->c.batched_msgs_out += n;
@@ -158,9 +183,11 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
             return ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
         zmq_msg_init(&p->out->held_body);
         p->out->peer = p;
+        p->out->limit = ab_batch_next_limit(0, 0, (uint32_t)b->cfg->batch_max_count);
     }
     struct ab_outq *q = p->out;
     s_mark_dirty(b, p);
+    q->gathered++;
     size_t esz = ab_batch_entry_size(hlen, payload ? zmq_msg_size(payload) : 0);
     size_t max = b->cfg->batch_max_bytes;
     if (esz + 8 > max) /* too big to gather: out now, after what was before it */
@@ -188,7 +215,7 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
         zmq_msg_close(payload);
         zmq_msg_init(payload);
     }
-    if (q->batch.count >= (uint32_t)b->cfg->batch_max_count)
+    if (q->batch.count >= q->limit)
         return s_flush(b, p);
     return 0;
 }
@@ -202,7 +229,10 @@ void ab_batching_flush_all(ab_broker_t *b)
      * pointer to the peer here, so dropping it is safe. */
     ab_list_t *l;
     while ((l = ab_list_pop_head(&b->dirty))) {
-        ab_peer_t *p = ab_list_data(l, struct ab_outq, dirty_link)->peer;
+        struct ab_outq *q = ab_list_data(l, struct ab_outq, dirty_link);
+        ab_peer_t *p = q->peer;
+        q->limit = ab_batch_next_limit(q->limit, q->gathered, (uint32_t)b->cfg->batch_max_count);
+        q->gathered = 0;
         int rc = s_flush(b, p);
         /* An idle connection must stay cheap: a buffer that grew for a
          * large batch is given back (one malloc per large batch). */
@@ -254,8 +284,11 @@ void ab_batching_recv(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
     b->c.batched_msgs_in += count;
     ab_frame_t f[2];
     size_t nf;
-    while (ab_batch_next(&r, f, &nf) == 1)
+    for (uint32_t i = 1; ab_batch_next(&r, f, &nf) == 1; i++) {
         ab_route_frames(b, rid, fd, now, f, nf);
+        if ((i & 31) == 0 && b->clock_us) /* a long batch: the clock moves on */
+            b->clock_us = ab_now_us();
+    }
 }
 
 void ab_batching_note(ab_broker_t *b, const ab_header_t *h, size_t payload_size)

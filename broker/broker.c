@@ -579,6 +579,7 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
         return -1;
     b->c.msgs_in++;
     b->c.bytes_in += bytes;
+    b->clock_us = ab_now_us(); /* until this message is routed (broker.h) */
     s_in_t in;
     in.now = now;
     in.rid.len = (uint8_t)(zmq_msg_size(&f[0]) <= AB_RID_MAX ? zmq_msg_size(&f[0]) : AB_RID_MAX);
@@ -596,6 +597,7 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
             shutdown(in.fd, SHUT_RDWR);
         for (size_t i = 0; i < kept; i++)
             zmq_msg_close(&f[i]);
+        b->clock_us = 0;
         return 0;
     }
     ab_frame_t pl;
@@ -619,6 +621,7 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
         zmq_msg_close(&in.body);
     for (size_t i = 0; i < kept; i++)
         zmq_msg_close(&f[i]);
+    b->clock_us = 0;
     return 0;
 }
 

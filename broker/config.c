@@ -89,8 +89,9 @@ static const s_option_t s_options[] = {
     {"batch", OPT_LONG, OFF(batch), 0, 1, "1",
      "1: gather messages bound for one peer in one turn into BATCHes (peers that "
      "announce it only); 0: one ZeroMQ message per message"},
-    {"batch-max-count", OPT_LONG, OFF(batch_max_count), 2, 4096, "64",
-     "messages per BATCH before it is sent"},
+    {"batch-max-count", OPT_LONG, OFF(batch_max_count), 2, 4096, "4096",
+     "most messages per BATCH: each peer's count limit starts at 64 (or this, if lower) "
+     "and doubles up to this while its backlog fills batches, halving again as it drains"},
     {"batch-max-bytes", OPT_SIZE, OFF(batch_max_bytes), 256, 16 << 20, "64K",
      "bytes per BATCH before it is sent; a larger message goes alone"},
     {"batch-max-age-us", OPT_LONG, OFF(batch_max_age_us), 0, 1000000, "200",

@@ -542,14 +542,15 @@ int ab_header_msg(const ab_header_t *h, zmq_msg_t *out)
     return rc == 0 ? 0 : -1;
 }
 
-int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
+/* ab_send with the peer already found (P, or NULL: none has RID). */
+static int s_send(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                  zmq_msg_t *payload)
 {
     uint8_t stack[512];
     size_t len;
     uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
     if (!buf)
         return -1;
-    ab_peer_t *p = ab_peer_lookup(b, rid);
     int rc;
     if (p && s_beyond_twice(b, p))
         rc = -1; /* counted; P is disconnected at the end of the turn */
@@ -560,6 +561,16 @@ int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t
     if (buf != stack)
         free(buf);
     return rc;
+}
+
+int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload)
+{
+    return s_send(b, ab_peer_lookup(b, rid), rid, h, payload);
+}
+
+int ab_send_peer(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *payload)
+{
+    return s_send(b, p, &p->rid, h, payload);
 }
 
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,

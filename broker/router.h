@@ -11,6 +11,9 @@
 
 /* Sends HEADER (+ PAYLOAD moved, may be NULL) to RID. 0 or -1 (counted). */
 int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t *payload);
+/* As ab_send to peer P (a live record: its rid is where it goes), for
+ * callers that hold it: no look-up by routing id. */
+int ab_send_peer(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *payload);
 /* Sends an encoded header BUF (+ PAYLOAD moved) to RID now, unbatched. */
 int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t len,
                 zmq_msg_t *payload);

@@ -264,9 +264,8 @@ ab_req_t *ab_queue_head(ab_service_t *s)
 
 #define AB_FAST_WINDOW_MS 10000 /* the fastest answer is kept per window of this */
 
-void ab_service_fast(ab_service_t *s, uint64_t us)
+void ab_service_fast(ab_service_t *s, uint64_t us, int64_t now)
 {
-    int64_t now = ab_now_ms();
     if (now - s->fast_since_ms >= AB_FAST_WINDOW_MS) {
         s->fast_us[1] = s->fast_us[0];
         s->fast_us[0] = 0;
@@ -526,7 +525,7 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
         zmq_msg_copy(&copy, &r->payload);
     int rc = w->peer->link_role == AB_LINK_WORKER /* over a broker link (link.h) */
                  ? ab_link_forward(b, w, r, &h, r->has_payload ? &copy : NULL)
-                 : ab_send(b, &w->peer->rid, &h, r->has_payload ? &copy : NULL);
+                 : ab_send_peer(b, w->peer, &h, r->has_payload ? &copy : NULL);
     zmq_msg_close(&copy);
     return rc;
 }
@@ -540,7 +539,7 @@ static int s_start(ab_broker_t *b, ab_service_t *s, ab_worker_rec_t *w, ab_req_t
     s_worker_req_add(w, r);
     ab_health_on_dispatch(b, w, r);
     w->last_dispatch = ++b->dispatch_seq;
-    r->dispatch_us = ab_now_us();
+    r->dispatch_us = ab_broker_clock_us(b);
     if (s_send_to_worker(b, w, r, now) == 0)
         return 0;
     /* The worker is gone or choking: take the request back, put it at the
@@ -584,7 +583,7 @@ static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
  * pass restarts from the lanes' heads: failing a request may change them. */
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
 {
-    int64_t now = ab_now_ms();
+    int64_t now = (int64_t)(ab_broker_clock_us(b) / 1000);
     uint32_t mark = ++b->dispatch_mark ? b->dispatch_mark : ++b->dispatch_mark;
     ab_req_t *r;
     while (s->q_len && (r = ab_lanes_next(b, s, mark))) {
@@ -596,7 +595,7 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
             r->skip_mark = mark;
         if (v != 0)
             continue;
-        ab_lanes_take(s, r, ab_now_us());
+        ab_lanes_take(s, r, ab_broker_clock_us(b));
         s_start(b, s, w, r, now);
     }
 }

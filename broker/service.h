@@ -76,7 +76,7 @@ int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
 void ab_service_submit(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now);
 /* Records a worker's answer time US for S (dispatch to final reply): the
  * fastest one per 10 s window decides what is too late (above). */
-void ab_service_fast(ab_service_t *s, uint64_t us);
+void ab_service_fast(ab_service_t *s, uint64_t us, int64_t now_ms);
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
 /* Dispatches every service with a queue (after the walk over them). */
 void ab_service_dispatch_all(ab_broker_t *b);

@@ -193,8 +193,10 @@ static void s_retry_refused(ab_conn_t *c, int64_t now)
     }
 }
 
-static int s_send_now(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
-                      size_t size, int has_data)
+/* BODY, when not NULL, is the payload as a message (moved on success;
+ * the caller closes it either way) instead of DATA, SIZE. */
+static int s_send_frames(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
+                         size_t size, int has_data, zmq_msg_t *body)
 {
     if (c->retry_at_ms)
         s_retry_refused(c, ab_now_ms());
@@ -210,12 +212,43 @@ static int s_send_now(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void 
         errno = rc < 0 ? EAGAIN : errno;
     }
     if (rc >= 0 && has_data)
-        rc = zmq_send(c->sock, data ? data : "", size, 0);
+        rc = body ? zmq_msg_send(body, c->sock, 0) : zmq_send(c->sock, data ? data : "", size, 0);
     if (rc < 0)
         return ab_conn_fail(c, errno == EAGAIN ? AB_EBUSY : AB_EZMQ, "send failed: %s",
                             errno == EAGAIN ? "outgoing queue to the broker is full"
                                             : zmq_strerror(errno));
     return AB_OK;
+}
+
+static int s_send_now(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
+                      size_t size, int has_data)
+{
+    return s_send_frames(c, hdr, hlen, data, size, has_data, NULL);
+}
+
+static void s_free_body(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends the gathered batch as one BATCH whose body buffer goes to ZeroMQ
+ * as it is (freed by its I/O thread once written): no copy of up to
+ * batch-max-bytes per batch. */
+static int s_send_batch(ab_conn_t *c)
+{
+    ab_header_t h = ab_header_init(AB_KIND_BATCH);
+    uint8_t hb[64];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb), len;
+    uint8_t *body = ab_batch_detach(&c->out, &len);
+    zmq_msg_t m;
+    if (!body || zmq_msg_init_data(&m, body, len, s_free_body, NULL) != 0) {
+        free(body);
+        return ab_conn_fail(c, AB_ENOMEM, "out of memory sending a batch");
+    }
+    int rc = s_send_frames(c, hb, hl, NULL, len, 1, &m);
+    zmq_msg_close(&m); /* sent: empty; not sent: frees the body */
+    return rc;
 }
 
 /* Sends what was gathered: a BATCH, or the one message alone. */
@@ -235,10 +268,7 @@ static int s_send_gathered(ab_conn_t *c)
                  ? s_send_now(c, f[0].data, f[0].size, f[1].data, f[1].size, nf == 2)
                  : ab_conn_fail(c, AB_EINTERNAL, "gathered message does not decode");
     } else {
-        ab_header_t h = ab_header_init(AB_KIND_BATCH);
-        uint8_t hb[64];
-        size_t hl = ab_header_encode(&h, hb, sizeof hb);
-        rc = s_send_now(c, hb, hl, body, len, 1);
+        rc = s_send_batch(c);
     }
     ab_batch_clear(&c->out);
     return rc;
@@ -247,6 +277,9 @@ static int s_send_gathered(ab_conn_t *c)
 int ab_conn_flush(ab_conn_t *c)
 {
     c->turn_used = 0;
+    /* The end of a turn: the count limit follows what this one gathered. */
+    c->out_limit = ab_batch_next_limit(c->out_limit, c->out_turn, c->opts.batch_max_count);
+    c->out_turn = 0;
     return s_send_gathered(c);
 }
 
@@ -281,7 +314,10 @@ static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const v
     uint64_t now = ab_now_us();
     if (c->out.count == 1)
         c->out_first_us = now;
-    if (c->out.count >= c->opts.batch_max_count ||
+    if (!c->out_limit)
+        c->out_limit = ab_batch_next_limit(0, 0, c->opts.batch_max_count);
+    c->out_turn++;
+    if (c->out.count >= c->out_limit ||
         now - c->out_first_us >= c->opts.batch_max_age_us)
         return s_send_gathered(c);
     return AB_OK;

@@ -60,6 +60,8 @@ typedef struct {
     int turn_used;            /* a message went out directly in this turn */
     int in_idle;              /* the last ab_conn_recv found nothing waiting */
     uint64_t out_first_us;    /* when the oldest gathered message was added */
+    uint32_t out_limit;       /* count limit now, adaptive (ab_batch_next_limit); 0: unset */
+    uint32_t out_turn;        /* messages gathered since the last ab_conn_flush */
     zmq_msg_t in_batch;       /* a received BATCH being handed out entry by entry */
     ab_batch_reader_t in_rd;
     atomic_int stop; /* ab_*_stop: any thread or a signal handler */

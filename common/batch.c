@@ -81,7 +81,7 @@ int ab_batch_add(ab_batch_t *b, const void *hdr, size_t hlen, const void *payloa
         plen = 0;
     size_t need = (b->len ? b->len : AB_BATCH_PREFIX) + ab_batch_entry_size(hlen, plen);
     if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
+        size_t cap = b->cap ? b->cap : b->next_cap > 1024 ? b->next_cap : 1024;
         while (cap < need)
             cap *= 2;
         uint8_t *nb = realloc(b->buf, cap);
@@ -119,6 +119,46 @@ const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len)
     b->buf[3] = (uint8_t)(n >> 24);
     *len = b->len;
     return b->buf;
+}
+
+uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len)
+{
+    if (!ab_batch_body(b, len) || b->count == 0) {
+        *len = 0;
+        return NULL;
+    }
+    uint8_t *buf = b->buf;
+    /* The buffer lives on in a send queue: it should hold what is sent,
+     * not up to twice that (capacity doubles). Shrinking gives the tail
+     * back in place (no copy). */
+    if (b->cap - b->len > b->len / 4) {
+        uint8_t *fit = realloc(buf, b->len);
+        if (fit)
+            buf = fit;
+    }
+    /* The next batch to this peer is likely about as large: start there
+     * instead of doubling up from 1 KB (each step a copy). */
+    size_t hint = 1024;
+    while (hint < b->len && hint < ((size_t)1 << 30))
+        hint *= 2;
+    b->buf = NULL;
+    b->len = b->cap = 0;
+    b->count = 0;
+    b->next_cap = hint;
+    return buf;
+}
+
+uint32_t ab_batch_next_limit(uint32_t limit, uint32_t gathered, uint32_t max)
+{
+    if (max > AB_BATCH_MAX_COUNT)
+        max = AB_BATCH_MAX_COUNT;
+    uint32_t floor = max < AB_BATCH_START_COUNT ? max : AB_BATCH_START_COUNT;
+    limit = limit < floor ? floor : limit > max ? max : limit;
+    if (gathered >= limit)
+        return limit > max / 2 ? max : 2 * limit;
+    if (gathered < limit / 4)
+        return limit / 2 > floor ? limit / 2 : floor;
+    return limit;
 }
 
 /* One entry's frames, lengths checked against what is left. */

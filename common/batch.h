@@ -28,7 +28,8 @@
 #include <stdint.h>
 
 #define AB_BATCH_MAX_COUNT 4096 /* entries a decoder accepts in one batch */
-#define AB_BATCH_DEFAULT_COUNT 64
+#define AB_BATCH_START_COUNT 64 /* adaptive count limit: where it starts and its floor */
+#define AB_BATCH_DEFAULT_COUNT AB_BATCH_MAX_COUNT /* the ceiling it may grow to */
 #define AB_BATCH_DEFAULT_BYTES (64u * 1024u)
 #define AB_BATCH_DEFAULT_AGE_US 200
 
@@ -37,6 +38,7 @@ typedef struct {
     uint8_t *buf;
     size_t len, cap;
     uint32_t count;
+    size_t next_cap; /* after a detach: what the next buffer starts at (the last body's size) */
 } ab_batch_t;
 
 void ab_batch_init(ab_batch_t *b);
@@ -52,6 +54,21 @@ int ab_batch_add(ab_batch_t *b, const void *hdr, size_t hlen, const void *payloa
                  int has_payload);
 /* The body to send (count written in); valid until the next add/clear/fini. */
 const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len);
+/* The body (count written in) as a malloc'd buffer the caller now owns and
+ * frees (a sender hands it to ZeroMQ instead of copying it); B is left
+ * empty, without a buffer, and its next one starts at about this body's
+ * size. NULL (*len 0) when B holds nothing. */
+uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len);
+
+/* The count limit of a sender's next turn, from LIMIT (this turn's) and
+ * GATHERED (the messages it gathered for that peer this turn), within
+ * [min(AB_BATCH_START_COUNT, MAX), MAX]. A backlog makes turns that gather
+ * more than the limit: it doubles, so a busy peer gets fewer, larger
+ * batches (each ZeroMQ message has a fixed cost in every process it
+ * crosses); turns that gather under a quarter of it halve it. An idle peer
+ * never reaches it (one message a turn goes alone), so idle latency does
+ * not depend on it. */
+uint32_t ab_batch_next_limit(uint32_t limit, uint32_t gathered, uint32_t max);
 
 /* A decoder over a received body (views into it, valid while it is). */
 typedef struct {

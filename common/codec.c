@@ -44,10 +44,17 @@ void ab_limits_default(ab_limits_t *lim)
     lim->max_payload = AB_DEFAULT_MAX_PAYLOAD;
 }
 
+/* Field by field, not a memset: see S_CLEAR below (rep stos). */
+#define S_INIT_U32(x) (x) = 0;
+#define S_INIT_ENUM(x) (x) = 0;
+#define S_INIT_U64(x) (x) = 0;
+#define S_INIT_STR(x) (x) = (ab_view_t){NULL, 0};
+#define S_INIT(member, number, type) S_INIT_##type(h.member)
+
 ab_header_t ab_header_init(uint32_t kind)
 {
     ab_header_t h;
-    memset(&h, 0, sizeof h);
+    AB_HEADER_FIELD_LIST(S_INIT)
     h.version = AB_PROTOCOL_VERSION;
     h.kind = kind;
     return h;
@@ -77,8 +84,13 @@ void ab_view_copy(ab_view_t v, char *buf, size_t cap)
 
 /* Reads a varint at *p (bounded by end). 0 on success, -1 if truncated or
  * longer than 10 bytes. */
-static int s_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
+static inline int s_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
 {
+    /* One byte: every key of fields 1..15 and most values of a header. */
+    if (*p < end && !(**p & 0x80)) {
+        *out = *(*p)++;
+        return 0;
+    }
     uint64_t v = 0;
     for (int shift = 0; shift < 70; shift += 7) {
         if (*p >= end)
@@ -130,17 +142,19 @@ static int s_value(const uint8_t **p, const uint8_t *end, int wt, uint64_t *v, a
             return AB_EDECODE;                                                                   \
         h->member = S_GET_##type(v, view);                                                       \
         break;
-#define S_EMPTY_U32(x)
-#define S_EMPTY_ENUM(x)
-#define S_EMPTY_U64(x)
-#define S_EMPTY_STR(x)                                                                           \
-    if (!(x).ptr)                                                                                \
-        (x).ptr = "";
-#define S_EMPTY(member, number, type) S_EMPTY_##type(h->member)
+/* Every field at its default before parsing; absent strings are empty,
+ * never NULL, as protobuf-c's are. Field by field rather than a memset:
+ * the memset of the whole struct (rep stos) was 40 % of the parser's time
+ * (perf annotate), as much as parsing the fields. */
+#define S_CLEAR_U32(x) (x) = 0;
+#define S_CLEAR_ENUM(x) (x) = 0;
+#define S_CLEAR_U64(x) (x) = 0;
+#define S_CLEAR_STR(x) (x) = (ab_view_t){"", 0};
+#define S_CLEAR(member, number, type) S_CLEAR_##type(h->member)
 
 int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
 {
-    memset(h, 0, sizeof *h);
+    AB_HEADER_FIELD_LIST(S_CLEAR)
     const uint8_t *p = buf, *end = p + len;
     if (!buf && len)
         return AB_EDECODE;
@@ -159,8 +173,6 @@ int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
             break; /* unknown field: skipped (newer peer) */
         }
     }
-    /* Absent strings are empty, never NULL, as protobuf-c's are. */
-    AB_HEADER_FIELD_LIST(S_EMPTY)
     return AB_OK;
 }
 
@@ -190,13 +202,12 @@ int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *l
         ab_limits_default(&def);
         lim = &def;
     }
-    memset(h, 0, sizeof *h);
     payload->data = NULL;
     payload->size = 0;
-    if (nframes < 1 || nframes > 2 || !frames)
-        return AB_EFRAMES;
-    if (frames[0].size > lim->max_header)
-        return AB_EHDRSIZE;
+    if (nframes < 1 || nframes > 2 || !frames || frames[0].size > lim->max_header) {
+        memset(h, 0, sizeof *h); /* else ab_header_parse clears it */
+        return nframes < 1 || nframes > 2 || !frames ? AB_EFRAMES : AB_EHDRSIZE;
+    }
     int rc = ab_header_parse(frames[0].data, frames[0].size, h);
     if (rc != AB_OK)
         return rc;

@@ -224,8 +224,10 @@ AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
  * waiting, so an answer sent then never waits for a later poll; while more
  * waits (a backlog) the answers are gathered. The first message of a turn
  * always goes out at once, so a lone request is never delayed; the ones after it are
- * gathered until the turn ends or a limit is reached: MAX_COUNT messages
- * (2..4096, default 64), MAX_BYTES (256..16 MiB, default 64 KiB; a larger
+ * gathered until the turn ends or a limit is reached: a count that adapts
+ * to the backlog (from 64, doubled after each turn that filled it, halved
+ * after one that used under a quarter of it) up to MAX_COUNT messages
+ * (2..4096, default 4096; under 64 it is a fixed limit), MAX_BYTES (256..16 MiB, default 64 KiB; a larger
  * message goes alone, in order) or MAX_AGE_US since the oldest gathered one
  * (0..1000000, default 200; checked when the handle sends or polls). Off:
  * one ZeroMQ message per message, and nothing batched is sent to this

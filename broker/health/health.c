@@ -478,8 +478,7 @@ static void s_eject(ab_broker_t *b, ab_worker_rec_t *w, int64_t now)
 void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
 {
     ab_health_t *h = &w->health;
-    int64_t now = ab_now_ms();
-    if (ok) {
+    if (ok) { /* every answer passes here: no clock read for it */
         h->failures = 0;
         if (h->state == AB_HEALTH_PROBING) {
             s_state(b, w, AB_HEALTH_HEALTHY, "probe request succeeded");
@@ -487,6 +486,7 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
         }
         return;
     }
+    int64_t now = ab_now_ms();
     h->failures++;
     h->last_failure_ms = now;
     /* A failure brings the heartbeat interval back to the floor. */

@@ -289,9 +289,61 @@ static void s_test_wire(void)
     CHECK_U64(back.features, h.features);
 }
 
+/* A detached body is the whole batch, owned by the caller; the encoder is
+ * left empty and reusable, and a second detach gives the next batch only. */
+static void s_test_detach(void)
+{
+    ab_batch_t b;
+    ab_batch_init(&b);
+    size_t len = 1;
+    CHECK_TRUE(ab_batch_detach(&b, &len) == NULL);
+    CHECK_EQ(len, 0);
+    for (uint64_t i = 0; i < 40; i++)
+        s_add(&b, 500 + i, (size_t)(i * 97 % 300), 1);
+    uint8_t *body = ab_batch_detach(&b, &len);
+    REQUIRE(body != NULL);
+    CHECK_EQ(s_read_all(body, len, 500), 40);
+    CHECK_EQ(b.count, 0);
+    CHECK_EQ(b.len, 0);
+    CHECK_TRUE(b.buf == NULL);
+    CHECK_TRUE(b.next_cap >= len);
+    free(body);
+    for (uint64_t i = 0; i < 3; i++)
+        s_add(&b, 900 + i, 10, 1);
+    CHECK_TRUE(b.cap >= b.len);
+    body = ab_batch_detach(&b, &len);
+    REQUIRE(body != NULL);
+    CHECK_EQ(s_read_all(body, len, 900), 3);
+    free(body);
+    ab_batch_fini(&b);
+}
+
+/* The count limit grows with a backlog that fills batches, falls back as
+ * it drains, and never leaves [min(64, max), max]. */
+static void s_test_next_limit(void)
+{
+    uint32_t l = ab_batch_next_limit(0, 0, 4096);
+    CHECK_EQ(l, AB_BATCH_START_COUNT);
+    for (int i = 0; i < 20; i++)
+        l = ab_batch_next_limit(l, 100000, 4096); /* a backlog: turns cut by the limit */
+    CHECK_EQ(l, 4096);
+    CHECK_EQ(ab_batch_next_limit(4096, 2000, 4096), 4096); /* over a quarter: kept */
+    for (int i = 0; i < 20; i++)
+        l = ab_batch_next_limit(l, 1, 4096); /* idle turns */
+    CHECK_EQ(l, AB_BATCH_START_COUNT);
+    CHECK_EQ(ab_batch_next_limit(64, 64, 100), 100); /* doubling stops at the ceiling */
+    CHECK_EQ(ab_batch_next_limit(0, 0, 16), 16);     /* a ceiling under 64 is a fixed limit */
+    CHECK_EQ(ab_batch_next_limit(16, 5000, 16), 16);
+    CHECK_EQ(ab_batch_next_limit(16, 0, 16), 16);
+    CHECK_EQ(ab_batch_next_limit(64, 64, 64), 64); /* as before: a fixed 64 */
+    CHECK_EQ(ab_batch_next_limit(9999, 0, 1u << 20), 4096 / 2);
+}
+
 int main(void)
 {
     s_test_round_trip();
+    s_test_next_limit();
+    s_test_detach();
     s_test_limits();
     s_test_malformed();
     s_test_lz4();
