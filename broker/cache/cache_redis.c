@@ -155,10 +155,20 @@ static int s_cmd(ab_l2_t *l2, int argc, const char **argv, const size_t *lens, i
     return 0;
 }
 
-static int s_push_pend(ab_l2_t *l2, uint8_t kind, uint64_t tag)
+/* Queues a command whose reply is of KIND (for lookup TAG): its place in
+ * the replies' order first, then its bytes, so neither exists without the
+ * other. 0, or -1 over a bound or out of memory (nothing queued). */
+static int s_send(ab_l2_t *l2, uint8_t kind, uint64_t tag, int argc, const char **argv,
+                  const size_t *lens, int val_at)
 {
     s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL};
-    return s_ring_push(&l2->pend, &it);
+    if (s_ring_push(&l2->pend, &it) != 0)
+        return -1;
+    if (s_cmd(l2, argc, argv, lens, val_at) != 0) {
+        l2->pend.n--; /* the item just pushed, at the tail */
+        return -1;
+    }
+    return 0;
 }
 
 /* --- connection --------------------------------------------------------------------- */
@@ -210,6 +220,17 @@ static void s_fail(ab_l2_t *l2, const char *why, uint64_t *lost)
     }
 }
 
+/* Frees a finished (or never started) resolve. */
+static void s_resolve_free(ab_l2_t *l2)
+{
+    if (l2->gai && l2->gai->ar_result)
+        freeaddrinfo(l2->gai->ar_result);
+    free(l2->gai);
+    free(l2->hints);
+    l2->gai = NULL;
+    l2->hints = NULL;
+}
+
 /* The address to connect to: 1 ready, 0 still resolving, -1 failed. A
  * numeric address is parsed once; a name is resolved again before each
  * connect (it may move), by glibc's resolver thread, never on the loop. */
@@ -230,29 +251,29 @@ static int s_resolve(ab_l2_t *l2)
         }
         l2->gai = calloc(1, sizeof *l2->gai);
         l2->hints = calloc(1, sizeof *l2->hints);
-        if (!l2->gai || !l2->hints)
-            return -1;
-        l2->hints->ai_socktype = SOCK_STREAM;
-        l2->hints->ai_flags = AI_NUMERICSERV;
-        *l2->gai = (struct gaicb){.ar_name = l2->host, .ar_service = l2->port_s,
-                                  .ar_request = l2->hints};
         struct gaicb *list[1] = {l2->gai};
-        if (getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0)
+        if (l2->gai && l2->hints) {
+            l2->hints->ai_socktype = SOCK_STREAM;
+            l2->hints->ai_flags = AI_NUMERICSERV;
+            *l2->gai = (struct gaicb){.ar_name = l2->host, .ar_service = l2->port_s,
+                                      .ar_request = l2->hints};
+        }
+        if (!l2->gai || !l2->hints || getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0) {
+            s_resolve_free(l2);
             return -1;
+        }
     }
     int rc = gai_error(l2->gai);
     if (rc == EAI_INPROGRESS)
         return 0;
     struct addrinfo *res = l2->gai->ar_result;
-    if (rc == 0 && res) {
+    int ok = rc == 0 && res;
+    if (ok) {
         memcpy(&l2->addr, res->ai_addr, res->ai_addrlen);
         l2->alen = res->ai_addrlen;
     }
-    if (res)
-        freeaddrinfo(res);
-    free(l2->gai);
-    l2->gai = NULL;
-    return rc == 0 && res ? 1 : -1;
+    s_resolve_free(l2);
+    return ok ? 1 : -1;
 }
 
 static void s_connected(ab_l2_t *l2)
@@ -378,7 +399,7 @@ static void s_scan_send(ab_l2_t *l2, const char *cursor)
 {
     const char *argv[6] = {"SCAN", cursor, "MATCH", AB_L2_NS "*", "COUNT", "1000"};
     size_t lens[6] = {4, strlen(cursor), 5, AB_L2_NS_LEN + 1, 5, 4};
-    if (s_cmd(l2, 6, argv, lens, -1) != 0 || s_push_pend(l2, S_SCAN, 0) != 0) {
+    if (s_send(l2, S_SCAN, 0, 6, argv, lens, -1) != 0) {
         l2->c.errors++;
         l2->clearing = 0; /* the output buffer is full: the operator tries again */
     }
@@ -394,7 +415,7 @@ static void s_unlink_send(ab_l2_t *l2, redisReply *keys)
         for (size_t i = 0; i < keys->elements; i++)
             if (keys->element[i]->type == REDIS_REPLY_STRING)
                 argv[n] = keys->element[i]->str, lens[n++] = keys->element[i]->len;
-        if (n > 1 && s_cmd(l2, (int)n, argv, lens, -1) == 0 && s_push_pend(l2, S_UNLINK, 0) != 0)
+        if (n > 1 && s_send(l2, S_UNLINK, 0, (int)n, argv, lens, -1) != 0)
             l2->c.errors++;
     }
     free(argv);
@@ -481,10 +502,8 @@ void ab_l2_destroy(ab_l2_t **p)
     free(l2->obuf);
     /* A resolve still running writes into its gaicb: leave it to the
      * process' end rather than free it under glibc's thread. */
-    if (l2->gai && gai_cancel(l2->gai) == EAI_CANCELED) {
-        free(l2->gai);
-        free(l2->hints);
-    }
+    if (l2->gai && gai_cancel(l2->gai) != EAI_NOTCANCELED)
+        s_resolve_free(l2);
     free(l2);
     *p = NULL;
 }
@@ -570,13 +589,8 @@ int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
     s_key_str(key, k);
     const char *argv[2] = {"GET", k};
     size_t lens[2] = {3, strlen(k)};
-    size_t olen = l2->olen;
-    if (s_cmd(l2, 2, argv, lens, -1) != 0)
+    if (s_send(l2, S_GET, tag, 2, argv, lens, -1) != 0)
         return -1;
-    if (s_push_pend(l2, S_GET, tag) != 0) {
-        l2->olen = olen; /* not sent after all */
-        return -1;
-    }
     l2->c.sent++;
     return 0;
 }
@@ -594,13 +608,7 @@ int ab_l2_put(ab_l2_t *l2, const ab_cache_key_t *key, int64_t ttl_ms, const void
     /* The value (magic, then the blob) is written straight from VAL. */
     const char *argv[5] = {"SET", k, val, "PX", px};
     size_t lens[5] = {3, strlen(k), len, 2, strlen(px)};
-    size_t olen = l2->olen;
-    if (s_cmd(l2, 5, argv, lens, 2) != 0) {
-        l2->c.dropped++;
-        return -1;
-    }
-    if (s_push_pend(l2, S_SET, 0) != 0) {
-        l2->olen = olen;
+    if (s_send(l2, S_SET, 0, 5, argv, lens, 2) != 0) {
         l2->c.dropped++;
         return -1;
     }
