@@ -63,6 +63,7 @@ struct ab_l2 {
     struct sockaddr_storage addr;
     socklen_t alen;
     int numeric;              /* the address is numeric: resolved once */
+    unsigned addr_turn;       /* which of a name's addresses the next connect uses */
 };
 
 /* --- rings -------------------------------------------------------------------------- */
@@ -268,6 +269,13 @@ static int s_resolve(ab_l2_t *l2)
         return 0;
     struct addrinfo *res = l2->gai->ar_result;
     int ok = rc == 0 && res;
+    /* A name with several addresses (localhost: ::1 and 127.0.0.1, while
+     * Redis may listen on one): each connect tries the next. */
+    size_t n = 0;
+    for (struct addrinfo *a = res; ok && a; a = a->ai_next)
+        n++;
+    for (size_t i = n ? l2->addr_turn++ % n : 0; ok && i > 0; i--)
+        res = res->ai_next;
     if (ok) {
         memcpy(&l2->addr, res->ai_addr, res->ai_addrlen);
         l2->alen = res->ai_addrlen;
