@@ -205,7 +205,9 @@ static void s_fail(ab_l2_t *l2, const char *why, uint64_t *lost)
         } else if (it.kind == S_SET)
             l2->c.dropped++;
     }
-    l2->clearing = 0;
+    /* A clear under way (clearing) starts again from cursor 0 on the next
+     * connection: SCAN + UNLINK may be repeated, and an operator's clear is
+     * not lost to a slow reply. */
     l2->backoff_ms = l2->backoff_ms ? l2->backoff_ms * 2 : AB_L2_BACKOFF_MIN_MS;
     if (l2->backoff_ms > AB_L2_BACKOFF_MAX_MS)
         l2->backoff_ms = AB_L2_BACKOFF_MAX_MS;
@@ -284,12 +286,16 @@ static int s_resolve(ab_l2_t *l2)
     return ok ? 1 : -1;
 }
 
+static void s_scan_send(ab_l2_t *l2, const char *cursor);
+
 static void s_connected(ab_l2_t *l2)
 {
     l2->connecting = 0;
     l2->c.reconnects++;
     l2->c.state = AB_L2_CLOSED;
     AB_INFO("L2 cache: connected to redis %s:%d", l2->host, l2->port);
+    if (l2->clearing) /* cut by the last connection's end: from the start */
+        s_scan_send(l2, "0");
 }
 
 /* Starts a non-blocking connect (the poll reports when it is done). */
