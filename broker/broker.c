@@ -659,14 +659,16 @@ static void s_timers(ab_broker_t *b, int64_t now)
     zmq_timers_execute(b->timers);
 }
 
-/* How long the loop may sleep: until the next timer, deadline or backlog
- * retry. */
+/* How long the loop may sleep: until the next timer, deadline, backlog
+ * retry or cache (L2) timeout. */
 static long s_timeout(ab_broker_t *b, int64_t now)
 {
     long t = zmq_timers_timeout(b->timers); /* -1: none */
-    int64_t dl = ab_deadline_next(b), mw = ab_msgs_next_wake(b);
+    int64_t dl = ab_deadline_next(b), mw = ab_msgs_next_wake(b), cw = ab_cache_next_wake(b);
     if (dl && (t < 0 || dl - now < t))
         t = dl > now ? (long)(dl - now) : 0;
+    if (cw && (t < 0 || cw - now < t))
+        t = cw > now ? (long)(cw - now) : 0;
     if (mw && (t < 0 || mw - now < t))
         t = mw > now ? (long)(mw - now) : 0;
     if (atomic_load(&b->term) && (t < 0 || t > 50))
@@ -678,21 +680,18 @@ int ab_broker_run(ab_broker_t *b)
 {
     zmq_pollitem_t items[4 + 16] = {{b->router, 0, ZMQ_POLLIN, 0},
                                {ab_health_pipe(b), 0, ZMQ_POLLIN, 0},
-                               {ab_auth_zap_socket(b), 0, ZMQ_POLLIN, 0},
-                               {ab_cache_pipe(b), 0, ZMQ_POLLIN, 0}};
-    /* The L2 cache thread's answers and the ZAP handler, when they exist. */
+                               {ab_auth_zap_socket(b), 0, ZMQ_POLLIN, 0}};
+    /* The ZAP handler, when it exists. */
     int nitems = 2, cache_at = -1;
     if (items[2].socket)
         nitems = 3;
-    if (items[3].socket) {
-        items[nitems] = items[3];
-        cache_at = nitems++;
-    }
     int fixed = nitems;
     while (!atomic_load(&b->stop)) {
-        /* Broker links' dialed sockets (link.h): re-listed each turn, as
-         * a link may close and re-dial its socket. */
-        nitems = fixed + ab_link_poll_items(b, items + fixed, 16);
+        /* The L2 cache's Redis connection and broker links' dialed sockets
+         * (link.h): re-listed each turn, as they close and re-connect. */
+        nitems = fixed;
+        cache_at = ab_cache_poll_item(b, &items[nitems]) ? nitems++ : -1;
+        nitems += ab_link_poll_items(b, items + nitems, 16);
         int rc = zmq_poll(items, nitems, s_timeout(b, ab_now_ms()));
         if (rc < 0 && errno != EINTR) {
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));
@@ -710,7 +709,7 @@ int ab_broker_run(ab_broker_t *b)
         if (items[1].revents & ZMQ_POLLIN)
             ab_health_monitor_drain(b);
         if (cache_at >= 0)
-            ab_cache_on_pipe(b);
+            ab_cache_on_poll(b, items[cache_at].revents);
         ab_link_on_poll(b, now);
         if (items[2].socket == ab_auth_zap_socket(b) && items[2].socket)
             ab_auth_on_zap(b); /* handshakes of new connections */

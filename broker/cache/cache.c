@@ -34,7 +34,7 @@ struct ab_cache_req {
     ab_cache_key_t key;
     int64_t ttl_ms;
     uint8_t read, store, leader, overflow;
-    uint8_t l2_wait; /* a lookup is with the L2 thread */
+    uint8_t l2_wait; /* a lookup is with Redis */
     uint64_t l2_sent_ns;
     ab_blob_t acc; /* the reply so far (a leader or a request alone) */
     s_flight_t *flight;
@@ -49,7 +49,7 @@ struct ab_cache {
     size_t key_plain_max;           /* cache-key-decompress-max-bytes */
     uint64_t key_not_decompressed;  /* lz4 requests keyed over that bound */
     uint64_t l2_skipped;            /* L2 lookups not made: breaker open */
-    uint64_t l2_lookups;            /* L2 lookups queued to the L2 thread */
+    uint64_t l2_lookups;            /* L2 lookups queued to Redis */
     ab_hist_t l1_ns;
     int dispatch_pending;
     ab_l3_t *l3;            /* NULL without --data-dir */
@@ -58,7 +58,7 @@ struct ab_cache {
     uint64_t l3_hits, l3_misses;
     ab_hist_t l1_serve_ns, l3_serve_ns; /* request handled -> last chunk sent */
     ab_l2_t *l2;            /* NULL without --cache-redis */
-    ab_hist_t l2_ns;        /* lookup sent -> answer back (a Redis round trip + 2 pipes) */
+    ab_hist_t l2_ns;        /* lookup queued -> answer handled (a Redis round trip + a loop turn) */
     uint64_t l2_hits, l2_misses;
     Agentbus__CacheStats st;
     Agentbus__CacheTier tier[3];
@@ -89,7 +89,8 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     ab_hist_reset(&c->l3_serve_ns);
     ab_hist_reset(&c->l2_ns);
     if (cfg->cache_redis && *cfg->cache_redis)
-        c->l2 = ab_l2_new(cfg->cache_redis, (int)cfg->cache_l2_timeout_ms);
+        c->l2 = ab_l2_new(cfg->cache_redis, (int)cfg->cache_l2_timeout_ms,
+                          cfg->cache_max_entry_bytes);
     if (cfg->data_dir && *cfg->data_dir && (c->l3 = ab_l3_open(cfg->data_dir, cfg->cache_l3_bytes)) &&
         !(c->l3w = ab_l3_writer_new(c->l3, AB_L3_QUEUE_MAX))) {
         AB_ERROR("L3 cache off: cannot start its writer thread");
@@ -331,7 +332,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
 }
 
 /* Asks L2 for R's reply when Redis is usable: R then waits (other traffic
- * flows) until ab_cache_on_pipe has the answer. 1 when asked. */
+ * flows) until ab_cache_on_poll has the answer. 1 when asked. */
 static int s_l2_ask(ab_cache_t *c, ab_req_t *r)
 {
     ab_cache_req_t *cr = r->cache;
@@ -343,8 +344,10 @@ static int s_l2_ask(ab_cache_t *c, ab_req_t *r)
         c->l2_skipped++; /* what the breaker is for: no request waits on a Redis that is down */
         return 0;
     }
-    if (ab_l2_get(c->l2, r->bid, &cr->key) != 0)
+    if (ab_l2_get(c->l2, r->bid, &cr->key) != 0) {
+        c->l2_skipped++; /* AB_L2_PENDING_MAX lookups in flight: the worker answers */
         return 0;
+    }
     c->l2_lookups++;
     r->state = AB_REQ_WAITING;
     cr->l2_wait = 1;
@@ -573,22 +576,15 @@ void ab_cache_req_cancelled(ab_broker_t *b, ab_req_t *r)
     cr->leader = 0;
 }
 
-void ab_cache_tick(ab_broker_t *b, int64_t now)
+/* --- L2 answers ----------------------------------------------------------------------- */
+int ab_cache_poll_item(ab_broker_t *b, zmq_pollitem_t *it)
 {
-    ab_cache_t *c = b->cache;
-    if (!c)
-        return;
-    if (c->dispatch_pending) {
-        c->dispatch_pending = 0;
-        ab_service_dispatch_all(b);
-    }
-    ab_l1_expire(c->l1, now, AB_EXPIRE_SCAN);
+    return b->cache && b->cache->l2 ? ab_l2_poll_item(b->cache->l2, it) : 0;
 }
 
-/* --- L2 answers ----------------------------------------------------------------------- */
-void *ab_cache_pipe(ab_broker_t *b)
+int64_t ab_cache_next_wake(ab_broker_t *b)
 {
-    return b->cache && b->cache->l2 ? ab_l2_pipe(b->cache->l2) : NULL;
+    return b->cache && b->cache->l2 ? ab_l2_next_wake_ms(b->cache->l2) : 0;
 }
 
 /* An L2 hit for R (a leader that waited): R and its waiters get the whole
@@ -624,37 +620,57 @@ static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len
     free(w);
 }
 
-void ab_cache_on_pipe(ab_broker_t *b)
+/* Handles the L2 lookup answers that are ready: a hit answers the request
+ * (and its waiters), a miss sends it on to a worker. */
+static void s_l2_answers(ab_broker_t *b)
+{
+    ab_cache_t *c = b->cache;
+    uint64_t tag;
+    int hit;
+    const uint8_t *val;
+    size_t len;
+    while (ab_l2_recv(c->l2, &tag, &hit, &val, &len)) {
+        ab_req_t *r = ab_idmap_get(&b->pending, tag);
+        ab_cache_req_t *cr = r ? r->cache : NULL;
+        if (!cr || !cr->l2_wait)
+            continue; /* answered or gone meanwhile */
+        cr->l2_wait = 0;
+        ab_hist_record(&c->l2_ns, ab_now_ns() - cr->l2_sent_ns);
+        if (hit && ab_blob_valid(val, len)) {
+            c->l2_hits++;
+            s_l2_hit(b, r, val, len);
+        } else {
+            c->l2_misses++;
+            ab_service_t *s = r->service;
+            if (ab_service_enqueue(b, s, r) == 0)
+                ab_service_dispatch(b, s);
+        }
+    }
+}
+
+void ab_cache_on_poll(ab_broker_t *b, short revents)
 {
     ab_cache_t *c = b->cache;
     if (!c || !c->l2)
         return;
-    for (int i = 0; i < 4096; i++) {
-        uint64_t tag;
-        int hit;
-        size_t off;
-        zmq_msg_t m;
-        if (!ab_l2_recv(c->l2, &tag, &hit, &m, &off))
-            return;
-        ab_req_t *r = ab_idmap_get(&b->pending, tag);
-        ab_cache_req_t *cr = r ? r->cache : NULL;
-        if (cr && cr->l2_wait) { /* else: answered or gone meanwhile */
-            cr->l2_wait = 0;
-            ab_hist_record(&c->l2_ns, ab_now_ns() - cr->l2_sent_ns);
-            const uint8_t *val = (const uint8_t *)zmq_msg_data(&m) + off;
-            size_t len = zmq_msg_size(&m) - off;
-            if (hit && ab_blob_valid(val, len)) {
-                c->l2_hits++;
-                s_l2_hit(b, r, val, len);
-            } else {
-                c->l2_misses++;
-                ab_service_t *s = r->service;
-                if (ab_service_enqueue(b, s, r) == 0)
-                    ab_service_dispatch(b, s);
-            }
-        }
-        zmq_msg_close(&m);
+    ab_l2_on_poll(c->l2, revents);
+    s_l2_answers(b);
+}
+
+void ab_cache_tick(ab_broker_t *b, int64_t now)
+{
+    ab_cache_t *c = b->cache;
+    if (!c)
+        return;
+    if (c->l2) {
+        ab_l2_tick(c->l2, now); /* the turn's lookups and stores go out as one write */
+        s_l2_answers(b);        /* lookups it ended (timeout, connection lost) */
     }
+    if (c->dispatch_pending) {
+        c->dispatch_pending = 0;
+        ab_service_dispatch_all(b);
+    }
+    ab_l1_expire(c->l1, now, AB_EXPIRE_SCAN);
 }
 
 /* --- control and stats ------------------------------------------------------------- */
@@ -709,13 +725,15 @@ Agentbus__CacheStats *ab_cache_stats(ab_broker_t *b)
         t->state = (char *)ab_l2_state_name(c->l2);
         t->hits = c->l2_hits;
         t->misses = c->l2_misses;
-        t->stores = atomic_load(&k->stores);
-        t->evictions = atomic_load(&k->opens); /* breaker openings (Redis evicts itself) */
-        t->expired = atomic_load(&k->dropped);
+        t->stores = k->stores;
+        t->evictions = k->opens; /* breaker openings (Redis evicts itself) */
+        t->expired = k->dropped;
         t->skipped = c->l2_skipped;
         t->lookups = c->l2_lookups;
-        t->sent = atomic_load(&k->sent);
-        t->dropped = atomic_load(&k->dropped);
+        t->sent = k->sent;
+        t->dropped = k->dropped;
+        t->timeouts = k->timeouts;
+        t->failed = k->failed;
         t->lookup_p50_ns = ab_hist_percentile(&c->l2_ns, 50);
         t->lookup_p99_ns = ab_hist_percentile(&c->l2_ns, 99);
         c->tierp[nt++] = t;
@@ -818,7 +836,8 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     int all = strcmp(what, "cache clear") == 0;
     if (strcmp(what, "cache clear l2") == 0 || (all && c->l2)) {
         if (!c->l2 || ab_l2_clear(c->l2) != 0) {
-            *err = c->l2 ? "the L2 thread is busy: try again" : "there is no L2 cache (no --cache-redis)";
+            *err = c->l2 ? "Redis is not connected now (L2 breaker open): try again"
+                          : "there is no L2 cache (no --cache-redis)";
             return c->l2 ? AB_ERR_BUSY : AB_ERR_UNSUPPORTED;
         }
         if (!all)

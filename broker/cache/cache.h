@@ -62,15 +62,21 @@ int ab_cache_has_waiters(const ab_req_t *r);
  * more, so an identical request goes to a worker itself instead of
  * joining one that ends in CANCELLED. */
 void ab_cache_req_cancelled(ab_broker_t *b, ab_req_t *r);
-/* End of each loop turn: dispatches services that got re-dispatched
- * waiters, expires cold entries. */
+/* End of each loop turn: writes the turn's L2 commands, ends L2 lookups
+ * past their timeout (as misses), dispatches services that got
+ * re-dispatched waiters, expires cold entries. */
 void ab_cache_tick(ab_broker_t *b, int64_t now);
 
-/* The L2 thread's pipe (poll it for ZMQ_POLLIN), or NULL without L2. */
-void *ab_cache_pipe(ab_broker_t *b);
-/* Handles the L2 lookup answers that arrived: a hit answers the request
- * (and its waiters), a miss sends it on to a worker. */
-void ab_cache_on_pipe(ab_broker_t *b);
+/* L2's connection to Redis, polled by the broker's loop: 1 with *IT (an fd
+ * and its events for this turn), 0 when there is nothing to poll (no L2,
+ * or no connection now). Ask each turn: the fd and events change. */
+int ab_cache_poll_item(ab_broker_t *b, zmq_pollitem_t *it);
+/* The poll reported REVENTS on that item: reads Redis' answers; a hit
+ * answers the request (and its waiters), a miss sends it on to a worker. */
+void ab_cache_on_poll(ab_broker_t *b, short revents);
+/* When the cache needs a turn by time (an L2 lookup's or connect's
+ * timeout, a reconnect), on ab_now_ms' clock; 0 for never. */
+int64_t ab_cache_next_wake(ab_broker_t *b);
 
 /* CONTROL "cache", "cache clear [l1|l2|l3]", "cache get KEY": *out malloc'd
  * protobuf (CacheStats, CacheStats, CacheEntry). 0, or the AB_ERR_* code

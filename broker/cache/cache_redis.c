@@ -4,256 +4,460 @@
 #include "log.h"
 #include "util.h"
 
-#include <czmq.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define AB_L2_NS "agentbus:cache:v1:"
 #define AB_L2_NS_LEN 18
-#define AB_L2_BATCH 256
 #define AB_L2_BACKOFF_MIN_MS 1000
 #define AB_L2_BACKOFF_MAX_MS 30000
-#define AB_L2_QUEUE_MAX (64u << 20)
+#define AB_L2_QUEUE_MAX (64u << 20) /* bytes of commands waiting to be written */
+#define AB_L2_READS_PER_TURN 16     /* 64 KiB reads: the loop's other work goes on */
+#define AB_L2_RESOLVE_POLL_MS 10
 static const char s_vmagic[5] = {'A', 'B', 'L', '2', 1};
 
+/* What a command in flight was, so its reply (Redis answers in order) is
+ * handled as such. */
+enum { S_GET, S_SET, S_SCAN, S_UNLINK };
+
+typedef struct {
+    uint8_t kind;
+    uint64_t tag;   /* S_GET: the broker's tag */
+    int64_t t_ns;   /* when it was queued */
+    redisReply *r;  /* an answer: the GET's reply (NULL: a miss) */
+} s_item_t;
+
+typedef struct {
+    s_item_t *v;
+    size_t cap, head, n; /* cap a power of two */
+} s_ring_t;
+
 struct ab_l2 {
-    char host[256];
+    char host[256], port_s[8];
     int port, timeout_ms;
-    zactor_t *actor;
+    size_t max_reply;
     ab_l2_counters_t c;
-    atomic_size_t queued;
-    /* thread only */
-    redisContext *rc;
+    int fd, connecting;
+    int64_t conn_ns;          /* when the connect started */
+    redisReader *rd;
+    char *obuf;               /* commands not yet written */
+    size_t olen, ooff, ocap;
+    s_ring_t pend;            /* written or queued, waiting for their reply */
+    s_ring_t ready;           /* lookup answers for ab_l2_recv */
+    redisReply *given;        /* the reply ab_l2_recv handed out last */
     int64_t retry_at_ms, backoff_ms;
+    int clearing;
+    long cleared;
+    struct gaicb *gai;        /* a name being resolved (NULL: none) */
+    struct addrinfo *hints;
+    struct sockaddr_storage addr;
+    socklen_t alen;
+    int numeric;              /* the address is numeric: resolved once */
+    unsigned addr_turn;       /* which of a name's addresses the next connect uses */
 };
 
-/* --- the L2 thread ------------------------------------------------------------------- */
-static void s_open_breaker(ab_l2_t *l2, const char *reason)
+/* --- rings -------------------------------------------------------------------------- */
+static int s_ring_push(s_ring_t *q, const s_item_t *it)
 {
-    char why[128]; /* REASON may live in the context freed below */
-    snprintf(why, sizeof why, "%s", reason);
-    if (l2->rc) {
-        redisFree(l2->rc);
-        l2->rc = NULL;
+    if (q->n == q->cap) {
+        if (q->cap >= AB_L2_PENDING_MAX) /* pend.n + ready.n stays under it (ab_l2_get) */
+            return -1;
+        size_t cap = q->cap ? q->cap * 2 : 64;
+        s_item_t *v = malloc(cap * sizeof *v);
+        if (!v)
+            return -1;
+        for (size_t i = 0; i < q->n; i++)
+            v[i] = q->v[(q->head + i) & (q->cap - 1)];
+        free(q->v);
+        q->v = v;
+        q->cap = cap;
+        q->head = 0;
     }
+    q->v[(q->head + q->n++) & (q->cap - 1)] = *it;
+    return 0;
+}
+
+static int s_ring_pop(s_ring_t *q, s_item_t *it)
+{
+    if (!q->n)
+        return 0;
+    *it = q->v[q->head];
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->n--;
+    return 1;
+}
+
+/* --- output buffer: RESP commands ---------------------------------------------------- */
+static int s_out_reserve(ab_l2_t *l2, size_t need)
+{
+    if (l2->ooff && l2->ooff == l2->olen)
+        l2->ooff = l2->olen = 0;
+    if (l2->olen - l2->ooff + need > AB_L2_QUEUE_MAX)
+        return -1;
+    if (l2->olen + need <= l2->ocap)
+        return 0;
+    if (l2->ooff) { /* written bytes first make room */
+        memmove(l2->obuf, l2->obuf + l2->ooff, l2->olen - l2->ooff);
+        l2->olen -= l2->ooff;
+        l2->ooff = 0;
+        if (l2->olen + need <= l2->ocap)
+            return 0;
+    }
+    size_t cap = l2->ocap ? l2->ocap : 4096;
+    while (cap < l2->olen + need)
+        cap *= 2;
+    char *p = realloc(l2->obuf, cap);
+    if (!p)
+        return -1;
+    l2->obuf = p;
+    l2->ocap = cap;
+    return 0;
+}
+
+/* One bulk string made of A then B (B may be NULL). */
+static char *s_bulk(char *p, const void *a, size_t alen, const void *b, size_t blen)
+{
+    p += sprintf(p, "$%zu\r\n", alen + blen);
+    memcpy(p, a, alen);
+    p += alen;
+    if (blen)
+        memcpy(p, b, blen);
+    p += blen;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* Appends a command of ARGC arguments; argument VAL_AT (or -1) is
+ * prefixed with the value magic. 0, or -1 over the queue bound. */
+static int s_cmd(ab_l2_t *l2, int argc, const char **argv, const size_t *lens, int val_at)
+{
+    size_t need = 16;
+    for (int i = 0; i < argc; i++)
+        need += 24 + lens[i] + (i == val_at ? sizeof s_vmagic : 0);
+    if (s_out_reserve(l2, need) != 0)
+        return -1;
+    char *p = l2->obuf + l2->olen;
+    p += sprintf(p, "*%d\r\n", argc);
+    for (int i = 0; i < argc; i++)
+        p = i == val_at ? s_bulk(p, s_vmagic, sizeof s_vmagic, argv[i], lens[i])
+                        : s_bulk(p, argv[i], lens[i], NULL, 0);
+    l2->olen = (size_t)(p - l2->obuf);
+    return 0;
+}
+
+/* Queues a command whose reply is of KIND (for lookup TAG): its place in
+ * the replies' order first, then its bytes, so neither exists without the
+ * other. 0, or -1 over a bound or out of memory (nothing queued). */
+static int s_send(ab_l2_t *l2, uint8_t kind, uint64_t tag, int argc, const char **argv,
+                  const size_t *lens, int val_at)
+{
+    s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL};
+    if (s_ring_push(&l2->pend, &it) != 0)
+        return -1;
+    if (s_cmd(l2, argc, argv, lens, val_at) != 0) {
+        l2->pend.n--; /* the item just pushed, at the tail */
+        return -1;
+    }
+    return 0;
+}
+
+/* --- connection --------------------------------------------------------------------- */
+static void s_close(ab_l2_t *l2)
+{
+    if (l2->fd >= 0)
+        close(l2->fd);
+    l2->fd = -1;
+    l2->connecting = 0;
+    if (l2->rd)
+        redisReaderFree(l2->rd);
+    l2->rd = NULL;
+    l2->olen = l2->ooff = 0;
+    if (l2->ocap > (1u << 20)) { /* a burst of stores does not keep its buffer */
+        free(l2->obuf);
+        l2->obuf = NULL;
+        l2->ocap = 0;
+    }
+}
+
+/* The connection is gone (WHY): every command in flight is ended (lookups
+ * answered "miss", counted in *LOST; stores dropped) and the breaker opens
+ * for the next backoff. */
+static void s_fail(ab_l2_t *l2, const char *why, uint64_t *lost)
+{
+    s_close(l2);
+    s_item_t it;
+    while (s_ring_pop(&l2->pend, &it)) {
+        if (it.kind == S_GET) {
+            it.r = NULL;
+            (*lost)++;
+            s_ring_push(&l2->ready, &it); /* cannot fail: ready holds fewer than pend did */
+        } else if (it.kind == S_SET)
+            l2->c.dropped++;
+    }
+    /* A clear under way (clearing) starts again from cursor 0 on the next
+     * connection: SCAN + UNLINK may be repeated, and an operator's clear is
+     * not lost to a slow reply. */
     l2->backoff_ms = l2->backoff_ms ? l2->backoff_ms * 2 : AB_L2_BACKOFF_MIN_MS;
     if (l2->backoff_ms > AB_L2_BACKOFF_MAX_MS)
         l2->backoff_ms = AB_L2_BACKOFF_MAX_MS;
     l2->retry_at_ms = ab_now_ms() + l2->backoff_ms;
-    if (atomic_exchange(&l2->c.state, AB_L2_OPEN) == AB_L2_CLOSED) {
-        atomic_fetch_add(&l2->c.opens, 1);
+    if (l2->c.state == AB_L2_CLOSED) {
+        l2->c.state = AB_L2_OPEN;
+        l2->c.opens++;
         AB_WARN("L2 cache (redis %s:%d) skipped for %lld ms: %s", l2->host, l2->port,
                 (long long)l2->backoff_ms, why);
+    } else {
+        AB_DEBUG("L2 cache: redis %s:%d: %s (retry in %lld ms)", l2->host, l2->port, why,
+                 (long long)l2->backoff_ms);
     }
 }
 
-static int s_connect(ab_l2_t *l2)
+/* Frees a finished (or never started) resolve. */
+static void s_resolve_free(ab_l2_t *l2)
 {
-    struct timeval tv = {l2->timeout_ms / 1000, (l2->timeout_ms % 1000) * 1000};
-    l2->rc = redisConnectWithTimeout(l2->host, l2->port, tv);
-    if (!l2->rc || l2->rc->err) {
-        s_open_breaker(l2, l2->rc ? l2->rc->errstr : "out of memory");
-        return -1;
+    if (l2->gai && l2->gai->ar_result)
+        freeaddrinfo(l2->gai->ar_result);
+    free(l2->gai);
+    free(l2->hints);
+    l2->gai = NULL;
+    l2->hints = NULL;
+}
+
+/* The address to connect to: 1 ready, 0 still resolving, -1 failed. A
+ * numeric address is parsed once; a name is resolved again before each
+ * connect (it may move), by glibc's resolver thread, never on the loop. */
+static int s_resolve(ab_l2_t *l2)
+{
+    if (l2->numeric)
+        return 1;
+    if (!l2->gai) {
+        struct addrinfo h = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+        struct addrinfo *res = NULL;
+        if (getaddrinfo(l2->host, l2->port_s, &h, &res) == 0) {
+            memcpy(&l2->addr, res->ai_addr, res->ai_addrlen);
+            l2->alen = res->ai_addrlen;
+            freeaddrinfo(res);
+            l2->numeric = 1;
+            return 1;
+        }
+        l2->gai = calloc(1, sizeof *l2->gai);
+        l2->hints = calloc(1, sizeof *l2->hints);
+        struct gaicb *list[1] = {l2->gai};
+        if (l2->gai && l2->hints) {
+            l2->hints->ai_socktype = SOCK_STREAM;
+            l2->hints->ai_flags = AI_NUMERICSERV;
+            *l2->gai = (struct gaicb){.ar_name = l2->host, .ar_service = l2->port_s,
+                                      .ar_request = l2->hints};
+        }
+        if (!l2->gai || !l2->hints || getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0) {
+            s_resolve_free(l2);
+            return -1;
+        }
     }
-    redisSetTimeout(l2->rc, tv);
-    atomic_fetch_add(&l2->c.reconnects, 1);
-    atomic_store(&l2->c.state, AB_L2_CLOSED);
+    int rc = gai_error(l2->gai);
+    if (rc == EAI_INPROGRESS)
+        return 0;
+    struct addrinfo *res = l2->gai->ar_result;
+    int ok = rc == 0 && res;
+    /* A name with several addresses (localhost: ::1 and 127.0.0.1, while
+     * Redis may listen on one): each connect tries the next. */
+    size_t n = 0;
+    for (struct addrinfo *a = res; ok && a; a = a->ai_next)
+        n++;
+    for (size_t i = n ? l2->addr_turn++ % n : 0; ok && i > 0; i--)
+        res = res->ai_next;
+    if (ok) {
+        memcpy(&l2->addr, res->ai_addr, res->ai_addrlen);
+        l2->alen = res->ai_addrlen;
+    }
+    s_resolve_free(l2);
+    return ok ? 1 : -1;
+}
+
+static void s_scan_send(ab_l2_t *l2, const char *cursor);
+
+static void s_connected(ab_l2_t *l2)
+{
+    l2->connecting = 0;
+    l2->c.reconnects++;
+    l2->c.state = AB_L2_CLOSED;
     AB_INFO("L2 cache: connected to redis %s:%d", l2->host, l2->port);
+    if (l2->clearing) /* cut by the last connection's end: from the start */
+        s_scan_send(l2, "0");
+}
+
+/* Starts a non-blocking connect (the poll reports when it is done). */
+static void s_connect(ab_l2_t *l2)
+{
+    int r = s_resolve(l2);
+    if (r <= 0) {
+        if (r < 0)
+            s_fail(l2, "cannot resolve the host name", &l2->c.failed);
+        return;
+    }
+    l2->rd = redisReaderCreate();
+    l2->fd = socket(l2->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (!l2->rd || l2->fd < 0) {
+        s_fail(l2, "out of memory or descriptors", &l2->c.failed);
+        return;
+    }
+    int one = 1;
+    setsockopt(l2->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    l2->conn_ns = (int64_t)ab_now_ns();
+    if (connect(l2->fd, (struct sockaddr *)&l2->addr, l2->alen) == 0)
+        s_connected(l2);
+    else if (errno == EINPROGRESS)
+        l2->connecting = 1;
+    else
+        s_fail(l2, strerror(errno), &l2->c.failed);
+}
+
+/* --- replies ------------------------------------------------------------------------ */
+static void s_scan_reply(ab_l2_t *l2, redisReply *r);
+
+/* One reply, for the oldest command in flight. -1: a protocol error. */
+static int s_on_reply(ab_l2_t *l2, redisReply *r)
+{
+    s_item_t it;
+    if (!s_ring_pop(&l2->pend, &it)) {
+        freeReplyObject(r);
+        return -1; /* a reply nobody asked for */
+    }
+    l2->backoff_ms = 0; /* answered: a later failure starts a new backoff */
+    if (r->type == REDIS_REPLY_ERROR) {
+        l2->c.errors++;
+        AB_DEBUG("L2 cache: redis error: %s", r->str);
+    }
+    if (it.kind == S_GET) {
+        it.r = r;
+        s_ring_push(&l2->ready, &it); /* ready holds at most what pend held */
+        return 0;
+    }
+    if (it.kind == S_SET) {
+        if (r->type == REDIS_REPLY_STATUS)
+            l2->c.stores++;
+        else
+            l2->c.dropped++;
+    } else if (it.kind == S_SCAN) {
+        s_scan_reply(l2, r);
+    } else if (r->type == REDIS_REPLY_INTEGER) {
+        l2->cleared += (long)r->integer;
+    }
+    freeReplyObject(r);
     return 0;
 }
 
-static void s_key_str(const uint8_t *kb, char *out)
+/* Reads what Redis sent and handles each complete reply. */
+static void s_read(ab_l2_t *l2)
 {
-    ab_cache_key_t k;
-    memcpy(&k.hi, kb, 8);
-    memcpy(&k.lo, kb + 8, 8);
-    memcpy(out, AB_L2_NS, AB_L2_NS_LEN);
-    ab_cache_key_hex(&k, out + AB_L2_NS_LEN);
+    char buf[65536];
+    for (int i = 0; i < AB_L2_READS_PER_TURN && l2->fd >= 0; i++) {
+        ssize_t n = recv(l2->fd, buf, sizeof buf, 0);
+        if (n == 0) {
+            s_fail(l2, "connection closed by redis", &l2->c.failed);
+            return;
+        }
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                s_fail(l2, strerror(errno), &l2->c.failed);
+            return;
+        }
+        redisReaderFeed(l2->rd, buf, (size_t)n);
+        void *r = NULL;
+        int bad = 0;
+        while (!bad && redisReaderGetReply(l2->rd, &r) == REDIS_OK && r) {
+            bad = s_on_reply(l2, r) != 0;
+            r = NULL;
+        }
+        if (bad || l2->rd->err || l2->rd->len - l2->rd->pos > l2->max_reply) {
+            l2->c.errors++;
+            s_fail(l2, "malformed, unexpected or oversized reply", &l2->c.failed);
+            return;
+        }
+        if ((size_t)n < sizeof buf)
+            return;
+    }
 }
 
-/* Answers lookup TAG to the broker: a miss, or the blob of a hit. */
-static void s_answer(ab_l2_t *l2, zsock_t *pipe, const uint8_t *tag, const char *val,
-                     size_t len)
+static void s_write(ab_l2_t *l2)
 {
-    (void)l2;
-    int hit = val && len >= sizeof s_vmagic && memcmp(val, s_vmagic, sizeof s_vmagic) == 0;
-    size_t blen = hit ? len - sizeof s_vmagic : 0;
-    zmq_msg_t m;
-    if (zmq_msg_init_size(&m, 10 + blen) != 0)
-        return;
-    uint8_t *d = zmq_msg_data(&m);
-    d[0] = 'g';
-    memcpy(d + 1, tag, 8);
-    d[9] = (uint8_t)hit;
-    if (blen)
-        memcpy(d + 10, val + sizeof s_vmagic, blen);
-    if (zmq_msg_send(&m, zsock_resolve(pipe), 0) < 0)
-        zmq_msg_close(&m);
+    while (l2->fd >= 0 && !l2->connecting && l2->ooff < l2->olen) {
+        ssize_t n = send(l2->fd, l2->obuf + l2->ooff, l2->olen - l2->ooff, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                s_fail(l2, strerror(errno), &l2->c.failed);
+            return;
+        }
+        l2->ooff += (size_t)n;
+    }
 }
 
-/* Sends every command of the batch as one pipeline, then reads the replies
- * in order. On any error the breaker opens and the lookups not yet
- * answered are answered as misses. */
+/* --- clear: SCAN + UNLINK ------------------------------------------------------------ */
 /* Deletes every key of our namespace with SCAN + UNLINK, a bounded batch
- * at a time, never KEYS: on a Redis shared by brokers (and by whatever
+ * per round trip, never KEYS: on a Redis shared by brokers (and by whatever
  * else the deployment keeps there) one O(keys) command would stall them
- * all. Runs on this thread; the broker's lookups meanwhile time out into
- * the breaker (nothing fails). Returns the keys deleted, or -1. */
-static long s_clear_scan(ab_l2_t *l2)
+ * all. Lookups go on between the batches. */
+static void s_scan_send(ab_l2_t *l2, const char *cursor)
 {
-    char cursor[32] = "0";
-    long deleted = 0;
-    do {
-        redisReply *r = redisCommand(l2->rc, "SCAN %s MATCH %s* COUNT 1000", cursor, AB_L2_NS);
-        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING) {
-            if (r)
-                freeReplyObject(r);
-            return -1;
-        }
-        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
-        redisReply *keys = r->element[1];
-        if (keys->type == REDIS_REPLY_ARRAY && keys->elements) {
-            const char **argv = calloc(keys->elements + 1, sizeof *argv);
-            size_t *lens = calloc(keys->elements + 1, sizeof *lens);
-            if (argv && lens) {
-                argv[0] = "UNLINK", lens[0] = 6;
-                for (size_t i = 0; i < keys->elements; i++)
-                    argv[i + 1] = keys->element[i]->str, lens[i + 1] = keys->element[i]->len;
-                redisReply *u = redisCommandArgv(l2->rc, (int)keys->elements + 1, argv, lens);
-                if (u && u->type == REDIS_REPLY_INTEGER)
-                    deleted += u->integer;
-                if (u)
-                    freeReplyObject(u);
-            }
-            free(argv);
-            free(lens);
-        }
-        freeReplyObject(r);
-    } while (strcmp(cursor, "0") != 0);
-    return deleted;
-}
-
-static void s_run_batch(ab_l2_t *l2, zsock_t *pipe, zmq_msg_t *msgs, size_t n)
-{
-    int clear = 0;
-    size_t sent = 0;
-    int ok = l2->rc != NULL;
-    char key[AB_L2_NS_LEN + AB_CACHE_KEY_HEX];
-    for (size_t i = 0; i < n && ok; i++, sent++) {
-        const uint8_t *d = zmq_msg_data(&msgs[i]);
-        size_t sz = zmq_msg_size(&msgs[i]);
-        if (d[0] == 'G') {
-            s_key_str(d + 9, key);
-            const char *argv[2] = {"GET", key};
-            size_t lens[2] = {3, strlen(key)};
-            ok = redisAppendCommandArgv(l2->rc, 2, argv, lens) == REDIS_OK;
-            if (ok)
-                atomic_fetch_add(&l2->c.sent, 1);
-        } else if (d[0] == 'P') {
-            s_key_str(d + 1, key);
-            int64_t ttl;
-            memcpy(&ttl, d + 17, 8);
-            char px[24];
-            snprintf(px, sizeof px, "%lld", (long long)(ttl > 0 ? ttl : 1));
-            /* The value (magic, then the blob) is the rest of the message. */
-            const char *argv[5] = {"SET", key, (const char *)d + 25, "PX", px};
-            size_t lens[5] = {3, strlen(key), sz - 25, 2, strlen(px)};
-            ok = redisAppendCommandArgv(l2->rc, 5, argv, lens) == REDIS_OK;
-        } else { /* 'C': a PING keeps the replies in step; the clear runs after */
-            const char *av[1] = {"PING"};
-            size_t lens[1] = {4};
-            ok = redisAppendCommandArgv(l2->rc, 1, av, lens) == REDIS_OK;
-            clear = 1;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *d = zmq_msg_data(&msgs[i]);
-        redisReply *r = NULL;
-        if (ok && i < sent && redisGetReply(l2->rc, (void **)&r) != REDIS_OK)
-            ok = 0;
-        if (ok && r && r->type == REDIS_REPLY_ERROR) {
-            atomic_fetch_add(&l2->c.errors, 1);
-            AB_DEBUG("L2 cache: redis error: %s", r->str);
-        }
-        if (d[0] == 'G')
-            s_answer(l2, pipe, d + 1, ok && r && r->type == REDIS_REPLY_STRING ? r->str : NULL,
-                     ok && r && r->type == REDIS_REPLY_STRING ? r->len : 0);
-        else if (d[0] == 'P') {
-            if (ok && r && r->type == REDIS_REPLY_STATUS)
-                atomic_fetch_add(&l2->c.stores, 1);
-            else
-                atomic_fetch_add(&l2->c.dropped, 1);
-        }
-        if (r)
-            freeReplyObject(r);
-    }
-    if (!ok && l2->rc) {
-        atomic_fetch_add(&l2->c.errors, 1);
-        s_open_breaker(l2, l2->rc->errstr[0] ? l2->rc->errstr : "no answer in time");
-    } else if (ok && sent) {
-        l2->backoff_ms = 0; /* answered: a later failure starts a new backoff */
-    }
-    if (ok && clear && l2->rc) {
-        long gone = s_clear_scan(l2);
-        if (gone < 0)
-            atomic_fetch_add(&l2->c.errors, 1);
-        AB_INFO("L2 cache cleared: %ld keys unlinked (SCAN)", gone);
+    const char *argv[6] = {"SCAN", cursor, "MATCH", AB_L2_NS "*", "COUNT", "1000"};
+    size_t lens[6] = {4, strlen(cursor), 5, AB_L2_NS_LEN + 1, 5, 4};
+    if (s_send(l2, S_SCAN, 0, 6, argv, lens, -1) != 0) {
+        l2->c.errors++;
+        l2->clearing = 0; /* the output buffer is full: the operator tries again */
     }
 }
 
-static void s_task(zsock_t *pipe, void *arg)
+static void s_unlink_send(ab_l2_t *l2, redisReply *keys)
 {
-    ab_l2_t *l2 = arg;
-    zsock_signal(pipe, 0);
-    void *sock = zsock_resolve(pipe);
-    zmq_msg_t msgs[AB_L2_BATCH];
-    int term = 0;
-    s_connect(l2);
-    while (!term) {
-        int64_t now = ab_now_ms();
-        long wait = !l2->rc && l2->retry_at_ms > now ? (long)(l2->retry_at_ms - now) : 1000;
-        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, wait) < 0 && zmq_errno() != EINTR)
-            break;
-        if (!l2->rc && ab_now_ms() >= l2->retry_at_ms)
-            s_connect(l2);
-        size_t n = 0, bytes = 0;
-        while (n < AB_L2_BATCH) {
-            zmq_msg_init(&msgs[n]);
-            if (zmq_msg_recv(&msgs[n], sock, ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(&msgs[n]);
-                break;
-            }
-            size_t sz = zmq_msg_size(&msgs[n]);
-            const uint8_t *d = zmq_msg_data(&msgs[n]);
-            if (sz == 5 && memcmp(d, "$TERM", 5) == 0) {
-                zmq_msg_close(&msgs[n]);
-                term = 1;
-                break;
-            }
-            bytes += sz;
-            int valid = (d[0] == 'G' && sz == 25) || (d[0] == 'P' && sz >= 25) ||
-                        (d[0] == 'C' && sz == 1);
-            if (valid)
-                n++;
-            else
-                zmq_msg_close(&msgs[n]);
-        }
-        s_run_batch(l2, pipe, msgs, n);
-        for (size_t i = 0; i < n; i++)
-            zmq_msg_close(&msgs[i]);
-        atomic_fetch_sub(&l2->queued, bytes);
+    const char **argv = calloc(keys->elements + 1, sizeof *argv);
+    size_t *lens = calloc(keys->elements + 1, sizeof *lens);
+    if (argv && lens) {
+        argv[0] = "UNLINK", lens[0] = 6;
+        size_t n = 1;
+        for (size_t i = 0; i < keys->elements; i++)
+            if (keys->element[i]->type == REDIS_REPLY_STRING)
+                argv[n] = keys->element[i]->str, lens[n++] = keys->element[i]->len;
+        if (n > 1 && s_send(l2, S_UNLINK, 0, (int)n, argv, lens, -1) != 0)
+            l2->c.errors++;
     }
-    if (l2->rc)
-        redisFree(l2->rc);
-    l2->rc = NULL;
+    free(argv);
+    free(lens);
 }
 
-/* --- broker side ----------------------------------------------------------------------- */
-ab_l2_t *ab_l2_new(const char *addr, int timeout_ms)
+static void s_scan_reply(ab_l2_t *l2, redisReply *r)
+{
+    if (!l2->clearing)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= 32) {
+        l2->c.errors++;
+        l2->clearing = 0;
+        return;
+    }
+    if (r->element[1]->type == REDIS_REPLY_ARRAY && r->element[1]->elements)
+        s_unlink_send(l2, r->element[1]);
+    if (strcmp(r->element[0]->str, "0") != 0) {
+        s_scan_send(l2, r->element[0]->str);
+        return;
+    }
+    l2->clearing = 0;
+    AB_INFO("L2 cache cleared: SCAN done, UNLINK answered for %ld keys so far", l2->cleared);
+}
+
+/* --- the loop's side ------------------------------------------------------------------ */
+ab_l2_t *ab_l2_new(const char *addr, int timeout_ms, size_t max_value)
 {
     const char *colon = strrchr(addr, ':');
     long port;
@@ -265,17 +469,33 @@ ab_l2_t *ab_l2_new(const char *addr, int timeout_ms)
     ab_l2_t *l2 = calloc(1, sizeof *l2);
     if (!l2)
         return NULL;
-    snprintf(l2->host, sizeof l2->host, "%.*s", (int)(colon - addr), addr);
+    /* "[::1]:6379": the brackets are not part of the address. */
+    const char *h = addr;
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']')
+        h++, hl -= 2;
+    snprintf(l2->host, sizeof l2->host, "%.*s", (int)hl, h);
     l2->port = (int)port;
-    l2->timeout_ms = timeout_ms;
-    atomic_store(&l2->c.state, AB_L2_OPEN); /* until the thread connects */
-    zsys_handler_set(NULL); /* keep the broker's own SIGTERM handling */
-    l2->actor = zactor_new(s_task, l2);
-    if (!l2->actor) {
-        free(l2);
-        return NULL;
-    }
+    snprintf(l2->port_s, sizeof l2->port_s, "%ld", port);
+    l2->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
+    l2->max_reply = max_value + sizeof s_vmagic + 65536;
+    l2->fd = -1;
+    l2->c.state = AB_L2_OPEN; /* until connected */
     return l2;
+}
+
+/* Shutdown: what is queued (stores) gets up to the timeout to be written. */
+static void s_flush_blocking(ab_l2_t *l2)
+{
+    int64_t end = ab_now_ms() + l2->timeout_ms;
+    while (l2->fd >= 0 && (l2->connecting || l2->ooff < l2->olen)) {
+        int64_t left = end - ab_now_ms();
+        struct pollfd p = {l2->fd, POLLOUT, 0};
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+            return;
+        ab_l2_on_poll(l2, (short)((p.revents & POLLOUT ? ZMQ_POLLOUT : 0) |
+                                  (p.revents & (POLLERR | POLLHUP) ? ZMQ_POLLERR : 0)));
+    }
 }
 
 void ab_l2_destroy(ab_l2_t **p)
@@ -283,67 +503,127 @@ void ab_l2_destroy(ab_l2_t **p)
     ab_l2_t *l2 = p ? *p : NULL;
     if (!l2)
         return;
-    zactor_destroy(&l2->actor);
+    s_flush_blocking(l2);
+    s_close(l2);
+    s_item_t it;
+    while (s_ring_pop(&l2->ready, &it))
+        if (it.r)
+            freeReplyObject(it.r);
+    if (l2->given)
+        freeReplyObject(l2->given);
+    free(l2->pend.v);
+    free(l2->ready.v);
+    free(l2->obuf);
+    /* A resolve still running writes into its gaicb: leave it to the
+     * process' end rather than free it under glibc's thread. */
+    if (l2->gai && gai_cancel(l2->gai) != EAI_NOTCANCELED)
+        s_resolve_free(l2);
     free(l2);
     *p = NULL;
 }
 
-void *ab_l2_pipe(ab_l2_t *l2)
+int ab_l2_poll_item(ab_l2_t *l2, zmq_pollitem_t *it)
 {
-    return zsock_resolve(l2->actor);
+    if (l2->fd < 0)
+        return 0;
+    it->socket = NULL;
+    it->fd = l2->fd;
+    it->events = l2->connecting ? ZMQ_POLLOUT
+                                : (short)(ZMQ_POLLIN | (l2->ooff < l2->olen ? ZMQ_POLLOUT : 0));
+    it->revents = 0;
+    return 1;
+}
+
+void ab_l2_on_poll(ab_l2_t *l2, short revents)
+{
+    if (l2->fd < 0 || !revents)
+        return;
+    if (l2->connecting) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (getsockopt(l2->fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+            err = errno;
+        if (err)
+            s_fail(l2, strerror(err), &l2->c.failed);
+        else if (revents & ZMQ_POLLOUT)
+            s_connected(l2);
+        return;
+    }
+    if (revents & (ZMQ_POLLIN | ZMQ_POLLERR))
+        s_read(l2);
+    if (revents & ZMQ_POLLOUT)
+        s_write(l2);
+}
+
+void ab_l2_tick(ab_l2_t *l2, int64_t now_ms)
+{
+    int64_t tmo_ns = (int64_t)l2->timeout_ms * 1000000;
+    int64_t now_ns = (int64_t)ab_now_ns();
+    if (l2->fd < 0 && now_ms >= l2->retry_at_ms)
+        s_connect(l2);
+    if (l2->fd >= 0 && l2->connecting && now_ns - l2->conn_ns > tmo_ns)
+        s_fail(l2, "connect timed out", &l2->c.failed);
+    if (l2->pend.n && now_ns - l2->pend.v[l2->pend.head].t_ns > tmo_ns) {
+        l2->c.errors++;
+        s_fail(l2, "no answer in time", &l2->c.timeouts);
+    }
+    s_write(l2);
+}
+
+int64_t ab_l2_next_wake_ms(ab_l2_t *l2)
+{
+    if (l2->gai)
+        return ab_now_ms() + AB_L2_RESOLVE_POLL_MS;
+    if (l2->fd < 0)
+        return l2->retry_at_ms > 0 ? l2->retry_at_ms : ab_now_ms();
+    int64_t since_ns = l2->connecting ? l2->conn_ns
+                       : l2->pend.n   ? l2->pend.v[l2->pend.head].t_ns
+                                      : 0;
+    if (!since_ns)
+        return 0;
+    return (since_ns + (int64_t)l2->timeout_ms * 1000000) / 1000000 + 1; /* ab_now_ms' clock */
 }
 
 int ab_l2_usable(ab_l2_t *l2)
 {
-    return atomic_load(&l2->c.state) == AB_L2_CLOSED;
+    return l2->c.state == AB_L2_CLOSED;
 }
 
-static int s_send(ab_l2_t *l2, zmq_msg_t *m)
+static void s_key_str(const ab_cache_key_t *k, char *out)
 {
-    size_t sz = zmq_msg_size(m);
-    atomic_fetch_add(&l2->queued, sz);
-    if (zmq_msg_send(m, zsock_resolve(l2->actor), ZMQ_DONTWAIT) < 0) {
-        atomic_fetch_sub(&l2->queued, sz);
-        zmq_msg_close(m);
-        return -1;
-    }
-    return 0;
+    memcpy(out, AB_L2_NS, AB_L2_NS_LEN);
+    ab_cache_key_hex(k, out + AB_L2_NS_LEN);
 }
 
 int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
 {
-    zmq_msg_t m;
-    if (zmq_msg_init_size(&m, 25) != 0)
+    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n >= AB_L2_PENDING_MAX)
         return -1;
-    uint8_t *d = zmq_msg_data(&m);
-    d[0] = 'G';
-    memcpy(d + 1, &tag, 8);
-    memcpy(d + 9, &key->hi, 8);
-    memcpy(d + 17, &key->lo, 8);
-    return s_send(l2, &m);
+    char k[AB_L2_NS_LEN + AB_CACHE_KEY_HEX];
+    s_key_str(key, k);
+    const char *argv[2] = {"GET", k};
+    size_t lens[2] = {3, strlen(k)};
+    if (s_send(l2, S_GET, tag, 2, argv, lens, -1) != 0)
+        return -1;
+    l2->c.sent++;
+    return 0;
 }
 
 int ab_l2_put(ab_l2_t *l2, const ab_cache_key_t *key, int64_t ttl_ms, const void *val,
               size_t len)
 {
-    if (atomic_load(&l2->queued) + len > AB_L2_QUEUE_MAX) {
-        atomic_fetch_add(&l2->c.dropped, 1);
+    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n >= AB_L2_PENDING_MAX) {
+        l2->c.dropped++;
         return -1;
     }
-    /* 'P' key(16) ttl(8), then the value as Redis stores it (magic, blob),
-     * so the thread passes it to hiredis without another copy. */
-    zmq_msg_t m;
-    if (zmq_msg_init_size(&m, 25 + sizeof s_vmagic + len) != 0)
-        return -1;
-    uint8_t *d = zmq_msg_data(&m);
-    d[0] = 'P';
-    memcpy(d + 1, &key->hi, 8);
-    memcpy(d + 9, &key->lo, 8);
-    memcpy(d + 17, &ttl_ms, 8);
-    memcpy(d + 25, s_vmagic, sizeof s_vmagic);
-    memcpy(d + 25 + sizeof s_vmagic, val, len);
-    if (s_send(l2, &m) != 0) {
-        atomic_fetch_add(&l2->c.dropped, 1);
+    char k[AB_L2_NS_LEN + AB_CACHE_KEY_HEX], px[24];
+    s_key_str(key, k);
+    snprintf(px, sizeof px, "%lld", (long long)(ttl_ms > 0 ? ttl_ms : 1));
+    /* The value (magic, then the blob) is written straight from VAL. */
+    const char *argv[5] = {"SET", k, val, "PX", px};
+    size_t lens[5] = {3, strlen(k), len, 2, strlen(px)};
+    if (s_send(l2, S_SET, 0, 5, argv, lens, 2) != 0) {
+        l2->c.dropped++;
         return -1;
     }
     return 0;
@@ -351,28 +631,32 @@ int ab_l2_put(ab_l2_t *l2, const ab_cache_key_t *key, int64_t ttl_ms, const void
 
 int ab_l2_clear(ab_l2_t *l2)
 {
-    zmq_msg_t m;
-    zmq_msg_init_size(&m, 1);
-    *(uint8_t *)zmq_msg_data(&m) = 'C';
-    return s_send(l2, &m);
+    if (l2->fd < 0 || l2->connecting)
+        return -1;
+    if (l2->clearing)
+        return 0; /* one pass already runs: it deletes these too */
+    l2->clearing = 1;
+    l2->cleared = 0;
+    s_scan_send(l2, "0");
+    return l2->clearing ? 0 : -1;
 }
 
-int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, void *msg, size_t *off)
+int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len)
 {
-    zmq_msg_t *m = msg;
-    zmq_msg_init(m);
-    if (zmq_msg_recv(m, zsock_resolve(l2->actor), ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(m);
-        return 0;
+    if (l2->given) {
+        freeReplyObject(l2->given);
+        l2->given = NULL;
     }
-    const uint8_t *d = zmq_msg_data(m);
-    if (zmq_msg_size(m) < 10 || d[0] != 'g') {
-        zmq_msg_close(m);
+    s_item_t it;
+    if (!s_ring_pop(&l2->ready, &it))
         return 0;
-    }
-    memcpy(tag, d + 1, 8);
-    *hit = d[9];
-    *off = 10;
+    redisReply *r = it.r;
+    *tag = it.tag;
+    *hit = r && r->type == REDIS_REPLY_STRING && r->len >= sizeof s_vmagic &&
+           memcmp(r->str, s_vmagic, sizeof s_vmagic) == 0;
+    *val = *hit ? (const uint8_t *)r->str + sizeof s_vmagic : NULL;
+    *len = *hit ? r->len - sizeof s_vmagic : 0;
+    l2->given = r;
     return 1;
 }
 
@@ -383,5 +667,5 @@ ab_l2_counters_t *ab_l2_counters(ab_l2_t *l2)
 
 const char *ab_l2_state_name(ab_l2_t *l2)
 {
-    return atomic_load(&l2->c.state) == AB_L2_CLOSED ? "closed" : "open";
+    return l2->c.state == AB_L2_CLOSED ? "closed" : "open";
 }

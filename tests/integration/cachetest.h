@@ -53,6 +53,8 @@ void cache_l2_clear(void);
 void cache_l2_slow(void);
 void cache_l3_truncated(void);
 void cache_l2_breaker_skips(void);
+void cache_l2_sigstop(void);
+void cache_l2_sigkill(void);
 /* test_cache_hostile.c: raw peers (issue 11) and a cancelled leader. */
 void cache_lz4_bomb(void);
 void cache_model_key(void);

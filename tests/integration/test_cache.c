@@ -506,6 +506,7 @@ int main(int argc, char **argv)
         {"l3_restart", cache_l3_restart}, {"l2_shared", cache_l2_shared},
         {"l2_down", cache_l2_down}, {"l2_clear", cache_l2_clear}, {"l2_slow", cache_l2_slow},
         {"l3_truncated", cache_l3_truncated}, {"l2_breaker_skips", cache_l2_breaker_skips},
+        {"l2_sigstop", cache_l2_sigstop}, {"l2_sigkill", cache_l2_sigkill},
         /* test_cache_hostile.c */
         {"lz4_bomb", cache_lz4_bomb}, {"model_key", cache_model_key},
         {"cancelled_leader", cache_cancelled_leader},

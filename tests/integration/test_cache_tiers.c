@@ -490,3 +490,147 @@ void cache_l2_breaker_skips(void)
     CHECK_TRUE((unsigned long long)gets <= v1[0]);
     close(ls);
 }
+
+/* Issue 17: L2 figures the Redis failure cases check. */
+typedef struct {
+    unsigned long long lookups, skipped, sent, opens, timeouts, failed, hits, misses, stores;
+} s_l2_t;
+
+static s_l2_t s_l2_get(ab_client_t *c)
+{
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st && st->cache ? s_tier(st->cache, "l2") : NULL;
+    REQUIRE(t);
+    s_l2_t v = {t->lookups, t->skipped, t->sent, t->evictions, t->timeouts,
+                t->failed,  t->hits,    t->misses, t->stores};
+    agentbus__stats__free_unpacked(st, NULL);
+    return v;
+}
+
+/* 1 when each of the N requests "PREFIX<i>" got its worker's answer
+ * "PREFIX<i>#<job number>", and only that. */
+static int s_answered(const ct_got_t *g, const char *prefix, int n)
+{
+    char want[40];
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        int wl = snprintf(want, sizeof want, "%s%d#", prefix, i);
+        ok += g[i].finals == 1 && g[i].status == AB_OK && strncmp(g[i].final, want, (size_t)wl) == 0;
+    }
+    return ok == n;
+}
+
+/* N cacheable requests "PREFIX<i>" at once, all answered (s_answered). */
+static int s_burst(ab_client_t *c, const char *prefix, ct_got_t *g, int n)
+{
+    char data[32];
+    memset(g, 0, (size_t)n * sizeof *g);
+    for (int i = 0; i < n; i++) {
+        int len = snprintf(data, sizeof data, "%s%d", prefix, i);
+        REQUIRE(ab_client_request_start(c, "echo", data, (size_t)len,
+                                        &(ab_request_opts_t){.timeout_ms = 60000}, ct_got_cb,
+                                        &g[i], NULL) == AB_OK);
+    }
+    ct_poll_all(&c, 1, g, n, 60000);
+    return s_answered(g, prefix, n);
+}
+
+/* Redis stopped (SIGSTOP) while lookups wait on it: each ends as a miss
+ * at cache-l2-timeout-ms, counted as a timeout; the worker answers every
+ * request (none lost, none failed). Redis continued (SIGCONT): the
+ * breaker closes by itself and L2 stores and serves again. */
+void cache_l2_sigstop(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64], out[512];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    s_redis_start(rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    s_l2_t a = s_l2_get(c);
+    kill(s_redis_pid, SIGSTOP);
+    enum { N = 20 };
+    static ct_got_t g[N];
+    CHECK_TRUE(s_burst(c, "stop", g, N));
+    CHECK_EQ(atomic_load(&x.jobs), N);
+    s_l2_t b = s_l2_get(c);
+    unsigned long long asked = b.lookups - a.lookups;
+    CHECK_U64(asked + (b.skipped - a.skipped), N);
+    CHECK_TRUE(asked >= 1 && b.opens > a.opens);
+    CHECK_U64(b.timeouts - a.timeouts, asked); /* Redis answered none */
+    CHECK_U64(b.misses - a.misses, asked);
+    CHECK_U64(b.failed - a.failed, 0);
+    CHECK_U64(b.hits - a.hits, 0);
+    kill(s_redis_pid, SIGCONT);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    char want[32];
+    snprintf(want, sizeof want, "cont#%d", N + 1);
+    CHECK_EQ(ct_req(c, "echo", "cont", out, sizeof out), AB_OK);
+    CHECK_STR(out, want);
+    CHECK_TRUE(s_wait_l2(c, "closed", b.stores + 1) == 0);
+    void *buf = NULL;
+    size_t len;
+    CHECK_EQ(ab_client_control(c, "cache clear l1", 5000, &buf, &len), AB_OK);
+    ab_free(buf);
+    CHECK_EQ(ct_req(c, "echo", "cont", out, sizeof out), AB_OK);
+    CHECK_STR(out, want); /* from Redis: the worker saw it once */
+    CHECK_EQ(atomic_load(&x.jobs), N + 1);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+    s_redis_stop();
+}
+
+/* Redis killed (SIGKILL) while lookups wait on it (stopped first, so they
+ * stay in flight): the broker sees the connection close and answers them
+ * as misses then, not at the timeout (10 s here: a timeout would be
+ * counted as one); the worker answers every request. While the lookups
+ * waited, the broker's loop answered the stats queries. */
+void cache_l2_sigkill(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    s_redis_start(rport);
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "10000", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    s_l2_t a = s_l2_get(c), b = a;
+    kill(s_redis_pid, SIGSTOP);
+    enum { N = 10 };
+    static ct_got_t g[N];
+    char data[32];
+    memset(g, 0, sizeof g);
+    for (int i = 0; i < N; i++) {
+        int len = snprintf(data, sizeof data, "kill%d", i);
+        REQUIRE(ab_client_request_start(c, "echo", data, (size_t)len,
+                                        &(ab_request_opts_t){.timeout_ms = 60000}, ct_got_cb,
+                                        &g[i], NULL) == AB_OK);
+    }
+    for (int i = 0; i < 400 && b.lookups - a.lookups < N; i++) {
+        ab_client_poll(c, 25);
+        b = s_l2_get(c);
+    }
+    REQUIRE(b.lookups - a.lookups == N); /* all in flight, none skipped */
+    CHECK_U64(b.sent - a.sent, N);
+    CHECK_EQ(atomic_load(&x.jobs), 0);
+    kill(s_redis_pid, SIGKILL);
+    waitpid(s_redis_pid, NULL, 0);
+    s_redis_pid = 0;
+    ct_poll_all(&c, 1, g, N, 60000);
+    CHECK_TRUE(s_answered(g, "kill", N));
+    CHECK_EQ(atomic_load(&x.jobs), N);
+    s_l2_t d = s_l2_get(c);
+    CHECK_U64(d.failed - a.failed, N);
+    CHECK_U64(d.timeouts - a.timeouts, 0);
+    CHECK_U64(d.misses - a.misses, N);
+    CHECK_STR(s_l2_state(c, NULL, NULL), "open");
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+}

@@ -26,6 +26,8 @@ json_t *ctl_cache_json(const Agentbus__CacheStats *cs)
             json_object_set_new(tj, "skipped", json_integer((json_int_t)t->skipped));
             json_object_set_new(tj, "lookups", json_integer((json_int_t)t->lookups));
             json_object_set_new(tj, "sent", json_integer((json_int_t)t->sent));
+            json_object_set_new(tj, "timeouts", json_integer((json_int_t)t->timeouts));
+            json_object_set_new(tj, "failed", json_integer((json_int_t)t->failed));
         }
         json_array_append_new(tiers, tj);
     }
@@ -71,10 +73,13 @@ void ctl_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
                     (unsigned long long)cs->tiers[i]->dropped);
     for (size_t i = 0; i < cs->n_tiers; i++)
         if (strcmp(cs->tiers[i]->name, "l2") == 0)
-            fprintf(out, "l2 lookups %llu   skipped (breaker open) %llu   GETs sent to redis %llu\n",
+            fprintf(out, "l2 lookups %llu   skipped (breaker open) %llu   GETs sent to redis %llu"
+                         "   missed by timeout %llu   by a failed connection %llu\n",
                     (unsigned long long)cs->tiers[i]->lookups,
                     (unsigned long long)cs->tiers[i]->skipped,
-                    (unsigned long long)cs->tiers[i]->sent);
+                    (unsigned long long)cs->tiers[i]->sent,
+                    (unsigned long long)cs->tiers[i]->timeouts,
+                    (unsigned long long)cs->tiers[i]->failed);
 }
 
 static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
