@@ -36,10 +36,12 @@ static int s_entry(ab_broker_t *b, ab_service_t *s, const ab_link_t *l, Agentbus
                    char *via)
 {
     uint32_t cap = 0, free_credit = 0, workers = 0, hops = UINT32_MAX, rcap = 0, rworkers = 0;
+    int lz4 = 1, rlz4 = 1;
     const ab_remote_t *best = NULL;
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
         ab_peer_t *p = w->peer;
         if (p->link_role != AB_LINK_WORKER) {
+            lz4 &= (p->features & AB_FEATURE_LZ4) != 0;
             cap += w->capacity;
             free_credit += ab_health_free_credit(w);
             workers++;
@@ -53,16 +55,18 @@ static int s_entry(ab_broker_t *b, ab_service_t *s, const ab_link_t *l, Agentbus
         if (ab_link_in_list(r->via, strlen(r->via), l->name))
             continue; /* its route goes through L's broker already */
         if (r->hops + 1 < hops)
-            hops = r->hops + 1, rcap = 0, rworkers = 0, best = r;
+            hops = r->hops + 1, rcap = 0, rworkers = 0, rlz4 = 1, best = r;
         if (r->hops + 1 == hops)
-            rcap += r->capacity, rworkers += r->workers;
+            rcap += r->capacity, rworkers += r->workers, rlz4 &= r->lz4;
     }
     if (workers) {
         *e = (Agentbus__LinkService)AGENTBUS__LINK_SERVICE__INIT;
         e->hops = 0, e->capacity = cap, e->free_credit = free_credit, e->workers = workers;
+        e->lz4 = lz4;
     } else if (hops != UINT32_MAX && hops < (uint32_t)b->cfg->link_hop_limit && rcap) {
         *e = (Agentbus__LinkService)AGENTBUS__LINK_SERVICE__INIT;
         e->hops = hops, e->capacity = rcap, e->free_credit = rcap, e->workers = rworkers;
+        e->lz4 = rlz4;
         int n = snprintf(via, AB_VIA_MAX, "%s%s%s", best->peer->link->name,
                          best->via[0] ? "," : "", best->via);
         if (n < 0 || n >= AB_VIA_MAX)
@@ -125,7 +129,7 @@ static int s_register(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, const Agentbus
     m.name = p->name;
     m.n_labels = 2;
     m.labels = labels;
-    m.features = AB_FEATURE_LZ4;
+    m.features = e->lz4 ? AB_FEATURE_LZ4 : 0;
     uint8_t buf[1024];
     size_t len = agentbus__register__get_packed_size(&m);
     if (len > sizeof buf)
@@ -157,10 +161,10 @@ static void s_add(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkService *e, 
     }
     p->link = l;
     p->link_role = AB_LINK_WORKER;
-    p->features = AB_FEATURE_LZ4;
+    p->features = e->lz4 ? AB_FEATURE_LZ4 : 0;
     snprintf(p->name, sizeof p->name, "link:%s", l->name);
     r->peer = p;
-    r->capacity = e->capacity, r->hops = e->hops, r->workers = e->workers;
+    r->capacity = e->capacity, r->hops = e->hops, r->workers = e->workers, r->lz4 = e->lz4;
     snprintf(r->via, sizeof r->via, "%s", e->via);
     zhashx_insert(l->remote, e->name, r);
     if (s_register(b, l, p, e, now) != 0) {
@@ -223,8 +227,11 @@ void ab_link_dir_apply(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m,
             snprintf(r->via, sizeof r->via, "%s", e->via);
             b->links->dirty = 1;
         }
-        if (r->capacity != e->capacity || r->hops != e->hops || r->workers != e->workers) {
+        if (r->capacity != e->capacity || r->hops != e->hops || r->workers != e->workers ||
+            r->lz4 != (int)e->lz4) {
             r->capacity = e->capacity, r->hops = e->hops, r->workers = e->workers;
+            r->lz4 = e->lz4;
+            r->peer->features = e->lz4 ? AB_FEATURE_LZ4 : 0;
             if (s_register(b, l, r->peer, e, now) != 0)
                 s_remove(b, l, e->name, "remote service refused here");
             b->links->dirty = 1;

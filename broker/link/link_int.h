@@ -22,6 +22,7 @@ enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4 
 typedef struct {
     ab_peer_t *peer; /* link_role AB_LINK_WORKER */
     uint32_t capacity, hops, workers;
+    int lz4; /* every worker behind it reads lz4 */
     char via[AB_VIA_MAX]; /* brokers beyond the peer on its route (path vector) */
 } ab_remote_t;
 
@@ -32,6 +33,8 @@ typedef struct ab_link {
     char endpoint[256];          /* dialed; "" when only accepted */
     char key[AB_LINK_KEY_TXT];   /* the peer's public key (dialed, auth on) */
     void *dealer;                /* the dialed connection; NULL when only accepted */
+    ab_peer_t *outq;             /* its send queue (AB_LINK_DEALER), NULL until used */
+    int broken;                  /* a gathered send on it failed: dialed again next turn */
     int out_up;                  /* the peer answered our HELLO on it */
     int64_t out_last_ms, out_since_ms;
     ab_peer_t *in;               /* the connection the peer dialed (ROUTER peer) */
@@ -43,6 +46,7 @@ typedef struct ab_link {
     uint64_t peer_session; /* the peer's HELLO session: another one is a restart */
     uint32_t rtt_us;
     uint64_t forwarded, received, answered, failed, ups, refused;
+    uint64_t compressed; /* payloads lz4-compressed onto it */
 } ab_link_t;
 
 struct ab_links {
@@ -69,6 +73,11 @@ struct ab_fwd {
  * 0 or -1 (errno EHOSTUNREACH: no connection). */
 int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
                  zmq_msg_t *payload);
+/* Sends what batching.c flushes for L's dialed connection (ab_link_emit
+ * for an AB_LINK_DEALER record): HDR (BUF,LEN or HMSG) and PAYLOAD, not
+ * moved. 0 or -1 (L marked broken). */
+int ab_link_dealer_emit(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
+                        zmq_msg_t *payload);
 /* Sends LinkMsg M as a LINK message over L. 0 or -1. */
 int ab_link_send_msg(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m);
 /* A new remote worker's routing id for L. */
