@@ -519,6 +519,14 @@ static void s_on_msg(ab_broker_t *b, ab_link_t *l, int dealer, const ab_header_t
                      const ab_frame_t *pl, zmq_msg_t *body, const struct ab_key *key, int64_t now)
 {
     if (h->kind == AB_KIND_LINK) {
+        if (pl->size > b->cfg->link_dir_max_bytes) { /* refused before it is decoded */
+            l->dir_refused++;
+            b->c.malformed++;
+            AB_LOG_RL(&b->rl, 0x11d8 + (uint64_t)l->idx, now, AB_LOG_WARN,
+                      "link '%s': a %zu-byte message refused (link-dir-max-bytes %zu)", l->name,
+                      pl->size, b->cfg->link_dir_max_bytes);
+            return;
+        }
         Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, pl->size, pl->data);
         if (!m) {
             b->c.malformed++;

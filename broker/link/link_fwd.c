@@ -326,6 +326,7 @@ int ab_link_control_peers(ab_broker_t *b, uint8_t **out, size_t *len)
         p->rtt_us = l->rtt_us;
         p->forwarded = l->forwarded, p->received = l->received, p->answered = l->answered;
         p->failed = l->failed, p->ups = l->ups, p->compressed = l->compressed;
+        p->dir_refused = l->dir_refused;
         p->services = (uint32_t)zhashx_size(l->remote);
         p->up_ms = l->up ? (uint64_t)(now - l->up_since_ms) : 0;
         p->transport = !l->up ? "" : (l->dealer && l->out_up && (!l->in ||

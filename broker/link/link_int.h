@@ -47,6 +47,7 @@ typedef struct ab_link {
     uint32_t rtt_us;
     uint64_t forwarded, received, answered, failed, ups, refused;
     uint64_t compressed; /* payloads lz4-compressed onto it */
+    uint64_t dir_refused; /* directories refused whole (link-dir-max-bytes) */
 } ab_link_t;
 
 struct ab_links {

@@ -256,11 +256,184 @@ static void s_name_bound(void)
     ab_client_destroy(&a);
 }
 
+/* --- a hostile peer's directory ---------------------------------------------------------- */
+
+/* FIELD ("public-key" or "secret-key") of certificate file PATH (zcert's
+ * text format, as brokerctl keygen writes it) into OUT (41 bytes). */
+static void s_key_field(const char *path, const char *field, char *out)
+{
+    FILE *f = fopen(path, "r");
+    char line[256];
+    out[0] = '\0';
+    while (f && fgets(line, sizeof line, f)) {
+        const char *k = strstr(line, field), *q = k ? strchr(k, '"') : NULL;
+        if (q && strlen(q) > 41 && q[41] == '"') {
+            memcpy(out, q + 1, 40);
+            out[40] = '\0';
+        }
+    }
+    if (f)
+        fclose(f);
+    REQUIRE(strlen(out) == 40);
+}
+
+/* A raw CURVE DEALER proving key NAME, dialing broker SERVER on PORT. */
+static void *s_fake_peer(void *ctx, int port, const char *name, const char *server)
+{
+    char path[700], pub[41], sec[41], srv[41];
+    snprintf(path, sizeof path, "%s/%s.key_secret", s_certdir, name);
+    s_key_field(path, "public-key", pub);
+    s_key_field(path, "secret-key", sec);
+    snprintf(path, sizeof path, "%s/%s.key", s_certdir, server);
+    s_key_field(path, "public-key", srv);
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, srv, 41);
+    zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, pub, 41);
+    zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, sec, 41);
+    REQUIRE(zmq_connect(d, th_ep(port)) == 0);
+    return d;
+}
+
+/* Sends LinkMsg M on D as a LINK message. */
+static void s_fake_send(void *d, const Agentbus__LinkMsg *m)
+{
+    size_t n = agentbus__link_msg__get_packed_size(m);
+    uint8_t *buf = malloc(n ? n : 1), hb[128];
+    REQUIRE(buf != NULL);
+    agentbus__link_msg__pack(m, buf);
+    ab_header_t h = ab_header_init(AB_KIND_LINK);
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(d, buf, n, 0) == (int)n);
+    free(buf);
+}
+
+/* Says HELLO as broker NAME on D until the broker answers WELCOME. 0 or -1. */
+static int s_fake_hello(void *d, const char *name)
+{
+    Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+    m.type = 1;
+    m.broker = (char *)name;
+    m.session = 42;
+    for (int tries = 0; tries < 100; tries++) {
+        s_fake_send(d, &m);
+        zmq_pollitem_t it = {d, 0, ZMQ_POLLIN, 0};
+        while (zmq_poll(&it, 1, 200) == 1) {
+            zmq_msg_t f[2];
+            zmq_msg_init(&f[0]);
+            zmq_msg_init(&f[1]);
+            int n = zmq_msg_recv(&f[0], d, 0) >= 0 && zmq_msg_more(&f[0]) &&
+                    zmq_msg_recv(&f[1], d, 0) >= 0;
+            Agentbus__LinkMsg *w =
+                n ? agentbus__link_msg__unpack(NULL, zmq_msg_size(&f[1]), zmq_msg_data(&f[1]))
+                  : NULL;
+            int welcome = w && w->type == 2;
+            if (w)
+                agentbus__link_msg__free_unpacked(w, NULL);
+            zmq_msg_close(&f[0]);
+            zmq_msg_close(&f[1]);
+            if (welcome)
+                return 0;
+        }
+    }
+    return -1;
+}
+
+/* A directory of N entries named PREFIX<i> padded to NAMELEN characters. */
+static void s_fake_dir(void *d, size_t n, const char *prefix, size_t namelen)
+{
+    Agentbus__LinkService *es = calloc(n ? n : 1, sizeof *es);
+    Agentbus__LinkService **ps = calloc(n ? n : 1, sizeof *ps);
+    char *names = calloc(n ? n : 1, namelen + 32);
+    REQUIRE(es && ps && names);
+    for (size_t i = 0; i < n; i++) {
+        char *nm = names + i * (namelen + 32);
+        int k = snprintf(nm, namelen + 32, "%s%zu", prefix, i);
+        while ((size_t)k < namelen)
+            nm[k++] = 'x';
+        nm[k] = '\0';
+        agentbus__link_service__init(&es[i]);
+        es[i].name = nm;
+        es[i].capacity = 4;
+        es[i].workers = 1;
+        ps[i] = &es[i];
+    }
+    Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+    m.type = 4;
+    m.broker = (char *)"C";
+    m.full = 1;
+    m.n_services = n;
+    m.services = ps;
+    s_fake_send(d, &m);
+    free(es);
+    free(ps);
+    free(names);
+}
+
+/* Waits until A's link to C shows SERVICES services and at least REFUSED
+ * refused directories. 0 or -1. */
+static int s_wait_dir(ab_client_t *a, uint32_t services, uint64_t refused, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        Agentbus__PeerInfo pi;
+        char st[32];
+        if (s_peer_info(a, "C", &pi, st, sizeof st) && pi.services == services &&
+            pi.dir_refused >= refused)
+            return 0;
+        th_sleep_ms(50);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+/* A raw peer proving key C opens a link to A and announces directories:
+ * one over link-dir-max-bytes (refused whole and counted, nothing taken),
+ * one of 3000 services (1024 taken), names too long (malformed, skipped),
+ * then a small one that replaces them all. A stays up and serves. */
+static void s_hostile_dir(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port();
+    setenv("AB_LINK_DIR_MAX_BYTES", "65536", 1);
+    pid_t apid = s_broker(pa, "A", "A", 0, NULL, "--link-heartbeat-ms", "5000");
+    unsetenv("AB_LINK_DIR_MAX_BYTES");
+    th_worker(pa, "echo", NULL);
+    ab_client_t *a = th_client(pa);
+    void *ctx = zmq_ctx_new();
+    void *d = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello(d, "C") == 0);
+    REQUIRE(s_wait_up(a, "C", 20000) == 0);
+    s_fake_dir(d, 2000, "big-", 200); /* ~420 KB */
+    CHECK_EQ(s_wait_dir(a, 0, 1, 20000), 0);
+    s_fake_dir(d, 3000, "h", 8); /* ~45 KB: within bytes, over the entry bound */
+    CHECK_EQ(s_wait_dir(a, 1024, 1, 20000), 0);
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    uint64_t malformed = st->malformed;
+    agentbus__stats__free_unpacked(st, NULL);
+    s_fake_dir(d, 3, "long-", 300); /* names over AB_NAME_MAX: each refused */
+    CHECK_EQ(s_wait_dir(a, 0, 1, 20000), 0);
+    st = th_stats(a);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->malformed >= malformed + 3);
+    agentbus__stats__free_unpacked(st, NULL);
+    s_fake_dir(d, 2, "ok-", 4);
+    CHECK_EQ(s_wait_dir(a, 2, 1, 20000), 0);
+    CHECK_EQ(s_req(a, "echo", "still here", NULL, 0), AB_OK);
+    CHECK_EQ(th_alive(apid), 1);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&a);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"batched", s_batched},
         {"name_bound", s_name_bound},
+        {"hostile_dir", s_hostile_dir},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
