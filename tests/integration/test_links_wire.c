@@ -211,6 +211,19 @@ static void s_batched(void)
         agentbus__stats__free_unpacked(sa, NULL);
         agentbus__stats__free_unpacked(sb, NULL);
     }
+    /* Link records are peer brokers in stats, not agents or workers: A has
+     * no worker of its own, one remote service; B its one echo worker. */
+    Agentbus__Stats *sa = th_stats(a), *sb = th_stats(b);
+    REQUIRE(sa && sb);
+    CHECK_EQ(sa->workers, 0);
+    CHECK_EQ(sa->remote_workers, 1);
+    CHECK_EQ(sa->peer_brokers, 1);
+    CHECK_EQ(sb->workers, 1);
+    CHECK_EQ(sb->remote_workers, 0);
+    CHECK_EQ(sb->peer_brokers, 1);
+    CHECK_TRUE(sa->agents <= 1 && sb->agents <= 1); /* the test's clients at most */
+    agentbus__stats__free_unpacked(sa, NULL);
+    agentbus__stats__free_unpacked(sb, NULL);
     printf("batches received: A %llu (answers), B %llu (requests)\n", (unsigned long long)a_in,
            (unsigned long long)b_in);
     CHECK_TRUE(a_in > 0);
