@@ -412,8 +412,10 @@ static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
 static void s_tick(ab_broker_t *b, int64_t now)
 {
     struct ab_links *ls = b->links;
-    int dirty = ls->dirty;
+    uint64_t print = ab_link_dir_models_print(b);
+    int dirty = ls->dirty || print != ls->models_print;
     ls->dirty = 0;
+    ls->models_print = print;
     for (int i = 0; i < AB_LINKS_MAX; i++) {
         ab_link_t *l = ls->l[i];
         if (!l)

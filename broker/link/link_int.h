@@ -15,6 +15,7 @@
 #define AB_VIA_MAX 1100            /* crossed list: 16 names of 63 + commas */
 #define AB_LINK_SILENT_IVL 5       /* heartbeat intervals of silence: connection lost */
 #define AB_LINK_KEY_TXT 41
+#define AB_LINK_MODELS_MAX 64      /* model names per directory entry, each list */
 
 enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4 };
 
@@ -23,6 +24,7 @@ typedef struct {
     ab_peer_t *peer; /* link_role AB_LINK_WORKER */
     uint32_t capacity, hops, workers;
     int lz4; /* every worker behind it reads lz4 */
+    uint64_t models_hash; /* of its models and loaded lists: a change re-registers it */
     char via[AB_VIA_MAX]; /* brokers beyond the peer on its route (path vector) */
 } ab_remote_t;
 
@@ -58,6 +60,7 @@ struct ab_links {
     uint64_t session; /* this broker's start, in HELLO (random) */
     uint32_t seq;
     int dirty;        /* the directory changed: send it at the next tick */
+    uint64_t models_print; /* local workers' models when the directory was last sent */
     int timer;
 };
 
@@ -93,6 +96,10 @@ void ab_link_dir_send(ab_broker_t *b, ab_link_t *l);
 void ab_link_dir_apply(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m, int64_t now);
 /* Feeds the health records of L's remote workers (a heartbeat came). */
 void ab_link_dir_alive(ab_broker_t *b, ab_link_t *l, int64_t now);
+/* A fingerprint of the local workers' models (loaded or not): the tick
+ * sends the directory again when it changes (workers re-register with a
+ * new inference state; no join or leave tells the links). */
+uint64_t ab_link_dir_models_print(ab_broker_t *b);
 /* Drops every remote worker of L (WHY logged); returns the requests they
  * held (taken back: re-dispatched or answered). */
 uint32_t ab_link_dir_withdraw(ab_broker_t *b, ab_link_t *l, const char *why);

@@ -10,6 +10,7 @@
  * a client is about to talk to (s_at).
  */
 #include "harness.h"
+#include "ollamatest.h"
 #include "test.h"
 #include "util.h"
 #include "agentbus.pb-c.h"
@@ -441,12 +442,53 @@ static void s_hostile_dir(void)
     ab_client_destroy(&a);
 }
 
+/* --- models across links -------------------------------------------------------------- */
+
+/* B and C dial A; each has one Ollama worker: A's has sim-large loaded,
+ * B's sim-small, C's sim-large. A request at A for sim-small (not loaded on
+ * A's worker) goes to B, whose directory says it is loaded there, not to C
+ * (free capacity only); sim-large stays on A's own worker. Before links
+ * carried models, B and C were alike to A and took turns. */
+static void s_models(void)
+{
+    s_keys(NULL);
+    int sa = ot_sim(NULL), sb = ot_sim(NULL), sc = ot_sim(NULL);
+    int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
+    s_broker(pa, "A", "A", 0, NULL, NULL, NULL);
+    s_broker(pb, "B", "B", pa, "A", NULL, NULL);
+    s_broker(pc, "C", "C", pa, "A", NULL, NULL);
+    s_at("A");
+    ot_oworker(pa, sa, "wa", "--preload", "sim-large", "--gpu-vram-mb", "8192", NULL);
+    s_at("B");
+    ot_oworker(pb, sb, "wb", "--preload", "sim-small", "--gpu-vram-mb", "8192", NULL);
+    s_at("C");
+    ot_oworker(pc, sc, "wc", "--preload", "sim-large", "--gpu-vram-mb", "8192", NULL);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    REQUIRE(s_wait_up(a, "B", 20000) == 0);
+    REQUIRE(s_wait_up(a, "C", 20000) == 0);
+    REQUIRE(th_wait_workers(a, "ollama", 3, 20000) == 0);
+    REQUIRE(ot_wait_loaded(a, "wa", "sim-large:latest", 1, 20000) == 0);
+    /* A's remote workers carry the peers' models: loaded on B, not on C. */
+    REQUIRE(ot_wait_loaded(a, "link:B", "sim-small:latest", 1, 20000) == 0);
+    REQUIRE(ot_wait_loaded(a, "link:C", "sim-large:latest", 1, 20000) == 0);
+    CHECK_EQ(ot_wait_loaded(a, "link:C", "sim-small:latest", 0, 1000), 0);
+    for (int i = 0; i < 6; i++) {
+        ot_res_t r;
+        ot_gen_t g = {i % 2 ? "sim-large" : "sim-small", "where do I run", NULL, 1, i, 0};
+        CHECK_EQ(ot_generate(a, &g, &r), AB_OK);
+        CHECK_STR(r.worker, i % 2 ? "wa" : "wb");
+    }
+    ab_client_destroy(&a);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"batched", s_batched},
         {"name_bound", s_name_bound},
         {"hostile_dir", s_hostile_dir},
+        {"models", s_models},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
