@@ -392,10 +392,11 @@ static void s_link_dir(Agentbus__LinkMsg *m, nf_out_t *o)
         es[i].lz4 = nf_chance(50);
         /* models behind it (placement reads them), sometimes too many */
         static char *mods[] = {"sim-small", "llama3:8b", "sim-large:latest", ""};
+        size_t off = nf_below(2);
         es[i].n_models = nf_chance(10) ? 4 : nf_below(3);
         es[i].models = mods;
-        es[i].n_loaded = nf_below((uint32_t)es[i].n_models + 1);
-        es[i].loaded = mods + nf_below(2);
+        es[i].n_loaded = nf_below((uint32_t)(4 - off) + 1);
+        es[i].loaded = mods + off;
         ps[i] = &es[i];
     }
     m->full = nf_chance(90);
