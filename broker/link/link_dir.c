@@ -242,7 +242,9 @@ static Agentbus__InferenceState *s_inference(const Agentbus__LinkService *e,
 
 /* (Re-)registers remote worker P for service NAME with entry E: the core's
  * own REGISTER path (and its register-max-* bounds), so the worker record
- * is like any other. 0 or -1. */
+ * is like any other. 0; -1 refused (P is still there); -2 P is gone: the
+ * core dispatched a queued request to the new worker at once, the send
+ * failed and it dropped P (and with it its remote entry, link.c). */
 static int s_register(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, const Agentbus__LinkService *e,
                       int64_t now)
 {
@@ -275,8 +277,11 @@ static int s_register(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, const Agentbus
         cap = (uint32_t)b->cfg->worker_capacity_max;
     h.credit = cap;
     ab_frame_t pl = {buf, len};
+    ab_rid_t rid = p->rid;
     int rc = ab_worker_on_register(b, p, &h, &pl, now);
     free(buf);
+    if (ab_peer_lookup(b, &rid) != p)
+        return -2;
     if (rc != 0 || !p->worker)
         return -1;
     ab_health_on_heartbeat(b, p->worker, NULL, 0, now);
@@ -303,7 +308,7 @@ static void s_add(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkService *e, 
     r->models_hash = s_models_hash(e);
     snprintf(r->via, sizeof r->via, "%s", e->via);
     zhashx_insert(l->remote, e->name, r);
-    if (s_register(b, l, p, e, now) != 0) {
+    if (s_register(b, l, p, e, now) == -1) {
         zhashx_delete(l->remote, e->name);
         p->link = NULL;
         ab_peer_drop(b, p, "remote service refused here");
