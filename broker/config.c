@@ -194,6 +194,12 @@ static const s_option_t s_options[] = {
      "heartbeat interval on broker links; a link silent 5 intervals is down"},
     {"link-hop-limit", OPT_LONG, OFF(link_hop_limit), 1, 16, "4",
      "links a forwarded request may cross"},
+    {"link-compress-threshold-bytes", OPT_SIZE, OFF(link_compress_threshold_bytes), 0,
+     1L << 30, "256", "payloads crossing a broker link uncompressed are lz4-compressed from "
+     "this size (0: never); lower than the clients' 1 KiB: links are the slow hop"},
+    {"link-dir-max-bytes", OPT_SIZE, OFF(link_dir_max_bytes), 4096, 64L << 20, "1M",
+     "largest directory a peer broker may announce (its encoded size); a larger one is "
+     "refused whole and counted"},
 };
 #define NOPTS (sizeof s_options / sizeof s_options[0])
 

@@ -96,6 +96,8 @@ typedef struct {
     char *peers;               /* comma-separated tcp://HOST:PORT#KEY; "" = none */
     long link_heartbeat_ms;    /* link heartbeat interval; 5 silent: down */
     long link_hop_limit;       /* links a forwarded request may cross */
+    size_t link_compress_threshold_bytes; /* lz4 on links from this size; 0 never */
+    size_t link_dir_max_bytes; /* largest directory a peer may announce */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

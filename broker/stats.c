@@ -183,13 +183,18 @@ static void s_traffic_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->version = (char *)AB_VERSION_STRING;
     st->uptime_ms = (uint64_t)(ab_now_ms() - b->started_ms);
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
-        if (p->role == AB_ROLE_WORKER)
+        if (p->link_role == AB_LINK_WORKER)
+            st->remote_workers++;
+        else if (p->link_role != AB_LINK_NONE)
+            ; /* a link's connection or its client: counted as a peer broker */
+        else if (p->role == AB_ROLE_WORKER)
             st->workers++;
         else if (p->role == AB_ROLE_CONTROL)
             st->controls++;
         else
             st->agents++;
     }
+    st->peer_brokers = ab_link_up_count(b);
     st->msgs_in = c->msgs_in;
     st->msgs_out = c->msgs_out;
     st->bytes_in = c->bytes_in;

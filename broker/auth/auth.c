@@ -37,6 +37,18 @@ struct ab_auth {
 /* --- set-up ---------------------------------------------------------------- */
 
 /* mkdir DIR mode 0700 unless it exists. 0 or -1 (logged). */
+/* This broker's name among peers, as links say it in HELLO (--name, else
+ * the host name): the name its first keypair is made for. */
+static const char *s_self_name(const ab_broker_t *b)
+{
+    static char host[64];
+    if (b->cfg->name && b->cfg->name[0])
+        return b->cfg->name;
+    if (gethostname(host, sizeof host - 1) != 0 || !host[0])
+        snprintf(host, sizeof host, "broker");
+    return host;
+}
+
 static int s_mkdir(const char *dir)
 {
     if (mkdir(dir, 0700) == 0 || errno == EEXIST)
@@ -47,7 +59,7 @@ static int s_mkdir(const char *dir)
 
 /* The broker's keypair from PATH (secret at PATH_secret), created there on
  * first start. A secret readable by others is refused, as ssh does. */
-static zcert_t *s_broker_cert(const char *path)
+static zcert_t *s_broker_cert(const char *path, const char *name)
 {
     char secret[4200];
     snprintf(secret, sizeof secret, "%s_secret", path);
@@ -70,8 +82,10 @@ static zcert_t *s_broker_cert(const char *path)
     zcert_t *c = zcert_new();
     if (!c)
         return NULL;
-    zcert_set_meta(c, "name", "%s", "broker");
-    zcert_set_meta(c, "role", "%s", "peer"); /* its key names it to peer brokers */
+    /* Its key names it to peer brokers, and a peer key may say only the
+     * broker names it is granted (names; by default its own name). */
+    zcert_set_meta(c, "name", "%s", name);
+    zcert_set_meta(c, "role", "%s", "peer");
     mode_t old = umask(077);
     int rc = zcert_save_secret(c, secret);
     umask(old);
@@ -135,7 +149,7 @@ int ab_auth_init(ab_broker_t *b)
     a->revoked.role = AB_KEYROLE_COUNT; /* in no role's mask: every check fails */
     a->revoked.services = a->revoked.names = a->revoked.topics = "";
     char cert[4096], keys[4096];
-    if (s_paths(b, cert, keys, sizeof cert) != 0 || !(a->cert = s_broker_cert(cert)))
+    if (s_paths(b, cert, keys, sizeof cert) != 0 || !(a->cert = s_broker_cert(cert, s_self_name(b))))
         return -1;
     if (!(a->keys = ab_keys_new(keys)))
         return -1;

@@ -122,7 +122,10 @@ static int s_key_fill(ab_key_t *k, zcert_t *c, const char *path, const char *fil
      * an agent takes only its own name unless granted more. */
     int adm = r == AB_KEYROLE_ADMIN;
     k->services = s_grant(c, "services", r == AB_KEYROLE_WORKER ? "" : "*");
-    k->names = s_grant(c, "names", adm ? "*" : r == AB_KEYROLE_AGENT ? k->name : "");
+    /* An agent's names are agent names; a peer's are the broker names it
+     * may say in LINK HELLO (link.c): by default its own. */
+    k->names = s_grant(c, "names", adm ? "*" : (r == AB_KEYROLE_AGENT || r == AB_KEYROLE_PEER)
+                                                   ? k->name : "");
     k->topics = s_grant(c, "topics", adm || r == AB_KEYROLE_AGENT ? "*" : "");
     const char *cap = zcert_meta(c, "capacity");
     k->capacity = cap ? (uint32_t)strtoul(cap, NULL, 10) : 0;

@@ -12,6 +12,8 @@
 #define AB_LOG_SUBSYS "link"
 #include "link_int.h"
 #include "auth.h"
+#include "batching.h"
+#include "batch.h"
 #include "router.h"
 #include "request.h"
 #include "service.h"
@@ -26,6 +28,10 @@
 #include <unistd.h>
 
 static void s_tick(ab_broker_t *b, int64_t now);
+
+/* HELLO and its answer carry a name and a few numbers: a larger one is not
+ * decoded. */
+#define S_HELLO_MAX 1024
 
 /* --- records ---------------------------------------------------------------- */
 
@@ -53,11 +59,23 @@ static ab_link_t *s_link_new(struct ab_links *ls)
     return l;
 }
 
-static void s_link_free(ab_link_t *l)
+/* Forgets what L's dialed connection has gathered (it is closed). */
+static void s_outq_free(ab_broker_t *b, ab_link_t *l)
+{
+    if (l->outq) {
+        ab_batching_peer_free(b, l->outq);
+        free(l->outq);
+        l->outq = NULL;
+    }
+    l->broken = 0;
+}
+
+static void s_link_free(ab_broker_t *b, ab_link_t *l)
 {
     struct ab_links *ls = l->all;
     ls->l[l->idx] = NULL;
     ls->n--;
+    s_outq_free(b, l);
     if (l->dealer)
         zmq_close(l->dealer);
     zhashx_destroy(&l->remote);
@@ -215,7 +233,7 @@ void ab_link_fini(ab_broker_t *b)
         return;
     for (int i = 0; i < AB_LINKS_MAX; i++)
         if (ls->l[i])
-            s_link_free(ls->l[i]);
+            s_link_free(b, ls->l[i]);
     ab_link_msg_fini(b);
     free(ls);
     b->links = NULL;
@@ -233,21 +251,53 @@ static int s_use_dealer(const ab_link_t *l)
     return out;
 }
 
+int ab_link_dealer_emit(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
+                        zmq_msg_t *payload)
+{
+    int more = payload ? ZMQ_SNDMORE : 0;
+    if (!l->dealer || zmq_send(l->dealer, buf, len, more | ZMQ_DONTWAIT) < 0 ||
+        (payload && zmq_msg_send(payload, l->dealer, 0) < 0)) {
+        /* What was gathered is lost with this connection: it is dialed
+         * again and the link taken down when it has no other, so that the
+         * requests it carried are re-dispatched (s_broken), never left to
+         * wait for their deadlines. */
+        l->broken = 1;
+        b->c.send_failures++;
+        return -1;
+    }
+    b->c.msgs_out++;
+    b->c.bytes_out += len + (payload ? zmq_msg_size(payload) : 0);
+    return 0;
+}
+
+/* The send queue of L's dialed connection: a peer record of its own, never
+ * in the peer table (link.h, AB_LINK_DEALER). NULL out of memory. */
+static ab_peer_t *s_outq(ab_link_t *l)
+{
+    if (!l->outq && (l->outq = calloc(1, sizeof *l->outq))) {
+        l->outq->link = l;
+        l->outq->link_role = AB_LINK_DEALER;
+        l->outq->fd = -1;
+        snprintf(l->outq->name, sizeof l->outq->name, "link:%s", l->name);
+    }
+    return l->outq;
+}
+
+/* Batching (batching.c) on both connections when the broker batches: the
+ * first message of a loop turn goes as it is at the end of the turn, more
+ * in the same turn leave together as one BATCH. The far broker reads BATCH
+ * on the ROUTER as from any peer and on its dealer in s_on_batch. */
 int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
                  zmq_msg_t *payload)
 {
     if (s_use_dealer(l)) {
-        int more = payload ? ZMQ_SNDMORE : 0;
-        if (zmq_send(l->dealer, buf, len, more | ZMQ_DONTWAIT) < 0)
-            return -1;
-        if (payload && zmq_msg_send(payload, l->dealer, 0) < 0)
-            return -1;
-        b->c.msgs_out++;
-        b->c.bytes_out += len + (payload ? zmq_msg_size(payload) : 0);
-        return 0;
+        ab_peer_t *q = b->cfg->batch && !l->broken ? s_outq(l) : NULL;
+        return q ? ab_batching_send(b, q, buf, len, payload)
+                 : ab_link_dealer_emit(b, l, buf, len, payload);
     }
     if (l->in)
-        return ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, payload);
+        return b->cfg->batch ? ab_batching_send(b, l->in, buf, len, payload)
+                             : ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, payload);
     errno = EHOSTUNREACH;
     return -1;
 }
@@ -339,6 +389,7 @@ static void s_in_lost(ab_broker_t *b, ab_link_t *l, const char *why)
 /* Closes L's dialed connection and dials again. */
 static void s_redial(ab_broker_t *b, ab_link_t *l)
 {
+    s_outq_free(b, l);
     zmq_close(l->dealer);
     l->dealer = NULL;
     l->out_up = 0;
@@ -367,8 +418,10 @@ static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
 static void s_tick(ab_broker_t *b, int64_t now)
 {
     struct ab_links *ls = b->links;
-    int dirty = ls->dirty;
+    uint64_t print = ab_link_dir_models_print(b);
+    int dirty = ls->dirty || print != ls->models_print;
     ls->dirty = 0;
+    ls->models_print = print;
     for (int i = 0; i < AB_LINKS_MAX; i++) {
         ab_link_t *l = ls->l[i];
         if (!l)
@@ -429,7 +482,13 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
     memcpy(o->key, l->key, sizeof o->key);
     o->out_since_ms = l->out_since_ms;
     l->dealer = NULL;
-    s_link_free(l);
+    if (l->outq) { /* what was gathered for the connection goes with it */
+        s_outq_free(b, o);
+        o->outq = l->outq;
+        o->outq->link = o;
+        l->outq = NULL;
+    }
+    s_link_free(b, l);
     return o;
 }
 
@@ -471,6 +530,14 @@ static void s_on_msg(ab_broker_t *b, ab_link_t *l, int dealer, const ab_header_t
                      const ab_frame_t *pl, zmq_msg_t *body, const struct ab_key *key, int64_t now)
 {
     if (h->kind == AB_KIND_LINK) {
+        if (pl->size > b->cfg->link_dir_max_bytes) { /* refused before it is decoded */
+            l->dir_refused++;
+            b->c.malformed++;
+            AB_LOG_RL(&b->rl, 0x11d8 + (uint64_t)l->idx, now, AB_LOG_WARN,
+                      "link '%s': a %zu-byte message refused (link-dir-max-bytes %zu)", l->name,
+                      pl->size, b->cfg->link_dir_max_bytes);
+            return;
+        }
         Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, pl->size, pl->data);
         if (!m) {
             b->c.malformed++;
@@ -510,13 +577,17 @@ static void s_on_msg(ab_broker_t *b, ab_link_t *l, int dealer, const ab_header_t
 static void s_on_hello(ab_broker_t *b, ab_peer_t *p, const Agentbus__LinkMsg *m, int64_t now)
 {
     struct ab_links *ls = b->links;
-    const char *why = NULL;
+    const char *why = NULL, *ign;
+    char text[AB_LINK_NAME_MAX + 128];
     if (!ab_auth_is_peer(p->authkey))
         why = "this key's role is not peer";
     else if (!m->broker[0] || strlen(m->broker) >= AB_LINK_NAME_MAX || strchr(m->broker, ','))
         why = "invalid broker name";
     else if (!strcmp(m->broker, ls->self))
         why = "the peer has this broker's own name";
+    else if (!ab_auth_may_name(p->authkey, m->broker, &ign)) /* one key cannot pose as any broker */
+        why = text, snprintf(text, sizeof text, "broker name '%s' is not granted to key '%s'",
+                             m->broker, ab_key_name(p->authkey));
     ab_link_t *l = why ? NULL : s_by_name(ls, m->broker, NULL);
     if (!why && !l && !(l = s_link_new(ls)))
         why = "too many links";
@@ -553,7 +624,9 @@ void ab_link_on_router(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
         s_on_msg(b, p->link, 0, h, pl, body, p->authkey, now);
         return;
     }
-    Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, pl->size, pl->data);
+    /* Not a link yet: only a HELLO, which is small. */
+    Agentbus__LinkMsg *m = pl->size <= S_HELLO_MAX
+                               ? agentbus__link_msg__unpack(NULL, pl->size, pl->data) : NULL;
     if (!m) {
         b->c.malformed++;
         return;
@@ -561,6 +634,58 @@ void ab_link_on_router(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
     if (m->type == S_LM_HELLO && p && b->links)
         s_on_hello(b, p, m, now);
     agentbus__link_msg__free_unpacked(m, NULL);
+}
+
+/* A BATCH on L's dialed connection (PL its body): checked whole, then each
+ * entry handled as if it had come alone; its payload gets a message of its
+ * own, as a request keeps it. */
+static void s_on_batch(ab_broker_t *b, ab_link_t *l, const ab_frame_t *pl, int64_t now)
+{
+    ab_batch_reader_t r;
+    uint32_t count = 0;
+    if (ab_batch_open(&r, pl->data, pl->size, &b->limits, &count) != AB_OK) {
+        b->c.malformed++;
+        b->c.batch_malformed++;
+        AB_LOG_RL(&b->rl, 0x11c8 + (uint64_t)l->idx, now, AB_LOG_WARN,
+                  "link '%s': malformed batch (%zu bytes) dropped whole", l->name, pl->size);
+        return;
+    }
+    b->c.batches_in++;
+    b->c.batched_msgs_in += count;
+    ab_frame_t f[2];
+    size_t nf;
+    while (ab_batch_next(&r, f, &nf) == 1) {
+        ab_header_t h;
+        ab_frame_t epl;
+        if (ab_msg_decode(f, nf, &b->limits, &h, &epl) != AB_OK || h.kind == AB_KIND_LINK) {
+            b->c.malformed++; /* link control is never batched */
+            continue;
+        }
+        zmq_msg_t body;
+        int has = nf == 2 && zmq_msg_init_size(&body, epl.size) == 0;
+        if (has && epl.size)
+            memcpy(zmq_msg_data(&body), epl.data, epl.size);
+        s_on_msg(b, l, 1, &h, &epl, has ? &body : NULL, NULL, now);
+        if (has)
+            zmq_msg_close(&body);
+    }
+}
+
+/* The dialed peer answered as broker NAME: when this broker trusts the
+ * key it dialed, that key must be granted NAME (as on the accepting side).
+ * 1 or 0 (logged, counted). */
+static int s_name_granted(ab_broker_t *b, ab_link_t *l, const char *name, int64_t now)
+{
+    const struct ab_key *k = l->key[0] ? ab_auth_key_lookup(b, l->key) : NULL;
+    const char *ign;
+    if (!k || ab_auth_may_name(k, name, &ign))
+        return 1;
+    AB_LOG_RL(&b->rl, 0x11c4 + (uint64_t)l->idx, now, AB_LOG_WARN,
+              "peer %s answered as broker '%s', a name not granted to its key '%s': refused",
+              l->endpoint, name, ab_key_name(k));
+    AB_COUNT_ERROR(b, AB_ERR_DENIED);
+    l->refused++;
+    return 0;
 }
 
 /* A message on L's dialed connection. */
@@ -582,9 +707,11 @@ static void s_on_dealer(ab_broker_t *b, ab_link_t *l, ab_frame_t *f, size_t n, z
         return;
     }
     if (h.kind == AB_KIND_LINK && !l->out_up) {
-        Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, pl.size, pl.data);
+        Agentbus__LinkMsg *m = pl.size <= S_HELLO_MAX
+                                   ? agentbus__link_msg__unpack(NULL, pl.size, pl.data) : NULL;
         int ok = m && m->type == S_LM_WELCOME && m->broker[0] &&
-                 strlen(m->broker) < AB_LINK_NAME_MAX && strcmp(m->broker, l->all->self) != 0;
+                 strlen(m->broker) < AB_LINK_NAME_MAX && strcmp(m->broker, l->all->self) != 0 &&
+                 s_name_granted(b, l, m->broker, now);
         if (ok && (l = s_named(b, l, m->broker))) {
             s_session(b, l, m->session);
             l->out_up = 1;
@@ -598,7 +725,10 @@ static void s_on_dealer(ab_broker_t *b, ab_link_t *l, ab_frame_t *f, size_t n, z
     if (!l->out_up)
         return;
     l->out_last_ms = now;
-    s_on_msg(b, l, 1, &h, &pl, body, NULL, now);
+    if (h.kind == AB_KIND_BATCH)
+        s_on_batch(b, l, &pl, now);
+    else
+        s_on_msg(b, l, 1, &h, &pl, body, NULL, now);
 }
 
 int ab_link_poll_items(ab_broker_t *b, zmq_pollitem_t *items, int max)
@@ -632,11 +762,27 @@ static void s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
     }
 }
 
+/* A gathered send on L's dialed connection failed (batching.c flushed it
+ * at the end of the last turn): what it carried is lost, so the link goes
+ * down, which takes back the requests forwarded over it (re-dispatched or
+ * answered), and the connection is dialed again from scratch. */
+static void s_broken(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    AB_LOG_RL(&b->rl, 0x11cc + (uint64_t)l->idx, now, AB_LOG_WARN,
+              "link to '%s': a send on its dialed connection failed", l->name);
+    s_down(b, l, "a send on its connection failed");
+    s_redial(b, l);
+}
+
 void ab_link_on_poll(ab_broker_t *b, int64_t now)
 {
-    for (int i = 0; b->links && i < AB_LINKS_MAX; i++)
-        if (b->links->l[i] && b->links->l[i]->dealer)
-            s_drain(b, b->links->l[i], now);
+    for (int i = 0; b->links && i < AB_LINKS_MAX; i++) {
+        ab_link_t *l = b->links->l[i];
+        if (l && l->broken)
+            s_broken(b, l, now);
+        if (l && l->dealer)
+            s_drain(b, l, now);
+    }
 }
 
 /* --- the core's hooks ------------------------------------------------------------ */

@@ -29,7 +29,16 @@
 
 #include "broker.h"
 
-enum { AB_LINK_NONE = 0, AB_LINK_TRANSPORT = 1, AB_LINK_WORKER = 2, AB_LINK_CLIENT = 3 };
+/* AB_LINK_DEALER: the send queue of a link's dialed connection, a peer
+ * record never in the peer table, so that batching.c gathers for it like
+ * for any peer; what it flushes comes back through ab_link_emit. */
+enum {
+    AB_LINK_NONE = 0,
+    AB_LINK_TRANSPORT = 1,
+    AB_LINK_WORKER = 2,
+    AB_LINK_CLIENT = 3,
+    AB_LINK_DEALER = 4
+};
 
 /* Dials the configured peers. 0, or -1 (logged) on a bad --peer. */
 int ab_link_init(ab_broker_t *b);

@@ -13,6 +13,7 @@
 #define AB_LOG_SUBSYS "link"
 #include "link_int.h"
 #include "auth.h"
+#include "compress.h"
 #include "request.h"
 #include "router.h"
 #include "service.h"
@@ -22,6 +23,68 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* --- compression on links ------------------------------------------------------------ */
+
+static void s_free_block(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* A link is the slow hop, so a payload crossing it is lz4-compressed from
+ * link-compress-threshold-bytes (256 B; clients do it from 1 KiB) when it
+ * is not already compressed (nor tried: LZ4_SKIPPED) and lz4 saves enough.
+ * PAYLOAD is replaced and H flagged. The caller knows the far reader
+ * reads lz4. */
+static void s_squeeze(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *payload)
+{
+    size_t t = b->cfg->link_compress_threshold_bytes, n = payload ? zmq_msg_size(payload) : 0;
+    if (!t || n < t || (h->flags & (AB_FLAG_LZ4 | AB_FLAG_LZ4_SKIPPED)))
+        return;
+    void *z;
+    size_t zl;
+    int rc = ab_lz4_compress(zmq_msg_data(payload), n, (unsigned)b->cfg->compress_min_saving_pct,
+                             &z, &zl);
+    zmq_msg_t m;
+    if (rc != 1 || zmq_msg_init_data(&m, z, zl, s_free_block, NULL) != 0) {
+        if (rc == 1)
+            free(z);
+        h->flags |= AB_FLAG_LZ4_SKIPPED; /* not tried again further on */
+        b->c.lz4_skipped++;
+        return;
+    }
+    zmq_msg_move(payload, &m); /* closes the plain one */
+    h->flags |= AB_FLAG_LZ4;
+    h->original_size = n;
+    l->compressed++;
+    b->c.lz4_msgs++;
+    b->c.lz4_wire_bytes += zl;
+    b->c.lz4_original_bytes += n;
+}
+
+/* An answer (BUF,LEN parsed as H) to link client P crossing the link: its
+ * payload compressed when the agent that asked reads lz4 (the request,
+ * still held while it is answered, carries ACCEPT_LZ4 from the first
+ * broker). 0 sent or -1. */
+static int s_send_answer(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, ab_header_t *h,
+                         const uint8_t *buf, size_t len, zmq_msg_t *payload)
+{
+    ab_req_t *r = payload && h->kind != AB_KIND_ERROR
+                      ? ab_idmap_get(&p->reqs_by_id, h->correlation_id) : NULL;
+    uint32_t before = h->flags;
+    if (r && (r->flags & AB_FLAG_ACCEPT_LZ4))
+        s_squeeze(b, l, h, payload);
+    if (h->flags == before)
+        return ab_link_send(b, l, buf, len, payload);
+    uint8_t stack[1024];
+    size_t n;
+    uint8_t *hb = ab_header_encode_buf(h, stack, sizeof stack, &n);
+    int rc = hb ? ab_link_send(b, l, hb, n, payload) : -1;
+    if (hb != stack)
+        free(hb);
+    return rc;
+}
 
 /* --- what the core sends to link peers -------------------------------------------- */
 
@@ -33,16 +96,18 @@ int ab_link_emit(ab_broker_t *b, ab_peer_t *p, const uint8_t *buf, size_t len, z
         buf = zmq_msg_data(hmsg), len = zmq_msg_size(hmsg);
     ab_header_t h;
     int rc = 0;
-    if (!l || !l->up) {
+    if (p->link_role == AB_LINK_DEALER) {
+        rc = l ? ab_link_dealer_emit(b, l, buf, len, payload) : -1; /* batching.c's flush */
+    } else if (!l || !l->up) {
         errno = EHOSTUNREACH;
         rc = -1;
     } else if (ab_header_parse(buf, len, &h) != AB_OK) {
         rc = 0; /* the core's own encoding: cannot happen */
-    } else if (p->link_role == AB_LINK_WORKER ? h.kind == AB_KIND_CANCEL
-                                              : (h.kind == AB_KIND_PARTIAL ||
-                                                 h.kind == AB_KIND_REPLY ||
-                                                 h.kind == AB_KIND_ERROR)) {
+    } else if (p->link_role == AB_LINK_WORKER && h.kind == AB_KIND_CANCEL) {
         rc = ab_link_send(b, l, buf, len, payload);
+    } else if (p->link_role == AB_LINK_CLIENT &&
+               (h.kind == AB_KIND_PARTIAL || h.kind == AB_KIND_REPLY || h.kind == AB_KIND_ERROR)) {
+        rc = s_send_answer(b, l, p, &h, buf, len, payload);
     } /* else: REGISTER answers, HELLO, probes: a link's peers need none */
     if (hmsg)
         zmq_msg_close(hmsg);
@@ -77,6 +142,9 @@ int ab_link_forward(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, ab_header_t
         h->origin_key = ab_view_of(pub && strcmp(pub, "local") ? pub : NULL);
         h->origin_role = k ? (uint32_t)ab_key_role(k) + 1 : 0;
     }
+    ab_remote_t *rm = zhashx_lookup(l->remote, w->service->name);
+    if (payload && rm && rm->lz4)
+        s_squeeze(b, l, h, payload);
     uint8_t stack[2048];
     size_t len;
     uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
@@ -257,7 +325,8 @@ int ab_link_control_peers(ab_broker_t *b, uint8_t **out, size_t *len)
         p->state = l->up ? "up" : l->dealer ? "connecting" : "down";
         p->rtt_us = l->rtt_us;
         p->forwarded = l->forwarded, p->received = l->received, p->answered = l->answered;
-        p->failed = l->failed, p->ups = l->ups;
+        p->failed = l->failed, p->ups = l->ups, p->compressed = l->compressed;
+        p->dir_refused = l->dir_refused;
         p->services = (uint32_t)zhashx_size(l->remote);
         ab_link_msg_peer_info(l, p);
         p->up_ms = l->up ? (uint64_t)(now - l->up_since_ms) : 0;

@@ -15,6 +15,7 @@
 #define AB_VIA_MAX 1100            /* crossed list: 16 names of 63 + commas */
 #define AB_LINK_SILENT_IVL 5       /* heartbeat intervals of silence: connection lost */
 #define AB_LINK_KEY_TXT 41
+#define AB_LINK_MODELS_MAX 64      /* model names per directory entry, each list */
 
 enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4,
        S_LM_NAMES = 5, S_LM_INTEREST = 6 };
@@ -23,6 +24,8 @@ enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4,
 typedef struct {
     ab_peer_t *peer; /* link_role AB_LINK_WORKER */
     uint32_t capacity, hops, workers;
+    int lz4; /* every worker behind it reads lz4 */
+    uint64_t models_hash; /* of its models and loaded lists: a change re-registers it */
     char via[AB_VIA_MAX]; /* brokers beyond the peer on its route (path vector) */
 } ab_remote_t;
 
@@ -33,6 +36,8 @@ typedef struct ab_link {
     char endpoint[256];          /* dialed; "" when only accepted */
     char key[AB_LINK_KEY_TXT];   /* the peer's public key (dialed, auth on) */
     void *dealer;                /* the dialed connection; NULL when only accepted */
+    ab_peer_t *outq;             /* its send queue (AB_LINK_DEALER), NULL until used */
+    int broken;                  /* a gathered send on it failed: dialed again next turn */
     int out_up;                  /* the peer answered our HELLO on it */
     int64_t out_last_ms, out_since_ms;
     ab_peer_t *in;               /* the connection the peer dialed (ROUTER peer) */
@@ -45,6 +50,8 @@ typedef struct ab_link {
     uint32_t rtt_us;
     uint64_t forwarded, received, answered, failed, ups, refused;
     struct ab_link_msg *msg;     /* names, interest, counters (link_msg.c); NULL until used */
+    uint64_t compressed; /* payloads lz4-compressed onto it */
+    uint64_t dir_refused; /* directories refused whole (link-dir-max-bytes) */
 } ab_link_t;
 
 struct ab_links {
@@ -55,6 +62,7 @@ struct ab_links {
     uint64_t session; /* this broker's start, in HELLO (random) */
     uint32_t seq;
     int dirty;        /* the directory changed: send it at the next tick */
+    uint64_t models_print; /* local workers' models when the directory was last sent */
     int timer;
     struct ab_link_msgs *msg; /* forwarded SENDs awaiting answers (link_msg.c) */
 };
@@ -72,6 +80,11 @@ struct ab_fwd {
  * 0 or -1 (errno EHOSTUNREACH: no connection). */
 int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
                  zmq_msg_t *payload);
+/* Sends what batching.c flushes for L's dialed connection (ab_link_emit
+ * for an AB_LINK_DEALER record): HDR (BUF,LEN or HMSG) and PAYLOAD, not
+ * moved. 0 or -1 (L marked broken). */
+int ab_link_dealer_emit(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
+                        zmq_msg_t *payload);
 /* Sends LinkMsg M as a LINK message over L. 0 or -1. */
 int ab_link_send_msg(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m);
 /* A new remote worker's routing id for L. */
@@ -86,6 +99,10 @@ void ab_link_dir_send(ab_broker_t *b, ab_link_t *l);
 void ab_link_dir_apply(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m, int64_t now);
 /* Feeds the health records of L's remote workers (a heartbeat came). */
 void ab_link_dir_alive(ab_broker_t *b, ab_link_t *l, int64_t now);
+/* A fingerprint of the local workers' models (loaded or not): the tick
+ * sends the directory again when it changes (workers re-register with a
+ * new inference state; no join or leave tells the links). */
+uint64_t ab_link_dir_models_print(ab_broker_t *b);
 /* Drops every remote worker of L (WHY logged); returns the requests they
  * held (taken back: re-dispatched or answered). */
 uint32_t ab_link_dir_withdraw(ab_broker_t *b, ab_link_t *l, const char *why);

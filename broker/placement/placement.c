@@ -20,6 +20,7 @@
 #include "service.h"
 #include "router.h"
 #include "cache.h"
+#include "link.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
 
@@ -173,6 +174,8 @@ static int s_capable(const ab_worker_rec_t *w, const struct ab_route *rt)
 {
     if (!s_pinned_ok(w, rt))
         return 0;
+    /* A broker link's remote worker (link.h) stands for a peer's workers:
+     * its inference state lists the models they serve and have loaded. */
     if (!rt->model[0] || !w->inference)
         return 1;
     return s_model_info(w, rt->model) != NULL;
@@ -240,24 +243,32 @@ static int s_better(const ab_worker_rec_t *a, const ab_worker_rec_t *b)
     return a->last_dispatch < b->last_dispatch;
 }
 
+/* 1 when W is a broker link's remote worker (link.h). */
+static int s_remote(const ab_worker_rec_t *w)
+{
+    return w->peer->link_role == AB_LINK_WORKER;
+}
+
 ab_worker_rec_t *ab_placement_pick(ab_broker_t *b, ab_service_t *s, ab_req_t *r,
                                    int *impossible)
 {
-    (void)b;
     const struct ab_route *rt = r->route;
     ab_worker_rec_t *best = NULL;
     int best_tier = 3, capable = 0, loaded_somewhere = 0;
     *impossible = 0;
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
-        if (!s_capable(w, rt))
-            continue;
+        if (!s_capable(w, rt) || !ab_link_may_take(b, w, r))
+            continue; /* a link it may not cross (loop, hop limit) cannot serve it */
         capable++;
         int tier = s_tier(w, rt);
         if (tier == 0)
             loaded_somewhere = 1;
         if (w == rt->avoid || w->in_flight >= w->capacity || s_model_full(w, rt))
             continue;
-        if (!best || tier < best_tier || (tier == best_tier && s_better(w, best))) {
+        /* Same tier: local first, then a peer (links: docs/links.md). */
+        if (!best || tier < best_tier ||
+            (tier == best_tier && (s_remote(w) != s_remote(best) ? !s_remote(w)
+                                                                  : s_better(w, best)))) {
             best = w;
             best_tier = tier;
         }

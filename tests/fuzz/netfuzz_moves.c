@@ -9,6 +9,7 @@
 #include "agentbus.pb-c.h"
 #include "compress.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +50,7 @@ static const char *const s_reg_services[] = {"svc-a", "svc-b", "infer"};
 static const char *const s_topics[] = {"t.a", "t.b", "t.a.x", "news.eu", "news.us"};
 static const char *const s_patterns[] = {"t.", "t.a", "news.", "t.a.x", "news.eu"};
 static const char *const s_models[] = {"sim-small", "llama3:8b", ""};
+static const char *const s_vias[] = {"", "nf-b2", "nf-b1,nf-b3", "nf-b3,nf-b2,nf-b1", ",,"};
 static const char *const s_controls[] = {"stats", "services", "workers", "agents", "cache",
                                          "bogus"};
 
@@ -177,6 +179,12 @@ static void s_mk_request(nf_peer_t *p, nf_out_t *o)
         o->h.cache_ttl_s = nf_below(100);
     if (nf_chance(90))
         nf_out_text(o, 300);
+    if (nf_chance(20)) { /* a forwarded request's route: heeded from a link only */
+        o->h.via = ab_view_of(NF_PICK(s_vias));
+        o->h.hops_left = nf_below(5);
+        o->h.origin_role = nf_below(6);
+        o->h.origin_key = ab_view_of(nf_chance(50) ? "" : "netfuzz-origin");
+    }
     nf_remember(p->sent, &p->nsent, o->h.id);
     nf_seen_add(o->h.id);
 }
@@ -351,6 +359,82 @@ static void s_mk_control(nf_peer_t *p, nf_out_t *o)
                                            : NF_PICK(s_controls));
 }
 
+/* --- broker links (broker/link/) ------------------------------------------------------ */
+static const char *const s_brokers[] = {"nf-b1", "nf-b2", "nf-b3", "", "a,b",
+                                        "nf-a-broker-name-that-is-far-too-long-for-a-link-"
+                                        "record-and-then-some-more"};
+
+/* A peer broker's directory: a few entries, sometimes many, some invalid
+ * (no name, capacity 0, duplicates, long names, routes through anyone). */
+static void s_link_dir(Agentbus__LinkMsg *m, nf_out_t *o)
+{
+    static Agentbus__LinkService es[64], *ps[64];
+    static char names[64][300];
+    size_t n = nf_chance(10) ? 64 : nf_below(6);
+    for (size_t i = 0; i < n; i++) {
+        agentbus__link_service__init(&es[i]);
+        if (nf_chance(80))
+            /* never the good client's service: a fake link would answer it */
+            snprintf(names[i], sizeof names[i], "%s", nf_chance(90) ? NF_PICK(s_reg_services)
+                                                                    : "nosuch");
+        else
+            snprintf(names[i], sizeof names[i], "nf-r%u-%.*s", nf_below(100), (int)nf_below(280),
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+                     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        es[i].name = names[i];
+        es[i].capacity = nf_chance(10) ? 0 : nf_chance(5) ? 0xffffffffu : 1 + nf_below(16);
+        es[i].free_credit = nf_below(16);
+        es[i].hops = nf_chance(80) ? nf_below(3) : nf_rand() & 0xffffffffu;
+        es[i].workers = nf_below(4);
+        es[i].via = (char *)NF_PICK(s_vias);
+        es[i].lz4 = nf_chance(50);
+        /* models behind it (placement reads them), sometimes too many */
+        static char *mods[] = {"sim-small", "llama3:8b", "sim-large:latest", ""};
+        size_t off = nf_below(2);
+        es[i].n_models = nf_chance(10) ? 4 : nf_below(3);
+        es[i].models = mods;
+        es[i].n_loaded = nf_below((uint32_t)(4 - off) + 1);
+        es[i].loaded = mods + off;
+        ps[i] = &es[i];
+    }
+    m->full = nf_chance(90);
+    m->n_services = n;
+    m->services = ps;
+    (void)o;
+}
+
+/* A LINK message: HELLO as some broker, a heartbeat (echoed or echoing),
+ * a directory, or a type nobody knows. Once HELLO is answered the peer is
+ * a link: its REQUESTs are forwarded ones (s_mk_request sets their route
+ * sometimes), its answers answer what the broker forwarded to it. */
+static void s_mk_link(nf_peer_t *p, nf_out_t *o)
+{
+    Agentbus__LinkMsg m;
+    agentbus__link_msg__init(&m);
+    int r = (int)nf_below(100);
+    m.type = r < 30 ? 1 : r < 55 ? 3 : r < 95 ? 4 : nf_below(10);
+    m.broker = (char *)NF_PICK(s_brokers);
+    m.session = nf_chance(90) ? p->instance : nf_rand();
+    m.sent_us = nf_chance(50) ? nf_rand() : 0;
+    m.echo_us = nf_chance(30) ? nf_rand() : 0;
+    if (m.type == 4)
+        s_link_dir(&m, o);
+    size_t len = agentbus__link_msg__get_packed_size(&m);
+    uint8_t *buf = len <= sizeof o->buf ? o->buf : malloc(len);
+    if (!buf)
+        return;
+    agentbus__link_msg__pack(&m, buf);
+    o->h = ab_header_init(AB_KIND_LINK);
+    o->h.id = s_new_id(p);
+    if (buf != o->buf)
+        o->heap = buf;
+    o->data = buf;
+    o->len = len;
+    o->has = 1;
+}
+
 /* Builds the message of move MV (one that is a single message). */
 int nf_make(int mv, nf_peer_t *p, nf_out_t *o)
 {
@@ -371,6 +455,7 @@ int nf_make(int mv, nf_peer_t *p, nf_out_t *o)
     case MV_heartbeat: s_mk_heartbeat(p, o); break;
     case MV_discover: s_mk_discover(p, o); break;
     case MV_control: s_mk_control(p, o); break;
+    case MV_link: s_mk_link(p, o); break;
     default: return 0;
     }
     return 1;

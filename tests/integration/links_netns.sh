@@ -37,7 +37,7 @@ for n in "$na" "$nb"; do ip -n "$n" link set lo up; done
 ip -n "$na" link set "$va" up && ip -n "$nb" link set "$vb" up || fail "links up"
 
 mkdir -p "$tmp/certs" "$tmp/ka" "$tmp/kb"
-for k in a b; do "$bin/brokerctl" keygen "$k" --role peer --out "$tmp/certs" >/dev/null; done
+for k in a b; do "$bin/brokerctl" keygen "$k" --role peer --names "${k^^}" --out "$tmp/certs" >/dev/null; done
 "$bin/brokerctl" keygen admin --role admin --out "$tmp/certs" >/dev/null
 cp "$tmp/certs/b.key" "$tmp/certs/admin.key" "$tmp/ka/"
 cp "$tmp/certs/a.key" "$tmp/certs/admin.key" "$tmp/kb/"

@@ -1,0 +1,494 @@
+/*
+ * test_links_wire.c - broker links on the wire (issue 15, docs/links.md):
+ * batching and lz4 on links, a peer key bound to its broker name, a
+ * hostile peer's directory, model-aware placement across a link. Real
+ * processes on loopback, every link CURVE.
+ *
+ * Keys: each broker NAME has its own peer key NAME (granted that broker
+ * name by default), in every broker's keys directory; one admin key for
+ * workers, clients and brokerctl. AB_BROKER_KEY is switched to the broker
+ * a client is about to talk to (s_at).
+ */
+#include "harness.h"
+#include "ollamatest.h"
+#include "test.h"
+#include "util.h"
+#include "agentbus.pb-c.h"
+#include "codec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zmq.h>
+
+static char s_certdir[520];
+
+/* Keys for the test: DIR/certs/{A,B,C,admin}.key(_secret), and EXTRA, a
+ * shell command run in the certs directory (may be NULL). */
+static void s_keys(const char *extra)
+{
+    char cmd[3000], out[4096];
+    const char *ctl = th_bin("brokerctl");
+    snprintf(s_certdir, sizeof s_certdir, "%s/certs", th_dir());
+    REQUIRE(mkdir(s_certdir, 0700) == 0);
+    snprintf(cmd, sizeof cmd,
+             "cd %s && for k in A B C; do %s keygen $k --role peer --out . || exit 1; done && "
+             "%s keygen admin --role admin --out . && %s",
+             s_certdir, ctl, ctl, extra ? extra : "true");
+    REQUIRE(th_run(cmd, out, sizeof out) == 0);
+    char path[700];
+    snprintf(path, sizeof path, "%s/admin.key_secret", s_certdir);
+    setenv("AB_KEY", path, 1);
+    setenv("AB_AUTH", "curve", 1);
+    unsetenv("AB_BROKER_CERT");
+}
+
+/* Makes the next client, worker or th_broker's own probe talk to broker NAME. */
+static void s_at(const char *name)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s.key", s_certdir, name);
+    setenv("AB_BROKER_KEY", path, 1);
+}
+
+/* Broker NAME with key CERT on PORT, trusting every public key of the
+ * certs directory, dialing PEER (a port, 0: none, with PEER_KEY's public
+ * key), with up to two more flags. */
+static pid_t s_broker(int port, const char *name, const char *cert, int peer, const char *peer_key,
+                      const char *f1, const char *v1)
+{
+    char keys[700], certp[700], pspec[900], cmd[1600], out[256];
+    snprintf(keys, sizeof keys, "%s/keys-%s", th_dir(), name);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/*.key %s/", keys, s_certdir, keys);
+    REQUIRE(th_run(cmd, out, sizeof out) == 0);
+    snprintf(certp, sizeof certp, "%s/%s.key", s_certdir, cert);
+    snprintf(pspec, sizeof pspec, "tcp://127.0.0.1:%d#%s/%s.key", peer, s_certdir,
+             peer_key ? peer_key : "");
+    s_at(cert);
+    return th_broker(port, "--name", name, "--keys-dir", keys, "--broker-cert", certp,
+                     "--link-heartbeat-ms", "100", "--peer", peer ? pspec : "", "--batch", "1",
+                     f1 ? f1 : "--queue-max", v1 ? v1 : "10000", NULL);
+}
+
+/* C's link to NAME (copied into *OUT, its state into STATE), or 0. */
+static int s_peer_info(ab_client_t *c, const char *name, Agentbus__PeerInfo *out, char *state,
+                       size_t cap)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "peers", 3000, &buf, &len) != AB_OK)
+        return 0;
+    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    int found = 0;
+    for (size_t i = 0; pl && i < pl->n_peers && !found; i++)
+        if (!strcmp(pl->peers[i]->name, name)) {
+            *out = *pl->peers[i];
+            out->name = out->endpoint = out->state = out->transport = NULL;
+            snprintf(state, cap, "%s", pl->peers[i]->state);
+            found = 1;
+        }
+    if (pl)
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    return found;
+}
+
+/* Waits until C's link to NAME is up. 0 or -1. */
+static int s_wait_up(ab_client_t *c, const char *name, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        Agentbus__PeerInfo pi;
+        char st[32] = "";
+        if (s_peer_info(c, name, &pi, st, sizeof st) && !strcmp(st, "up"))
+            return 0;
+        th_sleep_ms(20);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+static int s_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap)
+{
+    void *reply = NULL;
+    size_t n = 0;
+    int rc = ab_client_request(c, svc, data, strlen(data), 10000, &reply, &n);
+    if (out)
+        snprintf(out, cap, "%.*s", rc == AB_OK ? (int)n : 0, rc == AB_OK ? (char *)reply : "");
+    ab_free(reply);
+    return rc;
+}
+
+/* Waits until a request to SVC on C succeeds (the directory reached it). */
+static int s_wait_ok(ab_client_t *c, const char *svc, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        if (s_req(c, svc, "probe", NULL, 0) == AB_OK)
+            return 0;
+        th_sleep_ms(50);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+/* Waits until FILE contains TEXT. 1 or 0. */
+static int s_wait_log(const char *file, const char *text, int timeout_ms)
+{
+    char cmd[1500], out[256];
+    snprintf(cmd, sizeof cmd, "grep -qF -- \"%s\" %s", text, file);
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        if (th_run(cmd, out, sizeof out) == 0)
+            return 1;
+        th_sleep_ms(50);
+    } while (ab_now_ms() < end);
+    return 0;
+}
+
+/* --- batching and lz4 ----------------------------------------------------------------- */
+
+#define BURST 200
+
+typedef struct {
+    int ok, bad, done;
+    const char *want;
+    size_t want_len;
+} s_burst_t;
+
+static void s_burst_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_burst_t *s = arg;
+    if (!ev->final)
+        return;
+    s->done++;
+    if (ev->status == AB_OK && ev->size == s->want_len && !memcmp(ev->data, s->want, ev->size))
+        s->ok++;
+    else
+        s->bad++;
+}
+
+/* Clients and workers do not batch here (AB_BATCH=0), so the BATCHes the
+ * brokers receive are the link's: A's requests gathered onto its dialed
+ * connection (B's batches_in) and B's answers gathered onto the accepted
+ * one (A's batches_in). Payloads of 600 compressible bytes (under the
+ * clients' 1 KiB threshold) are compressed on the link both ways, and
+ * every request is answered once, intact. */
+static void s_batched(void)
+{
+    setenv("AB_BATCH", "0", 1);
+    s_keys(NULL);
+    int pa = th_free_port(), pb = th_free_port();
+    s_broker(pb, "B", "B", 0, NULL, NULL, NULL);
+    s_broker(pa, "A", "A", pb, "B", NULL, NULL);
+    s_at("B");
+    th_worker(pb, "echo", "--capacity", "64", NULL);
+    ab_client_t *b = th_client(pb);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    REQUIRE(s_wait_up(a, "B", 20000) == 0);
+    REQUIRE(s_wait_ok(a, "echo", 20000) == 0);
+    char payload[601];
+    for (int i = 0; i < 600; i++)
+        payload[i] = "link batching "[i % 14];
+    payload[600] = '\0';
+    uint64_t a_in = 0, b_in = 0;
+    for (int round = 0; round < 20 && (!a_in || !b_in); round++) {
+        s_burst_t s = {.want = payload, .want_len = 600};
+        for (int i = 0; i < BURST; i++)
+            REQUIRE(ab_client_request_start(a, "echo", payload, 600,
+                                            &(ab_request_opts_t){.timeout_ms = 20000}, s_burst_cb,
+                                            &s, NULL) == AB_OK);
+        for (int i = 0; i < 2000 && s.done < BURST; i++)
+            ab_client_poll(a, 20);
+        CHECK_EQ(s.done, BURST);
+        CHECK_EQ(s.ok, BURST);
+        CHECK_EQ(s.bad, 0);
+        Agentbus__Stats *sa = th_stats(a), *sb = th_stats(b);
+        REQUIRE(sa && sb);
+        a_in = sa->batches_in, b_in = sb->batches_in;
+        CHECK_EQ(sa->batch_malformed, 0);
+        CHECK_EQ(sb->batch_malformed, 0);
+        agentbus__stats__free_unpacked(sa, NULL);
+        agentbus__stats__free_unpacked(sb, NULL);
+    }
+    /* Link records are peer brokers in stats, not agents or workers: A has
+     * no worker of its own, one remote service; B its one echo worker. */
+    Agentbus__Stats *sa = th_stats(a), *sb = th_stats(b);
+    REQUIRE(sa && sb);
+    CHECK_EQ(sa->workers, 0);
+    CHECK_EQ(sa->remote_workers, 1);
+    CHECK_EQ(sa->peer_brokers, 1);
+    CHECK_EQ(sb->workers, 1);
+    CHECK_EQ(sb->remote_workers, 0);
+    CHECK_EQ(sb->peer_brokers, 1);
+    CHECK_TRUE(sa->agents <= 1 && sb->agents <= 1); /* the test's clients at most */
+    agentbus__stats__free_unpacked(sa, NULL);
+    agentbus__stats__free_unpacked(sb, NULL);
+    printf("batches received: A %llu (answers), B %llu (requests)\n", (unsigned long long)a_in,
+           (unsigned long long)b_in);
+    CHECK_TRUE(a_in > 0);
+    CHECK_TRUE(b_in > 0);
+    Agentbus__PeerInfo pi;
+    char st[32];
+    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    printf("A compressed %llu requests onto the link\n", (unsigned long long)pi.compressed);
+    CHECK_TRUE(pi.compressed > 0);
+    REQUIRE(s_peer_info(b, "A", &pi, st, sizeof st));
+    printf("B compressed %llu answers onto the link\n", (unsigned long long)pi.compressed);
+    CHECK_TRUE(pi.compressed > 0);
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+    unsetenv("AB_BATCH");
+}
+
+/* --- a peer key is bound to its broker name -------------------------------------------- */
+
+/* A broker proving key C (granted broker name C) but calling itself Z is
+ * refused by A (logged, counted DENIED) and never listed; key M, made with
+ * --names 'X,Y', links as broker Y. */
+static void s_name_bound(void)
+{
+    s_keys("AB_AUTH= " AB_BIN_DIR "/brokerctl keygen M --role peer --names 'X,Y' --out .");
+    int pa = th_free_port(), pz = th_free_port(), py = th_free_port();
+    pid_t apid = s_broker(pa, "A", "A", 0, NULL, NULL, NULL);
+    s_broker(pz, "Z", "C", pa, "A", NULL, NULL);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    CHECK_EQ(s_wait_log(th_log_of(apid), "broker name 'Z' is not granted to key 'C'", 20000), 1);
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(th_stat_error(st, "DENIED") > 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    Agentbus__PeerInfo pi;
+    char state[32];
+    CHECK_EQ(s_peer_info(a, "Z", &pi, state, sizeof state), 0);
+    s_broker(py, "Y", "M", pa, "A", NULL, NULL);
+    s_at("A");
+    CHECK_EQ(s_wait_up(a, "Y", 20000), 0);
+    CHECK_EQ(s_peer_info(a, "Z", &pi, state, sizeof state), 0);
+    ab_client_destroy(&a);
+}
+
+/* --- a hostile peer's directory ---------------------------------------------------------- */
+
+/* FIELD ("public-key" or "secret-key") of certificate file PATH (zcert's
+ * text format, as brokerctl keygen writes it) into OUT (41 bytes). */
+static void s_key_field(const char *path, const char *field, char *out)
+{
+    FILE *f = fopen(path, "r");
+    char line[256];
+    out[0] = '\0';
+    while (f && fgets(line, sizeof line, f)) {
+        const char *k = strstr(line, field), *q = k ? strchr(k, '"') : NULL;
+        if (q && strlen(q) > 41 && q[41] == '"') {
+            memcpy(out, q + 1, 40);
+            out[40] = '\0';
+        }
+    }
+    if (f)
+        fclose(f);
+    REQUIRE(strlen(out) == 40);
+}
+
+/* A raw CURVE DEALER proving key NAME, dialing broker SERVER on PORT. */
+static void *s_fake_peer(void *ctx, int port, const char *name, const char *server)
+{
+    char path[700], pub[41], sec[41], srv[41];
+    snprintf(path, sizeof path, "%s/%s.key_secret", s_certdir, name);
+    s_key_field(path, "public-key", pub);
+    s_key_field(path, "secret-key", sec);
+    snprintf(path, sizeof path, "%s/%s.key", s_certdir, server);
+    s_key_field(path, "public-key", srv);
+    void *d = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, srv, 41);
+    zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, pub, 41);
+    zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, sec, 41);
+    REQUIRE(zmq_connect(d, th_ep(port)) == 0);
+    return d;
+}
+
+/* Sends LinkMsg M on D as a LINK message. */
+static void s_fake_send(void *d, const Agentbus__LinkMsg *m)
+{
+    size_t n = agentbus__link_msg__get_packed_size(m);
+    uint8_t *buf = malloc(n ? n : 1), hb[128];
+    REQUIRE(buf != NULL);
+    agentbus__link_msg__pack(m, buf);
+    ab_header_t h = ab_header_init(AB_KIND_LINK);
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(d, buf, n, 0) == (int)n);
+    free(buf);
+}
+
+/* Says HELLO as broker NAME on D until the broker answers WELCOME. 0 or -1. */
+static int s_fake_hello(void *d, const char *name)
+{
+    Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+    m.type = 1;
+    m.broker = (char *)name;
+    m.session = 42;
+    for (int tries = 0; tries < 100; tries++) {
+        s_fake_send(d, &m);
+        zmq_pollitem_t it = {d, 0, ZMQ_POLLIN, 0};
+        while (zmq_poll(&it, 1, 200) == 1) {
+            zmq_msg_t f[2];
+            zmq_msg_init(&f[0]);
+            zmq_msg_init(&f[1]);
+            int n = zmq_msg_recv(&f[0], d, 0) >= 0 && zmq_msg_more(&f[0]) &&
+                    zmq_msg_recv(&f[1], d, 0) >= 0;
+            Agentbus__LinkMsg *w =
+                n ? agentbus__link_msg__unpack(NULL, zmq_msg_size(&f[1]), zmq_msg_data(&f[1]))
+                  : NULL;
+            int welcome = w && w->type == 2;
+            if (w)
+                agentbus__link_msg__free_unpacked(w, NULL);
+            zmq_msg_close(&f[0]);
+            zmq_msg_close(&f[1]);
+            if (welcome)
+                return 0;
+        }
+    }
+    return -1;
+}
+
+/* A directory of N entries named PREFIX<i> padded to NAMELEN characters. */
+static void s_fake_dir(void *d, size_t n, const char *prefix, size_t namelen)
+{
+    Agentbus__LinkService *es = calloc(n ? n : 1, sizeof *es);
+    Agentbus__LinkService **ps = calloc(n ? n : 1, sizeof *ps);
+    char *names = calloc(n ? n : 1, namelen + 32);
+    REQUIRE(es && ps && names);
+    for (size_t i = 0; i < n; i++) {
+        char *nm = names + i * (namelen + 32);
+        int k = snprintf(nm, namelen + 32, "%s%zu", prefix, i);
+        while ((size_t)k < namelen)
+            nm[k++] = 'x';
+        nm[k] = '\0';
+        agentbus__link_service__init(&es[i]);
+        es[i].name = nm;
+        es[i].capacity = 4;
+        es[i].workers = 1;
+        ps[i] = &es[i];
+    }
+    Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+    m.type = 4;
+    m.broker = (char *)"C";
+    m.full = 1;
+    m.n_services = n;
+    m.services = ps;
+    s_fake_send(d, &m);
+    free(es);
+    free(ps);
+    free(names);
+}
+
+/* Waits until A's link to C shows SERVICES services and at least REFUSED
+ * refused directories. 0 or -1. */
+static int s_wait_dir(ab_client_t *a, uint32_t services, uint64_t refused, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        Agentbus__PeerInfo pi;
+        char st[32];
+        if (s_peer_info(a, "C", &pi, st, sizeof st) && pi.services == services &&
+            pi.dir_refused >= refused)
+            return 0;
+        th_sleep_ms(50);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+/* A raw peer proving key C opens a link to A and announces directories:
+ * one over link-dir-max-bytes (refused whole and counted, nothing taken),
+ * one of 3000 services (1024 taken), names too long (malformed, skipped),
+ * then a small one that replaces them all. A stays up and serves. */
+static void s_hostile_dir(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port();
+    setenv("AB_LINK_DIR_MAX_BYTES", "65536", 1);
+    pid_t apid = s_broker(pa, "A", "A", 0, NULL, "--link-heartbeat-ms", "5000");
+    unsetenv("AB_LINK_DIR_MAX_BYTES");
+    th_worker(pa, "echo", NULL);
+    ab_client_t *a = th_client(pa);
+    void *ctx = zmq_ctx_new();
+    void *d = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello(d, "C") == 0);
+    REQUIRE(s_wait_up(a, "C", 20000) == 0);
+    s_fake_dir(d, 2000, "big-", 200); /* ~420 KB */
+    CHECK_EQ(s_wait_dir(a, 0, 1, 20000), 0);
+    s_fake_dir(d, 3000, "h", 8); /* ~45 KB: within bytes, over the entry bound */
+    CHECK_EQ(s_wait_dir(a, 1024, 1, 20000), 0);
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    uint64_t malformed = st->malformed;
+    agentbus__stats__free_unpacked(st, NULL);
+    s_fake_dir(d, 3, "long-", 300); /* names over AB_NAME_MAX: each refused */
+    CHECK_EQ(s_wait_dir(a, 0, 1, 20000), 0);
+    st = th_stats(a);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->malformed >= malformed + 3);
+    agentbus__stats__free_unpacked(st, NULL);
+    s_fake_dir(d, 2, "ok-", 4);
+    CHECK_EQ(s_wait_dir(a, 2, 1, 20000), 0);
+    CHECK_EQ(s_req(a, "echo", "still here", NULL, 0), AB_OK);
+    CHECK_EQ(th_alive(apid), 1);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&a);
+}
+
+/* --- models across links -------------------------------------------------------------- */
+
+/* B and C dial A; each has one Ollama worker: A's has sim-large loaded,
+ * B's sim-small, C's sim-large. A request at A for sim-small (not loaded on
+ * A's worker) goes to B, whose directory says it is loaded there, not to C
+ * (free capacity only); sim-large stays on A's own worker. Before links
+ * carried models, B and C were alike to A and took turns. */
+static void s_models(void)
+{
+    s_keys(NULL);
+    int sa = ot_sim(NULL), sb = ot_sim(NULL), sc = ot_sim(NULL);
+    int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
+    s_broker(pa, "A", "A", 0, NULL, NULL, NULL);
+    s_broker(pb, "B", "B", pa, "A", NULL, NULL);
+    s_broker(pc, "C", "C", pa, "A", NULL, NULL);
+    s_at("A");
+    ot_oworker(pa, sa, "wa", "--preload", "sim-large", "--gpu-vram-mb", "8192", NULL);
+    s_at("B");
+    ot_oworker(pb, sb, "wb", "--preload", "sim-small", "--gpu-vram-mb", "8192", NULL);
+    s_at("C");
+    ot_oworker(pc, sc, "wc", "--preload", "sim-large", "--gpu-vram-mb", "8192", NULL);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    REQUIRE(s_wait_up(a, "B", 20000) == 0);
+    REQUIRE(s_wait_up(a, "C", 20000) == 0);
+    REQUIRE(th_wait_workers(a, "ollama", 3, 20000) == 0);
+    REQUIRE(ot_wait_loaded(a, "wa", "sim-large:latest", 1, 20000) == 0);
+    /* A's remote workers carry the peers' models: loaded on B, not on C. */
+    REQUIRE(ot_wait_loaded(a, "link:B", "sim-small:latest", 1, 20000) == 0);
+    REQUIRE(ot_wait_loaded(a, "link:C", "sim-large:latest", 1, 20000) == 0);
+    CHECK_EQ(ot_wait_loaded(a, "link:C", "sim-small:latest", 0, 1000), 0);
+    for (int i = 0; i < 6; i++) {
+        ot_res_t r;
+        ot_gen_t g = {i % 2 ? "sim-large" : "sim-small", "where do I run", NULL, 1, i, 0};
+        CHECK_EQ(ot_generate(a, &g, &r), AB_OK);
+        CHECK_STR(r.worker, i % 2 ? "wa" : "wb");
+    }
+    ab_client_destroy(&a);
+}
+
+int main(int argc, char **argv)
+{
+    static const th_case_t cases[] = {
+        {"batched", s_batched},
+        {"name_bound", s_name_bound},
+        {"hostile_dir", s_hostile_dir},
+        {"models", s_models},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
