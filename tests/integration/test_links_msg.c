@@ -45,7 +45,9 @@ static void s_keys(void)
     snprintf(s_certdir, sizeof s_certdir, "%s/certs", th_dir());
     REQUIRE(mkdir(s_certdir, 0700) == 0);
     snprintf(cmd, sizeof cmd,
-             "%s keygen broker --role peer --out %s && %s keygen admin --role admin --out %s && "
+             /* one peer key for every broker: it must grant each one's name */
+             "%s keygen broker --role peer --names A,B,C,L --out %s && "
+             "%s keygen admin --role admin --out %s && "
              "%s keygen agent --role agent --names 'agent*' --out %s",
              th_bin("brokerctl"), s_certdir, th_bin("brokerctl"), s_certdir, th_bin("brokerctl"),
              s_certdir);
