@@ -384,7 +384,8 @@ static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
         ab_send_error(b, &in->rid, in->h.id, ab_status_to_wire(status), text);
 }
 
-static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
+static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl,
+                       int fresh)
 {
     char claim[AB_NAME_MAX] = "";
     int takeover = 0;
@@ -419,6 +420,8 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
     h.correlation_id = in->h.id;
     h.credit = (uint32_t)b->cfg->heartbeat_ms;
     h.features = ab_batching_features(b);
+    if (fresh) /* a returning client learns its subscriptions are gone */
+        h.flags |= AB_FLAG_NEW_PEER;
     ab_send(b, &in->rid, &h, NULL);
     if (claim[0]) /* after the answer: a mailbox may follow it */
         ab_mailbox_on_hello(b, p, claim, takeover, instance, in->h.id, in->now);
@@ -515,10 +518,12 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         return;
     }
     switch (in->h.kind) {
-    case AB_KIND_HELLO:
+    case AB_KIND_HELLO: {
+        int fresh = p == NULL;
         if ((p = s_peer_of(b, in, p, AB_ROLE_AGENT)))
-            s_on_hello(b, in, p, pl);
+            s_on_hello(b, in, p, pl, fresh);
         break;
+    }
     case AB_KIND_REGISTER: /* service.h */
         if ((p = s_peer_of(b, in, p, AB_ROLE_WORKER)) &&
             (rc = ab_worker_on_register(b, p, &in->h, pl, in->now)) != 0)

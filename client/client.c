@@ -343,9 +343,16 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
 {
     ab_header_t *h = &in->h;
     if (h->kind == AB_KIND_HELLO && h->correlation_id == 0) {
-        ab_conn_hello(&c->conn); /* the broker forgot us */
-        s_restore(c);
+        c->conn.restore_pending = 1; /* the broker forgot us: at its answer */
+        ab_conn_hello(&c->conn);
         return;
+    }
+    if (h->kind == AB_KIND_HELLO && (c->conn.restore_pending ||
+                                     ((h->flags & AB_FLAG_NEW_PEER) && c->conn.hello_answers > 1))) {
+        /* A HELLO answer saying the broker had no record of us (it dropped
+         * us for silence while we said nothing): restored once. */
+        c->conn.restore_pending = 0;
+        s_restore(c);
     }
     s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
     if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {
@@ -402,6 +409,9 @@ static int s_process(ab_client_t *c)
             ab_conn_hello(&c->conn);
         c->early_hello = 0;
         s_restore(c);
+        /* A new connection: restored here, not again at its HELLO answer. */
+        c->conn.hello_answers = 0;
+        c->conn.restore_pending = 0;
     }
     for (int i = 0; i < 4096; i++) {
         ab_in_t in;

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -323,9 +324,38 @@ static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const v
     return AB_OK;
 }
 
+/* Milliseconds on a clock cheap enough to read on every send. */
+static int64_t s_coarse_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* An agent handle silent for a heartbeat interval may have been dropped by
+ * the broker (a program making only synchronous calls sends no heartbeats
+ * while it does something else). It says HELLO again before KIND, so that
+ * the record the broker makes anew knows its features (lz4, batching: the
+ * cache keys a request by what its client reads) and its name; a broker
+ * that still knows it takes the HELLO as a no-op. */
+static void s_hello_if_silent(ab_conn_t *c, uint32_t kind)
+{
+    int64_t now = s_coarse_ms();
+    int64_t last = c->last_tx_ms;
+    c->last_tx_ms = now;
+    if (!last || !c->hello_answers || now - last < c->opts.heartbeat_ms ||
+        strcmp(c->role, "agent") != 0)
+        return;
+    if (kind == AB_KIND_HELLO || kind == AB_KIND_HEARTBEAT || kind == AB_KIND_BYE ||
+        kind == AB_KIND_CANCEL)
+        return;
+    ab_conn_hello(c);
+}
+
 int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size,
                    int may_compress)
 {
+    s_hello_if_silent(c, h->kind);
     ab_header_t hh = *h;
     void *z = NULL;
     size_t zl = 0;
@@ -490,6 +520,8 @@ static void s_note_features(ab_conn_t *c, const ab_in_t *in)
 {
     if ((in->h.kind == AB_KIND_HELLO || in->h.kind == AB_KIND_REGISTER) && in->h.correlation_id)
         c->broker_features = in->h.features;
+    if (in->h.kind == AB_KIND_HELLO && in->h.correlation_id)
+        c->hello_answers++;
 }
 
 int ab_conn_recv(ab_conn_t *c, ab_in_t *in)

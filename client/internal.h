@@ -59,6 +59,9 @@ typedef struct {
     ab_batch_t out;           /* messages gathered in this turn (see conn.c) */
     int turn_used;            /* a message went out directly in this turn */
     int in_idle;              /* the last ab_conn_recv found nothing waiting */
+    int64_t last_tx_ms;       /* when this handle last sent anything (coarse clock) */
+    unsigned hello_answers;   /* HELLO answers received */
+    int restore_pending;      /* the broker forgot us: restore at its HELLO answer */
     uint64_t out_first_us;    /* when the oldest gathered message was added */
     uint32_t out_limit;       /* count limit now, adaptive (ab_batch_next_limit); 0: unset */
     uint32_t out_turn;        /* messages gathered since the last ab_conn_flush */

@@ -96,7 +96,8 @@
     X(AB_FLAG_UNSUBSCRIBE, 1u << 19, "UNSUBSCRIBE")                                              \
     X(AB_FLAG_LZ4_SKIPPED, 1u << 20, "LZ4_SKIPPED") /* sender tried lz4; saving too small */     \
     X(AB_FLAG_ACCEPT_LZ4, 1u << 21, "ACCEPT_LZ4") /* broker -> worker: client reads lz4 */      \
-    X(AB_FLAG_ADMIN, 1u << 22, "ADMIN") /* broker -> worker: requester holds the admin role */
+    X(AB_FLAG_ADMIN, 1u << 22, "ADMIN") /* broker -> worker: requester holds the admin role */  \
+    X(AB_FLAG_NEW_PEER, 1u << 23, "NEW_PEER") /* HELLO answer: this HELLO began a new record */
 
 /* agentbus.Header: X(MEMBER, NUMBER, TYPE), in field-number order (the
  * order protobuf-c writes fields in; the codec writes them in the list's

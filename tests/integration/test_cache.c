@@ -66,6 +66,46 @@ static void s_l1_repeat(void)
     ab_client_destroy(&c);
 }
 
+/* Agents the broker holds a record for (stats), or -1. */
+static int s_agents(ab_client_t *ctl)
+{
+    Agentbus__Stats *st = th_stats(ctl);
+    int n = st ? (int)st->agents : -1;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return n;
+}
+
+/* A synchronous client silent past the broker's liveness is dropped; its
+ * next request makes a new record. The library says HELLO again first, so
+ * that record knows what the client reads and the request keeps its cache
+ * key (without the HELLO it was keyed as a plain-only client's: a miss). */
+static void s_idle_client(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--heartbeat-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    ab_client_t *ctl = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    char out[512];
+    CHECK_EQ(ab_client_set_cache(c, AB_CACHE_ON, 0), AB_OK);
+    CHECK_EQ(ct_req(c, "echo", "idle", out, sizeof out), AB_OK);
+    CHECK_STR(out, "idle#1");
+    REQUIRE(s_agents(ctl) == 1);
+    /* c says nothing now: wait (bounded) until the broker drops it. */
+    int n = 1;
+    for (int i = 0; i < 300 && (n = s_agents(ctl)) != 0; i++)
+        th_sleep_ms(50);
+    REQUIRE(n == 0);
+    CHECK_EQ(ct_req(c, "echo", "idle", out, sizeof out), AB_OK);
+    CHECK_STR(out, "idle#1");
+    CHECK_EQ(atomic_load(&x.jobs), 1);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&ctl);
+    ab_client_destroy(&c);
+}
+
 /* no-cache: not read (but stored); no-store: not stored (but read); TTL. */
 static void s_flags(void)
 {
@@ -497,7 +537,7 @@ static void s_cli(void)
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
-        {"l1_repeat", s_l1_repeat}, {"flags", s_flags}, {"error_not_cached", s_error_not_cached},
+        {"l1_repeat", s_l1_repeat}, {"idle_client", s_idle_client}, {"flags", s_flags}, {"error_not_cached", s_error_not_cached},
         {"typed", s_typed_determinism}, {"typed_lz4", s_typed_lz4},
         {"coalesce_100", s_coalesce_100}, {"stream_fanout", s_stream_fanout},
         {"leader_fails", s_leader_fails}, {"waiter_deadline", s_waiter_deadline}, {"cli", s_cli},

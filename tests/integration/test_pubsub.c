@@ -122,6 +122,47 @@ static void s_unsubscribe(void)
     free(box);
 }
 
+/* Subscribers the broker holds now (stats through CTL), or -1. */
+static int s_subscribers(ab_client_t *ctl)
+{
+    Agentbus__Stats *st = th_stats(ctl);
+    int n = st ? (int)st->subscribers : -1;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return n;
+}
+
+/* A subscriber that stops polling is dropped for silence (its
+ * subscriptions with it). When it next speaks, the library says HELLO
+ * first, the broker answers that it had no record of it (FLAG_NEW_PEER),
+ * and the library subscribes again: publications reach it once more. */
+static void s_resubscribe_idle(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--heartbeat-ms", "100", NULL);
+    mt_box_t *box = calloc(1, sizeof *box);
+    ab_client_t *c[2] = {mt_agent(port, NULL, 0, box), mt_agent(port, NULL, 0, NULL)};
+    CHECK_EQ(ab_client_subscribe(c[0], "news.", 5000), AB_OK);
+    REQUIRE(s_subscribers(c[1]) == 1);
+    int n = 1; /* c[0] is not polled now: wait (bounded) until it is dropped */
+    for (int i = 0; i < 300 && (n = s_subscribers(c[1])) != 0; i++)
+        th_sleep_ms(50);
+    REQUIRE(n == 0);
+    void *reply = NULL;
+    size_t len = 0;
+    CHECK_EQ(ab_client_control(c[0], "stats", 5000, &reply, &len), AB_OK);
+    ab_free(reply);
+    for (int i = 0; i < 100 && (n = s_subscribers(c[1])) != 1; i++)
+        mt_pump(c, 1, 50);
+    CHECK_EQ(n, 1);
+    CHECK_EQ(ab_client_publish(c[1], "news.tech", "back", 4, NULL), AB_OK);
+    CHECK_EQ(mt_wait(c[0], box, AB_MSG_TOPIC, 1, 5000), 1);
+    CHECK_TRUE(s_got(box, "news.tech") == 1);
+    ab_client_destroy(&c[0]);
+    ab_client_destroy(&c[1]);
+    free(box);
+}
+
 /* The broker restarts and forgets every subscription; the library sends
  * them again on reconnect, with no help from the application. */
 static void s_resubscribe_restart(void)
@@ -353,7 +394,9 @@ int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"prefix_match", s_prefix_match}, {"unsubscribe", s_unsubscribe},
-        {"resubscribe_restart", s_resubscribe_restart}, {"slow_subscriber", s_slow_subscriber},
+        {"resubscribe_restart", s_resubscribe_restart},
+        {"resubscribe_idle", s_resubscribe_idle},
+        {"slow_subscriber", s_slow_subscriber},
         {"pubsub_bad", s_pubsub_bad},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
