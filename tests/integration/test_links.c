@@ -9,6 +9,7 @@
  * workers, clients and brokerctl use; cases add their own.
  */
 #include "harness.h"
+#include "linktest.h"
 #include "test.h"
 #include "util.h"
 
@@ -18,63 +19,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static char s_cert[600], s_certdir[520];
-
-static int s_wait_no_workers(ab_client_t *c, const char *svc, int timeout_ms);
-
-/* Keys for the test: DIR/certs/{broker,admin,stranger}.key(_secret). */
+/* The keys of a case (linktest.h): the shared peer key, admin, and more. */
 static void s_keys(void)
 {
-    char cmd[2048], out[4096];
-    snprintf(s_certdir, sizeof s_certdir, "%s/certs", th_dir());
-    REQUIRE(mkdir(s_certdir, 0700) == 0);
-    snprintf(cmd, sizeof cmd,
-             "%s keygen broker --role peer --names A,B,C,E --out %s && %s keygen admin --role admin --out %s && "
-             "%s keygen stranger --role peer --out %s && "
-             "%s keygen agent --role agent --services '*' --out %s",
-             th_bin("brokerctl"), s_certdir, th_bin("brokerctl"), s_certdir, th_bin("brokerctl"),
-             s_certdir, th_bin("brokerctl"), s_certdir);
-    REQUIRE(th_run(cmd, out, sizeof out) == 0);
-    snprintf(s_cert, sizeof s_cert, "%s/broker.key", s_certdir);
-    char path[700];
-    snprintf(path, sizeof path, "%s/admin.key_secret", s_certdir);
-    setenv("AB_KEY", path, 1);
-    setenv("AB_BROKER_KEY", s_cert, 1);
-    setenv("AB_AUTH", "curve", 1);
-    setenv("AB_BROKER_CERT", s_cert, 1);
+    static const char *const more[] = {"stranger --role peer", "agent --role agent --services '*'", NULL};
+    lt_keys("A,B,C,E", more);
 }
 
-/* A keys directory NAME trusting the peer and admin keys (and EXTRA, a
- * shell command run in it, may be NULL). Returns its path (static slots). */
-static const char *s_keysdir(const char *name, const char *extra)
-{
-    static char dirs[4][700];
-    static int slot;
-    char *d = dirs[slot++ % 4], cmd[3000], out[1024];
-    snprintf(d, sizeof dirs[0], "%s/keys-%s", th_dir(), name);
-    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/broker.key %s/admin.key %s/ && cd %s && %s",
-             d, s_certdir, s_certdir, d, d, extra ? extra : "true");
-    REQUIRE(th_run(cmd, out, sizeof out) == 0);
-    return d;
-}
-
-/* "tcp://127.0.0.1:PORT#<broker cert>" */
-static const char *s_peer(int port)
-{
-    static char buf[4][800];
-    static int slot;
-    char *p = buf[slot++ % 4];
-    snprintf(p, sizeof buf[0], "tcp://127.0.0.1:%d#%s", port, s_cert);
-    return p;
-}
-
-static pid_t s_broker(int port, const char *name, const char *keys, const char *peer1,
-                      const char *peer2, const char *extra1, const char *extra2)
-{
-    return th_broker(port, "--name", name, "--keys-dir", keys, "--link-heartbeat-ms", "100",
-                     "--peer", peer1 ? peer1 : "", "--peer", peer2 ? peer2 : "",
-                     extra1 ? extra1 : "--queue-max", extra2 ? extra2 : "10000", NULL);
-}
+static int s_wait_no_workers(ab_client_t *c, const char *svc, int timeout_ms);
 
 static Agentbus__PeerList *s_peers(ab_client_t *c)
 {
@@ -172,8 +124,8 @@ static void s_two(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port();
-    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     pid_t w = th_worker(pb, "echo", NULL);
     th_worker(pb, "stream", "--chunks", "5", NULL);
     ab_client_t *a = th_client(pa), *b = th_client(pb);
@@ -230,8 +182,8 @@ static void s_both_dial(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port();
-    s_broker(pb, "B", s_keysdir("B", NULL), s_peer(pa), NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pa), NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     th_worker(pb, "on-b", NULL);
     th_worker(pa, "on-a", NULL);
     ab_client_t *a = th_client(pa), *b = th_client(pb);
@@ -255,16 +207,16 @@ static void s_restart(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port();
-    const char *kb = s_keysdir("B", NULL);
-    pid_t b = s_broker(pb, "B", kb, NULL, NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    const char *kb = lt_keysdir("B", NULL);
+    pid_t b = lt_broker(pb, "B", kb, NULL, NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     th_worker(pb, "echo", NULL);
     ab_client_t *a = th_client(pa);
     REQUIRE(s_wait_rc(a, "echo", AB_OK, 30000) == 0);
     th_kill9(b);
     REQUIRE(s_wait_link(a, "B", 0, 30000) == 0);
     REQUIRE(s_wait_no_workers(a, "echo", 30000) == 0);
-    s_broker(pb, "B", kb, NULL, NULL, NULL, NULL);
+    lt_broker(pb, "B", kb, NULL, NULL, NULL, NULL);
     REQUIRE(s_wait_link(a, "B", 1, 30000) == 0);
     REQUIRE(s_wait_rc(a, "echo", AB_OK, 30000) == 0); /* the worker re-registered at B */
     Agentbus__PeerInfo pi;
@@ -297,9 +249,9 @@ static void s_fault_under_load(int fault)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
-    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
     pid_t proxy = s_proxy(px, pb, "50");
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(px), NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, NULL, NULL);
     th_worker(pb, "slow", "--capacity", "8", "--delay-ms", "20", NULL);
     ab_client_t *a = th_client(pa);
     REQUIRE(s_wait_rc(a, "slow", AB_OK, 30000) == 0);
@@ -376,10 +328,10 @@ static void s_line(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), pc = th_free_port(), pe = th_free_port();
-    s_broker(pc, "C", s_keysdir("C", NULL), NULL, NULL, NULL, NULL);
-    s_broker(pb, "B", s_keysdir("B", NULL), s_peer(pc), NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
-    s_broker(pe, "E", s_keysdir("E", NULL), s_peer(pb), NULL, "--link-hop-limit", "1");
+    lt_broker(pc, "C", lt_keysdir("C", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pc), NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
+    lt_broker(pe, "E", lt_keysdir("E", NULL), lt_peer(pb), NULL, "--link-hop-limit", "1");
     th_worker(pc, "far", NULL);
     ab_client_t *a = th_client(pa), *e = th_client(pe), *c = th_client(pc);
     REQUIRE(s_wait_rc(a, "far", AB_OK, 30000) == 0);
@@ -461,9 +413,9 @@ static void s_triangle(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
-    s_broker(pb, "B", s_keysdir("B", NULL), s_peer(pc), NULL, NULL, NULL);
-    s_broker(pc, "C", s_keysdir("C", NULL), s_peer(pa), NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pc), NULL, NULL, NULL);
+    lt_broker(pc, "C", lt_keysdir("C", NULL), lt_peer(pa), NULL, NULL, NULL);
     pid_t w = th_worker(pc, "svc", NULL);
     ab_client_t *a = th_client(pa), *b = th_client(pb), *c = th_client(pc);
     /* C's directory reached A and B directly (not only through the other). */
@@ -510,16 +462,16 @@ static void s_unknown_key(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), pd = th_free_port();
-    pid_t bpid = s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    pid_t bpid = lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     char stranger[700], spub[700], out[4096], cmd[1500];
-    snprintf(stranger, sizeof stranger, "%s/stranger.key_secret", s_certdir);
-    snprintf(spub, sizeof spub, "%s/stranger.key", s_certdir);
+    snprintf(stranger, sizeof stranger, "%s/stranger.key_secret", lt_certdir());
+    snprintf(spub, sizeof spub, "%s/stranger.key", lt_certdir());
     /* D's own keys trust its clients' admin key; its cert is the stranger's. */
     setenv("AB_BROKER_KEY", spub, 1); /* th_broker's own client: D's key */
-    th_broker(pd, "--name", "D", "--keys-dir", s_keysdir("D", NULL), "--broker-cert", spub,
-              "--peer", s_peer(pb), NULL);
-    setenv("AB_BROKER_KEY", s_cert, 1);
+    th_broker(pd, "--name", "D", "--keys-dir", lt_keysdir("D", NULL), "--broker-cert", spub,
+              "--peer", lt_peer(pb), NULL);
+    setenv("AB_BROKER_KEY", lt_cert(), 1);
     ab_client_t *b = th_client(pb);
     REQUIRE(s_wait_link(b, "A", 1, 30000) == 0);
     /* Wait for B's log to show the refusal of D's key. */
@@ -550,11 +502,11 @@ static void s_roles(void)
     char extra[600];
     snprintf(extra, sizeof extra,
              "sed 's/services = \"\\*\"/services = \"echo\"/' %s/agent.key > agent.key && "
-             "grep -q 'services = \"echo\"' agent.key", s_certdir);
-    pid_t bpid = s_broker(pb, "B", s_keysdir("B", extra), NULL, NULL, NULL, NULL);
+             "grep -q 'services = \"echo\"' agent.key", lt_certdir());
+    pid_t bpid = lt_broker(pb, "B", lt_keysdir("B", extra), NULL, NULL, NULL, NULL);
     char akeys[800];
-    snprintf(akeys, sizeof akeys, "cp %s/agent.key .", s_certdir);
-    s_broker(pa, "A", s_keysdir("A", akeys), s_peer(pb), NULL, NULL, NULL);
+    snprintf(akeys, sizeof akeys, "cp %s/agent.key .", lt_certdir());
+    lt_broker(pa, "A", lt_keysdir("A", akeys), lt_peer(pb), NULL, NULL, NULL);
     th_worker(pb, "echo", NULL);
     th_worker(pb, "secret", NULL);
     ab_client_t *adm = th_client(pa);
@@ -562,10 +514,10 @@ static void s_roles(void)
     REQUIRE(s_wait_rc(adm, "echo", AB_OK, 30000) == 0);
     ab_options_t *o = ab_options_new();
     char path[700];
-    snprintf(path, sizeof path, "%s/agent.key_secret", s_certdir);
+    snprintf(path, sizeof path, "%s/agent.key_secret", lt_certdir());
     REQUIRE(ab_options_set_endpoint(o, th_ep(pa)) == AB_OK);
     REQUIRE(ab_options_set_key_file(o, path) == AB_OK);
-    REQUIRE(ab_options_set_broker_key(o, s_cert) == AB_OK);
+    REQUIRE(ab_options_set_broker_key(o, lt_cert()) == AB_OK);
     ab_client_t *ag = NULL;
     REQUIRE(ab_client_new(&ag, o) == AB_OK);
     ab_options_destroy(&o);
@@ -576,7 +528,7 @@ static void s_roles(void)
     snprintf(cmd, sizeof cmd,
              "AB_KEY=%s/broker.key_secret timeout 3 %s --broker %s --backend echo --service "
              "sneaky >/dev/null 2>&1; grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
-             s_certdir, th_bin("agentbus-worker"), th_ep(pb), th_log_of(bpid));
+             lt_certdir(), th_bin("agentbus-worker"), th_ep(pb), th_log_of(bpid));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_EQ(s_req(adm, "sneaky", "x", NULL, 0), AB_ENOSERVICE);
     ab_client_destroy(&ag);

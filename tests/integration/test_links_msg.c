@@ -7,6 +7,7 @@
  * for an order the protocol does not promise.
  */
 #include "harness.h"
+#include "linktest.h"
 #include "msgtest.h"
 #include "test.h"
 #include "util.h"
@@ -17,7 +18,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static char s_cert[600], s_certdir[520];
+/* The keys of a case (linktest.h): the shared peer key, admin, and more. */
+static void s_keys(void)
+{
+    static const char *const more[] = {"agent --role agent --names 'agent*'", NULL};
+    lt_keys("A,B,C,L", more);
+}
 
 /* The clients of the running case: every wait polls them all, so none
  * misses its heartbeats (and is dropped) while another is being watched. */
@@ -36,60 +42,6 @@ static void s_idle(int ms)
         mt_pump(s_live, s_nlive, ms);
     else
         th_sleep_ms(ms);
-}
-
-/* Keys: DIR/certs/{broker,admin,agent}.key(_secret); clients use admin. */
-static void s_keys(void)
-{
-    char cmd[2048], out[4096];
-    snprintf(s_certdir, sizeof s_certdir, "%s/certs", th_dir());
-    REQUIRE(mkdir(s_certdir, 0700) == 0);
-    snprintf(cmd, sizeof cmd,
-             /* one peer key for every broker: it must grant each one's name */
-             "%s keygen broker --role peer --names A,B,C,L --out %s && "
-             "%s keygen admin --role admin --out %s && "
-             "%s keygen agent --role agent --names 'agent*' --out %s",
-             th_bin("brokerctl"), s_certdir, th_bin("brokerctl"), s_certdir, th_bin("brokerctl"),
-             s_certdir);
-    REQUIRE(th_run(cmd, out, sizeof out) == 0);
-    snprintf(s_cert, sizeof s_cert, "%s/broker.key", s_certdir);
-    char path[700];
-    snprintf(path, sizeof path, "%s/admin.key_secret", s_certdir);
-    setenv("AB_KEY", path, 1);
-    setenv("AB_BROKER_KEY", s_cert, 1);
-    setenv("AB_AUTH", "curve", 1);
-    setenv("AB_BROKER_CERT", s_cert, 1);
-}
-
-/* A keys directory for broker NAME trusting the peer and admin keys, then
- * EXTRA (a shell command run in it; may be NULL). */
-static const char *s_keysdir(const char *name, const char *extra)
-{
-    static char dirs[4][700];
-    static int slot;
-    char *d = dirs[slot++ % 4], cmd[3000], out[1024];
-    snprintf(d, sizeof dirs[0], "%s/keys-%s", th_dir(), name);
-    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/broker.key %s/admin.key %s/ && cd %s && %s",
-             d, s_certdir, s_certdir, d, d, extra ? extra : "true");
-    REQUIRE(th_run(cmd, out, sizeof out) == 0);
-    return d;
-}
-
-static const char *s_peer(int port)
-{
-    static char buf[4][800];
-    static int slot;
-    char *p = buf[slot++ % 4];
-    snprintf(p, sizeof buf[0], "tcp://127.0.0.1:%d#%s", port, s_cert);
-    return p;
-}
-
-static pid_t s_broker(int port, const char *name, const char *keys, const char *peer1,
-                      const char *peer2, const char *extra1, const char *extra2)
-{
-    return th_broker(port, "--name", name, "--keys-dir", keys, "--link-heartbeat-ms", "100",
-                     "--peer", peer1 ? peer1 : "", "--peer", peer2 ? peer2 : "",
-                     extra1 ? extra1 : "--queue-max", extra2 ? extra2 : "10000", NULL);
 }
 
 /* C's link to broker NAME (copied into OUT), or 0 when it has none. */
@@ -205,8 +157,8 @@ static void s_send(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port();
-    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     ab_client_t *alice = s_echo_agent(pa, "alice", &s_box_a);
     ab_client_t *bob = s_echo_agent(pb, "bob", &s_box_b);
     ab_client_t *anon = s_echo_agent(pa, NULL, &s_box_u);
@@ -263,9 +215,9 @@ static void s_unknown(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), pl = th_free_port();
-    s_broker(pl, "L", s_keysdir("L", NULL), NULL, NULL, NULL, NULL);
-    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, "--message-max-bytes", "100");
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    lt_broker(pl, "L", lt_keysdir("L", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, "--message-max-bytes", "100");
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     ab_client_t *alone = mt_agent(pl, "alice", 0, NULL);
     ab_client_t *alice = s_echo_agent(pa, "alice", &s_box_a);
     ab_client_t *bob = s_echo_agent(pb, "bob", &s_box_b);
@@ -315,8 +267,8 @@ static void s_pubsub(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port();
-    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     ab_client_t *pub = mt_agent(pa, "pub", 0, NULL);
     ab_client_t *sa = mt_agent(pa, NULL, 0, &s_box_a);
     ab_client_t *sb = mt_agent(pb, NULL, 0, &s_box_b);
@@ -376,9 +328,9 @@ static void s_triangle(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(pb), NULL, NULL, NULL);
-    s_broker(pb, "B", s_keysdir("B", NULL), s_peer(pc), NULL, NULL, NULL);
-    s_broker(pc, "C", s_keysdir("C", NULL), s_peer(pa), NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pc), NULL, NULL, NULL);
+    lt_broker(pc, "C", lt_keysdir("C", NULL), lt_peer(pa), NULL, NULL, NULL);
     ab_client_t *pub = mt_agent(pa, "pub", 0, NULL);
     ab_client_t *sa = mt_agent(pa, NULL, 0, &s_box_a);
     ab_client_t *sb = mt_agent(pb, NULL, 0, &s_box_b);
@@ -446,11 +398,11 @@ static void s_cut(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
-    s_broker(pb, "B", s_keysdir("B", NULL), NULL, NULL, "--link-heartbeat-ms", "400");
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, "--link-heartbeat-ms", "400");
     pid_t proxy = s_proxy(px, pb);
     /* 400 ms heartbeats (lost after 2 s): the python proxy, starved on a
      * busy machine, must not make the link flap between the steps. */
-    s_broker(pa, "A", s_keysdir("A", NULL), s_peer(px), NULL, "--link-heartbeat-ms", "400");
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, "--link-heartbeat-ms", "400");
     ab_client_t *alice = s_echo_agent(pa, "alice", &s_box_a);
     ab_client_t *bob = s_echo_agent(pb, "bob", &s_box_b);
     ab_client_t *all[] = {alice, bob};
@@ -498,20 +450,20 @@ static void s_roles(void)
     char eb[600], ec[600], ea[600];
     snprintf(eb, sizeof eb,
              "sed 's/^\\( *names = .*\\)$/\\1\\n    topics = \"news.*\"/' %s/agent.key "
-             "> agent.key && grep -q 'topics = \"news' agent.key", s_certdir);
+             "> agent.key && grep -q 'topics = \"news' agent.key", lt_certdir());
     snprintf(ec, sizeof ec,
              "sed 's/role = \"agent\"/role = \"worker\"/' %s/agent.key > agent.key && "
-             "grep -q 'role = \"worker\"' agent.key", s_certdir);
-    snprintf(ea, sizeof ea, "cp %s/agent.key .", s_certdir);
-    s_broker(pb, "B", s_keysdir("B", eb), NULL, NULL, NULL, NULL);
-    s_broker(pc, "C", s_keysdir("C", ec), NULL, NULL, NULL, NULL);
-    s_broker(pa, "A", s_keysdir("A", ea), s_peer(pb), s_peer(pc), NULL, NULL);
+             "grep -q 'role = \"worker\"' agent.key", lt_certdir());
+    snprintf(ea, sizeof ea, "cp %s/agent.key .", lt_certdir());
+    lt_broker(pb, "B", lt_keysdir("B", eb), NULL, NULL, NULL, NULL);
+    lt_broker(pc, "C", lt_keysdir("C", ec), NULL, NULL, NULL, NULL);
+    lt_broker(pa, "A", lt_keysdir("A", ea), lt_peer(pb), lt_peer(pc), NULL, NULL);
     ab_options_t *o = ab_options_new();
     char path[700];
-    snprintf(path, sizeof path, "%s/agent.key_secret", s_certdir);
+    snprintf(path, sizeof path, "%s/agent.key_secret", lt_certdir());
     REQUIRE(ab_options_set_endpoint(o, th_ep(pa)) == AB_OK);
     REQUIRE(ab_options_set_key_file(o, path) == AB_OK);
-    REQUIRE(ab_options_set_broker_key(o, s_cert) == AB_OK);
+    REQUIRE(ab_options_set_broker_key(o, lt_cert()) == AB_OK);
     REQUIRE(ab_options_set_name(o, "agent-1") == AB_OK);
     ab_client_t *ag = NULL;
     REQUIRE(ab_client_new(&ag, o) == AB_OK);
