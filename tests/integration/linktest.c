@@ -5,8 +5,11 @@
 #include "harness.h"
 #include "test.h"
 
+#include "util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 static char s_cert[600], s_certdir[520];
@@ -75,4 +78,68 @@ pid_t lt_broker(int port, const char *name, const char *keys, const char *peer1,
     return th_broker(port, "--name", name, "--keys-dir", keys, "--link-heartbeat-ms", "100",
                      "--peer", peer1 ? peer1 : "", "--peer", peer2 ? peer2 : "",
                      extra1 ? extra1 : "--queue-max", extra2 ? extra2 : "10000", NULL);
+}
+
+Agentbus__PeerList *lt_peers(ab_client_t *c)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "peers", 3000, &buf, &len) != AB_OK)
+        return NULL;
+    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    return pl;
+}
+
+int lt_peer_info(ab_client_t *c, const char *name, Agentbus__PeerInfo *out, char *state,
+                 size_t cap)
+{
+    Agentbus__PeerList *pl = lt_peers(c);
+    int found = 0;
+    for (size_t i = 0; pl && i < pl->n_peers && !found; i++)
+        if (!strcmp(pl->peers[i]->name, name)) {
+            *out = *pl->peers[i];
+            out->name = out->endpoint = out->state = out->transport = NULL; /* die with PL */
+            snprintf(state, cap, "%s", pl->peers[i]->state);
+            found = 1;
+        }
+    if (pl)
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    return found;
+}
+
+int lt_wait_link(ab_client_t *c, const char *name, int up, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        Agentbus__PeerInfo pi;
+        char st[32] = "";
+        int found = lt_peer_info(c, name, &pi, st, sizeof st);
+        if ((found && !strcmp(st, "up")) == up)
+            return 0;
+        th_sleep_ms(20);
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+int lt_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap)
+{
+    void *reply = NULL;
+    size_t n = 0;
+    int rc = ab_client_request(c, svc, data, strlen(data), 10000, &reply, &n);
+    if (out)
+        snprintf(out, cap, "%.*s", rc == AB_OK ? (int)n : 0, rc == AB_OK ? (char *)reply : "");
+    ab_free(reply);
+    return rc;
+}
+
+int lt_wait_rc(ab_client_t *c, const char *svc, int rc, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    do {
+        if (lt_req(c, svc, "probe", NULL, 0) == rc)
+            return 0;
+        th_sleep_ms(50);
+    } while (ab_now_ms() < end);
+    return -1;
 }

@@ -10,6 +10,10 @@
 #ifndef AB_LINKTEST_H
 #define AB_LINKTEST_H
 
+#include "agentbus.h"
+#include "agentbus.pb-c.h"
+
+#include <stddef.h>
 #include <sys/types.h>
 
 /* Makes DIR/certs/{broker,admin}.key(_secret): the peer key granted the
@@ -28,5 +32,17 @@ const char *lt_peer(int port);
  * --peer (NULL: none) and one extra option pair (NULL: none). */
 pid_t lt_broker(int port, const char *name, const char *keys, const char *peer1,
                 const char *peer2, const char *extra1, const char *extra2);
+/* C's `brokerctl peers` answer (free with agentbus__peer_list__free_unpacked), or NULL. */
+Agentbus__PeerList *lt_peers(ab_client_t *c);
+/* The figures of C's link to NAME (copied; its strings NULL), its state
+ * into STATE; 0 when it has none. */
+int lt_peer_info(ab_client_t *c, const char *name, Agentbus__PeerInfo *out, char *state,
+                 size_t cap);
+/* Waits until C's link to NAME is (UP 1) or is not (UP 0) up. 0 or -1. */
+int lt_wait_link(ab_client_t *c, const char *name, int up, int timeout_ms);
+/* A request to SVC with DATA; the reply into OUT (may be NULL). Its status. */
+int lt_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap);
+/* Waits until a request to SVC on C gives RC (the directory reached it). */
+int lt_wait_rc(ab_client_t *c, const char *svc, int rc, int timeout_ms);
 
 #endif

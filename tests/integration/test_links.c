@@ -28,72 +28,6 @@ static void s_keys(void)
 
 static int s_wait_no_workers(ab_client_t *c, const char *svc, int timeout_ms);
 
-static Agentbus__PeerList *s_peers(ab_client_t *c)
-{
-    void *buf = NULL;
-    size_t len = 0;
-    if (ab_client_control(c, "peers", 3000, &buf, &len) != AB_OK)
-        return NULL;
-    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
-    ab_free(buf);
-    return pl;
-}
-
-/* The figures of C's link to NAME (copied), or 0 when it has none. */
-static int s_peer_info(ab_client_t *c, const char *name, Agentbus__PeerInfo *out, char *state,
-                       size_t cap)
-{
-    Agentbus__PeerList *pl = s_peers(c);
-    int found = 0;
-    for (size_t i = 0; pl && i < pl->n_peers && !found; i++)
-        if (!strcmp(pl->peers[i]->name, name)) {
-            *out = *pl->peers[i];
-            snprintf(state, cap, "%s", pl->peers[i]->state);
-            found = 1;
-        }
-    if (pl)
-        agentbus__peer_list__free_unpacked(pl, NULL);
-    return found;
-}
-
-/* Waits until C's link to NAME is (UP 1) or is not (UP 0) up. 0 or -1. */
-static int s_wait_link(ab_client_t *c, const char *name, int up, int timeout_ms)
-{
-    int64_t end = ab_now_ms() + timeout_ms;
-    do {
-        Agentbus__PeerInfo pi;
-        char st[32] = "";
-        int found = s_peer_info(c, name, &pi, st, sizeof st);
-        if ((found && !strcmp(st, "up")) == up)
-            return 0;
-        th_sleep_ms(20);
-    } while (ab_now_ms() < end);
-    return -1;
-}
-
-static int s_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap)
-{
-    void *reply = NULL;
-    size_t n = 0;
-    int rc = ab_client_request(c, svc, data, strlen(data), 10000, &reply, &n);
-    if (out)
-        snprintf(out, cap, "%.*s", rc == AB_OK ? (int)n : 0, rc == AB_OK ? (char *)reply : "");
-    ab_free(reply);
-    return rc;
-}
-
-/* Waits until a request to SVC on C gives RC (the directory reached it). */
-static int s_wait_rc(ab_client_t *c, const char *svc, int rc, int timeout_ms)
-{
-    int64_t end = ab_now_ms() + timeout_ms;
-    do {
-        if (s_req(c, svc, "probe", NULL, 0) == rc)
-            return 0;
-        th_sleep_ms(50);
-    } while (ab_now_ms() < end);
-    return -1;
-}
-
 typedef struct {
     int finals, partials, status, len;
     char data[256];
@@ -129,13 +63,13 @@ static void s_two(void)
     pid_t w = th_worker(pb, "echo", NULL);
     th_worker(pb, "stream", "--chunks", "5", NULL);
     ab_client_t *a = th_client(pa), *b = th_client(pb);
-    REQUIRE(s_wait_link(a, "B", 1, 20000) == 0);
-    REQUIRE(s_wait_link(b, "A", 1, 20000) == 0);
-    REQUIRE(s_wait_rc(a, "echo", AB_OK, 20000) == 0);
+    REQUIRE(lt_wait_link(a, "B", 1, 20000) == 0);
+    REQUIRE(lt_wait_link(b, "A", 1, 20000) == 0);
+    REQUIRE(lt_wait_rc(a, "echo", AB_OK, 20000) == 0);
     char out[256];
-    CHECK_EQ(s_req(a, "echo", "across the link", out, sizeof out), AB_OK);
+    CHECK_EQ(lt_req(a, "echo", "across the link", out, sizeof out), AB_OK);
     CHECK_STR(out, "across the link");
-    REQUIRE(s_wait_rc(a, "stream", AB_OK, 20000) == 0);
+    REQUIRE(lt_wait_rc(a, "stream", AB_OK, 20000) == 0);
     const char *payload = "0123456789abcdefghijABCDEFGHIJklmnopqrstKLMNOPQRST";
     s_slot_t s = {0};
     CHECK_EQ(ab_client_request_start(a, "stream", payload, 50,
@@ -155,24 +89,24 @@ static void s_two(void)
     CHECK_TRUE(strstr(text, "echo") && strstr(text, " B\n") && strstr(text, "up"));
     Agentbus__PeerInfo pi;
     char st[32];
-    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(a, "B", &pi, st, sizeof st));
     CHECK_TRUE(pi.forwarded >= 3 && pi.answered >= 3);
     /* A's cache is asked before forwarding: a cacheable request's second
      * copy is answered at A without crossing the link. */
-    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(a, "B", &pi, st, sizeof st));
     uint64_t before = pi.forwarded;
     CHECK_EQ(ab_client_set_cache(a, AB_CACHE_ON, 60), AB_OK);
-    CHECK_EQ(s_req(a, "echo", "cache me", out, sizeof out), AB_OK);
-    CHECK_EQ(s_req(a, "echo", "cache me", out, sizeof out), AB_OK);
+    CHECK_EQ(lt_req(a, "echo", "cache me", out, sizeof out), AB_OK);
+    CHECK_EQ(lt_req(a, "echo", "cache me", out, sizeof out), AB_OK);
     CHECK_STR(out, "cache me");
-    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(a, "B", &pi, st, sizeof st));
     CHECK_U64(pi.forwarded - before, 1);
     CHECK_EQ(ab_client_set_cache(a, 0, 0), AB_OK);
     /* B's echo worker leaves: A withdraws the service; a new one restores it. */
     th_stop(w);
     REQUIRE(s_wait_no_workers(a, "echo", 20000) == 0);
     th_worker(pb, "echo", NULL);
-    REQUIRE(s_wait_rc(a, "echo", AB_OK, 20000) == 0);
+    REQUIRE(lt_wait_rc(a, "echo", AB_OK, 20000) == 0);
     ab_client_destroy(&a);
     ab_client_destroy(&b);
 }
@@ -187,10 +121,10 @@ static void s_both_dial(void)
     th_worker(pb, "on-b", NULL);
     th_worker(pa, "on-a", NULL);
     ab_client_t *a = th_client(pa), *b = th_client(pb);
-    REQUIRE(s_wait_rc(a, "on-b", AB_OK, 20000) == 0);
-    REQUIRE(s_wait_rc(b, "on-a", AB_OK, 20000) == 0);
+    REQUIRE(lt_wait_rc(a, "on-b", AB_OK, 20000) == 0);
+    REQUIRE(lt_wait_rc(b, "on-a", AB_OK, 20000) == 0);
     for (int k = 0; k < 2; k++) {
-        Agentbus__PeerList *pl = s_peers(k ? b : a);
+        Agentbus__PeerList *pl = lt_peers(k ? b : a);
         REQUIRE(pl != NULL);
         CHECK_EQ(pl->n_peers, 1);
         CHECK_STR(pl->peers[0]->state, "up");
@@ -212,16 +146,16 @@ static void s_restart(void)
     lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
     th_worker(pb, "echo", NULL);
     ab_client_t *a = th_client(pa);
-    REQUIRE(s_wait_rc(a, "echo", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(a, "echo", AB_OK, 30000) == 0);
     th_kill9(b);
-    REQUIRE(s_wait_link(a, "B", 0, 30000) == 0);
+    REQUIRE(lt_wait_link(a, "B", 0, 30000) == 0);
     REQUIRE(s_wait_no_workers(a, "echo", 30000) == 0);
     lt_broker(pb, "B", kb, NULL, NULL, NULL, NULL);
-    REQUIRE(s_wait_link(a, "B", 1, 30000) == 0);
-    REQUIRE(s_wait_rc(a, "echo", AB_OK, 30000) == 0); /* the worker re-registered at B */
+    REQUIRE(lt_wait_link(a, "B", 1, 30000) == 0);
+    REQUIRE(lt_wait_rc(a, "echo", AB_OK, 30000) == 0); /* the worker re-registered at B */
     Agentbus__PeerInfo pi;
     char st[32];
-    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(a, "B", &pi, st, sizeof st));
     CHECK_TRUE(pi.ups >= 2);
     ab_client_destroy(&a);
 }
@@ -254,7 +188,7 @@ static void s_fault_under_load(int fault)
     lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, NULL, NULL);
     th_worker(pb, "slow", "--capacity", "8", "--delay-ms", "20", NULL);
     ab_client_t *a = th_client(pa);
-    REQUIRE(s_wait_rc(a, "slow", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(a, "slow", AB_OK, 30000) == 0);
     static s_slot_t slots[S_LOAD];
     memset(slots, 0, sizeof slots);
     int sent = 0, done = 0, faulted = 0, lifted = 0;
@@ -276,7 +210,7 @@ static void s_fault_under_load(int fault)
         if (!faulted && done >= S_LOAD / 3) {
             kill(proxy, fault);
             faulted = 1;
-            REQUIRE(s_wait_link(a, "B", 0, 30000) == 0);
+            REQUIRE(lt_wait_link(a, "B", 0, 30000) == 0);
             kill(proxy, SIGHUP);
             lifted = 1;
         }
@@ -297,11 +231,11 @@ static void s_fault_under_load(int fault)
     CHECK_EQ(dup, 0);
     CHECK_EQ(ok + clear, S_LOAD);
     /* The link is back and the directory repaired: a new request crosses. */
-    REQUIRE(s_wait_link(a, "B", 1, 30000) == 0);
-    REQUIRE(s_wait_rc(a, "slow", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_link(a, "B", 1, 30000) == 0);
+    REQUIRE(lt_wait_rc(a, "slow", AB_OK, 30000) == 0);
     Agentbus__PeerInfo pi;
     char st[32];
-    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(a, "B", &pi, st, sizeof st));
     CHECK_TRUE(pi.ups >= 2);
     printf("link: ups %llu, forwarded %llu, taken back %llu, rtt %u us\n",
            (unsigned long long)pi.ups, (unsigned long long)pi.forwarded,
@@ -334,22 +268,22 @@ static void s_line(void)
     lt_broker(pe, "E", lt_keysdir("E", NULL), lt_peer(pb), NULL, "--link-hop-limit", "1");
     th_worker(pc, "far", NULL);
     ab_client_t *a = th_client(pa), *e = th_client(pe), *c = th_client(pc);
-    REQUIRE(s_wait_rc(a, "far", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(a, "far", AB_OK, 30000) == 0);
     char out[64];
-    CHECK_EQ(s_req(a, "far", "two hops", out, sizeof out), AB_OK);
+    CHECK_EQ(lt_req(a, "far", "two hops", out, sizeof out), AB_OK);
     CHECK_STR(out, "two hops");
-    REQUIRE(s_wait_link(e, "B", 1, 30000) == 0);
+    REQUIRE(lt_wait_link(e, "B", 1, 30000) == 0);
     /* E knows "far" from B (hops 2) but may cross one link only. */
-    CHECK_EQ(s_req(e, "far", "x", NULL, 0), AB_ENOSERVICE);
+    CHECK_EQ(lt_req(e, "far", "x", NULL, 0), AB_ENOSERVICE);
     /* A service on A is reachable from C through B, and "far" is C's own. */
     th_worker(pa, "near-a", NULL);
-    REQUIRE(s_wait_rc(c, "near-a", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(c, "near-a", AB_OK, 30000) == 0);
     Agentbus__PeerInfo pi;
     char st[32];
-    REQUIRE(s_peer_info(c, "B", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(c, "B", &pi, st, sizeof st));
     uint64_t before = pi.forwarded;
-    CHECK_EQ(s_req(c, "far", "local", NULL, 0), AB_OK);
-    REQUIRE(s_peer_info(c, "B", &pi, st, sizeof st));
+    CHECK_EQ(lt_req(c, "far", "local", NULL, 0), AB_OK);
+    REQUIRE(lt_peer_info(c, "B", &pi, st, sizeof st));
     CHECK_U64(pi.forwarded, before); /* local first */
     ab_client_destroy(&a);
     ab_client_destroy(&e);
@@ -358,7 +292,7 @@ static void s_line(void)
 
 static uint64_t s_forwarded(ab_client_t *c)
 {
-    Agentbus__PeerList *pl = s_peers(c);
+    Agentbus__PeerList *pl = lt_peers(c);
     uint64_t n = 0;
     for (size_t i = 0; pl && i < pl->n_peers; i++)
         n += pl->peers[i]->forwarded;
@@ -374,7 +308,7 @@ static int s_wait_services(ab_client_t *c, const char *name, int timeout_ms)
     do {
         Agentbus__PeerInfo pi;
         char st[32] = "";
-        if (s_peer_info(c, name, &pi, st, sizeof st) && !strcmp(st, "up") && pi.services)
+        if (lt_peer_info(c, name, &pi, st, sizeof st) && !strcmp(st, "up") && pi.services)
             return 0;
         th_sleep_ms(20);
     } while (ab_now_ms() < end);
@@ -421,18 +355,18 @@ static void s_triangle(void)
     /* C's directory reached A and B directly (not only through the other). */
     REQUIRE(s_wait_services(a, "C", 30000) == 0);
     REQUIRE(s_wait_services(b, "C", 30000) == 0);
-    REQUIRE(s_wait_rc(a, "svc", AB_OK, 30000) == 0);
-    REQUIRE(s_wait_rc(b, "svc", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(a, "svc", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(b, "svc", AB_OK, 30000) == 0);
     uint64_t fa = s_forwarded(a), fb = s_forwarded(b);
     for (int i = 0; i < 20; i++) {
-        CHECK_EQ(s_req(a, "svc", "from a", NULL, 0), AB_OK);
-        CHECK_EQ(s_req(b, "svc", "from b", NULL, 0), AB_OK);
+        CHECK_EQ(lt_req(a, "svc", "from a", NULL, 0), AB_OK);
+        CHECK_EQ(lt_req(b, "svc", "from b", NULL, 0), AB_OK);
     }
     CHECK_U64(s_forwarded(a) - fa, 20); /* one link each: straight to C */
     CHECK_U64(s_forwarded(b) - fb, 20);
     Agentbus__PeerInfo pi;
     char st[32];
-    REQUIRE(s_peer_info(c, "A", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(c, "A", &pi, st, sizeof st));
     CHECK_U64(pi.forwarded, 0); /* C never sends them on */
     th_stop(w);
     /* Withdrawals spread: wait until no broker lists a worker for it. */
@@ -473,7 +407,7 @@ static void s_unknown_key(void)
               "--peer", lt_peer(pb), NULL);
     setenv("AB_BROKER_KEY", lt_cert(), 1);
     ab_client_t *b = th_client(pb);
-    REQUIRE(s_wait_link(b, "A", 1, 30000) == 0);
+    REQUIRE(lt_wait_link(b, "A", 1, 30000) == 0);
     /* Wait for B's log to show the refusal of D's key. */
     snprintf(cmd, sizeof cmd, "grep -c 'unknown key' %s", th_log_of(bpid));
     int seen = 0;
@@ -483,7 +417,7 @@ static void s_unknown_key(void)
             th_sleep_ms(50);
     }
     CHECK_EQ(seen, 1);
-    Agentbus__PeerList *pl = s_peers(b);
+    Agentbus__PeerList *pl = lt_peers(b);
     REQUIRE(pl != NULL);
     CHECK_EQ(pl->n_peers, 1);
     CHECK_STR(pl->peers[0]->name, "A");
@@ -510,8 +444,8 @@ static void s_roles(void)
     th_worker(pb, "echo", NULL);
     th_worker(pb, "secret", NULL);
     ab_client_t *adm = th_client(pa);
-    REQUIRE(s_wait_rc(adm, "secret", AB_OK, 30000) == 0); /* admin: allowed */
-    REQUIRE(s_wait_rc(adm, "echo", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(adm, "secret", AB_OK, 30000) == 0); /* admin: allowed */
+    REQUIRE(lt_wait_rc(adm, "echo", AB_OK, 30000) == 0);
     ab_options_t *o = ab_options_new();
     char path[700];
     snprintf(path, sizeof path, "%s/agent.key_secret", lt_certdir());
@@ -521,8 +455,8 @@ static void s_roles(void)
     ab_client_t *ag = NULL;
     REQUIRE(ab_client_new(&ag, o) == AB_OK);
     ab_options_destroy(&o);
-    CHECK_EQ(s_req(ag, "echo", "ok", NULL, 0), AB_OK);
-    CHECK_EQ(s_req(ag, "secret", "no", NULL, 0), AB_EDENIED);
+    CHECK_EQ(lt_req(ag, "echo", "ok", NULL, 0), AB_OK);
+    CHECK_EQ(lt_req(ag, "secret", "no", NULL, 0), AB_EDENIED);
     /* A worker proving the peer key is refused: a peer registers nothing. */
     char cmd[1500], out[4096];
     snprintf(cmd, sizeof cmd,
@@ -530,7 +464,7 @@ static void s_roles(void)
              "sneaky >/dev/null 2>&1; grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
              lt_certdir(), th_bin("agentbus-worker"), th_ep(pb), th_log_of(bpid));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
-    CHECK_EQ(s_req(adm, "sneaky", "x", NULL, 0), AB_ENOSERVICE);
+    CHECK_EQ(lt_req(adm, "sneaky", "x", NULL, 0), AB_ENOSERVICE);
     ab_client_destroy(&ag);
     ab_client_destroy(&adm);
 }

@@ -10,6 +10,7 @@
  * a client is about to talk to (s_at).
  */
 #include "harness.h"
+#include "linktest.h"
 #include "ollamatest.h"
 #include "test.h"
 #include "util.h"
@@ -71,66 +72,6 @@ static pid_t s_broker(int port, const char *name, const char *cert, int peer, co
                      f1 ? f1 : "--queue-max", v1 ? v1 : "10000", NULL);
 }
 
-/* C's link to NAME (copied into *OUT, its state into STATE), or 0. */
-static int s_peer_info(ab_client_t *c, const char *name, Agentbus__PeerInfo *out, char *state,
-                       size_t cap)
-{
-    void *buf = NULL;
-    size_t len = 0;
-    if (ab_client_control(c, "peers", 3000, &buf, &len) != AB_OK)
-        return 0;
-    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
-    ab_free(buf);
-    int found = 0;
-    for (size_t i = 0; pl && i < pl->n_peers && !found; i++)
-        if (!strcmp(pl->peers[i]->name, name)) {
-            *out = *pl->peers[i];
-            out->name = out->endpoint = out->state = out->transport = NULL;
-            snprintf(state, cap, "%s", pl->peers[i]->state);
-            found = 1;
-        }
-    if (pl)
-        agentbus__peer_list__free_unpacked(pl, NULL);
-    return found;
-}
-
-/* Waits until C's link to NAME is up. 0 or -1. */
-static int s_wait_up(ab_client_t *c, const char *name, int timeout_ms)
-{
-    int64_t end = ab_now_ms() + timeout_ms;
-    do {
-        Agentbus__PeerInfo pi;
-        char st[32] = "";
-        if (s_peer_info(c, name, &pi, st, sizeof st) && !strcmp(st, "up"))
-            return 0;
-        th_sleep_ms(20);
-    } while (ab_now_ms() < end);
-    return -1;
-}
-
-static int s_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap)
-{
-    void *reply = NULL;
-    size_t n = 0;
-    int rc = ab_client_request(c, svc, data, strlen(data), 10000, &reply, &n);
-    if (out)
-        snprintf(out, cap, "%.*s", rc == AB_OK ? (int)n : 0, rc == AB_OK ? (char *)reply : "");
-    ab_free(reply);
-    return rc;
-}
-
-/* Waits until a request to SVC on C succeeds (the directory reached it). */
-static int s_wait_ok(ab_client_t *c, const char *svc, int timeout_ms)
-{
-    int64_t end = ab_now_ms() + timeout_ms;
-    do {
-        if (s_req(c, svc, "probe", NULL, 0) == AB_OK)
-            return 0;
-        th_sleep_ms(50);
-    } while (ab_now_ms() < end);
-    return -1;
-}
-
 /* Waits until FILE contains TEXT. 1 or 0. */
 static int s_wait_log(const char *file, const char *text, int timeout_ms)
 {
@@ -186,8 +127,8 @@ static void s_batched(void)
     ab_client_t *b = th_client(pb);
     s_at("A");
     ab_client_t *a = th_client(pa);
-    REQUIRE(s_wait_up(a, "B", 20000) == 0);
-    REQUIRE(s_wait_ok(a, "echo", 20000) == 0);
+    REQUIRE(lt_wait_link(a, "B", 1, 20000) == 0);
+    REQUIRE(lt_wait_rc(a, "echo", AB_OK, 20000) == 0);
     char payload[601];
     for (int i = 0; i < 600; i++)
         payload[i] = "link batching "[i % 14];
@@ -231,10 +172,10 @@ static void s_batched(void)
     CHECK_TRUE(b_in > 0);
     Agentbus__PeerInfo pi;
     char st[32];
-    REQUIRE(s_peer_info(a, "B", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(a, "B", &pi, st, sizeof st));
     printf("A compressed %llu requests onto the link\n", (unsigned long long)pi.compressed);
     CHECK_TRUE(pi.compressed > 0);
-    REQUIRE(s_peer_info(b, "A", &pi, st, sizeof st));
+    REQUIRE(lt_peer_info(b, "A", &pi, st, sizeof st));
     printf("B compressed %llu answers onto the link\n", (unsigned long long)pi.compressed);
     CHECK_TRUE(pi.compressed > 0);
     ab_client_destroy(&a);
@@ -262,11 +203,11 @@ static void s_name_bound(void)
     agentbus__stats__free_unpacked(st, NULL);
     Agentbus__PeerInfo pi;
     char state[32];
-    CHECK_EQ(s_peer_info(a, "Z", &pi, state, sizeof state), 0);
+    CHECK_EQ(lt_peer_info(a, "Z", &pi, state, sizeof state), 0);
     s_broker(py, "Y", "M", pa, "A", NULL, NULL);
     s_at("A");
-    CHECK_EQ(s_wait_up(a, "Y", 20000), 0);
-    CHECK_EQ(s_peer_info(a, "Z", &pi, state, sizeof state), 0);
+    CHECK_EQ(lt_wait_link(a, "Y", 1, 20000), 0);
+    CHECK_EQ(lt_peer_info(a, "Z", &pi, state, sizeof state), 0);
     ab_client_destroy(&a);
 }
 
@@ -394,7 +335,7 @@ static int s_wait_dir(ab_client_t *a, uint32_t services, uint64_t refused, int t
     do {
         Agentbus__PeerInfo pi;
         char st[32];
-        if (s_peer_info(a, "C", &pi, st, sizeof st) && pi.services == services &&
+        if (lt_peer_info(a, "C", &pi, st, sizeof st) && pi.services == services &&
             pi.dir_refused >= refused)
             return 0;
         th_sleep_ms(50);
@@ -418,7 +359,7 @@ static void s_hostile_dir(void)
     void *ctx = zmq_ctx_new();
     void *d = s_fake_peer(ctx, pa, "C", "A");
     REQUIRE(s_fake_hello(d, "C") == 0);
-    REQUIRE(s_wait_up(a, "C", 20000) == 0);
+    REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
     s_fake_dir(d, 2000, "big-", 200); /* ~420 KB */
     CHECK_EQ(s_wait_dir(a, 0, 1, 20000), 0);
     s_fake_dir(d, 3000, "h", 8); /* ~45 KB: within bytes, over the entry bound */
@@ -435,7 +376,7 @@ static void s_hostile_dir(void)
     agentbus__stats__free_unpacked(st, NULL);
     s_fake_dir(d, 2, "ok-", 4);
     CHECK_EQ(s_wait_dir(a, 2, 1, 20000), 0);
-    CHECK_EQ(s_req(a, "echo", "still here", NULL, 0), AB_OK);
+    CHECK_EQ(lt_req(a, "echo", "still here", NULL, 0), AB_OK);
     CHECK_EQ(th_alive(apid), 1);
     zmq_close(d);
     zmq_ctx_term(ctx);
@@ -465,8 +406,8 @@ static void s_models(void)
     ot_oworker(pc, sc, "wc", "--preload", "sim-large", "--gpu-vram-mb", "8192", NULL);
     s_at("A");
     ab_client_t *a = th_client(pa);
-    REQUIRE(s_wait_up(a, "B", 20000) == 0);
-    REQUIRE(s_wait_up(a, "C", 20000) == 0);
+    REQUIRE(lt_wait_link(a, "B", 1, 20000) == 0);
+    REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
     REQUIRE(th_wait_workers(a, "ollama", 3, 20000) == 0);
     REQUIRE(ot_wait_loaded(a, "wa", "sim-large:latest", 1, 20000) == 0);
     /* A's remote workers carry the peers' models: loaded on B, not on C. */
