@@ -22,7 +22,8 @@
 /* The keys of a case (linktest.h): the shared peer key, admin, and more. */
 static void s_keys(void)
 {
-    static const char *const more[] = {"stranger --role peer", "agent --role agent --services '*'", NULL};
+    static const char *const more[] = {"stranger --role peer",
+                                       "agent --role agent --services '*'", NULL};
     lt_keys("A,B,C,E", more);
 }
 
