@@ -55,6 +55,9 @@ while IFS=$'\t' read -r file line; do
   line=${line%%#*}
   # Paths the docs put under /tmp go under this run's own temp dir, removed at exit.
   line=${line//\/tmp\//$tmp\/}
+  # An installed tree's config files are the source tree's etc/agentbus
+  # (what `cmake --install` copies there): checked without installing.
+  line=${line//\/usr\/local\/etc\/agentbus\//$src\/etc\/agentbus\/}
   # Words as the shell would split them; env assignments dropped.
   eval "set -- $line" 2>/dev/null || { echo "doc_commands: $file: cannot split: $line"; bad=1; continue; }
   while [[ $# -gt 0 && $1 == *=* && $1 != -* ]]; do shift; done
@@ -68,6 +71,9 @@ while IFS=$'\t' read -r file line; do
     args=()
     for a in "$@"; do args+=("${a//:5555/:*}"); done
     [[ ${#args[@]} -eq 0 ]] && args=(--bind 'tcp://127.0.0.1:*')
+    # A config file's own bind (the shipped one says 5555) becomes any free port too.
+    [[ " ${args[*]} " == *" --config "* && " ${args[*]} " != *" --bind "* ]] &&
+      args+=(--bind 'tcp://127.0.0.1:*')
     timeout -k 10 -s INT 1 "$bin/agentbus-broker" "${args[@]}" --drain-ms 0 >"$tmp/out" 2>&1 ;;
   esac
   rc=$?
