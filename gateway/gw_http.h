@@ -55,7 +55,7 @@ typedef struct {
  * a daemon each time it resumes any, so one daemon holding thousands of
  * waiting calls spent its thread walking them (docs/gateway.md). */
 #define GW_SHARD_CONNS 128
-#define GW_MAX_SHARDS 64
+#define GW_MAX_SHARDS 64 /* one bit each in gw_t.resumed */
 
 typedef struct {
     gw_config_t cfg;
