@@ -5,7 +5,10 @@
 # agentbus-gateway-bench, kills them by PID.
 #   bench/gateway_bench.sh [BUILD_DIR] [bench options...]
 # Environment: AB_GW_SCALE (simulator --time-scale, default 100),
-# AB_GW_SLOTS (simulator slots = worker capacity, default 64).
+# AB_GW_SLOTS (simulator slots = worker capacity, default 64),
+# AB_GW_INTERLEAVE=N: instead of agentbus-gateway-bench, N calls to each of
+# the simulator and the gateway interleaved one at a time
+# (bench/gateway_interleave.py; docs/bench.md).
 set -euo pipefail
 build=$(cd "${1:-build}" && pwd)
 shift || true
@@ -41,5 +44,10 @@ done
 # Load the model once, so neither run pays for it.
 curl -sf "http://127.0.0.1:$sport/api/generate" -d '{"model":"sim-small","prompt":"warm","stream":false}' >/dev/null
 echo "simulator --time-scale $scale, $slots slots; $(nproc) cores"
+if [[ -n ${AB_GW_INTERLEAVE:-} ]]; then
+  /usr/bin/python3 "$(dirname "$0")/gateway_interleave.py" "$AB_GW_INTERLEAVE" \
+    "direct=http://127.0.0.1:$sport" "gw=http://127.0.0.1:$gport"
+  exit
+fi
 "$build/agentbus-gateway-bench" --direct "http://127.0.0.1:$sport" \
   --gateway "http://127.0.0.1:$gport" "$@"

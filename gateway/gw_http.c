@@ -9,10 +9,14 @@
 #include "tl_clock.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 static const struct {
     const char *path;
@@ -154,6 +158,7 @@ static void s_resume(gw_call_t *k)
 {
     gw_conn_t *c = k->owner;
     MHD_resume_connection(c->conn);
+    atomic_fetch_or(&c->g->resumed, 1ULL << c->shard); /* run that shard this turn */
 }
 
 enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
@@ -326,6 +331,10 @@ static gw_conn_t *s_conn_new(gw_t *g, struct MHD_Connection *conn, const char *u
         return NULL;
     c->g = g;
     c->conn = conn;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+    for (unsigned i = 0; ci && i < g->n_mhd; i++)
+        if (g->mhd[i] == ci->daemon)
+            c->shard = i;
     c->route = s_route(url);
     c->openai = strncmp(url, "/v1/", 4) == 0;
     c->t0_us = tl_now_us();
@@ -399,17 +408,16 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(c);
 }
 
-/* libmicrohttpd's work, on the bus thread (--threads 0). A resumed
- * connection is ready inside libmicrohttpd without making its epoll fd
- * readable, so run while it says work is due now; returns the ms until it
- * wants to run again (-1: only when its fd is readable). */
-static int s_run_http(void *arg)
+/* One shard's work. A resumed connection is ready inside libmicrohttpd
+ * without making its epoll fd readable, so run while it says work is due
+ * now; returns the ms until it wants to run again (-1: only when its fd is
+ * readable). */
+static int s_run_shard(struct MHD_Daemon *d)
 {
-    gw_t *g = arg;
     MHD_UNSIGNED_LONG_LONG to = 0;
     for (int i = 0; i < 8; i++) {
-        MHD_run(g->mhd);
-        if (MHD_get_timeout(g->mhd, &to) != MHD_YES)
+        MHD_run(d);
+        if (MHD_get_timeout(d, &to) != MHD_YES)
             return -1;
         if (to > 0)
             break;
@@ -417,7 +425,37 @@ static int s_run_http(void *arg)
     return to > 1000 ? 1000 : (int)to;
 }
 
-int gw_http_start(gw_t *g)
+/* libmicrohttpd's work, on the bus thread (--threads 0): the shards whose
+ * epoll fd is readable, that had a connection resumed, or whose timers are
+ * due; the others are not touched. Returns the ms until one wants to run
+ * again (-1: none until I/O). */
+static int s_run_http(void *arg)
+{
+    gw_t *g = arg;
+    struct epoll_event ev[GW_MAX_SHARDS];
+    int n = epoll_wait(g->ep_fd, ev, GW_MAX_SHARDS, 0);
+    uint64_t run = atomic_exchange(&g->resumed, 0);
+    for (int i = 0; i < n; i++)
+        run |= 1ULL << ev[i].data.u32;
+    uint64_t now = tl_now_us();
+    int wait = -1;
+    for (unsigned s = 0; s < g->n_mhd; s++) {
+        if ((run >> s & 1) || g->due_us[s] <= now) {
+            int to = s_run_shard(g->mhd[s]);
+            g->due_us[s] = to < 0 ? UINT64_MAX : now + (uint64_t)to * 1000;
+        }
+        if (g->due_us[s] != UINT64_MAX) {
+            uint64_t left = g->due_us[s] > now ? (g->due_us[s] - now + 999) / 1000 : 0;
+            if (wait < 0 || left < (uint64_t)wait)
+                wait = (int)left;
+        }
+    }
+    return wait;
+}
+
+/* A listening socket the shards share (each its own dup): whichever shard
+ * runs first accepts; a full shard stops listening and the others take. */
+static int s_listen(gw_t *g)
 {
     struct sockaddr_in sa;
     memset(&sa, 0, sizeof sa);
@@ -428,47 +466,107 @@ int gw_http_start(gw_t *g)
                 g->cfg.host);
         return -1;
     }
-    /* --threads 0 (the default): HTTP runs on the bus thread, which polls
-     * libmicrohttpd's epoll fd next to the bus handle; a call then costs two
-     * thread wake-ups less (HTTP thread <-> bus thread, each way). N > 0: a
-     * pool of N HTTP threads handing calls to the bus thread. */
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    socklen_t len = sizeof sa;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, SOMAXCONN) != 0 ||
+        getsockname(fd, (struct sockaddr *)&sa, &len) != 0) {
+        fprintf(stderr, "agentbus-gateway: cannot listen on %s:%d: %s\n", g->cfg.host,
+                g->cfg.port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    g->cfg.port = ntohs(sa.sin_port);
+    return fd;
+}
+
+static struct MHD_Daemon *s_daemon(gw_t *g, unsigned flags, int lfd, unsigned limit)
+{
     unsigned pool = g->cfg.threads;
-    if (pool)
-        flags |= MHD_USE_INTERNAL_POLLING_THREAD;
     struct MHD_OptionItem opts[] = {
-        {MHD_OPTION_SOCK_ADDR, 0, &sa},
-        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)g->cfg.max_connections, NULL},
+        {MHD_OPTION_LISTEN_SOCKET, lfd, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)s_completed, g},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)g->cfg.idle_timeout_s, NULL},
         {pool ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)pool, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
-    g->mhd = MHD_start_daemon(flags, 0, NULL, NULL, s_access, g, MHD_OPTION_ARRAY, opts,
-                              MHD_OPTION_END);
-    if (!g->mhd) {
-        fprintf(stderr, "agentbus-gateway: cannot listen on %s:%d\n", g->cfg.host, g->cfg.port);
+    return MHD_start_daemon(flags, 0, NULL, NULL, s_access, g, MHD_OPTION_ARRAY, opts,
+                            MHD_OPTION_END);
+}
+
+/* --threads 0: the shards, their epoll fds in G->ep_fd for the bus thread. */
+static int s_start_shards(gw_t *g, unsigned flags, int lfd)
+{
+    unsigned max = g->cfg.max_connections;
+    unsigned k = (max + GW_SHARD_CONNS - 1) / GW_SHARD_CONNS;
+    if (k > GW_MAX_SHARDS)
+        k = GW_MAX_SHARDS;
+    unsigned per = (max + k - 1) / k;
+    g->ep_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (g->ep_fd < 0)
         return -1;
-    }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(g->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    if (di)
-        g->cfg.port = di->port;
-    if (!pool) {
-        di = MHD_get_daemon_info(g->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-        if (!di || di->epoll_fd < 0) {
-            fprintf(stderr, "agentbus-gateway: no epoll fd from libmicrohttpd\n");
-            MHD_stop_daemon(g->mhd);
-            g->mhd = NULL;
+    for (unsigned s = 0; s < k; s++) {
+        int fd = dup(lfd); /* each daemon closes its own at stop */
+        struct MHD_Daemon *d = fd >= 0 ? s_daemon(g, flags, fd, per) : NULL;
+        if (!d) {
+            if (fd >= 0)
+                close(fd);
             return -1;
         }
-        gw_bus_serve(g->bus, di->epoll_fd, s_run_http, g);
+        g->mhd[g->n_mhd++] = d;
+        g->due_us[s] = 0; /* run once at the first turn */
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = s};
+        if (!di || di->epoll_fd < 0 || epoll_ctl(g->ep_fd, EPOLL_CTL_ADD, di->epoll_fd, &ev) != 0)
+            return -1;
     }
+    return 0;
+}
+
+int gw_http_start(gw_t *g)
+{
+    g->ep_fd = -1;
+    int lfd = s_listen(g);
+    if (lfd < 0)
+        return -1;
+    /* --threads 0 (the default): HTTP runs on the bus thread, which polls
+     * the shards' epoll fds next to the bus handle; a call then costs two
+     * thread wake-ups less (HTTP thread <-> bus thread, each way). N > 0: a
+     * pool of N HTTP threads handing calls to the bus thread. */
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    int rc = 0;
+    if (g->cfg.threads) {
+        g->mhd[0] = s_daemon(g, flags | MHD_USE_INTERNAL_POLLING_THREAD, lfd,
+                             g->cfg.max_connections);
+        g->n_mhd = g->mhd[0] ? 1 : 0;
+        rc = g->mhd[0] ? 0 : -1;
+        if (!rc)
+            lfd = -1; /* the daemon owns it */
+    } else {
+        rc = s_start_shards(g, flags, lfd);
+    }
+    if (lfd >= 0)
+        close(lfd);
+    if (rc != 0) {
+        fprintf(stderr, "agentbus-gateway: cannot start libmicrohttpd on %s:%d\n", g->cfg.host,
+                g->cfg.port);
+        gw_http_stop(g);
+        return -1;
+    }
+    if (!g->cfg.threads)
+        gw_bus_serve(g->bus, g->ep_fd, s_run_http, g);
     return 0;
 }
 
 void gw_http_stop(gw_t *g)
 {
-    if (g->mhd)
-        MHD_stop_daemon(g->mhd);
-    g->mhd = NULL;
+    for (unsigned s = 0; s < g->n_mhd; s++)
+        MHD_stop_daemon(g->mhd[s]);
+    g->n_mhd = 0;
+    if (g->ep_fd >= 0)
+        close(g->ep_fd);
+    g->ep_fd = -1;
 }

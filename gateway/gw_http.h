@@ -49,10 +49,22 @@ typedef struct {
     atomic_ullong lat_sum_us, lat_count;
 } gw_metrics_t;
 
+/* --threads 0 splits the connections over several libmicrohttpd daemons of
+ * at most GW_SHARD_CONNS each (more if --max-connections needs more than
+ * GW_MAX_SHARDS of them): libmicrohttpd walks every suspended connection of
+ * a daemon each time it resumes any, so one daemon holding thousands of
+ * waiting calls spent its thread walking them (docs/gateway.md). */
+#define GW_SHARD_CONNS 128
+#define GW_MAX_SHARDS 64 /* one bit each in gw_t.resumed */
+
 typedef struct {
     gw_config_t cfg;
     gw_bus_t *bus;
-    struct MHD_Daemon *mhd;
+    struct MHD_Daemon *mhd[GW_MAX_SHARDS]; /* --threads N > 0: one, with its pool */
+    unsigned n_mhd;
+    int ep_fd;                    /* --threads 0: the shards' epoll fds */
+    uint64_t due_us[GW_MAX_SHARDS]; /* when a shard's timers want it run */
+    atomic_ullong resumed;        /* shards with a connection resumed (bit mask) */
     gw_metrics_t m;
     atomic_ullong next_id;        /* OpenAI ids */
 } gw_t;
@@ -69,6 +81,7 @@ typedef enum { GW_P_READ = 0, GW_P_WAIT, GW_P_STREAM } gw_phase_t;
 typedef struct gw_conn {
     gw_t *g;
     struct MHD_Connection *conn;
+    unsigned shard;     /* index of its daemon in g->mhd */
     gw_route_t route;
     int openai;
     char *body;

@@ -3,6 +3,7 @@
 // /healthz and /metrics (tests/gateway/run.sh).
 //
 //   OLLAMA_URL=http://127.0.0.1:P SIM_URL=http://127.0.0.1:S node gateway_extra.mjs
+import net from 'node:net';
 import { Ollama } from 'ollama';
 
 const host = process.env.OLLAMA_URL;
@@ -105,4 +106,45 @@ const late = await fetch(`${host}/api/generate`, {
 const lateBody = await late.json();
 check(late.status === 504 && typeof lateBody.error === 'string' && Date.now() - t0 < 5000,
   'X-Agentbus-Timeout-Ms: 504 when the deadline passes', { status: late.status, ms: Date.now() - t0, lateBody });
+// More waiting calls than one libmicrohttpd daemon holds: the gateway
+// spreads connections over daemons of 128 (--max-connections 1024 here:
+// eight), so 600 streams wait at once, all suspended, and each hang-up is
+// still seen and cancelled (docs/gateway.md, "thousands of waiting calls").
+const HELD = 600;
+const metric = async (name) => {
+  const m = (await (await fetch(`${host}/metrics`)).text()).match(new RegExp(`^${name} (\\d+)`, 'm'));
+  return m ? Number(m[1]) : -1;
+};
+// A call ends as cancelled (libmicrohttpd saw the close first) or as a
+// hang-up (the bus thread's watch saw it first): each counts once.
+const gone = async () => (await metric('agentbus_gateway_cancelled_total')) +
+  (await metric('agentbus_gateway_client_hangups_total'));
+const gone0 = await gone();
+const url = new URL(host);
+const heldBody = JSON.stringify({ model: 'sim-small', prompt: 'hold', stream: true,
+  options: { num_predict: 100000 } });
+const socks = [];
+for (let i = 0; i < HELD; i++) {
+  const s = net.connect(Number(url.port), url.hostname);
+  s.on('error', () => {});
+  s.on('data', () => {});
+  s.write(`POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+    `Content-Length: ${Buffer.byteLength(heldBody)}\r\n\r\n${heldBody}`);
+  socks.push(s);
+}
+let inFlight = 0;
+for (let i = 0; i < 400 && inFlight < HELD; i++) {
+  await new Promise((r) => setTimeout(r, 50));
+  inFlight = await metric('agentbus_gateway_in_flight');
+}
+check(inFlight >= HELD, `${HELD} streaming calls wait at once (more than one daemon's 128)`, inFlight);
+for (const s of socks) s.destroy();
+let ended = gone0;
+for (let i = 0; i < 400 && (inFlight > 0 || ended < gone0 + HELD); i++) {
+  await new Promise((r) => setTimeout(r, 50));
+  inFlight = await metric('agentbus_gateway_in_flight');
+  ended = await gone();
+}
+check(inFlight === 0 && ended >= gone0 + HELD, `their ${HELD} hang-ups all cancel`,
+  { inFlight, ended, gone0 });
 console.log('all ok');

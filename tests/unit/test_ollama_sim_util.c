@@ -5,6 +5,9 @@
 #include "test.h"
 
 #include <math.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 static void test_durations(void)
 {
@@ -138,11 +141,43 @@ static void test_embed(void)
     CHECK_TRUE(diff > 0.1);   /* the model is part of the input */
 }
 
+/* sim_wait sleeps for the nanoseconds asked, not whole milliseconds: poll()
+ * rounded every token pause up to 1 ms, so a reply had a floor real Ollama
+ * has not. Never early; and at least one of up to 200 waits of 100 us ends
+ * within 1 ms (the old code took >= 1 ms every time; a loaded machine still
+ * gets one through). A hang-up of the client is still seen at once. */
+static void test_wait(void)
+{
+    sim_t *s = calloc(1, sizeof *s);
+    s->shutdown_fd = eventfd(0, EFD_CLOEXEC);
+    int64_t best = INT64_MAX;
+    for (int i = 0; i < 200 && best >= 1000000; i++) {
+        int64_t t0 = sim_now();
+        CHECK_EQ(sim_wait(s, -1, -1, 100000), SIM_WAIT_TIMEOUT);
+        int64_t took = sim_now() - t0;
+        CHECK_TRUE(took >= 100000);
+        if (took < best)
+            best = took;
+    }
+    CHECK_TRUE(best < 1000000);
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    close(sv[1]);
+    CHECK_EQ(sim_wait(s, sv[0], -1, 10000000000LL), SIM_WAIT_GONE);
+    close(sv[0]);
+    uint64_t one = 1;
+    CHECK_EQ(write(s->shutdown_fd, &one, sizeof one), (ssize_t)sizeof one);
+    CHECK_EQ(sim_wait(s, -1, -1, -1), SIM_WAIT_SHUTDOWN);
+    close(s->shutdown_fd);
+    free(s);
+}
+
 int main(void)
 {
     test_durations();
     test_sizes();
     test_textgen();
     test_embed();
+    test_wait();
     return TEST_DONE("ollama_sim_util");
 }

@@ -6,7 +6,7 @@
  * thread completes loads and expires keep-alives. Everything in sim_t that
  * changes at run time (models' state, the queue, faults, stats, the RNG) is
  * guarded by sim_t.lock; the configuration part is read-only once serving.
- * Waiting is done in poll() on the client socket, so a client that goes
+ * Waiting is done in ppoll() on the client socket, so a client that goes
  * away is noticed at once and nothing spins.
  */
 #ifndef SIM_H
