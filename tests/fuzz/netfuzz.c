@@ -12,8 +12,9 @@
  * connection with another peer's id, BYE, SUBSCRIBE, SEND, PUBLISH,
  * HEARTBEAT, DISCOVER, CONTROL, broker LINK messages (HELLO, heartbeats,
  * directories, whole sets of agent names and of topic patterns, hostile
- * ones among them and some past their bounds, then forwarded requests and answers: the broker runs with
- * --auth none, so any peer may open a link) and BATCHes of all of it.
+ * ones among them and some past their bounds, then forwarded requests and
+ * answers: the broker runs with --auth none, so any peer may open a link)
+ * and BATCHes of all of it.
  *
  * The broker it starts runs with short timers and small limits (heartbeat,
  * mailbox TTL and sizes, queue, timeouts), so that expiry, eviction and
