@@ -41,6 +41,7 @@ cleanup() {
 trap cleanup EXIT
 # start_proxy LISTEN TARGET: the link's network; with PROXY=none LISTEN is TARGET
 start_proxy() {
+  : >"$dir/proxy-$1.log"
   case "$proxy" in
     c) "$bin/ab-linkproxy-c" "$1" "$2" 0 >"$dir/proxy-$1.log" 2>&1 & ;;
     py) /usr/bin/python3 tests/integration/linkproxy.py "$1" "$2" 0 >"$dir/proxy-$1.log" 2>&1 & ;;
