@@ -35,6 +35,7 @@ typedef struct {
     uint64_t handshakes_failed; /* ZMTP handshakes that failed before ZAP (health.c) */
     uint64_t out_lost_bytes;
     uint64_t lz4_refused; /* issue 11: lz4 request vs. a worker that cannot read it */
+    uint64_t link_lz4_plain; /* issue 15: a link's lz4 request made plain for such a worker */
     /* health.c: worker health transitions, by the state entered (ab_health_kind_t) */
     uint64_t health_entered[AB_HEALTH_KINDS_MAX];
     /* issue 16: lanes and client quotas (clients.c, service.c) */

@@ -567,8 +567,10 @@ static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
     }
     if (!*w)
         return r->route ? 2 : 3;
-    if ((r->flags & AB_FLAG_LZ4) && !((*w)->peer->features & AB_FEATURE_LZ4)) {
-        /* The broker never decompresses; an older worker cannot. */
+    if ((r->flags & AB_FLAG_LZ4) && !((*w)->peer->features & AB_FEATURE_LZ4) &&
+        ab_link_req_plain(b, r) != AB_OK) {
+        /* The broker never decompresses an agent's payload (a link's it
+         * does: link_fwd.c); an older worker cannot. */
         b->c.lz4_refused++;
         ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
                                               "payloads: send this one uncompressed");

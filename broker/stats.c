@@ -263,6 +263,7 @@ static void s_wire_stats(const ab_counters_t *c, Agentbus__Stats *st)
                           : 0;
     st->lz4_skipped = c->lz4_skipped;
     st->lz4_refused = c->lz4_refused;
+    st->link_lz4_plain = c->link_lz4_plain;
     st->batch_malformed = c->batch_malformed;
 }
 

@@ -76,6 +76,11 @@ int ab_link_routable(ab_broker_t *b, ab_service_t *s, const ab_header_t *h);
  * and origin. 0, or -1 out of memory. */
 int ab_link_req_new(ab_req_t *r, const ab_header_t *h);
 void ab_link_req_free(ab_req_t *r);
+/* R, lz4-compressed, is about to go to a worker that cannot read lz4: when
+ * R came over a link its payload is decompressed here and R goes plain
+ * (AB_OK); else, or when the block is corrupt, an AB_E code and R is
+ * unchanged. */
+int ab_link_req_plain(ab_broker_t *b, ab_req_t *r);
 /* Peer P is being dropped: a link forgets it. */
 void ab_link_peer_gone(ab_broker_t *b, ab_peer_t *p);
 /* A worker joined or left: the directory is sent to the peers soon. */

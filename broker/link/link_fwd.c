@@ -63,6 +63,33 @@ static void s_squeeze(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *p
     b->c.lz4_original_bytes += n;
 }
 
+/* The first broker compressed R for the link because every worker behind
+ * this broker's entry read lz4 then; by dispatch the set may hold one that
+ * does not (a worker joined or left while R crossed). The agent sent R
+ * plain or to a broker that reads lz4, so R is made plain here rather than
+ * refused. Requests from local clients keep the core's rule (UNSUPPORTED:
+ * the broker never decompresses what its own client chose to compress). */
+int ab_link_req_plain(ab_broker_t *b, ab_req_t *r)
+{
+    if (!r->fwd || !(r->flags & AB_FLAG_LZ4) || !r->has_payload)
+        return AB_EUNSUPPORTED;
+    size_t zl = zmq_msg_size(&r->payload);
+    zmq_msg_t m;
+    int rc = ab_lz4_check(zl, r->original_size, b->limits.max_payload);
+    if (rc == AB_OK && zmq_msg_init_size(&m, (size_t)r->original_size) != 0)
+        return AB_ENOMEM;
+    if (rc == AB_OK && (rc = ab_lz4_decompress(zmq_msg_data(&r->payload), zl, zmq_msg_data(&m),
+                                               (size_t)r->original_size)) != AB_OK)
+        zmq_msg_close(&m);
+    if (rc != AB_OK)
+        return rc;
+    zmq_msg_move(&r->payload, &m); /* releases the compressed block */
+    r->flags &= ~(uint32_t)AB_FLAG_LZ4;
+    r->original_size = 0;
+    b->c.link_lz4_plain++;
+    return AB_OK;
+}
+
 /* An answer (BUF,LEN parsed as H) to link client P crossing the link: its
  * payload compressed when the agent that asked reads lz4 (the request,
  * still held while it is answered, carries ACCEPT_LZ4 from the first

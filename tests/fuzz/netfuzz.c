@@ -11,8 +11,10 @@
  * peers' and to random ids, reconnects with the same routing id, a second
  * connection with another peer's id, BYE, SUBSCRIBE, SEND, PUBLISH,
  * HEARTBEAT, DISCOVER, CONTROL, broker LINK messages (HELLO, heartbeats,
- * directories, then forwarded requests and answers: the broker runs with
- * --auth none, so any peer may open a link) and BATCHes of all of it.
+ * directories, whole sets of agent names and of topic patterns, hostile
+ * ones among them and some past their bounds, then forwarded requests and
+ * answers: the broker runs with --auth none, so any peer may open a link)
+ * and BATCHes of all of it.
  *
  * The broker it starts runs with short timers and small limits (heartbeat,
  * mailbox TTL and sizes, queue, timeouts), so that expiry, eviction and
@@ -66,7 +68,7 @@ static const int s_weight[MV_COUNT_] = {
     [MV_cancel] = 6, [MV_answer] = 14, [MV_reconnect] = 3, [MV_steal] = 1, [MV_bye] = 3,
     [MV_subscribe] = 4, [MV_unsubscribe] = 2, [MV_send] = 8, [MV_publish] = 5,
     [MV_heartbeat] = 5, [MV_discover] = 2, [MV_control] = 2, [MV_batch] = 6, [MV_deaf] = 1,
-    [MV_link] = 5,
+    [MV_link] = 5, [MV_link_names] = 3, [MV_link_interest] = 3,
 };
 
 /* --- options -------------------------------------------------------------- */

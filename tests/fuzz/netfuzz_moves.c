@@ -435,6 +435,87 @@ static void s_mk_link(nf_peer_t *p, nf_out_t *o)
     o->has = 1;
 }
 
+/* --- LINK NAMES and INTEREST (broker/link/link_msg.c) -------------------------------- */
+enum { S_HUGE = 70000 }; /* past both bounds: 65536 names, 4096 patterns */
+
+/* Entries no valid set holds: empty, invalid or cut UTF-8, control bytes,
+ * odd dots, too long. */
+static const char *const s_odd_names[] = {
+    "", "\xff\xfe", "al\xc3", "a\tb", "a b", "~", "~x@", "~1@nf-b1", "\xed\xa0\x80",
+    "nf-agent-name-too-long-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"};
+static const char *const s_odd_patterns[] = {
+    "", ".", "..", "...", ".t", "t..a", "t.a.", "news..", "..news", "\xff.", "t.\xc3", "t.a\x01",
+    "*", "#", "t.*", ">", "t.a.x.y.z.......", "news.eu.\xed\xa0\x80"};
+
+static char *s_set_ptr[S_HUGE];
+static char s_set_gen[S_HUGE][8];
+
+/* One whole set as a peer broker sends it, into s_set_ptr; its size. Mostly
+ * a few of GOOD mixed with ODD; often one of two halves of GOOD in turn (a
+ * peer swapping its whole set back and forth, each replacing the last);
+ * rarely S_HUGE generated entries ("n12345" or "t.12345"), past the bound. */
+static size_t s_set(const char *const *good, size_t ngood, const char *const *odd, size_t nodd,
+                    const char *gen)
+{
+    static unsigned turn;
+    uint32_t r = nf_below(100);
+    size_t n = 0;
+    if (r < 3) {
+        for (n = 0; n < S_HUGE; n++) {
+            snprintf(s_set_gen[n], sizeof s_set_gen[n], "%s%05u", gen, (unsigned)n);
+            s_set_ptr[n] = s_set_gen[n];
+        }
+    } else if (r < 35) {
+        size_t half = ngood / 2, from = turn++ % 2 ? half : 0, to = from ? ngood : half;
+        for (size_t i = from; i < to; i++)
+            s_set_ptr[n++] = (char *)good[i];
+    } else {
+        size_t want = nf_chance(10) ? 0 : 1 + nf_below(10);
+        for (; n < want; n++)
+            s_set_ptr[n] = (char *)(nf_chance(60) ? good[nf_below((uint32_t)ngood)]
+                                                   : odd[nf_below((uint32_t)nodd)]);
+    }
+    return n;
+}
+
+/* LINK NAMES (type 5) or INTEREST (6): a peer broker's whole set of agent
+ * names or of its subscribers' patterns, sent whether or not this peer said
+ * HELLO (before it, the broker must ignore it). Names a netfuzz SEND goes to
+ * make the broker hand mailboxes over; patterns netfuzz publishes on make
+ * it forward publications to the fake link. */
+static void s_mk_link_set(nf_peer_t *p, nf_out_t *o, int interest)
+{
+    Agentbus__LinkMsg m;
+    agentbus__link_msg__init(&m);
+    m.type = interest ? 6 : 5;
+    m.broker = (char *)NF_PICK(s_brokers);
+    m.session = nf_chance(90) ? p->instance : nf_rand();
+    if (interest) {
+        m.topics = s_set_ptr;
+        m.n_topics = s_set(s_patterns, sizeof s_patterns / sizeof *s_patterns, s_odd_patterns,
+                           sizeof s_odd_patterns / sizeof *s_odd_patterns, "t.");
+        m.all_topics = nf_chance(10);
+    } else {
+        m.names = s_set_ptr;
+        m.n_names = s_set(s_names, sizeof s_names / sizeof *s_names, s_odd_names,
+                          sizeof s_odd_names / sizeof *s_odd_names, "n");
+    }
+    size_t len = agentbus__link_msg__get_packed_size(&m);
+    uint8_t *buf = len <= sizeof o->buf ? o->buf : malloc(len);
+    if (!buf)
+        return;
+    agentbus__link_msg__pack(&m, buf);
+    o->h = ab_header_init(AB_KIND_LINK);
+    o->h.id = s_new_id(p);
+    if (buf != o->buf)
+        o->heap = buf;
+    o->data = buf;
+    o->len = len;
+    o->has = 1;
+}
+
 /* Builds the message of move MV (one that is a single message). */
 int nf_make(int mv, nf_peer_t *p, nf_out_t *o)
 {
@@ -456,6 +537,8 @@ int nf_make(int mv, nf_peer_t *p, nf_out_t *o)
     case MV_discover: s_mk_discover(p, o); break;
     case MV_control: s_mk_control(p, o); break;
     case MV_link: s_mk_link(p, o); break;
+    case MV_link_names: s_mk_link_set(p, o, 0); break;
+    case MV_link_interest: s_mk_link_set(p, o, 1); break;
     default: return 0;
     }
     return 1;

@@ -211,6 +211,38 @@ static void s_name_bound(void)
     ab_client_destroy(&a);
 }
 
+/* The dialing side checks too: A dials the broker on PZ with key C, which
+ * A trusts and which is granted broker name C only; that broker answers
+ * HELLO as Z. A refuses the link (logged, counted DENIED): it never lists
+ * Z, and its echo worker there is not offered here. */
+static void s_name_dialed(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port(), pz = th_free_port();
+    pid_t zpid = s_broker(pz, "Z", "C", 0, NULL, NULL, NULL);
+    s_at("C");
+    th_worker(pz, "echo", NULL);
+    pid_t apid = s_broker(pa, "A", "A", pz, "C", NULL, NULL);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    /* Z accepted A's HELLO (A's key is granted A) and answered as Z */
+    CHECK_EQ(s_wait_log(th_log_of(zpid), "link to 'A' up", 20000), 1);
+    CHECK_EQ(s_wait_log(th_log_of(apid),
+                        "answered as broker 'Z', a name not granted to its key 'C': refused",
+                        20000),
+             1);
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(th_stat_error(st, "DENIED") > 0);
+    CHECK_EQ(st->remote_workers, 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    Agentbus__PeerInfo pi;
+    char state[32];
+    CHECK_EQ(lt_peer_info(a, "Z", &pi, state, sizeof state), 0);
+    CHECK_EQ(lt_req(a, "echo", "x", NULL, 0), AB_ENOSERVICE);
+    ab_client_destroy(&a);
+}
+
 /* --- a hostile peer's directory ---------------------------------------------------------- */
 
 /* FIELD ("public-key" or "secret-key") of certificate file PATH (zcert's
@@ -428,6 +460,7 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"batched", s_batched},
         {"name_bound", s_name_bound},
+        {"name_dialed", s_name_dialed},
         {"hostile_dir", s_hostile_dir},
         {"models", s_models},
     };
