@@ -650,7 +650,10 @@ static void s_pub_route(ab_broker_t *b, const s_pub_t *pub, const char *only)
     uint32_t left = (uint32_t)b->cfg->link_hop_limit;
     ab_view_copy(pub->h->target, topic, sizeof topic);
     if (pub->p->link_role == AB_LINK_CLIENT) {
-        ab_view_copy(pub->h->via, crossed, sizeof crossed);
+        /* never back to the link it came from, whatever its crossed list says */
+        size_t n = pub->h->via.len;
+        snprintf(crossed, sizeof crossed, "%.*s%s%s", (int)n, pub->h->via.ptr, n ? "," : "",
+                 pub->p->link ? pub->p->link->name : "");
         left = pub->h->hops_left;
     }
     ab_link_topic_route(b, topic, crossed, left, only, s_pub_copy, (void *)pub);
