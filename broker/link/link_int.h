@@ -1,7 +1,8 @@
 /*
  * link_int.h - what the link module's own files share (link.c: records,
  * connections, HELLO and heartbeats; link_dir.c: directory exchange and
- * remote workers; link_fwd.c: forwarding, answers, CONTROL "peers").
+ * remote workers; link_fwd.c: forwarding, answers, CONTROL "peers";
+ * link_msg.c: names, SEND, PUBLISH; link_topic.c: topic interest routes).
  */
 #ifndef AB_LINK_INT_H
 #define AB_LINK_INT_H

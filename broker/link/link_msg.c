@@ -16,15 +16,17 @@
  * confirmation only when the sender asked for it). A link lost first
  * answers its records NO_AGENT.
  *
- * Topics. Each broker tells each up link the set of topic patterns its own
- * subscribers hold (LinkMsg INTEREST; "all" past AB_LINK_TOPICS_MAX). A
- * publication goes, after the local fan-out, to each up link whose peer has
- * a pattern matching it, once per link; the far broker fans it out to its
- * own subscribers only. Neither a SEND nor a PUBLISH that came over a link
- * is forwarded again unless its crossed list and hop limit allow it; a
- * PUBLISH never is (one hop: every broker hears each publisher's broker
- * directly), so a triangle delivers each publication once. Multi-hop
- * topics would need a tree per publisher; documented as not done.
+ * Topics. Which peer wants which publication is link_topic.c's (interest
+ * as a path vector). A publication goes, besides the local fan-out, in one
+ * copy per next hop, each carrying the brokers it is for (Header.dests);
+ * a broker that receives one sends the rest on the same way, then fans it
+ * out to its own subscribers when it is one of them. A SEND that came over
+ * a link is forwarded again only when its crossed list and hop limit allow
+ * it.
+ *
+ * Mailbox hand-over. A message handed over from this broker's mailbox is
+ * kept (a reference to its payload) until the far broker answers; a link
+ * lost first puts it back at the front of its mailbox, in order.
  *
  * Unnamed senders. A sender without a name is "~TOKEN" on its broker; across
  * a link it reads "~TOKEN@BROKER", and a SEND to that address goes back over
