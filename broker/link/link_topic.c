@@ -288,7 +288,8 @@ static size_t s_routes_fill(zhashx_t *best, Agentbus__LinkTopicRoute *e,
                             Agentbus__LinkTopicRoute **pe, char **pats, size_t used)
 {
     size_t n = 0;
-    for (s_route_t *r = zhashx_first(best); r && n < AB_LINK_TOPIC_DESTS_MAX;
+    /* The receiver takes AB_LINK_TOPIC_DESTS_MAX brokers, this one among them. */
+    for (s_route_t *r = zhashx_first(best); r && n + 1 < AB_LINK_TOPIC_DESTS_MAX;
          r = zhashx_next(best), n++) {
         agentbus__link_topic_route__init(&e[n]);
         pe[n] = &e[n];
