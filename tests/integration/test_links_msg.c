@@ -447,7 +447,10 @@ static void s_putback(void)
 {
     s_keys();
     int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
-    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, "--link-heartbeat-ms", "400");
+    /* B hears nothing from A while the proxy stalls one way: its 1 s
+     * heartbeats (silent after 5 s) leave A time to hand the mailbox over
+     * first on a busy machine. */
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, "--link-heartbeat-ms", "1000");
     pid_t proxy = s_proxy(px, pb);
     lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, "--link-heartbeat-ms", "400");
     ab_client_t *alice = s_echo_agent(pa, "alice", &s_box_a);
