@@ -72,6 +72,7 @@ struct ab_links {
     int timer;
     struct ab_link_msgs *msg; /* forwarded SENDs awaiting answers (link_msg.c) */
     uint64_t topic_gen; /* changes with any link's topic routes (link_topic.c) */
+    uint64_t topic_unroutable; /* publication destinations given up (stats) */
 };
 
 /* Where a request that came over a link has been. */

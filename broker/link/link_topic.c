@@ -178,26 +178,45 @@ static size_t s_choose(s_choice_t *ch, size_t n, ab_link_t *l, const s_route_t *
     return n + 1;
 }
 
+/* Adds DEST to the NW names of W (once; bounded). Returns the new count. */
+static size_t s_want(const char **w, size_t nw, const char *dest)
+{
+    for (size_t i = 0; i < nw; i++)
+        if (!strcmp(w[i], dest))
+            return nw;
+    if (nw == AB_LINK_TOPIC_DESTS_MAX)
+        return nw;
+    w[nw] = dest;
+    return nw + 1;
+}
+
 size_t ab_link_topic_route(ab_broker_t *b, const char *topic, const char *crossed,
                            uint32_t hops_left, const char *only, ab_link_topic_fn *fn, void *arg)
 {
     struct ab_links *ls = b->links;
     s_choice_t ch[AB_LINK_TOPIC_DESTS_MAX];
-    size_t n = 0, clen = strlen(crossed), copies = 0;
+    const char *want[AB_LINK_TOPIC_DESTS_MAX];
+    size_t n = 0, nw = 0, clen = strlen(crossed), copies = 0;
     for (int i = 0; i < AB_LINKS_MAX; i++) {
         ab_link_t *l = ls->l[i];
         if (!l || !l->up || !l->topic || ab_link_in_list(crossed, clen, l->name))
             continue;
         for (s_route_t *r = zhashx_first(l->topic->routes); r;
              r = zhashx_next(l->topic->routes)) {
-            if (r->hops > hops_left || !strcmp(r->dest, ls->self))
+            if (!strcmp(r->dest, ls->self) ||
+                (only ? !ab_link_in_list(only, strlen(only), r->dest) : !s_matches(r, topic)))
                 continue;
-            if (only ? !ab_link_in_list(only, strlen(only), r->dest) : !s_matches(r, topic))
-                continue;
-            if (!s_lists_meet(r->via, crossed, clen)) /* never back through the crossed */
+            if (!only)
+                nw = s_want(want, nw, r->dest);
+            /* never past the hop limit, never back through the crossed */
+            if (r->hops <= hops_left && !s_lists_meet(r->via, crossed, clen))
                 n = s_choose(ch, n, l, r);
         }
     }
+    if (only)
+        nw = s_count(only) - (size_t)ab_link_in_list(only, strlen(only), ls->self);
+    if (nw > n)
+        ls->topic_unroutable += nw - n; /* hop limit, loop, withdrawn, past 64 */
     /* One copy per next hop, with the destinations it is responsible for. */
     char dests[AB_LINK_DESTS_MAX];
     for (int i = 0; i < AB_LINKS_MAX; i++) {
@@ -464,6 +483,11 @@ void ab_link_topic_on_interest(ab_broker_t *b, ab_link_t *l, const Agentbus__Lin
                   "link '%s': %zu topic route(s) refused (malformed, through this broker, "
                   "repeated, or past %d)", l->name, bad, AB_LINK_TOPIC_DESTS_MAX);
     }
+}
+
+uint64_t ab_link_topic_unroutable(const ab_broker_t *b)
+{
+    return b->links ? b->links->topic_unroutable : 0;
 }
 
 void ab_link_topic_peer_info(const ab_link_t *l, Agentbus__PeerInfo *p)

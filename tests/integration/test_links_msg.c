@@ -717,6 +717,10 @@ static void s_topic_hops(void)
     CHECK_U64(s_count(sb, "C", PUB_FWD), 0);
     CHECK_U64(s_count(sc, "B", PUB_RECV), 0);
     CHECK_EQ(s_box_c.count[AB_MSG_TOPIC], 0);
+    Agentbus__Stats *st = th_stats(pub); /* A gave C up for each, and said so */
+    REQUIRE(st != NULL);
+    CHECK_U64(st->link_pub_unroutable, N);
+    agentbus__stats__free_unpacked(st, NULL);
     /* From B (limit 4) C is one link away: B's own publications reach it. */
     ab_client_t *pubb = mt_agent(p[1], "pubb", 0, NULL);
     ab_client_t *all2[] = {pub, sb, sc, pubb};
