@@ -128,7 +128,8 @@
     X(via, 70, STR)            /* REQUEST over a link: brokers crossed, comma-separated */       \
     X(hops_left, 71, U32)      /* REQUEST over a link: links it may still cross */               \
     X(origin_key, 72, STR)     /* REQUEST over a link: the sending agent's public key */          \
-    X(origin_role, 73, U32)    /* REQUEST over a link: 1 + that key's role; 0 unknown */
+    X(origin_role, 73, U32)    /* REQUEST over a link: 1 + that key's role; 0 unknown */      \
+    X(dests, 74, STR)          /* PUBLISH over a link: brokers this copy is for */
 
 /* ---- Expansions every user needs --------------------------------------- */
 

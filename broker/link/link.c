@@ -80,6 +80,7 @@ static void s_link_free(ab_broker_t *b, ab_link_t *l)
         zmq_close(l->dealer);
     zhashx_destroy(&l->remote);
     ab_link_msg_free(l);
+    ab_link_topic_free(l);
     free(l);
 }
 

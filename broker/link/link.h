@@ -107,5 +107,9 @@ void ab_link_msg_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, ab_
 const char *ab_link_msg_sender(const ab_peer_t *p, const ab_header_t *h, char *buf, size_t cap);
 /* Links up now. */
 uint32_t ab_link_up_count(const ab_broker_t *b);
+/* Publication destinations this broker gave up (link_topic.c): a broker
+ * with subscribers for it that no route within the hop limit reaches
+ * without a loop (or whose route was withdrawn while it was on its way). */
+uint64_t ab_link_topic_unroutable(const ab_broker_t *b);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * link_int.h - what the link module's own files share (link.c: records,
  * connections, HELLO and heartbeats; link_dir.c: directory exchange and
- * remote workers; link_fwd.c: forwarding, answers, CONTROL "peers").
+ * remote workers; link_fwd.c: forwarding, answers, CONTROL "peers";
+ * link_msg.c: names, SEND, PUBLISH; link_topic.c: topic interest routes).
  */
 #ifndef AB_LINK_INT_H
 #define AB_LINK_INT_H
@@ -16,6 +17,10 @@
 #define AB_LINK_SILENT_IVL 5       /* heartbeat intervals of silence: connection lost */
 #define AB_LINK_KEY_TXT 41
 #define AB_LINK_MODELS_MAX 64      /* model names per directory entry, each list */
+#define AB_LINK_HOPS_MAX 16        /* names on a route or crossed list */
+#define AB_LINK_TOPICS_MAX 4096    /* topic patterns listed to / taken from one peer */
+#define AB_LINK_TOPIC_DESTS_MAX 64 /* brokers with subscribers one link tells of; of one publication */
+#define AB_LINK_DESTS_MAX (AB_LINK_TOPIC_DESTS_MAX * AB_LINK_NAME_MAX + 1) /* Header.dests */
 
 enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4,
        S_LM_NAMES = 5, S_LM_INTEREST = 6 };
@@ -49,7 +54,8 @@ typedef struct ab_link {
     uint64_t peer_session; /* the peer's HELLO session: another one is a restart */
     uint32_t rtt_us;
     uint64_t forwarded, received, answered, failed, ups, refused;
-    struct ab_link_msg *msg;     /* names, interest, counters (link_msg.c); NULL until used */
+    struct ab_link_msg *msg;     /* names, counters (link_msg.c); NULL until used */
+    struct ab_link_topic *topic; /* the peer's topic routes (link_topic.c); NULL until used */
     uint64_t compressed; /* payloads lz4-compressed onto it */
     uint64_t dir_refused; /* directories refused whole (link-dir-max-bytes) */
 } ab_link_t;
@@ -65,6 +71,8 @@ struct ab_links {
     uint64_t models_print; /* local workers' models when the directory was last sent */
     int timer;
     struct ab_link_msgs *msg; /* forwarded SENDs awaiting answers (link_msg.c) */
+    uint64_t topic_gen; /* changes with any link's topic routes (link_topic.c) */
+    uint64_t topic_unroutable; /* publication destinations given up (stats) */
 };
 
 /* Where a request that came over a link has been. */
@@ -133,5 +141,27 @@ void ab_link_msg_on_frame(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zm
 int ab_link_msg_on_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body);
 /* The messaging figures of L for `brokerctl peers`. */
 void ab_link_msg_peer_info(const ab_link_t *l, Agentbus__PeerInfo *p);
+
+/* link_topic.c: topic interest as a path vector; docs/links.md "Topics" */
+void ab_link_topic_free(ab_link_t *l);
+/* L came up (the whole interest at the next tick) / went down (its routes
+ * withdrawn; the others hear of it at the next tick). */
+void ab_link_topic_up(ab_link_t *l);
+void ab_link_topic_down(ab_broker_t *b, ab_link_t *l);
+/* Each link tick: interest to each up link when it changed (REFRESH: anyway). */
+void ab_link_topic_tick(ab_broker_t *b, int refresh);
+/* An INTEREST LinkMsg from L's peer (hostile input: checked). */
+void ab_link_topic_on_interest(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m,
+                               int64_t now);
+/* One copy of a publication for next hop L, for the brokers in DESTS. */
+typedef void ab_link_topic_fn(ab_broker_t *b, ab_link_t *l, const char *dests, void *arg);
+/* The brokers a publication on TOPIC goes to from here: those with a
+ * matching pattern (ONLY NULL; else those in the comma-separated ONLY),
+ * not this one, reachable within HOPS_LEFT links by a route through none of
+ * CROSSED; each assigned to its shortest route's next hop. Calls FN once
+ * per next hop; returns how many. */
+size_t ab_link_topic_route(ab_broker_t *b, const char *topic, const char *crossed,
+                           uint32_t hops_left, const char *only, ab_link_topic_fn *fn, void *arg);
+void ab_link_topic_peer_info(const ab_link_t *l, Agentbus__PeerInfo *p);
 
 #endif

@@ -16,15 +16,17 @@
  * confirmation only when the sender asked for it). A link lost first
  * answers its records NO_AGENT.
  *
- * Topics. Each broker tells each up link the set of topic patterns its own
- * subscribers hold (LinkMsg INTEREST; "all" past AB_LINK_TOPICS_MAX). A
- * publication goes, after the local fan-out, to each up link whose peer has
- * a pattern matching it, once per link; the far broker fans it out to its
- * own subscribers only. Neither a SEND nor a PUBLISH that came over a link
- * is forwarded again unless its crossed list and hop limit allow it; a
- * PUBLISH never is (one hop: every broker hears each publisher's broker
- * directly), so a triangle delivers each publication once. Multi-hop
- * topics would need a tree per publisher; documented as not done.
+ * Topics. Which peer wants which publication is link_topic.c's (interest
+ * as a path vector). A publication goes, besides the local fan-out, in one
+ * copy per next hop, each carrying the brokers it is for (Header.dests);
+ * a broker that receives one sends the rest on the same way, then fans it
+ * out to its own subscribers when it is one of them. A SEND that came over
+ * a link is forwarded again only when its crossed list and hop limit allow
+ * it.
+ *
+ * Mailbox hand-over. A message handed over from this broker's mailbox is
+ * kept (a reference to its payload) until the far broker answers; a link
+ * lost first puts it back at the front of its mailbox, in order.
  *
  * Unnamed senders. A sender without a name is "~TOKEN" on its broker; across
  * a link it reads "~TOKEN@BROKER", and a SEND to that address goes back over
@@ -44,7 +46,6 @@
 #include <string.h>
 
 #define AB_LINK_NAMES_MAX 65536  /* names taken from one peer */
-#define AB_LINK_TOPICS_MAX 4096  /* patterns listed to / taken from one peer */
 #define AB_LINK_SENDS_MAX 65536  /* forwarded SENDs waiting for their answer */
 #define AB_LINK_SEND_WAIT_MS 60000
 #define S_FWD_BIT (1ull << 63)   /* request ids (b->next_bid) never reach it */
@@ -55,13 +56,23 @@
 
 /* One link's messaging state. */
 struct ab_link_msg {
-    zhashx_t *names;  /* the peer's bound names (a set) */
-    zhashx_t *topics; /* the peer's subscribers' patterns (a set) */
-    int all_topics;   /* the peer wants every publication */
-    uint64_t names_sig, topics_sig; /* of the sets last sent to it */
-    int names_sent, topics_sent;    /* 0: send at the next tick */
+    zhashx_t *names;    /* the peer's bound names (a set) */
+    uint64_t names_sig; /* of the set last sent to it */
+    int names_sent;     /* 0: send at the next tick */
     uint64_t sends_fwd, sends_recv, pubs_fwd, pubs_recv;
 };
+
+/* A message handed over from this broker's mailbox, kept until the far
+ * broker answers: put back into the mailbox if the link is lost first. */
+typedef struct {
+    uint64_t id, corr;
+    uint32_t flags;
+    int64_t expires_ms;
+    zmq_msg_t body; /* a reference to the bytes sent */
+    int has_body;
+    char *name;     /* the agent it is for (AB_NAME_MAX) */
+    char sender[];
+} s_mail_t;
 
 /* A SEND forwarded over a link, waiting for the far broker's answer. */
 typedef struct {
@@ -72,6 +83,7 @@ typedef struct {
     int want;       /* it asked for the "delivered"/"queued" answer */
     ab_link_t *l;
     int64_t expires_ms;
+    s_mail_t *mail; /* handed over from the mailbox (then RID is empty) */
     char target[64];
 } s_pend_t;
 
@@ -83,6 +95,15 @@ struct ab_link_msgs {
 };
 
 static const char s_one = 1; /* the value of set members */
+
+static void s_mail_free(s_mail_t *m)
+{
+    if (!m)
+        return;
+    zmq_msg_close(&m->body);
+    free(m->name);
+    free(m);
+}
 
 /* --- records ------------------------------------------------------------------- */
 
@@ -102,8 +123,11 @@ void ab_link_msg_fini(ab_broker_t *b)
     if (!ms)
         return;
     ab_list_t *n, *tmp;
-    AB_LIST_FOREACH_SAFE(n, tmp, &ms->order)
-        free(ab_list_data(n, s_pend_t, node));
+    AB_LIST_FOREACH_SAFE(n, tmp, &ms->order) {
+        s_pend_t *e = ab_list_data(n, s_pend_t, node);
+        s_mail_free(e->mail);
+        free(e);
+    }
     ab_idmap_fini(&ms->pending);
     free(ms);
     b->links->msg = NULL;
@@ -113,8 +137,7 @@ static struct ab_link_msg *s_lm(ab_link_t *l)
 {
     if (!l->msg && (l->msg = calloc(1, sizeof *l->msg)) != NULL) {
         l->msg->names = zhashx_new();
-        l->msg->topics = zhashx_new();
-        if (!l->msg->names || !l->msg->topics) {
+        if (!l->msg->names) {
             ab_link_msg_free(l);
             return NULL;
         }
@@ -127,7 +150,6 @@ void ab_link_msg_free(ab_link_t *l)
     if (!l->msg)
         return;
     zhashx_destroy(&l->msg->names);
-    zhashx_destroy(&l->msg->topics);
     free(l->msg);
     l->msg = NULL;
 }
@@ -136,7 +158,35 @@ static void s_pend_remove(struct ab_link_msgs *ms, s_pend_t *e)
 {
     ab_idmap_del(&ms->pending, e->fid);
     ab_list_remove(&e->node);
+    s_mail_free(e->mail);
     free(e);
+}
+
+/* L was lost before its peer confirmed the messages this broker handed
+ * over from its mailbox: each goes back to the front of its mailbox, in
+ * its order (newest first to the front), to be handed over again or
+ * delivered here. At least once: one the peer delivered just before the
+ * loss comes again. */
+static void s_put_back(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    struct ab_link_msgs *ms = b->links->msg;
+    size_t n = 0, lost = 0;
+    ab_list_t *it, *tmp;
+    AB_LIST_FOREACH_REVERSE_SAFE(it, tmp, &ms->order) {
+        s_pend_t *e = ab_list_data(it, s_pend_t, node);
+        if (e->l != l || !e->mail)
+            continue;
+        s_mail_t *m = e->mail;
+        if (ab_mailbox_put_back(b, m->name, m->sender, m->id, m->corr, m->flags, m->expires_ms,
+                                m->has_body ? &m->body : NULL, now) == 0)
+            n++;
+        else
+            lost++;
+        s_pend_remove(ms, e);
+    }
+    if (n || lost)
+        AB_WARN("link to '%s' lost: %zu handed-over message(s) put back into the mailbox "
+                "(%zu lost: out of memory)", l->name, n, lost);
 }
 
 void ab_link_msg_up(ab_broker_t *b, ab_link_t *l)
@@ -144,7 +194,8 @@ void ab_link_msg_up(ab_broker_t *b, ab_link_t *l)
     (void)b;
     struct ab_link_msg *lm = s_lm(l);
     if (lm)
-        lm->names_sent = lm->topics_sent = 0; /* the whole sets at the next tick */
+        lm->names_sent = 0; /* the whole set at the next tick */
+    ab_link_topic_up(l);
 }
 
 void ab_link_msg_down(ab_broker_t *b, ab_link_t *l)
@@ -152,17 +203,18 @@ void ab_link_msg_down(ab_broker_t *b, ab_link_t *l)
     struct ab_link_msg *lm = l->msg;
     if (lm) {
         zhashx_purge(lm->names);
-        zhashx_purge(lm->topics);
-        lm->all_topics = 0;
-        lm->names_sent = lm->topics_sent = 0;
+        lm->names_sent = 0;
     }
+    ab_link_topic_down(b, l);
     struct ab_link_msgs *ms = b->links->msg;
+    if (b->msgs)
+        s_put_back(b, l, ab_now_ms());
     ab_list_t *n, *tmp;
     AB_LIST_FOREACH_SAFE(n, tmp, &ms->order) {
         s_pend_t *e = ab_list_data(n, s_pend_t, node);
         if (e->l != l)
             continue;
-        if (!e->rid.len) { /* handed over from a mailbox: nobody waits for it */
+        if (!e->rid.len) { /* nobody waits for it */
             s_pend_remove(ms, e);
             continue;
         }
@@ -192,24 +244,6 @@ static uint64_t s_names_sig(ab_broker_t *b, size_t *n)
     return sig ^ (uint64_t)*n << 48;
 }
 
-/* The same over the patterns of this broker's own subscribers (a pattern
- * held twice counts twice: a false "changed" only costs a resend). */
-static uint64_t s_topics_sig(ab_broker_t *b, size_t *n)
-{
-    uint64_t sig = 0;
-    *n = 0;
-    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
-        if (!p->subr || p->link)
-            continue;
-        for (size_t i = 0; i < p->subr->npats; i++) {
-            const char *pat = p->subr->pats[i].pattern;
-            sig += ab_hash_bytes(pat, strlen(pat)) | 1;
-            (*n)++;
-        }
-    }
-    return sig ^ (uint64_t)*n << 48;
-}
-
 static void s_send_names(ab_broker_t *b, ab_link_t *l, size_t n)
 {
     char **names = calloc(n ? n : 1, sizeof *names);
@@ -228,39 +262,6 @@ static void s_send_names(ab_broker_t *b, ab_link_t *l, size_t n)
     if (ab_link_send_msg(b, l, &m) == 0)
         l->msg->names_sent = 1;
     free(names);
-}
-
-static void s_send_topics(ab_broker_t *b, ab_link_t *l)
-{
-    zhashx_t *set = zhashx_new();
-    char **pats = calloc(AB_LINK_TOPICS_MAX, sizeof *pats);
-    size_t k = 0;
-    int all = 0;
-    for (ab_peer_t *p = zhashx_first(b->peers); set && pats && p; p = zhashx_next(b->peers)) {
-        if (!p->subr || p->link)
-            continue;
-        for (size_t i = 0; i < p->subr->npats && !all; i++) {
-            char *pat = p->subr->pats[i].pattern;
-            if (zhashx_lookup(set, pat))
-                continue;
-            if (k == AB_LINK_TOPICS_MAX)
-                all = 1; /* too many to list: the peer sends everything */
-            else if (zhashx_insert(set, pat, (void *)&s_one) == 0)
-                pats[k++] = pat;
-        }
-    }
-    if (set && pats) {
-        Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
-        m.type = S_LM_INTEREST;
-        m.broker = l->all->self;
-        m.all_topics = all;
-        m.n_topics = all ? 0 : k;
-        m.topics = pats;
-        if (ab_link_send_msg(b, l, &m) == 0)
-            l->msg->topics_sent = 1;
-    }
-    zhashx_destroy(&set);
-    free(pats);
 }
 
 /* Forwarded SENDs with no answer for AB_LINK_SEND_WAIT_MS: the far broker
@@ -295,40 +296,33 @@ void ab_link_msg_tick(ab_broker_t *b, int64_t now)
     if (!ab_link_up_count(b))
         return;
     int refresh = ++ls->msg->ticks % AB_LINK_MSG_REFRESH_TICKS == 0;
-    size_t nn, nt;
-    uint64_t nsig = s_names_sig(b, &nn), tsig = s_topics_sig(b, &nt);
+    size_t nn;
+    uint64_t nsig = s_names_sig(b, &nn);
     for (int i = 0; i < AB_LINKS_MAX; i++) {
         ab_link_t *l = ls->l[i];
         struct ab_link_msg *lm = l && l->up ? s_lm(l) : NULL;
         if (!lm)
             continue;
         if (refresh)
-            lm->names_sent = lm->topics_sent = 0;
+            lm->names_sent = 0;
         if (!lm->names_sent || lm->names_sig != nsig) {
             lm->names_sig = nsig;
             s_send_names(b, l, nn);
         }
-        if (!lm->topics_sent || lm->topics_sig != tsig) {
-            lm->topics_sig = tsig;
-            s_send_topics(b, l);
-        }
     }
+    ab_link_topic_tick(b, refresh);
 }
 
 /* --- what the peers tell this broker --------------------------------------------- */
 
-/* Replaces SET with the COUNT strings in ITEMS that CHECK accepts (up to
+/* Replaces SET with the COUNT names in ITEMS that are well formed (up to
  * MAX; the rest are counted malformed). */
-static void s_set_replace(ab_broker_t *b, zhashx_t *set, char **items, size_t count, size_t max,
-                          int topics)
+static void s_set_replace(ab_broker_t *b, zhashx_t *set, char **items, size_t count, size_t max)
 {
     zhashx_purge(set);
     for (size_t i = 0; i < count; i++) {
         const char *s = items[i];
-        size_t len = strlen(s);
-        int ok = topics ? ab_topic_check_n(s, len, 1) == AB_OK
-                        : ab_agent_name_check_n(s, len) == AB_OK;
-        if (!ok || zhashx_size(set) >= max) {
+        if (ab_agent_name_check_n(s, strlen(s)) != AB_OK || zhashx_size(set) >= max) {
             b->c.malformed++;
             continue;
         }
@@ -344,16 +338,14 @@ void ab_link_msg_on_link(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *
     if (!lm)
         return;
     if (m->type == S_LM_NAMES) {
-        s_set_replace(b, lm->names, m->names, m->n_names, AB_LINK_NAMES_MAX, 0);
+        s_set_replace(b, lm->names, m->names, m->n_names, AB_LINK_NAMES_MAX);
         if (m->n_names > AB_LINK_NAMES_MAX)
             AB_LOG_RL(&b->rl, 0x11e0 + (uint64_t)l->idx, now, AB_LOG_WARN,
                       "link '%s': %zu agent names offered, %d taken", l->name, m->n_names,
                       AB_LINK_NAMES_MAX);
         s_hand_over_all(b, l, now);
     } else if (m->type == S_LM_INTEREST) {
-        s_set_replace(b, lm->topics, m->topics, m->n_topics, AB_LINK_TOPICS_MAX, 1);
-        /* More patterns than a peer may list means it wants everything. */
-        lm->all_topics = m->all_topics || m->n_topics > AB_LINK_TOPICS_MAX;
+        ab_link_topic_on_interest(b, l, m, now);
     }
 }
 
@@ -430,14 +422,17 @@ static const char *s_sender_out(ab_broker_t *b, ab_peer_t *p, const char *sender
  * and records who waits for the answer: RID with its ID (WANT: it asked
  * for "delivered"/"queued"), or nobody (RID NULL). 0 or -1. */
 static int s_send_recorded(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *body,
-                           const ab_rid_t *rid, uint64_t id, int want, const char *target)
+                           const ab_rid_t *rid, uint64_t id, int want, const char *target,
+                           s_mail_t *mail)
 {
     struct ab_link_msgs *ms = b->links->msg;
     s_pend_t *e = calloc(1, sizeof *e);
     if (!e || ab_idmap_put(&ms->pending, S_FWD_BIT | (ms->seq + 1), e) != 0) {
         free(e);
+        s_mail_free(mail);
         return -1;
     }
+    e->mail = mail;
     e->fid = S_FWD_BIT | ++ms->seq;
     if (rid)
         e->rid = *rid;
@@ -478,7 +473,7 @@ static int s_forward_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, z
     h.timeout_ms = in->timeout_ms;
     h.sender = ab_view_of(s_sender_out(b, p, sender, sbuf));
     h.target = ab_view_of(target);
-    return s_send_recorded(b, l, &h, body, &p->rid, in->id, in->credit == 1, target);
+    return s_send_recorded(b, l, &h, body, &p->rid, in->id, in->credit == 1, target, NULL);
 }
 
 int ab_link_msg_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
@@ -525,7 +520,21 @@ static int s_hand_one(ab_broker_t *b, void *arg, const char *sender, uint64_t id
     const char *target = ((void **)arg)[1];
     ab_link_t *l = ((void **)arg)[0];
     char via[AB_LINK_NAME_MAX], sbuf[S_SENDER_MAX];
-    (void)id;
+    /* A copy to put back if the link is lost before the answer. */
+    size_t slen = strlen(sender) + 1;
+    s_mail_t *m = calloc(1, sizeof *m + slen);
+    if (!m || !(m->name = strdup(target))) {
+        free(m);
+        return -1;
+    }
+    m->id = id;
+    m->corr = corr;
+    m->flags = flags;
+    m->expires_ms = ab_now_ms() + ttl_left_ms;
+    memcpy(m->sender, sender, slen);
+    zmq_msg_init(&m->body);
+    if (body && zmq_msg_copy(&m->body, body) == 0)
+        m->has_body = 1;
     ab_header_t h = ab_header_init(AB_KIND_SEND);
     snprintf(via, sizeof via, "%s", l->all->self);
     h.via = ab_view_of(via);
@@ -540,7 +549,7 @@ static int s_hand_one(ab_broker_t *b, void *arg, const char *sender, uint64_t id
     }
     h.sender = ab_view_of(sender);
     h.target = ab_view_of(target);
-    return s_send_recorded(b, l, &h, body, NULL, 0, 0, target);
+    return s_send_recorded(b, l, &h, body, NULL, 0, 0, target, m);
 }
 
 static void s_hand_over_all(ab_broker_t *b, ab_link_t *l, int64_t now)
@@ -601,60 +610,66 @@ int ab_link_msg_on_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zm
 
 /* --- PUBLISH --------------------------------------------------------------------- */
 
-/* 1 when L's peer has a subscriber for TOPIC: its exact pattern, or a prefix
- * ("a." and "a.b." for "a.b.c"). */
-static int s_interested(const struct ab_link_msg *lm, const char *topic)
+/* A publication on its way: what every copy is made of. */
+typedef struct {
+    ab_peer_t *p;         /* who sent it here: a local client or a link's client */
+    const ab_header_t *h; /* as it came */
+    const char *sender;
+    zmq_msg_t *body;      /* not consumed: each copy takes a reference */
+} s_pub_t;
+
+/* One copy of publication ARG for next hop L, for the brokers in DESTS. */
+static void s_pub_copy(ab_broker_t *b, ab_link_t *l, const char *dests, void *arg)
 {
-    if (lm->all_topics)
-        return 1;
-    if (!zhashx_size(lm->topics))
-        return 0;
-    if (zhashx_lookup(lm->topics, topic))
-        return 1;
-    char buf[AB_NAME_MAX];
-    for (size_t i = 0; topic[i] && i + 1 < sizeof buf; i++) {
-        buf[i] = topic[i];
-        if (topic[i] == '.') {
-            buf[i + 1] = '\0';
-            if (zhashx_lookup(lm->topics, buf))
-                return 1;
-        }
+    const s_pub_t *pub = arg;
+    char via[AB_VIA_MAX], okey[AB_LINK_KEY_TXT], sbuf[S_SENDER_MAX];
+    ab_header_t f = ab_header_init(AB_KIND_PUBLISH);
+    if (s_route_fields(b, pub->p, pub->h, l, &f, via, okey) != 0)
+        return;
+    f.id = pub->h->id;
+    f.sender = ab_view_of(s_sender_out(b, pub->p, pub->sender, sbuf));
+    f.target = pub->h->target;
+    f.dests = ab_view_of(dests);
+    uint8_t stack[2048];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(&f, stack, sizeof stack, &len);
+    zmq_msg_t copy;
+    zmq_msg_init(&copy);
+    if (pub->body)
+        zmq_msg_copy(&copy, pub->body); /* a reference: no payload bytes copied */
+    if (buf && ab_link_send(b, l, buf, len, pub->body ? &copy : NULL) == 0 && s_lm(l))
+        l->msg->pubs_fwd++;
+    zmq_msg_close(&copy);
+    if (buf && buf != stack)
+        free(buf);
+}
+
+/* Sends publication PUB on toward the brokers with subscribers for it
+ * (ONLY: the ones it is for; NULL: every one with a matching pattern). */
+static void s_pub_route(ab_broker_t *b, const s_pub_t *pub, const char *only)
+{
+    char topic[AB_NAME_MAX], crossed[AB_VIA_MAX] = "";
+    uint32_t left = (uint32_t)b->cfg->link_hop_limit;
+    ab_view_copy(pub->h->target, topic, sizeof topic);
+    if (pub->p->link_role == AB_LINK_CLIENT) {
+        /* never back to the link it came from, whatever its crossed list says */
+        size_t n = pub->h->via.len;
+        snprintf(crossed, sizeof crossed, "%.*s%s%s", (int)n, pub->h->via.ptr, n ? "," : "",
+                 pub->p->link ? pub->p->link->name : "");
+        left = pub->h->hops_left;
     }
-    return 0;
+    ab_link_topic_route(b, topic, crossed, left, only, s_pub_copy, (void *)pub);
 }
 
 void ab_link_msg_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, ab_view_t sender,
                          zmq_msg_t *body)
 {
     if (!b->links || p->link_role == AB_LINK_CLIENT)
-        return; /* one hop: what came over a link is for this broker's subscribers */
-    char topic[AB_NAME_MAX], sname[S_SENDER_MAX], sbuf[S_SENDER_MAX];
-    ab_view_copy(h->target, topic, sizeof topic);
+        return; /* what came over a link was sent on by s_on_publish */
+    char sname[S_SENDER_MAX];
     ab_view_copy(sender, sname, sizeof sname);
-    for (int i = 0; i < AB_LINKS_MAX; i++) {
-        ab_link_t *l = b->links->l[i];
-        if (!l || !l->up || !l->msg || !s_interested(l->msg, topic))
-            continue;
-        char via[AB_VIA_MAX], okey[AB_LINK_KEY_TXT];
-        ab_header_t f = ab_header_init(AB_KIND_PUBLISH);
-        if (s_route_fields(b, p, h, l, &f, via, okey) != 0)
-            continue;
-        f.id = h->id;
-        f.sender = ab_view_of(s_sender_out(b, p, sname, sbuf));
-        f.target = h->target;
-        uint8_t stack[1024];
-        size_t len;
-        uint8_t *buf = ab_header_encode_buf(&f, stack, sizeof stack, &len);
-        zmq_msg_t copy;
-        zmq_msg_init(&copy);
-        if (body)
-            zmq_msg_copy(&copy, body); /* a reference: no payload bytes copied */
-        if (buf && ab_link_send(b, l, buf, len, body ? &copy : NULL) == 0)
-            l->msg->pubs_fwd++;
-        zmq_msg_close(&copy);
-        if (buf && buf != stack)
-            free(buf);
-    }
+    s_pub_t pub = {p, h, sname, body};
+    s_pub_route(b, &pub, NULL);
 }
 
 /* --- what a peer forwards here --------------------------------------------------- */
@@ -715,6 +730,10 @@ static void s_on_send(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *b
     ab_msgs_route(b, c, h, body, now); /* the mailbox code, as for a local SEND */
 }
 
+/* A publication from L's peer: sent on toward the other brokers it is for
+ * (Header.dests), then fanned out here when this broker is one of them. A
+ * copy with no dests comes from a broker that sends topics one hop only:
+ * it is for this broker's subscribers alone. */
 static void s_on_publish(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *body,
                          int64_t now)
 {
@@ -725,11 +744,22 @@ static void s_on_publish(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t
     /* The first broker checked these: a failure here is a hostile peer,
      * counted and dropped (a publication has no answer to carry an error). */
     if (!s_sender_ok(h->sender) || ab_topic_check_n(h->target.ptr, h->target.len, 0) != AB_OK ||
-        size > b->cfg->message_max_bytes ||
+        size > b->cfg->message_max_bytes || h->via.len >= AB_VIA_MAX ||
+        h->dests.len >= AB_LINK_DESTS_MAX ||
         ab_link_in_list(h->via.ptr, h->via.len, l->all->self)) {
         b->c.malformed++;
         return;
     }
+    int here = !h->dests.len || ab_link_in_list(h->dests.ptr, h->dests.len, l->all->self);
+    if (h->dests.len) { /* the others it is for, whatever this broker's grants say */
+        char only[AB_LINK_DESTS_MAX], sname[S_SENDER_MAX];
+        ab_view_copy(h->dests, only, sizeof only);
+        ab_view_copy(h->sender, sname, sizeof sname);
+        s_pub_t pub = {l->client, h, sname, body};
+        s_pub_route(b, &pub, only);
+    }
+    if (!here)
+        return;
     if (!s_origin_ok(b, h, &why)) {
         AB_COUNT_ERROR(b, AB_ERR_DENIED);
         AB_LOG_RL(&b->rl, 0x11e8 + (uint64_t)l->idx, now, AB_LOG_WARN,
@@ -757,11 +787,11 @@ void ab_link_msg_on_frame(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, z
 
 void ab_link_msg_peer_info(const ab_link_t *l, Agentbus__PeerInfo *p)
 {
+    ab_link_topic_peer_info(l, p);
     const struct ab_link_msg *lm = l->msg;
     if (!lm)
         return;
     p->names = (uint32_t)zhashx_size(lm->names);
-    p->topics = lm->all_topics ? UINT32_MAX : (uint32_t)zhashx_size(lm->topics);
     p->sends_forwarded = lm->sends_fwd;
     p->sends_received = lm->sends_recv;
     p->publishes_forwarded = lm->pubs_fwd;

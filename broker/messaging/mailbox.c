@@ -359,6 +359,46 @@ size_t ab_mailbox_hand_over(ab_broker_t *b, const char *name, ab_mail_fn *fn, vo
     return n;
 }
 
+int ab_mailbox_put_back(ab_broker_t *b, const char *name, const char *sender, uint64_t id,
+                        uint64_t corr, uint32_t flags, int64_t expires_ms, zmq_msg_t *body,
+                        int64_t now)
+{
+    ab_msgs_t *m = b->msgs;
+    if (expires_ms <= now) {
+        m->c.expired++;
+        return 0;
+    }
+    ab_agent_t *a = zhashx_lookup(m->agents, name);
+    size_t slen = strlen(sender) + 1, size = body ? zmq_msg_size(body) : 0;
+    ab_mail_t *e = calloc(1, sizeof *e + slen);
+    if (!e || (!a && !(a = s_agent_new(b, name)))) {
+        free(e);
+        return -1;
+    }
+    /* No bound is checked: the message was in this mailbox a moment ago,
+     * and what waits for the peer's answer is bounded (link_msg.c). */
+    e->id = id;
+    e->corr = corr;
+    e->flags = flags & AB_SEND_FLAGS;
+    e->expires_ms = expires_ms;
+    zmq_msg_init(&e->body);
+    if (body) {
+        zmq_msg_move(&e->body, body);
+        e->has_body = 1;
+    }
+    e->size = size;
+    e->charge = sizeof(ab_mail_t) + slen + size;
+    memcpy(e->sender, sender, slen);
+    ab_list_insert_head(&a->mail, &e->link);
+    a->depth++;
+    a->bytes += size;
+    m->total_bytes += e->charge;
+    m->mailbox_msgs++;
+    if (a->peer)
+        ab_msgs_backlog_agent(b, a); /* bound here meanwhile: delivered from the mailbox */
+    return 0;
+}
+
 void ab_mailbox_unbind(ab_broker_t *b, ab_peer_t *p)
 {
     ab_agent_t *a = p->agent;

@@ -49,6 +49,13 @@ typedef int ab_mail_fn(ab_broker_t *b, void *arg, const char *sender, uint64_t i
  * refuses one; an emptied offline name is forgotten. Returns how many. */
 size_t ab_mailbox_hand_over(ab_broker_t *b, const char *name, ab_mail_fn *fn, void *arg,
                             int64_t now);
+/* A message handed over (ab_mailbox_hand_over) whose link was lost before
+ * the peer broker confirmed it goes back to the FRONT of NAME's mailbox
+ * (call it newest first to keep the order). BODY (may be NULL) is moved.
+ * An expired one is counted and dropped. 0, or -1 out of memory. */
+int ab_mailbox_put_back(ab_broker_t *b, const char *name, const char *sender, uint64_t id,
+                        uint64_t corr, uint32_t flags, int64_t expires_ms, zmq_msg_t *body,
+                        int64_t now);
 /* HELLO with a name: binds it to P or refuses it (ERROR NAME_TAKEN). */
 void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int takeover,
                          uint64_t instance, uint64_t hello_id, int64_t now);

@@ -324,6 +324,13 @@ static void s_mk_publish(nf_peer_t *p, nf_out_t *o)
     o->h = ab_header_init(AB_KIND_PUBLISH);
     o->h.id = s_new_id(p);
     o->h.target = ab_view_of(NF_PICK(s_topics));
+    if (nf_chance(20)) { /* a forwarded publication's route: heeded from a link only */
+        static const char *const dests[] = {"", "nf-b1", "nf-b1,nf-b2,nf-b3", ",", "a,,b"};
+        o->h.via = ab_view_of(NF_PICK(s_vias));
+        o->h.dests = ab_view_of(NF_PICK(dests));
+        o->h.hops_left = nf_below(5);
+        o->h.origin_role = nf_below(6);
+    }
     nf_out_text(o, nf_chance(5) ? 8000 : 200);
 }
 
@@ -405,6 +412,31 @@ static void s_link_dir(Agentbus__LinkMsg *m, nf_out_t *o)
     (void)o;
 }
 
+/* A peer broker's topic interest: its own patterns and routes to brokers
+ * beyond it, some invalid (bad patterns, empty or looping routes, names
+ * far too long, more routes and patterns than a link takes). */
+static void s_link_interest(Agentbus__LinkMsg *m)
+{
+    static Agentbus__LinkTopicRoute es[80], *ps[80];
+    static char *pats[] = {"t.", "t.a", "news.", "bad..pattern", "", "t.a.x", "news.eu"};
+    static const char *const vias[] = {"nf-b2", "nf-b1,nf-b3", "nf-b3,nf-b2,nf-b1", ",,",
+                                       "nf-b2,nf-b2", "", "x,", "nf-b9,nf-b8,nf-b7,nf-b6"};
+    m->n_topics = nf_below(8);
+    m->topics = pats;
+    m->all_topics = nf_chance(5);
+    size_t n = nf_chance(10) ? 80 : nf_below(5);
+    for (size_t i = 0; i < n; i++) {
+        agentbus__link_topic_route__init(&es[i]);
+        es[i].via = (char *)(nf_chance(90) ? NF_PICK(vias) : NF_PICK(s_brokers));
+        es[i].n_topics = nf_below(8);
+        es[i].topics = pats;
+        es[i].all_topics = nf_chance(10);
+        ps[i] = &es[i];
+    }
+    m->n_routes = n;
+    m->routes = ps;
+}
+
 /* A LINK message: HELLO as some broker, a heartbeat (echoed or echoing),
  * a directory, or a type nobody knows. Once HELLO is answered the peer is
  * a link: its REQUESTs are forwarded ones (s_mk_request sets their route
@@ -414,13 +446,15 @@ static void s_mk_link(nf_peer_t *p, nf_out_t *o)
     Agentbus__LinkMsg m;
     agentbus__link_msg__init(&m);
     int r = (int)nf_below(100);
-    m.type = r < 30 ? 1 : r < 55 ? 3 : r < 95 ? 4 : nf_below(10);
+    m.type = r < 30 ? 1 : r < 50 ? 3 : r < 80 ? 4 : r < 95 ? 6 : nf_below(10);
     m.broker = (char *)NF_PICK(s_brokers);
     m.session = nf_chance(90) ? p->instance : nf_rand();
     m.sent_us = nf_chance(50) ? nf_rand() : 0;
     m.echo_us = nf_chance(30) ? nf_rand() : 0;
     if (m.type == 4)
         s_link_dir(&m, o);
+    else if (m.type == 6)
+        s_link_interest(&m);
     size_t len = agentbus__link_msg__get_packed_size(&m);
     uint8_t *buf = len <= sizeof o->buf ? o->buf : malloc(len);
     if (!buf)

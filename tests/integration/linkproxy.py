@@ -10,6 +10,8 @@ TARGET_HOST (default 127.0.0.1):TARGET_PORT, holding every chunk DELAY_MS
 Controlled by signals, so a test needs nothing but the proxy's PID:
   SIGUSR1  cut: close every connection, and each new one at once
   SIGUSR2  stall: keep the connections, deliver nothing either way
+  SIGWINCH stall one way: deliver nothing toward the target (the dialing
+           side still hears the target)
   SIGHUP   restore: deliver again (held bytes go on, in order), accept again
 Prints "ready" once listening.
 """
@@ -27,6 +29,8 @@ class Proxy:
         self.cut = False
         self.flowing = asyncio.Event()
         self.flowing.set()
+        self.forward = asyncio.Event()  # toward the target: SIGWINCH clears it
+        self.forward.set()
         self.writers = set()
 
     async def pump(self, reader, writer, queue):
@@ -41,8 +45,9 @@ class Proxy:
             pass
         await queue.put((0, b""))
 
-    async def deliver(self, queue, writer):
-        """Writes what QUEUE holds once its delay passed, unless stalled."""
+    async def deliver(self, queue, writer, forward=False):
+        """Writes what QUEUE holds once its delay passed, unless stalled
+        (FORWARD: toward the target, also stalled by SIGWINCH)."""
         try:
             while True:
                 t, data = await queue.get()
@@ -52,6 +57,8 @@ class Proxy:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 await self.flowing.wait()
+                if forward:
+                    await self.forward.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -69,7 +76,7 @@ class Proxy:
             return
         self.writers.update((cw, sw))
         q1, q2 = asyncio.Queue(), asyncio.Queue()
-        await asyncio.gather(self.pump(cr, cw, q1), self.deliver(q1, sw),
+        await asyncio.gather(self.pump(cr, cw, q1), self.deliver(q1, sw, True),
                              self.pump(sr, sw, q2), self.deliver(q2, cw))
         self.writers.discard(cw)
         self.writers.discard(sw)
@@ -83,9 +90,13 @@ class Proxy:
     def on_stall(self):
         self.flowing.clear()
 
+    def on_stall_forward(self):
+        self.forward.clear()
+
     def on_restore(self):
         self.cut = False
         self.flowing.set()
+        self.forward.set()
 
 
 async def main():
@@ -99,6 +110,7 @@ async def main():
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, p.on_cut)
     loop.add_signal_handler(signal.SIGUSR2, p.on_stall)
+    loop.add_signal_handler(signal.SIGWINCH, p.on_stall_forward)
     loop.add_signal_handler(signal.SIGHUP, p.on_restore)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -22,7 +22,7 @@
 static void s_keys(void)
 {
     static const char *const more[] = {"agent --role agent --names 'agent*'", NULL};
-    lt_keys("A,B,C,L", more);
+    lt_keys("A,B,C,D,L", more);
 }
 
 /* The clients of the running case: every wait polls them all, so none
@@ -438,6 +438,299 @@ static void s_cut(void)
     ab_client_destroy(&bob);
 }
 
+/* A handed-over message lost with the link goes back into the mailbox: A
+ * holds five messages for bob (bound nowhere); bob appears on B while the
+ * proxy passes nothing from A to B, so A hands them over and they stay in
+ * the proxy; the link is cut before B answers: A puts them back, in order,
+ * and hands them over again when the link is back. bob gets each once. */
+static void s_putback(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
+    /* B hears nothing from A while the proxy stalls one way: its 1 s
+     * heartbeats (silent after 5 s) leave A time to hand the mailbox over
+     * first on a busy machine. */
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, "--link-heartbeat-ms", "1000");
+    pid_t proxy = s_proxy(px, pb);
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, "--link-heartbeat-ms", "400");
+    ab_client_t *alice = s_echo_agent(pa, "alice", &s_box_a);
+    ab_client_t *all[] = {alice, NULL};
+    s_keep(all, 1);
+    REQUIRE(s_wait_peer(alice, "B", 1, 0, 0) == 0);
+    enum { N = 5 };
+    char msg[32];
+    for (int k = 0; k < N; k++) {
+        int queued = -1;
+        snprintf(msg, sizeof msg, "p%d", k);
+        CHECK_EQ(ab_client_send_wait(alice, "bob", msg, strlen(msg), 0, 10000, &queued), AB_OK);
+        CHECK_EQ(queued, 1); /* bob is bound nowhere: A's mailbox */
+    }
+    kill(proxy, SIGWINCH); /* nothing from A reaches B; B's words still reach A */
+    ab_client_t *bob = s_echo_agent(pb, "bob", &s_box_b);
+    all[1] = bob;
+    s_keep(all, 2);
+    /* A learns bob is on B and hands the mailbox over (it waits in the proxy). */
+    int64_t end = ab_now_ms() + 20000;
+    uint64_t held = N;
+    while (ab_now_ms() < end && held != 0) {
+        Agentbus__Stats *st = th_stats(alice);
+        held = st ? st->mailbox_msgs : N;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        s_idle(20);
+    }
+    REQUIRE(held == 0);
+    CHECK_U64(s_count(alice, "B", SEND_FWD), N);
+    kill(proxy, SIGUSR1); /* cut: what the proxy held is lost */
+    REQUIRE(s_wait_peer(alice, "B", 0, 0, 0) == 0);
+    Agentbus__Stats *st = th_stats(alice);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->mailbox_msgs, N); /* put back, not lost */
+    agentbus__stats__free_unpacked(st, NULL);
+    CHECK_EQ(s_box_b.count[AB_MSG_DIRECT], 0);
+    kill(proxy, SIGHUP); /* restore: handed over again */
+    CHECK_EQ(s_pump_until(all, 2, &s_box_b, AB_MSG_DIRECT, N), N);
+    mt_pump(all, 2, 300);
+    CHECK_EQ(s_box_b.count[AB_MSG_DIRECT], N); /* each once */
+    for (int k = 0, prev = -1; k < N; k++) { /* oldest first, as the hand-over promises */
+        snprintf(msg, sizeof msg, "p%d", k);
+        int i = s_find(&s_box_b, AB_MSG_DIRECT, msg);
+        CHECK_TRUE(i > prev);
+        prev = i;
+    }
+    st = th_stats(alice);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->mailbox_msgs, 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&alice);
+    ab_client_destroy(&bob);
+}
+
+/* --- topics across more than one link ----------------------------------------------- */
+
+static mt_box_t s_box_d;
+
+/* Publishes N messages "PREFIX<k>" on TOPIC from C. */
+static void s_publish_n(ab_client_t *c, const char *topic, const char *prefix, int n)
+{
+    char msg[32];
+    for (int k = 0; k < n; k++) {
+        snprintf(msg, sizeof msg, "%s%d", prefix, k);
+        CHECK_EQ(ab_client_publish(c, topic, msg, strlen(msg), NULL), AB_OK);
+    }
+}
+
+/* BOX holds each of "PREFIX0".."PREFIX<N-1>" exactly once from SENDER, and
+ * WANT topic messages in all. */
+static void s_check_each_once(const mt_box_t *box, const char *prefix, int n, int want,
+                              const char *sender)
+{
+    char msg[32];
+    CHECK_EQ(box->count[AB_MSG_TOPIC], want);
+    for (int k = 0; k < n; k++) {
+        snprintf(msg, sizeof msg, "%s%d", prefix, k);
+        int found = 0, first = -1;
+        for (int i = 0; i < box->n; i++)
+            if (box->type[i] == AB_MSG_TOPIC && !strcmp(box->data[i], msg) && !found++)
+                first = i;
+        CHECK_EQ(found, 1);
+        if (first >= 0)
+            CHECK_STR(box->sender[first], sender);
+    }
+}
+
+/* Brokers in a line, each dialing the one before: A - B - C (- D when
+ * FOUR). Ports into P. */
+static void s_line(int *p, int four, const char *extra1, const char *extra2)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = th_free_port();
+    lt_broker(p[0], "A", lt_keysdir("A", NULL), NULL, NULL, extra1, extra2);
+    lt_broker(p[1], "B", lt_keysdir("B", NULL), lt_peer(p[0]), NULL, NULL, NULL);
+    lt_broker(p[2], "C", lt_keysdir("C", NULL), lt_peer(p[1]), NULL, NULL, NULL);
+    if (four)
+        lt_broker(p[3], "D", lt_keysdir("D", NULL), lt_peer(p[2]), NULL, NULL, NULL);
+}
+
+/* A - B - C: a publication on A reaches C's subscriber exactly once,
+ * through B, which has no subscriber for it and delivers nothing; a topic
+ * only B's subscriber holds goes no further than B. */
+static void s_topic_line(void)
+{
+    s_keys();
+    int p[4];
+    s_line(p, 0, NULL, NULL);
+    ab_client_t *pub = mt_agent(p[0], "pub", 0, NULL);
+    ab_client_t *sb = mt_agent(p[1], NULL, 0, &s_box_b);
+    ab_client_t *sc = mt_agent(p[2], NULL, 0, &s_box_c);
+    ab_client_t *all[] = {pub, sb, sc};
+    s_keep(all, 3);
+    CHECK_EQ(ab_client_subscribe(sb, "u.", 5000), AB_OK);
+    CHECK_EQ(ab_client_subscribe(sc, "t.", 5000), AB_OK);
+    REQUIRE(s_wait_peer(pub, "B", 1, 0, 2) == 0); /* B's "u." and C's "t." through B */
+    enum { N = 20 };
+    s_publish_n(pub, "t.x", "t", N);
+    CHECK_EQ(s_pump_until(all, 3, &s_box_c, AB_MSG_TOPIC, N), N);
+    CHECK_U64(s_count(pub, "B", PUB_FWD), N); /* one copy each, for C */
+    CHECK_U64(s_count(sb, "A", PUB_RECV), N);
+    CHECK_U64(s_count(sb, "C", PUB_FWD), N);
+    CHECK_U64(s_count(sc, "B", PUB_RECV), N);
+    s_publish_n(pub, "u.y", "u", 5); /* for B only */
+    CHECK_EQ(s_pump_until(all, 3, &s_box_b, AB_MSG_TOPIC, 5), 5);
+    mt_pump(all, 3, 300);
+    CHECK_U64(s_count(sb, "C", PUB_FWD), N); /* nothing toward C for "u." */
+    CHECK_U64(s_count(sc, "B", PUB_RECV), N);
+    s_check_each_once(&s_box_c, "t", N, N, "pub");
+    s_check_each_once(&s_box_b, "u", 5, 5, "pub"); /* and none of the "t." ones */
+    for (int j = 0; j < 3; j++)
+        ab_client_destroy(&all[j]);
+}
+
+/* A - B - C - D: subscribers on C and D get each publication from A once;
+ * one copy crosses each link (B sends C one copy for both). */
+static void s_topic_line4(void)
+{
+    s_keys();
+    int p[4];
+    s_line(p, 1, NULL, NULL);
+    ab_client_t *pub = mt_agent(p[0], "pub", 0, NULL);
+    ab_client_t *sb = mt_agent(p[1], NULL, 0, NULL);
+    ab_client_t *sc = mt_agent(p[2], NULL, 0, &s_box_c);
+    ab_client_t *sd = mt_agent(p[3], NULL, 0, &s_box_d);
+    ab_client_t *all[] = {pub, sb, sc, sd};
+    s_keep(all, 4);
+    CHECK_EQ(ab_client_subscribe(sc, "t.", 5000), AB_OK);
+    CHECK_EQ(ab_client_subscribe(sd, "t.x", 5000), AB_OK);
+    REQUIRE(s_wait_peer(pub, "B", 1, 0, 2) == 0);
+    enum { N = 20 };
+    s_publish_n(pub, "t.x", "t", N);
+    CHECK_EQ(s_pump_until(all, 4, &s_box_c, AB_MSG_TOPIC, N), N);
+    CHECK_EQ(s_pump_until(all, 4, &s_box_d, AB_MSG_TOPIC, N), N);
+    mt_pump(all, 4, 300);
+    s_check_each_once(&s_box_c, "t", N, N, "pub");
+    s_check_each_once(&s_box_d, "t", N, N, "pub");
+    CHECK_U64(s_count(pub, "B", PUB_FWD), N);
+    CHECK_U64(s_count(sb, "C", PUB_FWD), N);
+    CHECK_U64(s_count(sc, "D", PUB_FWD), N);
+    for (int j = 0; j < 4; j++)
+        ab_client_destroy(&all[j]);
+}
+
+/* A, B, C in a triangle and D hanging off C: D is two links from A by C
+ * and three by B. Subscribers on B, C and D get each publication from A
+ * exactly once; nothing reaches D twice, nothing goes around. */
+static void s_topic_triangle(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), pc = th_free_port(), pd = th_free_port();
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pc), NULL, NULL, NULL);
+    lt_broker(pc, "C", lt_keysdir("C", NULL), lt_peer(pa), NULL, NULL, NULL);
+    lt_broker(pd, "D", lt_keysdir("D", NULL), lt_peer(pc), NULL, NULL, NULL);
+    ab_client_t *pub = mt_agent(pa, "pub", 0, NULL);
+    ab_client_t *sb = mt_agent(pb, NULL, 0, &s_box_b);
+    ab_client_t *sc = mt_agent(pc, NULL, 0, &s_box_c);
+    ab_client_t *sd = mt_agent(pd, NULL, 0, &s_box_d);
+    ab_client_t *all[] = {pub, sb, sc, sd};
+    s_keep(all, 4);
+    CHECK_EQ(ab_client_subscribe(sb, "t.", 5000), AB_OK);
+    CHECK_EQ(ab_client_subscribe(sc, "t.", 5000), AB_OK);
+    CHECK_EQ(ab_client_subscribe(sd, "t.", 5000), AB_OK);
+    REQUIRE(s_wait_peer(pub, "C", 1, 0, 2) == 0); /* C's and D's through C */
+    REQUIRE(s_wait_peer(pub, "B", 1, 0, 3) == 0); /* B's, C's and D's through B */
+    enum { N = 30 };
+    s_publish_n(pub, "t.x", "t", N);
+    mt_box_t *boxes[] = {&s_box_b, &s_box_c, &s_box_d};
+    for (int j = 0; j < 3; j++)
+        CHECK_EQ(s_pump_until(all, 4, boxes[j], AB_MSG_TOPIC, N), N);
+    mt_pump(all, 4, 300);
+    for (int j = 0; j < 3; j++)
+        s_check_each_once(boxes[j], "t", N, N, "pub");
+    /* A sent B its copy and C one for C and D; C passed D's on. */
+    CHECK_U64(s_count(pub, "B", PUB_FWD), N);
+    CHECK_U64(s_count(pub, "C", PUB_FWD), N);
+    CHECK_U64(s_count(sc, "D", PUB_FWD), N);
+    CHECK_U64(s_count(sb, "C", PUB_FWD) + s_count(sc, "B", PUB_FWD), 0);
+    CHECK_U64(s_count(sd, "C", PUB_FWD), 0);
+    for (int j = 0; j < 4; j++)
+        ab_client_destroy(&all[j]);
+}
+
+/* A - B - C: C's subscriber leaves; A learns it within a few heartbeats
+ * and nothing more crosses either link. */
+static void s_topic_withdraw(void)
+{
+    s_keys();
+    int p[4];
+    s_line(p, 0, NULL, NULL);
+    ab_client_t *pub = mt_agent(p[0], "pub", 0, NULL);
+    ab_client_t *sa = mt_agent(p[0], NULL, 0, &s_box_a);
+    ab_client_t *sb = mt_agent(p[1], NULL, 0, NULL);
+    ab_client_t *sc = mt_agent(p[2], NULL, 0, &s_box_c);
+    ab_client_t *all[] = {pub, sa, sb, sc};
+    s_keep(all, 4);
+    CHECK_EQ(ab_client_subscribe(sa, "t.", 5000), AB_OK);
+    CHECK_EQ(ab_client_subscribe(sc, "t.", 5000), AB_OK);
+    REQUIRE(s_wait_peer(pub, "B", 1, 0, 1) == 0);
+    enum { N = 10 };
+    s_publish_n(pub, "t.x", "t", N);
+    CHECK_EQ(s_pump_until(all, 4, &s_box_c, AB_MSG_TOPIC, N), N);
+    CHECK_U64(s_count(sb, "C", PUB_FWD), N);
+    ab_client_destroy(&sc); /* the far subscriber leaves */
+    s_keep(all, 3);
+    int64_t end = ab_now_ms() + 20000;
+    Agentbus__PeerInfo pi = {0};
+    while (ab_now_ms() < end && s_peer_info(pub, "B", &pi) && pi.topics != 0)
+        s_idle(20);
+    REQUIRE(pi.topics == 0);
+    s_publish_n(pub, "t.x", "v", N);
+    /* A's own subscriber has them: A has decided where they go. */
+    CHECK_EQ(s_pump_until(all, 3, &s_box_a, AB_MSG_TOPIC, 2 * N), 2 * N);
+    CHECK_U64(s_count(pub, "B", PUB_FWD), N);
+    mt_pump(all, 3, 300);
+    CHECK_U64(s_count(sb, "A", PUB_RECV), N);
+    CHECK_U64(s_count(sb, "C", PUB_FWD), N);
+    for (int j = 0; j < 3; j++)
+        ab_client_destroy(&all[j]);
+}
+
+/* A - B - C with link-hop-limit 1 on A: B's subscriber gets A's
+ * publications, C's (two links away) none, though A knows of it. */
+static void s_topic_hops(void)
+{
+    s_keys();
+    int p[4];
+    s_line(p, 0, "--link-hop-limit", "1");
+    ab_client_t *pub = mt_agent(p[0], "pub", 0, NULL);
+    ab_client_t *sb = mt_agent(p[1], NULL, 0, &s_box_b);
+    ab_client_t *sc = mt_agent(p[2], NULL, 0, &s_box_c);
+    ab_client_t *all[] = {pub, sb, sc};
+    s_keep(all, 3);
+    CHECK_EQ(ab_client_subscribe(sb, "t.", 5000), AB_OK);
+    CHECK_EQ(ab_client_subscribe(sc, "t.", 5000), AB_OK);
+    REQUIRE(s_wait_peer(pub, "B", 1, 0, 2) == 0); /* C's route is known at A */
+    enum { N = 10 };
+    s_publish_n(pub, "t.x", "t", N);
+    CHECK_EQ(s_pump_until(all, 3, &s_box_b, AB_MSG_TOPIC, N), N);
+    /* B sends on before it delivers: it has decided by now. */
+    mt_pump(all, 3, 300);
+    CHECK_U64(s_count(sb, "C", PUB_FWD), 0);
+    CHECK_U64(s_count(sc, "B", PUB_RECV), 0);
+    CHECK_EQ(s_box_c.count[AB_MSG_TOPIC], 0);
+    Agentbus__Stats *st = th_stats(pub); /* A gave C up for each, and said so */
+    REQUIRE(st != NULL);
+    CHECK_U64(st->link_pub_unroutable, N);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* From B (limit 4) C is one link away: B's own publications reach it. */
+    ab_client_t *pubb = mt_agent(p[1], "pubb", 0, NULL);
+    ab_client_t *all2[] = {pub, sb, sc, pubb};
+    s_keep(all2, 4);
+    s_publish_n(pubb, "t.y", "b", 3);
+    CHECK_EQ(s_pump_until(all2, 4, &s_box_c, AB_MSG_TOPIC, 3), 3);
+    for (int j = 0; j < 4; j++)
+        ab_client_destroy(&all2[j]);
+}
+
 /* --- the origin's grants ---------------------------------------------------------- */
 
 /* The agent key may use every topic on A but only "news.*" on B, and is a
@@ -504,6 +797,9 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"send", s_send},         {"unknown", s_unknown}, {"pubsub", s_pubsub},
         {"triangle", s_triangle}, {"cut", s_cut},         {"roles", s_roles},
+        {"putback", s_putback},   {"topic_line", s_topic_line},
+        {"topic_line4", s_topic_line4}, {"topic_triangle", s_topic_triangle},
+        {"topic_withdraw", s_topic_withdraw}, {"topic_hops", s_topic_hops},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

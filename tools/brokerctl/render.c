@@ -199,6 +199,8 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
         json_object_set_new(j, "lz4_refused", json_integer((json_int_t)st->lz4_refused));
         json_object_set_new(j, "link_lz4_plain", json_integer((json_int_t)st->link_lz4_plain));
         json_object_set_new(j, "peer_brokers", json_integer((json_int_t)st->peer_brokers));
+        json_object_set_new(j, "link_pub_unroutable",
+                            json_integer((json_int_t)st->link_pub_unroutable));
         json_object_set_new(j, "remote_workers", json_integer((json_int_t)st->remote_workers));
         json_object_set_new(j, "offline_names", json_integer((json_int_t)st->offline_names));
         json_object_set_new(j, "mailbox_charged_bytes",
