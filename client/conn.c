@@ -310,7 +310,7 @@ static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const v
     }
     if (ab_batch_add(&c->out, hdr, hlen, data, size, has_data) != AB_OK)
         return ab_conn_fail(c, AB_ENOMEM, "out of memory gathering a batch");
-    uint64_t now = ab_now_us();
+    uint64_t now = c->clock_us ? c->clock_us : ab_now_us();
     if (c->out.count == 1)
         c->out_first_us = now;
     if (!c->out_limit)
@@ -322,8 +322,7 @@ static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const v
     return AB_OK;
 }
 
-/* Milliseconds on a clock cheap enough to read on every send. */
-static int64_t s_coarse_ms(void)
+int64_t ab_conn_coarse_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -338,7 +337,7 @@ static int64_t s_coarse_ms(void)
  * that still knows it takes the HELLO as a no-op. */
 static void s_hello_if_silent(ab_conn_t *c, uint32_t kind)
 {
-    int64_t now = s_coarse_ms();
+    int64_t now = ab_conn_coarse_ms();
     int64_t last = c->last_tx_ms;
     c->last_tx_ms = now;
     if (!last || !c->hello_answers || now - last < c->opts.heartbeat_ms ||
