@@ -593,7 +593,8 @@ int ab_worker_has_input(ab_worker_t *w)
 {
     if (!w)
         return 0;
-    if (!ab_list_empty(&w->ready) || ab_conn_batch_left(&w->conn)) /* jobs, or entries of a received BATCH */
+    /* Jobs, or entries of a received BATCH. */
+    if (!ab_list_empty(&w->ready) || ab_conn_batch_left(&w->conn))
         return 1;
     int ev = 0;
     size_t len = sizeof ev;
