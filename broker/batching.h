@@ -22,8 +22,8 @@ void ab_batching_check_age(ab_broker_t *b);
 /* Forgets P's batching state (P is being dropped; nothing is sent). */
 void ab_batching_peer_free(ab_broker_t *b, ab_peer_t *p);
 /* A received BATCH from RID: checked whole, then each entry routed as if it
- * had arrived alone (ab_route_frames). A malformed one is counted, answered
- * MALFORMED and dropped whole. */
+ * had arrived alone (ab_route_entry: each header parsed once, by the
+ * check). A malformed one is counted, answered MALFORMED and dropped whole. */
 void ab_batching_recv(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
                       const ab_frame_t *body);
 /* Counts compression figures of a routed message (never decompresses). */

@@ -189,8 +189,10 @@ void ab_broker_fini(ab_broker_t *b)
     ab_link_fini(b); /* before the peers: links point at them, never the reverse */
     ab_msgs_fini(b);
     ab_router_fini(b);
+    ab_batch_entries_fini(&b->in_batch);
     ab_cache_destroy(&b->cache);
     ab_service_fini(b);
+    b->peer_hint = NULL;
     if (b->peers) {
         zhashx_destroy(&b->peer_keys);
         zhashx_destroy(&b->peers);
@@ -249,7 +251,15 @@ static void s_rid_key(const ab_rid_t *rid, char *key)
 
 ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid)
 {
-    return zhashx_lookup(b->peers, rid);
+    /* The entries of a BATCH all come from one peer, and its answers and
+     * requests follow each other: the last peer found is checked first
+     * (a hash of the id and a table probe saved per message). */
+    ab_peer_t *p = b->peer_hint;
+    if (p && p->rid.len == rid->len && memcmp(p->rid.bytes, rid->bytes, rid->len) == 0)
+        return p;
+    if ((p = zhashx_lookup(b->peers, rid)))
+        b->peer_hint = p;
+    return p;
 }
 
 ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key)
@@ -321,6 +331,8 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     ab_auth_peer_gone(peer);
     if (zhashx_lookup(b->peer_keys, peer->key) == peer)
         zhashx_delete(b->peer_keys, peer->key);
+    if (b->peer_hint == peer)
+        b->peer_hint = NULL; /* freed next */
     zhashx_delete(b->peers, &peer->rid);
 }
 
@@ -729,6 +741,20 @@ int ab_broker_run(ab_broker_t *b)
     return 0;
 }
 
+/* Routes a decoded message IN (its payload PL, copied when IN has one). */
+static void s_route_copy(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
+{
+    if (in->has_body) { /* a request keeps its payload as a message of its own */
+        zmq_msg_init_size(&in->body, pl->size);
+        if (pl->size)
+            memcpy(zmq_msg_data(&in->body), pl->data, pl->size);
+    }
+    ab_batching_note(b, &in->h, pl->size);
+    s_route(b, in, pl);
+    if (in->has_body)
+        zmq_msg_close(&in->body);
+}
+
 void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
                      const ab_frame_t *f, size_t nframes)
 {
@@ -739,17 +765,20 @@ void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
     ab_frame_t pl;
     int rc = ab_msg_decode(f, nframes, &b->limits, &in.h, &pl);
     in.has_body = rc == AB_OK && nframes == 2;
-    if (in.has_body) { /* a request keeps its payload as a message of its own */
-        zmq_msg_init_size(&in.body, pl.size);
-        if (pl.size)
-            memcpy(zmq_msg_data(&in.body), pl.data, pl.size);
-    }
-    if (rc != AB_OK) {
+    if (rc != AB_OK)
         s_reject(b, &in, rc, nframes);
-    } else {
-        ab_batching_note(b, &in.h, pl.size);
-        s_route(b, &in, &pl);
-    }
-    if (in.has_body)
-        zmq_msg_close(&in.body);
+    else
+        s_route_copy(b, &in, &pl);
+}
+
+void ab_route_entry(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
+                    const ab_batch_entry_t *e)
+{
+    s_in_t in;
+    in.now = now;
+    in.rid = *rid;
+    in.fd = fd;
+    in.h = e->h; /* a copy: routing may change it (s_on_request) */
+    in.has_body = e->has_payload;
+    s_route_copy(b, &in, &e->payload);
 }

@@ -16,6 +16,7 @@
 #ifndef AB_BROKER_H
 #define AB_BROKER_H
 
+#include "batch.h"
 #include "clock.h"
 #include "config.h"
 #include "counters.h"
@@ -33,6 +34,7 @@ struct ab_broker {
     void *zctx;
     void *router;
     zhashx_t *peers;    /* &peer->rid -> ab_peer_t (owned) */
+    ab_peer_t *peer_hint; /* the last peer ab_peer_lookup found (cleared when dropped) */
     zhashx_t *peer_keys; /* peer->key -> ab_peer_t (not owned): "~key" and pins */
     zhashx_t *services; /* service.h: name -> ab_service_t (owned) */
     ab_idmap_t pending; /* request.h: bid -> ab_req_t (owned) */
@@ -71,6 +73,8 @@ struct ab_broker {
     uint64_t clock_us;      /* ab_broker_clock_us; 0 outside the routing of a message */
     void *req_spare;        /* request.c: freed request records kept for reuse (a list) */
     uint32_t req_nspare;
+    ab_batch_entries_t in_batch; /* batching.c: the BATCH being routed, decoded once */
+    int in_batch_busy;           /* in_batch holds a batch whose entries are being routed */
 };
 
 /* The time (ab_now_us) for work done on behalf of the message being
@@ -109,5 +113,8 @@ void ab_broker_cancel(ab_broker_t *b, int id);
  * payload is copied), as the receive path does: a BATCH's entries. */
 void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
                      const ab_frame_t *f, size_t nframes);
+/* The same for an entry ab_batch_decode already checked (no second parse). */
+void ab_route_entry(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
+                    const ab_batch_entry_t *e);
 
 #endif

@@ -152,7 +152,10 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
     call->id = ab_conn_next_id(&c->conn);
     call->fn = fn;
     call->arg = arg;
-    call->deadline_ms = ab_now_ms() + t + AB_LOCAL_GRACE_MS;
+    /* One clock read for the deadline and the batch's age (conn.c): two
+     * reads per request were 10% of the library's time at 64 B (perf). */
+    uint64_t now_us = ab_now_us();
+    call->deadline_ms = (int64_t)(now_us / 1000u) + t + AB_LOCAL_GRACE_MS;
     ab_header_t h = ab_header_init(kind);
     h.id = call->id;
     h.target = ab_view_of(target);
@@ -174,8 +177,10 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
     }
     int with_data = kind == AB_KIND_REQUEST || kind == AB_KIND_SEND;
     /* Only requests are compressed: their final receiver (a worker) reads lz4. */
+    c->conn.clock_us = now_us;
     int rc = ab_conn_send_z(&c->conn, &h, with_data ? (data ? data : "") : NULL, size,
                             kind == AB_KIND_REQUEST);
+    c->conn.clock_us = 0;
     if (rc != AB_OK) {
         free(call);
         return rc;

@@ -171,6 +171,8 @@ void ab_conn_close(ab_conn_t *c)
     ab_batch_fini(&c->out);
     zmq_msg_close(&c->in_batch);
     zmq_msg_init(&c->in_batch);
+    ab_batch_entries_fini(&c->in_dec);
+    c->in_next = 0;
     c->in_rd.left = 0;
 }
 
@@ -257,15 +259,11 @@ static int s_send_gathered(ab_conn_t *c)
 {
     if (c->out.count == 0)
         return AB_OK;
-    size_t len;
-    const uint8_t *body = ab_batch_body(&c->out, &len);
     int rc;
     if (c->out.count == 1) {
-        ab_batch_reader_t r;
         ab_frame_t f[2];
         size_t nf = 0;
-        rc = ab_batch_open(&r, body, len, &c->limits, NULL) == AB_OK &&
-                     ab_batch_next(&r, f, &nf) == 1
+        rc = ab_batch_single(&c->out, f, &nf) == AB_OK
                  ? s_send_now(c, f[0].data, f[0].size, f[1].data, f[1].size, nf == 2)
                  : ab_conn_fail(c, AB_EINTERNAL, "gathered message does not decode");
     } else {
@@ -286,7 +284,7 @@ int ab_conn_flush(ab_conn_t *c)
 
 int ab_conn_turn_end_idle(ab_conn_t *c, int app_queued)
 {
-    if (app_queued || !c->in_idle || c->in_rd.left)
+    if (app_queued || !c->in_idle || ab_conn_batch_left(c))
         return AB_OK;
     return ab_conn_flush(c);
 }
@@ -312,7 +310,7 @@ static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const v
     }
     if (ab_batch_add(&c->out, hdr, hlen, data, size, has_data) != AB_OK)
         return ab_conn_fail(c, AB_ENOMEM, "out of memory gathering a batch");
-    uint64_t now = ab_now_us();
+    uint64_t now = c->clock_us ? c->clock_us : ab_now_us();
     if (c->out.count == 1)
         c->out_first_us = now;
     if (!c->out_limit)
@@ -324,8 +322,7 @@ static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const v
     return AB_OK;
 }
 
-/* Milliseconds on a clock cheap enough to read on every send. */
-static int64_t s_coarse_ms(void)
+int64_t ab_conn_coarse_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -340,7 +337,7 @@ static int64_t s_coarse_ms(void)
  * that still knows it takes the HELLO as a no-op. */
 static void s_hello_if_silent(ab_conn_t *c, uint32_t kind)
 {
-    int64_t now = s_coarse_ms();
+    int64_t now = ab_conn_coarse_ms();
     int64_t last = c->last_tx_ms;
     c->last_tx_ms = now;
     if (!last || !c->hello_answers || now - last < c->opts.heartbeat_ms ||
@@ -420,23 +417,43 @@ void ab_in_close(ab_in_t *in)
     zmq_msg_close(&in->body);
 }
 
+/* Entries of a received BATCH kept decoded between batches; a larger array
+ * is given back once its batch is handed out (an idle handle stays small). */
+#define S_KEEP_ENTRIES 256
+
+/* The received BATCH is handed out: its buffer and a large array go. */
+static void s_batch_done(ab_conn_t *c)
+{
+    c->in_dec.n = c->in_next = 0;
+    c->in_rd.left = 0;
+    if (c->in_dec.cap > S_KEEP_ENTRIES)
+        ab_batch_entries_fini(&c->in_dec);
+    zmq_msg_close(&c->in_batch);
+    zmq_msg_init(&c->in_batch);
+}
+
 /* Hands out the next entry of the BATCH being read, as views into the
  * batch (kept until the entry after the last is asked for, when every
- * caller has closed its ab_in_t). 1, or 0 when none is left. */
+ * caller has closed its ab_in_t). Its header was decoded when the batch
+ * was checked (ab_batch_decode): not parsed again here. 1, or 0 when none
+ * is left. */
 static int s_batch_entry(ab_conn_t *c, ab_in_t *in)
 {
-    ab_frame_t f[2];
+    ab_frame_t f[2], pl;
     size_t nf = 0;
-    if (c->in_rd.left == 0 || ab_batch_next(&c->in_rd, f, &nf) != 1) {
-        c->in_rd.left = 0;
-        zmq_msg_close(&c->in_batch);
-        zmq_msg_init(&c->in_batch);
+    if (c->in_next < c->in_dec.n) {
+        const ab_batch_entry_t *e = &c->in_dec.e[c->in_next++];
+        in->h = e->h;
+        pl = e->payload;
+        nf = e->has_payload ? 2 : 1;
+    } else if (c->in_rd.left && ab_batch_next(&c->in_rd, f, &nf) == 1) {
+        ab_msg_decode(f, nf, &c->limits, &in->h, &pl); /* checked by ab_batch_open */
+    } else {
+        s_batch_done(c);
         return 0;
     }
     zmq_msg_init(&in->hdr);
     zmq_msg_init(&in->body);
-    ab_frame_t pl;
-    ab_msg_decode(f, nf, &c->limits, &in->h, &pl); /* checked by ab_batch_open */
     in->has_body = nf == 2;
     in->body_owned = 0;
     in->data = in->has_body ? pl.data : NULL;
@@ -575,10 +592,13 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
             zmq_msg_init(&c->in_batch);
             zmq_msg_move(&c->in_batch, &in->body);
             ab_in_close(in);
-            if (ab_batch_open(&c->in_rd, zmq_msg_data(&c->in_batch), zmq_msg_size(&c->in_batch),
-                              &c->limits, NULL) != AB_OK)
+            const void *body = zmq_msg_data(&c->in_batch);
+            size_t blen = zmq_msg_size(&c->in_batch);
+            int brc = ab_batch_decode(&c->in_dec, body, blen, &c->limits);
+            c->in_next = 0;
+            if (brc == AB_ENOMEM && ab_batch_open(&c->in_rd, body, blen, &c->limits, NULL) != AB_OK)
                 c->in_rd.left = 0; /* malformed: dropped whole */
-            continue;
+            continue; /* AB_EBATCH: in_dec is empty, dropped whole */
         }
         s_note_features(c, in);
         if (s_inflate(c, in))

@@ -63,10 +63,14 @@ typedef struct {
     unsigned hello_answers;   /* HELLO answers received */
     int restore_pending;      /* the broker forgot us: restore at its HELLO answer */
     uint64_t out_first_us;    /* when the oldest gathered message was added */
+    uint64_t clock_us;        /* the caller's clock read for the send under way (0: none):
+                               * a request's deadline and its batch age share one read */
     uint32_t out_limit;       /* count limit now, adaptive (ab_batch_next_limit); 0: unset */
     uint32_t out_turn;        /* messages gathered since the last ab_conn_flush */
     zmq_msg_t in_batch;       /* a received BATCH being handed out entry by entry */
-    ab_batch_reader_t in_rd;
+    ab_batch_entries_t in_dec; /* its entries, each header decoded once (ab_batch_decode) */
+    uint32_t in_next;          /* the next of in_dec's entries to hand out */
+    ab_batch_reader_t in_rd;   /* its entries when in_dec could not grow (out of memory) */
     atomic_int stop; /* ab_*_stop: any thread or a signal handler */
     char error[AB_ERRTEXT_MAX];
     uint64_t instance; /* random per handle: Hello.instance */
@@ -92,6 +96,13 @@ typedef struct {
 /* Moves (or copies, for a batch entry) IN's payload into OUT (initialised
  * by the caller). AB_OK or AB_ENOMEM. */
 int ab_in_take_body(ab_in_t *in, zmq_msg_t *out);
+
+/* Entries of a received BATCH not handed out yet (ab_conn_recv gives them
+ * before reading the socket again). */
+static inline uint32_t ab_conn_batch_left(const ab_conn_t *c)
+{
+    return c->in_dec.n - c->in_next + c->in_rd.left;
+}
 
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role);
 void ab_conn_close(ab_conn_t *c);
@@ -141,6 +152,10 @@ int ab_conn_heartbeat_with(ab_conn_t *c, int64_t now, uint32_t credit, const voi
  * HEARTBEAT from the broker, in credit). */
 void ab_conn_set_interval(ab_conn_t *c, uint32_t ms);
 uint64_t ab_conn_next_id(ab_conn_t *c);
+/* Milliseconds on CLOCK_MONOTONIC_COARSE: cheap enough to read on every
+ * send or job, a few ms behind ab_now_ms (the kernel's tick). For what is
+ * due in seconds (heartbeats, a silent handle), not for deadlines. */
+int64_t ab_conn_coarse_ms(void);
 
 /* client.c: DISCOVER (WATCH: subscribe too); *reply is a Directory. */
 int ab_client_discover_raw(ab_client_t *c, const char *service, int timeout_ms, int watch,

@@ -300,7 +300,9 @@ static int s_process(ab_worker_t *w)
         ab_in_close(&in);
         handled++;
     }
-    int64_t now = ab_now_ms();
+    /* Once per job handed out: the coarse clock (heartbeats are due in
+     * seconds; a clock read per job showed in the worker's profile). */
+    int64_t now = ab_conn_coarse_ms();
     if (ab_conn_heartbeat_due(&w->conn, now)) {
         /* The heartbeat carries the worker's load and its backend's state. */
         Agentbus__WorkerHeartbeat hb;
@@ -353,7 +355,9 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
     if (!w || !job)
         return AB_EINVAL;
     *job = NULL;
-    int64_t end = timeout_ms < 0 ? INT64_MAX : ab_now_ms() + timeout_ms;
+    /* Set when the first pass found no job: a job already waiting costs
+     * no clock read. */
+    int64_t end = 0;
     for (;;) {
         int rc = s_process(w);
         if (rc < 0)
@@ -370,6 +374,8 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
             return AB_OK;
         }
         int64_t now = ab_now_ms();
+        if (!end)
+            end = timeout_ms < 0 ? INT64_MAX : now + timeout_ms;
         if (w->draining && w->drain_end_ms < end)
             end = w->drain_end_ms;
         if (now >= end) {
@@ -587,7 +593,8 @@ int ab_worker_has_input(ab_worker_t *w)
 {
     if (!w)
         return 0;
-    if (!ab_list_empty(&w->ready) || w->conn.in_rd.left) /* jobs, or entries of a received BATCH */
+    /* Jobs, or entries of a received BATCH. */
+    if (!ab_list_empty(&w->ready) || ab_conn_batch_left(&w->conn))
         return 1;
     int ev = 0;
     size_t len = sizeof ev;

@@ -180,32 +180,60 @@ static int s_entry(const uint8_t **p, const uint8_t *end, ab_frame_t frames[2], 
     return AB_OK;
 }
 
+int ab_batch_single(const ab_batch_t *b, ab_frame_t frames[2], size_t *nframes)
+{
+    if (b->count != 1 || !b->buf || b->len < AB_BATCH_PREFIX)
+        return AB_EINVAL;
+    const uint8_t *p = b->buf + AB_BATCH_PREFIX, *end = b->buf + b->len;
+    if (s_entry(&p, end, frames, nframes) != AB_OK || p != end)
+        return AB_EINVAL;
+    return AB_OK;
+}
+
+/* The count at the front of BODY, when it is possible for LEN bytes; else 0. */
+static uint32_t s_count(const uint8_t *p, size_t len)
+{
+    if (!p || len < AB_BATCH_PREFIX)
+        return 0;
+    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                 (uint32_t)p[3] << 24;
+    /* Each entry takes at least two bytes: a count beyond that is a lie. */
+    if (n == 0 || n > AB_BATCH_MAX_COUNT || n > (len - AB_BATCH_PREFIX) / 2)
+        return 0;
+    return n;
+}
+
+/* Checks N entries from P to END exactly (see batch.h); each decoded entry
+ * goes to OUT[i] when OUT is given, else to a scratch header. AB_OK or
+ * AB_EBATCH. */
+static int s_check(const uint8_t *p, const uint8_t *end, uint32_t n, const ab_limits_t *lim,
+                   ab_batch_entry_t *out)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        ab_frame_t f[2];
+        size_t nf;
+        ab_batch_entry_t scratch, *e = out ? &out[i] : &scratch;
+        if (s_entry(&p, end, f, &nf) != AB_OK)
+            return AB_EBATCH;
+        if (ab_msg_decode(f, nf, lim, &e->h, &e->payload) != AB_OK || e->h.kind == AB_KIND_BATCH)
+            return AB_EBATCH;
+        e->has_payload = nf == 2;
+    }
+    return p == end ? AB_OK : AB_EBATCH; /* else fewer entries claimed than it holds */
+}
+
 int ab_batch_open(ab_batch_reader_t *r, const void *body, size_t len, const ab_limits_t *lim,
                   uint32_t *count)
 {
     memset(r, 0, sizeof *r);
     if (count)
         *count = 0;
-    if (!body || len < AB_BATCH_PREFIX)
+    uint32_t n = s_count(body, len);
+    if (!n)
         return AB_EBATCH;
-    const uint8_t *p = body, *end = p + len;
-    uint32_t n = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                 (uint32_t)p[3] << 24;
-    /* Each entry takes at least two bytes: a count beyond that is a lie. */
-    if (n == 0 || n > AB_BATCH_MAX_COUNT || n > (len - AB_BATCH_PREFIX) / 2)
-        return AB_EBATCH;
-    p += AB_BATCH_PREFIX;
-    const uint8_t *first = p;
-    for (uint32_t i = 0; i < n; i++) {
-        ab_frame_t f[2], pl;
-        size_t nf;
-        ab_header_t h;
-        if (s_entry(&p, end, f, &nf) != AB_OK)
-            return AB_EBATCH;
-        if (ab_msg_decode(f, nf, lim, &h, &pl) != AB_OK || h.kind == AB_KIND_BATCH)
-            return AB_EBATCH;
-    }
-    if (p != end) /* fewer entries claimed than the body holds */
+    const uint8_t *first = (const uint8_t *)body + AB_BATCH_PREFIX;
+    const uint8_t *end = first + (len - AB_BATCH_PREFIX);
+    if (s_check(first, end, n, lim, NULL) != AB_OK)
         return AB_EBATCH;
     r->p = first;
     r->end = end;
@@ -214,6 +242,32 @@ int ab_batch_open(ab_batch_reader_t *r, const void *body, size_t len, const ab_l
     if (count)
         *count = n;
     return AB_OK;
+}
+
+int ab_batch_decode(ab_batch_entries_t *e, const void *body, size_t len, const ab_limits_t *lim)
+{
+    e->n = 0;
+    uint32_t n = s_count(body, len);
+    if (!n)
+        return AB_EBATCH;
+    if (n > e->cap) {
+        ab_batch_entry_t *ne = realloc(e->e, (size_t)n * sizeof *ne);
+        if (!ne)
+            return AB_ENOMEM;
+        e->e = ne;
+        e->cap = n;
+    }
+    const uint8_t *first = (const uint8_t *)body + AB_BATCH_PREFIX;
+    if (s_check(first, first + (len - AB_BATCH_PREFIX), n, lim, e->e) != AB_OK)
+        return AB_EBATCH;
+    e->n = n;
+    return AB_OK;
+}
+
+void ab_batch_entries_fini(ab_batch_entries_t *e)
+{
+    free(e->e);
+    memset(e, 0, sizeof *e);
 }
 
 int ab_batch_next(ab_batch_reader_t *r, ab_frame_t frames[2], size_t *nframes)

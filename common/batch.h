@@ -60,6 +60,12 @@ const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len);
  * size. NULL (*len 0) when B holds nothing. */
 uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len);
 
+/* The frames of B's one entry (B->count is 1), as views into B: a sender
+ * that gathered a single message sends it plain. These are the sender's own
+ * bytes, so the header is not parsed again (ab_batch_open would). AB_OK, or
+ * AB_EINVAL when B does not hold exactly one entry. */
+int ab_batch_single(const ab_batch_t *b, ab_frame_t frames[2], size_t *nframes);
+
 /* The count limit of a sender's next turn, from LIMIT (this turn's) and
  * GATHERED (the messages it gathered for that peer this turn), within
  * [min(AB_BATCH_START_COUNT, MAX), MAX]. A backlog makes turns that gather
@@ -86,5 +92,31 @@ int ab_batch_open(ab_batch_reader_t *r, const void *body, size_t len, const ab_l
  * is 2) for ab_msg_decode. 1: an entry; 0: no more; AB_EBATCH: malformed
  * (never after a successful ab_batch_open on the same bytes). */
 int ab_batch_next(ab_batch_reader_t *r, ab_frame_t frames[2], size_t *nframes);
+
+/* One entry of a batch as ab_batch_decode leaves it: its header parsed and
+ * validated (views into the body), and its payload. */
+typedef struct {
+    ab_header_t h;
+    ab_frame_t payload; /* data NULL, size 0 when there is no payload frame */
+    int has_payload;    /* the entry has a payload frame (it may be empty) */
+} ab_batch_entry_t;
+
+/* The entries of the last batch decoded, in order: e[0 .. n). The array is
+ * the caller's to keep between batches (it grows to the largest batch seen;
+ * ab_batch_entries_fini frees it). Views stay valid while the body is. */
+typedef struct {
+    ab_batch_entry_t *e;
+    uint32_t n, cap;
+} ab_batch_entries_t;
+
+/* The checks of ab_batch_open, keeping what they decoded: a receiver that
+ * then acts on each entry parses each header once instead of twice (the
+ * check and the delivery; 10% of the broker's instructions at 64 B went to
+ * header parsing, half of it the second pass). AB_OK (E->n entries),
+ * AB_EBATCH (malformed, E->n is 0), or AB_ENOMEM (the array could not grow;
+ * nothing was checked: ab_batch_open still can). */
+int ab_batch_decode(ab_batch_entries_t *e, const void *body, size_t len, const ab_limits_t *lim);
+/* Frees E's array; E may be used again. */
+void ab_batch_entries_fini(ab_batch_entries_t *e);
 
 #endif

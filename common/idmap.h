@@ -5,9 +5,10 @@
  * allocation per entry, no tombstones, one multiply per lookup. The broker
  * keys its pending requests by id, the library its calls in flight, and
  * both do a put, a get and a delete for every request. Capacity doubles at
- * half load and halves below one-eighth load, never under the initial
- * capacity, so a table that once held a burst gives its memory back (the
- * hysteresis keeps a put/delete at the boundary from resizing each time).
+ * half load and halves below 1/32 load, never under the initial capacity,
+ * so a table that once held a burst gives its memory back (the hysteresis,
+ * a factor of 8 in entries between a halving and the next doubling, keeps
+ * a count that swings with each batch of answers from resizing each time).
  * A zeroed ab_idmap_t is a valid empty map (its first put allocates).
  * Not thread-safe.
  */

@@ -7,6 +7,8 @@
  *      must decode to exactly what was put in;
  *   3. that batch, damaged at a place the input picks, must either decode
  *      to entries that all decode as messages, or be refused whole.
+ * Each time, ab_batch_decode (the receivers' one-parse path) must agree with
+ * ab_batch_open and ab_batch_next.
  */
 #include "agentbus.h"
 #include "batch.h"
@@ -47,9 +49,38 @@ static long s_drain(const uint8_t *body, size_t len)
     return n;
 }
 
+/* ab_batch_decode must agree with ab_batch_open on BODY (OPEN_N: what
+ * s_drain returned): refused alike, or the same entries, each as
+ * ab_msg_decode reads its frames. */
+static void s_decode_agrees(const uint8_t *body, size_t len, long open_n)
+{
+    ab_limits_t lim = {256, 1024};
+    ab_batch_entries_t d = {0};
+    int rc = ab_batch_decode(&d, body, len, &lim);
+    if ((rc == AB_OK) != (open_n >= 0) || (rc != AB_OK && (rc != AB_EBATCH || d.n)))
+        __builtin_trap();
+    if (rc == AB_OK) {
+        ab_batch_reader_t r;
+        ab_frame_t f[2], pl;
+        size_t nf;
+        if (d.n != (uint32_t)open_n || ab_batch_open(&r, body, len, &lim, NULL) != AB_OK)
+            __builtin_trap();
+        for (uint32_t i = 0; i < d.n; i++) {
+            ab_header_t h;
+            if (ab_batch_next(&r, f, &nf) != 1 || ab_msg_decode(f, nf, &lim, &h, &pl) != AB_OK ||
+                d.e[i].h.id != h.id || d.e[i].h.kind != h.kind ||
+                d.e[i].h.correlation_id != h.correlation_id ||
+                d.e[i].has_payload != (nf == 2) || d.e[i].payload.data != pl.data ||
+                d.e[i].payload.size != pl.size)
+                __builtin_trap();
+        }
+    }
+    ab_batch_entries_fini(&d);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    s_drain(data, size);
+    s_decode_agrees(data, size, s_drain(data, size));
     if (size > 8) {
         uint64_t orig = (uint64_t)data[0] << 8 | data[1];
         if (ab_lz4_check(size - 2, orig, 4096) == AB_OK) {
@@ -86,7 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             len = at;
         uint8_t *exact = malloc(len ? len : 1); /* exact size: ASan sees overreads */
         memcpy(exact, copy, len);
-        s_drain(exact, len);
+        s_decode_agrees(exact, len, s_drain(exact, len));
         free(exact);
         free(copy);
     }

@@ -28,6 +28,35 @@ static void s_add(ab_batch_t *b, uint64_t id, size_t n, int has_payload)
     free(p);
 }
 
+/* ab_batch_decode of BODY must give what the reader gives: the same
+ * entries, each header as ab_msg_decode parses its frames, the payload at
+ * the same bytes, with or without a payload frame alike. */
+static void s_decode_agrees(const uint8_t *body, size_t len, uint32_t count)
+{
+    ab_batch_entries_t d = {0};
+    CHECK_EQ(ab_batch_decode(&d, body, len, NULL), AB_OK);
+    CHECK_EQ(d.n, count);
+    ab_batch_reader_t r;
+    REQUIRE(ab_batch_open(&r, body, len, NULL, NULL) == AB_OK);
+    ab_frame_t f[2];
+    size_t nf;
+    for (uint32_t i = 0; i < d.n && ab_batch_next(&r, f, &nf) == 1; i++) {
+        ab_header_t h;
+        ab_frame_t pl;
+        REQUIRE(ab_msg_decode(f, nf, NULL, &h, &pl) == AB_OK);
+        const ab_batch_entry_t *e = &d.e[i];
+        CHECK_U64(e->h.id, h.id);
+        CHECK_EQ(e->h.kind, h.kind);
+        CHECK_EQ((int)e->h.target.len, (int)h.target.len);
+        CHECK_TRUE(e->h.target.ptr == h.target.ptr); /* a view into BODY, not a copy */
+        CHECK_EQ(e->has_payload, nf == 2);
+        CHECK_TRUE(e->payload.data == pl.data);
+        CHECK_EQ(e->payload.size, pl.size);
+    }
+    ab_batch_entries_fini(&d);
+    CHECK_TRUE(d.e == NULL && d.n == 0 && d.cap == 0);
+}
+
 /* Decodes BODY completely; returns entries seen, -1 if open failed. Checks
  * each entry's id is FIRST_ID + i and its payload bytes. */
 static int s_read_all(const uint8_t *body, size_t len, uint64_t first_id)
@@ -36,6 +65,7 @@ static int s_read_all(const uint8_t *body, size_t len, uint64_t first_id)
     uint32_t count = 0;
     if (ab_batch_open(&r, body, len, NULL, &count) != AB_OK)
         return -1;
+    s_decode_agrees(body, len, count);
     int n = 0;
     ab_frame_t f[2];
     size_t nf;
@@ -80,6 +110,36 @@ static void s_test_round_trip(void)
     CHECK_EQ(nf, 2);
     CHECK_EQ(f[1].size, 0);
     CHECK_EQ(ab_batch_next(&r, f, &nf), 0);
+    s_decode_agrees(body, len, 2);
+    ab_batch_fini(&b);
+}
+
+/* A sender's one gathered message comes back as its frames, without or
+ * with a payload frame; anything but exactly one entry is refused. */
+static void s_test_single(void)
+{
+    ab_batch_t b;
+    ab_batch_init(&b);
+    ab_frame_t f[2];
+    size_t nf = 9;
+    CHECK_EQ(ab_batch_single(&b, f, &nf), AB_EINVAL); /* empty */
+    s_add(&b, 42, 30, 1);
+    CHECK_EQ(ab_batch_single(&b, f, &nf), AB_OK);
+    CHECK_EQ(nf, 2);
+    ab_header_t h;
+    ab_frame_t pl;
+    CHECK_EQ(ab_msg_decode(f, nf, NULL, &h, &pl), AB_OK);
+    CHECK_U64(h.id, 42);
+    CHECK_EQ(pl.size, 30);
+    CHECK_EQ(((const uint8_t *)pl.data)[29], 42);
+    s_add(&b, 43, 1, 1);
+    CHECK_EQ(ab_batch_single(&b, f, &nf), AB_EINVAL); /* two */
+    ab_batch_clear(&b);
+    s_add(&b, 44, 0, 0);
+    CHECK_EQ(ab_batch_single(&b, f, &nf), AB_OK);
+    CHECK_EQ(nf, 1);
+    CHECK_EQ(ab_msg_decode(f, nf, NULL, &h, &pl), AB_OK);
+    CHECK_U64(h.id, 44);
     ab_batch_fini(&b);
 }
 
@@ -107,6 +167,10 @@ static void s_test_limits(void)
     body = ab_batch_body(&b, &len);
     CHECK_EQ(ab_batch_open(&r, body, len, &lim, NULL), AB_EBATCH);
     CHECK_EQ(ab_batch_next(&r, (ab_frame_t[2]){{0}}, &(size_t){0}), 0);
+    ab_batch_entries_t d = {0};
+    CHECK_EQ(ab_batch_decode(&d, body, len, &lim), AB_EBATCH); /* the limits apply alike */
+    CHECK_EQ(d.n, 0);
+    ab_batch_entries_fini(&d);
     /* The default batch limit in bytes fits: 64 entries of 1000 bytes. */
     ab_batch_clear(&b);
     for (uint64_t i = 0; i < 64; i++)
@@ -130,6 +194,21 @@ static void s_expect_malformed(const uint8_t *body, size_t len, const char *what
     ab_frame_t f[2];
     size_t nf;
     CHECK_EQ(ab_batch_next(&r, f, &nf), 0);
+    /* The decoder refuses the same, and hands out nothing of it even when
+     * it held a good batch before (the array is reused). */
+    ab_batch_t good;
+    ab_batch_init(&good);
+    s_add(&good, 1, 3, 1);
+    s_add(&good, 2, 3, 1);
+    size_t glen;
+    const uint8_t *gbody = ab_batch_body(&good, &glen);
+    ab_batch_entries_t d = {0};
+    REQUIRE(ab_batch_decode(&d, gbody, glen, NULL) == AB_OK);
+    CHECK_EQ(d.n, 2);
+    CHECK_EQ(ab_batch_decode(&d, body, len, NULL), AB_EBATCH);
+    CHECK_EQ(d.n, 0);
+    ab_batch_entries_fini(&d);
+    ab_batch_fini(&good);
 }
 
 static void s_test_malformed(void)
@@ -342,6 +421,7 @@ static void s_test_next_limit(void)
 int main(void)
 {
     s_test_round_trip();
+    s_test_single();
     s_test_next_limit();
     s_test_detach();
     s_test_limits();
