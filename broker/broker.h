@@ -93,11 +93,6 @@ static inline uint64_t ab_broker_clock_us(const ab_broker_t *b)
 typedef void ab_tick_fn(ab_broker_t *b, int64_t now);
 #define AB_SWEEP_MS 100 /* period of the sweeps: liveness, idle services, rates */
 
-/* Periodic work of a subsystem, called from the loop after the turn's
- * messages with the time then. */
-typedef void ab_tick_fn(ab_broker_t *b, int64_t now);
-#define AB_SWEEP_MS 100 /* period of the sweeps: liveness, idle services, rates */
-
 /* Sets up B from CFG: sockets bound, every subsystem initialised. 0 or -1
  * (logged); ab_broker_fini frees what was made either way. */
 int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg);
