@@ -256,6 +256,47 @@ void ollama_model_slots(void)
     ab_client_destroy(&c);
 }
 
+/* Issue 20: a free slot of one model finds that model's oldest waiting
+ * request however many requests of a busy model wait ahead of it (the
+ * dispatch pass used to give up after 64 it could not place). sim-large
+ * hangs and takes its cap of two; 80 more of its requests queue at the
+ * broker, one client, one flow; then one sim-small request must go at
+ * once (before the fix: not until sim-large's requests expired). */
+void ollama_model_scan(void)
+{
+    int sim = ot_sim("--num-parallel", "8", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "8", "--model-slots", "2", "--preload",
+               "sim-small,sim-large", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-large:latest", 1, 30000) == 0);
+    ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-large\"}");
+    enum { N = 82 };
+    static ot_res_t big[N];
+    for (int i = 0; i < N; i++) {
+        ot_gen_t g = {"sim-large", "hold", NULL, 0, 1000 + i, 40000};
+        ot_start_gen(c, &g, &big[i]);
+    }
+    for (int i = 0; i < 200 && s_in_flight(c, "w1") < 2; i++)
+        th_sleep_ms(25);
+    th_sleep_ms(300);
+    CHECK_EQ(s_in_flight(c, "w1"), 2);
+    ot_res_t small;
+    ot_gen_t g = {"sim-small", "behind them", NULL, 0, 7, 30000};
+    ot_start_gen(c, &g, &small);
+    ot_wait(c, &small, 1, 20000);
+    CHECK_EQ(small.finals, 1); /* before the fix: 0 (80 ahead, 64 looked at) */
+    CHECK_EQ(small.status, AB_OK);
+    int held = 0;
+    for (int i = 0; i < N; i++)
+        held += big[i].finals == 0;
+    CHECK_EQ(held, N); /* every sim-large request still waits */
+    ab_client_destroy(&c);
+}
+
 /* Model A loaded on worker 1, B on worker 2: requests follow the models. */
 void ollama_placement_loaded(void)
 {
