@@ -452,11 +452,17 @@ void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid, co
     w->completed++;
     if (r->attempts > 1)
         ab_health_note_answered(b, r, from);
+    uint64_t oks_then = r->oks_at_dispatch;
     ab_req_free(b, r);
     /* A broker link's error is the far side's verdict on one request (its
      * own workers' health is judged there); the link's health is its
-     * heartbeats (link.h). */
-    ab_health_on_result(b, w, h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER);
+     * heartbeats (link.h). A worker's own DEADLINE is judged as the
+     * broker's (ab_health_on_deadline). */
+    int ok = h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER;
+    if (!ok && h->error_code == AB_ERR_DEADLINE)
+        ab_health_on_deadline(b, w, oks_then);
+    else
+        ab_health_on_result(b, w, ok);
     ab_service_dispatch(b, s);
 }
 
@@ -494,8 +500,9 @@ void ab_deadline_expire(ab_broker_t *b, int64_t now)
             s_orphan(b, r);
             ab_cancel_send(b, r, AB_ERR_DEADLINE); /* frees the worker's slot (GPU) soon */
             ab_req_client_done(b, r);
-            /* Too slow counts against the worker's failure budget. */
-            ab_health_on_result(b, r->worker, 0);
+            /* Too slow counts against the worker's failure budget,
+             * unless it answered others meanwhile (busy, not failing). */
+            ab_health_on_deadline(b, r->worker, r->oks_at_dispatch);
         } else {
             b->c.deadline_expired++;
             ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");

@@ -297,6 +297,75 @@ void ollama_model_scan(void)
     ab_client_destroy(&c);
 }
 
+static int s_healthy(ab_client_t *c, const char *name)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    int ok = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        if (strcmp(wl->workers[i]->name, name) == 0)
+            ok = strcmp(wl->workers[i]->health, "healthy") == 0;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return ok;
+}
+
+/* Issue 20: deadlines that pass while a worker holds requests it is still
+ * working through (one slot, twelve sent at once) are the clients' budget,
+ * not the worker's failure: it is not ejected (before the fix: ejected at
+ * the third, its requests taken back, its streams failed WORKER_LOST). A
+ * worker that answers nothing while its requests expire still is. */
+void ollama_busy_no_eject(void)
+{
+    int sim = ot_sim("--num-parallel", "1", "--time-scale", "1", NULL);
+    int port = th_free_port();
+    th_broker(port, "--eject-failures", "3", NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "12", "--preload", "sim-small", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    ot_res_t r[12];
+    for (int i = 0; i < 12; i++) {
+        ot_gen_t g = {"sim-small", "one slot", NULL, 1, 600 + i, 1500};
+        ot_start_gen(c, &g, &r[i]);
+    }
+    ot_wait(c, r, 12, 20000);
+    int ok = 0, expired = 0;
+    for (int i = 0; i < 12; i++) {
+        CHECK_EQ(r[i].finals, 1);
+        ok += r[i].status == AB_OK;
+        expired += r[i].status == AB_EDEADLINE || r[i].status == AB_ETIMEOUT;
+    }
+    printf("busy worker: %d answered, %d expired (%s)\n", ok, expired, r[11].error);
+    CHECK_TRUE(ok >= 1);
+    CHECK_TRUE(expired >= 3); /* one slot of ~250 ms: at most 6 fit in 1.5 s */
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    printf("ejected %llu, deadline_busy %llu, deadline_expired %llu\n",
+           (unsigned long long)st->workers_ejected, (unsigned long long)st->deadline_busy,
+           (unsigned long long)st->deadline_expired);
+    CHECK_EQ(st->workers_ejected, 0); /* before the fix: 1 */
+    CHECK_TRUE(st->deadline_busy >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* hung: nothing answered while its requests expire (on a healthy
+     * worker: a suspect one, late heartbeats on a busy machine, gets none) */
+    for (int i = 0; i < 200 && !s_healthy(c, "w1"); i++)
+        th_sleep_ms(25);
+    ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-small\"}");
+    ot_res_t h[4];
+    for (int i = 0; i < 4; i++) {
+        ot_gen_t g = {"sim-small", "hung", NULL, 1, 700 + i, 800};
+        ot_start_gen(c, &g, &h[i]);
+    }
+    ot_wait(c, h, 4, 20000);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(h[i].finals, 1);
+    st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->workers_ejected >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+}
+
 /* Model A loaded on worker 1, B on worker 2: requests follow the models. */
 void ollama_placement_loaded(void)
 {
