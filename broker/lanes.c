@@ -232,6 +232,18 @@ static ab_req_t *s_model_next(ab_service_t *s, uint32_t mark)
     return NULL;
 }
 
+size_t ab_lanes_models(const ab_service_t *s, const char **names, uint32_t *queued, size_t max)
+{
+    size_t n = 0;
+    for (ab_list_t *ml = ab_list_first(&s->models.ring); ml && n < max;
+         ml = ab_list_next(&s->models.ring, ml), n++) {
+        const ab_mqueue_t *mq = ab_list_data(ml, ab_mqueue_t, ring);
+        names[n] = mq->model;
+        queued[n] = mq->n;
+    }
+    return n;
+}
+
 void ab_lanes_skip(ab_req_t *r, uint32_t mark)
 {
     r->skip_mark = mark;

@@ -92,6 +92,9 @@ ab_req_t *ab_lanes_next(const ab_broker_t *b, ab_service_t *s, uint32_t mark);
  * pinned worker, none to avoid, not from a broker link) so is every
  * request of its model, without looking at them. */
 void ab_lanes_skip(ab_req_t *r, uint32_t mark);
+/* Up to MAX of S's models with requests queued: their names (valid until
+ * S's queue changes) and counts. Returns how many. */
+size_t ab_lanes_models(const ab_service_t *s, const char **names, uint32_t *queued, size_t max);
 /* Any queued request of S, or NULL (draining a service's queue). */
 ab_req_t *ab_lanes_any(ab_service_t *s);
 /* Wait percentile P (0..100] of LANE in microseconds; 0 when none recorded. */

@@ -284,6 +284,14 @@ void ollama_model_scan(void)
         th_sleep_ms(25);
     th_sleep_ms(300);
     CHECK_EQ(s_in_flight(c, "w1"), 2);
+    Agentbus__Stats *st = th_stats(c); /* the model index, as stats shows it */
+    REQUIRE(st != NULL);
+    uint32_t waiting = 0;
+    for (size_t i = 0; i < st->n_model_queues; i++)
+        if (!strcmp(st->model_queues[i]->model, "sim-large"))
+            waiting = st->model_queues[i]->queued;
+    CHECK_EQ(waiting, N - 2);
+    agentbus__stats__free_unpacked(st, NULL);
     ot_res_t small;
     ot_gen_t g = {"sim-small", "behind them", NULL, 0, 7, 30000};
     ot_start_gen(c, &g, &small);
