@@ -59,6 +59,7 @@ struct ab_req {
     uint64_t enq_us;              /* queued since (0: not queued) */
     uint64_t dispatch_us;         /* last sent to a worker */
     uint64_t oks_at_dispatch;     /* its worker's successful answers then (health.h) */
+    uint8_t deadline_passed;      /* orphaned by its deadline: judged at the worker's answer */
     ab_defer_node_t later;        /* queued for an action after a walk (drain) */
     struct ab_fwd *fwd;           /* came over a broker link (link.h); NULL otherwise */
 };

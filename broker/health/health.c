@@ -498,9 +498,10 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
         s_eject(b, w, now);
 }
 
-void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch)
+void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch,
+                           uint64_t held_us)
 {
-    if (w->health.oks != oks_at_dispatch) {
+    if (w->health.oks != oks_at_dispatch || held_us < (uint64_t)b->cfg->health_floor_ms * 1000) {
         b->c.deadline_busy++;
         return;
     }

@@ -110,12 +110,16 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok);
 /* A request's deadline passed while W held it (the broker's clock, or W
  * answered DEADLINE itself; OKS_AT_DISPATCH: the request's
  * oks_at_dispatch): a failure of W only when W answered nothing
- * successfully since the request was sent to it. A worker that keeps
+ * successfully since the request was sent to it and held it for at least
+ * health-floor-ms (HELD_US: a request sent with little time left, as at
+ * overload after a long wait in the broker's queue, expires before any
+ * answer could come, whatever the worker does). A worker that keeps
  * answering is busy (R waited in its backend's queue: the client's
  * deadline, not the worker, decided), and ejecting it would take back
  * what it is running, fail its streams WORKER_LOST and idle its GPU
  * (issue 20); a hung worker answers nothing and is still ejected. */
-void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch);
+void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch,
+                           uint64_t held_us);
 void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
 /* Remembers R's holders other than WINNER, so their answers count as
  * duplicates; ab_health_is_dup asks. */

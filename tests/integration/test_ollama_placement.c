@@ -346,7 +346,13 @@ void ollama_busy_no_eject(void)
     printf("busy worker: %d answered, %d expired (%s)\n", ok, expired, r[11].error);
     CHECK_TRUE(ok >= 1);
     CHECK_TRUE(expired >= 3); /* one slot of ~250 ms: at most 6 fit in 1.5 s */
+    /* judged as the worker answers each expired one (CANCELLED) */
     Agentbus__Stats *st = th_stats(c);
+    for (int i = 0; i < 200 && st && st->deadline_busy < (uint64_t)expired; i++) {
+        agentbus__stats__free_unpacked(st, NULL);
+        th_sleep_ms(25);
+        st = th_stats(c);
+    }
     REQUIRE(st != NULL);
     printf("ejected %llu, deadline_busy %llu, deadline_expired %llu\n",
            (unsigned long long)st->workers_ejected, (unsigned long long)st->deadline_busy,
@@ -361,13 +367,18 @@ void ollama_busy_no_eject(void)
     ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-small\"}");
     ot_res_t h[4];
     for (int i = 0; i < 4; i++) {
-        ot_gen_t g = {"sim-small", "hung", NULL, 1, 700 + i, 800};
+        ot_gen_t g = {"sim-small", "hung", NULL, 1, 700 + i, 1600}; /* > health-floor-ms */
         ot_start_gen(c, &g, &h[i]);
     }
     ot_wait(c, h, 4, 20000);
     for (int i = 0; i < 4; i++)
         CHECK_EQ(h[i].finals, 1);
     st = th_stats(c);
+    for (int i = 0; i < 200 && st && st->workers_ejected == 0; i++) {
+        agentbus__stats__free_unpacked(st, NULL);
+        th_sleep_ms(25);
+        st = th_stats(c);
+    }
     REQUIRE(st != NULL);
     CHECK_TRUE(st->workers_ejected >= 1);
     agentbus__stats__free_unpacked(st, NULL);
