@@ -205,11 +205,13 @@ static int s_workers_ready(const char *broker, int want)
     return ready;
 }
 
-/* Each worker's --model-slots (--model-slots N; 0 = off, the default):
- * 5 is one more than the simulator's 4 parallel slots per model. It helped
- * the no-think run's second half and hurt the think-time and open-loop
- * runs (docs/bench.md), so it is not the default. */
-static long s_model_slots = 0;
+/* Each worker's --model-slots (--model-slots N; 0 = off): 5, one more than
+ * the simulator's 4 parallel slots per model, is the default since the
+ * dispatch finds each model's oldest request (issue 20): in alternating
+ * runs it kept the no-think closed loop 20-40% higher and the slots of a
+ * model with work waiting busier, with no loss with think time
+ * (docs/bench.md "Seed workload", --model-slots). */
+static long s_model_slots = 5;
 
 /* Two Ollama workers, one per simulated GPU, with CAPACITY requests each
  * (the broker's credit); children 4 and 5. Waits until both registered. */
@@ -340,7 +342,7 @@ static void s_usage(void)
            "over agentbus (run B) and the same HTTP agents over agentbus-gateway (run C);\n"
            "then 1,000 connected agents. Seconds and rates are simulated (the simulators\n"
            "run --time-scale X, default 5, times faster). Workers' capacity default 48,\n"
-           "--model-slots N caps each model per worker (default 0: off);\n"
+           "--model-slots N caps each model per worker (default 5; 0: off);\n"
            "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
            "docs/bench.md, \"Seed workload\".\n");
 }
@@ -694,8 +696,9 @@ int main(int argc, char **argv)
     if (o.closed_s > 0 || !o.skip_open) {
         if (s_start_stack(&o, &st) != 0)
             return 1;
-        s_progress("two simulated GPUs, broker, gateway (%s) and two Ollama workers (capacity %d) "
-                   "up", st.gateway[0] ? st.gateway : "not running", o.capacity);
+        s_progress("two simulated GPUs, broker, gateway (%s) and two Ollama workers (capacity %d, "
+                   "model slots %ld) up", st.gateway[0] ? st.gateway : "not running", o.capacity,
+                   s_model_slots);
         s_workload(&o, &st, res, &n, csv);
     }
     fclose(csv);

@@ -24,6 +24,7 @@ const unsigned sc_prio_interactive = 255u;
 /* Errors by libagentbus status, for the report. */
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t s_status[128];
+static char s_text[128][120]; /* each status's first error text since the last report */
 
 static void *s_open(sc_agent_t *a)
 {
@@ -52,8 +53,10 @@ static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     else if (ev->status != AB_OK)
         err = SC_E_BUS;
     if (ev->status != AB_OK) {
+        unsigned i = (unsigned)-ev->status % 128;
         pthread_mutex_lock(&s_lock);
-        s_status[(unsigned)-ev->status % 128]++;
+        if (!s_status[i]++)
+            snprintf(s_text[i], sizeof s_text[i], "%s", ev->error_text ? ev->error_text : "");
         pthread_mutex_unlock(&s_lock);
     }
     sc_call_end(call, err == SC_E_NONE, err);
@@ -109,14 +112,19 @@ static void s_close(void *eng)
 
 const sc_engine_ops_t sc_bus_ops = {"bus", s_open, s_start, s_poll, s_close};
 
-/* Prints the libagentbus errors seen since the last call, then clears. */
+/* Prints the libagentbus errors seen since the last call, each with its
+ * first text (what a count alone cannot tell: which WORKER_LOST), then
+ * clears. */
 void sc_bus_errors(FILE *out)
 {
     pthread_mutex_lock(&s_lock);
     for (int i = 1; i < 128; i++)
         if (s_status[i]) {
             fprintf(out, " %s=%llu", ab_status_name(-i), (unsigned long long)s_status[i]);
+            if (s_text[i][0])
+                fprintf(out, " (first: \"%s\")", s_text[i]);
             s_status[i] = 0;
+            s_text[i][0] = '\0';
         }
     pthread_mutex_unlock(&s_lock);
 }

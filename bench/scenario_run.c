@@ -221,16 +221,21 @@ static Agentbus__Stats *s_bus_stats(ab_client_t *c)
     return st;
 }
 
-static uint32_t s_bus_queue(ab_client_t *c)
+/* Requests of each model waiting in the broker's "ollama" queue (Stats
+ * model_queues): a model's slots count as "busy while work waited" only
+ * while that model's own requests waited, at the broker or in Ollama. */
+static void s_bus_queue(ab_client_t *c, uint32_t q[SC_MODELS])
 {
     Agentbus__Stats *st = s_bus_stats(c);
-    uint32_t q = 0;
-    for (size_t i = 0; st && i < st->n_services; i++)
-        if (!strcmp(st->services[i]->name, "ollama"))
-            q = st->services[i]->queue_depth;
+    memset(q, 0, SC_MODELS * sizeof *q);
+    for (size_t i = 0; st && i < st->n_model_queues; i++) {
+        const Agentbus__ModelQueue *mq = st->model_queues[i];
+        int k = strcmp(mq->service, "ollama") ? -1 : s_model_index(mq->model);
+        if (k >= 0)
+            q[k] += mq->queued;
+    }
     if (st)
         agentbus__stats__free_unpacked(st, NULL);
-    return q;
 }
 
 typedef struct {
@@ -244,7 +249,9 @@ typedef struct {
 
 static void s_sample(s_sampler_t *sp)
 {
-    uint32_t bq = sp->ctl ? s_bus_queue(sp->ctl) : 0;
+    uint32_t bq[SC_MODELS] = {0};
+    if (sp->ctl)
+        s_bus_queue(sp->ctl, bq);
     double waited = 0;
     for (int g = 0; g < SC_GPUS; g++) {
         s_snap_t cur, *prev = &sp->last[g];
@@ -258,7 +265,7 @@ static void s_sample(s_sampler_t *sp)
             double busy = cur.busy_ns[m] - prev->busy_ns[m], cap = dt * cur.slots[m];
             sp->all_busy += busy;
             sp->all_cap += cap;
-            if (cur.queued[m] > 0 || bq > 0) {
+            if (cur.queued[m] > 0 || bq[m] > 0) {
                 sp->q_busy += busy;
                 sp->q_cap += cap;
                 waited = dt > waited ? dt : waited;

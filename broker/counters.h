@@ -41,6 +41,7 @@ typedef struct {
     /* issue 16: lanes and client quotas (clients.c, service.c) */
     uint64_t client_queue_busy; /* BUSY: a client's max-client-queued was reached */
     uint64_t deadline_early;    /* DEADLINE before dispatch: too little time left */
+    uint64_t deadline_busy;     /* issue 20: expired at a worker that kept answering (health.c) */
 } ab_counters_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value; one the

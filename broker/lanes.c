@@ -8,10 +8,18 @@
  * therefore alternate: the single request waits one dispatch, not 1,000.
  * Costs are counted in requests, not in tokens or seconds: the broker does
  * not know a request's cost before it is answered.
+ *
+ * The model index (lanes.h) exists for one case: many requests of a model
+ * whose workers are full ahead of a request of a model with a free slot.
+ * The lanes' walk passes at most AB_LANES_SCAN of them; the model pass then
+ * takes each other model's oldest request directly (issue 20: with three
+ * models and 174 agents, the fast model's requests starved behind more
+ * than 64 of the slow ones while its slots idled).
  */
 #include "lanes.h"
 #include "broker.h"
 #include "clients.h"
+#include "placement.h"
 #include "request.h"
 #include "service.h"
 #include "util.h"
@@ -27,6 +35,15 @@ typedef struct ab_flow {
     int32_t deficit;  /* requests it may still send in its current turn */
     ab_client_rec_t *crec;
 } ab_flow_t;
+
+/* One model's queued requests in one service. */
+struct ab_mqueue {
+    ab_list_t reqs[AB_LANES]; /* by lane (ab_req_t.mlink), oldest first */
+    ab_list_t ring;           /* on the service's models.ring */
+    uint32_t n;               /* requests in reqs */
+    uint32_t full;            /* the dispatch pass that found its workers full */
+    char model[];             /* its key in the index */
+};
 
 /* --- wait histogram: log-linear, 8 sub-buckets per power of two (about 6%) -- */
 #define W_SUB_BITS 3
@@ -128,12 +145,129 @@ static void s_flow_free(ab_lane_t *l, ab_flow_t *f)
     free(f);
 }
 
+/* --- the model index ------------------------------------------------------------ */
+static ab_mqueue_t *s_mqueue_get(ab_models_t *m, const char *model)
+{
+    if (!m->index && !(m->index = zhashx_new()))
+        return NULL;
+    ab_mqueue_t *mq = zhashx_lookup(m->index, model);
+    if (mq)
+        return mq;
+    size_t len = strlen(model);
+    if (!(mq = calloc(1, sizeof *mq + len + 1)))
+        return NULL;
+    memcpy(mq->model, model, len + 1);
+    if (zhashx_insert(m->index, mq->model, mq) != 0) {
+        free(mq);
+        return NULL;
+    }
+    ab_list_insert_tail(&m->ring, &mq->ring);
+    return mq;
+}
+
+/* R (naming a model) joins its model's queue. 0, or -1 out of memory. */
+static int s_model_put(ab_service_t *s, ab_req_t *r, int front)
+{
+    if (!r->route || !r->route->model[0])
+        return 0;
+    ab_mqueue_t *mq = s_mqueue_get(&s->models, r->route->model);
+    if (!mq)
+        return -1;
+    if (front)
+        ab_list_insert_head(&mq->reqs[r->lane], &r->mlink);
+    else
+        ab_list_insert_tail(&mq->reqs[r->lane], &r->mlink);
+    mq->n++;
+    r->mq = mq;
+    return 0;
+}
+
+/* R leaves its model's queue, freed when it was the last. */
+static void s_model_unlink(ab_service_t *s, ab_req_t *r)
+{
+    ab_mqueue_t *mq = r->mq;
+    if (!mq)
+        return;
+    ab_list_remove(&r->mlink);
+    r->mq = NULL;
+    if (--mq->n)
+        return;
+    ab_list_remove(&mq->ring);
+    zhashx_delete(s->models.index, mq->model);
+    free(mq);
+}
+
+/* The first request of MQ, by lane, not passed over in pass MARK; NULL
+ * when none among the first AB_LANES_SCAN. */
+static ab_req_t *s_model_first(ab_mqueue_t *mq, uint32_t mark)
+{
+    int passed = 0;
+    for (int i = 0; i < AB_LANES; i++)
+        for (ab_list_t *q = ab_list_first(&mq->reqs[i]); q; q = ab_list_next(&mq->reqs[i], q)) {
+            ab_req_t *r = ab_list_data(q, ab_req_t, mlink);
+            if (r->skip_mark != mark)
+                return r;
+            if (++passed >= AB_LANES_SCAN)
+                return NULL;
+        }
+    return NULL;
+}
+
+/* The model pass (lanes.h): each model's oldest request in ring order,
+ * skipping the models found full in this pass. A model with nothing left
+ * to offer is marked full, so each call looks at it once. */
+static ab_req_t *s_model_next(ab_service_t *s, uint32_t mark)
+{
+    int seen = 0;
+    for (ab_list_t *ml = ab_list_first(&s->models.ring); ml && seen < AB_LANES_SCAN;
+         ml = ab_list_next(&s->models.ring, ml), seen++) {
+        ab_mqueue_t *mq = ab_list_data(ml, ab_mqueue_t, ring);
+        if (mq->full == mark)
+            continue;
+        ab_req_t *r = s_model_first(mq, mark);
+        if (r)
+            return r;
+        mq->full = mark;
+    }
+    return NULL;
+}
+
+size_t ab_lanes_models(const ab_service_t *s, const char **names, uint32_t *queued, size_t max)
+{
+    size_t n = 0;
+    for (ab_list_t *ml = ab_list_first(&s->models.ring); ml && n < max;
+         ml = ab_list_next(&s->models.ring, ml), n++) {
+        const ab_mqueue_t *mq = ab_list_data(ml, ab_mqueue_t, ring);
+        names[n] = mq->model;
+        queued[n] = mq->n;
+    }
+    return n;
+}
+
+void ab_lanes_skip(ab_req_t *r, uint32_t mark)
+{
+    r->skip_mark = mark;
+    const struct ab_route *rt = r->route;
+    if (r->mq && !rt->worker[0] && !rt->avoid && !r->fwd)
+        r->mq->full = mark;
+}
+
+/* 1 when R was passed over in pass MARK, itself or by its model. */
+static int s_passed(const ab_req_t *r, uint32_t mark)
+{
+    return r->skip_mark == mark || (r->mq && r->mq->full == mark);
+}
+
 int ab_lanes_put(ab_service_t *s, ab_req_t *r, int front)
 {
     ab_lane_t *l = &s->lanes[r->lane];
-    ab_flow_t *f = s_flow_get(l, r->crec, front);
-    if (!f)
+    if (s_model_put(s, r, front) != 0)
         return -1;
+    ab_flow_t *f = s_flow_get(l, r->crec, front);
+    if (!f) {
+        s_model_unlink(s, r);
+        return -1;
+    }
     if (front) {
         ab_list_insert_head(&f->reqs, &r->qlink);
         ab_list_remove(&f->ring); /* taken back from a worker: it goes first */
@@ -158,6 +292,7 @@ static void s_unlink(ab_service_t *s, ab_req_t *r)
     ab_flow_t *f = r->flow;
     ab_list_remove(&r->qlink);
     r->flow = NULL;
+    s_model_unlink(s, r);
     l->depth--;
     s->q_len--;
     if (r->crec->queued)
@@ -187,6 +322,10 @@ void ab_lanes_take(ab_service_t *s, ab_req_t *r, uint64_t now_us)
     }
     s_wait_record(l, now_us > r->enq_us ? now_us - r->enq_us : 0);
     r->enq_us = 0;
+    if (r->mq) { /* its model had a turn: the model pass offers the others first */
+        ab_list_remove(&r->mq->ring);
+        ab_list_insert_tail(&s->models.ring, &r->mq->ring);
+    }
     s_unlink(s, r); /* may free F */
     for (int i = 0; i < AB_LANES; i++)
         if (i != r->lane && s->lanes[i].depth)
@@ -242,10 +381,10 @@ ab_req_t *ab_lanes_next(const ab_broker_t *b, ab_service_t *s, uint32_t mark)
             ab_flow_t *f = ab_list_data(fl, ab_flow_t, ring);
             for (ab_list_t *q = ab_list_first(&f->reqs); q; q = ab_list_next(&f->reqs, q)) {
                 ab_req_t *r = ab_list_data(q, ab_req_t, qlink);
-                if (r->skip_mark != mark)
+                if (!s_passed(r, mark))
                     return r;
                 if (++passed >= AB_LANES_SCAN)
-                    return NULL;
+                    return s_model_next(s, mark);
             }
         }
     }
@@ -275,4 +414,8 @@ void ab_lanes_fini(ab_service_t *s)
         free(l->wait);
         l->wait = NULL;
     }
+    ab_list_t *ml;
+    while ((ml = ab_list_pop_head(&s->models.ring)))
+        free(ab_list_data(ml, ab_mqueue_t, ring));
+    zhashx_destroy(&s->models.index);
 }

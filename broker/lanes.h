@@ -14,9 +14,16 @@
  * with work that has seen N dispatches go elsewhere is owed the next one
  * (its minimum share, 1 of every N: lane-normal-min-pct, lane-batch-min-pct).
  *
+ * A queued request that names a model is also on its model's list (the
+ * model index: one list per (service, model), by lane, oldest first), so a
+ * dispatch pass that has passed AB_LANES_SCAN requests it could not place
+ * (their model's workers full) still finds each other model's oldest
+ * request in one step per model, however deep the busy model's backlog.
+ *
  * Memory: one flow (~80 bytes) per (service, lane, client) with a request
- * queued, so at most one per queued request; a lane's flow index is an
- * idmap that shrinks back; wait histograms are 1.2 KB per lane used.
+ * queued, so at most one per queued request; one model queue (~90 bytes
+ * and the name) per (service, model) with a request queued; the indexes
+ * shrink back; wait histograms are 1.2 KB per lane used.
  * Everything runs on the broker thread.
  */
 #ifndef AB_LANES_H
@@ -26,12 +33,21 @@
 #include "list.h"
 #include "peer.h"
 
+#include <czmq.h>
+
 #include <stdint.h>
 
 enum { AB_LANE_INTERACTIVE = 0, AB_LANE_NORMAL = 1, AB_LANE_BATCH = 2, AB_LANES = 3 };
 
 typedef struct ab_lanes_wait ab_lanes_wait_t; /* wait-time histogram (lanes.c) */
+typedef struct ab_mqueue ab_mqueue_t;         /* one model's queued requests (lanes.c) */
 struct ab_client_rec;                         /* clients.h */
+
+/* A service's model index (see above). */
+typedef struct {
+    zhashx_t *index; /* model name -> ab_mqueue_t; NULL until a request names one */
+    ab_list_t ring;  /* the model queues, in the order the model pass visits them */
+} ab_models_t;
 
 typedef struct {
     ab_list_t ring;       /* flows with requests (ab_flow_t.ring), in DRR order */
@@ -50,8 +66,9 @@ const char *ab_lane_name(int lane);
 
 /* R (pending, R->crec set, R->lane set) waits in S: at the tail of its
  * client's flow, or with FRONT at its head and the flow first in the ring
- * (a request taken back from a worker goes first). 0, or -1 out of memory
- * (a new flow): R is then not queued. */
+ * (a request taken back from a worker goes first); and, when R names a
+ * model, likewise in that model's queue. 0, or -1 out of memory (a new
+ * flow or model queue): R is then not queued. */
 int ab_lanes_put(ab_service_t *s, ab_req_t *r, int front);
 /* R leaves its flow without being dispatched (cancel, deadline, answered);
  * its flow is freed when it was the last. */
@@ -62,17 +79,29 @@ void ab_lanes_remove(ab_service_t *s, ab_req_t *r);
 void ab_lanes_take(ab_service_t *s, ab_req_t *r, uint64_t now_us);
 /* Records a wait of 0 in LANE: a request dispatched without queuing. */
 void ab_lanes_direct(ab_service_t *s, int lane);
-/* The next request S should dispatch that is not marked MARK (r->skip_mark):
- * lanes in the order above, flows in ring order, requests in flow order.
- * NULL when none, or after passing AB_LANES_SCAN marked ones. */
+/* The next request S should dispatch that is not passed over in pass MARK
+ * (ab_lanes_skip): lanes in the order above, flows in ring order, requests
+ * in flow order. Once that walk has passed AB_LANES_SCAN requests, the
+ * model pass: the oldest request (by lane) of each model not found full
+ * in this pass, models in ring order, at most AB_LANES_SCAN models and
+ * AB_LANES_SCAN requests of each looked at. NULL when none. */
 ab_req_t *ab_lanes_next(const ab_broker_t *b, ab_service_t *s, uint32_t mark);
 #define AB_LANES_SCAN 64
+/* R cannot be placed in pass MARK (its model's workers are full): it is
+ * passed over, and when nothing but its model decides its placement (no
+ * pinned worker, none to avoid, not from a broker link) so is every
+ * request of its model, without looking at them. */
+void ab_lanes_skip(ab_req_t *r, uint32_t mark);
+/* Up to MAX of S's models with requests queued: their names (valid until
+ * S's queue changes) and counts. Returns how many. */
+size_t ab_lanes_models(const ab_service_t *s, const char **names, uint32_t *queued, size_t max);
 /* Any queued request of S, or NULL (draining a service's queue). */
 ab_req_t *ab_lanes_any(ab_service_t *s);
 /* Wait percentile P (0..100] of LANE in microseconds; 0 when none recorded. */
 uint64_t ab_lanes_wait_pct(const ab_lane_t *lane, double p);
 uint64_t ab_lanes_wait_count(const ab_lane_t *lane);
-/* Frees S's flows and histograms (the service goes; its requests are gone). */
+/* Frees S's flows, model queues and histograms (the service goes; its
+ * requests are gone). */
 void ab_lanes_fini(ab_service_t *s);
 
 #endif

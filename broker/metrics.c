@@ -185,6 +185,9 @@ static const struct {
     {"agentbus_deadline_early_total",
      "Requests answered DEADLINE before dispatch: less time left than a fast answer",
      C(deadline_early)},
+    {"agentbus_deadline_busy_total",
+     "Deadlines that passed at a worker that answered other requests meanwhile (not held against it)",
+     C(deadline_busy)},
 };
 
 static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)

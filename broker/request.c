@@ -402,7 +402,16 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *bo
     if (holder && r->cache && !r->answered && r->state == AB_REQ_ORPHANED)
         ab_cache_on_answer(b, r, h, body);
     if (final && holder) {
+        /* A late error (CANCELLED, DEADLINE) for a request whose deadline
+         * passed: a failure unless the worker answered others meanwhile;
+         * a late reply is no failure. Judged once R is freed: an ejection
+         * takes back (and frees) what the worker holds. */
+        ab_worker_rec_t *w = r->worker;
+        int judge = r->deadline_passed && h->kind == AB_KIND_ERROR;
+        uint64_t oks = r->oks_at_dispatch, held = ab_broker_clock_us(b) - r->dispatch_us;
         ab_req_free(b, r);
+        if (judge)
+            ab_health_on_deadline(b, w, oks, held);
         ab_health_kick_later(b); /* its credit is back: the queue may move */
     }
 }
@@ -452,11 +461,17 @@ void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid, co
     w->completed++;
     if (r->attempts > 1)
         ab_health_note_answered(b, r, from);
+    uint64_t oks_then = r->oks_at_dispatch, held = ab_broker_clock_us(b) - r->dispatch_us;
     ab_req_free(b, r);
     /* A broker link's error is the far side's verdict on one request (its
      * own workers' health is judged there); the link's health is its
-     * heartbeats (link.h). */
-    ab_health_on_result(b, w, h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER);
+     * heartbeats (link.h). A worker's own DEADLINE is judged as the
+     * broker's (ab_health_on_deadline). */
+    int ok = h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER;
+    if (!ok && h->error_code == AB_ERR_DEADLINE)
+        ab_health_on_deadline(b, w, oks_then, held);
+    else
+        ab_health_on_result(b, w, ok);
     ab_service_dispatch(b, s);
 }
 
@@ -494,8 +509,11 @@ void ab_deadline_expire(ab_broker_t *b, int64_t now)
             s_orphan(b, r);
             ab_cancel_send(b, r, AB_ERR_DEADLINE); /* frees the worker's slot (GPU) soon */
             ab_req_client_done(b, r);
-            /* Too slow counts against the worker's failure budget. */
-            ab_health_on_result(b, r->worker, 0);
+            /* Too slow may count against the worker's failure budget:
+             * judged when its answer to this request comes (the answers
+             * it sent meanwhile may still wait in the socket behind a
+             * busy loop: ab_health_on_deadline). */
+            r->deadline_passed = 1;
         } else {
             b->c.deadline_expired++;
             ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");

@@ -54,8 +54,12 @@ struct ab_req {
     struct ab_flow *flow;         /* its flow while queued (qlink is in flow's list) */
     uint8_t lane;                 /* AB_LANE_* from its priority */
     uint32_t skip_mark;           /* passed over in dispatch pass N (service.c) */
+    struct ab_mqueue *mq;         /* its model's queue while queued (lanes.h) */
+    ab_list_t mlink;              /* in mq's list of its lane */
     uint64_t enq_us;              /* queued since (0: not queued) */
     uint64_t dispatch_us;         /* last sent to a worker */
+    uint64_t oks_at_dispatch;     /* its worker's successful answers then (health.h) */
+    uint8_t deadline_passed;      /* orphaned by its deadline: judged at the worker's answer */
     ab_defer_node_t later;        /* queued for an action after a walk (drain) */
     struct ab_fwd *fwd;           /* came over a broker link (link.h); NULL otherwise */
 };

@@ -581,8 +581,10 @@ static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
 
 /* Lanes decide the order (lanes.h); placement decides where a request with
  * a model goes, and one whose model's workers are busy is passed over
- * without blocking the ones behind it (up to AB_LANES_SCAN of them). Each
- * pass restarts from the lanes' heads: failing a request may change them. */
+ * without blocking the ones behind it, with the rest of its model's
+ * requests (ab_lanes_skip): past AB_LANES_SCAN of them the lanes offer each
+ * other model's oldest request. Each call restarts from the lanes' heads:
+ * failing a request may change them. */
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
 {
     int64_t now = (int64_t)(ab_broker_clock_us(b) / 1000);
@@ -594,7 +596,7 @@ void ab_service_dispatch(ab_broker_t *b, ab_service_t *s)
         if (v == 3)
             return;
         if (v == 2)
-            r->skip_mark = mark;
+            ab_lanes_skip(r, mark);
         if (v != 0)
             continue;
         ab_lanes_take(s, r, ab_broker_clock_us(b));

@@ -32,6 +32,7 @@ struct ab_service {
     int provisional;        /* created by a request during the startup grace */
     zlistx_t *workers;      /* ab_worker_rec_t*, not owned */
     ab_lane_t lanes[AB_LANES]; /* queued requests by lane and client (lanes.h) */
+    ab_models_t models;     /* queued requests by model (lanes.h) */
     uint32_t q_len;         /* in all lanes */
     uint64_t deadline_early; /* answered DEADLINE early: less time left than a fast answer */
     uint64_t fast_us[2];    /* fastest answer of this window and the last (0: none) */

@@ -235,6 +235,7 @@ static void s_failure_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->client_limit_busy = c->client_limit_busy;
     st->client_queue_busy = c->client_queue_busy;
     st->deadline_early = c->deadline_early;
+    st->deadline_busy = c->deadline_busy;
     st->clients = (uint32_t)zhashx_size(b->clients);
     st->draining = b->draining;
     st->probes = c->probes;
@@ -319,6 +320,38 @@ static void s_health_stats(const ab_counters_t *c, Agentbus__Stats *st, s_stats_
     st->health_transitions = m->hcp;
 }
 
+/* Queued requests by (service, model): what the model index holds, at most
+ * AB_LANES_SCAN models per service. Arrays in MQ/MQP (freed by the caller);
+ * -1 out of memory. */
+static int s_model_queues(ab_broker_t *b, Agentbus__Stats *st, Agentbus__ModelQueue **mq,
+                          Agentbus__ModelQueue ***mqp)
+{
+    size_t cap = 0, n = 0;
+    for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services))
+        cap += s->q_len ? AB_LANES_SCAN : 0;
+    *mq = calloc(cap + 1, sizeof **mq);
+    *mqp = calloc(cap + 1, sizeof **mqp);
+    if (!*mq || !*mqp)
+        return -1;
+    const char *names[AB_LANES_SCAN];
+    uint32_t counts[AB_LANES_SCAN];
+    for (ab_service_t *s = zhashx_first(b->services); s; s = zhashx_next(b->services)) {
+        if (!s->q_len)
+            continue;
+        size_t k = ab_lanes_models(s, names, counts, AB_LANES_SCAN);
+        for (size_t i = 0; i < k && n < cap; i++, n++) {
+            agentbus__model_queue__init(&(*mq)[n]);
+            (*mq)[n].service = s->name;
+            (*mq)[n].model = (char *)names[i];
+            (*mq)[n].queued = counts[i];
+            (*mqp)[n] = &(*mq)[n];
+        }
+    }
+    st->n_model_queues = n;
+    st->model_queues = *mqp;
+    return 0;
+}
+
 static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
 {
     Agentbus__Stats st;
@@ -334,12 +367,17 @@ static int s_answer_stats(ab_broker_t *b, uint8_t **out, size_t *len)
     st.cache = ab_cache_stats(b);
 
     s_services_t sv;
+    Agentbus__ModelQueue *mq = NULL, **mqp = NULL;
     int rc = s_services_build(b, &sv);
+    if (rc == 0)
+        rc = s_model_queues(b, &st, &mq, &mqp);
     if (rc == 0) {
         st.n_services = sv.n;
         st.services = sv.ptrs;
         rc = s_pack(&st.base, out, len);
     }
+    free(mq);
+    free(mqp);
     s_services_free(&sv);
     return rc;
 }

@@ -450,6 +450,7 @@ void ab_health_on_dispatch(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r)
     if (r->attempts < AB_ATTEMPTS_MAX)
         r->tried[r->attempts] = ab_rid_hash(&w->peer->rid);
     r->attempts++;
+    r->oks_at_dispatch = w->health.oks;
     if (w->health.state == AB_HEALTH_PROBING)
         b->c.probes++;
 }
@@ -480,6 +481,7 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
     ab_health_t *h = &w->health;
     if (ok) { /* every answer passes here: no clock read for it */
         h->failures = 0;
+        h->oks++;
         if (h->state == AB_HEALTH_PROBING) {
             s_state(b, w, AB_HEALTH_HEALTHY, "probe request succeeded");
             b->health->kick = 1;
@@ -494,6 +496,16 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
     if (h->state == AB_HEALTH_PROBING ||
         (h->state == AB_HEALTH_HEALTHY && h->failures >= b->cfg->eject_failures))
         s_eject(b, w, now);
+}
+
+void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch,
+                           uint64_t held_us)
+{
+    if (w->health.oks != oks_at_dispatch || held_us < (uint64_t)b->cfg->health_floor_ms * 1000) {
+        b->c.deadline_busy++;
+        return;
+    }
+    ab_health_on_result(b, w, 0);
 }
 
 void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w)

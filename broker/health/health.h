@@ -46,6 +46,7 @@ typedef struct {
     uint32_t expect_ms;          /* interval the suspicion uses (old one until acked) */
     uint32_t stable_beats;       /* on-time heartbeats at this interval */
     uint32_t failures;           /* consecutive failed requests */
+    uint64_t oks;                /* successful answers so far (ab_health_on_deadline) */
     uint32_t ejections, eject_streak;
     int64_t ejected_until_ms;
     uint32_t backoff_ms;         /* of the last ejection */
@@ -104,9 +105,21 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
  * logs it and pushes a "backend" directory change to watchers. */
 void ab_health_backend_state(ab_broker_t *b, ab_worker_rec_t *w, const char *state);
 void ab_health_on_dispatch(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r);
-/* A final answer from W to a request it held: OK 1 for REPLY, 0 for ERROR
- * or a deadline that passed while it held the request. */
+/* A final answer from W to a request it held: OK 1 for REPLY, 0 for ERROR. */
 void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok);
+/* A request's deadline passed while W held it (the broker's clock, or W
+ * answered DEADLINE itself; OKS_AT_DISPATCH: the request's
+ * oks_at_dispatch): a failure of W only when W answered nothing
+ * successfully since the request was sent to it and held it for at least
+ * health-floor-ms (HELD_US: a request sent with little time left, as at
+ * overload after a long wait in the broker's queue, expires before any
+ * answer could come, whatever the worker does). A worker that keeps
+ * answering is busy (R waited in its backend's queue: the client's
+ * deadline, not the worker, decided), and ejecting it would take back
+ * what it is running, fail its streams WORKER_LOST and idle its GPU
+ * (issue 20); a hung worker answers nothing and is still ejected. */
+void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch,
+                           uint64_t held_us);
 void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
 /* Remembers R's holders other than WINNER, so their answers count as
  * duplicates; ab_health_is_dup asks. */

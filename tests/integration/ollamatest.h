@@ -70,6 +70,8 @@ void ollama_adaptive(void);
 void ollama_timeout_credit(void);
 void ollama_model_credit(void);
 void ollama_model_slots(void);
+void ollama_model_scan(void);
+void ollama_busy_no_eject(void);
 void ollama_placement_loaded(void);
 void ollama_placement_vram(void);
 void ollama_models_cli(void);

@@ -256,6 +256,135 @@ void ollama_model_slots(void)
     ab_client_destroy(&c);
 }
 
+/* Issue 20: a free slot of one model finds that model's oldest waiting
+ * request however many requests of a busy model wait ahead of it (the
+ * dispatch pass used to give up after 64 it could not place). sim-large
+ * hangs and takes its cap of two; 80 more of its requests queue at the
+ * broker, one client, one flow; then one sim-small request must go at
+ * once (before the fix: not until sim-large's requests expired). */
+void ollama_model_scan(void)
+{
+    int sim = ot_sim("--num-parallel", "8", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "8", "--model-slots", "2", "--preload",
+               "sim-small,sim-large", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-large:latest", 1, 30000) == 0);
+    ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-large\"}");
+    enum { N = 82 };
+    static ot_res_t big[N];
+    for (int i = 0; i < N; i++) {
+        ot_gen_t g = {"sim-large", "hold", NULL, 0, 1000 + i, 40000};
+        ot_start_gen(c, &g, &big[i]);
+    }
+    for (int i = 0; i < 200 && s_in_flight(c, "w1") < 2; i++)
+        th_sleep_ms(25);
+    th_sleep_ms(300);
+    CHECK_EQ(s_in_flight(c, "w1"), 2);
+    Agentbus__Stats *st = th_stats(c); /* the model index, as stats shows it */
+    REQUIRE(st != NULL);
+    uint32_t waiting = 0;
+    for (size_t i = 0; i < st->n_model_queues; i++)
+        if (!strcmp(st->model_queues[i]->model, "sim-large"))
+            waiting = st->model_queues[i]->queued;
+    CHECK_EQ(waiting, N - 2);
+    agentbus__stats__free_unpacked(st, NULL);
+    ot_res_t small;
+    ot_gen_t g = {"sim-small", "behind them", NULL, 0, 7, 30000};
+    ot_start_gen(c, &g, &small);
+    ot_wait(c, &small, 1, 20000);
+    CHECK_EQ(small.finals, 1); /* before the fix: 0 (80 ahead, 64 looked at) */
+    CHECK_EQ(small.status, AB_OK);
+    int held = 0;
+    for (int i = 0; i < N; i++)
+        held += big[i].finals == 0;
+    CHECK_EQ(held, N); /* every sim-large request still waits */
+    ab_client_destroy(&c);
+}
+
+static int s_healthy(ab_client_t *c, const char *name)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    int ok = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        if (strcmp(wl->workers[i]->name, name) == 0)
+            ok = strcmp(wl->workers[i]->health, "healthy") == 0;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return ok;
+}
+
+/* Issue 20: deadlines that pass while a worker holds requests it is still
+ * working through (one slot, twelve sent at once) are the clients' budget,
+ * not the worker's failure: it is not ejected (before the fix: ejected at
+ * the third, its requests taken back, its streams failed WORKER_LOST). A
+ * worker that answers nothing while its requests expire still is. */
+void ollama_busy_no_eject(void)
+{
+    int sim = ot_sim("--num-parallel", "1", "--time-scale", "1", NULL);
+    int port = th_free_port();
+    th_broker(port, "--eject-failures", "3", NULL);
+    ot_oworker(port, sim, "w1", "--capacity", "12", "--preload", "sim-small", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
+    ot_res_t r[12];
+    for (int i = 0; i < 12; i++) {
+        ot_gen_t g = {"sim-small", "one slot", NULL, 1, 600 + i, 1500};
+        ot_start_gen(c, &g, &r[i]);
+    }
+    ot_wait(c, r, 12, 20000);
+    int ok = 0, expired = 0;
+    for (int i = 0; i < 12; i++) {
+        CHECK_EQ(r[i].finals, 1);
+        ok += r[i].status == AB_OK;
+        expired += r[i].status == AB_EDEADLINE || r[i].status == AB_ETIMEOUT;
+    }
+    printf("busy worker: %d answered, %d expired (%s)\n", ok, expired, r[11].error);
+    CHECK_TRUE(ok >= 1);
+    CHECK_TRUE(expired >= 3); /* one slot of ~250 ms: at most 6 fit in 1.5 s */
+    /* judged as the worker answers each expired one (CANCELLED) */
+    Agentbus__Stats *st = th_stats(c);
+    for (int i = 0; i < 200 && st && st->deadline_busy < (uint64_t)expired; i++) {
+        agentbus__stats__free_unpacked(st, NULL);
+        th_sleep_ms(25);
+        st = th_stats(c);
+    }
+    REQUIRE(st != NULL);
+    printf("ejected %llu, deadline_busy %llu, deadline_expired %llu\n",
+           (unsigned long long)st->workers_ejected, (unsigned long long)st->deadline_busy,
+           (unsigned long long)st->deadline_expired);
+    CHECK_EQ(st->workers_ejected, 0); /* before the fix: 1 */
+    CHECK_TRUE(st->deadline_busy >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* hung: nothing answered while its requests expire (on a healthy
+     * worker: a suspect one, late heartbeats on a busy machine, gets none) */
+    for (int i = 0; i < 200 && !s_healthy(c, "w1"); i++)
+        th_sleep_ms(25);
+    ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-small\"}");
+    ot_res_t h[4];
+    for (int i = 0; i < 4; i++) {
+        ot_gen_t g = {"sim-small", "hung", NULL, 1, 700 + i, 1600}; /* > health-floor-ms */
+        ot_start_gen(c, &g, &h[i]);
+    }
+    ot_wait(c, h, 4, 20000);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(h[i].finals, 1);
+    st = th_stats(c);
+    for (int i = 0; i < 200 && st && st->workers_ejected == 0; i++) {
+        agentbus__stats__free_unpacked(st, NULL);
+        th_sleep_ms(25);
+        st = th_stats(c);
+    }
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->workers_ejected >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+}
+
 /* Model A loaded on worker 1, B on worker 2: requests follow the models. */
 void ollama_placement_loaded(void)
 {

@@ -7,6 +7,7 @@
 #include "clients.h"
 #include "lanes.h"
 #include "link.h"
+#include "placement.h"
 #include "test.h"
 
 #include <stdio.h>
@@ -276,11 +277,77 @@ static void s_test_lanes(void)
     ab_idmap_fini(&b.pending);
 }
 
+/* Gives R a route naming MODEL (and pinned to WORKER when not NULL). */
+static void s_route(ab_req_t *r, const char *model, const char *worker)
+{
+    struct ab_route *rt = calloc(1, sizeof *rt);
+    REQUIRE(rt != NULL);
+    snprintf(rt->model, sizeof rt->model, "%s", model);
+    snprintf(rt->worker, sizeof rt->worker, "%s", worker ? worker : "");
+    r->route = rt;
+}
+
+/* Issue 20: 100 requests of a model whose workers are full ahead of one of
+ * another model. The pass looks at one of the full model's requests, not
+ * 64 (and before the model index, gave up there: the other model's request
+ * waited while its slots idled). A request pinned to a worker passed over
+ * does not pass over its model's others. */
+static void s_test_models(void)
+{
+    ab_broker_t b;
+    ab_broker_config_t cfg;
+    s_setup(&b, &cfg);
+    ab_service_t s;
+    memset(&s, 0, sizeof s);
+    ab_client_rec_t *c = s_client(1, 1);
+    enum { N = 101 };
+    ab_req_t *r = calloc(N + 1, sizeof *r);
+    REQUIRE(r != NULL);
+    s_route(&r[0], "big", "w2"); /* pinned: its being full says nothing of the others */
+    for (int i = 1; i < N; i++)
+        s_route(&r[i], "big", NULL);
+    s_route(&r[N], "small", NULL);
+    for (int i = 0; i <= N; i++) {
+        r[i].bid = (uint64_t)i + 1;
+        r[i].crec = c;
+        r[i].lane = AB_LANE_NORMAL;
+        REQUIRE(ab_lanes_put(&s, &r[i], 0) == 0);
+    }
+    uint32_t mark = 7;
+    ab_req_t *x = ab_lanes_next(&b, &s, mark);
+    CHECK_EQ(x->bid, 1);
+    ab_lanes_skip(x, mark); /* w2 full */
+    x = ab_lanes_next(&b, &s, mark);
+    CHECK_EQ(x->bid, 2);
+    ab_lanes_skip(x, mark); /* every "big" worker full: the model is */
+    x = ab_lanes_next(&b, &s, mark);
+    REQUIRE(x != NULL); /* before the model index: NULL after 64 */
+    CHECK_EQ(x->bid, N + 1);
+    ab_lanes_take(&s, x, 0);
+    CHECK_TRUE(ab_lanes_next(&b, &s, mark) == NULL);
+    CHECK_EQ(zhashx_size(s.models.index), 1);
+    /* The next pass starts afresh: "big" is offered again, oldest first. */
+    x = ab_lanes_next(&b, &s, mark + 1);
+    CHECK_EQ(x->bid, 1);
+    /* The index empties with the queue. */
+    while (s.q_len)
+        ab_lanes_remove(&s, ab_lanes_any(&s));
+    CHECK_EQ(zhashx_size(s.models.index), 0);
+    CHECK_EQ(ab_list_empty(&s.models.ring), 1);
+    for (int i = 0; i <= N; i++)
+        free(r[i].route);
+    ab_lanes_fini(&s);
+    free(r);
+    free(c);
+    ab_idmap_fini(&b.pending);
+}
+
 int main(void)
 {
     s_test_lane_of();
     s_test_drr();
     s_test_lanes();
+    s_test_models();
     s_test_admit();
     s_test_pick();
     s_test_heap();
