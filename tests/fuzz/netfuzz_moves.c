@@ -437,6 +437,23 @@ static void s_link_interest(Agentbus__LinkMsg *m)
     m->routes = ps;
 }
 
+/* M packed as a LINK message into O (on the heap when larger than O's buffer). */
+static void s_link_out(nf_peer_t *p, nf_out_t *o, const Agentbus__LinkMsg *m)
+{
+    size_t len = agentbus__link_msg__get_packed_size(m);
+    uint8_t *buf = len <= sizeof o->buf ? o->buf : malloc(len);
+    if (!buf)
+        return;
+    agentbus__link_msg__pack(m, buf);
+    o->h = ab_header_init(AB_KIND_LINK);
+    o->h.id = s_new_id(p);
+    if (buf != o->buf)
+        o->heap = buf;
+    o->data = buf;
+    o->len = len;
+    o->has = 1;
+}
+
 /* A LINK message: HELLO as some broker, a heartbeat (echoed or echoing),
  * a directory, or a type nobody knows. Once HELLO is answered the peer is
  * a link: its REQUESTs are forwarded ones (s_mk_request sets their route
@@ -455,18 +472,7 @@ static void s_mk_link(nf_peer_t *p, nf_out_t *o)
         s_link_dir(&m, o);
     else if (m.type == 6)
         s_link_interest(&m);
-    size_t len = agentbus__link_msg__get_packed_size(&m);
-    uint8_t *buf = len <= sizeof o->buf ? o->buf : malloc(len);
-    if (!buf)
-        return;
-    agentbus__link_msg__pack(&m, buf);
-    o->h = ab_header_init(AB_KIND_LINK);
-    o->h.id = s_new_id(p);
-    if (buf != o->buf)
-        o->heap = buf;
-    o->data = buf;
-    o->len = len;
-    o->has = 1;
+    s_link_out(p, o, &m);
 }
 
 /* --- LINK NAMES and INTEREST (broker/link/link_msg.c) -------------------------------- */
@@ -536,18 +542,7 @@ static void s_mk_link_set(nf_peer_t *p, nf_out_t *o, int interest)
         m.n_names = s_set(s_names, sizeof s_names / sizeof *s_names, s_odd_names,
                           sizeof s_odd_names / sizeof *s_odd_names, "n");
     }
-    size_t len = agentbus__link_msg__get_packed_size(&m);
-    uint8_t *buf = len <= sizeof o->buf ? o->buf : malloc(len);
-    if (!buf)
-        return;
-    agentbus__link_msg__pack(&m, buf);
-    o->h = ab_header_init(AB_KIND_LINK);
-    o->h.id = s_new_id(p);
-    if (buf != o->buf)
-        o->heap = buf;
-    o->data = buf;
-    o->len = len;
-    o->has = 1;
+    s_link_out(p, o, &m);
 }
 
 /* Builds the message of move MV (one that is a single message). */

@@ -214,20 +214,30 @@ void ollama_model_credit(void)
     ab_client_destroy(&c);
 }
 
-/* --model-slots: one model's backlog waits at the broker, not in the
- * worker's credit. sim-large hangs; the worker takes two of its requests
- * (the model's cap) and sim-small's requests still go through. */
-void ollama_model_slots(void)
+/* A broker and worker w1 (capacity 8, --model-slots 2) in front of a
+ * simulator with 8 slots, sim-small and sim-large loaded: the client, and
+ * the simulator's port in *SIM. */
+static ab_client_t *s_two_models(int *sim)
 {
-    int sim = ot_sim("--num-parallel", "8", NULL);
+    *sim = ot_sim("--num-parallel", "8", NULL);
     int port = th_free_port();
     th_broker(port, NULL);
-    ot_oworker(port, sim, "w1", "--capacity", "8", "--model-slots", "2", "--preload",
+    ot_oworker(port, *sim, "w1", "--capacity", "8", "--model-slots", "2", "--preload",
                "sim-small,sim-large", NULL);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
     REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
     REQUIRE(ot_wait_loaded(c, "w1", "sim-large:latest", 1, 30000) == 0);
+    return c;
+}
+
+/* --model-slots: one model's backlog waits at the broker, not in the
+ * worker's credit. sim-large hangs; the worker takes two of its requests
+ * (the model's cap) and sim-small's requests still go through. */
+void ollama_model_slots(void)
+{
+    int sim;
+    ab_client_t *c = s_two_models(&sim);
     Agentbus__WorkerList *wl;
     const Agentbus__InferenceState *st = ot_state(c, "w1", &wl, NULL);
     REQUIRE(st != NULL);
@@ -264,15 +274,8 @@ void ollama_model_slots(void)
  * once (before the fix: not until sim-large's requests expired). */
 void ollama_model_scan(void)
 {
-    int sim = ot_sim("--num-parallel", "8", NULL);
-    int port = th_free_port();
-    th_broker(port, NULL);
-    ot_oworker(port, sim, "w1", "--capacity", "8", "--model-slots", "2", "--preload",
-               "sim-small,sim-large", NULL);
-    ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
-    REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 30000) == 0);
-    REQUIRE(ot_wait_loaded(c, "w1", "sim-large:latest", 1, 30000) == 0);
+    int sim;
+    ab_client_t *c = s_two_models(&sim);
     ot_faults(sim, "{\"hang_rate\":1,\"model\":\"sim-large\"}");
     enum { N = 82 };
     static ot_res_t big[N];
