@@ -16,7 +16,8 @@
 #   bench/links_bench.sh [BUILD_DIR]
 #   env: RUNS (3), SECS (2 per size), WINDOW (256), LAT (lone round trips, 2000),
 #        PROXY (c: ab-linkproxy-c; py: the tests' python ab-linkproxy; none:
-#        the link and the echo dialed directly)
+#        the link and the echo dialed directly), CAP (each echo worker's
+#        capacity, 64), CREDIT (A's --link-credit-pct, the broker's default 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build}
@@ -66,11 +67,12 @@ pids+=($!)
 [ "$proxy" = none ] || start_proxy "$pp" "$pb"
 "$bin/agentbus-broker" --auth curve --name a --bind "tcp://127.0.0.1:$pa" --log-level warn \
   --broker-cert "$dir/certs/a.key" --keys-dir "$dir/ka" \
-  --peer "tcp://127.0.0.1:$pp#$dir/certs/b.key" >"$dir/a.log" 2>&1 &
+  --peer "tcp://127.0.0.1:$pp#$dir/certs/b.key" --link-credit-pct "${CREDIT:-200}" \
+  >"$dir/a.log" 2>&1 &
 pids+=($!)
 for n in 1 2; do
   AB_BROKER_KEY="$dir/certs/b.key" "$bin/agentbus-worker" --broker "tcp://127.0.0.1:$pb" \
-    --backend echo --capacity 64 --log-level warn >"$dir/w$n.log" 2>&1 &
+    --backend echo --capacity "${CAP:-64}" --log-level warn >"$dir/w$n.log" 2>&1 &
   pids+=($!)
 done
 "$bin/agentbus-link-echo" serve "$pe" >"$dir/echo.log" 2>&1 &
@@ -100,7 +102,8 @@ for run in $(seq "$runs"); do
     awk '{ print "bare", $3, $5, $7, $9 }' >>"$dir/results"
   echo "run $run/$runs: $(tail -3 "$dir/results" | tr '\n' ' ')"
 done
-echo "proxy: $proxy, $runs runs x $secs s per size, window $window, $lat lone round trips" \
+echo "proxy: $proxy, $runs runs x $secs s per size, window $window, $lat lone round trips," \
+  "worker capacity ${CAP:-64} x 2, link-credit-pct ${CREDIT:-200}" \
   "(columns: 64 B req/s, 4 KiB req/s, lone p50 us, lone p99 us)"
 cat "$dir/results"
 awk -v runs="$runs" '

@@ -197,6 +197,10 @@ static const s_option_t s_options[] = {
     {"link-compress-threshold-bytes", OPT_SIZE, OFF(link_compress_threshold_bytes), 0,
      1L << 30, "256", "payloads crossing a broker link uncompressed are lz4-compressed from "
      "this size (0: never); lower than the clients' 1 KiB: links are the slow hop"},
+    {"link-credit-pct", OPT_LONG, OFF(link_credit_pct), 100, 1000, "200",
+     "requests this broker may have in flight to a peer's service, in percent of the "
+     "capacity the peer announced: above 100 the far broker queues the rest, so its workers "
+     "do not wait for the link's round trip between two requests"},
     {"link-dir-max-bytes", OPT_SIZE, OFF(link_dir_max_bytes), 4096, 64L << 20, "1M",
      "largest directory a peer broker may announce (its encoded size); a larger one is "
      "refused whole and counted"},

@@ -98,6 +98,7 @@ typedef struct {
     long link_hop_limit;       /* links a forwarded request may cross */
     size_t link_compress_threshold_bytes; /* lz4 on links from this size; 0 never */
     size_t link_dir_max_bytes; /* largest directory a peer may announce */
+    long link_credit_pct;      /* in flight to a peer's service, % of its announced capacity */
 } ab_broker_config_t;
 
 /* Fills CFG from defaults, the config file (--config / AB_CONFIG), the

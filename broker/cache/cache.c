@@ -276,9 +276,11 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
     *cr = NULL;
     if (!c || h->worker.len) /* pinned requests are operator commands */
         return 0;
-    uint64_t t_in = ab_now_ns();
     char model[AB_MODEL_MAX + 1];
     ab_view_copy(h->model, model, sizeof model);
+    /* Without a model or the CACHEABLE mark there is no key (cache_key.c's
+     * first test) and no clock read either: most requests stop here. */
+    uint64_t t_in = model[0] || (h->flags & AB_FLAG_CACHEABLE) ? ab_now_ns() : 0;
     ab_key_input_t in = {s->name, model, s_digest(s, model), h->flags,
                          body ? zmq_msg_data((zmq_msg_t *)body) : NULL,
                          body ? zmq_msg_size((zmq_msg_t *)body) : 0, 0, 0};

@@ -655,7 +655,9 @@ static void s_on_batch(ab_broker_t *b, ab_link_t *l, const ab_frame_t *pl, int64
     b->c.batched_msgs_in += count;
     ab_frame_t f[2];
     size_t nf;
-    while (ab_batch_next(&r, f, &nf) == 1) {
+    for (uint32_t i = 1; ab_batch_next(&r, f, &nf) == 1; i++) {
+        if ((i & 31) == 0)
+            b->clock_us = ab_now_us(); /* a long batch: the clock moves on (broker.h) */
         ab_header_t h;
         ab_frame_t epl;
         if (ab_msg_decode(f, nf, &b->limits, &h, &epl) != AB_OK || h.kind == AB_KIND_LINK) {
@@ -755,7 +757,9 @@ static void s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
         if (kept > 1)
             fr[1] = (ab_frame_t){zmq_msg_data(&f[1]), zmq_msg_size(&f[1])};
         int idx = l->idx;
+        b->clock_us = ab_now_us(); /* until this message is handled (broker.h) */
         s_on_dealer(b, l, fr, n, kept == 2 ? &f[1] : NULL, now);
+        b->clock_us = 0;
         for (size_t i = 0; i < kept; i++)
             zmq_msg_close(&f[i]);
         if (b->links->l[idx] != l)

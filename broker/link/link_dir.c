@@ -272,10 +272,16 @@ static int s_register(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, const Agentbus
     agentbus__register__pack(&m, buf);
     ab_header_t h = ab_header_init(AB_KIND_REGISTER);
     h.target = ab_view_of(e->name);
-    uint32_t cap = e->capacity;
-    if (cap > (uint32_t)b->cfg->worker_capacity_max)
+    /* Credit above the announced capacity keeps the far workers busy
+     * across the link's round trip: while an answer travels back here and
+     * the next request travels there, the far broker already holds that
+     * request in its queue (docs/links.md, "The link's pipeline"). */
+    uint64_t cap = (uint64_t)e->capacity * (uint64_t)b->cfg->link_credit_pct / 100;
+    if (cap < e->capacity)
+        cap = e->capacity;
+    if (cap > (uint64_t)b->cfg->worker_capacity_max)
         cap = (uint32_t)b->cfg->worker_capacity_max;
-    h.credit = cap;
+    h.credit = (uint32_t)cap;
     ab_frame_t pl = {buf, len};
     ab_rid_t rid = p->rid;
     int rc = ab_worker_on_register(b, p, &h, &pl, now);

@@ -153,11 +153,14 @@ int ab_link_forward(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, ab_header_t
     }
     char via[AB_VIA_MAX];
     const struct ab_fwd *f = r->fwd;
-    int n = snprintf(via, sizeof via, "%s%s%s", f ? f->via : "", f && f->via[0] ? "," : "",
-                     l->all->self);
-    if (n < 0 || (size_t)n >= sizeof via)
-        return -1;
-    h->via = ab_view_of(via);
+    if (f && f->via[0]) { /* the brokers it crossed, then this one */
+        int n = snprintf(via, sizeof via, "%s,%s", f->via, l->all->self);
+        if (n < 0 || (size_t)n >= sizeof via)
+            return -1;
+        h->via = ab_view_of(via);
+    } else {
+        h->via = ab_view_of(l->all->self);
+    }
     h->hops_left = (f ? f->hops_left : (uint32_t)b->cfg->link_hop_limit) - 1;
     if (f) {
         h->origin_key = ab_view_of(f->origin_key);
@@ -203,15 +206,20 @@ int ab_link_may_take(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_re
     return !rm || rm->hops <= left - 1; /* the peer can reach it in the hops left */
 }
 
-int ab_link_req_new(ab_req_t *r, const ab_header_t *h)
+void ab_link_fwd_fill(struct ab_fwd *f, const ab_header_t *h)
 {
-    struct ab_fwd *f = calloc(1, sizeof *f);
-    if (!f)
-        return -1;
     ab_view_copy(h->via, f->via, sizeof f->via);
     ab_view_copy(h->origin_key, f->origin_key, sizeof f->origin_key);
     f->hops_left = h->hops_left;
     f->origin_role = h->origin_role;
+}
+
+int ab_link_req_new(ab_req_t *r, const ab_header_t *h)
+{
+    struct ab_fwd *f = malloc(sizeof *f);
+    if (!f)
+        return -1;
+    ab_link_fwd_fill(f, h);
     r->fwd = f;
     return 0;
 }
@@ -284,10 +292,14 @@ void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zm
     if (!c)
         return;
     ab_header_t h = *in;
+    /* The checks read the forwarded fields as the request record will
+     * hold them (ab_link_req_new), here on the stack: no allocation for a
+     * request that may be refused, nor a second one for one taken. */
+    struct ab_fwd fwd;
+    ab_link_fwd_fill(&fwd, &h);
     ab_req_t probe;
     memset(&probe, 0, sizeof probe);
-    if (ab_link_req_new(&probe, &h) != 0)
-        return;
+    probe.fwd = &fwd;
     const char *why = NULL;
     uint32_t code = AB_ERR_DENIED;
     char name[AB_NAME_MAX], text[AB_NAME_MAX + 96];
@@ -303,7 +315,6 @@ void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zm
                  l->all->self);
         why = text, code = AB_ERR_NO_SERVICE;
     }
-    ab_link_req_free(&probe);
     if (why) {
         AB_COUNT_ERROR(b, code);
         ab_send_error(b, &c->rid, h.id, code, why);

@@ -82,6 +82,8 @@ struct ab_fwd {
     uint32_t origin_role; /* 1 + ab_keyrole_t; 0 unknown */
     char origin_key[AB_LINK_KEY_TXT];
 };
+/* F from a forwarded header H (what ab_link_req_new keeps). */
+void ab_link_fwd_fill(struct ab_fwd *f, const ab_header_t *h);
 
 /* link.c */
 /* Sends an encoded header (+ PAYLOAD moved) over L's connection in use.

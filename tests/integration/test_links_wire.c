@@ -183,6 +183,95 @@ static void s_batched(void)
     unsetenv("AB_BATCH");
 }
 
+/* --- the link's pipeline ---------------------------------------------------------------- */
+
+/* Queue depth of SVC on the broker C talks to, -1 when it lists none. */
+static int s_queue_of(ab_client_t *c, const char *svc)
+{
+    Agentbus__Stats *st = th_stats(c);
+    int q = -1;
+    for (size_t i = 0; st && i < st->n_services; i++)
+        if (!strcmp(st->services[i]->name, svc))
+            q = (int)st->services[i]->queue_depth;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return q;
+}
+
+/* Capacity of the remote worker link:PEER on the broker C talks to, 0 if none. */
+static uint32_t s_link_capacity(ab_client_t *c, const char *peer)
+{
+    char name[80];
+    snprintf(name, sizeof name, "link:%s", peer);
+    Agentbus__WorkerList *wl = th_workers(c);
+    uint32_t cap = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        if (!strcmp(wl->workers[i]->name, name))
+            cap = wl->workers[i]->capacity;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return cap;
+}
+
+/* A (default link-credit-pct 200) may hold twice B's announced capacity
+ * at B: B queues what its worker cannot take yet, A the rest. C
+ * (link-credit-pct 100) never has more at B than B's workers take, so B
+ * queues nothing of C's. Every request is answered once, in both. */
+static void s_pipeline(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
+    s_broker(pb, "B", "B", 0, NULL, NULL, NULL);
+    s_broker(pa, "A", "A", pb, "B", NULL, NULL);
+    s_broker(pc, "C", "C", pb, "B", "--link-credit-pct", "100");
+    s_at("B");
+    th_worker(pb, "slow", "--capacity", "2", "--delay-ms", "1500", NULL);
+    ab_client_t *b = th_client(pb);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    s_at("C");
+    ab_client_t *c = th_client(pc);
+    REQUIRE(lt_wait_rc(a, "slow", AB_OK, 20000) == 0);
+    REQUIRE(lt_wait_rc(c, "slow", AB_OK, 20000) == 0);
+    CHECK_EQ(s_link_capacity(a, "B"), 4);
+    CHECK_EQ(s_link_capacity(c, "B"), 2);
+    for (int round = 0; round < 2; round++) {
+        ab_client_t *from = round ? c : a;
+        const int n = 8, at_b = round ? 2 : 4;
+        s_burst_t s = {.want = "p", .want_len = 1};
+        for (int i = 0; i < n; i++)
+            REQUIRE(ab_client_request_start(from, "slow", "p", 1,
+                                            &(ab_request_opts_t){.timeout_ms = 30000},
+                                            s_burst_cb, &s, NULL) == AB_OK);
+        /* The state to reach: the first broker queues N - AT_B, the far
+         * one AT_B - 2 (its worker holds 2). */
+        int qa = -2, qb = -2, max_qb = 0;
+        for (int i = 0; i < 400 && !(qa == n - at_b && qb == at_b - 2); i++) {
+            ab_client_poll(from, 10);
+            qa = s_queue_of(from, "slow");
+            qb = s_queue_of(b, "slow");
+            max_qb = qb > max_qb ? qb : max_qb;
+        }
+        printf("%s: queued %d there, %d at B\n", round ? "C" : "A", qa, qb);
+        CHECK_EQ(qa, n - at_b);
+        CHECK_EQ(qb, at_b - 2);
+        for (int i = 0; i < 1000 && s.done < n; i++) {
+            ab_client_poll(from, 20);
+            if (round) { /* C's requests never wait in B's queue */
+                int q = s_queue_of(b, "slow");
+                max_qb = q > max_qb ? q : max_qb;
+            }
+        }
+        CHECK_EQ(s.done, n);
+        CHECK_EQ(s.ok, n);
+        if (round)
+            CHECK_EQ(max_qb, 0);
+    }
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+    ab_client_destroy(&c);
+}
+
 /* --- a peer key is bound to its broker name -------------------------------------------- */
 
 /* A broker proving key C (granted broker name C) but calling itself Z is
@@ -463,6 +552,7 @@ int main(int argc, char **argv)
         {"name_dialed", s_name_dialed},
         {"hostile_dir", s_hostile_dir},
         {"models", s_models},
+        {"pipeline", s_pipeline},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
