@@ -12,6 +12,12 @@ request in one write (as libcurl and node send it: Python's http.client
 writes headers and body apart, a second wake-up of the server per call).
 A pause of $GAP seconds (default 0.002) between calls, as an agent thinks.
 A target named gwX is compared with directX.
+
+$TIMEOUT_MS (default: none, the gateway's --timeout-ms) is sent as
+X-Agentbus-Timeout-Ms, so a call held somewhere ends in 504 after that long
+instead of after the 5-minute default. A call that is not 200 stops the
+run with its target, status, latency, index and UTC time (to find it in the
+daemons' logs).
 """
 import json
 import os
@@ -29,6 +35,8 @@ def main():
     n = int(sys.argv[1])
     cache = os.environ.get("CACHE", "off")
     gap = float(os.environ.get("GAP", "0.002"))
+    tmo = os.environ.get("TIMEOUT_MS")
+    extra = f"X-Agentbus-Timeout-Ms: {int(tmo)}\r\n" if tmo else ""
     body = json.dumps({"model": "sim-small", "prompt": "Why is the sky blue?", "stream": False,
                        "options": {"seed": 7, "num_predict": 8}}).encode()
     targets = {}
@@ -38,19 +46,21 @@ def main():
         s = socket.create_connection((u.hostname, u.port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         req = (f"POST /api/generate HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\n"
-               f"Content-Type: application/json\r\nX-Agentbus-Cache: {cache}\r\n"
+               f"Content-Type: application/json\r\nX-Agentbus-Cache: {cache}\r\n{extra}"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
         targets[name] = {"sock": s, "req": req, "buf": b"", "lat": []}
     order = list(targets) * n
     random.seed(1)
     random.shuffle(order)
-    for name in order:
+    for i, name in enumerate(order):
         t = targets[name]
         t0 = time.perf_counter()
         status = call(t)
         ms = (time.perf_counter() - t0) * 1000
         if status != 200:
-            sys.exit(f"{name}: HTTP {status}")
+            when = time.strftime("%H:%M:%S", time.gmtime(time.time() - ms / 1000))
+            sys.exit(f"{name}: HTTP {status} after {ms:.0f} ms (call {i + 1} of {len(order)}, "
+                     f"sent at {when} UTC)")
         t["lat"].append(ms)
         if gap:
             time.sleep(gap)
