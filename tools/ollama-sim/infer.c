@@ -558,22 +558,24 @@ done:
 void sim_infer_finish(sim_req_t *r, enum MHD_RequestTerminationCode toe)
 {
     sim_t *s = r->s;
+    /* Counted before the slot is given back: whoever sees `active` drop in
+     * /sim/stats also sees this request as completed or aborted. */
+    if (r->route == R_GENERATE || r->route == R_CHAT || r->route == R_EMBED) {
+        pthread_mutex_lock(&s->lock);
+        if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->server_closed) {
+            s->st.completed++;
+        } else if (r->inference && !r->server_closed && !r->shutdown &&
+                   toe != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN) {
+            s->st.aborted++;
+            if (r->job.gone_queued)
+                s->st.aborted_queued++;
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
     if (r->job_used)
         sim_sched_release(s, &r->job);
     if (r->job.efd >= 0)
         close(r->job.efd);
     if (r->gen_init)
         sim_gen_free(&r->gen);
-    if (r->route != R_GENERATE && r->route != R_CHAT && r->route != R_EMBED)
-        return;
-    pthread_mutex_lock(&s->lock);
-    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->server_closed) {
-        s->st.completed++;
-    } else if (r->inference && !r->server_closed && !r->shutdown &&
-               toe != MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN) {
-        s->st.aborted++;
-        if (r->job.gone_queued)
-            s->st.aborted_queued++;
-    }
-    pthread_mutex_unlock(&s->lock);
 }
