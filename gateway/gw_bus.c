@@ -5,6 +5,7 @@
  */
 #include "gw_bus.h"
 #include "agentbus.h"
+#include "gw_keys.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -26,7 +27,9 @@ typedef struct s_cmd {
 
 struct gw_bus {
     pthread_t thread;
-    ab_client_t *client;
+    ab_client_t *client;  /* the gateway's own connection: clients[0] */
+    ab_client_t *clients[1 + GW_IDENTS_MAX]; /* [i > 0]: the API keys' identities */
+    unsigned n_clients;
     int efd;
     int epfd;             /* client sockets of waiting calls (EPOLLRDHUP) */
     int default_timeout_ms;
@@ -123,8 +126,15 @@ static void s_on_event(ab_client_t *client, const ab_reply_event_t *ev, void *ar
     }
 }
 
+/* The connection CALL goes over. */
+static ab_client_t *s_client(gw_bus_t *b, const gw_call_t *c)
+{
+    return c->ident < b->n_clients ? b->clients[c->ident] : b->client;
+}
+
 static void s_start(gw_bus_t *b, gw_call_t *c)
 {
+    ab_client_t *cl = s_client(b, c);
     if (c->hungup) { /* the client left before the request was sent */
         s_deliver(c, AB_ECANCELLED, 1, NULL, 0, "client closed the connection");
         c->ended = 1;
@@ -134,9 +144,9 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
     if (c->op == GW_OP_WORKERS) {
         void *buf = NULL;
         size_t len = 0;
-        int rc = ab_client_control(b->client, "workers", 5000, &buf, &len);
+        int rc = ab_client_control(cl, "workers", 5000, &buf, &len);
         s_deliver(c, rc, 1, buf, rc == AB_OK ? len : 0,
-                  rc == AB_OK ? "" : ab_client_last_error(b->client));
+                  rc == AB_OK ? "" : ab_client_last_error(cl));
         ab_free(buf);
         c->ended = 1;
         gw_call_unref(c);
@@ -148,10 +158,10 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
     o.cache_flags = c->cache_flags;
     o.priority = c->priority;
     c->started = 1;
-    int rc = ab_client_request_start(b->client, b->service, c->pb, c->pb_len, &o, s_on_event, c,
+    int rc = ab_client_request_start(cl, b->service, c->pb, c->pb_len, &o, s_on_event, c,
                                      &c->id);
     if (rc != AB_OK) {
-        s_deliver(c, rc, 1, NULL, 0, ab_client_last_error(b->client));
+        s_deliver(c, rc, 1, NULL, 0, ab_client_last_error(cl));
         c->ended = 1;
         gw_call_unref(c);
     }
@@ -160,7 +170,7 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
 static void s_cancel(gw_bus_t *b, gw_call_t *c)
 {
     if (c->started && !c->ended)
-        ab_client_cancel(b->client, c->id); /* its final event runs inside */
+        ab_client_cancel(s_client(b, c), c->id); /* its final event runs inside */
     gw_call_unref(c);                        /* the command's reference */
 }
 
@@ -204,39 +214,59 @@ static void s_hangups(gw_bus_t *b)
         c->hungup = 1;
         atomic_fetch_add(&b->hangups, 1);
         if (c->started && !c->ended)
-            ab_client_cancel(b->client, c->id);
+            ab_client_cancel(s_client(b, c), c->id);
     }
+}
+
+/* The soonest timer of any connection, capped at 100 ms. */
+static int s_next_timeout(gw_bus_t *b)
+{
+    int wait = 100;
+    for (unsigned i = 0; i < b->n_clients; i++) {
+        int w = ab_client_next_timeout_ms(b->clients[i]);
+        if (w >= 0 && w < wait)
+            wait = w;
+    }
+    return wait;
 }
 
 static void *s_thread(void *arg)
 {
     gw_bus_t *b = arg;
-    int fd = -1;
-    ab_client_fd(b->client, &fd);
+    enum { FIXED = 3 }; /* eventfd, hang-up epoll, HTTP */
+    struct pollfd p[FIXED + 1 + GW_IDENTS_MAX];
+    for (unsigned i = 0; i < b->n_clients; i++) {
+        int fd = -1;
+        ab_client_fd(b->clients[i], &fd);
+        p[FIXED + i] = (struct pollfd){fd, POLLIN, 0};
+    }
     int io_wait = -1; /* what RUN asked for last */
     for (;;) {
         int io = atomic_load(&b->io_fd);
-        struct pollfd p[4] = {{fd, POLLIN, 0}, {b->efd, POLLIN, 0}, {b->epfd, POLLIN, 0},
-                              {io, POLLIN, 0}};
-        int wait = ab_client_next_timeout_ms(b->client);
-        if (wait > 100)
-            wait = 100;
+        p[0] = (struct pollfd){b->efd, POLLIN, 0};
+        p[1] = (struct pollfd){b->epfd, POLLIN, 0};
+        p[2] = (struct pollfd){io, POLLIN, 0}; /* a negative fd is skipped by poll */
+        int wait = s_next_timeout(b);
         if (io_wait >= 0 && io_wait < wait)
             wait = io_wait;
-        poll(p, io >= 0 ? 4 : 3, wait);
+        poll(p, FIXED + b->n_clients, wait);
         s_hangups(b);
         if (io >= 0) /* new HTTP requests queue their commands here */
             b->io_run(b->io_arg);
         if (s_run_commands(b))
             break;
-        /* The library fd is edge-triggered: drain until nothing is left. */
-        while (ab_client_poll(b->client, 0) > 0)
-            ;
+        /* The library fds are edge-triggered: drain until nothing is left. */
+        for (unsigned i = 0; i < b->n_clients; i++)
+            while (ab_client_poll(b->clients[i], 0) > 0)
+                ;
         if (io >= 0) /* connections resumed by those events answer now */
             io_wait = b->io_run(b->io_arg);
         atomic_store(&b->connected, ab_client_connected(b->client));
     }
-    ab_client_destroy(&b->client); /* ends every call in flight (AB_ESTOPPED) */
+    /* Ends every call in flight (AB_ESTOPPED). */
+    for (unsigned i = 0; i < b->n_clients; i++)
+        ab_client_destroy(&b->clients[i]);
+    b->client = NULL;
     if (atomic_load(&b->io_fd) >= 0)
         b->io_run(b->io_arg); /* their connections resume, to be closed */
     return NULL;
@@ -249,39 +279,57 @@ void gw_bus_serve(gw_bus_t *b, int fd, gw_io_fn *run, void *arg)
     atomic_store(&b->io_fd, fd); /* publishes RUN and ARG to the thread */
 }
 
-gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
-                     const char *service)
+/* Connects one client: NAME ("" none) and KEYFILE (NULL: $AB_KEY's). */
+static ab_client_t *s_connect(const char *endpoint, const char *name, int timeout_ms,
+                              const char *keyfile)
 {
-    gw_bus_t *b = calloc(1, sizeof *b);
     ab_options_t *o = ab_options_new();
-    if (!b || !o)
-        goto fail;
+    ab_client_t *cl = NULL;
+    if (!o || ab_options_set_endpoint(o, endpoint) != AB_OK ||
+        (name && *name && ab_options_set_name(o, name) != AB_OK) ||
+        ab_options_set_timeout_ms(o, timeout_ms) != AB_OK) {
+        fprintf(stderr, "agentbus-gateway: bad broker endpoint or name\n");
+    } else if (keyfile && ab_options_set_key_file(o, keyfile) != AB_OK) {
+        fprintf(stderr, "agentbus-gateway: cannot use the key file %s (a secret certificate "
+                        "from brokerctl keygen is expected)\n", keyfile);
+    } else {
+        int rc = ab_client_new(&cl, o);
+        if (rc != AB_OK)
+            fprintf(stderr, "agentbus-gateway: cannot connect to %s%s%s: %s\n", endpoint,
+                    keyfile ? " with the key " : "", keyfile ? keyfile : "", ab_strerror(rc));
+    }
+    ab_options_destroy(&o);
+    return cl;
+}
+
+gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
+                     const char *service, char *const *idents, unsigned n_idents)
+{
+    gw_bus_t *b = n_idents <= GW_IDENTS_MAX ? calloc(1, sizeof *b) : NULL;
+    if (!b)
+        return NULL;
     atomic_init(&b->io_fd, -1);
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     b->default_timeout_ms = default_timeout_ms;
     snprintf(b->service, sizeof b->service, "%s", service);
     pthread_mutex_init(&b->lock, NULL);
-    if (b->efd < 0 || b->epfd < 0 || ab_options_set_endpoint(o, endpoint) != AB_OK ||
-        (name && *name && ab_options_set_name(o, name) != AB_OK) ||
-        ab_options_set_timeout_ms(o, default_timeout_ms) != AB_OK) {
-        fprintf(stderr, "agentbus-gateway: bad broker endpoint or name\n");
+    if (b->efd < 0 || b->epfd < 0)
         goto fail;
+    for (unsigned i = 0; i <= n_idents; i++) {
+        b->clients[i] = s_connect(endpoint, i ? "" : name, default_timeout_ms,
+                                  i ? idents[i - 1] : NULL);
+        if (!b->clients[i])
+            goto fail;
+        b->n_clients = i + 1;
     }
-    int rc = ab_client_new(&b->client, o);
-    if (rc != AB_OK) {
-        fprintf(stderr, "agentbus-gateway: cannot connect to %s: %s\n", endpoint,
-                ab_strerror(rc));
+    b->client = b->clients[0];
+    if (pthread_create(&b->thread, NULL, s_thread, b) != 0)
         goto fail;
-    }
-    ab_options_destroy(&o);
-    if (pthread_create(&b->thread, NULL, s_thread, b) != 0) {
-        ab_client_destroy(&b->client);
-        goto fail;
-    }
     return b;
 fail:
-    ab_options_destroy(&o);
+    for (unsigned i = 0; b && i < b->n_clients; i++)
+        ab_client_destroy(&b->clients[i]);
     if (b && b->efd >= 0)
         close(b->efd);
     if (b && b->epfd >= 0)

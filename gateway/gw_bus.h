@@ -48,6 +48,7 @@ struct gw_call {
     int timeout_ms;       /* <= 0: the gateway's default */
     uint32_t cache_flags; /* AB_CACHE_* */
     uint32_t priority;    /* carried in the header: the broker's lane (AB_PRIORITY_*) */
+    unsigned ident;       /* bus connection: 0 the gateway's own, i > 0 the i-th identity */
     gw_wake_fn *wake;
     gw_resume_fn *resume;
     void *owner;          /* the HTTP side's state */
@@ -64,10 +65,13 @@ struct gw_call {
 };
 
 /* Starts the bus thread, connected to ENDPOINT as a client named NAME ("" =
- * unnamed). DEFAULT_TIMEOUT_MS applies to calls without their own.
- * Returns NULL (with a reason on stderr) on failure. */
+ * unnamed), with the key of $AB_KEY if any; and one more unnamed client
+ * per path in IDENTS (N_IDENTS of them), each with that secret certificate
+ * as its key: the bus identities of the API keys (gw_keys.h). A call's
+ * IDENT picks its connection. DEFAULT_TIMEOUT_MS applies to calls without
+ * their own. Returns NULL (with a reason on stderr) on failure. */
 gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout_ms,
-                     const char *service);
+                     const char *service, char *const *idents, unsigned n_idents);
 /* Makes the bus thread also wait for FD to be readable and call RUN(ARG)
  * each turn (after reading FD, and again after the bus events, so a
  * connection resumed by an event answers in the same turn), and once more

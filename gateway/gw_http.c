@@ -81,7 +81,9 @@ enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type, c
     return s_queue(c, status, r);
 }
 
-enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j)
+/* J as the body, with one more header NAME: VALUE when NAME is set. */
+static enum MHD_Result s_json(gw_conn_t *c, unsigned status, json_t *j, const char *name,
+                              const char *value)
 {
     char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
@@ -94,20 +96,47 @@ enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j)
         return MHD_NO;
     }
     MHD_add_response_header(r, "Content-Type", "application/json; charset=utf-8");
+    if (name)
+        MHD_add_response_header(r, name, value);
     return s_queue(c, status, r);
+}
+
+enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j)
+{
+    return s_json(c, status, j, NULL, NULL);
+}
+
+/* The body of an error in C's dialect. */
+static json_t *s_error_body(const gw_conn_t *c, unsigned status, const char *text)
+{
+    if (!c->openai)
+        return json_pack("{s:s}", "error", text);
+    const char *type = status == 404 || status == 400 || status == 413 || status == 401
+                           ? "invalid_request_error"
+                       : status == 403                  ? "permission_error"
+                       : status == 503 || status == 429 ? "server_overloaded"
+                                                        : "api_error";
+    json_t *code = status == 404   ? json_string("model_not_found")
+                   : status == 401 ? json_string("invalid_api_key")
+                                   : json_null();
+    return json_pack("{s:{s:s, s:s, s:n, s:o}}", "error", "message", text, "type", type,
+                     "param", "code", code);
 }
 
 enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text)
 {
-    if (!c->openai)
-        return gw_reply_json(c, status, json_pack("{s:s}", "error", text));
-    const char *type = status == 404 || status == 400 || status == 413 ? "invalid_request_error"
-                       : status == 503 || status == 429             ? "server_overloaded"
-                                                                     : "api_error";
-    json_t *code = status == 404 ? json_string("model_not_found") : json_null();
-    return gw_reply_json(c, status,
-                         json_pack("{s:{s:s, s:s, s:n, s:o}}", "error", "message", text, "type",
-                                   type, "param", "code", code));
+    return gw_reply_json(c, status, s_error_body(c, status, text));
+}
+
+/* 401 for a request without a known API key (RFC 6750's challenge). */
+static enum MHD_Result s_unauthorized(gw_conn_t *c, int given)
+{
+    atomic_fetch_add(&c->g->keys.unauthorized, 1);
+    const char *text = given ? "unauthorized: the API key is not valid for this gateway"
+                             : "unauthorized: an API key is required (header "
+                               "'Authorization: Bearer KEY')";
+    return s_json(c, 401, s_error_body(c, 401, text), MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                  "Bearer realm=\"agentbus-gateway\"");
 }
 
 unsigned gw_http_status(int st)
@@ -115,6 +144,7 @@ unsigned gw_http_status(int st)
     switch (st) {
     case AB_OK: return 200;
     case AB_EMODEL: case AB_ENOTFOUND: return 404;
+    case AB_EDENIED: return 403;
     case AB_EBADREQUEST: case AB_EINVAL: case AB_EMALFORMED: return 400;
     case AB_EPAYLOADSIZE: case AB_ETOOLARGE: return 413;
     case AB_EBUSY: case AB_EBACKENDBUSY: case AB_ENOSERVICE: case AB_EDISCONNECTED:
@@ -166,6 +196,7 @@ enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
     k->wake = s_wake;
     k->resume = s_resume;
     k->owner = c;
+    k->ident = c->ident;
     c->call = k;
     c->phase = GW_P_WAIT;
     atomic_fetch_add(&c->g->m.in_flight, 1);
@@ -342,6 +373,14 @@ static gw_conn_t *s_conn_new(gw_t *g, struct MHD_Connection *conn, const char *u
     return c;
 }
 
+/* With API keys, every route but "/", /healthz, /metrics and unknown paths
+ * wants one: those say nothing of the models or the bus. */
+static int s_needs_key(const gw_t *g, gw_route_t r)
+{
+    return g->keys.n > 0 && r != GW_R_ROOT && r != GW_R_HEALTHZ && r != GW_R_METRICS &&
+           r != GW_R_NOTFOUND;
+}
+
 static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const char *url,
                                 const char *method, const char *version, const char *upload,
                                 size_t *upload_size, void **con_cls)
@@ -354,6 +393,15 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
         if (!c)
             return MHD_NO;
         *con_cls = c;
+        if (s_needs_key(g, c->route)) {
+            const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                           MHD_HTTP_HEADER_AUTHORIZATION);
+            gw_key_t *key = gw_keys_find(&g->keys, auth);
+            if (!key)
+                return s_unauthorized(c, auth != NULL);
+            atomic_fetch_add(&key->requests, 1);
+            c->ident = key->ident;
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > g->cfg.max_body_bytes) {
             c->too_big = 1;

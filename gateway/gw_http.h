@@ -12,6 +12,7 @@
 
 #include "gw_bus.h"
 #include "gw_json.h"
+#include "gw_keys.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -31,6 +32,7 @@ typedef struct {
     int timeout_ms;            /* --timeout-ms: default request deadline */
     int max_timeout_ms;        /* --max-timeout-ms: cap of X-Agentbus-Timeout-Ms */
     const char *version;       /* --ollama-version: what /api/version says */
+    const char *api_keys;      /* --api-keys FILE (NULL: no key needed) */
     unsigned idle_timeout_s;   /* --idle-timeout-s: a silent client's connection closes */
     int quiet;
 } gw_config_t;
@@ -66,6 +68,7 @@ typedef struct {
     uint64_t due_us[GW_MAX_SHARDS]; /* when a shard's timers want it run */
     atomic_ullong resumed;        /* shards with a connection resumed (bit mask) */
     gw_metrics_t m;
+    gw_keys_t keys;               /* --api-keys; none loaded: no key needed */
     atomic_ullong next_id;        /* OpenAI ids */
 } gw_t;
 
@@ -83,6 +86,7 @@ typedef struct gw_conn {
     struct MHD_Connection *conn;
     unsigned shard;     /* index of its daemon in g->mhd */
     gw_route_t route;
+    unsigned ident;     /* the bus connection its API key maps to (gw_call_t.ident) */
     int openai;
     char *body;
     size_t len, cap;

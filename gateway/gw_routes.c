@@ -337,6 +337,19 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              (unsigned long long)atomic_load(&m->chunks),
              (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
              gw_bus_connected(c->g->bus));
+    gw_keys_t *k = &c->g->keys;
+    if (k->n) {
+        s_metric(&b, &len, &cap,
+                 "# HELP agentbus_gateway_unauthorized_total Requests refused without a valid "
+                 "API key (401).\n# TYPE agentbus_gateway_unauthorized_total counter\n"
+                 "agentbus_gateway_unauthorized_total %llu\n"
+                 "# HELP agentbus_gateway_key_requests_total Requests accepted, by API key.\n"
+                 "# TYPE agentbus_gateway_key_requests_total counter\n",
+                 (unsigned long long)atomic_load(&k->unauthorized));
+        for (size_t i = 0; i < k->n; i++)
+            s_metric(&b, &len, &cap, "agentbus_gateway_key_requests_total{key=\"%s\"} %llu\n",
+                     k->keys[i].name, (unsigned long long)atomic_load(&k->keys[i].requests));
+    }
     static const char *edge[GW_LAT_BUCKETS] = {"0.001", "0.002", "0.005", "0.01", "0.05",
                                                "0.1",   "0.5",   "1",     "5",    "30"};
     s_metric(&b, &len, &cap,

@@ -24,6 +24,10 @@ static void s_usage(FILE *f)
             "                            (default $AB_KEY; docs/security.md)\n"
             "  --broker-key KEY          the broker's public key, Z85 or a certificate file\n"
             "                            (default $AB_BROKER_KEY)\n"
+            "  --api-keys FILE           require an API key (Authorization: Bearer TOKEN) on\n"
+            "                            /api/* and /v1/*; FILE lines: NAME TOKEN [KEYFILE],\n"
+            "                            KEYFILE the bus identity of that token's calls\n"
+            "                            (docs/gateway.md, \"API keys\"); default: no key needed\n"
             "  --service NAME            inference service on the bus (default ollama)\n"
             "  --name NAME               the gateway's agent name on the bus (default none)\n"
             "  --max-connections N       concurrent HTTP connections (default 1024)\n"
@@ -81,6 +85,8 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             setenv("AB_KEY", v, 1);
         else if (!bad && strcmp(f, "--broker-key") == 0 && *v)
             setenv("AB_BROKER_KEY", v, 1);
+        else if (!bad && strcmp(f, "--api-keys") == 0 && *v)
+            cfg->api_keys = v;
         else if (!bad && strcmp(f, "--service") == 0 && *v)
             cfg->service = v;
         else if (!bad && strcmp(f, "--name") == 0)
@@ -133,16 +139,28 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGINT);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-    g.bus = gw_bus_new(g.cfg.broker, g.cfg.name, g.cfg.timeout_ms, g.cfg.service);
-    if (!g.bus)
+    char err[1024];
+    if (g.cfg.api_keys && gw_keys_load(&g.keys, g.cfg.api_keys, err, sizeof err) != 0) {
+        fprintf(stderr, "agentbus-gateway: --api-keys: %s\n", err);
+        return 2;
+    }
+    g.bus = gw_bus_new(g.cfg.broker, g.cfg.name, g.cfg.timeout_ms, g.cfg.service, g.keys.idents,
+                       g.keys.n_idents);
+    if (!g.bus) {
+        gw_keys_free(&g.keys);
         return 1;
+    }
     if (gw_http_start(&g) != 0) {
         gw_bus_destroy(&g.bus);
+        gw_keys_free(&g.keys);
         return 1;
     }
     if (!g.cfg.quiet) {
-        printf("agentbus-gateway listening on %s:%d (broker %s, service %s)\n", g.cfg.host,
-               g.cfg.port, g.cfg.broker, g.cfg.service);
+        char keys[64] = "";
+        if (g.keys.n)
+            snprintf(keys, sizeof keys, ", %zu API key%s", g.keys.n, g.keys.n == 1 ? "" : "s");
+        printf("agentbus-gateway listening on %s:%d (broker %s, service %s%s)\n", g.cfg.host,
+               g.cfg.port, g.cfg.broker, g.cfg.service, keys);
         fflush(stdout);
     }
     int sig = 0;
@@ -152,5 +170,6 @@ int main(int argc, char **argv)
     gw_bus_stop(g.bus);
     gw_http_stop(&g);
     gw_bus_destroy(&g.bus);
+    gw_keys_free(&g.keys);
     return 0;
 }

@@ -8,6 +8,9 @@
 #       cache           one prompt through brokerctl, then the gateway's Ollama
 #                       and OpenAI routes: one cache entry, the simulator sees
 #                       one request; X-Agentbus-Cache: no-read goes through
+#       apikeys         a broker with --auth curve, the gateway with --api-keys:
+#                       tokens mapped to bus keys (apikeys.mjs), the broker sees
+#                       each token's key; bad key files are refused at start
 # Real processes on free loopback ports: broker, ollama-sim, two Ollama
 # workers, the gateway; all killed by PID on exit. The npm packages are
 # installed into a temp dir from the registry: if that fails, the test fails.
@@ -46,24 +49,49 @@ wait_http() { # URL SECONDS
 
 bport=$(free_port); sport=$(free_port); gport=$(free_port)
 ep=tcp://127.0.0.1:$bport
-"$build/agentbus-broker" --bind "$ep" >"$tmp/broker.log" 2>&1 & pids+=($!)
+wkey=(); gwopt=()
+if [[ $mode == apikeys ]]; then
+  # Keys: the gateway's own (agent), alice (agent, every service), bob (agent,
+  # not the inference service), the workers', and an admin for brokerctl.
+  kc() { "$build/brokerctl" keygen "$@" --out "$tmp" >/dev/null || die "keygen $*"; }
+  kc gw; kc alice; kc bob --services 'embed-only'; kc ops --role admin
+  kc gpu --role worker --services ollama --capacity 8
+  mkdir -p "$tmp/data/keys" && chmod 700 "$tmp/data"
+  cp "$tmp"/{gw,alice,bob,ops,gpu}.key "$tmp/data/keys/"
+  "$build/agentbus-broker" --bind "$ep" --auth curve --data-dir "$tmp/data" \
+    >"$tmp/broker.log" 2>&1 & pids+=($!)
+  for _ in $(seq 1 200); do [[ -s $tmp/data/broker.key ]] && break; sleep 0.05; done
+  [[ -s $tmp/data/broker.key ]] || die "the broker made no keypair"
+  export AB_BROKER_KEY=$tmp/data/broker.key
+  wkey=(--key "$tmp/gpu.key_secret")
+  tok_full=tok-alice-$RANDOM$RANDOM$RANDOM; tok_lim=tok-bob-$RANDOM$RANDOM$RANDOM$RANDOM
+  tok_own=tok-own-$RANDOM$RANDOM$RANDOM$RANDOM
+  printf '# name token [key file]\nalice %s alice.key_secret\nbob %s %s/bob.key_secret\n\nown %s\n' \
+    "$tok_full" "$tok_lim" "$tmp" "$tok_own" >"$tmp/tokens"
+  chmod 600 "$tmp/tokens"
+  gwopt=(--key "$tmp/gw.key_secret" --api-keys "$tmp/tokens")
+else
+  "$build/agentbus-broker" --bind "$ep" >"$tmp/broker.log" 2>&1 & pids+=($!)
+fi
 # Eight slots, a fast clock: 174 clients finish in seconds.
 "$build/ollama-sim" --port "$sport" --time-scale 20 --num-parallel 8 --quiet >"$tmp/sim.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$sport/api/version" 10 || die "ollama-sim did not come up"
 for w in w1 w2; do
   "$build/agentbus-worker" --broker "$ep" --backend ollama --name "$w" --capacity 8 \
-    --ollama-url "http://127.0.0.1:$sport" --heartbeat-ms 200 >"$tmp/$w.log" 2>&1 &
+    --ollama-url "http://127.0.0.1:$sport" --heartbeat-ms 200 "${wkey[@]}" >"$tmp/$w.log" 2>&1 &
   pids+=($!)
 done
 "$build/agentbus-gateway" --listen "127.0.0.1:$gport" --broker "$ep" --max-body-bytes 65536 \
-  --timeout-ms 60000 >"$tmp/gateway.log" 2>&1 & gwpid=$!
+  --timeout-ms 60000 "${gwopt[@]}" >"$tmp/gateway.log" 2>&1 & gwpid=$!
 pids+=($gwpid)
 gw=http://127.0.0.1:$gport
 wait_http "$gw/healthz" 10 || die "the gateway did not come up"
 # Both workers registered with their models.
+auth=()
+[[ $mode == apikeys ]] && auth=(-H "Authorization: Bearer $tok_own")
 for _ in $(seq 1 200); do
-  n=$(curl -sf "$gw/api/tags" | grep -o '"sim-small:latest"' | wc -l || true)
+  n=$(curl -sf "${auth[@]}" "$gw/api/tags" | grep -o '"sim-small:latest"' | wc -l || true)
   [[ $n -ge 1 ]] && break
   sleep 0.05
 done
@@ -94,6 +122,33 @@ cache_check() {
   echo "ok - X-Agentbus-Cache: no-read bypasses the cache"
 }
 
+# The broker saw each token's own key: KEY's field FIELD in `brokerctl keys`.
+key_field() {
+  AB_KEY=$tmp/ops.key_secret "$build/brokerctl" --broker "$ep" keys --json |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);const k=(j.keys||[]).find(k=>k.name===process.argv[1]);console.log(k?k[process.argv[2]]:-1)})' "$1" "$2"
+}
+# A bad --api-keys file stops the gateway at start with a clear error.
+bad_keys() { # WHAT EXPECTED-EXIT PATTERN FILE-CONTENT [MODE]
+  local f=$tmp/bad-keys out st=0
+  printf '%b' "$4" >"$f"; chmod "${5:-600}" "$f"
+  out=$("$build/agentbus-gateway" --listen 127.0.0.1:0 --broker "$ep" --key "$tmp/gw.key_secret" \
+    --api-keys "$f" --quiet 2>&1) || st=$?
+  [[ $st == "$2" && $out =~ $3 ]] || die "$1: exit $st, '$out'"
+  echo "ok - $1 refused: $out"
+}
+apikeys_check() {
+  GW_URL=$gw TOKEN_FULL=$tok_full TOKEN_LIMITED=$tok_lim TOKEN_OWN=$tok_own node apikeys.mjs ||
+    return 1
+  local c d
+  c=$(key_field alice connections); d=$(key_field bob denied)
+  [[ $c -ge 1 && $d -ge 2 ]] || die "brokerctl keys: alice connections $c, bob denied $d"
+  echo "ok - the broker sees alice's key connected and bob's key refused $d times"
+  bad_keys "a keys file open to others" 2 'chmod 600' "a $tok_full\n" 644
+  bad_keys "a short token" 2 'bad-keys:2: token' "# c\nshort abc\n"
+  bad_keys "a repeated token" 2 'repeats' "a $tok_full\nb $tok_full\n"
+  bad_keys "a missing key file" 1 'cannot use the key file' "a $tok_full /nonexistent.key_secret\n"
+}
+
 cd "$tmp"
 case $mode in
   ollama-sim) OLLAMA_URL=http://127.0.0.1:$sport SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
@@ -101,6 +156,7 @@ case $mode in
   extra) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node gateway_extra.mjs ;;
   openai) OPENAI_BASE_URL=$gw/v1 node openai_client.mjs ;;
   cache) cache_check ;;
+  apikeys) apikeys_check ;;
   *) die "unknown mode $mode" ;;
 esac || die "$mode: the client script failed"
 # Every process is still up (nothing crashed under the clients).
