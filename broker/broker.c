@@ -58,9 +58,31 @@ static int s_rid_cmp(const void *a, const void *b)
     return memcmp(x->bytes, y->bytes, x->len);
 }
 
+/* The name of a peer without one: never freed. */
+static char s_no_name[1];
+
+int ab_peer_set_name(ab_peer_t *p, const char *prefix, const char *name)
+{
+    size_t lp = strlen(prefix), ln = strlen(name);
+    if (lp + ln > AB_NAME_MAX - 1)
+        ln = lp < AB_NAME_MAX - 1 ? AB_NAME_MAX - 1 - lp : 0;
+    char *n = lp + ln ? malloc(lp + ln + 1) : NULL;
+    if (p->name != s_no_name)
+        free(p->name); /* NULL in a record just calloc'd */
+    p->name = s_no_name;
+    if (!n)
+        return lp + ln ? -1 : 0;
+    memcpy(n, prefix, lp);
+    memcpy(n + lp, name, ln);
+    n[lp + ln] = '\0';
+    p->name = n;
+    return 0;
+}
+
 static void s_peer_free(void **item)
 {
     ab_peer_t *p = *item;
+    ab_peer_set_name(p, "", "");
     ab_defer_cancel(&p->later); /* a walk's queue never reaches a freed peer */
     ab_defer_cancel(&p->kill);
     ab_batching_peer_free(NULL, *item);
@@ -293,6 +315,7 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     if (!p)
         return NULL;
     p->rid = *rid;
+    p->name = s_no_name;
     s_peer_key(b, p);
     p->role = role;
     p->connected_ms = p->last_seen_ms = now;
@@ -408,7 +431,7 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
             s_reject(b, in, AB_EDECODE, 2);
             return;
         }
-        snprintf(p->name, sizeof p->name, "%s", m->name);
+        ab_peer_set_name(p, "", m->name);
         if (strcmp(m->role, "control") == 0 && !p->worker)
             p->role = AB_ROLE_CONTROL;
         if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)

@@ -42,7 +42,8 @@ typedef struct {
     char key[AB_PEER_KEY_MAX]; /* random token naming it to peers, brokerctl and
                                   logs; never its routing id (broker.c) */
     ab_role_t role;
-    char name[AB_NAME_MAX];
+    char *name;           /* its HELLO/REGISTER name, never NULL ("" none; ab_peer_set_name):
+                             allocated to its length, not AB_NAME_MAX a connection (issue 20) */
     int64_t connected_ms;
     int64_t last_seen_ms;
     int64_t heartbeat_ms; /* interval the peer said it keeps */
@@ -74,6 +75,11 @@ typedef struct {
     struct ab_link *link;    /* link.h: the broker link it belongs to, or NULL */
     uint8_t link_role;       /* AB_LINK_* (link.h): connection, remote worker or client */
 } ab_peer_t;
+
+/* Sets P's name to PREFIX NAME (cut at AB_NAME_MAX - 1 bytes); P's name
+ * may be NULL before (a record just calloc'd). ab_peer_set_name(P, "", "")
+ * frees it. 0, or -1 out of memory (the name is then ""). */
+int ab_peer_set_name(ab_peer_t *p, const char *prefix, const char *name);
 
 /* The peer with routing id RID, or NULL. */
 ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid);

@@ -363,7 +363,7 @@ int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, c
         return 0;
     }
     if (m) {
-        snprintf(p->name, sizeof p->name, "%s", m->name);
+        ab_peer_set_name(p, "", m->name);
         if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
             p->heartbeat_ms = m->heartbeat_ms;
         p->features = m->features;

@@ -64,6 +64,7 @@ static void s_outq_free(ab_broker_t *b, ab_link_t *l)
 {
     if (l->outq) {
         ab_batching_peer_free(b, l->outq);
+        ab_peer_set_name(l->outq, "", "");
         free(l->outq);
         l->outq = NULL;
     }
@@ -279,7 +280,7 @@ static ab_peer_t *s_outq(ab_link_t *l)
         l->outq->link = l;
         l->outq->link_role = AB_LINK_DEALER;
         l->outq->fd = -1;
-        snprintf(l->outq->name, sizeof l->outq->name, "link:%s", l->name);
+        ab_peer_set_name(l->outq, "link:", l->name);
     }
     return l->outq;
 }
@@ -342,7 +343,7 @@ static void s_up(ab_broker_t *b, ab_link_t *l, int64_t now)
             l->client->link = l;
             l->client->link_role = AB_LINK_CLIENT;
             l->client->features = AB_FEATURE_LZ4;
-            snprintf(l->client->name, sizeof l->client->name, "link:%s", l->name);
+            ab_peer_set_name(l->client, "link:", l->name);
         }
     }
     if (!l->up) {
@@ -606,7 +607,7 @@ static void s_on_hello(ab_broker_t *b, ab_peer_t *p, const Agentbus__LinkMsg *m,
     l->in_last_ms = now;
     p->link = l;
     p->link_role = AB_LINK_TRANSPORT;
-    snprintf(p->name, sizeof p->name, "link:%s", l->name);
+    ab_peer_set_name(p, "link:", l->name);
     s_session(b, l, m->session);
     Agentbus__LinkMsg w = AGENTBUS__LINK_MSG__INIT;
     w.type = S_LM_WELCOME;

@@ -308,7 +308,7 @@ static void s_add(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkService *e, 
     p->link = l;
     p->link_role = AB_LINK_WORKER;
     p->features = e->lz4 ? AB_FEATURE_LZ4 : 0;
-    snprintf(p->name, sizeof p->name, "link:%s", l->name);
+    ab_peer_set_name(p, "link:", l->name);
     r->peer = p;
     r->capacity = e->capacity, r->hops = e->hops, r->workers = e->workers, r->lz4 = e->lz4;
     r->models_hash = s_models_hash(e);

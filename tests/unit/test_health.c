@@ -26,7 +26,7 @@ static ab_worker_rec_t *s_worker(const char *id, int n, ab_service_t *s)
     p->rid.len = (uint8_t)strlen(id);
     memcpy(p->rid.bytes, id, p->rid.len);
     snprintf(p->key, sizeof p->key, "%s", id);
-    snprintf(p->name, sizeof p->name, "%s", id);
+    REQUIRE(ab_peer_set_name(p, "", id) == 0);
     p->role = AB_ROLE_WORKER;
     p->fd = -1;
     p->last_seen_ms = p->connected_ms = ab_now_ms();

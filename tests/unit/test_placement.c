@@ -25,7 +25,7 @@ static ab_worker_rec_t *s_worker(ab_service_t *s, const char *name, uint32_t cap
 {
     ab_peer_t *p = &s_peers[s_npeers++];
     memset(p, 0, sizeof *p);
-    snprintf(p->name, sizeof p->name, "%s", name);
+    p->name = (char *)name; /* a literal: these records are never freed */
     snprintf(p->key, sizeof p->key, "%02x", s_npeers);
     ab_worker_rec_t *w = calloc(1, sizeof *w);
     w->peer = p;
