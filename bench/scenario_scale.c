@@ -167,11 +167,26 @@ int sc_scale_child(int argc, char **argv)
     }
     printf("%s %d\n", up == n ? "ready" : "fail connected", up);
     fflush(stdout);
+    /* Idle: each handle is run when its own timer says (its heartbeat,
+     * 1 s by default), as N agents each on its own event loop would be; a
+     * turn over all of them at once would send their heartbeats as one
+     * burst, which is this loop's doing, not the agents'. */
     struct pollfd pf = {0, POLLIN, 0};
+    int64_t *due = calloc((size_t)n, sizeof *due);
     for (;;) {
-        for (int i = 0; i < n; i++)
-            ab_client_poll(c[i], 0); /* heartbeats (1 s by default) */
-        if (poll(&pf, 1, 500) <= 0)
+        int64_t now = tl_now_ms(), next = now + 500;
+        for (int i = 0; i < n; i++) {
+            if (!due || due[i] <= now) {
+                ab_client_poll(c[i], 0);
+                int left = ab_client_next_timeout_ms(c[i]);
+                if (due)
+                    due[i] = now + (left > 0 ? left : 1);
+            }
+            if (due && due[i] < next)
+                next = due[i];
+        }
+        int wait = next > now ? (int)(next - now) : 1;
+        if (poll(&pf, 1, wait > 500 ? 500 : wait) <= 0)
             continue;
         char line[64];
         if (!fgets(line, sizeof line, stdin) || !strncmp(line, "quit", 4))
@@ -181,10 +196,13 @@ int sc_scale_child(int argc, char **argv)
             s_active(c, n, atof(line + 7), &l);
             printf("active %d %d\n", l.ok, l.fail);
             fflush(stdout);
+            if (due)
+                memset(due, 0, (size_t)n * sizeof *due); /* each runs again at once */
         }
     }
     for (int i = 0; i < n; i++)
         ab_client_destroy(&c[i]);
+    free(due);
     free(c);
     return 0;
 }

@@ -107,6 +107,7 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     c->limits.max_payload = c->opts.max_payload;
     c->next_id = 1;
     c->instance = s_instance_id(c);
+    c->hb_rand = c->instance;
     ab_batch_init(&c->out);
     zmq_msg_init(&c->in_batch);
     unsigned long seq = 0;
@@ -696,6 +697,29 @@ void ab_conn_set_interval(ab_conn_t *c, uint32_t ms)
     c->next_heartbeat_ms = 0;
 }
 
+/* The wait until the next heartbeat: never more than the interval the
+ * broker expects, but not the same for every handle. Handles started
+ * together (a process opening hundreds, a fleet restarted at once) would
+ * otherwise heartbeat together for as long as they live, and the broker
+ * would take each wave as one burst that requests queue behind. The first
+ * wait is a random half to whole interval (a phase of its own), each later
+ * one 90-100% of it (so phases keep drifting apart): at most ~11% more
+ * heartbeats than a fixed interval. Agents only: a worker's heartbeats
+ * are timed by the broker's failure detector (phi accrual, docs/health.md),
+ * which a regular beat lets detect sooner; workers are few. */
+static int64_t s_heartbeat_wait(ab_conn_t *c)
+{
+    int64_t ivl = c->opts.heartbeat_ms;
+    if (!c->role || strcmp(c->role, "agent") != 0)
+        return ivl;
+    uint64_t x = c->hb_rand;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    c->hb_rand = x;
+    uint64_t span = (uint64_t)(c->hb_phased ? ivl / 10 : ivl / 2) + 1;
+    c->hb_phased = 1;
+    return ivl - (int64_t)(x % span);
+}
+
 int ab_conn_heartbeat(ab_conn_t *c, int64_t now, uint32_t credit)
 {
     return ab_conn_heartbeat_with(c, now, credit, NULL, 0);
@@ -711,7 +735,7 @@ int ab_conn_heartbeat_with(ab_conn_t *c, int64_t now, uint32_t credit, const voi
             h.credit = credit;
             ab_conn_send(c, &h, data, size); /* best effort: a full queue skips one */
         }
-        c->next_heartbeat_ms = now + c->opts.heartbeat_ms;
+        c->next_heartbeat_ms = now + s_heartbeat_wait(c);
     }
     int64_t left = c->next_heartbeat_ms - now;
     if (c->retry_at_ms && c->retry_at_ms - now < left)

@@ -53,6 +53,8 @@ typedef struct {
     void *mon;
     int connected;
     int64_t next_heartbeat_ms;
+    uint64_t hb_rand;      /* xorshift state of the heartbeat jitter (conn.c) */
+    int hb_phased;         /* the first interval (a random phase) was drawn */
     uint64_t next_id;
     const char *role; /* "agent" or "worker": sent in HELLO */
     uint32_t broker_features; /* AB_FEATURE_* from the broker's HELLO/REGISTER answer */

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zmq.h>
 
 /* --- per-request bookkeeping: each request has its own slot, so a second
  * answer to one request is seen ------------------------------------------ */
@@ -849,6 +850,75 @@ static void s_worker_drain(void)
     ab_client_destroy(&c);
 }
 
+/* Agents opened together do not heartbeat together (docs/health.md): 40
+ * handles made at once and polled in one loop, against a bare ROUTER that
+ * only notes when each message arrives. After their first beat, no 60 ms
+ * window may hold most of them; with a fixed interval all 40 land in one
+ * window every second, for as long as they live. */
+static int s_cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void s_agent_spread(void)
+{
+    enum { N = 40, FROM_MS = 1500, TO_MS = 4500, WINDOW_MS = 60, MAX_AT = 400 };
+    int port = th_free_port();
+    void *ctx = zmq_ctx_new(), *router = zmq_socket(ctx, ZMQ_ROUTER);
+    int linger = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_bind(router, th_ep(port)) == 0);
+    ab_client_t *c[N];
+    for (int i = 0; i < N; i++) { /* plain, whatever the run's AB_KEY: the ROUTER has no CURVE */
+        ab_options_t *o = ab_options_new();
+        REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+        REQUIRE(ab_options_set_key_file(o, "") == AB_OK && ab_options_set_broker_key(o, "") == AB_OK);
+        REQUIRE(ab_client_new(&c[i], o) == AB_OK);
+        ab_options_destroy(&o);
+    }
+    static int64_t at[MAX_AT];
+    int n = 0;
+    int64_t t0 = ab_now_ms();
+    for (int64_t t = 0; t < TO_MS; t = ab_now_ms() - t0) {
+        for (int i = 0; i < N; i++)
+            ab_client_poll(c[i], 0);
+        zmq_pollitem_t it = {router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 1) <= 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        while (zmq_msg_recv(&m, router, ZMQ_DONTWAIT) >= 0) {
+            int more = zmq_msg_more(&m);
+            while (more) { /* the rest of this message: header and body */
+                zmq_msg_recv(&m, router, 0);
+                more = zmq_msg_more(&m);
+            }
+            int64_t when = ab_now_ms() - t0;
+            if (when >= FROM_MS && when < TO_MS && n < MAX_AT)
+                at[n++] = when;
+        }
+        zmq_msg_close(&m);
+    }
+    /* About 3 s x 40 beats: they keep coming at (at most) the interval. */
+    REQUIRE(n >= 2 * N);
+    qsort(at, (size_t)n, sizeof at[0], s_cmp_i64);
+    int most = 0;
+    for (int lo = 0, hi = 0; hi < n; hi++) {
+        while (at[hi] - at[lo] >= WINDOW_MS)
+            lo++;
+        if (hi - lo + 1 > most)
+            most = hi - lo + 1;
+    }
+    printf("%d heartbeats from %d agents in %d ms; at most %d in any %d ms\n", n, N,
+           TO_MS - FROM_MS, most, WINDOW_MS);
+    REQUIRE(most <= N * 3 / 4);
+    for (int i = 0; i < N; i++)
+        ab_client_destroy(&c[i]);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -856,6 +926,7 @@ int main(int argc, char **argv)
         {"interval", s_interval}, {"discover", s_discover}, {"flood", s_flood},
         {"broker_drain", s_broker_drain}, {"worker_drain", s_worker_drain},
         {"watch_restart", s_watch_restart}, {"watch_silence", s_watch_silence},
+        {"agent_spread", s_agent_spread},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
