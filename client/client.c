@@ -434,10 +434,10 @@ static int s_process(ab_client_t *c)
      * Calls ended here (disconnect, local deadline) are events too: a
      * caller waiting in ab_client_poll must see them, or a sync request to
      * an unreachable broker would wait forever. */
-    if ((ev & AB_CONN_DISCONNECTED) && c->conn.auth_refused) {
-        /* The broker refused our key (or our lack of one): say so. */
-        char why[AB_ERRTEXT_MAX];
-        snprintf(why, sizeof why, "%s", c->conn.error);
+    if ((ev & AB_CONN_REFUSED) || ((ev & AB_CONN_DISCONNECTED) && c->conn.auth_refused)) {
+        /* The broker refused our key (or our lack of one): say so, now,
+         * rather than let the calls wait out their deadlines. */
+        const char *why = ab_conn_refusal(&c->conn);
         handled += s_fail_all(c, AB_EDENIED, why);
         ab_conn_fail(&c->conn, AB_EDENIED, "%s", why);
     } else if (ev & AB_CONN_DISCONNECTED)

@@ -197,6 +197,15 @@ static void s_retry_refused(ab_conn_t *c, int64_t now)
     }
 }
 
+const char *ab_conn_refusal(const ab_conn_t *c)
+{
+    return c->opts.curve_secret[0]
+               ? "the broker refused the connection's handshake: its key is not trusted there "
+                 "(or --broker-key is not that broker's key)"
+               : "the broker refused the connection's handshake: it requires CURVE (set AB_KEY "
+                 "and AB_BROKER_KEY, or --key and --broker-key)";
+}
+
 /* BODY, when not NULL, is the payload as a message (moved on success;
  * the caller closes it either way) instead of DATA, SIZE. */
 static int s_send_frames(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
@@ -217,6 +226,8 @@ static int s_send_frames(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const vo
     }
     if (rc >= 0 && has_data)
         rc = body ? zmq_msg_send(body, c->sock, 0) : zmq_send(c->sock, data ? data : "", size, 0);
+    if (rc < 0 && errno == EAGAIN && c->auth_refused && !c->connected) /* not a full queue */
+        return ab_conn_fail(c, AB_EDENIED, "%s", ab_conn_refusal(c));
     if (rc < 0)
         return ab_conn_fail(c, errno == EAGAIN ? AB_EBUSY : AB_EZMQ, "send failed: %s",
                             errno == EAGAIN ? "outgoing queue to the broker is full"
@@ -657,13 +668,9 @@ static int s_read_events(ab_conn_t *c)
                    event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
             /* Said once per run of refusals; libzmq keeps retrying. */
             if (!c->auth_refused)
-                ab_conn_fail(c, AB_EDENIED, "the broker refused the connection's handshake: %s",
-                             c->opts.curve_secret[0]
-                                 ? "its key is not trusted there (or --broker-key is not that "
-                                   "broker's key)"
-                                 : "it requires CURVE (set AB_KEY and AB_BROKER_KEY, or "
-                                   "--key and --broker-key)");
+                ab_conn_fail(c, AB_EDENIED, "%s", ab_conn_refusal(c));
             c->auth_refused = 1;
+            seen |= AB_CONN_REFUSED;
             /* libzmq ends the session on a refused handshake and does not
              * reconnect; the key may be trusted again later (a reload). */
             c->retry_ms = c->retry_ms ? (c->retry_ms < 5000 ? c->retry_ms * 2 : 10000) : 500;

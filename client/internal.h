@@ -43,7 +43,9 @@ struct ab_options {
 void ab_options_defaults(ab_options_t *o);
 
 /* Events ab_conn_events reports. */
-enum { AB_CONN_CONNECTED = 1, AB_CONN_DISCONNECTED = 2 };
+/* AB_CONN_REFUSED: the broker refused the handshake (no connection was
+ * made, so no DISCONNECTED follows). */
+enum { AB_CONN_CONNECTED = 1, AB_CONN_DISCONNECTED = 2, AB_CONN_REFUSED = 4 };
 
 typedef struct {
     ab_options_t opts;
@@ -108,6 +110,8 @@ static inline uint32_t ab_conn_batch_left(const ab_conn_t *c)
 
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role);
 void ab_conn_close(ab_conn_t *c);
+/* Why the broker refused C's handshake (a last error's text). */
+const char *ab_conn_refusal(const ab_conn_t *c);
 /* Formats the handle's last error text and returns CODE. */
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Sends header H and DATA (copied; NULL/0 for none). */

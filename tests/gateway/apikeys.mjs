@@ -4,13 +4,14 @@
 //   TOKEN_FULL    -> an agent key granted every service
 //   TOKEN_LIMITED -> an agent key not granted the inference service
 //   TOKEN_OWN     -> no key file: the gateway's own connection
+//   TOKEN_UNTRUSTED -> a key the broker does not trust (its handshake is refused)
 //
-//   GW_URL=http://127.0.0.1:P TOKEN_FULL=... TOKEN_LIMITED=... TOKEN_OWN=... node apikeys.mjs
+//   GW_URL=http://127.0.0.1:P TOKEN_FULL=... TOKEN_LIMITED=... TOKEN_OWN=... TOKEN_UNTRUSTED=... node apikeys.mjs
 import { Ollama } from 'ollama';
 import OpenAI from 'openai';
 
 const gw = process.env.GW_URL;
-const { TOKEN_FULL, TOKEN_LIMITED, TOKEN_OWN } = process.env;
+const { TOKEN_FULL, TOKEN_LIMITED, TOKEN_OWN, TOKEN_UNTRUSTED } = process.env;
 
 function check(cond, what, detail) {
   if (!cond) {
@@ -82,6 +83,17 @@ check(err instanceof OpenAI.PermissionDeniedError && err.status === 403,
 const limo = new Ollama({ host: gw, headers: bearer(TOKEN_LIMITED) });
 err = await rejects(limo.generate({ model: 'sim-small', prompt: 'x', stream: false }));
 check(err && err.status_code === 403, 'ollama client, the same key: 403', err && { s: err.status_code, e: err.error });
+
+// A key the broker refuses at the handshake: 403 at once with the reason,
+// not a wait for the deadline (--timeout-ms 60000 here).
+const unt = new OpenAI({ baseURL: `${gw}/v1`, apiKey: TOKEN_UNTRUSTED, maxRetries: 0 });
+const t0 = Date.now();
+err = await rejects(unt.chat.completions.create({ model: 'sim-small', messages: [{ role: 'user', content: 'x' }] }));
+check(err instanceof OpenAI.PermissionDeniedError && /refused the connection's handshake/.test(err.message) &&
+  Date.now() - t0 < 30000, "a token whose key the broker does not trust: 403 with the broker's refusal",
+  err && { s: err.status, m: err.message });
+err = await rejects(unt.models.list());
+check(err instanceof OpenAI.PermissionDeniedError, '/v1/models with that token: 403', err && err.status);
 
 // Counted: refusals and requests per key (names, never tokens).
 const metrics = await (await fetch(`${gw}/metrics`)).text();

@@ -55,6 +55,7 @@ if [[ $mode == apikeys ]]; then
   # not the inference service), the workers', and an admin for brokerctl.
   kc() { "$build/brokerctl" keygen "$@" --out "$tmp" >/dev/null || die "keygen $*"; }
   kc gw; kc alice; kc bob --services 'embed-only'; kc ops --role admin
+  kc mallory # never trusted by the broker
   kc gpu --role worker --services ollama --capacity 8
   mkdir -p "$tmp/data/keys" && chmod 700 "$tmp/data"
   cp "$tmp"/{gw,alice,bob,ops,gpu}.key "$tmp/data/keys/"
@@ -65,9 +66,9 @@ if [[ $mode == apikeys ]]; then
   export AB_BROKER_KEY=$tmp/data/broker.key
   wkey=(--key "$tmp/gpu.key_secret")
   tok_full=tok-alice-$RANDOM$RANDOM$RANDOM; tok_lim=tok-bob-$RANDOM$RANDOM$RANDOM$RANDOM
-  tok_own=tok-own-$RANDOM$RANDOM$RANDOM$RANDOM
-  printf '# name token [key file]\nalice %s alice.key_secret\nbob %s %s/bob.key_secret\n\nown %s\n' \
-    "$tok_full" "$tok_lim" "$tmp" "$tok_own" >"$tmp/tokens"
+  tok_own=tok-own-$RANDOM$RANDOM$RANDOM$RANDOM; tok_untrusted=tok-mallory-$RANDOM$RANDOM$RANDOM
+  printf '# name token [key file]\nalice %s alice.key_secret\nbob %s %s/bob.key_secret\n\nown %s\nmallory %s mallory.key_secret\n' \
+    "$tok_full" "$tok_lim" "$tmp" "$tok_own" "$tok_untrusted" >"$tmp/tokens"
   chmod 600 "$tmp/tokens"
   gwopt=(--key "$tmp/gw.key_secret" --api-keys "$tmp/tokens")
 else
@@ -137,12 +138,18 @@ bad_keys() { # WHAT EXPECTED-EXIT PATTERN FILE-CONTENT [MODE]
   echo "ok - $1 refused: $out"
 }
 apikeys_check() {
-  GW_URL=$gw TOKEN_FULL=$tok_full TOKEN_LIMITED=$tok_lim TOKEN_OWN=$tok_own node apikeys.mjs ||
+  GW_URL=$gw TOKEN_FULL=$tok_full TOKEN_LIMITED=$tok_lim TOKEN_OWN=$tok_own \
+    TOKEN_UNTRUSTED=$tok_untrusted node apikeys.mjs ||
     return 1
   local c d
   c=$(key_field alice connections); d=$(key_field bob denied)
   [[ $c -ge 1 && $d -ge 2 ]] || die "brokerctl keys: alice connections $c, bob denied $d"
   echo "ok - the broker sees alice's key connected and bob's key refused $d times"
+  local out st=0
+  out=$(AB_KEY=$tmp/mallory.key_secret "$build/brokerctl" --broker "$ep" stats 2>&1) || st=$?
+  [[ $st == 1 && $out == *"DENIED: the broker refused the connection's handshake"* ]] ||
+    die "brokerctl with an untrusted key: exit $st, '$out'"
+  echo "ok - brokerctl with an untrusted key: $out"
   bad_keys "a keys file open to others" 2 'chmod 600' "a $tok_full\n" 644
   bad_keys "a short token" 2 'bad-keys:2: token' "# c\nshort abc\n"
   bad_keys "a repeated token" 2 'repeats' "a $tok_full\nb $tok_full\n"
