@@ -171,18 +171,11 @@ static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, con
     return 0;
 }
 
-void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
-                       zmq_msg_t *body, int64_t now)
+/* ab_req_on_request once S, the service H names, may take it. */
+static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
+                            const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now)
 {
-    ab_service_t *s = s_target(b, rid, h);
-    if (s && !ab_link_routable(b, s, h)) { /* only beyond the hop limit (link.h) */
-        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
-        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE,
-                      "the service is offered only by peer brokers beyond the hop limit "
-                      "(link-hop-limit) or already crossed");
-        return;
-    }
-    if (!s || !s_admit_client(b, p, rid, h, s))
+    if (!s_admit_client(b, p, rid, h, s))
         return;
     ab_cache_req_t *cr = NULL;
     if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body, now, &cr))
@@ -202,6 +195,29 @@ void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
     if (r->cache && ab_cache_join(b, r))
         return; /* waits for an identical request in flight */
     ab_service_submit(b, s, r, now);
+}
+
+void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       zmq_msg_t *body, int64_t now)
+{
+    ab_service_t *s = s_target(b, rid, h);
+    if (s && !ab_link_routable(b, s, h)) { /* only beyond the hop limit (link.h) */
+        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
+        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE,
+                      "the service is offered only by peer brokers beyond the hop limit "
+                      "(link-hop-limit) or already crossed");
+        return;
+    }
+    if (s)
+        s_on_request_to(b, p, rid, h, s, body, now);
+}
+
+void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
+                         const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now)
+{
+    b->c.requests++; /* as s_target counts */
+    s->requests++;
+    s_on_request_to(b, p, rid, h, s, body, now);
 }
 
 /* R's client has its answer, a worker may still hold R: R keeps only what

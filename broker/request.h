@@ -98,6 +98,12 @@ int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
  * answered (NO_SERVICE, BUSY) and counted. */
 void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
                        zmq_msg_t *body, int64_t now);
+/* ab_req_on_request for a request a broker link forwards (link_fwd.c):
+ * S is the service H names (H's target under AB_NAME_MAX), already found,
+ * and the link checked that one of S's workers may take it (crossed list,
+ * hops left: ab_link_routable's rule). Counted and handled the same. */
+void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
+                         const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now);
 
 /* --- answers --------------------------------------------------------------- */
 /* PARTIAL, REPLY or ERROR H (+ BODY, moved on; may be NULL) from peer P

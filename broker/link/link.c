@@ -798,6 +798,7 @@ void ab_link_peer_gone(ab_broker_t *b, ab_peer_t *p)
     if (!l)
         return;
     p->link = NULL;
+    p->remote = NULL; /* its entry, if any, is deleted below */
     if (p->link_role == AB_LINK_TRANSPORT && l->in == p) {
         l->in = NULL; /* its connection closed: the link may live on the other */
         if (l->up && !(l->dealer && l->out_up))

@@ -428,8 +428,9 @@ static void s_unknown_key(void)
 }
 
 /* An agent key granted every service on A, but only "echo" on B: its
- * request for B's "secret" is DENIED by B; its "echo" passes. A peer key
- * may not register a worker. */
+ * request for B's "secret" is DENIED by B; its "echo" passes; B's keys
+ * read again without it, and with it, change that at once. A peer key may
+ * not register a worker. */
 static void s_roles(void)
 {
     s_keys();
@@ -458,8 +459,22 @@ static void s_roles(void)
     ab_options_destroy(&o);
     CHECK_EQ(lt_req(ag, "echo", "ok", NULL, 0), AB_OK);
     CHECK_EQ(lt_req(ag, "secret", "no", NULL, 0), AB_EDENIED);
-    /* A worker proving the peer key is refused: a peer registers nothing. */
     char cmd[1500], out[4096];
+    /* B reads its keys again without the agent's: the origin is then a key
+     * B does not know, so only the link key's grants hold there and
+     * "secret" passes. B keeps the record of the last origin key a link
+     * brought (link_fwd.c): it must not outlive the reload that frees it.
+     * Then the key comes back, granted "echo" only: refused again. */
+    snprintf(cmd, sizeof cmd, "mv %s/keys-B/agent.key %s/agent.key.B && kill -HUP %d", th_dir(),
+             th_dir(), (int)bpid);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_EQ(lt_wait_rc(ag, "secret", AB_OK, 30000), 0);
+    snprintf(cmd, sizeof cmd, "mv %s/agent.key.B %s/keys-B/agent.key && kill -HUP %d", th_dir(),
+             th_dir(), (int)bpid);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_EQ(lt_wait_rc(ag, "secret", AB_EDENIED, 30000), 0);
+    CHECK_EQ(lt_req(ag, "echo", "ok", NULL, 0), AB_OK);
+    /* A worker proving the peer key is refused: a peer registers nothing. */
     snprintf(cmd, sizeof cmd,
              "AB_KEY=%s/broker.key_secret timeout 3 %s --broker %s --backend echo --service "
              "sneaky >/dev/null 2>&1; grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
