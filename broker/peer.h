@@ -75,6 +75,7 @@ typedef struct {
     uint8_t link_role;       /* AB_LINK_* (link.h): connection, remote worker or client */
     struct ab_remote *remote; /* a remote worker's directory entry (link_int.h), owned by
                                  its link: placement reads it per request without a lookup */
+    uint64_t rid_hash;       /* ab_rid_hash(&rid), made once: each dispatch records it */
 } ab_peer_t;
 
 /* The peer with routing id RID, or NULL. */

@@ -437,10 +437,13 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *bo
 void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid, const ab_header_t *h,
                       zmq_msg_t *body)
 {
-    uint64_t corr = h->correlation_id, from = ab_rid_hash(from_rid);
+    uint64_t corr = h->correlation_id;
     ab_req_t *r = ab_idmap_get(&b->pending, corr);
     int final = h->kind != AB_KIND_PARTIAL;
     int holder = r && r->state != AB_REQ_QUEUED && p && p->worker && r->worker == p->worker;
+    /* The sender's hash names it in R's tried list: needed only for an
+     * answer from another than the holder, or after a re-dispatch. */
+    uint64_t from = !holder || r->attempts > 1 ? ab_rid_hash(from_rid) : 0;
     int late = r && !holder && ab_req_tried(r, from);
     if (!holder && !late) {
         b->c.replies_dropped++;
