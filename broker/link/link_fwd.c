@@ -228,10 +228,15 @@ void ab_link_fwd_fill(struct ab_fwd *f, const ab_header_t *h)
 
 int ab_link_req_new(ab_req_t *r, const ab_header_t *h)
 {
-    struct ab_fwd *f = malloc(sizeof *f + ab_link_fwd_via_room(h)); /* one block, freed whole */
-    if (!f)
-        return -1;
-    f->via = (char *)(f + 1);
+    size_t room = ab_link_fwd_via_room(h);
+    struct ab_fwd *f = &r->fwd_room.f;
+    if (room <= sizeof r->fwd_room.via) {
+        f->via = r->fwd_room.via;
+    } else { /* one block, freed whole */
+        if (!(f = malloc(sizeof *f + room)))
+            return -1;
+        f->via = (char *)(f + 1);
+    }
     ab_link_fwd_fill(f, h);
     r->fwd = f;
     return 0;
@@ -239,7 +244,8 @@ int ab_link_req_new(ab_req_t *r, const ab_header_t *h)
 
 void ab_link_req_free(ab_req_t *r)
 {
-    free(r->fwd);
+    if (r->fwd != &r->fwd_room.f)
+        free(r->fwd);
     r->fwd = NULL;
 }
 

@@ -8,6 +8,7 @@
 #define AB_LINK_INT_H
 
 #include "link.h"
+#include "request.h" /* struct ab_fwd */
 #include "agentbus.pb-c.h"
 
 #define AB_LINKS_MAX 16            /* links per broker (dialed + accepted) */
@@ -81,16 +82,9 @@ struct ab_links {
     uint64_t topic_unroutable; /* publication destinations given up (stats) */
 };
 
-/* Where a request that came over a link has been. VIA points at room the
- * record's maker gives: ab_link_req_new right after the record, sized to
- * the list (a whole AB_VIA_MAX buffer in every record made it larger than
- * malloc's per-thread cache serves: 6% of the far broker's thread). */
-struct ab_fwd {
-    char *via; /* NUL-terminated, at most AB_VIA_MAX - 1 characters */
-    uint32_t hops_left;
-    uint32_t origin_role; /* 1 + ab_keyrole_t; 0 unknown */
-    char origin_key[AB_LINK_KEY_TXT];
-};
+/* struct ab_fwd (request.h): where a request that came over a link has
+ * been. */
+_Static_assert(AB_FWD_KEY_TXT == AB_LINK_KEY_TXT, "a key's text fits the record");
 /* Room F->via needs for forwarded header H's crossed list (with its NUL). */
 size_t ab_link_fwd_via_room(const ab_header_t *h);
 /* F from a forwarded header H (what ab_link_req_new keeps); F->via points
