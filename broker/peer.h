@@ -74,6 +74,9 @@ typedef struct {
     const struct ab_key *authkey; /* key its connection proved (auth.h); NULL: auth off */
     struct ab_link *link;    /* link.h: the broker link it belongs to, or NULL */
     uint8_t link_role;       /* AB_LINK_* (link.h): connection, remote worker or client */
+    struct ab_remote *remote; /* a remote worker's directory entry (link_int.h), owned by
+                                 its link: placement reads it per request without a lookup */
+    uint64_t rid_hash;       /* ab_rid_hash(&rid), made once: each dispatch records it */
 } ab_peer_t;
 
 /* Sets P's name to PREFIX NAME (cut at AB_NAME_MAX - 1 bytes); P's name

@@ -171,18 +171,11 @@ static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, con
     return 0;
 }
 
-void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
-                       zmq_msg_t *body, int64_t now)
+/* ab_req_on_request once S, the service H names, may take it. */
+static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
+                            const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now)
 {
-    ab_service_t *s = s_target(b, rid, h);
-    if (s && !ab_link_routable(b, s, h)) { /* only beyond the hop limit (link.h) */
-        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
-        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE,
-                      "the service is offered only by peer brokers beyond the hop limit "
-                      "(link-hop-limit) or already crossed");
-        return;
-    }
-    if (!s || !s_admit_client(b, p, rid, h, s))
+    if (!s_admit_client(b, p, rid, h, s))
         return;
     ab_cache_req_t *cr = NULL;
     if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body, now, &cr))
@@ -202,6 +195,29 @@ void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
     if (r->cache && ab_cache_join(b, r))
         return; /* waits for an identical request in flight */
     ab_service_submit(b, s, r, now);
+}
+
+void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                       zmq_msg_t *body, int64_t now)
+{
+    ab_service_t *s = s_target(b, rid, h);
+    if (s && !ab_link_routable(b, s, h)) { /* only beyond the hop limit (link.h) */
+        AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
+        ab_send_error(b, rid, h->id, AB_ERR_NO_SERVICE,
+                      "the service is offered only by peer brokers beyond the hop limit "
+                      "(link-hop-limit) or already crossed");
+        return;
+    }
+    if (s)
+        s_on_request_to(b, p, rid, h, s, body, now);
+}
+
+void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
+                         const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now)
+{
+    b->c.requests++; /* as s_target counts */
+    s->requests++;
+    s_on_request_to(b, p, rid, h, s, body, now);
 }
 
 /* R's client has its answer, a worker may still hold R: R keeps only what
@@ -421,10 +437,13 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, zmq_msg_t *bo
 void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid, const ab_header_t *h,
                       zmq_msg_t *body)
 {
-    uint64_t corr = h->correlation_id, from = ab_rid_hash(from_rid);
+    uint64_t corr = h->correlation_id;
     ab_req_t *r = ab_idmap_get(&b->pending, corr);
     int final = h->kind != AB_KIND_PARTIAL;
     int holder = r && r->state != AB_REQ_QUEUED && p && p->worker && r->worker == p->worker;
+    /* The sender's hash names it in R's tried list: needed only for an
+     * answer from another than the holder, or after a re-dispatch. */
+    uint64_t from = !holder || r->attempts > 1 ? ab_rid_hash(from_rid) : 0;
     int late = r && !holder && ab_req_tried(r, from);
     if (!holder && !late) {
         b->c.replies_dropped++;

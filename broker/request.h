@@ -23,6 +23,21 @@ typedef enum {
     AB_REQ_WAITING   /* attached to an identical request in flight (cache.h) */
 } ab_req_state_t;
 
+/* Where a request that came over a broker link has been (link_fwd.c fills
+ * it from the forwarded header). VIA points at room its maker gives: the
+ * request's own fwd_room when the list fits there, else a block of its own
+ * (a whole AB_VIA_MAX buffer allocated with each forwarded request cost the
+ * far broker 6% of its thread in malloc and free, and a small block still
+ * 5%: freed in bursts of a window, they fall out of malloc's caches). */
+#define AB_FWD_KEY_TXT 41 /* a Z85 public key and its NUL */
+#define AB_FWD_VIA_ROOM 128 /* crossed lists of this size (NUL included) need no block */
+struct ab_fwd {
+    char *via; /* NUL-terminated, at most AB_VIA_MAX - 1 characters (link_int.h) */
+    uint32_t hops_left;
+    uint32_t origin_role; /* 1 + ab_keyrole_t; 0 unknown */
+    char origin_key[AB_FWD_KEY_TXT];
+};
+
 /* A request held by the broker from arrival until its one answer. */
 struct ab_req {
     uint64_t bid;       /* broker-assigned id: correlation with workers */
@@ -62,6 +77,10 @@ struct ab_req {
     uint8_t deadline_passed;      /* orphaned by its deadline: judged at the worker's answer */
     ab_defer_node_t later;        /* queued for an action after a walk (drain) */
     struct ab_fwd *fwd;           /* came over a broker link (link.h); NULL otherwise */
+    struct {
+        struct ab_fwd f;
+        char via[AB_FWD_VIA_ROOM];
+    } fwd_room;                   /* FWD when its crossed list fits (link_fwd.c) */
 };
 
 /* --- life ------------------------------------------------------------------ */
@@ -98,6 +117,12 @@ int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
  * answered (NO_SERVICE, BUSY) and counted. */
 void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
                        zmq_msg_t *body, int64_t now);
+/* ab_req_on_request for a request a broker link forwards (link_fwd.c):
+ * S is the service H names (H's target under AB_NAME_MAX), already found,
+ * and the link checked that one of S's workers may take it (crossed list,
+ * hops left: ab_link_routable's rule). Counted and handled the same. */
+void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
+                         const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now);
 
 /* --- answers --------------------------------------------------------------- */
 /* PARTIAL, REPLY or ERROR H (+ BODY, moved on; may be NULL) from peer P

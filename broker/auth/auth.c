@@ -453,6 +453,11 @@ const ab_key_t *ab_auth_key_lookup(ab_broker_t *b, const char *pub)
     return b->auth && pub && pub[0] ? ab_keys_lookup(b->auth->keys, pub) : NULL;
 }
 
+uint64_t ab_auth_keys_gen(const ab_broker_t *b)
+{
+    return b->auth ? ab_keys_gen(b->auth->keys) : 0;
+}
+
 int ab_key_role(const ab_key_t *k)
 {
     return k ? (int)k->role : -1;

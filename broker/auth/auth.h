@@ -85,6 +85,9 @@ int ab_auth_link_client(ab_broker_t *b, void *sock, const char *server);
 int ab_auth_is_peer(const ab_key_t *k);
 /* The trusted key with Z85 public key PUB, or NULL (also with auth off). */
 const ab_key_t *ab_auth_key_lookup(ab_broker_t *b, const char *pub);
+/* Changes whenever the keys are read again (never 0 with auth on; 0 with
+ * auth off): what ab_auth_key_lookup returned holds while it is unchanged. */
+uint64_t ab_auth_keys_gen(const ab_broker_t *b);
 /* K's role (ab_keyrole_t), or -1 for NULL. */
 int ab_key_role(const ab_key_t *k);
 

@@ -38,6 +38,8 @@ int ab_glob_list_match(const char *list, const char *s)
         size_t m = n;
         while (m && p[m - 1] == ' ')
             m--;
+        if (m == 1 && *p == '*')
+            return 1; /* what fnmatch says without flags: the default grant, per request */
         if (m && m < sizeof pat) {
             memcpy(pat, p, m);
             pat[m] = '\0';
@@ -164,8 +166,14 @@ static void s_load_one(ab_keys_t *t, const char *file)
     zcert_destroy(&c);
 }
 
+uint64_t ab_keys_gen(const ab_keys_t *t)
+{
+    return t->gen + 1;
+}
+
 int ab_keys_reload(ab_keys_t *t, zlistx_t *gone)
 {
+    t->gen++; /* before anything is freed or changed, even when DIR cannot be read */
     DIR *d = opendir(t->dir);
     if (!d) {
         AB_ERROR("cannot read the keys directory %s: %s", t->dir, strerror(errno));

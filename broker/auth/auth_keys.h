@@ -28,6 +28,7 @@ struct ab_key {
 typedef struct {
     zhashx_t *by_pub; /* pub -> ab_key_t (owned) */
     char *dir;
+    uint64_t gen;     /* counts reloads: a record found in one stays alive until the next */
 } ab_keys_t;
 
 /* An empty table for DIR (copied). NULL out of memory. */
@@ -39,6 +40,9 @@ void ab_keys_destroy(ab_keys_t **keys);
  * connections). Returns the number of keys trusted, or -1 when DIR cannot
  * be read (the table is then unchanged). */
 int ab_keys_reload(ab_keys_t *keys, zlistx_t *gone);
+/* Changes with every ab_keys_reload (never 0): a record ab_keys_lookup
+ * returned may be kept while it is unchanged. */
+uint64_t ab_keys_gen(const ab_keys_t *keys);
 void ab_key_free(ab_key_t **k);
 /* The trusted key with Z85 public key PUB, or NULL. */
 ab_key_t *ab_keys_lookup(ab_keys_t *keys, const char *pub);

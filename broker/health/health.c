@@ -448,7 +448,7 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
 void ab_health_on_dispatch(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r)
 {
     if (r->attempts < AB_ATTEMPTS_MAX)
-        r->tried[r->attempts] = ab_rid_hash(&w->peer->rid);
+        r->tried[r->attempts] = w->peer->rid_hash;
     r->attempts++;
     r->oks_at_dispatch = w->health.oks;
     if (w->health.state == AB_HEALTH_PROBING)

@@ -32,6 +32,10 @@ static void s_tick(ab_broker_t *b, int64_t now);
 /* HELLO and its answer carry a name and a few numbers: a larger one is not
  * decoded. */
 #define S_HELLO_MAX 1024
+/* Slots of the link client's request index (ab_peer_t.reqs_by_id): it
+ * never shrinks below them, and holds half as many requests without
+ * growing (16 KiB per link). */
+#define S_CLIENT_IDS 1024
 
 /* --- records ---------------------------------------------------------------- */
 
@@ -344,6 +348,12 @@ static void s_up(ab_broker_t *b, ab_link_t *l, int64_t now)
             l->client->link_role = AB_LINK_CLIENT;
             l->client->features = AB_FEATURE_LZ4;
             ab_peer_set_name(l->client, "link:", l->name);
+            /* The peer's requests come as whole windows (up to its credit
+             * here) that drain between its batches: an index that started
+             * at 16 slots halved down to them and doubled back up with each
+             * window (2% of this thread). Out of memory it stays as any
+             * client's. */
+            (void)ab_idmap_init(&l->client->reqs_by_id, S_CLIENT_IDS);
         }
     }
     if (!l->up) {
@@ -799,6 +809,7 @@ void ab_link_peer_gone(ab_broker_t *b, ab_peer_t *p)
     if (!l)
         return;
     p->link = NULL;
+    p->remote = NULL; /* its entry, if any, is deleted below */
     if (p->link_role == AB_LINK_TRANSPORT && l->in == p) {
         l->in = NULL; /* its connection closed: the link may live on the other */
         if (l->up && !(l->dealer && l->out_up))

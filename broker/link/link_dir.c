@@ -275,10 +275,9 @@ static int s_register(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, const Agentbus
     /* Credit above the announced capacity keeps the far workers busy
      * across the link's round trip: while an answer travels back here and
      * the next request travels there, the far broker already holds that
-     * request in its queue (docs/links.md, "The link's pipeline"). */
+     * request in its queue (docs/links.md, "The link's pipeline").
+     * link-credit-pct is 100 or more (config.c): never under the capacity. */
     uint64_t cap = (uint64_t)e->capacity * (uint64_t)b->cfg->link_credit_pct / 100;
-    if (cap < e->capacity)
-        cap = e->capacity;
     if (cap > (uint64_t)b->cfg->worker_capacity_max)
         cap = (uint32_t)b->cfg->worker_capacity_max;
     h.credit = (uint32_t)cap;
@@ -314,9 +313,11 @@ static void s_add(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkService *e, 
     r->models_hash = s_models_hash(e);
     snprintf(r->via, sizeof r->via, "%s", e->via);
     zhashx_insert(l->remote, e->name, r);
+    p->remote = zhashx_lookup(l->remote, e->name); /* before REGISTER: it may dispatch */
     if (s_register(b, l, p, e, now) == -1) {
         zhashx_delete(l->remote, e->name);
         p->link = NULL;
+        p->remote = NULL;
         ab_peer_drop(b, p, "remote service refused here");
     }
 }
@@ -330,6 +331,7 @@ static void s_remove(ab_broker_t *b, ab_link_t *l, const char *name, const char 
     ab_peer_t *p = r->peer;
     zhashx_delete(l->remote, name); /* frees R */
     p->link = NULL;
+    p->remote = NULL;
     ab_peer_drop(b, p, why);
     b->links->dirty = 1;
 }
@@ -429,6 +431,7 @@ uint32_t ab_link_dir_withdraw(ab_broker_t *b, ab_link_t *l, const char *why)
             held += p->worker->in_flight;
         zhashx_delete(l->remote, zhashx_cursor(l->remote));
         p->link = NULL;
+        p->remote = NULL;
         ab_peer_drop(b, p, why);
     }
     b->links->dirty = 1;

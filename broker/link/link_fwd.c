@@ -172,7 +172,7 @@ int ab_link_forward(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, ab_header_t
         h->origin_key = ab_view_of(pub && strcmp(pub, "local") ? pub : NULL);
         h->origin_role = k ? (uint32_t)ab_key_role(k) + 1 : 0;
     }
-    ab_remote_t *rm = zhashx_lookup(l->remote, w->service->name);
+    const ab_remote_t *rm = w->peer->remote;
     if (payload && rm && rm->lz4)
         s_squeeze(b, l, h, payload);
     uint8_t stack[2048];
@@ -188,27 +188,39 @@ int ab_link_forward(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, ab_header_t
     return rc;
 }
 
-int ab_link_may_take(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_req_t *r)
+/* ab_link_may_take for a request that crossed the brokers in VIA (NULL:
+ * it comes from this broker's own client) with LEFT links still to cross. */
+static int s_may_take(const ab_worker_rec_t *w, const char *via, uint32_t left)
 {
     ab_link_t *l = w->peer->link;
     if (w->peer->link_role != AB_LINK_WORKER)
         return 1;
     if (!l || !l->up)
         return 0;
-    const struct ab_fwd *f = r->fwd;
-    uint32_t left = f ? f->hops_left : (uint32_t)b->cfg->link_hop_limit;
     if (left == 0)
         return 0; /* hop limit */
-    if (f && (ab_link_in_list(f->via, strlen(f->via), l->name) ||
-              !strcmp(l->name, l->all->self)))
+    if (via && (ab_link_in_list(via, strlen(via), l->name) || !strcmp(l->name, l->all->self)))
         return 0; /* it came from there: no loops */
-    ab_remote_t *rm = zhashx_lookup(l->remote, w->service->name);
+    const ab_remote_t *rm = w->peer->remote;
     return !rm || rm->hops <= left - 1; /* the peer can reach it in the hops left */
+}
+
+int ab_link_may_take(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_req_t *r)
+{
+    if (w->peer->link_role != AB_LINK_WORKER)
+        return 1; /* before B is read: placement's callers may have none */
+    const struct ab_fwd *f = r->fwd;
+    return s_may_take(w, f ? f->via : NULL, f ? f->hops_left : (uint32_t)b->cfg->link_hop_limit);
+}
+
+size_t ab_link_fwd_via_room(const ab_header_t *h)
+{
+    return (h->via.len < AB_VIA_MAX - 1 ? h->via.len : AB_VIA_MAX - 1) + 1;
 }
 
 void ab_link_fwd_fill(struct ab_fwd *f, const ab_header_t *h)
 {
-    ab_view_copy(h->via, f->via, sizeof f->via);
+    ab_view_copy(h->via, f->via, ab_link_fwd_via_room(h));
     ab_view_copy(h->origin_key, f->origin_key, sizeof f->origin_key);
     f->hops_left = h->hops_left;
     f->origin_role = h->origin_role;
@@ -216,9 +228,15 @@ void ab_link_fwd_fill(struct ab_fwd *f, const ab_header_t *h)
 
 int ab_link_req_new(ab_req_t *r, const ab_header_t *h)
 {
-    struct ab_fwd *f = malloc(sizeof *f);
-    if (!f)
-        return -1;
+    size_t room = ab_link_fwd_via_room(h);
+    struct ab_fwd *f = &r->fwd_room.f;
+    if (room <= sizeof r->fwd_room.via) {
+        f->via = r->fwd_room.via;
+    } else { /* one block, freed whole */
+        if (!(f = malloc(sizeof *f + room)))
+            return -1;
+        f->via = (char *)(f + 1);
+    }
     ab_link_fwd_fill(f, h);
     r->fwd = f;
     return 0;
@@ -226,7 +244,8 @@ int ab_link_req_new(ab_req_t *r, const ab_header_t *h)
 
 void ab_link_req_free(ab_req_t *r)
 {
-    free(r->fwd);
+    if (r->fwd != &r->fwd_room.f)
+        free(r->fwd);
     r->fwd = NULL;
 }
 
@@ -236,35 +255,52 @@ int ab_link_routable(ab_broker_t *b, ab_service_t *s, const ab_header_t *h)
 {
     if (!b->links || zlistx_size(s->workers) == 0)
         return 1; /* no workers at all: the core's rules (queue, startup grace) */
-    ab_req_t probe;
-    memset(&probe, 0, sizeof probe);
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
         if (w->peer->link_role != AB_LINK_WORKER)
             return 1;
-    if (h->via.len && ab_link_req_new(&probe, h) != 0)
-        return 1;
-    int ok = 0;
-    for (ab_worker_rec_t *w = zlistx_first(s->workers); w && !ok; w = zlistx_next(s->workers))
-        ok = ab_link_may_take(b, w, &probe);
-    ab_link_req_free(&probe);
-    return ok;
+    /* What the request record will hold (ab_link_req_new), read here
+     * without a record: this runs for every request to a remote service. */
+    char via[AB_VIA_MAX];
+    const char *vp = NULL;
+    uint32_t left = (uint32_t)b->cfg->link_hop_limit;
+    if (h->via.len) {
+        ab_view_copy(h->via, via, sizeof via);
+        vp = via, left = h->hops_left;
+    }
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
+        if (s_may_take(w, vp, left))
+            return 1;
+    return 0;
 }
 
 /* 1 when S has a worker that may take a request that crossed F: a local
  * one, or a link that may take it on. */
-static int s_routable(ab_broker_t *b, ab_service_t *s, ab_req_t *probe)
+static int s_routable(ab_service_t *s, const struct ab_fwd *f)
 {
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
-        if (ab_link_may_take(b, w, probe))
+        if (s_may_take(w, f->via, f->hops_left))
             return 1;
     return 0;
+}
+
+/* The trusted key PUB names (ab_auth_key_lookup), kept in L while the
+ * keys are not read again: a lookup hashes the whole key text. */
+static const struct ab_key *s_origin_key(ab_broker_t *b, ab_link_t *l, const char *pub)
+{
+    uint64_t gen = ab_auth_keys_gen(b);
+    if (gen && l->okey_gen == gen && !strcmp(l->okey_pub, pub))
+        return l->okey;
+    const struct ab_key *k = ab_auth_key_lookup(b, pub);
+    snprintf(l->okey_pub, sizeof l->okey_pub, "%s", pub);
+    l->okey = k, l->okey_gen = gen;
+    return k;
 }
 
 /* The role the first broker vouches for, and the checks that hold here:
  * only an agent's or an admin's request crosses a link, and a key this
  * broker trusts keeps its own grants. 1 allowed, else 0 with *WHY. */
-static int s_origin_ok(ab_broker_t *b, const ab_header_t *h, const struct ab_fwd *f,
-                       const struct ab_key *linkkey, const char **why)
+static int s_origin_ok(ab_broker_t *b, ab_link_t *l, const ab_header_t *h,
+                       const struct ab_fwd *f, const struct ab_key *linkkey, const char **why)
 {
     int role = (int)f->origin_role - 1;
     if (b->cfg->auth_curve && f->origin_role == 0) {
@@ -276,7 +312,7 @@ static int s_origin_ok(ab_broker_t *b, const ab_header_t *h, const struct ab_fwd
         return 0;
     }
     /* ab_auth_check sets its text whether or not it refuses. */
-    const struct ab_key *k = ab_auth_key_lookup(b, f->origin_key);
+    const struct ab_key *k = s_origin_key(b, l, f->origin_key);
     const char *w = NULL;
     if ((k && !ab_auth_check(b, k, h, &w)) || (linkkey && !ab_auth_check(b, linkkey, h, &w))) {
         *why = w;
@@ -296,21 +332,20 @@ void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zm
      * hold them (ab_link_req_new), here on the stack: no allocation for a
      * request that may be refused, nor a second one for one taken. */
     struct ab_fwd fwd;
+    char via[AB_VIA_MAX];
+    fwd.via = via;
     ab_link_fwd_fill(&fwd, &h);
-    ab_req_t probe;
-    memset(&probe, 0, sizeof probe);
-    probe.fwd = &fwd;
     const char *why = NULL;
     uint32_t code = AB_ERR_DENIED;
     char name[AB_NAME_MAX], text[AB_NAME_MAX + 96];
     ab_view_copy(h.target, name, sizeof name);
     ab_service_t *s = ab_service_get(b, name, 0);
     l->received++;
-    if (ab_link_in_list(probe.fwd->via, strlen(probe.fwd->via), l->all->self)) {
+    if (ab_link_in_list(fwd.via, strlen(fwd.via), l->all->self)) {
         why = "loop: the request already crossed this broker", code = AB_ERR_NO_SERVICE;
-    } else if (!s_origin_ok(b, &h, probe.fwd, key, &why)) {
+    } else if (!s_origin_ok(b, l, &h, &fwd, key, &why)) {
         ;
-    } else if (!s || !s_routable(b, s, &probe)) {
+    } else if (!s || !s_routable(s, &fwd)) {
         snprintf(text, sizeof text, "no route to service '%s' from broker '%s'", name,
                  l->all->self);
         why = text, code = AB_ERR_NO_SERVICE;
@@ -324,6 +359,14 @@ void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zm
     h.flags &= ~(uint32_t)AB_FLAG_ADMIN;
     if (h.origin_role == AB_KEYROLE_ADMIN + 1)
         h.flags |= AB_FLAG_ADMIN;
+    if (h.via.len && h.target.len < AB_NAME_MAX) {
+        /* S is the service H names, and s_routable checked it as
+         * ab_req_on_request's ab_link_routable would (same crossed list and
+         * hops left; it refuses more: a service with no worker at all):
+         * neither is done twice per forwarded request. */
+        ab_req_on_forwarded(b, c, &c->rid, &h, s, body, now);
+        return;
+    }
     if (!h.via.len)
         h.via = ab_view_of(l->name); /* marks it as forwarded (ab_req_new) */
     ab_req_on_request(b, c, &c->rid, &h, body, now);
@@ -402,7 +445,6 @@ uint32_t ab_link_service_remote(ab_broker_t *b, const ab_service_t *s, char *buf
 
 uint32_t ab_link_hops(const ab_worker_rec_t *w)
 {
-    ab_link_t *l = w->peer->link;
-    ab_remote_t *r = l ? zhashx_lookup(l->remote, w->service->name) : NULL;
+    const ab_remote_t *r = w->peer->link ? w->peer->remote : NULL;
     return r ? r->hops + 1 : UINT32_MAX;
 }

@@ -8,6 +8,7 @@
 #define AB_LINK_INT_H
 
 #include "link.h"
+#include "request.h" /* struct ab_fwd */
 #include "agentbus.pb-c.h"
 
 #define AB_LINKS_MAX 16            /* links per broker (dialed + accepted) */
@@ -25,8 +26,9 @@
 enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4,
        S_LM_NAMES = 5, S_LM_INTEREST = 6 };
 
-/* A remote service offered over a link: its remote worker here. */
-typedef struct {
+/* A remote service offered over a link: its remote worker here (whose
+ * peer record points back at it: ab_peer_t.remote). */
+typedef struct ab_remote {
     ab_peer_t *peer; /* link_role AB_LINK_WORKER */
     uint32_t capacity, hops, workers;
     int lz4; /* every worker behind it reads lz4 */
@@ -58,6 +60,11 @@ typedef struct ab_link {
     struct ab_link_topic *topic; /* the peer's topic routes (link_topic.c); NULL until used */
     uint64_t compressed; /* payloads lz4-compressed onto it */
     uint64_t dir_refused; /* directories refused whole (link-dir-max-bytes) */
+    /* The origin key of the last request it forwarded here and its record
+     * (link_fwd.c): one agent's requests in a row cost one key lookup. */
+    char okey_pub[AB_LINK_KEY_TXT];
+    const struct ab_key *okey;
+    uint64_t okey_gen; /* ab_auth_keys_gen then; 0: nothing kept */
 } ab_link_t;
 
 struct ab_links {
@@ -75,14 +82,13 @@ struct ab_links {
     uint64_t topic_unroutable; /* publication destinations given up (stats) */
 };
 
-/* Where a request that came over a link has been. */
-struct ab_fwd {
-    char via[AB_VIA_MAX];
-    uint32_t hops_left;
-    uint32_t origin_role; /* 1 + ab_keyrole_t; 0 unknown */
-    char origin_key[AB_LINK_KEY_TXT];
-};
-/* F from a forwarded header H (what ab_link_req_new keeps). */
+/* struct ab_fwd (request.h): where a request that came over a link has
+ * been. */
+_Static_assert(AB_FWD_KEY_TXT == AB_LINK_KEY_TXT, "a key's text fits the record");
+/* Room F->via needs for forwarded header H's crossed list (with its NUL). */
+size_t ab_link_fwd_via_room(const ab_header_t *h);
+/* F from a forwarded header H (what ab_link_req_new keeps); F->via points
+ * at ab_link_fwd_via_room(H) bytes or more. */
 void ab_link_fwd_fill(struct ab_fwd *f, const ab_header_t *h);
 
 /* link.c */

@@ -291,6 +291,41 @@ static void s_line(void)
     ab_client_destroy(&c);
 }
 
+/* Four brokers in a line with the longest names (63 characters): a
+ * request from the first reaches the last's service and its answer comes
+ * back. The third broker holds a crossed list of 127 characters (the most
+ * a request record keeps in its own room), the fourth one of 191 (a block
+ * of its own): both kept whole, both freed (ASan build). */
+static void s_long_via(void)
+{
+    char nm[4][64], names[300];
+    for (int i = 0; i < 4; i++) {
+        memset(nm[i], 'p' + i, 63);
+        nm[i][63] = '\0';
+    }
+    snprintf(names, sizeof names, "%s,%s,%s,%s", nm[0], nm[1], nm[2], nm[3]);
+    lt_keys(names, NULL);
+    int port[4];
+    for (int i = 0; i < 4; i++)
+        port[i] = th_free_port();
+    for (int i = 3; i >= 0; i--)
+        lt_broker(port[i], nm[i], lt_keysdir(i == 3 ? "D" : i == 2 ? "C" : i == 1 ? "B" : "A", NULL),
+                  i < 3 ? lt_peer(port[i + 1]) : NULL, NULL, NULL, NULL);
+    th_worker(port[3], "far3", NULL);
+    th_worker(port[2], "far2", NULL);
+    ab_client_t *a = th_client(port[0]);
+    REQUIRE(lt_wait_rc(a, "far3", AB_OK, 30000) == 0);
+    REQUIRE(lt_wait_rc(a, "far2", AB_OK, 30000) == 0);
+    char out[64];
+    for (int i = 0; i < 50; i++) {
+        CHECK_EQ(lt_req(a, "far3", "three hops", out, sizeof out), AB_OK);
+        CHECK_STR(out, "three hops");
+        CHECK_EQ(lt_req(a, "far2", "two hops", out, sizeof out), AB_OK);
+        CHECK_STR(out, "two hops");
+    }
+    ab_client_destroy(&a);
+}
+
 static uint64_t s_forwarded(ab_client_t *c)
 {
     Agentbus__PeerList *pl = lt_peers(c);
@@ -428,8 +463,9 @@ static void s_unknown_key(void)
 }
 
 /* An agent key granted every service on A, but only "echo" on B: its
- * request for B's "secret" is DENIED by B; its "echo" passes. A peer key
- * may not register a worker. */
+ * request for B's "secret" is DENIED by B; its "echo" passes; B's keys
+ * read again without it, and with it, change that at once. A peer key may
+ * not register a worker. */
 static void s_roles(void)
 {
     s_keys();
@@ -458,8 +494,22 @@ static void s_roles(void)
     ab_options_destroy(&o);
     CHECK_EQ(lt_req(ag, "echo", "ok", NULL, 0), AB_OK);
     CHECK_EQ(lt_req(ag, "secret", "no", NULL, 0), AB_EDENIED);
-    /* A worker proving the peer key is refused: a peer registers nothing. */
     char cmd[1500], out[4096];
+    /* B reads its keys again without the agent's: the origin is then a key
+     * B does not know, so only the link key's grants hold there and
+     * "secret" passes. B keeps the record of the last origin key a link
+     * brought (link_fwd.c): it must not outlive the reload that frees it.
+     * Then the key comes back, granted "echo" only: refused again. */
+    snprintf(cmd, sizeof cmd, "mv %s/keys-B/agent.key %s/agent.key.B && kill -HUP %d", th_dir(),
+             th_dir(), (int)bpid);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_EQ(lt_wait_rc(ag, "secret", AB_OK, 30000), 0);
+    snprintf(cmd, sizeof cmd, "mv %s/agent.key.B %s/keys-B/agent.key && kill -HUP %d", th_dir(),
+             th_dir(), (int)bpid);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_EQ(lt_wait_rc(ag, "secret", AB_EDENIED, 30000), 0);
+    CHECK_EQ(lt_req(ag, "echo", "ok", NULL, 0), AB_OK);
+    /* A worker proving the peer key is refused: a peer registers nothing. */
     snprintf(cmd, sizeof cmd,
              "AB_KEY=%s/broker.key_secret timeout 3 %s --broker %s --backend echo --service "
              "sneaky >/dev/null 2>&1; grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
@@ -475,7 +525,7 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"two", s_two},         {"both_dial", s_both_dial},     {"cut", s_cut},
         {"stall", s_stall},     {"restart", s_restart},         {"line", s_line},               {"triangle", s_triangle},
-        {"unknown_key", s_unknown_key}, {"roles", s_roles},
+        {"unknown_key", s_unknown_key}, {"roles", s_roles}, {"long_via", s_long_via},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -25,6 +25,7 @@ static ab_worker_rec_t *s_worker(const char *id, int n, ab_service_t *s)
     REQUIRE(p != NULL);
     p->rid.len = (uint8_t)strlen(id);
     memcpy(p->rid.bytes, id, p->rid.len);
+    p->rid_hash = ab_rid_hash(&p->rid); /* as the broker's peers have it */
     snprintf(p->key, sizeof p->key, "%s", id);
     REQUIRE(ab_peer_set_name(p, "", id) == 0);
     p->role = AB_ROLE_WORKER;
