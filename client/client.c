@@ -649,6 +649,11 @@ int ab_client_connected(const ab_client_t *c)
     return c ? c->conn.connected : 0;
 }
 
+int ab_client_refused(const ab_client_t *c)
+{
+    return c ? c->conn.auth_refused : 0;
+}
+
 void ab_client_stop(ab_client_t *c)
 {
     if (c)

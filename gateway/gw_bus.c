@@ -27,8 +27,8 @@ typedef struct s_cmd {
 
 struct gw_bus {
     pthread_t thread;
-    ab_client_t *client;  /* the gateway's own connection: clients[0] */
-    ab_client_t *clients[1 + GW_IDENTS_MAX]; /* [i > 0]: the API keys' identities */
+    ab_client_t *clients[1 + GW_IDENTS_MAX]; /* [0]: the gateway's own connection;
+                                              * [i > 0]: the API keys' identities */
     unsigned n_clients;
     int efd;
     int epfd;             /* client sockets of waiting calls (EPOLLRDHUP) */
@@ -129,7 +129,7 @@ static void s_on_event(ab_client_t *client, const ab_reply_event_t *ev, void *ar
 /* The connection CALL goes over. */
 static ab_client_t *s_client(gw_bus_t *b, const gw_call_t *c)
 {
-    return c->ident < b->n_clients ? b->clients[c->ident] : b->client;
+    return b->clients[c->ident < b->n_clients ? c->ident : 0];
 }
 
 static void s_start(gw_bus_t *b, gw_call_t *c)
@@ -261,12 +261,11 @@ static void *s_thread(void *arg)
                 ;
         if (io >= 0) /* connections resumed by those events answer now */
             io_wait = b->io_run(b->io_arg);
-        atomic_store(&b->connected, ab_client_connected(b->client));
+        atomic_store(&b->connected, ab_client_connected(b->clients[0]));
     }
     /* Ends every call in flight (AB_ESTOPPED). */
     for (unsigned i = 0; i < b->n_clients; i++)
         ab_client_destroy(&b->clients[i]);
-    b->client = NULL;
     if (atomic_load(&b->io_fd) >= 0)
         b->io_run(b->io_arg); /* their connections resume, to be closed */
     return NULL;
@@ -323,7 +322,6 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
             goto fail;
         b->n_clients = i + 1;
     }
-    b->client = b->clients[0];
     if (pthread_create(&b->thread, NULL, s_thread, b) != 0)
         goto fail;
     return b;

@@ -264,8 +264,9 @@ AB_EXPORT int ab_options_set_compression(ab_options_t *opts, size_t threshold_by
  * other variables, one that cannot be used makes ab_client_new and
  * ab_worker_new fail with AB_EINVAL (the last error says why), as does a
  * key without a broker key or the reverse. A broker that refuses the key
- * (unknown, removed) closes the connection during the handshake: requests
- * then wait and time out, and the handle's last error says "refused".
+ * (unknown, removed) closes the connection during the handshake: calls in
+ * flight and later sends fail with AB_EDENIED once the library has read the
+ * refusal (ab_client_refused), and the handle's last error says why.
  * Thread: as the other setters. */
 AB_EXPORT int ab_options_set_key_file(ab_options_t *opts, const char *path);
 AB_EXPORT int ab_options_set_broker_key(ab_options_t *opts, const char *key);
@@ -301,6 +302,13 @@ AB_EXPORT const char *ab_client_last_error(const ab_client_t *client);
 
 /* 1 while the connection to a broker is up, else 0 (also for NULL). */
 AB_EXPORT int ab_client_connected(const ab_client_t *client);
+
+/* 1 once the broker refused this handle's CURVE handshake (its key is not
+ * trusted there, or the broker requires CURVE and the handle has none),
+ * until a later handshake succeeds; else 0 (also for NULL). The refusal is
+ * read by ab_client_poll (or any call that receives); ab_client_last_error
+ * then says why. The library keeps trying to connect in the background. */
+AB_EXPORT int ab_client_refused(const ab_client_t *client);
 
 /* Makes every blocking call on the handle (ab_client_request,
  * ab_client_poll, ab_client_recv, synchronous waits) return AB_ESTOPPED

@@ -292,6 +292,8 @@ static void s_handshake(void)
     ab_client_t *bad = s_client(port, "stranger", NULL, 0);
     CHECK_EQ(s_request(bad, "echo", "x", 5000, NULL, 0), AB_EDENIED);
     CHECK_TRUE(strstr(ab_client_last_error(bad), "refused") != NULL);
+    CHECK_EQ(ab_client_refused(bad), 1); /* what brokerctl tests, not the text */
+    CHECK_EQ(ab_client_refused(ok), 0);
     char pub[41], line[200];
     s_cert_key(s_secret("stranger"), "public-key", pub);
     snprintf(line, sizeof line, "refused a connection from 127.0.0.1: unknown key %s", pub);
@@ -299,6 +301,7 @@ static void s_handshake(void)
     ab_client_t *none = s_client(port, NULL, NULL, 0);
     CHECK_EQ(s_request(none, "echo", "x", 5000, NULL, 0), AB_EDENIED);
     CHECK_TRUE(strstr(ab_client_last_error(none), "requires CURVE") != NULL);
+    CHECK_EQ(ab_client_refused(none), 1);
     /* The broker names the cause when libzmq reports a mechanism mismatch,
      * and logs the generic failure when the client hung up first: either
      * depends on timing, both are the refusal logged. */

@@ -271,7 +271,7 @@ static int s_connect(ab_client_t *c, long timeout_ms)
             return rc;
         /* A broker that refused our key answers nothing: say so now, with
          * the library's reason, not "no broker" after the whole timeout. */
-        if (strstr(ab_client_last_error(c), "refused the connection's handshake"))
+        if (ab_client_refused(c))
             return AB_EDENIED;
     }
     return ab_client_connected(c) ? AB_OK : s_stop ? AB_ESTOPPED : AB_ETIMEOUT;
