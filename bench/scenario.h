@@ -174,6 +174,7 @@ typedef struct {
     uint64_t issued;
     double util_all, util_queued;     /* GPU slots busy, % */
     double queued_secs;               /* sim seconds with work waiting */
+    double gpu_busy;                  /* slot-busy time summed over slots (sim ns) */
     uint64_t sim_503, sim_aborted, sim_completed;
     /* bus only */
     uint64_t hits[3], coalesced, bus_requests;

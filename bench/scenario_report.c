@@ -318,6 +318,31 @@ static void s_closed_target(const sc_result_t *r, const sc_sum_t *sm, const sc_s
            theirs > 0 ? mine / theirs : 0, uq, sm->err_pct);
 }
 
+/* The 1 / (1 - hit) cap assumes a miss costs the GPUs what an average
+ * direct call does. In a closed loop it need not: the agents whose calls
+ * hit come back sooner, and what misses may be the heavier calls. This
+ * says how much GPU time one generation took on each side (slot-busy time
+ * over the simulators' completed generations), and what the cap is with
+ * that difference taken out. A reading, not a target of its own. */
+static void s_gpu_per_gen(const sc_result_t *r, const sc_sum_t *sm, const sc_result_t *d,
+                          const sc_sum_t *dn, double scale)
+{
+    if (!r->sim_completed || !d->sim_completed || r->gpu_busy <= 0 || d->gpu_busy <= 0)
+        return;
+    double mine = r->gpu_busy / (double)r->sim_completed / 1e9 * scale;
+    double theirs = d->gpu_busy / (double)d->sim_completed / 1e9 * scale;
+    int steady = strstr(r->label, "-nothink") != NULL;
+    double rate = steady ? dn->done2_per_s : dn->done_per_s;
+    double f = sm->hit_pct / 100.0;
+    double want = f < 1 && mine > 0 ? 0.95 * rate * (theirs / mine) / (1 - f) : 0;
+    double got = steady ? sm->done2_per_s : sm->done_per_s;
+    printf("    %s: GPU time per generation %.2f s against direct's %.2f s (%.2fx: what misses "
+           "is %s); the cap with that taken out: 0.95 x %.1f x %.2f / (1 - %.2f) = %.1f req/s, "
+           "%s (%.1f)\n", r->label, mine, theirs, mine / theirs,
+           mine > theirs * 1.05 ? "heavier" : mine < theirs * 0.95 ? "lighter" : "alike", rate,
+           theirs / mine, f, want, got >= want ? "met" : "not met", got);
+}
+
 enum { S_READ_ERR, S_READ_P95, S_READ_INT, S_READ_ADD, S_READINGS };
 
 /* The highest offered rate each open-loop system sustained, by four
@@ -380,7 +405,10 @@ void sc_targets(const sc_result_t *res, int n, double scale, int agents)
     for (int i = 0; i < n && i < 40; i++) {
         int ref = strstr(res[i].label, "-nothink") ? dz : dn;
         if (!res[i].open_loop && res[i].has_bus && ref >= 0)
+        {
             s_closed_target(&res[i], &sum[i], &sum[ref], res[ref].label);
+            s_gpu_per_gen(&res[i], &sum[i], &res[ref], &sum[ref], scale);
+        }
     }
     if (dn >= 0) {
         double ceiling = 0;

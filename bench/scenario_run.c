@@ -384,6 +384,7 @@ int sc_run(const sc_run_cfg_t *cfg, sc_result_t *res)
     res->util_all = sp.all_cap > 0 ? 100.0 * sp.all_busy / sp.all_cap : 0;
     res->util_queued = sp.q_cap > 0 ? 100.0 * sp.q_busy / sp.q_cap : -1;
     res->queued_secs = sp.q_secs * cfg->scale;
+    res->gpu_busy = sp.all_busy;
     for (int g = 0; g < SC_GPUS; g++) {
         res->sim_503 += (uint64_t)sp.last[g].s503;
         res->sim_aborted += (uint64_t)sp.last[g].aborted;
