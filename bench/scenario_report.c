@@ -341,6 +341,24 @@ static void s_gpu_per_gen(const sc_result_t *r, const sc_sum_t *sm, const sc_res
            "%s (%.1f)\n", r->label, mine, theirs, mine / theirs,
            mine > theirs * 1.05 ? "heavier" : mine < theirs * 0.95 ? "lighter" : "alike", rate,
            theirs / mine, f, want, got >= want ? "met" : "not met", got);
+    /* The same from the calls themselves: each call's own GPU time
+     * (unloaded), over its first asks (which must reach a GPU) and over
+     * all of its calls, against direct's over all. */
+    double first = 0, all = 0, dall = 0;
+    size_t nf = 0;
+    for (size_t i = 0; i < r->nrecs; i++) {
+        all += r->recs[i].ideal_us;
+        if (!r->recs[i].repeat) {
+            first += r->recs[i].ideal_us;
+            nf++;
+        }
+    }
+    for (size_t i = 0; i < d->nrecs; i++)
+        dall += d->recs[i].ideal_us;
+    if (nf && r->nrecs && d->nrecs)
+        printf("    %s: own GPU time of a call, mean: first asks %.2f s, all its calls %.2f s; "
+               "direct's calls %.2f s\n", r->label, first / (double)nf / 1e6 * scale,
+               all / (double)r->nrecs / 1e6 * scale, dall / (double)d->nrecs / 1e6 * scale);
 }
 
 enum { S_READ_ERR, S_READ_P95, S_READ_INT, S_READ_ADD, S_READINGS };
