@@ -128,6 +128,7 @@ for _n, _r, _a in [
     ("ab_client_destroy", None, (PP,)),
     ("ab_client_last_error", c_char_p, (P,)),
     ("ab_client_connected", c_int, (P,)),
+    ("ab_client_refused", c_int, (P,)),
     ("ab_client_stop", None, (P,)),
     ("ab_client_poll", c_int, (P, c_int)),
     ("ab_client_fd", c_int, (P, POINTER(c_int))),

@@ -91,6 +91,14 @@ class _Base:
         return bool(lib.ab_client_connected(self._h))
 
     @property
+    def refused(self) -> bool:
+        """True once the broker refused this handle's CURVE handshake (its
+        key is not trusted there, or the broker requires CURVE and it has
+        none), until a later handshake succeeds. Read after a call failed
+        with DeniedError, or after polling; ``last_error`` says why."""
+        return bool(lib.ab_client_refused(self._h))
+
+    @property
     def pending(self) -> int:
         """Requests (and other calls awaiting an answer) in flight."""
         return int(lib.ab_client_pending(self._h))

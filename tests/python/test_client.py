@@ -238,6 +238,8 @@ def test_auth_curve(procs, tmp_path, monkeypatch):
     with agentbus.Client(bus.endpoint, key=str(tmp_path / "ag.key_secret"),
                          broker_key=broker_key) as c:
         assert c.request("echo", b"hi", timeout=5) == b"hi"
+        assert not c.refused
     with agentbus.Client(bus.endpoint) as c:
         with pytest.raises(agentbus.DeniedError):
             c.request("echo", b"hi", timeout=5)
+        assert c.refused
