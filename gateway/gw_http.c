@@ -377,7 +377,7 @@ static gw_conn_t *s_conn_new(gw_t *g, struct MHD_Connection *conn, const char *u
  * wants one: those say nothing of the models or the bus. */
 static int s_needs_key(const gw_t *g, gw_route_t r)
 {
-    return g->keys.n > 0 && r != GW_R_ROOT && r != GW_R_HEALTHZ && r != GW_R_METRICS &&
+    return g->keys.on && r != GW_R_ROOT && r != GW_R_HEALTHZ && r != GW_R_METRICS &&
            r != GW_R_NOTFOUND;
 }
 
@@ -396,11 +396,10 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
         if (s_needs_key(g, c->route)) {
             const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                            MHD_HTTP_HEADER_AUTHORIZATION);
-            gw_key_t *key = gw_keys_find(&g->keys, auth);
-            if (!key)
+            unsigned ident = 0;
+            if (!gw_keys_authorize(&g->keys, auth, &ident))
                 return s_unauthorized(c, auth != NULL);
-            atomic_fetch_add(&key->requests, 1);
-            c->ident = key->ident;
+            c->ident = ident;
         }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > g->cfg.max_body_bytes) {

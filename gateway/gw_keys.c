@@ -139,9 +139,16 @@ int gw_keys_load(gw_keys_t *k, const char *path, char *err, size_t cap)
         snprintf(err, cap, "%s holds no key", path);
         rc = -1;
     }
-    if (rc != 0)
+    if (rc == 0 && pthread_rwlock_init(&k->lock, NULL) != 0) {
+        snprintf(err, cap, "%s: cannot make a lock", path);
+        rc = -1;
+    }
+    if (rc != 0) {
         gw_keys_free(k);
-    return rc;
+        return -1;
+    }
+    k->on = 1;
+    return 0;
 }
 
 void gw_keys_free(gw_keys_t *k)
@@ -149,10 +156,49 @@ void gw_keys_free(gw_keys_t *k)
     for (unsigned i = 0; i < k->n_idents; i++)
         free(k->idents[i]);
     free(k->keys);
+    if (k->on)
+        pthread_rwlock_destroy(&k->lock);
     memset(k, 0, sizeof *k);
 }
 
-gw_key_t *gw_keys_find(gw_keys_t *k, const char *authorization)
+int gw_keys_reload(gw_keys_t *k, const char *path, char *err, size_t cap)
+{
+    gw_keys_t next;
+    if (gw_keys_load(&next, path, err, cap) != 0)
+        return -1;
+    /* The file's key files, as indices of the connections made at start. */
+    unsigned map[GW_IDENTS_MAX + 1] = {0};
+    for (unsigned i = 0; i < next.n_idents; i++) {
+        unsigned j = 0;
+        while (j < k->n_idents && strcmp(k->idents[j], next.idents[i]) != 0)
+            j++;
+        if (j == k->n_idents) {
+            snprintf(err, cap, "%s: key file %s was not in it at start (a new bus identity "
+                     "needs a restart)", path, next.idents[i]);
+            gw_keys_free(&next);
+            return -1;
+        }
+        map[i + 1] = j + 1;
+    }
+    for (size_t i = 0; i < next.n; i++)
+        next.keys[i].ident = map[next.keys[i].ident];
+    pthread_rwlock_wrlock(&k->lock);
+    for (size_t i = 0; i < next.n; i++)
+        for (size_t j = 0; j < k->n; j++)
+            if (strcmp(next.keys[i].name, k->keys[j].name) == 0)
+                atomic_store(&next.keys[i].requests, atomic_load(&k->keys[j].requests));
+    gw_key_t *old = k->keys;
+    k->keys = next.keys;
+    k->n = next.n;
+    pthread_rwlock_unlock(&k->lock);
+    next.keys = old; /* freed with the rest of NEXT */
+    gw_keys_free(&next);
+    return 0;
+}
+
+/* The key whose token is the bearer token in AUTHORIZATION, or NULL.
+ * Called with the lock held. */
+static gw_key_t *s_find(gw_keys_t *k, const char *authorization)
 {
     if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0)
         return NULL;
@@ -178,4 +224,18 @@ gw_key_t *gw_keys_find(gw_keys_t *k, const char *authorization)
             found = &k->keys[i]; /* no early exit: the same work for every token */
     }
     return found;
+}
+
+int gw_keys_authorize(gw_keys_t *k, const char *authorization, unsigned *ident)
+{
+    if (!k->on)
+        return 0;
+    pthread_rwlock_rdlock(&k->lock);
+    gw_key_t *key = s_find(k, authorization);
+    if (key) {
+        atomic_fetch_add(&key->requests, 1);
+        *ident = key->ident;
+    }
+    pthread_rwlock_unlock(&k->lock);
+    return key != NULL;
 }

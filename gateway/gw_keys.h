@@ -14,6 +14,7 @@
 #ifndef GW_KEYS_H
 #define GW_KEYS_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -31,11 +32,13 @@ typedef struct {
 } gw_key_t;
 
 typedef struct {
-    gw_key_t *keys;
+    gw_key_t *keys;              /* KEYS and N: read under LOCK (a reload swaps them) */
     size_t n;
-    char *idents[GW_IDENTS_MAX]; /* KEYFILE paths, one bus connection each */
+    char *idents[GW_IDENTS_MAX]; /* KEYFILE paths, one bus connection each; fixed at start */
     unsigned n_idents;
+    int on;                      /* a file was loaded: every API call needs a key */
     atomic_ullong unauthorized;  /* requests refused: no token or an unknown one */
+    pthread_rwlock_t lock;       /* initialised by gw_keys_load when ON */
 } gw_keys_t;
 
 /* Reads PATH into *KEYS. The file must not be readable or writable by group
@@ -45,9 +48,17 @@ typedef struct {
 int gw_keys_load(gw_keys_t *keys, const char *path, char *err, size_t cap);
 void gw_keys_free(gw_keys_t *keys);
 
-/* The key whose token is the bearer token in AUTHORIZATION (the header's
- * value, "Bearer TOKEN"), or NULL. Every entry is compared in constant
- * time, so the answer's timing says nothing about the tokens. */
-gw_key_t *gw_keys_find(gw_keys_t *keys, const char *authorization);
+/* Whether the bearer token in AUTHORIZATION (the header's value, "Bearer
+ * TOKEN") is a key's: 1, with the request counted against that key and its
+ * bus identity in *IDENT; else 0. Every entry is compared in constant time,
+ * so the answer's timing says nothing about the tokens. Any thread. */
+int gw_keys_authorize(gw_keys_t *keys, const char *authorization, unsigned *ident);
+
+/* Reads PATH again (SIGHUP) and, when it passes every check of
+ * gw_keys_load and names only key files that were in it at start (a new
+ * bus identity needs a new connection: a restart), makes it the keys in
+ * use at once. Request counts carry over by key name. 0, or -1 with the
+ * reason in ERR and the keys in use unchanged. */
+int gw_keys_reload(gw_keys_t *keys, const char *path, char *err, size_t cap);
 
 #endif

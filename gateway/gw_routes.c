@@ -340,7 +340,8 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
              gw_bus_connected(c->g->bus));
     gw_keys_t *k = &c->g->keys;
-    if (k->n) {
+    if (k->on) {
+        pthread_rwlock_rdlock(&k->lock); /* a reload swaps the keys */
         s_metric(&b, &len, &cap,
                  "# HELP agentbus_gateway_unauthorized_total Requests refused without a valid "
                  "API key (401).\n# TYPE agentbus_gateway_unauthorized_total counter\n"
@@ -351,6 +352,7 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
         for (size_t i = 0; i < k->n; i++)
             s_metric(&b, &len, &cap, "agentbus_gateway_key_requests_total{key=\"%s\"} %llu\n",
                      k->keys[i].name, (unsigned long long)atomic_load(&k->keys[i].requests));
+        pthread_rwlock_unlock(&k->lock);
     }
     static const char *edge[GW_LAT_BUCKETS] = {"0.001", "0.002", "0.005", "0.01", "0.05",
                                                "0.1",   "0.5",   "1",     "5",    "30"};

@@ -27,7 +27,8 @@ static void s_usage(FILE *f)
             "  --api-keys FILE           require an API key (Authorization: Bearer TOKEN) on\n"
             "                            /api/* and /v1/*; FILE lines: NAME TOKEN [KEYFILE],\n"
             "                            KEYFILE the bus identity of that token's calls\n"
-            "                            (docs/gateway.md, \"API keys\"); default: no key needed\n"
+            "                            (docs/gateway.md, \"API keys\"); default: no key needed;\n"
+            "                            SIGHUP reads FILE again\n"
             "  --service NAME            inference service on the bus (default ollama)\n"
             "  --name NAME               the gateway's agent name on the bus (default none)\n"
             "  --max-connections N       concurrent HTTP connections (default 1024)\n"
@@ -117,6 +118,26 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
     return 0;
 }
 
+/* SIGHUP: the --api-keys file again; a file that fails a check leaves the
+ * keys in use as they are. Said on stderr either way. */
+static void s_reload(gw_t *g)
+{
+    char err[1024];
+    if (!g->cfg.api_keys) {
+        fprintf(stderr, "agentbus-gateway: SIGHUP: no --api-keys file to reload\n");
+    } else if (gw_keys_reload(&g->keys, g->cfg.api_keys, err, sizeof err) != 0) {
+        fprintf(stderr, "agentbus-gateway: SIGHUP: reload refused, the keys in use stay: %s\n",
+                err);
+    } else {
+        pthread_rwlock_rdlock(&g->keys.lock);
+        size_t n = g->keys.n;
+        pthread_rwlock_unlock(&g->keys.lock);
+        fprintf(stderr, "agentbus-gateway: SIGHUP: %zu API key%s loaded from %s\n", n,
+                n == 1 ? "" : "s", g->cfg.api_keys);
+    }
+    fflush(stderr);
+}
+
 int main(int argc, char **argv)
 {
     static gw_t g; /* counters: zero-initialised, lives for the process */
@@ -137,6 +158,7 @@ int main(int argc, char **argv)
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP); /* reload --api-keys */
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     char err[1024];
@@ -164,7 +186,8 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     int sig = 0;
-    sigwait(&set, &sig);
+    while (sigwait(&set, &sig) == 0 && sig == SIGHUP)
+        s_reload(&g);
     /* Bus first: calls in flight end (AB_ESTOPPED) and their suspended
      * connections resume, so libmicrohttpd can close every one. */
     gw_bus_stop(g.bus);

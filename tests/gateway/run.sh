@@ -137,6 +137,46 @@ bad_keys() { # WHAT EXPECTED-EXIT PATTERN FILE-CONTENT [MODE]
   [[ $st == "$2" && $out =~ $3 ]] || die "$1: exit $st, '$out'"
   echo "ok - $1 refused: $out"
 }
+# HTTP status of GET /api/tags with token $1.
+tags_status() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $1" "$gw/api/tags"; }
+# Waits (up to 10 s) until the gateway's log holds pattern $1 $2 times.
+wait_log() {
+  for _ in $(seq 1 200); do
+    [[ $(grep -c -- "$1" "$tmp/gateway.log" || true) -ge $2 ]] && return 0
+    sleep 0.05
+  done
+  die "the gateway's log never said '$1' $2 times"
+}
+key_count() { curl -sf "$gw/metrics" | sed -n "s/^agentbus_gateway_key_requests_total{key=\"$1\"} //p"; }
+# SIGHUP reloads the keys file: new tokens work and removed ones stop at
+# once; counts carry over by name; a file that fails a check, or names a key
+# file the gateway did not open at start, leaves the keys in use.
+reload_check() {
+  local tok_new=tok-carol-$RANDOM$RANDOM$RANDOM$RANDOM a0 a1
+  [[ $(tags_status "$tok_new") == 401 ]] || die "a token not yet in the file was accepted"
+  a0=$(key_count alice)
+  printf 'alice %s alice.key_secret\ncarol %s\n' "$tok_full" "$tok_new" >"$tmp/tokens.next"
+  chmod 600 "$tmp/tokens.next" && mv "$tmp/tokens.next" "$tmp/tokens"
+  kill -HUP "$gwpid"
+  wait_log "SIGHUP: 2 API keys loaded from" 1
+  [[ $(tags_status "$tok_new") == 200 ]] || die "the reloaded token: $(tags_status "$tok_new")"
+  [[ $(tags_status "$tok_own") == 401 ]] || die "a removed token still works"
+  [[ $(tags_status "$tok_full") == 200 ]] || die "alice's token after the reload"
+  a1=$(key_count alice)
+  [[ -n $a0 && $a1 -eq $((a0 + 1)) && $(key_count carol) == 1 && -z $(key_count own) ]] ||
+    die "metrics after the reload: alice $a0 -> $a1, carol '$(key_count carol)', own '$(key_count own)'"
+  echo "ok - SIGHUP: a new token works, a removed one gets 401, alice's count carried over ($a0 -> $a1)"
+  chmod 644 "$tmp/tokens"; kill -HUP "$gwpid"
+  wait_log "reload refused, the keys in use stay: .*chmod 600" 1
+  chmod 600 "$tmp/tokens"
+  printf 'carol %s\nops %s ops.key_secret\n' "$tok_new" "$tok_full" >"$tmp/tokens"
+  kill -HUP "$gwpid"
+  wait_log "needs a restart" 1
+  [[ $(tags_status "$tok_new") == 200 && $(tags_status "$tok_full") == 200 ]] ||
+    die "the keys in use changed after refused reloads"
+  kill -0 "$gwpid" || die "the gateway died on SIGHUP"
+  echo "ok - SIGHUP with a file open to others, or a new key file: refused, the keys in use stay"
+}
 apikeys_check() {
   GW_URL=$gw TOKEN_FULL=$tok_full TOKEN_LIMITED=$tok_lim TOKEN_OWN=$tok_own \
     TOKEN_UNTRUSTED=$tok_untrusted node apikeys.mjs ||
@@ -150,6 +190,7 @@ apikeys_check() {
   [[ $st == 1 && $out == *"DENIED: the broker refused the connection's handshake"* ]] ||
     die "brokerctl with an untrusted key: exit $st, '$out'"
   echo "ok - brokerctl with an untrusted key: $out"
+  reload_check
   bad_keys "a keys file open to others" 2 'chmod 600' "a $tok_full\n" 644
   bad_keys "a short token" 2 'bad-keys:2: token' "# c\nshort abc\n"
   bad_keys "a repeated token" 2 'repeats' "a $tok_full\nb $tok_full\n"
