@@ -346,12 +346,12 @@ static void s_fake_broker(uint32_t features)
     s_fill(small, sizeof small);
     s_fill(big, 4096);
     int hello = 0, sent = 0, seen = 0;
+    s_call_t t = {NULL, 0, 0, 0, 0, 0}; /* the calls end unanswered, at destroy */
     int64_t end = ab_now_ms() + 10000;
     while (seen < 2 && ab_now_ms() < end) {
         ab_client_poll(c, 10);
         if (hello && !sent) {
             /* After the answer: what the library sends now follows it. */
-            s_call_t t = {NULL, 0, 0, 0, 0, 0};
             ab_client_request_start(c, "svc", small, sizeof small,
                                     &(ab_request_opts_t){.timeout_ms = 5000}, s_call_cb, &t,
                                     NULL);
