@@ -642,7 +642,8 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
              * so the reader must point into its final home. */
             int inl = n == 1 && pl.data;
             zmq_msg_t *from = inl ? &in->hdr : &in->body;
-            size_t at = inl ? (size_t)((const uint8_t *)pl.data - (uint8_t *)zmq_msg_data(from)) : 0;
+            size_t at =
+                inl ? (size_t)((const uint8_t *)pl.data - (uint8_t *)zmq_msg_data(from)) : 0;
             zmq_msg_close(&c->in_batch);
             zmq_msg_init(&c->in_batch);
             zmq_msg_move(&c->in_batch, from);
