@@ -48,8 +48,8 @@ struct ab_outq {
 
 uint32_t ab_batching_features(const ab_broker_t *b)
 {
-    (void)b; /* the broker reads both whatever its own send-side settings */
-    return AB_FEATURE_BATCH | AB_FEATURE_LZ4;
+    (void)b; /* the broker reads all three whatever its own send-side settings */
+    return AB_FEATURE_BATCH | AB_FEATURE_LZ4 | AB_FEATURE_INLINE;
 }
 
 static void s_mark_dirty(ab_broker_t *b, ab_peer_t *p)

@@ -442,6 +442,7 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
         takeover = m->takeover;
         instance = m->instance;
         p->features = m->features;
+        p->announced = 1;
         agentbus__hello__free_unpacked(m, NULL);
     }
     const char *why;
@@ -610,6 +611,36 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
     }
 }
 
+/* A payload that came inside the header frame (codec.h "Inline"), from
+ * IN's sender. A peer that announced its features in a HELLO or REGISTER
+ * without AB_FEATURE_INLINE never learnt that the broker reads inline (a
+ * raw or older peer): one from it is a mistake or a probe, refused. One
+ * the broker has no announcement from is taken at its word: it may have
+ * heard the broker's answer before the broker restarted or dropped it for
+ * silence, and sent before its library saw the disconnection (refusing
+ * would lose its messages, even the HELLO that mends it). Links stay on
+ * two frames (router.c). Whoever keeps a payload (a request for re-dispatch,
+ * the cache, a mailbox) keeps a zmq_msg_t, so it is copied into one of its
+ * own: it is small (a sender puts at most AB_INLINE_MAX inline) and libzmq
+ * would have allocated a frame of that size anyway. A BATCH is read in
+ * place. AB_OK, AB_EINLINE or AB_ENOMEM; IN's body is set up either way. */
+static int s_inline_body(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
+{
+    ab_peer_t *p = ab_peer_lookup(b, &in->rid);
+    in->has_body = 0;
+    if (p && ((p->announced && !(p->features & AB_FEATURE_INLINE)) ||
+              p->link_role != AB_LINK_NONE))
+        return AB_EINLINE;
+    if (in->h.kind == AB_KIND_BATCH)
+        return AB_OK;
+    if (zmq_msg_init_size(&in->body, pl->size) != 0)
+        return AB_ENOMEM;
+    if (pl->size)
+        memcpy(zmq_msg_data(&in->body), pl->data, pl->size);
+    in->has_body = 1;
+    return AB_OK;
+}
+
 /* Receives one whole multipart message. Returns 0, or -1 when none waits. */
 static int s_recv_one(ab_broker_t *b, int64_t now)
 {
@@ -643,8 +674,9 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     }
     ab_frame_t pl;
     int rc = ab_msg_decode(frames, n - 1, &b->limits, &in.h, &pl);
-    in.has_body = rc == AB_OK && n == 3;
-    if (in.has_body) {
+    if (rc == AB_OK && n == 2 && pl.data) /* the payload came inline */
+        rc = s_inline_body(b, &in, &pl);
+    else if ((in.has_body = rc == AB_OK && n == 3)) {
         zmq_msg_init(&in.body);
         zmq_msg_move(&in.body, &f[2]);
     }

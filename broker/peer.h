@@ -57,6 +57,7 @@ typedef struct {
     struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
     uint32_t features;       /* AB_FEATURE_* from its HELLO or REGISTER */
+    int announced;           /* FEATURES came from a HELLO or REGISTER (not just 0) */
     struct ab_outq *out;     /* batching state (batching.c), NULL until used */
     ab_list_t reqs;          /* its requests as a client (ab_req_t.clink, placement.c):
                                 for departure */

@@ -483,9 +483,53 @@ int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t 
     return ab_send_raw_peer(b, ab_peer_lookup(b, rid), rid, buf, len, payload);
 }
 
+/* Counts a message of BYTES (without the routing id) sent to P. */
+static void s_sent(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, size_t hlen, size_t plen,
+                   int has_payload)
+{
+    b->c.msgs_out++;
+    b->c.bytes_out += rid->len + hlen + plen;
+    if (p)
+        ab_peer_sent(b, p, hlen, plen, has_payload);
+}
+
+/* s_emit for a peer that reads inline payloads (codec.h "Inline"): the
+ * header HDR (HLEN bytes) and PAYLOAD's bytes in one frame, so libzmq moves
+ * one frame instead of two. HMSG and PAYLOAD are consumed only when sent,
+ * as zmq_msg_send would (a held message is retried later). 0 or -1. */
+static int s_emit_inline(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const void *hdr,
+                         size_t hlen, zmq_msg_t *hmsg, zmq_msg_t *payload)
+{
+    size_t plen = zmq_msg_size(payload), n = ab_msg_inline_size(hlen, plen);
+    zmq_msg_t one;
+    if (zmq_msg_init_size(&one, n) != 0) {
+        errno = ENOMEM;
+        s_send_failed(b, rid);
+        return -1;
+    }
+    ab_msg_inline_put(zmq_msg_data(&one), hdr, hlen, zmq_msg_data(payload), plen);
+    if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_msg_send(&one, b->router, 0) < 0) {
+        zmq_msg_close(&one);
+        s_send_failed(b, rid);
+        return -1;
+    }
+    zmq_msg_close(&one);
+    if (hmsg) {
+        zmq_msg_close(hmsg);
+        zmq_msg_init(hmsg);
+    }
+    zmq_msg_close(payload);
+    zmq_msg_init(payload);
+    s_sent(b, p, rid, n, 0, 0);
+    return 0;
+}
+
 /* The one place a message leaves the ROUTER: routing id, then the header
  * as bytes (BUF, LEN) or as a message (HMSG, moved), then PAYLOAD (moved;
- * may be NULL). Counts what went out, or the failure. 0 or -1 (errno). */
+ * may be NULL); or both in one frame to a peer that reads that. Links stay
+ * on two frames (their far side is an older broker as likely as not).
+ * Counts what went out, or the failure. 0 or -1 (errno). */
 static int s_emit(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
                   size_t len, zmq_msg_t *hmsg, zmq_msg_t *payload)
 {
@@ -494,6 +538,8 @@ static int s_emit(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8
     int more = payload ? ZMQ_SNDMORE : 0;
     size_t hlen = hmsg ? zmq_msg_size(hmsg) : len;
     size_t plen = payload ? zmq_msg_size(payload) : 0;
+    if (payload && plen <= AB_INLINE_MAX && p && (p->features & AB_FEATURE_INLINE))
+        return s_emit_inline(b, p, rid, hmsg ? zmq_msg_data(hmsg) : buf, hlen, hmsg, payload);
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto fail;
     /* Once the identity frame is accepted the rest of the message is too. */
@@ -501,10 +547,7 @@ static int s_emit(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8
         goto fail;
     if (payload && zmq_msg_send(payload, b->router, 0) < 0)
         goto fail;
-    b->c.msgs_out++;
-    b->c.bytes_out += rid->len + hlen + plen;
-    if (p)
-        ab_peer_sent(b, p, hlen, plen, payload != NULL);
+    s_sent(b, p, rid, hlen, plen, payload != NULL);
     return 0;
 fail:
     s_send_failed(b, rid);

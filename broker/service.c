@@ -367,6 +367,7 @@ int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, c
         if (m->heartbeat_ms >= 50 && m->heartbeat_ms <= 600000)
             p->heartbeat_ms = m->heartbeat_ms;
         p->features = m->features;
+        p->announced = 1;
         zhashx_purge(p->worker->labels);
         for (size_t i = 0; i < m->n_labels; i++)
             zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);

@@ -206,6 +206,46 @@ const char *ab_conn_refusal(const ab_conn_t *c)
                  "and AB_BROKER_KEY, or --key and --broker-key)";
 }
 
+/* Sends the first frame: HDR (HLEN bytes) or, when ONE is given, that
+ * message (moved on success). Returns as zmq_send. */
+static int s_send_first(ab_conn_t *c, const uint8_t *hdr, size_t hlen, zmq_msg_t *one, int flags)
+{
+    flags |= ZMQ_DONTWAIT;
+    int rc = one ? zmq_msg_send(one, c->sock, flags) : zmq_send(c->sock, hdr, hlen, flags);
+    if (rc < 0 && errno == EAGAIN && !c->connected) {
+        /* No pipe: libzmq may have given up on a refused handshake whose
+         * event nobody read yet (a program making only sync calls). */
+        c->events_seen |= s_read_events(c);
+        if (c->retry_at_ms) {
+            s_retry_refused(c, ab_now_ms());
+            rc = one ? zmq_msg_send(one, c->sock, flags) : zmq_send(c->sock, hdr, hlen, flags);
+        }
+        errno = rc < 0 ? EAGAIN : errno;
+    }
+    return rc;
+}
+
+/* The header and a small payload go as one frame (codec.h "Inline") once
+ * the broker's answer on this connection said it reads that; until then,
+ * two frames. */
+static int s_inline_ok(const ab_conn_t *c, size_t size)
+{
+    return size <= AB_INLINE_MAX && (c->broker_features & AB_FEATURE_INLINE);
+}
+
+/* Sends that one frame. Returns as zmq_send, or -2 when out of memory. */
+static int s_send_inline(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
+                         size_t size)
+{
+    zmq_msg_t one;
+    if (zmq_msg_init_size(&one, ab_msg_inline_size(hlen, size)) != 0)
+        return -2;
+    ab_msg_inline_put(zmq_msg_data(&one), hdr, hlen, data, size);
+    int rc = s_send_first(c, NULL, 0, &one, 0);
+    zmq_msg_close(&one);
+    return rc;
+}
+
 /* BODY, when not NULL, is the payload as a message (moved on success;
  * the caller closes it either way) instead of DATA, SIZE. */
 static int s_send_frames(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
@@ -213,19 +253,17 @@ static int s_send_frames(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const vo
 {
     if (c->retry_at_ms)
         s_retry_refused(c, ab_now_ms());
-    int rc = zmq_send(c->sock, hdr, hlen, has_data ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
-    if (rc < 0 && errno == EAGAIN && !c->connected) {
-        /* No pipe: libzmq may have given up on a refused handshake whose
-         * event nobody read yet (a program making only sync calls). */
-        c->events_seen |= s_read_events(c);
-        if (c->retry_at_ms) {
-            s_retry_refused(c, ab_now_ms());
-            rc = zmq_send(c->sock, hdr, hlen, has_data ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT);
-        }
-        errno = rc < 0 ? EAGAIN : errno;
+    int rc;
+    if (has_data && s_inline_ok(c, size)) {
+        rc = s_send_inline(c, hdr, hlen, body ? zmq_msg_data(body) : data, size);
+        if (rc == -2)
+            return ab_conn_fail(c, AB_ENOMEM, "out of memory sending a message");
+    } else {
+        rc = s_send_first(c, hdr, hlen, NULL, has_data ? ZMQ_SNDMORE : 0);
+        if (rc >= 0 && has_data)
+            rc = body ? zmq_msg_send(body, c->sock, 0)
+                      : zmq_send(c->sock, data ? data : "", size, 0);
     }
-    if (rc >= 0 && has_data)
-        rc = body ? zmq_msg_send(body, c->sock, 0) : zmq_send(c->sock, data ? data : "", size, 0);
     if (rc < 0 && errno == EAGAIN && c->auth_refused && !c->connected) /* not a full queue */
         return ab_conn_fail(c, AB_EDENIED, "%s", ab_conn_refusal(c));
     if (rc < 0)
@@ -405,7 +443,7 @@ int ab_conn_hello(ab_conn_t *c)
     m.heartbeat_ms = (uint32_t)c->opts.heartbeat_ms;
     m.takeover = c->opts.takeover;
     m.instance = c->instance;
-    m.features = (c->opts.batch ? AB_FEATURE_BATCH : 0) | AB_FEATURE_LZ4;
+    m.features = (c->opts.batch ? AB_FEATURE_BATCH : 0) | AB_FEATURE_LZ4 | AB_FEATURE_INLINE;
     uint8_t buf[512];
     size_t len = agentbus__hello__get_packed_size(&m);
     if (len > sizeof buf)
@@ -593,19 +631,25 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
             ab_in_close(in); /* a broker never sends these: skip it */
             continue;
         }
-        in->has_body = n == 2;
-        in->body_owned = 1;
-        in->data = in->has_body ? zmq_msg_data(&in->body) : NULL;
-        in->size = in->has_body ? zmq_msg_size(&in->body) : 0;
+        /* An inline payload (codec.h) is a view into the header frame:
+         * copied only if someone takes it (ab_in_take_body). */
+        in->has_body = pl.data != NULL;
+        in->body_owned = n == 2;
+        in->data = n == 2 ? zmq_msg_data(&in->body) : pl.data;
+        in->size = pl.size;
         if (in->h.kind == AB_KIND_BATCH) {
             /* Moved first: a small body lives inside the zmq_msg_t itself,
              * so the reader must point into its final home. */
+            int inl = n == 1 && pl.data;
+            zmq_msg_t *from = inl ? &in->hdr : &in->body;
+            size_t at =
+                inl ? (size_t)((const uint8_t *)pl.data - (uint8_t *)zmq_msg_data(from)) : 0;
             zmq_msg_close(&c->in_batch);
             zmq_msg_init(&c->in_batch);
-            zmq_msg_move(&c->in_batch, &in->body);
+            zmq_msg_move(&c->in_batch, from);
             ab_in_close(in);
-            const void *body = zmq_msg_data(&c->in_batch);
-            size_t blen = zmq_msg_size(&c->in_batch);
+            const void *body = (const uint8_t *)zmq_msg_data(&c->in_batch) + at;
+            size_t blen = pl.size;
             int brc = ab_batch_decode(&c->in_dec, body, blen, &c->limits);
             c->in_next = 0;
             if (brc == AB_ENOMEM && ab_batch_open(&c->in_rd, body, blen, &c->limits, NULL) != AB_OK)

@@ -217,6 +217,10 @@ static int s_check(const uint8_t *p, const uint8_t *end, uint32_t n, const ab_li
             return AB_EBATCH;
         if (ab_msg_decode(f, nf, lim, &e->h, &e->payload) != AB_OK || e->h.kind == AB_KIND_BATCH)
             return AB_EBATCH;
+        /* An entry has its own payload slot: an inline one too would be
+         * a second layout to get right in every reader, for no gain. */
+        if (nf == 1 && e->payload.data)
+            return AB_EBATCH;
         e->has_payload = nf == 2;
     }
     return p == end ? AB_OK : AB_EBATCH; /* else fewer entries claimed than it holds */

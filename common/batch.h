@@ -11,10 +11,11 @@
  *     varint plen1, plen1-1 bytes  its payload; plen1 = 0: no payload frame
  *
  * The body holds nothing else: a count larger or smaller than the entries,
- * a length past the end, trailing bytes, an entry that is itself a BATCH or
- * whose header does not decode make the whole batch malformed (AB_EBATCH),
- * and no entry of it is delivered. ab_batch_open checks all of that before
- * the first ab_batch_next, so a receiver never acts on half a batch.
+ * a length past the end, trailing bytes, an entry that is itself a BATCH,
+ * carries an inline payload (codec.h) or whose header does not decode make
+ * the whole batch malformed (AB_EBATCH), and no entry of it is delivered.
+ * ab_batch_open checks all of that before the first ab_batch_next, so a
+ * receiver never acts on half a batch.
  *
  * Like codec.h: no I/O, nothing asserted on input, every length and count
  * checked before use. tests/unit/test_batch.c and tests/fuzz/fuzz_batch.c.

@@ -26,14 +26,17 @@ enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 #define S_WT_U64 WT_VARINT
 #define S_WT_ENUM WT_VARINT
 #define S_WT_STR WT_LEN
+#define S_WT_BYTES WT_LEN
 #define S_GET_U32(v, w) ((uint32_t)(v))
 #define S_GET_ENUM(v, w) ((uint32_t)(v))
 #define S_GET_U64(v, w) (v)
 #define S_GET_STR(v, w) (w)
+#define S_GET_BYTES(v, w) (w)
 #define S_ISSET_U32(x) ((x) != 0)
 #define S_ISSET_ENUM(x) ((x) != 0)
 #define S_ISSET_U64(x) ((x) != 0)
 #define S_ISSET_STR(x) ((x).len != 0)
+#define S_ISSET_BYTES(x) ((x).len != 0)
 
 /* Bytes of the key (number << 3 | wire type) of field NUMBER. */
 #define S_KEYLEN(n) ((n) < 16 ? 1u : (n) < 2048 ? 2u : (n) < 262144 ? 3u : (n) < 33554432 ? 4u : 5u)
@@ -49,6 +52,7 @@ void ab_limits_default(ab_limits_t *lim)
 #define S_INIT_ENUM(x) (x) = 0;
 #define S_INIT_U64(x) (x) = 0;
 #define S_INIT_STR(x) (x) = (ab_view_t){NULL, 0};
+#define S_INIT_BYTES(x) (x) = (ab_view_t){NULL, 0};
 #define S_INIT(member, number, type) S_INIT_##type(h.member)
 
 ab_header_t ab_header_init(uint32_t kind)
@@ -135,11 +139,21 @@ static int s_value(const uint8_t **p, const uint8_t *end, int wt, uint64_t *v, a
     }
 }
 
-/* A known field travels with its own wire type only. */
+/* A known field travels with its own wire type only. Protobuf lets a
+ * field repeat (the last one wins); a BYTES field may not (S_TWICE_): a
+ * payload given twice is a peer's bug or a trick, not something to pick
+ * one of. */
+#define S_TWICE_U32(x) 0
+#define S_TWICE_ENUM(x) 0
+#define S_TWICE_U64(x) 0
+#define S_TWICE_STR(x) 0
+#define S_TWICE_BYTES(x) ((x).ptr != NULL)
 #define S_PARSE(member, number, type)                                                            \
     case number:                                                                                 \
         if (wt != S_WT_##type)                                                                   \
             return AB_EDECODE;                                                                   \
+        if (S_TWICE_##type(h->member))                                                           \
+            return AB_EINLINE;                                                                   \
         h->member = S_GET_##type(v, view);                                                       \
         break;
 /* Every field at its default before parsing; absent strings are empty,
@@ -150,6 +164,7 @@ static int s_value(const uint8_t **p, const uint8_t *end, int wt, uint64_t *v, a
 #define S_CLEAR_ENUM(x) (x) = 0;
 #define S_CLEAR_U64(x) (x) = 0;
 #define S_CLEAR_STR(x) (x) = (ab_view_t){"", 0};
+#define S_CLEAR_BYTES(x) (x) = (ab_view_t){NULL, 0}; /* NULL: absent (a present one may be empty) */
 #define S_CLEAR(member, number, type) S_CLEAR_##type(h->member)
 
 int ab_header_parse(const void *buf, size_t len, ab_header_t *h)
@@ -194,6 +209,39 @@ int ab_header_validate(const ab_header_t *h)
     return AB_OK;
 }
 
+static size_t s_varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* The inline payload of a parsed H (see codec.h): checked against the
+ * frame count and the limits, moved into *PAYLOAD. AB_OK when it is fine
+ * (or absent). */
+static int s_take_inline(ab_header_t *h, size_t nframes, size_t frame0, const ab_limits_t *lim,
+                         ab_frame_t *payload)
+{
+    ab_view_t v = h->inline_payload;
+    if (!v.ptr)
+        return AB_OK;
+    h->inline_payload = (ab_view_t){NULL, 0};
+    if (nframes != 1 || v.len > AB_INLINE_LIMIT)
+        return AB_EINLINE;
+    /* The header is the frame without the field: key (1 byte), length. */
+    size_t field = S_KEYLEN(AB_HF_NUMBER_inline_payload) + s_varint_size(v.len) + v.len;
+    if (frame0 - field > lim->max_header)
+        return AB_EHDRSIZE;
+    if (v.len > lim->max_payload)
+        return AB_EPAYLOADSIZE;
+    payload->data = v.ptr;
+    payload->size = v.len;
+    return AB_OK;
+}
+
 int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *lim,
                   ab_header_t *h, ab_frame_t *payload)
 {
@@ -204,11 +252,18 @@ int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *l
     }
     payload->data = NULL;
     payload->size = 0;
-    if (nframes < 1 || nframes > 2 || !frames || frames[0].size > lim->max_header) {
+    /* The frame may hold an inline payload on top of the header: the
+     * header part is checked once parsed (s_take_inline). */
+    if (nframes < 1 || nframes > 2 || !frames ||
+        frames[0].size > lim->max_header + AB_INLINE_LIMIT + 8) {
         memset(h, 0, sizeof *h); /* else ab_header_parse clears it */
         return nframes < 1 || nframes > 2 || !frames ? AB_EFRAMES : AB_EHDRSIZE;
     }
     int rc = ab_header_parse(frames[0].data, frames[0].size, h);
+    if (frames[0].size > lim->max_header && (rc != AB_OK || !h->inline_payload.ptr))
+        return AB_EHDRSIZE; /* no inline field to account for the excess */
+    if (rc == AB_OK)
+        rc = s_take_inline(h, nframes, frames[0].size, lim, payload);
     if (rc != AB_OK)
         return rc;
     rc = ab_header_validate(h);
@@ -218,18 +273,10 @@ int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *l
         if (frames[1].size > lim->max_payload)
             return AB_EPAYLOADSIZE;
         *payload = frames[1];
+        if (!payload->data)
+            payload->data = "";
     }
     return AB_OK;
-}
-
-static size_t s_varint_size(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
 }
 
 static uint8_t *s_put_varint(uint8_t *p, uint64_t v)
@@ -248,14 +295,17 @@ static uint8_t *s_put_varint(uint8_t *p, uint64_t v)
 #define S_SIZE_ENUM S_SIZE_U32
 #define S_SIZE_U64 S_SIZE_U32
 #define S_SIZE_STR(n, x) ((x).len ? S_KEYLEN(n) + s_varint_size((x).len) + (x).len : 0)
+#define S_SIZE_BYTES S_SIZE_STR
 #define S_BOUND_U32(n, x) (S_KEYLEN(n) + 10)
 #define S_BOUND_ENUM S_BOUND_U32
 #define S_BOUND_U64 S_BOUND_U32
 #define S_BOUND_STR(n, x) (S_KEYLEN(n) + 10 + (x).len)
+#define S_BOUND_BYTES S_BOUND_STR
 #define S_PUT_U32(p, n, x) s_put_v(p, (uint32_t)(n) << 3 | WT_VARINT, x)
 #define S_PUT_ENUM S_PUT_U32
 #define S_PUT_U64 S_PUT_U32
 #define S_PUT_STR(p, n, x) s_put_s(p, (uint32_t)(n) << 3 | WT_LEN, x)
+#define S_PUT_BYTES S_PUT_STR
 #define S_SIZE(member, number, type) +S_SIZE_##type(number, h->member)
 #define S_BOUND(member, number, type) +S_BOUND_##type(number, h->member)
 #define S_PUT(member, number, type) p = S_PUT_##type(p, number, h->member);
@@ -319,6 +369,21 @@ uint8_t *ab_header_encode_buf(const ab_header_t *h, uint8_t *stack, size_t cap, 
     }
     *len = ab_header_encode(h, buf, cap);
     return buf;
+}
+
+size_t ab_msg_inline_size(size_t hlen, size_t plen)
+{
+    return hlen + S_KEYLEN(AB_HF_NUMBER_inline_payload) + s_varint_size(plen) + plen;
+}
+
+void ab_msg_inline_put(uint8_t *out, const void *hdr, size_t hlen, const void *pl, size_t plen)
+{
+    if (hlen)
+        memcpy(out, hdr, hlen);
+    uint8_t *p = s_put_key(out + hlen, (uint32_t)AB_HF_NUMBER_inline_payload << 3 | WT_LEN);
+    p = s_put_varint(p, plen);
+    if (plen)
+        memcpy(p, pl, plen);
 }
 
 /* ---- Kinds and error codes: switches expanded from vocab.h. A value or a

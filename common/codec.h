@@ -29,8 +29,23 @@
 /* Feature bits (Hello.features, Register.features, Header.features). */
 enum {
     AB_FEATURE_BATCH = 1u << 0, /* reads KIND_BATCH (common/batch.h) */
-    AB_FEATURE_LZ4 = 1u << 1    /* reads lz4-compressed payloads (common/compress.h) */
+    AB_FEATURE_LZ4 = 1u << 1,   /* reads lz4-compressed payloads (common/compress.h) */
+    AB_FEATURE_INLINE = 1u << 2 /* reads a payload inside the header frame (below) */
 };
+
+/* Inline payloads. A message may carry its payload inside the header frame,
+ * as field inline_payload, instead of in a second frame: one ZeroMQ frame
+ * per message instead of two, which is most of what a small message costs
+ * libzmq. A sender appends the field after the encoded header (protobuf
+ * fields may come in any order), so nothing is encoded twice
+ * (ab_msg_inline_size / ab_msg_inline_put). It does so only to a peer that
+ * announced AB_FEATURE_INLINE, and only for payloads up to AB_INLINE_MAX:
+ * larger ones keep their own frame, which the broker forwards by reference.
+ * A receiver takes up to AB_INLINE_LIMIT (a limit of the protocol, above
+ * what any sender uses, so a sender may raise its threshold later); the
+ * header-size limit applies to the frame without the inline field. */
+#define AB_INLINE_MAX 1024u         /* payloads a sender puts inline (docs/bench.md) */
+#define AB_INLINE_LIMIT (16u * 1024u) /* the largest inline payload a receiver takes */
 
 /* A view of bytes owned by someone else. Not NUL-terminated. */
 typedef struct {
@@ -44,6 +59,7 @@ typedef struct {
 #define AB_HF_CTYPE_ENUM uint32_t
 #define AB_HF_CTYPE_U64 uint64_t
 #define AB_HF_CTYPE_STR ab_view_t
+#define AB_HF_CTYPE_BYTES ab_view_t
 #define AB_HF_MEMBER_(member, number, type) AB_HF_CTYPE_##type member;
 typedef struct {
     AB_HEADER_FIELD_LIST(AB_HF_MEMBER_)
@@ -68,8 +84,9 @@ void ab_limits_default(ab_limits_t *lim);
 ab_header_t ab_header_init(uint32_t kind);
 
 /* Parses protobuf bytes into H (views into BUF). Unknown fields are skipped.
- * Returns AB_OK or AB_EDECODE (truncated varint or length, bad wire type,
- * wire type not matching a known field, over-long varint). */
+ * Returns AB_OK, AB_EDECODE (truncated varint or length, bad wire type,
+ * wire type not matching a known field, over-long varint) or AB_EINLINE
+ * (inline_payload given twice). */
 int ab_header_parse(const void *buf, size_t len, ab_header_t *h);
 
 /* Checks the version and the fields each kind requires.
@@ -80,8 +97,14 @@ int ab_header_validate(const ab_header_t *h);
 
 /* Full check of a received message (without the ROUTER's identity frame):
  * frame count (1 or 2: AB_EFRAMES), header size (AB_EHDRSIZE), parse,
- * validation, payload size (AB_EPAYLOADSIZE). On AB_OK *h is filled and
- * *payload is the payload frame (size 0, data NULL when there is none).
+ * validation, payload size (AB_EPAYLOADSIZE), the inline payload
+ * (AB_EINLINE: with a second frame too, given twice, over AB_INLINE_LIMIT).
+ * On AB_OK *h is filled and *payload is the payload: the second frame, or
+ * the inline field (a view into frame 0; h->inline_payload is then cleared,
+ * so that a header passed on is never re-encoded with it). payload->data is
+ * NULL exactly when the message has no payload (a second frame of size 0
+ * with data NULL becomes ""), so "has a payload" is payload->data != NULL
+ * and "came inline" is that with NFRAMES 1.
  * LIM may be NULL for the defaults. On error *h holds what could be parsed
  * (useful to route an ERROR back when kind and id were read). */
 int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *lim,
@@ -103,6 +126,14 @@ size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap);
  * or NULL when out of memory. Senders use it with a small stack buffer: a
  * header only outgrows one with very long strings. */
 uint8_t *ab_header_encode_buf(const ab_header_t *h, uint8_t *stack, size_t cap, size_t *len);
+
+/* Bytes of a one-frame message made of a HLEN-byte encoded header and a
+ * PLEN-byte inline payload. */
+size_t ab_msg_inline_size(size_t hlen, size_t plen);
+
+/* Writes that frame into OUT (ab_msg_inline_size bytes): the header HDR as
+ * encoded, then the inline_payload field holding PL. */
+void ab_msg_inline_put(uint8_t *out, const void *hdr, size_t hlen, const void *pl, size_t plen);
 
 /* Convenience: a view of a C string (NULL gives an empty view). */
 ab_view_t ab_view_of(const char *s);

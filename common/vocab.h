@@ -78,7 +78,7 @@
  * X(STATUS). */
 #define AB_STATUS_AS_MALFORMED_LIST(X)                                                           \
     X(AB_EFRAMES) X(AB_EHDRSIZE) X(AB_EMISSING) X(AB_EPAYLOADSIZE) X(AB_EDECODE) X(AB_EBATCH)    \
-    X(AB_ELZ4)
+    X(AB_ELZ4) X(AB_EINLINE)
 
 /* agentbus.Flag (bits of Header.flags): X(CONSTANT, VALUE, NAME).
  * NAME is the .proto's name without "FLAG_". */
@@ -106,6 +106,7 @@
  *   U32, U64  varint, uint32_t / uint64_t (a U32 keeps the low 32 bits)
  *   ENUM      varint of a .proto enum, held as uint32_t
  *   STR       length-delimited, held as an ab_view_t into the frame
+ *   BYTES     as STR, but absent is {NULL, 0} and present once at most
  * A field at its default (0, empty) is not written, as protobuf does. */
 #define AB_HEADER_FIELD_LIST(X)                                                                  \
     X(version, 1, U32)         /* required: AB_PROTOCOL_VERSION */                               \
@@ -121,6 +122,7 @@
     X(error_code, 11, ENUM)    /* AB_ERR_* */                                                    \
     X(error_text, 12, STR)                                                                       \
     X(credit, 13, U32)         /* capacity; broker -> peer: heartbeat interval */                \
+    X(inline_payload, 14, BYTES) /* the payload in the header frame (codec.h "Inline") */        \
     X(features, 20, U32)       /* broker -> peer: AB_FEATURE_* bits it reads */                  \
     X(model, 40, STR)          /* REQUEST: model it needs, for placement */                      \
     X(worker, 41, STR)         /* REQUEST: pinned to this worker */                              \
@@ -155,6 +157,10 @@ enum {
 enum { AB_HEADER_FIELD_LIST(AB_VOCAB_HF_) };
 #undef AB_VOCAB_HF_
 #define AB_HF_BIT(member) (1u << AB_HF_##member)
+/* AB_HF_NUMBER_<member>: a header field's number on the wire. */
+#define AB_VOCAB_HFN_(member, number, type) AB_HF_NUMBER_##member = number,
+enum { AB_HEADER_FIELD_LIST(AB_VOCAB_HFN_) };
+#undef AB_VOCAB_HFN_
 
 /* ---- Look-ups (common/codec.c), each expanded from the lists ---------- */
 

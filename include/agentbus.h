@@ -154,7 +154,9 @@ AB_EXPORT const char *ab_version(void);
     /* codec: malformed BATCH (counts, lengths, nesting) */                                      \
     X(AB_EBATCH, -60, "BATCH", "malformed batch: a count or length exceeds what it holds")       \
     /* codec: corrupt lz4 payload or lying original size */                                      \
-    X(AB_ELZ4, -61, "LZ4", "corrupt compressed payload or wrong original size")
+    X(AB_ELZ4, -61, "LZ4", "corrupt compressed payload or wrong original size")                \
+    /* codec: inline payload with a payload frame, twice, too large or not announced */    \
+    X(AB_EINLINE, -62, "INLINE", "malformed or unannounced inline payload")
 
 #define AB_STATUS_ENUM_(constant, value, name, text) constant = value,
 typedef enum { AB_STATUS_LIST(AB_STATUS_ENUM_) } ab_status_t;

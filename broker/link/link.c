@@ -708,7 +708,9 @@ static void s_on_dealer(ab_broker_t *b, ab_link_t *l, ab_frame_t *f, size_t n, z
 {
     ab_header_t h;
     ab_frame_t pl;
-    if (ab_msg_decode(f, n, &b->limits, &h, &pl) != AB_OK) {
+    /* Links stay on two frames (s_emit): an inline payload here is a
+     * peer's bug, and its body would be missing below. */
+    if (ab_msg_decode(f, n, &b->limits, &h, &pl) != AB_OK || (n == 1 && pl.data)) {
         b->c.malformed++;
         return;
     }

@@ -44,6 +44,7 @@ STATUS_CODES = (
     ("MODEL_NOT_FOUND", -40), ("BAD_REQUEST", -41), ("BACKEND_BUSY", -42), ("BACKEND", -43),
     ("CANCELLED", -44), ("NAME_TAKEN", -50), ("BAD_NAME", -51), ("TOO_LARGE", -52),
     ("NO_AGENT", -53), ("DENIED", -54), ("BATCH", -60), ("LZ4", -61),
+    ("INLINE", -62),
 )
 
 _EXTRA_BASES: Dict[str, Type[BaseException]] = {
@@ -102,6 +103,7 @@ NoAgentError: Type[AgentbusError] = BY_CODE[-53]
 DeniedError: Type[AgentbusError] = BY_CODE[-54]
 BatchError: Type[AgentbusError] = BY_CODE[-60]
 Lz4Error: Type[AgentbusError] = BY_CODE[-61]
+InlineError: Type[AgentbusError] = BY_CODE[-62]
 
 
 def error(code: int, text: str = "") -> AgentbusError:

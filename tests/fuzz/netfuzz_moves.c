@@ -108,7 +108,7 @@ static void s_mk_hello(nf_peer_t *p, nf_out_t *o)
     agentbus__hello__init(&m);
     m.name = nf_chance(75) ? (char *)NF_PICK(s_names) : (char *)"";
     m.role = nf_chance(80) ? (char *)"agent" : (char *)"worker";
-    m.features = nf_below(4); /* BATCH and LZ4 in any combination */
+    m.features = nf_below(8); /* BATCH, LZ4 and INLINE in any combination */
     m.heartbeat_ms = nf_chance(50) ? 0 : 100 + nf_below(2000);
     m.takeover = nf_chance(30);
     m.instance = nf_chance(80) ? p->instance : nf_rand();
@@ -130,7 +130,7 @@ static void s_mk_register(nf_peer_t *p, nf_out_t *o)
     m.service = (char *)svc;
     m.capacity = 1 + nf_below(8);
     m.name = nf_chance(70) ? (char *)NF_PICK(s_names) : (char *)"";
-    m.features = nf_below(4);
+    m.features = nf_below(8);
     m.heartbeat_ms = nf_chance(50) ? 0 : 200 + nf_below(2000);
     m.n_labels = nf_below(4);
     for (size_t i = 0; i < m.n_labels; i++) {

@@ -128,7 +128,7 @@ void bt_raw_hello(void *s, uint32_t features)
     bt_msg_t r;
     REQUIRE(bt_raw_recv_msg(s, &r, 5000));
     CHECK_EQ(r.h.kind, AB_KIND_HELLO);
-    CHECK_U64(r.h.features, AB_FEATURE_BATCH | AB_FEATURE_LZ4);
+    CHECK_U64(r.h.features, AB_FEATURE_BATCH | AB_FEATURE_LZ4 | AB_FEATURE_INLINE);
     bt_msg_close(&r);
 }
 

@@ -84,12 +84,12 @@ void batch_client_decode(void)
             Agentbus__Hello *hm = agentbus__hello__unpack(NULL, zmq_msg_size(&m.body),
                                                           zmq_msg_data(&m.body));
             REQUIRE(hm != NULL);
-            CHECK_U64(hm->features, AB_FEATURE_BATCH | AB_FEATURE_LZ4);
+            CHECK_U64(hm->features, AB_FEATURE_BATCH | AB_FEATURE_LZ4 | AB_FEATURE_INLINE);
             agentbus__hello__free_unpacked(hm, NULL);
             ab_header_t a = ab_header_init(AB_KIND_HELLO);
             a.correlation_id = m.h.id;
             a.credit = 1000;
-            a.features = AB_FEATURE_BATCH | AB_FEATURE_LZ4;
+            a.features = AB_FEATURE_BATCH | AB_FEATURE_LZ4; /* not INLINE: two frames */
             s_router_send(router, &m.rid, &a, NULL, 0);
             hello = 1;
         } else if (m.h.kind == AB_KIND_REQUEST) {

@@ -271,6 +271,25 @@ static void s_test_malformed(void)
     ab_batch_add(&b, hb, hl, ibody, ilen, 1);
     body = ab_batch_body(&b, &len);
     s_expect_malformed(body, len, "nested batch");
+    /* An entry carrying its payload inline (codec.h): entries have their
+     * own payload slot, so the whole batch is refused. */
+    h = ab_header_init(AB_KIND_REQUEST);
+    h.id = 7;
+    h.target = ab_view_of("x");
+    hl = ab_header_encode(&h, hb, sizeof hb);
+    uint8_t one[80];
+    size_t ol = ab_msg_inline_size(hl, 3);
+    REQUIRE(ol <= sizeof one);
+    ab_msg_inline_put(one, hb, hl, "abc", 3);
+    ab_batch_clear(&b);
+    s_add(&b, 1, 5, 1);
+    ab_batch_add(&b, one, ol, NULL, 0, 0);
+    body = ab_batch_body(&b, &len);
+    s_expect_malformed(body, len, "inline payload in an entry");
+    ab_batch_clear(&b);
+    ab_batch_add(&b, one, ol, "def", 3, 1);
+    body = ab_batch_body(&b, &len);
+    s_expect_malformed(body, len, "inline payload and a payload in an entry");
     ab_batch_fini(&inner);
     free(m);
     ab_batch_fini(&b);

@@ -306,8 +306,126 @@ static void s_test_status(void)
     CHECK_STR(ab_strerror(12345), "unknown error code");
 }
 
+/* One frame: HDR's bytes, then the inline field holding PLEN bytes of 'p'. */
+static size_t s_inline_frame(const ab_header_t *hdr, size_t plen, uint8_t *out, size_t cap)
+{
+    uint8_t hb[512], pl[AB_INLINE_LIMIT + 2];
+    memset(pl, 'p', sizeof pl);
+    size_t hl = ab_header_encode(hdr, hb, sizeof hb);
+    size_t n = ab_msg_inline_size(hl, plen);
+    REQUIRE(hl > 0 && n <= cap && plen <= sizeof pl);
+    ab_msg_inline_put(out, hb, hl, pl, plen);
+    return n;
+}
+
+/* A payload inside the header frame: read as the payload (a view into the
+ * frame), the same bytes protobuf-c reads, never re-encoded with the header
+ * it came in, at every size a sender uses and up to the receive limit. */
+static void s_test_inline_round_trip(void)
+{
+    static uint8_t frame[AB_INLINE_LIMIT + 600];
+    ab_header_t src = ab_header_init(AB_KIND_REQUEST);
+    src.id = 42;
+    src.target = ab_view_of("echo");
+    const size_t sizes[] = {0, 1, 63, 64, 127, 128, AB_INLINE_MAX - 1, AB_INLINE_MAX,
+                            AB_INLINE_MAX + 1, AB_INLINE_LIMIT};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = s_inline_frame(&src, sizes[i], frame, sizeof frame);
+        ab_frame_t f = {frame, n}, pl;
+        ab_header_t h;
+        CHECK_EQ(ab_msg_decode(&f, 1, NULL, &h, &pl), AB_OK);
+        CHECK_U64(pl.size, sizes[i]);
+        CHECK_TRUE(pl.data != NULL); /* present, even when empty */
+        CHECK_TRUE((const uint8_t *)pl.data >= frame && (const uint8_t *)pl.data <= frame + n);
+        for (size_t k = 0; k < pl.size; k++)
+            if (((const uint8_t *)pl.data)[k] != 'p') {
+                CHECK_EQ(((const uint8_t *)pl.data)[k], 'p');
+                break;
+            }
+        CHECK_U64(h.id, 42);
+        CHECK_TRUE(ab_view_eq(h.target, "echo"));
+        CHECK_TRUE(h.inline_payload.ptr == NULL && h.inline_payload.len == 0);
+        /* Passed on, the header is the original bytes again. */
+        uint8_t again[512], orig[512];
+        CHECK_U64(ab_header_encode(&h, again, sizeof again),
+                  ab_header_encode(&src, orig, sizeof orig));
+        Agentbus__Header *u = agentbus__header__unpack(NULL, n, frame);
+        REQUIRE(u != NULL);
+        CHECK_U64(u->inline_payload.len, sizes[i]);
+        CHECK_U64(u->id, 42);
+        agentbus__header__free_unpacked(u, NULL);
+    }
+    /* No payload at all: data NULL; an empty payload frame: data not NULL. */
+    uint8_t hb[64];
+    ab_frame_t f[2] = {{hb, ab_header_encode(&src, hb, sizeof hb)}, {NULL, 0}}, pl;
+    ab_header_t h;
+    CHECK_EQ(ab_msg_decode(f, 1, NULL, &h, &pl), AB_OK);
+    CHECK_TRUE(pl.data == NULL);
+    CHECK_EQ(ab_msg_decode(f, 2, NULL, &h, &pl), AB_OK);
+    CHECK_TRUE(pl.data != NULL && pl.size == 0);
+}
+
+/* Every way an inline payload can be wrong has its code. */
+static void s_test_inline_rejections(void)
+{
+    static uint8_t frame[2 * AB_INLINE_LIMIT];
+    ab_header_t src = ab_header_init(AB_KIND_REPLY);
+    src.correlation_id = 9;
+    size_t n = s_inline_frame(&src, 10, frame, sizeof frame);
+    ab_frame_t f[2] = {{frame, n}, {"x", 1}}, pl;
+    ab_header_t h;
+    /* inline and a payload frame (even an empty one) */
+    CHECK_EQ(ab_msg_decode(f, 2, NULL, &h, &pl), AB_EINLINE);
+    f[1].size = 0;
+    CHECK_EQ(ab_msg_decode(f, 2, NULL, &h, &pl), AB_EINLINE);
+    /* given twice, even with the same bytes */
+    memcpy(frame + n, frame + n - 12, 12);
+    f[0].size = n + 12;
+    CHECK_EQ(ab_msg_decode(f, 1, NULL, &h, &pl), AB_EINLINE);
+    CHECK_EQ(ab_header_parse(frame, n + 12, &h), AB_EINLINE);
+    /* truncated: its length runs past the frame */
+    for (size_t cut = n - 11; cut < n; cut++) {
+        f[0].size = cut;
+        CHECK_EQ(ab_msg_decode(f, 1, NULL, &h, &pl), AB_EDECODE);
+    }
+    /* over the protocol's limit, and over the receiver's payload limit */
+    n = s_inline_frame(&src, AB_INLINE_LIMIT + 1, frame, sizeof frame);
+    f[0].size = n;
+    CHECK_EQ(ab_msg_decode(f, 1, NULL, &h, &pl), AB_EINLINE);
+    ab_limits_t lim = {AB_DEFAULT_MAX_HEADER, 100};
+    n = s_inline_frame(&src, 101, frame, sizeof frame);
+    f[0].size = n;
+    CHECK_EQ(ab_msg_decode(f, 1, &lim, &h, &pl), AB_EPAYLOADSIZE);
+    n = s_inline_frame(&src, 100, frame, sizeof frame);
+    f[0].size = n;
+    CHECK_EQ(ab_msg_decode(f, 1, &lim, &h, &pl), AB_OK);
+    /* The header limit is the header's: an inline payload may take the
+     * frame past it, a long header may not. */
+    ab_limits_t tiny = {64, AB_DEFAULT_MAX_PAYLOAD};
+    n = s_inline_frame(&src, 1000, frame, sizeof frame);
+    f[0].size = n;
+    CHECK_EQ(ab_msg_decode(f, 1, &tiny, &h, &pl), AB_OK);
+    char name[100];
+    memset(name, 'n', sizeof name - 1);
+    name[99] = 0;
+    ab_header_t big = src;
+    big.error_text = ab_view_of(name);
+    n = s_inline_frame(&big, 10, frame, sizeof frame);
+    f[0].size = n;
+    CHECK_EQ(ab_msg_decode(f, 1, &tiny, &h, &pl), AB_EHDRSIZE);
+    /* the inline field with the wrong wire type (a varint) */
+    uint8_t hb[64];
+    size_t hl = ab_header_encode(&src, hb, sizeof hb);
+    hb[hl] = 14 << 3 | 0;
+    hb[hl + 1] = 5;
+    ab_frame_t g = {hb, hl + 2};
+    CHECK_EQ(ab_msg_decode(&g, 1, NULL, &h, &pl), AB_EDECODE);
+}
+
 int main(void)
 {
+    s_test_inline_round_trip();
+    s_test_inline_rejections();
     s_test_round_trip();
     s_test_protobuf_c_agrees();
     s_test_constants();

@@ -52,7 +52,7 @@ static void s_test_status_abi(void)
                {-40, "MODEL_NOT_FOUND"}, {-41, "BAD_REQUEST"}, {-42, "BACKEND_BUSY"},
                {-43, "BACKEND"},    {-44, "CANCELLED"},    {-50, "NAME_TAKEN"},
                {-51, "BAD_NAME"},   {-52, "TOO_LARGE"},    {-53, "NO_AGENT"},     {-54, "DENIED"},
-               {-60, "BATCH"},      {-61, "LZ4"}};
+               {-60, "BATCH"},      {-61, "LZ4"},          {-62, "INLINE"}};
     const int n = (int)(sizeof abi / sizeof abi[0]);
     CHECK_EQ(S_NSTATUS, n); /* a new code needs its line here too */
     for (int i = 0; i < n; i++)
@@ -272,18 +272,28 @@ static const char *const s_str = "value-of-a-field";
 #define S_SET_ENUM(dst) (dst) = S_VAL_ENUM
 #define S_SET_U64(dst) (dst) = S_VAL_U64
 #define S_SET_STR(dst) (dst) = ab_view_of(s_str)
+#define S_SET_BYTES(dst) (dst) = ab_view_of(s_str)
 #define S_PBSET_U32(m, f) *(uint32_t *)((char *)(m) + (f)->offset) = S_VAL_U32
 #define S_PBSET_ENUM(m, f) *(int *)((char *)(m) + (f)->offset) = (int)S_VAL_ENUM
 #define S_PBSET_U64(m, f) *(uint64_t *)((char *)(m) + (f)->offset) = S_VAL_U64
 #define S_PBSET_STR(m, f) *(const char **)((char *)(m) + (f)->offset) = s_str
+#define S_PBSET_BYTES(m, f)                                                                      \
+    *(ProtobufCBinaryData *)((char *)(m) + (f)->offset) =                                        \
+        (ProtobufCBinaryData){strlen(s_str), (uint8_t *)s_str}
 #define S_OURS_IS_U32(x) CHECK_U64(x, S_VAL_U32)
 #define S_OURS_IS_ENUM(x) CHECK_U64(x, S_VAL_ENUM)
 #define S_OURS_IS_U64(x) CHECK_U64(x, S_VAL_U64)
 #define S_OURS_IS_STR(x) CHECK_TRUE(ab_view_eq(x, s_str))
+#define S_OURS_IS_BYTES(x) CHECK_TRUE(ab_view_eq(x, s_str))
 #define S_PB_IS_U32(m, f) CHECK_U64(*(uint32_t *)((char *)(m) + (f)->offset), S_VAL_U32)
 #define S_PB_IS_ENUM(m, f) CHECK_EQ(*(int *)((char *)(m) + (f)->offset), (int)S_VAL_ENUM)
 #define S_PB_IS_U64(m, f) CHECK_U64(*(uint64_t *)((char *)(m) + (f)->offset), S_VAL_U64)
 #define S_PB_IS_STR(m, f) CHECK_STR(*(char **)((char *)(m) + (f)->offset), s_str)
+#define S_PB_IS_BYTES(m, f)                                                                      \
+    do {                                                                                         \
+        const ProtobufCBinaryData *bd = (const void *)((char *)(m) + (f)->offset);               \
+        CHECK_TRUE(bd->len == strlen(s_str) && memcmp(bd->data, s_str, bd->len) == 0);           \
+    } while (0)
 
 /* How many fields of H differ from their default. */
 static int s_fields_set(const ab_header_t *h)
@@ -293,6 +303,7 @@ static int s_fields_set(const ab_header_t *h)
 #define S_ISSET_ENUM(x) ((x) != 0)
 #define S_ISSET_U64(x) ((x) != 0)
 #define S_ISSET_STR(x) ((x).len != 0)
+#define S_ISSET_BYTES(x) ((x).ptr != NULL)
 #define S_COUNT(member, number, type) n += S_ISSET_##type(h->member);
     AB_HEADER_FIELD_LIST(S_COUNT)
 #undef S_COUNT
