@@ -42,8 +42,10 @@ static int s_agents_child(const char *ep, int n, const char *prefix)
         ab_options_t *o = ab_options_new();
         char name[64];
         snprintf(name, sizeof name, "%s-%d", prefix, i);
+        /* A short interval of their own (HELLO): only the broker's
+         * longer one keeps them alive at the pace it asks for. */
         if (!o || ab_options_set_endpoint(o, ep) != AB_OK || ab_options_set_name(o, name) != AB_OK ||
-            ab_client_new(&c[i], o) != AB_OK)
+            ab_options_set_heartbeat_ms(o, 250) != AB_OK || ab_client_new(&c[i], o) != AB_OK)
             return 1;
         ab_options_destroy(&o);
     }
