@@ -120,7 +120,14 @@ static int s_router_new(ab_broker_t *b, ab_broker_config_t *cfg)
                                    ? cfg->max_payload_bytes
                                    : cfg->max_header_bytes) + (1 << 20);
     /* ZMTP heartbeats find dead TCP peers without waiting for the app. */
-    int hb_ivl = (int)cfg->heartbeat_ms, hb_timeout = (int)(cfg->heartbeat_ms * cfg->liveness);
+    /* The broker's own PINGs are sparse (transport-ping-ms): libzmq 4.3
+     * cancels a PING's timeout timer with a walk over every timer of its
+     * I/O thread, so one PING a second per connection costs O(connections^2)
+     * a second; at 1 s it saturated that thread at ~5,000 agents (issue 20,
+     * docs/bench.md). A silent connection is still closed within
+     * transport-ping-ms + heartbeat-ms x liveness; agents' heartbeats and
+     * workers' suspicion usually find it first (docs/health.md). */
+    int hb_ivl = (int)cfg->transport_ping_ms, hb_timeout = (int)(cfg->heartbeat_ms * cfg->liveness);
     zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
@@ -155,13 +162,18 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     b->rl.interval_ms = 10000;
     b->started_ms = ab_now_ms();
     b->c.prev_ms = b->started_ms;
+    b->agent_hb_ms = (uint32_t)cfg->heartbeat_ms;
     if (s_tables_new(b) != 0)
         return -1;
     if (ab_idmap_init(&b->pending, 1024) != 0)
         return -1;
     /* Periodic work, in the order it runs each sweep: peers, services,
      * connections, health, rates (each owner registers its own). */
-    if (ab_broker_every(b, AB_SWEEP_MS, s_sweep_peers) < 0 || ab_service_init(b) != 0 ||
+    /* Liveness is judged in whole intervals: a walk over every peer ten
+     * times a second was ~1 ms of the loop each time with 10,000 agents. */
+    long sweep = cfg->heartbeat_ms < 1000 ? cfg->heartbeat_ms : 1000;
+    if (ab_broker_every(b, sweep > AB_SWEEP_MS ? sweep : AB_SWEEP_MS, s_sweep_peers) < 0 ||
+        ab_service_init(b) != 0 ||
         ab_router_init(b) != 0)
         return -1;
     if (ab_msgs_init(b) != 0 || ab_clients_init(b) != 0)
@@ -373,16 +385,21 @@ static void s_sweep_peers(ab_broker_t *b, int64_t now)
      * the queue as it is freed. */
     ab_defer_t dead;
     ab_defer_init(&dead);
+    uint32_t agents = 0;
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
         if (p->link_role >= AB_LINK_WORKER)
             continue; /* no connection: lives and dies with its link (link.h) */
         int64_t ivl = p->heartbeat_ms > b->cfg->heartbeat_ms ? p->heartbeat_ms : b->cfg->heartbeat_ms;
         if (p->worker && p->worker->health.expect_ms > ivl)
             ivl = p->worker->health.expect_ms; /* adaptive interval (health.c) */
+        if (!p->worker && p->hb_told > ivl)
+            ivl = p->hb_told; /* agents' interval grows with their number (health.h) */
+        agents += !p->worker && p->link_role == AB_LINK_NONE;
         if (now - p->last_seen_ms > ivl * b->cfg->liveness)
             ab_defer_add(&dead, &p->later, s_drop_silent);
     }
     ab_defer_run(&dead, b);
+    ab_health_agents_counted(b, agents);
 }
 
 /* --- receive path ----------------------------------------------------------- */
@@ -452,10 +469,11 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
         ab_auth_deny(b, b->in_key, &in->rid, &shown, why); /* the name stays its holder's */
         claim[0] = '\0';
     }
-    /* Tell the peer the heartbeat interval the broker wants. */
+    /* Tell the peer the heartbeat interval the broker wants: an agent's
+     * grows with the number of agents (health.h). */
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.correlation_id = in->h.id;
-    h.credit = (uint32_t)b->cfg->heartbeat_ms;
+    h.credit = p->worker ? (uint32_t)b->cfg->heartbeat_ms : ab_health_agent_tell(b, p);
     h.features = ab_batching_features(b);
     if (fresh) /* a returning client learns its subscriptions are gone */
         h.flags |= AB_FLAG_NEW_PEER;
@@ -500,6 +518,8 @@ static void s_on_heartbeat(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_fr
 {
     if (p && p->worker)
         ab_health_on_heartbeat(b, p->worker, pl->data, pl->size, in->now);
+    else if (p && p->link_role == AB_LINK_NONE)
+        ab_health_agent_beat(b, p);
     if (!p) { /* we forgot this peer (restart, expiry): ask it to say HELLO again */
         ab_header_t h = ab_header_init(AB_KIND_HELLO);
         h.credit = (uint32_t)b->cfg->heartbeat_ms;

@@ -75,6 +75,8 @@ struct ab_broker {
     uint32_t req_nspare;
     ab_batch_entries_t in_batch; /* batching.c: the BATCH being routed, decoded once */
     int in_batch_busy;           /* in_batch holds a batch whose entries are being routed */
+    uint32_t agent_hb_ms;        /* heartbeat interval asked of agents now (health.c) */
+    uint32_t agents_seen;        /* agents counted by the last liveness sweep */
 };
 
 /* The time (ab_now_us) for work done on behalf of the message being

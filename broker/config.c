@@ -45,6 +45,12 @@ static const s_option_t s_options[] = {
      "heartbeat interval the broker asks peers to keep"},
     {"liveness", OPT_LONG, OFF(liveness), 2, 100, "3",
      "heartbeat intervals of silence before a peer is dropped"},
+    {"transport-ping-ms", OPT_LONG, OFF(transport_ping_ms), 0, 600000, "10000",
+     "interval of the broker's ZMTP PINGs on each connection (timeout heartbeat-ms x "
+     "liveness); 0: none. Each answered PING costs libzmq a walk over all its timers"},
+    {"agent-heartbeat-rate", OPT_LONG, OFF(agent_hb_rate), 0, 10000000, "500",
+     "heartbeats per second the broker asks of all agents together: their interval grows "
+     "with their number (never under heartbeat-ms, at most 60 s); 0: heartbeat-ms always"},
     {"sndhwm", OPT_LONG, OFF(sndhwm), 0, 100000000, "100000",
      "ZeroMQ high-water mark (messages) per connection, each direction"},
     {"max-pending", OPT_LONG, OFF(max_pending), 1, 100000000, "1000000",

@@ -24,6 +24,8 @@ typedef struct {
     size_t max_payload_bytes;
     long heartbeat_ms;       /* how often peers should heartbeat */
     long liveness;           /* missed heartbeats before a peer is dropped */
+    long transport_ping_ms;  /* ZMTP PING interval of the ROUTER's connections; 0: none */
+    long agent_hb_rate;      /* agent heartbeats/s the broker asks for in all; 0: no bound */
     long sndhwm;             /* ZMQ_SNDHWM / ZMQ_RCVHWM of the ROUTER */
     long max_pending;        /* requests held in the broker in total */
     long startup_grace_ms;   /* after start, unknown services wait for workers */

@@ -50,6 +50,8 @@ typedef struct {
     uint64_t requests;    /* REQUESTs sent: an operator's tool sends none */
     ab_worker_rec_t *worker; /* when role == WORKER */
     int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
+    uint32_t hb_told;     /* not a worker: the heartbeat interval it was told (ms; 0:
+                             none yet). Liveness counts the longer of it and heartbeat_ms */
     struct ab_client_rec *client; /* who it is for fair queuing and quotas (clients.h) */
     const void *client_agent;     /* its agent record when CLIENT was bound: unchanged
                                      means the identity is too (no string work per request) */

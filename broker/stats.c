@@ -195,6 +195,7 @@ static void s_traffic_stats(ab_broker_t *b, Agentbus__Stats *st)
             st->agents++;
     }
     st->peer_brokers = ab_link_up_count(b);
+    st->agent_heartbeat_ms = b->agent_hb_ms;
     st->link_pub_unroutable = ab_link_topic_unroutable(b);
     st->msgs_in = c->msgs_in;
     st->msgs_out = c->msgs_out;

@@ -96,8 +96,19 @@ static int s_probe(ab_broker_t *b, ab_peer_t *p)
     size_t sz = sizeof events;
     zmq_getsockopt(b->router, ZMQ_EVENTS, &events, &sz);
     ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
-    h.credit = p->worker ? p->worker->health.interval_ms : (uint32_t)b->cfg->heartbeat_ms;
-    return ab_send(b, &p->rid, &h, NULL) == 0;
+    h.credit = p->worker ? p->worker->health.interval_ms
+               : p->hb_told ? p->hb_told : (uint32_t)b->cfg->heartbeat_ms;
+    /* Straight to the socket, never gathered into a BATCH: a gathered send
+     * "succeeds" and fails only at the turn's flush, which drops a worker
+     * but not an agent, so a killed agent stayed until the liveness sweep
+     * (3 x its interval, which now grows with the number of agents). */
+    uint8_t stack[64];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(&h, stack, sizeof stack, &len);
+    int rc = buf ? ab_send_raw_peer(b, p, &p->rid, buf, len, NULL) : -1;
+    if (buf && buf != stack)
+        free(buf);
+    return rc == 0;
 }
 
 /* A connection closed. The peers last heard on its fd are probably gone,
@@ -532,6 +543,57 @@ int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash)
         if (b->health->dup[i].bid == bid && b->health->dup[i].rid_hash == rid_hash)
             return 1;
     return 0;
+}
+
+/* --- agents' heartbeat interval ------------------------------------------ */
+static uint32_t s_round_up(uint64_t ms, uint64_t step)
+{
+    uint64_t r = (ms + step - 1) / step * step;
+    return r > AB_AGENT_HB_MAX_MS ? AB_AGENT_HB_MAX_MS : (uint32_t)r;
+}
+
+void ab_health_agents_counted(ab_broker_t *b, uint32_t agents)
+{
+    uint64_t floor = (uint64_t)b->cfg->heartbeat_ms, cur = b->agent_hb_ms ? b->agent_hb_ms : floor;
+    b->agents_seen = agents;
+    /* The interval that keeps N agents' heartbeats under the rate. */
+    uint64_t need = b->cfg->agent_hb_rate ? (uint64_t)agents * 1000 / (uint64_t)b->cfg->agent_hb_rate
+                                          : 0;
+    uint64_t next = cur;
+    if (need > cur && cur < AB_AGENT_HB_MAX_MS)
+        next = s_round_up(need + need / 4, floor);
+    else if (need * 2 < cur && cur > floor)
+        next = need + need / 4 > floor ? s_round_up(need + need / 4, floor) : floor;
+    if (next < floor)
+        next = floor;
+    if (next != b->agent_hb_ms) {
+        if (b->agent_hb_ms)
+            AB_INFO("agents' heartbeat interval %u -> %llu ms (%u agents, agent-heartbeat-rate "
+                    "%ld)", b->agent_hb_ms, (unsigned long long)next, agents,
+                    b->cfg->agent_hb_rate);
+        b->agent_hb_ms = (uint32_t)next;
+    }
+}
+
+uint32_t ab_health_agent_tell(ab_broker_t *b, ab_peer_t *p)
+{
+    uint32_t ms = b->agent_hb_ms ? b->agent_hb_ms : (uint32_t)b->cfg->heartbeat_ms;
+    /* Shorter than before: its heartbeats may still come at the old pace
+     * until it reads this, so liveness keeps the longer one (heartbeat_ms,
+     * which its next HELLO sets again). */
+    if (p->hb_told > ms && p->hb_told > p->heartbeat_ms)
+        p->heartbeat_ms = p->hb_told;
+    p->hb_told = ms;
+    return ms;
+}
+
+void ab_health_agent_beat(ab_broker_t *b, ab_peer_t *p)
+{
+    if (p->hb_told == b->agent_hb_ms || !b->agent_hb_ms)
+        return;
+    ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
+    h.credit = ab_health_agent_tell(b, p);
+    ab_send(b, &p->rid, &h, NULL);
 }
 
 /* --- timer ------------------------------------------------------------------ */

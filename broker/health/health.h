@@ -126,6 +126,26 @@ void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
 void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner);
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash);
 void ab_health_tick(ab_broker_t *b, int64_t now);
+
+/* --- agents' heartbeat interval (issue 20) ---------------------------------
+ * Every connected agent's heartbeat costs the broker a wake-up and a lookup,
+ * so with agent-heartbeat-rate R the broker asks N agents for an interval of
+ * at least N / R seconds (never under heartbeat-ms, at most
+ * AB_AGENT_HB_MAX_MS): their heartbeats together stay under R a second.
+ * Workers keep theirs: the suspicion above times them. */
+#define AB_AGENT_HB_MAX_MS 60000
+/* Recomputes b->agent_hb_ms for AGENTS connected (the liveness sweep
+ * counts them). It grows at once (with a quarter of headroom, so a growing
+ * crowd is not told again at every step) and shrinks only when the count
+ * would allow less than half of it. */
+void ab_health_agents_counted(ab_broker_t *b, uint32_t agents);
+/* The interval to tell agent P now (HELLO's answer), noted as told. */
+uint32_t ab_health_agent_tell(ab_broker_t *b, ab_peer_t *p);
+/* Agent P heartbeat: when the interval changed since it was told, tells it
+ * the new one (HEARTBEAT, credit = interval; the library adopts it). An
+ * agent is thus told once, on its own next heartbeat: no walk over the
+ * crowd, and at most one answer per heartbeat. */
+void ab_health_agent_beat(ab_broker_t *b, ab_peer_t *p);
 /* Probes again the peers whose connection the monitor saw close (a 10 ms
  * timer while there are any). */
 void ab_health_recheck(ab_broker_t *b, int64_t now);

@@ -202,6 +202,7 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
         json_object_set_new(j, "link_pub_unroutable",
                             json_integer((json_int_t)st->link_pub_unroutable));
         json_object_set_new(j, "remote_workers", json_integer((json_int_t)st->remote_workers));
+    json_object_set_new(j, "agent_heartbeat_ms", json_integer((json_int_t)st->agent_heartbeat_ms));
         json_object_set_new(j, "offline_names", json_integer((json_int_t)st->offline_names));
         json_object_set_new(j, "mailbox_charged_bytes",
                             json_integer((json_int_t)st->mailbox_charged_bytes));
@@ -219,9 +220,9 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
         return;
     }
     fprintf(out, "agentbus-broker %s   uptime %.1f s\n", st->version, st->uptime_ms / 1000.0);
-    fprintf(out, "connections  agents %u   workers %u   control %u   peer brokers %u (%u remote "
-                 "services)\n", st->agents, st->workers, st->controls, st->peer_brokers,
-            st->remote_workers);
+    fprintf(out, "connections  agents %u (heartbeat %u ms)   workers %u   control %u   peer brokers "
+                 "%u (%u remote services)\n", st->agents, st->agent_heartbeat_ms, st->workers,
+            st->controls, st->peer_brokers, st->remote_workers);
     fprintf(out, "messages     in %llu (%.0f/s)   out %llu (%.0f/s)\n",
             (unsigned long long)st->msgs_in, st->msgs_in_per_s, (unsigned long long)st->msgs_out,
             st->msgs_out_per_s);

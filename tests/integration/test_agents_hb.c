@@ -1,0 +1,253 @@
+/*
+ * test_agents_hb.c - the heartbeats of many agents (issue 20, scale): the
+ * broker lengthens agents' heartbeat interval as their number grows
+ * (agent-heartbeat-rate), still drops a silent one within the documented
+ * bound (liveness x the interval it was told), and a stopped worker is
+ * still found by the broker's ZMTP PINGs, now sparse (transport-ping-ms).
+ * One case per ctest
+ * entry: test_agents_hb CASE.
+ *
+ * The agents live in a child process (this program run as
+ * "test_agents_hb --agents EP N PREFIX"), so that stopping it silences them
+ * all with their connections open.
+ *
+ * No case asserts wall-clock speed: times only bound the waits, and the
+ * heartbeat counts are bounded by the interval the broker announced.
+ */
+#include "harness.h"
+#include "test.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { S_N = 40 };
+
+/* --- the child: N named agents, each polled, until SIGTERM --------------------------- */
+static volatile sig_atomic_t s_stop;
+static void s_on_term(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static int s_agents_child(const char *ep, int n, const char *prefix)
+{
+    signal(SIGTERM, s_on_term);
+    ab_client_t **c = calloc((size_t)n, sizeof *c);
+    for (int i = 0; c && i < n; i++) {
+        ab_options_t *o = ab_options_new();
+        char name[64];
+        snprintf(name, sizeof name, "%s-%d", prefix, i);
+        /* A short interval of their own (HELLO): only the broker's
+         * longer one keeps them alive at the pace it asks for. */
+        if (!o || ab_options_set_endpoint(o, ep) != AB_OK || ab_options_set_name(o, name) != AB_OK ||
+            ab_options_set_heartbeat_ms(o, 250) != AB_OK || ab_client_new(&c[i], o) != AB_OK)
+            return 1;
+        ab_options_destroy(&o);
+    }
+    while (!s_stop) { /* bounded by the test: it stops this process by its pid */
+        for (int i = 0; i < n; i++)
+            ab_client_poll(c[i], 0);
+        usleep(20000);
+    }
+    for (int i = 0; i < n; i++)
+        ab_client_destroy(&c[i]);
+    free(c);
+    return 0;
+}
+
+static pid_t s_agents(int port, const char *prefix)
+{
+    char n[16];
+    snprintf(n, sizeof n, "%d", S_N);
+    const char *argv[] = {"--agents", th_ep(port), n, prefix, NULL};
+    return th_spawn("tests/integration/test_agents_hb", argv, NULL);
+}
+
+/* Stats once FIELD >= MIN (or the timeout passed): NULL on failure. */
+static Agentbus__Stats *s_stats_when(ab_client_t *c, size_t off, uint64_t min, int timeout_ms,
+                                     int is32)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    for (;;) {
+        Agentbus__Stats *st = th_stats(c);
+        uint64_t v = !st ? 0 : is32 ? *(uint32_t *)((char *)st + off) : *(uint64_t *)((char *)st + off);
+        if (!st || v >= min || ab_now_ms() >= end)
+            return st;
+        agentbus__stats__free_unpacked(st, NULL);
+        ab_client_poll(c, 100);
+    }
+}
+
+#define S_WHEN32(c, f, min, ms) s_stats_when(c, offsetof(Agentbus__Stats, f), min, ms, 1)
+
+/* --- cases ------------------------------------------------------------------------------ */
+/* 41 agents (40 in the child and this test's client) at 20 heartbeats a
+ * second: the broker asks for at least 41 / 20 s, tells every agent
+ * (HELLO's answer, then a HEARTBEAT on its next beat), and their
+ * heartbeats over a few intervals stay within what that interval allows
+ * (with heartbeat-ms 250 they would be ~8 times as many). None of them is
+ * dropped meanwhile: liveness counts the longer interval. Then the child
+ * is stopped (connections open, silent): its names are freed within
+ * liveness x the interval, plus a sweep. */
+static void s_interval_grows(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--heartbeat-ms", "250", "--liveness", "3", "--agent-heartbeat-rate", "20",
+              NULL);
+    pid_t kid = s_agents(port, "ai");
+    ab_client_t *c = th_client(port);
+    Agentbus__Stats *st = S_WHEN32(c, named_agents, S_N, 30000);
+    REQUIRE(st && st->named_agents == S_N);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* The sweep counts them (once a heartbeat-ms) and sets the interval. */
+    st = S_WHEN32(c, agent_heartbeat_ms, 2000, 10000);
+    REQUIRE(st != NULL);
+    uint32_t ivl = st->agent_heartbeat_ms, agents = st->agents;
+    printf("%u agents: heartbeat interval %u ms\n", agents, ivl);
+    CHECK_TRUE(agents >= S_N);
+    CHECK_TRUE((uint64_t)ivl * 20 >= (uint64_t)agents * 1000); /* the rate bound */
+    agentbus__stats__free_unpacked(st, NULL);
+    /* Every agent hears of it on its next beat (250 ms) and adopts it. */
+    for (int64_t end = ab_now_ms() + 1000; ab_now_ms() < end;)
+        ab_client_poll(c, 50);
+    Agentbus__Stats *a = th_stats(c);
+    REQUIRE(a != NULL);
+    int64_t t0 = ab_now_ms();
+    for (int64_t end = t0 + 3 * (int64_t)ivl; ab_now_ms() < end;)
+        ab_client_poll(c, 50);
+    Agentbus__Stats *b = th_stats(c);
+    REQUIRE(b != NULL);
+    int64_t span = ab_now_ms() - t0;
+    /* Inbound messages: heartbeats (each agent at 90-100% of the interval)
+     * and this test's own stats query. */
+    uint64_t in = b->msgs_in - a->msgs_in;
+    uint64_t most = (uint64_t)agents * (uint64_t)(span / (ivl * 9 / 10) + 1) + 2;
+    printf("%llu messages in over %lld ms (at most %llu at %u ms; %llu at 250 ms)\n",
+           (unsigned long long)in, (long long)span, (unsigned long long)most, ivl,
+           (unsigned long long)(agents * (span / 225)));
+    CHECK_TRUE(in <= most);
+    CHECK_EQ(b->named_agents, S_N); /* none dropped while beating at the long interval */
+    agentbus__stats__free_unpacked(a, NULL);
+    agentbus__stats__free_unpacked(b, NULL);
+
+    /* Silent with their connections open: dropped after liveness x ivl. */
+    REQUIRE(kill(kid, SIGSTOP) == 0);
+    int64_t stopped = ab_now_ms(), freed = -1;
+    for (int64_t end = stopped + 3 * (int64_t)ivl + 5000; ab_now_ms() < end && freed < 0;) {
+        st = th_stats(c);
+        if (st && st->named_agents == 0)
+            freed = ab_now_ms() - stopped;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        ab_client_poll(c, 100);
+    }
+    printf("stopped agents' names freed after %lld ms (bound %u ms + a sweep)\n", (long long)freed,
+           3 * ivl);
+    CHECK_TRUE(freed >= 0);
+    th_kill9(kid);
+    /* A name of the stopped process is free for another connection. */
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK &&
+            ab_options_set_name(o, "ai-0") == AB_OK);
+    ab_client_t *again = NULL;
+    REQUIRE(ab_client_new(&again, o) == AB_OK);
+    ab_options_destroy(&o);
+    st = NULL;
+    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end;) {
+        ab_client_poll(again, 50);
+        st = th_stats(c);
+        if (st && st->named_agents == 1)
+            break;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        st = NULL;
+    }
+    CHECK_TRUE(st != NULL);
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    ab_message_t *m = NULL; /* no NAME_TAKEN error came */
+    while (ab_client_recv(again, &m, 0) == AB_OK) {
+        CHECK_TRUE(m->type != AB_MSG_ERROR);
+        ab_message_destroy(&m);
+    }
+    ab_client_destroy(&again);
+    ab_client_destroy(&c);
+}
+
+/* A killed agent process: its names are free at once (the connections
+ * close), whatever the interval. */
+static void s_killed_frees(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--agent-heartbeat-rate", "5", NULL);
+    pid_t kid = s_agents(port, "ak");
+    ab_client_t *c = th_client(port);
+    Agentbus__Stats *st = S_WHEN32(c, named_agents, S_N, 30000);
+    REQUIRE(st && st->named_agents == S_N);
+    agentbus__stats__free_unpacked(st, NULL);
+    st = S_WHEN32(c, agent_heartbeat_ms, 8000, 10000);
+    REQUIRE(st && st->agent_heartbeat_ms >= 8000); /* 41 / 5 a second */
+    printf("interval %u ms\n", st->agent_heartbeat_ms);
+    agentbus__stats__free_unpacked(st, NULL);
+    th_kill9(kid);
+    int freed = 0;
+    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end && !freed;) {
+        st = th_stats(c);
+        freed = st && st->named_agents == 0;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        ab_client_poll(c, 50);
+    }
+    CHECK_TRUE(freed); /* 10 s: under one interval (8 s+) x liveness */
+    ab_client_destroy(&c);
+}
+
+/* A stopped worker whose heartbeat interval is long (20 s: suspicion would
+ * need ~40 s) is still found by the transport: the broker's PINGs
+ * (transport-ping-ms, 2 s here) go unanswered for heartbeat-ms x liveness
+ * (3 s), libzmq closes the connection and the broker drops the worker. */
+static void s_worker_transport(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--health-floor-ms", "20000", "--health-ceiling-ms", "20000",
+              "--transport-ping-ms", "2000", NULL);
+    pid_t w = th_worker(port, "svc", "--name", "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "svc", 1, 10000) == 0);
+    CHECK_EQ(ab_client_request(c, "svc", "x", 1, 5000, NULL, NULL), AB_OK);
+    REQUIRE(kill(w, SIGSTOP) == 0);
+    int64_t t0 = ab_now_ms();
+    Agentbus__Stats *st = NULL;
+    for (int64_t end = t0 + 15000; ab_now_ms() < end;) {
+        st = th_stats(c);
+        if (st && st->workers == 0)
+            break;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        st = NULL;
+        ab_client_poll(c, 100);
+    }
+    printf("stopped worker dropped after %lld ms\n", (long long)(ab_now_ms() - t0));
+    CHECK_TRUE(st != NULL); /* within 15 s: suspicion alone needs ~40 s */
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    th_kill9(w);
+    ab_client_destroy(&c);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 5 && !strcmp(argv[1], "--agents"))
+        return s_agents_child(argv[2], atoi(argv[3]), argv[4]);
+    static const th_case_t cases[] = {
+        {"interval_grows", s_interval_grows},
+        {"killed_frees", s_killed_frees},
+        {"worker_transport", s_worker_transport},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
