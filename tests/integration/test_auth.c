@@ -695,11 +695,27 @@ static void s_key_quota(void)
     }
     for (int i = 1; i <= 2; i++)
         CHECK_EQ(ab_client_request_start(a1, "slow", "q", 1, &opts, s_keep, &r[i], NULL), AB_OK);
-    ab_client_poll(a1, 50);
+    /* Until the broker holds all three of a1's: a2's request must come after
+     * them, which two connections do not promise by themselves (on a busy
+     * machine a2's went first). The other handles are polled throughout, so
+     * their heartbeats keep them alive. */
+    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end; th_sleep_ms(20)) {
+        ab_client_poll(a1, 0);
+        ab_client_poll(bob, 0);
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        st = th_stats(ctl);
+        if (st && st->pending >= 3)
+            break;
+    }
+    CHECK_TRUE(st && st->pending >= 3);
     /* a2 proves the same key under another name: same client, refused. */
     CHECK_EQ(ab_client_request_start(a2, "slow", "x", 1, &opts, s_keep, &r[3], NULL), AB_OK);
-    for (int64_t end = ab_now_ms() + 10000; !r[3].done && ab_now_ms() < end;)
+    for (int64_t end = ab_now_ms() + 10000; !r[3].done && ab_now_ms() < end;) {
         ab_client_poll(a2, 50);
+        ab_client_poll(a1, 0);
+        ab_client_poll(bob, 0);
+    }
     CHECK_EQ(r[3].status, AB_EBUSY);
     /* bob is another client: queued, not refused. */
     CHECK_EQ(ab_client_request_start(bob, "slow", "b", 1, &opts, s_keep, &r[4], NULL), AB_OK);
