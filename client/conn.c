@@ -701,6 +701,10 @@ static int s_read_events(ab_conn_t *c)
         /* With CURVE the connection is usable once the broker accepted
          * the key, not when TCP connects. */
         int curve = c->opts.curve_secret[0] != '\0';
+        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            c->hangups = 0;
+            c->handshaken = 1;
+        }
         if (event == (curve ? ZMQ_EVENT_HANDSHAKE_SUCCEEDED : ZMQ_EVENT_CONNECTED)) {
             c->connected = 1;
             c->auth_refused = 0;
@@ -710,17 +714,31 @@ static int s_read_events(ab_conn_t *c)
         } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
                    event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
                    event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+            /* A broker that refuses says so (AUTH, or PROTOCOL for a
+             * mechanism mismatch or bad key), or just hangs up: a keyless
+             * client meeting a CURVE broker mostly sees the hang-up. But a
+             * broker stopping or restarting hangs up on a greeting once,
+             * too; only a second hang-up with no handshake between is a
+             * refusal. The retry below is scheduled either way. */
+            int refused = event != ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL || ++c->hangups >= 2;
             /* Said once per run of refusals; libzmq keeps retrying. */
-            if (!c->auth_refused)
+            if (refused && !c->auth_refused)
                 ab_conn_fail(c, AB_EDENIED, "%s", ab_conn_refusal(c));
-            c->auth_refused = 1;
-            seen |= AB_CONN_REFUSED;
+            if (refused) {
+                c->auth_refused = 1;
+                seen |= AB_CONN_REFUSED;
+            }
             /* libzmq ends the session on a refused handshake and does not
              * reconnect; the key may be trusted again later (a reload). */
             c->retry_ms = c->retry_ms ? (c->retry_ms < 5000 ? c->retry_ms * 2 : 10000) : 500;
             c->retry_at_ms = ab_now_ms() + c->retry_ms;
+        } else if (event == ZMQ_EVENT_DISCONNECTED && !c->handshaken) {
+            /* An attempt that failed its handshake: nothing went over it,
+             * no connection was lost (the event above said what failed). */
+            c->connected = 0;
         } else if (event == ZMQ_EVENT_DISCONNECTED) {
             c->connected = 0;
+            c->handshaken = 0;
             /* What was gathered belonged to the old connection (its calls
              * fail now); the next broker says again what it reads. */
             ab_batch_clear(&c->out);

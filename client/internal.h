@@ -81,6 +81,8 @@ typedef struct {
     int auth_refused;  /* the broker refused the CURVE handshake (last error says how) */
     int64_t retry_at_ms; /* libzmq gives up after a refused handshake: connect again then */
     int retry_ms;        /* backoff of those retries: 500 ms doubling to 10 s */
+    int hangups;         /* handshakes the broker hung up on since the last that succeeded */
+    int handshaken;      /* this connection finished its ZMTP handshake */
     int events_seen;     /* AB_CONN_* read by a send, for the next ab_conn_events */
 } ab_conn_t;
 

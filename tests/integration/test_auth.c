@@ -10,11 +10,15 @@
 #include "vocab.h"
 #include "util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -660,6 +664,80 @@ static void s_removed_key(void)
     ab_client_destroy(&adm);
 }
 
+
+/* A plain TCP listener on 127.0.0.1:PORT that stands where a broker will:
+ * it accepts one connection and closes it before any greeting, as a broker
+ * stopping or restarting does. Closed itself before it returns, so the
+ * client's next attempts are refused by TCP until the broker is up. */
+static void s_hang_up_once(int port, ab_client_t *c)
+{
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(ls >= 0);
+    int one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(ls, (struct sockaddr *)&a, sizeof a) == 0 && listen(ls, 4) == 0);
+    int fd = -1;
+    for (int waited = 0; fd < 0 && waited < 10000; waited += 50) {
+        ab_client_poll(c, 0);
+        struct pollfd p = {.fd = ls, .events = POLLIN};
+        if (poll(&p, 1, 50) == 1)
+            fd = accept(ls, NULL, NULL);
+    }
+    REQUIRE(fd >= 0);
+    close(fd);
+    close(ls);
+    /* The client reads the hang-up (and libzmq's retries meet no one). */
+    for (int i = 0; i < 20; i++) {
+        ab_client_poll(c, 0);
+        th_sleep_ms(25);
+    }
+}
+
+/* Stats through C, retried while the broker starts. */
+static int s_stats_ok(ab_client_t *c)
+{
+    for (int i = 0; i < 10; i++) {
+        Agentbus__Stats *st = th_stats(c);
+        if (st) {
+            agentbus__stats__free_unpacked(st, NULL);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A broker that hangs up on one greeting (stopping, restarting) has not
+ * refused the client: neither a keyless client nor a keyed one is told
+ * DENIED, and both work once a broker is there. (A refusal proper is
+ * "handshake": a CURVE broker hangs up on every keyless greeting.) */
+static void s_hangup(void)
+{
+    /* Keyless, against a plain broker. */
+    unsetenv("AB_KEY");
+    unsetenv("AB_BROKER_KEY");
+    int port = th_free_port();
+    ab_client_t *none = s_client(port, NULL, NULL, 0);
+    s_hang_up_once(port, none);
+    CHECK_EQ(ab_client_refused(none), 0);
+    pid_t b = th_broker(port, NULL);
+    CHECK_TRUE(s_stats_ok(none));
+    CHECK_EQ(ab_client_refused(none), 0);
+    ab_client_destroy(&none);
+    th_stop(b);
+    /* Keyed, against a CURVE broker. */
+    s_setup();
+    port = th_free_port();
+    ab_client_t *adm = s_client(port, "admin", NULL, 0);
+    s_hang_up_once(port, adm);
+    CHECK_EQ(ab_client_refused(adm), 0);
+    b = s_broker(port);
+    CHECK_TRUE(s_stats_ok(adm));
+    CHECK_EQ(ab_client_refused(adm), 0);
+    ab_client_destroy(&adm);
+}
+
 /* Quotas follow an agent key (issues 14 + 16): two connections proving one
  * key under different names share its max-client-queued; another key is
  * not held back, and every request gets exactly one answer. */
@@ -749,7 +827,7 @@ int main(int argc, char **argv)
         {"bind_guard", s_bind_guard},   {"register", s_register},
         {"forged_answer", s_forged_answer}, {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
-        {"key_quota", s_key_quota},
+        {"key_quota", s_key_quota},     {"hangup", s_hangup},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
