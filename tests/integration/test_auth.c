@@ -738,6 +738,24 @@ static void s_hangup(void)
     ab_client_destroy(&adm);
 }
 
+/* 1 when CTL's stats say the broker holds at least N requests within 10 s;
+ * the NPOLL handles in POLLED are polled meanwhile (their heartbeats keep
+ * them alive, their sends leave). */
+static int s_wait_pending(ab_client_t *ctl, uint64_t n, ab_client_t **polled, int npoll)
+{
+    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end; th_sleep_ms(20)) {
+        for (int i = 0; i < npoll; i++)
+            ab_client_poll(polled[i], 0);
+        Agentbus__Stats *st = th_stats(ctl);
+        uint64_t pending = st ? st->pending : 0;
+        if (st)
+            agentbus__stats__free_unpacked(st, NULL);
+        if (pending >= n)
+            return 1;
+    }
+    return 0;
+}
+
 /* Quotas follow an agent key (issues 14 + 16): two connections proving one
  * key under different names share its max-client-queued; another key is
  * not held back, and every request gets exactly one answer. */
@@ -762,31 +780,15 @@ static void s_key_quota(void)
     ab_request_opts_t opts = {.timeout_ms = 20000};
     /* a1: one at the worker, then two queued: alice's quota is full. */
     CHECK_EQ(ab_client_request_start(a1, "slow", "1", 1, &opts, s_keep, &r[0], NULL), AB_OK);
-    Agentbus__Stats *st = NULL;
-    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end; th_sleep_ms(20)) {
-        ab_client_poll(a1, 0);
-        if (st)
-            agentbus__stats__free_unpacked(st, NULL);
-        st = th_stats(ctl);
-        if (st && st->pending >= 1)
-            break;
-    }
+    ab_client_t *polled[] = {a1, bob};
+    CHECK_TRUE(s_wait_pending(ctl, 1, polled, 1));
     for (int i = 1; i <= 2; i++)
         CHECK_EQ(ab_client_request_start(a1, "slow", "q", 1, &opts, s_keep, &r[i], NULL), AB_OK);
     /* Until the broker holds all three of a1's: a2's request must come after
      * them, which two connections do not promise by themselves (on a busy
      * machine a2's went first). The other handles are polled throughout, so
      * their heartbeats keep them alive. */
-    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end; th_sleep_ms(20)) {
-        ab_client_poll(a1, 0);
-        ab_client_poll(bob, 0);
-        if (st)
-            agentbus__stats__free_unpacked(st, NULL);
-        st = th_stats(ctl);
-        if (st && st->pending >= 3)
-            break;
-    }
-    CHECK_TRUE(st && st->pending >= 3);
+    CHECK_TRUE(s_wait_pending(ctl, 3, polled, 2));
     /* a2 proves the same key under another name: same client, refused. */
     CHECK_EQ(ab_client_request_start(a2, "slow", "x", 1, &opts, s_keep, &r[3], NULL), AB_OK);
     for (int64_t end = ab_now_ms() + 10000; !r[3].done && ab_now_ms() < end;) {
@@ -808,9 +810,7 @@ static void s_key_quota(void)
     CHECK_EQ(r[1].status, AB_OK);
     CHECK_EQ(r[2].status, AB_OK);
     CHECK_EQ(r[4].status, AB_OK);
-    if (st)
-        agentbus__stats__free_unpacked(st, NULL);
-    st = th_stats(ctl);
+    Agentbus__Stats *st = th_stats(ctl);
     REQUIRE(st != NULL);
     CHECK_EQ(st->client_queue_busy, 1);
     agentbus__stats__free_unpacked(st, NULL);
