@@ -28,16 +28,6 @@ void ab_batch_clear(ab_batch_t *b)
     b->count = 0;
 }
 
-static size_t s_varint_size(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
 static uint8_t *s_put_varint(uint8_t *p, uint64_t v)
 {
     while (v >= 0x80) {
@@ -69,7 +59,7 @@ static int s_get_varint(const uint8_t **p, const uint8_t *end, uint64_t *out)
 
 size_t ab_batch_entry_size(size_t hlen, size_t plen)
 {
-    return s_varint_size(hlen) + hlen + s_varint_size((uint64_t)plen + 1) + plen;
+    return ab_varint_size(hlen) + hlen + ab_varint_size((uint64_t)plen + 1) + plen;
 }
 
 int ab_batch_add(ab_batch_t *b, const void *hdr, size_t hlen, const void *payload, size_t plen,

@@ -209,16 +209,6 @@ int ab_header_validate(const ab_header_t *h)
     return AB_OK;
 }
 
-static size_t s_varint_size(uint64_t v)
-{
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
 /* The inline payload of a parsed H (see codec.h): checked against the
  * frame count and the limits, moved into *PAYLOAD. AB_OK when it is fine
  * (or absent). */
@@ -232,7 +222,7 @@ static int s_take_inline(ab_header_t *h, size_t nframes, size_t frame0, const ab
     if (nframes != 1 || v.len > AB_INLINE_LIMIT)
         return AB_EINLINE;
     /* The header is the frame without the field: key (1 byte), length. */
-    size_t field = S_KEYLEN(AB_HF_NUMBER_inline_payload) + s_varint_size(v.len) + v.len;
+    size_t field = S_KEYLEN(AB_HF_NUMBER_inline_payload) + ab_varint_size(v.len) + v.len;
     if (frame0 - field > lim->max_header)
         return AB_EHDRSIZE;
     if (v.len > lim->max_payload)
@@ -291,10 +281,10 @@ static uint8_t *s_put_varint(uint8_t *p, uint64_t v)
 
 /* Bytes field NUMBER of TYPE takes when X is set (S_SIZE_), at most (S_BOUND_),
  * and the writer of each (S_PUT_: returns the byte after it). */
-#define S_SIZE_U32(n, x) ((x) ? S_KEYLEN(n) + s_varint_size(x) : 0)
+#define S_SIZE_U32(n, x) ((x) ? S_KEYLEN(n) + ab_varint_size(x) : 0)
 #define S_SIZE_ENUM S_SIZE_U32
 #define S_SIZE_U64 S_SIZE_U32
-#define S_SIZE_STR(n, x) ((x).len ? S_KEYLEN(n) + s_varint_size((x).len) + (x).len : 0)
+#define S_SIZE_STR(n, x) ((x).len ? S_KEYLEN(n) + ab_varint_size((x).len) + (x).len : 0)
 #define S_SIZE_BYTES S_SIZE_STR
 #define S_BOUND_U32(n, x) (S_KEYLEN(n) + 10)
 #define S_BOUND_ENUM S_BOUND_U32
@@ -373,7 +363,7 @@ uint8_t *ab_header_encode_buf(const ab_header_t *h, uint8_t *stack, size_t cap, 
 
 size_t ab_msg_inline_size(size_t hlen, size_t plen)
 {
-    return hlen + S_KEYLEN(AB_HF_NUMBER_inline_payload) + s_varint_size(plen) + plen;
+    return hlen + S_KEYLEN(AB_HF_NUMBER_inline_payload) + ab_varint_size(plen) + plen;
 }
 
 void ab_msg_inline_put(uint8_t *out, const void *hdr, size_t hlen, const void *pl, size_t plen)

@@ -110,6 +110,17 @@ int ab_header_validate(const ab_header_t *h);
 int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *lim,
                   ab_header_t *h, ab_frame_t *payload);
 
+/* Bytes of V as a protobuf varint (1 to 10). */
+static inline size_t ab_varint_size(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
 /* Exact number of bytes ab_header_encode writes for H. */
 size_t ab_header_size(const ab_header_t *h);
 
