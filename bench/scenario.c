@@ -344,6 +344,7 @@ static void s_usage(void)
            "run --time-scale X, default 5, times faster). Workers' capacity default 48,\n"
            "--model-slots N caps each model per worker (default 5; 0: off);\n"
            "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
+           "--broker-opt flags go to the scale part's broker too.\n"
            "docs/bench.md, \"Seed workload\".\n");
 }
 
@@ -715,7 +716,11 @@ int main(int argc, char **argv)
         char broker[PATH_MAX + 32], worker[PATH_MAX + 32];
         snprintf(broker, sizeof broker, "%s/agentbus-broker", st.bin);
         snprintf(worker, sizeof worker, "%s/agentbus-worker", st.bin);
-        sc_scale_cfg_t sc = {self, broker, worker, o.scale_agents, 250, 2000, 5.0};
+        sc_scale_cfg_t sc = {self, broker, worker, o.scale_agents, 250, 2000, 5.0, {NULL}};
+        for (int k = 0; k < o.nbopts && k < 4; k++) { /* the scale broker gets them too */
+            sc.bopt[2 * k] = o.bopt[k][0];
+            sc.bopt[2 * k + 1] = o.bopt[k][1];
+        }
         s_progress("scale: %d connected agents in %d processes", sc.agents,
                    (sc.agents + sc.per_proc - 1) / sc.per_proc);
         if (sc_scale(&sc, scsv) != 0)

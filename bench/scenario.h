@@ -225,6 +225,7 @@ typedef struct {
     int per_proc;            /* clients per child process */
     int lone;                /* lone requests per measurement */
     double active_s;
+    const char *bopt[8];     /* --broker-opt FLAG, VALUE pairs, NULL-ended */
 } sc_scale_cfg_t;
 int sc_scale(const sc_scale_cfg_t *cfg, FILE *csv);
 /* Stops whatever the scale part still runs (an interrupted run). */

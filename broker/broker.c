@@ -137,6 +137,14 @@ static int s_router_new(ab_broker_t *b, ab_broker_config_t *cfg)
     zmq_setsockopt(b->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_IVL, &hb_ivl, sizeof hb_ivl);
     zmq_setsockopt(b->router, ZMQ_HEARTBEAT_TIMEOUT, &hb_timeout, sizeof hb_timeout);
+    /* libzmq listens with a backlog of 100. Thousands of agents connecting
+     * at once (a fleet started or reconnecting together) overflowed it
+     * while the I/O thread accepted: the kernel dropped SYNs and final
+     * ACKs and retried them for a minute, and a client whose side had
+     * completed took itself as connected; 10,000 agents saw themselves
+     * connected while the broker held 6,100 (issue 20, docs/bench.md). */
+    int backlog = (int)cfg->listen_backlog;
+    zmq_setsockopt(b->router, ZMQ_BACKLOG, &backlog, sizeof backlog);
     /* No ROUTER_HANDOVER: with it, any peer that connects with another
      * peer's routing id (shown by `brokerctl workers`) steals its traffic,
      * and two connections racing for one id trip a libzmq assertion. A

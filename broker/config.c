@@ -48,6 +48,9 @@ static const s_option_t s_options[] = {
     {"transport-ping-ms", OPT_LONG, OFF(transport_ping_ms), 0, 600000, "10000",
      "interval of the broker's ZMTP PINGs on each connection (timeout heartbeat-ms x "
      "liveness); 0: none. Each answered PING costs libzmq a walk over all its timers"},
+    {"listen-backlog", OPT_LONG, OFF(listen_backlog), 1, 65535, "4096",
+     "connections the kernel completes for each bound TCP/IPC endpoint before the broker "
+     "accepts them (ZMQ_BACKLOG; capped by net.core.somaxconn)"},
     {"agent-heartbeat-rate", OPT_LONG, OFF(agent_hb_rate), 0, 10000000, "500",
      "heartbeats per second the broker asks of all agents together: their interval grows "
      "with their number (never under heartbeat-ms, at most 60 s); 0: heartbeat-ms always"},

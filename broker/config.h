@@ -25,6 +25,7 @@ typedef struct {
     long heartbeat_ms;       /* how often peers should heartbeat */
     long liveness;           /* missed heartbeats before a peer is dropped */
     long transport_ping_ms;  /* ZMTP PING interval of the ROUTER's connections; 0: none */
+    long listen_backlog;     /* ZMQ_BACKLOG of the bound endpoints */
     long agent_hb_rate;      /* agent heartbeats/s the broker asks for in all; 0: no bound */
     long sndhwm;             /* ZMQ_SNDHWM / ZMQ_RCVHWM of the ROUTER */
     long max_pending;        /* requests held in the broker in total */

@@ -202,9 +202,12 @@ AB_EXPORT int ab_options_set_endpoint(ab_options_t *opts, const char *endpoint);
 /* Name this peer reports to the broker, at most 255 bytes ("" = none).
  * For a client it is its agent name (section 7). Copied. */
 AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
-/* Application heartbeat interval, 100..60000 ms. It is also the ZMTP
- * heartbeat interval; a broker silent for three intervals (never less than
- * 3 s) is taken as gone and the connection is made again. */
+/* Application heartbeat interval, 100..60000 ms. It also sets the ZMTP
+ * heartbeat: a broker silent for three intervals (never less than 3 s)
+ * after a PING is taken as gone and the connection is made again. A worker
+ * PINGs once an interval, a client (agent) once those three (the broker
+ * answers every PING; thousands of agents): a silent broker is found
+ * within 4 s by a worker, 6 s by a client, with the default. */
 AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 /* Largest payload accepted from the broker, and sent (> 0; larger ones
  * fail with AB_EPAYLOADSIZE). */

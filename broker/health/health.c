@@ -134,12 +134,26 @@ static void s_fd_closed_one(void *ctx, ab_defer_node_t *n)
     }
 }
 
-static void s_fd_closed(ab_broker_t *b, int fd)
+static int s_cmp_int(const void *a, const void *b)
 {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* The peers on any of the N closed FDS (sorted here), in one walk over all
+ * peers: a walk per close made a reconnect storm of thousands O(peers x
+ * closes) in the loop (issue 20: 22% of the broker's samples). Probing
+ * after the drain's other events is safe: a peer is dropped only when its
+ * probe fails, whatever a reused fd number did meanwhile. */
+static void s_fds_closed(ab_broker_t *b, int *fds, size_t n)
+{
+    if (!n)
+        return;
+    qsort(fds, n, sizeof *fds, s_cmp_int);
     ab_defer_t gone;
     ab_defer_init(&gone);
     for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
-        if (p->fd == fd)
+        if (p->fd >= 0 && bsearch(&p->fd, fds, n, sizeof *fds, s_cmp_int))
             ab_defer_add(&gone, &p->later, s_fd_closed_one);
     ab_defer_run(&gone, b);
 }
@@ -179,12 +193,14 @@ static void s_not_zeromq(ab_broker_t *b, const char *addr, int event, uint32_t v
 
 void ab_health_monitor_drain(ab_broker_t *b)
 {
+    int closed[1024];
+    size_t nclosed = 0;
     for (int i = 0; i < 1024; i++) {
         zmq_msg_t ev;
         zmq_msg_init(&ev);
         if (zmq_msg_recv(&ev, b->health->monitor, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&ev);
-            return;
+            break;
         }
         uint16_t event = 0;
         uint32_t value = 0;
@@ -211,8 +227,9 @@ void ab_health_monitor_drain(ab_broker_t *b)
         }
         ab_router_conn_event(b, event, (int)value); /* connection limit (router.c) */
         if (event == ZMQ_EVENT_DISCONNECTED)
-            s_fd_closed(b, (int)value);
+            closed[nclosed++] = (int)value;
     }
+    s_fds_closed(b, closed, nclosed);
 }
 
 /* --- interval and suspicion ------------------------------------------------ */
