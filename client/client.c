@@ -23,6 +23,39 @@ typedef struct {
     int64_t deadline_ms;
 } s_call_t;
 
+/* Ended call records kept for the next calls: a malloc and a free per
+ * request, both at the allocator's slow path once a window of calls
+ * outlives its small per-thread cache, were ~8% of the library's
+ * instructions at 64 B (callgrind). Bounded (32 KiB); none under ASan. */
+#define S_CALL_SPARE_MAX (AB_ASAN ? 0 : 1024)
+
+/* A zeroed call record, a spare one when C has it. */
+static s_call_t *s_call_new(ab_client_t *c)
+{
+    s_call_t *call = c->call_spare;
+    if (!call)
+        return calloc(1, sizeof *call);
+    c->call_spare = *(void **)call;
+    c->call_nspare--;
+    memset(call, 0, sizeof *call);
+    return call;
+}
+
+/* Ends CALL's record. It is out of C's call table already: nothing in the
+ * library points at it (its id, not its address, is what answers find). */
+static void s_call_free(ab_client_t *c, s_call_t *call)
+{
+    if (!call)
+        return;
+    if (c->call_nspare + 1 > S_CALL_SPARE_MAX) { /* (+ 1: no always-true test when 0) */
+        free(call);
+        return;
+    }
+    *(void **)call = c->call_spare;
+    c->call_spare = call;
+    c->call_nspare++;
+}
+
 
 int ab_client_new(ab_client_t **out, const ab_options_t *opts)
 {
@@ -36,6 +69,10 @@ int ab_client_new(ab_client_t **out, const ab_options_t *opts)
         free(c);
         return AB_ENOMEM;
     }
+    /* A window of calls is often answered whole within one poll: the table
+     * keeps the size it needed (up to 2,048 slots, 32 KiB) rather than
+     * halving to 64 and doubling back at every refill (idmap.h). */
+    c->calls.keep_cap = 2048;
     int rc = ab_conn_open(&c->conn, opts, "agent");
     if (rc != AB_OK) {
         ab_client_destroy(&c);
@@ -59,7 +96,7 @@ static void s_call_end(ab_client_t *c, s_call_t *call, int status, const void *d
     ab_reply_fn *fn = call->fn;
     void *arg = call->arg;
     ab_idmap_del(&c->calls, call->id);
-    free(call);
+    s_call_free(c, call);
     if (fn)
         fn(c, &ev, arg);
 }
@@ -103,6 +140,11 @@ void ab_client_destroy(ab_client_t **cp)
                 free(c->calls.vals[i]);
         ab_idmap_fini(&c->calls);
     }
+    while (c->call_spare) {
+        void *spare = c->call_spare;
+        c->call_spare = *(void **)spare;
+        free(spare);
+    }
     ab_cmsg_fini(c);
     if (c->conn.sock && c->conn.connected) {
         ab_conn_flush(&c->conn);
@@ -145,7 +187,7 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
     if (size > c->conn.opts.max_payload)
         return ab_conn_fail(&c->conn, AB_EPAYLOADSIZE, "payload of %zu bytes exceeds %zu", size,
                             c->conn.opts.max_payload);
-    s_call_t *call = calloc(1, sizeof *call);
+    s_call_t *call = s_call_new(c);
     if (!call)
         return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
     int t = s_timeout_of(c, r->timeout_ms);
@@ -182,11 +224,11 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
                             kind == AB_KIND_REQUEST);
     c->conn.clock_us = 0;
     if (rc != AB_OK) {
-        free(call);
+        s_call_free(c, call);
         return rc;
     }
     if (ab_idmap_put(&c->calls, call->id, call) != 0) {
-        free(call); /* already sent: its answer will be ignored */
+        s_call_free(c, call); /* already sent: its answer will be ignored */
         return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
     }
     if (!c->next_expiry_ms || call->deadline_ms < c->next_expiry_ms)
@@ -559,7 +601,7 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const ab_he
         if (rc < 0 && !s.done) {
             /* Stopped or socket error: end the call so no callback later
              * points at this stack frame. */
-            free(ab_idmap_del(&c->calls, id));
+            s_call_free(c, ab_idmap_del(&c->calls, id));
             free(s.buf);
             return rc;
         }

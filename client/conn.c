@@ -513,15 +513,25 @@ static int s_batch_entry(ab_conn_t *c, ab_in_t *in)
     zmq_msg_init(&in->body);
     in->has_body = nf == 2;
     in->body_owned = 0;
+    in->in_hdr = 0;
     in->data = in->has_body ? pl.data : NULL;
     in->size = in->has_body ? pl.size : 0;
     return 1;
 }
 
-int ab_in_take_body(ab_in_t *in, zmq_msg_t *out)
+int ab_in_take_body(ab_in_t *in, zmq_msg_t *out, size_t *at)
 {
+    *at = 0;
     if (in->body_owned)
         return zmq_msg_move(out, &in->body) == 0 ? AB_OK : AB_ENOMEM;
+    /* The header frame goes whole: a copy of the payload into a frame of
+     * its own cost a malloc and a free (in another thread, libzmq's) per
+     * 64 B request in the worker (callgrind). Its offset is taken before
+     * the move: a small frame's bytes live inside the zmq_msg_t itself. */
+    if (in->in_hdr) {
+        *at = (size_t)((const uint8_t *)in->data - (const uint8_t *)zmq_msg_data(&in->hdr));
+        return zmq_msg_move(out, &in->hdr) == 0 ? AB_OK : AB_ENOMEM;
+    }
     zmq_msg_close(out);
     if (zmq_msg_init_size(out, in->size) != 0) {
         zmq_msg_init(out);
@@ -560,6 +570,7 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
         zmq_msg_move(&in->body, &out);
         zmq_msg_close(&out);
         in->body_owned = 1;
+        in->in_hdr = 0;
         in->data = zmq_msg_data(&in->body);
         in->size = zmq_msg_size(&in->body);
         h->flags &= ~(uint32_t)AB_FLAG_LZ4;
@@ -582,7 +593,7 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
     h->error_text = ab_view_of(rc == AB_ENOMEM ? "out of memory decompressing a reply" : text);
     zmq_msg_close(&in->body);
     zmq_msg_init(&in->body);
-    in->has_body = 0;
+    in->has_body = in->in_hdr = 0;
     in->data = NULL;
     in->size = 0;
     return 1;
@@ -642,6 +653,7 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
          * copied only if someone takes it (ab_in_take_body). */
         in->has_body = pl.data != NULL;
         in->body_owned = n == 2;
+        in->in_hdr = n == 1 && pl.data;
         in->data = n == 2 ? zmq_msg_data(&in->body) : pl.data;
         in->size = pl.size;
         if (in->h.kind == AB_KIND_BATCH) {

@@ -97,11 +97,15 @@ typedef struct {
     const void *data; /* the payload (has_body), else NULL */
     size_t size;
     int body_owned;
+    int in_hdr; /* DATA is an inline payload inside hdr (codec.h "Inline") */
 } ab_in_t;
 
-/* Moves (or copies, for a batch entry) IN's payload into OUT (initialised
- * by the caller). AB_OK or AB_ENOMEM. */
-int ab_in_take_body(ab_in_t *in, zmq_msg_t *out);
+/* Moves IN's payload into OUT (initialised by the caller) without copying
+ * it where it can: its own frame, or the header frame an inline payload
+ * sits in (then the payload starts *AT bytes into OUT); an entry of a
+ * batch is copied (*AT = 0). Call it last: IN's header views may point
+ * into the moved frame. AB_OK or AB_ENOMEM. */
+int ab_in_take_body(ab_in_t *in, zmq_msg_t *out, size_t *at);
 
 /* Entries of a received BATCH not handed out yet (ab_conn_recv gives them
  * before reading the socket again). */
@@ -189,6 +193,8 @@ typedef struct {
 struct ab_client {
     ab_conn_t conn;
     ab_idmap_t calls; /* id -> s_call_t (owned) */
+    void *call_spare; /* ended s_call_t records kept for reuse (client.c) */
+    size_t call_nspare;
     int64_t next_expiry_ms;
     int in_callback;
     ab_cmsg_t msg;

@@ -19,6 +19,8 @@ int ab_idmap_init(ab_idmap_t *m, size_t initial_cap)
     m->cap = cap;
     m->len = 0;
     m->min_cap = cap;
+    m->keep_cap = 0;
+    m->peak_cap = cap;
     if (!m->keys || !m->vals) {
         ab_idmap_fini(m);
         return -1;
@@ -40,7 +42,8 @@ void ab_idmap_fini(ab_idmap_t *m)
 static int s_resize(ab_idmap_t *m, size_t cap)
 {
     ab_idmap_t next;
-    size_t min_cap = m->min_cap;
+    size_t min_cap = m->min_cap, keep_cap = m->keep_cap;
+    size_t peak_cap = m->peak_cap > cap ? m->peak_cap : cap;
     if (ab_idmap_init(&next, cap) != 0)
         return -1;
     for (size_t i = 0; i < m->cap; i++)
@@ -49,6 +52,8 @@ static int s_resize(ab_idmap_t *m, size_t cap)
     ab_idmap_fini(m);
     *m = next;
     m->min_cap = min_cap ? min_cap : 16;
+    m->keep_cap = keep_cap;
+    m->peak_cap = peak_cap;
     return 0;
 }
 
@@ -109,7 +114,12 @@ void *ab_idmap_del(ab_idmap_t *m, uint64_t key)
      * answers) resized twice per cycle: calloc, memset and rehash were ~10%
      * of the library's instructions at 64 B (callgrind). The halvings still
      * cost O(1) amortised and a drained table still gives its memory back. */
-    if (m->cap > m->min_cap && m->len * 32 < m->cap)
+    size_t floor = m->min_cap;
+    if (m->keep_cap) {
+        size_t kept = m->peak_cap < m->keep_cap ? m->peak_cap : m->keep_cap;
+        floor = kept > floor ? kept : floor;
+    }
+    if (m->cap > floor && m->len * 32 < m->cap)
         s_resize(m, m->cap / 2);
     return val;
 }

@@ -9,6 +9,10 @@
  * so a table that once held a burst gives its memory back (the hysteresis,
  * a factor of 8 in entries between a halving and the next doubling, keeps
  * a count that swings with each batch of answers from resizing each time).
+ * A count that falls to nothing and rises again at each turn (a client's
+ * window of calls, drained whole in one poll) is what keep_cap is for: the
+ * table then keeps the size it needed, up to keep_cap, instead of halving
+ * down to its initial size and doubling back every turn.
  * A zeroed ab_idmap_t is a valid empty map (its first put allocates).
  * Not thread-safe.
  */
@@ -24,6 +28,9 @@ typedef struct {
     size_t cap;     /* power of two */
     size_t len;
     size_t min_cap; /* shrinking stops here (the initial capacity) */
+    size_t keep_cap; /* 0, or: shrinking also stops at the largest capacity
+                      * reached, up to this (set by the owner after init) */
+    size_t peak_cap; /* largest capacity reached */
 } ab_idmap_t;
 
 /* 0, or -1 when out of memory. */

@@ -18,4 +18,17 @@ uint64_t ab_hash_bytes(const void *p, size_t n);
 /* Size with optional K/M/G suffix (powers of 1024). */
 int ab_parse_size(const char *s, size_t *out);
 
+/* 1 in an AddressSanitizer build: records that are otherwise kept for
+ * reuse (spare lists) are freed there, so a use after the end shows. */
+#if defined(__SANITIZE_ADDRESS__)
+#define AB_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AB_ASAN 1
+#endif
+#endif
+#ifndef AB_ASAN
+#define AB_ASAN 0
+#endif
+
 #endif

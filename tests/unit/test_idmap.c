@@ -71,6 +71,41 @@ static void s_shrink(void)
     CHECK_EQ(changes, 0);
     ab_idmap_fini(&m);
 
+    /* keep_cap: a window drained to nothing and refilled each turn (a
+     * client's calls answered whole in one poll) keeps its size up to
+     * keep_cap; without it the table halved down to 64 and doubled back
+     * (10 resizes a turn). Above keep_cap it still gives memory back. */
+    REQUIRE(ab_idmap_init(&m, 64) == 0);
+    m.keep_cap = 2048;
+    next = 1;
+    changes = 0;
+    size_t grown = 0;
+    for (int cycle = 0; cycle < 50; cycle++) {
+        uint64_t first = next;
+        while (next - first < 1000) {
+            REQUIRE(ab_idmap_put(&m, next++, (void *)1) == 0);
+            changes += m.cap != cap && cycle > 0;
+            cap = m.cap;
+        }
+        grown = m.cap;
+        for (uint64_t k = first; k < next; k++) {
+            wrong += ab_idmap_del(&m, k) != (void *)1;
+            changes += m.cap != cap;
+            cap = m.cap;
+        }
+    }
+    CHECK_EQ(wrong, 0);
+    CHECK_EQ(grown, 2048);
+    CHECK_EQ(changes, 0);
+    CHECK_EQ(m.cap, 2048);
+    for (uint64_t k = 1; k <= 100000; k++) /* a burst above keep_cap */
+        REQUIRE(ab_idmap_put(&m, next + k, (void *)1) == 0);
+    for (uint64_t k = 1; k <= 100000; k++)
+        wrong += ab_idmap_del(&m, next + k) != (void *)1;
+    CHECK_EQ(wrong, 0);
+    CHECK_EQ(m.cap, 2048); /* back to keep_cap, not to 64, not the burst's size */
+    ab_idmap_fini(&m);
+
     ab_idmap_t z = {0}; /* zeroed: the first put allocates */
     CHECK_TRUE(ab_idmap_get(&z, 7) == NULL);
     CHECK_TRUE(ab_idmap_del(&z, 7) == NULL);
