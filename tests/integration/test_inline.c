@@ -327,6 +327,24 @@ static void s_raw_negotiation(void)
 
 /* --- the library's side: one frame only to a broker that reads it ----------------- */
 
+/* The fake broker's answer to a HELLO or REGISTER (KIND, id ID) from the
+ * peer RID: credit 1000, FEATURES, TARGET when not NULL. */
+static void s_fake_answer(void *router, zmq_msg_t *rid, uint32_t kind, uint64_t id,
+                          uint32_t features, const char *target)
+{
+    ab_header_t a = ab_header_init(kind);
+    a.correlation_id = id;
+    a.credit = 1000;
+    a.features = features;
+    if (target)
+        a.target = ab_view_of(target);
+    uint8_t hb[64];
+    size_t hl = ab_header_encode(&a, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    zmq_send(router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE);
+    zmq_send(router, hb, hl, 0);
+}
+
 /* Plays the broker on a ROUTER: answers the library's HELLO with FEATURES,
  * then reads its REQUESTs of 64 B and 4 KiB and reports their frames. */
 static void s_fake_broker(uint32_t features)
@@ -383,14 +401,7 @@ static void s_fake_broker(uint32_t features)
             CHECK_TRUE(hm->features & AB_FEATURE_INLINE); /* it announces it */
             agentbus__hello__free_unpacked(hm, NULL);
             CHECK_EQ(n, 3); /* before the answer: two frames */
-            ab_header_t a = ab_header_init(AB_KIND_HELLO);
-            a.correlation_id = h.id;
-            a.credit = 1000;
-            a.features = features;
-            uint8_t hb[64];
-            size_t hl = ab_header_encode(&a, hb, sizeof hb);
-            zmq_send(router, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), ZMQ_SNDMORE);
-            zmq_send(router, hb, hl, 0);
+            s_fake_answer(router, &f[0], AB_KIND_HELLO, h.id, features, NULL);
             hello = 1;
         } else if (h.kind == AB_KIND_REQUEST) {
             int inl = (features & AB_FEATURE_INLINE) && pl.size <= AB_INLINE_MAX;
@@ -505,15 +516,8 @@ static void s_worker_jobs(void)
         REQUIRE(ab_msg_decode(fr, (size_t)n - 1, NULL, &h, &pl) == AB_OK);
         if (h.kind == AB_KIND_REGISTER && !registered) {
             zmq_msg_copy(&rid, &f[0]);
-            ab_header_t a = ab_header_init(AB_KIND_REGISTER);
-            a.correlation_id = h.id;
-            a.target = ab_view_of("jobs"); /* a REGISTER without one is refused */
-            a.credit = 1000;
-            a.features = AB_FEATURE_INLINE;
-            uint8_t hb[64];
-            size_t hl = ab_header_encode(&a, hb, sizeof hb);
-            zmq_send(router, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), ZMQ_SNDMORE);
-            zmq_send(router, hb, hl, 0);
+            /* a REGISTER answer without the service is refused */
+            s_fake_answer(router, &f[0], AB_KIND_REGISTER, h.id, AB_FEATURE_INLINE, "jobs");
             registered = 1;
         } else if (h.kind == AB_KIND_REPLY) {
             size_t want = h.correlation_id ? sizes[(h.correlation_id - 1) % 7] : 0;
