@@ -327,6 +327,21 @@ static void s_raw_negotiation(void)
 
 /* --- the library's side: one frame only to a broker that reads it ----------------- */
 
+/* A ROUTER bound on a free loopback port (*PORT) for a test to play the
+ * broker on. */
+static void *s_fake_router(int *port)
+{
+    *port = th_free_port();
+    if (!bt_ctx)
+        bt_ctx = zmq_ctx_new();
+    void *router = zmq_socket(bt_ctx, ZMQ_ROUTER);
+    REQUIRE(router != NULL);
+    int linger = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_bind(router, th_ep(*port)) == 0);
+    return router;
+}
+
 /* The fake broker's answer to a HELLO or REGISTER (KIND, id ID) from the
  * peer RID: credit 1000, FEATURES, TARGET when not NULL. */
 static void s_fake_answer(void *router, zmq_msg_t *rid, uint32_t kind, uint64_t id,
@@ -349,13 +364,8 @@ static void s_fake_answer(void *router, zmq_msg_t *rid, uint32_t kind, uint64_t 
  * then reads its REQUESTs of 64 B and 4 KiB and reports their frames. */
 static void s_fake_broker(uint32_t features)
 {
-    int port = th_free_port();
-    if (!bt_ctx)
-        bt_ctx = zmq_ctx_new();
-    void *router = zmq_socket(bt_ctx, ZMQ_ROUTER);
-    int linger = 0;
-    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
-    REQUIRE(zmq_bind(router, th_ep(port)) == 0);
+    int port = 0;
+    void *router = s_fake_router(&port);
     ab_options_t *o = s_opts(port, NULL, 0);
     ab_client_t *c = NULL;
     REQUIRE(ab_client_new(&c, o) == AB_OK);
@@ -466,13 +476,8 @@ static void s_job_request(void *router, const zmq_msg_t *rid, uint64_t id, size_
  * echoed replies say so. */
 static void s_worker_jobs(void)
 {
-    int port = th_free_port();
-    if (!bt_ctx)
-        bt_ctx = zmq_ctx_new();
-    void *router = zmq_socket(bt_ctx, ZMQ_ROUTER);
-    int linger = 0;
-    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
-    REQUIRE(zmq_bind(router, th_ep(port)) == 0);
+    int port = 0;
+    void *router = s_fake_router(&port);
     ab_options_t *o = s_opts(port, "jobs-worker", 0);
     ab_worker_t *w = NULL;
     REQUIRE(ab_worker_new(&w, o, "jobs", 1000) == AB_OK);
