@@ -162,6 +162,10 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     char err[1024];
+    if (tl_check_endpoint(g.cfg.broker, err, sizeof err) != 0) {
+        fprintf(stderr, "agentbus-gateway: invalid --broker '%s': %s\n", g.cfg.broker, err);
+        return 2;
+    }
     if (g.cfg.api_keys && gw_keys_load(&g.keys, g.cfg.api_keys, err, sizeof err) != 0) {
         fprintf(stderr, "agentbus-gateway: --api-keys: %s\n", err);
         return 2;

@@ -185,6 +185,9 @@ static void s_endpoints(void)
     CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url notaurl", wk), 2);
     CHECK_TRUE(HAS("'notaurl'"));
     CHECK_EQ(s_sh("timeout 10 %s --broker=ipc:// ", th_bin("agentbus-load")), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --broker bogus --listen 127.0.0.1:0", th_bin("agentbus-gateway")),
+             2);
+    CHECK_TRUE(HAS("'bogus'") && HAS("no scheme"));
     /* Port '*': the log names the port actually bound. */
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0; true", bk), 0);
     const char *l = strstr(s_out, "listening on tcp://127.0.0.1:");
