@@ -345,6 +345,8 @@ static void s_usage(void)
            "--model-slots N caps each model per worker (default 5; 0: off);\n"
            "--deep-capacity N > 0 adds runs with the workers restarted at capacity N.\n"
            "--broker-opt flags go to the scale part's broker too.\n"
+           "Exit 1 when a request was lost, or when in the scale part an agent was\n"
+           "not connected and listed or a request failed; 2 on bad usage.\n"
            "docs/bench.md, \"Seed workload\".\n");
 }
 
@@ -723,8 +725,10 @@ int main(int argc, char **argv)
         }
         s_progress("scale: %d connected agents in %d processes", sc.agents,
                    (sc.agents + sc.per_proc - 1) / sc.per_proc);
-        if (sc_scale(&sc, scsv) != 0)
+        if (sc_scale(&sc, scsv) != 0) { /* an agent not connected, a lone request failed */
             s_progress("scale part did not complete (see above)");
+            lost = 1;
+        }
         if (scsv)
             fclose(scsv);
     }
