@@ -51,6 +51,24 @@ static void s_set_str(json_t *j, const char *key, const char *v)
         json_object_set_new(j, key, json_string(v));
 }
 
+/* format: "json" stays a string; a JSON schema travels on the bus as its
+ * text (InferenceRequest.format) and goes to Ollama as the object it is:
+ * Ollama refuses a schema given as a string. Text that does not parse as
+ * an object is passed as it came, for Ollama to refuse in its own words. */
+static void s_set_format(json_t *j, const char *v)
+{
+    if (!v || !*v)
+        return;
+    const char *p = v + strspn(v, " \t\r\n");
+    json_t *o = *p == '{' ? json_loads(p, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    if (o && json_is_object(o)) {
+        json_object_set_new(j, "format", o);
+        return;
+    }
+    json_decref(o);
+    json_object_set_new(j, "format", json_string(v));
+}
+
 /* keep_alive: Ollama takes a duration string or a number of seconds. */
 static void s_set_keep_alive(json_t *j, const char *v)
 {
@@ -80,7 +98,7 @@ static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *
     call->stream = g->has_stream_case ? g->stream : 1;
     s_set_str(j, "prompt", g->prompt);
     s_set_str(j, "system", g->system);
-    s_set_str(j, "format", g->format);
+    s_set_format(j, g->format);
     s_set_str(j, "suffix", g->suffix);
     if (g->raw)
         json_object_set_new(j, "raw", json_true());
@@ -106,7 +124,7 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol
         json_array_append_new(msgs, m);
     }
     json_object_set_new(j, "messages", msgs);
-    s_set_str(j, "format", c->format);
+    s_set_format(j, c->format);
     s_set_keep_alive(j, c->keep_alive);
     if (c->options)
         json_object_set_new(j, "options", s_options(c->options));

@@ -67,6 +67,15 @@ async function generate() {
     stream: false, options: { seed: 1, num_predict: 12 } });
   check(g.done === true && g.response.split(' ').length >= 6 && g.eval_count === 12 &&
     g.done_reason === 'length', 'generate, stream: false', g);
+  // Structured output: a JSON schema object as `format` (Ollama 0.5+); the
+  // answer is JSON.
+  const schema = { type: 'object', properties: { text: { type: 'string' } } };
+  const f = await ollama.generate({ model: 'sim-small', prompt: 'describe a river',
+    format: schema, stream: false, options: { num_predict: 6 } });
+  let parsed = null;
+  try { parsed = JSON.parse(f.response); } catch (e) { parsed = null; }
+  check(f.done === true && parsed !== null && typeof parsed === 'object',
+    'generate, format: a JSON schema object', f);
   let parts = 0;
   let text = '';
   let last = null;

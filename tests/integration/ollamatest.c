@@ -234,6 +234,11 @@ void ot_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 
 uint64_t ot_start_gen(ab_client_t *c, const ot_gen_t *g, ot_res_t *r)
 {
+    return ot_start_gen_format(c, g, NULL, r);
+}
+
+uint64_t ot_start_gen_format(ab_client_t *c, const ot_gen_t *g, const char *format, ot_res_t *r)
+{
     memset(r, 0, sizeof *r);
     r->kind = 1;
     r->order_ok = 1;
@@ -244,6 +249,8 @@ uint64_t ot_start_gen(ab_client_t *c, const ot_gen_t *g, ot_res_t *r)
     gr.prompt = (char *)g->prompt;
     gr.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
     gr.stream = g->stream;
+    if (format)
+        gr.format = (char *)format;
     if (g->seed >= 0) {
         o.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
         o.seed = g->seed;

@@ -60,6 +60,9 @@ int ot_wait_loaded(ab_client_t *c, const char *name, const char *model, int want
  * waited for (N finals) or made whole. */
 void ot_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg);
 uint64_t ot_start_gen(ab_client_t *c, const ot_gen_t *g, ot_res_t *r);
+/* The same with InferenceRequest.generate.format = FORMAT ("json" or a
+ * JSON schema's text). */
+uint64_t ot_start_gen_format(ab_client_t *c, const ot_gen_t *g, const char *format, ot_res_t *r);
 void ot_wait(ab_client_t *c, ot_res_t *r, int n, int timeout_ms);
 int ot_generate(ab_client_t *c, const ot_gen_t *g, ot_res_t *r);
 /* The text the simulator itself answers (no broker, no worker). */

@@ -410,12 +410,57 @@ static void s_hang_cancel(void)
     ab_client_destroy(&c);
 }
 
+static int s_gen_format(ab_client_t *c, const ot_gen_t *g, const char *format, ot_res_t *r)
+{
+    ot_start_gen_format(c, g, format, r);
+    ot_wait(c, r, 1, 30000);
+    REQUIRE(r->finals == 1);
+    return r->status;
+}
+
+/* format: a JSON schema travels on the bus as its text (what the gateway
+ * sends for an Ollama client's schema object) and must reach Ollama as an
+ * object, which answers JSON; Ollama refuses a schema given as a string. */
+static void s_format(void)
+{
+    int sim = ot_sim(NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, sim, "w1", "--preload", "sim-small", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    static const char *ok[] = {
+        "{\"properties\":{\"text\":{\"type\":\"string\"}},\"type\":\"object\"}",
+        "  {\"type\": \"object\"}", "json"};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        ot_res_t r;
+        ot_gen_t g = {"sim-small", "describe a river", NULL, (int)(i % 2), 5, 0};
+        CHECK_EQ(s_gen_format(c, &g, ok[i], &r), AB_OK);
+        json_t *j = json_loads(r.text, 0, NULL);
+        CHECK_TRUE(j && json_is_object(j)); /* the simulator, like Ollama, answered JSON */
+        json_decref(j);
+    }
+    /* What Ollama refuses is refused, with its own words, not a crash. */
+    static const char *bad[] = {"yaml", "{\"type\": "};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ot_res_t r;
+        ot_gen_t g = {"sim-small", "describe a river", NULL, 0, 5, 0};
+        CHECK_TRUE(s_gen_format(c, &g, bad[i], &r) != AB_OK);
+        CHECK_TRUE(strstr(r.error, "format") != NULL);
+    }
+    /* and the worker still serves */
+    ot_res_t r;
+    ot_gen_t g = {"sim-small", "describe a river", NULL, 0, 5, 0};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"round_trip", s_round_trip}, {"model_not_found", s_model_not_found},
         {"busy_redispatch", s_busy_redispatch}, {"midstream_error", s_midstream_error},
-        {"dropped", s_dropped}, {"hang_cancel", s_hang_cancel},
+        {"dropped", s_dropped}, {"hang_cancel", s_hang_cancel}, {"format", s_format},
         /* test_ollama_placement.c */
         {"adaptive", ollama_adaptive}, {"timeout_credit", ollama_timeout_credit}, {"model_credit", ollama_model_credit}, {"model_slots", ollama_model_slots},
         {"model_scan", ollama_model_scan},
