@@ -78,10 +78,16 @@ static json_t *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind)
     json_object_set_new(o, "options", s_options(b));
     c->oai_usage = json_is_true(json_object_get(json_object_get(b, "stream_options"),
                                                 "include_usage"));
-    const char *rf = json_string_value(
-        json_object_get(json_object_get(b, "response_format"), "type"));
+    /* response_format: json_object is Ollama's format "json"; json_schema
+     * (structured outputs) its format with the schema object, as Ollama's
+     * own OpenAI layer maps them. */
+    json_t *rfo = json_object_get(b, "response_format");
+    const char *rf = json_string_value(json_object_get(rfo, "type"));
+    json_t *schema = json_object_get(json_object_get(rfo, "json_schema"), "schema");
     if (rf && strcmp(rf, "json_object") == 0)
         json_object_set_new(o, "format", json_string("json"));
+    else if (rf && strcmp(rf, "json_schema") == 0 && json_is_object(schema))
+        json_object_set(o, "format", schema);
     if (c->route == GW_R_OAI_CHAT) {
         *kind = GW_CHAT;
         json_t *msgs = json_object_get(b, "messages"), *arr = json_array(), *m;

@@ -27,6 +27,18 @@ check(c.object === 'chat.completion' && c.choices[0].message.role === 'assistant
   c.usage.completion_tokens === 6 && c.usage.total_tokens === c.usage.prompt_tokens + 6,
   'chat.completions, not streamed, with usage', c);
 
+// JSON mode and structured outputs: both answers are JSON objects.
+for (const response_format of [{ type: 'json_object' },
+  { type: 'json_schema', json_schema: { name: 'reply', schema: { type: 'object',
+    properties: { text: { type: 'string' } } } } }]) {
+  const j = await client.chat.completions.create({ model: 'sim-small', messages, max_tokens: 6,
+    response_format });
+  let parsed = null;
+  try { parsed = JSON.parse(j.choices[0].message.content); } catch (err) { parsed = null; }
+  check(parsed !== null && typeof parsed === 'object',
+    `chat.completions, response_format ${response_format.type}`, j.choices[0].message);
+}
+
 const stream = await client.chat.completions.create({ model: 'sim-small', messages, stream: true,
   stream_options: { include_usage: true } });
 let text = '';
