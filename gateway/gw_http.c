@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -220,37 +221,80 @@ enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
     return MHD_YES;
 }
 
-/* Header values: the request's deadline, priority and cache control. */
-static void s_call_headers(gw_conn_t *c, gw_call_t *k)
+/* The request's deadline, priority and cache control from its headers. */
+typedef struct {
+    int timeout_ms;       /* 0: not given */
+    int has_priority;
+    uint32_t priority;
+    uint32_t cache_flags;
+} s_hdrs_t;
+
+/* X-Agentbus-Cache: comma- or space-separated on, off, no-read, no-store. */
+static int s_cache_header(const char *v, uint32_t *flags)
 {
-    const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
-    long ms = t ? strtol(t, NULL, 10) : 0;
-    if (ms > 0)
-        k->timeout_ms = ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
-    /* A lane name (interactive, normal, batch) or a number; a larger number
-     * is capped at 255, anything else leaves the default (normal lane). */
-    const char *pr = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Priority");
-    uint32_t p = 0;
-    long n = pr ? strtol(pr, NULL, 10) : 0;
-    if (pr && ab_priority_parse(pr, &p) == AB_OK)
-        k->priority = p;
-    else if (n > 255)
-        k->priority = 255u;
-    const char *cf = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Cache");
-    if (cf) {
-        if (strstr(cf, "no-read") || strstr(cf, "off"))
-            k->cache_flags |= AB_CACHE_NO_READ;
-        if (strstr(cf, "no-store") || strstr(cf, "off"))
-            k->cache_flags |= AB_CACHE_NO_STORE;
-        if (strstr(cf, "on"))
-            k->cache_flags |= AB_CACHE_ON;
-        if (strstr(cf, "off"))
-            k->cache_flags &= ~AB_CACHE_ON;
+    char buf[128];
+    if (strlen(v) >= sizeof buf)
+        return -1;
+    snprintf(buf, sizeof buf, "%s", v);
+    int any = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
+        if (!strcasecmp(t, "off"))
+            *flags = (*flags | AB_CACHE_NO_READ | AB_CACHE_NO_STORE) & ~(uint32_t)AB_CACHE_ON;
+        else if (!strcasecmp(t, "no-read"))
+            *flags |= AB_CACHE_NO_READ;
+        else if (!strcasecmp(t, "no-store"))
+            *flags |= AB_CACHE_NO_STORE;
+        else if (!strcasecmp(t, "on"))
+            *flags |= AB_CACHE_ON;
+        else
+            return -1;
+        any = 1;
     }
+    return any ? 0 : -1;
+}
+
+/* Reads the X-Agentbus-* headers into H; NULL, or the 400 text of the
+ * first bad one (a value the gateway cannot read is refused, not ignored:
+ * a caller who asked for a deadline or "cache off" must not silently get
+ * the default). */
+static const char *s_call_headers(gw_conn_t *c, s_hdrs_t *h)
+{
+    memset(h, 0, sizeof *h);
+    const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
+    if (t) {
+        char *end = NULL;
+        long long ms = strtoll(t, &end, 10);
+        if (end == t || *end || ms <= 0)
+            return "invalid X-Agentbus-Timeout-Ms: want a number of milliseconds > 0";
+        h->timeout_ms = ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
+    }
+    /* A lane name (interactive, normal, batch) or a number; a larger number
+     * is capped at 255. */
+    const char *pr = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Priority");
+    if (pr) {
+        char *end = NULL;
+        long long n = strtoll(pr, &end, 10);
+        if (ab_priority_parse(pr, &h->priority) == AB_OK)
+            h->has_priority = 1;
+        else if (end != pr && !*end && n > 255)
+            h->priority = 255u, h->has_priority = 1;
+        else
+            return "invalid X-Agentbus-Priority: want interactive, normal, batch or 0..255";
+    }
+    const char *cf = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Cache");
+    if (cf && s_cache_header(cf, &h->cache_flags) != 0)
+        return "invalid X-Agentbus-Cache: want on, off, no-read or no-store";
+    return NULL;
 }
 
 enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
 {
+    s_hdrs_t h;
+    const char *bad = s_call_headers(c, &h);
+    if (bad) {
+        gw_req_free(req);
+        return gw_reply_error(c, 400, bad);
+    }
     gw_call_t *k = gw_call_new(GW_OP_REQUEST);
     if (!k) {
         gw_req_free(req);
@@ -264,7 +308,11 @@ enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
     c->kind = req->kind;
     c->stream = req->stream;
     c->wait_final = !req->stream;
-    s_call_headers(c, k);
+    if (h.timeout_ms)
+        k->timeout_ms = h.timeout_ms;
+    if (h.has_priority)
+        k->priority = h.priority;
+    k->cache_flags |= h.cache_flags;
     return gw_call_bus(c, k);
 }
 

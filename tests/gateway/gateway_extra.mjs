@@ -106,6 +106,29 @@ const late = await fetch(`${host}/api/generate`, {
 const lateBody = await late.json();
 check(late.status === 504 && typeof lateBody.error === 'string' && Date.now() - t0 < 5000,
   'X-Agentbus-Timeout-Ms: 504 when the deadline passes', { status: late.status, ms: Date.now() - t0, lateBody });
+// A header value the gateway cannot read is a 400 naming it, not ignored
+// (a caller asking for a deadline or no cache must not get the defaults).
+for (const [name, value] of [['X-Agentbus-Timeout-Ms', 'abc'], ['X-Agentbus-Timeout-Ms', '-5'],
+  ['X-Agentbus-Priority', 'urgent'], ['X-Agentbus-Cache', 'maybe'], ['X-Agentbus-Cache', 'on,often']]) {
+  const r = await fetch(`${host}/api/generate`, { method: 'POST', headers: { [name]: value },
+    body: JSON.stringify({ model: 'sim-small', prompt: 'headers', stream: false, options: { num_predict: 2 } }) });
+  const b = await r.json();
+  check(r.status === 400 && typeof b.error === 'string' && b.error.includes(name),
+    `${name}: ${value} is a 400 naming the header`, { status: r.status, b });
+}
+const oaiBad = await fetch(`${host}/v1/chat/completions`, { method: 'POST',
+  headers: { 'Content-Type': 'application/json', 'X-Agentbus-Cache': 'maybe' },
+  body: JSON.stringify({ model: 'sim-small', messages: [{ role: 'user', content: 'x' }], max_tokens: 2 }) });
+const oaiBadBody = await oaiBad.json();
+check(oaiBad.status === 400 && oaiBadBody.error && oaiBadBody.error.message.includes('X-Agentbus-Cache'),
+  'a bad header on /v1 is an OpenAI-shaped 400', oaiBadBody);
+for (const [name, value] of [['X-Agentbus-Priority', 'interactive'], ['X-Agentbus-Priority', '999'],
+  ['X-Agentbus-Cache', 'no-read, no-store'], ['X-Agentbus-Timeout-Ms', '60000']]) {
+  const r = await fetch(`${host}/api/generate`, { method: 'POST', headers: { [name]: value },
+    body: JSON.stringify({ model: 'sim-small', prompt: 'headers', stream: false, options: { num_predict: 2 } }) });
+  check(r.status === 200, `${name}: ${value} is accepted`, { status: r.status });
+  await r.text();
+}
 // More waiting calls than one libmicrohttpd daemon holds: the gateway
 // spreads connections over daemons of 128 (--max-connections 1024 here:
 // eight), so 600 streams wait at once, all suspended, and each hang-up is
