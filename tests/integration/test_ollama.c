@@ -24,15 +24,24 @@
 
 
 /* --- cases -------------------------------------------------------------------------- */
-static void s_round_trip(void)
+/* A simulator, a broker and worker "w1" with sim-small loaded; a client of
+ * that broker. *SIM and *PORT get the simulator's and the broker's ports. */
+static ab_client_t *s_small_stack(int *sim, int *port)
 {
-    int sim = ot_sim(NULL);
-    int port = th_free_port();
-    th_broker(port, NULL);
-    ot_oworker(port, sim, "w1", "--preload", "sim-small", NULL);
-    ab_client_t *c = th_client(port);
+    *sim = ot_sim(NULL);
+    *port = th_free_port();
+    th_broker(*port, NULL);
+    ot_oworker(*port, *sim, "w1", "--preload", "sim-small", NULL);
+    ab_client_t *c = th_client(*port);
     REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
     REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 15000) == 0);
+    return c;
+}
+
+static void s_round_trip(void)
+{
+    int sim, port;
+    ab_client_t *c = s_small_stack(&sim, &port);
 
     char direct[8192];
     ot_direct(sim, "/api/generate",
@@ -423,12 +432,8 @@ static int s_gen_format(ab_client_t *c, const ot_gen_t *g, const char *format, o
  * object, which answers JSON; Ollama refuses a schema given as a string. */
 static void s_format(void)
 {
-    int sim = ot_sim(NULL);
-    int port = th_free_port();
-    th_broker(port, NULL);
-    ot_oworker(port, sim, "w1", "--preload", "sim-small", NULL);
-    ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    int sim, port;
+    ab_client_t *c = s_small_stack(&sim, &port);
     static const char *ok[] = {
         "{\"properties\":{\"text\":{\"type\":\"string\"}},\"type\":\"object\"}",
         "  {\"type\": \"object\"}", "json"};
