@@ -248,14 +248,18 @@ static int s_start_workers(const s_stack_t *st, int capacity)
 /* agentbus-gateway in front of the broker (run C); child 3. Connections:
  * every open-loop call may hold one (new connection per call), so the cap
  * is far above the 1,024 default; the descriptor limit was raised. */
-static void s_start_gateway(s_stack_t *st)
+static void s_start_gateway(s_stack_t *st, double scale)
 {
-    char gw[PATH_MAX + 32], listen[32], log[128];
+    char gw[PATH_MAX + 32], listen[32], log[128], queue[32];
     snprintf(gw, sizeof gw, "%s/agentbus-gateway", st->bin);
     int port = tl_free_port();
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    /* The gateway's own clock scaled as the agents' deadlines are: its
+     * default 1 s of waiting before a request is read is 1 s simulated. */
+    snprintf(queue, sizeof queue, "%.0f", 1000.0 / scale);
     const char *argv[] = {gw, "--listen", listen, "--broker", st->broker, "--name",
-                          "scenario-gateway", "--max-connections", "30000", "--quiet", NULL};
+                          "scenario-gateway", "--max-connections", "30000", "--max-queue-ms",
+                          queue, "--quiet", NULL};
     snprintf(log, sizeof log, "%s/gateway.log", s_dir);
     s_spawn(argv, log);
     char url[96];
@@ -312,7 +316,7 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
     }
     snprintf(log, sizeof log, "%s/broker.log", s_dir);
     s_spawn(bargv, log);
-    s_start_gateway(st);
+    s_start_gateway(st, op->scale);
     for (int i = 0; i < 100 && !(s_sim_up(st->sim_url[0]) && s_sim_up(st->sim_url[1])); i++)
         usleep(100000);
     /* Load every model on both GPUs before anything is measured. */

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +120,7 @@ static json_t *s_error_body(const gw_conn_t *c, unsigned status, const char *tex
                                                         : "api_error";
     json_t *code = status == 404   ? json_string("model_not_found")
                    : status == 401 ? json_string("invalid_api_key")
+                   : strncmp(text, "server busy", 11) == 0 ? json_string("server_busy")
                                    : json_null();
     return json_pack("{s:{s:s, s:s, s:n, s:o}}", "error", "message", text, "type", type,
                      "param", "code", code);
@@ -221,6 +223,17 @@ enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
     return MHD_YES;
 }
 
+/* The request's deadline in ms: X-Agentbus-Timeout-Ms (capped at
+ * --max-timeout-ms), else --timeout-ms. */
+static int s_timeout_ms(const gw_conn_t *c)
+{
+    const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
+    long ms = t ? strtol(t, NULL, 10) : 0;
+    if (ms <= 0)
+        return c->g->cfg.timeout_ms;
+    return ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
+}
+
 /* The request's deadline, priority and cache control from its headers. */
 typedef struct {
     int timeout_ms;       /* 0: not given */
@@ -308,8 +321,11 @@ enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
     c->kind = req->kind;
     c->stream = req->stream;
     c->wait_final = !req->stream;
-    if (h.timeout_ms)
-        k->timeout_ms = h.timeout_ms;
+    /* The deadline counts from when the client sent the request, so the
+     * time it waited before the gateway read it is taken off: the broker
+     * then gives up when the client does, not later. */
+    int ms = h.timeout_ms ? h.timeout_ms : c->g->cfg.timeout_ms;
+    k->timeout_ms = ms > (int)c->age_ms ? ms - (int)c->age_ms : 1;
     if (h.has_priority)
         k->priority = h.priority;
     k->cache_flags |= h.cache_flags;
@@ -317,29 +333,44 @@ enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
 }
 
 /* --- streaming ----------------------------------------------------------------- */
+/* The buffer grows by doubling: a stream appends one line per token. */
 void gw_out_append(gw_conn_t *c, const char *s, size_t len)
 {
     if (c->out_off == c->out_len)
         c->out_off = c->out_len = 0;
-    char *p = realloc(c->out, c->out_len + len + 1);
-    if (!p)
-        return;
-    memcpy(p + c->out_len, s, len);
-    c->out = p;
+    if (c->out_len + len + 1 > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 512;
+        while (cap < c->out_len + len + 1)
+            cap *= 2;
+        char *p = realloc(c->out, cap);
+        if (!p)
+            return;
+        c->out = p;
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, s, len);
     c->out_len += len;
 }
 
+/* libmicrohttpd asks for the next bytes of a stream. Every event that has
+ * arrived goes out in this write (up to MAX bytes), not one event per
+ * write: a cached answer replayed by the broker arrives as all its chunks
+ * at once, and writing them one send(2) each (300 for a long answer) was
+ * the largest cost of a streamed call under load. A chunk that arrives
+ * alone still leaves at once. */
 static ssize_t s_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
     gw_conn_t *c = cls;
     gw_call_t *k = c->call;
-    while (c->out_off == c->out_len) {
-        if (c->eos)
-            return MHD_CONTENT_READER_END_OF_STREAM;
+    while (!c->eos && c->out_len - c->out_off < max) {
         pthread_mutex_lock(&k->lock);
         gw_event_t *e = gw_call_pop(k);
         if (!e) {
+            if (c->out_off < c->out_len) { /* send what is rendered */
+                pthread_mutex_unlock(&k->lock);
+                break;
+            }
             if (k->final) { /* the final event was lost (out of memory) */
                 pthread_mutex_unlock(&k->lock);
                 return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -356,6 +387,8 @@ static ssize_t s_read(void *cls, uint64_t pos, char *buf, size_t max)
         free(e);
         atomic_fetch_add(&c->g->m.chunks, 1);
     }
+    if (c->out_off == c->out_len)
+        return MHD_CONTENT_READER_END_OF_STREAM; /* eos, all written */
     size_t n = c->out_len - c->out_off;
     if (n > max)
         n = max;
@@ -421,6 +454,86 @@ static gw_conn_t *s_conn_new(gw_t *g, struct MHD_Connection *conn, const char *u
     return c;
 }
 
+/* --- intake: what is refused before its body is read ---------------------------- */
+const char *gw_shed_name(gw_shed_t r)
+{
+    static const char *names[] = {"busy", "queue", "deadline", "gone"};
+    return (unsigned)r < sizeof names / sizeof names[0] ? names[r] : "other";
+}
+
+/* The routes whose requests go over the bus (and wait for it). */
+static int s_bus_route(gw_route_t r)
+{
+    return r != GW_R_NOTFOUND && r != GW_R_ROOT && r != GW_R_VERSION && r != GW_R_METRICS &&
+           r != GW_R_HEALTHZ;
+}
+
+/* Refuses request C, counted under WHY: 503 "server busy" with Retry-After
+ * (Ollama answers its full queue with a 503 "server busy" too), 504 for a
+ * deadline already passed. */
+static enum MHD_Result s_shed_reply(gw_conn_t *c, gw_shed_t why, unsigned age_ms)
+{
+    atomic_fetch_add(&c->g->m.shed[why], 1);
+    char msg[256];
+    unsigned status = 503;
+    if (why == GW_SHED_DEADLINE) {
+        status = 504;
+        snprintf(msg, sizeof msg, "deadline passed: the request waited %u ms before the "
+                 "gateway could read it", age_ms);
+    } else if (why == GW_SHED_QUEUE) {
+        snprintf(msg, sizeof msg, "server busy, please try again: the request waited %u ms "
+                 "before the gateway could read it (--max-queue-ms %u)", age_ms,
+                 c->g->cfg.max_queue_ms);
+    } else {
+        snprintf(msg, sizeof msg, "server busy, please try again: %u requests in progress "
+                 "(--max-in-flight)", c->g->cfg.max_in_flight);
+    }
+    return s_json(c, status, s_error_body(c, status, msg), "Retry-After", "1");
+}
+
+/* Admission of a bus-route request, at its headers, before its body is
+ * read or parsed: under overload the gateway spends on a refusal an accept,
+ * a header parse and one small write, not the JSON, the bus and the reply
+ * of a call its client will have given up on. What the kernel says of the
+ * socket (TCP_INFO, one call) tells how long ago the request's last bytes
+ * arrived (the time it waited for this thread: the listen backlog and
+ * earlier requests) and whether the client already closed. Returns 1 when C
+ * was refused (*RES for the access handler). */
+static int s_shed(gw_conn_t *c, enum MHD_Result *res)
+{
+    gw_t *g = c->g;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    if (ci && getsockopt(ci->connect_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0) {
+        if (ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE) {
+            atomic_fetch_add(&g->m.shed[GW_SHED_GONE], 1); /* no one to answer */
+            *res = MHD_NO;
+            return 1;
+        }
+        c->age_ms = ti.tcpi_last_data_recv;
+    }
+    if ((int)c->age_ms >= s_timeout_ms(c)) {
+        *res = s_shed_reply(c, GW_SHED_DEADLINE, c->age_ms);
+        return 1;
+    }
+    if (g->cfg.max_queue_ms && c->age_ms >= g->cfg.max_queue_ms) {
+        *res = s_shed_reply(c, GW_SHED_QUEUE, c->age_ms);
+        return 1;
+    }
+    if (g->cfg.max_in_flight &&
+        atomic_fetch_add(&g->m.admitted, 1) >= g->cfg.max_in_flight) {
+        atomic_fetch_sub(&g->m.admitted, 1);
+        *res = s_shed_reply(c, GW_SHED_BUSY, c->age_ms);
+        return 1;
+    }
+    if (!g->cfg.max_in_flight)
+        atomic_fetch_add(&g->m.admitted, 1);
+    c->admitted = 1;
+    return 0;
+}
+
 /* With API keys, every route but "/", /healthz, /metrics and unknown paths
  * wants one: those say nothing of the models or the bus. */
 static int s_needs_key(const gw_t *g, gw_route_t r)
@@ -454,6 +567,9 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
             c->too_big = 1;
             return gw_reply_error(c, 413, "request body too large");
         }
+        enum MHD_Result res;
+        if (s_bus_route(c->route) && s_shed(c, &res))
+            return res;
         return MHD_YES;
     }
     if (*upload_size)
@@ -490,6 +606,8 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         atomic_fetch_sub(&g->m.in_flight, 1);
         gw_call_unref(k);
     }
+    if (c->admitted)
+        atomic_fetch_sub(&g->m.admitted, 1);
     uint64_t us = tl_now_us() - c->t0_us;
     static const uint64_t edge_ms[GW_LAT_BUCKETS] = {1, 2, 5, 10, 50, 100, 500, 1000, 5000, 30000};
     int b = 0;
@@ -520,18 +638,116 @@ static int s_run_shard(struct MHD_Daemon *d)
     return to > 1000 ? 1000 : (int)to;
 }
 
+/* A new connection whose request waited in the listen backlog past
+ * --max-queue-ms, for a bus route: refused before libmicrohttpd sees it,
+ * with a fixed 503 in the dialect its path says, the request read and
+ * dropped, the socket closed. Under overload the backlog is a FIFO that
+ * the gateway otherwise works through at its own pace: every request then
+ * waits the whole backlog and times out at its client however fast the
+ * bus is (the collapse of docs/bench.md). This drains it at the cost of an
+ * accept, a read, one write and a close. Returns 1 if FD was refused (and
+ * closed). */
+static int s_shed_early(gw_t *g, int fd)
+{
+    struct tcp_info ti;
+    socklen_t tl = sizeof ti;
+    char buf[4096];
+    if (!g->cfg.max_queue_ms || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) != 0 ||
+        ti.tcpi_last_data_recv < g->cfg.max_queue_ms)
+        return 0;
+    ssize_t n = recv(fd, buf, 64, MSG_PEEK | MSG_DONTWAIT);
+    char *sp = n > 0 ? memchr(buf, ' ', (size_t)n) : NULL;
+    char *end = sp ? memchr(sp + 1, ' ', (size_t)(buf + n - sp - 1)) : NULL;
+    if (!end)
+        return 0; /* no request line yet, or a long one: libmicrohttpd reads it */
+    *end = '\0';
+    char *q = strchr(sp + 1, '?');
+    if (q)
+        *q = '\0';
+    gw_route_t r = s_route(sp + 1);
+    if (!s_bus_route(r))
+        return 0; /* /healthz, /metrics, ... are answered whatever the load */
+    atomic_fetch_add(&g->m.requests[r], 1);
+    atomic_fetch_add(&g->m.shed[GW_SHED_QUEUE], 1);
+    atomic_fetch_add(&g->m.status[5], 1);
+    char body[320], resp[640];
+    unsigned age = ti.tcpi_last_data_recv;
+    if (strncmp(sp + 1, "/v1/", 4) == 0)
+        snprintf(body, sizeof body, "{\"error\":{\"message\":\"server busy, please try again: "
+                 "the request waited %u ms before the gateway could read it (--max-queue-ms "
+                 "%u)\",\"type\":\"server_overloaded\",\"param\":null,\"code\":"
+                 "\"server_busy\"}}", age, g->cfg.max_queue_ms);
+    else
+        snprintf(body, sizeof body, "{\"error\":\"server busy, please try again: the request "
+                 "waited %u ms before the gateway could read it (--max-queue-ms %u)\"}", age,
+                 g->cfg.max_queue_ms);
+    int len = snprintf(resp, sizeof resp, "HTTP/1.1 503 Service Unavailable\r\nConnection: "
+                       "close\r\nContent-Type: application/json; charset=utf-8\r\n"
+                       "Retry-After: 1\r\nContent-Length: %zu\r\n\r\n%s", strlen(body), body);
+    /* Read what came of the request first: closing with unread bytes
+     * would send a reset, which may destroy the answer at the client. */
+    for (int k = 0; k < 16 && recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0; k++)
+        ;
+    if (send(fd, resp, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        /* the client left: nothing to tell */
+    }
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    return 1;
+}
+
+/* New connections (--threads 0), each handed to a shard with room, round
+ * robin; returns the shards that got one. The gateway accepts them itself
+ * because the shards sharing the listening socket were all woken by each
+ * new connection, and each then tried accept() in vain: 64 shards (at
+ * --max-connections 8192 and more) made that most of a short call's cost
+ * under load. At most 256 a turn (the socket is level-triggered: the rest
+ * come next turn), so answers to calls in flight are not held behind a
+ * flood of new ones. With every shard full the connection is closed, as
+ * libmicrohttpd did at its limit. */
+static uint64_t s_accept(gw_t *g)
+{
+    uint64_t got = 0;
+    for (int i = 0, shed = 0; i < 256 && shed < 4096; i++) {
+        struct sockaddr_in sa;
+        socklen_t len = sizeof sa;
+        int fd = accept4(g->lfd, (struct sockaddr *)&sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            break;
+        if (s_shed_early(g, fd)) {
+            i--, shed++; /* refusals are cheap: they do not take the turn's budget */
+            continue;
+        }
+        unsigned s = g->next_shard, k = 0;
+        for (; k < g->n_mhd; k++, s = (s + 1) % g->n_mhd) {
+            const union MHD_DaemonInfo *di =
+                MHD_get_daemon_info(g->mhd[s], MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+            if (di && di->num_connections < g->per_shard)
+                break;
+        }
+        if (k == g->n_mhd) {
+            close(fd);
+            continue;
+        }
+        g->next_shard = (s + 1) % g->n_mhd;
+        if (MHD_add_connection(g->mhd[s], fd, (struct sockaddr *)&sa, len) == MHD_YES)
+            got |= 1ULL << s; /* it closed FD otherwise */
+    }
+    return got;
+}
+
 /* libmicrohttpd's work, on the bus thread (--threads 0): the shards whose
- * epoll fd is readable, that had a connection resumed, or whose timers are
- * due; the others are not touched. Returns the ms until one wants to run
- * again (-1: none until I/O). */
+ * epoll fd is readable, that had a connection resumed or added, or whose
+ * timers are due; the others are not touched. Returns the ms until one
+ * wants to run again (-1: none until I/O). */
 static int s_run_http(void *arg)
 {
     gw_t *g = arg;
-    struct epoll_event ev[GW_MAX_SHARDS];
-    int n = epoll_wait(g->ep_fd, ev, GW_MAX_SHARDS, 0);
+    struct epoll_event ev[GW_MAX_SHARDS + 1];
+    int n = epoll_wait(g->ep_fd, ev, GW_MAX_SHARDS + 1, 0);
     uint64_t run = atomic_exchange(&g->resumed, 0);
     for (int i = 0; i < n; i++)
-        run |= 1ULL << ev[i].data.u32;
+        run |= ev[i].data.u32 == GW_MAX_SHARDS ? s_accept(g) : 1ULL << ev[i].data.u32;
     uint64_t now = tl_now_us();
     int wait = -1;
     for (unsigned s = 0; s < g->n_mhd; s++) {
@@ -548,8 +764,8 @@ static int s_run_http(void *arg)
     return wait;
 }
 
-/* A listening socket the shards share (each its own dup): whichever shard
- * runs first accepts; a full shard stops listening and the others take. */
+/* The listening socket: the pool's daemon's (--threads N), else the
+ * gateway's own, accepted by s_accept. */
 static int s_listen(gw_t *g)
 {
     struct sockaddr_in sa;
@@ -577,40 +793,44 @@ static int s_listen(gw_t *g)
     return fd;
 }
 
+/* A daemon on LFD (-1: none, connections come by MHD_add_connection). */
 static struct MHD_Daemon *s_daemon(gw_t *g, unsigned flags, int lfd, unsigned limit)
 {
     unsigned pool = g->cfg.threads;
     struct MHD_OptionItem opts[] = {
-        {MHD_OPTION_LISTEN_SOCKET, lfd, NULL},
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)s_completed, g},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)g->cfg.idle_timeout_s, NULL},
         {pool ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)pool, NULL},
         {MHD_OPTION_END, 0, NULL},
+        {MHD_OPTION_END, 0, NULL},
     };
+    if (lfd >= 0) /* in the first END's place when there is no pool */
+        opts[pool ? 4 : 3] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
+    else
+        flags |= MHD_USE_NO_LISTEN_SOCKET;
     return MHD_start_daemon(flags, 0, NULL, NULL, s_access, g, MHD_OPTION_ARRAY, opts,
                             MHD_OPTION_END);
 }
 
-/* --threads 0: the shards, their epoll fds in G->ep_fd for the bus thread. */
+/* --threads 0: the shards, their epoll fds and the listening socket LFD
+ * (taken) in G->ep_fd for the bus thread. */
 static int s_start_shards(gw_t *g, unsigned flags, int lfd)
 {
     unsigned max = g->cfg.max_connections;
     unsigned k = (max + GW_SHARD_CONNS - 1) / GW_SHARD_CONNS;
     if (k > GW_MAX_SHARDS)
         k = GW_MAX_SHARDS;
-    unsigned per = (max + k - 1) / k;
+    g->per_shard = (max + k - 1) / k;
+    g->lfd = lfd;
     g->ep_fd = epoll_create1(EPOLL_CLOEXEC);
-    if (g->ep_fd < 0)
+    struct epoll_event lev = {.events = EPOLLIN, .data.u32 = GW_MAX_SHARDS};
+    if (g->ep_fd < 0 || epoll_ctl(g->ep_fd, EPOLL_CTL_ADD, lfd, &lev) != 0)
         return -1;
     for (unsigned s = 0; s < k; s++) {
-        int fd = dup(lfd); /* each daemon closes its own at stop */
-        struct MHD_Daemon *d = fd >= 0 ? s_daemon(g, flags, fd, per) : NULL;
-        if (!d) {
-            if (fd >= 0)
-                close(fd);
+        struct MHD_Daemon *d = s_daemon(g, flags, -1, g->per_shard);
+        if (!d)
             return -1;
-        }
         g->mhd[g->n_mhd++] = d;
         g->due_us[s] = 0; /* run once at the first turn */
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
@@ -623,7 +843,7 @@ static int s_start_shards(gw_t *g, unsigned flags, int lfd)
 
 int gw_http_start(gw_t *g)
 {
-    g->ep_fd = -1;
+    g->ep_fd = g->lfd = -1;
     int lfd = s_listen(g);
     if (lfd < 0)
         return -1;
@@ -642,6 +862,7 @@ int gw_http_start(gw_t *g)
             lfd = -1; /* the daemon owns it */
     } else {
         rc = s_start_shards(g, flags, lfd);
+        lfd = -1; /* G->lfd, closed by gw_http_stop */
     }
     if (lfd >= 0)
         close(lfd);
@@ -663,5 +884,7 @@ void gw_http_stop(gw_t *g)
     g->n_mhd = 0;
     if (g->ep_fd >= 0)
         close(g->ep_fd);
-    g->ep_fd = -1;
+    if (g->lfd >= 0)
+        close(g->lfd);
+    g->ep_fd = g->lfd = -1;
 }

@@ -34,10 +34,22 @@ typedef struct {
     const char *version;       /* --ollama-version: what /api/version says */
     const char *api_keys;      /* --api-keys FILE (NULL: no key needed) */
     unsigned idle_timeout_s;   /* --idle-timeout-s: a silent client's connection closes */
+    unsigned max_in_flight;    /* --max-in-flight: bus-route requests held at once; more get 503 */
+    unsigned max_queue_ms;     /* --max-queue-ms: a request that waited longer to be read gets
+                                * 503 (0: no limit but its deadline) */
     int quiet;
 } gw_config_t;
 
 #define GW_LAT_BUCKETS 10
+
+/* Why a request was refused at intake, before its body was read (the
+ * labels of agentbus_gateway_shed_total). */
+typedef enum {
+    GW_SHED_BUSY = 0, /* --max-in-flight requests already held: 503 */
+    GW_SHED_QUEUE,    /* waited past --max-queue-ms before the gateway read it: 503 */
+    GW_SHED_DEADLINE, /* waited past its own deadline: 504 */
+    GW_SHED_GONE      /* its client had already closed the connection: dropped */
+} gw_shed_t;
 
 /* Counters for /metrics; atomics, bumped from any thread. */
 typedef struct {
@@ -47,6 +59,8 @@ typedef struct {
     atomic_ullong cancelled;      /* client left before the end: bus CANCEL sent */
     atomic_ullong chunks;         /* streamed chunks written */
     atomic_ullong bus_errors;     /* requests the bus ended with an error */
+    atomic_ullong admitted;       /* bus-route requests held (read, waiting, streaming) */
+    atomic_ullong shed[4];        /* refused at intake, by gw_shed_t */
     atomic_ullong lat_bucket[GW_LAT_BUCKETS + 1];
     atomic_ullong lat_sum_us, lat_count;
 } gw_metrics_t;
@@ -64,7 +78,10 @@ typedef struct {
     gw_bus_t *bus;
     struct MHD_Daemon *mhd[GW_MAX_SHARDS]; /* --threads N > 0: one, with its pool */
     unsigned n_mhd;
-    int ep_fd;                    /* --threads 0: the shards' epoll fds */
+    int ep_fd;                    /* --threads 0: the shards' epoll fds and lfd */
+    int lfd;                      /* --threads 0: the listening socket, accepted here */
+    unsigned per_shard;           /* --threads 0: connections a shard takes */
+    unsigned next_shard;          /* --threads 0: where the next connection goes */
     uint64_t due_us[GW_MAX_SHARDS]; /* when a shard's timers want it run */
     atomic_ullong resumed;        /* shards with a connection resumed (bit mask) */
     gw_metrics_t m;
@@ -91,6 +108,8 @@ typedef struct gw_conn {
     char *body;
     size_t len, cap;
     int too_big;
+    int admitted;       /* counted in gw_metrics_t.admitted until it completes */
+    unsigned age_ms;    /* how long the request waited before the gateway read it */
     uint64_t t0_us;
     /* bus call; phase and suspended are under call->lock once it exists */
     gw_call_t *call;
@@ -103,7 +122,7 @@ typedef struct gw_conn {
     char model[256];
     /* streaming output */
     char *out;
-    size_t out_len, out_off;
+    size_t out_len, out_off, out_cap;
     int eos;            /* everything written */
     /* OpenAI */
     char oai_id[64];
@@ -113,6 +132,9 @@ typedef struct gw_conn {
     int oai_b64;        /* embeddings: encoding_format "base64" */
     uint64_t prompt_tokens, eval_tokens;
 } gw_conn_t;
+
+/* The label of shed reason R in /metrics ("busy", "queue", ...). */
+const char *gw_shed_name(gw_shed_t r);
 
 /* The path of route R ("other" for GW_R_NOTFOUND). */
 const char *gw_route_path(gw_route_t r);

@@ -555,6 +555,96 @@ static json_t *s_embed_reply(const void *pb, size_t len, int legacy)
     return o;
 }
 
+/* Appends "S" (quoted, escaped as jansson escapes) at *P; 0 if S has a
+ * byte outside ASCII. Room: 6 bytes per input byte + 2. */
+static int s_put_ascii(char **p, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *o = *p;
+    *o++ = '"';
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c >= 0x80)
+            return 0;
+        if (*c == '"' || *c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)*c;
+        } else if (*c < 0x20) {
+            const char *esc = *c == '\n' ? "\\n" : *c == '\r' ? "\\r" : *c == '\t' ? "\\t"
+                              : *c == '\b' ? "\\b" : *c == '\f' ? "\\f" : NULL;
+            if (esc) {
+                memcpy(o, esc, 2);
+                o += 2;
+            } else {
+                memcpy(o, "\\u00", 4);
+                o[4] = hex[*c >> 4];
+                o[5] = hex[*c & 15];
+                o += 6;
+            }
+        } else {
+            *o++ = (char)*c;
+        }
+    }
+    *o++ = '"';
+    *p = o;
+    return 1;
+}
+
+/* {"model":M,"created_at":T,<mid>TEXT<tail>,"done":false}\n: the order
+ * json_pack gives the keys in s_generate_reply and s_chat_reply. */
+static int s_line(const char *model, const char *at, const char *mid, const char *text,
+                  const char *tail, char **line, size_t *line_len)
+{
+    size_t cap = 6 * (strlen(model) + strlen(at) + strlen(text)) + 128;
+    char *buf = malloc(cap), *p = buf;
+    if (!buf)
+        return 0;
+    memcpy(p, "{\"model\":", 9);
+    p += 9;
+    int ok = s_put_ascii(&p, model);
+    if (ok) {
+        memcpy(p, ",\"created_at\":", 14);
+        p += 14;
+        ok = s_put_ascii(&p, at);
+    }
+    if (ok) {
+        memcpy(p, mid, strlen(mid));
+        p += strlen(mid);
+        ok = s_put_ascii(&p, text);
+    }
+    if (!ok) {
+        free(buf);
+        return 0;
+    }
+    p += sprintf(p, "%s,\"done\":false}\n", tail);
+    *line = buf;
+    *line_len = (size_t)(p - buf);
+    return 1;
+}
+
+int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size_t *line_len)
+{
+    int ok = 0;
+    if (kind == GW_GENERATE) {
+        Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, len, pb);
+        if (g && !g->done)
+            ok = s_line(g->model, g->created_at, ",\"response\":", g->response, "", line,
+                        line_len);
+        if (g)
+            agentbus__generate_response__free_unpacked(g, NULL);
+    } else if (kind == GW_CHAT) {
+        Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
+        const char *role = c && c->message && c->message->role[0] ? c->message->role : NULL;
+        /* only the usual role: the line's fixed text below says it */
+        if (c && !c->done && role && strcmp(role, "assistant") == 0)
+            ok = s_line(c->model, c->created_at,
+                        ",\"message\":{\"role\":\"assistant\",\"content\":",
+                        c->message->content, "}", line, line_len);
+        if (c)
+            agentbus__chat_response__free_unpacked(c, NULL);
+    }
+    return ok;
+}
+
 json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy)
 {
     if (kind == GW_GENERATE)

@@ -44,6 +44,15 @@ void gw_req_free(gw_req_t *req);
  * Returns a new reference, or NULL when the bytes do not decode. */
 json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy);
 
+/* The NDJSON line (with its newline) of a non-final generate or chat
+ * chunk, written straight into a malloc'd *LINE (*LEN bytes), the same
+ * bytes json_dumps(gw_ollama_reply(...), JSON_COMPACT) gives: the common
+ * case of a stream, one per token, without building and dumping a jansson
+ * object each time. Returns 1, or 0 when the chunk is of another kind, the
+ * final one, not ASCII (jansson checks UTF-8: the caller renders it so) or
+ * does not decode; then *LINE is untouched. */
+int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size_t *line_len);
+
 /* Decodes standard base64 (padding optional, no whitespace) into a
  * malloc'd buffer; *out_len gets its size. NULL on bad input. */
 uint8_t *gw_base64_decode(const char *s, size_t *out_len);

@@ -186,6 +186,13 @@ void gw_routes_render(gw_conn_t *c, const gw_event_t *e)
         return;
     }
     json_t *o;
+    char *line;
+    size_t n;
+    if (e->status == AB_OK && !e->final && gw_ollama_line(c->kind, e->data, e->size, &line, &n)) {
+        gw_out_append(c, line, n); /* a token: no jansson object built and dumped */
+        free(line);
+        return;
+    }
     if (e->status != AB_OK) {
         char msg[600];
         gw_error_text(c, e->status, c->call->error, msg, sizeof msg);
@@ -339,6 +346,18 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              (unsigned long long)atomic_load(&m->chunks),
              (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
              gw_bus_connected(c->g->bus));
+    s_metric(&b, &len, &cap,
+             "# HELP agentbus_gateway_admitted Model and inference requests held (read, waiting "
+             "for the bus or streaming); at --max-in-flight more are refused.\n"
+             "# TYPE agentbus_gateway_admitted gauge\nagentbus_gateway_admitted %llu\n"
+             "# HELP agentbus_gateway_shed_total Requests refused at intake, before their body "
+             "was read: busy (--max-in-flight, 503), queue (--max-queue-ms, 503), deadline "
+             "(504), gone (the client had closed).\n"
+             "# TYPE agentbus_gateway_shed_total counter\n",
+             (unsigned long long)atomic_load(&m->admitted));
+    for (int r = GW_SHED_BUSY; r <= GW_SHED_GONE; r++)
+        s_metric(&b, &len, &cap, "agentbus_gateway_shed_total{reason=\"%s\"} %llu\n",
+                 gw_shed_name((gw_shed_t)r), (unsigned long long)atomic_load(&m->shed[r]));
     gw_keys_t *k = &c->g->keys;
     if (k->on) {
         pthread_rwlock_rdlock(&k->lock); /* a reload swaps the keys */

@@ -9,6 +9,7 @@
 #include "agentbus.h"
 #include "tl_args.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,12 @@ static void s_usage(FILE *f)
             "  --ollama-version S        what /api/version reports (default 0.5.7)\n"
             "  --idle-timeout-s N        close a connection silent this long, not counting\n"
             "                            time waiting for the bus (default 60; 0 = never)\n"
+            "  --max-in-flight N         model and inference requests held at once; more get\n"
+            "                            503 \"server busy\" at once (default 7/8 of\n"
+            "                            --max-connections; 0 = no cap)\n"
+            "  --max-queue-ms N          503 \"server busy\" for a request that waited longer\n"
+            "                            than this before the gateway read it (default 1000;\n"
+            "                            0 = only its deadline)\n"
             "  --quiet                   no start-up line\n",
             AB_DEFAULT_ENDPOINT);
 }
@@ -100,6 +107,10 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             cfg->max_body_bytes = (size_t)n;
         else if (!bad && strcmp(f, "--idle-timeout-s") == 0 && !s_number(v, 0, 86400, &n))
             cfg->idle_timeout_s = (unsigned)n;
+        else if (!bad && strcmp(f, "--max-in-flight") == 0 && !s_number(v, 0, 1000000, &n))
+            cfg->max_in_flight = (unsigned)n;
+        else if (!bad && strcmp(f, "--max-queue-ms") == 0 && !s_number(v, 0, 86400000, &n))
+            cfg->max_queue_ms = (unsigned)n;
         else if (!bad && strcmp(f, "--threads") == 0 && !s_number(v, 0, 256, &n))
             cfg->threads = (unsigned)n;
         else if (!bad && strcmp(f, "--timeout-ms") == 0 && !s_number(v, 1, 86400000, &n))
@@ -144,7 +155,8 @@ int main(int argc, char **argv)
     g.cfg = (gw_config_t){.host = "127.0.0.1", .port = 11434, .service = "ollama", .name = "",
                           .max_connections = 1024, .max_body_bytes = 8u << 20, .threads = 0,
                           .timeout_ms = 300000, .max_timeout_ms = 3600000, .version = "0.5.7",
-                          .idle_timeout_s = 60};
+                          .idle_timeout_s = 60, .max_in_flight = UINT_MAX,
+                          .max_queue_ms = 1000};
     const char *env = getenv("AB_BROKER");
     g.cfg.broker = env && *env ? env : AB_DEFAULT_ENDPOINT;
     int rc = s_args(argc, argv, &g.cfg);
@@ -152,6 +164,10 @@ int main(int argc, char **argv)
         s_usage(rc > 0 ? stdout : stderr);
         return rc > 0 ? 0 : 2;
     }
+    /* Unset: 7/8 of the connections, so that at the cap connections are
+     * left to refuse on and to answer /healthz and /metrics. */
+    if (g.cfg.max_in_flight == UINT_MAX)
+        g.cfg.max_in_flight = g.cfg.max_connections - g.cfg.max_connections / 8;
     /* Signals are taken by sigwait() here; every thread started after this
      * (the bus thread, libmicrohttpd's pool) inherits the blocked mask. */
     sigset_t set;

@@ -3,7 +3,8 @@
  * clients and workers (issue 18): request bodies (raw bytes as JSON, and
  * JSON objects built from the bytes with the fields the gateway reads, so
  * most inputs reach the translation, not just the parser), reply payloads
- * rendered as Ollama JSON, base64 images. libFuzzer-compatible; ctest runs
+ * rendered as Ollama JSON (and the jansson-free token lines checked against
+ * it), base64 images. libFuzzer-compatible; ctest runs
  * it through driver.c under ASan+UBSan.
  */
 #include "agentbus.pb-c.h"
@@ -100,6 +101,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int kind = GW_GENERATE; kind <= GW_EMBED; kind++)
         for (int legacy = 0; legacy < 2; legacy++)
             json_decref(gw_ollama_reply((gw_kind_t)kind, data, size, legacy));
+    /* A token line written without jansson must be the bytes jansson
+     * writes for the same chunk. */
+    for (int kind = GW_GENERATE; kind <= GW_CHAT; kind++) {
+        char *line = NULL;
+        size_t len = 0;
+        if (!gw_ollama_line((gw_kind_t)kind, data, size, &line, &len))
+            continue;
+        json_t *j = gw_ollama_reply((gw_kind_t)kind, data, size, 0);
+        char *want = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        if (!want || strlen(want) + 1 != len || memcmp(want, line, len - 1) != 0 ||
+            line[len - 1] != '\n')
+            abort();
+        free(want);
+        json_decref(j);
+        free(line);
+    }
     char *s = malloc(size + 1);
     if (s) {
         memcpy(s, data, size);

@@ -184,6 +184,67 @@ static void s_test_replies(void)
     CHECK_TRUE(gw_ollama_reply(GW_CHAT, "\xff\xff\xff", 3, 0) == NULL);
 }
 
+/* gw_ollama_line writes what jansson would: the same bytes for the
+ * common chunks (escapes included), and declines what it does not cover. */
+static void s_test_line(void)
+{
+    static const char *texts[] = {"tok", " with \"quotes\" and \\", "tab\there\nnl\r\b\f",
+                                  "ctl \x01\x1f end", "", "a/b <x> {y}"};
+    uint8_t buf[512];
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        for (int chat = 0; chat < 2; chat++) {
+            size_t n;
+            if (chat) {
+                Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
+                Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+                c.model = "llama3.1:8b";
+                c.created_at = "2026-01-01T00:00:00Z";
+                m.role = "assistant";
+                m.content = (char *)texts[i];
+                c.message = &m;
+                n = agentbus__chat_response__pack(&c, buf);
+            } else {
+                Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+                g.model = "llama3.1:8b";
+                g.created_at = "2026-01-01T00:00:00Z";
+                g.response = (char *)texts[i];
+                n = agentbus__generate_response__pack(&g, buf);
+            }
+            gw_kind_t kind = chat ? GW_CHAT : GW_GENERATE;
+            json_t *o = gw_ollama_reply(kind, buf, n, 0);
+            REQUIRE(o);
+            char *want = json_dumps(o, JSON_COMPACT), *got = NULL;
+            json_decref(o);
+            size_t len = 0;
+            REQUIRE(want);
+            CHECK_EQ(gw_ollama_line(kind, buf, n, &got, &len), 1);
+            REQUIRE(got);
+            CHECK_EQ(len, strlen(want) + 1);
+            CHECK_TRUE(strncmp(got, want, strlen(want)) == 0 && got[len - 1] == '\n');
+            if (strncmp(got, want, strlen(want)) != 0)
+                fprintf(stderr, "want %s\ngot  %.*s", want, (int)len, got);
+            free(want);
+            free(got);
+        }
+    }
+    /* Not covered, left to jansson: a final chunk, non-ASCII, an embed. */
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    g.model = "m";
+    g.created_at = "t";
+    g.response = "caf\xc3\xa9";
+    size_t n = agentbus__generate_response__pack(&g, buf);
+    char *line = NULL;
+    size_t len = 0;
+    CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, n, &line, &len), 0);
+    g.response = "x";
+    g.done = 1;
+    n = agentbus__generate_response__pack(&g, buf);
+    CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, n, &line, &len), 0);
+    CHECK_EQ(gw_ollama_line(GW_EMBED, buf, n, &line, &len), 0);
+    CHECK_EQ(gw_ollama_line(GW_CHAT, "\xff\xff\xff", 3, &line, &len), 0);
+    CHECK_TRUE(line == NULL);
+}
+
 static void s_test_base64(void)
 {
     for (size_t len = 0; len < 40; len++) {
@@ -264,6 +325,7 @@ int main(void)
     s_test_refused();
     s_test_load();
     s_test_replies();
+    s_test_line();
     s_test_base64();
     return TEST_DONE("gw_json");
 }
