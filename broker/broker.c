@@ -237,7 +237,7 @@ void ab_broker_fini(ab_broker_t *b)
     ab_batch_entries_fini(&b->in_batch);
     ab_cache_destroy(&b->cache);
     ab_service_fini(b);
-    b->peer_hint = NULL;
+    b->peer_hint[0] = b->peer_hint[1] = NULL;
     if (b->peers) {
         zhashx_destroy(&b->peer_keys);
         zhashx_destroy(&b->peers);
@@ -297,13 +297,19 @@ static void s_rid_key(const ab_rid_t *rid, char *key)
 ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid)
 {
     /* The entries of a BATCH all come from one peer, and its answers and
-     * requests follow each other: the last peer found is checked first
-     * (a hash of the id and a table probe saved per message). */
-    ab_peer_t *p = b->peer_hint;
-    if (p && p->rid.len == rid->len && memcmp(p->rid.bytes, rid->bytes, rid->len) == 0)
-        return p;
-    if ((p = zhashx_lookup(b->peers, rid)))
-        b->peer_hint = p;
+     * requests follow each other: the last two peers found are checked
+     * first (a hash of the id and a table probe saved per message; two,
+     * since a client's requests and a worker's answers alternate). */
+    for (int i = 0; i < 2; i++) {
+        ab_peer_t *p = b->peer_hint[i];
+        if (p && p->rid.len == rid->len && memcmp(p->rid.bytes, rid->bytes, rid->len) == 0)
+            return p;
+    }
+    ab_peer_t *p = zhashx_lookup(b->peers, rid);
+    if (p) {
+        b->peer_hint[1] = b->peer_hint[0];
+        b->peer_hint[0] = p;
+    }
     return p;
 }
 
@@ -380,8 +386,9 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     ab_auth_peer_gone(peer);
     if (zhashx_lookup(b->peer_keys, peer->key) == peer)
         zhashx_delete(b->peer_keys, peer->key);
-    if (b->peer_hint == peer)
-        b->peer_hint = NULL; /* freed next */
+    for (int i = 0; i < 2; i++)
+        if (b->peer_hint[i] == peer)
+            b->peer_hint[i] = NULL; /* freed next */
     zhashx_delete(b->peers, &peer->rid);
 }
 
