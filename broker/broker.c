@@ -175,6 +175,9 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
         return -1;
     if (ab_idmap_init(&b->pending, 1024) != 0)
         return -1;
+    /* A window of requests answered whole in one turn drained the table
+     * below 1/32 and halved it each turn (idmap.h): it keeps its peak. */
+    b->pending.keep_cap = (size_t)1 << 16;
     /* Periodic work, in the order it runs each sweep: peers, services,
      * connections, health, rates (each owner registers its own). */
     /* Liveness is judged in whole intervals: a walk over every peer ten
@@ -234,7 +237,7 @@ void ab_broker_fini(ab_broker_t *b)
     ab_batch_entries_fini(&b->in_batch);
     ab_cache_destroy(&b->cache);
     ab_service_fini(b);
-    b->peer_hint = NULL;
+    b->peer_hint[0] = b->peer_hint[1] = NULL;
     if (b->peers) {
         zhashx_destroy(&b->peer_keys);
         zhashx_destroy(&b->peers);
@@ -294,13 +297,19 @@ static void s_rid_key(const ab_rid_t *rid, char *key)
 ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid)
 {
     /* The entries of a BATCH all come from one peer, and its answers and
-     * requests follow each other: the last peer found is checked first
-     * (a hash of the id and a table probe saved per message). */
-    ab_peer_t *p = b->peer_hint;
-    if (p && p->rid.len == rid->len && memcmp(p->rid.bytes, rid->bytes, rid->len) == 0)
-        return p;
-    if ((p = zhashx_lookup(b->peers, rid)))
-        b->peer_hint = p;
+     * requests follow each other: the last two peers found are checked
+     * first (a hash of the id and a table probe saved per message; two,
+     * since a client's requests and a worker's answers alternate). */
+    for (int i = 0; i < 2; i++) {
+        ab_peer_t *p = b->peer_hint[i];
+        if (p && p->rid.len == rid->len && memcmp(p->rid.bytes, rid->bytes, rid->len) == 0)
+            return p;
+    }
+    ab_peer_t *p = zhashx_lookup(b->peers, rid);
+    if (p) {
+        b->peer_hint[1] = b->peer_hint[0];
+        b->peer_hint[0] = p;
+    }
     return p;
 }
 
@@ -342,6 +351,8 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
     p->connected_ms = p->last_seen_ms = now;
     p->heartbeat_ms = b->cfg->heartbeat_ms;
     p->fd = -1;
+    /* Its requests by client id: the same churn as the pending table. */
+    p->reqs_by_id.keep_cap = 2048;
     ab_auth_peer_new(p, b->in_key);
     zhashx_insert(b->peers, &p->rid, p);
     AB_DEBUG("peer %s connected", p->key);
@@ -375,8 +386,9 @@ void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
     ab_auth_peer_gone(peer);
     if (zhashx_lookup(b->peer_keys, peer->key) == peer)
         zhashx_delete(b->peer_keys, peer->key);
-    if (b->peer_hint == peer)
-        b->peer_hint = NULL; /* freed next */
+    for (int i = 0; i < 2; i++)
+        if (b->peer_hint[i] == peer)
+            b->peer_hint[i] = NULL; /* freed next */
     zhashx_delete(b->peers, &peer->rid);
 }
 
@@ -417,8 +429,59 @@ typedef struct {
     zmq_msg_t hdr, body;
     int has_body;
     int64_t now;
-    int fd; /* the connection it came on (ZMQ_SRCFD) */
+    int fd;    /* the connection it came on (ZMQ_SRCFD, or its peer's kept fd) */
+    int asked; /* FD is libzmq's answer for this message, not a kept one */
+    ab_peer_t *peer; /* its sender's record when the message was read, or NULL:
+                        looked up once per message (s_recv_one, ab_route_*) */
 } s_in_t;
+
+/* --- The connection's fd ------------------------------------------------------
+ *
+ * Each message's connection fd (ZMQ_SRCFD) is what the monitor's events,
+ * the connection limit and the byte accounting go by. libzmq answers it as
+ * the string property "__fd" of the connection's metadata, looked up and
+ * parsed: ~420 instructions a message, the broker's largest own cost per
+ * request (docs/bench.md). So a peer's fd is kept from one message to the
+ * next, and asked again only when it might have changed.
+ *
+ * A routing id names a new connection only after its old one closed: the
+ * ROUTER has no HANDOVER (s_router_new), so an id in use is refused to a
+ * second connection, and libzmq reports DISCONNECTED for the old fd before
+ * it ends the old pipe (stream_engine_base_t::error), so before the id is
+ * free. The broker reads that event later than the messages (monitor after
+ * messages, each turn): the ids whose fd is kept are those the ROUTER
+ * generates itself (a zero byte and a 32-bit counter, never given twice
+ * below 2^32 connections), which a new connection can hold only by
+ * claiming one a closed connection had. The rule:
+ *   - kept only when the id has libzmq's generated form, the fd's
+ *     connection is open and admitted as the monitor has seen it
+ *     (ab_router_fd_open: an fd read before its ACCEPTED, or after its
+ *     DISCONNECTED, is asked again), and for the current epoch (1.024 s
+ *     of the loop's clock): a live peer's heartbeat re-asks it;
+ *   - DISCONNECTED for the fd ends it (health.c, s_fds_closed): a peer on
+ *     it whose id still answers (a new connection took the id) is marked
+ *     fd_stale, probed at every later close until it speaks again, and
+ *     its byte accounting restarts with its next fd (s_fd_learnt);
+ *   - any other id (chosen by the peer: ZMQ_ROUTING_ID) is asked per
+ *     message, as before.
+ * What a claimed id can still do: messages of a new connection read in the
+ * turn its id changed hands, before the monitor's events, count as the old
+ * connection's (at most a turn's burst); then the fd is asked again. */
+static int s_fd_kept(const ab_peer_t *p, int64_t now)
+{
+    return p && p->fd_kept && p->fd_epoch == (uint32_t)(now >> 10);
+}
+
+/* P's connection is FD, as libzmq said of P's message just read. */
+static void s_fd_learnt(ab_broker_t *b, ab_peer_t *p, int fd, int64_t now)
+{
+    if (p->fd_stale) /* another socket, maybe with the same number: bytes anew */
+        p->out_fd = -1;
+    p->fd = fd;
+    p->fd_stale = 0;
+    p->fd_kept = p->rid.len == 5 && p->rid.bytes[0] == 0 && ab_router_fd_open(b, fd);
+    p->fd_epoch = (uint32_t)(now >> 10);
+}
 
 static zmq_msg_t *s_body(s_in_t *in)
 {
@@ -494,8 +557,11 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
  * out of memory. */
 static ab_peer_t *s_peer_of(ab_broker_t *b, s_in_t *in, ab_peer_t *p, ab_role_t role)
 {
-    if (!p && (p = s_peer_new(b, &in->rid, role, in->now)))
+    if (!p && (p = s_peer_new(b, &in->rid, role, in->now))) {
         p->fd = in->fd; /* its connection: socket events, bytes in flight */
+        if (in->asked) /* not a BATCH entry's: its BATCH's may be a kept one */
+            s_fd_learnt(b, p, in->fd, in->now);
+    }
     return p;
 }
 
@@ -548,7 +614,7 @@ static void s_on_bye(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
 /* Hands a decoded message to the owner of its kind. */
 static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
 {
-    ab_peer_t *p = ab_peer_lookup(b, &in->rid);
+    ab_peer_t *p = in->peer;
     int rc;
     if (p && p->authkey != b->in_key) /* a routing id reused by another connection */
         ab_peer_drop(b, p, "its routing id now names a connection with another key"), p = NULL;
@@ -556,10 +622,8 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         b->c.malformed++; /* a link's own records have no connection: never from the ROUTER */
         return;
     }
-    if (p) {
-        p->last_seen_ms = in->now;
-        p->fd = in->fd;
-    }
+    if (p)
+        p->last_seen_ms = in->now; /* its fd: s_recv_one */
     if ((p && p->link_role == AB_LINK_TRANSPORT) || in->h.kind == AB_KIND_LINK) {
         if (!p && !(p = s_peer_of(b, in, NULL, AB_ROLE_AGENT)))
             return;
@@ -652,9 +716,9 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
  * own: it is small (a sender puts at most AB_INLINE_MAX inline) and libzmq
  * would have allocated a frame of that size anyway. A BATCH is read in
  * place. AB_OK, AB_EINLINE or AB_ENOMEM; IN's body is set up either way. */
-static int s_inline_body(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
+static int s_inline_body(s_in_t *in, const ab_frame_t *pl)
 {
-    ab_peer_t *p = ab_peer_lookup(b, &in->rid);
+    ab_peer_t *p = in->peer;
     in->has_body = 0;
     if (p && ((p->announced && !(p->features & AB_FEATURE_INLINE)) ||
               p->link_role != AB_LINK_NONE))
@@ -690,11 +754,15 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
         frames[i - 1].size = zmq_msg_size(&f[i]);
     }
     /* The fd of its connection lets a monitor event name the peer. */
-    in.fd = kept > 1 ? zmq_msg_get(&f[1], ZMQ_SRCFD) : -1;
+    ab_peer_t *p = in.peer = kept > 1 ? ab_peer_lookup(b, &in.rid) : NULL;
+    in.asked = !s_fd_kept(p, now);
+    in.fd = !in.asked ? p->fd : kept > 1 ? zmq_msg_get(&f[1], ZMQ_SRCFD) : -1;
     if (kept > 1 && ab_auth_of_msg(b, &f[1], &b->in_key) != 0) {
-        /* Its key was removed while the message waited: the connection goes. */
-        if (in.fd >= 0)
-            shutdown(in.fd, SHUT_RDWR);
+        /* Its key was removed while the message waited: the connection goes
+         * (this message's own, never a kept fd). */
+        int fd = zmq_msg_get(&f[1], ZMQ_SRCFD);
+        if (fd >= 0)
+            shutdown(fd, SHUT_RDWR);
         for (size_t i = 0; i < kept; i++)
             zmq_msg_close(&f[i]);
         b->clock_us = 0;
@@ -703,12 +771,16 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     ab_frame_t pl;
     int rc = ab_msg_decode(frames, n - 1, &b->limits, &in.h, &pl);
     if (rc == AB_OK && n == 2 && pl.data) /* the payload came inline */
-        rc = s_inline_body(b, &in, &pl);
+        rc = s_inline_body(&in, &pl);
     else if ((in.has_body = rc == AB_OK && n == 3)) {
         zmq_msg_init(&in.body);
         zmq_msg_move(&in.body, &f[2]);
     }
-    if (ab_router_refused(b, &in.rid, in.fd, &in.h))
+    /* A kept fd is an admitted connection's (ab_router_fd_open). */
+    int refused = in.asked && ab_router_refused(b, &in.rid, in.fd, &in.h);
+    if (!refused && in.asked && p)
+        s_fd_learnt(b, p, in.fd, now);
+    if (refused)
         ; /* a connection over max-connections: answered once, then closed */
     else if (rc != AB_OK)
         s_reject(b, &in, rc, n - 1);
@@ -846,6 +918,8 @@ void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
     in.now = now;
     in.rid = *rid;
     in.fd = fd; /* the BATCH's connection: the socket monitor maps closes by it */
+    in.asked = 0;
+    in.peer = ab_peer_lookup(b, rid); /* an earlier entry may have made it */
     ab_frame_t pl;
     int rc = ab_msg_decode(f, nframes, &b->limits, &in.h, &pl);
     in.has_body = rc == AB_OK && nframes == 2;
@@ -862,6 +936,8 @@ void ab_route_entry(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
     in.now = now;
     in.rid = *rid;
     in.fd = fd;
+    in.asked = 0;
+    in.peer = ab_peer_lookup(b, rid); /* an earlier entry may have made it */
     in.h = e->h; /* a copy: routing may change it (s_on_request) */
     in.has_body = e->has_payload;
     s_route_copy(b, &in, &e->payload);

@@ -34,7 +34,7 @@ struct ab_broker {
     void *zctx;
     void *router;
     zhashx_t *peers;    /* &peer->rid -> ab_peer_t (owned) */
-    ab_peer_t *peer_hint; /* the last peer ab_peer_lookup found (cleared when dropped) */
+    ab_peer_t *peer_hint[2]; /* the last peers ab_peer_lookup found (cleared when dropped) */
     zhashx_t *peer_keys; /* peer->key -> ab_peer_t (not owned): "~key" and pins */
     zhashx_t *services; /* service.h: name -> ab_service_t (owned) */
     ab_idmap_t pending; /* request.h: bid -> ab_req_t (owned) */

@@ -50,6 +50,10 @@ typedef struct {
     uint64_t requests;    /* REQUESTs sent: an operator's tool sends none */
     ab_worker_rec_t *worker; /* when role == WORKER */
     int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
+    uint32_t fd_epoch;    /* when FD was last asked of libzmq (broker.c, s_fd_kept) */
+    uint8_t fd_kept;      /* FD may stand for libzmq's answer until the epoch ends */
+    uint8_t fd_stale;     /* the monitor saw FD close while the id stayed reachable:
+                             the id may name another connection, FD unknown */
     uint32_t hb_told;     /* not a worker: the heartbeat interval it was told (ms; 0:
                              none yet). Liveness counts the longer of it and heartbeat_ms */
     struct ab_client_rec *client; /* who it is for fair queuing and quotas (clients.h) */

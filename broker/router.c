@@ -116,6 +116,7 @@ struct ab_conns {
     ab_defer_t kill; /* peers to disconnect at the end of the turn (ab_peer_t.kill) */
     uint32_t closed_since_trim;
     int64_t trim_ms;
+    uint64_t accepted; /* ACCEPTED events ever: bounds libzmq's generated ids */
 };
 
 static struct ab_conns *s_conns(ab_broker_t *b)
@@ -409,6 +410,7 @@ void ab_router_conn_event(ab_broker_t *b, int event, int fd)
         return;
     uint8_t st = c->fd_state[fd];
     if (event == ZMQ_EVENT_ACCEPTED) {
+        c->accepted++;
         if (st & S_FD_EARLY) { /* its first message came first: counted then */
             c->fd_state[fd] = st & ~S_FD_EARLY;
             return;
@@ -456,6 +458,13 @@ int ab_router_refused(ab_broker_t *b, const ab_rid_t *rid, int fd, const ab_head
         }
     }
     return 1;
+}
+
+int ab_router_fd_open(const ab_broker_t *b, int fd)
+{
+    const struct ab_conns *c = b->conns;
+    return c && fd >= 0 && (size_t)fd < c->fd_cap && c->fd_state[fd] == S_FD_OPEN &&
+           c->accepted < ((uint64_t)1 << 32);
 }
 
 uint32_t ab_router_connections(const ab_broker_t *b)

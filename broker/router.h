@@ -62,6 +62,11 @@ void ab_router_reap(ab_broker_t *b);
 void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p);
 /* A socket-monitor EVENT (ZMQ_EVENT_ACCEPTED / DISCONNECTED) about FD. */
 void ab_router_conn_event(ab_broker_t *b, int event, int fd);
+/* 1 when FD is a connection the monitor reported ACCEPTED and not yet
+ * DISCONNECTED, admitted (not refused), and no libzmq-generated routing id
+ * can have been given twice yet (fewer than 2^32 connections accepted):
+ * a peer's FD may then be kept (broker.c, s_fd_kept). */
+int ab_router_fd_open(const ab_broker_t *b, int fd);
 /* 1 when a message from RID on FD came on a refused connection: it was
  * answered ERROR(BUSY) (once) and must be ignored. */
 int ab_router_refused(ab_broker_t *b, const ab_rid_t *rid, int fd, const ab_header_t *h);

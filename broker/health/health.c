@@ -152,9 +152,19 @@ static void s_fds_closed(ab_broker_t *b, int *fds, size_t n)
     qsort(fds, n, sizeof *fds, s_cmp_int);
     ab_defer_t gone;
     ab_defer_init(&gone);
-    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
-        if (p->fd >= 0 && bsearch(&p->fd, fds, n, sizeof *fds, s_cmp_int))
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
+        if (p->fd < 0)
+            continue;
+        /* Its fd names no connection of its now: asked again at its next
+         * message; until then it is probed at every close (broker.c, "The
+         * connection's fd"). */
+        if (bsearch(&p->fd, fds, n, sizeof *fds, s_cmp_int)) {
+            p->fd_kept = 0;
+            p->fd_stale = 1;
+        }
+        if (p->fd_stale)
             ab_defer_add(&gone, &p->later, s_fd_closed_one);
+    }
     ab_defer_run(&gone, b);
 }
 
