@@ -328,8 +328,10 @@ AB_EXPORT void ab_client_stop(ab_client_t *client);
 /* Processes what has arrived and what has timed out, running callbacks
  * (replies, messages, directory events). Waits up to timeout_ms for the
  * first event (0: don't wait; -1: until one arrives).
- * Returns the number of events handled (>= 0). Errors: AB_EINVAL,
- * AB_ESTOPPED, AB_EZMQ. */
+ * Returns the number of events handled (>= 0): messages received (each of
+ * a BATCH's; at most 4,096 a call) plus calls it ended (expired, or failed
+ * when the connection was lost or refused), so a mass expiry of many calls
+ * gives a large count. Errors: AB_EINVAL, AB_ESTOPPED, AB_EZMQ. */
 AB_EXPORT int ab_client_poll(ab_client_t *client, int timeout_ms);
 
 /* A file descriptor that becomes readable when ab_client_poll() may have
