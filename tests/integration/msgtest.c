@@ -162,3 +162,13 @@ int mt_raw_expect_error(void *raw, uint32_t kind, const char *target, uint64_t i
     }
     return -1;
 }
+
+void mt_raw_send(void *s, const ab_header_t *h, const void *data, size_t size)
+{
+    uint8_t buf[1024];
+    size_t n = ab_header_encode(h, buf, sizeof buf);
+    REQUIRE(n > 0);
+    zmq_send(s, buf, n, (data ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
+    if (data)
+        zmq_send(s, data, size, ZMQ_DONTWAIT);
+}

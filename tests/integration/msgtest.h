@@ -7,6 +7,7 @@
 
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "codec.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -46,5 +47,8 @@ void *mt_raw(int port, void **ctx);
  * then waits up to 2 s for an ERROR answering ID. Its error code, or -1. */
 int mt_raw_expect_error(void *raw, uint32_t kind, const char *target, uint64_t id, size_t size,
                         char *text, size_t cap);
+/* Sends H and, when DATA is not NULL, a payload frame, never blocking (a
+ * hostile peer's flood may go nowhere; what does not fit is dropped). */
+void mt_raw_send(void *s, const ab_header_t *h, const void *data, size_t size);
 
 #endif

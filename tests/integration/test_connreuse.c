@@ -15,6 +15,7 @@
  */
 #include "codec.h"
 #include "harness.h"
+#include "msgtest.h"
 #include "test.h"
 #include "util.h"
 
@@ -40,16 +41,6 @@ static void *s_raw(int port, const void *rid, size_t len)
     return s;
 }
 
-static void s_send(void *s, const ab_header_t *h, const void *data, size_t size)
-{
-    uint8_t buf[1024];
-    size_t n = ab_header_encode(h, buf, sizeof buf);
-    REQUIRE(n > 0);
-    zmq_send(s, buf, n, (data ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
-    if (data)
-        zmq_send(s, data, size, ZMQ_DONTWAIT);
-}
-
 /* HELLO as agent NAME (instance 1: the same agent each time). */
 static void s_hello(void *s, const char *name, uint64_t id)
 {
@@ -62,7 +53,7 @@ static void s_hello(void *s, const char *name, uint64_t id)
     size_t len = agentbus__hello__pack(&m, buf);
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.id = id;
-    s_send(s, &h, buf, len);
+    mt_raw_send(s, &h, buf, len);
 }
 
 /* Says HELLO as NAME every 200 ms until the broker answers, up to MS.

@@ -46,22 +46,10 @@ static void s_raw_end(void **socks, int n)
     s_ctx = NULL;
 }
 
-/* Sends H and, when DATA is not NULL, a payload frame (never blocks long:
- * a hostile peer's sends may go nowhere). */
-static void s_send(void *s, const ab_header_t *h, const void *data, size_t size)
-{
-    uint8_t buf[1024];
-    size_t n = ab_header_encode(h, buf, sizeof buf);
-    REQUIRE(n > 0);
-    zmq_send(s, buf, n, (data ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
-    if (data)
-        zmq_send(s, data, size, ZMQ_DONTWAIT);
-}
-
 static void s_beat(void *s)
 {
     ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
-    s_send(s, &h, NULL, 0);
+    mt_raw_send(s, &h, NULL, 0);
 }
 
 typedef struct {
@@ -159,7 +147,7 @@ static void s_register(void *s, const char *service, uint32_t capacity, uint32_t
     h.id = 1;
     h.target = ab_view_of(service);
     h.credit = capacity;
-    s_send(s, &h, features ? buf : NULL, len);
+    mt_raw_send(s, &h, features ? buf : NULL, len);
     s_msg_t m;
     REQUIRE(s_wait(s, AB_KIND_REGISTER, &m, 5000, NULL, 0));
     s_close(&m);
@@ -178,7 +166,7 @@ static void s_hello(void *s, const char *name, uint64_t instance, int takeover, 
     size_t len = agentbus__hello__pack(&m, buf);
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.id = id;
-    s_send(s, &h, buf, len);
+    mt_raw_send(s, &h, buf, len);
 }
 
 static void s_request(void *s, uint64_t id, const char *service, uint32_t flags,
@@ -191,14 +179,14 @@ static void s_request(void *s, uint64_t id, const char *service, uint32_t flags,
     h.timeout_ms = 20000;
     if (flags & AB_FLAG_LZ4)
         h.original_size = size * 4;
-    s_send(s, &h, data, size);
+    mt_raw_send(s, &h, data, size);
 }
 
 static void s_answer(void *s, uint32_t kind, uint64_t corr, const char *text)
 {
     ab_header_t h = ab_header_init(kind);
     h.correlation_id = corr;
-    s_send(s, &h, text, strlen(text));
+    mt_raw_send(s, &h, text, strlen(text));
 }
 
 static int s_body_is(const s_msg_t *m, const char *text)
@@ -390,7 +378,7 @@ static void s_forged_agent_id(void)
     ab_header_t h = ab_header_init(AB_KIND_SEND);
     h.id = 9;
     h.target = ab_view_of("bob");
-    s_send(imp, &h, "forged", 6);
+    mt_raw_send(imp, &h, "forged", 6);
     /* To alice, from bob. */
     for (int i = 0; i < 5; i++)
         CHECK_EQ(ab_client_send(cb, "alice", "secret", 6, 0, NULL), AB_OK);
@@ -435,7 +423,7 @@ static void s_next_id_claim(void)
     ab_header_t h = ab_header_init(AB_KIND_SEND);
     h.id = 1;
     h.target = ab_view_of("listener");
-    s_send(spy, &h, "who am i", 8);
+    mt_raw_send(spy, &h, "who am i", 8);
     REQUIRE(mt_wait(named, box, AB_MSG_DIRECT, 1, 5000) == 1);
     printf("an unnamed sender is shown as %s\n", box->sender[0]);
     uint8_t id[AB_RID_MAX];
@@ -590,7 +578,7 @@ static void s_send_one(void *raw, const char *name, uint64_t id, uint32_t ttl_ms
     h.id = id;
     h.target = ab_view_of(name);
     h.timeout_ms = ttl_ms;
-    s_send(raw, &h, data, size);
+    mt_raw_send(raw, &h, data, size);
 }
 
 static void s_rename_backlog(void)
@@ -691,7 +679,7 @@ static void s_send_names(void *raw, void **beat, const char *prefix, int n, int 
         h.target = ab_view_of(name);
         h.timeout_ms = (uint32_t)ttl_ms;
         h.credit = 1; /* answer "queued" */
-        s_send(raw, &h, "hello", 5);
+        mt_raw_send(raw, &h, "hello", 5);
     }
     int64_t end = ab_now_ms() + 20000, next_beat = 0;
     while (*queued + *busy < n && ab_now_ms() < end) {
