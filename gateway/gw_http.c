@@ -223,15 +223,29 @@ enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
     return MHD_YES;
 }
 
-/* The request's deadline in ms: X-Agentbus-Timeout-Ms (capped at
- * --max-timeout-ms), else --timeout-ms. */
-static int s_timeout_ms(const gw_conn_t *c)
+/* X-Agentbus-Timeout-Ms into *MS, capped at --max-timeout-ms (0: not
+ * given). 0, or -1 when it is not a number of ms > 0. */
+static int s_header_timeout(const gw_conn_t *c, int *ms)
 {
     const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
-    long ms = t ? strtol(t, NULL, 10) : 0;
-    if (ms <= 0)
-        return c->g->cfg.timeout_ms;
-    return ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
+    *ms = 0;
+    if (!t)
+        return 0;
+    char *end = NULL;
+    long long v = strtoll(t, &end, 10);
+    if (end == t || *end || v <= 0)
+        return -1;
+    *ms = v > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)v;
+    return 0;
+}
+
+/* The request's deadline in ms: X-Agentbus-Timeout-Ms, else --timeout-ms
+ * (also for an unreadable value: that request is refused with a 400 once
+ * admitted, s_call_headers). */
+static int s_timeout_ms(const gw_conn_t *c)
+{
+    int ms;
+    return s_header_timeout(c, &ms) == 0 && ms ? ms : c->g->cfg.timeout_ms;
 }
 
 /* The request's deadline, priority and cache control from its headers. */
@@ -273,14 +287,8 @@ static int s_cache_header(const char *v, uint32_t *flags)
 static const char *s_call_headers(gw_conn_t *c, s_hdrs_t *h)
 {
     memset(h, 0, sizeof *h);
-    const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
-    if (t) {
-        char *end = NULL;
-        long long ms = strtoll(t, &end, 10);
-        if (end == t || *end || ms <= 0)
-            return "invalid X-Agentbus-Timeout-Ms: want a number of milliseconds > 0";
-        h->timeout_ms = ms > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)ms;
-    }
+    if (s_header_timeout(c, &h->timeout_ms) != 0)
+        return "invalid X-Agentbus-Timeout-Ms: want a number of milliseconds > 0";
     /* A lane name (interactive, normal, batch) or a number; a larger number
      * is capped at 255. */
     const char *pr = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Priority");
