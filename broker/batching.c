@@ -27,9 +27,12 @@
 #include "compress.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define AB_BATCH_KEEP_BYTES (16 * 1024)
 #define AB_BATCH_KEEP_ENTRIES 1024 /* decoded entries kept between batches (~200 KB) */
@@ -46,10 +49,46 @@ struct ab_outq {
     zmq_msg_t held_body;
 };
 
-uint32_t ab_batching_features(const ab_broker_t *b)
+uint32_t ab_batching_features(const ab_broker_t *b, const ab_peer_t *p)
 {
-    (void)b; /* the broker reads all three whatever its own send-side settings */
-    return AB_FEATURE_BATCH | AB_FEATURE_LZ4 | AB_FEATURE_INLINE;
+    /* The broker reads all three whatever its own send-side settings; LZ4
+     * is withheld from a local peer so that it sends payloads plain. */
+    uint32_t f = AB_FEATURE_BATCH | AB_FEATURE_INLINE;
+    if (!p || !p->local || b->cfg->compress_local)
+        f |= AB_FEATURE_LZ4;
+    return f;
+}
+
+int ab_batching_lz4_hop(const ab_broker_t *b, const ab_peer_t *p)
+{
+    return p && (p->features & AB_FEATURE_LZ4) && (!p->local || b->cfg->compress_local);
+}
+
+int ab_batching_fd_local(int fd)
+{
+    if (fd < 0)
+        return 1; /* inproc: the same process */
+    struct sockaddr_storage me, it;
+    socklen_t ml = sizeof me, il = sizeof it;
+    if (getsockname(fd, (struct sockaddr *)&me, &ml) != 0 ||
+        getpeername(fd, (struct sockaddr *)&it, &il) != 0)
+        return 0;
+    if (it.ss_family == AF_UNIX)
+        return 1;
+    if (it.ss_family == AF_INET && me.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)&me, *c = (const void *)&it;
+        /* 127/8, or this host's own address at both ends */
+        return (ntohl(c->sin_addr.s_addr) >> 24) == 127 ||
+               a->sin_addr.s_addr == c->sin_addr.s_addr;
+    }
+    if (it.ss_family == AF_INET6 && me.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const void *)&me, *c = (const void *)&it;
+        const struct in6_addr *x = &c->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(x) || memcmp(x, &a->sin6_addr, sizeof *x) == 0)
+            return 1;
+        return IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127;
+    }
+    return 0;
 }
 
 static void s_mark_dirty(ab_broker_t *b, ab_peer_t *p)
@@ -340,11 +379,11 @@ void ab_batching_note(ab_broker_t *b, const ab_header_t *h, size_t payload_size)
     }
 }
 
-void ab_batching_compress(ab_broker_t *b, uint32_t features, ab_header_t *h, uint8_t **buf,
+void ab_batching_compress(ab_broker_t *b, const ab_peer_t *p, ab_header_t *h, uint8_t **buf,
                           size_t *len)
 {
     size_t t = b->cfg->compress_threshold_bytes;
-    if (!(features & AB_FEATURE_LZ4) || t == 0 || *len < t)
+    if (!ab_batching_lz4_hop(b, p) || t == 0 || *len < t)
         return;
     void *z;
     size_t zl;

@@ -29,12 +29,23 @@ void ab_batching_recv(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
 /* Counts compression figures of a routed message (never decompresses). */
 void ab_batching_note(ab_broker_t *b, const ab_header_t *h, size_t payload_size);
 /* lz4-compresses a payload the broker itself created (*BUF, malloc'd, *LEN
- * bytes), for a peer with FEATURES, when the configured threshold and
- * minimum saving allow: *BUF is replaced and H flagged. */
-void ab_batching_compress(ab_broker_t *b, uint32_t features, ab_header_t *h, uint8_t **buf,
+ * bytes), for peer P (may be NULL: never), when P's hop wants lz4
+ * (ab_batching_lz4_hop) and the configured threshold and minimum saving
+ * allow: *BUF is replaced and H flagged. */
+void ab_batching_compress(ab_broker_t *b, const ab_peer_t *p, ab_header_t *h, uint8_t **buf,
                           size_t *len);
-/* Feature bits the broker announces in its HELLO/REGISTER answers. */
-uint32_t ab_batching_features(const ab_broker_t *b);
+/* Feature bits the broker announces to P in its HELLO/REGISTER answers:
+ * LZ4 only when P's hop wants it, so a peer on this machine does not
+ * compress what it sends (docs/batching.md, "Which hops compress"). */
+uint32_t ab_batching_features(const ab_broker_t *b, const ab_peer_t *p);
+/* Whether payloads on P's hop are worth lz4: P reads it and its connection
+ * leaves this machine (or compress-local is set). On ipc and loopback lz4
+ * costs more CPU than the copy it saves. */
+int ab_batching_lz4_hop(const ab_broker_t *b, const ab_peer_t *p);
+/* 1 when socket FD's other end is on this machine: a Unix socket, a
+ * loopback address, or the same address at both ends; 1 for -1 (inproc).
+ * 0 when it cannot tell (the hop is then treated as remote). */
+int ab_batching_fd_local(int fd);
 
 
 #endif

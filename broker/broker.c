@@ -545,7 +545,7 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.correlation_id = in->h.id;
     h.credit = p->worker ? (uint32_t)b->cfg->heartbeat_ms : ab_health_agent_tell(b, p);
-    h.features = ab_batching_features(b);
+    h.features = ab_batching_features(b, p);
     if (fresh) /* a returning client learns its subscriptions are gone */
         h.flags |= AB_FLAG_NEW_PEER;
     ab_send(b, &in->rid, &h, NULL);
@@ -559,6 +559,7 @@ static ab_peer_t *s_peer_of(ab_broker_t *b, s_in_t *in, ab_peer_t *p, ab_role_t 
 {
     if (!p && (p = s_peer_new(b, &in->rid, role, in->now))) {
         p->fd = in->fd; /* its connection: socket events, bytes in flight */
+        p->local = (uint8_t)ab_batching_fd_local(in->fd);
         if (in->asked) /* not a BATCH entry's: its BATCH's may be a kept one */
             s_fd_learnt(b, p, in->fd, in->now);
     }

@@ -110,6 +110,9 @@ static const s_option_t s_options[] = {
      "this size, for peers that read lz4; 0 disables. Routed payloads are never touched"},
     {"compress-min-saving-pct", OPT_LONG, OFF(compress_min_saving_pct), 0, 99, "10",
      "compress only when it saves at least this percentage"},
+    {"compress-local", OPT_FLAG, OFF(compress_local), 0, 1, "0",
+     "1: lz4 also on hops that stay on this machine (ipc, loopback, the host's own "
+     "address); 0: payloads are compressed only on hops to or from another machine"},
     {"cache-l1-bytes", OPT_SIZE, OFF(cache_l1_bytes), 0, 1L << 40, "256M",
      "in-process inference cache (LRU) bound; 0 turns the cache off"},
     {"cache-ttl-s", OPT_LONG, OFF(cache_ttl_s), 0, 30L * 86400, "3600",

@@ -57,6 +57,7 @@ typedef struct {
     long batch_max_age_us;       /* oldest gathered message flushed after this */
     size_t compress_threshold_bytes; /* payloads the broker creates: lz4 from here; 0 off */
     long compress_min_saving_pct;    /* compress only if it saves this much */
+    long compress_local;             /* 1: lz4 also on hops within this machine */
     size_t cache_l1_bytes;        /* in-process cache bound; 0 turns the cache off */
     long cache_ttl_s;             /* TTL of a cached reply whose request gives none */
     size_t cache_max_entry_bytes; /* larger replies are not cached */

@@ -52,6 +52,8 @@ typedef struct {
     int fd;               /* socket of its connection (ZMQ_SRCFD): monitor events */
     uint32_t fd_epoch;    /* when FD was last asked of libzmq (broker.c, s_fd_kept) */
     uint8_t fd_kept;      /* FD may stand for libzmq's answer until the epoch ends */
+    uint8_t local;        /* its connection stays on this machine: no lz4 on its hop
+                             (ab_batching_features) */
     uint8_t fd_stale;     /* the monitor saw FD close while the id stayed reachable:
                              the id may name another connection, FD unknown */
     uint32_t hb_told;     /* not a worker: the heartbeat interval it was told (ms; 0:

@@ -78,6 +78,7 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
     r->client = *client;
     r->service = s;
     r->flags = h->flags;
+    r->client_local = p ? p->local : 0;
     r->original_size = h->original_size;
     r->priority = h->priority;
     r->lane = (uint8_t)ab_lane_of(h->priority);

@@ -56,6 +56,7 @@ struct ab_req {
     uint8_t streamed;  /* a PARTIAL reached the client: never re-dispatched */
     uint8_t answered;  /* a presumed-dead worker's late reply answered it */
     uint8_t client_counted; /* counted in its client's held requests */
+    uint8_t client_local;   /* its client's hop stays on this machine (peer.h: local) */
     uint64_t tried[AB_ATTEMPTS_MAX]; /* rid hash of each worker it went to */
     ab_list_t qlink;            /* in the service queue or the worker's list */
     struct ab_route *route;     /* model / pinned worker (placement.h); NULL if none */

@@ -390,7 +390,7 @@ int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, c
     h.correlation_id = in->id;
     h.target = in->target;
     h.credit = p->worker->health.interval_ms; /* adaptive: health.c */
-    h.features = ab_batching_features(b);
+    h.features = ab_batching_features(b, p);
     ab_send(b, &p->rid, &h, NULL);
     ab_service_dispatch(b, s);
     return 0;
@@ -514,6 +514,12 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     h.id = r->bid;
     h.target = ab_view_of(r->service->name);
     h.flags = r->flags;
+    /* ACCEPT_LZ4 asks the worker to compress its reply: not when the reply
+     * stays on this machine (client and worker local), where lz4 costs more
+     * than the copy it saves. A link keeps it: the far broker decides. */
+    if (w->peer->link_role != AB_LINK_WORKER && r->client_local && w->peer->local &&
+        !b->cfg->compress_local)
+        h.flags &= ~(uint32_t)AB_FLAG_ACCEPT_LZ4;
     h.priority = r->priority;
     if (r->route)
         h.model = ab_view_of(r->route->model);

@@ -475,7 +475,7 @@ void ab_stats_on_control(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t 
     ab_header_t h = ab_header_init(AB_KIND_REPLY);
     h.correlation_id = in->id;
     ab_peer_t *p = ab_peer_lookup(b, rid);
-    ab_batching_compress(b, p ? p->features : 0, &h, &buf, &len);
+    ab_batching_compress(b, p, &h, &buf, &len);
     zmq_msg_t m;
     zmq_msg_init_size(&m, len);
     if (len)

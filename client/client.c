@@ -221,7 +221,7 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
     /* Only requests are compressed: their final receiver (a worker) reads lz4. */
     c->conn.clock_us = now_us;
     int rc = ab_conn_send_z(&c->conn, &h, with_data ? (data ? data : "") : NULL, size,
-                            kind == AB_KIND_REQUEST);
+                            kind == AB_KIND_REQUEST ? AB_Z_IF_ANNOUNCED : AB_Z_NEVER);
     c->conn.clock_us = 0;
     if (rc != AB_OK) {
         s_call_free(c, call);

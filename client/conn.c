@@ -406,15 +406,15 @@ static void s_hello_if_silent(ab_conn_t *c, uint32_t kind)
     ab_conn_hello(c);
 }
 
-int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size,
-                   int may_compress)
+int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size, int zmode)
 {
     s_hello_if_silent(c, h->kind);
     ab_header_t hh = *h;
     void *z = NULL;
     size_t zl = 0;
-    if (may_compress && data && c->opts.compress_threshold && size >= c->opts.compress_threshold &&
-        (c->broker_features & AB_FEATURE_LZ4)) {
+    int may = zmode == AB_Z_ASKED ||
+              (zmode == AB_Z_IF_ANNOUNCED && (c->broker_features & AB_FEATURE_LZ4));
+    if (may && data && c->opts.compress_threshold && size >= c->opts.compress_threshold) {
         int zr = ab_lz4_compress(data, size, c->opts.compress_min_saving_pct, &z, &zl);
         if (zr == 1) {
             hh.flags |= AB_FLAG_LZ4;
@@ -438,7 +438,7 @@ int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t 
 
 int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size)
 {
-    return ab_conn_send_z(c, h, data, size, 0);
+    return ab_conn_send_z(c, h, data, size, AB_Z_NEVER);
 }
 
 int ab_conn_hello(ab_conn_t *c)

@@ -122,11 +122,19 @@ const char *ab_conn_refusal(const ab_conn_t *c);
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Sends header H and DATA (copied; NULL/0 for none). */
 int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size);
-/* As ab_conn_send; MAY_COMPRESS: lz4 the payload when the options and the
- * broker allow it (the final receiver reads lz4). The message may be
- * gathered into a BATCH (see conn.c) and leave at the next ab_conn_flush. */
-int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size,
-                   int may_compress);
+/* How ab_conn_send_z may compress. The broker decides which hops are
+ * worth lz4 (only those that leave the machine, by default): it announces
+ * LZ4 to a peer whose hop is, and marks a request ACCEPT_LZ4 when its
+ * reply should be compressed. */
+enum {
+    AB_Z_NEVER = 0,
+    AB_Z_IF_ANNOUNCED = 1, /* a request: when the broker announced LZ4 to this handle */
+    AB_Z_ASKED = 2,        /* a reply to an ACCEPT_LZ4 request: the broker asked */
+};
+/* As ab_conn_send; Z (AB_Z_*): lz4 the payload when it and the options
+ * allow it (the final receiver reads lz4). The message may be gathered
+ * into a BATCH (see conn.c) and leave at the next ab_conn_flush. */
+int ab_conn_send_z(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size, int z);
 /* Ends the turn: sends what was gathered. AB_OK or a send error. */
 int ab_conn_flush(ab_conn_t *c);
 /* Called where the library hands control back to the application (a job,

@@ -57,7 +57,7 @@ struct ab_job {
     char service[256];
     char model[AB_MODEL_MAX + 1]; /* the model the request named, "" for none */
     uint32_t priority;            /* as the client set it */
-    int accept_lz4; /* the client reads lz4: large replies may be compressed */
+    int accept_lz4; /* ACCEPT_LZ4: the broker asks for large replies compressed */
     int admin;      /* the broker vouches the requester is an admin (AB_FLAG_ADMIN) */
 };
 
@@ -484,7 +484,7 @@ static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const vo
     h.error_code = code;
     h.error_text = ab_view_of(text);
     return ab_conn_send_z(&w->conn, &h, kind == AB_KIND_ERROR ? NULL : (data ? data : ""), size,
-                          job->accept_lz4);
+                          job->accept_lz4 ? AB_Z_ASKED : AB_Z_NEVER);
 }
 
 int ab_worker_reply_part(ab_worker_t *w, ab_job_t *job, const void *data, size_t size)

@@ -246,8 +246,11 @@ AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count
 /* lz4 compression of payloads this handle sends: a payload of at least
  * THRESHOLD_BYTES (default 1024; 0 disables compression) is compressed when
  * that saves at least MIN_SAVING_PCT percent (0..99, default 10), else sent
- * as is. Requests are compressed only when the broker announced lz4 support,
- * replies only when the requesting client did. Received compressed payloads
+ * as is. Requests are compressed only when the broker announced lz4 support
+ * to this handle, replies only when the broker asks (the requesting client
+ * reads lz4 and the reply crosses a hop that compresses). The broker
+ * announces lz4 only to handles whose connection leaves its machine (unless
+ * it runs --compress-local): on ipc and loopback lz4 costs more than it saves. Received compressed payloads
  * are always decompressed before the application sees them (bounded by the
  * declared size and the max payload; a corrupt one ends its request with
  * AB_EMALFORMED). Defaults from $AB_COMPRESS_THRESHOLD_BYTES and

@@ -44,6 +44,9 @@ void bt_raw_send(void *s, const ab_header_t *h, const void *data, size_t size, i
 int bt_raw_recv(void *s, bt_msg_t *m, int timeout_ms);
 int bt_raw_recv_msg(void *s, bt_msg_t *m, int timeout_ms);
 void bt_msg_close(bt_msg_t *m);
+/* 1 when the test's broker runs --compress-local: it then announces LZ4
+ * to peers on this machine too (bt_raw_hello checks what it announces). */
+extern int bt_lz4_local;
 /* HELLO with FEATURES (0: none, as an old peer); REGISTER for SERVICE. */
 void bt_raw_hello(void *s, uint32_t features);
 void bt_raw_register(void *s, const char *service, uint32_t capacity, uint32_t features);
@@ -54,6 +57,7 @@ ab_client_t *bt_client_nobatch(int port);
 
 /* test_batching_lz4.c: compression and malformed batches. */
 void batch_lz4(void);
+void batch_lz4_local(void);
 void batch_lz4_corrupt(void);
 void batch_malformed(void);
 /* test_batching_wire.c: the library's decoder against a hand-driven broker,

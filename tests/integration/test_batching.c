@@ -342,7 +342,7 @@ static void s_mixed(void)
 {
     enum { N = 640 };
     int port = th_free_port();
-    th_broker(port, NULL);
+    th_broker(port, "--compress-local", NULL); /* lz4 on loopback too: every path */
     th_worker(port, "echo", "--capacity", "1000", NULL);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
@@ -392,7 +392,7 @@ static void s_mixed(void)
 static void s_register_batched(void)
 {
     int port = th_free_port();
-    th_broker(port, "--startup-grace-ms", "20000", NULL);
+    th_broker(port, "--startup-grace-ms", "20000", "--compress-local", NULL);
     ab_client_t *c = th_client(port);
     bt_tally_t t = {0};
     for (int i = 0; i < 20; i++) /* wait in the startup grace for a worker */
@@ -526,7 +526,8 @@ int main(int argc, char **argv)
         {"mixed", s_mixed}, {"register_batched", s_register_batched},
         {"batch_counts", s_batch_counts},
         /* test_batching_lz4.c */
-        {"lz4", batch_lz4}, {"lz4_corrupt", batch_lz4_corrupt}, {"malformed", batch_malformed},
+        {"lz4", batch_lz4}, {"lz4_local", batch_lz4_local},
+        {"lz4_corrupt", batch_lz4_corrupt}, {"malformed", batch_malformed},
         /* test_batching_wire.c */
         {"client_decode", batch_client_decode}, {"cancel_flushed", batch_cancel_flushed},
     };

@@ -20,7 +20,10 @@ void batch_lz4(void)
 {
     enum { BIG = 256 * 1024 };
     int port = th_free_port();
-    th_broker(port, NULL);
+    /* The mechanism: lz4 on the loopback hop too (by default only hops that
+     * leave the machine compress: batch_lz4_local). */
+    th_broker(port, "--compress-local", NULL);
+    bt_lz4_local = 1;
     void *socks[1];
     /* A raw worker that reads lz4 itself: it sees exactly what the broker
      * forwards. */
@@ -115,6 +118,75 @@ void batch_lz4(void)
     free(text);
     ab_client_destroy(&c);
     bt_raw_close_all(socks, 1);
+}
+
+/* The default: every hop here is on loopback, where lz4 costs more CPU than
+ * the copy it saves, so nothing is compressed: the broker announces no LZ4
+ * to a local peer (bt_raw_hello checks it), the library then sends a long
+ * request plain, and the broker does not ask a local worker to compress
+ * its reply (no ACCEPT_LZ4). A peer that compresses anyway is still read.
+ * (Hops that leave the machine: hop_lz4_netns.) */
+void batch_lz4_local(void)
+{
+    enum { BIG = 256 * 1024 };
+    int port = th_free_port();
+    th_broker(port, NULL);
+    bt_lz4_local = 0;
+    void *socks[2];
+    void *w = socks[0] = bt_raw(port);
+    bt_raw_register(w, "raw", 4, AB_FEATURE_LZ4);
+    th_worker(port, "echo", NULL);
+    void *hello = socks[1] = bt_raw(port);
+    bt_raw_hello(hello, AB_FEATURE_LZ4 | AB_FEATURE_BATCH | AB_FEATURE_INLINE);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    REQUIRE(th_wait_workers(c, "raw", 1, 10000) == 0);
+    char *text = bt_text(BIG);
+    uint64_t id;
+    bt_msg_t m;
+    REQUIRE(ab_client_request_start(c, "raw", text, BIG, &(ab_request_opts_t){.timeout_ms = 20000},
+                                    NULL, NULL, &id) == AB_OK);
+    ab_client_flush(c);
+    REQUIRE(bt_raw_recv_msg(w, &m, 5000));
+    CHECK_EQ(m.h.kind, AB_KIND_REQUEST);
+    CHECK_TRUE(!(m.h.flags & (AB_FLAG_LZ4 | AB_FLAG_LZ4_SKIPPED))); /* not even tried */
+    CHECK_TRUE(!(m.h.flags & AB_FLAG_ACCEPT_LZ4));
+    CHECK_U64(zmq_msg_size(&m.body), BIG);
+    CHECK_TRUE(zmq_msg_size(&m.body) == BIG && memcmp(zmq_msg_data(&m.body), text, BIG) == 0);
+    /* This worker compresses anyway: the client still reads it. */
+    void *z = NULL;
+    size_t zl = 0;
+    REQUIRE(ab_lz4_compress(text, BIG, 10, &z, &zl) == 1);
+    ab_header_t r = ab_header_init(AB_KIND_REPLY);
+    r.correlation_id = m.h.id;
+    r.flags = AB_FLAG_LZ4;
+    r.original_size = BIG;
+    bt_raw_send(w, &r, z, zl, 1);
+    free(z);
+    bt_msg_close(&m);
+    int64_t end = ab_now_ms() + 10000;
+    while (ab_client_pending(c) && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    CHECK_EQ(ab_client_pending(c), 0);
+    /* Through the echo worker (a library worker): plain both ways. */
+    void *reply = NULL;
+    size_t rlen = 0;
+    CHECK_EQ(ab_client_request(c, "echo", text, BIG, 20000, &reply, &rlen), AB_OK);
+    CHECK_U64(rlen, BIG);
+    CHECK_TRUE(reply && memcmp(reply, text, BIG) == 0);
+    ab_free(reply);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    printf("lz4 on loopback: %llu compressed, %llu skipped, %llu bytes in\n",
+           (unsigned long long)st->lz4_msgs, (unsigned long long)st->lz4_skipped,
+           (unsigned long long)st->bytes_in);
+    CHECK_U64(st->lz4_msgs, 1); /* the raw worker's own reply, only */
+    CHECK_U64(st->lz4_skipped, 0);
+    CHECK_TRUE(st->bytes_in > 2ull * BIG); /* the echo's request and reply, plain */
+    agentbus__stats__free_unpacked(st, NULL);
+    free(text);
+    ab_client_destroy(&c);
+    bt_raw_close_all(socks, 2);
 }
 
 /* A compressed request that lies about its size reaches the worker library
