@@ -36,7 +36,7 @@ void ab_batching_compress(ab_broker_t *b, const ab_peer_t *p, ab_header_t *h, ui
                           size_t *len);
 /* Feature bits the broker announces to P in its HELLO/REGISTER answers:
  * LZ4 only when P's hop wants it, so a peer on this machine does not
- * compress what it sends (docs/batching.md, "Which hops compress"). */
+ * compress what it sends (docs/protocol.md, "Which hops compress"). */
 uint32_t ab_batching_features(const ab_broker_t *b, const ab_peer_t *p);
 /* Whether payloads on P's hop are worth lz4: P reads it and its connection
  * leaves this machine (or compress-local is set). On ipc and loopback lz4
@@ -44,7 +44,7 @@ uint32_t ab_batching_features(const ab_broker_t *b, const ab_peer_t *p);
 int ab_batching_lz4_hop(const ab_broker_t *b, const ab_peer_t *p);
 /* 1 when socket FD's other end is on this machine: a Unix socket, a
  * loopback address, or the same address at both ends; 1 for -1 (inproc).
- * 0 when it cannot tell (the hop is then treated as remote). */
+ * (libzmq gives no fd for inproc). 0 when it cannot tell: treated as remote. */
 int ab_batching_fd_local(int fd);
 
 
