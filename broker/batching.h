@@ -43,8 +43,8 @@ uint32_t ab_batching_features(const ab_broker_t *b, const ab_peer_t *p);
  * costs more CPU than the copy it saves. */
 int ab_batching_lz4_hop(const ab_broker_t *b, const ab_peer_t *p);
 /* 1 when socket FD's other end is on this machine: a Unix socket, a
- * loopback address, or the same address at both ends; 1 for -1 (inproc).
- * (libzmq gives no fd for inproc). 0 when it cannot tell: treated as remote. */
+ * loopback address, or the same address at both ends; 1 for -1 (libzmq
+ * gives no fd for inproc). 0 when it cannot tell: treated as remote. */
 int ab_batching_fd_local(int fd);
 
 
