@@ -132,9 +132,16 @@ static ab_service_t *s_target(ab_broker_t *b, const ab_rid_t *rid, const ab_head
         AB_COUNT_ERROR(b, AB_ERR_NO_SERVICE);
         return NULL;
     }
-    ab_view_copy(h->target, name, sizeof name);
     b->c.requests++;
-    ab_service_t *s = ab_service_get(b, name, 0);
+    /* Requests come in runs to one service: the last one found is tried
+     * before the table (a copy of the name, a hash and a look-up). */
+    ab_service_t *s = b->service_hint;
+    if (s && ab_view_eq(h->target, s->name)) {
+        s->requests++;
+        return s;
+    }
+    ab_view_copy(h->target, name, sizeof name);
+    s = ab_service_get(b, name, 0);
     if (!s && !b->grace_over) {
         /* Just (re)started: its workers may be reconnecting right now. */
         if ((s = ab_service_get(b, name, 1)))
@@ -148,6 +155,7 @@ static ab_service_t *s_target(ab_broker_t *b, const ab_rid_t *rid, const ab_head
         return NULL;
     }
     s->requests++;
+    b->service_hint = s;
     return s;
 }
 
