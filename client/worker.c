@@ -10,6 +10,7 @@
 #include "agentbus.pb-c.h"
 #include "util.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,15 +55,17 @@ struct ab_job {
     zmq_msg_t payload; /* the payload's frame: the payload is SIZE bytes AT bytes into it */
     size_t at, size;   /* (an inline field may sit anywhere in its header frame) */
     int in_record;     /* a small payload of a BATCH entry: in SMALL, no frame */
-    uint8_t small[S_JOB_SMALL];
     ab_list_t link;              /* in its worker's ready or out list */
     ab_worker_t *worker;         /* while handed out; NULL once the worker is gone */
     int answered;
-    char service[256];
-    char model[AB_MODEL_MAX + 1]; /* the model the request named, "" for none */
     uint32_t priority;            /* as the client set it */
     int accept_lz4; /* the client reads lz4: large replies may be compressed */
     int admin;      /* the broker vouches the requester is an admin (AB_FLAG_ADMIN) */
+    /* From here on written whole for each job (s_job_new clears only what
+     * is above: the buffers are 800 bytes). */
+    char service[256];
+    char model[AB_MODEL_MAX + 1]; /* the model the request named, "" for none */
+    uint8_t small[S_JOB_SMALL];
 };
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
@@ -76,7 +79,8 @@ static ab_job_t *s_job_new(ab_worker_t *w)
         return calloc(1, sizeof *j);
     w->spare = *(ab_job_t **)j;
     w->nspare--;
-    memset(j, 0, sizeof *j);
+    memset(j, 0, offsetof(ab_job_t, service));
+    j->service[0] = j->model[0] = '\0';
     return j;
 }
 
