@@ -594,7 +594,6 @@ int ab_header_msg(const ab_header_t *h, zmq_msg_t *out)
     return rc == 0 ? 0 : -1;
 }
 
-/* ab_send with the peer already found (P, or NULL: none has RID). */
 /* s_send once the header is encoded (BUF, LEN). */
 static int s_send_encoded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
                           size_t len, zmq_msg_t *payload)
@@ -606,6 +605,7 @@ static int s_send_encoded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, con
     return ab_send_raw_peer(b, p, rid, buf, len, payload);
 }
 
+/* ab_send with the peer already found (P, or NULL: none has RID). */
 static int s_send(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
                   zmq_msg_t *payload)
 {
