@@ -256,6 +256,27 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
     return 0;
 }
 
+int ab_batching_add_bytes(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hlen,
+                          const void *data, size_t size, int has)
+{
+    struct ab_outq *q = p->out;
+    if (!q || (!q->held && q->batch.count == 0))
+        return 1; /* the turn's first message to P: held as a message (s_hold) */
+    size_t esz = ab_batch_entry_size(hlen, has ? size : 0), max = b->cfg->batch_max_bytes;
+    size_t have = q->held ? s_held_size(q) + 8 : q->batch.len;
+    if (esz + 8 > max || have + esz > max)
+        return 1; /* ab_batching_send flushes first, or sends it alone */
+    if (q->held && s_unhold(q) != AB_OK)
+        return 1;
+    if (ab_batch_add(&q->batch, hdr, hlen, data, has ? size : 0, has) != AB_OK)
+        return 1;
+    s_mark_dirty(b, p);
+    q->gathered++;
+    if (q->batch.count >= q->limit)
+        return s_flush(b, p) != 0 ? -1 : 0;
+    return 0;
+}
+
 void ab_batching_flush_all(ab_broker_t *b)
 {
     /* Popped one by one: a failed flush to a worker drops it, as a failed

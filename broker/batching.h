@@ -15,6 +15,14 @@
  * directly or gathered. 0 or -1 (counted). */
 int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hlen,
                      zmq_msg_t *payload);
+/* Adds the encoded header HDR and payload bytes (DATA, SIZE; HAS 0: none)
+ * to what P gathers when P already has messages gathered in this turn and
+ * the entry fits: copied into the batch, no message of its own. 0, -1
+ * (counted: a flush at the count limit failed), or 1: not taken (nothing
+ * gathered yet, too large, out of memory): send it as a message
+ * (ab_batching_send). */
+int ab_batching_add_bytes(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hlen,
+                          const void *data, size_t size, int has);
 /* Sends everything gathered; ends the turn for every peer. */
 void ab_batching_flush_all(ab_broker_t *b);
 /* Flushes everything when the oldest gathered message is past the age limit. */

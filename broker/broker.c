@@ -428,6 +428,7 @@ typedef struct {
     ab_header_t h;
     zmq_msg_t hdr, body;
     int has_body;
+    const ab_frame_t *lazy; /* a BATCH entry's payload, not yet copied into BODY (s_body) */
     int64_t now;
     int fd;    /* the connection it came on (ZMQ_SRCFD, or its peer's kept fd) */
     int asked; /* FD is libzmq's answer for this message, not a kept one */
@@ -483,9 +484,22 @@ static void s_fd_learnt(ab_broker_t *b, ab_peer_t *p, int fd, int64_t now)
     p->fd_epoch = (uint32_t)(now >> 10);
 }
 
+/* IN's payload as a message: a BATCH entry's is copied into one of its own
+ * here, the first time something asks (an answer going into its client's
+ * batch needs none: s_route). Out of memory: an empty one. */
 static zmq_msg_t *s_body(s_in_t *in)
 {
-    return in->has_body ? &in->body : NULL;
+    if (!in->has_body)
+        return NULL;
+    const ab_frame_t *pl = in->lazy;
+    if (pl) {
+        in->lazy = NULL;
+        if (zmq_msg_init_size(&in->body, pl->size) != 0)
+            zmq_msg_init(&in->body);
+        else if (pl->size)
+            memcpy(zmq_msg_data(&in->body), pl->data, pl->size);
+    }
+    return &in->body;
 }
 
 static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
@@ -668,7 +682,10 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
         /* fall through */
     case AB_KIND_PARTIAL:
     case AB_KIND_REPLY: /* request.h */
-        ab_req_on_answer(b, p, &in->rid, &in->h, s_body(in));
+        if (in->lazy) /* bytes in a BATCH: copied once, into the client's batch */
+            ab_req_on_answer_bytes(b, p, &in->rid, &in->h, in->lazy);
+        else
+            ab_req_on_answer(b, p, &in->rid, &in->h, s_body(in));
         break;
     case AB_KIND_HEARTBEAT: /* health.h */
         s_on_heartbeat(b, in, p, pl);
@@ -747,6 +764,7 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
     b->clock_us = ab_now_us(); /* until this message is routed (broker.h) */
     s_in_t in;
     in.now = now;
+    in.lazy = NULL;
     in.rid.len = (uint8_t)(zmq_msg_size(&f[0]) <= AB_RID_MAX ? zmq_msg_size(&f[0]) : AB_RID_MAX);
     memcpy(in.rid.bytes, zmq_msg_data(&f[0]), in.rid.len);
     ab_frame_t frames[2] = {{NULL, 0}, {NULL, 0}};
@@ -901,14 +919,12 @@ int ab_broker_run(ab_broker_t *b)
 /* Routes a decoded message IN (its payload PL, copied when IN has one). */
 static void s_route_copy(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
 {
-    if (in->has_body) { /* a request keeps its payload as a message of its own */
-        zmq_msg_init_size(&in->body, pl->size);
-        if (pl->size)
-            memcpy(zmq_msg_data(&in->body), pl->data, pl->size);
-    }
+    /* A request keeps its payload as a message of its own: s_body makes it
+     * when asked; an answer may not need one. */
+    in->lazy = in->has_body ? pl : NULL;
     ab_batching_note(b, &in->h, pl->size);
     s_route(b, in, pl);
-    if (in->has_body)
+    if (in->has_body && !in->lazy)
         zmq_msg_close(&in->body);
 }
 
@@ -917,6 +933,7 @@ void ab_route_frames(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
 {
     s_in_t in;
     in.now = now;
+    in.lazy = NULL;
     in.rid = *rid;
     in.fd = fd; /* the BATCH's connection: the socket monitor maps closes by it */
     in.asked = 0;
@@ -935,6 +952,7 @@ void ab_route_entry(ab_broker_t *b, const ab_rid_t *rid, int fd, int64_t now,
 {
     s_in_t in;
     in.now = now;
+    in.lazy = NULL;
     in.rid = *rid;
     in.fd = fd;
     in.asked = 0;

@@ -35,6 +35,8 @@ struct ab_broker {
     void *router;
     zhashx_t *peers;    /* &peer->rid -> ab_peer_t (owned) */
     ab_peer_t *peer_hint[2]; /* the last peers ab_peer_lookup found (cleared when dropped) */
+    struct ab_service *service_hint; /* the last service a request named (request.c,
+                                        s_target; cleared when deleted) */
     zhashx_t *peer_keys; /* peer->key -> ab_peer_t (not owned): "~key" and pins */
     zhashx_t *services; /* service.h: name -> ab_service_t (owned) */
     ab_idmap_t pending; /* request.h: bid -> ab_req_t (owned) */

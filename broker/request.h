@@ -132,6 +132,11 @@ void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
  * it; anything else is dropped and counted. */
 void ab_req_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from, const ab_header_t *h,
                       zmq_msg_t *body);
+/* The same with the payload as bytes PL (NULL: none) that stay valid for
+ * the call (an entry of a received BATCH): copied straight into the
+ * client's batch, or into a message only where one is kept or sent alone. */
+void ab_req_on_answer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from,
+                            const ab_header_t *h, const ab_frame_t *pl);
 
 /* --- deadlines ------------------------------------------------------------- */
 /* Answers DEADLINE every request whose deadline is NOW or earlier. */

@@ -594,6 +594,17 @@ int ab_header_msg(const ab_header_t *h, zmq_msg_t *out)
     return rc == 0 ? 0 : -1;
 }
 
+/* s_send once the header is encoded (BUF, LEN). */
+static int s_send_encoded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
+                          size_t len, zmq_msg_t *payload)
+{
+    if (p && s_beyond_twice(b, p))
+        return -1; /* counted; P is disconnected at the end of the turn */
+    if (p && b->cfg->batch && (p->features & AB_FEATURE_BATCH))
+        return ab_batching_send(b, p, buf, len, payload);
+    return ab_send_raw_peer(b, p, rid, buf, len, payload);
+}
+
 /* ab_send with the peer already found (P, or NULL: none has RID). */
 static int s_send(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
                   zmq_msg_t *payload)
@@ -603,13 +614,7 @@ static int s_send(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_he
     uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
     if (!buf)
         return -1;
-    int rc;
-    if (p && s_beyond_twice(b, p))
-        rc = -1; /* counted; P is disconnected at the end of the turn */
-    else if (p && b->cfg->batch && (p->features & AB_FEATURE_BATCH))
-        rc = ab_batching_send(b, p, buf, len, payload);
-    else
-        rc = ab_send_raw_peer(b, p, rid, buf, len, payload);
+    int rc = s_send_encoded(b, p, rid, buf, len, payload);
     if (buf != stack)
         free(buf);
     return rc;
@@ -623,6 +628,38 @@ int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t
 int ab_send_peer(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *payload)
 {
     return s_send(b, p, &p->rid, h, payload);
+}
+
+int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const void *data,
+                       size_t size, int has)
+{
+    uint8_t stack[512];
+    size_t len;
+    uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
+    if (!buf)
+        return -1;
+    /* Into the peer's batch when it has one going (the common case under
+     * load): the bytes are copied once, into the batch. */
+    int rc = 1;
+    if (s_beyond_twice(b, p))
+        rc = -1; /* counted; P is disconnected at the end of the turn */
+    else if (b->cfg->batch && (p->features & AB_FEATURE_BATCH))
+        rc = ab_batching_add_bytes(b, p, buf, len, data, size, has);
+    if (rc == 1) { /* not gathered: a message of its own, the usual way */
+        zmq_msg_t m;
+        if (has && zmq_msg_init_size(&m, size) != 0) {
+            rc = -1;
+        } else {
+            if (has && size)
+                memcpy(zmq_msg_data(&m), data, size);
+            rc = s_send_encoded(b, p, &p->rid, buf, len, has ? &m : NULL);
+            if (has)
+                zmq_msg_close(&m); /* sent: empty; refused: its bytes */
+        }
+    }
+    if (buf != stack)
+        free(buf);
+    return rc;
 }
 
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,

@@ -14,6 +14,12 @@ int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t
 /* As ab_send to peer P (a live record: its rid is where it goes), for
  * callers that hold it: no look-up by routing id. */
 int ab_send_peer(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *payload);
+/* As ab_send_peer with the payload as bytes (DATA, SIZE; HAS 0: none) the
+ * caller keeps: a peer that is gathering a BATCH gets them copied straight
+ * into it, with no message of their own; otherwise they are copied into
+ * one and sent as ab_send_peer would. 0 or -1 (counted). */
+int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const void *data,
+                       size_t size, int has);
 /* Sends an encoded header BUF (+ PAYLOAD moved) to RID now, unbatched. */
 int ab_send_raw(ab_broker_t *b, const ab_rid_t *rid, const uint8_t *buf, size_t len,
                 zmq_msg_t *payload);

@@ -63,6 +63,8 @@ static ab_service_t *s_oldest_idle(ab_broker_t *b)
 static void s_service_delete(ab_broker_t *b, ab_service_t *s)
 {
     s_idle_unlink(s);
+    if (b->service_hint == s)
+        b->service_hint = NULL;
     zhashx_delete(b->services, s->name); /* ab_service_free */
 }
 

@@ -106,6 +106,12 @@ typedef struct {
  * batch is copied (*AT = 0). Call it last: IN's header views may point
  * into the moved frame. AB_OK or AB_ENOMEM. */
 int ab_in_take_body(ab_in_t *in, zmq_msg_t *out, size_t *at);
+/* 1 when IN's payload is bytes of a received BATCH (ab_in_take_body would
+ * copy them): valid until the next ab_conn_recv. */
+static inline int ab_in_batched(const ab_in_t *in)
+{
+    return in->has_body && !in->body_owned && !in->in_hdr;
+}
 
 /* Entries of a received BATCH not handed out yet (ab_conn_recv gives them
  * before reading the socket again). */

@@ -57,8 +57,9 @@ int ab_batch_add(ab_batch_t *b, const void *hdr, size_t hlen, const void *payloa
 const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len);
 /* The body (count written in) as a malloc'd buffer the caller now owns and
  * frees (a sender hands it to ZeroMQ instead of copying it); B is left
- * empty, without a buffer, and its next one starts at about this body's
- * size. NULL (*len 0) when B holds nothing. */
+ * empty, without a buffer, and its next one starts at about 1.5x this
+ * body's size (or half the last start, if larger). NULL (*len 0) when B
+ * holds nothing. */
 uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len);
 
 /* The frames of B's one entry (B->count is 1), as views into B: a sender

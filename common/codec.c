@@ -340,24 +340,30 @@ size_t ab_header_bound(const ab_header_t *h)
     return 0 AB_HEADER_FIELD_LIST(S_BOUND);
 }
 
+/* The fields of H into BUF, which the caller knows is large enough. */
+static size_t s_encode(const ab_header_t *h, uint8_t *buf)
+{
+    uint8_t *p = buf;
+    AB_HEADER_FIELD_LIST(S_PUT)
+    return (size_t)(p - buf);
+}
+
 size_t ab_header_encode(const ab_header_t *h, void *buf, size_t cap)
 {
     if (ab_header_bound(h) > cap && ab_header_size(h) > cap)
         return 0;
-    uint8_t *p = buf;
-    AB_HEADER_FIELD_LIST(S_PUT)
-    return (size_t)(p - (uint8_t *)buf);
+    return s_encode(h, buf);
 }
 
 uint8_t *ab_header_encode_buf(const ab_header_t *h, uint8_t *stack, size_t cap, size_t *len)
 {
     uint8_t *buf = stack;
-    if (ab_header_bound(h) > cap) {
+    if (ab_header_bound(h) > cap) { /* sized once here, not again by ab_header_encode */
         cap = ab_header_size(h);
         if (!(buf = malloc(cap)))
             return NULL;
     }
-    *len = ab_header_encode(h, buf, cap);
+    *len = s_encode(h, buf);
     return buf;
 }
 

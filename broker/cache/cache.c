@@ -276,6 +276,10 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
     *cr = NULL;
     if (!c || h->worker.len) /* pinned requests are operator commands */
         return 0;
+    if (!h->model.len && !(h->flags & AB_FLAG_CACHEABLE)) {
+        c->uncacheable++; /* no key (ab_cache_key's first test): nothing to copy or look up */
+        return 0;
+    }
     char model[AB_MODEL_MAX + 1];
     ab_view_copy(h->model, model, sizeof model);
     /* Without a model or the CACHEABLE mark there is no key (cache_key.c's

@@ -519,12 +519,67 @@ static void s_batch_counts(void)
     bt_raw_close_all(socks, 2);
 }
 
+/* The library's count limit follows its backlog (ab_batch_next_limit): a
+ * turn that gathered many doubles it, and turns that gathered nothing (a
+ * poll with nothing to send: most of them) leave it, so a burst after a
+ * quiet spell goes in batches as large as the last burst earned, not cut
+ * back to 64 by every empty poll. Requests to a service nobody serves: the
+ * broker answers each NO_SERVICE at once, and the only BATCHes it receives
+ * are this client's. */
+static void s_limit_grows(void)
+{
+    enum { N = 1000 };
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    /* No age limit in the way on a slow machine: only the count cuts. */
+    REQUIRE(ab_options_set_batch_limits(o, AB_BATCH_DEFAULT_COUNT, 1 << 20, 1000000) == AB_OK);
+    ab_client_t *c = NULL, *ctl = th_client(port);
+    REQUIRE(ab_client_new(&c, o) == AB_OK);
+    ab_options_destroy(&o);
+    void *reply = NULL;
+    size_t rlen = 0;
+    /* Answered: the broker's HELLO answer (BATCH) is known to the handle. */
+    CHECK_EQ(ab_client_request(c, "nobody", "x", 1, 10000, &reply, &rlen), AB_ENOSERVICE);
+    uint64_t db = 0, dm = 0;
+    for (int round = 0; round < 3; round++) {
+        Agentbus__Stats *st = th_stats(ctl);
+        REQUIRE(st != NULL);
+        uint64_t b0 = st->batches_in, m0 = st->batched_msgs_in;
+        agentbus__stats__free_unpacked(st, NULL);
+        for (int i = 0; i < N; i++) /* one turn gathers N */
+            REQUIRE(ab_client_request_start(c, "nobody", "0123456789", 10,
+                                            &(ab_request_opts_t){.timeout_ms = 20000}, NULL,
+                                            NULL, NULL) == AB_OK);
+        ab_client_flush(c);
+        int64_t end = ab_now_ms() + 20000;
+        while (ab_client_pending(c) && ab_now_ms() < end)
+            ab_client_poll(c, 5); /* many turns that gather nothing */
+        CHECK_EQ(ab_client_pending(c), 0);
+        st = th_stats(ctl);
+        REQUIRE(st != NULL);
+        db = st->batches_in - b0;
+        dm = st->batched_msgs_in - m0;
+        agentbus__stats__free_unpacked(st, NULL);
+        printf("round %d: %llu batches holding %llu requests\n", round,
+               (unsigned long long)db, (unsigned long long)dm);
+    }
+    /* Round 0 starts at 64, round 1 at 128, round 2 at 256 (999 gathered:
+     * 4 batches); cut back to 64 by the empty polls, it would be 16. */
+    CHECK_TRUE(db > 0);
+    CHECK_TRUE(dm >= (uint64_t)N - 1);
+    CHECK_TRUE(db > 0 && dm / db > 128);
+    ab_client_destroy(&c);
+    ab_client_destroy(&ctl);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"many", s_many}, {"old_peer", s_old_peer}, {"lone", s_lone}, {"options", s_options},
         {"mixed", s_mixed}, {"register_batched", s_register_batched},
-        {"batch_counts", s_batch_counts},
+        {"batch_counts", s_batch_counts}, {"limit_grows", s_limit_grows},
         /* test_batching_lz4.c */
         {"lz4", batch_lz4}, {"lz4_local", batch_lz4_local},
         {"lz4_corrupt", batch_lz4_corrupt}, {"malformed", batch_malformed},
