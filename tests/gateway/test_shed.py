@@ -239,12 +239,16 @@ def case_busy(tmp):
     m = metrics(gw)
     check(m['agentbus_gateway_shed_total{reason="busy"}'] == 2, "both refusals counted as busy")
     check(m["agentbus_gateway_admitted"] == 2, "admitted gauge shows the two held")
+    # The held calls may still be on their way to the simulator (a busy
+    # machine): wait for them, then the count must be theirs alone.
+    wait_for("the held calls at the simulator", lambda: sim_stats(sim)["requests"] >= base + 2)
     check(sim_stats(sim)["requests"] == base + 2, "the refused requests never reached the simulator")
     for s in held:
         st, text = read_response(s, until=b'"done":true')
         check(st == 200 and '"done":true' in text, "a request within the cap completed")
         s.close()
     wait_for("the held calls to end", lambda: metrics(gw)["agentbus_gateway_admitted"] == 0)
+    check(sim_stats(sim)["requests"] == base + 2, "and none of them later either")
     st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "after", "stream": False})
     check(st == 200 and json.loads(text)["done"], f"served again below the cap ({st})")
 
