@@ -5,8 +5,9 @@
 # B over loopback sends 64 KiB of text: nothing is compressed. A client in
 # namespace A, across the veth pair (another machine, as far as the broker
 # can tell), sends the same: its request and the worker's reply both travel
-# compressed. The clients use the Python binding (one connection each). Both replies must equal the text. Exits 77 (ctest: skipped)
-# with a message where namespaces cannot be made (no CAP_SYS_ADMIN, no ip).
+# compressed. The clients use the Python binding (one connection each).
+# Both replies must equal the text. Exits 77 (ctest: skipped) with a
+# message where namespaces cannot be made (netns_lib.sh).
 set -uo pipefail
 bin=$1
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,33 +18,8 @@ if ldd "$bin/libagentbus.so" 2>/dev/null | grep -q libasan; then
   preload=("LD_PRELOAD=$(cc -print-file-name=libasan.so):$(cc -print-file-name=libubsan.so)"
            "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1")
 fi
-id=$$
-na=abza$id nb=abzb$id va=abzva$id vb=abzvb$id
-if ! command -v ip >/dev/null || ! ip netns add "$na" 2>/dev/null; then
-  echo "hop_lz4_netns: SKIPPED: cannot create network namespaces here (needs ip and CAP_SYS_ADMIN)"
-  exit 77
-fi
-tmp=$(mktemp -d /tmp/agentbus-hoplz4.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  ip netns del "$na" 2>/dev/null
-  ip netns del "$nb" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() {
-  echo "hop_lz4_netns: FAILED: $*"
-  for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done
-  exit 1
-}
-ip netns add "$nb" || fail "netns $nb"
-ip link add "$va" type veth peer name "$vb" || fail "veth"
-ip link set "$va" netns "$na" && ip link set "$vb" netns "$nb" || fail "veth into namespaces"
-ip -n "$na" addr add 10.79.0.1/24 dev "$va" && ip -n "$nb" addr add 10.79.0.2/24 dev "$vb"
-for n in "$na" "$nb"; do ip -n "$n" link set lo up; done
-ip -n "$na" link set "$va" up && ip -n "$nb" link set "$vb" up || fail "links up"
+. "$(dirname "$0")/netns_lib.sh"
+ns_pair hop_lz4_netns z 10.79.0
 
 # (ip netns exec execs the program: $! is its PID, so signals reach it.)
 ip netns exec "$nb" "$bin/agentbus-broker" --bind tcp://127.0.0.1:5610 --bind tcp://10.79.0.2:5611 \

@@ -8,33 +8,8 @@
 # be made (no CAP_SYS_ADMIN, no ip).
 set -uo pipefail
 bin=$1
-id=$$
-na=abna$id nb=abnb$id va=abva$id vb=abvb$id
-if ! command -v ip >/dev/null || ! ip netns add "$na" 2>/dev/null; then
-  echo "links_netns: SKIPPED: cannot create network namespaces here (needs ip and CAP_SYS_ADMIN)"
-  exit 77
-fi
-tmp=$(mktemp -d /tmp/agentbus-netns.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  ip netns del "$na" 2>/dev/null
-  ip netns del "$nb" 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() {
-  echo "links_netns: FAILED: $*"
-  for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done
-  exit 1
-}
-ip netns add "$nb" || fail "netns $nb"
-ip link add "$va" type veth peer name "$vb" || fail "veth"
-ip link set "$va" netns "$na" && ip link set "$vb" netns "$nb" || fail "veth into namespaces"
-ip -n "$na" addr add 10.77.0.1/24 dev "$va" && ip -n "$nb" addr add 10.77.0.2/24 dev "$vb"
-for n in "$na" "$nb"; do ip -n "$n" link set lo up; done
-ip -n "$na" link set "$va" up && ip -n "$nb" link set "$vb" up || fail "links up"
+. "$(dirname "$0")/netns_lib.sh"
+ns_pair links_netns n 10.77.0
 
 mkdir -p "$tmp/certs" "$tmp/ka" "$tmp/kb"
 for k in a b; do "$bin/brokerctl" keygen "$k" --role peer --names "${k^^}" --out "$tmp/certs" >/dev/null; done

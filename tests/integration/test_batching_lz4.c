@@ -16,6 +16,42 @@
 #include <string.h>
 
 /* --- compression --------------------------------------------------------------------- */
+/* The stack of both lz4 cases on PORT's broker: raw worker W (registered
+ * for "raw", reads lz4: it sees exactly what the broker forwards), an echo
+ * worker, and a library client that sends TEXT (N bytes) to "raw", whose
+ * REQUEST W receives into *M. Returns the client. */
+static ab_client_t *s_lz4_stack(int port, void *w, const char *text, size_t n, bt_msg_t *m)
+{
+    bt_raw_register(w, "raw", 4, AB_FEATURE_LZ4);
+    th_worker(port, "echo", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    REQUIRE(th_wait_workers(c, "raw", 1, 10000) == 0);
+    uint64_t id;
+    REQUIRE(ab_client_request_start(c, "raw", text, n, &(ab_request_opts_t){.timeout_ms = 20000},
+                                    NULL, NULL, &id) == AB_OK);
+    ab_client_flush(c);
+    REQUIRE(bt_raw_recv_msg(w, m, 5000));
+    CHECK_EQ(m->h.kind, AB_KIND_REQUEST);
+    return c;
+}
+
+/* TEXT (N bytes) to the echo worker and back, equal; then C's calls in
+ * flight (the raw worker's answer) end within 10 s. */
+static void s_echo_then_drain(ab_client_t *c, const char *text, size_t n)
+{
+    void *reply = NULL;
+    size_t rlen = 0;
+    CHECK_EQ(ab_client_request(c, "echo", text, n, 20000, &reply, &rlen), AB_OK);
+    CHECK_U64(rlen, n);
+    CHECK_TRUE(reply && rlen == n && memcmp(reply, text, n) == 0);
+    ab_free(reply);
+    int64_t end = ab_now_ms() + 10000;
+    while (ab_client_pending(c) && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    CHECK_EQ(ab_client_pending(c), 0);
+}
+
 void batch_lz4(void)
 {
     enum { BIG = 256 * 1024 };
@@ -25,23 +61,10 @@ void batch_lz4(void)
     th_broker(port, "--compress-local", NULL);
     bt_lz4_local = 1;
     void *socks[1];
-    /* A raw worker that reads lz4 itself: it sees exactly what the broker
-     * forwards. */
     void *w = socks[0] = bt_raw(port);
-    bt_raw_register(w, "raw", 4, AB_FEATURE_LZ4);
-    th_worker(port, "echo", NULL);
-    ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
-    REQUIRE(th_wait_workers(c, "raw", 1, 10000) == 0);
     char *text = bt_text(BIG);
-
-    uint64_t id;
     bt_msg_t m;
-    REQUIRE(ab_client_request_start(c, "raw", text, BIG, &(ab_request_opts_t){.timeout_ms = 20000},
-                                    NULL, NULL, &id) == AB_OK);
-    ab_client_flush(c);
-    REQUIRE(bt_raw_recv_msg(w, &m, 5000));
-    CHECK_EQ(m.h.kind, AB_KIND_REQUEST);
+    ab_client_t *c = s_lz4_stack(port, w, text, BIG, &m);
     CHECK_TRUE(m.h.flags & AB_FLAG_LZ4);
     CHECK_TRUE(m.h.flags & AB_FLAG_ACCEPT_LZ4); /* the library client reads lz4 */
     CHECK_U64(m.h.original_size, BIG);
@@ -60,26 +83,14 @@ void batch_lz4(void)
     r.original_size = BIG;
     bt_raw_send(w, &r, zmq_msg_data(&m.body), zl, 1);
     bt_msg_close(&m);
-    void *reply = NULL;
-    size_t rlen = 0;
     /* A sync request to the echo worker: compressed both ways by the library. */
-    CHECK_EQ(ab_client_request(c, "echo", text, BIG, 20000, &reply, &rlen), AB_OK);
-    CHECK_U64(rlen, BIG);
-    CHECK_TRUE(reply && memcmp(reply, text, BIG) == 0);
-    ab_free(reply);
-    int64_t end = ab_now_ms() + 10000; /* and the raw worker's answer arrives */
-    while (ab_client_pending(c) && ab_now_ms() < end)
-        ab_client_poll(c, 50);
-    CHECK_EQ(ab_client_pending(c), 0);
+    s_echo_then_drain(c, text, BIG);
 
     /* Incompressible bytes go as they are, flagged as skipped. */
     char *rnd = malloc(64 * 1024);
     for (size_t i = 0; i < 64 * 1024; i++)
         rnd[i] = (char)t_rand();
-    CHECK_EQ(ab_client_request(c, "echo", rnd, 64 * 1024, 20000, &reply, &rlen), AB_OK);
-    CHECK_U64(rlen, 64 * 1024);
-    CHECK_TRUE(reply && memcmp(reply, rnd, 64 * 1024) == 0);
-    ab_free(reply);
+    s_echo_then_drain(c, rnd, 64 * 1024);
 
     Agentbus__Stats *st = th_stats(c);
     REQUIRE(st != NULL);
@@ -133,22 +144,12 @@ void batch_lz4_local(void)
     th_broker(port, NULL);
     bt_lz4_local = 0;
     void *socks[2];
-    void *w = socks[0] = bt_raw(port);
-    bt_raw_register(w, "raw", 4, AB_FEATURE_LZ4);
-    th_worker(port, "echo", NULL);
     void *hello = socks[1] = bt_raw(port);
     bt_raw_hello(hello, AB_FEATURE_LZ4 | AB_FEATURE_BATCH | AB_FEATURE_INLINE);
-    ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
-    REQUIRE(th_wait_workers(c, "raw", 1, 10000) == 0);
+    void *w = socks[0] = bt_raw(port);
     char *text = bt_text(BIG);
-    uint64_t id;
     bt_msg_t m;
-    REQUIRE(ab_client_request_start(c, "raw", text, BIG, &(ab_request_opts_t){.timeout_ms = 20000},
-                                    NULL, NULL, &id) == AB_OK);
-    ab_client_flush(c);
-    REQUIRE(bt_raw_recv_msg(w, &m, 5000));
-    CHECK_EQ(m.h.kind, AB_KIND_REQUEST);
+    ab_client_t *c = s_lz4_stack(port, w, text, BIG, &m);
     CHECK_TRUE(!(m.h.flags & (AB_FLAG_LZ4 | AB_FLAG_LZ4_SKIPPED))); /* not even tried */
     CHECK_TRUE(!(m.h.flags & AB_FLAG_ACCEPT_LZ4));
     CHECK_U64(zmq_msg_size(&m.body), BIG);
@@ -164,17 +165,8 @@ void batch_lz4_local(void)
     bt_raw_send(w, &r, z, zl, 1);
     free(z);
     bt_msg_close(&m);
-    int64_t end = ab_now_ms() + 10000;
-    while (ab_client_pending(c) && ab_now_ms() < end)
-        ab_client_poll(c, 50);
-    CHECK_EQ(ab_client_pending(c), 0);
     /* Through the echo worker (a library worker): plain both ways. */
-    void *reply = NULL;
-    size_t rlen = 0;
-    CHECK_EQ(ab_client_request(c, "echo", text, BIG, 20000, &reply, &rlen), AB_OK);
-    CHECK_U64(rlen, BIG);
-    CHECK_TRUE(reply && memcmp(reply, text, BIG) == 0);
-    ab_free(reply);
+    s_echo_then_drain(c, text, BIG);
     Agentbus__Stats *st = th_stats(c);
     REQUIRE(st != NULL);
     printf("lz4 on loopback: %llu compressed, %llu skipped, %llu bytes in\n",
