@@ -494,10 +494,7 @@ static zmq_msg_t *s_body(s_in_t *in)
     const ab_frame_t *pl = in->lazy;
     if (pl) {
         in->lazy = NULL;
-        if (zmq_msg_init_size(&in->body, pl->size) != 0)
-            zmq_msg_init(&in->body);
-        else if (pl->size)
-            memcpy(zmq_msg_data(&in->body), pl->data, pl->size);
+        ab_msg_of_bytes(&in->body, pl->data, pl->size);
     }
     return &in->body;
 }
@@ -743,10 +740,10 @@ static int s_inline_body(s_in_t *in, const ab_frame_t *pl)
         return AB_EINLINE;
     if (in->h.kind == AB_KIND_BATCH)
         return AB_OK;
-    if (zmq_msg_init_size(&in->body, pl->size) != 0)
+    if (ab_msg_of_bytes(&in->body, pl->data, pl->size) != 0) {
+        zmq_msg_close(&in->body);
         return AB_ENOMEM;
-    if (pl->size)
-        memcpy(zmq_msg_data(&in->body), pl->data, pl->size);
+    }
     in->has_body = 1;
     return AB_OK;
 }

@@ -377,10 +377,7 @@ static zmq_msg_t *s_msg(s_body_t *body)
     if (!body->has)
         return NULL;
     if (!body->msg) {
-        if (zmq_msg_init_size(&body->own, body->size) != 0)
-            zmq_msg_init(&body->own);
-        else if (body->size)
-            memcpy(zmq_msg_data(&body->own), body->data, body->size);
+        ab_msg_of_bytes(&body->own, body->data, body->size);
         body->msg = &body->own;
     }
     return body->msg;

@@ -630,6 +630,17 @@ int ab_send_peer(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *
     return s_send(b, p, &p->rid, h, payload);
 }
 
+int ab_msg_of_bytes(zmq_msg_t *m, const void *data, size_t size)
+{
+    if (zmq_msg_init_size(m, size) != 0) {
+        zmq_msg_init(m);
+        return -1;
+    }
+    if (size)
+        memcpy(zmq_msg_data(m), data, size);
+    return 0;
+}
+
 int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const void *data,
                        size_t size, int has)
 {
@@ -647,11 +658,9 @@ int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
         rc = ab_batching_add_bytes(b, p, buf, len, data, size, has);
     if (rc == 1) { /* not gathered: a message of its own, the usual way */
         zmq_msg_t m;
-        if (has && zmq_msg_init_size(&m, size) != 0) {
+        if (has && ab_msg_of_bytes(&m, data, size) != 0) {
             rc = -1;
         } else {
-            if (has && size)
-                memcpy(zmq_msg_data(&m), data, size);
             rc = s_send_encoded(b, p, &p->rid, buf, len, has ? &m : NULL);
             if (has)
                 zmq_msg_close(&m); /* sent: empty; refused: its bytes */

@@ -14,6 +14,9 @@ int ab_send(ab_broker_t *b, const ab_rid_t *rid, const ab_header_t *h, zmq_msg_t
 /* As ab_send to peer P (a live record: its rid is where it goes), for
  * callers that hold it: no look-up by routing id. */
 int ab_send_peer(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *payload);
+/* M (not initialised) becomes a message holding a copy of DATA (SIZE
+ * bytes). 0, or -1 out of memory: M is then an empty message. */
+int ab_msg_of_bytes(zmq_msg_t *m, const void *data, size_t size);
 /* As ab_send_peer with the payload as bytes (DATA, SIZE; HAS 0: none) the
  * caller keeps: a peer that is gathering a BATCH gets them copied straight
  * into it, with no message of their own; otherwise they are copied into
