@@ -38,7 +38,7 @@ wait_http "http://127.0.0.1:$sport/api/version"
   >"$tmp/gateway.log" 2>&1 & pids+=($!)
 wait_http "http://127.0.0.1:$gport/healthz"
 for _ in $(seq 1 200); do
-  curl -sf "http://127.0.0.1:$gport/api/tags" | grep -q sim-small && break
+  curl -sf "http://127.0.0.1:$gport/api/tags" | grep sim-small >/dev/null && break
   sleep 0.05
 done
 # Load the model once, so neither run pays for it.

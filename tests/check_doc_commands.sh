@@ -15,7 +15,7 @@ src=$2
 tmp=$(mktemp -d)
 pids=()
 asan=0
-ldd "$bin/brokerctl" 2>/dev/null | grep -q libasan && asan=1
+case "$(ldd "$bin/brokerctl" 2>/dev/null)" in *libasan*) asan=1 ;; esac
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null

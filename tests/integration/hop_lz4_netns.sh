@@ -14,7 +14,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 # An ASan-built libagentbus loads into python only with the sanitizer
 # runtimes first (as tests/python does).
 preload=()
-if ldd "$bin/libagentbus.so" 2>/dev/null | grep -q libasan; then
+if [[ "$(ldd "$bin/libagentbus.so" 2>/dev/null)" == *libasan* ]]; then
   preload=("LD_PRELOAD=$(cc -print-file-name=libasan.so):$(cc -print-file-name=libubsan.so)"
            "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1")
 fi

@@ -38,7 +38,7 @@ wait_for() { # wait_for SECONDS CMD...: until CMD succeeds
   shift
   until "$@"; do [ $SECONDS -lt $end ] || return 1; sleep 0.1; done
 }
-up() { state | grep -q '"up"'; }
+up() { state | grep '"up"' >/dev/null; }
 down() { ! up; }
 serves() { ctl --timeout-ms 3000 request echo across >/dev/null 2>&1; }
 

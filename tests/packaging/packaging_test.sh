@@ -139,7 +139,7 @@ case_man_pages()
     # The broker's page names the config file the unit reads.
     conf=$(sed -n 's#^ExecStart=[^ ]* --config \([^ ]*\) .*#\1#p' \
         "$build/systemd/agentbus-broker.service")
-    MANWIDTH=200 man -l "$build/man/agentbus-broker.1" 2>/dev/null | grep -q -F "$conf" ||
+    MANWIDTH=200 man -l "$build/man/agentbus-broker.1" 2>/dev/null | grep -F "$conf" >/dev/null ||
         fail "agentbus-broker.1 does not name $conf"
 }
 
@@ -249,7 +249,7 @@ case_bash_completion()
     expect "" brokerctl stats s
     # Registered for brokerctl.
     PATH="$bin:$PATH" bash --norc --noprofile -c 'source "$1"; complete -p brokerctl' \
-        _ "$src/etc/bash-completion/brokerctl" | grep -q -- '-F _brokerctl' ||
+        _ "$src/etc/bash-completion/brokerctl" | grep -- '-F _brokerctl' >/dev/null ||
         fail "no completion registered for brokerctl"
 }
 
