@@ -428,7 +428,9 @@ typedef struct {
     ab_header_t h;
     zmq_msg_t hdr, body;
     int has_body;
-    const ab_frame_t *lazy; /* a BATCH entry's payload, not yet copied into BODY (s_body) */
+    const ab_frame_t *lazy; /* a BATCH entry's payload, or one inline in the header frame,
+                               not yet copied into BODY (s_body): BODY is set up only
+                               once LAZY is NULL */
     int64_t now;
     int fd;    /* the connection it came on (ZMQ_SRCFD, or its peer's kept fd) */
     int asked; /* FD is libzmq's answer for this message, not a kept one */
@@ -484,9 +486,9 @@ static void s_fd_learnt(ab_broker_t *b, ab_peer_t *p, int fd, int64_t now)
     p->fd_epoch = (uint32_t)(now >> 10);
 }
 
-/* IN's payload as a message: a BATCH entry's is copied into one of its own
- * here, the first time something asks (an answer going into its client's
- * batch needs none: s_route). Out of memory: an empty one. */
+/* IN's payload as a message: a BATCH entry's or an inline one is copied
+ * into one of its own here, the first time something asks (an answer, or
+ * a small request, needs none: s_route). Out of memory: an empty one. */
 static zmq_msg_t *s_body(s_in_t *in)
 {
     if (!in->has_body)
@@ -597,7 +599,12 @@ static void s_on_request(ab_broker_t *b, s_in_t *in, ab_peer_t *p)
     in->h.flags &= ~(uint32_t)AB_FLAG_ADMIN;
     if (ab_auth_is_admin(b->in_key))
         in->h.flags |= AB_FLAG_ADMIN;
-    ab_req_on_request(b, p, &in->rid, &in->h, s_body(in), in->now);
+    ab_req_body_t rb = {NULL, NULL, 0, in->has_body};
+    if (in->has_body && in->lazy) /* bytes: a small payload is copied into the record */
+        rb.data = in->lazy->data, rb.size = in->lazy->size;
+    else if (in->has_body)
+        rb = ab_req_body_of_msg(&in->body);
+    ab_req_on_request(b, p, &in->rid, &in->h, &rb, in->now);
 }
 
 static void s_on_heartbeat(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_t *pl)
@@ -726,11 +733,11 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
  * heard the broker's answer before the broker restarted or dropped it for
  * silence, and sent before its library saw the disconnection (refusing
  * would lose its messages, even the HELLO that mends it). Links stay on
- * two frames (router.c). Whoever keeps a payload (a request for re-dispatch,
- * the cache, a mailbox) keeps a zmq_msg_t, so it is copied into one of its
- * own: it is small (a sender puts at most AB_INLINE_MAX inline) and libzmq
- * would have allocated a frame of that size anyway. A BATCH is read in
- * place. AB_OK, AB_EINLINE or AB_ENOMEM; IN's body is set up either way. */
+ * two frames (router.c). The payload is read in place, as a BATCH entry's
+ * is (IN's LAZY is PL, which must outlive the routing): an answer is copied
+ * straight on, a small request into its record, and whatever keeps a
+ * message (a large request, the cache, a mailbox) has one made (s_body).
+ * A BATCH is read in place. AB_OK or AB_EINLINE. */
 static int s_inline_body(s_in_t *in, const ab_frame_t *pl)
 {
     ab_peer_t *p = in->peer;
@@ -740,10 +747,7 @@ static int s_inline_body(s_in_t *in, const ab_frame_t *pl)
         return AB_EINLINE;
     if (in->h.kind == AB_KIND_BATCH)
         return AB_OK;
-    if (ab_msg_of_bytes(&in->body, pl->data, pl->size) != 0) {
-        zmq_msg_close(&in->body);
-        return AB_ENOMEM;
-    }
+    in->lazy = pl;
     in->has_body = 1;
     return AB_OK;
 }
@@ -806,7 +810,7 @@ static int s_recv_one(ab_broker_t *b, int64_t now)
         ab_batching_note(b, &in.h, pl.size);
         s_route(b, &in, &pl);
     }
-    if (in.has_body)
+    if (in.has_body && !in.lazy)
         zmq_msg_close(&in.body);
     for (size_t i = 0; i < kept; i++)
         zmq_msg_close(&f[i]);

@@ -18,6 +18,7 @@
 #include "agentbus.h"
 #include "util.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,7 +44,7 @@ static ab_req_t *s_req_alloc(ab_broker_t *b)
         return calloc(1, sizeof *r);
     b->req_spare = *(void **)r;
     b->req_nspare--;
-    memset(r, 0, sizeof *r);
+    memset(r, 0, offsetof(ab_req_t, small)); /* SMALL's bytes are read only up to SMALL_LEN */
     return r;
 }
 
@@ -59,8 +60,8 @@ static void s_req_release(ab_broker_t *b, ab_req_t *r)
 }
 
 ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid_t *client,
-                     const ab_header_t *h, zmq_msg_t *body, struct ab_cache_req *cache,
-                     int64_t now)
+                     const ab_header_t *h, const ab_req_body_t *body,
+                     struct ab_cache_req *cache, int64_t now)
 {
     /* Every request has a client record: its flow in a lane is its client's. */
     ab_client_rec_t *crec = p ? ab_client_of(b, p) : ab_client_named(b, "~unknown");
@@ -90,9 +91,19 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
     }
     int64_t t = h->timeout_ms ? h->timeout_ms : b->cfg->default_timeout_ms;
     r->deadline_ms = now + (t < b->cfg->max_timeout_ms ? t : b->cfg->max_timeout_ms);
-    if (body) { /* moved, not copied: the received frame is kept */
-        zmq_msg_init(&r->payload);
-        zmq_msg_move(&r->payload, body);
+    if (body && body->has) {
+        if (body->msg) { /* moved, not copied: the received frame is kept */
+            zmq_msg_init(&r->payload);
+            zmq_msg_move(&r->payload, body->msg);
+        } else if (body->size <= AB_REQ_SMALL_MAX) {
+            if (body->size)
+                memcpy(r->small, body->data, body->size);
+            r->small_len = (uint16_t)body->size;
+            r->small_held = 1;
+        } else if (ab_msg_of_bytes(&r->payload, body->data, body->size) != 0) {
+            ab_req_destroy(r);
+            return NULL;
+        }
         r->has_payload = 1;
     }
     if (ab_idmap_put(&b->pending, r->bid, r) != 0) {
@@ -182,12 +193,14 @@ static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, con
 
 /* ab_req_on_request once S, the service H names, may take it. */
 static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
-                            const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now)
+                            const ab_header_t *h, ab_service_t *s, const ab_req_body_t *body,
+                            int64_t now)
 {
     if (!s_admit_client(b, p, rid, h, s))
         return;
     ab_cache_req_t *cr = NULL;
-    if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body, now, &cr))
+    if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body && body->has ? body->data : NULL,
+                            body && body->has ? body->size : 0, now, &cr))
         return; /* answered from the cache */
     if (!ab_service_admit(b, s)) {
         ab_cache_req_free(&cr);
@@ -207,7 +220,7 @@ static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
 }
 
 void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
-                       zmq_msg_t *body, int64_t now)
+                       const ab_req_body_t *body, int64_t now)
 {
     ab_service_t *s = s_target(b, rid, h);
     if (s && !ab_link_routable(b, s, h)) { /* only beyond the hop limit (link.h) */
@@ -222,11 +235,33 @@ void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const 
 }
 
 void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
-                         const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now)
+                         const ab_header_t *h, ab_service_t *s, const ab_req_body_t *body,
+                         int64_t now)
 {
     b->c.requests++; /* as s_target counts */
     s->requests++;
     s_on_request_to(b, p, rid, h, s, body, now);
+}
+
+/* R's payload goes (a message, or bytes in the record). */
+static void s_payload_drop(ab_req_t *r)
+{
+    if (r->has_payload && !r->small_held)
+        zmq_msg_close(&r->payload);
+    r->has_payload = 0;
+    r->small_held = 0;
+}
+
+zmq_msg_t *ab_req_payload(ab_req_t *r)
+{
+    if (!r->has_payload)
+        return NULL;
+    if (r->small_held) {
+        if (ab_msg_of_bytes(&r->payload, r->small, r->small_len) != 0)
+            return NULL; /* still held as bytes */
+        r->small_held = 0;
+    }
+    return &r->payload;
 }
 
 /* R's client has its answer, a worker may still hold R: R keeps only what
@@ -234,10 +269,7 @@ void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
 static void s_orphan(ab_broker_t *b, ab_req_t *r)
 {
     r->state = AB_REQ_ORPHANED;
-    if (r->has_payload) {
-        zmq_msg_close(&r->payload);
-        r->has_payload = 0;
-    }
+    s_payload_drop(r);
     ab_deadline_remove(b, r);
 }
 
@@ -258,9 +290,7 @@ static void s_req_clean(ab_req_t *r)
     ab_route_free(r);
     ab_link_req_free(r);
     ab_cache_req_free(&r->cache);
-    if (r->has_payload)
-        zmq_msg_close(&r->payload);
-    r->has_payload = 0;
+    s_payload_drop(r);
 }
 
 void ab_req_free(ab_broker_t *b, ab_req_t *r)

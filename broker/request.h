@@ -31,6 +31,7 @@ typedef enum {
  * 5%: freed in bursts of a window, they fall out of malloc's caches). */
 #define AB_FWD_KEY_TXT 41 /* a Z85 public key and its NUL */
 #define AB_FWD_VIA_ROOM 128 /* crossed lists of this size (NUL included) need no block */
+#define AB_REQ_SMALL_MAX 256 /* request payloads kept in the record (ab_req_t: small) */
 struct ab_fwd {
     char *via; /* NUL-terminated, at most AB_VIA_MAX - 1 characters (link_int.h) */
     uint32_t hops_left;
@@ -82,17 +83,45 @@ struct ab_req {
         struct ab_fwd f;
         char via[AB_FWD_VIA_ROOM];
     } fwd_room;                   /* FWD when its crossed list fits (link_fwd.c) */
+    /* A payload of up to AB_REQ_SMALL_MAX bytes that arrived as bytes (in a
+     * BATCH or inline) is kept here, not in PAYLOAD: no message of its own
+     * (a malloc, a copy and a free per request) unless something needs one
+     * (ab_req_payload). Last: a new record is cleared only up to SMALL. */
+    uint8_t small_held; /* the payload is SMALL's first SMALL_LEN bytes */
+    uint16_t small_len;
+    uint8_t small[AB_REQ_SMALL_MAX];
 };
+
+/* A request's payload as it arrives: a received message the request takes
+ * (MSG), or bytes the caller keeps (DATA, SIZE: a BATCH entry's, or inline
+ * in the header frame) that the request copies; HAS 0: none. */
+typedef struct {
+    zmq_msg_t *msg;
+    const void *data;
+    size_t size;
+    int has;
+} ab_req_body_t;
+
+/* BODY as an ab_req_body_t (MSG NULL: no payload). */
+static inline ab_req_body_t ab_req_body_of_msg(zmq_msg_t *msg)
+{
+    ab_req_body_t rb = {msg, msg ? zmq_msg_data(msg) : NULL, msg ? zmq_msg_size(msg) : 0,
+                        msg != NULL};
+    return rb;
+}
 
 /* --- life ------------------------------------------------------------------ */
 /* A new pending request for service S from CLIENT (its peer P, may be NULL),
- * from header H; BODY (may be NULL) is moved into it; CACHE (may be NULL)
+ * from header H; BODY's payload (BODY may be NULL) is moved or copied into it; CACHE (may be NULL)
  * is taken. It is in the pending table, the deadline heap and its client's
  * index, and holds S; the caller queues it (or joins a flight). NULL out of
  * memory: CACHE is freed, nothing else kept, the caller answers INTERNAL. */
 ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid_t *client,
-                     const ab_header_t *h, zmq_msg_t *body, struct ab_cache_req *cache,
-                     int64_t now);
+                     const ab_header_t *h, const ab_req_body_t *body,
+                     struct ab_cache_req *cache, int64_t now);
+/* R's payload as a message (made from SMALL the first time), or NULL when
+ * R has none or out of memory. */
+zmq_msg_t *ab_req_payload(ab_req_t *r);
 /* Answers R to its client with ERROR(CODE, TEXT) and frees it. */
 void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text);
 /* Takes R out of every list, table and heap, and frees it. */
@@ -111,19 +140,20 @@ size_t ab_req_live(const ab_broker_t *b);
 int ab_req_tried(const ab_req_t *r, uint64_t rid_hash);
 
 /* --- arrival ---------------------------------------------------------------- */
-/* REQUEST H (+ BODY, moved when kept; may be NULL) from RID, its peer P
+/* REQUEST H (+ BODY's payload, moved or copied when kept; BODY may be NULL) from RID, its peer P
  * (NULL when unknown): admitted (service known, client under its limits,
  * queue and broker under theirs), answered from the cache, joined to an
  * identical request in flight, or queued and dispatched. Every refusal is
  * answered (NO_SERVICE, BUSY) and counted. */
 void ab_req_on_request(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
-                       zmq_msg_t *body, int64_t now);
+                       const ab_req_body_t *body, int64_t now);
 /* ab_req_on_request for a request a broker link forwards (link_fwd.c):
  * S is the service H names (H's target under AB_NAME_MAX), already found,
  * and the link checked that one of S's workers may take it (crossed list,
  * hops left: ab_link_routable's rule). Counted and handled the same. */
 void ab_req_on_forwarded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
-                         const ab_header_t *h, ab_service_t *s, zmq_msg_t *body, int64_t now);
+                         const ab_header_t *h, ab_service_t *s, const ab_req_body_t *body,
+                         int64_t now);
 
 /* --- answers --------------------------------------------------------------- */
 /* PARTIAL, REPLY or ERROR H (+ BODY, moved on; may be NULL) from peer P

@@ -502,21 +502,20 @@ static void s_sent(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, size_t hle
         ab_peer_sent(b, p, hlen, plen, has_payload);
 }
 
-/* s_emit for a peer that reads inline payloads (codec.h "Inline"): the
- * header HDR (HLEN bytes) and PAYLOAD's bytes in one frame, so libzmq moves
- * one frame instead of two. HMSG and PAYLOAD are consumed only when sent,
- * as zmq_msg_send would (a held message is retried later). 0 or -1. */
-static int s_emit_inline(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const void *hdr,
-                         size_t hlen, zmq_msg_t *hmsg, zmq_msg_t *payload)
+/* For a peer that reads inline payloads (codec.h "Inline"): the header
+ * HDR (HLEN bytes) and the payload's bytes (DATA, PLEN) in one frame, so
+ * libzmq moves one frame instead of two. 0 (counted) or -1 (counted). */
+static int s_emit_one(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const void *hdr,
+                      size_t hlen, const void *data, size_t plen)
 {
-    size_t plen = zmq_msg_size(payload), n = ab_msg_inline_size(hlen, plen);
+    size_t n = ab_msg_inline_size(hlen, plen);
     zmq_msg_t one;
     if (zmq_msg_init_size(&one, n) != 0) {
         errno = ENOMEM;
         s_send_failed(b, rid);
         return -1;
     }
-    ab_msg_inline_put(zmq_msg_data(&one), hdr, hlen, zmq_msg_data(payload), plen);
+    ab_msg_inline_put(zmq_msg_data(&one), hdr, hlen, data, plen);
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_msg_send(&one, b->router, 0) < 0) {
         zmq_msg_close(&one);
@@ -524,13 +523,23 @@ static int s_emit_inline(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, cons
         return -1;
     }
     zmq_msg_close(&one);
+    s_sent(b, p, rid, n, 0, 0);
+    return 0;
+}
+
+/* s_emit_one from messages: HMSG and PAYLOAD are consumed only when sent,
+ * as zmq_msg_send would (a held message is retried later). 0 or -1. */
+static int s_emit_inline(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const void *hdr,
+                         size_t hlen, zmq_msg_t *hmsg, zmq_msg_t *payload)
+{
+    if (s_emit_one(b, p, rid, hdr, hlen, zmq_msg_data(payload), zmq_msg_size(payload)) != 0)
+        return -1;
     if (hmsg) {
         zmq_msg_close(hmsg);
         zmq_msg_init(hmsg);
     }
     zmq_msg_close(payload);
     zmq_msg_init(payload);
-    s_sent(b, p, rid, n, 0, 0);
     return 0;
 }
 
@@ -651,12 +660,18 @@ int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
         return -1;
     /* Into the peer's batch when it has one going (the common case under
      * load): the bytes are copied once, into the batch. */
-    int rc = 1;
+    int rc = 1, batching = b->cfg->batch && (p->features & AB_FEATURE_BATCH);
     if (s_beyond_twice(b, p))
         rc = -1; /* counted; P is disconnected at the end of the turn */
-    else if (b->cfg->batch && (p->features & AB_FEATURE_BATCH))
+    else if (batching)
         rc = ab_batching_add_bytes(b, p, buf, len, data, size, has);
-    if (rc == 1) { /* not gathered: a message of its own, the usual way */
+    /* Not gathered: a batching peer's batch decides (it may hold this one);
+     * any other gets one frame straight from the bytes when it reads
+     * inline (as s_emit would make it, with no message between). */
+    if (rc == 1 && !batching && has && size <= AB_INLINE_MAX &&
+        (p->features & AB_FEATURE_INLINE) && p->link_role < AB_LINK_WORKER) {
+        rc = s_emit_one(b, p, &p->rid, buf, len, data, size);
+    } else if (rc == 1) { /* not gathered: a message of its own, the usual way */
         zmq_msg_t m;
         if (has && ab_msg_of_bytes(&m, data, size) != 0) {
             rc = -1;

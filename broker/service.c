@@ -507,9 +507,10 @@ ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s, const ab_req_t
     return best ? best : remote;
 }
 
-/* Sends R to W. The payload goes as a reference-counted copy (no bytes are
- * copied for payloads over ZeroMQ's 33-byte inline size), so the request
- * keeps its own reference for a later re-dispatch. */
+/* Sends R to W. A payload in a message goes as a reference-counted copy
+ * (no bytes are copied for payloads over ZeroMQ's 33-byte inline size), so
+ * the request keeps its own reference for a later re-dispatch; a small one
+ * kept in the record goes as bytes (into W's batch, or one frame). */
 static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int64_t now)
 {
     ab_header_t h = ab_header_init(AB_KIND_REQUEST);
@@ -528,13 +529,18 @@ static int s_send_to_worker(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, int
     h.original_size = r->original_size;
     int64_t left = r->deadline_ms - now;
     h.timeout_ms = left > 0 ? (uint32_t)left : 1;
+    int link = w->peer->link_role == AB_LINK_WORKER; /* over a broker link (link.h) */
+    if (r->small_held && !link)
+        return ab_send_peer_bytes(b, w->peer, &h, r->small, r->small_len, 1);
+    zmq_msg_t *pm = ab_req_payload(r);
+    if (r->has_payload && !pm)
+        return -1; /* out of memory: as a refused send (s_start puts R back) */
     zmq_msg_t copy;
     zmq_msg_init(&copy);
-    if (r->has_payload)
-        zmq_msg_copy(&copy, &r->payload);
-    int rc = w->peer->link_role == AB_LINK_WORKER /* over a broker link (link.h) */
-                 ? ab_link_forward(b, w, r, &h, r->has_payload ? &copy : NULL)
-                 : ab_send_peer(b, w->peer, &h, r->has_payload ? &copy : NULL);
+    if (pm)
+        zmq_msg_copy(&copy, pm);
+    int rc = link ? ab_link_forward(b, w, r, &h, pm ? &copy : NULL)
+                  : ab_send_peer(b, w->peer, &h, pm ? &copy : NULL);
     zmq_msg_close(&copy);
     return rc;
 }

@@ -270,7 +270,7 @@ static int s_key_plain(ab_cache_t *c, size_t max_payload, const ab_header_t *h,
 
 int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
                         uint32_t client_features, const ab_header_t *h,
-                        const zmq_msg_t *body, int64_t now, ab_cache_req_t **cr)
+                        const void *body, size_t body_len, int64_t now, ab_cache_req_t **cr)
 {
     ab_cache_t *c = b->cache;
     *cr = NULL;
@@ -286,8 +286,7 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
      * first test) and no clock read either: most requests stop here. */
     uint64_t t_in = model[0] || (h->flags & AB_FLAG_CACHEABLE) ? ab_now_ns() : 0;
     ab_key_input_t in = {s->name, model, s_digest(s, model), h->flags,
-                         body ? zmq_msg_data((zmq_msg_t *)body) : NULL,
-                         body ? zmq_msg_size((zmq_msg_t *)body) : 0, 0, 0};
+                         body, body ? body_len : 0, 0, 0};
     in.plain_only = !(client_features & AB_FEATURE_LZ4);
     void *plain = NULL;
     if ((h->flags & AB_FLAG_LZ4) && in.size && (model[0] || (h->flags & AB_FLAG_CACHEABLE))) {

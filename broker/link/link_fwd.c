@@ -73,6 +73,8 @@ int ab_link_req_plain(ab_broker_t *b, ab_req_t *r)
 {
     if (!r->fwd || !(r->flags & AB_FLAG_LZ4) || !r->has_payload)
         return AB_EUNSUPPORTED;
+    if (!ab_req_payload(r))
+        return AB_ENOMEM;
     size_t zl = zmq_msg_size(&r->payload);
     zmq_msg_t m;
     int rc = ab_lz4_check(zl, r->original_size, b->limits.max_payload);
@@ -355,6 +357,7 @@ void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zm
         ab_send_error(b, &c->rid, h.id, code, why);
         return;
     }
+    ab_req_body_t rb = ab_req_body_of_msg(body);
     /* The admin bit is vouched for by the first broker's check of its agent. */
     h.flags &= ~(uint32_t)AB_FLAG_ADMIN;
     if (h.origin_role == AB_KEYROLE_ADMIN + 1)
@@ -364,12 +367,12 @@ void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zm
          * ab_req_on_request's ab_link_routable would (same crossed list and
          * hops left; it refuses more: a service with no worker at all):
          * neither is done twice per forwarded request. */
-        ab_req_on_forwarded(b, c, &c->rid, &h, s, body, now);
+        ab_req_on_forwarded(b, c, &c->rid, &h, s, &rb, now);
         return;
     }
     if (!h.via.len)
         h.via = ab_view_of(l->name); /* marks it as forwarded (ab_req_new) */
-    ab_req_on_request(b, c, &c->rid, &h, body, now);
+    ab_req_on_request(b, c, &c->rid, &h, &rb, now);
 }
 
 void ab_link_fwd_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body)

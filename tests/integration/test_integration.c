@@ -752,6 +752,113 @@ static void s_worker_lost(void)
     ab_client_destroy(&c);
 }
 
+/* A re-dispatched request carries its whole payload, whatever its size:
+ * small ones are kept in the broker's request record, larger ones in a
+ * message of their own (request.h: AB_REQ_SMALL_MAX), and they arrive in a
+ * BATCH (batching on) or inline in the header frame (batching off). Each
+ * is held by a worker that is killed, then answered by another echo
+ * worker: every reply must equal its own payload, byte for byte. */
+typedef struct {
+    size_t size;
+    unsigned char sent[5000];
+    unsigned char got[5000];
+    size_t got_len;
+    int finals, status;
+} s_echo_t;
+
+static void s_echo_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_echo_t *e = arg;
+    if (ev->status == AB_OK && e->got_len + ev->size <= sizeof e->got) {
+        memcpy(e->got + e->got_len, ev->data, ev->size);
+        e->got_len += ev->size;
+    }
+    if (ev->final) {
+        e->finals++;
+        e->status = ev->status;
+    }
+}
+
+static uint32_t s_in_flight(ab_client_t *c)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    uint32_t n = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        n += wl->workers[i]->in_flight;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return n;
+}
+
+static void s_lost_payloads(void)
+{
+    /* 255-257: around request.h's AB_REQ_SMALL_MAX (256); 1024-1025: around
+     * AB_INLINE_MAX (codec.h), the most a sender puts inline. */
+    static const size_t sizes[] = {0, 1, 64, 255, 256, 257, AB_INLINE_MAX, AB_INLINE_MAX + 1,
+                                   5000};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    int port = th_free_port();
+    th_broker(port, "--heartbeat-ms", "200", NULL);
+    pid_t w1 = th_worker(port, "hold", "--delay-ms", "60000", "--capacity", "64",
+                         "--heartbeat-ms", "200", NULL);
+    ab_client_t *cs[2];
+    cs[0] = th_client(port); /* batching on: requests in a BATCH when several go */
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    REQUIRE(ab_options_set_batching(o, 0) == AB_OK); /* inline, one frame each */
+    REQUIRE(ab_client_new(&cs[1], o) == AB_OK);
+    ab_options_destroy(&o);
+    REQUIRE(th_wait_workers(cs[0], "hold", 1, 10000) == 0);
+    static s_echo_t e[2][N];
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < N; i++) {
+            s_echo_t *x = &e[k][i];
+            memset(x, 0, sizeof *x);
+            x->size = sizes[i];
+            for (size_t j = 0; j < x->size; j++)
+                x->sent[j] = (unsigned char)(j * 31 + i * 7 + k * 101 + 1);
+            CHECK_EQ(ab_client_request_start(cs[k], "hold", x->sent, x->size,
+                                             &(ab_request_opts_t){.timeout_ms = 60000},
+                                             s_echo_cb, x, NULL),
+                     AB_OK);
+        }
+    /* All of them held by the first worker (a state, waited for). */
+    int64_t end = ab_now_ms() + 20000;
+    while (s_in_flight(cs[0]) < 2 * N && ab_now_ms() < end) {
+        ab_client_poll(cs[0], 20);
+        ab_client_poll(cs[1], 20);
+    }
+    REQUIRE(s_in_flight(cs[0]) == 2 * N);
+    th_kill9(w1);
+    th_worker(port, "hold", "--capacity", "64", "--heartbeat-ms", "200", NULL);
+    end = ab_now_ms() + 30000;
+    int done = 0;
+    while (done < 2 * N && ab_now_ms() < end) {
+        ab_client_poll(cs[0], 20);
+        ab_client_poll(cs[1], 20);
+        done = 0;
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < N; i++)
+                done += e[k][i].finals;
+    }
+    CHECK_EQ(done, 2 * N);
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < N; i++) {
+            s_echo_t *x = &e[k][i];
+            CHECK_EQ(x->finals, 1);
+            CHECK_EQ(x->status, AB_OK);
+            CHECK_EQ(x->got_len, x->size);
+            CHECK_TRUE(memcmp(x->got, x->sent, x->size) == 0);
+        }
+    Agentbus__Stats *st = th_stats(cs[0]);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->redispatched, 2 * N);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&cs[0]);
+    ab_client_destroy(&cs[1]);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -759,7 +866,7 @@ int main(int argc, char **argv)
         {"busy", s_busy}, {"deadline", s_deadline}, {"stream", s_stream}, {"garbage", s_garbage},
         {"restart", s_restart}, {"config", s_config}, {"brokerctl", s_brokerctl},
         {"async_fd", s_async_fd}, {"worker_api", s_worker_api}, {"worker_lost", s_worker_lost},
-        {"forged_reply", s_forged_reply},
+        {"forged_reply", s_forged_reply}, {"lost_payloads", s_lost_payloads},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
