@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -134,6 +135,30 @@ static void s_auth_setup(void)
     setenv("AB_BROKER_KEY", bpub, 1);
     setenv("AB_KEYS_DIR", keys, 1);
     setenv("AB_AUTH", "curve", 1);
+}
+
+/* The watchdog (th_main's TIMEOUT_S): a case still running 10 s before
+ * ctest's TIMEOUT would be killed without a word of where it hung. This
+ * prints its stack (the main thread's, where the case runs), kills what it
+ * started, prints their logs and fails. Past async-signal safety, knowingly:
+ * the process is stuck and about to end. */
+static void s_on_watchdog(int sig)
+{
+    (void)sig;
+    static const char msg[] = "\nwatchdog: the case is still running 10 s before its ctest "
+                              "TIMEOUT; where it is:\n";
+    (void)!write(2, msg, sizeof msg - 1);
+    void *frames[64];
+    backtrace_symbols_fd(frames, backtrace(frames, 64), 2);
+    for (int i = 0; i < s_nprocs; i++)
+        if (!s_procs[i].reaped)
+            kill(s_procs[i].pid, SIGKILL);
+    fflush(stdout);
+    for (int i = 0; i < s_nprocs; i++) {
+        fprintf(stderr, "--- log of pid %d (%s):\n", (int)s_procs[i].pid, s_procs[i].log);
+        s_tail(s_procs[i].log);
+    }
+    _exit(1);
 }
 
 void th_init(const char *test_name)
@@ -460,13 +485,18 @@ int th_main(int argc, char **argv, const th_case_t *cases, size_t ncases)
 {
     const char *prog = argc > 0 ? strrchr(argv[0], '/') : NULL;
     prog = prog ? prog + 1 : argc > 0 ? argv[0] : "test";
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s CASE\n", prog);
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: %s CASE [TIMEOUT_S]\n", prog);
         return 2;
     }
+    long limit = argc == 3 ? atol(argv[2]) : 0;
     for (size_t i = 0; i < ncases; i++) {
         if (strcmp(argv[1], cases[i].name) == 0) {
             th_init(cases[i].name);
+            if (limit > 20) { /* the watchdog, 10 s before ctest's TIMEOUT */
+                signal(SIGALRM, s_on_watchdog);
+                alarm((unsigned)(limit - 10));
+            }
             cases[i].fn();
             th_finish();
             return TEST_DONE(argv[1]);

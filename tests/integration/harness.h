@@ -85,7 +85,10 @@ typedef struct {
     void (*fn)(void);
 } th_case_t;
 /* The main() of a test program: runs the case named argv[1] between
- * th_init and th_finish and returns the exit status (2 on bad usage). */
+ * th_init and th_finish and returns the exit status (2 on bad usage).
+ * argv[2], if given, is the case's ctest TIMEOUT in seconds: 10 s before
+ * it a watchdog prints the case's stack and its processes' logs, kills
+ * them and fails (ctest would kill it without a word). */
 int th_main(int argc, char **argv, const th_case_t *cases, size_t ncases);
 
 /* Sleeps; ms. */
