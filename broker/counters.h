@@ -40,6 +40,7 @@ typedef struct {
     uint64_t health_entered[AB_HEALTH_KINDS_MAX];
     /* issue 16: lanes and client quotas (clients.c, service.c) */
     uint64_t client_queue_busy; /* BUSY: a client's max-client-queued was reached */
+    uint64_t held_bytes_busy;   /* BUSY: max-client-held-bytes or max-held-bytes (request.c) */
     uint64_t deadline_early;    /* DEADLINE before dispatch: too little time left */
     uint64_t deadline_busy;     /* issue 20: expired at a worker that kept answering (health.c) */
 } ab_counters_t;

@@ -182,6 +182,9 @@ static const struct {
      C(handshakes_failed)},
     {"agentbus_client_queue_busy_total", "BUSY answers: a client's max-client-queued was reached",
      C(client_queue_busy)},
+    {"agentbus_held_bytes_busy_total",
+     "BUSY answers: max-client-held-bytes or max-held-bytes would have been passed",
+     C(held_bytes_busy)},
     {"agentbus_deadline_early_total",
      "Requests answered DEADLINE before dispatch: less time left than a fast answer",
      C(deadline_early)},
@@ -209,6 +212,9 @@ static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)
     s_labelled(o, "agentbus_peers", "role", "control", roles[2]);
     s_one(o, "agentbus_pending_requests", "gauge", "Requests held (queued or in flight)",
           (double)ab_idmap_size(&b->pending));
+    s_one(o, "agentbus_held_request_bytes", "gauge",
+          "Payload bytes of the requests held (queued, at workers, waiting on a twin)",
+          (double)b->held_bytes);
     s_one(o, "agentbus_services", "gauge", "Services known", (double)zhashx_size(b->services));
     for (size_t i = 0; i < sizeof s_counters / sizeof s_counters[0]; i++)
         s_one(o, s_counters[i].name, "counter", s_counters[i].help,

@@ -120,7 +120,19 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
         ab_client_track(p, r); /* CANCEL and departure find it */
     }
     ab_deadline_push(b, r);
+    r->held_bytes = body && body->has ? body->size : 0;
+    b->held_bytes += r->held_bytes;
+    crec->held_bytes += r->held_bytes;
     return r;
+}
+
+/* R's payload no longer held: out of the broker's and its client's bytes. */
+static void s_held_release(ab_broker_t *b, ab_req_t *r)
+{
+    b->held_bytes -= r->held_bytes;
+    if (r->crec)
+        r->crec->held_bytes -= r->held_bytes;
+    r->held_bytes = 0;
 }
 
 /* --- arrival ----------------------------------------------------------------- */
@@ -191,6 +203,35 @@ static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, con
     return 0;
 }
 
+/* 1 when holding SIZE more payload bytes would pass client P's
+ * max-client-held-bytes or the broker's max-held-bytes: answered BUSY and
+ * counted. Whoever holds nothing may always have one request (any payload
+ * under max-payload-bytes passes once). Counts in bytes, not requests: a
+ * client's 10,000 queued requests (max-client-queued) of 64 MiB each
+ * (max-payload-bytes) would be 640 GB. */
+static int s_over_bytes(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                        ab_service_t *s, size_t size)
+{
+    ab_client_rec_t *c = p ? ab_client_of(b, p) : NULL;
+    char text[AB_NAME_MAX + 2 * AB_RID_MAX + 160];
+    if (c && c->held_bytes && c->held_bytes + size > b->cfg->max_client_held_bytes) {
+        c->refused++;
+        snprintf(text, sizeof text,
+                 "client %s has %llu bytes of requests held (max-client-held-bytes %zu); "
+                 "retry when some are answered", c->ident, (unsigned long long)c->held_bytes,
+                 b->cfg->max_client_held_bytes);
+    } else if (b->held_bytes && b->held_bytes + size > b->cfg->max_held_bytes) {
+        snprintf(text, sizeof text,
+                 "broker holds %llu bytes of requests (max-held-bytes %zu); retry later",
+                 (unsigned long long)b->held_bytes, b->cfg->max_held_bytes);
+    } else {
+        return 0;
+    }
+    b->c.held_bytes_busy++;
+    s_busy(b, rid, h->id, s, NULL, text);
+    return 1;
+}
+
 /* ab_req_on_request once S, the service H names, may take it. */
 static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
                             const ab_header_t *h, ab_service_t *s, const ab_req_body_t *body,
@@ -202,6 +243,10 @@ static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
     if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body && body->has ? body->data : NULL,
                             body && body->has ? body->size : 0, now, &cr))
         return; /* answered from the cache */
+    if (s_over_bytes(b, p, rid, h, s, body && body->has ? body->size : 0)) {
+        ab_cache_req_free(&cr);
+        return;
+    }
     if (!ab_service_admit(b, s)) {
         ab_cache_req_free(&cr);
         s_busy(b, rid, h->id, s, NULL,
@@ -269,6 +314,7 @@ zmq_msg_t *ab_req_payload(ab_req_t *r)
 static void s_orphan(ab_broker_t *b, ab_req_t *r)
 {
     r->state = AB_REQ_ORPHANED;
+    s_held_release(b, r);
     s_payload_drop(r);
     ab_deadline_remove(b, r);
 }
@@ -306,6 +352,7 @@ void ab_req_free(ab_broker_t *b, ab_req_t *r)
     ab_deadline_remove(b, r);
     ab_idmap_del(&b->pending, r->bid);
     ab_service_release(b, r); /* it may be idle now (service.c) */
+    s_held_release(b, r);
     if (r->crec) /* after it left its flow: a flow never outlives its record */
         ab_client_release(b, r->crec);
     s_req_clean(r);

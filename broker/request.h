@@ -87,6 +87,8 @@ struct ab_req {
      * BATCH or inline) is kept here, not in PAYLOAD: no message of its own
      * (a malloc, a copy and a free per request) unless something needs one
      * (ab_req_payload). Last: a new record is cleared only up to SMALL. */
+    uint64_t held_bytes; /* its payload's size, counted in the broker's and its client's
+                            held bytes (max-held-bytes, max-client-held-bytes) */
     uint8_t small_held; /* the payload is SMALL's first SMALL_LEN bytes */
     uint16_t small_len;
     uint8_t small[AB_REQ_SMALL_MAX];

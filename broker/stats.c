@@ -235,6 +235,8 @@ static void s_failure_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->send_unreachable = c->send_unreachable;
     st->client_limit_busy = c->client_limit_busy;
     st->client_queue_busy = c->client_queue_busy;
+    st->held_bytes = b->held_bytes;
+    st->held_bytes_busy = c->held_bytes_busy;
     st->deadline_early = c->deadline_early;
     st->deadline_busy = c->deadline_busy;
     st->clients = (uint32_t)zhashx_size(b->clients);

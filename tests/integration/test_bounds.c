@@ -440,6 +440,132 @@ static void s_lost_at_close(void)
     ab_client_destroy(&good);
 }
 
+/* Requests held are bounded in bytes, not only in count: a client may hold
+ * at most --max-client-held-bytes of request payloads (queued or at a
+ * worker) and the broker --max-held-bytes in all; a request that would pass
+ * either is answered BUSY and counted, and the bytes come back as the
+ * requests are answered. Whoever holds nothing may always have one. */
+typedef struct {
+    int finals, status;
+    size_t got;
+    char text[256];
+} s_held_t;
+
+static void s_held_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_held_t *h = arg;
+    h->got += ev->status == AB_OK ? ev->size : 0;
+    if (ev->final) {
+        h->finals++;
+        h->status = ev->status;
+        snprintf(h->text, sizeof h->text, "%s", ev->error_text ? ev->error_text : "");
+    }
+}
+
+static void s_held_send(ab_client_t *c, const void *data, size_t size, s_held_t *h)
+{
+    memset(h, 0, sizeof *h);
+    CHECK_EQ(ab_client_request_start(c, "hold", data, size,
+                                     &(ab_request_opts_t){.timeout_ms = 60000}, s_held_cb, h,
+                                     NULL),
+             AB_OK);
+}
+
+/* Polls A and B until held_bytes in the broker's stats is WANT (bounded). */
+static uint64_t s_wait_held(ab_client_t *a, ab_client_t *b, uint64_t want, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    for (;;) {
+        ab_client_poll(a, 10);
+        ab_client_poll(b, 10);
+        Agentbus__Stats *st = s_stats(a);
+        uint64_t held = st->held_bytes;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (held == want || ab_now_ms() > end)
+            return held;
+    }
+}
+
+static void s_poll_finals(ab_client_t *a, ab_client_t *b, s_held_t *h, int n, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    for (;;) {
+        int done = 0;
+        for (int i = 0; i < n; i++)
+            done += h[i].finals;
+        if (done == n || ab_now_ms() > end)
+            return;
+        ab_client_poll(a, 10);
+        ab_client_poll(b, 10);
+    }
+}
+
+static void s_held_bytes(void)
+{
+    enum { SZ = 20000 };
+    static unsigned char data[70000];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (unsigned char)((i * 2654435761u) >> 13); /* no runs to compress */
+    int port = th_free_port();
+    th_broker(port, "--max-client-held-bytes", "65536", "--max-held-bytes", "100000", NULL);
+    pid_t w1 = th_worker(port, "hold", "--delay-ms", "60000", "--capacity", "64", NULL);
+    ab_client_t *a = th_client(port), *b = th_client(port);
+    REQUIRE(th_wait_workers(a, "hold", 1, 10000) == 0);
+    /* A: 20,000, 40,000, 60,000 bytes held; a fourth would make 80,000 of
+     * A's own, over 65,536: BUSY. */
+    s_held_t ha[4], hb[3];
+    for (int i = 0; i < 3; i++)
+        s_held_send(a, data + i, SZ, &ha[i]);
+    CHECK_EQ(s_wait_held(a, b, 3 * SZ, 10000), 3 * SZ);
+    s_held_send(a, data + 3, SZ, &ha[3]);
+    s_poll_finals(a, b, &ha[3], 1, 10000);
+    CHECK_EQ(ha[3].status, AB_EBUSY);
+    CHECK_TRUE(strstr(ha[3].text, "max-client-held-bytes") != NULL);
+    CHECK_EQ(ha[0].finals + ha[1].finals + ha[2].finals, 0);
+    /* B holds nothing: two fit in the broker's 100,000, the third does not. */
+    for (int i = 0; i < 2; i++)
+        s_held_send(b, data + 10 + i, SZ, &hb[i]);
+    CHECK_EQ(s_wait_held(a, b, 5 * SZ, 10000), 5 * SZ);
+    s_held_send(b, data + 12, SZ, &hb[2]);
+    s_poll_finals(a, b, &hb[2], 1, 10000);
+    CHECK_EQ(hb[2].status, AB_EBUSY);
+    CHECK_TRUE(strstr(hb[2].text, "max-held-bytes") != NULL);
+    Agentbus__Stats *st = s_stats(a);
+    CHECK_EQ(st->held_bytes, 5 * SZ);
+    CHECK_EQ(st->held_bytes_busy, 2);
+    agentbus__stats__free_unpacked(st, NULL);
+    /* The holder dies: its requests are queued again, still held (their
+     * bytes too); a new worker answers them all and the bytes are free. */
+    th_kill9(w1);
+    CHECK_EQ(s_wait_held(a, b, 5 * SZ, 5000), 5 * SZ);
+    th_worker(port, "hold", "--capacity", "64", NULL);
+    s_held_t *all[5] = {&ha[0], &ha[1], &ha[2], &hb[0], &hb[1]};
+    int64_t end = ab_now_ms() + 30000;
+    int done = 0;
+    while (done < 5 && ab_now_ms() < end) {
+        ab_client_poll(a, 10);
+        ab_client_poll(b, 10);
+        done = 0;
+        for (int i = 0; i < 5; i++)
+            done += all[i]->finals;
+    }
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ(all[i]->status, AB_OK);
+        CHECK_EQ(all[i]->got, SZ);
+    }
+    CHECK_EQ(s_wait_held(a, b, 0, 10000), 0);
+    /* Holding nothing, a client may have one request larger than its
+     * bound (70,000 > 65,536). */
+    s_held_t one;
+    s_held_send(a, data, sizeof data, &one);
+    s_poll_finals(a, b, &one, 1, 10000);
+    CHECK_EQ(one.status, AB_OK);
+    CHECK_EQ(one.got, sizeof data);
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -448,6 +574,7 @@ int main(int argc, char **argv)
         {"stall_disconnect", s_stall_disconnect},
         {"max_connections", s_max_connections},
         {"lost_at_close", s_lost_at_close},
+        {"held_bytes", s_held_bytes},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

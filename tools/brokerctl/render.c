@@ -182,14 +182,15 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
                                       "deadline_early", (json_int_t)st->deadline_early));
         json_object_set_new(
             j, "bounds", /* issue 11: bytes in flight, connections */
-            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "connections",
                       (json_int_t)st->connections, "conn_refused", (json_int_t)st->conn_refused,
                       "slow_peers", (json_int_t)st->slow_peers, "in_flight_bytes",
                       (json_int_t)st->out_in_flight_bytes, "busy", (json_int_t)st->out_busy,
                       "dropped", (json_int_t)st->out_dropped, "disconnects",
                       (json_int_t)st->slow_disconnects, "disconnect_bytes",
                       (json_int_t)st->slow_disconnect_bytes, "lost_bytes",
-                      (json_int_t)st->out_lost_bytes));
+                      (json_int_t)st->out_lost_bytes, "held_bytes", (json_int_t)st->held_bytes,
+                      "held_bytes_busy", (json_int_t)st->held_bytes_busy));
         json_object_set_new(j, "handshakes", /* docs/security.md */
                             json_pack("{s:I, s:I, s:I}", "accepted",
                                       (json_int_t)st->handshakes_accepted, "refused",
@@ -243,12 +244,14 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->services_refused, (unsigned long long)st->registers_refused);
     fprintf(out, "bounds       connections %u (refused %llu)   slow peers %u   in flight %llu bytes\n"
                  "             busy %llu   dropped %llu   disconnected %llu (%llu bytes)"
-                 "   lost at drop %llu bytes\n",
+                 "   lost at drop %llu bytes\n"
+                 "             requests hold %llu payload bytes (busy %llu)\n",
             st->connections, (unsigned long long)st->conn_refused, st->slow_peers,
             (unsigned long long)st->out_in_flight_bytes, (unsigned long long)st->out_busy,
             (unsigned long long)st->out_dropped, (unsigned long long)st->slow_disconnects,
             (unsigned long long)st->slow_disconnect_bytes,
-            (unsigned long long)st->out_lost_bytes);
+            (unsigned long long)st->out_lost_bytes, (unsigned long long)st->held_bytes,
+            (unsigned long long)st->held_bytes_busy);
     fprintf(out, "handshakes   accepted %llu   refused %llu (unknown key)   failed %llu\n",
             (unsigned long long)st->handshakes_accepted,
             (unsigned long long)st->handshakes_refused,
