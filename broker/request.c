@@ -239,11 +239,12 @@ static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
 {
     if (!s_admit_client(b, p, rid, h, s))
         return;
+    const void *data = body && body->has ? body->data : NULL;
+    size_t size = body && body->has ? body->size : 0;
     ab_cache_req_t *cr = NULL;
-    if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, body && body->has ? body->data : NULL,
-                            body && body->has ? body->size : 0, now, &cr))
+    if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, data, size, now, &cr))
         return; /* answered from the cache */
-    if (s_over_bytes(b, p, rid, h, s, body && body->has ? body->size : 0)) {
+    if (s_over_bytes(b, p, rid, h, s, size)) {
         ab_cache_req_free(&cr);
         return;
     }

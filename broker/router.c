@@ -502,6 +502,14 @@ static void s_sent(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, size_t hle
         ab_peer_sent(b, p, hlen, plen, has_payload);
 }
 
+/* 1 when a payload of PLEN bytes goes to P inline, in the header's frame:
+ * P reads that and it is small enough. Links stay on two frames (s_emit). */
+static int s_goes_inline(const ab_peer_t *p, size_t plen)
+{
+    return p && plen <= AB_INLINE_MAX && (p->features & AB_FEATURE_INLINE) &&
+           p->link_role < AB_LINK_WORKER;
+}
+
 /* For a peer that reads inline payloads (codec.h "Inline"): the header
  * HDR (HLEN bytes) and the payload's bytes (DATA, PLEN) in one frame, so
  * libzmq moves one frame instead of two. 0 (counted) or -1 (counted). */
@@ -556,7 +564,7 @@ static int s_emit(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8
     int more = payload ? ZMQ_SNDMORE : 0;
     size_t hlen = hmsg ? zmq_msg_size(hmsg) : len;
     size_t plen = payload ? zmq_msg_size(payload) : 0;
-    if (payload && plen <= AB_INLINE_MAX && p && (p->features & AB_FEATURE_INLINE))
+    if (payload && s_goes_inline(p, plen))
         return s_emit_inline(b, p, rid, hmsg ? zmq_msg_data(hmsg) : buf, hlen, hmsg, payload);
     if (zmq_send(b->router, rid->bytes, rid->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         goto fail;
@@ -668,8 +676,7 @@ int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
     /* Not gathered: a batching peer's batch decides (it may hold this one);
      * any other gets one frame straight from the bytes when it reads
      * inline (as s_emit would make it, with no message between). */
-    if (rc == 1 && !batching && has && size <= AB_INLINE_MAX &&
-        (p->features & AB_FEATURE_INLINE) && p->link_role < AB_LINK_WORKER) {
+    if (rc == 1 && !batching && has && s_goes_inline(p, size)) {
         rc = s_emit_one(b, p, &p->rid, buf, len, data, size);
     } else if (rc == 1) { /* not gathered: a message of its own, the usual way */
         zmq_msg_t m;
