@@ -21,6 +21,7 @@
 #include "clients.h"
 #include "auth.h"
 #include "link.h"
+#include "audit.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -205,6 +206,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
         return -1;
     if (ab_link_init(b) != 0) /* after auth: links prove the broker's key */
         return -1;
+    if (ab_audit_init(b) != 0)
+        return -1;
     /* ipc endpoints first: they stay plain (auth.c), the ones after are
      * CURVE servers when auth is on. */
     for (int k = 0; k < 2 * cfg->nbinds; k++) {
@@ -230,6 +233,8 @@ void ab_broker_fini(ab_broker_t *b)
     /* Each owner frees its own: requests first (the lists of the others
      * point at them), then the worker records and services, then peers. */
     ab_metrics_fini(b); /* first: its HTTP thread serves no more */
+    if (b->peers && b->clients && b->services)
+        ab_audit_run(b, "at exit"); /* what is still held must add up too */
     ab_req_fini(b);
     ab_link_fini(b); /* before the peers: links point at them, never the reverse */
     ab_msgs_fini(b);

@@ -80,6 +80,7 @@ struct ab_broker {
     int in_batch_busy;           /* in_batch holds a batch whose entries are being routed */
     uint32_t agent_hb_ms;        /* heartbeat interval asked of agents now (health.c) */
     uint32_t agents_seen;        /* agents counted by the last liveness sweep */
+    uint32_t audit_failed;       /* audit.h: bookkeeping found inconsistent (exit status 3) */
 };
 
 /* The time (ab_now_us) for work done on behalf of the message being

@@ -88,6 +88,8 @@ static const s_option_t s_options[] = {
      "requests one client may have held by the broker at once; beyond it BUSY"},
     {"drain-ms", OPT_LONG, OFF(drain_ms), 0, 600000, "2000",
      "on SIGTERM/SIGINT: refuse new requests and let in-flight ones finish this long"},
+    {"self-check-ms", OPT_LONG, OFF(self_check_ms), 0, 3600000, "0",
+     "recount the broker's bookkeeping this often and log any difference (0: only at exit)"},
     {"mailbox-max-msgs", OPT_LONG, OFF(mailbox_max_msgs), 1, 10000000, "1000",
      "direct messages one agent's mailbox holds; beyond it: ERROR(BUSY) to the sender"},
     {"mailbox-max-bytes", OPT_SIZE, OFF(mailbox_max_bytes), 1, 1L << 30, "16M",

@@ -45,6 +45,7 @@ typedef struct {
     size_t max_held_bytes;        /* request payload bytes held in total */
     size_t max_client_held_bytes; /* request payload bytes held for one client */
     long drain_ms;            /* on SIGTERM: time to finish in-flight work */
+    long self_check_ms;       /* audit.h: recount the bookkeeping this often; 0 off */
     /* Direct messages and pub/sub (broker/messaging/). */
     long mailbox_max_msgs;      /* messages one agent's mailbox holds */
     size_t mailbox_max_bytes;   /* payload bytes one mailbox holds */

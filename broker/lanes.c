@@ -17,6 +17,7 @@
  * than 64 of the slow ones while its slots idled).
  */
 #include "lanes.h"
+#include "audit.h"
 #include "broker.h"
 #include "clients.h"
 #include "placement.h"
@@ -418,4 +419,113 @@ void ab_lanes_fini(ab_service_t *s)
     while ((ml = ab_list_pop_head(&s->models.ring)))
         free(ab_list_data(ml, ab_mqueue_t, ring));
     zhashx_destroy(&s->models.index);
+}
+
+/* --- audit (audit.h) ---------------------------------------------------------- */
+/* R, found in one of S's queues, is pending and queued in S. 0 or -1 (WHY). */
+static int s_audit_req(ab_broker_t *b, ab_service_t *s, const ab_req_t *r, char *why, size_t cap)
+{
+    if (ab_idmap_get(&b->pending, r->bid) != r)
+        return ab_audit_bad(why, cap, "service %s: a queued request (bid %llu) is not pending",
+                            s->name, (unsigned long long)r->bid);
+    if (r->service != s || !r->flow || r->worker)
+        return ab_audit_bad(
+            why, cap, "service %s: queued request %llu names service %s, flow %s, worker %s",
+            s->name, (unsigned long long)r->bid, r->service ? r->service->name : "none",
+            r->flow ? "set" : "none", r->worker ? "set" : "none");
+    return 0;
+}
+
+int ab_lanes_audit(ab_broker_t *b, ab_service_t *s, char *why, size_t cap)
+{
+    size_t limit = ab_idmap_size(&b->pending) + 1, total = 0;
+    ab_list_t *n, *t, *rn, *rt;
+    for (int i = 0; i < AB_LANES; i++) {
+        ab_lane_t *l = &s->lanes[i];
+        size_t depth = 0, flows = 0;
+        AB_LIST_FOREACH_SAFE(n, t, &l->ring)
+        {
+            ab_flow_t *f = ab_list_data(n, ab_flow_t, ring);
+            if (++flows > limit)
+                return ab_audit_bad(why, cap, "service %s, lane %s: the ring of flows does not end",
+                                    s->name, ab_lane_name(i));
+            if (!f->crec || ab_idmap_get(&l->flows, f->crec->id) != f)
+                return ab_audit_bad(why, cap,
+                                    "service %s, lane %s: a flow is not in the lane's index",
+                                    s->name, ab_lane_name(i));
+            size_t k = 0;
+            AB_LIST_FOREACH_SAFE(rn, rt, &f->reqs)
+            {
+                ab_req_t *r = ab_list_data(rn, ab_req_t, qlink);
+                if (++k > limit)
+                    return ab_audit_bad(why, cap, "service %s: a flow's list does not end",
+                                        s->name);
+                if (s_audit_req(b, s, r, why, cap) != 0)
+                    return -1;
+                if (r->flow != f || r->lane != i || r->crec != f->crec)
+                    return ab_audit_bad(
+                        why, cap,
+                        "service %s, lane %s: request %llu is in a flow that is not its "
+                        "own (its lane %s, %s client)",
+                        s->name, ab_lane_name(i), (unsigned long long)r->bid, ab_lane_name(r->lane),
+                        r->crec == f->crec ? "same" : "another");
+            }
+            if (k != f->n || k == 0)
+                return ab_audit_bad(why, cap,
+                                    "service %s, lane %s: a flow counts %u requests and lists %zu",
+                                    s->name, ab_lane_name(i), f->n, k);
+            depth += k;
+        }
+        if (flows != ab_idmap_size(&l->flows))
+            return ab_audit_bad(why, cap,
+                                "service %s, lane %s: %zu flows in the ring, %zu in the index",
+                                s->name, ab_lane_name(i), flows, ab_idmap_size(&l->flows));
+        if (depth != l->depth)
+            return ab_audit_bad(why, cap,
+                                "service %s, lane %s: depth %u, %zu requests in its flows", s->name,
+                                ab_lane_name(i), l->depth, depth);
+        total += depth;
+    }
+    if (total != s->q_len)
+        return ab_audit_bad(why, cap, "service %s: q_len %u, %zu requests in its lanes", s->name,
+                            s->q_len, total);
+    size_t models = 0, in_models = 0;
+    AB_LIST_FOREACH_SAFE(n, t, &s->models.ring)
+    {
+        ab_mqueue_t *mq = ab_list_data(n, ab_mqueue_t, ring);
+        if (++models > limit)
+            return ab_audit_bad(why, cap, "service %s: the ring of model queues does not end",
+                                s->name);
+        if (!s->models.index || zhashx_lookup(s->models.index, mq->model) != mq)
+            return ab_audit_bad(why, cap, "service %s: model queue %s is not in the index", s->name,
+                                mq->model);
+        size_t k = 0;
+        for (int i = 0; i < AB_LANES; i++)
+            AB_LIST_FOREACH_SAFE(rn, rt, &mq->reqs[i])
+            {
+                ab_req_t *r = ab_list_data(rn, ab_req_t, mlink);
+                if (++k > limit)
+                    return ab_audit_bad(why, cap, "service %s: model %s's list does not end",
+                                        s->name, mq->model);
+                if (s_audit_req(b, s, r, why, cap) != 0)
+                    return -1;
+                if (r->mq != mq || r->lane != i)
+                    return ab_audit_bad(why, cap,
+                                        "service %s: request %llu is in model queue %s, "
+                                        "not its own",
+                                        s->name, (unsigned long long)r->bid, mq->model);
+            }
+        if (k != mq->n || k == 0)
+            return ab_audit_bad(why, cap,
+                                "service %s: model queue %s counts %u requests and lists %zu",
+                                s->name, mq->model, mq->n, k);
+        in_models += k;
+    }
+    if ((s->models.index ? zhashx_size(s->models.index) : 0) != models)
+        return ab_audit_bad(why, cap, "service %s: %zu model queues in the ring, %zu in the index",
+                            s->name, models, s->models.index ? zhashx_size(s->models.index) : 0);
+    if (in_models > total)
+        return ab_audit_bad(why, cap, "service %s: %zu requests in model queues, %zu queued",
+                            s->name, in_models, total);
+    return 0;
 }

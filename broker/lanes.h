@@ -103,5 +103,10 @@ uint64_t ab_lanes_wait_count(const ab_lane_t *lane);
 /* Frees S's flows, model queues and histograms (the service goes; its
  * requests are gone). */
 void ab_lanes_fini(ab_service_t *s);
+/* Checks S's queues against the requests in them (audit.h): each flow is
+ * in its lane's index and ring, each request in a flow or a model queue is
+ * pending and names S, that flow, its lane and its model queue, and every
+ * count matches its list. 0, or -1 with the first difference in WHY. */
+int ab_lanes_audit(ab_broker_t *b, ab_service_t *s, char *why, size_t cap);
 
 #endif

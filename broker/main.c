@@ -53,5 +53,7 @@ int main(int argc, char **argv)
     rc = ab_broker_run(&s_broker);
     ab_broker_fini(&s_broker);
     ab_config_free(&cfg);
+    if (s_broker.audit_failed) /* audit.h: logged; a bug, whatever else went right */
+        return 3;
     return rc == 0 ? 0 : 1;
 }

@@ -1,6 +1,7 @@
 /* cache.c - see cache.h and docs/cache.md. */
 #define AB_LOG_SUBSYS "cache" /* log.h: the subsystem in log lines */
 #include "cache.h"
+#include "audit.h"
 #include "cache_blob.h"
 #include "service.h"
 #include "router.h"
@@ -865,4 +866,63 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     if (strncmp(what, "cache get ", 10) == 0)
         return s_get_entry(c, what + 10, out, len, err);
     return AB_ERR_UNSUPPORTED;
+}
+
+/* --- audit (audit.h) ---------------------------------------------------------- */
+/* R, named by group F, is pending and says it is in F. */
+static int s_audit_member(ab_broker_t *b, const s_flight_t *f, const ab_req_t *r, int leader,
+                          char *why, size_t cap)
+{
+    if (ab_idmap_get(&b->pending, r->bid) != r)
+        return ab_audit_bad(why, cap, "a single-flight group's %s (request %llu) is not pending",
+                            leader ? "leader" : "waiter", (unsigned long long)r->bid);
+    if (!r->cache || r->cache->flight != f || r->cache->leader != leader)
+        return ab_audit_bad(why, cap,
+                            "request %llu is a single-flight group's %s but does not "
+                            "say so",
+                            (unsigned long long)r->bid, leader ? "leader" : "waiter");
+    return 0;
+}
+
+int ab_cache_audit(ab_broker_t *b, char *why, size_t cap)
+{
+    ab_cache_t *c = b->cache;
+    if (!c)
+        return 0;
+    size_t members = 0;
+    for (size_t i = 0; i < c->flights.cap; i++) {
+        if (!c->flights.keys[i])
+            continue;
+        const s_flight_t *f = c->flights.vals[i];
+        if (f->n > f->cap || !f->leader)
+            return ab_audit_bad(why, cap, "a single-flight group has %zu waiters in room for %zu%s",
+                                f->n, f->cap, f->leader ? "" : " and no leader");
+        if (s_audit_member(b, f, f->leader, 1, why, cap) != 0)
+            return -1;
+        for (size_t k = 0; k < f->n; k++)
+            if (s_audit_member(b, f, f->waiters[k], 0, why, cap) != 0)
+                return -1;
+        members += 1 + f->n;
+    }
+    /* The other way: a request pointing at a group is one of those counted
+     * (a group freed while a request still named it is found here). */
+    size_t pointing = 0;
+    for (size_t i = 0; i < b->pending.cap; i++) {
+        if (!b->pending.keys[i])
+            continue;
+        const ab_req_t *r = b->pending.vals[i];
+        if (!r->cache || !r->cache->flight)
+            continue;
+        pointing++;
+        if (ab_idmap_get(&c->flights, s_slot(&r->cache->key)) != r->cache->flight)
+            return ab_audit_bad(why, cap,
+                                "request %llu names a single-flight group the cache "
+                                "does not list",
+                                (unsigned long long)r->bid);
+    }
+    if (pointing != members)
+        return ab_audit_bad(why, cap,
+                            "%zu requests name a single-flight group; the groups hold %zu",
+                            pointing, members);
+    return 0;
 }

@@ -58,6 +58,10 @@ void ab_cache_req_free(ab_cache_req_t **cr);
 /* 1 when others wait for R's answer (a deadline or cancel of R must then
  * not stop the worker). */
 int ab_cache_has_waiters(const ab_req_t *r);
+/* Recounts the single-flight groups against the requests (audit.h): each
+ * group's leader and waiters are pending and point back at it, and every
+ * request that points at a group is in it. 0, or -1 with WHY. */
+int ab_cache_audit(ab_broker_t *b, char *why, size_t cap);
 /* R's worker is told to stop (no one waits for R): R leads no flight any
  * more, so an identical request goes to a worker itself instead of
  * joining one that ends in CANCELLED. */

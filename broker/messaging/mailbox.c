@@ -18,6 +18,7 @@
 #include "router.h"
 #include "agentbus.h"
 #include "topic.h"
+#include "audit.h"
 #include "util.h"
 
 #include <errno.h>
@@ -469,4 +470,60 @@ void ab_mailbox_on_hello(ab_broker_t *b, ab_peer_t *p, const char *name, int tak
         if (!done)
             ab_msgs_backlog_agent(b, a);
     }
+}
+
+/* --- audit (audit.h) ---------------------------------------------------------- */
+int ab_mailbox_audit(ab_broker_t *b, char *why, size_t cap)
+{
+    ab_msgs_t *m = b->msgs;
+    if (!m->agents)
+        return 0;
+    size_t total = 0, msgs = 0, limit = (size_t)m->mailbox_msgs + 1, backlog = 0;
+    uint32_t bound = 0;
+    for (ab_agent_t *a = zhashx_first(m->agents); a; a = zhashx_next(m->agents)) {
+        size_t n = 0, bytes = 0;
+        ab_list_t *l, *tmp;
+        AB_LIST_FOREACH_SAFE(l, tmp, &a->mail)
+        {
+            const ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
+            if (++n > limit)
+                return ab_audit_bad(why, cap, "agent '%s': its mailbox does not end", a->name);
+            bytes += e->size;
+            total += e->charge;
+        }
+        if (n != a->depth || bytes != a->bytes)
+            return ab_audit_bad(why, cap,
+                                "agent '%s' counts %u messages of %zu bytes; its mailbox holds "
+                                "%zu of %zu",
+                                a->name, a->depth, a->bytes, n, bytes);
+        msgs += n;
+        total += s_agent_charge(a->name);
+        if (a->peer && a->peer->agent != a)
+            return ab_audit_bad(why, cap, "agent '%s' is bound to a connection that names another",
+                                a->name);
+        if (!a->peer && !n)
+            return ab_audit_bad(why, cap, "agent '%s' is offline with an empty mailbox, and kept",
+                                a->name);
+        bound += a->peer != NULL;
+        if (a->backlog && !a->peer)
+            return ab_audit_bad(why, cap, "agent '%s' is offline and on the flush list", a->name);
+        backlog += a->backlog != 0;
+    }
+    if (msgs != m->mailbox_msgs || total != m->total_bytes || bound != m->bound)
+        return ab_audit_bad(why, cap,
+                            "the mailboxes count %u messages, %zu bytes charged, %u names bound; "
+                            "they hold %zu, %zu, %u",
+                            m->mailbox_msgs, m->total_bytes, m->bound, msgs, total, bound);
+    if (backlog != m->n_blog_agents)
+        return ab_audit_bad(why, cap, "%zu agents are on the flush list, %zu marked so",
+                            m->n_blog_agents, backlog);
+    for (size_t i = 0; i < m->n_blog_agents; i++)
+        if (zhashx_lookup(m->agents, m->blog_agents[i]->name) != m->blog_agents[i])
+            return ab_audit_bad(why, cap, "the flush list names an agent the broker does not list");
+    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers))
+        if (p->agent &&
+            (p->agent->peer != p || zhashx_lookup(m->agents, p->agent->name) != p->agent))
+            return ab_audit_bad(why, cap, "a connection names agent '%s', which is not bound to it",
+                                p->agent->name);
+    return 0;
 }

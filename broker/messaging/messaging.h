@@ -36,6 +36,9 @@ void ab_msgs_turn_end(ab_broker_t *b);
 /* When the loop must wake for a backlog flush; 0 if it needn't. */
 int64_t ab_msgs_next_wake(ab_broker_t *b);
 void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);
+/* Recounts the mailboxes and the subscriber queues against their totals
+ * (audit.h). 0, or -1 with the first difference in WHY. */
+int ab_msgs_audit(ab_broker_t *b, char *why, size_t cap);
 int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
 /* The name P goes by: its agent name, else "~" + its key (in BUF of CAP
  * bytes). The identity of a client for fair queuing (clients.c). */

@@ -328,3 +328,11 @@ done:
     free(ap);
     return rc;
 }
+
+int ab_msgs_audit(ab_broker_t *b, char *why, size_t cap)
+{
+    if (!b->msgs)
+        return 0;
+    int rc = ab_mailbox_audit(b, why, cap);
+    return rc == 0 ? ab_pubsub_audit(b, why, cap) : rc;
+}

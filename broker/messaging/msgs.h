@@ -119,6 +119,10 @@ typedef struct ab_msgs {
     ab_msgs_counters_t c;
 } ab_msgs_t;
 
+/* The owners' parts of ab_msgs_audit (mailbox.c, pubsub.c). */
+int ab_mailbox_audit(ab_broker_t *b, char *why, size_t cap);
+int ab_pubsub_audit(ab_broker_t *b, char *why, size_t cap);
+
 /* msgs.c */
 /* The name messages from P carry: its agent name, else "~" + hex id. */
 const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);

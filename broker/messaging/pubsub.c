@@ -36,6 +36,7 @@
 #include "batch.h"
 #include "agentbus.h"
 #include "topic.h"
+#include "audit.h"
 #include "util.h"
 
 #include <stdlib.h>
@@ -650,4 +651,86 @@ void ab_pubsub_fini(ab_broker_t *b)
     if (b->msgs->root)
         s_node_free(b->msgs->root);
     b->msgs->root = NULL;
+}
+
+/* --- audit (audit.h) ---------------------------------------------------------- */
+/* 1 when S is in LIST (N entries). */
+static int s_listed(ab_subr_t *const *list, size_t n, const ab_subr_t *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (list[i] == s)
+            return 1;
+    return 0;
+}
+
+int ab_pubsub_audit(ab_broker_t *b, char *why, size_t cap)
+{
+    ab_msgs_t *m = b->msgs;
+    ab_idmap_t queued; /* (uintptr_t)publication -> times queued */
+    if (ab_idmap_init(&queued, 64) != 0)
+        return 0;
+    uint32_t subs = 0;
+    size_t backlog = 0;
+    int rc = 0;
+    for (ab_peer_t *p = zhashx_first(b->peers); p && rc == 0; p = zhashx_next(b->peers)) {
+        ab_subr_t *s = p->subr;
+        if (!s)
+            continue;
+        if (s->peer != p || s->qlen > s->qcap || (s->qcap && s->qhead >= s->qcap)) {
+            rc = ab_audit_bad(why, cap,
+                              "subscriber %s: its record is not its own (%zu queued "
+                              "in %zu, head %zu)",
+                              p->key, s->qlen, s->qcap, s->qhead);
+            break;
+        }
+        subs += s->npats > 0;
+        backlog += s->backlog != 0;
+        for (size_t i = 0; i < s->npats && rc == 0; i++) {
+            const ab_subpat_t *pt = &s->pats[i];
+            if (!(pt->prefix ? s_listed(pt->node->prefix, pt->node->n_prefix, s)
+                             : s_listed(pt->node->exact, pt->node->n_exact, s)))
+                rc = ab_audit_bad(why, cap, "subscriber %s: pattern '%s' is not in the topic tree",
+                                  p->key, pt->pattern);
+        }
+        size_t bytes = 0;
+        for (size_t i = 0; i < s->qlen && rc == 0; i++) {
+            const ab_pub_t *pub = s->q[(s->qhead + i) % s->qcap].pub;
+            uint64_t key = (uint64_t)(uintptr_t)pub;
+            bytes += pub->size;
+            uintptr_t k = (uintptr_t)ab_idmap_get(&queued, key);
+            if (ab_idmap_put(&queued, key, (void *)(k + 1)) != 0) {
+                ab_idmap_fini(&queued);
+                return 0; /* out of memory: nothing judged */
+            }
+        }
+        if (rc == 0 && bytes != s->qbytes)
+            rc = ab_audit_bad(why, cap,
+                              "subscriber %s counts %zu bytes queued; its %zu "
+                              "publications are %zu",
+                              p->key, s->qbytes, s->qlen, bytes);
+    }
+    if (rc == 0 && subs != m->subscribers)
+        rc = ab_audit_bad(why, cap, "%u subscribers counted, %u have a subscription",
+                          m->subscribers, subs);
+    if (rc == 0 && backlog != m->n_blog_subs)
+        rc = ab_audit_bad(why, cap, "%zu subscribers are on the flush list, %zu marked so",
+                          m->n_blog_subs, backlog);
+    for (size_t i = 0; rc == 0 && i < m->n_blog_subs; i++)
+        if (!m->blog_subs[i]->peer || m->blog_subs[i]->peer->subr != m->blog_subs[i])
+            rc = ab_audit_bad(why, cap, "the flush list names a subscriber no connection has");
+    /* Each publication holds at least a reference per queue slot naming it
+     * (fewer: a queue would read a freed one). */
+    for (size_t i = 0; rc == 0 && i < queued.cap; i++) {
+        if (!queued.keys[i])
+            continue;
+        const ab_pub_t *pub = (const ab_pub_t *)(uintptr_t)queued.keys[i];
+        uintptr_t n = (uintptr_t)queued.vals[i];
+        if (pub->refs < n)
+            rc = ab_audit_bad(why, cap,
+                              "a publication is queued %zu times and holds %u "
+                              "references",
+                              (size_t)n, pub->refs);
+    }
+    ab_idmap_fini(&queued);
+    return rc;
 }

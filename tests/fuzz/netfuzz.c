@@ -23,9 +23,10 @@
  * Oracle: the broker process stays alive (a sanitizer report aborts it),
  * the good client's echoes stay correct and it gets at least one correct
  * answer every 30 s, the broker answers a `stats` CONTROL at the end and
- * exits with status 0 on SIGTERM (a leak report fails). Exit status 0 when all
- * held, 1 otherwise (with the seed to replay and the broker's report), 2 on
- * bad usage. A replay plays the same moves from the same seed; what the
+ * exits with status 0 on SIGTERM (a leak report fails; so does a difference
+ * its own recount of its bookkeeping found: --self-check-ms, audit.h). Exit
+ * status 0 when all held, 1 otherwise (with the seed to replay and the
+ * broker's report), 2 on bad usage. A replay plays the same moves from the same seed; what the
  * broker answers, and so some later choices, depends on timing.
  *
  *   netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]
@@ -159,7 +160,7 @@ static void s_print_log(void)
             strstr(line, "SUMMARY:") || strstr(line, "Assertion") || strstr(line, "free(): ") ||
             strstr(line, "corrupted") || strstr(line, "malloc(): "))
             in_report = 1;
-        if (in_report) {
+        if (in_report || strstr(line, "bookkeeping is inconsistent")) { /* audit.h */
             fputs(line, stderr);
             shown++;
         }
@@ -213,7 +214,8 @@ static int s_start_processes(void)
                         "--mailbox-total-bytes", "64K", "--queue-max", "40",
                         "--default-timeout-ms", "3000", "--max-timeout-ms", "8000",
                         "--sub-queue-max", "16", "--startup-grace-ms", "0",
-                        "--cache-l1-bytes", "1M", "--log-level", "warn", NULL};
+                        "--cache-l1-bytes", "1M", "--max-client-held-bytes", "64K",
+                        "--self-check-ms", "100", "--log-level", "warn", NULL};
         s_broker_pid = s_spawn(argv);
     }
     char *wargv[] = {wbin, "--broker", s_ep, "--backend", "echo", "--service", NF_GOOD_SVC,
