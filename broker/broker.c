@@ -493,17 +493,39 @@ static void s_fd_learnt(ab_broker_t *b, ab_peer_t *p, int fd, int64_t now)
 
 /* IN's payload as a message: a BATCH entry's or an inline one is copied
  * into one of its own here, the first time something asks (an answer, or
- * a small request, needs none: s_route). Out of memory: an empty one. */
+ * a small request, needs none: s_route). NULL when it has none, or out of
+ * memory (IN->lazy still names the bytes: s_body_lost). */
 static zmq_msg_t *s_body(s_in_t *in)
 {
     if (!in->has_body)
         return NULL;
     const ab_frame_t *pl = in->lazy;
     if (pl) {
+        if (ab_msg_of_bytes(&in->body, pl->data, pl->size) != 0)
+            return NULL;
         in->lazy = NULL;
-        ab_msg_of_bytes(&in->body, pl->data, pl->size);
     }
     return &in->body;
+}
+
+/* 1 when IN has a payload that could not be made a message (out of
+ * memory): logged and counted. Not handed on: an empty payload in its
+ * place would be a wrong message. A SEND or PUBLISH is refused BUSY (a
+ * refusal its sender's library reports, as for a full mailbox: try again);
+ * a broker link's message is dropped (the far side's deadline answers it). */
+static int s_body_lost(ab_broker_t *b, s_in_t *in)
+{
+    if (!in->has_body || s_body(in))
+        return 0;
+    uint32_t k = in->h.kind, code = k == AB_KIND_LINK ? AB_ERR_INTERNAL : AB_ERR_BUSY;
+    AB_COUNT_ERROR(b, code);
+    AB_LOG_RL(&b->rl, ab_hash_bytes(in->rid.bytes, in->rid.len) ^ 0x0e0e, in->now, AB_LOG_ERROR,
+              "out of memory: a %s with a %zu-byte payload could not be kept",
+              ab_kind_name(k), in->lazy->size);
+    if (k != AB_KIND_LINK)
+        ab_send_error(b, &in->rid, in->h.id, code,
+                      "out of memory: the broker could not keep the payload; try again");
+    return 1;
 }
 
 static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
@@ -651,7 +673,8 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
     if ((p && p->link_role == AB_LINK_TRANSPORT) || in->h.kind == AB_KIND_LINK) {
         if (!p && !(p = s_peer_of(b, in, NULL, AB_ROLE_AGENT)))
             return;
-        ab_link_on_router(b, p, &in->rid, &in->h, pl, s_body(in), in->now);
+        if (!s_body_lost(b, in))
+            ab_link_on_router(b, p, &in->rid, &in->h, pl, s_body(in), in->now);
         return; /* link.c checks a link's messages itself */
     }
     if (ab_key_role(b->in_key) == AB_KEYROLE_PEER && in->h.kind != AB_KIND_CONTROL) {
@@ -719,7 +742,7 @@ static void s_route(ab_broker_t *b, s_in_t *in, const ab_frame_t *pl)
     case AB_KIND_SEND:
     case AB_KIND_PUBLISH:
     case AB_KIND_SUBSCRIBE: /* messaging: msgs.h */
-        if ((p = s_peer_of(b, in, p, AB_ROLE_AGENT)))
+        if ((p = s_peer_of(b, in, p, AB_ROLE_AGENT)) && !s_body_lost(b, in))
             ab_msgs_route(b, p, &in->h, s_body(in), in->now);
         break;
     default:

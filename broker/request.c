@@ -449,20 +449,28 @@ typedef struct {
 } s_body_t;
 
 /* BODY as a message (made from its bytes the first time), or NULL when the
- * answer has no payload. Out of memory: an empty one. */
+ * answer has no payload, or out of memory (s_lost: BODY->has is set). */
 static zmq_msg_t *s_msg(s_body_t *body)
 {
     if (!body->has)
         return NULL;
     if (!body->msg) {
-        ab_msg_of_bytes(&body->own, body->data, body->size);
+        if (ab_msg_of_bytes(&body->own, body->data, body->size) != 0)
+            return NULL;
         body->msg = &body->own;
     }
     return body->msg;
 }
 
-/* Forwards the answer H (+ BODY) to R's client. */
-static void s_forward(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r)
+/* 1 when BODY has a payload that could not be made a message. */
+static int s_lost(s_body_t *body)
+{
+    return body->has && !s_msg(body);
+}
+
+/* Forwards the answer H (+ BODY) to R's client. 0, or -1 when its payload
+ * could not be made a message (out of memory): nothing was sent. */
+static int s_forward(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r)
 {
     ab_header_t out = ab_header_init(h->kind);
     out.correlation_id = r->client_id;
@@ -471,11 +479,16 @@ static void s_forward(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_r
     out.error_code = h->error_code;
     out.error_text = h->error_text;
     if (r->owner && body->has && !body->msg) /* bytes: into its batch as they are */
-        ab_send_peer_bytes(b, r->owner, &out, body->data, body->size, 1);
-    else if (r->owner) /* the client's live record (ab_client_track): no look-up */
+        return ab_send_peer_bytes(b, r->owner, &out, body->data, body->size, 1) == AB_ENOMEM
+                   ? -1
+                   : 0;
+    if (s_lost(body))
+        return -1;
+    if (r->owner) /* the client's live record (ab_client_track): no look-up */
         ab_send_peer(b, r->owner, &out, s_msg(body));
     else
         ab_send(b, &r->client, &out, s_msg(body));
+    return 0;
 }
 
 /* Counts a final answer to R in its service's figures. */
@@ -495,6 +508,39 @@ static void s_count_final(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
     }
 }
 
+/* The answer H to R (from its worker) has a payload the broker could not
+ * keep (out of memory): R's client gets INTERNAL in its place, never an
+ * empty or cut answer, and identical requests waiting on R are handed on
+ * (cache.h). A final answer frees R; after a chunk the worker still works
+ * on R, which it keeps (orphaned, cancelled) until its final answer. */
+static void s_answer_lost(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
+{
+    ab_header_t e = ab_header_init(AB_KIND_ERROR);
+    e.correlation_id = h->correlation_id;
+    e.error_code = AB_ERR_INTERNAL;
+    e.error_text = ab_view_of("out of memory: the broker could not keep the answer's payload");
+    AB_LOG_RL(&b->rl, 0x00e0e0e0, ab_now_ms(), AB_LOG_ERROR, /* one key: a burst logs once */
+              "out of memory: the %s to request %llu (service %s) could not be kept; its client "
+              "gets INTERNAL", ab_kind_name(h->kind), (unsigned long long)r->bid, r->service->name);
+    if (r->cache)
+        ab_cache_on_answer(b, r, &e, NULL);
+    ab_send_error(b, &r->client, r->client_id, AB_ERR_INTERNAL,
+                  "out of memory: the broker could not keep the answer's payload");
+    s_count_final(b, &e, r);
+    ab_worker_rec_t *w = r->worker;
+    ab_service_t *s = r->service;
+    if (h->kind == AB_KIND_PARTIAL) {
+        s_orphan(b, r);
+        ab_cancel_send(b, r, AB_ERR_INTERNAL);
+        ab_req_client_done(b, r);
+        return;
+    }
+    w->completed++;
+    ab_req_free(b, r);
+    ab_health_kick_later(b); /* its credit is back: the queue may move */
+    ab_service_dispatch(b, s);
+}
+
 /* A final answer from a worker that was presumed dead (or ejected) while
  * holding R: the first answer wins. R may be queued again (it leaves the
  * queue) or held by another worker (it stays there, orphaned, until that
@@ -502,9 +548,15 @@ static void s_count_final(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
 static void s_late_answer(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r,
                           uint64_t from)
 {
+    if (s_lost(body)) { /* out of memory: as if it never came (R is held elsewhere) */
+        b->c.replies_dropped++;
+        return;
+    }
     if (r->cache)
         ab_cache_on_answer(b, r, h, s_msg(body));
-    s_forward(b, h, body, r);
+    if (s_forward(b, h, body, r) != 0)
+        ab_send_error(b, &r->client, r->client_id, AB_ERR_INTERNAL,
+                      "out of memory: the broker could not keep the answer's payload");
     s_count_final(b, h, r);
     b->c.late_replies++;
     ab_health_note_answered(b, r, from);
@@ -530,7 +582,7 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, s_body_t *bod
         b->c.duplicates_dropped++;
     /* The client got DEADLINE, but others may wait for this answer
      * (single-flight), and a whole reply is still worth storing. */
-    if (holder && r->cache && !r->answered && r->state == AB_REQ_ORPHANED)
+    if (holder && r->cache && !r->answered && r->state == AB_REQ_ORPHANED && !s_lost(body))
         ab_cache_on_answer(b, r, h, s_msg(body));
     if (final && holder) {
         /* A late error (CANCELLED, DEADLINE) for a request whose deadline
@@ -580,9 +632,16 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
      * streamed: placement hands the request to another capable worker. */
     if (final && h->kind == AB_KIND_ERROR && ab_placement_retry(b, r, h->error_code))
         return;
+    if (r->cache && s_lost(body)) {
+        s_answer_lost(b, h, r);
+        return;
+    }
     if (r->cache) /* before the payload is moved on: waiters and the store copy it */
         ab_cache_on_answer(b, r, h, s_msg(body));
-    s_forward(b, h, body, r);
+    if (s_forward(b, h, body, r) != 0) {
+        s_answer_lost(b, h, r);
+        return;
+    }
     if (!final) {
         r->streamed = 1;
         if (r->route)

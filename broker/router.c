@@ -665,7 +665,7 @@ int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
     size_t len;
     uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
     if (!buf)
-        return -1;
+        return AB_ENOMEM;
     /* Into the peer's batch when it has one going (the common case under
      * load): the bytes are copied once, into the batch. */
     int rc = 1, batching = b->cfg->batch && (p->features & AB_FEATURE_BATCH);
@@ -681,7 +681,7 @@ int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
     } else if (rc == 1) { /* not gathered: a message of its own, the usual way */
         zmq_msg_t m;
         if (has && ab_msg_of_bytes(&m, data, size) != 0) {
-            rc = -1;
+            rc = AB_ENOMEM;
         } else {
             rc = s_send_encoded(b, p, &p->rid, buf, len, has ? &m : NULL);
             if (has)

@@ -20,7 +20,8 @@ int ab_msg_of_bytes(zmq_msg_t *m, const void *data, size_t size);
 /* As ab_send_peer with the payload as bytes (DATA, SIZE; HAS 0: none) the
  * caller keeps: a peer that is gathering a BATCH gets them copied straight
  * into it, with no message of their own; otherwise they are copied into
- * one and sent as ab_send_peer would. 0 or -1 (counted). */
+ * one and sent as ab_send_peer would. 0, -1 (not sent: counted), or
+ * AB_ENOMEM when no message could be made of them (nothing sent). */
 int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const void *data,
                        size_t size, int has);
 /* Sends an encoded header BUF (+ PAYLOAD moved) to RID now, unbatched. */
