@@ -143,8 +143,7 @@ static int s_walk_peers(ab_broker_t *b, s_tallies_t *t, char *why, size_t cap)
         }
         size_t k = 0;
         ab_list_t *n, *tmp;
-        AB_LIST_FOREACH_SAFE(n, tmp, &p->reqs)
-        {
+        AB_LIST_FOREACH_SAFE(n, tmp, &p->reqs) {
             ab_req_t *r = ab_list_data(n, ab_req_t, clink);
             if (++k > limit)
                 return ab_audit_bad(why, cap, "a peer's list of requests does not end");
@@ -202,8 +201,7 @@ static int s_walk_services(ab_broker_t *b, s_tallies_t *t, char *why, size_t cap
             const s_tally_t *y = s_of(t, w);
             size_t k = 0;
             ab_list_t *n, *tmp;
-            AB_LIST_FOREACH_SAFE(n, tmp, &w->reqs)
-            {
+            AB_LIST_FOREACH_SAFE(n, tmp, &w->reqs) {
                 ab_req_t *r = ab_list_data(n, ab_req_t, qlink);
                 if (++k > limit)
                     return ab_audit_bad(why, cap, "service %s: a worker's list does not end",

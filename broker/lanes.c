@@ -443,8 +443,7 @@ int ab_lanes_audit(ab_broker_t *b, ab_service_t *s, char *why, size_t cap)
     for (int i = 0; i < AB_LANES; i++) {
         ab_lane_t *l = &s->lanes[i];
         size_t depth = 0, flows = 0;
-        AB_LIST_FOREACH_SAFE(n, t, &l->ring)
-        {
+        AB_LIST_FOREACH_SAFE(n, t, &l->ring) {
             ab_flow_t *f = ab_list_data(n, ab_flow_t, ring);
             if (++flows > limit)
                 return ab_audit_bad(why, cap, "service %s, lane %s: the ring of flows does not end",
@@ -454,8 +453,7 @@ int ab_lanes_audit(ab_broker_t *b, ab_service_t *s, char *why, size_t cap)
                                     "service %s, lane %s: a flow is not in the lane's index",
                                     s->name, ab_lane_name(i));
             size_t k = 0;
-            AB_LIST_FOREACH_SAFE(rn, rt, &f->reqs)
-            {
+            AB_LIST_FOREACH_SAFE(rn, rt, &f->reqs) {
                 ab_req_t *r = ab_list_data(rn, ab_req_t, qlink);
                 if (++k > limit)
                     return ab_audit_bad(why, cap, "service %s: a flow's list does not end",
@@ -490,8 +488,7 @@ int ab_lanes_audit(ab_broker_t *b, ab_service_t *s, char *why, size_t cap)
         return ab_audit_bad(why, cap, "service %s: q_len %u, %zu requests in its lanes", s->name,
                             s->q_len, total);
     size_t models = 0, in_models = 0;
-    AB_LIST_FOREACH_SAFE(n, t, &s->models.ring)
-    {
+    AB_LIST_FOREACH_SAFE(n, t, &s->models.ring) {
         ab_mqueue_t *mq = ab_list_data(n, ab_mqueue_t, ring);
         if (++models > limit)
             return ab_audit_bad(why, cap, "service %s: the ring of model queues does not end",
@@ -501,8 +498,7 @@ int ab_lanes_audit(ab_broker_t *b, ab_service_t *s, char *why, size_t cap)
                                 mq->model);
         size_t k = 0;
         for (int i = 0; i < AB_LANES; i++)
-            AB_LIST_FOREACH_SAFE(rn, rt, &mq->reqs[i])
-            {
+            AB_LIST_FOREACH_SAFE(rn, rt, &mq->reqs[i]) {
                 ab_req_t *r = ab_list_data(rn, ab_req_t, mlink);
                 if (++k > limit)
                     return ab_audit_bad(why, cap, "service %s: model %s's list does not end",

@@ -483,8 +483,7 @@ int ab_mailbox_audit(ab_broker_t *b, char *why, size_t cap)
     for (ab_agent_t *a = zhashx_first(m->agents); a; a = zhashx_next(m->agents)) {
         size_t n = 0, bytes = 0;
         ab_list_t *l, *tmp;
-        AB_LIST_FOREACH_SAFE(l, tmp, &a->mail)
-        {
+        AB_LIST_FOREACH_SAFE(l, tmp, &a->mail) {
             const ab_mail_t *e = ab_list_data(l, ab_mail_t, link);
             if (++n > limit)
                 return ab_audit_bad(why, cap, "agent '%s': its mailbox does not end", a->name);
