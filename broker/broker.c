@@ -899,7 +899,7 @@ static long s_timeout(ab_broker_t *b, int64_t now)
 
 int ab_broker_run(ab_broker_t *b)
 {
-    zmq_pollitem_t items[4 + 16] = {{b->router, 0, ZMQ_POLLIN, 0},
+    zmq_pollitem_t items[4 + 2 * 16] = {{b->router, 0, ZMQ_POLLIN, 0},
                                {ab_health_pipe(b), 0, ZMQ_POLLIN, 0},
                                {ab_auth_zap_socket(b), 0, ZMQ_POLLIN, 0}};
     /* The ZAP handler, when it exists. */
@@ -912,7 +912,7 @@ int ab_broker_run(ab_broker_t *b)
          * (link.h): re-listed each turn, as they close and re-connect. */
         nitems = fixed;
         cache_at = ab_cache_poll_item(b, &items[nitems]) ? nitems++ : -1;
-        nitems += ab_link_poll_items(b, items + nitems, 16);
+        nitems += ab_link_poll_items(b, items + nitems, 2 * 16);
         int rc = zmq_poll(items, nitems, s_timeout(b, ab_now_ms()));
         if (rc < 0 && errno != EINTR) {
             AB_ERROR("zmq_poll failed: %s", zmq_strerror(errno));

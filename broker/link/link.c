@@ -75,14 +75,26 @@ static void s_outq_free(ab_broker_t *b, ab_link_t *l)
     l->broken = 0;
 }
 
+/* Closes L's dialed connection and its monitor (what it held is dropped). */
+static void s_close_dealer(ab_link_t *l)
+{
+    if (l->dealer && l->mon)
+        zmq_socket_monitor(l->dealer, NULL, 0);
+    if (l->mon)
+        zmq_close(l->mon);
+    if (l->dealer)
+        zmq_close(l->dealer);
+    l->dealer = l->mon = NULL;
+    l->out_conn = 0;
+}
+
 static void s_link_free(ab_broker_t *b, ab_link_t *l)
 {
     struct ab_links *ls = l->all;
     ls->l[l->idx] = NULL;
     ls->n--;
     s_outq_free(b, l);
-    if (l->dealer)
-        zmq_close(l->dealer);
+    s_close_dealer(l);
     zhashx_destroy(&l->remote);
     ab_link_msg_free(l);
     ab_link_topic_free(l);
@@ -117,17 +129,43 @@ int ab_link_in_list(const char *list, size_t len, const char *name)
 
 /* --- dialing ---------------------------------------------------------------- */
 
+/* L's dealer with a monitor telling when its connection is made and lost
+ * (s_watch), in place of ZMQ_IMMEDIATE: with IMMEDIATE, libzmq ends the
+ * dealer's pipe as soon as it finds the connection gone, even between two
+ * frames of a message the broker is reading, and then aborts the process
+ * (fq.cpp: "!_more"). Without it, what arrived before the loss stays
+ * readable, and the broker itself drops the connection once it has read it.
+ * 0, or -1 with D closed. */
+static int s_monitor(ab_broker_t *b, ab_link_t *l, void *d)
+{
+    static unsigned gen;
+    char ep[96];
+    snprintf(ep, sizeof ep, "inproc://ab-link-monitor-%p-%u", (void *)b, gen++);
+    int zero = 0;
+    void *m = NULL;
+    if (zmq_socket_monitor(d, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0 ||
+        !(m = zmq_socket(b->zctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof zero) != 0 || zmq_connect(m, ep) != 0) {
+        AB_ERROR("cannot watch the connection to peer %s: %s", l->endpoint,
+                 zmq_strerror(errno));
+        if (m)
+            zmq_close(m);
+        zmq_close(d);
+        return -1;
+    }
+    l->mon = m;
+    l->out_conn = 0;
+    return 0;
+}
+
 /* Opens L's DEALER and dials its endpoint. 0 or -1. */
 static int s_dial(ab_broker_t *b, ab_link_t *l)
 {
     void *d = zmq_socket(b->zctx, ZMQ_DEALER);
     if (!d)
         return -1;
-    int zero = 0, one = 1, hwm = (int)b->cfg->sndhwm, ivl = 100;
+    int zero = 0, hwm = (int)b->cfg->sndhwm, ivl = 100;
     zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
-    /* Nothing is queued for a connection not made yet: a send then fails
-     * and the request goes elsewhere, instead of arriving late. */
-    zmq_setsockopt(d, ZMQ_IMMEDIATE, &one, sizeof one);
     zmq_setsockopt(d, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
@@ -137,9 +175,12 @@ static int s_dial(ab_broker_t *b, ab_link_t *l)
         zmq_close(d);
         return -1;
     }
+    if (s_monitor(b, l, d) != 0)
+        return -1;
     if (zmq_connect(d, l->endpoint) != 0) {
         AB_ERROR("cannot dial peer %s: %s", l->endpoint, zmq_strerror(errno));
-        zmq_close(d);
+        l->dealer = d;
+        s_close_dealer(l);
         return -1;
     }
     l->dealer = d;
@@ -402,8 +443,7 @@ static void s_in_lost(ab_broker_t *b, ab_link_t *l, const char *why)
 static void s_redial(ab_broker_t *b, ab_link_t *l)
 {
     s_outq_free(b, l);
-    zmq_close(l->dealer);
-    l->dealer = NULL;
+    s_close_dealer(l);
     l->out_up = 0;
     if (s_dial(b, l) != 0)
         AB_WARN("cannot dial '%s' again (%s): retried next tick", l->name, l->endpoint);
@@ -442,7 +482,9 @@ static void s_tick(ab_broker_t *b, int64_t now)
         Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
         m.broker = ls->self;
         m.session = ls->session;
-        if (l->dealer) {
+        if (l->dealer && (l->out_up || l->out_conn)) {
+            /* HELLO only once connected: without IMMEDIATE (s_monitor)
+             * libzmq would queue one per tick for a peer that is down. */
             m.type = l->out_up ? S_LM_HEARTBEAT : S_LM_HELLO;
             m.sent_us = ab_now_us();
             s_send_msg_on(b, l, 1, &m);
@@ -484,16 +526,17 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
         return l;
     }
     if (o->dealer) { /* two --peer entries name one broker: keep the first */
-        zmq_close(l->dealer);
-        l->dealer = NULL;
+        s_close_dealer(l);
         l->endpoint[0] = '\0';
         return NULL;
     }
-    o->dealer = l->dealer;
+    o->dealer = l->dealer; /* the connection and its monitor go to O */
+    o->mon = l->mon;
+    o->out_conn = l->out_conn;
     memcpy(o->endpoint, l->endpoint, sizeof o->endpoint);
     memcpy(o->key, l->key, sizeof o->key);
     o->out_since_ms = l->out_since_ms;
-    l->dealer = NULL;
+    l->dealer = l->mon = NULL;
     if (l->outq) { /* what was gathered for the connection goes with it */
         s_outq_free(b, o);
         o->outq = l->outq;
@@ -750,21 +793,27 @@ static void s_on_dealer(ab_broker_t *b, ab_link_t *l, ab_frame_t *f, size_t n, z
 int ab_link_poll_items(ab_broker_t *b, zmq_pollitem_t *items, int max)
 {
     int n = 0;
-    for (int i = 0; b->links && i < AB_LINKS_MAX && n < max; i++)
-        if (b->links->l[i] && b->links->l[i]->dealer)
-            items[n++] = (zmq_pollitem_t){b->links->l[i]->dealer, 0, ZMQ_POLLIN, 0};
+    for (int i = 0; b->links && i < AB_LINKS_MAX && n + 2 <= max; i++) {
+        ab_link_t *l = b->links->l[i];
+        if (l && l->dealer)
+            items[n++] = (zmq_pollitem_t){l->dealer, 0, ZMQ_POLLIN, 0};
+        if (l && l->mon)
+            items[n++] = (zmq_pollitem_t){l->mon, 0, ZMQ_POLLIN, 0};
+    }
     return n;
 }
 
-/* Receives what L's dealer holds (a bounded number per turn). */
-static void s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
+/* Receives what L's dealer holds (at most 1024 messages): how many it
+ * read, or -1 when L was merged into another record and freed. */
+static int s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
 {
-    for (int k = 0; k < 1024 && l->dealer; k++) {
+    int k = 0;
+    for (; k < 1024 && l->dealer; k++) {
         zmq_msg_t f[3];
         size_t kept;
         size_t n = ab_recv_frames(l->dealer, f, 3, &kept, NULL);
         if (n == 0)
-            return;
+            return k;
         b->c.msgs_in++;
         ab_frame_t fr[2] = {{zmq_msg_data(&f[0]), zmq_msg_size(&f[0])}, {NULL, 0}};
         if (kept > 1)
@@ -776,8 +825,61 @@ static void s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
         for (size_t i = 0; i < kept; i++)
             zmq_msg_close(&f[i]);
         if (b->links->l[idx] != l)
-            return; /* merged into another record and freed */
+            return -1; /* merged into another record and freed */
     }
+    return k;
+}
+
+/* Reads L's dealer monitor (s_monitor): the connection made (its CURVE or
+ * plain ZMTP handshake done) lets HELLO go;
+ * the connection lost while the link used it is handled as a failed send
+ * (s_broken), once what arrived before the loss has been read: answers
+ * already here are delivered, and what was still on the wire is taken
+ * back with the link. Lost before the HELLO was answered: libzmq dials
+ * again by itself. */
+static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    int lost = 0;
+    for (int k = 0; k < 64 && l->mon; k++) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, l->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            break;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&ev) >= 2)
+            memcpy(&event, zmq_msg_data(&ev), 2);
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        while (more) { /* the endpoint frame */
+            zmq_msg_init(&ev);
+            more = zmq_msg_recv(&ev, l->mon, 0) >= 0 && zmq_msg_more(&ev);
+            zmq_msg_close(&ev);
+        }
+        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            l->out_conn = 1;
+        else if (event == ZMQ_EVENT_DISCONNECTED) {
+            l->out_conn = 0;
+            lost = 1;
+        }
+    }
+    if (!lost || !l->out_up)
+        return;
+    for (int k = 0; k < 128; k++) { /* at most the pipe's high-water mark */
+        int n = s_drain(b, l, now);
+        if (n < 0)
+            return;
+        if (n == 0)
+            break;
+    }
+    if (!l->out_up)
+        return; /* the peer refused the connection on it meanwhile */
+    AB_LOG_RL(&b->rl, 0x11a0 + (uint64_t)l->idx, now, AB_LOG_WARN,
+              "link to '%s': its dialed connection closed", l->name);
+    if (s_use_dealer(l))
+        s_down(b, l, "its dialed connection closed");
+    s_redial(b, l);
 }
 
 /* A gathered send on L's dialed connection failed (batching.c flushed it
@@ -798,8 +900,8 @@ void ab_link_on_poll(ab_broker_t *b, int64_t now)
         ab_link_t *l = b->links->l[i];
         if (l && l->broken)
             s_broken(b, l, now);
-        if (l && l->dealer)
-            s_drain(b, l, now);
+        if (l && l->dealer && s_drain(b, l, now) >= 0)
+            s_watch(b, l, now);
     }
 }
 

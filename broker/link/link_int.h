@@ -43,6 +43,8 @@ typedef struct ab_link {
     char endpoint[256];          /* dialed; "" when only accepted */
     char key[AB_LINK_KEY_TXT];   /* the peer's public key (dialed, auth on) */
     void *dealer;                /* the dialed connection; NULL when only accepted */
+    void *mon;                   /* its socket monitor (PAIR), with the dealer */
+    int out_conn;                /* its connection is made, handshake done (HELLO may go) */
     ab_peer_t *outq;             /* its send queue (AB_LINK_DEALER), NULL until used */
     int broken;                  /* a gathered send on it failed: dialed again next turn */
     int out_up;                  /* the peer answered our HELLO on it */

@@ -16,6 +16,19 @@
  * answers: the broker runs with --auth none, so any peer may open a link)
  * and BATCHes of all of it.
  *
+ * With --linked the same moves meet two brokers joined by a real link, and
+ * authentication: a near broker (the good client's) and a far one, both
+ * with --auth curve, each dialing the other; a second echo worker serves
+ * NF_FAR_SVC at the far broker only, so the good client's requests to it
+ * cross the link (the good client alternates between the two services).
+ * The raw peers connect over CURVE to either broker, each with one of four
+ * keys: an agent granted a few names and topics, a worker granted two of
+ * the services, a peer broker granted the names nf-b* (so its LINK moves
+ * open links; the real brokers' names are not granted to it) and an admin.
+ * Every 3-10 s the far side has a fault: the far broker stopped (SIGSTOP)
+ * for 0.3-2.5 s, so that the link is lost and found again with requests
+ * on it, killed and restarted, or its echo worker killed and restarted.
+ *
  * The broker it starts runs with short timers and small limits (heartbeat,
  * mailbox TTL and sizes, queue, timeouts), so that expiry, eviction and
  * full queues happen within a run.
@@ -24,13 +37,15 @@
  * the good client's echoes stay correct and it gets at least one correct
  * answer every 30 s, the broker answers a `stats` CONTROL at the end and
  * exits with status 0 on SIGTERM (a leak report fails; so does a difference
- * its own recount of its bookkeeping found: --self-check-ms, audit.h). Exit
+ * its own recount of its bookkeeping found: --self-check-ms, audit.h). With
+ * --linked the same holds of the far broker: it never dies but by the
+ * faults netfuzz gives it, and exits 0 at the end. Exit
  * status 0 when all held, 1 otherwise (with the seed to replay and the
  * broker's report), 2 on bad usage. A replay plays the same moves from the same seed; what the
  * broker answers, and so some later choices, depends on timing.
  *
  *   netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]
- *           [--broker-bin PATH | --endpoint EP] [--verbose]
+ *           [--broker-bin PATH | --endpoint EP | --linked] [--verbose]
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -41,6 +56,7 @@
 #include "util.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -49,6 +65,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -76,15 +93,30 @@ static const int s_weight[MV_COUNT_] = {
 static struct {
     uint64_t seed;
     double seconds;
-    int peers, verbose;
+    int peers, verbose, linked;
     const char *broker_bin, *endpoint;
-} s_opt = {0, 60, 6, 0, NULL, NULL};
+} s_opt = {0, 60, 0, 0, 0, NULL, NULL};
 
 static char s_replay[512]; /* the command line that plays this run again */
 
 /* --- processes ---------------------------------------------------------------------- */
 static pid_t s_broker_pid, s_worker_pid;
 static char s_ep[64], s_dir[64], s_logpath[256];
+/* --linked: the far broker and its echo worker (their own log), its
+ * command line (kept for restarts), the keys the raw peers use. */
+static pid_t s_far_pid, s_far_worker_pid;
+static char s_far_ep[64], s_far_log[256];
+static char *s_far_argv[64], *s_far_wargv[16];
+static const char *const s_key_names[] = {"nfagent", "nfworker", "nflink", "nfadmin"};
+static char s_key_pub[4][41], s_key_sec[4][41], s_server_pub[41];
+/* --linked: the far side's faults, from a PRNG of their own (seeded from
+ * the run's seed), so that they do not change which moves a seed plays. */
+static struct {
+    uint64_t rng;
+    int64_t next_ms, cont_ms;
+    int stopped;
+    unsigned stops, kills, worker_kills;
+} s_fault;
 
 static int s_free_port(void)
 {
@@ -111,13 +143,13 @@ int __lsan_is_turned_off(void)
     return 1;
 }
 
-/* Starts ARGV[0] with its output appended to the log; dies with us. */
-static pid_t s_spawn(char *const *argv)
+/* Starts ARGV[0] with its output appended to LOG; dies with us. */
+static pid_t s_spawn_to(char *const *argv, const char *log)
 {
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(s_logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
@@ -129,10 +161,26 @@ static pid_t s_spawn(char *const *argv)
     return pid;
 }
 
+static pid_t s_spawn(char *const *argv)
+{
+    return s_spawn_to(argv, s_logpath);
+}
+
+/* Runs ARGV[0] to its end (output to the log): its exit status, or -1. */
+static int s_run(char *const *argv)
+{
+    pid_t pid = s_spawn(argv);
+    int st = 0;
+    if (pid <= 0 || waitpid(pid, &st, 0) != pid)
+        return -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 static void s_stop(pid_t *pid)
 {
     if (*pid <= 0)
         return;
+    kill(*pid, SIGCONT); /* a far broker may be stopped (s_fault_step) */
     kill(*pid, SIGTERM);
     for (int i = 0; i < 100; i++) {
         if (waitpid(*pid, NULL, WNOHANG) == *pid) {
@@ -146,13 +194,14 @@ static void s_stop(pid_t *pid)
     *pid = 0;
 }
 
-/* Prints the part of the broker's log a developer needs: every sanitizer
+/* Prints the part of a broker's log a developer needs: every sanitizer
  * report line and the stack frames after it, else the last lines. */
-static void s_print_log(void)
+static void s_print_log(const char *path)
 {
-    FILE *f = fopen(s_logpath, "r");
+    FILE *f = fopen(path, "r");
     if (!f)
         return;
+    fprintf(stderr, "netfuzz: from %s:\n", path);
     char line[1024];
     int in_report = 0, shown = 0;
     while (fgets(line, sizeof line, f) && shown < 120) {
@@ -180,18 +229,133 @@ static void s_print_log(void)
     fclose(f);
 }
 
-/* "dead" text when the broker we started exited, else NULL. */
-static const char *s_broker_dead(char *buf, size_t cap)
+/* "dead" text when the broker *PID (WHO) exited, else NULL. */
+static const char *s_dead(pid_t *pid, const char *who, char *buf, size_t cap)
 {
     int st;
-    if (s_broker_pid <= 0 || waitpid(s_broker_pid, &st, WNOHANG) != s_broker_pid)
+    if (*pid <= 0 || waitpid(*pid, &st, WNOHANG) != *pid)
         return NULL;
-    s_broker_pid = 0;
+    *pid = 0;
     if (WIFSIGNALED(st))
-        snprintf(buf, cap, "broker killed by signal %d", WTERMSIG(st));
+        snprintf(buf, cap, "%s killed by signal %d", who, WTERMSIG(st));
     else
-        snprintf(buf, cap, "broker exited with status %d", WEXITSTATUS(st));
+        snprintf(buf, cap, "%s exited with status %d", who, WEXITSTATUS(st));
     return buf;
+}
+
+static const char *s_broker_dead(char *buf, size_t cap)
+{
+    const char *dead = s_dead(&s_broker_pid, "broker", buf, cap);
+    return dead ? dead : s_dead(&s_far_pid, "far broker", buf, cap);
+}
+
+/* Reads the Z85 keys of the certificate PATH_secret (brokerctl keygen's
+ * ZPL text) into PUB and SEC (41 bytes each; SEC may be NULL). 0 or -1. */
+static int s_read_cert(const char *path, char *pub, char *sec)
+{
+    char file[600], line[256];
+    snprintf(file, sizeof file, "%s_secret", path);
+    FILE *f = fopen(file, "r");
+    int got = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        char *q = strchr(line, '"');
+        char *to = strstr(line, "public-key") ? pub : strstr(line, "secret-key") ? sec : NULL;
+        if (to && q && strlen(q + 1) > 40 && q[41] == '"') {
+            memcpy(to, q + 1, 40);
+            to[40] = 0;
+            got++;
+        }
+    }
+    if (f)
+        fclose(f);
+    return got >= (sec ? 2 : 1) ? 0 : -1;
+}
+
+/* --linked: the keys (brokerctl keygen) and each broker's keys directory
+ * trusting them. 0 or -1. */
+static int s_make_keys(void)
+{
+    char certs[128], keys[128], cert[256], bctl[512];
+    snprintf(certs, sizeof certs, "%s/certs", s_dir);
+    snprintf(keys, sizeof keys, "%s/keys", s_dir);
+    snprintf(bctl, sizeof bctl, "%s", AB_BIN_DIR "/brokerctl");
+    if (mkdir(certs, 0700) != 0 || mkdir(keys, 0700) != 0)
+        return -1;
+    /* the brokers' own keypair (both share it), then the raw peers' four */
+    char *const gen[][12] = {
+        {bctl, "keygen", "nfbroker", "--role", "peer", "--names", "nf-near,nf-far", "--out",
+         certs, NULL},
+        {bctl, "keygen", "nfagent", "--names", "alice,bob,carol,~*", "--topics", "t.*",
+         "--services", "svc-a,infer," NF_GOOD_SVC, "--out", certs, NULL},
+        {bctl, "keygen", "nfworker", "--role", "worker", "--services", "svc-a,infer",
+         "--capacity", "8", "--out", certs, NULL},
+        {bctl, "keygen", "nflink", "--role", "peer", "--names", "nf-b*", "--out", certs, NULL},
+        {bctl, "keygen", "nfadmin", "--role", "admin", "--out", certs, NULL},
+    };
+    for (size_t i = 0; i < sizeof gen / sizeof gen[0]; i++)
+        if (s_run(gen[i]) != 0)
+            return -1;
+    const char *all[] = {"nfbroker", "nfagent", "nfworker", "nflink", "nfadmin"};
+    for (size_t i = 0; i < 5; i++) {
+        char from[300], to[300], line[512];
+        snprintf(from, sizeof from, "%s/%s.key", certs, all[i]);
+        snprintf(to, sizeof to, "%s/%s.key", keys, all[i]);
+        FILE *in = fopen(from, "r"), *out = fopen(to, "w");
+        while (in && out && fgets(line, sizeof line, in))
+            fputs(line, out);
+        if (in)
+            fclose(in);
+        if (out)
+            fclose(out);
+        if (!in || !out)
+            return -1;
+    }
+    for (int i = 0; i < 4; i++) {
+        snprintf(cert, sizeof cert, "%s/%s.key", certs, s_key_names[i]);
+        if (s_read_cert(cert, s_key_pub[i], s_key_sec[i]) != 0)
+            return -1;
+    }
+    snprintf(cert, sizeof cert, "%s/nfbroker.key", certs);
+    if (s_read_cert(cert, s_server_pub, NULL) != 0)
+        return -1;
+    /* what the good client and the echo workers use (ab_options' defaults) */
+    char admin[300];
+    snprintf(admin, sizeof admin, "%s/nfadmin.key_secret", certs);
+    setenv("AB_KEY", admin, 1);
+    setenv("AB_BROKER_KEY", s_server_pub, 1);
+    return 0;
+}
+
+/* Short timers and small limits, so that expiry, eviction, full mailboxes
+ * and queues happen within a run. */
+#define NF_BROKER_ARGS                                                                       \
+    "--heartbeat-ms", "500", "--liveness", "3", "--mailbox-ttl-ms", "700",                   \
+        "--mailbox-max-msgs", "8", "--mailbox-total-bytes", "64K", "--queue-max", "40",      \
+        "--default-timeout-ms", "3000", "--max-timeout-ms", "8000", "--sub-queue-max", "16", \
+        "--startup-grace-ms", "0", "--cache-l1-bytes", "1M", "--max-client-held-bytes",     \
+        "64K", "--self-check-ms", "100", "--log-level", "warn"
+
+/* --linked: a broker NAME on EP with CURVE, dialing PEER_EP, into ARGV
+ * (strings kept in STORE). */
+static void s_linked_argv(char **argv, char store[][300], const char *bin, const char *name,
+                          const char *ep, const char *peer_ep)
+{
+    char *fixed[] = {NF_BROKER_ARGS};
+    int n = 0;
+    snprintf(store[0], 300, "%s", bin);
+    snprintf(store[1], 300, "%s/certs/nfbroker.key", s_dir);
+    snprintf(store[2], 300, "%s/keys", s_dir);
+    snprintf(store[3], 300, "%s#%s/certs/nfbroker.key", peer_ep, s_dir);
+    snprintf(store[4], 300, "%s", name);
+    snprintf(store[5], 300, "%s", ep);
+    char *head[] = {store[0], "--bind", store[5], "--name", store[4], "--auth", "curve",
+                    "--broker-cert", store[1], "--keys-dir", store[2], "--peer", store[3],
+                    "--link-heartbeat-ms", "100"};
+    for (size_t i = 0; i < sizeof head / sizeof *head; i++)
+        argv[n++] = head[i];
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        argv[n++] = fixed[i];
+    argv[n] = NULL;
 }
 
 static int s_start_processes(void)
@@ -200,28 +364,38 @@ static int s_start_processes(void)
     if (!mkdtemp(s_dir))
         return -1;
     snprintf(s_logpath, sizeof s_logpath, "%s/processes.log", s_dir);
-    char bin[512], wbin[512];
+    static char bin[512], wbin[512], far_store[6][300];
     snprintf(bin, sizeof bin, "%s", s_opt.broker_bin ? s_opt.broker_bin : AB_BIN_DIR "/agentbus-broker");
     snprintf(wbin, sizeof wbin, "%s", AB_BIN_DIR "/agentbus-worker");
-    if (s_opt.endpoint) {
+    if (s_opt.linked) {
+        char near_store[6][300], *argv[64];
+        snprintf(s_far_log, sizeof s_far_log, "%s/far.log", s_dir);
+        snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", s_free_port());
+        snprintf(s_far_ep, sizeof s_far_ep, "tcp://127.0.0.1:%d", s_free_port());
+        if (!strcmp(s_ep, s_far_ep) || s_make_keys() != 0)
+            return -1;
+        s_linked_argv(argv, near_store, bin, "nf-near", s_ep, s_far_ep);
+        s_broker_pid = s_spawn(argv);
+        s_linked_argv(s_far_argv, far_store, bin, "nf-far", s_far_ep, s_ep);
+        s_far_pid = s_spawn_to(s_far_argv, s_far_log);
+        char *fw[] = {wbin, "--broker", s_far_ep, "--backend", "echo", "--service", NF_FAR_SVC,
+                      "--capacity", "64", NULL};
+        memcpy(s_far_wargv, fw, sizeof fw);
+        s_far_worker_pid = s_spawn_to(s_far_wargv, s_far_log);
+    } else if (s_opt.endpoint) {
         snprintf(s_ep, sizeof s_ep, "%s", s_opt.endpoint);
     } else {
         snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", s_free_port());
-        /* Short timers and small limits, so that expiry, eviction, full
-         * mailboxes and queues happen within a run. */
-        char *argv[] = {bin, "--bind", s_ep, "--heartbeat-ms", "500", "--liveness", "3",
-                        "--mailbox-ttl-ms", "700", "--mailbox-max-msgs", "8",
-                        "--mailbox-total-bytes", "64K", "--queue-max", "40",
-                        "--default-timeout-ms", "3000", "--max-timeout-ms", "8000",
-                        "--sub-queue-max", "16", "--startup-grace-ms", "0",
-                        "--cache-l1-bytes", "1M", "--max-client-held-bytes", "64K",
-                        "--self-check-ms", "100", "--log-level", "warn", NULL};
+        char *argv[] = {bin, "--bind", s_ep, NF_BROKER_ARGS, NULL};
         s_broker_pid = s_spawn(argv);
     }
     char *wargv[] = {wbin, "--broker", s_ep, "--backend", "echo", "--service", NF_GOOD_SVC,
                      "--capacity", "64", NULL};
     s_worker_pid = s_spawn(wargv);
     printf("netfuzz: broker %s (pid %d), log %s\n", s_ep, (int)s_broker_pid, s_logpath);
+    if (s_opt.linked)
+        printf("netfuzz: far broker %s (pid %d), log %s\n", s_far_ep, (int)s_far_pid,
+               s_far_log);
     return 0;
 }
 
@@ -235,34 +409,41 @@ static struct {
     int codes[64];
 } s_good;
 
-static ab_client_t *s_client_new(void)
+static ab_client_t *s_client_at(const char *ep)
 {
     ab_options_t *o = ab_options_new();
     ab_client_t *c = NULL;
-    if (o && ab_options_set_endpoint(o, s_ep) == AB_OK)
+    if (o && ab_options_set_endpoint(o, ep) == AB_OK)
         ab_client_new(&c, o);
     ab_options_destroy(&o);
     return c;
 }
 
-/* One echo of a payload of a random size (large ones travel compressed):
- * a wrong answer is a finding; an error is counted. */
+static ab_client_t *s_client_new(void)
+{
+    return s_client_at(s_ep);
+}
+
+/* One echo of a payload of a random size (large ones travel compressed),
+ * with --linked every other one from the far broker's worker: a wrong
+ * answer is a finding; an error is counted. */
 static void s_good_one(ab_client_t *c, uint64_t *rng, uint32_t n)
 {
+    const char *svc = s_opt.linked && n % 2 ? NF_FAR_SVC : NF_GOOD_SVC;
     static char buf[70000];
     size_t size = (*rng % 7 == 0) ? 20000 + *rng % 40000 : 1 + *rng % 300;
     for (size_t i = 0; i < size; i++)
         buf[i] = (char)('a' + (i * 7 + n) % 26); /* compressible */
     void *reply = NULL;
     size_t rlen = 0;
-    int rc = ab_client_request(c, NF_GOOD_SVC, buf, size, 20000, &reply, &rlen);
+    int rc = ab_client_request(c, svc, buf, size, 20000, &reply, &rlen);
     if (rc == AB_OK && rlen == size && memcmp(reply, buf, size) == 0) {
         s_good.ok++;
         s_good.last_ok_ms = ab_now_ms();
     } else if (rc == AB_OK) {
         if (!s_good.wrong++)
             snprintf(s_good.first_wrong, sizeof s_good.first_wrong,
-                     "echo of %zu bytes answered with %zu other bytes", size, rlen);
+                     "echo of %zu bytes by %s answered with %zu other bytes", size, svc, rlen);
     } else {
         s_good.errors++;
         s_good.codes[(-rc) & 63]++;
@@ -284,8 +465,9 @@ static void *s_good_main(void *arg)
     return NULL;
 }
 
-/* Waits until the good service answers: the broker and worker are up. */
-static int s_wait_ready(void)
+/* Waits until SVC answers at the broker: it and its worker are up (and
+ * for NF_FAR_SVC, the link). */
+static int s_wait_service(const char *svc)
 {
     ab_client_t *c = s_client_new();
     int64_t end = ab_now_ms() + 30000;
@@ -293,13 +475,20 @@ static int s_wait_ready(void)
     while (c && !ready && ab_now_ms() < end) {
         void *r = NULL;
         size_t n = 0;
-        ready = ab_client_request(c, NF_GOOD_SVC, "up?", 3, 2000, &r, &n) == AB_OK;
+        ready = ab_client_request(c, svc, "up?", 3, 2000, &r, &n) == AB_OK;
         ab_free(r);
         if (!ready)
             usleep(100 * 1000);
     }
     ab_client_destroy(&c);
     return ready ? 0 : -1;
+}
+
+static int s_wait_ready(void)
+{
+    if (s_wait_service(NF_GOOD_SVC) != 0)
+        return -1;
+    return s_opt.linked ? s_wait_service(NF_FAR_SVC) : 0;
 }
 
 /* --- raw peers ----------------------------------------------------------------------- */
@@ -310,7 +499,15 @@ static char s_stolen[NF_RIDS][64]; /* routing ids read from `workers` / `agents`
 static size_t s_stolen_len[NF_RIDS];
 static int s_nstolen;
 
-static void *s_socket_with_rid(const char *rid, size_t len)
+/* With --linked, peer I holds key I % 4 (s_key_names) and connects to
+ * the near broker (I / 4 even) or the far one: with 8 peers, each broker
+ * meets each key. */
+static const char *s_peer_ep(const nf_peer_t *p)
+{
+    return s_opt.linked && (p - s_peers) / 4 % 2 ? s_far_ep : s_ep;
+}
+
+static void *s_socket_with_rid(const nf_peer_t *p, const char *rid, size_t len)
 {
     void *s = zmq_socket(s_ctx, ZMQ_DEALER);
     int linger = 0, hwm = 20000;
@@ -319,7 +516,13 @@ static void *s_socket_with_rid(const char *rid, size_t len)
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
     if (len)
         zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, len);
-    zmq_connect(s, s_ep);
+    if (s_opt.linked) {
+        int k = (int)(p - s_peers) % 4;
+        zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, s_server_pub, 41);
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, s_key_pub[k], 41);
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, s_key_sec[k], 41);
+    }
+    zmq_connect(s, s_peer_ep(p));
     return s;
 }
 
@@ -336,7 +539,7 @@ static void s_pick_rid(nf_peer_t *p)
 static void s_peer_open(nf_peer_t *p)
 {
     s_pick_rid(p);
-    p->sock = s_socket_with_rid(p->rid, p->rid_len);
+    p->sock = s_socket_with_rid(p, p->rid, p->rid_len);
     p->instance = nf_rand();
     p->next_id = 1 + nf_below(1000);
 }
@@ -596,7 +799,7 @@ static void s_do_reconnect(nf_peer_t *p)
         p->rid_len = len;
         p->instance = inst;
         zmq_close(p->sock);
-        p->sock = s_socket_with_rid(rid, len);
+        p->sock = s_socket_with_rid(p, rid, len);
     }
 }
 
@@ -608,10 +811,10 @@ static void s_do_steal(nf_peer_t *p)
         zmq_close(p->twin);
     if (s_nstolen && nf_chance(50)) {
         int k = (int)nf_below((uint32_t)s_nstolen);
-        p->twin = s_socket_with_rid(s_stolen[k], s_stolen_len[k]);
+        p->twin = s_socket_with_rid(p, s_stolen[k], s_stolen_len[k]);
     } else {
         nf_peer_t *o = &s_peers[nf_below((uint32_t)s_opt.peers)];
-        p->twin = s_socket_with_rid(o->rid, o->rid_len);
+        p->twin = s_socket_with_rid(p, o->rid, o->rid_len);
     }
     /* Say something on it, so the broker acts on the id. */
     static nf_out_t o;
@@ -640,7 +843,8 @@ static void s_move(void)
 static int s_usage(void)
 {
     fprintf(stderr, "usage: netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]\n"
-                    "               [--broker-bin PATH | --endpoint EP] [--verbose]\nmoves:");
+                    "               [--broker-bin PATH | --endpoint EP | --linked] [--verbose]\n"
+                    "moves:");
     for (int i = 0; i < MV_COUNT_; i++)
         fprintf(stderr, " %s", s_move_names[i]);
     fprintf(stderr, "\n");
@@ -664,8 +868,8 @@ static int s_parse(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--verbose")) {
-            s_opt.verbose = 1;
+        if (!strcmp(a, "--verbose") || !strcmp(a, "--linked")) {
+            *(a[2] == 'v' ? &s_opt.verbose : &s_opt.linked) = 1;
             continue;
         }
         if (!v)
@@ -687,6 +891,10 @@ static int s_parse(int argc, char **argv)
         else
             return -1;
     }
+    if (!s_opt.peers) /* linked: each of the four keys at each broker */
+        s_opt.peers = s_opt.linked ? 8 : 6;
+    if (s_opt.linked && s_opt.endpoint)
+        return -1;
     return s_opt.peers >= 1 && s_opt.peers <= NF_MAX_PEERS && s_opt.seconds > 0 ? 0 : -1;
 }
 
@@ -708,10 +916,48 @@ static const char *s_check(char *buf, size_t cap, int64_t now)
     return NULL;
 }
 
-/* The broker still answers `stats`: prints some of it. NULL or what failed. */
-static const char *s_final_stats(char *buf, size_t cap)
+/* --linked: prints the links of the broker at EP (WHO); what failed when
+ * its link to FAR (NULL: not checked) never carried a request. */
+static const char *s_final_links(const char *ep, const char *who, const char *far, char *buf,
+                                 size_t cap)
 {
-    ab_client_t *c = s_client_new();
+    ab_client_t *c = s_client_at(ep);
+    void *data = NULL;
+    size_t len = 0;
+    int rc = c ? ab_client_control(c, "peers", 10000, &data, &len) : AB_EINVAL;
+    Agentbus__PeerList *pl = rc == AB_OK ? agentbus__peer_list__unpack(NULL, len, data) : NULL;
+    ab_free(data);
+    ab_client_destroy(&c);
+    if (!pl) {
+        snprintf(buf, cap, "the %s did not answer a peers CONTROL (%s)", who, ab_strerror(rc));
+        return buf;
+    }
+    uint64_t far_forwarded = 0;
+    for (size_t i = 0; i < pl->n_peers; i++) {
+        const Agentbus__PeerInfo *pi = pl->peers[i];
+        printf("netfuzz: %s link %s: %s, forwarded %llu, received %llu, answered %llu, taken "
+               "back %llu, up %llu times\n",
+               who, pi->name[0] ? pi->name : "(no name)", pi->state,
+               (unsigned long long)pi->forwarded, (unsigned long long)pi->received,
+               (unsigned long long)pi->answered, (unsigned long long)pi->failed,
+               (unsigned long long)pi->ups);
+        if (far && !strcmp(pi->name, far))
+            far_forwarded = pi->answered;
+    }
+    agentbus__peer_list__free_unpacked(pl, NULL);
+    if (far && !far_forwarded) {
+        snprintf(buf, cap, "the %s's link to %s answered no request: the run tested no link", who,
+                 far);
+        return buf;
+    }
+    return NULL;
+}
+
+/* The broker at EP (WHO) still answers `stats`: prints some of it. NULL
+ * or what failed. */
+static const char *s_final_stats(const char *ep, const char *who, char *buf, size_t cap)
+{
+    ab_client_t *c = s_client_at(ep);
     void *data = NULL;
     size_t len = 0;
     int rc = c ? ab_client_control(c, "stats", 10000, &data, &len) : AB_EINVAL;
@@ -719,12 +965,12 @@ static const char *s_final_stats(char *buf, size_t cap)
     ab_free(data);
     ab_client_destroy(&c);
     if (!st) {
-        snprintf(buf, cap, "the broker did not answer a stats CONTROL (%s)", ab_strerror(rc));
+        snprintf(buf, cap, "the %s did not answer a stats CONTROL (%s)", who, ab_strerror(rc));
         return buf;
     }
-    printf("netfuzz: broker stats: msgs_in %llu, requests %llu, replies %llu, dropped %llu, "
+    printf("netfuzz: %s stats: msgs_in %llu, requests %llu, replies %llu, dropped %llu, "
            "malformed %llu, batches_in %llu, msgs_sent %llu, published %llu, pending %llu\n",
-           (unsigned long long)st->msgs_in, (unsigned long long)st->requests,
+           who, (unsigned long long)st->msgs_in, (unsigned long long)st->requests,
            (unsigned long long)st->replies, (unsigned long long)st->replies_dropped,
            (unsigned long long)st->malformed, (unsigned long long)st->batches_in,
            (unsigned long long)st->msgs_sent, (unsigned long long)st->published,
@@ -743,6 +989,54 @@ static void s_print_summary(uint64_t moves, double secs)
         printf(" %s=%llu", ab_kind_name((uint32_t)k), (unsigned long long)s_kinds_in[k]);
     printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", (long)s_good.ok,
            (long)s_good.errors, (long)s_good.wrong);
+    if (s_opt.linked)
+        printf("netfuzz: far side: stopped %u times, killed %u, its worker killed %u\n",
+               s_fault.stops, s_fault.kills, s_fault.worker_kills);
+}
+
+static uint32_t s_fault_below(uint32_t n)
+{
+    s_fault.rng = s_fault.rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)((s_fault.rng >> 33) % n);
+}
+
+/* Kills *PID (SIGKILL), reaps it and starts ARGV again into LOG. */
+static void s_restart(pid_t *pid, char *const *argv, const char *log)
+{
+    if (*pid > 0) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+    }
+    *pid = s_spawn_to(argv, log);
+}
+
+static void s_fault_step(int64_t now)
+{
+    if (!s_opt.linked || s_far_pid <= 0)
+        return;
+    if (s_fault.stopped && now >= s_fault.cont_ms) {
+        kill(s_far_pid, SIGCONT);
+        s_fault.stopped = 0;
+    }
+    if (s_fault.stopped || now < s_fault.next_ms)
+        return;
+    uint32_t r = s_fault_below(10);
+    if (r < 5) { /* the link is lost (5 silent heartbeats: 0.5 s) with requests on it */
+        kill(s_far_pid, SIGSTOP);
+        s_fault.stopped = 1;
+        s_fault.cont_ms = now + 300 + s_fault_below(2200);
+        s_fault.stops++;
+    } else if (r < 7) {
+        s_restart(&s_far_pid, s_far_argv, s_far_log);
+        s_fault.kills++;
+    } else {
+        s_restart(&s_far_worker_pid, s_far_wargv, s_far_log);
+        s_fault.worker_kills++;
+    }
+    if (s_opt.verbose)
+        printf("netfuzz: far side: %s\n", r < 5 ? "broker stopped" : r < 7 ? "broker killed"
+                                                                           : "worker killed");
+    s_fault.next_ms = now + 3000 + s_fault_below(7000);
 }
 
 /* Plays moves until the time is up or a promise breaks. */
@@ -751,6 +1045,8 @@ static const char *s_play(char *buf, size_t cap, uint64_t *moves)
     int64_t start = ab_now_ms(), end = start + (int64_t)(s_opt.seconds * 1000);
     int64_t next_check = 0, next_report = start + 10000;
     const char *fail = NULL;
+    s_fault.rng = s_opt.seed ^ 0x5eed5eed5eed5eedull;
+    s_fault.next_ms = start + 3000 + s_fault_below(7000);
     while (!fail && ab_now_ms() < end) {
         for (int k = 0; k < 16; k++, (*moves)++)
             s_move();
@@ -761,6 +1057,7 @@ static const char *s_play(char *buf, size_t cap, uint64_t *moves)
             fail = s_check(buf, cap, now);
             next_check = now + 100;
         }
+        s_fault_step(now);
         if (s_opt.verbose && now >= next_report) {
             printf("netfuzz: %.0f s: %llu moves; good client %ld correct, %ld errors\n",
                    (double)(now - start) / 1000.0, (unsigned long long)*moves, (long)s_good.ok,
@@ -768,7 +1065,35 @@ static const char *s_play(char *buf, size_t cap, uint64_t *moves)
             next_report = now + 10000;
         }
     }
+    if (s_fault.stopped) {
+        kill(s_far_pid, SIGCONT);
+        s_fault.stopped = 0;
+    }
     return fail;
+}
+
+/* SIGTERM to the broker *PID (WHO): NULL when it exits 0 within 10 s. */
+static const char *s_term_clean(pid_t *pid, const char *who, char *buf, size_t cap)
+{
+    if (*pid <= 0)
+        return NULL;
+    pid_t p = *pid;
+    int st = 0;
+    kill(p, SIGCONT);
+    kill(p, SIGTERM);
+    for (int i = 0; i < 200 && waitpid(p, &st, WNOHANG) != p; i++)
+        usleep(50 * 1000);
+    if (waitpid(p, &st, WNOHANG) == 0) {
+        s_stop(pid);
+        snprintf(buf, cap, "the %s did not stop on SIGTERM within 10 s", who);
+        return buf;
+    }
+    *pid = 0;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        snprintf(buf, cap, "the %s's exit after SIGTERM was not clean (status 0x%x)", who, st);
+        return buf;
+    }
+    return NULL;
 }
 
 static const char *s_finish(char *buf, size_t cap)
@@ -777,32 +1102,36 @@ static const char *s_finish(char *buf, size_t cap)
         s_peer_close(&s_peers[i]);
     const char *fail = s_check(buf, cap, ab_now_ms());
     if (!fail)
-        fail = s_final_stats(buf, cap);
+        fail = s_final_stats(s_ep, "broker", buf, cap);
+    if (!fail && s_opt.linked)
+        fail = s_final_stats(s_far_ep, "far broker", buf, cap);
+    if (!fail && s_opt.linked)
+        fail = s_final_links(s_ep, "broker", "nf-far", buf, cap);
+    if (!fail && s_opt.linked)
+        fail = s_final_links(s_far_ep, "far broker", NULL, buf, cap);
     s_stop(&s_worker_pid);
-    if (!fail && s_broker_pid > 0) { /* a clean exit: a leak report fails it too */
-        pid_t pid = s_broker_pid;
-        int st = 0;
-        kill(pid, SIGTERM);
-        for (int i = 0; i < 200 && waitpid(pid, &st, WNOHANG) != pid; i++)
-            usleep(50 * 1000);
-        s_broker_pid = pid;
-        if (waitpid(pid, &st, WNOHANG) == 0) {
-            s_stop(&s_broker_pid);
-            fail = "the broker did not stop on SIGTERM within 10 s";
-        } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            snprintf(buf, cap, "the broker's exit after SIGTERM was not clean (status 0x%x)", st);
-            fail = buf;
-        }
-        s_broker_pid = 0;
-    }
+    s_stop(&s_far_worker_pid);
+    /* clean exits: a leak report or a recount's difference fails them too */
+    if (!fail)
+        fail = s_term_clean(&s_far_pid, "far broker", buf, cap);
+    if (!fail)
+        fail = s_term_clean(&s_broker_pid, "broker", buf, cap);
     return fail;
+}
+
+static int s_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
 }
 
 static void s_replay_line(void)
 {
     size_t n = (size_t)snprintf(s_replay, sizeof s_replay, "netfuzz --seed %llu --seconds %g",
                                 (unsigned long long)s_opt.seed, s_opt.seconds);
-    if (s_opt.peers != 6)
+    if (s_opt.linked)
+        n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, " --linked");
+    if (s_opt.peers != (s_opt.linked ? 8 : 6))
         n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, " --peers %d", s_opt.peers);
     const char *sep = " --avoid ";
     for (int i = 0; i < MV_COUNT_ && n < sizeof s_replay - 32; i++)
@@ -846,17 +1175,20 @@ int main(int argc, char **argv)
     }
     s_print_summary(moves, (double)(ab_now_ms() - t0) / 1000.0);
     s_stop(&s_worker_pid);
+    s_stop(&s_far_worker_pid);
     if (fail) {
         fprintf(stderr, "netfuzz: FAILED: %s\nnetfuzz: replay: %s\n", fail, s_replay);
-        s_print_log();
+        s_print_log(s_logpath);
+        if (s_opt.linked)
+            s_print_log(s_far_log);
     }
     s_stop(&s_broker_pid);
+    s_stop(&s_far_pid);
     for (int i = 0; i < s_opt.peers; i++)
         s_peer_close(&s_peers[i]);
     zmq_ctx_term(s_ctx);
-    if (!fail) { /* a failed run keeps its log for the developer */
-        unlink(s_logpath);
-        rmdir(s_dir);
+    if (!fail) { /* a failed run keeps its logs for the developer */
+        nftw(s_dir, s_rm_one, 8, FTW_DEPTH | FTW_PHYS);
         printf("netfuzz: passed (seed %llu)\n", (unsigned long long)s_opt.seed);
     }
     return fail ? 1 : 0;

@@ -14,6 +14,7 @@
 #define NF_IDS 32   /* request ids a peer remembers (held, sent) */
 #define NF_SEEN 128 /* ids seen anywhere, for forged answers */
 #define NF_GOOD_SVC "nf-good-echo"
+#define NF_FAR_SVC "nf-far-echo" /* --linked: served at the far broker only */
 
 #define NF_MOVES(X)                                                                          \
     X(hello) X(register) X(request) X(lz4) X(typed) X(cancel) X(answer) X(reconnect)        \

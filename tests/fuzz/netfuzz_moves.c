@@ -45,7 +45,8 @@ const char *nf_pick(const char *const *v, size_t n)
 
 static const char *const s_names[] = {"alice", "bob", "carol", "dave", "eve", "mallory", "~1",
                                       "~2", "ghost"};
-static const char *const s_services[] = {"svc-a", "svc-b", "infer", NF_GOOD_SVC, "nosuch"};
+static const char *const s_services[] = {"svc-a", "svc-b", "infer", NF_GOOD_SVC, NF_FAR_SVC,
+                                         "nosuch"};
 static const char *const s_reg_services[] = {"svc-a", "svc-b", "infer"};
 static const char *const s_topics[] = {"t.a", "t.b", "t.a.x", "news.eu", "news.us"};
 static const char *const s_patterns[] = {"t.", "t.a", "news.", "t.a.x", "news.eu"};

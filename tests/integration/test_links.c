@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zmq.h>
 
 /* The keys of a case (linktest.h): the shared peer key, admin, and more. */
 static void s_keys(void)
@@ -159,6 +160,75 @@ static void s_restart(void)
     REQUIRE(lt_peer_info(a, "B", &pi, st, sizeof st));
     CHECK_TRUE(pi.ups >= 2);
     ab_client_destroy(&a);
+}
+
+/* A peer floods A's dialed connection with two-frame messages and closes
+ * it at once: A is still reading the backlog when libzmq finds the
+ * connection gone. With ZMQ_IMMEDIATE on that DEALER, libzmq then ended
+ * the pipe between a message's two frames and A aborted (fq.cpp:
+ * "!_more"; found by netfuzz --linked), or dropped what it had not read
+ * yet. A must live and read every message that arrived. The peer is a bare
+ * ROUTER (links are plain TCP with --auth none), so nothing but the
+ * flood's size decides the timing. */
+enum { S_FLOOD = 20000 };
+
+static void s_dealer_backlog(void)
+{
+    int pa = th_free_port(), pf = th_free_port();
+    void *ctx = zmq_ctx_new(), *r = zmq_socket(ctx, ZMQ_ROUTER);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", pf);
+    int hwm = 0, linger = 20000;
+    zmq_setsockopt(r, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_bind(r, ep) == 0);
+    char peer[80];
+    snprintf(peer, sizeof peer, "%s#none", ep);
+    pid_t a = th_broker(pa, "--name", "A", "--peer", peer, "--link-heartbeat-ms", "1000", NULL);
+    ab_client_t *c = th_client(pa);
+    /* A's HELLO names its dealer's routing id. */
+    zmq_pollitem_t it = {r, 0, ZMQ_POLLIN, 0};
+    REQUIRE(zmq_poll(&it, 1, 20000) == 1);
+    zmq_msg_t rid;
+    zmq_msg_init(&rid);
+    REQUIRE(zmq_msg_recv(&rid, r, 0) > 0);
+    int more = 1;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, r, 0);
+        more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+    }
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    uint64_t before = st->msgs_in;
+    agentbus__stats__free_unpacked(st, NULL);
+    /* The flood: a header-sized frame and a payload frame each (A drops
+     * them: the link is not up), then the connection closed. */
+    for (int i = 0; i < S_FLOOD; i++) {
+        REQUIRE(zmq_send(r, zmq_msg_data(&rid), zmq_msg_size(&rid), ZMQ_SNDMORE) >= 0);
+        REQUIRE(zmq_send(r, "\x08\x03\x10\x01", 4, ZMQ_SNDMORE) >= 0);
+        REQUIRE(zmq_send(r, "flood", 5, 0) >= 0);
+    }
+    zmq_msg_close(&rid);
+    zmq_close(r); /* lingers until the flood is out, then closes the connection */
+    zmq_ctx_term(ctx);
+    /* A read all of it (each frame pair counts once) and lives. */
+    uint64_t got = 0;
+    int64_t end = ab_now_ms() + 30000;
+    while (th_alive(a) && got < S_FLOOD && ab_now_ms() < end) {
+        th_sleep_ms(50);
+        if ((st = th_stats(c))) {
+            got = st->msgs_in - before;
+            agentbus__stats__free_unpacked(st, NULL);
+        }
+    }
+    CHECK_TRUE(th_alive(a));
+    CHECK_TRUE(got >= S_FLOOD);
+    printf("dealer_backlog: A read %llu messages on its dialed connection\n",
+           (unsigned long long)got);
+    ab_client_destroy(&c);
 }
 
 /* --- the link cut and stalled under load --------------------------------------------- */
@@ -526,6 +596,7 @@ int main(int argc, char **argv)
         {"two", s_two},         {"both_dial", s_both_dial},     {"cut", s_cut},
         {"stall", s_stall},     {"restart", s_restart},         {"line", s_line},               {"triangle", s_triangle},
         {"unknown_key", s_unknown_key}, {"roles", s_roles}, {"long_via", s_long_via},
+        {"dealer_backlog", s_dealer_backlog},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
