@@ -916,23 +916,43 @@ static const char *s_check(char *buf, size_t cap, int64_t now)
     return NULL;
 }
 
-/* --linked: prints the links of the broker at EP (WHO); what failed when
- * its link to FAR (NULL: not checked) never carried a request. */
-static const char *s_final_links(const char *ep, const char *who, const char *far, char *buf,
-                                 size_t cap)
+/* The broker at EP's answer to the CONTROL query WHAT, unpacked by
+ * UNPACK (NULL when it failed; *RC says why). */
+static void *s_query(const char *ep, const char *what, int *rc,
+                     void *(*unpack)(size_t, const uint8_t *))
 {
     ab_client_t *c = s_client_at(ep);
     void *data = NULL;
     size_t len = 0;
-    int rc = c ? ab_client_control(c, "peers", 10000, &data, &len) : AB_EINVAL;
-    Agentbus__PeerList *pl = rc == AB_OK ? agentbus__peer_list__unpack(NULL, len, data) : NULL;
+    *rc = c ? ab_client_control(c, what, 10000, &data, &len) : AB_EINVAL;
+    void *out = *rc == AB_OK ? unpack(len, data) : NULL;
     ab_free(data);
     ab_client_destroy(&c);
+    return out;
+}
+
+static void *s_unpack_peers(size_t len, const uint8_t *data)
+{
+    return agentbus__peer_list__unpack(NULL, len, data);
+}
+
+static void *s_unpack_stats(size_t len, const uint8_t *data)
+{
+    return agentbus__stats__unpack(NULL, len, data);
+}
+
+/* --linked: prints the links of the broker at EP (WHO); what failed when
+ * its link to FAR (NULL: not checked) answered no request. */
+static const char *s_final_links(const char *ep, const char *who, const char *far, char *buf,
+                                 size_t cap)
+{
+    int rc;
+    Agentbus__PeerList *pl = s_query(ep, "peers", &rc, s_unpack_peers);
     if (!pl) {
         snprintf(buf, cap, "the %s did not answer a peers CONTROL (%s)", who, ab_strerror(rc));
         return buf;
     }
-    uint64_t far_forwarded = 0;
+    uint64_t far_answered = 0;
     for (size_t i = 0; i < pl->n_peers; i++) {
         const Agentbus__PeerInfo *pi = pl->peers[i];
         printf("netfuzz: %s link %s: %s, forwarded %llu, received %llu, answered %llu, taken "
@@ -942,10 +962,10 @@ static const char *s_final_links(const char *ep, const char *who, const char *fa
                (unsigned long long)pi->answered, (unsigned long long)pi->failed,
                (unsigned long long)pi->ups);
         if (far && !strcmp(pi->name, far))
-            far_forwarded = pi->answered;
+            far_answered = pi->answered;
     }
     agentbus__peer_list__free_unpacked(pl, NULL);
-    if (far && !far_forwarded) {
+    if (far && !far_answered) {
         snprintf(buf, cap, "the %s's link to %s answered no request: the run tested no link", who,
                  far);
         return buf;
@@ -957,13 +977,8 @@ static const char *s_final_links(const char *ep, const char *who, const char *fa
  * or what failed. */
 static const char *s_final_stats(const char *ep, const char *who, char *buf, size_t cap)
 {
-    ab_client_t *c = s_client_at(ep);
-    void *data = NULL;
-    size_t len = 0;
-    int rc = c ? ab_client_control(c, "stats", 10000, &data, &len) : AB_EINVAL;
-    Agentbus__Stats *st = rc == AB_OK ? agentbus__stats__unpack(NULL, len, data) : NULL;
-    ab_free(data);
-    ab_client_destroy(&c);
+    int rc;
+    Agentbus__Stats *st = s_query(ep, "stats", &rc, s_unpack_stats);
     if (!st) {
         snprintf(buf, cap, "the %s did not answer a stats CONTROL (%s)", who, ab_strerror(rc));
         return buf;
