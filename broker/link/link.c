@@ -465,6 +465,19 @@ static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
         s_down(b, l, "no heartbeat from the peer broker");
 }
 
+/* HELLO on L's dialed connection, or a heartbeat once it was answered.
+ * HELLO only once connected (s_watch): without IMMEDIATE (s_monitor)
+ * libzmq would queue one per tick for a peer that is down. */
+static void s_hello_or_beat(ab_broker_t *b, ab_link_t *l)
+{
+    Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+    m.broker = l->all->self;
+    m.session = l->all->session;
+    m.type = l->out_up ? S_LM_HEARTBEAT : S_LM_HELLO;
+    m.sent_us = ab_now_us();
+    s_send_msg_on(b, l, 1, &m);
+}
+
 /* Every link-heartbeat-ms: liveness, HELLO on dialed connections not yet
  * answered, heartbeats on the others, the directory when it changed. */
 static void s_tick(ab_broker_t *b, int64_t now)
@@ -482,13 +495,8 @@ static void s_tick(ab_broker_t *b, int64_t now)
         Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
         m.broker = ls->self;
         m.session = ls->session;
-        if (l->dealer && (l->out_up || l->out_conn)) {
-            /* HELLO only once connected: without IMMEDIATE (s_monitor)
-             * libzmq would queue one per tick for a peer that is down. */
-            m.type = l->out_up ? S_LM_HEARTBEAT : S_LM_HELLO;
-            m.sent_us = ab_now_us();
-            s_send_msg_on(b, l, 1, &m);
-        }
+        if (l->dealer && (l->out_up || l->out_conn))
+            s_hello_or_beat(b, l);
         if (l->in) {
             m.type = S_LM_HEARTBEAT;
             m.sent_us = ab_now_us();
@@ -857,8 +865,11 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
             more = zmq_msg_recv(&ev, l->mon, 0) >= 0 && zmq_msg_more(&ev);
             zmq_msg_close(&ev);
         }
-        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             l->out_conn = 1;
+            if (!l->out_up)
+                s_hello_or_beat(b, l); /* now, not at the next tick */
+        }
         else if (event == ZMQ_EVENT_DISCONNECTED) {
             l->out_conn = 0;
             lost = 1;
