@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <execinfo.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -81,6 +82,16 @@ void th_finish(void)
     }
 }
 
+static int s_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* At exit: every process the case started is stopped; a failed case
+ * prints their logs' tails and keeps its directory (logs, keys, LMDB
+ * files) for the developer, a passed one removes it: a suite run left
+ * some 350 of them in /tmp. */
 static void s_cleanup(void)
 {
     for (int i = 0; i < s_nprocs; i++)
@@ -91,6 +102,9 @@ static void s_cleanup(void)
             fprintf(stderr, "--- log of pid %d (%s):\n", (int)s_procs[i].pid, s_procs[i].log);
             s_tail(s_procs[i].log);
         }
+        fprintf(stderr, "kept %s\n", s_dir);
+    } else if (s_dir[0]) {
+        nftw(s_dir, s_rm_one, 16, FTW_DEPTH | FTW_PHYS);
     }
 }
 
