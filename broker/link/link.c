@@ -838,13 +838,12 @@ static int s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
     return k;
 }
 
-/* Reads L's dealer monitor (s_monitor): the connection made (its CURVE or
- * plain ZMTP handshake done) lets HELLO go;
- * the connection lost while the link used it is handled as a failed send
- * (s_broken), once what arrived before the loss has been read: answers
- * already here are delivered, and what was still on the wire is taken
- * back with the link. Lost before the HELLO was answered: libzmq dials
- * again by itself. */
+/* Reads L's dealer monitor (s_monitor). The connection made (its CURVE or
+ * plain ZMTP handshake done) lets HELLO go. The connection lost while the
+ * link used it is handled as a failed send (s_broken), once what arrived
+ * before the loss has been read: answers already here are delivered, and
+ * what was still on the wire is taken back with the link. Lost before the
+ * HELLO was answered: libzmq dials again by itself. */
 static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
 {
     int lost = 0;
