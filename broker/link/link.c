@@ -868,8 +868,7 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
             l->out_conn = 1;
             if (!l->out_up)
                 s_hello_or_beat(b, l); /* now, not at the next tick */
-        }
-        else if (event == ZMQ_EVENT_DISCONNECTED) {
+        } else if (event == ZMQ_EVENT_DISCONNECTED) {
             l->out_conn = 0;
             lost = 1;
         }
