@@ -704,24 +704,9 @@ int ab_conn_wait(ab_conn_t *c, int timeout_ms)
 static int s_read_events(ab_conn_t *c)
 {
     int seen = 0;
-    for (;;) {
-        zmq_msg_t ev, addr;
-        zmq_msg_init(&ev);
-        if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&ev);
-            return seen;
-        }
-        uint16_t event = 0;
-        if (zmq_msg_size(&ev) >= 2)
-            memcpy(&event, zmq_msg_data(&ev), 2);
-        int more = zmq_msg_more(&ev);
-        zmq_msg_close(&ev);
-        while (more) {
-            zmq_msg_init(&addr);
-            zmq_msg_recv(&addr, c->mon, 0);
-            more = zmq_msg_more(&addr);
-            zmq_msg_close(&addr);
-        }
+    uint16_t event;
+    uint32_t value;
+    while (ab_monitor_event(c->mon, &event, &value, NULL, 0)) {
         /* With CURVE the connection is usable once the broker accepted
          * the key, not when TCP connects. */
         int curve = c->opts.curve_secret[0] != '\0';
@@ -770,6 +755,7 @@ static int s_read_events(ab_conn_t *c)
             seen |= AB_CONN_DISCONNECTED;
         }
     }
+    return seen;
 }
 
 int ab_conn_events(ab_conn_t *c)

@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
 
 char *ab_hex(const void *bytes, size_t n, char *out, size_t cap)
 {
@@ -53,4 +55,35 @@ int ab_parse_size(const char *s, size_t *out)
         return -1;
     *out = (size_t)(v * mul);
     return 0;
+}
+
+int ab_monitor_event(void *mon, uint16_t *event, uint32_t *value, char *addr, size_t cap)
+{
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    if (zmq_msg_recv(&f, mon, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&f);
+        return 0;
+    }
+    *event = 0;
+    *value = 0;
+    if (zmq_msg_size(&f) >= 6) { /* 16-bit event, 32-bit value (zmq_socket_monitor) */
+        memcpy(event, zmq_msg_data(&f), 2);
+        memcpy(value, (uint8_t *)zmq_msg_data(&f) + 2, 4);
+    }
+    if (addr && cap)
+        addr[0] = '\0';
+    int more = zmq_msg_more(&f);
+    zmq_msg_close(&f);
+    while (more) { /* the endpoint; a monitor sends both frames at once */
+        zmq_msg_init(&f);
+        more = zmq_msg_recv(&f, mon, 0) >= 0 && zmq_msg_more(&f);
+        if (addr && cap && !addr[0]) {
+            size_t n = zmq_msg_size(&f) < cap - 1 ? zmq_msg_size(&f) : cap - 1;
+            memcpy(addr, zmq_msg_data(&f), n);
+            addr[n] = '\0';
+        }
+        zmq_msg_close(&f);
+    }
+    return 1;
 }

@@ -18,6 +18,12 @@ uint64_t ab_hash_bytes(const void *p, size_t n);
 /* Size with optional K/M/G suffix (powers of 1024). */
 int ab_parse_size(const char *s, size_t *out);
 
+/* Reads one event from the socket monitor MON (a PAIR given to
+ * zmq_socket_monitor) without waiting: its number and value from the first
+ * frame, and the endpoint from the second into ADDR (CAP bytes, cut short;
+ * ADDR may be NULL). Returns 1 when an event was read, 0 when none waits. */
+int ab_monitor_event(void *mon, uint16_t *event, uint32_t *value, char *addr, size_t cap);
+
 /* 1 in an AddressSanitizer build: records that are otherwise kept for
  * reuse (spare lists) are freed there, so a use after the end shows. */
 #if defined(__SANITIZE_ADDRESS__)

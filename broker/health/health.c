@@ -205,32 +205,11 @@ void ab_health_monitor_drain(ab_broker_t *b)
 {
     int closed[1024];
     size_t nclosed = 0;
-    for (int i = 0; i < 1024; i++) {
-        zmq_msg_t ev;
-        zmq_msg_init(&ev);
-        if (zmq_msg_recv(&ev, b->health->monitor, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&ev);
-            break;
-        }
-        uint16_t event = 0;
-        uint32_t value = 0;
-        if (zmq_msg_size(&ev) >= 6) {
-            memcpy(&event, zmq_msg_data(&ev), 2);
-            memcpy(&value, (uint8_t *)zmq_msg_data(&ev) + 2, 4);
-        }
-        int more = zmq_msg_more(&ev);
-        zmq_msg_close(&ev);
-        char addr[256] = "";
-        while (more) { /* the endpoint frame */
-            zmq_msg_t a;
-            zmq_msg_init(&a);
-            zmq_msg_recv(&a, b->health->monitor, 0);
-            size_t n = zmq_msg_size(&a) < sizeof addr - 1 ? zmq_msg_size(&a) : sizeof addr - 1;
-            memcpy(addr, zmq_msg_data(&a), n);
-            addr[n] = '\0';
-            more = zmq_msg_more(&a);
-            zmq_msg_close(&a);
-        }
+    uint16_t event;
+    uint32_t value;
+    char addr[256];
+    for (int i = 0; i < 1024 && ab_monitor_event(b->health->monitor, &event, &value, addr,
+                                                 sizeof addr); i++) {
         if (event & S_HANDSHAKE_FAILED) {
             s_not_zeromq(b, addr, event, value);
             continue;

@@ -847,23 +847,9 @@ static int s_drain(ab_broker_t *b, ab_link_t *l, int64_t now)
 static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
 {
     int lost = 0;
-    for (int k = 0; k < 64 && l->mon; k++) {
-        zmq_msg_t ev;
-        zmq_msg_init(&ev);
-        if (zmq_msg_recv(&ev, l->mon, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&ev);
-            break;
-        }
-        uint16_t event = 0;
-        if (zmq_msg_size(&ev) >= 2)
-            memcpy(&event, zmq_msg_data(&ev), 2);
-        int more = zmq_msg_more(&ev);
-        zmq_msg_close(&ev);
-        while (more) { /* the endpoint frame */
-            zmq_msg_init(&ev);
-            more = zmq_msg_recv(&ev, l->mon, 0) >= 0 && zmq_msg_more(&ev);
-            zmq_msg_close(&ev);
-        }
+    uint16_t event;
+    uint32_t value;
+    for (int k = 0; k < 64 && l->mon && ab_monitor_event(l->mon, &event, &value, NULL, 0); k++) {
         if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             l->out_conn = 1;
             if (!l->out_up)
