@@ -29,6 +29,14 @@
  * for 0.3-2.5 s, so that the link is lost and found again with requests
  * on it, killed and restarted, or its echo worker killed and restarted.
  *
+ * With --line, three brokers in a line, near - middle - far (each dials
+ * its neighbours; near and far are not linked), so that the good client's
+ * requests to NF_FAR_SVC cross two links and the middle broker forwards
+ * what it did not receive from a client. The middle broker's own worker
+ * serves NF_MID_SVC; the good client takes turns among the three
+ * services; the raw peers are split among the three brokers, and each
+ * fault strikes the middle side or the far one.
+ *
  * The broker it starts runs with short timers and small limits (heartbeat,
  * mailbox TTL and sizes, queue, timeouts), so that expiry, eviction and
  * full queues happen within a run.
@@ -38,14 +46,15 @@
  * answer every 30 s, the broker answers a `stats` CONTROL at the end and
  * exits with status 0 on SIGTERM (a leak report fails; so does a difference
  * its own recount of its bookkeeping found: --self-check-ms, audit.h). With
- * --linked the same holds of the far broker: it never dies but by the
- * faults netfuzz gives it, and exits 0 at the end. Exit
+ * --linked (--line) the same holds of the far (and middle) broker: it
+ * never dies but by the faults netfuzz gives it, and exits 0 at the end;
+ * and each link toward the far broker answered a request. Exit
  * status 0 when all held, 1 otherwise (with the seed to replay and the
  * broker's report), 2 on bad usage. A replay plays the same moves from the same seed; what the
  * broker answers, and so some later choices, depends on timing.
  *
  *   netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]
- *           [--broker-bin PATH | --endpoint EP | --linked] [--verbose]
+ *           [--broker-bin PATH | --endpoint EP | --linked | --line] [--verbose]
  */
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
@@ -93,7 +102,8 @@ static const int s_weight[MV_COUNT_] = {
 static struct {
     uint64_t seed;
     double seconds;
-    int peers, verbose, linked;
+    int peers, verbose;
+    int linked; /* the brokers beside the near one: 0, 1 (--linked), 2 (--line) */
     const char *broker_bin, *endpoint;
 } s_opt = {0, 60, 0, 0, 0, NULL, NULL};
 
@@ -102,11 +112,19 @@ static char s_replay[512]; /* the command line that plays this run again */
 /* --- processes ---------------------------------------------------------------------- */
 static pid_t s_broker_pid, s_worker_pid;
 static char s_ep[64], s_dir[64], s_logpath[256];
-/* --linked: the far broker and its echo worker (their own log), its
- * command line (kept for restarts), the keys the raw peers use. */
-static pid_t s_far_pid, s_far_worker_pid;
-static char s_far_ep[64], s_far_log[256];
-static char *s_far_argv[64], *s_far_wargv[16];
+/* --linked: the brokers beside the near one (s_broker_pid, s_ep), in line
+ * order: the far one, or with --line the middle one (s_rb[0]) and then the
+ * far one. Each has an echo worker serving its own service and a log of
+ * its own; their command lines are kept for restarts. */
+typedef struct {
+    const char *name, *who, *svc;
+    pid_t pid, worker_pid;
+    char ep[64], log[256];
+    char *argv[64], *wargv[16];
+    char store[8][300];
+    unsigned stops, kills, worker_kills; /* the faults it had */
+} nf_broker_t;
+static nf_broker_t s_rb[2];
 static const char *const s_key_names[] = {"nfagent", "nfworker", "nflink", "nfadmin"};
 static char s_key_pub[4][41], s_key_sec[4][41], s_server_pub[41];
 /* --linked: the far side's faults, from a PRNG of their own (seeded from
@@ -114,8 +132,7 @@ static char s_key_pub[4][41], s_key_sec[4][41], s_server_pub[41];
 static struct {
     uint64_t rng;
     int64_t next_ms, cont_ms;
-    int stopped;
-    unsigned stops, kills, worker_kills;
+    nf_broker_t *stopped; /* the broker stopped now (SIGSTOP) */
 } s_fault;
 
 static int s_free_port(void)
@@ -246,7 +263,9 @@ static const char *s_dead(pid_t *pid, const char *who, char *buf, size_t cap)
 static const char *s_broker_dead(char *buf, size_t cap)
 {
     const char *dead = s_dead(&s_broker_pid, "broker", buf, cap);
-    return dead ? dead : s_dead(&s_far_pid, "far broker", buf, cap);
+    for (int i = 0; !dead && i < s_opt.linked; i++)
+        dead = s_dead(&s_rb[i].pid, s_rb[i].who, buf, cap);
+    return dead;
 }
 
 /* Reads the Z85 keys of the certificate PATH_secret (brokerctl keygen's
@@ -283,7 +302,7 @@ static int s_make_keys(void)
         return -1;
     /* the brokers' own keypair (both share it), then the raw peers' four */
     char *const gen[][12] = {
-        {bctl, "keygen", "nfbroker", "--role", "peer", "--names", "nf-near,nf-far", "--out",
+        {bctl, "keygen", "nfbroker", "--role", "peer", "--names", "nf-near,nf-mid,nf-far", "--out",
          certs, NULL},
         {bctl, "keygen", "nfagent", "--names", "alice,bob,carol,~*", "--topics", "t.*",
          "--services", "svc-a,infer," NF_GOOD_SVC, "--out", certs, NULL},
@@ -335,10 +354,10 @@ static int s_make_keys(void)
         "--startup-grace-ms", "0", "--cache-l1-bytes", "1M", "--max-client-held-bytes",     \
         "64K", "--self-check-ms", "100", "--log-level", "warn"
 
-/* --linked: a broker NAME on EP with CURVE, dialing PEER_EP, into ARGV
- * (strings kept in STORE). */
+/* --linked: a broker NAME on EP with CURVE, dialing PEER_EP and PEER2_EP
+ * (NULL: none), into ARGV (strings kept in STORE, 8 of them). */
 static void s_linked_argv(char **argv, char store[][300], const char *bin, const char *name,
-                          const char *ep, const char *peer_ep)
+                          const char *ep, const char *peer_ep, const char *peer2_ep)
 {
     char *fixed[] = {NF_BROKER_ARGS};
     int n = 0;
@@ -353,9 +372,51 @@ static void s_linked_argv(char **argv, char store[][300], const char *bin, const
                     "--link-heartbeat-ms", "100"};
     for (size_t i = 0; i < sizeof head / sizeof *head; i++)
         argv[n++] = head[i];
+    if (peer2_ep) {
+        snprintf(store[6], 300, "%s#%s/certs/nfbroker.key", peer2_ep, s_dir);
+        argv[n++] = "--peer";
+        argv[n++] = store[6];
+    }
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         argv[n++] = fixed[i];
     argv[n] = NULL;
+}
+
+/* --linked: the far broker, or with --line the middle one and the far
+ * one (near - mid - far, each dialing its neighbours), each with its own
+ * echo worker. 0 or -1. */
+static int s_start_linked(const char *bin, const char *wbin)
+{
+    static const char *const names[2][2] = {{"nf-far"}, {"nf-mid", "nf-far"}};
+    static const char *const whos[2][2] = {{"far broker"}, {"middle broker", "far broker"}};
+    static const char *const svcs[2][2] = {{NF_FAR_SVC}, {NF_MID_SVC, NF_FAR_SVC}};
+    snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", s_free_port());
+    for (int i = 0; i < s_opt.linked; i++) {
+        nf_broker_t *rb = &s_rb[i];
+        rb->name = names[s_opt.linked - 1][i];
+        rb->who = whos[s_opt.linked - 1][i];
+        rb->svc = svcs[s_opt.linked - 1][i];
+        snprintf(rb->ep, sizeof rb->ep, "tcp://127.0.0.1:%d", s_free_port());
+        snprintf(rb->log, sizeof rb->log, "%s/%s.log", s_dir, rb->name + 3);
+        if (!strcmp(rb->ep, s_ep) || (i && !strcmp(rb->ep, s_rb[0].ep)))
+            return -1;
+    }
+    if (s_make_keys() != 0)
+        return -1;
+    char near_store[8][300], *argv[64];
+    s_linked_argv(argv, near_store, bin, "nf-near", s_ep, s_rb[0].ep, NULL);
+    s_broker_pid = s_spawn(argv);
+    for (int i = 0; i < s_opt.linked; i++) {
+        nf_broker_t *rb = &s_rb[i];
+        s_linked_argv(rb->argv, rb->store, bin, rb->name, rb->ep, i ? s_rb[i - 1].ep : s_ep,
+                      i + 1 < s_opt.linked ? s_rb[i + 1].ep : NULL);
+        rb->pid = s_spawn_to(rb->argv, rb->log);
+        char *fw[] = {(char *)wbin, "--broker", rb->ep, "--backend", "echo", "--service",
+                      (char *)rb->svc, "--capacity", "64", NULL};
+        memcpy(rb->wargv, fw, sizeof fw);
+        rb->worker_pid = s_spawn_to(rb->wargv, rb->log);
+    }
+    return 0;
 }
 
 static int s_start_processes(void)
@@ -364,24 +425,12 @@ static int s_start_processes(void)
     if (!mkdtemp(s_dir))
         return -1;
     snprintf(s_logpath, sizeof s_logpath, "%s/processes.log", s_dir);
-    static char bin[512], wbin[512], far_store[6][300];
+    static char bin[512], wbin[512];
     snprintf(bin, sizeof bin, "%s", s_opt.broker_bin ? s_opt.broker_bin : AB_BIN_DIR "/agentbus-broker");
     snprintf(wbin, sizeof wbin, "%s", AB_BIN_DIR "/agentbus-worker");
     if (s_opt.linked) {
-        char near_store[6][300], *argv[64];
-        snprintf(s_far_log, sizeof s_far_log, "%s/far.log", s_dir);
-        snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", s_free_port());
-        snprintf(s_far_ep, sizeof s_far_ep, "tcp://127.0.0.1:%d", s_free_port());
-        if (!strcmp(s_ep, s_far_ep) || s_make_keys() != 0)
+        if (s_start_linked(bin, wbin) != 0)
             return -1;
-        s_linked_argv(argv, near_store, bin, "nf-near", s_ep, s_far_ep);
-        s_broker_pid = s_spawn(argv);
-        s_linked_argv(s_far_argv, far_store, bin, "nf-far", s_far_ep, s_ep);
-        s_far_pid = s_spawn_to(s_far_argv, s_far_log);
-        char *fw[] = {wbin, "--broker", s_far_ep, "--backend", "echo", "--service", NF_FAR_SVC,
-                      "--capacity", "64", NULL};
-        memcpy(s_far_wargv, fw, sizeof fw);
-        s_far_worker_pid = s_spawn_to(s_far_wargv, s_far_log);
     } else if (s_opt.endpoint) {
         snprintf(s_ep, sizeof s_ep, "%s", s_opt.endpoint);
     } else {
@@ -393,9 +442,9 @@ static int s_start_processes(void)
                      "--capacity", "64", NULL};
     s_worker_pid = s_spawn(wargv);
     printf("netfuzz: broker %s (pid %d), log %s\n", s_ep, (int)s_broker_pid, s_logpath);
-    if (s_opt.linked)
-        printf("netfuzz: far broker %s (pid %d), log %s\n", s_far_ep, (int)s_far_pid,
-               s_far_log);
+    for (int i = 0; i < s_opt.linked; i++)
+        printf("netfuzz: %s %s (pid %d), log %s\n", s_rb[i].who, s_rb[i].ep, (int)s_rb[i].pid,
+               s_rb[i].log);
     return 0;
 }
 
@@ -425,11 +474,13 @@ static ab_client_t *s_client_new(void)
 }
 
 /* One echo of a payload of a random size (large ones travel compressed),
- * with --linked every other one from the far broker's worker: a wrong
- * answer is a finding; an error is counted. */
+ * with --linked (--line) taking turns between the near broker's worker and
+ * the far (and middle) one's: a wrong answer is a finding; an error is
+ * counted. */
 static void s_good_one(ab_client_t *c, uint64_t *rng, uint32_t n)
 {
-    const char *svc = s_opt.linked && n % 2 ? NF_FAR_SVC : NF_GOOD_SVC;
+    uint32_t turn = n % (uint32_t)(s_opt.linked + 1);
+    const char *svc = turn ? s_rb[turn - 1].svc : NF_GOOD_SVC;
     static char buf[70000];
     size_t size = (*rng % 7 == 0) ? 20000 + *rng % 40000 : 1 + *rng % 300;
     for (size_t i = 0; i < size; i++)
@@ -466,7 +517,7 @@ static void *s_good_main(void *arg)
 }
 
 /* Waits until SVC answers at the broker: it and its worker are up (and
- * for NF_FAR_SVC, the link). */
+ * for the other brokers' services, the links). */
 static int s_wait_service(const char *svc)
 {
     ab_client_t *c = s_client_new();
@@ -488,7 +539,10 @@ static int s_wait_ready(void)
 {
     if (s_wait_service(NF_GOOD_SVC) != 0)
         return -1;
-    return s_opt.linked ? s_wait_service(NF_FAR_SVC) : 0;
+    for (int i = 0; i < s_opt.linked; i++)
+        if (s_wait_service(s_rb[i].svc) != 0)
+            return -1;
+    return 0;
 }
 
 /* --- raw peers ----------------------------------------------------------------------- */
@@ -500,11 +554,12 @@ static size_t s_stolen_len[NF_RIDS];
 static int s_nstolen;
 
 /* With --linked, peer I holds key I % 4 (s_key_names) and connects to
- * the near broker (I / 4 even) or the far one: with 8 peers, each broker
- * meets each key. */
+ * broker I / 4 (modulo their number; 0 the near one, then s_rb): with 8
+ * peers (12 with --line), each broker meets each key. */
 static const char *s_peer_ep(const nf_peer_t *p)
 {
-    return s_opt.linked && (p - s_peers) / 4 % 2 ? s_far_ep : s_ep;
+    int k = (int)(p - s_peers) / 4 % (s_opt.linked + 1);
+    return k ? s_rb[k - 1].ep : s_ep;
 }
 
 static void *s_socket_with_rid(const nf_peer_t *p, const char *rid, size_t len)
@@ -843,7 +898,8 @@ static void s_move(void)
 static int s_usage(void)
 {
     fprintf(stderr, "usage: netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]\n"
-                    "               [--broker-bin PATH | --endpoint EP | --linked] [--verbose]\n"
+                    "               [--broker-bin PATH | --endpoint EP | --linked | --line]\n"
+                    "               [--verbose]\n"
                     "moves:");
     for (int i = 0; i < MV_COUNT_; i++)
         fprintf(stderr, " %s", s_move_names[i]);
@@ -868,8 +924,12 @@ static int s_parse(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--verbose") || !strcmp(a, "--linked")) {
-            *(a[2] == 'v' ? &s_opt.verbose : &s_opt.linked) = 1;
+        if (!strcmp(a, "--verbose")) {
+            s_opt.verbose = 1;
+            continue;
+        }
+        if (!strcmp(a, "--linked") || !strcmp(a, "--line")) {
+            s_opt.linked = !strcmp(a, "--line") ? 2 : s_opt.linked > 1 ? 2 : 1;
             continue;
         }
         if (!v)
@@ -892,7 +952,7 @@ static int s_parse(int argc, char **argv)
             return -1;
     }
     if (!s_opt.peers) /* linked: each of the four keys at each broker */
-        s_opt.peers = s_opt.linked ? 8 : 6;
+        s_opt.peers = s_opt.linked ? 4 * (s_opt.linked + 1) : 6;
     if (s_opt.linked && s_opt.endpoint)
         return -1;
     return s_opt.peers >= 1 && s_opt.peers <= NF_MAX_PEERS && s_opt.seconds > 0 ? 0 : -1;
@@ -1004,9 +1064,9 @@ static void s_print_summary(uint64_t moves, double secs)
         printf(" %s=%llu", ab_kind_name((uint32_t)k), (unsigned long long)s_kinds_in[k]);
     printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", (long)s_good.ok,
            (long)s_good.errors, (long)s_good.wrong);
-    if (s_opt.linked)
-        printf("netfuzz: far side: stopped %u times, killed %u, its worker killed %u\n",
-               s_fault.stops, s_fault.kills, s_fault.worker_kills);
+    for (int i = 0; i < s_opt.linked; i++)
+        printf("netfuzz: %s: stopped %u times, killed %u, its worker killed %u\n", s_rb[i].who,
+               s_rb[i].stops, s_rb[i].kills, s_rb[i].worker_kills);
 }
 
 static uint32_t s_fault_below(uint32_t n)
@@ -1025,32 +1085,38 @@ static void s_restart(pid_t *pid, char *const *argv, const char *log)
     *pid = s_spawn_to(argv, log);
 }
 
+/* The far side's next fault when its time has come: to the far broker,
+ * or with --line to the middle one or the far one. */
 static void s_fault_step(int64_t now)
 {
-    if (!s_opt.linked || s_far_pid <= 0)
+    if (!s_opt.linked)
         return;
     if (s_fault.stopped && now >= s_fault.cont_ms) {
-        kill(s_far_pid, SIGCONT);
-        s_fault.stopped = 0;
+        kill(s_fault.stopped->pid, SIGCONT);
+        s_fault.stopped = NULL;
     }
     if (s_fault.stopped || now < s_fault.next_ms)
         return;
+    for (int i = 0; i < s_opt.linked; i++)
+        if (s_rb[i].pid <= 0)
+            return; /* it died: s_check says so */
+    nf_broker_t *rb = &s_rb[s_opt.linked > 1 ? s_fault_below((uint32_t)s_opt.linked) : 0];
     uint32_t r = s_fault_below(10);
-    if (r < 5) { /* the link is lost (5 silent heartbeats: 0.5 s) with requests on it */
-        kill(s_far_pid, SIGSTOP);
-        s_fault.stopped = 1;
+    if (r < 5) { /* its links are lost (5 silent heartbeats: 0.5 s) with requests on them */
+        kill(rb->pid, SIGSTOP);
+        s_fault.stopped = rb;
         s_fault.cont_ms = now + 300 + s_fault_below(2200);
-        s_fault.stops++;
+        rb->stops++;
     } else if (r < 7) {
-        s_restart(&s_far_pid, s_far_argv, s_far_log);
-        s_fault.kills++;
+        s_restart(&rb->pid, rb->argv, rb->log);
+        rb->kills++;
     } else {
-        s_restart(&s_far_worker_pid, s_far_wargv, s_far_log);
-        s_fault.worker_kills++;
+        s_restart(&rb->worker_pid, rb->wargv, rb->log);
+        rb->worker_kills++;
     }
     if (s_opt.verbose)
-        printf("netfuzz: far side: %s\n", r < 5 ? "broker stopped" : r < 7 ? "broker killed"
-                                                                           : "worker killed");
+        printf("netfuzz: %s: %s\n", rb->who, r < 5 ? "stopped" : r < 7 ? "killed"
+                                                                      : "its worker killed");
     s_fault.next_ms = now + 3000 + s_fault_below(7000);
 }
 
@@ -1081,8 +1147,8 @@ static const char *s_play(char *buf, size_t cap, uint64_t *moves)
         }
     }
     if (s_fault.stopped) {
-        kill(s_far_pid, SIGCONT);
-        s_fault.stopped = 0;
+        kill(s_fault.stopped->pid, SIGCONT);
+        s_fault.stopped = NULL;
     }
     return fail;
 }
@@ -1118,17 +1184,21 @@ static const char *s_finish(char *buf, size_t cap)
     const char *fail = s_check(buf, cap, ab_now_ms());
     if (!fail)
         fail = s_final_stats(s_ep, "broker", buf, cap);
+    for (int i = 0; !fail && i < s_opt.linked; i++)
+        fail = s_final_stats(s_rb[i].ep, s_rb[i].who, buf, cap);
+    /* each link toward the far broker answered: with --line, the middle
+     * broker's link to the far one carried the near one's requests too */
     if (!fail && s_opt.linked)
-        fail = s_final_stats(s_far_ep, "far broker", buf, cap);
-    if (!fail && s_opt.linked)
-        fail = s_final_links(s_ep, "broker", "nf-far", buf, cap);
-    if (!fail && s_opt.linked)
-        fail = s_final_links(s_far_ep, "far broker", NULL, buf, cap);
+        fail = s_final_links(s_ep, "broker", s_rb[0].name, buf, cap);
+    for (int i = 0; !fail && i < s_opt.linked; i++)
+        fail = s_final_links(s_rb[i].ep, s_rb[i].who,
+                             i + 1 < s_opt.linked ? s_rb[i + 1].name : NULL, buf, cap);
     s_stop(&s_worker_pid);
-    s_stop(&s_far_worker_pid);
+    for (int i = 0; i < s_opt.linked; i++)
+        s_stop(&s_rb[i].worker_pid);
     /* clean exits: a leak report or a recount's difference fails them too */
-    if (!fail)
-        fail = s_term_clean(&s_far_pid, "far broker", buf, cap);
+    for (int i = s_opt.linked - 1; !fail && i >= 0; i--)
+        fail = s_term_clean(&s_rb[i].pid, s_rb[i].who, buf, cap);
     if (!fail)
         fail = s_term_clean(&s_broker_pid, "broker", buf, cap);
     return fail;
@@ -1145,8 +1215,9 @@ static void s_replay_line(void)
     size_t n = (size_t)snprintf(s_replay, sizeof s_replay, "netfuzz --seed %llu --seconds %g",
                                 (unsigned long long)s_opt.seed, s_opt.seconds);
     if (s_opt.linked)
-        n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, " --linked");
-    if (s_opt.peers != (s_opt.linked ? 8 : 6))
+        n += (size_t)snprintf(s_replay + n, sizeof s_replay - n,
+                              s_opt.linked > 1 ? " --line" : " --linked");
+    if (s_opt.peers != (s_opt.linked ? 4 * (s_opt.linked + 1) : 6))
         n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, " --peers %d", s_opt.peers);
     const char *sep = " --avoid ";
     for (int i = 0; i < MV_COUNT_ && n < sizeof s_replay - 32; i++)
@@ -1190,15 +1261,17 @@ int main(int argc, char **argv)
     }
     s_print_summary(moves, (double)(ab_now_ms() - t0) / 1000.0);
     s_stop(&s_worker_pid);
-    s_stop(&s_far_worker_pid);
+    for (int i = 0; i < s_opt.linked; i++)
+        s_stop(&s_rb[i].worker_pid);
     if (fail) {
         fprintf(stderr, "netfuzz: FAILED: %s\nnetfuzz: replay: %s\n", fail, s_replay);
         s_print_log(s_logpath);
-        if (s_opt.linked)
-            s_print_log(s_far_log);
+        for (int i = 0; i < s_opt.linked; i++)
+            s_print_log(s_rb[i].log);
     }
     s_stop(&s_broker_pid);
-    s_stop(&s_far_pid);
+    for (int i = 0; i < s_opt.linked; i++)
+        s_stop(&s_rb[i].pid);
     for (int i = 0; i < s_opt.peers; i++)
         s_peer_close(&s_peers[i]);
     zmq_ctx_term(s_ctx);

@@ -15,6 +15,7 @@
 #define NF_SEEN 128 /* ids seen anywhere, for forged answers */
 #define NF_GOOD_SVC "nf-good-echo"
 #define NF_FAR_SVC "nf-far-echo" /* --linked: served at the far broker only */
+#define NF_MID_SVC "nf-mid-echo" /* --line: served at the middle broker only */
 
 #define NF_MOVES(X)                                                                          \
     X(hello) X(register) X(request) X(lz4) X(typed) X(cancel) X(answer) X(reconnect)        \
