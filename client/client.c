@@ -538,18 +538,26 @@ int ab_client_poll(ab_client_t *c, int timeout_ms)
 }
 
 /* --- synchronous requests: an async call whose callback fills a buffer ----- */
+/* The chunks of a streamed reply are joined, up to the handle's max
+ * payload: a stream past it (a runaway worker, a hostile broker) fails the
+ * call with AB_EPAYLOADSIZE and cancels it, instead of growing until the
+ * deadline. */
 typedef struct {
     int done;
     int status;
     uint8_t *buf;
-    size_t len, cap;
-    int oom;
+    size_t len, cap, max;
+    int oom, toobig;
 } s_sync_t;
 
 static void s_sync_append(s_sync_t *s, const void *data, size_t size)
 {
-    if (!size || s->oom)
+    if (!size || s->oom || s->toobig)
         return;
+    if (size > s->max - s->len) {
+        s->toobig = 1;
+        return;
+    }
     if (s->len + size > s->cap) {
         size_t cap = s->cap ? s->cap : 256;
         while (cap < s->len + size)
@@ -569,14 +577,21 @@ static void s_sync_append(s_sync_t *s, const void *data, size_t size)
 static void s_sync_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
     s_sync_t *s = arg;
+    int was = s->toobig;
     if (ev->status == AB_OK)
         s_sync_append(s, ev->data, ev->size);
     if (ev->final) {
         s->done = 1;
-        s->status = s->oom ? AB_ENOMEM : ev->status;
-        if (ev->status != AB_OK)
+        s->status = s->toobig ? AB_EPAYLOADSIZE : s->oom ? AB_ENOMEM : ev->status;
+        if (s->toobig)
+            ab_conn_fail(&c->conn, AB_EPAYLOADSIZE,
+                         "the streamed reply exceeds the max payload (%zu bytes): cancelled",
+                         s->max);
+        else if (ev->status != AB_OK)
             ab_conn_fail(&c->conn, ev->status, "%s",
                          ev->error_text[0] ? ev->error_text : ab_strerror(ev->status));
+    } else if (s->toobig && !was) {
+        ab_client_cancel(c, ev->request_id); /* its final event comes back here */
     }
 }
 
@@ -589,6 +604,7 @@ static int s_sync(ab_client_t *c, uint32_t kind, const char *target, const ab_he
     if (reply_size)
         *reply_size = 0;
     s_sync_t s = {0};
+    s.max = c ? c->conn.opts.max_payload : 0;
     uint64_t id;
     s_route_t r = {.tmpl = tmpl, .flags = flags, .timeout_ms = timeout_ms};
     int rc = s_start_call(c, kind, target, &r, data, size, s_sync_cb, &s, &id);

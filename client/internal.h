@@ -198,7 +198,7 @@ typedef struct {
     ab_message_fn *fn;
     void *arg;
     ab_list_t rxq;           /* ab_rxmsg_t.link: receive queue when no handler is set */
-    size_t qlen;
+    size_t qlen, qbytes;     /* messages in it, and their records' bytes */
     uint64_t gap;            /* dropped from the full receive queue */
     char **subs;             /* patterns, restored on reconnect */
     size_t nsubs, cap_subs;

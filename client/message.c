@@ -13,7 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The receive queue's bounds: messages, and bytes (payloads with their
+ * records), so that an application that does not read cannot be made to
+ * hold 100,000 large messages; the newest message is always kept. */
 #define AB_RECV_QUEUE_MAX 100000
+#define AB_RECV_QUEUE_BYTES (64u << 20)
 #define AB_CLIENT_SUBS_MAX 1024
 
 /* A message kept in the receive queue: one allocation holding the struct,
@@ -22,6 +26,7 @@
 struct ab_rxmsg {
     ab_message_t m;
     ab_list_t link; /* in the handle's receive queue */
+    size_t bytes;   /* of this record, all of it */
     char buf[];
 };
 
@@ -31,7 +36,7 @@ void ab_cmsg_fini(ab_client_t *c)
     ab_list_t *l;
     while ((l = ab_list_pop_head(&ms->rxq)))
         free(ab_list_data(l, ab_rxmsg_t, link));
-    ms->qlen = 0;
+    ms->qlen = ms->qbytes = 0;
     for (size_t i = 0; i < ms->nsubs; i++)
         free(ms->subs[i]);
     free(ms->subs);
@@ -69,6 +74,7 @@ static ab_rxmsg_t *s_copy(const ab_message_t *m)
     ab_rxmsg_t *r = malloc(sizeof *r + ls + lt + le + m->size);
     if (!r)
         return NULL;
+    r->bytes = sizeof *r + ls + lt + le + m->size;
     r->m = *m;
     char *p = r->buf;
     r->m.sender = memcpy(p, m->sender, ls);
@@ -93,13 +99,18 @@ static void s_deliver(ab_client_t *c, const ab_message_t *m)
         ms->gap++;
         return;
     }
-    if (ms->qlen >= AB_RECV_QUEUE_MAX) { /* drop the oldest, as the broker does */
-        free(ab_list_data(ab_list_pop_head(&ms->rxq), ab_rxmsg_t, link));
+    /* Full: the oldest go, as the broker drops a slow subscriber's. */
+    while (ms->qlen && (ms->qlen >= AB_RECV_QUEUE_MAX ||
+                        ms->qbytes + r->bytes > AB_RECV_QUEUE_BYTES)) {
+        ab_rxmsg_t *old = ab_list_data(ab_list_pop_head(&ms->rxq), ab_rxmsg_t, link);
         ms->qlen--;
+        ms->qbytes -= old->bytes;
         ms->gap++;
+        free(old);
     }
     ab_list_insert_tail(&ms->rxq, &r->link);
     ms->qlen++;
+    ms->qbytes += r->bytes;
 }
 
 void ab_cmsg_on_message(ab_client_t *c, const ab_in_t *in)
@@ -189,6 +200,7 @@ static ab_message_t *s_pop(ab_client_t *c)
         return NULL;
     ab_rxmsg_t *r = ab_list_data(l, ab_rxmsg_t, link);
     ms->qlen--;
+    ms->qbytes -= r->bytes;
     s_receipt(c, &r->m);
     return &r->m;
 }

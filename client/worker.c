@@ -24,6 +24,9 @@
 #define S_JOB_SPARE_MAX (AB_ASAN ? 0 : 1024)
 /* A BATCH entry's payload up to this size is kept in the job's record. */
 #define S_JOB_SMALL 256
+/* What a worker holds past its capacity (s_full). */
+#define S_SLACK_JOBS 1024
+#define S_SLACK_BYTES ((size_t)64 << 20)
 
 struct ab_worker {
     ab_conn_t conn;
@@ -36,6 +39,7 @@ struct ab_worker {
     ab_list_t ready;                   /* ab_job_t.link: received, not yet handed out */
     ab_list_t out;                     /* ab_job_t.link: handed out, not yet freed */
     unsigned n_ready, n_out;
+    size_t open_bytes;                 /* the payloads of the ready and handed-out jobs */
     char backend_state[64];            /* reported with each heartbeat */
     atomic_int shutdown;               /* ab_worker_shutdown (any thread): drain, then stop */
     atomic_int shutdown_grace_ms;
@@ -137,6 +141,7 @@ void ab_job_destroy(ab_job_t **job)
         ab_list_remove(&j->link);
         if (w->n_out)
             w->n_out--;
+        w->open_bytes -= w->open_bytes >= j->size ? j->size : w->open_bytes;
     }
     s_job_free(w, j);
     *job = NULL;
@@ -269,6 +274,7 @@ static void s_on_cancel(ab_worker_t *w, uint64_t id, int why)
             continue;
         ab_list_remove(&j->link);
         w->n_ready--; /* else heartbeats report it as queued (and credit as used) */
+        w->open_bytes -= j->size;
         s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_CANCELLED, "cancelled");
         s_job_free(w, j);
         return;
@@ -278,6 +284,23 @@ static void s_on_cancel(ab_worker_t *w, uint64_t id, int why)
             w->cancel_fn(w, id, why, w->cancel_arg);
             return;
         }
+}
+
+/* Whether W is too full for one more request of SIZE payload bytes. The
+ * broker sends no more than the capacity (its credit) and the worker takes
+ * all of that. It may have more in flight for a while: after a reconnect
+ * the application still holds the old connection's jobs, and a capacity
+ * may have been lowered. Past the capacity the worker holds (ready or
+ * handed out, not yet answered) up to twice the capacity plus S_SLACK_JOBS
+ * jobs, and no more than S_SLACK_BYTES of payloads in all, then refuses
+ * (BUSY): a broker that ignores the credit cannot make it hold without
+ * bound, and each refused request is answered at once. */
+static int s_full(const ab_worker_t *w, size_t size)
+{
+    size_t open = (size_t)w->n_ready + w->n_out;
+    if (open < w->capacity)
+        return 0;
+    return open >= 2 * (size_t)w->capacity + S_SLACK_JOBS || w->open_bytes + size > S_SLACK_BYTES;
 }
 
 static void s_on_message(ab_worker_t *w, ab_in_t *in)
@@ -303,6 +326,13 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         if (!j)
             return; /* the broker answers the client at the deadline */
         j->id = h->id;
+        if (s_full(w, in->has_body ? in->size : 0)) {
+            zmq_msg_init(&j->payload);
+            s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_BUSY,
+                     "worker queue full: the broker sent past the worker's capacity");
+            s_job_free(w, j);
+            return;
+        }
         j->timeout_ms = h->timeout_ms;
         j->accept_lz4 = (h->flags & AB_FLAG_ACCEPT_LZ4) != 0;
         j->admin = (h->flags & AB_FLAG_ADMIN) != 0;
@@ -324,6 +354,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         }
         ab_list_insert_tail(&w->ready, &j->link);
         w->n_ready++;
+        w->open_bytes += j->size;
         break;
     }
     case AB_KIND_CANCEL:

@@ -370,7 +370,9 @@ AB_EXPORT size_t ab_client_pending(const ab_client_t *client);
  * ab_client_request_start.
  * Errors: any AB_E* status; typical: AB_EINVAL, AB_ENOSERVICE, AB_EBUSY,
  * AB_EDEADLINE, AB_ETIMEOUT, AB_EDISCONNECTED, AB_EAPPLICATION,
- * AB_ESTOPPED. On error *reply is NULL and the handle's last error holds
+ * AB_ESTOPPED; AB_EPAYLOADSIZE when a streamed reply's chunks together
+ * exceed the max payload (ab_options_set_max_payload: the request is
+ * cancelled then). On error *reply is NULL and the handle's last error holds
  * the broker's or library's text.
  * Owns: on AB_OK, *reply is a malloc'd buffer of *reply_size bytes (a
  * streamed reply's chunks concatenated), the caller's, freed with ab_free;
@@ -567,7 +569,9 @@ typedef void(ab_message_fn)(ab_client_t *client, const ab_message_t *m, void *ar
 
 /* Sets (FN) or clears (NULL) the message handler. While none is set,
  * messages go to the receive queue (ab_client_recv), which holds up to
- * 100000; beyond that the oldest is dropped and an AB_MSG_GAP queued.
+ * 100000 messages and 64 MiB (payloads and their records; the newest
+ * message is always kept); beyond that the oldest are dropped and an
+ * AB_MSG_GAP says how many.
  * Errors: AB_EINVAL. Owns: ARG stays the caller's while FN is set. */
 AB_EXPORT int ab_client_on_message(ab_client_t *client, ab_message_fn *fn, void *arg);
 
@@ -758,6 +762,11 @@ typedef struct ab_job ab_job_t; /* one request received by a worker */
 
 /* Creates a worker offering SERVICE (1..255 bytes) with CAPACITY concurrent
  * requests (1..100000). It registers on connect and on every reconnect.
+ * The broker sends no more than CAPACITY at once; jobs past twice the
+ * capacity plus 1024 held (received and not yet answered), or past 64 MiB
+ * of payloads held once over the capacity, are refused with AB_EBUSY at
+ * once (a broker that ignores the credit cannot make the worker hold
+ * without bound).
  * OPTS may be NULL and is copied.
  * Errors: AB_EINVAL, AB_ENOMEM, AB_EZMQ; *out is NULL then. Owns: on AB_OK
  * *out is the caller's, until ab_worker_destroy. Thread: any thread; the

@@ -205,3 +205,38 @@ ab_client_t *bt_client_nobatch(int port)
     ab_options_destroy(&o);
     return c;
 }
+
+/* A ROUTER bound on a free loopback port (*PORT) for a test to play the
+ * broker on. It never drops what it sends (no high-water mark: set before
+ * the bind, as the connections it accepts take the options then). */
+void *bt_fake_router(int *port)
+{
+    *port = th_free_port();
+    if (!bt_ctx)
+        bt_ctx = zmq_ctx_new();
+    void *router = zmq_socket(bt_ctx, ZMQ_ROUTER);
+    REQUIRE(router != NULL);
+    int linger = 0, hwm = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    REQUIRE(zmq_bind(router, th_ep(*port)) == 0);
+    return router;
+}
+
+/* The fake broker's answer to a HELLO or REGISTER (KIND, id ID) from the
+ * peer RID: credit 1000, FEATURES, TARGET when not NULL. */
+void bt_fake_answer(void *router, zmq_msg_t *rid, uint32_t kind, uint64_t id,
+                    uint32_t features, const char *target)
+{
+    ab_header_t a = ab_header_init(kind);
+    a.correlation_id = id;
+    a.credit = 1000;
+    a.features = features;
+    if (target)
+        a.target = ab_view_of(target);
+    uint8_t hb[64];
+    size_t hl = ab_header_encode(&a, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    zmq_send(router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE);
+    zmq_send(router, hb, hl, 0);
+}

@@ -44,6 +44,12 @@ void bt_raw_send(void *s, const ab_header_t *h, const void *data, size_t size, i
 int bt_raw_recv(void *s, bt_msg_t *m, int timeout_ms);
 int bt_raw_recv_msg(void *s, bt_msg_t *m, int timeout_ms);
 void bt_msg_close(bt_msg_t *m);
+/* Playing the broker to the library: a ROUTER bound on a free loopback
+ * port (*PORT), and its answer to a HELLO or REGISTER (KIND, id ID) from
+ * the peer RID: credit 1000, FEATURES, TARGET when not NULL. */
+void *bt_fake_router(int *port);
+void bt_fake_answer(void *router, zmq_msg_t *rid, uint32_t kind, uint64_t id, uint32_t features,
+                    const char *target);
 /* 1 when the test's broker runs --compress-local: it then announces LZ4
  * to peers on this machine too (bt_raw_hello checks what it announces). */
 extern int bt_lz4_local;

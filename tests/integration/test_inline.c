@@ -327,45 +327,12 @@ static void s_raw_negotiation(void)
 
 /* --- the library's side: one frame only to a broker that reads it ----------------- */
 
-/* A ROUTER bound on a free loopback port (*PORT) for a test to play the
- * broker on. */
-static void *s_fake_router(int *port)
-{
-    *port = th_free_port();
-    if (!bt_ctx)
-        bt_ctx = zmq_ctx_new();
-    void *router = zmq_socket(bt_ctx, ZMQ_ROUTER);
-    REQUIRE(router != NULL);
-    int linger = 0;
-    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
-    REQUIRE(zmq_bind(router, th_ep(*port)) == 0);
-    return router;
-}
-
-/* The fake broker's answer to a HELLO or REGISTER (KIND, id ID) from the
- * peer RID: credit 1000, FEATURES, TARGET when not NULL. */
-static void s_fake_answer(void *router, zmq_msg_t *rid, uint32_t kind, uint64_t id,
-                          uint32_t features, const char *target)
-{
-    ab_header_t a = ab_header_init(kind);
-    a.correlation_id = id;
-    a.credit = 1000;
-    a.features = features;
-    if (target)
-        a.target = ab_view_of(target);
-    uint8_t hb[64];
-    size_t hl = ab_header_encode(&a, hb, sizeof hb);
-    REQUIRE(hl > 0);
-    zmq_send(router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE);
-    zmq_send(router, hb, hl, 0);
-}
-
 /* Plays the broker on a ROUTER: answers the library's HELLO with FEATURES,
  * then reads its REQUESTs of 64 B and 4 KiB and reports their frames. */
 static void s_fake_broker(uint32_t features)
 {
     int port = 0;
-    void *router = s_fake_router(&port);
+    void *router = bt_fake_router(&port);
     ab_options_t *o = s_opts(port, NULL, 0);
     ab_client_t *c = NULL;
     REQUIRE(ab_client_new(&c, o) == AB_OK);
@@ -411,7 +378,7 @@ static void s_fake_broker(uint32_t features)
             CHECK_TRUE(hm->features & AB_FEATURE_INLINE); /* it announces it */
             agentbus__hello__free_unpacked(hm, NULL);
             CHECK_EQ(n, 3); /* before the answer: two frames */
-            s_fake_answer(router, &f[0], AB_KIND_HELLO, h.id, features, NULL);
+            bt_fake_answer(router, &f[0], AB_KIND_HELLO, h.id, features, NULL);
             hello = 1;
         } else if (h.kind == AB_KIND_REQUEST) {
             int inl = (features & AB_FEATURE_INLINE) && pl.size <= AB_INLINE_MAX;
@@ -477,7 +444,7 @@ static void s_job_request(void *router, const zmq_msg_t *rid, uint64_t id, size_
 static void s_worker_jobs(void)
 {
     int port = 0;
-    void *router = s_fake_router(&port);
+    void *router = bt_fake_router(&port);
     ab_options_t *o = s_opts(port, "jobs-worker", 0);
     ab_worker_t *w = NULL;
     REQUIRE(ab_worker_new(&w, o, "jobs", 1000) == AB_OK);
@@ -522,7 +489,7 @@ static void s_worker_jobs(void)
         if (h.kind == AB_KIND_REGISTER && !registered) {
             zmq_msg_copy(&rid, &f[0]);
             /* a REGISTER answer without the service is refused */
-            s_fake_answer(router, &f[0], AB_KIND_REGISTER, h.id, AB_FEATURE_INLINE, "jobs");
+            bt_fake_answer(router, &f[0], AB_KIND_REGISTER, h.id, AB_FEATURE_INLINE, "jobs");
             registered = 1;
         } else if (h.kind == AB_KIND_REPLY) {
             size_t want = h.correlation_id ? sizes[(h.correlation_id - 1) % 7] : 0;
