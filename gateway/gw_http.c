@@ -187,11 +187,15 @@ static int s_wake(gw_call_t *k)
     return 1;
 }
 
+/* Called by the bus thread after s_wake, without the call's lock: the
+ * connection is still suspended, so it and C live until it is resumed.
+ * Once resumed, an HTTP thread (--threads) may answer, complete and free C
+ * at once: nothing of C is read after MHD_resume_connection. */
 static void s_resume(gw_call_t *k)
 {
     gw_conn_t *c = k->owner;
-    MHD_resume_connection(c->conn);
     atomic_fetch_or(&c->g->resumed, 1ULL << c->shard); /* run that shard this turn */
+    MHD_resume_connection(c->conn);
 }
 
 enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
