@@ -1,24 +1,28 @@
 #!/usr/bin/python3
 """gwfuzz: a stateful fuzzer of agentbus-gateway's HTTP side.
 
-A real broker, ollama-sim, an Ollama worker and two gateways (HTTP on the
-bus thread, --threads 0, and an epoll pool, --threads 2) on free loopback
-ports. Eight fuzzing threads play random moves at the gateways, each from a
+A real broker, ollama-sim, an Ollama worker and three gateways (HTTP on
+the bus thread, --threads 0; an epoll pool, --threads 2; and one with
+--api-keys, whose keys file is rewritten and re-read with SIGHUP now and
+then) on free loopback ports. Eight fuzzing threads play random moves at the gateways, each from a
 PRNG of its own seeded from the run's seed: valid Ollama and OpenAI calls,
 streamed and not, read whole or dropped mid-stream (a plain close or a
 reset); bodies cut short, with a Content-Length that lies, chunked, broken
 JSON, wrong types, deep nesting, invalid UTF-8 and NUL bytes; bad request
 lines, huge and many headers, pipelined requests, a request sent a few bytes
-at a time; odd X-Agentbus-* and Authorization headers; GETs of every route
-and of unknown and escaped paths; bodies past --max-body-bytes. Every 3-8 s
-the bus side has a fault: the worker killed and started again, or the broker
-stopped (SIGSTOP) for 0.3-2 s with calls in flight.
+at a time; odd X-Agentbus-* and Authorization headers (the keys in use,
+old ones, made-up ones); GETs of every route and of unknown and escaped
+paths; bodies past --max-body-bytes. Every 3-8 s there is a fault: the
+worker killed and started again, the broker stopped (SIGSTOP) for 0.3-2 s
+with calls in flight, the broker killed and started again, or the keys
+file rewritten and the gateway told (SIGHUP).
 
-Oracle: both gateways stay alive (a sanitizer report aborts one); a good
-client's generate calls, through each gateway in turn, answer 200 with the
-simulator's text and never anything else in a 200, and at least one is
-answered every 30 s; at the end both gateways answer /healthz and /metrics
-and exit with status 0 on SIGTERM (under ASan a leak fails that).
+Oracle: the gateways stay alive (a sanitizer report aborts one); a good
+client's generate calls, through each gateway in turn (with a current key
+where one is needed), answer 200 with the simulator's text and never
+anything else in a 200, and at least one is answered every 30 s; at the end
+every gateway answers /healthz and /metrics and exits with status 0 on
+SIGTERM (under ASan a leak fails that).
 Exit 0 when all held, 1 otherwise (with the seed and the command to replay
 it), 2 on bad usage. A seed replays the same moves; what the gateway
 answers, and so some later choices, depends on timing.
@@ -49,6 +53,22 @@ ROUTES = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/t
           "/api/%67enerate", "/api/generate/", "/api//chat", "/v1/chat/completions?x=1",
           "/" + "a" * 3000, "/api/\xff", "*"]
 MODELS = ["fast", "slow", "nosuch", "", "fast:latest", "x" * 300]
+# The --api-keys gateway's tokens: each rewrite of its file (SIGHUP) keeps
+# the first and swaps the others in or out.
+TOKENS = ["gwfuzz-token-good-0001", "gwfuzz-token-spare-0002", "gwfuzz-token-spare-0003",
+          "gwfuzz-token-gone-00004"]
+KEYS = {"tokens": TOKENS[:2]}  # the tokens in the file now (read by every thread)
+
+
+def write_keys(path, tokens):
+    """The keys file with TOKENS (0600, as the gateway demands)."""
+    tmp = path + ".new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# gwfuzz\n")
+        for t in tokens:
+            f.write(f"k{TOKENS.index(t)} {t}\n")
+    os.rename(tmp, path)
 BODY_MAX = 65536  # the gateways' --max-body-bytes here
 
 
@@ -167,8 +187,10 @@ def odd_headers(rng):
             ["0", "1", "-5", "abc", "99999999999999999999", "300", "2147483648", ""]))
     if rng.random() < 0.3:
         h.append("X-Agentbus-Cache: " + rng.choice(["off", "no-read", "no-store", "zz", ""]))
-    if rng.random() < 0.2:
-        h.append("Authorization: " + rng.choice(["Bearer x", "Bearer", "Basic Zm9v", "x" * 5000]))
+    if rng.random() < 0.6:
+        h.append("Authorization: " + rng.choice(
+            ["Bearer x", "Bearer", "Basic Zm9v", "x" * 5000] +
+            [f"Bearer {t}" for t in TOKENS] * 3))
     if rng.random() < 0.1:
         h.append("X-Junk: " + "y" * rng.choice([100, 9000, 70000]))
     if rng.random() < 0.1:
@@ -184,8 +206,10 @@ def mv_valid(rng, port, st):
     body = json.dumps(valid_body(rng, route)).encode()
     s = connect(port)
     try:
+        auth = [f"Authorization: Bearer {rng.choice(KEYS['tokens'])}"] if rng.random() < 0.5 \
+            else []
         s.sendall(request_bytes("POST", route, body, ["Content-Type: application/json"]
-                                + (odd_headers(rng) if rng.random() < 0.3 else [])))
+                                + (odd_headers(rng) if rng.random() < 0.3 else auth)))
         if rng.random() < 0.6:
             buf = read_some(s, 1 << 20, time.monotonic() + 5)
             st.saw(status_of(buf))
@@ -329,8 +353,9 @@ def fuzz_thread(idx, seed, ports, end, st, stop):
 
 
 def good_thread(ports, end, st, stop):
-    """Generate calls through each gateway in turn; the simulator's reply to
-    the fast model is 3 tokens of text."""
+    """Generate calls through each gateway in turn, with the token that
+    every rewrite of the keys file keeps; the simulator's reply to the fast
+    model is 3 tokens of text."""
     n = 0
     while time.monotonic() < end and not stop.is_set():
         port = ports[n % len(ports)]
@@ -338,7 +363,8 @@ def good_thread(ports, end, st, stop):
         body = {"model": "fast", "prompt": f"good {n}", "stream": False,
                 "options": {"num_predict": 3}}
         try:
-            code, _, text = ts.post(f"http://127.0.0.1:{port}/api/generate", body, timeout=20)
+            code, _, text = ts.post(f"http://127.0.0.1:{port}/api/generate", body, timeout=20,
+                                    headers={"Authorization": f"Bearer {TOKENS[0]}"})
         except OSError:
             code, text = 0, ""
         with st.lock:
@@ -390,10 +416,20 @@ def main():
     st = Stats()
     try:
         gw_args = ["--max-body-bytes", str(BODY_MAX), "--idle-timeout-s", "2"]
+        keys_file = os.path.join(tmp, "gw.keys")
+        write_keys(keys_file, KEYS["tokens"])
         sim, gws = ts.start_stack(tmp, [gw_args + ["--threads", "0"],
                                         gw_args + ["--threads", "2"]])
-        ports = [port for _, port, _ in gws]
         broker = ts.PROCS[0][0]
+        broker_argv = broker.args
+        # the third, with keys (start_stack's model check has none)
+        kport = ts.free_port()
+        kgw = ts.spawn(tmp, "gateway-keys", gws[1][2].args[:2] + [f"127.0.0.1:{kport}"] +
+                       gws[1][2].args[3:] + ["--api-keys", keys_file])
+        gws.append((f"http://127.0.0.1:{kport}", kport, kgw))
+        ts.wait_for("the keyed gateway's /healthz",
+                    lambda: ts.get(gws[2][0] + "/healthz")[0] == 200)
+        ports = [port for _, port, _ in gws]
         worker = next(p for p, log in ts.PROCS if log.endswith("worker.log"))
         worker_argv = worker.args
         frng = random.Random(seed ^ 0x5EED)
@@ -406,7 +442,7 @@ def main():
         for t in threads:
             t.start()
         next_fault = start + 3 + frng.random() * 5
-        faults = {"worker killed": 0, "broker stopped": 0}
+        faults = {"worker killed": 0, "broker stopped": 0, "broker killed": 0, "keys reloaded": 0}
         while time.monotonic() < end and not fail:
             time.sleep(0.1)
             for (gw, port, p) in gws:
@@ -418,16 +454,27 @@ def main():
                 elif time.monotonic() - st.last_ok > 30:
                     fail = f"no good call answered for 30 s ({st.good_err} errors)"
             if time.monotonic() >= next_fault and not fail:
-                if frng.random() < 0.5:
+                r = frng.random()
+                if r < 0.35:
                     worker.kill()
                     worker.wait()
                     faults["worker killed"] += 1
                     worker = ts.spawn(tmp, f"worker{faults['worker killed']}", worker_argv)
-                else:
+                elif r < 0.6:
                     os.kill(broker.pid, signal.SIGSTOP)
                     time.sleep(0.3 + frng.random() * 1.7)
                     os.kill(broker.pid, signal.SIGCONT)
                     faults["broker stopped"] += 1
+                elif r < 0.75:
+                    broker.kill()
+                    broker.wait()
+                    faults["broker killed"] += 1
+                    broker = ts.spawn(tmp, f"broker{faults['broker killed']}", broker_argv)
+                else:  # the first token stays, the others come and go
+                    KEYS["tokens"] = [TOKENS[0]] + frng.sample(TOKENS[1:], frng.randrange(3))
+                    write_keys(keys_file, KEYS["tokens"])
+                    gws[2][2].send_signal(signal.SIGHUP)
+                    faults["keys reloaded"] += 1
                 if verbose:
                     print(f"gwfuzz: {faults}", flush=True)
                 next_fault = time.monotonic() + 3 + frng.random() * 5
