@@ -42,6 +42,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import fuzzrun  # noqa: E402  (command line, stop, report)
 import test_shed as ts  # noqa: E402  (processes, HTTP helpers)
 
 MODELS = ["fast", "slow"]
@@ -301,30 +302,10 @@ def client_thread(idx, seed, port, end, st, stop):
 
 
 def main():
-    args = sys.argv[1:]
-    if not args or args[0].startswith("-"):
-        print("usage: backendfuzz.py BIN_DIR [--seed N] [--seconds S] [--verbose]",
-              file=sys.stderr)
+    parsed = fuzzrun.parse("backendfuzz.py", sys.argv[1:])
+    if not parsed:
         return 2
-    ts.BIN = args.pop(0)
-    seed, seconds, verbose = 0, 60.0, False
-    try:
-        while args:
-            a = args.pop(0)
-            if a == "--verbose":
-                verbose = True
-            elif a == "--seed":
-                seed = int(args.pop(0))
-            elif a == "--seconds":
-                seconds = float(args.pop(0))
-            else:
-                raise ValueError(a)
-    except (ValueError, IndexError):
-        print("usage: backendfuzz.py BIN_DIR [--seed N] [--seconds S] [--verbose]",
-              file=sys.stderr)
-        return 2
-    if not seed:
-        seed = (time.time_ns() ^ (os.getpid() << 20)) % (1 << 31) or 1
+    seed, seconds, verbose = parsed
     replay = f"backendfuzz.py {ts.BIN} --seed {seed} --seconds {seconds:g}"
     ts.CASE = f"backendfuzz seed {seed}"
     print(f"backendfuzz: seed {seed} (replay: {replay})", flush=True)
@@ -392,30 +373,8 @@ def main():
                 fail = "the worker did not exit within 20 s of SIGTERM"
     finally:
         fake.stop.set()
-        for p, _ in ts.PROCS:
-            try:
-                p.terminate()
-            except ProcessLookupError:
-                pass
-        for p, _ in ts.PROCS:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    if fail:
-        print(f"backendfuzz: FAILED: {fail}\nbackendfuzz: replay: {replay}", file=sys.stderr)
-        for p, log in ts.PROCS:
-            try:
-                with open(log) as f:
-                    print(f"--- {log}\n{f.read()[-3000:]}", file=sys.stderr)
-            except OSError:
-                pass
-        print(f"backendfuzz: kept {tmp}", file=sys.stderr)
-        return 1
-    subprocess.run(["rm", "-rf", tmp], check=False)
-    print(f"backendfuzz: passed (seed {seed})")
-    return 0
+        fuzzrun.stop_all()
+    return fuzzrun.report("backendfuzz", fail, replay, tmp, seed)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import fuzzrun  # noqa: E402  (command line, stop, report)
 import test_shed as ts  # noqa: E402  (processes, HTTP helpers)
 
 ROUTES = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/tags",
@@ -386,28 +387,10 @@ def good_thread(ports, end, st, stop):
 
 
 def main():
-    args = sys.argv[1:]
-    if not args or args[0].startswith("-"):
-        print(__doc__.strip().splitlines()[-3], file=sys.stderr)
+    parsed = fuzzrun.parse("gwfuzz.py", sys.argv[1:])
+    if not parsed:
         return 2
-    ts.BIN = args.pop(0)
-    seed, seconds, verbose = 0, 60.0, False
-    try:
-        while args:
-            a = args.pop(0)
-            if a == "--verbose":
-                verbose = True
-            elif a == "--seed":
-                seed = int(args.pop(0))
-            elif a == "--seconds":
-                seconds = float(args.pop(0))
-            else:
-                raise ValueError(a)
-    except (ValueError, IndexError):
-        print("usage: gwfuzz.py BIN_DIR [--seed N] [--seconds S] [--verbose]", file=sys.stderr)
-        return 2
-    if not seed:
-        seed = (time.time_ns() ^ (os.getpid() << 20)) % (1 << 31) or 1
+    seed, seconds, verbose = parsed
     replay = f"gwfuzz.py {ts.BIN} --seed {seed} --seconds {seconds:g}"
     ts.CASE = f"gwfuzz seed {seed}"
     print(f"gwfuzz: seed {seed} (replay: {replay})", flush=True)
@@ -510,31 +493,8 @@ def main():
             if rc != 0:
                 fail = f"the gateway on port {port} exited with status {rc} on SIGTERM"
     finally:
-        for p, _ in ts.PROCS:
-            try:
-                os.kill(p.pid, signal.SIGCONT)
-                p.terminate()
-            except ProcessLookupError:
-                pass
-        for p, _ in ts.PROCS:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    if fail:
-        print(f"gwfuzz: FAILED: {fail}\ngwfuzz: replay: {replay}", file=sys.stderr)
-        for p, log in ts.PROCS:
-            try:
-                with open(log) as f:
-                    print(f"--- {log}\n{f.read()[-3000:]}", file=sys.stderr)
-            except OSError:
-                pass
-        print(f"gwfuzz: kept {tmp}", file=sys.stderr)
-        return 1
-    subprocess.run(["rm", "-rf", tmp], check=False)
-    print(f"gwfuzz: passed (seed {seed})")
-    return 0
+        fuzzrun.stop_all()
+    return fuzzrun.report("gwfuzz", fail, replay, tmp, seed)
 
 
 if __name__ == "__main__":

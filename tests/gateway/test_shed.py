@@ -328,23 +328,28 @@ def case_hangup(tmp):
     check(True, "a client that hung up: counted, its bus call cancelled, the backend aborted")
 
 
+def stop_all():
+    """Stops every process started here (PROCS, by PID), a stopped one too."""
+    for p, _ in PROCS:
+        try:
+            os.kill(p.pid, signal.SIGCONT)
+            p.terminate()
+        except ProcessLookupError:
+            pass
+    for p, _ in PROCS:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-shed.")
     try:
         {"busy": case_busy, "intake": case_intake, "hangup": case_hangup}[CASE](tmp)
     finally:
-        for p, _ in PROCS:
-            try:
-                os.kill(p.pid, signal.SIGCONT)
-                p.terminate()
-            except ProcessLookupError:
-                pass
-        for p, _ in PROCS:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
