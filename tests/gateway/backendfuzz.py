@@ -302,13 +302,10 @@ def client_thread(idx, seed, port, end, st, stop):
 
 
 def main():
-    parsed = fuzzrun.parse("backendfuzz.py", sys.argv[1:])
+    parsed = fuzzrun.parse("backendfuzz", sys.argv[1:])
     if not parsed:
         return 2
-    seed, seconds, verbose = parsed
-    replay = f"backendfuzz.py {ts.BIN} --seed {seed} --seconds {seconds:g}"
-    ts.CASE = f"backendfuzz seed {seed}"
-    print(f"backendfuzz: seed {seed} (replay: {replay})", flush=True)
+    seed, seconds, verbose, replay = parsed
     tmp = tempfile.mkdtemp(prefix="ab-backendfuzz.")
     fake = Fake(seed)
     st = {"lock": threading.Lock(), "status": {}, "errors": 0, "hung": None, "bad200": None}
@@ -350,6 +347,8 @@ def main():
                 worker.wait()
                 kills += 1
                 worker = ts.spawn(tmp, f"worker{kills}", worker_argv)
+                if verbose:
+                    print(f"backendfuzz: worker killed ({kills})", flush=True)
                 next_kill = time.monotonic() + 5 + frng.random() * 10
         stop.set()
         for t in threads:

@@ -11,10 +11,11 @@ import test_shed as ts
 
 
 def parse(name, argv):
-    """NAME's command line: BIN_DIR [--seed N] [--seconds S] [--verbose].
-    Returns (seed, seconds, verbose) with ts.BIN set, or None after the
-    usage line (bad usage). Seed 0 or none: one from the clock."""
-    usage = f"usage: {name} BIN_DIR [--seed N] [--seconds S] [--verbose]"
+    """The command line of NAME.py: BIN_DIR [--seed N] [--seconds S] [--verbose].
+    Returns (seed, seconds, verbose, replay) with ts.BIN set, after a line
+    with the seed and REPLAY, the command that plays the run again; or None
+    after the usage line (bad usage). Seed 0 or none: one from the clock."""
+    usage = f"usage: {name}.py BIN_DIR [--seed N] [--seconds S] [--verbose]"
     args = list(argv)
     if not args or args[0].startswith("-"):
         print(usage, file=sys.stderr)
@@ -37,7 +38,10 @@ def parse(name, argv):
         return None
     if not seed:
         seed = (time.time_ns() ^ (os.getpid() << 20)) % (1 << 31) or 1
-    return seed, seconds, verbose
+    replay = f"{name}.py {ts.BIN} --seed {seed} --seconds {seconds:g}"
+    ts.CASE = f"{name} seed {seed}"
+    print(f"{name}: seed {seed} (replay: {replay})", flush=True)
+    return seed, seconds, verbose, replay
 
 
 def stop_all():

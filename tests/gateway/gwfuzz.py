@@ -387,13 +387,10 @@ def good_thread(ports, end, st, stop):
 
 
 def main():
-    parsed = fuzzrun.parse("gwfuzz.py", sys.argv[1:])
+    parsed = fuzzrun.parse("gwfuzz", sys.argv[1:])
     if not parsed:
         return 2
-    seed, seconds, verbose = parsed
-    replay = f"gwfuzz.py {ts.BIN} --seed {seed} --seconds {seconds:g}"
-    ts.CASE = f"gwfuzz seed {seed}"
-    print(f"gwfuzz: seed {seed} (replay: {replay})", flush=True)
+    seed, seconds, verbose, replay = parsed
     tmp = tempfile.mkdtemp(prefix="ab-gwfuzz.")
     fail = None
     st = Stats()
