@@ -134,10 +134,10 @@ void ab_client_destroy(ab_client_t **cp)
             h.correlation_id = c->calls.keys[i];
             ab_conn_send(&c->conn, &h, NULL, 0);
         }
+        /* Their callbacks may start new calls: refused from here on
+         * (s_start_call), so none is left without its final event. */
+        c->destroying = 1;
         s_fail_all(c, AB_ESTOPPED, "client destroyed");
-        for (size_t i = 0; i < c->calls.cap; i++) /* started by those callbacks */
-            if (c->calls.keys[i])
-                free(c->calls.vals[i]);
         ab_idmap_fini(&c->calls);
     }
     while (c->call_spare) {
@@ -184,6 +184,8 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
 {
     if (!c || !target || !*target || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
+    if (c->destroying)
+        return ab_conn_fail(&c->conn, AB_ESTOPPED, "the handle is being destroyed");
     if (size > c->conn.opts.max_payload)
         return ab_conn_fail(&c->conn, AB_EPAYLOADSIZE, "payload of %zu bytes exceeds %zu", size,
                             c->conn.opts.max_payload);
@@ -460,7 +462,7 @@ static int s_process(ab_client_t *c)
         c->conn.hello_answers = 0;
         c->conn.restore_pending = 0;
     }
-    for (int i = 0; i < 4096; i++) {
+    for (int i = 0; i < 4096 && !atomic_load(&c->conn.stop); i++) {
         ab_in_t in;
         int rc = ab_conn_recv(&c->conn, &in);
         if (rc < 0)
@@ -505,6 +507,8 @@ int ab_client_next_timeout_ms(ab_client_t *c)
 
 static int s_poll(ab_client_t *c, int timeout_ms)
 {
+    if (atomic_load(&c->conn.stop)) /* nothing more is handled, input waiting or not */
+        return AB_ESTOPPED;
     int handled = s_process(c);
     if (handled != 0 || timeout_ms == 0)
         return handled;

@@ -153,7 +153,8 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
                                                 ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                                 ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
                                                 ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
+                                                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                                ZMQ_EVENT_CONNECT_RETRIED) != 0)
         return ab_conn_fail(c, AB_EZMQ, "zmq_socket_monitor: %s", zmq_strerror(errno));
     c->mon = zmq_socket(c->ctx, ZMQ_PAIR);
     if (!c->mon || zmq_setsockopt(c->mon, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
@@ -192,9 +193,14 @@ uint64_t ab_conn_next_id(ab_conn_t *c)
 /* Sends one encoded header and optional payload now. */
 static int s_read_events(ab_conn_t *c);
 
-/* Connects again when a refused handshake's backoff has passed (libzmq
- * does not). Called before sends and with heartbeats: a program that only
- * makes synchronous calls gets there too. */
+/* A lost connection that libzmq has not said it dials again is dialed
+ * here after this long (s_read_events). */
+#define S_LOST_REDIAL_MS 1000
+
+/* Connects again when a refused handshake's backoff has passed, or a lost
+ * connection libzmq does not dial again (libzmq does neither). Called
+ * before sends and with heartbeats: a program that only makes synchronous
+ * calls gets there too. */
 static void s_retry_refused(ab_conn_t *c, int64_t now)
 {
     if (c->retry_at_ms && now >= c->retry_at_ms) {
@@ -719,6 +725,7 @@ static int s_read_events(ab_conn_t *c)
             c->auth_refused = 0;
             c->retry_ms = 0;
             c->retry_at_ms = 0;
+            c->retry_lost = 0;
             seen |= AB_CONN_CONNECTED;
         } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
                    event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
@@ -741,6 +748,10 @@ static int s_read_events(ab_conn_t *c)
              * reconnect; the key may be trusted again later (a reload). */
             c->retry_ms = c->retry_ms ? (c->retry_ms < 5000 ? c->retry_ms * 2 : 10000) : 500;
             c->retry_at_ms = ab_now_ms() + c->retry_ms;
+            c->retry_lost = 0;
+        } else if (event == ZMQ_EVENT_CONNECT_RETRIED && c->retry_lost) {
+            c->retry_at_ms = 0; /* libzmq dials again itself */
+            c->retry_lost = 0;
         } else if (event == ZMQ_EVENT_DISCONNECTED && !c->handshaken) {
             /* An attempt that failed its handshake: nothing went over it,
              * no connection was lost (the event above said what failed). */
@@ -748,6 +759,15 @@ static int s_read_events(ab_conn_t *c)
         } else if (event == ZMQ_EVENT_DISCONNECTED) {
             c->connected = 0;
             c->handshaken = 0;
+            /* libzmq dials again after a lost connection (CONNECT_RETRIED
+             * follows at once), but not after a protocol error, such as a
+             * message over ZMQ_MAXMSGSIZE (the max payload): then the
+             * handle would stay cut off. Dial again here unless libzmq
+             * says it does. */
+            if (!c->retry_at_ms) {
+                c->retry_at_ms = ab_now_ms() + S_LOST_REDIAL_MS;
+                c->retry_lost = 1;
+            }
             /* What was gathered belonged to the old connection (its calls
              * fail now); the next broker says again what it reads. */
             ab_batch_clear(&c->out);

@@ -81,6 +81,7 @@ typedef struct {
     int auth_refused;  /* the broker refused the CURVE handshake (last error says how) */
     int64_t retry_at_ms; /* libzmq gives up after a refused handshake: connect again then */
     int retry_ms;        /* backoff of those retries: 500 ms doubling to 10 s */
+    int retry_lost;      /* retry_at_ms is for a lost connection libzmq may not redial */
     int hangups;         /* handshakes the broker hung up on since the last that succeeded */
     int handshaken;      /* this connection finished its ZMTP handshake */
     int events_seen;     /* AB_CONN_* read by a send, for the next ab_conn_events */
@@ -213,6 +214,7 @@ struct ab_client {
     int in_callback;
     ab_cmsg_t msg;
     int early_hello;  /* HELLO already queued before the first connect */
+    int destroying;   /* in ab_client_destroy: no new calls */
     ab_dir_event_fn *watch_fn; /* directory subscription (ab_client_watch) */
     void *watch_arg;
     uint64_t watch_id;         /* id of the subscribing DISCOVER */

@@ -442,6 +442,8 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
     if (!w || !job)
         return AB_EINVAL;
     *job = NULL;
+    if (atomic_load(&w->conn.stop)) /* no job handed out, waiting or not */
+        return AB_ESTOPPED;
     /* Set when the first pass found no job: a job already waiting costs
      * no clock read. */
     int64_t end = 0;
@@ -585,7 +587,8 @@ int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)
     do {
         fn(w, job, arg);
         n++;
-    } while (n < 1024 && ((job = s_pop(w)) || (s_process(w) > 0 && (job = s_pop(w)))));
+    } while (n < 1024 && !atomic_load(&w->conn.stop) &&
+             ((job = s_pop(w)) || (s_process(w) > 0 && (job = s_pop(w)))));
     ab_conn_flush(&w->conn); /* the caller may not come back soon */
     return n;
 }

@@ -210,7 +210,9 @@ AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
  * within 4 s by a worker, 6 s by a client, with the default. */
 AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 /* Largest payload accepted from the broker, and sent (> 0; larger ones
- * fail with AB_EPAYLOADSIZE). */
+ * fail with AB_EPAYLOADSIZE). A larger message from the broker ends the
+ * connection (libzmq's ZMQ_MAXMSGSIZE); the library dials again within a
+ * second, and the calls in flight fail with AB_EDISCONNECTED. */
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
 /* Default timeout (> 0) of requests and waits given timeout_ms < 0. */
 AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
@@ -300,7 +302,8 @@ AB_EXPORT int ab_client_new(ab_client_t **out, const ab_options_t *opts);
 
 /* Closes the connection. Requests still in flight are cancelled at the
  * broker and completed with AB_ESTOPPED (their callbacks run inside this
- * call); queued received messages are freed. Sets *client = NULL.
+ * call; a request they start is refused with AB_ESTOPPED); queued received
+ * messages are freed. Sets *client = NULL.
  * Thread: the handle's thread, not from inside one of its callbacks. */
 AB_EXPORT void ab_client_destroy(ab_client_t **client);
 
@@ -320,7 +323,8 @@ AB_EXPORT int ab_client_refused(const ab_client_t *client);
 
 /* Makes every blocking call on the handle (ab_client_request,
  * ab_client_poll, ab_client_recv, synchronous waits) return AB_ESTOPPED
- * soon, now and from then on: a stopped handle is only good for
+ * soon, now and from then on, without handing out what is already waiting
+ * (no more callbacks or messages): a stopped handle is only good for
  * ab_client_destroy. Thread: any thread, and signal handlers. */
 AB_EXPORT void ab_client_stop(ab_client_t *client);
 
