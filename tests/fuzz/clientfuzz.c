@@ -65,6 +65,7 @@
 #include "codec.h"
 #include "compress.h"
 #include "idmap.h"
+#include "tl_args.h"
 #include "util.h"
 
 #include <netinet/in.h>
@@ -134,20 +135,6 @@ size_t cf_size(cf_rng_t *r, size_t max)
                : k < 90 ? 900 + cf_below(r, 20000)
                         : 20000 + cf_below(r, CF_BIG - 20000);
     return n < max ? n : max;
-}
-
-static int s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
 }
 
 /* LeakSanitizer checks this process's exit: what the library allocates and
@@ -376,7 +363,7 @@ int main(int argc, char **argv)
     if (ab_idmap_init(&cf_b.sent_requests, 1024) != 0)
         return 1;
     cf_b.ctx = zmq_ctx_new();
-    snprintf(cf_b.ep, sizeof cf_b.ep, "tcp://127.0.0.1:%d", s_free_port());
+    snprintf(cf_b.ep, sizeof cf_b.ep, "tcp://127.0.0.1:%d", tl_free_port());
     if (!cf_b.ctx || cf_broker_bind() != 0) {
         fprintf(stderr, "clientfuzz: cannot bind %s\n", cf_b.ep);
         return 1;

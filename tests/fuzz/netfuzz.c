@@ -62,6 +62,7 @@
 #include "codec.h"
 #include "compress.h"
 #include "netfuzz.h"
+#include "tl_args.h"
 #include "util.h"
 
 #include <fcntl.h>
@@ -134,20 +135,6 @@ static struct {
     int64_t next_ms, cont_ms;
     nf_broker_t *stopped; /* the broker stopped now (SIGSTOP) */
 } s_fault;
-
-static int s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
 
 /* What netfuzz tests is the broker, which runs under its own leak checker
  * and must exit clean. netfuzz's raw sockets (closed mid-handshake, sharing
@@ -390,13 +377,13 @@ static int s_start_linked(const char *bin, const char *wbin)
     static const char *const names[2][2] = {{"nf-far"}, {"nf-mid", "nf-far"}};
     static const char *const whos[2][2] = {{"far broker"}, {"middle broker", "far broker"}};
     static const char *const svcs[2][2] = {{NF_FAR_SVC}, {NF_MID_SVC, NF_FAR_SVC}};
-    snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", s_free_port());
+    snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", tl_free_port());
     for (int i = 0; i < s_opt.linked; i++) {
         nf_broker_t *rb = &s_rb[i];
         rb->name = names[s_opt.linked - 1][i];
         rb->who = whos[s_opt.linked - 1][i];
         rb->svc = svcs[s_opt.linked - 1][i];
-        snprintf(rb->ep, sizeof rb->ep, "tcp://127.0.0.1:%d", s_free_port());
+        snprintf(rb->ep, sizeof rb->ep, "tcp://127.0.0.1:%d", tl_free_port());
         snprintf(rb->log, sizeof rb->log, "%s/%s.log", s_dir, rb->name + 3);
         if (!strcmp(rb->ep, s_ep) || (i && !strcmp(rb->ep, s_rb[0].ep)))
             return -1;
@@ -434,7 +421,7 @@ static int s_start_processes(void)
     } else if (s_opt.endpoint) {
         snprintf(s_ep, sizeof s_ep, "%s", s_opt.endpoint);
     } else {
-        snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", s_free_port());
+        snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", tl_free_port());
         char *argv[] = {bin, "--bind", s_ep, NF_BROKER_ARGS, NULL};
         s_broker_pid = s_spawn(argv);
     }
