@@ -32,7 +32,8 @@
  * request contract holds: every callback names a request the client
  * started and has not seen end, the final event comes exactly once per
  * started request (also when the handle is destroyed with calls in flight:
- * nothing may be left outstanding), ab_client_cancel of a request in flight
+ * nothing may be left outstanding), an ask's callback runs only once
+ * (final: the PARTIALs the broker sends to asks are not events), ab_client_cancel of a request in flight
  * ends it at once, and the library never has fewer calls in flight than the
  * requests the fuzzer is waiting for; a poll of a stopped client or
  * worker returns AB_ESTOPPED ("now and from then on"); everything the
@@ -148,6 +149,54 @@ const char *__lsan_default_suppressions(void)
 {
     return "leak:operator new\n";
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+
+/* In the sanitizer runtime; GCC 12 ships no header for it. */
+int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void *, size_t),
+                                              void (*)(const volatile void *));
+
+/* libzmq 4.3.4 loses a message frame when a socket is closed while a
+ * multipart message to it is half received and its connection is still
+ * sending: the frames already received wait unflushed in the pipe, and
+ * pipe_t::process_pipe_term drops the pipe (state delimiter_received, or
+ * active without delay) without the rollback that pipe_t::terminate does;
+ * the pipe's memory is freed with the frame in it. A frame of 34 bytes or
+ * more lives in its connection's receive buffer (the v2 decoder's
+ * shared_message_memory_allocator), so the whole buffer leaks: 18,160
+ * bytes (8,192 of data, an 8-byte counter, and ceil(8192 / 33) = 249
+ * content records of 40 bytes), allocated on a libzmq I/O thread. A
+ * twenty-line program with one ROUTER and one DEALER and no agentbus code
+ * leaks it the same way (3 runs of 300 closes: 3 leaks); CI saw it once
+ * here. Those buffers, and only those, are put on LeakSanitizer's ignore
+ * list. The cost: a small received message that the library forgets to
+ * close is not seen here (the integration tests under ASan still see it);
+ * every other allocation, message buffers included, is still checked. */
+#define S_ZMQ_DECODER_BUFFER (8192 + 8 + 249 * 40)
+
+static void s_malloc_hook(const volatile void *ptr, size_t size)
+{
+    char name[16];
+    if (size == S_ZMQ_DECODER_BUFFER && pthread_getname_np(pthread_self(), name, sizeof name) == 0 &&
+        strncmp(name, "ZMQbg/IO/", 9) == 0)
+        __lsan_ignore_object((const void *)ptr);
+}
+
+static void s_free_hook(const volatile void *ptr)
+{
+    (void)ptr;
+}
+
+static void s_ignore_zmq_decoder_buffers(void)
+{
+    __sanitizer_install_malloc_and_free_hooks(s_malloc_hook, s_free_hook);
+}
+#else
+static void s_ignore_zmq_decoder_buffers(void)
+{
+}
+#endif
 
 /* ==================================================================================== */
 /* Watchdog, options, main                                                              */
@@ -355,6 +404,7 @@ int main(int argc, char **argv)
     if (cf_opt.avoid[0] && n > 0 && (size_t)n < sizeof s_replay)
         snprintf(s_replay + n, sizeof s_replay - (size_t)n, " --avoid %s", cf_opt.avoid);
     setvbuf(stdout, NULL, _IOLBF, 0);
+    s_ignore_zmq_decoder_buffers();
     printf("clientfuzz: seed %llu (replay: %s)\n", (unsigned long long)cf_opt.seed, s_replay);
     signal(SIGPIPE, SIG_IGN);
     cf_seed(&cf_b.rng, cf_opt.seed, 1);
