@@ -18,6 +18,7 @@
 
 typedef struct {
     uint64_t id;
+    uint32_t kind; /* what was sent: only a REQUEST's answer streams (PARTIAL) */
     ab_reply_fn *fn;
     void *arg;
     int64_t deadline_ms;
@@ -194,6 +195,7 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
         return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
     int t = s_timeout_of(c, r->timeout_ms);
     call->id = ab_conn_next_id(&c->conn);
+    call->kind = kind;
     call->fn = fn;
     call->arg = arg;
     /* One clock read for the deadline and the batch's age (conn.c): two
@@ -433,6 +435,11 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     const void *data = in->data;
     size_t size = in->size;
     if (h->kind == AB_KIND_PARTIAL) {
+        /* A broker streams only a request's reply: a PARTIAL to an ask, a
+         * discovery or a control call would be an event its caller was
+         * promised it never gets (ab_client_ask: FN runs once). Dropped. */
+        if (call->kind != AB_KIND_REQUEST)
+            return;
         ab_reply_event_t ev = {call->id, AB_OK, 0, data, size, ""};
         if (call->fn)
             call->fn(c, &ev, call->arg);
