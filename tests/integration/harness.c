@@ -33,6 +33,21 @@ typedef struct {
     int reaped;
 } s_proc_t;
 
+/* LeakSanitizer (the ASan build) checks each test program's exit, but not
+ * libzmq's own C++ objects (operator new). libzmq 4.3.4 loses a frame that
+ * is half way into a socket when the socket closes (pipe_t::process_pipe_term
+ * drops the pipe without its rollback; tests/fuzz/clientfuzz.c says more),
+ * and with it the connection metadata the frame points to: two map nodes
+ * and a metadata_t, 440 bytes, in about one run in fifteen of a test that
+ * closes its client while a stream still arrives (client_bounds_sync_stream).
+ * This project's code is C: nothing of it comes from operator new, and
+ * every malloc, message buffers included, is still checked. */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:operator new\n";
+}
+
 static s_proc_t s_procs[TH_MAX_PROCS];
 static int s_nprocs;
 static char s_dir[256];
