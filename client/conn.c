@@ -110,6 +110,10 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     c->hb_rand = c->instance;
     ab_batch_init(&c->out);
     zmq_msg_init(&c->in_batch);
+    c->sendq = calloc(1, sizeof *c->sendq);
+    if (!c->sendq)
+        return ab_conn_fail(c, AB_ENOMEM, "out of memory");
+    atomic_init(&c->sendq->refs, 1);
     unsigned long seq = 0;
     c->ctx = s_ctx_acquire(&seq);
     if (!c->ctx)
@@ -166,6 +170,81 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     return AB_OK;
 }
 
+/* --- The queue to the broker ------------------------------------------------
+ * libzmq bounds what waits for the broker in messages only (the high-water
+ * mark, 100,000): an application that goes on sending large requests while
+ * its broker is unreachable or not reading would queue 100,000 of them. So
+ * each payload that goes as a frame of its own (over AB_INLINE_MAX, or
+ * before the broker said it reads inline payloads) and each BATCH body is
+ * counted until libzmq frees it, once written to the connection (its free
+ * function runs in libzmq's I/O thread); a message with a payload that
+ * would take the count past S_SENDQ_BYTES fails with AB_EBUSY (messages
+ * without one, such as CANCEL and heartbeats, always go). A message goes when nothing is
+ * counted, whatever its size (a max payload over the bound still works).
+ * Small inline messages stay bounded by the count alone (about 1 KiB each). */
+#define S_SENDQ_BYTES ((size_t)256 << 20)
+
+/* What a counted frame's free function needs: its queue, its size, and the
+ * buffer to free (BUF, or the bytes right after this record when NULL). */
+typedef struct {
+    ab_sendq_t *q;
+    size_t size;
+    void *buf;
+} s_qhint_t;
+
+static void s_sendq_release(ab_sendq_t *q)
+{
+    if (q && atomic_fetch_sub(&q->refs, 1) == 1)
+        free(q);
+}
+
+static void s_qfree(void *data, void *hint)
+{
+    (void)data;
+    s_qhint_t *h = hint;
+    atomic_fetch_sub(&h->q->bytes, h->size);
+    s_sendq_release(h->q);
+    free(h->buf);
+    free(h);
+}
+
+/* Room for SIZE more bytes: AB_OK, or AB_EBUSY with the handle's error. */
+static int s_sendq_room(ab_conn_t *c, size_t size)
+{
+    size_t q = atomic_load_explicit(&c->sendq->bytes, memory_order_relaxed);
+    if (q == 0 || q + size <= S_SENDQ_BYTES)
+        return AB_OK;
+    return ab_conn_fail(c, AB_EBUSY,
+                        "the queue to the broker holds %zu MiB (bound %zu MiB): the broker is "
+                        "unreachable or not reading",
+                        q >> 20, S_SENDQ_BYTES >> 20);
+}
+
+/* M becomes a counted frame of SIZE bytes: a copy of DATA, or BUF itself
+ * (then BUF is M's, sent or not). 0, or -1 out of memory (BUF freed). */
+static int s_qmsg(ab_conn_t *c, zmq_msg_t *m, const void *data, void *buf, size_t size)
+{
+    s_qhint_t *h = malloc(sizeof *h + (buf ? 0 : size));
+    if (!h) {
+        free(buf);
+        return -1;
+    }
+    h->q = c->sendq;
+    h->size = size;
+    h->buf = buf;
+    void *bytes = buf ? buf : (void *)(h + 1);
+    if (!buf && size)
+        memcpy(bytes, data, size);
+    if (zmq_msg_init_data(m, bytes, size, s_qfree, h) != 0) {
+        free(buf);
+        free(h);
+        return -1;
+    }
+    atomic_fetch_add(&h->q->refs, 1);
+    atomic_fetch_add(&h->q->bytes, size);
+    return 0;
+}
+
 void ab_conn_close(ab_conn_t *c)
 {
     if (c->sock) {
@@ -177,6 +256,8 @@ void ab_conn_close(ab_conn_t *c)
     if (c->ctx)
         s_ctx_release();
     c->sock = c->mon = c->ctx = NULL;
+    s_sendq_release(c->sendq);
+    c->sendq = NULL;
     ab_batch_fini(&c->out);
     zmq_msg_close(&c->in_batch);
     zmq_msg_init(&c->in_batch);
@@ -272,10 +353,14 @@ static int s_send_frames(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const vo
         if (rc == -2)
             return ab_conn_fail(c, AB_ENOMEM, "out of memory sending a message");
     } else {
+        zmq_msg_t own;
+        zmq_msg_init(&own);
+        if (has_data && !body && s_qmsg(c, &own, data, NULL, size) != 0)
+            return ab_conn_fail(c, AB_ENOMEM, "out of memory sending a message");
         rc = s_send_first(c, hdr, hlen, NULL, has_data ? ZMQ_SNDMORE : 0);
         if (rc >= 0 && has_data)
-            rc = body ? zmq_msg_send(body, c->sock, 0)
-                      : zmq_send(c->sock, data ? data : "", size, 0);
+            rc = zmq_msg_send(body ? body : &own, c->sock, 0);
+        zmq_msg_close(&own); /* sent: empty; not sent: uncounted and freed */
     }
     if (rc < 0 && errno == EAGAIN && c->auth_refused && !c->connected) /* not a full queue */
         return ab_conn_fail(c, AB_EDENIED, "%s", ab_conn_refusal(c));
@@ -292,12 +377,6 @@ static int s_send_now(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void 
     return s_send_frames(c, hdr, hlen, data, size, has_data, NULL);
 }
 
-static void s_free_body(void *data, void *hint)
-{
-    (void)hint;
-    free(data);
-}
-
 /* Sends the gathered batch as one BATCH whose body buffer goes to ZeroMQ
  * as it is (freed by its I/O thread once written): no copy of up to
  * batch-max-bytes per batch. */
@@ -308,10 +387,8 @@ static int s_send_batch(ab_conn_t *c)
     size_t hl = ab_header_encode(&h, hb, sizeof hb), len;
     uint8_t *body = ab_batch_detach(&c->out, &len);
     zmq_msg_t m;
-    if (!body || zmq_msg_init_data(&m, body, len, s_free_body, NULL) != 0) {
-        free(body);
-        return ab_conn_fail(c, AB_ENOMEM, "out of memory sending a batch");
-    }
+    if (!body || s_qmsg(c, &m, NULL, body, len) != 0)
+        return ab_conn_fail(c, AB_ENOMEM, "out of memory sending a batch"); /* body freed */
     int rc = s_send_frames(c, hb, hl, NULL, len, 1, &m);
     zmq_msg_close(&m); /* sent: empty; not sent: frees the body */
     return rc;
@@ -363,6 +440,13 @@ int ab_conn_turn_end_idle(ab_conn_t *c, int app_queued)
 static int s_send_encoded(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const void *data,
                           size_t size, int has_data)
 {
+    /* Checked here, before a message joins a batch: a gathered batch is
+     * never refused (its messages were accepted already). */
+    if (has_data) {
+        int rc = s_sendq_room(c, size);
+        if (rc != AB_OK)
+            return rc;
+    }
     if (!c->opts.batch || !(c->broker_features & AB_FEATURE_BATCH))
         return s_send_now(c, hdr, hlen, data, size, has_data);
     size_t esz = ab_batch_entry_size(hlen, has_data ? size : 0);

@@ -47,9 +47,18 @@ void ab_options_defaults(ab_options_t *o);
  * made, so no DISCONNECTED follows). */
 enum { AB_CONN_CONNECTED = 1, AB_CONN_DISCONNECTED = 2, AB_CONN_REFUSED = 4 };
 
+/* Bytes of payload frames handed to libzmq for the broker and not yet
+ * written to the connection (conn.c, "The queue to the broker"). Messages
+ * still queued when their handle goes (a worker's linger) keep it alive. */
+typedef struct {
+    atomic_size_t bytes;
+    atomic_int refs;
+} ab_sendq_t;
+
 typedef struct {
     ab_options_t opts;
     ab_limits_t limits;
+    ab_sendq_t *sendq;
     void *ctx;
     void *sock;
     void *mon;

@@ -51,6 +51,14 @@
  * AB_EDISCONNECTED; requests made later are sent on the new connection.
  * A worker registers its service again on every new connection; a client
  * restores its subscriptions and directory watch.
+ *
+ * The queue to the broker: what a handle sends waits in its ZeroMQ socket
+ * until written to the connection; it holds up to 100000 messages and
+ * 256 MiB of payloads (those over 1 KiB, and batches). A send that carries
+ * a payload past either fails at once with AB_EBUSY ("queue to the broker
+ * full": the broker is unreachable or not reading); messages without one
+ * (cancels, heartbeats) still go, and a payload goes when nothing waits,
+ * whatever its size.
  */
 #ifndef AGENTBUS_H
 #define AGENTBUS_H

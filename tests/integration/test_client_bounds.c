@@ -22,8 +22,12 @@
  *                 that protocol error): requests work again;
  *   ask_partial   a PARTIAL answering an ab_client_ask (only requests
  *                 stream) does not reach its callback, which runs once,
- *                 final, with the answer.
- * (clientfuzz found the last four.)
+ *                 final, with the answer;
+ *   send_queue    requests of 1 MiB to a broker that never finishes its
+ *                 handshake: the queue to it stops at 256 MiB (AB_EBUSY,
+ *                 not 100,000 messages); once a broker reads, every queued
+ *                 request arrives and sending works again.
+ * (clientfuzz found destroy_start, stopped, oversize and ask_partial.)
  */
 #include "agentbus.h"
 #include "codec.h"
@@ -32,10 +36,12 @@
 #include "util.h"
 #include "batchtest.h"
 
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -672,6 +678,77 @@ static void s_ask_partial(void)
     bt_ctx = NULL;
 }
 
+/* --- send_queue ----------------------------------------------------------------- */
+static void s_sq_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c, (void)ev, (void)arg;
+}
+
+/* A TCP listener that accepts nothing: the kernel completes connections
+ * into its backlog, and the ZMTP handshake never ends. */
+static int s_deaf_listener(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    REQUIRE(fd >= 0);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    REQUIRE(bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    REQUIRE(listen(fd, 8) == 0);
+    return fd;
+}
+
+static void s_send_queue(void)
+{
+    enum { MIB = 1 << 20, TRIES = 300 };
+    int port = th_free_port();
+    int deaf = s_deaf_listener(port);
+    ab_options_t *o = s_opts(port, 0);
+    ab_client_t *c = NULL;
+    REQUIRE(ab_client_new(&c, o) == AB_OK);
+    ab_options_destroy(&o);
+    char *big = calloc(1, MIB);
+    REQUIRE(big != NULL);
+    int accepted = 0, rc = AB_OK;
+    for (; accepted < TRIES; accepted++) {
+        rc = ab_client_request_start(c, "svc", big, MIB, NULL, s_sq_cb, NULL, NULL);
+        if (rc != AB_OK)
+            break;
+    }
+    printf("send_queue: %d requests of 1 MiB accepted, then %s: %s\n", accepted,
+           ab_status_name(rc), ab_client_last_error(c));
+    CHECK_EQ(rc, AB_EBUSY);
+    CHECK_TRUE(accepted >= 250 && accepted <= 256); /* 256 MiB, less what HELLO holds */
+    CHECK_TRUE(strstr(ab_client_last_error(c), "queue to the broker") != NULL);
+    /* A broker on that port now: what waited arrives, whole, and the room
+     * comes back as it is written out. */
+    close(deaf);
+    void *ctx = zmq_ctx_new();
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    int linger = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    REQUIRE(zmq_bind(router, th_ep(port)) == 0);
+    int got = 0;
+    int64_t end = ab_now_ms() + 30000;
+    while (got < accepted && ab_now_ms() < end) {
+        ab_client_poll(c, 0);
+        s_in_t in;
+        while (s_in(router, &in, 10)) {
+            if (in.h.kind == AB_KIND_HELLO && in.h.id)
+                bt_fake_answer(router, &in.f[0], AB_KIND_HELLO, in.h.id, 0, NULL);
+            got += in.h.kind == AB_KIND_REQUEST && in.pl.size == MIB;
+            s_in_close(&in);
+        }
+    }
+    printf("send_queue: the broker got %d of them\n", got);
+    CHECK_EQ(got, accepted);
+    CHECK_EQ(ab_client_request_start(c, "svc", big, MIB, NULL, s_sq_cb, NULL, NULL), AB_OK);
+    ab_client_destroy(&c);
+    free(big);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -682,6 +759,7 @@ int main(int argc, char **argv)
         {"stopped", s_stopped},
         {"oversize", s_oversize},
         {"ask_partial", s_ask_partial},
+        {"send_queue", s_send_queue},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
