@@ -19,6 +19,7 @@
 typedef struct {
     uint64_t id;
     uint32_t kind; /* what was sent: only a REQUEST's answer streams (PARTIAL) */
+    char *peer;    /* an ab_client_ask: the agent whose answer (a SEND) ends it */
     ab_reply_fn *fn;
     void *arg;
     int64_t deadline_ms;
@@ -48,6 +49,8 @@ static void s_call_free(ab_client_t *c, s_call_t *call)
 {
     if (!call)
         return;
+    free(call->peer);
+    call->peer = NULL;
     if (c->call_nspare + 1 > S_CALL_SPARE_MAX) { /* (+ 1: no always-true test when 0) */
         free(call);
         return;
@@ -174,6 +177,7 @@ typedef struct {
     uint32_t priority;
     int timeout_ms;             /* < 0: the handle's default */
     const ab_header_t *tmpl;    /* may be NULL: flags, correlation_id, credit, timeout_ms */
+    int ask;                    /* a SEND answered by its target agent (ab_client_ask) */
 } s_route_t;
 
 /* Sends a REQUEST (or CONTROL, DISCOVER, SEND, SUBSCRIBE) and records its
@@ -191,6 +195,10 @@ static int s_start_call(ab_client_t *c, uint32_t kind, const char *target, const
         return ab_conn_fail(&c->conn, AB_EPAYLOADSIZE, "payload of %zu bytes exceeds %zu", size,
                             c->conn.opts.max_payload);
     s_call_t *call = s_call_new(c);
+    if (call && r->ask && !(call->peer = strdup(target))) {
+        s_call_free(c, call);
+        call = NULL;
+    }
     if (!call)
         return ab_conn_fail(&c->conn, AB_ENOMEM, "out of memory");
     int t = s_timeout_of(c, r->timeout_ms);
@@ -349,6 +357,14 @@ int ab_client_call_start(ab_client_t *c, uint32_t kind, const char *target,
     return s_start_call(c, kind, target, &r, data, size, fn, arg, id_out);
 }
 
+int ab_client_ask_start(ab_client_t *c, const char *name, const ab_header_t *tmpl,
+                        const void *data, size_t size, int timeout_ms, ab_reply_fn *fn,
+                        void *arg, uint64_t *id_out)
+{
+    s_route_t r = {.tmpl = tmpl, .timeout_ms = timeout_ms, .ask = 1};
+    return s_start_call(c, AB_KIND_SEND, name, &r, data, size, fn, arg, id_out);
+}
+
 /* Ends the calls whose local deadline passed; returns how many. */
 static int s_expire(ab_client_t *c, int64_t now)
 {
@@ -407,9 +423,15 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     }
     s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
     if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {
-        /* An agent's answer to our ab_client_ask. */
-        s_call_end(c, call, AB_OK, in->data, in->size, NULL);
-        return;
+        /* An agent's answer to our ab_client_ask: only from the agent
+         * asked (the broker names the sender). Any agent may send us a
+         * message that says it answers id N, and ids are easy to guess:
+         * one that ended another ask, or a request, would forge its
+         * answer. Such a message is delivered as a message. */
+        if (call->peer && ab_view_eq(h->sender, call->peer)) {
+            s_call_end(c, call, AB_OK, in->data, in->size, NULL);
+            return;
+        }
     }
     if (h->kind == AB_KIND_SEND || h->kind == AB_KIND_PUBLISH) {
         ab_cmsg_on_message(c, in);

@@ -237,6 +237,10 @@ struct ab_client {
 int ab_client_call_start(ab_client_t *c, uint32_t kind, const char *target,
                          const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
                          ab_reply_fn *fn, void *arg, uint64_t *id_out);
+/* An ab_client_ask: a SEND whose call only an answer from NAME ends. */
+int ab_client_ask_start(ab_client_t *c, const char *name, const ab_header_t *tmpl,
+                        const void *data, size_t size, int timeout_ms, ab_reply_fn *fn,
+                        void *arg, uint64_t *id_out);
 int ab_client_call_wait(ab_client_t *c, uint32_t kind, const char *target,
                         const ab_header_t *tmpl, const void *data, size_t size, int timeout_ms,
                         void **reply, size_t *reply_size);

@@ -316,7 +316,7 @@ int ab_client_ask(ab_client_t *c, const char *name, const void *data, size_t siz
     /* The question expires from the mailbox when the asker gives up. */
     t.timeout_ms = (uint32_t)(timeout_ms < 0 ? c->conn.opts.timeout_ms
                                              : timeout_ms == 0 ? 1 : timeout_ms);
-    return ab_client_call_start(c, AB_KIND_SEND, name, &t, data, size, timeout_ms, fn, arg, id);
+    return ab_client_ask_start(c, name, &t, data, size, timeout_ms, fn, arg, id);
 }
 
 int ab_client_reply(ab_client_t *c, const ab_message_t *m, const void *data, size_t size)

@@ -624,7 +624,9 @@ AB_EXPORT int ab_client_send_wait(ab_client_t *client, const char *name, const v
  * ab_client_reply) or an error: AB_EBUSY (mailbox full), AB_ETIMEOUT (no
  * answer within timeout_ms; < 0: the default), AB_EDISCONNECTED,
  * AB_ESTOPPED. The message may wait in NAME's mailbox while the timeout
- * runs. *id (may be NULL) gets its id.
+ * runs. Only an answer from NAME ends it: a message from another agent
+ * that says it answers this id arrives as an AB_MSG_DIRECT (reply_to set).
+ * *id (may be NULL) gets its id.
  * Errors now (FN does not run): as ab_client_send. Owns: ARG stays the
  * caller's until FN runs. */
 AB_EXPORT int ab_client_ask(ab_client_t *client, const char *name, const void *data,

@@ -345,6 +345,78 @@ static void s_ask_reply(void)
     ab_client_destroy(&ctl);
 }
 
+/* Replies "to" someone else's ask or request: any agent may send a message
+ * that says it answers id N (ids are easy to guess), but only the agent
+ * asked ends an ask, and no message ends a request. The forgeries reach
+ * the application as what they are: messages from their sender. */
+static void s_forged_answer(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    mt_box_t *abox = calloc(1, sizeof *abox), *bbox = calloc(1, sizeof *bbox);
+    ab_client_t *alice = mt_agent(port, "alice", 0, abox);
+    ab_client_t *bob = mt_agent(port, "bob", 0, bbox);
+    ab_client_t *mallory = mt_agent(port, "mallory", 0, NULL);
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    ab_worker_t *w = NULL;
+    REQUIRE(ab_worker_new(&w, o, "slow", 1) == AB_OK);
+    ab_options_destroy(&o);
+    ab_client_t *ctl = th_client(port);
+    REQUIRE(mt_wait_bound(ctl, "alice", 5000) && mt_wait_bound(ctl, "bob", 5000));
+    s_ans_t ask = {0}, req = {0};
+    uint64_t ask_id = 0, req_id = 0;
+    CHECK_EQ(ab_client_ask(alice, "bob", "q", 1, 20000, s_ans_cb, &ask, &ask_id), AB_OK);
+    CHECK_EQ(ab_client_request_start(alice, "slow", "r", 1, NULL, s_ans_cb, &req, &req_id),
+             AB_OK);
+    ab_client_t *all[3] = {alice, bob, mallory};
+    ab_job_t *job = NULL; /* the worker holds the request until the end */
+    for (int k = 0; k < 250 && (!job || bbox->n < 1); k++) {
+        mt_pump(all, 3, 20);
+        if (!job)
+            ab_worker_recv(w, &job, 0);
+    }
+    REQUIRE(job != NULL && bbox->n >= 1);
+    /* mallory answers both ids, as if it were bob and the service */
+    ab_message_t fake = {.type = AB_MSG_DIRECT, .sender = "alice", .target = "mallory"};
+    fake.id = ask_id;
+    CHECK_EQ(ab_client_reply(mallory, &fake, "forged-ask", 10), AB_OK);
+    fake.id = req_id;
+    CHECK_EQ(ab_client_reply(mallory, &fake, "forged-req", 10), AB_OK);
+    for (int k = 0; k < 250 && abox->count[AB_MSG_DIRECT] < 2; k++)
+        mt_pump(all, 3, 20);
+    printf("forged: ask %d finals, request %d finals; alice got %d messages\n", ask.finals,
+           req.finals, abox->count[AB_MSG_DIRECT]);
+    CHECK_EQ(ask.finals, 0);
+    CHECK_EQ(req.finals, 0);
+    CHECK_EQ(abox->count[AB_MSG_DIRECT], 2);
+    for (int i = 0; i < abox->n; i++) {
+        CHECK_STR(abox->sender[i], "mallory");
+        CHECK_TRUE(abox->reply_to[i] == ask_id || abox->reply_to[i] == req_id);
+    }
+    /* the real answers still end them */
+    ab_message_t q = {.type = AB_MSG_DIRECT, .sender = "alice", .target = "bob"};
+    q.id = bbox->id[0];
+    CHECK_EQ(ab_client_reply(bob, &q, "real-ask", 8), AB_OK);
+    CHECK_EQ(ab_worker_reply(w, &job, "real-req", 8), AB_OK);
+    for (int k = 0; k < 250 && (ask.finals < 1 || req.finals < 1); k++) {
+        mt_pump(all, 3, 20);
+        ab_worker_poll(w, 0, NULL, NULL);
+    }
+    CHECK_EQ(ask.finals, 1);
+    CHECK_STR(ask.data, "real-ask");
+    CHECK_EQ(req.finals, 1);
+    CHECK_STR(req.data, "real-req");
+    ab_job_destroy(&job);
+    ab_worker_destroy(&w);
+    ab_client_destroy(&alice);
+    ab_client_destroy(&bob);
+    ab_client_destroy(&mallory);
+    ab_client_destroy(&ctl);
+    free(abox);
+    free(bbox);
+}
+
 /* Bad names and oversized messages: clear errors, counted, the broker
  * unharmed; the library refuses what it can tell is bad before sending. */
 static void s_direct_bad(void)
@@ -387,7 +459,7 @@ int main(int argc, char **argv)
         {"direct_once", s_direct_once}, {"mailbox_order", s_mailbox_order},
         {"mailbox_full", s_mailbox_full}, {"ttl_expiry", s_ttl_expiry},
         {"name_taken", s_name_taken}, {"takeover", s_takeover}, {"ask_reply", s_ask_reply},
-        {"direct_bad", s_direct_bad},
+        {"direct_bad", s_direct_bad}, {"forged_answer", s_forged_answer},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
