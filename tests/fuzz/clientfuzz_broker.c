@@ -768,6 +768,8 @@ static void s_on_msg(const void *rid, size_t len, const ab_header_t *h, const vo
             cf_b.used = 0;
             s_msg(&m, k == AB_KIND_SEND && !h->credit ? AB_KIND_SEND : AB_KIND_REPLY);
             m.h.correlation_id = h->id;
+            if (k == AB_KIND_SEND && !h->credit) /* an ask's answer: from the agent asked, */
+                m.h.sender = cf_chance(&cf_b.rng, 80) ? h->target : s_str(); /* or forged */
             if (k == AB_KIND_DISCOVER)
                 s_mk_directory(&m, 1);
             else if (k == AB_KIND_SEND && h->credit) {
