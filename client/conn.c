@@ -179,9 +179,10 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
  * counted until libzmq frees it, once written to the connection (its free
  * function runs in libzmq's I/O thread); a message with a payload that
  * would take the count past S_SENDQ_BYTES fails with AB_EBUSY (messages
- * without one, such as CANCEL and heartbeats, always go). A message goes when nothing is
- * counted, whatever its size (a max payload over the bound still works).
- * Small inline messages stay bounded by the count alone (about 1 KiB each). */
+ * without one, such as CANCEL and heartbeats, always go). A message goes
+ * when nothing is counted, whatever its size (a max payload over the bound
+ * still works). Small inline messages stay bounded by the count alone
+ * (about 1 KiB each). */
 #define S_SENDQ_BYTES ((size_t)256 << 20)
 
 /* What a counted frame's free function needs: its queue, its size, and the
