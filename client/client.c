@@ -28,7 +28,7 @@ typedef struct {
 /* Ended call records kept for the next calls: a malloc and a free per
  * request, both at the allocator's slow path once a window of calls
  * outlives its small per-thread cache, were ~8% of the library's
- * instructions at 64 B (callgrind). Bounded (32 KiB); none under ASan. */
+ * instructions at 64 B (callgrind). Bounded (48 KiB); none under ASan. */
 #define S_CALL_SPARE_MAX (AB_ASAN ? 0 : 1024)
 
 /* A zeroed call record, a spare one when C has it. */
