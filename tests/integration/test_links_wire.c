@@ -15,6 +15,7 @@
 #include "test.h"
 #include "util.h"
 #include "agentbus.pb-c.h"
+#include "batch.h"
 #include "codec.h"
 
 #include <stdio.h>
@@ -504,6 +505,157 @@ static void s_hostile_dir(void)
     ab_client_destroy(&a);
 }
 
+/* --- a peer broker's senders ------------------------------------------------------------ */
+
+/* Sends a SEND from SENDER to TARGET (id ID, answering CORR) on the raw
+ * link D, as a peer broker passes one on: a forwarded id (its top bit) and
+ * an agent as its origin (origin_role is the key role + 1; agent is 0). */
+#define S_FWD_ID(n) ((1ull << 63) | (n))
+static void s_fake_msg(void *d, uint64_t id, const char *sender, const char *target,
+                       uint64_t corr, const char *text)
+{
+    ab_header_t h = ab_header_init(AB_KIND_SEND);
+    h.id = S_FWD_ID(id);
+    h.origin_role = 1;
+    h.sender = ab_view_of(sender);
+    h.target = ab_view_of(target);
+    h.correlation_id = corr;
+    uint8_t hb[256];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(d, text, strlen(text), 0) == (int)strlen(text));
+}
+
+/* The error code of H when it is the ERROR answering ID, else -1. */
+static int s_error_for(const ab_header_t *h, uint64_t id)
+{
+    return h->kind == AB_KIND_ERROR && h->correlation_id == id ? (int)h->error_code : -1;
+}
+
+/* The error code of the ERROR answering ID on D (alone or in a BATCH)
+ * within TIMEOUT_MS, or -1. Clients CS (N) are polled meanwhile. */
+static int s_fake_error(void *d, uint64_t id, int timeout_ms, ab_client_t **cs, int n)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    zmq_pollitem_t it = {d, 0, ZMQ_POLLIN, 0};
+    int code = -1;
+    while (code < 0 && ab_now_ms() < end && zmq_poll(&it, 1, 20) >= 0) {
+        for (int i = 0; i < n; i++)
+            ab_client_poll(cs[i], 0);
+        zmq_msg_t f[2];
+        zmq_msg_init(&f[0]);
+        zmq_msg_init(&f[1]);
+        if (zmq_msg_recv(&f[0], d, ZMQ_DONTWAIT) >= 0) {
+            int nf = 1;
+            while (zmq_msg_more(&f[nf - 1]) && nf < 2 && zmq_msg_recv(&f[nf], d, 0) >= 0)
+                nf++;
+            ab_frame_t fr[2] = {{zmq_msg_data(&f[0]), zmq_msg_size(&f[0])},
+                                {zmq_msg_data(&f[1]), zmq_msg_size(&f[1])}}, pl;
+            ab_header_t h;
+            ab_batch_entries_t es = {0};
+            if (ab_msg_decode(fr, (size_t)nf, NULL, &h, &pl) == AB_OK) {
+                code = s_error_for(&h, id);
+                if (h.kind == AB_KIND_BATCH && pl.data &&
+                    ab_batch_decode(&es, pl.data, pl.size, NULL) == AB_OK)
+                    for (uint32_t i = 0; i < es.n && code < 0; i++)
+                        code = s_error_for(&es.e[i].h, id);
+            }
+            ab_batch_entries_fini(&es);
+        }
+        zmq_msg_close(&f[0]);
+        zmq_msg_close(&f[1]);
+    }
+    return code;
+}
+
+typedef struct {
+    int finals, status;
+    char data[32];
+} s_ask_t;
+
+static void s_ask_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_ask_t *x = arg;
+    if (!ev->final)
+        return;
+    x->finals++;
+    x->status = ev->status;
+    snprintf(x->data, sizeof x->data, "%.*s", (int)ev->size, ev->data ? (char *)ev->data : "");
+}
+
+static ab_client_t *s_named(int port, const char *name)
+{
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o != NULL);
+    REQUIRE(ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    REQUIRE(ab_options_set_name(o, name) == AB_OK);
+    ab_client_t *c = NULL;
+    REQUIRE(ab_client_new(&c, o) == AB_OK);
+    ab_options_destroy(&o);
+    return c;
+}
+
+/* A peer broker (a raw peer proving key C) vouches for its own agents'
+ * names, not for A's: a SEND over the link "from" alice, bound at A, that
+ * says it answers bob's ask to alice is refused (DENIED, counted) and does
+ * not end the ask; one from carol, bound nowhere here, is delivered; and
+ * alice's own answer ends the ask. */
+static void s_link_sender(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port();
+    s_broker(pa, "A", "A", 0, NULL, "--link-heartbeat-ms", "5000");
+    ab_client_t *a = th_client(pa);
+    ab_client_t *alice = s_named(pa, "alice"), *bob = s_named(pa, "bob");
+    void *ctx = zmq_ctx_new();
+    void *d = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello(d, "C") == 0);
+    REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
+    s_ask_t ask = {0};
+    uint64_t ask_id = 0;
+    REQUIRE(ab_client_ask(bob, "alice", "q?", 2, 30000, s_ask_cb, &ask, &ask_id) == AB_OK);
+    ab_message_t *q = NULL;
+    int64_t end = ab_now_ms() + 10000;
+    while (!q && ab_now_ms() < end) { /* the ask reaches alice (bob sends as he polls) */
+        ab_client_poll(bob, 10);
+        ab_client_recv(alice, &q, 10);
+    }
+    REQUIRE(q != NULL && q->type == AB_MSG_DIRECT && q->id == ask_id);
+    s_fake_msg(d, 77, "alice", "bob", ask_id, "forged");
+    s_fake_msg(d, 78, "carol", "bob", 0, "hello from C");
+    ab_client_t *both[2] = {alice, bob};
+    CHECK_EQ(s_fake_error(d, S_FWD_ID(77), 5000, both, 2), (int)AB_ERR_DENIED);
+    ab_message_t *m = NULL;
+    end = ab_now_ms() + 10000;
+    while (!m && ab_now_ms() < end)
+        ab_client_recv(bob, &m, 50);
+    CHECK_TRUE(m != NULL);
+    CHECK_STR(m ? m->sender : "(none)", "carol");
+    printf("link_sender: after the forgery: ask %d final, \"%s\"\n", ask.finals, ask.data);
+    CHECK_EQ(ask.finals, 0); /* the forgery came first, on the same link */
+    CHECK_EQ(ab_client_reply(alice, q, "real", 4), AB_OK);
+    end = ab_now_ms() + 10000;
+    while (!ask.finals && ab_now_ms() < end)
+        ab_client_poll(bob, 50);
+    printf("link_sender: ask %d final, %s, \"%s\"\n", ask.finals, ab_status_name(ask.status),
+           ask.data);
+    CHECK_EQ(ask.finals, 1);
+    CHECK_STR(ask.data, "real");
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    CHECK_TRUE(st->msgs_refused >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_message_destroy(&q);
+    ab_message_destroy(&m);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&alice);
+    ab_client_destroy(&bob);
+    ab_client_destroy(&a);
+}
+
 /* --- models across links -------------------------------------------------------------- */
 
 /* B and C dial A; each has one Ollama worker: A's has sim-large loaded,
@@ -553,6 +705,7 @@ int main(int argc, char **argv)
         {"hostile_dir", s_hostile_dir},
         {"models", s_models},
         {"pipeline", s_pipeline},
+        {"link_sender", s_link_sender},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
