@@ -384,6 +384,19 @@ ab_client_t *th_client(int port)
     return c;
 }
 
+void th_answer_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    th_answer_t *a = arg;
+    a->events++;
+    if (!ev->final)
+        return;
+    a->finals++;
+    a->status = ev->status;
+    snprintf(a->data, sizeof a->data, "%.*s", (int)(ev->size < 63 ? ev->size : 63),
+             ev->data ? (const char *)ev->data : "");
+}
+
 static pid_t s_broker_v(int port, const char *const *env, va_list ap)
 {
     const char *args[48];

@@ -64,6 +64,15 @@ pid_t th_worker(int port, const char *service, ...);
 
 /* A client of the broker on PORT; REQUIREs success. */
 ab_client_t *th_client(int port);
+/* What a call's reply callback saw (th_answer_cb, ARG a th_answer_t *):
+ * events of any kind, final ones, and the final event's status and payload
+ * (its first 63 bytes, as text). */
+typedef struct {
+    int events, finals, status;
+    char data[64];
+} th_answer_t;
+void th_answer_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg);
+
 /* The broker's answers; NULL on failure. Free with the matching
  * agentbus__*__free_unpacked(x, NULL). */
 Agentbus__Stats *th_stats(ab_client_t *c);

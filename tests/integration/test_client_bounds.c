@@ -609,21 +609,6 @@ static void s_oversize(void)
 }
 
 /* --- ask_partial ---------------------------------------------------------------- */
-typedef struct {
-    int events, finals, status;
-    char data[16];
-} s_ask_t;
-
-static void s_ask_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
-{
-    (void)c;
-    s_ask_t *x = arg;
-    x->events++;
-    x->finals += ev->final;
-    x->status = ev->status;
-    snprintf(x->data, sizeof x->data, "%.*s", (int)ev->size, (const char *)ev->data);
-}
-
 static void s_ask_partial(void)
 {
     int port = 0;
@@ -634,9 +619,9 @@ static void s_ask_partial(void)
     ab_options_destroy(&o);
     zmq_msg_t rid;
     zmq_msg_init(&rid);
-    s_ask_t x = {0};
+    th_answer_t x = {0};
     uint64_t id = 0;
-    REQUIRE(ab_client_ask(c, "bob", "q?", 2, 10000, s_ask_cb, &x, &id) == AB_OK);
+    REQUIRE(ab_client_ask(c, "bob", "q?", 2, 10000, th_answer_cb, &x, &id) == AB_OK);
     int asked = 0;
     int64_t end = ab_now_ms() + 10000;
     while (!asked && ab_now_ms() < end) { /* the HELLO, then the ask (any order) */

@@ -282,22 +282,6 @@ static void s_takeover(void)
 
 /* Request/reply between agents: an answer to a SEND that carries the
  * question's id, named and unnamed askers. */
-typedef struct {
-    int finals, status;
-    char data[64];
-} s_ans_t;
-
-static void s_ans_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
-{
-    (void)c;
-    s_ans_t *a = arg;
-    if (!ev->final)
-        return;
-    a->finals++;
-    a->status = ev->status;
-    snprintf(a->data, sizeof a->data, "%.*s", (int)ev->size, ev->data ? (char *)ev->data : "");
-}
-
 static void s_upper_cb(ab_client_t *c, const ab_message_t *m, void *arg)
 {
     (void)arg;
@@ -321,9 +305,9 @@ static void s_ask_reply(void)
     ab_client_t *ctl = th_client(port);
     REQUIRE(mt_wait_bound(ctl, "upper", 5000));
     ab_client_t *named = mt_agent(port, "asker", 0, NULL), *anon = mt_agent(port, NULL, 0, NULL);
-    s_ans_t a1 = {0}, a2 = {0}, a3 = {0};
-    CHECK_EQ(ab_client_ask(named, "upper", "hello", 5, 5000, s_ans_cb, &a1, NULL), AB_OK);
-    CHECK_EQ(ab_client_ask(anon, "upper", "world", 5, 5000, s_ans_cb, &a2, NULL), AB_OK);
+    th_answer_t a1 = {0}, a2 = {0}, a3 = {0};
+    CHECK_EQ(ab_client_ask(named, "upper", "hello", 5, 5000, th_answer_cb, &a1, NULL), AB_OK);
+    CHECK_EQ(ab_client_ask(anon, "upper", "world", 5, 5000, th_answer_cb, &a2, NULL), AB_OK);
     ab_client_t *all[3] = {srv, named, anon};
     for (int k = 0; k < 250 && (a1.finals < 1 || a2.finals < 1); k++)
         mt_pump(all, 3, 20);
@@ -334,7 +318,7 @@ static void s_ask_reply(void)
     CHECK_EQ(a2.status, AB_OK);
     CHECK_STR(a2.data, "WORLD");
     /* Nobody answers for "silent": the asker's timeout ends the call. */
-    CHECK_EQ(ab_client_ask(named, "silent", "?", 1, 300, s_ans_cb, &a3, NULL), AB_OK);
+    CHECK_EQ(ab_client_ask(named, "silent", "?", 1, 300, th_answer_cb, &a3, NULL), AB_OK);
     for (int k = 0; k < 100 && a3.finals < 1; k++)
         ab_client_poll(named, 20);
     CHECK_EQ(a3.finals, 1);
@@ -364,10 +348,10 @@ static void s_forged_answer(void)
     ab_options_destroy(&o);
     ab_client_t *ctl = th_client(port);
     REQUIRE(mt_wait_bound(ctl, "alice", 5000) && mt_wait_bound(ctl, "bob", 5000));
-    s_ans_t ask = {0}, req = {0};
+    th_answer_t ask = {0}, req = {0};
     uint64_t ask_id = 0, req_id = 0;
-    CHECK_EQ(ab_client_ask(alice, "bob", "q", 1, 20000, s_ans_cb, &ask, &ask_id), AB_OK);
-    CHECK_EQ(ab_client_request_start(alice, "slow", "r", 1, NULL, s_ans_cb, &req, &req_id),
+    CHECK_EQ(ab_client_ask(alice, "bob", "q", 1, 20000, th_answer_cb, &ask, &ask_id), AB_OK);
+    CHECK_EQ(ab_client_request_start(alice, "slow", "r", 1, NULL, th_answer_cb, &req, &req_id),
              AB_OK);
     ab_client_t *all[3] = {alice, bob, mallory};
     ab_job_t *job = NULL; /* the worker holds the request until the end */

@@ -569,22 +569,6 @@ static int s_fake_error(void *d, uint64_t id, int timeout_ms, ab_client_t **cs, 
     return code;
 }
 
-typedef struct {
-    int finals, status;
-    char data[32];
-} s_ask_t;
-
-static void s_ask_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
-{
-    (void)c;
-    s_ask_t *x = arg;
-    if (!ev->final)
-        return;
-    x->finals++;
-    x->status = ev->status;
-    snprintf(x->data, sizeof x->data, "%.*s", (int)ev->size, ev->data ? (char *)ev->data : "");
-}
-
 static ab_client_t *s_named(int port, const char *name)
 {
     ab_options_t *o = ab_options_new();
@@ -613,9 +597,9 @@ static void s_link_sender(void)
     void *d = s_fake_peer(ctx, pa, "C", "A");
     REQUIRE(s_fake_hello(d, "C") == 0);
     REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
-    s_ask_t ask = {0};
+    th_answer_t ask = {0};
     uint64_t ask_id = 0;
-    REQUIRE(ab_client_ask(bob, "alice", "q?", 2, 30000, s_ask_cb, &ask, &ask_id) == AB_OK);
+    REQUIRE(ab_client_ask(bob, "alice", "q?", 2, 30000, th_answer_cb, &ask, &ask_id) == AB_OK);
     ab_message_t *q = NULL;
     int64_t end = ab_now_ms() + 10000;
     while (!q && ab_now_ms() < end) { /* the ask reaches alice (bob sends as he polls) */
