@@ -33,7 +33,9 @@
  * started and has not seen end, the final event comes exactly once per
  * started request (also when the handle is destroyed with calls in flight:
  * nothing may be left outstanding), an ask's callback runs only once
- * (final: the PARTIALs the broker sends to asks are not events), ab_client_cancel of a request in flight
+ * (final: the PARTIALs the broker sends to asks are not events), no call
+ * ends with the answer of an agent it did not ask (the broker passes on
+ * SENDs from "cf-forger" that say they answer calls), ab_client_cancel of a request in flight
  * ends it at once, and the library never has fewer calls in flight than the
  * requests the fuzzer is waiting for; a poll of a stopped client or
  * worker returns AB_ESTOPPED ("now and from then on"); everything the

@@ -25,6 +25,11 @@
 #define CF_HELD 16            /* jobs the worker holds at most */
 #define CF_BIG (200u * 1024u) /* the largest payload anyone sends */
 #define CF_SVC "svc"
+/* A SEND that says it answers a call, from an agent no call asked: its
+ * payload must never end a call (client.c: only the agent asked ends an
+ * ask, and no SEND ends anything else). */
+#define CF_FORGER "cf-forger"
+#define CF_FORGED "cf-forged-answer"
 
 /* --- moves and actions: the broker's moves, then the client's and the worker's ------- */
 #define CF_ALL(X)                                                                           \

@@ -386,6 +386,13 @@ static int s_mk(int mv, cf_msg_t *m, int *worker, size_t max)
             m->h.flags |= AB_FLAG_RECEIPT;
         if (cf_chance(&cf_b.rng, 30))
             m->h.flags |= AB_FLAG_WANT_RECEIPT;
+        if (m->h.correlation_id && cf_chance(&cf_b.rng, 50)) { /* a forgery of any call */
+            m->h.sender = ab_view_of(CF_FORGER);
+            m->pl = (const uint8_t *)CF_FORGED;
+            m->plen = strlen(CF_FORGED);
+            m->has = 1;
+            return 1;
+        }
         s_payload(m, max < 20000 ? max : 20000);
         s_maybe_lz4(m, 5);
         return 1;
@@ -768,16 +775,22 @@ static void s_on_msg(const void *rid, size_t len, const ab_header_t *h, const vo
             cf_b.used = 0;
             s_msg(&m, k == AB_KIND_SEND && !h->credit ? AB_KIND_SEND : AB_KIND_REPLY);
             m.h.correlation_id = h->id;
-            if (k == AB_KIND_SEND && !h->credit) /* an ask's answer: from the agent asked, */
-                m.h.sender = cf_chance(&cf_b.rng, 80) ? h->target : s_str(); /* or forged */
+            int forged = k == AB_KIND_SEND && !h->credit && cf_chance(&cf_b.rng, 20);
+            if (k == AB_KIND_SEND && !h->credit) /* an ask's answer: from the agent asked */
+                m.h.sender = forged ? ab_view_of(CF_FORGER) : h->target;
             if (k == AB_KIND_DISCOVER)
                 s_mk_directory(&m, 1);
             else if (k == AB_KIND_SEND && h->credit) {
                 m.pl = (const uint8_t *)(cf_chance(&cf_b.rng, 50) ? "queued" : "delivered");
                 m.plen = strlen((const char *)m.pl);
                 m.has = 1;
-            } else if (k != AB_KIND_SUBSCRIBE)
+            } else if (forged) {
+                m.pl = (const uint8_t *)CF_FORGED;
+                m.plen = strlen(CF_FORGED);
+                m.has = 1;
+            } else if (k != AB_KIND_SUBSCRIBE) {
                 s_payload(&m, 3000);
+            }
             s_tx(from, &m);
         }
         break;

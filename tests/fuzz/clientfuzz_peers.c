@@ -90,6 +90,9 @@ static void s_reply_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     if (C.destroying && (!ev->final || ev->status != AB_ESTOPPED))
         cf_fail("inside ab_client_destroy request %llu ended with final %d, %s (not STOPPED)",
                (unsigned long long)ev->request_id, ev->final, ab_status_name(ev->status));
+    if (ev->final && ev->size == strlen(CF_FORGED) && !memcmp(ev->data, CF_FORGED, ev->size))
+        cf_fail("call %llu ended with the answer of an agent it did not ask (%s)",
+               (unsigned long long)ev->request_id, CF_FORGER);
     if (!ev->final) {
         C.partials++;
         if (C.calls[i].ask) /* only a request's reply streams */
@@ -268,6 +271,8 @@ static void s_sync(ab_client_t *c, int max_ms)
         cf_fail("ab_client_request failed (%s) but left a reply", ab_status_name(rc));
     if (reply && rn)
         ((volatile uint8_t *)reply)[rn - 1] ^= 0;
+    if (reply && rn == strlen(CF_FORGED) && !memcmp(reply, CF_FORGED, rn))
+        cf_fail("a synchronous request ended with the answer of an agent (%s)", CF_FORGER);
     ab_free(reply);
 }
 
