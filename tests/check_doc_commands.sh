@@ -53,8 +53,11 @@ bad=0
 n=0
 while IFS=$'\t' read -r file line; do
   line=${line%%#*}
-  # Paths the docs put under /tmp go under this run's own temp dir, removed at exit.
+  # Paths the docs put under /tmp (and /tmp itself, as in --out /tmp) go
+  # under this run's own temp dir, removed at exit.
   line=${line//\/tmp\//$tmp\/}
+  line=${line//\/tmp /$tmp }
+  [[ $line == */tmp ]] && line=${line%/tmp}$tmp
   # An installed tree's config files are the source tree's etc/agentbus
   # (what `cmake --install` copies there): checked without installing.
   line=${line//\/usr\/local\/etc\/agentbus\//$src\/etc\/agentbus\/}
@@ -70,10 +73,9 @@ while IFS=$'\t' read -r file line; do
     # Its own ports: a documented 5555 becomes "any free port".
     args=()
     for a in "$@"; do args+=("${a//:5555/:*}"); done
-    [[ ${#args[@]} -eq 0 ]] && args=(--bind 'tcp://127.0.0.1:*')
-    # A config file's own bind (the shipped one says 5555) becomes any free port too.
-    [[ " ${args[*]} " == *" --config "* && " ${args[*]} " != *" --bind "* ]] &&
-      args+=(--bind 'tcp://127.0.0.1:*')
+    # Without a --bind of its own, the default (5555 and ipc:///tmp/agentbus.ipc)
+    # or a config file's (the shipped one says 5555) becomes any free port.
+    [[ " ${args[*]} " != *" --bind"* ]] && args+=(--bind 'tcp://127.0.0.1:*')
     timeout -k 10 -s INT 1 "$bin/agentbus-broker" "${args[@]}" --drain-ms 0 >"$tmp/out" 2>&1 ;;
   esac
   rc=$?
