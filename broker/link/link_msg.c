@@ -705,6 +705,18 @@ static int s_sender_ok(ab_view_t s)
     return 1;
 }
 
+/* 1 when SENDER is bound to a live agent here. A peer broker vouches for
+ * its own agents, not ours: a SEND "from" an agent bound here would pass
+ * for it, e.g. as its answer to an ask (under local wins, an answer to that
+ * name would reach the agent here anyway, not a namesake over there). */
+static int s_sender_here(ab_broker_t *b, ab_view_t sender)
+{
+    char name[S_SENDER_MAX];
+    ab_view_copy(sender, name, sizeof name);
+    const ab_agent_t *a = zhashx_lookup(b->msgs->agents, name);
+    return a && a->peer;
+}
+
 static void s_on_send(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *body, int64_t now)
 {
     ab_peer_t *c = l->client;
@@ -718,6 +730,8 @@ static void s_on_send(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t *b
     }
     if (ab_link_in_list(h->via.ptr, h->via.len, l->all->self))
         why = "loop: the message already crossed this broker", code = AB_ERR_NO_AGENT;
+    else if (s_sender_here(b, h->sender))
+        why = "the sender is an agent of this broker: a peer broker cannot send as it";
     else
         s_origin_ok(b, h, &why);
     if (why) {

@@ -224,17 +224,6 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
     ab_broker_config_t *cfg = b->cfg;
     char sbuf[2 * AB_RID_MAX + 2], name[AB_NAME_MAX];
     const char *sender = ab_link_msg_sender(p, h, sbuf, sizeof sbuf); /* from a peer broker */
-    ab_agent_t *self = sender ? zhashx_lookup(m->agents, sender) : NULL;
-    if (self && self->peer) {
-        /* A peer broker vouches for its own agents, not ours: a SEND "from"
-         * an agent bound here would pass for it, e.g. as its answer to an
-         * ask (a name bound here stays here: the answer could not even
-         * reach a namesake over there). */
-        ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_DENIED,
-                       "sender '%.64s' is an agent of this broker: a peer broker cannot send as it",
-                       sender);
-        return;
-    }
     if (!sender)
         sender = ab_msgs_sender_name(p, sbuf, sizeof sbuf);
     size_t size = body ? zmq_msg_size(body) : 0;
