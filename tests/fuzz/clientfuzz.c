@@ -170,7 +170,7 @@ int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void *, si
  * shared_message_memory_allocator), so the whole buffer leaks: 18,160
  * bytes (8,192 of data, an 8-byte counter, and ceil(8192 / 33) = 249
  * content records of 40 bytes), allocated on a libzmq I/O thread. A
- * twenty-line program with one ROUTER and one DEALER and no agentbus code
+ * forty-line program with one ROUTER and one DEALER and no agentbus code
  * leaks it the same way (5 of 17 runs of 300 closes); CI saw it once here. Those buffers, and only those, are put on LeakSanitizer's ignore
  * list. The cost: a small received message that the library forgets to
  * close is not seen here (the integration tests under ASan still see it);
