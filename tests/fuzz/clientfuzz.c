@@ -171,7 +171,8 @@ int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void *, si
  * bytes (8,192 of data, an 8-byte counter, and ceil(8192 / 33) = 249
  * content records of 40 bytes), allocated on a libzmq I/O thread. A
  * forty-line program with one ROUTER and one DEALER and no agentbus code
- * leaks it the same way (5 of 17 runs of 300 closes); CI saw it once here. Those buffers, and only those, are put on LeakSanitizer's ignore
+ * leaks it the same way (5 of 17 runs of 300 closes); CI saw it once
+ * here. Those buffers, and only those, are put on LeakSanitizer's ignore
  * list. The cost: a small received message that the library forgets to
  * close is not seen here (the integration tests under ASan still see it);
  * every other allocation, message buffers included, is still checked. */
@@ -180,7 +181,8 @@ int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void *, si
 static void s_malloc_hook(const volatile void *ptr, size_t size)
 {
     char name[16];
-    if (size == S_ZMQ_DECODER_BUFFER && pthread_getname_np(pthread_self(), name, sizeof name) == 0 &&
+    if (size == S_ZMQ_DECODER_BUFFER &&
+        pthread_getname_np(pthread_self(), name, sizeof name) == 0 &&
         strncmp(name, "ZMQbg/IO/", 9) == 0)
         __lsan_ignore_object((const void *)ptr);
 }
