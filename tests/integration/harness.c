@@ -201,7 +201,7 @@ void th_init(const char *test_name)
 }
 
 /* The quoted Z85 value after WHICH in certificate file PATH into OUT. */
-static void s_cert_value(const char *path, const char *which, char out[41])
+void th_cert_value(const char *path, const char *which, char out[41])
 {
     FILE *f = fopen(path, "r");
     REQUIRE(f != NULL);
@@ -223,8 +223,8 @@ void th_secure(void *sock)
     if (!th_auth_on())
         return;
     char pub[41], sec[41];
-    s_cert_value(getenv("AB_KEY"), "public-key", pub);
-    s_cert_value(getenv("AB_KEY"), "secret-key", sec);
+    th_cert_value(getenv("AB_KEY"), "public-key", pub);
+    th_cert_value(getenv("AB_KEY"), "secret-key", sec);
     zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, getenv("AB_BROKER_KEY"), 41);
     zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 41);
     zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 41);

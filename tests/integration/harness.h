@@ -26,6 +26,9 @@ int th_auth_on(void);
 /* With AB_TEST_AUTH=curve, makes raw ZeroMQ socket SOCK (before its
  * connect) a CURVE client proving the test's admin key; else nothing. */
 void th_secure(void *sock);
+/* The quoted Z85 value after WHICH ("public-key", "secret-key") in the
+ * certificate file PATH into OUT; fails the test when there is none. */
+void th_cert_value(const char *path, const char *which, char out[41]);
 const char *th_dir(void);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. */

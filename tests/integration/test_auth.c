@@ -150,31 +150,13 @@ static int s_request(ab_client_t *c, const char *service, const char *data, int 
     return rc;
 }
 
-/* The public key text in a certificate file. */
-static void s_cert_key(const char *path, const char *which, char out[41])
-{
-    FILE *f = fopen(path, "r");
-    REQUIRE(f != NULL);
-    char line[256];
-    out[0] = '\0';
-    while (fgets(line, sizeof line, f)) {
-        char *p = strstr(line, which);
-        if (p && (p = strchr(p, '"')) && strlen(p) > 41) {
-            memcpy(out, p + 1, 40);
-            out[40] = '\0';
-        }
-    }
-    fclose(f);
-    REQUIRE(strlen(out) == 40);
-}
-
 /* A raw DEALER proving key NAME (its own context in *CTX). */
 static void *s_raw(int port, const char *name, void **ctx)
 {
     char pub[41], sec[41], srv[41];
-    s_cert_key(s_secret(name), "public-key", pub);
-    s_cert_key(s_secret(name), "secret-key", sec);
-    s_cert_key(s_broker_pub(), "public-key", srv);
+    th_cert_value(s_secret(name), "public-key", pub);
+    th_cert_value(s_secret(name), "secret-key", sec);
+    th_cert_value(s_broker_pub(), "public-key", srv);
     *ctx = zmq_ctx_new();
     void *raw = zmq_socket(*ctx, ZMQ_DEALER);
     int linger = 0;
@@ -245,7 +227,7 @@ static void s_keypair(void)
     CHECK_EQ(st.st_mode & 077, 0); /* no group or other access */
     char pub1[41], pub2[41];
     snprintf(path, sizeof path, "%s/broker.key", s_data);
-    s_cert_key(path, "public-key", pub1);
+    th_cert_value(path, "public-key", pub1);
     /* Over ipc, without a key: the local operator, an admin. */
     ab_options_t *o = ab_options_new();
     ab_options_set_endpoint(o, ep);
@@ -265,7 +247,7 @@ static void s_keypair(void)
     CHECK_EQ(th_stop(b), 0);
     b = th_spawn("agentbus-broker", argv, NULL);
     REQUIRE(s_log_has(b, "ready", 10000));
-    s_cert_key(path, "public-key", pub2);
+    th_cert_value(path, "public-key", pub2);
     CHECK_STR(pub2, pub1); /* the same keypair after a restart */
     /* A secret readable by others is refused, as ssh does. */
     CHECK_EQ(th_stop(b), 0);
@@ -299,7 +281,7 @@ static void s_handshake(void)
     CHECK_EQ(ab_client_refused(bad), 1); /* what brokerctl tests, not the text */
     CHECK_EQ(ab_client_refused(ok), 0);
     char pub[41], line[200];
-    s_cert_key(s_secret("stranger"), "public-key", pub);
+    th_cert_value(s_secret("stranger"), "public-key", pub);
     snprintf(line, sizeof line, "refused a connection from 127.0.0.1: unknown key %s", pub);
     CHECK_TRUE(s_log_has(b, line, 5000));
     ab_client_t *none = s_client(port, NULL, NULL, 0);
@@ -646,7 +628,7 @@ static void s_removed_key(void)
     int rc = s_request(ag, "echo", "after", 1500, NULL, 0);
     CHECK_TRUE(rc != AB_OK); /* DISCONNECTED, DENIED, TIMEOUT: as the events fall */
     char pub[41], line[200];
-    s_cert_key(s_secret("ag1"), "public-key", pub);
+    th_cert_value(s_secret("ag1"), "public-key", pub);
     snprintf(line, sizeof line, "unknown key %s", pub);
     CHECK_TRUE(s_log_has(b, line, 10000)); /* its reconnect is refused */
     /* Back, and SIGHUP (a directory watch may also see it first). */
