@@ -15,28 +15,66 @@ static int s_clamp(int level)
     return level < 0 ? 0 : level > 3 ? 3 : level;
 }
 
-/* Appends S to BUF (at *len, SIZE bytes) as JSON string content; stops
- * before an escape that would not fit whole, so the line stays valid. */
-static void s_json_append(char *buf, size_t size, size_t *len, const char *s)
+/* The length of the valid UTF-8 sequence at S (1 to 4), or 0 when the byte
+ * at S does not start one (a stray continuation byte, an overlong form, a
+ * surrogate, a code point past U+10FFFF, a sequence cut short). */
+static size_t s_utf8_len(const unsigned char *s)
 {
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        size_t n;
-        if (c == '"' || c == '\\')
+    unsigned char c = s[0];
+    size_t n = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
+             : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    unsigned char lo = 0x80, hi = 0xBF; /* the second byte's range */
+    if (c == 0xE0)
+        lo = 0xA0;
+    else if (c == 0xED)
+        hi = 0x9F;
+    else if (c == 0xF0)
+        lo = 0x90;
+    else if (c == 0xF4)
+        hi = 0x8F;
+    for (size_t i = 1; i < n; i++)
+        if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF))
+            return 0;
+    return n;
+}
+
+/* Appends S to BUF (at *len, SIZE bytes), as JSON string content when JSON,
+ * else as text; stops before an escape that would not fit whole, so the
+ * line stays valid. A message carries names peers chose: a control byte
+ * (a newline that would start a forged line, a terminal escape) is escaped
+ * in both formats, and so are C1 controls (U+0080-U+009F) and bytes that
+ * are not UTF-8 (as the text "\xNN"), so a line is one line of valid UTF-8
+ * whatever a peer sent. A tab stays a tab in text. */
+static void s_append(char *buf, size_t size, size_t *len, const char *str, int json)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    while (*s) {
+        unsigned char c = *s;
+        size_t seq = s_utf8_len(s), n;
+        char esc[16];
+        int c1 = seq == 2 && c == 0xC2 && s[1] < 0xA0; /* a C1 control */
+        int plain = seq == 0 ? 0 : seq > 1 ? !c1 : (c >= 0x20 && c != 0x7f) || (!json && c == '\t');
+        if (json && (c == '"' || c == '\\'))
+            plain = 0;
+        if (plain)
+            memcpy(esc, s, seq), n = seq;
+        else if (seq == 0) /* not UTF-8: the byte's value as text */
+            n = (size_t)snprintf(esc, sizeof esc, json ? "\\\\x%02X" : "\\x%02X", c), seq = 1;
+        else if (!json)
+            n = (size_t)snprintf(esc, sizeof esc, c1 ? "\\xC2\\x%02X" : "\\x%02X", s[seq - 1]);
+        else if (c1)
+            n = (size_t)snprintf(esc, sizeof esc, "\\u%04x", s[1]);
+        else if (c == '"' || c == '\\')
             n = (size_t)snprintf(esc, sizeof esc, "\\%c", c);
-        else if (c == '\n')
-            n = (size_t)snprintf(esc, sizeof esc, "\\n");
-        else if (c == '\t')
-            n = (size_t)snprintf(esc, sizeof esc, "\\t");
-        else if (c < 0x20 || c == 0x7f)
-            n = (size_t)snprintf(esc, sizeof esc, "\\u%04x", c);
+        else if (c == '\n' || c == '\t')
+            n = (size_t)snprintf(esc, sizeof esc, c == '\n' ? "\\n" : "\\t");
         else
-            esc[0] = (char)c, n = 1;
+            n = (size_t)snprintf(esc, sizeof esc, "\\u%04x", c);
         if (*len + n >= size)
             return;
         memcpy(buf + *len, esc, n);
         *len += n;
+        s += seq;
     }
 }
 
@@ -52,8 +90,9 @@ size_t ab_log_format_line(char *buf, size_t size, int format, int level, const c
     if (size < 128)
         return 0;
     if (format != AB_LOG_JSON) {
-        int n = snprintf(buf, size - 1, "%s %-5s %-9s %s", ts, s_upper[level], subsys, msg);
+        int n = snprintf(buf, size - 1, "%s %-5s %-9s ", ts, s_upper[level], subsys);
         size_t len = n < 0 ? 0 : (size_t)n >= size - 1 ? size - 2 : (size_t)n;
+        s_append(buf, size - 1, &len, msg, 0);
         buf[len++] = '\n';
         buf[len] = '\0';
         return len;
@@ -62,11 +101,11 @@ size_t ab_log_format_line(char *buf, size_t size, int format, int level, const c
     size_t len = 0, cap = size - 3;
     len = (size_t)snprintf(buf, cap, "{\"ts\":\"%s\",\"level\":\"%s\",\"subsys\":\"", ts,
                            s_lower[level]);
-    s_json_append(buf, cap, &len, subsys);
+    s_append(buf, cap, &len, subsys, 1);
     if (len + 9 < cap) {
         memcpy(buf + len, "\",\"msg\":\"", 9);
         len += 9;
-        s_json_append(buf, cap, &len, msg);
+        s_append(buf, cap, &len, msg, 1);
     }
     memcpy(buf + len, "\"}\n", 4);
     return len + 3;

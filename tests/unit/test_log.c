@@ -34,6 +34,25 @@ static void s_text(void)
     CHECK_TRUE(n < sizeof buf && buf[n - 1] == '\n');
 }
 
+/* A message carries names peers chose. A newline, a terminal escape, a C1
+ * control or a byte that is not UTF-8 comes out as "\xNN" text, so a peer
+ * cannot start a forged line or write to the operator's terminal; UTF-8
+ * text and tabs stay as they are. */
+static void s_text_hostile(void)
+{
+    char buf[512];
+    const char *name = "x\n2026-12-05T00:00:00.000Z ERROR core      FORGED\x1b[31m \xff\xc2\x9b"
+                       " caf\xc3\xa9\tok \xe2\x82 \xed\xa0\x80 \xf4\x90\x80\x80";
+    char msg[256];
+    snprintf(msg, sizeof msg, "worker '%s' registered", name);
+    size_t n = ab_log_format_line(buf, sizeof buf, AB_LOG_TEXT, AB_LOG_INFO, "router", &s_t, msg);
+    CHECK_U64(n, strlen(buf));
+    CHECK_TRUE(memchr(buf, '\n', n - 1) == NULL); /* one line */
+    CHECK_STR(buf, "2026-01-02T03:04:05.678Z INFO  router    worker 'x\\x0A2026-12-05T00:00:"
+                   "00.000Z ERROR core      FORGED\\x1B[31m \\xFF\\xC2\\x9B caf\xc3\xa9\tok "
+                   "\\xE2\\x82 \\xED\\xA0\\x80 \\xF4\\x90\\x80\\x80' registered\n");
+}
+
 /* Parses LINE as one JSON object and checks its four keys. */
 static void s_json_check(const char *line, const char *level, const char *subsys, const char *msg)
 {
@@ -58,6 +77,12 @@ static void s_json(void)
     const char *nasty = "say \"hi\" \\ tab\there\nnext \x01 end";
     ab_log_format_line(buf, sizeof buf, AB_LOG_JSON, AB_LOG_ERROR, "cache", &s_t, nasty);
     s_json_check(buf, "error", "cache", nasty);
+    /* Bytes that are not UTF-8 would make the line invalid JSON: they come
+     * out as the text \xNN; a C1 control as \u00NN; UTF-8 text as it is. */
+    ab_log_format_line(buf, sizeof buf, AB_LOG_JSON, AB_LOG_WARN, "router", &s_t,
+                       "name \xff\xfe\xc2\x9b caf\xc3\xa9 \xc3");
+    s_json_check(buf, "warn", "router", "name \\xFF\\xFE\xc2\x9b caf\xc3\xa9 \\xC3");
+    CHECK_TRUE(strstr(buf, "\\u009b") != NULL);
     /* Cut to fit: still one valid object, the message a prefix of the real one. */
     char big[1000];
     for (size_t i = 0; i < sizeof big - 1; i++)
@@ -173,6 +198,7 @@ static void s_ratelimit(void)
 int main(void)
 {
     s_text();
+    s_text_hostile();
     s_json();
     s_same_as_tools();
     s_parse_and_levels();
