@@ -163,6 +163,34 @@ static void s_worker_no_broker(void)
     CHECK_TRUE(!HAS("connected to the broker"));
 }
 
+/* keygen replaces neither half of an existing key pair without --force,
+ * and writes nothing when it refuses. */
+static void s_keygen_force(void)
+{
+    const char *d = th_dir();
+    char pub[41], again[41], spath[700], path[700];
+    snprintf(path, sizeof path, "%s/k1.key", d);
+    snprintf(spath, sizeof spath, "%s/k1.key_secret", d);
+    CHECK_EQ(s_sh("%s keygen k1 --out %s", CTL, d), 0);
+    th_cert_value(spath, "public-key", pub);
+    CHECK_EQ(s_sh("%s keygen k1 --role admin --out %s", CTL, d), 1);
+    CHECK_TRUE(HAS("brokerctl: keygen: k1.key exists in ") && HAS("; --force to replace it"));
+    th_cert_value(spath, "public-key", again);
+    CHECK_STR(again, pub);
+    th_cert_value(path, "public-key", again);
+    CHECK_STR(again, pub);
+    /* Only the secret half left: still refused, and no public half made. */
+    CHECK_EQ(s_sh("rm %s && %s keygen k1 --out %s", path, CTL, d), 1);
+    CHECK_TRUE(HAS("k1.key_secret exists in "));
+    CHECK_EQ(access(path, F_OK), -1);
+    /* --force: a new pair, both halves. */
+    CHECK_EQ(s_sh("%s keygen k1 --force --out %s", CTL, d), 0);
+    th_cert_value(spath, "public-key", again);
+    CHECK_TRUE(strcmp(again, pub) != 0);
+    th_cert_value(path, "public-key", pub);
+    CHECK_STR(pub, again);
+}
+
 /* Endpoints and URLs are checked before anything starts: exit 2, naming
  * the value. The broker logs the port it bound, not the one asked for. */
 static void s_endpoints(void)
@@ -327,7 +355,7 @@ int main(int argc, char **argv)
         {"version", s_version},           {"no_broker", s_no_broker},
         {"worker_no_broker", s_worker_no_broker}, {"endpoints", s_endpoints},
         {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
-        {"not_zeromq", s_not_zeromq},
+        {"not_zeromq", s_not_zeromq},     {"keygen_force", s_keygen_force},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
