@@ -526,6 +526,31 @@ static void s_names(void)
     ab_client_destroy(&adm);
 }
 
+/* brokerctl listen with a key granted no agent name: the broker's DENIED
+ * is printed and listen exits 1 at once, in text and with --json (it used
+ * to print the error and wait for ever). */
+static void s_listen_denied(void)
+{
+    s_setup();
+    s_key("fay", "--names ''", 1);
+    int port = s_port_with_ep();
+    s_broker(port);
+    char ctl[600], cmd[2600], out[4096];
+    snprintf(ctl, sizeof ctl, "%s", th_bin("brokerctl"));
+    for (int json = 0; json < 2; json++) {
+        snprintf(cmd, sizeof cmd, "timeout 20 %s --broker %s --key %s --broker-key %s listen fay "
+                 "--count 1%s", ctl, th_ep(port), s_secret("fay"), s_broker_pub(),
+                 json ? " --json" : "");
+        int64_t t0 = ab_now_ms();
+        CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+        CHECK_RANGE(ab_now_ms() - t0, 0, 10000);
+        CHECK_TRUE(strstr(out, "brokerctl: DENIED: this key is not granted the agent name"));
+        CHECK_TRUE(strstr(out, json ? "\"code\":\"DENIED\"" : "# error: DENIED: "));
+        if (!strstr(out, "brokerctl: DENIED"))
+            fprintf(stderr, "brokerctl listen printed:\n%s\n", out);
+    }
+}
+
 static void s_ignore(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
     (void)c, (void)ev, (void)arg;
@@ -810,6 +835,7 @@ int main(int argc, char **argv)
         {"forged_answer", s_forged_answer}, {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
+        {"listen_denied", s_listen_denied},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

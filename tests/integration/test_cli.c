@@ -240,6 +240,10 @@ static void s_leading_dash(void)
     CHECK_TRUE(HAS("--count"));
     CHECK_EQ(s_sh("timeout 10 %s --broker %s bogus", CTL, ep), 2);
     CHECK_TRUE(HAS("unknown command 'bogus'"));
+    /* A name the broker would refuse: `listen ''` used to wait unnamed. */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s listen ''", CTL, ep), 2);
+    CHECK_TRUE(HAS("brokerctl: listen: invalid agent name ''"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s listen '~x'", CTL, ep), 2);
     CHECK_EQ(s_sh("timeout 10 %s --name --capacity 2", th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("--name=VALUE"));
     /* After "--" a leading-dash name reaches the broker, which judges it. */

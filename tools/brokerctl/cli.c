@@ -271,6 +271,14 @@ static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
     if (!strcmp(c, "models") && a->npos &&
         (a->npos != 3 || (strcmp(a->pos[0], "load") && strcmp(a->pos[0], "unload"))))
         return "expected: models, or models load|unload WORKER MODEL";
+    /* An empty NAME would leave the client unnamed: listen would wait for
+     * messages nobody can address to it. Checked here as the broker does. */
+    static char bad_name[400];
+    if (!strcmp(c, "listen") && ab_agent_name_check(a->pos[0]) != AB_OK) {
+        snprintf(bad_name, sizeof bad_name, "invalid agent name '%.64s': 1..255 printable "
+                 "ASCII characters, no spaces, not starting with '~'", a->pos[0]);
+        return bad_name;
+    }
     if (!strcmp(c, "keys") && a->npos && strcmp(a->pos[0], "reload"))
         return "expected: keys, or keys reload";
     if (!strcmp(c, "cache")) {
