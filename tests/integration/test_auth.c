@@ -551,6 +551,42 @@ static void s_listen_denied(void)
     }
 }
 
+/* agentbus-worker says why the broker refuses it, not that none is
+ * reachable: no key, an untrusted key, a key whose role may not register.
+ * The broker's operator may mend each (trust the key, grant it), so each
+ * worker keeps trying, and says so once. */
+static void s_worker_refused(void)
+{
+    s_setup();
+    s_key("stranger", "--role worker --services echo", 0);
+    s_key("ag1", "", 1);
+    int port = s_port_with_ep();
+    s_broker(port);
+    const char *nokey[] = {"AB_KEY=", "AB_BROKER_KEY=", NULL};
+    const char *argv[] = {"--broker", th_ep(port), NULL};
+    pid_t w[3];
+    w[0] = th_spawn("agentbus-worker", argv, nokey);
+    w[1] = s_worker(port, "stranger", "echo", NULL);
+    w[2] = s_worker(port, "ag1", "echo", NULL);
+    static const char *why[3] = {"DENIED: the broker refused the connection's handshake: it "
+                                 "requires CURVE",
+                                 "DENIED: the broker refused the connection's handshake: its "
+                                 "key is not trusted there",
+                                 "DENIED: this key's role may not register a service"};
+    char line[400];
+    for (int i = 0; i < 3; i++) {
+        snprintf(line, sizeof line, "WARN  worker    the broker at %s refused this worker: %s",
+                 th_ep(port), why[i]);
+        CHECK_TRUE(s_log_has(w[i], line, 10000));
+    }
+    th_sleep_ms(6000); /* past the 5 s after which "no broker reachable" was said */
+    for (int i = 0; i < 3; i++) {
+        CHECK_TRUE(th_alive(w[i]));
+        CHECK_EQ(s_log_count(w[i], "no broker reachable"), 0);
+        CHECK_EQ(s_log_count(w[i], "refused this worker"), 1); /* not at each retry */
+    }
+}
+
 static void s_ignore(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
     (void)c, (void)ev, (void)arg;
@@ -835,7 +871,7 @@ int main(int argc, char **argv)
         {"forged_answer", s_forged_answer}, {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
-        {"listen_denied", s_listen_denied},
+        {"listen_denied", s_listen_denied}, {"worker_refused", s_worker_refused},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

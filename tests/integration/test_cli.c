@@ -163,6 +163,26 @@ static void s_worker_no_broker(void)
     CHECK_TRUE(!HAS("connected to the broker"));
 }
 
+/* A worker the broker refuses for its own settings (a label over
+ * register-max-string-bytes) says so and exits 1, instead of saying "no
+ * broker reachable" for ever. */
+static void s_worker_refused(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    const char *ep = th_ep(port);
+    int64_t t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout -k 5 20 %s --broker %s --label \"k=$(head -c 2000 /dev/zero | tr "
+                  "'\\0' v)\"", th_bin("agentbus-worker"), ep), 1);
+    CHECK_RANGE(ab_now_ms() - t0, 0, 10000);
+    char want[256];
+    snprintf(want, sizeof want, "the broker at %s refused this worker: TOO_LARGE: REGISTER label 0",
+             ep);
+    CHECK_TRUE(HAS(want));
+    CHECK_TRUE(HAS(" ERROR "));
+    CHECK_TRUE(!HAS("no broker reachable"));
+}
+
 /* keygen replaces neither half of an existing key pair without --force,
  * and writes nothing when it refuses. */
 static void s_keygen_force(void)
@@ -359,7 +379,8 @@ int main(int argc, char **argv)
         {"version", s_version},           {"no_broker", s_no_broker},
         {"worker_no_broker", s_worker_no_broker}, {"endpoints", s_endpoints},
         {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
-        {"not_zeromq", s_not_zeromq},     {"keygen_force", s_keygen_force},
+        {"not_zeromq", s_not_zeromq},     {"worker_refused", s_worker_refused},
+        {"keygen_force", s_keygen_force},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
