@@ -33,6 +33,8 @@ struct ab_worker {
     char service[256];
     unsigned capacity;
     int registered;
+    uint64_t register_id; /* the latest REGISTER's id: its refusal names it */
+    int refused;          /* the code of that REGISTER's refusal, 0 if none */
     char *label_keys[AB_MAX_LABELS];
     char *label_values[AB_MAX_LABELS];
     size_t nlabels;
@@ -254,7 +256,7 @@ static int s_register(ab_worker_t *w)
         len += w->state_len;
     }
     ab_header_t h = ab_header_init(AB_KIND_REGISTER);
-    h.id = ab_conn_next_id(&w->conn);
+    h.id = w->register_id = ab_conn_next_id(&w->conn);
     h.target = ab_view_of(w->service);
     h.credit = w->capacity;
     h.sender = ab_view_of(w->conn.opts.name);
@@ -315,6 +317,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         break;
     case AB_KIND_REGISTER:
         w->registered = 1;
+        w->refused = 0;
         ab_conn_set_interval(&w->conn, h->credit); /* the broker's adaptive interval */
         w->conn.next_heartbeat_ms = 0; /* report load and backend state at once */
         break;
@@ -361,8 +364,20 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         s_on_cancel(w, h->correlation_id,
                     h->error_code == AB_ERR_DEADLINE ? AB_EDEADLINE : AB_ECANCELLED);
         break;
+    case AB_KIND_ERROR:
+        /* A refused registration leaves the worker connected and serving
+         * nothing: kept (ab_worker_refused) and said (the last error), so
+         * that the application can tell that from a broker not reached. */
+        if (h->correlation_id && h->correlation_id == w->register_id) {
+            char text[AB_ERRTEXT_MAX];
+            ab_view_copy(h->error_text, text, sizeof text);
+            w->registered = 0;
+            w->refused = ab_status_from_wire(h->error_code);
+            ab_conn_fail(&w->conn, w->refused, "%s", text); /* the broker's words */
+        }
+        break; /* other ERRORs to us (e.g. our message was malformed): nothing to do */
     default:
-        break; /* ERROR to us (e.g. our message was malformed): nothing to do */
+        break;
     }
 }
 
@@ -373,8 +388,10 @@ static int s_process(ab_worker_t *w)
     int ev = ab_conn_events(&w->conn);
     if (ev & AB_CONN_DISCONNECTED)
         w->registered = 0;
-    if (ev & AB_CONN_CONNECTED)
+    if (ev & AB_CONN_CONNECTED) {
+        w->refused = 0; /* a new connection: its REGISTER is judged afresh */
         s_register(w);
+    }
     int handled = 0;
     for (int i = 0; i < 4096; i++) {
         ab_in_t in;
@@ -437,7 +454,11 @@ static void s_drain_begin(ab_worker_t *w)
     }
 }
 
-int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
+/* ab_worker_recv; with QUIET a timeout leaves the last error alone, for
+ * ab_worker_poll, to which a timeout is no error: the last error may be
+ * the broker's refusal (ab_worker_refused), which the application reads
+ * between polls. */
+static int s_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms, int quiet)
 {
     if (!w || !job)
         return AB_EINVAL;
@@ -471,7 +492,9 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
             /* The caller may sleep elsewhere now (a backend in its own poll):
              * answers gathered in this turn, such as a CANCEL's, go first. */
             ab_conn_flush(&w->conn);
-            return ab_conn_fail(&w->conn, AB_ETIMEOUT, "no request within %d ms", timeout_ms);
+            return quiet ? AB_ETIMEOUT
+                         : ab_conn_fail(&w->conn, AB_ETIMEOUT, "no request within %d ms",
+                                        timeout_ms);
         }
         int64_t wait = w->conn.next_heartbeat_ms - now;
         if (wait > end - now)
@@ -480,6 +503,11 @@ int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
         if (rc < 0)
             return rc;
     }
+}
+
+int ab_worker_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms)
+{
+    return s_recv(w, job, timeout_ms, 0);
 }
 
 const void *ab_job_data(const ab_job_t *job, size_t *size)
@@ -576,7 +604,7 @@ int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)
         return AB_EINVAL;
     int n = 0;
     ab_job_t *job;
-    int rc = ab_worker_recv(w, &job, timeout_ms);
+    int rc = s_recv(w, &job, timeout_ms, 1);
     if (rc == AB_ETIMEOUT)
         return 0;
     if (rc != AB_OK)
@@ -632,6 +660,15 @@ int ab_worker_set_backend_state(ab_worker_t *w, const char *state)
 int ab_worker_connected(const ab_worker_t *w)
 {
     return w ? w->conn.connected && w->registered : 0;
+}
+
+int ab_worker_refused(const ab_worker_t *w)
+{
+    if (!w || (w->conn.connected && w->registered))
+        return AB_OK;
+    if (w->conn.auth_refused && !w->conn.connected)
+        return AB_EDENIED;
+    return w->refused;
 }
 
 int ab_worker_set_cancel_handler(ab_worker_t *w, ab_cancel_fn *fn, void *arg)

@@ -801,6 +801,22 @@ AB_EXPORT void ab_worker_destroy(ab_worker_t **worker);
 AB_EXPORT const char *ab_worker_last_error(const ab_worker_t *worker);
 /* 1 while connected and registered with a broker, else 0 (also for NULL). */
 AB_EXPORT int ab_worker_connected(const ab_worker_t *worker);
+/* Why the broker does not serve this worker although it answers: AB_OK
+ * (0) when it is registered, not yet answered or not reached; else the
+ * broker's refusal, read by ab_worker_poll/ab_worker_recv, with its text
+ * in ab_worker_last_error:
+ *   AB_EDENIED    the CURVE handshake was refused (key not trusted there,
+ *                 or none given to a broker that requires one), or the
+ *                 key may not register this service or capacity;
+ *   AB_ETOOLARGE  the registration is over the broker's register-max-*
+ *                 limits (a label, the name: this worker's own settings);
+ *   AB_EBUSY      the broker has max-services services already;
+ *   others        as the broker answered the REGISTER.
+ * The library goes on trying: a refused handshake is retried with a
+ * backoff (up to 10 s), a REGISTER when the broker asks for one (it does
+ * after a refusal by key, at each heartbeat) and after every reconnect.
+ * It is 0 again once a handshake succeeds and a REGISTER is accepted. */
+AB_EXPORT int ab_worker_refused(const ab_worker_t *worker);
 
 /* Adds or replaces a free-form label sent with the registration
  * (model=..., gpu=0); KEY non-empty, both copied. Takes effect at the next
@@ -845,7 +861,8 @@ typedef void(ab_job_fn)(ab_worker_t *worker, ab_job_t *job, void *arg);
 
 /* Processes traffic for up to timeout_ms, calling FN for each request that
  * arrives (at most 1024 per call, so a caller under constant load gets
- * control back). Returns the number of requests handled (>= 0).
+ * control back). Returns the number of requests handled (>= 0); none in
+ * time is no error, and leaves ab_worker_last_error as it was.
  * Errors: AB_EINVAL (NULL FN), AB_ESTOPPED, AB_EZMQ. */
 AB_EXPORT int ab_worker_poll(ab_worker_t *worker, int timeout_ms, ab_job_fn *fn, void *arg);
 /* Calls ab_worker_poll until ab_worker_stop() or a drained shutdown;

@@ -73,7 +73,13 @@ static void s_usage(const char *prog)
            "  --help, -h          show this help\n"
            "  --version           print \"agentbus-worker VERSION\"\n"
            "Options may be given as --opt VALUE or --opt=VALUE (needed for a value that\n"
-           "starts with '-').\n",
+           "starts with '-').\n\n"
+           "The worker waits for its broker and reconnects when it is lost. A broker\n"
+           "that refuses its key (DENIED: none, not trusted, service or capacity not\n"
+           "granted) is logged as such and retried, so the operator may trust or grant\n"
+           "the key. Any other refusal of its registration exits 1, as waiting would\n"
+           "not change it: TOO_LARGE (a --label or --name over the broker's\n"
+           "register-max-*), BUSY (the broker's max-services reached).\n",
            prog, AB_DEFAULT_ENDPOINT);
 }
 
@@ -284,14 +290,42 @@ static void s_on_job(ab_worker_t *w, ab_job_t *job, void *arg)
 
 /* Says when the broker is reached, lost and reached again, and once when
  * it has not been reached for a while: a worker started before its broker
- * (or with a wrong --broker) is not silent. */
+ * (or with a wrong --broker) is not silent. A broker that answers but
+ * refuses the worker is not "not reachable": its reason is said instead. */
 typedef struct {
-    int up, warned;
+    int up, warned, refused;
     int64_t since;
 } s_link_t;
 
-static void s_link_log(s_link_t *l, const char *ep, const char *service)
+/* Says a refusal once, when it starts or changes. A refusal by key
+ * (DENIED: key not trusted, none given, service or capacity not granted)
+ * is the broker operator's to mend, by trusting or granting the key, and
+ * the library keeps trying, so the worker waits for that. Any other (a
+ * label or name over register-max-*: this worker's own settings; the
+ * broker's max-services reached) the library does not retry on this
+ * connection: waiting would serve nothing for ever, so the worker exits
+ * and a supervisor sees it.
+ * Returns the refusal to exit with, or 0. */
+static int s_refusal_log(s_link_t *l, const char *ep, const char *service)
 {
+    int refused = ab_worker_refused(s_worker);
+    if (refused == l->refused)
+        return 0;
+    l->refused = refused;
+    if (refused == AB_EDENIED)
+        TL_WARN("worker", "the broker at %s refused this worker: DENIED: %s; still trying (its "
+                "operator may trust or grant this worker's key for '%s': docs/security.md)", ep,
+                ab_worker_last_error(s_worker), service);
+    else if (refused)
+        TL_ERR("worker", "the broker at %s refused this worker: %s: %s; exiting, as waiting "
+               "would not change it", ep, ab_status_name(refused), ab_worker_last_error(s_worker));
+    return refused == AB_EDENIED ? 0 : refused;
+}
+
+/* 0, or the refusal to exit with (s_refusal_log). */
+static int s_link_log(s_link_t *l, const char *ep, const char *service)
+{
+    int fatal = s_refusal_log(l, ep, service);
     int up = ab_worker_connected(s_worker);
     int64_t now = tl_now_ms();
     if (up && !l->up)
@@ -303,10 +337,36 @@ static void s_link_log(s_link_t *l, const char *ep, const char *service)
         l->since = now;
         l->warned = 0;
     }
-    if (!up && !l->warned && now - l->since >= 5000) {
+    if (!up && !l->refused && !l->warned && now - l->since >= 5000) {
         TL_WARN("worker", "no broker reachable at %s yet (is agentbus-broker running?), still trying",
                 ep);
         l->warned = 1;
+    }
+    return fatal;
+}
+
+/* Serves until stopped: AB_ESTOPPED, or the error (logged) that ended it. */
+static int s_serve(s_loop_t *loop, const s_args_t *a)
+{
+    s_link_t link = {0, 0, 0, tl_now_ms()};
+    for (;;) {
+        int rc = s_link_log(&link, a->endpoint, a->args.service);
+        if (rc != 0)
+            return rc; /* a refusal, said already */
+        int t = loop->ops->next_timeout_ms(loop->ctx);
+        t = t < 0 || t > 1000 ? 1000 : t;
+        /* A backend with its own sockets waits on them and the worker's fd. */
+        rc = ab_worker_poll(s_worker, loop->ops->wait ? 0 : t, s_on_job, loop);
+        if (rc >= 0 && s_stopping) /* a zero-timeout poll does not report the stop */
+            rc = AB_ESTOPPED;
+        if (rc < 0) {
+            if (rc != AB_ESTOPPED)
+                TL_ERR("worker", "%s: %s", ab_strerror(rc), ab_worker_last_error(s_worker));
+            return rc;
+        }
+        if (loop->ops->wait)
+            loop->ops->wait(loop->ctx, s_worker, t);
+        loop->ops->tick(loop->ctx, s_worker);
     }
 }
 
@@ -342,25 +402,7 @@ int main(int argc, char **argv)
     TL_INFO("worker", "agentbus-worker %s serving '%s' (backend %s, capacity %u), waiting for the "
             "broker at %s", ab_version(), a.args.service, loop.ops->name, a.args.capacity,
             a.endpoint);
-    s_link_t link = {0, 0, tl_now_ms()};
-    for (;;) {
-        s_link_log(&link, a.endpoint, a.args.service);
-        int t = loop.ops->next_timeout_ms(loop.ctx);
-        t = t < 0 || t > 1000 ? 1000 : t;
-        /* A backend with its own sockets waits on them and the worker's fd. */
-        rc = ab_worker_poll(s_worker, loop.ops->wait ? 0 : t, s_on_job, &loop);
-        if (rc < 0)
-            break;
-        if (s_stopping) { /* a zero-timeout poll does not report the stop */
-            rc = AB_ESTOPPED;
-            break;
-        }
-        if (loop.ops->wait)
-            loop.ops->wait(loop.ctx, s_worker, t);
-        loop.ops->tick(loop.ctx, s_worker);
-    }
-    if (rc != AB_ESTOPPED)
-        TL_ERR("worker", "%s: %s", ab_strerror(rc), ab_worker_last_error(s_worker));
+    rc = s_serve(&loop, &a);
     /* The worker first: its BYE hands what the backend still holds back to
      * the broker (re-dispatched elsewhere), and jobs freed after it are not
      * answered one by one. */

@@ -526,6 +526,67 @@ static void s_names(void)
     ab_client_destroy(&adm);
 }
 
+/* brokerctl listen with a key granted no agent name: the broker's DENIED
+ * is printed and listen exits 1 at once, in text and with --json (it used
+ * to print the error and wait for ever). */
+static void s_listen_denied(void)
+{
+    s_setup();
+    s_key("fay", "--names ''", 1);
+    int port = s_port_with_ep();
+    s_broker(port);
+    char ctl[600], cmd[2600], out[4096];
+    snprintf(ctl, sizeof ctl, "%s", th_bin("brokerctl"));
+    for (int json = 0; json < 2; json++) {
+        snprintf(cmd, sizeof cmd, "timeout 20 %s --broker %s --key %s --broker-key %s listen fay "
+                 "--count 1%s", ctl, th_ep(port), s_secret("fay"), s_broker_pub(),
+                 json ? " --json" : "");
+        int64_t t0 = ab_now_ms();
+        CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+        CHECK_RANGE(ab_now_ms() - t0, 0, 10000);
+        CHECK_TRUE(strstr(out, "brokerctl: DENIED: this key is not granted the agent name"));
+        CHECK_TRUE(strstr(out, json ? "\"code\":\"DENIED\"" : "# error: DENIED: "));
+        if (!strstr(out, "brokerctl: DENIED"))
+            fprintf(stderr, "brokerctl listen printed:\n%s\n", out);
+    }
+}
+
+/* agentbus-worker says why the broker refuses it, not that none is
+ * reachable: no key, an untrusted key, a key whose role may not register.
+ * The broker's operator may mend each (trust the key, grant it), so each
+ * worker keeps trying, and says so once. */
+static void s_worker_refused(void)
+{
+    s_setup();
+    s_key("stranger", "--role worker --services echo", 0);
+    s_key("ag1", "", 1);
+    int port = s_port_with_ep();
+    s_broker(port);
+    const char *nokey[] = {"AB_KEY=", "AB_BROKER_KEY=", NULL};
+    const char *argv[] = {"--broker", th_ep(port), NULL};
+    pid_t w[3];
+    w[0] = th_spawn("agentbus-worker", argv, nokey);
+    w[1] = s_worker(port, "stranger", "echo", NULL);
+    w[2] = s_worker(port, "ag1", "echo", NULL);
+    static const char *why[3] = {"DENIED: the broker refused the connection's handshake: it "
+                                 "requires CURVE",
+                                 "DENIED: the broker refused the connection's handshake: its "
+                                 "key is not trusted there",
+                                 "DENIED: this key's role may not register a service"};
+    char line[400];
+    for (int i = 0; i < 3; i++) {
+        snprintf(line, sizeof line, "WARN  worker    the broker at %s refused this worker: %s",
+                 th_ep(port), why[i]);
+        CHECK_TRUE(s_log_has(w[i], line, 10000));
+    }
+    th_sleep_ms(6000); /* past the 5 s after which "no broker reachable" was said */
+    for (int i = 0; i < 3; i++) {
+        CHECK_TRUE(th_alive(w[i]));
+        CHECK_EQ(s_log_count(w[i], "no broker reachable"), 0);
+        CHECK_EQ(s_log_count(w[i], "refused this worker"), 1); /* not at each retry */
+    }
+}
+
 static void s_ignore(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
     (void)c, (void)ev, (void)arg;
@@ -810,6 +871,7 @@ int main(int argc, char **argv)
         {"forged_answer", s_forged_answer}, {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
+        {"listen_denied", s_listen_denied}, {"worker_refused", s_worker_refused},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -163,6 +163,54 @@ static void s_worker_no_broker(void)
     CHECK_TRUE(!HAS("connected to the broker"));
 }
 
+/* A worker the broker refuses for its own settings (a label over
+ * register-max-string-bytes) says so and exits 1, instead of saying "no
+ * broker reachable" for ever. */
+static void s_worker_refused(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    const char *ep = th_ep(port);
+    int64_t t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout -k 5 20 %s --broker %s --label \"k=$(head -c 2000 /dev/zero | tr "
+                  "'\\0' v)\"", th_bin("agentbus-worker"), ep), 1);
+    CHECK_RANGE(ab_now_ms() - t0, 0, 10000);
+    char want[256];
+    snprintf(want, sizeof want, "the broker at %s refused this worker: TOO_LARGE: REGISTER label 0",
+             ep);
+    CHECK_TRUE(HAS(want));
+    CHECK_TRUE(HAS(" ERROR "));
+    CHECK_TRUE(!HAS("no broker reachable"));
+}
+
+/* keygen replaces neither half of an existing key pair without --force,
+ * and writes nothing when it refuses. */
+static void s_keygen_force(void)
+{
+    const char *d = th_dir();
+    char pub[41], again[41], spath[700], path[700];
+    snprintf(path, sizeof path, "%s/k1.key", d);
+    snprintf(spath, sizeof spath, "%s/k1.key_secret", d);
+    CHECK_EQ(s_sh("%s keygen k1 --out %s", CTL, d), 0);
+    th_cert_value(spath, "public-key", pub);
+    CHECK_EQ(s_sh("%s keygen k1 --role admin --out %s", CTL, d), 1);
+    CHECK_TRUE(HAS("brokerctl: keygen: k1.key exists in ") && HAS("; --force to replace it"));
+    th_cert_value(spath, "public-key", again);
+    CHECK_STR(again, pub);
+    th_cert_value(path, "public-key", again);
+    CHECK_STR(again, pub);
+    /* Only the secret half left: still refused, and no public half made. */
+    CHECK_EQ(s_sh("rm %s && %s keygen k1 --out %s", path, CTL, d), 1);
+    CHECK_TRUE(HAS("k1.key_secret exists in "));
+    CHECK_EQ(access(path, F_OK), -1);
+    /* --force: a new pair, both halves. */
+    CHECK_EQ(s_sh("%s keygen k1 --force --out %s", CTL, d), 0);
+    th_cert_value(spath, "public-key", again);
+    CHECK_TRUE(strcmp(again, pub) != 0);
+    th_cert_value(path, "public-key", pub);
+    CHECK_STR(pub, again);
+}
+
 /* Endpoints and URLs are checked before anything starts: exit 2, naming
  * the value. The broker logs the port it bound, not the one asked for. */
 static void s_endpoints(void)
@@ -212,6 +260,10 @@ static void s_leading_dash(void)
     CHECK_TRUE(HAS("--count"));
     CHECK_EQ(s_sh("timeout 10 %s --broker %s bogus", CTL, ep), 2);
     CHECK_TRUE(HAS("unknown command 'bogus'"));
+    /* A name the broker would refuse: `listen ''` used to wait unnamed. */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s listen ''", CTL, ep), 2);
+    CHECK_TRUE(HAS("brokerctl: listen: invalid agent name ''"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s listen '~x'", CTL, ep), 2);
     CHECK_EQ(s_sh("timeout 10 %s --name --capacity 2", th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("--name=VALUE"));
     /* After "--" a leading-dash name reaches the broker, which judges it. */
@@ -327,7 +379,8 @@ int main(int argc, char **argv)
         {"version", s_version},           {"no_broker", s_no_broker},
         {"worker_no_broker", s_worker_no_broker}, {"endpoints", s_endpoints},
         {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
-        {"not_zeromq", s_not_zeromq},
+        {"not_zeromq", s_not_zeromq},     {"worker_refused", s_worker_refused},
+        {"keygen_force", s_keygen_force},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

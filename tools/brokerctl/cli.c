@@ -11,15 +11,16 @@ enum {
     O_WATCH, O_EVENTS, O_COUNT, O_TAKEOVER, O_CACHE, O_NOCACHE, O_NOSTORE, O_TIER,
     O_TEMP, O_SEED, O_PREDICT, O_SYSTEM, O_NOSTREAM, O_SERVICE, O_PRIORITY,
     O_KEY, O_BROKERKEY, /* global too */
-    O_ROLE, O_SERVICES, O_NAMES, O_TOPICS, O_CAPACITY, O_OUT, /* keygen */
+    O_ROLE, O_SERVICES, O_NAMES, O_TOPICS, O_CAPACITY, O_OUT, O_FORCE, /* keygen */
 };
 #define B(o) (1u << (o))
 #define GLOBAL (B(O_BROKER) | B(O_JSON) | B(O_TIMEOUT) | B(O_HELP) | B(O_VERSION) | B(O_KEY) | \
                 B(O_BROKERKEY))
-#define KEYGEN (B(O_ROLE) | B(O_SERVICES) | B(O_NAMES) | B(O_TOPICS) | B(O_CAPACITY) | B(O_OUT))
+#define KEYGEN (B(O_ROLE) | B(O_SERVICES) | B(O_NAMES) | B(O_TOPICS) | B(O_CAPACITY) | B(O_OUT) | \
+                B(O_FORCE))
 #define GEN (B(O_TEMP) | B(O_SEED) | B(O_PREDICT) | B(O_SYSTEM) | B(O_NOSTREAM) | B(O_SERVICE) | \
              B(O_PRIORITY))
-_Static_assert(O_OUT < 32, "option bits: one unsigned mask");
+_Static_assert(O_FORCE < 32, "option bits: one unsigned mask");
 
 static const tl_opt_t s_opts[] = {
     {"broker", 0, TL_VAL, O_BROKER},       {"json", 0, TL_NOVAL, O_JSON},
@@ -36,7 +37,7 @@ static const tl_opt_t s_opts[] = {
     {"role", 0, TL_VAL, O_ROLE},           {"services", 0, TL_VAL, O_SERVICES},
     {"names", 0, TL_VAL, O_NAMES},         {"topics", 0, TL_VAL, O_TOPICS},
     {"capacity", 0, TL_VAL, O_CAPACITY},   {"out", 0, TL_VAL, O_OUT},
-    {NULL, 0, 0, 0},
+    {"force", 0, TL_NOVAL, O_FORCE},       {NULL, 0, 0, 0},
 };
 
 static const struct {
@@ -80,6 +81,8 @@ static const struct {
     {O_TOPICS, "--topics PATTERNS", "topics it may publish and subscribe to (default all)"},
     {O_CAPACITY, "--capacity N", "largest capacity a worker may register"},
     {O_OUT, "--out DIR", "directory to write the two files in (default .)"},
+    {O_FORCE, "--force", "replace NAME.key and NAME.key_secret if they exist (without\n"
+                         "it keygen refuses, exit 1, and writes nothing)"},
 };
 
 static const struct {
@@ -119,7 +122,8 @@ static const struct {
                     "queued and refused by their quotas, weight", 0, 0, B(O_WATCH)},
     {"keygen", "NAME", "write a CURVE keypair: NAME.key (public, for the broker's\n"
                        "keys directory) and NAME.key_secret (the peer's --key),\n"
-                       "with the role and grants in it; needs no broker", 1, 1, KEYGEN},
+                       "with the role and grants in it; needs no broker; refuses to\n"
+                       "replace existing files unless --force", 1, 1, KEYGEN},
     {"keys", "[reload]", "the broker's public key and the keys it trusts with their\n"
                          "grants (admin); reload: read its keys directory again", 0, 1, 0},
 };
@@ -244,6 +248,7 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
     case O_TOPICS: a->kg.topics = v; break;
     case O_CAPACITY: ok = !tl_parse_long(v, 1, 100000000, &a->kg.capacity); break;
     case O_OUT: ok = *v != '\0'; a->kg.out_dir = v; break;
+    case O_FORCE: a->kg.force = 1; break;
     }
     if (!ok && id == O_TIER)
         snprintf(errbuf, cap, "unknown cache tier '%s' (l1, l2 or l3)", v);
@@ -266,6 +271,14 @@ static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
     if (!strcmp(c, "models") && a->npos &&
         (a->npos != 3 || (strcmp(a->pos[0], "load") && strcmp(a->pos[0], "unload"))))
         return "expected: models, or models load|unload WORKER MODEL";
+    /* An empty NAME would leave the client unnamed: listen would wait for
+     * messages nobody can address to it. Checked here as the broker does. */
+    static char bad_name[400];
+    if (!strcmp(c, "listen") && ab_agent_name_check(a->pos[0]) != AB_OK) {
+        snprintf(bad_name, sizeof bad_name, "invalid agent name '%.64s': 1..255 printable "
+                 "ASCII characters, no spaces, not starting with '~'", a->pos[0]);
+        return bad_name;
+    }
     if (!strcmp(c, "keys") && a->npos && strcmp(a->pos[0], "reload"))
         return "expected: keys, or keys reload";
     if (!strcmp(c, "cache")) {

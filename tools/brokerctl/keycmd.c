@@ -19,12 +19,14 @@ static int s_zpl_ok(const char *v)
     return v && strlen(v) < 1024 && !strpbrk(v, "\"\n\r");
 }
 
-/* Writes the certificate text to PATH with MODE (a new file; an existing
- * one is replaced). 0 or -1 (errno). */
+/* Writes the certificate text to PATH with MODE, as a new file: an
+ * existing one is replaced only with --force (O_EXCL either way, so a
+ * symlink planted there is not followed). 0 or -1 (errno; EEXIST). */
 static int s_write(const char *path, int mode, const char *name, const ctl_keygen_opts_t *o,
                    const char *pub, const char *sec)
 {
-    unlink(path);
+    if (o->force)
+        unlink(path);
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, mode);
     FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (!f) {
@@ -50,6 +52,20 @@ static int s_write(const char *path, int mode, const char *name, const ctl_keyge
     if (sec)
         fprintf(f, "    secret-key = \"%s\"\n", sec);
     return fclose(f) == 0 ? 0 : -1;
+}
+
+/* 1 if PATH exists as anything (a dangling symlink too). */
+static int s_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static int s_refuse_existing(const char *name, const char *suffix, const char *dir)
+{
+    fprintf(stderr, "brokerctl: keygen: %s%s exists in %s; --force to replace it\n", name,
+            suffix, dir);
+    return 1;
 }
 
 int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
@@ -81,9 +97,17 @@ int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
     }
     snprintf(path, sizeof path, "%s/%s.key", o->out_dir, name);
     snprintf(spath, sizeof spath, "%s_secret", path);
-    if (s_write(path, 0644, name, o, pub, NULL) != 0 ||
-        s_write(spath, 0600, name, o, pub, sec) != 0) {
-        fprintf(stderr, "brokerctl: keygen: cannot write %s: %s\n", path, strerror(errno));
+    /* A key pair in use is not lost to a repeated command: both files are
+     * checked before either is written, so neither half is replaced alone. */
+    const char *exists = s_exists(path) ? ".key" : s_exists(spath) ? ".key_secret" : NULL;
+    if (exists && !o->force)
+        return s_refuse_existing(name, exists, o->out_dir);
+    const char *failed = s_write(path, 0644, name, o, pub, NULL) != 0 ? path
+                         : s_write(spath, 0600, name, o, pub, sec) != 0 ? spath : NULL;
+    if (failed && errno == EEXIST) /* made by someone else since the check */
+        return s_refuse_existing(name, failed == path ? ".key" : ".key_secret", o->out_dir);
+    if (failed) {
+        fprintf(stderr, "brokerctl: keygen: cannot write %s: %s\n", failed, strerror(errno));
         return 1;
     }
     if (json)

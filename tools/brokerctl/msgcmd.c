@@ -79,7 +79,14 @@ static void s_print_message(const ab_message_t *m, int json)
     fflush(stdout);
 }
 
-/* Prints messages as they arrive until stopped or COUNT were printed. */
+/* Prints messages as they arrive until stopped or COUNT were printed.
+ *
+ * Every refusal ends it (exit 1): listen and sub send the broker nothing
+ * but their HELLO (the name) and their subscription, and the library sends
+ * those again only after a reconnect, so a refused name (DENIED, BAD_NAME,
+ * NAME_TAKEN, a takeover by another connection) or pattern leaves nothing
+ * to wait for. A broker that is away is not a refusal: it is silence here,
+ * and the library reconnects (and says HELLO again) when it is back. */
 static int s_print_loop(ab_client_t *c, const ctl_msgcmd_opts_t *o)
 {
     long printed = 0;
@@ -91,14 +98,15 @@ static int s_print_loop(ab_client_t *c, const ctl_msgcmd_opts_t *o)
         if (rc != AB_OK)
             return *o->stop ? 0 : s_fail(c, rc, o->json);
         s_print_message(m, o->json);
-        int fatal = m->type == AB_MSG_ERROR && m->status == AB_ENAMETAKEN;
         if (m->type == AB_MSG_DIRECT || m->type == AB_MSG_TOPIC)
             printed++;
-        ab_message_destroy(&m);
-        if (fatal) {
-            fprintf(stderr, "brokerctl: NAME_TAKEN: %s\n", ab_client_last_error(c));
+        if (m->type == AB_MSG_ERROR) {
+            /* On stdout already, in the stream's format; stderr as always. */
+            fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(m->status), m->error_text);
+            ab_message_destroy(&m);
             return 1;
         }
+        ab_message_destroy(&m);
     }
     return 0;
 }
