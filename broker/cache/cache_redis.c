@@ -56,6 +56,7 @@ struct ab_l2 {
     s_ring_t ready;           /* lookup answers for ab_l2_recv */
     redisReply *given;        /* the reply ab_l2_recv handed out last */
     int64_t retry_at_ms, backoff_ms;
+    int said_down; /* the first failure to reach redis was logged at WARN */
     int clearing;
     long cleared;
     struct gaicb *gai;        /* a name being resolved (NULL: none) */
@@ -215,8 +216,14 @@ static void s_fail(ab_l2_t *l2, const char *why, uint64_t *lost)
     if (l2->c.state == AB_L2_CLOSED) {
         l2->c.state = AB_L2_OPEN;
         l2->c.opens++;
+        l2->said_down = 1;
         AB_WARN("L2 cache (redis %s:%d) skipped for %lld ms: %s", l2->host, l2->port,
                 (long long)l2->backoff_ms, why);
+    } else if (!l2->said_down) { /* never reached since the start: say so once */
+        AB_WARN("L2 cache (redis %s:%d) not reachable: %s; requests skip it, retried with "
+                "backoff",
+                l2->host, l2->port, why);
+        l2->said_down = 1;
     } else {
         AB_DEBUG("L2 cache: redis %s:%d: %s (retry in %lld ms)", l2->host, l2->port, why,
                  (long long)l2->backoff_ms);

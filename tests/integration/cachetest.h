@@ -49,6 +49,7 @@ unsigned long long ct_l1_hits(ab_client_t *c);
 void cache_l3_restart(void);
 void cache_l2_shared(void);
 void cache_l2_down(void);
+void cache_l2_absent(void);
 void cache_l2_clear(void);
 void cache_l2_slow(void);
 void cache_l3_truncated(void);

@@ -312,6 +312,51 @@ void cache_l2_down(void)
     s_redis_stop();
 }
 
+/* How many times TEXT is in the log of PID (read whole, up to 64 KiB). */
+static int s_log_count(pid_t pid, const char *text)
+{
+    static char log[1 << 16];
+    FILE *lf = fopen(th_log_of(pid), "r");
+    if (!lf)
+        return 0;
+    log[fread(log, 1, sizeof log - 1, lf)] = '\0';
+    fclose(lf);
+    int n = 0;
+    for (const char *p = log; (p = strstr(p, text)) != NULL; p += strlen(text))
+        n++;
+    return n;
+}
+
+/* A Redis that is not there when the broker starts: requests are answered
+ * without it, the broker says so once at WARN (before, only DEBUG said it:
+ * an operator saw nothing), and connects when it comes. */
+void cache_l2_absent(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64], out[512];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    pid_t broker = th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(ct_req(c, "echo", i % 2 ? "a" : "b", out, sizeof out), AB_OK);
+    int said = 0;
+    for (int i = 0; i < 100 && !said; i++, th_sleep_ms(50))
+        said = s_log_count(broker, "not reachable");
+    CHECK_EQ(said, 1);
+    CHECK_TRUE(s_log_count(broker, "WARN") >= 1);
+    s_redis_start(rport);
+    REQUIRE(s_wait_l2(c, "closed", 0) == 0);
+    CHECK_EQ(ct_req(c, "echo", "after", out, sizeof out), AB_OK);
+    CHECK_TRUE(s_log_count(broker, "connected to redis") >= 1);
+    CHECK_EQ(s_log_count(broker, "not reachable"), 1); /* once, not per retry */
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+    s_redis_stop();
+}
+
 /* A "Redis" that accepts connections and never answers (a listening socket
  * of the test that nobody reads): lookups time out, the breaker opens, and
  * every request is still answered by the worker, without error. */

@@ -61,6 +61,13 @@ static void test_sizes(void)
     CHECK_EQ(sim_parse_size("4096", &b), 0);
     CHECK_U64(b, 4096);
     CHECK_EQ(sim_parse_size("12Q", &b), -1);
+    /* Sizes that would wrap (a negative VRAM in /sim/stats) are refused. */
+    CHECK_EQ(sim_parse_size("99999999999G", &b), -1);
+    CHECK_EQ(sim_parse_size("inf", &b), -1);
+    CHECK_EQ(sim_parse_size("nan", &b), -1);
+    CHECK_EQ(sim_parse_size("1e30", &b), -1);
+    CHECK_EQ(sim_parse_size("1024T", &b), 0);
+    CHECK_U64(b, 1024ull << 40);
     CHECK_EQ(sim_parse_size("-1G", &b), -1);
     CHECK_EQ(sim_parse_size("", &b), -1);
 }

@@ -158,6 +158,10 @@ int sim_parse_size(const char *txt, uint64_t *out)
         end++;
     if (*end)
         return -1;
+    /* Below 2^62 bytes (4 EiB): a size past it (or inf, nan) would wrap
+     * when converted and summed, e.g. to a negative VRAM. */
+    if (!(v * mul < 4611686018427387904.0))
+        return -1;
     *out = (uint64_t)llround(v * mul);
     return 0;
 }
