@@ -273,7 +273,10 @@ ab_worker_rec_t *ab_placement_pick(ab_broker_t *b, ab_service_t *s, ab_req_t *r,
             best_tier = tier;
         }
     }
-    if (!capable) {
+    /* No worker at all (the only one crashed, restarting) is not "no
+     * worker can serve it": the request waits for one, as any request to a
+     * service whose workers are away does (its deadline, the service's TTL). */
+    if (!capable && zlistx_size(s->workers) > 0) {
         *impossible = 1;
         return NULL;
     }

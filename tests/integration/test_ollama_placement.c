@@ -424,6 +424,49 @@ void ollama_placement_loaded(void)
     ab_client_destroy(&c);
 }
 
+/* Workers of SERVICE the broker lists. */
+static unsigned s_workers_of(ab_client_t *c, const char *service)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    unsigned n = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        n += strcmp(wl->workers[i]->service, service) == 0;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return n;
+}
+
+/* The service's only worker is gone (crashed, restarting): a request for a
+ * model waits for a worker, as any request to a service whose workers are
+ * away does, and the next worker serves it. Before, placement found no
+ * capable worker and failed it at once with MODEL_NOT_FOUND ("try pulling
+ * it"), which told the user the model did not exist. */
+void ollama_worker_gone(void)
+{
+    int sim = ot_sim(NULL), port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w1 = ot_oworker(port, sim, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    th_kill9(w1);
+    int gone = 0;
+    for (int i = 0; i < 300 && !gone; i++, th_sleep_ms(50))
+        gone = s_workers_of(c, "ollama") == 0;
+    REQUIRE(gone);
+    ot_res_t r;
+    ot_gen_t g = {"sim-small", "still there?", NULL, 0, 7, 30000};
+    ot_start_gen(c, &g, &r);
+    for (int i = 0; i < 10; i++) /* 0.5 s: it must still be waiting */
+        ab_client_poll(c, 50);
+    CHECK_EQ(r.finals, 0);
+    ot_oworker(port, sim, "w2", NULL);
+    ot_wait(c, &r, 1, 20000);
+    CHECK_EQ(r.status, AB_OK);
+    CHECK_STR(r.worker, "w2");
+    CHECK_TRUE(r.len > 0);
+    ab_client_destroy(&c);
+}
+
 /* A model loaded nowhere goes to the GPU whose free VRAM holds it. */
 void ollama_placement_vram(void)
 {
