@@ -421,6 +421,19 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
         c->conn.restore_pending = 0;
         s_restore(c);
     }
+    if (h->kind == AB_KIND_ERROR && h->error_code == AB_ERR_BUSY && h->correlation_id &&
+        h->correlation_id == c->conn.hello_id) {
+        /* The broker refused this connection (max-connections) and will
+         * close it: nothing sent on it is answered. Say why now, rather
+         * than "connection lost" at the close (or a deadline). */
+        ab_view_copy(h->error_text, c->conn.busy_text, sizeof c->conn.busy_text);
+        c->conn.refused_busy = 1;
+        s_fail_all(c, AB_EBUSY, c->conn.busy_text);
+        ab_conn_fail(&c->conn, AB_EBUSY, "%s", c->conn.busy_text);
+        return;
+    }
+    if (h->kind == AB_KIND_HELLO && h->correlation_id)
+        c->conn.refused_busy = 0; /* admitted */
     s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
     if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {
         /* An agent's answer to our ab_client_ask: only from the agent
@@ -513,6 +526,11 @@ static int s_process(ab_client_t *c)
         const char *why = ab_conn_refusal(&c->conn);
         handled += s_fail_all(c, AB_EDENIED, why);
         ab_conn_fail(&c->conn, AB_EDENIED, "%s", why);
+    } else if ((ev & AB_CONN_DISCONNECTED) && c->conn.refused_busy) {
+        /* The close that follows the refusal: what was sent since then
+         * (before the close was seen) fails with the refusal's reason. */
+        handled += s_fail_all(c, AB_EBUSY, c->conn.busy_text);
+        ab_conn_fail(&c->conn, AB_EBUSY, "%s", c->conn.busy_text);
     } else if (ev & AB_CONN_DISCONNECTED)
         handled += s_fail_all(c, AB_EDISCONNECTED, "connection to the broker was lost");
     int64_t now = ab_now_ms();

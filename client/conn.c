@@ -554,6 +554,7 @@ int ab_conn_hello(ab_conn_t *c)
     agentbus__hello__pack(&m, buf);
     ab_header_t h = ab_header_init(AB_KIND_HELLO);
     h.id = ab_conn_next_id(c);
+    c->hello_id = h.id;
     return ab_conn_send(c, &h, buf, len);
 }
 

@@ -74,6 +74,9 @@ typedef struct {
     int in_idle;              /* the last ab_conn_recv found nothing waiting */
     int64_t last_tx_ms;       /* when this handle last sent anything (coarse clock) */
     unsigned hello_answers;   /* HELLO answers received */
+    uint64_t hello_id;        /* the id of the last HELLO sent (its refusal ends every call) */
+    int refused_busy;         /* the broker refused the connection (max-connections) ... */
+    char busy_text[128];      /* ... saying this; until a HELLO of ours is answered */
     int restore_pending;      /* the broker forgot us: restore at its HELLO answer */
     uint64_t out_first_us;    /* when the oldest gathered message was added */
     uint64_t clock_us;        /* the caller's clock read for the send under way (0: none):

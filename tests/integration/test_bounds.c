@@ -389,6 +389,16 @@ static void s_max_connections(void)
     CHECK_TRUE(th_stat_error(st, "BUSY") >= 1);
     agentbus__stats__free_unpacked(st, NULL);
     zmq_close(raw[3]);
+    /* The library says why: its calls fail BUSY with the broker's text, not
+     * DISCONNECTED ("connection lost") when the refused connection closes. */
+    ab_client_t *late = th_client(port);
+    char *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ(ab_client_request(late, "echo", "x", 1, 10000, (void **)&buf, &len), AB_EBUSY);
+    CHECK_TRUE(strstr(ab_client_last_error(late), "too many connections") != NULL);
+    ab_free(buf);
+    ab_client_destroy(&late);
+    CHECK_EQ(s_connections(ctl, 4, 5000), 4);
     /* One leaves: a new one is served. */
     zmq_close(raw[0]);
     CHECK_EQ(s_connections(ctl, 3, 5000), 3);
