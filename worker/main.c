@@ -56,8 +56,8 @@ static void s_usage(const char *prog)
            "  --model-slots N     ollama: most requests of one model at once (default 0:\n"
            "                      --capacity); e.g. OLLAMA_NUM_PARALLEL + 1\n"
            "  --refresh-ms N      ollama: longest interval between model probes (default 5000)\n"
-           "  --name NAME         worker name shown by brokerctl workers\n"
-           "  --label KEY=VALUE   label sent with the registration (repeatable)\n"
+           "  --name NAME         worker name shown by brokerctl workers (under 256 bytes)\n"
+           "  --label KEY=VALUE   label sent with the registration (repeatable, 64 at most)\n"
            "  --heartbeat-ms N    heartbeat interval, 100..60000 (default 1000); the\n"
            "                      broker then adapts it (health-floor/ceiling-ms)\n"
            "  --drain-ms N        on SIGTERM/SIGINT: take nothing new and finish the\n"
@@ -125,9 +125,13 @@ static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *cap
     case O_BROKERKEY: a->broker_key = v; return *v ? 0 : -1;
     case O_BACKEND: a->backend = v; return 0;
     case O_SERVICE: a->args.service = v, *service_set = 1; return *v ? 0 : -1;
-    case O_NAME: a->name = v; return 0;
+    case O_NAME: a->name = v; return strlen(v) < 256 ? 0 : -1; /* the library's bound */
     case O_LABEL:
-        if (!strchr(v, '=') || a->nlabels >= 64)
+        if (a->nlabels >= 64) {
+            fprintf(stderr, "agentbus-worker: at most 64 --label options\n");
+            return -1;
+        }
+        if (!strchr(v, '=') || v[0] == '=') /* KEY=VALUE, KEY not empty */
             return -1;
         a->labels[a->nlabels++] = v;
         return 0;
