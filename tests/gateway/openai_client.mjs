@@ -2,7 +2,7 @@
 // (tests/gateway/run.sh): chat and completions, streamed (server-sent
 // events) and not, usage figures, embeddings, models, OpenAI-shaped errors.
 //
-//   OPENAI_BASE_URL=http://127.0.0.1:P/v1 node openai_client.mjs
+//   OPENAI_BASE_URL=http://127.0.0.1:P/v1 SIM_URL=http://127.0.0.1:S node openai_client.mjs
 import OpenAI from 'openai';
 
 const baseURL = process.env.OPENAI_BASE_URL;
@@ -85,4 +85,34 @@ try {
 } catch (err) {
   check(err.status === 404, 'unknown model, streamed: 404', err.status);
 }
+// A body without usable messages or prompt is a 400 in OpenAI's shape:
+// OpenAI has no preload, and nothing may reach the bus (Ollama's route
+// would turn an empty chat into a model LOAD).
+const sim = process.env.SIM_URL;
+const simRequests = async () => (await (await fetch(`${sim}/sim/stats`)).json()).requests;
+const post = (path, body, headers = {}) => fetch(`${baseURL}${path}`, { method: 'POST',
+  headers: { 'Content-Type': 'application/json', ...headers }, body: JSON.stringify(body) });
+const simBefore = await simRequests();
+for (const [path, body] of [
+  ['/chat/completions', { model: 'sim-small', messages: 'hello' }],
+  ['/chat/completions', { model: 'sim-small', messages: {} }],
+  ['/chat/completions', { model: 'sim-small', messages: [] }],
+  ['/chat/completions', { model: 'sim-small', messages: null }],
+  ['/chat/completions', { model: 'sim-small' }],
+  ['/chat/completions', { model: 'sim-small', messages: 'hello', stream: true }],
+  ['/completions', { model: 'sim-large' }],
+  ['/completions', { model: 'sim-large', prompt: [] }],
+  ['/completions', { model: 'sim-large', prompt: '' }],
+  ['/completions', { model: 'sim-large', prompt: {} }],
+  ['/completions', { model: 'sim-large', prompt: [''] }],
+]) {
+  const r = await post(path, body);
+  const b = await r.json().catch(() => null);
+  check(r.status === 400 && b && b.error && typeof b.error.message === 'string' &&
+    /messages|prompt/.test(b.error.message) && b.error.type === 'invalid_request_error',
+    `${path} ${JSON.stringify(body)}: 400 invalid_request_error`, { status: r.status, b });
+}
+check(await simRequests() === simBefore, 'none of them reached the simulator',
+  { before: simBefore, after: await simRequests() });
+
 console.log('all ok');

@@ -202,7 +202,7 @@ case $mode in
   ollama-sim) OLLAMA_URL=http://127.0.0.1:$sport SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
   ollama-gateway) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
   extra) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node gateway_extra.mjs ;;
-  openai) OPENAI_BASE_URL=$gw/v1 node openai_client.mjs ;;
+  openai) OPENAI_BASE_URL=$gw/v1 SIM_URL=http://127.0.0.1:$sport node openai_client.mjs ;;
   cache) cache_check ;;
   apikeys) apikeys_check ;;
   *) die "unknown mode $mode" ;;
