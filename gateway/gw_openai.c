@@ -40,21 +40,31 @@ static const char *s_part_text(json_t *part)
     return t ? t : "";
 }
 
-/* A message's content: a string, or parts of which the text ones count. */
+/* A message's content: a string, or parts of which the text ones count,
+ * joined in one pass (a body of 8 MB can hold 640k parts: appending each
+ * with strcat, which walks the text so far, took seconds of the thread
+ * that serves every other connection). */
 static json_t *s_message(json_t *m)
 {
     json_t *content = json_object_get(m, "content");
     json_t *out = json_object();
     s_copy(out, "role", m, "role");
     if (json_is_array(content)) {
-        size_t n = 0, i;
+        size_t n = 0, pos = 0, i;
         json_t *part;
         json_array_foreach(content, i, part)
             n += strlen(s_part_text(part));
-        char *text = calloc(1, n + 1);
-        json_array_foreach(content, i, part)
-            if (text)
-                strcat(text, s_part_text(part));
+        char *text = malloc(n + 1);
+        json_array_foreach(content, i, part) {
+            const char *t = s_part_text(part);
+            size_t len = strlen(t);
+            if (!text)
+                break;
+            memcpy(text + pos, t, len);
+            pos += len;
+        }
+        if (text)
+            text[pos] = '\0';
         json_object_set_new(out, "content", json_string(text ? text : ""));
         free(text);
     } else {

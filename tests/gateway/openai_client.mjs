@@ -115,4 +115,19 @@ for (const [path, body] of [
 check(await simRequests() === simBefore, 'none of them reached the simulator',
   { before: simBefore, after: await simRequests() });
 
+// Content in many text parts is joined in order: the simulator's answer
+// (seeded by the text) and its word count are those of the joined string.
+const words = Array.from({ length: 1500 }, (_, i) => `w${i} `);
+const seeded = async (content) => {
+  const r = await post('/chat/completions', { model: 'sim-small', seed: 11, max_tokens: 8,
+    messages: [{ role: 'user', content }] }, { 'X-Agentbus-Cache': 'off' });
+  return r.status === 200 ? await r.json() : { status: r.status, body: await r.text() };
+};
+const parts = await seeded(words.map((w, i) => (i % 100 === 7 ?
+  { type: 'image_url', image_url: { url: 'data:,' } } : { type: 'text', text: w })));
+const whole = await seeded(words.filter((_, i) => i % 100 !== 7).join(''));
+check(parts.choices && whole.choices &&
+  parts.choices[0].message.content === whole.choices[0].message.content &&
+  parts.usage.prompt_tokens === 1 + 1485 && whole.usage.prompt_tokens === 1 + 1485,
+  '1500 content parts (15 of them not text) joined in order', { parts, whole });
 console.log('all ok');
