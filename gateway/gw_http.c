@@ -83,6 +83,18 @@ enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type, c
     return s_queue(c, status, r);
 }
 
+enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow)
+{
+    static const char text[] = "405 method not allowed";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof text - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (r) {
+        MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    return s_queue(c, 405, r);
+}
+
 /* J as the body, with one more header NAME: VALUE when NAME is set. */
 static enum MHD_Result s_json(gw_conn_t *c, unsigned status, json_t *j, const char *name,
                               const char *value)

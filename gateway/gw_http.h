@@ -149,6 +149,8 @@ void gw_http_stop(gw_t *g);
 enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j);
 enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type,
                               const char *text);
+/* 405, with the methods the route takes in Allow (RFC 9110 wants it). */
+enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow);
 /* An error in the caller's API dialect: {"error":"..."} (Ollama) or
  * {"error":{"message":...}} (OpenAI). */
 enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text);
