@@ -598,8 +598,14 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
     }
     if (*upload_size)
         return s_body(c, upload, upload_size);
-    if (c->phase == GW_P_WAIT) /* resumed: the bus has an answer */
+    if (c->phase == GW_P_WAIT) { /* resumed: the bus has an answer */
+        /* Or the call ended because its client hung up: there is no one
+         * to answer, and the call is counted as cancelled, not as an
+         * error (a 500 "cancelled" counted in 5xx and bus errors). */
+        if (gw_call_gone(c->call))
+            return MHD_NO;
         return gw_routes_handle(c, method);
+    }
     if (c->too_big)
         return gw_reply_error(c, 413, "request body too large");
     return gw_routes_handle(c, method);
@@ -609,6 +615,7 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                         enum MHD_RequestTerminationCode toe)
 {
     (void)conn;
+    (void)toe; /* an unfinished call is what counts: a client can leave after its end */
     gw_t *g = cls;
     gw_conn_t *c = *con_cls;
     if (!c)
@@ -621,12 +628,8 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         int unfinished = !k->final;
         k->owner = NULL; /* no more wake-ups for this connection */
         pthread_mutex_unlock(&k->lock);
-        if (unfinished || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-            if (unfinished) {
-                gw_bus_cancel(g->bus, k); /* CANCEL reaches the worker and backend */
-                atomic_fetch_add(&g->m.cancelled, 1);
-            }
-        }
+        if (unfinished) /* counted as cancelled; CANCEL reaches the worker and backend */
+            gw_bus_cancel(g->bus, k);
         atomic_fetch_sub(&g->m.in_flight, 1);
         gw_call_unref(k);
     }

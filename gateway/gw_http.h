@@ -56,7 +56,6 @@ typedef struct {
     atomic_ullong requests[16];   /* by route */
     atomic_ullong status[6];      /* 1xx..5xx by class; [0] other */
     atomic_ullong in_flight;
-    atomic_ullong cancelled;      /* client left before the end: bus CANCEL sent */
     atomic_ullong chunks;         /* streamed chunks written */
     atomic_ullong bus_errors;     /* requests the bus ended with an error */
     atomic_ullong admitted;       /* bus-route requests held (read, waiting, streaming) */

@@ -327,7 +327,8 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     s_metric(&b, &len, &cap,
              "# HELP agentbus_gateway_in_flight Bus requests in flight.\n"
              "# TYPE agentbus_gateway_in_flight gauge\nagentbus_gateway_in_flight %llu\n"
-             "# HELP agentbus_gateway_cancelled_total Clients that left mid-request (CANCEL sent).\n"
+             "# HELP agentbus_gateway_cancelled_total Clients that left mid-request (CANCEL sent, "
+             "no answer counted).\n"
              "# TYPE agentbus_gateway_cancelled_total counter\n"
              "agentbus_gateway_cancelled_total %llu\n"
              "# HELP agentbus_gateway_stream_chunks_total Streamed chunks written.\n"
@@ -342,7 +343,7 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              "# HELP agentbus_gateway_bus_connected 1 while the broker connection is up.\n"
              "# TYPE agentbus_gateway_bus_connected gauge\nagentbus_gateway_bus_connected %d\n",
              (unsigned long long)atomic_load(&m->in_flight),
-             (unsigned long long)atomic_load(&m->cancelled),
+             gw_bus_cancelled(c->g->bus),
              (unsigned long long)atomic_load(&m->chunks),
              (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
              gw_bus_connected(c->g->bus));

@@ -14,7 +14,9 @@ Usage: test_shed.py BIN_DIR CASE, CASE one of:
           already closed is dropped; /healthz, as old, is answered; none
           reaches the simulator; each counted by reason.
   hangup  a client that hangs up mid-stream has its bus call cancelled:
-          counted, and the simulator sees the abort.
+          counted, and the simulator sees the abort; one that hangs up
+          while a stream: false call waits is counted as cancelled, not as
+          a 5xx response or a bus error.
 Waits are bounded polls for states; nothing asserts a speed. Standard
 library only."""
 import json
@@ -312,6 +314,21 @@ def case_intake(tmp):
     check(st == 200, f"a fresh request is served ({st} {text[:100]})")
 
 
+def s_hangup_counted(gw, before, what):
+    """After a hang-up: the call ended, counted once as cancelled, and not as
+    a 5xx answer or a bus error (nothing was written to the gone client)."""
+    c = "agentbus_gateway_cancelled_total"
+    wait_for(f"{what}: the call to end", lambda: metrics(gw)["agentbus_gateway_in_flight"] == 0)
+    wait_for(f"{what}: counted as cancelled", lambda: metrics(gw)[c] >= before[c] + 1)
+    m = metrics(gw)
+    fivexx = 'agentbus_gateway_responses_total{class="5xx"}'
+    check(m[c] == before[c] + 1 and m[fivexx] == before[fivexx] and
+          m["agentbus_gateway_bus_errors_total"] == before["agentbus_gateway_bus_errors_total"],
+          f"{what}: cancelled {before[c]} -> {m[c]}, 5xx {before[fivexx]} -> {m[fivexx]}, bus "
+          f"errors {before['agentbus_gateway_bus_errors_total']} -> "
+          f"{m['agentbus_gateway_bus_errors_total']}")
+
+
 def case_hangup(tmp):
     sim, [(gw, port, _)] = start_stack(tmp, [[]])
     s = raw_request(port, "/api/generate", dict(SLOW, options={"num_predict": 600}),
@@ -326,6 +343,16 @@ def case_hangup(tmp):
     wait_for("no call in flight", lambda: metrics(gw)["agentbus_gateway_in_flight"] == 0)
     wait_for("the simulator to see the abort", lambda: sim_stats(sim)["aborted"] >= 1)
     check(True, "a client that hung up: counted, its bus call cancelled, the backend aborted")
+    s_hangup_counted(gw, before, "a hang-up mid-stream")
+    # stream: false: nothing is written until the end, so only the watch of
+    # the waiting connection sees the client go.
+    before = metrics(gw)
+    s = raw_request(port, "/api/generate", dict(SLOW, stream=False, options={"num_predict": 600}),
+                    ["X-Agentbus-Cache: off"])
+    wait_for("the stream: false call at the simulator", lambda: sim_stats(sim)["requests"] >= 2)
+    s.close()
+    wait_for("the simulator to see the second abort", lambda: sim_stats(sim)["aborted"] >= 2)
+    s_hangup_counted(gw, before, "a hang-up while a stream: false call waits")
 
 
 def stop_all():
