@@ -521,7 +521,8 @@ static enum MHD_Result s_shed_reply(gw_conn_t *c, gw_shed_t why, unsigned age_ms
  * of a call its client will have given up on. What the kernel says of the
  * socket (TCP_INFO, one call) tells how long ago the request's last bytes
  * arrived (the time it waited for this thread: the listen backlog and
- * earlier requests) and whether the client already closed. Returns 1 when C
+ * earlier requests; for one pipelined behind another on its connection,
+ * since that one's answer went out) and whether the client already closed. Returns 1 when C
  * was refused (*RES for the access handler). */
 static int s_shed(gw_conn_t *c, enum MHD_Result *res)
 {
@@ -536,7 +537,14 @@ static int s_shed(gw_conn_t *c, enum MHD_Result *res)
             *res = MHD_NO;
             return 1;
         }
-        c->age_ms = ti.tcpi_last_data_recv;
+        /* A request sent behind another on its connection (pipelined)
+         * could not be read before that one's answer went out: it waited
+         * for its connection, not for the gateway, so its age starts at
+         * that answer's last bytes when they are later than its own.
+         * Those are the socket's last send (a response; for a new
+         * connection the handshake, before any request bytes). */
+        c->age_ms = ti.tcpi_last_data_recv < ti.tcpi_last_data_sent ? ti.tcpi_last_data_recv
+                                                                     : ti.tcpi_last_data_sent;
     }
     if ((int)c->age_ms >= s_timeout_ms(c)) {
         *res = s_shed_reply(c, GW_SHED_DEADLINE, c->age_ms);
