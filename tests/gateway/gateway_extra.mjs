@@ -61,8 +61,8 @@ for (const [method, path, allow] of [['POST', '/api/tags', 'GET, HEAD'],
   ['GET', '/api/generate', 'POST'], ['DELETE', '/v1/chat/completions', 'POST'],
   ['PUT', '/metrics', 'GET, HEAD']]) {
   const r = await fetch(`${host}${path}`, { method });
-  check(r.status === 405 && r.headers.get('allow') === allow, `${method} ${path}: 405, Allow: ${allow}`,
-    { status: r.status, allow: r.headers.get('allow') });
+  check(r.status === 405 && r.headers.get('allow') === allow,
+    `${method} ${path}: 405, Allow: ${allow}`, { status: r.status, allow: r.headers.get('allow') });
 }
 const big = await fetch(`${host}/api/generate`, { method: 'POST', body: 'x'.repeat(70000) });
 check(big.status === 413, 'a body over --max-body-bytes: 413', big.status);
