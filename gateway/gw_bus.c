@@ -39,6 +39,7 @@ struct gw_bus {
     int stopping;
     atomic_int connected;
     atomic_ullong hangups;
+    atomic_ullong cancelled;
     /* gw_bus_serve: other I/O this thread runs (HTTP), set once */
     atomic_int io_fd;
     gw_io_fn *io_run;
@@ -201,6 +202,26 @@ static int s_run_commands(gw_bus_t *b)
     return stopping;
 }
 
+/* CALL's client left: marks it gone and counts it, once, unless its final
+ * event came first (then it ended as the bus said, and is answered so). */
+static void s_client_gone(gw_bus_t *b, gw_call_t *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int first = !c->final && !c->gone;
+    c->gone = 1;
+    pthread_mutex_unlock(&c->lock);
+    if (first)
+        atomic_fetch_add(&b->cancelled, 1);
+}
+
+int gw_call_gone(gw_call_t *c)
+{
+    pthread_mutex_lock(&c->lock);
+    int gone = c->gone;
+    pthread_mutex_unlock(&c->lock);
+    return gone;
+}
+
 /* Clients that hung up while their call waits: cancel the bus request so
  * the worker and its backend stop (libmicrohttpd does not watch a
  * suspended connection). Runs before the commands of the same turn, so an
@@ -213,6 +234,7 @@ static void s_hangups(gw_bus_t *b)
         gw_call_t *c = ev[i].data.ptr;
         c->hungup = 1;
         atomic_fetch_add(&b->hangups, 1);
+        s_client_gone(b, c);
         if (c->started && !c->ended)
             ab_client_cancel(s_client(b, c), c->id);
     }
@@ -371,6 +393,7 @@ int gw_bus_submit(gw_bus_t *b, gw_call_t *c)
 
 void gw_bus_cancel(gw_bus_t *b, gw_call_t *c)
 {
+    s_client_gone(b, c);
     s_queue(b, c, S_CANCEL, 1);
 }
 
@@ -404,6 +427,11 @@ void gw_bus_unwatch(gw_bus_t *b, gw_call_t *c)
 unsigned long long gw_bus_hangups(const gw_bus_t *b)
 {
     return atomic_load(&((gw_bus_t *)b)->hangups);
+}
+
+unsigned long long gw_bus_cancelled(const gw_bus_t *b)
+{
+    return atomic_load(&((gw_bus_t *)b)->cancelled);
 }
 
 int gw_bus_connected(const gw_bus_t *b)

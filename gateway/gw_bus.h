@@ -57,6 +57,9 @@ struct gw_call {
     int final;            /* the final event has been appended */
     int status;           /* of the final event */
     char error[512];
+    int gone;             /* the client left before the final event: the call was
+                           * cancelled, counted once (gw_bus_cancelled), and is
+                           * not answered */
     int watch_fd;         /* HTTP side: the client socket watched, or -1 */
     /* bus thread only */
     uint64_t id;
@@ -96,7 +99,8 @@ void gw_call_unref(gw_call_t *call);
  * -1 when the bus is stopping or out of memory (nothing was taken). */
 int gw_bus_submit(gw_bus_t *bus, gw_call_t *call);
 /* Asks the bus thread to cancel CALL's request (CANCEL reaches the worker
- * and its backend) if it is still in flight. Any thread. */
+ * and its backend) if it is still in flight: its client left. Any thread,
+ * without CALL's lock. */
 void gw_bus_cancel(gw_bus_t *bus, gw_call_t *call);
 
 /* Watches FD, CALL's client socket, while the call waits: if the client
@@ -108,6 +112,12 @@ void gw_bus_watch(gw_bus_t *bus, gw_call_t *call, int fd);
 void gw_bus_unwatch(gw_bus_t *bus, gw_call_t *call);
 /* Clients seen hanging up while waiting. Any thread. */
 unsigned long long gw_bus_hangups(const gw_bus_t *bus);
+/* Calls whose client left before their final event, by a hang-up seen by
+ * the watch or by gw_bus_cancel: each counted once. Any thread. */
+unsigned long long gw_bus_cancelled(const gw_bus_t *bus);
+/* Whether CALL's client left before its end (CALL->gone). Any thread,
+ * without CALL's lock. */
+int gw_call_gone(gw_call_t *call);
 
 /* Takes the oldest event of CALL (caller holds the lock; free it with
  * free()), or NULL. */

@@ -83,6 +83,18 @@ enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type, c
     return s_queue(c, status, r);
 }
 
+enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow)
+{
+    static const char text[] = "405 method not allowed";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof text - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (r) {
+        MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    return s_queue(c, 405, r);
+}
+
 /* J as the body, with one more header NAME: VALUE when NAME is set. */
 static enum MHD_Result s_json(gw_conn_t *c, unsigned status, json_t *j, const char *name,
                               const char *value)
@@ -509,7 +521,8 @@ static enum MHD_Result s_shed_reply(gw_conn_t *c, gw_shed_t why, unsigned age_ms
  * of a call its client will have given up on. What the kernel says of the
  * socket (TCP_INFO, one call) tells how long ago the request's last bytes
  * arrived (the time it waited for this thread: the listen backlog and
- * earlier requests) and whether the client already closed. Returns 1 when C
+ * earlier requests; for one pipelined behind another on its connection,
+ * since that one's answer went out) and whether the client already closed. Returns 1 when C
  * was refused (*RES for the access handler). */
 static int s_shed(gw_conn_t *c, enum MHD_Result *res)
 {
@@ -524,7 +537,14 @@ static int s_shed(gw_conn_t *c, enum MHD_Result *res)
             *res = MHD_NO;
             return 1;
         }
-        c->age_ms = ti.tcpi_last_data_recv;
+        /* A request sent behind another on its connection (pipelined)
+         * could not be read before that one's answer went out: it waited
+         * for its connection, not for the gateway, so its age starts at
+         * that answer's last bytes when they are later than its own.
+         * Those are the socket's last send (a response; for a new
+         * connection the handshake, before any request bytes). */
+        c->age_ms = ti.tcpi_last_data_recv < ti.tcpi_last_data_sent ? ti.tcpi_last_data_recv
+                                                                     : ti.tcpi_last_data_sent;
     }
     if ((int)c->age_ms >= s_timeout_ms(c)) {
         *res = s_shed_reply(c, GW_SHED_DEADLINE, c->age_ms);
@@ -586,8 +606,14 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
     }
     if (*upload_size)
         return s_body(c, upload, upload_size);
-    if (c->phase == GW_P_WAIT) /* resumed: the bus has an answer */
+    if (c->phase == GW_P_WAIT) { /* resumed: the bus has an answer */
+        /* Or the call ended because its client hung up: there is no one
+         * to answer, and the call is counted as cancelled, not as an
+         * error (a 500 "cancelled" counted in 5xx and bus errors). */
+        if (gw_call_gone(c->call))
+            return MHD_NO;
         return gw_routes_handle(c, method);
+    }
     if (c->too_big)
         return gw_reply_error(c, 413, "request body too large");
     return gw_routes_handle(c, method);
@@ -597,6 +623,7 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                         enum MHD_RequestTerminationCode toe)
 {
     (void)conn;
+    (void)toe; /* an unfinished call is what counts: a client can leave after its end */
     gw_t *g = cls;
     gw_conn_t *c = *con_cls;
     if (!c)
@@ -609,12 +636,8 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         int unfinished = !k->final;
         k->owner = NULL; /* no more wake-ups for this connection */
         pthread_mutex_unlock(&k->lock);
-        if (unfinished || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-            if (unfinished) {
-                gw_bus_cancel(g->bus, k); /* CANCEL reaches the worker and backend */
-                atomic_fetch_add(&g->m.cancelled, 1);
-            }
-        }
+        if (unfinished) /* counted as cancelled; CANCEL reaches the worker and backend */
+            gw_bus_cancel(g->bus, k);
         atomic_fetch_sub(&g->m.in_flight, 1);
         gw_call_unref(k);
     }

@@ -56,7 +56,6 @@ typedef struct {
     atomic_ullong requests[16];   /* by route */
     atomic_ullong status[6];      /* 1xx..5xx by class; [0] other */
     atomic_ullong in_flight;
-    atomic_ullong cancelled;      /* client left before the end: bus CANCEL sent */
     atomic_ullong chunks;         /* streamed chunks written */
     atomic_ullong bus_errors;     /* requests the bus ended with an error */
     atomic_ullong admitted;       /* bus-route requests held (read, waiting, streaming) */
@@ -149,6 +148,8 @@ void gw_http_stop(gw_t *g);
 enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j);
 enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type,
                               const char *text);
+/* 405, with the methods the route takes in Allow (RFC 9110 wants it). */
+enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow);
 /* An error in the caller's API dialect: {"error":"..."} (Ollama) or
  * {"error":{"message":...}} (OpenAI). */
 enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text);

@@ -327,7 +327,8 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     s_metric(&b, &len, &cap,
              "# HELP agentbus_gateway_in_flight Bus requests in flight.\n"
              "# TYPE agentbus_gateway_in_flight gauge\nagentbus_gateway_in_flight %llu\n"
-             "# HELP agentbus_gateway_cancelled_total Clients that left mid-request (CANCEL sent).\n"
+             "# HELP agentbus_gateway_cancelled_total Clients that left mid-request (CANCEL sent, "
+             "no answer counted).\n"
              "# TYPE agentbus_gateway_cancelled_total counter\n"
              "agentbus_gateway_cancelled_total %llu\n"
              "# HELP agentbus_gateway_stream_chunks_total Streamed chunks written.\n"
@@ -342,7 +343,7 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              "# HELP agentbus_gateway_bus_connected 1 while the broker connection is up.\n"
              "# TYPE agentbus_gateway_bus_connected gauge\nagentbus_gateway_bus_connected %d\n",
              (unsigned long long)atomic_load(&m->in_flight),
-             (unsigned long long)atomic_load(&m->cancelled),
+             gw_bus_cancelled(c->g->bus),
              (unsigned long long)atomic_load(&m->chunks),
              (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
              gw_bus_connected(c->g->bus));
@@ -394,16 +395,23 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     return res;
 }
 
-static int s_method_ok(gw_route_t r, const char *method)
+/* The methods route R takes, as a 405's Allow header lists them. */
+static const char *s_allowed(gw_route_t r)
 {
-    int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     switch (r) {
     case GW_R_ROOT: case GW_R_TAGS: case GW_R_PS: case GW_R_VERSION: case GW_R_OAI_MODELS:
     case GW_R_METRICS: case GW_R_HEALTHZ:
-        return get;
+        return "GET, HEAD";
     default:
-        return strcmp(method, "POST") == 0;
+        return "POST";
     }
+}
+
+static int s_method_ok(gw_route_t r, const char *method)
+{
+    if (strcmp(s_allowed(r), "POST") == 0)
+        return strcmp(method, "POST") == 0;
+    return strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
 }
 
 static enum MHD_Result s_workers(gw_conn_t *c)
@@ -435,7 +443,7 @@ enum MHD_Result gw_routes_handle(gw_conn_t *c, const char *method)
     if (c->route == GW_R_NOTFOUND)
         return gw_reply_text(c, 404, "text/plain; charset=utf-8", "404 page not found");
     if (!s_method_ok(c->route, method))
-        return gw_reply_text(c, 405, "text/plain; charset=utf-8", "405 method not allowed");
+        return gw_reply_not_allowed(c, s_allowed(c->route));
     switch (c->route) {
     case GW_R_ROOT:
         return gw_reply_text(c, 200, "text/plain; charset=utf-8", "Ollama is running");

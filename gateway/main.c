@@ -48,7 +48,9 @@ static void s_usage(FILE *f)
             "  --max-queue-ms N          503 \"server busy\" for a request that waited longer\n"
             "                            than this before the gateway read it (default 1000;\n"
             "                            0 = only its deadline)\n"
-            "  --quiet                   no start-up line\n",
+            "  --quiet                   no start-up line\n"
+            "  --help, -h                this help\n"
+            "  --version                 print \"agentbus-gateway VERSION\"\n",
             AB_DEFAULT_ENDPOINT);
 }
 
@@ -71,7 +73,7 @@ static int s_number(const char *v, long min, long max, long *out)
     return tl_parse_long(v, min, max, out);
 }
 
-/* 0, 1 (--help), -1 (bad usage, said on stderr). */
+/* 0, 1 (--help), 2 (--version), -1 (bad usage, said on stderr). */
 static int s_args(int argc, char **argv, gw_config_t *cfg)
 {
     for (int i = 1; i < argc; i++) {
@@ -79,6 +81,8 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
         long n = 0;
         if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0)
             return 1;
+        if (strcmp(f, "--version") == 0)
+            return 2;
         if (strcmp(f, "--quiet") == 0) {
             cfg->quiet = 1;
             continue;
@@ -160,6 +164,10 @@ int main(int argc, char **argv)
     const char *env = getenv("AB_BROKER");
     g.cfg.broker = env && *env ? env : AB_DEFAULT_ENDPOINT;
     int rc = s_args(argc, argv, &g.cfg);
+    if (rc == 2) { /* the library's version, as brokerctl and agentbus-worker say theirs */
+        tl_print_version("agentbus-gateway", ab_version());
+        return 0;
+    }
     if (rc != 0) {
         s_usage(rc > 0 ? stdout : stderr);
         return rc > 0 ? 0 : 2;

@@ -2,7 +2,7 @@
 // (tests/gateway/run.sh): chat and completions, streamed (server-sent
 // events) and not, usage figures, embeddings, models, OpenAI-shaped errors.
 //
-//   OPENAI_BASE_URL=http://127.0.0.1:P/v1 node openai_client.mjs
+//   OPENAI_BASE_URL=http://127.0.0.1:P/v1 SIM_URL=http://127.0.0.1:S node openai_client.mjs
 import OpenAI from 'openai';
 
 const baseURL = process.env.OPENAI_BASE_URL;
@@ -85,4 +85,49 @@ try {
 } catch (err) {
   check(err.status === 404, 'unknown model, streamed: 404', err.status);
 }
+// A body without usable messages or prompt is a 400 in OpenAI's shape:
+// OpenAI has no preload, and nothing may reach the bus (Ollama's route
+// would turn an empty chat into a model LOAD).
+const sim = process.env.SIM_URL;
+const simRequests = async () => (await (await fetch(`${sim}/sim/stats`)).json()).requests;
+const post = (path, body, headers = {}) => fetch(`${baseURL}${path}`, { method: 'POST',
+  headers: { 'Content-Type': 'application/json', ...headers }, body: JSON.stringify(body) });
+const simBefore = await simRequests();
+for (const [path, body] of [
+  ['/chat/completions', { model: 'sim-small', messages: 'hello' }],
+  ['/chat/completions', { model: 'sim-small', messages: {} }],
+  ['/chat/completions', { model: 'sim-small', messages: [] }],
+  ['/chat/completions', { model: 'sim-small', messages: null }],
+  ['/chat/completions', { model: 'sim-small' }],
+  ['/chat/completions', { model: 'sim-small', messages: 'hello', stream: true }],
+  ['/completions', { model: 'sim-large' }],
+  ['/completions', { model: 'sim-large', prompt: [] }],
+  ['/completions', { model: 'sim-large', prompt: '' }],
+  ['/completions', { model: 'sim-large', prompt: {} }],
+  ['/completions', { model: 'sim-large', prompt: [''] }],
+]) {
+  const r = await post(path, body);
+  const b = await r.json().catch(() => null);
+  check(r.status === 400 && b && b.error && typeof b.error.message === 'string' &&
+    /messages|prompt/.test(b.error.message) && b.error.type === 'invalid_request_error',
+    `${path} ${JSON.stringify(body)}: 400 invalid_request_error`, { status: r.status, b });
+}
+check(await simRequests() === simBefore, 'none of them reached the simulator',
+  { before: simBefore, after: await simRequests() });
+
+// Content in many text parts is joined in order: the simulator's answer
+// (seeded by the text) and its word count are those of the joined string.
+const words = Array.from({ length: 1500 }, (_, i) => `w${i} `);
+const seeded = async (content) => {
+  const r = await post('/chat/completions', { model: 'sim-small', seed: 11, max_tokens: 8,
+    messages: [{ role: 'user', content }] }, { 'X-Agentbus-Cache': 'off' });
+  return r.status === 200 ? await r.json() : { status: r.status, body: await r.text() };
+};
+const parts = await seeded(words.map((w, i) => (i % 100 === 7 ?
+  { type: 'image_url', image_url: { url: 'data:,' } } : { type: 'text', text: w })));
+const whole = await seeded(words.filter((_, i) => i % 100 !== 7).join(''));
+check(parts.choices && whole.choices &&
+  parts.choices[0].message.content === whole.choices[0].message.content &&
+  parts.usage.prompt_tokens === 1 + 1485 && whole.usage.prompt_tokens === 1 + 1485,
+  '1500 content parts (15 of them not text) joined in order', { parts, whole });
 console.log('all ok');

@@ -3,7 +3,8 @@
 #   run.sh BUILD_DIR MODE
 # MODE: ollama-sim      the ollama client script against ollama-sim directly
 #       ollama-gateway  the same script, unchanged, against the gateway
-#       extra           gateway-only routes (show, ps, embeddings, /metrics, ...)
+#       extra           gateway-only routes (show, ps, embeddings, /metrics, ...);
+#                       --version says the version the other programs say
 #       openai          the openai client script against the gateway's /v1
 #       cache           one prompt through brokerctl, then the gateway's Ollama
 #                       and OpenAI routes: one cache entry, the simulator sees
@@ -197,12 +198,25 @@ apikeys_check() {
   bad_keys "a missing key file" 1 'cannot use the key file' "a $tok_full /nonexistent.key_secret\n"
 }
 
+# --version: "agentbus-gateway VERSION" on stdout, exit 0, the version
+# brokerctl and agentbus-broker report (README: every program has it).
+version_check() {
+  local out st=0 want
+  out=$("$build/agentbus-gateway" --version 2>&1) || st=$?
+  want=$("$build/brokerctl" --version)
+  [[ $st == 0 && $out == "agentbus-gateway ${want#brokerctl }" &&
+    $("$build/agentbus-broker" --version) == "agentbus-broker ${want#brokerctl }" ]] ||
+    die "agentbus-gateway --version: exit $st, '$out' (brokerctl says '$want')"
+  "$build/agentbus-gateway" --help | grep -q -- '--version' || die "--help does not list --version"
+  echo "ok - $out"
+}
+
 cd "$tmp"
 case $mode in
   ollama-sim) OLLAMA_URL=http://127.0.0.1:$sport SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
   ollama-gateway) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
-  extra) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node gateway_extra.mjs ;;
-  openai) OPENAI_BASE_URL=$gw/v1 node openai_client.mjs ;;
+  extra) version_check && OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node gateway_extra.mjs ;;
+  openai) OPENAI_BASE_URL=$gw/v1 SIM_URL=http://127.0.0.1:$sport node openai_client.mjs ;;
   cache) cache_check ;;
   apikeys) apikeys_check ;;
   *) die "unknown mode $mode" ;;

@@ -14,7 +14,12 @@ Usage: test_shed.py BIN_DIR CASE, CASE one of:
           already closed is dropped; /healthz, as old, is answered; none
           reaches the simulator; each counted by reason.
   hangup  a client that hangs up mid-stream has its bus call cancelled:
-          counted, and the simulator sees the abort.
+          counted, and the simulator sees the abort; one that hangs up
+          while a stream: false call waits is counted as cancelled, not as
+          a 5xx response or a bus error.
+  pipeline  requests sent back to back on one connection, the first slow:
+          the later ones waited for their connection, not for the gateway,
+          and are served (no 503 queue, no 504 deadline).
 Waits are bounded polls for states; nothing asserts a speed. Standard
 library only."""
 import json
@@ -145,6 +150,44 @@ def raw_request(port, path, body, headers=(), close_after=False):
     if close_after:
         s.shutdown(socket.SHUT_WR)
     return s
+
+
+def pipelined(port, reqs):
+    """Sends REQS, (path, body, headers) each, in one write on one new
+    connection; returns the socket."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    out = b""
+    for path, body, headers in reqs:
+        data = json.dumps(body).encode()
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+                f"Content-Length: {len(data)}", *headers]
+        out += ("\r\n".join(head) + "\r\n\r\n").encode() + data
+    s.sendall(out)
+    return s
+
+
+def read_responses(s, n):
+    """N responses with a Content-Length from S, in order: [(status, body)]
+    (fewer if the peer closes first; at most 30 s)."""
+    buf, got = b"", []
+    s.settimeout(30)
+    while len(got) < n:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep:
+            lines = head.split(b"\r\n")
+            cl = [int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length:")]
+            if cl and len(rest) >= cl[0]:
+                got.append((int(lines[0][9:12]), rest[:cl[0]].decode(errors="replace")))
+                buf = rest[cl[0]:]
+                continue
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return got
 
 
 def raw_get(port, path):
@@ -312,6 +355,21 @@ def case_intake(tmp):
     check(st == 200, f"a fresh request is served ({st} {text[:100]})")
 
 
+def s_hangup_counted(gw, before, what):
+    """After a hang-up: the call ended, counted once as cancelled, and not as
+    a 5xx answer or a bus error (nothing was written to the gone client)."""
+    c = "agentbus_gateway_cancelled_total"
+    wait_for(f"{what}: the call to end", lambda: metrics(gw)["agentbus_gateway_in_flight"] == 0)
+    wait_for(f"{what}: counted as cancelled", lambda: metrics(gw)[c] >= before[c] + 1)
+    m = metrics(gw)
+    fivexx = 'agentbus_gateway_responses_total{class="5xx"}'
+    check(m[c] == before[c] + 1 and m[fivexx] == before[fivexx] and
+          m["agentbus_gateway_bus_errors_total"] == before["agentbus_gateway_bus_errors_total"],
+          f"{what}: cancelled {before[c]} -> {m[c]}, 5xx {before[fivexx]} -> {m[fivexx]}, bus "
+          f"errors {before['agentbus_gateway_bus_errors_total']} -> "
+          f"{m['agentbus_gateway_bus_errors_total']}")
+
+
 def case_hangup(tmp):
     sim, [(gw, port, _)] = start_stack(tmp, [[]])
     s = raw_request(port, "/api/generate", dict(SLOW, options={"num_predict": 600}),
@@ -326,6 +384,52 @@ def case_hangup(tmp):
     wait_for("no call in flight", lambda: metrics(gw)["agentbus_gateway_in_flight"] == 0)
     wait_for("the simulator to see the abort", lambda: sim_stats(sim)["aborted"] >= 1)
     check(True, "a client that hung up: counted, its bus call cancelled, the backend aborted")
+    s_hangup_counted(gw, before, "a hang-up mid-stream")
+    # stream: false: nothing is written until the end, so only the watch of
+    # the waiting connection sees the client go.
+    before = metrics(gw)
+    s = raw_request(port, "/api/generate", dict(SLOW, stream=False, options={"num_predict": 600}),
+                    ["X-Agentbus-Cache: off"])
+    wait_for("the stream: false call at the simulator", lambda: sim_stats(sim)["requests"] >= 2)
+    s.close()
+    wait_for("the simulator to see the second abort", lambda: sim_stats(sim)["aborted"] >= 2)
+    s_hangup_counted(gw, before, "a hang-up while a stream: false call waits")
+
+
+def case_pipeline(tmp):
+    # gateway 0: --max-queue-ms 1000; gateway 1: only deadlines.
+    sim, gws = start_stack(tmp, [["--max-queue-ms", "1000"], ["--max-queue-ms", "0"]])
+    (gw0, port0, _), (gw1, port1, _) = gws
+    # The slow one takes ~1.5 s (15 tokens of 100 ms): longer than
+    # --max-queue-ms and than the later ones' own deadline.
+    slow = ("/api/generate", dict(SLOW, stream=False, options={"num_predict": 15}),
+            ["X-Agentbus-Cache: off"])
+    fast = ("/api/generate", {"model": "fast", "prompt": "quick", "stream": False}, [])
+    oai = ("/v1/completions", {"model": "fast", "prompt": "quick"}, ["X-Agentbus-Timeout-Ms: 1200"])
+    # One fast answer first: the broker refuses a request whose deadline is
+    # shorter than the service's fastest recent answer, and the slow ones
+    # would otherwise be the only ones it has seen.
+    st, _, text = post(gw0 + "/api/generate", fast[1])
+    check(st == 200, f"a fast call first ({st} {text[:100]})")
+    s0 = pipelined(port0, [slow, fast, oai])
+    s1 = pipelined(port1, [slow, (fast[0], fast[1], ["X-Agentbus-Timeout-Ms: 1200"])])
+    got0, got1 = read_responses(s0, 3), read_responses(s1, 2)
+    s0.close()
+    s1.close()
+    got0 += [(0, "")] * (3 - len(got0)) # a refusal closes the connection
+    got1 += [(0, "")] * (2 - len(got1))
+    check(got0[0][0] == 200 and got1[0][0] == 200, f"the slow first requests: {got0[0]} {got1[0]}")
+    check(got0[1][0] == 200 and json.loads(got0[1][1]).get("done") is True,
+          f"the second, which waited for the first on its connection, not for the gateway: "
+          f"served, not refused as queued ({got0[1]})")
+    check(got0[2][0] == 200 and json.loads(got0[2][1]).get("object") == "text_completion",
+          f"the third, an OpenAI call with a 1200 ms deadline: served ({got0[2]})")
+    check(got1[1][0] == 200 and json.loads(got1[1][1]).get("done") is True,
+          f"with --max-queue-ms 0, the second, deadline 1200 ms: served, not 504 ({got1[1]})")
+    for gw in (gw0, gw1):
+        m = metrics(gw)
+        check(all(m[f'agentbus_gateway_shed_total{{reason="{r}"}}'] == 0 for r in
+                  ("queue", "deadline", "busy", "gone")), f"{gw}: nothing shed")
 
 
 def stop_all():
@@ -347,7 +451,8 @@ def stop_all():
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-shed.")
     try:
-        {"busy": case_busy, "intake": case_intake, "hangup": case_hangup}[CASE](tmp)
+        {"busy": case_busy, "intake": case_intake, "hangup": case_hangup,
+         "pipeline": case_pipeline}[CASE](tmp)
     finally:
         stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)
