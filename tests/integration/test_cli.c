@@ -266,6 +266,16 @@ static void s_leading_dash(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s listen '~x'", CTL, ep), 2);
     CHECK_EQ(s_sh("timeout 10 %s --name --capacity 2", th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("--name=VALUE"));
+    /* Values the library would refuse are command-line errors, said as
+     * such (they were "invalid argument" with no text, exit 1). */
+    CHECK_EQ(s_sh("timeout 10 %s --label =v", th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("bad value '=v' for --label"));
+    CHECK_EQ(s_sh("timeout 10 %s --name \"$(head -c 300 /dev/zero | tr '\\0' n)\"",
+                  th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("for --name"));
+    CHECK_EQ(s_sh("timeout 10 %s $(for i in $(seq 65); do printf -- '--label k%%d=v ' $i; done)",
+                  th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("at most 64 --label"));
     /* After "--" a leading-dash name reaches the broker, which judges it. */
     int port = th_free_port();
     th_broker(port, NULL);
