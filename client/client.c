@@ -78,6 +78,7 @@ int ab_client_new(ab_client_t **out, const ab_options_t *opts)
      * halving to 64 and doubling back at every refill (idmap.h). */
     c->calls.keep_cap = 2048;
     int rc = ab_conn_open(&c->conn, opts, "agent");
+    ab_conn_new_error_set(rc == AB_OK ? "" : c->conn.error);
     if (rc != AB_OK) {
         ab_client_destroy(&c);
         return rc;
@@ -161,7 +162,7 @@ void ab_client_destroy(ab_client_t **cp)
 
 const char *ab_client_last_error(const ab_client_t *c)
 {
-    return c ? c->conn.error : "";
+    return c ? c->conn.error : ab_conn_new_error();
 }
 
 static int s_timeout_of(ab_client_t *c, int timeout_ms)

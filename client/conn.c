@@ -64,6 +64,18 @@ static uint64_t s_instance_id(const void *self)
     return v ? v : 1;
 }
 
+static _Thread_local char s_new_error[AB_ERRTEXT_MAX];
+
+void ab_conn_new_error_set(const char *text)
+{
+    snprintf(s_new_error, sizeof s_new_error, "%s", text ? text : "");
+}
+
+const char *ab_conn_new_error(void)
+{
+    return s_new_error;
+}
+
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
 {
     va_list ap;

@@ -134,6 +134,11 @@ static inline uint32_t ab_conn_batch_left(const ab_conn_t *c)
 }
 
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role);
+/* The detailed text of the last failed ab_client_new / ab_worker_new in
+ * this thread (its handle is gone): set by them, read through
+ * ab_client_last_error(NULL) and ab_worker_last_error(NULL). */
+void ab_conn_new_error_set(const char *text);
+const char *ab_conn_new_error(void);
 void ab_conn_close(ab_conn_t *c);
 /* Why the broker refused C's handshake (a last error's text). */
 const char *ab_conn_refusal(const ab_conn_t *c);

@@ -120,6 +120,7 @@ int ab_worker_new(ab_worker_t **out, const ab_options_t *opts, const char *servi
     snprintf(w->service, sizeof w->service, "%s", service);
     w->capacity = capacity;
     int rc = ab_conn_open(&w->conn, opts, "worker");
+    ab_conn_new_error_set(rc == AB_OK ? "" : w->conn.error);
     if (rc != AB_OK) {
         ab_worker_destroy(&w);
         return rc;
@@ -188,7 +189,7 @@ void ab_worker_destroy(ab_worker_t **wp)
 
 const char *ab_worker_last_error(const ab_worker_t *w)
 {
-    return w ? w->conn.error : "";
+    return w ? w->conn.error : ab_conn_new_error();
 }
 
 int ab_worker_set_label(ab_worker_t *w, const char *key, const char *value)

@@ -315,8 +315,10 @@ AB_EXPORT int ab_client_new(ab_client_t **out, const ab_options_t *opts);
  * Thread: the handle's thread, not from inside one of its callbacks. */
 AB_EXPORT void ab_client_destroy(ab_client_t **client);
 
-/* Detailed text of the handle's last error ("" if none or CLIENT is NULL).
- * Owns: the handle; valid until the next call on it. */
+/* Detailed text of the handle's last error ("" if none). With CLIENT
+ * NULL: why the last ab_client_new of this thread failed ("" if it did
+ * not), e.g. "a key (AB_KEY, --key) needs the broker's public key too".
+ * Owns: the handle (the thread for NULL); valid until the next call on it. */
 AB_EXPORT const char *ab_client_last_error(const ab_client_t *client);
 
 /* 1 while the connection to a broker is up, else 0 (also for NULL). */
@@ -796,8 +798,9 @@ AB_EXPORT int ab_worker_new(ab_worker_t **out, const ab_options_t *opts,
  * stay valid and must still be freed (ab_job_destroy, safe afterwards).
  * Thread: the handle's, not from inside one of its callbacks. */
 AB_EXPORT void ab_worker_destroy(ab_worker_t **worker);
-/* Detailed text of the handle's last error ("" if none or WORKER is NULL).
- * Owns: the handle; valid until the next call on it. */
+/* Detailed text of the handle's last error ("" if none). With WORKER
+ * NULL: why the last ab_worker_new of this thread failed ("" if it did
+ * not). Owns: the handle (the thread for NULL); valid until the next call. */
 AB_EXPORT const char *ab_worker_last_error(const ab_worker_t *worker);
 /* 1 while connected and registered with a broker, else 0 (also for NULL). */
 AB_EXPORT int ab_worker_connected(const ab_worker_t *worker);

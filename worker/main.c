@@ -384,7 +384,8 @@ int main(int argc, char **argv)
     int rc = s_setup(&a);
     if (rc != AB_OK) {
         fprintf(stderr, "agentbus-worker: %s: %s\n", ab_strerror(rc),
-                s_worker ? ab_worker_last_error(s_worker) : "cannot create the worker");
+                ab_worker_last_error(s_worker)[0] ? ab_worker_last_error(s_worker)
+                                                  : "cannot create the worker");
         ab_worker_destroy(&s_worker);
         return 1;
     }

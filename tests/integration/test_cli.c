@@ -276,6 +276,12 @@ static void s_leading_dash(void)
     CHECK_EQ(s_sh("timeout 10 %s $(for i in $(seq 65); do printf -- '--label k%%d=v ' $i; done)",
                   th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("at most 64 --label"));
+    /* A handle that cannot be made says why (ab_client_last_error(NULL)),
+     * not only "invalid argument". */
+    CHECK_EQ(s_sh("AB_KEY=/nonexistent timeout 10 %s stats", CTL), 1);
+    CHECK_TRUE(HAS("key file '/nonexistent'"));
+    CHECK_EQ(s_sh("AB_KEY=/nonexistent timeout 10 %s", th_bin("agentbus-worker")), 1);
+    CHECK_TRUE(HAS("key file '/nonexistent'"));
     /* After "--" a leading-dash name reaches the broker, which judges it. */
     int port = th_free_port();
     th_broker(port, NULL);

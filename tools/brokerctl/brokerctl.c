@@ -43,7 +43,8 @@ static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
  * object on stdout, so scripts parsing stdout see the failure too. */
 static int s_fail(ab_client_t *c, int rc)
 {
-    const char *text = c && ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
+    /* With no handle (ab_client_new failed), the thread's text says why. */
+    const char *text = ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
     char hint[512];
     if (rc == AB_ETIMEOUT && c && !ab_client_connected(c)) {
         /* The likeliest cause by far: say it. */
