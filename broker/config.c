@@ -289,6 +289,37 @@ static int s_binds_add(ab_broker_config_t *cfg, const char *list)
     return 0;
 }
 
+/* The broker's name (63 characters at most, no comma: broker/link) and
+ * each peer, tcp://HOST:PORT[#KEY] with a port 1..65535: refused here with
+ * the other bad values (exit 2), not at the first dial. */
+static int s_check_links(const ab_broker_config_t *cfg)
+{
+    if (cfg->name && (strlen(cfg->name) > 63 || strchr(cfg->name, ','))) {
+        fprintf(stderr, "agentbus-broker: invalid name '%s': at most 63 characters, no comma\n",
+                cfg->name);
+        return -1;
+    }
+    char *copy = strdup(cfg->peers ? cfg->peers : ""), *save = NULL;
+    int rc = copy ? 0 : -1;
+    for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && rc == 0;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *hash = strchr(tok, '#');
+        if (hash)
+            *hash = '\0';
+        const char *why = strncmp(tok, "tcp://", 6) ? "expected tcp://HOST:PORT[#KEY]"
+                                                    : s_bind_problem(tok);
+        const char *port = strrchr(tok, ':');
+        if (!why && port && (!strcmp(port + 1, "*") || atol(port + 1) == 0))
+            why = "a peer's port is 1..65535";
+        if (why) {
+            fprintf(stderr, "agentbus-broker: invalid peer '%s': %s\n", tok, why);
+            rc = -1;
+        }
+    }
+    free(copy);
+    return rc;
+}
+
 /* Appends ",VAL" to the list in *SLOT when it holds one: 0 with *DONE 1
  * (or 0 out of memory); -1 when *SLOT is empty (VAL is its first value). */
 static int s_list_append(char **slot, const char *val, long *done)
@@ -644,7 +675,7 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "agentbus-broker: invalid http '%s': %s\n", cfg->http, why);
         return -1;
     }
-    if (s_check_weights(cfg->client_weights) != 0)
+    if (s_check_weights(cfg->client_weights) != 0 || s_check_links(cfg) != 0)
         return -1;
     return s_check_auth(cfg);
 }

@@ -222,6 +222,14 @@ static void s_endpoints(void)
     CHECK_TRUE(HAS("'tcp://127.0.0.1:99999'"));
     CHECK_EQ(s_sh("timeout 10 %s --bind=127.0.0.1:5555", bk), 2);
     CHECK_TRUE(HAS("'127.0.0.1:5555'") && HAS("no scheme"));
+    /* Peers and the broker's name too (port 99999 used to be dialled, as
+     * another port, forever; a bad name stopped the broker with exit 1). */
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --peer tcp://127.0.0.1:99999", bk), 2);
+    CHECK_TRUE(HAS("invalid peer 'tcp://127.0.0.1:99999'"));
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --peer tcp://abc#KEY", bk), 2);
+    CHECK_TRUE(HAS("invalid peer 'tcp://abc'"));
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --name a,b", bk), 2);
+    CHECK_TRUE(HAS("invalid name 'a,b'"));
     CHECK_EQ(s_sh("timeout 10 %s --cache-redis localhost", bk), 2);
     CHECK_TRUE(HAS("'localhost'"));
     CHECK_EQ(s_sh("timeout 10 %s --broker 127.0.0.1:5555 stats", CTL), 2);
