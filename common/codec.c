@@ -247,7 +247,15 @@ int ab_msg_decode(const ab_frame_t *frames, size_t nframes, const ab_limits_t *l
     if (nframes < 1 || nframes > 2 || !frames ||
         frames[0].size > lim->max_header + AB_INLINE_LIMIT + 8) {
         memset(h, 0, sizeof *h); /* else ab_header_parse clears it */
-        return nframes < 1 || nframes > 2 || !frames ? AB_EFRAMES : AB_EHDRSIZE;
+        if (nframes < 1 || nframes > 2 || !frames)
+            return AB_EFRAMES;
+        /* Only its id and kind are read (views into the frame, work
+         * bounded by its size like its receiving): the refusal answers the
+         * sender's call instead of leaving it to its deadline. */
+        ab_header_t tmp;
+        if (ab_header_parse(frames[0].data, frames[0].size, &tmp) == AB_OK)
+            h->id = tmp.id, h->kind = tmp.kind;
+        return AB_EHDRSIZE;
     }
     int rc = ab_header_parse(frames[0].data, frames[0].size, h);
     if (frames[0].size > lim->max_header && (rc != AB_OK || !h->inline_payload.ptr))

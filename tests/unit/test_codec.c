@@ -204,6 +204,22 @@ static void s_test_rejections(void)
     CHECK_EQ(s_decode_h(&big, 0, &small), AB_EHDRSIZE);
     static uint8_t huge[AB_DEFAULT_MAX_HEADER + 1];
     CHECK_EQ(s_decode(huge, sizeof huge, 0, NULL), AB_EHDRSIZE);
+    /* Far past the limit, the id is still read, so the refusal can answer
+     * the sender's call (it used to wait for its deadline). */
+    static char longname[100000];
+    static uint8_t longframe[sizeof longname + 64];
+    memset(longname, 'n', sizeof longname - 1);
+    ab_header_t lh = ok;
+    lh.id = 77;
+    lh.target = ab_view_of(longname);
+    ab_frame_t lf = {longframe, ab_header_encode(&lh, longframe, sizeof longframe)};
+    REQUIRE(lf.size > sizeof longname);
+    ab_header_t got;
+    ab_frame_t gpl;
+    CHECK_EQ(ab_msg_decode(&lf, 1, NULL, &got, &gpl), AB_EHDRSIZE);
+    CHECK_U64(got.id, 77);
+    CHECK_EQ(got.kind, AB_KIND_REQUEST);
+    CHECK_TRUE(got.target.len == 0 && gpl.data == NULL); /* nothing else is kept */
     /* version */
     ab_header_t v2 = ok;
     v2.version = 2;
