@@ -255,6 +255,8 @@ void ab_broker_fini(ab_broker_t *b)
         zmq_close(b->router);
     if (b->zctx)
         zmq_ctx_term(b->zctx);
+    for (int i = 0; b->router && i < b->cfg->nbinds; i++)
+        ab_auth_ipc_unlink(b->cfg->binds[i]);
     if (b->timers)
         zmq_timers_destroy(&b->timers);
     free(b->ticks);

@@ -10,11 +10,13 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define S_ZAP_EP "inproc://zeromq.zap.01" /* the address libzmq asks (RFC 27) */
@@ -115,6 +117,37 @@ static int s_paths(ab_broker_t *b, char *cert, char *keys, size_t cap)
     return s_mkdir(keys);
 }
 
+/* 1 when a process listens on the ipc socket at PATH now: a second broker
+ * given the same path must fail, not take it from the first (libzmq
+ * unlinks an existing file before it binds). A stale file left by a broker
+ * that died refuses the connection, and is replaced as before. */
+static int s_ipc_live(const char *path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof a.sun_path)
+        return 0; /* libzmq gives its own error */
+    memcpy(a.sun_path, path, n);
+    if (path[0] == '@')
+        a.sun_path[0] = '\0'; /* the abstract namespace, as libzmq reads '@' */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int live = connect(fd, (struct sockaddr *)&a, (socklen_t)(offsetof(struct sockaddr_un,
+                                                                        sun_path) + n)) == 0;
+    close(fd);
+    return live;
+}
+
+void ab_auth_ipc_unlink(const char *ep)
+{
+    struct stat st;
+    if (strncmp(ep, "ipc://", 6) != 0 || ep[6] == '@' || s_ipc_live(ep + 6))
+        return;
+    if (stat(ep + 6, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(ep + 6);
+}
+
 /* The ZAP handler's socket, bound before any endpoint so that no
  * handshake can happen without it. */
 static int s_zap_open(ab_broker_t *b, struct ab_auth *a)
@@ -209,6 +242,10 @@ int ab_auth_bind(ab_broker_t *b, const char *ep)
             if (mkdir(dir, 0700) == 0)
                 AB_INFO("created %s (mode 0700) for the ipc socket", dir);
         }
+    }
+    if (ipc && s_ipc_live(ep + 6)) {
+        errno = EADDRINUSE; /* libzmq would unlink it and take the path over */
+        return -1;
     }
     /* The socket file is created without group or other access: on Linux
      * connecting needs write permission on it. */

@@ -44,6 +44,9 @@ void ab_auth_fini(ab_broker_t *b);
  * when auth is on, plain for ipc (socket file created 0700). 0 or -1
  * (errno as zmq_bind's). */
 int ab_auth_bind(ab_broker_t *b, const char *ep);
+/* At exit, after the socket closed: removes the socket file of ipc
+ * endpoint EP (libzmq leaves it), unless another process listens there. */
+void ab_auth_ipc_unlink(const char *ep);
 /* The ZAP socket for the loop's poll set; NULL when auth is off. */
 void *ab_auth_zap_socket(ab_broker_t *b);
 /* Answers every ZAP request waiting (handshakes of new connections). */

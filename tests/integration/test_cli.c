@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -230,6 +231,19 @@ static void s_endpoints(void)
     CHECK_TRUE(HAS("invalid peer 'tcp://abc'"));
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --name a,b", bk), 2);
     CHECK_TRUE(HAS("invalid name 'a,b'"));
+    /* A second broker on a live ipc path fails (libzmq would unlink the
+     * first one's socket and take the path over); at a clean exit the
+     * broker removes its socket file. */
+    char ipc[600];
+    snprintf(ipc, sizeof ipc, "ipc://%s/cli.ipc", th_dir());
+    int iport = th_free_port();
+    pid_t first = th_broker(iport, "--bind", ipc, NULL);
+    CHECK_EQ(s_sh("timeout 10 %s --bind %s --bind tcp://127.0.0.1:0", bk, ipc), 1);
+    CHECK_TRUE(HAS("Address already in use"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s stats", CTL, ipc), 0);
+    CHECK_EQ(th_stop(first), 0);
+    struct stat st;
+    CHECK_TRUE(stat(ipc + 6, &st) != 0);
     CHECK_EQ(s_sh("timeout 10 %s --cache-redis localhost", bk), 2);
     CHECK_TRUE(HAS("'localhost'"));
     CHECK_EQ(s_sh("timeout 10 %s --broker 127.0.0.1:5555 stats", CTL), 2);
