@@ -504,7 +504,7 @@ static void s_count_final(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
         s->replies++;
         b->c.replies++;
         if (r->dispatch_us && now_us > r->dispatch_us)
-            ab_service_fast(s, now_us - r->dispatch_us, (int64_t)(now_us / 1000));
+            ab_service_fast(s, r, now_us - r->dispatch_us, (int64_t)(now_us / 1000));
     }
 }
 

@@ -266,23 +266,52 @@ ab_req_t *ab_queue_head(ab_service_t *s)
 
 #define AB_FAST_WINDOW_MS 10000 /* the fastest answer is kept per window of this */
 
-void ab_service_fast(ab_service_t *s, uint64_t us, int64_t now)
+/* The key of R's model for ab_fast_t (0: it names none). */
+static uint64_t s_fast_key(const ab_req_t *r)
 {
-    if (now - s->fast_since_ms >= AB_FAST_WINDOW_MS) {
-        s->fast_us[1] = s->fast_us[0];
-        s->fast_us[0] = 0;
-        s->fast_since_ms = now;
+    if (!r->route || !r->route->model[0])
+        return 0;
+    return ab_hash_bytes(r->route->model, strlen(r->route->model)) | 1;
+}
+
+/* S's slot for KEY; with MAKE, a new one in place of the least recently
+ * started window when there is none (NULL otherwise). */
+static ab_fast_t *s_fast_slot(ab_service_t *s, uint64_t key, int make)
+{
+    ab_fast_t *old = &s->fast[0];
+    for (int i = 0; i < AB_FAST_MODELS; i++) {
+        ab_fast_t *f = &s->fast[i];
+        if (f->since_ms && f->key == key)
+            return f;
+        if (!f->since_ms || (old->since_ms && f->since_ms < old->since_ms))
+            old = f;
     }
-    if (!s->fast_us[0] || us < s->fast_us[0])
-        s->fast_us[0] = us;
+    if (!make)
+        return NULL;
+    *old = (ab_fast_t){.key = key};
+    return old;
+}
+
+void ab_service_fast(ab_service_t *s, const ab_req_t *r, uint64_t us, int64_t now)
+{
+    ab_fast_t *f = s_fast_slot(s, s_fast_key(r), 1);
+    if (!f->since_ms || now - f->since_ms >= AB_FAST_WINDOW_MS) {
+        f->us[1] = f->since_ms ? f->us[0] : 0;
+        f->us[0] = 0;
+        f->since_ms = now > 0 ? now : 1;
+    }
+    if (!f->us[0] || us < f->us[0])
+        f->us[0] = us;
 }
 
 /* Answers R DEADLINE now, and returns 1, when less time is left than the
- * fastest answer of S's workers in the last 10-20 s: dispatching it would
- * only keep a slot busy for an answer nobody can use. */
+ * fastest answer of S's workers to requests of R's model in the last
+ * 10-20 s: dispatching it would only keep a slot busy for an answer nobody
+ * can use. */
 static int s_too_late(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now)
 {
-    uint64_t f0 = s->fast_us[0], f1 = s->fast_us[1];
+    const ab_fast_t *f = s_fast_slot(s, s_fast_key(r), 0);
+    uint64_t f0 = f ? f->us[0] : 0, f1 = f ? f->us[1] : 0;
     uint64_t fast = !f0 ? f1 : !f1 ? f0 : f0 < f1 ? f0 : f1;
     int64_t left_ms = r->deadline_ms - now;
     if (!fast || (uint64_t)(left_ms > 0 ? left_ms : 0) * 1000 >= fast)

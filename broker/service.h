@@ -27,6 +27,15 @@ struct ab_worker_rec {
     struct Agentbus__InferenceState *inference; /* placement.c; NULL: generic worker */
 };
 
+/* The fastest answer of this window and the last (0: none) for requests of
+ * one model (KEY: a hash of its name; 0 for requests that name none): a
+ * fast model's deadline is not judged by a slow model's answers. */
+#define AB_FAST_MODELS 8
+typedef struct {
+    uint64_t key, us[2];
+    int64_t since_ms; /* the current window's start; 0: the slot is unused */
+} ab_fast_t;
+
 struct ab_service {
     char name[AB_NAME_MAX];
     int provisional;        /* created by a request during the startup grace */
@@ -35,8 +44,7 @@ struct ab_service {
     ab_models_t models;     /* queued requests by model (lanes.h) */
     uint32_t q_len;         /* in all lanes */
     uint64_t deadline_early; /* answered DEADLINE early: less time left than a fast answer */
-    uint64_t fast_us[2];    /* fastest answer of this window and the last (0: none) */
-    int64_t fast_since_ms;  /* the current window's start */
+    ab_fast_t fast[AB_FAST_MODELS]; /* fastest recent answers, per model (service.c) */
     uint64_t requests, replies, errors;
     ab_hist_t *latency_us;  /* NULL until its first answer: 9 KB an unused name does not cost */
     uint32_t held;          /* pending requests naming it: while > 0 it is not idle */
@@ -77,7 +85,7 @@ int ab_service_enqueue(ab_broker_t *b, ab_service_t *s, ab_req_t *r);
 void ab_service_submit(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now);
 /* Records a worker's answer time US for S (dispatch to final reply): the
  * fastest one per 10 s window decides what is too late (above). */
-void ab_service_fast(ab_service_t *s, uint64_t us, int64_t now_ms);
+void ab_service_fast(ab_service_t *s, const ab_req_t *r, uint64_t us, int64_t now_ms);
 void ab_service_dispatch(ab_broker_t *b, ab_service_t *s);
 /* Dispatches every service with a queue (after the walk over them). */
 void ab_service_dispatch_all(ab_broker_t *b);

@@ -448,6 +448,28 @@ static void s_deadline_early(void)
     /* Enough time left: served as usual. */
     CHECK_EQ(ab_client_request(c, "slow", "z", 1, 30000, &reply, &rlen), AB_OK);
     ab_free(reply);
+    /* Per model: the answers to "big" say nothing of "tiny" (a service
+     * serving a slow and a fast model refused the fast one's short
+     * deadlines after the slow one's answers). */
+    static s_slot_t m[3];
+    const char *model[3] = {"big", "big", "tiny"};
+    const int ms[3] = {30000, 50, 50};
+    for (int i = 0; i < 3; i++) {
+        ab_request_opts_t o = {.timeout_ms = ms[i], .model = model[i]};
+        CHECK_EQ(ab_client_request_start(c, "slow", "m", 1, &o, s_on_reply, &m[i], NULL), AB_OK);
+        for (int64_t end = ab_now_ms() + WAIT_MS; ab_now_ms() < end && !m[i].finals;)
+            ab_client_poll(c, 20);
+        CHECK_EQ(m[i].finals, 1);
+    }
+    CHECK_EQ(m[0].status, AB_OK);
+    CHECK_EQ(m[1].status, AB_EDEADLINE);
+    CHECK_TRUE(strstr(m[1].error, "cannot be met") != NULL);
+    CHECK_EQ(m[2].status, AB_EDEADLINE); /* dispatched: its own deadline passed */
+    CHECK_TRUE(strstr(m[2].error, "cannot be met") == NULL);
+    st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->deadline_early, 2);
+    agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&c);
 }
 
