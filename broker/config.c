@@ -562,8 +562,10 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
         }
         if (eq)
             val = eq + 1;
-        else if (o && o->type == OPT_FLAG)
-            val = "1"; /* --insecure alone */
+        else if (o && o->type == OPT_FLAG) /* --insecure alone, or --insecure 0|1 */
+            val = i + 1 < argc && (!strcmp(argv[i + 1], "0") || !strcmp(argv[i + 1], "1"))
+                      ? argv[++i]
+                      : "1";
         else if (i + 1 < argc)
             val = argv[++i];
         if (!val) {
@@ -657,6 +659,19 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
     if (cfg->health_ceiling_ms < cfg->health_floor_ms) {
         fprintf(stderr, "agentbus-broker: health-ceiling-ms must be >= health-floor-ms\n");
         return -1;
+    }
+    /* A cap below a default is what applies: said, and shown as such (the
+     * start line said "default timeout 700000 ms" under a cap of 1000). */
+    if (cfg->default_timeout_ms > cfg->max_timeout_ms) {
+        fprintf(stderr, "agentbus-broker: default-timeout-ms %ld is above max-timeout-ms %ld: "
+                "%ld applies\n", cfg->default_timeout_ms, cfg->max_timeout_ms,
+                cfg->max_timeout_ms);
+        cfg->default_timeout_ms = cfg->max_timeout_ms;
+    }
+    if (cfg->eject_base_ms > cfg->eject_max_ms) {
+        fprintf(stderr, "agentbus-broker: eject-base-ms %ld is above eject-max-ms %ld: %ld "
+                "applies\n", cfg->eject_base_ms, cfg->eject_max_ms, cfg->eject_max_ms);
+        cfg->eject_base_ms = cfg->eject_max_ms;
     }
     if (cfg->nbinds == 0) {
         fprintf(stderr, "agentbus-broker: no endpoint to bind\n");

@@ -47,6 +47,8 @@ int ab_parse_size(const char *s, size_t *out)
         mul = 1024ull * 1024, end++;
     else if (*end == 'G' || *end == 'g')
         mul = 1024ull * 1024 * 1024, end++;
+    else if (*end == 'T' || *end == 't') /* the docs give ranges up to 1T */
+        mul = 1024ull * 1024 * 1024 * 1024, end++;
     if (*end == 'i' || *end == 'B')
         end++;
     if (*end == 'B')

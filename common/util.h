@@ -15,7 +15,7 @@ char *ab_hex(const void *bytes, size_t n, char *out, size_t cap);
 /* 64-bit FNV-1a: for hash tables keyed by short byte strings. */
 uint64_t ab_hash_bytes(const void *p, size_t n);
 
-/* Size with optional K/M/G suffix (powers of 1024). */
+/* Size with optional K/M/G/T suffix (powers of 1024; "KiB", "KB" too). */
 int ab_parse_size(const char *s, size_t *out);
 
 /* Reads one event from the socket monitor MON (a PAIR given to

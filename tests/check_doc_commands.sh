@@ -70,9 +70,15 @@ while IFS=$'\t' read -r file line; do
   brokerctl) timeout -k 10 -s INT 3 "$bin/brokerctl" --timeout-ms 2000 "$@" </dev/null >"$tmp/out" 2>&1 ;;
   agentbus-worker) timeout -k 10 -s INT 2 "$bin/agentbus-worker" "$@" --drain-ms 0 >"$tmp/out" 2>&1 ;;
   agentbus-broker)
-    # Its own ports: a documented 5555 becomes "any free port".
+    # Its own ports: a documented 5555 to bind becomes "any free port" (a
+    # peer's 5555 stays: a peer's port is 1..65535).
     args=()
-    for a in "$@"; do args+=("${a//:5555/:*}"); done
+    prev=
+    for a in "$@"; do
+      [[ $prev == --bind || $a == --bind=* ]] && a=${a//:5555/:*}
+      args+=("$a")
+      prev=$a
+    done
     # Without a --bind of its own, the default (5555 and ipc:///tmp/agentbus.ipc)
     # or a config file's (the shipped one says 5555) becomes any free port.
     [[ " ${args[*]} " != *" --bind"* ]] && args+=(--bind 'tcp://127.0.0.1:*')

@@ -18,7 +18,7 @@ static volatile sig_atomic_t s_signals;
 static long s_drain_ms = 2000;
 static volatile sig_atomic_t s_stopping; /* hard stop: the loop checks it */
 
-/* First SIGTERM/SIGINT: drain (finish what is held, up to --drain-ms);
+/* First SIGTERM/SIGINT/SIGHUP: drain (finish what is held, up to --drain-ms);
  * a second one, or --drain-ms 0: stop at once. */
 static void s_on_signal(int sig)
 {
@@ -60,10 +60,10 @@ static void s_usage(const char *prog)
            "  --label KEY=VALUE   label sent with the registration (repeatable, 64 at most)\n"
            "  --heartbeat-ms N    heartbeat interval, 100..60000 (default 1000); the\n"
            "                      broker then adapts it (health-floor/ceiling-ms)\n"
-           "  --drain-ms N        on SIGTERM/SIGINT: take nothing new and finish the\n"
-           "                      requests held for up to N ms, then hand the rest\n"
-           "                      back (default 2000; 0: stop at once). A second\n"
-           "                      signal stops at once\n"
+           "  --drain-ms N        on SIGTERM/SIGINT/SIGHUP: take nothing new and\n"
+           "                      finish the requests held for up to N ms, then hand\n"
+           "                      the rest back (default 2000; 0: stop at once). A\n"
+           "                      second signal stops at once\n"
            "  --fail-file PATH    while PATH exists, answer every request with an\n"
            "                      error (APPLICATION) and report backend state\n"
            "                      \"failing\": fault injection for tests\n"
@@ -394,6 +394,7 @@ int main(int argc, char **argv)
     sa.sa_handler = s_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* its terminal closed: drain too, not die mid-job */
 
     s_loop_t loop = {strcmp(a.backend, "ollama") == 0 ? &wk_backend_ollama : &wk_backend_echo,
                      NULL, a.fail_file, 0};

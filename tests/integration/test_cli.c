@@ -162,6 +162,10 @@ static void s_worker_no_broker(void)
     snprintf(want, sizeof want, "no broker reachable at %s yet", ep);
     CHECK_TRUE(HAS(want));
     CHECK_TRUE(!HAS("connected to the broker"));
+    /* SIGHUP (its terminal closed) stops it as SIGTERM does, with exit 0;
+     * it used to die of the signal (status 129). */
+    CHECK_EQ(s_sh("timeout --preserve-status -k 5 -s HUP 2 %s --broker %s --drain-ms 0",
+                  th_bin("agentbus-worker"), ep), 0);
 }
 
 /* A worker the broker refuses for its own settings (a label over

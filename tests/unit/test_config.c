@@ -84,6 +84,27 @@ static void s_test_indentation(void)
     ab_config_free(&cfg);
     CHECK_EQ(s_load_text(&cfg, ""), 0);
     CHECK_EQ(cfg.queue_max, 10000);
+    /* A flag takes "--name VALUE" like every option (0 or 1), or stands alone. */
+    char *fa[] = {"agentbus-broker", "--compress-local", "1", "--insecure", "0", NULL};
+    CHECK_EQ(ab_config_load(&cfg, 5, fa), 0);
+    CHECK_EQ(cfg.compress_local, 1);
+    CHECK_EQ(cfg.insecure, 0);
+    ab_config_free(&cfg);
+    char *fb[] = {"agentbus-broker", "--insecure", "--compress-local", NULL};
+    CHECK_EQ(ab_config_load(&cfg, 3, fb), 0);
+    CHECK_EQ(cfg.insecure, 1);
+    CHECK_EQ(cfg.compress_local, 1);
+    ab_config_free(&cfg);
+    /* A cap below its default is what applies, and the config says so. */
+    CHECK_EQ(s_load_text(&cfg, "broker\n    default-timeout-ms = 700000\n    max-timeout-ms = "
+                               "1000\n"), 0);
+    CHECK_EQ(cfg.default_timeout_ms, 1000);
+    CHECK_EQ(s_load_text(&cfg, "broker\n    eject-base-ms = 100000\n    eject-max-ms = 10\n"), 0);
+    CHECK_EQ(cfg.eject_base_ms, 10);
+    /* The docs give sizes up to 1T: a T suffix reads as one. */
+    CHECK_EQ(s_load_text(&cfg, "broker\n    max-held-bytes = 1T\n"), 0);
+    CHECK_U64(cfg.max_held_bytes, 1ull << 40);
+    CHECK_EQ(s_load_text(&cfg, "broker\n    max-held-bytes = 2T\n"), -1); /* over its range */
     ab_config_free(&cfg);
 }
 
