@@ -414,6 +414,53 @@ static void s_log_lines(void)
     CHECK_TRUE(HAS("'xml'"));
 }
 
+/* 1 when TEXT is in the log of PID, waiting up to MS. */
+static int s_log_has(pid_t pid, const char *text, int ms)
+{
+    static char log[1 << 16];
+    for (int waited = 0; waited <= ms; waited += 50, th_sleep_ms(50)) {
+        FILE *f = fopen(th_log_of(pid), "r");
+        if (!f)
+            continue;
+        log[fread(log, 1, sizeof log - 1, f)] = '\0';
+        fclose(f);
+        if (strstr(log, text))
+            return 1;
+    }
+    return 0;
+}
+
+/* A listen whose broker goes away says so on stderr, and again when the
+ * broker is back (it said nothing: events of the gap were lost unseen),
+ * then still gets its message. */
+static void s_listen_reconnect(void)
+{
+    int port = th_free_port();
+    char ep[64];
+    snprintf(ep, sizeof ep, "%s", th_ep(port));
+    pid_t b = th_broker(port, NULL);
+    const char *args[] = {"--broker", ep, "listen", "watcher", "--count", "1", NULL};
+    pid_t l = th_spawn("brokerctl", args, NULL);
+    ab_client_t *c = th_client(port);
+    int named = 0;
+    for (int i = 0; i < 200 && !named; i++, th_sleep_ms(50)) {
+        void *buf = NULL;
+        size_t len = 0;
+        named = ab_client_control(c, "agents", 2000, &buf, &len) == AB_OK && buf &&
+                memmem(buf, len, "watcher", 7) != NULL;
+        ab_free(buf);
+    }
+    ab_client_destroy(&c);
+    REQUIRE(named);
+    CHECK_EQ(th_stop(b), 0);
+    CHECK_TRUE(s_log_has(l, "lost the broker", 15000));
+    th_broker(port, NULL);
+    CHECK_TRUE(s_log_has(l, "connected to the broker again", 20000));
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s send watcher back", CTL, ep), 0);
+    CHECK_EQ(th_wait_exit(l, 15000), 0);
+    CHECK_TRUE(s_log_has(l, "back", 0));
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -423,6 +470,7 @@ int main(int argc, char **argv)
         {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
         {"not_zeromq", s_not_zeromq},     {"worker_refused", s_worker_refused},
         {"keygen_force", s_keygen_force},
+        {"listen_reconnect", s_listen_reconnect},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

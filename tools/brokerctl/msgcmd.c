@@ -90,9 +90,20 @@ static void s_print_message(const ab_message_t *m, int json)
 static int s_print_loop(ab_client_t *c, const ctl_msgcmd_opts_t *o)
 {
     long printed = 0;
+    int up = ab_client_connected(c), was_up = up;
     while (!*o->stop && (o->count == 0 || printed < o->count)) {
         ab_message_t *m = NULL;
         int rc = ab_client_recv(c, &m, 200);
+        int now_up = ab_client_connected(c);
+        if (now_up != up) { /* said on stderr: the stream on stdout stays as it was */
+            if (!now_up)
+                fprintf(stderr, "brokerctl: lost the broker; waiting for it (topics "
+                                "published meanwhile are not kept for us)\n");
+            else if (was_up)
+                fprintf(stderr, "brokerctl: connected to the broker again\n");
+            up = now_up;
+            was_up |= now_up;
+        }
         if (rc == AB_ETIMEOUT)
             continue;
         if (rc != AB_OK)
