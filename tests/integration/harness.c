@@ -497,16 +497,21 @@ unsigned long long th_stat_error(const Agentbus__Stats *st, const char *code)
     return 0;
 }
 
+unsigned th_workers_of(ab_client_t *c, const char *service)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    unsigned have = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        have += strcmp(wl->workers[i]->service, service) == 0;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return have;
+}
+
 int th_wait_workers(ab_client_t *c, const char *service, unsigned n, int timeout_ms)
 {
     for (int waited = 0; waited <= timeout_ms; waited += 50) {
-        Agentbus__WorkerList *wl = th_workers(c);
-        unsigned have = 0;
-        for (size_t i = 0; wl && i < wl->n_workers; i++)
-            have += strcmp(wl->workers[i]->service, service) == 0;
-        if (wl)
-            agentbus__worker_list__free_unpacked(wl, NULL);
-        if (have >= n)
+        if (th_workers_of(c, service) >= n)
             return 0;
         th_sleep_ms(50);
     }

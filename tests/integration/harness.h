@@ -83,6 +83,8 @@ Agentbus__WorkerList *th_workers(ab_client_t *c);
 /* Count of errors with CODE in STATS (e.g. "BUSY", "rejected:FRAMES"). */
 unsigned long long th_stat_error(const Agentbus__Stats *st, const char *code);
 /* Waits (bounded) until SERVICE has N registered workers. 0 or -1. */
+/* The workers of SERVICE the broker lists now. */
+unsigned th_workers_of(ab_client_t *c, const char *service);
 int th_wait_workers(ab_client_t *c, const char *service, unsigned n, int timeout_ms);
 
 /* Runs a shell command line, capturing stdout+stderr into OUT (CAP bytes);

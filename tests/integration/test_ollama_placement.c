@@ -424,18 +424,6 @@ void ollama_placement_loaded(void)
     ab_client_destroy(&c);
 }
 
-/* Workers of SERVICE the broker lists. */
-static unsigned s_workers_of(ab_client_t *c, const char *service)
-{
-    Agentbus__WorkerList *wl = th_workers(c);
-    unsigned n = 0;
-    for (size_t i = 0; wl && i < wl->n_workers; i++)
-        n += strcmp(wl->workers[i]->service, service) == 0;
-    if (wl)
-        agentbus__worker_list__free_unpacked(wl, NULL);
-    return n;
-}
-
 /* The service's only worker is gone (crashed, restarting): a request for a
  * model waits for a worker, as any request to a service whose workers are
  * away does, and the next worker serves it. Before, placement found no
@@ -451,7 +439,7 @@ void ollama_worker_gone(void)
     th_kill9(w1);
     int gone = 0;
     for (int i = 0; i < 300 && !gone; i++, th_sleep_ms(50))
-        gone = s_workers_of(c, "ollama") == 0;
+        gone = th_workers_of(c, "ollama") == 0;
     REQUIRE(gone);
     ot_res_t r;
     ot_gen_t g = {"sim-small", "still there?", NULL, 0, 7, 30000};
