@@ -84,6 +84,7 @@ static void s_test_indentation(void)
     ab_config_free(&cfg);
     CHECK_EQ(s_load_text(&cfg, ""), 0);
     CHECK_EQ(cfg.queue_max, 10000);
+    ab_config_free(&cfg);
     /* A flag takes "--name VALUE" like every option (0 or 1), or stands alone. */
     char *fa[] = {"agentbus-broker", "--compress-local", "1", "--insecure", "0", NULL};
     CHECK_EQ(ab_config_load(&cfg, 5, fa), 0);
@@ -99,11 +100,14 @@ static void s_test_indentation(void)
     CHECK_EQ(s_load_text(&cfg, "broker\n    default-timeout-ms = 700000\n    max-timeout-ms = "
                                "1000\n"), 0);
     CHECK_EQ(cfg.default_timeout_ms, 1000);
+    ab_config_free(&cfg);
     CHECK_EQ(s_load_text(&cfg, "broker\n    eject-base-ms = 100000\n    eject-max-ms = 10\n"), 0);
     CHECK_EQ(cfg.eject_base_ms, 10);
+    ab_config_free(&cfg);
     /* The docs give sizes up to 1T: a T suffix reads as one. */
     CHECK_EQ(s_load_text(&cfg, "broker\n    max-held-bytes = 1T\n"), 0);
     CHECK_U64(cfg.max_held_bytes, 1ull << 40);
+    ab_config_free(&cfg);
     CHECK_EQ(s_load_text(&cfg, "broker\n    max-held-bytes = 2T\n"), -1); /* over its range */
     ab_config_free(&cfg);
 }
