@@ -159,6 +159,17 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
         s_lookup_queue(b, c, cl);
         return;
     }
+    if (!ab_client_connected(cl) && !ab_client_refused(cl)) {
+        /* Sent now it would wait for a reconnect until its deadline (five
+         * minutes by default): refuse it, so the client retries or goes
+         * elsewhere. Calls in flight when the connection drops end with
+         * AB_EDISCONNECTED from the library: 503 as well. A key the broker
+         * refused is the library's to answer (AB_EDENIED, with why). */
+        s_deliver(c, AB_EDISCONNECTED, 1, NULL, 0, "broker unreachable");
+        c->ended = 1;
+        gw_call_unref(c);
+        return;
+    }
     ab_request_opts_t o = AB_REQUEST_OPTS_INIT;
     o.timeout_ms = c->timeout_ms > 0 ? c->timeout_ms : b->default_timeout_ms;
     o.model = c->model[0] ? c->model : NULL;

@@ -140,6 +140,10 @@ static json_t *s_error_body(const gw_conn_t *c, unsigned status, const char *tex
 
 enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text)
 {
+    /* Every 503 here is passing (broker unreachable, no worker, busy): say
+     * when to come back, as the shed refusals do. */
+    if (status == 503)
+        return s_json(c, status, s_error_body(c, status, text), "Retry-After", "1");
     return gw_reply_json(c, status, s_error_body(c, status, text));
 }
 

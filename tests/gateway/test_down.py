@@ -10,8 +10,12 @@ Usage: test_down.py BIN_DIR CASE, CASE one of:
   stopped  the broker stopped (SIGSTOP), its TCP connection still up:
            /healthz turns 503 "broker unresponsive" (broker_connected
            true) within a few heartbeats, and 200 again on SIGCONT.
+  down     the broker killed: a stream in flight ends (not hangs); once
+           /healthz says 503, new requests (Ollama, OpenAI, /api/tags) get
+           503 with Retry-After at once instead of waiting for their
+           deadline; a broker started again on the same port serves.
 Waits are bounded polls for states; the only timings asserted are
-generous bounds (answered within 3 s rather than 5 s).
+generous bounds (answered within 3 s rather than 5 s or minutes).
 Standard library only; helpers shared with test_shed.py."""
 import json
 import os
@@ -88,10 +92,44 @@ def case_stopped(tmp):
     check(j["broker_responsive"] and j["broker_connected"], f"/healthz: {j}")
 
 
+def case_down(tmp):
+    _, [(gw, port, _)] = t.start_stack(tmp, [[]])
+    held = t.raw_request(port, "/api/generate", dict(t.SLOW, prompt="a story"),
+                         ["X-Agentbus-Cache: off"])
+    st, text = t.read_response(held, until=b'"response"')
+    check(st == 200, f"a stream in flight ({st})")
+    argv = broker().args
+    broker().kill()
+    broker().wait()
+    wait_for("/healthz 503", lambda: status_of(gw + "/healthz")[0] == 503)
+    st, text = t.read_response(held, until=b'"error"')
+    check('"error"' in text, f"the stream in flight ended with an error: {text[-160:]}")
+    held.close()
+    for path, body in (("/api/generate", {"model": "fast", "prompt": "hi", "stream": False}),
+                       ("/api/generate", {"model": "fast", "prompt": "hi"}),
+                       ("/v1/chat/completions",
+                        {"model": "fast", "messages": [{"role": "user", "content": "hi"}]})):
+        try:
+            (st, hd, text), took = timed(lambda: post(gw + path, body, timeout=10))
+        except OSError as e:
+            fail(f"{path} with the broker gone: no answer within 10 s ({e})")
+        check(st == 503 and took < 3 and hd.get("Retry-After") == "1",
+              f"{path} with the broker gone: {st} in {took:.2f} s, Retry-After "
+              f"{hd.get('Retry-After')}: {text[:120]}")
+    (st, text), took = timed(lambda: status_of(gw + "/api/tags"))
+    check(st == 503 and took < 3, f"/api/tags with the broker gone: {st} in {took:.2f} s")
+    t.PROCS[0] = (t.spawn(tmp, "broker2", argv), t.PROCS[0][1])
+    wait_for("/healthz 200 with the broker back", lambda: status_of(gw + "/healthz")[0] == 200)
+    wait_for("a request served again",
+             lambda: post(gw + "/api/generate", {"model": "fast", "prompt": "back",
+                                                 "stream": False})[0] == 200)
+    check(True, "served again after the broker came back")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-down.")
     try:
-        {"lookups": case_lookups, "stopped": case_stopped}[t.CASE](tmp)
+        {"lookups": case_lookups, "stopped": case_stopped, "down": case_down}[t.CASE](tmp)
     finally:
         t.stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)
