@@ -528,9 +528,6 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
     pthread_condattr_destroy(&ca);
     if (b->efd < 0 || b->epfd < 0)
         goto fail;
-    b->ctl = s_connect(endpoint, "", default_timeout_ms, NULL);
-    if (!b->ctl)
-        goto fail;
     for (unsigned i = 0; i <= n_idents; i++) {
         b->clients[i] = s_connect(endpoint, i ? "" : name, default_timeout_ms,
                                   i ? idents[i - 1] : NULL);
@@ -538,6 +535,9 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
             goto fail;
         b->n_clients = i + 1;
     }
+    b->ctl = s_connect(endpoint, "", default_timeout_ms, NULL);
+    if (!b->ctl)
+        goto fail;
     if (pthread_create(&b->ctl_thread, NULL, s_ctl_thread, b) != 0)
         goto fail;
     b->ctl_started = 1;
@@ -650,6 +650,12 @@ long long gw_bus_heard_ms(const gw_bus_t *b)
 {
     long long at = atomic_load(&((gw_bus_t *)b)->heard_ms);
     return at ? s_now_ms() - at : -1;
+}
+
+int gw_bus_responsive(const gw_bus_t *b)
+{
+    long long heard = gw_bus_heard_ms(b);
+    return gw_bus_connected(b) && heard >= 0 && heard < GW_BUS_SILENT_MS;
 }
 
 void gw_bus_stop(gw_bus_t *b)

@@ -138,5 +138,8 @@ enum { GW_BUS_PROBE_MS = 1000, GW_BUS_SILENT_MS = 3000 };
 /* Milliseconds since the broker last answered the lookup thread, or -1 if
  * it never has. Any thread. */
 long long gw_bus_heard_ms(const gw_bus_t *bus);
+/* 1 while the bus connection is up and the broker was heard within
+ * GW_BUS_SILENT_MS (/healthz, /metrics). Any thread. */
+int gw_bus_responsive(const gw_bus_t *bus);
 
 #endif

@@ -341,12 +341,15 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              "waited (request cancelled).\n# TYPE agentbus_gateway_client_hangups_total counter\n"
              "agentbus_gateway_client_hangups_total %llu\n"
              "# HELP agentbus_gateway_bus_connected 1 while the broker connection is up.\n"
-             "# TYPE agentbus_gateway_bus_connected gauge\nagentbus_gateway_bus_connected %d\n",
+             "# TYPE agentbus_gateway_bus_connected gauge\nagentbus_gateway_bus_connected %d\n"
+             "# HELP agentbus_gateway_broker_responsive 1 while the broker is connected and "
+             "answered within 3 s (/healthz).\n# TYPE agentbus_gateway_broker_responsive gauge\n"
+             "agentbus_gateway_broker_responsive %d\n",
              (unsigned long long)atomic_load(&m->in_flight),
              gw_bus_cancelled(c->g->bus),
              (unsigned long long)atomic_load(&m->chunks),
              (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
-             gw_bus_connected(c->g->bus));
+             gw_bus_connected(c->g->bus), gw_bus_responsive(c->g->bus));
     s_metric(&b, &len, &cap,
              "# HELP agentbus_gateway_admitted Model and inference requests held (read, waiting "
              "for the bus or streaming); at --max-in-flight more are refused.\n"
@@ -443,7 +446,7 @@ static enum MHD_Result s_healthz(gw_conn_t *c)
 {
     int up = gw_bus_connected(c->g->bus);
     long long heard = gw_bus_heard_ms(c->g->bus);
-    int answers = up && heard >= 0 && heard < GW_BUS_SILENT_MS;
+    int answers = gw_bus_responsive(c->g->bus);
     const char *status = answers ? "ok" : !up ? "broker unreachable" : "broker unresponsive";
     return gw_reply_json(c, answers ? 200 : 503,
                          json_pack("{s:s, s:b, s:b, s:I}", "status", status, "broker_connected",

@@ -86,10 +86,14 @@ def case_stopped(tmp):
     j = wait_for("/healthz to say the broker is unresponsive, its connection up",
                  unresponsive, seconds=5)
     check(not j["broker_responsive"], f"/healthz: {j}")
+    m = t.metrics(gw)
+    check(m["agentbus_gateway_broker_responsive"] == 0, "/metrics: broker_responsive 0")
     os.kill(broker().pid, signal.SIGCONT)
     wait_for("/healthz 200 again", lambda: status_of(gw + "/healthz")[0] == 200, seconds=15)
     j = json.loads(status_of(gw + "/healthz")[1])
     check(j["broker_responsive"] and j["broker_connected"], f"/healthz: {j}")
+    check(t.metrics(gw)["agentbus_gateway_broker_responsive"] == 1,
+          "/metrics: broker_responsive 1")
 
 
 def case_down(tmp):
