@@ -8,6 +8,9 @@
  * shared, guarded by its own mutex and counted: one reference for the HTTP
  * side, one for the bus side while the request is in flight. A waiter (the
  * HTTP side) is told through WAKE and RESUME whenever an event arrives.
+ * GW_OP_WORKERS calls go on from the bus thread to a lookup thread with a
+ * connection of its own (operator queries only block), which delivers
+ * their one event the same way.
  */
 #ifndef GW_BUS_H
 #define GW_BUS_H

@@ -203,7 +203,8 @@ static int s_wake(gw_call_t *k)
     return 1;
 }
 
-/* Called by the bus thread after s_wake, without the call's lock: the
+/* Called by the bus thread (or the lookup thread, which then rings the
+ * bus thread to run the shard) after s_wake, without the call's lock: the
  * connection is still suspended, so it and C live until it is resumed.
  * Once resumed, an HTTP thread (--threads) may answer, complete and free C
  * at once: nothing of C is read after MHD_resume_connection. */
