@@ -2,6 +2,8 @@
  * gw_bus.c - the bus thread: a poll() loop over the library's fd and an
  * eventfd that other threads ring when they queue work, so a request from
  * HTTP starts within one loop turn and the handle stays single-threaded.
+ * Beside it the lookup thread, with a connection of its own, runs the
+ * operator queries that the library offers only as blocking calls.
  */
 #include "gw_bus.h"
 #include "agentbus.h"
@@ -15,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { S_START = 0, S_CANCEL = 1, S_UNWATCH = 2 };
@@ -38,6 +41,14 @@ struct gw_bus {
     s_cmd_t *head, *tail;
     int stopping;
     atomic_int connected;
+    atomic_llong heard_ms; /* s_now_ms() of the broker's last answer on CTL, 0: never */
+    /* The lookup thread (s_ctl_thread): operator queries on a connection
+     * of its own, so a broker that does not answer stalls only them. */
+    pthread_t ctl_thread;
+    int ctl_started;
+    ab_client_t *ctl;
+    pthread_cond_t ctl_cond; /* with LOCK: a lookup queued, or stopping */
+    s_cmd_t *ctl_head, *ctl_tail; /* under LOCK */
     atomic_ullong hangups;
     atomic_ullong cancelled;
     /* gw_bus_serve: other I/O this thread runs (HTTP), set once */
@@ -133,6 +144,8 @@ static ab_client_t *s_client(gw_bus_t *b, const gw_call_t *c)
     return b->clients[c->ident < b->n_clients ? c->ident : 0];
 }
 
+static void s_lookup_queue(gw_bus_t *b, gw_call_t *c, ab_client_t *cl);
+
 static void s_start(gw_bus_t *b, gw_call_t *c)
 {
     ab_client_t *cl = s_client(b, c);
@@ -143,12 +156,16 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
         return;
     }
     if (c->op == GW_OP_WORKERS) {
-        void *buf = NULL;
-        size_t len = 0;
-        int rc = ab_client_control(cl, "workers", 5000, &buf, &len);
-        s_deliver(c, rc, 1, buf, rc == AB_OK ? len : 0,
-                  rc == AB_OK ? "" : ab_client_last_error(cl));
-        ab_free(buf);
+        s_lookup_queue(b, c, cl);
+        return;
+    }
+    if (!ab_client_connected(cl) && !ab_client_refused(cl)) {
+        /* Sent now it would wait for a reconnect until its deadline (five
+         * minutes by default): refuse it, so the client retries or goes
+         * elsewhere. Calls in flight when the connection drops end with
+         * AB_EDISCONNECTED from the library: 503 as well. A key the broker
+         * refused is the library's to answer (AB_EDENIED, with why). */
+        s_deliver(c, AB_EDISCONNECTED, 1, NULL, 0, "broker unreachable");
         c->ended = 1;
         gw_call_unref(c);
         return;
@@ -165,6 +182,175 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
         s_deliver(c, rc, 1, NULL, 0, ab_client_last_error(cl));
         c->ended = 1;
         gw_call_unref(c);
+    }
+}
+
+/* --- the lookup thread ------------------------------------------------------------- */
+static long long s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Whether RC, of an operator query, came from the broker: any answer,
+ * even a refusal, shows that it reads and answers. */
+static int s_answered(int rc)
+{
+    return rc != AB_ETIMEOUT && rc != AB_EDEADLINE && rc != AB_EDISCONNECTED &&
+           rc != AB_ESTOPPED && rc != AB_EBUSY && rc != AB_ENOMEM;
+}
+
+/* Ends every lookup of Q with RC and the broker's answer (BUF, LEN). */
+static void s_lookups_end(gw_bus_t *b, s_cmd_t *q, int rc, const void *buf, size_t len,
+                          const char *text)
+{
+    if (!q)
+        return;
+    while (q) {
+        s_cmd_t *next = q->next;
+        s_deliver(q->call, rc, 1, buf, rc == AB_OK ? len : 0, text);
+        gw_call_unref(q->call); /* the command's */
+        free(q);
+        q = next;
+    }
+    /* A connection resumed from here answers on the bus thread's next
+     * turn (gw_bus_serve): wake it rather than wait for its timer. */
+    uint64_t one = 1;
+    if (write(b->efd, &one, sizeof one) < 0) {
+        /* the counter is full: the thread is awake anyway */
+    }
+}
+
+/* Takes the queued lookups (caller holds LOCK). */
+static s_cmd_t *s_lookups_take(gw_bus_t *b)
+{
+    s_cmd_t *q = b->ctl_head;
+    b->ctl_head = b->ctl_tail = NULL;
+    return q;
+}
+
+/* Hands lookup C (with the command's reference) to the lookup thread. It
+ * asks over the gateway's own connection; the broker's worker list is the
+ * same for every key, but a key the broker refused (CL, C's connection)
+ * is refused here too, as its requests are. Bus thread. */
+static void s_lookup_queue(gw_bus_t *b, gw_call_t *c, ab_client_t *cl)
+{
+    s_cmd_t *q = ab_client_refused(cl) ? NULL : calloc(1, sizeof *q);
+    if (q) {
+        q->call = c;
+        pthread_mutex_lock(&b->lock);
+        int stopping = b->stopping; /* the lookup thread may be gone */
+        if (!stopping) {
+            if (b->ctl_tail)
+                b->ctl_tail->next = q;
+            else
+                b->ctl_head = q;
+            b->ctl_tail = q;
+            pthread_cond_signal(&b->ctl_cond);
+        }
+        pthread_mutex_unlock(&b->lock);
+        if (!stopping)
+            return;
+        free(q);
+        s_deliver(c, AB_ESTOPPED, 1, NULL, 0, "gateway stopping");
+    } else if (ab_client_refused(cl)) {
+        s_deliver(c, AB_EDENIED, 1, NULL, 0, ab_client_last_error(cl));
+    } else {
+        s_deliver(c, AB_ENOMEM, 1, NULL, 0, "out of memory");
+    }
+    c->ended = 1;
+    gw_call_unref(c);
+}
+
+/* One "workers" query for every lookup in Q. A failure also ends the
+ * lookups queued meanwhile: they asked a broker that did not answer
+ * either, and waiting for another try would make them wait twice. */
+static void s_lookups_run(gw_bus_t *b, s_cmd_t *q)
+{
+    if (!atomic_load(&b->connected)) {
+        s_lookups_end(b, q, AB_EDISCONNECTED, NULL, 0, "broker unreachable");
+        return;
+    }
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = ab_client_control(b->ctl, "workers", GW_BUS_LOOKUP_MS, &buf, &len);
+    if (s_answered(rc))
+        atomic_store(&b->heard_ms, s_now_ms());
+    char text[256];
+    snprintf(text, sizeof text, "%s", rc == AB_OK ? "" : ab_client_last_error(b->ctl));
+    s_lookups_end(b, q, rc, buf, len, text);
+    if (rc != AB_OK) {
+        pthread_mutex_lock(&b->lock);
+        q = s_lookups_take(b);
+        pthread_mutex_unlock(&b->lock);
+        s_lookups_end(b, q, rc, NULL, 0, text);
+    }
+    ab_free(buf);
+}
+
+/* Asks the broker for its stats when it has not answered for a probe
+ * interval: its answer is what gw_bus_heard_ms reports. libzmq's own
+ * heartbeat only drops the connection after 6 s of silence, and a broker
+ * that is stopped (SIGSTOP, swapping) keeps its TCP connections up. */
+static void s_probe(gw_bus_t *b)
+{
+    if (s_now_ms() - atomic_load(&b->heard_ms) < GW_BUS_PROBE_MS || !atomic_load(&b->connected))
+        return;
+    void *buf = NULL;
+    size_t len = 0;
+    int rc = ab_client_control(b->ctl, "stats", GW_BUS_LOOKUP_MS, &buf, &len);
+    ab_free(buf);
+    if (s_answered(rc)) {
+        atomic_store(&b->heard_ms, s_now_ms());
+        return;
+    }
+    /* The lookups queued meanwhile asked the same silent broker. */
+    pthread_mutex_lock(&b->lock);
+    s_cmd_t *q = s_lookups_take(b);
+    pthread_mutex_unlock(&b->lock);
+    s_lookups_end(b, q, rc, NULL, 0, ab_client_last_error(b->ctl));
+}
+
+/* Waits (LOCK held) until a lookup is queued, the bus stops, or MS pass. */
+static void s_ctl_wait(gw_bus_t *b, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    if (!b->ctl_head && !b->stopping)
+        pthread_cond_timedwait(&b->ctl_cond, &b->lock, &ts);
+}
+
+/* The blocking operator queries (ab_client_control has no asynchronous
+ * form) run here, on CTL, never on the bus thread: a broker that does not
+ * answer used to stall every stream and /healthz for 5 s per lookup. */
+static void *s_ctl_thread(void *arg)
+{
+    gw_bus_t *b = arg;
+    for (;;) {
+        while (ab_client_poll(b->ctl, 0) > 0) /* heartbeats, connection state */
+            ;
+        s_probe(b);
+        int wait = ab_client_next_timeout_ms(b->ctl);
+        if (wait < 0 || wait > GW_BUS_PROBE_MS)
+            wait = GW_BUS_PROBE_MS;
+        pthread_mutex_lock(&b->lock);
+        s_ctl_wait(b, wait);
+        s_cmd_t *q = s_lookups_take(b);
+        int stopping = b->stopping;
+        pthread_mutex_unlock(&b->lock);
+        if (stopping) {
+            s_lookups_end(b, q, AB_ESTOPPED, NULL, 0, "gateway stopping");
+            return NULL;
+        }
+        if (q)
+            s_lookups_run(b, q);
     }
 }
 
@@ -335,6 +521,11 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
     b->default_timeout_ms = default_timeout_ms;
     snprintf(b->service, sizeof b->service, "%s", service);
     pthread_mutex_init(&b->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->ctl_cond, &ca);
+    pthread_condattr_destroy(&ca);
     if (b->efd < 0 || b->epfd < 0)
         goto fail;
     for (unsigned i = 0; i <= n_idents; i++) {
@@ -344,10 +535,26 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
             goto fail;
         b->n_clients = i + 1;
     }
+    b->ctl = s_connect(endpoint, "", default_timeout_ms, NULL);
+    if (!b->ctl)
+        goto fail;
+    if (pthread_create(&b->ctl_thread, NULL, s_ctl_thread, b) != 0)
+        goto fail;
+    b->ctl_started = 1;
     if (pthread_create(&b->thread, NULL, s_thread, b) != 0)
         goto fail;
     return b;
 fail:
+    if (b->ctl_started) {
+        pthread_mutex_lock(&b->lock);
+        b->stopping = 1;
+        pthread_cond_signal(&b->ctl_cond);
+        pthread_mutex_unlock(&b->lock);
+        ab_client_stop(b->ctl);
+        pthread_join(b->ctl_thread, NULL);
+    }
+    ab_client_destroy(&b->ctl);
+    pthread_cond_destroy(&b->ctl_cond);
     for (unsigned i = 0; b && i < b->n_clients; i++)
         ab_client_destroy(&b->clients[i]);
     if (b && b->efd >= 0)
@@ -439,14 +646,29 @@ int gw_bus_connected(const gw_bus_t *b)
     return atomic_load(&((gw_bus_t *)b)->connected);
 }
 
+long long gw_bus_heard_ms(const gw_bus_t *b)
+{
+    long long at = atomic_load(&((gw_bus_t *)b)->heard_ms);
+    return at ? s_now_ms() - at : -1;
+}
+
+int gw_bus_responsive(const gw_bus_t *b)
+{
+    long long heard = gw_bus_heard_ms(b);
+    return gw_bus_connected(b) && heard >= 0 && heard < GW_BUS_SILENT_MS;
+}
+
 void gw_bus_stop(gw_bus_t *b)
 {
     pthread_mutex_lock(&b->lock);
     int was = b->stopping;
     b->stopping = 1;
+    pthread_cond_signal(&b->ctl_cond);
     pthread_mutex_unlock(&b->lock);
     if (was)
         return;
+    ab_client_stop(b->ctl); /* a lookup waiting for the broker ends now */
+    pthread_join(b->ctl_thread, NULL);
     uint64_t one = 1;
     if (write(b->efd, &one, sizeof one) < 0) {
         /* awake anyway */
@@ -470,8 +692,10 @@ void gw_bus_destroy(gw_bus_t **bp)
         gw_call_unref(q->call);
         free(q);
     }
+    ab_client_destroy(&b->ctl);
     close(b->efd);
     close(b->epfd);
+    pthread_cond_destroy(&b->ctl_cond);
     pthread_mutex_destroy(&b->lock);
     free(b);
     *bp = NULL;

@@ -8,6 +8,9 @@
  * shared, guarded by its own mutex and counted: one reference for the HTTP
  * side, one for the bus side while the request is in flight. A waiter (the
  * HTTP side) is told through WAKE and RESUME whenever an event arrives.
+ * GW_OP_WORKERS calls go on from the bus thread to a lookup thread with a
+ * connection of its own (operator queries only block), which delivers
+ * their one event the same way.
  */
 #ifndef GW_BUS_H
 #define GW_BUS_H
@@ -125,5 +128,21 @@ gw_event_t *gw_call_pop(gw_call_t *call);
 
 /* 1 while the bus connection is up. Any thread. */
 int gw_bus_connected(const gw_bus_t *bus);
+
+/* Operator queries (GW_OP_WORKERS calls, and the probe below) run on a
+ * lookup thread with a connection of its own, never on the bus thread:
+ * each waits at most GW_BUS_LOOKUP_MS for the broker, and fails at once
+ * (AB_EDISCONNECTED) while the bus connection is down. */
+enum { GW_BUS_LOOKUP_MS = 5000 };
+/* The lookup thread asks the broker for its stats when it has not answered
+ * for GW_BUS_PROBE_MS; one silent for GW_BUS_SILENT_MS is unresponsive
+ * (/healthz), though its TCP connection may still be up (SIGSTOP). */
+enum { GW_BUS_PROBE_MS = 1000, GW_BUS_SILENT_MS = 3000 };
+/* Milliseconds since the broker last answered the lookup thread, or -1 if
+ * it never has. Any thread. */
+long long gw_bus_heard_ms(const gw_bus_t *bus);
+/* 1 while the bus connection is up and the broker was heard within
+ * GW_BUS_SILENT_MS (/healthz, /metrics). Any thread. */
+int gw_bus_responsive(const gw_bus_t *bus);
 
 #endif

@@ -140,6 +140,10 @@ static json_t *s_error_body(const gw_conn_t *c, unsigned status, const char *tex
 
 enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text)
 {
+    /* Every 503 here is passing (broker unreachable, no worker, busy): say
+     * when to come back, as the shed refusals do. */
+    if (status == 503)
+        return s_json(c, status, s_error_body(c, status, text), "Retry-After", "1");
     return gw_reply_json(c, status, s_error_body(c, status, text));
 }
 
@@ -199,7 +203,8 @@ static int s_wake(gw_call_t *k)
     return 1;
 }
 
-/* Called by the bus thread after s_wake, without the call's lock: the
+/* Called by the bus thread (or the lookup thread, which then rings the
+ * bus thread to run the shard) after s_wake, without the call's lock: the
  * connection is still suspended, so it and C live until it is resumed.
  * Once resumed, an HTTP thread (--threads) may answer, complete and free C
  * at once: nothing of C is read after MHD_resume_connection. */

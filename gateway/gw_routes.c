@@ -341,12 +341,15 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
              "waited (request cancelled).\n# TYPE agentbus_gateway_client_hangups_total counter\n"
              "agentbus_gateway_client_hangups_total %llu\n"
              "# HELP agentbus_gateway_bus_connected 1 while the broker connection is up.\n"
-             "# TYPE agentbus_gateway_bus_connected gauge\nagentbus_gateway_bus_connected %d\n",
+             "# TYPE agentbus_gateway_bus_connected gauge\nagentbus_gateway_bus_connected %d\n"
+             "# HELP agentbus_gateway_broker_responsive 1 while the broker is connected and "
+             "answered within 3 s (/healthz).\n# TYPE agentbus_gateway_broker_responsive gauge\n"
+             "agentbus_gateway_broker_responsive %d\n",
              (unsigned long long)atomic_load(&m->in_flight),
              gw_bus_cancelled(c->g->bus),
              (unsigned long long)atomic_load(&m->chunks),
              (unsigned long long)atomic_load(&m->bus_errors), gw_bus_hangups(c->g->bus),
-             gw_bus_connected(c->g->bus));
+             gw_bus_connected(c->g->bus), gw_bus_responsive(c->g->bus));
     s_metric(&b, &len, &cap,
              "# HELP agentbus_gateway_admitted Model and inference requests held (read, waiting "
              "for the bus or streaming); at --max-in-flight more are refused.\n"
@@ -436,6 +439,21 @@ static enum MHD_Result s_workers(gw_conn_t *c)
     return gw_call_bus(c, k);
 }
 
+/* 200 only while the broker is connected and answers: a stopped broker
+ * keeps its TCP connection up (and requests end with 504) for seconds
+ * before libzmq's heartbeat gives up on it. */
+static enum MHD_Result s_healthz(gw_conn_t *c)
+{
+    int up = gw_bus_connected(c->g->bus);
+    long long heard = gw_bus_heard_ms(c->g->bus);
+    int answers = gw_bus_responsive(c->g->bus);
+    const char *status = answers ? "ok" : !up ? "broker unreachable" : "broker unresponsive";
+    return gw_reply_json(c, answers ? 200 : 503,
+                         json_pack("{s:s, s:b, s:b, s:I}", "status", status, "broker_connected",
+                                   up, "broker_responsive", answers, "broker_heard_ms",
+                                   (json_int_t)heard));
+}
+
 enum MHD_Result gw_routes_handle(gw_conn_t *c, const char *method)
 {
     if (c->phase == GW_P_WAIT)
@@ -449,12 +467,8 @@ enum MHD_Result gw_routes_handle(gw_conn_t *c, const char *method)
         return gw_reply_text(c, 200, "text/plain; charset=utf-8", "Ollama is running");
     case GW_R_VERSION:
         return gw_reply_json(c, 200, json_pack("{s:s}", "version", c->g->cfg.version));
-    case GW_R_HEALTHZ: {
-        int up = gw_bus_connected(c->g->bus);
-        return gw_reply_json(c, up ? 200 : 503,
-                             json_pack("{s:s, s:b}", "status", up ? "ok" : "broker unreachable",
-                                       "broker_connected", up));
-    }
+    case GW_R_HEALTHZ:
+        return s_healthz(c);
     case GW_R_METRICS:
         return s_metrics(c);
     case GW_R_TAGS: case GW_R_PS: case GW_R_SHOW: case GW_R_OAI_MODELS:
