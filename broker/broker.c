@@ -130,6 +130,9 @@ static int s_router_new(ab_broker_t *b, ab_broker_config_t *cfg)
      * workers' suspicion usually find it first (docs/health.md). */
     int hb_ivl = (int)cfg->transport_ping_ms, hb_timeout = (int)(cfg->heartbeat_ms * cfg->liveness);
     zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    for (int i = 0; i < cfg->nbinds; i++) /* an IPv6 address to bind: tcp://[::1]:5555 */
+        if (strncmp(cfg->binds[i], "tcp://[", 7) == 0)
+            zmq_setsockopt(b->router, ZMQ_IPV6, &one, sizeof one);
     zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_LINGER, &linger, sizeof linger);

@@ -283,6 +283,13 @@ static int s_binds_add(ab_broker_config_t *cfg, const char *list)
             free(copy);
             return -1;
         }
+        /* libzmq reads a bind's host as an interface or an address, not a
+         * name: "localhost" would fail ("No such device"). */
+        char local[300];
+        if (strncmp(tok, "tcp://localhost:", 16) == 0 && strlen(tok) < sizeof local - 8) {
+            snprintf(local, sizeof local, "tcp://127.0.0.1:%s", tok + 16);
+            tok = local;
+        }
         cfg->binds[cfg->nbinds++] = strdup(tok);
     }
     free(copy);

@@ -266,6 +266,14 @@ static void s_endpoints(void)
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0; true", bk), 0);
     const char *l = strstr(s_out, "listening on tcp://127.0.0.1:");
     CHECK_TRUE(l && l[29] >= '1' && l[29] <= '9');
+    /* "localhost" is loopback (libzmq takes a bind's host as an interface or
+     * an address: it failed, "No such device"); an IPv6 address binds. */
+    CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://localhost:0' --drain-ms 0; true", bk), 0);
+    CHECK_TRUE(HAS("listening on tcp://127.0.0.1:"));
+    if (s_sh("grep -q '^0\\{31\\}1 ' /proc/net/if_inet6") != 0)
+        return; /* no IPv6 loopback on this machine */
+    CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://[::1]:0' --drain-ms 0; true", bk), 0);
+    CHECK_TRUE(HAS("listening on tcp://[::1]:"));
 }
 
 /* Names, topics and data starting with '-' are refused unless after "--";
