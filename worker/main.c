@@ -313,6 +313,12 @@ typedef struct {
 static int s_refusal_log(s_link_t *l, const char *ep, const char *service)
 {
     int refused = ab_worker_refused(s_worker);
+    /* Between two refused attempts (a keyless connection is "connected" at
+     * TCP until the broker hangs up on its greeting) the library says 0:
+     * the refusal ends only when the worker is registered. Under load that
+     * gap let "no broker reachable" through and the refusal be said again. */
+    if (!refused && !ab_worker_connected(s_worker))
+        refused = l->refused;
     if (refused == l->refused)
         return 0;
     l->refused = refused;
