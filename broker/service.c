@@ -269,9 +269,7 @@ ab_req_t *ab_queue_head(ab_service_t *s)
 /* The key of R's model for ab_fast_t (0: it names none). */
 static uint64_t s_fast_key(const ab_req_t *r)
 {
-    if (!r->route || !r->route->model[0])
-        return 0;
-    return ab_hash_bytes(r->route->model, strlen(r->route->model)) | 1;
+    return r->route ? r->route->model_key : 0;
 }
 
 /* S's slot for KEY; with MAKE, a new one in place of the least recently

@@ -37,6 +37,8 @@ int ab_route_init(ab_req_t *r, const ab_header_t *h)
         return -1;
     ab_view_copy(h->model, rt->model, sizeof rt->model);
     ab_view_copy(h->worker, rt->worker, sizeof rt->worker);
+    if (rt->model[0]) /* hashed once here, not at each dispatch pass and answer */
+        rt->model_key = ab_hash_bytes(rt->model, strlen(rt->model)) | 1;
     r->route = rt;
     return 0;
 }
