@@ -375,7 +375,7 @@ static int s_send_frames(ab_conn_t *c, const uint8_t *hdr, size_t hlen, const vo
             rc = zmq_msg_send(body ? body : &own, c->sock, 0);
         zmq_msg_close(&own); /* sent: empty; not sent: uncounted and freed */
     }
-    if (rc < 0 && errno == EAGAIN && c->auth_refused && !c->connected) /* not a full queue */
+    if (rc < 0 && errno == EAGAIN && c->auth_refused && !c->handshaken) /* not a full queue */
         return ab_conn_fail(c, AB_EDENIED, "%s", ab_conn_refusal(c));
     if (rc < 0)
         return ab_conn_fail(c, errno == EAGAIN ? AB_EBUSY : AB_EZMQ, "send failed: %s",
@@ -815,12 +815,16 @@ static int s_read_events(ab_conn_t *c)
          * the key, not when TCP connects. */
         int curve = c->opts.curve_secret[0] != '\0';
         if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            /* A refusal ends here, not at a TCP connect: a broker that
+             * requires CURVE accepts a keyless connection's TCP and then
+             * hangs up on its greeting, so between two refused attempts
+             * the refusal would read as none (ab_worker_refused). */
             c->hangups = 0;
             c->handshaken = 1;
+            c->auth_refused = 0;
         }
         if (event == (curve ? ZMQ_EVENT_HANDSHAKE_SUCCEEDED : ZMQ_EVENT_CONNECTED)) {
             c->connected = 1;
-            c->auth_refused = 0;
             c->retry_ms = 0;
             c->retry_at_ms = 0;
             c->retry_lost = 0;

@@ -667,7 +667,7 @@ int ab_worker_refused(const ab_worker_t *w)
 {
     if (!w || (w->conn.connected && w->registered))
         return AB_OK;
-    if (w->conn.auth_refused && !w->conn.connected)
+    if (w->conn.auth_refused && !w->conn.handshaken)
         return AB_EDENIED;
     return w->refused;
 }

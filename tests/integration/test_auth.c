@@ -587,6 +587,49 @@ static void s_worker_refused(void)
     }
 }
 
+/* Once refused, a keyless handle stays refused until a handshake succeeds:
+ * the broker accepts each retry's TCP and then hangs up on its greeting,
+ * and that TCP connect is not a handshake (before, ab_worker_refused and
+ * ab_client_refused read 0 in each such gap; under load a worker said
+ * "no broker reachable" between two refusals). Read at every poll over
+ * several retries (500 ms, 1 s, 2 s apart). */
+static void s_refused_sticky(void)
+{
+    s_setup();
+    int port = s_port_with_ep();
+    s_broker(port);
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    ab_options_set_key_file(o, ""); /* not the admin key of AB_KEY */
+    ab_options_set_broker_key(o, "");
+    ab_worker_t *w = NULL;
+    REQUIRE(ab_worker_new(&w, o, "echo", 1) == AB_OK);
+    ab_client_t *c = NULL;
+    REQUIRE(ab_client_new(&c, o) == AB_OK);
+    ab_options_destroy(&o);
+    int64_t end = ab_now_ms() + 10000;
+    while (ab_now_ms() < end && (ab_worker_refused(w) != AB_EDENIED || !ab_client_refused(c))) {
+        ab_job_t *j = NULL;
+        ab_worker_recv(w, &j, 5);
+        ab_client_poll(c, 5);
+    }
+    REQUIRE(ab_worker_refused(w) == AB_EDENIED && ab_client_refused(c));
+    int gaps_w = 0, gaps_c = 0, polls = 0;
+    for (end = ab_now_ms() + 4000; ab_now_ms() < end; polls++) {
+        ab_job_t *j = NULL;
+        ab_worker_recv(w, &j, 1);
+        ab_client_poll(c, 1);
+        gaps_w += ab_worker_refused(w) != AB_EDENIED;
+        gaps_c += !ab_client_refused(c);
+    }
+    CHECK_TRUE(polls > 100);
+    CHECK_EQ(gaps_w, 0);
+    CHECK_EQ(gaps_c, 0);
+    CHECK_TRUE(strstr(ab_client_last_error(c), "requires CURVE") != NULL);
+    ab_worker_destroy(&w);
+    ab_client_destroy(&c);
+}
+
 static void s_ignore(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
     (void)c, (void)ev, (void)arg;
@@ -872,6 +915,7 @@ int main(int argc, char **argv)
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
         {"listen_denied", s_listen_denied}, {"worker_refused", s_worker_refused},
+        {"refused_sticky", s_refused_sticky},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
