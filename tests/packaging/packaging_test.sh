@@ -247,6 +247,15 @@ case_bash_completion()
     expect "load" brokerctl models lo
     # After the command, words are its arguments: no command names.
     expect "" brokerctl stats s
+    # Each command's own options, and the values of options that take one
+    # (read from the help texts: "--opt VALUE").
+    expect "--priority" brokerctl request svc data --pri
+    expect "--watch" brokerctl stats --wa
+    expect "batch interactive normal" brokerctl generate --priority ""
+    expect "admin agent" brokerctl keygen bob --role a
+    expect "stats" brokerctl --key /dev/null --broker-key /dev/null st
+    expect "" brokerctl --timeout-ms ""
+    expect "/dev/null" brokerctl --key /dev/nu
     # Registered for brokerctl.
     PATH="$bin:$PATH" bash --norc --noprofile -c 'source "$1"; complete -p brokerctl' \
         _ "$src/etc/bash-completion/brokerctl" | grep -- '-F _brokerctl' >/dev/null ||
