@@ -35,6 +35,7 @@ struct ab_worker {
     int registered;
     uint64_t register_id; /* the latest REGISTER's id: its refusal names it */
     int refused;          /* the code of that REGISTER's refusal, 0 if none */
+    char refused_text[AB_ERRTEXT_MAX]; /* its text (the broker's words) */
     char *label_keys[AB_MAX_LABELS];
     char *label_values[AB_MAX_LABELS];
     size_t nlabels;
@@ -370,11 +371,10 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
          * nothing: kept (ab_worker_refused) and said (the last error), so
          * that the application can tell that from a broker not reached. */
         if (h->correlation_id && h->correlation_id == w->register_id) {
-            char text[AB_ERRTEXT_MAX];
-            ab_view_copy(h->error_text, text, sizeof text);
+            ab_view_copy(h->error_text, w->refused_text, sizeof w->refused_text);
             w->registered = 0;
             w->refused = ab_status_from_wire(h->error_code);
-            ab_conn_fail(&w->conn, w->refused, "%s", text); /* the broker's words */
+            ab_conn_fail(&w->conn, w->refused, "%s", w->refused_text); /* the broker's words */
         }
         break; /* other ERRORs to us (e.g. our message was malformed): nothing to do */
     default:
@@ -493,9 +493,15 @@ static int s_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms, int quiet)
             /* The caller may sleep elsewhere now (a backend in its own poll):
              * answers gathered in this turn, such as a CANCEL's, go first. */
             ab_conn_flush(&w->conn);
-            return quiet ? AB_ETIMEOUT
-                         : ab_conn_fail(&w->conn, AB_ETIMEOUT, "no request within %d ms",
-                                        timeout_ms);
+            if (quiet)
+                return AB_ETIMEOUT;
+            /* A refused worker gets no request: the last error keeps saying
+             * why (ab_worker_refused), not that none came. */
+            if (ab_worker_refused(w))
+                return ab_conn_fail(&w->conn, AB_ETIMEOUT, "%s",
+                                    w->conn.auth_refused ? ab_conn_refusal(&w->conn)
+                                                         : w->refused_text);
+            return ab_conn_fail(&w->conn, AB_ETIMEOUT, "no request within %d ms", timeout_ms);
         }
         int64_t wait = w->conn.next_heartbeat_ms - now;
         if (wait > end - now)

@@ -159,6 +159,7 @@ for _n, _r, _a in [
     ("ab_worker_destroy", None, (PP,)),
     ("ab_worker_last_error", c_char_p, (P,)),
     ("ab_worker_connected", c_int, (P,)),
+    ("ab_worker_refused", c_int, (P,)),
     ("ab_worker_set_label", c_int, (P, c_char_p, c_char_p)),
     ("ab_worker_set_capacity", c_int, (P, c_uint)),
     ("ab_worker_capacity", c_uint, (P,)),

@@ -124,6 +124,7 @@ class Worker:
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._stopped = threading.Event()
         self._kicked = False
+        self._refused: tuple = (0, None)  # (code, error) as the loop last read it
         self._job_cb = JOB_FN(self._on_job)
         self._cancel_cb = CANCEL_FN(self._on_cancel)
         o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
@@ -160,6 +161,24 @@ class Worker:
     @property
     def connected(self) -> bool:
         return bool(lib.ab_worker_connected(self._h))
+
+    @property
+    def refused(self) -> Optional[AgentbusError]:
+        """Why the broker refuses this worker, or None: a DeniedError when
+        the CURVE handshake was refused (no key or an untrusted one) or the
+        key may not register the service; TooLargeError or BusyError when
+        its REGISTER was over the broker's limits. The library keeps
+        trying; None again once the worker is registered."""
+        if self._loop is not None:  # running: as its loop last read it
+            return self._refused[1]
+        rc = lib.ab_worker_refused(self._h) if self._h else 0
+        return error(rc, self.last_error()) if rc < 0 else None
+
+    def _read_refused(self) -> None:
+        """On the loop's thread: keeps the refusal for :attr:`refused`."""
+        rc = lib.ab_worker_refused(self._h)
+        if rc != self._refused[0]:
+            self._refused = (rc, error(rc, self.last_error()) if rc < 0 else None)
 
     def last_error(self) -> str:
         return text(lib.ab_worker_last_error(self._h))
@@ -207,6 +226,7 @@ class Worker:
                 self._stopped.set()
                 return False
             if n == 0 and not lib.ab_worker_has_input(self._h):
+                self._read_refused()
                 return True
 
     def _kick(self) -> None:

@@ -626,6 +626,10 @@ static void s_refused_sticky(void)
     CHECK_EQ(gaps_w, 0);
     CHECK_EQ(gaps_c, 0);
     CHECK_TRUE(strstr(ab_client_last_error(c), "requires CURVE") != NULL);
+    /* A refused worker's wait for a request says why, not just "none came". */
+    ab_job_t *j = NULL;
+    CHECK_EQ(ab_worker_recv(w, &j, 1), AB_ETIMEOUT);
+    CHECK_TRUE(strstr(ab_worker_last_error(w), "requires CURVE") != NULL);
     ab_worker_destroy(&w);
     ab_client_destroy(&c);
 }

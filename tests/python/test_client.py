@@ -243,3 +243,23 @@ def test_auth_curve(procs, tmp_path, monkeypatch):
         with pytest.raises(agentbus.DeniedError):
             c.request("echo", b"hi", timeout=5)
         assert c.refused
+
+    # A worker without a key: refused, and it says why (Worker.refused),
+    # while it goes on trying; None for a registered one.
+    import threading
+    w = agentbus.Worker("echo2", lambda job: job.data, endpoint=bus.endpoint)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while w.refused is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert isinstance(w.refused, agentbus.DeniedError)
+        assert not w.connected
+    finally:
+        w.stop()
+        t.join(10)
+    assert not t.is_alive()
+    why = w.refused
+    assert isinstance(why, agentbus.DeniedError) and "requires CURVE" in str(why), str(why)
+    w.close()
