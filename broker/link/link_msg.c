@@ -774,7 +774,11 @@ static void s_on_publish(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg_t
     }
     if (!here)
         return;
-    if (!s_origin_ok(b, h, &why)) {
+    if (s_sender_here(b, h->sender)) /* as for a SEND: not one of its agents */
+        why = "the sender is an agent of this broker: a peer broker cannot publish as it";
+    if (why || !s_origin_ok(b, h, &why)) {
+        if (b->msgs)
+            b->msgs->c.refused++;
         AB_COUNT_ERROR(b, AB_ERR_DENIED);
         AB_LOG_RL(&b->rl, 0x11e8 + (uint64_t)l->idx, now, AB_LOG_WARN,
                   "publication on '%.*s' from broker '%s' dropped: %s", (int)h->target.len,

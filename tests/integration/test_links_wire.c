@@ -511,10 +511,10 @@ static void s_hostile_dir(void)
  * link D, as a peer broker passes one on: a forwarded id (its top bit) and
  * an agent as its origin (origin_role is the key role + 1; agent is 0). */
 #define S_FWD_ID(n) ((1ull << 63) | (n))
-static void s_fake_msg(void *d, uint64_t id, const char *sender, const char *target,
-                       uint64_t corr, const char *text)
+static void s_fake_kind(void *d, uint32_t kind, uint64_t id, const char *sender,
+                        const char *target, uint64_t corr, const char *text)
 {
-    ab_header_t h = ab_header_init(AB_KIND_SEND);
+    ab_header_t h = ab_header_init(kind);
     h.id = S_FWD_ID(id);
     h.origin_role = 1;
     h.sender = ab_view_of(sender);
@@ -525,6 +525,12 @@ static void s_fake_msg(void *d, uint64_t id, const char *sender, const char *tar
     REQUIRE(hl > 0);
     REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
     REQUIRE(zmq_send(d, text, strlen(text), 0) == (int)strlen(text));
+}
+
+static void s_fake_msg(void *d, uint64_t id, const char *sender, const char *target,
+                       uint64_t corr, const char *text)
+{
+    s_fake_kind(d, AB_KIND_SEND, id, sender, target, corr, text);
 }
 
 /* The error code of H when it is the ERROR answering ID, else -1. */
@@ -627,9 +633,22 @@ static void s_link_sender(void)
            ask.data);
     CHECK_EQ(ask.finals, 1);
     CHECK_STR(ask.data, "real");
+    /* The same for a publication (one hop: no dests): "from" alice it is
+     * dropped and counted, from carol it reaches bob's subscription. */
+    REQUIRE(ab_client_subscribe(bob, "news.", 5000) == AB_OK);
+    s_fake_kind(d, AB_KIND_PUBLISH, 0, "alice", "news.a", 0, "forged news");
+    s_fake_kind(d, AB_KIND_PUBLISH, 0, "carol", "news.c", 0, "real news");
+    ab_message_t *t = NULL;
+    end = ab_now_ms() + 10000;
+    while (!t && ab_now_ms() < end)
+        ab_client_recv(bob, &t, 50);
+    REQUIRE(t != NULL);
+    CHECK_EQ(t->type, AB_MSG_TOPIC);
+    CHECK_STR(t->sender, "carol"); /* alice's came first on the same link */
+    ab_message_destroy(&t);
     Agentbus__Stats *st = th_stats(a);
     REQUIRE(st != NULL);
-    CHECK_TRUE(st->msgs_refused >= 1);
+    CHECK_TRUE(st->msgs_refused >= 2);
     agentbus__stats__free_unpacked(st, NULL);
     ab_message_destroy(&q);
     ab_message_destroy(&m);
