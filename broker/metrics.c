@@ -219,6 +219,9 @@ static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)
     for (size_t i = 0; i < sizeof s_counters / sizeof s_counters[0]; i++)
         s_one(o, s_counters[i].name, "counter", s_counters[i].help,
               (double)*(const uint64_t *)((const char *)&b->c + s_counters[i].off));
+    s_one(o, "agentbus_http_slow_closed_total", "counter",
+          "HTTP connections (this endpoint) closed for no complete request within 5 s",
+          (double)ab_http_cut(b->metrics->http));
     uint64_t hs_ok, hs_refused;
     ab_auth_handshakes(b, &hs_ok, &hs_refused);
     s_family(o, "agentbus_handshakes_total", "counter", "CURVE keys checked, by result");

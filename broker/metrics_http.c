@@ -16,6 +16,11 @@
 
 #define AB_HTTP_CONNS 32      /* scrapers and probes are few */
 #define AB_HTTP_TIMEOUT_S 10  /* an idle or slow client is cut after this */
+/* A request's headers are complete within this from the connection's
+ * start (or its previous request's end), or it is closed: libmicrohttpd's
+ * timeout restarts at each byte, so a byte every few seconds on each of
+ * the 32 connections would keep every probe out. */
+#define AB_HTTP_HEADER_MS 5000
 #define AB_PROM_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
 struct ab_http {
@@ -29,6 +34,15 @@ struct ab_http {
     int waiting;      /* scrapes waiting for a render */
     int64_t alive_ms; /* last beat of the loop; 0: none yet */
     int ready;
+    /* Open connections (fd -1: a free slot), for the header deadline. */
+    struct s_conn {
+        int fd;
+        int in_request;   /* its headers came; until the request is done */
+        int64_t since_ms; /* its start, or its previous request's end */
+    } conns[AB_HTTP_CONNS + 8];
+    uint64_t cut;        /* connections closed at the header deadline */
+    uint64_t cut_logged; /* of those, said in the log */
+    int64_t logged_ms;
 };
 
 /* Splits SPEC into HOST (brackets removed) and PORT; resolves it into SS.
@@ -144,6 +158,59 @@ static enum MHD_Result s_probe(ab_http_t *h, struct MHD_Connection *conn, int re
     return s_text(conn, MHD_HTTP_OK, "ok\n");
 }
 
+/* The slot of CONN (s_notify), or NULL. */
+static struct s_conn *s_slot(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *i =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return i ? i->socket_context : NULL;
+}
+
+/* Marks CONN's slot in a request (its headers came) or done with one. */
+static void s_mark(ab_http_t *h, struct MHD_Connection *conn, int in_request)
+{
+    struct s_conn *c = s_slot(conn);
+    if (!c)
+        return;
+    pthread_mutex_lock(&h->mu);
+    c->in_request = in_request;
+    c->since_ms = ab_now_ms();
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* A connection opened or closed: its slot taken or freed. The fd is
+ * forgotten here, before libmicrohttpd closes it, so the sweep never
+ * shuts down a descriptor that was reused. */
+static void s_notify(void *cls, struct MHD_Connection *conn, void **ctx,
+                     enum MHD_ConnectionNotificationCode what)
+{
+    ab_http_t *h = cls;
+    pthread_mutex_lock(&h->mu);
+    struct s_conn *c = *ctx;
+    if (what == MHD_CONNECTION_NOTIFY_CLOSED && c) {
+        c->fd = -1;
+        *ctx = NULL;
+    } else if (what == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *i =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        for (size_t k = 0; i && k < sizeof h->conns / sizeof h->conns[0]; k++)
+            if (h->conns[k].fd < 0) {
+                h->conns[k] = (struct s_conn){i->connect_fd, 0, ab_now_ms()};
+                *ctx = &h->conns[k];
+                break;
+            }
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                        enum MHD_RequestTerminationCode toe)
+{
+    (void)con_cls;
+    (void)toe;
+    s_mark(cls, conn, 0);
+}
+
 static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const char *url,
                                 const char *method, const char *version, const char *upload,
                                 size_t *upload_len, void **con_cls)
@@ -153,6 +220,7 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
     ab_http_t *h = cls;
     if (!*con_cls) { /* first call: headers only; answer on the next */
         *con_cls = h;
+        s_mark(h, conn, 1);
         return MHD_YES;
     }
     if (*upload_len) { /* a body is not expected; drop it */
@@ -199,11 +267,14 @@ ab_http_t *ab_http_start(const char *spec)
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_POLL |
                      (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    for (size_t k = 0; k < sizeof h->conns / sizeof h->conns[0]; k++)
+        h->conns[k].fd = -1;
     h->d = MHD_start_daemon(flags, 0, NULL, NULL, s_access, h, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
                             (unsigned)AB_HTTP_CONNS, MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)AB_HTTP_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE,
-                            (size_t)256 * 1024, MHD_OPTION_END);
+                            (unsigned)AB_HTTP_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION, s_notify,
+                            h, MHD_OPTION_NOTIFY_COMPLETED, s_completed, h,
+                            MHD_OPTION_THREAD_STACK_SIZE, (size_t)256 * 1024, MHD_OPTION_END);
     if (!h->d) {
         AB_ERROR("cannot listen for HTTP on %s (address in use or not local?)", spec);
         pthread_cond_destroy(&h->rendered);
@@ -221,12 +292,45 @@ unsigned ab_http_port(const ab_http_t *h)
     return h->port;
 }
 
+/* Under the lock: closes the connections past the header deadline (a
+ * shutdown: the connection's thread sees the end and closes it). */
+static void s_sweep(ab_http_t *h, int64_t now_ms)
+{
+    for (size_t k = 0; k < sizeof h->conns / sizeof h->conns[0]; k++) {
+        struct s_conn *c = &h->conns[k];
+        if (c->fd < 0 || c->in_request || now_ms - c->since_ms < AB_HTTP_HEADER_MS)
+            continue;
+        shutdown(c->fd, SHUT_RDWR);
+        c->since_ms = now_ms; /* once; closed soon after */
+        h->cut++;
+    }
+}
+
 void ab_http_beat(ab_http_t *h, int64_t now_ms, int ready)
 {
     pthread_mutex_lock(&h->mu);
     h->alive_ms = now_ms;
     h->ready = ready;
+    s_sweep(h, now_ms);
+    uint64_t cut = h->cut, said = h->cut_logged;
+    int say = cut != said && now_ms - h->logged_ms >= 60000;
+    if (say) {
+        h->cut_logged = cut;
+        h->logged_ms = now_ms;
+    }
     pthread_mutex_unlock(&h->mu);
+    if (say)
+        AB_WARN("closed %llu HTTP connection(s) that sent no complete request within %d ms "
+                "(slow or stalled clients; %llu since start)",
+                (unsigned long long)(cut - said), AB_HTTP_HEADER_MS, (unsigned long long)cut);
+}
+
+uint64_t ab_http_cut(ab_http_t *h)
+{
+    pthread_mutex_lock(&h->mu);
+    uint64_t n = h->cut;
+    pthread_mutex_unlock(&h->mu);
+    return n;
 }
 
 int ab_http_wanted(ab_http_t *h)
@@ -246,6 +350,7 @@ void ab_http_publish(ab_http_t *h, char *text, size_t len, int64_t now_ms, int r
     h->gen++;
     h->alive_ms = now_ms;
     h->ready = ready;
+    s_sweep(h, now_ms);
     pthread_cond_broadcast(&h->rendered);
     pthread_mutex_unlock(&h->mu);
     free(old); /* outside the lock */

@@ -36,6 +36,9 @@ unsigned ab_http_port(const ab_http_t *h);
 void ab_http_beat(ab_http_t *h, int64_t now_ms, int ready);
 /* 1 when a scrape waits for a render. */
 int ab_http_wanted(ab_http_t *h);
+/* Connections closed so far for not sending a complete request within
+ * the header deadline (5 s from their start or their last request). */
+uint64_t ab_http_cut(ab_http_t *h);
 /* Hands TEXT (malloc'd, LEN bytes; ownership passes) to the scrapes
  * waiting, and beats as ab_http_beat. Never blocks beyond a pointer swap. */
 void ab_http_publish(ab_http_t *h, char *text, size_t len, int64_t now_ms, int ready);

@@ -389,6 +389,64 @@ def case_probes():
         b.close()
 
 
+def case_slow_clients():
+    """Slowloris: as many connections as the endpoint takes (32), each
+    sending one byte of a header line every second and never ending it,
+    would keep /healthz out for good (libmicrohttpd's idle timeout restarts
+    at each byte). Each is closed 5 s after it started without a complete
+    request, so the probe answers again, and they are counted."""
+    b = Broker()
+    socks = []
+    try:
+        wait_until(lambda: b.get("/healthz")[0] == 200, "/healthz 200")
+        for _ in range(32):
+            s = socket.create_connection(("127.0.0.1", b.http), 5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            socks.append(s)
+        closed = set()
+
+        def dribble():
+            for i, s in enumerate(socks):
+                if i in closed:
+                    continue
+                try:
+                    s.sendall(b"a")
+                except OSError:
+                    closed.add(i)
+
+        def probe():
+            dribble()
+            try:
+                return b.get("/healthz")[0] == 200
+            except OSError:  # refused at the connection limit, or reset
+                return False
+
+        wait_until(probe, "/healthz answered beside 32 dribbling connections", 30)
+        # Every dribbler is cut (a send fails, or the server's FIN is read).
+        def all_cut():
+            dribble()
+            for i, s in enumerate(socks):
+                if i in closed:
+                    continue
+                s.setblocking(False)
+                try:
+                    if s.recv(4096) == b"":
+                        closed.add(i)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed.add(i)
+            return len(closed) == len(socks)
+        wait_until(all_cut, "all 32 slow connections closed", 30)
+        assert value(b.scrape(), "agentbus_http_slow_closed_total") >= 32
+        # A client that is quick enough is unaffected, also on keep-alive.
+        assert b.get("/readyz")[0] == 200
+    finally:
+        for s in socks:
+            s.close()
+        b.close()
+
+
 def listening_ports(pid):
     """TCP ports PID listens on (from /proc: its socket inodes in LISTEN)."""
     inodes = set()
@@ -445,7 +503,7 @@ def case_config():
         assert f"'{bad}'" in r.stderr, (bad, r.stderr)
 
 
-CASES = {"exposition": case_exposition, "probes": case_probes,
+CASES = {"exposition": case_exposition, "probes": case_probes, "slow_clients": case_slow_clients,
          "off_by_default": case_off_by_default, "config": case_config}
 
 if __name__ == "__main__":
