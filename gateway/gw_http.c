@@ -587,6 +587,7 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
     gw_t *g = cls;
     gw_conn_t *c = *con_cls;
     if (!c) {
+        gw_conns_headers_done(&g->conns, conn); /* the header deadline stops */
         c = s_conn_new(g, conn, url);
         if (!c)
             return MHD_NO;
@@ -627,9 +628,9 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
 static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                         enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     (void)toe; /* an unfinished call is what counts: a client can leave after its end */
     gw_t *g = cls;
+    gw_conns_request_done(&g->conns, conn); /* the next request's headers are due */
     gw_conn_t *c = *con_cls;
     if (!c)
         return;
@@ -789,7 +790,7 @@ static int s_run_http(void *arg)
     for (int i = 0; i < n; i++)
         run |= ev[i].data.u32 == GW_MAX_SHARDS ? s_accept(g) : 1ULL << ev[i].data.u32;
     uint64_t now = tl_now_us();
-    int wait = -1;
+    int wait = gw_conns_reap(&g->conns, now); /* the sockets it shuts down wake their shard */
     for (unsigned s = 0; s < g->n_mhd; s++) {
         if ((run >> s & 1) || g->due_us[s] <= now) {
             int to = s_run_shard(g->mhd[s]);
@@ -841,12 +842,13 @@ static struct MHD_Daemon *s_daemon(gw_t *g, unsigned flags, int lfd, unsigned li
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)s_completed, g},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)g->cfg.idle_timeout_s, NULL},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)gw_conns_notify, &g->conns},
         {pool ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)pool, NULL},
         {MHD_OPTION_END, 0, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     if (lfd >= 0) /* in the first END's place when there is no pool */
-        opts[pool ? 4 : 3] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
+        opts[pool ? 5 : 4] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
     else
         flags |= MHD_USE_NO_LISTEN_SOCKET;
     return MHD_start_daemon(flags, 0, NULL, NULL, s_access, g, MHD_OPTION_ARRAY, opts,
@@ -884,6 +886,7 @@ static int s_start_shards(gw_t *g, unsigned flags, int lfd)
 int gw_http_start(gw_t *g)
 {
     g->ep_fd = g->lfd = -1;
+    gw_conns_init(&g->conns, g->cfg.header_timeout_ms);
     int lfd = s_listen(g);
     if (lfd < 0)
         return -1;
@@ -898,8 +901,10 @@ int gw_http_start(gw_t *g)
                              g->cfg.max_connections);
         g->n_mhd = g->mhd[0] ? 1 : 0;
         rc = g->mhd[0] ? 0 : -1;
-        if (!rc)
+        if (!rc) {
             lfd = -1; /* the daemon owns it */
+            rc = gw_conns_start_thread(&g->conns); /* the pool has no hook to reap from */
+        }
     } else {
         rc = s_start_shards(g, flags, lfd);
         lfd = -1; /* G->lfd, closed by gw_http_stop */
@@ -922,6 +927,7 @@ void gw_http_stop(gw_t *g)
     for (unsigned s = 0; s < g->n_mhd; s++)
         MHD_stop_daemon(g->mhd[s]);
     g->n_mhd = 0;
+    gw_conns_destroy(&g->conns); /* after the daemons: they notify it while closing */
     if (g->ep_fd >= 0)
         close(g->ep_fd);
     if (g->lfd >= 0)

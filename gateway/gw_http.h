@@ -11,6 +11,7 @@
 #define GW_HTTP_H
 
 #include "gw_bus.h"
+#include "gw_conns.h"
 #include "gw_json.h"
 #include "gw_keys.h"
 
@@ -34,6 +35,8 @@ typedef struct {
     const char *version;       /* --ollama-version: what /api/version says */
     const char *api_keys;      /* --api-keys FILE (NULL: no key needed) */
     unsigned idle_timeout_s;   /* --idle-timeout-s: a silent client's connection closes */
+    unsigned header_timeout_ms; /* --header-timeout-ms: a request's headers must be in by
+                                 * then, from accept or the previous request (0: no limit) */
     unsigned max_in_flight;    /* --max-in-flight: bus-route requests held at once; more get 503 */
     unsigned max_queue_ms;     /* --max-queue-ms: a request that waited longer to be read gets
                                 * 503 (0: no limit but its deadline) */
@@ -85,6 +88,7 @@ typedef struct {
     atomic_ullong resumed;        /* shards with a connection resumed (bit mask) */
     gw_metrics_t m;
     gw_keys_t keys;               /* --api-keys; none loaded: no key needed */
+    gw_conns_t conns;             /* --header-timeout-ms */
     atomic_ullong next_id;        /* OpenAI ids */
 } gw_t;
 
