@@ -12,6 +12,11 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
   idle       --header-timeout-ms 1500: a keep-alive connection left idle
              after its answer is closed and counted as idle; a request
              whose headers come in pieces within the deadline is served.
+  framing    a body whose length is not told one clear way (RFC 9112 §6):
+             a transfer coding other than chunked gets 501, two
+             Content-Lengths (equal or not) or Content-Length with
+             Transfer-Encoding 400, at once, and the connection closes;
+             a chunked body is still served.
 Waits are bounded polls for states; no speed is asserted (only that a
 deadline of seconds is kept within tens of seconds). Standard library
 only; helpers shared with test_shed.py."""
@@ -137,10 +142,70 @@ def case_idle(tmp):
     check(status_of(gw + "/healthz")[0] == 200, "and the gateway serves on")
 
 
+def exchange(port, raw, seconds=15):
+    """Sends RAW on a new connection and reads until the gateway closes it
+    (at most SECONDS): (status, text, closed). Status 0: no answer."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=seconds)
+    s.sendall(raw)
+    buf, closed, end = b"", False, time.monotonic() + seconds
+    while time.monotonic() < end:
+        s.settimeout(max(0.1, end - time.monotonic()))
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            closed = True
+            break
+        if not chunk:
+            closed = True
+            break
+        buf += chunk
+    s.close()
+    text = buf.decode(errors="replace")
+    return (int(text[9:12]) if text.startswith("HTTP/1.1 ") else 0), text, closed
+
+
+def case_framing(tmp):
+    _, [(gw, port, _)] = t.start_stack(tmp, [[]])
+    gen = b'{"model":"fast","prompt":"hi","stream":false}'
+    head = b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    cases = [
+        ("Transfer-Encoding: gzip", 501, head + b"Transfer-Encoding: gzip\r\n\r\n" + gen),
+        ("Transfer-Encoding: gzip, chunked", 501,
+         head + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ("Transfer-Encoding: gzip on GET /healthz", 501,
+         b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        ("two equal Content-Lengths", 400,
+         head + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(gen), len(gen)) + gen),
+        ("two different Content-Lengths", 400,
+         head + b"Content-Length: %d\r\nContent-Length: 5\r\n\r\n" % len(gen) + gen),
+        ("Content-Length and Transfer-Encoding: chunked", 400,
+         head + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ]
+    for what, want, raw in cases:
+        st, text, closed = exchange(port, raw)
+        check(st == want and closed,
+              f"{what}: {want} at once and the connection closed ({st}, closed {closed}, "
+              f"{text[-120:]!r})")
+        if want == 400:
+            check("Content-Length" in text.split("\r\n\r\n", 1)[-1], f"{what}: says why")
+    oai = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+    st, text, _ = exchange(port, oai)
+    check(st == 501 and '"message":"unsupported Transfer-Encoding' in text,
+          f"the same on an OpenAI route, in its shape ({st} {text[-160:]!r})")
+    # Chunked bodies still work (and keep their connection open).
+    chunked = head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + \
+        b"%x\r\n" % len(gen) + gen + b"\r\n0\r\n\r\n"
+    st, text, _ = exchange(port, chunked)
+    check(st == 200 and '"done":true' in text, f"a chunked body is served ({st} {text[-120:]!r})")
+    check(status_of(gw + "/healthz")[0] == 200, "and the gateway serves on")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
-        {"slowloris": case_slowloris, "idle": case_idle}[t.CASE](tmp)
+        {"slowloris": case_slowloris, "idle": case_idle, "framing": case_framing}[t.CASE](tmp)
     finally:
         t.stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)
