@@ -12,16 +12,25 @@
 #include <string.h>
 
 /* Memory the protobuf structs point into until they are packed: decoded
- * images and pointer arrays. Bounded by the body size limit. */
+ * images and pointer arrays, a few per message. It grows with the body
+ * (which the gateway bounds, --max-body-bytes): a fixed 4,096 entries
+ * answered "out of memory" to a valid chat of 2,048 messages with an
+ * image each. */
 typedef struct {
-    void *p[4096];
-    size_t n;
+    void **p;
+    size_t n, cap;
     int oom;
 } s_arena_t;
 
 static void *s_keep(s_arena_t *a, void *p)
 {
-    if (!p || a->n >= sizeof a->p / sizeof a->p[0]) {
+    if (p && a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        void **np = realloc(a->p, cap * sizeof *np);
+        if (np)
+            a->p = np, a->cap = cap;
+    }
+    if (!p || a->n == a->cap) {
         free(p);
         a->oom = 1;
         return NULL;
@@ -34,7 +43,9 @@ static void s_arena_free(s_arena_t *a)
 {
     for (size_t i = 0; i < a->n; i++)
         free(a->p[i]);
-    a->n = 0;
+    free(a->p);
+    a->p = NULL;
+    a->n = a->cap = 0;
 }
 
 static int s_fail(char *err, size_t cap, const char *fmt, const char *arg)
@@ -442,9 +453,7 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
     if (strlen(model) >= sizeof req->model)
         return s_fail(err, errcap, "%s", "model name too long");
     snprintf(req->model, sizeof req->model, "%s", model);
-    s_arena_t *a = calloc(1, sizeof *a);
-    if (!a)
-        return s_fail(err, errcap, "%s", "out of memory");
+    s_arena_t arena = {NULL, 0, 0, 0}, *a = &arena;
     tl_infer_t in = {0};
     Agentbus__GenerateRequest g;
     Agentbus__ChatRequest c;
@@ -469,7 +478,6 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
             rc = s_fail(err, errcap, "%s", "out of memory");
     }
     s_arena_free(a);
-    free(a);
     return rc;
 }
 

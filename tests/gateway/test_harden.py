@@ -17,6 +17,9 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              Content-Lengths (equal or not) or Content-Length with
              Transfer-Encoding 400, at once, and the connection closes;
              a chunked body is still served.
+  bigbody    a chat of 3,000 messages with an image each and a generate
+             with 6,000 images (well within --max-body-bytes) are served,
+             not refused "out of memory".
 Waits are bounded polls for states; no speed is asserted (only that a
 deadline of seconds is kept within tens of seconds). Standard library
 only; helpers shared with test_shed.py."""
@@ -202,10 +205,28 @@ def case_framing(tmp):
     check(status_of(gw + "/healthz")[0] == 200, "and the gateway serves on")
 
 
+def case_bigbody(tmp):
+    _, [(gw, _, _)] = t.start_stack(tmp, [[]])
+    # 3,000 messages with an image each: a few allocations each, past the
+    # fixed 4,096 the request builder had ("out of memory" from ~2,050).
+    msgs = [{"role": "user", "content": f"m{i}", "images": ["aGVsbG8="]} for i in range(3000)]
+    st, _, text = post(gw + "/api/chat", {"model": "fast", "messages": msgs, "stream": False},
+                       {"X-Agentbus-Cache": "off"}, timeout=60)
+    check(st == 200 and '"done":true' in text,
+          f"a chat of 3,000 messages with an image each is served ({st} {text[:160]})")
+    imgs = ["aGVsbG8="] * 6000
+    st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "x", "images": imgs,
+                                              "stream": False}, {"X-Agentbus-Cache": "off"},
+                       timeout=60)
+    check(st == 200 and "out of memory" not in text,
+          f"a generate with 6,000 images is served ({st} {text[:160]})")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
-        {"slowloris": case_slowloris, "idle": case_idle, "framing": case_framing}[t.CASE](tmp)
+        {"slowloris": case_slowloris, "idle": case_idle, "framing": case_framing,
+         "bigbody": case_bigbody}[t.CASE](tmp)
     finally:
         t.stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)
