@@ -20,9 +20,14 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
   bigbody    a chat of 3,000 messages with an image each and a generate
              with 6,000 images (well within --max-body-bytes) are served,
              not refused "out of memory".
+  types      wrongly typed fields ("raw": "true", "truncate": "false",
+             "stream": "true" on the OpenAI routes, "max_tokens": "10",
+             ...) get 400 naming the field, in the route's shape, and never
+             reach the simulator; the right types are served.
 Waits are bounded polls for states; no speed is asserted (only that a
 deadline of seconds is kept within tens of seconds). Standard library
 only; helpers shared with test_shed.py."""
+import json
 import os
 import select
 import socket
@@ -222,11 +227,55 @@ def case_bigbody(tmp):
           f"a generate with 6,000 images is served ({st} {text[:160]})")
 
 
+def case_types(tmp):
+    sim, [(gw, _, _)] = t.start_stack(tmp, [[]])
+    base = t.sim_stats(sim)["requests"]
+    msgs = [{"role": "user", "content": "hi"}]
+    bad = [
+        ("/api/generate", {"model": "fast", "prompt": "x", "raw": "true"}, "raw"),
+        ("/api/generate", {"model": "fast", "prompt": "x", "stream": "false"}, "stream"),
+        ("/api/embed", {"model": "fast", "input": "x", "truncate": "false"}, "truncate"),
+        ("/api/chat", {"model": 7, "messages": msgs}, "model"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "stream": "true"}, "stream"),
+        ("/v1/completions", {"model": "fast", "prompt": "x", "stream": 1}, "stream"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "max_tokens": "10"},
+         "max_tokens"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "temperature": "0.5"},
+         "temperature"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "stream": True,
+                                  "stream_options": {"include_usage": "yes"}},
+         "stream_options.include_usage"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs,
+                                  "response_format": {"type": "xml"}}, "response_format"),
+        ("/v1/embeddings", {"model": "fast", "input": "x", "encoding_format": "hex"},
+         "encoding_format"),
+    ]
+    for path, body, field in bad:
+        st, _, text = post(gw + path, body)
+        err = json.loads(text).get("error") if st == 400 else None
+        msg = err.get("message") if isinstance(err, dict) else err
+        check(st == 400 and isinstance(msg, str) and msg.startswith(f"invalid {field}:") and
+              (isinstance(err, dict) == path.startswith("/v1/")),
+              f"{path} with a wrongly typed {field}: 400 naming it ({st} {text[:160]})")
+    check(t.sim_stats(sim)["requests"] == base, "none of them reached the simulator")
+    good = [
+        ("/api/generate", {"model": "fast", "prompt": "x", "raw": True, "stream": False}),
+        ("/api/embed", {"model": "fast", "input": "x", "truncate": False}),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "stream": False,
+                                  "max_tokens": 10, "temperature": 0,
+                                  "response_format": {"type": "text"}}),
+        ("/v1/embeddings", {"model": "fast", "input": "x", "encoding_format": "float"}),
+    ]
+    for path, body in good:
+        st, _, text = post(gw + path, body)
+        check(st == 200, f"{path} with the right types: served ({st} {text[:120]})")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
         {"slowloris": case_slowloris, "idle": case_idle, "framing": case_framing,
-         "bigbody": case_bigbody}[t.CASE](tmp)
+         "bigbody": case_bigbody, "types": case_types}[t.CASE](tmp)
     finally:
         t.stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)

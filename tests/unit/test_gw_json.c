@@ -104,6 +104,11 @@ static void s_test_refused(void)
         "{\"model\":\"m\",\"images\":[\"!!\"]}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"stop\":[1]}}",
         "{\"model\":\"m\",\"keep_alive\":[]}",
+        /* wrong JSON types are refused, not read as false or true */
+        "{\"model\":\"m\",\"prompt\":\"x\",\"raw\":\"true\"}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"raw\":1}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":\"true\"}",
+        "{\"model\":7,\"prompt\":\"x\"}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
@@ -117,6 +122,27 @@ static void s_test_refused(void)
     char err[256];
     json_t *j = json_loads("{\"model\":\"m\",\"messages\":[{\"content\":\"no role\"}]}", 0, NULL);
     CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
+    json_decref(j);
+    static const char *bad_embed[] = {
+        "{\"model\":\"e\",\"input\":\"a\",\"truncate\":\"false\"}",
+        "{\"model\":\"e\",\"input\":\"a\",\"truncate\":0}",
+    };
+    for (size_t i = 0; i < sizeof bad_embed / sizeof bad_embed[0]; i++) {
+        err[0] = '\0';
+        j = json_loads(bad_embed[i], 0, NULL);
+        CHECK_EQ(gw_req_from_json(GW_EMBED, j, &req, err, sizeof err), -1);
+        CHECK_STR(err, "invalid truncate: expected a boolean (true or false)");
+        json_decref(j);
+    }
+    j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":\"yes\"}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
+    CHECK_STR(err, "invalid raw: expected a boolean (true or false)");
+    json_decref(j);
+    /* null is "not given", as before */
+    j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":null,\"stream\":null}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), 0);
+    CHECK_EQ(req.stream, 1);
+    gw_req_free(&req);
     json_decref(j);
 }
 
