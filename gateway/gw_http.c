@@ -361,6 +361,36 @@ enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
     return gw_call_bus(c, k);
 }
 
+/* --- large bodies, parsed off this thread ---------------------------------------- */
+/* On the offload thread, while C is suspended: nothing else touches C
+ * until it is resumed, and after MHD_resume_connection an HTTP thread
+ * (--threads N) may answer and free it at once, so nothing of C is read
+ * after. */
+static void s_parse_job(gw_job_t *j)
+{
+    gw_conn_t *c = (gw_conn_t *)(void *)((char *)j - offsetof(gw_conn_t, job));
+    gw_prep_t *p = c->prep;
+    p->rc = gw_routes_prepare(c, &p->req, p->err, sizeof p->err);
+    gw_t *g = c->g;
+    atomic_fetch_or(&g->resumed, 1ULL << c->shard); /* run that shard next turn */
+    MHD_resume_connection(c->conn);
+    gw_bus_wake(g->bus); /* --threads 0: the bus thread runs libmicrohttpd */
+}
+
+int gw_http_offload(gw_conn_t *c)
+{
+    if (!c->g->offload || c->len < GW_OFFLOAD_BYTES)
+        return 0;
+    c->prep = calloc(1, sizeof *c->prep);
+    if (!c->prep)
+        return 0; /* parsed here, as before */
+    c->job.run = s_parse_job;
+    /* Suspended before the job can resume it. */
+    MHD_suspend_connection(c->conn);
+    gw_offload_submit(c->g->offload, &c->job);
+    return 1;
+}
+
 /* --- streaming ----------------------------------------------------------------- */
 /* The buffer grows by doubling: a stream appends one line per token. */
 void gw_out_append(gw_conn_t *c, const char *s, size_t len)
@@ -707,6 +737,10 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (c->admitted)
         atomic_fetch_sub(&g->m.admitted, 1);
+    if (c->prep) { /* parsed, never used: the connection closed first */
+        gw_req_free(&c->prep->req);
+        free(c->prep);
+    }
     uint64_t us = tl_now_us() - c->t0_us;
     static const uint64_t edge_ms[GW_LAT_BUCKETS] = {1, 2, 5, 10, 50, 100, 500, 1000, 5000, 30000};
     int b = 0;
@@ -945,9 +979,12 @@ int gw_http_start(gw_t *g)
 {
     g->ep_fd = g->lfd = -1;
     gw_conns_init(&g->conns, g->cfg.header_timeout_ms);
-    int lfd = s_listen(g);
-    if (lfd < 0)
+    g->offload = gw_offload_new();
+    int lfd = g->offload ? s_listen(g) : -1;
+    if (lfd < 0) {
+        gw_offload_destroy(&g->offload);
         return -1;
+    }
     /* --threads 0 (the default): HTTP runs on the bus thread, which polls
      * the shards' epoll fds next to the bus handle; a call then costs two
      * thread wake-ups less (HTTP thread <-> bus thread, each way). N > 0: a
@@ -982,6 +1019,9 @@ int gw_http_start(gw_t *g)
 
 void gw_http_stop(gw_t *g)
 {
+    /* Its jobs resume their connections: libmicrohttpd refuses to stop
+     * with one still suspended. */
+    gw_offload_destroy(&g->offload);
     for (unsigned s = 0; s < g->n_mhd; s++)
         MHD_stop_daemon(g->mhd[s]);
     g->n_mhd = 0;

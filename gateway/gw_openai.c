@@ -187,32 +187,34 @@ static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **
     return bad;
 }
 
-enum MHD_Result gw_openai_request(gw_conn_t *c)
+int gw_openai_prepare(gw_conn_t *c, gw_req_t *req, char *err, size_t cap)
 {
-    enum MHD_Result res;
-    json_t *b = gw_body_json(c, &res);
+    memset(req, 0, sizeof *req);
+    json_t *b = gw_body_parse(c, err, cap);
     if (!b)
-        return res;
+        return -1;
     gw_kind_t kind = GW_CHAT;
     json_t *o = NULL;
-    char why[160];
-    const char *bad = s_oai_types(c, b, why, sizeof why);
+    const char *bad = s_oai_types(c, b, err, cap);
     if (!bad)
         bad = s_rewrite(c, b, &kind, &o);
     json_decref(b);
-    if (bad)
-        return gw_reply_error(c, 400, bad);
-    gw_req_t req;
-    char err[512];
-    int rc = gw_req_from_json(kind, o, &req, err, sizeof err);
+    if (bad) {
+        if (bad != err)
+            snprintf(err, cap, "%s", bad);
+        return -1;
+    }
+    int rc = gw_req_from_json(kind, o, req, err, cap);
     json_decref(o);
-    if (rc != 0)
-        return gw_reply_error(c, 400, err);
+    return rc;
+}
+
+void gw_openai_named(gw_conn_t *c, gw_kind_t kind)
+{
     unsigned long long n = atomic_fetch_add(&c->g->next_id, 1);
     snprintf(c->oai_id, sizeof c->oai_id, "%s-%llx",
              kind == GW_CHAT ? "chatcmpl" : kind == GW_GENERATE ? "cmpl" : "emb", n + 1);
     c->created = (long)time(NULL);
-    return gw_call_infer(c, &req);
 }
 
 /* --- answers --------------------------------------------------------------------- */

@@ -24,6 +24,10 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              "stream": "true" on the OpenAI routes, "max_tokens": "10",
              ...) get 400 naming the field, in the route's shape, and never
              reach the simulator; the right types are served.
+  offload    ten ~4 MB bodies slow to parse complete at once, then a small
+             request: the small one is answered before (nearly) all of
+             them, not behind their parsing (which ran on the thread
+             serving HTTP).
 Waits are bounded polls for states; no speed is asserted (only that a
 deadline of seconds is kept within tens of seconds). Standard library
 only; helpers shared with test_shed.py."""
@@ -271,11 +275,60 @@ def case_types(tmp):
         check(st == 200, f"{path} with the right types: served ({st} {text[:120]})")
 
 
+def case_offload(tmp):
+    sim, [(gw, port, _)] = t.start_stack(tmp, [[]])
+    # Ten bodies of ~4 MB that are slow to parse (2M numbers in a field
+    # the gateway ignores) and one small request, sent once the gateway has
+    # read all but the last byte of each big one.
+    pad = "[" + ",".join(["0"] * 2_000_000) + "]"
+    bigs = []
+    for i in range(10):
+        body = ('{"model":"fast","prompt":"big %d","stream":false,"pad":%s}' % (i, pad)).encode()
+        head = ("POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Agentbus-Cache: off\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        s.sendall(head + body[:-1])
+        bigs.append((s, body[-1:]))
+    small_body = json.dumps({"model": "fast", "prompt": "small", "stream": False}).encode()
+    small = socket.create_connection(("127.0.0.1", port), timeout=60)
+    small_req = ("POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Agentbus-Cache: off\r\n"
+                 f"Content-Length: {len(small_body)}\r\n\r\n").encode() + small_body
+    wait_for("the gateway to have read the big bodies but their last byte",
+             lambda: t.waiting_at(port) == 0, 60)
+    done = {}
+
+    def reader(name, sock):
+        st, text = t.read_response(sock)
+        done[name] = (time.monotonic(), st, text)
+
+    ths = [threading.Thread(target=reader, args=(i, s)) for i, (s, _) in enumerate(bigs)]
+    ths.append(threading.Thread(target=reader, args=("small", small)))
+    for th in ths:
+        th.start()
+    for s, last in bigs:
+        s.sendall(last)
+    small.sendall(small_req)
+    for th in ths:
+        th.join(timeout=90)
+    check(len(done) == 11 and all(v[1] == 200 for v in done.values()),
+          f"every request answered 200 ({[(k, v[1]) for k, v in done.items()]}; the small "
+          f"one: {done.get('small', (0, 0, ''))[2][-200:]!r})")
+    t_small = done["small"][0]
+    before = sum(1 for k, v in done.items() if k != "small" and v[0] < t_small)
+    check(before <= 2, f"the small request was not held behind the big bodies' parsing: "
+                       f"answered before {10 - before} of the 10 (after {before})")
+    check(status_of(gw + "/healthz")[0] == 200, "and the gateway serves on")
+    for s, _ in bigs:
+        s.close()
+    small.close()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
         {"slowloris": case_slowloris, "idle": case_idle, "framing": case_framing,
-         "bigbody": case_bigbody, "types": case_types}[t.CASE](tmp)
+         "bigbody": case_bigbody, "types": case_types,
+         "offload": case_offload}[t.CASE](tmp)
     finally:
         t.stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)
