@@ -6,6 +6,7 @@
  */
 #include "gw_http.h"
 #include "agentbus.h"
+#include "gw_framing.h"
 #include "tl_clock.h"
 
 #include <arpa/inet.h>
@@ -601,59 +602,6 @@ static int s_shed(gw_conn_t *c, enum MHD_Result *res)
     return 0;
 }
 
-/* The framing headers of a request, counted (MHD_get_connection_values). */
-typedef struct {
-    unsigned n_cl, n_te;
-    const char *te;
-} s_framing_t;
-
-static enum MHD_Result s_framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                        const char *value)
-{
-    (void)kind;
-    s_framing_t *f = cls;
-    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
-        f->n_cl++;
-    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
-        f->n_te++, f->te = value;
-    return MHD_YES;
-}
-
-/* A request whose body's length is not told one clear way (RFC 9112 §6):
- * NULL if it is, else the client-facing reason with *STATUS 400 (ambiguous
- * framing: two Content-Lengths, equal or not, both Content-Length and
- * Transfer-Encoding, Transfer-Encoding in HTTP/1.0) or 501 (a transfer
- * coding other than chunked, which libmicrohttpd does not decode: it then
- * waited for a body it could never delimit). The connection must close
- * after the answer: where the next request starts is not known. */
-static const char *s_bad_framing(struct MHD_Connection *conn, const char *version,
-                                 unsigned *status)
-{
-    s_framing_t f = {0, 0, NULL};
-    MHD_get_connection_values(conn, MHD_HEADER_KIND, s_framing_header, &f);
-    *status = 400;
-    if (f.n_cl > 1)
-        return "bad request: more than one Content-Length header";
-    if (!f.n_te)
-        return NULL;
-    if (f.n_cl)
-        return "bad request: both Content-Length and Transfer-Encoding";
-    if (f.n_te > 1)
-        return "bad request: more than one Transfer-Encoding header";
-    if (strcmp(version, MHD_HTTP_VERSION_1_0) == 0)
-        return "bad request: Transfer-Encoding in an HTTP/1.0 request";
-    const char *v = f.te;
-    size_t n = strlen(v);
-    while (*v == ' ' || *v == '\t')
-        v++, n--;
-    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-        n--;
-    if (n == 7 && strncasecmp(v, "chunked", 7) == 0)
-        return NULL;
-    *status = 501;
-    return "unsupported Transfer-Encoding: only chunked is implemented";
-}
-
 /* With API keys, every route but "/", /healthz, /metrics and unknown paths
  * wants one: those say nothing of the models or the bus. */
 static int s_needs_key(const gw_t *g, gw_route_t r)
@@ -675,7 +623,7 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
             return MHD_NO;
         *con_cls = c;
         unsigned st;
-        const char *bad = s_bad_framing(conn, version, &st);
+        const char *bad = gw_framing_check(conn, version, &st);
         if (bad) { /* before anything reads the body: it cannot be delimited */
             c->too_big = 1; /* what comes is dropped, not buffered */
             return s_json(c, st, s_error_body(c, st, bad), MHD_HTTP_HEADER_CONNECTION, "close");
