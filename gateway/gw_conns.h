@@ -35,19 +35,28 @@
  * agentbus_gateway_header_timeouts_total). */
 typedef enum {
     GW_HT_IDLE = 0, /* nothing of a request arrived: an idle keep-alive or an unused socket */
-    GW_HT_PARTIAL   /* part of a request's headers arrived, not the end of them */
+    GW_HT_PARTIAL,  /* part of a request's headers arrived, not the end of them */
+    GW_HT_EVICTED   /* before its deadline, to make room for a new connection at the cap */
 } gw_ht_t;
+
+/* A connection must have waited this long for headers to be evicted at
+ * the cap (gw_conns_evict): a client sends its headers in one go, so one
+ * still without them after a second is slow, idle or hostile. */
+#define GW_EVICT_MIN_MS 1000
 
 typedef struct {
     pthread_mutex_t lock;
     ab_list_t waiting;        /* gw_sock_t waiting for headers, oldest first */
     uint64_t deadline_us;     /* 0: no deadline */
-    atomic_ullong timeouts[2]; /* connections closed at their deadline, by gw_ht_t */
+    atomic_ullong timeouts[3]; /* connections closed waiting for headers, by gw_ht_t */
+    unsigned n_conns;         /* connections open (under lock) */
     /* --threads N: the thread that reaps (with --threads 0 the bus thread
-     * calls gw_conns_reap itself) */
+     * calls gw_conns_reap itself), and evicts at the cap */
     pthread_t thread;
     int running, stop;
     pthread_cond_t wake;
+    int lfd;                  /* the listening socket (its accept queue) */
+    unsigned limit;           /* --max-connections */
 } gw_conns_t;
 
 /* Sets up T for a deadline of MS ms (0: none; everything else is then a
@@ -74,8 +83,21 @@ void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn);
  * connection's deadline (-1: none waiting). */
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
 
+/* At the connection cap: shuts down the connection that has waited
+ * longest for headers, if at least MIN_WAIT_US, so that a new connection
+ * can have its slot (a slowloris client that reconnects as fast as its
+ * sockets are reaped otherwise keeps every slot). Returns the daemon of
+ * the connection shut down (run it to free the slot), or NULL if none
+ * waited long enough. Counted as GW_HT_EVICTED. Any thread. */
+struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us);
+
 /* --threads N: a thread that reaps every 100 ms at most (libmicrohttpd's
- * pool has no hook to run it); 0 or -1. Stopped by gw_conns_destroy. */
-int gw_conns_start_thread(gw_conns_t *t);
+ * pool has no hook to run it), and evicts (gw_conns_evict) while LIMIT
+ * connections are open and connections wait in the accept queue of LFD
+ * (libmicrohttpd at its limit leaves them there); 0 or -1. */
+int gw_conns_start_thread(gw_conns_t *t, int lfd, unsigned limit);
+/* Stops that thread (before the daemon closes LFD); gw_conns_destroy
+ * does it too. */
+void gw_conns_stop_thread(gw_conns_t *t);
 
 #endif

@@ -777,6 +777,24 @@ static int s_shed_early(gw_t *g, int fd)
     return 1;
 }
 
+/* Every shard is full: the connection that has waited longest for its
+ * headers (at least GW_EVICT_MIN_MS) is shut down and its shard run, so
+ * that its slot is free for the new one (gw_conns_evict says why).
+ * Returns that shard, or G->n_mhd when there is none with room. */
+static unsigned s_evict(gw_t *g)
+{
+    struct MHD_Daemon *d = gw_conns_evict(&g->conns, tl_now_us(), GW_EVICT_MIN_MS * 1000ull);
+    for (unsigned s = 0; d && s < g->n_mhd; s++) {
+        if (g->mhd[s] != d)
+            continue;
+        s_run_shard(d); /* reads the end of the socket and closes it */
+        const union MHD_DaemonInfo *di =
+            MHD_get_daemon_info(d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        return di && di->num_connections < g->per_shard ? s : g->n_mhd;
+    }
+    return g->n_mhd;
+}
+
 /* New connections (--threads 0), each handed to a shard with room, round
  * robin; returns the shards that got one. The gateway accepts them itself
  * because the shards sharing the listening socket were all woken by each
@@ -806,7 +824,7 @@ static uint64_t s_accept(gw_t *g)
             if (di && di->num_connections < g->per_shard)
                 break;
         }
-        if (k == g->n_mhd) {
+        if (k == g->n_mhd && (s = s_evict(g)) == g->n_mhd) {
             close(fd);
             continue;
         }
@@ -944,9 +962,9 @@ int gw_http_start(gw_t *g)
                              g->cfg.max_connections);
         g->n_mhd = g->mhd[0] ? 1 : 0;
         rc = g->mhd[0] ? 0 : -1;
-        if (!rc) {
+        if (!rc) { /* the pool has no hook to reap from */
+            rc = gw_conns_start_thread(&g->conns, lfd, g->cfg.max_connections);
             lfd = -1; /* the daemon owns it */
-            rc = gw_conns_start_thread(&g->conns); /* the pool has no hook to reap from */
         }
     } else {
         rc = s_start_shards(g, flags, lfd);
@@ -970,6 +988,7 @@ void gw_http_stop(gw_t *g)
     /* Its jobs resume their connections: libmicrohttpd refuses to stop
      * with one still suspended. */
     gw_offload_destroy(&g->offload);
+    gw_conns_stop_thread(&g->conns); /* it reads the listening socket the daemon closes */
     for (unsigned s = 0; s < g->n_mhd; s++)
         MHD_stop_daemon(g->mhd[s]);
     g->n_mhd = 0;

@@ -399,12 +399,15 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     s_metric(&b, &len, &cap,
              "# HELP agentbus_gateway_header_timeouts_total Connections closed because their "
              "request headers were not complete within --header-timeout-ms: idle (nothing of a "
-             "request came: an idle keep-alive), partial (headers sent too slowly).\n"
+             "request came: an idle keep-alive), partial (headers sent too slowly); evicted: "
+             "closed earlier, at the connection cap, to make room for a new connection.\n"
              "# TYPE agentbus_gateway_header_timeouts_total counter\n"
              "agentbus_gateway_header_timeouts_total{reason=\"idle\"} %llu\n"
-             "agentbus_gateway_header_timeouts_total{reason=\"partial\"} %llu\n",
+             "agentbus_gateway_header_timeouts_total{reason=\"partial\"} %llu\n"
+             "agentbus_gateway_header_timeouts_total{reason=\"evicted\"} %llu\n",
              (unsigned long long)atomic_load(&c->g->conns.timeouts[GW_HT_IDLE]),
-             (unsigned long long)atomic_load(&c->g->conns.timeouts[GW_HT_PARTIAL]));
+             (unsigned long long)atomic_load(&c->g->conns.timeouts[GW_HT_PARTIAL]),
+             (unsigned long long)atomic_load(&c->g->conns.timeouts[GW_HT_EVICTED]));
     gw_keys_t *k = &c->g->keys;
     if (k->on) {
         pthread_rwlock_rdlock(&k->lock); /* a reload swaps the keys */

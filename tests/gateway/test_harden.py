@@ -8,7 +8,14 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              hold every connection; within the default header deadline
              (10 s) plus a generous margin they are closed, /healthz and a
              generate are served again, and /metrics counts them
-             (header_timeouts_total{reason="partial"}).
+             (header_timeouts_total{reason="partial"}, or "evicted" for
+             those --threads 0 closed at once to let /healthz in).
+  reconnect  --max-connections 16, --header-timeout-ms 60000 (--threads 0
+             and --threads 2):
+             16 slow sockets that reconnect as soon as they are closed;
+             a new connection at the cap evicts the one that has waited
+             longest for its headers, so /healthz and a generate are
+             served long before the deadline; counted as evicted.
   idle       --header-timeout-ms 1500: a keep-alive connection left idle
              after its answer is closed and counted as idle; a request
              whose headers come in pieces within the deadline is served.
@@ -59,11 +66,14 @@ def status_of(url, timeout=5):
 
 class Dribbler:
     """Sockets that each send one byte of a request's headers a second and
-    never finish them; CLOSED[i] is set when the server closed socket i."""
+    never finish them; CLOSED[i] is set when the server closed socket i.
+    RECONNECT: a socket the server closed is opened again at once (and
+    bytes go every 0.2 s), as slowloris tools do."""
 
     HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 4000
 
-    def __init__(self, port, n):
+    def __init__(self, port, n, reconnect=False):
+        self.port, self.reconnect, self.reconnects = port, reconnect, 0
         self.socks = [socket.create_connection(("127.0.0.1", port), timeout=10)
                       for _ in range(n)]
         for s in self.socks:
@@ -77,6 +87,17 @@ class Dribbler:
         pos = 0
         while not self.stop and pos < len(self.HEAD):
             for i, s in enumerate(self.socks):
+                if self.closed[i] and self.reconnect:
+                    self.reconnects += 1
+                    try:
+                        s.close()
+                        s = self.socks[i] = socket.create_connection(("127.0.0.1", self.port), 10)
+                        s.setblocking(False)
+                        s.send(self.HEAD[:pos + 1])
+                        self.closed[i] = False
+                    except OSError:
+                        pass
+                    continue
                 if self.closed[i]:
                     continue
                 try:
@@ -88,7 +109,7 @@ class Dribbler:
                 except OSError:  # reset, broken pipe: closed by the server
                     self.closed[i] = True
             pos += 1
-            time.sleep(1.0)
+            time.sleep(1.0 if not self.reconnect else 0.2)
 
     def close(self):
         self.stop = True
@@ -119,11 +140,42 @@ def case_slowloris(tmp):
             st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "hi",
                                                       "stream": False})
             check(st == 200, f"{gw}: a real client served ({st} {text[:100]})")
-            n = header_timeouts(gw, "partial")
-            check(n >= 16, f"{gw}: header_timeouts_total{{reason=\"partial\"}} counts them ({n})")
+            # --threads 0 lets /healthz in at once by evicting one of them.
+            n = header_timeouts(gw, "partial") + header_timeouts(gw, "evicted")
+            check(n >= 16, f"{gw}: header_timeouts_total{{reason=\"partial\" or \"evicted\"}} "
+                           f"counts them ({n})")
     finally:
         for d in drib:
             d.close()
+
+
+def case_reconnect(tmp):
+    # A deadline of 60 s: only eviction at the cap can let anyone in.
+    args = ["--max-connections", "16", "--header-timeout-ms", "60000"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        s_reconnect(gw, port)
+
+
+def s_reconnect(gw, port):
+    d = Dribbler(port, 16, reconnect=True)
+    try:
+        t0 = time.monotonic()
+        wait_for("/healthz answered while 16 sockets dribble headers and reconnect",
+                 lambda: status_of(gw + "/healthz")[0] == 200, 30)
+        check(True, f"{gw}: /healthz answered after {time.monotonic() - t0:.1f} s, with a "
+                    f"header deadline of 60 s and the slow sockets reconnecting")
+        # The evicted socket comes back: the slots are all held again.
+        wait_for("a slow socket to reconnect", lambda: d.reconnects >= 1, 20)
+        wait_for("a generate served with the slow sockets back",
+                 lambda: post(gw + "/api/generate", {"model": "fast", "prompt": "hi",
+                                                     "stream": False}, timeout=5)[0] == 200, 30)
+        check(True, f"{gw}: a real client served after they reconnected")
+        n = header_timeouts(gw, "evicted")
+        check(n >= 2, f"{gw}: header_timeouts_total{{reason=\"evicted\"}} counts the slow "
+                      f"sockets closed to make room ({n})")
+    finally:
+        d.close()
 
 
 def case_idle(tmp):
@@ -323,12 +375,28 @@ def case_offload(tmp):
     small.close()
 
 
+def s_gateways_clean():
+    """After stop_all: every gateway exited 0 on SIGTERM and its log has no
+    sanitizer report (under -DAB_SANITIZE=ON a leak or a use after free in
+    the paths above shows here)."""
+    for p, log in t.PROCS:
+        if "gateway" not in os.path.basename(log):
+            continue
+        with open(log, errors="replace") as f:
+            text = f.read()
+        if p.returncode != 0 or "Sanitizer" in text:
+            fail(f"{log}: exit {p.returncode} on SIGTERM, or a sanitizer report")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
-        {"slowloris": case_slowloris, "idle": case_idle, "framing": case_framing,
-         "bigbody": case_bigbody, "types": case_types,
+        {"slowloris": case_slowloris, "reconnect": case_reconnect, "idle": case_idle,
+         "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
          "offload": case_offload}[t.CASE](tmp)
+        t.stop_all()
+        s_gateways_clean()
+        check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")
     finally:
         t.stop_all()
         subprocess.run(["rm", "-rf", tmp], check=False)
