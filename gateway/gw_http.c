@@ -777,10 +777,9 @@ static int s_shed_early(gw_t *g, int fd)
     return 1;
 }
 
-/* Every shard is full: the connection that has waited longest for its
- * headers (at least GW_EVICT_MIN_MS) is shut down and its shard run, so
- * that its slot is free for the new one (gw_conns_evict says why).
- * Returns that shard, or G->n_mhd when there is none with room. */
+/* Every shard is full: the connection waiting longest for its headers is
+ * shut down and its shard run, so its slot is free for a new one
+ * (gw_conns_evict). Returns that shard, or G->n_mhd if none has room. */
 static unsigned s_evict(gw_t *g)
 {
     struct MHD_Daemon *d = gw_conns_evict(&g->conns, tl_now_us(), GW_EVICT_MIN_MS * 1000ull);

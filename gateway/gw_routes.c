@@ -340,6 +340,23 @@ static void s_metric(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
     }
 }
 
+/* The connections closed waiting for headers (gw_conns.h). */
+static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
+{
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_header_timeouts_total Connections closed because their "
+             "request headers were not complete within --header-timeout-ms: idle (nothing of a "
+             "request came: an idle keep-alive), partial (headers sent too slowly); evicted: "
+             "closed earlier, at the connection cap, to make room for a new connection.\n"
+             "# TYPE agentbus_gateway_header_timeouts_total counter\n"
+             "agentbus_gateway_header_timeouts_total{reason=\"idle\"} %llu\n"
+             "agentbus_gateway_header_timeouts_total{reason=\"partial\"} %llu\n"
+             "agentbus_gateway_header_timeouts_total{reason=\"evicted\"} %llu\n",
+             (unsigned long long)atomic_load(&t->timeouts[GW_HT_IDLE]),
+             (unsigned long long)atomic_load(&t->timeouts[GW_HT_PARTIAL]),
+             (unsigned long long)atomic_load(&t->timeouts[GW_HT_EVICTED]));
+}
+
 static enum MHD_Result s_metrics(gw_conn_t *c)
 {
     gw_metrics_t *m = &c->g->m;
@@ -396,18 +413,7 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     for (int r = GW_SHED_BUSY; r <= GW_SHED_GONE; r++)
         s_metric(&b, &len, &cap, "agentbus_gateway_shed_total{reason=\"%s\"} %llu\n",
                  gw_shed_name((gw_shed_t)r), (unsigned long long)atomic_load(&m->shed[r]));
-    s_metric(&b, &len, &cap,
-             "# HELP agentbus_gateway_header_timeouts_total Connections closed because their "
-             "request headers were not complete within --header-timeout-ms: idle (nothing of a "
-             "request came: an idle keep-alive), partial (headers sent too slowly); evicted: "
-             "closed earlier, at the connection cap, to make room for a new connection.\n"
-             "# TYPE agentbus_gateway_header_timeouts_total counter\n"
-             "agentbus_gateway_header_timeouts_total{reason=\"idle\"} %llu\n"
-             "agentbus_gateway_header_timeouts_total{reason=\"partial\"} %llu\n"
-             "agentbus_gateway_header_timeouts_total{reason=\"evicted\"} %llu\n",
-             (unsigned long long)atomic_load(&c->g->conns.timeouts[GW_HT_IDLE]),
-             (unsigned long long)atomic_load(&c->g->conns.timeouts[GW_HT_PARTIAL]),
-             (unsigned long long)atomic_load(&c->g->conns.timeouts[GW_HT_EVICTED]));
+    s_metric_conns(&b, &len, &cap, &c->g->conns);
     gw_keys_t *k = &c->g->keys;
     if (k->on) {
         pthread_rwlock_rdlock(&k->lock); /* a reload swaps the keys */
