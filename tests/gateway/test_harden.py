@@ -21,8 +21,9 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              whose headers come in pieces within the deadline is served.
   framing    a body whose length is not told one clear way (RFC 9112 §6):
              a transfer coding other than chunked gets 501, two
-             Content-Lengths (equal or not) or Content-Length with
-             Transfer-Encoding 400, at once, and the connection closes;
+             Content-Lengths (equal or not), Content-Length with
+             Transfer-Encoding or Transfer-Encoding in HTTP/1.0 400, at
+             once, and the connection closes;
              a chunked body is still served.
   bigbody    a chat of 3,000 messages with an image each and a generate
              with 6,000 images (well within --max-body-bytes) are served,
@@ -246,14 +247,16 @@ def case_framing(tmp):
          head + b"Content-Length: %d\r\nContent-Length: 5\r\n\r\n" % len(gen) + gen),
         ("Content-Length and Transfer-Encoding: chunked", 400,
          head + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("Transfer-Encoding in HTTP/1.0", 400,
+         head.replace(b"HTTP/1.1", b"HTTP/1.0") + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
     ]
     for what, want, raw in cases:
         st, text, closed = exchange(port, raw)
         check(st == want and closed,
               f"{what}: {want} at once and the connection closed ({st}, closed {closed}, "
               f"{text[-120:]!r})")
-        if want == 400:
-            check("Content-Length" in text.split("\r\n\r\n", 1)[-1], f"{what}: says why")
+        body = text.split("\r\n\r\n", 1)[-1]
+        check(("Content-Length" in body or "Transfer-Encoding" in body), f"{what}: says why")
     oai = (b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n")
     st, text, _ = exchange(port, oai)
     check(st == 501 and '"message":"unsupported Transfer-Encoding' in text,
