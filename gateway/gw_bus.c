@@ -479,6 +479,14 @@ static void *s_thread(void *arg)
     return NULL;
 }
 
+void gw_bus_wake(gw_bus_t *b)
+{
+    uint64_t one = 1;
+    if (write(b->efd, &one, sizeof one) < 0) {
+        /* the counter is full: the thread is awake anyway */
+    }
+}
+
 void gw_bus_serve(gw_bus_t *b, int fd, gw_io_fn *run, void *arg)
 {
     b->io_run = run;

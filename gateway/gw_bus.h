@@ -87,6 +87,10 @@ gw_bus_t *gw_bus_new(const char *endpoint, const char *name, int default_timeout
  * thread either way. Call once, before any HTTP request can arrive. */
 typedef int(gw_io_fn)(void *arg);
 void gw_bus_serve(gw_bus_t *bus, int fd, gw_io_fn *run, void *arg);
+/* Wakes the bus thread for a turn: for a connection resumed from another
+ * thread (the offload thread), which the bus thread then runs (with
+ * --threads 0 it serves HTTP). Any thread. */
+void gw_bus_wake(gw_bus_t *bus);
 /* Stops the thread: calls in flight end with AB_ESTOPPED (their WAKE runs);
  * later submits fail. The handle stays valid for submit/cancel (which then
  * do nothing) until gw_bus_destroy, so HTTP threads may still call them. */

@@ -6,6 +6,7 @@
  */
 #include "gw_http.h"
 #include "agentbus.h"
+#include "gw_framing.h"
 #include "tl_clock.h"
 
 #include <arpa/inet.h>
@@ -361,6 +362,36 @@ enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
     return gw_call_bus(c, k);
 }
 
+/* --- large bodies, parsed off this thread ---------------------------------------- */
+/* On the offload thread, while C is suspended: nothing else touches C
+ * until it is resumed, and after MHD_resume_connection an HTTP thread
+ * (--threads N) may answer and free it at once, so nothing of C is read
+ * after. */
+static void s_parse_job(gw_job_t *j)
+{
+    gw_conn_t *c = (gw_conn_t *)(void *)((char *)j - offsetof(gw_conn_t, job));
+    gw_prep_t *p = c->prep;
+    p->rc = gw_routes_prepare(c, &p->req, p->err, sizeof p->err);
+    gw_t *g = c->g;
+    atomic_fetch_or(&g->resumed, 1ULL << c->shard); /* run that shard next turn */
+    MHD_resume_connection(c->conn);
+    gw_bus_wake(g->bus); /* --threads 0: the bus thread runs libmicrohttpd */
+}
+
+int gw_http_offload(gw_conn_t *c)
+{
+    if (!c->g->offload || c->len < GW_OFFLOAD_BYTES)
+        return 0;
+    c->prep = calloc(1, sizeof *c->prep);
+    if (!c->prep)
+        return 0; /* parsed here, as before */
+    c->job.run = s_parse_job;
+    /* Suspended before the job can resume it. */
+    MHD_suspend_connection(c->conn);
+    gw_offload_submit(c->g->offload, &c->job);
+    return 1;
+}
+
 /* --- streaming ----------------------------------------------------------------- */
 /* The buffer grows by doubling: a stream appends one line per token. */
 void gw_out_append(gw_conn_t *c, const char *s, size_t len)
@@ -583,14 +614,20 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
                                 const char *method, const char *version, const char *upload,
                                 size_t *upload_size, void **con_cls)
 {
-    (void)version;
     gw_t *g = cls;
     gw_conn_t *c = *con_cls;
     if (!c) {
+        gw_conns_headers_done(&g->conns, conn); /* the header deadline stops */
         c = s_conn_new(g, conn, url);
         if (!c)
             return MHD_NO;
         *con_cls = c;
+        unsigned st;
+        const char *bad = gw_framing_check(conn, version, &st);
+        if (bad) { /* before anything reads the body: it cannot be delimited */
+            c->too_big = 1; /* what comes is dropped, not buffered */
+            return s_json(c, st, s_error_body(c, st, bad), MHD_HTTP_HEADER_CONNECTION, "close");
+        }
         if (s_needs_key(g, c->route)) {
             const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                            MHD_HTTP_HEADER_AUTHORIZATION);
@@ -627,9 +664,9 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
 static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                         enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
     (void)toe; /* an unfinished call is what counts: a client can leave after its end */
     gw_t *g = cls;
+    gw_conns_request_done(&g->conns, conn); /* the next request's headers are due */
     gw_conn_t *c = *con_cls;
     if (!c)
         return;
@@ -648,6 +685,10 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (c->admitted)
         atomic_fetch_sub(&g->m.admitted, 1);
+    if (c->prep) { /* parsed, never used: the connection closed first */
+        gw_req_free(&c->prep->req);
+        free(c->prep);
+    }
     uint64_t us = tl_now_us() - c->t0_us;
     static const uint64_t edge_ms[GW_LAT_BUCKETS] = {1, 2, 5, 10, 50, 100, 500, 1000, 5000, 30000};
     int b = 0;
@@ -736,6 +777,23 @@ static int s_shed_early(gw_t *g, int fd)
     return 1;
 }
 
+/* Every shard is full: the connection waiting longest for its headers is
+ * shut down and its shard run, so its slot is free for a new one
+ * (gw_conns_evict). Returns that shard, or G->n_mhd if none has room. */
+static unsigned s_evict(gw_t *g)
+{
+    struct MHD_Daemon *d = gw_conns_evict(&g->conns, tl_now_us(), GW_EVICT_MIN_MS * 1000ull);
+    for (unsigned s = 0; d && s < g->n_mhd; s++) {
+        if (g->mhd[s] != d)
+            continue;
+        s_run_shard(d); /* reads the end of the socket and closes it */
+        const union MHD_DaemonInfo *di =
+            MHD_get_daemon_info(d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        return di && di->num_connections < g->per_shard ? s : g->n_mhd;
+    }
+    return g->n_mhd;
+}
+
 /* New connections (--threads 0), each handed to a shard with room, round
  * robin; returns the shards that got one. The gateway accepts them itself
  * because the shards sharing the listening socket were all woken by each
@@ -765,7 +823,7 @@ static uint64_t s_accept(gw_t *g)
             if (di && di->num_connections < g->per_shard)
                 break;
         }
-        if (k == g->n_mhd) {
+        if (k == g->n_mhd && (s = s_evict(g)) == g->n_mhd) {
             close(fd);
             continue;
         }
@@ -789,7 +847,7 @@ static int s_run_http(void *arg)
     for (int i = 0; i < n; i++)
         run |= ev[i].data.u32 == GW_MAX_SHARDS ? s_accept(g) : 1ULL << ev[i].data.u32;
     uint64_t now = tl_now_us();
-    int wait = -1;
+    int wait = gw_conns_reap(&g->conns, now); /* the sockets it shuts down wake their shard */
     for (unsigned s = 0; s < g->n_mhd; s++) {
         if ((run >> s & 1) || g->due_us[s] <= now) {
             int to = s_run_shard(g->mhd[s]);
@@ -841,12 +899,13 @@ static struct MHD_Daemon *s_daemon(gw_t *g, unsigned flags, int lfd, unsigned li
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)s_completed, g},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)g->cfg.idle_timeout_s, NULL},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)gw_conns_notify, &g->conns},
         {pool ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)pool, NULL},
         {MHD_OPTION_END, 0, NULL},
         {MHD_OPTION_END, 0, NULL},
     };
     if (lfd >= 0) /* in the first END's place when there is no pool */
-        opts[pool ? 4 : 3] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
+        opts[pool ? 5 : 4] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
     else
         flags |= MHD_USE_NO_LISTEN_SOCKET;
     return MHD_start_daemon(flags, 0, NULL, NULL, s_access, g, MHD_OPTION_ARRAY, opts,
@@ -884,9 +943,13 @@ static int s_start_shards(gw_t *g, unsigned flags, int lfd)
 int gw_http_start(gw_t *g)
 {
     g->ep_fd = g->lfd = -1;
-    int lfd = s_listen(g);
-    if (lfd < 0)
+    gw_conns_init(&g->conns, g->cfg.header_timeout_ms);
+    g->offload = gw_offload_new();
+    int lfd = g->offload ? s_listen(g) : -1;
+    if (lfd < 0) {
+        gw_offload_destroy(&g->offload);
         return -1;
+    }
     /* --threads 0 (the default): HTTP runs on the bus thread, which polls
      * the shards' epoll fds next to the bus handle; a call then costs two
      * thread wake-ups less (HTTP thread <-> bus thread, each way). N > 0: a
@@ -898,8 +961,10 @@ int gw_http_start(gw_t *g)
                              g->cfg.max_connections);
         g->n_mhd = g->mhd[0] ? 1 : 0;
         rc = g->mhd[0] ? 0 : -1;
-        if (!rc)
+        if (!rc) { /* the pool has no hook to reap from */
+            rc = gw_conns_start_thread(&g->conns, lfd, g->cfg.max_connections);
             lfd = -1; /* the daemon owns it */
+        }
     } else {
         rc = s_start_shards(g, flags, lfd);
         lfd = -1; /* G->lfd, closed by gw_http_stop */
@@ -919,9 +984,14 @@ int gw_http_start(gw_t *g)
 
 void gw_http_stop(gw_t *g)
 {
+    /* Its jobs resume their connections: libmicrohttpd refuses to stop
+     * with one still suspended. */
+    gw_offload_destroy(&g->offload);
+    gw_conns_stop_thread(&g->conns); /* it reads the listening socket the daemon closes */
     for (unsigned s = 0; s < g->n_mhd; s++)
         MHD_stop_daemon(g->mhd[s]);
     g->n_mhd = 0;
+    gw_conns_destroy(&g->conns); /* after the daemons: they notify it while closing */
     if (g->ep_fd >= 0)
         close(g->ep_fd);
     if (g->lfd >= 0)

@@ -12,16 +12,25 @@
 #include <string.h>
 
 /* Memory the protobuf structs point into until they are packed: decoded
- * images and pointer arrays. Bounded by the body size limit. */
+ * images and pointer arrays, a few per message. It grows with the body
+ * (which the gateway bounds, --max-body-bytes): a fixed 4,096 entries
+ * answered "out of memory" to a valid chat of 2,048 messages with an
+ * image each. */
 typedef struct {
-    void *p[4096];
-    size_t n;
+    void **p;
+    size_t n, cap;
     int oom;
 } s_arena_t;
 
 static void *s_keep(s_arena_t *a, void *p)
 {
-    if (!p || a->n >= sizeof a->p / sizeof a->p[0]) {
+    if (p && a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 64;
+        void **np = realloc(a->p, cap * sizeof *np);
+        if (np)
+            a->p = np, a->cap = cap;
+    }
+    if (!p || a->n == a->cap) {
         free(p);
         a->oom = 1;
         return NULL;
@@ -34,7 +43,9 @@ static void s_arena_free(s_arena_t *a)
 {
     for (size_t i = 0; i < a->n; i++)
         free(a->p[i]);
-    a->n = 0;
+    free(a->p);
+    a->p = NULL;
+    a->n = a->cap = 0;
 }
 
 static int s_fail(char *err, size_t cap, const char *fmt, const char *arg)
@@ -282,16 +293,28 @@ static int s_images(json_t *v, ProtobufCBinaryData **out, size_t *n, s_arena_t *
     return 0;
 }
 
-static int s_stream(json_t *o, int *stream, char *err, size_t cap)
+/* A boolean field: absent or null leaves *VAL as it is and *HAS 0 (HAS
+ * may be NULL); anything but true or false is a 400, as Ollama answers
+ * ("stream": "true", "raw": 1 were taken before, as false or true). */
+static int s_bool(json_t *o, const char *key, int *has, int *val, char *err, size_t cap)
 {
-    json_t *v = json_object_get(o, "stream");
-    *stream = 1; /* Ollama streams unless told not to */
+    json_t *v = json_object_get(o, key);
+    if (has)
+        *has = 0;
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_boolean(v))
-        return s_fail(err, cap, "invalid %s: expected a boolean", "stream");
-    *stream = json_is_true(v);
+        return s_fail(err, cap, "invalid %s: expected a boolean (true or false)", key);
+    if (has)
+        *has = 1;
+    *val = json_is_true(v);
     return 0;
+}
+
+static int s_stream(json_t *o, int *stream, char *err, size_t cap)
+{
+    *stream = 1; /* Ollama streams unless told not to */
+    return s_bool(o, "stream", NULL, stream, err, cap);
 }
 
 /* --- request kinds ------------------------------------------------------------- */
@@ -325,7 +348,9 @@ static int s_model_command(s_build_t *b, Agentbus__ModelCommand *mc)
 static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__InferenceOptions *o)
 {
     agentbus__generate_request__init(g);
+    int raw = 0;
     if (s_str(b->body, "prompt", &g->prompt, b->err, b->cap) ||
+        s_bool(b->body, "raw", NULL, &raw, b->err, b->cap) ||
         s_str(b->body, "system", &g->system, b->err, b->cap) ||
         s_str(b->body, "suffix", &g->suffix, b->err, b->cap) ||
         s_format(b->body, b->a, &g->format, b->err, b->cap) ||
@@ -335,7 +360,7 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
         s_images(json_object_get(b->body, "images"), &g->images, &g->n_images, b->a, b->err,
                  b->cap))
         return -1;
-    g->raw = json_is_true(json_object_get(b->body, "raw"));
+    g->raw = raw;
     b->in->kind = TL_INFER_GENERATE;
     b->in->body.generate = g;
     return 0;
@@ -401,10 +426,12 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
         e->input[i] = (char *)json_string_value(s);
     }
     e->n_input = n;
-    json_t *t = json_object_get(b->body, "truncate");
-    if (json_is_boolean(t)) {
+    int has_trunc = 0, trunc = 0;
+    if (s_bool(b->body, "truncate", &has_trunc, &trunc, b->err, b->cap))
+        return -1;
+    if (has_trunc) {
         e->has_truncate_case = AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE_TRUNCATE;
-        e->truncate = json_is_true(t);
+        e->truncate = trunc;
     }
     b->req->stream = 0;
     if (s_keep_alive(b->body, b->ka, sizeof b->ka, &e->keep_alive, b->err, b->cap) ||
@@ -436,15 +463,16 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
     req->kind = kind;
     if (!json_is_object(body))
         return s_fail(err, errcap, "%s", "invalid request body: expected a JSON object");
-    const char *model = json_string_value(json_object_get(body, "model"));
+    json_t *mv = json_object_get(body, "model");
+    if (mv && !json_is_null(mv) && !json_is_string(mv))
+        return s_fail(err, errcap, "%s", "invalid model: expected a string");
+    const char *model = json_string_value(mv);
     if (!model || !*model)
         return s_fail(err, errcap, "%s", "model is required");
     if (strlen(model) >= sizeof req->model)
         return s_fail(err, errcap, "%s", "model name too long");
     snprintf(req->model, sizeof req->model, "%s", model);
-    s_arena_t *a = calloc(1, sizeof *a);
-    if (!a)
-        return s_fail(err, errcap, "%s", "out of memory");
+    s_arena_t arena = {NULL, 0, 0, 0}, *a = &arena;
     tl_infer_t in = {0};
     Agentbus__GenerateRequest g;
     Agentbus__ChatRequest c;
@@ -469,7 +497,6 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
             rc = s_fail(err, errcap, "%s", "out of memory");
     }
     s_arena_free(a);
-    free(a);
     return rc;
 }
 

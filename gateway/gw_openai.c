@@ -107,6 +107,49 @@ static const char *s_prompt(json_t *b, json_t *o)
     return NULL;
 }
 
+/* The JSON types of B's OpenAI fields that are read here or renamed on
+ * the way to Ollama's shape: NULL, or the 400 text naming the field as
+ * the client sent it (OpenAI refuses a wrong type too; "stream": "true"
+ * was taken as false, an unknown response_format type ignored). */
+static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t cap)
+{
+    static const struct {
+        const char *key;
+        int integer;
+    } nums[] = {{"temperature", 0}, {"top_p", 0}, {"seed", 1}, {"max_tokens", 1},
+                {"max_completion_tokens", 1}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        json_t *v = json_object_get(b, nums[i].key);
+        if (v && !json_is_null(v) && !(nums[i].integer ? json_is_integer(v) : json_is_number(v))) {
+            snprintf(msg, cap, "invalid %s: expected %s", nums[i].key,
+                     nums[i].integer ? "an integer" : "a number");
+            return msg;
+        }
+    }
+    json_t *v = json_object_get(b, "stream");
+    if (v && !json_is_null(v) && !json_is_boolean(v))
+        return "invalid stream: expected a boolean (true or false)";
+    v = json_object_get(b, "stream_options");
+    if (v && !json_is_null(v) && !json_is_object(v))
+        return "invalid stream_options: expected an object";
+    v = json_object_get(v, "include_usage");
+    if (v && !json_is_null(v) && !json_is_boolean(v))
+        return "invalid stream_options.include_usage: expected a boolean (true or false)";
+    if (c->route == GW_R_OAI_EMBEDDINGS) {
+        v = json_object_get(b, "encoding_format");
+        const char *f = json_string_value(v);
+        if (v && !json_is_null(v) && (!f || (strcmp(f, "float") && strcmp(f, "base64"))))
+            return "invalid encoding_format: expected \"float\" or \"base64\"";
+    }
+    v = json_object_get(b, "response_format");
+    const char *rf = json_string_value(json_object_get(v, "type"));
+    if (v && !json_is_null(v) &&
+        (!rf || (strcmp(rf, "text") && strcmp(rf, "json_object") && strcmp(rf, "json_schema"))))
+        return "invalid response_format: expected {\"type\": \"text\", \"json_object\" or "
+               "\"json_schema\"}";
+    return NULL;
+}
+
 /* C's OpenAI body B in Ollama's shape (*O, NULL for an embeddings' one)
  * and its kind; NULL, or the 400 text (*O then NULL). */
 static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **o_out)
@@ -144,29 +187,34 @@ static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **
     return bad;
 }
 
-enum MHD_Result gw_openai_request(gw_conn_t *c)
+int gw_openai_prepare(gw_conn_t *c, gw_req_t *req, char *err, size_t cap)
 {
-    enum MHD_Result res;
-    json_t *b = gw_body_json(c, &res);
+    memset(req, 0, sizeof *req);
+    json_t *b = gw_body_parse(c, err, cap);
     if (!b)
-        return res;
+        return -1;
     gw_kind_t kind = GW_CHAT;
     json_t *o = NULL;
-    const char *bad = s_rewrite(c, b, &kind, &o);
+    const char *bad = s_oai_types(c, b, err, cap);
+    if (!bad)
+        bad = s_rewrite(c, b, &kind, &o);
     json_decref(b);
-    if (bad)
-        return gw_reply_error(c, 400, bad);
-    gw_req_t req;
-    char err[512];
-    int rc = gw_req_from_json(kind, o, &req, err, sizeof err);
+    if (bad) {
+        if (bad != err)
+            snprintf(err, cap, "%s", bad);
+        return -1;
+    }
+    int rc = gw_req_from_json(kind, o, req, err, cap);
     json_decref(o);
-    if (rc != 0)
-        return gw_reply_error(c, 400, err);
+    return rc;
+}
+
+void gw_openai_named(gw_conn_t *c, gw_kind_t kind)
+{
     unsigned long long n = atomic_fetch_add(&c->g->next_id, 1);
     snprintf(c->oai_id, sizeof c->oai_id, "%s-%llx",
              kind == GW_CHAT ? "chatcmpl" : kind == GW_GENERATE ? "cmpl" : "emb", n + 1);
     c->created = (long)time(NULL);
-    return gw_call_infer(c, &req);
 }
 
 /* --- answers --------------------------------------------------------------------- */

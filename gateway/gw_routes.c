@@ -14,19 +14,26 @@
 #include <string.h>
 #include <time.h>
 
-json_t *gw_body_json(gw_conn_t *c, enum MHD_Result *res)
+json_t *gw_body_parse(const gw_conn_t *c, char *err, size_t cap)
 {
     json_error_t je;
     json_t *j = c->body ? json_loadb(c->body, c->len, 0, &je) : NULL;
     if (!json_is_object(j)) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "%s", !c->body ? "missing request body"
-                                        : j      ? "invalid request body: expected an object"
-                                                 : je.text);
+        snprintf(err, cap, "%s", !c->body ? "missing request body"
+                                 : j      ? "invalid request body: expected an object"
+                                          : je.text);
         json_decref(j);
-        *res = gw_reply_error(c, 400, msg);
         return NULL;
     }
+    return j;
+}
+
+json_t *gw_body_json(gw_conn_t *c, enum MHD_Result *res)
+{
+    char msg[256];
+    json_t *j = gw_body_parse(c, msg, sizeof msg);
+    if (!j)
+        *res = gw_reply_error(c, 400, msg);
     return j;
 }
 
@@ -163,19 +170,46 @@ static enum MHD_Result s_models_answer(gw_conn_t *c)
 }
 
 /* --- inference ------------------------------------------------------------------- */
-static enum MHD_Result s_infer_request(gw_conn_t *c, gw_kind_t kind)
+int gw_routes_prepare(gw_conn_t *c, gw_req_t *req, char *err, size_t cap)
 {
-    enum MHD_Result res;
-    json_t *body = gw_body_json(c, &res);
+    if (c->openai)
+        return gw_openai_prepare(c, req, err, cap);
+    memset(req, 0, sizeof *req);
+    json_t *body = gw_body_parse(c, err, cap);
     if (!body)
-        return res;
+        return -1;
+    gw_kind_t kind = c->route == GW_R_GENERATE ? GW_GENERATE
+                     : c->route == GW_R_CHAT   ? GW_CHAT
+                                               : GW_EMBED;
+    c->legacy = c->route == GW_R_EMBEDDINGS;
+    int rc = gw_req_from_json(kind, body, req, err, cap);
+    json_decref(body);
+    return rc;
+}
+
+/* An inference route (Ollama's or OpenAI's): the body becomes a bus
+ * request. A large body is parsed on the offload thread (gw_http_offload)
+ * and this runs again, with its outcome, when that is done. */
+static enum MHD_Result s_infer_request(gw_conn_t *c)
+{
     gw_req_t req;
     char err[512];
-    c->legacy = c->route == GW_R_EMBEDDINGS;
-    int rc = gw_req_from_json(kind, body, &req, err, sizeof err);
-    json_decref(body);
+    int rc;
+    if (c->prep) { /* parsed on the offload thread */
+        rc = c->prep->rc;
+        req = c->prep->req;
+        snprintf(err, sizeof err, "%s", c->prep->err);
+        free(c->prep);
+        c->prep = NULL;
+    } else if (gw_http_offload(c)) {
+        return MHD_YES; /* suspended until parsed */
+    } else {
+        rc = gw_routes_prepare(c, &req, err, sizeof err);
+    }
     if (rc != 0)
         return gw_reply_error(c, 400, err);
+    if (c->openai)
+        gw_openai_named(c, req.kind);
     return gw_call_infer(c, &req);
 }
 
@@ -306,6 +340,23 @@ static void s_metric(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
     }
 }
 
+/* The connections closed waiting for headers (gw_conns.h). */
+static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
+{
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_header_timeouts_total Connections closed because their "
+             "request headers were not complete within --header-timeout-ms: idle (nothing of a "
+             "request came: an idle keep-alive), partial (headers sent too slowly); evicted: "
+             "closed earlier, at the connection cap, to make room for a new connection.\n"
+             "# TYPE agentbus_gateway_header_timeouts_total counter\n"
+             "agentbus_gateway_header_timeouts_total{reason=\"idle\"} %llu\n"
+             "agentbus_gateway_header_timeouts_total{reason=\"partial\"} %llu\n"
+             "agentbus_gateway_header_timeouts_total{reason=\"evicted\"} %llu\n",
+             (unsigned long long)atomic_load(&t->timeouts[GW_HT_IDLE]),
+             (unsigned long long)atomic_load(&t->timeouts[GW_HT_PARTIAL]),
+             (unsigned long long)atomic_load(&t->timeouts[GW_HT_EVICTED]));
+}
+
 static enum MHD_Result s_metrics(gw_conn_t *c)
 {
     gw_metrics_t *m = &c->g->m;
@@ -362,6 +413,7 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     for (int r = GW_SHED_BUSY; r <= GW_SHED_GONE; r++)
         s_metric(&b, &len, &cap, "agentbus_gateway_shed_total{reason=\"%s\"} %llu\n",
                  gw_shed_name((gw_shed_t)r), (unsigned long long)atomic_load(&m->shed[r]));
+    s_metric_conns(&b, &len, &cap, &c->g->conns);
     gw_keys_t *k = &c->g->keys;
     if (k->on) {
         pthread_rwlock_rdlock(&k->lock); /* a reload swaps the keys */
@@ -473,13 +525,7 @@ enum MHD_Result gw_routes_handle(gw_conn_t *c, const char *method)
         return s_metrics(c);
     case GW_R_TAGS: case GW_R_PS: case GW_R_SHOW: case GW_R_OAI_MODELS:
         return s_workers(c);
-    case GW_R_GENERATE:
-        return s_infer_request(c, GW_GENERATE);
-    case GW_R_CHAT:
-        return s_infer_request(c, GW_CHAT);
-    case GW_R_EMBED: case GW_R_EMBEDDINGS:
-        return s_infer_request(c, GW_EMBED);
-    default:
-        return gw_openai_request(c);
+    default: /* GW_R_GENERATE, CHAT, EMBED, EMBEDDINGS, OAI_CHAT, OAI_COMPLETIONS, OAI_EMBEDDINGS */
+        return s_infer_request(c);
     }
 }

@@ -42,6 +42,12 @@ static void s_usage(FILE *f)
             "  --ollama-version S        what /api/version reports (default 0.5.7)\n"
             "  --idle-timeout-s N        close a connection silent this long, not counting\n"
             "                            time waiting for the bus (default 60; 0 = never)\n"
+            "  --header-timeout-ms N     close a connection whose request headers are not\n"
+            "                            complete N ms after its accept or the end of its\n"
+            "                            previous request (slow senders, idle keep-alives);\n"
+            "                            at --max-connections the one waiting longest (1 s\n"
+            "                            or more) is closed for a new one (default 10000;\n"
+            "                            0 = neither)\n"
             "  --max-in-flight N         model and inference requests held at once; more get\n"
             "                            503 \"server busy\" at once (default 7/8 of\n"
             "                            --max-connections; 0 = no cap)\n"
@@ -111,6 +117,8 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             cfg->max_body_bytes = (size_t)n;
         else if (!bad && strcmp(f, "--idle-timeout-s") == 0 && !s_number(v, 0, 86400, &n))
             cfg->idle_timeout_s = (unsigned)n;
+        else if (!bad && strcmp(f, "--header-timeout-ms") == 0 && !s_number(v, 0, 86400000, &n))
+            cfg->header_timeout_ms = (unsigned)n;
         else if (!bad && strcmp(f, "--max-in-flight") == 0 && !s_number(v, 0, 1000000, &n))
             cfg->max_in_flight = (unsigned)n;
         else if (!bad && strcmp(f, "--max-queue-ms") == 0 && !s_number(v, 0, 86400000, &n))
@@ -159,7 +167,8 @@ int main(int argc, char **argv)
     g.cfg = (gw_config_t){.host = "127.0.0.1", .port = 11434, .service = "ollama", .name = "",
                           .max_connections = 1024, .max_body_bytes = 8u << 20, .threads = 0,
                           .timeout_ms = 300000, .max_timeout_ms = 3600000, .version = "0.5.7",
-                          .idle_timeout_s = 60, .max_in_flight = UINT_MAX,
+                          .idle_timeout_s = 60, .header_timeout_ms = 10000,
+                          .max_in_flight = UINT_MAX,
                           .max_queue_ms = 1000};
     const char *env = getenv("AB_BROKER");
     g.cfg.broker = env && *env ? env : AB_DEFAULT_ENDPOINT;

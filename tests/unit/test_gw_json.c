@@ -104,6 +104,11 @@ static void s_test_refused(void)
         "{\"model\":\"m\",\"images\":[\"!!\"]}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"stop\":[1]}}",
         "{\"model\":\"m\",\"keep_alive\":[]}",
+        /* wrong JSON types are refused, not read as false or true */
+        "{\"model\":\"m\",\"prompt\":\"x\",\"raw\":\"true\"}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"raw\":1}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":\"true\"}",
+        "{\"model\":7,\"prompt\":\"x\"}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
@@ -118,6 +123,60 @@ static void s_test_refused(void)
     json_t *j = json_loads("{\"model\":\"m\",\"messages\":[{\"content\":\"no role\"}]}", 0, NULL);
     CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
     json_decref(j);
+    static const char *bad_embed[] = {
+        "{\"model\":\"e\",\"input\":\"a\",\"truncate\":\"false\"}",
+        "{\"model\":\"e\",\"input\":\"a\",\"truncate\":0}",
+    };
+    for (size_t i = 0; i < sizeof bad_embed / sizeof bad_embed[0]; i++) {
+        err[0] = '\0';
+        j = json_loads(bad_embed[i], 0, NULL);
+        CHECK_EQ(gw_req_from_json(GW_EMBED, j, &req, err, sizeof err), -1);
+        CHECK_STR(err, "invalid truncate: expected a boolean (true or false)");
+        json_decref(j);
+    }
+    j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":\"yes\"}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
+    CHECK_STR(err, "invalid raw: expected a boolean (true or false)");
+    json_decref(j);
+    /* null is "not given", as before */
+    j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":null,\"stream\":null}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), 0);
+    CHECK_EQ(req.stream, 1);
+    gw_req_free(&req);
+    json_decref(j);
+}
+
+/* A body of many messages (or images) builds whole: each takes a few
+ * allocations kept until the request is packed, and a fixed table of 4,096
+ * of them answered "out of memory" past ~2,050 messages with an image. */
+static void s_test_many(void)
+{
+    enum { N = 5000 };
+    json_t *msgs = json_array(), *imgs = json_array();
+    for (int i = 0; i < N; i++) {
+        json_array_append_new(msgs, json_pack("{s:s, s:s, s:[s]}", "role", "user", "content",
+                                              "hi", "images", "aGVsbG8="));
+        json_array_append_new(imgs, json_string("aGVsbG8="));
+    }
+    json_t *chat = json_pack("{s:s, s:o}", "model", "m", "messages", msgs);
+    json_t *gen = json_pack("{s:s, s:s, s:o}", "model", "m", "prompt", "x", "images", imgs);
+    gw_req_t req;
+    char err[256] = "";
+    CHECK_EQ(gw_req_from_json(GW_CHAT, chat, &req, err, sizeof err), 0);
+    Agentbus__InferenceRequest *ir = agentbus__inference_request__unpack(NULL, req.pb_len, req.pb);
+    REQUIRE(ir && ir->chat);
+    CHECK_EQ(ir->chat->n_messages, N);
+    CHECK_EQ(ir->chat->messages[N - 1]->n_images, 1);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, gen, &req, err, sizeof err), 0);
+    ir = agentbus__inference_request__unpack(NULL, req.pb_len, req.pb);
+    REQUIRE(ir && ir->generate);
+    CHECK_EQ(ir->generate->n_images, N);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    json_decref(chat);
+    json_decref(gen);
 }
 
 /* Ollama's preload: no prompt (generate) or no messages (chat). */
@@ -323,6 +382,7 @@ int main(void)
     s_test_chat_embed();
     s_test_same_as_brokerctl();
     s_test_refused();
+    s_test_many();
     s_test_load();
     s_test_replies();
     s_test_line();

@@ -1,0 +1,230 @@
+/*
+ * gw_conns.c - the header deadline: connections waiting for a request's
+ * headers, oldest first, shut down when they wait past --header-timeout-ms
+ * (gw_conns.h says why and how it stays safe across threads).
+ */
+#include "gw_conns.h"
+#include "tl_clock.h"
+
+#include <netinet/in.h> /* IPPROTO_TCP */
+#include <linux/tcp.h> /* tcp_info with tcpi_bytes_received (glibc's lacks it) */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+/* One connection (libmicrohttpd's socket context). */
+typedef struct {
+    ab_list_t link;      /* on gw_conns_t.waiting while waiting for headers */
+    int fd;
+    struct MHD_Daemon *daemon; /* the shard it is on */
+    uint64_t since_us;   /* when it started waiting */
+    uint64_t rx_bytes;   /* bytes received by then (idle vs partial) */
+    int reaped;          /* shut down: counted, waits for libmicrohttpd to close it */
+} s_sock_t;
+
+void gw_conns_init(gw_conns_t *t, unsigned ms)
+{
+    memset(t, 0, sizeof *t);
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_cond_init(&t->wake, NULL);
+    ab_list_init(&t->waiting);
+    t->deadline_us = (uint64_t)ms * 1000;
+}
+
+void gw_conns_stop_thread(gw_conns_t *t)
+{
+    if (!t->running)
+        return;
+    pthread_mutex_lock(&t->lock);
+    t->stop = 1;
+    pthread_cond_signal(&t->wake);
+    pthread_mutex_unlock(&t->lock);
+    pthread_join(t->thread, NULL);
+    t->running = 0;
+}
+
+void gw_conns_destroy(gw_conns_t *t)
+{
+    gw_conns_stop_thread(t);
+    pthread_cond_destroy(&t->wake);
+    pthread_mutex_destroy(&t->lock);
+}
+
+/* Bytes the kernel has received on FD (0 if it cannot say). */
+static uint64_t s_rx_bytes(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_received) + sizeof ti.tcpi_bytes_received)
+        return 0;
+    return ti.tcpi_bytes_received;
+}
+
+static s_sock_t *s_sock(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* S starts waiting for headers now (caller holds the lock). */
+static void s_wait(gw_conns_t *t, s_sock_t *s, uint64_t rx)
+{
+    ab_list_remove(&s->link);
+    s->since_us = tl_now_us();
+    s->rx_bytes = rx;
+    ab_list_insert_tail(&t->waiting, &s->link);
+}
+
+void gw_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                     enum MHD_ConnectionNotificationCode toe)
+{
+    gw_conns_t *t = cls;
+    if (!t->deadline_us)
+        return;
+    s_sock_t *s = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return; /* not watched: libmicrohttpd's idle timeout still applies */
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        s->fd = ci ? ci->connect_fd : -1;
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+        s->daemon = ci ? ci->daemon : NULL;
+        *socket_context = s;
+        pthread_mutex_lock(&t->lock);
+        s_wait(t, s, 0); /* a new connection: any byte received is a request's */
+        t->n_conns++;
+        pthread_mutex_unlock(&t->lock);
+    } else if (s) {
+        pthread_mutex_lock(&t->lock);
+        ab_list_remove(&s->link);
+        t->n_conns--;
+        pthread_mutex_unlock(&t->lock);
+        *socket_context = NULL;
+        free(s);
+    }
+}
+
+void gw_conns_headers_done(gw_conns_t *t, struct MHD_Connection *conn)
+{
+    s_sock_t *s = t->deadline_us ? s_sock(conn) : NULL;
+    if (!s)
+        return;
+    pthread_mutex_lock(&t->lock);
+    ab_list_remove(&s->link);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn)
+{
+    s_sock_t *s = t->deadline_us ? s_sock(conn) : NULL;
+    if (!s)
+        return;
+    uint64_t rx = s_rx_bytes(s->fd); /* outside the lock: a system call */
+    pthread_mutex_lock(&t->lock);
+    if (!s->reaped) /* a reaped one is closing: it waits for nothing */
+        s_wait(t, s, rx);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Takes S off the list and shuts it down, counted under WHY (caller holds
+ * the lock). libmicrohttpd reads the end of the socket and closes it on
+ * its own thread; the fd is still open here: its CLOSED notification,
+ * which comes before the close, waits for this lock. */
+static void s_shut(gw_conns_t *t, s_sock_t *s, gw_ht_t why)
+{
+    ab_list_remove(&s->link);
+    s->reaped = 1;
+    atomic_fetch_add(&t->timeouts[why], 1);
+    shutdown(s->fd, SHUT_RDWR);
+}
+
+int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
+{
+    if (!t->deadline_us)
+        return -1;
+    int next = -1;
+    pthread_mutex_lock(&t->lock);
+    ab_list_t *n;
+    while ((n = ab_list_first(&t->waiting))) {
+        s_sock_t *s = ab_list_data(n, s_sock_t, link);
+        uint64_t due = s->since_us + t->deadline_us;
+        if (due > now_us) { /* the oldest is not due: none is */
+            next = (int)((due - now_us + 999) / 1000);
+            break;
+        }
+        s_shut(t, s, s_rx_bytes(s->fd) > s->rx_bytes ? GW_HT_PARTIAL : GW_HT_IDLE);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return next;
+}
+
+struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us)
+{
+    if (!t->deadline_us)
+        return NULL;
+    struct MHD_Daemon *d = NULL;
+    pthread_mutex_lock(&t->lock);
+    ab_list_t *n = ab_list_first(&t->waiting);
+    s_sock_t *s = n ? ab_list_data(n, s_sock_t, link) : NULL;
+    if (s && s->since_us + min_wait_us <= now_us) {
+        d = s->daemon;
+        s_shut(t, s, GW_HT_EVICTED);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return d;
+}
+
+/* Whether every connection is taken and more wait to be accepted (for a
+ * listening socket TCP_INFO's tcpi_unacked is its accept queue). */
+static int s_at_cap(gw_conns_t *t)
+{
+    pthread_mutex_lock(&t->lock);
+    int full = t->n_conns >= t->limit;
+    pthread_mutex_unlock(&t->lock);
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    return full && getsockopt(t->lfd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 &&
+           ti.tcpi_unacked > 0;
+}
+
+static void *s_thread(void *arg)
+{
+    gw_conns_t *t = arg;
+    pthread_mutex_lock(&t->lock);
+    while (!t->stop) {
+        pthread_mutex_unlock(&t->lock);
+        uint64_t now = tl_now_us();
+        int next = gw_conns_reap(t, now);
+        if (s_at_cap(t) && gw_conns_evict(t, now, GW_EVICT_MIN_MS * 1000ull))
+            next = 10; /* libmicrohttpd takes the next one once that one is closed */
+        pthread_mutex_lock(&t->lock);
+        long ms = next < 0 || next > 100 ? 100 : next < 5 ? 5 : next;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        if (!t->stop)
+            pthread_cond_timedwait(&t->wake, &t->lock, &ts);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+int gw_conns_start_thread(gw_conns_t *t, int lfd, unsigned limit)
+{
+    if (!t->deadline_us)
+        return 0;
+    t->lfd = lfd;
+    t->limit = limit;
+    if (pthread_create(&t->thread, NULL, s_thread, t) != 0)
+        return -1;
+    t->running = 1;
+    return 0;
+}

@@ -1,0 +1,103 @@
+/*
+ * gw_conns.h - the header deadline (--header-timeout-ms): every HTTP
+ * connection, from its accept or the end of its previous request, must
+ * complete its next request's headers within the deadline, or it is closed.
+ *
+ * Why: libmicrohttpd's own timeout (--idle-timeout-s) restarts on every
+ * byte, and a connection still reading its headers has not reached the
+ * access handler, so --max-in-flight does not see it either: sockets that
+ * dribble a header byte a second held every connection slot forever, and
+ * /healthz and every real client were refused (slowloris). An idle
+ * keep-alive connection is waiting for headers too, so it is held at most
+ * as long.
+ *
+ * The connections waiting for headers are on one list, oldest first (a
+ * connection goes to its tail when it starts waiting), under a mutex:
+ * libmicrohttpd's callbacks add and remove them from whichever thread runs
+ * the connection (the bus thread with --threads 0, a pool thread with
+ * --threads N), and gw_conns_reap closes the expired ones from any thread
+ * with shutdown(2), which makes libmicrohttpd see the socket end and close
+ * it on its own thread. Only shutdown is done from outside: the socket is
+ * closed by libmicrohttpd after its CLOSED notification, which takes the
+ * same mutex, so the fd reaped is still this connection's.
+ */
+#ifndef GW_CONNS_H
+#define GW_CONNS_H
+
+#include "list.h"
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* Why a connection was closed at its header deadline (the labels of
+ * agentbus_gateway_header_timeouts_total). */
+typedef enum {
+    GW_HT_IDLE = 0, /* nothing of a request arrived: an idle keep-alive or an unused socket */
+    GW_HT_PARTIAL,  /* part of a request's headers arrived, not the end of them */
+    GW_HT_EVICTED   /* before its deadline, to make room for a new connection at the cap */
+} gw_ht_t;
+
+/* A connection must have waited this long for headers to be evicted at
+ * the cap (gw_conns_evict): a client sends its headers in one go, so one
+ * still without them after a second is slow, idle or hostile. */
+#define GW_EVICT_MIN_MS 1000
+
+typedef struct {
+    pthread_mutex_t lock;
+    ab_list_t waiting;        /* gw_sock_t waiting for headers, oldest first */
+    uint64_t deadline_us;     /* 0: no deadline */
+    atomic_ullong timeouts[3]; /* connections closed waiting for headers, by gw_ht_t */
+    unsigned n_conns;         /* connections open (under lock) */
+    /* --threads N: the thread that reaps (with --threads 0 the bus thread
+     * calls gw_conns_reap itself), and evicts at the cap */
+    pthread_t thread;
+    int running, stop;
+    pthread_cond_t wake;
+    int lfd;                  /* the listening socket (its accept queue) */
+    unsigned limit;           /* --max-connections */
+} gw_conns_t;
+
+/* Sets up T for a deadline of MS ms (0: none; everything else is then a
+ * no-op). gw_conns_destroy after the daemons are stopped. */
+void gw_conns_init(gw_conns_t *t, unsigned ms);
+void gw_conns_destroy(gw_conns_t *t);
+
+/* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION callback (CLS is the
+ * gw_conns_t): a connection starts waiting for its first request's headers
+ * at STARTED, and leaves the list at CLOSED (before libmicrohttpd closes
+ * its socket). */
+void gw_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                     enum MHD_ConnectionNotificationCode toe);
+
+/* The access handler's first call for a request: its headers are
+ * complete, the deadline stops. The thread running CONN. */
+void gw_conns_headers_done(gw_conns_t *t, struct MHD_Connection *conn);
+/* The request ended (completion hook): the connection waits for the next
+ * request's headers from now. The thread running CONN. */
+void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn);
+
+/* Shuts down every connection past its deadline at NOW_US (tl_now_us);
+ * each is counted once. Any thread. Returns the ms until the next
+ * connection's deadline (-1: none waiting). */
+int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
+
+/* At the connection cap: shuts down the connection that has waited
+ * longest for headers, if at least MIN_WAIT_US, so that a new connection
+ * can have its slot (a slowloris client that reconnects as fast as its
+ * sockets are reaped otherwise keeps every slot). Returns the daemon of
+ * the connection shut down (run it to free the slot), or NULL if none
+ * waited long enough. Counted as GW_HT_EVICTED. Any thread. */
+struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us);
+
+/* --threads N: a thread that reaps every 100 ms at most (libmicrohttpd's
+ * pool has no hook to run it), and evicts (gw_conns_evict) while LIMIT
+ * connections are open and connections wait in the accept queue of LFD
+ * (libmicrohttpd at its limit leaves them there); 0 or -1. */
+int gw_conns_start_thread(gw_conns_t *t, int lfd, unsigned limit);
+/* Stops that thread (before the daemon closes LFD); gw_conns_destroy
+ * does it too. */
+void gw_conns_stop_thread(gw_conns_t *t);
+
+#endif
