@@ -7,6 +7,7 @@
 #include "gw_http.h"
 #include "agentbus.h"
 #include "gw_framing.h"
+#include "gw_mhdlog.h"
 #include "tl_clock.h"
 
 #include <arpa/inet.h>
@@ -896,6 +897,7 @@ static struct MHD_Daemon *s_daemon(gw_t *g, unsigned flags, int lfd, unsigned li
 {
     unsigned pool = g->cfg.threads;
     struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)gw_mhdlog, NULL}, /* first: libmicrohttpd says so */
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)s_completed, g},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)g->cfg.idle_timeout_s, NULL},
@@ -905,7 +907,7 @@ static struct MHD_Daemon *s_daemon(gw_t *g, unsigned flags, int lfd, unsigned li
         {MHD_OPTION_END, 0, NULL},
     };
     if (lfd >= 0) /* in the first END's place when there is no pool */
-        opts[pool ? 5 : 4] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
+        opts[pool ? 6 : 5] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
     else
         flags |= MHD_USE_NO_LISTEN_SOCKET;
     return MHD_start_daemon(flags, 0, NULL, NULL, s_access, g, MHD_OPTION_ARRAY, opts,

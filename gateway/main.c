@@ -5,6 +5,7 @@
  *
  *   agentbus-gateway --listen HOST:PORT --broker ENDPOINT [options]
  */
+#include "gw_mhdlog.h"
 #include "gw_http.h"
 #include "agentbus.h"
 #include "tl_args.h"
@@ -229,6 +230,7 @@ int main(int argc, char **argv)
      * connections resume, so libmicrohttpd can close every one. */
     gw_bus_stop(g.bus);
     gw_http_stop(&g);
+    gw_mhdlog_flush();
     gw_bus_destroy(&g.bus);
     gw_keys_free(&g.keys);
     return 0;

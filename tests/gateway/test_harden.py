@@ -32,6 +32,9 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              "stream": "true" on the OpenAI routes, "max_tokens": "10",
              ...) get 400 naming the field, in the route's shape, and never
              reach the simulator; the right types are served.
+  logflood   60 requests libmicrohttpd refuses itself (bad Content-Length,
+             a garbage request line): at most 5 of its messages per 10 s on
+             stderr, the rest counted in one line ("N more ... not shown").
   offload    ten ~4 MB bodies slow to parse complete at once, then a small
              request: the small one is answered before (nearly) all of
              them, not behind their parsing (which ran on the thread
@@ -378,6 +381,27 @@ def case_offload(tmp):
     small.close()
 
 
+def case_logflood(tmp):
+    """Requests libmicrohttpd refuses itself (a bad Content-Length, a
+    garbage request line) each made a line on stderr, so any client could
+    fill the gateway's log: now at most 5 per 10 s, the rest counted."""
+    _, [(gw, port, _)] = t.start_stack(tmp, [[]])
+    bad = [b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+           b"GARBAGE\r\n\r\n"]
+    for i in range(60):
+        exchange(port, bad[i % 2], seconds=5)
+    check(status_of(gw + "/healthz")[0] == 200, "the gateway serves on")
+    t.stop_all()
+    logs = [log for _, log in t.PROCS if "gateway" in os.path.basename(log)]
+    with open(logs[0], errors="replace") as f:
+        lines = [ln for ln in f if "libmicrohttpd:" in ln]
+    shown = [ln for ln in lines if "not shown" not in ln]
+    said = sum(int(ln.split("libmicrohttpd: ")[1].split()[0]) for ln in lines if "not shown" in ln)
+    # 60 messages or more (one each), in one or two 10 s windows on a busy host.
+    check(1 <= len(shown) <= 15 and len(shown) + said >= 60,
+          f"{len(shown)} lines shown, {said} counted as not shown ({lines[:3]} ...)")
+
+
 def s_gateways_clean():
     """After stop_all: every gateway exited 0 on SIGTERM and its log has no
     sanitizer report (under -DAB_SANITIZE=ON a leak or a use after free in
@@ -396,7 +420,7 @@ def main():
     try:
         {"slowloris": case_slowloris, "reconnect": case_reconnect, "idle": case_idle,
          "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
-         "offload": case_offload}[t.CASE](tmp)
+         "offload": case_offload, "logflood": case_logflood}[t.CASE](tmp)
         t.stop_all()
         s_gateways_clean()
         check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")
