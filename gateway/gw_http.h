@@ -150,6 +150,7 @@ typedef struct gw_conn {
     int oai_usage;      /* stream_options.include_usage */
     int oai_role_sent;
     int oai_b64;        /* embeddings: encoding_format "base64" */
+    int oai_tool_calls; /* tool calls sent so far (a stream's delta index) */
     uint64_t prompt_tokens, eval_tokens;
 } gw_conn_t;
 

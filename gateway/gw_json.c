@@ -366,6 +366,74 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
     return 0;
 }
 
+/* --- tool calling ------------------------------------------------------------------ */
+/* Tools and tool calls travel as JSON text (ChatRequest.tools_json,
+ * ChatMessage.tool_calls_json), compact with sorted keys, so the same tools
+ * sent with keys in another order are one cache entry. They are checked
+ * here, so a malformed one is a 400 naming it, not a silent drop. */
+static int s_json_text(json_t *v, s_build_t *b, char **out)
+{
+    *out = s_keep(b->a, json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS));
+    return *out ? 0 : s_fail(b->err, b->cap, "%s", "out of memory");
+}
+
+static int s_bad_item(s_build_t *b, const char *what, size_t i, const char *why)
+{
+    snprintf(b->err, b->cap, "invalid %s[%zu]: %s", what, i, why);
+    return -1;
+}
+
+/* tools: [{"type": "function", "function": {"name", "description",
+ * "parameters": {JSON schema}}}] as Ollama's /api/chat takes them. */
+static int s_tools(s_build_t *b, Agentbus__ChatRequest *c)
+{
+    json_t *v = json_object_get(b->body, "tools"), *t;
+    c->tools_json = "";
+    if (!v || json_is_null(v) || (json_is_array(v) && !json_array_size(v)))
+        return 0;
+    if (!json_is_array(v))
+        return s_fail(b->err, b->cap, "invalid %s: expected an array of tools", "tools");
+    size_t i;
+    json_array_foreach(v, i, t) {
+        json_t *type = json_object_get(t, "type"), *fn = json_object_get(t, "function");
+        json_t *params = json_object_get(fn, "parameters");
+        if (!json_is_object(t))
+            return s_bad_item(b, "tools", i, "expected an object");
+        if (type && !json_is_null(type) && !json_is_string(type))
+            return s_bad_item(b, "tools", i, "type must be \"function\"");
+        if (type && json_is_string(type) && strcmp(json_string_value(type), "function") != 0)
+            return s_bad_item(b, "tools", i, "type must be \"function\"");
+        const char *name = json_string_value(json_object_get(fn, "name"));
+        if (!json_is_object(fn) || !name || !*name)
+            return s_bad_item(b, "tools", i, "a tool needs function.name (a string)");
+        if (params && !json_is_null(params) && !json_is_object(params))
+            return s_bad_item(b, "tools", i, "function.parameters must be an object");
+    }
+    return s_json_text(v, b, &c->tools_json);
+}
+
+/* An assistant message's tool_calls: [{"function": {"name", "arguments":
+ * {...}}}] (arguments an object, as Ollama has them). */
+static int s_tool_calls(s_build_t *b, json_t *m, Agentbus__ChatMessage *cm)
+{
+    json_t *v = json_object_get(m, "tool_calls"), *t;
+    cm->tool_calls_json = "";
+    if (!v || json_is_null(v) || (json_is_array(v) && !json_array_size(v)))
+        return 0;
+    if (!json_is_array(v))
+        return s_fail(b->err, b->cap, "invalid %s: expected an array", "tool_calls");
+    size_t i;
+    json_array_foreach(v, i, t) {
+        json_t *fn = json_object_get(t, "function"), *args = json_object_get(fn, "arguments");
+        const char *name = json_string_value(json_object_get(fn, "name"));
+        if (!json_is_object(t) || !json_is_object(fn) || !name || !*name)
+            return s_bad_item(b, "tool_calls", i, "a call needs function.name (a string)");
+        if (args && !json_is_null(args) && !json_is_object(args))
+            return s_bad_item(b, "tool_calls", i, "function.arguments must be an object");
+    }
+    return s_json_text(v, b, &cm->tool_calls_json);
+}
+
 static int s_message(s_build_t *b, json_t *m, Agentbus__ChatMessage *cm)
 {
     agentbus__chat_message__init(cm);
@@ -373,7 +441,8 @@ static int s_message(s_build_t *b, json_t *m, Agentbus__ChatMessage *cm)
         return s_fail(b->err, b->cap, "invalid %s: expected objects", "messages");
     if (s_str(m, "role", &cm->role, b->err, b->cap) ||
         s_str(m, "content", &cm->content, b->err, b->cap) ||
-        s_images(json_object_get(m, "images"), &cm->images, &cm->n_images, b->a, b->err, b->cap))
+        s_images(json_object_get(m, "images"), &cm->images, &cm->n_images, b->a, b->err, b->cap) ||
+        s_str(m, "tool_name", &cm->tool_name, b->err, b->cap) || s_tool_calls(b, m, cm))
         return -1;
     if (!cm->role[0])
         return s_fail(b->err, b->cap, "invalid %s: a message needs a role", "messages");
@@ -383,6 +452,8 @@ static int s_message(s_build_t *b, json_t *m, Agentbus__ChatMessage *cm)
 static int s_chat(s_build_t *b, Agentbus__ChatRequest *c, Agentbus__InferenceOptions *o)
 {
     agentbus__chat_request__init(c);
+    if (s_tools(b, c) != 0)
+        return -1;
     json_t *msgs = json_object_get(b->body, "messages");
     if (msgs && !json_is_null(msgs) && !json_is_array(msgs))
         return s_fail(b->err, b->cap, "invalid %s: expected an array", "messages");
@@ -535,6 +606,19 @@ static json_t *s_generate_reply(const void *pb, size_t len)
     return o;
 }
 
+/* The model's tool calls (the JSON text the worker put in the reply) into
+ * Ollama's message object; text that does not parse as an array is left out. */
+static void s_put_tool_calls(json_t *msg, const char *text)
+{
+    if (!msg || !text || !*text)
+        return;
+    json_t *a = json_loads(text, 0, NULL);
+    if (json_is_array(a))
+        json_object_set_new(msg, "tool_calls", a);
+    else
+        json_decref(a);
+}
+
 static json_t *s_chat_reply(const void *pb, size_t len)
 {
     Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
@@ -544,6 +628,8 @@ static json_t *s_chat_reply(const void *pb, size_t len)
     json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}, s:b}", "model", c->model, "created_at",
                           c->created_at, "message", "role", role, "content",
                           c->message ? c->message->content : "", "done", c->done);
+    if (o && c->message)
+        s_put_tool_calls(json_object_get(o, "message"), c->message->tool_calls_json);
     if (o && c->done) {
         json_object_set_new(o, "done_reason", json_string(c->done_reason));
         s_timings(o, c->timings);
@@ -661,8 +747,10 @@ int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size
     } else if (kind == GW_CHAT) {
         Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
         const char *role = c && c->message && c->message->role[0] ? c->message->role : NULL;
-        /* only the usual role: the line's fixed text below says it */
-        if (c && !c->done && role && strcmp(role, "assistant") == 0)
+        /* only the usual role and no tool calls: the line's fixed text
+         * below says it (a chunk with tool calls is rendered in full) */
+        int calls = c && c->message && c->message->tool_calls_json[0];
+        if (c && !c->done && role && strcmp(role, "assistant") == 0 && !calls)
             ok = s_line(c->model, c->created_at,
                         ",\"message\":{\"role\":\"assistant\",\"content\":",
                         c->message->content, "}", line, line_len);

@@ -73,6 +73,98 @@ static json_t *s_message(json_t *m)
     return out;
 }
 
+/* --- tool calling --------------------------------------------------------------- */
+/* The text of a 400 about one item (a thread's own: HTTP runs on several). */
+static _Thread_local char s_bad_text[256];
+
+/* FMT takes I and, if it says so, K (an unused argument is allowed). */
+static const char *s_bad(const char *fmt, size_t i, size_t k)
+{
+    snprintf(s_bad_text, sizeof s_bad_text, fmt, i, k);
+    return s_bad_text;
+}
+
+/* An assistant message's OpenAI tool_calls ([{id, type, function: {name,
+ * arguments: "<JSON text>"}}]) into Ollama's ([{function: {name,
+ * arguments: {...}}}]); each id -> name goes into MAP, for the tool
+ * messages that answer them. NULL, or the 400 text. */
+static const char *s_assistant_calls(json_t *calls, json_t *out, json_t *map, size_t i)
+{
+    if (!json_is_array(calls))
+        return s_bad("invalid messages[%zu].tool_calls: expected an array", i, 0);
+    json_t *arr = json_array(), *t;
+    json_object_set_new(out, "tool_calls", arr);
+    size_t k;
+    json_array_foreach(calls, k, t) {
+        json_t *fn = json_object_get(t, "function"), *args = json_object_get(fn, "arguments");
+        const char *name = json_string_value(json_object_get(fn, "name"));
+        const char *id = json_string_value(json_object_get(t, "id"));
+        if (!name || !*name)
+            return s_bad("invalid messages[%zu].tool_calls[%zu]: function.name is required", i, k);
+        json_t *obj = json_is_string(args) ? json_loads(json_string_value(args), 0, NULL)
+                      : json_is_object(args) ? json_incref(args)
+                      : !args || json_is_null(args) ? json_object() : NULL;
+        if (!json_is_object(obj)) {
+            json_decref(obj);
+            return s_bad("invalid messages[%zu].tool_calls[%zu]: function.arguments must be "
+                         "a JSON object (as a string)", i, k);
+        }
+        json_array_append_new(arr, json_pack("{s:{s:s, s:o}}", "function", "name", name,
+                                             "arguments", obj));
+        if (id)
+            json_object_set_new(map, id, json_string(name));
+    }
+    return NULL;
+}
+
+/* The tool fields of OpenAI message M (index I) into Ollama's OUT: an
+ * assistant's tool_calls, and for a tool result the function's name
+ * (Ollama's tool_name) found from its tool_call_id among the calls of the
+ * assistant message before it (MAP). NULL, or the 400 text. */
+static const char *s_tool_fields(json_t *m, json_t *out, json_t *map, size_t i)
+{
+    json_t *calls = json_object_get(m, "tool_calls");
+    if (calls && !json_is_null(calls)) {
+        json_object_clear(map); /* a tool message answers the latest calls */
+        return s_assistant_calls(calls, out, map, i);
+    }
+    const char *id = json_string_value(json_object_get(m, "tool_call_id"));
+    const char *name = id ? json_string_value(json_object_get(map, id)) : NULL;
+    if (!name) /* the older function-message shape names it */
+        name = json_string_value(json_object_get(m, "name"));
+    const char *role = json_string_value(json_object_get(m, "role"));
+    if (role && strcmp(role, "tool") == 0 && name)
+        json_object_set_new(out, "tool_name", json_string(name));
+    return NULL;
+}
+
+/* tools and tool_choice: "auto" (or absent) passes the tools, "none" drops
+ * them (the model answers in text); forcing a call ("required", or a named
+ * function) is refused: Ollama has no way to force one, and a silently
+ * unforced call would be a wrong answer. The tools' shape is checked when
+ * the Ollama body is built (gw_json.c). NULL, or the 400 text. */
+static const char *s_tools(json_t *b, json_t *o)
+{
+    json_t *tools = json_object_get(b, "tools"), *choice = json_object_get(b, "tool_choice");
+    const char *ch = json_string_value(choice);
+    json_t *legacy = json_object_get(b, "functions");
+    if ((legacy && !json_is_null(legacy)) || json_object_get(b, "function_call"))
+        return "functions and function_call (deprecated) are not supported: use tools";
+    if (choice && !json_is_null(choice) && !ch)
+        return "tool_choice naming a function is not supported (the backend cannot force a "
+               "tool call): use \"auto\" or \"none\"";
+    if (ch && strcmp(ch, "required") == 0)
+        return "tool_choice \"required\" is not supported (the backend cannot force a tool "
+               "call): use \"auto\" or \"none\"";
+    if (ch && strcmp(ch, "auto") != 0 && strcmp(ch, "none") != 0)
+        return "invalid tool_choice: expected \"auto\" or \"none\"";
+    if (tools && !json_is_null(tools) && !json_is_array(tools))
+        return "invalid tools: expected an array of tools";
+    if (tools && !json_is_null(tools) && !(ch && strcmp(ch, "none") == 0))
+        json_object_set(o, "tools", tools);
+    return NULL;
+}
+
 /* OpenAI's messages into Ollama's; NULL, or the 400 text. An empty or
  * missing list is refused here: Ollama's chat takes it for a preload (a
  * model LOAD), which OpenAI does not have. */
@@ -83,12 +175,18 @@ static const char *s_messages(json_t *b, json_t *o)
         return "messages is required";
     if (!json_is_array(msgs) || !json_array_size(msgs))
         return "invalid messages: expected a non-empty array of messages";
-    json_t *arr = json_array();
-    size_t i;
-    json_array_foreach(msgs, i, m)
-        json_array_append_new(arr, s_message(m));
+    json_t *arr = json_array(), *map = json_object();
     json_object_set_new(o, "messages", arr);
-    return NULL;
+    const char *bad = NULL;
+    size_t i;
+    json_array_foreach(msgs, i, m) {
+        json_t *out = s_message(m);
+        json_array_append_new(arr, out);
+        if (json_is_object(m) && (bad = s_tool_fields(m, out, map, i)) != NULL)
+            break;
+    }
+    json_decref(map);
+    return bad ? bad : s_tools(b, o);
 }
 
 /* OpenAI's prompt (the first of several) into Ollama's; NULL, or the 400
@@ -220,6 +318,7 @@ void gw_openai_named(gw_conn_t *c, gw_kind_t kind)
 /* --- answers --------------------------------------------------------------------- */
 typedef struct {
     const char *text;
+    const char *calls; /* chat: the model's tool calls, Ollama's JSON text ("" = none) */
     int done;
     const char *done_reason;
     uint64_t prompt, eval;
@@ -234,6 +333,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
         if (!r)
             return -1;
         p->text = r->message ? r->message->content : "";
+        p->calls = r->message ? r->message->tool_calls_json : "";
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -244,6 +344,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
         if (!r)
             return -1;
         p->text = r->response;
+        p->calls = "";
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -273,7 +374,31 @@ static json_t *s_usage(uint64_t prompt, uint64_t eval)
                      (json_int_t)eval, "total_tokens", (json_int_t)(prompt + eval));
 }
 
-static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish, int stream)
+/* Ollama's tool calls (JSON text) appended to OUT in OpenAI's shape: each
+ * with a new id, type "function" and its arguments as a JSON string; *N
+ * counts them over the whole answer (a stream's delta index). */
+static void s_oai_calls(const char *text, json_t *out, int *n)
+{
+    json_t *calls = text && *text ? json_loads(text, 0, NULL) : NULL, *t;
+    size_t i;
+    json_array_foreach(calls, i, t) {
+        json_t *fn = json_object_get(t, "function"), *args = json_object_get(fn, "arguments");
+        const char *name = json_string_value(json_object_get(fn, "name"));
+        char *a = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        char id[48]; /* unique without state: clients match results to calls by it */
+        snprintf(id, sizeof id, "call_%08x%08x%08x", arc4random(), arc4random(), arc4random());
+        json_array_append_new(out, json_pack("{s:i, s:s, s:s, s:{s:s, s:s}}", "index", *n, "id",
+                                             id, "type", "function", "function", "name",
+                                             name ? name : "", "arguments",
+                                             a ? a : "{}"));
+        free(a);
+        (*n)++;
+    }
+    json_decref(calls);
+}
+
+static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish, int stream,
+                        json_t *calls)
 {
     json_t *fin = finish ? json_string(finish) : json_null();
     if (c->kind == GW_GENERATE)
@@ -282,8 +407,16 @@ static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish
     json_t *msg = json_object();
     if (!stream || !c->oai_role_sent)
         json_object_set_new(msg, "role", json_string("assistant"));
-    if (!stream || text[0] || !finish)
+    if (calls && !stream) /* content null beside tool calls, as OpenAI answers */
+        json_object_set_new(msg, "content", text[0] ? json_string(text) : json_null());
+    else if (!stream || text[0] || !finish)
         json_object_set_new(msg, "content", json_string(text));
+    if (calls) {
+        if (!stream) /* one answer: the index is the array's */
+            for (size_t i = 0; i < json_array_size(calls); i++)
+                json_object_del(json_array_get(calls, i), "index");
+        json_object_set_new(msg, "tool_calls", calls);
+    }
     return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, stream ? "delta" : "message", msg,
                      "logprobs", "finish_reason", fin);
 }
@@ -335,6 +468,8 @@ static enum MHD_Result s_single(gw_conn_t *c)
     json_t *out = NULL;
     const char *finish = "stop";
     uint64_t prompt = 0, eval = 0;
+    json_t *calls = c->kind == GW_CHAT ? json_array() : NULL;
+    int ncalls = 0;
     pthread_mutex_lock(&k->lock);
     gw_event_t *e;
     while ((e = gw_call_pop(k))) {
@@ -352,6 +487,8 @@ static enum MHD_Result s_single(gw_conn_t *c)
             }
             if (p.done)
                 finish = s_finish(p.done_reason), prompt = p.prompt, eval = p.eval;
+            if (calls)
+                s_oai_calls(p.calls, calls, &ncalls);
             s_piece_free(c->kind, &p);
         }
         free(e);
@@ -362,12 +499,17 @@ static enum MHD_Result s_single(gw_conn_t *c)
         char msg[600];
         gw_error_text(c, status, k->error, msg, sizeof msg);
         json_decref(out);
+        json_decref(calls);
         free(text);
         atomic_fetch_add(&c->g->m.bus_errors, 1);
         return gw_reply_error(c, gw_http_status(status), msg);
     }
     if (c->kind != GW_EMBED) {
-        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", finish, 0)));
+        if (ncalls == 0)
+            json_decref(calls), calls = NULL;
+        else
+            finish = "tool_calls";
+        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", finish, 0, calls)));
         json_object_set_new(out, "usage", s_usage(prompt, eval));
     }
     free(text);
@@ -399,12 +541,18 @@ void gw_openai_render(gw_conn_t *c, const gw_event_t *e)
         c->eos = 1;
         return;
     }
-    if (p.text[0] || !c->oai_role_sent) {
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, NULL, 1))));
+    json_t *calls = NULL;
+    if (p.calls && p.calls[0]) { /* delta.tool_calls, indexed over the stream */
+        calls = json_array();
+        s_oai_calls(p.calls, calls, &c->oai_tool_calls);
+    }
+    if (p.text[0] || !c->oai_role_sent || calls) {
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, NULL, 1, calls))));
         c->oai_role_sent = 1;
     }
     if (p.done || e->final) {
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", s_finish(p.done_reason), 1))));
+        const char *fin = c->oai_tool_calls ? "tool_calls" : s_finish(p.done_reason);
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", fin, 1, NULL))));
         if (c->oai_usage) {
             json_t *u = s_object(c, 1, json_array());
             json_object_set_new(u, "usage", s_usage(p.prompt, p.eval));

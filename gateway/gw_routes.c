@@ -250,11 +250,11 @@ void gw_routes_render(gw_conn_t *c, const gw_event_t *e)
 
 /* stream: false, or an error before the first chunk: one object. Text of
  * chunks that came before the final one (a worker may stream anyway) is
- * put in front of the final one's. */
+ * put in front of the final one's, and their tool calls kept with its. */
 static enum MHD_Result s_single(gw_conn_t *c)
 {
     gw_call_t *k = c->call;
-    json_t *last = NULL;
+    json_t *last = NULL, *calls = NULL; /* tool calls of every chunk */
     char *text = NULL;
     size_t tlen = 0;
     int status = AB_OK;
@@ -276,6 +276,9 @@ static enum MHD_Result s_single(gw_conn_t *c)
                 tlen += strlen(piece);
             }
         }
+        json_t *tc = json_object_get(json_object_get(o, "message"), "tool_calls");
+        if (json_array_size(tc) && (calls || (calls = json_array())))
+            json_array_extend(calls, tc);
         json_decref(last);
         last = o;
         free(e);
@@ -296,9 +299,12 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_object_set_new(last, "response", json_string(text));
         else if (text && json_object_get(last, "message"))
             json_object_set_new(json_object_get(last, "message"), "content", json_string(text));
+        if (calls && json_object_get(last, "message"))
+            json_object_set(json_object_get(last, "message"), "tool_calls", calls);
         res = gw_reply_json(c, 200, last);
     }
     free(text);
+    json_decref(calls);
     return res;
 }
 

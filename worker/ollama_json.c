@@ -110,6 +110,38 @@ static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *
     return g->model;
 }
 
+/* JSON text carried on the bus (tools_json, tool_calls_json) back into the
+ * array Ollama takes: 0 (nothing set when TEXT is ""), -1 when it is not
+ * a JSON array (the request is malformed: BAD_REQUEST, not a silent drop). */
+static int s_set_json_array(json_t *j, const char *key, const char *text)
+{
+    if (!text || !*text)
+        return 0;
+    json_t *a = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_array(a)) {
+        json_decref(a);
+        return -1;
+    }
+    json_object_set_new(j, key, a);
+    return 0;
+}
+
+/* One chat message as Ollama takes it: role, content, and the tool fields
+ * (an assistant's tool_calls, a tool result's tool_name). NULL when its
+ * tool_calls do not parse. */
+static json_t *s_chat_message(const Agentbus__ChatMessage *cm)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "role", json_string(cm->role));
+    json_object_set_new(m, "content", json_string(cm->content));
+    s_set_str(m, "tool_name", cm->tool_name);
+    if (s_set_json_array(m, "tool_calls", cm->tool_calls_json) != 0) {
+        json_decref(m);
+        return NULL;
+    }
+    return m;
+}
+
 static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol_call_t *call,
                                 char *err, size_t cap)
 {
@@ -117,13 +149,15 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol
     call->path = "/api/chat";
     call->stream = c->has_stream_case ? c->stream : 1;
     json_t *msgs = json_array();
+    json_object_set_new(j, "messages", msgs);
     for (size_t i = 0; i < c->n_messages; i++) {
-        json_t *m = json_object();
-        json_object_set_new(m, "role", json_string(c->messages[i]->role));
-        json_object_set_new(m, "content", json_string(c->messages[i]->content));
+        json_t *m = s_chat_message(c->messages[i]);
+        if (!m)
+            return s_fail(err, cap, "invalid tool_calls: expected a JSON array"), NULL;
         json_array_append_new(msgs, m);
     }
-    json_object_set_new(j, "messages", msgs);
+    if (s_set_json_array(j, "tools", c->tools_json) != 0)
+        return s_fail(err, cap, "invalid tools: expected a JSON array"), NULL;
     s_set_format(j, c->format);
     s_set_keep_alive(j, c->keep_alive);
     if (c->options)
@@ -299,6 +333,39 @@ static int s_embed(json_t *o, const char *worker, wk_ol_chunk_t *c)
     return rc;
 }
 
+/* A chat answer's line: its message (with the model's tool calls, if
+ * any) and, on the final line, the reason and timings. */
+static int s_chat_chunk(json_t *o, const char *worker, Agentbus__InferenceTimings *t,
+                        wk_ol_chunk_t *c)
+{
+    int rc;
+    Agentbus__ChatResponse cr;
+    Agentbus__ChatMessage m;
+    agentbus__chat_response__init(&cr);
+    agentbus__chat_message__init(&m);
+    json_t *msg = json_object_get(o, "message");
+    m.role = (char *)s_str(msg, "role");
+    m.content = (char *)s_str(msg, "content");
+    /* the model's tool calls, as the JSON text the proto carries
+     * (keys sorted: the same calls give the same bytes) */
+    json_t *calls = json_object_get(msg, "tool_calls");
+    char *calls_txt = json_array_size(calls)
+                          ? json_dumps(calls, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    m.tool_calls_json = calls_txt ? calls_txt : "";
+    cr.model = (char *)s_str(o, "model");
+    cr.created_at = (char *)s_str(o, "created_at");
+    cr.message = &m;
+    cr.done = c->done;
+    if (c->done) {
+        cr.done_reason = c->done_reason;
+        cr.timings = t;
+        cr.worker = (char *)worker;
+    }
+    rc = s_pack(&cr.base, c);
+    free(calls_txt);
+    return rc;
+}
+
 int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const char *worker,
                       wk_ol_chunk_t *c)
 {
@@ -330,23 +397,7 @@ int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const cha
         c->done = 1;
         rc = s_embed(o, worker, c);
     } else if (kind == WK_OL_CHAT) {
-        Agentbus__ChatResponse cr;
-        Agentbus__ChatMessage m;
-        agentbus__chat_response__init(&cr);
-        agentbus__chat_message__init(&m);
-        json_t *msg = json_object_get(o, "message");
-        m.role = (char *)s_str(msg, "role");
-        m.content = (char *)s_str(msg, "content");
-        cr.model = (char *)s_str(o, "model");
-        cr.created_at = (char *)s_str(o, "created_at");
-        cr.message = &m;
-        cr.done = c->done;
-        if (c->done) {
-            cr.done_reason = c->done_reason;
-            cr.timings = &t;
-            cr.worker = (char *)worker;
-        }
-        rc = s_pack(&cr.base, c);
+        rc = s_chat_chunk(o, worker, &t, c);
     } else {
         Agentbus__GenerateResponse gr;
         agentbus__generate_response__init(&gr);

@@ -99,6 +99,18 @@ static void s_images(XXH3_state_t *st, size_t n, const ProtobufCBinaryData *im)
         s_item(st, 'i', im[i].data, im[i].len);
 }
 
+/* A message's tool calls and tool name, only when set: every item is
+ * tagged, so a request without them keeps the key it had before tools
+ * were carried (entries already in L2/L3 stay valid), and one with them
+ * never shares a key with one without. */
+static void s_tool_fields(XXH3_state_t *st, const Agentbus__ChatMessage *m)
+{
+    if (m->tool_calls_json && *m->tool_calls_json)
+        s_str(st, 'q', m->tool_calls_json);
+    if (m->tool_name && *m->tool_name)
+        s_str(st, 'a', m->tool_name);
+}
+
 /* Hashes the output-changing fields of a typed request. keep_alive is left
  * out on purpose: it only says how long the backend keeps the model loaded. */
 static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *det)
@@ -129,8 +141,11 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
             s_str(st, 'o', c->messages[i]->role);
             s_str(st, 'c', c->messages[i]->content);
             s_images(st, c->messages[i]->n_images, c->messages[i]->images);
+            s_tool_fields(st, c->messages[i]);
         }
         s_str(st, 'f', c->format);
+        if (c->tools_json && *c->tools_json)
+            s_str(st, 'w', c->tools_json);
         s_u64(st, 'z', 1, c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
         s_options(st, c->options);
         *det = s_deterministic(c->options);

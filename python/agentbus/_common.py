@@ -4,6 +4,7 @@ Ollama-shaped request building and result shaping."""
 from __future__ import annotations
 
 import ctypes
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -187,17 +188,29 @@ def generate_payload(model: str, prompt: str, *, system: str = "", format: str =
     return _pb.pack("inference_request", {"generate": g})
 
 
+def _json_text(v: Any) -> str:
+    """Tools and tool calls travel as JSON text (proto/agentbus.proto),
+    compact with sorted keys as the gateway writes them."""
+    if not v:
+        return ""
+    return json.dumps(list(v), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def _message(m: Mapping[str, Any]) -> Dict[str, Any]:
-    return {"role": m.get("role", "user"), "content": m.get("content", ""),
-            "images": list(m.get("images") or [])}
+    return {"role": m.get("role", "user"), "content": m.get("content") or "",
+            "images": list(m.get("images") or []),
+            "tool_calls_json": _json_text(m.get("tool_calls")),
+            "tool_name": m.get("tool_name") or ""}
 
 
 def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: str = "",
                  options: Optional[Mapping[str, Any]] = None, stream: bool = False,
-                 keep_alive: Optional[Union[str, int]] = None) -> bytes:
+                 keep_alive: Optional[Union[str, int]] = None,
+                 tools: Optional[Sequence[Mapping[str, Any]]] = None) -> bytes:
     c = {"model": model, "messages": [_message(m) for m in messages], "format": format or "",
          "stream": bool(stream), "options": _options(options),
-         "keep_alive": "" if keep_alive is None else str(keep_alive)}
+         "keep_alive": "" if keep_alive is None else str(keep_alive),
+         "tools_json": _json_text(tools)}
     return _pb.pack("inference_request", {"chat": c})
 
 
@@ -234,6 +247,11 @@ def chat_result(data: bytes) -> Dict[str, Any]:
     m = r.get("message") or {"role": "assistant", "content": ""}
     if not m.get("images"):
         m.pop("images", None)
+    calls = m.pop("tool_calls_json", "")
+    if calls:  # the model's tool calls, as Ollama's message.tool_calls
+        m["tool_calls"] = json.loads(calls)
+    if not m.get("tool_name"):
+        m.pop("tool_name", None)
     r["message"] = m
     return r
 

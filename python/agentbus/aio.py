@@ -187,8 +187,8 @@ class AsyncClient(_Base):
                    timeout: Optional[float] = None, **kw: Any) -> Any:
         """As :meth:`Client.chat`; with STREAM=True an async iterator."""
         payload = C.chat_payload(model, messages, stream=stream,
-                                 **{k: kw.pop(k) for k in ("format", "options", "keep_alive")
-                                    if k in kw})
+                                 **{k: kw.pop(k) for k in ("format", "options", "keep_alive",
+                                                           "tools") if k in kw})
         return await self._infer(service, payload, model, stream, timeout, C.chat_result, kw)
 
     async def embed(self, model: str, input: Union[str, Sequence[str]], *,

@@ -297,12 +297,16 @@ class Client(_Base):
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
              format: str = "", options: Optional[Mapping[str, Any]] = None,
              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
-             timeout: Optional[float] = None, **req: Any) -> Any:
+             timeout: Optional[float] = None,
+             tools: Optional[Sequence[Mapping[str, Any]]] = None, **req: Any) -> Any:
         """Ollama's /api/chat over the bus: MESSAGES are dicts with
-        ``role`` and ``content``. Returns the response dict (``message``,
-        ``done``, ...) or, with STREAM=True, an iterator of them."""
+        ``role`` and ``content`` (an assistant's ``tool_calls``, a tool
+        result's ``tool_name``, as Ollama has them); TOOLS as Ollama's
+        ``tools``. Returns the response dict (``message``, with
+        ``tool_calls`` when the model calls tools, ``done``, ...) or, with
+        STREAM=True, an iterator of them."""
         payload = C.chat_payload(model, messages, format=format, options=options,
-                                 stream=stream, keep_alive=keep_alive)
+                                 stream=stream, keep_alive=keep_alive, tools=tools)
         return self._infer(service, payload, model, stream, timeout, C.chat_result, req)
 
     def embed(self, model: str, input: Union[str, Sequence[str]], *,

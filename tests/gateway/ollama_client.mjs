@@ -172,10 +172,78 @@ async function concurrent() {
     { good, example: bad && (bad.reason ? String(bad.reason) : bad.value) });
 }
 
+// Tool calling, two turns, streamed and not: the model calls a tool (the
+// simulator's rule, docs/ollama-sim.md: one call of the tool named in the
+// prompt, each required parameter a placeholder of its type), the client
+// sends the call back with the tool's result (role "tool", tool_name), and
+// the model answers in text quoting that result. Through the gateway this
+// crosses the bus both ways (tools, tool_calls, tool_name).
+const TOOLS = [
+  { type: 'function', function: { name: 'get_time', description: 'the time in a zone',
+    parameters: { type: 'object', properties: { zone: { type: 'string' } }, required: ['zone'] } } },
+  { type: 'function', function: { name: 'get_weather', description: 'the weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' },
+      unit: { type: 'string', enum: ['celsius', 'fahrenheit'] }, days: { type: 'integer' } },
+    required: ['city', 'unit', 'days'] } } },
+];
+
+async function chatOnce(stream, req) {
+  if (!stream)
+    return ollama.chat({ ...req, stream: false });
+  const msg = { role: 'assistant', content: '', tool_calls: [] };
+  let last = null;
+  for await (const p of await ollama.chat({ ...req, stream: true })) {
+    msg.content += p.message.content;
+    if (p.message.tool_calls)
+      msg.tool_calls.push(...p.message.tool_calls);
+    last = p;
+  }
+  if (!msg.tool_calls.length)
+    delete msg.tool_calls;
+  return { ...last, message: msg };
+}
+
+async function tools() {
+  for (const stream of [false, true]) {
+    const how = stream ? 'streamed' : 'stream: false';
+    const messages = [{ role: 'user', content: `What is get_weather saying in Paris? (${how})` }];
+    const r1 = await chatOnce(stream, { model: 'sim-small', messages, tools: TOOLS,
+      options: { temperature: 0 } });
+    const calls = r1.message.tool_calls || [];
+    check(r1.done === true && r1.done_reason === 'stop' && r1.message.content === '' &&
+      calls.length === 1 && calls[0].function.name === 'get_weather' &&
+      JSON.stringify(calls[0].function.arguments) === '{"city":"sim-city","days":1,"unit":"celsius"}',
+      `chat with tools, ${how}: the model calls get_weather`, r1);
+    messages.push(r1.message);
+    messages.push({ role: 'tool', content: '18 degrees and sunny', tool_name: 'get_weather' });
+    const r2 = await chatOnce(stream, { model: 'sim-small', messages, tools: TOOLS,
+      options: { temperature: 0, num_predict: 4 } });
+    check(r2.done === true && !r2.message.tool_calls &&
+      r2.message.content.startsWith('The get_weather tool said: 18 degrees and sunny. '),
+      `chat with tools, ${how}: the tool's result sent back, the model answers with it`, r2);
+  }
+  // The same deterministic chat without tools, then with them: never the
+  // same answer (the cache key has the tools).
+  const messages = [{ role: 'user', content: 'What time is it in Lima?' }];
+  const plain = await ollama.chat({ model: 'sim-small', messages, stream: false,
+    options: { seed: 5, num_predict: 5 } });
+  const withTools = await ollama.chat({ model: 'sim-small', messages, stream: false, tools: TOOLS,
+    options: { seed: 5, num_predict: 5 } });
+  check(plain.message.content.length > 0 && !plain.message.tool_calls &&
+    withTools.message.tool_calls?.[0]?.function.name === 'get_time' &&
+    withTools.message.tool_calls[0].function.arguments.zone === 'sim-zone',
+    'the same chat without and with tools: text, then a tool call (not the cached text)',
+    { plain, withTools });
+  await expectError(ollama.chat({ model: 'sim-small', stream: false, messages,
+    tools: [{ type: 'function', function: { description: 'no name' } }] }), 400, /tool/,
+  'a tool without a name: 400');
+}
+
 await listAndVersion();
 await preload();
 await generate();
 await chat();
+await tools();
 await embed();
 await unknownModel();
 await abortMidStream();

@@ -57,6 +57,72 @@ for await (const ch of stream) {
 check(chunks > 3 && text.length > 10 && finish === 'stop' && usage && usage.completion_tokens > 0,
   'chat.completions streamed as server-sent events, usage at the end', { chunks, finish, usage });
 
+// Tool calling, two turns, streamed and not, in OpenAI's shape: the model
+// calls a tool (message.tool_calls with an id, type "function", arguments a
+// JSON string, finish_reason "tool_calls"; streamed: delta.tool_calls with
+// an index), the client sends the assistant message back with a
+// {role: "tool", tool_call_id} result, and the model answers in text that
+// quotes the result under the function's name: the gateway found the name
+// from the tool_call_id (Ollama's tool_name). The simulator's rule:
+// docs/ollama-sim.md, "Tool calls".
+const tools = [
+  { type: 'function', function: { name: 'get_time', description: 'the time in a zone',
+    parameters: { type: 'object', properties: { zone: { type: 'string' } }, required: ['zone'] } } },
+  { type: 'function', function: { name: 'get_weather', description: 'the weather in a city',
+    parameters: { type: 'object', properties: { city: { type: 'string' },
+      unit: { type: 'string', enum: ['celsius', 'fahrenheit'] }, days: { type: 'integer' } },
+    required: ['city', 'unit', 'days'] } } },
+];
+async function toolTurn(streamed, body) {
+  if (!streamed) {
+    const r = await client.chat.completions.create({ ...body, stream: false });
+    return { message: r.choices[0].message, finish: r.choices[0].finish_reason };
+  }
+  const msg = { role: 'assistant', content: '', tool_calls: [] };
+  let finish = null;
+  for await (const ch of await client.chat.completions.create({ ...body, stream: true })) {
+    const d = ch.choices[0]?.delta || {};
+    msg.content += d.content || '';
+    for (const t of d.tool_calls || []) {
+      if (!msg.tool_calls[t.index])
+        msg.tool_calls[t.index] = { id: t.id, type: t.type, function: { name: '', arguments: '' } };
+      const c = msg.tool_calls[t.index];
+      c.function.name += t.function?.name || '';
+      c.function.arguments += t.function?.arguments || '';
+    }
+    finish = ch.choices[0]?.finish_reason || finish;
+  }
+  if (!msg.tool_calls.length)
+    delete msg.tool_calls;
+  return { message: msg, finish };
+}
+const callIds = new Set();
+for (const streamed of [false, true]) {
+  const how = streamed ? 'streamed' : 'not streamed';
+  const convo = [{ role: 'user', content: `Ask get_weather about Oslo (${how})` }];
+  const t1 = await toolTurn(streamed, { model: 'sim-small', messages: convo, tools, temperature: 0 });
+  const call = t1.message.tool_calls?.[0];
+  check(t1.finish === 'tool_calls' && t1.message.tool_calls.length === 1 && call.type === 'function' &&
+    /^call_[0-9a-f]{8,}$/.test(call.id) && !callIds.has(call.id) && call.function.name === 'get_weather' &&
+    typeof call.function.arguments === 'string' &&
+    JSON.stringify(JSON.parse(call.function.arguments)) === '{"city":"sim-city","days":1,"unit":"celsius"}',
+    `chat.completions with tools, ${how}: a get_weather call, finish_reason tool_calls`, t1);
+  callIds.add(call.id);
+  convo.push(t1.message);
+  // The result names no function: the gateway finds it from the id.
+  convo.push({ role: 'tool', tool_call_id: call.id, content: 'minus 3 and snowing' });
+  const t2 = await toolTurn(streamed, { model: 'sim-small', messages: convo, tools, temperature: 0,
+    max_tokens: 4 });
+  check(!t2.message.tool_calls && t2.finish === 'length' &&
+    t2.message.content.startsWith('The get_weather tool said: minus 3 and snowing. '),
+    `chat.completions with tools, ${how}: the tool result (by tool_call_id) answered in text`, t2);
+}
+// tool_choice "none": the tools are not offered, the model answers in text.
+const none = await client.chat.completions.create({ model: 'sim-small', tools, tool_choice: 'none',
+  max_tokens: 3, messages: [{ role: 'user', content: 'get_time in Lima?' }] });
+check(!none.choices[0].message.tool_calls && none.choices[0].finish_reason === 'length' &&
+  none.choices[0].message.content.length > 0, 'tool_choice "none": a text answer', none.choices[0]);
+
 const cp = await client.completions.create({ model: 'sim-small', prompt: 'once upon', max_tokens: 4 });
 check(cp.object === 'text_completion' && cp.choices[0].text.length > 0 && cp.usage.completion_tokens === 4,
   'completions, not streamed', cp);
@@ -111,6 +177,29 @@ for (const [path, body] of [
   check(r.status === 400 && b && b.error && typeof b.error.message === 'string' &&
     /messages|prompt/.test(b.error.message) && b.error.type === 'invalid_request_error',
     `${path} ${JSON.stringify(body)}: 400 invalid_request_error`, { status: r.status, b });
+}
+check(await simRequests() === simBefore, 'none of them reached the simulator',
+  { before: simBefore, after: await simRequests() });
+
+// Malformed tools, and a forced tool choice the backend cannot honour:
+// 400 invalid_request_error naming the problem, nothing on the bus.
+const toolMsgs = [{ role: 'user', content: 'hi' }];
+for (const [body, pattern] of [
+  [{ tools: { type: 'function' } }, /tools/],
+  [{ tools: [{ type: 'function', function: { description: 'no name' } }] }, /function\.name/],
+  [{ tools: [{ type: 'function', function: { name: 'f', parameters: 'x' } }] }, /parameters/],
+  [{ tools: ['get_time'] }, /tools\[0\]/],
+  [{ tools, tool_choice: 'required' }, /tool_choice/],
+  [{ functions: [{ name: 'get_time', parameters: {} }] }, /use tools/],
+  [{ tools, tool_choice: { type: 'function', function: { name: 'get_time' } } }, /tool_choice/],
+  [{ messages: [...toolMsgs, { role: 'assistant', content: null, tool_calls: [{ id: 'c1',
+    type: 'function', function: { name: 'get_time', arguments: 'not json' } }] }] }, /arguments/],
+]) {
+  const r = await post('/chat/completions', { model: 'sim-small', messages: toolMsgs, ...body });
+  const b = await r.json().catch(() => null);
+  check(r.status === 400 && b?.error?.type === 'invalid_request_error' && pattern.test(b.error.message),
+    `${JSON.stringify(body).slice(0, 60)}${body.tool_choice ? ' tool_choice ' +
+      JSON.stringify(body.tool_choice) : ''}: 400 invalid_request_error`, { status: r.status, b });
 }
 check(await simRequests() === simBefore, 'none of them reached the simulator',
   { before: simBefore, after: await simRequests() });

@@ -43,6 +43,40 @@ def test_chat_and_embed(ollama):
         assert isinstance(e["embeddings"][0][0], float)
 
 
+TOOLS = [{"type": "function", "function": {"name": "get_time", "description": "the time",
+           "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
+                          "required": ["zone"]}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_tools(ollama, stream):
+    """A two-turn tool conversation: the simulator's model calls get_time
+    (docs/ollama-sim.md, "Tool calls"), the result goes back with
+    tool_name, and the answer quotes it."""
+    def chat(c, messages):
+        if not stream:
+            return c.chat("sim-small", messages, tools=TOOLS, timeout=20,
+                          options={"temperature": 0, "num_predict": 3})
+        parts = list(c.chat("sim-small", messages, tools=TOOLS, stream=True, timeout=20,
+                            options={"temperature": 0, "num_predict": 3}))
+        msg = {"role": "assistant", "content": "".join(p["message"]["content"] for p in parts)}
+        calls = [t for p in parts for t in p["message"].get("tool_calls", [])]
+        if calls:
+            msg["tool_calls"] = calls
+        return dict(parts[-1], message=msg)
+
+    with ollama.client() as c:
+        messages = [{"role": "user", "content": "what time is it in Lima? (%s)" % stream}]
+        r = chat(c, messages)
+        assert r["done"] and r["message"]["content"] == ""
+        assert r["message"]["tool_calls"] == [
+            {"function": {"name": "get_time", "arguments": {"zone": "sim-zone"}}}]
+        messages += [r["message"], {"role": "tool", "content": "noon", "tool_name": "get_time"}]
+        r = chat(c, messages)
+        assert "tool_calls" not in r["message"]
+        assert r["message"]["content"].startswith("The get_time tool said: noon. ")
+
+
 def test_model_not_found(ollama):
     with ollama.client() as c:
         with pytest.raises(agentbus.ModelNotFoundError) as e:

@@ -388,6 +388,61 @@ static void t_header_ttl(void)
     CHECK_EQ(back.id, 7);
 }
 
+/* Tool calling: two chat requests differing only in their tools, in an
+ * assistant message's tool calls or in a tool message's tool name never
+ * share a cached answer; a request without any keeps its old key shape
+ * (empty fields add nothing). */
+static void t_tools_in_key(void)
+{
+    ab_cache_key_t k0, k1, k2, k3, k4, k5;
+    Agentbus__ChatMessage um = AGENTBUS__CHAT_MESSAGE__INIT, am = AGENTBUS__CHAT_MESSAGE__INIT,
+                          tm = AGENTBUS__CHAT_MESSAGE__INIT;
+    um.role = "user";
+    um.content = "weather in Paris?";
+    Agentbus__ChatMessage *msgs[3] = {&um, &am, &tm};
+    Agentbus__ChatRequest chat = AGENTBUS__CHAT_REQUEST__INIT;
+    chat.model = "llama3:8b";
+    chat.n_messages = 1;
+    chat.messages = msgs;
+    s_base();
+    chat.options = &s_opts;
+    agentbus__inference_request__init(&s_req);
+    s_req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    s_req.chat = &chat;
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k0), AB_KEY_TYPED);
+    chat.tools_json = "";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k1), AB_KEY_TYPED);
+    CHECK_TRUE(s_same(&k0, &k1));
+    chat.tools_json = "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}]";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k1), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&k0, &k1));
+    chat.tools_json = "[{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}]";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k2), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&k1, &k2));
+    /* the second turn: the assistant's call, then the tool's result */
+    chat.n_messages = 3;
+    am.role = "assistant";
+    am.content = "";
+    tm.role = "tool";
+    tm.content = "18 C";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k3), AB_KEY_TYPED);
+    am.tool_calls_json = "[{\"function\":{\"arguments\":{\"city\":\"Paris\"},\"name\":\"get_time\"}}]";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k4), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&k3, &k4));
+    tm.tool_name = "get_time";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k5), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&k4, &k5));
+    /* the same text moved between fields is another request */
+    tm.tool_name = "";
+    tm.content = "get_time";
+    am.tool_calls_json = "";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k4), AB_KEY_TYPED);
+    tm.content = "";
+    tm.tool_name = "get_time";
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k5), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&k4, &k5));
+}
+
 int main(void)
 {
     t_header_ttl();
@@ -399,6 +454,7 @@ int main(void)
     t_cacheability();
     t_raw();
     t_model_in_key();
+    t_tools_in_key();
     t_hex();
     return TEST_DONE("test_cache_key");
 }

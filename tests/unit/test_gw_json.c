@@ -376,6 +376,102 @@ static void s_test_same_as_brokerctl(void)
     CHECK_U64(len, 0);
 }
 
+/* Tool calling: tools, an assistant's tool_calls and a result's tool_name
+ * reach the bus (as JSON text with sorted keys: the same tools in another
+ * key order are the same request); malformed ones are refused naming the
+ * field; a reply's tool_calls come back in Ollama's message, and a chunk
+ * with tool calls is not rendered by the fixed-text fast path. */
+static void s_test_tools(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir = s_build(
+        GW_CHAT,
+        "{\"model\":\"m\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_time\","
+        "\"parameters\":{\"type\":\"object\",\"required\":[\"zone\"]},\"description\":\"d\"}}],"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"time?\"},"
+        "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":"
+        "\"get_time\",\"arguments\":{\"zone\":\"UTC\"}}}]},"
+        "{\"role\":\"tool\",\"content\":\"12:00\",\"tool_name\":\"get_time\"}]}",
+        &req);
+    REQUIRE(ir && ir->chat && ir->chat->n_messages == 3);
+    const Agentbus__ChatRequest *c = ir->chat;
+    CHECK_STR(c->tools_json, "[{\"function\":{\"description\":\"d\",\"name\":\"get_time\","
+                             "\"parameters\":{\"required\":[\"zone\"],\"type\":\"object\"}},"
+                             "\"type\":\"function\"}]");
+    CHECK_STR(c->messages[0]->tool_calls_json, "");
+    CHECK_STR(c->messages[1]->tool_calls_json,
+              "[{\"function\":{\"arguments\":{\"zone\":\"UTC\"},\"name\":\"get_time\"}}]");
+    CHECK_STR(c->messages[2]->tool_name, "get_time");
+    CHECK_STR(c->messages[2]->content, "12:00");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    /* no tools, or an empty list: nothing set (the request stays as before) */
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"tools\":[],\"messages\":[{\"role\":\"user\"}]}", &req);
+    REQUIRE(ir && ir->chat);
+    CHECK_STR(ir->chat->tools_json, "");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+
+    static const char *bad[][2] = {
+        {"\"tools\":{}", "invalid tools"},
+        {"\"tools\":[3]", "invalid tools[0]"},
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"description\":\"x\"}}]", "function.name"},
+        {"\"tools\":[{\"function\":{\"name\":\"\"}}]", "function.name"},
+        {"\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":[]}}]", "parameters"},
+        {"\"tools\":[{\"type\":\"retrieval\",\"function\":{\"name\":\"f\"}}]", "type"},
+        {"\"messages\":[{\"role\":\"assistant\",\"tool_calls\":{}}]", "tool_calls"},
+        {"\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{}}]}]",
+         "function.name"},
+        {"\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\","
+         "\"arguments\":\"{}\"}}]}]", "arguments"},
+        {"\"messages\":[{\"role\":\"tool\",\"tool_name\":7}]", "tool_name"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char body[512], err[256] = "";
+        snprintf(body, sizeof body, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}],%s}",
+                 bad[i][0]);
+        json_t *j = json_loads(body, 0, NULL);
+        REQUIRE(j);
+        CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
+        CHECK_TRUE(strstr(err, bad[i][1]) != NULL);
+        if (!strstr(err, bad[i][1]))
+            fprintf(stderr, "  %s: '%s' lacks '%s'\n", body, err, bad[i][1]);
+        json_decref(j);
+    }
+
+    /* A reply chunk carrying the model's calls. */
+    Agentbus__ChatResponse r = AGENTBUS__CHAT_RESPONSE__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+    r.model = "m";
+    r.created_at = "t";
+    m.role = "assistant";
+    m.content = "";
+    m.tool_calls_json = "[{\"function\":{\"arguments\":{\"zone\":\"UTC\"},\"name\":\"get_time\"}}]";
+    r.message = &m;
+    uint8_t buf[512];
+    size_t n = agentbus__chat_response__pack(&r, buf);
+    char *line = NULL;
+    size_t len = 0;
+    CHECK_EQ(gw_ollama_line(GW_CHAT, buf, n, &line, &len), 0);
+    CHECK_TRUE(line == NULL);
+    json_t *o = gw_ollama_reply(GW_CHAT, buf, n, 0);
+    REQUIRE(o);
+    json_t *calls = json_object_get(json_object_get(o, "message"), "tool_calls");
+    CHECK_EQ(json_array_size(calls), 1);
+    CHECK_STR(json_string_value(json_object_get(
+                  json_object_get(json_object_get(json_array_get(calls, 0), "function"), "arguments"),
+                  "zone")),
+              "UTC");
+    json_decref(o);
+    /* without calls: no tool_calls key (the shape Ollama sends for text) */
+    m.tool_calls_json = "";
+    n = agentbus__chat_response__pack(&r, buf);
+    o = gw_ollama_reply(GW_CHAT, buf, n, 0);
+    REQUIRE(o);
+    CHECK_TRUE(json_object_get(json_object_get(o, "message"), "tool_calls") == NULL);
+    json_decref(o);
+}
+
 int main(void)
 {
     s_test_generate();
@@ -387,5 +483,6 @@ int main(void)
     s_test_replies();
     s_test_line();
     s_test_base64();
+    s_test_tools();
     return TEST_DONE("gw_json");
 }

@@ -202,6 +202,70 @@ static void s_test_probes(void)
     wk_ol_state_clear(&st);
 }
 
+/* Tool calling: the worker hands Ollama the tools, an assistant message's
+ * tool_calls and a result's tool_name as Ollama's JSON (arrays and objects,
+ * not strings), and carries the calls of Ollama's answer back; JSON text
+ * that is not an array is refused, not dropped. */
+static void s_test_tools(void)
+{
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__ChatRequest c = AGENTBUS__CHAT_REQUEST__INIT;
+    Agentbus__ChatMessage u = AGENTBUS__CHAT_MESSAGE__INIT, a = AGENTBUS__CHAT_MESSAGE__INIT,
+                          t = AGENTBUS__CHAT_MESSAGE__INIT;
+    Agentbus__ChatMessage *msgs[] = {&u, &a, &t};
+    u.role = "user";
+    u.content = "time?";
+    a.role = "assistant";
+    a.content = "";
+    a.tool_calls_json = "[{\"function\":{\"arguments\":{\"zone\":\"UTC\"},\"name\":\"get_time\"}}]";
+    t.role = "tool";
+    t.content = "12:00";
+    t.tool_name = "get_time";
+    c.model = "m";
+    c.messages = msgs;
+    c.n_messages = 3;
+    c.tools_json = "[{\"function\":{\"name\":\"get_time\"},\"type\":\"function\"}]";
+    c.has_stream_case = AGENTBUS__CHAT_REQUEST__HAS_STREAM_STREAM;
+    c.stream = 0;
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    r.chat = &c;
+    uint8_t buf[1024];
+    size_t len = agentbus__inference_request__pack(&r, buf);
+    wk_ol_call_t call;
+    char err[128];
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_STR(call.body,
+              "{\"messages\":[{\"role\":\"user\",\"content\":\"time?\"},"
+              "{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":"
+              "{\"arguments\":{\"zone\":\"UTC\"},\"name\":\"get_time\"}}]},"
+              "{\"role\":\"tool\",\"content\":\"12:00\",\"tool_name\":\"get_time\"}],"
+              "\"tools\":[{\"function\":{\"name\":\"get_time\"},\"type\":\"function\"}],"
+              "\"model\":\"m\",\"stream\":false}");
+    wk_ol_call_free(&call);
+    c.tools_json = "{\"not\":\"an array\"}";
+    len = agentbus__inference_request__pack(&r, buf);
+    CHECK_EQ(wk_ol_call_build(buf, len, &call, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "tools") != NULL);
+    c.tools_json = "";
+    a.tool_calls_json = "[broken";
+    len = agentbus__inference_request__pack(&r, buf);
+    CHECK_EQ(wk_ol_call_build(buf, len, &call, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "tool_calls") != NULL);
+
+    /* Ollama's answer with a call: carried as JSON text, keys sorted */
+    const char *line = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\","
+                       "\"tool_calls\":[{\"function\":{\"name\":\"get_time\",\"arguments\":"
+                       "{\"zone\":\"UTC\",\"fmt\":\"24h\"}}}]},\"done\":false}";
+    wk_ol_chunk_t ch;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_CHAT, line, strlen(line), "w", &ch), 0);
+    Agentbus__ChatResponse *cr = agentbus__chat_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(cr && cr->message);
+    CHECK_STR(cr->message->tool_calls_json, "[{\"function\":{\"arguments\":{\"fmt\":\"24h\","
+                                            "\"zone\":\"UTC\"},\"name\":\"get_time\"}}]");
+    agentbus__chat_response__free_unpacked(cr, NULL);
+    free(ch.pb);
+}
+
 int main(void)
 {
     s_test_split();
@@ -209,5 +273,6 @@ int main(void)
     s_test_chat_embed();
     s_test_build();
     s_test_probes();
+    s_test_tools();
     return TEST_DONE("ollama_json");
 }

@@ -179,6 +179,65 @@ static void test_wait(void)
     free(s);
 }
 
+/* tools.c: the simulated model's tool-call rule (docs/ollama-sim.md). */
+static void test_tools(void)
+{
+    const char *tools = "[{\"type\":\"function\",\"function\":{\"name\":\"get_time\","
+                        "\"parameters\":{\"properties\":{\"zone\":{\"type\":\"string\"}},"
+                        "\"required\":[\"zone\"]}}},{\"type\":\"function\",\"function\":{\"name\":"
+                        "\"get_weather\",\"parameters\":{\"properties\":{\"unit\":{\"enum\":[\"c\","
+                        "\"f\"]},\"days\":{\"type\":\"integer\"},\"x\":{\"type\":\"number\"},"
+                        "\"ok\":{\"type\":\"boolean\"},\"city\":{\"type\":\"string\"}},"
+                        "\"required\":[\"unit\",\"days\",\"x\",\"ok\",\"city\"]}}}]";
+    char body[2048], err[256];
+    /* the first tool, unless the prompt names another */
+    const char *prompts[][2] = {{"what time?", "[{\"function\":{\"name\":\"get_time\","
+                                 "\"arguments\":{\"zone\":\"sim-zone\"}}}]"},
+                                {"ask get_weather", "[{\"function\":{\"name\":\"get_weather\","
+                                 "\"arguments\":{\"city\":\"sim-city\",\"days\":1,\"ok\":true,"
+                                 "\"unit\":\"c\",\"x\":1.5}}}]"}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(body, sizeof body, "{\"tools\":%s,\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}]}",
+                 tools, prompts[i][0]);
+        json_t *in = json_loads(body, 0, NULL);
+        REQUIRE(in);
+        CHECK_EQ(sim_tools_check(in, err, sizeof err), 0);
+        json_t *calls = sim_tools_call(in);
+        char *txt = calls ? json_dumps(calls, JSON_COMPACT) : NULL;
+        CHECK_STR(txt, prompts[i][1]);
+        CHECK_TRUE(sim_tools_result_text(in) == NULL);
+        free(txt);
+        json_decref(calls);
+        json_decref(in);
+    }
+    /* a tool result last: text quoting it, no call */
+    snprintf(body, sizeof body, "{\"tools\":%s,\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
+             "{\"role\":\"tool\",\"content\":\"12:00\",\"tool_name\":\"get_time\"}]}", tools);
+    json_t *in = json_loads(body, 0, NULL);
+    REQUIRE(in);
+    CHECK_TRUE(sim_tools_call(in) == NULL);
+    char *txt = sim_tools_result_text(in);
+    CHECK_STR(txt, "The get_time tool said: 12:00. ");
+    free(txt);
+    json_decref(in);
+    /* no tools: text */
+    in = json_loads("{\"messages\":[{\"role\":\"user\",\"content\":\"get_time\"}]}", 0, NULL);
+    CHECK_TRUE(sim_tools_call(in) == NULL);
+    json_decref(in);
+    /* wrongly typed: refused */
+    const char *bad[] = {"{\"tools\":{}}", "{\"tools\":[{\"function\":{}}]}",
+                         "{\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":1}}]}",
+                         "{\"messages\":[{\"role\":\"tool\",\"tool_name\":1}]}",
+                         "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":"
+                         "{\"name\":\"f\",\"arguments\":\"{}\"}}]}]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        in = json_loads(bad[i], 0, NULL);
+        REQUIRE(in);
+        CHECK_EQ(sim_tools_check(in, err, sizeof err), -1);
+        json_decref(in);
+    }
+}
+
 int main(void)
 {
     test_durations();
@@ -186,5 +245,6 @@ int main(void)
     test_textgen();
     test_embed();
     test_wait();
+    test_tools();
     return TEST_DONE("ollama_sim_util");
 }

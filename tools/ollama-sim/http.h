@@ -41,6 +41,10 @@ typedef struct {
     int phase;               /* 0 before prefill, 1 tokens, 2 ended */
     char *pending;
     size_t pend_len, pend_off;
+    /* tool calling (tools.c) */
+    json_t *tool_calls;      /* the answer is these calls (no text) */
+    bool tool_calls_sent;    /* streamed: the chunk carrying them went out */
+    char *tool_prefix;       /* the answer's text starts with this (a tool result) */
 } sim_req_t;
 
 /* Queue a JSON (takes ownership of J) or text response; count the status. */

@@ -97,6 +97,8 @@ static json_t *s_final(sim_req_t *r, const char *text)
     r->t_end = sim_now();
     json_t *o = s_head(r);
     s_put_text(r, o, text);
+    if (r->tool_calls && !r->tool_calls_sent) /* stream: false: the calls are here */
+        json_object_set(json_object_get(o, "message"), "tool_calls", r->tool_calls);
     const char *reason = r->length_limited && !r->gen.stopped_by_stop && r->gen.n >= r->gen.limit
                              ? "length" : "stop";
     json_object_set_new(o, "done", json_true());
@@ -135,6 +137,32 @@ static void s_set_pending(sim_req_t *r, json_t *o)
     r->pend_len = n + 1;
 }
 
+/* A streamed chunk (done: false) with TOK, after the tool-result text if
+ * it is still owed; a tool-call answer's chunk carries the calls, as
+ * Ollama streams them: a message with content "" and tool_calls. */
+static json_t *s_chunk(sim_req_t *r, const char *tok)
+{
+    json_t *o = s_head(r);
+    if (r->tool_calls && !r->tool_calls_sent) {
+        s_put_text(r, o, "");
+        json_object_set(json_object_get(o, "message"), "tool_calls", r->tool_calls);
+        r->tool_calls_sent = true;
+    } else if (r->tool_prefix) {
+        size_t n = strlen(r->tool_prefix) + strlen(tok) + 1;
+        char *t = malloc(n);
+        if (t)
+            snprintf(t, n, "%s%s", r->tool_prefix, tok);
+        s_put_text(r, o, t ? t : tok);
+        free(t);
+        free(r->tool_prefix);
+        r->tool_prefix = NULL;
+    } else {
+        s_put_text(r, o, tok);
+    }
+    json_object_set_new(o, "done", json_false());
+    return o;
+}
+
 static ssize_t s_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
@@ -152,15 +180,15 @@ static ssize_t s_reader(void *cls, uint64_t pos, char *buf, size_t max)
             return MHD_CONTENT_READER_END_OF_STREAM;
         char tok[128];
         int rc = s_step(r, tok, sizeof tok);
-        json_t *o;
         switch (rc) {
         case STEP_TOKEN:
-            o = s_head(r);
-            s_put_text(r, o, tok);
-            json_object_set_new(o, "done", json_false());
-            s_set_pending(r, o);
+            s_set_pending(r, s_chunk(r, tok));
             break;
         case STEP_DONE:
+            if (r->tool_prefix || (r->tool_calls && !r->tool_calls_sent)) {
+                s_set_pending(r, s_chunk(r, "")); /* what is owed before the end */
+                break;
+            }
             s_set_pending(r, s_final(r, ""));
             r->phase = 2;
             break;
@@ -182,6 +210,16 @@ static enum MHD_Result s_generate_whole(sim_req_t *r)
         int rc = s_step(r, tok, sizeof tok);
         if (rc == STEP_TOKEN)
             continue;
+        if (rc == STEP_DONE && r->tool_prefix) {
+            size_t n = strlen(r->tool_prefix) + strlen(r->gen.text) + 1;
+            char *t = malloc(n);
+            if (!t)
+                return sim_http_error(r, 500, "out of memory");
+            snprintf(t, n, "%s%s", r->tool_prefix, r->gen.text);
+            enum MHD_Result res = sim_http_json(r, 200, s_final(r, t));
+            free(t);
+            return res;
+        }
         if (rc == STEP_DONE)
             return sim_http_json(r, 200, s_final(r, r->gen.text));
         if (rc == STEP_MIDSTREAM)
@@ -428,6 +466,11 @@ static int s_check_input(sim_req_t *r, const json_t *in, bool *load_only, enum M
                 return -1;
             }
         }
+        char err[256];
+        if (sim_tools_check(in, err, sizeof err) != 0) {
+            *res = sim_http_error(r, 400, "%s", err);
+            return -1;
+        }
         *load_only = json_array_size(msgs) == 0;
         return 0;
     }
@@ -457,6 +500,12 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
     if (json_is_integer(np) && json_integer_value(np) > 0) {
         r->length_limited = true;
         limit = json_integer_value(np) > SIM_MAX_TOKENS ? SIM_MAX_TOKENS : (int)json_integer_value(np);
+    }
+    if (r->chat) { /* tools.c: a tool call instead of text, or text after a tool's result */
+        r->tool_calls = sim_tools_call(in);
+        r->tool_prefix = r->tool_calls ? NULL : sim_tools_result_text(in);
+        if (r->tool_calls)
+            limit = 0, r->length_limited = false;
     }
     const json_t *fmt = json_object_get(in, "format");
     bool json_fmt = json_is_object(fmt) || (json_is_string(fmt) && json_string_length(fmt) > 0);
@@ -578,4 +627,8 @@ void sim_infer_finish(sim_req_t *r, enum MHD_RequestTerminationCode toe)
         close(r->job.efd);
     if (r->gen_init)
         sim_gen_free(&r->gen);
+    json_decref(r->tool_calls);
+    r->tool_calls = NULL;
+    free(r->tool_prefix);
+    r->tool_prefix = NULL;
 }

@@ -204,6 +204,18 @@ int64_t sim_sched_expiry(const sim_t *s, const sim_model_t *m, int64_t now);
 /* Largest GPU VRAM. */
 uint64_t sim_sched_max_vram(const sim_t *s);
 
+/* --- tools.c --- (tool calling on /api/chat; docs/ollama-sim.md) */
+/* 0, or -1 with ERR when IN's tools or its messages' tool fields are
+ * wrongly typed (answer 400). */
+int sim_tools_check(const json_t *in, char *err, size_t cap);
+/* The tool calls the simulated model answers IN with (a new reference),
+ * or NULL when it answers in text (no tools, or the last message is not
+ * the user's). */
+json_t *sim_tools_call(const json_t *in);
+/* When IN's last message is a tool result: the text the answer starts
+ * with, quoting it (malloc'd); else NULL. */
+char *sim_tools_result_text(const json_t *in);
+
 /* --- textgen.c --- */
 typedef struct {
     uint64_t rng;
