@@ -53,11 +53,6 @@ json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy);
  * does not decode; then *LINE is untouched. */
 int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size_t *line_len);
 
-/* Decodes standard base64 (padding optional, no whitespace) into a
- * malloc'd buffer; *out_len gets its size. NULL on bad input. */
-uint8_t *gw_base64_decode(const char *s, size_t *out_len);
-/* Encodes LEN bytes as standard padded base64, malloc'd and
- * NUL-terminated; NULL when out of memory. */
-char *gw_base64_encode(const void *data, size_t len);
+#include "tl_base64.h" /* tl_base64_decode/encode: images, embeddings */
 
 #endif

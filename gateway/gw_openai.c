@@ -440,7 +440,7 @@ static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
         const Agentbus__Embedding *v = e->embeddings[i];
         json_t *emb;
         if (c->oai_b64) { /* little-endian float32, as OpenAI sends it */
-            char *b64 = gw_base64_encode(v->values, v->n_values * sizeof(float));
+            char *b64 = tl_base64_encode(v->values, v->n_values * sizeof(float));
             emb = json_string(b64 ? b64 : "");
             free(b64);
         } else {

@@ -8,6 +8,7 @@
  */
 #include "ollama_json.h"
 #include "agentbus.pb-c.h"
+#include "tl_base64.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -88,6 +89,25 @@ static int s_fail(char *err, size_t cap, const char *what)
     return -1;
 }
 
+/* images: bytes on the bus, base64 strings in Ollama's JSON ("images" of
+ * a generate or of a chat message). -1 when out of memory. */
+static int s_set_images(json_t *j, size_t n, const ProtobufCBinaryData *im)
+{
+    if (!n)
+        return 0;
+    json_t *a = json_array();
+    json_object_set_new(j, "images", a);
+    for (size_t i = 0; i < n; i++) {
+        char *b64 = tl_base64_encode(im[i].data, im[i].len);
+        if (!b64 || json_array_append_new(a, json_string(b64)) != 0) {
+            free(b64);
+            return -1;
+        }
+        free(b64);
+    }
+    return 0;
+}
+
 /* Each s_build_* fills J and CALL from one request kind; returns its model
  * or NULL with ERR set. */
 static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *j,
@@ -107,6 +127,8 @@ static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *
         json_object_set_new(j, "options", s_options(g->options));
     if (!g->prompt || !*g->prompt)
         return s_fail(err, cap, "generate needs a prompt"), NULL;
+    if (s_set_images(j, g->n_images, g->images) != 0)
+        return s_fail(err, cap, "out of memory encoding the images"), NULL;
     return g->model;
 }
 
@@ -126,16 +148,17 @@ static int s_set_json_array(json_t *j, const char *key, const char *text)
     return 0;
 }
 
-/* One chat message as Ollama takes it: role, content, and the tool fields
- * (an assistant's tool_calls, a tool result's tool_name). NULL when its
- * tool_calls do not parse. */
+/* One chat message as Ollama takes it: role, content, images, and the
+ * tool fields (an assistant's tool_calls, a tool result's tool_name).
+ * NULL when its tool_calls do not parse (or out of memory). */
 static json_t *s_chat_message(const Agentbus__ChatMessage *cm)
 {
     json_t *m = json_object();
     json_object_set_new(m, "role", json_string(cm->role));
     json_object_set_new(m, "content", json_string(cm->content));
     s_set_str(m, "tool_name", cm->tool_name);
-    if (s_set_json_array(m, "tool_calls", cm->tool_calls_json) != 0) {
+    if (s_set_images(m, cm->n_images, cm->images) != 0 ||
+        s_set_json_array(m, "tool_calls", cm->tool_calls_json) != 0) {
         json_decref(m);
         return NULL;
     }
@@ -153,7 +176,7 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol
     for (size_t i = 0; i < c->n_messages; i++) {
         json_t *m = s_chat_message(c->messages[i]);
         if (!m)
-            return s_fail(err, cap, "invalid tool_calls: expected a JSON array"), NULL;
+            return s_fail(err, cap, "invalid tool_calls (a JSON array) or out of memory"), NULL;
         json_array_append_new(msgs, m);
     }
     if (s_set_json_array(j, "tools", c->tools_json) != 0)

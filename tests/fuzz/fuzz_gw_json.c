@@ -122,7 +122,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(s, data, size);
         s[size] = '\0';
         size_t n;
-        free(gw_base64_decode(s, &n));
+        free(tl_base64_decode(s, &n));
         free(s);
     }
     return 0;

@@ -239,8 +239,32 @@ async function tools() {
   'a tool without a name: 400');
 }
 
+// Images reach the model: each adds the simulator's 576 prompt tokens (a
+// llava-style projector), so prompt_eval_count tells whether they arrived
+// (through the gateway: decoded to bytes on the bus, encoded again by the
+// worker; before, the worker dropped them). A bad one is a 400.
+async function images() {
+  const png = Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 1, 2, 3, 4, 5, 6]);
+  const opts = { seed: 3, num_predict: 4 };
+  const base = await ollama.generate({ model: 'sim-small', prompt: 'what is in the picture?',
+    stream: false, options: opts });
+  const one = await ollama.generate({ model: 'sim-small', prompt: 'what is in the picture?',
+    images: [png], stream: false, options: opts });
+  check(one.prompt_eval_count === base.prompt_eval_count + 576,
+    'generate: an image reaches the model', { base: base.prompt_eval_count, one: one.prompt_eval_count });
+  const msgs = (imgs) => [{ role: 'user', content: 'and these?', images: imgs }];
+  const c0 = await ollama.chat({ model: 'sim-small', messages: msgs([]), stream: false, options: opts });
+  const c2 = await ollama.chat({ model: 'sim-small', messages: msgs([png, 'aGVsbG8=']), stream: false,
+    options: opts });
+  check(c2.prompt_eval_count === c0.prompt_eval_count + 2 * 576,
+    'chat: two images reach the model', { c0: c0.prompt_eval_count, c2: c2.prompt_eval_count });
+  await expectError(ollama.generate({ model: 'sim-small', prompt: 'x', images: ['not base64!'],
+    stream: false }), 400, /base64/, 'an image that is not base64: 400');
+}
+
 await listAndVersion();
 await preload();
+await images();
 await generate();
 await chat();
 await tools();

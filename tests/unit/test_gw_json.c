@@ -310,10 +310,10 @@ static void s_test_base64(void)
         uint8_t in[40];
         for (size_t i = 0; i < len; i++)
             in[i] = (uint8_t)t_rand();
-        char *s = gw_base64_encode(in, len);
+        char *s = tl_base64_encode(in, len);
         REQUIRE(s);
         size_t out_len = 99;
-        uint8_t *out = gw_base64_decode(s, &out_len);
+        uint8_t *out = tl_base64_decode(s, &out_len);
         REQUIRE(out);
         CHECK_EQ(out_len, len);
         CHECK_TRUE(memcmp(in, out, len) == 0);
@@ -321,8 +321,8 @@ static void s_test_base64(void)
         free(out);
     }
     size_t l;
-    CHECK_TRUE(gw_base64_decode("a", &l) == NULL);
-    CHECK_TRUE(gw_base64_decode("ab$d", &l) == NULL);
+    CHECK_TRUE(tl_base64_decode("a", &l) == NULL);
+    CHECK_TRUE(tl_base64_decode("ab$d", &l) == NULL);
 }
 
 /* Packs what brokerctl builds (tools/brokerctl/infer.c) and checks that the

@@ -266,6 +266,45 @@ static void s_test_tools(void)
     free(ch.pb);
 }
 
+/* Images (bytes on the bus) reach Ollama as base64 strings, on a generate
+ * and on a chat message: before, the worker dropped them, and a vision
+ * model answered without seeing the picture. */
+static void s_test_images(void)
+{
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    ProtobufCBinaryData im[2] = {{5, (uint8_t *)"hello"}, {3, (uint8_t *)"\xff\x00\x01"}};
+    g.model = "llava";
+    g.prompt = "what is in it?";
+    g.n_images = 2;
+    g.images = im;
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    r.generate = &g;
+    uint8_t buf[512];
+    size_t len = agentbus__inference_request__pack(&r, buf);
+    wk_ol_call_t call;
+    char err[128];
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"images\":[\"aGVsbG8=\",\"/wAB\"]") != NULL);
+    wk_ol_call_free(&call);
+
+    Agentbus__ChatRequest c = AGENTBUS__CHAT_REQUEST__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT, *ms[1] = {&m};
+    m.role = "user";
+    m.content = "and this?";
+    m.n_images = 1;
+    m.images = im;
+    c.model = "llava";
+    c.n_messages = 1;
+    c.messages = ms;
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    r.chat = &c;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"images\":[\"aGVsbG8=\"]") != NULL);
+    wk_ol_call_free(&call);
+}
+
 int main(void)
 {
     s_test_split();
@@ -274,5 +313,6 @@ int main(void)
     s_test_build();
     s_test_probes();
     s_test_tools();
+    s_test_images();
     return TEST_DONE("ollama_json");
 }

@@ -238,6 +238,33 @@ static void test_tools(void)
     }
 }
 
+/* Images: counted when every one is strict base64, else refused with the
+ * byte Go's decoder stops at. */
+static void test_images(void)
+{
+    char err[128] = "";
+    json_t *g = json_loads("{\"images\":[\"aGVsbG8=\",\"/wAB\"]}", 0, NULL);
+    CHECK_EQ(sim_images(g, false, err, sizeof err), 2);
+    json_decref(g);
+    g = json_loads("{\"messages\":[{\"role\":\"user\",\"images\":[\"aGk=\"]},"
+                   "{\"role\":\"user\",\"content\":\"x\"}]}", 0, NULL);
+    CHECK_EQ(sim_images(g, true, err, sizeof err), 1);
+    json_decref(g);
+    const char *bad[] = {"{\"images\":[\"aGVsbG8\"]}", "{\"images\":[\"aG$sbG8=\"]}",
+                         "{\"images\":[7]}", "{\"images\":\"aGk=\"}", "{\"images\":[\"a=Gk\"]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        g = json_loads(bad[i], 0, NULL);
+        err[0] = '\0';
+        CHECK_EQ(sim_images(g, false, err, sizeof err), -1);
+        CHECK_TRUE(err[0] != '\0');
+        json_decref(g);
+    }
+    g = json_loads("{\"images\":[\"aG$sbG8=\"]}", 0, NULL);
+    sim_images(g, false, err, sizeof err);
+    CHECK_STR(err, "illegal base64 data at input byte 2");
+    json_decref(g);
+}
+
 int main(void)
 {
     test_durations();
@@ -246,5 +273,6 @@ int main(void)
     test_embed();
     test_wait();
     test_tools();
+    test_images();
     return TEST_DONE("ollama_sim_util");
 }

@@ -297,7 +297,7 @@ static int s_check_common(sim_req_t *r, const json_t *in, const json_t **opts, i
 }
 
 /* Input words -> prompt tokens. For chat, one extra per message (the
- * role marker a template adds). */
+ * role marker a template adds); SIM_IMAGE_TOKENS per image. */
 static int s_prompt_tokens(const json_t *in, bool chat)
 {
     int n = 0;
@@ -310,6 +310,8 @@ static int s_prompt_tokens(const json_t *in, bool chat)
         n = sim_count_words(json_string_value(json_object_get(in, "system"))) +
             sim_count_words(json_string_value(json_object_get(in, "prompt")));
     }
+    int images = sim_images(in, chat, NULL, 0); /* checked before */
+    n += (images > 0 ? images : 0) * SIM_IMAGE_TOKENS;
     return n < 1 ? 1 : n;
 }
 
@@ -467,7 +469,7 @@ static int s_check_input(sim_req_t *r, const json_t *in, bool *load_only, enum M
             }
         }
         char err[256];
-        if (sim_tools_check(in, err, sizeof err) != 0) {
+        if (sim_tools_check(in, err, sizeof err) != 0 || sim_images(in, true, err, sizeof err) < 0) {
             *res = sim_http_error(r, 400, "%s", err);
             return -1;
         }
@@ -477,6 +479,11 @@ static int s_check_input(sim_req_t *r, const json_t *in, bool *load_only, enum M
     const json_t *p = json_object_get(in, "prompt"), *sys = json_object_get(in, "system");
     if ((p && !json_is_string(p) && !json_is_null(p)) || (sys && !json_is_string(sys) && !json_is_null(sys))) {
         *res = sim_http_error(r, 400, "invalid prompt or system: must be strings");
+        return -1;
+    }
+    char err[128];
+    if (sim_images(in, false, err, sizeof err) < 0) {
+        *res = sim_http_error(r, 400, "%s", err);
         return -1;
     }
     *load_only = !json_is_string(p) || json_string_length(p) == 0;

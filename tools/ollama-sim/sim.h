@@ -164,6 +164,13 @@ double sim_rand01(uint64_t *state);
 int64_t sim_scaled_ns(const sim_t *s, double ms);   /* simulated ms -> real ns */
 int sim_parse_duration(const char *txt, int64_t *ns);  /* Go duration or seconds */
 int sim_parse_keep_alive(const json_t *v, int64_t *ns); /* JSON number (s) or string */
+/* Prompt tokens an image adds: a llava-1.5-style projector turns a 336 px
+ * picture into a 24 x 24 grid of patches, one token each. */
+#define SIM_IMAGE_TOKENS 576
+/* The images of a generate (IN's "images") or of every chat message (CHAT):
+ * their count, or -1 with ERR (may be NULL) when one is not a base64
+ * string, as Ollama refuses them with 400. */
+int sim_images(const json_t *in, bool chat, char *err, size_t cap);
 int sim_parse_size(const char *txt, uint64_t *out);     /* bytes, K/M/G suffixes */
 
 typedef enum { SIM_WAIT_TIMEOUT = 0, SIM_WAIT_EVENT, SIM_WAIT_GONE, SIM_WAIT_SHUTDOWN } sim_wait_t;

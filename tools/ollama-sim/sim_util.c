@@ -210,3 +210,59 @@ sim_wait_t sim_wait(const sim_t *s, int client_fd, int event_fd, int64_t timeout
             return SIM_WAIT_TIMEOUT;
     }
 }
+
+/* The offset of the first byte of TXT that is not strict, padded base64
+ * (Go's encoding/base64 StdEncoding, which Ollama decodes images with),
+ * or -1 when it all is. */
+static long s_base64_bad(const char *txt, size_t n)
+{
+    size_t pad = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)txt[i];
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 c == '+' || c == '/';
+        if (c == '=' && i + 2 >= n && n % 4 == 0)
+            pad++;
+        else if (!ok || pad)
+            return (long)i;
+    }
+    return n % 4 ? (long)(n / 4 * 4) : -1;
+}
+
+/* Adds ARR's images to *N; -1 with ERR at the first that is not base64. */
+static int s_images_of(const json_t *arr, int *n, char *err, size_t cap)
+{
+    if (!arr || json_is_null(arr))
+        return 0;
+    if (!json_is_array(arr)) {
+        if (err)
+            snprintf(err, cap, "invalid images: want a list of base64 strings");
+        return -1;
+    }
+    size_t i;
+    json_t *im;
+    json_array_foreach(arr, i, im) {
+        long bad = json_is_string(im) ? s_base64_bad(json_string_value(im), json_string_length(im))
+                                      : 0;
+        if (!json_is_string(im) || bad >= 0) {
+            if (err)
+                snprintf(err, cap, "illegal base64 data at input byte %ld", bad < 0 ? 0 : bad);
+            return -1;
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
+int sim_images(const json_t *in, bool chat, char *err, size_t cap)
+{
+    int n = 0;
+    if (!chat)
+        return s_images_of(json_object_get(in, "images"), &n, err, cap) ? -1 : n;
+    size_t i;
+    json_t *msg;
+    json_array_foreach(json_object_get(in, "messages"), i, msg)
+        if (s_images_of(json_object_get(msg, "images"), &n, err, cap) != 0)
+            return -1;
+    return n;
+}
