@@ -852,9 +852,13 @@ static void s_worker_drain(void)
 
 /* Agents opened together do not heartbeat together (docs/health.md): 40
  * handles made at once and polled in one loop, against a bare ROUTER that
- * only notes when each message arrives. After their first beat, no 60 ms
- * window may hold most of them; with a fixed interval all 40 land in one
- * window every second, for as long as they live. */
+ * only notes when each message arrives. After their first beat, 60 ms
+ * windows holding most of them (a "wave") must be rare; with a fixed
+ * interval all 40 land in one window every second, for as long as they
+ * live: 5 waves in 5 s. Arrival is this process's clock: on a busy machine
+ * libzmq's I/O threads may not run for most of a second, and what was sent
+ * meanwhile arrives as one wave (seen once in three rounds of `flaky`), so
+ * up to 2 such waves in 5 s pass. */
 static int s_cmp_i64(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -863,7 +867,7 @@ static int s_cmp_i64(const void *a, const void *b)
 
 static void s_agent_spread(void)
 {
-    enum { N = 40, FROM_MS = 1500, TO_MS = 4500, WINDOW_MS = 60, MAX_AT = 400 };
+    enum { N = 40, FROM_MS = 1500, TO_MS = 6500, WINDOW_MS = 60, MAX_AT = 600 };
     int port = th_free_port();
     void *ctx = zmq_ctx_new(), *router = zmq_socket(ctx, ZMQ_ROUTER);
     int linger = 0;
@@ -900,19 +904,24 @@ static void s_agent_spread(void)
         }
         zmq_msg_close(&m);
     }
-    /* About 3 s x 40 beats: they keep coming at (at most) the interval. */
-    REQUIRE(n >= 2 * N);
+    /* About 5 s x 40 beats: they keep coming at (at most) the interval. */
+    REQUIRE(n >= 3 * N);
     qsort(at, (size_t)n, sizeof at[0], s_cmp_i64);
-    int most = 0;
+    int most = 0, waves = 0;
+    int64_t wave_at = -1000000;
     for (int lo = 0, hi = 0; hi < n; hi++) {
         while (at[hi] - at[lo] >= WINDOW_MS)
             lo++;
         if (hi - lo + 1 > most)
             most = hi - lo + 1;
+        if (hi - lo + 1 > N * 3 / 4 && at[hi] - wave_at >= 500) { /* a new wave */
+            waves++;
+            wave_at = at[hi];
+        }
     }
-    printf("%d heartbeats from %d agents in %d ms; at most %d in any %d ms\n", n, N,
-           TO_MS - FROM_MS, most, WINDOW_MS);
-    REQUIRE(most <= N * 3 / 4);
+    printf("%d heartbeats from %d agents in %d ms; at most %d in any %d ms; %d waves of more "
+           "than %d\n", n, N, TO_MS - FROM_MS, most, WINDOW_MS, waves, N * 3 / 4);
+    REQUIRE(waves <= 2);
     for (int i = 0; i < N; i++)
         ab_client_destroy(&c[i]);
     zmq_close(router);
