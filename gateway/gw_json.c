@@ -152,8 +152,35 @@ static int s_stop(json_t *j, Agentbus__InferenceOptions *o, s_arena_t *a, char *
     return 0;
 }
 
-/* options: only the ones the proto carries; others are ignored, as
- * Ollama ignores options a model does not use. */
+/* The options other than the typed ones, as the JSON text of an object
+ * with sorted keys (InferenceOptions.extra_json), or "" when none: they
+ * cross the bus as given and Ollama checks them. 0, or -1 (out of memory). */
+static int s_extra_options(json_t *j, Agentbus__InferenceOptions *o, s_arena_t *a, char *err,
+                           size_t cap)
+{
+    static const char *typed[] = {"temperature", "seed", "num_ctx", "num_predict", "top_k",
+                                  "top_p", "repeat_penalty", "min_p", "stop"};
+    json_t *extra = json_object();
+    const char *k;
+    json_t *v;
+    json_object_foreach(j, k, v) {
+        size_t i = 0;
+        while (i < sizeof typed / sizeof typed[0] && strcmp(k, typed[i]) != 0)
+            i++;
+        if (i == sizeof typed / sizeof typed[0] && !json_is_null(v))
+            json_object_set(extra, k, v);
+    }
+    int oom = !extra;
+    if (extra && json_object_size(extra)) {
+        o->extra_json = s_keep(a, json_dumps(extra, JSON_COMPACT | JSON_SORT_KEYS));
+        oom = !o->extra_json;
+    }
+    json_decref(extra);
+    return oom ? s_fail(err, cap, "%s", "out of memory") : 0;
+}
+
+/* options: the typed ones the proto has fields for, and the others as
+ * JSON text (s_extra_options): none is dropped. */
 static int s_options(json_t *j, Agentbus__InferenceOptions *o, Agentbus__InferenceOptions **out,
                      s_arena_t *a, char *err, size_t cap)
 {
@@ -192,7 +219,7 @@ static int s_options(json_t *j, Agentbus__InferenceOptions *o, Agentbus__Inferen
             AGENTBUS__INFERENCE_OPTIONS__HAS_REPEAT_PENALTY_REPEAT_PENALTY;
     if (h[7])
         o->has_min_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_MIN_P_MIN_P;
-    if (s_stop(j, o, a, err, cap) != 0)
+    if (s_stop(j, o, a, err, cap) != 0 || s_extra_options(j, o, a, err, cap) != 0)
         return -1;
     /* brokerctl sends an options message even when it is empty; an empty
      * one and none give the same cache key, so either is fine. */

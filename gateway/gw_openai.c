@@ -31,6 +31,8 @@ static json_t *s_options(json_t *b)
     s_copy(o, "stop", b, "stop");
     s_copy(o, "num_predict", b, "max_tokens");
     s_copy(o, "num_predict", b, "max_completion_tokens");
+    s_copy(o, "presence_penalty", b, "presence_penalty"); /* Ollama's options of the same name */
+    s_copy(o, "frequency_penalty", b, "frequency_penalty");
     return o;
 }
 
@@ -215,7 +217,7 @@ static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t 
         const char *key;
         int integer;
     } nums[] = {{"temperature", 0}, {"top_p", 0}, {"seed", 1}, {"max_tokens", 1},
-                {"max_completion_tokens", 1}};
+                {"max_completion_tokens", 1}, {"presence_penalty", 0}, {"frequency_penalty", 0}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         json_t *v = json_object_get(b, nums[i].key);
         if (v && !json_is_null(v) && !(nums[i].integer ? json_is_integer(v) : json_is_number(v))) {

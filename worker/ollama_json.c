@@ -43,6 +43,12 @@ static json_t *s_options(const Agentbus__InferenceOptions *o)
             json_array_append_new(a, json_string(o->stop[i]));
         json_object_set_new(j, "stop", a);
     }
+    /* the other options, as given (the typed ones above win a clash) */
+    json_t *extra = o->extra_json && *o->extra_json
+                        ? json_loads(o->extra_json, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    if (json_is_object(extra))
+        json_object_update_missing(j, extra);
+    json_decref(extra);
     return j;
 }
 

@@ -80,6 +80,8 @@ static void s_options(XXH3_state_t *st, const Agentbus__InferenceOptions *o)
               AGENTBUS__INFERENCE_OPTIONS__HAS_REPEAT_PENALTY_REPEAT_PENALTY,
           o->repeat_penalty);
     s_dbl(st, 'M', o->has_min_p_case == AGENTBUS__INFERENCE_OPTIONS__HAS_MIN_P_MIN_P, o->min_p);
+    if (o->extra_json && *o->extra_json) /* only when set: older keys stay as they were */
+        s_str(st, 'E', o->extra_json);
 }
 
 static int s_deterministic(const Agentbus__InferenceOptions *o)

@@ -168,12 +168,21 @@ _TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval
             "eval_count", "eval_duration")
 
 
+# Options with a typed field of agentbus.InferenceOptions; every other one
+# crosses the bus as given (extra_json) and the worker passes it to Ollama.
+_TYPED_OPTIONS = ("temperature", "seed", "num_ctx", "num_predict", "top_k", "top_p", "stop",
+                  "repeat_penalty", "min_p")
+
+
 def _options(options: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
     if not options:
         return None
-    o = dict(options)
+    o = {k: v for k, v in options.items() if k in _TYPED_OPTIONS}
     if isinstance(o.get("stop"), str):
         o["stop"] = [o["stop"]]
+    extra = {k: v for k, v in options.items() if k not in _TYPED_OPTIONS and v is not None}
+    if extra:
+        o["extra_json"] = json.dumps(extra, sort_keys=True, separators=(",", ":"))
     return o
 
 

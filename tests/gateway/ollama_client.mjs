@@ -262,9 +262,25 @@ async function images() {
     stream: false }), 400, /base64/, 'an image that is not base64: 400');
 }
 
+// Options without a typed field on the bus (mirostat, num_gpu, ...) reach
+// the backend as given (they were dropped on the way); the simulator
+// counts the option names it sees.
+async function extraOptions() {
+  const seen = async () => (await simStats()).options_seen || {};
+  const before = await seen();
+  const r = await ollama.generate({ model: 'sim-small', prompt: 'options', stream: false,
+    options: { num_predict: 3, mirostat: 2, mirostat_tau: 4.5, num_gpu: 1 } });
+  const after = await seen();
+  const more = (k) => (after[k] || 0) - (before[k] || 0);
+  check(r.done === true && more('mirostat') === 1 && more('mirostat_tau') === 1 &&
+    more('num_gpu') === 1 && more('num_predict') === 1,
+  'options without a typed field reach the backend', { before, after });
+}
+
 await listAndVersion();
 await preload();
 await images();
+await extraOptions();
 await generate();
 await chat();
 await tools();

@@ -231,14 +231,15 @@ def read_response(s, until=None):
 
 
 def start_stack(tmp, gw_args_list):
-    """Broker, simulator (models fast and slow, real time), one worker and
+    """Broker, simulator (models fast, with no prefill time even for
+    thousands of images, and slow; real time), one worker and
     one gateway per entry of GW_ARGS_LIST; returns (sim URL, [(url, port,
     Popen)])."""
     bport, sport = free_port(), free_port()
     ep = f"tcp://127.0.0.1:{bport}"
     spawn(tmp, "broker", [f"{BIN}/agentbus-broker", "--bind", ep, "--data-dir", tmp])
     spawn(tmp, "sim", [f"{BIN}/ollama-sim", "--port", str(sport), "--quiet", "--num-parallel", "8",
-                       "--model", "fast,token_ms=1,load_ms=0,reply_tokens=3",
+                       "--model", "fast,token_ms=1,load_ms=0,reply_tokens=3,prefill_tps=100000000",
                        "--model", "slow,token_ms=100,load_ms=0,reply_tokens=1000"])
     sim = f"http://127.0.0.1:{sport}"
     wait_for("ollama-sim", lambda: get(sim + "/api/version")[0] == 200)

@@ -8,6 +8,7 @@ import agentbus
 @pytest.fixture
 def ollama(bus, sim):
     port = sim("--time-scale", "20", "--quiet")
+    bus.sim_port = port
     bus.procs.spawn("agentbus-worker", "--broker", bus.endpoint, "--backend", "ollama",
                     "--ollama-url", "http://127.0.0.1:%d" % port, "--name", "gpu0",
                     "--heartbeat-ms", "200")
@@ -94,3 +95,26 @@ def test_generate_cancel(ollama):
         assert c.pending == 0
         # the slot is free again: a new request is served
         assert c.generate("sim-small", "again", timeout=20)["done"]
+
+
+def test_images_and_untyped_options(ollama):
+    """Images and options without a typed field (mirostat, num_gpu) reach
+    the backend: the simulator counts 576 prompt tokens an image and the
+    option names it sees. The worker dropped both before."""
+    import json
+    import urllib.request
+
+    def seen():
+        url = "http://127.0.0.1:%d/sim/stats" % ollama.sim_port
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r).get("options_seen", {})
+    with ollama.client() as c:
+        before = seen()
+        plain = c.generate("sim-small", "look", options={"seed": 1, "num_predict": 2}, timeout=20)
+        img = c.generate("sim-small", "look", images=[b"\x89PNG\r\n"],
+                         options={"seed": 1, "num_predict": 2, "mirostat": 2, "num_gpu": 1},
+                         timeout=20)
+        after = seen()
+    assert img["prompt_eval_count"] == plain["prompt_eval_count"] + 576
+    assert after.get("mirostat", 0) - before.get("mirostat", 0) == 1
+    assert after.get("num_gpu", 0) - before.get("num_gpu", 0) == 1

@@ -154,6 +154,8 @@ static int s_change(int i)
     case 15: s_opts.has_repeat_penalty_case = AGENTBUS__INFERENCE_OPTIONS__HAS_REPEAT_PENALTY_REPEAT_PENALTY; s_opts.repeat_penalty = 1.1; return 1;
     case 16: s_opts.has_min_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_MIN_P_MIN_P; s_opts.min_p = 0.05; return 1;
     case 17: s_opts.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT; s_opts.num_predict = 0; return 1; /* present 0 != absent */
+    case 18: s_opts.extra_json = "{\"mirostat\":2}"; return 1; /* an untyped option */
+    case 19: s_opts.extra_json = "{\"mirostat\":2,\"num_gpu\":1}"; return 1;
     default: return 0;
     }
 }
@@ -170,7 +172,7 @@ static void t_relevant_fields(void)
             if (s_same(&keys[j], &keys[n]))
                 T_FAIL_("change %d gives the same key as %d", i, j - 1);
     }
-    CHECK_EQ(n, 19);
+    CHECK_EQ(n, 21);
     /* Same request to another service: another key. */
     s_base();
     s_pb_t pb;

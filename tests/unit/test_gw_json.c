@@ -60,6 +60,8 @@ static void s_test_generate(void)
     CHECK_EQ(g->options->has_num_predict_case, 0);
     CHECK_EQ(g->options->n_stop, 2);
     CHECK_STR(g->options->stop[1], "b");
+    /* an option without a typed field crosses as given (was dropped) */
+    CHECK_STR(g->options->extra_json, "{\"mirostat\":1}");
     agentbus__inference_request__free_unpacked(ir, NULL);
     gw_req_free(&req);
 }

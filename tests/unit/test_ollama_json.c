@@ -149,6 +149,15 @@ static void s_test_build(void)
                          "\"model\":\"llama3\",\"stream\":true}");
     wk_ol_call_free(&call);
 
+    /* the untyped options are added as given; a typed one wins a clash */
+    o.extra_json = "{\"mirostat\":2,\"num_gpu\":1,\"seed\":9}";
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"seed\":42,\"stop\":[\"\\n\\n\"],\"mirostat\":2,"
+                                 "\"num_gpu\":1}") != NULL);
+    wk_ol_call_free(&call);
+    o.extra_json = "";
+
     /* temperature absent stays absent (the backend's default applies) */
     o.has_temperature_case = 0;
     g.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;

@@ -272,6 +272,7 @@ static int s_check_common(sim_req_t *r, const json_t *in, const json_t **opts, i
         *res = sim_http_error(r, 400, "invalid options: must be an object");
         return -1;
     }
+    sim_stats_options(r->s, *opts);
     const json_t *np = json_object_get(*opts, "num_predict");
     const json_t *temp = json_object_get(*opts, "temperature");
     const json_t *seed = json_object_get(*opts, "seed");

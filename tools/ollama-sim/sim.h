@@ -101,12 +101,21 @@ typedef struct {
     uint64_t used;
 } sim_gpu_t;
 
+#define SIM_OPTS_SEEN 64
+
 typedef struct {
     uint64_t requests, completed, aborted, aborted_queued, max_queued;
     uint64_t st200, st400, st404, st405, st413, st500, st503, st_other;
     uint64_t f_error, f_midstream, f_hang, f_slow_start, f_drop;
     uint64_t loads, unloads, evictions, expirations;
     uint64_t ep_generate, ep_chat, ep_embed, ep_tags, ep_ps, ep_version;
+    /* option names seen in requests, with their counts (bounded: past
+     * SIM_OPTS_SEEN names, or a name of 32 bytes or more, "(other)") */
+    struct {
+        char name[32];
+        uint64_t n;
+    } opts[SIM_OPTS_SEEN + 1];
+    int n_opts;
     int64_t since;
 } sim_stats_t;
 
@@ -248,6 +257,8 @@ void sim_embed(const char *model, const char *text, int dim, double *out);
 /* --- stats.c --- */
 json_t *sim_stats_json(sim_t *s);   /* takes the lock */
 void sim_stats_reset(sim_t *s);     /* takes the lock */
+/* Counts each key of the request's "options" object (takes the lock). */
+void sim_stats_options(sim_t *s, const json_t *opts);
 void sim_stats_status(sim_t *s, int status);  /* lock held */
 
 /* --- http.c --- */

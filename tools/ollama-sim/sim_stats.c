@@ -99,6 +99,10 @@ json_t *sim_stats_json(sim_t *s)
     json_object_set_new(ep, "ps", U(st->ep_ps));
     json_object_set_new(ep, "version", U(st->ep_version));
     json_object_set_new(o, "endpoints", ep);
+    json_t *seen = json_object();
+    for (int i = 0; i < st->n_opts; i++)
+        json_object_set_new(seen, st->opts[i].name, U(st->opts[i].n));
+    json_object_set_new(o, "options_seen", seen);
     json_t *models = json_array();
     for (int i = 0; i < s->n_models; i++)
         json_array_append_new(models, s_model_json(&s->models[i], now));
@@ -131,6 +135,32 @@ void sim_stats_reset(sim_t *s)
             if (m->slots[k].busy)
                 m->slots[k].busy_since = now;
         }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void sim_stats_options(sim_t *s, const json_t *opts)
+{
+    const char *k;
+    json_t *v;
+    pthread_mutex_lock(&s->lock);
+    sim_stats_t *st = &s->st;
+    json_object_foreach((json_t *)opts, k, v) {
+        if (strlen(k) >= sizeof st->opts[0].name)
+            k = "(other)";
+        int i = 0;
+        while (i < st->n_opts && strcmp(st->opts[i].name, k) != 0)
+            i++;
+        if (i == st->n_opts && i >= SIM_OPTS_SEEN) { /* full: the last one is "(other)" */
+            k = "(other)";
+            for (i = 0; i < st->n_opts && strcmp(st->opts[i].name, k) != 0;)
+                i++;
+        }
+        if (i == st->n_opts) {
+            snprintf(st->opts[i].name, sizeof st->opts[i].name, "%s", k);
+            st->n_opts++;
+        }
+        st->opts[i].n++;
     }
     pthread_mutex_unlock(&s->lock);
 }
