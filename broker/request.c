@@ -792,14 +792,15 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
     ab_cancel_send(b, found, AB_ERR_CANCELLED);
 }
 
-void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
+int ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
 {
     ab_peer_t *p = ab_peer_lookup(b, client);
     ab_req_t *r = p ? ab_idmap_get(&p->reqs_by_id, client_id) : NULL;
-    if (r && r->state != AB_REQ_ORPHANED) { /* an orphan's client has its answer */
-        b->c.cancelled++;
-        s_cancel(b, r);
-    }
+    if (!r || r->state == AB_REQ_ORPHANED) /* an orphan's client has its answer */
+        return 0;
+    b->c.cancelled++;
+    s_cancel(b, r);
+    return 1;
 }
 
 /* R, orphaned, belongs to its worker alone now that its client left: it
