@@ -792,13 +792,28 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
     ab_cancel_send(b, found, AB_ERR_CANCELLED);
 }
 
-void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
+int ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
 {
     ab_peer_t *p = ab_peer_lookup(b, client);
     ab_req_t *r = p ? ab_idmap_get(&p->reqs_by_id, client_id) : NULL;
-    if (r && r->state != AB_REQ_ORPHANED) { /* an orphan's client has its answer */
-        b->c.cancelled++;
-        s_cancel(b, r);
+    if (!r || r->state == AB_REQ_ORPHANED) /* an orphan's client has its answer */
+        return 0;
+    b->c.cancelled++;
+    s_cancel(b, r);
+    return 1;
+}
+
+/* R, orphaned, belongs to its worker alone now that its client left: it
+ * lets go of the client's record, which then goes with the client's last
+ * connection and live request. Else a worker that never answers the CANCEL
+ * (hung, or careless) kept one record per departed client for as long as
+ * it stayed connected: `clients` grew with every client that left. */
+static void s_client_forget(ab_broker_t *b, ab_req_t *r)
+{
+    ab_req_client_done(b, r);
+    if (r->crec) {
+        ab_client_release(b, r->crec);
+        r->crec = NULL;
     }
 }
 
@@ -810,8 +825,11 @@ void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)
     while ((l = ab_list_first(&p->reqs))) {
         ab_req_t *r = ab_list_data(l, ab_req_t, clink);
         if (cancel) {
+            int freed = r->state == AB_REQ_QUEUED || r->state == AB_REQ_WAITING;
             b->c.cancelled_on_leave += r->state != AB_REQ_ORPHANED;
             s_cancel(b, r);
+            if (!freed) /* orphaned: still held by its worker */
+                s_client_forget(b, r);
         } else
             ab_client_untrack(r);
     }

@@ -188,8 +188,9 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why);
  * a dispatched one orphaned (its client has its answer already) and the
  * worker told to stop. Unknown ids are ignored (the answer crossed). O(1):
  * one peer lookup and one lookup in the client's index. When a client has
- * several requests with one id, the newest is the one cancelled. */
-void ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id);
+ * several requests with one id, the newest is the one cancelled. 1 when a
+ * request was cancelled, 0 when none was. */
+int ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id);
 /* Peer P is gone (BYE, heartbeat timeout, disconnect): with CANCEL (an
  * agent) nobody waits for its requests any more, so each is cancelled as
  * above; without (a worker's own requests) they only leave its index.

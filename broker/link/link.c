@@ -627,8 +627,15 @@ static void s_on_msg(ab_broker_t *b, ab_link_t *l, int dealer, const ab_header_t
         ab_link_msg_on_frame(b, l, h, body, key, now);
         break;
     case AB_KIND_CANCEL:
-        if (l->client)
-            ab_cancel_from_client(b, &l->client->rid, h->correlation_id);
+        /* The far broker holds its request (and a slot of this link's
+         * credit) until an answer comes, as from any worker: a worker
+         * answers a CANCEL with ERROR(CANCELLED). Without it, each request
+         * whose client left or whose deadline passed there stayed pending
+         * there for the life of the link, and once they filled the link's
+         * credit nothing more was forwarded over it. */
+        if (l->client && ab_cancel_from_client(b, &l->client->rid, h->correlation_id))
+            ab_send_error(b, &l->client->rid, h->correlation_id, AB_ERR_CANCELLED,
+                          "cancelled");
         break;
     default:
         b->c.malformed++; /* a link carries nothing else */

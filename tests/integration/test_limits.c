@@ -347,6 +347,52 @@ static void s_leave_many(void)
     ab_client_destroy(&ctl);
 }
 
+/* Clients that leave while a worker holds their requests and never
+ * answers the CANCELs: the requests stay the worker's (pending, its slots
+ * taken) but nothing of the clients does: `clients` is back where it was
+ * at once. Before, each request kept its departed client's record until
+ * the worker answered, so a hung worker kept one record per client that
+ * ever left. When the worker goes, so do the requests. */
+static uint64_t s_clients(const Agentbus__Stats *st) { return st->clients; }
+
+static void s_leave_orphans(void)
+{
+    enum { N = 20 };
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *ctl = th_client(port);
+    s_worker_t w;
+    s_worker_start(&w, port, "hung", 64);
+    REQUIRE(th_wait_workers(ctl, "hung", 1, 10000) == 0);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    uint64_t base = st->clients;
+    agentbus__stats__free_unpacked(st, NULL);
+    void *cl[N];
+    for (int i = 0; i < N; i++) {
+        cl[i] = s_dealer(port);
+        s_requests(cl[i], "hung", 1, 1, 60000);
+    }
+    REQUIRE(s_wait_count(&w, 0, N, 10000) == 0);
+    CHECK_U64(s_wait_stat(ctl, s_clients, base + N, 10000), base + N);
+    ab_header_t bye = ab_header_init(AB_KIND_BYE);
+    for (int i = 0; i < N; i++)
+        s_send(cl[i], &bye, NULL, 0);
+    CHECK_EQ(s_wait_count(&w, 1, N, 10000), 0); /* each told to stop; none answers */
+    CHECK_U64(s_wait_stat(ctl, s_clients, base, 10000), base);
+    CHECK_U64(s_wait_stat(ctl, s_pending, N, 10000), N);
+    st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->cancelled_on_leave, N);
+    agentbus__stats__free_unpacked(st, NULL);
+    s_worker_stop(&w); /* its connection closes: what it held is freed */
+    CHECK_U64(s_wait_stat(ctl, s_pending, 0, 20000), 0);
+    CHECK_U64(s_wait_stat(ctl, s_clients, base, 10000), base);
+    for (int i = 0; i < N; i++)
+        zmq_close(cl[i]);
+    ab_client_destroy(&ctl);
+}
+
 /* --- services ----------------------------------------------------------------------- */
 /* Names from `brokerctl --json services`: their count, and whether NAME is
  * one of them. */
@@ -639,6 +685,7 @@ int main(int argc, char **argv)
         {"cancel_one", s_cancel_one},         {"cancel_slot", s_cancel_slot},
         {"leave_many", s_leave_many},         {"services_idle", s_services_idle},
         {"services_max", s_services_max},     {"register_limits", s_register_limits},
+        {"leave_orphans", s_leave_orphans},
     };
     int rc = th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
     if (s_ctx)

@@ -273,6 +273,66 @@ static void s_pipeline(void)
     ab_client_destroy(&c);
 }
 
+/* Requests A forwarded and its client then cancelled: B answers each
+ * CANCEL (ERROR CANCELLED), as a worker does, so A frees them and gets the
+ * link's credit back. Before, B cancelled and answered nothing: A kept
+ * them pending for the life of the link, and once they filled the link's
+ * credit (twice B's capacity) nothing more crossed it (DEADLINE). */
+static uint64_t s_pending_of(ab_client_t *c)
+{
+    Agentbus__Stats *st = th_stats(c);
+    uint64_t n = st ? st->pending : UINT64_MAX;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return n;
+}
+
+static void s_cancel_credit(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port(), pb = th_free_port();
+    s_broker(pb, "B", "B", 0, NULL, NULL, NULL);
+    s_broker(pa, "A", "A", pb, "B", NULL, NULL);
+    s_at("B");
+    th_worker(pb, "slow", "--capacity", "2", "--delay-ms", "1500", NULL);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    REQUIRE(lt_wait_rc(a, "slow", AB_OK, 20000) == 0);
+    CHECK_EQ(s_link_capacity(a, "B"), 4);
+    for (int round = 0; round < 2; round++) { /* 8 cancelled: twice the credit */
+        s_burst_t s = {.want = "p", .want_len = 1};
+        uint64_t ids[4];
+        for (int i = 0; i < 4; i++)
+            REQUIRE(ab_client_request_start(a, "slow", "p", 1,
+                                            &(ab_request_opts_t){.timeout_ms = 30000},
+                                            s_burst_cb, &s, &ids[i]) == AB_OK);
+        Agentbus__PeerInfo pi;
+        char st[32];
+        for (int i = 0; i < 400; i++) { /* all four at B */
+            ab_client_poll(a, 10);
+            if (lt_peer_info(a, "B", &pi, st, sizeof st) && pi.forwarded >= 4u * (round + 1))
+                break;
+        }
+        CHECK_TRUE(pi.forwarded >= 4u * (round + 1));
+        for (int i = 0; i < 4; i++)
+            CHECK_EQ(ab_client_cancel(a, ids[i]), AB_OK);
+        uint64_t pending = UINT64_MAX;
+        for (int i = 0; i < 400 && pending; i++) {
+            ab_client_poll(a, 50);
+            pending = s_pending_of(a);
+        }
+        CHECK_U64(pending, 0);
+    }
+    /* The link's credit is whole: a new request crosses it. */
+    s_burst_t s = {.want = "q", .want_len = 1};
+    REQUIRE(ab_client_request_start(a, "slow", "q", 1, &(ab_request_opts_t){.timeout_ms = 20000},
+                                    s_burst_cb, &s, NULL) == AB_OK);
+    for (int i = 0; i < 1000 && !s.done; i++)
+        ab_client_poll(a, 25);
+    CHECK_EQ(s.ok, 1);
+    ab_client_destroy(&a);
+}
+
 /* --- a peer key is bound to its broker name -------------------------------------------- */
 
 /* A broker proving key C (granted broker name C) but calling itself Z is
@@ -709,6 +769,7 @@ int main(int argc, char **argv)
         {"models", s_models},
         {"pipeline", s_pipeline},
         {"link_sender", s_link_sender},
+        {"cancel_credit", s_cancel_credit},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
