@@ -399,9 +399,15 @@ def case_slow_clients():
     socks = []
     try:
         wait_until(lambda: b.get("/healthz")[0] == 200, "/healthz 200")
-        for _ in range(32):
+        # 40 for the 32 slots: those past the limit are closed at once,
+        # and every slot is held even if an earlier probe's connection
+        # still held one when these came.
+        for _ in range(40):
             s = socket.create_connection(("127.0.0.1", b.http), 5)
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            try:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            except OSError:
+                pass
             socks.append(s)
         closed = set()
 
@@ -437,8 +443,9 @@ def case_slow_clients():
                 except OSError:
                     closed.add(i)
             return len(closed) == len(socks)
-        wait_until(all_cut, "all 32 slow connections closed", 30)
-        assert value(b.scrape(), "agentbus_http_slow_closed_total") >= 32
+        wait_until(all_cut, "all 40 slow connections closed", 30)
+        cut = value(b.scrape(), "agentbus_http_slow_closed_total")
+        assert 30 <= cut <= 32, cut  # each slot's dribbler, once
         # A client that is quick enough is unaffected, also on keep-alive.
         assert b.get("/readyz")[0] == 200
     finally:
