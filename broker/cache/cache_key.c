@@ -101,7 +101,7 @@ static void s_images(XXH3_state_t *st, size_t n, const ProtobufCBinaryData *im)
         s_item(st, 'i', im[i].data, im[i].len);
 }
 
-/* A message's tool calls and tool name, only when set: every item is
+/* A message's tool calls, tool name and thinking, only when set: every item is
  * tagged, so a request without them keeps the key it had before tools
  * were carried (entries already in L2/L3 stay valid), and one with them
  * never shares a key with one without. */
@@ -111,6 +111,8 @@ static void s_tool_fields(XXH3_state_t *st, const Agentbus__ChatMessage *m)
         s_str(st, 'q', m->tool_calls_json);
     if (m->tool_name && *m->tool_name)
         s_str(st, 'a', m->tool_name);
+    if (m->thinking && *m->thinking)
+        s_str(st, 'h', m->thinking);
 }
 
 /* Hashes the output-changing fields of a typed request. keep_alive is left
@@ -130,6 +132,8 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         s_u64(st, 'r', 1, g->raw);
         s_str(st, 'u', g->suffix);
         s_images(st, g->n_images, g->images);
+        if (g->think && *g->think) /* only when set: older keys stay valid */
+            s_str(st, 'k', g->think);
         s_options(st, g->options);
         *det = s_deterministic(g->options);
         return 0;
@@ -148,6 +152,8 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         s_str(st, 'f', c->format);
         if (c->tools_json && *c->tools_json)
             s_str(st, 'w', c->tools_json);
+        if (c->think && *c->think)
+            s_str(st, 'k', c->think);
         s_u64(st, 'z', 1, c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
         s_options(st, c->options);
         *det = s_deterministic(c->options);

@@ -277,10 +277,53 @@ async function extraOptions() {
   'options without a typed field reach the backend', { before, after });
 }
 
+// think: a reasoning model's thinking comes apart from the answer, whole
+// and streamed (pieces before the text, as Ollama streams them), and the
+// level is honoured (the simulator thinks 3, 6 or 9 words for "low", true,
+// "high"); a model without thinking refuses think with Ollama's 400.
+// Through the gateway think was dropped (no thinking came back) and a
+// thinking reply's thinking was dropped on the way back.
+async function thinking() {
+  const opts = { seed: 5, num_predict: 3 };
+  const req = { model: 'sim-small', prompt: 'think first', stream: false, options: opts };
+  const g = await ollama.generate({ ...req, think: true });
+  check(g.thinking === 'Let me think this through step' && g.response.length > 0 &&
+    g.eval_count === 9, 'generate: think true gives the thinking apart from the response', g);
+  const plain = await ollama.generate(req);
+  check(plain.thinking === undefined && plain.response === g.response,
+    'generate without think: no thinking, the same answer', plain);
+  let think = '', text = '', order = true;
+  for await (const p of await ollama.generate({ ...req, stream: true, think: 'low' })) {
+    if (p.thinking) order = order && text === '';
+    think += p.thinking || '';
+    text += p.response;
+  }
+  check(think === 'Let me think' && text === g.response && order,
+    'generate streamed, think "low": the thinking pieces first', { think, text });
+  const messages = [{ role: 'user', content: 'think hard' }];
+  think = ''; text = ''; order = true;
+  for await (const p of await ollama.chat({ model: 'sim-small', messages, stream: true,
+    think: 'high', options: opts })) {
+    if (p.message.thinking) order = order && text === '';
+    think += p.message.thinking || '';
+    text += p.message.content;
+  }
+  check(think === 'Let me think this through step by step carefully.' && text.length > 0 && order,
+    'chat streamed, think "high": the thinking pieces first', { think, text });
+  const c = await ollama.chat({ model: 'sim-small', messages: [...messages,
+    { role: 'assistant', content: text, thinking: think }, { role: 'user', content: 'again' }],
+  stream: false, think: true, options: opts });
+  check(c.message.thinking === 'Let me think this through step' && c.message.content.length > 0,
+    'chat: think true, a history with thinking', c.message);
+  await expectError(ollama.chat({ model: 'sim-large', messages, think: true, stream: false }), 400,
+    /does not support thinking/, 'think on a model without thinking: Ollama\'s 400');
+}
+
 await listAndVersion();
 await preload();
 await images();
 await extraOptions();
+await thinking();
 await generate();
 await chat();
 await tools();

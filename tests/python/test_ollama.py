@@ -118,3 +118,23 @@ def test_images_and_untyped_options(ollama):
     assert img["prompt_eval_count"] == plain["prompt_eval_count"] + 576
     assert after.get("mirostat", 0) - before.get("mirostat", 0) == 1
     assert after.get("num_gpu", 0) - before.get("num_gpu", 0) == 1
+
+
+def test_think(ollama):
+    """think reaches a reasoning model and its thinking comes back apart
+    from the answer (the simulator's sim-small thinks 6 words for True, 3
+    for "low"); a model without thinking answers Ollama's 400. The binding
+    had no think before (a TypeError)."""
+    with ollama.client() as c:
+        g = c.generate("sim-small", "think", think=True,
+                       options={"seed": 1, "num_predict": 2}, timeout=20)
+        assert g["thinking"] == "Let me think this through step"
+        plain = c.generate("sim-small", "think", options={"seed": 1, "num_predict": 2},
+                           timeout=20)
+        assert "thinking" not in plain and plain["response"] == g["response"]
+        r = c.chat("sim-small", [{"role": "user", "content": "hi"}], think="low",
+                   options={"seed": 1, "num_predict": 2}, timeout=20)
+        assert r["message"]["thinking"] == "Let me think"
+        with pytest.raises(Exception) as e:
+            c.chat("sim-large", [{"role": "user", "content": "hi"}], think=True, timeout=20)
+        assert "does not support thinking" in str(e.value)

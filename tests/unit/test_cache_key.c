@@ -156,6 +156,8 @@ static int s_change(int i)
     case 17: s_opts.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT; s_opts.num_predict = 0; return 1; /* present 0 != absent */
     case 18: s_opts.extra_json = "{\"mirostat\":2}"; return 1; /* an untyped option */
     case 19: s_opts.extra_json = "{\"mirostat\":2,\"num_gpu\":1}"; return 1;
+    case 20: s_gen.think = "true"; return 1; /* a reasoning model thinks first */
+    case 21: s_gen.think = "high"; return 1; /* a level thinks longer */
     default: return 0;
     }
 }
@@ -172,7 +174,7 @@ static void t_relevant_fields(void)
             if (s_same(&keys[j], &keys[n]))
                 T_FAIL_("change %d gives the same key as %d", i, j - 1);
     }
-    CHECK_EQ(n, 21);
+    CHECK_EQ(n, 23);
     /* Same request to another service: another key. */
     s_base();
     s_pb_t pb;

@@ -245,6 +245,61 @@ static void s_test_replies(void)
     CHECK_TRUE(gw_ollama_reply(GW_CHAT, "\xff\xff\xff", 3, 0) == NULL);
 }
 
+/* think crosses as text (true / false / a level), a history message's
+ * thinking too; a wrongly typed think is a 400; a reply's thinking is
+ * rendered (and a streamed thinking piece is not taken by the fast line). */
+static void s_test_think(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir =
+        s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"p\",\"think\":true}", &req);
+    REQUIRE(ir && ir->generate);
+    CHECK_STR(ir->generate->think, "true");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"think\":\"high\",\"messages\":[{\"role\":"
+                          "\"assistant\",\"content\":\"a\",\"thinking\":\"t\"}]}", &req);
+    REQUIRE(ir && ir->chat);
+    CHECK_STR(ir->chat->think, "high");
+    CHECK_STR(ir->chat->messages[0]->thinking, "t");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    char err[256];
+    json_t *j = json_loads("{\"model\":\"m\",\"prompt\":\"p\",\"think\":1}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "think") != NULL);
+    json_decref(j);
+
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    g.model = "m";
+    g.created_at = "t";
+    g.response = "";
+    g.thinking = "Let";
+    uint8_t buf[256];
+    size_t n = agentbus__generate_response__pack(&g, buf);
+    char *line = NULL;
+    size_t line_len = 0;
+    CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, n, &line, &line_len), 0);
+    json_t *o = gw_ollama_reply(GW_GENERATE, buf, n, 0);
+    REQUIRE(o);
+    CHECK_STR(json_string_value(json_object_get(o, "thinking")), "Let");
+    json_decref(o);
+    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+    m.role = "assistant";
+    m.content = "";
+    m.thinking = " me";
+    c.model = "m";
+    c.created_at = "t";
+    c.message = &m;
+    n = agentbus__chat_response__pack(&c, buf);
+    CHECK_EQ(gw_ollama_line(GW_CHAT, buf, n, &line, &line_len), 0);
+    o = gw_ollama_reply(GW_CHAT, buf, n, 0);
+    REQUIRE(o);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "message"), "thinking")), " me");
+    json_decref(o);
+}
+
 /* gw_ollama_line writes what jansson would: the same bytes for the
  * common chunks (escapes included), and declines what it does not cover. */
 static void s_test_line(void)
@@ -476,6 +531,7 @@ static void s_test_tools(void)
 
 int main(void)
 {
+    s_test_think();
     s_test_generate();
     s_test_chat_embed();
     s_test_same_as_brokerctl();

@@ -14,7 +14,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-enum { STEP_TOKEN = 0, STEP_DONE = 1, STEP_GONE = -1, STEP_DROP = -2, STEP_MIDSTREAM = -3 };
+enum { STEP_TOKEN = 0, STEP_DONE = 1, STEP_THINK = 2, STEP_GONE = -1, STEP_DROP = -2, STEP_MIDSTREAM = -3 };
 
 static int64_t s_sim_ns(const sim_t *s, int64_t real_ns)
 {
@@ -43,7 +43,37 @@ static int s_hang(sim_req_t *r)
     return rc;
 }
 
-/* One step of a generation: prefill first, then one token per call. */
+/* The thinking text (think given to a thinking model): its first 3 words
+ * for "low", 6 for true and "medium", 9 for "high". */
+static const char *const k_think[] = {"Let", "me", "think", "this", "through",
+                                      "step", "by", "step", "carefully."};
+
+/* THINK: JSON think -> words of thinking (0 = none), or -1 when it is not
+ * a value Ollama takes. */
+static int s_think_words(const json_t *think)
+{
+    static const char *const lv[] = {"low", "medium", "high"};
+    if (!think || json_is_null(think) || json_is_boolean(think))
+        return json_is_true(think) ? 6 : 0;
+    for (int i = 0; json_is_string(think) && i < 3; i++)
+        if (strcmp(json_string_value(think), lv[i]) == 0)
+            return 3 * (i + 1);
+    return -1;
+}
+
+/* The whole thinking text so far (the first think_sent words). */
+static json_t *s_think_text(const sim_req_t *r)
+{
+    char buf[256];
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < r->think_sent && n < sizeof buf; i++)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", i ? " " : "", k_think[i]);
+    return json_string(buf);
+}
+
+/* One step of a generation: prefill first, then the thinking words, then
+ * one token per call. */
 static int s_step(sim_req_t *r, char *tok, size_t cap)
 {
     sim_t *s = r->s;
@@ -58,6 +88,13 @@ static int s_step(sim_req_t *r, char *tok, size_t cap)
             return STEP_GONE;
         r->t_prefill_end = sim_now();
         r->phase = 1;
+    }
+    if (r->think_sent < r->think_words) { /* thinking first, a word a token */
+        if (s_pause(r, sim_scaled_ns(s, m->token_ms)) != 0)
+            return STEP_GONE;
+        snprintf(tok, cap, "%s%s", r->think_sent ? " " : "", k_think[r->think_sent]);
+        r->think_sent++;
+        return STEP_THINK;
     }
     int n = r->gen.n;
     if (r->draw.hang && n == r->draw.hang_after)
@@ -97,6 +134,9 @@ static json_t *s_final(sim_req_t *r, const char *text)
     r->t_end = sim_now();
     json_t *o = s_head(r);
     s_put_text(r, o, text);
+    if (r->think_sent && !r->stream) /* streamed: the pieces went before */
+        json_object_set_new(r->chat ? json_object_get(o, "message") : o, "thinking",
+                            s_think_text(r));
     if (r->tool_calls && !r->tool_calls_sent) /* stream: false: the calls are here */
         json_object_set(json_object_get(o, "message"), "tool_calls", r->tool_calls);
     const char *reason = r->length_limited && !r->gen.stopped_by_stop && r->gen.n >= r->gen.limit
@@ -108,7 +148,7 @@ static json_t *s_final(sim_req_t *r, const char *text)
     json_object_set_new(o, "prompt_eval_count", json_integer(r->prompt_tokens));
     json_object_set_new(o, "prompt_eval_duration",
                         json_integer(s_sim_ns(s, r->t_prefill_end - r->t_ready)));
-    json_object_set_new(o, "eval_count", json_integer(r->gen.n));
+    json_object_set_new(o, "eval_count", json_integer(r->gen.n + r->think_sent));
     json_object_set_new(o, "eval_duration",
                         json_integer(s_sim_ns(s, r->t_end - r->t_prefill_end)));
     pthread_mutex_lock(&s->lock);
@@ -184,6 +224,15 @@ static ssize_t s_reader(void *cls, uint64_t pos, char *buf, size_t max)
         case STEP_TOKEN:
             s_set_pending(r, s_chunk(r, tok));
             break;
+        case STEP_THINK: { /* as Ollama streams it: the piece, the text "" */
+            json_t *o = s_head(r);
+            s_put_text(r, o, "");
+            json_object_set_new(r->chat ? json_object_get(o, "message") : o, "thinking",
+                                json_string(tok));
+            json_object_set_new(o, "done", json_false());
+            s_set_pending(r, o);
+            break;
+        }
         case STEP_DONE:
             if (r->tool_prefix || (r->tool_calls && !r->tool_calls_sent)) {
                 s_set_pending(r, s_chunk(r, "")); /* what is owed before the end */
@@ -208,7 +257,7 @@ static enum MHD_Result s_generate_whole(sim_req_t *r)
     char tok[128];
     for (;;) {
         int rc = s_step(r, tok, sizeof tok);
-        if (rc == STEP_TOKEN)
+        if (rc == STEP_TOKEN || rc == STEP_THINK)
             continue;
         if (rc == STEP_DONE && r->tool_prefix) {
             size_t n = strlen(r->tool_prefix) + strlen(r->gen.text) + 1;
@@ -586,6 +635,15 @@ enum MHD_Result sim_infer_handle(sim_req_t *r)
     r->chat = r->route == R_CHAT;
     if (s_check_common(r, in, &opts, &ka, &res) != 0 || s_check_input(r, in, &load_only, &res) != 0)
         goto done;
+    if (r->route != R_EMBED && (r->think_words = s_think_words(json_object_get(in, "think"))) < 0) {
+        res = sim_http_error(r, 400, "invalid think value: must be \"high\", \"medium\", "
+                                     "\"low\", true, or false");
+        goto done;
+    }
+    if (r->think_words && !m->thinking) { /* Ollama checks before loading */
+        res = sim_http_error(r, 400, "\"%s\" does not support thinking", r->model_echo);
+        goto done;
+    }
     if (load_only) {
         res = s_load_only(r, m, ka);
         goto done;
