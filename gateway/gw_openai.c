@@ -207,6 +207,59 @@ static const char *s_prompt(json_t *b, json_t *o)
     return NULL;
 }
 
+/* A count field (n, best_of) other than 1 or absent. */
+static int s_not_one(json_t *b, const char *key)
+{
+    json_t *v = json_object_get(b, key);
+    return v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1);
+}
+
+/* The reasoning effort asked for (reasoning_effort, or reasoning.effort as
+ * Ollama's own OpenAI layer also takes), NULL when none; *BAD when it is
+ * not a string. */
+static const char *s_effort(json_t *b, int *bad)
+{
+    json_t *v = json_object_get(b, "reasoning_effort");
+    if (!v || json_is_null(v))
+        v = json_object_get(json_object_get(b, "reasoning"), "effort");
+    *bad = v && !json_is_null(v) && !json_is_string(v);
+    return json_string_value(v);
+}
+
+/* OpenAI fields that change what the model does or what the client gets
+ * and that the bus cannot honour: a 400 naming them, never a silent drop
+ * (user, metadata, store, service_tier, parallel_tool_calls change
+ * neither and are ignored: docs/gateway.md). */
+static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
+{
+    json_t *v;
+    int bad = 0;
+    const char *effort = s_effort(b, &bad);
+    if (s_not_one(b, "n"))
+        return "n other than 1 is not supported (one choice per request: send n requests)";
+    if (s_not_one(b, "best_of"))
+        return "best_of other than 1 is not supported";
+    v = json_object_get(b, "logprobs");
+    if ((v && !json_is_null(v) && !json_is_false(v)) ||
+        ((v = json_object_get(b, "top_logprobs")) && !json_is_null(v)))
+        return "logprobs and top_logprobs are not supported (not carried by the bus)";
+    v = json_object_get(b, "logit_bias");
+    if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
+        return "logit_bias is not supported (the backend has no token biases)";
+    if (json_is_true(json_object_get(b, "echo")))
+        return "echo is not supported";
+    if (c->route == GW_R_OAI_CHAT && (bad || (effort && strcmp(effort, "none") &&
+                                              strcmp(effort, "low") && strcmp(effort, "medium") &&
+                                              strcmp(effort, "high"))))
+        return "invalid reasoning_effort: expected \"none\", \"low\", \"medium\" or \"high\"";
+    if (c->route == GW_R_OAI_COMPLETIONS && (bad || effort))
+        return "reasoning_effort is not supported on /v1/completions (use /v1/chat/completions)";
+    if (c->route == GW_R_OAI_EMBEDDINGS && (v = json_object_get(b, "dimensions")) &&
+        !json_is_null(v))
+        return "dimensions is not supported (the full embedding is returned)";
+    return NULL;
+}
+
 /* The JSON types of B's OpenAI fields that are read here or renamed on
  * the way to Ollama's shape: NULL, or the 400 text naming the field as
  * the client sent it (OpenAI refuses a wrong type too; "stream": "true"
@@ -241,6 +294,9 @@ static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t 
         if (v && !json_is_null(v) && (!f || (strcmp(f, "float") && strcmp(f, "base64"))))
             return "invalid encoding_format: expected \"float\" or \"base64\"";
     }
+    const char *refused = s_oai_refused(c, b);
+    if (refused)
+        return refused;
     v = json_object_get(b, "response_format");
     const char *rf = json_string_value(json_object_get(v, "type"));
     if (v && !json_is_null(v) &&
@@ -278,6 +334,13 @@ static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **
         json_object_set_new(o, "format", json_string("json"));
     else if (rf && strcmp(rf, "json_schema") == 0 && json_is_object(schema))
         json_object_set(o, "format", schema);
+    /* reasoning effort: Ollama's think ("none" turns it off), as its own
+     * OpenAI layer maps it; the thinking comes back as message.reasoning */
+    int ebad = 0;
+    const char *effort = s_effort(b, &ebad);
+    if (effort)
+        json_object_set_new(o, "think", strcmp(effort, "none") == 0 ? json_false()
+                                                                     : json_string(effort));
     *kind = c->route == GW_R_OAI_CHAT ? GW_CHAT : GW_GENERATE;
     const char *bad = *kind == GW_CHAT ? s_messages(b, o) : s_prompt(b, o);
     if (bad) {
@@ -321,6 +384,7 @@ void gw_openai_named(gw_conn_t *c, gw_kind_t kind)
 typedef struct {
     const char *text;
     const char *calls; /* chat: the model's tool calls, Ollama's JSON text ("" = none) */
+    const char *thinking; /* a reasoning model's (OpenAI's reasoning), "" = none */
     int done;
     const char *done_reason;
     uint64_t prompt, eval;
@@ -336,6 +400,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
             return -1;
         p->text = r->message ? r->message->content : "";
         p->calls = r->message ? r->message->tool_calls_json : "";
+        p->thinking = r->message ? r->message->thinking : "";
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -347,6 +412,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
             return -1;
         p->text = r->response;
         p->calls = "";
+        p->thinking = r->thinking;
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -399,8 +465,8 @@ static void s_oai_calls(const char *text, json_t *out, int *n)
     json_decref(calls);
 }
 
-static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish, int stream,
-                        json_t *calls)
+static json_t *s_choice(const gw_conn_t *c, const char *text, const char *reasoning,
+                        const char *finish, int stream, json_t *calls)
 {
     json_t *fin = finish ? json_string(finish) : json_null();
     if (c->kind == GW_GENERATE)
@@ -413,6 +479,8 @@ static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish
         json_object_set_new(msg, "content", text[0] ? json_string(text) : json_null());
     else if (!stream || text[0] || !finish)
         json_object_set_new(msg, "content", json_string(text));
+    if (reasoning && reasoning[0]) /* as Ollama's OpenAI layer names it */
+        json_object_set_new(msg, "reasoning", json_string(reasoning));
     if (calls) {
         if (!stream) /* one answer: the index is the array's */
             for (size_t i = 0; i < json_array_size(calls); i++)
@@ -461,12 +529,27 @@ static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
     return o;
 }
 
+/* S appended to *BUF (*LEN bytes so far); on no memory the piece is lost
+ * (the reply is then short, as when the text's realloc fails). */
+static void s_append(char **buf, size_t *len, const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    char *t = n ? realloc(*buf, *len + n + 1) : NULL;
+    if (!t)
+        return;
+    memcpy(t + *len, s, n + 1);
+    *buf = t;
+    *len += n;
+}
+
 /* stream: false (or an error before any chunk): one object. */
 static enum MHD_Result s_single(gw_conn_t *c)
 {
     gw_call_t *k = c->call;
     char *text = NULL;
     size_t tlen = 0;
+    char *think = NULL;
+    size_t klen = 0;
     json_t *out = NULL;
     const char *finish = "stop";
     uint64_t prompt = 0, eval = 0;
@@ -487,6 +570,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
                 text = t;
                 tlen += n;
             }
+            s_append(&think, &klen, p.thinking);
             if (p.done)
                 finish = s_finish(p.done_reason), prompt = p.prompt, eval = p.eval;
             if (calls)
@@ -503,6 +587,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
         json_decref(out);
         json_decref(calls);
         free(text);
+        free(think);
         atomic_fetch_add(&c->g->m.bus_errors, 1);
         return gw_reply_error(c, gw_http_status(status), msg);
     }
@@ -511,10 +596,11 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_decref(calls), calls = NULL;
         else
             finish = "tool_calls";
-        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", finish, 0, calls)));
+        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", think, finish, 0, calls)));
         json_object_set_new(out, "usage", s_usage(prompt, eval));
     }
     free(text);
+    free(think);
     if (!out)
         return gw_reply_error(c, 502, "worker sent a reply that does not decode");
     return gw_reply_json(c, 200, out);
@@ -548,13 +634,13 @@ void gw_openai_render(gw_conn_t *c, const gw_event_t *e)
         calls = json_array();
         s_oai_calls(p.calls, calls, &c->oai_tool_calls);
     }
-    if (p.text[0] || !c->oai_role_sent || calls) {
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, NULL, 1, calls))));
+    if (p.text[0] || p.thinking[0] || !c->oai_role_sent || calls) {
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, p.thinking, NULL, 1, calls))));
         c->oai_role_sent = 1;
     }
     if (p.done || e->final) {
         const char *fin = c->oai_tool_calls ? "tool_calls" : s_finish(p.done_reason);
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", fin, 1, NULL))));
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", NULL, fin, 1, NULL))));
         if (c->oai_usage) {
             json_t *u = s_object(c, 1, json_array());
             json_object_set_new(u, "usage", s_usage(p.prompt, p.eval));

@@ -219,4 +219,53 @@ check(parts.choices && whole.choices &&
   parts.choices[0].message.content === whole.choices[0].message.content &&
   parts.usage.prompt_tokens === 1 + 1485 && whole.usage.prompt_tokens === 1 + 1485,
   '1500 content parts (15 of them not text) joined in order', { parts, whole });
+// reasoning_effort: Ollama's think (its own OpenAI layer maps it so); the
+// thinking comes back as message.reasoning / delta.reasoning (the
+// simulator's sim-small thinks 9 words for "high", 3 for "low"). It was
+// dropped before: no reasoning came back.
+const rq = { model: 'sim-small', messages: [{ role: 'user', content: 'reason' }], max_tokens: 3,
+  seed: 2 };
+const r1 = await client.chat.completions.create({ ...rq, reasoning_effort: 'high' });
+check(r1.choices[0].message.reasoning === 'Let me think this through step by step carefully.' &&
+  r1.choices[0].message.content.length > 0, 'reasoning_effort high: message.reasoning', r1.choices[0]);
+const r0 = await client.chat.completions.create({ ...rq, reasoning_effort: 'none' });
+check(r0.choices[0].message.reasoning === undefined &&
+  r0.choices[0].message.content === r1.choices[0].message.content,
+  'reasoning_effort none: no reasoning, the same answer', r0.choices[0]);
+let reasoning = '';
+let rtext = '';
+for await (const ch of await client.chat.completions.create({ ...rq, reasoning_effort: 'low',
+  stream: true })) {
+  reasoning += ch.choices[0]?.delta?.reasoning || '';
+  rtext += ch.choices[0]?.delta?.content || '';
+}
+check(reasoning === 'Let me think' && rtext === r1.choices[0].message.content,
+  'reasoning_effort low, streamed: delta.reasoning', { reasoning, rtext });
+
+// What the bus cannot honour is a 400 naming it, not silently dropped:
+// n > 1 (the client would get one choice), logprobs, logit_bias, echo,
+// best_of, dimensions; nothing reaches the simulator.
+const refusedBefore = await simRequests();
+for (const [path, body, pattern] of [
+  ['/chat/completions', { ...rq, n: 2 }, /\bn\b/],
+  ['/chat/completions', { ...rq, logprobs: true }, /logprobs/],
+  ['/chat/completions', { ...rq, top_logprobs: 2 }, /logprobs/],
+  ['/chat/completions', { ...rq, logit_bias: { 50256: -100 } }, /logit_bias/],
+  ['/chat/completions', { ...rq, reasoning_effort: 'max' }, /reasoning_effort/],
+  ['/completions', { model: 'sim-small', prompt: 'x', n: 3 }, /\bn\b/],
+  ['/completions', { model: 'sim-small', prompt: 'x', best_of: 2 }, /best_of/],
+  ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 1 }, /logprobs/],
+  ['/completions', { model: 'sim-small', prompt: 'x', echo: true }, /echo/],
+  ['/embeddings', { model: 'sim-embed', input: 'x', dimensions: 8 }, /dimensions/],
+]) {
+  const r = await post(path, body);
+  const b = await r.json().catch(() => null);
+  check(r.status === 400 && b?.error?.type === 'invalid_request_error' && pattern.test(b.error.message),
+    `${path} ${JSON.stringify(body).slice(-40)}: 400`, { status: r.status, b });
+}
+const ok1 = await post('/chat/completions', { ...rq, n: 1, logprobs: false, logit_bias: {},
+  user: 'agent-7' });
+check(ok1.status === 200, 'n 1, logprobs false, an empty logit_bias, user: accepted', ok1.status);
+check(await simRequests() === refusedBefore + 1, 'only the accepted one reached the simulator',
+  { before: refusedBefore, after: await simRequests() });
 console.log('all ok');
