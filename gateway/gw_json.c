@@ -496,6 +496,30 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
     return 0;
 }
 
+/* Ollama fields the bus does not carry and that change what the model
+ * does or what the client gets: a 400 naming them, never a silent drop.
+ * template (generate): a prompt template overriding the model's; context
+ * (generate): the token context of an earlier answer, which the gateway
+ * never renders (a conversation goes through /api/chat); logprobs and
+ * top_logprobs: token log probabilities in the answer. NULL, or the text. */
+static const char *s_uncarried(gw_kind_t kind, json_t *body)
+{
+    json_t *v = json_object_get(body, "template");
+    if (kind == GW_GENERATE && v && !json_is_null(v) &&
+        !(json_is_string(v) && !json_string_length(v)))
+        return "template is not supported through the bus (set it in the model's Modelfile)";
+    v = json_object_get(body, "context");
+    if (kind == GW_GENERATE && v && !json_is_null(v) && !(json_is_array(v) && !json_array_size(v)))
+        return "context is not supported through the bus (use /api/chat for a conversation)";
+    v = json_object_get(body, "logprobs");
+    json_t *top = json_object_get(body, "top_logprobs");
+    if (kind != GW_EMBED && ((v && !json_is_null(v) && !json_is_false(v)) ||
+                             (top && !json_is_null(top) &&
+                              !(json_is_integer(top) && json_integer_value(top) == 0))))
+        return "logprobs and top_logprobs are not supported through the bus";
+    return NULL;
+}
+
 /* No prompt and no images (generate), or no messages (chat). */
 static int s_is_command(gw_kind_t kind, json_t *body)
 {
@@ -526,6 +550,9 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
     if (strlen(model) >= sizeof req->model)
         return s_fail(err, errcap, "%s", "model name too long");
     snprintf(req->model, sizeof req->model, "%s", model);
+    const char *uncarried = s_uncarried(kind, body);
+    if (uncarried)
+        return s_fail(err, errcap, "%s", uncarried);
     s_arena_t arena = {NULL, 0, 0, 0}, *a = &arena;
     tl_infer_t in = {0};
     Agentbus__GenerateRequest g;

@@ -111,6 +111,11 @@ static void s_test_refused(void)
         "{\"model\":\"m\",\"prompt\":\"x\",\"raw\":1}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":\"true\"}",
         "{\"model\":7,\"prompt\":\"x\"}",
+        /* fields the bus does not carry: refused, not dropped */
+        "{\"model\":\"m\",\"prompt\":\"x\",\"template\":\"{{ .Prompt }}\"}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,2,3]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"logprobs\":true}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"top_logprobs\":3}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
@@ -139,6 +144,17 @@ static void s_test_refused(void)
     j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":\"yes\"}", 0, NULL);
     CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
     CHECK_STR(err, "invalid raw: expected a boolean (true or false)");
+    json_decref(j);
+    j = json_loads("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}],\"logprobs\":true}",
+                   0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "logprobs") != NULL);
+    json_decref(j);
+    /* their "off" values are fine */
+    j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"context\":[],\"template\":\"\","
+                   "\"logprobs\":false,\"top_logprobs\":0}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), 0);
+    gw_req_free(&req);
     json_decref(j);
     /* null is "not given", as before */
     j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":null,\"stream\":null}", 0, NULL);
