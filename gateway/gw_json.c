@@ -487,6 +487,14 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
         e->has_truncate_case = AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE_TRUNCATE;
         e->truncate = trunc;
     }
+    json_t *dims = json_object_get(b->body, "dimensions");
+    if (dims && !json_is_null(dims)) { /* Ollama's: a positive integer */
+        if (!json_is_integer(dims) || json_integer_value(dims) <= 0)
+            return s_fail(b->err, b->cap, "invalid %s: expected a positive integer",
+                          "dimensions");
+        e->has_dimensions_case = AGENTBUS__EMBED_REQUEST__HAS_DIMENSIONS_DIMENSIONS;
+        e->dimensions = json_integer_value(dims);
+    }
     b->req->stream = 0;
     if (s_keep_alive(b->body, b->ka, sizeof b->ka, &e->keep_alive, b->err, b->cap) ||
         s_options(json_object_get(b->body, "options"), o, &e->options, b->a, b->err, b->cap))

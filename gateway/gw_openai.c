@@ -254,9 +254,6 @@ static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
         return "invalid reasoning_effort: expected \"none\", \"low\", \"medium\" or \"high\"";
     if (c->route == GW_R_OAI_COMPLETIONS && (bad || effort))
         return "reasoning_effort is not supported on /v1/completions (use /v1/chat/completions)";
-    if (c->route == GW_R_OAI_EMBEDDINGS && (v = json_object_get(b, "dimensions")) &&
-        !json_is_null(v))
-        return "dimensions is not supported (the full embedding is returned)";
     return NULL;
 }
 
@@ -316,6 +313,7 @@ static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **
     if (c->route == GW_R_OAI_EMBEDDINGS) {
         *kind = GW_EMBED;
         s_copy(o, "input", b, "input");
+        s_copy(o, "dimensions", b, "dimensions"); /* Ollama's, the same meaning */
         const char *fmt = json_string_value(json_object_get(b, "encoding_format"));
         c->oai_b64 = fmt && strcmp(fmt, "base64") == 0;
         return NULL;

@@ -223,6 +223,8 @@ static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, wk_
     json_object_set_new(j, "input", in);
     if (e->has_truncate_case)
         json_object_set_new(j, "truncate", json_boolean(e->truncate));
+    if (e->has_dimensions_case)
+        json_object_set_new(j, "dimensions", json_integer(e->dimensions));
     s_set_keep_alive(j, e->keep_alive);
     if (e->options)
         json_object_set_new(j, "options", s_options(e->options));

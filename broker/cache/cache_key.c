@@ -167,6 +167,8 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         for (size_t i = 0; i < e->n_input; i++)
             s_str(st, 'e', e->input[i]);
         s_u64(st, 't', 1, e->has_truncate_case == AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE__NOT_SET || e->truncate);
+        if (e->has_dimensions_case) /* only when set: older keys stay valid */
+            s_u64(st, 'd', 1, (uint64_t)e->dimensions);
         s_options(st, e->options);
         *det = 1; /* an embedding samples nothing */
         return 0;

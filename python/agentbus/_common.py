@@ -241,10 +241,13 @@ def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: s
 def embed_payload(model: str, input: Union[str, Sequence[str]], *,
                   truncate: Optional[bool] = None,
                   options: Optional[Mapping[str, Any]] = None,
-                  keep_alive: Optional[Union[str, int]] = None) -> bytes:
+                  keep_alive: Optional[Union[str, int]] = None,
+                  dimensions: Optional[int] = None) -> bytes:
     e = {"model": model, "input": [input] if isinstance(input, str) else list(input),
          "truncate": truncate, "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive)}
+    if dimensions is not None:
+        e["dimensions"] = int(dimensions)
     return _pb.pack("inference_request", {"embed": e})
 
 

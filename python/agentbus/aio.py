@@ -197,7 +197,8 @@ class AsyncClient(_Base):
                     **kw: Any) -> Dict[str, Any]:
         """As :meth:`Client.embed`."""
         payload = C.embed_payload(model, input,
-                                  **{k: kw.pop(k) for k in ("truncate", "options", "keep_alive")
+                                  **{k: kw.pop(k) for k in ("truncate", "options", "keep_alive",
+                                                      "dimensions")
                                      if k in kw})
         return await self._infer(service, payload, model, False, timeout, C.embed_result, kw)
 

@@ -316,11 +316,12 @@ class Client(_Base):
     def embed(self, model: str, input: Union[str, Sequence[str]], *,
               truncate: Optional[bool] = None, options: Optional[Mapping[str, Any]] = None,
               keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
-              timeout: Optional[float] = None, **req: Any) -> Dict[str, Any]:
+              timeout: Optional[float] = None, dimensions: Optional[int] = None,
+              **req: Any) -> Dict[str, Any]:
         """Ollama's /api/embed over the bus: returns ``{"model",
         "embeddings": [[float, ...], ...], durations, "worker"}``."""
         payload = C.embed_payload(model, input, truncate=truncate, options=options,
-                                  keep_alive=keep_alive)
+                                  keep_alive=keep_alive, dimensions=dimensions)
         return self._infer(service, payload, model, False, timeout, C.embed_result, req)
 
     def _infer(self, service: str, payload: bytes, model: str, stream: bool,

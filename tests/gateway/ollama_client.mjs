@@ -111,6 +111,13 @@ async function embed() {
     e.embeddings[0][0] !== e.embeddings[1][0], 'embed two inputs', e.embeddings.length);
   const one = await ollama.embed({ model: 'sim-embed', input: 'hello' });
   check(Math.abs(one.embeddings[0][5] - e.embeddings[0][5]) < 1e-6, 'embed is deterministic');
+  // dimensions: the vectors cut to 16 values, normalised again (it was
+  // dropped on the way: 768 values came back)
+  const cut = await ollama.embed({ model: 'sim-embed', input: ['hello', 'world'], dimensions: 16 });
+  const norm = Math.hypot(...cut.embeddings[0]);
+  check(cut.embeddings.length === 2 && cut.embeddings[0].length === 16 && Math.abs(norm - 1) < 1e-4 &&
+    Math.abs(cut.embeddings[0][3] / cut.embeddings[0][5] - e.embeddings[0][3] / e.embeddings[0][5]) < 1e-3,
+  'embed with dimensions 16: the first 16, normalised', { len: cut.embeddings[0].length, norm });
 }
 
 async function unknownModel() {

@@ -137,6 +137,10 @@ const e = await client.embeddings.create({ model: 'sim-embed', input: ['hello', 
 const f = await client.embeddings.create({ model: 'sim-embed', input: 'hello', encoding_format: 'float' });
 check(e.data.length === 2 && e.data[0].embedding.length === 768 &&
   Math.abs(e.data[0].embedding[7] - f.data[0].embedding[7]) < 1e-6, 'embeddings (base64 and float)');
+// dimensions reaches Ollama (the same meaning there); it was dropped
+const d8 = await client.embeddings.create({ model: 'sim-embed', input: 'hello', dimensions: 8,
+  encoding_format: 'float' });
+check(d8.data[0].embedding.length === 8, 'embeddings with dimensions 8', d8.data[0].embedding.length);
 
 try {
   await client.chat.completions.create({ model: 'no-such-model', messages });
@@ -256,7 +260,6 @@ for (const [path, body, pattern] of [
   ['/completions', { model: 'sim-small', prompt: 'x', best_of: 2 }, /best_of/],
   ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 1 }, /logprobs/],
   ['/completions', { model: 'sim-small', prompt: 'x', echo: true }, /echo/],
-  ['/embeddings', { model: 'sim-embed', input: 'x', dimensions: 8 }, /dimensions/],
 ]) {
   const r = await post(path, body);
   const b = await r.json().catch(() => null);

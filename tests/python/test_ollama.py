@@ -138,3 +138,12 @@ def test_think(ollama):
         with pytest.raises(Exception) as e:
             c.chat("sim-large", [{"role": "user", "content": "hi"}], think=True, timeout=20)
         assert "does not support thinking" in str(e.value)
+
+
+def test_embed_dimensions(ollama):
+    """dimensions reaches Ollama: the simulator cuts the vectors to it (and
+    normalises them again). The binding had no dimensions before."""
+    with ollama.client() as c:
+        e = c.embed("sim-embed", ["a", "b"], dimensions=16, timeout=20)
+    assert [len(v) for v in e["embeddings"]] == [16, 16]
+    assert abs(sum(x * x for x in e["embeddings"][0]) - 1) < 1e-4

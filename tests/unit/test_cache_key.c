@@ -249,6 +249,12 @@ static void t_cacheability(void)
     inputs[1] = "c";
     CHECK_EQ(s_key_of(NULL, NULL, 0, &ke2), AB_KEY_TYPED);
     CHECK_TRUE(!s_same(&ke1, &ke2));
+    /* dimensions cuts the vectors: another answer, another key */
+    ab_cache_key_t ke3;
+    e.has_dimensions_case = AGENTBUS__EMBED_REQUEST__HAS_DIMENSIONS_DIMENSIONS;
+    e.dimensions = 16;
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &ke3), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&ke2, &ke3));
     /* Model commands are never cached, even when marked. */
     Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
     mc.model = "llama3:8b";

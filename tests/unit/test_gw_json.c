@@ -130,6 +130,18 @@ static void s_test_refused(void)
     json_t *j = json_loads("{\"model\":\"m\",\"messages\":[{\"content\":\"no role\"}]}", 0, NULL);
     CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
     json_decref(j);
+    /* dimensions crosses the bus; not a positive integer: a 400 */
+    Agentbus__InferenceRequest *ir =
+        s_build(GW_EMBED, "{\"model\":\"e\",\"input\":\"a\",\"dimensions\":16}", &req);
+    REQUIRE(ir && ir->embed);
+    CHECK_EQ(ir->embed->has_dimensions_case, AGENTBUS__EMBED_REQUEST__HAS_DIMENSIONS_DIMENSIONS);
+    CHECK_EQ(ir->embed->dimensions, 16);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    j = json_loads("{\"model\":\"e\",\"input\":\"a\",\"dimensions\":0}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_EMBED, j, &req, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "dimensions") != NULL);
+    json_decref(j);
     static const char *bad_embed[] = {
         "{\"model\":\"e\",\"input\":\"a\",\"truncate\":\"false\"}",
         "{\"model\":\"e\",\"input\":\"a\",\"truncate\":0}",

@@ -10,6 +10,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -431,6 +432,20 @@ static enum MHD_Result s_load_only(sim_req_t *r, sim_model_t *m, int64_t ka)
     return sim_http_json(r, 200, o);
 }
 
+/* dimensions: VEC (LEN values, unit length) cut to DIMS and normalised
+ * again, as Ollama does; DIMS 0 or not shorter: unchanged. Its length. */
+static int s_cut(double *vec, int len, int dims)
+{
+    if (dims <= 0 || dims >= len)
+        return len;
+    double sum = 0;
+    for (int k = 0; k < dims; k++)
+        sum += vec[k] * vec[k];
+    for (int k = 0; k < dims && sum > 0; k++)
+        vec[k] /= sqrt(sum);
+    return dims;
+}
+
 static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, int64_t ka)
 {
     sim_t *s = r->s;
@@ -440,6 +455,11 @@ static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, i
     if (n > SIM_MAX_EMBED_INPUTS || n * (size_t)m->embedding_length > SIM_MAX_EMBED_FLOATS)
         return sim_http_error(r, 400, "too many inputs: at most %d, and %d floats in all",
                               SIM_MAX_EMBED_INPUTS, SIM_MAX_EMBED_FLOATS);
+    const json_t *dims = json_object_get(in, "dimensions");
+    if (dims && !json_is_null(dims) && (!json_is_integer(dims) || json_integer_value(dims) <= 0))
+        return sim_http_error(r, 400, "invalid dimensions: want a positive integer");
+    r->embed_dims = json_is_integer(dims) && json_integer_value(dims) < m->embedding_length
+                        ? (int)json_integer_value(dims) : 0;
     int words = 0;
     for (size_t i = 0; i < n; i++) {
         const json_t *t = json_is_array(input) ? json_array_get(input, i) : input;
@@ -471,8 +491,9 @@ static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, i
     for (size_t i = 0; i < n; i++) {
         const json_t *t = json_is_array(input) ? json_array_get(input, i) : input;
         sim_embed(m->name, json_string_value(t), m->embedding_length, vec);
+        int dim = s_cut(vec, m->embedding_length, r->embed_dims);
         json_t *row = json_array();
-        for (int k = 0; k < m->embedding_length; k++)
+        for (int k = 0; k < dim; k++)
             json_array_append_new(row, json_real(vec[k]));
         json_array_append_new(all, row);
     }
