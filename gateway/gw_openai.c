@@ -42,16 +42,48 @@ static const char *s_part_text(json_t *part)
     return t ? t : "";
 }
 
+/* A content part that is not text: an image_url with a base64 data URL
+ * goes on OUT's images (Ollama's OpenAI layer takes the same; the base64
+ * is checked when the Ollama body is built); anything else is refused,
+ * not dropped. NULL, or the 400 text. */
+static const char *s_part_other(json_t *part, json_t *out)
+{
+    const char *type = json_string_value(json_object_get(part, "type"));
+    if (type && strcmp(type, "text") == 0)
+        return NULL;
+    if (!type || strcmp(type, "image_url") != 0)
+        return "content parts other than text and image_url are not supported";
+    json_t *iu = json_object_get(part, "image_url");
+    const char *url = json_is_string(iu) ? json_string_value(iu)
+                                         : json_string_value(json_object_get(iu, "url"));
+    const char *b64 = url && strncmp(url, "data:", 5) == 0 ? strstr(url, ";base64,") : NULL;
+    if (!b64 || !b64[8])
+        return "image_url must be a base64 data URL (data:image/png;base64,...): the gateway "
+               "fetches no URLs";
+    json_t *imgs = json_object_get(out, "images");
+    if (!imgs)
+        json_object_set_new(out, "images", imgs = json_array());
+    json_array_append_new(imgs, json_string(b64 + 8));
+    return NULL;
+}
+
 /* A message's content: a string, or parts of which the text ones count,
  * joined in one pass (a body of 8 MB can hold 640k parts: appending each
  * with strcat, which walks the text so far, took seconds of the thread
- * that serves every other connection). */
-static json_t *s_message(json_t *m)
+ * that serves every other connection), and the images (s_part_other).
+ * *BAD: NULL, or the 400 text. */
+static json_t *s_message(json_t *m, const char **bad)
 {
     json_t *content = json_object_get(m, "content");
     json_t *out = json_object();
     s_copy(out, "role", m, "role");
     if (json_is_array(content)) {
+        size_t k;
+        json_t *pt;
+        json_array_foreach(content, k, pt) {
+            if (!*bad)
+                *bad = s_part_other(pt, out);
+        }
         size_t n = 0, pos = 0, i;
         json_t *part;
         json_array_foreach(content, i, part)
@@ -182,9 +214,9 @@ static const char *s_messages(json_t *b, json_t *o)
     const char *bad = NULL;
     size_t i;
     json_array_foreach(msgs, i, m) {
-        json_t *out = s_message(m);
+        json_t *out = s_message(m, &bad);
         json_array_append_new(arr, out);
-        if (json_is_object(m) && (bad = s_tool_fields(m, out, map, i)) != NULL)
+        if (bad || (json_is_object(m) && (bad = s_tool_fields(m, out, map, i)) != NULL))
             break;
     }
     json_decref(map);

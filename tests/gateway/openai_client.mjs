@@ -217,12 +217,35 @@ const seeded = async (content) => {
   return r.status === 200 ? await r.json() : { status: r.status, body: await r.text() };
 };
 const parts = await seeded(words.map((w, i) => (i % 100 === 7 ?
-  { type: 'image_url', image_url: { url: 'data:,' } } : { type: 'text', text: w })));
+  { type: 'text', text: '' } : { type: 'text', text: w })));
 const whole = await seeded(words.filter((_, i) => i % 100 !== 7).join(''));
 check(parts.choices && whole.choices &&
   parts.choices[0].message.content === whole.choices[0].message.content &&
   parts.usage.prompt_tokens === 1 + 1485 && whole.usage.prompt_tokens === 1 + 1485,
-  '1500 content parts (15 of them not text) joined in order', { parts, whole });
+  '1500 content parts (15 of them empty) joined in order', { parts, whole });
+
+// image_url parts (base64 data URLs) reach the model as the message's
+// images: each adds the simulator's 576 prompt tokens (they were dropped);
+// a URL the gateway would have to fetch, or another part type, is a 400.
+const png = 'data:image/png;base64,iVBORw0KGgoBAgMEBQY=';
+const seen = async (content) => (await post('/chat/completions', { model: 'sim-small', seed: 3,
+  max_tokens: 2, messages: [{ role: 'user', content }] }, { 'X-Agentbus-Cache': 'off' })).json();
+const noImg = await seen([{ type: 'text', text: 'what is this?' }]);
+const twoImg = await seen([{ type: 'text', text: 'what is this?' },
+  { type: 'image_url', image_url: { url: png } }, { type: 'image_url', image_url: { url: png } }]);
+check(twoImg.usage?.prompt_tokens === noImg.usage?.prompt_tokens + 2 * 576,
+  'chat.completions: two image_url parts reach the model', { noImg: noImg.usage, twoImg: twoImg.usage });
+for (const [part, pattern] of [
+  [{ type: 'image_url', image_url: { url: 'https://example.com/cat.png' } }, /data URL/],
+  [{ type: 'image_url', image_url: { url: 'data:,' } }, /data URL/],
+  [{ type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }, /not supported/],
+]) {
+  const r = await post('/chat/completions', { model: 'sim-small',
+    messages: [{ role: 'user', content: [{ type: 'text', text: 'x' }, part] }] });
+  const b = await r.json().catch(() => null);
+  check(r.status === 400 && b?.error?.type === 'invalid_request_error' && pattern.test(b.error.message),
+    `a ${part.type} part ${JSON.stringify(part).slice(20, 60)}: 400`, { status: r.status, b });
+}
 // reasoning_effort: Ollama's think (its own OpenAI layer maps it so); the
 // thinking comes back as message.reasoning / delta.reasoning (the
 // simulator's sim-small thinks 9 words for "high", 3 for "low"). It was
