@@ -230,8 +230,11 @@ static const char *s_prompt(json_t *b, json_t *o)
     json_t *p = json_object_get(b, "prompt");
     if (!p || json_is_null(p))
         return "prompt is required";
+    if (json_is_array(p) && json_array_size(p) > 1) /* the others were dropped */
+        return "several prompts in one request are not supported (one choice per request: "
+               "send one request per prompt)";
     if (json_is_array(p))
-        p = json_array_get(p, 0); /* one choice per request */
+        p = json_array_get(p, 0);
     if (!json_is_string(p) || !json_string_length(p))
         return "invalid prompt: expected a non-empty string or array of strings";
     json_object_set(o, "prompt", p);
@@ -280,6 +283,14 @@ static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
         return "logit_bias is not supported (the backend has no token biases)";
     if (json_is_true(json_object_get(b, "echo")))
         return "echo is not supported";
+    json_t *mod = json_object_get(b, "modalities"), *x;
+    size_t i;
+    json_array_foreach(mod, i, x) {
+        if (json_is_string(x) && strcmp(json_string_value(x), "text") != 0)
+            return "modalities other than \"text\" are not supported (the answer is text)";
+    }
+    if ((v = json_object_get(b, "audio")) && !json_is_null(v))
+        return "audio output is not supported (the answer is text)";
     if (c->route == GW_R_OAI_CHAT && (bad || (effort && strcmp(effort, "none") &&
                                               strcmp(effort, "low") && strcmp(effort, "medium") &&
                                               strcmp(effort, "high"))))

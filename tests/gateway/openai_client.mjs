@@ -283,6 +283,10 @@ for (const [path, body, pattern] of [
   ['/completions', { model: 'sim-small', prompt: 'x', best_of: 2 }, /best_of/],
   ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 1 }, /logprobs/],
   ['/completions', { model: 'sim-small', prompt: 'x', echo: true }, /echo/],
+  ['/completions', { model: 'sim-small', prompt: ['x', 'y'] }, /several prompts/],
+  ['/chat/completions', { ...rq, modalities: ['text', 'audio'], audio: { voice: 'alloy',
+    format: 'wav' } }, /modalities/],
+  ['/chat/completions', { ...rq, audio: { voice: 'alloy', format: 'wav' } }, /audio/],
 ]) {
   const r = await post(path, body);
   const b = await r.json().catch(() => null);
