@@ -325,6 +325,19 @@ static int s_model_command(s_build_t *b, Agentbus__ModelCommand *mc)
     return 0;
 }
 
+/* truncate and shift (generate and chat): booleans whose presence is kept. */
+static int s_ctx_flags(s_build_t *b, int *ht, protobuf_c_boolean *t, int *hs,
+                       protobuf_c_boolean *sh)
+{
+    int tv = 0, sv = 0;
+    if (s_bool(b->body, "truncate", ht, &tv, b->err, b->cap) ||
+        s_bool(b->body, "shift", hs, &sv, b->err, b->cap))
+        return -1;
+    *t = tv;
+    *sh = sv;
+    return 0;
+}
+
 static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__InferenceOptions *o)
 {
     agentbus__generate_request__init(g);
@@ -341,6 +354,13 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
         s_images(json_object_get(b->body, "images"), &g->images, &g->n_images, b->a, b->err,
                  b->cap))
         return -1;
+    int ht = 0, hs = 0;
+    if (s_ctx_flags(b, &ht, &g->truncate, &hs, &g->shift) != 0)
+        return -1;
+    if (ht)
+        g->has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE;
+    if (hs)
+        g->has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT;
     g->raw = raw;
     b->in->kind = TL_INFER_GENERATE;
     b->in->body.generate = g;
@@ -456,6 +476,13 @@ static int s_chat(s_build_t *b, Agentbus__ChatRequest *c, Agentbus__InferenceOpt
         s_stream(b->body, &b->req->stream, b->err, b->cap) ||
         s_options(json_object_get(b->body, "options"), o, &c->options, b->a, b->err, b->cap))
         return -1;
+    int ht = 0, hs = 0;
+    if (s_ctx_flags(b, &ht, &c->truncate, &hs, &c->shift) != 0)
+        return -1;
+    if (ht)
+        c->has_truncate_case = AGENTBUS__CHAT_REQUEST__HAS_TRUNCATE_TRUNCATE;
+    if (hs)
+        c->has_shift_case = AGENTBUS__CHAT_REQUEST__HAS_SHIFT_SHIFT;
     b->in->kind = TL_INFER_CHAT;
     b->in->body.chat = c;
     return 0;

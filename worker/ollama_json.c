@@ -139,6 +139,10 @@ static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *
     s_set_format(j, g->format);
     s_set_str(j, "suffix", g->suffix);
     s_set_think(j, g->think);
+    if (g->has_truncate_case)
+        json_object_set_new(j, "truncate", json_boolean(g->truncate));
+    if (g->has_shift_case)
+        json_object_set_new(j, "shift", json_boolean(g->shift));
     if (g->raw)
         json_object_set_new(j, "raw", json_true());
     s_set_keep_alive(j, g->keep_alive);
@@ -203,6 +207,10 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol
         return s_fail(err, cap, "invalid tools: expected a JSON array"), NULL;
     s_set_format(j, c->format);
     s_set_think(j, c->think);
+    if (c->has_truncate_case)
+        json_object_set_new(j, "truncate", json_boolean(c->truncate));
+    if (c->has_shift_case)
+        json_object_set_new(j, "shift", json_boolean(c->shift));
     s_set_keep_alive(j, c->keep_alive);
     if (c->options)
         json_object_set_new(j, "options", s_options(c->options));

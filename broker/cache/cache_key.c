@@ -134,6 +134,10 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         s_images(st, g->n_images, g->images);
         if (g->think && *g->think) /* only when set: older keys stay valid */
             s_str(st, 'k', g->think);
+        if (g->has_truncate_case)
+            s_u64(st, 'T', 1, g->truncate);
+        if (g->has_shift_case)
+            s_u64(st, 'H', 1, g->shift);
         s_options(st, g->options);
         *det = s_deterministic(g->options);
         return 0;
@@ -154,6 +158,10 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
             s_str(st, 'w', c->tools_json);
         if (c->think && *c->think)
             s_str(st, 'k', c->think);
+        if (c->has_truncate_case)
+            s_u64(st, 'T', 1, c->truncate);
+        if (c->has_shift_case)
+            s_u64(st, 'H', 1, c->shift);
         s_u64(st, 'z', 1, c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
         s_options(st, c->options);
         *det = s_deterministic(c->options);

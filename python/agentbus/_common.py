@@ -202,11 +202,13 @@ def generate_payload(model: str, prompt: str, *, system: str = "", format: str =
                      options: Optional[Mapping[str, Any]] = None, stream: bool = False,
                      keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
                      suffix: str = "", images: Optional[Sequence[bytes]] = None,
-                     think: Optional[Union[bool, str]] = None) -> bytes:
+                     think: Optional[Union[bool, str]] = None,
+                     truncate: Optional[bool] = None, shift: Optional[bool] = None) -> bytes:
     g = {"model": model, "prompt": prompt, "system": system, "format": format or "",
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive), "raw": raw,
-         "suffix": suffix, "images": list(images or []), "think": _think(think)}
+         "suffix": suffix, "images": list(images or []), "think": _think(think),
+         "truncate": truncate, "shift": shift}
     return _pb.pack("inference_request", {"generate": g})
 
 
@@ -230,11 +232,13 @@ def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: s
                  options: Optional[Mapping[str, Any]] = None, stream: bool = False,
                  keep_alive: Optional[Union[str, int]] = None,
                  tools: Optional[Sequence[Mapping[str, Any]]] = None,
-                 think: Optional[Union[bool, str]] = None) -> bytes:
+                 think: Optional[Union[bool, str]] = None,
+                 truncate: Optional[bool] = None, shift: Optional[bool] = None) -> bytes:
     c = {"model": model, "messages": [_message(m) for m in messages], "format": format or "",
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive),
-         "tools_json": _json_text(tools), "think": _think(think)}
+         "tools_json": _json_text(tools), "think": _think(think),
+         "truncate": truncate, "shift": shift}
     return _pb.pack("inference_request", {"chat": c})
 
 

@@ -178,7 +178,7 @@ class AsyncClient(_Base):
                        **kw: Any) -> Any:
         """As :meth:`Client.generate`; with STREAM=True an async iterator."""
         gen_keys = ("system", "format", "options", "keep_alive", "raw", "suffix", "images",
-                    "think")
+                    "think", "truncate", "shift")
         payload = C.generate_payload(model, prompt, stream=stream,
                                      **{k: kw.pop(k) for k in gen_keys if k in kw})
         return await self._infer(service, payload, model, stream, timeout, C.generate_result, kw)
@@ -189,7 +189,8 @@ class AsyncClient(_Base):
         """As :meth:`Client.chat`; with STREAM=True an async iterator."""
         payload = C.chat_payload(model, messages, stream=stream,
                                  **{k: kw.pop(k) for k in ("format", "options", "keep_alive",
-                                                           "tools", "think") if k in kw})
+                                                           "tools", "think", "truncate",
+                                                           "shift") if k in kw})
         return await self._infer(service, payload, model, stream, timeout, C.chat_result, kw)
 
     async def embed(self, model: str, input: Union[str, Sequence[str]], *,

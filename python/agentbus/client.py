@@ -284,6 +284,7 @@ class Client(_Base):
                  keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
                  suffix: str = "", images: Optional[Sequence[bytes]] = None,
                  think: Optional[Union[bool, str]] = None,
+                 truncate: Optional[bool] = None, shift: Optional[bool] = None,
                  service: str = "ollama", timeout: Optional[float] = None,
                  **req: Any) -> Any:
         """Ollama's /api/generate over the bus. Returns the response dict
@@ -293,7 +294,8 @@ class Client(_Base):
         last with ``done`` True. REQ: options of :meth:`request`."""
         payload = C.generate_payload(model, prompt, system=system, format=format,
                                      options=options, stream=stream, keep_alive=keep_alive,
-                                     raw=raw, suffix=suffix, images=images, think=think)
+                                     raw=raw, suffix=suffix, images=images, think=think,
+                                     truncate=truncate, shift=shift)
         return self._infer(service, payload, model, stream, timeout, C.generate_result, req)
 
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
@@ -301,7 +303,8 @@ class Client(_Base):
              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
              timeout: Optional[float] = None,
              tools: Optional[Sequence[Mapping[str, Any]]] = None,
-             think: Optional[Union[bool, str]] = None, **req: Any) -> Any:
+             think: Optional[Union[bool, str]] = None, truncate: Optional[bool] = None,
+             shift: Optional[bool] = None, **req: Any) -> Any:
         """Ollama's /api/chat over the bus: MESSAGES are dicts with
         ``role`` and ``content`` (an assistant's ``tool_calls``, a tool
         result's ``tool_name``, as Ollama has them); TOOLS as Ollama's
@@ -310,7 +313,7 @@ class Client(_Base):
         STREAM=True, an iterator of them."""
         payload = C.chat_payload(model, messages, format=format, options=options,
                                  stream=stream, keep_alive=keep_alive, tools=tools,
-                                 think=think)
+                                 think=think, truncate=truncate, shift=shift)
         return self._infer(service, payload, model, stream, timeout, C.chat_result, req)
 
     def embed(self, model: str, input: Union[str, Sequence[str]], *,

@@ -326,11 +326,35 @@ async function thinking() {
     /does not support thinking/, 'think on a model without thinking: Ollama\'s 400');
 }
 
+// truncate and shift: with options.num_ctx 8 the simulator cuts a longer
+// prompt to 8 tokens, or answers Ollama's 400 with truncate false; with
+// shift false the context full ends the answer (done_reason "length").
+// Through the gateway both were dropped: the prompt was cut where the
+// client asked for an error, and the answer ran past the context.
+async function contextFlags() {
+  const prompt = 'one two three four five six seven eight nine ten eleven twelve';
+  const base = { model: 'sim-small', prompt, stream: false, options: { num_ctx: 8, seed: 1 } };
+  const cut = await ollama.generate(base);
+  check(cut.prompt_eval_count === 8, 'a prompt over num_ctx is cut to it', cut.prompt_eval_count);
+  await expectError(ollama.generate({ ...base, truncate: false }), 400,
+    /exceeds the available context size/, 'truncate false: a prompt over num_ctx is a 400');
+  const messages = [{ role: 'user', content: 'one two three' }];
+  const opts = { num_ctx: 10, seed: 1 };
+  const full = await ollama.chat({ model: 'sim-small', messages, stream: false, options: opts });
+  const noShift = await ollama.chat({ model: 'sim-small', messages, stream: false, options: opts,
+    shift: false });
+  check(full.eval_count === 24 && noShift.eval_count === 10 - noShift.prompt_eval_count &&
+    noShift.done_reason === 'length',
+  'shift false: the answer ends when the context is full', { full: full.eval_count,
+    noShift: [noShift.prompt_eval_count, noShift.eval_count, noShift.done_reason] });
+}
+
 await listAndVersion();
 await preload();
 await images();
 await extraOptions();
 await thinking();
+await contextFlags();
 await generate();
 await chat();
 await tools();

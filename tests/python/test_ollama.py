@@ -147,3 +147,19 @@ def test_embed_dimensions(ollama):
         e = c.embed("sim-embed", ["a", "b"], dimensions=16, timeout=20)
     assert [len(v) for v in e["embeddings"]] == [16, 16]
     assert abs(sum(x * x for x in e["embeddings"][0]) - 1) < 1e-4
+
+
+def test_truncate_shift(ollama):
+    """truncate and shift reach Ollama: with num_ctx 8 the simulator refuses
+    a longer prompt when truncate is False, and shift False ends the answer
+    when the context is full. The binding had neither before."""
+    words = "one two three four five six seven eight nine ten eleven twelve"
+    with ollama.client() as c:
+        cut = c.generate("sim-small", words, options={"num_ctx": 8, "seed": 1}, timeout=20)
+        assert cut["prompt_eval_count"] == 8
+        with pytest.raises(Exception) as e:
+            c.generate("sim-small", words, options={"num_ctx": 8}, truncate=False, timeout=20)
+        assert "exceeds the available context size" in str(e.value)
+        r = c.chat("sim-small", [{"role": "user", "content": "one two three"}], shift=False,
+                   options={"num_ctx": 10, "seed": 1}, timeout=20)
+        assert r["done_reason"] == "length" and r["eval_count"] == 10 - r["prompt_eval_count"]

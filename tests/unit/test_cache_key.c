@@ -158,6 +158,8 @@ static int s_change(int i)
     case 19: s_opts.extra_json = "{\"mirostat\":2,\"num_gpu\":1}"; return 1;
     case 20: s_gen.think = "true"; return 1; /* a reasoning model thinks first */
     case 21: s_gen.think = "high"; return 1; /* a level thinks longer */
+    case 22: s_gen.has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE; s_gen.truncate = 0; return 1; /* a 400, not a cut prompt */
+    case 23: s_gen.has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT; s_gen.shift = 0; return 1;
     default: return 0;
     }
 }
@@ -174,7 +176,7 @@ static void t_relevant_fields(void)
             if (s_same(&keys[j], &keys[n]))
                 T_FAIL_("change %d gives the same key as %d", i, j - 1);
     }
-    CHECK_EQ(n, 23);
+    CHECK_EQ(n, 25);
     /* Same request to another service: another key. */
     s_base();
     s_pb_t pb;

@@ -285,6 +285,20 @@ static void s_test_think(void)
     CHECK_STR(ir->generate->think, "true");
     agentbus__inference_request__free_unpacked(ir, NULL);
     gw_req_free(&req);
+    /* truncate and shift: presence kept */
+    ir = s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"p\",\"truncate\":false}", &req);
+    REQUIRE(ir && ir->generate);
+    CHECK_EQ(ir->generate->has_truncate_case, AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE);
+    CHECK_EQ(ir->generate->truncate, 0);
+    CHECK_EQ(ir->generate->has_shift_case, 0);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"shift\":false,\"messages\":[{\"role\":\"user\"}]}",
+                 &req);
+    REQUIRE(ir && ir->chat);
+    CHECK_EQ(ir->chat->has_shift_case, AGENTBUS__CHAT_REQUEST__HAS_SHIFT_SHIFT);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
     ir = s_build(GW_CHAT, "{\"model\":\"m\",\"think\":\"high\",\"messages\":[{\"role\":"
                           "\"assistant\",\"content\":\"a\",\"thinking\":\"t\"}]}", &req);
     REQUIRE(ir && ir->chat);

@@ -332,6 +332,13 @@ static void s_test_think(void)
     char err[128];
     REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
     CHECK_TRUE(strstr(call.body, "\"think\":true") != NULL);
+    CHECK_TRUE(strstr(call.body, "truncate") == NULL); /* absent: Ollama's default */
+    wk_ol_call_free(&call);
+    g.has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE;
+    g.has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"truncate\":false,\"shift\":false") != NULL);
     wk_ol_call_free(&call);
     Agentbus__ChatRequest c = AGENTBUS__CHAT_REQUEST__INIT;
     Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT, *mp = &m;

@@ -568,6 +568,17 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
     sim_t *s = r->s;
     enum MHD_Result res = MHD_NO;
     r->prompt_tokens = s_prompt_tokens(in, r->chat);
+    /* options.num_ctx: a longer prompt is cut to it, or refused with
+     * "truncate": false (Ollama's 400) */
+    const json_t *nc = json_object_get(opts, "num_ctx");
+    int ctx = json_is_integer(nc) && json_integer_value(nc) > 0 &&
+                      json_integer_value(nc) < SIM_MAX_TOKENS * 1000
+                  ? (int)json_integer_value(nc) : 0;
+    if (ctx && r->prompt_tokens > ctx && json_is_false(json_object_get(in, "truncate")))
+        return sim_http_error(r, 400, "request (%d tokens) exceeds the available context size "
+                                      "(%d tokens), try increasing it", r->prompt_tokens, ctx);
+    if (ctx && r->prompt_tokens > ctx)
+        r->prompt_tokens = ctx;
     if (s_acquire(r, m, ka, &res) != 0)
         return res;
     pthread_mutex_lock(&s->lock);
@@ -578,6 +589,10 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
     if (json_is_integer(np) && json_integer_value(np) > 0) {
         r->length_limited = true;
         limit = json_integer_value(np) > SIM_MAX_TOKENS ? SIM_MAX_TOKENS : (int)json_integer_value(np);
+    }
+    if (ctx && json_is_false(json_object_get(in, "shift")) && r->prompt_tokens + limit > ctx) {
+        limit = ctx - r->prompt_tokens; /* no shifting: the context full ends it */
+        r->length_limited = true;
     }
     if (r->chat) { /* tools.c: a tool call instead of text, or text after a tool's result */
         r->tool_calls = sim_tools_call(in);
