@@ -115,33 +115,37 @@ static void s_tool_fields(XXH3_state_t *st, const Agentbus__ChatMessage *m)
         s_str(st, 'h', m->thinking);
 }
 
+/* The output-changing fields of a generate (s_typed). */
+static void s_generate_key(XXH3_state_t *st, const Agentbus__GenerateRequest *g, int *det)
+{
+    s_str(st, 'g', "generate");
+    s_str(st, 'm', g->model);
+    s_str(st, 'p', g->prompt);
+    s_str(st, 's', g->system);
+    s_str(st, 'f', g->format);
+    /* Streaming changes the reply's shape (chunks vs one reply). */
+    s_u64(st, 'z', 1, g->has_stream_case == AGENTBUS__GENERATE_REQUEST__HAS_STREAM__NOT_SET || g->stream);
+    s_u64(st, 'r', 1, g->raw);
+    s_str(st, 'u', g->suffix);
+    s_images(st, g->n_images, g->images);
+    if (g->think && *g->think) /* only when set: older keys stay valid */
+        s_str(st, 'k', g->think);
+    if (g->has_truncate_case)
+        s_u64(st, 'U', 1, g->truncate);
+    if (g->has_shift_case)
+        s_u64(st, 'V', 1, g->shift);
+    s_options(st, g->options);
+    *det = s_deterministic(g->options);
+}
+
 /* Hashes the output-changing fields of a typed request. keep_alive is left
  * out on purpose: it only says how long the backend keeps the model loaded. */
 static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *det)
 {
     switch (r->body_case) {
-    case AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE: {
-        const Agentbus__GenerateRequest *g = r->generate;
-        s_str(st, 'g', "generate");
-        s_str(st, 'm', g->model);
-        s_str(st, 'p', g->prompt);
-        s_str(st, 's', g->system);
-        s_str(st, 'f', g->format);
-        /* Streaming changes the reply's shape (chunks vs one reply). */
-        s_u64(st, 'z', 1, g->has_stream_case == AGENTBUS__GENERATE_REQUEST__HAS_STREAM__NOT_SET || g->stream);
-        s_u64(st, 'r', 1, g->raw);
-        s_str(st, 'u', g->suffix);
-        s_images(st, g->n_images, g->images);
-        if (g->think && *g->think) /* only when set: older keys stay valid */
-            s_str(st, 'k', g->think);
-        if (g->has_truncate_case)
-            s_u64(st, 'T', 1, g->truncate);
-        if (g->has_shift_case)
-            s_u64(st, 'H', 1, g->shift);
-        s_options(st, g->options);
-        *det = s_deterministic(g->options);
+    case AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE:
+        s_generate_key(st, r->generate, det);
         return 0;
-    }
     case AGENTBUS__INFERENCE_REQUEST__BODY_CHAT: {
         const Agentbus__ChatRequest *c = r->chat;
         s_str(st, 'g', "chat");
@@ -159,9 +163,9 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         if (c->think && *c->think)
             s_str(st, 'k', c->think);
         if (c->has_truncate_case)
-            s_u64(st, 'T', 1, c->truncate);
+            s_u64(st, 'U', 1, c->truncate);
         if (c->has_shift_case)
-            s_u64(st, 'H', 1, c->shift);
+            s_u64(st, 'V', 1, c->shift);
         s_u64(st, 'z', 1, c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
         s_options(st, c->options);
         *det = s_deterministic(c->options);
