@@ -273,6 +273,24 @@ static int s_bool(json_t *o, const char *key, int *has, int *val, char *err, siz
     return 0;
 }
 
+/* think: true / false, or a level ("low", "medium", "high") passed as
+ * given for Ollama to check; carried as text (GenerateRequest.think). */
+static int s_think(json_t *o, char **out, char *err, size_t cap)
+{
+    json_t *v = json_object_get(o, "think");
+    *out = "";
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_boolean(v))
+        *out = json_is_true(v) ? "true" : "false";
+    else if (json_is_string(v) && json_string_length(v))
+        *out = (char *)json_string_value(v);
+    else
+        return s_fail(err, cap, "invalid %s: expected true, false or \"low\", \"medium\", "
+                                "\"high\"", "think");
+    return 0;
+}
+
 static int s_stream(json_t *o, int *stream, char *err, size_t cap)
 {
     *stream = 1; /* Ollama streams unless told not to */
@@ -307,6 +325,19 @@ static int s_model_command(s_build_t *b, Agentbus__ModelCommand *mc)
     return 0;
 }
 
+/* truncate and shift (generate and chat): booleans whose presence is kept. */
+static int s_ctx_flags(s_build_t *b, int *ht, protobuf_c_boolean *t, int *hs,
+                       protobuf_c_boolean *sh)
+{
+    int tv = 0, sv = 0;
+    if (s_bool(b->body, "truncate", ht, &tv, b->err, b->cap) ||
+        s_bool(b->body, "shift", hs, &sv, b->err, b->cap))
+        return -1;
+    *t = tv;
+    *sh = sv;
+    return 0;
+}
+
 static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__InferenceOptions *o)
 {
     agentbus__generate_request__init(g);
@@ -315,6 +346,7 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
         s_bool(b->body, "raw", NULL, &raw, b->err, b->cap) ||
         s_str(b->body, "system", &g->system, b->err, b->cap) ||
         s_str(b->body, "suffix", &g->suffix, b->err, b->cap) ||
+        s_think(b->body, &g->think, b->err, b->cap) ||
         s_format(b->body, b->a, &g->format, b->err, b->cap) ||
         s_keep_alive(b->body, b->ka, sizeof b->ka, &g->keep_alive, b->err, b->cap) ||
         s_stream(b->body, &b->req->stream, b->err, b->cap) ||
@@ -322,6 +354,13 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
         s_images(json_object_get(b->body, "images"), &g->images, &g->n_images, b->a, b->err,
                  b->cap))
         return -1;
+    int ht = 0, hs = 0;
+    if (s_ctx_flags(b, &ht, &g->truncate, &hs, &g->shift) != 0)
+        return -1;
+    if (ht)
+        g->has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE;
+    if (hs)
+        g->has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT;
     g->raw = raw;
     b->in->kind = TL_INFER_GENERATE;
     b->in->body.generate = g;
@@ -404,7 +443,8 @@ static int s_message(s_build_t *b, json_t *m, Agentbus__ChatMessage *cm)
     if (s_str(m, "role", &cm->role, b->err, b->cap) ||
         s_str(m, "content", &cm->content, b->err, b->cap) ||
         s_images(json_object_get(m, "images"), &cm->images, &cm->n_images, b->a, b->err, b->cap) ||
-        s_str(m, "tool_name", &cm->tool_name, b->err, b->cap) || s_tool_calls(b, m, cm))
+        s_str(m, "tool_name", &cm->tool_name, b->err, b->cap) ||
+        s_str(m, "thinking", &cm->thinking, b->err, b->cap) || s_tool_calls(b, m, cm))
         return -1;
     if (!cm->role[0])
         return s_fail(b->err, b->cap, "invalid %s: a message needs a role", "messages");
@@ -431,10 +471,18 @@ static int s_chat(s_build_t *b, Agentbus__ChatRequest *c, Agentbus__InferenceOpt
     }
     c->n_messages = n;
     if (s_format(b->body, b->a, &c->format, b->err, b->cap) ||
+        s_think(b->body, &c->think, b->err, b->cap) ||
         s_keep_alive(b->body, b->ka, sizeof b->ka, &c->keep_alive, b->err, b->cap) ||
         s_stream(b->body, &b->req->stream, b->err, b->cap) ||
         s_options(json_object_get(b->body, "options"), o, &c->options, b->a, b->err, b->cap))
         return -1;
+    int ht = 0, hs = 0;
+    if (s_ctx_flags(b, &ht, &c->truncate, &hs, &c->shift) != 0)
+        return -1;
+    if (ht)
+        c->has_truncate_case = AGENTBUS__CHAT_REQUEST__HAS_TRUNCATE_TRUNCATE;
+    if (hs)
+        c->has_shift_case = AGENTBUS__CHAT_REQUEST__HAS_SHIFT_SHIFT;
     b->in->kind = TL_INFER_CHAT;
     b->in->body.chat = c;
     return 0;
@@ -466,6 +514,14 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
         e->has_truncate_case = AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE_TRUNCATE;
         e->truncate = trunc;
     }
+    json_t *dims = json_object_get(b->body, "dimensions");
+    if (dims && !json_is_null(dims)) { /* Ollama's: a positive integer */
+        if (!json_is_integer(dims) || json_integer_value(dims) <= 0)
+            return s_fail(b->err, b->cap, "invalid %s: expected a positive integer",
+                          "dimensions");
+        e->has_dimensions_case = AGENTBUS__EMBED_REQUEST__HAS_DIMENSIONS_DIMENSIONS;
+        e->dimensions = json_integer_value(dims);
+    }
     b->req->stream = 0;
     if (s_keep_alive(b->body, b->ka, sizeof b->ka, &e->keep_alive, b->err, b->cap) ||
         s_options(json_object_get(b->body, "options"), o, &e->options, b->a, b->err, b->cap))
@@ -473,6 +529,30 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
     b->in->kind = TL_INFER_EMBED;
     b->in->body.embed = e;
     return 0;
+}
+
+/* Ollama fields the bus does not carry and that change what the model
+ * does or what the client gets: a 400 naming them, never a silent drop.
+ * template (generate): a prompt template overriding the model's; context
+ * (generate): the token context of an earlier answer, which the gateway
+ * never renders (a conversation goes through /api/chat); logprobs and
+ * top_logprobs: token log probabilities in the answer. NULL, or the text. */
+static const char *s_uncarried(gw_kind_t kind, json_t *body)
+{
+    json_t *v = json_object_get(body, "template");
+    if (kind == GW_GENERATE && v && !json_is_null(v) &&
+        !(json_is_string(v) && !json_string_length(v)))
+        return "template is not supported through the bus (set it in the model's Modelfile)";
+    v = json_object_get(body, "context");
+    if (kind == GW_GENERATE && v && !json_is_null(v) && !(json_is_array(v) && !json_array_size(v)))
+        return "context is not supported through the bus (use /api/chat for a conversation)";
+    v = json_object_get(body, "logprobs");
+    json_t *top = json_object_get(body, "top_logprobs");
+    if (kind != GW_EMBED && ((v && !json_is_null(v) && !json_is_false(v)) ||
+                             (top && !json_is_null(top) &&
+                              !(json_is_integer(top) && json_integer_value(top) == 0))))
+        return "logprobs and top_logprobs are not supported through the bus";
+    return NULL;
 }
 
 /* No prompt and no images (generate), or no messages (chat). */
@@ -505,6 +585,9 @@ int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, siz
     if (strlen(model) >= sizeof req->model)
         return s_fail(err, errcap, "%s", "model name too long");
     snprintf(req->model, sizeof req->model, "%s", model);
+    const char *uncarried = s_uncarried(kind, body);
+    if (uncarried)
+        return s_fail(err, errcap, "%s", uncarried);
     s_arena_t arena = {NULL, 0, 0, 0}, *a = &arena;
     tl_infer_t in = {0};
     Agentbus__GenerateRequest g;
@@ -560,6 +643,8 @@ static json_t *s_generate_reply(const void *pb, size_t len)
         return NULL;
     json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "model", g->model, "created_at", g->created_at,
                           "response", g->response, "done", g->done);
+    if (o && g->thinking[0])
+        json_object_set_new(o, "thinking", json_string(g->thinking));
     if (o && g->done) {
         json_object_set_new(o, "done_reason", json_string(g->done_reason));
         s_timings(o, g->timings);
@@ -590,6 +675,9 @@ static json_t *s_chat_reply(const void *pb, size_t len)
     json_t *o = json_pack("{s:s, s:s, s:{s:s, s:s}, s:b}", "model", c->model, "created_at",
                           c->created_at, "message", "role", role, "content",
                           c->message ? c->message->content : "", "done", c->done);
+    if (o && c->message && c->message->thinking[0])
+        json_object_set_new(json_object_get(o, "message"), "thinking",
+                            json_string(c->message->thinking));
     if (o && c->message)
         s_put_tool_calls(json_object_get(o, "message"), c->message->tool_calls_json);
     if (o && c->done) {
@@ -701,7 +789,7 @@ int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size
     int ok = 0;
     if (kind == GW_GENERATE) {
         Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, len, pb);
-        if (g && !g->done)
+        if (g && !g->done && !g->thinking[0]) /* a thinking piece: rendered in full */
             ok = s_line(g->model, g->created_at, ",\"response\":", g->response, "", line,
                         line_len);
         if (g)
@@ -709,9 +797,10 @@ int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size
     } else if (kind == GW_CHAT) {
         Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
         const char *role = c && c->message && c->message->role[0] ? c->message->role : NULL;
-        /* only the usual role and no tool calls: the line's fixed text
+        /* only the usual role, no tool calls, no thinking: the line's fixed text
          * below says it (a chunk with tool calls is rendered in full) */
-        int calls = c && c->message && c->message->tool_calls_json[0];
+        int calls = c && c->message && (c->message->tool_calls_json[0] ||
+                                         c->message->thinking[0]);
         if (c && !c->done && role && strcmp(role, "assistant") == 0 && !calls)
             ok = s_line(c->model, c->created_at,
                         ",\"message\":{\"role\":\"assistant\",\"content\":",

@@ -42,16 +42,48 @@ static const char *s_part_text(json_t *part)
     return t ? t : "";
 }
 
+/* A content part that is not text: an image_url with a base64 data URL
+ * goes on OUT's images (Ollama's OpenAI layer takes the same; the base64
+ * is checked when the Ollama body is built); anything else is refused,
+ * not dropped. NULL, or the 400 text. */
+static const char *s_part_other(json_t *part, json_t *out)
+{
+    const char *type = json_string_value(json_object_get(part, "type"));
+    if (type && strcmp(type, "text") == 0)
+        return NULL;
+    if (!type || strcmp(type, "image_url") != 0)
+        return "content parts other than text and image_url are not supported";
+    json_t *iu = json_object_get(part, "image_url");
+    const char *url = json_is_string(iu) ? json_string_value(iu)
+                                         : json_string_value(json_object_get(iu, "url"));
+    const char *b64 = url && strncmp(url, "data:", 5) == 0 ? strstr(url, ";base64,") : NULL;
+    if (!b64 || !b64[8])
+        return "image_url must be a base64 data URL (data:image/png;base64,...): the gateway "
+               "fetches no URLs";
+    json_t *imgs = json_object_get(out, "images");
+    if (!imgs)
+        json_object_set_new(out, "images", imgs = json_array());
+    json_array_append_new(imgs, json_string(b64 + 8));
+    return NULL;
+}
+
 /* A message's content: a string, or parts of which the text ones count,
  * joined in one pass (a body of 8 MB can hold 640k parts: appending each
  * with strcat, which walks the text so far, took seconds of the thread
- * that serves every other connection). */
-static json_t *s_message(json_t *m)
+ * that serves every other connection), and the images (s_part_other).
+ * *BAD: NULL, or the 400 text. */
+static json_t *s_message(json_t *m, const char **bad)
 {
     json_t *content = json_object_get(m, "content");
     json_t *out = json_object();
     s_copy(out, "role", m, "role");
     if (json_is_array(content)) {
+        size_t k;
+        json_t *pt;
+        json_array_foreach(content, k, pt) {
+            if (!*bad)
+                *bad = s_part_other(pt, out);
+        }
         size_t n = 0, pos = 0, i;
         json_t *part;
         json_array_foreach(content, i, part)
@@ -182,9 +214,9 @@ static const char *s_messages(json_t *b, json_t *o)
     const char *bad = NULL;
     size_t i;
     json_array_foreach(msgs, i, m) {
-        json_t *out = s_message(m);
+        json_t *out = s_message(m, &bad);
         json_array_append_new(arr, out);
-        if (json_is_object(m) && (bad = s_tool_fields(m, out, map, i)) != NULL)
+        if (bad || (json_is_object(m) && (bad = s_tool_fields(m, out, map, i)) != NULL))
             break;
     }
     json_decref(map);
@@ -198,12 +230,73 @@ static const char *s_prompt(json_t *b, json_t *o)
     json_t *p = json_object_get(b, "prompt");
     if (!p || json_is_null(p))
         return "prompt is required";
+    if (json_is_array(p) && json_array_size(p) > 1) /* the others were dropped */
+        return "several prompts in one request are not supported (one choice per request: "
+               "send one request per prompt)";
     if (json_is_array(p))
-        p = json_array_get(p, 0); /* one choice per request */
+        p = json_array_get(p, 0);
     if (!json_is_string(p) || !json_string_length(p))
         return "invalid prompt: expected a non-empty string or array of strings";
     json_object_set(o, "prompt", p);
     s_copy(o, "suffix", b, "suffix");
+    return NULL;
+}
+
+/* A count field (n, best_of) other than 1 or absent. */
+static int s_not_one(json_t *b, const char *key)
+{
+    json_t *v = json_object_get(b, key);
+    return v && !json_is_null(v) && !(json_is_integer(v) && json_integer_value(v) == 1);
+}
+
+/* The reasoning effort asked for (reasoning_effort, or reasoning.effort as
+ * Ollama's own OpenAI layer also takes), NULL when none; *BAD when it is
+ * not a string. */
+static const char *s_effort(json_t *b, int *bad)
+{
+    json_t *v = json_object_get(b, "reasoning_effort");
+    if (!v || json_is_null(v))
+        v = json_object_get(json_object_get(b, "reasoning"), "effort");
+    *bad = v && !json_is_null(v) && !json_is_string(v);
+    return json_string_value(v);
+}
+
+/* OpenAI fields that change what the model does or what the client gets
+ * and that the bus cannot honour: a 400 naming them, never a silent drop
+ * (user, metadata, store, service_tier, parallel_tool_calls change
+ * neither and are ignored: docs/gateway.md). */
+static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
+{
+    json_t *v;
+    int bad = 0;
+    const char *effort = s_effort(b, &bad);
+    if (s_not_one(b, "n"))
+        return "n other than 1 is not supported (one choice per request: send n requests)";
+    if (s_not_one(b, "best_of"))
+        return "best_of other than 1 is not supported";
+    v = json_object_get(b, "logprobs");
+    if ((v && !json_is_null(v) && !json_is_false(v)) ||
+        ((v = json_object_get(b, "top_logprobs")) && !json_is_null(v)))
+        return "logprobs and top_logprobs are not supported (not carried by the bus)";
+    v = json_object_get(b, "logit_bias");
+    if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
+        return "logit_bias is not supported (the backend has no token biases)";
+    if (json_is_true(json_object_get(b, "echo")))
+        return "echo is not supported";
+    json_t *mod = json_object_get(b, "modalities"), *x;
+    size_t i;
+    json_array_foreach(mod, i, x) {
+        if (json_is_string(x) && strcmp(json_string_value(x), "text") != 0)
+            return "modalities other than \"text\" are not supported (the answer is text)";
+    }
+    if ((v = json_object_get(b, "audio")) && !json_is_null(v))
+        return "audio output is not supported (the answer is text)";
+    if (c->route == GW_R_OAI_CHAT && (bad || (effort && strcmp(effort, "none") &&
+                                              strcmp(effort, "low") && strcmp(effort, "medium") &&
+                                              strcmp(effort, "high"))))
+        return "invalid reasoning_effort: expected \"none\", \"low\", \"medium\" or \"high\"";
+    if (c->route == GW_R_OAI_COMPLETIONS && (bad || effort))
+        return "reasoning_effort is not supported on /v1/completions (use /v1/chat/completions)";
     return NULL;
 }
 
@@ -241,6 +334,9 @@ static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t 
         if (v && !json_is_null(v) && (!f || (strcmp(f, "float") && strcmp(f, "base64"))))
             return "invalid encoding_format: expected \"float\" or \"base64\"";
     }
+    const char *refused = s_oai_refused(c, b);
+    if (refused)
+        return refused;
     v = json_object_get(b, "response_format");
     const char *rf = json_string_value(json_object_get(v, "type"));
     if (v && !json_is_null(v) &&
@@ -260,6 +356,7 @@ static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **
     if (c->route == GW_R_OAI_EMBEDDINGS) {
         *kind = GW_EMBED;
         s_copy(o, "input", b, "input");
+        s_copy(o, "dimensions", b, "dimensions"); /* Ollama's, the same meaning */
         const char *fmt = json_string_value(json_object_get(b, "encoding_format"));
         c->oai_b64 = fmt && strcmp(fmt, "base64") == 0;
         return NULL;
@@ -278,6 +375,13 @@ static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **
         json_object_set_new(o, "format", json_string("json"));
     else if (rf && strcmp(rf, "json_schema") == 0 && json_is_object(schema))
         json_object_set(o, "format", schema);
+    /* reasoning effort: Ollama's think ("none" turns it off), as its own
+     * OpenAI layer maps it; the thinking comes back as message.reasoning */
+    int ebad = 0;
+    const char *effort = s_effort(b, &ebad);
+    if (effort)
+        json_object_set_new(o, "think", strcmp(effort, "none") == 0 ? json_false()
+                                                                     : json_string(effort));
     *kind = c->route == GW_R_OAI_CHAT ? GW_CHAT : GW_GENERATE;
     const char *bad = *kind == GW_CHAT ? s_messages(b, o) : s_prompt(b, o);
     if (bad) {
@@ -321,6 +425,7 @@ void gw_openai_named(gw_conn_t *c, gw_kind_t kind)
 typedef struct {
     const char *text;
     const char *calls; /* chat: the model's tool calls, Ollama's JSON text ("" = none) */
+    const char *thinking; /* a reasoning model's (OpenAI's reasoning), "" = none */
     int done;
     const char *done_reason;
     uint64_t prompt, eval;
@@ -336,6 +441,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
             return -1;
         p->text = r->message ? r->message->content : "";
         p->calls = r->message ? r->message->tool_calls_json : "";
+        p->thinking = r->message ? r->message->thinking : "";
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -347,6 +453,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
             return -1;
         p->text = r->response;
         p->calls = "";
+        p->thinking = r->thinking;
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -399,8 +506,8 @@ static void s_oai_calls(const char *text, json_t *out, int *n)
     json_decref(calls);
 }
 
-static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish, int stream,
-                        json_t *calls)
+static json_t *s_choice(const gw_conn_t *c, const char *text, const char *reasoning,
+                        const char *finish, int stream, json_t *calls)
 {
     json_t *fin = finish ? json_string(finish) : json_null();
     if (c->kind == GW_GENERATE)
@@ -413,6 +520,8 @@ static json_t *s_choice(const gw_conn_t *c, const char *text, const char *finish
         json_object_set_new(msg, "content", text[0] ? json_string(text) : json_null());
     else if (!stream || text[0] || !finish)
         json_object_set_new(msg, "content", json_string(text));
+    if (reasoning && reasoning[0]) /* as Ollama's OpenAI layer names it */
+        json_object_set_new(msg, "reasoning", json_string(reasoning));
     if (calls) {
         if (!stream) /* one answer: the index is the array's */
             for (size_t i = 0; i < json_array_size(calls); i++)
@@ -461,12 +570,27 @@ static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
     return o;
 }
 
+/* S appended to *BUF (*LEN bytes so far); on no memory the piece is lost
+ * (the reply is then short, as when the text's realloc fails). */
+static void s_append(char **buf, size_t *len, const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    char *t = n ? realloc(*buf, *len + n + 1) : NULL;
+    if (!t)
+        return;
+    memcpy(t + *len, s, n + 1);
+    *buf = t;
+    *len += n;
+}
+
 /* stream: false (or an error before any chunk): one object. */
 static enum MHD_Result s_single(gw_conn_t *c)
 {
     gw_call_t *k = c->call;
     char *text = NULL;
     size_t tlen = 0;
+    char *think = NULL;
+    size_t klen = 0;
     json_t *out = NULL;
     const char *finish = "stop";
     uint64_t prompt = 0, eval = 0;
@@ -487,6 +611,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
                 text = t;
                 tlen += n;
             }
+            s_append(&think, &klen, p.thinking);
             if (p.done)
                 finish = s_finish(p.done_reason), prompt = p.prompt, eval = p.eval;
             if (calls)
@@ -503,6 +628,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
         json_decref(out);
         json_decref(calls);
         free(text);
+        free(think);
         atomic_fetch_add(&c->g->m.bus_errors, 1);
         return gw_reply_error(c, gw_http_status(status), msg);
     }
@@ -511,10 +637,11 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_decref(calls), calls = NULL;
         else
             finish = "tool_calls";
-        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", finish, 0, calls)));
+        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", think, finish, 0, calls)));
         json_object_set_new(out, "usage", s_usage(prompt, eval));
     }
     free(text);
+    free(think);
     if (!out)
         return gw_reply_error(c, 502, "worker sent a reply that does not decode");
     return gw_reply_json(c, 200, out);
@@ -548,13 +675,13 @@ void gw_openai_render(gw_conn_t *c, const gw_event_t *e)
         calls = json_array();
         s_oai_calls(p.calls, calls, &c->oai_tool_calls);
     }
-    if (p.text[0] || !c->oai_role_sent || calls) {
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, NULL, 1, calls))));
+    if (p.text[0] || p.thinking[0] || !c->oai_role_sent || calls) {
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, p.thinking, NULL, 1, calls))));
         c->oai_role_sent = 1;
     }
     if (p.done || e->final) {
         const char *fin = c->oai_tool_calls ? "tool_calls" : s_finish(p.done_reason);
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", fin, 1, NULL))));
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", NULL, fin, 1, NULL))));
         if (c->oai_usage) {
             json_t *u = s_object(c, 1, json_array());
             json_object_set_new(u, "usage", s_usage(p.prompt, p.eval));

@@ -89,6 +89,18 @@ static void s_set_keep_alive(json_t *j, const char *v)
         json_object_set_new(j, "keep_alive", json_string(v));
 }
 
+/* think: "true" / "false" as JSON booleans, a level ("low", ...) as the
+ * string it is (Ollama checks it); "" = not given, nothing sent. */
+static void s_set_think(json_t *j, const char *v)
+{
+    if (!v || !*v)
+        return;
+    if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0)
+        json_object_set_new(j, "think", json_boolean(v[0] == 't'));
+    else
+        json_object_set_new(j, "think", json_string(v));
+}
+
 static int s_fail(char *err, size_t cap, const char *what)
 {
     snprintf(err, cap, "%s", what);
@@ -126,6 +138,11 @@ static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *
     s_set_str(j, "system", g->system);
     s_set_format(j, g->format);
     s_set_str(j, "suffix", g->suffix);
+    s_set_think(j, g->think);
+    if (g->has_truncate_case)
+        json_object_set_new(j, "truncate", json_boolean(g->truncate));
+    if (g->has_shift_case)
+        json_object_set_new(j, "shift", json_boolean(g->shift));
     if (g->raw)
         json_object_set_new(j, "raw", json_true());
     s_set_keep_alive(j, g->keep_alive);
@@ -163,6 +180,7 @@ static json_t *s_chat_message(const Agentbus__ChatMessage *cm)
     json_object_set_new(m, "role", json_string(cm->role));
     json_object_set_new(m, "content", json_string(cm->content));
     s_set_str(m, "tool_name", cm->tool_name);
+    s_set_str(m, "thinking", cm->thinking);
     if (s_set_images(m, cm->n_images, cm->images) != 0 ||
         s_set_json_array(m, "tool_calls", cm->tool_calls_json) != 0) {
         json_decref(m);
@@ -188,6 +206,11 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol
     if (s_set_json_array(j, "tools", c->tools_json) != 0)
         return s_fail(err, cap, "invalid tools: expected a JSON array"), NULL;
     s_set_format(j, c->format);
+    s_set_think(j, c->think);
+    if (c->has_truncate_case)
+        json_object_set_new(j, "truncate", json_boolean(c->truncate));
+    if (c->has_shift_case)
+        json_object_set_new(j, "shift", json_boolean(c->shift));
     s_set_keep_alive(j, c->keep_alive);
     if (c->options)
         json_object_set_new(j, "options", s_options(c->options));
@@ -208,6 +231,8 @@ static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, wk_
     json_object_set_new(j, "input", in);
     if (e->has_truncate_case)
         json_object_set_new(j, "truncate", json_boolean(e->truncate));
+    if (e->has_dimensions_case)
+        json_object_set_new(j, "dimensions", json_integer(e->dimensions));
     s_set_keep_alive(j, e->keep_alive);
     if (e->options)
         json_object_set_new(j, "options", s_options(e->options));
@@ -375,6 +400,7 @@ static int s_chat_chunk(json_t *o, const char *worker, Agentbus__InferenceTiming
     json_t *msg = json_object_get(o, "message");
     m.role = (char *)s_str(msg, "role");
     m.content = (char *)s_str(msg, "content");
+    m.thinking = (char *)s_str(msg, "thinking");
     /* the model's tool calls, as the JSON text the proto carries
      * (keys sorted: the same calls give the same bytes) */
     json_t *calls = json_object_get(msg, "tool_calls");
@@ -433,6 +459,7 @@ int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const cha
         gr.model = (char *)s_str(o, "model");
         gr.created_at = (char *)s_str(o, "created_at");
         gr.response = (char *)s_str(o, "response");
+        gr.thinking = (char *)s_str(o, "thinking");
         gr.done = c->done;
         if (c->done) {
             gr.done_reason = c->done_reason;

@@ -101,7 +101,7 @@ static void s_images(XXH3_state_t *st, size_t n, const ProtobufCBinaryData *im)
         s_item(st, 'i', im[i].data, im[i].len);
 }
 
-/* A message's tool calls and tool name, only when set: every item is
+/* A message's tool calls, tool name and thinking, only when set: every item is
  * tagged, so a request without them keeps the key it had before tools
  * were carried (entries already in L2/L3 stay valid), and one with them
  * never shares a key with one without. */
@@ -111,6 +111,31 @@ static void s_tool_fields(XXH3_state_t *st, const Agentbus__ChatMessage *m)
         s_str(st, 'q', m->tool_calls_json);
     if (m->tool_name && *m->tool_name)
         s_str(st, 'a', m->tool_name);
+    if (m->thinking && *m->thinking)
+        s_str(st, 'h', m->thinking);
+}
+
+/* The output-changing fields of a generate (s_typed). */
+static void s_generate_key(XXH3_state_t *st, const Agentbus__GenerateRequest *g, int *det)
+{
+    s_str(st, 'g', "generate");
+    s_str(st, 'm', g->model);
+    s_str(st, 'p', g->prompt);
+    s_str(st, 's', g->system);
+    s_str(st, 'f', g->format);
+    /* Streaming changes the reply's shape (chunks vs one reply). */
+    s_u64(st, 'z', 1, g->has_stream_case == AGENTBUS__GENERATE_REQUEST__HAS_STREAM__NOT_SET || g->stream);
+    s_u64(st, 'r', 1, g->raw);
+    s_str(st, 'u', g->suffix);
+    s_images(st, g->n_images, g->images);
+    if (g->think && *g->think) /* only when set: older keys stay valid */
+        s_str(st, 'k', g->think);
+    if (g->has_truncate_case)
+        s_u64(st, 'U', 1, g->truncate);
+    if (g->has_shift_case)
+        s_u64(st, 'V', 1, g->shift);
+    s_options(st, g->options);
+    *det = s_deterministic(g->options);
 }
 
 /* Hashes the output-changing fields of a typed request. keep_alive is left
@@ -118,22 +143,9 @@ static void s_tool_fields(XXH3_state_t *st, const Agentbus__ChatMessage *m)
 static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *det)
 {
     switch (r->body_case) {
-    case AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE: {
-        const Agentbus__GenerateRequest *g = r->generate;
-        s_str(st, 'g', "generate");
-        s_str(st, 'm', g->model);
-        s_str(st, 'p', g->prompt);
-        s_str(st, 's', g->system);
-        s_str(st, 'f', g->format);
-        /* Streaming changes the reply's shape (chunks vs one reply). */
-        s_u64(st, 'z', 1, g->has_stream_case == AGENTBUS__GENERATE_REQUEST__HAS_STREAM__NOT_SET || g->stream);
-        s_u64(st, 'r', 1, g->raw);
-        s_str(st, 'u', g->suffix);
-        s_images(st, g->n_images, g->images);
-        s_options(st, g->options);
-        *det = s_deterministic(g->options);
+    case AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE:
+        s_generate_key(st, r->generate, det);
         return 0;
-    }
     case AGENTBUS__INFERENCE_REQUEST__BODY_CHAT: {
         const Agentbus__ChatRequest *c = r->chat;
         s_str(st, 'g', "chat");
@@ -148,6 +160,12 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         s_str(st, 'f', c->format);
         if (c->tools_json && *c->tools_json)
             s_str(st, 'w', c->tools_json);
+        if (c->think && *c->think)
+            s_str(st, 'k', c->think);
+        if (c->has_truncate_case)
+            s_u64(st, 'U', 1, c->truncate);
+        if (c->has_shift_case)
+            s_u64(st, 'V', 1, c->shift);
         s_u64(st, 'z', 1, c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
         s_options(st, c->options);
         *det = s_deterministic(c->options);
@@ -161,6 +179,8 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         for (size_t i = 0; i < e->n_input; i++)
             s_str(st, 'e', e->input[i]);
         s_u64(st, 't', 1, e->has_truncate_case == AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE__NOT_SET || e->truncate);
+        if (e->has_dimensions_case) /* only when set: older keys stay valid */
+            s_u64(st, 'd', 1, (uint64_t)e->dimensions);
         s_options(st, e->options);
         *det = 1; /* an embedding samples nothing */
         return 0;

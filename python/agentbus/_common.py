@@ -186,14 +186,29 @@ def _options(options: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
     return o
 
 
+def _think(think: Optional[Union[bool, str]]) -> str:
+    """Ollama's think (True, False or "low", "medium", "high") as the text
+    the bus carries (GenerateRequest.think); None = not given."""
+    if think is None:
+        return ""
+    if isinstance(think, bool):
+        return "true" if think else "false"
+    if isinstance(think, str) and think:
+        return think
+    raise TypeError("think must be True, False or 'low', 'medium', 'high'")
+
+
 def generate_payload(model: str, prompt: str, *, system: str = "", format: str = "",
                      options: Optional[Mapping[str, Any]] = None, stream: bool = False,
                      keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
-                     suffix: str = "", images: Optional[Sequence[bytes]] = None) -> bytes:
+                     suffix: str = "", images: Optional[Sequence[bytes]] = None,
+                     think: Optional[Union[bool, str]] = None,
+                     truncate: Optional[bool] = None, shift: Optional[bool] = None) -> bytes:
     g = {"model": model, "prompt": prompt, "system": system, "format": format or "",
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive), "raw": raw,
-         "suffix": suffix, "images": list(images or [])}
+         "suffix": suffix, "images": list(images or []), "think": _think(think),
+         "truncate": truncate, "shift": shift}
     return _pb.pack("inference_request", {"generate": g})
 
 
@@ -209,27 +224,34 @@ def _message(m: Mapping[str, Any]) -> Dict[str, Any]:
     return {"role": m.get("role", "user"), "content": m.get("content") or "",
             "images": list(m.get("images") or []),
             "tool_calls_json": _json_text(m.get("tool_calls")),
-            "tool_name": m.get("tool_name") or ""}
+            "tool_name": m.get("tool_name") or "",
+            "thinking": m.get("thinking") or ""}
 
 
 def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: str = "",
                  options: Optional[Mapping[str, Any]] = None, stream: bool = False,
                  keep_alive: Optional[Union[str, int]] = None,
-                 tools: Optional[Sequence[Mapping[str, Any]]] = None) -> bytes:
+                 tools: Optional[Sequence[Mapping[str, Any]]] = None,
+                 think: Optional[Union[bool, str]] = None,
+                 truncate: Optional[bool] = None, shift: Optional[bool] = None) -> bytes:
     c = {"model": model, "messages": [_message(m) for m in messages], "format": format or "",
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive),
-         "tools_json": _json_text(tools)}
+         "tools_json": _json_text(tools), "think": _think(think),
+         "truncate": truncate, "shift": shift}
     return _pb.pack("inference_request", {"chat": c})
 
 
 def embed_payload(model: str, input: Union[str, Sequence[str]], *,
                   truncate: Optional[bool] = None,
                   options: Optional[Mapping[str, Any]] = None,
-                  keep_alive: Optional[Union[str, int]] = None) -> bytes:
+                  keep_alive: Optional[Union[str, int]] = None,
+                  dimensions: Optional[int] = None) -> bytes:
     e = {"model": model, "input": [input] if isinstance(input, str) else list(input),
          "truncate": truncate, "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive)}
+    if dimensions is not None:
+        e["dimensions"] = int(dimensions)
     return _pb.pack("inference_request", {"embed": e})
 
 
@@ -247,7 +269,10 @@ def _flatten(r: Dict[str, Any]) -> Dict[str, Any]:
 
 def generate_result(data: bytes) -> Dict[str, Any]:
     """A GenerateResponse as Ollama's /api/generate JSON object."""
-    return _flatten(_pb.unpack("generate_response", data))
+    r = _flatten(_pb.unpack("generate_response", data))
+    if not r.get("thinking"):  # only a reasoning model's, asked with think
+        r.pop("thinking", None)
+    return r
 
 
 def chat_result(data: bytes) -> Dict[str, Any]:
@@ -261,6 +286,8 @@ def chat_result(data: bytes) -> Dict[str, Any]:
         m["tool_calls"] = json.loads(calls)
     if not m.get("tool_name"):
         m.pop("tool_name", None)
+    if not m.get("thinking"):
+        m.pop("thinking", None)
     r["message"] = m
     return r
 

@@ -177,7 +177,8 @@ class AsyncClient(_Base):
                        service: str = "ollama", timeout: Optional[float] = None,
                        **kw: Any) -> Any:
         """As :meth:`Client.generate`; with STREAM=True an async iterator."""
-        gen_keys = ("system", "format", "options", "keep_alive", "raw", "suffix", "images")
+        gen_keys = ("system", "format", "options", "keep_alive", "raw", "suffix", "images",
+                    "think", "truncate", "shift")
         payload = C.generate_payload(model, prompt, stream=stream,
                                      **{k: kw.pop(k) for k in gen_keys if k in kw})
         return await self._infer(service, payload, model, stream, timeout, C.generate_result, kw)
@@ -188,7 +189,8 @@ class AsyncClient(_Base):
         """As :meth:`Client.chat`; with STREAM=True an async iterator."""
         payload = C.chat_payload(model, messages, stream=stream,
                                  **{k: kw.pop(k) for k in ("format", "options", "keep_alive",
-                                                           "tools") if k in kw})
+                                                           "tools", "think", "truncate",
+                                                           "shift") if k in kw})
         return await self._infer(service, payload, model, stream, timeout, C.chat_result, kw)
 
     async def embed(self, model: str, input: Union[str, Sequence[str]], *,
@@ -196,7 +198,8 @@ class AsyncClient(_Base):
                     **kw: Any) -> Dict[str, Any]:
         """As :meth:`Client.embed`."""
         payload = C.embed_payload(model, input,
-                                  **{k: kw.pop(k) for k in ("truncate", "options", "keep_alive")
+                                  **{k: kw.pop(k) for k in ("truncate", "options", "keep_alive",
+                                                      "dimensions")
                                      if k in kw})
         return await self._infer(service, payload, model, False, timeout, C.embed_result, kw)
 

@@ -283,22 +283,28 @@ class Client(_Base):
                  options: Optional[Mapping[str, Any]] = None,
                  keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
                  suffix: str = "", images: Optional[Sequence[bytes]] = None,
+                 think: Optional[Union[bool, str]] = None,
+                 truncate: Optional[bool] = None, shift: Optional[bool] = None,
                  service: str = "ollama", timeout: Optional[float] = None,
                  **req: Any) -> Any:
         """Ollama's /api/generate over the bus. Returns the response dict
-        (``response``, ``done``, ``done_reason``, durations, ``worker``),
+        (``response``, ``done``, ``done_reason``, durations, ``worker``;
+        ``thinking`` when THINK made a reasoning model think),
         or with STREAM=True an iterator of such dicts, one per chunk, the
         last with ``done`` True. REQ: options of :meth:`request`."""
         payload = C.generate_payload(model, prompt, system=system, format=format,
                                      options=options, stream=stream, keep_alive=keep_alive,
-                                     raw=raw, suffix=suffix, images=images)
+                                     raw=raw, suffix=suffix, images=images, think=think,
+                                     truncate=truncate, shift=shift)
         return self._infer(service, payload, model, stream, timeout, C.generate_result, req)
 
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
              format: str = "", options: Optional[Mapping[str, Any]] = None,
              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
              timeout: Optional[float] = None,
-             tools: Optional[Sequence[Mapping[str, Any]]] = None, **req: Any) -> Any:
+             tools: Optional[Sequence[Mapping[str, Any]]] = None,
+             think: Optional[Union[bool, str]] = None, truncate: Optional[bool] = None,
+             shift: Optional[bool] = None, **req: Any) -> Any:
         """Ollama's /api/chat over the bus: MESSAGES are dicts with
         ``role`` and ``content`` (an assistant's ``tool_calls``, a tool
         result's ``tool_name``, as Ollama has them); TOOLS as Ollama's
@@ -306,17 +312,19 @@ class Client(_Base):
         ``tool_calls`` when the model calls tools, ``done``, ...) or, with
         STREAM=True, an iterator of them."""
         payload = C.chat_payload(model, messages, format=format, options=options,
-                                 stream=stream, keep_alive=keep_alive, tools=tools)
+                                 stream=stream, keep_alive=keep_alive, tools=tools,
+                                 think=think, truncate=truncate, shift=shift)
         return self._infer(service, payload, model, stream, timeout, C.chat_result, req)
 
     def embed(self, model: str, input: Union[str, Sequence[str]], *,
               truncate: Optional[bool] = None, options: Optional[Mapping[str, Any]] = None,
               keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
-              timeout: Optional[float] = None, **req: Any) -> Dict[str, Any]:
+              timeout: Optional[float] = None, dimensions: Optional[int] = None,
+              **req: Any) -> Dict[str, Any]:
         """Ollama's /api/embed over the bus: returns ``{"model",
         "embeddings": [[float, ...], ...], durations, "worker"}``."""
         payload = C.embed_payload(model, input, truncate=truncate, options=options,
-                                  keep_alive=keep_alive)
+                                  keep_alive=keep_alive, dimensions=dimensions)
         return self._infer(service, payload, model, False, timeout, C.embed_result, req)
 
     def _infer(self, service: str, payload: bytes, model: str, stream: bool,

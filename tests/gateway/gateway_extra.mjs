@@ -114,6 +114,21 @@ const late = await fetch(`${host}/api/generate`, {
 const lateBody = await late.json();
 check(late.status === 504 && typeof lateBody.error === 'string' && Date.now() - t0 < 5000,
   'X-Agentbus-Timeout-Ms: 504 when the deadline passes', { status: late.status, ms: Date.now() - t0, lateBody });
+// Ollama fields the bus does not carry (template, context, logprobs) are a
+// 400 naming them (they were dropped: the answer ignored them).
+for (const [route, body, name] of [
+  ['generate', { prompt: 'x', template: '{{ .Prompt }}!' }, 'template'],
+  ['generate', { prompt: 'x', context: [1, 2, 3] }, 'context'],
+  ['generate', { prompt: 'x', logprobs: true }, 'logprobs'],
+  ['chat', { messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }, 'logprobs'],
+]) {
+  const r = await fetch(`${host}/api/${route}`, { method: 'POST',
+    body: JSON.stringify({ model: 'sim-small', stream: false, ...body }) });
+  const b = await r.json().catch(() => ({}));
+  check(r.status === 400 && typeof b.error === 'string' && b.error.includes(name),
+    `/api/${route} with ${name}: 400 naming it`, { status: r.status, b });
+}
+
 // A header value the gateway cannot read is a 400 naming it, not ignored
 // (a caller asking for a deadline or no cache must not get the defaults).
 for (const [name, value] of [['X-Agentbus-Timeout-Ms', 'abc'], ['X-Agentbus-Timeout-Ms', '-5'],

@@ -111,6 +111,13 @@ async function embed() {
     e.embeddings[0][0] !== e.embeddings[1][0], 'embed two inputs', e.embeddings.length);
   const one = await ollama.embed({ model: 'sim-embed', input: 'hello' });
   check(Math.abs(one.embeddings[0][5] - e.embeddings[0][5]) < 1e-6, 'embed is deterministic');
+  // dimensions: the vectors cut to 16 values, normalised again (it was
+  // dropped on the way: 768 values came back)
+  const cut = await ollama.embed({ model: 'sim-embed', input: ['hello', 'world'], dimensions: 16 });
+  const norm = Math.hypot(...cut.embeddings[0]);
+  check(cut.embeddings.length === 2 && cut.embeddings[0].length === 16 && Math.abs(norm - 1) < 1e-4 &&
+    Math.abs(cut.embeddings[0][3] / cut.embeddings[0][5] - e.embeddings[0][3] / e.embeddings[0][5]) < 1e-3,
+  'embed with dimensions 16: the first 16, normalised', { len: cut.embeddings[0].length, norm });
 }
 
 async function unknownModel() {
@@ -277,10 +284,77 @@ async function extraOptions() {
   'options without a typed field reach the backend', { before, after });
 }
 
+// think: a reasoning model's thinking comes apart from the answer, whole
+// and streamed (pieces before the text, as Ollama streams them), and the
+// level is honoured (the simulator thinks 3, 6 or 9 words for "low", true,
+// "high"); a model without thinking refuses think with Ollama's 400.
+// Through the gateway think was dropped (no thinking came back) and a
+// thinking reply's thinking was dropped on the way back.
+async function thinking() {
+  const opts = { seed: 5, num_predict: 3 };
+  const req = { model: 'sim-small', prompt: 'think first', stream: false, options: opts };
+  const g = await ollama.generate({ ...req, think: true });
+  check(g.thinking === 'Let me think this through step' && g.response.length > 0 &&
+    g.eval_count === 9, 'generate: think true gives the thinking apart from the response', g);
+  const plain = await ollama.generate(req);
+  check(plain.thinking === undefined && plain.response === g.response,
+    'generate without think: no thinking, the same answer', plain);
+  let think = '', text = '', order = true;
+  for await (const p of await ollama.generate({ ...req, stream: true, think: 'low' })) {
+    if (p.thinking) order = order && text === '';
+    think += p.thinking || '';
+    text += p.response;
+  }
+  check(think === 'Let me think' && text === g.response && order,
+    'generate streamed, think "low": the thinking pieces first', { think, text });
+  const messages = [{ role: 'user', content: 'think hard' }];
+  think = ''; text = ''; order = true;
+  for await (const p of await ollama.chat({ model: 'sim-small', messages, stream: true,
+    think: 'high', options: opts })) {
+    if (p.message.thinking) order = order && text === '';
+    think += p.message.thinking || '';
+    text += p.message.content;
+  }
+  check(think === 'Let me think this through step by step carefully.' && text.length > 0 && order,
+    'chat streamed, think "high": the thinking pieces first', { think, text });
+  const c = await ollama.chat({ model: 'sim-small', messages: [...messages,
+    { role: 'assistant', content: text, thinking: think }, { role: 'user', content: 'again' }],
+  stream: false, think: true, options: opts });
+  check(c.message.thinking === 'Let me think this through step' && c.message.content.length > 0,
+    'chat: think true, a history with thinking', c.message);
+  await expectError(ollama.chat({ model: 'sim-large', messages, think: true, stream: false }), 400,
+    /does not support thinking/, 'think on a model without thinking: Ollama\'s 400');
+}
+
+// truncate and shift: with options.num_ctx 8 the simulator cuts a longer
+// prompt to 8 tokens, or answers Ollama's 400 with truncate false; with
+// shift false the context full ends the answer (done_reason "length").
+// Through the gateway both were dropped: the prompt was cut where the
+// client asked for an error, and the answer ran past the context.
+async function contextFlags() {
+  const prompt = 'one two three four five six seven eight nine ten eleven twelve';
+  const base = { model: 'sim-small', prompt, stream: false, options: { num_ctx: 8, seed: 1 } };
+  const cut = await ollama.generate(base);
+  check(cut.prompt_eval_count === 8, 'a prompt over num_ctx is cut to it', cut.prompt_eval_count);
+  await expectError(ollama.generate({ ...base, truncate: false }), 400,
+    /exceeds the available context size/, 'truncate false: a prompt over num_ctx is a 400');
+  const messages = [{ role: 'user', content: 'one two three' }];
+  const opts = { num_ctx: 10, seed: 1 };
+  const full = await ollama.chat({ model: 'sim-small', messages, stream: false, options: opts });
+  const noShift = await ollama.chat({ model: 'sim-small', messages, stream: false, options: opts,
+    shift: false });
+  check(full.eval_count === 24 && noShift.eval_count === 10 - noShift.prompt_eval_count &&
+    noShift.done_reason === 'length',
+  'shift false: the answer ends when the context is full', { full: full.eval_count,
+    noShift: [noShift.prompt_eval_count, noShift.eval_count, noShift.done_reason] });
+}
+
 await listAndVersion();
 await preload();
 await images();
 await extraOptions();
+await thinking();
+await contextFlags();
 await generate();
 await chat();
 await tools();

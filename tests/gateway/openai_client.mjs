@@ -137,6 +137,10 @@ const e = await client.embeddings.create({ model: 'sim-embed', input: ['hello', 
 const f = await client.embeddings.create({ model: 'sim-embed', input: 'hello', encoding_format: 'float' });
 check(e.data.length === 2 && e.data[0].embedding.length === 768 &&
   Math.abs(e.data[0].embedding[7] - f.data[0].embedding[7]) < 1e-6, 'embeddings (base64 and float)');
+// dimensions reaches Ollama (the same meaning there); it was dropped
+const d8 = await client.embeddings.create({ model: 'sim-embed', input: 'hello', dimensions: 8,
+  encoding_format: 'float' });
+check(d8.data[0].embedding.length === 8, 'embeddings with dimensions 8', d8.data[0].embedding.length);
 
 try {
   await client.chat.completions.create({ model: 'no-such-model', messages });
@@ -213,10 +217,85 @@ const seeded = async (content) => {
   return r.status === 200 ? await r.json() : { status: r.status, body: await r.text() };
 };
 const parts = await seeded(words.map((w, i) => (i % 100 === 7 ?
-  { type: 'image_url', image_url: { url: 'data:,' } } : { type: 'text', text: w })));
+  { type: 'text', text: '' } : { type: 'text', text: w })));
 const whole = await seeded(words.filter((_, i) => i % 100 !== 7).join(''));
 check(parts.choices && whole.choices &&
   parts.choices[0].message.content === whole.choices[0].message.content &&
   parts.usage.prompt_tokens === 1 + 1485 && whole.usage.prompt_tokens === 1 + 1485,
-  '1500 content parts (15 of them not text) joined in order', { parts, whole });
+  '1500 content parts (15 of them empty) joined in order', { parts, whole });
+
+// image_url parts (base64 data URLs) reach the model as the message's
+// images: each adds the simulator's 576 prompt tokens (they were dropped);
+// a URL the gateway would have to fetch, or another part type, is a 400.
+const png = 'data:image/png;base64,iVBORw0KGgoBAgMEBQY=';
+const seen = async (content) => (await post('/chat/completions', { model: 'sim-small', seed: 3,
+  max_tokens: 2, messages: [{ role: 'user', content }] }, { 'X-Agentbus-Cache': 'off' })).json();
+const noImg = await seen([{ type: 'text', text: 'what is this?' }]);
+const twoImg = await seen([{ type: 'text', text: 'what is this?' },
+  { type: 'image_url', image_url: { url: png } }, { type: 'image_url', image_url: { url: png } }]);
+check(twoImg.usage?.prompt_tokens === noImg.usage?.prompt_tokens + 2 * 576,
+  'chat.completions: two image_url parts reach the model', { noImg: noImg.usage, twoImg: twoImg.usage });
+for (const [part, pattern] of [
+  [{ type: 'image_url', image_url: { url: 'https://example.com/cat.png' } }, /data URL/],
+  [{ type: 'image_url', image_url: { url: 'data:,' } }, /data URL/],
+  [{ type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }, /not supported/],
+]) {
+  const r = await post('/chat/completions', { model: 'sim-small',
+    messages: [{ role: 'user', content: [{ type: 'text', text: 'x' }, part] }] });
+  const b = await r.json().catch(() => null);
+  check(r.status === 400 && b?.error?.type === 'invalid_request_error' && pattern.test(b.error.message),
+    `a ${part.type} part ${JSON.stringify(part).slice(20, 60)}: 400`, { status: r.status, b });
+}
+// reasoning_effort: Ollama's think (its own OpenAI layer maps it so); the
+// thinking comes back as message.reasoning / delta.reasoning (the
+// simulator's sim-small thinks 9 words for "high", 3 for "low"). It was
+// dropped before: no reasoning came back.
+const rq = { model: 'sim-small', messages: [{ role: 'user', content: 'reason' }], max_tokens: 3,
+  seed: 2 };
+const r1 = await client.chat.completions.create({ ...rq, reasoning_effort: 'high' });
+check(r1.choices[0].message.reasoning === 'Let me think this through step by step carefully.' &&
+  r1.choices[0].message.content.length > 0, 'reasoning_effort high: message.reasoning', r1.choices[0]);
+const r0 = await client.chat.completions.create({ ...rq, reasoning_effort: 'none' });
+check(r0.choices[0].message.reasoning === undefined &&
+  r0.choices[0].message.content === r1.choices[0].message.content,
+  'reasoning_effort none: no reasoning, the same answer', r0.choices[0]);
+let reasoning = '';
+let rtext = '';
+for await (const ch of await client.chat.completions.create({ ...rq, reasoning_effort: 'low',
+  stream: true })) {
+  reasoning += ch.choices[0]?.delta?.reasoning || '';
+  rtext += ch.choices[0]?.delta?.content || '';
+}
+check(reasoning === 'Let me think' && rtext === r1.choices[0].message.content,
+  'reasoning_effort low, streamed: delta.reasoning', { reasoning, rtext });
+
+// What the bus cannot honour is a 400 naming it, not silently dropped:
+// n > 1 (the client would get one choice), logprobs, logit_bias, echo,
+// best_of, dimensions; nothing reaches the simulator.
+const refusedBefore = await simRequests();
+for (const [path, body, pattern] of [
+  ['/chat/completions', { ...rq, n: 2 }, /\bn\b/],
+  ['/chat/completions', { ...rq, logprobs: true }, /logprobs/],
+  ['/chat/completions', { ...rq, top_logprobs: 2 }, /logprobs/],
+  ['/chat/completions', { ...rq, logit_bias: { 50256: -100 } }, /logit_bias/],
+  ['/chat/completions', { ...rq, reasoning_effort: 'max' }, /reasoning_effort/],
+  ['/completions', { model: 'sim-small', prompt: 'x', n: 3 }, /\bn\b/],
+  ['/completions', { model: 'sim-small', prompt: 'x', best_of: 2 }, /best_of/],
+  ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 1 }, /logprobs/],
+  ['/completions', { model: 'sim-small', prompt: 'x', echo: true }, /echo/],
+  ['/completions', { model: 'sim-small', prompt: ['x', 'y'] }, /several prompts/],
+  ['/chat/completions', { ...rq, modalities: ['text', 'audio'], audio: { voice: 'alloy',
+    format: 'wav' } }, /modalities/],
+  ['/chat/completions', { ...rq, audio: { voice: 'alloy', format: 'wav' } }, /audio/],
+]) {
+  const r = await post(path, body);
+  const b = await r.json().catch(() => null);
+  check(r.status === 400 && b?.error?.type === 'invalid_request_error' && pattern.test(b.error.message),
+    `${path} ${JSON.stringify(body).slice(-40)}: 400`, { status: r.status, b });
+}
+const ok1 = await post('/chat/completions', { ...rq, n: 1, logprobs: false, logit_bias: {},
+  user: 'agent-7' });
+check(ok1.status === 200, 'n 1, logprobs false, an empty logit_bias, user: accepted', ok1.status);
+check(await simRequests() === refusedBefore + 1, 'only the accepted one reached the simulator',
+  { before: refusedBefore, after: await simRequests() });
 console.log('all ok');

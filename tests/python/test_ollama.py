@@ -118,3 +118,48 @@ def test_images_and_untyped_options(ollama):
     assert img["prompt_eval_count"] == plain["prompt_eval_count"] + 576
     assert after.get("mirostat", 0) - before.get("mirostat", 0) == 1
     assert after.get("num_gpu", 0) - before.get("num_gpu", 0) == 1
+
+
+def test_think(ollama):
+    """think reaches a reasoning model and its thinking comes back apart
+    from the answer (the simulator's sim-small thinks 6 words for True, 3
+    for "low"); a model without thinking answers Ollama's 400. The binding
+    had no think before (a TypeError)."""
+    with ollama.client() as c:
+        g = c.generate("sim-small", "think", think=True,
+                       options={"seed": 1, "num_predict": 2}, timeout=20)
+        assert g["thinking"] == "Let me think this through step"
+        plain = c.generate("sim-small", "think", options={"seed": 1, "num_predict": 2},
+                           timeout=20)
+        assert "thinking" not in plain and plain["response"] == g["response"]
+        r = c.chat("sim-small", [{"role": "user", "content": "hi"}], think="low",
+                   options={"seed": 1, "num_predict": 2}, timeout=20)
+        assert r["message"]["thinking"] == "Let me think"
+        with pytest.raises(Exception) as e:
+            c.chat("sim-large", [{"role": "user", "content": "hi"}], think=True, timeout=20)
+        assert "does not support thinking" in str(e.value)
+
+
+def test_embed_dimensions(ollama):
+    """dimensions reaches Ollama: the simulator cuts the vectors to it (and
+    normalises them again). The binding had no dimensions before."""
+    with ollama.client() as c:
+        e = c.embed("sim-embed", ["a", "b"], dimensions=16, timeout=20)
+    assert [len(v) for v in e["embeddings"]] == [16, 16]
+    assert abs(sum(x * x for x in e["embeddings"][0]) - 1) < 1e-4
+
+
+def test_truncate_shift(ollama):
+    """truncate and shift reach Ollama: with num_ctx 8 the simulator refuses
+    a longer prompt when truncate is False, and shift False ends the answer
+    when the context is full. The binding had neither before."""
+    words = "one two three four five six seven eight nine ten eleven twelve"
+    with ollama.client() as c:
+        cut = c.generate("sim-small", words, options={"num_ctx": 8, "seed": 1}, timeout=20)
+        assert cut["prompt_eval_count"] == 8
+        with pytest.raises(Exception) as e:
+            c.generate("sim-small", words, options={"num_ctx": 8}, truncate=False, timeout=20)
+        assert "exceeds the available context size" in str(e.value)
+        r = c.chat("sim-small", [{"role": "user", "content": "one two three"}], shift=False,
+                   options={"num_ctx": 10, "seed": 1}, timeout=20)
+        assert r["done_reason"] == "length" and r["eval_count"] == 10 - r["prompt_eval_count"]

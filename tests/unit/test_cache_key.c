@@ -156,6 +156,10 @@ static int s_change(int i)
     case 17: s_opts.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT; s_opts.num_predict = 0; return 1; /* present 0 != absent */
     case 18: s_opts.extra_json = "{\"mirostat\":2}"; return 1; /* an untyped option */
     case 19: s_opts.extra_json = "{\"mirostat\":2,\"num_gpu\":1}"; return 1;
+    case 20: s_gen.think = "true"; return 1; /* a reasoning model thinks first */
+    case 21: s_gen.think = "high"; return 1; /* a level thinks longer */
+    case 22: s_gen.has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE; s_gen.truncate = 0; return 1; /* a 400, not a cut prompt */
+    case 23: s_gen.has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT; s_gen.shift = 0; return 1;
     default: return 0;
     }
 }
@@ -172,7 +176,7 @@ static void t_relevant_fields(void)
             if (s_same(&keys[j], &keys[n]))
                 T_FAIL_("change %d gives the same key as %d", i, j - 1);
     }
-    CHECK_EQ(n, 21);
+    CHECK_EQ(n, 25);
     /* Same request to another service: another key. */
     s_base();
     s_pb_t pb;
@@ -247,6 +251,12 @@ static void t_cacheability(void)
     inputs[1] = "c";
     CHECK_EQ(s_key_of(NULL, NULL, 0, &ke2), AB_KEY_TYPED);
     CHECK_TRUE(!s_same(&ke1, &ke2));
+    /* dimensions cuts the vectors: another answer, another key */
+    ab_cache_key_t ke3;
+    e.has_dimensions_case = AGENTBUS__EMBED_REQUEST__HAS_DIMENSIONS_DIMENSIONS;
+    e.dimensions = 16;
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &ke3), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&ke2, &ke3));
     /* Model commands are never cached, even when marked. */
     Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
     mc.model = "llama3:8b";

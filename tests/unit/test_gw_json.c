@@ -111,6 +111,11 @@ static void s_test_refused(void)
         "{\"model\":\"m\",\"prompt\":\"x\",\"raw\":1}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":\"true\"}",
         "{\"model\":7,\"prompt\":\"x\"}",
+        /* fields the bus does not carry: refused, not dropped */
+        "{\"model\":\"m\",\"prompt\":\"x\",\"template\":\"{{ .Prompt }}\"}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,2,3]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"logprobs\":true}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"top_logprobs\":3}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
@@ -124,6 +129,18 @@ static void s_test_refused(void)
     char err[256];
     json_t *j = json_loads("{\"model\":\"m\",\"messages\":[{\"content\":\"no role\"}]}", 0, NULL);
     CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
+    json_decref(j);
+    /* dimensions crosses the bus; not a positive integer: a 400 */
+    Agentbus__InferenceRequest *ir =
+        s_build(GW_EMBED, "{\"model\":\"e\",\"input\":\"a\",\"dimensions\":16}", &req);
+    REQUIRE(ir && ir->embed);
+    CHECK_EQ(ir->embed->has_dimensions_case, AGENTBUS__EMBED_REQUEST__HAS_DIMENSIONS_DIMENSIONS);
+    CHECK_EQ(ir->embed->dimensions, 16);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    j = json_loads("{\"model\":\"e\",\"input\":\"a\",\"dimensions\":0}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_EMBED, j, &req, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "dimensions") != NULL);
     json_decref(j);
     static const char *bad_embed[] = {
         "{\"model\":\"e\",\"input\":\"a\",\"truncate\":\"false\"}",
@@ -139,6 +156,17 @@ static void s_test_refused(void)
     j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":\"yes\"}", 0, NULL);
     CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
     CHECK_STR(err, "invalid raw: expected a boolean (true or false)");
+    json_decref(j);
+    j = json_loads("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}],\"logprobs\":true}",
+                   0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "logprobs") != NULL);
+    json_decref(j);
+    /* their "off" values are fine */
+    j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"context\":[],\"template\":\"\","
+                   "\"logprobs\":false,\"top_logprobs\":0}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), 0);
+    gw_req_free(&req);
     json_decref(j);
     /* null is "not given", as before */
     j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"raw\":null,\"stream\":null}", 0, NULL);
@@ -243,6 +271,75 @@ static void s_test_replies(void)
     CHECK_TRUE(json_real_value(json_array_get(json_object_get(o, "embedding"), 1)) == -1.0);
     json_decref(o);
     CHECK_TRUE(gw_ollama_reply(GW_CHAT, "\xff\xff\xff", 3, 0) == NULL);
+}
+
+/* think crosses as text (true / false / a level), a history message's
+ * thinking too; a wrongly typed think is a 400; a reply's thinking is
+ * rendered (and a streamed thinking piece is not taken by the fast line). */
+static void s_test_think(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir =
+        s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"p\",\"think\":true}", &req);
+    REQUIRE(ir && ir->generate);
+    CHECK_STR(ir->generate->think, "true");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    /* truncate and shift: presence kept */
+    ir = s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"p\",\"truncate\":false}", &req);
+    REQUIRE(ir && ir->generate);
+    CHECK_EQ(ir->generate->has_truncate_case, AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE);
+    CHECK_EQ(ir->generate->truncate, 0);
+    CHECK_EQ(ir->generate->has_shift_case, 0);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"shift\":false,\"messages\":[{\"role\":\"user\"}]}",
+                 &req);
+    REQUIRE(ir && ir->chat);
+    CHECK_EQ(ir->chat->has_shift_case, AGENTBUS__CHAT_REQUEST__HAS_SHIFT_SHIFT);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"think\":\"high\",\"messages\":[{\"role\":"
+                          "\"assistant\",\"content\":\"a\",\"thinking\":\"t\"}]}", &req);
+    REQUIRE(ir && ir->chat);
+    CHECK_STR(ir->chat->think, "high");
+    CHECK_STR(ir->chat->messages[0]->thinking, "t");
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    char err[256];
+    json_t *j = json_loads("{\"model\":\"m\",\"prompt\":\"p\",\"think\":1}", 0, NULL);
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "think") != NULL);
+    json_decref(j);
+
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    g.model = "m";
+    g.created_at = "t";
+    g.response = "";
+    g.thinking = "Let";
+    uint8_t buf[256];
+    size_t n = agentbus__generate_response__pack(&g, buf);
+    char *line = NULL;
+    size_t line_len = 0;
+    CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, n, &line, &line_len), 0);
+    json_t *o = gw_ollama_reply(GW_GENERATE, buf, n, 0);
+    REQUIRE(o);
+    CHECK_STR(json_string_value(json_object_get(o, "thinking")), "Let");
+    json_decref(o);
+    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+    m.role = "assistant";
+    m.content = "";
+    m.thinking = " me";
+    c.model = "m";
+    c.created_at = "t";
+    c.message = &m;
+    n = agentbus__chat_response__pack(&c, buf);
+    CHECK_EQ(gw_ollama_line(GW_CHAT, buf, n, &line, &line_len), 0);
+    o = gw_ollama_reply(GW_CHAT, buf, n, 0);
+    REQUIRE(o);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "message"), "thinking")), " me");
+    json_decref(o);
 }
 
 /* gw_ollama_line writes what jansson would: the same bytes for the
@@ -476,6 +573,7 @@ static void s_test_tools(void)
 
 int main(void)
 {
+    s_test_think();
     s_test_generate();
     s_test_chat_embed();
     s_test_same_as_brokerctl();

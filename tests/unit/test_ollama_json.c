@@ -314,8 +314,70 @@ static void s_test_images(void)
     wk_ol_call_free(&call);
 }
 
+/* think goes to Ollama as it takes it (a boolean, or a level's string),
+ * a history message's thinking too; the thinking Ollama answers comes
+ * back in the reply (generate's "thinking", chat's message.thinking). */
+static void s_test_think(void)
+{
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    g.model = "m";
+    g.prompt = "p";
+    g.think = "true";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    r.generate = &g;
+    uint8_t buf[512];
+    size_t len = agentbus__inference_request__pack(&r, buf);
+    wk_ol_call_t call;
+    char err[128];
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"think\":true") != NULL);
+    CHECK_TRUE(strstr(call.body, "truncate") == NULL); /* absent: Ollama's default */
+    wk_ol_call_free(&call);
+    g.has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE;
+    g.has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"truncate\":false,\"shift\":false") != NULL);
+    wk_ol_call_free(&call);
+    Agentbus__ChatRequest c = AGENTBUS__CHAT_REQUEST__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT, *mp = &m;
+    m.role = "assistant";
+    m.content = "a";
+    m.thinking = "hmm";
+    c.model = "m";
+    c.messages = &mp;
+    c.n_messages = 1;
+    c.think = "low";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    r.chat = &c;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"think\":\"low\"") != NULL);
+    CHECK_TRUE(strstr(call.body, "\"thinking\":\"hmm\"") != NULL);
+    wk_ol_call_free(&call);
+
+    const char *gl = "{\"model\":\"m\",\"response\":\"\",\"thinking\":\"Let\",\"done\":false}";
+    wk_ol_chunk_t ch;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, gl, strlen(gl), "w", &ch), 0);
+    Agentbus__GenerateResponse *gr = agentbus__generate_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(gr);
+    CHECK_STR(gr->thinking, "Let");
+    agentbus__generate_response__free_unpacked(gr, NULL);
+    free(ch.pb);
+    const char *cl = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"\","
+                     "\"thinking\":\" me\"},\"done\":false}";
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_CHAT, cl, strlen(cl), "w", &ch), 0);
+    Agentbus__ChatResponse *cr = agentbus__chat_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(cr && cr->message);
+    CHECK_STR(cr->message->thinking, " me");
+    agentbus__chat_response__free_unpacked(cr, NULL);
+    free(ch.pb);
+}
+
 int main(void)
 {
+    s_test_think();
     s_test_split();
     s_test_generate_chunks();
     s_test_chat_embed();

@@ -44,6 +44,9 @@ typedef struct {
     /* tool calling (tools.c) */
     json_t *tool_calls;      /* the answer is these calls (no text) */
     bool tool_calls_sent;    /* streamed: the chunk carrying them went out */
+    int embed_dims;          /* embed: dimensions asked (0 = the model's) */
+    int think_words;         /* thinking words owed before the answer (think given) */
+    int think_sent;          /* of which streamed or produced */
     char *tool_prefix;       /* the answer's text starts with this (a tool result) */
 } sim_req_t;
 

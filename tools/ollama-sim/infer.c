@@ -10,11 +10,12 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-enum { STEP_TOKEN = 0, STEP_DONE = 1, STEP_GONE = -1, STEP_DROP = -2, STEP_MIDSTREAM = -3 };
+enum { STEP_TOKEN = 0, STEP_DONE = 1, STEP_THINK = 2, STEP_GONE = -1, STEP_DROP = -2, STEP_MIDSTREAM = -3 };
 
 static int64_t s_sim_ns(const sim_t *s, int64_t real_ns)
 {
@@ -43,7 +44,37 @@ static int s_hang(sim_req_t *r)
     return rc;
 }
 
-/* One step of a generation: prefill first, then one token per call. */
+/* The thinking text (think given to a thinking model): its first 3 words
+ * for "low", 6 for true and "medium", 9 for "high". */
+static const char *const k_think[] = {"Let", "me", "think", "this", "through",
+                                      "step", "by", "step", "carefully."};
+
+/* THINK: JSON think -> words of thinking (0 = none), or -1 when it is not
+ * a value Ollama takes. */
+static int s_think_words(const json_t *think)
+{
+    static const char *const lv[] = {"low", "medium", "high"};
+    if (!think || json_is_null(think) || json_is_boolean(think))
+        return json_is_true(think) ? 6 : 0;
+    for (int i = 0; json_is_string(think) && i < 3; i++)
+        if (strcmp(json_string_value(think), lv[i]) == 0)
+            return 3 * (i + 1);
+    return -1;
+}
+
+/* The whole thinking text so far (the first think_sent words). */
+static json_t *s_think_text(const sim_req_t *r)
+{
+    char buf[256];
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < r->think_sent && n < sizeof buf; i++)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", i ? " " : "", k_think[i]);
+    return json_string(buf);
+}
+
+/* One step of a generation: prefill first, then the thinking words, then
+ * one token per call. */
 static int s_step(sim_req_t *r, char *tok, size_t cap)
 {
     sim_t *s = r->s;
@@ -58,6 +89,13 @@ static int s_step(sim_req_t *r, char *tok, size_t cap)
             return STEP_GONE;
         r->t_prefill_end = sim_now();
         r->phase = 1;
+    }
+    if (r->think_sent < r->think_words) { /* thinking first, a word a token */
+        if (s_pause(r, sim_scaled_ns(s, m->token_ms)) != 0)
+            return STEP_GONE;
+        snprintf(tok, cap, "%s%s", r->think_sent ? " " : "", k_think[r->think_sent]);
+        r->think_sent++;
+        return STEP_THINK;
     }
     int n = r->gen.n;
     if (r->draw.hang && n == r->draw.hang_after)
@@ -97,6 +135,9 @@ static json_t *s_final(sim_req_t *r, const char *text)
     r->t_end = sim_now();
     json_t *o = s_head(r);
     s_put_text(r, o, text);
+    if (r->think_sent && !r->stream) /* streamed: the pieces went before */
+        json_object_set_new(r->chat ? json_object_get(o, "message") : o, "thinking",
+                            s_think_text(r));
     if (r->tool_calls && !r->tool_calls_sent) /* stream: false: the calls are here */
         json_object_set(json_object_get(o, "message"), "tool_calls", r->tool_calls);
     const char *reason = r->length_limited && !r->gen.stopped_by_stop && r->gen.n >= r->gen.limit
@@ -108,7 +149,7 @@ static json_t *s_final(sim_req_t *r, const char *text)
     json_object_set_new(o, "prompt_eval_count", json_integer(r->prompt_tokens));
     json_object_set_new(o, "prompt_eval_duration",
                         json_integer(s_sim_ns(s, r->t_prefill_end - r->t_ready)));
-    json_object_set_new(o, "eval_count", json_integer(r->gen.n));
+    json_object_set_new(o, "eval_count", json_integer(r->gen.n + r->think_sent));
     json_object_set_new(o, "eval_duration",
                         json_integer(s_sim_ns(s, r->t_end - r->t_prefill_end)));
     pthread_mutex_lock(&s->lock);
@@ -184,6 +225,15 @@ static ssize_t s_reader(void *cls, uint64_t pos, char *buf, size_t max)
         case STEP_TOKEN:
             s_set_pending(r, s_chunk(r, tok));
             break;
+        case STEP_THINK: { /* as Ollama streams it: the piece, the text "" */
+            json_t *o = s_head(r);
+            s_put_text(r, o, "");
+            json_object_set_new(r->chat ? json_object_get(o, "message") : o, "thinking",
+                                json_string(tok));
+            json_object_set_new(o, "done", json_false());
+            s_set_pending(r, o);
+            break;
+        }
         case STEP_DONE:
             if (r->tool_prefix || (r->tool_calls && !r->tool_calls_sent)) {
                 s_set_pending(r, s_chunk(r, "")); /* what is owed before the end */
@@ -208,7 +258,7 @@ static enum MHD_Result s_generate_whole(sim_req_t *r)
     char tok[128];
     for (;;) {
         int rc = s_step(r, tok, sizeof tok);
-        if (rc == STEP_TOKEN)
+        if (rc == STEP_TOKEN || rc == STEP_THINK)
             continue;
         if (rc == STEP_DONE && r->tool_prefix) {
             size_t n = strlen(r->tool_prefix) + strlen(r->gen.text) + 1;
@@ -382,6 +432,20 @@ static enum MHD_Result s_load_only(sim_req_t *r, sim_model_t *m, int64_t ka)
     return sim_http_json(r, 200, o);
 }
 
+/* dimensions: VEC (LEN values, unit length) cut to DIMS and normalised
+ * again, as Ollama does; DIMS 0 or not shorter: unchanged. Its length. */
+static int s_cut(double *vec, int len, int dims)
+{
+    if (dims <= 0 || dims >= len)
+        return len;
+    double sum = 0;
+    for (int k = 0; k < dims; k++)
+        sum += vec[k] * vec[k];
+    for (int k = 0; k < dims && sum > 0; k++)
+        vec[k] /= sqrt(sum);
+    return dims;
+}
+
 static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, int64_t ka)
 {
     sim_t *s = r->s;
@@ -391,6 +455,11 @@ static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, i
     if (n > SIM_MAX_EMBED_INPUTS || n * (size_t)m->embedding_length > SIM_MAX_EMBED_FLOATS)
         return sim_http_error(r, 400, "too many inputs: at most %d, and %d floats in all",
                               SIM_MAX_EMBED_INPUTS, SIM_MAX_EMBED_FLOATS);
+    const json_t *dims = json_object_get(in, "dimensions");
+    if (dims && !json_is_null(dims) && (!json_is_integer(dims) || json_integer_value(dims) <= 0))
+        return sim_http_error(r, 400, "invalid dimensions: want a positive integer");
+    r->embed_dims = json_is_integer(dims) && json_integer_value(dims) < m->embedding_length
+                        ? (int)json_integer_value(dims) : 0;
     int words = 0;
     for (size_t i = 0; i < n; i++) {
         const json_t *t = json_is_array(input) ? json_array_get(input, i) : input;
@@ -422,8 +491,9 @@ static enum MHD_Result s_embed(sim_req_t *r, const json_t *in, sim_model_t *m, i
     for (size_t i = 0; i < n; i++) {
         const json_t *t = json_is_array(input) ? json_array_get(input, i) : input;
         sim_embed(m->name, json_string_value(t), m->embedding_length, vec);
+        int dim = s_cut(vec, m->embedding_length, r->embed_dims);
         json_t *row = json_array();
-        for (int k = 0; k < m->embedding_length; k++)
+        for (int k = 0; k < dim; k++)
             json_array_append_new(row, json_real(vec[k]));
         json_array_append_new(all, row);
     }
@@ -498,6 +568,17 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
     sim_t *s = r->s;
     enum MHD_Result res = MHD_NO;
     r->prompt_tokens = s_prompt_tokens(in, r->chat);
+    /* options.num_ctx: a longer prompt is cut to it, or refused with
+     * "truncate": false (Ollama's 400) */
+    const json_t *nc = json_object_get(opts, "num_ctx");
+    int ctx = json_is_integer(nc) && json_integer_value(nc) > 0 &&
+                      json_integer_value(nc) < SIM_MAX_TOKENS * 1000
+                  ? (int)json_integer_value(nc) : 0;
+    if (ctx && r->prompt_tokens > ctx && json_is_false(json_object_get(in, "truncate")))
+        return sim_http_error(r, 400, "request (%d tokens) exceeds the available context size "
+                                      "(%d tokens), try increasing it", r->prompt_tokens, ctx);
+    if (ctx && r->prompt_tokens > ctx)
+        r->prompt_tokens = ctx;
     if (s_acquire(r, m, ka, &res) != 0)
         return res;
     pthread_mutex_lock(&s->lock);
@@ -508,6 +589,10 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
     if (json_is_integer(np) && json_integer_value(np) > 0) {
         r->length_limited = true;
         limit = json_integer_value(np) > SIM_MAX_TOKENS ? SIM_MAX_TOKENS : (int)json_integer_value(np);
+    }
+    if (ctx && json_is_false(json_object_get(in, "shift")) && r->prompt_tokens + limit > ctx) {
+        limit = ctx - r->prompt_tokens; /* no shifting: the context full ends it */
+        r->length_limited = true;
     }
     if (r->chat) { /* tools.c: a tool call instead of text, or text after a tool's result */
         r->tool_calls = sim_tools_call(in);
@@ -586,6 +671,15 @@ enum MHD_Result sim_infer_handle(sim_req_t *r)
     r->chat = r->route == R_CHAT;
     if (s_check_common(r, in, &opts, &ka, &res) != 0 || s_check_input(r, in, &load_only, &res) != 0)
         goto done;
+    if (r->route != R_EMBED && (r->think_words = s_think_words(json_object_get(in, "think"))) < 0) {
+        res = sim_http_error(r, 400, "invalid think value: must be \"high\", \"medium\", "
+                                     "\"low\", true, or false");
+        goto done;
+    }
+    if (r->think_words && !m->thinking) { /* Ollama checks before loading */
+        res = sim_http_error(r, 400, "\"%s\" does not support thinking", r->model_echo);
+        goto done;
+    }
     if (load_only) {
         res = s_load_only(r, m, ka);
         goto done;

@@ -79,6 +79,7 @@ typedef struct {
     int reply_tokens;
     int embedding_length;
     int num_parallel;        /* 0 = the server's */
+    bool thinking;           /* a reasoning model: takes think (else think: true is a 400) */
     /* run time (under sim_t.lock) */
     sim_state_t state;
     int gpu;

@@ -135,6 +135,12 @@ static int s_model_from_json(sim_model_t *m, const json_t *o)
         } else if (strcmp(key, "num_parallel") == 0) {
             rc = s_num_field(v, 1, SIM_MAX_PARALLEL, &x, key);
             m->num_parallel = (int)x;
+        } else if (strcmp(key, "thinking") == 0) {
+            if (json_is_boolean(v))
+                x = json_is_true(v);
+            else
+                rc = s_num_field(v, 0, 1, &x, key);
+            m->thinking = x != 0;
         } else {
             fprintf(stderr, "ollama-sim: unknown model key \"%s\"\n", key);
             rc = -1;
@@ -205,7 +211,8 @@ static void s_builtin_models(sim_t *s)
 {
     static const char *specs[] = {
         "{\"name\":\"sim-small\",\"size\":\"1G\",\"parameter_size\":\"1B\",\"load_ms\":500,"
-        "\"prefill_tps\":2000,\"token_ms\":10,\"reply_tokens\":24,\"embedding_length\":384}",
+        "\"prefill_tps\":2000,\"token_ms\":10,\"reply_tokens\":24,\"embedding_length\":384,"
+        "\"thinking\":true}",
         "{\"name\":\"sim-large\",\"size\":\"5G\",\"parameter_size\":\"8B\",\"load_ms\":2000,"
         "\"prefill_tps\":500,\"token_ms\":40,\"reply_tokens\":48,\"embedding_length\":1024}",
         "{\"name\":\"sim-embed\",\"size\":\"256M\",\"family\":\"bert\",\"parameter_size\":\"137M\","
