@@ -55,6 +55,15 @@ static int s_fail(char *err, size_t cap, const char *fmt, const char *arg)
     return -1;
 }
 
+/* V as JSON text in the arena, compact with sorted keys (the same object
+ * with its keys in another order is the same text, and cache key): a
+ * format schema, the untyped options, tools and tool calls. */
+static int s_text_of(json_t *v, s_arena_t *a, char **out, char *err, size_t cap)
+{
+    *out = s_keep(a, json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS));
+    return *out ? 0 : s_fail(err, cap, "%s", "out of memory");
+}
+
 /* --- request fields ---------------------------------------------------------- */
 /* A string field: absent or null gives "", anything else but a string is an
  * error (Ollama answers 400 for a wrongly typed field too). */
@@ -102,8 +111,7 @@ static int s_format(json_t *o, s_arena_t *a, char **out, char *err, size_t cap)
     }
     if (!json_is_object(v))
         return s_fail(err, cap, "invalid %s: expected \"json\" or a schema", "format");
-    *out = s_keep(a, json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS));
-    return *out ? 0 : s_fail(err, cap, "%s", "out of memory");
+    return s_text_of(v, a, out, err, cap);
 }
 
 static int s_num(json_t *o, const char *key, int *has, double *d, char *err, size_t cap)
@@ -170,13 +178,11 @@ static int s_extra_options(json_t *j, Agentbus__InferenceOptions *o, s_arena_t *
         if (i == sizeof typed / sizeof typed[0] && !json_is_null(v))
             json_object_set(extra, k, v);
     }
-    int oom = !extra;
-    if (extra && json_object_size(extra)) {
-        o->extra_json = s_keep(a, json_dumps(extra, JSON_COMPACT | JSON_SORT_KEYS));
-        oom = !o->extra_json;
-    }
+    int rc = extra ? 0 : s_fail(err, cap, "%s", "out of memory");
+    if (extra && json_object_size(extra))
+        rc = s_text_of(extra, a, &o->extra_json, err, cap);
     json_decref(extra);
-    return oom ? s_fail(err, cap, "%s", "out of memory") : 0;
+    return rc;
 }
 
 /* options: the typed ones the proto has fields for, and the others as
@@ -374,8 +380,7 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
  * here, so a malformed one is a 400 naming it, not a silent drop. */
 static int s_json_text(json_t *v, s_build_t *b, char **out)
 {
-    *out = s_keep(b->a, json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS));
-    return *out ? 0 : s_fail(b->err, b->cap, "%s", "out of memory");
+    return s_text_of(v, b->a, out, b->err, b->cap);
 }
 
 static int s_bad_item(s_build_t *b, const char *what, size_t i, const char *why)
