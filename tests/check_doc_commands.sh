@@ -67,8 +67,8 @@ while IFS=$'\t' read -r file line; do
   prog=${1##*/}
   shift
   case $prog in
-  brokerctl) timeout -k 10 -s INT 3 "$bin/brokerctl" --timeout-ms 2000 "$@" </dev/null >"$tmp/out" 2>&1 ;;
-  agentbus-worker) timeout -k 10 -s INT 2 "$bin/agentbus-worker" "$@" --drain-ms 0 >"$tmp/out" 2>&1 ;;
+  brokerctl) timeout --foreground -k 10 -s INT 3 "$bin/brokerctl" --timeout-ms 2000 "$@" </dev/null >"$tmp/out" 2>&1 ;;
+  agentbus-worker) timeout --foreground -k 10 -s INT 2 "$bin/agentbus-worker" "$@" --drain-ms 0 >"$tmp/out" 2>&1 ;;
   agentbus-broker)
     # Its own ports: a documented 5555 to bind becomes "any free port" (a
     # peer's 5555 stays: a peer's port is 1..65535).
@@ -82,7 +82,7 @@ while IFS=$'\t' read -r file line; do
     # Without a --bind of its own, the default (5555 and ipc:///tmp/agentbus.ipc)
     # or a config file's (the shipped one says 5555) becomes any free port.
     [[ " ${args[*]} " != *" --bind"* ]] && args+=(--bind 'tcp://127.0.0.1:*')
-    timeout -k 10 -s INT 1 "$bin/agentbus-broker" "${args[@]}" --drain-ms 0 >"$tmp/out" 2>&1 ;;
+    timeout --foreground -k 10 -s INT 1 "$bin/agentbus-broker" "${args[@]}" --drain-ms 0 >"$tmp/out" 2>&1 ;;
   esac
   rc=$?
   n=$((n + 1))

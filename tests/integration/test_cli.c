@@ -66,11 +66,11 @@ static void s_arg_order(void)
     CHECK_EQ(th_run(cmd, s_out, sizeof s_out), 0);
     CHECK_TRUE(HAS("\thello"));
     /* --watch into a pipe: no terminal codes, repeats separated. */
-    CHECK_EQ(s_sh("timeout -k 5 -s INT 3 %s services --watch 1 --broker %s; true", CTL, ep), 0);
+    CHECK_EQ(s_sh("timeout --foreground -k 5 -s INT 3 %s services --watch 1 --broker %s; true", CTL, ep), 0);
     CHECK_TRUE(HAS("SERVICE"));
     CHECK_TRUE(!HAS("\033["));
     /* A stream with --json: one compact object per line. */
-    CHECK_EQ(s_sh("timeout -k 5 -s INT 3 %s services --watch 1 --json --broker %s; true", CTL, ep), 0);
+    CHECK_EQ(s_sh("timeout --foreground -k 5 -s INT 3 %s services --watch 1 --json --broker %s; true", CTL, ep), 0);
     CHECK_TRUE(s_out[0] == '[' && strchr(s_out, '\n') && strchr(s_out, '\n')[-1] == ']');
     /* The workers table keeps its columns: the id fits in 12. */
     CHECK_EQ(s_sh("timeout 30 %s workers --broker %s", CTL, ep), 0);

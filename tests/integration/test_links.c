@@ -580,9 +580,13 @@ static void s_roles(void)
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_EQ(lt_wait_rc(ag, "secret", AB_EDENIED, 30000), 0);
     CHECK_EQ(lt_req(ag, "echo", "ok", NULL, 0), AB_OK);
-    /* A worker proving the peer key is refused: a peer registers nothing. */
+    /* A worker proving the peer key is refused: a peer registers nothing.
+     * timeout signals the worker alone (--foreground): its default also
+     * signals its process group, SIGTERM and SIGCONT, and under ASan those
+     * reached LeakSanitizer's exit-time tracer (a clone in that group) and
+     * left it and the worker stopped for good: this case hung in CI. */
     snprintf(cmd, sizeof cmd,
-             "AB_KEY=%s/broker.key_secret timeout 3 %s --broker %s --backend echo --service "
+             "AB_KEY=%s/broker.key_secret timeout --foreground -k 10 3 %s --broker %s --backend echo --service "
              "sneaky >/dev/null 2>&1; grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
              lt_certdir(), th_bin("agentbus-worker"), th_ep(pb), th_log_of(bpid));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
