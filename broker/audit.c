@@ -21,7 +21,7 @@ typedef struct {
 typedef struct {
     ab_idmap_t by_owner; /* (uintptr_t)owner -> s_tally_t (owned) */
     int oom;
-    uint64_t bytes; /* payload bytes of all pending requests */
+    uint64_t bytes; /* held bytes (payloads, records) of all pending requests */
     size_t in_heap; /* pending requests in the deadline heap */
 } s_tallies_t;
 

@@ -59,10 +59,12 @@ static const s_option_t s_options[] = {
     {"max-pending", OPT_LONG, OFF(max_pending), 1, 100000000, "1000000",
      "requests held by the broker in total (queued + in flight)"},
     {"max-held-bytes", OPT_SIZE, OFF(max_held_bytes), 1024, 1L << 40, "1G",
-     "request payload bytes the broker holds in total (queued, at workers, waiting on a twin); "
+     "bytes of the requests the broker holds in total (queued, at workers, waiting on a twin): "
+     "payloads plus about 1.2 KB of record each; "
      "a request that would pass it: ERROR(BUSY) (one is always taken when none is held)"},
     {"max-client-held-bytes", OPT_SIZE, OFF(max_client_held_bytes), 1024, 1L << 40, "256M",
-     "request payload bytes one client (agent name, else connection) may have held; a request "
+     "bytes of requests (payloads plus records) one client (agent name, else connection) may "
+     "have held; a request "
      "that would pass it: ERROR(BUSY) (one is always taken when the client holds none)"},
     {"startup-grace-ms", OPT_LONG, OFF(startup_grace_ms), 0, 600000, "2000",
      "after a (re)start, requests to unknown services wait this long for their "

@@ -42,8 +42,8 @@ typedef struct {
     long eject_base_ms;       /* first ejection's backoff; doubles each time */
     long eject_max_ms;        /* cap on the backoff */
     long max_client_inflight; /* requests one client may have held at once */
-    size_t max_held_bytes;        /* request payload bytes held in total */
-    size_t max_client_held_bytes; /* request payload bytes held for one client */
+    size_t max_held_bytes;        /* request bytes (payloads + records) held in total */
+    size_t max_client_held_bytes; /* request bytes (payloads + records) held for one client */
     long drain_ms;            /* on SIGTERM: time to finish in-flight work */
     long self_check_ms;       /* audit.h: recount the bookkeeping this often; 0 off */
     /* Direct messages and pub/sub (broker/messaging/). */

@@ -213,7 +213,7 @@ static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)
     s_one(o, "agentbus_pending_requests", "gauge", "Requests held (queued or in flight)",
           (double)ab_idmap_size(&b->pending));
     s_one(o, "agentbus_held_request_bytes", "gauge",
-          "Payload bytes of the requests held (queued, at workers, waiting on a twin)",
+          "Bytes of the requests held, payloads and records (queued, at workers, waiting on a twin)",
           (double)b->held_bytes);
     s_one(o, "agentbus_services", "gauge", "Services known", (double)zhashx_size(b->services));
     for (size_t i = 0; i < sizeof s_counters / sizeof s_counters[0]; i++)

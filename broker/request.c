@@ -120,7 +120,7 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
         ab_client_track(p, r); /* CANCEL and departure find it */
     }
     ab_deadline_push(b, r);
-    r->held_bytes = body && body->has ? body->size : 0;
+    r->held_bytes = AB_REQ_RECORD_BYTES + (body && body->has && !r->small_held ? body->size : 0);
     b->held_bytes += r->held_bytes;
     crec->held_bytes += r->held_bytes;
     return r;
@@ -203,12 +203,13 @@ static int s_admit_client(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, con
     return 0;
 }
 
-/* 1 when holding SIZE more payload bytes would pass client P's
- * max-client-held-bytes or the broker's max-held-bytes: answered BUSY and
- * counted. Whoever holds nothing may always have one request (any payload
- * under max-payload-bytes passes once). Counts in bytes, not requests: a
- * client's 10,000 queued requests (max-client-queued) of 64 MiB each
- * (max-payload-bytes) would be 640 GB. */
+/* 1 when holding a request of SIZE payload bytes (and its record,
+ * AB_REQ_RECORD_BYTES) would pass client P's max-client-held-bytes or the
+ * broker's max-held-bytes: answered BUSY and counted. Whoever holds nothing
+ * may always have one request (any payload under max-payload-bytes passes
+ * once). Counts in bytes, not requests: a client's 10,000 queued requests
+ * (max-client-queued) of 64 MiB each (max-payload-bytes) would be 640 GB,
+ * and a million empty ones a gigabyte of records. */
 static int s_over_bytes(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
                         ab_service_t *s, size_t size)
 {
@@ -244,7 +245,9 @@ static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
     ab_cache_req_t *cr = NULL;
     if (ab_cache_on_request(b, s, rid, p ? p->features : 0, h, data, size, now, &cr))
         return; /* answered from the cache */
-    if (s_over_bytes(b, p, rid, h, s, size)) {
+    /* What ab_req_new will charge: a payload kept in the record costs no more. */
+    int own = body && body->has && (body->msg || size > AB_REQ_SMALL_MAX);
+    if (s_over_bytes(b, p, rid, h, s, AB_REQ_RECORD_BYTES + (own ? size : 0))) {
         ab_cache_req_free(&cr);
         return;
     }

@@ -32,6 +32,12 @@ typedef enum {
 #define AB_FWD_KEY_TXT 41 /* a Z85 public key and its NUL */
 #define AB_FWD_VIA_ROOM 128 /* crossed lists of this size (NUL included) need no block */
 #define AB_REQ_SMALL_MAX 256 /* request payloads kept in the record (ab_req_t: small) */
+/* What one held request costs the broker beyond a payload of its own:
+ * its record plus its entries in the pending table, the deadline heap and
+ * the client's index (about 64 bytes together). Charged to the held bytes,
+ * so max-held-bytes bounds memory and not only payloads: 1,000,000 empty
+ * requests (max-pending) were a gigabyte of records that counted as 0. */
+#define AB_REQ_RECORD_BYTES (sizeof(struct ab_req) + 64)
 struct ab_fwd {
     char *via; /* NUL-terminated, at most AB_VIA_MAX - 1 characters (link_int.h) */
     uint32_t hops_left;
@@ -87,8 +93,9 @@ struct ab_req {
      * BATCH or inline) is kept here, not in PAYLOAD: no message of its own
      * (a malloc, a copy and a free per request) unless something needs one
      * (ab_req_payload). Last: a new record is cleared only up to SMALL. */
-    uint64_t held_bytes; /* its payload's size, counted in the broker's and its client's
-                            held bytes (max-held-bytes, max-client-held-bytes) */
+    uint64_t held_bytes; /* AB_REQ_RECORD_BYTES plus its payload's size when the
+                            payload is not in SMALL: counted in the broker's and its
+                            client's held bytes (max-held-bytes, max-client-held-bytes) */
     uint8_t small_held; /* the payload is SMALL's first SMALL_LEN bytes */
     uint16_t small_len;
     uint8_t small[AB_REQ_SMALL_MAX];

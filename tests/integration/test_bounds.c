@@ -518,37 +518,45 @@ static void s_held_bytes(void)
     for (size_t i = 0; i < sizeof data; i++)
         data[i] = (unsigned char)((i * 2654435761u) >> 13); /* no runs to compress */
     int port = th_free_port();
-    th_broker(port, "--max-client-held-bytes", "65536", "--max-held-bytes", "100000", NULL);
+    th_broker(port, "--max-client-held-bytes", "65536", "--max-held-bytes", "110000", NULL);
     pid_t w1 = th_worker(port, "hold", "--delay-ms", "60000", "--capacity", "64", NULL);
     ab_client_t *a = th_client(port), *b = th_client(port);
     REQUIRE(th_wait_workers(a, "hold", 1, 10000) == 0);
-    /* A: 20,000, 40,000, 60,000 bytes held; a fourth would make 80,000 of
-     * A's own, over 65,536: BUSY. */
+    /* Each request also costs its record, R bytes (under 1,800 here: three
+     * with their records still fit A's 65,536). */
     s_held_t ha[4], hb[3];
-    for (int i = 0; i < 3; i++)
+    s_held_send(a, data, SZ, &ha[0]);
+    uint64_t one = 0;
+    for (int i = 0; i < 500 && one == 0; i++)
+        one = s_wait_held(a, b, 1, 10);
+    const uint64_t R = one - SZ;
+    CHECK_TRUE(one > SZ && R <= 1800);
+    /* A: three held; a fourth would make 80,000 and more of A's own, over
+     * 65,536: BUSY. */
+    for (int i = 1; i < 3; i++)
         s_held_send(a, data + i, SZ, &ha[i]);
-    CHECK_EQ(s_wait_held(a, b, 3 * SZ, 10000), 3 * SZ);
+    CHECK_EQ(s_wait_held(a, b, 3 * (SZ + R), 10000), 3 * (SZ + R));
     s_held_send(a, data + 3, SZ, &ha[3]);
     s_poll_finals(a, b, &ha[3], 1, 10000);
     CHECK_EQ(ha[3].status, AB_EBUSY);
     CHECK_TRUE(strstr(ha[3].text, "max-client-held-bytes") != NULL);
     CHECK_EQ(ha[0].finals + ha[1].finals + ha[2].finals, 0);
-    /* B holds nothing: two fit in the broker's 100,000, the third does not. */
+    /* B holds nothing: two fit in the broker's 110,000, the third does not. */
     for (int i = 0; i < 2; i++)
         s_held_send(b, data + 10 + i, SZ, &hb[i]);
-    CHECK_EQ(s_wait_held(a, b, 5 * SZ, 10000), 5 * SZ);
+    CHECK_EQ(s_wait_held(a, b, 5 * (SZ + R), 10000), 5 * (SZ + R));
     s_held_send(b, data + 12, SZ, &hb[2]);
     s_poll_finals(a, b, &hb[2], 1, 10000);
     CHECK_EQ(hb[2].status, AB_EBUSY);
     CHECK_TRUE(strstr(hb[2].text, "max-held-bytes") != NULL);
     Agentbus__Stats *st = s_stats(a);
-    CHECK_EQ(st->held_bytes, 5 * SZ);
+    CHECK_EQ(st->held_bytes, 5 * (SZ + R));
     CHECK_EQ(st->held_bytes_busy, 2);
     agentbus__stats__free_unpacked(st, NULL);
     /* The holder dies: its requests are queued again, still held (their
      * bytes too); a new worker answers them all and the bytes are free. */
     th_kill9(w1);
-    CHECK_EQ(s_wait_held(a, b, 5 * SZ, 5000), 5 * SZ);
+    CHECK_EQ(s_wait_held(a, b, 5 * (SZ + R), 5000), 5 * (SZ + R));
     th_worker(port, "hold", "--capacity", "64", NULL);
     s_held_t *all[5] = {&ha[0], &ha[1], &ha[2], &hb[0], &hb[1]};
     int64_t end = ab_now_ms() + 30000;
@@ -567,11 +575,75 @@ static void s_held_bytes(void)
     CHECK_EQ(s_wait_held(a, b, 0, 10000), 0);
     /* Holding nothing, a client may have one request larger than its
      * bound (70,000 > 65,536). */
-    s_held_t one;
-    s_held_send(a, data, sizeof data, &one);
-    s_poll_finals(a, b, &one, 1, 10000);
-    CHECK_EQ(one.status, AB_OK);
-    CHECK_EQ(one.got, sizeof data);
+    s_held_t big;
+    s_held_send(a, data, sizeof data, &big);
+    s_poll_finals(a, b, &big, 1, 10000);
+    CHECK_EQ(big.status, AB_OK);
+    CHECK_EQ(big.got, sizeof data);
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+}
+
+/* Sends N empty requests from C to "hold" (BASE requests already held by
+ * others); returns how many were held (no answer yet once every one is
+ * either answered or held: the broker answers BUSY at once) and counts the
+ * refusals naming BOUND in *BUSY. */
+static int s_empty_burst(ab_client_t *c, ab_client_t *other, s_held_t *h, int n, uint64_t base,
+                         const char *bound, int *busy)
+{
+    for (int i = 0; i < n; i++)
+        s_held_send(c, "", 0, &h[i]);
+    int64_t end = ab_now_ms() + 20000;
+    for (;;) {
+        ab_client_poll(c, 10);
+        if (other)
+            ab_client_poll(other, 10);
+        Agentbus__Stats *st = s_stats(c);
+        uint64_t pending = st->pending;
+        agentbus__stats__free_unpacked(st, NULL);
+        int finals = 0;
+        for (int i = 0; i < n; i++)
+            finals += h[i].finals;
+        if ((uint64_t)finals + pending >= (uint64_t)n + base || ab_now_ms() > end)
+            break;
+    }
+    int held = 0;
+    *busy = 0;
+    for (int i = 0; i < n; i++) {
+        if (!h[i].finals)
+            held++;
+        else if (h[i].status == AB_EBUSY && strstr(h[i].text, bound))
+            (*busy)++;
+    }
+    return held;
+}
+
+/* Empty requests are not free: each holds a record, charged to the held
+ * bytes, so the byte bounds stop a flood of them long before max-pending
+ * (1,000,000 records, a gigabyte, when they counted as 0 bytes). */
+static void s_held_records(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--max-client-held-bytes", "32768", "--max-held-bytes", "49152", NULL);
+    th_worker(port, "hold", "--delay-ms", "60000", "--capacity", "64", NULL);
+    ab_client_t *a = th_client(port), *b = th_client(port);
+    REQUIRE(th_wait_workers(a, "hold", 1, 10000) == 0);
+    static s_held_t ha[100], hb[100];
+    int busy_a = 0, busy_b = 0;
+    int held_a = s_empty_burst(a, NULL, ha, 100, 0, "max-client-held-bytes", &busy_a);
+    printf("held: A %d, busy %d\n", held_a, busy_a);
+    CHECK_TRUE(held_a >= 1 && held_a <= 40); /* 32,768 / a record of 800-1,800 bytes */
+    CHECK_EQ(held_a + busy_a, 100);
+    /* B has its own bound, but the broker's 49,152 ends it first. */
+    int held_b = s_empty_burst(b, a, hb, 100, (uint64_t)held_a, "max-held-bytes", &busy_b);
+    printf("held: B %d, busy %d\n", held_b, busy_b);
+    CHECK_TRUE(held_b >= 1 && held_b < held_a);
+    CHECK_EQ(held_b + busy_b, 100);
+    Agentbus__Stats *st = s_stats(a);
+    CHECK_TRUE(st->held_bytes > 0 && st->held_bytes <= 49152);
+    CHECK_U64(st->pending, (uint64_t)(held_a + held_b));
+    CHECK_U64(st->held_bytes_busy, (uint64_t)(busy_a + busy_b));
+    agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&a);
     ab_client_destroy(&b);
 }
@@ -585,6 +657,7 @@ int main(int argc, char **argv)
         {"max_connections", s_max_connections},
         {"lost_at_close", s_lost_at_close},
         {"held_bytes", s_held_bytes},
+        {"held_records", s_held_records},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

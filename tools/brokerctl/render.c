@@ -245,7 +245,7 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     fprintf(out, "bounds       connections %u (refused %llu)   slow peers %u   in flight %llu bytes\n"
                  "             busy %llu   dropped %llu   disconnected %llu (%llu bytes)"
                  "   lost at drop %llu bytes\n"
-                 "             requests hold %llu payload bytes (busy %llu)\n",
+                 "             requests hold %llu bytes (busy %llu)\n",
             st->connections, (unsigned long long)st->conn_refused, st->slow_peers,
             (unsigned long long)st->out_in_flight_bytes, (unsigned long long)st->out_busy,
             (unsigned long long)st->out_dropped, (unsigned long long)st->slow_disconnects,
