@@ -1,9 +1,11 @@
 /*
- * gw_conns.c - the header deadline: connections waiting for a request's
- * headers, oldest first, shut down when they wait past --header-timeout-ms
+ * gw_conns.c - the header and body deadlines: connections waiting for a
+ * request's headers, and requests whose body is coming, oldest first, shut
+ * down when they wait past --header-timeout-ms or --body-timeout-ms
  * (gw_conns.h says why and how it stays safe across threads).
  */
 #include "gw_conns.h"
+#include "gw_mhdlog.h"
 #include "tl_clock.h"
 
 #include <netinet/in.h> /* IPPROTO_TCP */
@@ -15,21 +17,30 @@
 
 /* One connection (libmicrohttpd's socket context). */
 typedef struct {
-    ab_list_t link;      /* on gw_conns_t.waiting while waiting for headers */
+    ab_list_t link;      /* on gw_conns_t.waiting while waiting for headers, on
+                          * gw_conns_t.body while its request's body comes */
     int fd;
     struct MHD_Daemon *daemon; /* the shard it is on */
-    uint64_t since_us;   /* when it started waiting */
+    uint64_t since_us;   /* when it started waiting (for headers or the body) */
     uint64_t rx_bytes;   /* bytes received by then (idle vs partial) */
     int reaped;          /* shut down: counted, waits for libmicrohttpd to close it */
 } s_sock_t;
 
-void gw_conns_init(gw_conns_t *t, unsigned ms)
+void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms)
 {
     memset(t, 0, sizeof *t);
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->wake, NULL);
     ab_list_init(&t->waiting);
+    ab_list_init(&t->body);
     t->deadline_us = (uint64_t)ms * 1000;
+    t->body_deadline_us = (uint64_t)body_ms * 1000;
+}
+
+/* Whether either deadline is on (else connections are not tracked). */
+static int s_on(const gw_conns_t *t)
+{
+    return t->deadline_us || t->body_deadline_us;
 }
 
 void gw_conns_stop_thread(gw_conns_t *t)
@@ -70,20 +81,22 @@ static s_sock_t *s_sock(struct MHD_Connection *conn)
     return ci ? ci->socket_context : NULL;
 }
 
-/* S starts waiting for headers now (caller holds the lock). */
+/* S starts waiting for headers now (caller holds the lock); off every
+ * list when there is no header deadline. */
 static void s_wait(gw_conns_t *t, s_sock_t *s, uint64_t rx)
 {
     ab_list_remove(&s->link);
     s->since_us = tl_now_us();
     s->rx_bytes = rx;
-    ab_list_insert_tail(&t->waiting, &s->link);
+    if (t->deadline_us)
+        ab_list_insert_tail(&t->waiting, &s->link);
 }
 
 void gw_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                      enum MHD_ConnectionNotificationCode toe)
 {
     gw_conns_t *t = cls;
-    if (!t->deadline_us)
+    if (!s_on(t))
         return;
     s_sock_t *s = *socket_context;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
@@ -112,7 +125,21 @@ void gw_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_conte
 
 void gw_conns_headers_done(gw_conns_t *t, struct MHD_Connection *conn)
 {
-    s_sock_t *s = t->deadline_us ? s_sock(conn) : NULL;
+    s_sock_t *s = s_on(t) ? s_sock(conn) : NULL;
+    if (!s)
+        return;
+    pthread_mutex_lock(&t->lock);
+    ab_list_remove(&s->link);
+    if (t->body_deadline_us && !s->reaped) { /* a reaped one is closing */
+        s->since_us = tl_now_us();
+        ab_list_insert_tail(&t->body, &s->link);
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+void gw_conns_body_done(gw_conns_t *t, struct MHD_Connection *conn)
+{
+    s_sock_t *s = t->body_deadline_us ? s_sock(conn) : NULL;
     if (!s)
         return;
     pthread_mutex_lock(&t->lock);
@@ -122,46 +149,66 @@ void gw_conns_headers_done(gw_conns_t *t, struct MHD_Connection *conn)
 
 void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn)
 {
-    s_sock_t *s = t->deadline_us ? s_sock(conn) : NULL;
+    s_sock_t *s = s_on(t) ? s_sock(conn) : NULL;
     if (!s)
         return;
-    uint64_t rx = s_rx_bytes(s->fd); /* outside the lock: a system call */
+    uint64_t rx = t->deadline_us ? s_rx_bytes(s->fd) : 0; /* outside the lock: a system call */
     pthread_mutex_lock(&t->lock);
     if (!s->reaped) /* a reaped one is closing: it waits for nothing */
         s_wait(t, s, rx);
     pthread_mutex_unlock(&t->lock);
 }
 
-/* Takes S off the list and shuts it down, counted under WHY (caller holds
- * the lock). libmicrohttpd reads the end of the socket and closes it on
- * its own thread; the fd is still open here: its CLOSED notification,
- * which comes before the close, waits for this lock. */
-static void s_shut(gw_conns_t *t, s_sock_t *s, gw_ht_t why)
+/* Takes S off its list and shuts it down, counted in COUNTER (caller
+ * holds the lock). libmicrohttpd reads the end of the socket and closes it
+ * on its own thread (for a request past its headers, after its completion
+ * hook, which releases its --max-in-flight slot); the fd is still open
+ * here: its CLOSED notification, which comes before the close, waits for
+ * this lock. */
+static void s_shut(s_sock_t *s, atomic_ullong *counter)
 {
     ab_list_remove(&s->link);
     s->reaped = 1;
-    atomic_fetch_add(&t->timeouts[why], 1);
+    atomic_fetch_add(counter, 1);
     shutdown(s->fd, SHUT_RDWR);
+}
+
+/* Shuts down the connections on LIST (T's waiting or body list) that have
+ * waited DEADLINE_US by NOW_US, oldest first (caller holds the lock);
+ * *CUT counts them. Returns the ms until the next is due (-1: none). */
+static int s_reap_list(gw_conns_t *t, ab_list_t *list, uint64_t deadline_us, uint64_t now_us,
+                       unsigned *cut)
+{
+    ab_list_t *n;
+    while ((n = ab_list_first(list))) {
+        s_sock_t *s = ab_list_data(n, s_sock_t, link);
+        uint64_t due = s->since_us + deadline_us;
+        if (due > now_us) /* the oldest is not due: none is */
+            return (int)((due - now_us + 999) / 1000);
+        if (list == &t->body)
+            s_shut(s, &t->body_timeouts);
+        else
+            s_shut(s, &t->timeouts[s_rx_bytes(s->fd) > s->rx_bytes ? GW_HT_PARTIAL : GW_HT_IDLE]);
+        (*cut)++;
+    }
+    return -1;
 }
 
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
 {
-    if (!t->deadline_us)
+    if (!s_on(t))
         return -1;
-    int next = -1;
+    unsigned heads = 0, bodies = 0;
     pthread_mutex_lock(&t->lock);
-    ab_list_t *n;
-    while ((n = ab_list_first(&t->waiting))) {
-        s_sock_t *s = ab_list_data(n, s_sock_t, link);
-        uint64_t due = s->since_us + t->deadline_us;
-        if (due > now_us) { /* the oldest is not due: none is */
-            next = (int)((due - now_us + 999) / 1000);
-            break;
-        }
-        s_shut(t, s, s_rx_bytes(s->fd) > s->rx_bytes ? GW_HT_PARTIAL : GW_HT_IDLE);
-    }
+    int next = s_reap_list(t, &t->waiting, t->deadline_us, now_us, &heads);
+    int body = s_reap_list(t, &t->body, t->body_deadline_us, now_us, &bodies);
     pthread_mutex_unlock(&t->lock);
-    return next;
+    /* Any client can make these: rate limited (outside the lock: a write). */
+    if (bodies)
+        gw_log_limited("%u connection%s closed: request body not complete %llu ms after its "
+                       "headers (--body-timeout-ms)", bodies, bodies == 1 ? "" : "s",
+                       (unsigned long long)(t->body_deadline_us / 1000));
+    return next < 0 || (body >= 0 && body < next) ? body : next;
 }
 
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us)
@@ -174,7 +221,7 @@ struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_w
     s_sock_t *s = n ? ab_list_data(n, s_sock_t, link) : NULL;
     if (s && s->since_us + min_wait_us <= now_us) {
         d = s->daemon;
-        s_shut(t, s, GW_HT_EVICTED);
+        s_shut(s, &t->timeouts[GW_HT_EVICTED]);
     }
     pthread_mutex_unlock(&t->lock);
     return d;
@@ -219,7 +266,7 @@ static void *s_thread(void *arg)
 
 int gw_conns_start_thread(gw_conns_t *t, int lfd, unsigned limit)
 {
-    if (!t->deadline_us)
+    if (!s_on(t))
         return 0;
     t->lfd = lfd;
     t->limit = limit;

@@ -1,7 +1,10 @@
 /*
  * gw_conns.h - the header deadline (--header-timeout-ms): every HTTP
  * connection, from its accept or the end of its previous request, must
- * complete its next request's headers within the deadline, or it is closed.
+ * complete its next request's headers within the deadline, or it is closed;
+ * and the body deadline (--body-timeout-ms): a request's body must have
+ * arrived within its deadline from the end of its headers, or its
+ * connection is closed the same way.
  *
  * Why: libmicrohttpd's own timeout (--idle-timeout-s) restarts on every
  * byte, and a connection still reading its headers has not reached the
@@ -9,13 +12,19 @@
  * dribble a header byte a second held every connection slot forever, and
  * /healthz and every real client were refused (slowloris). An idle
  * keep-alive connection is waiting for headers too, so it is held at most
- * as long.
+ * as long. Past its headers a request is admitted (it holds a
+ * --max-in-flight slot) and its body comes: a client that sent the body a
+ * byte every few seconds held the connection and the slot forever, so a
+ * few of them refused every real request with 503.
  *
  * The connections waiting for headers are on one list, oldest first (a
  * connection goes to its tail when it starts waiting), under a mutex:
  * libmicrohttpd's callbacks add and remove them from whichever thread runs
  * the connection (the bus thread with --threads 0, a pool thread with
- * --threads N), and gw_conns_reap closes the expired ones from any thread
+ * --threads N); the requests whose body is coming are on a second list,
+ * oldest first, under the same mutex (a connection is on one list at most:
+ * waiting for headers, for a body, or for neither while its request is
+ * answered). gw_conns_reap closes the expired ones from any thread
  * with shutdown(2), which makes libmicrohttpd see the socket end and close
  * it on its own thread. Only shutdown is done from outside: the socket is
  * closed by libmicrohttpd after its CLOSED notification, which takes the
@@ -47,8 +56,11 @@ typedef enum {
 typedef struct {
     pthread_mutex_t lock;
     ab_list_t waiting;        /* gw_sock_t waiting for headers, oldest first */
-    uint64_t deadline_us;     /* 0: no deadline */
+    ab_list_t body;           /* gw_sock_t whose request's body is coming, oldest first */
+    uint64_t deadline_us;     /* headers; 0: no deadline */
+    uint64_t body_deadline_us; /* bodies; 0: no deadline */
     atomic_ullong timeouts[3]; /* connections closed waiting for headers, by gw_ht_t */
+    atomic_ullong body_timeouts; /* connections closed waiting for a request's body */
     unsigned n_conns;         /* connections open (under lock) */
     /* --threads N: the thread that reaps (with --threads 0 the bus thread
      * calls gw_conns_reap itself), and evicts at the cap */
@@ -59,9 +71,10 @@ typedef struct {
     unsigned limit;           /* --max-connections */
 } gw_conns_t;
 
-/* Sets up T for a deadline of MS ms (0: none; everything else is then a
- * no-op). gw_conns_destroy after the daemons are stopped. */
-void gw_conns_init(gw_conns_t *t, unsigned ms);
+/* Sets up T for a header deadline of MS ms and a body deadline of BODY_MS
+ * (0: none; with neither, everything else is a no-op). gw_conns_destroy
+ * after the daemons are stopped. */
+void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms);
 void gw_conns_destroy(gw_conns_t *t);
 
 /* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION callback (CLS is the
@@ -72,15 +85,22 @@ void gw_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_conte
                      enum MHD_ConnectionNotificationCode toe);
 
 /* The access handler's first call for a request: its headers are
- * complete, the deadline stops. The thread running CONN. */
+ * complete, the header deadline stops and the body deadline starts. The
+ * thread running CONN. */
 void gw_conns_headers_done(gw_conns_t *t, struct MHD_Connection *conn);
+/* The access handler's first call with the request's body all in (none
+ * for a GET): the body deadline stops, before any parse (the offload
+ * thread's too) or wait for the bus, which it does not bound. The thread
+ * running CONN; once per request is enough. */
+void gw_conns_body_done(gw_conns_t *t, struct MHD_Connection *conn);
 /* The request ended (completion hook): the connection waits for the next
  * request's headers from now. The thread running CONN. */
 void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn);
 
-/* Shuts down every connection past its deadline at NOW_US (tl_now_us);
- * each is counted once. Any thread. Returns the ms until the next
- * connection's deadline (-1: none waiting). */
+/* Shuts down every connection past its header or body deadline at NOW_US
+ * (tl_now_us); each is counted once, body timeouts also said on stderr
+ * (rate limited, gw_log_limited). Any thread. Returns the ms until the
+ * next connection's deadline (-1: none waiting). */
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
 
 /* At the connection cap: shuts down the connection that has waited
@@ -88,7 +108,8 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
  * can have its slot (a slowloris client that reconnects as fast as its
  * sockets are reaped otherwise keeps every slot). Returns the daemon of
  * the connection shut down (run it to free the slot), or NULL if none
- * waited long enough. Counted as GW_HT_EVICTED. Any thread. */
+ * waited long enough (none without a header deadline). Counted as
+ * GW_HT_EVICTED. Any thread. */
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us);
 
 /* --threads N: a thread that reaps every 100 ms at most (libmicrohttpd's

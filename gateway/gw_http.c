@@ -618,7 +618,7 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
     gw_t *g = cls;
     gw_conn_t *c = *con_cls;
     if (!c) {
-        gw_conns_headers_done(&g->conns, conn); /* the header deadline stops */
+        gw_conns_headers_done(&g->conns, conn); /* the header deadline stops, the body's starts */
         c = s_conn_new(g, conn, url);
         if (!c)
             return MHD_NO;
@@ -649,6 +649,10 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
     }
     if (*upload_size)
         return s_body(c, upload, upload_size);
+    if (!c->body_in) { /* before a parse here or offloaded: the body deadline stops */
+        c->body_in = 1;
+        gw_conns_body_done(&g->conns, conn);
+    }
     if (c->phase == GW_P_WAIT) { /* resumed: the bus has an answer */
         /* Or the call ended because its client hung up: there is no one
          * to answer, and the call is counted as cancelled, not as an
@@ -945,7 +949,7 @@ static int s_start_shards(gw_t *g, unsigned flags, int lfd)
 int gw_http_start(gw_t *g)
 {
     g->ep_fd = g->lfd = -1;
-    gw_conns_init(&g->conns, g->cfg.header_timeout_ms);
+    gw_conns_init(&g->conns, g->cfg.header_timeout_ms, g->cfg.body_timeout_ms);
     g->offload = gw_offload_new();
     int lfd = g->offload ? s_listen(g) : -1;
     if (lfd < 0) {

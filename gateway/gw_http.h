@@ -38,6 +38,8 @@ typedef struct {
     unsigned idle_timeout_s;   /* --idle-timeout-s: a silent client's connection closes */
     unsigned header_timeout_ms; /* --header-timeout-ms: a request's headers must be in by
                                  * then, from accept or the previous request (0: no limit) */
+    unsigned body_timeout_ms;  /* --body-timeout-ms: a request's body must be in by then, from
+                                * the end of its headers (0: no limit) */
     unsigned max_in_flight;    /* --max-in-flight: bus-route requests held at once; more get 503 */
     unsigned max_queue_ms;     /* --max-queue-ms: a request that waited longer to be read gets
                                 * 503 (0: no limit but its deadline) */
@@ -89,7 +91,7 @@ typedef struct {
     atomic_ullong resumed;        /* shards with a connection resumed (bit mask) */
     gw_metrics_t m;
     gw_keys_t keys;               /* --api-keys; none loaded: no key needed */
-    gw_conns_t conns;             /* --header-timeout-ms */
+    gw_conns_t conns;             /* --header-timeout-ms, --body-timeout-ms */
     gw_offload_t *offload;        /* large bodies are parsed there (NULL: here) */
     atomic_ullong next_id;        /* OpenAI ids */
 } gw_t;
@@ -124,6 +126,7 @@ typedef struct gw_conn {
     char *body;
     size_t len, cap;
     int too_big;
+    int body_in;        /* the body is all in: the body deadline stopped */
     int admitted;       /* counted in gw_metrics_t.admitted until it completes */
     unsigned age_ms;    /* how long the request waited before the gateway read it */
     uint64_t t0_us;

@@ -6,26 +6,30 @@
 #include <stdio.h>
 #include <string.h>
 
-static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
-static int64_t s_window_ms; /* start of the current window */
-static unsigned s_lines;     /* lines written in it */
-static unsigned long long s_skipped;
+/* One rate limit: libmicrohttpd's messages, or the gateway's own. */
+typedef struct {
+    const char *who;            /* after "agentbus-gateway: " */
+    int64_t window_ms;          /* start of the current window */
+    unsigned lines;             /* lines written in it */
+    unsigned long long skipped;
+} s_limit_t;
 
-/* Under the lock: the line for the messages left out, if any. */
-static void s_say_skipped(void)
+static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
+static s_limit_t s_mhd = {.who = "libmicrohttpd: "}, s_own = {.who = ""};
+
+/* Under the lock: the line for the messages of L left out, if any. */
+static void s_say_skipped(s_limit_t *l)
 {
-    if (!s_skipped)
+    if (!l->skipped)
         return;
-    fprintf(stderr, "agentbus-gateway: libmicrohttpd: %llu more message(s) not shown (at most "
-            "%d per %d s)\n", s_skipped, GW_MHDLOG_LINES, GW_MHDLOG_WINDOW_MS / 1000);
-    s_skipped = 0;
+    fprintf(stderr, "agentbus-gateway: %s%llu more message(s) not shown (at most "
+            "%d per %d s)\n", l->who, l->skipped, GW_MHDLOG_LINES, GW_MHDLOG_WINDOW_MS / 1000);
+    l->skipped = 0;
 }
 
-void gw_mhdlog(void *cls, const char *fmt, va_list ap)
+/* MSG as one line under L's limit (control bytes written as '?'). */
+static void s_emit(s_limit_t *l, char *msg)
 {
-    (void)cls;
-    char msg[512];
-    vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
@@ -34,23 +38,42 @@ void gw_mhdlog(void *cls, const char *fmt, va_list ap)
             msg[i] = '?';
     int64_t now = tl_now_ms();
     pthread_mutex_lock(&s_lock);
-    if (!s_window_ms || now - s_window_ms >= GW_MHDLOG_WINDOW_MS) {
-        s_say_skipped();
-        s_window_ms = now;
-        s_lines = 0;
+    if (!l->window_ms || now - l->window_ms >= GW_MHDLOG_WINDOW_MS) {
+        s_say_skipped(l);
+        l->window_ms = now;
+        l->lines = 0;
     }
-    if (s_lines < GW_MHDLOG_LINES) {
-        s_lines++;
-        fprintf(stderr, "agentbus-gateway: libmicrohttpd: %s\n", msg);
+    if (l->lines < GW_MHDLOG_LINES) {
+        l->lines++;
+        fprintf(stderr, "agentbus-gateway: %s%s\n", l->who, msg);
     } else {
-        s_skipped++;
+        l->skipped++;
     }
     pthread_mutex_unlock(&s_lock);
+}
+
+void gw_mhdlog(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    s_emit(&s_mhd, msg);
+}
+
+void gw_log_limited(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    s_emit(&s_own, msg);
 }
 
 void gw_mhdlog_flush(void)
 {
     pthread_mutex_lock(&s_lock);
-    s_say_skipped();
+    s_say_skipped(&s_mhd);
+    s_say_skipped(&s_own);
     pthread_mutex_unlock(&s_lock);
 }

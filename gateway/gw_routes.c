@@ -346,7 +346,7 @@ static void s_metric(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
     }
 }
 
-/* The connections closed waiting for headers (gw_conns.h). */
+/* The connections closed waiting for headers or a body (gw_conns.h). */
 static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
 {
     s_metric(b, len, cap,
@@ -361,6 +361,13 @@ static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
              (unsigned long long)atomic_load(&t->timeouts[GW_HT_IDLE]),
              (unsigned long long)atomic_load(&t->timeouts[GW_HT_PARTIAL]),
              (unsigned long long)atomic_load(&t->timeouts[GW_HT_EVICTED]));
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_body_timeouts_total Connections closed because their "
+             "request body was not complete within --body-timeout-ms of its headers (a body "
+             "sent too slowly); its --max-in-flight slot is freed.\n"
+             "# TYPE agentbus_gateway_body_timeouts_total counter\n"
+             "agentbus_gateway_body_timeouts_total %llu\n",
+             (unsigned long long)atomic_load(&t->body_timeouts));
 }
 
 static enum MHD_Result s_metrics(gw_conn_t *c)

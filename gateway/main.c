@@ -49,6 +49,10 @@ static void s_usage(FILE *f)
             "                            at --max-connections the one waiting longest (1 s\n"
             "                            or more) is closed for a new one (default 10000;\n"
             "                            0 = neither)\n"
+            "  --body-timeout-ms N       close a connection whose request body is not\n"
+            "                            complete N ms after its headers (a body sent a\n"
+            "                            byte at a time); its --max-in-flight slot is freed\n"
+            "                            (default 30000; 0 = no limit)\n"
             "  --max-in-flight N         model and inference requests held at once; more get\n"
             "                            503 \"server busy\" at once (default 7/8 of\n"
             "                            --max-connections; 0 = no cap)\n"
@@ -120,6 +124,8 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             cfg->idle_timeout_s = (unsigned)n;
         else if (!bad && strcmp(f, "--header-timeout-ms") == 0 && !s_number(v, 0, 86400000, &n))
             cfg->header_timeout_ms = (unsigned)n;
+        else if (!bad && strcmp(f, "--body-timeout-ms") == 0 && !s_number(v, 0, 86400000, &n))
+            cfg->body_timeout_ms = (unsigned)n;
         else if (!bad && strcmp(f, "--max-in-flight") == 0 && !s_number(v, 0, 1000000, &n))
             cfg->max_in_flight = (unsigned)n;
         else if (!bad && strcmp(f, "--max-queue-ms") == 0 && !s_number(v, 0, 86400000, &n))
@@ -169,6 +175,7 @@ int main(int argc, char **argv)
                           .max_connections = 1024, .max_body_bytes = 8u << 20, .threads = 0,
                           .timeout_ms = 300000, .max_timeout_ms = 3600000, .version = "0.5.7",
                           .idle_timeout_s = 60, .header_timeout_ms = 10000,
+                          .body_timeout_ms = 30000,
                           .max_in_flight = UINT_MAX,
                           .max_queue_ms = 1000};
     const char *env = getenv("AB_BROKER");

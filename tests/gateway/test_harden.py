@@ -19,6 +19,14 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
   idle       --header-timeout-ms 1500: a keep-alive connection left idle
              after its answer is closed and counted as idle; a request
              whose headers come in pieces within the deadline is served.
+  body       --body-timeout-ms 1500 --max-in-flight 1 (--threads 0 and
+             --threads 2): a generate whose headers are in and whose body
+             (Content-Length: 1000) comes a byte every 0.3 s holds the one
+             request slot until the gateway closes its connection (within
+             15 s), counted (body_timeouts_total); then a generate is
+             served, not refused 503 busy; the same for a body of 100,000
+             bytes (parsed on the offload thread, were it complete). Bodies
+             sent in 3 parts over 0.6 s (small, and large) are served.
   framing    a body whose length is not told one clear way (RFC 9112 §6):
              a transfer coding other than chunked gets 501, two
              Content-Lengths (equal or not), Content-Length with
@@ -208,6 +216,92 @@ def case_idle(tmp):
                  header_timeouts(gw, "idle"))
     check(header_timeouts(gw, "partial") == 0, f"counted as idle ({n}), not partial")
     check(status_of(gw + "/healthz")[0] == 200, "and the gateway serves on")
+
+
+def body_timeouts(gw):
+    return t.metrics(gw).get("agentbus_gateway_body_timeouts_total", -1)
+
+
+def generate_head(length):
+    return ("POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Agentbus-Cache: off\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def slow_body(port, length, first, every=0.3, seconds=15):
+    """A generate's headers (Content-Length LENGTH) and the FIRST bytes of
+    its body on a new connection, then one byte every EVERY s, never all of
+    it, for at most SECONDS: (closed by the gateway, after how many s, the
+    bytes it sent back)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    t0, got, sent = time.monotonic(), b"", first
+    try:
+        s.sendall(generate_head(length) + b" " * first)
+        while time.monotonic() - t0 < seconds and sent < length - 1:
+            r, _, _ = select.select([s], [], [], every)
+            if r:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return True, time.monotonic() - t0, got
+                got += chunk
+                continue
+            s.send(b" ")
+            sent += 1
+    except OSError:  # reset, broken pipe: closed by the gateway
+        return True, time.monotonic() - t0, got
+    finally:
+        s.close()
+    return False, time.monotonic() - t0, got
+
+
+def in_parts(port, body, parts=3, pause=0.3):
+    """A generate whose BODY is sent in PARTS pieces PAUSE s apart (the
+    headers with the first): (status, text)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    step = (len(body) + parts - 1) // parts
+    s.sendall(generate_head(len(body)) + body[:step])
+    for i in range(1, parts):
+        time.sleep(pause)
+        s.sendall(body[i * step:(i + 1) * step])
+    st, text = t.read_response(s)
+    s.close()
+    return st, text
+
+
+def case_body(tmp):
+    args = ["--body-timeout-ms", "1500", "--max-in-flight", "1"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    small = json.dumps({"model": "fast", "prompt": "in parts", "stream": False}).encode()
+    large = json.dumps({"model": "fast", "prompt": "large in parts", "stream": False,
+                        "pad": "x" * 100_000}).encode()
+    for gw, port, _ in gws:
+        st, text = in_parts(port, small)
+        check(st == 200 and '"done":true' in text,
+              f"{gw}: a body sent in 3 parts over 0.6 s is served ({st} {text[-120:]!r})")
+        for length, first in ((1000, 0), (100_000, 70_000)):
+            before = body_timeouts(gw)
+            closed, after, got = slow_body(port, length, first)
+            check(closed, f"{gw}: a body of {length} bytes sent a byte every 0.3 s closed by "
+                          f"the gateway ({'after %.1f s' % after if closed else 'not in 15 s'}, "
+                          f"{got[:120]!r})")
+            n = wait_for("the body timeout counted", lambda: body_timeouts(gw) >= before + 1 and
+                         body_timeouts(gw), 10)
+            check(n >= 1, f"{gw}: agentbus_gateway_body_timeouts_total counts it ({n:.0f})")
+            wait_for(f"{gw}: its --max-in-flight slot released",
+                     lambda: t.metrics(gw)["agentbus_gateway_admitted"] == 0, 10)
+            st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "after",
+                                                      "stream": False})
+            check(st == 200, f"{gw}: then a generate is admitted and served ({st} {text[:120]})")
+        st, text = in_parts(port, large)
+        check(st == 200 and '"done":true' in text,
+              f"{gw}: a body of {len(large)} bytes in 3 parts over 0.6 s is served "
+              f"({st} {text[-120:]!r})")
+    t.stop_all()
+    for _, log in t.PROCS:
+        if "gateway" in os.path.basename(log):
+            with open(log, errors="replace") as f:
+                said = [ln for ln in f if "request body not complete" in ln]
+            check(1 <= len(said) <= 5, f"{log}: the body timeouts said on stderr, rate limited "
+                                       f"({said[:1]})")
 
 
 def exchange(port, raw, seconds=15):
@@ -419,6 +513,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
         {"slowloris": case_slowloris, "reconnect": case_reconnect, "idle": case_idle,
+         "body": case_body,
          "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
          "offload": case_offload, "logflood": case_logflood}[t.CASE](tmp)
         t.stop_all()
