@@ -262,7 +262,7 @@ static const char *s_effort(json_t *b, int *bad)
 }
 
 /* logprobs / top_logprobs: on /v1/chat/completions a boolean and 0..20
- * (top_logprobs only with logprobs true, as OpenAI answers), carried as
+ * (top_logprobs above 0 only with logprobs true, as OpenAI answers), carried as
  * Ollama's; on /v1/completions (logprobs an integer, the legacy answer
  * shape of tokens and offsets) a 400. NULL, or the 400 text. */
 static const char *s_oai_logprobs(const gw_conn_t *c, json_t *b)
@@ -280,7 +280,7 @@ static const char *s_oai_logprobs(const gw_conn_t *c, json_t *b)
         return "invalid top_logprobs: expected an integer";
     if (json_integer_value(t) < 0 || json_integer_value(t) > GW_MAX_TOP_LOGPROBS)
         return "invalid top_logprobs: expected an integer from 0 to 20";
-    if (!on)
+    if (!on && json_integer_value(t) > 0)
         return "top_logprobs needs logprobs: true";
     return NULL;
 }
