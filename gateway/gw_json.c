@@ -380,8 +380,8 @@ static int s_context(s_build_t *b, Agentbus__GenerateRequest *g)
         return s_fail(b->err, b->cap, "%s", "out of memory");
     json_array_foreach(v, i, x) {
         if (!json_is_integer(x) || json_integer_value(x) < 0 ||
-            json_integer_value(x) > INT32_MAX)
-            return s_fail(b->err, b->cap, "invalid %s: token ids are integers 0..2147483647",
+            json_integer_value(x) > (json_int_t)UINT32_MAX) /* what the bus and worker take */
+            return s_fail(b->err, b->cap, "invalid %s: token ids are integers 0..4294967295",
                           "context");
         g->context[i] = (uint32_t)json_integer_value(x);
     }

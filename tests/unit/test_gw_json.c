@@ -121,7 +121,7 @@ static void s_test_refused(void)
         "{\"model\":\"m\",\"prompt\":\"x\",\"context\":\"1 2\"}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,-2]}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,2.5]}",
-        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[2147483648]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[4294967296]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
@@ -586,12 +586,12 @@ static void s_test_logprobs(void)
     gw_req_t req;
     Agentbus__InferenceRequest *ir =
         s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"p\",\"logprobs\":true,"
-                             "\"top_logprobs\":20,\"context\":[0,5,2147483647]}", &req);
+                             "\"top_logprobs\":20,\"context\":[0,5,4294967295]}", &req);
     REQUIRE(ir && ir->generate);
     CHECK_EQ(ir->generate->logprobs, 1);
     CHECK_EQ(ir->generate->top_logprobs, 20);
     REQUIRE(ir->generate->n_context == 3);
-    CHECK_EQ(ir->generate->context[2], 2147483647u);
+    CHECK_EQ(ir->generate->context[2], 4294967295u);
     agentbus__inference_request__free_unpacked(ir, NULL);
     gw_req_free(&req);
     ir = s_build(GW_CHAT, "{\"model\":\"m\",\"logprobs\":true,\"top_logprobs\":0,"
