@@ -344,6 +344,51 @@ static int s_ctx_flags(s_build_t *b, int *ht, protobuf_c_boolean *t, int *hs,
     return 0;
 }
 
+/* logprobs (a boolean) and top_logprobs (0..20, Ollama's bound; its
+ * message), generate and chat. */
+static int s_logprobs(s_build_t *b, protobuf_c_boolean *lp, int32_t *top)
+{
+    int v = 0;
+    if (s_bool(b->body, "logprobs", NULL, &v, b->err, b->cap))
+        return -1;
+    *lp = v;
+    json_t *t = json_object_get(b->body, "top_logprobs");
+    if (!t || json_is_null(t))
+        return 0;
+    if (!json_is_integer(t))
+        return s_fail(b->err, b->cap, "invalid %s: expected an integer", "top_logprobs");
+    if (json_integer_value(t) < 0 || json_integer_value(t) > GW_MAX_TOP_LOGPROBS)
+        return s_fail(b->err, b->cap, "%s must be between 0 and 20", "top_logprobs");
+    *top = (int32_t)json_integer_value(t);
+    return 0;
+}
+
+/* context (generate): an earlier answer's token ids, as Ollama's []int;
+ * carried packed (GenerateRequest.context), at most GW_MAX_CONTEXT. */
+static int s_context(s_build_t *b, Agentbus__GenerateRequest *g)
+{
+    json_t *v = json_object_get(b->body, "context"), *x;
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_array(v))
+        return s_fail(b->err, b->cap, "invalid %s: expected an array of token ids", "context");
+    size_t n = json_array_size(v), i;
+    if (n > GW_MAX_CONTEXT)
+        return s_fail(b->err, b->cap, "invalid %s: more than 1048576 token ids", "context");
+    g->context = n ? s_keep(b->a, malloc(n * sizeof *g->context)) : NULL;
+    if (n && !g->context)
+        return s_fail(b->err, b->cap, "%s", "out of memory");
+    json_array_foreach(v, i, x) {
+        if (!json_is_integer(x) || json_integer_value(x) < 0 ||
+            json_integer_value(x) > (json_int_t)UINT32_MAX) /* what the bus and worker take */
+            return s_fail(b->err, b->cap, "invalid %s: token ids are integers 0..4294967295",
+                          "context");
+        g->context[i] = (uint32_t)json_integer_value(x);
+    }
+    g->n_context = n;
+    return 0;
+}
+
 static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__InferenceOptions *o)
 {
     agentbus__generate_request__init(g);
@@ -353,6 +398,7 @@ static int s_generate(s_build_t *b, Agentbus__GenerateRequest *g, Agentbus__Infe
         s_str(b->body, "system", &g->system, b->err, b->cap) ||
         s_str(b->body, "suffix", &g->suffix, b->err, b->cap) ||
         s_think(b->body, &g->think, b->err, b->cap) ||
+        s_logprobs(b, &g->logprobs, &g->top_logprobs) || s_context(b, g) ||
         s_format(b->body, b->a, &g->format, b->err, b->cap) ||
         s_keep_alive(b->body, b->ka, sizeof b->ka, &g->keep_alive, b->err, b->cap) ||
         s_stream(b->body, &b->req->stream, b->err, b->cap) ||
@@ -477,6 +523,7 @@ static int s_chat(s_build_t *b, Agentbus__ChatRequest *c, Agentbus__InferenceOpt
     c->n_messages = n;
     if (s_format(b->body, b->a, &c->format, b->err, b->cap) ||
         s_think(b->body, &c->think, b->err, b->cap) ||
+        s_logprobs(b, &c->logprobs, &c->top_logprobs) ||
         s_keep_alive(b->body, b->ka, sizeof b->ka, &c->keep_alive, b->err, b->cap) ||
         s_stream(b->body, &b->req->stream, b->err, b->cap) ||
         s_options(json_object_get(b->body, "options"), o, &c->options, b->a, b->err, b->cap))
@@ -538,25 +585,14 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
 
 /* Ollama fields the bus does not carry and that change what the model
  * does or what the client gets: a 400 naming them, never a silent drop.
- * template (generate): a prompt template overriding the model's; context
- * (generate): the token context of an earlier answer, which the gateway
- * never renders (a conversation goes through /api/chat); logprobs and
- * top_logprobs: token log probabilities in the answer. NULL, or the text. */
+ * template (generate): a prompt template overriding the model's. NULL,
+ * or the text. */
 static const char *s_uncarried(gw_kind_t kind, json_t *body)
 {
     json_t *v = json_object_get(body, "template");
     if (kind == GW_GENERATE && v && !json_is_null(v) &&
         !(json_is_string(v) && !json_string_length(v)))
         return "template is not supported through the bus (set it in the model's Modelfile)";
-    v = json_object_get(body, "context");
-    if (kind == GW_GENERATE && v && !json_is_null(v) && !(json_is_array(v) && !json_array_size(v)))
-        return "context is not supported through the bus (use /api/chat for a conversation)";
-    v = json_object_get(body, "logprobs");
-    json_t *top = json_object_get(body, "top_logprobs");
-    if (kind != GW_EMBED && ((v && !json_is_null(v) && !json_is_false(v)) ||
-                             (top && !json_is_null(top) &&
-                              !(json_is_integer(top) && json_integer_value(top) == 0))))
-        return "logprobs and top_logprobs are not supported through the bus";
     return NULL;
 }
 
@@ -641,6 +677,30 @@ static void s_timings(json_t *o, const Agentbus__InferenceTimings *t)
     json_object_set_new(o, "eval_duration", json_integer((json_int_t)t->eval_duration));
 }
 
+/* The tokens' log probabilities (the JSON text the worker put in the
+ * reply) as Ollama's top-level "logprobs"; text that is not an array is
+ * left out, as tool calls are. */
+static void s_put_logprobs(json_t *o, const char *text)
+{
+    json_t *a = o && text && *text ? json_loads(text, 0, NULL) : NULL;
+    if (json_is_array(a))
+        json_object_set_new(o, "logprobs", a);
+    else
+        json_decref(a);
+}
+
+/* A generate's final answer: its context (the token ids), when it has one. */
+static void s_put_context(json_t *o, const Agentbus__GenerateResponse *g)
+{
+    json_t *a = g->n_context ? json_array() : NULL;
+    for (size_t i = 0; a && i < g->n_context; i++)
+        json_array_append_new(a, json_integer((json_int_t)g->context[i]));
+    if (a && o)
+        json_object_set_new(o, "context", a);
+    else
+        json_decref(a);
+}
+
 static json_t *s_generate_reply(const void *pb, size_t len)
 {
     Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, len, pb);
@@ -652,8 +712,10 @@ static json_t *s_generate_reply(const void *pb, size_t len)
         json_object_set_new(o, "thinking", json_string(g->thinking));
     if (o && g->done) {
         json_object_set_new(o, "done_reason", json_string(g->done_reason));
+        s_put_context(o, g);
         s_timings(o, g->timings);
     }
+    s_put_logprobs(o, g->logprobs_json);
     agentbus__generate_response__free_unpacked(g, NULL);
     return o;
 }
@@ -689,6 +751,7 @@ static json_t *s_chat_reply(const void *pb, size_t len)
         json_object_set_new(o, "done_reason", json_string(c->done_reason));
         s_timings(o, c->timings);
     }
+    s_put_logprobs(o, c->logprobs_json);
     agentbus__chat_response__free_unpacked(c, NULL);
     return o;
 }
@@ -794,7 +857,8 @@ int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size
     int ok = 0;
     if (kind == GW_GENERATE) {
         Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, len, pb);
-        if (g && !g->done && !g->thinking[0]) /* a thinking piece: rendered in full */
+        /* a thinking piece or logprobs: rendered in full */
+        if (g && !g->done && !g->thinking[0] && !g->logprobs_json[0])
             ok = s_line(g->model, g->created_at, ",\"response\":", g->response, "", line,
                         line_len);
         if (g)
@@ -802,10 +866,11 @@ int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size
     } else if (kind == GW_CHAT) {
         Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
         const char *role = c && c->message && c->message->role[0] ? c->message->role : NULL;
-        /* only the usual role, no tool calls, no thinking: the line's fixed text
-         * below says it (a chunk with tool calls is rendered in full) */
-        int calls = c && c->message && (c->message->tool_calls_json[0] ||
-                                         c->message->thinking[0]);
+        /* only the usual role, no tool calls, thinking or logprobs: the line's
+         * fixed text below says it (a chunk with them is rendered in full) */
+        int calls = c && (c->logprobs_json[0] ||
+                          (c->message && (c->message->tool_calls_json[0] ||
+                                          c->message->thinking[0])));
         if (c && !c->done && role && strcmp(role, "assistant") == 0 && !calls)
             ok = s_line(c->model, c->created_at,
                         ",\"message\":{\"role\":\"assistant\",\"content\":",

@@ -18,6 +18,13 @@
 
 typedef enum { GW_GENERATE = 1, GW_CHAT = 2, GW_EMBED = 3 } gw_kind_t;
 
+/* top_logprobs: Ollama takes 0..20 (a 400 beyond, its message). */
+#define GW_MAX_TOP_LOGPROBS 20
+/* context: token ids a generate may send back (1 Mi; a JSON body of the
+ * default 8 MiB bound holds at most ~4 Mi one-digit ids, a real context
+ * of 5-6 digit ids ~1.2 Mi). A 400 beyond. */
+#define GW_MAX_CONTEXT (1u << 20)
+
 /* A bus request built from an HTTP body. */
 typedef struct {
     gw_kind_t kind;

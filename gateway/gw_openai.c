@@ -261,6 +261,30 @@ static const char *s_effort(json_t *b, int *bad)
     return json_string_value(v);
 }
 
+/* logprobs / top_logprobs: on /v1/chat/completions a boolean and 0..20
+ * (top_logprobs above 0 only with logprobs true, as OpenAI answers), carried as
+ * Ollama's; on /v1/completions (logprobs an integer, the legacy answer
+ * shape of tokens and offsets) a 400. NULL, or the 400 text. */
+static const char *s_oai_logprobs(const gw_conn_t *c, json_t *b)
+{
+    json_t *v = json_object_get(b, "logprobs"), *t = json_object_get(b, "top_logprobs");
+    int on = v && !json_is_null(v) && !json_is_false(v);
+    if (c->route == GW_R_OAI_COMPLETIONS && (on || (t && !json_is_null(t))))
+        return "logprobs is not supported on /v1/completions (the legacy shape is not "
+               "rendered): use /v1/chat/completions with logprobs: true";
+    if (on && !json_is_true(v))
+        return "invalid logprobs: expected a boolean (true or false)";
+    if (!t || json_is_null(t))
+        return NULL;
+    if (!json_is_integer(t))
+        return "invalid top_logprobs: expected an integer";
+    if (json_integer_value(t) < 0 || json_integer_value(t) > GW_MAX_TOP_LOGPROBS)
+        return "invalid top_logprobs: expected an integer from 0 to 20";
+    if (!on && json_integer_value(t) > 0)
+        return "top_logprobs needs logprobs: true";
+    return NULL;
+}
+
 /* OpenAI fields that change what the model does or what the client gets
  * and that the bus cannot honour: a 400 naming them, never a silent drop
  * (user, metadata, store, service_tier, parallel_tool_calls change
@@ -274,10 +298,9 @@ static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
         return "n other than 1 is not supported (one choice per request: send n requests)";
     if (s_not_one(b, "best_of"))
         return "best_of other than 1 is not supported";
-    v = json_object_get(b, "logprobs");
-    if ((v && !json_is_null(v) && !json_is_false(v)) ||
-        ((v = json_object_get(b, "top_logprobs")) && !json_is_null(v)))
-        return "logprobs and top_logprobs are not supported (not carried by the bus)";
+    const char *lp = s_oai_logprobs(c, b);
+    if (lp)
+        return lp;
     v = json_object_get(b, "logit_bias");
     if (v && !json_is_null(v) && !(json_is_object(v) && json_object_size(v) == 0))
         return "logit_bias is not supported (the backend has no token biases)";
@@ -382,6 +405,10 @@ static const char *s_rewrite(gw_conn_t *c, json_t *b, gw_kind_t *kind, json_t **
     if (effort)
         json_object_set_new(o, "think", strcmp(effort, "none") == 0 ? json_false()
                                                                      : json_string(effort));
+    if (c->route == GW_R_OAI_CHAT) { /* checked by s_oai_logprobs */
+        s_copy(o, "logprobs", b, "logprobs");
+        s_copy(o, "top_logprobs", b, "top_logprobs");
+    }
     *kind = c->route == GW_R_OAI_CHAT ? GW_CHAT : GW_GENERATE;
     const char *bad = *kind == GW_CHAT ? s_messages(b, o) : s_prompt(b, o);
     if (bad) {
@@ -426,6 +453,7 @@ typedef struct {
     const char *text;
     const char *calls; /* chat: the model's tool calls, Ollama's JSON text ("" = none) */
     const char *thinking; /* a reasoning model's (OpenAI's reasoning), "" = none */
+    const char *logprobs; /* Ollama's logprobs entries, JSON text ("" = none) */
     int done;
     const char *done_reason;
     uint64_t prompt, eval;
@@ -442,6 +470,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
         p->text = r->message ? r->message->content : "";
         p->calls = r->message ? r->message->tool_calls_json : "";
         p->thinking = r->message ? r->message->thinking : "";
+        p->logprobs = r->logprobs_json;
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -454,6 +483,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
         p->text = r->response;
         p->calls = "";
         p->thinking = r->thinking;
+        p->logprobs = r->logprobs_json;
         p->done = r->done;
         p->done_reason = r->done_reason;
         if (r->timings)
@@ -506,12 +536,46 @@ static void s_oai_calls(const char *text, json_t *out, int *n)
     json_decref(calls);
 }
 
+/* An entry of Ollama's logprobs in OpenAI's shape, in place: OpenAI's
+ * always has bytes (null when Ollama sent none) and the entry's
+ * top_logprobs (an array, maybe empty). */
+static void s_oai_entry(json_t *e, int top)
+{
+    if (!json_object_get(e, "bytes"))
+        json_object_set_new(e, "bytes", json_null());
+    if (!top)
+        return;
+    json_t *t = json_object_get(e, "top_logprobs"), *x;
+    size_t i;
+    if (!json_is_array(t))
+        json_object_set_new(e, "top_logprobs", t = json_array());
+    json_array_foreach(t, i, x)
+        s_oai_entry(x, 0);
+}
+
+/* Ollama's logprobs (JSON text) appended to *ALL (made on first use):
+ * the entries of choices[0].logprobs.content. */
+static void s_oai_logprob_entries(const char *text, json_t **all)
+{
+    json_t *a = text && *text ? json_loads(text, 0, NULL) : NULL, *e;
+    size_t i;
+    json_array_foreach(a, i, e) {
+        if (!json_is_object(e) || (!*all && !(*all = json_array())))
+            continue;
+        s_oai_entry(e, 1);
+        json_array_append(*all, e);
+    }
+    json_decref(a);
+}
+
+/* A choice; LP (taken) the logprobs entries, NULL for "logprobs": null. */
 static json_t *s_choice(const gw_conn_t *c, const char *text, const char *reasoning,
-                        const char *finish, int stream, json_t *calls)
+                        const char *finish, int stream, json_t *calls, json_t *lp)
 {
     json_t *fin = finish ? json_string(finish) : json_null();
+    json_t *lpo = lp ? json_pack("{s:o}", "content", lp) : json_null();
     if (c->kind == GW_GENERATE)
-        return json_pack("{s:s, s:i, s:n, s:o}", "text", text, "index", 0, "logprobs",
+        return json_pack("{s:s, s:i, s:o, s:o}", "text", text, "index", 0, "logprobs", lpo,
                          "finish_reason", fin);
     json_t *msg = json_object();
     if (!stream || !c->oai_role_sent)
@@ -528,8 +592,8 @@ static json_t *s_choice(const gw_conn_t *c, const char *text, const char *reason
                 json_object_del(json_array_get(calls, i), "index");
         json_object_set_new(msg, "tool_calls", calls);
     }
-    return json_pack("{s:i, s:o, s:n, s:o}", "index", 0, stream ? "delta" : "message", msg,
-                     "logprobs", "finish_reason", fin);
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, stream ? "delta" : "message", msg,
+                     "logprobs", lpo, "finish_reason", fin);
 }
 
 static json_t *s_object(const gw_conn_t *c, int stream, json_t *choices)
@@ -594,7 +658,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
     json_t *out = NULL;
     const char *finish = "stop";
     uint64_t prompt = 0, eval = 0;
-    json_t *calls = c->kind == GW_CHAT ? json_array() : NULL;
+    json_t *calls = c->kind == GW_CHAT ? json_array() : NULL, *lp = NULL;
     int ncalls = 0;
     pthread_mutex_lock(&k->lock);
     gw_event_t *e;
@@ -604,18 +668,13 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_decref(out);
             out = s_embeddings(c, e->data, e->size);
         } else if (e->status == AB_OK && s_piece(c->kind, e->data, e->size, &p) == 0) {
-            size_t n = strlen(p.text);
-            char *t = realloc(text, tlen + n + 1);
-            if (t) {
-                memcpy(t + tlen, p.text, n + 1);
-                text = t;
-                tlen += n;
-            }
+            s_append(&text, &tlen, p.text);
             s_append(&think, &klen, p.thinking);
             if (p.done)
                 finish = s_finish(p.done_reason), prompt = p.prompt, eval = p.eval;
             if (calls)
                 s_oai_calls(p.calls, calls, &ncalls);
+            s_oai_logprob_entries(p.logprobs, &lp);
             s_piece_free(c->kind, &p);
         }
         free(e);
@@ -627,6 +686,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
         gw_error_text(c, status, k->error, msg, sizeof msg);
         json_decref(out);
         json_decref(calls);
+        json_decref(lp);
         free(text);
         free(think);
         atomic_fetch_add(&c->g->m.bus_errors, 1);
@@ -637,11 +697,14 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_decref(calls), calls = NULL;
         else
             finish = "tool_calls";
-        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", think, finish, 0, calls)));
+        out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", think, finish, 0,
+                                                       calls, lp)));
+        lp = NULL;
         json_object_set_new(out, "usage", s_usage(prompt, eval));
     }
     free(text);
     free(think);
+    json_decref(lp);
     if (!out)
         return gw_reply_error(c, 502, "worker sent a reply that does not decode");
     return gw_reply_json(c, 200, out);
@@ -675,13 +738,16 @@ void gw_openai_render(gw_conn_t *c, const gw_event_t *e)
         calls = json_array();
         s_oai_calls(p.calls, calls, &c->oai_tool_calls);
     }
-    if (p.text[0] || p.thinking[0] || !c->oai_role_sent || calls) {
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, p.thinking, NULL, 1, calls))));
+    json_t *lp = NULL;
+    s_oai_logprob_entries(p.logprobs, &lp);
+    if (p.text[0] || p.thinking[0] || !c->oai_role_sent || calls || lp) {
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, p.thinking, NULL, 1, calls,
+                                                            lp))));
         c->oai_role_sent = 1;
     }
     if (p.done || e->final) {
         const char *fin = c->oai_tool_calls ? "tool_calls" : s_finish(p.done_reason);
-        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", NULL, fin, 1, NULL))));
+        s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, "", NULL, fin, 1, NULL, NULL))));
         if (c->oai_usage) {
             json_t *u = s_object(c, 1, json_array());
             json_object_set_new(u, "usage", s_usage(p.prompt, p.eval));

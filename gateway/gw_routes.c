@@ -248,13 +248,21 @@ void gw_routes_render(gw_conn_t *c, const gw_event_t *e)
     free(txt);
 }
 
+/* ITEMS (an array of chunk O's, or NULL) appended to *ALL, made on first use. */
+static void s_gather(json_t **all, json_t *items)
+{
+    if (json_array_size(items) && (*all || (*all = json_array())))
+        json_array_extend(*all, items);
+}
+
 /* stream: false, or an error before the first chunk: one object. Text of
  * chunks that came before the final one (a worker may stream anyway) is
- * put in front of the final one's, and their tool calls kept with its. */
+ * put in front of the final one's, and their tool calls and logprobs kept
+ * with its. */
 static enum MHD_Result s_single(gw_conn_t *c)
 {
     gw_call_t *k = c->call;
-    json_t *last = NULL, *calls = NULL; /* tool calls of every chunk */
+    json_t *last = NULL, *calls = NULL, *lps = NULL; /* of every chunk */
     char *text = NULL;
     size_t tlen = 0;
     int status = AB_OK;
@@ -276,9 +284,8 @@ static enum MHD_Result s_single(gw_conn_t *c)
                 tlen += strlen(piece);
             }
         }
-        json_t *tc = json_object_get(json_object_get(o, "message"), "tool_calls");
-        if (json_array_size(tc) && (calls || (calls = json_array())))
-            json_array_extend(calls, tc);
+        s_gather(&calls, json_object_get(json_object_get(o, "message"), "tool_calls"));
+        s_gather(&lps, json_object_get(o, "logprobs"));
         json_decref(last);
         last = o;
         free(e);
@@ -301,10 +308,13 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_object_set_new(json_object_get(last, "message"), "content", json_string(text));
         if (calls && json_object_get(last, "message"))
             json_object_set(json_object_get(last, "message"), "tool_calls", calls);
+        if (lps)
+            json_object_set(last, "logprobs", lps);
         res = gw_reply_json(c, 200, last);
     }
     free(text);
     json_decref(calls);
+    json_decref(lps);
     return res;
 }
 

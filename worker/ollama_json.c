@@ -101,6 +101,25 @@ static void s_set_think(json_t *j, const char *v)
         json_object_set_new(j, "think", json_string(v));
 }
 
+/* logprobs and top_logprobs, only when asked (Ollama's defaults otherwise). */
+static void s_set_logprobs(json_t *j, protobuf_c_boolean lp, int32_t top)
+{
+    if (lp)
+        json_object_set_new(j, "logprobs", json_true());
+    if (top)
+        json_object_set_new(j, "top_logprobs", json_integer(top));
+}
+
+/* context: the token ids of an earlier answer, as Ollama's array. */
+static void s_set_context(json_t *j, size_t n, const uint32_t *ids)
+{
+    json_t *a = n ? json_array() : NULL;
+    for (size_t i = 0; a && i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    if (a)
+        json_object_set_new(j, "context", a);
+}
+
 static int s_fail(char *err, size_t cap, const char *what)
 {
     snprintf(err, cap, "%s", what);
@@ -139,6 +158,8 @@ static const char *s_build_generate(const Agentbus__GenerateRequest *g, json_t *
     s_set_format(j, g->format);
     s_set_str(j, "suffix", g->suffix);
     s_set_think(j, g->think);
+    s_set_logprobs(j, g->logprobs, g->top_logprobs);
+    s_set_context(j, g->n_context, g->context);
     if (g->has_truncate_case)
         json_object_set_new(j, "truncate", json_boolean(g->truncate));
     if (g->has_shift_case)
@@ -207,6 +228,7 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol
         return s_fail(err, cap, "invalid tools: expected a JSON array"), NULL;
     s_set_format(j, c->format);
     s_set_think(j, c->think);
+    s_set_logprobs(j, c->logprobs, c->top_logprobs);
     if (c->has_truncate_case)
         json_object_set_new(j, "truncate", json_boolean(c->truncate));
     if (c->has_shift_case)
@@ -387,6 +409,58 @@ static int s_embed(json_t *o, const char *worker, wk_ol_chunk_t *c)
     return rc;
 }
 
+/* The line's logprobs (an array of entries) as the JSON text the proto
+ * carries, keys sorted (the same entries give the same bytes); NULL when
+ * there are none (or no memory: the answer goes on without them). */
+static char *s_logprobs_text(json_t *o)
+{
+    json_t *lp = json_object_get(o, "logprobs");
+    return json_array_size(lp) ? json_dumps(lp, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+}
+
+/* A generate's context (token ids) into a malloc'd array of *N; NULL when
+ * it has none. An id that is not an integer in 0..2^32-1 is left out
+ * (the line is bounded, so is the count). */
+static uint32_t *s_context(json_t *o, size_t *n)
+{
+    json_t *a = json_object_get(o, "context"), *x;
+    size_t i, k = 0;
+    uint32_t *ids = json_array_size(a) ? malloc(json_array_size(a) * sizeof *ids) : NULL;
+    json_array_foreach(a, i, x) {
+        if (ids && json_is_integer(x) && json_integer_value(x) >= 0 &&
+            json_integer_value(x) <= (json_int_t)UINT32_MAX)
+            ids[k++] = (uint32_t)json_integer_value(x);
+    }
+    *n = k;
+    return ids;
+}
+
+/* A generate answer's line: its text and thinking, logprobs and, on the
+ * final line, the reason, timings and context. */
+static int s_generate_chunk(json_t *o, const char *worker, Agentbus__InferenceTimings *t,
+                            wk_ol_chunk_t *c)
+{
+    Agentbus__GenerateResponse gr;
+    agentbus__generate_response__init(&gr);
+    gr.model = (char *)s_str(o, "model");
+    gr.created_at = (char *)s_str(o, "created_at");
+    gr.response = (char *)s_str(o, "response");
+    gr.thinking = (char *)s_str(o, "thinking");
+    char *lp = s_logprobs_text(o);
+    gr.logprobs_json = lp ? lp : "";
+    gr.done = c->done;
+    if (c->done) {
+        gr.done_reason = c->done_reason;
+        gr.timings = t;
+        gr.worker = (char *)worker;
+        gr.context = s_context(o, &gr.n_context);
+    }
+    int rc = s_pack(&gr.base, c);
+    free(gr.context);
+    free(lp);
+    return rc;
+}
+
 /* A chat answer's line: its message (with the model's tool calls, if
  * any) and, on the final line, the reason and timings. */
 static int s_chat_chunk(json_t *o, const char *worker, Agentbus__InferenceTimings *t,
@@ -407,6 +481,8 @@ static int s_chat_chunk(json_t *o, const char *worker, Agentbus__InferenceTiming
     char *calls_txt = json_array_size(calls)
                           ? json_dumps(calls, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     m.tool_calls_json = calls_txt ? calls_txt : "";
+    char *lp = s_logprobs_text(o);
+    cr.logprobs_json = lp ? lp : "";
     cr.model = (char *)s_str(o, "model");
     cr.created_at = (char *)s_str(o, "created_at");
     cr.message = &m;
@@ -418,6 +494,7 @@ static int s_chat_chunk(json_t *o, const char *worker, Agentbus__InferenceTiming
     }
     rc = s_pack(&cr.base, c);
     free(calls_txt);
+    free(lp);
     return rc;
 }
 
@@ -454,19 +531,7 @@ int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const cha
     } else if (kind == WK_OL_CHAT) {
         rc = s_chat_chunk(o, worker, &t, c);
     } else {
-        Agentbus__GenerateResponse gr;
-        agentbus__generate_response__init(&gr);
-        gr.model = (char *)s_str(o, "model");
-        gr.created_at = (char *)s_str(o, "created_at");
-        gr.response = (char *)s_str(o, "response");
-        gr.thinking = (char *)s_str(o, "thinking");
-        gr.done = c->done;
-        if (c->done) {
-            gr.done_reason = c->done_reason;
-            gr.timings = &t;
-            gr.worker = (char *)worker;
-        }
-        rc = s_pack(&gr.base, c);
+        rc = s_generate_chunk(o, worker, &t, c);
     }
     json_decref(o);
     return rc;

@@ -18,7 +18,7 @@
 #include <xxhash.h>
 
 /* --- canonical stream --------------------------------------------------------- */
-static void s_item(XXH3_state_t *st, uint8_t tag, const void *p, size_t len)
+static void s_head(XXH3_state_t *st, uint8_t tag, size_t len)
 {
     uint8_t hdr[9];
     uint64_t l = len;
@@ -26,8 +26,30 @@ static void s_item(XXH3_state_t *st, uint8_t tag, const void *p, size_t len)
     for (int i = 0; i < 8; i++)
         hdr[1 + i] = (uint8_t)(l >> (8 * i));
     XXH3_128bits_update(st, hdr, sizeof hdr);
+}
+
+static void s_item(XXH3_state_t *st, uint8_t tag, const void *p, size_t len)
+{
+    s_head(st, tag, len);
     if (len)
         XXH3_128bits_update(st, p, len);
+}
+
+/* N token ids as one item, each 4 bytes little-endian (the same on every
+ * host), fed in batches. */
+static void s_ids(XXH3_state_t *st, uint8_t tag, size_t n, const uint32_t *ids)
+{
+    uint8_t b[256];
+    size_t k = 0;
+    s_head(st, tag, 4 * n);
+    for (size_t i = 0; i < n; i++) {
+        for (int j = 0; j < 4; j++)
+            b[k++] = (uint8_t)(ids[i] >> (8 * j));
+        if (k == sizeof b || i + 1 == n) {
+            XXH3_128bits_update(st, b, k);
+            k = 0;
+        }
+    }
 }
 
 static void s_str(XXH3_state_t *st, uint8_t tag, const char *s)
@@ -134,6 +156,10 @@ static void s_generate_key(XXH3_state_t *st, const Agentbus__GenerateRequest *g,
         s_u64(st, 'U', 1, g->truncate);
     if (g->has_shift_case)
         s_u64(st, 'V', 1, g->shift);
+    if (g->logprobs || g->top_logprobs) /* only when set: older keys stay valid */
+        s_u64(st, 'l', 1, (uint64_t)g->logprobs | (uint64_t)(uint32_t)g->top_logprobs << 1);
+    if (g->n_context)
+        s_ids(st, 'j', g->n_context, g->context);
     s_options(st, g->options);
     *det = s_deterministic(g->options);
 }
@@ -166,6 +192,8 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
             s_u64(st, 'U', 1, c->truncate);
         if (c->has_shift_case)
             s_u64(st, 'V', 1, c->shift);
+        if (c->logprobs || c->top_logprobs)
+            s_u64(st, 'l', 1, (uint64_t)c->logprobs | (uint64_t)(uint32_t)c->top_logprobs << 1);
         s_u64(st, 'z', 1, c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
         s_options(st, c->options);
         *det = s_deterministic(c->options);

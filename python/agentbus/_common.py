@@ -203,12 +203,15 @@ def generate_payload(model: str, prompt: str, *, system: str = "", format: str =
                      keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
                      suffix: str = "", images: Optional[Sequence[bytes]] = None,
                      think: Optional[Union[bool, str]] = None,
-                     truncate: Optional[bool] = None, shift: Optional[bool] = None) -> bytes:
+                     truncate: Optional[bool] = None, shift: Optional[bool] = None,
+                     logprobs: bool = False, top_logprobs: int = 0,
+                     context: Optional[Sequence[int]] = None) -> bytes:
     g = {"model": model, "prompt": prompt, "system": system, "format": format or "",
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive), "raw": raw,
          "suffix": suffix, "images": list(images or []), "think": _think(think),
-         "truncate": truncate, "shift": shift}
+         "truncate": truncate, "shift": shift, "logprobs": bool(logprobs),
+         "top_logprobs": int(top_logprobs or 0), "context": [int(t) for t in context or []]}
     return _pb.pack("inference_request", {"generate": g})
 
 
@@ -233,12 +236,14 @@ def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: s
                  keep_alive: Optional[Union[str, int]] = None,
                  tools: Optional[Sequence[Mapping[str, Any]]] = None,
                  think: Optional[Union[bool, str]] = None,
-                 truncate: Optional[bool] = None, shift: Optional[bool] = None) -> bytes:
+                 truncate: Optional[bool] = None, shift: Optional[bool] = None,
+                 logprobs: bool = False, top_logprobs: int = 0) -> bytes:
     c = {"model": model, "messages": [_message(m) for m in messages], "format": format or "",
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive),
          "tools_json": _json_text(tools), "think": _think(think),
-         "truncate": truncate, "shift": shift}
+         "truncate": truncate, "shift": shift, "logprobs": bool(logprobs),
+         "top_logprobs": int(top_logprobs or 0)}
     return _pb.pack("inference_request", {"chat": c})
 
 
@@ -267,11 +272,21 @@ def _flatten(r: Dict[str, Any]) -> Dict[str, Any]:
     return r
 
 
+def _logprobs(r: Dict[str, Any]) -> None:
+    """logprobs_json (asked with logprobs=True) as Ollama's "logprobs" list."""
+    lp = r.pop("logprobs_json", "")
+    if lp:
+        r["logprobs"] = json.loads(lp)
+
+
 def generate_result(data: bytes) -> Dict[str, Any]:
     """A GenerateResponse as Ollama's /api/generate JSON object."""
     r = _flatten(_pb.unpack("generate_response", data))
     if not r.get("thinking"):  # only a reasoning model's, asked with think
         r.pop("thinking", None)
+    if not r.get("context"):  # a final non-raw answer's token ids
+        r.pop("context", None)
+    _logprobs(r)
     return r
 
 
@@ -289,6 +304,7 @@ def chat_result(data: bytes) -> Dict[str, Any]:
     if not m.get("thinking"):
         m.pop("thinking", None)
     r["message"] = m
+    _logprobs(r)
     return r
 
 

@@ -178,7 +178,7 @@ class AsyncClient(_Base):
                        **kw: Any) -> Any:
         """As :meth:`Client.generate`; with STREAM=True an async iterator."""
         gen_keys = ("system", "format", "options", "keep_alive", "raw", "suffix", "images",
-                    "think", "truncate", "shift")
+                    "think", "truncate", "shift", "logprobs", "top_logprobs", "context")
         payload = C.generate_payload(model, prompt, stream=stream,
                                      **{k: kw.pop(k) for k in gen_keys if k in kw})
         return await self._infer(service, payload, model, stream, timeout, C.generate_result, kw)
@@ -190,7 +190,8 @@ class AsyncClient(_Base):
         payload = C.chat_payload(model, messages, stream=stream,
                                  **{k: kw.pop(k) for k in ("format", "options", "keep_alive",
                                                            "tools", "think", "truncate",
-                                                           "shift") if k in kw})
+                                                           "shift", "logprobs",
+                                                           "top_logprobs") if k in kw})
         return await self._infer(service, payload, model, stream, timeout, C.chat_result, kw)
 
     async def embed(self, model: str, input: Union[str, Sequence[str]], *,

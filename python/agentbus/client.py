@@ -285,17 +285,22 @@ class Client(_Base):
                  suffix: str = "", images: Optional[Sequence[bytes]] = None,
                  think: Optional[Union[bool, str]] = None,
                  truncate: Optional[bool] = None, shift: Optional[bool] = None,
+                 logprobs: bool = False, top_logprobs: int = 0,
+                 context: Optional[Sequence[int]] = None,
                  service: str = "ollama", timeout: Optional[float] = None,
                  **req: Any) -> Any:
         """Ollama's /api/generate over the bus. Returns the response dict
         (``response``, ``done``, ``done_reason``, durations, ``worker``;
-        ``thinking`` when THINK made a reasoning model think),
+        ``thinking`` when THINK made a reasoning model think; ``logprobs``
+        with LOGPROBS, TOP_LOGPROBS alternatives each; the final one's
+        ``context``, to pass as CONTEXT with a next prompt),
         or with STREAM=True an iterator of such dicts, one per chunk, the
         last with ``done`` True. REQ: options of :meth:`request`."""
         payload = C.generate_payload(model, prompt, system=system, format=format,
                                      options=options, stream=stream, keep_alive=keep_alive,
                                      raw=raw, suffix=suffix, images=images, think=think,
-                                     truncate=truncate, shift=shift)
+                                     truncate=truncate, shift=shift, logprobs=logprobs,
+                                     top_logprobs=top_logprobs, context=context)
         return self._infer(service, payload, model, stream, timeout, C.generate_result, req)
 
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
@@ -304,16 +309,18 @@ class Client(_Base):
              timeout: Optional[float] = None,
              tools: Optional[Sequence[Mapping[str, Any]]] = None,
              think: Optional[Union[bool, str]] = None, truncate: Optional[bool] = None,
-             shift: Optional[bool] = None, **req: Any) -> Any:
+             shift: Optional[bool] = None, logprobs: bool = False, top_logprobs: int = 0,
+             **req: Any) -> Any:
         """Ollama's /api/chat over the bus: MESSAGES are dicts with
         ``role`` and ``content`` (an assistant's ``tool_calls``, a tool
         result's ``tool_name``, as Ollama has them); TOOLS as Ollama's
         ``tools``. Returns the response dict (``message``, with
-        ``tool_calls`` when the model calls tools, ``done``, ...) or, with
-        STREAM=True, an iterator of them."""
+        ``tool_calls`` when the model calls tools, ``done``, ``logprobs``
+        with LOGPROBS, ...) or, with STREAM=True, an iterator of them."""
         payload = C.chat_payload(model, messages, format=format, options=options,
                                  stream=stream, keep_alive=keep_alive, tools=tools,
-                                 think=think, truncate=truncate, shift=shift)
+                                 think=think, truncate=truncate, shift=shift,
+                                 logprobs=logprobs, top_logprobs=top_logprobs)
         return self._infer(service, payload, model, stream, timeout, C.chat_result, req)
 
     def embed(self, model: str, input: Union[str, Sequence[str]], *,

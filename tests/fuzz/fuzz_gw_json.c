@@ -19,7 +19,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const char *const s_keys[] = {
     "model", "prompt", "system", "suffix", "format", "keep_alive", "stream", "raw", "images",
     "messages", "input", "truncate", "options", "temperature", "seed", "num_ctx",
-    "num_predict", "top_k", "top_p", "stop", "repeat_penalty", "min_p", "role", "content"};
+    "num_predict", "top_k", "top_p", "stop", "repeat_penalty", "min_p", "role", "content",
+    "logprobs", "top_logprobs", "context"};
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
 
 typedef struct {

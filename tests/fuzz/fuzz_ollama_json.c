@@ -24,7 +24,8 @@ static const char *const s_keys[] = {
     "embeddings", "total_duration", "load_duration", "prompt_eval_count", "eval_count",
     "eval_duration", "prompt_eval_duration", "created_at", "models", "name", "size",
     "size_vram", "details", "family", "parameter_size", "quantization_level", "version",
-    "expires_at", "digest", "context"};
+    "expires_at", "digest", "context", "logprobs", "token", "logprob", "bytes",
+    "top_logprobs"};
 enum { S_NKEYS = sizeof s_keys / sizeof s_keys[0] };
 
 typedef struct {
@@ -142,6 +143,11 @@ static void s_request(s_in_t *in)
     m.role = "user";
     m.content = (char *)json_string_value(pv);
     c.n_messages = s_next(in) % 2;
+    uint32_t ids[4] = {s_next(in), s_next(in) << 24, 0, 7};
+    g.logprobs = c.logprobs = s_next(in) & 1;
+    g.top_logprobs = c.top_logprobs = (int32_t)(int8_t)s_next(in);
+    g.n_context = s_next(in) % 5;
+    g.context = ids;
     c.messages = &mp;
     if (s_next(in) & 1) {
         q.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;

@@ -114,13 +114,15 @@ const late = await fetch(`${host}/api/generate`, {
 const lateBody = await late.json();
 check(late.status === 504 && typeof lateBody.error === 'string' && Date.now() - t0 < 5000,
   'X-Agentbus-Timeout-Ms: 504 when the deadline passes', { status: late.status, ms: Date.now() - t0, lateBody });
-// Ollama fields the bus does not carry (template, context, logprobs) are a
-// 400 naming them (they were dropped: the answer ignored them).
+// An Ollama field the bus does not carry (template) is a 400 naming it (it
+// was dropped: the answer ignored it); context and logprobs are carried
+// (ollama_client.mjs), a wrongly typed or out-of-range one a 400 naming it.
 for (const [route, body, name] of [
   ['generate', { prompt: 'x', template: '{{ .Prompt }}!' }, 'template'],
-  ['generate', { prompt: 'x', context: [1, 2, 3] }, 'context'],
-  ['generate', { prompt: 'x', logprobs: true }, 'logprobs'],
-  ['chat', { messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }, 'logprobs'],
+  ['generate', { prompt: 'x', context: 'abc' }, 'context'],
+  ['generate', { prompt: 'x', context: [1, -2] }, 'context'],
+  ['generate', { prompt: 'x', logprobs: 'yes' }, 'logprobs'],
+  ['chat', { messages: [{ role: 'user', content: 'x' }], top_logprobs: 21 }, 'top_logprobs'],
 ]) {
   const r = await fetch(`${host}/api/${route}`, { method: 'POST',
     body: JSON.stringify({ model: 'sim-small', stream: false, ...body }) });

@@ -349,12 +349,107 @@ async function contextFlags() {
     noShift: [noShift.prompt_eval_count, noShift.eval_count, noShift.done_reason] });
 }
 
+// logprobs: each generated token's log probability, in each streamed chunk
+// (its own tokens) and all of them in a whole answer, with top_logprobs N
+// alternatives each (the sampled token first, logprobs <= 0, descending);
+// thinking tokens have theirs too (one entry per token of eval_count); a
+// top_logprobs over 20 is Ollama's 400. Through the gateway logprobs and
+// top_logprobs were a 400 ("not supported through the bus").
+function logprobsOk(lps, count, top) {
+  if (!Array.isArray(lps) || lps.length !== count)
+    return false;
+  return lps.every((e) => typeof e.token === 'string' && e.logprob <= 0 &&
+    Array.isArray(e.bytes) && Buffer.from(e.bytes).toString() === e.token &&
+    (top === 0 ? e.top_logprobs === undefined
+      : e.top_logprobs.length === top && e.top_logprobs[0].token === e.token &&
+        e.top_logprobs[0].logprob === e.logprob &&
+        e.top_logprobs.every((t, i) => t.logprob <= 0 && typeof t.token === 'string' &&
+          (i === 0 || t.logprob < e.top_logprobs[i - 1].logprob))));
+}
+
+async function logprobs() {
+  const opts = { seed: 11, num_predict: 5 };
+  const req = { model: 'sim-small', prompt: 'how likely is this', stream: false, options: opts };
+  const g = await ollama.generate({ ...req, logprobs: true, top_logprobs: 3 });
+  check(logprobsOk(g.logprobs, g.eval_count, 3) && g.eval_count === 5 &&
+    g.logprobs.map((e) => e.token).join('') === g.response,
+  'generate: a logprobs entry per token, 3 top_logprobs each', g);
+  const plain = await ollama.generate(req);
+  check(plain.logprobs === undefined && plain.response === g.response,
+    'generate without logprobs: none, the same answer', plain);
+  const only = await ollama.generate({ ...req, logprobs: true });
+  check(logprobsOk(only.logprobs, 5, 0), 'generate: logprobs without top_logprobs', only.logprobs);
+  let all = [], text = '', last = null, each = true;
+  for await (const p of await ollama.generate({ ...req, stream: true, logprobs: true,
+    top_logprobs: 3 })) {
+    if (!p.done)
+      each = each && (p.logprobs || []).map((e) => e.token).join('') === p.response &&
+        (p.logprobs || []).length === 1;
+    all = all.concat(p.logprobs || []);
+    text += p.response;
+    last = p;
+  }
+  check(each && text === g.response && JSON.stringify(all) === JSON.stringify(g.logprobs) &&
+    last.eval_count === all.length, 'generate streamed: each chunk its token\'s entry, as whole',
+  { all, text });
+  const messages = [{ role: 'user', content: 'how sure are you' }];
+  const c = await ollama.chat({ model: 'sim-small', messages, stream: false, think: 'low',
+    logprobs: true, top_logprobs: 20, options: opts });
+  check(logprobsOk(c.logprobs, c.eval_count, 20) && c.eval_count === 8 &&
+    c.logprobs.map((e) => e.token).join('') === c.message.thinking + c.message.content,
+  'chat: entries for the thinking and the answer, 20 top_logprobs each', c);
+  all = []; text = ''; each = true;
+  for await (const p of await ollama.chat({ model: 'sim-small', messages, stream: true,
+    logprobs: true, top_logprobs: 1, options: opts })) {
+    if (!p.done)
+      each = each && (p.logprobs || []).length === 1 && p.logprobs[0].token === p.message.content;
+    all = all.concat(p.logprobs || []);
+    text += p.message.content;
+    last = p;
+  }
+  check(each && logprobsOk(all, last.eval_count, 1) && all.map((e) => e.token).join('') === text,
+    'chat streamed: each chunk its token\'s entry', all);
+  await expectError(ollama.generate({ ...req, logprobs: true, top_logprobs: 21 }), 400,
+    /top_logprobs must be between 0 and 20/, 'top_logprobs 21: Ollama\'s 400');
+}
+
+// context (/api/generate): a non-raw answer's final object carries the
+// token ids of its prompt and answer; sent back with the next prompt they
+// count as prompt (the simulator's ids: one per word) and start the next
+// context. Through the gateway context was a 400 and answers had none.
+async function contextIds() {
+  const opts = { seed: 3, num_predict: 4 };
+  const first = await ollama.generate({ model: 'sim-small', prompt: 'remember the word kiwi',
+    stream: false, options: opts });
+  check(Array.isArray(first.context) && first.context.length === first.prompt_eval_count +
+    first.eval_count && first.context.every(Number.isInteger),
+  'generate: the answer\'s context, prompt and answer tokens', first);
+  let last = null, seenCtx = 0;
+  for await (const p of await ollama.generate({ model: 'sim-small', prompt: 'which word',
+    context: first.context, stream: true, options: opts })) {
+    if (p.context) seenCtx++;
+    last = p;
+  }
+  const n = first.context.length;
+  check(seenCtx === 1 && last.done && last.prompt_eval_count === n + 2 &&
+    JSON.stringify(last.context.slice(0, n)) === JSON.stringify(first.context) &&
+    last.context.length === last.prompt_eval_count + last.eval_count,
+  'generate streamed with an earlier context: counted as prompt, carried on', last);
+  const raw = await ollama.generate({ model: 'sim-small', prompt: 'raw text', raw: true,
+    stream: false, options: opts });
+  check(raw.context === undefined, 'a raw generate has no context', raw);
+  await expectError(ollama.generate({ model: 'sim-small', prompt: 'x', context: ['a'],
+    stream: false }), 400, /invalid context/, 'context of non-integers: a 400');
+}
+
 await listAndVersion();
 await preload();
 await images();
 await extraOptions();
 await thinking();
 await contextFlags();
+await logprobs();
+await contextIds();
 await generate();
 await chat();
 await tools();

@@ -269,19 +269,53 @@ for await (const ch of await client.chat.completions.create({ ...rq, reasoning_e
 check(reasoning === 'Let me think' && rtext === r1.choices[0].message.content,
   'reasoning_effort low, streamed: delta.reasoning', { reasoning, rtext });
 
+// logprobs on /v1/chat/completions: choices[0].logprobs.content holds an
+// entry per completion token (token, logprob <= 0, bytes, top_logprobs N
+// with the sampled token first, descending), the same streamed (each
+// chunk's entries) and not; without logprobs it is null. Before: a 400.
+const lpReq = { model: 'sim-small', messages, max_tokens: 5, seed: 9, logprobs: true,
+  top_logprobs: 2 };
+const lc = await client.chat.completions.create(lpReq);
+const lpContent = lc.choices[0].logprobs?.content;
+check(Array.isArray(lpContent) && lpContent.length === lc.usage.completion_tokens &&
+  lpContent.every((e) => typeof e.token === 'string' && e.logprob <= 0 &&
+    Buffer.from(e.bytes).toString() === e.token && e.top_logprobs.length === 2 &&
+    e.top_logprobs[0].token === e.token && e.top_logprobs[0].logprob === e.logprob &&
+    e.top_logprobs[1].logprob < e.logprob && Array.isArray(e.top_logprobs[1].bytes)) &&
+  lpContent.map((e) => e.token).join('') === lc.choices[0].message.content,
+'chat.completions, logprobs: an entry per token, 2 top_logprobs each', lc.choices[0]);
+const lpStream = await client.chat.completions.create({ ...lpReq, stream: true });
+let lpAll = [], lpText = '';
+for await (const ch of lpStream) {
+  if (!ch.choices.length)
+    continue;
+  lpAll = lpAll.concat(ch.choices[0].logprobs?.content || []);
+  lpText += ch.choices[0].delta.content || '';
+}
+check(lpText === lc.choices[0].message.content &&
+  JSON.stringify(lpAll) === JSON.stringify(lpContent),
+'chat.completions streamed, logprobs: each chunk its entries, as whole', { lpAll, lpText });
+const noLp = await client.chat.completions.create({ ...lpReq, logprobs: false,
+  top_logprobs: undefined });
+check(noLp.choices[0].logprobs === null && noLp.choices[0].message.content ===
+  lc.choices[0].message.content, 'chat.completions without logprobs: logprobs null',
+noLp.choices[0]);
+
 // What the bus cannot honour is a 400 naming it, not silently dropped:
-// n > 1 (the client would get one choice), logprobs, logit_bias, echo,
-// best_of, dimensions; nothing reaches the simulator.
+// n > 1 (the client would get one choice), top_logprobs without logprobs
+// (as OpenAI refuses it), logprobs on /v1/completions (the legacy shape),
+// logit_bias, echo, best_of; nothing reaches the simulator.
 const refusedBefore = await simRequests();
 for (const [path, body, pattern] of [
   ['/chat/completions', { ...rq, n: 2 }, /\bn\b/],
-  ['/chat/completions', { ...rq, logprobs: true }, /logprobs/],
-  ['/chat/completions', { ...rq, top_logprobs: 2 }, /logprobs/],
+  ['/chat/completions', { ...rq, top_logprobs: 2 }, /top_logprobs needs logprobs/],
+  ['/chat/completions', { ...rq, logprobs: true, top_logprobs: 21 }, /top_logprobs/],
+  ['/chat/completions', { ...rq, logprobs: 1 }, /logprobs/],
   ['/chat/completions', { ...rq, logit_bias: { 50256: -100 } }, /logit_bias/],
   ['/chat/completions', { ...rq, reasoning_effort: 'max' }, /reasoning_effort/],
   ['/completions', { model: 'sim-small', prompt: 'x', n: 3 }, /\bn\b/],
   ['/completions', { model: 'sim-small', prompt: 'x', best_of: 2 }, /best_of/],
-  ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 1 }, /logprobs/],
+  ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 1 }, /\/v1\/completions/],
   ['/completions', { model: 'sim-small', prompt: 'x', echo: true }, /echo/],
   ['/completions', { model: 'sim-small', prompt: ['x', 'y'] }, /several prompts/],
   ['/chat/completions', { ...rq, modalities: ['text', 'audio'], audio: { voice: 'alloy',
@@ -293,9 +327,10 @@ for (const [path, body, pattern] of [
   check(r.status === 400 && b?.error?.type === 'invalid_request_error' && pattern.test(b.error.message),
     `${path} ${JSON.stringify(body).slice(-40)}: 400`, { status: r.status, b });
 }
-const ok1 = await post('/chat/completions', { ...rq, n: 1, logprobs: false, logit_bias: {},
-  user: 'agent-7' });
-check(ok1.status === 200, 'n 1, logprobs false, an empty logit_bias, user: accepted', ok1.status);
+const ok1 = await post('/chat/completions', { ...rq, n: 1, logprobs: false, top_logprobs: 0,
+  logit_bias: {}, user: 'agent-7' });
+check(ok1.status === 200, 'n 1, logprobs false, top_logprobs 0, an empty logit_bias, user: ' +
+  'accepted', ok1.status);
 check(await simRequests() === refusedBefore + 1, 'only the accepted one reached the simulator',
   { before: refusedBefore, after: await simRequests() });
 console.log('all ok');

@@ -124,6 +124,35 @@ cache_check() {
   echo "ok - X-Agentbus-Cache: no-read bypasses the cache"
 }
 
+# The logprobs of an Ollama NDJSON stream or one answer on stdin, in order,
+# as JSON text (with their count first).
+stream_logprobs() {
+  node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let a=[];for(const l of s.split("\n")){if(l)a=a.concat(JSON.parse(l).logprobs||[])}console.log(a.length+" "+JSON.stringify(a))})'
+}
+# logprobs, top_logprobs and context are in the cache key: a request with
+# them never gets an answer cached without them (nor with other ones), and a
+# hit answers the logprobs the first answer had, whole and streamed.
+lp_cache_check() {
+  local body='{"model":"sim-small","prompt":"cache my logprobs","options":{"seed":5,"num_predict":4}' lp r0 r1 a b c d
+  lp=',"logprobs":true,"top_logprobs":2'
+  r0=$(sim_requests)
+  curl -sf "$gw/api/generate" -d "$body,\"stream\":false}" >/dev/null
+  a=$(curl -sf "$gw/api/generate" -d "$body,\"stream\":false$lp}" | stream_logprobs)
+  curl -sf "$gw/api/generate" -d "$body,\"stream\":false,\"logprobs\":true,\"top_logprobs\":3}" >/dev/null
+  curl -sf "$gw/api/generate" -d "$body,\"stream\":false,\"context\":[1,2,3]}" >/dev/null
+  r1=$(sim_requests)
+  [[ $r1 == $((r0 + 4)) ]] || die "logprobs/top_logprobs/context not in the cache key: $r0 -> $r1 simulator requests (4 expected)"
+  [[ ${a%% *} == 4 ]] || die "no logprobs in the answer: '$a'"
+  b=$(curl -sf "$gw/api/generate" -d "$body,\"stream\":false$lp}" | stream_logprobs)
+  [[ $(sim_requests) == "$r1" ]] || die "the same logprobs request was not answered from the cache"
+  [[ $a == "$b" ]] || die "the cache hit's logprobs differ: '$a' / '$b'"
+  c=$(curl -sfN "$gw/api/generate" -d "$body$lp}" | stream_logprobs)
+  d=$(curl -sfN "$gw/api/generate" -d "$body$lp}" | stream_logprobs)
+  [[ $(sim_requests) == $((r1 + 1)) && $c == "$d" && ${c%% *} == 4 ]] ||
+    die "streamed: $r1 -> $(sim_requests) requests, '$c' / '$d'"
+  echo "ok - logprobs, top_logprobs and context are in the cache key; a hit returns the logprobs, whole and streamed"
+}
+
 # The broker saw each token's own key: KEY's field FIELD in `brokerctl keys`.
 key_field() {
   AB_KEY=$tmp/ops.key_secret "$build/brokerctl" --broker "$ep" keys --json |
@@ -217,7 +246,7 @@ case $mode in
   ollama-gateway) OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node ollama_client.mjs ;;
   extra) version_check && OLLAMA_URL=$gw SIM_URL=http://127.0.0.1:$sport node gateway_extra.mjs ;;
   openai) OPENAI_BASE_URL=$gw/v1 SIM_URL=http://127.0.0.1:$sport node openai_client.mjs ;;
-  cache) cache_check ;;
+  cache) cache_check && lp_cache_check ;;
   apikeys) apikeys_check ;;
   *) die "unknown mode $mode" ;;
 esac || die "$mode: the client script failed"

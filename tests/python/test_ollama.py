@@ -140,6 +140,30 @@ def test_think(ollama):
         assert "does not support thinking" in str(e.value)
 
 
+def test_logprobs_context(ollama):
+    """logprobs / top_logprobs reach Ollama and each token's entry comes
+    back (an entry per eval_count token, the sampled token first among
+    TOP alternatives); a generate's context comes back and, sent with the
+    next prompt, counts as its prompt. The binding had neither before (a
+    TypeError)."""
+    opts = {"seed": 2, "num_predict": 3}
+    with ollama.client() as c:
+        g = c.generate("sim-small", "how likely", logprobs=True, top_logprobs=2,
+                       options=opts, timeout=20)
+        assert len(g["logprobs"]) == g["eval_count"] == 3
+        assert "".join(e["token"] for e in g["logprobs"]) == g["response"]
+        assert all(len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["token"] == e["token"]
+                   and e["logprob"] <= 0 for e in g["logprobs"])
+        assert len(g["context"]) == g["prompt_eval_count"] + g["eval_count"]
+        n = c.generate("sim-small", "and then", context=g["context"], options=opts, timeout=20)
+        assert n["prompt_eval_count"] == len(g["context"]) + 2
+        assert n["context"][:len(g["context"])] == g["context"] and "logprobs" not in n
+        pieces = list(c.chat("sim-small", [{"role": "user", "content": "hi"}], logprobs=True,
+                             stream=True, options=opts, timeout=20))
+        lps = [e for p in pieces for e in p.get("logprobs", [])]
+        assert len(lps) == pieces[-1]["eval_count"] == 3
+
+
 def test_embed_dimensions(ollama):
     """dimensions reaches Ollama: the simulator cuts the vectors to it (and
     normalises them again). The binding had no dimensions before."""

@@ -134,6 +134,7 @@ static int s_change(int i)
 {
     static const char *stop[] = {"\n"};
     static ProtobufCBinaryData img = {3, (uint8_t *)"png"};
+    static const uint32_t ctx3[] = {1, 2, 3}, ctx3b[] = {1, 2, 256};
     s_base();
     switch (i) {
     case 0: s_gen.model = "llama3:70b"; return 1;
@@ -160,13 +161,20 @@ static int s_change(int i)
     case 21: s_gen.think = "high"; return 1; /* a level thinks longer */
     case 22: s_gen.has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE; s_gen.truncate = 0; return 1; /* a 400, not a cut prompt */
     case 23: s_gen.has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT; s_gen.shift = 0; return 1;
+    case 24: s_gen.logprobs = 1; return 1; /* the answer carries logprobs */
+    case 25: s_gen.logprobs = 1; s_gen.top_logprobs = 2; return 1;
+    case 26: s_gen.logprobs = 1; s_gen.top_logprobs = 3; return 1;
+    case 27: s_gen.top_logprobs = 2; return 1; /* without logprobs: Ollama's to judge */
+    case 28: s_gen.n_context = 3; s_gen.context = (uint32_t *)ctx3; return 1; /* an earlier answer */
+    case 29: s_gen.n_context = 3; s_gen.context = (uint32_t *)ctx3b; return 1;
+    case 30: s_gen.n_context = 2; s_gen.context = (uint32_t *)ctx3; return 1;
     default: return 0;
     }
 }
 
 static void t_relevant_fields(void)
 {
-    ab_cache_key_t keys[32];
+    ab_cache_key_t keys[40];
     s_base();
     s_key_of(NULL, NULL, 0, &keys[0]);
     int n = 1;
@@ -176,7 +184,7 @@ static void t_relevant_fields(void)
             if (s_same(&keys[j], &keys[n]))
                 T_FAIL_("change %d gives the same key as %d", i, j - 1);
     }
-    CHECK_EQ(n, 25);
+    CHECK_EQ(n, 32);
     /* Same request to another service: another key. */
     s_base();
     s_pb_t pb;
@@ -455,6 +463,37 @@ static void t_tools_in_key(void)
     CHECK_TRUE(!s_same(&k4, &k5));
 }
 
+/* A chat with logprobs (or other top_logprobs) never shares a cached
+ * answer with one without: the cached answer holds them or not. Without
+ * them the key is what it was before they were carried. */
+static void t_chat_logprobs_in_key(void)
+{
+    ab_cache_key_t k0, k1, k2, k3;
+    Agentbus__ChatMessage um = AGENTBUS__CHAT_MESSAGE__INIT, *msgs[1] = {&um};
+    um.role = "user";
+    um.content = "how sure?";
+    Agentbus__ChatRequest chat = AGENTBUS__CHAT_REQUEST__INIT;
+    chat.model = "llama3:8b";
+    chat.n_messages = 1;
+    chat.messages = msgs;
+    s_base();
+    chat.options = &s_opts;
+    agentbus__inference_request__init(&s_req);
+    s_req.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    s_req.chat = &chat;
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k0), AB_KEY_TYPED);
+    chat.logprobs = 1;
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k1), AB_KEY_TYPED);
+    chat.top_logprobs = 5;
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k2), AB_KEY_TYPED);
+    chat.top_logprobs = 6;
+    CHECK_EQ(s_key_of(NULL, NULL, 0, &k3), AB_KEY_TYPED);
+    CHECK_TRUE(!s_same(&k0, &k1));
+    CHECK_TRUE(!s_same(&k1, &k2));
+    CHECK_TRUE(!s_same(&k2, &k3));
+    CHECK_TRUE(!s_same(&k0, &k3));
+}
+
 int main(void)
 {
     t_header_ttl();
@@ -467,6 +506,7 @@ int main(void)
     t_raw();
     t_model_in_key();
     t_tools_in_key();
+    t_chat_logprobs_in_key();
     t_hex();
     return TEST_DONE("test_cache_key");
 }

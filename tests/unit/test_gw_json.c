@@ -113,9 +113,15 @@ static void s_test_refused(void)
         "{\"model\":7,\"prompt\":\"x\"}",
         /* fields the bus does not carry: refused, not dropped */
         "{\"model\":\"m\",\"prompt\":\"x\",\"template\":\"{{ .Prompt }}\"}",
-        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,2,3]}",
-        "{\"model\":\"m\",\"prompt\":\"x\",\"logprobs\":true}",
-        "{\"model\":\"m\",\"prompt\":\"x\",\"top_logprobs\":3}",
+        /* logprobs and context: carried, but wrongly typed or out of range */
+        "{\"model\":\"m\",\"prompt\":\"x\",\"logprobs\":1}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"top_logprobs\":21}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"top_logprobs\":-1}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"top_logprobs\":\"3\"}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":\"1 2\"}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,-2]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,2.5]}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[4294967296]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
@@ -157,10 +163,10 @@ static void s_test_refused(void)
     CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
     CHECK_STR(err, "invalid raw: expected a boolean (true or false)");
     json_decref(j);
-    j = json_loads("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}],\"logprobs\":true}",
+    j = json_loads("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}],\"top_logprobs\":21}",
                    0, NULL);
     CHECK_EQ(gw_req_from_json(GW_CHAT, j, &req, err, sizeof err), -1);
-    CHECK_TRUE(strstr(err, "logprobs") != NULL);
+    CHECK_STR(err, "top_logprobs must be between 0 and 20"); /* Ollama's words */
     json_decref(j);
     /* their "off" values are fine */
     j = json_loads("{\"model\":\"m\",\"prompt\":\"x\",\"context\":[],\"template\":\"\","
@@ -571,8 +577,93 @@ static void s_test_tools(void)
     json_decref(o);
 }
 
+/* logprobs, top_logprobs and context cross the bus (they were a 400);
+ * a context over GW_MAX_CONTEXT ids is a 400 naming it; a reply's
+ * logprobs are rendered (whole, not by the fast line) and a final
+ * generate's context too. */
+static void s_test_logprobs(void)
+{
+    gw_req_t req;
+    Agentbus__InferenceRequest *ir =
+        s_build(GW_GENERATE, "{\"model\":\"m\",\"prompt\":\"p\",\"logprobs\":true,"
+                             "\"top_logprobs\":20,\"context\":[0,5,4294967295]}", &req);
+    REQUIRE(ir && ir->generate);
+    CHECK_EQ(ir->generate->logprobs, 1);
+    CHECK_EQ(ir->generate->top_logprobs, 20);
+    REQUIRE(ir->generate->n_context == 3);
+    CHECK_EQ(ir->generate->context[2], 4294967295u);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"logprobs\":true,\"top_logprobs\":0,"
+                          "\"messages\":[{\"role\":\"user\"}]}", &req);
+    REQUIRE(ir && ir->chat);
+    CHECK_EQ(ir->chat->logprobs, 1);
+    CHECK_EQ(ir->chat->top_logprobs, 0);
+    agentbus__inference_request__free_unpacked(ir, NULL);
+    gw_req_free(&req);
+    /* one id over the bound: 1 Mi + 1 zeros */
+    size_t n = GW_MAX_CONTEXT + 1;
+    json_t *ctx = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(ctx, json_integer(0));
+    json_t *j = json_pack("{s:s, s:s, s:o}", "model", "m", "prompt", "p", "context", ctx);
+    char err[256] = "";
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "context") != NULL && strstr(err, "1048576") != NULL);
+    json_array_remove(json_object_get(j, "context"), 0); /* at the bound: carried */
+    CHECK_EQ(gw_req_from_json(GW_GENERATE, j, &req, err, sizeof err), 0);
+    gw_req_free(&req);
+    json_decref(j);
+
+    static uint32_t ids[] = {9, 10};
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    g.model = "m";
+    g.created_at = "t";
+    g.response = "a";
+    g.logprobs_json = "[{\"logprob\":-0.5,\"token\":\"a\"}]";
+    uint8_t buf[256];
+    size_t len = agentbus__generate_response__pack(&g, buf);
+    char *line = NULL;
+    size_t line_len = 0;
+    CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, len, &line, &line_len), 0);
+    json_t *o = gw_ollama_reply(GW_GENERATE, buf, len, 0);
+    REQUIRE(o);
+    json_t *e = json_array_get(json_object_get(o, "logprobs"), 0);
+    CHECK_STR(json_string_value(json_object_get(e, "token")), "a");
+    CHECK_TRUE(json_real_value(json_object_get(e, "logprob")) == -0.5);
+    CHECK_TRUE(json_object_get(o, "context") == NULL); /* not final */
+    json_decref(o);
+    g.done = 1;
+    g.done_reason = "stop";
+    g.logprobs_json = "not json";
+    g.n_context = 2;
+    g.context = ids;
+    len = agentbus__generate_response__pack(&g, buf);
+    o = gw_ollama_reply(GW_GENERATE, buf, len, 0);
+    REQUIRE(o);
+    CHECK_TRUE(json_object_get(o, "logprobs") == NULL); /* not an array: left out */
+    CHECK_EQ(json_array_size(json_object_get(o, "context")), 2);
+    CHECK_EQ(json_integer_value(json_array_get(json_object_get(o, "context"), 1)), 10);
+    json_decref(o);
+    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+    m.role = "assistant";
+    m.content = "b";
+    c.model = "m";
+    c.created_at = "t";
+    c.message = &m;
+    c.logprobs_json = "[{\"logprob\":-1,\"token\":\"b\"}]";
+    len = agentbus__chat_response__pack(&c, buf);
+    CHECK_EQ(gw_ollama_line(GW_CHAT, buf, len, &line, &line_len), 0);
+    o = gw_ollama_reply(GW_CHAT, buf, len, 0);
+    REQUIRE(o);
+    CHECK_EQ(json_array_size(json_object_get(o, "logprobs")), 1);
+    json_decref(o);
+}
+
 int main(void)
 {
+    s_test_logprobs();
     s_test_think();
     s_test_generate();
     s_test_chat_embed();

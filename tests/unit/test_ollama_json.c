@@ -375,8 +375,72 @@ static void s_test_think(void)
     free(ch.pb);
 }
 
+/* logprobs, top_logprobs and context go to Ollama only when set; a line's
+ * logprobs come back as JSON text (keys sorted), a generate's final
+ * context as its ids (an entry that is not an id is left out). */
+static void s_test_logprobs(void)
+{
+    static uint32_t ids[] = {7, 8, 4000000000u};
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    g.model = "m";
+    g.prompt = "p";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    r.generate = &g;
+    uint8_t buf[512];
+    size_t len = agentbus__inference_request__pack(&r, buf);
+    wk_ol_call_t call;
+    char err[128];
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "logprobs") == NULL && strstr(call.body, "context") == NULL);
+    wk_ol_call_free(&call);
+    g.logprobs = 1;
+    g.top_logprobs = 3;
+    g.n_context = 3;
+    g.context = ids;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"logprobs\":true,\"top_logprobs\":3") != NULL);
+    CHECK_TRUE(strstr(call.body, "\"context\":[7,8,4000000000]") != NULL);
+    wk_ol_call_free(&call);
+
+    const char *gl = "{\"model\":\"m\",\"response\":\" hi\",\"done\":false,\"logprobs\":"
+                     "[{\"token\":\" hi\",\"logprob\":-0.5,\"bytes\":[32,104,105],"
+                     "\"top_logprobs\":[{\"token\":\" hi\",\"logprob\":-0.5}]}]}";
+    wk_ol_chunk_t ch;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, gl, strlen(gl), "w", &ch), 0);
+    Agentbus__GenerateResponse *gr = agentbus__generate_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(gr);
+    CHECK_STR(gr->logprobs_json, "[{\"bytes\":[32,104,105],\"logprob\":-0.5,\"token\":\" hi\","
+                                 "\"top_logprobs\":[{\"logprob\":-0.5,\"token\":\" hi\"}]}]");
+    CHECK_EQ(gr->n_context, 0);
+    agentbus__generate_response__free_unpacked(gr, NULL);
+    free(ch.pb);
+    const char *fl = "{\"model\":\"m\",\"response\":\"\",\"done\":true,\"context\":"
+                     "[1,\"x\",-2,3,4294967296,5],\"eval_count\":1}";
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, fl, strlen(fl), "w", &ch), 0);
+    gr = agentbus__generate_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(gr);
+    REQUIRE(gr->n_context == 3);
+    CHECK_EQ(gr->context[0], 1);
+    CHECK_EQ(gr->context[1], 3);
+    CHECK_EQ(gr->context[2], 5);
+    CHECK_STR(gr->logprobs_json, "");
+    agentbus__generate_response__free_unpacked(gr, NULL);
+    free(ch.pb);
+    const char *cl = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"a\"},"
+                     "\"done\":false,\"logprobs\":[{\"token\":\"a\",\"logprob\":-1}]}";
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_CHAT, cl, strlen(cl), "w", &ch), 0);
+    Agentbus__ChatResponse *cr = agentbus__chat_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(cr);
+    CHECK_STR(cr->logprobs_json, "[{\"logprob\":-1,\"token\":\"a\"}]");
+    agentbus__chat_response__free_unpacked(cr, NULL);
+    free(ch.pb);
+}
+
 int main(void)
 {
+    s_test_logprobs();
     s_test_think();
     s_test_split();
     s_test_generate_chunks();

@@ -48,6 +48,12 @@ typedef struct {
     int think_words;         /* thinking words owed before the answer (think given) */
     int think_sent;          /* of which streamed or produced */
     char *tool_prefix;       /* the answer's text starts with this (a tool result) */
+    /* logprobs.c */
+    sim_lp_t lp;             /* logprobs, top_logprobs, context asked */
+    int lp_pos;              /* tokens given an entry so far */
+    json_t *lp_last;         /* streamed: the entry of the token just made */
+    json_t *lp_all;          /* stream false: every token's entry */
+    json_t *ctx;             /* a non-raw generate: its context so far */
 } sim_req_t;
 
 /* Queue a JSON (takes ownership of J) or text response; count the status. */

@@ -73,6 +73,33 @@ static json_t *s_think_text(const sim_req_t *r)
     return json_string(buf);
 }
 
+/* A token TOK was made: its logprobs entry (logprobs asked: kept for its
+ * chunk, or for the whole answer) and its id in the context. */
+static void s_note(sim_req_t *r, const char *tok)
+{
+    if (r->ctx)
+        sim_ctx_add_words(r->ctx, tok);
+    if (!r->lp.on)
+        return;
+    json_t *e = sim_lp_entry(tok, r->lp_pos++, r->lp.top);
+    if (r->stream) {
+        json_decref(r->lp_last);
+        r->lp_last = e;
+    } else {
+        if (!r->lp_all)
+            r->lp_all = json_array();
+        json_array_append_new(r->lp_all, e);
+    }
+}
+
+/* A streamed chunk O gets the entry of the token it carries. */
+static void s_put_last(sim_req_t *r, json_t *o)
+{
+    if (r->lp_last)
+        json_object_set_new(o, "logprobs", json_pack("[o]", r->lp_last));
+    r->lp_last = NULL;
+}
+
 /* One step of a generation: prefill first, then the thinking words, then
  * one token per call. */
 static int s_step(sim_req_t *r, char *tok, size_t cap)
@@ -95,6 +122,7 @@ static int s_step(sim_req_t *r, char *tok, size_t cap)
             return STEP_GONE;
         snprintf(tok, cap, "%s%s", r->think_sent ? " " : "", k_think[r->think_sent]);
         r->think_sent++;
+        s_note(r, tok);
         return STEP_THINK;
     }
     int n = r->gen.n;
@@ -110,7 +138,10 @@ static int s_step(sim_req_t *r, char *tok, size_t cap)
         return STEP_DONE;
     if (s_pause(r, sim_scaled_ns(s, m->token_ms)) != 0)
         return STEP_GONE;
-    return sim_gen_next(&r->gen, tok, cap) == 0 ? STEP_TOKEN : STEP_DONE;
+    if (sim_gen_next(&r->gen, tok, cap) != 0)
+        return STEP_DONE;
+    s_note(r, tok);
+    return STEP_TOKEN;
 }
 
 static json_t *s_head(sim_req_t *r)
@@ -140,6 +171,10 @@ static json_t *s_final(sim_req_t *r, const char *text)
                             s_think_text(r));
     if (r->tool_calls && !r->tool_calls_sent) /* stream: false: the calls are here */
         json_object_set(json_object_get(o, "message"), "tool_calls", r->tool_calls);
+    if (r->lp_all) /* stream: false: every token's; streamed, each went with its chunk */
+        json_object_set(o, "logprobs", r->lp_all);
+    if (r->ctx) /* a non-raw generate's final answer */
+        json_object_set(o, "context", r->ctx);
     const char *reason = r->length_limited && !r->gen.stopped_by_stop && r->gen.n >= r->gen.limit
                              ? "length" : "stop";
     json_object_set_new(o, "done", json_true());
@@ -160,7 +195,7 @@ static json_t *s_final(sim_req_t *r, const char *text)
 
 static void s_set_pending(sim_req_t *r, json_t *o)
 {
-    char *txt = json_dumps(o, JSON_COMPACT);
+    char *txt = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
     free(r->pending);
     r->pending = NULL;
@@ -200,6 +235,7 @@ static json_t *s_chunk(sim_req_t *r, const char *tok)
     } else {
         s_put_text(r, o, tok);
     }
+    s_put_last(r, o);
     json_object_set_new(o, "done", json_false());
     return o;
 }
@@ -230,6 +266,7 @@ static ssize_t s_reader(void *cls, uint64_t pos, char *buf, size_t max)
             s_put_text(r, o, "");
             json_object_set_new(r->chat ? json_object_get(o, "message") : o, "thinking",
                                 json_string(tok));
+            s_put_last(r, o);
             json_object_set_new(o, "done", json_false());
             s_set_pending(r, o);
             break;
@@ -567,7 +604,8 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
 {
     sim_t *s = r->s;
     enum MHD_Result res = MHD_NO;
-    r->prompt_tokens = s_prompt_tokens(in, r->chat);
+    /* an earlier answer's context is prompt too, as Ollama counts it */
+    r->prompt_tokens = s_prompt_tokens(in, r->chat) + r->lp.n_context;
     /* options.num_ctx: a longer prompt is cut to it, or refused with
      * "truncate": false (Ollama's 400) */
     const json_t *nc = json_object_get(opts, "num_ctx");
@@ -640,6 +678,30 @@ static void s_count(sim_req_t *r, sim_model_t *m)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* think, logprobs, top_logprobs and context of a generate or chat; 0, or
+ * -1 with the 400 queued (*RES). */
+static int s_check_gen(sim_req_t *r, const json_t *in, const sim_model_t *m,
+                       enum MHD_Result *res)
+{
+    if ((r->think_words = s_think_words(json_object_get(in, "think"))) < 0) {
+        *res = sim_http_error(r, 400, "invalid think value: must be \"high\", \"medium\", "
+                                      "\"low\", true, or false");
+        return -1;
+    }
+    if (r->think_words && !m->thinking) { /* Ollama checks before loading */
+        *res = sim_http_error(r, 400, "\"%s\" does not support thinking", r->model_echo);
+        return -1;
+    }
+    char err[160];
+    if (sim_lp_check(in, r->chat, &r->lp, err, sizeof err) != 0) {
+        *res = sim_http_error(r, 400, "%s", err);
+        return -1;
+    }
+    if (!r->chat && !json_is_true(json_object_get(in, "raw")))
+        r->ctx = sim_ctx_start(in); /* Ollama answers a raw prompt without one */
+    return 0;
+}
+
 enum MHD_Result sim_infer_handle(sim_req_t *r)
 {
     sim_t *s = r->s;
@@ -671,15 +733,8 @@ enum MHD_Result sim_infer_handle(sim_req_t *r)
     r->chat = r->route == R_CHAT;
     if (s_check_common(r, in, &opts, &ka, &res) != 0 || s_check_input(r, in, &load_only, &res) != 0)
         goto done;
-    if (r->route != R_EMBED && (r->think_words = s_think_words(json_object_get(in, "think"))) < 0) {
-        res = sim_http_error(r, 400, "invalid think value: must be \"high\", \"medium\", "
-                                     "\"low\", true, or false");
+    if (r->route != R_EMBED && s_check_gen(r, in, m, &res) != 0)
         goto done;
-    }
-    if (r->think_words && !m->thinking) { /* Ollama checks before loading */
-        res = sim_http_error(r, 400, "\"%s\" does not support thinking", r->model_echo);
-        goto done;
-    }
     if (load_only) {
         res = s_load_only(r, m, ka);
         goto done;
@@ -733,4 +788,8 @@ void sim_infer_finish(sim_req_t *r, enum MHD_RequestTerminationCode toe)
     r->tool_calls = NULL;
     free(r->tool_prefix);
     r->tool_prefix = NULL;
+    json_decref(r->lp_last);
+    json_decref(r->lp_all);
+    json_decref(r->ctx);
+    r->lp_last = r->lp_all = r->ctx = NULL;
 }

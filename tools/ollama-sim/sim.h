@@ -233,6 +233,25 @@ json_t *sim_tools_call(const json_t *in);
  * with, quoting it (malloc'd); else NULL. */
 char *sim_tools_result_text(const json_t *in);
 
+/* --- logprobs.c --- (logprobs, top_logprobs, context; docs/ollama-sim.md) */
+#define SIM_MAX_TOP_LOGPROBS 20  /* Ollama's bound on top_logprobs */
+typedef struct {
+    bool on;        /* logprobs: true */
+    int top;        /* top_logprobs (0..20) */
+    int n_context;  /* generate: token ids in the request's context */
+} sim_lp_t;
+/* Reads IN's logprobs, top_logprobs and (generate) context into LP: 0, or
+ * -1 with ERR when one is wrongly typed or out of range (answer 400). */
+int sim_lp_check(const json_t *in, bool chat, sim_lp_t *lp, char *err, size_t cap);
+/* The logprobs entry of token TOK at position POS (deterministic), with
+ * TOP top_logprobs (the sampled token first) when TOP > 0. New reference. */
+json_t *sim_lp_entry(const char *tok, int pos, int top);
+/* A generate's context so far: the request's ids, then an id per word of
+ * its system and prompt (new reference); the answer's words are added
+ * with sim_ctx_add_words. */
+json_t *sim_ctx_start(const json_t *in);
+void sim_ctx_add_words(json_t *ctx, const char *text);
+
 /* --- textgen.c --- */
 typedef struct {
     uint64_t rng;
