@@ -22,11 +22,14 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+free_ports() { # N distinct free ports, held together while picked
+  python3 -c 'import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
 }
 wait_http() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; return 1; }
-bport=$(free_port); sport=$(free_port); gport=$(free_port)
+read -r bport sport gport < <(free_ports 3)
 ep=tcp://127.0.0.1:$bport
 "$build/agentbus-broker" --bind "$ep" >"$tmp/broker.log" 2>&1 & pids+=($!)
 "$build/ollama-sim" --port "$sport" --time-scale "$scale" --num-parallel "$slots" \

@@ -26,12 +26,13 @@ secs=${SECS:-2}
 window=${WINDOW:-256}
 lat=${LAT:-2000}
 proxy=${PROXY:-c}
-free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
-pa=$(free_port)
-pb=$(free_port)
-pp=$(free_port)
-pe=$(free_port)
-pq=$(free_port)
+free_ports() { # N distinct free ports, held together while picked
+  python3 -c 'import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
+}
+read -r pa pb pp pe pq < <(free_ports 5)
 dir=$(mktemp -d /tmp/agentbus-links-bench.XXXXXX)
 pids=()
 cleanup() {

@@ -37,8 +37,13 @@ command -v npm >/dev/null || die "npm is not installed (scripts/setup)"
   die "npm install of ollama and openai failed (registry unreachable?): $(tail -5 "$tmp/npm.log")"
 cp "$here"/*.mjs "$tmp/"
 
-free_port() {
-  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+# N distinct free ports at once (held together while picked: the kernel
+# may give a port just closed again, and two servers then got the same one).
+free_ports() {
+  python3 -c 'import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
 }
 wait_http() { # URL SECONDS
   for _ in $(seq 1 $(($2 * 20))); do
@@ -48,7 +53,7 @@ wait_http() { # URL SECONDS
   return 1
 }
 
-bport=$(free_port); sport=$(free_port); gport=$(free_port)
+read -r bport sport gport < <(free_ports 3)
 ep=tcp://127.0.0.1:$bport
 wkey=(); gwopt=()
 if [[ $mode == apikeys ]]; then

@@ -56,12 +56,21 @@ def check(cond, msg):
     print(f"ok - {msg}")
 
 
+_GIVEN = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port free now and never returned before in this process
+    (the kernel may give a just-closed port again: two servers of one test
+    then asked for the same port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no new free port in 100 tries")
 
 
 def spawn(tmp, name, argv):

@@ -241,17 +241,34 @@ const char *th_dir(void)
     return s_dir;
 }
 
+/* A port the kernel gives a socket bound to port 0, never one of the last
+ * 256 this process was given: the kernel may give a port just closed
+ * again, and a case that asked for two (a broker's and a proxy's in front
+ * of it) got the same one twice; the proxy could not bind, the broker took
+ * its traffic and links_cut failed. */
 int th_free_port(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-            getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
+    static int recent[256];
+    static unsigned next;
+    for (int tries = 0; tries < 100; tries++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof a;
+        REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+                getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+        close(fd);
+        int port = ntohs(a.sin_port), seen = 0;
+        for (unsigned i = 0; i < 256 && !seen; i++)
+            seen = recent[i] == port;
+        if (!seen) {
+            recent[next++ % 256] = port;
+            return port;
+        }
+    }
+    REQUIRE(!"no port not given before in 100 tries");
+    return -1;
 }
 
 const char *th_ep(int port)

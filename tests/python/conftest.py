@@ -26,10 +26,21 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import agentbus  # noqa: E402
 
 
+_GIVEN = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and never returned before in this process
+    (the kernel may give a just-closed port again: two servers of one test
+    then asked for the same port)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError("no new free port in 100 tries")
 
 
 def ep(port: int) -> str:

@@ -10,7 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int tl_free_port(void)
+/* A port the kernel gives a socket bound to port 0 now. */
+static int s_port_now(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
@@ -23,6 +24,24 @@ int tl_free_port(void)
         port = ntohs(a.sin_port);
     close(fd);
     return port;
+}
+
+int tl_free_port(void)
+{
+    /* Never one of the last 256 given: the kernel may give a port just
+     * closed again, and two servers asked for one each got the same. */
+    static int recent[256];
+    static unsigned next;
+    for (int tries = 0; tries < 100; tries++) {
+        int port = s_port_now(), seen = 0;
+        for (unsigned i = 0; i < 256 && port > 0 && !seen; i++)
+            seen = recent[i] == port;
+        if (port <= 0 || seen)
+            continue;
+        recent[next++ % 256] = port;
+        return port;
+    }
+    return -1;
 }
 
 void tl_parser_init(tl_parser_t *p, int argc, char **argv, int first)
