@@ -27,9 +27,16 @@ window=${WINDOW:-256}
 lat=${LAT:-2000}
 proxy=${PROXY:-c}
 free_ports() { # N distinct free ports, held together while picked
-  python3 -c 'import socket, sys
-ss = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in ss: s.bind(("127.0.0.1", 0))
+  python3 -c 'import random, socket, sys
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ss = []
+while len(ss) < int(sys.argv[1]):  # below the ephemeral range, held together
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, lo) if lo > 11024 else 0))
+        ss.append(s)
+    except OSError:
+        s.close()
 print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
 }
 read -r pa pb pp pe pq < <(free_ports 5)

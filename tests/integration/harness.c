@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -241,25 +242,40 @@ const char *th_dir(void)
     return s_dir;
 }
 
-/* A port the kernel gives a socket bound to port 0, never one of the last
- * 256 this process was given: the kernel may give a port just closed
- * again, and a case that asked for two (a broker's and a proxy's in front
- * of it) got the same one twice; the proxy could not bind, the broker took
- * its traffic and links_cut failed. */
+/* A port for a test's server: bindable on 127.0.0.1 now, chosen at random
+ * below the kernel's ephemeral range (ip_local_port_range, where connect(2)
+ * takes its local ports and bind to port 0 its ports), and never one of
+ * the last 256 given. From the ephemeral range, a port just closed came
+ * back twice (links_cut's broker and proxy got the same one) and an
+ * outgoing connection of a parallel test could take a port between its
+ * pick and its server's bind (ollama-sim "cannot listen"). */
 int th_free_port(void)
 {
     static int recent[256];
     static unsigned next;
-    for (int tries = 0; tries < 100; tries++) {
+    int lo = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d", &lo) != 1)
+            lo = 32768;
+        fclose(f);
+    }
+    for (int tries = 0; tries < 1000; tries++) {
+        uint32_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+            r = (uint32_t)rand();
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a = {0};
         a.sin_family = AF_INET;
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        /* a range too narrow below the ephemeral one: the kernel picks */
+        a.sin_port = htons(lo > 11024 ? (uint16_t)(10000 + r % (uint32_t)(lo - 10000)) : 0);
         socklen_t len = sizeof a;
-        REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-                getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+        REQUIRE(fd >= 0);
+        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+                 getsockname(fd, (struct sockaddr *)&a, &len) == 0;
         close(fd);
-        int port = ntohs(a.sin_port), seen = 0;
+        int port = ntohs(a.sin_port), seen = !ok;
         for (unsigned i = 0; i < 256 && !seen; i++)
             seen = recent[i] == port;
         if (!seen) {
@@ -267,7 +283,7 @@ int th_free_port(void)
             return port;
         }
     }
-    REQUIRE(!"no port not given before in 100 tries");
+    REQUIRE(!"no free port in 1000 tries");
     return -1;
 }
 

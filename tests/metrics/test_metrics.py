@@ -9,6 +9,7 @@ line, a family written twice, a sample before its TYPE or a histogram whose
 buckets do not add up fails the test. Standard library only."""
 import math
 import os
+import random
 import re
 import signal
 import socket
@@ -235,14 +236,26 @@ def free_port():
     """A loopback port free now and never returned before in this process
     (the kernel may give a just-closed port again: two servers of one test
     then asked for the same port)."""
-    for _ in range(100):
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        lo = 32768
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        # Below the ephemeral range: no outgoing connection takes it between
+        # this pick and the server's bind (0: the kernel picks).
+        want = rng.randrange(10000, lo) if lo > 11024 else 0
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", want))
+            except OSError:
+                continue
             port = s.getsockname()[1]
         if port not in _GIVEN:
             _GIVEN.add(port)
             return port
-    raise RuntimeError("no new free port in 100 tries")
+    raise RuntimeError("no free port in 1000 tries")
 
 
 class Broker:

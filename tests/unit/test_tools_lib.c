@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 
 static int s_cmp(const void *a, const void *b)
 {
@@ -89,6 +90,25 @@ static void s_args(void)
     CHECK_EQ(v, -5); /* untouched by the failures */
     int port = tl_free_port();
     CHECK_RANGE(port, 1, 65535);
+    /* Below the ephemeral range (32768 unless the host says otherwise),
+     * where no outgoing connection takes it, and never the same twice in
+     * a row of 256 (the kernel's bind to port 0 gave one back twice). */
+    int lo = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        CHECK_EQ(fscanf(f, "%d", &lo), 1);
+        fclose(f);
+    }
+    static int got[256];
+    int dup = 0, high = 0;
+    for (int i = 0; i < 256; i++) {
+        got[i] = tl_free_port();
+        high += got[i] >= lo && lo > 11024;
+        for (int j = 0; j < i; j++)
+            dup += got[j] == got[i];
+    }
+    CHECK_EQ(dup, 0);
+    CHECK_EQ(high, 0);
 }
 
 typedef struct {
