@@ -24,6 +24,7 @@
 #include "tl_clock.h"
 #include "tl_args.h"
 #include "tl_hist.h"
+#include "tl_port.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

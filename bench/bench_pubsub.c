@@ -25,6 +25,7 @@
 #include "agentbus.h"
 #include "tl_clock.h"
 #include "tl_args.h"
+#include "tl_port.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

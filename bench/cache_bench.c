@@ -20,6 +20,7 @@
 #include "tl_clock.h"
 #include "tl_args.h"
 #include "tl_hist.h"
+#include "tl_port.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -17,6 +17,7 @@
 #include "tl_args.h"
 #include "tl_clock.h"
 #include "tl_hist.h"
+#include "tl_port.h"
 
 #include <errno.h>
 #include <libgen.h>

@@ -19,6 +19,7 @@
 #include "bench_util.h"
 #include "tl_clock.h"
 #include "tl_args.h"
+#include "tl_port.h"
 
 #include <curl/curl.h>
 #include <jansson.h>

@@ -23,6 +23,7 @@
 #include "tl_clock.h"
 #include "tl_args.h"
 #include "tl_hist.h"
+#include "tl_port.h"
 
 #include <poll.h>
 #include <signal.h>

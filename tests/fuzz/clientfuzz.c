@@ -69,6 +69,7 @@
 #include "compress.h"
 #include "idmap.h"
 #include "tl_args.h"
+#include "tl_port.h"
 #include "util.h"
 
 #include <netinet/in.h>

@@ -63,6 +63,7 @@
 #include "compress.h"
 #include "netfuzz.h"
 #include "tl_args.h"
+#include "tl_port.h"
 #include "util.h"
 
 #include <fcntl.h>

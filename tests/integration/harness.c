@@ -1,21 +1,18 @@
 /* harness.c - see harness.h. */
 #include "harness.h"
 #include "test.h"
+#include "tl_port.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <execinfo.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/random.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -242,49 +239,13 @@ const char *th_dir(void)
     return s_dir;
 }
 
-/* A port for a test's server: bindable on 127.0.0.1 now, chosen at random
- * below the kernel's ephemeral range (ip_local_port_range, where connect(2)
- * takes its local ports and bind to port 0 its ports), and never one of
- * the last 256 given. From the ephemeral range, a port just closed came
- * back twice (links_cut's broker and proxy got the same one) and an
- * outgoing connection of a parallel test could take a port between its
- * pick and its server's bind (ollama-sim "cannot listen"). */
+/* tl_free_port's pick (tools/lib/tl_port.h: below the kernel's ephemeral
+ * range, never one of the last 256 given), or the test fails. */
 int th_free_port(void)
 {
-    static int recent[256];
-    static unsigned next;
-    int lo = 32768;
-    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
-    if (f) {
-        if (fscanf(f, "%d", &lo) != 1)
-            lo = 32768;
-        fclose(f);
-    }
-    for (int tries = 0; tries < 1000; tries++) {
-        uint32_t r = 0;
-        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
-            r = (uint32_t)rand();
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {0};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        /* a range too narrow below the ephemeral one: the kernel picks */
-        a.sin_port = htons(lo > 11024 ? (uint16_t)(10000 + r % (uint32_t)(lo - 10000)) : 0);
-        socklen_t len = sizeof a;
-        REQUIRE(fd >= 0);
-        int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-                 getsockname(fd, (struct sockaddr *)&a, &len) == 0;
-        close(fd);
-        int port = ntohs(a.sin_port), seen = !ok;
-        for (unsigned i = 0; i < 256 && !seen; i++)
-            seen = recent[i] == port;
-        if (!seen) {
-            recent[next++ % 256] = port;
-            return port;
-        }
-    }
-    REQUIRE(!"no free port in 1000 tries");
-    return -1;
+    int port = tl_free_port();
+    REQUIRE(port > 0);
+    return port;
 }
 
 const char *th_ep(int port)

@@ -31,7 +31,9 @@ void th_secure(void *sock);
 void th_cert_value(const char *path, const char *which, char out[41]);
 const char *th_dir(void);
 
-/* A TCP port on 127.0.0.1 that was free a moment ago. */
+/* A TCP port on 127.0.0.1 that was free a moment ago: tl_free_port's
+ * (tools/lib/tl_port.h), never one given before in the last 256; fails
+ * the test when there is none. */
 int th_free_port(void);
 /* "tcp://127.0.0.1:PORT" in a static buffer per call slot (4 rotating). */
 const char *th_ep(int port);

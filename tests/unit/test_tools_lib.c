@@ -7,6 +7,7 @@
 #include "tl_clock.h"
 #include "tl_hist.h"
 #include "tl_list.h"
+#include "tl_port.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -23,6 +23,7 @@
 #include "agentbus.pb-c.h"
 #include "attack_util.h"
 #include "tl_args.h"
+#include "tl_port.h"
 
 #include <limits.h>
 #include <pthread.h>

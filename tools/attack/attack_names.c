@@ -20,6 +20,7 @@
 #include "attack_util.h"
 #include "tl_clock.h"
 #include "tl_args.h"
+#include "tl_port.h"
 
 #include <libgen.h>
 #include <limits.h>

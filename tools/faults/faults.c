@@ -19,6 +19,7 @@
 #include "agentbus.pb-c.h"
 #include "tl_clock.h"
 #include "tl_args.h"
+#include "tl_port.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

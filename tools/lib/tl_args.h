@@ -30,11 +30,6 @@ static inline int tl_parse_long(const char *s, long min, long max, long *out)
     return ab_parse_long(s, min, max, out);
 }
 
-/* A TCP port that was free on 127.0.0.1 a moment ago (bound to port 0 and
- * released), or -1. Another process may take it before the caller binds:
- * callers that start a server on it retry or fail cleanly. */
-int tl_free_port(void);
-
 /* --- option parsing ------------------------------------------------------ */
 enum { TL_NOVAL = 0, TL_VAL = 1, TL_OPTVAL = 2 /* only as --opt=VALUE */ };
 

@@ -1,0 +1,19 @@
+/*
+ * tl_port.h - the port picker for the servers that tests, benches and
+ * tools start on loopback (tools/lib).
+ */
+#ifndef TL_PORT_H
+#define TL_PORT_H
+
+/* A TCP port that was bindable on 127.0.0.1 a moment ago, or -1 (no
+ * socket, or none found in 1000 tries). Chosen at random below the
+ * kernel's ephemeral range (10000 up to the low end of
+ * /proc/sys/net/ipv4/ip_local_port_range, 32768 if unreadable; the
+ * kernel's pick by a bind to port 0 if that leaves fewer than 1024), and
+ * never one of the last 256 this process was given. Another process may
+ * still take it before the caller binds: callers that start a server on
+ * it retry or fail cleanly. Not thread-safe (a static ring of recent
+ * ports): call it from one thread. */
+int tl_free_port(void);
+
+#endif
