@@ -22,21 +22,9 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_ports() { # N distinct free ports, held together while picked
-  python3 -c 'import random, socket, sys
-lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-ss = []
-while len(ss) < int(sys.argv[1]):  # below the ephemeral range, held together
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", random.randrange(10000, lo) if lo > 11024 else 0))
-        ss.append(s)
-    except OSError:
-        s.close()
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
-}
 wait_http() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done; return 1; }
-read -r bport sport gport < <(free_ports 3)
+# Three distinct ports for the bench's servers (tools/lib/ports.py).
+read -r bport sport gport < <(python3 "$(dirname "$0")/../tools/lib/ports.py" 3)
 ep=tcp://127.0.0.1:$bport
 "$build/agentbus-broker" --bind "$ep" >"$tmp/broker.log" 2>&1 & pids+=($!)
 "$build/ollama-sim" --port "$sport" --time-scale "$scale" --num-parallel "$slots" \

@@ -26,20 +26,8 @@ secs=${SECS:-2}
 window=${WINDOW:-256}
 lat=${LAT:-2000}
 proxy=${PROXY:-c}
-free_ports() { # N distinct free ports, held together while picked
-  python3 -c 'import random, socket, sys
-lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-ss = []
-while len(ss) < int(sys.argv[1]):  # below the ephemeral range, held together
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", random.randrange(10000, lo) if lo > 11024 else 0))
-        ss.append(s)
-    except OSError:
-        s.close()
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
-}
-read -r pa pb pp pe pq < <(free_ports 5)
+# Five distinct ports for the bench's servers (tools/lib/ports.py).
+read -r pa pb pp pe pq < <(python3 tools/lib/ports.py 5)
 dir=$(mktemp -d /tmp/agentbus-links-bench.XXXXXX)
 pids=()
 cleanup() {

@@ -37,21 +37,6 @@ command -v npm >/dev/null || die "npm is not installed (scripts/setup)"
   die "npm install of ollama and openai failed (registry unreachable?): $(tail -5 "$tmp/npm.log")"
 cp "$here"/*.mjs "$tmp/"
 
-# N distinct free ports at once (held together while picked: the kernel
-# may give a port just closed again, and two servers then got the same one).
-free_ports() {
-  python3 -c 'import random, socket, sys
-lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-ss = []
-while len(ss) < int(sys.argv[1]):  # below the ephemeral range, held together
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", random.randrange(10000, lo) if lo > 11024 else 0))
-        ss.append(s)
-    except OSError:
-        s.close()
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
-}
 wait_http() { # URL SECONDS
   for _ in $(seq 1 $(($2 * 20))); do
     curl -sf -o /dev/null "$1" && return 0
@@ -60,7 +45,8 @@ wait_http() { # URL SECONDS
   return 1
 }
 
-read -r bport sport gport < <(free_ports 3)
+# Three distinct ports for the test's servers (tools/lib/ports.py).
+read -r bport sport gport < <(python3 "$here/../../tools/lib/ports.py" 3)
 ep=tcp://127.0.0.1:$bport
 wkey=(); gwopt=()
 if [[ $mode == apikeys ]]; then

@@ -24,7 +24,6 @@ Waits are bounded polls for states; nothing asserts a speed. Standard
 library only."""
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -33,6 +32,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "tools", "lib"))
+from ports import free_port  # noqa: E402  (tools/lib/ports.py)
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build"
 CASE = sys.argv[2] if len(sys.argv) > 2 else "busy"
@@ -55,35 +58,6 @@ def check(cond, msg):
     if not cond:
         fail(msg)
     print(f"ok - {msg}")
-
-
-_GIVEN = set()
-
-
-def free_port():
-    """A loopback port free now and never returned before in this process
-    (the kernel may give a just-closed port again: two servers of one test
-    then asked for the same port)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        lo = 32768
-    rng = random.SystemRandom()
-    for _ in range(1000):
-        # Below the ephemeral range: no outgoing connection takes it between
-        # this pick and the server's bind (0: the kernel picks).
-        want = rng.randrange(10000, lo) if lo > 11024 else 0
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", want))
-            except OSError:
-                continue
-            port = s.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
-    raise RuntimeError("no free port in 1000 tries")
 
 
 def spawn(tmp, name, argv):

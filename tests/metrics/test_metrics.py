@@ -9,7 +9,6 @@ line, a family written twice, a sample before its TYPE or a histogram whose
 buckets do not add up fails the test. Standard library only."""
 import math
 import os
-import random
 import re
 import signal
 import socket
@@ -19,6 +18,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "tools", "lib"))
+from ports import free_port  # noqa: E402  (tools/lib/ports.py)
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build"
 NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -229,35 +232,6 @@ def self_test():
 
 
 # --- processes ------------------------------------------------------------
-_GIVEN = set()
-
-
-def free_port():
-    """A loopback port free now and never returned before in this process
-    (the kernel may give a just-closed port again: two servers of one test
-    then asked for the same port)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        lo = 32768
-    rng = random.SystemRandom()
-    for _ in range(1000):
-        # Below the ephemeral range: no outgoing connection takes it between
-        # this pick and the server's bind (0: the kernel picks).
-        want = rng.randrange(10000, lo) if lo > 11024 else 0
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", want))
-            except OSError:
-                continue
-            port = s.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
-    raise RuntimeError("no free port in 1000 tries")
-
-
 class Broker:
     def __init__(self, *args, http=True):
         self.port = free_port()

@@ -9,9 +9,7 @@ the checkout's build/.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,37 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.environ.get("AB_BIN_DIR", os.path.join(ROOT, "build"))
 os.environ.setdefault("AGENTBUS_LIB", os.path.join(BIN, "libagentbus.so"))
 sys.path.insert(0, os.path.join(ROOT, "python"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "lib"))
 
 import agentbus  # noqa: E402
-
-
-_GIVEN = set()
-
-
-def free_port() -> int:
-    """A loopback port free now and never returned before in this process
-    (the kernel may give a just-closed port again: two servers of one test
-    then asked for the same port)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        lo = 32768
-    rng = random.SystemRandom()
-    for _ in range(1000):
-        # Below the ephemeral range: no outgoing connection takes it between
-        # this pick and the server's bind (0: the kernel picks).
-        want = rng.randrange(10000, lo) if lo > 11024 else 0
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", want))
-            except OSError:
-                continue
-            port = s.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
-    raise RuntimeError("no free port in 1000 tries")
+from ports import free_port  # noqa: E402  (tools/lib/ports.py)
 
 
 def ep(port: int) -> str:

@@ -1,6 +1,8 @@
 /*
  * tl_port.h - the port picker for the servers that tests, benches and
- * tools start on loopback (tools/lib).
+ * tools start on loopback (tools/lib). Its Python twin, for the Python
+ * tests, the benches' shell scripts and scripts/demo-*, is
+ * tools/lib/ports.py: the same rule, change both together.
  */
 #ifndef TL_PORT_H
 #define TL_PORT_H
