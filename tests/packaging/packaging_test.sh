@@ -143,16 +143,11 @@ case_man_pages()
         fail "agentbus-broker.1 does not name $conf"
 }
 
-free_port()
-{
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 case_broker_conf_ready()
 {
     need python3
     local port i
-    port=$(free_port)
+    port=$(python3 "$src/tools/lib/ports.py")
     # The shipped file as is; only the port is overridden (a flag wins).
     "$bin/agentbus-broker" --config "$src/etc/agentbus/broker.conf" \
         --bind "tcp://127.0.0.1:$port" 2>"$tmp/broker.log" &
