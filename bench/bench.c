@@ -22,6 +22,7 @@
 #include "figures.h"
 #include "nats_rr.h"
 #include "tl_clock.h"
+#include "tl_heap.h"
 #include "tl_args.h"
 #include "tl_hist.h"
 #include "tl_port.h"
@@ -720,6 +721,9 @@ static int s_run_report(const s_opts_t *o)
 
 int main(int argc, char **argv)
 {
+    /* As in the broker and the worker it starts; the bare hop's forwarder
+     * and echo, forked from here, run with the same settings. */
+    tl_heap_tune();
     s_opts_t o;
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--pubsub") == 0) {

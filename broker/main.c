@@ -1,9 +1,11 @@
 /* main.c - agentbus-broker: configuration, signals, run. */
 #include "broker.h"
+#include "heap_tune.h"
 #include "util.h"
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static ab_broker_t s_broker;
@@ -26,6 +28,8 @@ static void s_on_hup(int sig)
 
 int main(int argc, char **argv)
 {
+    if (!ab_heap_user_set(getenv("GLIBC_TUNABLES")))
+        ab_heap_tune(); /* before any thread: heap_tune.h says why */
     ab_broker_config_t cfg;
     int rc = ab_config_load(&cfg, argc, argv);
     if (rc != 0) {

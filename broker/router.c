@@ -84,6 +84,7 @@ enum { S_KIND_UNKNOWN = 0, S_KIND_TCP = 1, S_KIND_OTHER = 2 };
 #define S_REFUSE_LINGER_MS 200 /* a refused connection's ERROR gets this long to leave */
 #define S_REFUSE_SILENT_MS 1000 /* a refused connection that says nothing: closed */
 #define S_TRIM_CLOSED 256     /* connections closed before the heap is trimmed */
+#define S_IDLE_MSGS 1000      /* messages in a second under which the broker is idle */
 #define S_FRESH_BYTES (64 * 1024) /* peers with more in flight are re-asked every sweep */
 /* struct tcp_info's tcpi_bytes_acked (Linux >= 4.1; glibc's header lacks it):
  * its offset is kernel ABI, so it is read from the raw bytes. */
@@ -116,6 +117,9 @@ struct ab_conns {
     ab_defer_t kill; /* peers to disconnect at the end of the turn (ab_peer_t.kill) */
     uint32_t closed_since_trim;
     int64_t trim_ms;
+    uint64_t idle_msgs;   /* b->c.msgs_in at idle_ms */
+    int64_t idle_ms;      /* start of the second being judged idle or not */
+    int idle_trimmed;     /* trimmed since the last busy second */
     uint64_t accepted; /* ACCEPTED events ever: bounds libzmq's generated ids */
 };
 
@@ -367,6 +371,19 @@ void ab_router_tick(ab_broker_t *b, int64_t now)
         malloc_trim(0);
         c->closed_since_trim = 0;
         c->trim_ms = now;
+    }
+    /* A second nearly without messages after a busy one: give back the
+     * free heap that the raised trim threshold kept (heap_tune.h: up to
+     * 16 MiB an arena), once until traffic comes back. */
+    if (now - c->idle_ms >= 1000) {
+        int idle = b->c.msgs_in - c->idle_msgs < S_IDLE_MSGS;
+        if (idle && !c->idle_trimmed) {
+            malloc_trim(0);
+            c->trim_ms = now;
+        }
+        c->idle_trimmed = idle;
+        c->idle_msgs = b->c.msgs_in;
+        c->idle_ms = now;
     }
 }
 

@@ -33,6 +33,12 @@
 #define AB_BATCH_DEFAULT_COUNT AB_BATCH_MAX_COUNT /* the ceiling it may grow to */
 #define AB_BATCH_DEFAULT_BYTES (64u * 1024u)
 #define AB_BATCH_DEFAULT_AGE_US 200
+/* The largest buffer an encoder gives itself for spare room: below glibc's
+ * default mmap threshold (128 KiB), so that a batch of the default 64 KiB
+ * limit is a heap block, not an mmap, page faults and an munmap with a TLB
+ * shootdown per batch (docs/bench.md, "Issue 17: 4 KiB with batching"). A
+ * batch that needs more still gets it. */
+#define AB_BATCH_HEAP_MAX (120u * 1024u)
 
 /* An encoder: entries appended to one growing buffer (reused after clear). */
 typedef struct {
@@ -58,7 +64,8 @@ const uint8_t *ab_batch_body(ab_batch_t *b, size_t *len);
 /* The body (count written in) as a malloc'd buffer the caller now owns and
  * frees (a sender hands it to ZeroMQ instead of copying it); B is left
  * empty, without a buffer, and its next one starts at about 1.5x this
- * body's size (or half the last start, if larger). NULL (*len 0) when B
+ * body's size (or half the last start, if larger; no more than
+ * AB_BATCH_HEAP_MAX for a body that fits in it). NULL (*len 0) when B
  * holds nothing. */
 uint8_t *ab_batch_detach(ab_batch_t *b, size_t *len);
 

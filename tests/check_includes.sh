@@ -21,8 +21,9 @@ broker_h=$(names_in broker)
 common_h=$(names_in common)
 client_h=$(names_in client)
 base_h=$(names_in base)
-# What base/ may include in <...>: the C library and POSIX, nothing else.
-libc_h=$'assert.h\nctype.h\nerrno.h\ninttypes.h\nlimits.h\nstdarg.h\nstdbool.h\nstddef.h
+# What base/ may include in <...>: the C library and POSIX, nothing else
+# (malloc.h: glibc's mallopt, heap_tune.c).
+libc_h=$'assert.h\nctype.h\nerrno.h\ninttypes.h\nlimits.h\nmalloc.h\nstdarg.h\nstdbool.h\nstddef.h
 stdint.h\nstdio.h\nstdlib.h\nstring.h\nstrings.h\ntime.h\nunistd.h'
 has() { grep -qxF -- "$2" <<<"$1"; }
 

@@ -5,6 +5,7 @@
 #include "backend.h"
 #include "tl_args.h"
 #include "tl_clock.h"
+#include "tl_heap.h"
 #include "tl_log.h"
 
 #include <signal.h>
@@ -382,6 +383,7 @@ static int s_serve(s_loop_t *loop, const s_args_t *a)
 
 int main(int argc, char **argv)
 {
+    tl_heap_tune(); /* before any thread: base/heap_tune.h says why */
     s_args_t a;
     int prc = s_parse(&a, argc, argv);
     if (prc != 0)

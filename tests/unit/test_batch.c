@@ -416,6 +416,40 @@ static void s_test_detach(void)
     ab_batch_fini(&b);
 }
 
+/* A batch of 4 KiB messages at the default 64 KiB limit (~56 KiB) stays
+ * under AB_BATCH_HEAP_MAX: its next buffer starts there (1.5x rounded up
+ * to a power of two was 128 KiB, an mmap per batch), growing one past it
+ * stops there while the body fits, and a larger body still gets its room. */
+static void s_test_heap_sized(void)
+{
+    ab_batch_t b;
+    ab_batch_init(&b);
+    size_t len = 0;
+    for (int round = 0; round < 3; round++) {
+        for (uint64_t i = 0; i < 14; i++)
+            s_add(&b, 100 + i, 4096, 1);
+        CHECK_TRUE(b.cap <= AB_BATCH_HEAP_MAX);
+        uint8_t *body = ab_batch_detach(&b, &len);
+        REQUIRE(body != NULL);
+        CHECK_EQ(s_read_all(body, len, 100), 14);
+        free(body);
+        CHECK_TRUE(len > 56 * 1024);
+        CHECK_U64(b.next_cap, AB_BATCH_HEAP_MAX);
+    }
+    for (uint64_t i = 0; i < 20; i++) /* grows past the start, stops at the limit */
+        s_add(&b, 200 + i, 4096, 1);
+    CHECK_U64(b.cap, AB_BATCH_HEAP_MAX);
+    for (uint64_t i = 20; i < 40; i++) /* a body over it still fits */
+        s_add(&b, 200 + i, 4096, 1);
+    CHECK_TRUE(b.cap >= b.len);
+    uint8_t *body = ab_batch_detach(&b, &len);
+    REQUIRE(body != NULL);
+    CHECK_EQ(s_read_all(body, len, 200), 40);
+    free(body);
+    CHECK_TRUE(b.next_cap > AB_BATCH_HEAP_MAX);
+    ab_batch_fini(&b);
+}
+
 /* The count limit grows with a backlog that fills batches, falls back as
  * it drains, and never leaves [min(64, max), max]. */
 static void s_test_next_limit(void)
@@ -443,6 +477,7 @@ int main(void)
     s_test_single();
     s_test_next_limit();
     s_test_detach();
+    s_test_heap_sized();
     s_test_limits();
     s_test_malformed();
     s_test_lz4();
