@@ -211,19 +211,37 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
     return next < 0 || (body >= 0 && body < next) ? body : next;
 }
 
+/* The first connection on LIST if it has waited MIN_WAIT_US by NOW_US
+ * (caller holds the lock), else NULL. */
+static s_sock_t *s_oldest(ab_list_t *list, uint64_t now_us, uint64_t min_wait_us)
+{
+    ab_list_t *n = ab_list_first(list);
+    s_sock_t *s = n ? ab_list_data(n, s_sock_t, link) : NULL;
+    return s && s->since_us + min_wait_us <= now_us ? s : NULL;
+}
+
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us)
 {
-    if (!t->deadline_us)
+    if (!s_on(t))
         return NULL;
     struct MHD_Daemon *d = NULL;
+    int body = 0;
     pthread_mutex_lock(&t->lock);
-    ab_list_t *n = ab_list_first(&t->waiting);
-    s_sock_t *s = n ? ab_list_data(n, s_sock_t, link) : NULL;
-    if (s && s->since_us + min_wait_us <= now_us) {
+    /* Headers first: a request whose body comes has at least sent those. */
+    s_sock_t *s = s_oldest(&t->waiting, now_us, min_wait_us);
+    if (s) {
         d = s->daemon;
         s_shut(s, &t->timeouts[GW_HT_EVICTED]);
+    } else if ((s = s_oldest(&t->body, now_us, min_wait_us))) {
+        d = s->daemon;
+        s_shut(s, &t->body_evictions);
+        body = 1;
     }
     pthread_mutex_unlock(&t->lock);
+    if (body) /* any client can make these: rate limited (outside the lock: a write) */
+        gw_log_limited("a connection closed at --max-connections for a new one: its request "
+                       "body was still coming %llu ms or more after its headers",
+                       (unsigned long long)(min_wait_us / 1000));
     return d;
 }
 

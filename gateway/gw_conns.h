@@ -61,6 +61,7 @@ typedef struct {
     uint64_t body_deadline_us; /* bodies; 0: no deadline */
     atomic_ullong timeouts[3]; /* connections closed waiting for headers, by gw_ht_t */
     atomic_ullong body_timeouts; /* connections closed waiting for a request's body */
+    atomic_ullong body_evictions; /* closed at the cap while their request's body came */
     unsigned n_conns;         /* connections open (under lock) */
     /* --threads N: the thread that reaps (with --threads 0 the bus thread
      * calls gw_conns_reap itself), and evicts at the cap */
@@ -106,10 +107,13 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
 /* At the connection cap: shuts down the connection that has waited
  * longest for headers, if at least MIN_WAIT_US, so that a new connection
  * can have its slot (a slowloris client that reconnects as fast as its
- * sockets are reaped otherwise keeps every slot). Returns the daemon of
- * the connection shut down (run it to free the slot), or NULL if none
- * waited long enough (none without a header deadline). Counted as
- * GW_HT_EVICTED. Any thread. */
+ * sockets are reaped otherwise keeps every slot); if none has, the
+ * request whose body has been coming longest, if at least MIN_WAIT_US
+ * (slow bodies held the cap the same way: a client sends its body with
+ * its headers). Returns the daemon of the connection shut down (run it to
+ * free the slot), or NULL if none waited long enough (none on a list
+ * without its deadline). Counted as GW_HT_EVICTED or in body_evictions
+ * (said on stderr, rate limited). Any thread. */
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us);
 
 /* --threads N: a thread that reaps every 100 ms at most (libmicrohttpd's

@@ -378,6 +378,13 @@ static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
              "# TYPE agentbus_gateway_body_timeouts_total counter\n"
              "agentbus_gateway_body_timeouts_total %llu\n",
              (unsigned long long)atomic_load(&t->body_timeouts));
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_body_evictions_total Connections closed at the connection "
+             "cap to make room for a new connection while their request body was still coming "
+             "(a second or more after its headers, and no connection waited for headers).\n"
+             "# TYPE agentbus_gateway_body_evictions_total counter\n"
+             "agentbus_gateway_body_evictions_total %llu\n",
+             (unsigned long long)atomic_load(&t->body_evictions));
 }
 
 static enum MHD_Result s_metrics(gw_conn_t *c)
