@@ -70,6 +70,13 @@ typedef struct {
     pthread_cond_t wake;
     int lfd;                  /* the listening socket (its accept queue) */
     unsigned limit;           /* --max-connections */
+    /* --max-connections-per-ip with --threads 0 (gw_conns_limit_per_ip):
+     * connections open per IPv4 address, open addressing (IP_N[i] 0: slot
+     * free), under lock */
+    unsigned per_ip;          /* 0: not counted */
+    unsigned ip_cap;          /* a power of two, at least twice the connections */
+    uint32_t *ip_addr;
+    unsigned *ip_n;
 } gw_conns_t;
 
 /* Sets up T for a header deadline of MS ms and a body deadline of BODY_MS
@@ -77,6 +84,18 @@ typedef struct {
  * after the daemons are stopped. */
 void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms);
 void gw_conns_destroy(gw_conns_t *t);
+
+/* Counts the connections open per client address (IPv4), for a limit of
+ * PER_IP each, at most MAX_CONNS open in all (--threads 0, where the
+ * gateway accepts: libmicrohttpd's MHD_OPTION_PER_IP_CONNECTION_LIMIT
+ * counts per daemon, and there are several). Before the daemons start. 0,
+ * or -1 out of memory. */
+int gw_conns_limit_per_ip(gw_conns_t *t, unsigned per_ip, unsigned max_conns);
+/* Whether ADDR (network order) has the per-address limit's connections
+ * open already (0 when there is no limit). The thread that adds the
+ * connections (--threads 0: the bus thread, which also runs their
+ * notifications, so the count cannot change between this and the add). */
+int gw_conns_ip_full(gw_conns_t *t, uint32_t addr);
 
 /* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION callback (CLS is the
  * gw_conns_t): a connection starts waiting for its first request's headers

@@ -171,22 +171,56 @@ static int s_listen(gw_t *g)
     return fd;
 }
 
+void gw_refuse_per_ip(gw_t *g, const struct sockaddr_in *sa)
+{
+    atomic_fetch_add(&g->m.refused_per_ip, 1);
+    char ip[INET_ADDRSTRLEN];
+    if (sa && inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip))
+        gw_log_limited("connection from %s refused: %u connections from it open already "
+                       "(--max-connections-per-ip)", ip, g->cfg.max_conns_per_ip);
+    else
+        gw_log_limited("a connection refused: its address has %u connections open already "
+                       "(--max-connections-per-ip)", g->cfg.max_conns_per_ip);
+}
+
+/* libmicrohttpd's messages. With --threads N and a per-address limit, its
+ * "connection limit" refusal at accept is that limit's (at
+ * --max-connections each pool thread stops accepting, leaving new
+ * connections in the listen queue; at most a race there would be counted
+ * too): counted and said as the gateway's own, since libmicrohttpd has no
+ * other hook for it. The rest go to gw_mhdlog. */
+static void s_mhdlog(void *cls, const char *fmt, va_list ap)
+{
+    static const char limit[] = "Server reached connection limit";
+    gw_t *g = cls;
+    if (g->cfg.max_conns_per_ip && strncmp(fmt, limit, sizeof limit - 1) == 0)
+        gw_refuse_per_ip(g, NULL);
+    else
+        gw_mhdlog(NULL, fmt, ap);
+}
+
 /* A daemon on LFD (-1: none, connections come by MHD_add_connection). */
 struct MHD_Daemon *gw_http_daemon(gw_t *g, unsigned flags, int lfd, unsigned limit)
 {
     unsigned pool = g->cfg.threads;
-    struct MHD_OptionItem opts[] = {
-        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)gw_mhdlog, NULL}, /* first: libmicrohttpd says so */
+    struct MHD_OptionItem opts[10] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)s_mhdlog, g}, /* first: libmicrohttpd says so */
         {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)limit, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)s_completed, g},
         {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)g->cfg.idle_timeout_s, NULL},
         {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)gw_conns_notify, &g->conns},
-        {pool ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (intptr_t)pool, NULL},
-        {MHD_OPTION_END, 0, NULL},
-        {MHD_OPTION_END, 0, NULL},
     };
-    if (lfd >= 0) /* in the first END's place when there is no pool */
-        opts[pool ? 6 : 5] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
+    unsigned n = 5; /* the rest are MHD_OPTION_END (0) */
+    if (pool)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)pool, NULL};
+    /* With a pool there is one daemon and libmicrohttpd counts each address
+     * over all its threads; --threads 0 has several, counted by gw_conns at
+     * the gateway's accept instead. */
+    if (pool && g->cfg.max_conns_per_ip)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                            (intptr_t)g->cfg.max_conns_per_ip, NULL};
+    if (lfd >= 0)
+        opts[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, lfd, NULL};
     else
         flags |= MHD_USE_NO_LISTEN_SOCKET;
     return MHD_start_daemon(flags, 0, NULL, NULL, s_access, g, MHD_OPTION_ARRAY, opts,
@@ -197,6 +231,11 @@ int gw_http_start(gw_t *g)
 {
     g->ep_fd = g->lfd = -1;
     gw_conns_init(&g->conns, g->cfg.header_timeout_ms, g->cfg.body_timeout_ms);
+    if (!g->cfg.threads && g->cfg.max_conns_per_ip &&
+        gw_conns_limit_per_ip(&g->conns, g->cfg.max_conns_per_ip, g->cfg.max_connections) != 0) {
+        fprintf(stderr, "agentbus-gateway: out of memory\n");
+        return -1;
+    }
     g->offload = gw_offload_new();
     int lfd = g->offload ? s_listen(g) : -1;
     if (lfd < 0) {

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +33,8 @@ typedef struct {
     const char *service;       /* --service (default "ollama") */
     const char *name;          /* --name: the gateway's agent name ("" none) */
     unsigned max_connections;  /* --max-connections */
+    unsigned max_conns_per_ip; /* --max-connections-per-ip: from one client address (0: no
+                                * limit) */
     size_t max_body_bytes;     /* --max-body-bytes: larger bodies get 413 */
     unsigned threads;          /* --threads: libmicrohttpd's pool */
     int timeout_ms;            /* --timeout-ms: default request deadline */
@@ -69,6 +72,7 @@ typedef struct {
     atomic_ullong bus_errors;     /* requests the bus ended with an error */
     atomic_ullong admitted;       /* bus-route requests held (read, waiting, streaming) */
     atomic_ullong shed[4];        /* refused at intake, by gw_shed_t */
+    atomic_ullong refused_per_ip; /* connections refused at --max-connections-per-ip */
     atomic_ullong lat_bucket[GW_LAT_BUCKETS + 1];
     atomic_ullong lat_sum_us, lat_count;
 } gw_metrics_t;
@@ -265,6 +269,10 @@ int gw_call_timeout_ms(const gw_conn_t *c);
 enum MHD_Result gw_body_append(gw_conn_t *c, const char *upload, size_t *size);
 
 /* gw_http.c */
+/* Counts a connection refused at --max-connections-per-ip and says so on
+ * stderr (rate limited); SA its client's address, NULL if not known. Any
+ * thread. */
+void gw_refuse_per_ip(gw_t *g, const struct sockaddr_in *sa);
 /* A daemon on LFD (-1: none, connections come by MHD_add_connection) taking
  * at most LIMIT connections. */
 struct MHD_Daemon *gw_http_daemon(gw_t *g, unsigned flags, int lfd, unsigned limit);

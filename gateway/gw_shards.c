@@ -69,6 +69,12 @@ static uint64_t s_accept(gw_t *g)
             i--, shed++; /* refusals are cheap: they do not take the turn's budget */
             continue;
         }
+        if (gw_conns_ip_full(&g->conns, sa.sin_addr.s_addr)) {
+            gw_refuse_per_ip(g, &sa); /* closed before its shard sees it, nothing read */
+            close(fd);
+            i--, shed++;
+            continue;
+        }
         unsigned s = g->next_shard, k = 0;
         for (; k < g->n_mhd; k++, s = (s + 1) % g->n_mhd) {
             const union MHD_DaemonInfo *di =

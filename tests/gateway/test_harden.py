@@ -36,6 +36,12 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              has come longest is evicted once it has for a second), not at
              the 60 s deadline; counted (body_evictions_total). Then the
              cap held by 16 idle keep-alive connections: served too.
+  perip      --max-connections 16 --max-connections-per-ip 4 (--threads 0
+             and --threads 2): 10 slow bodies from 127.0.0.2 (never
+             reconnecting): 6 are closed at accept, 4 stay; /healthz and a
+             generate from 127.0.0.1 are served while they hold; counted
+             (connections_refused_total{reason="per_ip"}) and said on
+             stderr, at most 5 lines per 10 s.
   framing    a body whose length is not told one clear way (RFC 9112 §6):
              a transfer coding other than chunked gets 501, two
              Content-Lengths (equal or not), Content-Length with
@@ -434,6 +440,35 @@ def case_capheld(tmp):
             idle.close()
 
 
+def case_perip(tmp):
+    args = ["--max-connections", "16", "--max-connections-per-ip", "4"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        h = Holder(port, 10, "body", "/healthz", src="127.0.0.2", reconnect=False)
+        try:
+            wait_for(f"{gw}: 6 of 10 connections from 127.0.0.2 closed",
+                     lambda: h.closes >= 6, 10)
+            time.sleep(1.0)  # no more are closed: the 4 within the limit stay
+            check(h.open() == 4, f"{gw}: 4 connections from 127.0.0.2 held, 6 closed "
+                                 f"({h.open()} open, {h.closes} closed)")
+            check(served(gw, 10), f"{gw}: /healthz and a generate from 127.0.0.1 served while "
+                                  f"127.0.0.2 holds its 4")
+            check(h.open() == 4, f"{gw}: and the 4 still held ({h.open()})")
+            key = 'agentbus_gateway_connections_refused_total{reason="per_ip"}'
+            n = wait_for("the refusals counted", lambda: t.metrics(gw).get(key, -1) >= 6 and
+                         t.metrics(gw).get(key), 10)
+            check(n >= 6, f"{gw}: {key} counts them ({n:.0f})")
+        finally:
+            h.close()
+    t.stop_all()
+    for _, log in t.PROCS:
+        if "gateway" in os.path.basename(log):
+            with open(log, errors="replace") as f:
+                said = [ln for ln in f if "--max-connections-per-ip" in ln]
+            check(1 <= len(said) <= 5, f"{log}: the refusals said on stderr, rate limited "
+                                       f"({said[:1]})")
+
+
 def exchange(port, raw, seconds=15):
     """Sends RAW on a new connection and reads until the gateway closes it
     (at most SECONDS): (status, text, closed). Status 0: no answer."""
@@ -643,7 +678,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
         {"slowloris": case_slowloris, "reconnect": case_reconnect, "idle": case_idle,
-         "body": case_body, "capheld": case_capheld,
+         "body": case_body, "capheld": case_capheld, "perip": case_perip,
          "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
          "offload": case_offload, "logflood": case_logflood}[t.CASE](tmp)
         t.stop_all()
