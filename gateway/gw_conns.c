@@ -107,15 +107,41 @@ int gw_conns_limit_per_ip(gw_conns_t *t, unsigned per_ip, unsigned max_conns)
     return 0;
 }
 
-int gw_conns_ip_full(gw_conns_t *t, uint32_t addr)
+/* One connection more from A (caller holds the lock). */
+static void s_ip_add(gw_conns_t *t, uint32_t a)
+{
+    unsigned i = s_ip_slot(t, a);
+    t->ip_addr[i] = a;
+    t->ip_n[i]++;
+}
+
+unsigned gw_conns_ip_count(gw_conns_t *t, uint32_t addr)
 {
     if (!t->per_ip)
         return 0;
     pthread_mutex_lock(&t->lock);
-    unsigned i = s_ip_slot(t, addr);
-    int full = t->ip_n[i] >= t->per_ip;
+    unsigned n = t->ip_n[s_ip_slot(t, addr)];
     pthread_mutex_unlock(&t->lock);
-    return full;
+    return n;
+}
+
+int gw_conns_ip_full(gw_conns_t *t, uint32_t addr)
+{
+    return t->per_ip && gw_conns_ip_count(t, addr) >= t->per_ip;
+}
+
+void gw_conns_ip_add(gw_conns_t *t, uint32_t addr)
+{
+    pthread_mutex_lock(&t->lock);
+    s_ip_add(t, addr);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void gw_conns_ip_drop(gw_conns_t *t, uint32_t addr)
+{
+    pthread_mutex_lock(&t->lock);
+    s_ip_drop(t, addr);
+    pthread_mutex_unlock(&t->lock);
 }
 
 void gw_conns_stop_thread(gw_conns_t *t)
@@ -194,11 +220,8 @@ void gw_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_conte
         pthread_mutex_lock(&t->lock);
         s_wait(t, s, 0); /* a new connection: any byte received is a request's */
         t->n_conns++;
-        if (s->ip_counted) {
-            unsigned i = s_ip_slot(t, s->addr);
-            t->ip_addr[i] = s->addr;
-            t->ip_n[i]++;
-        }
+        if (s->ip_counted)
+            s_ip_add(t, s->addr);
         pthread_mutex_unlock(&t->lock);
     } else if (s) {
         pthread_mutex_lock(&t->lock);

@@ -96,6 +96,12 @@ int gw_conns_limit_per_ip(gw_conns_t *t, unsigned per_ip, unsigned max_conns);
  * connections (--threads 0: the bus thread, which also runs their
  * notifications, so the count cannot change between this and the add). */
 int gw_conns_ip_full(gw_conns_t *t, uint32_t addr);
+/* The connections counted open from ADDR, and one more or one less (the
+ * connection notifications count them; these are for the unit test).
+ * Any thread, without T's lock. */
+unsigned gw_conns_ip_count(gw_conns_t *t, uint32_t addr);
+void gw_conns_ip_add(gw_conns_t *t, uint32_t addr);
+void gw_conns_ip_drop(gw_conns_t *t, uint32_t addr);
 
 /* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION callback (CLS is the
  * gw_conns_t): a connection starts waiting for its first request's headers
