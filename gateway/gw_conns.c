@@ -2,7 +2,9 @@
  * gw_conns.c - the header and body deadlines: connections waiting for a
  * request's headers, and requests whose body is coming, oldest first, shut
  * down when they wait past --header-timeout-ms or --body-timeout-ms
- * (gw_conns.h says why and how it stays safe across threads).
+ * (gw_conns.h says why and how it stays safe across threads); and, with
+ * --threads 0, the connections open per client address
+ * (--max-connections-per-ip).
  */
 #include "gw_conns.h"
 #include "gw_mhdlog.h"
@@ -24,6 +26,8 @@ typedef struct {
     uint64_t since_us;   /* when it started waiting (for headers or the body) */
     uint64_t rx_bytes;   /* bytes received by then (idle vs partial) */
     int reaped;          /* shut down: counted, waits for libmicrohttpd to close it */
+    int ip_counted;      /* counted in gw_conns_t's per-address table under ADDR */
+    uint32_t addr;       /* the client's IPv4 address (network order) */
 } s_sock_t;
 
 void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms)
@@ -37,10 +41,107 @@ void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms)
     t->body_deadline_us = (uint64_t)body_ms * 1000;
 }
 
-/* Whether either deadline is on (else connections are not tracked). */
-static int s_on(const gw_conns_t *t)
+/* Whether either deadline is on. */
+static int s_deadlines(const gw_conns_t *t)
 {
     return t->deadline_us || t->body_deadline_us;
+}
+
+/* Whether connections are tracked: a deadline or the per-address limit. */
+static int s_on(const gw_conns_t *t)
+{
+    return s_deadlines(t) || t->per_ip;
+}
+
+/* --- connections per client address ------------------------------------------- */
+static unsigned s_ip_home(const gw_conns_t *t, uint32_t a)
+{
+    return (a * 2654435761u) & (t->ip_cap - 1);
+}
+
+/* The slot of A, or the free slot where it would go (caller holds the
+ * lock; the table is never more than half full). */
+static unsigned s_ip_slot(const gw_conns_t *t, uint32_t a)
+{
+    unsigned i = s_ip_home(t, a);
+    while (t->ip_n[i] && t->ip_addr[i] != a)
+        i = (i + 1) & (t->ip_cap - 1);
+    return i;
+}
+
+/* One connection less from A (caller holds the lock). A slot freed is
+ * filled by the next entries of its run that may move back (backward
+ * shift), so every lookup still finds its entry before a free slot. */
+static void s_ip_drop(gw_conns_t *t, uint32_t a)
+{
+    unsigned m = t->ip_cap - 1, i = s_ip_slot(t, a);
+    if (!t->ip_n[i] || --t->ip_n[i])
+        return;
+    for (unsigned j = (i + 1) & m; t->ip_n[j]; j = (j + 1) & m) {
+        /* the entry at J may move to I if I is on its way from home to J */
+        if (((j - s_ip_home(t, t->ip_addr[j])) & m) >= ((j - i) & m)) {
+            t->ip_addr[i] = t->ip_addr[j];
+            t->ip_n[i] = t->ip_n[j];
+            t->ip_n[j] = 0;
+            i = j;
+        }
+    }
+}
+
+int gw_conns_limit_per_ip(gw_conns_t *t, unsigned per_ip, unsigned max_conns)
+{
+    unsigned cap = 16;
+    while (cap < 2u * max_conns + 2u * 64) /* the shards may take a few more than the max */
+        cap *= 2;
+    t->ip_addr = calloc(cap, sizeof *t->ip_addr);
+    t->ip_n = calloc(cap, sizeof *t->ip_n);
+    if (!t->ip_addr || !t->ip_n) {
+        free(t->ip_addr);
+        free(t->ip_n);
+        t->ip_addr = NULL;
+        t->ip_n = NULL;
+        return -1;
+    }
+    t->ip_cap = cap;
+    t->per_ip = per_ip;
+    return 0;
+}
+
+/* One connection more from A (caller holds the lock). */
+static void s_ip_add(gw_conns_t *t, uint32_t a)
+{
+    unsigned i = s_ip_slot(t, a);
+    t->ip_addr[i] = a;
+    t->ip_n[i]++;
+}
+
+unsigned gw_conns_ip_count(gw_conns_t *t, uint32_t addr)
+{
+    if (!t->per_ip)
+        return 0;
+    pthread_mutex_lock(&t->lock);
+    unsigned n = t->ip_n[s_ip_slot(t, addr)];
+    pthread_mutex_unlock(&t->lock);
+    return n;
+}
+
+int gw_conns_ip_full(gw_conns_t *t, uint32_t addr)
+{
+    return t->per_ip && gw_conns_ip_count(t, addr) >= t->per_ip;
+}
+
+void gw_conns_ip_add(gw_conns_t *t, uint32_t addr)
+{
+    pthread_mutex_lock(&t->lock);
+    s_ip_add(t, addr);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void gw_conns_ip_drop(gw_conns_t *t, uint32_t addr)
+{
+    pthread_mutex_lock(&t->lock);
+    s_ip_drop(t, addr);
+    pthread_mutex_unlock(&t->lock);
 }
 
 void gw_conns_stop_thread(gw_conns_t *t)
@@ -58,6 +159,8 @@ void gw_conns_stop_thread(gw_conns_t *t)
 void gw_conns_destroy(gw_conns_t *t)
 {
     gw_conns_stop_thread(t);
+    free(t->ip_addr);
+    free(t->ip_n);
     pthread_cond_destroy(&t->wake);
     pthread_mutex_destroy(&t->lock);
 }
@@ -108,15 +211,24 @@ void gw_conns_notify(void *cls, struct MHD_Connection *conn, void **socket_conte
         s->fd = ci ? ci->connect_fd : -1;
         ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
         s->daemon = ci ? ci->daemon : NULL;
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (t->per_ip && ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
+            s->addr = ((const struct sockaddr_in *)(const void *)ci->client_addr)->sin_addr.s_addr;
+            s->ip_counted = 1;
+        }
         *socket_context = s;
         pthread_mutex_lock(&t->lock);
         s_wait(t, s, 0); /* a new connection: any byte received is a request's */
         t->n_conns++;
+        if (s->ip_counted)
+            s_ip_add(t, s->addr);
         pthread_mutex_unlock(&t->lock);
     } else if (s) {
         pthread_mutex_lock(&t->lock);
         ab_list_remove(&s->link);
         t->n_conns--;
+        if (s->ip_counted)
+            s_ip_drop(t, s->addr);
         pthread_mutex_unlock(&t->lock);
         *socket_context = NULL;
         free(s);
@@ -196,7 +308,7 @@ static int s_reap_list(gw_conns_t *t, ab_list_t *list, uint64_t deadline_us, uin
 
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
 {
-    if (!s_on(t))
+    if (!s_deadlines(t))
         return -1;
     unsigned heads = 0, bodies = 0;
     pthread_mutex_lock(&t->lock);
@@ -211,19 +323,37 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
     return next < 0 || (body >= 0 && body < next) ? body : next;
 }
 
+/* The first connection on LIST if it has waited MIN_WAIT_US by NOW_US
+ * (caller holds the lock), else NULL. */
+static s_sock_t *s_oldest(ab_list_t *list, uint64_t now_us, uint64_t min_wait_us)
+{
+    ab_list_t *n = ab_list_first(list);
+    s_sock_t *s = n ? ab_list_data(n, s_sock_t, link) : NULL;
+    return s && s->since_us + min_wait_us <= now_us ? s : NULL;
+}
+
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us)
 {
-    if (!t->deadline_us)
+    if (!s_deadlines(t))
         return NULL;
     struct MHD_Daemon *d = NULL;
+    int body = 0;
     pthread_mutex_lock(&t->lock);
-    ab_list_t *n = ab_list_first(&t->waiting);
-    s_sock_t *s = n ? ab_list_data(n, s_sock_t, link) : NULL;
-    if (s && s->since_us + min_wait_us <= now_us) {
+    /* Headers first: a request whose body comes has at least sent those. */
+    s_sock_t *s = s_oldest(&t->waiting, now_us, min_wait_us);
+    if (s) {
         d = s->daemon;
         s_shut(s, &t->timeouts[GW_HT_EVICTED]);
+    } else if ((s = s_oldest(&t->body, now_us, min_wait_us))) {
+        d = s->daemon;
+        s_shut(s, &t->body_evictions);
+        body = 1;
     }
     pthread_mutex_unlock(&t->lock);
+    if (body) /* any client can make these: rate limited (outside the lock: a write) */
+        gw_log_limited("a connection closed at --max-connections for a new one: its request "
+                       "body was still coming %llu ms or more after its headers",
+                       (unsigned long long)(min_wait_us / 1000));
     return d;
 }
 
@@ -266,7 +396,7 @@ static void *s_thread(void *arg)
 
 int gw_conns_start_thread(gw_conns_t *t, int lfd, unsigned limit)
 {
-    if (!s_on(t))
+    if (!s_deadlines(t))
         return 0;
     t->lfd = lfd;
     t->limit = limit;

@@ -61,6 +61,7 @@ typedef struct {
     uint64_t body_deadline_us; /* bodies; 0: no deadline */
     atomic_ullong timeouts[3]; /* connections closed waiting for headers, by gw_ht_t */
     atomic_ullong body_timeouts; /* connections closed waiting for a request's body */
+    atomic_ullong body_evictions; /* closed at the cap while their request's body came */
     unsigned n_conns;         /* connections open (under lock) */
     /* --threads N: the thread that reaps (with --threads 0 the bus thread
      * calls gw_conns_reap itself), and evicts at the cap */
@@ -69,6 +70,13 @@ typedef struct {
     pthread_cond_t wake;
     int lfd;                  /* the listening socket (its accept queue) */
     unsigned limit;           /* --max-connections */
+    /* --max-connections-per-ip with --threads 0 (gw_conns_limit_per_ip):
+     * connections open per IPv4 address, open addressing (IP_N[i] 0: slot
+     * free), under lock */
+    unsigned per_ip;          /* 0: not counted */
+    unsigned ip_cap;          /* a power of two, at least twice the connections */
+    uint32_t *ip_addr;
+    unsigned *ip_n;
 } gw_conns_t;
 
 /* Sets up T for a header deadline of MS ms and a body deadline of BODY_MS
@@ -76,6 +84,24 @@ typedef struct {
  * after the daemons are stopped. */
 void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms);
 void gw_conns_destroy(gw_conns_t *t);
+
+/* Counts the connections open per client address (IPv4), for a limit of
+ * PER_IP each, at most MAX_CONNS open in all (--threads 0, where the
+ * gateway accepts: libmicrohttpd's MHD_OPTION_PER_IP_CONNECTION_LIMIT
+ * counts per daemon, and there are several). Before the daemons start. 0,
+ * or -1 out of memory. */
+int gw_conns_limit_per_ip(gw_conns_t *t, unsigned per_ip, unsigned max_conns);
+/* Whether ADDR (network order) has the per-address limit's connections
+ * open already (0 when there is no limit). The thread that adds the
+ * connections (--threads 0: the bus thread, which also runs their
+ * notifications, so the count cannot change between this and the add). */
+int gw_conns_ip_full(gw_conns_t *t, uint32_t addr);
+/* The connections counted open from ADDR, and one more or one less (the
+ * connection notifications count them; these are for the unit test).
+ * Any thread, without T's lock. */
+unsigned gw_conns_ip_count(gw_conns_t *t, uint32_t addr);
+void gw_conns_ip_add(gw_conns_t *t, uint32_t addr);
+void gw_conns_ip_drop(gw_conns_t *t, uint32_t addr);
 
 /* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION callback (CLS is the
  * gw_conns_t): a connection starts waiting for its first request's headers
@@ -106,10 +132,13 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
 /* At the connection cap: shuts down the connection that has waited
  * longest for headers, if at least MIN_WAIT_US, so that a new connection
  * can have its slot (a slowloris client that reconnects as fast as its
- * sockets are reaped otherwise keeps every slot). Returns the daemon of
- * the connection shut down (run it to free the slot), or NULL if none
- * waited long enough (none without a header deadline). Counted as
- * GW_HT_EVICTED. Any thread. */
+ * sockets are reaped otherwise keeps every slot); if none has, the
+ * request whose body has been coming longest, if at least MIN_WAIT_US
+ * (slow bodies held the cap the same way: a client sends its body with
+ * its headers). Returns the daemon of the connection shut down (run it to
+ * free the slot), or NULL if none waited long enough (none on a list
+ * without its deadline). Counted as GW_HT_EVICTED or in body_evictions
+ * (said on stderr, rate limited). Any thread. */
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us);
 
 /* --threads N: a thread that reaps every 100 ms at most (libmicrohttpd's

@@ -4,8 +4,11 @@
  * (MHD_suspend_connection) and resumed by the bus thread when an event
  * arrives, so a waiting or streaming client holds no thread.
  *
- * Shared by gw_http.c (server, connection life, streaming), gw_routes.c
- * (the Ollama and gateway routes) and gw_openai.c (the OpenAI routes).
+ * Shared by gw_http.c (server, access handler, connection life),
+ * gw_intake.c (routes, admission), gw_body.c (request bodies), gw_call.c
+ * (the bus hand-off, streaming), gw_reply.c (answers), gw_shards.c
+ * (--threads 0), gw_routes.c (the Ollama and gateway routes) and
+ * gw_openai.c (the OpenAI routes).
  */
 #ifndef GW_HTTP_H
 #define GW_HTTP_H
@@ -18,6 +21,7 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -29,6 +33,8 @@ typedef struct {
     const char *service;       /* --service (default "ollama") */
     const char *name;          /* --name: the gateway's agent name ("" none) */
     unsigned max_connections;  /* --max-connections */
+    unsigned max_conns_per_ip; /* --max-connections-per-ip: from one client address (0: no
+                                * limit) */
     size_t max_body_bytes;     /* --max-body-bytes: larger bodies get 413 */
     unsigned threads;          /* --threads: libmicrohttpd's pool */
     int timeout_ms;            /* --timeout-ms: default request deadline */
@@ -66,6 +72,7 @@ typedef struct {
     atomic_ullong bus_errors;     /* requests the bus ended with an error */
     atomic_ullong admitted;       /* bus-route requests held (read, waiting, streaming) */
     atomic_ullong shed[4];        /* refused at intake, by gw_shed_t */
+    atomic_ullong refused_per_ip; /* connections refused at --max-connections-per-ip */
     atomic_ullong lat_bucket[GW_LAT_BUCKETS + 1];
     atomic_ullong lat_sum_us, lat_count;
 } gw_metrics_t;
@@ -225,5 +232,57 @@ int gw_routes_prepare(gw_conn_t *c, gw_req_t *req, char *err, size_t cap);
 int gw_http_offload(gw_conn_t *c);
 /* Appends LEN bytes to C->out. */
 void gw_out_append(gw_conn_t *c, const char *s, size_t len);
+
+/* --- between the HTTP files (the thread running the connection, unless
+ * said otherwise) --- */
+/* gw_intake.c */
+/* The route of URL's path (GW_R_NOTFOUND if none). */
+gw_route_t gw_route_of(const char *url);
+/* Whether route R's requests go over the bus (and are admitted at intake). */
+int gw_route_on_bus(gw_route_t r);
+/* Admission of bus-route request C at its headers: 0 admitted (counted in
+ * admitted until it completes), 1 refused (answered or dropped; *RES for
+ * the access handler). */
+int gw_intake_admit(gw_conn_t *c, enum MHD_Result *res);
+/* --threads 0, at accept: 1 if FD's request waited past --max-queue-ms in
+ * the listen backlog and was refused with a fixed 503 (FD closed), else 0. */
+int gw_intake_shed_early(gw_t *g, int fd);
+
+/* gw_reply.c */
+/* Queues RESP (taken; NULL: MHD_NO) with STATUS, counted. */
+enum MHD_Result gw_reply_queue(gw_conn_t *c, unsigned status, struct MHD_Response *resp);
+/* J (taken) as the body, with one more header NAME: VALUE when NAME is set. */
+enum MHD_Result gw_reply_json_hdr(gw_conn_t *c, unsigned status, json_t *j, const char *name,
+                                  const char *value);
+/* The body of an error in C's dialect (a new reference). */
+json_t *gw_error_body(const gw_conn_t *c, unsigned status, const char *text);
+/* 401 for a request without a known API key (GIVEN: it sent one). */
+enum MHD_Result gw_reply_unauthorized(gw_conn_t *c, int given);
+
+/* gw_call.c */
+/* C's deadline in ms: X-Agentbus-Timeout-Ms (capped), else --timeout-ms. */
+int gw_call_timeout_ms(const gw_conn_t *c);
+
+/* gw_body.c */
+/* Appends *SIZE bytes of C's body (dropped past --max-body-bytes, C->too_big
+ * set); *SIZE = 0. MHD_NO when out of memory. */
+enum MHD_Result gw_body_append(gw_conn_t *c, const char *upload, size_t *size);
+
+/* gw_http.c */
+/* Counts a connection refused at --max-connections-per-ip and says so on
+ * stderr (rate limited); SA its client's address, NULL if not known. Any
+ * thread. */
+void gw_refuse_per_ip(gw_t *g, const struct sockaddr_in *sa);
+/* A daemon on LFD (-1: none, connections come by MHD_add_connection) taking
+ * at most LIMIT connections. */
+struct MHD_Daemon *gw_http_daemon(gw_t *g, unsigned flags, int lfd, unsigned limit);
+
+/* gw_shards.c (--threads 0) */
+/* The shards, their epoll fds and the listening socket LFD (taken) in
+ * G->ep_fd for the bus thread: 0 or -1. */
+int gw_shards_start(gw_t *g, unsigned flags, int lfd);
+/* One turn of HTTP work on the bus thread (gw_bus_serve's hook, ARG the
+ * gw_t): returns the ms until it wants to run again (-1: none until I/O). */
+int gw_shards_run(void *arg);
 
 #endif

@@ -378,6 +378,13 @@ static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
              "# TYPE agentbus_gateway_body_timeouts_total counter\n"
              "agentbus_gateway_body_timeouts_total %llu\n",
              (unsigned long long)atomic_load(&t->body_timeouts));
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_body_evictions_total Connections closed at the connection "
+             "cap to make room for a new connection while their request body was still coming "
+             "(a second or more after its headers, and no connection waited for headers).\n"
+             "# TYPE agentbus_gateway_body_evictions_total counter\n"
+             "agentbus_gateway_body_evictions_total %llu\n",
+             (unsigned long long)atomic_load(&t->body_evictions));
 }
 
 static enum MHD_Result s_metrics(gw_conn_t *c)
@@ -437,6 +444,12 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
         s_metric(&b, &len, &cap, "agentbus_gateway_shed_total{reason=\"%s\"} %llu\n",
                  gw_shed_name((gw_shed_t)r), (unsigned long long)atomic_load(&m->shed[r]));
     s_metric_conns(&b, &len, &cap, &c->g->conns);
+    s_metric(&b, &len, &cap,
+             "# HELP agentbus_gateway_connections_refused_total Connections closed at accept, "
+             "before a request was read: per_ip (--max-connections-per-ip).\n"
+             "# TYPE agentbus_gateway_connections_refused_total counter\n"
+             "agentbus_gateway_connections_refused_total{reason=\"per_ip\"} %llu\n",
+             (unsigned long long)atomic_load(&m->refused_per_ip));
     gw_keys_t *k = &c->g->keys;
     if (k->on) {
         pthread_rwlock_rdlock(&k->lock); /* a reload swaps the keys */

@@ -34,6 +34,11 @@ static void s_usage(FILE *f)
             "  --service NAME            inference service on the bus (default ollama)\n"
             "  --name NAME               the gateway's agent name on the bus (default none)\n"
             "  --max-connections N       concurrent HTTP connections (default 1024)\n"
+            "  --max-connections-per-ip N\n"
+            "                            connections open from one client address; more are\n"
+            "                            closed at accept, counted and logged (default 0 =\n"
+            "                            no limit: agents behind one proxy or NAT share an\n"
+            "                            address)\n"
             "  --max-body-bytes N        largest request body; larger get 413 (default 8388608)\n"
             "  --threads N               HTTP threads (epoll pool); 0 (default): HTTP on the\n"
             "                            bus thread, two thread hand-offs less per call\n"
@@ -47,8 +52,9 @@ static void s_usage(FILE *f)
             "                            complete N ms after its accept or the end of its\n"
             "                            previous request (slow senders, idle keep-alives);\n"
             "                            at --max-connections the one waiting longest (1 s\n"
-            "                            or more) is closed for a new one (default 10000;\n"
-            "                            0 = neither)\n"
+            "                            or more) is closed for a new one, else the request\n"
+            "                            whose body has come longest (default 10000;\n"
+            "                            0 = neither deadline nor eviction for headers)\n"
             "  --body-timeout-ms N       close a connection whose request body is not\n"
             "                            complete N ms after its headers (a body sent a\n"
             "                            byte at a time); its --max-in-flight slot is freed\n"
@@ -118,6 +124,9 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             cfg->version = v;
         else if (!bad && strcmp(f, "--max-connections") == 0 && !s_number(v, 1, 100000, &n))
             cfg->max_connections = (unsigned)n;
+        else if (!bad && strcmp(f, "--max-connections-per-ip") == 0 &&
+                 !s_number(v, 0, 100000, &n))
+            cfg->max_conns_per_ip = (unsigned)n;
         else if (!bad && strcmp(f, "--max-body-bytes") == 0 && !s_number(v, 1024, 1L << 30, &n))
             cfg->max_body_bytes = (size_t)n;
         else if (!bad && strcmp(f, "--idle-timeout-s") == 0 && !s_number(v, 0, 86400, &n))

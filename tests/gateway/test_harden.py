@@ -27,6 +27,21 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              served, not refused 503 busy; the same for a body of 100,000
              bytes (parsed on the offload thread, were it complete). Bodies
              sent in 3 parts over 0.6 s (small, and large) are served.
+  capheld     --max-connections 16, --header-timeout-ms and
+             --body-timeout-ms 60000 (--threads 0 and --threads 2): the
+             cap held by 16 slow bodies (8 generates, admitted, and 8
+             POSTs to /healthz, which no --max-in-flight slot bounds), each
+             a byte every 0.3 s and reconnecting when closed: /healthz and
+             a generate are served within seconds (the request whose body
+             has come longest is evicted once it has for a second), not at
+             the 60 s deadline; counted (body_evictions_total). Then the
+             cap held by 16 idle keep-alive connections: served too.
+  perip      --max-connections 16 --max-connections-per-ip 4 (--threads 0
+             and --threads 2): 10 slow bodies from 127.0.0.2 (never
+             reconnecting): 6 are closed at accept, 4 stay; /healthz and a
+             generate from 127.0.0.1 are served while they hold; counted
+             (connections_refused_total{reason="per_ip"}) and said on
+             stderr, at most 5 lines per 10 s.
   framing    a body whose length is not told one clear way (RFC 9112 §6):
              a transfer coding other than chunked gets 501, two
              Content-Lengths (equal or not), Content-Length with
@@ -304,6 +319,156 @@ def case_body(tmp):
                                        f"({said[:1]})")
 
 
+class Holder:
+    """N connections from SRC that hold a slot each: MODE "body" sends the
+    headers of a POST to PATH (Content-Length 100000) and then a byte of
+    its body every 0.3 s; "idle" sends GET /healthz, reads the answer and
+    then sends nothing (a keep-alive). RECONNECT: a connection the server
+    closed is opened again (as an attacker would). OPEN() is how many are
+    open now; CLOSES how many the server closed."""
+
+    def __init__(self, port, n, mode, path="/healthz", src="127.0.0.1", reconnect=True):
+        self.port, self.mode, self.path, self.src = port, mode, path, src
+        self.reconnect, self.closes, self.stop = reconnect, 0, False
+        self.socks = [self.connect() for _ in range(n)]
+        self.th = threading.Thread(target=self.run, daemon=True)
+        self.th.start()
+
+    def connect(self):
+        try:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                         source_address=(self.src, 0))
+            if self.mode == "body":
+                s.sendall((f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                           "{").encode())
+            else:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            s.setblocking(False)
+            return s
+        except OSError:
+            return None
+
+    def open(self):
+        return sum(1 for s in self.socks if s is not None)
+
+    def run(self):
+        end = time.monotonic() + 170  # bounded: the ctest timeout is 180 s
+        while not self.stop and time.monotonic() < end:
+            for i, s in enumerate(self.socks):
+                if s is None:
+                    if self.reconnect:
+                        self.socks[i] = self.connect()
+                    continue
+                try:
+                    r, _, _ = select.select([s], [], [], 0)
+                    if r and not s.recv(65536):
+                        raise ConnectionResetError
+                    if self.mode == "body":
+                        s.send(b" ")
+                except OSError:  # closed by the server (EOF, reset, broken pipe)
+                    s.close()
+                    self.socks[i] = None
+                    self.closes += 1
+            time.sleep(0.3)
+
+    def close(self):
+        self.stop = True
+        self.th.join(timeout=5)
+        for s in self.socks:
+            if s is not None:
+                s.close()
+
+
+def served(gw, seconds):
+    """Whether /healthz and then a generate are answered 200 within SECONDS."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if status_of(gw + "/healthz", timeout=3)[0] == 200:
+                break
+        except OSError:  # refused, reset, timed out: the cap is held
+            pass
+        time.sleep(0.2)
+    else:
+        return False
+    while time.monotonic() < end:
+        try:
+            if post(gw + "/api/generate", {"model": "fast", "prompt": "hi", "stream": False},
+                    timeout=3)[0] == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def case_capheld(tmp):
+    # Deadlines of 60 s: only eviction at the cap can let anyone in.
+    args = ["--max-connections", "16", "--header-timeout-ms", "60000",
+            "--body-timeout-ms", "60000"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        holders = [Holder(port, 8, "body", "/api/generate"), Holder(port, 8, "body", "/healthz")]
+        try:
+            wait_for(f"{gw}: 16 slow bodies connected",
+                     lambda: sum(h.open() for h in holders) == 16, 10)
+            time.sleep(1.5)  # each has waited for its body more than a second
+            t0 = time.monotonic()
+            ok = served(gw, 20)
+            check(ok, f"{gw}: with the cap held by 16 slow bodies (8 generates, 8 to /healthz) "
+                      f"that reconnect, /healthz and a generate are served "
+                      f"({'after %.1f s' % (time.monotonic() - t0) if ok else 'not in 20 s'}; "
+                      f"the body deadline is 60 s)")
+            n = t.metrics(gw).get("agentbus_gateway_body_evictions_total", -1)
+            check(n >= 1, f"{gw}: agentbus_gateway_body_evictions_total counts them ({n:.0f})")
+        finally:
+            for h in holders:
+                h.close()
+        wait_for(f"{gw}: the slow bodies' slots freed",
+                 lambda: t.metrics(gw)["agentbus_gateway_admitted"] == 0, 20)
+        idle = Holder(port, 16, "idle")
+        try:
+            wait_for(f"{gw}: 16 idle keep-alives connected", lambda: idle.open() == 16, 10)
+            time.sleep(1.5)
+            t0 = time.monotonic()
+            ok = served(gw, 20)
+            check(ok, f"{gw}: with the cap held by 16 idle keep-alives that reconnect, /healthz "
+                      f"and a generate are served "
+                      f"({'after %.1f s' % (time.monotonic() - t0) if ok else 'not in 20 s'})")
+        finally:
+            idle.close()
+
+
+def case_perip(tmp):
+    args = ["--max-connections", "16", "--max-connections-per-ip", "4"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        h = Holder(port, 10, "body", "/healthz", src="127.0.0.2", reconnect=False)
+        try:
+            wait_for(f"{gw}: 6 of 10 connections from 127.0.0.2 closed",
+                     lambda: h.closes >= 6, 10)
+            time.sleep(1.0)  # no more are closed: the 4 within the limit stay
+            check(h.open() == 4, f"{gw}: 4 connections from 127.0.0.2 held, 6 closed "
+                                 f"({h.open()} open, {h.closes} closed)")
+            check(served(gw, 10), f"{gw}: /healthz and a generate from 127.0.0.1 served while "
+                                  f"127.0.0.2 holds its 4")
+            check(h.open() == 4, f"{gw}: and the 4 still held ({h.open()})")
+            key = 'agentbus_gateway_connections_refused_total{reason="per_ip"}'
+            n = wait_for("the refusals counted", lambda: t.metrics(gw).get(key, -1) >= 6 and
+                         t.metrics(gw).get(key), 10)
+            check(n >= 6, f"{gw}: {key} counts them ({n:.0f})")
+        finally:
+            h.close()
+    t.stop_all()
+    for _, log in t.PROCS:
+        if "gateway" in os.path.basename(log):
+            with open(log, errors="replace") as f:
+                said = [ln for ln in f if "--max-connections-per-ip" in ln]
+            check(1 <= len(said) <= 5, f"{log}: the refusals said on stderr, rate limited "
+                                       f"({said[:1]})")
+
+
 def exchange(port, raw, seconds=15):
     """Sends RAW on a new connection and reads until the gateway closes it
     (at most SECONDS): (status, text, closed). Status 0: no answer."""
@@ -513,7 +678,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-harden.")
     try:
         {"slowloris": case_slowloris, "reconnect": case_reconnect, "idle": case_idle,
-         "body": case_body,
+         "body": case_body, "capheld": case_capheld, "perip": case_perip,
          "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
          "offload": case_offload, "logflood": case_logflood}[t.CASE](tmp)
         t.stop_all()

@@ -1,0 +1,136 @@
+/*
+ * gw_reply.c - the gateway's answers: text, JSON and errors in the
+ * caller's dialect (Ollama's or OpenAI's), the 401 challenge, and the
+ * mapping from bus statuses to HTTP ones. Every answer is counted by
+ * status class for /metrics.
+ */
+#include "gw_http.h"
+#include "agentbus.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void s_count(gw_conn_t *c, unsigned status)
+{
+    unsigned cls = status / 100;
+    atomic_fetch_add(&c->g->m.status[cls >= 1 && cls <= 5 ? cls : 0], 1);
+}
+
+enum MHD_Result gw_reply_queue(gw_conn_t *c, unsigned status, struct MHD_Response *resp)
+{
+    if (!resp)
+        return MHD_NO;
+    enum MHD_Result rc = MHD_queue_response(c->conn, status, resp);
+    MHD_destroy_response(resp);
+    s_count(c, status);
+    return rc;
+}
+
+enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type, const char *text)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    if (r)
+        MHD_add_response_header(r, "Content-Type", type);
+    return gw_reply_queue(c, status, r);
+}
+
+enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow)
+{
+    static const char text[] = "405 method not allowed";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof text - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+    if (r) {
+        MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    return gw_reply_queue(c, 405, r);
+}
+
+enum MHD_Result gw_reply_json_hdr(gw_conn_t *c, unsigned status, json_t *j, const char *name,
+                                  const char *value)
+{
+    char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!txt)
+        return MHD_NO;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(txt), txt, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(txt);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json; charset=utf-8");
+    if (name)
+        MHD_add_response_header(r, name, value);
+    return gw_reply_queue(c, status, r);
+}
+
+enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j)
+{
+    return gw_reply_json_hdr(c, status, j, NULL, NULL);
+}
+
+json_t *gw_error_body(const gw_conn_t *c, unsigned status, const char *text)
+{
+    if (!c->openai)
+        return json_pack("{s:s}", "error", text);
+    const char *type = status == 404 || status == 400 || status == 413 || status == 401
+                           ? "invalid_request_error"
+                       : status == 403                  ? "permission_error"
+                       : status == 503 || status == 429 ? "server_overloaded"
+                                                        : "api_error";
+    json_t *code = status == 404   ? json_string("model_not_found")
+                   : status == 401 ? json_string("invalid_api_key")
+                   : strncmp(text, "server busy", 11) == 0 ? json_string("server_busy")
+                                   : json_null();
+    return json_pack("{s:{s:s, s:s, s:n, s:o}}", "error", "message", text, "type", type,
+                     "param", "code", code);
+}
+
+enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text)
+{
+    /* Every 503 here is passing (broker unreachable, no worker, busy): say
+     * when to come back, as the shed refusals do. */
+    if (status == 503)
+        return gw_reply_json_hdr(c, status, gw_error_body(c, status, text), "Retry-After", "1");
+    return gw_reply_json(c, status, gw_error_body(c, status, text));
+}
+
+/* RFC 6750's challenge. */
+enum MHD_Result gw_reply_unauthorized(gw_conn_t *c, int given)
+{
+    atomic_fetch_add(&c->g->keys.unauthorized, 1);
+    const char *text = given ? "unauthorized: the API key is not valid for this gateway"
+                             : "unauthorized: an API key is required (header "
+                               "'Authorization: Bearer KEY')";
+    return gw_reply_json_hdr(c, 401, gw_error_body(c, 401, text), MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                  "Bearer realm=\"agentbus-gateway\"");
+}
+
+unsigned gw_http_status(int st)
+{
+    switch (st) {
+    case AB_OK: return 200;
+    case AB_EMODEL: case AB_ENOTFOUND: return 404;
+    case AB_EDENIED: return 403;
+    case AB_EBADREQUEST: case AB_EINVAL: case AB_EMALFORMED: return 400;
+    case AB_EPAYLOADSIZE: case AB_ETOOLARGE: return 413;
+    case AB_EBUSY: case AB_EBACKENDBUSY: case AB_ENOSERVICE: case AB_EDISCONNECTED:
+    case AB_ESTOPPED: return 503;
+    case AB_EDEADLINE: case AB_ETIMEOUT: return 504;
+    case AB_EBACKEND: case AB_EWORKERLOST: return 502;
+    default: return 500;
+    }
+}
+
+void gw_error_text(const gw_conn_t *c, int st, const char *detail, char *buf, size_t cap)
+{
+    if (st == AB_EMODEL) /* Ollama's own words, which its clients show */
+        snprintf(buf, cap, "model \"%s\" not found, try pulling it first", c->model);
+    else if (detail && *detail)
+        snprintf(buf, cap, "%s", detail);
+    else
+        snprintf(buf, cap, "%s", ab_strerror(st));
+}
