@@ -85,74 +85,110 @@ static int s_listen(const char *v, gw_config_t *cfg)
     return 0;
 }
 
-static int s_number(const char *v, long min, long max, long *out)
+enum {
+    O_HELP = 1, O_VERSION, O_QUIET, O_LISTEN, O_BROKER, O_KEY, O_BROKERKEY, O_APIKEYS,
+    O_SERVICE, O_NAME, O_VERSTR, O_MAXCONN, O_PERIP, O_MAXBODY, O_IDLE, O_HEADER, O_BODY,
+    O_INFLIGHT, O_QUEUE, O_THREADS, O_TIMEOUT, O_MAXTIMEOUT,
+};
+
+/* Parsed as every program parses its arguments (tools/lib/tl_args.h):
+ * `--opt VALUE` or `--opt=VALUE`, `--` ends the options. */
+static const tl_opt_t s_opts[] = {
+    {"help", 'h', TL_NOVAL, O_HELP},
+    {"version", 0, TL_NOVAL, O_VERSION},
+    {"quiet", 0, TL_NOVAL, O_QUIET},
+    {"listen", 0, TL_VAL, O_LISTEN},
+    {"broker", 0, TL_VAL, O_BROKER},
+    {"key", 0, TL_VAL, O_KEY},
+    {"broker-key", 0, TL_VAL, O_BROKERKEY},
+    {"api-keys", 0, TL_VAL, O_APIKEYS},
+    {"service", 0, TL_VAL, O_SERVICE},
+    {"name", 0, TL_VAL, O_NAME},
+    {"ollama-version", 0, TL_VAL, O_VERSTR},
+    {"max-connections", 0, TL_VAL, O_MAXCONN},
+    {"max-connections-per-ip", 0, TL_VAL, O_PERIP},
+    {"max-body-bytes", 0, TL_VAL, O_MAXBODY},
+    {"idle-timeout-s", 0, TL_VAL, O_IDLE},
+    {"header-timeout-ms", 0, TL_VAL, O_HEADER},
+    {"body-timeout-ms", 0, TL_VAL, O_BODY},
+    {"max-in-flight", 0, TL_VAL, O_INFLIGHT},
+    {"max-queue-ms", 0, TL_VAL, O_QUEUE},
+    {"threads", 0, TL_VAL, O_THREADS},
+    {"timeout-ms", 0, TL_VAL, O_TIMEOUT},
+    {"max-timeout-ms", 0, TL_VAL, O_MAXTIMEOUT},
+    {NULL, 0, 0, 0},
+};
+
+/* The bounds of each numeric option. */
+static const struct {
+    int id;
+    long min, max;
+} s_nums[] = {
+    {O_MAXCONN, 1, 100000},     {O_PERIP, 0, 100000},     {O_MAXBODY, 1024, 1L << 30},
+    {O_IDLE, 0, 86400},         {O_HEADER, 0, 86400000},  {O_BODY, 0, 86400000},
+    {O_INFLIGHT, 0, 1000000},   {O_QUEUE, 0, 86400000},   {O_THREADS, 0, 256},
+    {O_TIMEOUT, 1, 86400000},   {O_MAXTIMEOUT, 1, 86400000},
+};
+
+/* Option ID's value V into CFG: 0, or -1 for a bad value. */
+static int s_take(gw_config_t *cfg, int id, const char *v)
 {
-    return tl_parse_long(v, min, max, out);
+    long n = 0;
+    for (size_t i = 0; i < sizeof s_nums / sizeof s_nums[0]; i++)
+        if (s_nums[i].id == id && tl_parse_long(v, s_nums[i].min, s_nums[i].max, &n))
+            return -1;
+    if (!*v && (id == O_KEY || id == O_BROKERKEY || id == O_APIKEYS || id == O_SERVICE))
+        return -1; /* a file, key or service must be named */
+    switch (id) {
+    case O_LISTEN: return s_listen(v, cfg);
+    case O_BROKER: cfg->broker = v; break;
+    /* libagentbus reads its CURVE keys from the environment (agentbus.h). */
+    case O_KEY: setenv("AB_KEY", v, 1); break;
+    case O_BROKERKEY: setenv("AB_BROKER_KEY", v, 1); break;
+    case O_APIKEYS: cfg->api_keys = v; break;
+    case O_SERVICE: cfg->service = v; break;
+    case O_NAME: cfg->name = v; break;
+    case O_VERSTR: cfg->version = v; break;
+    case O_MAXCONN: cfg->max_connections = (unsigned)n; break;
+    case O_PERIP: cfg->max_conns_per_ip = (unsigned)n; break;
+    case O_MAXBODY: cfg->max_body_bytes = (size_t)n; break;
+    case O_IDLE: cfg->idle_timeout_s = (unsigned)n; break;
+    case O_HEADER: cfg->header_timeout_ms = (unsigned)n; break;
+    case O_BODY: cfg->body_timeout_ms = (unsigned)n; break;
+    case O_INFLIGHT: cfg->max_in_flight = (unsigned)n; break;
+    case O_QUEUE: cfg->max_queue_ms = (unsigned)n; break;
+    case O_THREADS: cfg->threads = (unsigned)n; break;
+    case O_TIMEOUT: cfg->timeout_ms = (int)n; break;
+    case O_MAXTIMEOUT: cfg->max_timeout_ms = (int)n; break;
+    default: return -1;
+    }
+    return 0;
 }
 
 /* 0, 1 (--help), 2 (--version), -1 (bad usage, said on stderr). */
 static int s_args(int argc, char **argv, gw_config_t *cfg)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long n = 0;
-        if (strcmp(f, "--help") == 0 || strcmp(f, "-h") == 0)
-            return 1;
-        if (strcmp(f, "--version") == 0)
-            return 2;
-        if (strcmp(f, "--quiet") == 0) {
+    tl_parser_t p;
+    int id;
+    tl_parser_init(&p, argc, argv, 1);
+    while ((id = tl_next(&p, s_opts)) != TL_END) {
+        if (id == O_HELP || id == O_VERSION)
+            return id == O_HELP ? 1 : 2;
+        if (id == O_QUIET) {
             cfg->quiet = 1;
             continue;
         }
-        int bad = !v;
-        if (!bad && strcmp(f, "--listen") == 0)
-            bad = s_listen(v, cfg);
-        else if (!bad && strcmp(f, "--broker") == 0)
-            cfg->broker = v;
-        /* libagentbus reads its CURVE keys from the environment (agentbus.h). */
-        else if (!bad && strcmp(f, "--key") == 0 && *v)
-            setenv("AB_KEY", v, 1);
-        else if (!bad && strcmp(f, "--broker-key") == 0 && *v)
-            setenv("AB_BROKER_KEY", v, 1);
-        else if (!bad && strcmp(f, "--api-keys") == 0 && *v)
-            cfg->api_keys = v;
-        else if (!bad && strcmp(f, "--service") == 0 && *v)
-            cfg->service = v;
-        else if (!bad && strcmp(f, "--name") == 0)
-            cfg->name = v;
-        else if (!bad && strcmp(f, "--ollama-version") == 0)
-            cfg->version = v;
-        else if (!bad && strcmp(f, "--max-connections") == 0 && !s_number(v, 1, 100000, &n))
-            cfg->max_connections = (unsigned)n;
-        else if (!bad && strcmp(f, "--max-connections-per-ip") == 0 &&
-                 !s_number(v, 0, 100000, &n))
-            cfg->max_conns_per_ip = (unsigned)n;
-        else if (!bad && strcmp(f, "--max-body-bytes") == 0 && !s_number(v, 1024, 1L << 30, &n))
-            cfg->max_body_bytes = (size_t)n;
-        else if (!bad && strcmp(f, "--idle-timeout-s") == 0 && !s_number(v, 0, 86400, &n))
-            cfg->idle_timeout_s = (unsigned)n;
-        else if (!bad && strcmp(f, "--header-timeout-ms") == 0 && !s_number(v, 0, 86400000, &n))
-            cfg->header_timeout_ms = (unsigned)n;
-        else if (!bad && strcmp(f, "--body-timeout-ms") == 0 && !s_number(v, 0, 86400000, &n))
-            cfg->body_timeout_ms = (unsigned)n;
-        else if (!bad && strcmp(f, "--max-in-flight") == 0 && !s_number(v, 0, 1000000, &n))
-            cfg->max_in_flight = (unsigned)n;
-        else if (!bad && strcmp(f, "--max-queue-ms") == 0 && !s_number(v, 0, 86400000, &n))
-            cfg->max_queue_ms = (unsigned)n;
-        else if (!bad && strcmp(f, "--threads") == 0 && !s_number(v, 0, 256, &n))
-            cfg->threads = (unsigned)n;
-        else if (!bad && strcmp(f, "--timeout-ms") == 0 && !s_number(v, 1, 86400000, &n))
-            cfg->timeout_ms = (int)n;
-        else if (!bad && strcmp(f, "--max-timeout-ms") == 0 && !s_number(v, 1, 86400000, &n))
-            cfg->max_timeout_ms = (int)n;
-        else
-            bad = 1;
-        if (bad) {
-            fprintf(stderr, "agentbus-gateway: bad option or value: %s%s%s\n", f, v ? " " : "",
-                    v ? v : "");
+        if (id == TL_ERROR || id == TL_ARG) {
+            fprintf(stderr, "agentbus-gateway: %s%s%s\n", id == TL_ARG ?
+                    "unexpected argument '" : p.err, id == TL_ARG ? p.arg : "",
+                    id == TL_ARG ? "'" : "");
             return -1;
         }
-        i++;
+        if (s_take(cfg, id, p.value) != 0) {
+            fprintf(stderr, "agentbus-gateway: bad value for --%s: '%s'\n", p.opt->name,
+                    p.value);
+            return -1;
+        }
     }
     return 0;
 }

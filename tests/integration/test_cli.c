@@ -262,6 +262,13 @@ static void s_endpoints(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker bogus --listen 127.0.0.1:0", th_bin("agentbus-gateway")),
              2);
     CHECK_TRUE(HAS("'bogus'") && HAS("no scheme"));
+    /* --opt=VALUE, as every program takes it (README, "Command lines"): the
+     * gateway took the whole "--broker=bogus" for an unknown option. */
+    CHECK_EQ(s_sh("timeout 10 %s --listen=127.0.0.1:0 --broker=bogus", th_bin("agentbus-gateway")),
+             2);
+    CHECK_TRUE(HAS("invalid --broker 'bogus'"));
+    CHECK_EQ(s_sh("timeout 10 %s --body-timeout-ms=-1", th_bin("agentbus-gateway")), 2);
+    CHECK_TRUE(HAS("--body-timeout-ms") && HAS("'-1'"));
     /* Port '*': the log names the port actually bound. */
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0; true", bk), 0);
     const char *l = strstr(s_out, "listening on tcp://127.0.0.1:");
