@@ -211,7 +211,7 @@ def generate_payload(model: str, prompt: str, *, system: str = "", format: str =
          "keep_alive": "" if keep_alive is None else str(keep_alive), "raw": raw,
          "suffix": suffix, "images": list(images or []), "think": _think(think),
          "truncate": truncate, "shift": shift, "logprobs": bool(logprobs),
-         "top_logprobs": int(top_logprobs or 0), "context": [int(t) for t in context or []]}
+         "top_logprobs": top_logprobs or 0, "context": list(context or [])}
     return _pb.pack("inference_request", {"generate": g})
 
 
@@ -243,7 +243,7 @@ def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: s
          "keep_alive": "" if keep_alive is None else str(keep_alive),
          "tools_json": _json_text(tools), "think": _think(think),
          "truncate": truncate, "shift": shift, "logprobs": bool(logprobs),
-         "top_logprobs": int(top_logprobs or 0)}
+         "top_logprobs": top_logprobs or 0}
     return _pb.pack("inference_request", {"chat": c})
 
 

@@ -94,14 +94,27 @@ class _Keep:
         return obj
 
 
-def _scalar_value(ftype: int, v):
+# Integer ProtobufCTypes -> (least, greatest) value the field holds.
+_RANGE = {0: (-2**31, 2**31 - 1), 1: (-2**31, 2**31 - 1), 2: (-2**31, 2**31 - 1),
+          3: (-2**63, 2**63 - 1), 4: (-2**63, 2**63 - 1), 5: (-2**63, 2**63 - 1),
+          6: (0, 2**32 - 1), 7: (0, 2**32 - 1), 8: (0, 2**64 - 1), 9: (0, 2**64 - 1),
+          13: (-2**31, 2**31 - 1)}
+
+
+def _scalar_value(ftype: int, v, name: str = "value"):
     if ftype in (T_STRING,):
         return v
     if ftype == 12:
         return bool(v)
     if ftype in (10, 11):
         return float(v)
-    return int(v)
+    # ctypes would wrap a value out of range (-1 as 4294967295) and int()
+    # cut a fraction (1.5 as 1): the field would carry another number.
+    i = int(v)
+    lo, hi = _RANGE[ftype]
+    if (isinstance(v, float) and i != v) or not lo <= i <= hi:
+        raise ValueError("agentbus: %s: %r is not an integer in %d..%d" % (name, v, lo, hi))
+    return i
 
 
 def _build(d: MessageDesc, value: Dict[str, Any], keep: _Keep) -> int:
@@ -127,7 +140,7 @@ def _build(d: MessageDesc, value: Dict[str, Any], keep: _Keep) -> int:
                     arr[i] = _binary(it, keep)
             else:
                 ct = _SCALAR[f.type]
-                arr = keep.buf((ct * max(1, len(items)))(*[_scalar_value(f.type, x)
+                arr = keep.buf((ct * max(1, len(items)))(*[_scalar_value(f.type, x, name)
                                                             for x in items]))
             c_void_p.from_address(base + f.offset).value = ctypes.addressof(arr)
             continue
@@ -139,7 +152,8 @@ def _build(d: MessageDesc, value: Dict[str, Any], keep: _Keep) -> int:
             bd = BinaryData.from_address(base + f.offset)
             bd.len, bd.data = _binary_fields(v, keep)
         else:
-            _SCALAR[f.type].from_address(base + f.offset).value = _scalar_value(f.type, v)
+            _SCALAR[f.type].from_address(base + f.offset).value = _scalar_value(f.type, v,
+                                                                                name)
     return base
 
 

@@ -164,6 +164,22 @@ def test_logprobs_context(ollama):
         assert len(lps) == pieces[-1]["eval_count"] == 3
 
 
+def test_ids_out_of_range(ollama):
+    """A token id or top_logprobs the bus field cannot hold is a ValueError
+    naming it: ctypes wrapped them, so context=[-1] reached Ollama as
+    4294967295, [2**32] as 0, [1.5] as 1 and top_logprobs=2**33 as 0
+    (no alternatives), silently. The edges still cross."""
+    with ollama.client() as c:
+        for ctx in ([-1], [2**32], [1.5]):
+            with pytest.raises(ValueError, match="context"):
+                c.generate("sim-small", "x", context=ctx, timeout=20)
+        with pytest.raises(ValueError, match="top_logprobs"):
+            c.generate("sim-small", "x", logprobs=True, top_logprobs=2**33, timeout=20)
+        g = c.generate("sim-small", "x", context=[0, 4294967295], options={"num_predict": 1},
+                       timeout=20)
+        assert g["context"][:2] == [0, 4294967295]
+
+
 def test_embed_dimensions(ollama):
     """dimensions reaches Ollama: the simulator cuts the vectors to it (and
     normalises them again). The binding had no dimensions before."""
