@@ -365,12 +365,22 @@ class Worker:
 def inference_reply(kind: str, **fields: Any) -> bytes:
     """Encodes one chunk of an inference answer for a Python worker serving
     an "ollama"-typed service: KIND "generate", "chat" or "embed" and
-    Ollama's field names (``response``, ``done``, ``message``,
-    ``embeddings`` as lists of floats; durations in nanoseconds)."""
+    Ollama's field names (``response``, ``done``, ``message``, its
+    ``tool_calls``, ``logprobs`` and ``context``, ``embeddings`` as lists of
+    floats; durations in nanoseconds)."""
     f = dict(fields)
     timings = {k: f.pop(k) for k in list(f) if k in C._TIMINGS and kind != "embed"}
     if timings:
         f["timings"] = timings
+    # Ollama's lists travel as JSON text (proto/agentbus.proto): given under
+    # Ollama's names they were unknown keys, dropped silently.
+    if "logprobs" in f:
+        f["logprobs_json"] = C._json_text(f.pop("logprobs"))
+    msg = f.get("message")
+    if isinstance(msg, dict) and "tool_calls" in msg:
+        msg = dict(msg)
+        msg["tool_calls_json"] = C._json_text(msg.pop("tool_calls"))
+        f["message"] = msg
     if kind == "embed":
         f["embeddings"] = [{"values": list(v)} for v in f.get("embeddings", [])]
     return _pb.pack("%s_response" % kind, f)

@@ -207,6 +207,30 @@ def test_python_worker_serves_inference(bus, serve):
     assert "echo: from brokerctl" in out.stdout
 
 
+def test_python_worker_relays_ollama_lists(bus, serve):
+    """inference_reply takes Ollama's logprobs and a message's tool_calls
+    under Ollama's names (a worker relaying Ollama's chunks passes them as
+    they come) and they reach the client: they were unknown keys, dropped."""
+    lp = [{"token": "hi", "logprob": -0.25, "bytes": [104, 105], "top_logprobs": []}]
+    calls = [{"function": {"name": "get_time", "arguments": {"zone": "Lima"}}}]
+
+    def llm(job):
+        req = job.inference()
+        if "chat" in req:
+            return agentbus.inference_reply(
+                "chat", model="tiny", done=True, done_reason="stop", logprobs=lp,
+                message={"role": "assistant", "content": "", "tool_calls": calls})
+        return agentbus.inference_reply("generate", model="tiny", response="hi", done=True,
+                                        done_reason="stop", logprobs=lp, context=[7, 8])
+
+    serve("pylists", llm)
+    with bus.client() as c:
+        g = c.generate("tiny", "x", service="pylists", timeout=10)
+        assert g["logprobs"] == lp and g["context"] == [7, 8]
+        r = c.chat("tiny", [{"role": "user", "content": "time?"}], service="pylists", timeout=10)
+        assert r["logprobs"] == lp and r["message"]["tool_calls"] == calls
+
+
 def test_python_client_to_c_worker_and_back(bus, serve):
     # C worker (echo) serving the Python client, and a Python worker that
     # itself calls the C worker while serving a C client.
