@@ -166,6 +166,11 @@ static void s_round_trip(void)
     json_t *lj = json_loads(last, JSON_DISABLE_EOF_CHECK, NULL);
     CHECK_TRUE(lj && json_is_true(json_object_get(lj, "done")));
     CHECK_EQ(json_integer_value(json_object_get(lj, "eval_count")), lines);
+    /* and Ollama's context, the ids to send back with a next prompt (it
+     * was left out: the reply carried it, brokerctl did not print it) */
+    CHECK_EQ((long long)json_array_size(json_object_get(lj, "context")),
+             json_integer_value(json_object_get(lj, "prompt_eval_count")) +
+                 json_integer_value(json_object_get(lj, "eval_count")));
     json_decref(lj);
     snprintf(cmd, sizeof cmd, "%s --broker %s embed sim-embed 'hello world' --json",
              th_bin("brokerctl"), th_ep(port));

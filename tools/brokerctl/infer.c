@@ -54,6 +54,17 @@ static void s_print_json(json_t *o)
     ctl_json_print(stdout, o); /* compact lines for generate/chat (a stream) */
 }
 
+/* A final generate's context (Ollama's token ids, for a next prompt), as
+ * Ollama's /api/generate answers it; none for a raw one. */
+static void s_context(json_t *o, const Agentbus__GenerateResponse *g)
+{
+    json_t *a = g->n_context ? json_array() : NULL;
+    for (size_t i = 0; a && i < g->n_context; i++)
+        json_array_append_new(a, json_integer((json_int_t)g->context[i]));
+    if (a)
+        json_object_set_new(o, "context", a);
+}
+
 static void s_on_generate(s_run_t *r, const void *data, size_t size)
 {
     Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, size, data);
@@ -67,10 +78,13 @@ static void s_on_generate(s_run_t *r, const void *data, size_t size)
         json_object_set_new(o, "model", json_string(g->model));
         json_object_set_new(o, "created_at", json_string(g->created_at));
         json_object_set_new(o, "response", json_string(g->response));
+        if (g->thinking[0])
+            json_object_set_new(o, "thinking", json_string(g->thinking));
         json_object_set_new(o, "done", json_boolean(g->done));
         if (g->done) {
             json_object_set_new(o, "done_reason", json_string(g->done_reason));
             json_object_set_new(o, "worker", json_string(g->worker));
+            s_context(o, g);
         }
         s_print_json(o);
     } else {
@@ -96,10 +110,11 @@ static void s_on_chat(s_run_t *r, const void *data, size_t size)
         json_t *o = c->done && c->timings ? s_timings(c->timings) : json_object();
         json_object_set_new(o, "model", json_string(c->model));
         json_object_set_new(o, "created_at", json_string(c->created_at));
-        json_object_set_new(o, "message",
-                            json_pack("{s:s, s:s}", "role",
-                                      c->message ? c->message->role : "assistant", "content",
-                                      content));
+        json_t *m = json_pack("{s:s, s:s}", "role", c->message ? c->message->role : "assistant",
+                              "content", content);
+        if (m && c->message && c->message->thinking[0])
+            json_object_set_new(m, "thinking", json_string(c->message->thinking));
+        json_object_set_new(o, "message", m);
         json_object_set_new(o, "done", json_boolean(c->done));
         if (c->done) {
             json_object_set_new(o, "done_reason", json_string(c->done_reason));
