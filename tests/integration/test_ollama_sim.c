@@ -901,6 +901,11 @@ static void test_usage(void)
     snprintf(cmd, sizeof cmd, "%s --config %s", th_bin("ollama-sim"), path);
     CHECK_EQ(th_run(cmd, out, sizeof out), 2);
     CHECK_TRUE(strstr(out, "sise") != NULL);
+    /* a file it cannot open: named, without jansson's "line -1" */
+    snprintf(cmd, sizeof cmd, "%s --config %s.none", th_bin("ollama-sim"), path);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, ".none: unable to open") && strstr(out, "No such file"));
+    CHECK_TRUE(strstr(out, "line -1") == NULL);
 }
 
 int main(int argc, char **argv)

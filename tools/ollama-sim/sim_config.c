@@ -319,6 +319,10 @@ static int s_load_file(sim_t *s, const char *path)
 {
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
+    if (!root && jerr.line < 1) { /* not read at all: there is no line to name */
+        fprintf(stderr, "ollama-sim: --config %s: %s\n", path, jerr.text);
+        return -1;
+    }
     if (!root || !json_is_object(root)) {
         fprintf(stderr, "ollama-sim: --config %s: %s (line %d)\n", path,
                 root ? "not a JSON object" : jerr.text, jerr.line);
