@@ -310,8 +310,11 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
         return bytes;
     }
     int rc = wk_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
-    if (rc < 0)
-        s_fail(j, AB_EBACKEND, "%s", "backend sent a line over the size limit");
+    if (rc < 0) /* the bound of S_MAX_LINE / S_MAX_BODY, said as the caller can act on it */
+        s_fail(j, AB_EBACKEND, "%s", j->call.stream
+               ? "Ollama sent a line over the worker's 16 MiB bound"
+               : "Ollama's answer (stream: false) is over the worker's 8 MiB bound: ask for it "
+                 "streamed (stream: true), each line is bounded on its own");
     /* A final answer (or an error) ends the transfer: nothing more to read. */
     return rc == 0 ? bytes : 0;
 }

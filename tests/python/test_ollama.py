@@ -180,6 +180,17 @@ def test_ids_out_of_range(ollama):
         assert g["context"][:2] == [0, 4294967295]
 
 
+def test_big_unstreamed_answer(ollama):
+    """An answer over the worker's 8 MiB bound for stream: false (7,000
+    tokens with 20 top_logprobs each, ~9 MB) is a BackendError saying so and
+    what to do; it said "backend sent a line over the size limit", though
+    the client had asked for no lines."""
+    with ollama.client() as c:
+        with pytest.raises(agentbus.BackendError, match="stream: true"):
+            c.generate("sim-small", "x", logprobs=True, top_logprobs=20,
+                       options={"num_predict": 7000}, timeout=120)
+
+
 def test_embed_dimensions(ollama):
     """dimensions reaches Ollama: the simulator cuts the vectors to it (and
     normalises them again). The binding had no dimensions before."""
