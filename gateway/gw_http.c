@@ -51,6 +51,7 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
 {
     gw_t *g = cls;
     gw_conn_t *c = *con_cls;
+    gw_mhdlog_call();
     if (!c) {
         gw_conns_headers_done(&g->conns, conn); /* the header deadline stops, the body's starts */
         c = s_conn_new(g, conn, url);
@@ -92,8 +93,10 @@ static enum MHD_Result s_access(void *cls, struct MHD_Connection *conn, const ch
         /* Or the call ended because its client hung up: there is no one
          * to answer, and the call is counted as cancelled, not as an
          * error (a 500 "cancelled" counted in 5xx and bus errors). */
-        if (gw_call_gone(c->call))
+        if (gw_call_gone(c->call)) {
+            gw_mhdlog_client_gone();
             return MHD_NO;
+        }
         return gw_routes_handle(c, method);
     }
     if (c->too_big)

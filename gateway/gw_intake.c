@@ -6,6 +6,7 @@
  * "Overload").
  */
 #include "gw_http.h"
+#include "gw_mhdlog.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -106,6 +107,7 @@ int gw_intake_admit(gw_conn_t *c, enum MHD_Result *res)
     if (ci && getsockopt(ci->connect_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0) {
         if (ti.tcpi_state == TCP_CLOSE_WAIT || ti.tcpi_state == TCP_CLOSE) {
             atomic_fetch_add(&g->m.shed[GW_SHED_GONE], 1); /* no one to answer */
+            gw_mhdlog_client_gone();
             *res = MHD_NO;
             return 1;
         }

@@ -52,11 +52,29 @@ static void s_emit(s_limit_t *l, char *msg)
     pthread_mutex_unlock(&s_lock);
 }
 
+/* Set by gw_mhdlog_client_gone on the thread whose handler returns MHD_NO
+ * for a departed client; libmicrohttpd logs its reaction on that thread. */
+static _Thread_local int s_gone;
+
+void gw_mhdlog_client_gone(void)
+{
+    s_gone = 1;
+}
+
+void gw_mhdlog_call(void)
+{
+    s_gone = 0;
+}
+
 void gw_mhdlog(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
+    if (s_gone && strncmp(msg, "Application reported internal error", 35) == 0) {
+        s_gone = 0; /* a client that hung up: nothing went wrong here */
+        return;
+    }
     s_emit(&s_mhd, msg);
 }
 

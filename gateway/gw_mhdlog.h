@@ -25,6 +25,15 @@ void gw_mhdlog(void *cls, const char *fmt, va_list ap);
  * make happen (a connection closed at a deadline). Any thread. */
 void gw_log_limited(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The access handler of this thread is about to return MHD_NO because
+ * its client has gone (no one to answer): libmicrohttpd's "Application
+ * reported internal error" that follows on this thread is not written
+ * (it is no error; counted in /metrics as a hangup). gw_mhdlog_call()
+ * at the start of each handler call forgets it, so it covers only the
+ * return that set it. */
+void gw_mhdlog_client_gone(void);
+void gw_mhdlog_call(void);
+
 /* Says how many were left out since the last line (at exit). */
 void gw_mhdlog_flush(void);
 

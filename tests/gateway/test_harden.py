@@ -58,6 +58,9 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
   logflood   60 requests libmicrohttpd refuses itself (bad Content-Length,
              a garbage request line): at most 5 of its messages per 10 s on
              stderr, the rest counted in one line ("N more ... not shown").
+  hangup     clients that hang up while their call waits (stream false) or
+             streams: no libmicrohttpd "internal error" line on stderr (it
+             wrote one per departed client), counted as hangups.
   offload    ten ~4 MB bodies slow to parse complete at once, then a small
              request: the small one is answered before (nearly) all of
              them, not behind their parsing (which ran on the thread
@@ -661,6 +664,34 @@ def case_logflood(tmp):
           f"{len(shown)} lines shown, {said} counted as not shown ({lines[:3]} ...)")
 
 
+def case_hangup(tmp):
+    """A client that hung up while its call waited made libmicrohttpd write
+    "Application reported internal error, closing connection." (the
+    handler returns MHD_NO: no one to answer), an error line for what is
+    no error, one per departed client. Both threading modes; streamed
+    calls too."""
+    _, gws = t.start_stack(tmp, [[], ["--threads", "2"]])
+    for gw, port, _ in gws:
+        for stream in (False, True):
+            body = {"model": "slow", "prompt": f"wait {stream}", "stream": stream,
+                    "options": {"num_predict": 200}}
+            socks = [t.raw_request(port, "/api/generate", dict(body, prompt=f"{i} {stream}"),
+                                   ["X-Agentbus-Cache: off"]) for i in range(3)]
+            wait_for("three calls in flight",
+                     lambda: t.metrics(gw)["agentbus_gateway_in_flight"] == 3)
+            for s in socks:
+                s.close()
+            wait_for("none in flight", lambda: t.metrics(gw)["agentbus_gateway_in_flight"] == 0)
+        hung = t.metrics(gw)["agentbus_gateway_client_hangups_total"]
+        check(hung >= 3, f"{gw}: the waiting calls' clients counted as hangups ({hung})")
+    t.stop_all()
+    for _, log in t.PROCS:
+        if "gateway" in os.path.basename(log):
+            with open(log, errors="replace") as f:
+                said = [ln for ln in f if "internal error" in ln]
+            check(not said, f"{log}: no 'internal error' for a client that left ({said[:2]})")
+
+
 def s_gateways_clean():
     """After stop_all: every gateway exited 0 on SIGTERM and its log has no
     sanitizer report (under -DAB_SANITIZE=ON a leak or a use after free in
@@ -680,7 +711,8 @@ def main():
         {"slowloris": case_slowloris, "reconnect": case_reconnect, "idle": case_idle,
          "body": case_body, "capheld": case_capheld, "perip": case_perip,
          "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
-         "offload": case_offload, "logflood": case_logflood}[t.CASE](tmp)
+         "offload": case_offload, "logflood": case_logflood,
+         "hangup": case_hangup}[t.CASE](tmp)
         t.stop_all()
         s_gateways_clean()
         check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")
