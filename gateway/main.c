@@ -193,6 +193,27 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
     return 0;
 }
 
+/* --key and --broker-key (or $AB_KEY, $AB_BROKER_KEY: the library reads
+ * them when it connects) checked before connecting: a bad one failed as
+ * "cannot connect to ENDPOINT: invalid argument", naming neither. */
+static int s_check_keys(void)
+{
+    const char *k = getenv("AB_KEY"), *bk = getenv("AB_BROKER_KEY"), *bad = NULL;
+    ab_options_t *o = ab_options_new();
+    if (o && k && *k && ab_options_set_key_file(o, k) != AB_OK)
+        bad = "--key";
+    else if (o && bk && *bk && ab_options_set_broker_key(o, bk) != AB_OK)
+        bad = "--broker-key";
+    ab_options_destroy(&o);
+    if (bad)
+        fprintf(stderr, "agentbus-gateway: %s (or $%s) '%s' cannot be used: expected %s\n", bad,
+                bad[2] == 'k' ? "AB_KEY" : "AB_BROKER_KEY", bad[2] == 'k' ? k : bk,
+                bad[2] == 'k' ? "a readable secret certificate (brokerctl keygen's "
+                                "NAME.key_secret)"
+                              : "a Z85 public key (40 characters) or a certificate file");
+    return bad ? -1 : 0;
+}
+
 /* SIGHUP: the --api-keys file again; a file that fails a check leaves the
  * keys in use as they are. Said on stderr either way. */
 static void s_reload(gw_t *g)
@@ -252,6 +273,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "agentbus-gateway: invalid --broker '%s': %s\n", g.cfg.broker, err);
         return 2;
     }
+    if (s_check_keys() != 0)
+        return 1; /* an unusable key file: 1, as docs/gateway.md has it */
     if (g.cfg.api_keys && gw_keys_load(&g.keys, g.cfg.api_keys, err, sizeof err) != 0) {
         fprintf(stderr, "agentbus-gateway: --api-keys: %s\n", err);
         return 2;

@@ -269,6 +269,14 @@ static void s_endpoints(void)
     CHECK_TRUE(HAS("invalid --broker 'bogus'"));
     CHECK_EQ(s_sh("timeout 10 %s --body-timeout-ms=-1", th_bin("agentbus-gateway")), 2);
     CHECK_TRUE(HAS("--body-timeout-ms") && HAS("'-1'"));
+    /* An unusable key file is named (it was "cannot connect to ...:
+     * invalid argument"); exit 1, as docs/gateway.md has it. */
+    CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --key /nonexistent",
+                  th_bin("agentbus-gateway")), 1);
+    CHECK_TRUE(HAS("--key") && HAS("'/nonexistent'") && HAS("secret certificate"));
+    CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --broker-key x",
+                  th_bin("agentbus-gateway")), 1);
+    CHECK_TRUE(HAS("--broker-key") && HAS("'x'"));
     /* Port '*': the log names the port actually bound. */
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0; true", bk), 0);
     const char *l = strstr(s_out, "listening on tcp://127.0.0.1:");
