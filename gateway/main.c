@@ -10,6 +10,7 @@
 #include "agentbus.h"
 #include "tl_args.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -76,10 +77,13 @@ static int s_listen(const char *v, gw_config_t *cfg)
     static char host[64];
     const char *colon = strrchr(v, ':');
     long port;
+    struct in_addr a;
     if (!colon || (size_t)(colon - v) >= sizeof host || tl_parse_long(colon + 1, 0, 65535, &port))
         return -1;
     memcpy(host, v, (size_t)(colon - v));
     host[colon - v] = '\0';
+    if (host[0] && inet_pton(AF_INET, host, &a) != 1)
+        return -1; /* bad usage (exit 2), not a failure to bind */
     cfg->host = host[0] ? host : "127.0.0.1";
     cfg->port = (int)port;
     return 0;
@@ -185,8 +189,9 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             return -1;
         }
         if (s_take(cfg, id, p.value) != 0) {
-            fprintf(stderr, "agentbus-gateway: bad value for --%s: '%s'\n", p.opt->name,
-                    p.value);
+            fprintf(stderr, "agentbus-gateway: bad value for --%s: '%s'%s\n", p.opt->name,
+                    p.value, id == O_LISTEN ? " (expected an IPv4 address and a port "
+                                              "0..65535, e.g. 127.0.0.1:11434)" : "");
             return -1;
         }
     }

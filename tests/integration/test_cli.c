@@ -269,6 +269,11 @@ static void s_endpoints(void)
     CHECK_TRUE(HAS("invalid --broker 'bogus'"));
     CHECK_EQ(s_sh("timeout 10 %s --body-timeout-ms=-1", th_bin("agentbus-gateway")), 2);
     CHECK_TRUE(HAS("--body-timeout-ms") && HAS("'-1'"));
+    /* A --listen that is not IPv4:PORT is bad usage, exit 2 (it was 1, as
+     * if the port could not be bound) */
+    CHECK_EQ(s_sh("timeout 10 %s --broker tcp://127.0.0.1:1 --listen localhost:0",
+                  th_bin("agentbus-gateway")), 2);
+    CHECK_TRUE(HAS("'localhost:0'") && HAS("IPv4"));
     /* An unusable key file is named (it was "cannot connect to ...:
      * invalid argument"); exit 1, as docs/gateway.md has it. */
     CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --key /nonexistent",
