@@ -438,6 +438,13 @@ async function contextIds() {
   const raw = await ollama.generate({ model: 'sim-small', prompt: 'raw text', raw: true,
     stream: false, options: opts });
   check(raw.context === undefined, 'a raw generate has no context', raw);
+  // Ollama (since 0.1.9) refuses a raw prompt with a context or a system
+  // prompt: nothing is put around it. The simulator answered both.
+  await expectError(ollama.generate({ model: 'sim-small', prompt: 'x', raw: true,
+    context: first.context, stream: false }), 400,
+  /raw mode does not support template, system, or context/, 'raw with a context: Ollama\'s 400');
+  await expectError(ollama.generate({ model: 'sim-small', prompt: 'x', raw: true, system: 's',
+    stream: false }), 400, /raw mode does not support/, 'raw with a system prompt: Ollama\'s 400');
   await expectError(ollama.generate({ model: 'sim-small', prompt: 'x', context: ['a'],
     stream: false }), 400, /invalid context/, 'context of non-integers: a 400');
 }

@@ -678,6 +678,17 @@ static void s_count(sim_req_t *r, sim_model_t *m)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Whether IN is a raw generate with a template, a system prompt or a
+ * context: Ollama refuses those (since 0.1.9: nothing is put around a raw
+ * prompt, so none of them can apply). */
+static int s_raw_conflict(const sim_req_t *r, const json_t *in)
+{
+    const char *t = json_string_value(json_object_get(in, "template"));
+    const char *sys = json_string_value(json_object_get(in, "system"));
+    return !r->chat && json_is_true(json_object_get(in, "raw")) &&
+           ((t && *t) || (sys && *sys) || json_array_size(json_object_get(in, "context")));
+}
+
 /* think, logprobs, top_logprobs and context of a generate or chat; 0, or
  * -1 with the 400 queued (*RES). */
 static int s_check_gen(sim_req_t *r, const json_t *in, const sim_model_t *m,
@@ -695,6 +706,10 @@ static int s_check_gen(sim_req_t *r, const json_t *in, const sim_model_t *m,
     char err[160];
     if (sim_lp_check(in, r->chat, &r->lp, err, sizeof err) != 0) {
         *res = sim_http_error(r, 400, "%s", err);
+        return -1;
+    }
+    if (s_raw_conflict(r, in)) { /* Ollama's words */
+        *res = sim_http_error(r, 400, "raw mode does not support template, system, or context");
         return -1;
     }
     if (!r->chat && !json_is_true(json_object_get(in, "raw")))
