@@ -285,6 +285,15 @@ def in_parts(port, body, parts=3, pause=0.3):
     return st, text
 
 
+def slot_free(gw):
+    """Waits until GW's --max-in-flight slots are all free: an answer can
+    reach its client before libmicrohttpd's completion callback releases
+    its slot, and with --max-in-flight 1 the next request would be shed
+    (503 at once) instead of meeting the body deadline."""
+    wait_for(f"{gw}: its --max-in-flight slot released",
+             lambda: t.metrics(gw)["agentbus_gateway_admitted"] == 0, 10)
+
+
 def case_body(tmp):
     args = ["--body-timeout-ms", "1500", "--max-in-flight", "1"]
     _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
@@ -296,19 +305,22 @@ def case_body(tmp):
         check(st == 200 and '"done":true' in text,
               f"{gw}: a body sent in 3 parts over 0.6 s is served ({st} {text[-120:]!r})")
         for length, first in ((1000, 0), (100_000, 70_000)):
+            slot_free(gw)
             before = body_timeouts(gw)
             closed, after, got = slow_body(port, length, first)
+            check(not got.startswith(b"HTTP/1.1 503"),
+                  f"{gw}: the drip was admitted, not shed ({got[:60]!r})")
             check(closed, f"{gw}: a body of {length} bytes sent a byte every 0.3 s closed by "
                           f"the gateway ({'after %.1f s' % after if closed else 'not in 15 s'}, "
                           f"{got[:120]!r})")
             n = wait_for("the body timeout counted", lambda: body_timeouts(gw) >= before + 1 and
                          body_timeouts(gw), 10)
             check(n >= 1, f"{gw}: agentbus_gateway_body_timeouts_total counts it ({n:.0f})")
-            wait_for(f"{gw}: its --max-in-flight slot released",
-                     lambda: t.metrics(gw)["agentbus_gateway_admitted"] == 0, 10)
+            slot_free(gw)
             st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "after",
                                                       "stream": False})
             check(st == 200, f"{gw}: then a generate is admitted and served ({st} {text[:120]})")
+        slot_free(gw)
         st, text = in_parts(port, large)
         check(st == 200 and '"done":true' in text,
               f"{gw}: a body of {len(large)} bytes in 3 parts over 0.6 s is served "
