@@ -285,6 +285,16 @@ def in_parts(port, body, parts=3, pause=0.3):
     return st, text
 
 
+def gateway_lines(text):
+    """{log: [lines containing TEXT]} for each gateway's log of the stack."""
+    out = {}
+    for _, log in t.PROCS:
+        if "gateway" in os.path.basename(log):
+            with open(log, errors="replace") as f:
+                out[log] = [ln for ln in f if text in ln]
+    return out
+
+
 def slot_free(gw):
     """Waits until GW's --max-in-flight slots are all free: an answer can
     reach its client before libmicrohttpd's completion callback releases
@@ -326,12 +336,9 @@ def case_body(tmp):
               f"{gw}: a body of {len(large)} bytes in 3 parts over 0.6 s is served "
               f"({st} {text[-120:]!r})")
     t.stop_all()
-    for _, log in t.PROCS:
-        if "gateway" in os.path.basename(log):
-            with open(log, errors="replace") as f:
-                said = [ln for ln in f if "request body not complete" in ln]
-            check(1 <= len(said) <= 5, f"{log}: the body timeouts said on stderr, rate limited "
-                                       f"({said[:1]})")
+    for log, said in gateway_lines("request body not complete").items():
+        check(1 <= len(said) <= 5, f"{log}: the body timeouts said on stderr, rate limited "
+                                   f"({said[:1]})")
 
 
 class Holder:
@@ -476,12 +483,9 @@ def case_perip(tmp):
         finally:
             h.close()
     t.stop_all()
-    for _, log in t.PROCS:
-        if "gateway" in os.path.basename(log):
-            with open(log, errors="replace") as f:
-                said = [ln for ln in f if "--max-connections-per-ip" in ln]
-            check(1 <= len(said) <= 5, f"{log}: the refusals said on stderr, rate limited "
-                                       f"({said[:1]})")
+    for log, said in gateway_lines("--max-connections-per-ip").items():
+        check(1 <= len(said) <= 5, f"{log}: the refusals said on stderr, rate limited "
+                                   f"({said[:1]})")
 
 
 def exchange(port, raw, seconds=15):
@@ -697,11 +701,8 @@ def case_hangup(tmp):
         hung = t.metrics(gw)["agentbus_gateway_client_hangups_total"]
         check(hung >= 3, f"{gw}: the waiting calls' clients counted as hangups ({hung})")
     t.stop_all()
-    for _, log in t.PROCS:
-        if "gateway" in os.path.basename(log):
-            with open(log, errors="replace") as f:
-                said = [ln for ln in f if "internal error" in ln]
-            check(not said, f"{log}: no 'internal error' for a client that left ({said[:2]})")
+    for log, said in gateway_lines("internal error").items():
+        check(not said, f"{log}: no 'internal error' for a client that left ({said[:2]})")
 
 
 def s_gateways_clean():
