@@ -8,6 +8,7 @@
 #include "gw_http.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "tl_json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -523,7 +524,7 @@ static void s_oai_calls(const char *text, json_t *out, int *n)
     json_array_foreach(calls, i, t) {
         json_t *fn = json_object_get(t, "function"), *args = json_object_get(fn, "arguments");
         const char *name = json_string_value(json_object_get(fn, "name"));
-        char *a = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        char *a = args ? tl_json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
         char id[48]; /* unique without state: clients match results to calls by it */
         snprintf(id, sizeof id, "call_%08x%08x%08x", arc4random(), arc4random(), arc4random());
         json_array_append_new(out, json_pack("{s:i, s:s, s:s, s:{s:s, s:s}}", "index", *n, "id",
@@ -712,7 +713,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
 
 static void s_event(gw_conn_t *c, json_t *o)
 {
-    char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *txt = o ? tl_json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!txt)
         return;
