@@ -265,14 +265,19 @@ static const char *s_effort(json_t *b, int *bad)
 /* logprobs / top_logprobs: on /v1/chat/completions a boolean and 0..20
  * (top_logprobs above 0 only with logprobs true, as OpenAI answers), carried as
  * Ollama's; on /v1/completions (logprobs an integer, the legacy answer
- * shape of tokens and offsets) a 400. NULL, or the 400 text. */
+ * shape of tokens and offsets) a 400. There logprobs 0 asks for something
+ * too (OpenAI then gives each sampled token's logprob), so only null or
+ * false pass, and a top_logprobs (not a legacy field) of null or 0, which
+ * asks for nothing. NULL, or the 400 text. */
 static const char *s_oai_logprobs(const gw_conn_t *c, json_t *b)
 {
     json_t *v = json_object_get(b, "logprobs"), *t = json_object_get(b, "top_logprobs");
     int on = v && !json_is_null(v) && !json_is_false(v);
-    if (c->route == GW_R_OAI_COMPLETIONS && (on || (t && !json_is_null(t))))
+    int top = t && !json_is_null(t) && !(json_is_integer(t) && json_integer_value(t) == 0);
+    if (c->route == GW_R_OAI_COMPLETIONS && (on || top))
         return "logprobs is not supported on /v1/completions (the legacy shape is not "
-               "rendered): use /v1/chat/completions with logprobs: true";
+               "rendered; logprobs 0 too asks for each token's logprob): use "
+               "/v1/chat/completions with logprobs: true";
     if (on && !json_is_true(v))
         return "invalid logprobs: expected a boolean (true or false)";
     if (!t || json_is_null(t))
