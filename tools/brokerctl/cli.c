@@ -103,7 +103,7 @@ static const struct {
     {"generate", "MODEL PROMPT", "stream the model's answer to stdout as it is generated", 2, 2,
      GEN},
     {"chat", "MODEL MESSAGE", "one user message, the answer streamed", 2, 2, GEN},
-    {"embed", "MODEL TEXT...", "print one embedding vector per TEXT (up to 16)", 2, 17,
+    {"embed", "MODEL TEXT...", "print one embedding vector per TEXT, up to 16 a call", 2, 17,
      B(O_SERVICE) | B(O_PRIORITY)},
     {"models", "[load|unload WORKER MODEL]",
      "inference workers: slots, VRAM, loaded and available models;\n"
@@ -335,6 +335,9 @@ int ctl_cli_parse(ctl_args_t *a, int argc, char **argv, FILE *err)
                 a->cmd = p.arg;
             else if (a->npos < CTL_MAXPOS)
                 a->pos[a->npos++] = p.arg;
+            else if (!first_err[0] && !strcmp(a->cmd, "embed"))
+                snprintf(first_err, sizeof first_err, "too many texts: embed takes at most %d "
+                         "per call", CTL_MAXPOS - 1);
             else if (!first_err[0])
                 snprintf(first_err, sizeof first_err, "too many arguments");
         } else {
