@@ -642,6 +642,11 @@ int ab_worker_run(ab_worker_t *w, ab_job_fn *fn, void *arg)
     return AB_OK;
 }
 
+unsigned ab_worker_in_flight(const ab_worker_t *w)
+{
+    return w ? w->n_out : 0;
+}
+
 void ab_worker_stop(ab_worker_t *w)
 {
     if (w)

@@ -53,7 +53,7 @@ json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy);
 
 /* The NDJSON line (with its newline) of a non-final generate or chat
  * chunk, written straight into a malloc'd *LINE (*LEN bytes), the same
- * bytes json_dumps(gw_ollama_reply(...), JSON_COMPACT) gives: the common
+ * bytes tl_json_dumps(gw_ollama_reply(...), JSON_COMPACT) gives: the common
  * case of a stream, one per token, without building and dumping a jansson
  * object each time. Returns 1, or 0 when the chunk is of another kind, the
  * final one, not ASCII (jansson checks UTF-8: the caller renders it so) or

@@ -8,6 +8,7 @@
 #include "gw_http.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "tl_json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,14 +265,19 @@ static const char *s_effort(json_t *b, int *bad)
 /* logprobs / top_logprobs: on /v1/chat/completions a boolean and 0..20
  * (top_logprobs above 0 only with logprobs true, as OpenAI answers), carried as
  * Ollama's; on /v1/completions (logprobs an integer, the legacy answer
- * shape of tokens and offsets) a 400. NULL, or the 400 text. */
+ * shape of tokens and offsets) a 400. There logprobs 0 asks for something
+ * too (OpenAI then gives each sampled token's logprob), so only null or
+ * false pass, and a top_logprobs (not a legacy field) of null or 0, which
+ * asks for nothing. NULL, or the 400 text. */
 static const char *s_oai_logprobs(const gw_conn_t *c, json_t *b)
 {
     json_t *v = json_object_get(b, "logprobs"), *t = json_object_get(b, "top_logprobs");
     int on = v && !json_is_null(v) && !json_is_false(v);
-    if (c->route == GW_R_OAI_COMPLETIONS && (on || (t && !json_is_null(t))))
+    int top = t && !json_is_null(t) && !(json_is_integer(t) && json_integer_value(t) == 0);
+    if (c->route == GW_R_OAI_COMPLETIONS && (on || top))
         return "logprobs is not supported on /v1/completions (the legacy shape is not "
-               "rendered): use /v1/chat/completions with logprobs: true";
+               "rendered; logprobs 0 too asks for each token's logprob): use "
+               "/v1/chat/completions with logprobs: true";
     if (on && !json_is_true(v))
         return "invalid logprobs: expected a boolean (true or false)";
     if (!t || json_is_null(t))
@@ -523,7 +529,7 @@ static void s_oai_calls(const char *text, json_t *out, int *n)
     json_array_foreach(calls, i, t) {
         json_t *fn = json_object_get(t, "function"), *args = json_object_get(fn, "arguments");
         const char *name = json_string_value(json_object_get(fn, "name"));
-        char *a = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+        char *a = args ? tl_json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
         char id[48]; /* unique without state: clients match results to calls by it */
         snprintf(id, sizeof id, "call_%08x%08x%08x", arc4random(), arc4random(), arc4random());
         json_array_append_new(out, json_pack("{s:i, s:s, s:s, s:{s:s, s:s}}", "index", *n, "id",
@@ -712,7 +718,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
 
 static void s_event(gw_conn_t *c, json_t *o)
 {
-    char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *txt = o ? tl_json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!txt)
         return;

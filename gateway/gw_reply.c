@@ -6,6 +6,7 @@
  */
 #include "gw_http.h"
 #include "agentbus.h"
+#include "tl_json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,7 +52,7 @@ enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow)
 enum MHD_Result gw_reply_json_hdr(gw_conn_t *c, unsigned status, json_t *j, const char *name,
                                   const char *value)
 {
-    char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    char *txt = j ? tl_json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!txt)
         return MHD_NO;

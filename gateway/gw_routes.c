@@ -7,6 +7,7 @@
 #include "gw_http.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "tl_json.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -239,7 +240,7 @@ void gw_routes_render(gw_conn_t *c, const gw_event_t *e)
         if (e->final || !o)
             c->eos = 1;
     }
-    char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    char *txt = o ? tl_json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (txt) {
         gw_out_append(c, txt, strlen(txt));

@@ -941,6 +941,10 @@ AB_EXPORT int ab_worker_fd(ab_worker_t *worker, int *fd);
 /* 1 if a message or job is waiting to be processed now, else 0 (also for
  * NULL). */
 AB_EXPORT int ab_worker_has_input(ab_worker_t *worker);
+/* Jobs handed out by ab_worker_recv/poll and not yet ended (answered,
+ * failed or destroyed): what a draining worker still has to finish, and
+ * the in_flight its heartbeats report. 0 for NULL. Thread: the worker's. */
+AB_EXPORT unsigned ab_worker_in_flight(const ab_worker_t *worker);
 
 /* Sends the replies gathered for batching now (see ab_client_flush). The
  * library flushes by itself in ab_worker_recv/ab_worker_poll; call this

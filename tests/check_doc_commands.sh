@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Every brokerctl, agentbus-worker and agentbus-broker command line in the
-# code blocks of README.md and docs/*.md is taken as written by the current
-# programs (ctest doc_commands): run against a live broker and echo worker,
-# none may exit 2 (bad usage). Lines continued with '\' are joined first.
+# Every brokerctl, agentbus-worker, agentbus-broker, agentbus-gateway and
+# ollama-sim command line in the code blocks of README.md and docs/*.md is
+# taken as written by the current programs (ctest doc_commands): run against
+# a live broker and echo worker, none may exit 2 (bad usage), so a flag that
+# was renamed fails here. Lines continued with '\' are joined first, a
+# trailing '&' dropped; a synopsis ("--port N [--config FILE] [options]")
+# is no command and is skipped. Servers get free loopback ports
+# (tools/lib/ports.py) for the ones the docs name.
 # Commands that wait (listen, sub, watch, a worker, a broker) are ended by
 # timeout; their exit then says nothing but "not a usage error". A program
 # still running 10 s after its SIGINT is killed and fails the test, except in
@@ -45,14 +49,20 @@ awk '/^[ \t]*```/ { inblock = !inblock; next }
        if (line ~ /\\[ \t]*$/) { sub(/\\[ \t]*$/, "", line); held = line; next }
        held = ""
        sub(/^[ \t]*(\$ )?/, "", line)
-       if (line ~ /^([A-Z_]+=[^ ]+ )*(build\/)?(brokerctl|agentbus-worker|agentbus-broker)( |$)/)
+       if (line ~ /^([A-Z_]+=[^ ]+ )*(build\/)?(brokerctl|agentbus-worker|agentbus-broker|agentbus-gateway|ollama-sim)( |$)/)
          print FILENAME "\t" line
      }' "$src/README.md" "$src"/docs/*.md >"$tmp/lines"
+
+# A free loopback port for a server the docs start on a fixed one.
+port() { python3 "$src/tools/lib/ports.py"; }
 
 bad=0
 n=0
 while IFS=$'\t' read -r file line; do
   line=${line%%#*}
+  line=${line%"${line##*[! ]}"}
+  line=${line%&}
+  [[ $line == *" [--"* || $line == *"[options]"* ]] && continue
   # Paths the docs put under /tmp (and /tmp itself, as in --out /tmp) go
   # under this run's own temp dir, removed at exit.
   line=${line//\/tmp\//$tmp\/}
@@ -83,6 +93,33 @@ while IFS=$'\t' read -r file line; do
     # or a config file's (the shipped one says 5555) becomes any free port.
     [[ " ${args[*]} " != *" --bind"* ]] && args+=(--bind 'tcp://127.0.0.1:*')
     timeout --foreground -k 10 -s INT 1 "$bin/agentbus-broker" "${args[@]}" --drain-ms 0 >"$tmp/out" 2>&1 ;;
+  agentbus-gateway | ollama-sim)
+    # The HTTP port is one of its own (the gateway's default, 11434, is
+    # Ollama's). A file the docs make with a shell line (not run here) is
+    # missing: "cannot read" it is no usage error (options are all read
+    # first, so an unknown one is still found).
+    args=()
+    prev=
+    for a in "$@"; do
+      [[ $prev == --listen ]] && a=127.0.0.1:$(port)
+      [[ $a == --listen=* ]] && a=--listen=127.0.0.1:$(port)
+      [[ $prev == --port ]] && a=$(port)
+      [[ $a == --port=* ]] && a=--port=$(port)
+      args+=("$a")
+      prev=$a
+    done
+    if [[ $prog == agentbus-gateway ]]; then
+      [[ " ${args[*]} " != *" --listen"* ]] && args+=(--listen "127.0.0.1:$(port)")
+    else
+      [[ " ${args[*]} " != *" --port"* ]] && args+=(--port "$(port)")
+    fi
+    timeout --foreground -k 10 -s INT 1 "$bin/$prog" "${args[@]}" >"$tmp/out" 2>&1
+    rc=$?
+    [[ $rc -eq 2 ]] && grep -q "cannot read $tmp/.*: No such file or directory" "$tmp/out" && rc=0
+    (exit $rc) ;;
+  *)
+    echo "doc_commands: $file: no rule for $prog: $line"
+    bad=1 ;;
   esac
   rc=$?
   n=$((n + 1))

@@ -356,10 +356,50 @@ static int s_link_log(s_link_t *l, const char *ep, const char *service)
     return fatal;
 }
 
+/* A stop by signal, as the log tells it: a line when the drain starts
+ * (how many requests are still held) and one when it ends (all answered,
+ * or --drain-ms passed and the rest goes back to the broker). The handler
+ * only sets flags (logging is not async-signal-safe): the loop logs, at
+ * the latest a second after the signal. */
+typedef struct {
+    int started;
+    int64_t since;
+} s_drain_t;
+
+static void s_drain_begin_log(s_drain_t *d)
+{
+    if (!s_signals || d->started || s_stopping)
+        return;
+    d->started = 1;
+    d->since = tl_now_ms();
+    unsigned n = ab_worker_in_flight(s_worker);
+    TL_INFO("worker", "draining: taking nothing new, finishing %u request%s in flight "
+            "(up to %ld ms, --drain-ms)", n, n == 1 ? "" : "s", s_drain_ms);
+}
+
+static void s_drain_end_log(const s_drain_t *d)
+{
+    unsigned n = ab_worker_in_flight(s_worker);
+    const char *s = n == 1 ? "" : "s";
+    if (!s_signals)
+        return;
+    if (s_stopping)
+        TL_INFO("worker", "stopping at once (%s): %u request%s in flight handed back to the "
+                "broker", d->started ? "a second signal" : "--drain-ms 0", n, s);
+    else if (n == 0)
+        TL_INFO("worker", "drained in %lld ms: every request answered",
+                (long long)(tl_now_ms() - d->since));
+    else
+        TL_WARN("worker", "drain ended after %lld ms (--drain-ms %ld) with %u request%s in "
+                "flight: handed back to the broker", (long long)(tl_now_ms() - d->since),
+                s_drain_ms, n, s);
+}
+
 /* Serves until stopped: AB_ESTOPPED, or the error (logged) that ended it. */
 static int s_serve(s_loop_t *loop, const s_args_t *a)
 {
     s_link_t link = {0, 0, 0, tl_now_ms()};
+    s_drain_t drain = {0, 0};
     for (;;) {
         int rc = s_link_log(&link, a->endpoint, a->args.service);
         if (rc != 0)
@@ -370,9 +410,12 @@ static int s_serve(s_loop_t *loop, const s_args_t *a)
         rc = ab_worker_poll(s_worker, loop->ops->wait ? 0 : t, s_on_job, loop);
         if (rc >= 0 && s_stopping) /* a zero-timeout poll does not report the stop */
             rc = AB_ESTOPPED;
+        s_drain_begin_log(&drain);
         if (rc < 0) {
             if (rc != AB_ESTOPPED)
                 TL_ERR("worker", "%s: %s", ab_strerror(rc), ab_worker_last_error(s_worker));
+            else
+                s_drain_end_log(&drain);
             return rc;
         }
         if (loop->ops->wait)

@@ -9,6 +9,7 @@
 #include "ollama_json.h"
 #include "agentbus.pb-c.h"
 #include "tl_base64.h"
+#include "tl_json.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -315,7 +316,7 @@ int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, 
         json_object_set_new(j, "model", json_string(model));
         if (call->kind != WK_OL_EMBED)
             json_object_set_new(j, "stream", json_boolean(call->stream));
-        call->body = json_dumps(j, JSON_COMPACT);
+        call->body = tl_json_dumps(j, JSON_COMPACT); /* 0.7f as 0.7 */
         if (!call->body)
             rc = s_fail(err, errcap, "out of memory");
         else
@@ -410,12 +411,13 @@ static int s_embed(json_t *o, const char *worker, wk_ol_chunk_t *c)
 }
 
 /* The line's logprobs (an array of entries) as the JSON text the proto
- * carries, keys sorted (the same entries give the same bytes); NULL when
- * there are none (or no memory: the answer goes on without them). */
+ * carries, keys sorted (the same entries give the same bytes) and each
+ * value as short as the float it is (tl_json.h); NULL when there are none
+ * (or no memory: the answer goes on without them). */
 static char *s_logprobs_text(json_t *o)
 {
     json_t *lp = json_object_get(o, "logprobs");
-    return json_array_size(lp) ? json_dumps(lp, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    return json_array_size(lp) ? tl_json_dumps(lp, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
 }
 
 /* A generate's context (token ids) into a malloc'd array of *N; NULL when
@@ -479,7 +481,7 @@ static int s_chat_chunk(json_t *o, const char *worker, Agentbus__InferenceTiming
      * (keys sorted: the same calls give the same bytes) */
     json_t *calls = json_object_get(msg, "tool_calls");
     char *calls_txt = json_array_size(calls)
-                          ? json_dumps(calls, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+                          ? tl_json_dumps(calls, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     m.tool_calls_json = calls_txt ? calls_txt : "";
     char *lp = s_logprobs_text(o);
     cr.logprobs_json = lp ? lp : "";

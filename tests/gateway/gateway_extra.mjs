@@ -30,6 +30,25 @@ const legacy = await ollama.embeddings({ model: 'sim-embed', prompt: 'hello' });
 const now = await ollama.embed({ model: 'sim-embed', input: 'hello' });
 check(legacy.embedding.length === 768 && Math.abs(legacy.embedding[3] - now.embeddings[0][3]) < 1e-6,
   'embeddings (older endpoint) gives embed\'s vector');
+// Numbers as short as their value (tools/lib/tl_json.h): embeddings are
+// floats, the simulator's logprobs 9-digit decimals; "%.17g" (the worker's
+// and the gateway's before) printed both with 17 digits of noise.
+// The most significant digits of a real in TEXT (strings left out).
+const longest = (text) => Math.max(0, ...(text.replace(/"(?:[^"\\]|\\.)*"/g, '""')
+  .match(/-?\d+\.\d+(e[-+]?\d+)?/gi) || [])
+  .map((x) => x.replace(/^-?0*\.?0*|e.*$|\./gi, '').length));
+const post = (path, body) => fetch(`${host}${path}`, { method: 'POST', body: JSON.stringify(body) });
+const embText = await (await post('/api/embed', { model: 'sim-embed', input: 'hello' })).text();
+check(JSON.parse(embText).embeddings[0].length === 768 && longest(embText) <= 9,
+  '/api/embed: each value in at most 9 digits', { longest: longest(embText), embText: embText.slice(0, 120) });
+const lpText = await (await post('/api/generate', { model: 'sim-small', prompt: 'x', stream: false,
+  logprobs: true, top_logprobs: 2, options: { num_predict: 3 } })).text();
+check(JSON.parse(lpText).logprobs?.length > 0 && longest(lpText) <= 9,
+  '/api/generate logprobs: each value in at most 9 digits', { longest: longest(lpText), lpText: lpText.slice(0, 200) });
+const lpChat = await (await post('/v1/chat/completions', { model: 'sim-small', logprobs: true,
+  top_logprobs: 2, max_tokens: 3, messages: [{ role: 'user', content: 'x' }] })).text();
+check(JSON.parse(lpChat).choices[0].logprobs?.content?.length > 0 && longest(lpChat) <= 9,
+  '/v1/chat/completions logprobs: each value in at most 9 digits', { longest: longest(lpChat), lpChat: lpChat.slice(0, 200) });
 await ollama.generate({ model: 'sim-small', prompt: 'warm up', stream: false, options: { num_predict: 1 } });
 let loaded = [];
 for (let i = 0; i < 40 && !loaded.includes('sim-small:latest'); i++) {

@@ -316,6 +316,9 @@ for (const [path, body, pattern] of [
   ['/completions', { model: 'sim-small', prompt: 'x', n: 3 }, /\bn\b/],
   ['/completions', { model: 'sim-small', prompt: 'x', best_of: 2 }, /best_of/],
   ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 1 }, /\/v1\/completions/],
+  // logprobs 0 still asks for the sampled tokens' logprobs (OpenAI's legacy API)
+  ['/completions', { model: 'sim-small', prompt: 'x', logprobs: 0 }, /logprobs 0 too/],
+  ['/completions', { model: 'sim-small', prompt: 'x', top_logprobs: 2 }, /\/v1\/completions/],
   ['/completions', { model: 'sim-small', prompt: 'x', echo: true }, /echo/],
   ['/completions', { model: 'sim-small', prompt: ['x', 'y'] }, /several prompts/],
   ['/chat/completions', { ...rq, modalities: ['text', 'audio'], audio: { voice: 'alloy',
@@ -331,6 +334,15 @@ const ok1 = await post('/chat/completions', { ...rq, n: 1, logprobs: false, top_
   logit_bias: {}, user: 'agent-7' });
 check(ok1.status === 200, 'n 1, logprobs false, top_logprobs 0, an empty logit_bias, user: ' +
   'accepted', ok1.status);
-check(await simRequests() === refusedBefore + 1, 'only the accepted one reached the simulator',
+// On /v1/completions what asks for nothing passes: logprobs null or false, a
+// top_logprobs (not a legacy field) of null or 0 (it was a 400).
+for (const lp of [{ logprobs: null }, { logprobs: false }, { top_logprobs: 0 },
+  { logprobs: null, top_logprobs: null }]) {
+  const r = await post('/completions', { model: 'sim-small', prompt: 'x', max_tokens: 2, ...lp });
+  const b = await r.json().catch(() => null);
+  check(r.status === 200 && b?.choices?.[0]?.logprobs == null,
+    `/completions ${JSON.stringify(lp)}: accepted, no logprobs`, { status: r.status, b });
+}
+check(await simRequests() === refusedBefore + 5, 'only the accepted ones reached the simulator',
   { before: refusedBefore, after: await simRequests() });
 console.log('all ok');

@@ -318,6 +318,24 @@ static void s_leading_dash(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s listen ''", CTL, ep), 2);
     CHECK_TRUE(HAS("brokerctl: listen: invalid agent name ''"));
     CHECK_EQ(s_sh("timeout 10 %s --broker %s listen '~x'", CTL, ep), 2);
+    /* send, pub and sub alike (they were exit 1: the library's or the
+     * broker's BAD_NAME, after waiting for a broker) */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s send '' hi", CTL, ep), 2);
+    CHECK_TRUE(HAS("brokerctl: send: invalid agent name ''"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s send 'a b' hi", CTL, ep), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s pub '' x", CTL, ep), 2);
+    CHECK_TRUE(HAS("brokerctl: pub: invalid topic ''"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s pub 'a.' x", CTL, ep), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s sub ''", CTL, ep), 2);
+    CHECK_TRUE(HAS("brokerctl: sub: invalid pattern ''"));
+    /* what is no usage error still waits for a broker (none: exit 1) */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --timeout-ms 200 send '~0123456789abcdef' hi", CTL,
+                  ep), 1);
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --timeout-ms 200 sub 'a.'", CTL, ep), 1);
+    /* embed's limit is named (it said "too many arguments") */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s embed m 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17",
+                  CTL, ep), 2);
+    CHECK_TRUE(HAS("embed takes at most 16 per call"));
     CHECK_EQ(s_sh("timeout 10 %s --name --capacity 2", th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("--name=VALUE"));
     /* Values the library would refuse are command-line errors, said as

@@ -791,6 +791,22 @@ static void s_broker_drain(void)
     ab_client_destroy(&c);
 }
 
+/* 1 if the log of PID has a line with both A and B (B may be NULL). */
+static int s_log_has(pid_t pid, const char *a, const char *b)
+{
+    FILE *f = fopen(th_log_of(pid), "r");
+    char line[1024];
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, a) && (!b || strstr(line, b));
+    if (f)
+        fclose(f);
+    return found;
+}
+
+/* A worker drains on SIGTERM (finishing what it holds, taking nothing new)
+ * and says so in its log: how many requests it still held when it began,
+ * and how it ended (all answered, or --drain-ms passed: handed back). */
 static void s_worker_drain(void)
 {
     int port = th_free_port();
@@ -819,6 +835,9 @@ static void s_worker_drain(void)
     for (int i = 0; i < 4; i++)
         CHECK_EQ(slots[i].status, AB_OK); /* finished by the draining worker */
     CHECK_EQ(th_wait_exit(w1, 5000), 0);
+    CHECK_TRUE(s_log_has(w1, "draining: taking nothing new, finishing 4 requests in flight",
+                         "--drain-ms"));
+    CHECK_TRUE(s_log_has(w1, "drained in ", "every request answered"));
     CHECK_EQ(slots[4].finals, 0); /* waits for a worker */
     th_worker(port, "job", "--name", "wd2", "--capacity", "4", NULL);
     end = ab_now_ms() + 10000;
@@ -837,6 +856,9 @@ static void s_worker_drain(void)
     ab_client_poll(c, 200);
     REQUIRE(kill(w3, SIGTERM) == 0);
     CHECK_EQ(th_wait_exit(w3, 5000), 0);
+    CHECK_TRUE(s_log_has(w3, "finishing 1 request in flight", NULL));
+    CHECK_TRUE(s_log_has(w3, "drain ended after ", "(--drain-ms 300) with 1 request in flight: "
+                         "handed back to the broker"));
     th_worker(port, "slowjob", "--name", "wd4", "--delay-ms", "100", NULL);
     end = ab_now_ms() + 10000;
     while (s_done < 6 && ab_now_ms() < end)

@@ -438,9 +438,64 @@ static void s_test_logprobs(void)
     free(ch.pb);
 }
 
+/* Reals go out as short as their value allows (tl_json.h): Ollama's
+ * logprobs are float32 values sent as float64, which the old "%.17g"
+ * printed as -0.10536050051450729 where -0.1053605 is the same float; a
+ * double that is no float keeps every bit (0.1, not 0.10000000000000001),
+ * and so does a temperature sent to Ollama. */
+static void s_test_short_reals(void)
+{
+    const char *cl = "{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"a\"},"
+                     "\"done\":false,\"logprobs\":[{\"token\":\"a\",\"logprob\":"
+                     "-0.1053605005145073,\"top_logprobs\":[{\"token\":\"a\",\"logprob\":"
+                     "-0.1053605005145073},{\"token\":\"b\",\"logprob\":-2.299999952316284},"
+                     "{\"token\":\"c\",\"logprob\":-9.999999747378752e-06}]}]}";
+    wk_ol_chunk_t ch;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_CHAT, cl, strlen(cl), "w", &ch), 0);
+    Agentbus__ChatResponse *cr = agentbus__chat_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(cr);
+    CHECK_STR(cr->logprobs_json, "[{\"logprob\":-0.1053605,\"token\":\"a\",\"top_logprobs\":"
+                                 "[{\"logprob\":-0.1053605,\"token\":\"a\"},{\"logprob\":-2.3,"
+                                 "\"token\":\"b\"},{\"logprob\":-1e-5,\"token\":\"c\"}]}]");
+    agentbus__chat_response__free_unpacked(cr, NULL);
+    free(ch.pb);
+
+    /* one entry that is no float: it keeps its digits, the others theirs */
+    const char *gl = "{\"model\":\"m\",\"response\":\"a\",\"done\":false,\"logprobs\":"
+                     "[{\"token\":\"a\",\"logprob\":0.1},{\"token\":\"b\",\"logprob\":"
+                     "-0.123456789012345},{\"token\":\"c\",\"logprob\":-2.299999952316284}]}";
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, gl, strlen(gl), "w", &ch), 0);
+    Agentbus__GenerateResponse *gr = agentbus__generate_response__unpack(NULL, ch.pb_len, ch.pb);
+    REQUIRE(gr);
+    CHECK_STR(gr->logprobs_json, "[{\"logprob\":0.1,\"token\":\"a\"},{\"logprob\":"
+                                 "-0.123456789012345,\"token\":\"b\"},{\"logprob\":-2.3,"
+                                 "\"token\":\"c\"}]");
+    agentbus__generate_response__free_unpacked(gr, NULL);
+    free(ch.pb);
+
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    Agentbus__InferenceOptions o = AGENTBUS__INFERENCE_OPTIONS__INIT;
+    o.has_temperature_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TEMPERATURE_TEMPERATURE;
+    o.temperature = 0.7;
+    g.model = "m";
+    g.prompt = "p";
+    g.options = &o;
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    r.generate = &g;
+    uint8_t buf[256];
+    size_t len = agentbus__inference_request__pack(&r, buf);
+    wk_ol_call_t call;
+    char err[128];
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_TRUE(strstr(call.body, "\"temperature\":0.7}") != NULL);
+    wk_ol_call_free(&call);
+}
+
 int main(void)
 {
     s_test_logprobs();
+    s_test_short_reals();
     s_test_think();
     s_test_split();
     s_test_generate_chunks();

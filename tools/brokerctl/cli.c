@@ -103,7 +103,7 @@ static const struct {
     {"generate", "MODEL PROMPT", "stream the model's answer to stdout as it is generated", 2, 2,
      GEN},
     {"chat", "MODEL MESSAGE", "one user message, the answer streamed", 2, 2, GEN},
-    {"embed", "MODEL TEXT...", "print one embedding vector per TEXT (up to 16)", 2, 17,
+    {"embed", "MODEL TEXT...", "print one embedding vector per TEXT, up to 16 a call", 2, 17,
      B(O_SERVICE) | B(O_PRIORITY)},
     {"models", "[load|unload WORKER MODEL]",
      "inference workers: slots, VRAM, loaded and available models;\n"
@@ -271,12 +271,23 @@ static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
     if (!strcmp(c, "models") && a->npos &&
         (a->npos != 3 || (strcmp(a->pos[0], "load") && strcmp(a->pos[0], "unload"))))
         return "expected: models, or models load|unload WORKER MODEL";
-    /* An empty NAME would leave the client unnamed: listen would wait for
-     * messages nobody can address to it. Checked here as the broker does. */
+    /* A name or topic the broker would refuse is bad usage (exit 2), found
+     * here as the broker finds it, not a broker's error (exit 1) or, for
+     * listen, a client left unnamed waiting for messages nobody can send. */
     static char bad_name[400];
-    if (!strcmp(c, "listen") && ab_agent_name_check(a->pos[0]) != AB_OK) {
+    const char *n = a->pos[0];
+    int unnamed = !strcmp(c, "send") && n[0] == '~' && n[1]; /* "~id": ab_client_send's rule */
+    if ((!strcmp(c, "listen") || !strcmp(c, "send")) && !unnamed && ab_agent_name_check(n)) {
         snprintf(bad_name, sizeof bad_name, "invalid agent name '%.64s': 1..255 printable "
-                 "ASCII characters, no spaces, not starting with '~'", a->pos[0]);
+                 "ASCII characters, no spaces, not starting with '~'%s", n,
+                 strcmp(c, "send") ? "" : " (or '~' and an unnamed client's id)");
+        return bad_name;
+    }
+    int sub = !strcmp(c, "sub");
+    if ((sub || !strcmp(c, "pub")) && ab_topic_check(n, sub) != AB_OK) {
+        snprintf(bad_name, sizeof bad_name, "invalid %s '%.64s': dot-separated labels of 1..64 "
+                 "characters [A-Za-z0-9_-:], at most 16 labels and 255 bytes%s",
+                 sub ? "pattern" : "topic", n, sub ? " (a prefix ends in '.')" : "");
         return bad_name;
     }
     if (!strcmp(c, "keys") && a->npos && strcmp(a->pos[0], "reload"))
@@ -324,6 +335,9 @@ int ctl_cli_parse(ctl_args_t *a, int argc, char **argv, FILE *err)
                 a->cmd = p.arg;
             else if (a->npos < CTL_MAXPOS)
                 a->pos[a->npos++] = p.arg;
+            else if (!first_err[0] && !strcmp(a->cmd, "embed"))
+                snprintf(first_err, sizeof first_err, "too many texts: embed takes at most %d "
+                         "per call", CTL_MAXPOS - 1);
             else if (!first_err[0])
                 snprintf(first_err, sizeof first_err, "too many arguments");
         } else {
