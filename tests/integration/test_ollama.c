@@ -20,6 +20,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 
@@ -36,6 +37,33 @@ static ab_client_t *s_small_stack(int *sim, int *port)
     REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
     REQUIRE(ot_wait_loaded(c, "w1", "sim-small:latest", 1, 15000) == 0);
     return c;
+}
+
+
+/* The most significant digits of any number in the JSON text T, from its
+ * "embeddings" to the "total_duration" brokerctl prints next (durations
+ * are integers of more digits). */
+static int s_most_digits(const char *t)
+{
+    int most = 0;
+    const char *p = strstr(t, "\"embeddings\""), *end = p ? strstr(p, "\"total_duration\"") : NULL;
+    if (!end)
+        return 99;
+    while (p < end) {
+        if (!(*p >= '0' && *p <= '9') || (p > t && (p[-1] == '"' || isalpha((unsigned char)p[-1])))) {
+            p++;
+            continue;
+        }
+        int d = 0, lead = 1;
+        for (; (*p >= '0' && *p <= '9') || *p == '.'; p++) {
+            if (*p == '.' || (lead && *p == '0'))
+                continue;
+            lead = 0;
+            d++;
+        }
+        most = d > most ? d : most;
+    }
+    return most;
 }
 
 static void s_round_trip(void)
@@ -180,6 +208,22 @@ static void s_round_trip(void)
     json_t *vec = json_array_get(json_object_get(lj, "embeddings"), 0);
     CHECK_EQ(json_array_size(vec), dims);
     CHECK_TRUE((float)json_number_value(json_array_get(vec, 0)) == (float)first);
+    /* Ollama's embeddings are floats: 9 digits keep each exactly, and
+     * brokerctl printed 17 with --json (about twice the bytes) */
+    CHECK_TRUE(s_most_digits(big) <= 9);
+    /* and without --json one line per text, each value the same float (it
+     * printed 7 digits, which loses some) */
+    snprintf(cmd, sizeof cmd, "%s --broker %s embed sim-embed 'hello world'", th_bin("brokerctl"),
+             th_ep(port));
+    static char plain[1 << 16];
+    CHECK_EQ(th_run(cmd, plain, sizeof plain), 0);
+    json_t *pv = json_loads(plain, JSON_DISABLE_EOF_CHECK | JSON_DECODE_ANY, NULL);
+    size_t same = 0;
+    for (size_t k = 0; k < json_array_size(vec) && k < json_array_size(pv); k++)
+        same += (float)json_number_value(json_array_get(pv, k)) ==
+                (float)json_number_value(json_array_get(vec, k));
+    CHECK_EQ((long long)same, (long long)dims);
+    json_decref(pv);
     json_decref(lj);
     ab_client_destroy(&c);
 }

@@ -17,6 +17,7 @@
 #include "agentbus.pb-c.h"
 #include "tl_infer.h"
 
+#include "tl_json.h"
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,7 +158,7 @@ static void s_on_embed(s_run_t *r, const void *data, size_t size)
         s_print_json(o);
     } else {
         for (size_t i = 0; i < json_array_size(embs); i++) {
-            char *s = json_dumps(json_array_get(embs, i), JSON_COMPACT | JSON_REAL_PRECISION(7));
+            char *s = tl_json_dumps(json_array_get(embs, i), JSON_COMPACT);
             printf("%s\n", s ? s : "[]");
             free(s);
         }

@@ -4,6 +4,7 @@
 #include "msgcmd.h"
 #include "cachecmd.h"
 #include "lanecmd.h"
+#include "tl_json.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -14,7 +15,7 @@ int ctl_json_lines;
 void ctl_json_print(FILE *out, json_t *j)
 {
     size_t flags = (ctl_json_lines ? JSON_COMPACT : JSON_INDENT(2)) | JSON_PRESERVE_ORDER;
-    char *s = j ? json_dumps(j, flags) : NULL;
+    char *s = j ? tl_json_dumps(j, flags) : NULL; /* reals as short as exact */
     if (s) {
         fprintf(out, "%s\n", s);
         free(s);
