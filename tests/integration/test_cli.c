@@ -328,6 +328,14 @@ static void s_leading_dash(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s pub 'a.' x", CTL, ep), 2);
     CHECK_EQ(s_sh("timeout 10 %s --broker %s sub ''", CTL, ep), 2);
     CHECK_TRUE(HAS("brokerctl: sub: invalid pattern ''"));
+    /* a service name that cannot be one (was "INVALID: invalid argument",
+     * exit 1, or "service name too long" from the broker) */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s request '' hi", CTL, ep), 2);
+    CHECK_TRUE(HAS("brokerctl: request: invalid service name ''"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s request \"$(head -c 256 /dev/zero | tr '\\0' s)\" hi",
+                  CTL, ep), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --timeout-ms 200 request \"$(head -c 255 /dev/zero | "
+                  "tr '\\0' s)\" hi", CTL, ep), 1);
     /* what is no usage error still waits for a broker (none: exit 1) */
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --timeout-ms 200 send '~0123456789abcdef' hi", CTL,
                   ep), 1);

@@ -283,6 +283,13 @@ static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
                  strcmp(c, "send") ? "" : " (or '~' and an unnamed client's id)");
         return bad_name;
     }
+    /* A service name is any bytes but none, up to the broker's 255 (an
+     * empty one was the library's "invalid argument", exit 1). */
+    if (!strcmp(c, "request") && (!n[0] || strlen(n) > 255)) {
+        snprintf(bad_name, sizeof bad_name, "invalid service name '%.64s%s': 1..255 bytes", n,
+                 strlen(n) > 64 ? "..." : "");
+        return bad_name;
+    }
     int sub = !strcmp(c, "sub");
     if ((sub || !strcmp(c, "pub")) && ab_topic_check(n, sub) != AB_OK) {
         snprintf(bad_name, sizeof bad_name, "invalid %s '%.64s': dot-separated labels of 1..64 "
