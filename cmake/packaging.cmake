@@ -40,12 +40,15 @@ install(FILES etc/bash-completion/brokerctl
 # with it. Without help2man (scripts/setup installs it) there are none, and
 # the man_pages test fails.
 set(AB_MAN_DIR ${CMAKE_CURRENT_BINARY_DIR}/man)
-set(AB_MAN_PROGRAMS agentbus-broker agentbus-worker agentbus-gateway brokerctl ollama-sim)
+set(AB_MAN_PROGRAMS agentbus-broker agentbus-worker agentbus-gateway brokerctl ollama-sim
+  agentbus-load agentbus-infer-load)
 set(AB_MAN_NAME_agentbus-broker "message broker for multi-agent AI systems")
 set(AB_MAN_NAME_agentbus-worker "serve an agentbus service (echo or Ollama backend)")
 set(AB_MAN_NAME_agentbus-gateway "Ollama and OpenAI HTTP APIs over an agentbus broker")
 set(AB_MAN_NAME_brokerctl "inspect and use an agentbus broker")
 set(AB_MAN_NAME_ollama-sim "simulator of the Ollama HTTP API for tests and benchmarks")
+set(AB_MAN_NAME_agentbus-load "demo load: agents sending requests through an agentbus broker")
+set(AB_MAN_NAME_agentbus-infer-load "agents calling an inference service through agentbus")
 find_program(HELP2MAN help2man)
 if(HELP2MAN)
   file(MAKE_DIRECTORY ${AB_MAN_DIR})

@@ -69,6 +69,7 @@ case_install()
         share/man/man1/agentbus-broker.1 share/man/man1/agentbus-worker.1 \
         share/man/man1/agentbus-gateway.1 \
         share/man/man1/brokerctl.1 share/man/man1/ollama-sim.1 \
+        share/man/man1/agentbus-load.1 share/man/man1/agentbus-infer-load.1 \
         share/bash-completion/completions/brokerctl; do
         [[ -s $stage$prefix/$f ]] || fail "not installed: $prefix/$f"
     done
@@ -122,7 +123,8 @@ case_man_pages()
     need groff
     need man
     local p page err conf ver
-    for p in agentbus-broker agentbus-worker agentbus-gateway brokerctl ollama-sim; do
+    for p in agentbus-broker agentbus-worker agentbus-gateway brokerctl ollama-sim \
+        agentbus-load agentbus-infer-load; do
         page=$build/man/$p.1
         [[ -s $page ]] || fail "$page not generated (help2man missing? scripts/setup installs it)"
         # --version says "NAME VERSION" and exits 0; help2man puts it in the page.

@@ -158,10 +158,27 @@ static int s_take(void *arg, int id, const char *v)
 
 static void s_usage(const char *argv0)
 {
-    printf("Usage: %s [--broker EP] [--service S] [--models M1,M2] [--agents N]\n"
-           "          [--seconds N] [--think-ms N] [--repeat-pct P] [--num-predict N]\n\n"
-           "N agents, one streamed generate request at a time each, for N seconds.\n",
-           argv0);
+    (void)argv0;
+    printf("Usage: agentbus-infer-load [options]\n\n"
+           "Agents calling an inference service the way LLM agents do: one streamed\n"
+           "generate at a time each, a think time between calls, a share of the\n"
+           "prompts repeated. Prints completed requests per second, latency (first\n"
+           "token and whole answer) and errors.\n\n"
+           "Options:\n"
+           "  --broker EP        the broker (default: $AB_BROKER, else tcp://127.0.0.1:5555)\n"
+           "  --service S        the inference service (default ollama)\n"
+           "  --models M1,M2     models, taken in turn (default sim-small)\n"
+           "  --agents N         agents, 1..2000 (default 20)\n"
+           "  --seconds N        how long, 1..86400 (default 10)\n"
+           "  --think-ms N       pause after each answer, 0..600000 (default 0)\n"
+           "  --repeat-pct P     share of prompts that repeat an earlier one, 0..100\n"
+           "                     (default 70)\n"
+           "  --num-predict N    tokens asked per answer, 0..100000 (default 0: the\n"
+           "                     model's own)\n"
+           "  -h, --help         this text\n"
+           "  --version          the version\n\n"
+           "Exit status: 0 when every request was answered; 1 if one failed; 2 on\n"
+           "bad usage.\n");
 }
 
 int main(int argc, char **argv)

@@ -161,15 +161,22 @@ static int s_take(void *arg, int id, const char *v)
 static void s_usage(const char *argv0)
 {
     (void)argv0;
-    printf("Usage: agentbus-load [--broker EP] [--service NAME] [--agents N]\n"
-           "                     [--seconds N] [--window N] [--max-bytes N]\n"
-           "                     [--priority P[,P...]]\n\n"
-           "Runs N demo agents (default 20), each with its own connection and up to\n"
-           "WINDOW requests in flight (default 4), for SECONDS (default 10) against\n"
-           "SERVICE (default echo); checks every reply and prints a summary.\n"
-           "--priority: the lanes its requests take, in turn (interactive,\n"
-           "normal, batch or 0..255; default normal).\n"
-           "Exits 1 if any request failed or a reply did not match.\n");
+    printf("Usage: agentbus-load [options]\n\n"
+           "Runs demo agents against a service, each with its own connection and a\n"
+           "window of requests in flight, checks every reply and prints a summary.\n\n"
+           "Options:\n"
+           "  --broker EP            the broker (default: $AB_BROKER, else tcp://127.0.0.1:5555)\n"
+           "  --service NAME         the service asked (default echo)\n"
+           "  --agents N             agents, 1..1000 (default 20)\n"
+           "  --seconds N            how long, 1..3600 (default 10)\n"
+           "  --window N             requests in flight per agent, 1..10000 (default 4)\n"
+           "  --max-bytes N          largest request payload, 256..16777216 (default 4096)\n"
+           "  --priority P[,P...]    the lanes its requests take, in turn: interactive,\n"
+           "                         normal, batch or 0..255 (default normal)\n"
+           "  -h, --help             this text\n"
+           "  --version              the version\n\n"
+           "Exit status: 0 when every reply came back and matched; 1 if a request\n"
+           "failed or a reply did not match; 2 on bad usage.\n");
 }
 
 int main(int argc, char **argv)
