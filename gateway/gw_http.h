@@ -46,6 +46,8 @@ typedef struct {
                                  * then, from accept or the previous request (0: no limit) */
     unsigned body_timeout_ms;  /* --body-timeout-ms: a request's body must be in by then, from
                                 * the end of its headers (0: no limit) */
+    unsigned send_timeout_ms;  /* --send-timeout-ms: what was sent or queued for a client
+                                * must be acknowledged by then (0: no limit) */
     unsigned max_in_flight;    /* --max-in-flight: bus-route requests held at once; more get 503 */
     unsigned max_queue_ms;     /* --max-queue-ms: a request that waited longer to be read gets
                                 * 503 (0: no limit but its deadline) */
@@ -98,7 +100,8 @@ typedef struct {
     atomic_ullong resumed;        /* shards with a connection resumed (bit mask) */
     gw_metrics_t m;
     gw_keys_t keys;               /* --api-keys; none loaded: no key needed */
-    gw_conns_t conns;             /* --header-timeout-ms, --body-timeout-ms */
+    gw_conns_t conns;             /* --header-timeout-ms, --body-timeout-ms,
+                                   * --send-timeout-ms */
     gw_offload_t *offload;        /* large bodies are parsed there (NULL: here) */
     atomic_ullong next_id;        /* OpenAI ids */
 } gw_t;

@@ -385,6 +385,14 @@ static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
              "# TYPE agentbus_gateway_body_evictions_total counter\n"
              "agentbus_gateway_body_evictions_total %llu\n",
              (unsigned long long)atomic_load(&t->body_evictions));
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_send_timeouts_total Connections closed because their "
+             "client did not take its answer: bytes sent or queued for it were not acknowledged "
+             "within --send-timeout-ms (a client reading slowly); its --max-in-flight slot and "
+             "what was left of its answer are freed.\n"
+             "# TYPE agentbus_gateway_send_timeouts_total counter\n"
+             "agentbus_gateway_send_timeouts_total %llu\n",
+             (unsigned long long)atomic_load(&t->send_timeouts));
 }
 
 static enum MHD_Result s_metrics(gw_conn_t *c)
