@@ -71,6 +71,14 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
              after; the same for a long stream read that way. A stream whose
              tokens come slowly (3 s) to a client that reads each at once is
              not cut, nor a large answer read at once.
+  streambuf  --send-timeout-ms 0 --max-stream-buffer-bytes 1000000 (--threads 0
+             and --threads 2): a long stream (top_logprobs 20, a token a
+             millisecond) whose client reads nothing after its status line:
+             once 1 MB of it waits in the gateway the stream is cut,
+             counted (stream_overflows_total), said on stderr; the client,
+             reading again, gets a stream without its final line and the
+             connection closed, and the call is no longer in flight. A
+             ~4 MB stream read as it comes is served whole, not counted.
   offload    ten ~4 MB bodies slow to parse complete at once, then a small
              request: the small one is answered before (nearly) all of
              them, not behind their parsing (which ran on the thread
@@ -811,6 +819,59 @@ def case_slowread(tmp):
                                    f"({said[:1]})")
 
 
+def stream_overflows(gw):
+    return t.metrics(gw).get("agentbus_gateway_stream_overflows_total", -1)
+
+
+def s_streambuf(gw, port):
+    """One gateway of case_streambuf."""
+    long_stream = dict(BIG, stream=True, options={"num_predict": 3000})  # ~4 MB
+    st, _, text = post(gw + "/api/generate", long_stream, timeout=120)
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    check(st == 200 and lines[-1].get("done") is True and len(text) > 3_000_000,
+          f"{gw}: a {len(text)}-byte stream read as it comes is served whole ({st})")
+    check(stream_overflows(gw) == 0, f"{gw}: and not counted ({stream_overflows(gw)})")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(60)
+    s.connect(("127.0.0.1", port))
+    data = json.dumps(dict(BIG, stream=True, options={"num_predict": 50000})).encode()
+    s.sendall(generate_head(len(data)) + data)
+    got = s.recv(12)
+    check(got.startswith(b"HTTP/1.1 200"), f"{gw}: a long stream answered 200 ({got!r})")
+    n = wait_for("the stream cut once 1 MB of it waited", lambda: stream_overflows(gw) >= 1 and
+                 stream_overflows(gw), 60)
+    check(n == 1, f"{gw}: agentbus_gateway_stream_overflows_total counts it ({n:.0f})")
+    # The client reads again: what was sent before the cut, then the end.
+    s.settimeout(10)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except OSError as e:  # the gateway may reset it: that is an end too
+        got += repr(e).encode()
+    s.close()
+    check(b'"done":true' not in got and len(got) < 20_000_000,
+          f"{gw}: the client gets the stream's start ({len(got)} bytes), no final line, and "
+          f"the end of the connection")
+    wait_for("the cut stream no longer in flight",
+             lambda: t.metrics(gw)["agentbus_gateway_in_flight"] == 0, 20)
+    check(True, f"{gw}: the cut stream's call is no longer in flight")
+
+
+def case_streambuf(tmp):
+    # No send deadline: only the bound in bytes stops the pile-up.
+    args = ["--send-timeout-ms", "0", "--max-stream-buffer-bytes", "1000000"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        s_streambuf(gw, port)
+    t.stop_all()
+    for log, said in gateway_lines("a streamed answer cut").items():
+        check(len(said) == 1, f"{log}: the cut said on stderr ({said[:1]})")
+
+
 def s_gateways_clean():
     """After stop_all: every gateway exited 0 on SIGTERM and its log has no
     sanitizer report (under -DAB_SANITIZE=ON a leak or a use after free in
@@ -831,7 +892,8 @@ def main():
          "body": case_body, "capheld": case_capheld, "perip": case_perip,
          "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
          "offload": case_offload, "logflood": case_logflood,
-         "hangup": case_hangup, "slowread": case_slowread}[t.CASE](tmp)
+         "hangup": case_hangup, "slowread": case_slowread,
+         "streambuf": case_streambuf}[t.CASE](tmp)
         t.stop_all()
         s_gateways_clean()
         check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")
