@@ -6,6 +6,7 @@
  * operator queries that the library offers only as blocking calls.
  */
 #include "gw_bus.h"
+#include "gw_mhdlog.h"
 #include "agentbus.h"
 #include "gw_keys.h"
 
@@ -90,8 +91,36 @@ gw_event_t *gw_call_pop(gw_call_t *c)
         c->head = e->next;
         if (!c->head)
             c->tail = NULL;
+        c->queued -= e->size;
     }
     return e;
+}
+
+/* Whether C's next event (not final) of SIZE bytes is past its bound
+ * (caller holds the lock): once more bytes wait than MAX_QUEUED, which
+ * only a client that does not take its stream makes happen, what waits is
+ * dropped and every chunk after it: its stream is broken anyway, and the
+ * answer's tokens would pile up here for as long as the bus sends them.
+ * The final event still goes (the call ends as before). 2 the first time,
+ * 1 after, 0 within the bound. */
+static int s_over_bound(gw_call_t *c, size_t size, int final)
+{
+    if (final || !c->max_queued)
+        return 0;
+    if (c->overflow)
+        return 1;
+    if (!c->head || c->queued + size <= c->max_queued)
+        return 0; /* one event always goes, however large */
+    c->overflow = 1;
+    for (gw_event_t *e = c->head, *n; e; e = n) {
+        n = e->next;
+        free(e);
+    }
+    c->head = c->tail = NULL;
+    c->queued = 0;
+    if (c->overflows)
+        atomic_fetch_add(c->overflows, 1);
+    return 2;
 }
 
 /* Appends an event and tells the waiter; the bus reference is dropped on
@@ -101,7 +130,10 @@ static void s_deliver(gw_call_t *c, int status, int final, const void *data, siz
 {
     gw_event_t *e = malloc(sizeof *e + size);
     pthread_mutex_lock(&c->lock);
-    if (e) {
+    int over = s_over_bound(c, size, final);
+    if (over) {
+        free(e);
+    } else if (e) {
         e->next = NULL;
         e->status = status;
         e->final = final;
@@ -113,6 +145,7 @@ static void s_deliver(gw_call_t *c, int status, int final, const void *data, siz
         else
             c->head = e;
         c->tail = e;
+        c->queued += size;
     } else if (!final) {
         status = AB_ENOMEM; /* a lost chunk must not pass silently */
     }
@@ -122,9 +155,13 @@ static void s_deliver(gw_call_t *c, int status, int final, const void *data, siz
         snprintf(c->error, sizeof c->error, "%s", text ? text : "");
     }
     int resume = c->wake ? c->wake(c) : 0;
+    size_t bound = c->max_queued;
     pthread_mutex_unlock(&c->lock);
     if (resume && c->resume)
         c->resume(c);
+    if (over == 2) /* any client can make these: rate limited, outside the lock */
+        gw_log_limited("a streamed answer cut: over %zu bytes of it waited for a client that "
+                       "did not take them", bound);
 }
 
 static void s_on_event(ab_client_t *client, const ab_reply_event_t *ev, void *arg)

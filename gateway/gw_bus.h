@@ -55,8 +55,15 @@ struct gw_call {
     gw_wake_fn *wake;
     gw_resume_fn *resume;
     void *owner;          /* the HTTP side's state */
+    size_t max_queued;    /* bytes of events waiting for the HTTP side past which a
+                           * stream is cut (0: no bound; a stream's client that does not
+                           * read would otherwise have every token pile up here) */
+    atomic_ullong *overflows; /* counts the calls cut so (NULL: not counted) */
     /* under lock: what arrived */
     gw_event_t *head, *tail;
+    size_t queued;        /* bytes of the events waiting (head to tail) */
+    int overflow;         /* past MAX_QUEUED: the events were dropped, and are from now
+                           * on; the HTTP side ends the answer with an error */
     int final;            /* the final event has been appended */
     int status;           /* of the final event */
     char error[512];
@@ -127,7 +134,8 @@ unsigned long long gw_bus_cancelled(const gw_bus_t *bus);
 int gw_call_gone(gw_call_t *call);
 
 /* Takes the oldest event of CALL (caller holds the lock; free it with
- * free()), or NULL. */
+ * free()), or NULL. Once CALL->overflow is set there is none but the
+ * final one, if it came. */
 gw_event_t *gw_call_pop(gw_call_t *call);
 
 /* 1 while the bus connection is up. Any thread. */

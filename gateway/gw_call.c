@@ -17,7 +17,7 @@ static int s_ready(const gw_conn_t *c)
     const gw_call_t *k = c->call;
     if (c->phase == GW_P_WAIT && c->wait_final)
         return k->final;
-    return k->head != NULL || k->final;
+    return k->head != NULL || k->final || k->overflow;
 }
 
 static int s_wake(gw_call_t *k)
@@ -176,6 +176,10 @@ enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
     c->kind = req->kind;
     c->stream = req->stream;
     c->wait_final = !req->stream;
+    if (req->stream) { /* a client that does not read must not have every token pile up */
+        k->max_queued = c->g->cfg.max_stream_buffer_bytes;
+        k->overflows = &c->g->m.stream_overflows;
+    }
     /* The deadline counts from when the client sent the request, so the
      * time it waited before the gateway read it is taken off: the broker
      * then gives up when the client does, not later. */
@@ -219,6 +223,10 @@ static ssize_t s_read(void *cls, uint64_t pos, char *buf, size_t max)
     gw_call_t *k = c->call;
     while (!c->eos && c->out_len - c->out_off < max) {
         pthread_mutex_lock(&k->lock);
+        if (k->overflow) { /* its tokens were dropped: the stream ends broken */
+            pthread_mutex_unlock(&k->lock);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
         gw_event_t *e = gw_call_pop(k);
         if (!e) {
             if (c->out_off < c->out_len) { /* send what is rendered */

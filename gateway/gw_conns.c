@@ -2,7 +2,8 @@
  * gw_conns.c - the header and body deadlines: connections waiting for a
  * request's headers, and requests whose body is coming, oldest first, shut
  * down when they wait past --header-timeout-ms or --body-timeout-ms
- * (gw_conns.h says why and how it stays safe across threads); and, with
+ * (gw_conns.h says why and how it stays safe across threads); answers
+ * whose client does not take them, cut at --send-timeout-ms; and, with
  * --threads 0, the connections open per client address
  * (--max-connections-per-ip).
  */
@@ -13,38 +14,46 @@
 #include <netinet/in.h> /* IPPROTO_TCP */
 #include <linux/tcp.h> /* tcp_info with tcpi_bytes_received (glibc's lacks it) */
 #include <stdlib.h>
+#include <linux/sockios.h> /* SIOCOUTQ */
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
 /* One connection (libmicrohttpd's socket context). */
 typedef struct {
     ab_list_t link;      /* on gw_conns_t.waiting while waiting for headers, on
-                          * gw_conns_t.body while its request's body comes */
+                          * gw_conns_t.body while its request's body comes, on
+                          * gw_conns_t.sending while its answer goes out */
     int fd;
     struct MHD_Daemon *daemon; /* the shard it is on */
-    uint64_t since_us;   /* when it started waiting (for headers or the body) */
+    uint64_t since_us;   /* when it started waiting (for headers or the body), or its
+                          * answer's last check */
+    uint64_t target;     /* sending: bytes the client must have acknowledged by the
+                          * next check (what was sent or queued at the last) */
     uint64_t rx_bytes;   /* bytes received by then (idle vs partial) */
     int reaped;          /* shut down: counted, waits for libmicrohttpd to close it */
     int ip_counted;      /* counted in gw_conns_t's per-address table under ADDR */
     uint32_t addr;       /* the client's IPv4 address (network order) */
 } s_sock_t;
 
-void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms)
+void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms, unsigned send_ms)
 {
     memset(t, 0, sizeof *t);
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->wake, NULL);
     ab_list_init(&t->waiting);
     ab_list_init(&t->body);
+    ab_list_init(&t->sending);
     t->deadline_us = (uint64_t)ms * 1000;
     t->body_deadline_us = (uint64_t)body_ms * 1000;
+    t->send_deadline_us = (uint64_t)send_ms * 1000;
 }
 
-/* Whether either deadline is on. */
+/* Whether any deadline is on. */
 static int s_deadlines(const gw_conns_t *t)
 {
-    return t->deadline_us || t->body_deadline_us;
+    return t->deadline_us || t->body_deadline_us || t->send_deadline_us;
 }
 
 /* Whether connections are tracked: a deadline or the per-address limit. */
@@ -177,6 +186,24 @@ static uint64_t s_rx_bytes(int fd)
     return ti.tcpi_bytes_received;
 }
 
+/* Bytes FD's peer has acknowledged, and bytes in FD's send queue (not
+ * sent, or sent and not acknowledged): what the kernel still holds for
+ * it. 0, or -1 if the kernel cannot say. */
+static int s_tx_bytes(int fd, uint64_t *acked, uint64_t *queued)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    int outq = 0;
+    memset(&ti, 0, sizeof ti);
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof ti.tcpi_bytes_acked ||
+        ioctl(fd, SIOCOUTQ, &outq) != 0 || outq < 0)
+        return -1;
+    *acked = ti.tcpi_bytes_acked;
+    *queued = (uint64_t)outq;
+    return 0;
+}
+
 static s_sock_t *s_sock(struct MHD_Connection *conn)
 {
     const union MHD_ConnectionInfo *ci =
@@ -259,6 +286,21 @@ void gw_conns_body_done(gw_conns_t *t, struct MHD_Connection *conn)
     pthread_mutex_unlock(&t->lock);
 }
 
+void gw_conns_reply_started(gw_conns_t *t, struct MHD_Connection *conn)
+{
+    s_sock_t *s = t->send_deadline_us ? s_sock(conn) : NULL;
+    if (!s)
+        return;
+    pthread_mutex_lock(&t->lock);
+    ab_list_remove(&s->link);
+    if (!s->reaped) { /* a reaped one is closing */
+        s->since_us = tl_now_us();
+        s->target = 0; /* nothing sent yet: the first check passes and starts the count */
+        ab_list_insert_tail(&t->sending, &s->link);
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
 void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn)
 {
     s_sock_t *s = s_on(t) ? s_sock(conn) : NULL;
@@ -306,21 +348,66 @@ static int s_reap_list(gw_conns_t *t, ab_list_t *list, uint64_t deadline_us, uin
     return -1;
 }
 
+/* Checks the answers on T's sending list whose check is due by NOW_US,
+ * oldest first (caller holds the lock): one whose client acknowledged
+ * every byte the last check saw sent or queued for it is checked again a
+ * deadline later, against what is sent or queued now; one that did not
+ * is shut down, its send queue dropped (SO_LINGER 0: the close resets the
+ * connection instead of keeping the bytes for a client that does not take
+ * them); *CUT counts them. A socket the kernel says nothing of is never
+ * cut. Returns the ms until the next check (-1: none). */
+static int s_reap_sending(gw_conns_t *t, uint64_t now_us, unsigned *cut)
+{
+    ab_list_t *n;
+    while ((n = ab_list_first(&t->sending))) {
+        s_sock_t *s = ab_list_data(n, s_sock_t, link);
+        uint64_t due = s->since_us + t->send_deadline_us;
+        if (due > now_us)
+            return (int)((due - now_us + 999) / 1000);
+        uint64_t acked = 0, queued = 0;
+        int known = s_tx_bytes(s->fd, &acked, &queued) == 0;
+        if (!known || acked >= s->target) {
+            ab_list_remove(&s->link);
+            s->since_us = now_us;
+            s->target = known ? acked + queued : 0;
+            ab_list_insert_tail(&t->sending, &s->link);
+            continue;
+        }
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        s_shut(s, &t->send_timeouts);
+        (*cut)++;
+    }
+    return -1;
+}
+
+/* The smaller of two waits in ms, -1 being none. */
+static int s_sooner(int a, int b)
+{
+    return a < 0 || (b >= 0 && b < a) ? b : a;
+}
+
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
 {
     if (!s_deadlines(t))
         return -1;
-    unsigned heads = 0, bodies = 0;
+    unsigned heads = 0, bodies = 0, sends = 0;
     pthread_mutex_lock(&t->lock);
     int next = s_reap_list(t, &t->waiting, t->deadline_us, now_us, &heads);
-    int body = s_reap_list(t, &t->body, t->body_deadline_us, now_us, &bodies);
+    next = s_sooner(next, s_reap_list(t, &t->body, t->body_deadline_us, now_us, &bodies));
+    next = s_sooner(next, s_reap_sending(t, now_us, &sends));
     pthread_mutex_unlock(&t->lock);
     /* Any client can make these: rate limited (outside the lock: a write). */
     if (bodies)
         gw_log_limited("%u connection%s closed: request body not complete %llu ms after its "
                        "headers (--body-timeout-ms)", bodies, bodies == 1 ? "" : "s",
                        (unsigned long long)(t->body_deadline_us / 1000));
-    return next < 0 || (body >= 0 && body < next) ? body : next;
+    if (sends)
+        gw_log_limited("%u connection%s closed: the client did not take its answer, bytes "
+                       "sent to it were not acknowledged within %llu ms (--send-timeout-ms)",
+                       sends, sends == 1 ? "" : "s",
+                       (unsigned long long)(t->send_deadline_us / 1000));
+    return next;
 }
 
 /* The first connection on LIST if it has waited MIN_WAIT_US by NOW_US

@@ -29,6 +29,20 @@
  * it on its own thread. Only shutdown is done from outside: the socket is
  * closed by libmicrohttpd after its CLOSED notification, which takes the
  * same mutex, so the fd reaped is still this connection's.
+ *
+ * And the send deadline (--send-timeout-ms): once its answer is queued, a
+ * request whose client does not take what the gateway has sent it is cut.
+ * libmicrohttpd's timeout restarts on every byte written, so a client that
+ * read its answer a byte every few seconds held its connection, its
+ * --max-in-flight slot and the rest of its answer in memory for as long
+ * as it liked. How slow is slow is told by the kernel, not by a clock on
+ * our writes: at each check (one per deadline) the bytes in the socket's
+ * send queue (sent but not acknowledged, or not sent) must have been
+ * acknowledged by the next check, a deadline later. A client that reads
+ * what comes has an empty queue whenever the answer is slow to come (a
+ * long stream of tokens is never cut); only bytes that sat in our buffers
+ * a whole deadline are the client's fault. The answers going out are on a
+ * third list, oldest check first, under the same mutex.
  */
 #ifndef GW_CONNS_H
 #define GW_CONNS_H
@@ -57,11 +71,14 @@ typedef struct {
     pthread_mutex_t lock;
     ab_list_t waiting;        /* gw_sock_t waiting for headers, oldest first */
     ab_list_t body;           /* gw_sock_t whose request's body is coming, oldest first */
+    ab_list_t sending;        /* gw_sock_t whose answer goes out, oldest check first */
     uint64_t deadline_us;     /* headers; 0: no deadline */
     uint64_t body_deadline_us; /* bodies; 0: no deadline */
+    uint64_t send_deadline_us; /* answers (--send-timeout-ms); 0: no deadline */
     atomic_ullong timeouts[3]; /* connections closed waiting for headers, by gw_ht_t */
     atomic_ullong body_timeouts; /* connections closed waiting for a request's body */
     atomic_ullong body_evictions; /* closed at the cap while their request's body came */
+    atomic_ullong send_timeouts; /* closed: their client did not take its answer */
     unsigned n_conns;         /* connections open (under lock) */
     /* --threads N: the thread that reaps (with --threads 0 the bus thread
      * calls gw_conns_reap itself), and evicts at the cap */
@@ -79,10 +96,10 @@ typedef struct {
     unsigned *ip_n;
 } gw_conns_t;
 
-/* Sets up T for a header deadline of MS ms and a body deadline of BODY_MS
- * (0: none; with neither, everything else is a no-op). gw_conns_destroy
- * after the daemons are stopped. */
-void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms);
+/* Sets up T for a header deadline of MS ms, a body deadline of BODY_MS and
+ * a send deadline of SEND_MS (0: none; with none, everything else is a
+ * no-op). gw_conns_destroy after the daemons are stopped. */
+void gw_conns_init(gw_conns_t *t, unsigned ms, unsigned body_ms, unsigned send_ms);
 void gw_conns_destroy(gw_conns_t *t);
 
 /* Counts the connections open per client address (IPv4), for a limit of
@@ -119,14 +136,20 @@ void gw_conns_headers_done(gw_conns_t *t, struct MHD_Connection *conn);
  * thread's too) or wait for the bus, which it does not bound. The thread
  * running CONN; once per request is enough. */
 void gw_conns_body_done(gw_conns_t *t, struct MHD_Connection *conn);
+/* The request's answer is queued, its body all in: the send deadline
+ * starts (its first check only starts the count: nothing was sent yet).
+ * The thread running CONN. */
+void gw_conns_reply_started(gw_conns_t *t, struct MHD_Connection *conn);
 /* The request ended (completion hook): the connection waits for the next
  * request's headers from now. The thread running CONN. */
 void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn);
 
 /* Shuts down every connection past its header or body deadline at NOW_US
- * (tl_now_us); each is counted once, body timeouts also said on stderr
- * (rate limited, gw_log_limited). Any thread. Returns the ms until the
- * next connection's deadline (-1: none waiting). */
+ * (tl_now_us), and every one whose answer's client did not take, by its
+ * check, the bytes queued for it at the check before (its queue is
+ * dropped: SO_LINGER 0); each is counted once, body and send timeouts
+ * also said on stderr (rate limited, gw_log_limited). Any thread. Returns
+ * the ms until the next connection's deadline or check (-1: none). */
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
 
 /* At the connection cap: shuts down the connection that has waited

@@ -233,7 +233,8 @@ struct MHD_Daemon *gw_http_daemon(gw_t *g, unsigned flags, int lfd, unsigned lim
 int gw_http_start(gw_t *g)
 {
     g->ep_fd = g->lfd = -1;
-    gw_conns_init(&g->conns, g->cfg.header_timeout_ms, g->cfg.body_timeout_ms);
+    gw_conns_init(&g->conns, g->cfg.header_timeout_ms, g->cfg.body_timeout_ms,
+                  g->cfg.send_timeout_ms);
     if (!g->cfg.threads && g->cfg.max_conns_per_ip &&
         gw_conns_limit_per_ip(&g->conns, g->cfg.max_conns_per_ip, g->cfg.max_connections) != 0) {
         fprintf(stderr, "agentbus-gateway: out of memory\n");

@@ -46,6 +46,10 @@ typedef struct {
                                  * then, from accept or the previous request (0: no limit) */
     unsigned body_timeout_ms;  /* --body-timeout-ms: a request's body must be in by then, from
                                 * the end of its headers (0: no limit) */
+    unsigned send_timeout_ms;  /* --send-timeout-ms: what was sent or queued for a client
+                                * must be acknowledged by then (0: no limit) */
+    size_t max_stream_buffer_bytes; /* --max-stream-buffer-bytes: a stream's bytes waiting
+                                     * for its client past which it is cut (0: no bound) */
     unsigned max_in_flight;    /* --max-in-flight: bus-route requests held at once; more get 503 */
     unsigned max_queue_ms;     /* --max-queue-ms: a request that waited longer to be read gets
                                 * 503 (0: no limit but its deadline) */
@@ -73,6 +77,7 @@ typedef struct {
     atomic_ullong admitted;       /* bus-route requests held (read, waiting, streaming) */
     atomic_ullong shed[4];        /* refused at intake, by gw_shed_t */
     atomic_ullong refused_per_ip; /* connections refused at --max-connections-per-ip */
+    atomic_ullong stream_overflows; /* streams cut at --max-stream-buffer-bytes */
     atomic_ullong lat_bucket[GW_LAT_BUCKETS + 1];
     atomic_ullong lat_sum_us, lat_count;
 } gw_metrics_t;
@@ -98,7 +103,8 @@ typedef struct {
     atomic_ullong resumed;        /* shards with a connection resumed (bit mask) */
     gw_metrics_t m;
     gw_keys_t keys;               /* --api-keys; none loaded: no key needed */
-    gw_conns_t conns;             /* --header-timeout-ms, --body-timeout-ms */
+    gw_conns_t conns;             /* --header-timeout-ms, --body-timeout-ms,
+                                   * --send-timeout-ms */
     gw_offload_t *offload;        /* large bodies are parsed there (NULL: here) */
     atomic_ullong next_id;        /* OpenAI ids */
 } gw_t;

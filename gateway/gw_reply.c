@@ -24,6 +24,10 @@ enum MHD_Result gw_reply_queue(gw_conn_t *c, unsigned status, struct MHD_Respons
         return MHD_NO;
     enum MHD_Result rc = MHD_queue_response(c->conn, status, resp);
     MHD_destroy_response(resp);
+    /* The send deadline starts; an answer queued before the body is in
+     * (413, 401) stays under the body deadline: the body must still come. */
+    if (rc == MHD_YES && c->body_in)
+        gw_conns_reply_started(&c->g->conns, c->conn);
     s_count(c, status);
     return rc;
 }

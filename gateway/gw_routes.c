@@ -386,6 +386,25 @@ static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
              "# TYPE agentbus_gateway_body_evictions_total counter\n"
              "agentbus_gateway_body_evictions_total %llu\n",
              (unsigned long long)atomic_load(&t->body_evictions));
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_send_timeouts_total Connections closed because their "
+             "client did not take its answer: bytes sent or queued for it were not acknowledged "
+             "within --send-timeout-ms (a client reading slowly); its --max-in-flight slot and "
+             "what was left of its answer are freed.\n"
+             "# TYPE agentbus_gateway_send_timeouts_total counter\n"
+             "agentbus_gateway_send_timeouts_total %llu\n",
+             (unsigned long long)atomic_load(&t->send_timeouts));
+}
+
+static void s_metric_streams(char **b, size_t *len, size_t *cap, gw_metrics_t *m)
+{
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_stream_overflows_total Streamed answers cut because more "
+             "than --max-stream-buffer-bytes of them waited for a client that did not take "
+             "them (its chunks dropped, the stream ended with an error).\n"
+             "# TYPE agentbus_gateway_stream_overflows_total counter\n"
+             "agentbus_gateway_stream_overflows_total %llu\n",
+             (unsigned long long)atomic_load(&m->stream_overflows));
 }
 
 static enum MHD_Result s_metrics(gw_conn_t *c)
@@ -445,6 +464,7 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
         s_metric(&b, &len, &cap, "agentbus_gateway_shed_total{reason=\"%s\"} %llu\n",
                  gw_shed_name((gw_shed_t)r), (unsigned long long)atomic_load(&m->shed[r]));
     s_metric_conns(&b, &len, &cap, &c->g->conns);
+    s_metric_streams(&b, &len, &cap, m);
     s_metric(&b, &len, &cap,
              "# HELP agentbus_gateway_connections_refused_total Connections closed at accept, "
              "before a request was read: per_ip (--max-connections-per-ip).\n"

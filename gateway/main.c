@@ -60,6 +60,14 @@ static void s_usage(FILE *f)
             "                            complete N ms after its headers (a body sent a\n"
             "                            byte at a time); its --max-in-flight slot is freed\n"
             "                            (default 30000; 0 = no limit)\n"
+            "  --send-timeout-ms N       close a connection whose client has not taken,\n"
+            "                            within N ms, the bytes of its answer the gateway\n"
+            "                            had sent or queued for it (a client that reads a\n"
+            "                            byte at a time); not the time the answer takes\n"
+            "                            to come (default 60000; 0 = no limit)\n"
+            "  --max-stream-buffer-bytes N  a streamed answer's bytes waiting for a client\n"
+            "                            that does not take them: past this, the stream is\n"
+            "                            cut (default 8388608; 0 = no bound)\n"
             "  --max-in-flight N         model and inference requests held at once; more get\n"
             "                            503 \"server busy\" at once (default 7/8 of\n"
             "                            --max-connections; 0 = no cap)\n"
@@ -92,7 +100,8 @@ static int s_listen(const char *v, gw_config_t *cfg)
 enum {
     O_HELP = 1, O_VERSION, O_QUIET, O_LISTEN, O_BROKER, O_KEY, O_BROKERKEY, O_APIKEYS,
     O_SERVICE, O_NAME, O_VERSTR, O_MAXCONN, O_PERIP, O_MAXBODY, O_IDLE, O_HEADER, O_BODY,
-    O_INFLIGHT, O_QUEUE, O_THREADS, O_TIMEOUT, O_MAXTIMEOUT,
+    O_INFLIGHT, O_QUEUE, O_THREADS, O_TIMEOUT, O_MAXTIMEOUT, O_SEND,
+    O_STREAMBUF,
 };
 
 /* Parsed as every program parses its arguments (tools/lib/tl_args.h):
@@ -115,6 +124,8 @@ static const tl_opt_t s_opts[] = {
     {"idle-timeout-s", 0, TL_VAL, O_IDLE},
     {"header-timeout-ms", 0, TL_VAL, O_HEADER},
     {"body-timeout-ms", 0, TL_VAL, O_BODY},
+    {"send-timeout-ms", 0, TL_VAL, O_SEND},
+    {"max-stream-buffer-bytes", 0, TL_VAL, O_STREAMBUF},
     {"max-in-flight", 0, TL_VAL, O_INFLIGHT},
     {"max-queue-ms", 0, TL_VAL, O_QUEUE},
     {"threads", 0, TL_VAL, O_THREADS},
@@ -131,7 +142,8 @@ static const struct {
     {O_MAXCONN, 1, 100000},     {O_PERIP, 0, 100000},     {O_MAXBODY, 1024, 1L << 30},
     {O_IDLE, 0, 86400},         {O_HEADER, 0, 86400000},  {O_BODY, 0, 86400000},
     {O_INFLIGHT, 0, 1000000},   {O_QUEUE, 0, 86400000},   {O_THREADS, 0, 256},
-    {O_TIMEOUT, 1, 86400000},   {O_MAXTIMEOUT, 1, 86400000},
+    {O_TIMEOUT, 1, 86400000},   {O_MAXTIMEOUT, 1, 86400000}, {O_SEND, 0, 86400000},
+    {O_STREAMBUF, 0, 1L << 30},
 };
 
 /* Option ID's value V into CFG: 0, or -1 for a bad value. */
@@ -159,6 +171,8 @@ static int s_take(gw_config_t *cfg, int id, const char *v)
     case O_IDLE: cfg->idle_timeout_s = (unsigned)n; break;
     case O_HEADER: cfg->header_timeout_ms = (unsigned)n; break;
     case O_BODY: cfg->body_timeout_ms = (unsigned)n; break;
+    case O_SEND: cfg->send_timeout_ms = (unsigned)n; break;
+    case O_STREAMBUF: cfg->max_stream_buffer_bytes = (size_t)n; break;
     case O_INFLIGHT: cfg->max_in_flight = (unsigned)n; break;
     case O_QUEUE: cfg->max_queue_ms = (unsigned)n; break;
     case O_THREADS: cfg->threads = (unsigned)n; break;
@@ -246,7 +260,8 @@ int main(int argc, char **argv)
                           .max_connections = 1024, .max_body_bytes = 8u << 20, .threads = 0,
                           .timeout_ms = 300000, .max_timeout_ms = 3600000, .version = "0.5.7",
                           .idle_timeout_s = 60, .header_timeout_ms = 10000,
-                          .body_timeout_ms = 30000,
+                          .body_timeout_ms = 30000, .send_timeout_ms = 60000,
+                          .max_stream_buffer_bytes = 8u << 20,
                           .max_in_flight = UINT_MAX,
                           .max_queue_ms = 1000};
     const char *env = getenv("AB_BROKER");

@@ -61,6 +61,24 @@ Usage: test_harden.py BIN_DIR CASE, CASE one of:
   hangup     clients that hang up while their call waits (stream false) or
              streams: no libmicrohttpd "internal error" line on stderr (it
              wrote one per departed client), counted as hangups.
+  slowread   --send-timeout-ms 1500 --max-in-flight 1 (--threads 0 and
+             --threads 2): a client with a 4 KiB receive buffer that asks
+             for a large answer (~7 MB, stream false: more than the kernel
+             buffers on loopback take) and then reads a byte every 0.5 s
+             (which before 2026-12-06 held its connection and the one
+             request slot for as long as it read) is cut (its socket seen
+             closed by the gateway within 30 s), counted (send_timeouts_total), and a generate is served
+             after; the same for a long stream read that way. A stream whose
+             tokens come slowly (3 s) to a client that reads each at once is
+             not cut, nor a large answer read at once.
+  streambuf  --send-timeout-ms 0 --max-stream-buffer-bytes 1000000 (--threads 0
+             and --threads 2): a long stream (top_logprobs 20, a token a
+             millisecond) whose client reads nothing after its status line:
+             once 1 MB of it waits in the gateway the stream is cut,
+             counted (stream_overflows_total), said on stderr; the client,
+             reading again, gets a stream without its final line and the
+             connection closed, and the call is no longer in flight. A
+             ~4 MB stream read as it comes is served whole, not counted.
   offload    ten ~4 MB bodies slow to parse complete at once, then a small
              request: the small one is answered before (nearly) all of
              them, not behind their parsing (which ran on the thread
@@ -705,6 +723,155 @@ def case_hangup(tmp):
         check(not said, f"{log}: no 'internal error' for a client that left ({said[:2]})")
 
 
+def send_timeouts(gw):
+    return t.metrics(gw).get("agentbus_gateway_send_timeouts_total", -1)
+
+
+BIG = {"model": "fast", "prompt": "a large answer", "stream": False, "logprobs": True,
+       "top_logprobs": 20, "options": {"num_predict": 5000}}  # ~7 MB of JSON
+
+
+def peer_closed(s):
+    """Whether the other end closed S (a reset: TCP_CLOSE, or a FIN:
+    TCP_CLOSE_WAIT), whatever S still has unread."""
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] in (7, 8)
+
+
+def dripper(port, body, seconds=30, every=0.5):
+    """BODY posted to /api/generate from a socket with a 4 KiB receive
+    buffer, whose answer's status line is read and then the rest a byte
+    every EVERY s: (closed by the gateway, after how many s from the status
+    line, the bytes read). Never silent long enough for --idle-timeout-s."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    s.sendall(generate_head(len(data)) + data)
+    s.settimeout(60)  # a large answer is made before its status line comes
+    got = b""
+    while len(got) < 12:
+        chunk = s.recv(12 - len(got))
+        if not chunk:
+            break
+        got += chunk
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < seconds:
+            if peer_closed(s):
+                return True, time.monotonic() - t0, got
+            r, _, _ = select.select([s], [], [], every)
+            if r:
+                chunk = s.recv(1)
+                if not chunk:
+                    return True, time.monotonic() - t0, got
+                got += chunk if len(got) < 64 else b""
+                time.sleep(every)
+    except OSError:  # reset: closed by the gateway
+        return True, time.monotonic() - t0, got
+    finally:
+        s.close()
+    return False, time.monotonic() - t0, got
+
+
+def s_slowread(gw, port):
+    """One gateway of case_slowread."""
+    # A stream whose tokens come slowly (30 at 100 ms, twice the deadline)
+    # to a client that reads each at once is not the client's fault.
+    before = send_timeouts(gw)
+    slot_free(gw)
+    st, _, text = post(gw + "/api/generate", {"model": "slow", "prompt": "slowly", "stream": True,
+                                              "options": {"num_predict": 30}}, timeout=60)
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    check(st == 200 and len(lines) == 31 and lines[-1].get("done") is True,
+          f"{gw}: a 3 s stream read as it comes is served whole ({st}, {len(lines)} lines)")
+    slot_free(gw)
+    st, _, text = post(gw + "/api/generate", BIG, timeout=120)
+    check(st == 200 and text.endswith("}") and len(text) > 5_000_000,
+          f"{gw}: a large answer read at once is served whole ({st}, {len(text)} bytes)")
+    n = send_timeouts(gw)
+    check(n == before, f"{gw}: neither counted as a send timeout ({n:.0f}, {before:.0f} before)")
+    for what, body in (("a large answer", BIG),
+                       ("a long stream", dict(BIG, stream=True, options={"num_predict": 50000}))):
+        slot_free(gw)
+        before = send_timeouts(gw)
+        closed, after, got = dripper(port, body)
+        check(got.startswith(b"HTTP/1.1 200"), f"{gw}: {what} was answered 200 ({got[:40]!r})")
+        check(closed, f"{gw}: {what} read a byte every 0.5 s closed by the gateway "
+                      f"({'after %.1f s' % after if closed else 'not in 30 s'})")
+        n = wait_for("the send timeout counted", lambda: send_timeouts(gw) >= before + 1 and
+                     send_timeouts(gw), 10)
+        check(n >= 1, f"{gw}: agentbus_gateway_send_timeouts_total counts it ({n:.0f})")
+        slot_free(gw)
+        st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "after",
+                                                  "stream": False})
+        check(st == 200, f"{gw}: then a generate is admitted and served ({st} {text[:120]})")
+
+
+def case_slowread(tmp):
+    args = ["--send-timeout-ms", "1500", "--max-in-flight", "1"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        s_slowread(gw, port)
+    t.stop_all()
+    for log, said in gateway_lines("did not take its answer").items():
+        check(1 <= len(said) <= 5, f"{log}: the send timeouts said on stderr, rate limited "
+                                   f"({said[:1]})")
+
+
+def stream_overflows(gw):
+    return t.metrics(gw).get("agentbus_gateway_stream_overflows_total", -1)
+
+
+def s_streambuf(gw, port):
+    """One gateway of case_streambuf."""
+    long_stream = dict(BIG, stream=True, options={"num_predict": 3000})  # ~4 MB
+    st, _, text = post(gw + "/api/generate", long_stream, timeout=120)
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    check(st == 200 and lines[-1].get("done") is True and len(text) > 3_000_000,
+          f"{gw}: a {len(text)}-byte stream read as it comes is served whole ({st})")
+    check(stream_overflows(gw) == 0, f"{gw}: and not counted ({stream_overflows(gw)})")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(60)
+    s.connect(("127.0.0.1", port))
+    data = json.dumps(dict(BIG, stream=True, options={"num_predict": 50000})).encode()
+    s.sendall(generate_head(len(data)) + data)
+    got = s.recv(12)
+    check(got.startswith(b"HTTP/1.1 200"), f"{gw}: a long stream answered 200 ({got!r})")
+    n = wait_for("the stream cut once 1 MB of it waited", lambda: stream_overflows(gw) >= 1 and
+                 stream_overflows(gw), 60)
+    check(n == 1, f"{gw}: agentbus_gateway_stream_overflows_total counts it ({n:.0f})")
+    # The client reads again: what was sent before the cut, then the end.
+    s.settimeout(10)
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except OSError as e:  # the gateway may reset it: that is an end too
+        got += repr(e).encode()
+    s.close()
+    check(b'"done":true' not in got and len(got) < 20_000_000,
+          f"{gw}: the client gets the stream's start ({len(got)} bytes), no final line, and "
+          f"the end of the connection")
+    wait_for("the cut stream no longer in flight",
+             lambda: t.metrics(gw)["agentbus_gateway_in_flight"] == 0, 20)
+    check(True, f"{gw}: the cut stream's call is no longer in flight")
+
+
+def case_streambuf(tmp):
+    # No send deadline: only the bound in bytes stops the pile-up.
+    args = ["--send-timeout-ms", "0", "--max-stream-buffer-bytes", "1000000"]
+    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        s_streambuf(gw, port)
+    t.stop_all()
+    for log, said in gateway_lines("a streamed answer cut").items():
+        check(len(said) == 1, f"{log}: the cut said on stderr ({said[:1]})")
+
+
 def s_gateways_clean():
     """After stop_all: every gateway exited 0 on SIGTERM and its log has no
     sanitizer report (under -DAB_SANITIZE=ON a leak or a use after free in
@@ -725,7 +892,8 @@ def main():
          "body": case_body, "capheld": case_capheld, "perip": case_perip,
          "framing": case_framing, "bigbody": case_bigbody, "types": case_types,
          "offload": case_offload, "logflood": case_logflood,
-         "hangup": case_hangup}[t.CASE](tmp)
+         "hangup": case_hangup, "slowread": case_slowread,
+         "streambuf": case_streambuf}[t.CASE](tmp)
         t.stop_all()
         s_gateways_clean()
         check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")

@@ -17,7 +17,7 @@
 static void s_test_limit(void)
 {
     gw_conns_t t;
-    gw_conns_init(&t, 0, 0);
+    gw_conns_init(&t, 0, 0, 0);
     CHECK_EQ(gw_conns_ip_full(&t, 1), 0); /* no limit set: never full */
     CHECK_EQ(gw_conns_limit_per_ip(&t, 2, 16), 0);
     CHECK_EQ(gw_conns_ip_full(&t, 7), 0);
@@ -37,7 +37,7 @@ static void s_test_limit(void)
 static void s_test_collisions(void)
 {
     gw_conns_t t;
-    gw_conns_init(&t, 0, 0);
+    gw_conns_init(&t, 0, 0, 0);
     CHECK_EQ(gw_conns_limit_per_ip(&t, 1000, S_MAX), 0);
     unsigned ref[S_ADDRS] = {0}, open = 0, seed = 1, bad = 0;
     for (int step = 0; step < 200000 && !bad; step++) {
