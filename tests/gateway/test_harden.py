@@ -322,6 +322,14 @@ def slot_free(gw):
              lambda: t.metrics(gw)["agentbus_gateway_admitted"] == 0, 10)
 
 
+def served_after(gw):
+    """Once a cut connection's slot is free, a generate is admitted and served."""
+    slot_free(gw)
+    st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "after",
+                                              "stream": False})
+    check(st == 200, f"{gw}: then a generate is admitted and served ({st} {text[:120]})")
+
+
 def case_body(tmp):
     args = ["--body-timeout-ms", "1500", "--max-in-flight", "1"]
     _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
@@ -344,10 +352,7 @@ def case_body(tmp):
             n = wait_for("the body timeout counted", lambda: body_timeouts(gw) >= before + 1 and
                          body_timeouts(gw), 10)
             check(n >= 1, f"{gw}: agentbus_gateway_body_timeouts_total counts it ({n:.0f})")
-            slot_free(gw)
-            st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "after",
-                                                      "stream": False})
-            check(st == 200, f"{gw}: then a generate is admitted and served ({st} {text[:120]})")
+            served_after(gw)
         slot_free(gw)
         st, text = in_parts(port, large)
         check(st == 200 and '"done":true' in text,
@@ -802,10 +807,7 @@ def s_slowread(gw, port):
         n = wait_for("the send timeout counted", lambda: send_timeouts(gw) >= before + 1 and
                      send_timeouts(gw), 10)
         check(n >= 1, f"{gw}: agentbus_gateway_send_timeouts_total counts it ({n:.0f})")
-        slot_free(gw)
-        st, _, text = post(gw + "/api/generate", {"model": "fast", "prompt": "after",
-                                                  "stream": False})
-        check(st == 200, f"{gw}: then a generate is admitted and served ({st} {text[:120]})")
+        served_after(gw)
 
 
 def case_slowread(tmp):
