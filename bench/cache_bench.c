@@ -32,12 +32,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <hiredis/hiredis.h>
 #include <zmq.h>
 
-static pid_t s_kids[8];
+/* The bare hop's 2, the broker and worker of L1/L3, then Redis and L2's
+ * two brokers and two workers: 9 (it was 8: UBSan found the overflow). */
+#define S_KIDS_MAX 16
+static pid_t s_kids[S_KIDS_MAX];
 static int s_nkids;
 static char s_dir[64];
 
@@ -57,10 +61,31 @@ static void s_cleanup(void)
     }
 }
 
+/* Keeps PID to be stopped at exit; -1 when the table is full (PID is
+ * killed then: nothing outlives the bench). */
+static int s_keep(pid_t pid)
+{
+    if (pid <= 0)
+        return -1;
+    if (s_nkids == S_KIDS_MAX) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    s_kids[s_nkids++] = pid;
+    return 0;
+}
+
+/* Starts ARGV with its output to /dev/null; it is stopped when the bench
+ * ends, also when the bench dies without its atexit (a sanitizer's abort,
+ * a signal): the kernel sends it SIGTERM then. */
 static pid_t s_spawn(const char *const *argv)
 {
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);
         int fd = open("/dev/null", O_WRONLY);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -69,9 +94,7 @@ static pid_t s_spawn(const char *const *argv)
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }
-    if (pid > 0)
-        s_kids[s_nkids++] = pid;
-    return pid;
+    return s_keep(pid) == 0 ? pid : -1;
 }
 
 static int s_bare_one(void *s, const char *buf, size_t size, tl_hist_t *h)
@@ -352,8 +375,8 @@ int main(int argc, char **argv)
 
     /* The bare hop. */
     int front = tl_free_port(), back = tl_free_port();
-    s_kids[s_nkids++] = bh_start_forwarder(front, back);
-    s_kids[s_nkids++] = bh_start_echo(back);
+    s_keep(bh_start_forwarder(front, back));
+    s_keep(bh_start_echo(back));
     void *zctx = zmq_ctx_new(), *bare = zmq_socket(zctx, ZMQ_DEALER);
     int linger = 0;
     zmq_setsockopt(bare, ZMQ_LINGER, &linger, sizeof linger);
