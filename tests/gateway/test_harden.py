@@ -197,10 +197,16 @@ def case_slowloris(tmp):
             d.close()
 
 
+def both_modes(tmp, args):
+    """A stack with two gateways given ARGS, one per threading mode
+    (--threads 0, the default, and --threads 2): their (url, port, ...)."""
+    return t.start_stack(tmp, [args, args + ["--threads", "2"]])[1]
+
+
 def case_reconnect(tmp):
     # A deadline of 60 s: only eviction at the cap can let anyone in.
     args = ["--max-connections", "16", "--header-timeout-ms", "60000"]
-    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    gws = both_modes(tmp, args)
     for gw, port, _ in gws:
         s_reconnect(gw, port)
 
@@ -332,7 +338,7 @@ def served_after(gw):
 
 def case_body(tmp):
     args = ["--body-timeout-ms", "1500", "--max-in-flight", "1"]
-    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    gws = both_modes(tmp, args)
     small = json.dumps({"model": "fast", "prompt": "in parts", "stream": False}).encode()
     large = json.dumps({"model": "fast", "prompt": "large in parts", "stream": False,
                         "pad": "x" * 100_000}).encode()
@@ -452,7 +458,7 @@ def case_capheld(tmp):
     # Deadlines of 60 s: only eviction at the cap can let anyone in.
     args = ["--max-connections", "16", "--header-timeout-ms", "60000",
             "--body-timeout-ms", "60000"]
-    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    gws = both_modes(tmp, args)
     for gw, port, _ in gws:
         holders = [Holder(port, 8, "body", "/api/generate"), Holder(port, 8, "body", "/healthz")]
         try:
@@ -487,7 +493,7 @@ def case_capheld(tmp):
 
 def case_perip(tmp):
     args = ["--max-connections", "16", "--max-connections-per-ip", "4"]
-    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    gws = both_modes(tmp, args)
     for gw, port, _ in gws:
         h = Holder(port, 10, "body", "/healthz", src="127.0.0.2", reconnect=False)
         try:
@@ -812,7 +818,7 @@ def s_slowread(gw, port):
 
 def case_slowread(tmp):
     args = ["--send-timeout-ms", "1500", "--max-in-flight", "1"]
-    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    gws = both_modes(tmp, args)
     for gw, port, _ in gws:
         s_slowread(gw, port)
     t.stop_all()
@@ -866,7 +872,7 @@ def s_streambuf(gw, port):
 def case_streambuf(tmp):
     # No send deadline: only the bound in bytes stops the pile-up.
     args = ["--send-timeout-ms", "0", "--max-stream-buffer-bytes", "1000000"]
-    _, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    gws = both_modes(tmp, args)
     for gw, port, _ in gws:
         s_streambuf(gw, port)
     t.stop_all()
