@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* OPT_FLAG: a long 0/1 whose flag may stand alone (--insecure means 1). */
 /* OPT_LIST: a string to which each further setting appends ",VALUE". */
@@ -612,6 +613,44 @@ static int s_check_weights(const char *spec)
     return 0;
 }
 
+/* With --auth curve, each peer's KEY (after '#'): a Z85 public key of 40
+ * characters, or the path of a readable public certificate. Refused here,
+ * with the other bad values (exit 2), naming what is wrong: the link code
+ * only said "its public key is needed" (exit 1) for a key file that did not
+ * exist, a typo in a Z85 key or a file that is no certificate. */
+static int s_check_peer_keys(const ab_broker_config_t *cfg)
+{
+    char *copy = strdup(cfg->peers ? cfg->peers : ""), *save = NULL;
+    int rc = copy ? 0 : -1;
+    for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && rc == 0;
+         tok = strtok_r(NULL, ",", &save)) {
+        const char *key = strchr(tok, '#');
+        uint8_t raw[32];
+        if (key && strlen(key + 1) == 40 && zmq_z85_decode(raw, key + 1))
+            continue;
+        zcert_t *cert = key && key[1] ? zcert_load(key + 1) : NULL;
+        if (cert) {
+            zcert_destroy(&cert);
+            continue;
+        }
+        rc = -1;
+        if (!key || !key[1])
+            fprintf(stderr, "agentbus-broker: invalid peer '%s': with --auth curve its public "
+                    "key is needed: tcp://HOST:PORT#KEY (KEY: its Z85 public key or the path of "
+                    "its public certificate)\n", tok);
+        else if (access(key + 1, R_OK) != 0)
+            fprintf(stderr, "agentbus-broker: invalid peer '%s': the key '%s' is not a Z85 "
+                    "public key (40 characters) and cannot be read as a certificate file: %s\n",
+                    tok, key + 1, strerror(errno));
+        else
+            fprintf(stderr, "agentbus-broker: invalid peer '%s': '%s' is not a public "
+                    "certificate (the peer broker's broker.key, or brokerctl keygen's "
+                    "NAME.key)\n", tok, key + 1);
+    }
+    free(copy);
+    return rc;
+}
+
 int ab_bind_is_local(const char *ep)
 {
     if (strncmp(ep, "tcp://", 6) != 0)
@@ -699,9 +738,10 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "agentbus-broker: invalid http '%s': %s\n", cfg->http, why);
         return -1;
     }
-    if (s_check_weights(cfg->client_weights) != 0 || s_check_links(cfg) != 0)
+    if (s_check_weights(cfg->client_weights) != 0 || s_check_links(cfg) != 0 ||
+        s_check_auth(cfg) != 0)
         return -1;
-    return s_check_auth(cfg);
+    return cfg->auth_curve ? s_check_peer_keys(cfg) : 0;
 }
 
 void ab_config_free(ab_broker_config_t *cfg)
