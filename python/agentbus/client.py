@@ -221,10 +221,11 @@ class Client(_Base):
         limit = None if timeout is None else time.monotonic() + timeout + 5.0
         while not call.final:
             rc = lib.ab_client_poll(self._handle(), 1000)
+            err = self.last_error() if rc < 0 else ""  # before _messages_in's recv
             self._messages_in()
             if rc < 0 and not call.final:
                 self._cancel(call)
-                check(rc, self.last_error)
+                check(rc, lambda: err)
             if limit is not None and time.monotonic() > limit and not call.final:
                 self._cancel(call)
                 raise TimeoutError("no answer from the library within the request's timeout")
@@ -259,10 +260,12 @@ class Client(_Base):
         size = c_size_t()
         rc = lib.ab_client_request(self._handle(), b(service), payload, len(payload),
                                    C.ms(timeout, -1), byref(reply), byref(size))
+        # The error's text before the drain of topic messages, whose last
+        # ab_client_recv leaves "no message in time" as the handle's error.
+        err = self.last_error() if rc < 0 else ""
         if self._subs:  # topic messages that came during the wait
             self._messages_in()
-        if rc < 0:
-            check(rc, self.last_error)
+        check(rc, lambda: err)
         try:
             return ctypes.string_at(reply, size.value) if size.value else b""
         finally:
@@ -497,10 +500,11 @@ class Stream:
                 call.raise_if_failed()
                 raise StopIteration
             rc = lib.ab_client_poll(self._client._handle(), 1000)
+            err = self._client.last_error() if rc < 0 else ""  # before _messages_in's recv
             self._client._messages_in()
             if rc < 0 and not call.final:
                 self.close()
-                check(rc, self._client.last_error)
+                check(rc, lambda: err)
             if limit is not None and time.monotonic() > limit and not call.final:
                 self.close()
                 raise TimeoutError("stream: no answer within the request's timeout")

@@ -63,6 +63,12 @@ def test_no_service(bus):
         assert "nobody-here" in e.value.text  # the broker's text
         with pytest.raises(agentbus.NoServiceError):
             list(c.stream("nobody-here", b"x", timeout=2))
+        # With a subscription the text was "no message in time": the drain
+        # of topic messages after the call overwrote the handle's error.
+        c.subscribe("news")
+        with pytest.raises(agentbus.NoServiceError) as e:
+            c.request("nobody-here", b"x", timeout=2)
+        assert "nobody-here" in e.value.text, e.value.text
 
 
 def test_deadline(bus):
