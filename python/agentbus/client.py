@@ -63,7 +63,8 @@ class _Base:
         o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching, key,
                            broker_key)
         try:
-            check(lib.ab_client_new(byref(self._h), o), lambda: "cannot create client")
+            check(lib.ab_client_new(byref(self._h), o),
+                  lambda: text(lib.ab_client_last_error(None)) or "cannot create client")
         finally:
             lib.ab_options_destroy(byref(c_void_p(o)))
 

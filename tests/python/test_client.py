@@ -184,6 +184,20 @@ def test_closed_client_raises(bus):
         c.request("echo", b"x")
 
 
+def test_refused_handle_says_why(bus):
+    # The library's reason (ab_client_last_error(NULL), ab_worker_last_error
+    # (NULL)), not "cannot create client" / "cannot create worker".
+    with pytest.raises(agentbus.ZmqError) as e:
+        agentbus.Client("nonsense")
+    assert "cannot connect to 'nonsense'" in e.value.text, e.value.text
+    with pytest.raises(agentbus.InvalidError) as e:
+        agentbus.Worker("s" * 300, lambda job: b"", endpoint=bus.endpoint)
+    assert e.value.text == "service name must be 1..255 bytes", e.value.text
+    with pytest.raises(agentbus.InvalidError) as e:
+        agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, capacity=0)
+    assert e.value.text == "capacity must be 1..100000", e.value.text
+
+
 def test_readme_example_runs_as_written(bus, tmp_path):
     import subprocess
     import sys
