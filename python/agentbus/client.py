@@ -20,8 +20,8 @@ from typing import (Any, Callable, Deque, Dict, Iterator, List, Mapping, Optiona
 
 from . import _common as C
 from . import _pb
-from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b, lib,
-                   text)
+from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b,
+                   data_bytes, lib, text)
 from .errors import AgentbusError, CancelledError, TimeoutError, check, error
 
 Data = C.Data
@@ -137,7 +137,7 @@ class _Base:
         keep: List[bytes] = []
         opts = C.request_opts(timeout, model, worker, cache, cache_ttl, priority, idempotent,
                               keep)
-        payload = b(data)
+        payload = data_bytes(data)
         key = self._next_key
         self._next_key += 1
         call = _Call(key)
@@ -256,7 +256,7 @@ class Client(_Base):
         return b"".join(call.events)
 
     def _request_sync(self, service: str, data: Data, timeout: Optional[float]) -> bytes:
-        payload = b(data)
+        payload = data_bytes(data)
         reply = c_void_p()
         size = c_size_t()
         rc = lib.ab_client_request(self._handle(), b(service), payload, len(payload),
@@ -393,7 +393,7 @@ class Client(_Base):
         broker to accept it and returns True if it went to the mailbox,
         False if it was handed over at once. RECEIPT asks for a "receipt"
         message when the recipient's application has it."""
-        payload = b(data)
+        payload = data_bytes(data)
         flags = AB_SEND_RECEIPT if receipt else 0
         if wait:
             queued = c_int()
@@ -410,7 +410,7 @@ class Client(_Base):
         """Answers direct MESSAGE (received by this client) with DATA."""
         if message._c is None:
             raise error(-1, "not a received direct message")
-        payload = b(data)
+        payload = data_bytes(data)
         check(lib.ab_client_reply(self._handle(), message._c, payload, len(payload)),
               self.last_error)
         self._flush()
@@ -444,7 +444,7 @@ class Client(_Base):
     # -- topics -----------------------------------------------------------
     def publish(self, topic: str, data: Data) -> int:
         """Publishes DATA on TOPIC; returns its id."""
-        payload = b(data)
+        payload = data_bytes(data)
         mid = c_uint64()
         check(lib.ab_client_publish(self._handle(), b(topic), payload, len(payload),
                                     byref(mid)), self.last_error)

@@ -198,6 +198,22 @@ def test_refused_handle_says_why(bus):
     assert e.value.text == "capacity must be 1..100000", e.value.text
 
 
+def test_data_of_another_type_is_a_type_error(bus):
+    # docs/python.md: bytes, bytearray, memoryview or str. Anything else was
+    # sent as its str(): request("echo", None) answered b"None".
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as c:
+        for bad in (None, 5, {"a": 1}):
+            with pytest.raises(TypeError):
+                c.request("echo", bad, timeout=5)
+            with pytest.raises(TypeError):
+                c.send("someone", bad)
+            with pytest.raises(TypeError):
+                c.publish("news", bad)
+        assert c.request("echo", memoryview(b"ok"), timeout=5) == b"ok"
+
+
 def test_readme_example_runs_as_written(bus, tmp_path):
     import subprocess
     import sys
