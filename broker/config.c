@@ -310,7 +310,7 @@ static int s_check_links(const ab_broker_config_t *cfg)
         return -1;
     }
     char *copy = strdup(cfg->peers ? cfg->peers : ""), *save = NULL;
-    int rc = copy ? 0 : -1;
+    int rc = copy ? 0 : -1, n = 0;
     for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && rc == 0;
          tok = strtok_r(NULL, ",", &save)) {
         char *hash = strchr(tok, '#');
@@ -321,6 +321,8 @@ static int s_check_links(const ab_broker_config_t *cfg)
         const char *port = strrchr(tok, ':');
         if (!why && port && (!strcmp(port + 1, "*") || atol(port + 1) == 0))
             why = "a peer's port is 1..65535";
+        if (!why && ++n > AB_MAX_PEERS)
+            why = "too many peers (at most " AB_STR(AB_MAX_PEERS) ")";
         if (why) {
             fprintf(stderr, "agentbus-broker: invalid peer '%s': %s\n", tok, why);
             rc = -1;

@@ -209,6 +209,9 @@ static int s_peer_key(const char *key, char *out)
     return 0;
 }
 
+/* The config refuses more --peer entries than there are links. */
+_Static_assert(AB_MAX_PEERS <= AB_LINKS_MAX, "AB_MAX_PEERS (config.h) over AB_LINKS_MAX");
+
 /* One --peer entry: tcp://HOST:PORT[#KEY]. 0 or -1 (logged). */
 static int s_peer_add(ab_broker_t *b, const char *spec)
 {

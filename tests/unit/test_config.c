@@ -193,6 +193,17 @@ static void s_test_peer_keys(void)
         CHECK_EQ(ab_config_load(&cfg, 6, argv), i < 2 ? 0 : -1);
         ab_config_free(&cfg);
     }
+    /* More peers than links: a bad option (was exit 1 from the link code,
+     * "too many peers"), 16 is fine. */
+    char many[1024] = "--peer=", *w = many + 7;
+    for (int i = 1; i <= 17; i++) {
+        char *argv2[] = {"agentbus-broker", many, NULL};
+        w += sprintf(w, "%stcp://127.0.0.1:%d", i > 1 ? "," : "", 6000 + i);
+        if (i >= 16) {
+            CHECK_EQ(ab_config_load(&cfg, 2, argv2), i == 16 ? 0 : -1);
+            ab_config_free(&cfg);
+        }
+    }
     /* Without auth the key is not used (the link code warns): not checked. */
     char *plain[] = {"agentbus-broker", "--peer=tcp://127.0.0.1:5999#short", NULL};
     CHECK_EQ(ab_config_load(&cfg, 2, plain), 0);
