@@ -310,6 +310,7 @@ static int s_check_links(const ab_broker_config_t *cfg)
         return -1;
     }
     char *copy = strdup(cfg->peers ? cfg->peers : ""), *save = NULL;
+    const char *seen[AB_MAX_PEERS];
     int rc = copy ? 0 : -1, n = 0;
     for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && rc == 0;
          tok = strtok_r(NULL, ",", &save)) {
@@ -321,8 +322,14 @@ static int s_check_links(const ab_broker_config_t *cfg)
         const char *port = strrchr(tok, ':');
         if (!why && port && (!strcmp(port + 1, "*") || atol(port + 1) == 0))
             why = "a peer's port is 1..65535";
-        if (!why && ++n > AB_MAX_PEERS)
+        /* Sources add up: the same peer in the file and on the command
+         * line dialed it twice, two records for one broker name. */
+        for (int i = 0; !why && i < n; i++)
+            why = strcmp(seen[i], tok) ? NULL : "given twice (the sources of peer add up)";
+        if (!why && n == AB_MAX_PEERS)
             why = "too many peers (at most " AB_STR(AB_MAX_PEERS) ")";
+        if (!why)
+            seen[n++] = tok;
         if (why) {
             fprintf(stderr, "agentbus-broker: invalid peer '%s': %s\n", tok, why);
             rc = -1;

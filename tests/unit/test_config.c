@@ -204,6 +204,13 @@ static void s_test_peer_keys(void)
             ab_config_free(&cfg);
         }
     }
+    /* The same peer twice (file and flag add up): said, not dialed twice. */
+    const char *twice = s_file("broker\n    peer = tcp://127.0.0.1:6001\n");
+    CHECK_EQ(s_load(&cfg, twice, "--peer=tcp://127.0.0.1:6002"), 0);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load(&cfg, twice, "--peer=tcp://127.0.0.1:6001"), -1);
+    ab_config_free(&cfg);
+    unlink(twice);
     /* Without auth the key is not used (the link code warns): not checked. */
     char *plain[] = {"agentbus-broker", "--peer=tcp://127.0.0.1:5999#short", NULL};
     CHECK_EQ(ab_config_load(&cfg, 2, plain), 0);
