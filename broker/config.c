@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* OPT_FLAG: a long 0/1 whose flag may stand alone (--insecure means 1). */
 /* OPT_LIST: a string to which each further setting appends ",VALUE". */
@@ -627,6 +626,29 @@ static int s_check_weights(const char *spec)
  * with the other bad values (exit 2), naming what is wrong: the link code
  * only said "its public key is needed" (exit 1) for a key file that did not
  * exist, a typo in a Z85 key or a file that is no certificate. */
+/* 0 when PATH holds a certificate with a Z85 public key; -1 (errno set)
+ * when it cannot be read, -2 when it is no certificate. Not zcert_load:
+ * on a file that is no ZPL, zconfig_load leaks its file object. */
+static int s_cert_check(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char text[8192];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    int err = ferror(f);
+    fclose(f);
+    if (err)
+        return -1;
+    text[n] = '\0';
+    zconfig_t *root = memchr(text, 0, n) ? NULL : zconfig_str_load(text);
+    const char *pub = root ? zconfig_get(root, "curve/public-key", "") : "";
+    uint8_t raw[32];
+    int ok = strlen(pub) == 40 && zmq_z85_decode(raw, pub) != NULL;
+    zconfig_destroy(&root);
+    return ok ? 0 : -2;
+}
+
 static int s_check_peer_keys(const ab_broker_config_t *cfg)
 {
     char *copy = strdup(cfg->peers ? cfg->peers : ""), *save = NULL;
@@ -637,17 +659,15 @@ static int s_check_peer_keys(const ab_broker_config_t *cfg)
         uint8_t raw[32];
         if (key && strlen(key + 1) == 40 && zmq_z85_decode(raw, key + 1))
             continue;
-        zcert_t *cert = key && key[1] ? zcert_load(key + 1) : NULL;
-        if (cert) {
-            zcert_destroy(&cert);
+        int cert = key && key[1] ? s_cert_check(key + 1) : -2;
+        if (cert == 0)
             continue;
-        }
         rc = -1;
         if (!key || !key[1])
             fprintf(stderr, "agentbus-broker: invalid peer '%s': with --auth curve its public "
                     "key is needed: tcp://HOST:PORT#KEY (KEY: its Z85 public key or the path of "
                     "its public certificate)\n", tok);
-        else if (access(key + 1, R_OK) != 0)
+        else if (cert == -1)
             fprintf(stderr, "agentbus-broker: invalid peer '%s': the key '%s' is not a Z85 "
                     "public key (40 characters) and cannot be read as a certificate file: %s\n",
                     tok, key + 1, strerror(errno));
