@@ -309,7 +309,8 @@ static int s_check_links(const ab_broker_config_t *cfg)
         return -1;
     }
     char *copy = strdup(cfg->peers ? cfg->peers : ""), *save = NULL;
-    int rc = copy ? 0 : -1;
+    const char *seen[AB_MAX_PEERS];
+    int rc = copy ? 0 : -1, n = 0;
     for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && rc == 0;
          tok = strtok_r(NULL, ",", &save)) {
         char *hash = strchr(tok, '#');
@@ -320,6 +321,14 @@ static int s_check_links(const ab_broker_config_t *cfg)
         const char *port = strrchr(tok, ':');
         if (!why && port && (!strcmp(port + 1, "*") || atol(port + 1) == 0))
             why = "a peer's port is 1..65535";
+        /* Sources add up: the same peer in the file and on the command
+         * line dialed it twice, two records for one broker name. */
+        for (int i = 0; !why && i < n; i++)
+            why = strcmp(seen[i], tok) ? NULL : "given twice (the sources of peer add up)";
+        if (!why && n == AB_MAX_PEERS)
+            why = "too many peers (at most " AB_STR(AB_MAX_PEERS) ")";
+        if (!why)
+            seen[n++] = tok;
         if (why) {
             fprintf(stderr, "agentbus-broker: invalid peer '%s': %s\n", tok, why);
             rc = -1;
@@ -612,6 +621,65 @@ static int s_check_weights(const char *spec)
     return 0;
 }
 
+/* With --auth curve, each peer's KEY (after '#'): a Z85 public key of 40
+ * characters, or the path of a readable public certificate. Refused here,
+ * with the other bad values (exit 2), naming what is wrong: the link code
+ * only said "its public key is needed" (exit 1) for a key file that did not
+ * exist, a typo in a Z85 key or a file that is no certificate. */
+/* 0 when PATH holds a certificate with a Z85 public key; -1 (errno set)
+ * when it cannot be read, -2 when it is no certificate. Not zcert_load:
+ * on a file that is no ZPL, zconfig_load leaks its file object. */
+static int s_cert_check(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char text[8192];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    int err = ferror(f);
+    fclose(f);
+    if (err)
+        return -1;
+    text[n] = '\0';
+    zconfig_t *root = memchr(text, 0, n) ? NULL : zconfig_str_load(text);
+    const char *pub = root ? zconfig_get(root, "curve/public-key", "") : "";
+    uint8_t raw[32];
+    int ok = strlen(pub) == 40 && zmq_z85_decode(raw, pub) != NULL;
+    zconfig_destroy(&root);
+    return ok ? 0 : -2;
+}
+
+static int s_check_peer_keys(const ab_broker_config_t *cfg)
+{
+    char *copy = strdup(cfg->peers ? cfg->peers : ""), *save = NULL;
+    int rc = copy ? 0 : -1;
+    for (char *tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && rc == 0;
+         tok = strtok_r(NULL, ",", &save)) {
+        const char *key = strchr(tok, '#');
+        uint8_t raw[32];
+        if (key && strlen(key + 1) == 40 && zmq_z85_decode(raw, key + 1))
+            continue;
+        int cert = key && key[1] ? s_cert_check(key + 1) : -2;
+        if (cert == 0)
+            continue;
+        rc = -1;
+        if (!key || !key[1])
+            fprintf(stderr, "agentbus-broker: invalid peer '%s': with --auth curve its public "
+                    "key is needed: tcp://HOST:PORT#KEY (KEY: its Z85 public key or the path of "
+                    "its public certificate)\n", tok);
+        else if (cert == -1)
+            fprintf(stderr, "agentbus-broker: invalid peer '%s': the key '%s' is not a Z85 "
+                    "public key (40 characters) and cannot be read as a certificate file: %s\n",
+                    tok, key + 1, strerror(errno));
+        else
+            fprintf(stderr, "agentbus-broker: invalid peer '%s': '%s' is not a public "
+                    "certificate (the peer broker's broker.key, or brokerctl keygen's "
+                    "NAME.key)\n", tok, key + 1);
+    }
+    free(copy);
+    return rc;
+}
+
 int ab_bind_is_local(const char *ep)
 {
     if (strncmp(ep, "tcp://", 6) != 0)
@@ -699,9 +767,10 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "agentbus-broker: invalid http '%s': %s\n", cfg->http, why);
         return -1;
     }
-    if (s_check_weights(cfg->client_weights) != 0 || s_check_links(cfg) != 0)
+    if (s_check_weights(cfg->client_weights) != 0 || s_check_links(cfg) != 0 ||
+        s_check_auth(cfg) != 0)
         return -1;
-    return s_check_auth(cfg);
+    return cfg->auth_curve ? s_check_peer_keys(cfg) : 0;
 }
 
 void ab_config_free(ab_broker_config_t *cfg)

@@ -13,6 +13,10 @@
 #include <stddef.h>
 
 #define AB_MAX_BINDS 16
+/* --peer entries: each is a link, and a broker has AB_LINKS_MAX (link_int.h) */
+#define AB_MAX_PEERS 16
+#define AB_STR_(x) #x
+#define AB_STR(x) AB_STR_(x)
 
 typedef struct {
     char *binds[AB_MAX_BINDS];

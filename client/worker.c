@@ -113,7 +113,14 @@ int ab_worker_new(ab_worker_t **out, const ab_options_t *opts, const char *servi
     if (!out)
         return AB_EINVAL;
     *out = NULL;
-    if (!service || !*service || strlen(service) >= 256 || capacity < 1 || capacity > 100000)
+    /* Said in the thread's last error (it kept an earlier call's text, or
+     * none: agentbus-worker printed "invalid argument: cannot create"). */
+    const char *why = !service || !*service || strlen(service) >= 256
+                          ? "service name must be 1..255 bytes"
+                      : capacity < 1 || capacity > 100000 ? "capacity must be 1..100000"
+                                                          : NULL;
+    ab_conn_new_error_set(why ? why : "");
+    if (why)
         return AB_EINVAL;
     ab_worker_t *w = calloc(1, sizeof *w);
     if (!w)

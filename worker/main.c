@@ -42,7 +42,8 @@ static void s_usage(const char *prog)
            "  --broker-key KEY    the broker's public key, Z85 or a certificate file\n"
            "                      (default: $AB_BROKER_KEY)\n"
            "  --backend NAME      backend: echo or ollama (default echo)\n"
-           "  --service NAME      service to register (default echo; ollama backend: ollama)\n"
+           "  --service NAME      service to register, 1..255 bytes (default echo; ollama\n"
+           "                      backend: ollama)\n"
            "  --capacity N        concurrent requests, 1..100000 (default 16; ollama backend:\n"
            "                      $OLLAMA_NUM_PARALLEL, else 4; the adaptive limit's maximum)\n"
            "  --delay-ms N        echo: wait N ms before replying (default 0)\n"
@@ -53,7 +54,8 @@ static void s_usage(const char *prog)
            "  --gpu-vram-mb N     ollama: GPU memory when NVML cannot tell (default 0: unknown)\n"
            "  --ollama-retries N  ollama: retries of a 503 / connection error here (default 2)\n"
            "  --min-slots N       ollama: floor of the adaptive slot limit, which 503s and\n"
-           "                      out-of-memory errors halve (default 1; at most --capacity)\n"
+           "                      out-of-memory errors halve (default 1; above --capacity\n"
+           "                      or --model-slots: exit 2)\n"
            "  --model-slots N     ollama: most requests of one model at once (default 0:\n"
            "                      --capacity); e.g. OLLAMA_NUM_PARALLEL + 1\n"
            "  --refresh-ms N      ollama: longest interval between model probes (default 5000)\n"
@@ -125,7 +127,9 @@ static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *cap
     case O_KEY: a->key = v; return *v ? 0 : -1;
     case O_BROKERKEY: a->broker_key = v; return *v ? 0 : -1;
     case O_BACKEND: a->backend = v; return 0;
-    case O_SERVICE: a->args.service = v, *service_set = 1; return *v ? 0 : -1;
+    case O_SERVICE: /* 1..255 bytes: ab_worker_new's bound */
+        a->args.service = v, *service_set = 1;
+        return *v && strlen(v) < 256 ? 0 : -1;
     case O_NAME: a->name = v; return strlen(v) < 256 ? 0 : -1; /* the library's bound */
     case O_LABEL:
         if (a->nlabels >= 64) {
@@ -177,6 +181,22 @@ static int s_check(s_args_t *a)
         return -1;
     }
     return 0;
+}
+
+/* The adaptive limit's floor under its maximum: the backend took the
+ * smaller without a word (--min-slots 8 with 4 slots ran with 4). */
+static int s_check_slots(const wk_backend_args_t *b)
+{
+    long cap = (long)b->capacity, over = b->min_slots > cap ? cap
+                                       : b->model_slots > 0 && b->min_slots > b->model_slots
+                                           ? b->model_slots
+                                           : 0;
+    if (!over)
+        return 0;
+    fprintf(stderr, "agentbus-worker: --min-slots %ld is above %s %ld (the floor of the adaptive "
+            "limit cannot exceed its maximum)\n", b->min_slots,
+            over == cap && b->min_slots > cap ? "--capacity" : "--model-slots", over);
+    return -1;
 }
 
 static int s_parse(s_args_t *a, int argc, char **argv)
@@ -233,6 +253,8 @@ static int s_parse(s_args_t *a, int argc, char **argv)
             a->args.capacity = np && tl_parse_long(np, 1, 100000, &n0) == 0 ? (unsigned)n0 : 4;
     }
     a->args.name = a->name;
+    if (strcmp(a->backend, "ollama") == 0 && s_check_slots(&a->args) != 0)
+        return -1;
     return s_check(a);
 }
 
@@ -256,11 +278,13 @@ static int s_setup(const s_args_t *a)
     if (rc == AB_OK)
         rc = ab_worker_new(&s_worker, o, a->args.service, a->args.capacity);
     ab_options_destroy(&o);
+    /* The key whole: the broker judges its length (register-max-string-
+     * bytes); a 256-byte copy here cut longer ones without a word. */
     for (int i = 0; rc == AB_OK && i < a->nlabels; i++) {
-        char key[256];
         const char *eq = strchr(a->labels[i], '=');
-        snprintf(key, sizeof key, "%.*s", (int)(eq - a->labels[i]), a->labels[i]);
-        rc = ab_worker_set_label(s_worker, key, eq + 1);
+        char *key = strndup(a->labels[i], (size_t)(eq - a->labels[i]));
+        rc = key ? ab_worker_set_label(s_worker, key, eq + 1) : AB_ENOMEM;
+        free(key);
     }
     return rc;
 }

@@ -81,6 +81,20 @@ static zcert_t *s_broker_cert(const char *path, const char *name)
         }
         return c;
     }
+    /* A public half without its secret is never replaced: peers may trust
+     * it. It was, and --broker-cert NAME.key_secret (the secret's path, an
+     * easy slip) wrote a public certificate over that secret. */
+    if (stat(path, &st) == 0) {
+        size_t n = strlen(path);
+        if (n > 7 && strcmp(path + n - 7, "_secret") == 0)
+            AB_ERROR("broker-cert %s: give the public half's path, %.*s (the secret half is "
+                     "read from beside it)", path, (int)(n - 7), path);
+        else
+            AB_ERROR("%s exists but its secret half %s does not: restore it, or remove %s to "
+                     "make a new keypair (peers then need its new public key)", path, secret,
+                     path);
+        return NULL;
+    }
     zcert_t *c = zcert_new();
     if (!c)
         return NULL;

@@ -186,6 +186,7 @@ static int s_dial(ab_broker_t *b, ab_link_t *l)
     l->dealer = d;
     l->out_up = 0;
     l->out_since_ms = ab_now_ms();
+    l->out_warned = 0;
     return 0;
 }
 
@@ -207,6 +208,9 @@ static int s_peer_key(const char *key, char *out)
     zcert_destroy(&c);
     return 0;
 }
+
+/* The config refuses more --peer entries than there are links. */
+_Static_assert(AB_MAX_PEERS <= AB_LINKS_MAX, "AB_MAX_PEERS (config.h) over AB_LINKS_MAX");
 
 /* One --peer entry: tcp://HOST:PORT[#KEY]. 0 or -1 (logged). */
 static int s_peer_add(ab_broker_t *b, const char *spec)
@@ -449,11 +453,33 @@ static void s_redial(ab_broker_t *b, ab_link_t *l)
         AB_WARN("cannot dial '%s' again (%s): retried next tick", l->name, l->endpoint);
 }
 
+/* A dialed peer still not linked S_DIAL_WARN_MS after the dial is said
+ * once per dial. Without it a KEY that is not the peer's, a key the peer
+ * does not trust and no broker there all looked alike from this side:
+ * nothing in the log (only the peer's log said "failed its handshake"). */
+#define S_DIAL_WARN_MS 5000
+static void s_dial_warn(ab_link_t *l, int64_t now)
+{
+    if (!l->dealer || l->out_up || l->out_warned || now - l->out_since_ms < S_DIAL_WARN_MS)
+        return;
+    l->out_warned = 1;
+    if (l->out_conn)
+        AB_WARN("peer %s: connected but not linked after %lld s: it answers no LINK HELLO "
+                "(its log says why, e.g. a broker name its key is not granted)", l->endpoint,
+                (long long)(now - l->out_since_ms) / 1000);
+    else
+        AB_WARN("peer %s: not linked after %lld s: no handshake completed. No broker listens "
+                "there, or it does not trust this broker's key, or the KEY given for it is "
+                "not its broker key (its log then says 'failed its handshake' or 'unknown "
+                "key'); still trying", l->endpoint, (long long)(now - l->out_since_ms) / 1000);
+}
+
 static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
 {
     int64_t silent = b->cfg->link_heartbeat_ms * AB_LINK_SILENT_IVL;
     if (l->endpoint[0] && !l->dealer)
         s_dial(b, l);
+    s_dial_warn(l, now);
     if (l->dealer && l->out_up && now - l->out_last_ms > silent) {
         AB_WARN("link to '%s': dialed connection silent for %lld ms", l->name,
                 (long long)(now - l->out_last_ms));

@@ -49,6 +49,7 @@ typedef struct ab_link {
     int broken;                  /* a gathered send on it failed: dialed again next turn */
     int out_up;                  /* the peer answered our HELLO on it */
     int64_t out_last_ms, out_since_ms;
+    int out_warned;              /* "not linked" said since the last dial (s_check) */
     ab_peer_t *in;               /* the connection the peer dialed (ROUTER peer) */
     int64_t in_last_ms;
     int up;

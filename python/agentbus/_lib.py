@@ -202,5 +202,14 @@ def b(s) -> bytes:
     return str(s).encode()
 
 
+def data_bytes(d) -> bytes:
+    """A payload as bytes: bytes, bytearray, memoryview or str (UTF-8). Any
+    other type is a TypeError: b() sent str(d), so None went as b"None"."""
+    if isinstance(d, (bytes, bytearray, memoryview, str)):
+        return b(d)
+    raise TypeError("data must be bytes, bytearray, memoryview or str, not %s"
+                    % type(d).__name__)
+
+
 def text(p) -> str:
     return p.decode("utf-8", "replace") if p else ""

@@ -20,7 +20,7 @@ from ctypes import byref, c_int, c_uint64
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from . import _common as C
-from ._lib import AB_SEND_RECEIPT, POINTER, Directory, b, lib
+from ._lib import AB_SEND_RECEIPT, POINTER, Directory, b, data_bytes, lib
 from .client import Subscription, _Base, _Call
 from .errors import TimeoutError, check, error
 
@@ -237,7 +237,7 @@ class AsyncClient(_Base):
                    timeout: Optional[float] = None) -> Union[int, bool]:
         """As :meth:`Client.send`."""
         self._attach()
-        payload = b(data)
+        payload = data_bytes(data)
         flags = AB_SEND_RECEIPT if receipt else 0
         if wait:
             queued = c_int()
@@ -254,7 +254,7 @@ class AsyncClient(_Base):
 
     async def reply(self, message: C.Message, data: C.Data) -> None:
         """As :meth:`Client.reply`."""
-        payload = b(data)
+        payload = data_bytes(data)
         check(lib.ab_client_reply(self._handle(), message._c, payload, len(payload)),
               self.last_error)
         self._kick()
@@ -281,7 +281,7 @@ class AsyncClient(_Base):
     async def publish(self, topic: str, data: C.Data) -> int:
         """As :meth:`Client.publish`."""
         self._attach()
-        payload = b(data)
+        payload = data_bytes(data)
         mid = c_uint64()
         check(lib.ab_client_publish(self._handle(), b(topic), payload, len(payload),
                                     byref(mid)), self.last_error)

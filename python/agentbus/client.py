@@ -20,8 +20,8 @@ from typing import (Any, Callable, Deque, Dict, Iterator, List, Mapping, Optiona
 
 from . import _common as C
 from . import _pb
-from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b, lib,
-                   text)
+from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b,
+                   data_bytes, lib, text)
 from .errors import AgentbusError, CancelledError, TimeoutError, check, error
 
 Data = C.Data
@@ -63,7 +63,8 @@ class _Base:
         o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching, key,
                            broker_key)
         try:
-            check(lib.ab_client_new(byref(self._h), o), lambda: "cannot create client")
+            check(lib.ab_client_new(byref(self._h), o),
+                  lambda: text(lib.ab_client_last_error(None)) or "cannot create client")
         finally:
             lib.ab_options_destroy(byref(c_void_p(o)))
 
@@ -136,7 +137,7 @@ class _Base:
         keep: List[bytes] = []
         opts = C.request_opts(timeout, model, worker, cache, cache_ttl, priority, idempotent,
                               keep)
-        payload = b(data)
+        payload = data_bytes(data)
         key = self._next_key
         self._next_key += 1
         call = _Call(key)
@@ -221,10 +222,11 @@ class Client(_Base):
         limit = None if timeout is None else time.monotonic() + timeout + 5.0
         while not call.final:
             rc = lib.ab_client_poll(self._handle(), 1000)
+            err = self.last_error() if rc < 0 else ""  # before _messages_in's recv
             self._messages_in()
             if rc < 0 and not call.final:
                 self._cancel(call)
-                check(rc, self.last_error)
+                check(rc, lambda: err)
             if limit is not None and time.monotonic() > limit and not call.final:
                 self._cancel(call)
                 raise TimeoutError("no answer from the library within the request's timeout")
@@ -254,15 +256,17 @@ class Client(_Base):
         return b"".join(call.events)
 
     def _request_sync(self, service: str, data: Data, timeout: Optional[float]) -> bytes:
-        payload = b(data)
+        payload = data_bytes(data)
         reply = c_void_p()
         size = c_size_t()
         rc = lib.ab_client_request(self._handle(), b(service), payload, len(payload),
                                    C.ms(timeout, -1), byref(reply), byref(size))
+        # The error's text before the drain of topic messages, whose last
+        # ab_client_recv leaves "no message in time" as the handle's error.
+        err = self.last_error() if rc < 0 else ""
         if self._subs:  # topic messages that came during the wait
             self._messages_in()
-        if rc < 0:
-            check(rc, self.last_error)
+        check(rc, lambda: err)
         try:
             return ctypes.string_at(reply, size.value) if size.value else b""
         finally:
@@ -389,7 +393,7 @@ class Client(_Base):
         broker to accept it and returns True if it went to the mailbox,
         False if it was handed over at once. RECEIPT asks for a "receipt"
         message when the recipient's application has it."""
-        payload = b(data)
+        payload = data_bytes(data)
         flags = AB_SEND_RECEIPT if receipt else 0
         if wait:
             queued = c_int()
@@ -406,7 +410,7 @@ class Client(_Base):
         """Answers direct MESSAGE (received by this client) with DATA."""
         if message._c is None:
             raise error(-1, "not a received direct message")
-        payload = b(data)
+        payload = data_bytes(data)
         check(lib.ab_client_reply(self._handle(), message._c, payload, len(payload)),
               self.last_error)
         self._flush()
@@ -440,7 +444,7 @@ class Client(_Base):
     # -- topics -----------------------------------------------------------
     def publish(self, topic: str, data: Data) -> int:
         """Publishes DATA on TOPIC; returns its id."""
-        payload = b(data)
+        payload = data_bytes(data)
         mid = c_uint64()
         check(lib.ab_client_publish(self._handle(), b(topic), payload, len(payload),
                                     byref(mid)), self.last_error)
@@ -497,10 +501,11 @@ class Stream:
                 call.raise_if_failed()
                 raise StopIteration
             rc = lib.ab_client_poll(self._client._handle(), 1000)
+            err = self._client.last_error() if rc < 0 else ""  # before _messages_in's recv
             self._client._messages_in()
             if rc < 0 and not call.final:
                 self.close()
-                check(rc, self._client.last_error)
+                check(rc, lambda: err)
             if limit is not None and time.monotonic() > limit and not call.final:
                 self.close()
                 raise TimeoutError("stream: no answer within the request's timeout")

@@ -130,7 +130,7 @@ class Worker:
         o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
         try:
             check(lib.ab_worker_new(byref(self._h), o, b(service), int(capacity)),
-                  lambda: "cannot create worker")
+                  lambda: text(lib.ab_worker_last_error(None)) or "cannot create worker")
         finally:
             lib.ab_options_destroy(byref(c_void_p(o)))
         for k, v in (labels or {}).items():

@@ -256,6 +256,32 @@ static void s_keypair(void)
     b = th_spawn("agentbus-broker", argv, NULL);
     CHECK_EQ(th_wait_exit(b, 10000), 1);
     CHECK_TRUE(s_log_has(b, "readable by other users", 100));
+    /* Neither half is ever overwritten: a public half whose secret is gone
+     * is refused (a new keypair replaced it, which peers may trust), and
+     * so is the secret's own path as --broker-cert (it wrote a public
+     * certificate over the secret and made NAME.key_secret_secret). */
+    chmod(path, 0600);
+    char moved[720], keys[700];
+    snprintf(moved, sizeof moved, "%s.moved", path);
+    snprintf(keys, sizeof keys, "%s/keys", s_data);
+    REQUIRE(rename(path, moved) == 0);
+    b = th_spawn("agentbus-broker", argv, NULL);
+    CHECK_EQ(th_wait_exit(b, 10000), 1);
+    CHECK_TRUE(s_log_has(b, "exists but its secret half", 100));
+    snprintf(path, sizeof path, "%s/broker.key", s_data);
+    th_cert_value(path, "public-key", pub2);
+    CHECK_STR(pub2, pub1);
+    snprintf(path, sizeof path, "%s/broker.key_secret", s_data);
+    REQUIRE(rename(moved, path) == 0);
+    const char *argv2[] = {"--bind", th_ep(port), "--auth", "curve", "--keys-dir", keys,
+                           "--broker-cert", path, NULL};
+    b = th_spawn("agentbus-broker", argv2, NULL);
+    CHECK_EQ(th_wait_exit(b, 10000), 1);
+    CHECK_TRUE(s_log_has(b, "give the public half's path", 100));
+    th_cert_value(path, "secret-key", pub2);
+    CHECK_TRUE(pub2[0] != '\0'); /* still the secret half */
+    snprintf(moved, sizeof moved, "%s_secret", path);
+    CHECK_TRUE(access(moved, F_OK) != 0);
 }
 
 /* A trusted agent key works; an unknown key and no key are refused at the

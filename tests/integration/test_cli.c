@@ -186,6 +186,11 @@ static void s_worker_refused(void)
     CHECK_TRUE(HAS(want));
     CHECK_TRUE(HAS(" ERROR "));
     CHECK_TRUE(!HAS("no broker reachable"));
+    /* A label key is sent whole, for the broker to judge: one of 1100
+     * bytes was cut to 255 and registered. */
+    CHECK_EQ(s_sh("timeout -k 5 20 %s --broker %s --label \"$(head -c 1100 /dev/zero | tr "
+                  "'\\0' k)=v\"", th_bin("agentbus-worker"), ep), 1);
+    CHECK_TRUE(HAS(want));
 }
 
 /* keygen replaces neither half of an existing key pair without --force,
@@ -353,6 +358,18 @@ static void s_leading_dash(void)
     CHECK_EQ(s_sh("timeout 10 %s --name \"$(head -c 300 /dev/zero | tr '\\0' n)\"",
                   th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("for --name"));
+    /* A service name ab_worker_new refuses, and a floor over its maximum:
+     * usage errors (were exit 1 "invalid argument: cannot create the
+     * worker", and a --min-slots silently lowered to the capacity). */
+    CHECK_EQ(s_sh("timeout 10 %s --service \"$(head -c 256 /dev/zero | tr '\\0' s)\"",
+                  th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("for --service"));
+    CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url http://127.0.0.1:1 --capacity 2 "
+                  "--min-slots 3", th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("--min-slots 3 is above --capacity 2"));
+    CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url http://127.0.0.1:1 --capacity 8 "
+                  "--model-slots 2 --min-slots 3", th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("--min-slots 3 is above --model-slots 2"));
     CHECK_EQ(s_sh("timeout 10 %s $(for i in $(seq 65); do printf -- '--label k%%d=v ' $i; done)",
                   th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("at most 64 --label"));

@@ -510,14 +510,25 @@ static void s_unknown_key(void)
     snprintf(spub, sizeof spub, "%s/stranger.key", lt_certdir());
     /* D's own keys trust its clients' admin key; its cert is the stranger's. */
     setenv("AB_BROKER_KEY", spub, 1); /* th_broker's own client: D's key */
-    th_broker(pd, "--name", "D", "--keys-dir", lt_keysdir("D", NULL), "--broker-cert", spub,
-              "--peer", lt_peer(pb), NULL);
+    pid_t dpid = th_broker(pd, "--name", "D", "--keys-dir", lt_keysdir("D", NULL),
+                           "--broker-cert", spub, "--peer", lt_peer(pb), NULL);
     setenv("AB_BROKER_KEY", lt_cert(), 1);
     ab_client_t *b = th_client(pb);
     REQUIRE(lt_wait_link(b, "A", 1, 30000) == 0);
     /* Wait for B's log to show the refusal of D's key. */
     snprintf(cmd, sizeof cmd, "grep -c 'unknown key' %s", th_log_of(bpid));
     int seen = 0;
+    for (int i = 0; i < 300 && !seen; i++) {
+        seen = th_run(cmd, out, sizeof out) == 0;
+        if (!seen)
+            th_sleep_ms(50);
+    }
+    CHECK_EQ(seen, 1);
+    /* ... and D, the dialing side, says so too (it said nothing: a refused
+     * key, a wrong KEY and no broker there were all silence). */
+    snprintf(cmd, sizeof cmd, "grep -c 'peer %s: not linked after 5 s: no handshake' %s",
+             th_ep(pb), th_log_of(dpid));
+    seen = 0;
     for (int i = 0; i < 300 && !seen; i++) {
         seen = th_run(cmd, out, sizeof out) == 0;
         if (!seen)

@@ -145,6 +145,17 @@ case_man_pages()
         "$build/systemd/agentbus-broker.service")
     MANWIDTH=200 man -l "$build/man/agentbus-broker.1" 2>/dev/null | grep -F "$conf" >/dev/null ||
         fail "agentbus-broker.1 does not name $conf"
+    # Exit statuses and the environment a stranger looks up (the worker's
+    # page named AB_BROKER only; neither said what its exit status means).
+    for p in agentbus-broker agentbus-worker; do
+        MANWIDTH=200 man -l "$build/man/$p.1" 2>/dev/null >"$tmp/page.txt"
+        grep -q '^EXIT STATUS' "$tmp/page.txt" || fail "$p.1 has no EXIT STATUS"
+        grep -q '^SIGNALS' "$tmp/page.txt" || fail "$p.1 has no SIGNALS"
+    done
+    MANWIDTH=200 man -l "$build/man/agentbus-worker.1" 2>/dev/null >"$tmp/page.txt"
+    for v in AB_KEY AB_BROKER_KEY AB_BATCH OLLAMA_NUM_PARALLEL; do
+        grep -q "^ *$v" "$tmp/page.txt" || fail "agentbus-worker.1 does not name $v"
+    done
 }
 
 case_broker_conf_ready()

@@ -63,6 +63,12 @@ def test_no_service(bus):
         assert "nobody-here" in e.value.text  # the broker's text
         with pytest.raises(agentbus.NoServiceError):
             list(c.stream("nobody-here", b"x", timeout=2))
+        # With a subscription the text was "no message in time": the drain
+        # of topic messages after the call overwrote the handle's error.
+        c.subscribe("news")
+        with pytest.raises(agentbus.NoServiceError) as e:
+            c.request("nobody-here", b"x", timeout=2)
+        assert "nobody-here" in e.value.text, e.value.text
 
 
 def test_deadline(bus):
@@ -176,6 +182,36 @@ def test_closed_client_raises(bus):
     c.close()  # idempotent
     with pytest.raises(agentbus.StoppedError):
         c.request("echo", b"x")
+
+
+def test_refused_handle_says_why(bus):
+    # The library's reason (ab_client_last_error(NULL), ab_worker_last_error
+    # (NULL)), not "cannot create client" / "cannot create worker".
+    with pytest.raises(agentbus.ZmqError) as e:
+        agentbus.Client("nonsense")
+    assert "cannot connect to 'nonsense'" in e.value.text, e.value.text
+    with pytest.raises(agentbus.InvalidError) as e:
+        agentbus.Worker("s" * 300, lambda job: b"", endpoint=bus.endpoint)
+    assert e.value.text == "service name must be 1..255 bytes", e.value.text
+    with pytest.raises(agentbus.InvalidError) as e:
+        agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, capacity=0)
+    assert e.value.text == "capacity must be 1..100000", e.value.text
+
+
+def test_data_of_another_type_is_a_type_error(bus):
+    # docs/python.md: bytes, bytearray, memoryview or str. Anything else was
+    # sent as its str(): request("echo", None) answered b"None".
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as c:
+        for bad in (None, 5, {"a": 1}):
+            with pytest.raises(TypeError):
+                c.request("echo", bad, timeout=5)
+            with pytest.raises(TypeError):
+                c.send("someone", bad)
+            with pytest.raises(TypeError):
+                c.publish("news", bad)
+        assert c.request("echo", memoryview(b"ok"), timeout=5) == b"ok"
 
 
 def test_readme_example_runs_as_written(bus, tmp_path):

@@ -9,6 +9,8 @@
 #include "log.h"
 #include "test.h"
 
+#include <czmq.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -163,6 +165,62 @@ static void s_test_client_weights(void)
     }
 }
 
+/* --peer's KEY with --auth curve: a missing certificate file, a mistyped
+ * Z85 key, a file that is no certificate or no key at all are bad values
+ * (exit 2, said at start-up), not the link's "its public key is needed"
+ * (exit 1); a Z85 key or a certificate file loads. */
+static void s_test_peer_keys(void)
+{
+    ab_broker_config_t cfg;
+    char dir[] = "/tmp/ab-test-peerkey.XXXXXX", cert[64], junk[64], arg[160];
+    REQUIRE(mkdtemp(dir) != NULL);
+    snprintf(cert, sizeof cert, "%s/peer.key", dir);
+    snprintf(junk, sizeof junk, "%s/junk.key", dir);
+    zcert_t *c = zcert_new();
+    REQUIRE(c && zcert_save_public(c, cert) == 0);
+    FILE *f = fopen(junk, "w");
+    REQUIRE(f != NULL);
+    fputs("not a certificate\n", f);
+    fclose(f);
+    const char *z85 = zcert_public_txt(c);
+    const char *good[] = {z85, cert};
+    const char *bad[] = {"", "short", "/nonexistent/peer.key", junk, NULL};
+    for (size_t i = 0; i < 7; i++) {
+        const char *key = i < 2 ? good[i] : bad[i - 2];
+        snprintf(arg, sizeof arg, "--peer=tcp://127.0.0.1:5999%s%s", key ? "#" : "",
+                 key ? key : "");
+        char *argv[] = {"agentbus-broker", "--auth", "curve", "--data-dir", dir, arg, NULL};
+        CHECK_EQ(ab_config_load(&cfg, 6, argv), i < 2 ? 0 : -1);
+        ab_config_free(&cfg);
+    }
+    /* More peers than links: a bad option (was exit 1 from the link code,
+     * "too many peers"), 16 is fine. */
+    char many[1024] = "--peer=", *w = many + 7;
+    for (int i = 1; i <= 17; i++) {
+        char *argv2[] = {"agentbus-broker", many, NULL};
+        w += sprintf(w, "%stcp://127.0.0.1:%d", i > 1 ? "," : "", 6000 + i);
+        if (i >= 16) {
+            CHECK_EQ(ab_config_load(&cfg, 2, argv2), i == 16 ? 0 : -1);
+            ab_config_free(&cfg);
+        }
+    }
+    /* The same peer twice (file and flag add up): said, not dialed twice. */
+    const char *twice = s_file("broker\n    peer = tcp://127.0.0.1:6001\n");
+    CHECK_EQ(s_load(&cfg, twice, "--peer=tcp://127.0.0.1:6002"), 0);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load(&cfg, twice, "--peer=tcp://127.0.0.1:6001"), -1);
+    ab_config_free(&cfg);
+    unlink(twice);
+    /* Without auth the key is not used (the link code warns): not checked. */
+    char *plain[] = {"agentbus-broker", "--peer=tcp://127.0.0.1:5999#short", NULL};
+    CHECK_EQ(ab_config_load(&cfg, 2, plain), 0);
+    ab_config_free(&cfg);
+    zcert_destroy(&c);
+    unlink(cert);
+    unlink(junk);
+    rmdir(dir);
+}
+
 int main(void)
 {
     unsetenv("AB_CONFIG"); /* the environment must not add a file of its own */
@@ -171,5 +229,6 @@ int main(void)
     s_test_unreadable();
     s_test_log_format();
     s_test_client_weights();
+    s_test_peer_keys();
     return TEST_DONE("test_config");
 }

@@ -173,6 +173,24 @@ static void s_null_handles(void)
     ab_worker_shutdown(NULL, 0);
     ab_worker_destroy(NULL);
     CHECK_STR(ab_version(), AB_VERSION_STRING);
+    /* A refused ab_worker_new says why in the thread's last error, and
+     * never leaves an earlier call's text there. */
+    ab_worker_t *w = (ab_worker_t *)&p;
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, "nonsense") == AB_OK);
+    CHECK_EQ(ab_worker_new(&w, o, "svc", 1), AB_EZMQ);
+    CHECK_TRUE(w == NULL);
+    CHECK_TRUE(strstr(ab_worker_last_error(NULL), "nonsense") != NULL);
+    char big[300];
+    memset(big, 's', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    CHECK_EQ(ab_worker_new(&w, o, big, 1), AB_EINVAL);
+    CHECK_STR(ab_worker_last_error(NULL), "service name must be 1..255 bytes");
+    CHECK_EQ(ab_worker_new(&w, o, "", 1), AB_EINVAL);
+    CHECK_STR(ab_worker_last_error(NULL), "service name must be 1..255 bytes");
+    CHECK_EQ(ab_worker_new(&w, o, "svc", 0), AB_EINVAL);
+    CHECK_STR(ab_worker_last_error(NULL), "capacity must be 1..100000");
+    ab_options_destroy(&o);
 }
 
 int main(void)
