@@ -249,8 +249,13 @@ static ssize_t s_read(void *cls, uint64_t pos, char *buf, size_t max)
         free(e);
         atomic_fetch_add(&c->g->m.chunks, 1);
     }
-    if (c->out_off == c->out_len)
-        return MHD_CONTENT_READER_END_OF_STREAM; /* eos, all written */
+    if (c->out_off == c->out_len) { /* eos, all written */
+        /* Its slot is free once its last bytes are libmicrohttpd's: the
+         * client may read them and send its next request before the
+         * completion hook runs (gw_reply.c, s_body). */
+        gw_intake_release(c);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
     size_t n = c->out_len - c->out_off;
     if (n > max)
         n = max;
