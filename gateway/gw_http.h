@@ -160,6 +160,7 @@ typedef struct gw_conn {
     char *out;
     size_t out_len, out_off, out_cap;
     int eos;            /* everything written */
+    int cut;            /* the stream was cut at its bound: the socket is shut down */
     /* OpenAI */
     char oai_id[64];
     long created;

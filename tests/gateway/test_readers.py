@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""agentbus-gateway and clients that take their answers one after another
-as fast as they can; a real broker, ollama-sim, an
+"""agentbus-gateway and clients that do not take their answers, or take
+them one after another as fast as they can; a real broker, ollama-sim, an
 Ollama worker and two gateways (--threads 0 and --threads 2) on free
 loopback ports. Split from test_harden.py (its helpers are used here).
 
@@ -11,6 +11,12 @@ Usage: test_readers.py BIN_DIR CASE, CASE one of:
               model): none is shed (503 server busy). An answer could reach
               its client before libmicrohttpd's completion hook freed the
               slot, so the next request was refused.
+  streamcut   --send-timeout-ms 0 --max-stream-buffer-bytes 1000000
+              --max-in-flight 1: a long stream whose client reads nothing
+              after its status line, and never closes, is cut at the bound;
+              from then its bus call is cancelled (no longer in flight, the
+              simulator no longer generating it) and its slot freed (a
+              generate is served) while the client still holds its socket.
 Waits are bounded polls for states; no speed is asserted."""
 import json
 import os
@@ -78,10 +84,52 @@ def case_sequential(tmp):
         check(n == 0, f"{gw}: agentbus_gateway_shed_total{{reason=\"busy\"}} is 0 ({n:.0f})")
 
 
+def stuck_reader(port, body):
+    """BODY posted to /api/generate from a socket with a 4 KiB receive
+    buffer; its status line read, nothing more: the socket."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(60)  # a large answer is made before its status line comes
+    s.connect(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    s.sendall(h.generate_head(len(data)) + data)
+    got = b""
+    while len(got) < 12:
+        chunk = s.recv(12 - len(got))
+        if not chunk:
+            break
+        got += chunk
+    check(got.startswith(b"HTTP/1.1 200"), f"a stuck reader was answered 200 ({got!r})")
+    return s
+
+
+def case_streamcut(tmp):
+    args = ["--send-timeout-ms", "0", "--max-stream-buffer-bytes", "1000000",
+            "--max-in-flight", "1"]
+    sim, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    for gw, port, _ in gws:
+        body = dict(h.BIG, stream=True, options={"num_predict": 50000})
+        s = stuck_reader(port, body)
+        try:
+            n = wait_for("the stream cut once 1 MB of it waited",
+                         lambda: h.stream_overflows(gw) >= 1 and h.stream_overflows(gw), 60)
+            check(n == 1, f"{gw}: agentbus_gateway_stream_overflows_total counts it ({n:.0f})")
+            # The client neither reads nor closes: the gateway ends the call.
+            wait_for(f"{gw}: the cut stream's call no longer in flight (its client silent)",
+                     lambda: t.metrics(gw)["agentbus_gateway_in_flight"] == 0, 20)
+            check(True, f"{gw}: the cut stream's call ended while its client held its socket")
+            wait_for(f"{gw}: the simulator no longer generating it",
+                     lambda: t.sim_stats(sim)["active"] == 0, 20)
+            check(True, f"{gw}: the worker and simulator were told (cancelled)")
+            h.served_after(gw)
+        finally:
+            s.close()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-readers.")
     try:
-        {"sequential": case_sequential}[t.CASE](tmp)
+        {"sequential": case_sequential, "streamcut": case_streamcut}[t.CASE](tmp)
         t.stop_all()
         h.s_gateways_clean()
         check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")
