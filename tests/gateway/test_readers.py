@@ -11,6 +11,14 @@ Usage: test_readers.py BIN_DIR CASE, CASE one of:
               model): none is shed (503 server busy). An answer could reach
               its client before libmicrohttpd's completion hook freed the
               slot, so the next request was refused.
+  readerevict --max-connections 4 --send-timeout-ms 60000: four clients
+              (4 KiB receive buffer) that ask for a ~7 MB answer and read
+              nothing after its status line hold every connection; a new
+              connection at the cap evicts one of them (its answer has sat
+              unread a second or more), so /healthz and a generate are
+              served long before the send deadline; counted
+              (reader_evictions_total), the reader sees its connection
+              closed.
   streamcut   --send-timeout-ms 0 --max-stream-buffer-bytes 1000000
               --max-in-flight 1: a long stream whose client reads nothing
               after its status line, and never closes, is cut at the bound;
@@ -103,6 +111,38 @@ def stuck_reader(port, body):
     return s
 
 
+def reader_evictions(gw):
+    return t.metrics(gw).get("agentbus_gateway_reader_evictions_total", -1)
+
+
+def case_readerevict(tmp):
+    # A send deadline of 60 s: only eviction at the cap can let anyone in.
+    gws = h.both_modes(tmp, ["--max-connections", "4", "--send-timeout-ms", "60000",
+                                "--idle-timeout-s", "120"])
+    for gw, port, _ in gws:
+        readers = [stuck_reader(port, h.BIG) for _ in range(4)]
+        try:
+            t0 = time.monotonic()
+            ok = h.served(gw, 15)
+            check(ok, f"{gw}: with the cap held by 4 clients that do not read their answers, "
+                      f"/healthz and a generate are served "
+                      f"({'after %.1f s' % (time.monotonic() - t0) if ok else 'not in 15 s'}; "
+                      f"the send deadline is 60 s)")
+            n = reader_evictions(gw)
+            check(n >= 1, f"{gw}: agentbus_gateway_reader_evictions_total counts them ({n:.0f})")
+            closed = sum(1 for s in readers if h.peer_closed(s))
+            check(closed >= 1, f"{gw}: an evicted reader sees its connection closed ({closed})")
+        finally:
+            for s in readers:
+                s.close()
+        wait_for(f"{gw}: the readers' slots freed",
+                 lambda: t.metrics(gw)["agentbus_gateway_admitted"] == 0, 20)
+    t.stop_all()
+    for log, said in h.gateway_lines("did not take its answer").items():
+        check(1 <= len(said) <= 5, f"{log}: the evictions said on stderr, rate limited "
+                                   f"({said[:1]})")
+
+
 def case_streamcut(tmp):
     args = ["--send-timeout-ms", "0", "--max-stream-buffer-bytes", "1000000",
             "--max-in-flight", "1"]
@@ -129,7 +169,8 @@ def case_streamcut(tmp):
 def main():
     tmp = tempfile.mkdtemp(prefix="ab-gw-readers.")
     try:
-        {"sequential": case_sequential, "streamcut": case_streamcut}[t.CASE](tmp)
+        {"sequential": case_sequential, "readerevict": case_readerevict,
+         "streamcut": case_streamcut}[t.CASE](tmp)
         t.stop_all()
         h.s_gateways_clean()
         check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")
