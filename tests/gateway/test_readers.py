@@ -25,6 +25,8 @@ Usage: test_readers.py BIN_DIR CASE, CASE one of:
               from then its bus call is cancelled (no longer in flight, the
               simulator no longer generating it) and its slot freed (a
               generate is served) while the client still holds its socket.
+              And a long stream read a byte every 0.5 s by a client, cut
+              at --send-timeout-ms 1500: its call is cancelled as well.
 Waits are bounded polls for states; no speed is asserted."""
 import json
 import os
@@ -146,7 +148,15 @@ def case_readerevict(tmp):
 def case_streamcut(tmp):
     args = ["--send-timeout-ms", "0", "--max-stream-buffer-bytes", "1000000",
             "--max-in-flight", "1"]
-    sim, gws = t.start_stack(tmp, [args, args + ["--threads", "2"]])
+    sim, gws = t.start_stack(tmp, [args, args + ["--threads", "2"],
+                                   ["--send-timeout-ms", "1500", "--max-in-flight", "1"]])
+    gw, port, _ = gws.pop()  # first: a stream cut at the send deadline ends its call too
+    closed, after, _ = h.dripper(port, dict(h.BIG, stream=True, options={"num_predict": 50000}))
+    check(closed, f"{gw}: a long stream read a byte every 0.5 s cut at the send deadline "
+                  f"({'after %.1f s' % after if closed else 'not in 30 s'})")
+    wait_for(f"{gw}: the simulator no longer generating it",
+             lambda: t.sim_stats(sim)["active"] == 0, 20)
+    check(True, f"{gw}: its call cancelled at the worker and simulator")
     for gw, port, _ in gws:
         body = dict(h.BIG, stream=True, options={"num_predict": 50000})
         s = stuck_reader(port, body)
