@@ -3,8 +3,9 @@
  * request's headers, and requests whose body is coming, oldest first, shut
  * down when they wait past --header-timeout-ms or --body-timeout-ms
  * (gw_conns.h says why and how it stays safe across threads); answers
- * whose client does not take them, cut at --send-timeout-ms; and, with
- * --threads 0, the connections open per client address
+ * whose client does not take them, cut at --send-timeout-ms; the
+ * eviction of one of these at --max-connections for a new connection;
+ * and, with --threads 0, the connections open per client address
  * (--max-connections-per-ip).
  */
 #include "gw_conns.h"
@@ -477,7 +478,8 @@ struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_w
         why = 1;
     } else if ((s = s_stuck_reader(t, now_us, min_wait_us))) {
         d = s->daemon;
-        struct linger lg = {.l_onoff = 1, .l_linger = 0}; /* its queue dropped, as at the deadline */
+        /* its queue dropped, as at the send deadline */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         s_shut(s, &t->reader_evictions);
         why = 2;
