@@ -124,8 +124,9 @@ static int s_over_bound(gw_call_t *c, size_t size, int final)
 }
 
 /* Appends an event and tells the waiter; the bus reference is dropped on
- * the final one. */
-static void s_deliver(gw_call_t *c, int status, int final, const void *data, size_t size,
+ * the final one. Returns 2 if this event cut the call's stream (its bound
+ * passed), else 0 or 1 (s_over_bound). */
+static int s_deliver(gw_call_t *c, int status, int final, const void *data, size_t size,
                       const char *text)
 {
     gw_event_t *e = malloc(sizeof *e + size);
@@ -162,16 +163,25 @@ static void s_deliver(gw_call_t *c, int status, int final, const void *data, siz
     if (over == 2) /* any client can make these: rate limited, outside the lock */
         gw_log_limited("a streamed answer cut: over %zu bytes of it waited for a client that "
                        "did not take them", bound);
+    return over;
 }
+
+static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel, int ring);
 
 static void s_on_event(ab_client_t *client, const ab_reply_event_t *ev, void *arg)
 {
     (void)client;
     gw_call_t *c = arg;
-    s_deliver(c, ev->status, ev->final, ev->data, ev->size, ev->error_text);
+    int cut = s_deliver(c, ev->status, ev->final, ev->data, ev->size, ev->error_text) == 2;
     if (ev->final) {
         c->ended = 1;
         gw_call_unref(c);
+    } else if (cut) {
+        /* Its stream is broken (the HTTP side shuts the connection): the
+         * worker and its backend need not make the rest. Cancelled on the
+         * next turn, not here: the library still holds the request while
+         * this callback runs. Not counted as a client gone. */
+        s_queue(c->bus, c, S_CANCEL, 1);
     }
 }
 
@@ -186,6 +196,7 @@ static void s_lookup_queue(gw_bus_t *b, gw_call_t *c, ab_client_t *cl);
 static void s_start(gw_bus_t *b, gw_call_t *c)
 {
     ab_client_t *cl = s_client(b, c);
+    c->bus = b;
     if (c->hungup) { /* the client left before the request was sent */
         s_deliver(c, AB_ECANCELLED, 1, NULL, 0, "client closed the connection");
         c->ended = 1;
@@ -430,7 +441,7 @@ static int s_run_commands(gw_bus_t *b)
 static void s_client_gone(gw_bus_t *b, gw_call_t *c)
 {
     pthread_mutex_lock(&c->lock);
-    int first = !c->final && !c->gone;
+    int first = !c->final && !c->gone && !c->overflow; /* a cut stream is counted as cut */
     c->gone = 1;
     pthread_mutex_unlock(&c->lock);
     if (first)

@@ -63,7 +63,8 @@ struct gw_call {
     gw_event_t *head, *tail;
     size_t queued;        /* bytes of the events waiting (head to tail) */
     int overflow;         /* past MAX_QUEUED: the events were dropped, and are from now
-                           * on; the HTTP side ends the answer with an error */
+                           * on; the HTTP side ends the answer with an error (shuts its
+                           * connection) and the bus thread cancels the request */
     int final;            /* the final event has been appended */
     int status;           /* of the final event */
     char error[512];
@@ -72,6 +73,7 @@ struct gw_call {
                            * not answered */
     int watch_fd;         /* HTTP side: the client socket watched, or -1 */
     /* bus thread only */
+    gw_bus_t *bus;        /* the bus it was submitted to (set when it starts) */
     uint64_t id;
     int started, ended;
     int hungup;           /* the client closed its connection */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 /* Whether C can answer (or write) now. Caller holds call->lock. */
 static int s_ready(const gw_conn_t *c)
@@ -20,9 +21,31 @@ static int s_ready(const gw_conn_t *c)
     return k->head != NULL || k->final || k->overflow;
 }
 
+/* K's stream was cut at its bound (K->overflow): its connection is shut
+ * down now, not when libmicrohttpd next asks for bytes, which for a
+ * client that does not read (the one that makes a stream overflow) may be
+ * never: so its --max-in-flight slot is freed at once (the completion hook
+ * runs) and the client gets what the kernel holds for it, then the end.
+ * Caller holds K's lock with K->owner set: the completion hook, after
+ * which libmicrohttpd closes the socket, has not taken it, so the fd is
+ * still this connection's. */
+static void s_cut(gw_call_t *k)
+{
+    gw_conn_t *c = k->owner;
+    if (c->cut)
+        return;
+    c->cut = 1;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci && ci->connect_fd >= 0)
+        shutdown(ci->connect_fd, SHUT_RDWR); /* libmicrohttpd sees its end and closes it */
+}
+
 static int s_wake(gw_call_t *k)
 {
     gw_conn_t *c = k->owner;
+    if (c && k->overflow)
+        s_cut(k);
     if (!c || !c->suspended || !s_ready(c))
         return 0;
     c->suspended = 0;
@@ -249,8 +272,13 @@ static ssize_t s_read(void *cls, uint64_t pos, char *buf, size_t max)
         free(e);
         atomic_fetch_add(&c->g->m.chunks, 1);
     }
-    if (c->out_off == c->out_len)
-        return MHD_CONTENT_READER_END_OF_STREAM; /* eos, all written */
+    if (c->out_off == c->out_len) { /* eos, all written */
+        /* Its slot is free once its last bytes are libmicrohttpd's: the
+         * client may read them and send its next request before the
+         * completion hook runs (gw_reply.c, s_body). */
+        gw_intake_release(c);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
     size_t n = c->out_len - c->out_off;
     if (n > max)
         n = max;

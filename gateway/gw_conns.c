@@ -3,8 +3,9 @@
  * request's headers, and requests whose body is coming, oldest first, shut
  * down when they wait past --header-timeout-ms or --body-timeout-ms
  * (gw_conns.h says why and how it stays safe across threads); answers
- * whose client does not take them, cut at --send-timeout-ms; and, with
- * --threads 0, the connections open per client address
+ * whose client does not take them, cut at --send-timeout-ms; the
+ * eviction of one of these at --max-connections for a new connection;
+ * and, with --threads 0, the connections open per client address
  * (--max-connections-per-ip).
  */
 #include "gw_conns.h"
@@ -32,6 +33,9 @@ typedef struct {
     uint64_t target;     /* sending: bytes the client must have acknowledged by the
                           * next check (what was sent or queued at the last) */
     uint64_t rx_bytes;   /* bytes received by then (idle vs partial) */
+    uint64_t probe_us;   /* sending, at the cap: when gw_conns_evict last sampled it (0:
+                          * never, since its answer was queued) */
+    uint64_t probe_target; /* bytes it must have acknowledged for that sample to pass */
     int reaped;          /* shut down: counted, waits for libmicrohttpd to close it */
     int ip_counted;      /* counted in gw_conns_t's per-address table under ADDR */
     uint32_t addr;       /* the client's IPv4 address (network order) */
@@ -296,6 +300,7 @@ void gw_conns_reply_started(gw_conns_t *t, struct MHD_Connection *conn)
     if (!s->reaped) { /* a reaped one is closing */
         s->since_us = tl_now_us();
         s->target = 0; /* nothing sent yet: the first check passes and starts the count */
+        s->probe_us = 0;
         ab_list_insert_tail(&t->sending, &s->link);
     }
     pthread_mutex_unlock(&t->lock);
@@ -419,14 +424,50 @@ static s_sock_t *s_oldest(ab_list_t *list, uint64_t now_us, uint64_t min_wait_us
     return s && s->since_us + min_wait_us <= now_us ? s : NULL;
 }
 
+/* An answer on T's sending list whose client has not taken, MIN_WAIT_US
+ * or more after a sample, the bytes that sample saw sent or queued for it
+ * (the send deadline's test, with MIN_WAIT_US for the deadline), or NULL
+ * (caller holds the lock). Each call samples the answers it looks at that
+ * have none pending, so one stuck reader is found a MIN_WAIT_US after the
+ * cap is first reached. At most GW_EVICT_SCAN answers are looked at (two
+ * system calls each), those checked by the send deadline longest ago:
+ * this runs for every connection that arrives at the cap. */
+static s_sock_t *s_stuck_reader(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us)
+{
+    unsigned n = 0;
+    for (ab_list_t *l = ab_list_first(&t->sending); l && n < GW_EVICT_SCAN;
+         l = ab_list_next(&t->sending, l), n++) {
+        s_sock_t *s = ab_list_data(l, s_sock_t, link);
+        uint64_t acked, queued;
+        if (s_tx_bytes(s->fd, &acked, &queued) != 0)
+            continue; /* the kernel says nothing of it: never cut */
+        if (s->probe_us && acked < s->probe_target) {
+            if (s->probe_us + min_wait_us <= now_us)
+                return s;
+            continue; /* not yet a MIN_WAIT_US: the sample stands */
+        }
+        s->probe_us = now_us;
+        s->probe_target = acked + queued;
+    }
+    return NULL;
+}
+
+/* Why gw_conns_evict shut a connection down (what it says on stderr). */
+static const char *const s_evict_why[] = {
+    NULL, /* headers: not said (a client that sends none may be a mere idle socket) */
+    "its request body was still coming",
+    "its client did not take its answer, bytes sent to it were not acknowledged",
+};
+
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us)
 {
     if (!s_deadlines(t))
         return NULL;
     struct MHD_Daemon *d = NULL;
-    int body = 0;
+    int why = 0;
     pthread_mutex_lock(&t->lock);
-    /* Headers first: a request whose body comes has at least sent those. */
+    /* Headers first: a request whose body comes has at least sent those;
+     * then bodies, which hold no answer yet; then answers not taken. */
     s_sock_t *s = s_oldest(&t->waiting, now_us, min_wait_us);
     if (s) {
         d = s->daemon;
@@ -434,13 +475,21 @@ struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_w
     } else if ((s = s_oldest(&t->body, now_us, min_wait_us))) {
         d = s->daemon;
         s_shut(s, &t->body_evictions);
-        body = 1;
+        why = 1;
+    } else if ((s = s_stuck_reader(t, now_us, min_wait_us))) {
+        d = s->daemon;
+        /* its queue dropped, as at the send deadline */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        s_shut(s, &t->reader_evictions);
+        why = 2;
     }
     pthread_mutex_unlock(&t->lock);
-    if (body) /* any client can make these: rate limited (outside the lock: a write) */
-        gw_log_limited("a connection closed at --max-connections for a new one: its request "
-                       "body was still coming %llu ms or more after its headers",
-                       (unsigned long long)(min_wait_us / 1000));
+    if (why) /* any client can make these: rate limited (outside the lock: a write) */
+        gw_log_limited("a connection closed at --max-connections for a new one: %s %llu ms "
+                       "or more after %s", s_evict_why[why],
+                       (unsigned long long)(min_wait_us / 1000),
+                       why == 1 ? "its headers" : "they were seen queued");
     return d;
 }
 

@@ -66,6 +66,9 @@ typedef enum {
  * the cap (gw_conns_evict): a client sends its headers in one go, so one
  * still without them after a second is slow, idle or hostile. */
 #define GW_EVICT_MIN_MS 1000
+/* Answers gw_conns_evict looks at for one whose client does not take it,
+ * per call. */
+#define GW_EVICT_SCAN 64
 
 typedef struct {
     pthread_mutex_t lock;
@@ -79,6 +82,7 @@ typedef struct {
     atomic_ullong body_timeouts; /* connections closed waiting for a request's body */
     atomic_ullong body_evictions; /* closed at the cap while their request's body came */
     atomic_ullong send_timeouts; /* closed: their client did not take its answer */
+    atomic_ullong reader_evictions; /* closed at the cap: their client did not take its answer */
     unsigned n_conns;         /* connections open (under lock) */
     /* --threads N: the thread that reaps (with --threads 0 the bus thread
      * calls gw_conns_reap itself), and evicts at the cap */
@@ -158,10 +162,14 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
  * sockets are reaped otherwise keeps every slot); if none has, the
  * request whose body has been coming longest, if at least MIN_WAIT_US
  * (slow bodies held the cap the same way: a client sends its body with
- * its headers). Returns the daemon of the connection shut down (run it to
- * free the slot), or NULL if none waited long enough (none on a list
- * without its deadline). Counted as GW_HT_EVICTED or in body_evictions
- * (said on stderr, rate limited). Any thread. */
+ * its headers); if none has, an answer whose client has not acknowledged,
+ * MIN_WAIT_US after a sample of its socket, the bytes that sample saw sent
+ * or queued for it (readers that do not read held the cap as well; its
+ * send queue is dropped, SO_LINGER 0). Returns the daemon of the
+ * connection shut down (run it to free the slot), or NULL if none waited
+ * long enough (none on a list without its deadline). Counted as
+ * GW_HT_EVICTED, in body_evictions or in reader_evictions (the last two
+ * said on stderr, rate limited). Any thread. */
 struct MHD_Daemon *gw_conns_evict(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us);
 
 /* --threads N: a thread that reaps every 100 ms at most (libmicrohttpd's

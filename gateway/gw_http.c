@@ -126,8 +126,7 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         atomic_fetch_sub(&g->m.in_flight, 1);
         gw_call_unref(k);
     }
-    if (c->admitted)
-        atomic_fetch_sub(&g->m.admitted, 1);
+    gw_intake_release(c); /* if its answer's last bytes did not already */
     if (c->prep) { /* parsed, never used: the connection closed first */
         gw_req_free(&c->prep->req);
         free(c->prep);

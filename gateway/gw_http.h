@@ -160,6 +160,7 @@ typedef struct gw_conn {
     char *out;
     size_t out_len, out_off, out_cap;
     int eos;            /* everything written */
+    int cut;            /* the stream was cut at its bound: the socket is shut down */
     /* OpenAI */
     char oai_id[64];
     long created;
@@ -250,6 +251,10 @@ int gw_route_on_bus(gw_route_t r);
  * admitted until it completes), 1 refused (answered or dropped; *RES for
  * the access handler). */
 int gw_intake_admit(gw_conn_t *c, enum MHD_Result *res);
+/* Frees C's --max-in-flight slot, if it holds one: at its completion, or
+ * once libmicrohttpd has taken the last bytes of its answer (before they
+ * can reach the client). Idempotent. */
+void gw_intake_release(gw_conn_t *c);
 /* --threads 0, at accept: 1 if FD's request waited past --max-queue-ms in
  * the listen backlog and was refused with a fixed 503 (FD closed), else 0. */
 int gw_intake_shed_early(gw_t *g, int fd);

@@ -140,6 +140,14 @@ int gw_intake_admit(gw_conn_t *c, enum MHD_Result *res)
     return 0;
 }
 
+void gw_intake_release(gw_conn_t *c)
+{
+    if (!c->admitted)
+        return;
+    c->admitted = 0;
+    atomic_fetch_sub(&c->g->m.admitted, 1);
+}
+
 /* A new connection whose request waited in the listen backlog past
  * --max-queue-ms, for a bus route: refused before libmicrohttpd sees it,
  * with a fixed 503 in the dialect its path says, the request read and

@@ -32,10 +32,78 @@ enum MHD_Result gw_reply_queue(gw_conn_t *c, unsigned status, struct MHD_Respons
     return rc;
 }
 
+/* An answer's body held for a callback response (s_body). */
+typedef struct {
+    gw_conn_t *c;
+    char *data;
+    size_t len;
+    int owned; /* DATA is freed with it */
+} s_body_t;
+
+static ssize_t s_body_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    s_body_t *b = cls;
+    if (pos >= b->len)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    size_t n = b->len - (size_t)pos < max ? b->len - (size_t)pos : max;
+    memcpy(buf, b->data + pos, n);
+    if (pos + n == b->len) /* all of it is libmicrohttpd's now */
+        gw_intake_release(b->c);
+    return (ssize_t)n;
+}
+
+static void s_body_free(void *cls)
+{
+    s_body_t *b = cls;
+    if (b->owned)
+        free(b->data);
+    free(b);
+}
+
+/* The response for an answer of LEN bytes at DATA (MODE as for
+ * MHD_create_response_from_buffer; with MHD_RESPMEM_MUST_FREE it is taken,
+ * also on failure). An admitted request's is a callback response that
+ * frees its --max-in-flight slot as soon as libmicrohttpd has taken its
+ * last bytes (gw_intake_release): freed at the completion hook, the slot
+ * could still be held when the client, having read the answer, sent its
+ * next request on another connection, which a strictly sequential client
+ * then saw refused 503 at --max-in-flight 1. What the connection holds
+ * after that is one block of the answer (at most 64 KiB), so the slots
+ * still bound the answers held. */
+static struct MHD_Response *s_body(gw_conn_t *c, const char *data, size_t len,
+                                   enum MHD_ResponseMemoryMode mode)
+{
+    if (!c->admitted || !len) {
+        struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data, mode);
+        if (!r && mode == MHD_RESPMEM_MUST_FREE)
+            free((void *)data);
+        return r;
+    }
+    s_body_t *b = calloc(1, sizeof *b);
+    char *copy = b && mode == MHD_RESPMEM_MUST_COPY ? malloc(len) : NULL;
+    if (!b || (mode == MHD_RESPMEM_MUST_COPY && !copy)) {
+        free(b);
+        if (mode == MHD_RESPMEM_MUST_FREE)
+            free((void *)data);
+        return NULL;
+    }
+    if (copy)
+        memcpy(copy, data, len);
+    b->c = c;
+    b->data = copy ? copy : (char *)data;
+    b->len = len;
+    b->owned = mode != MHD_RESPMEM_PERSISTENT;
+    size_t block = len < 65536 ? len : 65536;
+    struct MHD_Response *r = MHD_create_response_from_callback(len, block, s_body_read, b,
+                                                               s_body_free);
+    if (!r)
+        s_body_free(b);
+    return r;
+}
+
 enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type, const char *text)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *r = s_body(c, text, strlen(text), MHD_RESPMEM_MUST_COPY);
     if (r)
         MHD_add_response_header(r, "Content-Type", type);
     return gw_reply_queue(c, status, r);
@@ -44,8 +112,7 @@ enum MHD_Result gw_reply_text(gw_conn_t *c, unsigned status, const char *type, c
 enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow)
 {
     static const char text[] = "405 method not allowed";
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(sizeof text - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *r = s_body(c, text, sizeof text - 1, MHD_RESPMEM_PERSISTENT);
     if (r) {
         MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
@@ -60,12 +127,9 @@ enum MHD_Result gw_reply_json_hdr(gw_conn_t *c, unsigned status, json_t *j, cons
     json_decref(j);
     if (!txt)
         return MHD_NO;
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(txt), txt, MHD_RESPMEM_MUST_FREE);
-    if (!r) {
-        free(txt);
-        return MHD_NO;
-    }
+    struct MHD_Response *r = s_body(c, txt, strlen(txt), MHD_RESPMEM_MUST_FREE);
+    if (!r)
+        return MHD_NO; /* TXT went with it */
     MHD_add_response_header(r, "Content-Type", "application/json; charset=utf-8");
     if (name)
         MHD_add_response_header(r, name, value);

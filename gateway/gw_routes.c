@@ -394,6 +394,14 @@ static void s_metric_conns(char **b, size_t *len, size_t *cap, gw_conns_t *t)
              "# TYPE agentbus_gateway_send_timeouts_total counter\n"
              "agentbus_gateway_send_timeouts_total %llu\n",
              (unsigned long long)atomic_load(&t->send_timeouts));
+    s_metric(b, len, cap,
+             "# HELP agentbus_gateway_reader_evictions_total Connections closed at the "
+             "connection cap to make room for a new connection while their client did not take "
+             "its answer (bytes sent or queued for it not acknowledged a second later, and no "
+             "connection waited for headers or a body).\n"
+             "# TYPE agentbus_gateway_reader_evictions_total counter\n"
+             "agentbus_gateway_reader_evictions_total %llu\n",
+             (unsigned long long)atomic_load(&t->reader_evictions));
 }
 
 static void s_metric_streams(char **b, size_t *len, size_t *cap, gw_metrics_t *m)

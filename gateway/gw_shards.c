@@ -2,8 +2,8 @@
  * gw_shards.c - --threads 0: libmicrohttpd daemons of at most
  * GW_SHARD_CONNS connections each, run on the bus thread, with the
  * gateway accepting the connections itself and handing each to a shard
- * with room (evicting a connection slow with its headers, or its body,
- * when all are full).
+ * with room (evicting a connection slow with its headers, its body or
+ * taking its answer, when all are full).
  */
 #include "gw_http.h"
 #include "tl_clock.h"
@@ -31,8 +31,9 @@ static int s_run_shard(struct MHD_Daemon *d)
 }
 
 /* Every shard is full: the connection waiting longest for its headers (or
- * else its body) is shut down and its shard run, so its slot is free for a
- * new one (gw_conns_evict). Returns that shard, or G->n_mhd if none has room. */
+ * else its body, or else one whose client does not take its answer) is
+ * shut down and its shard run, so its slot is free for a new one
+ * (gw_conns_evict). Returns that shard, or G->n_mhd if none has room. */
 static unsigned s_evict(gw_t *g)
 {
     struct MHD_Daemon *d = gw_conns_evict(&g->conns, tl_now_us(), GW_EVICT_MIN_MS * 1000ull);

@@ -320,10 +320,12 @@ def gateway_lines(text):
 
 
 def slot_free(gw):
-    """Waits until GW's --max-in-flight slots are all free: an answer can
-    reach its client before libmicrohttpd's completion callback releases
-    its slot, and with --max-in-flight 1 the next request would be shed
-    (503 at once) instead of meeting the body deadline."""
+    """Waits until GW's --max-in-flight slots are all free: a connection
+    the gateway cut is seen closed by its client a moment before
+    libmicrohttpd's completion callback releases its slot, and with
+    --max-in-flight 1 the next request would be shed (503 at once) instead
+    of meeting the body deadline. (An answer's slot is freed before its
+    client can read it: test_readers.py, sequential.)"""
     wait_for(f"{gw}: its --max-in-flight slot released",
              lambda: t.metrics(gw)["agentbus_gateway_admitted"] == 0, 10)
 
