@@ -45,10 +45,16 @@ static ssize_t s_body_read(void *cls, uint64_t pos, char *buf, size_t max)
     s_body_t *b = cls;
     if (pos >= b->len)
         return MHD_CONTENT_READER_END_OF_STREAM;
+    if (!b->data) /* never: libmicrohttpd reads each block once */
+        return MHD_CONTENT_READER_END_WITH_ERROR;
     size_t n = b->len - (size_t)pos < max ? b->len - (size_t)pos : max;
     memcpy(buf, b->data + pos, n);
-    if (pos + n == b->len) /* all of it is libmicrohttpd's now */
+    if (pos + n == b->len) { /* all of it is libmicrohttpd's now */
         gw_intake_release(b->c);
+        if (b->owned) /* what stays held is libmicrohttpd's last block */
+            free(b->data);
+        b->data = NULL;
+    }
     return (ssize_t)n;
 }
 
