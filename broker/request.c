@@ -44,7 +44,7 @@ static ab_req_t *s_req_alloc(ab_broker_t *b)
         return calloc(1, sizeof *r);
     b->req_spare = *(void **)r;
     b->req_nspare--;
-    memset(r, 0, offsetof(ab_req_t, small)); /* SMALL's bytes are read only up to SMALL_LEN */
+    memset(r, 0, offsetof(ab_req_t, client)); /* the rest is written before it is read */
     return r;
 }
 
