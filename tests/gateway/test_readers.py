@@ -32,9 +32,7 @@ Waits are bounded polls for states; no speed is asserted."""
 import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -188,16 +186,9 @@ def case_streamcut(tmp):
 
 
 def main():
-    tmp = tempfile.mkdtemp(prefix="ab-gw-readers.")
-    try:
-        {"sequential": case_sequential, "readerevict": case_readerevict,
-         "streamcut": case_streamcut}[t.CASE](tmp)
-        t.stop_all()
-        h.s_gateways_clean()
-        check(True, "every gateway exited 0 on SIGTERM, no sanitizer report")
-    finally:
-        t.stop_all()
-        subprocess.run(["rm", "-rf", tmp], check=False)
+    h.run_case("ab-gw-readers.", {"sequential": case_sequential,
+                                  "readerevict": case_readerevict,
+                                  "streamcut": case_streamcut})
 
 
 if __name__ == "__main__":
