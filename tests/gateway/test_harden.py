@@ -750,24 +750,32 @@ def peer_closed(s):
     return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] in (7, 8)
 
 
-def dripper(port, body, seconds=30, every=0.5):
+def small_reader(port, body, wait):
     """BODY posted to /api/generate from a socket with a 4 KiB receive
-    buffer, whose answer's status line is read and then the rest a byte
-    every EVERY s: (closed by the gateway, after how many s from the status
-    line, the bytes read). Never silent long enough for --idle-timeout-s."""
+    buffer; (the socket, its answer's status line as read, waiting up to
+    WAIT s: a large answer is made before its status line comes)."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(10)
     s.connect(("127.0.0.1", port))
     data = json.dumps(body).encode()
     s.sendall(generate_head(len(data)) + data)
-    s.settimeout(60)  # a large answer is made before its status line comes
+    s.settimeout(wait)
     got = b""
     while len(got) < 12:
         chunk = s.recv(12 - len(got))
         if not chunk:
             break
         got += chunk
+    return s, got
+
+
+def dripper(port, body, seconds=30, every=0.5):
+    """BODY posted to /api/generate from a socket with a 4 KiB receive
+    buffer, whose answer's status line is read and then the rest a byte
+    every EVERY s: (closed by the gateway, after how many s from the status
+    line, the bytes read). Never silent long enough for --idle-timeout-s."""
+    s, got = small_reader(port, body, 60)
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < seconds:

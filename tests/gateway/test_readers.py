@@ -100,20 +100,9 @@ def stuck_readers(port, body, n=1):
     were seen to reach only one of them in a minute, on main as well:
     not what this tests.)"""
     socks = []
-    data = json.dumps(body).encode()
     for _ in range(n):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.settimeout(120)  # a large answer is made before its status line comes
-        s.connect(("127.0.0.1", port))
-        s.sendall(h.generate_head(len(data)) + data)
+        s, got = h.small_reader(port, body, 120)
         socks.append(s)
-        got = b""
-        while len(got) < 12:
-            chunk = s.recv(12 - len(got))
-            if not chunk:
-                break
-            got += chunk
         check(got.startswith(b"HTTP/1.1 200"), f"a stuck reader was answered 200 ({got!r})")
     return socks
 
