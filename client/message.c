@@ -253,11 +253,10 @@ void ab_message_destroy(ab_message_t **msg)
 /* --- sending ---------------------------------------------------------------- */
 static int s_check_send(ab_client_t *c, const char *name, const void *data, size_t size)
 {
-    if (!c || (size && !data))
+    if (!c || !name || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
-    if (!name || (ab_agent_name_check(name) != AB_OK && !(name[0] == '~' && name[1])))
-        return ab_conn_fail(&c->conn, AB_EBADNAME, "malformed agent name '%.64s'",
-                            name ? name : "(null)");
+    if (ab_agent_name_check(name) != AB_OK && !(name[0] == '~' && name[1]))
+        return ab_conn_fail(&c->conn, AB_EBADNAME, "malformed agent name '%.64s'", name);
     if (size > c->conn.opts.max_payload)
         return ab_conn_fail(&c->conn, AB_EPAYLOADSIZE, "payload of %zu bytes exceeds %zu", size,
                             c->conn.opts.max_payload);
@@ -351,13 +350,13 @@ static int s_sub_send(ab_client_t *c, const char *pattern, int unsub, int timeou
 
 int ab_client_subscribe(ab_client_t *c, const char *pattern, int timeout_ms)
 {
-    if (!c)
-        return AB_EINVAL;
+    if (!c || !pattern)
+        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
     if (ab_topic_check(pattern, 1) != AB_OK)
         return ab_conn_fail(&c->conn, AB_EBADNAME,
                             "malformed topic pattern '%.64s': labels of [A-Za-z0-9_-:] joined "
                             "by single dots, a trailing dot for a prefix",
-                            pattern ? pattern : "(null)");
+                            pattern);
     ab_cmsg_t *ms = &c->msg;
     if (s_sub_find(ms, pattern) < 0) {
         if (ms->nsubs >= AB_CLIENT_SUBS_MAX)
@@ -382,11 +381,10 @@ int ab_client_subscribe(ab_client_t *c, const char *pattern, int timeout_ms)
 
 int ab_client_unsubscribe(ab_client_t *c, const char *pattern, int timeout_ms)
 {
-    if (!c)
-        return AB_EINVAL;
+    if (!c || !pattern)
+        return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
     if (ab_topic_check(pattern, 1) != AB_OK)
-        return ab_conn_fail(&c->conn, AB_EBADNAME, "malformed topic pattern '%.64s'",
-                            pattern ? pattern : "(null)");
+        return ab_conn_fail(&c->conn, AB_EBADNAME, "malformed topic pattern '%.64s'", pattern);
     ab_cmsg_t *ms = &c->msg;
     int i = s_sub_find(ms, pattern);
     if (i >= 0) {
@@ -399,12 +397,12 @@ int ab_client_unsubscribe(ab_client_t *c, const char *pattern, int timeout_ms)
 int ab_client_publish(ab_client_t *c, const char *topic, const void *data, size_t size,
                       uint64_t *id)
 {
-    if (!c || (size && !data))
+    if (!c || !topic || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
     if (ab_topic_check(topic, 0) != AB_OK)
         return ab_conn_fail(&c->conn, AB_EBADNAME,
                             "malformed topic '%.64s': labels of [A-Za-z0-9_-:] joined by single "
-                            "dots, no trailing dot", topic ? topic : "(null)");
+                            "dots, no trailing dot", topic);
     if (size > c->conn.opts.max_payload)
         return ab_conn_fail(&c->conn, AB_EPAYLOADSIZE, "payload of %zu bytes exceeds %zu", size,
                             c->conn.opts.max_payload);

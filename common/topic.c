@@ -46,7 +46,7 @@ static int s_topic_check_n(const char *t, size_t len, int allow_prefix)
 
 int ab_topic_check(const char *topic, int allow_prefix)
 {
-    return topic ? s_topic_check_n(topic, strlen(topic), allow_prefix) : AB_EBADNAME;
+    return topic ? s_topic_check_n(topic, strlen(topic), allow_prefix) : AB_EINVAL;
 }
 
 int ab_topic_check_n(const char *topic, size_t len, int allow_prefix)
@@ -66,5 +66,5 @@ int ab_agent_name_check_n(const char *name, size_t len)
 
 int ab_agent_name_check(const char *name)
 {
-    return name ? ab_agent_name_check_n(name, strlen(name)) : AB_EBADNAME;
+    return name ? ab_agent_name_check_n(name, strlen(name)) : AB_EINVAL;
 }

@@ -642,8 +642,8 @@ AB_EXPORT int ab_client_ask(ab_client_t *client, const char *name, const void *d
 AB_EXPORT int ab_client_reply(ab_client_t *client, const ab_message_t *m, const void *data,
                               size_t size);
 
-/* Syntax check of an agent name (the rules above): AB_OK or AB_EBADNAME.
- * Thread: any thread. */
+/* Syntax check of an agent name (the rules above): AB_OK or AB_EBADNAME
+ * (AB_EINVAL for NULL). Thread: any thread. */
 AB_EXPORT int ab_agent_name_check(const char *name);
 
 /* ======================================================================== */
@@ -666,8 +666,8 @@ AB_EXPORT int ab_agent_name_check(const char *name);
  * every reconnect. timeout_ms > 0 waits that long for the broker to confirm
  * (so a publish made afterwards by anyone reaches this handle); 0 returns at
  * once (a refusal then arrives as AB_MSG_ERROR). Subscribing twice to a
- * pattern is a no-op. Errors: AB_EBADNAME, AB_EINVAL (more than 1024
- * patterns), AB_ENOMEM, AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED. */
+ * pattern is a no-op. Errors: AB_EBADNAME, AB_EINVAL (NULL, or more than
+ * 1024 patterns), AB_ENOMEM, AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED. */
 AB_EXPORT int ab_client_subscribe(ab_client_t *client, const char *pattern, int timeout_ms);
 /* Removes a subscription (same waiting rule and errors). Unknown PATTERN:
  * AB_OK. */
@@ -682,7 +682,7 @@ AB_EXPORT int ab_client_publish(ab_client_t *client, const char *topic, const vo
                                 size_t size, uint64_t *id);
 
 /* Syntax check of a topic, or with ALLOW_PREFIX of a subscription pattern:
- * AB_OK or AB_EBADNAME. Thread: any thread. */
+ * AB_OK or AB_EBADNAME (AB_EINVAL for NULL). Thread: any thread. */
 AB_EXPORT int ab_topic_check(const char *topic, int allow_prefix);
 
 /* ======================================================================== */

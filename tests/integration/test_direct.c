@@ -410,6 +410,9 @@ static void s_direct_bad(void)
     ab_client_t *ca = mt_agent(port, "alice", 0, NULL);
     CHECK_EQ(ab_client_send(ca, "has space", "x", 1, 0, NULL), AB_EBADNAME);
     CHECK_EQ(ab_client_send(ca, "", "x", 1, 0, NULL), AB_EBADNAME);
+    /* A NULL name is a NULL argument (the header's rule), not a bad name. */
+    CHECK_EQ(ab_client_send(ca, NULL, "x", 1, 0, NULL), AB_EINVAL);
+    CHECK_EQ(ab_client_send_wait(ca, NULL, "x", 1, 0, 1000, NULL), AB_EINVAL);
     char big[2000];
     memset(big, 'x', sizeof big);
     CHECK_EQ(ab_client_send_wait(ca, "bob", big, sizeof big, 0, 5000, NULL), AB_ETOOLARGE);

@@ -342,6 +342,10 @@ static void s_pubsub_bad(void)
     static const char *bad_pats[] = {"", ".", "a..", "..", "a b.", "a.#"};
     for (size_t i = 0; i < sizeof bad_pats / sizeof bad_pats[0]; i++)
         CHECK_EQ(ab_client_subscribe(c, bad_pats[i], 1000), AB_EBADNAME);
+    /* NULL is a NULL argument (the header's rule), not a malformed name. */
+    CHECK_EQ(ab_client_publish(c, NULL, "x", 1, NULL), AB_EINVAL);
+    CHECK_EQ(ab_client_subscribe(c, NULL, 1000), AB_EINVAL);
+    CHECK_EQ(ab_client_unsubscribe(c, NULL, 1000), AB_EINVAL);
     char longtopic[300];
     memset(longtopic, 'a', sizeof longtopic);
     longtopic[299] = '\0';
