@@ -19,13 +19,25 @@ MSG_TYPES = {MSG_DIRECT: "direct", MSG_TOPIC: "topic", MSG_RECEIPT: "receipt", M
              MSG_ERROR: "error"}
 
 
-def ms(seconds: Optional[float], default: int = -1) -> int:
-    """Seconds (float, None = DEFAULT) to the C API's milliseconds."""
-    if seconds is None:
+def seconds(value: Optional[float], what: str = "timeout") -> Optional[float]:
+    """VALUE checked as a duration: None, or a number of seconds >= 0. One
+    rule for every timeout and cache_ttl: a negative one is a mistake, not
+    "the default" in one call and "at once" in another."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds or None, not %s"
+                        % (what, type(value).__name__))
+    if not value >= 0:  # also NaN
+        raise ValueError("%s must be >= 0 seconds or None, not %r" % (what, value))
+    return value
+
+
+def ms(secs: Optional[float], default: int = -1, what: str = "timeout") -> int:
+    """Seconds (float >= 0, None = DEFAULT) to the C API's milliseconds."""
+    if seconds(secs, what) is None:
         return default
-    if seconds < 0:
-        return -1
-    return max(0, int(round(seconds * 1000)))
+    return min(int(round(secs * 1000)), 2**31 - 1)
 
 
 def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional[float],
@@ -67,7 +79,7 @@ def request_opts(timeout: Optional[float], model: Optional[str], worker: Optiona
     CACHE True marks the request cacheable, False bypasses the cache both
     ways; CACHE_TTL is in seconds."""
     o = RequestOpts()
-    o.timeout_ms = ms(timeout, 0) if timeout is not None and timeout > 0 else 0
+    o.timeout_ms = ms(timeout, 0)  # 0: the client's default
     if model:
         keep.append(b(model))
         o.model = keep[-1]
@@ -79,8 +91,8 @@ def request_opts(timeout: Optional[float], model: Optional[str], worker: Optiona
         o.cache_flags = AB_CACHE_ON
     elif cache is False:
         o.cache_flags = AB_CACHE_NO_READ | AB_CACHE_NO_STORE
-    if cache_ttl:
-        o.cache_ttl_s = max(1, int(cache_ttl))
+    if seconds(cache_ttl, "cache_ttl"):
+        o.cache_ttl_s = max(1, min(int(cache_ttl), 2**32 - 1))
         o.cache_flags |= AB_CACHE_ON if cache is None else 0
     o.priority = priority_value(priority)
     return o

@@ -152,7 +152,7 @@ class AsyncClient(_Base):
     def _limit(timeout: Optional[float]) -> Optional[float]:
         # The library ends a request at its deadline; this guard only
         # catches a deadline that never fires.
-        return None if timeout is None else time.monotonic() + timeout + 5.0
+        return None if C.seconds(timeout) is None else time.monotonic() + timeout + 5.0
 
     async def request(self, service: str, data: C.Data = b"", *,
                       timeout: Optional[float] = None, **opts: Any) -> bytes:
@@ -266,6 +266,7 @@ class AsyncClient(_Base):
 
     async def recv(self, timeout: Optional[float] = None) -> C.Message:
         """The next direct message; TimeoutError after TIMEOUT seconds."""
+        C.seconds(timeout)
         loop = self._attach()
         self._drain()
         while not self._direct:
@@ -357,6 +358,7 @@ class AsyncSubscription(Subscription):
     async def get(self, timeout: Optional[float] = None) -> C.Message:  # type: ignore[override]
         client = self._client
         assert isinstance(client, AsyncClient)
+        C.seconds(timeout)
         loop = client._attach()
         client._drain()
         while not self._queue:

@@ -219,7 +219,7 @@ class Client(_Base):
     def _wait(self, call: _Call, timeout: Optional[float]) -> None:
         """Polls until CALL's final event. The library ends the request at
         its deadline; GRACE guards against a lost deadline all the same."""
-        limit = None if timeout is None else time.monotonic() + timeout + 5.0
+        limit = None if C.seconds(timeout) is None else time.monotonic() + timeout + 5.0
         while not call.final:
             rc = lib.ab_client_poll(self._handle(), 1000)
             err = self.last_error() if rc < 0 else ""  # before _messages_in's recv
@@ -418,7 +418,7 @@ class Client(_Base):
     def recv(self, timeout: Optional[float] = None) -> C.Message:
         """The next direct message (or receipt, gap, error notice); waits up
         to TIMEOUT seconds (None: forever). Raises TimeoutError."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if C.seconds(timeout) is None else time.monotonic() + timeout
         while not self._direct:
             left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             p = POINTER(_CMessage)()
@@ -466,7 +466,7 @@ class Client(_Base):
     def run(self, timeout: Optional[float] = None) -> None:
         """Runs subscription callbacks for TIMEOUT seconds (None: until
         :meth:`stop`, which then raises StoppedError)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if C.seconds(timeout) is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             left = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
             self.poll(left)
@@ -483,7 +483,7 @@ class Stream:
                  decode: Optional[Callable[[bytes], Any]]) -> None:
         self._client = client
         self._call = call
-        self._timeout = timeout
+        self._timeout = C.seconds(timeout)
         self._decode = decode
 
     @property
@@ -555,7 +555,7 @@ class Subscription:
         """The next message; raises TimeoutError after TIMEOUT seconds."""
         client = self._client
         assert isinstance(client, Client), "use 'async for' with an AsyncClient"
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if C.seconds(timeout) is None else time.monotonic() + timeout
         while not self._queue:
             left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             client.poll(min(left, 1.0))

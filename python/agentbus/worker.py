@@ -337,7 +337,7 @@ class Worker:
         """Graceful stop: take nothing new, finish held jobs for up to GRACE
         seconds, then stop. Any thread."""
         if self._h:
-            lib.ab_worker_shutdown(self._h, C.ms(grace, 0))
+            lib.ab_worker_shutdown(self._h, C.ms(grace, 0, "grace"))
 
     def close(self) -> None:
         """Says BYE and frees the handle (idempotent)."""

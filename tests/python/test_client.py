@@ -1,5 +1,6 @@
 """Client against real brokers and workers (tests/python/conftest.py)."""
 
+import asyncio
 import os
 import re
 import time
@@ -212,6 +213,38 @@ def test_data_of_another_type_is_a_type_error(bus):
             with pytest.raises(TypeError):
                 c.publish("news", bad)
         assert c.request("echo", memoryview(b"ok"), timeout=5) == b"ok"
+
+
+def test_negative_durations_are_value_errors(bus):
+    # docs/python.md: timeouts are seconds >= 0 or None. A negative one meant
+    # the default in request(), "at once" in recv() and 1 s as a cache_ttl.
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as c:
+        for call in (lambda: c.request("echo", b"x", timeout=-1),
+                     lambda: c.request("echo", b"x", timeout=float("nan")),
+                     lambda: c.request("echo", b"x", cache_ttl=-5),
+                     lambda: c.stream("echo", b"x", timeout=-0.5),
+                     lambda: c.recv(timeout=-1),
+                     lambda: c.poll(-1),
+                     lambda: c.subscribe("news", timeout=-1),
+                     lambda: c.discover("echo", timeout=-2)):
+            with pytest.raises(ValueError) as e:
+                call()
+            assert ">= 0 seconds" in str(e.value), str(e.value)
+        with pytest.raises(TypeError):
+            c.request("echo", b"x", timeout="5")
+        assert c.request("echo", b"ok", timeout=5) == b"ok"
+        assert c.request("echo", b"ok", timeout=0) == b"ok"  # 0: the default
+
+    async def aio():
+        async with agentbus.AsyncClient(bus.endpoint) as a:
+            with pytest.raises(ValueError):
+                await a.recv(timeout=-1)
+            with pytest.raises(ValueError):
+                await a.request("echo", b"x", timeout=-1)
+            assert await a.request("echo", b"ok", timeout=5) == b"ok"
+    asyncio.run(aio())
 
 
 def test_readme_example_runs_as_written(bus, tmp_path):
