@@ -713,7 +713,7 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     const char *p = args->preload;
     while (p && *p) {
         size_t n = strcspn(p, ",");
-        if (n > 0 && n < 250) {
+        if (n > 0 && n <= AB_MODEL_MAX) { /* main.c refused longer names */
             Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
             Agentbus__ModelCommand mc = AGENTBUS__MODEL_COMMAND__INIT;
             char model[256];
@@ -727,8 +727,12 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
             s_job_t *j = s_job_add(o);
             if (j && wk_ol_call_build(buf, len, &j->call, err, sizeof err) == 0)
                 j->admin = 1;
-            else if (j)
-                s_job_free(o, j);
+            else {
+                TL_WARN("backend", "preload of %s not started: %s", model,
+                        j ? err : "out of memory");
+                if (j)
+                    s_job_free(o, j);
+            }
         }
         p += n + (p[n] == ',');
     }

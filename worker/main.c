@@ -51,6 +51,7 @@ static void s_usage(const char *prog)
            "  --ollama-url URL    ollama (required): the Ollama server's base URL, e.g.\n"
            "                      http://127.0.0.1:11434 (no default)\n"
            "  --preload M1,M2     ollama: load these models at start, one after another\n"
+           "                      (names of at most 200 bytes)\n"
            "  --gpu-vram-mb N     ollama: GPU memory when NVML cannot tell (default 0: unknown)\n"
            "  --ollama-retries N  ollama: retries of a 503 / connection error here (default 2)\n"
            "  --min-slots N       ollama: floor of the adaptive slot limit, which 503s and\n"
@@ -118,6 +119,22 @@ static const tl_opt_t s_opts[] = {
     {NULL, 0, 0, 0},
 };
 
+/* --preload's names: each at most AB_MODEL_MAX bytes, as a request's model
+ * (the backend skipped a longer one without a word). Empty ones are ignored. */
+static int s_preload_ok(const char *v)
+{
+    for (const char *p = v; *p; p += *p == ',') {
+        size_t n = strcspn(p, ",");
+        if (n > AB_MODEL_MAX) {
+            fprintf(stderr, "agentbus-worker: --preload model name '%.40s...' is %zu bytes "
+                    "(at most %d)\n", p, n, AB_MODEL_MAX);
+            return -1;
+        }
+        p += n;
+    }
+    return 0;
+}
+
 /* One option's value V into A; 0, or -1 for a bad value. */
 static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *capacity_set)
 {
@@ -146,7 +163,7 @@ static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *cap
         a->args.capacity = (unsigned)n, *capacity_set = 1;
         return 0;
     case O_OLLAMA_URL: a->args.ollama_url = v; return *v ? 0 : -1;
-    case O_PRELOAD: a->args.preload = v; return 0;
+    case O_PRELOAD: a->args.preload = v; return s_preload_ok(v);
     case O_VRAM: return tl_parse_long(v, 0, 1L << 30, &a->args.gpu_vram_mb);
     case O_RETRIES: return tl_parse_long(v, 0, 10, &a->args.retries);
     case O_MINSLOTS: return tl_parse_long(v, 1, 100000, &a->args.min_slots);

@@ -370,6 +370,15 @@ static void s_leading_dash(void)
     CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url http://127.0.0.1:1 --capacity 8 "
                   "--model-slots 2 --min-slots 3", th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("--min-slots 3 is above --model-slots 2"));
+    /* A --preload name longer than a request's model may be (AB_MODEL_MAX)
+     * was skipped without a word; 200 bytes passes to the next check. */
+    CHECK_EQ(s_sh("timeout 10 %s --backend ollama --preload \"a,$(head -c 201 /dev/zero | "
+                  "tr '\\0' m)\"", th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("is 201 bytes (at most 200)"));
+    CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url http://127.0.0.1:1 --broker "
+                  "nonsense --preload \"$(head -c 200 /dev/zero | tr '\\0' m),b\"",
+                  th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("invalid --broker 'nonsense'") && !HAS("--preload"));
     CHECK_EQ(s_sh("timeout 10 %s $(for i in $(seq 65); do printf -- '--label k%%d=v ' $i; done)",
                   th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("at most 64 --label"));
