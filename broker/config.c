@@ -482,11 +482,20 @@ static int s_load_file(ab_broker_config_t *cfg, const char *path)
     for (int l = 0; l < 2 && rc == 0; l++) {
         for (zconfig_t *c = lists[l]; c && rc == 0; c = zconfig_next(c)) {
             const char *name = zconfig_name(c), *val = zconfig_value(c);
-            if (strcmp(name, "broker") == 0 && l == 0)
-                continue;
             const s_option_t *o = s_find(name);
-            if (!o) {
+            if (strcmp(name, "broker") == 0 && l == 0) {
+                /* "broker = 1" was skipped without a word */
+                if (val && *val) {
+                    fprintf(stderr, "agentbus-broker: 'broker' in %s is a section, not a key: "
+                            "its keys go on the lines under it, indented\n", path);
+                    rc = -1;
+                }
+            } else if (!o) {
                 fprintf(stderr, "agentbus-broker: unknown key '%s' in %s\n", name, path);
+                rc = -1;
+            } else if (zconfig_child(c)) { /* what is indented under a key was ignored */
+                fprintf(stderr, "agentbus-broker: key '%s' in %s has lines indented under it\n",
+                        name, path);
                 rc = -1;
             } else if (!val || !*val) {
                 fprintf(stderr, "agentbus-broker: key '%s' in %s has no value\n", name, path);

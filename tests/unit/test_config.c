@@ -127,6 +127,17 @@ static void s_test_unreadable(void)
     /* Not an option / no value: the broker's own errors, unchanged. */
     CHECK_EQ(s_load_text(&cfg, "broker\n    no-such-key = 1\n"), -1);
     ab_config_free(&cfg);
+    /* The section name given a value, and lines under a key, were ignored
+     * without a word (queue-max stayed 10000 with the 5 below). */
+    CHECK_EQ(s_load_text(&cfg, "broker = 1\n"), -1);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, "queue-max = 7\n    queue-max = 5\n"), -1);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, "broker\n    queue-max = 7\n        drain-ms = 5\n"), -1);
+    ab_config_free(&cfg);
+    CHECK_EQ(s_load_text(&cfg, "broker\n    queue-max = 7\n"), 0); /* as documented */
+    CHECK_EQ(cfg.queue_max, 7);
+    ab_config_free(&cfg);
 }
 
 /* log-format from a file, a flag over it, and a value it does not know. */
