@@ -8,8 +8,9 @@
 # The broker's and the worker's counters are zeroed once the worker
 # answers, so start-up is not counted; the client's start-up is taken out
 # by a second run of 0.01 s. SIZE (env, default 64) sets the payload.
-# OUT_DIR keeps the callgrind files for callgrind_annotate. Needs valgrind
-# and python3; listens on 127.0.0.1.
+# For the broker it also prints its main thread alone (ab_broker_run,
+# inclusive). OUT_DIR keeps the callgrind files for callgrind_annotate.
+# Needs valgrind and python3; listens on 127.0.0.1.
 set -uo pipefail
 usage="usage: hop_callgrind.sh BUILD_DIR on|off broker|worker|client [OUT_DIR]"
 dir=${1:?$usage}
@@ -69,8 +70,8 @@ bench() { # SECONDS [wrapper...]
     --nats off >/dev/null 2>&1
 }
 case $who in
-  broker) callgrind_control -z $bpid >/dev/null ;;
-  worker) callgrind_control -z $wpid >/dev/null ;;
+  broker) callgrind_control -z $bpid >/dev/null 2>&1 ;;
+  worker) callgrind_control -z $wpid >/dev/null 2>&1 ;;
 esac
 r0=$(requests)
 if [ $who = client ]; then
@@ -92,4 +93,10 @@ if [ $who = client ]; then
   n=$((n - (r1 - r0)))
 fi
 [ -n "$all" ] && [ "$n" -gt 0 ] || { echo "hop_callgrind.sh: no profile" >&2; exit 1; }
-echo "$who, batching $mode, $size B: $n requests; per request: $((all / n)) instructions (all threads)"
+main=
+if [ $who = broker ]; then
+  main=$(callgrind_annotate --inclusive=yes "$out/cg.broker" 2>/dev/null |
+         awk '/broker.c:ab_broker_run/ {gsub(",", "", $1); print $1; exit}')
+  main=${main:+, main thread $((main / n))}
+fi
+echo "$who, batching $mode, $size B: $n requests; per request: $((all / n)) instructions (all threads)$main"
