@@ -685,10 +685,12 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
         if (!strcmp(f, "--help")) {
             s_usage();
             return 1;
-        } else if (!strcmp(f, "--json") || !strcmp(f, "--csv")) {
-            o->format = !strcmp(f, "--json") ? BF_JSON : BF_CSV;
-            continue;
         }
+        int fmt = bf_format_flag(&o->format, f);
+        if (fmt < 0)
+            return -1;
+        if (fmt)
+            continue;
         if (i + 1 >= argc || s_parse_one(o, f, argv[i + 1]) != 0)
             goto bad;
         i++;

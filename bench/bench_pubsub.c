@@ -423,10 +423,11 @@ static int s_popts(s_popts_t *o, int argc, char **argv)
         long x;
         if (!strcmp(f, "--pubsub"))
             continue;
-        if (!strcmp(f, "--json") || !strcmp(f, "--csv")) {
-            o->format = !strcmp(f, "--json") ? BF_JSON : BF_CSV;
+        int fmt = bf_format_flag(&o->format, f);
+        if (fmt < 0)
+            return -1;
+        if (fmt)
             continue;
-        }
         if (!v)
             goto bad;
         i++;

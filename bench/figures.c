@@ -272,6 +272,20 @@ static void s_print_csv(void)
     }
 }
 
+int bf_format_flag(bf_format_t *format, const char *flag)
+{
+    bf_format_t want = !strcmp(flag, "--json") ? BF_JSON : !strcmp(flag, "--csv") ? BF_CSV
+                                                                                : BF_TABLE;
+    if (want == BF_TABLE)
+        return 0;
+    if (*format != BF_TABLE && *format != want) { /* the last one won, unsaid */
+        fprintf(stderr, "agentbus-bench: --json and --csv: give one output format\n");
+        return -1;
+    }
+    *format = want;
+    return 1;
+}
+
 int bf_print(bf_format_t format)
 {
     if (format == BF_JSON)

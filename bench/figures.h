@@ -43,6 +43,9 @@ void bf_add(const char *key, const char *label, const char *unit, const char *sy
  * either side is printed as "not measured" and not judged. */
 void bf_ratio(const char *key, const char *system, const char *baseline, double ratio, bf_op_t op,
               double bound);
+/* FLAG ("--json" or "--csv") into *FORMAT: 1 when FLAG is one of them, 0
+ * when not, -1 (said on stderr) when the other one was given before. */
+int bf_format_flag(bf_format_t *format, const char *flag);
 /* Prints everything in FORMAT to stdout; returns the number of missed
  * targets (0 when not judging). */
 int bf_print(bf_format_t format);
