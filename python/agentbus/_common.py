@@ -55,7 +55,7 @@ def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional
         if name:
             check(lib.ab_options_set_name(o, b(name)), lambda: "bad name")
         if timeout is not None:
-            check(lib.ab_options_set_timeout_ms(o, max(1, ms(timeout))), lambda: "bad timeout")
+            check(lib.ab_options_set_timeout_ms(o, budget_ms(timeout, 0)), lambda: "bad timeout")
         if heartbeat_ms is not None:
             check(lib.ab_options_set_heartbeat_ms(o, heartbeat_ms), lambda: "bad heartbeat")
         if takeover:
@@ -72,6 +72,17 @@ def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional
     return o
 
 
+def budget_ms(timeout: Optional[float], default: int) -> int:
+    """A request's TIMEOUT (seconds > 0, None = DEFAULT) in milliseconds, at
+    least 1. A request cannot have no time: 0 was the client's default with
+    options and 1 ms without (the C library's reading of 0)."""
+    if seconds(timeout) is None:
+        return default
+    if timeout == 0:
+        raise ValueError("a request's timeout must be > 0 seconds or None, not 0")
+    return max(1, ms(timeout))
+
+
 def request_opts(timeout: Optional[float], model: Optional[str], worker: Optional[str],
                  cache: Optional[bool], cache_ttl: Optional[float], priority,
                  idempotent: bool, keep: List[bytes]) -> RequestOpts:
@@ -79,7 +90,7 @@ def request_opts(timeout: Optional[float], model: Optional[str], worker: Optiona
     CACHE True marks the request cacheable, False bypasses the cache both
     ways; CACHE_TTL is in seconds."""
     o = RequestOpts()
-    o.timeout_ms = ms(timeout, 0)  # 0: the client's default
+    o.timeout_ms = budget_ms(timeout, 0)  # 0: the client's default
     if model:
         keep.append(b(model))
         o.model = keep[-1]

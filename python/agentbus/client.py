@@ -260,7 +260,7 @@ class Client(_Base):
         reply = c_void_p()
         size = c_size_t()
         rc = lib.ab_client_request(self._handle(), b(service), payload, len(payload),
-                                   C.ms(timeout, -1), byref(reply), byref(size))
+                                   C.budget_ms(timeout, -1), byref(reply), byref(size))
         # The error's text before the drain of topic messages, whose last
         # ab_client_recv leaves "no message in time" as the handle's error.
         err = self.last_error() if rc < 0 else ""

@@ -234,8 +234,14 @@ def test_negative_durations_are_value_errors(bus):
             assert ">= 0 seconds" in str(e.value), str(e.value)
         with pytest.raises(TypeError):
             c.request("echo", b"x", timeout="5")
-        assert c.request("echo", b"ok", timeout=5) == b"ok"
-        assert c.request("echo", b"ok", timeout=0) == b"ok"  # 0: the default
+        with pytest.raises(ValueError):
+            bus.client(timeout=0)  # the default budget of every request
+        for kw in ({}, {"priority": "batch"}):  # without options and with them
+            with pytest.raises(ValueError) as e:  # 0 was 1 ms, and the default
+                c.request("echo", b"x", timeout=0, **kw)
+            assert "> 0 seconds" in str(e.value), str(e.value)
+            assert c.request("echo", b"ok", timeout=5, **kw) == b"ok"
+            assert c.request("echo", b"ok", timeout=None, **kw) == b"ok"
 
     async def aio():
         async with agentbus.AsyncClient(bus.endpoint) as a:
