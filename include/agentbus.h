@@ -378,8 +378,9 @@ AB_EXPORT size_t ab_client_pending(const ab_client_t *client);
 /* ======================================================================== */
 
 /* Synchronous request: sends DATA to SERVICE and waits up to timeout_ms
- * (< 0: the options' default, 30000 unless set) for the reply. The deadline
- * travels with the request: the broker answers AB_EDEADLINE when it passes.
+ * (< 0: the options' default, 30000 unless set; 0 is taken as 1) for the
+ * reply. The deadline travels with the request: the broker answers
+ * AB_EDEADLINE when it passes.
  * For a model, flags or cache control per request use
  * ab_client_request_start.
  * Errors: any AB_E* status; typical: AB_EINVAL, AB_ENOSERVICE, AB_EBUSY,
