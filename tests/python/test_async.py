@@ -15,7 +15,7 @@ def run(coro):
 
 def test_request_stream_and_errors(bus):
     bus.echo_worker("echo", "--chunks", "3")
-    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "1500")
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "60000")  # only DEADLINE ends it
     bus.wait_workers("echo")
     bus.wait_workers("slow")
 

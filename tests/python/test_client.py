@@ -73,13 +73,13 @@ def test_no_service(bus):
 
 
 def test_deadline(bus):
-    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "1500")
+    # The reply would take 60 s: only the request's deadline can end it
+    # (no wall-clock bound here; a busy host may be slow to say DEADLINE).
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "60000")
     bus.wait_workers("slow")
     with bus.client() as c:
-        t0 = time.monotonic()
         with pytest.raises(agentbus.DeadlineError) as e:
             c.request("slow", b"x", timeout=0.2)
-        assert time.monotonic() - t0 < 1.4
         assert isinstance(e.value, TimeoutError)  # also a built-in TimeoutError
 
 
