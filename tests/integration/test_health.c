@@ -60,7 +60,7 @@ static void s_poll_all(ab_client_t **cs, int n, int ms)
  * worker named NAME; 0, or -1 when it is not registered. */
 typedef struct {
     char health[16];
-    unsigned interval_ms, ejections, backoff_ms, free_credit, capacity;
+    unsigned interval_ms, ejections, backoff_ms, free_credit, capacity, in_flight;
     double suspicion;
     unsigned long long completed;
 } s_winfo_t;
@@ -81,12 +81,26 @@ static int s_winfo(ab_client_t *c, const char *name, s_winfo_t *out)
         out->backoff_ms = w->backoff_ms;
         out->free_credit = w->free_credit;
         out->capacity = w->capacity;
+        out->in_flight = w->in_flight;
         out->suspicion = w->suspicion;
         out->completed = (unsigned long long)w->completed;
         rc = 0;
     }
     ab_directory_destroy(&d);
     return rc;
+}
+
+/* Waits (bounded) until worker NAME holds N requests. 0 or -1. */
+static int s_wait_held(ab_client_t *c, const char *name, unsigned n, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    s_winfo_t w;
+    while (ab_now_ms() < end) {
+        if (s_winfo(c, name, &w) == 0 && w.in_flight == n)
+            return 0;
+        ab_client_poll(c, 20);
+    }
+    return -1;
 }
 
 /* Waits (bounded) until worker NAME is in STATE. 0 or -1. */
@@ -197,9 +211,9 @@ static void s_sigstop(void)
     /* A short floor and ceiling so suspicion, not the transport's 3 s ZMTP
      * timeout, finds the stopped worker. */
     th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400", NULL);
-    pid_t s1 = th_worker(port, "svc", "--name", "s1", "--capacity", "4", "--delay-ms", "600",
+    pid_t s1 = th_worker(port, "svc", "--name", "s1", "--capacity", "4", "--delay-ms", "2000",
                          "--heartbeat-ms", "200", NULL);
-    th_worker(port, "svc", "--name", "s2", "--capacity", "4", "--delay-ms", "600",
+    th_worker(port, "svc", "--name", "s2", "--capacity", "4", "--delay-ms", "2000",
               "--heartbeat-ms", "200", NULL);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "svc", 2, 10000) == 0);
@@ -211,7 +225,10 @@ static void s_sigstop(void)
                                          &(ab_request_opts_t){.timeout_ms = 20000}, s_slot_cb,
                                          &slots[i], NULL),
                  AB_OK);
-    ab_client_poll(c, 150); /* both workers hold 4 */
+    /* Both hold 4 when s1 stops: a state waited for, not 150 ms of polling
+     * (a busy host may dispatch later; 2 s of work keeps them held). */
+    CHECK_EQ(s_wait_held(c, "s1", 4, 10000), 0);
+    CHECK_EQ(s_wait_held(c, "s2", 4, 10000), 0);
     kill(s1, SIGSTOP);
     int64_t end = ab_now_ms() + 15000;
     while (s_done < 8 && ab_now_ms() < end)
