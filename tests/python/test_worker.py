@@ -284,10 +284,11 @@ def test_broker_restart(procs):
     from conftest import Bus
     import signal
     bus = Bus(procs).start("--heartbeat-ms", "200")
-    hold = threading.Event()
+    hold, held = threading.Event(), threading.Event()
 
     def handler(job):
         if job.data == b"hold":
+            held.set()
             hold.wait(20)
         return b"ok " + job.data
 
@@ -298,7 +299,10 @@ def test_broker_restart(procs):
         bus.wait_workers("svc")
         with bus.client(heartbeat_ms=200) as c:
             s = c.stream("svc", b"hold", timeout=30)
-            c.poll(0.3)
+            deadline = time.monotonic() + 10  # the worker holds it: a state, not 0.3 s
+            while not held.is_set() and time.monotonic() < deadline:
+                c.poll(0.05)
+            assert held.is_set()
             os.kill(bus.pid, signal.SIGKILL)
             with pytest.raises(agentbus.DisconnectedError) as e:
                 list(s)
