@@ -47,6 +47,30 @@ static void s_seq_bytes(uint64_t seq, uint8_t *out)
         out[i] = (uint8_t)(seq >> (56 - 8 * i));
 }
 
+/* Ages go on from the newest one in the file. Called in each write
+ * transaction, not only at open: another broker may write this file too
+ * (LMDB serialises write transactions across processes), and two writers
+ * counting on their own gave the same age to two entries, the second age
+ * record replacing the first: that entry was then never evicted (the map
+ * filled up with such entries and every later write was dropped). */
+static int s_seq_sync(ab_l3_t *l3, MDB_txn *txn)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, l3->age, &cur);
+    if (rc != 0)
+        return rc;
+    if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == 8) {
+        uint64_t last = 0;
+        for (int i = 0; i < 8; i++)
+            last = last << 8 | ((uint8_t *)k.mv_data)[i];
+        if (last >= l3->next_seq)
+            l3->next_seq = last + 1;
+    }
+    mdb_cursor_close(cur);
+    return 0;
+}
+
 /* --- open, with corrupt files moved aside ------------------------------------------- */
 static int s_try_open(ab_l3_t *l3, const char *path)
 {
@@ -81,18 +105,9 @@ static int s_try_open(ab_l3_t *l3, const char *path)
             rc = AB_L3_INCOMPATIBLE;
         }
     }
-    if (rc == 0) { /* ages go on from the newest entry */
-        MDB_cursor *cur;
-        MDB_val k, v;
-        rc = mdb_cursor_open(txn, l3->age, &cur);
-        if (rc == 0) {
-            int g = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-            if (g == 0 && k.mv_size == 8)
-                for (int i = 0; i < 8; i++)
-                    l3->next_seq = l3->next_seq << 8 | ((uint8_t *)k.mv_data)[i];
-            l3->next_seq++;
-            mdb_cursor_close(cur);
-        }
+    if (rc == 0) {
+        l3->next_seq = 1;
+        rc = s_seq_sync(l3, txn);
     }
     if (rc == 0) {
         rc = mdb_txn_commit(txn);
@@ -382,6 +397,11 @@ static int s_try_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, size_t 
     int rc = mdb_txn_begin(l3->env, NULL, 0, &txn);
     if (rc != 0)
         return rc;
+    rc = s_seq_sync(l3, txn);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
     if (target)
         s_evict_to(l3, txn, target);
     else
