@@ -24,6 +24,7 @@
 #define AB_L2_QUEUE_MAX (64u << 20) /* bytes of commands waiting to be written */
 #define AB_L2_READS_PER_TURN 16     /* 64 KiB reads: the loop's other work goes on */
 #define AB_L2_RESOLVE_POLL_MS 10
+#define AB_L2_SMALL_REPLY_MAX (1u << 20) /* a reply to anything but GET (SCAN: ~1000 keys) */
 static const char s_vmagic[5] = {'A', 'B', 'L', '2', 1};
 
 /* What a command in flight was, so its reply (Redis answers in order) is
@@ -50,6 +51,7 @@ struct ab_l2 {
     int fd, connecting;
     int64_t conn_ns;          /* when the connect started */
     redisReader *rd;
+    size_t reply_fed;         /* bytes fed to RD since its last complete reply */
     char *obuf;               /* commands not yet written */
     size_t olen, ooff, ocap;
     s_ring_t pend;            /* written or queued, waiting for their reply */
@@ -183,6 +185,7 @@ static void s_close(ab_l2_t *l2)
     if (l2->rd)
         redisReaderFree(l2->rd);
     l2->rd = NULL;
+    l2->reply_fed = 0;
     l2->olen = l2->ooff = 0;
     if (l2->ocap > (1u << 20)) { /* a burst of stores does not keep its buffer */
         free(l2->obuf);
@@ -366,6 +369,35 @@ static int s_on_reply(ab_l2_t *l2, redisReply *r)
     return 0;
 }
 
+/* The type of the reply RD is parsing now (-1: none, or its first byte
+ * has not come yet). hiredis keeps it in its read stack, whose shape
+ * changed in 1.0. */
+static int s_reply_type(const redisReader *rd)
+{
+    if (rd->ridx < 0)
+        return -1;
+#if HIREDIS_MAJOR >= 1
+    return rd->task && rd->task[0] ? rd->task[0]->type : -1;
+#else
+    return rd->rstack[0].type;
+#endif
+}
+
+/* A reply being parsed that may not be one: bigger than what its command
+ * can answer (a GET: cache-max-entry-bytes and some; anything else: 1 MiB),
+ * or an array to a command other than SCAN. hiredis builds an object per
+ * array element as the bytes come, ~18 times the bytes' size for ":1"
+ * elements, so a garbage reply "*100000000" followed by an endless stream
+ * of elements grew the broker by 2 GB in the 2 s of its timeout: the bytes
+ * of the reply in progress are counted, not what hiredis still holds. */
+static int s_reply_bad(ab_l2_t *l2)
+{
+    int kind = l2->pend.n ? l2->pend.v[l2->pend.head].kind : -1;
+    size_t bound = kind == S_GET ? l2->max_reply : AB_L2_SMALL_REPLY_MAX;
+    int type = s_reply_type(l2->rd);
+    return l2->reply_fed > bound || (kind != S_SCAN && type == REDIS_REPLY_ARRAY);
+}
+
 /* Reads what Redis sent and handles each complete reply. */
 static void s_read(ab_l2_t *l2)
 {
@@ -382,13 +414,15 @@ static void s_read(ab_l2_t *l2)
             return;
         }
         redisReaderFeed(l2->rd, buf, (size_t)n);
+        l2->reply_fed += (size_t)n;
         void *r = NULL;
         int bad = 0;
         while (!bad && redisReaderGetReply(l2->rd, &r) == REDIS_OK && r) {
+            l2->reply_fed = l2->rd->len - l2->rd->pos; /* the next reply's bytes */
             bad = s_on_reply(l2, r) != 0;
             r = NULL;
         }
-        if (bad || l2->rd->err || l2->rd->len - l2->rd->pos > l2->max_reply) {
+        if (bad || l2->rd->err || s_reply_bad(l2)) {
             l2->c.errors++;
             s_fail(l2, "malformed, unexpected or oversized reply", &l2->c.failed);
             return;

@@ -60,5 +60,7 @@ void cache_l2_sigkill(void);
 void cache_lz4_bomb(void);
 void cache_model_key(void);
 void cache_cancelled_leader(void);
+/* test_cache_l2.c: what L2 answers, good or garbage. */
+void cache_l2_garbage_array(void);
 
 #endif

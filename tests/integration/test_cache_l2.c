@@ -1,0 +1,167 @@
+/*
+ * test_cache_l2.c - what L2 (Redis) answers, good or garbage (part of
+ * test_cache, cachetest.h): a "Redis" answering a GET with an endless
+ * array does not grow the broker.
+ */
+#include "harness.h"
+#include "test.h"
+#include "cachetest.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static Agentbus__CacheTier *s_tier(Agentbus__CacheStats *cs, const char *name)
+{
+    for (size_t i = 0; cs && i < cs->n_tiers; i++)
+        if (strcmp(cs->tiers[i]->name, name) == 0)
+            return cs->tiers[i];
+    return NULL;
+}
+
+/* L2's state ("none" without it), with its counters in *T when given. */
+static int s_l2_is(ab_client_t *c, const char *state, Agentbus__CacheTier *out)
+{
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st ? s_tier(st->cache, "l2") : NULL;
+    int ok = t && strcmp(t->state, state) == 0;
+    if (t && out)
+        *out = *t;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return ok;
+}
+
+static int s_wait_l2(ab_client_t *c, const char *state)
+{
+    for (int i = 0; i < 200; i++) {
+        if (s_l2_is(c, state, NULL))
+            return 0;
+        th_sleep_ms(50);
+    }
+    return -1;
+}
+
+/* The broker's peak resident memory (VmHWM) in KiB, or -1. */
+static long s_hwm_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* A "Redis" that answers the first GET of each connection with an array
+ * of 100 million elements and then sends elements, up to 24 MiB of them
+ * per connection, for as long as the broker reads. */
+typedef struct {
+    int ls;
+    atomic_int stop, conns;
+    atomic_long sent;
+} s_fake_t;
+
+static void s_fake_conn(s_fake_t *f, int fd)
+{
+    struct timeval tv = {0, 100000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    char buf[4096], seen[8192] = "";
+    while (!atomic_load(&f->stop) && !strstr(seen, "GET")) {
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        if (n == 0)
+            return;
+        if (n > 0) {
+            buf[n] = '\0';
+            size_t l = strlen(seen);
+            snprintf(seen + l, sizeof seen - l, "%s", buf);
+        }
+    }
+    static const char head[] = "*100000000\r\n";
+    static char chunk[64 * 1024];
+    for (size_t i = 0; i + 4 <= sizeof chunk; i += 4)
+        memcpy(chunk + i, ":1\r\n", 4);
+    if (send(fd, head, sizeof head - 1, MSG_NOSIGNAL) < 0)
+        return;
+    long sent = 0;
+    while (!atomic_load(&f->stop) && sent < (24L << 20)) {
+        ssize_t n = send(fd, chunk, sizeof chunk, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            continue; /* the broker is not reading this turn */
+        if (n <= 0)
+            break; /* closed by the broker */
+        sent += n;
+    }
+    atomic_fetch_add(&f->sent, sent);
+}
+
+static void *s_fake_main(void *arg)
+{
+    s_fake_t *f = arg;
+    while (!atomic_load(&f->stop)) {
+        int fd = accept(f->ls, NULL, NULL);
+        if (fd < 0)
+            continue; /* SO_RCVTIMEO on the listener: look at stop again */
+        atomic_fetch_add(&f->conns, 1);
+        s_fake_conn(f, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+/* Before: hiredis built an object per array element as the bytes came and
+ * the broker bounded only the bytes hiredis had not parsed yet, so within
+ * the 3 s timeout the broker grew by hundreds of MB (2 GB in 2 s by hand,
+ * until the timeout closed the connection). Now an array answering a GET
+ * is a protocol error at once: the connection is closed, the breaker
+ * opens, the request goes to the worker. */
+void cache_l2_garbage_array(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    s_fake_t f = {.ls = socket(AF_INET, SOCK_STREAM, 0)};
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rport)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct timeval tv = {0, 100000};
+    setsockopt(f.ls, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    REQUIRE(bind(f.ls, (struct sockaddr *)&a, sizeof a) == 0 && listen(f.ls, 16) == 0);
+    pthread_t fth;
+    REQUIRE(pthread_create(&fth, NULL, s_fake_main, &f) == 0);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    pid_t broker = th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "3000", NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed") == 0);
+    long before = s_hwm_kb(broker);
+    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    char out[512];
+    CHECK_EQ(ct_req(c, "echo", "bomb", out, sizeof out), AB_OK);
+    CHECK_STR(out, "bomb#1"); /* the worker's answer: nothing lost */
+    Agentbus__CacheTier t;
+    CHECK_EQ(s_wait_l2(c, "open"), 0);
+    CHECK_TRUE(s_l2_is(c, "open", &t) && t.failed >= 1 && t.hits == 0);
+    long after = s_hwm_kb(broker);
+    fprintf(stderr, "broker peak %ld KiB before, %ld KiB after; the fake sent %ld bytes\n",
+            before, after, atomic_load(&f.sent));
+    CHECK_TRUE(before > 0 && after - before < 64 * 1024); /* before the fix: ~430 MB more */
+    CHECK_TRUE(th_alive(broker));
+    atomic_store(&f.stop, 1);
+    pthread_join(fth, NULL);
+    close(f.ls);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
