@@ -594,12 +594,15 @@ int64_t ab_cache_next_wake(ab_broker_t *b)
 }
 
 /* An L2 hit for R (a leader that waited): R and its waiters get the whole
- * reply, which is promoted to L1 (and L3). */
-static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len)
+ * reply, which is promoted to L1 (and L3) for the time it had left in
+ * Redis (TTL_MS; -1: unknown, then R's own TTL). With R's TTL alone, an
+ * entry stored for 2 s was served by the promoting broker for an hour. */
+static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len,
+                     int64_t ttl_ms)
 {
     ab_cache_t *c = b->cache;
     ab_cache_req_t *cr = r->cache;
-    int64_t exp = ab_now_ms() + cr->ttl_ms;
+    int64_t exp = ab_now_ms() + (ttl_ms > 0 ? ttl_ms : cr->ttl_ms);
     ab_l1_put(c->l1, &cr->key, val, len, exp);
     if (c->l3w)
         ab_l3_writer_put(c->l3w, &cr->key, exp, val, len);
@@ -635,7 +638,8 @@ static void s_l2_answers(ab_broker_t *b)
     int hit;
     const uint8_t *val;
     size_t len;
-    while (ab_l2_recv(c->l2, &tag, &hit, &val, &len)) {
+    int64_t ttl_ms;
+    while (ab_l2_recv(c->l2, &tag, &hit, &val, &len, &ttl_ms)) {
         ab_req_t *r = ab_idmap_get(&b->pending, tag);
         ab_cache_req_t *cr = r ? r->cache : NULL;
         if (!cr || !cr->l2_wait)
@@ -644,7 +648,7 @@ static void s_l2_answers(ab_broker_t *b)
         ab_hist_record(&c->l2_ns, ab_now_ns() - cr->l2_sent_ns);
         if (hit && ab_blob_valid(val, len)) {
             c->l2_hits++;
-            s_l2_hit(b, r, val, len);
+            s_l2_hit(b, r, val, len, ttl_ms);
         } else {
             c->l2_misses++;
             ab_service_t *s = r->service;

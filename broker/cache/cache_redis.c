@@ -29,13 +29,14 @@ static const char s_vmagic[5] = {'A', 'B', 'L', '2', 1};
 
 /* What a command in flight was, so its reply (Redis answers in order) is
  * handled as such. */
-enum { S_GET, S_SET, S_SCAN, S_UNLINK };
+enum { S_GET, S_PTTL, S_SET, S_SCAN, S_UNLINK };
 
 typedef struct {
     uint8_t kind;
     uint64_t tag;   /* S_GET: the broker's tag */
     int64_t t_ns;   /* when it was queued */
-    redisReply *r;  /* an answer: the GET's reply (NULL: a miss) */
+    redisReply *r;  /* an answer: the GET's reply (NULL: a miss); S_PTTL: its GET's */
+    int64_t ttl_ms; /* ready: the entry's TTL left by PTTL (-1: none or unknown) */
 } s_item_t;
 
 typedef struct {
@@ -165,7 +166,7 @@ static int s_cmd(ab_l2_t *l2, int argc, const char **argv, const size_t *lens, i
 static int s_send(ab_l2_t *l2, uint8_t kind, uint64_t tag, int argc, const char **argv,
                   const size_t *lens, int val_at)
 {
-    s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL};
+    s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL, -1};
     if (s_ring_push(&l2->pend, &it) != 0)
         return -1;
     if (s_cmd(l2, argc, argv, lens, val_at) != 0) {
@@ -202,7 +203,9 @@ static void s_fail(ab_l2_t *l2, const char *why, uint64_t *lost)
     s_close(l2);
     s_item_t it;
     while (s_ring_pop(&l2->pend, &it)) {
-        if (it.kind == S_GET) {
+        if (it.kind == S_GET || (it.kind == S_PTTL && it.r)) { /* a lookup not answered */
+            if (it.r)
+                freeReplyObject(it.r);
             it.r = NULL;
             (*lost)++;
             s_ring_push(&l2->ready, &it); /* cannot fail: ready holds fewer than pend did */
@@ -351,8 +354,24 @@ static int s_on_reply(ab_l2_t *l2, redisReply *r)
         AB_DEBUG("L2 cache: redis error: %s", r->str);
     }
     if (it.kind == S_GET) {
+        /* Its PTTL follows (ab_l2_get): the answer is ready with it. */
+        s_item_t *next = l2->pend.n ? &l2->pend.v[l2->pend.head] : NULL;
+        if (next && next->kind == S_PTTL && next->tag == it.tag && !next->r) {
+            next->r = r;
+            return 0;
+        }
         it.r = r;
         s_ring_push(&l2->ready, &it); /* ready holds at most what pend held */
+        return 0;
+    }
+    if (it.kind == S_PTTL) {
+        it.ttl_ms = r->type == REDIS_REPLY_INTEGER ? (int64_t)r->integer : -1;
+        if (it.ttl_ms == -2 || it.ttl_ms == 0) { /* expired between GET and PTTL */
+            freeReplyObject(it.r);
+            it.r = NULL;
+        }
+        freeReplyObject(r);
+        s_ring_push(&l2->ready, &it);
         return 0;
     }
     if (it.kind == S_SET) {
@@ -547,6 +566,9 @@ void ab_l2_destroy(ab_l2_t **p)
     s_flush_blocking(l2);
     s_close(l2);
     s_item_t it;
+    while (s_ring_pop(&l2->pend, &it))
+        if (it.r)
+            freeReplyObject(it.r);
     while (s_ring_pop(&l2->ready, &it))
         if (it.r)
             freeReplyObject(it.r);
@@ -638,7 +660,7 @@ static void s_key_str(const ab_cache_key_t *k, char *out)
 
 int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
 {
-    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n >= AB_L2_PENDING_MAX)
+    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n + 2 > AB_L2_PENDING_MAX)
         return -1;
     char k[AB_L2_NS_LEN + AB_CACHE_KEY_HEX];
     s_key_str(key, k);
@@ -647,6 +669,12 @@ int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
     if (s_send(l2, S_GET, tag, 2, argv, lens, -1) != 0)
         return -1;
     l2->c.sent++;
+    /* The entry's TTL left, pipelined behind it: a hit promoted to L1 and
+     * L3 lives only as long as it had left here. Without it (the queue
+     * full now) the GET is answered alone, with the requester's TTL. */
+    argv[0] = "PTTL";
+    lens[0] = 4;
+    s_send(l2, S_PTTL, tag, 2, argv, lens, -1);
     return 0;
 }
 
@@ -682,7 +710,8 @@ int ab_l2_clear(ab_l2_t *l2)
     return l2->clearing ? 0 : -1;
 }
 
-int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len)
+int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len,
+               int64_t *ttl_ms)
 {
     if (l2->given) {
         freeReplyObject(l2->given);
@@ -697,6 +726,7 @@ int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t
            memcmp(r->str, s_vmagic, sizeof s_vmagic) == 0;
     *val = *hit ? (const uint8_t *)r->str + sizeof s_vmagic : NULL;
     *len = *hit ? r->len - sizeof s_vmagic : 0;
+    *ttl_ms = it.ttl_ms;
     l2->given = r;
     return 1;
 }

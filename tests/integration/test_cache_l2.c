@@ -1,11 +1,13 @@
 /*
  * test_cache_l2.c - what L2 (Redis) answers, good or garbage (part of
  * test_cache, cachetest.h): a "Redis" answering a GET with an endless
- * array does not grow the broker.
+ * array does not grow the broker; an entry promoted from L2 lives only as
+ * long as it had left in Redis.
  */
 #include "harness.h"
 #include "test.h"
 #include "cachetest.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -164,4 +166,51 @@ void cache_l2_garbage_array(void)
     close(f.ls);
     ct_worker_end(&x, th);
     ab_client_destroy(&c);
+}
+
+/* An entry broker A stored in Redis for 3 s is an L2 hit at broker B,
+ * whose requests ask for 600 s. B promoted it to its L1 (and L3) with its
+ * own request's TTL, so B kept serving it long after Redis had dropped it
+ * (by hand: an entry stored for 2 s still served 4.7 s later). Now B keeps
+ * it only as long as it had left in Redis (PTTL, pipelined with the GET). */
+void cache_l2_promote_ttl(void)
+{
+    int rport = th_free_port(), pa = th_free_port(), pb = th_free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    ct_redis_start(rport);
+    th_broker(pa, "--cache-redis", addr, NULL);
+    th_broker(pb, "--cache-redis", addr, NULL);
+    ab_client_t *ca = th_client(pa), *cb = th_client(pb);
+    ct_wk_t xa = {.port = pa, .service = "echo"}, xb = {.port = pb, .service = "echo"};
+    pthread_t ta = ct_worker_start(&xa, ca), tb = ct_worker_start(&xb, cb);
+    REQUIRE(s_wait_l2(ca, "closed") == 0 && s_wait_l2(cb, "closed") == 0);
+    ab_client_set_cache(ca, AB_CACHE_ON, 3);
+    ab_client_set_cache(cb, AB_CACHE_ON, 600);
+    char out[512];
+    CHECK_EQ(ct_req(ca, "echo", "short", out, sizeof out), AB_OK);
+    CHECK_STR(out, "short#1");
+    Agentbus__CacheTier t = {0};
+    for (int i = 0; i < 200 && !(s_l2_is(ca, "closed", &t) && t.stores >= 1); i++)
+        th_sleep_ms(25);
+    REQUIRE(t.stores >= 1); /* in Redis, for 3 s */
+    CHECK_EQ(ct_req(cb, "echo", "short", out, sizeof out), AB_OK);
+    CHECK_STR(out, "short#1"); /* an L2 hit: A's worker's answer */
+    int64_t hit_ms = ab_now_ms();
+    CHECK_EQ(atomic_load(&xb.jobs), 0);
+    CHECK_EQ(ct_req(cb, "echo", "short", out, sizeof out), AB_OK);
+    CHECK_STR(out, "short#1"); /* promoted: from B's L1 */
+    CHECK_U64(ct_l1_hits(cb), 1);
+    /* Past the 3 s it had: gone from Redis and from B's L1. */
+    int64_t left = hit_ms + 3300 - ab_now_ms();
+    th_sleep_ms(left > 0 ? (int)left : 0);
+    CHECK_EQ(ct_req(cb, "echo", "short", out, sizeof out), AB_OK);
+    CHECK_STR(out, "short#1"); /* B's worker's first job (before: B's L1, still "A's") */
+    CHECK_EQ(atomic_load(&xb.jobs), 1);
+    CHECK_U64(ct_l1_hits(cb), 1);
+    ct_worker_end(&xa, ta);
+    ct_worker_end(&xb, tb);
+    ab_client_destroy(&ca);
+    ab_client_destroy(&cb);
+    ct_redis_stop();
 }

@@ -159,6 +159,16 @@ static void s_redis_stop(void)
     }
 }
 
+pid_t ct_redis_start(int port)
+{
+    return s_redis_start(port);
+}
+
+void ct_redis_stop(void)
+{
+    s_redis_stop();
+}
+
 static const char *s_l2_state(ab_client_t *c, unsigned long long *hits,
                               unsigned long long *stores)
 {
