@@ -836,7 +836,7 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     ab_cache_t *c = b->cache;
     *out = NULL;
     *len = 0;
-    *err = "unknown cache query (try: cache, cache clear [l1|l3], cache get KEY)";
+    *err = "unknown cache query (try: cache, cache clear [l1|l2|l3], cache get KEY)";
     if (!c) {
         *err = "the cache is off (--cache-l1-bytes 0)";
         return AB_ERR_UNSUPPORTED;
@@ -844,15 +844,9 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     if (strcmp(what, "cache") == 0)
         return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
     int all = strcmp(what, "cache clear") == 0;
-    if (strcmp(what, "cache clear l2") == 0 || (all && c->l2)) {
-        if (!c->l2 || ab_l2_clear(c->l2) != 0) {
-            *err = c->l2 ? "Redis is not connected now (L2 breaker open): try again"
-                          : "there is no L2 cache (no --cache-redis)";
-            return c->l2 ? AB_ERR_BUSY : AB_ERR_UNSUPPORTED;
-        }
-        if (!all)
-            return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
-    }
+    /* Every tier: L1 and L3 first, so that Redis being down (the breaker
+     * open) does not keep an operator from purging this broker's own
+     * tiers; it used to answer BUSY having cleared none. */
     if (all || strcmp(what, "cache clear l1") == 0 || strcmp(what, "cache clear l3") == 0) {
         if (!all && what[13] == '3' && !c->l3w) {
             *err = "there is no L3 cache (no --data-dir)";
@@ -865,6 +859,19 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
             return AB_ERR_BUSY;
         }
         AB_INFO("cache %s cleared by an operator", all ? "(every tier)" : what + 12);
+        if (!all || !c->l2)
+            return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
+    }
+    if (all || strcmp(what, "cache clear l2") == 0) {
+        if (!c->l2 || ab_l2_clear(c->l2) != 0) {
+            *err = !c->l2 ? "there is no L2 cache (no --cache-redis)"
+                   : all && c->l3w ? "L1 and L3 cleared, but Redis is not connected now "
+                                     "(L2 breaker open): clear L2 again later (--tier l2)"
+                   : all ? "L1 cleared, but Redis is not connected now (L2 breaker open): "
+                           "clear L2 again later (--tier l2)"
+                          : "Redis is not connected now (L2 breaker open): try again";
+            return c->l2 ? AB_ERR_BUSY : AB_ERR_UNSUPPORTED;
+        }
         return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
     }
     if (strncmp(what, "cache get ", 10) == 0)

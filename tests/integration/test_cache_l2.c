@@ -2,7 +2,8 @@
  * test_cache_l2.c - what L2 (Redis) answers, good or garbage (part of
  * test_cache, cachetest.h): a "Redis" answering a GET with an endless
  * array does not grow the broker; an entry promoted from L2 lives only as
- * long as it had left in Redis.
+ * long as it had left in Redis; clearing every tier with Redis down
+ * still clears L1 and L3.
  */
 #include "harness.h"
 #include "test.h"
@@ -13,6 +14,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,5 +214,58 @@ void cache_l2_promote_ttl(void)
     ct_worker_end(&xb, tb);
     ab_client_destroy(&ca);
     ab_client_destroy(&cb);
+    ct_redis_stop();
+}
+
+/* Entries of tier NAME (-1: no such tier). */
+static long long s_entries(ab_client_t *c, const char *name)
+{
+    Agentbus__Stats *st = th_stats(c);
+    Agentbus__CacheTier *t = st ? s_tier(st->cache, name) : NULL;
+    long long n = t ? (long long)t->entries : -1;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return n;
+}
+
+/* `brokerctl cache clear` (every tier) while Redis is stopped (SIGSTOP:
+ * the breaker open). Before: BUSY, exit 1, and nothing cleared, so an
+ * operator could not purge a bad answer from L1 and L3 for as long as
+ * Redis was down. Now L1 and L3 are cleared, the answer still says BUSY
+ * (exit 1) and that L2 was not. */
+void cache_l2_down_clear(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64], dir[600], cmd[1024], out[1024];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    snprintf(dir, sizeof dir, "%s/data", th_dir());
+    pid_t redis = ct_redis_start(rport);
+    th_broker(port, "--cache-redis", addr, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed") == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 600);
+    CHECK_EQ(ct_req(c, "echo", "purge-me", out, sizeof out), AB_OK);
+    for (int i = 0; i < 200 && s_entries(c, "l3") < 1; i++)
+        th_sleep_ms(25);
+    REQUIRE(s_entries(c, "l1") == 1 && s_entries(c, "l3") == 1);
+    REQUIRE(kill(redis, SIGSTOP) == 0);
+    CHECK_EQ(ct_req(c, "echo", "opens-the-breaker", out, sizeof out), AB_OK);
+    CHECK_EQ(s_wait_l2(c, "open"), 0);
+    snprintf(cmd, sizeof cmd, "%s --broker %s cache clear 2>&1", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 1);
+    CHECK_TRUE(strstr(out, "BUSY") && strstr(out, "L1 and L3 cleared"));
+    if (!strstr(out, "L1 and L3 cleared"))
+        fprintf(stderr, "brokerctl said: %s\n", out);
+    CHECK_EQ(s_entries(c, "l1"), 0);
+    long long l3 = -1;
+    for (int i = 0; i < 200 && (l3 = s_entries(c, "l3")) != 0; i++)
+        th_sleep_ms(25); /* the L3 writer clears it */
+    CHECK_EQ(l3, 0);
+    kill(redis, SIGCONT);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
     ct_redis_stop();
 }
