@@ -25,6 +25,7 @@
 #define AB_L2_READS_PER_TURN 16     /* 64 KiB reads: the loop's other work goes on */
 #define AB_L2_RESOLVE_POLL_MS 10
 #define AB_L2_SMALL_REPLY_MAX (1u << 20) /* a reply to anything but GET (SCAN: ~1000 keys) */
+#define AB_L2_ARRAY_MAX 65536 /* elements of one array (SCAN's keys, COUNT 1000) */
 static const char s_vmagic[5] = {'A', 'B', 'L', '2', 1};
 
 /* What a command in flight was, so its reply (Redis answers in order) is
@@ -311,6 +312,43 @@ static void s_connected(ab_l2_t *l2)
         s_scan_send(l2, "0");
 }
 
+/* hiredis allocates an array's table of elements from its header alone:
+ * "*100000000" was 800 MB of address space (and, under ASan, 100 MB of
+ * resident shadow) before a single element came. Larger arrays are
+ * refused before that (a reader error: the connection fails as for a
+ * malformed reply). hiredis 1.x has the bound built in (maxelements). */
+#if HIREDIS_MAJOR >= 1
+static redisReader *s_reader_new(void)
+{
+    redisReader *rd = redisReaderCreate();
+    if (rd)
+        rd->maxelements = AB_L2_ARRAY_MAX;
+    return rd;
+}
+#else
+static redisReplyObjectFunctions s_fn;
+static void *(*s_create_array)(const redisReadTask *, int);
+
+static void *s_bounded_array(const redisReadTask *t, int elements)
+{
+    return elements > AB_L2_ARRAY_MAX ? NULL : s_create_array(t, elements);
+}
+
+static redisReader *s_reader_new(void)
+{
+    redisReader *rd = redisReaderCreate();
+    if (!rd || !rd->fn)
+        return rd;
+    if (!s_create_array) { /* hiredis' own functions, but for arrays */
+        s_fn = *rd->fn;
+        s_create_array = s_fn.createArray;
+        s_fn.createArray = s_bounded_array;
+    }
+    rd->fn = &s_fn;
+    return rd;
+}
+#endif
+
 /* Starts a non-blocking connect (the poll reports when it is done). */
 static void s_connect(ab_l2_t *l2)
 {
@@ -320,7 +358,7 @@ static void s_connect(ab_l2_t *l2)
             s_fail(l2, "cannot resolve the host name", &l2->c.failed);
         return;
     }
-    l2->rd = redisReaderCreate();
+    l2->rd = s_reader_new();
     l2->fd = socket(l2->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (!l2->rd || l2->fd < 0) {
         s_fail(l2, "out of memory or descriptors", &l2->c.failed);
