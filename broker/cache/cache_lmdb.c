@@ -28,7 +28,12 @@ struct ab_l3 {
     MDB_env *env;
     MDB_dbi entries, age, meta;
     MDB_txn *rtxn; /* the broker thread's reused read transaction */
-    size_t map_bytes, psize;
+    int rtxn_live; /* renewed and not yet reset */
+    atomic_size_t map_bytes; /* grows when another broker's map is adopted */
+    size_t psize;
+    /* Another process grew the map (MDB_MAP_RESIZED): the writer adopts
+     * its size while the broker thread keeps out of LMDB (pause, in_txn). */
+    atomic_int resize_wanted, pause, in_txn;
     uint64_t next_seq;     /* writer only */
     uint8_t scan_key[16];  /* writer only: where the expiry scan goes on */
     int scan_valid;
@@ -78,7 +83,7 @@ static int s_try_open(ab_l3_t *l3, const char *path)
     if (rc == 0)
         rc = mdb_env_set_maxdbs(l3->env, 4);
     if (rc == 0)
-        rc = mdb_env_set_mapsize(l3->env, l3->map_bytes);
+        rc = mdb_env_set_mapsize(l3->env, atomic_load(&l3->map_bytes));
     /* NOTLS: the broker thread's read transaction is not tied to thread
      * storage; NOMETASYNC: a cache may lose its last commit in a power cut,
      * never its integrity. */
@@ -231,7 +236,7 @@ ab_l3_t *ab_l3_open(const char *dir, size_t map_bytes)
     ab_l3_t *l3 = calloc(1, sizeof *l3);
     if (!l3)
         return NULL;
-    l3->map_bytes = map_bytes;
+    atomic_store(&l3->map_bytes, map_bytes);
     char path[4096], lock[4200];
     snprintf(path, sizeof path, "%s/cache.mdb", dir);
     snprintf(lock, sizeof lock, "%s-lock", path);
@@ -275,9 +280,23 @@ void ab_l3_close(ab_l3_t **p)
 }
 
 /* --- reads (broker thread) ------------------------------------------------------------ */
+/* The broker thread enters LMDB: 0, or -1 while the writer adopts a new
+ * map size (a miss for the caller; nothing waits). Sequentially
+ * consistent: either the writer sees in_txn or this thread sees pause. */
+static int s_enter(ab_l3_t *l3)
+{
+    atomic_store(&l3->in_txn, 1);
+    if (!atomic_load(&l3->pause))
+        return 0;
+    atomic_store(&l3->in_txn, 0);
+    return -1;
+}
+
 int ab_l3_get(ab_l3_t *l3, const ab_cache_key_t *key, int64_t now_ms, const uint8_t **val,
               size_t *len, int64_t *expires_ms)
 {
+    if (s_enter(l3) != 0)
+        return 0;
     int rc = l3->rtxn ? mdb_txn_renew(l3->rtxn)
                       : mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &l3->rtxn);
     if (rc != 0) {
@@ -285,8 +304,12 @@ int ab_l3_get(ab_l3_t *l3, const ab_cache_key_t *key, int64_t now_ms, const uint
             mdb_txn_abort(l3->rtxn);
             l3->rtxn = NULL;
         }
+        if (rc == MDB_MAP_RESIZED)
+            atomic_store(&l3->resize_wanted, 1); /* the writer adopts it */
+        atomic_store(&l3->in_txn, 0);
         return -1;
     }
+    l3->rtxn_live = 1;
     uint8_t kb[16];
     s_key_bytes(key, kb);
     MDB_val k = {16, kb}, v;
@@ -308,8 +331,47 @@ int ab_l3_get(ab_l3_t *l3, const ab_cache_key_t *key, int64_t now_ms, const uint
 
 void ab_l3_release(ab_l3_t *l3)
 {
-    if (l3->rtxn)
+    if (l3->rtxn && l3->rtxn_live)
         mdb_txn_reset(l3->rtxn);
+    l3->rtxn_live = 0;
+    atomic_store(&l3->in_txn, 0);
+}
+
+/* Writer thread: another broker on this file has a larger map and the
+ * data grew past ours, so every transaction here failed with
+ * MDB_MAP_RESIZED (each lookup a miss, each write dropped, for good).
+ * LMDB's remedy is mdb_env_set_mapsize(env, 0) with no transaction of this
+ * process active: the broker thread is kept out meanwhile (its lookups
+ * miss). The larger map then bounds this broker's evictions too, or the
+ * two would evict each other's entries down to the smaller bound. */
+static int s_adopt_map(ab_l3_t *l3)
+{
+    atomic_store(&l3->pause, 1);
+    for (int i = 0; i < 1000 && atomic_load(&l3->in_txn); i++)
+        usleep(1000); /* one lookup in progress: microseconds */
+    int rc = atomic_load(&l3->in_txn) ? EBUSY : mdb_env_set_mapsize(l3->env, 0);
+    MDB_envinfo info;
+    if (rc == 0 && mdb_env_info(l3->env, &info) == 0) {
+        atomic_store(&l3->resize_wanted, 0);
+        if (info.me_mapsize > atomic_load(&l3->map_bytes)) {
+            AB_WARN("L3 cache: another broker on this cache.mdb has a larger map: %zu MiB "
+                    "used here too (cache-l3-bytes %zu MiB)",
+                    info.me_mapsize >> 20, atomic_load(&l3->map_bytes) >> 20);
+            atomic_store(&l3->map_bytes, info.me_mapsize);
+        }
+    }
+    atomic_store(&l3->pause, 0);
+    return rc;
+}
+
+/* mdb_txn_begin for a write, adopting a map another process grew. */
+static int s_write_begin(ab_l3_t *l3, MDB_txn **txn)
+{
+    int rc = atomic_load(&l3->resize_wanted) ? MDB_MAP_RESIZED
+                                              : mdb_txn_begin(l3->env, NULL, 0, txn);
+    if (rc == MDB_MAP_RESIZED && s_adopt_map(l3) == 0)
+        rc = mdb_txn_begin(l3->env, NULL, 0, txn);
+    return rc;
 }
 
 /* --- writes (writer thread) --------------------------------------------------------------- */
@@ -367,8 +429,9 @@ static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
 
 static void s_evict_if_needed(ab_l3_t *l3, MDB_txn *txn)
 {
-    if (s_used(l3, txn) > (size_t)(l3->map_bytes * AB_L3_HIGH))
-        s_evict_to(l3, txn, (size_t)(l3->map_bytes * AB_L3_LOW));
+    size_t map = atomic_load(&l3->map_bytes);
+    if (s_used(l3, txn) > (size_t)(map * AB_L3_HIGH))
+        s_evict_to(l3, txn, (size_t)(map * AB_L3_LOW));
 }
 
 static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
@@ -394,7 +457,7 @@ static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
 static int s_try_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, size_t target)
 {
     MDB_txn *txn;
-    int rc = mdb_txn_begin(l3->env, NULL, 0, &txn);
+    int rc = s_write_begin(l3, &txn);
     if (rc != 0)
         return rc;
     rc = s_seq_sync(l3, txn);
@@ -425,7 +488,7 @@ int ab_l3_put_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, int64_t no
         /* Free pages LMDB cannot reuse yet (old readers) or a big batch:
          * make much more room and try once more. */
         l3->next_seq = seq0;
-        rc = s_try_batch(l3, items, n, (size_t)(l3->map_bytes * AB_L3_LOW / 2));
+        rc = s_try_batch(l3, items, n, (size_t)(atomic_load(&l3->map_bytes) * AB_L3_LOW / 2));
     }
     if (rc != 0) {
         l3->next_seq = seq0;
@@ -441,7 +504,7 @@ int ab_l3_put_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, int64_t no
 size_t ab_l3_maintain(ab_l3_t *l3, int64_t now_ms, size_t max)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(l3->env, NULL, 0, &txn) != 0)
+    if (s_write_begin(l3, &txn) != 0)
         return 0;
     MDB_cursor *cur;
     size_t removed = 0, seen = 0;
@@ -486,7 +549,7 @@ size_t ab_l3_maintain(ab_l3_t *l3, int64_t now_ms, size_t max)
 int ab_l3_clear(ab_l3_t *l3)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(l3->env, NULL, 0, &txn) != 0)
+    if (s_write_begin(l3, &txn) != 0)
         return -1;
     if (mdb_drop(txn, l3->entries, 0) != 0 || mdb_drop(txn, l3->age, 0) != 0) {
         mdb_txn_abort(txn);
@@ -500,14 +563,22 @@ void ab_l3_usage(ab_l3_t *l3, uint64_t *entries, uint64_t *bytes, uint64_t *map_
 {
     MDB_txn *txn;
     *entries = *bytes = 0;
-    *map_bytes = l3->map_bytes;
-    if (mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &txn) != 0)
+    *map_bytes = atomic_load(&l3->map_bytes);
+    if (s_enter(l3) != 0)
         return;
+    int rc = mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0) {
+        if (rc == MDB_MAP_RESIZED)
+            atomic_store(&l3->resize_wanted, 1);
+        atomic_store(&l3->in_txn, 0);
+        return;
+    }
     MDB_stat st;
     if (mdb_stat(txn, l3->entries, &st) == 0)
         *entries = st.ms_entries;
     *bytes = s_used(l3, txn);
     mdb_txn_abort(txn);
+    atomic_store(&l3->in_txn, 0);
 }
 
 ab_l3_counters_t *ab_l3_counters(ab_l3_t *l3)

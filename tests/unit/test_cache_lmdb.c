@@ -369,6 +369,52 @@ static void t_two_writers(void)
     }
 }
 
+/* Two brokers on one data directory with different cache-l3-bytes: this
+ * one opened the file with a 1 MiB map, the other (a child process) with
+ * 16 MiB wrote 3 MB. Every transaction here then failed with
+ * MDB_MAP_RESIZED, for good: each lookup -1 (a miss), each write batch
+ * dropped. Now the first failure has the writer adopt the larger map. */
+static void t_map_grown_elsewhere(void)
+{
+    int go[2];
+    REQUIRE(pipe(go) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) { /* the other broker, with a larger map */
+        char ch;
+        if (read(go[0], &ch, 1) != 1)
+            _exit(2);
+        ab_l3_t *l3 = ab_l3_open(s_dir, 16 << 20);
+        static uint8_t val[3000];
+        int rc = l3 ? 0 : 1;
+        for (uint64_t i = 5000; rc == 0 && i < 6000; i++) {
+            memcpy(val, &i, 8); /* s_has checks it */
+            ab_l3_item_t it = {s_k(i), 1000000, val, sizeof val};
+            rc = ab_l3_put_batch(l3, &it, 1, 0);
+        }
+        ab_l3_close(&l3);
+        _exit(rc == 0 ? 0 : 3);
+    }
+    ab_l3_t *l3 = ab_l3_open(s_dir, 1 << 20);
+    REQUIRE(l3);
+    REQUIRE(write(go[1], "g", 1) == 1);
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid);
+    REQUIRE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK_TRUE(!s_has(l3, 5999, 0)); /* the first lookup finds the map grown: a miss */
+    CHECK_EQ(s_put_range(l3, 1, 8), 0); /* the writer adopts the larger map */
+    CHECK_TRUE(s_has(l3, 5999, 0));
+    CHECK_TRUE(s_has(l3, 1, 0));
+    uint64_t entries, bytes, map;
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_U64(map, 16u << 20);
+    CHECK_TRUE(entries > 8);
+    CHECK_EQ(atomic_load(&ab_l3_counters(l3)->dropped), 0);
+    ab_l3_close(&l3);
+    close(go[0]);
+    close(go[1]);
+}
+
 int main(void)
 {
     snprintf(s_dir, sizeof s_dir, "/tmp/ab-test-l3-XXXXXX");
@@ -382,6 +428,9 @@ int main(void)
     s_rm_dir();
     REQUIRE(mkdir(s_dir, 0700) == 0);
     t_two_writers();
+    s_rm_dir();
+    REQUIRE(mkdir(s_dir, 0700) == 0);
+    t_map_grown_elsewhere();
     s_rm_dir();
     return TEST_DONE("test_cache_lmdb");
 }
