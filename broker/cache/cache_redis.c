@@ -61,6 +61,7 @@ struct ab_l2 {
     redisReply *given;        /* the reply ab_l2_recv handed out last */
     int64_t retry_at_ms, backoff_ms;
     int said_down; /* the first failure to reach redis was logged at WARN */
+    int said_error; /* an error reply on this connection was logged at WARN */
     int clearing;
     long cleared;
     struct gaicb *gai;        /* a name being resolved (NULL: none) */
@@ -307,6 +308,7 @@ static void s_connected(ab_l2_t *l2)
     l2->connecting = 0;
     l2->c.reconnects++;
     l2->c.state = AB_L2_CLOSED;
+    l2->said_error = 0;
     AB_INFO("L2 cache: connected to redis %s:%d", l2->host, l2->port);
     if (l2->clearing) /* cut by the last connection's end: from the start */
         s_scan_send(l2, "0");
@@ -389,7 +391,16 @@ static int s_on_reply(ab_l2_t *l2, redisReply *r)
     l2->backoff_ms = 0; /* answered: a later failure starts a new backoff */
     if (r->type == REDIS_REPLY_ERROR) {
         l2->c.errors++;
-        AB_DEBUG("L2 cache: redis error: %s", r->str);
+        /* A Redis with requirepass answers every command NOAUTH: L2 then
+         * looked healthy (connected, breaker closed) while each lookup
+         * missed and each write was dropped, said only at DEBUG. */
+        if (!l2->said_error)
+            AB_WARN("L2 cache: redis %s:%d answers errors (lookups miss, writes are dropped): "
+                    "%s",
+                    l2->host, l2->port, r->str);
+        else
+            AB_DEBUG("L2 cache: redis error: %s", r->str);
+        l2->said_error = 1;
     }
     if (it.kind == S_GET) {
         /* Its PTTL follows (ab_l2_get): the answer is ready with it. */

@@ -46,9 +46,9 @@ void ct_poll_all(ab_client_t **cs, int nc, ct_got_t *g, int n, int timeout_ms);
 Agentbus__CacheStats *ct_cache_stats(ab_client_t *c, Agentbus__Stats **keep);
 unsigned long long ct_l1_hits(ab_client_t *c);
 
-/* A real redis-server on 127.0.0.1:PORT (no persistence), stopped by PID
- * (test_cache_tiers.c). */
-pid_t ct_redis_start(int port);
+/* A real redis-server on 127.0.0.1:PORT (no persistence), with up to two
+ * more arguments (NULL: none), stopped by PID (test_cache_tiers.c). */
+pid_t ct_redis_start(int port, const char *arg1, const char *arg2);
 void ct_redis_stop(void);
 
 /* test_cache_tiers.c: L3 (LMDB) and L2 (Redis). */
@@ -70,5 +70,6 @@ void cache_cancelled_leader(void);
 void cache_l2_garbage_array(void);
 void cache_l2_promote_ttl(void);
 void cache_l2_down_clear(void);
+void cache_l2_noauth(void);
 
 #endif

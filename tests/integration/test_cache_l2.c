@@ -3,7 +3,7 @@
  * test_cache, cachetest.h): a "Redis" answering a GET with an endless
  * array does not grow the broker; an entry promoted from L2 lives only as
  * long as it had left in Redis; clearing every tier with Redis down
- * still clears L1 and L3.
+ * still clears L1 and L3; a Redis answering errors (NOAUTH) is said.
  */
 #include "harness.h"
 #include "test.h"
@@ -184,7 +184,7 @@ void cache_l2_promote_ttl(void)
     int rport = th_free_port(), pa = th_free_port(), pb = th_free_port();
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
-    ct_redis_start(rport);
+    ct_redis_start(rport, NULL, NULL);
     th_broker(pa, "--cache-redis", addr, NULL);
     th_broker(pb, "--cache-redis", addr, NULL);
     ab_client_t *ca = th_client(pa), *cb = th_client(pb);
@@ -243,7 +243,7 @@ void cache_l2_down_clear(void)
     char addr[64], dir[600], cmd[1024], out[1024];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
     snprintf(dir, sizeof dir, "%s/data", th_dir());
-    pid_t redis = ct_redis_start(rport);
+    pid_t redis = ct_redis_start(rport, NULL, NULL);
     th_broker(port, "--cache-redis", addr, "--data-dir", dir, NULL);
     ab_client_t *c = th_client(port);
     ct_wk_t x = {.port = port, .service = "echo"};
@@ -269,6 +269,44 @@ void cache_l2_down_clear(void)
         th_sleep_ms(25); /* the L3 writer clears it */
     CHECK_EQ(l3, 0);
     kill(redis, SIGCONT);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+    ct_redis_stop();
+}
+
+/* A Redis with requirepass answers every command NOAUTH (the broker sends
+ * no AUTH). Before: the log said "connected", the breaker stayed closed,
+ * each lookup missed and each write was dropped, and the reason was only
+ * at DEBUG. Now one WARN line names it; requests are still answered. */
+void cache_l2_noauth(void)
+{
+    int rport = th_free_port(), port = th_free_port();
+    char addr[64], out[512];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
+    ct_redis_start(rport, "--requirepass", "not-sent-by-agentbus");
+    pid_t broker = th_broker(port, "--cache-redis", addr, NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    REQUIRE(s_wait_l2(c, "closed") == 0);
+    ab_client_set_cache(c, AB_CACHE_ON, 60);
+    CHECK_EQ(ct_req(c, "echo", "noauth", out, sizeof out), AB_OK);
+    CHECK_STR(out, "noauth#1");
+    static char log[1 << 16];
+    int said = 0;
+    for (int i = 0; i < 200 && !said; i++) {
+        FILE *lf = fopen(th_log_of(broker), "r");
+        size_t n = lf ? fread(log, 1, sizeof log - 1, lf) : 0;
+        log[n] = '\0';
+        if (lf)
+            fclose(lf);
+        said = strstr(log, "WARN") && strstr(log, "answers errors") && strstr(log, "NOAUTH");
+        if (!said)
+            th_sleep_ms(25);
+    }
+    CHECK_TRUE(said);
+    Agentbus__CacheTier t;
+    CHECK_TRUE(s_l2_is(c, "closed", &t) && t.misses == 1 && t.hits == 0);
     ct_worker_end(&x, th);
     ab_client_destroy(&c);
     ct_redis_stop();
