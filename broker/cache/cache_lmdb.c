@@ -402,7 +402,9 @@ static int s_del_entry(ab_l3_t *l3, MDB_txn *txn, const uint8_t *kb)
     return mdb_del(txn, l3->entries, &k, NULL) == 0;
 }
 
-/* Oldest first, until the tree pages are under TARGET bytes. */
+/* Oldest first, until the tree pages are under TARGET bytes. The count
+ * is the caller's to add once its transaction commits: an aborted one
+ * (a batch that still does not fit) evicted nothing. */
 static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
 {
     size_t n = 0;
@@ -423,15 +425,15 @@ static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
             n++;
     }
     mdb_cursor_close(cur);
-    atomic_fetch_add(&l3->c.evictions, n);
     return n;
 }
 
-static void s_evict_if_needed(ab_l3_t *l3, MDB_txn *txn)
+static size_t s_evict_if_needed(ab_l3_t *l3, MDB_txn *txn)
 {
     size_t map = atomic_load(&l3->map_bytes);
     if (s_used(l3, txn) > (size_t)(map * AB_L3_HIGH))
-        s_evict_to(l3, txn, (size_t)(map * AB_L3_LOW));
+        return s_evict_to(l3, txn, (size_t)(map * AB_L3_LOW));
+    return 0;
 }
 
 static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
@@ -465,15 +467,16 @@ static int s_try_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, size_t 
         mdb_txn_abort(txn);
         return rc;
     }
-    if (target)
-        s_evict_to(l3, txn, target);
-    else
-        s_evict_if_needed(l3, txn);
+    size_t evicted = target ? s_evict_to(l3, txn, target) : s_evict_if_needed(l3, txn);
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = s_put_one(l3, txn, &items[i]);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    rc = mdb_txn_commit(txn); /* frees TXN, committed or not */
     if (rc == 0)
-        return mdb_txn_commit(txn);
-    mdb_txn_abort(txn);
+        atomic_fetch_add(&l3->c.evictions, evicted);
     return rc;
 }
 
@@ -539,10 +542,11 @@ size_t ab_l3_maintain(ab_l3_t *l3, int64_t now_ms, size_t max)
         if (cur)
             mdb_cursor_close(cur);
     }
-    atomic_fetch_add(&l3->c.expired, removed);
-    s_evict_if_needed(l3, txn);
+    size_t evicted = s_evict_if_needed(l3, txn);
     if (mdb_txn_commit(txn) != 0)
         return 0;
+    atomic_fetch_add(&l3->c.expired, removed);
+    atomic_fetch_add(&l3->c.evictions, evicted);
     return removed;
 }
 

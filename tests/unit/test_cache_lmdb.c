@@ -415,6 +415,34 @@ static void t_map_grown_elsewhere(void)
     close(go[1]);
 }
 
+/* A reply larger than the map: the batch is retried after evicting down to
+ * 30%, still does not fit and is dropped, its transaction aborted, so
+ * nothing was evicted. The counter said 43 evictions by hand (1 MiB map,
+ * 80 entries kept). */
+static void t_too_big_evicts_nothing(void)
+{
+    ab_l3_t *l3 = ab_l3_open(s_dir, 1 << 20);
+    REQUIRE(l3);
+    static uint8_t val[6000], huge[900 * 1024];
+    for (uint64_t i = 1; i <= 100; i++) {
+        memcpy(val, &i, 8);
+        ab_l3_item_t it = {s_k(i), 1000000, val, sizeof val};
+        REQUIRE(ab_l3_put_batch(l3, &it, 1, 0) == 0);
+    }
+    ab_l3_counters_t *c = ab_l3_counters(l3);
+    uint64_t e0, b0, map, e1, b1;
+    ab_l3_usage(l3, &e0, &b0, &map);
+    size_t ev0 = atomic_load(&c->evictions);
+    ab_l3_item_t it = {s_k(999), 1000000, huge, sizeof huge};
+    CHECK_EQ(ab_l3_put_batch(l3, &it, 1, 0), -1);
+    CHECK_EQ(atomic_load(&c->dropped), 1);
+    ab_l3_usage(l3, &e1, &b1, &map);
+    CHECK_U64(e1, e0); /* rolled back */
+    CHECK_U64(atomic_load(&c->evictions), ev0);
+    CHECK_TRUE(s_has(l3, 100, 0));
+    ab_l3_close(&l3);
+}
+
 int main(void)
 {
     snprintf(s_dir, sizeof s_dir, "/tmp/ab-test-l3-XXXXXX");
@@ -431,6 +459,9 @@ int main(void)
     s_rm_dir();
     REQUIRE(mkdir(s_dir, 0700) == 0);
     t_map_grown_elsewhere();
+    s_rm_dir();
+    REQUIRE(mkdir(s_dir, 0700) == 0);
+    t_too_big_evicts_nothing();
     s_rm_dir();
     return TEST_DONE("test_cache_lmdb");
 }
