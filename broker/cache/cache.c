@@ -594,12 +594,15 @@ int64_t ab_cache_next_wake(ab_broker_t *b)
 }
 
 /* An L2 hit for R (a leader that waited): R and its waiters get the whole
- * reply, which is promoted to L1 (and L3). */
-static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len)
+ * reply, which is promoted to L1 (and L3) for the time it had left in
+ * Redis (TTL_MS; -1: unknown, then R's own TTL). With R's TTL alone, an
+ * entry stored for 2 s was served by the promoting broker for an hour. */
+static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len,
+                     int64_t ttl_ms)
 {
     ab_cache_t *c = b->cache;
     ab_cache_req_t *cr = r->cache;
-    int64_t exp = ab_now_ms() + cr->ttl_ms;
+    int64_t exp = ab_now_ms() + (ttl_ms > 0 ? ttl_ms : cr->ttl_ms);
     ab_l1_put(c->l1, &cr->key, val, len, exp);
     if (c->l3w)
         ab_l3_writer_put(c->l3w, &cr->key, exp, val, len);
@@ -635,7 +638,8 @@ static void s_l2_answers(ab_broker_t *b)
     int hit;
     const uint8_t *val;
     size_t len;
-    while (ab_l2_recv(c->l2, &tag, &hit, &val, &len)) {
+    int64_t ttl_ms;
+    while (ab_l2_recv(c->l2, &tag, &hit, &val, &len, &ttl_ms)) {
         ab_req_t *r = ab_idmap_get(&b->pending, tag);
         ab_cache_req_t *cr = r ? r->cache : NULL;
         if (!cr || !cr->l2_wait)
@@ -644,7 +648,7 @@ static void s_l2_answers(ab_broker_t *b)
         ab_hist_record(&c->l2_ns, ab_now_ns() - cr->l2_sent_ns);
         if (hit && ab_blob_valid(val, len)) {
             c->l2_hits++;
-            s_l2_hit(b, r, val, len);
+            s_l2_hit(b, r, val, len, ttl_ms);
         } else {
             c->l2_misses++;
             ab_service_t *s = r->service;
@@ -832,7 +836,7 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     ab_cache_t *c = b->cache;
     *out = NULL;
     *len = 0;
-    *err = "unknown cache query (try: cache, cache clear [l1|l3], cache get KEY)";
+    *err = "unknown cache query (try: cache, cache clear [l1|l2|l3], cache get KEY)";
     if (!c) {
         *err = "the cache is off (--cache-l1-bytes 0)";
         return AB_ERR_UNSUPPORTED;
@@ -840,15 +844,9 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
     if (strcmp(what, "cache") == 0)
         return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
     int all = strcmp(what, "cache clear") == 0;
-    if (strcmp(what, "cache clear l2") == 0 || (all && c->l2)) {
-        if (!c->l2 || ab_l2_clear(c->l2) != 0) {
-            *err = c->l2 ? "Redis is not connected now (L2 breaker open): try again"
-                          : "there is no L2 cache (no --cache-redis)";
-            return c->l2 ? AB_ERR_BUSY : AB_ERR_UNSUPPORTED;
-        }
-        if (!all)
-            return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
-    }
+    /* Every tier: L1 and L3 first, so that Redis being down (the breaker
+     * open) does not keep an operator from purging this broker's own
+     * tiers; it used to answer BUSY having cleared none. */
     if (all || strcmp(what, "cache clear l1") == 0 || strcmp(what, "cache clear l3") == 0) {
         if (!all && what[13] == '3' && !c->l3w) {
             *err = "there is no L3 cache (no --data-dir)";
@@ -861,6 +859,19 @@ int ab_cache_control(ab_broker_t *b, const char *what, uint8_t **out, size_t *le
             return AB_ERR_BUSY;
         }
         AB_INFO("cache %s cleared by an operator", all ? "(every tier)" : what + 12);
+        if (!all || !c->l2)
+            return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
+    }
+    if (all || strcmp(what, "cache clear l2") == 0) {
+        if (!c->l2 || ab_l2_clear(c->l2) != 0) {
+            *err = !c->l2 ? "there is no L2 cache (no --cache-redis)"
+                   : all && c->l3w ? "L1 and L3 cleared, but Redis is not connected now "
+                                     "(L2 breaker open): clear L2 again later (--tier l2)"
+                   : all ? "L1 cleared, but Redis is not connected now (L2 breaker open): "
+                           "clear L2 again later (--tier l2)"
+                          : "Redis is not connected now (L2 breaker open): try again";
+            return c->l2 ? AB_ERR_BUSY : AB_ERR_UNSUPPORTED;
+        }
         return s_pack_rc(&ab_cache_stats(b)->base, out, len, err);
     }
     if (strncmp(what, "cache get ", 10) == 0)

@@ -28,7 +28,12 @@ struct ab_l3 {
     MDB_env *env;
     MDB_dbi entries, age, meta;
     MDB_txn *rtxn; /* the broker thread's reused read transaction */
-    size_t map_bytes, psize;
+    int rtxn_live; /* renewed and not yet reset */
+    atomic_size_t map_bytes; /* grows when another broker's map is adopted */
+    size_t psize;
+    /* Another process grew the map (MDB_MAP_RESIZED): the writer adopts
+     * its size while the broker thread keeps out of LMDB (pause, in_txn). */
+    atomic_int resize_wanted, pause, in_txn;
     uint64_t next_seq;     /* writer only */
     uint8_t scan_key[16];  /* writer only: where the expiry scan goes on */
     int scan_valid;
@@ -47,6 +52,30 @@ static void s_seq_bytes(uint64_t seq, uint8_t *out)
         out[i] = (uint8_t)(seq >> (56 - 8 * i));
 }
 
+/* Ages go on from the newest one in the file. Called in each write
+ * transaction, not only at open: another broker may write this file too
+ * (LMDB serialises write transactions across processes), and two writers
+ * counting on their own gave the same age to two entries, the second age
+ * record replacing the first: that entry was then never evicted (the map
+ * filled up with such entries and every later write was dropped). */
+static int s_seq_sync(ab_l3_t *l3, MDB_txn *txn)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = mdb_cursor_open(txn, l3->age, &cur);
+    if (rc != 0)
+        return rc;
+    if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == 8) {
+        uint64_t last = 0;
+        for (int i = 0; i < 8; i++)
+            last = last << 8 | ((uint8_t *)k.mv_data)[i];
+        if (last >= l3->next_seq)
+            l3->next_seq = last + 1;
+    }
+    mdb_cursor_close(cur);
+    return 0;
+}
+
 /* --- open, with corrupt files moved aside ------------------------------------------- */
 static int s_try_open(ab_l3_t *l3, const char *path)
 {
@@ -54,7 +83,7 @@ static int s_try_open(ab_l3_t *l3, const char *path)
     if (rc == 0)
         rc = mdb_env_set_maxdbs(l3->env, 4);
     if (rc == 0)
-        rc = mdb_env_set_mapsize(l3->env, l3->map_bytes);
+        rc = mdb_env_set_mapsize(l3->env, atomic_load(&l3->map_bytes));
     /* NOTLS: the broker thread's read transaction is not tied to thread
      * storage; NOMETASYNC: a cache may lose its last commit in a power cut,
      * never its integrity. */
@@ -81,18 +110,9 @@ static int s_try_open(ab_l3_t *l3, const char *path)
             rc = AB_L3_INCOMPATIBLE;
         }
     }
-    if (rc == 0) { /* ages go on from the newest entry */
-        MDB_cursor *cur;
-        MDB_val k, v;
-        rc = mdb_cursor_open(txn, l3->age, &cur);
-        if (rc == 0) {
-            int g = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-            if (g == 0 && k.mv_size == 8)
-                for (int i = 0; i < 8; i++)
-                    l3->next_seq = l3->next_seq << 8 | ((uint8_t *)k.mv_data)[i];
-            l3->next_seq++;
-            mdb_cursor_close(cur);
-        }
+    if (rc == 0) {
+        l3->next_seq = 1;
+        rc = s_seq_sync(l3, txn);
     }
     if (rc == 0) {
         rc = mdb_txn_commit(txn);
@@ -216,7 +236,7 @@ ab_l3_t *ab_l3_open(const char *dir, size_t map_bytes)
     ab_l3_t *l3 = calloc(1, sizeof *l3);
     if (!l3)
         return NULL;
-    l3->map_bytes = map_bytes;
+    atomic_store(&l3->map_bytes, map_bytes);
     char path[4096], lock[4200];
     snprintf(path, sizeof path, "%s/cache.mdb", dir);
     snprintf(lock, sizeof lock, "%s-lock", path);
@@ -260,9 +280,23 @@ void ab_l3_close(ab_l3_t **p)
 }
 
 /* --- reads (broker thread) ------------------------------------------------------------ */
+/* The broker thread enters LMDB: 0, or -1 while the writer adopts a new
+ * map size (a miss for the caller; nothing waits). Sequentially
+ * consistent: either the writer sees in_txn or this thread sees pause. */
+static int s_enter(ab_l3_t *l3)
+{
+    atomic_store(&l3->in_txn, 1);
+    if (!atomic_load(&l3->pause))
+        return 0;
+    atomic_store(&l3->in_txn, 0);
+    return -1;
+}
+
 int ab_l3_get(ab_l3_t *l3, const ab_cache_key_t *key, int64_t now_ms, const uint8_t **val,
               size_t *len, int64_t *expires_ms)
 {
+    if (s_enter(l3) != 0)
+        return 0;
     int rc = l3->rtxn ? mdb_txn_renew(l3->rtxn)
                       : mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &l3->rtxn);
     if (rc != 0) {
@@ -270,8 +304,12 @@ int ab_l3_get(ab_l3_t *l3, const ab_cache_key_t *key, int64_t now_ms, const uint
             mdb_txn_abort(l3->rtxn);
             l3->rtxn = NULL;
         }
+        if (rc == MDB_MAP_RESIZED)
+            atomic_store(&l3->resize_wanted, 1); /* the writer adopts it */
+        atomic_store(&l3->in_txn, 0);
         return -1;
     }
+    l3->rtxn_live = 1;
     uint8_t kb[16];
     s_key_bytes(key, kb);
     MDB_val k = {16, kb}, v;
@@ -293,8 +331,47 @@ int ab_l3_get(ab_l3_t *l3, const ab_cache_key_t *key, int64_t now_ms, const uint
 
 void ab_l3_release(ab_l3_t *l3)
 {
-    if (l3->rtxn)
+    if (l3->rtxn && l3->rtxn_live)
         mdb_txn_reset(l3->rtxn);
+    l3->rtxn_live = 0;
+    atomic_store(&l3->in_txn, 0);
+}
+
+/* Writer thread: another broker on this file has a larger map and the
+ * data grew past ours, so every transaction here failed with
+ * MDB_MAP_RESIZED (each lookup a miss, each write dropped, for good).
+ * LMDB's remedy is mdb_env_set_mapsize(env, 0) with no transaction of this
+ * process active: the broker thread is kept out meanwhile (its lookups
+ * miss). The larger map then bounds this broker's evictions too, or the
+ * two would evict each other's entries down to the smaller bound. */
+static int s_adopt_map(ab_l3_t *l3)
+{
+    atomic_store(&l3->pause, 1);
+    for (int i = 0; i < 1000 && atomic_load(&l3->in_txn); i++)
+        usleep(1000); /* one lookup in progress: microseconds */
+    int rc = atomic_load(&l3->in_txn) ? EBUSY : mdb_env_set_mapsize(l3->env, 0);
+    MDB_envinfo info;
+    if (rc == 0 && mdb_env_info(l3->env, &info) == 0) {
+        atomic_store(&l3->resize_wanted, 0);
+        if (info.me_mapsize > atomic_load(&l3->map_bytes)) {
+            AB_WARN("L3 cache: another broker on this cache.mdb has a larger map: %zu MiB "
+                    "used here too (cache-l3-bytes %zu MiB)",
+                    info.me_mapsize >> 20, atomic_load(&l3->map_bytes) >> 20);
+            atomic_store(&l3->map_bytes, info.me_mapsize);
+        }
+    }
+    atomic_store(&l3->pause, 0);
+    return rc;
+}
+
+/* mdb_txn_begin for a write, adopting a map another process grew. */
+static int s_write_begin(ab_l3_t *l3, MDB_txn **txn)
+{
+    int rc = atomic_load(&l3->resize_wanted) ? MDB_MAP_RESIZED
+                                              : mdb_txn_begin(l3->env, NULL, 0, txn);
+    if (rc == MDB_MAP_RESIZED && s_adopt_map(l3) == 0)
+        rc = mdb_txn_begin(l3->env, NULL, 0, txn);
+    return rc;
 }
 
 /* --- writes (writer thread) --------------------------------------------------------------- */
@@ -325,7 +402,9 @@ static int s_del_entry(ab_l3_t *l3, MDB_txn *txn, const uint8_t *kb)
     return mdb_del(txn, l3->entries, &k, NULL) == 0;
 }
 
-/* Oldest first, until the tree pages are under TARGET bytes. */
+/* Oldest first, until the tree pages are under TARGET bytes. The count
+ * is the caller's to add once its transaction commits: an aborted one
+ * (a batch that still does not fit) evicted nothing. */
 static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
 {
     size_t n = 0;
@@ -346,14 +425,15 @@ static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
             n++;
     }
     mdb_cursor_close(cur);
-    atomic_fetch_add(&l3->c.evictions, n);
     return n;
 }
 
-static void s_evict_if_needed(ab_l3_t *l3, MDB_txn *txn)
+static size_t s_evict_if_needed(ab_l3_t *l3, MDB_txn *txn)
 {
-    if (s_used(l3, txn) > (size_t)(l3->map_bytes * AB_L3_HIGH))
-        s_evict_to(l3, txn, (size_t)(l3->map_bytes * AB_L3_LOW));
+    size_t map = atomic_load(&l3->map_bytes);
+    if (s_used(l3, txn) > (size_t)(map * AB_L3_HIGH))
+        return s_evict_to(l3, txn, (size_t)(map * AB_L3_LOW));
+    return 0;
 }
 
 static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
@@ -379,18 +459,24 @@ static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
 static int s_try_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, size_t target)
 {
     MDB_txn *txn;
-    int rc = mdb_txn_begin(l3->env, NULL, 0, &txn);
+    int rc = s_write_begin(l3, &txn);
     if (rc != 0)
         return rc;
-    if (target)
-        s_evict_to(l3, txn, target);
-    else
-        s_evict_if_needed(l3, txn);
+    rc = s_seq_sync(l3, txn);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    size_t evicted = target ? s_evict_to(l3, txn, target) : s_evict_if_needed(l3, txn);
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = s_put_one(l3, txn, &items[i]);
+    if (rc != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    rc = mdb_txn_commit(txn); /* frees TXN, committed or not */
     if (rc == 0)
-        return mdb_txn_commit(txn);
-    mdb_txn_abort(txn);
+        atomic_fetch_add(&l3->c.evictions, evicted);
     return rc;
 }
 
@@ -405,7 +491,7 @@ int ab_l3_put_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, int64_t no
         /* Free pages LMDB cannot reuse yet (old readers) or a big batch:
          * make much more room and try once more. */
         l3->next_seq = seq0;
-        rc = s_try_batch(l3, items, n, (size_t)(l3->map_bytes * AB_L3_LOW / 2));
+        rc = s_try_batch(l3, items, n, (size_t)(atomic_load(&l3->map_bytes) * AB_L3_LOW / 2));
     }
     if (rc != 0) {
         l3->next_seq = seq0;
@@ -421,7 +507,7 @@ int ab_l3_put_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, int64_t no
 size_t ab_l3_maintain(ab_l3_t *l3, int64_t now_ms, size_t max)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(l3->env, NULL, 0, &txn) != 0)
+    if (s_write_begin(l3, &txn) != 0)
         return 0;
     MDB_cursor *cur;
     size_t removed = 0, seen = 0;
@@ -456,17 +542,18 @@ size_t ab_l3_maintain(ab_l3_t *l3, int64_t now_ms, size_t max)
         if (cur)
             mdb_cursor_close(cur);
     }
-    atomic_fetch_add(&l3->c.expired, removed);
-    s_evict_if_needed(l3, txn);
+    size_t evicted = s_evict_if_needed(l3, txn);
     if (mdb_txn_commit(txn) != 0)
         return 0;
+    atomic_fetch_add(&l3->c.expired, removed);
+    atomic_fetch_add(&l3->c.evictions, evicted);
     return removed;
 }
 
 int ab_l3_clear(ab_l3_t *l3)
 {
     MDB_txn *txn;
-    if (mdb_txn_begin(l3->env, NULL, 0, &txn) != 0)
+    if (s_write_begin(l3, &txn) != 0)
         return -1;
     if (mdb_drop(txn, l3->entries, 0) != 0 || mdb_drop(txn, l3->age, 0) != 0) {
         mdb_txn_abort(txn);
@@ -480,14 +567,22 @@ void ab_l3_usage(ab_l3_t *l3, uint64_t *entries, uint64_t *bytes, uint64_t *map_
 {
     MDB_txn *txn;
     *entries = *bytes = 0;
-    *map_bytes = l3->map_bytes;
-    if (mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &txn) != 0)
+    *map_bytes = atomic_load(&l3->map_bytes);
+    if (s_enter(l3) != 0)
         return;
+    int rc = mdb_txn_begin(l3->env, NULL, MDB_RDONLY, &txn);
+    if (rc != 0) {
+        if (rc == MDB_MAP_RESIZED)
+            atomic_store(&l3->resize_wanted, 1);
+        atomic_store(&l3->in_txn, 0);
+        return;
+    }
     MDB_stat st;
     if (mdb_stat(txn, l3->entries, &st) == 0)
         *entries = st.ms_entries;
     *bytes = s_used(l3, txn);
     mdb_txn_abort(txn);
+    atomic_store(&l3->in_txn, 0);
 }
 
 ab_l3_counters_t *ab_l3_counters(ab_l3_t *l3)

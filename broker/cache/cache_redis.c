@@ -24,17 +24,20 @@
 #define AB_L2_QUEUE_MAX (64u << 20) /* bytes of commands waiting to be written */
 #define AB_L2_READS_PER_TURN 16     /* 64 KiB reads: the loop's other work goes on */
 #define AB_L2_RESOLVE_POLL_MS 10
+#define AB_L2_SMALL_REPLY_MAX (1u << 20) /* a reply to anything but GET (SCAN: ~1000 keys) */
+#define AB_L2_ARRAY_MAX 65536 /* elements of one array (SCAN's keys, COUNT 1000) */
 static const char s_vmagic[5] = {'A', 'B', 'L', '2', 1};
 
 /* What a command in flight was, so its reply (Redis answers in order) is
  * handled as such. */
-enum { S_GET, S_SET, S_SCAN, S_UNLINK };
+enum { S_GET, S_PTTL, S_SET, S_SCAN, S_UNLINK };
 
 typedef struct {
     uint8_t kind;
     uint64_t tag;   /* S_GET: the broker's tag */
     int64_t t_ns;   /* when it was queued */
-    redisReply *r;  /* an answer: the GET's reply (NULL: a miss) */
+    redisReply *r;  /* an answer: the GET's reply (NULL: a miss); S_PTTL: its GET's */
+    int64_t ttl_ms; /* ready: the entry's TTL left by PTTL (-1: none or unknown) */
 } s_item_t;
 
 typedef struct {
@@ -50,6 +53,7 @@ struct ab_l2 {
     int fd, connecting;
     int64_t conn_ns;          /* when the connect started */
     redisReader *rd;
+    size_t reply_fed;         /* bytes fed to RD since its last complete reply */
     char *obuf;               /* commands not yet written */
     size_t olen, ooff, ocap;
     s_ring_t pend;            /* written or queued, waiting for their reply */
@@ -57,6 +61,7 @@ struct ab_l2 {
     redisReply *given;        /* the reply ab_l2_recv handed out last */
     int64_t retry_at_ms, backoff_ms;
     int said_down; /* the first failure to reach redis was logged at WARN */
+    int said_error; /* an error reply on this connection was logged at WARN */
     int clearing;
     long cleared;
     struct gaicb *gai;        /* a name being resolved (NULL: none) */
@@ -163,7 +168,7 @@ static int s_cmd(ab_l2_t *l2, int argc, const char **argv, const size_t *lens, i
 static int s_send(ab_l2_t *l2, uint8_t kind, uint64_t tag, int argc, const char **argv,
                   const size_t *lens, int val_at)
 {
-    s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL};
+    s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL, -1};
     if (s_ring_push(&l2->pend, &it) != 0)
         return -1;
     if (s_cmd(l2, argc, argv, lens, val_at) != 0) {
@@ -183,6 +188,7 @@ static void s_close(ab_l2_t *l2)
     if (l2->rd)
         redisReaderFree(l2->rd);
     l2->rd = NULL;
+    l2->reply_fed = 0;
     l2->olen = l2->ooff = 0;
     if (l2->ocap > (1u << 20)) { /* a burst of stores does not keep its buffer */
         free(l2->obuf);
@@ -199,7 +205,9 @@ static void s_fail(ab_l2_t *l2, const char *why, uint64_t *lost)
     s_close(l2);
     s_item_t it;
     while (s_ring_pop(&l2->pend, &it)) {
-        if (it.kind == S_GET) {
+        if (it.kind == S_GET || (it.kind == S_PTTL && it.r)) { /* a lookup not answered */
+            if (it.r)
+                freeReplyObject(it.r);
             it.r = NULL;
             (*lost)++;
             s_ring_push(&l2->ready, &it); /* cannot fail: ready holds fewer than pend did */
@@ -300,10 +308,48 @@ static void s_connected(ab_l2_t *l2)
     l2->connecting = 0;
     l2->c.reconnects++;
     l2->c.state = AB_L2_CLOSED;
+    l2->said_error = 0;
     AB_INFO("L2 cache: connected to redis %s:%d", l2->host, l2->port);
     if (l2->clearing) /* cut by the last connection's end: from the start */
         s_scan_send(l2, "0");
 }
+
+/* hiredis allocates an array's table of elements from its header alone:
+ * "*100000000" was 800 MB of address space (and, under ASan, 100 MB of
+ * resident shadow) before a single element came. Larger arrays are
+ * refused before that (a reader error: the connection fails as for a
+ * malformed reply). hiredis 1.x has the bound built in (maxelements). */
+#if HIREDIS_MAJOR >= 1
+static redisReader *s_reader_new(void)
+{
+    redisReader *rd = redisReaderCreate();
+    if (rd)
+        rd->maxelements = AB_L2_ARRAY_MAX;
+    return rd;
+}
+#else
+static redisReplyObjectFunctions s_fn;
+static void *(*s_create_array)(const redisReadTask *, int);
+
+static void *s_bounded_array(const redisReadTask *t, int elements)
+{
+    return elements > AB_L2_ARRAY_MAX ? NULL : s_create_array(t, elements);
+}
+
+static redisReader *s_reader_new(void)
+{
+    redisReader *rd = redisReaderCreate();
+    if (!rd || !rd->fn)
+        return rd;
+    if (!s_create_array) { /* hiredis' own functions, but for arrays */
+        s_fn = *rd->fn;
+        s_create_array = s_fn.createArray;
+        s_fn.createArray = s_bounded_array;
+    }
+    rd->fn = &s_fn;
+    return rd;
+}
+#endif
 
 /* Starts a non-blocking connect (the poll reports when it is done). */
 static void s_connect(ab_l2_t *l2)
@@ -314,7 +360,7 @@ static void s_connect(ab_l2_t *l2)
             s_fail(l2, "cannot resolve the host name", &l2->c.failed);
         return;
     }
-    l2->rd = redisReaderCreate();
+    l2->rd = s_reader_new();
     l2->fd = socket(l2->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (!l2->rd || l2->fd < 0) {
         s_fail(l2, "out of memory or descriptors", &l2->c.failed);
@@ -345,11 +391,36 @@ static int s_on_reply(ab_l2_t *l2, redisReply *r)
     l2->backoff_ms = 0; /* answered: a later failure starts a new backoff */
     if (r->type == REDIS_REPLY_ERROR) {
         l2->c.errors++;
-        AB_DEBUG("L2 cache: redis error: %s", r->str);
+        /* A Redis with requirepass answers every command NOAUTH: L2 then
+         * looked healthy (connected, breaker closed) while each lookup
+         * missed and each write was dropped, said only at DEBUG. */
+        if (!l2->said_error)
+            AB_WARN("L2 cache: redis %s:%d answers errors (lookups miss, writes are dropped): "
+                    "%s",
+                    l2->host, l2->port, r->str);
+        else
+            AB_DEBUG("L2 cache: redis error: %s", r->str);
+        l2->said_error = 1;
     }
     if (it.kind == S_GET) {
+        /* Its PTTL follows (ab_l2_get): the answer is ready with it. */
+        s_item_t *next = l2->pend.n ? &l2->pend.v[l2->pend.head] : NULL;
+        if (next && next->kind == S_PTTL && next->tag == it.tag && !next->r) {
+            next->r = r;
+            return 0;
+        }
         it.r = r;
         s_ring_push(&l2->ready, &it); /* ready holds at most what pend held */
+        return 0;
+    }
+    if (it.kind == S_PTTL) {
+        it.ttl_ms = r->type == REDIS_REPLY_INTEGER ? (int64_t)r->integer : -1;
+        if (it.ttl_ms == -2 || it.ttl_ms == 0) { /* expired between GET and PTTL */
+            freeReplyObject(it.r);
+            it.r = NULL;
+        }
+        freeReplyObject(r);
+        s_ring_push(&l2->ready, &it);
         return 0;
     }
     if (it.kind == S_SET) {
@@ -364,6 +435,35 @@ static int s_on_reply(ab_l2_t *l2, redisReply *r)
     }
     freeReplyObject(r);
     return 0;
+}
+
+/* The type of the reply RD is parsing now (-1: none, or its first byte
+ * has not come yet). hiredis keeps it in its read stack, whose shape
+ * changed in 1.0. */
+static int s_reply_type(const redisReader *rd)
+{
+    if (rd->ridx < 0)
+        return -1;
+#if HIREDIS_MAJOR >= 1
+    return rd->task && rd->task[0] ? rd->task[0]->type : -1;
+#else
+    return rd->rstack[0].type;
+#endif
+}
+
+/* A reply being parsed that may not be one: bigger than what its command
+ * can answer (a GET: cache-max-entry-bytes and some; anything else: 1 MiB),
+ * or an array to a command other than SCAN. hiredis builds an object per
+ * array element as the bytes come, ~18 times the bytes' size for ":1"
+ * elements, so a garbage reply "*100000000" followed by an endless stream
+ * of elements grew the broker by 2 GB in the 2 s of its timeout: the bytes
+ * of the reply in progress are counted, not what hiredis still holds. */
+static int s_reply_bad(ab_l2_t *l2)
+{
+    int kind = l2->pend.n ? l2->pend.v[l2->pend.head].kind : -1;
+    size_t bound = kind == S_GET ? l2->max_reply : AB_L2_SMALL_REPLY_MAX;
+    int type = s_reply_type(l2->rd);
+    return l2->reply_fed > bound || (kind != S_SCAN && type == REDIS_REPLY_ARRAY);
 }
 
 /* Reads what Redis sent and handles each complete reply. */
@@ -382,13 +482,15 @@ static void s_read(ab_l2_t *l2)
             return;
         }
         redisReaderFeed(l2->rd, buf, (size_t)n);
+        l2->reply_fed += (size_t)n;
         void *r = NULL;
         int bad = 0;
         while (!bad && redisReaderGetReply(l2->rd, &r) == REDIS_OK && r) {
+            l2->reply_fed = l2->rd->len - l2->rd->pos; /* the next reply's bytes */
             bad = s_on_reply(l2, r) != 0;
             r = NULL;
         }
-        if (bad || l2->rd->err || l2->rd->len - l2->rd->pos > l2->max_reply) {
+        if (bad || l2->rd->err || s_reply_bad(l2)) {
             l2->c.errors++;
             s_fail(l2, "malformed, unexpected or oversized reply", &l2->c.failed);
             return;
@@ -513,6 +615,9 @@ void ab_l2_destroy(ab_l2_t **p)
     s_flush_blocking(l2);
     s_close(l2);
     s_item_t it;
+    while (s_ring_pop(&l2->pend, &it))
+        if (it.r)
+            freeReplyObject(it.r);
     while (s_ring_pop(&l2->ready, &it))
         if (it.r)
             freeReplyObject(it.r);
@@ -604,7 +709,7 @@ static void s_key_str(const ab_cache_key_t *k, char *out)
 
 int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
 {
-    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n >= AB_L2_PENDING_MAX)
+    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n + 2 > AB_L2_PENDING_MAX)
         return -1;
     char k[AB_L2_NS_LEN + AB_CACHE_KEY_HEX];
     s_key_str(key, k);
@@ -613,6 +718,12 @@ int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
     if (s_send(l2, S_GET, tag, 2, argv, lens, -1) != 0)
         return -1;
     l2->c.sent++;
+    /* The entry's TTL left, pipelined behind it: a hit promoted to L1 and
+     * L3 lives only as long as it had left here. Without it (the queue
+     * full now) the GET is answered alone, with the requester's TTL. */
+    argv[0] = "PTTL";
+    lens[0] = 4;
+    s_send(l2, S_PTTL, tag, 2, argv, lens, -1);
     return 0;
 }
 
@@ -648,7 +759,8 @@ int ab_l2_clear(ab_l2_t *l2)
     return l2->clearing ? 0 : -1;
 }
 
-int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len)
+int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len,
+               int64_t *ttl_ms)
 {
     if (l2->given) {
         freeReplyObject(l2->given);
@@ -663,6 +775,7 @@ int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t
            memcmp(r->str, s_vmagic, sizeof s_vmagic) == 0;
     *val = *hit ? (const uint8_t *)r->str + sizeof s_vmagic : NULL;
     *len = *hit ? r->len - sizeof s_vmagic : 0;
+    *ttl_ms = it.ttl_ms;
     l2->given = r;
     return 1;
 }

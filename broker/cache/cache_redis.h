@@ -88,8 +88,10 @@ int ab_l2_clear(ab_l2_t *l2);
 
 /* One lookup answer without waiting: 1 with *TAG, *HIT and, on a hit,
  * *VAL and *LEN the reply blob (valid until the next ab_l2_recv or
- * ab_l2_destroy); 0 when none waits. */
-int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len);
+ * ab_l2_destroy) and *TTL_MS the entry's time left in Redis (-1: it has
+ * none, or it is not known); 0 when none waits. */
+int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len,
+               int64_t *ttl_ms);
 
 ab_l2_counters_t *ab_l2_counters(ab_l2_t *l2);
 const char *ab_l2_state_name(ab_l2_t *l2);

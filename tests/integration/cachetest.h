@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 typedef struct {
     int port;
@@ -45,6 +46,11 @@ void ct_poll_all(ab_client_t **cs, int nc, ct_got_t *g, int n, int timeout_ms);
 Agentbus__CacheStats *ct_cache_stats(ab_client_t *c, Agentbus__Stats **keep);
 unsigned long long ct_l1_hits(ab_client_t *c);
 
+/* A real redis-server on 127.0.0.1:PORT (no persistence), with up to two
+ * more arguments (NULL: none), stopped by PID (test_cache_tiers.c). */
+pid_t ct_redis_start(int port, const char *arg1, const char *arg2);
+void ct_redis_stop(void);
+
 /* test_cache_tiers.c: L3 (LMDB) and L2 (Redis). */
 void cache_l3_restart(void);
 void cache_l2_shared(void);
@@ -60,5 +66,10 @@ void cache_l2_sigkill(void);
 void cache_lz4_bomb(void);
 void cache_model_key(void);
 void cache_cancelled_leader(void);
+/* test_cache_l2.c: what L2 answers, good or garbage. */
+void cache_l2_garbage_array(void);
+void cache_l2_promote_ttl(void);
+void cache_l2_down_clear(void);
+void cache_l2_noauth(void);
 
 #endif

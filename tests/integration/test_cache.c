@@ -469,6 +469,33 @@ static void s_waiter_deadline(void)
     ab_client_destroy(&c);
 }
 
+/* `--json cache get KEY` of a text and of a binary entry: one JSON
+ * document each, bytes as text or as hex ("data_hex"). Before, the chunk's
+ * json_pack format named no keys for flags and original_size: brokerctl
+ * crashed (SIGSEGV, exit 139) on every entry. */
+static void s_cli_json_get(int port, const char *ctl, const char *hex, const char *text)
+{
+    char cmd[1024], out[4096], want[64];
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json cache get %s", ctl, th_ep(port), hex);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    snprintf(want, sizeof want, "\"data\": \"%s\"", text);
+    CHECK_TRUE(strstr(out, want) && strstr(out, "\"flags\": 0") &&
+               strstr(out, "\"kind\": \"REPLY\"") && strstr(out, "\"tier\": \"l1\""));
+    snprintf(cmd, sizeof cmd, "%s --broker %s request --cache=60 echo \"$(printf 'b\\377')\"",
+             ctl, th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, "b\377", 2, 0, 0};
+    ab_cache_key_t k;
+    REQUIRE(ab_cache_key(&in, &k) == AB_KEY_RAW);
+    char bhex[AB_CACHE_KEY_HEX];
+    ab_cache_key_hex(&k, bhex);
+    snprintf(cmd, sizeof cmd, "%s --broker %s --json cache get %s", ctl, th_ep(port), bhex);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "\"data_hex\": \"62ff23") != NULL); /* "b\377#N" */
+    if (!strstr(out, "62ff23"))
+        fprintf(stderr, "brokerctl --json cache get printed: %s\n", out);
+}
+
 /* brokerctl request --cache / --no-cache, cache, cache get KEY, cache clear. */
 static void s_cli(void)
 {
@@ -523,6 +550,7 @@ static void s_cli(void)
     snprintf(cmd, sizeof cmd, "%s --broker %s request --cache echo hi", ctl, th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_STR(out, "hi#3");
+    s_cli_json_get(port, ctl, hex, "hi#3");
     snprintf(cmd, sizeof cmd, "%s --broker %s request --bogus echo hi", ctl, th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 2);
     snprintf(cmd, sizeof cmd, "%s --broker %s stats", ctl, th_ep(port));
@@ -551,6 +579,8 @@ int main(int argc, char **argv)
         /* test_cache_hostile.c */
         {"lz4_bomb", cache_lz4_bomb}, {"model_key", cache_model_key},
         {"cancelled_leader", cache_cancelled_leader},
+        {"l2_garbage_array", cache_l2_garbage_array}, {"l2_promote_ttl", cache_l2_promote_ttl},
+        {"l2_down_clear", cache_l2_down_clear}, {"l2_noauth", cache_l2_noauth},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

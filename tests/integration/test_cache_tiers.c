@@ -111,8 +111,9 @@ static void s_redis_kill(void)
     }
 }
 
-/* A real redis-server on 127.0.0.1:PORT, no persistence; stopped by PID. */
-static pid_t s_redis_start(int port)
+/* A real redis-server on 127.0.0.1:PORT, no persistence, with up to two
+ * more arguments (NULL: none); stopped by PID. */
+static pid_t s_redis_start_with(int port, const char *arg1, const char *arg2)
 {
     char ports[16], log[700];
     snprintf(ports, sizeof ports, "%d", port);
@@ -130,7 +131,7 @@ static pid_t s_redis_start(int port)
             close(fd);
         }
         execl("/usr/bin/redis-server", "redis-server", "--port", ports, "--bind", "127.0.0.1",
-              "--save", "", "--appendonly", "no", (char *)NULL);
+              "--save", "", "--appendonly", "no", arg1, arg2, (char *)NULL);
         _exit(127);
     }
     s_redis_pid = pid;
@@ -150,6 +151,11 @@ static pid_t s_redis_start(int port)
     return -1;
 }
 
+static pid_t s_redis_start(int port)
+{
+    return s_redis_start_with(port, NULL, NULL);
+}
+
 static void s_redis_stop(void)
 {
     if (s_redis_pid > 0) {
@@ -157,6 +163,16 @@ static void s_redis_stop(void)
         waitpid(s_redis_pid, NULL, 0);
         s_redis_pid = 0;
     }
+}
+
+pid_t ct_redis_start(int port, const char *arg1, const char *arg2)
+{
+    return s_redis_start_with(port, arg1, arg2);
+}
+
+void ct_redis_stop(void)
+{
+    s_redis_stop();
 }
 
 static const char *s_l2_state(ab_client_t *c, unsigned long long *hits,

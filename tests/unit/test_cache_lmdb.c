@@ -3,7 +3,8 @@
  * in a temp directory: writes near a full map evict the oldest and never
  * fail; expiry; entries survive close/reopen; the writer thread writes
  * what it was given before it stops; a corrupt or foreign-format file is
- * moved aside and a fresh one used.
+ * moved aside and a fresh one used; two processes writing one file give
+ * every entry an age record of its own.
  */
 #include "cache_lmdb.h"
 #include "log.h"
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char s_dir[256];
@@ -292,6 +294,155 @@ static void t_truncated_empty_garbage(void)
     ab_l3_close(&l3);
 }
 
+/* N entries from key FIRST on, in one batch. */
+static int s_put_range(ab_l3_t *l3, uint64_t first, int n)
+{
+    ab_l3_item_t it[64];
+    uint64_t vals[64];
+    for (int j = 0; j < n && j < 64; j++) {
+        vals[j] = first + (uint64_t)j;
+        it[j] = (ab_l3_item_t){s_k(first + (uint64_t)j), 1000000, (const uint8_t *)&vals[j], 8};
+    }
+    return ab_l3_put_batch(l3, it, (size_t)n, 0);
+}
+
+/* The entries and age records in the file (read by LMDB itself, with no
+ * ab_l3_t open). */
+static void s_count_dbs(const char *path, size_t *entries, size_t *ages)
+{
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi de, da;
+    MDB_stat se, sa;
+    REQUIRE(mdb_env_create(&env) == 0 && mdb_env_set_maxdbs(env, 4) == 0);
+    REQUIRE(mdb_env_open(env, path, MDB_NOSUBDIR | MDB_RDONLY, 0600) == 0);
+    REQUIRE(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) == 0);
+    REQUIRE(mdb_dbi_open(txn, "entries", 0, &de) == 0 && mdb_dbi_open(txn, "age", 0, &da) == 0);
+    REQUIRE(mdb_stat(txn, de, &se) == 0 && mdb_stat(txn, da, &sa) == 0);
+    *entries = se.ms_entries;
+    *ages = sa.ms_entries;
+    mdb_txn_abort(txn);
+    mdb_env_close(env);
+}
+
+/* Two brokers on one data directory: both open the file, then each writes
+ * 32 entries of its own. Each process counted ages from what it saw at
+ * open, so both wrote ages 1..32 and the second's age records replaced
+ * the first's: 32 entries with no age record, which eviction (oldest age
+ * first) never removes. Each entry must keep its own. */
+static void t_two_writers(void)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/cache.mdb", s_dir);
+    int go[2], opened[2];
+    REQUIRE(pipe(go) == 0 && pipe(opened) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) { /* the other broker */
+        ab_l3_t *l3 = ab_l3_open(s_dir, 4 << 20);
+        char ch = l3 ? 'o' : 'x';
+        if (write(opened[1], &ch, 1) != 1 || read(go[0], &ch, 1) != 1 || !l3)
+            _exit(2);
+        int rc = s_put_range(l3, 1000, 32);
+        ab_l3_close(&l3);
+        _exit(rc == 0 ? 0 : 3);
+    }
+    char ch = 0;
+    REQUIRE(read(opened[0], &ch, 1) == 1 && ch == 'o');
+    ab_l3_t *l3 = ab_l3_open(s_dir, 4 << 20); /* both have opened: both start at age 1 */
+    REQUIRE(l3);
+    CHECK_EQ(s_put_range(l3, 1, 32), 0);
+    REQUIRE(write(go[1], "g", 1) == 1);
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid);
+    CHECK_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK_EQ(s_put_range(l3, 2000, 8), 0); /* and after the other's writes */
+    CHECK_TRUE(s_has(l3, 1, 0) && s_has(l3, 1000, 0) && s_has(l3, 2000, 0));
+    ab_l3_close(&l3);
+    size_t entries = 0, ages = 0;
+    s_count_dbs(path, &entries, &ages);
+    CHECK_U64(entries, 72);
+    CHECK_U64(ages, 72); /* before the fix: 40 (32 + 32 + 8 entries, ages 1..32 twice) */
+    for (int i = 0; i < 2; i++) {
+        close(go[i]);
+        close(opened[i]);
+    }
+}
+
+/* Two brokers on one data directory with different cache-l3-bytes: this
+ * one opened the file with a 1 MiB map, the other (a child process) with
+ * 16 MiB wrote 3 MB. Every transaction here then failed with
+ * MDB_MAP_RESIZED, for good: each lookup -1 (a miss), each write batch
+ * dropped. Now the first failure has the writer adopt the larger map. */
+static void t_map_grown_elsewhere(void)
+{
+    int go[2];
+    REQUIRE(pipe(go) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) { /* the other broker, with a larger map */
+        char ch;
+        if (read(go[0], &ch, 1) != 1)
+            _exit(2);
+        ab_l3_t *l3 = ab_l3_open(s_dir, 16 << 20);
+        static uint8_t val[3000];
+        int rc = l3 ? 0 : 1;
+        for (uint64_t i = 5000; rc == 0 && i < 6000; i++) {
+            memcpy(val, &i, 8); /* s_has checks it */
+            ab_l3_item_t it = {s_k(i), 1000000, val, sizeof val};
+            rc = ab_l3_put_batch(l3, &it, 1, 0);
+        }
+        ab_l3_close(&l3);
+        _exit(rc == 0 ? 0 : 3);
+    }
+    ab_l3_t *l3 = ab_l3_open(s_dir, 1 << 20);
+    REQUIRE(l3);
+    REQUIRE(write(go[1], "g", 1) == 1);
+    int st = 0;
+    REQUIRE(waitpid(pid, &st, 0) == pid);
+    REQUIRE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK_TRUE(!s_has(l3, 5999, 0)); /* the first lookup finds the map grown: a miss */
+    CHECK_EQ(s_put_range(l3, 1, 8), 0); /* the writer adopts the larger map */
+    CHECK_TRUE(s_has(l3, 5999, 0));
+    CHECK_TRUE(s_has(l3, 1, 0));
+    uint64_t entries, bytes, map;
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_U64(map, 16u << 20);
+    CHECK_TRUE(entries > 8);
+    CHECK_EQ(atomic_load(&ab_l3_counters(l3)->dropped), 0);
+    ab_l3_close(&l3);
+    close(go[0]);
+    close(go[1]);
+}
+
+/* A reply larger than the map: the batch is retried after evicting down to
+ * 30%, still does not fit and is dropped, its transaction aborted, so
+ * nothing was evicted. The counter said 43 evictions by hand (1 MiB map,
+ * 80 entries kept). */
+static void t_too_big_evicts_nothing(void)
+{
+    ab_l3_t *l3 = ab_l3_open(s_dir, 1 << 20);
+    REQUIRE(l3);
+    static uint8_t val[6000], huge[900 * 1024];
+    for (uint64_t i = 1; i <= 100; i++) {
+        memcpy(val, &i, 8);
+        ab_l3_item_t it = {s_k(i), 1000000, val, sizeof val};
+        REQUIRE(ab_l3_put_batch(l3, &it, 1, 0) == 0);
+    }
+    ab_l3_counters_t *c = ab_l3_counters(l3);
+    uint64_t e0, b0, map, e1, b1;
+    ab_l3_usage(l3, &e0, &b0, &map);
+    size_t ev0 = atomic_load(&c->evictions);
+    ab_l3_item_t it = {s_k(999), 1000000, huge, sizeof huge};
+    CHECK_EQ(ab_l3_put_batch(l3, &it, 1, 0), -1);
+    CHECK_EQ(atomic_load(&c->dropped), 1);
+    ab_l3_usage(l3, &e1, &b1, &map);
+    CHECK_U64(e1, e0); /* rolled back */
+    CHECK_U64(atomic_load(&c->evictions), ev0);
+    CHECK_TRUE(s_has(l3, 100, 0));
+    ab_l3_close(&l3);
+}
+
 int main(void)
 {
     snprintf(s_dir, sizeof s_dir, "/tmp/ab-test-l3-XXXXXX");
@@ -302,6 +453,15 @@ int main(void)
     t_writer_thread();
     t_corrupt_and_foreign();
     t_truncated_empty_garbage();
+    s_rm_dir();
+    REQUIRE(mkdir(s_dir, 0700) == 0);
+    t_two_writers();
+    s_rm_dir();
+    REQUIRE(mkdir(s_dir, 0700) == 0);
+    t_map_grown_elsewhere();
+    s_rm_dir();
+    REQUIRE(mkdir(s_dir, 0700) == 0);
+    t_too_big_evicts_nothing();
     s_rm_dir();
     return TEST_DONE("test_cache_lmdb");
 }

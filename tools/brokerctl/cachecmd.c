@@ -88,11 +88,15 @@ static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
         json_t *chunks = json_array();
         for (size_t i = 0; i < e->n_chunks; i++) {
             const Agentbus__CacheChunk *ch = e->chunks[i];
-            json_array_append_new(
-                chunks, json_pack("{s:s, s:I, s:I, s:s%}", "kind",
-                                  ch->kind == AGENTBUS__KIND__KIND_PARTIAL ? "PARTIAL" : "REPLY",
-                                  (json_int_t)ch->flags, (json_int_t)ch->original_size, "data",
-                                  (const char *)ch->data.data, ch->data.len));
+            /* A chunk's bytes as they travelled: text, or hex for anything
+             * else (an lz4-compressed chunk, binary data). */
+            json_t *cj = json_pack(
+                "{s:s, s:I, s:I}", "kind",
+                ch->kind == AGENTBUS__KIND__KIND_PARTIAL ? "PARTIAL" : "REPLY", "flags",
+                (json_int_t)ch->flags, "original_size", (json_int_t)ch->original_size);
+            if (cj)
+                ctl_json_set_bytes(cj, "data", ch->data.data, ch->data.len);
+            json_array_append_new(chunks, cj);
         }
         ctl_json_print(out, json_pack("{s:s, s:s, s:I, s:o}", "key", e->key, "tier", e->tier,
                               "ttl_left_ms", (json_int_t)e->ttl_left_ms, "chunks", chunks));

@@ -358,22 +358,29 @@ void ctl_render_workers(FILE *out, const Agentbus__WorkerList *wl, int json)
         fprintf(out, "(no workers registered)\n");
 }
 
+void ctl_json_set_bytes(json_t *j, const char *key, const void *data, size_t len)
+{
+    json_t *str = json_stringn(data, len); /* NULL unless valid UTF-8 */
+    if (str) {
+        json_object_set_new(j, key, str);
+        return;
+    }
+    char *hex = malloc(2 * len + 1), name[64];
+    if (!hex)
+        return;
+    for (size_t i = 0; i < len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)data)[i]);
+    hex[2 * len] = '\0';
+    snprintf(name, sizeof name, "%s_hex", key);
+    json_object_set_new(j, name, json_string(hex));
+    free(hex);
+}
+
 void ctl_render_reply(FILE *out, const void *data, size_t len)
 {
     json_t *j = json_pack("{s:b, s:I}", "ok", 1, "bytes", (json_int_t)len);
-    json_t *str = json_stringn(data, len); /* NULL unless valid UTF-8 */
-    if (str) {
-        json_object_set_new(j, "reply", str);
-    } else {
-        char *hex = malloc(2 * len + 1);
-        if (hex) {
-            for (size_t i = 0; i < len; i++)
-                snprintf(hex + 2 * i, 3, "%02x", ((const unsigned char *)data)[i]);
-            hex[2 * len] = '\0';
-            json_object_set_new(j, "reply_hex", json_string(hex));
-            free(hex);
-        }
-    }
+    if (j)
+        ctl_json_set_bytes(j, "reply", data, len);
     ctl_json_print(out, j);
 }
 

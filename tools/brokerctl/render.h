@@ -20,6 +20,9 @@ json_t *ctl_render_worker_json(const Agentbus__WorkerInfo *w);
 /* A request's reply as JSON: {"ok": true, "bytes": N, "reply": "..."} (the
  * reply as a string when it is UTF-8, else "reply_hex"). */
 void ctl_render_reply(FILE *out, const void *data, size_t len);
+/* Sets KEY of J to DATA as a string when it is UTF-8, else KEY_hex to its
+ * bytes in hex. */
+void ctl_json_set_bytes(json_t *j, const char *key, const void *data, size_t len);
 /* --json output, one rule for every command: a command that prints one
  * result prints one indented JSON document; a command that prints a
  * stream (ctl_json_lines set: watch, listen, sub, generate, chat, --watch)
