@@ -32,10 +32,9 @@ Usage: test_readers.py BIN_DIR CASE, CASE one of:
               generate is served) while the client still holds its socket.
               And a long stream read a byte every 0.5 s by a client, cut
               at --send-timeout-ms 1500: its call is cancelled as well.
-Waits are bounded polls for states; no speed is asserted but
-readerevict's first connection answered within a second, which the code
-before could not do however fast the host (it aged a sample a second
-first); measured ~0.1 s under load."""
+Waits are bounded polls for states; no speed is asserted (readerevict
+prints how long its first connection at the cap took: ~0.1 s under load,
+where the code before aged a sample a second first)."""
 import json
 import os
 import socket
@@ -121,10 +120,10 @@ def reader_evictions(gw):
 def first_at_cap(gw, port):
     """The readers holding GW's cap stuck for 2 s (they read nothing after
     their status line, the answers fill their 4 KiB buffers at once), one
-    new connection at the cap asks for /healthz: answered 200 within a
-    second. The gateway samples the answers going out every 0.1 s, so the
+    new connection at the cap asks for /healthz: answered 200, at once. The gateway samples the answers going out every 0.1 s, so the
     readers' samples are over a second old and one of them is evicted at
-    once; before, the first sample was taken by this connection's arrival."""
+    once; before, the first sample was taken by this connection's arrival
+    (--threads 0 refused it)."""
     time.sleep(2)  # how long they have been stuck, not a wait for a state
     t0 = time.monotonic()
     s = t.raw_get(port, "/healthz")
@@ -133,9 +132,13 @@ def first_at_cap(gw, port):
     finally:
         s.close()
     took = time.monotonic() - t0
-    check(st == 200 and took < 1.0,
+    print(f"{gw}: first connection at the cap: {st} after {took:.2f} s")
+    # Not refused: with --threads 0 the code before refused it (status 0).
+    # No time is asserted (with --threads N it waited a second before: that
+    # shows in the line above, not in a bound a busy host could break).
+    check(st == 200,
           f"{gw}: with the cap held by 4 readers stuck for 2 s, the first new connection is "
-          f"answered 200 within a second ({st}, after {took:.2f} s; {text[-80:]!r})")
+          f"answered 200 ({st}, after {took:.2f} s; {text[-80:]!r})")
 
 
 def case_readerevict(tmp):
