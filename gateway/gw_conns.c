@@ -33,7 +33,7 @@ typedef struct {
     uint64_t target;     /* sending: bytes the client must have acknowledged by the
                           * next check (what was sent or queued at the last) */
     uint64_t rx_bytes;   /* bytes received by then (idle vs partial) */
-    uint64_t probe_us;   /* sending, at the cap: when gw_conns_evict last sampled it (0:
+    uint64_t probe_us;   /* sending: when it was last sampled for gw_conns_evict (0:
                           * never, since its answer was queued) */
     uint64_t probe_target; /* bytes it must have acknowledged for that sample to pass */
     int reaped;          /* shut down: counted, waits for libmicrohttpd to close it */
@@ -392,6 +392,45 @@ static int s_sooner(int a, int b)
     return a < 0 || (b >= 0 && b < a) ? b : a;
 }
 
+/* Samples S's socket for gw_conns_evict at NOW_US, unless a sample of it
+ * stands that its client has not passed (caller holds the lock): the bytes
+ * sent or queued for it now must be acknowledged for the next sample to be
+ * taken. Returns 1 if such a sample stands (taken at S->probe_us), 0 if one
+ * was taken now, -1 if the kernel says nothing of S (never cut). */
+static int s_probe(s_sock_t *s, uint64_t now_us)
+{
+    uint64_t acked, queued;
+    if (s_tx_bytes(s->fd, &acked, &queued) != 0)
+        return -1;
+    if (s->probe_us && acked < s->probe_target)
+        return 1;
+    s->probe_us = now_us;
+    s->probe_target = acked + queued;
+    return 0;
+}
+
+/* Samples the answers going out every GW_PROBE_MS (caller holds the lock),
+ * the first GW_EVICT_SCAN of T's sending list, those gw_conns_evict looks
+ * at: a reader that stopped reading is sampled within GW_PROBE_MS, so a
+ * new connection that comes at the cap GW_EVICT_MIN_MS later can evict it
+ * at once. Sampled only at the cap, the first connection to come there
+ * was refused (or, --threads N, kept waiting) for a GW_EVICT_MIN_MS while
+ * the sample aged. Nothing to do, and no wake-up, with no answer going
+ * out. Returns the ms until the next sampling (-1: none). */
+static int s_probe_sending(gw_conns_t *t, uint64_t now_us)
+{
+    if (ab_list_empty(&t->sending))
+        return -1;
+    if (now_us < t->probe_due_us)
+        return (int)((t->probe_due_us - now_us + 999) / 1000);
+    t->probe_due_us = now_us + GW_PROBE_MS * 1000ull;
+    unsigned n = 0;
+    for (ab_list_t *l = ab_list_first(&t->sending); l && n < GW_EVICT_SCAN;
+         l = ab_list_next(&t->sending, l), n++)
+        s_probe(ab_list_data(l, s_sock_t, link), now_us);
+    return GW_PROBE_MS;
+}
+
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
 {
     if (!s_deadlines(t))
@@ -401,6 +440,7 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us)
     int next = s_reap_list(t, &t->waiting, t->deadline_us, now_us, &heads);
     next = s_sooner(next, s_reap_list(t, &t->body, t->body_deadline_us, now_us, &bodies));
     next = s_sooner(next, s_reap_sending(t, now_us, &sends));
+    next = s_sooner(next, s_probe_sending(t, now_us));
     pthread_mutex_unlock(&t->lock);
     /* Any client can make these: rate limited (outside the lock: a write). */
     if (bodies)
@@ -427,27 +467,19 @@ static s_sock_t *s_oldest(ab_list_t *list, uint64_t now_us, uint64_t min_wait_us
 /* An answer on T's sending list whose client has not taken, MIN_WAIT_US
  * or more after a sample, the bytes that sample saw sent or queued for it
  * (the send deadline's test, with MIN_WAIT_US for the deadline), or NULL
- * (caller holds the lock). Each call samples the answers it looks at that
- * have none pending, so one stuck reader is found a MIN_WAIT_US after the
- * cap is first reached. At most GW_EVICT_SCAN answers are looked at (two
- * system calls each), those checked by the send deadline longest ago:
- * this runs for every connection that arrives at the cap. */
+ * (caller holds the lock). The samples are taken ahead, by gw_conns_reap
+ * (s_probe_sending); one passed since is taken again here. At most
+ * GW_EVICT_SCAN answers are looked at (two system calls each), those
+ * checked by the send deadline longest ago: this runs for every
+ * connection that arrives at the cap. */
 static s_sock_t *s_stuck_reader(gw_conns_t *t, uint64_t now_us, uint64_t min_wait_us)
 {
     unsigned n = 0;
     for (ab_list_t *l = ab_list_first(&t->sending); l && n < GW_EVICT_SCAN;
          l = ab_list_next(&t->sending, l), n++) {
         s_sock_t *s = ab_list_data(l, s_sock_t, link);
-        uint64_t acked, queued;
-        if (s_tx_bytes(s->fd, &acked, &queued) != 0)
-            continue; /* the kernel says nothing of it: never cut */
-        if (s->probe_us && acked < s->probe_target) {
-            if (s->probe_us + min_wait_us <= now_us)
-                return s;
-            continue; /* not yet a MIN_WAIT_US: the sample stands */
-        }
-        s->probe_us = now_us;
-        s->probe_target = acked + queued;
+        if (s_probe(s, now_us) == 1 && s->probe_us + min_wait_us <= now_us)
+            return s;
     }
     return NULL;
 }

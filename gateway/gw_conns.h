@@ -67,8 +67,12 @@ typedef enum {
  * still without them after a second is slow, idle or hostile. */
 #define GW_EVICT_MIN_MS 1000
 /* Answers gw_conns_evict looks at for one whose client does not take it,
- * per call. */
+ * per call; and gw_conns_reap samples for it, per GW_PROBE_MS. */
 #define GW_EVICT_SCAN 64
+/* How often gw_conns_reap samples the answers going out, so that one whose
+ * client stopped reading is evictable GW_EVICT_MIN_MS (plus at most this)
+ * after, whenever the cap is reached. */
+#define GW_PROBE_MS 100
 
 typedef struct {
     pthread_mutex_t lock;
@@ -78,6 +82,7 @@ typedef struct {
     uint64_t deadline_us;     /* headers; 0: no deadline */
     uint64_t body_deadline_us; /* bodies; 0: no deadline */
     uint64_t send_deadline_us; /* answers (--send-timeout-ms); 0: no deadline */
+    uint64_t probe_due_us;    /* when gw_conns_reap next samples the answers going out */
     atomic_ullong timeouts[3]; /* connections closed waiting for headers, by gw_ht_t */
     atomic_ullong body_timeouts; /* connections closed waiting for a request's body */
     atomic_ullong body_evictions; /* closed at the cap while their request's body came */
@@ -152,8 +157,10 @@ void gw_conns_request_done(gw_conns_t *t, struct MHD_Connection *conn);
  * (tl_now_us), and every one whose answer's client did not take, by its
  * check, the bytes queued for it at the check before (its queue is
  * dropped: SO_LINGER 0); each is counted once, body and send timeouts
- * also said on stderr (rate limited, gw_log_limited). Any thread. Returns
- * the ms until the next connection's deadline or check (-1: none). */
+ * also said on stderr (rate limited, gw_log_limited). And every
+ * GW_PROBE_MS, while answers go out, samples the first GW_EVICT_SCAN of
+ * them for gw_conns_evict (two system calls each). Any thread. Returns the
+ * ms until the next connection's deadline, check or sampling (-1: none). */
 int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
 
 /* At the connection cap: shuts down the connection that has waited
@@ -163,9 +170,10 @@ int gw_conns_reap(gw_conns_t *t, uint64_t now_us);
  * request whose body has been coming longest, if at least MIN_WAIT_US
  * (slow bodies held the cap the same way: a client sends its body with
  * its headers); if none has, an answer whose client has not acknowledged,
- * MIN_WAIT_US after a sample of its socket, the bytes that sample saw sent
- * or queued for it (readers that do not read held the cap as well; its
- * send queue is dropped, SO_LINGER 0). Returns the daemon of the
+ * MIN_WAIT_US after a sample of its socket (taken by gw_conns_reap ahead
+ * of the cap, or here), the bytes that sample saw sent or queued for it
+ * (readers that do not read held the cap as well; its send queue is
+ * dropped, SO_LINGER 0). Returns the daemon of the
  * connection shut down (run it to free the slot), or NULL if none waited
  * long enough (none on a list without its deadline). Counted as
  * GW_HT_EVICTED, in body_evictions or in reader_evictions (the last two
