@@ -120,7 +120,8 @@ def reader_evictions(gw):
 def first_at_cap(gw, port):
     """The readers holding GW's cap stuck for 2 s (they read nothing after
     their status line, the answers fill their 4 KiB buffers at once), one
-    new connection at the cap asks for /healthz: answered 200, at once. The gateway samples the answers going out every 0.1 s, so the
+    new connection at the cap asks for /healthz: answered 200, at once.
+    The gateway samples the answers going out every 0.1 s, so the
     readers' samples are over a second old and one of them is evicted at
     once; before, the first sample was taken by this connection's arrival
     (--threads 0 refused it)."""
