@@ -19,3 +19,10 @@ int64_t ab_now_ms(void)
 {
     return (int64_t)(ab_now_ns() / 1000000u);
 }
+
+int64_t ab_wall_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}

@@ -14,5 +14,9 @@
 uint64_t ab_now_ns(void);
 uint64_t ab_now_us(void);
 int64_t ab_now_ms(void);
+/* Milliseconds since the epoch (CLOCK_REALTIME): for times kept past this
+ * process or shared with other machines (the cache's L3 file and Redis);
+ * the monotonic clock's origin changes at every boot. */
+int64_t ab_wall_ms(void);
 
 #endif

@@ -221,12 +221,13 @@ static int s_l3_lookup(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client, 
     const uint8_t *val;
     size_t len;
     int64_t exp;
-    int hit = ab_l3_get(c->l3, key, now, &val, &len, &exp) == 1 && ab_blob_valid(val, len);
+    int64_t wall = ab_wall_ms(); /* L3 keeps its expiries so (cache_lmdb.h) */
+    int hit = ab_l3_get(c->l3, key, wall, &val, &len, &exp) == 1 && ab_blob_valid(val, len);
     ab_hist_record(&c->l3_ns, ab_now_ns() - t0);
     if (hit) {
         s_replay(b, client, id, val, len);
         ab_hist_record(&c->l3_serve_ns, ab_now_ns() - t_in);
-        ab_l1_put(c->l1, key, val, len, exp);
+        ab_l1_put(c->l1, key, val, len, now + (exp - wall));
         c->l3_hits++;
         s->replies++;
         b->c.replies++;
@@ -522,7 +523,7 @@ void ab_cache_on_answer(ab_broker_t *b, ab_req_t *r, const ab_header_t *h,
             int64_t exp = ab_now_ms() + cr->ttl_ms;
             ab_l1_put(c->l1, &cr->key, cr->acc.buf, cr->acc.len, exp);
             if (c->l3w)
-                ab_l3_writer_put(c->l3w, &cr->key, exp, cr->acc.buf, cr->acc.len);
+                ab_l3_writer_put(c->l3w, &cr->key, cr->ttl_ms, cr->acc.buf, cr->acc.len);
             if (c->l2 && ab_l2_usable(c->l2))
                 ab_l2_put(c->l2, &cr->key, cr->ttl_ms, cr->acc.buf, cr->acc.len);
         } else
@@ -595,17 +596,16 @@ int64_t ab_cache_next_wake(ab_broker_t *b)
 
 /* An L2 hit for R (a leader that waited): R and its waiters get the whole
  * reply, which is promoted to L1 (and L3) for the time it had left in
- * Redis (TTL_MS; -1: unknown, then R's own TTL). With R's TTL alone, an
- * entry stored for 2 s was served by the promoting broker for an hour. */
+ * Redis (TTL_MS, stored with it). With R's TTL, an entry stored for 2 s
+ * was served by the promoting broker for an hour. */
 static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len,
                      int64_t ttl_ms)
 {
     ab_cache_t *c = b->cache;
     ab_cache_req_t *cr = r->cache;
-    int64_t exp = ab_now_ms() + (ttl_ms > 0 ? ttl_ms : cr->ttl_ms);
-    ab_l1_put(c->l1, &cr->key, val, len, exp);
+    ab_l1_put(c->l1, &cr->key, val, len, ab_now_ms() + ttl_ms);
     if (c->l3w)
-        ab_l3_writer_put(c->l3w, &cr->key, exp, val, len);
+        ab_l3_writer_put(c->l3w, &cr->key, ttl_ms, val, len);
     size_t n = 0;
     ab_req_t **w = NULL;
     if (cr->flight) {
@@ -793,6 +793,7 @@ static int s_get_entry(ab_cache_t *c, const char *hex, uint8_t **out, size_t *le
     const char *tier = "l1";
     int in_l3 = 0;
     if (!ab_l1_get(c->l1, &key, now, &val, &vlen, &exp)) {
+        now = ab_wall_ms(); /* L3's clock (cache_lmdb.h) */
         in_l3 = c->l3 && ab_l3_get(c->l3, &key, now, &val, &vlen, &exp) == 1;
         if (!in_l3) {
             if (c->l3)

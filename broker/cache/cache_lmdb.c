@@ -19,8 +19,10 @@
 #define AB_L3_LOW 0.60                  /* ...down to this */
 #define AB_L3_INCOMPATIBLE (-1)         /* our own code: file of another format */
 
-/* Record: magic, expires_ms, age sequence (host order: the format string
- * names the layout), then the reply blob. */
+/* Record: magic, expires_ms (since the epoch: the monotonic clock starts
+ * again at each boot, and an entry written before a reboot lived on by
+ * the uptime it was written at), age sequence (host order: the format
+ * string names the layout), then the reply blob. */
 static const uint8_t s_magic[4] = {'A', 'B', '3', 1};
 #define AB_L3_REC_HDR 20
 
@@ -620,7 +622,7 @@ static void s_apply(ab_l3_writer_t *w, zmq_msg_t *msgs, size_t n)
             it->len = sz - 25;
             continue;
         }
-        ab_l3_put_batch(w->l3, items, ni, ab_now_ms()); /* in order, before a clear */
+        ab_l3_put_batch(w->l3, items, ni, ab_wall_ms()); /* in order, before a clear */
         ni = 0;
         if (d && sz == 1 && d[0] == 'C')
             ab_l3_clear(w->l3);
@@ -660,7 +662,7 @@ static void s_writer_task(zsock_t *pipe, void *arg)
         for (size_t i = 0; i < n; i++)
             zmq_msg_close(&msgs[i]);
         if (ab_now_ms() >= next_maint) {
-            ab_l3_maintain(w->l3, ab_now_ms(), AB_L3_SCAN);
+            ab_l3_maintain(w->l3, ab_wall_ms(), AB_L3_SCAN);
             next_maint = ab_now_ms() + AB_L3_MAINTAIN_MS;
         }
     }
@@ -706,9 +708,10 @@ static int s_send(ab_l3_writer_t *w, zmq_msg_t *m)
     return 0;
 }
 
-int ab_l3_writer_put(ab_l3_writer_t *w, const ab_cache_key_t *key, int64_t expires_ms,
+int ab_l3_writer_put(ab_l3_writer_t *w, const ab_cache_key_t *key, int64_t ttl_ms,
                      const void *val, size_t len)
 {
+    int64_t expires_ms = ab_wall_ms() + ttl_ms; /* the file outlives this boot */
     if (atomic_load(&w->queued) + len > w->queue_max) {
         atomic_fetch_add(&w->l3->c.dropped, 1);
         return -1;

@@ -37,7 +37,10 @@ typedef struct {
 ab_l3_t *ab_l3_open(const char *dir, size_t map_bytes);
 void ab_l3_close(ab_l3_t **l3);
 
-/* Broker thread only. Looks KEY up: 1 with *VAL and *LEN the stored reply blob
+/* Times in this file are milliseconds since the epoch (ab_wall_ms), not
+ * the monotonic clock: the file outlives a reboot.
+ *
+ * Broker thread only. Looks KEY up: 1 with *VAL and *LEN the stored reply blob
  * (pointing into the map: valid until ab_l3_release) and *EXPIRES_MS; 0
  * when absent or expired at NOW_MS; -1 on an LMDB error. Call
  * ab_l3_release after every lookup. */
@@ -74,9 +77,9 @@ typedef struct ab_l3_writer ab_l3_writer_t;
 ab_l3_writer_t *ab_l3_writer_new(ab_l3_t *l3, size_t queue_max);
 /* Writes what is queued, stops the thread. */
 void ab_l3_writer_destroy(ab_l3_writer_t **w);
-/* Broker thread: queues a copy of VAL for KEY. 0, or -1 dropped (queue
- * full: counted). Never blocks. */
-int ab_l3_writer_put(ab_l3_writer_t *w, const ab_cache_key_t *key, int64_t expires_ms,
+/* Broker thread: queues a copy of VAL for KEY, to expire TTL_MS from now.
+ * 0, or -1 dropped (queue full: counted). Never blocks. */
+int ab_l3_writer_put(ab_l3_writer_t *w, const ab_cache_key_t *key, int64_t ttl_ms,
                      const void *val, size_t len);
 /* Broker thread: queues "remove every entry". */
 int ab_l3_writer_clear(ab_l3_writer_t *w);

@@ -26,18 +26,24 @@
 #define AB_L2_RESOLVE_POLL_MS 10
 #define AB_L2_SMALL_REPLY_MAX (1u << 20) /* a reply to anything but GET (SCAN: ~1000 keys) */
 #define AB_L2_ARRAY_MAX 65536 /* elements of one array (SCAN's keys, COUNT 1000) */
-static const char s_vmagic[5] = {'A', 'B', 'L', '2', 1};
+/* A value: this magic and format byte, its expiry (ms since the epoch, 8
+ * bytes big-endian), then the blob. The expiry travels with the value so a
+ * broker promoting a hit to L1 and L3 keeps it only as long as it had left
+ * here (with the promoting request's TTL, an entry stored for 2 s was
+ * served for an hour), in the same round trip as the GET. Format 1 had no
+ * expiry: a value of another format is a miss. */
+static const char s_vmagic[5] = {'A', 'B', 'L', '2', 2};
+#define S_VHDR (sizeof s_vmagic + 8)
 
 /* What a command in flight was, so its reply (Redis answers in order) is
  * handled as such. */
-enum { S_GET, S_PTTL, S_SET, S_SCAN, S_UNLINK };
+enum { S_GET, S_SET, S_SCAN, S_UNLINK };
 
 typedef struct {
     uint8_t kind;
     uint64_t tag;   /* S_GET: the broker's tag */
     int64_t t_ns;   /* when it was queued */
-    redisReply *r;  /* an answer: the GET's reply (NULL: a miss); S_PTTL: its GET's */
-    int64_t ttl_ms; /* ready: the entry's TTL left by PTTL (-1: none or unknown) */
+    redisReply *r;  /* an answer: the GET's reply (NULL: a miss) */
 } s_item_t;
 
 typedef struct {
@@ -145,18 +151,19 @@ static char *s_bulk(char *p, const void *a, size_t alen, const void *b, size_t b
 }
 
 /* Appends a command of ARGC arguments; argument VAL_AT (or -1) is
- * prefixed with the value magic. 0, or -1 over the queue bound. */
-static int s_cmd(ab_l2_t *l2, int argc, const char **argv, const size_t *lens, int val_at)
+ * prefixed with the S_VHDR bytes at HDR. 0, or -1 over the queue bound. */
+static int s_cmd(ab_l2_t *l2, int argc, const char **argv, const size_t *lens, int val_at,
+                 const uint8_t *hdr)
 {
     size_t need = 16;
     for (int i = 0; i < argc; i++)
-        need += 24 + lens[i] + (i == val_at ? sizeof s_vmagic : 0);
+        need += 24 + lens[i] + (i == val_at ? S_VHDR : 0);
     if (s_out_reserve(l2, need) != 0)
         return -1;
     char *p = l2->obuf + l2->olen;
     p += sprintf(p, "*%d\r\n", argc);
     for (int i = 0; i < argc; i++)
-        p = i == val_at ? s_bulk(p, s_vmagic, sizeof s_vmagic, argv[i], lens[i])
+        p = i == val_at ? s_bulk(p, hdr, S_VHDR, argv[i], lens[i])
                         : s_bulk(p, argv[i], lens[i], NULL, 0);
     l2->olen = (size_t)(p - l2->obuf);
     return 0;
@@ -166,12 +173,12 @@ static int s_cmd(ab_l2_t *l2, int argc, const char **argv, const size_t *lens, i
  * the replies' order first, then its bytes, so neither exists without the
  * other. 0, or -1 over a bound or out of memory (nothing queued). */
 static int s_send(ab_l2_t *l2, uint8_t kind, uint64_t tag, int argc, const char **argv,
-                  const size_t *lens, int val_at)
+                  const size_t *lens, int val_at, const uint8_t *hdr)
 {
-    s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL, -1};
+    s_item_t it = {kind, tag, (int64_t)ab_now_ns(), NULL};
     if (s_ring_push(&l2->pend, &it) != 0)
         return -1;
-    if (s_cmd(l2, argc, argv, lens, val_at) != 0) {
+    if (s_cmd(l2, argc, argv, lens, val_at, hdr) != 0) {
         l2->pend.n--; /* the item just pushed, at the tail */
         return -1;
     }
@@ -205,9 +212,7 @@ static void s_fail(ab_l2_t *l2, const char *why, uint64_t *lost)
     s_close(l2);
     s_item_t it;
     while (s_ring_pop(&l2->pend, &it)) {
-        if (it.kind == S_GET || (it.kind == S_PTTL && it.r)) { /* a lookup not answered */
-            if (it.r)
-                freeReplyObject(it.r);
+        if (it.kind == S_GET) { /* a lookup not answered */
             it.r = NULL;
             (*lost)++;
             s_ring_push(&l2->ready, &it); /* cannot fail: ready holds fewer than pend did */
@@ -403,24 +408,8 @@ static int s_on_reply(ab_l2_t *l2, redisReply *r)
         l2->said_error = 1;
     }
     if (it.kind == S_GET) {
-        /* Its PTTL follows (ab_l2_get): the answer is ready with it. */
-        s_item_t *next = l2->pend.n ? &l2->pend.v[l2->pend.head] : NULL;
-        if (next && next->kind == S_PTTL && next->tag == it.tag && !next->r) {
-            next->r = r;
-            return 0;
-        }
         it.r = r;
         s_ring_push(&l2->ready, &it); /* ready holds at most what pend held */
-        return 0;
-    }
-    if (it.kind == S_PTTL) {
-        it.ttl_ms = r->type == REDIS_REPLY_INTEGER ? (int64_t)r->integer : -1;
-        if (it.ttl_ms == -2 || it.ttl_ms == 0) { /* expired between GET and PTTL */
-            freeReplyObject(it.r);
-            it.r = NULL;
-        }
-        freeReplyObject(r);
-        s_ring_push(&l2->ready, &it);
         return 0;
     }
     if (it.kind == S_SET) {
@@ -522,7 +511,7 @@ static void s_scan_send(ab_l2_t *l2, const char *cursor)
 {
     const char *argv[6] = {"SCAN", cursor, "MATCH", AB_L2_NS "*", "COUNT", "1000"};
     size_t lens[6] = {4, strlen(cursor), 5, AB_L2_NS_LEN + 1, 5, 4};
-    if (s_send(l2, S_SCAN, 0, 6, argv, lens, -1) != 0) {
+    if (s_send(l2, S_SCAN, 0, 6, argv, lens, -1, NULL) != 0) {
         l2->c.errors++;
         l2->clearing = 0; /* the output buffer is full: the operator tries again */
     }
@@ -538,7 +527,7 @@ static void s_unlink_send(ab_l2_t *l2, redisReply *keys)
         for (size_t i = 0; i < keys->elements; i++)
             if (keys->element[i]->type == REDIS_REPLY_STRING)
                 argv[n] = keys->element[i]->str, lens[n++] = keys->element[i]->len;
-        if (n > 1 && s_send(l2, S_UNLINK, 0, (int)n, argv, lens, -1) != 0)
+        if (n > 1 && s_send(l2, S_UNLINK, 0, (int)n, argv, lens, -1, NULL) != 0)
             l2->c.errors++;
     }
     free(argv);
@@ -587,7 +576,7 @@ ab_l2_t *ab_l2_new(const char *addr, int timeout_ms, size_t max_value)
     l2->port = (int)port;
     snprintf(l2->port_s, sizeof l2->port_s, "%ld", port);
     l2->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
-    l2->max_reply = max_value + sizeof s_vmagic + 65536;
+    l2->max_reply = max_value + S_VHDR + 65536;
     l2->fd = -1;
     l2->c.state = AB_L2_OPEN; /* until connected */
     return l2;
@@ -709,21 +698,15 @@ static void s_key_str(const ab_cache_key_t *k, char *out)
 
 int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
 {
-    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n + 2 > AB_L2_PENDING_MAX)
+    if (l2->fd < 0 || l2->connecting || l2->pend.n + l2->ready.n >= AB_L2_PENDING_MAX)
         return -1;
     char k[AB_L2_NS_LEN + AB_CACHE_KEY_HEX];
     s_key_str(key, k);
     const char *argv[2] = {"GET", k};
     size_t lens[2] = {3, strlen(k)};
-    if (s_send(l2, S_GET, tag, 2, argv, lens, -1) != 0)
+    if (s_send(l2, S_GET, tag, 2, argv, lens, -1, NULL) != 0)
         return -1;
     l2->c.sent++;
-    /* The entry's TTL left, pipelined behind it: a hit promoted to L1 and
-     * L3 lives only as long as it had left here. Without it (the queue
-     * full now) the GET is answered alone, with the requester's TTL. */
-    argv[0] = "PTTL";
-    lens[0] = 4;
-    s_send(l2, S_PTTL, tag, 2, argv, lens, -1);
     return 0;
 }
 
@@ -736,11 +719,17 @@ int ab_l2_put(ab_l2_t *l2, const ab_cache_key_t *key, int64_t ttl_ms, const void
     }
     char k[AB_L2_NS_LEN + AB_CACHE_KEY_HEX], px[24];
     s_key_str(key, k);
-    snprintf(px, sizeof px, "%lld", (long long)(ttl_ms > 0 ? ttl_ms : 1));
-    /* The value (magic, then the blob) is written straight from VAL. */
+    ttl_ms = ttl_ms > 0 ? ttl_ms : 1;
+    snprintf(px, sizeof px, "%lld", (long long)ttl_ms);
+    uint8_t hdr[S_VHDR];
+    memcpy(hdr, s_vmagic, sizeof s_vmagic);
+    uint64_t exp = (uint64_t)(ab_wall_ms() + ttl_ms);
+    for (int i = 0; i < 8; i++)
+        hdr[sizeof s_vmagic + i] = (uint8_t)(exp >> (56 - 8 * i));
+    /* The value (the header, then the blob) is written straight from VAL. */
     const char *argv[5] = {"SET", k, val, "PX", px};
     size_t lens[5] = {3, strlen(k), len, 2, strlen(px)};
-    if (s_send(l2, S_SET, 0, 5, argv, lens, 2) != 0) {
+    if (s_send(l2, S_SET, 0, 5, argv, lens, 2, hdr) != 0) {
         l2->c.dropped++;
         return -1;
     }
@@ -771,11 +760,17 @@ int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t
         return 0;
     redisReply *r = it.r;
     *tag = it.tag;
-    *hit = r && r->type == REDIS_REPLY_STRING && r->len >= sizeof s_vmagic &&
+    *hit = r && r->type == REDIS_REPLY_STRING && r->len >= S_VHDR &&
            memcmp(r->str, s_vmagic, sizeof s_vmagic) == 0;
-    *val = *hit ? (const uint8_t *)r->str + sizeof s_vmagic : NULL;
-    *len = *hit ? r->len - sizeof s_vmagic : 0;
-    *ttl_ms = it.ttl_ms;
+    uint64_t exp = 0;
+    for (size_t i = 0; *hit && i < 8; i++)
+        exp = exp << 8 | (uint8_t)r->str[sizeof s_vmagic + i];
+    /* Its time left by this machine's clock: past (a clock ahead of the
+     * writer's by more than the TTL left) is a miss, never a stale hit. */
+    *ttl_ms = *hit ? (int64_t)exp - ab_wall_ms() : 0;
+    *hit = *hit && *ttl_ms > 0;
+    *val = *hit ? (const uint8_t *)r->str + S_VHDR : NULL;
+    *len = *hit ? r->len - S_VHDR : 0;
     l2->given = r;
     return 1;
 }

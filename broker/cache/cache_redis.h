@@ -26,7 +26,8 @@
  * MAX_VALUE plus 64 KiB (a larger one is a protocol error).
  *
  * Keys: "agentbus:cache:v1:" + 32 hex digits; values: "ABL2", a format
- * byte (1), then the reply blob. Another format is treated as a miss.
+ * byte (2), the expiry (ms since the epoch, 8 bytes big-endian), then the
+ * reply blob. Another format is treated as a miss.
  *
  * Everything here is called from the broker's thread only.
  */
@@ -88,8 +89,9 @@ int ab_l2_clear(ab_l2_t *l2);
 
 /* One lookup answer without waiting: 1 with *TAG, *HIT and, on a hit,
  * *VAL and *LEN the reply blob (valid until the next ab_l2_recv or
- * ab_l2_destroy) and *TTL_MS the entry's time left in Redis (-1: it has
- * none, or it is not known); 0 when none waits. */
+ * ab_l2_destroy) and *TTL_MS the entry's time left (the expiry its writer
+ * stored with it, by this machine's clock: one already past is a miss); 0
+ * when none waits. */
 int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t *len,
                int64_t *ttl_ms);
 

@@ -53,6 +53,7 @@ void ct_redis_stop(void);
 
 /* test_cache_tiers.c: L3 (LMDB) and L2 (Redis). */
 void cache_l3_restart(void);
+void cache_l3_epoch(void);
 void cache_l2_shared(void);
 void cache_l2_down(void);
 void cache_l2_absent(void);

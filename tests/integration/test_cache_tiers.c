@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <lmdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -95,6 +96,93 @@ void cache_l3_restart(void)
             th_sleep_ms(50);
     }
     CHECK_TRUE(cleared);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+}
+
+/* The expiry field of the one entry in DIR/cache.mdb (the broker
+ * stopped); with SET, replaced by *SET first. 0, or -1. */
+static int s_l3_expiry(const char *dir, int64_t *exp, const int64_t *set)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/cache.mdb", dir);
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc = -1;
+    if (mdb_env_create(&env) != 0)
+        return -1;
+    if (mdb_env_set_maxdbs(env, 4) == 0 && mdb_env_open(env, path, MDB_NOSUBDIR, 0600) == 0 &&
+        mdb_txn_begin(env, NULL, 0, &txn) == 0) {
+        if (mdb_dbi_open(txn, "entries", 0, &dbi) == 0 && mdb_cursor_open(txn, dbi, &cur) == 0) {
+            if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 && v.mv_size >= 12) {
+                memcpy(exp, (uint8_t *)v.mv_data + 4, 8); /* after the magic */
+                rc = 0;
+                if (set) { /* a copy with the new expiry, put back */
+                    uint8_t *copy = malloc(v.mv_size), key[16];
+                    size_t klen = k.mv_size < 16 ? k.mv_size : 16;
+                    memcpy(key, k.mv_data, klen);
+                    memcpy(copy, v.mv_data, v.mv_size);
+                    memcpy(copy + 4, set, 8);
+                    MDB_val nk = {klen, key}, nv = {v.mv_size, copy};
+                    mdb_cursor_close(cur);
+                    cur = NULL;
+                    rc = mdb_put(txn, dbi, &nk, &nv, 0) == 0 ? 0 : -1;
+                    free(copy);
+                }
+            }
+            if (cur)
+                mdb_cursor_close(cur);
+        }
+        if (rc == 0 ? mdb_txn_commit(txn) != 0 : (mdb_txn_abort(txn), 0))
+            rc = -1;
+    }
+    mdb_env_close(env);
+    return rc;
+}
+
+/* L3's expiries are ms since the epoch, as its file format says: they were
+ * the monotonic clock's, which starts again at each boot, so an entry
+ * written before a reboot was served for as long as the machine had been
+ * up. The file is read directly (the broker stopped): the expiry of a
+ * reply cached for 60 s is now + 60 s by the wall clock; set to a second
+ * ago, the restarted broker treats the entry as expired. */
+void cache_l3_epoch(void)
+{
+    int port = th_free_port();
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/data", th_dir());
+    pid_t broker = th_broker(port, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
+    ct_wk_t x = {.port = port, .service = "echo"};
+    pthread_t th = ct_worker_start(&x, c);
+    char out[512];
+    ab_client_set_cache(c, AB_CACHE_ON, 60);
+    CHECK_EQ(ct_req(c, "echo", "epoch", out, sizeof out), AB_OK);
+    CHECK_STR(out, "epoch#1");
+    REQUIRE(s_wait_l3_stores(c, 1) == 0);
+    ct_worker_end(&x, th);
+    ab_client_destroy(&c);
+    CHECK_EQ(th_stop(broker), 0);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, exp = 0;
+    REQUIRE(s_l3_expiry(dir, &exp, NULL) == 0);
+    printf("stored expiry %lld, wall clock + 60 s %lld\n", (long long)exp,
+           (long long)(wall + 60000));
+    CHECK_TRUE(exp > wall + 30000 && exp <= wall + 61000);
+    int64_t past = wall - 1000;
+    REQUIRE(s_l3_expiry(dir, &exp, &past) == 0);
+    broker = th_broker(port, "--data-dir", dir, NULL);
+    c = th_client(port);
+    x = (ct_wk_t){.port = port, .service = "echo"};
+    th = ct_worker_start(&x, c);
+    ab_client_set_cache(c, AB_CACHE_ON, 60);
+    CHECK_EQ(ct_req(c, "echo", "epoch", out, sizeof out), AB_OK);
+    CHECK_STR(out, "epoch#1"); /* this worker's first job: not the stored reply */
+    CHECK_EQ(atomic_load(&x.jobs), 1);
     ct_worker_end(&x, th);
     ab_client_destroy(&c);
 }
