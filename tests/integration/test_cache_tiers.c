@@ -48,26 +48,36 @@ static int s_wait_l3_stores(ab_client_t *c, unsigned long long n)
     return -1;
 }
 
-/* A reply stored in L3 (LMDB in --data-dir) is served after the broker
- * restarts, without the worker, then from L1 (promoted). */
-void cache_l3_restart(void)
+/* A broker on PORT with --data-dir DIR stores the reply to "keep" (cached
+ * for TTL_S, 0: the default) in L3, served by the echo worker X (started
+ * here, left running), and is stopped. */
+static void s_l3_store_keep(int port, const char *dir, uint32_t ttl_s, ct_wk_t *x, pthread_t *th)
 {
-    int port = th_free_port();
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s/data", th_dir());
     pid_t broker = th_broker(port, "--data-dir", dir, NULL);
     ab_client_t *c = th_client(port);
-    ct_wk_t x = {.port = port, .service = "echo"};
-    pthread_t th = ct_worker_start(&x, c);
+    *x = (ct_wk_t){.port = port, .service = "echo"};
+    *th = ct_worker_start(x, c);
     char out[512];
-    ab_client_set_cache(c, AB_CACHE_ON, 0);
+    ab_client_set_cache(c, AB_CACHE_ON, ttl_s);
     CHECK_EQ(ct_req(c, "echo", "keep", out, sizeof out), AB_OK);
     CHECK_STR(out, "keep#1");
     REQUIRE(s_wait_l3_stores(c, 1) == 0);
     ab_client_destroy(&c);
     CHECK_EQ(th_stop(broker), 0);
-    broker = th_broker(port, "--data-dir", dir, NULL);
-    c = th_client(port);
+}
+
+/* A reply stored in L3 (LMDB in --data-dir) is served after the broker
+ * restarts, without the worker, then from L1 (promoted). */
+void cache_l3_restart(void)
+{
+    int port = th_free_port();
+    char dir[600], out[512];
+    snprintf(dir, sizeof dir, "%s/data", th_dir());
+    ct_wk_t x;
+    pthread_t th;
+    s_l3_store_keep(port, dir, 0, &x, &th);
+    th_broker(port, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
     ab_client_set_cache(c, AB_CACHE_ON, 0);
     CHECK_EQ(ct_req(c, "echo", "keep", out, sizeof out), AB_OK);
     CHECK_STR(out, "keep#1");
@@ -152,20 +162,12 @@ static int s_l3_expiry(const char *dir, int64_t *exp, const int64_t *set)
 void cache_l3_epoch(void)
 {
     int port = th_free_port();
-    char dir[600];
+    char dir[600], out[512];
     snprintf(dir, sizeof dir, "%s/data", th_dir());
-    pid_t broker = th_broker(port, "--data-dir", dir, NULL);
-    ab_client_t *c = th_client(port);
-    ct_wk_t x = {.port = port, .service = "echo"};
-    pthread_t th = ct_worker_start(&x, c);
-    char out[512];
-    ab_client_set_cache(c, AB_CACHE_ON, 60);
-    CHECK_EQ(ct_req(c, "echo", "epoch", out, sizeof out), AB_OK);
-    CHECK_STR(out, "epoch#1");
-    REQUIRE(s_wait_l3_stores(c, 1) == 0);
+    ct_wk_t x;
+    pthread_t th;
+    s_l3_store_keep(port, dir, 60, &x, &th);
     ct_worker_end(&x, th);
-    ab_client_destroy(&c);
-    CHECK_EQ(th_stop(broker), 0);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, exp = 0;
@@ -175,13 +177,13 @@ void cache_l3_epoch(void)
     CHECK_TRUE(exp > wall + 30000 && exp <= wall + 61000);
     int64_t past = wall - 1000;
     REQUIRE(s_l3_expiry(dir, &exp, &past) == 0);
-    broker = th_broker(port, "--data-dir", dir, NULL);
-    c = th_client(port);
+    th_broker(port, "--data-dir", dir, NULL);
+    ab_client_t *c = th_client(port);
     x = (ct_wk_t){.port = port, .service = "echo"};
     th = ct_worker_start(&x, c);
     ab_client_set_cache(c, AB_CACHE_ON, 60);
-    CHECK_EQ(ct_req(c, "echo", "epoch", out, sizeof out), AB_OK);
-    CHECK_STR(out, "epoch#1"); /* this worker's first job: not the stored reply */
+    CHECK_EQ(ct_req(c, "echo", "keep", out, sizeof out), AB_OK);
+    CHECK_STR(out, "keep#1"); /* this worker's first job: not the stored reply */
     CHECK_EQ(atomic_load(&x.jobs), 1);
     ct_worker_end(&x, th);
     ab_client_destroy(&c);
