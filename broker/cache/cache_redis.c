@@ -604,9 +604,6 @@ void ab_l2_destroy(ab_l2_t **p)
     s_flush_blocking(l2);
     s_close(l2);
     s_item_t it;
-    while (s_ring_pop(&l2->pend, &it))
-        if (it.r)
-            freeReplyObject(it.r);
     while (s_ring_pop(&l2->ready, &it))
         if (it.r)
             freeReplyObject(it.r);

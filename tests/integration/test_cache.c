@@ -469,6 +469,16 @@ static void s_waiter_deadline(void)
     ab_client_destroy(&c);
 }
 
+/* The key the broker computes for a cacheable request to "echo" with
+ * DATA (SIZE bytes), from the same inputs, in hex. */
+static void s_echo_key_hex(const char *data, size_t size, char *hex)
+{
+    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, data, size, 0, 0};
+    ab_cache_key_t k;
+    REQUIRE(ab_cache_key(&in, &k) == AB_KEY_RAW);
+    ab_cache_key_hex(&k, hex);
+}
+
 /* `--json cache get KEY` of a text and of a binary entry: one JSON
  * document each, bytes as text or as hex ("data_hex"). Before, the chunk's
  * json_pack format named no keys for flags and original_size: brokerctl
@@ -484,11 +494,8 @@ static void s_cli_json_get(int port, const char *ctl, const char *hex, const cha
     snprintf(cmd, sizeof cmd, "%s --broker %s request --cache=60 echo \"$(printf 'b\\377')\"",
              ctl, th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
-    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, "b\377", 2, 0, 0};
-    ab_cache_key_t k;
-    REQUIRE(ab_cache_key(&in, &k) == AB_KEY_RAW);
     char bhex[AB_CACHE_KEY_HEX];
-    ab_cache_key_hex(&k, bhex);
+    s_echo_key_hex("b\377", 2, bhex);
     snprintf(cmd, sizeof cmd, "%s --broker %s --json cache get %s", ctl, th_ep(port), bhex);
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, "\"data_hex\": \"62ff23") != NULL); /* "b\377#N" */
@@ -518,12 +525,8 @@ static void s_cli(void)
     snprintf(cmd, sizeof cmd, "%s --broker %s --json cache", ctl, th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, "\"hits\": 1") && strstr(out, "\"entries\": 1"));
-    /* The key the broker computes, from the same inputs. */
-    ab_key_input_t in = {"echo", "", NULL, AB_FLAG_CACHEABLE, "hi", 2, 0, 0};
-    ab_cache_key_t k;
-    REQUIRE(ab_cache_key(&in, &k) == AB_KEY_RAW);
     char hex[AB_CACHE_KEY_HEX];
-    ab_cache_key_hex(&k, hex);
+    s_echo_key_hex("hi", 2, hex);
     snprintf(cmd, sizeof cmd, "%s --broker %s cache get %s", ctl, th_ep(port), hex);
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_TRUE(strstr(out, hex) && strstr(out, "REPLY") && strstr(out, "hi#2"));
