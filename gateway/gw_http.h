@@ -269,6 +269,19 @@ enum MHD_Result gw_reply_json_hdr(gw_conn_t *c, unsigned status, json_t *j, cons
 json_t *gw_error_body(const gw_conn_t *c, unsigned status, const char *text);
 /* 401 for a request without a known API key (GIVEN: it sent one). */
 enum MHD_Result gw_reply_unauthorized(gw_conn_t *c, int given);
+/* An admitted request's answer, held for libmicrohttpd's content reader
+ * until it has taken the last block: then the slot is released and the
+ * bytes freed (only s_body uses these; declared for tests/unit). MODE as
+ * for MHD_create_response_from_buffer (MUST_FREE: DATA taken, also on
+ * failure); NULL when out of memory. */
+typedef struct gw_answer gw_answer_t;
+gw_answer_t *gw_answer_new(gw_conn_t *c, const char *data, size_t len,
+                           enum MHD_ResponseMemoryMode mode);
+/* libmicrohttpd's MHD_ContentReaderCallback and its free callback. */
+ssize_t gw_answer_read(void *cls, uint64_t pos, char *buf, size_t max);
+void gw_answer_free(void *cls);
+/* Whether B still holds its bytes. */
+int gw_answer_held(const gw_answer_t *b);
 
 /* gw_call.c */
 /* C's deadline in ms: X-Agentbus-Timeout-Ms (capped), else --timeout-ms. */

@@ -33,16 +33,16 @@ enum MHD_Result gw_reply_queue(gw_conn_t *c, unsigned status, struct MHD_Respons
 }
 
 /* An answer's body held for a callback response (s_body). */
-typedef struct {
+struct gw_answer {
     gw_conn_t *c;
     char *data;
     size_t len;
     int owned; /* DATA is freed with it */
-} s_body_t;
+};
 
-static ssize_t s_body_read(void *cls, uint64_t pos, char *buf, size_t max)
+ssize_t gw_answer_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
-    s_body_t *b = cls;
+    gw_answer_t *b = cls;
     if (pos >= b->len)
         return MHD_CONTENT_READER_END_OF_STREAM;
     if (!b->data) /* never: libmicrohttpd reads each block once */
@@ -58,12 +58,37 @@ static ssize_t s_body_read(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
-static void s_body_free(void *cls)
+void gw_answer_free(void *cls)
 {
-    s_body_t *b = cls;
-    if (b->owned)
+    gw_answer_t *b = cls;
+    if (b && b->owned)
         free(b->data);
     free(b);
+}
+
+int gw_answer_held(const gw_answer_t *b)
+{
+    return b->data != NULL;
+}
+
+gw_answer_t *gw_answer_new(gw_conn_t *c, const char *data, size_t len,
+                           enum MHD_ResponseMemoryMode mode)
+{
+    gw_answer_t *b = calloc(1, sizeof *b);
+    char *copy = b && mode == MHD_RESPMEM_MUST_COPY ? malloc(len ? len : 1) : NULL;
+    if (!b || (mode == MHD_RESPMEM_MUST_COPY && !copy)) {
+        free(b);
+        if (mode == MHD_RESPMEM_MUST_FREE)
+            free((void *)data);
+        return NULL;
+    }
+    if (copy)
+        memcpy(copy, data, len);
+    b->c = c;
+    b->data = copy ? copy : (char *)data;
+    b->len = len;
+    b->owned = mode != MHD_RESPMEM_PERSISTENT;
+    return b;
 }
 
 /* The response for an answer of LEN bytes at DATA (MODE as for
@@ -85,25 +110,14 @@ static struct MHD_Response *s_body(gw_conn_t *c, const char *data, size_t len,
             free((void *)data);
         return r;
     }
-    s_body_t *b = calloc(1, sizeof *b);
-    char *copy = b && mode == MHD_RESPMEM_MUST_COPY ? malloc(len) : NULL;
-    if (!b || (mode == MHD_RESPMEM_MUST_COPY && !copy)) {
-        free(b);
-        if (mode == MHD_RESPMEM_MUST_FREE)
-            free((void *)data);
+    gw_answer_t *b = gw_answer_new(c, data, len, mode);
+    if (!b)
         return NULL;
-    }
-    if (copy)
-        memcpy(copy, data, len);
-    b->c = c;
-    b->data = copy ? copy : (char *)data;
-    b->len = len;
-    b->owned = mode != MHD_RESPMEM_PERSISTENT;
     size_t block = len < 65536 ? len : 65536;
-    struct MHD_Response *r = MHD_create_response_from_callback(len, block, s_body_read, b,
-                                                               s_body_free);
+    struct MHD_Response *r = MHD_create_response_from_callback(len, block, gw_answer_read, b,
+                                                               gw_answer_free);
     if (!r)
-        s_body_free(b);
+        gw_answer_free(b);
     return r;
 }
 
