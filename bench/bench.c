@@ -11,7 +11,8 @@
  * flight, the same window for every system; latency: one request at a
  * time. Progress goes to stderr; the figures (table, --json or --csv) to
  * stdout. Exit status: 0, 1 when a measurement failed, 2 on bad usage, 3
- * when a target was missed (never with --targets off).
+ * when a target was missed (never with --targets off), 130 when
+ * interrupted (SIGINT, SIGTERM: the processes it started are stopped).
  */
 #include "agentbus.h"
 #include "bare_hop.h"
@@ -29,10 +30,12 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,9 +89,24 @@ static void s_stop_children(void)
     s_nchildren = 0;
 }
 
+/* SIGINT or SIGTERM, in whichever thread takes it: says so, stops the
+ * children and exits 130. Whatever the other threads print meanwhile is
+ * about the children going away (lost replies, a failed measurement), not
+ * figures, so stdout and stderr go to /dev/null first. */
 static void s_on_signal(int sig)
 {
+    static atomic_int once;
     (void)sig;
+    if (atomic_exchange(&once, 1))
+        return; /* another thread is stopping the run */
+    static const char msg[] = "agentbus-bench: interrupted\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+        dup2(null, 1);
+        dup2(null, 2);
+    }
     s_stop_children();
     _exit(130);
 }
@@ -580,7 +598,8 @@ static void s_usage(void)
            "NATS request/reply (buffered and send-asap), all measured in this run\n"
            "(interleaved), with ratios judged against the targets of docs/bench.md.\n"
            "Progress goes to stderr. Exit status: 0; 1 a measurement failed; 2 bad usage;\n"
-           "3 a target was missed (marked MISSED in the output).\n\n"
+           "3 a target was missed (marked MISSED in the output); 130 interrupted (SIGINT or\n"
+           "SIGTERM; the processes it started are stopped).\n\n"
            "  --seconds S          length of one throughput run (default 2)\n"
            "  --runs N             runs per throughput figure; the median is kept (default 5)\n"
            "  --window N           requests in flight for throughput, every system (default %d)\n"
