@@ -597,12 +597,17 @@ int64_t ab_cache_next_wake(ab_broker_t *b)
 /* An L2 hit for R (a leader that waited): R and its waiters get the whole
  * reply, which is promoted to L1 (and L3) for the time it had left in
  * Redis (TTL_MS, stored with it). With R's TTL, an entry stored for 2 s
- * was served by the promoting broker for an hour. */
+ * was served by the promoting broker for an hour. But for no longer than
+ * R's TTL: the time left comes from the writer's clock, and a clock behind
+ * it by a day would keep a 60 s entry here for a day (past R's TTL, L2 is
+ * asked again). */
 static void s_l2_hit(ab_broker_t *b, ab_req_t *r, const uint8_t *val, size_t len,
                      int64_t ttl_ms)
 {
     ab_cache_t *c = b->cache;
     ab_cache_req_t *cr = r->cache;
+    if (cr->ttl_ms > 0 && ttl_ms > cr->ttl_ms)
+        ttl_ms = cr->ttl_ms;
     ab_l1_put(c->l1, &cr->key, val, len, ab_now_ms() + ttl_ms);
     if (c->l3w)
         ab_l3_writer_put(c->l3w, &cr->key, ttl_ms, val, len);

@@ -70,6 +70,7 @@ void cache_cancelled_leader(void);
 /* test_cache_l2.c: what L2 answers, good or garbage. */
 void cache_l2_garbage_array(void);
 void cache_l2_promote_ttl(void);
+void cache_l2_promote_clamp(void);
 void cache_l2_down_clear(void);
 void cache_l2_noauth(void);
 

@@ -584,6 +584,7 @@ int main(int argc, char **argv)
         {"lz4_bomb", cache_lz4_bomb}, {"model_key", cache_model_key},
         {"cancelled_leader", cache_cancelled_leader},
         {"l2_garbage_array", cache_l2_garbage_array}, {"l2_promote_ttl", cache_l2_promote_ttl},
+        {"l2_promote_clamp", cache_l2_promote_clamp},
         {"l2_down_clear", cache_l2_down_clear}, {"l2_noauth", cache_l2_noauth},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

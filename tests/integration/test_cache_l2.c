@@ -179,7 +179,14 @@ void cache_l2_garbage_array(void)
  * own request's TTL, so B kept serving it long after Redis had dropped it
  * (by hand: an entry stored for 2 s still served 4.7 s later). Now B keeps
  * it only as long as it had left in Redis (PTTL, pipelined with the GET). */
-void cache_l2_promote_ttl(void)
+/* Two brokers sharing one Redis, each with an echo worker. */
+typedef struct {
+    ab_client_t *ca, *cb;
+    ct_wk_t xa, xb;
+    pthread_t ta, tb;
+} s_pair_t;
+
+static void s_pair_start(s_pair_t *p)
 {
     int rport = th_free_port(), pa = th_free_port(), pb = th_free_port();
     char addr[64];
@@ -187,38 +194,92 @@ void cache_l2_promote_ttl(void)
     ct_redis_start(rport, NULL, NULL);
     th_broker(pa, "--cache-redis", addr, NULL);
     th_broker(pb, "--cache-redis", addr, NULL);
-    ab_client_t *ca = th_client(pa), *cb = th_client(pb);
-    ct_wk_t xa = {.port = pa, .service = "echo"}, xb = {.port = pb, .service = "echo"};
-    pthread_t ta = ct_worker_start(&xa, ca), tb = ct_worker_start(&xb, cb);
-    REQUIRE(s_wait_l2(ca, "closed") == 0 && s_wait_l2(cb, "closed") == 0);
-    ab_client_set_cache(ca, AB_CACHE_ON, 3);
-    ab_client_set_cache(cb, AB_CACHE_ON, 600);
+    p->ca = th_client(pa);
+    p->cb = th_client(pb);
+    p->xa = (ct_wk_t){.port = pa, .service = "echo"};
+    p->xb = (ct_wk_t){.port = pb, .service = "echo"};
+    p->ta = ct_worker_start(&p->xa, p->ca);
+    p->tb = ct_worker_start(&p->xb, p->cb);
+    REQUIRE(s_wait_l2(p->ca, "closed") == 0 && s_wait_l2(p->cb, "closed") == 0);
+}
+
+static void s_pair_end(s_pair_t *p)
+{
+    ct_worker_end(&p->xa, p->ta);
+    ct_worker_end(&p->xb, p->tb);
+    ab_client_destroy(&p->ca);
+    ab_client_destroy(&p->cb);
+    ct_redis_stop();
+}
+
+/* A's "short" in Redis (A's worker answers it; waits for the store), then
+ * asked of B: an L2 hit (B's worker has no job), then B's L1 hit (promoted).
+ * Returns when the L2 hit came. */
+static int64_t s_pair_promote(s_pair_t *p)
+{
     char out[512];
-    CHECK_EQ(ct_req(ca, "echo", "short", out, sizeof out), AB_OK);
+    CHECK_EQ(ct_req(p->ca, "echo", "short", out, sizeof out), AB_OK);
     CHECK_STR(out, "short#1");
     Agentbus__CacheTier t = {0};
-    for (int i = 0; i < 200 && !(s_l2_is(ca, "closed", &t) && t.stores >= 1); i++)
+    for (int i = 0; i < 200 && !(s_l2_is(p->ca, "closed", &t) && t.stores >= 1); i++)
         th_sleep_ms(25);
-    REQUIRE(t.stores >= 1); /* in Redis, for 3 s */
-    CHECK_EQ(ct_req(cb, "echo", "short", out, sizeof out), AB_OK);
+    REQUIRE(t.stores >= 1);
+    CHECK_EQ(ct_req(p->cb, "echo", "short", out, sizeof out), AB_OK);
     CHECK_STR(out, "short#1"); /* an L2 hit: A's worker's answer */
     int64_t hit_ms = ab_now_ms();
-    CHECK_EQ(atomic_load(&xb.jobs), 0);
-    CHECK_EQ(ct_req(cb, "echo", "short", out, sizeof out), AB_OK);
+    CHECK_EQ(atomic_load(&p->xb.jobs), 0);
+    CHECK_EQ(ct_req(p->cb, "echo", "short", out, sizeof out), AB_OK);
     CHECK_STR(out, "short#1"); /* promoted: from B's L1 */
-    CHECK_U64(ct_l1_hits(cb), 1);
-    /* Past the 3 s it had: gone from Redis and from B's L1. */
-    int64_t left = hit_ms + 3300 - ab_now_ms();
+    CHECK_U64(ct_l1_hits(p->cb), 1);
+    return hit_ms;
+}
+
+static void s_sleep_past(int64_t t_ms)
+{
+    int64_t left = t_ms - ab_now_ms();
     th_sleep_ms(left > 0 ? (int)left : 0);
-    CHECK_EQ(ct_req(cb, "echo", "short", out, sizeof out), AB_OK);
+}
+
+void cache_l2_promote_ttl(void)
+{
+    s_pair_t p;
+    s_pair_start(&p);
+    ab_client_set_cache(p.ca, AB_CACHE_ON, 3);
+    ab_client_set_cache(p.cb, AB_CACHE_ON, 600);
+    int64_t hit_ms = s_pair_promote(&p); /* in Redis for 3 s */
+    /* Past the 3 s it had: gone from Redis and from B's L1. */
+    s_sleep_past(hit_ms + 3300);
+    char out[512];
+    CHECK_EQ(ct_req(p.cb, "echo", "short", out, sizeof out), AB_OK);
     CHECK_STR(out, "short#1"); /* B's worker's first job (before: B's L1, still "A's") */
-    CHECK_EQ(atomic_load(&xb.jobs), 1);
-    CHECK_U64(ct_l1_hits(cb), 1);
-    ct_worker_end(&xa, ta);
-    ct_worker_end(&xb, tb);
-    ab_client_destroy(&ca);
-    ab_client_destroy(&cb);
-    ct_redis_stop();
+    CHECK_EQ(atomic_load(&p.xb.jobs), 1);
+    CHECK_U64(ct_l1_hits(p.cb), 1);
+    s_pair_end(&p);
+}
+
+/* An L2 hit is promoted for no longer than the requesting broker would keep
+ * its own answer to the request: the time an entry has left is computed
+ * from the writer's clock, and a reader whose clock is behind by a day would
+ * otherwise keep a 60 s entry in L1 and L3 for a day. Here A stores for
+ * 600 s and B's request asks 2 s: B's L1 copy is gone after 2 s, and B
+ * asks Redis again (an L2 hit, still A's answer) instead of serving its L1
+ * copy for 600 s. */
+void cache_l2_promote_clamp(void)
+{
+    s_pair_t p;
+    s_pair_start(&p);
+    ab_client_set_cache(p.ca, AB_CACHE_ON, 600);
+    ab_client_set_cache(p.cb, AB_CACHE_ON, 2);
+    int64_t hit_ms = s_pair_promote(&p);
+    s_sleep_past(hit_ms + 2300);
+    char out[512];
+    CHECK_EQ(ct_req(p.cb, "echo", "short", out, sizeof out), AB_OK);
+    CHECK_STR(out, "short#1"); /* A's answer, still in Redis */
+    CHECK_EQ(atomic_load(&p.xb.jobs), 0);
+    CHECK_U64(ct_l1_hits(p.cb), 1); /* not from L1: it had expired */
+    Agentbus__CacheTier t = {0};
+    CHECK_TRUE(s_l2_is(p.cb, "closed", &t) && t.hits == 2);
+    s_pair_end(&p);
 }
 
 /* Entries of tier NAME (-1: no such tier). */
