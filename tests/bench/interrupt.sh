@@ -13,10 +13,11 @@ fail=0
 for i in 1 2 3 4; do
     sig=TERM
     [ $((i % 2)) = 0 ] && sig=INT
+    rm -f "$dir/out" "$dir/err" # not the last round's, before this one's opens
     "$bench" --seconds 0.5 --runs 16 --window 32 --targets off >"$dir/out" 2>"$dir/err" &
     pid=$!
     n=0 # until it measures: its children are all up then
-    while ! grep -q "msgs/s\|run 1/" "$dir/err" && kill -0 $pid 2>/dev/null && [ $n -lt 600 ]; do
+    while ! grep -qs "run 1/" "$dir/err" && kill -0 $pid 2>/dev/null && [ $n -lt 600 ]; do
         sleep 0.1; n=$((n + 1))
     done
     kids=$(cat /proc/$pid/task/*/children 2>/dev/null)
