@@ -346,19 +346,26 @@ int main(int argc, char **argv)
 {
     int count = 5000, redis = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--count") && i + 1 < argc)
-            count = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--redis"))
+        long l;
+        if (!strcmp(argv[i], "--count") && i + 1 < argc &&
+            tl_parse_long(argv[i + 1], 100, 1000000, &l) == 0) {
+            count = (int)l;
+            i++;
+        } else if (!strcmp(argv[i], "--redis"))
             redis = 1;
         else {
-            printf("Usage: agentbus-cache-bench [--count N] [--redis]\n"
-                   "  --count N  requests per kind (default 5000)\n"
-                   "  --redis    also measure L2 hits (starts /usr/bin/redis-server)\n");
-            return strcmp(argv[i], "--help") ? 2 : 0;
+            int help = !strcmp(argv[i], "--help");
+            if (!help)
+                fprintf(stderr, "agentbus-cache-bench: %s%s%s: unknown option or bad value "
+                                "(--count takes 100 to 1000000)\n", argv[i],
+                        i + 1 < argc ? " " : "", i + 1 < argc ? argv[i + 1] : "");
+            fprintf(help ? stdout : stderr,
+                    "Usage: agentbus-cache-bench [--count N] [--redis]\n"
+                    "  --count N  requests per kind, 100 to 1000000 (default 5000)\n"
+                    "  --redis    also measure L2 hits (starts /usr/bin/redis-server)\n");
+            return help ? 0 : 2;
         }
     }
-    if (count < 100 || count > 1000000)
-        count = 5000;
     char self[PATH_MAX], broker[PATH_MAX + 32], worker[PATH_MAX + 32];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0)

@@ -63,6 +63,48 @@ static int s_wanted(const s_opts_t *o, const char *label)
 
 #define S_MAX_RUNS 40
 
+/* A number that is all of S, in [LO, HI]. */
+static int s_parse_real(const char *s, double lo, double hi, double *out)
+{
+    char *end = NULL;
+    errno = 0;
+    double d = *s ? strtod(s, &end) : 0;
+    if (!*s || *end || errno || !(d >= lo && d <= hi))
+        return -1;
+    *out = d;
+    return 0;
+}
+
+/* Whether every comma-separated item of V passes OK (and there is one). */
+static int s_list_ok(const char *v, int (*ok)(const char *item))
+{
+    char buf[128], *save = NULL;
+    if (!*v || strlen(v) >= sizeof buf)
+        return 0;
+    snprintf(buf, sizeof buf, "%s", v);
+    int n = 0;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save), n++)
+        if (!ok(t))
+            return 0;
+    return n > 0;
+}
+
+static int s_rate_ok(const char *t)
+{
+    double d;
+    return s_parse_real(t, 0.001, 100000, &d) == 0;
+}
+
+static int s_label_ok(const char *t)
+{
+    static const char *const known[] = {"direct-new", "direct-keepalive", "bus", "gateway",
+                                        "direct-nothink", "bus-nothink", "gateway-keepalive"};
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (!strcmp(t, known[i]))
+            return 1;
+    return 0;
+}
+
 static pid_t s_kids[8];
 static int s_nkids;
 static char s_dir[64];
@@ -332,9 +374,9 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
 }
 
 /* The usage text (--help and a bad option). */
-static void s_usage(void)
+static void s_usage(FILE *out)
 {
-    printf("Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
+    fprintf(out, "Usage: agentbus-scenario [--quick] [--time-scale X] [--closed-seconds S]\n"
            "         [--open-seconds S] [--rates R1,R2,..] [--seed N] [--pool-pct P]\n"
            "         [--agents N] [--scale-agents N] [--no-open] [--no-scale]\n"
            "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
@@ -401,8 +443,9 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
         if (s_flag(o, f))
             continue;
         i++;
-        if (!strcmp(f, "--time-scale") && atof(v) >= 0.1 && atof(v) <= 100)
-            o->scale = atof(v);
+        double d;
+        if (!strcmp(f, "--time-scale") && s_parse_real(v, 0.1, 100, &d) == 0)
+            o->scale = d;
         else if (!strcmp(f, "--closed-seconds") && tl_parse_long(v, 0, 3600, &l) == 0)
             o->closed_s = (double)l;
         else if (!strcmp(f, "--open-seconds") && tl_parse_long(v, 1, 3600, &l) == 0)
@@ -421,19 +464,26 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             o->deep = (int)l;
         else if (!strcmp(f, "--model-slots") && tl_parse_long(v, 0, 1000, &l) == 0)
             s_model_slots = l;
-        else if (!strcmp(f, "--rates") && *v)
+        else if (!strcmp(f, "--rates") && s_list_ok(v, s_rate_ok))
             snprintf(o->rates, sizeof o->rates, "%s", v);
         else if (!strcmp(f, "--broker-opt") && strchr(v, '=') && o->nbopts < S_BROKER_OPTS &&
                  strlen(v) < 64) {
             snprintf(o->bopt[o->nbopts][0], 64, "%.*s", (int)(strchr(v, '=') - v), v);
             snprintf(o->bopt[o->nbopts++][1], 64, "%s", strchr(v, '=') + 1);
-        } else if (!strcmp(f, "--systems") && *v)
+        } else if (!strcmp(f, "--systems") && s_list_ok(v, s_label_ok))
             snprintf(o->systems, sizeof o->systems, "%s", v);
         else if (!strcmp(f, "--out") && *v)
             snprintf(o->out, sizeof o->out, "%s", v);
-        else {
-            s_usage();
-            return strcmp(f, "--help") ? -1 : 1;
+        else if (!strcmp(f, "--help")) {
+            s_usage(stdout);
+            return 1;
+        } else {
+            if (i < argc)
+                fprintf(stderr, "agentbus-scenario: %s '%s': unknown option or bad value\n", f, v);
+            else
+                fprintf(stderr, "agentbus-scenario: unknown option or missing value: %s\n", f);
+            s_usage(stderr);
+            return -1;
         }
     }
     return 0;
