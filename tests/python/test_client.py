@@ -338,3 +338,47 @@ def test_auth_curve(procs, tmp_path, monkeypatch):
     why = w.refused
     assert isinstance(why, agentbus.DeniedError) and "requires CURVE" in str(why), str(why)
     w.close()
+
+
+def _in_child(fn) -> str:
+    """Runs FN in a fork()ed child; returns what it returned (or the error
+    it raised) as text. The child is waited for by PID, killed if stuck."""
+    import signal
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            out = fn()
+        except BaseException as e:  # noqa: B902 (reported to the parent)
+            out = "%s: %s" % (type(e).__name__, e)
+        os.write(w, str(out).encode()[:4000])
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    with os.fdopen(r, "rb") as f:
+        chunks.append(f.read())  # EOF when the child exits
+    for _ in range(600):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the child did not exit")
+    return b"".join(chunks).decode()
+
+
+def test_fork_child_makes_its_own_client(bus):
+    # A child of fork() inherited the parent's ZeroMQ context without its
+    # I/O threads: a Client made in the child never connected (TIMEOUT), as
+    # in a multiprocessing pool started after the parent made a Client.
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as parent:
+        assert parent.request("echo", b"before", timeout=10) == b"before"
+
+        def child():
+            with bus.client() as c:
+                return c.request("echo", b"from the child", timeout=10)
+        assert _in_child(child) == repr(b"from the child")
+        assert parent.request("echo", b"after", timeout=10) == b"after"
