@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from . import _common as C
 from . import _pb
-from ._lib import CANCEL_FN, JOB_FN, b, lib, text
+from ._lib import CANCEL_FN, JOB_FN, b, data_bytes, lib, text
 from .errors import AgentbusError, StoppedError, check, error
 
 Handler = Callable[["Job"], Any]
@@ -62,8 +62,9 @@ class Job:
         return _pb.unpack("inference_request", self.data)
 
     def send(self, part: C.Data) -> None:
-        """Sends one chunk of a streamed reply (from any handler thread)."""
-        self._worker._call_on_loop(self._part, b(part))
+        """Sends one chunk of a streamed reply (from any handler thread):
+        bytes, bytearray, memoryview or str, as a reply."""
+        self._worker._call_on_loop(self._part, data_bytes(part))
 
     def _part(self, data: bytes) -> None:
         if self._p and not self.cancelled:
@@ -89,9 +90,13 @@ class Job:
 
 
 def _result_bytes(r: Any) -> bytes:
+    """A handler's result (or streamed item) as the reply: None is empty;
+    another type than bytes, bytearray, memoryview or str is a TypeError,
+    which fails the request (b() sent str(r): 5 went as b"5", a dict as
+    its repr)."""
     if r is None:
         return b""
-    return b(r)
+    return data_bytes(r)
 
 
 class Worker:

@@ -318,3 +318,37 @@ def test_broker_restart(procs):
         w.stop()
         t.join(10)
         w.close()
+
+
+def test_handler_result_of_another_type_fails_the_request(bus, serve):
+    # docs/python.md: a handler returns bytes or str (None = empty). Any
+    # other result went as its str(): 5 as b"5", a dict as its repr, a
+    # streamed item 7 as b"7". Now the request fails with the TypeError.
+    def handler(job):
+        if job.data == b"int":
+            return 5
+        if job.data == b"dict":
+            return {"a": 1}
+        if job.data == b"none":
+            return None
+        return job.data
+
+    def streamed(job):
+        yield b"one"
+        yield 7
+        yield b"three"
+
+    serve("typed", handler)
+    serve("typed-stream", streamed)
+    with bus.client() as c:
+        for bad in (b"int", b"dict"):
+            with pytest.raises(agentbus.ApplicationError) as e:
+                c.request("typed", bad, timeout=10)
+            assert "TypeError" in e.value.text, e.value.text
+        assert c.request("typed", b"none", timeout=10) == b""
+        assert c.request("typed", bytearray(b"ok"), timeout=10) == b"ok"
+        s = c.stream("typed-stream", b"", timeout=10)
+        assert next(s) == b"one"
+        with pytest.raises(agentbus.ApplicationError) as e:
+            list(s)
+        assert "TypeError" in e.value.text, e.value.text
