@@ -193,7 +193,7 @@ AB_SEND_RECEIPT = 1
 MSG_DIRECT, MSG_TOPIC, MSG_RECEIPT, MSG_GAP, MSG_ERROR = 1, 2, 3, 4, 5
 
 
-def b(s) -> bytes:
+def _bytes(s) -> bytes:
     """Text or bytes as bytes (str is UTF-8 encoded)."""
     if isinstance(s, bytes):
         return s
@@ -202,11 +202,22 @@ def b(s) -> bytes:
     return str(s).encode()
 
 
+def b(s) -> bytes:
+    """A string argument of the C API (a service, agent name, topic,
+    endpoint, ...) as bytes, str UTF-8 encoded. The C library reads it up
+    to its first NUL, so one with an embedded NUL is a ValueError: "echo\\0x"
+    went to the service "echo", "bob\\0x" to the agent "bob"."""
+    out = _bytes(s)
+    if b"\0" in out:
+        raise ValueError("%r: a name, topic or other text argument cannot contain NUL" % (s,))
+    return out
+
+
 def data_bytes(d) -> bytes:
     """A payload as bytes: bytes, bytearray, memoryview or str (UTF-8). Any
     other type is a TypeError: b() sent str(d), so None went as b"None"."""
     if isinstance(d, (bytes, bytearray, memoryview, str)):
-        return b(d)
+        return _bytes(d)
     raise TypeError("data must be bytes, bytearray, memoryview or str, not %s"
                     % type(d).__name__)
 

@@ -81,7 +81,7 @@ class Job:
             code = exc.code if isinstance(exc, AgentbusError) else _EAPPLICATION
             detail = exc.text if isinstance(exc, AgentbusError) else (
                 "%s: %s" % (type(exc).__name__, exc))
-            lib.ab_worker_fail(w._h, byref(self._p), code, b(detail))
+            lib.ab_worker_fail(w._h, byref(self._p), code, b(detail.replace("\0", "\\0")))
         else:
             payload = data or b""
             lib.ab_worker_reply(w._h, byref(self._p), payload, len(payload))

@@ -382,3 +382,33 @@ def test_fork_child_makes_its_own_client(bus):
                 return c.request("echo", b"from the child", timeout=10)
         assert _in_child(child) == repr(b"from the child")
         assert parent.request("echo", b"after", timeout=10) == b"after"
+
+
+def test_nul_in_a_name_is_a_value_error(bus):
+    # ctypes passes a str with a NUL and the C library reads up to it: the
+    # request for "echo\0other" was answered by "echo", a publish on
+    # "news\0x" reached the subscribers of "news", Client(name="al\0ice")
+    # became the agent "al". Each is now a ValueError, sent nowhere.
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as c, bus.client() as sub:
+        s = sub.subscribe("news")
+        for call in (lambda: c.request("echo\0other", b"x", timeout=5),
+                     lambda: c.request("echo\0other", b"x", timeout=5, priority=1),
+                     lambda: c.request("echo", b"x", timeout=5, model="m\0x"),
+                     lambda: c.stream("echo\0other", b"x", timeout=5),
+                     lambda: c.publish("news\0x", b"x"),
+                     lambda: c.send("bob\0x", b"x"),
+                     lambda: c.subscribe("news\0.x"),
+                     lambda: c.discover("echo\0x"),
+                     lambda: bus.client(name="al\0ice"),
+                     lambda: agentbus.Worker("echo\0x", lambda job: b"", endpoint=bus.endpoint),
+                     lambda: agentbus.Worker("w", lambda job: b"", endpoint=bus.endpoint,
+                                             labels={"gpu": "0\0x"})):
+            with pytest.raises(ValueError) as e:
+                call()
+            assert "NUL" in str(e.value), str(e.value)
+        with pytest.raises(agentbus.TimeoutError):
+            s.get(timeout=0.3)  # nothing reached "news"
+        assert c.request("echo", "payloads may hold \0", timeout=5) == b"payloads may hold \0"
+        assert c.pending == 0
