@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -63,9 +64,9 @@ def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional
         if batching is not None:
             check(lib.ab_options_set_batching(o, 1 if batching else 0))
         if key is not None:
-            check(lib.ab_options_set_key_file(o, b(key)), lambda: "cannot read key file %s" % key)
+            check(lib.ab_options_set_key_file(o, b(os.fspath(key))), lambda: "cannot read key file %s" % key)
         if broker_key is not None:
-            check(lib.ab_options_set_broker_key(o, b(broker_key)), lambda: "bad broker key")
+            check(lib.ab_options_set_broker_key(o, b(os.fspath(broker_key))), lambda: "bad broker key")
     except BaseException:
         lib.ab_options_destroy(ctypes.byref(ctypes.c_void_p(o)))
         raise

@@ -206,7 +206,12 @@ def b(s) -> bytes:
     """A string argument of the C API (a service, agent name, topic,
     endpoint, ...) as bytes, str UTF-8 encoded. The C library reads it up
     to its first NUL, so one with an embedded NUL is a ValueError: "echo\\0x"
-    went to the service "echo", "bob\\0x" to the agent "bob"."""
+    went to the service "echo", "bob\\0x" to the agent "bob". Another type
+    than str or bytes is a TypeError: its str() went, so send(None, ...)
+    filled the mailbox of an agent called "None"."""
+    if not isinstance(s, (str, bytes, bytearray, memoryview)):
+        raise TypeError("a name, topic or other text argument must be str or bytes, not %s"
+                        % type(s).__name__)
     out = _bytes(s)
     if b"\0" in out:
         raise ValueError("%r: a name, topic or other text argument cannot contain NUL" % (s,))

@@ -138,8 +138,9 @@ class Worker:
                   lambda: text(lib.ab_worker_last_error(None)) or "cannot create worker")
         finally:
             lib.ab_options_destroy(byref(c_void_p(o)))
-        for k, v in (labels or {}).items():
-            check(lib.ab_worker_set_label(self._h, b(k), b(v)), self.last_error)
+        for k, v in (labels or {}).items():  # values are free text: {"gpu": 0} is "0"
+            check(lib.ab_worker_set_label(self._h, b(k), b(v if isinstance(v, (str, bytes))
+                                                         else str(v))), self.last_error)
         check(lib.ab_worker_set_cancel_handler(self._h, self._cancel_cb, None), self.last_error)
 
     # -- configuration ----------------------------------------------------

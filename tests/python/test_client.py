@@ -412,3 +412,26 @@ def test_nul_in_a_name_is_a_value_error(bus):
             s.get(timeout=0.3)  # nothing reached "news"
         assert c.request("echo", "payloads may hold \0", timeout=5) == b"payloads may hold \0"
         assert c.pending == 0
+
+
+def test_name_of_another_type_is_a_type_error(bus):
+    # Names went as their str(): send(None, ...) filled the mailbox of an
+    # agent called "None", publish(5, ...) went out on the topic "5".
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as c, bus.client(name="None") as none:
+        for call in (lambda: c.send(None, b"x"),
+                     lambda: c.send(None, b"x", wait=True, timeout=5),
+                     lambda: c.publish(5, b"x"),
+                     lambda: c.request(None, b"x", timeout=5),
+                     lambda: c.request(["echo"], b"x", timeout=5, priority=1),
+                     lambda: c.subscribe(None),
+                     lambda: agentbus.Worker(None, lambda job: b"", endpoint=bus.endpoint)):
+            with pytest.raises(TypeError):
+                call()
+        with pytest.raises(agentbus.TimeoutError):
+            none.recv(timeout=0.3)  # nothing came to the agent "None"
+        assert c.request(b"echo", b"bytes name", timeout=5) == b"bytes name"
+    w = agentbus.Worker("labelled", lambda job: b"", endpoint=bus.endpoint,
+                        labels={"gpu": 0})  # label values are free text
+    w.close()
