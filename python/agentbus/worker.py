@@ -112,8 +112,9 @@ class Worker:
     ``Worker("echo", handler, endpoint=..., capacity=4, labels={"gpu": "0"},
     name="w1").run()`` blocks until :meth:`stop` or :meth:`shutdown`;
     ``await worker.serve()`` runs it inside a running event loop.
-    Thread safety: ``stop``, ``shutdown`` may be called from any thread;
-    the rest from the thread that created or runs the worker."""
+    Thread safety: ``stop``, ``shutdown``, ``capacity = n`` and
+    ``set_backend_state`` may be called from any thread; the rest from the
+    thread that created or runs the worker."""
 
     def __init__(self, service: str, handler: Optional[Handler] = None, *,
                  endpoint: Optional[str] = None, capacity: int = 1,
@@ -156,13 +157,26 @@ class Worker:
 
     @capacity.setter
     def capacity(self, n: int) -> None:
-        check(lib.ab_worker_set_capacity(self._h, int(n)), self.last_error)
+        self._on_handle_thread(lambda: check(lib.ab_worker_set_capacity(self._h, int(n)),
+                                             self.last_error))
         if self._pool is not None:
             self._pool._max_workers = max(self._pool._max_workers, int(n))
 
     def set_backend_state(self, state: str) -> None:
         """Free-form backend state shown by ``brokerctl workers``."""
-        check(lib.ab_worker_set_backend_state(self._h, b(state)), self.last_error)
+        s = b(state)
+        self._on_handle_thread(lambda: check(lib.ab_worker_set_backend_state(self._h, s),
+                                             self.last_error))
+
+    def _on_handle_thread(self, fn: Callable[[], Any]) -> None:
+        """Runs FN, a call on the C handle, on the loop's thread while the
+        worker runs (and waits for it), else here. A setter called from
+        another thread raced the loop's own sends on the handle: "gathered
+        message does not decode", "out of memory sending a batch"."""
+        if self._loop is None:
+            fn()
+        else:
+            self._call_on_loop(fn)
 
     @property
     def connected(self) -> bool:

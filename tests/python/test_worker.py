@@ -352,3 +352,46 @@ def test_handler_result_of_another_type_fails_the_request(bus, serve):
         with pytest.raises(agentbus.ApplicationError) as e:
             list(s)
         assert "TypeError" in e.value.text, e.value.text
+
+
+def test_setters_from_another_thread_while_serving(bus, serve):
+    # docs/python.md: every call on the C handle happens on the worker's
+    # loop thread. worker.capacity = n and set_backend_state() from the
+    # thread that started it ran on the handle at once, racing the loop's
+    # replies: INTERNAL "gathered message does not decode", NOMEM "out of
+    # memory sending a batch", or a corrupt batch at the broker.
+    w = serve("tcap", lambda job: job.data, capacity=4)
+    done = threading.Event()
+    errors = []
+
+    def load():
+        try:
+            with bus.client() as c:
+                for _ in range(150):
+                    streams = [c.stream("tcap", b"x", timeout=30) for _ in range(20)]
+                    assert [b"".join(s) for s in streams] == [b"x"] * 20
+        except BaseException as e:  # reported below
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    i = 0
+    while not done.is_set() and i < 200000:
+        w.capacity = 1 + i % 8
+        w.set_backend_state("s%d" % (i % 3))
+        i += 1
+    t.join(60)
+    assert not errors, errors
+    w.capacity = 3
+    w.set_backend_state("final")
+    with bus.client() as c:
+        # The state travels with heartbeats, whose interval the broker
+        # lengthens for a stable worker: seconds.
+        for _ in range(600):
+            (info,) = c.discover("tcap")["workers"]
+            if info["capacity"] == 3 and info["backend_state"] == "final":
+                break
+            time.sleep(0.1)
+        assert (info["capacity"], info["backend_state"]) == (3, "final"), info
