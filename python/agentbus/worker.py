@@ -89,6 +89,14 @@ class Job:
         w._kick()
 
 
+def _unsigned(n: Any) -> int:
+    """N for a C unsigned argument. ctypes wraps one outside 0..2**32-1
+    silently (capacity=2**32 + 1 made a worker of capacity 1): such a
+    value is passed as the nearest bound, which the library then refuses
+    with its own text ("capacity must be 1..100000")."""
+    return min(max(int(n), 0), 2**32 - 1)
+
+
 def _result_bytes(r: Any) -> bytes:
     """A handler's result (or streamed item) as the reply: None is empty;
     another type than bytes, bytearray, memoryview or str is a TypeError,
@@ -135,7 +143,7 @@ class Worker:
         self._cancel_cb = CANCEL_FN(self._on_cancel)
         o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
         try:
-            check(lib.ab_worker_new(byref(self._h), o, b(service), int(capacity)),
+            check(lib.ab_worker_new(byref(self._h), o, b(service), _unsigned(capacity)),
                   lambda: text(lib.ab_worker_last_error(None)) or "cannot create worker")
         finally:
             lib.ab_options_destroy(byref(c_void_p(o)))
@@ -157,10 +165,11 @@ class Worker:
 
     @capacity.setter
     def capacity(self, n: int) -> None:
-        self._on_handle_thread(lambda: check(lib.ab_worker_set_capacity(self._h, int(n)),
+        n = _unsigned(n)
+        self._on_handle_thread(lambda: check(lib.ab_worker_set_capacity(self._h, n),
                                              self.last_error))
         if self._pool is not None:
-            self._pool._max_workers = max(self._pool._max_workers, int(n))
+            self._pool._max_workers = max(self._pool._max_workers, n)
 
     def set_backend_state(self, state: str) -> None:
         """Free-form backend state shown by ``brokerctl workers``."""

@@ -197,6 +197,16 @@ def test_refused_handle_says_why(bus):
     with pytest.raises(agentbus.InvalidError) as e:
         agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, capacity=0)
     assert e.value.text == "capacity must be 1..100000", e.value.text
+    # Past 32 bits ctypes wrapped it: 2**32 + 1 made a worker of capacity 1.
+    for capacity in (2**32 + 1, 2**64, -2**32 + 4):
+        with pytest.raises(agentbus.InvalidError) as e:
+            agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, capacity=capacity)
+        assert e.value.text == "capacity must be 1..100000", e.value.text
+    w = agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, capacity=2)
+    with pytest.raises(agentbus.InvalidError):
+        w.capacity = 2**32 + 5
+    assert w.capacity == 2
+    w.close()
 
 
 def test_data_of_another_type_is_a_type_error(bus):
