@@ -64,9 +64,11 @@ def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional
         if batching is not None:
             check(lib.ab_options_set_batching(o, 1 if batching else 0))
         if key is not None:
-            check(lib.ab_options_set_key_file(o, b(os.fspath(key))), lambda: "cannot read key file %s" % key)
+            check(lib.ab_options_set_key_file(o, b(os.fspath(key))),
+                  lambda: "cannot read key file %s" % key)
         if broker_key is not None:
-            check(lib.ab_options_set_broker_key(o, b(os.fspath(broker_key))), lambda: "bad broker key")
+            check(lib.ab_options_set_broker_key(o, b(os.fspath(broker_key))),
+                  lambda: "bad broker key")
     except BaseException:
         lib.ab_options_destroy(ctypes.byref(ctypes.c_void_p(o)))
         raise
