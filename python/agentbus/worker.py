@@ -166,7 +166,7 @@ class Worker:
     @capacity.setter
     def capacity(self, n: int) -> None:
         n = _unsigned(n)
-        self._on_handle_thread(lambda: check(lib.ab_worker_set_capacity(self._h, n),
+        self._on_handle_thread(lambda: check(lib.ab_worker_set_capacity(self._handle(), n),
                                              self.last_error))
         if self._pool is not None:
             self._pool._max_workers = max(self._pool._max_workers, n)
@@ -174,7 +174,7 @@ class Worker:
     def set_backend_state(self, state: str) -> None:
         """Free-form backend state shown by ``brokerctl workers``."""
         s = b(state)
-        self._on_handle_thread(lambda: check(lib.ab_worker_set_backend_state(self._h, s),
+        self._on_handle_thread(lambda: check(lib.ab_worker_set_backend_state(self._handle(), s),
                                              self.last_error))
 
     def _on_handle_thread(self, fn: Callable[[], Any]) -> None:
@@ -212,6 +212,11 @@ class Worker:
     def last_error(self) -> str:
         return text(lib.ab_worker_last_error(self._h))
 
+    def _handle(self) -> c_void_p:
+        if not self._h:  # the C calls said INVALID "invalid argument"
+            raise error(_ESTOPPED, "worker is closed")
+        return self._h
+
     # -- running ----------------------------------------------------------
     def run(self) -> None:
         """Serves until :meth:`stop` or a drained :meth:`shutdown`."""
@@ -222,11 +227,11 @@ class Worker:
         if self._handler is None:
             raise error(-1, "worker has no handler")
         loop = asyncio.get_running_loop()
+        fd = c_int()
+        check(lib.ab_worker_fd(self._handle(), byref(fd)), self.last_error)
         self._loop = loop
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.capacity), thread_name_prefix="agentbus-worker")
-        fd = c_int()
-        check(lib.ab_worker_fd(self._h, byref(fd)), self.last_error)
         loop.add_reader(fd.value, self._drain)
         try:
             while not self._stopped.is_set():

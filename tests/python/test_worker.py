@@ -395,3 +395,19 @@ def test_setters_from_another_thread_while_serving(bus, serve):
                 break
             time.sleep(0.1)
         assert (info["capacity"], info["backend_state"]) == (3, "final"), info
+
+
+def test_closed_worker_raises_stopped(bus):
+    # As a closed Client does: run(), capacity = n and set_backend_state()
+    # on a closed Worker said INVALID "invalid argument".
+    w = agentbus.Worker("closed", lambda job: b"", endpoint=bus.endpoint)
+    w.close()
+    w.close()  # idempotent
+    for call in (w.run, lambda: setattr(w, "capacity", 2),
+                 lambda: w.set_backend_state("ok")):
+        with pytest.raises(agentbus.StoppedError) as e:
+            call()
+        assert e.value.text == "worker is closed", e.value.text
+    assert not w.connected and w.capacity == 0 and w.refused is None
+    w.stop()
+    w.shutdown()
