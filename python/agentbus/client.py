@@ -12,6 +12,7 @@ Blocking calls release the GIL while they wait in the C library.
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from collections import deque
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
@@ -55,6 +56,7 @@ class _Base:
                  takeover: bool = False, batching: Optional[bool] = None,
                  key: Optional[str] = None, broker_key: Optional[str] = None) -> None:
         self._h = c_void_p()
+        self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._calls: Dict[int, _Call] = {}
         self._next_key = 1
         self._reply_cb = REPLY_FN(self._on_reply)  # kept alive with the client
@@ -70,9 +72,9 @@ class _Base:
 
     # -- lifecycle --------------------------------------------------------
     def _close_handle(self) -> None:
-        if self._h:
+        if self._h and self._pid == os.getpid():
             lib.ab_client_destroy(byref(self._h))
-            self._h = c_void_p()
+        self._h = c_void_p()  # a fork()ed child only forgets its parent's
 
     def stop(self) -> None:
         """Makes blocking calls return StoppedError soon, now and from then
@@ -111,6 +113,9 @@ class _Base:
     def _handle(self) -> c_void_p:
         if not self._h:
             raise error(-15, "client is closed")
+        if self._pid != os.getpid():  # its ZeroMQ socket lives in the parent
+            raise error(-15, "client was made by process %d before fork(): make a new one in "
+                        "this process" % self._pid)
         return self._h
 
     # -- requests ---------------------------------------------------------

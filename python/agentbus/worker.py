@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import ctypes
 import inspect
+import os
 import threading
 from ctypes import byref, c_int, c_size_t, c_void_p
 from typing import Any, Callable, Dict, Mapping, Optional
@@ -133,6 +134,7 @@ class Worker:
         self.service = service
         self._handler = handler
         self._h = c_void_p()
+        self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._jobs: Dict[int, Job] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -215,6 +217,9 @@ class Worker:
     def _handle(self) -> c_void_p:
         if not self._h:  # the C calls said INVALID "invalid argument"
             raise error(_ESTOPPED, "worker is closed")
+        if self._pid != os.getpid():  # its ZeroMQ socket lives in the parent
+            raise error(_ESTOPPED, "worker was made by process %d before fork(): make a new "
+                        "one in this process" % self._pid)
         return self._h
 
     # -- running ----------------------------------------------------------
@@ -375,6 +380,9 @@ class Worker:
 
     def close(self) -> None:
         """Says BYE and frees the handle (idempotent)."""
+        if self._h and self._pid != os.getpid():  # a fork()ed child: the parent's
+            self._h = c_void_p()
+            self._jobs.clear()
         if self._h:
             for job in list(self._jobs.values()):
                 lib.ab_job_destroy(byref(job._p))

@@ -445,3 +445,29 @@ def test_name_of_another_type_is_a_type_error(bus):
     w = agentbus.Worker("labelled", lambda job: b"", endpoint=bus.endpoint,
                         labels={"gpu": 0})  # label values are free text
     w.close()
+
+
+def test_fork_child_cannot_use_the_parents_client(bus):
+    # The child's copy of a Client is its parent's socket: a request failed
+    # with ZMQ "send failed: Interrupted system call" (libzmq's fork guard),
+    # or waited out its timeout. Now a clear StoppedError; closing the copy
+    # (or its collection) in the child leaves the parent's connection alone.
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as parent:
+        assert parent.request("echo", b"before", timeout=10) == b"before"
+
+        def child():
+            out = []
+            for call in (lambda: parent.request("echo", b"x", timeout=5),
+                         lambda: parent.request("echo", b"x", timeout=5, priority=1),
+                         lambda: parent.send("someone", b"x")):
+                try:
+                    call()
+                    out.append("no error")
+                except agentbus.StoppedError as e:
+                    out.append("fork()" in e.text)
+            parent.close()
+            return out
+        assert _in_child(child) == "[True, True, True]"
+        assert parent.request("echo", b"after", timeout=10) == b"after"
