@@ -225,16 +225,20 @@ class Client(_Base):
         """Polls until CALL's final event. The library ends the request at
         its deadline; GRACE guards against a lost deadline all the same."""
         limit = None if C.seconds(timeout) is None else time.monotonic() + timeout + 5.0
-        while not call.final:
-            rc = lib.ab_client_poll(self._handle(), 1000)
-            err = self.last_error() if rc < 0 else ""  # before _messages_in's recv
-            self._messages_in()
-            if rc < 0 and not call.final:
-                self._cancel(call)
-                check(rc, lambda: err)
-            if limit is not None and time.monotonic() > limit and not call.final:
-                self._cancel(call)
-                raise TimeoutError("no answer from the library within the request's timeout")
+        try:
+            while not call.final:
+                rc = lib.ab_client_poll(self._handle(), 1000)
+                err = self.last_error() if rc < 0 else ""  # before _messages_in's recv
+                self._messages_in()
+                if rc < 0 and not call.final:
+                    check(rc, lambda: err)
+                if limit is not None and time.monotonic() > limit and not call.final:
+                    raise TimeoutError("no answer from the library within the request's timeout")
+        except BaseException:
+            # Also a subscription callback's exception, or Ctrl-C: the request
+            # ends with the call instead of running on, its answer unread.
+            self._cancel(call)
+            raise
 
     def request(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
                 cache_ttl: Optional[float] = None, priority: Optional[int] = None,
@@ -269,10 +273,10 @@ class Client(_Base):
         # The error's text before the drain of topic messages, whose last
         # ab_client_recv leaves "no message in time" as the handle's error.
         err = self.last_error() if rc < 0 else ""
-        if self._subs:  # topic messages that came during the wait
-            self._messages_in()
-        check(rc, lambda: err)
-        try:
+        try:  # the reply is freed also when a subscription callback raises
+            if self._subs:  # topic messages that came during the wait
+                self._messages_in()
+            check(rc, lambda: err)
             return ctypes.string_at(reply, size.value) if size.value else b""
         finally:
             lib.ab_free(reply)
