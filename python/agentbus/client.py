@@ -429,9 +429,12 @@ class Client(_Base):
         to TIMEOUT seconds (None: forever). Raises TimeoutError."""
         deadline = None if C.seconds(timeout) is None else time.monotonic() + timeout
         while not self._direct:
-            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            # At most 1 s a call, the deadline checked between (a far one, or
+            # inf, overflowed the C int: OverflowError, or a wrapped wait).
+            left = 1000 if deadline is None else int(
+                min(1000.0, max(0.0, (deadline - time.monotonic()) * 1000)))
             p = POINTER(_CMessage)()
-            rc = lib.ab_client_recv(self._handle(), byref(p), left if left >= 0 else 1000)
+            rc = lib.ab_client_recv(self._handle(), byref(p), left)
             if rc == 0:
                 self._dispatch(C.message_from_c(p))
                 continue

@@ -512,3 +512,25 @@ def test_raising_callback_ends_the_request_it_interrupted(bus):
         with pytest.raises(RuntimeError):
             c.request("slow", b"x", timeout=600, priority=1)  # with options
         assert c.pending == 0
+
+
+def test_huge_and_infinite_numbers(bus):
+    # docs/python.md: timeouts are seconds >= 0. float("inf") (or 1e300 in
+    # recv) raised OverflowError converting to milliseconds, as did an inf
+    # cache_ttl; heartbeat_ms past 32 bits was wrapped by ctypes
+    # (2**32 + 1000 ran at 1000 ms).
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    inf = float("inf")
+    with bus.client(name="me", timeout=inf) as c:
+        assert c.request("echo", b"a") == b"a"
+        assert c.request("echo", b"b", timeout=inf) == b"b"
+        assert c.request("echo", b"c", timeout=inf, priority=1) == b"c"
+        assert c.request("echo", b"d", cache_ttl=inf) == b"d"
+        assert b"".join(c.stream("echo", b"e", timeout=inf)) == b"e"
+        c.send("me", b"to myself", wait=True, timeout=inf)
+        assert c.recv(timeout=inf).data == b"to myself"
+        c.send("me", b"again", wait=True)
+        assert c.recv(timeout=1e300).data == b"again"
+    with pytest.raises(agentbus.InvalidError):
+        bus.client(heartbeat_ms=2**32 + 1000)
