@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import weakref
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int,
                     c_size_t, c_uint, c_uint32, c_uint64, c_void_p)
 from typing import List
@@ -191,6 +192,20 @@ AB_CACHE_ON = 8
 AB_REQUEST_NON_IDEMPOTENT = 1
 AB_SEND_RECEIPT = 1
 MSG_DIRECT, MSG_TOPIC, MSG_RECEIPT, MSG_GAP, MSG_ERROR = 1, 2, 3, 4, 5
+
+
+def weak_method(method):
+    """METHOD (bound) called through a weak reference to its object: for a
+    ctypes callback an object keeps. A strong one made a reference cycle,
+    so a Client or Worker dropped without close() kept its C handle, its
+    connection and its registration until the cycle collector ran."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        m = ref()
+        if m is not None:
+            m(*args)
+    return call
 
 
 def _bytes(s) -> bytes:

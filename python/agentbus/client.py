@@ -22,7 +22,7 @@ from typing import (Any, Callable, Deque, Dict, Iterator, List, Mapping, Optiona
 from . import _common as C
 from . import _pb
 from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b,
-                   data_bytes, lib, text)
+                   data_bytes, lib, text, weak_method)
 from .errors import AgentbusError, CancelledError, TimeoutError, check, error
 
 Data = C.Data
@@ -59,7 +59,7 @@ class _Base:
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._calls: Dict[int, _Call] = {}
         self._next_key = 1
-        self._reply_cb = REPLY_FN(self._on_reply)  # kept alive with the client
+        self._reply_cb = REPLY_FN(weak_method(self._on_reply))  # kept alive with the client
         self._direct: Deque[C.Message] = deque()
         self._subs: List["Subscription"] = []
         o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching, key,

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from . import _common as C
 from . import _pb
-from ._lib import CANCEL_FN, JOB_FN, b, data_bytes, lib, text
+from ._lib import CANCEL_FN, JOB_FN, b, data_bytes, lib, text, weak_method
 from .errors import AgentbusError, StoppedError, check, error
 
 Handler = Callable[["Job"], Any]
@@ -141,8 +141,8 @@ class Worker:
         self._stopped = threading.Event()
         self._kicked = False
         self._refused: tuple = (0, None)  # (code, error) as the loop last read it
-        self._job_cb = JOB_FN(self._on_job)
-        self._cancel_cb = CANCEL_FN(self._on_cancel)
+        self._job_cb = JOB_FN(weak_method(self._on_job))
+        self._cancel_cb = CANCEL_FN(weak_method(self._on_cancel))
         o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
         try:
             check(lib.ab_worker_new(byref(self._h), o, b(service), _unsigned(capacity)),

@@ -534,3 +534,34 @@ def test_huge_and_infinite_numbers(bus):
         assert c.recv(timeout=1e300).data == b"again"
     with pytest.raises(agentbus.InvalidError):
         bus.client(heartbeat_ms=2**32 + 1000)
+
+
+def test_dropped_client_and_worker_close_at_once(bus):
+    # Each kept its ctypes callback as a bound method of itself: a cycle, so
+    # a Client or Worker dropped without close() kept its handle and its
+    # connection (its name, its registration) until the cycle collector ran.
+    import gc
+    import weakref
+    bus.echo_worker("slow", "--delay-ms", "600000")
+    bus.wait_workers("slow")
+    gc.disable()
+    try:
+        c = bus.client(name="dropped")
+        s = c.stream("slow", b"x", timeout=600)  # in flight when dropped
+        c.poll(0.1)
+        gone = weakref.ref(c)
+        del c, s
+        assert gone() is None
+        w = agentbus.Worker("dropped", lambda job: b"", endpoint=bus.endpoint)
+        gone = weakref.ref(w)
+        del w
+        assert gone() is None
+    finally:
+        gc.enable()
+    with bus.client() as c:
+        for _ in range(100):  # the broker saw it go: the name is free
+            if "dropped" not in [a["name"] for a in c.control("agents")["agents"]]:
+                break
+            time.sleep(0.05)
+        assert "dropped" not in [a["name"] for a in c.control("agents")["agents"]]
+        assert c.discover("slow")["services"][0]["queue_depth"] == 0
