@@ -296,7 +296,7 @@ class AsyncClient(_Base):
         """As :meth:`Client.subscribe`; iterate with ``async for``. With
         CALLBACK, it runs on the loop for each message."""
         self._attach()
-        rc = lib.ab_client_subscribe(self._handle(), b(pattern), C.ms(timeout, 0))
+        rc = lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout))
         self._kick()
         check(rc, self.last_error)
         s = AsyncSubscription(self, pattern, callback)

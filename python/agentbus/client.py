@@ -57,6 +57,7 @@ class _Base:
                  key: Optional[str] = None, broker_key: Optional[str] = None) -> None:
         self._h = c_void_p()
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
+        self._timeout = timeout  # the default wait (None: the library's 30 s)
         self._calls: Dict[int, _Call] = {}
         self._next_key = 1
         self._reply_cb = REPLY_FN(weak_method(self._on_reply))  # kept alive with the client
@@ -109,6 +110,14 @@ class _Base:
     def last_error(self) -> str:
         """Detailed text of the handle's last error."""
         return text(lib.ab_client_last_error(self._h))
+
+    def _confirm_ms(self, timeout: Optional[float]) -> int:
+        """How long subscribe() waits for the broker: TIMEOUT seconds (0: not
+        at all), None the client's default. The C call does not wait for a
+        negative time, so None was no wait at all."""
+        if C.seconds(timeout) is None:
+            return C.ms(self._timeout, 30000)
+        return C.ms(timeout)
 
     def _handle(self) -> c_void_p:
         if not self._h:
@@ -469,7 +478,7 @@ class Client(_Base):
         TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic
         message is passed to it from within the client's calls (``poll``,
         request waits); without, iterate the returned Subscription."""
-        check(lib.ab_client_subscribe(self._handle(), b(pattern), C.ms(timeout, 0)),
+        check(lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout)),
               self.last_error)
         s = Subscription(self, pattern, callback)
         self._subs.append(s)

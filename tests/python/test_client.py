@@ -565,3 +565,22 @@ def test_dropped_client_and_worker_close_at_once(bus):
             time.sleep(0.05)
         assert "dropped" not in [a["name"] for a in c.control("agents")["agents"]]
         assert c.discover("slow")["services"][0]["queue_depth"] == 0
+
+
+def test_subscribe_timeout_none_waits_the_default():
+    # docs/python.md: None is the client's default. subscribe() passed it to
+    # the C call as 0, "do not wait": no confirmation, and a publish made
+    # right after could miss the subscriber. Against a port nobody answers
+    # the wait shows as TimeoutError once the client's default passes.
+    from ports import free_port
+    endpoint = "tcp://127.0.0.1:%d" % free_port()
+    with agentbus.Client(endpoint, timeout=0.3) as c:
+        with pytest.raises(agentbus.TimeoutError):
+            c.subscribe("news", timeout=None)
+        assert c.subscribe("other", timeout=0)  # 0 does not wait
+
+    async def aio():
+        async with agentbus.AsyncClient(endpoint, timeout=0.3) as a:
+            with pytest.raises(agentbus.TimeoutError):
+                await a.subscribe("news", timeout=None)
+    asyncio.run(aio())
