@@ -139,6 +139,9 @@ class Worker:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._stopped = threading.Event()
+        self._served = threading.Event()  # set while serve() is not running
+        self._served.set()
+        self._close_when_served = False
         self._kicked = False
         self._refused: tuple = (0, None)  # (code, error) as the loop last read it
         self._job_cb = JOB_FN(weak_method(self._on_job))
@@ -235,6 +238,7 @@ class Worker:
         fd = c_int()
         check(lib.ab_worker_fd(self._handle(), byref(fd)), self.last_error)
         self._loop = loop
+        self._served.clear()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.capacity), thread_name_prefix="agentbus-worker")
         loop.add_reader(fd.value, self._drain)
@@ -253,6 +257,9 @@ class Worker:
                                      return_exceptions=True)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._loop = None
+            self._served.set()
+            if self._close_when_served:
+                self.close()
 
     def _drain(self) -> bool:
         """Processes what the handle has; False once it is stopped."""
@@ -379,10 +386,24 @@ class Worker:
             lib.ab_worker_shutdown(self._h, C.ms(grace, 0, "grace"))
 
     def close(self) -> None:
-        """Says BYE and frees the handle (idempotent)."""
+        """Says BYE and frees the handle (idempotent). While the worker runs
+        on another thread (``with Worker(...) as w:`` around a thread running
+        ``w.run``), it is stopped first and close() waits for run() to
+        return: freeing the handle under the loop's poll was a
+        use-after-free. From the loop's own thread (a handler) the handle
+        is freed as serve() returns."""
         if self._h and self._pid != os.getpid():  # a fork()ed child: the parent's
             self._h = c_void_p()
             self._jobs.clear()
+        if self._loop is not None:
+            self.stop()
+            try:
+                here = asyncio.get_running_loop() is self._loop
+            except RuntimeError:
+                here = False
+            if here or not self._served.wait(30):
+                self._close_when_served = True
+                return
         if self._h:
             for job in list(self._jobs.values()):
                 lib.ab_job_destroy(byref(job._p))

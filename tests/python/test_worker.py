@@ -411,3 +411,41 @@ def test_closed_worker_raises_stopped(bus):
     assert not w.connected and w.capacity == 0 and w.refused is None
     w.stop()
     w.shutdown()
+
+
+def test_with_block_around_a_running_worker(bus):
+    # `with Worker(...) as w:` around a thread running w.run(): __exit__'s
+    # close() freed the handle while the loop's thread was inside
+    # ab_worker_poll or answering a job (heap-use-after-free under ASan,
+    # "member access within null pointer" in ab_worker_reply). close() now
+    # stops the worker and waits for run() to return first.
+    stop = threading.Event()
+
+    def load():
+        with bus.client() as c:
+            while not stop.is_set():
+                try:
+                    c.request("wx", b"x" * 1000, timeout=2, priority=1)
+                except agentbus.AgentbusError:
+                    time.sleep(0.01)
+
+    clients = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in clients:
+        t.start()
+    try:
+        for _ in range(40):
+            with agentbus.Worker("wx", lambda job: job.data, endpoint=bus.endpoint,
+                                 capacity=8) as w:
+                t = threading.Thread(target=w.run, daemon=True)
+                t.start()
+                for _ in range(100):  # until it serves
+                    if w.connected:
+                        break
+                    time.sleep(0.01)
+            assert not w._h  # closed by the with block
+            t.join(30)
+            assert not t.is_alive()
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
