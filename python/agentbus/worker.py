@@ -187,6 +187,7 @@ class Worker:
         worker runs (and waits for it), else here. A setter called from
         another thread raced the loop's own sends on the handle: "gathered
         message does not decode", "out of memory sending a batch"."""
+        self._handle()  # closed, or a fork()ed child's copy: raise here, not on a loop
         if self._loop is None:
             fn()
         else:
@@ -392,9 +393,10 @@ class Worker:
         return: freeing the handle under the loop's poll was a
         use-after-free. From the loop's own thread (a handler) the handle
         is freed as serve() returns."""
-        if self._h and self._pid != os.getpid():  # a fork()ed child: the parent's
+        if self._pid != os.getpid():  # a fork()ed child: the parent's (its loop too)
             self._h = c_void_p()
             self._jobs.clear()
+            return
         if self._loop is not None:
             self.stop()
             try:

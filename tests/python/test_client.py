@@ -584,3 +584,34 @@ def test_subscribe_timeout_none_waits_the_default():
             with pytest.raises(agentbus.TimeoutError):
                 await a.subscribe("news", timeout=None)
     asyncio.run(aio())
+
+
+def test_fork_child_leaves_the_parents_worker_alone(bus):
+    # A child's copy of a running Worker: a setter handed its call to the
+    # parent's loop (not running in the child) and waited 60 s for it, and
+    # close() waited 30 s for that loop's serve() to return.
+    import threading
+    w = agentbus.Worker("forked", lambda job: job.data, endpoint=bus.endpoint)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        bus.wait_workers("forked")
+
+        def child():
+            out = []
+            for call in (lambda: setattr(w, "capacity", 2), lambda: w.set_backend_state("x")):
+                try:
+                    call()
+                    out.append("no error")
+                except agentbus.StoppedError as e:
+                    out.append("fork()" in e.text)
+            w.close()
+            return out + [w._close_when_served]
+        assert _in_child(child) == "[True, True, False]"
+        with bus.client() as c:
+            assert c.request("forked", b"still served", timeout=10) == b"still served"
+    finally:
+        w.stop()
+        t.join(30)
+        w.close()
+    assert not t.is_alive()
