@@ -30,11 +30,24 @@ static void *s_ctx;
 static int s_ctx_refs;
 static unsigned long s_monitor_seq;
 
+static pid_t s_ctx_pid; /* the process that made s_ctx */
+
+/* The process's context, made by its first handle. A child of fork()
+ * inherits the parent's without its I/O threads: a handle made on it never
+ * connected (every call timed out), and terminating it would wait forever
+ * for those threads. So a child leaves the inherited one alone (handles it
+ * inherited keep pointing at it) and makes its own. */
 static void *s_ctx_acquire(unsigned long *seq)
 {
     pthread_mutex_lock(&s_ctx_lock);
-    if (!s_ctx)
+    if (s_ctx && s_ctx_pid != getpid()) {
+        s_ctx = NULL;
+        s_ctx_refs = 0;
+    }
+    if (!s_ctx) {
         s_ctx = zmq_ctx_new();
+        s_ctx_pid = getpid();
+    }
     if (s_ctx) {
         s_ctx_refs++;
         *seq = ++s_monitor_seq;
@@ -44,10 +57,12 @@ static void *s_ctx_acquire(unsigned long *seq)
     return ctx;
 }
 
-static void s_ctx_release(void)
+/* Releases CTX, a handle's s_ctx_acquire; one inherited across fork()
+ * (not this process's context) is left as it is. */
+static void s_ctx_release(void *ctx)
 {
     pthread_mutex_lock(&s_ctx_lock);
-    if (s_ctx && --s_ctx_refs == 0) {
+    if (ctx && ctx == s_ctx && s_ctx_pid == getpid() && --s_ctx_refs == 0) {
         zmq_ctx_term(s_ctx);
         s_ctx = NULL;
     }
@@ -267,7 +282,7 @@ void ab_conn_close(ab_conn_t *c)
     if (c->mon)
         zmq_close(c->mon);
     if (c->ctx)
-        s_ctx_release();
+        s_ctx_release(c->ctx);
     c->sock = c->mon = c->ctx = NULL;
     s_sendq_release(c->sendq);
     c->sendq = NULL;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -37,7 +38,7 @@ def ms(secs: Optional[float], default: int = -1, what: str = "timeout") -> int:
     """Seconds (float >= 0, None = DEFAULT) to the C API's milliseconds."""
     if seconds(secs, what) is None:
         return default
-    return min(int(round(secs * 1000)), 2**31 - 1)
+    return int(round(min(secs * 1000, 2**31 - 1)))  # inf: int(inf) was OverflowError
 
 
 def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional[float],
@@ -57,15 +58,19 @@ def make_options(endpoint: Optional[str], name: Optional[str], timeout: Optional
         if timeout is not None:
             check(lib.ab_options_set_timeout_ms(o, budget_ms(timeout, 0)), lambda: "bad timeout")
         if heartbeat_ms is not None:
-            check(lib.ab_options_set_heartbeat_ms(o, heartbeat_ms), lambda: "bad heartbeat")
+            # ctypes wraps an int past 32 bits: 2**32 + 1000 was 1000
+            hb = min(max(int(heartbeat_ms), -1), 2**31 - 1)
+            check(lib.ab_options_set_heartbeat_ms(o, hb), lambda: "bad heartbeat")
         if takeover:
             check(lib.ab_options_set_takeover(o, 1))
         if batching is not None:
             check(lib.ab_options_set_batching(o, 1 if batching else 0))
         if key is not None:
-            check(lib.ab_options_set_key_file(o, b(key)), lambda: "cannot read key file %s" % key)
+            check(lib.ab_options_set_key_file(o, b(os.fspath(key))),
+                  lambda: "cannot read key file %s" % key)
         if broker_key is not None:
-            check(lib.ab_options_set_broker_key(o, b(broker_key)), lambda: "bad broker key")
+            check(lib.ab_options_set_broker_key(o, b(os.fspath(broker_key))),
+                  lambda: "bad broker key")
     except BaseException:
         lib.ab_options_destroy(ctypes.byref(ctypes.c_void_p(o)))
         raise
@@ -103,7 +108,7 @@ def request_opts(timeout: Optional[float], model: Optional[str], worker: Optiona
     elif cache is False:
         o.cache_flags = AB_CACHE_NO_READ | AB_CACHE_NO_STORE
     if seconds(cache_ttl, "cache_ttl"):
-        o.cache_ttl_s = max(1, min(int(cache_ttl), 2**32 - 1))
+        o.cache_ttl_s = max(1, int(min(cache_ttl, 2**32 - 1)))
         o.cache_flags |= AB_CACHE_ON if cache is None else 0
     o.priority = priority_value(priority)
     return o

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import weakref
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_int,
                     c_size_t, c_uint, c_uint32, c_uint64, c_void_p)
 from typing import List
@@ -193,7 +194,21 @@ AB_SEND_RECEIPT = 1
 MSG_DIRECT, MSG_TOPIC, MSG_RECEIPT, MSG_GAP, MSG_ERROR = 1, 2, 3, 4, 5
 
 
-def b(s) -> bytes:
+def weak_method(method):
+    """METHOD (bound) called through a weak reference to its object: for a
+    ctypes callback an object keeps. A strong one made a reference cycle,
+    so a Client or Worker dropped without close() kept its C handle, its
+    connection and its registration until the cycle collector ran."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        m = ref()
+        if m is not None:
+            m(*args)
+    return call
+
+
+def _bytes(s) -> bytes:
     """Text or bytes as bytes (str is UTF-8 encoded)."""
     if isinstance(s, bytes):
         return s
@@ -202,11 +217,27 @@ def b(s) -> bytes:
     return str(s).encode()
 
 
+def b(s) -> bytes:
+    """A string argument of the C API (a service, agent name, topic,
+    endpoint, ...) as bytes, str UTF-8 encoded. The C library reads it up
+    to its first NUL, so one with an embedded NUL is a ValueError: "echo\\0x"
+    went to the service "echo", "bob\\0x" to the agent "bob". Another type
+    than str or bytes is a TypeError: its str() went, so send(None, ...)
+    filled the mailbox of an agent called "None"."""
+    if not isinstance(s, (str, bytes, bytearray, memoryview)):
+        raise TypeError("a name, topic or other text argument must be str or bytes, not %s"
+                        % type(s).__name__)
+    out = _bytes(s)
+    if b"\0" in out:
+        raise ValueError("%r: a name, topic or other text argument cannot contain NUL" % (s,))
+    return out
+
+
 def data_bytes(d) -> bytes:
     """A payload as bytes: bytes, bytearray, memoryview or str (UTF-8). Any
     other type is a TypeError: b() sent str(d), so None went as b"None"."""
     if isinstance(d, (bytes, bytearray, memoryview, str)):
-        return b(d)
+        return _bytes(d)
     raise TypeError("data must be bytes, bytearray, memoryview or str, not %s"
                     % type(d).__name__)
 

@@ -48,10 +48,11 @@ class AsyncClient(_Base):
 
     # -- loop wiring ------------------------------------------------------
     def _attach(self) -> asyncio.AbstractEventLoop:
+        h = self._handle()  # closed: StoppedError from every call, not a wait
         if self._loop is None:
-            self._loop = asyncio.get_running_loop()
             fd = c_int()
-            check(lib.ab_client_fd(self._handle(), byref(fd)), self.last_error)
+            check(lib.ab_client_fd(h, byref(fd)), self.last_error)
+            self._loop = asyncio.get_running_loop()
             self._fd = fd.value
             self._loop.add_reader(self._fd, self._drain)
             self._arm()
@@ -295,7 +296,7 @@ class AsyncClient(_Base):
         """As :meth:`Client.subscribe`; iterate with ``async for``. With
         CALLBACK, it runs on the loop for each message."""
         self._attach()
-        rc = lib.ab_client_subscribe(self._handle(), b(pattern), C.ms(timeout, 0))
+        rc = lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout))
         self._kick()
         check(rc, self.last_error)
         s = AsyncSubscription(self, pattern, callback)

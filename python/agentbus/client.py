@@ -12,6 +12,7 @@ Blocking calls release the GIL while they wait in the C library.
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from collections import deque
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
@@ -21,7 +22,7 @@ from typing import (Any, Callable, Deque, Dict, Iterator, List, Mapping, Optiona
 from . import _common as C
 from . import _pb
 from ._lib import (AB_SEND_RECEIPT, POINTER, REPLY_FN, Directory, Message as _CMessage, b,
-                   data_bytes, lib, text)
+                   data_bytes, lib, text, weak_method)
 from .errors import AgentbusError, CancelledError, TimeoutError, check, error
 
 Data = C.Data
@@ -55,9 +56,11 @@ class _Base:
                  takeover: bool = False, batching: Optional[bool] = None,
                  key: Optional[str] = None, broker_key: Optional[str] = None) -> None:
         self._h = c_void_p()
+        self._pid = os.getpid()  # the process whose handle it is (see _handle)
+        self._timeout = timeout  # the default wait (None: the library's 30 s)
         self._calls: Dict[int, _Call] = {}
         self._next_key = 1
-        self._reply_cb = REPLY_FN(self._on_reply)  # kept alive with the client
+        self._reply_cb = REPLY_FN(weak_method(self._on_reply))  # kept alive with the client
         self._direct: Deque[C.Message] = deque()
         self._subs: List["Subscription"] = []
         o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching, key,
@@ -70,9 +73,9 @@ class _Base:
 
     # -- lifecycle --------------------------------------------------------
     def _close_handle(self) -> None:
-        if self._h:
+        if self._h and self._pid == os.getpid():
             lib.ab_client_destroy(byref(self._h))
-            self._h = c_void_p()
+        self._h = c_void_p()  # a fork()ed child only forgets its parent's
 
     def stop(self) -> None:
         """Makes blocking calls return StoppedError soon, now and from then
@@ -108,9 +111,20 @@ class _Base:
         """Detailed text of the handle's last error."""
         return text(lib.ab_client_last_error(self._h))
 
+    def _confirm_ms(self, timeout: Optional[float]) -> int:
+        """How long subscribe() waits for the broker: TIMEOUT seconds (0: not
+        at all), None the client's default. The C call does not wait for a
+        negative time, so None was no wait at all."""
+        if C.seconds(timeout) is None:
+            return C.ms(self._timeout, 30000)
+        return C.ms(timeout)
+
     def _handle(self) -> c_void_p:
         if not self._h:
             raise error(-15, "client is closed")
+        if self._pid != os.getpid():  # its ZeroMQ socket lives in the parent
+            raise error(-15, "client was made by process %d before fork(): make a new one in "
+                        "this process" % self._pid)
         return self._h
 
     # -- requests ---------------------------------------------------------
@@ -220,16 +234,20 @@ class Client(_Base):
         """Polls until CALL's final event. The library ends the request at
         its deadline; GRACE guards against a lost deadline all the same."""
         limit = None if C.seconds(timeout) is None else time.monotonic() + timeout + 5.0
-        while not call.final:
-            rc = lib.ab_client_poll(self._handle(), 1000)
-            err = self.last_error() if rc < 0 else ""  # before _messages_in's recv
-            self._messages_in()
-            if rc < 0 and not call.final:
-                self._cancel(call)
-                check(rc, lambda: err)
-            if limit is not None and time.monotonic() > limit and not call.final:
-                self._cancel(call)
-                raise TimeoutError("no answer from the library within the request's timeout")
+        try:
+            while not call.final:
+                rc = lib.ab_client_poll(self._handle(), 1000)
+                err = self.last_error() if rc < 0 else ""  # before _messages_in's recv
+                self._messages_in()
+                if rc < 0 and not call.final:
+                    check(rc, lambda: err)
+                if limit is not None and time.monotonic() > limit and not call.final:
+                    raise TimeoutError("no answer from the library within the request's timeout")
+        except BaseException:
+            # Also a subscription callback's exception, or Ctrl-C: the request
+            # ends with the call instead of running on, its answer unread.
+            self._cancel(call)
+            raise
 
     def request(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
                 cache_ttl: Optional[float] = None, priority: Optional[int] = None,
@@ -264,10 +282,10 @@ class Client(_Base):
         # The error's text before the drain of topic messages, whose last
         # ab_client_recv leaves "no message in time" as the handle's error.
         err = self.last_error() if rc < 0 else ""
-        if self._subs:  # topic messages that came during the wait
-            self._messages_in()
-        check(rc, lambda: err)
-        try:
+        try:  # the reply is freed also when a subscription callback raises
+            if self._subs:  # topic messages that came during the wait
+                self._messages_in()
+            check(rc, lambda: err)
             return ctypes.string_at(reply, size.value) if size.value else b""
         finally:
             lib.ab_free(reply)
@@ -420,9 +438,12 @@ class Client(_Base):
         to TIMEOUT seconds (None: forever). Raises TimeoutError."""
         deadline = None if C.seconds(timeout) is None else time.monotonic() + timeout
         while not self._direct:
-            left = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            # At most 1 s a call, the deadline checked between (a far one, or
+            # inf, overflowed the C int: OverflowError, or a wrapped wait).
+            left = 1000 if deadline is None else int(
+                min(1000.0, max(0.0, (deadline - time.monotonic()) * 1000)))
             p = POINTER(_CMessage)()
-            rc = lib.ab_client_recv(self._handle(), byref(p), left if left >= 0 else 1000)
+            rc = lib.ab_client_recv(self._handle(), byref(p), left)
             if rc == 0:
                 self._dispatch(C.message_from_c(p))
                 continue
@@ -457,7 +478,7 @@ class Client(_Base):
         TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic
         message is passed to it from within the client's calls (``poll``,
         request waits); without, iterate the returned Subscription."""
-        check(lib.ab_client_subscribe(self._handle(), b(pattern), C.ms(timeout, 0)),
+        check(lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout)),
               self.last_error)
         s = Subscription(self, pattern, callback)
         self._subs.append(s)

@@ -14,13 +14,14 @@ import asyncio
 import concurrent.futures
 import ctypes
 import inspect
+import os
 import threading
 from ctypes import byref, c_int, c_size_t, c_void_p
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from . import _common as C
 from . import _pb
-from ._lib import CANCEL_FN, JOB_FN, b, lib, text
+from ._lib import CANCEL_FN, JOB_FN, b, data_bytes, lib, text, weak_method
 from .errors import AgentbusError, StoppedError, check, error
 
 Handler = Callable[["Job"], Any]
@@ -62,8 +63,9 @@ class Job:
         return _pb.unpack("inference_request", self.data)
 
     def send(self, part: C.Data) -> None:
-        """Sends one chunk of a streamed reply (from any handler thread)."""
-        self._worker._call_on_loop(self._part, b(part))
+        """Sends one chunk of a streamed reply (from any handler thread):
+        bytes, bytearray, memoryview or str, as a reply."""
+        self._worker._call_on_loop(self._part, data_bytes(part))
 
     def _part(self, data: bytes) -> None:
         if self._p and not self.cancelled:
@@ -80,7 +82,7 @@ class Job:
             code = exc.code if isinstance(exc, AgentbusError) else _EAPPLICATION
             detail = exc.text if isinstance(exc, AgentbusError) else (
                 "%s: %s" % (type(exc).__name__, exc))
-            lib.ab_worker_fail(w._h, byref(self._p), code, b(detail))
+            lib.ab_worker_fail(w._h, byref(self._p), code, b(detail.replace("\0", "\\0")))
         else:
             payload = data or b""
             lib.ab_worker_reply(w._h, byref(self._p), payload, len(payload))
@@ -88,10 +90,22 @@ class Job:
         w._kick()
 
 
+def _unsigned(n: Any) -> int:
+    """N for a C unsigned argument. ctypes wraps one outside 0..2**32-1
+    silently (capacity=2**32 + 1 made a worker of capacity 1): such a
+    value is passed as the nearest bound, which the library then refuses
+    with its own text ("capacity must be 1..100000")."""
+    return min(max(int(n), 0), 2**32 - 1)
+
+
 def _result_bytes(r: Any) -> bytes:
+    """A handler's result (or streamed item) as the reply: None is empty;
+    another type than bytes, bytearray, memoryview or str is a TypeError,
+    which fails the request (b() sent str(r): 5 went as b"5", a dict as
+    its repr)."""
     if r is None:
         return b""
-    return b(r)
+    return data_bytes(r)
 
 
 class Worker:
@@ -107,8 +121,9 @@ class Worker:
     ``Worker("echo", handler, endpoint=..., capacity=4, labels={"gpu": "0"},
     name="w1").run()`` blocks until :meth:`stop` or :meth:`shutdown`;
     ``await worker.serve()`` runs it inside a running event loop.
-    Thread safety: ``stop``, ``shutdown`` may be called from any thread;
-    the rest from the thread that created or runs the worker."""
+    Thread safety: ``stop``, ``shutdown``, ``capacity = n`` and
+    ``set_backend_state`` may be called from any thread; the rest from the
+    thread that created or runs the worker."""
 
     def __init__(self, service: str, handler: Optional[Handler] = None, *,
                  endpoint: Optional[str] = None, capacity: int = 1,
@@ -119,22 +134,27 @@ class Worker:
         self.service = service
         self._handler = handler
         self._h = c_void_p()
+        self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._jobs: Dict[int, Job] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._stopped = threading.Event()
+        self._served = threading.Event()  # set while serve() is not running
+        self._served.set()
+        self._close_when_served = False
         self._kicked = False
         self._refused: tuple = (0, None)  # (code, error) as the loop last read it
-        self._job_cb = JOB_FN(self._on_job)
-        self._cancel_cb = CANCEL_FN(self._on_cancel)
+        self._job_cb = JOB_FN(weak_method(self._on_job))
+        self._cancel_cb = CANCEL_FN(weak_method(self._on_cancel))
         o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
         try:
-            check(lib.ab_worker_new(byref(self._h), o, b(service), int(capacity)),
+            check(lib.ab_worker_new(byref(self._h), o, b(service), _unsigned(capacity)),
                   lambda: text(lib.ab_worker_last_error(None)) or "cannot create worker")
         finally:
             lib.ab_options_destroy(byref(c_void_p(o)))
-        for k, v in (labels or {}).items():
-            check(lib.ab_worker_set_label(self._h, b(k), b(v)), self.last_error)
+        for k, v in (labels or {}).items():  # values are free text: {"gpu": 0} is "0"
+            check(lib.ab_worker_set_label(self._h, b(k), b(v if isinstance(v, (str, bytes))
+                                                         else str(v))), self.last_error)
         check(lib.ab_worker_set_cancel_handler(self._h, self._cancel_cb, None), self.last_error)
 
     # -- configuration ----------------------------------------------------
@@ -150,13 +170,28 @@ class Worker:
 
     @capacity.setter
     def capacity(self, n: int) -> None:
-        check(lib.ab_worker_set_capacity(self._h, int(n)), self.last_error)
+        n = _unsigned(n)
+        self._on_handle_thread(lambda: check(lib.ab_worker_set_capacity(self._handle(), n),
+                                             self.last_error))
         if self._pool is not None:
-            self._pool._max_workers = max(self._pool._max_workers, int(n))
+            self._pool._max_workers = max(self._pool._max_workers, n)
 
     def set_backend_state(self, state: str) -> None:
         """Free-form backend state shown by ``brokerctl workers``."""
-        check(lib.ab_worker_set_backend_state(self._h, b(state)), self.last_error)
+        s = b(state)
+        self._on_handle_thread(lambda: check(lib.ab_worker_set_backend_state(self._handle(), s),
+                                             self.last_error))
+
+    def _on_handle_thread(self, fn: Callable[[], Any]) -> None:
+        """Runs FN, a call on the C handle, on the loop's thread while the
+        worker runs (and waits for it), else here. A setter called from
+        another thread raced the loop's own sends on the handle: "gathered
+        message does not decode", "out of memory sending a batch"."""
+        self._handle()  # closed, or a fork()ed child's copy: raise here, not on a loop
+        if self._loop is None:
+            fn()
+        else:
+            self._call_on_loop(fn)
 
     @property
     def connected(self) -> bool:
@@ -183,6 +218,14 @@ class Worker:
     def last_error(self) -> str:
         return text(lib.ab_worker_last_error(self._h))
 
+    def _handle(self) -> c_void_p:
+        if not self._h:  # the C calls said INVALID "invalid argument"
+            raise error(_ESTOPPED, "worker is closed")
+        if self._pid != os.getpid():  # its ZeroMQ socket lives in the parent
+            raise error(_ESTOPPED, "worker was made by process %d before fork(): make a new "
+                        "one in this process" % self._pid)
+        return self._h
+
     # -- running ----------------------------------------------------------
     def run(self) -> None:
         """Serves until :meth:`stop` or a drained :meth:`shutdown`."""
@@ -193,11 +236,12 @@ class Worker:
         if self._handler is None:
             raise error(-1, "worker has no handler")
         loop = asyncio.get_running_loop()
+        fd = c_int()
+        check(lib.ab_worker_fd(self._handle(), byref(fd)), self.last_error)
         self._loop = loop
+        self._served.clear()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.capacity), thread_name_prefix="agentbus-worker")
-        fd = c_int()
-        check(lib.ab_worker_fd(self._h, byref(fd)), self.last_error)
         loop.add_reader(fd.value, self._drain)
         try:
             while not self._stopped.is_set():
@@ -214,6 +258,9 @@ class Worker:
                                      return_exceptions=True)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._loop = None
+            self._served.set()
+            if self._close_when_served:
+                self.close()
 
     def _drain(self) -> bool:
         """Processes what the handle has; False once it is stopped."""
@@ -340,7 +387,25 @@ class Worker:
             lib.ab_worker_shutdown(self._h, C.ms(grace, 0, "grace"))
 
     def close(self) -> None:
-        """Says BYE and frees the handle (idempotent)."""
+        """Says BYE and frees the handle (idempotent). While the worker runs
+        on another thread (``with Worker(...) as w:`` around a thread running
+        ``w.run``), it is stopped first and close() waits for run() to
+        return: freeing the handle under the loop's poll was a
+        use-after-free. From the loop's own thread (a handler) the handle
+        is freed as serve() returns."""
+        if self._pid != os.getpid():  # a fork()ed child: the parent's (its loop too)
+            self._h = c_void_p()
+            self._jobs.clear()
+            return
+        if self._loop is not None:
+            self.stop()
+            try:
+                here = asyncio.get_running_loop() is self._loop
+            except RuntimeError:
+                here = False
+            if here or not self._served.wait(30):
+                self._close_when_served = True
+                return
         if self._h:
             for job in list(self._jobs.values()):
                 lib.ab_job_destroy(byref(job._p))

@@ -149,3 +149,22 @@ def test_abandoned_stream_is_cancelled(bus):
             assert c.pending == 0
 
     run(main())
+
+
+def test_closed_async_client_raises_stopped(bus):
+    # The first call after close() raised StoppedError but left the client
+    # attached to the loop; recv() and a subscription's get() then waited on
+    # a closed handle: TimeoutError after their timeout, or forever.
+    async def main():
+        a = agentbus.AsyncClient(bus.endpoint)
+        sub = await a.subscribe("news")
+        await a.close()
+        await a.close()  # idempotent
+        for _ in range(2):
+            for call in (lambda: a.request("echo", b"x", timeout=5),
+                         lambda: a.recv(timeout=None),
+                         lambda: sub.get(timeout=None),
+                         lambda: a.send("someone", b"x")):
+                with pytest.raises(agentbus.StoppedError):
+                    await asyncio.wait_for(call(), 30)
+    asyncio.run(main())

@@ -318,3 +318,135 @@ def test_broker_restart(procs):
         w.stop()
         t.join(10)
         w.close()
+
+
+def test_handler_result_of_another_type_fails_the_request(bus, serve):
+    # docs/python.md: a handler returns bytes or str (None = empty). Any
+    # other result went as its str(): 5 as b"5", a dict as its repr, a
+    # streamed item 7 as b"7". Now the request fails with the TypeError.
+    def handler(job):
+        if job.data == b"int":
+            return 5
+        if job.data == b"dict":
+            return {"a": 1}
+        if job.data == b"none":
+            return None
+        return job.data
+
+    def streamed(job):
+        yield b"one"
+        yield 7
+        yield b"three"
+
+    serve("typed", handler)
+    serve("typed-stream", streamed)
+    with bus.client() as c:
+        for bad in (b"int", b"dict"):
+            with pytest.raises(agentbus.ApplicationError) as e:
+                c.request("typed", bad, timeout=10)
+            assert "TypeError" in e.value.text, e.value.text
+        assert c.request("typed", b"none", timeout=10) == b""
+        assert c.request("typed", bytearray(b"ok"), timeout=10) == b"ok"
+        s = c.stream("typed-stream", b"", timeout=10)
+        assert next(s) == b"one"
+        with pytest.raises(agentbus.ApplicationError) as e:
+            list(s)
+        assert "TypeError" in e.value.text, e.value.text
+
+
+def test_setters_from_another_thread_while_serving(bus, serve):
+    # docs/python.md: every call on the C handle happens on the worker's
+    # loop thread. worker.capacity = n and set_backend_state() from the
+    # thread that started it ran on the handle at once, racing the loop's
+    # replies: INTERNAL "gathered message does not decode", NOMEM "out of
+    # memory sending a batch", or libzmq aborting the process.
+    def parts(job):  # many sends on the loop's side
+        for _ in range(5):
+            yield job.data
+
+    w = serve("tcap", parts, capacity=4)
+    done = threading.Event()
+    errors = []
+
+    def load():
+        try:
+            with bus.client() as c:
+                for _ in range(100):
+                    streams = [c.stream("tcap", b"x", timeout=60) for _ in range(20)]
+                    assert [b"".join(s) for s in streams] == [b"xxxxx"] * 20
+        except BaseException as e:  # reported below
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    i = 0
+    while not done.is_set() and i < 20000:
+        w.capacity = 1 + i % 8
+        w.set_backend_state("s%d" % (i % 3))
+        i += 1
+    t.join(120)
+    assert not t.is_alive() and not errors, errors
+    w.capacity = 3  # sent at once (the backend state waits for a heartbeat,
+    with bus.client() as c:  # which the broker spaces out to minutes)
+        for _ in range(600):
+            (info,) = c.discover("tcap")["workers"]
+            if info["capacity"] == 3:
+                break
+            time.sleep(0.1)
+        assert info["capacity"] == 3, info
+
+
+def test_closed_worker_raises_stopped(bus):
+    # As a closed Client does: run(), capacity = n and set_backend_state()
+    # on a closed Worker said INVALID "invalid argument".
+    w = agentbus.Worker("closed", lambda job: b"", endpoint=bus.endpoint)
+    w.close()
+    w.close()  # idempotent
+    for call in (w.run, lambda: setattr(w, "capacity", 2),
+                 lambda: w.set_backend_state("ok")):
+        with pytest.raises(agentbus.StoppedError) as e:
+            call()
+        assert e.value.text == "worker is closed", e.value.text
+    assert not w.connected and w.capacity == 0 and w.refused is None
+    w.stop()
+    w.shutdown()
+
+
+def test_with_block_around_a_running_worker(bus):
+    # `with Worker(...) as w:` around a thread running w.run(): __exit__'s
+    # close() freed the handle while the loop's thread was inside
+    # ab_worker_poll or answering a job (heap-use-after-free under ASan,
+    # "member access within null pointer" in ab_worker_reply). close() now
+    # stops the worker and waits for run() to return first.
+    stop = threading.Event()
+
+    def load():
+        with bus.client() as c:
+            while not stop.is_set():
+                try:
+                    c.request("wx", b"x" * 1000, timeout=2, priority=1)
+                except agentbus.AgentbusError:
+                    time.sleep(0.01)
+
+    clients = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in clients:
+        t.start()
+    try:
+        for _ in range(40):
+            with agentbus.Worker("wx", lambda job: job.data, endpoint=bus.endpoint,
+                                 capacity=8) as w:
+                t = threading.Thread(target=w.run, daemon=True)
+                t.start()
+                for _ in range(100):  # until it serves
+                    if w.connected:
+                        break
+                    time.sleep(0.01)
+            assert not w._h  # closed by the with block
+            t.join(30)
+            assert not t.is_alive()
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
