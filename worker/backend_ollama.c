@@ -471,10 +471,14 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
     s_stop_transfer(o, j);
     if (res == CURLE_OK && status == 200 && !j->answered)
         wk_ndjson_finish(&j->nd, s_on_line, j);
+    /* curl says "timed out" for the connect timeout too (3 s: a host that
+     * drops the SYN, a full accept queue): that is a connection that
+     * failed, retried and then handed back, not the request's deadline. */
+    int late = res == CURLE_OPERATION_TIMEDOUT && j->deadline_ms && tl_now_ms() >= j->deadline_ms;
     if (j->answered) {
         if (j->succeeded && !j->admin)
             s_success(o, j->call.model);
-    } else if (res == CURLE_OPERATION_TIMEDOUT) {
+    } else if (late) {
         /* not a pushback: the deadline passed, Ollama refused nothing */
         s_fail(j, AB_EDEADLINE, "%s", "the backend did not finish before the deadline");
     } else if (res != CURLE_OK && res != CURLE_WRITE_ERROR) {

@@ -79,8 +79,10 @@ void ollama_placement_loaded(void);
 void ollama_worker_gone(void);
 void ollama_placement_vram(void);
 void ollama_models_cli(void);
-/* test_ollama_backend.c: Ollama down at start, down and up again. */
+/* test_ollama_backend.c: Ollama down at start, down and up again, a host
+ * that never answers the connection. */
 void ollama_backend_down(void);
 void ollama_backend_down_up(void);
+void ollama_connect_timeout(void);
 
 #endif
