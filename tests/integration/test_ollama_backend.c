@@ -2,7 +2,8 @@
  * test_ollama_backend.c - an Ollama that is not there (part of test_ollama,
  * ollamatest.h): down when the worker starts, down and up again while it
  * runs, as clients, brokerctl and directory watchers see it; a host that
- * never answers the connection.
+ * never answers the connection; one that lists what the broker would not
+ * take in a REGISTER (ab-fake-ollama, tests/integration/fake_ollama.py).
  */
 #include "harness.h"
 #include "test.h"
@@ -189,5 +190,58 @@ void ollama_connect_timeout(void)
     CHECK_EQ(r.finals, 1);
     CHECK_EQ(r.status, AB_EBACKEND);
     CHECK_TRUE(strstr(r.error, "connection to the backend failed") != NULL);
+    ab_client_destroy(&c);
+}
+
+/* ab-fake-ollama on a free port with extra arguments (NULL-terminated);
+ * returns its port once it answers. */
+static int s_fake_ollama(const char *first, ...)
+{
+    int port = th_free_port();
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    const char *argv[16] = {p};
+    int n = 1;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a = first; a && n < 15; a = va_arg(ap, const char *))
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    th_spawn("ab-fake-ollama", argv, NULL);
+    for (int i = 0; i < 400; i++) {
+        if (ot_http(port, "/api/version", NULL, NULL) == 200)
+            return port;
+        th_sleep_ms(25);
+    }
+    REQUIRE(!"ab-fake-ollama did not come up");
+    return -1;
+}
+
+/* An Ollama listing a model whose name is over the broker's
+ * register-max-string-bytes (1K) and more models than its
+ * register-max-models (1024): the worker leaves those out of its state,
+ * says so once, and serves the others. The broker refused the REGISTER
+ * (TOO_LARGE) and the worker exited at its first probe. */
+void ollama_state_bounds(void)
+{
+    int fake = s_fake_ollama("--long-name", "2000", "--extra-models", "1500", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w = ot_oworker(port, fake, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    Agentbus__WorkerList *wl = NULL;
+    const Agentbus__InferenceState *st = ot_state(c, "w1", &wl, NULL);
+    CHECK_TRUE(st && st->n_models == 1024);
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    CHECK_TRUE(s_log_wait(w, "left out of what the worker reports", 15000));
+    ot_res_t r;
+    ot_gen_t g = {"fake", "hi", NULL, 1, -1, 0};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
+    CHECK_STR(r.text, "hello world");
+    CHECK_TRUE(th_alive(w));
     ab_client_destroy(&c);
 }
