@@ -123,6 +123,7 @@ struct s_ollama {
     wk_gpu_t *gpu;
     char worker_name[256];
     int was_up; /* backend up at the last probe; -1 before the first */
+    int left_out; /* entries of its lists left out of the state at the last probe */
     CURL *spare[S_SPARE_MAX]; /* easy handles of ended transfers, for the next */
     unsigned n_spare;
 };
@@ -471,10 +472,14 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
     s_stop_transfer(o, j);
     if (res == CURLE_OK && status == 200 && !j->answered)
         wk_ndjson_finish(&j->nd, s_on_line, j);
+    /* curl says "timed out" for the connect timeout too (3 s: a host that
+     * drops the SYN, a full accept queue): that is a connection that
+     * failed, retried and then handed back, not the request's deadline. */
+    int late = res == CURLE_OPERATION_TIMEDOUT && j->deadline_ms && tl_now_ms() >= j->deadline_ms;
     if (j->answered) {
         if (j->succeeded && !j->admin)
             s_success(o, j->call.model);
-    } else if (res == CURLE_OPERATION_TIMEDOUT) {
+    } else if (late) {
         /* not a pushback: the deadline passed, Ollama refused nothing */
         s_fail(j, AB_EDEADLINE, "%s", "the backend did not finish before the deadline");
     } else if (res != CURLE_OK && res != CURLE_WRITE_ERROR) {
@@ -619,11 +624,18 @@ static int s_state_send(s_ollama_t *o)
 static void s_probe_finish(s_ollama_t *o)
 {
     s_probe_t *pr = o->probes;
-    int up = pr[S_TAGS].ok && pr[S_PS].ok;
+    int up = pr[S_TAGS].ok && pr[S_PS].ok, tags = 0, ps = 0;
     if (pr[S_TAGS].ok)
-        wk_ol_parse_tags(pr[S_TAGS].buf, pr[S_TAGS].len, &o->st);
+        tags = wk_ol_parse_tags(pr[S_TAGS].buf, pr[S_TAGS].len, &o->st);
     if (pr[S_PS].ok)
-        wk_ol_parse_ps(pr[S_PS].buf, pr[S_PS].len, &o->st);
+        ps = wk_ol_parse_ps(pr[S_PS].buf, pr[S_PS].len, &o->st);
+    int left_out = (tags > 0 ? tags : 0) + (ps > 0 ? ps : 0);
+    if (left_out && left_out != o->left_out) /* said once, not at every probe */
+        TL_WARN("backend", "Ollama at %s: %d entr%s of /api/tags and /api/ps left out of what "
+                "the worker reports (no name, a name over %d bytes, past %d models or what a "
+                "REGISTER holds)", o->url, left_out, left_out == 1 ? "y" : "ies", AB_MODEL_MAX,
+                WK_OL_MODELS_MAX);
+    o->left_out = left_out;
     if (pr[S_VERSION].ok)
         wk_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
     o->st.backend_up = up;

@@ -7,6 +7,7 @@
  * so the worker can send it as a PARTIAL the moment the line is complete.
  */
 #include "ollama_json.h"
+#include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "tl_base64.h"
 #include "tl_json.h"
@@ -612,6 +613,36 @@ static char *s_dup(const char *s)
     return strdup(s ? s : "");
 }
 
+/* A string of the backend's, cut to WK_OL_STR_MAX bytes (whole UTF-8
+ * characters): the broker refuses a REGISTER with a longer one. */
+static char *s_clip(const char *s)
+{
+    size_t n = strlen(s ? s : "");
+    if (n > WK_OL_STR_MAX)
+        for (n = WK_OL_STR_MAX; n && ((unsigned char)s[n] & 0xC0) == 0x80; n--)
+            ;
+    return strndup(s ? s : "", n);
+}
+
+/* Whether entry M of a list goes into the state, charged to *BYTES (what
+ * the list may still hold, its strings cut to WK_OL_STR_MAX): a name a
+ * request can give (1..AB_MODEL_MAX bytes), fewer than WK_OL_MODELS_MAX
+ * taken (K) and room left. */
+static int s_keep(json_t *m, json_t *d, size_t k, size_t *bytes)
+{
+    size_t name = strlen(s_str(m, "name")), cost = name, i;
+    static const char *keys[] = {"digest", "expires_at"}, *dkeys[] = {"family", "parameter_size",
+                                                                      "quantization_level"};
+    for (i = 0; i < 2; i++)
+        cost += strnlen(s_str(m, keys[i]), WK_OL_STR_MAX);
+    for (i = 0; i < 3; i++)
+        cost += strnlen(s_str(d, dkeys[i]), WK_OL_STR_MAX);
+    if (name == 0 || name > AB_MODEL_MAX || k >= WK_OL_MODELS_MAX || cost > *bytes)
+        return 0;
+    *bytes -= cost;
+    return 1;
+}
+
 static void s_free_models(Agentbus__InferenceState *st)
 {
     for (size_t i = 0; i < st->n_models; i++) {
@@ -659,20 +690,22 @@ int wk_ol_parse_tags(const char *json, size_t len, Agentbus__InferenceState *st)
     json_t *a = s_models_array(json, len);
     if (!a)
         return -1;
-    size_t n = json_array_size(a), k = 0;
+    size_t n = json_array_size(a), k = 0, bytes = WK_OL_TAGS_BYTES;
     Agentbus__ModelInfo **v = calloc(n + 1, sizeof *v);
     for (size_t i = 0; v && i < n; i++) {
         json_t *m = json_array_get(a, i), *d = json_object_get(m, "details");
+        if (!s_keep(m, d, k, &bytes))
+            continue;
         Agentbus__ModelInfo *x = malloc(sizeof *x);
         if (!x)
             break;
         agentbus__model_info__init(x);
         x->name = s_dup(s_str(m, "name"));
-        x->digest = s_dup(s_str(m, "digest"));
+        x->digest = s_clip(s_str(m, "digest"));
         x->size = s_u64(m, "size");
-        x->family = s_dup(s_str(d, "family"));
-        x->parameter_size = s_dup(s_str(d, "parameter_size"));
-        x->quantization_level = s_dup(s_str(d, "quantization_level"));
+        x->family = s_clip(s_str(d, "family"));
+        x->parameter_size = s_clip(s_str(d, "parameter_size"));
+        x->quantization_level = s_clip(s_str(d, "quantization_level"));
         v[k++] = x;
     }
     json_decref(a);
@@ -681,7 +714,7 @@ int wk_ol_parse_tags(const char *json, size_t len, Agentbus__InferenceState *st)
     s_free_models(st);
     st->models = v;
     st->n_models = k;
-    return 0;
+    return (int)(n - k);
 }
 
 int wk_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
@@ -689,22 +722,24 @@ int wk_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
     json_t *a = s_models_array(json, len);
     if (!a)
         return -1;
-    size_t n = json_array_size(a);
+    size_t n = json_array_size(a), bytes = WK_OL_PS_BYTES;
     Agentbus__LoadedModel **v = calloc(n + 1, sizeof *v);
     size_t k = 0;
     for (size_t i = 0; v && i < n; i++) {
         json_t *m = json_array_get(a, i);
+        if (!s_keep(m, NULL, k, &bytes))
+            continue;
         Agentbus__LoadedModel *x = malloc(sizeof *x);
         if (!x)
             break;
         agentbus__loaded_model__init(x);
         x->name = s_dup(s_str(m, "name"));
-        x->digest = s_dup(s_str(m, "digest"));
+        x->digest = s_clip(s_str(m, "digest"));
         x->size = s_u64(m, "size");
         x->size_vram = s_u64(m, "size_vram");
         /* To the second: sub-second jitter in a backend's expiry must not
          * look like a change worth re-registering for. */
-        x->expires_at = s_dup(s_str(m, "expires_at"));
+        x->expires_at = s_clip(s_str(m, "expires_at"));
         char *frac = x->expires_at ? strchr(x->expires_at, '.') : NULL;
         if (frac && strlen(x->expires_at) > 19)
             strcpy(frac, "Z");
@@ -716,7 +751,7 @@ int wk_ol_parse_ps(const char *json, size_t len, Agentbus__InferenceState *st)
     s_free_loaded(st);
     st->loaded = v;
     st->n_loaded = k;
-    return 0;
+    return (int)(n - k);
 }
 
 int wk_ol_parse_version(const char *json, size_t len, Agentbus__InferenceState *st)
@@ -725,7 +760,7 @@ int wk_ol_parse_version(const char *json, size_t len, Agentbus__InferenceState *
     const char *v = json_string_value(json_object_get(o, "version"));
     int rc = -1;
     if (v) {
-        char *d = strdup(v);
+        char *d = s_clip(v);
         if (d) {
             if (st->backend_version != protobuf_c_empty_string)
                 free(st->backend_version);

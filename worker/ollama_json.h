@@ -67,8 +67,20 @@ int wk_ndjson_finish(wk_ndjson_t *nd, wk_ndjson_fn *fn, void *arg);
 
 /* Parses /api/tags, /api/ps and /api/version answers into ST (an
  * Agentbus__InferenceState, fields models / loaded / backend_version).
- * 0 or -1 (bad JSON; ST unchanged). Strings are malloc'd: free the state
- * with wk_ol_state_clear. */
+ * The state goes to the broker in a REGISTER, which it refuses (TOO_LARGE,
+ * and the worker exits) over its register-max-models (1024),
+ * register-max-string-bytes (1K) or register-max-bytes (256K): what a
+ * backend lists is kept within those defaults. An entry without a name or
+ * with one over AB_MODEL_MAX bytes (no request can name it) is left out,
+ * and so is each entry past WK_OL_MODELS_MAX or past the list's bytes
+ * (WK_OL_TAGS_BYTES, WK_OL_PS_BYTES: its strings together); the other
+ * strings are cut to WK_OL_STR_MAX bytes. Returns the number of entries
+ * left out (0 normally), or -1 (bad JSON; ST unchanged); the version: 0 or
+ * -1. Strings are malloc'd: free the state with wk_ol_state_clear. */
+#define WK_OL_MODELS_MAX 1024
+#define WK_OL_STR_MAX 128
+#define WK_OL_TAGS_BYTES (160u << 10)
+#define WK_OL_PS_BYTES (32u << 10)
 struct Agentbus__InferenceState;
 int wk_ol_parse_tags(const char *json, size_t len, struct Agentbus__InferenceState *st);
 int wk_ol_parse_ps(const char *json, size_t len, struct Agentbus__InferenceState *st);

@@ -79,8 +79,11 @@ void ollama_placement_loaded(void);
 void ollama_worker_gone(void);
 void ollama_placement_vram(void);
 void ollama_models_cli(void);
-/* test_ollama_backend.c: Ollama down at start, down and up again. */
+/* test_ollama_backend.c: Ollama down at start, down and up again, a host
+ * that never answers the connection, lists over the broker's bounds. */
 void ollama_backend_down(void);
 void ollama_backend_down_up(void);
+void ollama_connect_timeout(void);
+void ollama_state_bounds(void);
 
 #endif

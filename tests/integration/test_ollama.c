@@ -523,6 +523,7 @@ int main(int argc, char **argv)
         {"placement_vram", ollama_placement_vram}, {"models_cli", ollama_models_cli},
         /* test_ollama_backend.c */
         {"backend_down", ollama_backend_down}, {"backend_down_up", ollama_backend_down_up},
+        {"connect_timeout", ollama_connect_timeout}, {"state_bounds", ollama_state_bounds},
     };
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

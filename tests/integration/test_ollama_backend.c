@@ -1,16 +1,21 @@
 /*
  * test_ollama_backend.c - an Ollama that is not there (part of test_ollama,
  * ollamatest.h): down when the worker starts, down and up again while it
- * runs, as clients, brokerctl and directory watchers see it.
+ * runs, as clients, brokerctl and directory watchers see it; a host that
+ * never answers the connection; one that lists what the broker would not
+ * take in a REGISTER (ab-fake-ollama, tests/integration/fake_ollama.py).
  */
 #include "harness.h"
 #include "test.h"
 #include "ollamatest.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 /* Ollama not running yet: a clear error (not "model not found"); once it
  * comes up the worker sees it at its next probe and serves. */
@@ -135,5 +140,108 @@ void ollama_backend_down_up(void)
         ab_client_poll(c, 50);
     CHECK_EQ(s_backend_events, 3); /* watchers got both changes */
     s_watching = NULL;
+    ab_client_destroy(&c);
+}
+
+/* A port whose connections are neither accepted nor refused: a listener
+ * with its accept queue full drops the SYN, as a host that went off the
+ * network (or a firewall) does. The sockets live until the test ends. */
+static int s_blackhole(void)
+{
+    int port = th_free_port(), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 0) == 0);
+    int fill = socket(AF_INET, SOCK_STREAM, 0); /* queued, never accepted: the queue is full */
+    REQUIRE(connect(fill, (struct sockaddr *)&a, sizeof a) == 0);
+    return port;
+}
+
+/* Ollama's host does not answer the connection: curl's connect timeout
+ * (3 s) is a connection failure, retried and then BACKEND, which the
+ * broker hands to another worker. It was answered DEADLINE ("the backend
+ * did not finish before the deadline") 3 s into a request of 60, which no
+ * other worker is given. */
+void ollama_connect_timeout(void)
+{
+    int hole = s_blackhole(), port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, hole, "w1", "--ollama-retries", "1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    Agentbus__InferenceRequest q = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest gr = AGENTBUS__GENERATE_REQUEST__INIT;
+    gr.model = "sim-small";
+    gr.prompt = "anyone there";
+    q.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    q.generate = &gr;
+    uint8_t buf[256];
+    size_t len = agentbus__inference_request__pack(&q, buf);
+    ot_res_t r;
+    memset(&r, 0, sizeof r);
+    r.kind = 1;
+    /* no model to route by: the worker's state lists none (its Ollama never
+     * answered), so the broker sends it to the worker as it is */
+    REQUIRE(ab_client_request_start(c, "ollama", buf, len, &(ab_request_opts_t){.timeout_ms = 60000},
+                                    ot_on_event, &r, NULL) == AB_OK);
+    ot_wait(c, &r, 1, 70000);
+    CHECK_EQ(r.finals, 1);
+    CHECK_EQ(r.status, AB_EBACKEND);
+    CHECK_TRUE(strstr(r.error, "connection to the backend failed") != NULL);
+    ab_client_destroy(&c);
+}
+
+/* ab-fake-ollama on a free port with extra arguments (NULL-terminated);
+ * returns its port once it answers. */
+static int s_fake_ollama(const char *first, ...)
+{
+    int port = th_free_port();
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    const char *argv[16] = {p};
+    int n = 1;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *a = first; a && n < 15; a = va_arg(ap, const char *))
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    th_spawn("ab-fake-ollama", argv, NULL);
+    for (int i = 0; i < 400; i++) {
+        if (ot_http(port, "/api/version", NULL, NULL) == 200)
+            return port;
+        th_sleep_ms(25);
+    }
+    REQUIRE(!"ab-fake-ollama did not come up");
+    return -1;
+}
+
+/* An Ollama listing a model whose name is over the broker's
+ * register-max-string-bytes (1K) and more models than its
+ * register-max-models (1024): the worker leaves those out of its state,
+ * says so once, and serves the others. The broker refused the REGISTER
+ * (TOO_LARGE) and the worker exited at its first probe. */
+void ollama_state_bounds(void)
+{
+    int fake = s_fake_ollama("--long-name", "2000", "--extra-models", "1500", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w = ot_oworker(port, fake, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    Agentbus__WorkerList *wl = NULL;
+    const Agentbus__InferenceState *st = ot_state(c, "w1", &wl, NULL);
+    CHECK_TRUE(st && st->n_models == 1024);
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    CHECK_TRUE(s_log_wait(w, "left out of what the worker reports", 15000));
+    ot_res_t r;
+    ot_gen_t g = {"fake", "hi", NULL, 1, -1, 0};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_OK);
+    CHECK_STR(r.text, "hello world");
+    CHECK_TRUE(th_alive(w));
     ab_client_destroy(&c);
 }

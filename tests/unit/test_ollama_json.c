@@ -211,6 +211,59 @@ static void s_test_probes(void)
     wk_ol_state_clear(&st);
 }
 
+/* A backend's lists as the broker takes them in a REGISTER (at most
+ * register-max-models 1024 entries, strings of register-max-string-bytes
+ * 1K, register-max-bytes 256K in all): a longer name, a string or a list
+ * past them made the broker refuse the worker, which then exited. */
+static void s_test_probes_bounded(void)
+{
+    Agentbus__InferenceState st = AGENTBUS__INFERENCE_STATE__INIT;
+    static char big[1 << 20], name[2048], fam[2048];
+    memset(name, 'n', 1500);
+    memset(fam, 'f', 1500);
+    memcpy(fam + WK_OL_STR_MAX - 1, "\xc3\xa9", 2); /* an é across the cut */
+    snprintf(big, sizeof big,
+             "{\"models\":[{\"name\":\"%s\"},{\"size\":1},3,null,{\"name\":\"ok:latest\","
+             "\"digest\":\"%s\",\"details\":{\"family\":\"%s\"}}]}", name, fam, fam);
+    CHECK_EQ(wk_ol_parse_tags(big, strlen(big), &st), 4); /* four left out */
+    REQUIRE(st.n_models == 1);
+    CHECK_STR(st.models[0]->name, "ok:latest");
+    CHECK_EQ(strlen(st.models[0]->digest), WK_OL_STR_MAX - 1); /* whole characters */
+    CHECK_EQ(strlen(st.models[0]->family), WK_OL_STR_MAX - 1);
+    snprintf(big, sizeof big, "{\"version\":\"%s\"}", fam);
+    CHECK_EQ(wk_ol_parse_version(big, strlen(big), &st), 0);
+    CHECK_EQ(strlen(st.backend_version), WK_OL_STR_MAX - 1);
+    /* the most a backend can list: 2000 entries of the longest strings */
+    memset(name, 'n', AB_MODEL_MAX);
+    name[AB_MODEL_MAX] = '\0';
+    memset(fam, 'f', WK_OL_STR_MAX);
+    fam[WK_OL_STR_MAX] = '\0';
+    for (int list = 0; list < 2; list++) {
+        size_t n = snprintf(big, sizeof big, "{\"models\":[");
+        for (int i = 0; i < 2000 && n < sizeof big - 1024; i++)
+            n += snprintf(big + n, sizeof big - n, "%s{\"name\":\"%.*s%04d\",\"digest\":\"%s\","
+                          "\"expires_at\":\"%s\",\"details\":{\"family\":\"%s\","
+                          "\"parameter_size\":\"%s\",\"quantization_level\":\"%s\"}}",
+                          i ? "," : "", AB_MODEL_MAX - 4, name, i, fam, fam, fam, fam, fam);
+        snprintf(big + n, sizeof big - n, "]}");
+        CHECK_TRUE((list ? wk_ol_parse_ps(big, strlen(big), &st)
+                         : wk_ol_parse_tags(big, strlen(big), &st)) > 0);
+    }
+    CHECK_TRUE(st.n_models > 0 && st.n_models <= 1024 && st.n_loaded > 0 && st.n_loaded <= 1024);
+    CHECK_TRUE(strlen(st.models[0]->name) == AB_MODEL_MAX);
+    CHECK_TRUE(agentbus__inference_state__get_packed_size(&st) < (256u << 10) - 4096);
+    wk_ol_state_clear(&st);
+    /* a plain long list: the first 1024 */
+    size_t n = snprintf(big, sizeof big, "{\"models\":[");
+    for (int i = 0; i < 2000; i++)
+        n += snprintf(big + n, sizeof big - n, "%s{\"name\":\"m%d\"}", i ? "," : "", i);
+    snprintf(big + n, sizeof big - n, "]}");
+    CHECK_EQ(wk_ol_parse_tags(big, strlen(big), &st), 2000 - 1024);
+    CHECK_EQ(st.n_models, 1024);
+    CHECK_STR(st.models[1023]->name, "m1023");
+    wk_ol_state_clear(&st);
+}
+
 /* Tool calling: the worker hands Ollama the tools, an assistant message's
  * tool_calls and a result's tool_name as Ollama's JSON (arrays and objects,
  * not strings), and carries the calls of Ollama's answer back; JSON text
@@ -502,6 +555,7 @@ int main(void)
     s_test_chat_embed();
     s_test_build();
     s_test_probes();
+    s_test_probes_bounded();
     s_test_tools();
     s_test_images();
     return TEST_DONE("ollama_json");
