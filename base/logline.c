@@ -1,5 +1,6 @@
 /* logline.c - see logline.h. */
 #include "logline.h"
+#include "text.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,29 +16,6 @@ static int s_clamp(int level)
     return level < 0 ? 0 : level > 3 ? 3 : level;
 }
 
-/* The length of the valid UTF-8 sequence at S (1 to 4), or 0 when the byte
- * at S does not start one (a stray continuation byte, an overlong form, a
- * surrogate, a code point past U+10FFFF, a sequence cut short). */
-static size_t s_utf8_len(const unsigned char *s)
-{
-    unsigned char c = s[0];
-    size_t n = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3
-             : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    unsigned char lo = 0x80, hi = 0xBF; /* the second byte's range */
-    if (c == 0xE0)
-        lo = 0xA0;
-    else if (c == 0xED)
-        hi = 0x9F;
-    else if (c == 0xF0)
-        lo = 0x90;
-    else if (c == 0xF4)
-        hi = 0x8F;
-    for (size_t i = 1; i < n; i++)
-        if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xBF))
-            return 0;
-    return n;
-}
-
 /* Appends S to BUF (at *len, SIZE bytes), as JSON string content when JSON,
  * else as text; stops before an escape that would not fit whole, so the
  * line stays valid. A message carries names peers chose: a control byte
@@ -50,7 +28,7 @@ static void s_append(char *buf, size_t size, size_t *len, const char *str, int j
     const unsigned char *s = (const unsigned char *)str;
     while (*s) {
         unsigned char c = *s;
-        size_t seq = s_utf8_len(s), n;
+        size_t seq = ab_utf8_seq(s), n;
         char esc[16];
         int c1 = seq == 2 && c == 0xC2 && s[1] < 0xA0; /* a C1 control */
         int plain = seq == 0 ? 0 : seq > 1 ? !c1 : (c >= 0x20 && c != 0x7f) || (!json && c == '\t');

@@ -6,6 +6,7 @@
  */
 #include "gw_http.h"
 #include "agentbus.h"
+#include "text.h"
 #include "tl_json.h"
 
 #include <stdio.h>
@@ -163,6 +164,12 @@ enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j)
 
 json_t *gw_error_body(const gw_conn_t *c, unsigned status, const char *text)
 {
+    /* jansson refuses a string that is not UTF-8: the answer was dropped
+     * (the connection closed without one) for a worker's error text of
+     * other bytes, or one cut inside a character. */
+    char clean[2048];
+    ab_text_clean(text, strlen(text), clean, sizeof clean);
+    text = clean;
     if (!c->openai)
         return json_pack("{s:s}", "error", text);
     const char *type = status == 404 || status == 400 || status == 413 || status == 401
@@ -218,8 +225,8 @@ void gw_error_text(const gw_conn_t *c, int st, const char *detail, char *buf, si
 {
     if (st == AB_EMODEL) /* Ollama's own words, which its clients show */
         snprintf(buf, cap, "model \"%s\" not found, try pulling it first", c->model);
-    else if (detail && *detail)
-        snprintf(buf, cap, "%s", detail);
+    else if (detail && *detail) /* a worker's text: it goes into JSON */
+        ab_text_clean(detail, strlen(detail), buf, cap);
     else
         snprintf(buf, cap, "%s", ab_strerror(st));
 }

@@ -36,6 +36,7 @@
 #include "agentbus.pb-c.h"
 #include "gpu_nvml.h"
 #include "ollama_json.h"
+#include "text.h"
 #include "tl_clock.h"
 #include "tl_list.h"
 #include "tl_log.h"
@@ -491,11 +492,16 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
         s_fail(j, AB_EBACKEND, "%s", "the backend's answer ended without its final line");
     } else {
         wk_ol_chunk_t c;
-        const char *msg = j->errbody;
+        const char *raw = j->errbody;
+        size_t rawlen = j->errlen;
         if (wk_ol_chunk_parse(WK_OL_GENERATE, j->errbody, j->errlen, "", &c) == 0 && c.error[0])
-            msg = c.error;
+            raw = c.error, rawlen = strlen(c.error);
         free(c.pb);
-        char text[S_ERRBODY + 64];
+        /* The body is the backend's bytes: binary, control characters, not
+         * UTF-8 (a client's JSON encoder refused the text, a terminal took
+         * its escapes). What the client gets is clean text. */
+        char msg[S_ERRBODY * 3], text[S_ERRBODY * 3 + 64];
+        ab_text_clean(raw, rawlen, msg, sizeof msg);
         snprintf(text, sizeof text, "HTTP %ld: %s", status, msg);
         if (status == 404) {
             s_fail(j, AB_EMODEL, "%s", msg);

@@ -3,13 +3,14 @@
 the Ollama worker's tests (test_ollama_backend.c).
 
 usage: ab-fake-ollama PORT [--long-name BYTES] [--extra-models N]
-                           [--context-ints N]
+                           [--context-ints N] [--error-hex HEX]
 
 Listens on 127.0.0.1:PORT. /api/version, /api/tags and /api/ps list the
 model "fake:latest" (loaded); --long-name adds one more whose name is
 BYTES long, --extra-models N more models named extra-I. /api/generate
 and /api/chat stream "hello", " world" and a final line (whose "context"
-holds N ids with --context-ints). Prints "ready" once listening.
+holds N ids with --context-ints); with --error-hex they answer HTTP 500
+with those bytes as the body instead. Prints "ready" once listening.
 """
 import argparse
 import json
@@ -57,6 +58,12 @@ class Handler(BaseHTTPRequestHandler):
         req = json.loads(body or b"{}")
         if self.path not in ("/api/generate", "/api/chat"):
             return self.send_error(404)
+        if ARGS.error_hex:
+            data = bytes.fromhex(ARGS.error_hex)
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return self.wfile.write(data)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
@@ -80,6 +87,7 @@ def main():
     p.add_argument("--long-name", type=int, default=0)
     p.add_argument("--extra-models", type=int, default=0)
     p.add_argument("--context-ints", type=int, default=0)
+    p.add_argument("--error-hex", default="")
     ARGS = p.parse_args()
     srv = ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
     srv.daemon_threads = True

@@ -85,5 +85,6 @@ void ollama_backend_down(void);
 void ollama_backend_down_up(void);
 void ollama_connect_timeout(void);
 void ollama_state_bounds(void);
+void ollama_error_bytes(void);
 
 #endif

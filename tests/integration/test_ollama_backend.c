@@ -245,3 +245,26 @@ void ollama_state_bounds(void)
     CHECK_TRUE(th_alive(w));
     ab_client_destroy(&c);
 }
+
+/* An error body of the backend's own bytes (not UTF-8, control characters,
+ * a NUL, a terminal escape): the client gets clean text, each such byte as
+ * U+FFFD. Before, the bytes went through as they were: a JSON encoder
+ * refused the text (the gateway closed the connection without an answer),
+ * a terminal ran the escape, and a NUL cut the text short. */
+void ollama_error_bytes(void)
+{
+    /* "\xff\xfe bad \x01\x1b[2J" "quote" \x00 after \xc3 */
+    int fake = s_fake_ollama("--error-hex",
+                             "fffe2062616420011b5b324a202271756f746522200020616674657220c3", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, fake, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    ot_res_t r;
+    ot_gen_t g = {"fake", "hi", NULL, 1, -1, 0};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_EBACKEND);
+    CHECK_STR(r.error, "HTTP 500: \xEF\xBF\xBD\xEF\xBF\xBD bad \xEF\xBF\xBD\xEF\xBF\xBD[2J "
+                       "\"quote\" \xEF\xBF\xBD after \xEF\xBF\xBD");
+    ab_client_destroy(&c);
+}

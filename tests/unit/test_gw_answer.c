@@ -6,9 +6,11 @@
  * not at completion (a client that never reads its last block would
  * otherwise keep the whole answer after its slot is free). A block asked
  * for again after that is an error, never a read of freed bytes. Run under
- * ASan, it also checks that each mode frees exactly what it owns.
+ * ASan, it also checks that each mode frees exactly what it owns. And an
+ * error's body is JSON whatever bytes a worker's error text holds.
  */
 #include "gw_http.h"
+#include "agentbus.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -121,12 +123,37 @@ static void s_test_modes(void)
     free(src);
 }
 
+/* A worker's error text that is not UTF-8 (an Ollama error body of other
+ * bytes, a text cut inside a character): jansson refused it, the body was
+ * NULL and the client's connection closed without an answer. */
+static void s_test_error_body(void)
+{
+    gw_conn_t c;
+    s_conn(&c);
+    static const char *const texts[] = {"HTTP 500: \xFF\xFE bad \x01", "cut \xE2\x82", "fine"};
+    static const char *const want[] = {"HTTP 500: \xEF\xBF\xBD\xEF\xBF\xBD bad \xEF\xBF\xBD",
+                                       "cut \xEF\xBF\xBD\xEF\xBF\xBD", "fine"};
+    for (int openai = 0; openai < 2; openai++)
+        for (int i = 0; i < 3; i++) {
+            c.openai = openai;
+            json_t *j = gw_error_body(&c, 502, texts[i]);
+            REQUIRE(j);
+            json_t *e = json_object_get(j, "error");
+            CHECK_STR(json_string_value(openai ? json_object_get(e, "message") : e), want[i]);
+            json_decref(j);
+        }
+    char buf[600];
+    gw_error_text(&c, AB_EBACKEND, "HTTP 500: \xC0\x7f", buf, sizeof buf);
+    CHECK_STR(buf, "HTTP 500: \xEF\xBF\xBD\xEF\xBF\xBD");
+}
+
 int main(void)
 {
     s_g = calloc(1, sizeof *s_g);
     REQUIRE(s_g);
     s_test_copy();
     s_test_modes();
+    s_test_error_body();
     free(s_g);
     return TEST_DONE("gw_answer");
 }
