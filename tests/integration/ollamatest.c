@@ -58,6 +58,25 @@ long ot_http(int port, const char *path, const char *body, json_t **out)
     return status;
 }
 
+/* Spawns PROG with ARGV (N set, room for 40) and the NULL-terminated
+ * flags from FIRST on, and waits until PORT answers /api/version. */
+static int s_start_http(const char *prog, int port, const char **argv, int n,
+                        const char *first, va_list ap)
+{
+    for (const char *a = first; a && n < 39; a = va_arg(ap, const char *))
+        argv[n++] = a;
+    argv[n] = NULL;
+    th_spawn(prog, argv, NULL);
+    for (int i = 0; i < 400; i++) {
+        if (ot_http(port, "/api/version", NULL, NULL) == 200)
+            return port;
+        th_sleep_ms(25);
+    }
+    fprintf(stderr, "%s did not come up\n", prog);
+    REQUIRE(!"an Ollama server came up");
+    return -1;
+}
+
 /* Starts ollama-sim on a free port with extra flags (NULL-terminated) and
  * waits until it answers. */
 int ot_sim(const char *first, ...)
@@ -66,21 +85,24 @@ int ot_sim(const char *first, ...)
     char p[16];
     snprintf(p, sizeof p, "%d", port);
     const char *argv[40] = {"--port", p, "--time-scale", OT_SCALE, "--quiet"};
-    int n = 5;
     va_list ap;
     va_start(ap, first);
-    for (const char *a = first; a && n < 39; a = va_arg(ap, const char *))
-        argv[n++] = a;
+    s_start_http("ollama-sim", port, argv, 5, first, ap);
     va_end(ap);
-    argv[n] = NULL;
-    th_spawn("ollama-sim", argv, NULL);
-    for (int i = 0; i < 200; i++) {
-        if (ot_http(port, "/api/version", NULL, NULL) == 200)
-            return port;
-        th_sleep_ms(25);
-    }
-    REQUIRE(!"ollama-sim did not come up");
-    return -1;
+    return port;
+}
+
+int ot_fake_ollama(const char *first, ...)
+{
+    int port = th_free_port();
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    const char *argv[40] = {p};
+    va_list ap;
+    va_start(ap, first);
+    s_start_http("ab-fake-ollama", port, argv, 1, first, ap);
+    va_end(ap);
+    return port;
 }
 
 /* A number from /sim/stats: "a" or "a.b" (one level of nesting). */

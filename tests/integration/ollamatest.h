@@ -43,6 +43,9 @@ long ot_http(int port, const char *path, const char *body, json_t **out);
 /* Starts ollama-sim on a free port with extra flags (NULL-terminated) and
  * waits until it answers; returns its port. */
 int ot_sim(const char *first, ...);
+/* ab-fake-ollama (tests/integration/fake_ollama.py) on a free port with
+ * extra arguments (NULL-terminated); returns its port once it answers. */
+int ot_fake_ollama(const char *first, ...);
 /* A number from /sim/stats: "a" or "a.b" (one level of nesting). */
 long long ot_sim_stat(int port, const char *key);
 /* Sets the simulator's faults (a /sim/faults JSON body). */

@@ -11,7 +11,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,31 +192,6 @@ void ollama_connect_timeout(void)
     ab_client_destroy(&c);
 }
 
-/* ab-fake-ollama on a free port with extra arguments (NULL-terminated);
- * returns its port once it answers. */
-static int s_fake_ollama(const char *first, ...)
-{
-    int port = th_free_port();
-    char p[16];
-    snprintf(p, sizeof p, "%d", port);
-    const char *argv[16] = {p};
-    int n = 1;
-    va_list ap;
-    va_start(ap, first);
-    for (const char *a = first; a && n < 15; a = va_arg(ap, const char *))
-        argv[n++] = a;
-    va_end(ap);
-    argv[n] = NULL;
-    th_spawn("ab-fake-ollama", argv, NULL);
-    for (int i = 0; i < 400; i++) {
-        if (ot_http(port, "/api/version", NULL, NULL) == 200)
-            return port;
-        th_sleep_ms(25);
-    }
-    REQUIRE(!"ab-fake-ollama did not come up");
-    return -1;
-}
-
 /* An Ollama listing a model whose name is over the broker's
  * register-max-string-bytes (1K) and more models than its
  * register-max-models (1024): the worker leaves those out of its state,
@@ -225,7 +199,7 @@ static int s_fake_ollama(const char *first, ...)
  * (TOO_LARGE) and the worker exited at its first probe. */
 void ollama_state_bounds(void)
 {
-    int fake = s_fake_ollama("--long-name", "2000", "--extra-models", "1500", NULL);
+    int fake = ot_fake_ollama("--long-name", "2000", "--extra-models", "1500", NULL);
     int port = th_free_port();
     th_broker(port, NULL);
     pid_t w = ot_oworker(port, fake, "w1", NULL);
@@ -254,7 +228,7 @@ void ollama_state_bounds(void)
 void ollama_error_bytes(void)
 {
     /* "\xff\xfe bad \x01\x1b[2J" "quote" \x00 after \xc3 */
-    int fake = s_fake_ollama("--error-hex",
+    int fake = ot_fake_ollama("--error-hex",
                              "fffe2062616420011b5b324a202271756f746522200020616674657220c3", NULL);
     int port = th_free_port();
     th_broker(port, NULL);
