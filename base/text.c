@@ -23,7 +23,8 @@ size_t ab_utf8_seq(const unsigned char *s)
     return n;
 }
 
-size_t ab_text_clean(const char *in, size_t len, char *out, size_t cap)
+/* ab_text_clean, and with KEEP_CONTROLS ab_text_utf8. */
+static size_t s_clean(const char *in, size_t len, char *out, size_t cap, int keep_controls)
 {
     static const char repl[] = "\xEF\xBF\xBD"; /* U+FFFD */
     size_t o = 0, i = 0;
@@ -34,8 +35,9 @@ size_t ab_text_clean(const char *in, size_t len, char *out, size_t cap)
         unsigned char tmp[5] = {0};
         memcpy(tmp, s, len - i < 4 ? len - i : 4);
         size_t seq = c ? ab_utf8_seq(tmp) : 0;
-        int control = seq == 1 ? (c < 0x20 && c != '\t' && c != '\n') || c == 0x7f
-                               : seq == 2 && c == 0xC2 && s[1] < 0xA0;
+        int control = keep_controls ? 0
+                    : seq == 1 ? (c < 0x20 && c != '\t' && c != '\n') || c == 0x7f
+                    : seq == 2 && c == 0xC2 && s[1] < 0xA0;
         const char *put = seq && !control ? (const char *)s : repl;
         size_t n = seq && !control ? seq : 3;
         if (o + n >= cap)
@@ -46,4 +48,14 @@ size_t ab_text_clean(const char *in, size_t len, char *out, size_t cap)
     }
     out[o] = '\0';
     return o;
+}
+
+size_t ab_text_clean(const char *in, size_t len, char *out, size_t cap)
+{
+    return s_clean(in, len, out, cap, 0);
+}
+
+size_t ab_text_utf8(const char *in, size_t len, char *out, size_t cap)
+{
+    return s_clean(in, len, out, cap, 1);
 }

@@ -20,4 +20,10 @@ size_t ab_utf8_seq(const unsigned char *s);
  * with the rest. Returns the bytes written (without the NUL). */
 size_t ab_text_clean(const char *in, size_t len, char *out, size_t cap);
 
+/* As ab_text_clean, but control characters stay (a JSON encoder escapes
+ * them, and a model's text may hold them): only the bytes that are not
+ * UTF-8 (a NUL too) become U+FFFD. 3 * LEN + 1 bytes of OUT always hold
+ * the whole text. */
+size_t ab_text_utf8(const char *in, size_t len, char *out, size_t cap);
+
 #endif

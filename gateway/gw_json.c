@@ -703,7 +703,7 @@ static void s_put_context(json_t *o, const Agentbus__GenerateResponse *g)
 
 static json_t *s_generate_reply(const void *pb, size_t len)
 {
-    Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, len, pb);
+    Agentbus__GenerateResponse *g = gw_pb_unpack(&agentbus__generate_response__descriptor, len, pb);
     if (!g)
         return NULL;
     json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "model", g->model, "created_at", g->created_at,
@@ -735,7 +735,7 @@ static void s_put_tool_calls(json_t *msg, const char *text)
 
 static json_t *s_chat_reply(const void *pb, size_t len)
 {
-    Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
+    Agentbus__ChatResponse *c = gw_pb_unpack(&agentbus__chat_response__descriptor, len, pb);
     if (!c)
         return NULL;
     const char *role = c->message && c->message->role[0] ? c->message->role : "assistant";
@@ -766,7 +766,7 @@ static json_t *s_vector(const Agentbus__Embedding *e)
 
 static json_t *s_embed_reply(const void *pb, size_t len, int legacy)
 {
-    Agentbus__EmbedResponse *e = agentbus__embed_response__unpack(NULL, len, pb);
+    Agentbus__EmbedResponse *e = gw_pb_unpack(&agentbus__embed_response__descriptor, len, pb);
     if (!e)
         return NULL;
     json_t *o;

@@ -13,6 +13,7 @@
 #define GW_JSON_H
 
 #include <jansson.h>
+#include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +45,14 @@ typedef struct {
  * Owns: BODY stays the caller's; free REQ with gw_req_free. */
 int gw_req_from_json(gw_kind_t kind, json_t *body, gw_req_t *req, char *err, size_t errcap);
 void gw_req_free(gw_req_t *req);
+
+/* A worker's reply (a message of DESC, as protobuf_c_message_unpack) with
+ * each text in it made UTF-8: a byte that is not becomes U+FFFD
+ * (ab_text_utf8). jansson refuses text that is not UTF-8, so a hostile
+ * worker's bytes would otherwise lose the client its whole answer. Free
+ * with protobuf_c_message_free_unpacked(m, NULL); NULL when the bytes do
+ * not decode or out of memory. */
+void *gw_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb);
 
 /* Ollama's JSON object for one reply chunk of KIND (a packed
  * GenerateResponse, ChatResponse or EmbedResponse). LEGACY renders an

@@ -470,7 +470,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
 {
     memset(p, 0, sizeof *p);
     if (kind == GW_CHAT) {
-        Agentbus__ChatResponse *r = agentbus__chat_response__unpack(NULL, len, pb);
+        Agentbus__ChatResponse *r = gw_pb_unpack(&agentbus__chat_response__descriptor, len, pb);
         if (!r)
             return -1;
         p->text = r->message ? r->message->content : "";
@@ -483,7 +483,8 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
             p->prompt = r->timings->prompt_eval_count, p->eval = r->timings->eval_count;
         p->msg = r;
     } else {
-        Agentbus__GenerateResponse *r = agentbus__generate_response__unpack(NULL, len, pb);
+        Agentbus__GenerateResponse *r =
+            gw_pb_unpack(&agentbus__generate_response__descriptor, len, pb);
         if (!r)
             return -1;
         p->text = r->response;
@@ -613,7 +614,7 @@ static json_t *s_object(const gw_conn_t *c, int stream, json_t *choices)
 
 static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
 {
-    Agentbus__EmbedResponse *e = agentbus__embed_response__unpack(NULL, len, pb);
+    Agentbus__EmbedResponse *e = gw_pb_unpack(&agentbus__embed_response__descriptor, len, pb);
     if (!e)
         return NULL;
     json_t *data = json_array();

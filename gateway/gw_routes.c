@@ -147,7 +147,9 @@ static enum MHD_Result s_models_answer(gw_conn_t *c)
     pthread_mutex_unlock(&k->lock);
     enum MHD_Result res;
     Agentbus__WorkerList *wl =
-        e && e->status == AB_OK ? agentbus__worker_list__unpack(NULL, e->size, e->data) : NULL;
+        e && e->status == AB_OK
+            ? gw_pb_unpack(&agentbus__worker_list__descriptor, e->size, e->data)
+            : NULL;
     if (!wl && k->status == AB_EDENIED) { /* this key may not ask: 403, as for a request */
         res = gw_reply_error(c, 403, k->error[0] ? k->error : ab_strerror(AB_EDENIED));
     } else if (!wl) {

@@ -279,6 +279,76 @@ static void s_test_replies(void)
     CHECK_TRUE(gw_ollama_reply(GW_CHAT, "\xff\xff\xff", 3, 0) == NULL);
 }
 
+#define FFFD "\xEF\xBF\xBD"
+
+/* A hostile worker's text that is not UTF-8 (jansson refuses it): each bad
+ * byte becomes U+FFFD, the rest and control characters stay, and the
+ * answer is rendered rather than lost; nested and repeated texts too. */
+static void s_test_not_utf8(void)
+{
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    g.model = "m\xff";
+    g.created_at = "t";
+    g.response = "a\xC3(b\r\x01 \xE2\x82\xAC";
+    g.thinking = "\xED\xA0\x80";
+    g.done = 1;
+    g.done_reason = "stop\xFE";
+    uint8_t buf[512];
+    size_t n = agentbus__generate_response__pack(&g, buf);
+    char *line = NULL;
+    size_t line_len = 0;
+    CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, n, &line, &line_len), 0);
+    json_t *o = gw_ollama_reply(GW_GENERATE, buf, n, 0);
+    REQUIRE(o);
+    CHECK_STR(json_string_value(json_object_get(o, "model")), "m" FFFD);
+    CHECK_STR(json_string_value(json_object_get(o, "response")),
+              "a" FFFD "(b\r\x01 \xE2\x82\xAC");
+    CHECK_STR(json_string_value(json_object_get(o, "thinking")), FFFD FFFD FFFD);
+    CHECK_STR(json_string_value(json_object_get(o, "done_reason")), "stop" FFFD);
+    json_decref(o);
+
+    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+    m.role = "assistant";
+    m.content = "\x80hi";
+    c.model = "m";
+    c.created_at = "t";
+    c.message = &m;
+    n = agentbus__chat_response__pack(&c, buf);
+    o = gw_ollama_reply(GW_CHAT, buf, n, 0);
+    REQUIRE(o);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(o, "message"), "content")),
+              FFFD "hi");
+    json_decref(o);
+
+    Agentbus__EmbedResponse e = AGENTBUS__EMBED_RESPONSE__INIT;
+    e.model = "e\xC0";
+    n = agentbus__embed_response__pack(&e, buf);
+    o = gw_ollama_reply(GW_EMBED, buf, n, 0);
+    REQUIRE(o);
+    CHECK_STR(json_string_value(json_object_get(o, "model")), "e" FFFD);
+    json_decref(o);
+
+    /* a repeated message holding a map (a worker list's labels) */
+    Agentbus__WorkerInfo w = AGENTBUS__WORKER_INFO__INIT, *wp = &w;
+    Agentbus__WorkerInfo__LabelsEntry l = AGENTBUS__WORKER_INFO__LABELS_ENTRY__INIT, *lp = &l;
+    Agentbus__WorkerList wl = AGENTBUS__WORKER_LIST__INIT;
+    w.service = "ollama\xF8";
+    l.key = "model";
+    l.value = "\xF5x";
+    w.labels = &lp;
+    w.n_labels = 1;
+    wl.workers = &wp;
+    wl.n_workers = 1;
+    n = agentbus__worker_list__pack(&wl, buf);
+    Agentbus__WorkerList *got = gw_pb_unpack(&agentbus__worker_list__descriptor, n, buf);
+    REQUIRE(got && got->n_workers == 1 && got->workers[0]->n_labels == 1);
+    CHECK_STR(got->workers[0]->service, "ollama" FFFD);
+    CHECK_STR(got->workers[0]->labels[0]->key, "model");
+    CHECK_STR(got->workers[0]->labels[0]->value, FFFD "x");
+    agentbus__worker_list__free_unpacked(got, NULL);
+}
+
 /* think crosses as text (true / false / a level), a history message's
  * thinking too; a wrongly typed think is a 400; a reply's thinking is
  * rendered (and a streamed thinking piece is not taken by the fast line). */
@@ -672,6 +742,7 @@ int main(void)
     s_test_many();
     s_test_load();
     s_test_replies();
+    s_test_not_utf8();
     s_test_line();
     s_test_base64();
     s_test_tools();

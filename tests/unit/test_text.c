@@ -52,6 +52,21 @@ static void s_test_cases(void)
     S_EQ("", "");
 }
 
+/* ab_text_utf8: a model's text keeps its control characters (JSON escapes
+ * them); only what is not UTF-8 goes. 3 * LEN + 1 holds any text whole. */
+static void s_test_utf8(void)
+{
+    char out[64];
+    static const char in[] = "a\x01\r\x1b[0m\x7f\xC2\x85 caf\xC3\xA9 \xFF\xED\xA0\x80 cut\xE2\x82";
+    size_t n = ab_text_utf8(in, sizeof in - 1, out, sizeof out);
+    static const char want[] =
+        "a\x01\r\x1b[0m\x7f\xC2\x85 caf\xC3\xA9 " FFFD FFFD FFFD FFFD " cut" FFFD FFFD;
+    CHECK_STR(out, want);
+    CHECK_U64(n, sizeof want - 1);
+    char all[3 * 8 + 1];
+    CHECK_U64(ab_text_utf8("\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF", 8, all, sizeof all), 24);
+}
+
 /* A character that does not fit whole is left out, with what follows. */
 static void s_test_cap(void)
 {
@@ -86,6 +101,7 @@ int main(void)
 {
     s_test_cases();
     s_test_cap();
+    s_test_utf8();
     s_test_random();
     return TEST_DONE("text");
 }

@@ -1,0 +1,120 @@
+"""agentbus-gateway in front of a hostile worker (a Python Worker sending
+hand-packed protobuf): reply text that is not UTF-8 reaches the HTTP client
+with U+FFFD for each bad byte, on the Ollama and the OpenAI routes,
+streamed and not. jansson refuses such text: before, /api/generate ended
+its answer with "worker sent a reply that does not decode" and
+/v1/chat/completions answered 502."""
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+import agentbus
+from conftest import free_port
+
+FFFD = "\ufffd"
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+def _text(num: int, raw: bytes) -> bytes:
+    """A length-delimited field (string or message) of raw bytes."""
+    return _varint(num << 3 | 2) + _varint(len(raw)) + raw
+
+
+def _generate(text: bytes, done: bool) -> bytes:
+    pb = _text(1, b"tiny\xff") + _text(2, b"t") + _text(3, text)
+    return pb + (b"\x20\x01" + _text(5, b"stop") if done else b"")
+
+
+def _chat(text: bytes, done: bool) -> bytes:
+    msg = _text(1, b"assistant") + _text(2, text)
+    pb = _text(1, b"tiny") + _text(2, b"t") + _text(3, msg)
+    return pb + (b"\x20\x01" + _text(5, b"stop") if done else b"")
+
+
+PIECES = [b"caf\xc3\xa9 ", b"\xff\xfe", b" \xe2\x82 end\r"]
+WANT = "caf\u00e9 " + FFFD + FFFD + " " + FFFD + FFFD + " end\r"
+
+
+@pytest.fixture
+def gateway(bus, procs):
+    def hostile(job):
+        req = job.inference()
+        pack = _chat if "chat" in req else _generate
+        body = req.get("chat") or req.get("generate")
+        if body.get("stream", True):
+            for p in PIECES:
+                yield pack(p, False)
+            yield pack(b"", True)
+        else:
+            yield pack(b"".join(PIECES), True)
+
+    w = agentbus.Worker("hostile", hostile, endpoint=bus.endpoint)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    bus.wait_workers("hostile")
+    port = free_port()
+    p = procs.spawn("agentbus-gateway", "--listen", "127.0.0.1:%d" % port, "--broker",
+                    bus.endpoint, "--service", "hostile")
+    url = "http://127.0.0.1:%d" % port
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            break
+        except OSError:
+            assert p.poll() is None, "gateway exited\n" + procs.logs()
+            time.sleep(0.05)
+    yield url
+    w.stop()
+    t.join(10)
+    w.close()
+
+
+def _post(url: str, body: dict):
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        return r.status, r.read().decode("utf-8")  # strict: the bytes are UTF-8
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_ollama_routes(gateway, stream):
+    status, text = _post(gateway + "/api/generate",
+                         {"model": "tiny", "prompt": "p", "stream": stream})
+    assert status == 200
+    lines = [json.loads(x) for x in text.splitlines()]
+    assert all("error" not in o for o in lines), text
+    assert "".join(o["response"] for o in lines) == WANT
+    assert lines[-1]["done"] and lines[-1]["model"] == "tiny" + FFFD
+    status, text = _post(gateway + "/api/chat", {"model": "tiny", "stream": stream,
+                                                 "messages": [{"role": "user", "content": "x"}]})
+    lines = [json.loads(x) for x in text.splitlines()]
+    assert all("error" not in o for o in lines), text
+    assert "".join(o["message"]["content"] for o in lines) == WANT
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_chat(gateway, stream):
+    status, text = _post(gateway + "/v1/chat/completions",
+                         {"model": "tiny", "stream": stream,
+                          "messages": [{"role": "user", "content": "x"}]})
+    assert status == 200, text
+    if not stream:
+        assert json.loads(text)["choices"][0]["message"]["content"] == WANT
+        return
+    events = [json.loads(x[6:]) for x in text.splitlines()
+              if x.startswith("data: ") and x != "data: [DONE]"]
+    assert all("error" not in e for e in events), text
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == WANT
