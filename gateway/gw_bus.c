@@ -103,6 +103,16 @@ gw_event_t *gw_call_pop(gw_call_t *c)
  * answer's tokens would pile up here for as long as the bus sends them.
  * The final event still goes (the call ends as before). 2 the first time,
  * 1 after, 0 within the bound. */
+static void s_drop_events(gw_call_t *c)
+{
+    for (gw_event_t *e = c->head, *n; e; e = n) {
+        n = e->next;
+        free(e);
+    }
+    c->head = c->tail = NULL;
+    c->queued = 0;
+}
+
 static int s_over_bound(gw_call_t *c, size_t size, int final)
 {
     if (final || !c->max_queued)
@@ -112,14 +122,35 @@ static int s_over_bound(gw_call_t *c, size_t size, int final)
     if (!c->head || c->queued + size <= c->max_queued)
         return 0; /* one event always goes, however large */
     c->overflow = 1;
-    for (gw_event_t *e = c->head, *n; e; e = n) {
-        n = e->next;
-        free(e);
-    }
-    c->head = c->tail = NULL;
-    c->queued = 0;
+    s_drop_events(c);
     if (c->overflows)
         atomic_fetch_add(c->overflows, 1);
+    return 2;
+}
+
+/* Whether C's next event of SIZE bytes takes a stream: false answer past
+ * MAX_WHOLE (caller holds the lock). An honest worker's such answer is one
+ * reply within the bus's max payload, but a worker may send chunks before
+ * it, any number: without a bound each waited here until the final one
+ * (200 MB of chunks held the gateway at 873 MB). Past it the call ends
+ * AB_EBACKEND now, its events dropped (the final one's too, when it comes).
+ * 2 the first time, 1 after, 0 within the bound. */
+static int s_over_whole(gw_call_t *c, size_t size)
+{
+    if (c->whole_cut)
+        return 1;
+    if (!c->max_whole || c->whole + size <= c->max_whole) {
+        c->whole += size;
+        return 0;
+    }
+    c->whole_cut = 1;
+    s_drop_events(c);
+    c->final = 1;
+    c->status = AB_EBACKEND;
+    snprintf(c->error, sizeof c->error,
+             "the worker's answer passed %zu bytes, the most the gateway holds of an answer "
+             "with stream false: ask for it streamed",
+             c->max_whole);
     return 2;
 }
 
@@ -131,7 +162,9 @@ static int s_deliver(gw_call_t *c, int status, int final, const void *data, size
 {
     gw_event_t *e = malloc(sizeof *e + size);
     pthread_mutex_lock(&c->lock);
-    int over = s_over_bound(c, size, final);
+    int over = s_over_whole(c, size);
+    if (!over)
+        over = s_over_bound(c, size, final);
     if (over) {
         free(e);
     } else if (e) {
@@ -150,17 +183,20 @@ static int s_deliver(gw_call_t *c, int status, int final, const void *data, size
     } else if (!final) {
         status = AB_ENOMEM; /* a lost chunk must not pass silently */
     }
-    if (final || status != AB_OK) {
+    if ((final || status != AB_OK) && !c->whole_cut) {
         c->final = 1;
         c->status = status;
         snprintf(c->error, sizeof c->error, "%s", text ? text : "");
     }
     int resume = c->wake ? c->wake(c) : 0;
-    size_t bound = c->max_queued;
+    size_t bound = c->max_queued, whole = c->whole_cut ? c->max_whole : 0;
     pthread_mutex_unlock(&c->lock);
     if (resume && c->resume)
         c->resume(c);
-    if (over == 2) /* any client can make these: rate limited, outside the lock */
+    if (over == 2 && whole) /* a worker can make these: rate limited, outside the lock */
+        gw_log_limited("an answer with stream false cut: the worker sent over %zu bytes of it",
+                       whole);
+    else if (over == 2) /* any client can make these */
         gw_log_limited("a streamed answer cut: over %zu bytes of it waited for a client that "
                        "did not take them", bound);
     return over;

@@ -121,6 +121,12 @@ typedef enum { GW_P_READ = 0, GW_P_WAIT, GW_P_STREAM } gw_phase_t;
  * parse costs less than the two thread hand-offs (~3 ms for 64 KiB). */
 #define GW_OFFLOAD_BYTES (64u * 1024)
 
+/* The most bytes of a stream: false answer (its chunks and its reply
+ * together) the gateway holds: what one reply may carry on the bus (the
+ * library's default max payload, 64 MiB). The Ollama worker sends such an
+ * answer as one reply of at most 8 MiB. */
+#define GW_MAX_WHOLE_BYTES (64u * 1024 * 1024)
+
 /* The outcome of a body parsed on the offload thread. */
 typedef struct {
     int rc;          /* 0: REQ holds the bus request; -1: ERR says why (400) */

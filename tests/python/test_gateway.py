@@ -1,13 +1,19 @@
 """agentbus-gateway in front of a hostile worker (a Python Worker sending
-hand-packed protobuf): reply text that is not UTF-8 reaches the HTTP client
-with U+FFFD for each bad byte, on the Ollama and the OpenAI routes,
-streamed and not. jansson refuses such text: before, /api/generate ended
-its answer with "worker sent a reply that does not decode" and
-/v1/chat/completions answered 502."""
+hand-packed protobuf).
+
+- Reply text that is not UTF-8 reaches the HTTP client with U+FFFD for each
+  bad byte, on the Ollama and the OpenAI routes, streamed and not. jansson
+  refuses such text: before, /api/generate ended its answer with "worker
+  sent a reply that does not decode" and /v1/chat/completions answered 502.
+- A stream: false answer whose chunks pass 64 MiB (the prompt "flood":
+  1 MiB chunks until cancelled) is answered 502 saying why, and the request
+  is cancelled; before, the gateway held every chunk until the last (200 MB
+  of them: 873 MB of RSS)."""
 
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -48,13 +54,24 @@ PIECES = [b"caf\xc3\xa9 ", b"\xff\xfe", b" \xe2\x82 end\r"]
 WANT = "caf\u00e9 " + FFFD + FFFD + " " + FFFD + FFFD + " end\r"
 
 
+flood = {}
+
+
 @pytest.fixture
 def gateway(bus, procs):
     def hostile(job):
         req = job.inference()
         pack = _chat if "chat" in req else _generate
         body = req.get("chat") or req.get("generate")
-        if body.get("stream", True):
+        if body.get("prompt") == "flood":
+            flood["sent"] = 0
+            while not job.cancelled and flood["sent"] < 200:  # 64 MiB is 64 of them
+                job.send(pack(b"x" * (1 << 20), False))
+                flood["sent"] += 1
+                time.sleep(0.01)
+            flood["cancelled"] = job.cancelled
+            yield pack(b"", True)
+        elif body.get("stream", True):
             for p in PIECES:
                 yield pack(p, False)
             yield pack(b"", True)
@@ -118,3 +135,22 @@ def test_openai_chat(gateway, stream):
               if x.startswith("data: ") and x != "data: [DONE]"]
     assert all("error" not in e for e in events), text
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == WANT
+
+
+def test_unstreamed_answer_bound(gateway):
+    req = urllib.request.Request(gateway + "/api/generate",
+                                 json.dumps({"model": "tiny", "prompt": "flood",
+                                             "stream": False}).encode())
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    assert e.value.code == 502
+    assert "stream" in json.loads(e.value.read())["error"]
+    for _ in range(200):  # the worker sees the cancel (it would stop at 200 chunks)
+        if "cancelled" in flood:
+            break
+        time.sleep(0.05)
+    assert flood.get("cancelled") is True and 64 <= flood["sent"] < 200, flood
+    # the gateway serves on
+    status, text = _post(gateway + "/api/generate", {"model": "tiny", "prompt": "p",
+                                                     "stream": False})
+    assert status == 200 and json.loads(text)["response"] == WANT
