@@ -122,10 +122,12 @@ typedef enum { GW_P_READ = 0, GW_P_WAIT, GW_P_STREAM } gw_phase_t;
 #define GW_OFFLOAD_BYTES (64u * 1024)
 
 /* The most bytes of a stream: false answer (its chunks and its reply
- * together) the gateway holds: what one reply may carry on the bus (the
- * library's default max payload, 64 MiB). The Ollama worker sends such an
- * answer as one reply of at most 8 MiB. */
-#define GW_MAX_WHOLE_BYTES (64u * 1024 * 1024)
+ * together) the gateway holds: twice what the Ollama worker sends as such
+ * an answer (one reply of at most 8 MiB). Rendering it as JSON takes up to
+ * ~18 times its size when it is all logprobs (60 MB of them peaked at
+ * 1.09 GB), so this bound, not the bus's 64 MiB, is what keeps a call's
+ * memory within a few hundred MB. */
+#define GW_MAX_WHOLE_BYTES (16u * 1024 * 1024)
 
 /* The outcome of a body parsed on the offload thread. */
 typedef struct {
