@@ -145,7 +145,7 @@ def test_unstreamed_answer_bound(gateway):
         urllib.request.urlopen(req, timeout=60)
     assert e.value.code == 502
     assert "stream" in json.loads(e.value.read())["error"]
-    for _ in range(200):  # the worker sees the cancel (it would stop at 1,000 chunks)
+    for _ in range(600):  # the worker sees the cancel (it would stop at 1,000 chunks)
         if "cancelled" in flood:
             break
         time.sleep(0.05)
