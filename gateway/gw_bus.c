@@ -128,43 +128,56 @@ static int s_over_bound(gw_call_t *c, size_t size, int final)
     return 2;
 }
 
-/* Whether C's next event of SIZE bytes takes a stream: false answer past
- * MAX_WHOLE (caller holds the lock). An honest worker's such answer is one
- * reply within the bus's max payload, but a worker may send chunks before
- * it, any number: without a bound each waited here until the final one
- * (200 MB of chunks held the gateway at 873 MB). Past it the call ends
- * AB_EBACKEND now, its events dropped (the final one's too, when it comes).
- * 2 the first time, 1 after, 0 within the bound. */
-static int s_over_whole(gw_call_t *c, size_t size)
+/* Whether C's next event of SIZE bytes passes MAX_WHOLE (caller holds the
+ * lock): with the events before it, for a stream: false answer, or alone,
+ * for a streamed one (WHOLE_EACH). An honest worker sends such an answer
+ * as one reply and a stream in small chunks, but a worker may send any
+ * number of chunks, each up to the bus's 64 MiB: without a bound a stream:
+ * false answer's waited here until the final one (200 MB of chunks held the
+ * gateway at 873 MB). Past it the call ends AB_EBACKEND there: what waits of
+ * a stream: false answer is dropped (a streamed one's earlier chunks still
+ * go), and every event after (the final one too, when it comes). 2 the
+ * first time, with the error's text in TEXT; 1 after; 0 within the bound. */
+static int s_over_whole(gw_call_t *c, size_t size, char *text, size_t cap)
 {
     if (c->whole_cut)
         return 1;
-    if (!c->max_whole || c->whole + size <= c->max_whole) {
-        c->whole += size;
+    size_t n = c->whole_each ? size : c->whole + size;
+    if (!c->max_whole || n <= c->max_whole) {
+        c->whole = n;
         return 0;
     }
     c->whole_cut = 1;
-    s_drop_events(c);
-    c->final = 1;
-    c->status = AB_EBACKEND;
-    snprintf(c->error, sizeof c->error,
-             "the worker's answer passed %zu bytes, the most the gateway holds of an answer "
-             "with stream false: ask for it streamed",
-             c->max_whole);
+    if (c->whole_each) {
+        snprintf(text, cap, "the worker sent a chunk of %zu bytes, over the %zu the gateway takes",
+                 size, c->max_whole);
+    } else {
+        s_drop_events(c);
+        snprintf(text, cap,
+                 "the worker's answer passed %zu bytes, the most the gateway holds of an "
+                 "answer with stream false: ask for it streamed",
+                 c->max_whole);
+    }
     return 2;
 }
 
 /* Appends an event and tells the waiter; the bus reference is dropped on
- * the final one. Returns 2 if this event cut the call's stream (its bound
- * passed), else 0 or 1 (s_over_bound). */
+ * the final one. Returns 2 if this event cut the call (a bound passed:
+ * s_over_whole, s_over_bound), else 0 or 1. */
 static int s_deliver(gw_call_t *c, int status, int final, const void *data, size_t size,
                       const char *text)
 {
     gw_event_t *e = malloc(sizeof *e + size);
     pthread_mutex_lock(&c->lock);
-    int over = s_over_whole(c, size);
-    if (!over)
-        over = s_over_bound(c, size, final);
+    char cut[160];
+    int whole = s_over_whole(c, size, cut, sizeof cut);
+    if (whole == 2) { /* the call ends here, with this error */
+        status = AB_EBACKEND;
+        final = 1;
+        size = 0;
+        text = cut;
+    }
+    int over = whole == 1 ? 1 : s_over_bound(c, size, final);
     if (over) {
         free(e);
     } else if (e) {
@@ -183,23 +196,22 @@ static int s_deliver(gw_call_t *c, int status, int final, const void *data, size
     } else if (!final) {
         status = AB_ENOMEM; /* a lost chunk must not pass silently */
     }
-    if ((final || status != AB_OK) && !c->whole_cut) {
+    if ((final || status != AB_OK) && whole != 1) {
         c->final = 1;
         c->status = status;
         snprintf(c->error, sizeof c->error, "%s", text ? text : "");
     }
     int resume = c->wake ? c->wake(c) : 0;
-    size_t bound = c->max_queued, whole = c->whole_cut ? c->max_whole : 0;
+    size_t bound = c->max_queued;
     pthread_mutex_unlock(&c->lock);
     if (resume && c->resume)
         c->resume(c);
-    if (over == 2 && whole) /* a worker can make these: rate limited, outside the lock */
-        gw_log_limited("an answer with stream false cut: the worker sent over %zu bytes of it",
-                       whole);
+    if (whole == 2) /* a worker can make these: rate limited, outside the lock */
+        gw_log_limited("an answer cut: %s", cut);
     else if (over == 2) /* any client can make these */
         gw_log_limited("a streamed answer cut: over %zu bytes of it waited for a client that "
                        "did not take them", bound);
-    return over;
+    return whole == 2 ? 2 : over;
 }
 
 static int s_queue(gw_bus_t *b, gw_call_t *c, int cancel, int ring);

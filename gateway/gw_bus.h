@@ -59,16 +59,17 @@ struct gw_call {
                            * stream is cut (0: no bound; a stream's client that does not
                            * read would otherwise have every token pile up here) */
     atomic_ullong *overflows; /* counts the calls cut so (NULL: not counted) */
-    size_t max_whole;     /* a stream: false answer's bytes (its events together) past
-                           * which the call ends AB_EBACKEND and is cancelled (0: no
-                           * bound; such an answer is held whole until its end) */
+    size_t max_whole;     /* a stream: false answer's bytes (its events together), or
+                           * with WHOLE_EACH a streamed answer's chunk's, past which
+                           * the call ends AB_EBACKEND and is cancelled (0: no bound) */
+    int whole_each;
     /* under lock: what arrived */
     gw_event_t *head, *tail;
     size_t queued;        /* bytes of the events waiting (head to tail) */
     int overflow;         /* past MAX_QUEUED: the events were dropped, and are from now
                            * on; the HTTP side ends the answer with an error (shuts its
                            * connection) and the bus thread cancels the request */
-    size_t whole;         /* bytes of its events so far, while MAX_WHOLE bounds them */
+    size_t whole;         /* bytes of its events so far (or of the last one) */
     int whole_cut;        /* past MAX_WHOLE: the events were dropped, and are from now
                            * on (the final one too); the call ended there */
     int final;            /* the final event has been appended */

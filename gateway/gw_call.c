@@ -202,9 +202,10 @@ enum MHD_Result gw_call_infer(gw_conn_t *c, gw_req_t *req)
     if (req->stream) { /* a client that does not read must not have every token pile up */
         k->max_queued = c->g->cfg.max_stream_buffer_bytes;
         k->overflows = &c->g->m.stream_overflows;
-    } else { /* nor a worker that sends chunks without end */
-        k->max_whole = GW_MAX_WHOLE_BYTES;
     }
+    /* nor a worker that sends chunks without end, or one past all bounds */
+    k->max_whole = GW_MAX_WHOLE_BYTES;
+    k->whole_each = req->stream;
     /* The deadline counts from when the client sent the request, so the
      * time it waited before the gateway read it is taken off: the broker
      * then gives up when the client does, not later. */

@@ -5,6 +5,8 @@ hand-packed protobuf).
   bad byte, on the Ollama and the OpenAI routes, streamed and not. jansson
   refuses such text: before, /api/generate ended its answer with "worker
   sent a reply that does not decode" and /v1/chat/completions answered 502.
+- A streamed answer's chunk over 16 MiB ends the stream with an error
+  line after the chunks before it, and cancels the request.
 - A stream: false answer whose chunks pass 16 MiB (the prompt "flood":
   1 MiB chunks until cancelled) is answered 502 saying why, and the request
   is cancelled; before, the gateway held every chunk until the last (200 MB
@@ -70,6 +72,17 @@ def gateway(bus, procs):
                 flood["sent"] += 1
                 time.sleep(0.01)
             flood["cancelled"] = job.cancelled
+            yield pack(b"", True)
+        elif body.get("prompt") == "bigchunk":  # streamed: one chunk past 16 MiB
+            job.send(pack(b"first ", False))
+            job.send(pack(b"y" * (17 << 20), False))
+            flood["big_sent"] = True
+            for _ in range(500):
+                if job.cancelled:
+                    break
+                job.send(pack(b"after ", False))
+                time.sleep(0.01)
+            flood["big_cancelled"] = job.cancelled
             yield pack(b"", True)
         elif body.get("stream", True):
             for p in PIECES:
@@ -154,3 +167,15 @@ def test_unstreamed_answer_bound(gateway):
     status, text = _post(gateway + "/api/generate", {"model": "tiny", "prompt": "p",
                                                      "stream": False})
     assert status == 200 and json.loads(text)["response"] == WANT
+
+
+def test_streamed_chunk_bound(gateway):
+    status, text = _post(gateway + "/api/generate", {"model": "tiny", "prompt": "bigchunk"})
+    lines = [json.loads(x) for x in text.splitlines()]
+    assert status == 200 and lines[0]["response"] == "first ", text[:300]
+    assert len(lines) == 2 and "chunk" in lines[1]["error"], text[:300]
+    for _ in range(600):
+        if "big_cancelled" in flood:
+            break
+        time.sleep(0.05)
+    assert flood.get("big_cancelled") is True, flood
