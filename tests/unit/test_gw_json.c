@@ -281,20 +281,45 @@ static void s_test_replies(void)
 
 #define FFFD "\xEF\xBF\xBD"
 
+/* Packs into BUF a GenerateResponse of MODEL with RESPONSE and THINKING,
+ * the final one (done) when DONE_REASON is not NULL; returns its length. */
+static size_t s_pack_generate(const char *model, const char *response, const char *thinking,
+                              const char *done_reason, uint8_t *buf)
+{
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    g.model = (char *)model;
+    g.created_at = "t";
+    g.response = (char *)response;
+    g.thinking = (char *)thinking;
+    g.done = done_reason != NULL;
+    if (done_reason)
+        g.done_reason = (char *)done_reason;
+    return agentbus__generate_response__pack(&g, buf);
+}
+
+/* Packs into BUF a ChatResponse (model "m") whose assistant message has
+ * CONTENT and THINKING; returns its length. */
+static size_t s_pack_chat(const char *content, const char *thinking, uint8_t *buf)
+{
+    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
+    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
+    m.role = "assistant";
+    m.content = (char *)content;
+    m.thinking = (char *)thinking;
+    c.model = "m";
+    c.created_at = "t";
+    c.message = &m;
+    return agentbus__chat_response__pack(&c, buf);
+}
+
 /* A hostile worker's text that is not UTF-8 (jansson refuses it): each bad
  * byte becomes U+FFFD, the rest and control characters stay, and the
  * answer is rendered rather than lost; nested and repeated texts too. */
 static void s_test_not_utf8(void)
 {
-    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
-    g.model = "m\xff";
-    g.created_at = "t";
-    g.response = "a\xC3(b\r\x01 \xE2\x82\xAC";
-    g.thinking = "\xED\xA0\x80";
-    g.done = 1;
-    g.done_reason = "stop\xFE";
     uint8_t buf[512];
-    size_t n = agentbus__generate_response__pack(&g, buf);
+    size_t n = s_pack_generate("m\xff", "a\xC3(b\r\x01 \xE2\x82\xAC", "\xED\xA0\x80",
+                               "stop\xFE", buf);
     char *line = NULL;
     size_t line_len = 0;
     CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, n, &line, &line_len), 0);
@@ -307,14 +332,7 @@ static void s_test_not_utf8(void)
     CHECK_STR(json_string_value(json_object_get(o, "done_reason")), "stop" FFFD);
     json_decref(o);
 
-    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
-    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
-    m.role = "assistant";
-    m.content = "\x80hi";
-    c.model = "m";
-    c.created_at = "t";
-    c.message = &m;
-    n = agentbus__chat_response__pack(&c, buf);
+    n = s_pack_chat("\x80hi", "", buf);
     o = gw_ollama_reply(GW_CHAT, buf, n, 0);
     REQUIRE(o);
     CHECK_STR(json_string_value(json_object_get(json_object_get(o, "message"), "content")),
@@ -388,13 +406,8 @@ static void s_test_think(void)
     CHECK_TRUE(strstr(err, "think") != NULL);
     json_decref(j);
 
-    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
-    g.model = "m";
-    g.created_at = "t";
-    g.response = "";
-    g.thinking = "Let";
     uint8_t buf[256];
-    size_t n = agentbus__generate_response__pack(&g, buf);
+    size_t n = s_pack_generate("m", "", "Let", NULL, buf);
     char *line = NULL;
     size_t line_len = 0;
     CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, n, &line, &line_len), 0);
@@ -402,15 +415,7 @@ static void s_test_think(void)
     REQUIRE(o);
     CHECK_STR(json_string_value(json_object_get(o, "thinking")), "Let");
     json_decref(o);
-    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
-    Agentbus__ChatMessage m = AGENTBUS__CHAT_MESSAGE__INIT;
-    m.role = "assistant";
-    m.content = "";
-    m.thinking = " me";
-    c.model = "m";
-    c.created_at = "t";
-    c.message = &m;
-    n = agentbus__chat_response__pack(&c, buf);
+    n = s_pack_chat("", " me", buf);
     CHECK_EQ(gw_ollama_line(GW_CHAT, buf, n, &line, &line_len), 0);
     o = gw_ollama_reply(GW_CHAT, buf, n, 0);
     REQUIRE(o);
