@@ -84,6 +84,10 @@ void gw_call_unref(gw_call_t *c)
     free(c);
 }
 
+/* What an event of SIZE bytes holds: its record too, so that empty chunks
+ * (a worker may send millions) count against the bounds. */
+#define S_COST(size) (sizeof(gw_event_t) + (size))
+
 gw_event_t *gw_call_pop(gw_call_t *c)
 {
     gw_event_t *e = c->head;
@@ -91,7 +95,7 @@ gw_event_t *gw_call_pop(gw_call_t *c)
         c->head = e->next;
         if (!c->head)
             c->tail = NULL;
-        c->queued -= e->size;
+        c->queued -= S_COST(e->size);
     }
     return e;
 }
@@ -119,7 +123,7 @@ static int s_over_bound(gw_call_t *c, size_t size, int final)
         return 0;
     if (c->overflow)
         return 1;
-    if (!c->head || c->queued + size <= c->max_queued)
+    if (!c->head || c->queued + S_COST(size) <= c->max_queued)
         return 0; /* one event always goes, however large */
     c->overflow = 1;
     s_drop_events(c);
@@ -142,7 +146,7 @@ static int s_over_whole(gw_call_t *c, size_t size, char *text, size_t cap)
 {
     if (c->whole_cut)
         return 1;
-    size_t n = c->whole_each ? size : c->whole + size;
+    size_t n = c->whole_each ? size : c->whole + S_COST(size);
     if (!c->max_whole || n <= c->max_whole) {
         c->whole = n;
         return 0;
@@ -161,11 +165,8 @@ static int s_over_whole(gw_call_t *c, size_t size, char *text, size_t cap)
     return 2;
 }
 
-/* Appends an event and tells the waiter; the bus reference is dropped on
- * the final one. Returns 2 if this event cut the call (a bound passed:
- * s_over_whole, s_over_bound), else 0 or 1. */
-static int s_deliver(gw_call_t *c, int status, int final, const void *data, size_t size,
-                      const char *text)
+int gw_call_deliver(gw_call_t *c, int status, int final, const void *data, size_t size,
+                    const char *text)
 {
     gw_event_t *e = malloc(sizeof *e + size);
     pthread_mutex_lock(&c->lock);
@@ -192,7 +193,7 @@ static int s_deliver(gw_call_t *c, int status, int final, const void *data, size
         else
             c->head = e;
         c->tail = e;
-        c->queued += size;
+        c->queued += S_COST(size);
     } else if (!final) {
         status = AB_ENOMEM; /* a lost chunk must not pass silently */
     }
@@ -220,7 +221,7 @@ static void s_on_event(ab_client_t *client, const ab_reply_event_t *ev, void *ar
 {
     (void)client;
     gw_call_t *c = arg;
-    int cut = s_deliver(c, ev->status, ev->final, ev->data, ev->size, ev->error_text) == 2;
+    int cut = gw_call_deliver(c, ev->status, ev->final, ev->data, ev->size, ev->error_text) == 2;
     if (ev->final) {
         c->ended = 1;
         gw_call_unref(c);
@@ -246,7 +247,7 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
     ab_client_t *cl = s_client(b, c);
     c->bus = b;
     if (c->hungup) { /* the client left before the request was sent */
-        s_deliver(c, AB_ECANCELLED, 1, NULL, 0, "client closed the connection");
+        gw_call_deliver(c, AB_ECANCELLED, 1, NULL, 0, "client closed the connection");
         c->ended = 1;
         gw_call_unref(c);
         return;
@@ -261,7 +262,7 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
          * elsewhere. Calls in flight when the connection drops end with
          * AB_EDISCONNECTED from the library: 503 as well. A key the broker
          * refused is the library's to answer (AB_EDENIED, with why). */
-        s_deliver(c, AB_EDISCONNECTED, 1, NULL, 0, "broker unreachable");
+        gw_call_deliver(c, AB_EDISCONNECTED, 1, NULL, 0, "broker unreachable");
         c->ended = 1;
         gw_call_unref(c);
         return;
@@ -275,7 +276,7 @@ static void s_start(gw_bus_t *b, gw_call_t *c)
     int rc = ab_client_request_start(cl, b->service, c->pb, c->pb_len, &o, s_on_event, c,
                                      &c->id);
     if (rc != AB_OK) {
-        s_deliver(c, rc, 1, NULL, 0, ab_client_last_error(cl));
+        gw_call_deliver(c, rc, 1, NULL, 0, ab_client_last_error(cl));
         c->ended = 1;
         gw_call_unref(c);
     }
@@ -305,7 +306,7 @@ static void s_lookups_end(gw_bus_t *b, s_cmd_t *q, int rc, const void *buf, size
         return;
     while (q) {
         s_cmd_t *next = q->next;
-        s_deliver(q->call, rc, 1, buf, rc == AB_OK ? len : 0, text);
+        gw_call_deliver(q->call, rc, 1, buf, rc == AB_OK ? len : 0, text);
         gw_call_unref(q->call); /* the command's */
         free(q);
         q = next;
@@ -349,11 +350,11 @@ static void s_lookup_queue(gw_bus_t *b, gw_call_t *c, ab_client_t *cl)
         if (!stopping)
             return;
         free(q);
-        s_deliver(c, AB_ESTOPPED, 1, NULL, 0, "gateway stopping");
+        gw_call_deliver(c, AB_ESTOPPED, 1, NULL, 0, "gateway stopping");
     } else if (ab_client_refused(cl)) {
-        s_deliver(c, AB_EDENIED, 1, NULL, 0, ab_client_last_error(cl));
+        gw_call_deliver(c, AB_EDENIED, 1, NULL, 0, ab_client_last_error(cl));
     } else {
-        s_deliver(c, AB_ENOMEM, 1, NULL, 0, "out of memory");
+        gw_call_deliver(c, AB_ENOMEM, 1, NULL, 0, "out of memory");
     }
     c->ended = 1;
     gw_call_unref(c);
@@ -790,7 +791,7 @@ void gw_bus_destroy(gw_bus_t **bp)
     for (s_cmd_t *q = b->head, *n; q; q = n) {
         n = q->next;
         if (q->cancel == S_START)
-            s_deliver(q->call, AB_ESTOPPED, 1, NULL, 0, "gateway stopping");
+            gw_call_deliver(q->call, AB_ESTOPPED, 1, NULL, 0, "gateway stopping");
         if (q->cancel == S_UNWATCH)
             gw_call_unref(q->call);
         gw_call_unref(q->call);

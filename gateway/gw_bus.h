@@ -147,6 +147,15 @@ int gw_call_gone(gw_call_t *call);
  * final one, if it came. */
 gw_event_t *gw_call_pop(gw_call_t *call);
 
+/* Appends an event of CALL (the bus side: the bus or lookup thread,
+ * holding none of CALL's locks) and tells the waiter, within the call's
+ * bounds (MAX_QUEUED, MAX_WHOLE; each event charged its record too).
+ * Returns 2 if this event cut the call (a bound passed: the caller cancels
+ * the request unless the event was final), else 0, or 1 when it was
+ * dropped after such a cut. Does not drop the bus's reference. */
+int gw_call_deliver(gw_call_t *call, int status, int final, const void *data, size_t size,
+                    const char *text);
+
 /* 1 while the bus connection is up. Any thread. */
 int gw_bus_connected(const gw_bus_t *bus);
 
