@@ -472,9 +472,10 @@ class Client(_Base):
         self._flush()
         return mid.value
 
-    def subscribe(self, pattern: str, callback: Optional[Callable[[C.Message], Any]] = None,
+    def subscribe(self, pattern: Union[str, bytes], callback: Optional[Callable[[C.Message], Any]] = None,
                   *, timeout: Optional[float] = 5.0) -> "Subscription":
-        """Subscribes to PATTERN ("a.b" exact, "a." prefix) and waits up to
+        """Subscribes to PATTERN ("a.b" exact, "a." prefix; str, or bytes
+        in UTF-8, kept as str in ``Subscription.pattern``) and waits up to
         TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic
         message is passed to it from within the client's calls (``poll``,
         request waits); without, iterate the returned Subscription."""
@@ -559,7 +560,9 @@ class Subscription:
     def __init__(self, client: _Base, pattern: str,
                  callback: Optional[Callable[[C.Message], Any]]) -> None:
         self._client = client
-        self.pattern = pattern
+        # As text, whether given as str or bytes: a bytes pattern was
+        # compared with each topic's str (TypeError on the first message)
+        self.pattern = text(b(pattern))
         self.callback = callback
         self._queue: Deque[C.Message] = deque()
         self._waiter: Any = None  # AsyncClient: future woken on delivery

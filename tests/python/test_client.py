@@ -615,3 +615,51 @@ def test_fork_child_leaves_the_parents_worker_alone(bus):
         t.join(30)
         w.close()
     assert not t.is_alive()
+
+
+def test_bytes_pattern_matches_as_its_text(bus):
+    # subscribe(b"news.", cb) subscribed at the broker, but the first topic
+    # message raised TypeError ("endswith first arg must be bytes") from the
+    # call that delivered it, and close() left the broker subscription.
+    with bus.client() as sub, bus.client() as pub:
+        got = []
+        cb = sub.subscribe(b"news.", got.append)
+        it = sub.subscribe(bytearray(b"alerts.gpu"))
+        assert cb.pattern == "news." and it.pattern == "alerts.gpu"
+        pub.publish("news.today", b"paper")
+        pub.publish(b"alerts.gpu", b"hot")
+        assert it.get(timeout=5).data == b"hot"
+        sub.run(0.3)
+        assert [g.data for g in got] == [b"paper"]
+        cb.close()
+        pub.publish("news.today", b"after close")
+        sub.run(0.3)
+        assert [g.data for g in got] == [b"paper"]
+
+
+async def _bytes_pattern_async(endpoint):
+    async with agentbus.AsyncClient(endpoint) as sub, agentbus.AsyncClient(endpoint) as pub:
+        s = await sub.subscribe(b"jobs.")
+        await pub.publish("jobs.1", b"one")
+        return (await s.get(timeout=5)).data
+
+
+def test_bytes_pattern_async(bus):
+    assert asyncio.run(_bytes_pattern_async(bus.endpoint)) == b"one"
+
+
+def test_priority_must_be_a_whole_number_or_a_lane(bus):
+    # priority=1.7 went to the broker as 1 (int() truncated), True as 1, "3"
+    # raised "unknown priority": only a lane name or an int 0..255 is one.
+    bus.echo_worker()
+    bus.wait_workers("echo")
+    with bus.client() as c:
+        for bad in (1.7, 2.0, True, b"batch", [1]):
+            with pytest.raises(TypeError):
+                c.request("echo", b"x", priority=bad, timeout=5)
+        for bad in (-1, 256, "urgent"):
+            with pytest.raises(ValueError):
+                c.request("echo", b"x", priority=bad, timeout=5)
+        assert c.pending == 0
+        for good in (0, 255, "batch", "Interactive"):
+            assert c.request("echo", b"ok", priority=good, timeout=5) == b"ok"
