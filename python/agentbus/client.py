@@ -4,15 +4,19 @@ Thread safety (as the C API states it): a Client, and the streams and
 subscriptions that come from it, is used by one thread at a time;
 different Clients may be used from different threads at once. Callbacks
 (subscription callbacks) run on the thread that is inside a call of the
-client (a request's wait, ``poll``, ``listen``, iterating a stream). Only
-:meth:`Client.stop` may be called from any thread (or a signal handler).
+client (a request's wait, ``poll``, ``listen``, iterating a stream).
+:meth:`Client.stop` may be called from any thread (or a signal handler),
+:meth:`Client.close` from any thread; another
+call while a thread is inside one raises RuntimeError (see _Base._hold).
 Blocking calls release the GIL while they wait in the C library.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import threading
 import time
 from collections import deque
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
@@ -48,14 +52,46 @@ class _Call:
             raise error(self.status, self.error_text)
 
 
+_CLOSED = object()  # _holding(): raise StoppedError on a closed client
+
+
+def _holding(closed: Any = _CLOSED) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorates a method of a client (or of a Stream or Subscription, by
+    their ``_client``) that calls into the C handle: the calling thread holds
+    the handle for the length of the call (_Base._hold). On a closed client
+    the method returns CLOSED instead, when given."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def call(self: Any, *args: Any, **kw: Any) -> Any:
+            client = getattr(self, "_client", self)
+            if closed is not _CLOSED and not client._h:
+                return closed
+            client._hold()
+            try:
+                return fn(self, *args, **kw)
+            finally:
+                client._release()
+        return call
+    return wrap
+
+
 class _Base:
-    """What Client and AsyncClient share: the handle, request bookkeeping."""
+    """What Client and AsyncClient share: the handle, request bookkeeping.
+
+    Which thread is inside the handle: ``_user`` (0: none), ``_depth`` (a
+    callback calling in nests). Another thread's call raises instead of
+    running in the handle at the same time; close() from another thread
+    stops the handle, waits for the user to leave, then frees it."""
 
     def __init__(self, endpoint: Optional[str] = None, *, name: Optional[str] = None,
                  timeout: Optional[float] = None, heartbeat_ms: Optional[int] = None,
                  takeover: bool = False, batching: Optional[bool] = None,
                  key: Optional[str] = None, broker_key: Optional[str] = None) -> None:
+        self._lock = threading.Condition(threading.RLock())  # reentrant: stop() in a signal handler
         self._h = c_void_p()
+        self._user = 0
+        self._depth = 0
+        self._closing = False
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._timeout = timeout  # the default wait (None: the library's 30 s)
         self._calls: Dict[int, _Call] = {}
@@ -72,16 +108,66 @@ class _Base:
             lib.ab_options_destroy(byref(c_void_p(o)))
 
     # -- lifecycle --------------------------------------------------------
-    def _close_handle(self) -> None:
-        if self._h and self._pid == os.getpid():
+    def _hold(self) -> None:
+        """Enters the handle for this thread, or raises: StoppedError when it
+        is closed (or closing), RuntimeError while another thread is inside
+        (the C library's one thread at a time: a second thread's publish()
+        ran in the handle during the first one's recv())."""
+        self._handle()
+        me = threading.get_ident()
+        with self._lock:
+            if self._user not in (0, me):
+                raise RuntimeError("agentbus client in use by another thread (one thread at a "
+                                   "time; stop() and close() may come from any)")
+            if self._user != me and self._closing:
+                raise error(-15, "client is closed")
+            self._user = me
+            self._depth += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth:
+                return
+            self._user = 0
+            if self._closing:  # close() came during the call: free it now
+                self._destroy()
+                self._lock.notify_all()
+
+    def _destroy(self) -> None:
+        """Frees the handle; the caller holds _lock and no thread is inside."""
+        self._closing = True  # callbacks run by ab_client_destroy cancel nothing
+        if self._h:
             lib.ab_client_destroy(byref(self._h))
-        self._h = c_void_p()  # a fork()ed child only forgets its parent's
+        self._h = c_void_p()
+
+    def _close_handle(self) -> None:
+        if self._pid != os.getpid():  # a fork()ed child only forgets its parent's
+            self._h = c_void_p()
+            return
+        with self._lock:
+            if not self._h:
+                return
+            self._closing = True
+            if self._user != 0:
+                # A call is inside: it returns STOPPED soon, and its thread
+                # frees the handle on its way out (_release). Another
+                # thread's close() waits for that; one from inside (a
+                # callback) cannot.
+                lib.ab_client_stop(self._h)
+                if self._user != threading.get_ident():
+                    self._lock.wait_for(lambda: not self._h, 30)
+                return
+            self._destroy()
 
     def stop(self) -> None:
         """Makes blocking calls return StoppedError soon, now and from then
         on. Safe from any thread and from signal handlers."""
-        if self._h:
-            lib.ab_client_stop(self._h)
+        if self._pid != os.getpid():
+            return
+        with self._lock:  # not while another thread's close() frees it
+            if self._h:
+                lib.ab_client_stop(self._h)
 
     def __del__(self) -> None:
         try:
@@ -90,11 +176,13 @@ class _Base:
             pass
 
     @property
+    @_holding(closed=False)
     def connected(self) -> bool:
         """True while the connection to a broker is up."""
         return bool(lib.ab_client_connected(self._h))
 
     @property
+    @_holding(closed=False)
     def refused(self) -> bool:
         """True once the broker refused this handle's CURVE handshake (its
         key is not trusted there, or the broker requires CURVE and it has
@@ -103,10 +191,12 @@ class _Base:
         return bool(lib.ab_client_refused(self._h))
 
     @property
+    @_holding(closed=0)
     def pending(self) -> int:
         """Requests (and other calls awaiting an answer) in flight."""
         return int(lib.ab_client_pending(self._h))
 
+    @_holding(closed="")
     def last_error(self) -> str:
         """Detailed text of the handle's last error."""
         return text(lib.ab_client_last_error(self._h))
@@ -210,7 +300,9 @@ class Client(_Base):
 
     def close(self) -> None:
         """Closes the connection; requests in flight end with STOPPED.
-        Idempotent."""
+        Idempotent. From another thread while a call waits in this one, it
+        makes that call raise StoppedError and returns once it has left
+        the library (before 2026-12-06 it freed the handle under it)."""
         self._close_handle()
 
     def __exit__(self, *exc: Any) -> None:
@@ -222,6 +314,7 @@ class Client(_Base):
         # what it sends without waiting goes out now.
         check(lib.ab_client_flush(self._handle()), self.last_error)
 
+    @_holding()
     def poll(self, timeout: Optional[float] = 0) -> int:
         """Processes traffic for up to TIMEOUT seconds (0: what is there;
         None: until something arrives), running subscription callbacks.
@@ -249,6 +342,7 @@ class Client(_Base):
             self._cancel(call)
             raise
 
+    @_holding()
     def request(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
                 cache_ttl: Optional[float] = None, priority: Optional[int] = None,
                 model: Optional[str] = None, worker: Optional[str] = None,
@@ -290,6 +384,7 @@ class Client(_Base):
         finally:
             lib.ab_free(reply)
 
+    @_holding()
     def stream(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
                **opts: Any) -> "Stream":
         """Starts a request and returns its reply as an iterator of chunks
@@ -300,6 +395,7 @@ class Client(_Base):
         return Stream(self, call, timeout, None)
 
     # -- inference (Ollama-shaped) ----------------------------------------
+    @_holding()
     def generate(self, model: str, prompt: str = "", *, stream: bool = False,
                  system: str = "", format: str = "",
                  options: Optional[Mapping[str, Any]] = None,
@@ -325,6 +421,7 @@ class Client(_Base):
                                      top_logprobs=top_logprobs, context=context)
         return self._infer(service, payload, model, stream, timeout, C.generate_result, req)
 
+    @_holding()
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
              format: str = "", options: Optional[Mapping[str, Any]] = None,
              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
@@ -345,6 +442,7 @@ class Client(_Base):
                                  logprobs=logprobs, top_logprobs=top_logprobs)
         return self._infer(service, payload, model, stream, timeout, C.chat_result, req)
 
+    @_holding()
     def embed(self, model: str, input: Union[str, Sequence[str]], *,
               truncate: Optional[bool] = None, options: Optional[Mapping[str, Any]] = None,
               keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
@@ -372,6 +470,7 @@ class Client(_Base):
         return last
 
     # -- discovery --------------------------------------------------------
+    @_holding()
     def discover(self, service: Optional[str] = None,
                  timeout: Optional[float] = None) -> Dict[str, List[Dict[str, Any]]]:
         """The broker's directory for SERVICE (None: all):
@@ -388,6 +487,7 @@ class Client(_Base):
     _CONTROL = {"stats": "stats", "services": "service_list", "workers": "worker_list",
                 "agents": "agent_list"}
 
+    @_holding()
     def control(self, what: str = "stats", timeout: Optional[float] = None) -> Dict[str, Any]:
         """Operator query (as brokerctl): WHAT is "stats", "services",
         "workers" or "agents"; the broker's answer decoded to a dict."""
@@ -404,6 +504,7 @@ class Client(_Base):
         return _pb.unpack(self._CONTROL[what], data)
 
     # -- direct messages --------------------------------------------------
+    @_holding()
     def send(self, name: str, data: Data, *, receipt: bool = False, wait: bool = False,
              timeout: Optional[float] = None) -> Union[int, bool]:
         """Sends DATA to the agent NAME (kept in its mailbox when it is
@@ -424,6 +525,7 @@ class Client(_Base):
         self._flush()
         return mid.value
 
+    @_holding()
     def reply(self, message: C.Message, data: Data) -> None:
         """Answers direct MESSAGE (received by this client) with DATA."""
         if message._c is None:
@@ -433,6 +535,7 @@ class Client(_Base):
               self.last_error)
         self._flush()
 
+    @_holding()
     def recv(self, timeout: Optional[float] = None) -> C.Message:
         """The next direct message (or receipt, gap, error notice); waits up
         to TIMEOUT seconds (None: forever). Raises TimeoutError."""
@@ -463,6 +566,7 @@ class Client(_Base):
                 return
 
     # -- topics -----------------------------------------------------------
+    @_holding()
     def publish(self, topic: str, data: Data) -> int:
         """Publishes DATA on TOPIC; returns its id."""
         payload = data_bytes(data)
@@ -472,6 +576,7 @@ class Client(_Base):
         self._flush()
         return mid.value
 
+    @_holding()
     def subscribe(self, pattern: Union[str, bytes], callback: Optional[Callable[[C.Message], Any]] = None,
                   *, timeout: Optional[float] = 5.0) -> "Subscription":
         """Subscribes to PATTERN ("a.b" exact, "a." prefix; str, or bytes
@@ -485,6 +590,7 @@ class Client(_Base):
         self._subs.append(s)
         return s
 
+    @_holding()
     def run(self, timeout: Optional[float] = None) -> None:
         """Runs subscription callbacks for TIMEOUT seconds (None: until
         :meth:`stop`, which then raises StoppedError)."""
@@ -515,6 +621,7 @@ class Stream:
     def __iter__(self) -> "Stream":
         return self
 
+    @_holding()
     def __next__(self) -> Any:
         call = self._call
         limit = None if self._timeout is None else time.monotonic() + self._timeout + 5.0
@@ -575,6 +682,7 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    @_holding()
     def get(self, timeout: Optional[float] = None) -> C.Message:
         """The next message; raises TimeoutError after TIMEOUT seconds."""
         client = self._client
@@ -591,6 +699,7 @@ class Subscription:
         while True:
             yield self.get()
 
+    @_holding(closed=None)
     def close(self) -> None:
         """Unsubscribes (the client keeps other subscriptions)."""
         if self in self._client._subs:
