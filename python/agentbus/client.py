@@ -6,7 +6,7 @@ different Clients may be used from different threads at once. Callbacks
 (subscription callbacks) run on the thread that is inside a call of the
 client (a request's wait, ``poll``, ``listen``, iterating a stream).
 :meth:`Client.stop` may be called from any thread (or a signal handler),
-:meth:`Client.close` from any thread; another
+:meth:`Client.close` and :meth:`Stream.close` from any thread; another
 call while a thread is inside one raises RuntimeError (see _Base._hold).
 Blocking calls release the GIL while they wait in the C library.
 """
@@ -92,6 +92,7 @@ class _Base:
         self._user = 0
         self._depth = 0
         self._closing = False
+        self._orphans: Deque[_Call] = deque()  # to cancel, from another thread (Stream.close)
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._timeout = timeout  # the default wait (None: the library's 30 s)
         self._calls: Dict[int, _Call] = {}
@@ -123,6 +124,8 @@ class _Base:
                 raise error(-15, "client is closed")
             self._user = me
             self._depth += 1
+        if self._depth == 1 and self._orphans:
+            self._cancel_orphans()
 
     def _release(self) -> None:
         with self._lock:
@@ -140,6 +143,7 @@ class _Base:
         if self._h:
             lib.ab_client_destroy(byref(self._h))
         self._h = c_void_p()
+        self._orphans.clear()
 
     def _close_handle(self) -> None:
         if self._pid != os.getpid():  # a fork()ed child only forgets its parent's
@@ -260,8 +264,29 @@ class _Base:
             lib.ab_client_cancel(self._h, call.id)
             self._calls.pop(call.key, None)
 
+    def _cancel_from_any_thread(self, call: _Call) -> None:
+        """Cancels CALL now if no other thread is inside the handle, else
+        hands it to the one that is (_cancel_orphans). A Stream closed or
+        collected on another thread cancelled inside the handle while its
+        owner waited in it."""
+        if call.final or self._pid != os.getpid():
+            return
+        with self._lock:  # a thread coming in waits for this, it is not refused
+            if self._user in (0, threading.get_ident()) and not self._closing:
+                self._cancel(call)
+            else:
+                self._orphans.append(call)
+
+    def _cancel_orphans(self) -> None:
+        """On the thread inside the handle: cancels what other threads left."""
+        while self._orphans:
+            self._cancel(self._orphans.popleft())
+
     def _messages_in(self) -> None:
-        """Moves queued messages from the C receive queue to Python."""
+        """Moves queued messages from the C receive queue to Python (and
+        cancels what other threads asked meanwhile)."""
+        if self._orphans:
+            self._cancel_orphans()
         p = POINTER(_CMessage)()
         while self._h and lib.ab_client_recv(self._h, byref(p), 0) == 0:
             self._dispatch(C.message_from_c(p))
@@ -547,6 +572,8 @@ class Client(_Base):
                 min(1000.0, max(0.0, (deadline - time.monotonic()) * 1000)))
             p = POINTER(_CMessage)()
             rc = lib.ab_client_recv(self._handle(), byref(p), left)
+            if self._orphans:
+                self._cancel_orphans()
             if rc == 0:
                 self._dispatch(C.message_from_c(p))
                 continue
@@ -642,8 +669,9 @@ class Stream:
         return self._decode(chunk) if self._decode else chunk
 
     def close(self) -> None:
-        """Cancels the request if it is still running."""
-        self._client._cancel(self._call)
+        """Cancels the request if it is still running. From any thread
+        (the thread inside the client then sends the cancel)."""
+        self._client._cancel_from_any_thread(self._call)
 
     def __enter__(self) -> "Stream":
         return self
@@ -651,7 +679,7 @@ class Stream:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self) -> None:  # on whichever thread collects it
         try:
             if self._client._h:
                 self.close()

@@ -802,3 +802,38 @@ def test_close_from_a_callback(bus, monkeypatch):
         assert not c._h
     assert not use.overlaps, use.overlaps[:3]
     assert "ab_client_destroy" in use.threads
+
+
+def test_stream_collected_on_another_thread(bus, monkeypatch):
+    # A Stream dropped (or closed) on another thread cancelled its request
+    # from that thread, inside the handle while its owner waited in it.
+    # Now the cancel is handed to the thread using the client: done in
+    # its current wait or next call, and the worker is told all the same.
+    import threading
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
+    bus.wait_workers("slow")
+    use = _HandleUse(monkeypatch)
+    droppers = set()
+    with bus.client() as c:
+        for drop in ("del", "close"):
+            s = c.stream("slow", b"x", timeout=600)
+            assert c.pending == 1
+            holder = [s]
+            del s
+            t = threading.Thread(target=holder.clear if drop == "del" else holder[0].close,
+                                 name="dropper-" + drop, daemon=True)
+            droppers.add(t.name)
+            box = []
+            waiter = threading.Thread(target=lambda: box.append(c.run(1.5)), daemon=True)
+            waiter.start()
+            time.sleep(0.2)  # inside run()'s ab_client_poll
+            t.start()
+            t.join(10)
+            waiter.join(10)
+            assert box, "run did not return"
+            holder.clear()
+            assert c.pending == 0, drop
+            # the worker's one slot is free again: nothing waits in the queue
+            assert c.discover("slow")["services"][0]["queue_depth"] == 0
+    assert not use.overlaps, use.overlaps[:3]
+    assert not use.threads["ab_client_cancel"] & droppers, use.threads["ab_client_cancel"]
