@@ -134,6 +134,9 @@ class Worker:
                  broker_key: Optional[str] = None) -> None:
         self.service = service
         self._handler = handler
+        # Held while the handle is freed: stop() from another thread (or a
+        # signal handler: reentrant) waits instead of using it half freed.
+        self._free_lock = threading.RLock()
         self._h = c_void_p()
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._jobs: Dict[int, Job] = {}
@@ -391,14 +394,21 @@ class Worker:
         """Stops :meth:`run` soon; jobs held are handed back to the broker
         by :meth:`close`. Any thread, signal handlers too."""
         self._stopped.set()
-        if self._h:
-            lib.ab_worker_stop(self._h)
+        if self._pid != os.getpid():  # the parent's lock may be held for good
+            return
+        with self._free_lock:
+            if self._h:
+                lib.ab_worker_stop(self._h)
 
     def shutdown(self, grace: float = 2.0) -> None:
         """Graceful stop: take nothing new, finish held jobs for up to GRACE
         seconds, then stop. Any thread."""
-        if self._h:
-            lib.ab_worker_shutdown(self._h, C.ms(grace, 0, "grace"))
+        ms = C.ms(grace, 0, "grace")
+        if self._pid != os.getpid():
+            return
+        with self._free_lock:
+            if self._h:
+                lib.ab_worker_shutdown(self._h, ms)
 
     def close(self) -> None:
         """Says BYE and frees the handle (idempotent). While the worker runs
@@ -416,12 +426,13 @@ class Worker:
             if self._on_loop_thread() or not self._served.wait(30):
                 self._close_when_served = True
                 return
-        if self._h:
-            for job in list(self._jobs.values()):
-                lib.ab_job_destroy(byref(job._p))
-            self._jobs.clear()
-            lib.ab_worker_destroy(byref(self._h))
-            self._h = c_void_p()
+        with self._free_lock:
+            if self._h:
+                for job in list(self._jobs.values()):
+                    lib.ab_job_destroy(byref(job._p))
+                self._jobs.clear()
+                lib.ab_worker_destroy(byref(self._h))
+                self._h = c_void_p()
 
     def __enter__(self) -> "Worker":
         return self

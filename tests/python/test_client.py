@@ -837,3 +837,42 @@ def test_stream_collected_on_another_thread(bus, monkeypatch):
             assert c.discover("slow")["services"][0]["queue_depth"] == 0
     assert not use.overlaps, use.overlaps[:3]
     assert not use.threads["ab_client_cancel"] & droppers, use.threads["ab_client_cancel"]
+
+
+def _stop_during_destroy(monkeypatch, handle, destroy_name, stop_name):
+    """Makes DESTROY_NAME slow, calls HANDLE.close() and, on another thread
+    while the destroy runs, HANDLE.stop(); returns the names of the calls
+    that came during the destroy."""
+    import threading
+    lib = agentbus._lib.lib
+    inside = threading.Event()
+    during = []
+    destroy, stop = getattr(lib, destroy_name), getattr(lib, stop_name)
+
+    def slow_destroy(*args):
+        inside.set()
+        time.sleep(0.3)
+        destroy(*args)
+        inside.clear()
+
+    def spy_stop(*args):
+        if inside.is_set():
+            during.append(stop_name)
+        stop(*args)
+    monkeypatch.setattr(lib, destroy_name, slow_destroy)
+    monkeypatch.setattr(lib, stop_name, spy_stop)
+    t = threading.Thread(target=lambda: (inside.wait(5), handle.stop()), daemon=True)
+    t.start()
+    handle.close()
+    t.join(5)
+    return during
+
+
+def test_stop_from_another_thread_while_close_frees(bus, monkeypatch):
+    # stop() looked at the handle, then called ab_*_stop on it: a close()
+    # on another thread could free it in between (use after free). Now
+    # stop() waits for the free and then does nothing.
+    assert _stop_during_destroy(monkeypatch, bus.client(), "ab_client_destroy",
+                                "ab_client_stop") == []
+    w = agentbus.Worker("idle", lambda job: b"", endpoint=bus.endpoint)
+    assert _stop_during_destroy(monkeypatch, w, "ab_worker_destroy", "ab_worker_stop") == []
