@@ -59,13 +59,13 @@ def _holding(closed: Any = _CLOSED) -> Callable[[Callable[..., Any]], Callable[.
     """Decorates a method of a client (or of a Stream or Subscription, by
     their ``_client``) that calls into the C handle: the calling thread holds
     the handle for the length of the call (_Base._hold). On a closed client
-    the method returns CLOSED instead, when given."""
+    the method (or in a fork()ed child) returns CLOSED instead, when given."""
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def call(self: Any, *args: Any, **kw: Any) -> Any:
             client = getattr(self, "_client", self)
-            if closed is not _CLOSED and not client._h:
-                return closed
+            if closed is not _CLOSED and (not client._h or client._pid != os.getpid()):
+                return closed  # closed, or a fork()ed child's copy
             client._hold()
             try:
                 return fn(self, *args, **kw)
@@ -604,8 +604,9 @@ class Client(_Base):
         return mid.value
 
     @_holding()
-    def subscribe(self, pattern: Union[str, bytes], callback: Optional[Callable[[C.Message], Any]] = None,
-                  *, timeout: Optional[float] = 5.0) -> "Subscription":
+    def subscribe(self, pattern: Union[str, bytes],
+                  callback: Optional[Callable[[C.Message], Any]] = None, *,
+                  timeout: Optional[float] = 5.0) -> "Subscription":
         """Subscribes to PATTERN ("a.b" exact, "a." prefix; str, or bytes
         in UTF-8, kept as str in ``Subscription.pattern``) and waits up to
         TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic

@@ -467,9 +467,11 @@ def test_fork_child_cannot_use_the_parents_client(bus):
                     out.append("no error")
                 except agentbus.StoppedError as e:
                     out.append("fork()" in e.text)
+            # what a closed client answers (they raised with the thread check)
+            out.append((parent.connected, parent.pending, parent.last_error()))
             parent.close()
             return out
-        assert _in_child(child) == "[True, True, True]"
+        assert _in_child(child) == "[True, True, True, (False, 0, '')]"
         assert parent.request("echo", b"after", timeout=10) == b"after"
 
 
