@@ -878,3 +878,22 @@ def test_stop_from_another_thread_while_close_frees(bus, monkeypatch):
                                 "ab_client_stop") == []
     w = agentbus.Worker("idle", lambda job: b"", endpoint=bus.endpoint)
     assert _stop_during_destroy(monkeypatch, w, "ab_worker_destroy", "ab_worker_stop") == []
+
+
+def test_stream_closed_from_another_thread_while_iterated(bus, monkeypatch):
+    # The owner waits in next(stream); another thread closes the stream: the
+    # owner's next() sends the cancel within a second and raises
+    # CancelledError, and no two threads were inside the handle.
+    import threading
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
+    bus.wait_workers("slow")
+    use = _HandleUse(monkeypatch)
+    with bus.client() as c:
+        s = c.stream("slow", b"x", timeout=600)
+        threading.Timer(0.3, s.close).start()
+        t0 = time.monotonic()
+        with pytest.raises(agentbus.CancelledError):
+            next(s)
+        assert time.monotonic() - t0 < 5
+        assert c.pending == 0
+    assert not use.overlaps, use.overlaps[:3]
