@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -120,13 +121,17 @@ PRIORITIES = {"interactive": 3, "normal": 2, "batch": 1}
 
 def priority_value(priority) -> int:
     """PRIORITY as the header carries it: None -> 0 (normal lane), a lane
-    name, or a number 0..255; anything else raises ValueError."""
+    name, or a whole number 0..255 (ValueError outside, or for another
+    name). Another type is a TypeError: int() took 1.7 as 1 and True as 1."""
     if priority is None:
         return 0
     if isinstance(priority, str):
         if priority.lower() in PRIORITIES:
             return PRIORITIES[priority.lower()]
         raise ValueError(f"unknown priority {priority!r} (interactive, normal, batch, 0..255)")
+    if isinstance(priority, bool) or not isinstance(priority, numbers.Integral):
+        raise TypeError("priority must be a lane name or an int 0..255, not %s"
+                        % type(priority).__name__)
     value = int(priority)
     if not 0 <= value <= 255:
         raise ValueError(f"priority {value} out of range 0..255")

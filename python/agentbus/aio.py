@@ -94,6 +94,22 @@ class AsyncClient(_Base):
             self._kicked = True
             self._loop.call_soon(self._drain)
 
+    def _cancel_on_loop(self, call: _Call) -> None:
+        """Cancels CALL on the loop's thread: at once when this is it, else
+        handed to it. A stream collected on another thread (a collection
+        runs on any) cancelled inside the handle while the loop polled it,
+        and its call_soon did not wake the loop."""
+        loop = self._loop
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            here = False
+        if loop is None or here:
+            self._cancel(call)
+            self._kick()
+        else:
+            loop.call_soon_threadsafe(self._cancel_on_loop, call)
+
     async def close(self) -> None:
         """Closes the connection; requests in flight end with STOPPED."""
         self._detach()
@@ -347,9 +363,8 @@ class AsyncStream:
         # Abandoned mid-stream (a `break` out of `async for`): cancel it.
         try:
             if self._client._h and not self._call.final:
-                self._client._cancel(self._call)
-                self._client._kick()
-        except Exception:
+                self._client._cancel_on_loop(self._call)
+        except Exception:  # a closed loop: the client is gone with it
             pass
 
 

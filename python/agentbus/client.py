@@ -4,15 +4,19 @@ Thread safety (as the C API states it): a Client, and the streams and
 subscriptions that come from it, is used by one thread at a time;
 different Clients may be used from different threads at once. Callbacks
 (subscription callbacks) run on the thread that is inside a call of the
-client (a request's wait, ``poll``, ``listen``, iterating a stream). Only
-:meth:`Client.stop` may be called from any thread (or a signal handler).
+client (a request's wait, ``poll``, ``listen``, iterating a stream).
+:meth:`Client.stop` may be called from any thread (or a signal handler),
+:meth:`Client.close` and :meth:`Stream.close` from any thread; another
+call while a thread is inside one raises RuntimeError (see _Base._hold).
 Blocking calls release the GIL while they wait in the C library.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import threading
 import time
 from collections import deque
 from ctypes import byref, c_int, c_size_t, c_uint64, c_void_p
@@ -48,14 +52,47 @@ class _Call:
             raise error(self.status, self.error_text)
 
 
+_CLOSED = object()  # _holding(): raise StoppedError on a closed client
+
+
+def _holding(closed: Any = _CLOSED) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorates a method of a client (or of a Stream or Subscription, by
+    their ``_client``) that calls into the C handle: the calling thread holds
+    the handle for the length of the call (_Base._hold). On a closed client
+    the method (or in a fork()ed child) returns CLOSED instead, when given."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def call(self: Any, *args: Any, **kw: Any) -> Any:
+            client = getattr(self, "_client", self)
+            if closed is not _CLOSED and (not client._h or client._pid != os.getpid()):
+                return closed  # closed, or a fork()ed child's copy
+            client._hold()
+            try:
+                return fn(self, *args, **kw)
+            finally:
+                client._release()
+        return call
+    return wrap
+
+
 class _Base:
-    """What Client and AsyncClient share: the handle, request bookkeeping."""
+    """What Client and AsyncClient share: the handle, request bookkeeping.
+
+    Which thread is inside the handle: ``_user`` (0: none), ``_depth`` (a
+    callback calling in nests). Another thread's call raises instead of
+    running in the handle at the same time; close() from another thread
+    stops the handle, waits for the user to leave, then frees it."""
 
     def __init__(self, endpoint: Optional[str] = None, *, name: Optional[str] = None,
                  timeout: Optional[float] = None, heartbeat_ms: Optional[int] = None,
                  takeover: bool = False, batching: Optional[bool] = None,
                  key: Optional[str] = None, broker_key: Optional[str] = None) -> None:
+        self._lock = threading.Condition(threading.RLock())  # reentrant: stop() in a signal handler
         self._h = c_void_p()
+        self._user = 0
+        self._depth = 0
+        self._closing = False
+        self._orphans: Deque[_Call] = deque()  # to cancel, from another thread (Stream.close)
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._timeout = timeout  # the default wait (None: the library's 30 s)
         self._calls: Dict[int, _Call] = {}
@@ -72,16 +109,69 @@ class _Base:
             lib.ab_options_destroy(byref(c_void_p(o)))
 
     # -- lifecycle --------------------------------------------------------
-    def _close_handle(self) -> None:
-        if self._h and self._pid == os.getpid():
+    def _hold(self) -> None:
+        """Enters the handle for this thread, or raises: StoppedError when it
+        is closed (or closing), RuntimeError while another thread is inside
+        (the C library's one thread at a time: a second thread's publish()
+        ran in the handle during the first one's recv())."""
+        self._handle()
+        me = threading.get_ident()
+        with self._lock:
+            if self._user not in (0, me):
+                raise RuntimeError("agentbus client in use by another thread (one thread at a "
+                                   "time; stop() and close() may come from any)")
+            if self._user != me and self._closing:
+                raise error(-15, "client is closed")
+            self._user = me
+            self._depth += 1
+        if self._depth == 1 and self._orphans:
+            self._cancel_orphans()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth:
+                return
+            self._user = 0
+            if self._closing:  # close() came during the call: free it now
+                self._destroy()
+                self._lock.notify_all()
+
+    def _destroy(self) -> None:
+        """Frees the handle; the caller holds _lock and no thread is inside."""
+        self._closing = True  # callbacks run by ab_client_destroy cancel nothing
+        if self._h:
             lib.ab_client_destroy(byref(self._h))
-        self._h = c_void_p()  # a fork()ed child only forgets its parent's
+        self._h = c_void_p()
+        self._orphans.clear()
+
+    def _close_handle(self) -> None:
+        if self._pid != os.getpid():  # a fork()ed child only forgets its parent's
+            self._h = c_void_p()
+            return
+        with self._lock:
+            if not self._h:
+                return
+            self._closing = True
+            if self._user != 0:
+                # A call is inside: it returns STOPPED soon, and its thread
+                # frees the handle on its way out (_release). Another
+                # thread's close() waits for that; one from inside (a
+                # callback) cannot.
+                lib.ab_client_stop(self._h)
+                if self._user != threading.get_ident():
+                    self._lock.wait_for(lambda: not self._h, 30)
+                return
+            self._destroy()
 
     def stop(self) -> None:
         """Makes blocking calls return StoppedError soon, now and from then
         on. Safe from any thread and from signal handlers."""
-        if self._h:
-            lib.ab_client_stop(self._h)
+        if self._pid != os.getpid():
+            return
+        with self._lock:  # not while another thread's close() frees it
+            if self._h:
+                lib.ab_client_stop(self._h)
 
     def __del__(self) -> None:
         try:
@@ -90,11 +180,13 @@ class _Base:
             pass
 
     @property
+    @_holding(closed=False)
     def connected(self) -> bool:
         """True while the connection to a broker is up."""
         return bool(lib.ab_client_connected(self._h))
 
     @property
+    @_holding(closed=False)
     def refused(self) -> bool:
         """True once the broker refused this handle's CURVE handshake (its
         key is not trusted there, or the broker requires CURVE and it has
@@ -103,10 +195,12 @@ class _Base:
         return bool(lib.ab_client_refused(self._h))
 
     @property
+    @_holding(closed=0)
     def pending(self) -> int:
         """Requests (and other calls awaiting an answer) in flight."""
         return int(lib.ab_client_pending(self._h))
 
+    @_holding(closed="")
     def last_error(self) -> str:
         """Detailed text of the handle's last error."""
         return text(lib.ab_client_last_error(self._h))
@@ -170,8 +264,29 @@ class _Base:
             lib.ab_client_cancel(self._h, call.id)
             self._calls.pop(call.key, None)
 
+    def _cancel_from_any_thread(self, call: _Call) -> None:
+        """Cancels CALL now if no other thread is inside the handle, else
+        hands it to the one that is (_cancel_orphans). A Stream closed or
+        collected on another thread cancelled inside the handle while its
+        owner waited in it."""
+        if call.final or self._pid != os.getpid():
+            return
+        with self._lock:  # a thread coming in waits for this, it is not refused
+            if self._user in (0, threading.get_ident()) and not self._closing:
+                self._cancel(call)
+            else:
+                self._orphans.append(call)
+
+    def _cancel_orphans(self) -> None:
+        """On the thread inside the handle: cancels what other threads left."""
+        while self._orphans:
+            self._cancel(self._orphans.popleft())
+
     def _messages_in(self) -> None:
-        """Moves queued messages from the C receive queue to Python."""
+        """Moves queued messages from the C receive queue to Python (and
+        cancels what other threads asked meanwhile)."""
+        if self._orphans:
+            self._cancel_orphans()
         p = POINTER(_CMessage)()
         while self._h and lib.ab_client_recv(self._h, byref(p), 0) == 0:
             self._dispatch(C.message_from_c(p))
@@ -210,7 +325,9 @@ class Client(_Base):
 
     def close(self) -> None:
         """Closes the connection; requests in flight end with STOPPED.
-        Idempotent."""
+        Idempotent. From another thread while a call waits in this one, it
+        makes that call raise StoppedError and returns once it has left
+        the library (before 2026-12-06 it freed the handle under it)."""
         self._close_handle()
 
     def __exit__(self, *exc: Any) -> None:
@@ -222,6 +339,7 @@ class Client(_Base):
         # what it sends without waiting goes out now.
         check(lib.ab_client_flush(self._handle()), self.last_error)
 
+    @_holding()
     def poll(self, timeout: Optional[float] = 0) -> int:
         """Processes traffic for up to TIMEOUT seconds (0: what is there;
         None: until something arrives), running subscription callbacks.
@@ -249,6 +367,7 @@ class Client(_Base):
             self._cancel(call)
             raise
 
+    @_holding()
     def request(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
                 cache_ttl: Optional[float] = None, priority: Optional[int] = None,
                 model: Optional[str] = None, worker: Optional[str] = None,
@@ -290,6 +409,7 @@ class Client(_Base):
         finally:
             lib.ab_free(reply)
 
+    @_holding()
     def stream(self, service: str, data: Data = b"", *, timeout: Optional[float] = None,
                **opts: Any) -> "Stream":
         """Starts a request and returns its reply as an iterator of chunks
@@ -300,6 +420,7 @@ class Client(_Base):
         return Stream(self, call, timeout, None)
 
     # -- inference (Ollama-shaped) ----------------------------------------
+    @_holding()
     def generate(self, model: str, prompt: str = "", *, stream: bool = False,
                  system: str = "", format: str = "",
                  options: Optional[Mapping[str, Any]] = None,
@@ -325,6 +446,7 @@ class Client(_Base):
                                      top_logprobs=top_logprobs, context=context)
         return self._infer(service, payload, model, stream, timeout, C.generate_result, req)
 
+    @_holding()
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
              format: str = "", options: Optional[Mapping[str, Any]] = None,
              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
@@ -345,6 +467,7 @@ class Client(_Base):
                                  logprobs=logprobs, top_logprobs=top_logprobs)
         return self._infer(service, payload, model, stream, timeout, C.chat_result, req)
 
+    @_holding()
     def embed(self, model: str, input: Union[str, Sequence[str]], *,
               truncate: Optional[bool] = None, options: Optional[Mapping[str, Any]] = None,
               keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
@@ -372,6 +495,7 @@ class Client(_Base):
         return last
 
     # -- discovery --------------------------------------------------------
+    @_holding()
     def discover(self, service: Optional[str] = None,
                  timeout: Optional[float] = None) -> Dict[str, List[Dict[str, Any]]]:
         """The broker's directory for SERVICE (None: all):
@@ -388,6 +512,7 @@ class Client(_Base):
     _CONTROL = {"stats": "stats", "services": "service_list", "workers": "worker_list",
                 "agents": "agent_list"}
 
+    @_holding()
     def control(self, what: str = "stats", timeout: Optional[float] = None) -> Dict[str, Any]:
         """Operator query (as brokerctl): WHAT is "stats", "services",
         "workers" or "agents"; the broker's answer decoded to a dict."""
@@ -404,6 +529,7 @@ class Client(_Base):
         return _pb.unpack(self._CONTROL[what], data)
 
     # -- direct messages --------------------------------------------------
+    @_holding()
     def send(self, name: str, data: Data, *, receipt: bool = False, wait: bool = False,
              timeout: Optional[float] = None) -> Union[int, bool]:
         """Sends DATA to the agent NAME (kept in its mailbox when it is
@@ -424,6 +550,7 @@ class Client(_Base):
         self._flush()
         return mid.value
 
+    @_holding()
     def reply(self, message: C.Message, data: Data) -> None:
         """Answers direct MESSAGE (received by this client) with DATA."""
         if message._c is None:
@@ -433,6 +560,7 @@ class Client(_Base):
               self.last_error)
         self._flush()
 
+    @_holding()
     def recv(self, timeout: Optional[float] = None) -> C.Message:
         """The next direct message (or receipt, gap, error notice); waits up
         to TIMEOUT seconds (None: forever). Raises TimeoutError."""
@@ -444,6 +572,8 @@ class Client(_Base):
                 min(1000.0, max(0.0, (deadline - time.monotonic()) * 1000)))
             p = POINTER(_CMessage)()
             rc = lib.ab_client_recv(self._handle(), byref(p), left)
+            if self._orphans:
+                self._cancel_orphans()
             if rc == 0:
                 self._dispatch(C.message_from_c(p))
                 continue
@@ -463,6 +593,7 @@ class Client(_Base):
                 return
 
     # -- topics -----------------------------------------------------------
+    @_holding()
     def publish(self, topic: str, data: Data) -> int:
         """Publishes DATA on TOPIC; returns its id."""
         payload = data_bytes(data)
@@ -472,9 +603,12 @@ class Client(_Base):
         self._flush()
         return mid.value
 
-    def subscribe(self, pattern: str, callback: Optional[Callable[[C.Message], Any]] = None,
-                  *, timeout: Optional[float] = 5.0) -> "Subscription":
-        """Subscribes to PATTERN ("a.b" exact, "a." prefix) and waits up to
+    @_holding()
+    def subscribe(self, pattern: Union[str, bytes],
+                  callback: Optional[Callable[[C.Message], Any]] = None, *,
+                  timeout: Optional[float] = 5.0) -> "Subscription":
+        """Subscribes to PATTERN ("a.b" exact, "a." prefix; str, or bytes
+        in UTF-8, kept as str in ``Subscription.pattern``) and waits up to
         TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic
         message is passed to it from within the client's calls (``poll``,
         request waits); without, iterate the returned Subscription."""
@@ -484,6 +618,7 @@ class Client(_Base):
         self._subs.append(s)
         return s
 
+    @_holding()
     def run(self, timeout: Optional[float] = None) -> None:
         """Runs subscription callbacks for TIMEOUT seconds (None: until
         :meth:`stop`, which then raises StoppedError)."""
@@ -514,6 +649,7 @@ class Stream:
     def __iter__(self) -> "Stream":
         return self
 
+    @_holding()
     def __next__(self) -> Any:
         call = self._call
         limit = None if self._timeout is None else time.monotonic() + self._timeout + 5.0
@@ -534,8 +670,9 @@ class Stream:
         return self._decode(chunk) if self._decode else chunk
 
     def close(self) -> None:
-        """Cancels the request if it is still running."""
-        self._client._cancel(self._call)
+        """Cancels the request if it is still running. From any thread
+        (the thread inside the client then sends the cancel)."""
+        self._client._cancel_from_any_thread(self._call)
 
     def __enter__(self) -> "Stream":
         return self
@@ -543,7 +680,7 @@ class Stream:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self) -> None:  # on whichever thread collects it
         try:
             if self._client._h:
                 self.close()
@@ -559,7 +696,9 @@ class Subscription:
     def __init__(self, client: _Base, pattern: str,
                  callback: Optional[Callable[[C.Message], Any]]) -> None:
         self._client = client
-        self.pattern = pattern
+        # As text, whether given as str or bytes: a bytes pattern was
+        # compared with each topic's str (TypeError on the first message)
+        self.pattern = text(b(pattern))
         self.callback = callback
         self._queue: Deque[C.Message] = deque()
         self._waiter: Any = None  # AsyncClient: future woken on delivery
@@ -572,6 +711,7 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    @_holding()
     def get(self, timeout: Optional[float] = None) -> C.Message:
         """The next message; raises TimeoutError after TIMEOUT seconds."""
         client = self._client
@@ -588,6 +728,7 @@ class Subscription:
         while True:
             yield self.get()
 
+    @_holding(closed=None)
     def close(self) -> None:
         """Unsubscribes (the client keeps other subscriptions)."""
         if self in self._client._subs:

@@ -121,9 +121,10 @@ class Worker:
     ``Worker("echo", handler, endpoint=..., capacity=4, labels={"gpu": "0"},
     name="w1").run()`` blocks until :meth:`stop` or :meth:`shutdown`;
     ``await worker.serve()`` runs it inside a running event loop.
-    Thread safety: ``stop``, ``shutdown``, ``capacity = n`` and
-    ``set_backend_state`` may be called from any thread; the rest from the
-    thread that created or runs the worker."""
+    Thread safety: ``stop``, ``shutdown``, ``capacity`` (read or set),
+    ``connected``, ``refused``, ``last_error`` and ``set_backend_state``
+    may be called from any thread; the rest from the thread that created
+    or runs the worker."""
 
     def __init__(self, service: str, handler: Optional[Handler] = None, *,
                  endpoint: Optional[str] = None, capacity: int = 1,
@@ -133,6 +134,9 @@ class Worker:
                  broker_key: Optional[str] = None) -> None:
         self.service = service
         self._handler = handler
+        # Held while the handle is freed: stop() from another thread (or a
+        # signal handler: reentrant) waits instead of using it half freed.
+        self._free_lock = threading.RLock()
         self._h = c_void_p()
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._jobs: Dict[int, Job] = {}
@@ -166,7 +170,7 @@ class Worker:
     @property
     def capacity(self) -> int:
         """Concurrent requests; settable (sent to the broker at once)."""
-        return int(lib.ab_worker_capacity(self._h))
+        return int(self._read(lib.ab_worker_capacity, 0))
 
     @capacity.setter
     def capacity(self, n: int) -> None:
@@ -182,20 +186,29 @@ class Worker:
         self._on_handle_thread(lambda: check(lib.ab_worker_set_backend_state(self._handle(), s),
                                              self.last_error))
 
-    def _on_handle_thread(self, fn: Callable[[], Any]) -> None:
+    def _read(self, fn: Callable[[c_void_p], Any], closed: Any) -> Any:
+        """FN(handle), a query, on the handle's thread (CLOSED when closed).
+        From another thread while the worker ran, capacity, connected and
+        last_error() read the handle beside the loop's sends."""
+        if not self._h or self._pid != os.getpid():
+            return closed
+        if self._loop is None or self._on_loop_thread():
+            return fn(self._h)
+        return self._call_on_loop(lambda: fn(self._h))
+
+    def _on_handle_thread(self, fn: Callable[[], Any]) -> Any:
         """Runs FN, a call on the C handle, on the loop's thread while the
         worker runs (and waits for it), else here. A setter called from
         another thread raced the loop's own sends on the handle: "gathered
         message does not decode", "out of memory sending a batch"."""
         self._handle()  # closed, or a fork()ed child's copy: raise here, not on a loop
         if self._loop is None:
-            fn()
-        else:
-            self._call_on_loop(fn)
+            return fn()
+        return self._call_on_loop(fn)
 
     @property
     def connected(self) -> bool:
-        return bool(lib.ab_worker_connected(self._h))
+        return bool(self._read(lib.ab_worker_connected, 0))
 
     @property
     def refused(self) -> Optional[AgentbusError]:
@@ -216,7 +229,7 @@ class Worker:
             self._refused = (rc, error(rc, self.last_error()) if rc < 0 else None)
 
     def last_error(self) -> str:
-        return text(lib.ab_worker_last_error(self._h))
+        return text(self._read(lib.ab_worker_last_error, None))
 
     def _handle(self) -> c_void_p:
         if not self._h:  # the C calls said INVALID "invalid argument"
@@ -285,31 +298,35 @@ class Worker:
             self._kicked = True
             self._loop.call_soon(self._drain)
 
-    def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _on_loop_thread(self) -> bool:
+        """True when called from the running worker's loop."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = self._loop
         if loop is None:
             raise StoppedError("worker is not running")
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            fn(*args)
+        if self._on_loop_thread():
+            r = fn(*args)
             self._kick()
+            return r
         else:
             fut = concurrent.futures.Future()
 
             def call() -> None:
                 try:
-                    fn(*args)
+                    r = fn(*args)
                     self._kick()
-                    fut.set_result(None)
+                    fut.set_result(r)
                 except BaseException as e:  # give it to the handler's thread
                     fut.set_exception(e)
 
             loop.call_soon_threadsafe(call)
             try:
-                fut.result(timeout=60)
+                return fut.result(timeout=60)
             except concurrent.futures.TimeoutError:  # the loop is gone
                 raise StoppedError("worker stopped") from None
 
@@ -377,14 +394,21 @@ class Worker:
         """Stops :meth:`run` soon; jobs held are handed back to the broker
         by :meth:`close`. Any thread, signal handlers too."""
         self._stopped.set()
-        if self._h:
-            lib.ab_worker_stop(self._h)
+        if self._pid != os.getpid():  # the parent's lock may be held for good
+            return
+        with self._free_lock:
+            if self._h:
+                lib.ab_worker_stop(self._h)
 
     def shutdown(self, grace: float = 2.0) -> None:
         """Graceful stop: take nothing new, finish held jobs for up to GRACE
         seconds, then stop. Any thread."""
-        if self._h:
-            lib.ab_worker_shutdown(self._h, C.ms(grace, 0, "grace"))
+        ms = C.ms(grace, 0, "grace")
+        if self._pid != os.getpid():
+            return
+        with self._free_lock:
+            if self._h:
+                lib.ab_worker_shutdown(self._h, ms)
 
     def close(self) -> None:
         """Says BYE and frees the handle (idempotent). While the worker runs
@@ -399,19 +423,16 @@ class Worker:
             return
         if self._loop is not None:
             self.stop()
-            try:
-                here = asyncio.get_running_loop() is self._loop
-            except RuntimeError:
-                here = False
-            if here or not self._served.wait(30):
+            if self._on_loop_thread() or not self._served.wait(30):
                 self._close_when_served = True
                 return
-        if self._h:
-            for job in list(self._jobs.values()):
-                lib.ab_job_destroy(byref(job._p))
-            self._jobs.clear()
-            lib.ab_worker_destroy(byref(self._h))
-            self._h = c_void_p()
+        with self._free_lock:
+            if self._h:
+                for job in list(self._jobs.values()):
+                    lib.ab_job_destroy(byref(job._p))
+                self._jobs.clear()
+                lib.ab_worker_destroy(byref(self._h))
+                self._h = c_void_p()
 
     def __enter__(self) -> "Worker":
         return self

@@ -168,3 +168,40 @@ def test_closed_async_client_raises_stopped(bus):
                 with pytest.raises(agentbus.StoppedError):
                     await asyncio.wait_for(call(), 30)
     asyncio.run(main())
+
+
+def test_stream_collected_on_another_thread(bus, monkeypatch):
+    # An AsyncStream dropped on another thread (a collection runs on any
+    # thread) cancelled its request there, inside the handle its loop
+    # polls, and called the loop's call_soon from outside the loop (not
+    # thread-safe: the loop was not woken). Now the cancel is handed to the
+    # loop's thread.
+    bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
+    bus.wait_workers("slow")
+    lib = agentbus._lib.lib
+    cancel = lib.ab_client_cancel
+    callers = []
+
+    def spy(*args):
+        callers.append(threading.current_thread().name)
+        return cancel(*args)
+    monkeypatch.setattr(lib, "ab_client_cancel", spy)
+
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint) as c:
+            asyncio.get_running_loop().set_debug(True)  # call_soon checks its thread
+            holder = [c.stream("slow", b"x", timeout=600)]
+            assert c.pending == 1
+            t = threading.Thread(target=holder.clear, name="dropper", daemon=True)
+            t.start()
+            while t.is_alive():
+                await asyncio.sleep(0.01)
+            for _ in range(100):
+                if c.pending == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert c.pending == 0
+            assert callers == [threading.current_thread().name], callers
+            assert (await c.discover("slow"))["services"][0]["queue_depth"] == 0
+
+    run(main())

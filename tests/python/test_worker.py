@@ -450,3 +450,30 @@ def test_with_block_around_a_running_worker(bus):
         stop.set()
         for t in clients:
             t.join(30)
+
+
+def test_getters_from_another_thread_while_serving(bus, serve, monkeypatch):
+    # worker.capacity, connected and last_error() read the C handle on the
+    # calling thread while the loop's thread sent and polled on it (the
+    # one-thread-at-a-time rule; a close() there freed it under the read).
+    # Now, while the worker runs, they are answered on the loop's thread.
+    lib = agentbus._lib.lib
+    callers = {}
+    for name in ("ab_worker_capacity", "ab_worker_connected", "ab_worker_last_error",
+                 "ab_worker_refused"):
+        fn = getattr(lib, name)
+
+        def spy(*args, _fn=fn, _name=name):
+            callers.setdefault(_name, set()).add(threading.current_thread().name)
+            return _fn(*args)
+        monkeypatch.setattr(lib, name, spy)
+    w = serve("tget", lambda job: job.data, capacity=3)
+    got = []
+
+    def read():
+        got.append((w.capacity, w.connected, w.last_error(), w.refused))
+    t = threading.Thread(target=read, name="reader", daemon=True)
+    t.start()
+    t.join(30)
+    assert got == [(3, True, got[0][2], None)], got
+    assert all("reader" not in names for names in callers.values()), callers
