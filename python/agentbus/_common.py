@@ -7,6 +7,7 @@ import ctypes
 import json
 import numbers
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -146,8 +147,9 @@ class Message:
     the sender's agent name (or "~id"), ``target`` the name it was sent to
     or the topic; ``id`` the sender's id for it (receipt/error: the id our
     send/publish returned); ``data`` the payload; ``reply_to`` the id of
-    our message it answers; ``dropped`` (gap) how many topic messages were
-    lost; ``status``/``error_text`` (error) why the broker refused ours.
+    our message it answers; ``dropped`` (gap) how many messages were lost
+    (topic messages the broker dropped for a slow subscriber, or messages
+    past the client's queue bounds, :class:`MessageQueue`); ``status``/``error_text`` (error) why the broker refused ours.
     """
 
     type: str
@@ -185,6 +187,85 @@ def message_from_c(p) -> Message:
                    target=text(m.target), id=m.id, reply_to=m.reply_to, data=data,
                    dropped=m.dropped, status=m.status, error_text=text(m.error_text),
                    want_receipt=bool(m.want_receipt), _c=p)
+
+
+# What a client's queues hold together, as libagentbus bounds its own
+# receive queue (client/message.c): messages, and bytes (payloads and names,
+# with about what a Message costs Python itself).
+QUEUE_MAX_MESSAGES = 100000
+QUEUE_MAX_BYTES = 64 << 20
+MESSAGE_RECORD_BYTES = 200
+
+
+class Held:
+    """Messages and bytes a client's queues hold together."""
+
+    __slots__ = ("count", "bytes")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0
+
+
+class MessageQueue:
+    """Messages waiting for the application: a client's direct messages, or
+    one subscription's. All of a client's queues share its bounds
+    (QUEUE_MAX_MESSAGES, QUEUE_MAX_BYTES), as the C library's receive
+    queue: past either, this queue's oldest messages go (the new one itself
+    when this queue holds none), and the next popleft() returns a "gap"
+    Message saying how many. Before 2026-12-06 the Python queues had no
+    bound: an agent that made requests and never called recv() held every
+    message sent to it, the C library's bound notwithstanding."""
+
+    def __init__(self, held: Held, target: str = "") -> None:
+        self._q: "deque[Message]" = deque()
+        self._held = held
+        self._target = target
+        self._gap = 0
+
+    def __len__(self) -> int:
+        return len(self._q) + (1 if self._gap else 0)
+
+    def __bool__(self) -> bool:
+        return bool(self._q) or self._gap > 0
+
+    @staticmethod
+    def _cost(m: Message) -> int:
+        return len(m.data) + len(m.sender) + len(m.target) + MESSAGE_RECORD_BYTES
+
+    def _full(self, cost: int) -> bool:
+        return (self._held.count >= QUEUE_MAX_MESSAGES or
+                self._held.bytes + cost > QUEUE_MAX_BYTES)
+
+    def _release(self, m: Message) -> None:
+        self._held.count -= 1
+        self._held.bytes -= self._cost(m)
+
+    def append(self, m: Message) -> None:
+        cost = self._cost(m)
+        while self._q and self._full(cost):
+            old = self._q.popleft()
+            self._release(old)
+            self._gap += old.dropped if old.type == "gap" else 1
+        if self._full(cost):  # the client's other queues hold it all
+            self._gap += m.dropped if m.type == "gap" else 1
+            return
+        self._q.append(m)
+        self._held.count += 1
+        self._held.bytes += cost
+
+    def popleft(self) -> Message:
+        if self._gap:
+            n, self._gap = self._gap, 0
+            return Message(type="gap", target=self._target, dropped=n)
+        m = self._q.popleft()
+        self._release(m)
+        return m
+
+    def clear(self) -> None:
+        while self._q:
+            self._release(self._q.popleft())
+        self._gap = 0
 
 
 def topic_matches(pattern: str, topic: str) -> bool:

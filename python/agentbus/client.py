@@ -98,7 +98,8 @@ class _Base:
         self._calls: Dict[int, _Call] = {}
         self._next_key = 1
         self._reply_cb = REPLY_FN(weak_method(self._on_reply))  # kept alive with the client
-        self._direct: Deque[C.Message] = deque()
+        self._held = C.Held()  # what _direct and the subscriptions' queues hold
+        self._direct = C.MessageQueue(self._held)
         self._subs: List["Subscription"] = []
         o = C.make_options(endpoint, name, timeout, heartbeat_ms, takeover, batching, key,
                            broker_key)
@@ -700,7 +701,7 @@ class Subscription:
         # compared with each topic's str (TypeError on the first message)
         self.pattern = text(b(pattern))
         self.callback = callback
-        self._queue: Deque[C.Message] = deque()
+        self._queue = C.MessageQueue(client._held, self.pattern)
         self._waiter: Any = None  # AsyncClient: future woken on delivery
 
     def _deliver(self, m: C.Message) -> None:
@@ -713,7 +714,8 @@ class Subscription:
 
     @_holding()
     def get(self, timeout: Optional[float] = None) -> C.Message:
-        """The next message; raises TimeoutError after TIMEOUT seconds."""
+        """The next message (a "gap" when the client's bound dropped some:
+        C.MessageQueue); raises TimeoutError after TIMEOUT seconds."""
         client = self._client
         assert isinstance(client, Client), "use 'async for' with an AsyncClient"
         deadline = None if C.seconds(timeout) is None else time.monotonic() + timeout
@@ -731,6 +733,7 @@ class Subscription:
     @_holding(closed=None)
     def close(self) -> None:
         """Unsubscribes (the client keeps other subscriptions)."""
+        self._queue.clear()  # what it held no longer counts against the client's bound
         if self in self._client._subs:
             self._client._subs.remove(self)
             if self._client._h and not any(s.pattern == self.pattern

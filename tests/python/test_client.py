@@ -146,6 +146,48 @@ def test_pubsub_iterator_and_callback(bus):
             sub.subscribe("bad topic!")
 
 
+def _arrived(c, n, queue):
+    """Polls C until QUEUE holds or dropped N messages (10 s): one message
+    at a time, so that the broker never has a backlog for C to drop."""
+    end = time.monotonic() + 10
+    while len(queue._q) + queue._gap < n and time.monotonic() < end:
+        c.poll(0.01)
+    assert len(queue._q) + queue._gap == n, (len(queue._q), queue._gap)
+
+
+def _take(get, n):
+    """The N messages of a queue whose oldest were dropped: a gap first,
+    then the newest, in order. Returns how many the gap said."""
+    gap = get()
+    assert gap.type == "gap" and 0 < gap.dropped < n, gap
+    kept = [int(get().data[-8:]) for _ in range(n - gap.dropped)]
+    assert kept == list(range(gap.dropped, n))
+    return gap
+
+
+def test_queues_are_bounded_in_bytes(bus):
+    """A client that does not take its messages holds at most 64 MiB of them
+    (its direct messages and its subscriptions' together), as the C
+    library's receive queue: the oldest go, and a "gap" message says how
+    many. Before 2026-12-06 the Python queues had no bound."""
+    one, n = b"m" * 999992, 80  # 80 messages of a million bytes
+    with bus.client(name="sink") as sink, bus.client() as src:
+        s = sink.subscribe("big.")
+        for i in range(n):
+            src.send("sink", one + b"%08d" % i, wait=True)
+            _arrived(sink, i + 1, sink._direct)
+        assert sink._held.bytes <= agentbus._common.QUEUE_MAX_BYTES
+        _take(lambda: sink.recv(timeout=5), n)
+        assert sink._held.count == 0 and sink._held.bytes == 0
+        for i in range(n):
+            src.publish("big.x", one + b"%08d" % i)
+            _arrived(sink, i + 1, s._queue)
+        assert sink._held.bytes <= agentbus._common.QUEUE_MAX_BYTES
+        assert _take(lambda: s.get(timeout=5), n).target == "big."
+        s.close()
+        assert sink._held.count == 0
+
+
 def test_mailbox_and_direct(bus):
     with bus.client(name="alice") as alice:
         assert alice.send("bob", b"one", wait=True) is True  # bob offline: mailbox
