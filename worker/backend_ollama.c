@@ -102,7 +102,7 @@ typedef struct {
 
 struct s_ollama {
     wk_backend_args_t args;
-    char url[512];
+    char url[WK_OLLAMA_URL_MAX + 1];
     ab_worker_t *w;
     CURLM *multi;
     struct curl_slist *hdrs;
@@ -688,6 +688,8 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
         fprintf(stderr, "agentbus-worker: --backend ollama needs --ollama-url URL\n");
         return AB_EINVAL;
     }
+    if (strlen(args->ollama_url) > WK_OLLAMA_URL_MAX) /* main.c refused it */
+        return AB_EINVAL;
     s_ollama_t *o = calloc(1, sizeof *o);
     if (!o)
         return AB_ENOMEM;
