@@ -11,9 +11,11 @@
  *
  * Failure handling:
  *   404 -> MODEL_NOT_FOUND, 400 -> BAD_REQUEST (Ollama's text passed on);
- *   503 and connection errors before any byte -> retried here with
- *   exponential backoff (--ollama-retries), then BACKEND_BUSY / BACKEND,
- *   which the broker re-dispatches to another worker;
+ *   503 and connection errors before any byte of the answer's body ->
+ *   retried here with exponential backoff (--ollama-retries), then
+ *   BACKEND_BUSY / BACKEND, which the broker re-dispatches to another
+ *   worker; once a byte came (Ollama began to generate) -> BACKEND, said
+ *   to the broker as begun (ab_worker_fail_begun): no retry anywhere;
  *   an error line mid-stream, or a stream that ends without its done line
  *   -> BACKEND after the partials (never a fake success).
  * Adaptive concurrency (AIMD), per model: only Ollama refusing work for a
@@ -81,6 +83,7 @@ typedef struct s_job {
     s_credit_t *credit; /* its model's, while ACTIVE (NULL: admin, or table full) */
     wk_ndjson_t nd;
     long status;
+    size_t body_bytes; /* of a 200 answer, this attempt: once > 0, no retry */
     char errbody[S_ERRBODY];
     size_t errlen;
     int partials;
@@ -261,7 +264,9 @@ static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
     j->answered = 1;
     char text[768];
     snprintf(text, sizeof text, fmt, detail);
-    if (j->job)
+    if (j->job && j->body_bytes) /* Ollama began: not to be generated again elsewhere */
+        ab_worker_fail_begun(j->o->w, &j->job, status, text);
+    else if (j->job)
         ab_worker_fail(j->o->w, &j->job, status, text);
     else
         TL_WARN("backend", "preload of %s failed: %s", j->call.model, text);
@@ -311,6 +316,7 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
         j->errbody[j->errlen] = '\0';
         return bytes;
     }
+    j->body_bytes += bytes;
     int rc = wk_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
     if (rc < 0) /* the bound of S_MAX_LINE / S_MAX_BODY, said as the caller can act on it */
         s_fail(j, AB_EBACKEND, "%s", j->call.stream
@@ -349,6 +355,7 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     if (!j->easy)
         return -1;
     j->status = 0;
+    j->body_bytes = 0;
     j->errlen = 0;
     j->errbody[0] = '\0';
     wk_ndjson_fini(&j->nd);
@@ -429,7 +436,7 @@ static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *t
     int64_t delay = 100LL << (j->attempts > 4 ? 4 : j->attempts - 1);
     delay += (int64_t)(tl_now_us() % 50); /* spread retries of a burst */
     int in_time = !j->deadline_ms || now + delay < j->deadline_ms;
-    if (j->partials == 0 && j->attempts <= o->args.retries && in_time) {
+    if (j->body_bytes == 0 && j->attempts <= o->args.retries && in_time) {
         o->st.backend_retries++;
         j->state = S_BACKOFF;
         j->retry_at = now + delay;
@@ -486,7 +493,8 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
     } else if (res != CURLE_OK && res != CURLE_WRITE_ERROR) {
         char text[300];
         snprintf(text, sizeof text, "connection to the backend failed%s: %s",
-                 j->partials ? " mid-stream" : "", curl_easy_strerror(res));
+                 j->partials ? " mid-stream" : j->body_bytes ? " mid-answer (not retried: "
+                 "Ollama had begun)" : "", curl_easy_strerror(res));
         s_retry_or_fail(o, j, AB_EBACKEND, text);
     } else if (status == 200) {
         s_fail(j, AB_EBACKEND, "%s", "the backend's answer ended without its final line");

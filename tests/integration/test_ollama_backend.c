@@ -242,3 +242,46 @@ void ollama_error_bytes(void)
                        "\"quote\" \xEF\xBF\xBD after \xEF\xBF\xBD");
     ab_client_destroy(&c);
 }
+
+/* The generate calls ab-fake-ollama on PORT took. */
+static long s_fake_calls(int port)
+{
+    json_t *j = NULL;
+    long n = ot_http(port, "/fake/stats", NULL, &j) == 200
+                 ? (long)json_integer_value(json_object_get(j, "calls")) : -1;
+    json_decref(j);
+    return n;
+}
+
+/* A generate against an Ollama (ab-fake-ollama --cut-after) whose
+ * connection drops after CUT bytes of the answer, with two workers on it:
+ * the client's status and error, and how many times Ollama was asked. */
+static long s_cut_calls(const char *cut, ot_res_t *r)
+{
+    int fake = ot_fake_ollama("--cut-after", cut, NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, fake, "w1", "--ollama-retries", "1", NULL);
+    ot_oworker(port, fake, "w2", "--ollama-retries", "1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 2, 15000) == 0);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    CHECK_EQ(ot_wait_loaded(c, "w2", "fake:latest", 1, 15000), 0);
+    ot_gen_t g = {"fake", "hi", NULL, 1, -1, 0};
+    CHECK_EQ(ot_generate(c, &g, r), AB_EBACKEND);
+    ab_client_destroy(&c);
+    return s_fake_calls(fake);
+}
+
+/* An answer cut before its first complete line: once a byte of it came,
+ * Ollama had begun to generate, so the request is neither retried here
+ * nor handed to another worker (it was both: Ollama generated it up to 6
+ * times). Cut before any byte of the body, it is still retried. */
+void ollama_cut_answer(void)
+{
+    ot_res_t r;
+    CHECK_EQ(s_cut_calls("40", &r), 1); /* within the first line */
+    CHECK_TRUE(strstr(r.error, "mid-answer (not retried") != NULL);
+    CHECK_TRUE(s_cut_calls("0", &r) > 1); /* headers only: no byte of the answer */
+    CHECK_TRUE(strstr(r.error, "connection to the backend failed: ") != NULL);
+}
