@@ -101,6 +101,8 @@ typedef struct {
     char *buf;
     size_t len;
     int ok;
+    int over;      /* the answer passed S_MAX_BODY */
+    char why[160]; /* when not ok: what happened, for the log */
 } s_probe_t;
 
 struct s_ollama {
@@ -127,6 +129,7 @@ struct s_ollama {
     wk_gpu_t *gpu;
     char worker_name[256];
     int was_up; /* backend up at the last probe; -1 before the first */
+    char down_why[160]; /* what the probes saw when it went down */
     int left_out; /* entries of its lists left out of the state at the last probe */
     CURL *spare[S_SPARE_MAX]; /* easy handles of ended transfers, for the next */
     unsigned n_spare;
@@ -557,8 +560,10 @@ static size_t s_on_probe(char *data, size_t size, size_t n, void *arg)
 {
     s_probe_t *p = arg;
     size_t bytes = size * n;
-    if (p->len + bytes > S_MAX_BODY)
+    if (p->len + bytes > S_MAX_BODY) {
+        p->over = 1;
         return 0;
+    }
     char *b = realloc(p->buf, p->len + bytes + 1);
     if (!b)
         return 0;
@@ -569,15 +574,17 @@ static size_t s_on_probe(char *data, size_t size, size_t n, void *arg)
     return bytes;
 }
 
+static const char *const s_probe_paths[S_NPROBES] = {"/api/tags", "/api/ps", "/api/version"};
+
 static void s_probe_start(s_ollama_t *o)
 {
-    static const char *paths[S_NPROBES] = {"/api/tags", "/api/ps", "/api/version"};
     for (int i = 0; i < S_NPROBES; i++) {
         s_probe_t *p = &o->probes[i];
         char url[600];
-        snprintf(url, sizeof url, "%s%s", o->url, paths[i]);
+        snprintf(url, sizeof url, "%s%s", o->url, s_probe_paths[i]);
         p->len = 0;
-        p->ok = 0;
+        p->ok = p->over = 0;
+        p->why[0] = '\0';
         p->easy = curl_easy_init();
         if (!p->easy)
             continue;
@@ -596,22 +603,25 @@ static void s_probe_start(s_ollama_t *o)
     }
 }
 
-/* Says when Ollama goes away and comes back, and reports it to the broker
- * as the backend state (brokerctl workers and watch show it). */
-static void s_backend_changed(s_ollama_t *o, int up)
+/* Says when Ollama goes away (and why: unreachable, an HTTP error, a list
+ * over the bound; all were "unreachable") and comes back, and reports it
+ * to the broker as the backend state (brokerctl workers and watch show it). */
+static void s_backend_changed(s_ollama_t *o, int up, const char *why)
 {
-    if (up == o->was_up)
+    if (up == o->was_up && (up || strcmp(why, o->down_why) == 0))
         return;
     if (!up)
-        TL_WARN("backend", "Ollama at %s is unreachable: backend down", o->url);
+        TL_WARN("backend", "Ollama at %s %s", o->url, why);
     else if (o->was_up == 0)
         TL_INFO("backend", "Ollama at %s is reachable again: backend up", o->url);
     else
         TL_INFO("backend", "Ollama at %s is up (version %s)", o->url,
                 o->st.backend_version && *o->st.backend_version ? o->st.backend_version : "?");
     o->was_up = up;
+    snprintf(o->down_why, sizeof o->down_why, "%s", up ? "" : why);
     if (o->w)
-        ab_worker_set_backend_state(o->w, up ? "ok" : "down: Ollama unreachable");
+        ab_worker_set_backend_state(o->w, up ? "ok" : strstr(why, "unreachable")
+                                    ? "down: Ollama unreachable" : "down: Ollama answers errors");
 }
 
 /* Sends the state to the broker (a REGISTER) when it differs from what was
@@ -653,7 +663,7 @@ static void s_probe_finish(s_ollama_t *o)
     if (pr[S_VERSION].ok)
         wk_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
     o->st.backend_up = up;
-    s_backend_changed(o, up);
+    s_backend_changed(o, up, pr[S_TAGS].ok ? pr[S_PS].why : pr[S_TAGS].why);
     if (!o->gpu || wk_gpu_read(o->gpu, &o->st) != 0) {
         uint64_t used = 0;
         for (size_t i = 0; i < o->st.n_loaded; i++)
@@ -679,6 +689,15 @@ static int s_probe_done(s_ollama_t *o, CURL *easy, CURLcode res)
         long status = 0;
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         p->ok = res == CURLE_OK && status == 200;
+        if (p->over)
+            snprintf(p->why, sizeof p->why, "sent a model list (%s) over %u MiB: backend down",
+                     s_probe_paths[i], S_MAX_BODY >> 20);
+        else if (status && status != 200)
+            snprintf(p->why, sizeof p->why, "answered HTTP %ld to %s: backend down", status,
+                     s_probe_paths[i]);
+        else if (!p->ok)
+            snprintf(p->why, sizeof p->why, "is unreachable: backend down (%s)",
+                     curl_easy_strerror(res));
         curl_multi_remove_handle(o->multi, easy);
         curl_easy_cleanup(easy);
         p->easy = NULL;

@@ -90,5 +90,6 @@ void ollama_connect_timeout(void);
 void ollama_state_bounds(void);
 void ollama_error_bytes(void);
 void ollama_cut_answer(void);
+void ollama_probe_why(void);
 
 #endif

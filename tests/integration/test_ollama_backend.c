@@ -285,3 +285,17 @@ void ollama_cut_answer(void)
     CHECK_TRUE(s_cut_calls("0", &r) > 1); /* headers only: no byte of the answer */
     CHECK_TRUE(strstr(r.error, "connection to the backend failed: ") != NULL);
 }
+
+/* An Ollama that answers its probes with HTTP 500, or with a model list
+ * over the worker's 8 MiB bound: the worker logs what happened (it logged
+ * "is unreachable" for both, sending the operator to the network). */
+void ollama_probe_why(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w1 = ot_oworker(port, ot_fake_ollama("--list-status", "500", NULL), "w1", NULL);
+    pid_t w2 = ot_oworker(port, ot_fake_ollama("--list-mib", "9", NULL), "w2", NULL);
+    CHECK_TRUE(s_log_wait(w1, "answered HTTP 500 to /api/tags: backend down", 15000));
+    CHECK_TRUE(s_log_wait(w2, "sent a model list (/api/tags) over 8 MiB: backend down", 15000));
+    CHECK_TRUE(!s_log_wait(w1, "unreachable", 0) && !s_log_wait(w2, "unreachable", 0));
+}
