@@ -48,7 +48,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_MAX_LINE (16u << 20)   /* longest NDJSON line accepted */
+/* Longest NDJSON line (and embeddings answer) accepted. What one costs
+ * the worker: the line's buffer (one per slot) and, one line at a time,
+ * its decoding, bounded on its own (WK_OL_DECODE_MAX, ollama_json.h):
+ * jansson took ~24x a line of small numbers. docs/ollama.md, "Memory". */
+#define S_MAX_LINE (16u << 20)
 #define S_MAX_BODY (8u << 20)    /* longest non-streamed / probe answer */
 #define S_ERRBODY 2048           /* error answers kept this far */
 #define S_REFRESH_MIN_MS 250
@@ -275,6 +279,16 @@ static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
         TL_WARN("backend", "preload of %s failed: %s", j->call.model, text);
 }
 
+/* An answer over what the worker takes (a line over S_MAX_LINE, a
+ * stream: false answer over S_MAX_BODY, a line whose decoding would take
+ * over WK_OL_DECODE_MAX): TOO_LARGE, for the client to ask for less. */
+static void s_too_large(s_job_t *j, const char *why)
+{
+    TL_WARN("backend", "request %llu (%s) refused: %s", (unsigned long long)j->id,
+            j->call.model, why);
+    s_fail(j, AB_ETOOLARGE, "%s", why);
+}
+
 static int s_on_line(const char *line, size_t len, void *arg)
 {
     s_job_t *j = arg;
@@ -282,10 +296,13 @@ static int s_on_line(const char *line, size_t len, void *arg)
     if (j->answered)
         return 1;
     wk_ol_chunk_t c;
-    if (wk_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c) != 0) {
+    int rc = wk_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c);
+    if (rc == -2)
+        s_too_large(j, c.error);
+    else if (rc != 0)
         s_fail(j, AB_EBACKEND, "%s", c.error);
+    if (rc != 0)
         return 1;
-    }
     if (c.error[0]) {
         free(c.pb);
         if (strstr(c.error, "memory"))
@@ -322,10 +339,12 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
     j->body_bytes += bytes;
     int rc = wk_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
     if (rc < 0) /* the bound of S_MAX_LINE / S_MAX_BODY, said as the caller can act on it */
-        s_fail(j, AB_EBACKEND, "%s", j->call.stream
-               ? "Ollama sent a line over the worker's 16 MiB bound"
-               : "Ollama's answer (stream: false) is over the worker's 8 MiB bound: ask for it "
-                 "streamed (stream: true), each line is bounded on its own");
+        s_too_large(j, j->call.stream ? "Ollama sent a line over the worker's 16 MiB bound"
+                       : j->call.kind == WK_OL_EMBED
+                       ? "Ollama's embeddings are over the worker's 16 MiB bound: ask for fewer "
+                         "inputs (or dimensions) per request"
+                       : "Ollama's answer (stream: false) is over the worker's 8 MiB bound: ask "
+                         "for it streamed (stream: true), each line is bounded on its own");
     /* A final answer (or an error) ends the transfer: nothing more to read. */
     return rc == 0 ? bytes : 0;
 }
@@ -362,7 +381,9 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     j->errlen = 0;
     j->errbody[0] = '\0';
     wk_ndjson_fini(&j->nd);
-    wk_ndjson_init(&j->nd, j->call.stream ? S_MAX_LINE : S_MAX_BODY);
+    /* embeddings come in one line, as large as a streamed line may be */
+    wk_ndjson_init(&j->nd, j->call.stream || j->call.kind == WK_OL_EMBED ? S_MAX_LINE
+                                                                          : S_MAX_BODY);
     curl_easy_setopt(j->easy, CURLOPT_URL, url);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->call.body);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE, (long)j->call.body_len);

@@ -91,5 +91,6 @@ void ollama_state_bounds(void);
 void ollama_error_bytes(void);
 void ollama_cut_answer(void);
 void ollama_probe_why(void);
+void ollama_big_line(void);
 
 #endif

@@ -299,3 +299,31 @@ void ollama_probe_why(void)
     CHECK_TRUE(s_log_wait(w2, "sent a model list (/api/tags) over 8 MiB: backend down", 15000));
     CHECK_TRUE(!s_log_wait(w1, "unreachable", 0) && !s_log_wait(w2, "unreachable", 0));
 }
+
+/* An Ollama whose final line holds a "context" of 7M ids (14 MB, under
+ * the 16 MiB line bound): decoding it is bounded (WK_OL_DECODE_MAX, 96
+ * MiB), so the request fails TOO_LARGE and the worker's peak stays near
+ * it. jansson took ~24x the line: the worker peaked at 335 MB. */
+void ollama_big_line(void)
+{
+    int fake = ot_fake_ollama("--context-ints", "7000000", NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w = ot_oworker(port, fake, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    ot_res_t r;
+    ot_gen_t g = {"fake", "hi", NULL, 1, -1, 60000};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_ETOOLARGE);
+    CHECK_TRUE(strstr(r.error, "over the worker's 96 MiB to decode") != NULL);
+    CHECK_TRUE(s_log_wait(w, "refused: Ollama sent a line of", 5000));
+    CHECK_TRUE(th_alive(w));
+#ifndef __SANITIZE_ADDRESS__ /* ASan's shadow and quarantine are its own */
+    long peak = th_status_kb(w, "VmHWM");
+    CHECK_TRUE(peak > 0 && peak < 200 * 1024);
+    if (peak >= 200 * 1024)
+        fprintf(stderr, "worker peak %ld KiB\n", peak);
+#endif
+    ab_client_destroy(&c);
+}
