@@ -192,6 +192,19 @@ void ollama_connect_timeout(void)
     ab_client_destroy(&c);
 }
 
+/* A broker, worker w1 (*W) on ab-fake-ollama's port FAKE, and a client,
+ * returned once w1 lists fake:latest. */
+static ab_client_t *s_fake_w1(int fake, pid_t *w)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    *w = ot_oworker(port, fake, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    return c;
+}
+
 /* An Ollama listing a model whose name is over the broker's
  * register-max-string-bytes (1K) and more models than its
  * register-max-models (1024): the worker leaves those out of its state,
@@ -199,13 +212,9 @@ void ollama_connect_timeout(void)
  * (TOO_LARGE) and the worker exited at its first probe. */
 void ollama_state_bounds(void)
 {
-    int fake = ot_fake_ollama("--long-name", "2000", "--extra-models", "1500", NULL);
-    int port = th_free_port();
-    th_broker(port, NULL);
-    pid_t w = ot_oworker(port, fake, "w1", NULL);
-    ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
-    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    pid_t w;
+    ab_client_t *c = s_fake_w1(ot_fake_ollama("--long-name", "2000", "--extra-models", "1500",
+                                              NULL), &w);
     Agentbus__WorkerList *wl = NULL;
     const Agentbus__InferenceState *st = ot_state(c, "w1", &wl, NULL);
     CHECK_TRUE(st && st->n_models == 1024);
@@ -306,13 +315,8 @@ void ollama_probe_why(void)
  * it. jansson took ~24x the line: the worker peaked at 335 MB. */
 void ollama_big_line(void)
 {
-    int fake = ot_fake_ollama("--context-ints", "7000000", NULL);
-    int port = th_free_port();
-    th_broker(port, NULL);
-    pid_t w = ot_oworker(port, fake, "w1", NULL);
-    ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
-    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    pid_t w;
+    ab_client_t *c = s_fake_w1(ot_fake_ollama("--context-ints", "7000000", NULL), &w);
     ot_res_t r;
     ot_gen_t g = {"fake", "hi", NULL, 1, -1, 60000};
     CHECK_EQ(ot_generate(c, &g, &r), AB_ETOOLARGE);
