@@ -539,8 +539,10 @@ static void s_json_free(void *p)
 static json_t *s_load_bounded(const char *line, size_t len, json_error_t *je, int *over)
 {
     static int installed;
-    if (!installed++)
+    if (!installed) {
+        installed = 1;
         json_set_alloc_funcs(s_json_malloc, s_json_free);
+    }
     s_dec_used = 0;
     s_dec_over = 0;
     s_dec_cap = WK_OL_DECODE_MAX;
