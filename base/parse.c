@@ -6,7 +6,8 @@
 
 int ab_parse_long(const char *s, long min, long max, long *out)
 {
-    if (!s || !*s)
+    /* strtol takes leading blanks and a '+': "--capacity ' 5'" passed */
+    if (!s || !(*s == '-' || (*s >= '0' && *s <= '9')))
         return -1;
     char *end;
     errno = 0;

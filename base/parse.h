@@ -5,8 +5,9 @@
 #ifndef AB_PARSE_H
 #define AB_PARSE_H
 
-/* Parses S as a whole decimal number in [MIN, MAX] into *OUT.
- * 0 on success; -1 (and *OUT untouched) for NULL, "", trailing characters,
+/* Parses S as a whole decimal number in [MIN, MAX] into *OUT: digits with
+ * an optional leading '-', nothing else. 0 on success; -1 (and *OUT
+ * untouched) for NULL, "", a leading blank or '+', trailing characters,
  * overflow or a value out of range. */
 int ab_parse_long(const char *s, long min, long max, long *out);
 

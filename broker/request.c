@@ -632,8 +632,11 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
         return;
     }
     /* An Ollama worker's backend pushed back (503, down) before anything
-     * streamed: placement hands the request to another capable worker. */
-    if (final && h->kind == AB_KIND_ERROR && ab_placement_retry(b, r, h->error_code))
+     * streamed: placement hands the request to another capable worker,
+     * unless the worker says the work may have begun (NON_IDEMPOTENT:
+     * its backend's answer was cut after its first bytes). */
+    if (final && h->kind == AB_KIND_ERROR && !(h->flags & AB_FLAG_NON_IDEMPOTENT) &&
+        ab_placement_retry(b, r, h->error_code))
         return;
     if (r->cache && s_lost(body)) {
         s_answer_lost(b, h, r);

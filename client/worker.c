@@ -76,7 +76,7 @@ struct ab_job {
 };
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
-                    size_t size, uint32_t code, const char *text);
+                    size_t size, uint32_t code, const char *text, uint32_t flags);
 
 /* A zeroed job, from W's spares when it has one. */
 static ab_job_t *s_job_new(ab_worker_t *w)
@@ -148,7 +148,7 @@ void ab_job_destroy(ab_job_t **job)
     if (w) {
         if (!j->answered)
             s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_APPLICATION,
-                     "the worker dropped the request without answering");
+                     "the worker dropped the request without answering", 0);
         ab_list_remove(&j->link);
         if (w->n_out)
             w->n_out--;
@@ -286,7 +286,7 @@ static void s_on_cancel(ab_worker_t *w, uint64_t id, int why)
         ab_list_remove(&j->link);
         w->n_ready--; /* else heartbeats report it as queued (and credit as used) */
         w->open_bytes -= j->size;
-        s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_CANCELLED, "cancelled");
+        s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_CANCELLED, "cancelled", 0);
         s_job_free(w, j);
         return;
     }
@@ -341,7 +341,7 @@ static void s_on_message(ab_worker_t *w, ab_in_t *in)
         if (s_full(w, in->has_body ? in->size : 0)) {
             zmq_msg_init(&j->payload);
             s_answer(w, j, AB_KIND_ERROR, NULL, 0, AB_ERR_BUSY,
-                     "worker queue full: the broker sent past the worker's capacity");
+                     "worker queue full: the broker sent past the worker's capacity", 0);
             s_job_free(w, j);
             return;
         }
@@ -566,7 +566,7 @@ const char *ab_job_model(const ab_job_t *job)
 }
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
-                    size_t size, uint32_t code, const char *text)
+                    size_t size, uint32_t code, const char *text, uint32_t flags)
 {
     if (!w || !job || (size && !data))
         return AB_EINVAL;
@@ -577,39 +577,50 @@ static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const vo
     h.correlation_id = job->id;
     h.error_code = code;
     h.error_text = ab_view_of(text);
+    h.flags = flags;
     return ab_conn_send_z(&w->conn, &h, kind == AB_KIND_ERROR ? NULL : (data ? data : ""), size,
                           job->accept_lz4 ? AB_Z_ASKED : AB_Z_NEVER);
 }
 
 int ab_worker_reply_part(ab_worker_t *w, ab_job_t *job, const void *data, size_t size)
 {
-    return s_answer(w, job, AB_KIND_PARTIAL, data, size, 0, NULL);
+    return s_answer(w, job, AB_KIND_PARTIAL, data, size, 0, NULL, 0);
 }
 
 int ab_worker_reply(ab_worker_t *w, ab_job_t **job, const void *data, size_t size)
 {
     if (!job || !*job)
         return AB_EINVAL;
-    int rc = s_answer(w, *job, AB_KIND_REPLY, data, size, 0, NULL);
+    int rc = s_answer(w, *job, AB_KIND_REPLY, data, size, 0, NULL, 0);
     if (rc == AB_EPAYLOADSIZE) /* nothing was sent: tell the client why */
         s_answer(w, *job, AB_KIND_ERROR, NULL, 0, AB_ERR_INTERNAL,
-                 "the worker's reply exceeds the maximum payload size");
+                 "the worker's reply exceeds the maximum payload size", 0);
     (*job)->answered = 1; /* even if the send failed: never answer twice */
     ab_job_destroy(job);
     return rc;
 }
 
-int ab_worker_fail(ab_worker_t *w, ab_job_t **job, int status, const char *text)
+static int s_fail(ab_worker_t *w, ab_job_t **job, int status, const char *text, uint32_t flags)
 {
     if (!job || !*job)
         return AB_EINVAL;
     uint32_t code = ab_status_to_wire(status);
     if (code == AB_ERR_NONE || status >= 0)
         code = AB_ERR_APPLICATION;
-    int rc = s_answer(w, *job, AB_KIND_ERROR, NULL, 0, code, text ? text : "");
+    int rc = s_answer(w, *job, AB_KIND_ERROR, NULL, 0, code, text ? text : "", flags);
     (*job)->answered = 1;
     ab_job_destroy(job);
     return rc;
+}
+
+int ab_worker_fail(ab_worker_t *w, ab_job_t **job, int status, const char *text)
+{
+    return s_fail(w, job, status, text, 0);
+}
+
+int ab_worker_fail_begun(ab_worker_t *w, ab_job_t **job, int status, const char *text)
+{
+    return s_fail(w, job, status, text, AB_FLAG_NON_IDEMPOTENT);
 }
 
 int ab_worker_poll(ab_worker_t *w, int timeout_ms, ab_job_fn *fn, void *arg)

@@ -33,12 +33,12 @@ uint64_t ab_hash_bytes(const void *p, size_t n)
 
 int ab_parse_size(const char *s, size_t *out)
 {
-    if (!s || !*s)
+    if (!s || *s < '0' || *s > '9') /* strtoull takes blanks, '+' and " -1" (wrapped) */
         return -1;
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *s == '-')
+    if (errno || end == s)
         return -1;
     unsigned long long mul = 1;
     if (*end == 'K' || *end == 'k')

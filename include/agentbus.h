@@ -910,6 +910,13 @@ AB_EXPORT int ab_worker_reply(ab_worker_t *worker, ab_job_t **job, const void *d
  * not an AB_E* code) with TEXT (may be NULL; copied). Frees the job
  * (*job = NULL), also on error. Errors: AB_EINVAL, AB_EBUSY, AB_EZMQ. */
 AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, const char *text);
+/* As ab_worker_fail, for a failure after the work may have begun (e.g. a
+ * backend's answer cut after its first bytes): the broker hands the request
+ * to no other worker, even for AB_EBACKEND or AB_EBACKENDBUSY, which it
+ * otherwise re-dispatches before anything streamed (the ERROR carries
+ * FLAG_NON_IDEMPOTENT; a broker older than this ignores it). */
+AB_EXPORT int ab_worker_fail_begun(ab_worker_t *worker, ab_job_t **job, int status,
+                                   const char *text);
 /* Frees a job and sets *job = NULL. One not answered yet is answered with
  * AB_EAPPLICATION ("dropped without answering"), so its client is not left
  * waiting and the worker's credit comes back. Safe after the worker was

@@ -14,6 +14,9 @@
 
 #include "agentbus.h"
 
+/* --ollama-url's longest (main.c refuses a longer one). */
+#define WK_OLLAMA_URL_MAX 511
+
 typedef struct {
     const char *service;
     unsigned capacity;

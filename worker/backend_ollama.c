@@ -11,9 +11,11 @@
  *
  * Failure handling:
  *   404 -> MODEL_NOT_FOUND, 400 -> BAD_REQUEST (Ollama's text passed on);
- *   503 and connection errors before any byte -> retried here with
- *   exponential backoff (--ollama-retries), then BACKEND_BUSY / BACKEND,
- *   which the broker re-dispatches to another worker;
+ *   503 and connection errors before any byte of the answer's body ->
+ *   retried here with exponential backoff (--ollama-retries), then
+ *   BACKEND_BUSY / BACKEND, which the broker re-dispatches to another
+ *   worker; once a byte came (Ollama began to generate) -> BACKEND, said
+ *   to the broker as begun (ab_worker_fail_begun): no retry anywhere;
  *   an error line mid-stream, or a stream that ends without its done line
  *   -> BACKEND after the partials (never a fake success).
  * Adaptive concurrency (AIMD), per model: only Ollama refusing work for a
@@ -46,7 +48,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_MAX_LINE (16u << 20)   /* longest NDJSON line accepted */
+/* Longest NDJSON line (and embeddings answer) accepted. What one costs
+ * the worker: the line's buffer (one per slot) and, one line at a time,
+ * its decoding, bounded on its own (WK_OL_DECODE_MAX, ollama_json.h):
+ * jansson took ~24x a line of small numbers. docs/ollama.md, "Memory". */
+#define S_MAX_LINE (16u << 20)
 #define S_MAX_BODY (8u << 20)    /* longest non-streamed / probe answer */
 #define S_ERRBODY 2048           /* error answers kept this far */
 #define S_REFRESH_MIN_MS 250
@@ -81,6 +87,7 @@ typedef struct s_job {
     s_credit_t *credit; /* its model's, while ACTIVE (NULL: admin, or table full) */
     wk_ndjson_t nd;
     long status;
+    size_t body_bytes; /* of a 200 answer, this attempt: once > 0, no retry */
     char errbody[S_ERRBODY];
     size_t errlen;
     int partials;
@@ -98,11 +105,13 @@ typedef struct {
     char *buf;
     size_t len;
     int ok;
+    int over;      /* the answer passed S_MAX_BODY */
+    char why[160]; /* when not ok: what happened, for the log */
 } s_probe_t;
 
 struct s_ollama {
     wk_backend_args_t args;
-    char url[512];
+    char url[WK_OLLAMA_URL_MAX + 1];
     ab_worker_t *w;
     CURLM *multi;
     struct curl_slist *hdrs;
@@ -124,6 +133,7 @@ struct s_ollama {
     wk_gpu_t *gpu;
     char worker_name[256];
     int was_up; /* backend up at the last probe; -1 before the first */
+    char down_why[160]; /* what the probes saw when it went down */
     int left_out; /* entries of its lists left out of the state at the last probe */
     CURL *spare[S_SPARE_MAX]; /* easy handles of ended transfers, for the next */
     unsigned n_spare;
@@ -261,10 +271,22 @@ static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
     j->answered = 1;
     char text[768];
     snprintf(text, sizeof text, fmt, detail);
-    if (j->job)
+    if (j->job && j->body_bytes) /* Ollama began: not to be generated again elsewhere */
+        ab_worker_fail_begun(j->o->w, &j->job, status, text);
+    else if (j->job)
         ab_worker_fail(j->o->w, &j->job, status, text);
     else
         TL_WARN("backend", "preload of %s failed: %s", j->call.model, text);
+}
+
+/* An answer over what the worker takes (a line over S_MAX_LINE, a
+ * stream: false answer over S_MAX_BODY, a line whose decoding would take
+ * over WK_OL_DECODE_MAX): TOO_LARGE, for the client to ask for less. */
+static void s_too_large(s_job_t *j, const char *why)
+{
+    TL_WARN("backend", "request %llu (%s) refused: %s", (unsigned long long)j->id,
+            j->call.model, why);
+    s_fail(j, AB_ETOOLARGE, "%s", why);
 }
 
 static int s_on_line(const char *line, size_t len, void *arg)
@@ -274,10 +296,13 @@ static int s_on_line(const char *line, size_t len, void *arg)
     if (j->answered)
         return 1;
     wk_ol_chunk_t c;
-    if (wk_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c) != 0) {
+    int rc = wk_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c);
+    if (rc == -2)
+        s_too_large(j, c.error);
+    else if (rc != 0)
         s_fail(j, AB_EBACKEND, "%s", c.error);
+    if (rc != 0)
         return 1;
-    }
     if (c.error[0]) {
         free(c.pb);
         if (strstr(c.error, "memory"))
@@ -311,12 +336,15 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
         j->errbody[j->errlen] = '\0';
         return bytes;
     }
+    j->body_bytes += bytes;
     int rc = wk_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
     if (rc < 0) /* the bound of S_MAX_LINE / S_MAX_BODY, said as the caller can act on it */
-        s_fail(j, AB_EBACKEND, "%s", j->call.stream
-               ? "Ollama sent a line over the worker's 16 MiB bound"
-               : "Ollama's answer (stream: false) is over the worker's 8 MiB bound: ask for it "
-                 "streamed (stream: true), each line is bounded on its own");
+        s_too_large(j, j->call.stream ? "Ollama sent a line over the worker's 16 MiB bound"
+                       : j->call.kind == WK_OL_EMBED
+                       ? "Ollama's embeddings are over the worker's 16 MiB bound: ask for fewer "
+                         "inputs (or dimensions) per request"
+                       : "Ollama's answer (stream: false) is over the worker's 8 MiB bound: ask "
+                         "for it streamed (stream: true), each line is bounded on its own");
     /* A final answer (or an error) ends the transfer: nothing more to read. */
     return rc == 0 ? bytes : 0;
 }
@@ -349,10 +377,13 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     if (!j->easy)
         return -1;
     j->status = 0;
+    j->body_bytes = 0;
     j->errlen = 0;
     j->errbody[0] = '\0';
     wk_ndjson_fini(&j->nd);
-    wk_ndjson_init(&j->nd, j->call.stream ? S_MAX_LINE : S_MAX_BODY);
+    /* embeddings come in one line, as large as a streamed line may be */
+    wk_ndjson_init(&j->nd, j->call.stream || j->call.kind == WK_OL_EMBED ? S_MAX_LINE
+                                                                          : S_MAX_BODY);
     curl_easy_setopt(j->easy, CURLOPT_URL, url);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->call.body);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE, (long)j->call.body_len);
@@ -429,7 +460,7 @@ static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *t
     int64_t delay = 100LL << (j->attempts > 4 ? 4 : j->attempts - 1);
     delay += (int64_t)(tl_now_us() % 50); /* spread retries of a burst */
     int in_time = !j->deadline_ms || now + delay < j->deadline_ms;
-    if (j->partials == 0 && j->attempts <= o->args.retries && in_time) {
+    if (j->body_bytes == 0 && j->attempts <= o->args.retries && in_time) {
         o->st.backend_retries++;
         j->state = S_BACKOFF;
         j->retry_at = now + delay;
@@ -486,7 +517,8 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
     } else if (res != CURLE_OK && res != CURLE_WRITE_ERROR) {
         char text[300];
         snprintf(text, sizeof text, "connection to the backend failed%s: %s",
-                 j->partials ? " mid-stream" : "", curl_easy_strerror(res));
+                 j->partials ? " mid-stream" : j->body_bytes ? " mid-answer (not retried: "
+                 "Ollama had begun)" : "", curl_easy_strerror(res));
         s_retry_or_fail(o, j, AB_EBACKEND, text);
     } else if (status == 200) {
         s_fail(j, AB_EBACKEND, "%s", "the backend's answer ended without its final line");
@@ -549,8 +581,10 @@ static size_t s_on_probe(char *data, size_t size, size_t n, void *arg)
 {
     s_probe_t *p = arg;
     size_t bytes = size * n;
-    if (p->len + bytes > S_MAX_BODY)
+    if (p->len + bytes > S_MAX_BODY) {
+        p->over = 1;
         return 0;
+    }
     char *b = realloc(p->buf, p->len + bytes + 1);
     if (!b)
         return 0;
@@ -561,15 +595,17 @@ static size_t s_on_probe(char *data, size_t size, size_t n, void *arg)
     return bytes;
 }
 
+static const char *const s_probe_paths[S_NPROBES] = {"/api/tags", "/api/ps", "/api/version"};
+
 static void s_probe_start(s_ollama_t *o)
 {
-    static const char *paths[S_NPROBES] = {"/api/tags", "/api/ps", "/api/version"};
     for (int i = 0; i < S_NPROBES; i++) {
         s_probe_t *p = &o->probes[i];
         char url[600];
-        snprintf(url, sizeof url, "%s%s", o->url, paths[i]);
+        snprintf(url, sizeof url, "%s%s", o->url, s_probe_paths[i]);
         p->len = 0;
-        p->ok = 0;
+        p->ok = p->over = 0;
+        p->why[0] = '\0';
         p->easy = curl_easy_init();
         if (!p->easy)
             continue;
@@ -588,22 +624,25 @@ static void s_probe_start(s_ollama_t *o)
     }
 }
 
-/* Says when Ollama goes away and comes back, and reports it to the broker
- * as the backend state (brokerctl workers and watch show it). */
-static void s_backend_changed(s_ollama_t *o, int up)
+/* Says when Ollama goes away (and why: unreachable, an HTTP error, a list
+ * over the bound; all were "unreachable") and comes back, and reports it
+ * to the broker as the backend state (brokerctl workers and watch show it). */
+static void s_backend_changed(s_ollama_t *o, int up, const char *why)
 {
-    if (up == o->was_up)
+    if (up == o->was_up && (up || strcmp(why, o->down_why) == 0))
         return;
     if (!up)
-        TL_WARN("backend", "Ollama at %s is unreachable: backend down", o->url);
+        TL_WARN("backend", "Ollama at %s %s", o->url, why);
     else if (o->was_up == 0)
         TL_INFO("backend", "Ollama at %s is reachable again: backend up", o->url);
     else
         TL_INFO("backend", "Ollama at %s is up (version %s)", o->url,
                 o->st.backend_version && *o->st.backend_version ? o->st.backend_version : "?");
     o->was_up = up;
+    snprintf(o->down_why, sizeof o->down_why, "%s", up ? "" : why);
     if (o->w)
-        ab_worker_set_backend_state(o->w, up ? "ok" : "down: Ollama unreachable");
+        ab_worker_set_backend_state(o->w, up ? "ok" : strstr(why, "unreachable")
+                                    ? "down: Ollama unreachable" : "down: Ollama answers errors");
 }
 
 /* Sends the state to the broker (a REGISTER) when it differs from what was
@@ -645,7 +684,7 @@ static void s_probe_finish(s_ollama_t *o)
     if (pr[S_VERSION].ok)
         wk_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
     o->st.backend_up = up;
-    s_backend_changed(o, up);
+    s_backend_changed(o, up, pr[S_TAGS].ok ? pr[S_PS].why : pr[S_TAGS].why);
     if (!o->gpu || wk_gpu_read(o->gpu, &o->st) != 0) {
         uint64_t used = 0;
         for (size_t i = 0; i < o->st.n_loaded; i++)
@@ -671,6 +710,15 @@ static int s_probe_done(s_ollama_t *o, CURL *easy, CURLcode res)
         long status = 0;
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         p->ok = res == CURLE_OK && status == 200;
+        if (p->over)
+            snprintf(p->why, sizeof p->why, "sent a model list (%s) over %u MiB: backend down",
+                     s_probe_paths[i], S_MAX_BODY >> 20);
+        else if (status && status != 200)
+            snprintf(p->why, sizeof p->why, "answered HTTP %ld to %s: backend down", status,
+                     s_probe_paths[i]);
+        else if (!p->ok)
+            snprintf(p->why, sizeof p->why, "is unreachable: backend down (%s)",
+                     curl_easy_strerror(res));
         curl_multi_remove_handle(o->multi, easy);
         curl_easy_cleanup(easy);
         p->easy = NULL;
@@ -688,6 +736,8 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
         fprintf(stderr, "agentbus-worker: --backend ollama needs --ollama-url URL\n");
         return AB_EINVAL;
     }
+    if (strlen(args->ollama_url) > WK_OLLAMA_URL_MAX) /* main.c refused it */
+        return AB_EINVAL;
     s_ollama_t *o = calloc(1, sizeof *o);
     if (!o)
         return AB_ENOMEM;

@@ -8,6 +8,7 @@
 #include "tl_heap.h"
 #include "tl_log.h"
 
+#include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,11 +46,12 @@ static void s_usage(const char *prog)
            "  --service NAME      service to register, 1..255 bytes (default echo; ollama\n"
            "                      backend: ollama)\n"
            "  --capacity N        concurrent requests, 1..100000 (default 16; ollama backend:\n"
-           "                      $OLLAMA_NUM_PARALLEL, else 4; the adaptive limit's maximum)\n"
+           "                      $OLLAMA_NUM_PARALLEL, else 4, a bad value exit 2; the\n"
+           "                      adaptive limit's maximum)\n"
            "  --delay-ms N        echo: wait N ms before replying (default 0)\n"
            "  --chunks N          echo: stream the reply in N parts (default 1)\n"
            "  --ollama-url URL    ollama (required): the Ollama server's base URL, e.g.\n"
-           "                      http://127.0.0.1:11434 (no default)\n"
+           "                      http://127.0.0.1:11434 (no default; at most 511 bytes)\n"
            "  --preload M1,M2     ollama: load these models at start, one after another\n"
            "                      (names of at most 200 bytes)\n"
            "  --gpu-vram-mb N     ollama: GPU memory when NVML cannot tell (default 0: unknown)\n"
@@ -180,6 +182,25 @@ static int s_take(s_args_t *a, int id, const char *v, int *service_set, int *cap
     return -1;
 }
 
+/* The Ollama URL as libcurl will take it: "http://a b" passed the shape
+ * check and then every request failed ("URL using bad/illegal format");
+ * one over WK_OLLAMA_URL_MAX bytes was cut without a word. */
+static int s_check_ollama_url(const char *url, char *why, size_t cap)
+{
+    if (tl_check_http_url(url, why, cap) != 0)
+        return -1;
+    if (strlen(url) > WK_OLLAMA_URL_MAX) {
+        snprintf(why, cap, "%zu bytes (at most %d)", strlen(url), WK_OLLAMA_URL_MAX);
+        return -1;
+    }
+    CURLU *u = curl_url();
+    CURLUcode rc = u ? curl_url_set(u, CURLUPART_URL, url, 0) : CURLUE_OUT_OF_MEMORY;
+    curl_url_cleanup(u);
+    if (rc != CURLUE_OK)
+        snprintf(why, cap, "libcurl refuses it: %s", curl_url_strerror(rc));
+    return rc == CURLUE_OK ? 0 : -1;
+}
+
 /* The broker's endpoint and the Ollama URL, checked before anything
  * starts: a typo is exit 2 naming the value, not a worker that waits. */
 static int s_check(s_args_t *a)
@@ -192,7 +213,7 @@ static int s_check(s_args_t *a)
                 a->broker ? "--broker" : "$AB_BROKER", a->endpoint, why);
         return -1;
     }
-    if (a->args.ollama_url && tl_check_http_url(a->args.ollama_url, why, sizeof why) != 0) {
+    if (a->args.ollama_url && s_check_ollama_url(a->args.ollama_url, why, sizeof why) != 0) {
         fprintf(stderr, "agentbus-worker: invalid --ollama-url '%s': %s\n", a->args.ollama_url,
                 why);
         return -1;
@@ -228,7 +249,7 @@ static int s_parse(s_args_t *a, int argc, char **argv)
     a->args.min_slots = 1;
     a->args.refresh_ms = 5000;
     int service_set = 0, capacity_set = 0, id;
-    long n0;
+    long n0 = 4; /* the Ollama backend's capacity without --capacity */
     tl_parser_t p;
     tl_parser_init(&p, argc, argv, 1);
     while ((id = tl_next(&p, s_opts)) != TL_END) {
@@ -264,10 +285,17 @@ static int s_parse(s_args_t *a, int argc, char **argv)
         }
         if (!service_set)
             a->args.service = "ollama";
-        /* The backend's parallelism: what its operator gave Ollama. */
+        /* The backend's parallelism: what its operator gave Ollama. A
+         * value that is not a capacity is refused (it fell back to 4 without
+         * a word). */
         const char *np = getenv("OLLAMA_NUM_PARALLEL");
+        if (!capacity_set && np && tl_parse_long(np, 1, 100000, &n0) != 0) {
+            fprintf(stderr, "agentbus-worker: bad value '%s' for $OLLAMA_NUM_PARALLEL (the "
+                    "default --capacity: 1..100000)\n", np);
+            return -1;
+        }
         if (!capacity_set)
-            a->args.capacity = np && tl_parse_long(np, 1, 100000, &n0) == 0 ? (unsigned)n0 : 4;
+            a->args.capacity = (unsigned)n0;
     }
     a->args.name = a->name;
     if (strcmp(a->backend, "ollama") == 0 && s_check_slots(&a->args) != 0)

@@ -13,6 +13,7 @@
 #include "tl_json.h"
 
 #include <jansson.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -501,17 +502,72 @@ static int s_chat_chunk(json_t *o, const char *worker, Agentbus__InferenceTiming
     return rc;
 }
 
+/* --- what decoding one line may take -------------------------------------- */
+/* jansson takes about 24 times a line's bytes for an array of small
+ * numbers (a json_t of 32 bytes and a slot for each "1,": a 14 MB
+ * "context" of 7M ids peaked at 335 MB). While a line is decoded its
+ * allocations are counted (by malloc_usable_size) and refused past
+ * WK_OL_DECODE_MAX, so that decode fails instead of the worker growing.
+ * Per thread; the functions are jansson's from the first decode on. */
+static _Thread_local size_t s_dec_used, s_dec_cap;
+static _Thread_local int s_dec_over;
+
+static void *s_json_malloc(size_t n)
+{
+    void *p = malloc(n);
+    if (!p || !s_dec_cap)
+        return p;
+    s_dec_used += malloc_usable_size(p);
+    if (s_dec_used <= s_dec_cap)
+        return p;
+    s_dec_used -= malloc_usable_size(p);
+    s_dec_over = 1;
+    free(p);
+    return NULL;
+}
+
+static void s_json_free(void *p)
+{
+    if (p && s_dec_cap) {
+        size_t n = malloc_usable_size(p);
+        s_dec_used = n < s_dec_used ? s_dec_used - n : 0;
+    }
+    free(p);
+}
+
+/* json_loadb within WK_OL_DECODE_MAX; *OVER says a NULL was the bound. */
+static json_t *s_load_bounded(const char *line, size_t len, json_error_t *je, int *over)
+{
+    static int installed;
+    if (!installed) {
+        installed = 1;
+        json_set_alloc_funcs(s_json_malloc, s_json_free);
+    }
+    s_dec_used = 0;
+    s_dec_over = 0;
+    s_dec_cap = WK_OL_DECODE_MAX;
+    json_t *o = json_loadb(line, len, 0, je);
+    s_dec_cap = 0;
+    *over = s_dec_over;
+    return o;
+}
+
 int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const char *worker,
                       wk_ol_chunk_t *c)
 {
     memset(c, 0, sizeof *c);
     json_error_t je;
-    json_t *o = json_loadb(line, len, 0, &je);
+    int over;
+    json_t *o = s_load_bounded(line, len, &je, &over);
     if (!o || !json_is_object(o)) {
-        snprintf(c->error, sizeof c->error, "backend sent invalid JSON: %s",
-                 o ? "not an object" : je.text);
+        if (over)
+            snprintf(c->error, sizeof c->error, "Ollama sent a line of %zu bytes that takes "
+                     "over the worker's %u MiB to decode", len, WK_OL_DECODE_MAX >> 20);
+        else
+            snprintf(c->error, sizeof c->error, "backend sent invalid JSON: %s",
+                     o ? "not an object" : je.text);
         json_decref(o);
-        return -1;
+        return over ? -2 : -1;
     }
     json_t *e = json_object_get(o, "error");
     if (e) {

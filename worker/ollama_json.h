@@ -43,7 +43,12 @@ typedef struct {
 
 /* Parses LINE (LEN bytes, one JSON object) of a KIND answer; WORKER names
  * the worker in final messages. 0 (chunk filled; free chunk->pb), -1 when
- * the line is not valid JSON (ERR set in chunk->error too). */
+ * the line is not valid JSON, -2 when decoding it would take more than
+ * WK_OL_DECODE_MAX bytes (chunk->error says why in both cases). The first
+ * call sets jansson's allocation functions (json_set_alloc_funcs: malloc
+ * and free, counted per thread while a line is decoded): make it before
+ * other threads use jansson. */
+#define WK_OL_DECODE_MAX (96u << 20)
 int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const char *worker,
                       wk_ol_chunk_t *chunk);
 

@@ -347,18 +347,23 @@ int th_alive(pid_t pid)
     return waitpid(pid, NULL, WNOHANG) == 0;
 }
 
-long th_rss_kb(pid_t pid)
+long th_status_kb(pid_t pid, const char *what)
 {
     char path[64], line[256];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
     FILE *f = fopen(path, "r");
     long kb = -1;
     while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
-            break;
+        if (strncmp(line, what, strlen(what)) == 0 && line[strlen(what)] == ':')
+            kb = atol(line + strlen(what) + 1);
     if (f)
         fclose(f);
     return kb;
+}
+
+long th_rss_kb(pid_t pid)
+{
+    return th_status_kb(pid, "VmRSS");
 }
 
 const char *th_log_of(pid_t pid)

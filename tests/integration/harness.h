@@ -57,6 +57,9 @@ int th_wait_exit(pid_t pid, int timeout_ms);
 int th_alive(pid_t pid);
 /* Resident memory of PID in KiB (VmRSS), or -1. */
 long th_rss_kb(pid_t pid);
+/* A figure of /proc/PID/status in KiB (VmHWM: peak resident memory,
+ * VmPeak: peak address space), or -1. */
+long th_status_kb(pid_t pid, const char *what);
 /* The log file of PID (its stdout and stderr). */
 const char *th_log_of(pid_t pid);
 

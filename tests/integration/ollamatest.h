@@ -89,5 +89,8 @@ void ollama_backend_down_up(void);
 void ollama_connect_timeout(void);
 void ollama_state_bounds(void);
 void ollama_error_bytes(void);
+void ollama_cut_answer(void);
+void ollama_probe_why(void);
+void ollama_big_line(void);
 
 #endif

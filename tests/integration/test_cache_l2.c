@@ -54,22 +54,6 @@ static int s_wait_l2(ab_client_t *c, const char *state)
     return -1;
 }
 
-/* A figure of /proc/PID/status in KiB (VmHWM: peak resident memory,
- * VmPeak: peak address space), or -1. */
-static long s_status_kb(pid_t pid, const char *what)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, what, strlen(what)) == 0 && line[strlen(what)] == ':')
-            kb = atol(line + strlen(what) + 1);
-    if (f)
-        fclose(f);
-    return kb;
-}
-
 /* A "Redis" that answers the first GET of each connection with an array
  * of 100 million elements and then sends elements, up to 24 MiB of them
  * per connection, for as long as the broker reads. */
@@ -151,7 +135,7 @@ void cache_l2_garbage_array(void)
     ct_wk_t x = {.port = port, .service = "echo"};
     pthread_t th = ct_worker_start(&x, c);
     REQUIRE(s_wait_l2(c, "closed") == 0);
-    long before = s_status_kb(broker, "VmHWM"), vm_before = s_status_kb(broker, "VmPeak");
+    long before = th_status_kb(broker, "VmHWM"), vm_before = th_status_kb(broker, "VmPeak");
     ab_client_set_cache(c, AB_CACHE_ON, 0);
     char out[512];
     CHECK_EQ(ct_req(c, "echo", "bomb", out, sizeof out), AB_OK);
@@ -159,7 +143,7 @@ void cache_l2_garbage_array(void)
     Agentbus__CacheTier t;
     CHECK_EQ(s_wait_l2(c, "open"), 0);
     CHECK_TRUE(s_l2_is(c, "open", &t) && t.failed >= 1 && t.hits == 0);
-    long after = s_status_kb(broker, "VmHWM"), vm_after = s_status_kb(broker, "VmPeak");
+    long after = th_status_kb(broker, "VmHWM"), vm_after = th_status_kb(broker, "VmPeak");
     fprintf(stderr, "broker peak %ld KiB before, %ld KiB after (address space %ld, %ld); the "
             "fake sent %ld bytes\n", before, after, vm_before, vm_after, atomic_load(&f.sent));
     CHECK_TRUE(before > 0 && after - before < 64 * 1024); /* before the fix: ~430 MB more */

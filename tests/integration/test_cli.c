@@ -263,6 +263,23 @@ static void s_endpoints(void)
     CHECK_TRUE(HAS("'tcp://127.0.0.1:99999'"));
     CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url notaurl", wk), 2);
     CHECK_TRUE(HAS("'notaurl'"));
+    /* What libcurl refuses, or a URL the worker cut at 511 bytes: every
+     * request failed ("URL using bad/illegal format"), or went elsewhere. */
+    CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url 'http://a b'", wk), 2);
+    CHECK_TRUE(HAS("'http://a b'") && HAS("libcurl refuses it"));
+    CHECK_EQ(s_sh("timeout 10 %s --backend ollama --ollama-url \"http://127.0.0.1:1/$(head -c "
+                  "500 /dev/zero | tr '\\0' p)\"", wk), 2);
+    CHECK_TRUE(HAS("519 bytes (at most 511)"));
+    /* A number with a blank or a '+' before it (strtol took them), and
+     * an $OLLAMA_NUM_PARALLEL that is no capacity (it was 4 without a word). */
+    CHECK_EQ(s_sh("timeout 10 %s --capacity ' 5'", wk), 2);
+    CHECK_TRUE(HAS("bad value ' 5' for --capacity"));
+    CHECK_EQ(s_sh("timeout 10 %s --capacity +5", wk), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --max-pending ' 5'", bk), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --max-payload-bytes ' 1M'", bk), 2);
+    CHECK_EQ(s_sh("OLLAMA_NUM_PARALLEL=four timeout 10 %s --backend ollama --ollama-url "
+                  "http://127.0.0.1:1", wk), 2);
+    CHECK_TRUE(HAS("bad value 'four' for $OLLAMA_NUM_PARALLEL"));
     CHECK_EQ(s_sh("timeout 10 %s --broker=ipc:// ", th_bin("agentbus-load")), 2);
     CHECK_EQ(s_sh("timeout 10 %s --broker bogus --listen 127.0.0.1:0", th_bin("agentbus-gateway")),
              2);

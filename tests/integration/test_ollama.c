@@ -525,6 +525,8 @@ int main(int argc, char **argv)
         {"backend_down", ollama_backend_down}, {"backend_down_up", ollama_backend_down_up},
         {"connect_timeout", ollama_connect_timeout}, {"state_bounds", ollama_state_bounds},
         {"error_bytes", ollama_error_bytes},
+        {"cut_answer", ollama_cut_answer}, {"probe_why", ollama_probe_why},
+        {"big_line", ollama_big_line},
     };
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -192,6 +192,19 @@ void ollama_connect_timeout(void)
     ab_client_destroy(&c);
 }
 
+/* A broker, worker w1 (*W) on ab-fake-ollama's port FAKE, and a client,
+ * returned once w1 lists fake:latest. */
+static ab_client_t *s_fake_w1(int fake, pid_t *w)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    *w = ot_oworker(port, fake, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    return c;
+}
+
 /* An Ollama listing a model whose name is over the broker's
  * register-max-string-bytes (1K) and more models than its
  * register-max-models (1024): the worker leaves those out of its state,
@@ -199,13 +212,9 @@ void ollama_connect_timeout(void)
  * (TOO_LARGE) and the worker exited at its first probe. */
 void ollama_state_bounds(void)
 {
-    int fake = ot_fake_ollama("--long-name", "2000", "--extra-models", "1500", NULL);
-    int port = th_free_port();
-    th_broker(port, NULL);
-    pid_t w = ot_oworker(port, fake, "w1", NULL);
-    ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "ollama", 1, 15000) == 0);
-    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    pid_t w;
+    ab_client_t *c = s_fake_w1(ot_fake_ollama("--long-name", "2000", "--extra-models", "1500",
+                                              NULL), &w);
     Agentbus__WorkerList *wl = NULL;
     const Agentbus__InferenceState *st = ot_state(c, "w1", &wl, NULL);
     CHECK_TRUE(st && st->n_models == 1024);
@@ -240,5 +249,85 @@ void ollama_error_bytes(void)
     CHECK_EQ(ot_generate(c, &g, &r), AB_EBACKEND);
     CHECK_STR(r.error, "HTTP 500: \xEF\xBF\xBD\xEF\xBF\xBD bad \xEF\xBF\xBD\xEF\xBF\xBD[2J "
                        "\"quote\" \xEF\xBF\xBD after \xEF\xBF\xBD");
+    ab_client_destroy(&c);
+}
+
+/* The generate calls ab-fake-ollama on PORT took. */
+static long s_fake_calls(int port)
+{
+    json_t *j = NULL;
+    long n = ot_http(port, "/fake/stats", NULL, &j) == 200
+                 ? (long)json_integer_value(json_object_get(j, "calls")) : -1;
+    json_decref(j);
+    return n;
+}
+
+/* A generate against an Ollama (ab-fake-ollama --cut-after) whose
+ * connection drops after CUT bytes of the answer, with two workers on it:
+ * the client's status and error, and how many times Ollama was asked. */
+static long s_cut_calls(const char *cut, ot_res_t *r)
+{
+    int fake = ot_fake_ollama("--cut-after", cut, NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ot_oworker(port, fake, "w1", "--ollama-retries", "1", NULL);
+    ot_oworker(port, fake, "w2", "--ollama-retries", "1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "ollama", 2, 15000) == 0);
+    CHECK_EQ(ot_wait_loaded(c, "w1", "fake:latest", 1, 15000), 0);
+    CHECK_EQ(ot_wait_loaded(c, "w2", "fake:latest", 1, 15000), 0);
+    ot_gen_t g = {"fake", "hi", NULL, 1, -1, 0};
+    CHECK_EQ(ot_generate(c, &g, r), AB_EBACKEND);
+    ab_client_destroy(&c);
+    return s_fake_calls(fake);
+}
+
+/* An answer cut before its first complete line: once a byte of it came,
+ * Ollama had begun to generate, so the request is neither retried here
+ * nor handed to another worker (it was both: Ollama generated it up to 6
+ * times). Cut before any byte of the body, it is still retried. */
+void ollama_cut_answer(void)
+{
+    ot_res_t r;
+    CHECK_EQ(s_cut_calls("40", &r), 1); /* within the first line */
+    CHECK_TRUE(strstr(r.error, "mid-answer (not retried") != NULL);
+    CHECK_TRUE(s_cut_calls("0", &r) > 1); /* headers only: no byte of the answer */
+    CHECK_TRUE(strstr(r.error, "connection to the backend failed: ") != NULL);
+}
+
+/* An Ollama that answers its probes with HTTP 500, or with a model list
+ * over the worker's 8 MiB bound: the worker logs what happened (it logged
+ * "is unreachable" for both, sending the operator to the network). */
+void ollama_probe_why(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w1 = ot_oworker(port, ot_fake_ollama("--list-status", "500", NULL), "w1", NULL);
+    pid_t w2 = ot_oworker(port, ot_fake_ollama("--list-mib", "9", NULL), "w2", NULL);
+    CHECK_TRUE(s_log_wait(w1, "answered HTTP 500 to /api/tags: backend down", 15000));
+    CHECK_TRUE(s_log_wait(w2, "sent a model list (/api/tags) over 8 MiB: backend down", 15000));
+    CHECK_TRUE(!s_log_wait(w1, "unreachable", 0) && !s_log_wait(w2, "unreachable", 0));
+}
+
+/* An Ollama whose final line holds a "context" of 7M ids (14 MB, under
+ * the 16 MiB line bound): decoding it is bounded (WK_OL_DECODE_MAX, 96
+ * MiB), so the request fails TOO_LARGE and the worker's peak stays near
+ * it. jansson took ~24x the line: the worker peaked at 335 MB. */
+void ollama_big_line(void)
+{
+    pid_t w;
+    ab_client_t *c = s_fake_w1(ot_fake_ollama("--context-ints", "7000000", NULL), &w);
+    ot_res_t r;
+    ot_gen_t g = {"fake", "hi", NULL, 1, -1, 60000};
+    CHECK_EQ(ot_generate(c, &g, &r), AB_ETOOLARGE);
+    CHECK_TRUE(strstr(r.error, "over the worker's 96 MiB to decode") != NULL);
+    CHECK_TRUE(s_log_wait(w, "refused: Ollama sent a line of", 5000));
+    CHECK_TRUE(th_alive(w));
+#ifndef __SANITIZE_ADDRESS__ /* ASan's shadow and quarantine are its own */
+    long peak = th_status_kb(w, "VmHWM");
+    CHECK_TRUE(peak > 0 && peak < 200 * 1024);
+    if (peak >= 200 * 1024)
+        fprintf(stderr, "worker peak %ld KiB\n", peak);
+#endif
     ab_client_destroy(&c);
 }

@@ -182,11 +182,11 @@ def test_ids_out_of_range(ollama):
 
 def test_big_unstreamed_answer(ollama):
     """An answer over the worker's 8 MiB bound for stream: false (7,000
-    tokens with 20 top_logprobs each, ~9 MB) is a BackendError saying so and
-    what to do; it said "backend sent a line over the size limit", though
-    the client had asked for no lines."""
+    tokens with 20 top_logprobs each, ~9 MB) is a TooLargeError (BackendError
+    until 2026-12-06) saying so and what to do; it said "backend sent a line
+    over the size limit", though the client had asked for no lines."""
     with ollama.client() as c:
-        with pytest.raises(agentbus.BackendError, match="stream: true"):
+        with pytest.raises(agentbus.TooLargeError, match="stream: true"):
             c.generate("sim-small", "x", logprobs=True, top_logprobs=20,
                        options={"num_predict": 7000}, timeout=120)
 

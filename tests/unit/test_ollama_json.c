@@ -545,8 +545,48 @@ static void s_test_short_reals(void)
     wk_ol_call_free(&call);
 }
 
+/* Decoding a line is bounded (WK_OL_DECODE_MAX), not its bytes alone:
+ * jansson took ~24x a line of small numbers (a 14 MB "context" of 7M
+ * ids: 335 MB). Such a line fails (-2); 16 MiB of embeddings (the line
+ * bound, real floats) still decode. */
+static void s_test_decode_bound(void)
+{
+    size_t cap = 17u << 20, n = 0;
+    char *line = malloc(cap);
+    REQUIRE(line);
+    n += (size_t)sprintf(line, "{\"model\":\"m\",\"done\":true,\"context\":[");
+    while (n < (14u << 20))
+        n += (size_t)sprintf(line + n, "1,");
+    n += (size_t)sprintf(line + n, "1]}");
+    wk_ol_chunk_t c;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, line, n, "w", &c), -2);
+    CHECK_TRUE(strstr(c.error, "to decode") != NULL);
+    free(c.pb);
+    n = (size_t)sprintf(line, "{\"model\":\"m\",\"embeddings\":[");
+    size_t vecs = 0;
+    uint32_t x = 1;
+    while (n < (16u << 20) - 20000) {
+        line[n++] = '[';
+        for (int i = 0; i < 1024; i++) {
+            x = x * 1103515245u + 12345u;
+            n += (size_t)sprintf(line + n, "%s%.9g", i ? "," : "", ((double)(x >> 8) / (1 << 24) - 0.5) / 8);
+        }
+        n += (size_t)sprintf(line + n, "],");
+        vecs++;
+    }
+    n += (size_t)sprintf(line + n - 1, "]}") - 1;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_EMBED, line, n, "w", &c), 0);
+    Agentbus__EmbedResponse *er = agentbus__embed_response__unpack(NULL, c.pb_len, c.pb);
+    CHECK_TRUE(er && er->n_embeddings == vecs && er->embeddings[0]->n_values == 1024);
+    if (er)
+        agentbus__embed_response__free_unpacked(er, NULL);
+    free(c.pb);
+    free(line);
+}
+
 int main(void)
 {
+    s_test_decode_bound();
     s_test_logprobs();
     s_test_short_reals();
     s_test_think();
