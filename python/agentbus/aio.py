@@ -111,7 +111,15 @@ class AsyncClient(_Base):
             loop.call_soon_threadsafe(self._cancel_on_loop, call)
 
     async def close(self) -> None:
-        """Closes the connection; requests in flight end with STOPPED."""
+        """Closes the connection; requests in flight end with STOPPED. On
+        the client's loop (or after that loop was closed): from another
+        loop it raises RuntimeError and closes nothing, as the handle may
+        be in use there (before 2026-12-06 it was freed under that loop's
+        poll)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and asyncio.get_running_loop() is not loop:
+            raise RuntimeError("agentbus: this AsyncClient belongs to another event loop: close "
+                               "it there (asyncio.run_coroutine_threadsafe(client.close(), loop))")
         self._detach()
         self._close_handle()
 

@@ -205,3 +205,40 @@ def test_stream_collected_on_another_thread(bus, monkeypatch):
             assert (await c.discover("slow"))["services"][0]["queue_depth"] == 0
 
     run(main())
+
+
+def test_close_from_another_loop_is_refused(bus):
+    """close() from another thread's loop raised nothing and freed the
+    handle while its own loop polled it; now it is a RuntimeError, the
+    client serves on, and a close handed to its loop works."""
+    bus.echo_worker("echo")
+    bus.wait_workers("echo")
+
+    async def main():
+        async with agentbus.AsyncClient(bus.endpoint) as c:
+            assert await c.request("echo", b"a") == b"a"
+            err = []
+            t = threading.Thread(target=lambda: err.append(_close_elsewhere(c)))
+            t.start()
+            while t.is_alive():
+                await asyncio.sleep(0.01)
+            assert err and isinstance(err[0], RuntimeError), err
+            assert await c.request("echo", b"b") == b"b"
+            loop = asyncio.get_running_loop()
+            t = threading.Thread(target=lambda: asyncio.run_coroutine_threadsafe(
+                c.close(), loop).result(10))
+            t.start()
+            while t.is_alive():
+                await asyncio.sleep(0.01)
+            with pytest.raises(agentbus.StoppedError):
+                await c.request("echo", b"c")
+
+    run(main())
+
+
+def _close_elsewhere(c):
+    try:
+        asyncio.run(c.close())
+    except Exception as e:  # the error, or None when it closed
+        return e
+    return None
