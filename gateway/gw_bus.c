@@ -100,13 +100,7 @@ gw_event_t *gw_call_pop(gw_call_t *c)
     return e;
 }
 
-/* Whether C's next event (not final) of SIZE bytes is past its bound
- * (caller holds the lock): once more bytes wait than MAX_QUEUED, which
- * only a client that does not take its stream makes happen, what waits is
- * dropped and every chunk after it: its stream is broken anyway, and the
- * answer's tokens would pile up here for as long as the bus sends them.
- * The final event still goes (the call ends as before). 2 the first time,
- * 1 after, 0 within the bound. */
+/* Frees the events waiting (caller holds the lock). */
 static void s_drop_events(gw_call_t *c)
 {
     for (gw_event_t *e = c->head, *n; e; e = n) {
@@ -117,6 +111,13 @@ static void s_drop_events(gw_call_t *c)
     c->queued = 0;
 }
 
+/* Whether C's next event (not final) of SIZE bytes is past its bound
+ * (caller holds the lock): once more bytes wait than MAX_QUEUED, which
+ * only a client that does not take its stream makes happen, what waits is
+ * dropped and every chunk after it: its stream is broken anyway, and the
+ * answer's tokens would pile up here for as long as the bus sends them.
+ * The final event still goes (the call ends as before). 2 the first time,
+ * 1 after, 0 within the bound. */
 static int s_over_bound(gw_call_t *c, size_t size, int final)
 {
     if (final || !c->max_queued)
