@@ -353,7 +353,7 @@ class AsyncStream:
                 call.raise_if_failed()
                 raise StopAsyncIteration
             await self._client._next_event(call, self._limit)
-        chunk = call.events.popleft()
+        chunk = call.take()
         return self._decode(chunk) if self._decode else chunk
 
     async def aclose(self) -> None:

@@ -33,19 +33,32 @@ Data = C.Data
 Message = C.Message
 
 
-class _Call:
-    """One request in flight: its events as the C callback delivered them."""
+_EPAYLOADSIZE = -23  # AB_EPAYLOADSIZE
 
-    __slots__ = ("id", "events", "final", "status", "error_text", "key", "waiter")
+
+class _Call:
+    """One request in flight: its events as the C callback delivered them,
+    at most QUEUE_MAX_BYTES of them waiting (see _Base._on_reply)."""
+
+    __slots__ = ("id", "events", "held", "cut", "final", "status", "error_text", "key",
+                 "waiter")
 
     def __init__(self, key: int) -> None:
         self.key = key
         self.id = 0
         self.events: Deque[bytes] = deque()
+        self.held = 0  # bytes of EVENTS, each with its record
+        self.cut = False  # past the bound: failed here, to be cancelled at the broker
         self.final = False
         self.status = 0
         self.error_text = ""
         self.waiter: Any = None  # AsyncClient: a future set on the next event
+
+    def take(self) -> bytes:
+        """The oldest event (EVENTS is not empty)."""
+        chunk = self.events.popleft()
+        self.held -= len(chunk) + C.MESSAGE_RECORD_BYTES
+        return chunk
 
     def raise_if_failed(self) -> None:
         if self.final and self.status != 0:
@@ -228,9 +241,16 @@ class _Base:
         if call is None:
             return
         ev = evp.contents
+        if call.cut:  # failed here, its events dropped: the cancel is on its way
+            if ev.final:
+                self._calls.pop(call.key, None)
+            return
         if ev.size:
             call.events.append(ctypes.string_at(ev.data, ev.size))
-        if ev.final:
+            call.held += ev.size + C.MESSAGE_RECORD_BYTES
+        if call.held > C.QUEUE_MAX_BYTES:
+            self._cut(call, ev.final)
+        elif ev.final:
             call.final = True
             call.status = ev.status
             call.error_text = text(ev.error_text)
@@ -260,9 +280,29 @@ class _Base:
         call.id = rid.value
         return call
 
+    def _cut(self, call: _Call, final: bool) -> None:
+        """CALL's chunks waiting passed QUEUE_MAX_BYTES (a stream not read
+        while the client polls, or an answer gathered whole from a worker
+        that streams without end): it fails PAYLOAD_SIZE now, as the C
+        library's synchronous request does past its max payload, and is
+        cancelled after this callback (the library holds it meanwhile).
+        Before 2026-12-06 every chunk was kept until the request ended."""
+        call.events.clear()
+        call.held = 0
+        call.final = True
+        call.status = _EPAYLOADSIZE
+        call.error_text = ("the answer's chunks waiting in this client passed %d bytes: read a "
+                           "stream as it comes" % C.QUEUE_MAX_BYTES)
+        if final:
+            self._calls.pop(call.key, None)
+        else:
+            call.cut = True
+            self._orphans.append(call)
+
     def _cancel(self, call: _Call) -> None:
-        if not call.final and self._h:
-            lib.ab_client_cancel(self._h, call.id)
+        if (not call.final or call.cut) and self._h:
+            lib.ab_client_cancel(self._h, call.id)  # its final event may come in here
+            call.cut = False  # cancelled once: its later events find no call
             self._calls.pop(call.key, None)
 
     def _cancel_from_any_thread(self, call: _Call) -> None:
@@ -667,7 +707,7 @@ class Stream:
             if limit is not None and time.monotonic() > limit and not call.final:
                 self.close()
                 raise TimeoutError("stream: no answer within the request's timeout")
-        chunk = call.events.popleft()
+        chunk = call.take()
         return self._decode(chunk) if self._decode else chunk
 
     def close(self) -> None:

@@ -477,3 +477,37 @@ def test_getters_from_another_thread_while_serving(bus, serve, monkeypatch):
     t.join(30)
     assert got == [(3, True, got[0][2], None)], got
     assert all("reader" not in names for names in callers.values()), callers
+
+
+def test_unread_answer_is_bounded(bus, serve):
+    """A stream the application does not read while its client polls, and
+    an answer gathered whole (request() with options), hold at most 64 MiB
+    of chunks: past it the call fails PAYLOAD_SIZE, as the C library's
+    synchronous request does, and the request is cancelled. Before
+    2026-12-06 every chunk was kept until the request ended (here, the
+    flood worker's cap of 1,000 chunks of 1 MiB)."""
+    seen = []
+
+    def flood(job):
+        n = 0
+        while not job.cancelled and n < 1000:
+            job.send(b"z" * (1 << 20))
+            n += 1
+            time.sleep(0.002)
+        seen.append((job.cancelled, n))
+        return b""
+
+    serve("flood", flood, capacity=2)
+    with bus.client() as c:
+        s = c.stream("flood", b"x", timeout=120)
+        end = time.monotonic() + 60
+        while not s._call.final and time.monotonic() < end:
+            c.poll(0.1)  # the application does other things, never next(s)
+        with pytest.raises(agentbus.PayloadSizeError):
+            next(s)
+        with pytest.raises(agentbus.PayloadSizeError):
+            c.request("flood", b"x", timeout=120, priority="batch")
+        end = time.monotonic() + 30
+        while len(seen) < 2 and time.monotonic() < end:
+            c.poll(0.1)
+    assert len(seen) == 2 and all(cancelled and 64 <= n < 1000 for cancelled, n in seen), seen
