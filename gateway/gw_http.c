@@ -26,7 +26,10 @@ static gw_conn_t *s_conn_new(gw_t *g, struct MHD_Connection *conn, const char *u
         return NULL;
     c->g = g;
     c->conn = conn;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+    /* --threads N: one daemon, whose pool may take a connection before
+     * gw_http_start has stored it in G->mhd (a data race, under TSan) */
+    const union MHD_ConnectionInfo *ci =
+        g->cfg.threads ? NULL : MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
     for (unsigned i = 0; ci && i < g->n_mhd; i++)
         if (g->mhd[i] == ci->daemon)
             c->shard = i;
