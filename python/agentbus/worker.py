@@ -31,6 +31,10 @@ _ESTOPPED = -15
 _TICK = 0.05  # s: the longest the loop sleeps without polling the handle
 
 
+class _LoopEnded(StoppedError):
+    """A call handed to the worker's loop that ended before running it."""
+
+
 class Job:
     """One request a worker received.
 
@@ -141,6 +145,10 @@ class Worker:
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._jobs: Dict[int, Job] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # Calls handed to the loop and not run yet (_call_on_loop), and the
+        # lock that makes handing one and the loop's end (_end_calls) exclusive.
+        self._calls: Dict[concurrent.futures.Future, bool] = {}
+        self._calls_lock = threading.RLock()
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._stopped = threading.Event()
         self._served = threading.Event()  # set while serve() is not running
@@ -194,7 +202,10 @@ class Worker:
             return closed
         if self._loop is None or self._on_loop_thread():
             return fn(self._h)
-        return self._call_on_loop(lambda: fn(self._h))
+        try:
+            return self._call_on_loop(lambda: fn(self._h))
+        except _LoopEnded:  # the loop is gone: read here (or CLOSED) after all
+            return self._read(fn, closed)
 
     def _on_handle_thread(self, fn: Callable[[], Any]) -> Any:
         """Runs FN, a call on the C handle, on the loop's thread while the
@@ -204,7 +215,10 @@ class Worker:
         self._handle()  # closed, or a fork()ed child's copy: raise here, not on a loop
         if self._loop is None:
             return fn()
-        return self._call_on_loop(fn)
+        try:
+            return self._call_on_loop(fn)
+        except _LoopEnded:  # ended meanwhile: as if it had not been running
+            return self._on_handle_thread(fn)
 
     @property
     def connected(self) -> bool:
@@ -270,7 +284,7 @@ class Worker:
                 await asyncio.gather(*(j._task for j in self._jobs.values() if j._task),
                                      return_exceptions=True)
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._loop = None
+            self._end_calls()
             self._served.set()
             if self._close_when_served:
                 self.close()
@@ -278,7 +292,7 @@ class Worker:
     def _drain(self) -> bool:
         """Processes what the handle has; False once it is stopped."""
         self._kicked = False
-        if not self._h:
+        if not self._h or self._loop is None:  # a _kick's call after serve() ended
             return False
         while True:
             n = lib.ab_worker_poll(self._h, 0, self._job_cb, None)
@@ -306,29 +320,49 @@ class Worker:
             return False
 
     def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = self._loop
-        if loop is None:
-            raise StoppedError("worker is not running")
+        """FN(*ARGS) on the loop's thread, waited for; StoppedError when the
+        loop is not running, or ends before it ran FN (_LoopEnded). A call
+        handed to a loop in its last turn was never run, and its caller
+        waited the full 60 s (or got "Event loop is closed")."""
         if self._on_loop_thread():
             r = fn(*args)
             self._kick()
             return r
-        else:
-            fut = concurrent.futures.Future()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
 
-            def call() -> None:
-                try:
-                    r = fn(*args)
-                    self._kick()
-                    fut.set_result(r)
-                except BaseException as e:  # give it to the handler's thread
-                    fut.set_exception(e)
-
-            loop.call_soon_threadsafe(call)
+        def call() -> None:
+            with self._calls_lock:  # serve() may have failed it already
+                if not self._calls.pop(fut, None):
+                    return
             try:
-                return fut.result(timeout=60)
-            except concurrent.futures.TimeoutError:  # the loop is gone
-                raise StoppedError("worker stopped") from None
+                r = fn(*args)
+                self._kick()
+                fut.set_result(r)
+            except BaseException as e:  # give it to the handler's thread
+                fut.set_exception(e)
+
+        with self._calls_lock:
+            loop = self._loop
+            if loop is None:
+                raise _LoopEnded("worker is not running")
+            self._calls[fut] = True
+        try:
+            loop.call_soon_threadsafe(call)
+        except RuntimeError:  # closed since: serve() failed FUT on its way out
+            pass
+        try:
+            return fut.result(timeout=60)
+        except concurrent.futures.TimeoutError:  # the loop stopped without serve()'s end
+            raise StoppedError("worker stopped") from None
+
+    def _end_calls(self) -> None:
+        """On serve()'s way out: no call is handed to the loop any more, and
+        those handed to it but not run fail (_LoopEnded) at once."""
+        with self._calls_lock:
+            self._loop = None
+            calls, self._calls = self._calls, {}
+        for fut in calls:
+            fut.set_exception(_LoopEnded("worker stopped"))
 
     def _on_job(self, _w, job_p, _arg) -> None:
         job = Job(self, job_p)
