@@ -42,7 +42,15 @@ class Job:
     when it arrived, 0 = none); ``cancelled`` turns True when the broker
     cancels it (client gave up, or its deadline passed): a synchronous
     handler should check it and return; an async handler's task is
-    cancelled. ``send(part)`` streams a partial reply."""
+    cancelled. ``send(part)`` streams a partial reply.
+
+    ``begun`` says the work has begun in a way that must not be repeated
+    elsewhere: True once a part was sent, or set by the handler (a
+    backend's answer cut after its first bytes, a side effect done). A
+    begun job's failure goes as ab_worker_fail_begun, and the broker hands
+    the request to no other worker (a BACKEND or BACKEND_BUSY failure of a
+    request naming a model is otherwise re-dispatched to another capable
+    worker, docs/placement.md)."""
 
     def __init__(self, worker: "Worker", ptr: int) -> None:
         self._worker = worker
@@ -54,6 +62,7 @@ class Job:
         self.service: str = text(lib.ab_job_service(self._p))
         self.timeout_ms: int = int(lib.ab_job_timeout_ms(self._p))
         self.cancelled = False
+        self.begun = False
         self._task: Optional[asyncio.Future] = None
 
     def text(self) -> str:
@@ -75,6 +84,7 @@ class Job:
         if self._p and not self.cancelled:
             check(lib.ab_worker_reply_part(self._worker._h, self._p, data, len(data)),
                   self._worker.last_error)
+            self.begun = True  # the client may have it: running it again would repeat it
 
     def _finish(self, data: Optional[bytes], exc: Optional[BaseException]) -> None:
         w = self._worker
@@ -86,7 +96,8 @@ class Job:
             code = exc.code if isinstance(exc, AgentbusError) else _EAPPLICATION
             detail = exc.text if isinstance(exc, AgentbusError) else (
                 "%s: %s" % (type(exc).__name__, exc))
-            lib.ab_worker_fail(w._h, byref(self._p), code, b(detail.replace("\0", "\\0")))
+            fail = lib.ab_worker_fail_begun if self.begun else lib.ab_worker_fail
+            fail(w._h, byref(self._p), code, b(detail.replace("\0", "\\0")))
         else:
             payload = data or b""
             lib.ab_worker_reply(w._h, byref(self._p), payload, len(payload))

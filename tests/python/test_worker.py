@@ -618,3 +618,48 @@ def test_calls_while_the_worker_stops(bus):
         t.join(40)
         assert not runner.is_alive() and not t.is_alive() and not bad, bad
         w.close()
+
+
+def test_failure_after_work_began_is_not_redispatched(bus, serve, monkeypatch):
+    # The broker hands a request its worker failed with BACKEND or
+    # BACKEND_BUSY to another capable worker (docs/placement.md), unless
+    # something streamed or the worker says the work had begun
+    # (ab_worker_fail_begun). A Python handler could not say so: a
+    # failure after job.begun = True ran the request a second time.
+    tried, begun = [], []
+    lib = agentbus._lib.lib
+    fail_begun = lib.ab_worker_fail_begun
+
+    def spy(*args):
+        begun.append(args[3])
+        return fail_begun(*args)
+    monkeypatch.setattr(lib, "ab_worker_fail_begun", spy)
+
+    def handler(job):
+        tried.append(job.data)
+        if len(tried) > 1:
+            return b"again"
+        if job.data == b"part":
+            job.send(b"p1")
+            assert job.begun  # set by the part sent
+        elif job.data == b"begun":
+            job.begun = True
+        raise agentbus.BackendError("backend cut")
+
+    serve("tbegun", handler, name="b1")
+    serve("tbegun", handler, name="b2")
+    bus.wait_workers("tbegun", 2)
+    with bus.client() as c:
+        # not begun: re-dispatched, as before
+        assert c.request("tbegun", b"plain", model="m", timeout=10) == b"again"
+        assert tried == [b"plain", b"plain"]
+        for data in (b"part", b"begun"):
+            del tried[:]
+            chunks = []
+            with pytest.raises(agentbus.BackendError) as e:
+                for chunk in c.stream("tbegun", data, model="m", timeout=10):
+                    chunks.append(chunk)
+            assert e.value.text == "backend cut"
+            assert tried == [data], tried
+            assert chunks == ([b"p1"] if data == b"part" else []), chunks
+    assert begun == [b"backend cut"] * 2, begun  # "part" too, though the broker knew
