@@ -7,7 +7,7 @@ import ctypes
 import json
 import numbers
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -198,27 +198,37 @@ MESSAGE_RECORD_BYTES = 200
 
 
 class Held:
-    """Messages and bytes a client's queues hold together."""
+    """What a client's queues hold together: messages, bytes, and the order
+    they arrived in across the queues (``order``: a sequence number per
+    message, oldest first, to the queue holding it), so that the oldest of
+    them all is found in O(1) when room must be made."""
 
-    __slots__ = ("count", "bytes")
+    __slots__ = ("count", "bytes", "order", "seq")
 
     def __init__(self) -> None:
         self.count = 0
         self.bytes = 0
+        self.order: "OrderedDict[int, MessageQueue]" = OrderedDict()
+        self.seq = 0
 
 
 class MessageQueue:
     """Messages waiting for the application: a client's direct messages, or
     one subscription's. All of a client's queues share its bounds
     (QUEUE_MAX_MESSAGES, QUEUE_MAX_BYTES), as the C library's receive
-    queue: past either, this queue's oldest messages go (the new one itself
-    when this queue holds none), and the next popleft() returns a "gap"
-    Message saying how many. Before 2026-12-06 the Python queues had no
-    bound: an agent that made requests and never called recv() held every
-    message sent to it, the C library's bound notwithstanding."""
+    queue, and drop as it does (client/message.c, s_deliver: one FIFO for
+    every message): the newest message is always kept, and room is made by
+    dropping the oldest messages the client holds, whichever queues hold
+    them. Each queue that lost some returns a "gap" Message saying how many
+    from its next popleft(). Before 2026-12-06 the Python queues had no
+    bound; then, until the next change, a queue dropped only its own oldest,
+    and a message for an empty queue while the others held the whole budget
+    was dropped itself (a direct message lost behind an unread
+    subscription)."""
 
     def __init__(self, held: Held, target: str = "") -> None:
-        self._q: "deque[Message]" = deque()
+        # (sequence number in held.order, message, its cost), oldest first
+        self._q: "deque[tuple]" = deque()
         self._held = held
         self._target = target
         self._gap = 0
@@ -237,34 +247,37 @@ class MessageQueue:
         return (self._held.count >= QUEUE_MAX_MESSAGES or
                 self._held.bytes + cost > QUEUE_MAX_BYTES)
 
-    def _release(self, m: Message) -> None:
+    def _take(self) -> Message:
+        """This queue's oldest, no longer held."""
+        seq, m, cost = self._q.popleft()
+        self._held.order.pop(seq, None)
         self._held.count -= 1
-        self._held.bytes -= self._cost(m)
+        self._held.bytes -= cost
+        return m
 
     def append(self, m: Message) -> None:
+        held = self._held
         cost = self._cost(m)
-        while self._q and self._full(cost):
-            old = self._q.popleft()
-            self._release(old)
-            self._gap += old.dropped if old.type == "gap" else 1
-        if self._full(cost):  # the client's other queues hold it all
-            self._gap += m.dropped if m.type == "gap" else 1
-            return
-        self._q.append(m)
-        self._held.count += 1
-        self._held.bytes += cost
+        while held.order and self._full(cost):
+            _, q = held.order.popitem(last=False)  # the oldest of all the queues
+            old = q._take()
+            q._gap += old.dropped if old.type == "gap" else 1
+        seq = held.seq
+        held.seq += 1
+        self._q.append((seq, m, cost))
+        held.order[seq] = self
+        held.count += 1
+        held.bytes += cost
 
     def popleft(self) -> Message:
         if self._gap:
             n, self._gap = self._gap, 0
             return Message(type="gap", target=self._target, dropped=n)
-        m = self._q.popleft()
-        self._release(m)
-        return m
+        return self._take()
 
     def clear(self) -> None:
         while self._q:
-            self._release(self._q.popleft())
+            self._take()
         self._gap = 0
 
 

@@ -173,6 +173,7 @@ for _n, _r, _a in [
     ("ab_worker_reply_part", c_int, (P, P, c_char_p, c_size_t)),
     ("ab_worker_reply", c_int, (P, PP, c_char_p, c_size_t)),
     ("ab_worker_fail", c_int, (P, PP, c_int, c_char_p)),
+    ("ab_worker_fail_begun", c_int, (P, PP, c_int, c_char_p)),
     ("ab_job_destroy", None, (PP,)),
     ("ab_worker_set_cancel_handler", c_int, (P, CANCEL_FN, c_void_p)),
     ("ab_worker_fd", c_int, (P, POINTER(c_int))),

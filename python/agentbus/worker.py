@@ -31,6 +31,10 @@ _ESTOPPED = -15
 _TICK = 0.05  # s: the longest the loop sleeps without polling the handle
 
 
+class _LoopEnded(StoppedError):
+    """A call handed to the worker's loop that ended before running it."""
+
+
 class Job:
     """One request a worker received.
 
@@ -38,7 +42,15 @@ class Job:
     when it arrived, 0 = none); ``cancelled`` turns True when the broker
     cancels it (client gave up, or its deadline passed): a synchronous
     handler should check it and return; an async handler's task is
-    cancelled. ``send(part)`` streams a partial reply."""
+    cancelled. ``send(part)`` streams a partial reply.
+
+    ``begun`` says the work has begun in a way that must not be repeated
+    elsewhere: True once a part was sent, or set by the handler (a
+    backend's answer cut after its first bytes, a side effect done). A
+    begun job's failure goes as ab_worker_fail_begun, and the broker hands
+    the request to no other worker (a BACKEND or BACKEND_BUSY failure of a
+    request naming a model is otherwise re-dispatched to another capable
+    worker, docs/placement.md)."""
 
     def __init__(self, worker: "Worker", ptr: int) -> None:
         self._worker = worker
@@ -50,6 +62,7 @@ class Job:
         self.service: str = text(lib.ab_job_service(self._p))
         self.timeout_ms: int = int(lib.ab_job_timeout_ms(self._p))
         self.cancelled = False
+        self.begun = False
         self._task: Optional[asyncio.Future] = None
 
     def text(self) -> str:
@@ -71,6 +84,7 @@ class Job:
         if self._p and not self.cancelled:
             check(lib.ab_worker_reply_part(self._worker._h, self._p, data, len(data)),
                   self._worker.last_error)
+            self.begun = True  # the client may have it: running it again would repeat it
 
     def _finish(self, data: Optional[bytes], exc: Optional[BaseException]) -> None:
         w = self._worker
@@ -82,7 +96,8 @@ class Job:
             code = exc.code if isinstance(exc, AgentbusError) else _EAPPLICATION
             detail = exc.text if isinstance(exc, AgentbusError) else (
                 "%s: %s" % (type(exc).__name__, exc))
-            lib.ab_worker_fail(w._h, byref(self._p), code, b(detail.replace("\0", "\\0")))
+            fail = lib.ab_worker_fail_begun if self.begun else lib.ab_worker_fail
+            fail(w._h, byref(self._p), code, b(detail.replace("\0", "\\0")))
         else:
             payload = data or b""
             lib.ab_worker_reply(w._h, byref(self._p), payload, len(payload))
@@ -141,6 +156,10 @@ class Worker:
         self._pid = os.getpid()  # the process whose handle it is (see _handle)
         self._jobs: Dict[int, Job] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # Calls handed to the loop and not run yet (_call_on_loop), and the
+        # lock that makes handing one and the loop's end (_end_calls) exclusive.
+        self._calls: Dict[concurrent.futures.Future, bool] = {}
+        self._calls_lock = threading.RLock()
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._stopped = threading.Event()
         self._served = threading.Event()  # set while serve() is not running
@@ -194,7 +213,10 @@ class Worker:
             return closed
         if self._loop is None or self._on_loop_thread():
             return fn(self._h)
-        return self._call_on_loop(lambda: fn(self._h))
+        try:
+            return self._call_on_loop(lambda: fn(self._h))
+        except _LoopEnded:  # the loop is gone: read here (or CLOSED) after all
+            return self._read(fn, closed)
 
     def _on_handle_thread(self, fn: Callable[[], Any]) -> Any:
         """Runs FN, a call on the C handle, on the loop's thread while the
@@ -204,7 +226,10 @@ class Worker:
         self._handle()  # closed, or a fork()ed child's copy: raise here, not on a loop
         if self._loop is None:
             return fn()
-        return self._call_on_loop(fn)
+        try:
+            return self._call_on_loop(fn)
+        except _LoopEnded:  # ended meanwhile: as if it had not been running
+            return self._on_handle_thread(fn)
 
     @property
     def connected(self) -> bool:
@@ -270,7 +295,7 @@ class Worker:
                 await asyncio.gather(*(j._task for j in self._jobs.values() if j._task),
                                      return_exceptions=True)
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._loop = None
+            self._end_calls()
             self._served.set()
             if self._close_when_served:
                 self.close()
@@ -278,7 +303,7 @@ class Worker:
     def _drain(self) -> bool:
         """Processes what the handle has; False once it is stopped."""
         self._kicked = False
-        if not self._h:
+        if not self._h or self._loop is None:  # a _kick's call after serve() ended
             return False
         while True:
             n = lib.ab_worker_poll(self._h, 0, self._job_cb, None)
@@ -306,29 +331,49 @@ class Worker:
             return False
 
     def _call_on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = self._loop
-        if loop is None:
-            raise StoppedError("worker is not running")
+        """FN(*ARGS) on the loop's thread, waited for; StoppedError when the
+        loop is not running, or ends before it ran FN (_LoopEnded). A call
+        handed to a loop in its last turn was never run, and its caller
+        waited the full 60 s (or got "Event loop is closed")."""
         if self._on_loop_thread():
             r = fn(*args)
             self._kick()
             return r
-        else:
-            fut = concurrent.futures.Future()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
 
-            def call() -> None:
-                try:
-                    r = fn(*args)
-                    self._kick()
-                    fut.set_result(r)
-                except BaseException as e:  # give it to the handler's thread
-                    fut.set_exception(e)
-
-            loop.call_soon_threadsafe(call)
+        def call() -> None:
+            with self._calls_lock:  # serve() may have failed it already
+                if not self._calls.pop(fut, None):
+                    return
             try:
-                return fut.result(timeout=60)
-            except concurrent.futures.TimeoutError:  # the loop is gone
-                raise StoppedError("worker stopped") from None
+                r = fn(*args)
+                self._kick()
+                fut.set_result(r)
+            except BaseException as e:  # give it to the handler's thread
+                fut.set_exception(e)
+
+        with self._calls_lock:
+            loop = self._loop
+            if loop is None:
+                raise _LoopEnded("worker is not running")
+            self._calls[fut] = True
+        try:
+            loop.call_soon_threadsafe(call)
+        except RuntimeError:  # closed since: serve() failed FUT on its way out
+            pass
+        try:
+            return fut.result(timeout=60)
+        except concurrent.futures.TimeoutError:  # the loop stopped without serve()'s end
+            raise StoppedError("worker stopped") from None
+
+    def _end_calls(self) -> None:
+        """On serve()'s way out: no call is handed to the loop any more, and
+        those handed to it but not run fail (_LoopEnded) at once."""
+        with self._calls_lock:
+            self._loop = None
+            calls, self._calls = self._calls, {}
+        for fut in calls:
+            fut.set_exception(_LoopEnded("worker stopped"))
 
     def _on_job(self, _w, job_p, _arg) -> None:
         job = Job(self, job_p)

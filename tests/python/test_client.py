@@ -188,6 +188,56 @@ def test_queues_are_bounded_in_bytes(bus):
         assert sink._held.count == 0
 
 
+def test_queues_drop_the_oldest_of_all(bus):
+    """The newest message is kept when the client's other queues hold the
+    whole budget: the oldest message of them all goes (as in the C
+    library's one receive queue), and its queue reports the gap. Before, a
+    direct message behind an unread subscription was dropped itself, and
+    recv() returned a gap instead of it."""
+    one, n = b"m" * 999992, 80
+    with bus.client(name="sink2") as sink, bus.client() as src:
+        s = sink.subscribe("big.")
+        for i in range(n):
+            src.publish("big.x", one + b"%08d" % i)
+            _arrived(sink, i + 1, s._queue)
+        src.send("sink2", one + b"%08d" % n, wait=True)
+        _arrived(sink, 1, sink._direct)
+        assert sink._held.bytes <= agentbus._common.QUEUE_MAX_BYTES
+        m = sink.recv(timeout=5)
+        assert (m.type, m.data[-8:]) == ("direct", b"%08d" % n), (m.type, m.dropped)
+        gap = _take(lambda: s.get(timeout=5), n)
+        assert gap.target == "big."
+        assert sink._held.count == 0 and sink._held.bytes == 0
+
+
+def test_queues_drop_in_arrival_order(monkeypatch):
+    """MessageQueue alone: room is made from the oldest message of all the
+    client's queues, each queue counting its own gap, whatever was taken
+    from the others meanwhile."""
+    common = agentbus._common
+    monkeypatch.setattr(common, "QUEUE_MAX_MESSAGES", 4)
+    held = common.Held()
+    a, b, c = (common.MessageQueue(held, t) for t in "abc")
+
+    def msg(i):
+        return agentbus.Message(type="topic", data=b"%d" % i)
+
+    for i, q in enumerate((a, b, a, c)):  # a0 b1 a2 c3
+        q.append(msg(i))
+    assert b.popleft().data == b"1"       # taken: no longer held
+    c.append(msg(4))                      # a0 a2 c3 c4: full
+    c.append(msg(5))                      # a0 goes
+    b.append(msg(6))                      # a2 goes
+    c.append(msg(7))                      # c3 goes
+    assert held.count == 4 and len(held.order) == 4
+    assert [(m.type, m.dropped) for m in (a.popleft(),)] == [("gap", 2)] and not a
+    assert [b.popleft().data] == [b"6"]
+    got = [c.popleft() for _ in range(4)]
+    assert [(m.type, m.dropped, m.target) for m in got[:1]] == [("gap", 1, "c")]
+    assert [m.data for m in got[1:]] == [b"4", b"5", b"7"]
+    assert held.count == 0 and not held.order and held.bytes == 0
+
+
 def test_mailbox_and_direct(bus):
     with bus.client(name="alice") as alice:
         assert alice.send("bob", b"one", wait=True) is True  # bob offline: mailbox

@@ -511,3 +511,155 @@ def test_unread_answer_is_bounded(bus, serve):
         while len(seen) < 2 and time.monotonic() < end:
             c.poll(0.1)
     assert len(seen) == 2 and all(cancelled and 64 <= n < 1000 for cancelled, n in seen), seen
+
+
+class _HoldingLoop(asyncio.SelectorEventLoop):
+    """An event loop that holds the "caller" thread's hand-over until the
+    test says so (the worker's loop has ended by then)."""
+
+    release = None
+
+    def call_soon_threadsafe(self, *args, **kw):
+        if threading.current_thread().name == "caller":
+            self.entered.set()
+            self.release.wait(30)
+        return super().call_soon_threadsafe(*args, **kw)
+
+
+@pytest.mark.parametrize("closed", [False, True])
+@pytest.mark.parametrize("call", ["get", "set"])
+def test_call_handed_to_an_ending_loop(bus, closed, call):
+    # A getter or setter from another thread is handed to the worker's loop.
+    # Handed to it in its last turn, the call never ran: its caller waited
+    # 60 s (serve() in a loop that stays open), or got RuntimeError "Event
+    # loop is closed" (run()'s). Now it is answered as the loop ends and
+    # runs on the caller's thread, as when the worker is not running.
+    w = agentbus.Worker("tend", lambda job: b"", endpoint=bus.endpoint, capacity=2)
+    loop = _HoldingLoop()
+    loop.entered, loop.release = threading.Event(), threading.Event()
+
+    def run():
+        try:
+            loop.run_until_complete(w.serve())
+        finally:
+            if closed:
+                loop.close()
+            loop.release.set()
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    for _ in range(500):
+        if w._loop is not None:
+            break
+        time.sleep(0.01)
+    got = []
+
+    def caller():
+        try:
+            if call == "get":
+                got.append(w.capacity)
+            else:
+                w.capacity = 3
+                got.append(None)
+        except BaseException as e:  # asserted below
+            got.append(e)
+
+    t = threading.Thread(target=caller, name="caller", daemon=True)
+    t.start()
+    assert loop.entered.wait(10)
+    w.stop()
+    runner.join(10)
+    assert not runner.is_alive()
+    t.join(20)  # 60 s before
+    try:
+        assert not t.is_alive(), "the call waited for a loop that had ended"
+        assert got == [2 if call == "get" else None], got
+    finally:
+        w.close()
+        if not closed:
+            loop.close()
+
+
+def test_calls_while_the_worker_stops(bus):
+    # Getters and setters from one thread while another stops the worker:
+    # each returns or raises StoppedError, none waits for a loop that ended.
+    for i in range(10):
+        w = agentbus.Worker("tstop", lambda job: b"", endpoint=bus.endpoint)
+        runner = threading.Thread(target=w.run, daemon=True)
+        runner.start()
+        bad, stop = [], threading.Event()
+
+        def calls():
+            n = 0
+            while not stop.is_set():
+                n += 1
+                began = time.monotonic()
+                try:
+                    w.capacity = 1 + n % 4
+                    w.set_backend_state("s%d" % (n % 2))
+                    assert w.capacity in (1, 2, 3, 4)
+                except agentbus.StoppedError:
+                    pass
+                except BaseException as e:  # asserted below
+                    bad.append(e)
+                if time.monotonic() - began > 30:
+                    bad.append("a call waited %.0f s" % (time.monotonic() - began))
+
+        t = threading.Thread(target=calls, daemon=True)
+        t.start()
+        time.sleep(0.05 + 0.01 * i)
+        if i % 2:
+            w.shutdown(0)
+        else:
+            w.stop()
+        runner.join(10)
+        time.sleep(0.02)
+        stop.set()
+        t.join(40)
+        assert not runner.is_alive() and not t.is_alive() and not bad, bad
+        w.close()
+
+
+def test_failure_after_work_began_is_not_redispatched(bus, serve, monkeypatch):
+    # The broker hands a request its worker failed with BACKEND or
+    # BACKEND_BUSY to another capable worker (docs/placement.md), unless
+    # something streamed or the worker says the work had begun
+    # (ab_worker_fail_begun). A Python handler could not say so: a
+    # failure after job.begun = True ran the request a second time.
+    tried, begun = [], []
+    lib = agentbus._lib.lib
+    fail_begun = lib.ab_worker_fail_begun
+
+    def spy(*args):
+        begun.append(args[3])
+        return fail_begun(*args)
+    monkeypatch.setattr(lib, "ab_worker_fail_begun", spy)
+
+    def handler(job):
+        tried.append(job.data)
+        if len(tried) > 1:
+            return b"again"
+        if job.data == b"part":
+            job.send(b"p1")
+            assert job.begun  # set by the part sent
+        elif job.data == b"begun":
+            job.begun = True
+        raise agentbus.BackendError("backend cut")
+
+    serve("tbegun", handler, name="b1")
+    serve("tbegun", handler, name="b2")
+    bus.wait_workers("tbegun", 2)
+    with bus.client() as c:
+        # not begun: re-dispatched, as before
+        assert c.request("tbegun", b"plain", model="m", timeout=10) == b"again"
+        assert tried == [b"plain", b"plain"]
+        for data in (b"part", b"begun"):
+            del tried[:]
+            chunks = []
+            with pytest.raises(agentbus.BackendError) as e:
+                for chunk in c.stream("tbegun", data, model="m", timeout=10):
+                    chunks.append(chunk)
+            assert e.value.text == "backend cut"
+            assert tried == [data], tried
+            assert chunks == ([b"p1"] if data == b"part" else []), chunks
+    assert begun == [b"backend cut"] * 2, begun  # "part" too, though the broker knew
