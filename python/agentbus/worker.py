@@ -211,8 +211,11 @@ class Worker:
         last_error() read the handle beside the loop's sends."""
         if not self._h or self._pid != os.getpid():
             return closed
-        if self._loop is None or self._on_loop_thread():
+        if self._on_loop_thread():
             return fn(self._h)
+        if self._loop is None:  # not served: close() on another thread must wait for it
+            with self._free_lock:
+                return fn(self._h) if self._h else closed
         try:
             return self._call_on_loop(lambda: fn(self._h))
         except _LoopEnded:  # the loop is gone: read here (or CLOSED) after all
@@ -224,8 +227,10 @@ class Worker:
         another thread raced the loop's own sends on the handle: "gathered
         message does not decode", "out of memory sending a batch"."""
         self._handle()  # closed, or a fork()ed child's copy: raise here, not on a loop
-        if self._loop is None:
-            return fn()
+        if self._loop is None:  # not served: close() on another thread must wait for it
+            with self._free_lock:
+                self._handle()
+                return fn()
         try:
             return self._call_on_loop(fn)
         except _LoopEnded:  # ended meanwhile: as if it had not been running

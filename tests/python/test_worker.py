@@ -479,6 +479,40 @@ def test_getters_from_another_thread_while_serving(bus, serve, monkeypatch):
     assert all("reader" not in names for names in callers.values()), callers
 
 
+def test_close_waits_for_a_getter_on_another_thread(bus, monkeypatch):
+    # A worker not served: capacity, connected, last_error() and the
+    # setters run on the calling thread. A close() on another thread freed
+    # the handle while such a call was inside the C library (ctypes lets go
+    # of the GIL): a use-after-free. close() now waits for it.
+    lib = agentbus._lib.lib
+    order = []
+    inside = threading.Event()
+    real_connected, real_destroy = lib.ab_worker_connected, lib.ab_worker_destroy
+
+    def slow_connected(h):
+        inside.set()
+        time.sleep(0.3)  # the C call still running when close() is called
+        r = real_connected(h)
+        order.append("read")
+        return r
+
+    def destroy(ph):
+        order.append("destroy")
+        return real_destroy(ph)
+    monkeypatch.setattr(lib, "ab_worker_connected", slow_connected)
+    monkeypatch.setattr(lib, "ab_worker_destroy", destroy)
+    w = agentbus.Worker("tclose", lambda job: job.data, endpoint=bus.endpoint)
+    got = []
+    t = threading.Thread(target=lambda: got.append(w.connected), daemon=True)
+    t.start()
+    assert inside.wait(30)
+    w.close()
+    t.join(30)
+    assert order == ["read", "destroy"], order
+    assert len(got) == 1
+    assert w.connected is False and w.capacity == 0  # closed: the values of a closed worker
+
+
 def test_unread_answer_is_bounded(bus, serve):
     """A stream the application does not read while its client polls, and
     an answer gathered whole (request() with options), hold at most 64 MiB
