@@ -43,7 +43,8 @@
 #include <string.h>
 
 /* Longest NDJSON line (and embeddings answer) accepted. What one costs
- * the worker: the line's buffer (one per slot) and, one line at a time,
+ * the worker: the line's buffer (one per slot being filled; freed after
+ * the line, over WK_NDJSON_KEEP_MAX) and, one line at a time,
  * its decoding, bounded on its own (WK_OL_DECODE_MAX, ollama_json.h):
  * jansson took ~24x a line of small numbers. docs/ollama.md, "Memory". */
 #define S_MAX_LINE (16u << 20)
