@@ -50,6 +50,7 @@
 #define S_MAX_LINE (16u << 20)
 #define S_ERRBODY 2048 /* error answers kept this far */
 #define S_SHRINK_GAP_MS 500
+#define S_SUMMARY_MS 60000 /* refusals summed up in the log at most this often */
 
 #define S_JOB(n) tl_list_entry(n, s_job_t, node)
 
@@ -217,13 +218,40 @@ static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
 }
 
 /* An answer over what the worker takes (a line over S_MAX_LINE, a
- * stream: false answer over WK_OLLAMA_BODY_MAX, a line whose decoding would take
- * over WK_OL_DECODE_MAX): TOO_LARGE, for the client to ask for less. */
+ * stream: false answer over WK_OLLAMA_BODY_MAX, a line whose decoding
+ * would take over WK_OL_DECODE_MAX): TOO_LARGE, for the client to ask for
+ * less. Counted for s_refused_summary. */
 static void s_too_large(s_job_t *j, const char *why)
 {
+    if (j->answered)
+        return;
+    j->o->too_large++;
     TL_WARN("backend", "request %llu (%s) refused: %s", (unsigned long long)j->id,
             j->call.model, why);
     s_fail(j, AB_ETOOLARGE, "%s", why);
+}
+
+/* Says how many answers were refused as too large: at the first, then at
+ * most once a minute while more come, and at exit. No figure the worker
+ * reports holds them (InferenceState has no field for it; the broker's
+ * TOO_LARGE count is every worker's and its own together), and one WARN a
+ * request is not a count. */
+static void s_refused_summary(wk_ollama_t *o, int at_exit)
+{
+    int64_t now = tl_now_ms();
+    unsigned long long fresh = o->too_large - o->too_large_said;
+    if (at_exit && o->too_large)
+        TL_INFO("backend", "Ollama at %s: %llu answer%s refused as too large (TOO_LARGE) since "
+                "the worker started", o->url, (unsigned long long)o->too_large,
+                o->too_large == 1 ? "" : "s");
+    if (at_exit || !fresh || (o->too_large_said && now - o->too_large_said_ms < S_SUMMARY_MS))
+        return;
+    TL_WARN("backend", "Ollama at %s: %llu answer%s refused as too large (TOO_LARGE) in the last "
+            "%lld s, %llu since the worker started", o->url, fresh, fresh == 1 ? "" : "s",
+            (long long)(now - o->too_large_said_ms + 999) / 1000,
+            (unsigned long long)o->too_large);
+    o->too_large_said = o->too_large;
+    o->too_large_said_ms = now;
 }
 
 static int s_on_line(const char *line, size_t len, void *arg)
@@ -536,6 +564,7 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     if (o->slots_min > o->model_max)
         o->slots_min = o->model_max;
     o->was_up = -1;
+    o->too_large_said_ms = tl_now_ms(); /* the first summary's "in the last N s" */
     agentbus__inference_state__init(&o->st);
     o->st.backend_url = o->url;
     o->st.slots = o->st.slots_max = args->capacity;
@@ -675,6 +704,7 @@ static void s_tick(void *ctx, ab_worker_t *w)
         if (j)
             s_done(o, j, res);
     }
+    s_refused_summary(o, 0);
     if (!o->probing && tl_now_ms() >= o->next_refresh_ms)
         wk_ollama_probe_start(o);
     s_start_waiting(o);
@@ -697,6 +727,7 @@ static void s_destroy(void **ctx)
     wk_ollama_t *o = *ctx;
     if (!o)
         return;
+    s_refused_summary(o, 1);
     while (!tl_list_empty(&o->jobs))
         s_job_free(o, S_JOB(o->jobs.next));
     wk_ollama_probes_free(o);

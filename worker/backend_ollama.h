@@ -76,6 +76,9 @@ typedef struct wk_ollama {
     int left_out; /* entries of its lists left out of the state at the last probe */
     CURL *spare[WK_OLLAMA_SPARE_MAX]; /* easy handles of ended transfers, for the next */
     unsigned n_spare;
+    /* answers refused TOO_LARGE, and as many as the log had said when */
+    uint64_t too_large, too_large_said;
+    int64_t too_large_said_ms;
 } wk_ollama_t;
 
 /* Starts the three probes on O's multi handle (one that cannot start is

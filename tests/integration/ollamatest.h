@@ -93,5 +93,6 @@ void ollama_cut_answer(void);
 void ollama_probe_why(void);
 void ollama_big_line(void);
 void ollama_line_buffer(void);
+void ollama_too_large_count(void);
 
 #endif

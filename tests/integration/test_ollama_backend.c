@@ -365,3 +365,24 @@ void ollama_line_buffer(void)
 #endif
     ab_client_destroy(&c); /* cancels the streams; the fake's pauses end with the test */
 }
+
+/* Answers refused as too large (a line over the 16 MiB bound) are counted
+ * in the worker's log: at the first, and in all at exit. Each was logged
+ * on its own, but no figure said how many (InferenceState has no field
+ * for it, and the broker's TOO_LARGE count is every worker's and its own). */
+void ollama_too_large_count(void)
+{
+    pid_t w;
+    ab_client_t *c = s_fake_w1(ot_fake_ollama("--response-mib", "17", NULL), NULL, &w);
+    for (int i = 0; i < 3; i++) {
+        ot_res_t r;
+        CHECK_EQ(ot_generate(c, &(ot_gen_t){"fake", "hi", NULL, 1, -1, 30000}, &r),
+                 AB_ETOOLARGE);
+    }
+    /* the first said at once; the next two within the minute wait for exit */
+    CHECK_TRUE(s_log_wait(w, "1 answer refused as too large (TOO_LARGE) in the last", 5000));
+    CHECK_EQ(th_stop(w), 0);
+    CHECK_TRUE(s_log_wait(w, "3 answers refused as too large (TOO_LARGE) since the worker "
+                             "started", 0));
+    ab_client_destroy(&c);
+}
