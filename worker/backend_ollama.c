@@ -30,61 +30,41 @@
  * (issue 20). The worker's capacity at the broker stays --capacity; the
  * models whose limit is lower are reported in InferenceState.model_slots
  * and the broker's placement holds their requests back.
- * Models: /api/tags, /api/ps (and NVML when present) are probed at an
- * interval that starts short and doubles while nothing changes, and sent
- * to the broker as Register.inference for placement.
+ * Models: probed and reported by ollama_probe.c (backend_ollama.h).
  */
-#include "backend.h"
-#include "agentbus.pb-c.h"
-#include "gpu_nvml.h"
+#include "backend_ollama.h"
 #include "ollama_json.h"
 #include "text.h"
 #include "tl_clock.h"
-#include "tl_list.h"
 #include "tl_log.h"
 
-#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Longest NDJSON line (and embeddings answer) accepted. What one costs
- * the worker: the line's buffer (one per slot) and, one line at a time,
+ * the worker: the line's buffer (one per slot being filled; freed after
+ * the line, over WK_NDJSON_KEEP_MAX) and, one line at a time,
  * its decoding, bounded on its own (WK_OL_DECODE_MAX, ollama_json.h):
  * jansson took ~24x a line of small numbers. docs/ollama.md, "Memory". */
 #define S_MAX_LINE (16u << 20)
-#define S_MAX_BODY (8u << 20)    /* longest non-streamed / probe answer */
-#define S_ERRBODY 2048           /* error answers kept this far */
-#define S_REFRESH_MIN_MS 250
+#define S_ERRBODY 2048 /* error answers kept this far */
 #define S_SHRINK_GAP_MS 500
-#define S_SPARE_MAX 16           /* easy handles kept for reuse */
-#define S_CREDITS_MAX 32         /* models with a limit of their own at once */
-
-typedef struct s_ollama s_ollama_t;
-
-/* One model's adaptive limit and its transfers running now. A model with
- * no entry is at the maximum; an entry at the maximum with nothing running
- * is free for another model. */
-typedef struct {
-    char model[256];
-    double limit;
-    unsigned active;
-    int64_t last_shrink_ms;
-} s_credit_t;
+#define S_SUMMARY_MS 60000 /* refusals summed up in the log at most this often */
 
 #define S_JOB(n) tl_list_entry(n, s_job_t, node)
 
 typedef enum { S_WAITING, S_ACTIVE, S_BACKOFF } s_state_t;
 
 typedef struct s_job {
-    tl_list_t node; /* in s_ollama_t.jobs */
-    s_ollama_t *o;
+    tl_list_t node; /* in wk_ollama_t.jobs */
+    wk_ollama_t *o;
     ab_job_t *job; /* NULL for a preload */
     uint64_t id;
     s_state_t state;
     wk_ol_call_t call;
     CURL *easy;
-    s_credit_t *credit; /* its model's, while ACTIVE (NULL: admin, or table full) */
+    wk_ollama_credit_t *credit; /* its model's, while ACTIVE (NULL: admin, or table full) */
     wk_ndjson_t nd;
     long status;
     size_t body_bytes; /* of a 200 answer, this attempt: once > 0, no retry */
@@ -98,52 +78,11 @@ typedef struct s_job {
     int64_t retry_at, deadline_ms;
 } s_job_t;
 
-typedef enum { S_TAGS, S_PS, S_VERSION, S_NPROBES } s_probe_kind_t;
-
-typedef struct {
-    CURL *easy;
-    char *buf;
-    size_t len;
-    int ok;
-    int over;      /* the answer passed S_MAX_BODY */
-    char why[160]; /* when not ok: what happened, for the log */
-} s_probe_t;
-
-struct s_ollama {
-    wk_backend_args_t args;
-    char url[WK_OLLAMA_URL_MAX + 1];
-    ab_worker_t *w;
-    CURLM *multi;
-    struct curl_slist *hdrs;
-    tl_list_t jobs; /* every job (s_job_t.node), any state, in arrival order */
-    unsigned active, admin_active;
-    /* AIMD, per model */
-    s_credit_t credits[S_CREDITS_MAX];
-    Agentbus__ModelSlots slots_pb[S_CREDITS_MAX];
-    Agentbus__ModelSlots *slots_ptr[S_CREDITS_MAX];
-    unsigned slots_max, slots_min;
-    unsigned model_max; /* --model-slots: one model's most at once (<= slots_max) */
-    /* state probes */
-    s_probe_t probes[S_NPROBES];
-    int probing;
-    int64_t next_refresh_ms, refresh_ms;
-    Agentbus__InferenceState st;
-    uint8_t *sent;
-    size_t sent_len;
-    wk_gpu_t *gpu;
-    char worker_name[256];
-    int was_up; /* backend up at the last probe; -1 before the first */
-    char down_why[160]; /* what the probes saw when it went down */
-    int left_out; /* entries of its lists left out of the state at the last probe */
-    CURL *spare[S_SPARE_MAX]; /* easy handles of ended transfers, for the next */
-    unsigned n_spare;
-};
-
-static void s_job_free(s_ollama_t *o, s_job_t *j);
-static void s_start_waiting(s_ollama_t *o);
+static void s_job_free(wk_ollama_t *o, s_job_t *j);
+static void s_start_waiting(wk_ollama_t *o);
 
 /* --- adaptive concurrency, per model ----------------------------------------- */
-static unsigned s_cap(const s_ollama_t *o, const s_credit_t *c)
+static unsigned s_cap(const wk_ollama_t *o, const wk_ollama_credit_t *c)
 {
     unsigned cap = c ? (unsigned)c->limit : o->model_max;
     if (cap > o->model_max)
@@ -160,28 +99,27 @@ static int s_same_model(const char *a, const char *b)
     return strcmp(a[la] ? a + la + 1 : "latest", b[lb] ? b + lb + 1 : "latest") == 0;
 }
 
-static s_credit_t *s_credit_find(s_ollama_t *o, const char *model)
+static wk_ollama_credit_t *s_credit_find(wk_ollama_t *o, const char *model)
 {
-    for (unsigned i = 0; i < S_CREDITS_MAX; i++)
+    for (unsigned i = 0; i < WK_OLLAMA_CREDITS_MAX; i++)
         if (o->credits[i].model[0] && s_same_model(o->credits[i].model, model))
             return &o->credits[i];
     return NULL;
 }
 
-static int s_state_send(s_ollama_t *o);
-static void s_limits_publish(s_ollama_t *o);
+static void s_limits_publish(wk_ollama_t *o);
 
 /* MODEL's entry, made when missing: a free one (unused, or at the maximum
  * with nothing running), else the idle one with the highest limit (what it
  * remembered of a pushback is lost: the table is bounded). NULL when every
  * entry has transfers running. */
-static s_credit_t *s_credit_get(s_ollama_t *o, const char *model)
+static wk_ollama_credit_t *s_credit_get(wk_ollama_t *o, const char *model)
 {
-    s_credit_t *c = s_credit_find(o, model), *pick = NULL;
+    wk_ollama_credit_t *c = s_credit_find(o, model), *pick = NULL;
     if (c || !model[0])
         return c;
-    for (unsigned i = 0; i < S_CREDITS_MAX; i++) {
-        s_credit_t *x = &o->credits[i];
+    for (unsigned i = 0; i < WK_OLLAMA_CREDITS_MAX; i++) {
+        wk_ollama_credit_t *x = &o->credits[i];
         if (!x->model[0] || (x->active == 0 && x->limit >= o->model_max)) {
             pick = x;
             break;
@@ -203,11 +141,11 @@ static s_credit_t *s_credit_get(s_ollama_t *o, const char *model)
 
 /* Reports the models whose limit is below the maximum (model_slots) when
  * that list changed; the broker places by it. */
-static void s_limits_publish(s_ollama_t *o)
+static void s_limits_publish(wk_ollama_t *o)
 {
     size_t n = 0;
-    for (unsigned i = 0; i < S_CREDITS_MAX; i++) {
-        s_credit_t *c = &o->credits[i];
+    for (unsigned i = 0; i < WK_OLLAMA_CREDITS_MAX; i++) {
+        wk_ollama_credit_t *c = &o->credits[i];
         if (!c->model[0] || s_cap(o, c) >= o->model_max)
             continue;
         agentbus__model_slots__init(&o->slots_pb[n]);
@@ -219,12 +157,12 @@ static void s_limits_publish(s_ollama_t *o)
     o->st.model_slots = n ? o->slots_ptr : NULL;
     o->st.n_model_slots = n;
     if (o->w && o->was_up != -1) /* before the first probe the state has no models */
-        s_state_send(o);
+        wk_ollama_state_send(o);
 }
 
-static void s_pushback(s_ollama_t *o, const char *model, const char *why)
+static void s_pushback(wk_ollama_t *o, const char *model, const char *why)
 {
-    s_credit_t *c = s_credit_get(o, model);
+    wk_ollama_credit_t *c = s_credit_get(o, model);
     int64_t now = tl_now_ms();
     if (!c || now - c->last_shrink_ms < S_SHRINK_GAP_MS)
         return; /* one burst of 503s is one signal */
@@ -237,9 +175,9 @@ static void s_pushback(s_ollama_t *o, const char *model, const char *why)
     s_limits_publish(o);
 }
 
-static void s_success(s_ollama_t *o, const char *model)
+static void s_success(wk_ollama_t *o, const char *model)
 {
-    s_credit_t *c = s_credit_find(o, model);
+    wk_ollama_credit_t *c = s_credit_find(o, model);
     if (!c || c->limit >= o->model_max)
         return;
     unsigned before = s_cap(o, c);
@@ -253,13 +191,13 @@ static void s_success(s_ollama_t *o, const char *model)
 }
 
 /* Whether J may start now: a free slot of the worker, and of its model. */
-static int s_room(s_ollama_t *o, const s_job_t *j)
+static int s_room(wk_ollama_t *o, const s_job_t *j)
 {
     if (j->admin)
         return o->admin_active == 0;
     if (o->active - o->admin_active >= o->slots_max)
         return 0;
-    s_credit_t *c = s_credit_find(o, j->call.model);
+    wk_ollama_credit_t *c = s_credit_find(o, j->call.model);
     return !c || c->active < s_cap(o, c);
 }
 
@@ -280,19 +218,46 @@ static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
 }
 
 /* An answer over what the worker takes (a line over S_MAX_LINE, a
- * stream: false answer over S_MAX_BODY, a line whose decoding would take
- * over WK_OL_DECODE_MAX): TOO_LARGE, for the client to ask for less. */
+ * stream: false answer over WK_OLLAMA_BODY_MAX, a line whose decoding
+ * would take over WK_OL_DECODE_MAX): TOO_LARGE, for the client to ask for
+ * less. Counted for s_refused_summary. */
 static void s_too_large(s_job_t *j, const char *why)
 {
+    if (j->answered)
+        return;
+    j->o->too_large++;
     TL_WARN("backend", "request %llu (%s) refused: %s", (unsigned long long)j->id,
             j->call.model, why);
     s_fail(j, AB_ETOOLARGE, "%s", why);
 }
 
+/* Says how many answers were refused as too large: at the first, then at
+ * most once a minute while more come, and at exit. No figure the worker
+ * reports holds them (InferenceState has no field for it; the broker's
+ * TOO_LARGE count is every worker's and its own together), and one WARN a
+ * request is not a count. */
+static void s_refused_summary(wk_ollama_t *o, int at_exit)
+{
+    int64_t now = tl_now_ms();
+    unsigned long long fresh = o->too_large - o->too_large_said;
+    if (at_exit && o->too_large)
+        TL_INFO("backend", "Ollama at %s: %llu answer%s refused as too large (TOO_LARGE) since "
+                "the worker started", o->url, (unsigned long long)o->too_large,
+                o->too_large == 1 ? "" : "s");
+    if (at_exit || !fresh || (o->too_large_said && now - o->too_large_said_ms < S_SUMMARY_MS))
+        return;
+    TL_WARN("backend", "Ollama at %s: %llu answer%s refused as too large (TOO_LARGE) in the last "
+            "%lld s, %llu since the worker started", o->url, fresh, fresh == 1 ? "" : "s",
+            (long long)(now - o->too_large_said_ms + 999) / 1000,
+            (unsigned long long)o->too_large);
+    o->too_large_said = o->too_large;
+    o->too_large_said_ms = now;
+}
+
 static int s_on_line(const char *line, size_t len, void *arg)
 {
     s_job_t *j = arg;
-    s_ollama_t *o = j->o;
+    wk_ollama_t *o = j->o;
     if (j->answered)
         return 1;
     wk_ol_chunk_t c;
@@ -338,7 +303,7 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
     }
     j->body_bytes += bytes;
     int rc = wk_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
-    if (rc < 0) /* the bound of S_MAX_LINE / S_MAX_BODY, said as the caller can act on it */
+    if (rc < 0) /* the bound of S_MAX_LINE / WK_OLLAMA_BODY_MAX, said as the caller can act on it */
         s_too_large(j, j->call.stream ? "Ollama sent a line over the worker's 16 MiB bound"
                        : j->call.kind == WK_OL_EMBED
                        ? "Ollama's embeddings are over the worker's 16 MiB bound: ask for fewer "
@@ -352,7 +317,7 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
 /* --- transfers ------------------------------------------------------------------ */
 /* Easy handles are kept for the next transfer (reset, not rebuilt): one
  * curl_easy_init per call was measurable next to a ~1 ms call. */
-static CURL *s_easy_get(s_ollama_t *o)
+static CURL *s_easy_get(wk_ollama_t *o)
 {
     if (o->n_spare == 0)
         return curl_easy_init();
@@ -361,15 +326,15 @@ static CURL *s_easy_get(s_ollama_t *o)
     return e;
 }
 
-static void s_easy_put(s_ollama_t *o, CURL *e)
+static void s_easy_put(wk_ollama_t *o, CURL *e)
 {
-    if (o->n_spare < S_SPARE_MAX)
+    if (o->n_spare < WK_OLLAMA_SPARE_MAX)
         o->spare[o->n_spare++] = e;
     else
         curl_easy_cleanup(e);
 }
 
-static int s_start(s_ollama_t *o, s_job_t *j)
+static int s_start(wk_ollama_t *o, s_job_t *j)
 {
     char url[600];
     snprintf(url, sizeof url, "%s%s", o->url, j->call.path);
@@ -383,7 +348,7 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     wk_ndjson_fini(&j->nd);
     /* embeddings come in one line, as large as a streamed line may be */
     wk_ndjson_init(&j->nd, j->call.stream || j->call.kind == WK_OL_EMBED ? S_MAX_LINE
-                                                                          : S_MAX_BODY);
+                                                                          : WK_OLLAMA_BODY_MAX);
     curl_easy_setopt(j->easy, CURLOPT_URL, url);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->call.body);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE, (long)j->call.body_len);
@@ -413,7 +378,7 @@ static int s_start(s_ollama_t *o, s_job_t *j)
     return 0;
 }
 
-static void s_stop_transfer(s_ollama_t *o, s_job_t *j)
+static void s_stop_transfer(wk_ollama_t *o, s_job_t *j)
 {
     if (!j->easy)
         return;
@@ -430,7 +395,7 @@ static void s_stop_transfer(s_ollama_t *o, s_job_t *j)
     }
 }
 
-static void s_job_free(s_ollama_t *o, s_job_t *j)
+static void s_job_free(wk_ollama_t *o, s_job_t *j)
 {
     s_stop_transfer(o, j);
     tl_list_remove(&j->node);
@@ -441,7 +406,7 @@ static void s_job_free(s_ollama_t *o, s_job_t *j)
     free(j);
 }
 
-static s_job_t *s_job_add(s_ollama_t *o)
+static s_job_t *s_job_add(wk_ollama_t *o)
 {
     s_job_t *j = calloc(1, sizeof *j);
     if (!j)
@@ -454,7 +419,7 @@ static s_job_t *s_job_add(s_ollama_t *o)
 }
 
 /* Retry with backoff, or give up with STATUS. */
-static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *text)
+static void s_retry_or_fail(wk_ollama_t *o, s_job_t *j, int status, const char *text)
 {
     int64_t now = tl_now_ms();
     int64_t delay = 100LL << (j->attempts > 4 ? 4 : j->attempts - 1);
@@ -469,18 +434,11 @@ static void s_retry_or_fail(s_ollama_t *o, s_job_t *j, int status, const char *t
     s_fail(j, status, "%s", text);
 }
 
-static void s_refresh_soon(s_ollama_t *o)
-{
-    o->refresh_ms = S_REFRESH_MIN_MS;
-    if (o->next_refresh_ms > tl_now_ms() + S_REFRESH_MIN_MS)
-        o->next_refresh_ms = tl_now_ms() + S_REFRESH_MIN_MS;
-}
-
 /* Whether MODEL was loaded at the last probe ("name" is "name:latest", as
  * in Ollama). A call for a loaded model changes nothing worth re-probing
  * for: probing after every call (three HTTP calls to the backend and often
  * a REGISTER, since the expiry moves) cost CPU next to the calls in flight. */
-static int s_model_loaded(const s_ollama_t *o, const char *model)
+static int s_model_loaded(const wk_ollama_t *o, const char *model)
 {
     size_t n = strlen(model);
     int bare = strchr(model, ':') == NULL;
@@ -496,7 +454,7 @@ static int s_model_loaded(const s_ollama_t *o, const char *model)
 }
 
 /* A transfer ended: decide what the job's client gets. */
-static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
+static void s_done(wk_ollama_t *o, s_job_t *j, CURLcode res)
 {
     long status = j->status;
     if (!status)
@@ -550,14 +508,14 @@ static void s_done(s_ollama_t *o, s_job_t *j, CURLcode res)
     }
     if (j->call.kind == WK_OL_LOAD || j->call.kind == WK_OL_UNLOAD ||
         (j->attempts == 1 && !s_model_loaded(o, j->call.model)))
-        s_refresh_soon(o); /* a model may have been (un)loaded */
+        wk_ollama_refresh_soon(o); /* a model may have been (un)loaded */
     if (j->answered || j->state != S_BACKOFF)
         s_job_free(o, j);
 }
 
 /* Starts waiting jobs while slots are free; admin (load/unload) jobs run
  * one at a time, in order, so one GPU loads one model at a time. */
-static void s_start_waiting(s_ollama_t *o)
+static void s_start_waiting(wk_ollama_t *o)
 {
     int64_t now = tl_now_ms();
     for (tl_list_t *n = o->jobs.next, *next; n != &o->jobs; n = next) {
@@ -576,159 +534,6 @@ static void s_start_waiting(s_ollama_t *o)
     }
 }
 
-/* --- state probes ------------------------------------------------------------------ */
-static size_t s_on_probe(char *data, size_t size, size_t n, void *arg)
-{
-    s_probe_t *p = arg;
-    size_t bytes = size * n;
-    if (p->len + bytes > S_MAX_BODY) {
-        p->over = 1;
-        return 0;
-    }
-    char *b = realloc(p->buf, p->len + bytes + 1);
-    if (!b)
-        return 0;
-    p->buf = b;
-    memcpy(p->buf + p->len, data, bytes);
-    p->len += bytes;
-    p->buf[p->len] = '\0';
-    return bytes;
-}
-
-static const char *const s_probe_paths[S_NPROBES] = {"/api/tags", "/api/ps", "/api/version"};
-
-static void s_probe_start(s_ollama_t *o)
-{
-    for (int i = 0; i < S_NPROBES; i++) {
-        s_probe_t *p = &o->probes[i];
-        char url[600];
-        snprintf(url, sizeof url, "%s%s", o->url, s_probe_paths[i]);
-        p->len = 0;
-        p->ok = p->over = 0;
-        p->why[0] = '\0';
-        p->easy = curl_easy_init();
-        if (!p->easy)
-            continue;
-        curl_easy_setopt(p->easy, CURLOPT_URL, url);
-        curl_easy_setopt(p->easy, CURLOPT_WRITEFUNCTION, s_on_probe);
-        curl_easy_setopt(p->easy, CURLOPT_WRITEDATA, p);
-        curl_easy_setopt(p->easy, CURLOPT_PRIVATE, NULL);
-        curl_easy_setopt(p->easy, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(p->easy, CURLOPT_TIMEOUT_MS, 5000L);
-        if (curl_multi_add_handle(o->multi, p->easy) != CURLM_OK) {
-            curl_easy_cleanup(p->easy);
-            p->easy = NULL;
-            continue;
-        }
-        o->probing++;
-    }
-}
-
-/* Says when Ollama goes away (and why: unreachable, an HTTP error, a list
- * over the bound; all were "unreachable") and comes back, and reports it
- * to the broker as the backend state (brokerctl workers and watch show it). */
-static void s_backend_changed(s_ollama_t *o, int up, const char *why)
-{
-    if (up == o->was_up && (up || strcmp(why, o->down_why) == 0))
-        return;
-    if (!up)
-        TL_WARN("backend", "Ollama at %s %s", o->url, why);
-    else if (o->was_up == 0)
-        TL_INFO("backend", "Ollama at %s is reachable again: backend up", o->url);
-    else
-        TL_INFO("backend", "Ollama at %s is up (version %s)", o->url,
-                o->st.backend_version && *o->st.backend_version ? o->st.backend_version : "?");
-    o->was_up = up;
-    snprintf(o->down_why, sizeof o->down_why, "%s", up ? "" : why);
-    if (o->w)
-        ab_worker_set_backend_state(o->w, up ? "ok" : strstr(why, "unreachable")
-                                    ? "down: Ollama unreachable" : "down: Ollama answers errors");
-}
-
-/* Sends the state to the broker (a REGISTER) when it differs from what was
- * sent last; 1 if it did. */
-static int s_state_send(s_ollama_t *o)
-{
-    size_t len = agentbus__inference_state__get_packed_size(&o->st);
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf)
-        return 0;
-    agentbus__inference_state__pack(&o->st, buf);
-    int changed = len != o->sent_len || memcmp(buf, o->sent, len) != 0;
-    if (changed && ab_worker_set_inference_state(o->w, buf, len) == AB_OK) {
-        free(o->sent);
-        o->sent = buf;
-        o->sent_len = len;
-        return 1;
-    }
-    free(buf);
-    return 0;
-}
-
-/* All probes answered: rebuild the state and tell the broker if it changed. */
-static void s_probe_finish(s_ollama_t *o)
-{
-    s_probe_t *pr = o->probes;
-    int up = pr[S_TAGS].ok && pr[S_PS].ok, tags = 0, ps = 0;
-    if (pr[S_TAGS].ok)
-        tags = wk_ol_parse_tags(pr[S_TAGS].buf, pr[S_TAGS].len, &o->st);
-    if (pr[S_PS].ok)
-        ps = wk_ol_parse_ps(pr[S_PS].buf, pr[S_PS].len, &o->st);
-    int left_out = (tags > 0 ? tags : 0) + (ps > 0 ? ps : 0);
-    if (left_out && left_out != o->left_out) /* said once, not at every probe */
-        TL_WARN("backend", "Ollama at %s: %d entr%s of /api/tags and /api/ps left out of what "
-                "the worker reports (no name, a name over %d bytes, past %d models or what a "
-                "REGISTER holds)", o->url, left_out, left_out == 1 ? "y" : "ies", AB_MODEL_MAX,
-                WK_OL_MODELS_MAX);
-    o->left_out = left_out;
-    if (pr[S_VERSION].ok)
-        wk_ol_parse_version(pr[S_VERSION].buf, pr[S_VERSION].len, &o->st);
-    o->st.backend_up = up;
-    s_backend_changed(o, up, pr[S_TAGS].ok ? pr[S_PS].why : pr[S_TAGS].why);
-    if (!o->gpu || wk_gpu_read(o->gpu, &o->st) != 0) {
-        uint64_t used = 0;
-        for (size_t i = 0; i < o->st.n_loaded; i++)
-            used += o->st.loaded[i]->size_vram;
-        o->st.vram_total = (uint64_t)o->args.gpu_vram_mb << 20;
-        o->st.vram_free = o->st.vram_total > used ? o->st.vram_total - used : 0;
-    }
-    if (s_state_send(o))
-        o->refresh_ms = S_REFRESH_MIN_MS;
-    else
-        o->refresh_ms *= 2;
-    if (o->refresh_ms > o->args.refresh_ms)
-        o->refresh_ms = o->args.refresh_ms;
-    o->next_refresh_ms = tl_now_ms() + o->refresh_ms;
-}
-
-static int s_probe_done(s_ollama_t *o, CURL *easy, CURLcode res)
-{
-    for (int i = 0; i < S_NPROBES; i++) {
-        s_probe_t *p = &o->probes[i];
-        if (p->easy != easy)
-            continue;
-        long status = 0;
-        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-        p->ok = res == CURLE_OK && status == 200;
-        if (p->over)
-            snprintf(p->why, sizeof p->why, "sent a model list (%s) over %u MiB: backend down",
-                     s_probe_paths[i], S_MAX_BODY >> 20);
-        else if (status && status != 200)
-            snprintf(p->why, sizeof p->why, "answered HTTP %ld to %s: backend down", status,
-                     s_probe_paths[i]);
-        else if (!p->ok)
-            snprintf(p->why, sizeof p->why, "is unreachable: backend down (%s)",
-                     curl_easy_strerror(res));
-        curl_multi_remove_handle(o->multi, easy);
-        curl_easy_cleanup(easy);
-        p->easy = NULL;
-        if (--o->probing == 0)
-            s_probe_finish(o);
-        return 1;
-    }
-    return 0;
-}
-
 /* --- backend interface ------------------------------------------------------------- */
 static int s_create(void **ctx, const wk_backend_args_t *args)
 {
@@ -738,13 +543,13 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     }
     if (strlen(args->ollama_url) > WK_OLLAMA_URL_MAX) /* main.c refused it */
         return AB_EINVAL;
-    s_ollama_t *o = calloc(1, sizeof *o);
+    wk_ollama_t *o = calloc(1, sizeof *o);
     if (!o)
         return AB_ENOMEM;
     tl_list_init(&o->jobs);
     o->args = *args;
-    if (o->args.refresh_ms < S_REFRESH_MIN_MS)
-        o->args.refresh_ms = S_REFRESH_MIN_MS;
+    if (o->args.refresh_ms < WK_OLLAMA_REFRESH_MIN_MS)
+        o->args.refresh_ms = WK_OLLAMA_REFRESH_MIN_MS;
     snprintf(o->url, sizeof o->url, "%s", args->ollama_url);
     size_t ul = strlen(o->url);
     while (ul && o->url[ul - 1] == '/')
@@ -759,11 +564,12 @@ static int s_create(void **ctx, const wk_backend_args_t *args)
     if (o->slots_min > o->model_max)
         o->slots_min = o->model_max;
     o->was_up = -1;
+    o->too_large_said_ms = tl_now_ms(); /* the first summary's "in the last N s" */
     agentbus__inference_state__init(&o->st);
     o->st.backend_url = o->url;
     o->st.slots = o->st.slots_max = args->capacity;
     o->st.model_slots_max = o->model_max < o->slots_max ? o->model_max : 0;
-    o->refresh_ms = S_REFRESH_MIN_MS;
+    o->refresh_ms = WK_OLLAMA_REFRESH_MIN_MS;
     o->gpu = wk_gpu_open();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(o->multi = curl_multi_init())) {
         free(o);
@@ -812,7 +618,7 @@ static void s_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
 {
     (void)w;
     (void)why; /* a deadline that passed is not pushback (issue 20) */
-    s_ollama_t *o = arg;
+    wk_ollama_t *o = arg;
     for (tl_list_t *n = o->jobs.next; n != &o->jobs; n = n->next) {
         s_job_t *j = S_JOB(n);
         if (j->id != id || !j->job)
@@ -828,16 +634,16 @@ static void s_cancel(ab_worker_t *w, uint64_t id, int why, void *arg)
 
 static void s_attach(void *ctx, ab_worker_t *w)
 {
-    s_ollama_t *o = ctx;
+    wk_ollama_t *o = ctx;
     o->w = w;
     ab_worker_set_cancel_handler(w, s_cancel, o);
     s_start_waiting(o); /* preloads */
-    s_probe_start(o);
+    wk_ollama_probe_start(o);
 }
 
 static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
 {
-    s_ollama_t *o = ctx;
+    wk_ollama_t *o = ctx;
     size_t size;
     const void *data = ab_job_data(job, &size);
     s_job_t *j = s_job_add(o);
@@ -867,7 +673,7 @@ static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
 
 static int s_next_timeout(void *ctx)
 {
-    s_ollama_t *o = ctx;
+    wk_ollama_t *o = ctx;
     int64_t now = tl_now_ms(), wake = o->probing ? now + 1000 : o->next_refresh_ms;
     for (tl_list_t *n = o->jobs.next; n != &o->jobs; n = n->next)
         if (S_JOB(n)->state == S_BACKOFF && S_JOB(n)->retry_at < wake)
@@ -880,7 +686,7 @@ static int s_next_timeout(void *ctx)
 static void s_tick(void *ctx, ab_worker_t *w)
 {
     (void)w;
-    s_ollama_t *o = ctx;
+    wk_ollama_t *o = ctx;
     int running;
     curl_multi_perform(o->multi, &running);
     CURLMsg *m;
@@ -890,7 +696,7 @@ static void s_tick(void *ctx, ab_worker_t *w)
             continue;
         CURL *easy = m->easy_handle;
         CURLcode res = m->data.result;
-        if (s_probe_done(o, easy, res))
+        if (wk_ollama_probe_done(o, easy, res))
             continue;
         char *priv = NULL;
         curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
@@ -898,14 +704,15 @@ static void s_tick(void *ctx, ab_worker_t *w)
         if (j)
             s_done(o, j, res);
     }
+    s_refused_summary(o, 0);
     if (!o->probing && tl_now_ms() >= o->next_refresh_ms)
-        s_probe_start(o);
+        wk_ollama_probe_start(o);
     s_start_waiting(o);
 }
 
 static int s_wait(void *ctx, ab_worker_t *w, int timeout_ms)
 {
-    s_ollama_t *o = ctx;
+    wk_ollama_t *o = ctx;
     int fd;
     if (ab_worker_has_input(w) || ab_worker_fd(w, &fd) != AB_OK)
         return 0;
@@ -917,18 +724,13 @@ static int s_wait(void *ctx, ab_worker_t *w, int timeout_ms)
 
 static void s_destroy(void **ctx)
 {
-    s_ollama_t *o = *ctx;
+    wk_ollama_t *o = *ctx;
     if (!o)
         return;
+    s_refused_summary(o, 1);
     while (!tl_list_empty(&o->jobs))
         s_job_free(o, S_JOB(o->jobs.next));
-    for (int i = 0; i < S_NPROBES; i++) {
-        if (o->probes[i].easy) {
-            curl_multi_remove_handle(o->multi, o->probes[i].easy);
-            curl_easy_cleanup(o->probes[i].easy);
-        }
-        free(o->probes[i].buf);
-    }
+    wk_ollama_probes_free(o);
     while (o->n_spare)
         curl_easy_cleanup(o->spare[--o->n_spare]);
     curl_multi_cleanup(o->multi);

@@ -616,6 +616,22 @@ static int s_emit(const char *p, size_t n, wk_ndjson_fn *fn, void *arg)
     return n ? fn(p, n, arg) : 0;
 }
 
+/* Hands on the line gathered in the buffer, then frees a buffer one big
+ * line grew: kept, it held up to the line bound for the rest of the
+ * stream (one slot's for as long as its request ran). */
+static int s_emit_buffered(wk_ndjson_t *nd, wk_ndjson_fn *fn, void *arg)
+{
+    size_t l = nd->len;
+    nd->len = 0;
+    int rc = l ? s_emit(nd->buf, l, fn, arg) : 0;
+    if (nd->cap > WK_NDJSON_KEEP_MAX) {
+        free(nd->buf);
+        nd->buf = NULL;
+        nd->cap = 0;
+    }
+    return rc;
+}
+
 int wk_ndjson_feed(wk_ndjson_t *nd, const char *data, size_t n, wk_ndjson_fn *fn, void *arg)
 {
     while (n) {
@@ -641,9 +657,7 @@ int wk_ndjson_feed(wk_ndjson_t *nd, const char *data, size_t n, wk_ndjson_fn *fn
             memcpy(nd->buf + nd->len, data, take);
             nd->len += take;
             if (nl) {
-                size_t l = nd->len;
-                nd->len = 0;
-                int rc = s_emit(nd->buf, l, fn, arg);
+                int rc = s_emit_buffered(nd, fn, arg);
                 if (rc)
                     return rc;
             }
@@ -658,9 +672,7 @@ int wk_ndjson_feed(wk_ndjson_t *nd, const char *data, size_t n, wk_ndjson_fn *fn
 
 int wk_ndjson_finish(wk_ndjson_t *nd, wk_ndjson_fn *fn, void *arg)
 {
-    size_t l = nd->len;
-    nd->len = 0;
-    return l ? s_emit(nd->buf, l, fn, arg) : 0;
+    return s_emit_buffered(nd, fn, arg);
 }
 
 /* --- backend state (/api/tags, /api/ps, /api/version) --------------------- */

@@ -53,7 +53,12 @@ int wk_ol_chunk_parse(wk_ol_kind_t kind, const char *line, size_t len, const cha
                       wk_ol_chunk_t *chunk);
 
 /* Splits a byte stream into lines. Bounded: a line longer than max is an
- * error (a broken or hostile backend must not grow memory without end). */
+ * error (a broken or hostile backend must not grow memory without end).
+ * A line that does not come whole in one feed is gathered in buf (cap
+ * bytes, grown by doubling); once a line has taken it past
+ * WK_NDJSON_KEEP_MAX it is freed when that line has been handed on, so a
+ * stream holds at most WK_NDJSON_KEEP_MAX between lines, whatever came. */
+#define WK_NDJSON_KEEP_MAX (1u << 20)
 typedef struct {
     char *buf;
     size_t len, cap, max;

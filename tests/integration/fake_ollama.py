@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ARGS = None
@@ -79,9 +80,15 @@ class Handler(BaseHTTPRequestHandler):
         body = self.answer(req.get("model"))
         if ARGS.cut_after >= 0:  # the connection drops: no final chunk
             body = body[:ARGS.cut_after]
-        for i in range(0, len(body), 1 << 16):
-            part = body[i:i + (1 << 16)]
+        last = body.rfind(b"\n", 0, len(body) - 1) + 1  # where the final line starts
+        i = 0
+        while i < len(body):
+            part = body[i:min(i + (1 << 16), last if i < last else len(body))]
             self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            i += len(part)
+            if ARGS.pause_ms and i == last:
+                self.wfile.flush()
+                time.sleep(ARGS.pause_ms / 1000)
         if ARGS.cut_after >= 0:
             self.wfile.flush()
             self.close_connection = True
@@ -90,6 +97,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def answer(self, model):
         lines = [{"model": model, "response": w, "done": False} for w in ("hello", " world")]
+        if ARGS.response_mib:  # one line of that many MiB before them
+            lines.insert(0, {"model": model, "response": "x" * (ARGS.response_mib << 20),
+                             "done": False})
         final = {"model": model, "response": "", "done": True, "done_reason": "stop",
                  "eval_count": 2}
         out = b"".join(json.dumps(o, separators=(",", ":")).encode() + b"\n" for o in lines)
@@ -113,6 +123,11 @@ def main():
                    help="/api/tags and /api/ps list N more models, extra-I:latest")
     p.add_argument("--context-ints", type=int, default=0, metavar="N",
                    help="the final generate/chat line has a \"context\" of N ids (1)")
+    p.add_argument("--response-mib", type=int, default=0, metavar="N",
+                   help="generate and chat stream one more line first, its response N MiB "
+                   "of \"x\"")
+    p.add_argument("--pause-ms", type=int, default=0, metavar="MS",
+                   help="generate and chat: wait MS ms before the final line")
     p.add_argument("--error-hex", default="", metavar="HEX",
                    help="generate and chat answer HTTP 500 with these bytes as the body")
     p.add_argument("--cut-after", type=int, default=-1, metavar="BYTES",

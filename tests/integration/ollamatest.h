@@ -92,5 +92,7 @@ void ollama_error_bytes(void);
 void ollama_cut_answer(void);
 void ollama_probe_why(void);
 void ollama_big_line(void);
+void ollama_line_buffer(void);
+void ollama_too_large_count(void);
 
 #endif

@@ -527,6 +527,7 @@ int main(int argc, char **argv)
         {"error_bytes", ollama_error_bytes},
         {"cut_answer", ollama_cut_answer}, {"probe_why", ollama_probe_why},
         {"big_line", ollama_big_line},
+        {"line_buffer", ollama_line_buffer}, {"too_large_count", ollama_too_large_count},
     };
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);

@@ -53,6 +53,44 @@ static void s_test_split(void)
     wk_ndjson_fini(&nd);
 }
 
+static int s_count(const char *line, size_t len, void *arg)
+{
+    (void)line;
+    *(size_t *)arg += len;
+    return 0;
+}
+
+/* A line that grew the buffer past WK_NDJSON_KEEP_MAX does not keep it:
+ * a slot's stream went on holding up to 16 MiB after one big line (32
+ * slots: 512 MiB) until its request ended. A small line's buffer stays. */
+static void s_test_split_shrinks(void)
+{
+    size_t big = (2u << 20) + 5, got = 0;
+    char *line = malloc(big);
+    REQUIRE(line);
+    memset(line, 'x', big);
+    wk_ndjson_t nd;
+    wk_ndjson_init(&nd, 16u << 20);
+    for (size_t i = 0; i < big; i += 4096) /* as curl hands it over: in pieces */
+        CHECK_EQ(wk_ndjson_feed(&nd, line + i, big - i < 4096 ? big - i : 4096, s_count, &got), 0);
+    CHECK_RANGE(nd.cap, big, 4 * big);
+    CHECK_EQ(wk_ndjson_feed(&nd, "\n{\"a\"", 5, s_count, &got), 0);
+    CHECK_EQ(got, big);
+    CHECK_RANGE(nd.cap, 0, WK_NDJSON_KEEP_MAX); /* the rest of the stream holds little */
+    CHECK_EQ(wk_ndjson_feed(&nd, ":1}\n", 4, s_count, &got), 0);
+    CHECK_EQ(got, big + 7);
+    size_t small = nd.cap;
+    CHECK_RANGE(small, 1, WK_NDJSON_KEEP_MAX); /* kept for the next line */
+    /* the same at the end of the stream, a last line without its newline */
+    CHECK_EQ(wk_ndjson_feed(&nd, line, big, s_count, &got), 0);
+    CHECK_RANGE(nd.cap, big, 4 * big);
+    CHECK_EQ(wk_ndjson_finish(&nd, s_count, &got), 0);
+    CHECK_EQ(got, 2 * big + 7);
+    CHECK_RANGE(nd.cap, 0, WK_NDJSON_KEEP_MAX);
+    wk_ndjson_fini(&nd);
+    free(line);
+}
+
 static void s_test_generate_chunks(void)
 {
     const char *part = "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\" ipsum\",\"done\":false}";
@@ -591,6 +629,7 @@ int main(void)
     s_test_short_reals();
     s_test_think();
     s_test_split();
+    s_test_split_shrinks();
     s_test_generate_chunks();
     s_test_chat_embed();
     s_test_build();
