@@ -535,9 +535,48 @@ static void s_json_free(void *p)
     free(p);
 }
 
-/* json_loadb within WK_OL_DECODE_MAX; *OVER says a NULL was the bound. */
+/* 32 for a value after a comma at P (LEN bytes on), 8 for true, false or
+ * null: jansson's are shared, only their slot is allocated. */
+static size_t s_value_floor(const char *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+        i++;
+    return i < len && (p[i] == 't' || p[i] == 'f' || p[i] == 'n') ? 8 : 32;
+}
+
+size_t wk_ol_decode_floor(const char *line, size_t len)
+{
+    size_t floor = 0;
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = line[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++; /* the escaped character, a quote too */
+            else if (ch == '"')
+                in_string = 0;
+        } else if (ch == '"') {
+            in_string = 1;
+        } else if (ch == ',') {
+            floor += s_value_floor(line + i + 1, len - i - 1);
+        }
+    }
+    return floor;
+}
+
+/* json_loadb within WK_OL_DECODE_MAX; *OVER says a NULL was the bound. A
+ * line whose floor is past it is refused without a decode: decoding up to
+ * the bound took 0.5-0.9 s for a 14 MB context of 7M ids (load average 3),
+ * the worker's one thread silent meanwhile, and on a busier host long
+ * enough for the broker to find it dead and take its requests back. */
 static json_t *s_load_bounded(const char *line, size_t len, json_error_t *je, int *over)
 {
+    if (wk_ol_decode_floor(line, len) > WK_OL_DECODE_MAX) {
+        *over = 1;
+        je->text[0] = 0;
+        return NULL;
+    }
     static int installed;
     if (!installed) {
         installed = 1;

@@ -41,6 +41,14 @@ typedef struct {
     char done_reason[32];
 } wk_ol_chunk_t;
 
+/* At least what jansson takes to decode LINE (LEN bytes): 32 bytes for
+ * each ',' outside a string. Each separates two values of an array or an
+ * object, and each value is a json_t of 24 bytes or more (malloc's
+ * smallest block) with an 8-byte slot in its array, or a larger pair in
+ * its object; 8 when the value is true, false or null, which jansson
+ * shares. One pass over the line, no allocation. */
+size_t wk_ol_decode_floor(const char *line, size_t len);
+
 /* Parses LINE (LEN bytes, one JSON object) of a KIND answer; WORKER names
  * the worker in final messages. 0 (chunk filled; free chunk->pb), -1 when
  * the line is not valid JSON, -2 when decoding it would take more than

@@ -622,8 +622,36 @@ static void s_test_decode_bound(void)
     free(line);
 }
 
+/* The floor that refuses a line before its decode (wk_ol_decode_floor)
+ * never passes what the decode takes: commas inside strings are not
+ * counted (escaped quotes and backslashes too), true, false and null
+ * (shared by jansson) count their slot only. A line of 16 MiB of nulls is
+ * decoded (27 MB of slots), not refused. */
+static void s_test_decode_floor(void)
+{
+    static const char j[] = "[1,2,\"a,b,c\",{\"k\":true,\"j\":null},[true, false]]";
+    CHECK_EQ(wk_ol_decode_floor(j, sizeof j - 1), 5 * 32 + 8);
+    static const char esc[] = "[\"x\\\",y\",\"a\\\\\",1]"; /* ["x\",y","a\\",1] */
+    CHECK_EQ(wk_ol_decode_floor(esc, sizeof esc - 1), 2 * 32);
+    CHECK_EQ(wk_ol_decode_floor("", 0), 0);
+    CHECK_EQ(wk_ol_decode_floor("[1,", 3), 32); /* a comma at the end */
+    size_t cap = 17u << 20, n = 0;
+    char *line = malloc(cap);
+    REQUIRE(line);
+    n += (size_t)sprintf(line, "{\"model\":\"m\",\"done\":true,\"x\":[");
+    while (n < (16u << 20) - 16)
+        n += (size_t)sprintf(line + n, "null,");
+    n += (size_t)sprintf(line + n, "null]}");
+    CHECK_TRUE(wk_ol_decode_floor(line, n) < WK_OL_DECODE_MAX);
+    wk_ol_chunk_t c;
+    CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, line, n, "w", &c), 0);
+    free(c.pb);
+    free(line);
+}
+
 int main(void)
 {
+    s_test_decode_floor();
     s_test_decode_bound();
     s_test_logprobs();
     s_test_short_reals();
