@@ -591,9 +591,16 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, s_body_t *bod
         /* A late error (CANCELLED, DEADLINE) for a request whose deadline
          * passed: a failure unless the worker answered others meanwhile;
          * a late reply is no failure. Judged once R is freed: an ejection
-         * takes back (and frees) what the worker holds. */
+         * takes back (and frees) what the worker holds. Not a broker
+         * link's: its answer is the far side's verdict on one request, and
+         * the link's health its heartbeats (as in s_on_answer). Between
+         * machines the first broker's deadline passes first (the far one
+         * counts from the request's arrival), so each request that expired
+         * there counted against the link, and a slow far service got the
+         * link ejected: what it carried was taken back and run again. */
         ab_worker_rec_t *w = r->worker;
-        int judge = r->deadline_passed && h->kind == AB_KIND_ERROR;
+        int judge = r->deadline_passed && h->kind == AB_KIND_ERROR &&
+                    w->peer->link_role != AB_LINK_WORKER;
         uint64_t oks = r->oks_at_dispatch, held = ab_broker_clock_us(b) - r->dispatch_us;
         ab_req_free(b, r);
         if (judge)
