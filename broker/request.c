@@ -574,8 +574,9 @@ static void s_late_answer(ab_broker_t *b, const ab_header_t *h, s_body_t *body, 
 
 /* An answer to an orphan (the client has its answer: DEADLINE, or another
  * worker's reply), or a chunk from a presumed-dead worker (the request may
- * run elsewhere by now, so a part of it could interleave): dropped and
- * counted; a holder's final answer frees the request and its slot. */
+ * run elsewhere by now, so a part of it could interleave), or its final
+ * once another worker streamed: dropped and counted; a holder's final
+ * answer frees the request and its slot. */
 static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r,
                              int holder)
 {
@@ -630,7 +631,12 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
                  (unsigned long long)corr);
         return;
     }
-    if (r->state == AB_REQ_ORPHANED || (late && !final)) {
+    /* A late final after another worker's chunks reached the client is
+     * dropped too: it would end their stream with its own final, a whole
+     * answer made of two workers' halves (and cached so). A request never
+     * goes to another worker once it streamed (health.c), so R->streamed
+     * here is its holder's doing, and the holder finishes it. */
+    if (r->state == AB_REQ_ORPHANED || (late && (!final || r->streamed))) {
         s_answer_dropped(b, h, body, r, holder);
         return;
     }

@@ -817,6 +817,60 @@ static void s_late_answer(void)
     s_late_round(0);
 }
 
+/* --- 7: a late answer does not end a stream another worker began --------------- */
+/* W1 takes the request and goes silent (presumed dead); it is re-dispatched
+ * to W2, which streams a chunk to the client. Then W1's late REPLY comes:
+ * forwarded, it would end the client's answer with W2's chunk followed by
+ * W1's final, a whole answer made of two workers' halves (and cached so,
+ * for a cacheable request). It is dropped like a late chunk, and W2's
+ * stream goes on to its own final. */
+static void s_late_after_stream(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
+                             NULL);
+    void *socks[3];
+    void *c = socks[0] = s_raw(port, NULL, 0);
+    void *w1 = socks[1] = s_raw(port, NULL, 0);
+    s_register(w1, "svc", 1, 0);
+    s_request(c, 42, "svc", 0, "q", 1);
+    s_msg_t m;
+    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, socks, 2));
+    uint64_t bid = m.h.id;
+    s_close(&m);
+    void *w2 = socks[2] = s_raw(port, NULL, 0);
+    s_register(w2, "svc", 1, 0);
+    void *live[2] = {c, w2};
+    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
+    CHECK_U64(m.h.id, bid);
+    s_close(&m);
+    s_answer(w2, AB_KIND_PARTIAL, bid, "part-w2 ");
+    REQUIRE(s_wait(c, AB_KIND_PARTIAL, &m, 5000, live, 2));
+    CHECK_TRUE(s_body_is(&m, "part-w2 "));
+    s_close(&m);
+    s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
+    int early = s_wait(c, AB_KIND_REPLY, &m, 1000, live, 2);
+    if (early) {
+        CHECK_TRUE(!s_body_is(&m, "from-w1"));
+        s_close(&m);
+    }
+    CHECK_EQ(early, 0);
+    s_answer(w2, AB_KIND_REPLY, bid, "end-w2");
+    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
+    CHECK_TRUE(s_body_is(&m, "end-w2"));
+    CHECK_U64(m.h.correlation_id, 42);
+    s_close(&m);
+    ab_client_t *ctl = th_client(port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->late_replies, 0);
+    CHECK_EQ(st->replies, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ctl);
+    CHECK_TRUE(th_alive(broker));
+    s_raw_end(socks, 3);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -825,6 +879,7 @@ int main(int argc, char **argv)
         {"takeover_refused", s_takeover_refused}, {"rename_backlog", s_rename_backlog},
         {"next_id_claim", s_next_id_claim},
         {"offline_names", s_offline_names},       {"late_answer", s_late_answer},
+        {"late_after_stream", s_late_after_stream},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
