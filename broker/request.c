@@ -547,7 +547,9 @@ static void s_answer_lost(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
 /* A final answer from a worker that was presumed dead (or ejected) while
  * holding R: the first answer wins. R may be queued again (it leaves the
  * queue) or held by another worker (it stays there, orphaned, until that
- * worker answers; that answer is then a counted duplicate). */
+ * worker answers; that answer is then a counted duplicate). That worker is
+ * told to stop, as for a deadline: else it ran the request to its end for
+ * nobody, its slot (a GPU's) taken for as long. */
 static void s_late_answer(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r,
                           uint64_t from)
 {
@@ -570,6 +572,7 @@ static void s_late_answer(ab_broker_t *b, const ab_header_t *h, s_body_t *body, 
     }
     s_orphan(b, r);
     r->answered = 1;
+    ab_cancel_send(b, r, AB_ERR_CANCELLED);
 }
 
 /* An answer to an orphan (the client has its answer: DEADLINE, or another

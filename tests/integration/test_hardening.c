@@ -750,8 +750,8 @@ static void s_offline_names(void)
 /* --- 6: a late answer after another worker's answer is not a second final -------- */
 /* W1 takes the request and goes silent (presumed dead); it is re-dispatched
  * to W2. LATE_FIRST: W1 answers before W2 (its late answer is forwarded,
- * W2's dropped); else W2 first and W1's late one dropped. The raw client
- * must see exactly one final either way. */
+ * W2 gets CANCEL and its answer is dropped); else W2 first and W1's late
+ * one dropped. The raw client must see exactly one final either way. */
 static void s_late_round(int late_first)
 {
     int port = th_free_port();
@@ -777,6 +777,10 @@ static void s_late_round(int late_first)
         s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
         REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
         CHECK_TRUE(s_body_is(&m, "from-w1"));
+        s_close(&m);
+        /* W2 is told to stop: nobody waits for its answer (its slot). */
+        REQUIRE(s_wait(w2, AB_KIND_CANCEL, &m, 5000, live, 2));
+        CHECK_U64(m.h.correlation_id, bid);
         s_close(&m);
         s_answer(w2, AB_KIND_REPLY, bid, "from-w2");
     } else {
