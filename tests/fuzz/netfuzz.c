@@ -920,7 +920,15 @@ static void s_move(void)
     case MV_reconnect: s_do_reconnect(p); return;
     case MV_steal: s_do_steal(p); return;
     case MV_work: s_do_work(p); return;
-    case MV_deaf: p->deaf_until_ms = ab_now_ms() + 200 + nf_below(3000); return;
+    case MV_deaf: {
+        /* A peer hears for 5 s between two deaf spells: at thousands of
+         * moves a second, the spells followed each other, and the peers
+         * were deaf nearly all the time (workers learnt of few requests). */
+        int64_t now = ab_now_ms(), until = now + 200 + nf_below(3000);
+        if (now >= p->deaf_until_ms + 5000)
+            p->deaf_until_ms = until;
+        return;
+    }
     default:
         if (nf_make(mv, p, &o))
             s_emit(p->twin && nf_chance(30) ? p->twin : p->sock, &o);
