@@ -19,7 +19,7 @@
 
 #define NF_MOVES(X)                                                                          \
     X(hello) X(register) X(request) X(lz4) X(typed) X(cancel) X(answer) X(reconnect)        \
-    X(steal) X(work) X(bye) X(subscribe) X(unsubscribe) X(send) X(publish) X(heartbeat)             \
+    X(steal) X(work) X(bye) X(subscribe) X(unsubscribe) X(send) X(publish) X(heartbeat)     \
     X(discover) X(control) X(batch) X(deaf) X(link) X(link_names) X(link_interest)
 #define NF_ENUM(n) MV_##n,
 enum { NF_MOVES(NF_ENUM) MV_COUNT_ };
