@@ -547,7 +547,9 @@ static void s_answer_lost(ab_broker_t *b, const ab_header_t *h, ab_req_t *r)
 /* A final answer from a worker that was presumed dead (or ejected) while
  * holding R: the first answer wins. R may be queued again (it leaves the
  * queue) or held by another worker (it stays there, orphaned, until that
- * worker answers; that answer is then a counted duplicate). */
+ * worker answers; that answer is then a counted duplicate). That worker is
+ * told to stop, as for a deadline: else it ran the request to its end for
+ * nobody, its slot (a GPU's) taken for as long. */
 static void s_late_answer(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r,
                           uint64_t from)
 {
@@ -570,12 +572,14 @@ static void s_late_answer(ab_broker_t *b, const ab_header_t *h, s_body_t *body, 
     }
     s_orphan(b, r);
     r->answered = 1;
+    ab_cancel_send(b, r, AB_ERR_CANCELLED);
 }
 
 /* An answer to an orphan (the client has its answer: DEADLINE, or another
  * worker's reply), or a chunk from a presumed-dead worker (the request may
- * run elsewhere by now, so a part of it could interleave): dropped and
- * counted; a holder's final answer frees the request and its slot. */
+ * run elsewhere by now, so a part of it could interleave), or its final
+ * once another worker streamed: dropped and counted; a holder's final
+ * answer frees the request and its slot. */
 static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r,
                              int holder)
 {
@@ -591,9 +595,16 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, s_body_t *bod
         /* A late error (CANCELLED, DEADLINE) for a request whose deadline
          * passed: a failure unless the worker answered others meanwhile;
          * a late reply is no failure. Judged once R is freed: an ejection
-         * takes back (and frees) what the worker holds. */
+         * takes back (and frees) what the worker holds. Not a broker
+         * link's: its answer is the far side's verdict on one request, and
+         * the link's health its heartbeats (as in s_on_answer). Between
+         * machines the first broker's deadline passes first (the far one
+         * counts from the request's arrival), so each request that expired
+         * there counted against the link, and a slow far service got the
+         * link ejected: what it carried was taken back and run again. */
         ab_worker_rec_t *w = r->worker;
-        int judge = r->deadline_passed && h->kind == AB_KIND_ERROR;
+        int judge = r->deadline_passed && h->kind == AB_KIND_ERROR &&
+                    w->peer->link_role != AB_LINK_WORKER;
         uint64_t oks = r->oks_at_dispatch, held = ab_broker_clock_us(b) - r->dispatch_us;
         ab_req_free(b, r);
         if (judge)
@@ -623,7 +634,12 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
                  (unsigned long long)corr);
         return;
     }
-    if (r->state == AB_REQ_ORPHANED || (late && !final)) {
+    /* A late final after another worker's chunks reached the client is
+     * dropped too: it would end their stream with its own final, a whole
+     * answer made of two workers' halves (and cached so). A request never
+     * goes to another worker once it streamed (health.c), so R->streamed
+     * here is its holder's doing, and the holder finishes it. */
+    if (r->state == AB_REQ_ORPHANED || (late && (!final || r->streamed))) {
         s_answer_dropped(b, h, body, r, holder);
         return;
     }

@@ -543,6 +543,17 @@ void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner)
     }
 }
 
+void ab_health_attempt_ended(ab_broker_t *b, ab_req_t *r, uint64_t rid_hash)
+{
+    unsigned n = r->attempts < AB_ATTEMPTS_MAX ? r->attempts : AB_ATTEMPTS_MAX;
+    for (unsigned i = 0; i < n; i++)
+        if (r->tried[i] == rid_hash)
+            r->tried[i] = 0; /* 0: no worker (ab_rid_hash never gives it) */
+    ab_dup_t *d = &b->health->dup[b->health->dup_pos++ % AB_DUP_SLOTS];
+    d->bid = r->bid;
+    d->rid_hash = rid_hash;
+}
+
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash)
 {
     for (unsigned i = 0; i < AB_DUP_SLOTS; i++)

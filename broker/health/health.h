@@ -125,6 +125,12 @@ void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
  * duplicates; ab_health_is_dup asks. */
 void ab_health_note_answered(ab_broker_t *b, const ab_req_t *r, uint64_t winner);
 int ab_health_is_dup(ab_broker_t *b, uint64_t bid, uint64_t rid_hash);
+/* The worker whose routing id hashes to RID_HASH answered R, and R goes on
+ * without it (placement hands it to another): it leaves R's tried list, so
+ * that another answer from it is a counted duplicate (ab_health_is_dup),
+ * not a late answer from a worker presumed dead, which would end R while
+ * another worker runs it. */
+void ab_health_attempt_ended(ab_broker_t *b, ab_req_t *r, uint64_t rid_hash);
 void ab_health_tick(ab_broker_t *b, int64_t now);
 
 /* --- agents' heartbeat interval (issue 20) ---------------------------------

@@ -20,6 +20,7 @@
 #include "service.h"
 #include "router.h"
 #include "cache.h"
+#include "health.h"
 #include "link.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -329,6 +330,7 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
     AB_DEBUG("request %llu pushed back by %s (%s): re-dispatching",
              (unsigned long long)r->bid, from->peer->name, ab_wire_error_name(code));
     ab_worker_req_remove(from, r);
+    ab_health_attempt_ended(b, r, from->peer->rid_hash);
     rt->avoid = from;
     rt->retries++;
     ab_queue_push_front(b, s, r);

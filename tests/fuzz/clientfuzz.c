@@ -325,7 +325,7 @@ static void s_summary(double secs)
     for (int k = 0; k <= AB_KIND_MAX_; k++)
         if (cf_b.kinds_in[k])
             printf(" %s %llu", ab_kind_name((uint32_t)k), (unsigned long long)cf_b.kinds_in[k]);
-    printf("\n");
+    printf(" (ERROR saying the work had begun: %llu)\n", (unsigned long long)cf_b.begun_in);
     cf_peers_report();
 }
 

@@ -41,7 +41,7 @@
     X(c_poll) X(c_cache) X(c_handler) X(c_misc) X(c_burst) X(c_destroy) X(c_stop)           \
     X(c_small_max) X(c_nested) X(c_destroy_start)                                           \
     X(w_reply) X(w_stream) X(w_fail) X(w_drop) X(w_hold) X(w_late) X(w_destroy) X(w_stop)   \
-    X(w_capacity)
+    X(w_capacity) X(w_fail_begun)
 #define CF_ENUM(n) MV_##n,
 enum { CF_ALL(CF_ENUM) MV_COUNT_ };
 #define CF_NAME(n) #n,
@@ -155,6 +155,7 @@ typedef struct {
     ab_idmap_t sent_requests; /* every REQUEST id ever sent: answers must be to those */
     uint64_t kinds_in[AB_KIND_MAX_ + 1], batches_in, msgs_out, restarts;
     uint64_t rec_in[AB_KIND_MAX_ + 1], probes_sent; /* the recovery phase's, for a report */
+    uint64_t begun_in; /* worker ERRORs saying the work had begun (FLAG_NON_IDEMPOTENT) */
     int64_t deaf_until;
     ab_batch_entries_t entries; /* the decoder's array for BATCHes the library sends */
     uint8_t arena[CF_ARENA]; /* payloads of the move being played */

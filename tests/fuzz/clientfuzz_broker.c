@@ -800,6 +800,12 @@ static void s_on_msg(const void *rid, size_t len, const ab_header_t *h, const vo
         if (!ab_idmap_get(&cf_b.sent_requests, h->correlation_id))
             cf_fail("the worker answered (%s) request %llu, which it was never sent",
                    ab_kind_name(k), (unsigned long long)h->correlation_id);
+        /* Only ab_worker_fail_begun's ERROR says the work had begun. */
+        if (k != AB_KIND_ERROR && (h->flags & AB_FLAG_NON_IDEMPOTENT))
+            cf_fail("the worker's %s to request %llu carries FLAG_NON_IDEMPOTENT",
+                   ab_kind_name(k), (unsigned long long)h->correlation_id);
+        if (k == AB_KIND_ERROR && (h->flags & AB_FLAG_NON_IDEMPOTENT))
+            cf_b.begun_in++;
         if (k == AB_KIND_REPLY && s_ring_has(&cf_b.probes, h->correlation_id)) {
             if (has && size == sizeof s_probe_text && !(h->flags & AB_FLAG_LZ4) &&
                 memcmp(data, s_probe_text, size) == 0)

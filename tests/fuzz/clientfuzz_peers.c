@@ -593,9 +593,17 @@ static void s_job_answer(ab_worker_t *w, ab_job_t **job, uint32_t how)
         rc = ab_worker_reply(w, job, d, n);
     } else if (how < 60) {
         static const int st[] = {AB_EBUSY, AB_EAPPLICATION, 7, -999, AB_OK, AB_ECANCELLED,
-                                 AB_EDENIED};
-        cf_count[MV_w_fail]++;
-        rc = ab_worker_fail(w, job, st[cf_below(&W.rng, 7)], cf_chance(&W.rng, 50) ? "no" : NULL);
+                                 AB_EDENIED, AB_EBACKEND};
+        int status = st[cf_below(&W.rng, 8)];
+        const char *text = cf_chance(&W.rng, 50) ? "no" : NULL;
+        if (!cf_avoid[MV_w_fail_begun] && cf_chance(&W.rng, 40)) {
+            /* the work had begun: the ERROR says so (FLAG_NON_IDEMPOTENT) */
+            cf_count[MV_w_fail_begun]++;
+            rc = ab_worker_fail_begun(w, job, status, text);
+        } else {
+            cf_count[MV_w_fail]++;
+            rc = ab_worker_fail(w, job, status, text);
+        }
     } else {
         cf_count[MV_w_drop]++;
         ab_job_destroy(job);

@@ -8,7 +8,10 @@
  * valid-looking sequences at it: HELLO with names, instances and takeover,
  * REGISTER with labels, capacity and features, requests (small, lz4,
  * cacheable, typed inference), CANCEL, answers to their own, to other
- * peers' and to random ids, reconnects with the same routing id, a second
+ * peers' and to random ids (twice, a chunk after the final, ERRORs saying
+ * the work had begun: FLAG_NON_IDEMPOTENT, as ab_worker_fail_begun sends
+ * them), a worker's whole answer (chunks, one or two finals) to a request
+ * it holds or held before a reconnect, reconnects with the same routing id, a second
  * connection with another peer's id, BYE, SUBSCRIBE, SEND, PUBLISH,
  * HEARTBEAT, DISCOVER, CONTROL, broker LINK messages (HELLO, heartbeats,
  * directories, whole sets of agent names and of topic patterns, hostile
@@ -95,7 +98,8 @@ static const char *s_move_names[] = {NF_MOVES(NF_NAME)};
 /* Relative weights: the moves that build state come often. */
 static const int s_weight[MV_COUNT_] = {
     [MV_hello] = 6, [MV_register] = 6, [MV_request] = 14, [MV_lz4] = 5, [MV_typed] = 5,
-    [MV_cancel] = 6, [MV_answer] = 14, [MV_reconnect] = 3, [MV_steal] = 1, [MV_bye] = 3,
+    [MV_cancel] = 6, [MV_answer] = 14, [MV_reconnect] = 3, [MV_steal] = 1, [MV_work] = 6,
+    [MV_bye] = 3,
     [MV_subscribe] = 4, [MV_unsubscribe] = 2, [MV_send] = 8, [MV_publish] = 5,
     [MV_heartbeat] = 5, [MV_discover] = 2, [MV_control] = 2, [MV_batch] = 6, [MV_deaf] = 1,
     [MV_link] = 5, [MV_link_names] = 3, [MV_link_interest] = 3,
@@ -782,7 +786,8 @@ static int s_pick_move(int allow_compound)
                 break;
         }
         if (i < MV_COUNT_ && (allow_compound || s_weight[i] > 0)) {
-            int compound = i == MV_batch || i == MV_reconnect || i == MV_steal || i == MV_deaf;
+            int compound = i == MV_batch || i == MV_reconnect || i == MV_steal ||
+                           i == MV_work || i == MV_deaf;
             if (allow_compound || !compound)
                 return i;
         }
@@ -836,6 +841,11 @@ static void s_do_reconnect(nf_peer_t *p)
     size_t len = p->rid_len;
     memcpy(rid, p->rid, len);
     uint64_t inst = p->instance;
+    /* What the old connection held: answered later from the new one (a
+     * worker back after a reconnect, mostly with the same id, registered
+     * again or not), after the broker took it back and maybe re-dispatched. */
+    memcpy(p->old, p->held, sizeof p->old);
+    p->nold = p->nheld;
     s_peer_close(p);
     s_peer_open(p);
     if (nf_chance(80)) {
@@ -866,6 +876,39 @@ static void s_do_steal(nf_peer_t *p)
         s_emit(p->twin, &o);
 }
 
+/* A worker's whole answer to one request, as a buggy or hostile worker
+ * plays it: to one it holds now, one its connection held before a
+ * reconnect (taken back, maybe re-dispatched), or one it never held;
+ * a few chunks, a final (an ERROR saying the work had begun or not, or a
+ * REPLY), sometimes a second final and a chunk after them. */
+static void s_do_work(nf_peer_t *p)
+{
+    /* Mostly REPLY: ERRORs in a row eject the worker (eject-failures), and
+     * an ejected one holds nothing. */
+    static const uint32_t finals[] = {AB_KIND_ERROR, AB_KIND_REPLY, AB_KIND_REPLY};
+    uint32_t r = nf_below(10);
+    uint64_t corr = r < 7 && p->nheld ? p->held[nf_below((uint32_t)p->nheld)]
+                    : r < 9 && p->nold ? p->old[nf_below((uint32_t)p->nold)]
+                                       : (p->answered ? p->answered : nf_below(1000));
+    nf_answers.work++;
+    static nf_out_t o;
+    void *sock = p->twin && nf_chance(10) ? p->twin : p->sock;
+    for (uint32_t n = nf_chance(50) ? nf_below(4) : 0; n; n--) {
+        nf_answer_to(p, &o, AB_KIND_PARTIAL, corr, 0);
+        s_emit(sock, &o);
+    }
+    nf_answer_to(p, &o, finals[nf_below(3)], corr, nf_chance(50));
+    s_emit(sock, &o);
+    if (nf_chance(40)) {
+        nf_answer_to(p, &o, finals[nf_below(3)], corr, nf_chance(50));
+        s_emit(sock, &o);
+    }
+    if (nf_chance(15)) {
+        nf_answer_to(p, &o, AB_KIND_PARTIAL, corr, 0);
+        s_emit(sock, &o);
+    }
+}
+
 static void s_move(void)
 {
     nf_peer_t *p = &s_peers[nf_below((uint32_t)s_opt.peers)];
@@ -876,7 +919,16 @@ static void s_move(void)
     case MV_batch: s_do_batch(p); return;
     case MV_reconnect: s_do_reconnect(p); return;
     case MV_steal: s_do_steal(p); return;
-    case MV_deaf: p->deaf_until_ms = ab_now_ms() + 200 + nf_below(3000); return;
+    case MV_work: s_do_work(p); return;
+    case MV_deaf: {
+        /* A peer hears for 5 s between two deaf spells: at thousands of
+         * moves a second, the spells followed each other, and the peers
+         * were deaf nearly all the time (workers learnt of few requests). */
+        int64_t now = ab_now_ms(), until = now + 200 + nf_below(3000);
+        if (now >= p->deaf_until_ms + 5000)
+            p->deaf_until_ms = until;
+        return;
+    }
     default:
         if (nf_make(mv, p, &o))
             s_emit(p->twin && nf_chance(30) ? p->twin : p->sock, &o);
@@ -1032,10 +1084,13 @@ static const char *s_final_stats(const char *ep, const char *who, char *buf, siz
         snprintf(buf, cap, "the %s did not answer a stats CONTROL (%s)", who, ab_strerror(rc));
         return buf;
     }
-    printf("netfuzz: %s stats: msgs_in %llu, requests %llu, replies %llu, dropped %llu, "
-           "malformed %llu, batches_in %llu, msgs_sent %llu, published %llu, pending %llu\n",
+    printf("netfuzz: %s stats: msgs_in %llu, requests %llu, replies %llu, dropped %llu "
+           "(duplicates %llu), late %llu, redispatched %llu, malformed %llu, batches_in %llu, "
+           "msgs_sent %llu, published %llu, pending %llu\n",
            who, (unsigned long long)st->msgs_in, (unsigned long long)st->requests,
            (unsigned long long)st->replies, (unsigned long long)st->replies_dropped,
+           (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies,
+           (unsigned long long)st->redispatched,
            (unsigned long long)st->malformed, (unsigned long long)st->batches_in,
            (unsigned long long)st->msgs_sent, (unsigned long long)st->published,
            (unsigned long long)st->pending);
@@ -1051,6 +1106,11 @@ static void s_print_summary(uint64_t moves, double secs)
     printf("\nnetfuzz: received:");
     for (int k = 1; k <= AB_KIND_MAX_; k++)
         printf(" %s=%llu", ab_kind_name((uint32_t)k), (unsigned long long)s_kinds_in[k]);
+    printf("\nnetfuzz: answers: %llu to a request held, %llu ERROR NON_IDEMPOTENT, %llu again to "
+           "the id answered last, %llu to one held before a reconnect, %llu whole answers (work)",
+           (unsigned long long)nf_answers.to_held, (unsigned long long)nf_answers.begun,
+           (unsigned long long)nf_answers.again, (unsigned long long)nf_answers.stale,
+           (unsigned long long)nf_answers.work);
     printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", (long)s_good.ok,
            (long)s_good.errors, (long)s_good.wrong);
     for (int i = 0; i < s_opt.linked; i++)

@@ -19,7 +19,7 @@
 
 #define NF_MOVES(X)                                                                          \
     X(hello) X(register) X(request) X(lz4) X(typed) X(cancel) X(answer) X(reconnect)        \
-    X(steal) X(bye) X(subscribe) X(unsubscribe) X(send) X(publish) X(heartbeat)             \
+    X(steal) X(work) X(bye) X(subscribe) X(unsubscribe) X(send) X(publish) X(heartbeat)     \
     X(discover) X(control) X(batch) X(deaf) X(link) X(link_names) X(link_interest)
 #define NF_ENUM(n) MV_##n,
 enum { NF_MOVES(NF_ENUM) MV_COUNT_ };
@@ -49,7 +49,19 @@ typedef struct {
     int nheld;
     uint64_t sent[NF_IDS]; /* requests it sent as a client */
     int nsent;
+    uint64_t answered; /* the correlation id of its last answer (0: none yet) */
+    uint64_t old[NF_IDS]; /* what it held before its last reconnect */
+    int nold;
 } nf_peer_t;
+
+/* What the answer moves played (netfuzz prints them): answers to an id the
+ * peer received as a worker, ERRORs with FLAG_NON_IDEMPOTENT (as
+ * ab_worker_fail_begun sends them), answers repeated to the id the peer
+ * answered last (twice, a chunk after the final), and answers to ids a
+ * worker held on its connection before a reconnect with the same id. */
+extern struct nf_answers {
+    uint64_t to_held, begun, again, stale, work;
+} nf_answers;
 
 /* One message a move builds; the header's views point at static strings or
  * at buf; data is buf or heap (free heap after sending). */
@@ -66,8 +78,12 @@ typedef struct {
 void nf_remember(uint64_t *v, int *n, uint64_t id);
 /* Adds ID to the pool of ids seen anywhere (sent or received). */
 void nf_seen_add(uint64_t id);
+/* Builds into O peer P's answer of KIND to CORR: an ERROR (a code
+ * placement may re-dispatch, or not) saying the work had begun
+ * (FLAG_NON_IDEMPOTENT) when BEGUN, a chunk or a reply with some text. */
+void nf_answer_to(nf_peer_t *p, nf_out_t *o, uint32_t kind, uint64_t corr, int begun);
 /* Builds the message of move MV from peer P into O: 1, or 0 when MV is not
- * a one-message move (batch, reconnect, steal, deaf). */
+ * a one-message move (batch, reconnect, steal, work, deaf). */
 int nf_make(int mv, nf_peer_t *p, nf_out_t *o);
 
 #endif

@@ -14,6 +14,7 @@
 #include <string.h>
 
 int nf_avoid[MV_COUNT_];
+struct nf_answers nf_answers;
 uint64_t nf_rng = 1;
 static uint64_t s_seen[NF_SEEN];
 static int s_nseen;
@@ -267,23 +268,67 @@ static void s_mk_cancel(nf_peer_t *p, nf_out_t *o)
     o->h.correlation_id = s_some_id(p->sent, p->nsent);
 }
 
-/* PARTIAL, REPLY or ERROR to a request it holds, another peer's, or none. */
+/* PARTIAL, REPLY or ERROR to a request it holds, another peer's, or none;
+ * sometimes again to the id it answered last (a second final, a chunk
+ * after its final, an ERROR after a REPLY). An ERROR may say the work had
+ * begun (FLAG_NON_IDEMPOTENT, ab_worker_fail_begun): the broker then hands
+ * the request to no other worker. BACKEND and BACKEND_BUSY are the codes
+ * placement re-dispatches without that flag. */
 static void s_mk_answer(nf_peer_t *p, nf_out_t *o)
 {
     static const uint32_t kinds[] = {AB_KIND_PARTIAL, AB_KIND_REPLY, AB_KIND_REPLY,
                                      AB_KIND_ERROR};
     static const uint32_t codes[] = {AB_ERR_APPLICATION, AB_ERR_BUSY, AB_ERR_BACKEND_BUSY,
-                                     AB_ERR_INTERNAL, AB_ERR_MODEL_NOT_FOUND, AB_ERR_CANCELLED};
+                                     AB_ERR_INTERNAL, AB_ERR_MODEL_NOT_FOUND, AB_ERR_CANCELLED,
+                                     AB_ERR_BACKEND, AB_ERR_BACKEND, AB_ERR_DEADLINE};
     o->h = ab_header_init(kinds[nf_below(4)]);
     o->h.id = s_new_id(p);
-    o->h.correlation_id = s_some_id(p->held, p->nheld);
+    int again = p->answered && nf_chance(15), stale = !again && p->nold && nf_chance(10);
+    o->h.correlation_id = again   ? p->answered
+                          : stale ? p->old[nf_below((uint32_t)p->nold)]
+                                  : s_some_id(p->held, p->nheld);
+    nf_answers.again += again;
+    nf_answers.stale += stale;
+    for (int i = 0; i < p->nheld; i++)
+        if (p->held[i] == o->h.correlation_id) {
+            nf_answers.to_held++;
+            break;
+        }
+    p->answered = o->h.correlation_id;
     if (o->h.kind == AB_KIND_ERROR) {
-        o->h.error_code = codes[nf_below(6)];
+        o->h.error_code = codes[nf_below(9)];
         o->h.error_text = ab_view_of("netfuzz");
+        if (nf_chance(40)) {
+            o->h.flags |= AB_FLAG_NON_IDEMPOTENT;
+            nf_answers.begun++;
+        }
     } else {
         nf_out_text(o, 2000);
         if (!nf_avoid[MV_lz4] && nf_chance(15))
             s_out_lz4(o, nf_chance(5));
+        if (nf_chance(5)) /* a flag that means nothing on a chunk or a reply */
+            o->h.flags |= AB_FLAG_NON_IDEMPOTENT;
+    }
+}
+
+void nf_answer_to(nf_peer_t *p, nf_out_t *o, uint32_t kind, uint64_t corr, int begun)
+{
+    static const uint32_t codes[] = {AB_ERR_BACKEND, AB_ERR_BACKEND_BUSY, AB_ERR_APPLICATION,
+                                     AB_ERR_CANCELLED, AB_ERR_DEADLINE};
+    memset(o, 0, sizeof *o);
+    o->h = ab_header_init(kind);
+    o->h.id = s_new_id(p);
+    o->h.correlation_id = corr;
+    p->answered = corr;
+    if (kind == AB_KIND_ERROR) {
+        o->h.error_code = codes[nf_below(5)];
+        o->h.error_text = ab_view_of("netfuzz work");
+        if (begun) {
+            o->h.flags |= AB_FLAG_NON_IDEMPOTENT;
+            nf_answers.begun++;
+        }
+    } else {
+        nf_out_text(o, 300);
     }
 }
 

@@ -750,8 +750,8 @@ static void s_offline_names(void)
 /* --- 6: a late answer after another worker's answer is not a second final -------- */
 /* W1 takes the request and goes silent (presumed dead); it is re-dispatched
  * to W2. LATE_FIRST: W1 answers before W2 (its late answer is forwarded,
- * W2's dropped); else W2 first and W1's late one dropped. The raw client
- * must see exactly one final either way. */
+ * W2 gets CANCEL and its answer is dropped); else W2 first and W1's late
+ * one dropped. The raw client must see exactly one final either way. */
 static void s_late_round(int late_first)
 {
     int port = th_free_port();
@@ -777,6 +777,10 @@ static void s_late_round(int late_first)
         s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
         REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
         CHECK_TRUE(s_body_is(&m, "from-w1"));
+        s_close(&m);
+        /* W2 is told to stop: nobody waits for its answer (its slot). */
+        REQUIRE(s_wait(w2, AB_KIND_CANCEL, &m, 5000, live, 2));
+        CHECK_U64(m.h.correlation_id, bid);
         s_close(&m);
         s_answer(w2, AB_KIND_REPLY, bid, "from-w2");
     } else {
@@ -817,6 +821,123 @@ static void s_late_answer(void)
     s_late_round(0);
 }
 
+/* --- 7: a late answer does not end a stream another worker began --------------- */
+/* W1 takes the request and goes silent (presumed dead); it is re-dispatched
+ * to W2, which streams a chunk to the client. Then W1's late REPLY comes:
+ * forwarded, it would end the client's answer with W2's chunk followed by
+ * W1's final, a whole answer made of two workers' halves (and cached so,
+ * for a cacheable request). It is dropped like a late chunk, and W2's
+ * stream goes on to its own final. */
+static void s_late_after_stream(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
+                             NULL);
+    void *socks[3];
+    void *c = socks[0] = s_raw(port, NULL, 0);
+    void *w1 = socks[1] = s_raw(port, NULL, 0);
+    s_register(w1, "svc", 1, 0);
+    s_request(c, 42, "svc", 0, "q", 1);
+    s_msg_t m;
+    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, socks, 2));
+    uint64_t bid = m.h.id;
+    s_close(&m);
+    void *w2 = socks[2] = s_raw(port, NULL, 0);
+    s_register(w2, "svc", 1, 0);
+    void *live[2] = {c, w2};
+    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
+    CHECK_U64(m.h.id, bid);
+    s_close(&m);
+    s_answer(w2, AB_KIND_PARTIAL, bid, "part-w2 ");
+    REQUIRE(s_wait(c, AB_KIND_PARTIAL, &m, 5000, live, 2));
+    CHECK_TRUE(s_body_is(&m, "part-w2 "));
+    s_close(&m);
+    s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
+    int early = s_wait(c, AB_KIND_REPLY, &m, 1000, live, 2);
+    if (early) {
+        CHECK_TRUE(!s_body_is(&m, "from-w1"));
+        s_close(&m);
+    }
+    CHECK_EQ(early, 0);
+    s_answer(w2, AB_KIND_REPLY, bid, "end-w2");
+    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
+    CHECK_TRUE(s_body_is(&m, "end-w2"));
+    CHECK_U64(m.h.correlation_id, 42);
+    s_close(&m);
+    ab_client_t *ctl = th_client(port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->late_replies, 0);
+    CHECK_EQ(st->replies, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ctl);
+    CHECK_TRUE(th_alive(broker));
+    s_raw_end(socks, 3);
+}
+
+/* --- 8: a worker that pushed a request back does not answer it later ---------- */
+/* A request for a model goes to one of two workers, which answers ERROR
+ * BACKEND: placement hands it to the other (docs/placement.md). The first
+ * then sends a REPLY to it as well (a buggy or hostile worker: its answer
+ * had ended its attempt). That is a duplicate, dropped: before, it was
+ * taken for a late answer from a worker presumed dead, reached the client
+ * as its answer and cancelled the other worker's run. */
+static void s_answer_after_pushback(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, NULL);
+    void *socks[3];
+    void *c = socks[0] = s_raw(port, NULL, 0);
+    void *wa = socks[1] = s_raw(port, NULL, 0);
+    void *wb = socks[2] = s_raw(port, NULL, 0);
+    s_register(wa, "svc", 1, 0);
+    s_register(wb, "svc", 1, 0);
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = 42;
+    h.target = ab_view_of("svc");
+    h.model = ab_view_of("m");
+    h.timeout_ms = 20000;
+    mt_raw_send(c, &h, "q", 1);
+    /* whichever worker got it first pushes it back */
+    s_msg_t m;
+    void *first = NULL, *second = NULL;
+    for (int i = 0; i < 100 && !first; i++) {
+        if (s_wait(wa, AB_KIND_REQUEST, &m, 50, socks, 3))
+            first = wa, second = wb;
+        else if (s_wait(wb, AB_KIND_REQUEST, &m, 50, socks, 3))
+            first = wb, second = wa;
+    }
+    REQUIRE(first != NULL);
+    uint64_t bid = m.h.id;
+    s_close(&m);
+    ab_header_t e = ab_header_init(AB_KIND_ERROR);
+    e.correlation_id = bid;
+    e.error_code = AB_ERR_BACKEND;
+    e.error_text = ab_view_of("backend down");
+    mt_raw_send(first, &e, NULL, 0);
+    REQUIRE(s_wait(second, AB_KIND_REQUEST, &m, 5000, socks, 3));
+    CHECK_U64(m.h.id, bid);
+    s_close(&m);
+    s_answer(first, AB_KIND_REPLY, bid, "from-first");
+    CHECK_EQ(s_count(second, AB_KIND_CANCEL, 800, socks, 3), 0);
+    s_answer(second, AB_KIND_REPLY, bid, "from-second");
+    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, socks, 3));
+    CHECK_TRUE(s_body_is(&m, "from-second"));
+    CHECK_U64(m.h.correlation_id, 42);
+    s_close(&m);
+    CHECK_EQ(s_count(c, AB_KIND_REPLY, 500, socks, 3), 0);
+    ab_client_t *ctl = th_client(port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->late_replies, 0);
+    CHECK_EQ(st->replies, 1);
+    CHECK_EQ(st->duplicates_dropped, 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ctl);
+    CHECK_TRUE(th_alive(broker));
+    s_raw_end(socks, 3);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -825,6 +946,8 @@ int main(int argc, char **argv)
         {"takeover_refused", s_takeover_refused}, {"rename_backlog", s_rename_backlog},
         {"next_id_claim", s_next_id_claim},
         {"offline_names", s_offline_names},       {"late_answer", s_late_answer},
+        {"late_after_stream", s_late_after_stream},
+        {"answer_after_pushback", s_answer_after_pushback},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

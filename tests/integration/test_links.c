@@ -232,6 +232,56 @@ static void s_dealer_backlog(void)
     ab_client_destroy(&c);
 }
 
+/* --- a request's deadline passing at the far side ------------------------------------ */
+static pid_t s_proxy(int listen, int target, const char *delay_ms);
+
+/* A's clients give up (their deadline) on requests B's slow worker holds;
+ * the link takes 100 ms each way (ab-linkproxy), as between machines, so
+ * A's deadline passes first: A answers DEADLINE and sends CANCEL, and B's
+ * answer (CANCELLED, or its own DEADLINE) comes back for a request A no
+ * longer has a client for. The far side's answers are its verdict on one
+ * request, not the link's health (link.h: that is its heartbeats): A
+ * ejects nothing. Before, each such answer counted as a failure of the
+ * link's worker record at A, as of a local worker that let a deadline
+ * pass: after eject-failures (5) the link was ejected, what it carried
+ * taken back (and run again, though B still ran it) and the service not
+ * offered through it for the backoff. */
+static void s_deadline_no_eject(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
+    lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    s_proxy(px, pb, "100");
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, "--health-floor-ms", "100");
+    th_worker(pb, "slow", "--capacity", "8", "--delay-ms", "5000", NULL);
+    ab_client_t *a = th_client(pa);
+    REQUIRE(lt_wait_link(a, "B", 1, 20000) == 0);
+    int rc = AB_ENOSERVICE; /* until A's directory has B's service */
+    for (int i = 0; i < 100 && rc != AB_EDEADLINE; i++)
+        rc = ab_client_request(a, "slow", "probe", 5, 400, NULL, NULL);
+    REQUIRE(rc == AB_EDEADLINE);
+    for (int i = 0; i < 7; i++) {
+        s_slot_t s = {0};
+        REQUIRE(ab_client_request_start(a, "slow", "late", 4,
+                                        &(ab_request_opts_t){.timeout_ms = 400}, s_slot_cb, &s,
+                                        NULL) == AB_OK);
+        for (int k = 0; k < 200 && !s.finals; k++)
+            ab_client_poll(a, 25);
+        CHECK_EQ(s.finals, 1);
+        CHECK_EQ(s.status, AB_EDEADLINE);
+        th_sleep_ms(400); /* B's answer comes back */
+    }
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    printf("deadline_no_eject: A ejected %llu, deadlines %llu, dropped %llu\n",
+           (unsigned long long)st->workers_ejected, (unsigned long long)st->deadline_expired,
+           (unsigned long long)st->replies_dropped);
+    CHECK_TRUE(st->deadline_expired >= 7); /* A's deadline passed first */
+    CHECK_U64(st->workers_ejected, 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&a);
+}
+
 /* --- the link cut and stalled under load --------------------------------------------- */
 
 static pid_t s_proxy(int listen, int target, const char *delay_ms)
@@ -612,7 +662,7 @@ int main(int argc, char **argv)
         {"two", s_two},         {"both_dial", s_both_dial},     {"cut", s_cut},
         {"stall", s_stall},     {"restart", s_restart},         {"line", s_line},               {"triangle", s_triangle},
         {"unknown_key", s_unknown_key}, {"roles", s_roles}, {"long_via", s_long_via},
-        {"dealer_backlog", s_dealer_backlog},
+        {"dealer_backlog", s_dealer_backlog}, {"deadline_no_eject", s_deadline_no_eject},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
