@@ -643,6 +643,15 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
         s_answer_dropped(b, h, body, r, holder);
         return;
     }
+    /* A late ERROR does not win either: the request was taken back from
+     * that worker because it was presumed dead, and it is queued again or
+     * running on another, which answers for it (or its deadline does). As
+     * the first answer, a late BACKEND from a worker that woke up ended a
+     * request a healthy worker was running. */
+    if (late && h->kind == AB_KIND_ERROR) {
+        s_answer_dropped(b, h, body, r, holder); /* counted: replies_dropped */
+        return;
+    }
     if (late) {
         s_late_answer(b, h, body, r, from);
         return;

@@ -815,10 +815,64 @@ static void s_late_round(int late_first)
     s_raw_end(socks, 3);
 }
 
+/* W1, presumed dead, wakes and answers ERROR (BACKEND) while W2 runs the
+ * request again: dropped, not the client's answer (it was, as the first
+ * final, and W2 was cancelled); W2's REPLY is. */
+static void s_late_error_round(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
+                             NULL);
+    void *socks[3];
+    void *c = socks[0] = s_raw(port, NULL, 0);
+    void *w1 = socks[1] = s_raw(port, NULL, 0);
+    s_register(w1, "svc", 1, 0);
+    s_request(c, 42, "svc", 0, "q", 1);
+    s_msg_t m;
+    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, socks, 2));
+    uint64_t bid = m.h.id;
+    s_close(&m);
+    void *w2 = socks[2] = s_raw(port, NULL, 0);
+    s_register(w2, "svc", 1, 0);
+    void *live[2] = {c, w2};
+    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
+    CHECK_U64(m.h.id, bid);
+    s_close(&m);
+    ab_header_t h = ab_header_init(AB_KIND_ERROR);
+    h.correlation_id = bid;
+    h.error_code = AB_ERR_BACKEND;
+    mt_raw_send(w1, &h, "backend woke up failing", 23);
+    /* Neither the client's answer nor a CANCEL for W2, within a second. */
+    int early = s_wait(c, AB_KIND_ERROR, &m, 1000, live, 2);
+    if (early)
+        s_close(&m);
+    CHECK_EQ(early, 0);
+    int cancelled = s_wait(w2, AB_KIND_CANCEL, &m, 200, live, 2);
+    if (cancelled)
+        s_close(&m);
+    CHECK_EQ(cancelled, 0);
+    s_answer(w2, AB_KIND_REPLY, bid, "from-w2");
+    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
+    CHECK_TRUE(s_body_is(&m, "from-w2"));
+    CHECK_U64(m.h.correlation_id, 42);
+    s_close(&m);
+    ab_client_t *ctl = th_client(port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->late_replies, 0);
+    CHECK_EQ(st->replies, 1);
+    CHECK_TRUE(st->replies_dropped >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ctl);
+    CHECK_TRUE(th_alive(broker));
+    s_raw_end(socks, 3);
+}
+
 static void s_late_answer(void)
 {
     s_late_round(1);
     s_late_round(0);
+    s_late_error_round();
 }
 
 /* --- 7: a late answer does not end a stream another worker began --------------- */
