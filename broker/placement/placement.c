@@ -266,7 +266,8 @@ ab_worker_rec_t *ab_placement_pick(ab_broker_t *b, ab_service_t *s, ab_req_t *r,
         int tier = s_tier(w, rt);
         if (tier == 0)
             loaded_somewhere = 1;
-        if (w == rt->avoid || w->in_flight >= w->capacity || s_model_full(w, rt))
+        int avoided = rt->avoid && w->peer->rid_hash == rt->avoid;
+        if (avoided || w->in_flight >= w->capacity || s_model_full(w, rt))
             continue;
         /* Same tier: local first, then a peer (links: docs/links.md). */
         if (!best || tier < best_tier ||
@@ -331,7 +332,7 @@ int ab_placement_retry(ab_broker_t *b, ab_req_t *r, uint32_t code)
              (unsigned long long)r->bid, from->peer->name, ab_wire_error_name(code));
     ab_worker_req_remove(from, r);
     ab_health_attempt_ended(b, r, from->peer->rid_hash);
-    rt->avoid = from;
+    rt->avoid = from->peer->rid_hash;
     rt->retries++;
     ab_queue_push_front(b, s, r);
     ab_service_dispatch(b, s);

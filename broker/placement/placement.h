@@ -19,7 +19,9 @@ struct ab_route {
     char model[AB_MODEL_MAX + 1];
     char worker[AB_NAME_MAX];
     uint64_t model_key;            /* hash of model | 1 (0: none): its fast answers, service.c */
-    const ab_worker_rec_t *avoid; /* pushed back by this worker: try another */
+    uint64_t avoid;               /* pushed back by the worker of this routing-id hash
+                                    * (0: none): try another. Not its record's address,
+                                    * which a later worker's record may have */
     uint8_t retries;               /* re-dispatches so far */
     uint8_t streamed;              /* a PARTIAL reached the client: never re-dispatch */
 };

@@ -27,6 +27,7 @@ static ab_worker_rec_t *s_worker(ab_service_t *s, const char *name, uint32_t cap
     memset(p, 0, sizeof *p);
     p->name = (char *)name; /* a literal: these records are never freed */
     snprintf(p->key, sizeof p->key, "%02x", s_npeers);
+    p->rid_hash = 1000 + (uint64_t)s_npeers; /* as ab_rid_hash: never 0 */
     ab_worker_rec_t *w = calloc(1, sizeof *w);
     w->peer = p;
     w->capacity = cap;
@@ -86,6 +87,39 @@ static void s_free(ab_service_t *s)
     }
     zlistx_destroy(&s->workers);
     s_npeers = 0;
+}
+
+/* A request pushed back by a worker avoids that worker when it is placed
+ * again, named by its routing id's hash: a later worker whose record has
+ * the same address (the first one left, its record freed and the memory
+ * reused) is not avoided. The avoided worker was its record's address
+ * until 2026-12-06. */
+static void s_test_avoid(void)
+{
+    ab_service_t s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.name, sizeof s.name, "ollama");
+    s.workers = zlistx_new();
+    ab_worker_rec_t *w1 = s_worker(&s, "w1", 4, 0, "small:latest", 1, 6, 50);
+    ab_worker_rec_t *w2 = s_worker(&s, "w2", 4, 3, "small:latest", 1, 6, 50);
+    ab_req_t r;
+    memset(&r, 0, sizeof r);
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.model = ab_view_of("small");
+    REQUIRE(ab_route_init(&r, &h) == 0);
+    int imp;
+    CHECK_TRUE(ab_placement_pick(NULL, &s, &r, &imp) == w1); /* the less loaded */
+    r.route->avoid = w1->peer->rid_hash;
+    CHECK_TRUE(ab_placement_pick(NULL, &s, &r, &imp) == w2 && !imp);
+    /* w1 leaves; a new worker's record lands where its record was */
+    ab_peer_t *p = &s_peers[s_npeers++];
+    memset(p, 0, sizeof *p);
+    p->name = (char *)"w3";
+    p->rid_hash = 1000 + (uint64_t)s_npeers;
+    w1->peer = p;
+    CHECK_TRUE(ab_placement_pick(NULL, &s, &r, &imp) == w1);
+    ab_route_free(&r);
+    s_free(&s);
 }
 
 static void s_test_tiers(void)
@@ -151,6 +185,7 @@ static void s_test_ties(void)
 
 int main(void)
 {
+    s_test_avoid();
     s_test_tiers();
     s_test_ties();
     return TEST_DONE("placement");
