@@ -15,6 +15,7 @@
 #include "clients.h"
 #include "lanes.h"
 #include "link.h"
+#include "auth.h"
 #include "agentbus.h"
 #include "util.h"
 
@@ -625,7 +626,10 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
     /* The sender's hash names it in R's tried list: needed only for an
      * answer from another than the holder, or after a re-dispatch. */
     uint64_t from = !holder || r->attempts > 1 ? ab_rid_hash(from_rid) : 0;
-    int late = r && !holder && ab_req_tried(r, from);
+    /* Under CURVE, only from a key that may answer: a routing id is the
+     * peer's to choose, and an agent's connection that took a closed
+     * worker's id answered that worker's request for it. */
+    int late = r && !holder && ab_req_tried(r, from) && ab_auth_may_answer(b->in_key);
     if (!holder && !late) {
         b->c.replies_dropped++;
         if (final && ab_health_is_dup(b, corr, from))

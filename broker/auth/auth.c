@@ -368,6 +368,12 @@ int ab_auth_is_admin(const ab_key_t *k)
     return !k || k->role == AB_KEYROLE_ADMIN;
 }
 
+int ab_auth_may_answer(const ab_key_t *k)
+{
+    return !k || k->role == AB_KEYROLE_ADMIN || k->role == AB_KEYROLE_WORKER ||
+           k->role == AB_KEYROLE_PEER;
+}
+
 /* CONTROL verbs any key may use: they only read. Every other verb (cache
  * clear/get, keys, later ones) needs the admin role. */
 static int s_read_only(const ab_view_t *t)

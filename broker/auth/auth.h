@@ -68,6 +68,10 @@ int ab_auth_may_name(const ab_key_t *k, const char *name, const char **why);
 /* 1 when K holds the admin role (or auth is off): the broker vouches for it
  * to workers with AB_FLAG_ADMIN (models load/unload). */
 int ab_auth_is_admin(const ab_key_t *k);
+/* 1 when K may answer requests as a worker does (worker, peer broker or
+ * admin role; or auth is off): a late answer, matched to a request by the
+ * routing id of a worker it went to, is taken only from such a key. */
+int ab_auth_may_answer(const ab_key_t *k);
 /* Counts a refusal for K, logs it (rate-limited per key) and answers the
  * sender RID of H with ERROR(DENIED) and WHY. */
 void ab_auth_deny(ab_broker_t *b, const ab_key_t *k, const ab_rid_t *rid, const ab_header_t *h,

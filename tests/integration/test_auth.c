@@ -150,8 +150,16 @@ static int s_request(ab_client_t *c, const char *service, const char *data, int 
     return rc;
 }
 
-/* A raw DEALER proving key NAME (its own context in *CTX). */
+/* A raw DEALER proving key NAME (its own context in *CTX), with routing id
+ * ID unless NULL. */
+static void *s_raw_as(int port, const char *name, const char *id, void **ctx);
+
 static void *s_raw(int port, const char *name, void **ctx)
+{
+    return s_raw_as(port, name, NULL, ctx);
+}
+
+static void *s_raw_as(int port, const char *name, const char *id, void **ctx)
 {
     char pub[41], sec[41], srv[41];
     th_cert_value(s_secret(name), "public-key", pub);
@@ -164,6 +172,8 @@ static void *s_raw(int port, const char *name, void **ctx)
     zmq_setsockopt(raw, ZMQ_CURVE_SERVERKEY, srv, 41);
     zmq_setsockopt(raw, ZMQ_CURVE_PUBLICKEY, pub, 41);
     zmq_setsockopt(raw, ZMQ_CURVE_SECRETKEY, sec, 41);
+    if (id)
+        zmq_setsockopt(raw, ZMQ_ROUTING_ID, id, strlen(id));
     REQUIRE(zmq_connect(raw, th_ep(port)) == 0);
     return raw;
 }
@@ -486,6 +496,111 @@ static void s_forged_answer(void)
     CHECK_STR(out, "real");
     zmq_close(raw);
     zmq_ctx_term(ctx);
+    ab_client_destroy(&c);
+    ab_client_destroy(&adm);
+}
+
+/* The next message of KIND on RAW within MS (polling C, and sending a
+ * HEARTBEAT from BEAT every 100 ms so the broker keeps that raw worker);
+ * its header's id (or correlation id when ID is 0), or 0. */
+static uint64_t s_raw_next(void *raw, uint32_t kind, int ms, ab_client_t *c, void *beat)
+{
+    int64_t end = ab_now_ms() + ms, next_beat = 0;
+    while (ab_now_ms() < end) {
+        if (beat && ab_now_ms() >= next_beat) {
+            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
+            s_raw_send(beat, &hb, NULL);
+            next_beat = ab_now_ms() + 100;
+        }
+        if (c)
+            ab_client_poll(c, 10);
+        zmq_pollitem_t it = {raw, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        zmq_msg_recv(&m, raw, 0);
+        ab_header_t h;
+        int ok = ab_header_parse(zmq_msg_data(&m), zmq_msg_size(&m), &h) == AB_OK;
+        while (zmq_msg_more(&m)) {
+            zmq_msg_close(&m);
+            zmq_msg_init(&m);
+            zmq_msg_recv(&m, raw, 0);
+        }
+        zmq_msg_close(&m);
+        if (ok && h.kind == kind)
+            return h.id ? h.id : h.correlation_id ? h.correlation_id : 1;
+    }
+    return 0;
+}
+
+/* A late answer (from a worker the request went to before, presumed dead)
+ * is matched by that worker's routing id, which is the peer's to choose.
+ * An agent's connection that took a closed worker's id answered the
+ * request for it; under CURVE a late answer is taken only from a key that
+ * may answer (worker, peer, admin), and the worker running the request
+ * again answers it. */
+static void s_late_answer_key(void)
+{
+    s_setup();
+    s_key("w1", "--role worker --services svc", 1);
+    s_key("w2", "--role worker --services svc", 1);
+    s_key("ag1", "", 1);
+    s_key("evil", "--role agent", 1);
+    int port = s_port_with_ep();
+    s_broker(port);
+    ab_client_t *adm = th_client(port);
+    void *ctx1, *ctx2, *ctx3 = NULL, *ev = NULL;
+    void *w1 = s_raw_as(port, "w1", "taken-id", &ctx1);
+    ab_header_t reg = ab_header_init(AB_KIND_REGISTER);
+    reg.id = 1;
+    reg.target = (ab_view_t){"svc", 3};
+    reg.credit = 1;
+    s_raw_send(w1, &reg, NULL);
+    REQUIRE(th_wait_workers(adm, "svc", 1, 10000) == 0);
+    ab_client_t *c = s_client(port, "ag1", NULL, 0);
+    s_answer_t got = {0};
+    CHECK_EQ(ab_client_request_start(c, "svc", "q", 1, NULL, s_keep, &got, NULL), AB_OK);
+    uint64_t bid = s_raw_next(w1, AB_KIND_REQUEST, 5000, c, w1);
+    REQUIRE(bid != 0);
+    zmq_close(w1); /* lost while holding it: it goes to w2 */
+    zmq_ctx_term(ctx1);
+    void *w2 = s_raw(port, "w2", &ctx2);
+    s_raw_send(w2, &reg, NULL);
+    CHECK_U64(s_raw_next(w2, AB_KIND_REQUEST, 10000, c, w2), bid);
+    /* evil takes w1's routing id: once the broker answers its HELLO, what
+     * it sends is read (the old connection's id is free). */
+    for (int i = 0; i < 20 && !ev; i++) {
+        ev = s_raw_as(port, "evil", "taken-id", &ctx3);
+        ab_header_t hello = ab_header_init(AB_KIND_HELLO);
+        hello.id = 7;
+        s_raw_send(ev, &hello, NULL);
+        if (!s_raw_next(ev, AB_KIND_HELLO, 500, c, w2)) {
+            zmq_close(ev);
+            zmq_ctx_term(ctx3);
+            ev = NULL;
+        }
+    }
+    REQUIRE(ev != NULL);
+    ab_header_t h = ab_header_init(AB_KIND_REPLY);
+    h.correlation_id = bid;
+    s_raw_send(ev, &h, "forged");
+    s_raw_next(w2, AB_KIND_CANCEL, 1000, c, w2); /* a second passes; no CANCEL for w2 */
+    CHECK_EQ(got.done, 0);
+    s_raw_send(w2, &h, "real");
+    for (int i = 0; i < 500 && !got.done; i++)
+        ab_client_poll(c, 10);
+    CHECK_EQ(got.status, AB_OK);
+    CHECK_STR(got.data, "real");
+    Agentbus__Stats *st = th_stats(adm);
+    REQUIRE(st != NULL);
+    CHECK_EQ(st->late_replies, 0);
+    CHECK_TRUE(st->replies_dropped >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    zmq_close(ev);
+    zmq_ctx_term(ctx3);
+    zmq_close(w2);
+    zmq_ctx_term(ctx2);
     ab_client_destroy(&c);
     ab_client_destroy(&adm);
 }
@@ -941,7 +1056,7 @@ int main(int argc, char **argv)
     const th_case_t cases[] = {
         {"keypair", s_keypair},         {"handshake", s_handshake},
         {"bind_guard", s_bind_guard},   {"register", s_register},
-        {"forged_answer", s_forged_answer}, {"names", s_names},
+        {"forged_answer", s_forged_answer}, {"late_answer_key", s_late_answer_key}, {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
         {"listen_denied", s_listen_denied}, {"worker_refused", s_worker_refused},
