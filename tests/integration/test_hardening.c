@@ -748,31 +748,78 @@ static void s_offline_names(void)
 }
 
 /* --- 6: a late answer after another worker's answer is not a second final -------- */
+/* A broker that finds a silent worker dead within ~0.5 s, a raw client
+ * (SOCKS[0]) whose request 42 went to raw worker W1 (SOCKS[1]), silent
+ * since, and then again to W2 (SOCKS[2]) as broker id BID. */
+typedef struct {
+    int port;
+    pid_t broker;
+    void *socks[3];
+    uint64_t bid;
+} s_late_t;
+
+static void s_late_setup(s_late_t *t)
+{
+    t->port = th_free_port();
+    t->broker = th_broker(t->port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
+                          NULL);
+    void *c = t->socks[0] = s_raw(t->port, NULL, 0);
+    void *w1 = t->socks[1] = s_raw(t->port, NULL, 0);
+    s_register(w1, "svc", 1, 0);
+    s_request(c, 42, "svc", 0, "q", 1);
+    s_msg_t m;
+    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, t->socks, 2));
+    t->bid = m.h.id;
+    s_close(&m);
+    void *w2 = t->socks[2] = s_raw(t->port, NULL, 0);
+    s_register(w2, "svc", 1, 0);
+    void *live[2] = {c, w2};
+    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
+    CHECK_U64(m.h.id, t->bid);
+    s_close(&m);
+}
+
+/* The stats of T's broker say LATE late replies and one reply (W1's or
+ * W2's, never both); the broker lives; the raw sockets are closed. */
+static void s_late_end(s_late_t *t, unsigned long long late)
+{
+    ab_client_t *ctl = th_client(t->port);
+    Agentbus__Stats *st = th_stats(ctl);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->late_replies, late);
+    CHECK_EQ(st->replies, 1);
+    CHECK_TRUE(late || st->replies_dropped >= 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&ctl);
+    CHECK_TRUE(th_alive(t->broker));
+    s_raw_end(t->socks, 3);
+}
+
+/* W2 answers TEXT: the client's one answer; then as s_late_end. */
+static void s_w2_ends(s_late_t *t, const char *text)
+{
+    void *live[2] = {t->socks[0], t->socks[2]};
+    s_msg_t m;
+    s_answer(t->socks[2], AB_KIND_REPLY, t->bid, text);
+    REQUIRE(s_wait(t->socks[0], AB_KIND_REPLY, &m, 5000, live, 2));
+    CHECK_TRUE(s_body_is(&m, text));
+    CHECK_U64(m.h.correlation_id, 42);
+    s_close(&m);
+    s_late_end(t, 0);
+}
+
 /* W1 takes the request and goes silent (presumed dead); it is re-dispatched
  * to W2. LATE_FIRST: W1 answers before W2 (its late answer is forwarded,
  * W2 gets CANCEL and its answer is dropped); else W2 first and W1's late
  * one dropped. The raw client must see exactly one final either way. */
 static void s_late_round(int late_first)
 {
-    int port = th_free_port();
-    pid_t broker = th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
-                             NULL);
-    void *socks[3];
-    void *c = socks[0] = s_raw(port, NULL, 0);
-    void *w1 = socks[1] = s_raw(port, NULL, 0);
-    s_register(w1, "svc", 1, 0);
-    s_request(c, 42, "svc", 0, "q", 1);
-    s_msg_t m;
-    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, socks, 2));
-    uint64_t bid = m.h.id;
-    s_close(&m);
-    /* W1 now stays silent; W2 arrives and gets the request again. */
-    void *w2 = socks[2] = s_raw(port, NULL, 0);
-    s_register(w2, "svc", 1, 0);
+    s_late_t t;
+    s_late_setup(&t);
+    void **socks = t.socks, *c = socks[0], *w1 = socks[1], *w2 = socks[2];
     void *live[2] = {c, w2};
-    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
-    CHECK_U64(m.h.id, bid);
-    s_close(&m);
+    uint64_t bid = t.bid;
+    s_msg_t m;
     if (late_first) {
         s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
         REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
@@ -800,19 +847,16 @@ static void s_late_round(int late_first)
         s_close(&m);
     }
     CHECK_EQ(extra, 0);
-    ab_client_t *ctl = th_client(port);
+    ab_client_t *ctl = th_client(t.port);
     Agentbus__Stats *st = th_stats(ctl);
     REQUIRE(st != NULL);
     printf("late_first %d: late_replies %llu duplicates_dropped %llu replies_dropped %llu\n",
            late_first, (unsigned long long)st->late_replies,
            (unsigned long long)st->duplicates_dropped, (unsigned long long)st->replies_dropped);
-    CHECK_EQ(st->late_replies, late_first ? 1 : 0);
     CHECK_EQ(st->duplicates_dropped, 1);
-    CHECK_EQ(st->replies, 1);
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&ctl);
-    CHECK_TRUE(th_alive(broker));
-    s_raw_end(socks, 3);
+    s_late_end(&t, late_first ? 1 : 0);
 }
 
 /* W1, presumed dead, wakes and answers ERROR (BACKEND) while W2 runs the
@@ -820,24 +864,12 @@ static void s_late_round(int late_first)
  * final, and W2 was cancelled); W2's REPLY is. */
 static void s_late_error_round(void)
 {
-    int port = th_free_port();
-    pid_t broker = th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
-                             NULL);
-    void *socks[3];
-    void *c = socks[0] = s_raw(port, NULL, 0);
-    void *w1 = socks[1] = s_raw(port, NULL, 0);
-    s_register(w1, "svc", 1, 0);
-    s_request(c, 42, "svc", 0, "q", 1);
-    s_msg_t m;
-    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, socks, 2));
-    uint64_t bid = m.h.id;
-    s_close(&m);
-    void *w2 = socks[2] = s_raw(port, NULL, 0);
-    s_register(w2, "svc", 1, 0);
+    s_late_t t;
+    s_late_setup(&t);
+    void **socks = t.socks, *c = socks[0], *w1 = socks[1], *w2 = socks[2];
     void *live[2] = {c, w2};
-    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
-    CHECK_U64(m.h.id, bid);
-    s_close(&m);
+    uint64_t bid = t.bid;
+    s_msg_t m;
     ab_header_t h = ab_header_init(AB_KIND_ERROR);
     h.correlation_id = bid;
     h.error_code = AB_ERR_BACKEND;
@@ -851,21 +883,7 @@ static void s_late_error_round(void)
     if (cancelled)
         s_close(&m);
     CHECK_EQ(cancelled, 0);
-    s_answer(w2, AB_KIND_REPLY, bid, "from-w2");
-    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
-    CHECK_TRUE(s_body_is(&m, "from-w2"));
-    CHECK_U64(m.h.correlation_id, 42);
-    s_close(&m);
-    ab_client_t *ctl = th_client(port);
-    Agentbus__Stats *st = th_stats(ctl);
-    REQUIRE(st != NULL);
-    CHECK_EQ(st->late_replies, 0);
-    CHECK_EQ(st->replies, 1);
-    CHECK_TRUE(st->replies_dropped >= 1);
-    agentbus__stats__free_unpacked(st, NULL);
-    ab_client_destroy(&ctl);
-    CHECK_TRUE(th_alive(broker));
-    s_raw_end(socks, 3);
+    s_w2_ends(&t, "from-w2");
 }
 
 static void s_late_answer(void)
@@ -884,24 +902,12 @@ static void s_late_answer(void)
  * stream goes on to its own final. */
 static void s_late_after_stream(void)
 {
-    int port = th_free_port();
-    pid_t broker = th_broker(port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
-                             NULL);
-    void *socks[3];
-    void *c = socks[0] = s_raw(port, NULL, 0);
-    void *w1 = socks[1] = s_raw(port, NULL, 0);
-    s_register(w1, "svc", 1, 0);
-    s_request(c, 42, "svc", 0, "q", 1);
-    s_msg_t m;
-    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, socks, 2));
-    uint64_t bid = m.h.id;
-    s_close(&m);
-    void *w2 = socks[2] = s_raw(port, NULL, 0);
-    s_register(w2, "svc", 1, 0);
+    s_late_t t;
+    s_late_setup(&t);
+    void **socks = t.socks, *c = socks[0], *w1 = socks[1], *w2 = socks[2];
     void *live[2] = {c, w2};
-    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
-    CHECK_U64(m.h.id, bid);
-    s_close(&m);
+    uint64_t bid = t.bid;
+    s_msg_t m;
     s_answer(w2, AB_KIND_PARTIAL, bid, "part-w2 ");
     REQUIRE(s_wait(c, AB_KIND_PARTIAL, &m, 5000, live, 2));
     CHECK_TRUE(s_body_is(&m, "part-w2 "));
@@ -913,20 +919,7 @@ static void s_late_after_stream(void)
         s_close(&m);
     }
     CHECK_EQ(early, 0);
-    s_answer(w2, AB_KIND_REPLY, bid, "end-w2");
-    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
-    CHECK_TRUE(s_body_is(&m, "end-w2"));
-    CHECK_U64(m.h.correlation_id, 42);
-    s_close(&m);
-    ab_client_t *ctl = th_client(port);
-    Agentbus__Stats *st = th_stats(ctl);
-    REQUIRE(st != NULL);
-    CHECK_EQ(st->late_replies, 0);
-    CHECK_EQ(st->replies, 1);
-    agentbus__stats__free_unpacked(st, NULL);
-    ab_client_destroy(&ctl);
-    CHECK_TRUE(th_alive(broker));
-    s_raw_end(socks, 3);
+    s_w2_ends(&t, "end-w2");
 }
 
 /* --- 8: a worker that pushed a request back does not answer it later ---------- */
