@@ -23,192 +23,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
-static char s_data[512]; /* the broker's --data-dir */
+#include "authtest.h"
 
-/* Runs a shell command; REQUIREs exit 0. */
-static void s_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void s_sh(const char *fmt, ...)
-{
-    char cmd[2048], out[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int rc = th_run(cmd, out, sizeof out);
-    if (rc != 0)
-        fprintf(stderr, "command failed (%d): %s\n%s\n", rc, cmd, out);
-    REQUIRE(rc == 0);
-}
-
-/* brokerctl keygen NAME ARGS into <data>/certs; TRUST: its public half
- * into the keys directory too. */
-static void s_key(const char *name, const char *args, int trust)
-{
-    s_sh("%s keygen %s %s --out %s/certs", th_bin("brokerctl"), name, args, s_data);
-    if (trust)
-        s_sh("cp %s/certs/%s.key %s/keys/", s_data, name, s_data);
-}
-
-static const char *s_secret(const char *name)
-{
-    static char path[4][700];
-    static int slot;
-    char *p = path[slot++ % 4];
-    snprintf(p, sizeof path[0], "%s/certs/%s.key_secret", s_data, name);
-    return p;
-}
-
-static const char *s_broker_pub(void)
-{
-    static char path[600];
-    snprintf(path, sizeof path, "%s/broker.key", s_data);
-    return path;
-}
-
-/* The data dir with a broker keypair and an admin key, and the test's
- * own clients (th_client, th_broker's probe) set to prove the admin key. */
-static void s_setup(void)
-{
-    snprintf(s_data, sizeof s_data, "%s/data", th_dir());
-    s_sh("mkdir -p %s/keys %s/certs && chmod 700 %s/keys", s_data, s_data, s_data);
-    /* The broker's own keypair, made ahead so clients know its key. */
-    s_sh("%s keygen broker --role peer --out %s", th_bin("brokerctl"), s_data);
-    s_key("admin", "--role admin", 1);
-    setenv("AB_KEY", s_secret("admin"), 1);
-    setenv("AB_BROKER_KEY", s_broker_pub(), 1);
-}
-
-static pid_t s_broker(int port)
-{
-    return th_broker(port, "--auth", "curve", "--data-dir", s_data, NULL);
-}
-
-/* A client proving key NAME (NULL: none at all), named AGENT (or unnamed). */
-static ab_client_t *s_client(int port, const char *name, const char *agent, int takeover)
-{
-    ab_options_t *o = ab_options_new();
-    REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
-    if (name) {
-        REQUIRE(ab_options_set_key_file(o, s_secret(name)) == AB_OK);
-        REQUIRE(ab_options_set_broker_key(o, s_broker_pub()) == AB_OK);
-    } else {
-        ab_options_set_key_file(o, "");
-        ab_options_set_broker_key(o, "");
-    }
-    if (agent)
-        REQUIRE(ab_options_set_name(o, agent) == AB_OK);
-    ab_options_set_takeover(o, takeover);
-    ab_client_t *c = NULL;
-    REQUIRE(ab_client_new(&c, o) == AB_OK);
-    ab_options_destroy(&o);
-    return c;
-}
-
-static pid_t s_worker(int port, const char *key, const char *service, const char *extra)
-{
-    const char *argv[] = {"--broker", th_ep(port), "--backend", "echo", "--service", service,
-                          "--key", s_secret(key), "--broker-key", s_broker_pub(),
-                          extra ? "--capacity" : NULL, extra, NULL};
-    return th_spawn("agentbus-worker", argv, NULL);
-}
-
-/* Occurrences of TEXT in the log of PID. */
-static int s_log_count(pid_t pid, const char *text)
-{
-    FILE *f = fopen(th_log_of(pid), "r");
-    char line[2048];
-    int n = 0;
-    while (f && fgets(line, sizeof line, f))
-        n += strstr(line, text) != NULL;
-    if (f)
-        fclose(f);
-    return n;
-}
-
-/* 1 when the log of PID contains TEXT within timeout_ms. */
-static int s_log_has(pid_t pid, const char *text, int timeout_ms)
-{
-    for (int waited = 0; waited <= timeout_ms; waited += 50) {
-        if (s_log_count(pid, text) > 0)
-            return 1;
-        th_sleep_ms(50);
-    }
-    fprintf(stderr, "log of %d lacks: %s\n", (int)pid, text);
-    return 0;
-}
-
-static int s_request(ab_client_t *c, const char *service, const char *data, int timeout_ms,
-                     char *out, size_t cap)
-{
-    void *buf = NULL;
-    size_t len = 0;
-    int rc = ab_client_request(c, service, data, strlen(data), timeout_ms, &buf, &len);
-    if (out && cap) {
-        snprintf(out, cap, "%.*s", (int)(len < cap ? len : cap - 1), buf ? (char *)buf : "");
-    }
-    ab_free(buf);
-    return rc;
-}
-
-/* A raw DEALER proving key NAME (its own context in *CTX), with routing id
- * ID unless NULL. */
-static void *s_raw_as(int port, const char *name, const char *id, void **ctx);
-
-static void *s_raw(int port, const char *name, void **ctx)
-{
-    return s_raw_as(port, name, NULL, ctx);
-}
-
-static void *s_raw_as(int port, const char *name, const char *id, void **ctx)
-{
-    char pub[41], sec[41], srv[41];
-    th_cert_value(s_secret(name), "public-key", pub);
-    th_cert_value(s_secret(name), "secret-key", sec);
-    th_cert_value(s_broker_pub(), "public-key", srv);
-    *ctx = zmq_ctx_new();
-    void *raw = zmq_socket(*ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(raw, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(raw, ZMQ_CURVE_SERVERKEY, srv, 41);
-    zmq_setsockopt(raw, ZMQ_CURVE_PUBLICKEY, pub, 41);
-    zmq_setsockopt(raw, ZMQ_CURVE_SECRETKEY, sec, 41);
-    if (id)
-        zmq_setsockopt(raw, ZMQ_ROUTING_ID, id, strlen(id));
-    REQUIRE(zmq_connect(raw, th_ep(port)) == 0);
-    return raw;
-}
-
-static void s_raw_send(void *raw, ab_header_t *h, const char *data)
-{
-    uint8_t buf[256];
-    size_t n = ab_header_encode(h, buf, sizeof buf);
-    REQUIRE(n > 0);
-    zmq_send(raw, buf, n, data ? ZMQ_SNDMORE : 0);
-    if (data)
-        zmq_send(raw, data, strlen(data), 0);
-}
-
-/* The `denied` count of key NAME in `brokerctl keys`, or -1. */
-static long s_denied(const char *name)
-{
-    char cmd[1024], out[8192];
-    snprintf(cmd, sizeof cmd, "%s keys --json --broker %s 2>&1", th_bin("brokerctl"),
-             getenv("AB_TEST_EP"));
-    if (th_run(cmd, out, sizeof out) != 0)
-        return -1;
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"name\": \"%s\"", name);
-    char *p = strstr(out, pat);
-    p = p ? strstr(p, "\"denied\": ") : NULL;
-    return p ? strtol(p + 10, NULL, 10) : -1;
-}
-
-static int s_port_with_ep(void)
-{
-    int port = th_free_port();
-    setenv("AB_TEST_EP", th_ep(port), 1);
-    return port;
-}
 
 /* --- authentication ------------------------------------------------------- */
 
@@ -216,27 +32,27 @@ static int s_port_with_ep(void)
  * the ipc socket is the broker user's only, and ipc peers are the admin. */
 static void s_keypair(void)
 {
-    snprintf(s_data, sizeof s_data, "%s/fresh", th_dir());
+    snprintf(at_data, sizeof at_data, "%s/fresh", th_dir());
     int port = th_free_port();
     char ipc[600], ep[640];
     snprintf(ipc, sizeof ipc, "%s/b.ipc", th_dir());
     snprintf(ep, sizeof ep, "ipc://%s", ipc);
     const char *argv[] = {"--bind", th_ep(port), "--bind", ep, "--auth", "curve", "--data-dir",
-                          s_data, NULL};
+                          at_data, NULL};
     pid_t b = th_spawn("agentbus-broker", argv, NULL);
-    REQUIRE(s_log_has(b, "ready", 10000));
+    REQUIRE(at_log_has(b, "ready", 10000));
     char path[700];
     struct stat st;
-    snprintf(path, sizeof path, "%s/broker.key_secret", s_data);
+    snprintf(path, sizeof path, "%s/broker.key_secret", at_data);
     REQUIRE(stat(path, &st) == 0);
     CHECK_EQ(st.st_mode & 0777, 0600);
-    snprintf(path, sizeof path, "%s/keys", s_data);
+    snprintf(path, sizeof path, "%s/keys", at_data);
     REQUIRE(stat(path, &st) == 0);
     CHECK_EQ(st.st_mode & 0777, 0700);
     REQUIRE(stat(ipc, &st) == 0);
     CHECK_EQ(st.st_mode & 077, 0); /* no group or other access */
     char pub1[41], pub2[41];
-    snprintf(path, sizeof path, "%s/broker.key", s_data);
+    snprintf(path, sizeof path, "%s/broker.key", at_data);
     th_cert_value(path, "public-key", pub1);
     /* Over ipc, without a key: the local operator, an admin. */
     ab_options_t *o = ab_options_new();
@@ -256,16 +72,16 @@ static void s_keypair(void)
     ab_client_destroy(&c);
     CHECK_EQ(th_stop(b), 0);
     b = th_spawn("agentbus-broker", argv, NULL);
-    REQUIRE(s_log_has(b, "ready", 10000));
+    REQUIRE(at_log_has(b, "ready", 10000));
     th_cert_value(path, "public-key", pub2);
     CHECK_STR(pub2, pub1); /* the same keypair after a restart */
     /* A secret readable by others is refused, as ssh does. */
     CHECK_EQ(th_stop(b), 0);
-    snprintf(path, sizeof path, "%s/broker.key_secret", s_data);
+    snprintf(path, sizeof path, "%s/broker.key_secret", at_data);
     chmod(path, 0644);
     b = th_spawn("agentbus-broker", argv, NULL);
     CHECK_EQ(th_wait_exit(b, 10000), 1);
-    CHECK_TRUE(s_log_has(b, "readable by other users", 100));
+    CHECK_TRUE(at_log_has(b, "readable by other users", 100));
     /* Neither half is ever overwritten: a public half whose secret is gone
      * is refused (a new keypair replaced it, which peers may trust), and
      * so is the secret's own path as --broker-cert (it wrote a public
@@ -273,21 +89,21 @@ static void s_keypair(void)
     chmod(path, 0600);
     char moved[720], keys[700];
     snprintf(moved, sizeof moved, "%s.moved", path);
-    snprintf(keys, sizeof keys, "%s/keys", s_data);
+    snprintf(keys, sizeof keys, "%s/keys", at_data);
     REQUIRE(rename(path, moved) == 0);
     b = th_spawn("agentbus-broker", argv, NULL);
     CHECK_EQ(th_wait_exit(b, 10000), 1);
-    CHECK_TRUE(s_log_has(b, "exists but its secret half", 100));
-    snprintf(path, sizeof path, "%s/broker.key", s_data);
+    CHECK_TRUE(at_log_has(b, "exists but its secret half", 100));
+    snprintf(path, sizeof path, "%s/broker.key", at_data);
     th_cert_value(path, "public-key", pub2);
     CHECK_STR(pub2, pub1);
-    snprintf(path, sizeof path, "%s/broker.key_secret", s_data);
+    snprintf(path, sizeof path, "%s/broker.key_secret", at_data);
     REQUIRE(rename(moved, path) == 0);
     const char *argv2[] = {"--bind", th_ep(port), "--auth", "curve", "--keys-dir", keys,
                            "--broker-cert", path, NULL};
     b = th_spawn("agentbus-broker", argv2, NULL);
     CHECK_EQ(th_wait_exit(b, 10000), 1);
-    CHECK_TRUE(s_log_has(b, "give the public half's path", 100));
+    CHECK_TRUE(at_log_has(b, "give the public half's path", 100));
     th_cert_value(path, "secret-key", pub2);
     CHECK_TRUE(pub2[0] != '\0'); /* still the secret half */
     snprintf(moved, sizeof moved, "%s_secret", path);
@@ -298,30 +114,30 @@ static void s_keypair(void)
  * handshake and logged with the address. */
 static void s_handshake(void)
 {
-    s_setup();
-    s_key("ag1", "", 1);
-    s_key("stranger", "", 0);
-    s_key("w1", "--role worker --services echo", 1);
-    int port = s_port_with_ep();
-    pid_t b = s_broker(port);
-    s_worker(port, "w1", "echo", NULL);
+    at_setup();
+    at_key("ag1", "", 1);
+    at_key("stranger", "", 0);
+    at_key("w1", "--role worker --services echo", 1);
+    int port = at_port_with_ep();
+    pid_t b = at_broker(port);
+    at_worker(port, "w1", "echo", NULL);
     ab_client_t *adm = th_client(port);
     REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
-    ab_client_t *ok = s_client(port, "ag1", NULL, 0);
+    ab_client_t *ok = at_client(port, "ag1", NULL, 0);
     char out[64];
-    CHECK_EQ(s_request(ok, "echo", "hello", 5000, out, sizeof out), AB_OK);
+    CHECK_EQ(at_request(ok, "echo", "hello", 5000, out, sizeof out), AB_OK);
     CHECK_STR(out, "hello");
-    ab_client_t *bad = s_client(port, "stranger", NULL, 0);
-    CHECK_EQ(s_request(bad, "echo", "x", 5000, NULL, 0), AB_EDENIED);
+    ab_client_t *bad = at_client(port, "stranger", NULL, 0);
+    CHECK_EQ(at_request(bad, "echo", "x", 5000, NULL, 0), AB_EDENIED);
     CHECK_TRUE(strstr(ab_client_last_error(bad), "refused") != NULL);
     CHECK_EQ(ab_client_refused(bad), 1); /* what brokerctl tests, not the text */
     CHECK_EQ(ab_client_refused(ok), 0);
     char pub[41], line[200];
-    th_cert_value(s_secret("stranger"), "public-key", pub);
+    th_cert_value(at_secret("stranger"), "public-key", pub);
     snprintf(line, sizeof line, "refused a connection from 127.0.0.1: unknown key %s", pub);
-    CHECK_TRUE(s_log_has(b, line, 5000));
-    ab_client_t *none = s_client(port, NULL, NULL, 0);
-    CHECK_EQ(s_request(none, "echo", "x", 5000, NULL, 0), AB_EDENIED);
+    CHECK_TRUE(at_log_has(b, line, 5000));
+    ab_client_t *none = at_client(port, NULL, NULL, 0);
+    CHECK_EQ(at_request(none, "echo", "x", 5000, NULL, 0), AB_EDENIED);
     CHECK_TRUE(strstr(ab_client_last_error(none), "requires CURVE") != NULL);
     CHECK_EQ(ab_client_refused(none), 1);
     /* The broker names the cause when libzmq reports a mechanism mismatch,
@@ -329,7 +145,7 @@ static void s_handshake(void)
      * depends on timing, both are the refusal logged. */
     int logged = 0;
     for (int waited = 0; !logged && waited <= 5000; waited += 50) {
-        logged = s_log_count(b, "failed its handshake") + s_log_count(b, "does not use CURVE");
+        logged = at_log_count(b, "failed its handshake") + at_log_count(b, "does not use CURVE");
         if (!logged)
             th_sleep_ms(50);
     }
@@ -337,7 +153,7 @@ static void s_handshake(void)
     /* The stranger retries for ever; it is logged once a minute. */
     th_sleep_ms(1000);
     snprintf(line, sizeof line, "unknown key %s", pub);
-    CHECK_EQ(s_log_count(b, line), 1);
+    CHECK_EQ(at_log_count(b, line), 1);
     /* Each is counted, not only logged: the stranger's key at ZAP, the
      * keyless client's failed ZMTP handshake before it. */
     Agentbus__Stats *st = th_stats(adm);
@@ -361,14 +177,14 @@ static void s_bind_guard(void)
     const char *plain[] = {"--bind", ep, NULL};
     pid_t b = th_spawn("agentbus-broker", plain, NULL);
     CHECK_EQ(th_wait_exit(b, 10000), 2);
-    CHECK_TRUE(s_log_has(b, "refusing to bind", 100));
-    CHECK_TRUE(s_log_has(b, "--insecure", 100));
+    CHECK_TRUE(at_log_has(b, "refusing to bind", 100));
+    CHECK_TRUE(at_log_has(b, "--insecure", 100));
     const char *star[] = {"--bind", "tcp://*:0", NULL};
     b = th_spawn("agentbus-broker", star, NULL);
     CHECK_EQ(th_wait_exit(b, 10000), 2);
     const char *insecure[] = {"--bind", ep, "--insecure", NULL};
     b = th_spawn("agentbus-broker", insecure, NULL);
-    CHECK_TRUE(s_log_has(b, "ready", 10000));
+    CHECK_TRUE(at_log_has(b, "ready", 10000));
     ab_client_t *c = th_client(port); /* reached on 127.0.0.1 through 0.0.0.0 */
     Agentbus__Stats *st = th_stats(c);
     CHECK_TRUE(st != NULL);
@@ -376,12 +192,12 @@ static void s_bind_guard(void)
         agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&c);
     CHECK_EQ(th_stop(b), 0);
-    s_setup();
+    at_setup();
     char ep2[64];
     snprintf(ep2, sizeof ep2, "tcp://0.0.0.0:%d", th_free_port());
-    const char *curve[] = {"--bind", ep2, "--auth", "curve", "--data-dir", s_data, NULL};
+    const char *curve[] = {"--bind", ep2, "--auth", "curve", "--data-dir", at_data, NULL};
     b = th_spawn("agentbus-broker", curve, NULL);
-    CHECK_TRUE(s_log_has(b, "ready", 10000));
+    CHECK_TRUE(at_log_has(b, "ready", 10000));
 }
 
 /* --- authorization -------------------------------------------------------- */
@@ -390,19 +206,19 @@ static void s_bind_guard(void)
  * within its capacity grant. Refusals are DENIED and counted per key. */
 static void s_register(void)
 {
-    s_setup();
-    s_key("ag1", "", 1);
-    s_key("wecho", "--role worker --services echo --capacity 8", 1);
-    int port = s_port_with_ep();
-    pid_t b = s_broker(port);
+    at_setup();
+    at_key("ag1", "", 1);
+    at_key("wecho", "--role worker --services echo --capacity 8", 1);
+    int port = at_port_with_ep();
+    pid_t b = at_broker(port);
     ab_client_t *adm = th_client(port);
-    s_worker(port, "ag1", "echo", NULL);
-    CHECK_TRUE(s_log_has(b, "denied REGISTER 'echo' to key ag1 (agent)", 10000));
-    s_worker(port, "wecho", "ollama", NULL);
-    CHECK_TRUE(s_log_has(b, "denied REGISTER 'ollama' to key wecho (worker)", 10000));
-    s_worker(port, "wecho", "echo", "16"); /* capacity 16 > its grant of 8 */
-    CHECK_TRUE(s_log_has(b, "capacity above this key's grant", 10000));
-    s_worker(port, "wecho", "echo", "8");
+    at_worker(port, "ag1", "echo", NULL);
+    CHECK_TRUE(at_log_has(b, "denied REGISTER 'echo' to key ag1 (agent)", 10000));
+    at_worker(port, "wecho", "ollama", NULL);
+    CHECK_TRUE(at_log_has(b, "denied REGISTER 'ollama' to key wecho (worker)", 10000));
+    at_worker(port, "wecho", "echo", "16"); /* capacity 16 > its grant of 8 */
+    CHECK_TRUE(at_log_has(b, "capacity above this key's grant", 10000));
+    at_worker(port, "wecho", "echo", "8");
     REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
     Agentbus__WorkerList *wl = th_workers(adm);
     REQUIRE(wl != NULL);
@@ -412,9 +228,9 @@ static void s_register(void)
         CHECK_EQ(wl->workers[0]->capacity, 8);
     }
     agentbus__worker_list__free_unpacked(wl, NULL);
-    CHECK_TRUE(s_denied("ag1") >= 1);
-    CHECK_TRUE(s_denied("wecho") >= 2);
-    CHECK_EQ(s_denied("admin"), 0);
+    CHECK_TRUE(at_denied("ag1") >= 1);
+    CHECK_TRUE(at_denied("wecho") >= 2);
+    CHECK_EQ(at_denied("admin"), 0);
     Agentbus__Stats *st = th_stats(adm);
     REQUIRE(st != NULL);
     CHECK_TRUE(th_stat_error(st, "DENIED") >= 3);
@@ -422,58 +238,42 @@ static void s_register(void)
     ab_client_destroy(&adm);
 }
 
-typedef struct {
-    int done, status;
-    char data[64];
-} s_answer_t;
-
-static void s_keep(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
-{
-    (void)c;
-    s_answer_t *a = arg;
-    if (!ev->final)
-        return;
-    a->done = 1;
-    a->status = ev->status;
-    snprintf(a->data, sizeof a->data, "%.*s", (int)(ev->size < 63 ? ev->size : 63),
-             ev->data ? (const char *)ev->data : "");
-}
 
 /* A worker cannot answer a request it was not given: a trusted worker key
  * forging replies for others' request ids is dropped, and nothing it
  * forged reaches the client or the cache. */
 static void s_forged_answer(void)
 {
-    s_setup();
-    s_key("w1", "--role worker --services echo", 1);
-    s_key("w2", "--role worker --services echo,echo2", 1);
-    s_key("ag1", "", 1);
-    int port = s_port_with_ep();
-    s_broker(port);
+    at_setup();
+    at_key("w1", "--role worker --services echo", 1);
+    at_key("w2", "--role worker --services echo,echo2", 1);
+    at_key("ag1", "", 1);
+    int port = at_port_with_ep();
+    at_broker(port);
     const char *argv[] = {"--broker", th_ep(port), "--service", "echo", "--delay-ms", "1000",
-                          "--key", s_secret("w1"), "--broker-key", s_broker_pub(), NULL};
+                          "--key", at_secret("w1"), "--broker-key", at_broker_pub(), NULL};
     th_spawn("agentbus-worker", argv, NULL);
     ab_client_t *adm = th_client(port);
     REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
     void *ctx;
-    void *raw = s_raw(port, "w2", &ctx);
+    void *raw = at_raw(port, "w2", &ctx);
     ab_header_t reg = ab_header_init(AB_KIND_REGISTER);
     reg.id = 1;
     reg.target = (ab_view_t){"echo2", 5};
     reg.credit = 1;
-    s_raw_send(raw, &reg, NULL);
+    at_raw_send(raw, &reg, NULL);
     REQUIRE(th_wait_workers(adm, "echo2", 1, 10000) == 0);
-    ab_client_t *c = s_client(port, "ag1", NULL, 0);
+    ab_client_t *c = at_client(port, "ag1", NULL, 0);
     ab_client_set_cache(c, AB_CACHE_ON, 600);
     /* The request waits a second at w1 while w2 answers every id. */
-    s_answer_t got = {0};
-    CHECK_EQ(ab_client_request_start(c, "echo", "real", 4, NULL, s_keep, &got, NULL), AB_OK);
+    at_answer_t got = {0};
+    CHECK_EQ(ab_client_request_start(c, "echo", "real", 4, NULL, at_keep, &got, NULL), AB_OK);
     for (int i = 0; i < 10; i++)
         ab_client_poll(c, 10);
     for (uint64_t id = 1; id <= 50; id++) {
         ab_header_t h = ab_header_init(AB_KIND_REPLY);
         h.correlation_id = id;
-        s_raw_send(raw, &h, "forged");
+        at_raw_send(raw, &h, "forged");
     }
     for (int i = 0; i < 1000 && !got.done; i++)
         ab_client_poll(c, 10);
@@ -492,7 +292,7 @@ static void s_forged_answer(void)
     CHECK_U64(dropped, 50);
     /* What the cache holds is the real answer. */
     char out[64];
-    CHECK_EQ(s_request(c, "echo", "real", 5000, out, sizeof out), AB_OK);
+    CHECK_EQ(at_request(c, "echo", "real", 5000, out, sizeof out), AB_OK);
     CHECK_STR(out, "real");
     zmq_close(raw);
     zmq_ctx_term(ctx);
@@ -500,39 +300,6 @@ static void s_forged_answer(void)
     ab_client_destroy(&adm);
 }
 
-/* The next message of KIND on RAW within MS (polling C, and sending a
- * HEARTBEAT from BEAT every 100 ms so the broker keeps that raw worker);
- * its header's id (or correlation id when ID is 0), or 0. */
-static uint64_t s_raw_next(void *raw, uint32_t kind, int ms, ab_client_t *c, void *beat)
-{
-    int64_t end = ab_now_ms() + ms, next_beat = 0;
-    while (ab_now_ms() < end) {
-        if (beat && ab_now_ms() >= next_beat) {
-            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
-            s_raw_send(beat, &hb, NULL);
-            next_beat = ab_now_ms() + 100;
-        }
-        if (c)
-            ab_client_poll(c, 10);
-        zmq_pollitem_t it = {raw, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, 10) <= 0)
-            continue;
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        zmq_msg_recv(&m, raw, 0);
-        ab_header_t h;
-        int ok = ab_header_parse(zmq_msg_data(&m), zmq_msg_size(&m), &h) == AB_OK;
-        while (zmq_msg_more(&m)) {
-            zmq_msg_close(&m);
-            zmq_msg_init(&m);
-            zmq_msg_recv(&m, raw, 0);
-        }
-        zmq_msg_close(&m);
-        if (ok && h.kind == kind)
-            return h.id ? h.id : h.correlation_id ? h.correlation_id : 1;
-    }
-    return 0;
-}
 
 /* A late answer (from a worker the request went to before, presumed dead)
  * is matched by that worker's routing id, which is the peer's to choose.
@@ -542,40 +309,40 @@ static uint64_t s_raw_next(void *raw, uint32_t kind, int ms, ab_client_t *c, voi
  * again answers it. */
 static void s_late_answer_key(void)
 {
-    s_setup();
-    s_key("w1", "--role worker --services svc", 1);
-    s_key("w2", "--role worker --services svc", 1);
-    s_key("ag1", "", 1);
-    s_key("evil", "--role agent", 1);
-    int port = s_port_with_ep();
-    s_broker(port);
+    at_setup();
+    at_key("w1", "--role worker --services svc", 1);
+    at_key("w2", "--role worker --services svc", 1);
+    at_key("ag1", "", 1);
+    at_key("evil", "--role agent", 1);
+    int port = at_port_with_ep();
+    at_broker(port);
     ab_client_t *adm = th_client(port);
     void *ctx1, *ctx2, *ctx3 = NULL, *ev = NULL;
-    void *w1 = s_raw_as(port, "w1", "taken-id", &ctx1);
+    void *w1 = at_raw_as(port, "w1", "taken-id", &ctx1);
     ab_header_t reg = ab_header_init(AB_KIND_REGISTER);
     reg.id = 1;
     reg.target = (ab_view_t){"svc", 3};
     reg.credit = 1;
-    s_raw_send(w1, &reg, NULL);
+    at_raw_send(w1, &reg, NULL);
     REQUIRE(th_wait_workers(adm, "svc", 1, 10000) == 0);
-    ab_client_t *c = s_client(port, "ag1", NULL, 0);
-    s_answer_t got = {0};
-    CHECK_EQ(ab_client_request_start(c, "svc", "q", 1, NULL, s_keep, &got, NULL), AB_OK);
-    uint64_t bid = s_raw_next(w1, AB_KIND_REQUEST, 5000, c, w1);
+    ab_client_t *c = at_client(port, "ag1", NULL, 0);
+    at_answer_t got = {0};
+    CHECK_EQ(ab_client_request_start(c, "svc", "q", 1, NULL, at_keep, &got, NULL), AB_OK);
+    uint64_t bid = at_raw_next(w1, AB_KIND_REQUEST, 5000, c, w1);
     REQUIRE(bid != 0);
     zmq_close(w1); /* lost while holding it: it goes to w2 */
     zmq_ctx_term(ctx1);
-    void *w2 = s_raw(port, "w2", &ctx2);
-    s_raw_send(w2, &reg, NULL);
-    CHECK_U64(s_raw_next(w2, AB_KIND_REQUEST, 10000, c, w2), bid);
+    void *w2 = at_raw(port, "w2", &ctx2);
+    at_raw_send(w2, &reg, NULL);
+    CHECK_U64(at_raw_next(w2, AB_KIND_REQUEST, 10000, c, w2), bid);
     /* evil takes w1's routing id: once the broker answers its HELLO, what
      * it sends is read (the old connection's id is free). */
     for (int i = 0; i < 20 && !ev; i++) {
-        ev = s_raw_as(port, "evil", "taken-id", &ctx3);
+        ev = at_raw_as(port, "evil", "taken-id", &ctx3);
         ab_header_t hello = ab_header_init(AB_KIND_HELLO);
         hello.id = 7;
-        s_raw_send(ev, &hello, NULL);
-        if (!s_raw_next(ev, AB_KIND_HELLO, 500, c, w2)) {
+        at_raw_send(ev, &hello, NULL);
+        if (!at_raw_next(ev, AB_KIND_HELLO, 500, c, w2)) {
             zmq_close(ev);
             zmq_ctx_term(ctx3);
             ev = NULL;
@@ -584,10 +351,10 @@ static void s_late_answer_key(void)
     REQUIRE(ev != NULL);
     ab_header_t h = ab_header_init(AB_KIND_REPLY);
     h.correlation_id = bid;
-    s_raw_send(ev, &h, "forged");
-    s_raw_next(w2, AB_KIND_CANCEL, 1000, c, w2); /* a second passes; no CANCEL for w2 */
+    at_raw_send(ev, &h, "forged");
+    at_raw_next(w2, AB_KIND_CANCEL, 1000, c, w2); /* a second passes; no CANCEL for w2 */
     CHECK_EQ(got.done, 0);
-    s_raw_send(w2, &h, "real");
+    at_raw_send(w2, &h, "real");
     for (int i = 0; i < 500 && !got.done; i++)
         ab_client_poll(c, 10);
     CHECK_EQ(got.status, AB_OK);
@@ -609,19 +376,19 @@ static void s_late_answer_key(void)
  * agent's name (takeover or offline mailbox) and read its messages. */
 static void s_names(void)
 {
-    s_setup();
-    s_key("ag1", "", 1);
-    s_key("bob", "--names bob", 1);
-    s_key("team", "--names 'team-*'", 1);
-    int port = s_port_with_ep();
-    pid_t b = s_broker(port);
+    at_setup();
+    at_key("ag1", "", 1);
+    at_key("bob", "--names bob", 1);
+    at_key("team", "--names 'team-*'", 1);
+    int port = at_port_with_ep();
+    pid_t b = at_broker(port);
     ab_client_t *adm = th_client(port);
     /* A message waits in bob's mailbox while bob is offline. */
     int queued = 0;
     CHECK_EQ(ab_client_send_wait(adm, "bob", "for bob", 7, 0, 3000, &queued), AB_OK);
     CHECK_EQ(queued, 1);
-    ab_client_t *thief = s_client(port, "ag1", "bob", 1);
-    CHECK_TRUE(s_log_has(b, "denied HELLO 'bob' to key ag1 (agent)", 10000));
+    ab_client_t *thief = at_client(port, "ag1", "bob", 1);
+    CHECK_TRUE(at_log_has(b, "denied HELLO 'bob' to key ag1 (agent)", 10000));
     ab_message_t *m = NULL;
     int stolen = 0, denied = 0;
     for (int i = 0; i < 10; i++) {
@@ -633,10 +400,10 @@ static void s_names(void)
     }
     CHECK_EQ(stolen, 0);
     CHECK_TRUE(denied >= 1); /* told why, as a message (for each HELLO) */
-    ab_client_t *t1 = s_client(port, "team", "team-a", 0);
-    ab_client_t *t2 = s_client(port, "team", "other", 0);
+    ab_client_t *t1 = at_client(port, "team", "team-a", 0);
+    ab_client_t *t2 = at_client(port, "team", "other", 0);
     /* The owner gets the message that waited. */
-    ab_client_t *bob = s_client(port, "bob", "bob", 0);
+    ab_client_t *bob = at_client(port, "bob", "bob", 0);
     CHECK_EQ(ab_client_recv(bob, &m, 5000), AB_OK);
     if (m)
         CHECK_TRUE(m->size == 7 && memcmp(m->data, "for bob", 7) == 0);
@@ -658,8 +425,8 @@ static void s_names(void)
     CHECK_EQ(team_a, 1);
     CHECK_EQ(other, 0);
     agentbus__agent_list__free_unpacked(al, NULL);
-    CHECK_TRUE(s_denied("ag1") >= 1);
-    CHECK_TRUE(s_denied("team") >= 1);
+    CHECK_TRUE(at_denied("ag1") >= 1);
+    CHECK_TRUE(at_denied("team") >= 1);
     ab_client_destroy(&t1);
     ab_client_destroy(&t2);
     ab_client_destroy(&bob);
@@ -672,15 +439,15 @@ static void s_names(void)
  * to print the error and wait for ever). */
 static void s_listen_denied(void)
 {
-    s_setup();
-    s_key("fay", "--names ''", 1);
-    int port = s_port_with_ep();
-    s_broker(port);
+    at_setup();
+    at_key("fay", "--names ''", 1);
+    int port = at_port_with_ep();
+    at_broker(port);
     char ctl[600], cmd[2600], out[4096];
     snprintf(ctl, sizeof ctl, "%s", th_bin("brokerctl"));
     for (int json = 0; json < 2; json++) {
         snprintf(cmd, sizeof cmd, "timeout 20 %s --broker %s --key %s --broker-key %s listen fay "
-                 "--count 1%s", ctl, th_ep(port), s_secret("fay"), s_broker_pub(),
+                 "--count 1%s", ctl, th_ep(port), at_secret("fay"), at_broker_pub(),
                  json ? " --json" : "");
         int64_t t0 = ab_now_ms();
         CHECK_EQ(th_run(cmd, out, sizeof out), 1);
@@ -698,17 +465,17 @@ static void s_listen_denied(void)
  * worker keeps trying, and says so once. */
 static void s_worker_refused(void)
 {
-    s_setup();
-    s_key("stranger", "--role worker --services echo", 0);
-    s_key("ag1", "", 1);
-    int port = s_port_with_ep();
-    s_broker(port);
+    at_setup();
+    at_key("stranger", "--role worker --services echo", 0);
+    at_key("ag1", "", 1);
+    int port = at_port_with_ep();
+    at_broker(port);
     const char *nokey[] = {"AB_KEY=", "AB_BROKER_KEY=", NULL};
     const char *argv[] = {"--broker", th_ep(port), NULL};
     pid_t w[3];
     w[0] = th_spawn("agentbus-worker", argv, nokey);
-    w[1] = s_worker(port, "stranger", "echo", NULL);
-    w[2] = s_worker(port, "ag1", "echo", NULL);
+    w[1] = at_worker(port, "stranger", "echo", NULL);
+    w[2] = at_worker(port, "ag1", "echo", NULL);
     static const char *why[3] = {"DENIED: the broker refused the connection's handshake: it "
                                  "requires CURVE",
                                  "DENIED: the broker refused the connection's handshake: its "
@@ -718,13 +485,13 @@ static void s_worker_refused(void)
     for (int i = 0; i < 3; i++) {
         snprintf(line, sizeof line, "WARN  worker    the broker at %s refused this worker: %s",
                  th_ep(port), why[i]);
-        CHECK_TRUE(s_log_has(w[i], line, 10000));
+        CHECK_TRUE(at_log_has(w[i], line, 10000));
     }
     th_sleep_ms(6000); /* past the 5 s after which "no broker reachable" was said */
     for (int i = 0; i < 3; i++) {
         CHECK_TRUE(th_alive(w[i]));
-        CHECK_EQ(s_log_count(w[i], "no broker reachable"), 0);
-        CHECK_EQ(s_log_count(w[i], "refused this worker"), 1); /* not at each retry */
+        CHECK_EQ(at_log_count(w[i], "no broker reachable"), 0);
+        CHECK_EQ(at_log_count(w[i], "refused this worker"), 1); /* not at each retry */
     }
 }
 
@@ -736,9 +503,9 @@ static void s_worker_refused(void)
  * several retries (500 ms, 1 s, 2 s apart). */
 static void s_refused_sticky(void)
 {
-    s_setup();
-    int port = s_port_with_ep();
-    s_broker(port);
+    at_setup();
+    int port = at_port_with_ep();
+    at_broker(port);
     ab_options_t *o = ab_options_new();
     REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
     ab_options_set_key_file(o, ""); /* not the admin key of AB_KEY */
@@ -792,13 +559,13 @@ static void s_admin_flag(ab_client_t *c)
  * to workers (models load/unload). */
 static void s_admin_verbs(void)
 {
-    s_setup();
-    s_key("ag1", "", 1);
-    s_key("wv", "--role worker --services vouch", 1);
-    int port = s_port_with_ep();
-    s_broker(port);
+    at_setup();
+    at_key("ag1", "", 1);
+    at_key("wv", "--role worker --services vouch", 1);
+    int port = at_port_with_ep();
+    at_broker(port);
     ab_client_t *adm = th_client(port);
-    ab_client_t *ag = s_client(port, "ag1", NULL, 0);
+    ab_client_t *ag = at_client(port, "ag1", NULL, 0);
     const char *verbs[] = {"cache clear", "cache clear l1", "cache get 00000000000000000000000000000000",
                            "keys", "keys reload", "drain", "eject x"};
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
@@ -824,7 +591,7 @@ static void s_admin_verbs(void)
     /* A worker in this process sees who vouched. */
     ab_options_t *o = ab_options_new();
     ab_options_set_endpoint(o, th_ep(port));
-    REQUIRE(ab_options_set_key_file(o, s_secret("wv")) == AB_OK);
+    REQUIRE(ab_options_set_key_file(o, at_secret("wv")) == AB_OK);
     ab_worker_t *w = NULL;
     REQUIRE(ab_worker_new(&w, o, "vouch", 4) == AB_OK);
     ab_options_destroy(&o);
@@ -861,31 +628,31 @@ static void s_admin_verbs(void)
  * works again. */
 static void s_removed_key(void)
 {
-    s_setup();
-    s_key("ag1", "", 1);
-    s_key("w1", "--role worker --services echo", 1);
-    int port = s_port_with_ep();
-    pid_t b = s_broker(port);
-    s_worker(port, "w1", "echo", NULL);
+    at_setup();
+    at_key("ag1", "", 1);
+    at_key("w1", "--role worker --services echo", 1);
+    int port = at_port_with_ep();
+    pid_t b = at_broker(port);
+    at_worker(port, "w1", "echo", NULL);
     ab_client_t *adm = th_client(port);
     REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
-    ab_client_t *ag = s_client(port, "ag1", NULL, 0);
-    CHECK_EQ(s_request(ag, "echo", "before", 5000, NULL, 0), AB_OK);
-    s_sh("rm %s/keys/ag1.key", s_data);
-    CHECK_TRUE(s_log_has(b, "key ag1", 10000) && s_log_has(b, "no longer trusted", 10000));
-    CHECK_EQ(s_denied("ag1"), -1); /* not listed any more */
-    int rc = s_request(ag, "echo", "after", 1500, NULL, 0);
+    ab_client_t *ag = at_client(port, "ag1", NULL, 0);
+    CHECK_EQ(at_request(ag, "echo", "before", 5000, NULL, 0), AB_OK);
+    at_sh("rm %s/keys/ag1.key", at_data);
+    CHECK_TRUE(at_log_has(b, "key ag1", 10000) && at_log_has(b, "no longer trusted", 10000));
+    CHECK_EQ(at_denied("ag1"), -1); /* not listed any more */
+    int rc = at_request(ag, "echo", "after", 1500, NULL, 0);
     CHECK_TRUE(rc != AB_OK); /* DISCONNECTED, DENIED, TIMEOUT: as the events fall */
     char pub[41], line[200];
-    th_cert_value(s_secret("ag1"), "public-key", pub);
+    th_cert_value(at_secret("ag1"), "public-key", pub);
     snprintf(line, sizeof line, "unknown key %s", pub);
-    CHECK_TRUE(s_log_has(b, line, 10000)); /* its reconnect is refused */
+    CHECK_TRUE(at_log_has(b, line, 10000)); /* its reconnect is refused */
     /* Back, and SIGHUP (a directory watch may also see it first). */
-    s_sh("cp %s/certs/ag1.key %s/keys/", s_data, s_data);
+    at_sh("cp %s/certs/ag1.key %s/keys/", at_data, at_data);
     kill(b, SIGHUP);
     int back = 0;
     for (int i = 0; i < 100 && !back; i++) {
-        int rc2 = s_request(ag, "echo", "again", 500, NULL, 0);
+        int rc2 = at_request(ag, "echo", "again", 500, NULL, 0);
         back = rc2 == AB_OK;
         if (!back)
             th_sleep_ms(200); /* the library retries a refused handshake, backing off */
@@ -949,7 +716,7 @@ static void s_hangup(void)
     unsetenv("AB_KEY");
     unsetenv("AB_BROKER_KEY");
     int port = th_free_port();
-    ab_client_t *none = s_client(port, NULL, NULL, 0);
+    ab_client_t *none = at_client(port, NULL, NULL, 0);
     s_hang_up_once(port, none);
     CHECK_EQ(ab_client_refused(none), 0);
     pid_t b = th_broker(port, NULL);
@@ -958,12 +725,12 @@ static void s_hangup(void)
     ab_client_destroy(&none);
     th_stop(b);
     /* Keyed, against a CURVE broker. */
-    s_setup();
+    at_setup();
     port = th_free_port();
-    ab_client_t *adm = s_client(port, "admin", NULL, 0);
+    ab_client_t *adm = at_client(port, "admin", NULL, 0);
     s_hang_up_once(port, adm);
     CHECK_EQ(ab_client_refused(adm), 0);
-    b = s_broker(port);
+    b = at_broker(port);
     CHECK_TRUE(s_stats_ok(adm));
     CHECK_EQ(ab_client_refused(adm), 0);
     ab_client_destroy(&adm);
@@ -992,36 +759,36 @@ static int s_wait_pending(ab_client_t *ctl, uint64_t n, ab_client_t **polled, in
  * not held back, and every request gets exactly one answer. */
 static void s_key_quota(void)
 {
-    s_setup();
-    s_key("alice", "--role agent --names 'a*'", 1);
-    s_key("bob", "--role agent", 1);
-    s_key("wk", "--role worker --services slow", 1);
+    at_setup();
+    at_key("alice", "--role agent --names 'a*'", 1);
+    at_key("bob", "--role agent", 1);
+    at_key("wk", "--role worker --services slow", 1);
     int port = th_free_port();
-    th_broker(port, "--auth", "curve", "--data-dir", s_data, "--max-client-queued", "2", NULL);
+    th_broker(port, "--auth", "curve", "--data-dir", at_data, "--max-client-queued", "2", NULL);
     const char *argv[] = {"--broker", th_ep(port), "--backend", "echo", "--service", "slow",
-                          "--capacity", "1", "--delay-ms", "1500", "--key", s_secret("wk"),
-                          "--broker-key", s_broker_pub(), NULL};
+                          "--capacity", "1", "--delay-ms", "1500", "--key", at_secret("wk"),
+                          "--broker-key", at_broker_pub(), NULL};
     th_spawn("agentbus-worker", argv, NULL);
     ab_client_t *ctl = th_client(port);
     REQUIRE(th_wait_workers(ctl, "slow", 1, 10000) == 0);
-    ab_client_t *a1 = s_client(port, "alice", "a1", 0);
-    ab_client_t *a2 = s_client(port, "alice", "a2", 0);
-    ab_client_t *bob = s_client(port, "bob", NULL, 0);
-    s_answer_t r[5] = {{0}};
+    ab_client_t *a1 = at_client(port, "alice", "a1", 0);
+    ab_client_t *a2 = at_client(port, "alice", "a2", 0);
+    ab_client_t *bob = at_client(port, "bob", NULL, 0);
+    at_answer_t r[5] = {{0}};
     ab_request_opts_t opts = {.timeout_ms = 20000};
     /* a1: one at the worker, then two queued: alice's quota is full. */
-    CHECK_EQ(ab_client_request_start(a1, "slow", "1", 1, &opts, s_keep, &r[0], NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(a1, "slow", "1", 1, &opts, at_keep, &r[0], NULL), AB_OK);
     ab_client_t *polled[] = {a1, bob};
     CHECK_TRUE(s_wait_pending(ctl, 1, polled, 1));
     for (int i = 1; i <= 2; i++)
-        CHECK_EQ(ab_client_request_start(a1, "slow", "q", 1, &opts, s_keep, &r[i], NULL), AB_OK);
+        CHECK_EQ(ab_client_request_start(a1, "slow", "q", 1, &opts, at_keep, &r[i], NULL), AB_OK);
     /* Until the broker holds all three of a1's: a2's request must come after
      * them, which two connections do not promise by themselves (on a busy
      * machine a2's went first). The other handles are polled throughout, so
      * their heartbeats keep them alive. */
     CHECK_TRUE(s_wait_pending(ctl, 3, polled, 2));
     /* a2 proves the same key under another name: same client, refused. */
-    CHECK_EQ(ab_client_request_start(a2, "slow", "x", 1, &opts, s_keep, &r[3], NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(a2, "slow", "x", 1, &opts, at_keep, &r[3], NULL), AB_OK);
     for (int64_t end = ab_now_ms() + 10000; !r[3].done && ab_now_ms() < end;) {
         ab_client_poll(a2, 50);
         ab_client_poll(a1, 0);
@@ -1029,7 +796,7 @@ static void s_key_quota(void)
     }
     CHECK_EQ(r[3].status, AB_EBUSY);
     /* bob is another client: queued, not refused. */
-    CHECK_EQ(ab_client_request_start(bob, "slow", "b", 1, &opts, s_keep, &r[4], NULL), AB_OK);
+    CHECK_EQ(ab_client_request_start(bob, "slow", "b", 1, &opts, at_keep, &r[4], NULL), AB_OK);
     for (int64_t end = ab_now_ms() + 30000;
          ab_now_ms() < end && !(r[0].done && r[1].done && r[2].done && r[4].done);) {
         ab_client_poll(a1, 20);
@@ -1056,7 +823,8 @@ int main(int argc, char **argv)
     const th_case_t cases[] = {
         {"keypair", s_keypair},         {"handshake", s_handshake},
         {"bind_guard", s_bind_guard},   {"register", s_register},
-        {"forged_answer", s_forged_answer}, {"late_answer_key", s_late_answer_key}, {"names", s_names},
+        {"forged_answer", s_forged_answer}, {"late_answer_key", s_late_answer_key},
+        {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
         {"listen_denied", s_listen_denied}, {"worker_refused", s_worker_refused},
