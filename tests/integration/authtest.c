@@ -244,3 +244,12 @@ uint64_t at_raw_next(void *raw, uint32_t kind, int ms, ab_client_t *c, void *bea
     }
     return 0;
 }
+
+void at_raw_register(void *raw, const char *service)
+{
+    ab_header_t reg = ab_header_init(AB_KIND_REGISTER);
+    reg.id = 1;
+    reg.target = (ab_view_t){service, strlen(service)};
+    reg.credit = 1;
+    at_raw_send(raw, &reg, NULL);
+}

@@ -38,6 +38,8 @@ int at_request(ab_client_t *c, const char *service, const char *data, int timeou
 void *at_raw(int port, const char *name, void **ctx);
 void *at_raw_as(int port, const char *name, const char *id, void **ctx);
 void at_raw_send(void *raw, ab_header_t *h, const char *data);
+/* RAW registers SERVICE as a worker of capacity 1. */
+void at_raw_register(void *raw, const char *service);
 /* The next message of KIND on RAW within MS (polling C, and a HEARTBEAT
  * from BEAT every 100 ms); its header's id (or correlation id), or 0. */
 uint64_t at_raw_next(void *raw, uint32_t kind, int ms, ab_client_t *c, void *beat);

@@ -257,11 +257,7 @@ static void s_forged_answer(void)
     REQUIRE(th_wait_workers(adm, "echo", 1, 10000) == 0);
     void *ctx;
     void *raw = at_raw(port, "w2", &ctx);
-    ab_header_t reg = ab_header_init(AB_KIND_REGISTER);
-    reg.id = 1;
-    reg.target = (ab_view_t){"echo2", 5};
-    reg.credit = 1;
-    at_raw_send(raw, &reg, NULL);
+    at_raw_register(raw, "echo2");
     REQUIRE(th_wait_workers(adm, "echo2", 1, 10000) == 0);
     ab_client_t *c = at_client(port, "ag1", NULL, 0);
     ab_client_set_cache(c, AB_CACHE_ON, 600);
@@ -319,11 +315,7 @@ static void s_late_answer_key(void)
     ab_client_t *adm = th_client(port);
     void *ctx1, *ctx2, *ctx3 = NULL, *ev = NULL;
     void *w1 = at_raw_as(port, "w1", "taken-id", &ctx1);
-    ab_header_t reg = ab_header_init(AB_KIND_REGISTER);
-    reg.id = 1;
-    reg.target = (ab_view_t){"svc", 3};
-    reg.credit = 1;
-    at_raw_send(w1, &reg, NULL);
+    at_raw_register(w1, "svc");
     REQUIRE(th_wait_workers(adm, "svc", 1, 10000) == 0);
     ab_client_t *c = at_client(port, "ag1", NULL, 0);
     at_answer_t got = {0};
@@ -333,7 +325,7 @@ static void s_late_answer_key(void)
     zmq_close(w1); /* lost while holding it: it goes to w2 */
     zmq_ctx_term(ctx1);
     void *w2 = at_raw(port, "w2", &ctx2);
-    at_raw_send(w2, &reg, NULL);
+    at_raw_register(w2, "svc");
     CHECK_U64(at_raw_next(w2, AB_KIND_REQUEST, 10000, c, w2), bid);
     /* evil takes w1's routing id: once the broker answers its HELLO, what
      * it sends is read (the old connection's id is free). */
