@@ -355,7 +355,7 @@ static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role
         return NULL;
     p->rid = *rid;
     p->name = s_no_name;
-    p->rid_hash = ab_rid_hash(rid);
+    p->rid_hash = ab_rid_hash(rid, b->in_key);
     s_peer_key(b, p);
     p->role = role;
     p->connected_ms = p->last_seen_ms = now;

@@ -85,7 +85,8 @@ typedef struct {
     uint8_t link_role;       /* AB_LINK_* (link.h): connection, remote worker or client */
     struct ab_remote *remote; /* a remote worker's directory entry (link_int.h), owned by
                                  its link: placement reads it per request without a lookup */
-    uint64_t rid_hash;       /* ab_rid_hash(&rid), made once: each dispatch records it */
+    uint64_t rid_hash;       /* ab_rid_hash(&rid, authkey), made once: each dispatch
+                                records it */
 } ab_peer_t;
 
 /* Sets P's name to PREFIX NAME (cut at AB_NAME_MAX - 1 bytes); P's name
@@ -103,7 +104,8 @@ ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key);
 ab_peer_t *ab_peer_add(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now);
 /* Forgets PEER everywhere and frees it (WHY is logged). */
 void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why);
-/* A 64-bit hash of RID: names a worker in the health records. */
-uint64_t ab_rid_hash(const ab_rid_t *rid);
+/* A 64-bit hash of RID and the public key KEY (NULL: auth off) its
+ * connection proved: names a worker in the health records, never 0. */
+uint64_t ab_rid_hash(const ab_rid_t *rid, const struct ab_key *key);
 
 #endif

@@ -623,12 +623,12 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
     ab_req_t *r = ab_idmap_get(&b->pending, corr);
     int final = h->kind != AB_KIND_PARTIAL;
     int holder = r && r->state != AB_REQ_QUEUED && p && p->worker && r->worker == p->worker;
-    /* The sender's hash names it in R's tried list: needed only for an
-     * answer from another than the holder, or after a re-dispatch. */
-    uint64_t from = !holder || r->attempts > 1 ? ab_rid_hash(from_rid) : 0;
-    /* Under CURVE, only from a key that may answer: a routing id is the
-     * peer's to choose, and an agent's connection that took a closed
-     * worker's id answered that worker's request for it. */
+    /* The sender's hash (of its routing id and key) names it in R's tried
+     * list: needed only for an answer from another than the holder, or
+     * after a re-dispatch. Under CURVE a routing id is the peer's to
+     * choose: another key's connection that took a closed worker's id is
+     * not that worker, nor may an agent's key answer at all. */
+    uint64_t from = holder ? p->rid_hash : ab_rid_hash(from_rid, b->in_key);
     int late = r && !holder && ab_req_tried(r, from) && ab_auth_may_answer(b->in_key);
     if (!holder && !late) {
         b->c.replies_dropped++;

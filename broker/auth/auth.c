@@ -520,6 +520,11 @@ int ab_key_role(const ab_key_t *k)
     return k ? (int)k->role : -1;
 }
 
+const char *ab_key_pub(const ab_key_t *k)
+{
+    return k ? k->pub : NULL;
+}
+
 void ab_auth_peer_new(ab_peer_t *p, const ab_key_t *k)
 {
     p->authkey = k;

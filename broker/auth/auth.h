@@ -97,6 +97,8 @@ const ab_key_t *ab_auth_key_lookup(ab_broker_t *b, const char *pub);
 uint64_t ab_auth_keys_gen(const ab_broker_t *b);
 /* K's role (ab_keyrole_t), or -1 for NULL. */
 int ab_key_role(const ab_key_t *k);
+/* K's Z85 public key, or NULL for NULL (auth off). */
+const char *ab_key_pub(const ab_key_t *k);
 
 /* A peer was created with key K / is being dropped (broker.c). */
 void ab_auth_peer_new(ab_peer_t *p, const ab_key_t *k);

@@ -10,6 +10,7 @@
  */
 #define AB_LOG_SUBSYS "health" /* log.h: the subsystem in log lines */
 #include "request.h"
+#include "auth.h"
 #include "health.h"
 #include "service.h"
 #include "router.h"
@@ -32,11 +33,17 @@ const char *ab_health_name(ab_health_kind_t k)
     return (unsigned)k < sizeof s_names / sizeof s_names[0] ? s_names[k] : "unknown";
 }
 
-uint64_t ab_rid_hash(const ab_rid_t *rid)
+uint64_t ab_rid_hash(const ab_rid_t *rid, const struct ab_key *key)
 {
-    /* 0 means "no worker" in the request's tried list. */
+    /* Under CURVE a routing id is the peer's to choose: another key's
+     * connection may take a lost worker's once it is free. The key it
+     * proved is part of the name, so an answer for that worker is taken
+     * only from its own key (the public key: a reloaded key is the same). */
     uint64_t h = ab_hash_bytes(rid->bytes, rid->len);
-    return h ? h : 1;
+    const char *pub = ab_key_pub(key);
+    if (pub)
+        h ^= ab_hash_bytes(pub, strlen(pub)) * 0x9e3779b97f4a7c15ull;
+    return h ? h : 1; /* 0 means "no worker" in the request's tried list */
 }
 
 /* --- socket monitor -------------------------------------------------------- */
@@ -316,7 +323,7 @@ void ab_health_new_worker(ab_broker_t *b, ab_worker_rec_t *w)
     h->healthy_since_ms = now;
     /* A worker lost recently (same routing id: libagentbus keeps it across
      * reconnects) rejoins through a probe, keeping its ejection record. */
-    uint64_t hash = ab_rid_hash(&w->peer->rid);
+    uint64_t hash = w->peer->rid_hash;
     for (unsigned i = 0; i < AB_GRAVE_SLOTS; i++) {
         ab_grave_t *g = &b->health->grave[i];
         if (g->rid_hash == hash) {
@@ -368,7 +375,7 @@ void ab_health_forget(ab_broker_t *b, ab_worker_rec_t *w, int graceful)
     if (graceful)
         return;
     ab_grave_t *g = &b->health->grave[b->health->grave_pos++ % AB_GRAVE_SLOTS];
-    g->rid_hash = ab_rid_hash(&w->peer->rid);
+    g->rid_hash = w->peer->rid_hash;
     g->ejections = w->health.ejections;
 }
 

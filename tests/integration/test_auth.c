@@ -299,17 +299,18 @@ static void s_forged_answer(void)
 
 /* A late answer (from a worker the request went to before, presumed dead)
  * is matched by that worker's routing id, which is the peer's to choose.
- * An agent's connection that took a closed worker's id answered the
- * request for it; under CURVE a late answer is taken only from a key that
- * may answer (worker, peer, admin), and the worker running the request
- * again answers it. */
-static void s_late_answer_key(void)
+ * Another key's connection that took a closed worker's id answered the
+ * request for it: an agent's key (EVIL_ARGS "--role agent"), or another
+ * worker's (a worker key for other services). Under CURVE a late answer is
+ * taken only from the key the request went to, and the worker running the
+ * request again answers it. */
+static void s_late_answer_as(const char *evil_args)
 {
     at_setup();
     at_key("w1", "--role worker --services svc", 1);
     at_key("w2", "--role worker --services svc", 1);
     at_key("ag1", "", 1);
-    at_key("evil", "--role agent", 1);
+    at_key("evil", evil_args, 1);
     int port = at_port_with_ep();
     at_broker(port);
     ab_client_t *adm = th_client(port);
@@ -362,6 +363,16 @@ static void s_late_answer_key(void)
     zmq_ctx_term(ctx2);
     ab_client_destroy(&c);
     ab_client_destroy(&adm);
+}
+
+static void s_late_answer_key(void)
+{
+    s_late_answer_as("--role agent");
+}
+
+static void s_late_answer_worker_key(void)
+{
+    s_late_answer_as("--role worker --services other");
 }
 
 /* An agent takes only the names granted to it, so it cannot take another
@@ -816,7 +827,7 @@ int main(int argc, char **argv)
         {"keypair", s_keypair},         {"handshake", s_handshake},
         {"bind_guard", s_bind_guard},   {"register", s_register},
         {"forged_answer", s_forged_answer}, {"late_answer_key", s_late_answer_key},
-        {"names", s_names},
+        {"late_answer_worker_key", s_late_answer_worker_key}, {"names", s_names},
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
         {"listen_denied", s_listen_denied}, {"worker_refused", s_worker_refused},

@@ -29,7 +29,7 @@ static ab_worker_rec_t *s_worker(ab_service_t *s)
     REQUIRE(p != NULL);
     p->rid.len = 2;
     memcpy(p->rid.bytes, "wa", 2);
-    p->rid_hash = ab_rid_hash(&p->rid);
+    p->rid_hash = ab_rid_hash(&p->rid, NULL);
     snprintf(p->key, sizeof p->key, "wa");
     REQUIRE(ab_peer_set_name(p, "", "wa") == 0);
     p->role = AB_ROLE_WORKER;

@@ -25,7 +25,7 @@ static ab_worker_rec_t *s_worker(const char *id, int n, ab_service_t *s)
     REQUIRE(p != NULL);
     p->rid.len = (uint8_t)strlen(id);
     memcpy(p->rid.bytes, id, p->rid.len);
-    p->rid_hash = ab_rid_hash(&p->rid); /* as the broker's peers have it */
+    p->rid_hash = ab_rid_hash(&p->rid, NULL); /* as the broker's peers have it */
     snprintf(p->key, sizeof p->key, "%s", id);
     REQUIRE(ab_peer_set_name(p, "", id) == 0);
     p->role = AB_ROLE_WORKER;
@@ -171,7 +171,7 @@ static void s_test_take_back(ab_worker_rec_t *w, ab_service_t *s)
     ab_service_dispatch(&s_b, s);
     CHECK_EQ(w->in_flight, 3);
     CHECK_EQ(plain->attempts, 1);
-    CHECK_TRUE(ab_req_tried(plain, ab_rid_hash(&w->peer->rid)));
+    CHECK_TRUE(ab_req_tried(plain, ab_rid_hash(&w->peer->rid, NULL)));
     tired->attempts = (uint8_t)s_cfg.max_attempts;
     uint64_t bid = plain->bid;
     ab_health_take_back(&s_b, w, "unit test");
@@ -186,7 +186,7 @@ static void s_test_take_back(ab_worker_rec_t *w, ab_service_t *s)
     (void)once;
     /* Answered elsewhere later: W's answer is then a duplicate. */
     ab_health_note_answered(&s_b, plain, 12345);
-    CHECK_EQ(ab_health_is_dup(&s_b, bid, ab_rid_hash(&w->peer->rid)), 1);
+    CHECK_EQ(ab_health_is_dup(&s_b, bid, ab_rid_hash(&w->peer->rid, NULL)), 1);
     CHECK_EQ(ab_health_is_dup(&s_b, bid, 12345), 0);
     ab_req_free(&s_b, plain);
 }
