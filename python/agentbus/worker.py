@@ -16,6 +16,7 @@ import ctypes
 import inspect
 import os
 import threading
+import time
 from ctypes import byref, c_int, c_size_t, c_void_p
 from typing import Any, Callable, Dict, Mapping, Optional
 
@@ -29,6 +30,7 @@ _ECANCELLED = -44
 _EAPPLICATION = -12
 _ESTOPPED = -15
 _TICK = 0.05  # s: the longest the loop sleeps without polling the handle
+_IDLE_LOOP_S = 1.0  # s: a call handed to a loop not running this long fails (_wait_call)
 
 
 class _LoopEnded(StoppedError):
@@ -366,10 +368,30 @@ class Worker:
             loop.call_soon_threadsafe(call)
         except RuntimeError:  # closed since: serve() failed FUT on its way out
             pass
-        try:
-            return fut.result(timeout=60)
-        except concurrent.futures.TimeoutError:  # the loop stopped without serve()'s end
-            raise StoppedError("worker stopped") from None
+        return self._wait_call(loop, fut)
+
+    def _wait_call(self, loop: asyncio.AbstractEventLoop, fut: concurrent.futures.Future) -> Any:
+        """FUT's result, handed to LOOP. A loop stopped from outside
+        (loop.stop()) while serve() is suspended in it runs nothing: once it
+        has not been running for _IDLE_LOOP_S, the call is taken back and
+        fails StoppedError (it waited 60 s before). A loop only between two
+        run_forever() calls is not failed."""
+        idle_since = None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return fut.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                pass
+            now = time.monotonic()
+            idle_since = None if loop.is_running() else idle_since or now
+            stuck = idle_since is not None and now - idle_since >= _IDLE_LOOP_S
+            if stuck or now >= deadline:
+                with self._calls_lock:
+                    if not self._calls.pop(fut, None):
+                        continue  # run, or failed by serve(), meanwhile: its result is next
+                why = "its event loop is not running" if stuck else "its loop did not run it"
+                raise StoppedError("worker stopped: %s" % why) from None
 
     def _end_calls(self) -> None:
         """On serve()'s way out: no call is handed to the loop any more, and

@@ -614,6 +614,54 @@ def test_call_handed_to_an_ending_loop(bus, closed, call):
             loop.close()
 
 
+@pytest.mark.parametrize("call", ["get", "set"])
+def test_call_to_a_loop_stopped_outside_serve(bus, call):
+    # loop.stop() while serve() is suspended in it: the loop runs nothing
+    # until it runs again. A getter or setter from another thread, handed
+    # to it, waited 60 s; now it fails StoppedError once the loop has not
+    # been running for a second. Once the loop runs again, calls work.
+    w = agentbus.Worker("tstopped", lambda job: b"", endpoint=bus.endpoint, capacity=2)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(w.serve())
+    loop.call_later(0.3, loop.stop)
+    loop.run_forever()  # returns with serve() suspended, the worker still "running"
+    assert not task.done() and w._loop is loop
+    got = []
+
+    def caller():
+        try:
+            if call == "get":
+                got.append(w.capacity)
+            else:
+                w.capacity = 3
+                got.append(None)
+        except BaseException as e:  # asserted below
+            got.append(e)
+
+    t = threading.Thread(target=caller, daemon=True)
+    t.start()
+    t.join(30)  # 60 s before
+    try:
+        assert not t.is_alive(), "the call waited for a loop that was stopped"
+        assert len(got) == 1 and isinstance(got[0], agentbus.StoppedError), got
+        assert "event loop is not running" in str(got[0])
+        # The loop runs again: a call from another thread is answered there.
+        again = []
+        t = threading.Thread(target=lambda: again.append(w.capacity), daemon=True)
+        loop.call_soon(t.start)
+        loop.run_until_complete(asyncio.sleep(0.3))
+        for _ in range(100):
+            if again or not t.is_alive():
+                break
+            loop.run_until_complete(asyncio.sleep(0.1))
+        assert again == [2], again
+    finally:
+        w.stop()
+        loop.run_until_complete(asyncio.wait_for(task, 10))
+        w.close()
+        loop.close()
+
+
 def test_calls_while_the_worker_stops(bus):
     # Getters and setters from one thread while another stops the worker:
     # each returns or raises StoppedError, none waits for a loop that ended.
