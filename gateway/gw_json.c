@@ -678,11 +678,11 @@ static void s_timings(json_t *o, const Agentbus__InferenceTimings *t)
     json_object_set_new(o, "eval_duration", json_integer((json_int_t)t->eval_duration));
 }
 
-/* The worker's JSON text V as the array KEY of O when it is one (left out
- * when not, as json_loads took it before): checked and minified, not
- * parsed into a tree (gw_raw.h; a hostile worker's 16 MiB text took ~17x
- * its size in jansson nodes, on the bus thread under --threads 0). TEXT
- * is minified in place (it is the unpacked reply's). */
+/* The worker's JSON TEXT as the array KEY of O when it is one (left out
+ * when not, as when json_loads parsed it): checked and minified in place
+ * (TEXT is the unpacked reply's), not parsed into a tree (gw_raw.h; a
+ * hostile worker's 16 MiB text took ~17x its size in jansson nodes, on
+ * the bus thread under --threads 0). */
 static void s_put_raw(json_t *o, const char *key, char *text)
 {
     size_t n;
