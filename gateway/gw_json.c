@@ -4,6 +4,7 @@
  * rewriting their body into Ollama's shape (gw_openai.c).
  */
 #include "gw_json.h"
+#include "gw_raw.h"
 #include "tl_base64.h"
 #include "agentbus.pb-c.h"
 #include "tl_infer.h"
@@ -677,16 +678,24 @@ static void s_timings(json_t *o, const Agentbus__InferenceTimings *t)
     json_object_set_new(o, "eval_duration", json_integer((json_int_t)t->eval_duration));
 }
 
+/* The worker's JSON TEXT as the array KEY of O when it is one (left out
+ * when not, as when json_loads parsed it): checked and minified in place
+ * (TEXT is the unpacked reply's), not parsed into a tree (gw_raw.h; a
+ * hostile worker's 16 MiB text took ~17x its size in jansson nodes, on
+ * the bus thread under --threads 0). */
+static void s_put_raw(json_t *o, const char *key, char *text)
+{
+    size_t n;
+    if (o && text && *text && gw_raw_array(text, &n))
+        json_object_set_new(o, key, gw_raw_value(text, n));
+}
+
 /* The tokens' log probabilities (the JSON text the worker put in the
  * reply) as Ollama's top-level "logprobs"; text that is not an array is
  * left out, as tool calls are. */
-static void s_put_logprobs(json_t *o, const char *text)
+static void s_put_logprobs(json_t *o, char *text)
 {
-    json_t *a = o && text && *text ? json_loads(text, 0, NULL) : NULL;
-    if (json_is_array(a))
-        json_object_set_new(o, "logprobs", a);
-    else
-        json_decref(a);
+    s_put_raw(o, "logprobs", text);
 }
 
 /* A generate's final answer: its context (the token ids), when it has one. */
@@ -721,16 +730,10 @@ static json_t *s_generate_reply(const void *pb, size_t len)
 }
 
 /* The model's tool calls (the JSON text the worker put in the reply) into
- * Ollama's message object; text that does not parse as an array is left out. */
-static void s_put_tool_calls(json_t *msg, const char *text)
+ * Ollama's message object; text that is not an array is left out. */
+static void s_put_tool_calls(json_t *msg, char *text)
 {
-    if (!msg || !text || !*text)
-        return;
-    json_t *a = json_loads(text, 0, NULL);
-    if (json_is_array(a))
-        json_object_set_new(msg, "tool_calls", a);
-    else
-        json_decref(a);
+    s_put_raw(msg, "tool_calls", text);
 }
 
 static json_t *s_chat_reply(const void *pb, size_t len)

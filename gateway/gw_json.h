@@ -12,6 +12,8 @@
 #ifndef GW_JSON_H
 #define GW_JSON_H
 
+#include "gw_raw.h" /* the worker's JSON texts in a reply object */
+
 #include <jansson.h>
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
@@ -57,7 +59,10 @@ void *gw_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const voi
 /* Ollama's JSON object for one reply chunk of KIND (a packed
  * GenerateResponse, ChatResponse or EmbedResponse). LEGACY renders an
  * embed answer as /api/embeddings does ({"embedding": [...]}).
- * Returns a new reference, or NULL when the bytes do not decode. */
+ * The worker's JSON texts (logprobs, message.tool_calls) are in it as
+ * gw_raw_value placeholders (gw_raw.h), not trees: dump it with
+ * gw_raw_dumps. Returns a new reference, or NULL when the bytes do not
+ * decode. */
 json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy);
 
 /* The NDJSON line (with its newline) of a non-final generate or chat

@@ -455,11 +455,13 @@ void gw_openai_named(gw_conn_t *c, gw_kind_t kind)
 }
 
 /* --- answers --------------------------------------------------------------------- */
+/* The texts point into the unpacked reply; the JSON ones are minified in
+ * place as they are rendered. */
 typedef struct {
     const char *text;
-    const char *calls; /* chat: the model's tool calls, Ollama's JSON text ("" = none) */
+    char *calls; /* chat: the model's tool calls, Ollama's JSON text (NULL, "" = none) */
     const char *thinking; /* a reasoning model's (OpenAI's reasoning), "" = none */
-    const char *logprobs; /* Ollama's logprobs entries, JSON text ("" = none) */
+    char *logprobs; /* Ollama's logprobs entries, JSON text ("" = none) */
     int done;
     const char *done_reason;
     uint64_t prompt, eval;
@@ -474,7 +476,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
         if (!r)
             return -1;
         p->text = r->message ? r->message->content : "";
-        p->calls = r->message ? r->message->tool_calls_json : "";
+        p->calls = r->message ? r->message->tool_calls_json : NULL;
         p->thinking = r->message ? r->message->thinking : "";
         p->logprobs = r->logprobs_json;
         p->done = r->done;
@@ -488,7 +490,7 @@ static int s_piece(gw_kind_t kind, const void *pb, size_t len, s_piece_t *p)
         if (!r)
             return -1;
         p->text = r->response;
-        p->calls = "";
+        p->calls = NULL;
         p->thinking = r->thinking;
         p->logprobs = r->logprobs_json;
         p->done = r->done;
@@ -522,57 +524,82 @@ static json_t *s_usage(uint64_t prompt, uint64_t eval)
 
 /* Ollama's tool calls (JSON text) appended to OUT in OpenAI's shape: each
  * with a new id, type "function" and its arguments as a JSON string; *N
- * counts them over the whole answer (a stream's delta index). */
-static void s_oai_calls(const char *text, json_t *out, int *n)
+ * counts them over the whole answer (a stream's delta index). The text is
+ * walked, not parsed into a tree (gw_raw.h): a call (any item, as before:
+ * one without function.name gets ""), its name decoded, its arguments the
+ * minified text (what a compact dump gave, but for the numbers' spelling). */
+static void s_oai_calls(char *text, json_t *out, int *n)
 {
-    json_t *calls = text && *text ? json_loads(text, 0, NULL) : NULL, *t;
-    size_t i;
-    json_array_foreach(calls, i, t) {
-        json_t *fn = json_object_get(t, "function"), *args = json_object_get(fn, "arguments");
-        const char *name = json_string_value(json_object_get(fn, "name"));
-        char *a = args ? tl_json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    char *raw = text && *text && gw_raw_array(text, NULL) ? text : NULL;
+    for (const char *t = raw ? gw_raw_first(raw) : NULL; t; t = gw_raw_next(t, 0)) {
+        const char *fn = gw_raw_member(t, "function");
+        const char *args = fn ? gw_raw_member(fn, "arguments") : NULL;
+        const char *nm = fn ? gw_raw_member(fn, "name") : NULL;
+        json_t *name = nm && *nm == '"'
+                           ? json_loadb(nm, (size_t)(gw_raw_skip(nm) - nm), JSON_DECODE_ANY, NULL)
+                           : NULL;
+        json_t *a = args ? json_stringn(args, (size_t)(gw_raw_skip(args) - args))
+                         : json_string("{}");
         char id[48]; /* unique without state: clients match results to calls by it */
         snprintf(id, sizeof id, "call_%08x%08x%08x", arc4random(), arc4random(), arc4random());
-        json_array_append_new(out, json_pack("{s:i, s:s, s:s, s:{s:s, s:s}}", "index", *n, "id",
+        json_array_append_new(out, json_pack("{s:i, s:s, s:s, s:{s:s, s:o}}", "index", *n, "id",
                                              id, "type", "function", "function", "name",
-                                             name ? name : "", "arguments",
-                                             a ? a : "{}"));
-        free(a);
+                                             name ? json_string_value(name) : "", "arguments",
+                                             a));
+        json_decref(name);
         (*n)++;
     }
-    json_decref(calls);
 }
 
-/* An entry of Ollama's logprobs in OpenAI's shape, in place: OpenAI's
- * always has bytes (null when Ollama sent none) and the entry's
- * top_logprobs (an array, maybe empty). */
-static void s_oai_entry(json_t *e, int top)
+/* An entry of Ollama's logprobs (the object at E, checked minified text)
+ * appended to L in OpenAI's shape: OpenAI's always has bytes (null when
+ * Ollama sent none) and, with TOP, the entry's top_logprobs (an array,
+ * maybe empty, of entries so shaped without TOP). Members are copied as
+ * they are; what jansson set in place is added after them (a duplicate
+ * key keeps JSON's last-one-wins meaning). */
+static void s_oai_entry(gw_raw_list_t *l, const char *e, int top)
 {
-    if (!json_object_get(e, "bytes"))
-        json_object_set_new(e, "bytes", json_null());
-    if (!top)
-        return;
-    json_t *t = json_object_get(e, "top_logprobs"), *x;
-    size_t i;
-    if (!json_is_array(t))
-        json_object_set_new(e, "top_logprobs", t = json_array());
-    json_array_foreach(t, i, x)
-        s_oai_entry(x, 0);
-}
-
-/* Ollama's logprobs (JSON text) appended to *ALL (made on first use):
- * the entries of choices[0].logprobs.content. */
-static void s_oai_logprob_entries(const char *text, json_t **all)
-{
-    json_t *a = text && *text ? json_loads(text, 0, NULL) : NULL, *e;
-    size_t i;
-    json_array_foreach(a, i, e) {
-        if (!json_is_object(e) || (!*all && !(*all = json_array())))
+    int bytes = 0, tops = 0, first = 1;
+    gw_raw_list_put(l, "{", 1);
+    for (const char *m = gw_raw_first(e); m; m = gw_raw_next(m, 1), first = 0) {
+        const char *v = gw_raw_skip(m) + 1;
+        gw_raw_list_put(l, first ? m : m - 1, (size_t)(v - m) + !first); /* [,]"key": */
+        bytes |= gw_raw_key_is(m, "bytes");
+        if (!top || !gw_raw_key_is(m, "top_logprobs")) {
+            gw_raw_list_put(l, v, (size_t)(gw_raw_skip(v) - v));
             continue;
-        s_oai_entry(e, 1);
-        json_array_append(*all, e);
+        }
+        tops = 1;
+        gw_raw_list_put(l, "[", 1);
+        for (const char *x = *v == '[' ? gw_raw_first(v) : NULL; x; x = gw_raw_next(x, 0)) {
+            if (x != v + 1)
+                gw_raw_list_put(l, ",", 1);
+            if (*x == '{')
+                s_oai_entry(l, x, 0);
+            else
+                gw_raw_list_put(l, x, (size_t)(gw_raw_skip(x) - x));
+        }
+        gw_raw_list_put(l, "]", 1);
     }
-    json_decref(a);
+    const char *add = !bytes && top && !tops ? ",\"bytes\":null,\"top_logprobs\":[]}"
+                      : !bytes                ? ",\"bytes\":null}"
+                      : top && !tops          ? ",\"top_logprobs\":[]}"
+                                              : "}";
+    add += first && add[0] == ','; /* an empty object: no comma before */
+    gw_raw_list_put(l, add, strlen(add));
+}
+
+/* Ollama's logprobs (JSON text): its objects appended to ALL in OpenAI's
+ * shape, the entries of choices[0].logprobs.content. */
+static void s_oai_logprob_entries(char *text, gw_raw_list_t *all)
+{
+    char *raw = text && *text && gw_raw_array(text, NULL) ? text : NULL;
+    for (const char *e = raw ? gw_raw_first(raw) : NULL; e; e = gw_raw_next(e, 0)) {
+        if (*e != '{')
+            continue;
+        gw_raw_list_item(all);
+        s_oai_entry(all, e, 1);
+    }
 }
 
 /* A choice; LP (taken) the logprobs entries, NULL for "logprobs": null. */
@@ -665,7 +692,8 @@ static enum MHD_Result s_single(gw_conn_t *c)
     json_t *out = NULL;
     const char *finish = "stop";
     uint64_t prompt = 0, eval = 0;
-    json_t *calls = c->kind == GW_CHAT ? json_array() : NULL, *lp = NULL;
+    json_t *calls = c->kind == GW_CHAT ? json_array() : NULL;
+    gw_raw_list_t lp = {0}; /* the logprobs entries of every chunk, as text */
     int ncalls = 0;
     pthread_mutex_lock(&k->lock);
     gw_event_t *e;
@@ -693,7 +721,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
         gw_error_text(c, status, k->error, msg, sizeof msg);
         json_decref(out);
         json_decref(calls);
-        json_decref(lp);
+        gw_raw_list_free(&lp);
         free(text);
         free(think);
         atomic_fetch_add(&c->g->m.bus_errors, 1);
@@ -705,13 +733,12 @@ static enum MHD_Result s_single(gw_conn_t *c)
         else
             finish = "tool_calls";
         out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", think, finish, 0,
-                                                       calls, lp)));
-        lp = NULL;
+                                                       calls, gw_raw_list_value(&lp))));
         json_object_set_new(out, "usage", s_usage(prompt, eval));
     }
     free(text);
     free(think);
-    json_decref(lp);
+    gw_raw_list_free(&lp);
     if (!out)
         return gw_reply_error(c, 502, "worker sent a reply that does not decode");
     return gw_reply_json(c, 200, out);
@@ -719,7 +746,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
 
 static void s_event(gw_conn_t *c, json_t *o)
 {
-    char *txt = o ? tl_json_dumps(o, JSON_COMPACT) : NULL;
+    char *txt = gw_raw_dumps(o); /* a worker's JSON text spliced in (gw_raw.h) */
     json_decref(o);
     if (!txt)
         return;
@@ -745,8 +772,9 @@ void gw_openai_render(gw_conn_t *c, const gw_event_t *e)
         calls = json_array();
         s_oai_calls(p.calls, calls, &c->oai_tool_calls);
     }
-    json_t *lp = NULL;
-    s_oai_logprob_entries(p.logprobs, &lp);
+    gw_raw_list_t entries = {0};
+    s_oai_logprob_entries(p.logprobs, &entries);
+    json_t *lp = gw_raw_list_value(&entries);
     if (p.text[0] || p.thinking[0] || !c->oai_role_sent || calls || lp) {
         s_event(c, s_object(c, 1, json_pack("[o]", s_choice(c, p.text, p.thinking, NULL, 1, calls,
                                                             lp))));

@@ -144,7 +144,7 @@ enum MHD_Result gw_reply_not_allowed(gw_conn_t *c, const char *allow)
 enum MHD_Result gw_reply_json_hdr(gw_conn_t *c, unsigned status, json_t *j, const char *name,
                                   const char *value)
 {
-    char *txt = j ? tl_json_dumps(j, JSON_COMPACT) : NULL;
+    char *txt = gw_raw_dumps(j); /* a worker's JSON text spliced in (gw_raw.h) */
     json_decref(j);
     if (!txt)
         return MHD_NO;

@@ -242,20 +242,13 @@ void gw_routes_render(gw_conn_t *c, const gw_event_t *e)
         if (e->final || !o)
             c->eos = 1;
     }
-    char *txt = o ? tl_json_dumps(o, JSON_COMPACT) : NULL;
+    char *txt = gw_raw_dumps(o);
     json_decref(o);
     if (txt) {
         gw_out_append(c, txt, strlen(txt));
         gw_out_append(c, "\n", 1);
     }
     free(txt);
-}
-
-/* ITEMS (an array of chunk O's, or NULL) appended to *ALL, made on first use. */
-static void s_gather(json_t **all, json_t *items)
-{
-    if (json_array_size(items) && (*all || (*all = json_array())))
-        json_array_extend(*all, items);
 }
 
 /* stream: false, or an error before the first chunk: one object. Text of
@@ -265,7 +258,8 @@ static void s_gather(json_t **all, json_t *items)
 static enum MHD_Result s_single(gw_conn_t *c)
 {
     gw_call_t *k = c->call;
-    json_t *last = NULL, *calls = NULL, *lps = NULL; /* of every chunk */
+    json_t *last = NULL;
+    gw_raw_list_t calls = {0}, lps = {0}; /* of every chunk: their items, as text */
     char *text = NULL;
     size_t tlen = 0;
     int status = AB_OK;
@@ -287,8 +281,8 @@ static enum MHD_Result s_single(gw_conn_t *c)
                 tlen += strlen(piece);
             }
         }
-        s_gather(&calls, json_object_get(json_object_get(o, "message"), "tool_calls"));
-        s_gather(&lps, json_object_get(o, "logprobs"));
+        gw_raw_list_add(&calls, json_object_get(json_object_get(o, "message"), "tool_calls"));
+        gw_raw_list_add(&lps, json_object_get(o, "logprobs"));
         json_decref(last);
         last = o;
         free(e);
@@ -309,15 +303,17 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_object_set_new(last, "response", json_string(text));
         else if (text && json_object_get(last, "message"))
             json_object_set_new(json_object_get(last, "message"), "content", json_string(text));
-        if (calls && json_object_get(last, "message"))
-            json_object_set(json_object_get(last, "message"), "tool_calls", calls);
-        if (lps)
-            json_object_set(last, "logprobs", lps);
+        json_t *all = gw_raw_list_value(&calls);
+        if (all && json_object_get(last, "message"))
+            json_object_set(json_object_get(last, "message"), "tool_calls", all);
+        json_decref(all);
+        if ((all = gw_raw_list_value(&lps)))
+            json_object_set_new(last, "logprobs", all);
         res = gw_reply_json(c, 200, last);
     }
     free(text);
-    json_decref(calls);
-    json_decref(lps);
+    gw_raw_list_free(&calls);
+    gw_raw_list_free(&lps);
     return res;
 }
 

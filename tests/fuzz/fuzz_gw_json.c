@@ -4,11 +4,14 @@
  * JSON objects built from the bytes with the fields the gateway reads, so
  * most inputs reach the translation, not just the parser), reply payloads
  * rendered as Ollama JSON (and the jansson-free token lines checked against
- * it), base64 images. libFuzzer-compatible; ctest runs
+ * it), base64 images; a worker's JSON text (logprobs, tool calls) checked
+ * by gw_raw_array against jansson and rendered into answers that must
+ * parse. libFuzzer-compatible; ctest runs
  * it through driver.c under ASan+UBSan.
  */
 #include "agentbus.pb-c.h"
 #include "gw_json.h"
+#include "text.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -86,6 +89,77 @@ static void s_request(json_t *body)
     }
 }
 
+/* How deep V nests (an array or object is a level). */
+static int s_depth(const json_t *v)
+{
+    int d = 0;
+    size_t i;
+    const char *k;
+    json_t *x;
+    if (json_is_array(v))
+        json_array_foreach(v, i, x) d = d > s_depth(x) ? d : s_depth(x);
+    else if (json_is_object(v))
+        json_object_foreach((json_t *)v, k, x) d = d > s_depth(x) ? d : s_depth(x);
+    else
+        return 0;
+    return d + 1;
+}
+
+/* TEXT as a worker's JSON text: gw_raw_array takes what jansson takes as
+ * an array (up to GW_RAW_MAX_DEPTH), with the same value after
+ * minifying; a reply carrying it renders to JSON that parses, with
+ * logprobs and tool_calls there exactly when the text was taken. */
+static void s_raw(const char *text)
+{
+    json_t *j = json_loads(text, 0, NULL);
+    int want = json_is_array(j) && s_depth(j) <= GW_RAW_MAX_DEPTH;
+    char *t = strdup(text);
+    if (!t) {
+        json_decref(j);
+        return;
+    }
+    int got = gw_raw_array(t, NULL);
+    json_t *m = got ? json_loads(t, 0, NULL) : NULL;
+    if (got != want || (got && !json_equal(j, m)))
+        abort();
+    json_decref(m);
+    json_decref(j);
+    free(t);
+    /* the gateway takes a reply's text as UTF-8 (gw_pb_unpack): as it sees it */
+    size_t n = strlen(text), cap = 3 * n + 1;
+    char *u = malloc(cap);
+    if (!u)
+        return;
+    ab_text_utf8(text, n, u, cap);
+    j = json_loads(u, 0, NULL);
+    want = json_is_array(j) && s_depth(j) <= GW_RAW_MAX_DEPTH;
+    json_decref(j);
+    free(u);
+    Agentbus__ChatResponse c = AGENTBUS__CHAT_RESPONSE__INIT;
+    Agentbus__ChatMessage msg = AGENTBUS__CHAT_MESSAGE__INIT;
+    c.model = c.created_at = "m";
+    c.message = &msg;
+    msg.role = "assistant";
+    msg.content = "x";
+    c.logprobs_json = msg.tool_calls_json = (char *)text;
+    size_t len = agentbus__chat_response__get_packed_size(&c);
+    uint8_t *pb = malloc(len);
+    if (!pb)
+        return;
+    agentbus__chat_response__pack(&c, pb);
+    json_t *r = gw_ollama_reply(GW_CHAT, pb, len, 0);
+    char *out = gw_raw_dumps(r);
+    json_decref(r);
+    json_t *o = out ? json_loads(out, 0, NULL) : NULL;
+    if (out && (!o || !json_is_array(json_object_get(o, "logprobs")) != !want ||
+                !json_is_array(json_object_get(json_object_get(o, "message"), "tool_calls")) !=
+                    !want))
+        abort();
+    json_decref(o);
+    free(out);
+    free(pb);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     json_t *raw = json_loadb((const char *)data, size, 0, NULL);
@@ -100,8 +174,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     s_request(o);
     json_decref(o);
     for (int kind = GW_GENERATE; kind <= GW_EMBED; kind++)
-        for (int legacy = 0; legacy < 2; legacy++)
-            json_decref(gw_ollama_reply((gw_kind_t)kind, data, size, legacy));
+        for (int legacy = 0; legacy < 2; legacy++) { /* what a client gets must parse */
+            json_t *r = gw_ollama_reply((gw_kind_t)kind, data, size, legacy);
+            char *txt = gw_raw_dumps(r);
+            json_decref(r);
+            json_t *back = txt ? json_loads(txt, 0, NULL) : NULL;
+            if (txt && !back)
+                abort();
+            json_decref(back);
+            free(txt);
+        }
     /* A token line written without jansson must be the bytes jansson
      * writes for the same chunk. */
     for (int kind = GW_GENERATE; kind <= GW_CHAT; kind++) {
@@ -122,6 +204,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (s) {
         memcpy(s, data, size);
         s[size] = '\0';
+        s_raw(s);
         size_t n;
         free(tl_base64_decode(s, &n));
         free(s);

@@ -10,9 +10,16 @@ hand-packed protobuf).
 - A stream: false answer whose chunks pass 16 MiB (the prompt "flood":
   1 MiB chunks until cancelled) is answered 502 saying why, and the request
   is cancelled; before, the gateway held every chunk until the last (200 MB
-  of them: 873 MB of RSS)."""
+  of them: 873 MB of RSS).
+- A reply's JSON text (logprobs_json, tool_calls_json; the prompt
+  "logprobs": a 12 MiB logprobs text written with newlines and spaces) is
+  rendered on each route with its meaning, one line per NDJSON object or
+  SSE event, and the gateway's peak RSS grows by a small multiple of it
+  (+66 MiB for the 13 MiB text; +212 MiB when it was parsed into a
+  jansson tree, over the bound of 8x)."""
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -57,6 +64,15 @@ WANT = "caf\u00e9 " + FFFD + FFFD + " " + FFFD + FFFD + " end\r"
 
 
 flood = {}
+gw = {}  # the gateway's process
+
+# Ollama's logprobs entries, as a worker may write them: spaces, newlines.
+LP_ENTRY = ('{ "token" : "t%d\\n\\u00e9" ,\n  "logprob" : -0.%d, "bytes" : [ 116 ],\n'
+            '  "top_logprobs" : [ { "token" : "a", "logprob" : -1.25e0 } ] }')
+LP_COUNT = 100000  # ~12 MiB
+LP_TEXT = ("[\n" + ",\n".join(LP_ENTRY % (i, i % 997 + 1) for i in range(LP_COUNT)) +
+           "\n]\n").encode()
+CALLS = b'[ {"function": {"name": "get_\\u0074ime",\n "arguments": {"zone": "UTC", "n": 1.5}}} ]'
 
 
 @pytest.fixture
@@ -84,6 +100,14 @@ def gateway(bus, procs):
                 time.sleep(0.01)
             flood["big_cancelled"] = job.cancelled
             yield pack(b"", True)
+        elif body.get("prompt") == "logprobs" or "chat" in req and \
+                body["messages"][0]["content"] == "logprobs":
+            if "chat" in req:
+                msg = _text(1, b"assistant") + _text(2, b"x") + _text(4, CALLS)
+                yield _text(1, b"tiny") + _text(2, b"t") + _text(3, msg) + _text(8, LP_TEXT) + \
+                    b"\x20\x01" + _text(5, b"stop")
+            else:
+                yield _generate(b"x", True) + _text(9, LP_TEXT)
         elif body.get("stream", True):
             for p in PIECES:
                 yield pack(p, False)
@@ -99,6 +123,7 @@ def gateway(bus, procs):
     p = procs.spawn("agentbus-gateway", "--listen", "127.0.0.1:%d" % port, "--broker",
                     bus.endpoint, "--service", "hostile")
     url = "http://127.0.0.1:%d" % port
+    gw["proc"] = p
     for _ in range(200):
         try:
             urllib.request.urlopen(url + "/healthz", timeout=1)
@@ -179,3 +204,54 @@ def test_streamed_chunk_bound(gateway):
             break
         time.sleep(0.05)
     assert flood.get("big_cancelled") is True, flood
+
+
+def _hwm_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+
+
+def _lines(route: str, text: str) -> list:
+    """The JSON objects of an answer: NDJSON lines or SSE events, each
+    parsed on its own (a newline from the worker's text would break one)."""
+    if route.startswith("/v1/"):
+        return [json.loads(x[6:]) for x in text.splitlines()
+                if x.startswith("data: ") and x != "data: [DONE]"] or [json.loads(text)]
+    return [json.loads(x) for x in text.splitlines()]
+
+
+def test_worker_json_text(gateway):
+    pid = gw["proc"].pid
+    before = _hwm_kib(pid)
+    for route, body in [("/api/generate", {"prompt": "logprobs"}),
+                        ("/api/chat", {}), ("/v1/chat/completions", {})]:
+        for stream in (False, True):
+            body = dict(body, model="tiny", stream=stream, logprobs=True)
+            if route != "/api/generate":
+                body["messages"] = [{"role": "user", "content": "logprobs"}]
+            status, text = _post(gateway + route, body)
+            assert status == 200, text[:300]
+            objs = _lines(route, text)
+            if route.startswith("/v1/"):
+                choice = [o["choices"][0] for o in objs if o["choices"]]
+                lps = [e for c in choice for e in ((c.get("logprobs") or {}).get("content") or [])]
+                calls = [t for c in choice for t in
+                         (c.get("delta") or c.get("message") or {}).get("tool_calls") or []]
+                assert lps[0] == {"token": "t0\n\u00e9", "logprob": -0.1, "bytes": [116],
+                                  "top_logprobs": [{"token": "a", "logprob": -1.25,
+                                                    "bytes": None}]}, lps[0]
+                assert json.loads(calls[0]["function"]["arguments"]) == {"zone": "UTC", "n": 1.5}
+            else:
+                lps = [e for o in objs for e in o.get("logprobs") or []]
+                calls = [t for o in objs for t in o.get("message", {}).get("tool_calls") or []]
+                assert lps[0] == {"token": "t0\n\u00e9", "logprob": -0.1, "bytes": [116],
+                                  "top_logprobs": [{"token": "a", "logprob": -1.25}]}, lps[0]
+                if route == "/api/chat":
+                    assert calls[0]["function"]["arguments"] == {"zone": "UTC", "n": 1.5}
+            assert len(lps) == LP_COUNT, (route, stream, len(lps))
+            if route != "/api/generate":
+                assert len(calls) == 1 and calls[0]["function"]["name"] == "get_time", calls
+    grown = _hwm_kib(pid) - before
+    print("gateway peak RSS grew %d KiB for a %d KiB logprobs text" % (grown, len(LP_TEXT) >> 10))
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # its quarantine holds 256 MiB
+        assert grown < 8 * len(LP_TEXT) >> 10, "%d KiB for %d KiB" % (grown, len(LP_TEXT) >> 10)

@@ -556,6 +556,17 @@ static void s_test_same_as_brokerctl(void)
     CHECK_U64(len, 0);
 }
 
+/* O as a client gets it: dumped with the worker's JSON texts spliced in
+ * (gw_raw.h; they are placeholders in O), parsed again. Takes O. */
+static json_t *s_rendered(json_t *o)
+{
+    char *txt = gw_raw_dumps(o);
+    json_t *r = txt ? json_loads(txt, 0, NULL) : NULL;
+    free(txt);
+    json_decref(o);
+    return r;
+}
+
 /* Tool calling: tools, an assistant's tool_calls and a result's tool_name
  * reach the bus (as JSON text with sorted keys: the same tools in another
  * key order are the same request); malformed ones are refused naming the
@@ -634,7 +645,7 @@ static void s_test_tools(void)
     size_t len = 0;
     CHECK_EQ(gw_ollama_line(GW_CHAT, buf, n, &line, &len), 0);
     CHECK_TRUE(line == NULL);
-    json_t *o = gw_ollama_reply(GW_CHAT, buf, n, 0);
+    json_t *o = s_rendered(gw_ollama_reply(GW_CHAT, buf, n, 0));
     REQUIRE(o);
     json_t *calls = json_object_get(json_object_get(o, "message"), "tool_calls");
     CHECK_EQ(json_array_size(calls), 1);
@@ -701,7 +712,7 @@ static void s_test_logprobs(void)
     char *line = NULL;
     size_t line_len = 0;
     CHECK_EQ(gw_ollama_line(GW_GENERATE, buf, len, &line, &line_len), 0);
-    json_t *o = gw_ollama_reply(GW_GENERATE, buf, len, 0);
+    json_t *o = s_rendered(gw_ollama_reply(GW_GENERATE, buf, len, 0));
     REQUIRE(o);
     json_t *e = json_array_get(json_object_get(o, "logprobs"), 0);
     CHECK_STR(json_string_value(json_object_get(e, "token")), "a");
@@ -730,7 +741,7 @@ static void s_test_logprobs(void)
     c.logprobs_json = "[{\"logprob\":-1,\"token\":\"b\"}]";
     len = agentbus__chat_response__pack(&c, buf);
     CHECK_EQ(gw_ollama_line(GW_CHAT, buf, len, &line, &line_len), 0);
-    o = gw_ollama_reply(GW_CHAT, buf, len, 0);
+    o = s_rendered(gw_ollama_reply(GW_CHAT, buf, len, 0));
     REQUIRE(o);
     CHECK_EQ(json_array_size(json_object_get(o, "logprobs")), 1);
     json_decref(o);
