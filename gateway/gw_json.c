@@ -698,16 +698,21 @@ static void s_put_logprobs(json_t *o, char *text)
     s_put_raw(o, "logprobs", text);
 }
 
-/* A generate's final answer: its context (the token ids), when it has one. */
+/* A generate's final answer: its context (the token ids), when it has one,
+ * written as text (gw_raw.h): a jansson integer per id took ~60 bytes for
+ * an id the worker packed in one, so a hostile worker's 16 MiB of ids
+ * cost about a gigabyte in nodes; as text an id takes at most 11 bytes. */
 static void s_put_context(json_t *o, const Agentbus__GenerateResponse *g)
 {
-    json_t *a = g->n_context ? json_array() : NULL;
-    for (size_t i = 0; a && i < g->n_context; i++)
-        json_array_append_new(a, json_integer((json_int_t)g->context[i]));
-    if (a && o)
+    gw_raw_list_t l = {0};
+    char id[16];
+    for (size_t i = 0; o && i < g->n_context; i++) {
+        gw_raw_list_item(&l);
+        gw_raw_list_put(&l, id, (size_t)snprintf(id, sizeof id, "%u", (unsigned)g->context[i]));
+    }
+    json_t *a = gw_raw_list_value(&l);
+    if (a)
         json_object_set_new(o, "context", a);
-    else
-        json_decref(a);
 }
 
 static json_t *s_generate_reply(const void *pb, size_t len)

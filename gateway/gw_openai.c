@@ -522,31 +522,60 @@ static json_t *s_usage(uint64_t prompt, uint64_t eval)
                      (json_int_t)eval, "total_tokens", (json_int_t)(prompt + eval));
 }
 
-/* Ollama's tool calls (JSON text) appended to OUT in OpenAI's shape: each
- * with a new id, type "function" and its arguments as a JSON string; *N
- * counts them over the whole answer (a stream's delta index). The text is
- * walked, not parsed into a tree (gw_raw.h): a call (any item, as before:
- * one without function.name gets ""), its name decoded, its arguments the
- * minified text (what a compact dump gave, but for the numbers' spelling). */
-static void s_oai_calls(char *text, json_t *out, int *n)
+/* TEXT (N bytes) appended to L as a JSON string: the minified JSON text of
+ * a tool call's arguments, whose only bytes to escape are '"' and '\\'
+ * (a checked text has no control bytes; UTF-8 stays as it is, as in
+ * jansson's dump). */
+static void s_put_quoted(gw_raw_list_t *l, const char *text, size_t n)
+{
+    gw_raw_list_put(l, "\"", 1);
+    for (size_t k = 0, from = 0; k <= n; k++) {
+        if (k < n && text[k] != '"' && text[k] != '\\')
+            continue;
+        gw_raw_list_put(l, text + from, k - from);
+        if (k < n)
+            gw_raw_list_put(l, text[k] == '"' ? "\\\"" : "\\\\", 2);
+        from = k + 1;
+    }
+    gw_raw_list_put(l, "\"", 1);
+}
+
+/* Ollama's tool calls (JSON text) appended to OUT in OpenAI's shape, as
+ * text (gw_raw.h): each with a new id, type "function", its name as the
+ * worker wrote it and its arguments (minified) as a JSON string; the
+ * stream's deltas (STREAM) number them, *N counting over the whole
+ * answer. An item that is not an object with a "function" object is not a
+ * call and is left out: before, each became a call named "", a jansson
+ * object of ~1 KB, and a hostile worker's 1 MiB of [1,1,...] was
+ * 524,288 calls and +765 MiB in the gateway. */
+static void s_oai_calls(char *text, gw_raw_list_t *out, int *n, int stream)
 {
     char *raw = text && *text && gw_raw_array(text, NULL) ? text : NULL;
     for (const char *t = raw ? gw_raw_first(raw) : NULL; t; t = gw_raw_next(t, 0)) {
-        const char *fn = gw_raw_member(t, "function");
-        const char *args = fn ? gw_raw_member(fn, "arguments") : NULL;
-        const char *nm = fn ? gw_raw_member(fn, "name") : NULL;
-        json_t *name = nm && *nm == '"'
-                           ? json_loadb(nm, (size_t)(gw_raw_skip(nm) - nm), JSON_DECODE_ANY, NULL)
-                           : NULL;
-        json_t *a = args ? json_stringn(args, (size_t)(gw_raw_skip(args) - args))
-                         : json_string("{}");
-        char id[48]; /* unique without state: clients match results to calls by it */
-        snprintf(id, sizeof id, "call_%08x%08x%08x", arc4random(), arc4random(), arc4random());
-        json_array_append_new(out, json_pack("{s:i, s:s, s:s, s:{s:s, s:o}}", "index", *n, "id",
-                                             id, "type", "function", "function", "name",
-                                             name ? json_string_value(name) : "", "arguments",
-                                             a));
-        json_decref(name);
+        const char *fn = *t == '{' ? gw_raw_member(t, "function") : NULL;
+        if (!fn || *fn != '{')
+            continue;
+        const char *args = gw_raw_member(fn, "arguments");
+        const char *nm = gw_raw_member(fn, "name");
+        char head[128]; /* the id: unique without state, clients match results to calls by it */
+        int k = stream ? snprintf(head, sizeof head, "{\"index\":%d,", *n)
+                       : snprintf(head, sizeof head, "{");
+        k += snprintf(head + k, sizeof head - (size_t)k,
+                      "\"id\":\"call_%08x%08x%08x\",\"type\":\"function\",\"function\":"
+                      "{\"name\":",
+                      arc4random(), arc4random(), arc4random());
+        gw_raw_list_item(out);
+        gw_raw_list_put(out, head, (size_t)k);
+        if (nm && *nm == '"')
+            gw_raw_list_put(out, nm, (size_t)(gw_raw_skip(nm) - nm));
+        else
+            gw_raw_list_put(out, "\"\"", 2);
+        gw_raw_list_put(out, ",\"arguments\":", 13);
+        if (args)
+            s_put_quoted(out, args, (size_t)(gw_raw_skip(args) - args));
+        else
+            gw_raw_list_put(out, "\"{}\"", 4);
+        gw_raw_list_put(out, "}}", 2);
         (*n)++;
     }
 }
@@ -620,12 +649,8 @@ static json_t *s_choice(const gw_conn_t *c, const char *text, const char *reason
         json_object_set_new(msg, "content", json_string(text));
     if (reasoning && reasoning[0]) /* as Ollama's OpenAI layer names it */
         json_object_set_new(msg, "reasoning", json_string(reasoning));
-    if (calls) {
-        if (!stream) /* one answer: the index is the array's */
-            for (size_t i = 0; i < json_array_size(calls); i++)
-                json_object_del(json_array_get(calls, i), "index");
+    if (calls) /* text (gw_raw.h); in one answer the index is the array's */
         json_object_set_new(msg, "tool_calls", calls);
-    }
     return json_pack("{s:i, s:o, s:o, s:o}", "index", 0, stream ? "delta" : "message", msg,
                      "logprobs", lpo, "finish_reason", fin);
 }
@@ -692,8 +717,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
     json_t *out = NULL;
     const char *finish = "stop";
     uint64_t prompt = 0, eval = 0;
-    json_t *calls = c->kind == GW_CHAT ? json_array() : NULL;
-    gw_raw_list_t lp = {0}; /* the logprobs entries of every chunk, as text */
+    gw_raw_list_t calls = {0}, lp = {0}; /* of every chunk, as text */
     int ncalls = 0;
     pthread_mutex_lock(&k->lock);
     gw_event_t *e;
@@ -707,8 +731,8 @@ static enum MHD_Result s_single(gw_conn_t *c)
             s_append(&think, &klen, p.thinking);
             if (p.done)
                 finish = s_finish(p.done_reason), prompt = p.prompt, eval = p.eval;
-            if (calls)
-                s_oai_calls(p.calls, calls, &ncalls);
+            if (c->kind == GW_CHAT)
+                s_oai_calls(p.calls, &calls, &ncalls, 0);
             s_oai_logprob_entries(p.logprobs, &lp);
             s_piece_free(c->kind, &p);
         }
@@ -720,7 +744,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
         char msg[600];
         gw_error_text(c, status, k->error, msg, sizeof msg);
         json_decref(out);
-        json_decref(calls);
+        gw_raw_list_free(&calls);
         gw_raw_list_free(&lp);
         free(text);
         free(think);
@@ -728,16 +752,16 @@ static enum MHD_Result s_single(gw_conn_t *c)
         return gw_reply_error(c, gw_http_status(status), msg);
     }
     if (c->kind != GW_EMBED) {
-        if (ncalls == 0)
-            json_decref(calls), calls = NULL;
-        else
+        if (ncalls)
             finish = "tool_calls";
         out = s_object(c, 0, json_pack("[o]", s_choice(c, text ? text : "", think, finish, 0,
-                                                       calls, gw_raw_list_value(&lp))));
+                                                       gw_raw_list_value(&calls),
+                                                       gw_raw_list_value(&lp))));
         json_object_set_new(out, "usage", s_usage(prompt, eval));
     }
     free(text);
     free(think);
+    gw_raw_list_free(&calls);
     gw_raw_list_free(&lp);
     if (!out)
         return gw_reply_error(c, 502, "worker sent a reply that does not decode");
@@ -767,11 +791,9 @@ void gw_openai_render(gw_conn_t *c, const gw_event_t *e)
         c->eos = 1;
         return;
     }
-    json_t *calls = NULL;
-    if (p.calls && p.calls[0]) { /* delta.tool_calls, indexed over the stream */
-        calls = json_array();
-        s_oai_calls(p.calls, calls, &c->oai_tool_calls);
-    }
+    gw_raw_list_t list = {0}; /* delta.tool_calls, indexed over the stream */
+    s_oai_calls(p.calls, &list, &c->oai_tool_calls, 1);
+    json_t *calls = gw_raw_list_value(&list);
     gw_raw_list_t entries = {0};
     s_oai_logprob_entries(p.logprobs, &entries);
     json_t *lp = gw_raw_list_value(&entries);

@@ -73,6 +73,11 @@ LP_COUNT = 100000  # ~12 MiB
 LP_TEXT = ("[\n" + ",\n".join(LP_ENTRY % (i, i % 997 + 1) for i in range(LP_COUNT)) +
            "\n]\n").encode()
 CALLS = b'[ {"function": {"name": "get_\\u0074ime",\n "arguments": {"zone": "UTC", "n": 1.5}}} ]'
+# Many small items (issue: amplification): 256k items that are no tool call
+# and one that is; and a generate's context of 2M ids of one byte each.
+SMALL_CALLS = b"[" + b"1," * (1 << 18) + b'{"function":{"name":"f","arguments":{"q":"a\\"b"}}}]'
+CONTEXT_IDS = 2 << 20
+CONTEXT = b"\x52" + _varint(CONTEXT_IDS) + b"\x64" * CONTEXT_IDS  # field 10, packed, id 100
 
 
 @pytest.fixture
@@ -100,6 +105,13 @@ def gateway(bus, procs):
                 time.sleep(0.01)
             flood["big_cancelled"] = job.cancelled
             yield pack(b"", True)
+        elif body.get("prompt") == "small" or "chat" in req and \
+                body["messages"][0]["content"] == "small":
+            if "chat" in req:
+                msg = _text(1, b"assistant") + _text(2, b"x") + _text(4, SMALL_CALLS)
+                yield _text(1, b"tiny") + _text(2, b"t") + _text(3, msg) + b"\x20\x01"
+            else:
+                yield _generate(b"x", True) + CONTEXT
         elif body.get("prompt") == "logprobs" or "chat" in req and \
                 body["messages"][0]["content"] == "logprobs":
             if "chat" in req:
@@ -255,3 +267,38 @@ def test_worker_json_text(gateway):
     print("gateway peak RSS grew %d KiB for a %d KiB logprobs text" % (grown, len(LP_TEXT) >> 10))
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # its quarantine holds 256 MiB
         assert grown < 8 * len(LP_TEXT) >> 10, "%d KiB for %d KiB" % (grown, len(LP_TEXT) >> 10)
+
+
+def test_worker_many_small_items(gateway):
+    # A worker's many small items: tool-call items that are no call, a long
+    # context. Each was a jansson node (~60 bytes and more; a call ~1 KB)
+    # for one or two bytes of the worker's: +765 MiB for 1 MiB of [1,1,...]
+    # on /v1/chat/completions. Now written as text, items that are no call
+    # left out there.
+    pid = gw["proc"].pid
+    before = _hwm_kib(pid)
+    for stream in (False, True):
+        status, text = _post(gateway + "/api/generate", {"model": "tiny", "prompt": "small",
+                                                         "stream": stream})
+        assert status == 200, text[:300]
+        ctx = [o["context"] for o in _lines("/api/generate", text) if "context" in o]
+        assert len(ctx) == 1 and len(ctx[0]) == CONTEXT_IDS and set(ctx[0]) == {100}
+    for route in ("/api/chat", "/v1/chat/completions"):
+        body = {"model": "tiny", "stream": False,
+                "messages": [{"role": "user", "content": "small"}]}
+        status, text = _post(gateway + route, body)
+        assert status == 200, text[:300]
+        o = json.loads(text)
+        calls = (o["choices"][0]["message"] if "choices" in o else o["message"])["tool_calls"]
+        if route == "/api/chat":  # Ollama's shape: the worker's text as it is
+            assert len(calls) == (1 << 18) + 1 and calls[-1]["function"]["name"] == "f"
+        else:
+            assert len(calls) == 1, len(calls)
+            assert calls[0]["function"]["name"] == "f" and calls[0]["type"] == "function"
+            assert json.loads(calls[0]["function"]["arguments"]) == {"q": 'a"b'}
+            assert calls[0]["id"].startswith("call_") and "index" not in calls[0]
+            assert o["choices"][0]["finish_reason"] == "tool_calls"
+    grown = _hwm_kib(pid) - before
+    print("gateway peak RSS grew %d KiB for 2 MiB of ids and 512 KiB of items" % grown)
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # its quarantine holds 256 MiB
+        assert grown < 64 << 10, "%d KiB" % grown

@@ -725,7 +725,7 @@ static void s_test_logprobs(void)
     g.n_context = 2;
     g.context = ids;
     len = agentbus__generate_response__pack(&g, buf);
-    o = gw_ollama_reply(GW_GENERATE, buf, len, 0);
+    o = s_rendered(gw_ollama_reply(GW_GENERATE, buf, len, 0)); /* the context is text */
     REQUIRE(o);
     CHECK_TRUE(json_object_get(o, "logprobs") == NULL); /* not an array: left out */
     CHECK_EQ(json_array_size(json_object_get(o, "context")), 2);
