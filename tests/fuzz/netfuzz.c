@@ -74,6 +74,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,10 +117,10 @@ int __lsan_is_turned_off(void)
 /* --- the well-behaved client (its own thread) --------------------------------------- */
 static struct {
     pthread_t th;
-    volatile int stop;
-    volatile int64_t last_ok_ms;
-    volatile long ok, errors, wrong;
-    char first_wrong[256];
+    atomic_int stop;
+    _Atomic int64_t last_ok_ms;
+    atomic_long ok, errors, wrong;
+    char first_wrong[256]; /* the thread's until wrong is counted: written before */
     int codes[64];
 } s_good;
 
@@ -154,14 +155,15 @@ static void s_good_one(ab_client_t *c, uint64_t *rng, uint32_t n)
     size_t rlen = 0;
     int rc = ab_client_request(c, svc, buf, size, 20000, &reply, &rlen);
     if (rc == AB_OK && rlen == size && memcmp(reply, buf, size) == 0) {
-        s_good.ok++;
-        s_good.last_ok_ms = ab_now_ms();
+        atomic_fetch_add(&s_good.ok, 1);
+        atomic_store(&s_good.last_ok_ms, ab_now_ms());
     } else if (rc == AB_OK) {
-        if (!s_good.wrong++)
+        if (!atomic_load(&s_good.wrong))
             snprintf(s_good.first_wrong, sizeof s_good.first_wrong,
                      "echo of %zu bytes by %s answered with %zu other bytes", size, svc, rlen);
+        atomic_fetch_add(&s_good.wrong, 1);
     } else {
-        s_good.errors++;
+        atomic_fetch_add(&s_good.errors, 1);
         s_good.codes[(-rc) & 63]++;
     }
     ab_free(reply);
@@ -172,7 +174,7 @@ static void *s_good_main(void *arg)
     (void)arg;
     ab_client_t *c = s_client_new();
     uint64_t rng = 0x9e3779b97f4a7c15ull;
-    for (uint32_t n = 0; !s_good.stop && c; n++) {
+    for (uint32_t n = 0; !atomic_load(&s_good.stop) && c; n++) {
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         s_good_one(c, &rng, n);
         ab_client_poll(c, 20);
@@ -677,13 +679,13 @@ static const char *s_check(char *buf, size_t cap, int64_t now)
     const char *dead = nf_broker_dead(buf, cap);
     if (dead)
         return dead;
-    if (s_good.wrong) {
+    if (atomic_load(&s_good.wrong)) {
         snprintf(buf, cap, "the good client got a wrong answer: %s", s_good.first_wrong);
         return buf;
     }
-    if (now - s_good.last_ok_ms > 30000) {
+    if (now - atomic_load(&s_good.last_ok_ms) > 30000) {
         snprintf(buf, cap, "the good client got no correct answer for 30 s (%ld errors)",
-                 (long)s_good.errors);
+                 atomic_load(&s_good.errors));
         return buf;
     }
     return NULL;
@@ -783,8 +785,8 @@ static void s_print_summary(uint64_t moves, double secs)
            (unsigned long long)nf_answers.to_held, (unsigned long long)nf_answers.begun,
            (unsigned long long)nf_answers.again, (unsigned long long)nf_answers.stale,
            (unsigned long long)nf_answers.work);
-    printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", (long)s_good.ok,
-           (long)s_good.errors, (long)s_good.wrong);
+    printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", atomic_load(&s_good.ok),
+           atomic_load(&s_good.errors), atomic_load(&s_good.wrong));
     for (int i = 0; i < nf_opt.linked; i++)
         printf("netfuzz: %s: stopped %u times, killed %u, its worker killed %u\n", nf_rb[i].who,
                nf_rb[i].stops, nf_rb[i].kills, nf_rb[i].worker_kills);
@@ -810,8 +812,8 @@ static const char *s_play(char *buf, size_t cap, uint64_t *moves)
         nf_fault_step(now);
         if (nf_opt.verbose && now >= next_report) {
             printf("netfuzz: %.0f s: %llu moves; good client %ld correct, %ld errors\n",
-                   (double)(now - start) / 1000.0, (unsigned long long)*moves, (long)s_good.ok,
-                   (long)s_good.errors);
+                   (double)(now - start) / 1000.0, (unsigned long long)*moves,
+                   atomic_load(&s_good.ok), atomic_load(&s_good.errors));
             next_report = now + 10000;
         }
     }
@@ -884,12 +886,12 @@ int main(int argc, char **argv)
         fail = nf_broker_dead(buf, sizeof buf);
         fail = fail ? fail : "broker or echo worker did not come up";
     } else {
-        s_good.last_ok_ms = ab_now_ms();
+        atomic_store(&s_good.last_ok_ms, ab_now_ms());
         pthread_create(&s_good.th, NULL, s_good_main, NULL);
         for (int i = 0; i < nf_opt.peers; i++)
             s_peer_open(&s_peers[i]);
         fail = s_play(buf, sizeof buf, &moves);
-        s_good.stop = 1;
+        atomic_store(&s_good.stop, 1);
         if (!fail) { /* after a failure it may wait long on a dead broker */
             pthread_join(s_good.th, NULL);
             fail = s_finish(buf, sizeof buf);
