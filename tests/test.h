@@ -7,12 +7,15 @@
 #ifndef AB_TEST_H
 #define AB_TEST_H
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Weak: one pair of counters shared by every file of a test program. */
-__attribute__((weak)) int t_checks, t_failed;
+/* Weak: one pair of counters shared by every file of a test program.
+ * Atomic, so that a test's own threads may CHECK and REQUIRE too (a failed
+ * REQUIRE there ends the process at once, as on the main thread). */
+__attribute__((weak)) atomic_int t_checks, t_failed;
 
 #define T_FAIL_(fmt, ...)                                                                          \
     do {                                                                                           \

@@ -56,6 +56,9 @@
  * broker's report), 2 on bad usage. A replay plays the same moves from the same seed; what the
  * broker answers, and so some later choices, depends on timing.
  *
+ * netfuzz_moves.c builds each move's message; netfuzz_procs.c starts the
+ * processes, gives the far side its faults and stops them.
+ *
  *   netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]
  *           [--broker-bin PATH | --endpoint EP | --linked | --line] [--verbose]
  */
@@ -65,29 +68,19 @@
 #include "codec.h"
 #include "compress.h"
 #include "netfuzz.h"
-#include "nf_lsan.h"
 #include "tl_args.h"
-#include "tl_port.h"
 #include "util.h"
 
-#include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
-
-#ifndef AB_BIN_DIR
-#define AB_BIN_DIR "."
-#endif
 
 #define NF_MAX_PEERS 16
 #define NF_RIDS 10     /* routing ids remembered from `workers` / `agents` answers */
@@ -106,41 +99,9 @@ static const int s_weight[MV_COUNT_] = {
 };
 
 /* --- options -------------------------------------------------------------- */
-static struct {
-    uint64_t seed;
-    double seconds;
-    int peers, verbose;
-    int linked; /* the brokers beside the near one: 0, 1 (--linked), 2 (--line) */
-    const char *broker_bin, *endpoint;
-} s_opt = {0, 60, 0, 0, 0, NULL, NULL};
+nf_opt_t nf_opt = {0, 60, 0, 0, 0, NULL, NULL};
 
 static char s_replay[512]; /* the command line that plays this run again */
-
-/* --- processes ---------------------------------------------------------------------- */
-static pid_t s_broker_pid, s_worker_pid;
-static char s_ep[64], s_dir[64], s_logpath[256];
-/* --linked: the brokers beside the near one (s_broker_pid, s_ep), in line
- * order: the far one, or with --line the middle one (s_rb[0]) and then the
- * far one. Each has an echo worker serving its own service and a log of
- * its own; their command lines are kept for restarts. */
-typedef struct {
-    const char *name, *who, *svc;
-    pid_t pid, worker_pid;
-    char ep[64], log[256];
-    char *argv[64], *wargv[16];
-    char store[8][300];
-    unsigned stops, kills, worker_kills; /* the faults it had */
-} nf_broker_t;
-static nf_broker_t s_rb[2];
-static const char *const s_key_names[] = {"nfagent", "nfworker", "nflink", "nfadmin"};
-static char s_key_pub[4][41], s_key_sec[4][41], s_server_pub[41];
-/* --linked: the far side's faults, from a PRNG of their own (seeded from
- * the run's seed), so that they do not change which moves a seed plays. */
-static struct {
-    uint64_t rng;
-    int64_t next_ms, cont_ms;
-    nf_broker_t *stopped; /* the broker stopped now (SIGSTOP) */
-} s_fault;
 
 /* What netfuzz tests is the broker, which runs under its own leak checker
  * and must exit clean. netfuzz's raw sockets (closed mid-handshake, sharing
@@ -153,301 +114,13 @@ int __lsan_is_turned_off(void)
     return 1;
 }
 
-/* Starts ARGV[0] with its output appended to LOG; dies with us. */
-static pid_t s_spawn_to(char *const *argv, const char *log)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-            close(fd);
-        }
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static pid_t s_spawn(char *const *argv)
-{
-    return s_spawn_to(argv, s_logpath);
-}
-
-/* Runs ARGV[0] to its end (output to the log): its exit status, or -1. */
-static int s_run(char *const *argv)
-{
-    pid_t pid = s_spawn(argv);
-    int st = 0;
-    if (pid <= 0 || waitpid(pid, &st, 0) != pid)
-        return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void s_stop(pid_t *pid)
-{
-    if (*pid <= 0)
-        return;
-    kill(*pid, SIGCONT); /* a far broker may be stopped (s_fault_step) */
-    kill(*pid, SIGTERM);
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(*pid, NULL, WNOHANG) == *pid) {
-            *pid = 0;
-            return;
-        }
-        usleep(50 * 1000);
-    }
-    kill(*pid, SIGKILL);
-    waitpid(*pid, NULL, 0);
-    *pid = 0;
-}
-
-/* Prints the part of a broker's log a developer needs: every sanitizer
- * report line and the stack frames after it, else the last lines. */
-static void s_print_log(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    fprintf(stderr, "netfuzz: from %s:\n", path);
-    char line[1024];
-    int in_report = 0, shown = 0;
-    while (fgets(line, sizeof line, f) && shown < 120) {
-        if (strstr(line, "ERROR: AddressSanitizer") || strstr(line, "runtime error:") ||
-            strstr(line, "SUMMARY:") || strstr(line, "Assertion") || strstr(line, "free(): ") ||
-            strstr(line, "corrupted") || strstr(line, "malloc(): "))
-            in_report = 1;
-        if (in_report || strstr(line, "bookkeeping is inconsistent")) { /* audit.h */
-            fputs(line, stderr);
-            shown++;
-        }
-        if (strstr(line, "SUMMARY:")) /* the shadow-byte map after it helps nobody */
-            break;
-    }
-    if (!shown) { /* no report: the tail */
-        fseek(f, 0, SEEK_END);
-        long end = ftell(f);
-        fseek(f, end > 4000 ? end - 4000 : 0, SEEK_SET);
-        size_t n;
-        char buf[4001];
-        n = fread(buf, 1, 4000, f);
-        buf[n] = 0;
-        fputs(buf, stderr);
-    }
-    fclose(f);
-}
-
-/* "dead" text when the broker *PID (WHO) exited, else NULL. */
-static const char *s_dead(pid_t *pid, const char *who, char *buf, size_t cap)
-{
-    int st;
-    if (*pid <= 0 || waitpid(*pid, &st, WNOHANG) != *pid)
-        return NULL;
-    *pid = 0;
-    if (WIFSIGNALED(st))
-        snprintf(buf, cap, "%s killed by signal %d", who, WTERMSIG(st));
-    else
-        snprintf(buf, cap, "%s exited with status %d", who, WEXITSTATUS(st));
-    return buf;
-}
-
-static const char *s_broker_dead(char *buf, size_t cap)
-{
-    const char *dead = s_dead(&s_broker_pid, "broker", buf, cap);
-    for (int i = 0; !dead && i < s_opt.linked; i++)
-        dead = s_dead(&s_rb[i].pid, s_rb[i].who, buf, cap);
-    return dead;
-}
-
-/* Reads the Z85 keys of the certificate PATH_secret (brokerctl keygen's
- * ZPL text) into PUB and SEC (41 bytes each; SEC may be NULL). 0 or -1. */
-static int s_read_cert(const char *path, char *pub, char *sec)
-{
-    char file[600], line[256];
-    snprintf(file, sizeof file, "%s_secret", path);
-    FILE *f = fopen(file, "r");
-    int got = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        char *q = strchr(line, '"');
-        char *to = strstr(line, "public-key") ? pub : strstr(line, "secret-key") ? sec : NULL;
-        if (to && q && strlen(q + 1) > 40 && q[41] == '"') {
-            memcpy(to, q + 1, 40);
-            to[40] = 0;
-            got++;
-        }
-    }
-    if (f)
-        fclose(f);
-    return got >= (sec ? 2 : 1) ? 0 : -1;
-}
-
-/* --linked: the keys (brokerctl keygen) and each broker's keys directory
- * trusting them. 0 or -1. */
-static int s_make_keys(void)
-{
-    char certs[128], keys[128], cert[256], bctl[512];
-    snprintf(certs, sizeof certs, "%s/certs", s_dir);
-    snprintf(keys, sizeof keys, "%s/keys", s_dir);
-    snprintf(bctl, sizeof bctl, "%s", AB_BIN_DIR "/brokerctl");
-    if (mkdir(certs, 0700) != 0 || mkdir(keys, 0700) != 0)
-        return -1;
-    /* the brokers' own keypair (both share it), then the raw peers' four */
-    char *const gen[][12] = {
-        {bctl, "keygen", "nfbroker", "--role", "peer", "--names", "nf-near,nf-mid,nf-far", "--out",
-         certs, NULL},
-        {bctl, "keygen", "nfagent", "--names", "alice,bob,carol,~*", "--topics", "t.*",
-         "--services", "svc-a,infer," NF_GOOD_SVC, "--out", certs, NULL},
-        {bctl, "keygen", "nfworker", "--role", "worker", "--services", "svc-a,infer",
-         "--capacity", "8", "--out", certs, NULL},
-        {bctl, "keygen", "nflink", "--role", "peer", "--names", "nf-b*", "--out", certs, NULL},
-        {bctl, "keygen", "nfadmin", "--role", "admin", "--out", certs, NULL},
-    };
-    for (size_t i = 0; i < sizeof gen / sizeof gen[0]; i++)
-        if (s_run(gen[i]) != 0)
-            return -1;
-    const char *all[] = {"nfbroker", "nfagent", "nfworker", "nflink", "nfadmin"};
-    for (size_t i = 0; i < 5; i++) {
-        char from[300], to[300], line[512];
-        snprintf(from, sizeof from, "%s/%s.key", certs, all[i]);
-        snprintf(to, sizeof to, "%s/%s.key", keys, all[i]);
-        FILE *in = fopen(from, "r"), *out = fopen(to, "w");
-        while (in && out && fgets(line, sizeof line, in))
-            fputs(line, out);
-        if (in)
-            fclose(in);
-        if (out)
-            fclose(out);
-        if (!in || !out)
-            return -1;
-    }
-    for (int i = 0; i < 4; i++) {
-        snprintf(cert, sizeof cert, "%s/%s.key", certs, s_key_names[i]);
-        if (s_read_cert(cert, s_key_pub[i], s_key_sec[i]) != 0)
-            return -1;
-    }
-    snprintf(cert, sizeof cert, "%s/nfbroker.key", certs);
-    if (s_read_cert(cert, s_server_pub, NULL) != 0)
-        return -1;
-    /* what the good client and the echo workers use (ab_options' defaults) */
-    char admin[300];
-    snprintf(admin, sizeof admin, "%s/nfadmin.key_secret", certs);
-    setenv("AB_KEY", admin, 1);
-    setenv("AB_BROKER_KEY", s_server_pub, 1);
-    return 0;
-}
-
-/* Short timers and small limits, so that expiry, eviction, full mailboxes
- * and queues happen within a run. */
-#define NF_BROKER_ARGS                                                                       \
-    "--heartbeat-ms", "500", "--liveness", "3", "--mailbox-ttl-ms", "700",                   \
-        "--mailbox-max-msgs", "8", "--mailbox-total-bytes", "64K", "--queue-max", "40",      \
-        "--default-timeout-ms", "3000", "--max-timeout-ms", "8000", "--sub-queue-max", "16", \
-        "--startup-grace-ms", "0", "--cache-l1-bytes", "1M", "--max-client-held-bytes",     \
-        "64K", "--self-check-ms", "100", "--log-level", "warn"
-
-/* --linked: a broker NAME on EP with CURVE, dialing PEER_EP and PEER2_EP
- * (NULL: none), into ARGV (strings kept in STORE, 8 of them). */
-static void s_linked_argv(char **argv, char store[][300], const char *bin, const char *name,
-                          const char *ep, const char *peer_ep, const char *peer2_ep)
-{
-    char *fixed[] = {NF_BROKER_ARGS};
-    int n = 0;
-    snprintf(store[0], 300, "%s", bin);
-    snprintf(store[1], 300, "%s/certs/nfbroker.key", s_dir);
-    snprintf(store[2], 300, "%s/keys", s_dir);
-    snprintf(store[3], 300, "%s#%s/certs/nfbroker.key", peer_ep, s_dir);
-    snprintf(store[4], 300, "%s", name);
-    snprintf(store[5], 300, "%s", ep);
-    char *head[] = {store[0], "--bind", store[5], "--name", store[4], "--auth", "curve",
-                    "--broker-cert", store[1], "--keys-dir", store[2], "--peer", store[3],
-                    "--link-heartbeat-ms", "100"};
-    for (size_t i = 0; i < sizeof head / sizeof *head; i++)
-        argv[n++] = head[i];
-    if (peer2_ep) {
-        snprintf(store[6], 300, "%s#%s/certs/nfbroker.key", peer2_ep, s_dir);
-        argv[n++] = "--peer";
-        argv[n++] = store[6];
-    }
-    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
-        argv[n++] = fixed[i];
-    argv[n] = NULL;
-}
-
-/* --linked: the far broker, or with --line the middle one and the far
- * one (near - mid - far, each dialing its neighbours), each with its own
- * echo worker. 0 or -1. */
-static int s_start_linked(const char *bin, const char *wbin)
-{
-    static const char *const names[2][2] = {{"nf-far"}, {"nf-mid", "nf-far"}};
-    static const char *const whos[2][2] = {{"far broker"}, {"middle broker", "far broker"}};
-    static const char *const svcs[2][2] = {{NF_FAR_SVC}, {NF_MID_SVC, NF_FAR_SVC}};
-    snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", tl_free_port());
-    for (int i = 0; i < s_opt.linked; i++) {
-        nf_broker_t *rb = &s_rb[i];
-        rb->name = names[s_opt.linked - 1][i];
-        rb->who = whos[s_opt.linked - 1][i];
-        rb->svc = svcs[s_opt.linked - 1][i];
-        snprintf(rb->ep, sizeof rb->ep, "tcp://127.0.0.1:%d", tl_free_port());
-        snprintf(rb->log, sizeof rb->log, "%s/%s.log", s_dir, rb->name + 3);
-        if (!strcmp(rb->ep, s_ep) || (i && !strcmp(rb->ep, s_rb[0].ep)))
-            return -1;
-    }
-    if (s_make_keys() != 0)
-        return -1;
-    char near_store[8][300], *argv[64];
-    s_linked_argv(argv, near_store, bin, "nf-near", s_ep, s_rb[0].ep, NULL);
-    s_broker_pid = s_spawn(argv);
-    for (int i = 0; i < s_opt.linked; i++) {
-        nf_broker_t *rb = &s_rb[i];
-        s_linked_argv(rb->argv, rb->store, bin, rb->name, rb->ep, i ? s_rb[i - 1].ep : s_ep,
-                      i + 1 < s_opt.linked ? s_rb[i + 1].ep : NULL);
-        rb->pid = s_spawn_to(rb->argv, rb->log);
-        char *fw[] = {(char *)wbin, "--broker", rb->ep, "--backend", "echo", "--service",
-                      (char *)rb->svc, "--capacity", "64", NULL};
-        memcpy(rb->wargv, fw, sizeof fw);
-        rb->worker_pid = s_spawn_to(rb->wargv, rb->log);
-    }
-    return 0;
-}
-
-static int s_start_processes(void)
-{
-    snprintf(s_dir, sizeof s_dir, "/tmp/netfuzz.XXXXXX");
-    if (!mkdtemp(s_dir))
-        return -1;
-    snprintf(s_logpath, sizeof s_logpath, "%s/processes.log", s_dir);
-    static char bin[512], wbin[512];
-    snprintf(bin, sizeof bin, "%s", s_opt.broker_bin ? s_opt.broker_bin : AB_BIN_DIR "/agentbus-broker");
-    snprintf(wbin, sizeof wbin, "%s", AB_BIN_DIR "/agentbus-worker");
-    if (s_opt.linked) {
-        if (s_start_linked(bin, wbin) != 0)
-            return -1;
-    } else if (s_opt.endpoint) {
-        snprintf(s_ep, sizeof s_ep, "%s", s_opt.endpoint);
-    } else {
-        snprintf(s_ep, sizeof s_ep, "tcp://127.0.0.1:%d", tl_free_port());
-        char *argv[] = {bin, "--bind", s_ep, NF_BROKER_ARGS, NULL};
-        s_broker_pid = s_spawn(argv);
-    }
-    char *wargv[] = {wbin, "--broker", s_ep, "--backend", "echo", "--service", NF_GOOD_SVC,
-                     "--capacity", "64", NULL};
-    s_worker_pid = s_spawn(wargv);
-    printf("netfuzz: broker %s (pid %d), log %s\n", s_ep, (int)s_broker_pid, s_logpath);
-    for (int i = 0; i < s_opt.linked; i++)
-        printf("netfuzz: %s %s (pid %d), log %s\n", s_rb[i].who, s_rb[i].ep, (int)s_rb[i].pid,
-               s_rb[i].log);
-    return 0;
-}
-
 /* --- the well-behaved client (its own thread) --------------------------------------- */
 static struct {
     pthread_t th;
-    volatile int stop;
-    volatile int64_t last_ok_ms;
-    volatile long ok, errors, wrong;
-    char first_wrong[256];
+    atomic_int stop;
+    _Atomic int64_t last_ok_ms;
+    atomic_long ok, errors, wrong;
+    char first_wrong[256]; /* the thread's until wrong is counted: written before */
     int codes[64];
 } s_good;
 
@@ -463,7 +136,7 @@ static ab_client_t *s_client_at(const char *ep)
 
 static ab_client_t *s_client_new(void)
 {
-    return s_client_at(s_ep);
+    return s_client_at(nf_ep);
 }
 
 /* One echo of a payload of a random size (large ones travel compressed),
@@ -472,8 +145,8 @@ static ab_client_t *s_client_new(void)
  * counted. */
 static void s_good_one(ab_client_t *c, uint64_t *rng, uint32_t n)
 {
-    uint32_t turn = n % (uint32_t)(s_opt.linked + 1);
-    const char *svc = turn ? s_rb[turn - 1].svc : NF_GOOD_SVC;
+    uint32_t turn = n % (uint32_t)(nf_opt.linked + 1);
+    const char *svc = turn ? nf_rb[turn - 1].svc : NF_GOOD_SVC;
     static char buf[70000];
     size_t size = (*rng % 7 == 0) ? 20000 + *rng % 40000 : 1 + *rng % 300;
     for (size_t i = 0; i < size; i++)
@@ -482,14 +155,15 @@ static void s_good_one(ab_client_t *c, uint64_t *rng, uint32_t n)
     size_t rlen = 0;
     int rc = ab_client_request(c, svc, buf, size, 20000, &reply, &rlen);
     if (rc == AB_OK && rlen == size && memcmp(reply, buf, size) == 0) {
-        s_good.ok++;
-        s_good.last_ok_ms = ab_now_ms();
+        atomic_fetch_add(&s_good.ok, 1);
+        atomic_store(&s_good.last_ok_ms, ab_now_ms());
     } else if (rc == AB_OK) {
-        if (!s_good.wrong++)
+        if (!atomic_load(&s_good.wrong))
             snprintf(s_good.first_wrong, sizeof s_good.first_wrong,
                      "echo of %zu bytes by %s answered with %zu other bytes", size, svc, rlen);
+        atomic_fetch_add(&s_good.wrong, 1);
     } else {
-        s_good.errors++;
+        atomic_fetch_add(&s_good.errors, 1);
         s_good.codes[(-rc) & 63]++;
     }
     ab_free(reply);
@@ -500,7 +174,7 @@ static void *s_good_main(void *arg)
     (void)arg;
     ab_client_t *c = s_client_new();
     uint64_t rng = 0x9e3779b97f4a7c15ull;
-    for (uint32_t n = 0; !s_good.stop && c; n++) {
+    for (uint32_t n = 0; !atomic_load(&s_good.stop) && c; n++) {
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         s_good_one(c, &rng, n);
         ab_client_poll(c, 20);
@@ -532,8 +206,8 @@ static int s_wait_ready(void)
 {
     if (s_wait_service(NF_GOOD_SVC) != 0)
         return -1;
-    for (int i = 0; i < s_opt.linked; i++)
-        if (s_wait_service(s_rb[i].svc) != 0)
+    for (int i = 0; i < nf_opt.linked; i++)
+        if (s_wait_service(nf_rb[i].svc) != 0)
             return -1;
     return 0;
 }
@@ -547,12 +221,12 @@ static size_t s_stolen_len[NF_RIDS];
 static int s_nstolen;
 
 /* With --linked, peer I holds key I % 4 (s_key_names) and connects to
- * broker I / 4 (modulo their number; 0 the near one, then s_rb): with 8
+ * broker I / 4 (modulo their number; 0 the near one, then nf_rb): with 8
  * peers (12 with --line), each broker meets each key. */
 static const char *s_peer_ep(const nf_peer_t *p)
 {
-    int k = (int)(p - s_peers) / 4 % (s_opt.linked + 1);
-    return k ? s_rb[k - 1].ep : s_ep;
+    int k = (int)(p - s_peers) / 4 % (nf_opt.linked + 1);
+    return k ? nf_rb[k - 1].ep : nf_ep;
 }
 
 static void *s_socket_with_rid(const nf_peer_t *p, const char *rid, size_t len)
@@ -564,11 +238,11 @@ static void *s_socket_with_rid(const nf_peer_t *p, const char *rid, size_t len)
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
     if (len)
         zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, len);
-    if (s_opt.linked) {
+    if (nf_opt.linked) {
         int k = (int)(p - s_peers) % 4;
-        zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, s_server_pub, 41);
-        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, s_key_pub[k], 41);
-        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, s_key_sec[k], 41);
+        zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, nf_server_pub, 41);
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, nf_key_pub[k], 41);
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, nf_key_sec[k], 41);
     }
     zmq_connect(s, s_peer_ep(p));
     return s;
@@ -760,7 +434,7 @@ static int s_read_one(nf_peer_t *p, void *s)
 static void s_drain_all(void)
 {
     int64_t now = ab_now_ms();
-    for (int i = 0; i < s_opt.peers; i++) {
+    for (int i = 0; i < nf_opt.peers; i++) {
         nf_peer_t *p = &s_peers[i];
         if (now < p->deaf_until_ms)
             continue;
@@ -867,7 +541,7 @@ static void s_do_steal(nf_peer_t *p)
         int k = (int)nf_below((uint32_t)s_nstolen);
         p->twin = s_socket_with_rid(p, s_stolen[k], s_stolen_len[k]);
     } else {
-        nf_peer_t *o = &s_peers[nf_below((uint32_t)s_opt.peers)];
+        nf_peer_t *o = &s_peers[nf_below((uint32_t)nf_opt.peers)];
         p->twin = s_socket_with_rid(p, o->rid, o->rid_len);
     }
     /* Say something on it, so the broker acts on the id. */
@@ -911,7 +585,7 @@ static void s_do_work(nf_peer_t *p)
 
 static void s_move(void)
 {
-    nf_peer_t *p = &s_peers[nf_below((uint32_t)s_opt.peers)];
+    nf_peer_t *p = &s_peers[nf_below((uint32_t)nf_opt.peers)];
     int mv = s_pick_move(1);
     s_moves[mv]++;
     static nf_out_t o;
@@ -966,52 +640,52 @@ static int s_parse(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--verbose")) {
-            s_opt.verbose = 1;
+            nf_opt.verbose = 1;
             continue;
         }
         if (!strcmp(a, "--linked") || !strcmp(a, "--line")) {
-            s_opt.linked = !strcmp(a, "--line") ? 2 : s_opt.linked > 1 ? 2 : 1;
+            nf_opt.linked = !strcmp(a, "--line") ? 2 : nf_opt.linked > 1 ? 2 : 1;
             continue;
         }
         if (!v)
             return -1;
         i++;
         if (!strcmp(a, "--seed"))
-            s_opt.seed = strtoull(v, NULL, 0);
+            nf_opt.seed = strtoull(v, NULL, 0);
         else if (!strcmp(a, "--seconds"))
-            s_opt.seconds = atof(v);
+            nf_opt.seconds = atof(v);
         else if (!strcmp(a, "--peers"))
-            s_opt.peers = atoi(v);
+            nf_opt.peers = atoi(v);
         else if (!strcmp(a, "--avoid")) {
             if (s_avoid(argv[i]) != 0)
                 return -1;
         } else if (!strcmp(a, "--broker-bin"))
-            s_opt.broker_bin = v;
+            nf_opt.broker_bin = v;
         else if (!strcmp(a, "--endpoint"))
-            s_opt.endpoint = v;
+            nf_opt.endpoint = v;
         else
             return -1;
     }
-    if (!s_opt.peers) /* linked: each of the four keys at each broker */
-        s_opt.peers = s_opt.linked ? 4 * (s_opt.linked + 1) : 6;
-    if (s_opt.linked && s_opt.endpoint)
+    if (!nf_opt.peers) /* linked: each of the four keys at each broker */
+        nf_opt.peers = nf_opt.linked ? 4 * (nf_opt.linked + 1) : 6;
+    if (nf_opt.linked && nf_opt.endpoint)
         return -1;
-    return s_opt.peers >= 1 && s_opt.peers <= NF_MAX_PEERS && s_opt.seconds > 0 ? 0 : -1;
+    return nf_opt.peers >= 1 && nf_opt.peers <= NF_MAX_PEERS && nf_opt.seconds > 0 ? 0 : -1;
 }
 
 /* NULL while every promise holds, else what broke (in BUF). */
 static const char *s_check(char *buf, size_t cap, int64_t now)
 {
-    const char *dead = s_broker_dead(buf, cap);
+    const char *dead = nf_broker_dead(buf, cap);
     if (dead)
         return dead;
-    if (s_good.wrong) {
+    if (atomic_load(&s_good.wrong)) {
         snprintf(buf, cap, "the good client got a wrong answer: %s", s_good.first_wrong);
         return buf;
     }
-    if (now - s_good.last_ok_ms > 30000) {
+    if (now - atomic_load(&s_good.last_ok_ms) > 30000) {
         snprintf(buf, cap, "the good client got no correct answer for 30 s (%ld errors)",
-                 (long)s_good.errors);
+                 atomic_load(&s_good.errors));
         return buf;
     }
     return NULL;
@@ -1111,72 +785,20 @@ static void s_print_summary(uint64_t moves, double secs)
            (unsigned long long)nf_answers.to_held, (unsigned long long)nf_answers.begun,
            (unsigned long long)nf_answers.again, (unsigned long long)nf_answers.stale,
            (unsigned long long)nf_answers.work);
-    printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", (long)s_good.ok,
-           (long)s_good.errors, (long)s_good.wrong);
-    for (int i = 0; i < s_opt.linked; i++)
-        printf("netfuzz: %s: stopped %u times, killed %u, its worker killed %u\n", s_rb[i].who,
-               s_rb[i].stops, s_rb[i].kills, s_rb[i].worker_kills);
-}
-
-static uint32_t s_fault_below(uint32_t n)
-{
-    s_fault.rng = s_fault.rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (uint32_t)((s_fault.rng >> 33) % n);
-}
-
-/* Kills *PID (SIGKILL), reaps it and starts ARGV again into LOG. */
-static void s_restart(pid_t *pid, char *const *argv, const char *log)
-{
-    if (*pid > 0) {
-        kill(*pid, SIGKILL);
-        waitpid(*pid, NULL, 0);
-    }
-    *pid = s_spawn_to(argv, log);
-}
-
-/* The far side's next fault when its time has come: to the far broker,
- * or with --line to the middle one or the far one. */
-static void s_fault_step(int64_t now)
-{
-    if (!s_opt.linked)
-        return;
-    if (s_fault.stopped && now >= s_fault.cont_ms) {
-        kill(s_fault.stopped->pid, SIGCONT);
-        s_fault.stopped = NULL;
-    }
-    if (s_fault.stopped || now < s_fault.next_ms)
-        return;
-    for (int i = 0; i < s_opt.linked; i++)
-        if (s_rb[i].pid <= 0)
-            return; /* it died: s_check says so */
-    nf_broker_t *rb = &s_rb[s_opt.linked > 1 ? s_fault_below((uint32_t)s_opt.linked) : 0];
-    uint32_t r = s_fault_below(10);
-    if (r < 5) { /* its links are lost (5 silent heartbeats: 0.5 s) with requests on them */
-        kill(rb->pid, SIGSTOP);
-        s_fault.stopped = rb;
-        s_fault.cont_ms = now + 300 + s_fault_below(2200);
-        rb->stops++;
-    } else if (r < 7) {
-        s_restart(&rb->pid, rb->argv, rb->log);
-        rb->kills++;
-    } else {
-        s_restart(&rb->worker_pid, rb->wargv, rb->log);
-        rb->worker_kills++;
-    }
-    if (s_opt.verbose)
-        printf("netfuzz: %s: %s\n", rb->who, r < 5 ? "stopped" : r < 7 ? "killed"
-                                                                      : "its worker killed");
-    s_fault.next_ms = now + 3000 + s_fault_below(7000);
+    printf("\nnetfuzz: good client: %ld correct, %ld errors, %ld wrong\n", atomic_load(&s_good.ok),
+           atomic_load(&s_good.errors), atomic_load(&s_good.wrong));
+    for (int i = 0; i < nf_opt.linked; i++)
+        printf("netfuzz: %s: stopped %u times, killed %u, its worker killed %u\n", nf_rb[i].who,
+               nf_rb[i].stops, nf_rb[i].kills, nf_rb[i].worker_kills);
 }
 
 /* Plays moves until the time is up or a promise breaks. */
 static const char *s_play(char *buf, size_t cap, uint64_t *moves)
 {
-    int64_t start = ab_now_ms(), end = start + (int64_t)(s_opt.seconds * 1000);
+    int64_t start = ab_now_ms(), end = start + (int64_t)(nf_opt.seconds * 1000);
     int64_t next_check = 0, next_report = start + 10000;
     const char *fail = NULL;
-    s_fault.rng = s_opt.seed ^ 0x5eed5eed5eed5eedull;
-    s_fault.next_ms = start + 3000 + s_fault_below(7000);
+    nf_fault_start(start);
     while (!fail && ab_now_ms() < end) {
         for (int k = 0; k < 16; k++, (*moves)++)
             s_move();
@@ -1187,98 +809,54 @@ static const char *s_play(char *buf, size_t cap, uint64_t *moves)
             fail = s_check(buf, cap, now);
             next_check = now + 100;
         }
-        s_fault_step(now);
-        if (s_opt.verbose && now >= next_report) {
+        nf_fault_step(now);
+        if (nf_opt.verbose && now >= next_report) {
             printf("netfuzz: %.0f s: %llu moves; good client %ld correct, %ld errors\n",
-                   (double)(now - start) / 1000.0, (unsigned long long)*moves, (long)s_good.ok,
-                   (long)s_good.errors);
+                   (double)(now - start) / 1000.0, (unsigned long long)*moves,
+                   atomic_load(&s_good.ok), atomic_load(&s_good.errors));
             next_report = now + 10000;
         }
     }
-    if (s_fault.stopped) {
-        kill(s_fault.stopped->pid, SIGCONT);
-        s_fault.stopped = NULL;
-    }
+    nf_fault_end();
     return fail;
-}
-
-/* SIGTERM to the broker *PID (WHO, its log LOG): NULL when it exits 0
- * within 10 s, or when its exit failed on a leak report of libzmq's loss
- * at close alone (nf_lsan.h: a linked broker still sending to its link
- * socket), which is said and not counted. */
-static const char *s_term_clean(pid_t *pid, const char *who, const char *log, char *buf,
-                                size_t cap)
-{
-    if (*pid <= 0)
-        return NULL;
-    pid_t p = *pid;
-    int st = 0;
-    kill(p, SIGCONT);
-    kill(p, SIGTERM);
-    for (int i = 0; i < 200 && waitpid(p, &st, WNOHANG) != p; i++)
-        usleep(50 * 1000);
-    if (waitpid(p, &st, WNOHANG) == 0) {
-        s_stop(pid);
-        snprintf(buf, cap, "the %s did not stop on SIGTERM within 10 s", who);
-        return buf;
-    }
-    *pid = 0;
-    size_t lost = 0;
-    if ((!WIFEXITED(st) || WEXITSTATUS(st) != 0) && nf_lsan_only_libzmq(log, &lost) == 1) {
-        printf("netfuzz: the %s's exit after SIGTERM (status 0x%x) reported only libzmq's "
-               "loss at close, %zu bytes (libzmq 4.3.4, tests/fuzz/nf_lsan.h): not counted\n",
-               who, st, lost);
-        return NULL;
-    }
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        snprintf(buf, cap, "the %s's exit after SIGTERM was not clean (status 0x%x)", who, st);
-        return buf;
-    }
-    return NULL;
 }
 
 static const char *s_finish(char *buf, size_t cap)
 {
-    for (int i = 0; i < s_opt.peers; i++)
+    for (int i = 0; i < nf_opt.peers; i++)
         s_peer_close(&s_peers[i]);
     const char *fail = s_check(buf, cap, ab_now_ms());
     if (!fail)
-        fail = s_final_stats(s_ep, "broker", buf, cap);
-    for (int i = 0; !fail && i < s_opt.linked; i++)
-        fail = s_final_stats(s_rb[i].ep, s_rb[i].who, buf, cap);
+        fail = s_final_stats(nf_ep, "broker", buf, cap);
+    for (int i = 0; !fail && i < nf_opt.linked; i++)
+        fail = s_final_stats(nf_rb[i].ep, nf_rb[i].who, buf, cap);
     /* each link toward the far broker answered: with --line, the middle
      * broker's link to the far one carried the near one's requests too */
-    if (!fail && s_opt.linked)
-        fail = s_final_links(s_ep, "broker", s_rb[0].name, buf, cap);
-    for (int i = 0; !fail && i < s_opt.linked; i++)
-        fail = s_final_links(s_rb[i].ep, s_rb[i].who,
-                             i + 1 < s_opt.linked ? s_rb[i + 1].name : NULL, buf, cap);
-    s_stop(&s_worker_pid);
-    for (int i = 0; i < s_opt.linked; i++)
-        s_stop(&s_rb[i].worker_pid);
+    if (!fail && nf_opt.linked)
+        fail = s_final_links(nf_ep, "broker", nf_rb[0].name, buf, cap);
+    for (int i = 0; !fail && i < nf_opt.linked; i++)
+        fail = s_final_links(nf_rb[i].ep, nf_rb[i].who,
+                             i + 1 < nf_opt.linked ? nf_rb[i + 1].name : NULL, buf, cap);
+    nf_stop(&nf_worker_pid);
+    for (int i = 0; i < nf_opt.linked; i++)
+        nf_stop(&nf_rb[i].worker_pid);
     /* clean exits: a leak report or a recount's difference fails them too */
-    for (int i = s_opt.linked - 1; !fail && i >= 0; i--)
-        fail = s_term_clean(&s_rb[i].pid, s_rb[i].who, s_rb[i].log, buf, cap);
+    for (int i = nf_opt.linked - 1; !fail && i >= 0; i--)
+        fail = nf_term_clean(&nf_rb[i].pid, nf_rb[i].who, nf_rb[i].log, buf, cap);
     if (!fail)
-        fail = s_term_clean(&s_broker_pid, "broker", s_logpath, buf, cap);
+        fail = nf_term_clean(&nf_broker_pid, "broker", nf_logpath, buf, cap);
     return fail;
-}
-
-static int s_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
 }
 
 static void s_replay_line(void)
 {
     size_t n = (size_t)snprintf(s_replay, sizeof s_replay, "netfuzz --seed %llu --seconds %g",
-                                (unsigned long long)s_opt.seed, s_opt.seconds);
-    if (s_opt.linked)
+                                (unsigned long long)nf_opt.seed, nf_opt.seconds);
+    if (nf_opt.linked)
         n += (size_t)snprintf(s_replay + n, sizeof s_replay - n,
-                              s_opt.linked > 1 ? " --line" : " --linked");
-    if (s_opt.peers != (s_opt.linked ? 4 * (s_opt.linked + 1) : 6))
-        n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, " --peers %d", s_opt.peers);
+                              nf_opt.linked > 1 ? " --line" : " --linked");
+    if (nf_opt.peers != (nf_opt.linked ? 4 * (nf_opt.linked + 1) : 6))
+        n += (size_t)snprintf(s_replay + n, sizeof s_replay - n, " --peers %d", nf_opt.peers);
     const char *sep = " --avoid ";
     for (int i = 0; i < MV_COUNT_ && n < sizeof s_replay - 32; i++)
         if (nf_avoid[i]) {
@@ -1291,11 +869,11 @@ int main(int argc, char **argv)
 {
     if (s_parse(argc, argv) != 0)
         return s_usage();
-    if (!s_opt.seed)
-        s_opt.seed = (ab_now_us() ^ ((uint64_t)getpid() << 32)) | 1;
-    nf_rng = s_opt.seed;
+    if (!nf_opt.seed)
+        nf_opt.seed = (ab_now_us() ^ ((uint64_t)getpid() << 32)) | 1;
+    nf_rng = nf_opt.seed;
     s_replay_line();
-    printf("netfuzz: seed %llu (replay: %s)\n", (unsigned long long)s_opt.seed, s_replay);
+    printf("netfuzz: seed %llu (replay: %s)\n", (unsigned long long)nf_opt.seed, s_replay);
     fflush(stdout);
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1304,40 +882,40 @@ int main(int argc, char **argv)
     uint64_t moves = 0;
     int64_t t0 = ab_now_ms();
     s_ctx = zmq_ctx_new();
-    if (s_start_processes() != 0 || s_wait_ready() != 0) {
-        fail = s_broker_dead(buf, sizeof buf);
+    if (nf_start_processes() != 0 || s_wait_ready() != 0) {
+        fail = nf_broker_dead(buf, sizeof buf);
         fail = fail ? fail : "broker or echo worker did not come up";
     } else {
-        s_good.last_ok_ms = ab_now_ms();
+        atomic_store(&s_good.last_ok_ms, ab_now_ms());
         pthread_create(&s_good.th, NULL, s_good_main, NULL);
-        for (int i = 0; i < s_opt.peers; i++)
+        for (int i = 0; i < nf_opt.peers; i++)
             s_peer_open(&s_peers[i]);
         fail = s_play(buf, sizeof buf, &moves);
-        s_good.stop = 1;
+        atomic_store(&s_good.stop, 1);
         if (!fail) { /* after a failure it may wait long on a dead broker */
             pthread_join(s_good.th, NULL);
             fail = s_finish(buf, sizeof buf);
         }
     }
     s_print_summary(moves, (double)(ab_now_ms() - t0) / 1000.0);
-    s_stop(&s_worker_pid);
-    for (int i = 0; i < s_opt.linked; i++)
-        s_stop(&s_rb[i].worker_pid);
+    nf_stop(&nf_worker_pid);
+    for (int i = 0; i < nf_opt.linked; i++)
+        nf_stop(&nf_rb[i].worker_pid);
     if (fail) {
         fprintf(stderr, "netfuzz: FAILED: %s\nnetfuzz: replay: %s\n", fail, s_replay);
-        s_print_log(s_logpath);
-        for (int i = 0; i < s_opt.linked; i++)
-            s_print_log(s_rb[i].log);
+        nf_print_log(nf_logpath);
+        for (int i = 0; i < nf_opt.linked; i++)
+            nf_print_log(nf_rb[i].log);
     }
-    s_stop(&s_broker_pid);
-    for (int i = 0; i < s_opt.linked; i++)
-        s_stop(&s_rb[i].pid);
-    for (int i = 0; i < s_opt.peers; i++)
+    nf_stop(&nf_broker_pid);
+    for (int i = 0; i < nf_opt.linked; i++)
+        nf_stop(&nf_rb[i].pid);
+    for (int i = 0; i < nf_opt.peers; i++)
         s_peer_close(&s_peers[i]);
     zmq_ctx_term(s_ctx);
     if (!fail) { /* a failed run keeps its logs for the developer */
-        nftw(s_dir, s_rm_one, 8, FTW_DEPTH | FTW_PHYS);
-        printf("netfuzz: passed (seed %llu)\n", (unsigned long long)s_opt.seed);
+        nf_remove_dir();
+        printf("netfuzz: passed (seed %llu)\n", (unsigned long long)nf_opt.seed);
     }
     return fail ? 1 : 0;
 }

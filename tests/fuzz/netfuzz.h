@@ -1,7 +1,8 @@
 /*
- * netfuzz.h - what the network fuzzer's two files share: the moves, the
+ * netfuzz.h - what the network fuzzer's files share: the moves, the
  * PRNG every choice comes from (one seed replays a run), a raw peer's
- * state and the message a move builds (netfuzz_moves.c).
+ * state and the message a move builds (netfuzz_moves.c); the run's
+ * options, and the processes it starts and stops (netfuzz_procs.c).
  */
 #ifndef AB_NETFUZZ_H
 #define AB_NETFUZZ_H
@@ -10,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define NF_IDS 32   /* request ids a peer remembers (held, sent) */
 #define NF_SEEN 128 /* ids seen anywhere, for forged answers */
@@ -85,5 +87,62 @@ void nf_answer_to(nf_peer_t *p, nf_out_t *o, uint32_t kind, uint64_t corr, int b
 /* Builds the message of move MV from peer P into O: 1, or 0 when MV is not
  * a one-message move (batch, reconnect, steal, work, deaf). */
 int nf_make(int mv, nf_peer_t *p, nf_out_t *o);
+
+/* The run's options (netfuzz.c parses them). */
+typedef struct {
+    uint64_t seed;
+    double seconds;
+    int peers, verbose;
+    int linked; /* the brokers beside the near one: 0, 1 (--linked), 2 (--line) */
+    const char *broker_bin, *endpoint;
+} nf_opt_t;
+extern nf_opt_t nf_opt;
+
+/* --- the processes (netfuzz_procs.c) ---------------------------------------------------- */
+/* --linked: the brokers beside the near one (nf_broker_pid, nf_ep), in line
+ * order: the far one, or with --line the middle one (nf_rb[0]) and then the
+ * far one. Each has an echo worker serving its own service and a log of
+ * its own; their command lines are kept for restarts. */
+typedef struct {
+    const char *name, *who, *svc;
+    pid_t pid, worker_pid;
+    char ep[64], log[256];
+    char *argv[64], *wargv[16];
+    char store[8][300];
+    unsigned stops, kills, worker_kills; /* the faults it had */
+} nf_broker_t;
+
+/* The near broker (0 when given --endpoint, or once stopped), its echo
+ * worker, its endpoint and the log both write to. */
+extern pid_t nf_broker_pid, nf_worker_pid;
+extern char nf_ep[64], nf_logpath[256];
+extern nf_broker_t nf_rb[2]; /* nf_opt.linked of them */
+/* --linked: raw peer I's CURVE keys are [I % 4] (agent, worker, peer broker,
+ * admin); every broker has the server key nf_server_pub. */
+extern char nf_key_pub[4][41], nf_key_sec[4][41], nf_server_pub[41];
+
+/* Makes the run's directory and starts what nf_opt asks for: the near
+ * broker (unless --endpoint) and its echo worker, with --linked the other
+ * brokers and theirs (the keys made first, AB_KEY and AB_BROKER_KEY set
+ * for this process's clients). Does not wait for them. 0 or -1. */
+int nf_start_processes(void);
+/* SIGTERM to *PID (SIGKILL after 5 s), reaped; *PID is 0 after. */
+void nf_stop(pid_t *pid);
+/* NULL while every broker lives, else which one died and how (in BUF). */
+const char *nf_broker_dead(char *buf, size_t cap);
+/* Prints to stderr the sanitizer reports in the log PATH, or its tail. */
+void nf_print_log(const char *path);
+/* SIGTERM to the broker *PID (WHO, log LOG): NULL when it exits clean
+ * within 10 s (a leak report of libzmq's loss at close alone is said and
+ * not counted: nf_lsan.h), else what failed (in BUF). */
+const char *nf_term_clean(pid_t *pid, const char *who, const char *log, char *buf, size_t cap);
+/* --linked: the far side's faults, from a PRNG of their own seeded from
+ * nf_opt.seed: nf_fault_start at the start of play (NOW), nf_fault_step
+ * as play goes on, nf_fault_end to let a stopped broker go on. */
+void nf_fault_start(int64_t now);
+void nf_fault_step(int64_t now);
+void nf_fault_end(void);
+/* Removes the run's directory (a failed run keeps it). */
+void nf_remove_dir(void);
 
 #endif

@@ -250,8 +250,9 @@ int th_free_port(void)
 
 const char *th_ep(int port)
 {
-    static char buf[4][64];
-    static int slot;
+    /* per thread: worker and client threads of a test call it too */
+    static _Thread_local char buf[4][64];
+    static _Thread_local int slot;
     char *b = buf[slot++ % 4];
     snprintf(b, sizeof buf[0], "tcp://127.0.0.1:%d", port);
     return b;

@@ -35,7 +35,8 @@ const char *th_dir(void);
  * (tools/lib/tl_port.h), never one given before in the last 256; fails
  * the test when there is none. */
 int th_free_port(void);
-/* "tcp://127.0.0.1:PORT" in a static buffer per call slot (4 rotating). */
+/* "tcp://127.0.0.1:PORT" in a static buffer per call slot (4 rotating, per
+ * thread: valid for the calling thread's next three calls, and while it lives). */
 const char *th_ep(int port);
 
 /* Stops every process still running (SIGTERM) and checks that each exited

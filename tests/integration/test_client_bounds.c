@@ -38,6 +38,7 @@
 
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,7 +240,7 @@ enum { S_MSGS = 200, S_MSG_BYTES = 1024 * 1024 };
 
 typedef struct {
     int port;
-    volatile int done;
+    atomic_int done; /* set by the thread as it ends; the main thread polls it */
     int got, gap_first;
     uint64_t dropped, first_id, last_id;
     size_t bytes;
@@ -272,7 +273,7 @@ static void *s_rq_thread(void *arg)
         ab_message_destroy(&m);
     }
     ab_client_destroy(&c);
-    x->done = 1;
+    atomic_store(&x->done, 1);
     return NULL;
 }
 
@@ -309,7 +310,7 @@ static void s_recv_queue(void)
     ab_header_t a = ab_header_init(AB_KIND_REPLY);
     a.correlation_id = control;
     s_out(router, &rid, &a, "ok", 2);
-    for (int i = 0; i < 3000 && !x.done; i++) {
+    for (int i = 0; i < 3000 && !atomic_load(&x.done); i++) {
         s_in_t in;
         if (s_in(router, &in, 10))
             s_in_close(&in);
@@ -537,7 +538,7 @@ static void s_stopped(void)
 /* --- oversize ------------------------------------------------------------------- */
 typedef struct {
     int port, rc;
-    volatile int done;
+    atomic_int done; /* set by the thread as it ends; the main thread polls it */
 } s_os_t;
 
 static void *s_os_thread(void *arg)
@@ -560,7 +561,7 @@ static void *s_os_thread(void *arg)
             usleep(100 * 1000);
     }
     ab_client_destroy(&c);
-    x->done = 1;
+    atomic_store(&x->done, 1);
     return NULL;
 }
 
@@ -575,7 +576,7 @@ static void s_oversize(void)
     REQUIRE(big != NULL);
     int hellos = 0, sent_big = 0, answered = 0;
     int64_t end = ab_now_ms() + 30000;
-    while (!x.done && ab_now_ms() < end) {
+    while (!atomic_load(&x.done) && ab_now_ms() < end) {
         s_in_t in;
         if (!s_in(router, &in, 50))
             continue;

@@ -18,6 +18,7 @@
 #include "batchtest.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,7 @@ static ab_options_t *s_opts(int port, const char *name, int batching)
 typedef struct {
     int port, batching;
     ab_worker_t *w;
-    volatile int ready;
+    atomic_int ready; /* w is set: the main thread may stop it */
 } s_wctx_t;
 
 static void *s_worker_thread(void *arg)
@@ -76,7 +77,7 @@ static void *s_worker_thread(void *arg)
     ab_options_destroy(&o);
     if (rc != AB_OK)
         return NULL;
-    x->ready = 1;
+    atomic_store(&x->ready, 1);
     for (;;) {
         ab_job_t *job;
         rc = ab_worker_recv(x->w, &job, 200);
@@ -206,6 +207,11 @@ static void s_sizes_with(int batching)
     CHECK_U64(st->malformed, 0);
     agentbus__stats__free_unpacked(st, NULL);
     free(data);
+    /* x.w is the thread's to write until it says ready (just after the
+     * worker registered, which the test waited for) */
+    for (int i = 0; i < 5000 && !atomic_load(&x.ready); i++)
+        th_sleep_ms(1);
+    REQUIRE(atomic_load(&x.ready));
     ab_worker_stop(x.w);
     pthread_join(th, NULL);
     ab_client_destroy(&a);

@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -623,7 +624,7 @@ static void s_async_fd(void)
 
 typedef struct {
     int port;
-    volatile int ready;
+    atomic_int ready; /* w is set: the main thread may stop it */
     ab_worker_t *w;
 } s_wctx_t;
 
@@ -640,7 +641,7 @@ static void *s_worker_thread(void *arg)
     }
     ab_options_destroy(&o);
     ab_worker_set_label(x->w, "kind", "test");
-    x->ready = 1;
+    atomic_store(&x->ready, 1);
     for (;;) {
         ab_job_t *job;
         int rc = ab_worker_recv(x->w, &job, 200);
@@ -699,6 +700,11 @@ static void s_worker_api(void)
     CHECK_EQ(wl->workers[0]->capacity, 2);
     CHECK_TRUE(wl->workers[0]->n_labels == 1 && !strcmp(wl->workers[0]->labels[0]->value, "test"));
     agentbus__worker_list__free_unpacked(wl, NULL);
+    /* x.w is the thread's to write until it says ready (just after the
+     * worker registered, which the test waited for) */
+    for (int i = 0; i < 5000 && !atomic_load(&x.ready); i++)
+        th_sleep_ms(1);
+    REQUIRE(atomic_load(&x.ready));
     ab_worker_stop(x.w);
     pthread_join(th, NULL);
     /* The worker said BYE: the broker no longer lists it. */

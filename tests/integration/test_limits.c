@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,7 +99,7 @@ typedef struct {
     uint64_t cancels[16384]; /* correlation ids of the CANCELs received */
     uint32_t cancel_codes[16384];
     int ncancel;
-    volatile int answer_cancels, answer_requests, stop;
+    atomic_int answer_cancels, answer_requests, stop; /* set by the main thread */
     pthread_t th;
 } s_worker_t;
 
@@ -113,7 +114,7 @@ static void *s_worker_main(void *arg)
     s_send(sock, &h, NULL, 0);
     int64_t next_hb = 0;
     uint8_t buf[4096];
-    while (!w->stop) {
+    while (!atomic_load(&w->stop)) {
         ab_header_t in;
         if (s_recv(sock, &in, buf, sizeof buf, 50) == 0) {
             pthread_mutex_lock(&w->mu);
@@ -126,11 +127,11 @@ static void *s_worker_main(void *arg)
             pthread_mutex_unlock(&w->mu);
             ab_header_t out = ab_header_init(AB_KIND_ERROR);
             out.correlation_id = in.kind == AB_KIND_CANCEL ? in.correlation_id : in.id;
-            if (in.kind == AB_KIND_CANCEL && w->answer_cancels) {
+            if (in.kind == AB_KIND_CANCEL && atomic_load(&w->answer_cancels)) {
                 out.error_code = AB_ERR_CANCELLED;
                 out.error_text = ab_view_of("cancelled");
                 s_send(sock, &out, NULL, 0);
-            } else if (in.kind == AB_KIND_REQUEST && w->answer_requests) {
+            } else if (in.kind == AB_KIND_REQUEST && atomic_load(&w->answer_requests)) {
                 out.kind = AB_KIND_REPLY;
                 s_send(sock, &out, "ok", 2);
             }
@@ -157,7 +158,7 @@ static void s_worker_start(s_worker_t *w, int port, const char *service, uint32_
 
 static void s_worker_stop(s_worker_t *w)
 {
-    w->stop = 1;
+    atomic_store(&w->stop, 1);
     pthread_join(w->th, NULL);
     pthread_mutex_destroy(&w->mu);
 }
@@ -278,7 +279,7 @@ static void s_cancel_slot(void)
     ab_client_t *ctl = th_client(port);
     s_worker_t w;
     s_worker_start(&w, port, "slow", 1);
-    w.answer_cancels = 1;
+    atomic_store(&w.answer_cancels, 1);
     REQUIRE(th_wait_workers(ctl, "slow", 1, 10000) == 0);
     void *cl = s_dealer(port);
     s_requests(cl, "slow", 1, 20, 60000);
@@ -307,7 +308,7 @@ static void s_leave_many(void)
     ab_client_t *ctl = th_client(port);
     s_worker_t w;
     s_worker_start(&w, port, "slow", 10);
-    w.answer_cancels = 1; /* at once: each answer frees its slot */
+    atomic_store(&w.answer_cancels, 1); /* at once: each answer frees its slot */
     REQUIRE(th_wait_workers(ctl, "slow", 1, 10000) == 0);
     void *cl = s_dealer(port);
     s_requests(cl, "slow", 1, 5000, 60000);
@@ -325,7 +326,7 @@ static void s_leave_many(void)
     CHECK_U64(st->cancelled, 0);
     agentbus__stats__free_unpacked(st, NULL);
     /* Its slots are free: a new client is served at once. */
-    w.answer_requests = 1;
+    atomic_store(&w.answer_requests, 1);
     void *c2 = s_dealer(port);
     s_requests(c2, "slow", 1, 5, 10000);
     ab_header_t h;
