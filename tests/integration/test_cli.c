@@ -413,6 +413,41 @@ static void s_leading_dash(void)
     CHECK_TRUE(!HAS("unknown option"));
 }
 
+/* Values that were taken without a word, or refused without saying what
+ * is expected (found trying every program's flags as a new user would). */
+static void s_bad_values(void)
+{
+    char wk[1024], sim[1024];
+    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
+    snprintf(sim, sizeof sim, "%s", th_bin("ollama-sim"));
+    const char *ep = th_ep(th_free_port()); /* nothing there: exit 2 must come first */
+    /* An Ollama option without --backend ollama ran an echo worker on
+     * "echo", and an echo option was ignored by an Ollama worker. */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --ollama-url http://127.0.0.1:1 --name gpu0", wk, ep),
+             2);
+    CHECK_TRUE(HAS("--ollama-url is for --backend ollama (this worker's backend is echo)"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend echo --min-slots 2", wk, ep), 2);
+    CHECK_TRUE(HAS("--min-slots is for --backend ollama"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend ollama --ollama-url http://127.0.0.1:1 "
+                  "--chunks 3", wk, ep), 2);
+    CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
+    /* ollama-sim's fault rates: "abc" and "0.5x" were read by strtod (0,
+     * 0.5) and "nan" left the default, all with the simulator started. */
+    const char *rates[] = {"abc", "0.5x", "nan", "inf", ""};
+    for (size_t i = 0; i < sizeof rates / sizeof rates[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --fault-error-rate '%s'", sim, rates[i]), 2);
+        CHECK_TRUE(HAS("faults.error_rate must be a number in [0, 1]"));
+    }
+    /* The broker's words-valued options say what they take, as the
+     * numeric ones say their range. */
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("for log-level (from command line); expected error, warn, info or debug"));
+    CHECK_EQ(s_sh("AB_LOG_FORMAT=xml timeout 10 %s --bind tcp://127.0.0.1:0",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("for log-format (from AB_LOG_FORMAT); expected text or json"));
+}
+
 /* 1 when TS is RFC 3339 UTC with milliseconds: 2026-01-02T03:04:05.678Z. */
 static int s_rfc3339(const char *ts)
 {
@@ -567,7 +602,7 @@ int main(int argc, char **argv)
         {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
         {"not_zeromq", s_not_zeromq},     {"worker_refused", s_worker_refused},
         {"keygen_force", s_keygen_force},
-        {"listen_reconnect", s_listen_reconnect},
+        {"listen_reconnect", s_listen_reconnect}, {"bad_values", s_bad_values},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
