@@ -148,6 +148,13 @@ static void s_no_broker(void)
         CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
         CHECK_TRUE(HAS(want));
     }
+    /* agentbus-infer-load --seconds 1 took a minute (each call waited 60 s
+     * for its answer), then said "CANCELLED". */
+    int64_t t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout 60 %s --broker %s --seconds 1", th_bin("agentbus-infer-load"), ep), 1);
+    CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
+    snprintf(want, sizeof want, "agentbus-infer-load: no broker reachable at %s", ep);
+    CHECK_TRUE(HAS(want));
 }
 
 /* A worker with no broker says what it waits for, then that it still does. */
