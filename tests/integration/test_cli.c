@@ -445,6 +445,23 @@ static void s_bad_values(void)
         CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --fault-error-rate '%s'", sim, rates[i]), 2);
         CHECK_TRUE(HAS("faults.error_rate must be a number in [0, 1]"));
     }
+    /* The gateway's --name: one the broker refuses left the gateway
+     * unnamed without a word (a 300-byte one was "bad broker endpoint or
+     * name", exit 1); a --service over 255 bytes failed every call. */
+    char gw[1024];
+    snprintf(gw, sizeof gw, "%s", th_bin("agentbus-gateway"));
+    const char *names[] = {"a b", "~x"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --name '%s'", gw, ep,
+                      names[i]), 2);
+        CHECK_TRUE(HAS("bad value for --name") && HAS("expected an agent name"));
+    }
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --name \"$(head -c 300 "
+                  "/dev/zero | tr '\\0' n)\"", gw, ep), 2);
+    CHECK_TRUE(HAS("bad value for --name"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --service \"$(head -c 256 "
+                  "/dev/zero | tr '\\0' s)\"", gw, ep), 2);
+    CHECK_TRUE(HAS("bad value for --service"));
     /* The broker's words-valued options say what they take, as the
      * numeric ones say their range. */
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",
