@@ -182,9 +182,9 @@ static int s_args(int argc, char **argv)
         else if (!strcmp(a, "--seconds") && v)
             s_seconds = (int)at_num(s_prog, a, v, 1, 3600);
         else if (!strcmp(a, "--bombers") && v)
-            s_bombers = (int)at_num(s_prog, a, v, 0, 10000);
+            s_bombers = (int)at_num(s_prog, a, v, 0, MAX_BOMBERS);
         else if (!strcmp(a, "--window") && v)
-            s_window = (int)at_num(s_prog, a, v, 1, 100000);
+            s_window = (int)at_num(s_prog, a, v, 1, 1024);
         else if (!strcmp(a, "--service") && v)
             s_service = v;
         else if (!strcmp(a, "--bomb-service") && v)
