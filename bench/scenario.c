@@ -408,7 +408,7 @@ static void s_usage(FILE *out)
            "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
            "         [--worker-capacity N] [--model-slots N] [--deep-capacity N]\n"
            "         [--systems LABEL,..]\n"
-           "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR]\n\n"
+           "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR] [--version]\n\n"
            "--systems: direct-new, direct-keepalive, bus, gateway, direct-nothink,\n"
            "bus-nothink (default: all of these), gateway-keepalive (only when named).\n\n"
            "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
@@ -502,6 +502,9 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             snprintf(o->out, sizeof o->out, "%s", v);
         else if (!strcmp(f, "--help")) {
             s_usage(stdout);
+            return 1;
+        } else if (!strcmp(f, "--version")) { /* as every program (README) */
+            tl_print_version("agentbus-scenario", ab_version());
             return 1;
         } else {
             if (i < argc)

@@ -111,7 +111,7 @@ static void s_version(void)
 {
     static const char *progs[] = {"brokerctl", "agentbus-worker", "agentbus-broker",
                                   "ollama-sim", "agentbus-load", "agentbus-infer-load",
-                                  "agentbus-faults"};
+                                  "agentbus-faults", "agentbus-gateway"};
     for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
         CHECK_EQ(s_sh("timeout 10 %s --version", th_bin(progs[i])), 0);
         char want[128];
