@@ -462,6 +462,13 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --service \"$(head -c 256 "
                   "/dev/zero | tr '\\0' s)\"", gw, ep), 2);
     CHECK_TRUE(HAS("bad value for --service"));
+    /* --model's NAME comes first: ",size=8G" made a model named
+     * "size=8G" (strtok skipped the empty name) and the simulator started. */
+    const char *models[] = {",size=8G", "size=8G"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --model '%s'", sim, models[i]), 2);
+        CHECK_TRUE(HAS("--model wants NAME[,key=value...]"));
+    }
     /* The broker's words-valued options say what they take, as the
      * numeric ones say their range. */
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",

@@ -234,8 +234,13 @@ static json_t *s_model_spec(const char *spec)
     json_t *o = json_object();
     char *save = NULL;
     char *tok = strtok_r(buf, ",", &save);
-    if (tok)
-        json_object_set_new(o, "name", json_string(tok));
+    /* NAME first: strtok skips an empty one, so ",size=8G" made a model
+     * named "size=8G". */
+    if (!tok || spec[0] == ',' || strchr(tok, '=')) {
+        json_decref(o);
+        return NULL;
+    }
+    json_object_set_new(o, "name", json_string(tok));
     while ((tok = strtok_r(NULL, ",", &save))) {
         char *eq = strchr(tok, '=');
         if (!eq) {
