@@ -469,6 +469,10 @@ static void s_bad_values(void)
         CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --model '%s'", sim, models[i]), 2);
         CHECK_TRUE(HAS("--model wants NAME[,key=value...]"));
     }
+    /* A keep-alive of "nan" seconds was cast to nanoseconds (undefined) and
+     * taken. */
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
+    CHECK_TRUE(HAS("--keep-alive wants a duration"));
     /* The broker's words-valued options say what they take, as the
      * numeric ones say their range. */
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",
