@@ -473,6 +473,7 @@ static void s_bad_values(void)
      * taken. */
     CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
     CHECK_TRUE(HAS("--keep-alive wants a duration"));
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nanms", sim), 2);
     /* The broker's words-valued options say what they take, as the
      * numeric ones say their range. */
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",

@@ -106,7 +106,7 @@ int sim_parse_duration(const char *txt, int64_t *ns)
     while (*p) {
         errno = 0;
         double v = strtod(p, &end);
-        if (end == p || errno || v < 0)
+        if (end == p || errno || !(v >= 0)) /* NaN too ("nanms") */
             return -1;
         p = end;
         double unit;
