@@ -474,6 +474,14 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
     CHECK_TRUE(HAS("--keep-alive wants a duration"));
     CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nanms", sim), 2);
+    /* --api-keys naming a directory (mode 0700) was "open to group or
+     * others"; with 0700 fopen and the mode check passed and it read as
+     * holding no key. */
+    char dir[] = "/tmp/ab-cli-keysXXXXXX";
+    REQUIRE(mkdtemp(dir) != NULL);
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --api-keys %s", gw, ep, dir), 2);
+    CHECK_TRUE(HAS("is not a regular file"));
+    rmdir(dir);
     /* The broker's words-valued options say what they take, as the
      * numeric ones say their range. */
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",
