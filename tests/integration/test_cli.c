@@ -420,6 +420,30 @@ static void s_leading_dash(void)
     CHECK_TRUE(!HAS("unknown option"));
 }
 
+/* ollama-sim's flags that took a bad value (s_bad_values). */
+static void s_bad_sim_values(const char *sim)
+{
+    /* ollama-sim's fault rates: "abc" and "0.5x" were read by strtod (0,
+     * 0.5) and "nan" left the default, all with the simulator started. */
+    const char *rates[] = {"abc", "0.5x", "nan", "inf", ""};
+    for (size_t i = 0; i < sizeof rates / sizeof rates[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --fault-error-rate '%s'", sim, rates[i]), 2);
+        CHECK_TRUE(HAS("faults.error_rate must be a number in [0, 1]"));
+    }
+    /* --model's NAME comes first: ",size=8G" made a model named
+     * "size=8G" (strtok skipped the empty name) and the simulator started. */
+    const char *models[] = {",size=8G", "size=8G"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --model '%s'", sim, models[i]), 2);
+        CHECK_TRUE(HAS("--model wants NAME[,key=value...]"));
+    }
+    /* A keep-alive of "nan" seconds was cast to nanoseconds (undefined) and
+     * taken. */
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
+    CHECK_TRUE(HAS("--keep-alive wants a duration"));
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nanms", sim), 2);
+}
+
 /* Values that were taken without a word, or refused without saying what
  * is expected (found trying every program's flags as a new user would). */
 static void s_bad_values(void)
@@ -438,13 +462,7 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend ollama --ollama-url http://127.0.0.1:1 "
                   "--chunks 3", wk, ep), 2);
     CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
-    /* ollama-sim's fault rates: "abc" and "0.5x" were read by strtod (0,
-     * 0.5) and "nan" left the default, all with the simulator started. */
-    const char *rates[] = {"abc", "0.5x", "nan", "inf", ""};
-    for (size_t i = 0; i < sizeof rates / sizeof rates[0]; i++) {
-        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --fault-error-rate '%s'", sim, rates[i]), 2);
-        CHECK_TRUE(HAS("faults.error_rate must be a number in [0, 1]"));
-    }
+    s_bad_sim_values(sim);
     /* The gateway's --name: one the broker refuses left the gateway
      * unnamed without a word (a 300-byte one was "bad broker endpoint or
      * name", exit 1); a --service over 255 bytes failed every call. */
@@ -462,18 +480,6 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --service \"$(head -c 256 "
                   "/dev/zero | tr '\\0' s)\"", gw, ep), 2);
     CHECK_TRUE(HAS("bad value for --service"));
-    /* --model's NAME comes first: ",size=8G" made a model named
-     * "size=8G" (strtok skipped the empty name) and the simulator started. */
-    const char *models[] = {",size=8G", "size=8G"};
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
-        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --model '%s'", sim, models[i]), 2);
-        CHECK_TRUE(HAS("--model wants NAME[,key=value...]"));
-    }
-    /* A keep-alive of "nan" seconds was cast to nanoseconds (undefined) and
-     * taken. */
-    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
-    CHECK_TRUE(HAS("--keep-alive wants a duration"));
-    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nanms", sim), 2);
     /* --api-keys naming a directory (mode 0700) was "open to group or
      * others"; with 0700 fopen and the mode check passed and it read as
      * holding no key. */
