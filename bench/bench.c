@@ -705,6 +705,10 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             s_usage();
             return 1;
         }
+        if (!strcmp(f, "--version")) { /* as every program (README) */
+            tl_print_version("agentbus-bench", ab_version());
+            return 1;
+        }
         int fmt = bf_format_flag(&o->format, f);
         if (fmt < 0)
             return -1;

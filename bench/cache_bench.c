@@ -353,7 +353,10 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(argv[i], "--redis"))
             redis = 1;
-        else {
+        else if (!strcmp(argv[i], "--version")) { /* as every program (README) */
+            tl_print_version("agentbus-cache-bench", ab_version());
+            return 0;
+        } else {
             int help = !strcmp(argv[i], "--help");
             if (!help)
                 fprintf(stderr, "agentbus-cache-bench: %s%s%s: unknown option or bad value "
@@ -362,7 +365,8 @@ int main(int argc, char **argv)
             fprintf(help ? stdout : stderr,
                     "Usage: agentbus-cache-bench [--count N] [--redis]\n"
                     "  --count N  requests per kind, 100 to 1000000 (default 5000)\n"
-                    "  --redis    also measure L2 hits (starts /usr/bin/redis-server)\n");
+                    "  --redis    also measure L2 hits (starts /usr/bin/redis-server)\n"
+                    "  --version  print \"agentbus-cache-bench VERSION\"\n");
             return help ? 0 : 2;
         }
     }

@@ -320,6 +320,29 @@ static void s_start_gateway(s_stack_t *st, double scale)
     s_progress("the gateway did not answer /healthz (log %s): run C skipped", log);
 }
 
+/* 1 when the broker PID has exited already, said with the first line of
+ * its LOG (the log directory goes at exit): a --broker-opt it refuses
+ * (exit 2) left every run waiting for a broker that was not there. */
+static int s_broker_gone(pid_t pid, const char *log, int *status)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (pid <= 0 || waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+        si.si_pid != pid)
+        return 0;
+    char line[512] = "";
+    FILE *f = fopen(log, "r");
+    if (f && !fgets(line, sizeof line, f))
+        line[0] = '\0';
+    if (f)
+        fclose(f);
+    line[strcspn(line, "\n")] = '\0';
+    *status = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+    s_progress("the broker exited at start (status %d): %s", *status, line);
+    return 1;
+}
+
+/* 0, -1 on a failure, -2 when the broker refused its options (exit 2). */
 static int s_start_stack(const s_opts_t *op, s_stack_t *st)
 {
     char scale[32], seed[32], log[128], cfgmodels[SC_MODELS][160];
@@ -358,10 +381,13 @@ static int s_start_stack(const s_opts_t *op, s_stack_t *st)
         bargv[8 + 2 * k] = op->bopt[k][1];
     }
     snprintf(log, sizeof log, "%s/broker.log", s_dir);
-    s_spawn(bargv, log);
+    pid_t bpid = s_spawn(bargv, log);
     s_start_gateway(st, op->scale);
     for (int i = 0; i < 100 && !(s_sim_up(st->sim_url[0]) && s_sim_up(st->sim_url[1])); i++)
         usleep(100000);
+    int status = 0;
+    if (s_broker_gone(bpid, log, &status))
+        return status == 2 ? -2 : -1;
     /* Load every model on both GPUs before anything is measured. */
     for (int g = 0; g < SC_GPUS; g++)
         for (int m = 0; m < SC_MODELS; m++) {
@@ -382,7 +408,7 @@ static void s_usage(FILE *out)
            "         [--no-keepalive] [--no-gateway] [--no-nothink] [--scale-only]\n"
            "         [--worker-capacity N] [--model-slots N] [--deep-capacity N]\n"
            "         [--systems LABEL,..]\n"
-           "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR]\n\n"
+           "         [--broker-opt --FLAG=VALUE (up to 4)] [--out DIR] [--version]\n\n"
            "--systems: direct-new, direct-keepalive, bus, gateway, direct-nothink,\n"
            "bus-nothink (default: all of these), gateway-keepalive (only when named).\n\n"
            "The seed workload (174 agents, two simulated GPUs) direct over HTTP (run A),\n"
@@ -476,6 +502,9 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             snprintf(o->out, sizeof o->out, "%s", v);
         else if (!strcmp(f, "--help")) {
             s_usage(stdout);
+            return 1;
+        } else if (!strcmp(f, "--version")) { /* as every program (README) */
+            tl_print_version("agentbus-scenario", ab_version());
             return 1;
         } else {
             if (i < argc)
@@ -752,8 +781,9 @@ int main(int argc, char **argv)
     int n = 0;
     uint64_t lost = 0;
     if (o.closed_s > 0 || !o.skip_open) {
-        if (s_start_stack(&o, &st) != 0)
-            return 1;
+        int src = s_start_stack(&o, &st);
+        if (src != 0)
+            return src == -2 ? 2 : 1;
         s_progress("two simulated GPUs, broker, gateway (%s) and two Ollama workers (capacity %d, "
                    "model slots %ld) up", st.gateway[0] ? st.gateway : "not running", o.capacity,
                    s_model_slots);

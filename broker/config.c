@@ -405,6 +405,10 @@ bad:
     fprintf(stderr, "agentbus-broker: invalid value '%s' for %s (from %s)", val, o->name, source);
     if (o->type == OPT_LONG || o->type == OPT_SIZE || o->type == OPT_FLAG)
         fprintf(stderr, "; expected %ld..%ld", o->min, o->max);
+    else if (o->type == OPT_LOGLEVEL) /* the words it takes, as the numbers' range is said */
+        fprintf(stderr, "; expected error, warn, info or debug");
+    else if (o->type == OPT_LOGFORMAT)
+        fprintf(stderr, "; expected text or json");
     fprintf(stderr, "\n");
     return -1;
 }

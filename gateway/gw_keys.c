@@ -107,6 +107,11 @@ int gw_keys_load(gw_keys_t *k, const char *path, char *err, size_t cap)
             fclose(fp);
         return -1;
     }
+    if (!S_ISREG(st.st_mode)) { /* a directory was "open to group or others (mode 755)" */
+        snprintf(err, cap, "%s is not a regular file", path);
+        fclose(fp);
+        return -1;
+    }
     if (st.st_mode & (S_IRWXG | S_IRWXO)) {
         snprintf(err, cap, "%s is open to group or others (mode %03o): it holds secrets; "
                  "chmod 600 it", path, (unsigned)(st.st_mode & 0777));

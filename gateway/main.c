@@ -162,8 +162,16 @@ static int s_take(gw_config_t *cfg, int id, const char *v)
     case O_KEY: setenv("AB_KEY", v, 1); break;
     case O_BROKERKEY: setenv("AB_BROKER_KEY", v, 1); break;
     case O_APIKEYS: cfg->api_keys = v; break;
-    case O_SERVICE: cfg->service = v; break;
-    case O_NAME: cfg->name = v; break;
+    case O_SERVICE: /* 1..255 bytes, as the broker takes (every call failed) */
+        if (strlen(v) > 255)
+            return -1;
+        cfg->service = v;
+        break;
+    case O_NAME: /* the broker refuses a bad one and the gateway ran unnamed, without a word */
+        if (*v && ab_agent_name_check(v) != AB_OK)
+            return -1;
+        cfg->name = v;
+        break;
     case O_VERSTR: cfg->version = v; break;
     case O_MAXCONN: cfg->max_connections = (unsigned)n; break;
     case O_PERIP: cfg->max_conns_per_ip = (unsigned)n; break;
@@ -205,7 +213,10 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
         if (s_take(cfg, id, p.value) != 0) {
             fprintf(stderr, "agentbus-gateway: bad value for --%s: '%s'%s\n", p.opt->name,
                     p.value, id == O_LISTEN ? " (expected an IPv4 address and a port "
-                                              "0..65535, e.g. 127.0.0.1:11434)" : "");
+                                              "0..65535, e.g. 127.0.0.1:11434)"
+                             : id == O_NAME ? " (expected an agent name: 1..255 printable "
+                                              "ASCII characters, no spaces, not starting "
+                                              "with '~')" : "");
             return -1;
         }
     }

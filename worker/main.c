@@ -79,7 +79,8 @@ static void s_usage(const char *prog)
            "  --help, -h          show this help\n"
            "  --version           print \"agentbus-worker VERSION\"\n"
            "Options may be given as --opt VALUE or --opt=VALUE (needed for a value that\n"
-           "starts with '-').\n\n"
+           "starts with '-'). An option of the other backend (echo: or ollama:) is\n"
+           "refused, exit 2.\n\n"
            "The worker waits for its broker and reconnects when it is lost. A broker\n"
            "that refuses its key (DENIED: none, not trusted, service or capacity not\n"
            "granted) is logged as such and retried, so the operator may trust or grant\n"
@@ -97,6 +98,7 @@ typedef struct {
     const char *key, *broker_key; /* --key, --broker-key (else $AB_KEY ...) */
     int nlabels;
     long heartbeat_ms;
+    const char *echo_opt, *ollama_opt; /* the last option given of each backend's */
     wk_backend_args_t args;
 } s_args_t;
 
@@ -237,6 +239,29 @@ static int s_check_slots(const wk_backend_args_t *b)
     return -1;
 }
 
+static void s_note_backend_opt(s_args_t *a, int id, const char *name)
+{
+    switch (id) {
+    case O_DELAY: case O_CHUNKS: a->echo_opt = name; break;
+    case O_OLLAMA_URL: case O_PRELOAD: case O_VRAM: case O_RETRIES: case O_REFRESH:
+    case O_MINSLOTS: case O_MODELSLOTS: a->ollama_opt = name; break;
+    }
+}
+
+/* An option of the other backend is a mistake, not a no-op: "--ollama-url
+ * URL" without "--backend ollama" ran an echo worker on service "echo"
+ * that answered every prompt with itself, without a word. */
+static int s_backend_opts(const s_args_t *a)
+{
+    int ollama = strcmp(a->backend, "ollama") == 0;
+    const char *wrong = ollama ? a->echo_opt : a->ollama_opt;
+    if (!wrong)
+        return 0;
+    fprintf(stderr, "agentbus-worker: --%s is for --backend %s (this worker's backend is %s)\n",
+            wrong, ollama ? "echo" : "ollama", a->backend);
+    return -1;
+}
+
 static int s_parse(s_args_t *a, int argc, char **argv)
 {
     memset(a, 0, sizeof *a);
@@ -272,12 +297,15 @@ static int s_parse(s_args_t *a, int argc, char **argv)
                     p.opt->name);
             return -1;
         }
+        s_note_backend_opt(a, id, p.opt->name);
     }
     if (strcmp(a->backend, "echo") != 0 && strcmp(a->backend, "ollama") != 0) {
         fprintf(stderr, "agentbus-worker: unknown backend '%s' (available: echo, ollama)\n",
                 a->backend);
         return -1;
     }
+    if (s_backend_opts(a) != 0)
+        return -1;
     if (strcmp(a->backend, "ollama") == 0) {
         if (!a->args.ollama_url) {
             fprintf(stderr, "agentbus-worker: --backend ollama needs --ollama-url URL\n");

@@ -111,7 +111,7 @@ static void s_version(void)
 {
     static const char *progs[] = {"brokerctl", "agentbus-worker", "agentbus-broker",
                                   "ollama-sim", "agentbus-load", "agentbus-infer-load",
-                                  "agentbus-faults"};
+                                  "agentbus-faults", "agentbus-gateway"};
     for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
         CHECK_EQ(s_sh("timeout 10 %s --version", th_bin(progs[i])), 0);
         char want[128];
@@ -148,6 +148,13 @@ static void s_no_broker(void)
         CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
         CHECK_TRUE(HAS(want));
     }
+    /* agentbus-infer-load --seconds 1 took a minute (each call waited 60 s
+     * for its answer), then said "CANCELLED". */
+    int64_t t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout 60 %s --broker %s --seconds 1", th_bin("agentbus-infer-load"), ep), 1);
+    CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
+    snprintf(want, sizeof want, "agentbus-infer-load: no broker reachable at %s", ep);
+    CHECK_TRUE(HAS(want));
 }
 
 /* A worker with no broker says what it waits for, then that it still does. */
@@ -413,6 +420,84 @@ static void s_leading_dash(void)
     CHECK_TRUE(!HAS("unknown option"));
 }
 
+/* ollama-sim's flags that took a bad value (s_bad_values). */
+static void s_bad_sim_values(const char *sim)
+{
+    /* ollama-sim's fault rates: "abc" and "0.5x" were read by strtod (0,
+     * 0.5) and "nan" left the default, all with the simulator started. */
+    const char *rates[] = {"abc", "0.5x", "nan", "inf", ""};
+    for (size_t i = 0; i < sizeof rates / sizeof rates[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --fault-error-rate '%s'", sim, rates[i]), 2);
+        CHECK_TRUE(HAS("faults.error_rate must be a number in [0, 1]"));
+    }
+    /* --model's NAME comes first: ",size=8G" made a model named
+     * "size=8G" (strtok skipped the empty name) and the simulator started. */
+    const char *models[] = {",size=8G", "size=8G"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --model '%s'", sim, models[i]), 2);
+        CHECK_TRUE(HAS("--model wants NAME[,key=value...]"));
+    }
+    /* A keep-alive of "nan" seconds was cast to nanoseconds (undefined) and
+     * taken. */
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
+    CHECK_TRUE(HAS("--keep-alive wants a duration"));
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nanms", sim), 2);
+}
+
+/* Values that were taken without a word, or refused without saying what
+ * is expected (found trying every program's flags as a new user would). */
+static void s_bad_values(void)
+{
+    char wk[1024], sim[1024];
+    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
+    snprintf(sim, sizeof sim, "%s", th_bin("ollama-sim"));
+    const char *ep = th_ep(th_free_port()); /* nothing there: exit 2 must come first */
+    /* An Ollama option without --backend ollama ran an echo worker on
+     * "echo", and an echo option was ignored by an Ollama worker. */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --ollama-url http://127.0.0.1:1 --name gpu0", wk, ep),
+             2);
+    CHECK_TRUE(HAS("--ollama-url is for --backend ollama (this worker's backend is echo)"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend echo --min-slots 2", wk, ep), 2);
+    CHECK_TRUE(HAS("--min-slots is for --backend ollama"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend ollama --ollama-url http://127.0.0.1:1 "
+                  "--chunks 3", wk, ep), 2);
+    CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
+    s_bad_sim_values(sim);
+    /* The gateway's --name: one the broker refuses left the gateway
+     * unnamed without a word (a 300-byte one was "bad broker endpoint or
+     * name", exit 1); a --service over 255 bytes failed every call. */
+    char gw[1024];
+    snprintf(gw, sizeof gw, "%s", th_bin("agentbus-gateway"));
+    const char *names[] = {"a b", "~x"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --name '%s'", gw, ep,
+                      names[i]), 2);
+        CHECK_TRUE(HAS("bad value for --name") && HAS("expected an agent name"));
+    }
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --name \"$(head -c 300 "
+                  "/dev/zero | tr '\\0' n)\"", gw, ep), 2);
+    CHECK_TRUE(HAS("bad value for --name"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --service \"$(head -c 256 "
+                  "/dev/zero | tr '\\0' s)\"", gw, ep), 2);
+    CHECK_TRUE(HAS("bad value for --service"));
+    /* --api-keys naming a directory (mode 0700) was "open to group or
+     * others"; with 0700 fopen and the mode check passed and it read as
+     * holding no key. */
+    char dir[] = "/tmp/ab-cli-keysXXXXXX";
+    REQUIRE(mkdtemp(dir) != NULL);
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --api-keys %s", gw, ep, dir), 2);
+    CHECK_TRUE(HAS("is not a regular file"));
+    rmdir(dir);
+    /* The broker's words-valued options say what they take, as the
+     * numeric ones say their range. */
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("for log-level (from command line); expected error, warn, info or debug"));
+    CHECK_EQ(s_sh("AB_LOG_FORMAT=xml timeout 10 %s --bind tcp://127.0.0.1:0",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("for log-format (from AB_LOG_FORMAT); expected text or json"));
+}
+
 /* 1 when TS is RFC 3339 UTC with milliseconds: 2026-01-02T03:04:05.678Z. */
 static int s_rfc3339(const char *ts)
 {
@@ -567,7 +652,7 @@ int main(int argc, char **argv)
         {"leading_dash", s_leading_dash}, {"log_lines", s_log_lines},
         {"not_zeromq", s_not_zeromq},     {"worker_refused", s_worker_refused},
         {"keygen_force", s_keygen_force},
-        {"listen_reconnect", s_listen_reconnect},
+        {"listen_reconnect", s_listen_reconnect}, {"bad_values", s_bad_values},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

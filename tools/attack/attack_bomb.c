@@ -41,6 +41,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+static const char s_prog[] = "agentbus-attack-bomb"; /* for at_num's messages */
+
 #define BOMB_ORIGINAL (64u << 20) /* what each bomb declares */
 #define MAX_BOMBERS 16
 
@@ -178,11 +180,11 @@ static int s_args(int argc, char **argv)
         if (!strcmp(a, "--broker") && v)
             s_ep = v;
         else if (!strcmp(a, "--seconds") && v)
-            s_seconds = atoi(v);
+            s_seconds = (int)at_num(s_prog, a, v, 1, 3600);
         else if (!strcmp(a, "--bombers") && v)
-            s_bombers = atoi(v);
+            s_bombers = (int)at_num(s_prog, a, v, 0, MAX_BOMBERS);
         else if (!strcmp(a, "--window") && v)
-            s_window = atoi(v);
+            s_window = (int)at_num(s_prog, a, v, 1, 1024);
         else if (!strcmp(a, "--service") && v)
             s_service = v;
         else if (!strcmp(a, "--bomb-service") && v)

@@ -33,6 +33,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+static const char s_prog[] = "agentbus-attack-cancel"; /* for at_num's messages */
+
 static void *s_ctx;
 static char s_ep[64];
 static volatile int s_stop;
@@ -160,13 +162,13 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--broker") == 0)
             snprintf(path, sizeof path, "%s", argv[i + 1]);
         else if (strcmp(argv[i], "--pending") == 0)
-            pending = (unsigned)atol(argv[i + 1]);
+            pending = (unsigned)at_num(s_prog, argv[i], argv[i + 1], 1, 10000000);
         else if (strcmp(argv[i], "--cancels") == 0)
-            cancels = (unsigned)atol(argv[i + 1]);
+            cancels = (unsigned)at_num(s_prog, argv[i], argv[i + 1], 1, 100000000);
         else if (strcmp(argv[i], "--leave") == 0)
-            leave = (unsigned)atol(argv[i + 1]);
+            leave = (unsigned)at_num(s_prog, argv[i], argv[i + 1], 0, 10000000);
         else if (strcmp(argv[i], "--capacity") == 0)
-            s_capacity = (unsigned)atol(argv[i + 1]);
+            s_capacity = (unsigned)at_num(s_prog, argv[i], argv[i + 1], 1, 1000000);
         else
             break;
     }

@@ -29,6 +29,8 @@
 #include <string.h>
 #include <zmq.h>
 
+static const char s_prog[] = "agentbus-attack-names"; /* for at_num's messages */
+
 /* Asks the broker for its stats: the decoded Stats, or NULL after 3 s. */
 static Agentbus__Stats *s_stats(void *s)
 {
@@ -89,11 +91,11 @@ int main(int argc, char **argv)
             i++;
             break;
         } else if (strcmp(argv[i], "--names") == 0 && i + 1 < argc) {
-            names = atol(argv[++i]);
+            names = at_num(s_prog, argv[i], argv[i + 1], 1, 100000000), i++;
         } else if (strcmp(argv[i], "--ttl-ms") == 0 && i + 1 < argc) {
-            ttl_ms = atol(argv[++i]);
+            ttl_ms = at_num(s_prog, argv[i], argv[i + 1], 0, 86400000), i++;
         } else if (strcmp(argv[i], "--window") == 0 && i + 1 < argc) {
-            window = atol(argv[++i]);
+            window = at_num(s_prog, argv[i], argv[i + 1], 1, 1000000), i++;
         } else if (strcmp(argv[i], "--bin-dir") == 0 && i + 1 < argc) {
             snprintf(bin_dir, sizeof bin_dir, "%s", argv[++i]);
         } else {

@@ -29,6 +29,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+static const char s_prog[] = "agentbus-attack-services"; /* for at_num's messages */
+
 static void *s_ctx;
 static char s_ep[64];
 
@@ -99,13 +101,13 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--broker") == 0)
             snprintf(path, sizeof path, "%s", argv[i + 1]);
         else if (strcmp(argv[i], "--names") == 0)
-            names = atol(argv[i + 1]);
+            names = at_num(s_prog, argv[i], argv[i + 1], 1, 10000000);
         else if (strcmp(argv[i], "--wait-ms") == 0)
-            wait_ms = atol(argv[i + 1]);
+            wait_ms = at_num(s_prog, argv[i], argv[i + 1], 0, 3600000);
         else if (strcmp(argv[i], "--conns") == 0)
-            conns = atol(argv[i + 1]);
+            conns = at_num(s_prog, argv[i], argv[i + 1], 0, 100000);
         else if (strcmp(argv[i], "--register-mb") == 0)
-            mb = atol(argv[i + 1]);
+            mb = at_num(s_prog, argv[i], argv[i + 1], 1, 1024);
         else
             goto usage;
     }

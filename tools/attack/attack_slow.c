@@ -22,12 +22,15 @@
 #include "attack_util.h"
 
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 #include <zmq.h>
+
+static const char s_prog[] = "agentbus-attack-slow"; /* for at_num's messages */
 
 static int s_pid;
 static long s_peak;
@@ -283,7 +286,7 @@ int main(int argc, char **argv)
         if (strcmp(argv[i], "--broker") == 0)
             ep = argv[i + 1];
         else if (strcmp(argv[i], "--pid") == 0)
-            s_pid = atoi(argv[i + 1]);
+            s_pid = (int)at_num(s_prog, argv[i], argv[i + 1], 1, INT_MAX);
         else
             break; /* unknown: usage below */
     }

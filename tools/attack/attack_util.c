@@ -192,3 +192,12 @@ int at_help_asked(int argc, char **argv)
             return 1;
     return 0;
 }
+
+long at_num(const char *prog, const char *opt, const char *v, long min, long max)
+{
+    long n;
+    if (tl_parse_long(v, min, max, &n) == 0)
+        return n;
+    fprintf(stderr, "%s: bad value '%s' for %s (expected %ld..%ld)\n", prog, v, opt, min, max);
+    exit(2);
+}

@@ -19,6 +19,11 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+/* V as a whole number MIN..MAX for option OPT of PROG; else says so on
+ * stderr and exits 2 (atol took "abc" and "" as 0, and "-1" as a count
+ * that wrapped or never ended). */
+long at_num(const char *prog, const char *opt, const char *v, long min, long max);
+
 /* Seconds on the monotonic clock (for timing with sub-ms resolution). */
 double at_now_s(void);
 

@@ -22,6 +22,7 @@
 #include "tl_port.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -231,6 +232,18 @@ int main(int argc, char **argv)
     int prc = s_parse(argc, argv, &runs, &floor_ms, &mode);
     if (prc != 0)
         return prc > 0 ? 0 : 2;
+    /* A --bin-dir without the programs: their exec failed in the child and
+     * this waited minutes, silent, for a broker that never came. */
+    const char *progs[] = {"agentbus-broker", "agentbus-worker"};
+    for (int i = 0; i < 2; i++) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/%s", s_bin_dir, progs[i]);
+        if (access(path, X_OK) != 0) {
+            fprintf(stderr, "agentbus-faults: cannot run %s: %s (see --bin-dir)\n", path,
+                    strerror(errno));
+            return 2;
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
     s_slots = calloc(MAX_REQ, sizeof *s_slots);
     int port = tl_free_port();

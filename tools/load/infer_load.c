@@ -177,8 +177,8 @@ static void s_usage(const char *argv0)
            "                     model's own)\n"
            "  -h, --help         this text\n"
            "  --version          the version\n\n"
-           "Exit status: 0 when every request was answered; 1 if one failed; 2 on\n"
-           "bad usage.\n");
+           "Exit status: 0 when every request was answered; 1 if one failed or no\n"
+           "broker was reachable within 5 s; 2 on bad usage.\n");
 }
 
 int main(int argc, char **argv)
@@ -190,6 +190,10 @@ int main(int argc, char **argv)
     if (prc != 0)
         return prc > 0 ? 0 : 2;
     ld_signals();
+    /* Each call waits for its answer (up to 60 s): with no broker a run of
+     * --seconds 1 took a minute, then said "CANCELLED". */
+    if (ld_wait_broker(cfg.broker, "agentbus-infer-load", 5000) != 0)
+        return 1;
     s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
     if (!agents)
         return 1;

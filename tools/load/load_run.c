@@ -69,6 +69,23 @@ int ld_connect(const char *broker, const char *prefix, int index, ab_client_t **
     return rc;
 }
 
+int ld_wait_broker(const char *broker, const char *prog, int ms)
+{
+    ab_client_t *c = NULL;
+    int rc = ld_connect(broker, "probe", 0, &c);
+    for (int waited = 0; rc == AB_OK && !ab_client_connected(c) && waited < ms && !ld_stop;
+         waited += 50)
+        ab_client_poll(c, 50);
+    int up = rc == AB_OK && ab_client_connected(c);
+    ab_client_destroy(&c);
+    if (up)
+        return 0;
+    const char *env = getenv("AB_BROKER");
+    fprintf(stderr, "%s: no broker reachable at %s (is agentbus-broker running?)\n", prog,
+            broker ? broker : env && *env ? env : AB_DEFAULT_ENDPOINT);
+    return -1;
+}
+
 int ld_parse(int argc, char **argv, const char *prog, const tl_opt_t *opts,
              void (*usage)(const char *argv0), const char **broker,
              int (*take)(void *cfg, int id, const char *v), void *cfg)

@@ -44,6 +44,11 @@ void ld_run(void *agents, size_t size, long n, void *(*fn)(void *), ld_stats_t *
  * endpoint). AB_OK, or the error of ab_client_new. */
 int ld_connect(const char *broker, const char *prefix, int index, ab_client_t **c);
 
+/* 0 once a client reaches BROKER (NULL: the default endpoint) within MS;
+ * else says "PROG: no broker reachable at EP" on stderr and returns -1
+ * (also when SIGINT/SIGTERM stop the wait). */
+int ld_wait_broker(const char *broker, const char *prog, int ms);
+
 /* The ids of the options both programs have, in their option tables. */
 enum { LD_HELP = 1, LD_VERSION = 2, LD_BROKER = 3, LD_FIRST_OWN = 4 };
 

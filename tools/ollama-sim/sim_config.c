@@ -234,8 +234,13 @@ static json_t *s_model_spec(const char *spec)
     json_t *o = json_object();
     char *save = NULL;
     char *tok = strtok_r(buf, ",", &save);
-    if (tok)
-        json_object_set_new(o, "name", json_string(tok));
+    /* NAME first: strtok skips an empty one, so ",size=8G" made a model
+     * named "size=8G". */
+    if (!tok || spec[0] == ',' || strchr(tok, '=')) {
+        json_decref(o);
+        return NULL;
+    }
+    json_object_set_new(o, "name", json_string(tok));
     while ((tok = strtok_r(NULL, ",", &save))) {
         char *eq = strchr(tok, '=');
         if (!eq) {
@@ -401,9 +406,14 @@ static int s_fault_flag(sim_t *s, const char *flag, const char *val)
             *p = '_';
     json_t *v;
     size_t kl = strlen(key);
-    if (kl > 5 && strcmp(key + kl - 5, "_rate") == 0)
-        v = json_real(strtod(val, NULL));
-    else if (strcmp(key, "error_message") == 0 || strcmp(key, "midstream_message") == 0 ||
+    if (kl > 5 && strcmp(key + kl - 5, "_rate") == 0) {
+        /* The whole value a finite number: "abc" (strtod: 0) or "0.5x"
+         * turned the fault off or on without a word, and "nan" (no JSON
+         * real: NULL) left it as it was. */
+        char *end;
+        double x = strtod(val, &end);
+        v = (*val && !*end && isfinite(x)) ? json_real(x) : json_string(val); /* refused */
+    } else if (strcmp(key, "error_message") == 0 || strcmp(key, "midstream_message") == 0 ||
              strcmp(key, "model") == 0)
         v = json_string(val);
     else {

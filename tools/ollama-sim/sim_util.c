@@ -89,7 +89,10 @@ int sim_parse_duration(const char *txt, int64_t *ns)
     errno = 0;
     double plain = strtod(txt, &end);
     if (errno == 0 && end != txt && *end == '\0') {   /* bare number = seconds */
-        *ns = plain < 0 ? -1 : (int64_t)(plain * 1e9);
+        if (isnan(plain)) /* "nan": no duration (the cast below was undefined) */
+            return -1;
+        /* beyond int64 nanoseconds: for ever, as a long Go duration here */
+        *ns = plain < 0 ? -1 : plain * 1e9 > 9e18 ? SIM_FOREVER : (int64_t)(plain * 1e9);
         return 0;
     }
     /* Go duration: [-]N unit [N unit]..., units ns us ms s m h. */
@@ -103,7 +106,7 @@ int sim_parse_duration(const char *txt, int64_t *ns)
     while (*p) {
         errno = 0;
         double v = strtod(p, &end);
-        if (end == p || errno || v < 0)
+        if (end == p || errno || !(v >= 0)) /* NaN too ("nanms") */
             return -1;
         p = end;
         double unit;
