@@ -547,6 +547,21 @@ def test_unread_answer_is_bounded(bus, serve):
     assert len(seen) == 2 and all(cancelled and 64 <= n < 1000 for cancelled, n in seen), seen
 
 
+def _capacity_call(w, call, got):
+    """A call of worker W's capacity from another thread: read ("get") or
+    set to 3; appends what it returned (None for a set) or raised to GOT."""
+    def caller():
+        try:
+            if call == "get":
+                got.append(w.capacity)
+            else:
+                w.capacity = 3
+                got.append(None)
+        except BaseException as e:  # asserted by the test
+            got.append(e)
+    return caller
+
+
 class _HoldingLoop(asyncio.SelectorEventLoop):
     """An event loop that holds the "caller" thread's hand-over until the
     test says so (the worker's loop has ended by then)."""
@@ -587,17 +602,7 @@ def test_call_handed_to_an_ending_loop(bus, closed, call):
             break
         time.sleep(0.01)
     got = []
-
-    def caller():
-        try:
-            if call == "get":
-                got.append(w.capacity)
-            else:
-                w.capacity = 3
-                got.append(None)
-        except BaseException as e:  # asserted below
-            got.append(e)
-
+    caller = _capacity_call(w, call, got)
     t = threading.Thread(target=caller, name="caller", daemon=True)
     t.start()
     assert loop.entered.wait(10)
@@ -627,17 +632,7 @@ def test_call_to_a_loop_stopped_outside_serve(bus, call):
     loop.run_forever()  # returns with serve() suspended, the worker still "running"
     assert not task.done() and w._loop is loop
     got = []
-
-    def caller():
-        try:
-            if call == "get":
-                got.append(w.capacity)
-            else:
-                w.capacity = 3
-                got.append(None)
-        except BaseException as e:  # asserted below
-            got.append(e)
-
+    caller = _capacity_call(w, call, got)
     t = threading.Thread(target=caller, daemon=True)
     t.start()
     t.join(30)  # 60 s before
