@@ -220,6 +220,11 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             return -1;
         }
     }
+    if (cfg->timeout_ms > cfg->max_timeout_ms) { /* a call without the header got more */
+        fprintf(stderr, "agentbus-gateway: --timeout-ms %d is above --max-timeout-ms %d\n",
+                cfg->timeout_ms, cfg->max_timeout_ms);
+        return -1;
+    }
     return 0;
 }
 

@@ -446,28 +446,14 @@ static void s_bad_sim_values(const char *sim)
 
 /* Values that were taken without a word, or refused without saying what
  * is expected (found trying every program's flags as a new user would). */
-static void s_bad_values(void)
+/* The gateway's values that each parse but are not usable. */
+static void s_bad_gateway_values(const char *ep)
 {
-    char wk[1024], sim[1024];
-    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
-    snprintf(sim, sizeof sim, "%s", th_bin("ollama-sim"));
-    const char *ep = th_ep(th_free_port()); /* nothing there: exit 2 must come first */
-    /* An Ollama option without --backend ollama ran an echo worker on
-     * "echo", and an echo option was ignored by an Ollama worker. */
-    CHECK_EQ(s_sh("timeout 10 %s --broker %s --ollama-url http://127.0.0.1:1 --name gpu0", wk, ep),
-             2);
-    CHECK_TRUE(HAS("--ollama-url is for --backend ollama (this worker's backend is echo)"));
-    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend echo --min-slots 2", wk, ep), 2);
-    CHECK_TRUE(HAS("--min-slots is for --backend ollama"));
-    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend ollama --ollama-url http://127.0.0.1:1 "
-                  "--chunks 3", wk, ep), 2);
-    CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
-    s_bad_sim_values(sim);
+    char gw[1024];
+    snprintf(gw, sizeof gw, "%s", th_bin("agentbus-gateway"));
     /* The gateway's --name: one the broker refuses left the gateway
      * unnamed without a word (a 300-byte one was "bad broker endpoint or
      * name", exit 1); a --service over 255 bytes failed every call. */
-    char gw[1024];
-    snprintf(gw, sizeof gw, "%s", th_bin("agentbus-gateway"));
     const char *names[] = {"a b", "~x"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --name '%s'", gw, ep,
@@ -488,6 +474,31 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --api-keys %s", gw, ep, dir), 2);
     CHECK_TRUE(HAS("is not a regular file"));
     rmdir(dir);
+    /* A default deadline above the cap gave a call without the header more
+     * time than the cap lets one with it ask for. */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --timeout-ms 9000 "
+                  "--max-timeout-ms 5000", gw, ep), 2);
+    CHECK_TRUE(HAS("--timeout-ms 9000 is above --max-timeout-ms 5000"));
+}
+
+static void s_bad_values(void)
+{
+    char wk[1024], sim[1024];
+    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
+    snprintf(sim, sizeof sim, "%s", th_bin("ollama-sim"));
+    const char *ep = th_ep(th_free_port()); /* nothing there: exit 2 must come first */
+    /* An Ollama option without --backend ollama ran an echo worker on
+     * "echo", and an echo option was ignored by an Ollama worker. */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --ollama-url http://127.0.0.1:1 --name gpu0", wk, ep),
+             2);
+    CHECK_TRUE(HAS("--ollama-url is for --backend ollama (this worker's backend is echo)"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend echo --min-slots 2", wk, ep), 2);
+    CHECK_TRUE(HAS("--min-slots is for --backend ollama"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend ollama --ollama-url http://127.0.0.1:1 "
+                  "--chunks 3", wk, ep), 2);
+    CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
+    s_bad_sim_values(sim);
+    s_bad_gateway_values(ep);
     /* The broker's words-valued options say what they take, as the
      * numeric ones say their range. */
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --log-level loud",
