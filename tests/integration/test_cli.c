@@ -481,6 +481,25 @@ static void s_bad_gateway_values(const char *ep)
     CHECK_TRUE(HAS("--timeout-ms 9000 is above --max-timeout-ms 5000"));
 }
 
+/* brokerctl --json: a usage error is an error as any other, {"ok": false,
+ * ...} on stdout (README), one compact line for a stream command; it was
+ * only the text on stderr. */
+static void s_json_usage(void)
+{
+    CHECK_EQ(s_sh("timeout 10 %s --json stats --timeout-ms abc 2>/dev/null", CTL), 2);
+    json_t *j = json_loads(s_out, 0, NULL);
+    CHECK_TRUE(j && json_is_false(json_object_get(j, "ok")));
+    CHECK_STR(json_string_value(json_object_get(j, "code")), "USAGE");
+    CHECK_STR(json_string_value(json_object_get(j, "error")),
+              "stats: bad value 'abc' for --timeout-ms");
+    json_decref(j);
+    CHECK_EQ(s_sh("timeout 10 %s watch --bogus --json 2>/dev/null", CTL), 2);
+    CHECK_STR(s_out, "{\"ok\":false,\"code\":\"USAGE\",\"error\":\"watch: unknown option "
+                     "'--bogus'\"}\n");
+    CHECK_EQ(s_sh("timeout 10 %s stats --bogus 2>/dev/null", CTL), 2); /* text: stderr only */
+    CHECK_STR(s_out, "");
+}
+
 static void s_bad_values(void)
 {
     char wk[1024], sim[1024];
@@ -498,6 +517,7 @@ static void s_bad_values(void)
                   "--chunks 3", wk, ep), 2);
     CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
     s_bad_sim_values(sim);
+    s_json_usage();
     s_bad_gateway_values(ep);
     /* The broker's words-valued options say what they take, as the
      * numeric ones say their range. */

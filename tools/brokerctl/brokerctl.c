@@ -389,8 +389,12 @@ int main(int argc, char **argv)
 {
     ctl_args_t a;
     int prc = ctl_cli_parse(&a, argc, argv, stderr);
-    if (prc < 0)
+    if (prc < 0) { /* with --json, as every error: README, "brokerctl" */
+        ctl_json_lines = ctl_cli_is_stream(&a);
+        if (a.json)
+            ctl_render_error(stdout, "USAGE", a.usage_error);
         return 2;
+    }
     if (prc > 0) {
         if (a.version)
             tl_print_version("brokerctl", ab_version());

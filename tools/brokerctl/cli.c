@@ -312,9 +312,11 @@ static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
     return "";
 }
 
-static int s_fail(FILE *err, const char *cmd, const char *what)
+static int s_fail(ctl_args_t *a, FILE *err, const char *cmd, const char *what)
 {
-    fprintf(err, "brokerctl: %s%s%s\n", cmd ? cmd : "", cmd ? ": " : "", what);
+    snprintf(a->usage_error, sizeof a->usage_error, "%s%s%s", cmd ? cmd : "", cmd ? ": " : "",
+             what);
+    fprintf(err, "brokerctl: %s\n", a->usage_error);
     fprintf(err, "(see brokerctl %s%s--help)\n", cmd ? cmd : "", cmd ? " " : "");
     return -1;
 }
@@ -358,29 +360,29 @@ int ctl_cli_parse(ctl_args_t *a, int argc, char **argv, FILE *err)
     if (a->help || a->version)
         return 1;
     if (first_err[0])
-        return s_fail(err, k >= 0 ? a->cmd : NULL, first_err);
+        return s_fail(a, err, k >= 0 ? a->cmd : NULL, first_err);
     if (!a->cmd)
-        return s_fail(err, NULL, "no command given");
+        return s_fail(a, err, NULL, "no command given");
     if (k < 0) {
         char e[300];
         snprintf(e, sizeof e, "unknown command '%s'", a->cmd);
-        return s_fail(err, NULL, e);
+        return s_fail(a, err, NULL, e);
     }
     unsigned extra = seen & ~(GLOBAL | s_cmds[k].opts);
     for (size_t i = 0; extra && s_opts[i].name; i++)
         if (extra & B(s_opts[i].id)) {
             char e[128];
             snprintf(e, sizeof e, "option --%s does not apply to this command", s_opts[i].name);
-            return s_fail(err, a->cmd, e);
+            return s_fail(a, err, a->cmd, e);
         }
     const char *bad = s_check_args(a, k, seen);
     if (*bad)
-        return s_fail(err, a->cmd, bad);
+        return s_fail(a, err, a->cmd, bad);
     char why[200];
     if (a->broker && tl_check_endpoint(a->broker, why, sizeof why) != 0) {
         char e[400];
         snprintf(e, sizeof e, "invalid --broker '%s': %s", a->broker, why);
-        return s_fail(err, NULL, e);
+        return s_fail(a, err, NULL, e);
     }
     return 0;
 }

@@ -42,10 +42,12 @@ typedef struct {
     int help, version;             /* --help / -h, --version */
     const char *key, *broker_key;  /* --key FILE, --broker-key KEY (else $AB_KEY...) */
     ctl_keygen_opts_t kg;          /* keygen: --role, --services, --names, ... */
+    char usage_error[512];         /* after ctl_cli_parse's -1: the message ("" none) */
 } ctl_args_t;
 
 /* Parses ARGV into A. 0: run A; 1: A->help or A->version is set (print and
- * exit 0); -1: a usage error, its message already on ERR (the caller exits 2). */
+ * exit 0); -1: a usage error, its message already on ERR and in
+ * A->usage_error (the caller exits 2). */
 int ctl_cli_parse(ctl_args_t *a, int argc, char **argv, FILE *err);
 /* The whole usage (CMD NULL) or that of command CMD (options it takes and
  * the global ones). */
