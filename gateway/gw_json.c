@@ -764,12 +764,21 @@ static json_t *s_chat_reply(const void *pb, size_t len)
     return o;
 }
 
-static json_t *s_vector(const Agentbus__Embedding *e)
+/* An embedding's values as text (gw_raw.h): a jansson real took ~40
+ * bytes for each 4-byte value of the worker's. DIGITS: gw_embed_digits. */
+static json_t *s_vector(const Agentbus__Embedding *e, int digits)
 {
-    json_t *v = json_array();
-    for (size_t k = 0; v && e && k < e->n_values; k++)
-        json_array_append_new(v, json_real(e->values[k]));
-    return v;
+    return gw_raw_floats(e ? e->values : NULL, e ? e->n_values : 0, digits);
+}
+
+int gw_embed_digits(const struct Agentbus__EmbedResponse *e)
+{
+    int most = 0;
+    for (size_t i = 0; i < e->n_embeddings; i++) {
+        int d = gw_raw_floats_digits(e->embeddings[i]->values, e->embeddings[i]->n_values);
+        most = d > most ? d : most;
+    }
+    return most;
 }
 
 static json_t *s_embed_reply(const void *pb, size_t len, int legacy)
@@ -778,13 +787,15 @@ static json_t *s_embed_reply(const void *pb, size_t len, int legacy)
     if (!e)
         return NULL;
     json_t *o;
-    if (legacy) {
+    if (legacy) { /* only the first */
+        const Agentbus__Embedding *v = e->n_embeddings ? e->embeddings[0] : NULL;
         o = json_pack("{s:o}", "embedding",
-                      s_vector(e->n_embeddings ? e->embeddings[0] : NULL));
+                      s_vector(v, v ? gw_raw_floats_digits(v->values, v->n_values) : 0));
     } else {
         json_t *embs = json_array();
+        int digits = gw_embed_digits(e);
         for (size_t i = 0; embs && i < e->n_embeddings; i++)
-            json_array_append_new(embs, s_vector(e->embeddings[i]));
+            json_array_append_new(embs, s_vector(e->embeddings[i], digits));
         o = json_pack("{s:s, s:o, s:I, s:I, s:I}", "model", e->model, "embeddings", embs,
                       "total_duration", (json_int_t)e->total_duration, "load_duration",
                       (json_int_t)e->load_duration, "prompt_eval_count",

@@ -59,11 +59,17 @@ void *gw_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const voi
 /* Ollama's JSON object for one reply chunk of KIND (a packed
  * GenerateResponse, ChatResponse or EmbedResponse). LEGACY renders an
  * embed answer as /api/embeddings does ({"embedding": [...]}).
- * The worker's JSON texts (logprobs, message.tool_calls) are in it as
- * gw_raw_value placeholders (gw_raw.h), not trees: dump it with
+ * The worker's JSON texts (logprobs, message.tool_calls), a context's ids
+ * and embeddings' values are in it as gw_raw_value placeholders
+ * (gw_raw.h), not trees: dump it with
  * gw_raw_dumps. Returns a new reference, or NULL when the bytes do not
  * decode. */
 json_t *gw_ollama_reply(gw_kind_t kind, const void *pb, size_t len, int legacy);
+
+struct Agentbus__EmbedResponse;
+/* The digits an embed answer's values are written with (gw_raw_floats):
+ * the most any of its values needs, as jansson wrote a whole dump. */
+int gw_embed_digits(const struct Agentbus__EmbedResponse *e);
 
 /* The NDJSON line (with its newline) of a non-final generate or chat
  * chunk, written straight into a malloc'd *LINE (*LEN bytes), the same

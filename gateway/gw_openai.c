@@ -670,6 +670,7 @@ static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
     if (!e)
         return NULL;
     json_t *data = json_array();
+    int digits = c->oai_b64 ? 0 : gw_embed_digits(e);
     for (size_t i = 0; i < e->n_embeddings; i++) {
         const Agentbus__Embedding *v = e->embeddings[i];
         json_t *emb;
@@ -677,10 +678,8 @@ static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
             char *b64 = tl_base64_encode(v->values, v->n_values * sizeof(float));
             emb = json_string(b64 ? b64 : "");
             free(b64);
-        } else {
-            emb = json_array();
-            for (size_t k = 0; k < v->n_values; k++)
-                json_array_append_new(emb, json_real(v->values[k]));
+        } else { /* as text (gw_raw.h): a jansson real was ~40 bytes per 4-byte value */
+            emb = gw_raw_floats(v->values, v->n_values, digits);
         }
         json_array_append_new(data, json_pack("{s:s, s:o, s:I}", "object", "embedding",
                                               "embedding", emb, "index", (json_int_t)i));

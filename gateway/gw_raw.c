@@ -468,6 +468,52 @@ void gw_raw_list_add(gw_raw_list_t *l, const json_t *v)
     gw_raw_list_put(l, t + 1, n - 2);
 }
 
+int gw_raw_floats_digits(const float *v, size_t n)
+{
+    int most = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = isfinite(v[i]) ? tl_json_real_digits(v[i], NULL) : 0;
+        most = d > most ? d : most;
+    }
+    return most;
+}
+
+/* F (finite) as jansson's dump with DIGITS (1..15) writes its snapped value. */
+static void s_put_float(gw_raw_list_t *l, float f, int digits)
+{
+    double snap;
+    tl_json_real_digits(f, &snap);
+    char buf[48];
+    int n = snprintf(buf, sizeof buf - 2, "%.*g", digits, snap);
+    char *e = strchr(buf, 'e');
+    if (!e && !strchr(buf, '.')) { /* else it reads back as an integer */
+        memcpy(buf + n, ".0", 3);
+        n += 2;
+    } else if (e) { /* e+07 -> e7, e-05 -> e-5 */
+        char *to = e + 1 + (e[1] == '-'), *from = e + 2;
+        while (*from == '0' && from[1])
+            from++;
+        memmove(to, from, strlen(from) + 1);
+        n = (int)strlen(buf);
+    }
+    gw_raw_list_item(l);
+    gw_raw_list_put(l, buf, (size_t)n);
+}
+
+json_t *gw_raw_floats(const float *v, size_t n, int digits)
+{
+    gw_raw_list_t l = {0};
+    /* a float needs at most 9 digits: the dump's precision, under 16, was
+     * the most any real needed (tl_json.c) */
+    digits = digits < 1 ? 1 : digits > 15 ? 17 : digits;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(v[i]))
+            s_put_float(&l, v[i], digits);
+    if (!l.items) /* none (or none finite): an empty array */
+        return gw_raw_value("[]", 2);
+    return gw_raw_list_value(&l);
+}
+
 json_t *gw_raw_list_value(gw_raw_list_t *l)
 {
     json_t *v = NULL;

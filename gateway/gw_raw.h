@@ -74,6 +74,18 @@ typedef struct {
 void gw_raw_list_put(gw_raw_list_t *l, const char *s, size_t n);
 /* Starts the next item (the comma before it). */
 void gw_raw_list_item(gw_raw_list_t *l);
+/* The digits the N floats at V need (0 for none): the most that any one
+ * of them needs for its shortest text (at most 9). jansson wrote every
+ * real of a dump with the most any real in it needed (tl_json_dumps), so
+ * the floats of one answer are written with the most of them all. */
+int gw_raw_floats_digits(const float *v, size_t n);
+/* The N floats at V as an array (a gw_raw_value; "[]" for none), NULL out
+ * of memory: an embedding, a jansson real of ~40 bytes per 4-byte value
+ * before. Each as jansson wrote it through tl_json_dumps with DIGITS (the
+ * most gw_raw_floats_digits gave over the answer): its shortest text at
+ * that precision, ".0" after a whole number, the exponent without '+' or
+ * leading zeros; left out when not finite, as json_real refuses it. */
+json_t *gw_raw_floats(const float *v, size_t n, int digits);
 /* The items of the gw_raw_value V (an array), if V is one. */
 void gw_raw_list_add(gw_raw_list_t *l, const json_t *v);
 /* The array of the items as a gw_raw_value (NULL when there are none or

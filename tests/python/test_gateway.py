@@ -19,6 +19,7 @@ hand-packed protobuf).
   jansson tree, over the bound of 8x)."""
 
 import json
+import struct
 import os
 import threading
 import time
@@ -78,6 +79,8 @@ CALLS = b'[ {"function": {"name": "get_\\u0074ime",\n "arguments": {"zone": "UTC
 SMALL_CALLS = b"[" + b"1," * (1 << 18) + b'{"function":{"name":"f","arguments":{"q":"a\\"b"}}}]'
 CONTEXT_IDS = 2 << 20
 CONTEXT = b"\x52" + _varint(CONTEXT_IDS) + b"\x64" * CONTEXT_IDS  # field 10, packed, id 100
+EMBED_VALUES = 2 << 20  # 8 MiB of floats, 0.25 each
+EMBED = _text(1, b"tiny") + _text(2, _text(1, struct.pack("<f", 0.25) * EMBED_VALUES))
 
 
 @pytest.fixture
@@ -86,7 +89,9 @@ def gateway(bus, procs):
         req = job.inference()
         pack = _chat if "chat" in req else _generate
         body = req.get("chat") or req.get("generate")
-        if body.get("prompt") == "flood":
+        if "embed" in req:
+            yield EMBED
+        elif body.get("prompt") == "flood":
             flood["sent"] = 0
             while not job.cancelled and flood["sent"] < 1000:  # 16 MiB is 16 of them
                 job.send(pack(b"x" * (1 << 20), False))
@@ -298,7 +303,14 @@ def test_worker_many_small_items(gateway):
             assert json.loads(calls[0]["function"]["arguments"]) == {"q": 'a"b'}
             assert calls[0]["id"].startswith("call_") and "index" not in calls[0]
             assert o["choices"][0]["finish_reason"] == "tool_calls"
+    for route in ("/api/embed", "/v1/embeddings"):
+        status, text = _post(gateway + route, {"model": "tiny", "input": "small"})
+        assert status == 200, text[:300]
+        o = json.loads(text)
+        v = o["data"][0]["embedding"] if "data" in o else o["embeddings"][0]
+        assert len(v) == EMBED_VALUES and v[0] == 0.25 and v[-1] == 0.25
     grown = _hwm_kib(pid) - before
-    print("gateway peak RSS grew %d KiB for 2 MiB of ids and 512 KiB of items" % grown)
+    print("gateway peak RSS grew %d KiB for 2 MiB of ids, 512 KiB of items and 8 MiB of "
+          "floats" % grown)
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # its quarantine holds 256 MiB
         assert grown < 64 << 10, "%d KiB" % grown

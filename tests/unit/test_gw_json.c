@@ -238,6 +238,17 @@ static void s_test_load(void)
     gw_req_free(&req);
 }
 
+/* O as a client gets it: dumped with the worker's JSON texts spliced in
+ * (gw_raw.h; they are placeholders in O), parsed again. Takes O. */
+static json_t *s_rendered(json_t *o)
+{
+    char *txt = gw_raw_dumps(o);
+    json_t *r = txt ? json_loads(txt, 0, NULL) : NULL;
+    free(txt);
+    json_decref(o);
+    return r;
+}
+
 static void s_test_replies(void)
 {
     Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
@@ -272,7 +283,7 @@ static void s_test_replies(void)
     e.embeddings = &vp;
     e.n_embeddings = 1;
     n = agentbus__embed_response__pack(&e, buf);
-    o = gw_ollama_reply(GW_EMBED, buf, n, 1);
+    o = s_rendered(gw_ollama_reply(GW_EMBED, buf, n, 1)); /* the values are text */
     REQUIRE(o);
     CHECK_TRUE(json_real_value(json_array_get(json_object_get(o, "embedding"), 1)) == -1.0);
     json_decref(o);
@@ -556,16 +567,6 @@ static void s_test_same_as_brokerctl(void)
     CHECK_U64(len, 0);
 }
 
-/* O as a client gets it: dumped with the worker's JSON texts spliced in
- * (gw_raw.h; they are placeholders in O), parsed again. Takes O. */
-static json_t *s_rendered(json_t *o)
-{
-    char *txt = gw_raw_dumps(o);
-    json_t *r = txt ? json_loads(txt, 0, NULL) : NULL;
-    free(txt);
-    json_decref(o);
-    return r;
-}
 
 /* Tool calling: tools, an assistant's tool_calls and a result's tool_name
  * reach the bus (as JSON text with sorted keys: the same tools in another

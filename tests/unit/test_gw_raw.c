@@ -7,9 +7,13 @@
  */
 #include "agentbus.pb-c.h"
 #include "gw_json.h"
+#include "gw_raw.h"
 #include "test.h"
+#include "tl_json.h"
 
 #include <jansson.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,6 +243,49 @@ static void s_test_memory(void)
     free(t);
 }
 
+/* Floats written as text read as jansson wrote them through tl_json_dumps,
+ * byte for byte: the shortest text, ".0" after a whole number, exponents
+ * without '+' or leading zeros; NaN and infinities left out, as json_real
+ * refuses them. Special values, then random bit patterns. */
+static void s_test_floats(void)
+{
+    float v[4096] = {0.5f, -1.0f, 0.0f, -0.0f, 1e-5f, 1.5e20f, 3.4028235e38f, 1.4e-45f,
+                     1.17549435e-38f, 0.1f, 100.0f, 123456792.0f, 16777216.0f, 1e7f, -2.5e-7f};
+    size_t n = 15;
+    uint32_t x = 0x9e3779b9;
+    for (; n < sizeof v / sizeof v[0]; n++) {
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5; /* xorshift32 */
+        memcpy(&v[n], &x, sizeof x);
+    }
+    v[20] = NAN, v[21] = INFINITY, v[22] = -INFINITY;
+    json_t *want = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(want, json_real(v[i])); /* NULL for NaN, inf: not appended */
+    char *w = tl_json_dumps(want, JSON_COMPACT);
+    json_t *got = json_object();
+    json_object_set_new(got, "v", gw_raw_floats(v, n, gw_raw_floats_digits(v, n)));
+    char *g = gw_raw_dumps(got);
+    REQUIRE(w && g);
+    CHECK_TRUE(strncmp(g, "{\"v\":", 5) == 0);
+    size_t at = 0;
+    while (w[at] && w[at] == g[5 + at])
+        at++;
+    if (w[at] || strcmp(g + 5 + at, "}") != 0)
+        fprintf(stderr, "floats differ at %zu: jansson '%.40s', here '%.40s'\n", at,
+                w + at - (at > 20 ? 20 : at), g + 5 + at - (at > 20 ? 20 : at));
+    CHECK_TRUE(!w[at] && strcmp(g + 5 + at, "}") == 0);
+    CHECK_TRUE(strstr(w, "1e-5,") && strstr(w, "1.5e20,") && strstr(w, "-0.0,"));
+    free(w);
+    free(g);
+    json_decref(want);
+    json_decref(got);
+    got = gw_raw_floats(NULL, 0, 0); /* no values: an empty array */
+    size_t len;
+    const char *t = gw_raw_text(got, &len);
+    CHECK_TRUE(t && len == 2 && memcmp(t, "[]", 2) == 0);
+    json_decref(got);
+}
+
 int main(void)
 {
     s_test_valid();
@@ -247,5 +294,6 @@ int main(void)
     s_test_walk();
     s_test_splice();
     s_test_memory();
+    s_test_floats();
     return TEST_DONE("gw_raw");
 }
