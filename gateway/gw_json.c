@@ -875,7 +875,8 @@ int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size
 {
     int ok = 0;
     if (kind == GW_GENERATE) {
-        Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, len, pb);
+        Agentbus__GenerateResponse *g = gw_pb_decode(&agentbus__generate_response__descriptor,
+                                                     len, pb);
         /* a thinking piece or logprobs: rendered in full */
         if (g && !g->done && !g->thinking[0] && !g->logprobs_json[0])
             ok = s_line(g->model, g->created_at, ",\"response\":", g->response, "", line,
@@ -883,7 +884,7 @@ int gw_ollama_line(gw_kind_t kind, const void *pb, size_t len, char **line, size
         if (g)
             agentbus__generate_response__free_unpacked(g, NULL);
     } else if (kind == GW_CHAT) {
-        Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, len, pb);
+        Agentbus__ChatResponse *c = gw_pb_decode(&agentbus__chat_response__descriptor, len, pb);
         const char *role = c && c->message && c->message->role[0] ? c->message->role : NULL;
         /* only the usual role, no tool calls, thinking or logprobs: the line's
          * fixed text below says it (a chunk with them is rendered in full) */

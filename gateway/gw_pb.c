@@ -81,9 +81,33 @@ static int s_fix(ProtobufCMessage *m)
     return 0;
 }
 
+/* The bytes an unpack may still take (gw_pb_decode). What it frees on its
+ * way is not given back: a failed unpack frees all, a good one little. */
+static void *s_alloc(void *budget, size_t size)
+{
+    size_t *left = budget;
+    if (size > *left || size + 16 > *left)
+        return NULL;
+    *left -= size + 16;
+    return malloc(size);
+}
+
+static void s_free(void *budget, void *p)
+{
+    (void)budget;
+    free(p); /* malloc's: free_unpacked(m, NULL) frees it as well */
+}
+
+void *gw_pb_decode(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb)
+{
+    size_t left = GW_PB_BUDGET(len);
+    ProtobufCAllocator a = {.alloc = s_alloc, .free = s_free, .allocator_data = &left};
+    return protobuf_c_message_unpack(desc, &a, len, pb);
+}
+
 void *gw_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb)
 {
-    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, pb);
+    ProtobufCMessage *m = gw_pb_decode(desc, len, pb);
     if (m && s_fix(m)) {
         protobuf_c_message_free_unpacked(m, NULL);
         return NULL;

@@ -262,7 +262,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
     gw_raw_list_t calls = {0}, lps = {0}; /* of every chunk: their items, as text */
     char *text = NULL;
     size_t tlen = 0;
-    int status = AB_OK;
+    int status = AB_OK, undecoded = 0;
     pthread_mutex_lock(&k->lock);
     gw_event_t *e;
     while ((e = gw_call_pop(k))) {
@@ -270,6 +270,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
             status = e->status;
         json_t *o = e->status == AB_OK ? gw_ollama_reply(c->kind, e->data, e->size, c->legacy)
                                        : NULL;
+        undecoded = e->status == AB_OK && !o;
         const char *piece = json_string_value(json_object_get(o, "response"));
         if (!piece)
             piece = json_string_value(json_object_get(json_object_get(o, "message"), "content"));
@@ -291,7 +292,9 @@ static enum MHD_Result s_single(gw_conn_t *c)
         status = k->status;
     pthread_mutex_unlock(&k->lock);
     enum MHD_Result res;
-    if (status != AB_OK || !last) {
+    if (status == AB_OK && !last && undecoded) { /* as the OpenAI routes answer it */
+        res = gw_reply_error(c, 502, "worker sent a reply that does not decode");
+    } else if (status != AB_OK || !last) {
         char msg[600];
         gw_error_text(c, status ? status : AB_EINTERNAL, k->error, msg, sizeof msg);
         if (status != AB_OK)

@@ -81,6 +81,7 @@ CONTEXT_IDS = 2 << 20
 CONTEXT = b"\x52" + _varint(CONTEXT_IDS) + b"\x64" * CONTEXT_IDS  # field 10, packed, id 100
 EMBED_VALUES = 2 << 20  # 8 MiB of floats, 0.25 each
 EMBED = _text(1, b"tiny") + _text(2, _text(1, struct.pack("<f", 0.25) * EMBED_VALUES))
+EMBED_MANY = _text(1, b"tiny") + b"\x12\x00" * (4 << 20)  # 4 Mi empty embeddings: 8 MiB
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def gateway(bus, procs):
         pack = _chat if "chat" in req else _generate
         body = req.get("chat") or req.get("generate")
         if "embed" in req:
-            yield EMBED
+            yield EMBED_MANY if "many" in repr(req["embed"]) else EMBED
         elif body.get("prompt") == "flood":
             flood["sent"] = 0
             while not job.cancelled and flood["sent"] < 1000:  # 16 MiB is 16 of them
@@ -309,8 +310,15 @@ def test_worker_many_small_items(gateway):
         o = json.loads(text)
         v = o["data"][0]["embedding"] if "data" in o else o["embeddings"][0]
         assert len(v) == EMBED_VALUES and v[0] == 0.25 and v[-1] == 0.25
+    # 4 Mi empty embeddings: protobuf-c's record for each (~100 bytes with
+    # its pointer and malloc's header) is past the decode's budget, 8x the
+    # reply: a 502 as for a reply that does not decode.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _post(gateway + "/api/embed", {"model": "tiny", "input": "many"})
+    why = e.value.read().decode()
+    assert e.value.code == 502 and "does not decode" in why, (e.value, why)
     grown = _hwm_kib(pid) - before
-    print("gateway peak RSS grew %d KiB for 2 MiB of ids, 512 KiB of items and 8 MiB of "
-          "floats" % grown)
+    print("gateway peak RSS grew %d KiB for 2 MiB of ids, 512 KiB of items, 8 MiB of "
+          "floats and 4 Mi empty embeddings" % grown)
     if "libasan" not in os.environ.get("LD_PRELOAD", ""):  # its quarantine holds 256 MiB
         assert grown < 64 << 10, "%d KiB" % grown

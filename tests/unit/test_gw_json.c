@@ -748,6 +748,44 @@ static void s_test_logprobs(void)
     json_decref(o);
 }
 
+/* A reply is decoded within GW_PB_BUDGET of its size: the most an honest
+ * one takes (a context of one-byte ids, 4 bytes each decoded) passes;
+ * millions of empty embeddings (a record each for 2 bytes) do not. */
+static void s_test_decode_budget(void)
+{
+    size_t n = 1 << 20;
+    uint32_t *ids = malloc(n * sizeof *ids);
+    REQUIRE(ids);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = 100;
+    Agentbus__GenerateResponse g = AGENTBUS__GENERATE_RESPONSE__INIT;
+    g.model = "m";
+    g.done = 1;
+    g.context = ids;
+    g.n_context = n;
+    size_t len = agentbus__generate_response__get_packed_size(&g);
+    uint8_t *buf = malloc(len + 2 * (4 << 20) + 16);
+    REQUIRE(buf);
+    agentbus__generate_response__pack(&g, buf);
+    Agentbus__GenerateResponse *back =
+        gw_pb_decode(&agentbus__generate_response__descriptor, len, buf);
+    CHECK_TRUE(back && back->n_context == n && back->context[n - 1] == 100);
+    if (back)
+        agentbus__generate_response__free_unpacked(back, NULL);
+    len = 0;
+    for (size_t i = 0; i < (size_t)4 << 20; i++) /* embeddings (field 2), each empty */
+        buf[len++] = 0x12, buf[len++] = 0x00;
+    /* the bytes decode (without a budget): the budget refuses them */
+    Agentbus__EmbedResponse *all = agentbus__embed_response__unpack(NULL, len, buf);
+    CHECK_TRUE(all && all->n_embeddings == (size_t)4 << 20);
+    if (all)
+        agentbus__embed_response__free_unpacked(all, NULL);
+    CHECK_TRUE(gw_pb_decode(&agentbus__embed_response__descriptor, len, buf) == NULL);
+    CHECK_TRUE(gw_pb_unpack(&agentbus__embed_response__descriptor, len, buf) == NULL);
+    free(buf);
+    free(ids);
+}
+
 int main(void)
 {
     s_test_logprobs();
@@ -763,5 +801,6 @@ int main(void)
     s_test_line();
     s_test_base64();
     s_test_tools();
+    s_test_decode_budget();
     return TEST_DONE("gw_json");
 }
