@@ -7,6 +7,7 @@
  * message or the next timer. Nothing here blocks outside ZeroMQ.
  */
 #include "broker.h"
+#include "budget.h"
 #include "service.h"
 #include "router.h"
 #include "batching.h"
@@ -560,7 +561,9 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
     int takeover = 0;
     uint64_t instance = 0;
     if (pl->size) {
-        Agentbus__Hello *m = agentbus__hello__unpack(NULL, pl->size, pl->data);
+        size_t left = AB_DECODE_BUDGET(pl->size); /* a peer's: base/budget.h */
+        ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
+        Agentbus__Hello *m = agentbus__hello__unpack(&a, pl->size, pl->data);
         if (!m) {
             s_reject(b, in, AB_EDECODE, 2);
             return;

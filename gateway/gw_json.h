@@ -55,13 +55,10 @@ void gw_req_free(gw_req_t *req);
  * with protobuf_c_message_free_unpacked(m, NULL); NULL when the bytes do
  * not decode or out of memory. */
 void *gw_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb);
-/* protobuf_c_message_unpack(DESC, LEN, PB) within a memory budget of
- * GW_PB_BUDGET(LEN) bytes (each allocation charged 16 more, malloc's own):
- * a record for each of a repeated message field took ~25x its 2 bytes on
- * the wire (millions of empty embeddings); NULL past it, as for bytes that
- * do not decode. An honest reply takes at most 4x (token ids of one byte
- * each, 4 decoded) plus its few records. Free as gw_pb_unpack's. */
-#define GW_PB_BUDGET(len) (4 * (size_t)(len) + ((size_t)1 << 20))
+/* protobuf_c_message_unpack(DESC, LEN, PB) within AB_DECODE_BUDGET(LEN)
+ * bytes (base/budget.h): a record for each entry of a repeated message
+ * field took ~25x its 2 bytes on the wire (millions of empty embeddings);
+ * NULL past it, as for bytes that do not decode. Free as gw_pb_unpack's. */
 void *gw_pb_decode(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb);
 
 /* Ollama's JSON object for one reply chunk of KIND (a packed

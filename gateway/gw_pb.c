@@ -3,6 +3,7 @@
  * gw_pb_unpack in gw_json.h).
  */
 #include "gw_json.h"
+#include "budget.h"
 #include "text.h"
 
 #include <stdint.h>
@@ -81,27 +82,10 @@ static int s_fix(ProtobufCMessage *m)
     return 0;
 }
 
-/* The bytes an unpack may still take (gw_pb_decode). What it frees on its
- * way is not given back: a failed unpack frees all, a good one little. */
-static void *s_alloc(void *budget, size_t size)
-{
-    size_t *left = budget;
-    if (size > *left || size + 16 > *left)
-        return NULL;
-    *left -= size + 16;
-    return malloc(size);
-}
-
-static void s_free(void *budget, void *p)
-{
-    (void)budget;
-    free(p); /* malloc's: free_unpacked(m, NULL) frees it as well */
-}
-
 void *gw_pb_decode(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb)
 {
-    size_t left = GW_PB_BUDGET(len);
-    ProtobufCAllocator a = {.alloc = s_alloc, .free = s_free, .allocator_data = &left};
+    size_t left = AB_DECODE_BUDGET(len);
+    ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
     return protobuf_c_message_unpack(desc, &a, len, pb);
 }
 

@@ -7,6 +7,7 @@
  * so the worker can send it as a PARTIAL the moment the line is complete.
  */
 #include "ollama_json.h"
+#include "budget.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "tl_base64.h"
@@ -283,9 +284,14 @@ static const char *s_build_command(const Agentbus__ModelCommand *m, int load, js
 int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, size_t errcap)
 {
     memset(call, 0, sizeof *call);
-    Agentbus__InferenceRequest *r = agentbus__inference_request__unpack(NULL, len, pb);
+    /* within a budget: a client's 40 MB chat request of empty messages took
+     * a record for each, gigabytes (base/budget.h) */
+    size_t left = AB_DECODE_BUDGET(len);
+    ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
+    Agentbus__InferenceRequest *r = agentbus__inference_request__unpack(&a, len, pb);
     if (!r)
-        return s_fail(err, errcap, "payload is not an agentbus.InferenceRequest");
+        return s_fail(err, errcap, "payload is not an agentbus.InferenceRequest (or it "
+                      "decodes to more than 4x its size)");
     json_t *j = json_object();
     const char *model = NULL;
     switch (r->body_case) {

@@ -11,6 +11,7 @@
  */
 #define XXH_INLINE_ALL
 #include "cache_key.h"
+#include "budget.h"
 #include "codec.h"
 #include "agentbus.pb-c.h"
 
@@ -239,8 +240,12 @@ ab_key_kind_t ab_cache_key(const ab_key_input_t *in, ab_cache_key_t *key)
     /* A compressed typed payload is not decoded (the broker keeps payloads
      * as they travel); it is cached only when marked, on its bytes. */
     if (has_model && in->size && !(in->flags & AB_FLAG_LZ4)) {
+        /* within a budget: a client's 40 MB chat request of empty messages
+         * took 2.7 GB here, a record for each (base/budget.h) */
+        size_t left = AB_DECODE_BUDGET(in->size);
+        ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
         Agentbus__InferenceRequest *r =
-            agentbus__inference_request__unpack(NULL, in->size, in->payload);
+            agentbus__inference_request__unpack(&a, in->size, in->payload);
         if (r) {
             int det = 0;
             s_str(&st, 'k', "typed");

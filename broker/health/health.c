@@ -11,6 +11,7 @@
 #define AB_LOG_SUBSYS "health" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "auth.h"
+#include "budget.h"
 #include "health.h"
 #include "service.h"
 #include "router.h"
@@ -423,7 +424,9 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
     int64_t gap = now - h->last_hb_ms;
     h->last_hb_ms = now;
     if (pl && len) {
-        Agentbus__WorkerHeartbeat *m = agentbus__worker_heartbeat__unpack(NULL, len, pl);
+        size_t left = AB_DECODE_BUDGET(len); /* a peer's: base/budget.h */
+        ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
+        Agentbus__WorkerHeartbeat *m = agentbus__worker_heartbeat__unpack(&a, len, pl);
         if (m) {
             ab_health_backend_state(b, w, m->backend_state);
             agentbus__worker_heartbeat__free_unpacked(m, NULL);

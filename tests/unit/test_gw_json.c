@@ -748,7 +748,7 @@ static void s_test_logprobs(void)
     json_decref(o);
 }
 
-/* A reply is decoded within GW_PB_BUDGET of its size: the most an honest
+/* A reply is decoded within AB_DECODE_BUDGET of its size: the most an honest
  * one takes (a context of one-byte ids, 4 bytes each decoded) passes;
  * millions of empty embeddings (a record each for 2 bytes) do not. */
 static void s_test_decode_budget(void)

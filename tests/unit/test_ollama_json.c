@@ -649,6 +649,52 @@ static void s_test_decode_floor(void)
     free(line);
 }
 
+/* A client's request is decoded within AB_DECODE_BUDGET of its size: a
+ * chat request of 4 Mi empty messages (8 MiB; a protobuf-c record each,
+ * hundreds of MB) is refused, while a generate's context of one-byte ids
+ * (4 bytes each decoded, the most an honest request takes) is built. */
+static void s_test_request_budget(void)
+{
+    size_t n = (size_t)4 << 20, len = 0;
+    uint8_t *buf = malloc(2 * n + 16);
+    REQUIRE(buf);
+    buf[len++] = 0x12; /* InferenceRequest.chat */
+    size_t inner = 2 * n;
+    for (size_t v = inner; ; v >>= 7) { /* its length, a varint */
+        buf[len++] = (uint8_t)((v & 0x7f) | (v >> 7 ? 0x80 : 0));
+        if (!(v >> 7))
+            break;
+    }
+    for (size_t i = 0; i < n; i++) /* ChatRequest.messages, each empty */
+        buf[len++] = 0x12, buf[len++] = 0x00;
+    wk_ol_call_t call;
+    char err[160];
+    CHECK_EQ(wk_ol_call_build(buf, len, &call, err, sizeof err), -1);
+    CHECK_TRUE(strstr(err, "more than 4x its size") != NULL);
+    Agentbus__InferenceRequest *all = agentbus__inference_request__unpack(NULL, len, buf);
+    CHECK_TRUE(all && all->chat && all->chat->n_messages == n); /* the bytes do decode */
+    if (all)
+        agentbus__inference_request__free_unpacked(all, NULL);
+    free(buf);
+    Agentbus__InferenceRequest r = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    uint32_t *ids = calloc(n, sizeof *ids);
+    REQUIRE(ids);
+    g.model = "m";
+    g.prompt = "p";
+    g.context = ids; /* all 0: one byte each */
+    g.n_context = n;
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    r.generate = &g;
+    buf = malloc(agentbus__inference_request__get_packed_size(&r));
+    REQUIRE(buf);
+    len = agentbus__inference_request__pack(&r, buf);
+    CHECK_EQ(wk_ol_call_build(buf, len, &call, err, sizeof err), 0);
+    wk_ol_call_free(&call);
+    free(buf);
+    free(ids);
+}
+
 int main(void)
 {
     s_test_decode_floor();
@@ -665,5 +711,6 @@ int main(void)
     s_test_probes_bounded();
     s_test_tools();
     s_test_images();
+    s_test_request_budget();
     return TEST_DONE("ollama_json");
 }
