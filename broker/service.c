@@ -358,7 +358,9 @@ int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, c
         s_register_refuse(b, p, in, AB_ERR_TOO_LARGE, why, now);
         return 0;
     }
-    if (pl->size && !(m = agentbus__register__unpack(NULL, pl->size, pl->data))) {
+    /* within a budget (ab_pb_unpack): register-max-bytes may be 64 MiB */
+    if (pl->size && !(m = (Agentbus__Register *)ab_pb_unpack(&agentbus__register__descriptor,
+                                                             pl->size, pl->data))) {
         return AB_EDECODE;
     }
     if (m && ab_register_check(b->cfg, pl->size, m, why, sizeof why) != 0) {

@@ -1,8 +1,11 @@
 /* status.c - names and texts of status codes, expanded from AB_STATUS_LIST
- * (include/agentbus.h), shared by the library and the programs. */
+ * (include/agentbus.h), shared by the library and the programs; and what
+ * the library hands its caller: ab_free, ab_pb_unpack. */
 #include "agentbus.h"
+#include "budget.h"
 #include "vocab.h"
 
+#include <protobuf-c/protobuf-c.h>
 #include <stdlib.h>
 
 /* Positions of the rows of AB_STATUS_LIST. */
@@ -49,4 +52,14 @@ const char *ab_status_name(int code)
 void ab_free(void *p)
 {
     free(p);
+}
+
+struct ProtobufCMessage *ab_pb_unpack(const struct ProtobufCMessageDescriptor *desc, size_t len,
+                                      const void *data)
+{
+    if (!desc || (!data && len))
+        return NULL;
+    size_t left = AB_DECODE_BUDGET(len);
+    ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
+    return protobuf_c_message_unpack(desc, &a, len, data);
 }

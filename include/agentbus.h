@@ -183,6 +183,23 @@ AB_EXPORT const char *ab_status_name(int code);
  * Thread: any thread. */
 AB_EXPORT void ab_free(void *p);
 
+struct ProtobufCMessage;
+struct ProtobufCMessageDescriptor;
+
+/* Decodes LEN bytes at DATA as the message DESC (a descriptor of
+ * agentbus.pb-c.h: &agentbus__inference_request__descriptor, ...) within a
+ * memory budget of 4x LEN plus 1 MiB. Use it, not X__unpack(NULL, ...), on
+ * what a peer sent: protobuf-c takes a record for each entry of a repeated
+ * message field, and a request of millions of empty chat messages (2 bytes
+ * each on the wire, ~50 decoded) grows the process by gigabytes. An honest
+ * message takes at most 4x (token ids of one byte each). Returns NULL when
+ * DATA is not a valid DESC or decodes past the budget (DATA may be NULL
+ * when LEN is 0). Owns: the caller's, freed with
+ * protobuf_c_message_free_unpacked(m, NULL) or X__free_unpacked(m, NULL).
+ * Thread: any thread. */
+AB_EXPORT struct ProtobufCMessage *ab_pb_unpack(const struct ProtobufCMessageDescriptor *desc,
+                                                size_t len, const void *data);
+
 /* ======================================================================== */
 /* 3. Options: shared by clients and workers                                */
 /* ======================================================================== */

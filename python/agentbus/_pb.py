@@ -55,8 +55,8 @@ lib.protobuf_c_message_get_packed_size.restype = c_size_t
 lib.protobuf_c_message_get_packed_size.argtypes = [c_void_p]
 lib.protobuf_c_message_pack.restype = c_size_t
 lib.protobuf_c_message_pack.argtypes = [c_void_p, c_void_p]
-lib.protobuf_c_message_unpack.restype = c_void_p
-lib.protobuf_c_message_unpack.argtypes = [c_void_p, c_void_p, c_size_t, c_char_p]
+lib.ab_pb_unpack.restype = c_void_p
+lib.ab_pb_unpack.argtypes = [c_void_p, c_size_t, c_char_p]
 lib.protobuf_c_message_free_unpacked.restype = None
 lib.protobuf_c_message_free_unpacked.argtypes = [c_void_p, c_void_p]
 
@@ -225,11 +225,14 @@ def _read_value(f: FieldDesc, addr: int):
 
 def unpack(c_name: str, data: bytes) -> Dict[str, Any]:
     """Decodes DATA as message agentbus.<c_name> into a dict (every field
-    present; unset oneof fields left out). Raises ValueError if invalid."""
+    present; unset oneof fields left out). Raises ValueError if invalid or
+    if it decodes to more than 4x its size plus 1 MiB (ab_pb_unpack: a
+    peer's millions of empty entries would take a record each)."""
     d = descriptor(c_name)
-    p = lib.protobuf_c_message_unpack(ctypes.byref(d), None, len(data), data)
+    p = lib.ab_pb_unpack(ctypes.byref(d), len(data), data)
     if not p:
-        raise ValueError("agentbus: payload is not a valid agentbus.%s" % c_name)
+        raise ValueError("agentbus: payload is not a valid agentbus.%s, or it decodes to more "
+                         "than 4x its size" % c_name)
     try:
         return _read(d, p)
     finally:

@@ -9,6 +9,7 @@ import os
 import pytest
 
 import agentbus
+from agentbus import _pb
 from conftest import BIN
 
 
@@ -205,6 +206,47 @@ def test_python_worker_serves_inference(bus, serve):
     out = brokerctl(bus, "generate", "tiny", "from brokerctl", "--service", "pyllm")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "echo: from brokerctl" in out.stdout
+
+
+def _hwm_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+
+
+def test_inference_of_many_empty_messages(bus, serve):
+    # job.inference() decodes a client's request with protobuf-c, which
+    # takes a record for each entry: 4 Mi empty chat messages (8 MiB) grew
+    # this process by hundreds of MiB. Now it is decoded within 4x its size
+    # plus 1 MiB (ab_pb_unpack) and refused past that, as bytes that do not
+    # decode.
+    inner = b"\x12\x00" * (4 << 20)  # ChatRequest.messages, each empty
+    payload = b"\x12\x80\x80\x80\x04" + inner  # InferenceRequest.chat, 8 MiB long
+    seen = []
+
+    def handler(job):
+        try:
+            job.inference()
+        except ValueError as e:
+            seen.append(str(e))
+            raise
+        return b"decoded"
+
+    serve("pyinf", handler)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM back to the RSS of now
+    before = _hwm_kib()
+    with bus.client() as c:
+        with pytest.raises(agentbus.ApplicationError) as e:
+            c.request("pyinf", payload, model="m", timeout=60)
+        assert "decodes to more than 4x its size" in e.value.text
+        chat = _pb.pack("inference_request",
+                        {"chat": {"model": "m", "messages": [{"role": "user"}] * 1000}})
+        assert c.request("pyinf", chat, timeout=10) == b"decoded"  # an honest one still decodes
+    grown = _hwm_kib() - before
+    print("peak RSS grew %d KiB for a %d KiB request" % (grown, len(payload) >> 10))
+    assert len(seen) == 1
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        assert grown < 12 * len(payload) >> 10, "%d KiB" % grown
 
 
 def test_python_worker_relays_ollama_lists(bus, serve):

@@ -9,6 +9,7 @@
 #include "test.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 
 static ab_header_t s_full(void)
 {
@@ -322,6 +323,54 @@ static void s_test_status(void)
     CHECK_STR(ab_strerror(12345), "unknown error code");
 }
 
+/* ab_pb_unpack: an honest message decodes as protobuf-c decodes it; one
+ * whose records would take more than 4x its size plus 1 MiB does not. */
+static void s_test_pb_unpack(void)
+{
+    Agentbus__ChatMessage msg = AGENTBUS__CHAT_MESSAGE__INIT, *msgs[64];
+    msg.role = "user";
+    msg.content = "hello";
+    for (size_t i = 0; i < 64; i++)
+        msgs[i] = &msg;
+    Agentbus__ChatRequest chat = AGENTBUS__CHAT_REQUEST__INIT;
+    chat.model = "m";
+    chat.n_messages = 64;
+    chat.messages = msgs;
+    Agentbus__InferenceRequest ir = AGENTBUS__INFERENCE_REQUEST__INIT;
+    ir.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_CHAT;
+    ir.chat = &chat;
+    uint8_t buf[2048];
+    size_t n = agentbus__inference_request__pack(&ir, buf);
+    REQUIRE(n < sizeof buf);
+    const ProtobufCMessageDescriptor *d = &agentbus__inference_request__descriptor;
+    Agentbus__InferenceRequest *u = (Agentbus__InferenceRequest *)ab_pb_unpack(d, n, buf);
+    REQUIRE(u && u->chat);
+    CHECK_U64(u->chat->n_messages, 64);
+    CHECK_STR(u->chat->messages[63]->content, "hello");
+    agentbus__inference_request__free_unpacked(u, NULL);
+    CHECK_TRUE(ab_pb_unpack(d, n - 1, buf) == NULL); /* cut short */
+    CHECK_TRUE(ab_pb_unpack(NULL, n, buf) == NULL);
+    CHECK_TRUE(ab_pb_unpack(d, n, NULL) == NULL);
+    u = (Agentbus__InferenceRequest *)ab_pb_unpack(d, 0, NULL); /* empty: all defaults */
+    REQUIRE(u);
+    CHECK_TRUE(u->body_case == AGENTBUS__INFERENCE_REQUEST__BODY__NOT_SET);
+    agentbus__inference_request__free_unpacked(u, NULL);
+    /* 512 Ki empty messages in 1 MiB: protobuf-c alone takes ~70 MiB */
+    size_t k = 512 * 1024, len = 2 * k + 5;
+    uint8_t *big = malloc(len);
+    REQUIRE(big);
+    memcpy(big, "\x12\x80\x80\x40", 4); /* chat, 1 MiB long */
+    for (size_t i = 0; i < k; i++)
+        memcpy(big + 4 + 2 * i, "\x12\x00", 2);
+    len = 4 + 2 * k;
+    CHECK_TRUE(ab_pb_unpack(d, len, big) == NULL);
+    u = agentbus__inference_request__unpack(NULL, len, big); /* what it would be */
+    REQUIRE(u && u->chat);
+    CHECK_U64(u->chat->n_messages, k);
+    agentbus__inference_request__free_unpacked(u, NULL);
+    free(big);
+}
+
 /* One frame: HDR's bytes, then the inline field holding PLEN bytes of 'p'. */
 static size_t s_inline_frame(const ab_header_t *hdr, size_t plen, uint8_t *out, size_t cap)
 {
@@ -448,5 +497,6 @@ int main(void)
     s_test_rejections();
     s_test_unknown_fields();
     s_test_status();
+    s_test_pb_unpack();
     return TEST_DONE("test_codec");
 }
