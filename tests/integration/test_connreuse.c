@@ -16,6 +16,7 @@
 #include "codec.h"
 #include "harness.h"
 #include "msgtest.h"
+#include "rawpeer.h"
 #include "test.h"
 #include "util.h"
 
@@ -26,43 +27,13 @@
 #include <string.h>
 #include <zmq.h>
 
-static void *s_ctx;
-
-/* A DEALER to the broker on PORT; RID (LEN bytes) as its routing id when
- * not NULL. */
-static void *s_raw(int port, const void *rid, size_t len)
-{
-    void *s = zmq_socket(s_ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    if (rid)
-        REQUIRE(zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, len) == 0);
-    REQUIRE(zmq_connect(s, th_ep(port)) == 0);
-    return s;
-}
-
-/* HELLO as agent NAME (instance 1: the same agent each time). */
-static void s_hello(void *s, const char *name, uint64_t id)
-{
-    Agentbus__Hello m;
-    agentbus__hello__init(&m);
-    m.name = (char *)name;
-    m.role = (char *)"agent";
-    m.instance = 1;
-    uint8_t buf[512];
-    size_t len = agentbus__hello__pack(&m, buf);
-    ab_header_t h = ab_header_init(AB_KIND_HELLO);
-    h.id = id;
-    mt_raw_send(s, &h, buf, len);
-}
-
 /* Says HELLO as NAME every 200 ms until the broker answers, up to MS.
  * The answer's flags, or -1 when none came. */
 static long s_hello_answered(void *s, const char *name, int ms)
 {
     int64_t end = ab_now_ms() + ms;
     for (uint64_t id = 1; ab_now_ms() < end; id++) {
-        s_hello(s, name, id);
+        rp_hello(s, name, 1, 0, id); /* instance 1: the same agent each time */
         int64_t next = ab_now_ms() + 200;
         while (ab_now_ms() < next) {
             zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
@@ -94,7 +65,7 @@ static long s_take_id(int port, const uint8_t *rid, size_t len, const char *name
 {
     int64_t end = ab_now_ms() + 10000;
     while (ab_now_ms() < end) {
-        *s = s_raw(port, rid, len);
+        *s = rp_raw(port, rid, len);
         long flags = s_hello_answered(*s, name, 1000);
         if (flags >= 0)
             return flags;
@@ -113,7 +84,7 @@ typedef struct {
 static void *s_flood(void *arg)
 {
     s_flood_t *f = arg;
-    void *s = s_raw(f->port, NULL, 0);
+    void *s = rp_raw(f->port, NULL, 0);
     int hwm = 100000;
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     REQUIRE(s_hello_answered(s, "", 5000) >= 0);
@@ -158,7 +129,7 @@ static void s_reused_id(void)
 {
     int port = th_free_port();
     pid_t broker = th_broker(port, "--heartbeat-ms", "20000", NULL);
-    s_ctx = zmq_ctx_new();
+    rp_ctx(); /* before the flood's thread makes a socket */
     ab_client_t *ctl = th_client(port);
     s_flood_t flood = {.port = port};
     pthread_t flooder;
@@ -173,9 +144,9 @@ static void s_reused_id(void)
         /* A filler connection accepted before A and closed with it, so the
          * second connection likely gets the filler's lower fd, not A's: a
          * stale fd then names no connection the broker will see close. */
-        void *filler = s_raw(port, NULL, 0);
+        void *filler = rp_raw(port, NULL, 0);
         REQUIRE(s_hello_answered(filler, "", 5000) >= 0);
-        void *a = s_raw(port, rid, sizeof rid);
+        void *a = rp_raw(port, rid, sizeof rid);
         REQUIRE(s_hello_answered(a, name, 5000) >= 0);
         zmq_close(filler);
         zmq_close(a);
@@ -204,8 +175,7 @@ static void s_reused_id(void)
     CHECK_TRUE(kept > 0);
     CHECK_TRUE(th_alive(broker));
     ab_client_destroy(&ctl);
-    zmq_ctx_term(s_ctx);
-    s_ctx = NULL;
+    rp_end(NULL, 0);
 }
 
 int main(int argc, char **argv)

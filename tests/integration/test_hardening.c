@@ -7,6 +7,7 @@
 #include "codec.h"
 #include "harness.h"
 #include "msgtest.h"
+#include "rawpeer.h"
 #include "test.h"
 #include "util.h"
 
@@ -17,232 +18,43 @@
 
 #define AB_RID_MAX 255
 
-/* --- raw peers ------------------------------------------------------------------ */
-static void *s_ctx;
-
-/* A DEALER to the broker on PORT; RID (LEN bytes) as its routing id when
- * not NULL, as a peer that chooses one. */
-static void *s_raw(int port, const void *rid, size_t len)
-{
-    if (!s_ctx)
-        s_ctx = zmq_ctx_new();
-    void *s = zmq_socket(s_ctx, ZMQ_DEALER);
-    int linger = 0, hwm = 100000;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (rid)
-        REQUIRE(zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, len) == 0);
-    REQUIRE(zmq_connect(s, th_ep(port)) == 0);
-    return s;
-}
-
-static void s_raw_end(void **socks, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (socks[i])
-            zmq_close(socks[i]);
-    zmq_ctx_term(s_ctx);
-    s_ctx = NULL;
-}
-
-static void s_beat(void *s)
-{
-    ab_header_t h = ab_header_init(AB_KIND_HEARTBEAT);
-    mt_raw_send(s, &h, NULL, 0);
-}
-
-typedef struct {
-    zmq_msg_t hdr, body;
-    int has_body;
-    ab_header_t h;
-} s_msg_t;
-
-static void s_close(s_msg_t *m)
-{
-    zmq_msg_close(&m->hdr);
-    zmq_msg_close(&m->body);
-}
-
-/* Receives one message waiting on S now: 1, or 0 if none. */
-static int s_take(void *s, s_msg_t *m)
-{
-    zmq_msg_init(&m->hdr);
-    zmq_msg_init(&m->body);
-    m->has_body = 0;
-    if (zmq_msg_recv(&m->hdr, s, ZMQ_DONTWAIT) < 0) {
-        s_close(m);
-        return 0;
-    }
-    if (zmq_msg_more(&m->hdr)) {
-        zmq_msg_recv(&m->body, s, 0);
-        m->has_body = 1;
-    }
-    if (ab_header_parse(zmq_msg_data(&m->hdr), zmq_msg_size(&m->hdr), &m->h) != AB_OK)
-        m->h.kind = 0;
-    return 1;
-}
-
-/* Waits up to timeout_ms for a message of KIND on S (others are skipped,
- * the protocol does not promise an order: a HEARTBEAT may come first),
- * sending a HEARTBEAT every 150 ms on each of the N sockets BEAT so their
- * peers stay alive. 1 with *M filled, or 0. */
-static int s_wait(void *s, uint32_t kind, s_msg_t *m, int timeout_ms, void **beat, int n)
-{
-    int64_t end = ab_now_ms() + timeout_ms, next_beat = 0;
-    while (ab_now_ms() < end) {
-        if (ab_now_ms() >= next_beat) {
-            for (int i = 0; i < n; i++)
-                s_beat(beat[i]);
-            next_beat = ab_now_ms() + 150;
-        }
-        zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, 50) <= 0)
-            continue;
-        while (s_take(s, m)) {
-            if (m->h.kind == kind)
-                return 1;
-            s_close(m);
-        }
-    }
-    return 0;
-}
-
-/* Counts messages of KIND (0: any) arriving on S within MS, beating on BEAT. */
-static int s_count(void *s, uint32_t kind, int ms, void **beat, int n)
-{
-    int got = 0;
-    s_msg_t m;
-    int64_t end = ab_now_ms() + ms;
-    while (ab_now_ms() < end) {
-        int left = (int)(end - ab_now_ms());
-        if (!s_wait(s, kind ? kind : 0xffff, &m, left < 200 ? left : 200, beat, n)) {
-            /* kind 0: anything at all counts */
-            if (!kind)
-                while (s_take(s, &m)) {
-                    got++;
-                    s_close(&m);
-                }
-            continue;
-        }
-        got++;
-        s_close(&m);
-    }
-    return got;
-}
-
-/* REGISTER for SERVICE with CAPACITY; FEATURES as announced (0: no
- * Register payload, as an old worker). Waits for the broker's answer. */
-static void s_register(void *s, const char *service, uint32_t capacity, uint32_t features)
-{
-    Agentbus__Register r;
-    agentbus__register__init(&r);
-    r.service = (char *)service;
-    r.capacity = capacity;
-    r.name = (char *)"raw";
-    r.features = features;
-    uint8_t buf[256];
-    size_t len = agentbus__register__pack(&r, buf);
-    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
-    h.id = 1;
-    h.target = ab_view_of(service);
-    h.credit = capacity;
-    mt_raw_send(s, &h, features ? buf : NULL, len);
-    s_msg_t m;
-    REQUIRE(s_wait(s, AB_KIND_REGISTER, &m, 5000, NULL, 0));
-    s_close(&m);
-}
-
-/* HELLO as agent NAME with INSTANCE (and TAKEOVER). */
-static void s_hello(void *s, const char *name, uint64_t instance, int takeover, uint64_t id)
-{
-    Agentbus__Hello m;
-    agentbus__hello__init(&m);
-    m.name = (char *)name;
-    m.role = (char *)"agent";
-    m.instance = instance;
-    m.takeover = takeover;
-    uint8_t buf[512];
-    size_t len = agentbus__hello__pack(&m, buf);
-    ab_header_t h = ab_header_init(AB_KIND_HELLO);
-    h.id = id;
-    mt_raw_send(s, &h, buf, len);
-}
-
-static void s_request(void *s, uint64_t id, const char *service, uint32_t flags,
-                      const void *data, size_t size)
-{
-    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
-    h.id = id;
-    h.target = ab_view_of(service);
-    h.flags = flags;
-    h.timeout_ms = 20000;
-    if (flags & AB_FLAG_LZ4)
-        h.original_size = size * 4;
-    mt_raw_send(s, &h, data, size);
-}
-
-static void s_answer(void *s, uint32_t kind, uint64_t corr, const char *text)
-{
-    ab_header_t h = ab_header_init(kind);
-    h.correlation_id = corr;
-    mt_raw_send(s, &h, text, strlen(text));
-}
-
-static int s_body_is(const s_msg_t *m, const char *text)
-{
-    return m->has_body && zmq_msg_size((zmq_msg_t *)&m->body) == strlen(text) &&
-           memcmp(zmq_msg_data((zmq_msg_t *)&m->body), text, strlen(text)) == 0;
-}
-
-static size_t s_unhex(const char *hex, uint8_t *out, size_t cap)
-{
-    size_t n = strlen(hex) / 2;
-    for (size_t i = 0; i < n && i < cap; i++) {
-        unsigned v;
-        sscanf(hex + 2 * i, "%2x", &v);
-        out[i] = (uint8_t)v;
-    }
-    return n < cap ? n : cap;
-}
-
 /* --- 1: an lz4 request meets a worker that cannot read lz4 ---------------------- */
 static void s_lz4_old_worker(void)
 {
     int port = th_free_port();
     pid_t broker = th_broker(port, NULL);
     void *socks[2];
-    void *w = socks[0] = s_raw(port, NULL, 0);
-    void *c = socks[1] = s_raw(port, NULL, 0);
-    s_register(w, "old", 10, 0); /* no features: an old worker */
+    void *w = socks[0] = rp_raw(port, NULL, 0);
+    void *c = socks[1] = rp_raw(port, NULL, 0);
+    rp_register(w, "old", 10, 0); /* no features: an old worker */
     /* Thirty bytes flagged LZ4; several at once, so the dispatch loop meets
      * more than one queued request. */
     enum { N = 5 };
     const char payload[31] = "0123456789abcdefghijklmnopqrst";
     for (int i = 0; i < N; i++)
-        s_request(c, 100 + (uint64_t)i, "old", AB_FLAG_LZ4, payload, 30);
+        rp_request(c, 100 + (uint64_t)i, "old", AB_FLAG_LZ4, payload, 30);
     int refused = 0;
     for (int i = 0; i < N; i++) {
-        s_msg_t m;
-        if (!s_wait(c, AB_KIND_ERROR, &m, 5000, socks, 2))
+        rp_msg_t m;
+        if (!rp_wait(c, AB_KIND_ERROR, &m, 5000, socks, 2))
             break;
         refused += m.h.error_code == AB_ERR_UNSUPPORTED && m.h.correlation_id >= 100 &&
                    m.h.correlation_id < 100 + N;
-        s_close(&m);
+        rp_close(&m);
     }
     CHECK_EQ(refused, N);
     CHECK_TRUE(th_alive(broker));
     /* The broker keeps serving: a plain request reaches the same worker. */
-    s_request(c, 7, "old", 0, "plain", 5);
-    s_msg_t m;
-    REQUIRE(s_wait(w, AB_KIND_REQUEST, &m, 5000, socks, 2));
+    rp_request(c, 7, "old", 0, "plain", 5);
+    rp_msg_t m;
+    REQUIRE(rp_wait(w, AB_KIND_REQUEST, &m, 5000, socks, 2));
     CHECK_EQ(m.h.flags & AB_FLAG_LZ4, 0);
-    s_answer(w, AB_KIND_REPLY, m.h.id, "pong");
-    s_close(&m);
-    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, socks, 2));
+    rp_answer(w, AB_KIND_REPLY, m.h.id, "pong");
+    rp_close(&m);
+    REQUIRE(rp_wait(c, AB_KIND_REPLY, &m, 5000, socks, 2));
     CHECK_U64(m.h.correlation_id, 7);
-    CHECK_TRUE(s_body_is(&m, "pong"));
-    s_close(&m);
+    CHECK_TRUE(rp_body_is(&m, "pong"));
+    rp_close(&m);
     ab_client_t *ctl = th_client(port);
     Agentbus__Stats *st = th_stats(ctl);
     REQUIRE(st != NULL);
@@ -251,7 +63,7 @@ static void s_lz4_old_worker(void)
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&ctl);
     CHECK_TRUE(th_alive(broker));
-    s_raw_end(socks, 2);
+    rp_end(socks, 2);
 }
 
 /* --- 2: routing ids a peer chooses ------------------------------------------------ */
@@ -263,7 +75,7 @@ static size_t s_worker_rid(ab_client_t *ctl, const char *service, uint8_t *rid)
     size_t n = 0;
     for (size_t i = 0; i < wl->n_workers; i++)
         if (strcmp(wl->workers[i]->service, service) == 0)
-            n = s_unhex(wl->workers[i]->id, rid, AB_RID_MAX);
+            n = rp_unhex(wl->workers[i]->id, rid, AB_RID_MAX);
     agentbus__worker_list__free_unpacked(wl, NULL);
     return n;
 }
@@ -290,14 +102,14 @@ static void s_forged_worker_round(int port, const void *vrid, size_t vlen)
 {
     enum { N = 10 };
     void *socks[2] = {NULL, NULL};
-    void *v = socks[0] = s_raw(port, vrid, vlen);
-    s_register(v, "svc", 100, AB_FEATURE_LZ4);
+    void *v = socks[0] = rp_raw(port, vrid, vlen);
+    rp_register(v, "svc", 100, AB_FEATURE_LZ4);
     ab_client_t *ctl = th_client(port);
     uint8_t rid[AB_RID_MAX];
     size_t len = s_worker_rid(ctl, "svc", rid);
     REQUIRE(len > 0);
-    void *a = socks[1] = s_raw(port, rid, len);
-    s_beat(a); /* posing as the worker: it only has to receive */
+    void *a = socks[1] = rp_raw(port, rid, len);
+    rp_beat(a); /* posing as the worker: it only has to receive */
     th_sleep_ms(300);
     s_tally_t t = {0, 0, 0};
     for (int i = 0; i < N; i++)
@@ -309,20 +121,20 @@ static void s_forged_worker_round(int port, const void *vrid, size_t vlen)
     int got = 0;
     int64_t end = ab_now_ms() + 10000;
     while (got < N && ab_now_ms() < end) {
-        s_msg_t m;
-        if (s_wait(v, AB_KIND_REQUEST, &m, 200, socks, 1))
+        rp_msg_t m;
+        if (rp_wait(v, AB_KIND_REQUEST, &m, 200, socks, 1))
             bids[got++] = m.h.id;
-        s_close(&m);
+        rp_close(&m);
         ab_client_poll(ctl, 0);
     }
     CHECK_EQ(got, N);
     /* The impostor forges replies for every id near the real ones. */
     for (uint64_t id = 1; id < 64; id++)
-        s_answer(a, AB_KIND_REPLY, id, "forged");
+        rp_answer(a, AB_KIND_REPLY, id, "forged");
     th_sleep_ms(300);
-    CHECK_EQ(s_count(a, AB_KIND_REQUEST, 300, NULL, 0), 0);
+    CHECK_EQ(rp_count(a, AB_KIND_REQUEST, 300, NULL, 0), 0);
     for (int i = 0; i < got; i++)
-        s_answer(v, AB_KIND_REPLY, bids[i], "real");
+        rp_answer(v, AB_KIND_REPLY, bids[i], "real");
     end = ab_now_ms() + 10000;
     while (t.finals < N && ab_now_ms() < end)
         ab_client_poll(ctl, 50);
@@ -330,7 +142,7 @@ static void s_forged_worker_round(int port, const void *vrid, size_t vlen)
     CHECK_EQ(t.real, N);
     CHECK_EQ(t.forged, 0);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, 2);
+    rp_end(socks, 2);
 }
 
 static void s_forged_worker_id(void)
@@ -354,11 +166,11 @@ static void s_forged_agent_id(void)
     ab_client_t *ctl = th_client(port);
     const uint8_t chosen[12] = {'A' | 0x80, 'a', 'l', 'i', 'c', 'e', 9, 8, 7, 6, 5, 4};
     void *socks[2];
-    void *alice = socks[0] = s_raw(port, chosen, sizeof chosen);
-    s_hello(alice, "alice", 5, 0, 1);
-    s_msg_t m;
-    REQUIRE(s_wait(alice, AB_KIND_HELLO, &m, 5000, NULL, 0));
-    s_close(&m);
+    void *alice = socks[0] = rp_raw(port, chosen, sizeof chosen);
+    rp_hello(alice, "alice", 5, 0, 1);
+    rp_msg_t m;
+    REQUIRE(rp_wait(alice, AB_KIND_HELLO, &m, 5000, NULL, 0));
+    rp_close(&m);
     REQUIRE(mt_wait_bound(ctl, "alice", 5000));
     REQUIRE(mt_wait_bound(ctl, "bob", 5000));
     /* The id brokerctl shows for alice is not her routing id. */
@@ -367,12 +179,12 @@ static void s_forged_agent_id(void)
     for (size_t i = 0; i < al->n_agents; i++)
         if (strcmp(al->agents[i]->name, "alice") == 0) {
             uint8_t shown[AB_RID_MAX];
-            size_t n = s_unhex(al->agents[i]->id, shown, sizeof shown);
+            size_t n = rp_unhex(al->agents[i]->id, shown, sizeof shown);
             CHECK_TRUE(n != sizeof chosen || memcmp(shown, chosen, n) != 0);
         }
     agentbus__agent_list__free_unpacked(al, NULL);
-    void *imp = socks[1] = s_raw(port, chosen, sizeof chosen);
-    s_hello(imp, "alice", 5, 0, 1);
+    void *imp = socks[1] = rp_raw(port, chosen, sizeof chosen);
+    rp_hello(imp, "alice", 5, 0, 1);
     th_sleep_ms(300);
     /* As alice, to bob. */
     ab_header_t h = ab_header_init(AB_KIND_SEND);
@@ -386,21 +198,21 @@ static void s_forged_agent_id(void)
     int got = 0;
     int64_t end = ab_now_ms() + 5000;
     while (got < 5 && ab_now_ms() < end) {
-        if (s_wait(alice, AB_KIND_SEND, &m, 100, socks, 1)) {
-            got += s_body_is(&m, "secret");
-            s_close(&m);
+        if (rp_wait(alice, AB_KIND_SEND, &m, 100, socks, 1)) {
+            got += rp_body_is(&m, "secret");
+            rp_close(&m);
         }
         ab_client_poll(cb, 0);
     }
     CHECK_EQ(got, 5);
     mt_pump(&cb, 1, 500);
     CHECK_EQ(bob->count[AB_MSG_DIRECT], 0);
-    CHECK_EQ(s_count(imp, 0, 500, NULL, 0), 0);
+    CHECK_EQ(rp_count(imp, 0, 500, NULL, 0), 0);
     CHECK_TRUE(mt_wait_bound(ctl, "alice", 2000));
     CHECK_TRUE(th_alive(broker));
     ab_client_destroy(&cb);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, 2);
+    rp_end(socks, 2);
     free(bob);
 }
 
@@ -419,7 +231,7 @@ static void s_next_id_claim(void)
     REQUIRE(mt_wait_bound(ctl, "listener", 5000));
     void *socks[64];
     int n = 0;
-    void *spy = socks[n++] = s_raw(port, NULL, 0);
+    void *spy = socks[n++] = rp_raw(port, NULL, 0);
     ab_header_t h = ab_header_init(AB_KIND_SEND);
     h.id = 1;
     h.target = ab_view_of("listener");
@@ -427,7 +239,7 @@ static void s_next_id_claim(void)
     REQUIRE(mt_wait(named, box, AB_MSG_DIRECT, 1, 5000) == 1);
     printf("an unnamed sender is shown as %s\n", box->sender[0]);
     uint8_t id[AB_RID_MAX];
-    size_t len = s_unhex(box->sender[0] + 1, id, sizeof id);
+    size_t len = rp_unhex(box->sender[0] + 1, id, sizeof id);
     REQUIRE(len > 0);
     /* Claim the ids that would follow it if it were a routing id. */
     for (uint32_t k = 1; k <= 40 && n < 64; k++) {
@@ -439,8 +251,8 @@ static void s_next_id_claim(void)
             next[i] = (uint8_t)v;
             carry = (carry >> 8) + (v >> 8);
         }
-        socks[n] = s_raw(port, next, len);
-        s_beat(socks[n++]);
+        socks[n] = rp_raw(port, next, len);
+        rp_beat(socks[n++]);
     }
     th_sleep_ms(300);
     /* New connections get the next ids. */
@@ -455,7 +267,7 @@ static void s_next_id_claim(void)
     CHECK_TRUE(th_alive(broker));
     ab_client_destroy(&named);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, n);
+    rp_end(socks, n);
     free(box);
 }
 
@@ -472,25 +284,25 @@ static void s_shared_id(void)
     const char twin[] = "twin-id";
     const uint8_t wid[8] = {'W' | 0x80, 'o', 'l', 'd', 1, 2, 3, 4};
     void *socks[5];
-    void *old = socks[4] = s_raw(port, wid, sizeof wid);
-    s_register(old, "raw", 10, 0);
-    socks[0] = s_raw(port, twin, sizeof twin - 1);
-    socks[1] = s_raw(port, twin, sizeof twin - 1);
-    socks[2] = s_raw(port, wid, sizeof wid);
-    socks[3] = s_raw(port, wid, sizeof wid);
+    void *old = socks[4] = rp_raw(port, wid, sizeof wid);
+    rp_register(old, "raw", 10, 0);
+    socks[0] = rp_raw(port, twin, sizeof twin - 1);
+    socks[1] = rp_raw(port, twin, sizeof twin - 1);
+    socks[2] = rp_raw(port, wid, sizeof wid);
+    socks[3] = rp_raw(port, wid, sizeof wid);
     int64_t end = ab_now_ms() + 3000;
     uint64_t id = 1;
     while (ab_now_ms() < end) {
         for (int i = 0; i < 4; i++) {
-            s_hello(socks[i], i < 2 ? "twin" : "", (uint64_t)i + 1, 0, id++);
-            s_request(socks[i], id++, "echo", 0, "x", 1);
-            s_answer(socks[i], AB_KIND_REPLY, id, "y");
-            s_beat(socks[i]);
-            s_msg_t m;
-            while (s_take(socks[i], &m))
-                s_close(&m);
+            rp_hello(socks[i], i < 2 ? "twin" : "", (uint64_t)i + 1, 0, id++);
+            rp_request(socks[i], id++, "echo", 0, "x", 1);
+            rp_answer(socks[i], AB_KIND_REPLY, id, "y");
+            rp_beat(socks[i]);
+            rp_msg_t m;
+            while (rp_take(socks[i], &m))
+                rp_close(&m);
         }
-        s_beat(old);
+        rp_beat(old);
         th_sleep_ms(5);
     }
     CHECK_TRUE(th_alive(broker));
@@ -505,11 +317,11 @@ static void s_shared_id(void)
     REQUIRE(ab_client_request_start(ctl, "raw", "r", 1, &(ab_request_opts_t){.timeout_ms = 5000},
                                     NULL, NULL, NULL) == AB_OK);
     ab_client_flush(ctl);
-    s_msg_t m;
-    CHECK_TRUE(s_wait(old, AB_KIND_REQUEST, &m, 5000, NULL, 0));
-    s_close(&m);
+    rp_msg_t m;
+    CHECK_TRUE(rp_wait(old, AB_KIND_REQUEST, &m, 5000, NULL, 0));
+    rp_close(&m);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, 5);
+    rp_end(socks, 5);
     CHECK_TRUE(th_alive(broker));
 }
 
@@ -533,33 +345,33 @@ static void s_takeover_refused(void)
     CHECK_EQ(a->count[AB_MSG_ERROR], 0);
     /* Raw connections: the same instance reclaims, another is refused. */
     void *socks[3];
-    socks[0] = s_raw(port, NULL, 0);
-    socks[1] = s_raw(port, NULL, 0);
-    socks[2] = s_raw(port, NULL, 0);
-    s_hello(socks[0], "carol", 777, 0, 1);
-    s_msg_t m;
-    REQUIRE(s_wait(socks[0], AB_KIND_HELLO, &m, 5000, NULL, 0));
-    s_close(&m);
+    socks[0] = rp_raw(port, NULL, 0);
+    socks[1] = rp_raw(port, NULL, 0);
+    socks[2] = rp_raw(port, NULL, 0);
+    rp_hello(socks[0], "carol", 777, 0, 1);
+    rp_msg_t m;
+    REQUIRE(rp_wait(socks[0], AB_KIND_HELLO, &m, 5000, NULL, 0));
+    rp_close(&m);
     REQUIRE(mt_wait_bound(ctl, "carol", 5000));
-    s_hello(socks[1], "carol", 777, 0, 2); /* a reconnect of the same handle */
-    REQUIRE(s_wait(socks[1], AB_KIND_HELLO, &m, 5000, socks, 2));
-    s_close(&m);
-    s_hello(socks[2], "carol", 778, 1, 3); /* another instance, takeover flag */
-    REQUIRE(s_wait(socks[2], AB_KIND_ERROR, &m, 5000, socks, 3));
+    rp_hello(socks[1], "carol", 777, 0, 2); /* a reconnect of the same handle */
+    REQUIRE(rp_wait(socks[1], AB_KIND_HELLO, &m, 5000, socks, 2));
+    rp_close(&m);
+    rp_hello(socks[2], "carol", 778, 1, 3); /* another instance, takeover flag */
+    REQUIRE(rp_wait(socks[2], AB_KIND_ERROR, &m, 5000, socks, 3));
     CHECK_EQ(m.h.error_code, AB_ERR_NAME_TAKEN);
     CHECK_U64(m.h.correlation_id, 3);
-    s_close(&m);
+    rp_close(&m);
     CHECK_EQ(ab_client_send_wait(sender, "carol", "to carol", 8, 0, 5000, &queued), AB_OK);
-    REQUIRE(s_wait(socks[1], AB_KIND_SEND, &m, 5000, socks, 3));
-    CHECK_TRUE(s_body_is(&m, "to carol"));
-    s_close(&m);
-    CHECK_EQ(s_count(socks[0], AB_KIND_SEND, 300, NULL, 0), 0);
-    CHECK_EQ(s_count(socks[2], AB_KIND_SEND, 300, NULL, 0), 0);
+    REQUIRE(rp_wait(socks[1], AB_KIND_SEND, &m, 5000, socks, 3));
+    CHECK_TRUE(rp_body_is(&m, "to carol"));
+    rp_close(&m);
+    CHECK_EQ(rp_count(socks[0], AB_KIND_SEND, 300, NULL, 0), 0);
+    CHECK_EQ(rp_count(socks[2], AB_KIND_SEND, 300, NULL, 0), 0);
     ab_client_destroy(&ca);
     ab_client_destroy(&cb);
     ab_client_destroy(&sender);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, 3);
+    rp_end(socks, 3);
     free(a);
     free(b);
 }
@@ -587,10 +399,8 @@ static void s_rename_backlog(void)
     int port = th_free_port();
     pid_t broker = th_broker(port, "--sndhwm", "4", NULL);
     void *socks[AGENTS + 1];
-    if (!s_ctx)
-        s_ctx = zmq_ctx_new();
     for (int i = 0; i < AGENTS; i++) {
-        void *s = zmq_socket(s_ctx, ZMQ_DEALER);
+        void *s = zmq_socket(rp_ctx(), ZMQ_DEALER);
         int linger = 0, hwm = 2, rcvbuf = 4096;
         zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
         zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
@@ -598,7 +408,7 @@ static void s_rename_backlog(void)
         REQUIRE(zmq_connect(s, th_ep(port)) == 0);
         socks[i] = s;
     }
-    void *sender = socks[AGENTS] = s_raw(port, NULL, 0);
+    void *sender = socks[AGENTS] = rp_raw(port, NULL, 0);
     char *big = calloc(1, BIG);
     memset(big, 'm', BIG);
     uint64_t id = 1;
@@ -607,7 +417,7 @@ static void s_rename_backlog(void)
     /* Fill every agent's pipe: what is not delivered expires soon. */
     for (int i = 0; i < AGENTS; i++) {
         snprintf(name, sizeof name, "r%d-0", i);
-        s_hello(socks[i], name, (uint64_t)i + 1, 0, id++);
+        rp_hello(socks[i], name, (uint64_t)i + 1, 0, id++);
         for (int k = 0; k < 24; k++) /* 6 MB: past the socket buffers */
             s_send_one(sender, name, id++, 300, big, BIG);
     }
@@ -626,13 +436,13 @@ static void s_rename_backlog(void)
             for (int i = 0; i < AGENTS; i++) {
                 cur[i] ^= 1;
                 snprintf(name, sizeof name, "r%d-%d", i, cur[i]);
-                s_hello(socks[i], name, (uint64_t)i + 1, 0, id++);
-                s_beat(socks[i]);
+                rp_hello(socks[i], name, (uint64_t)i + 1, 0, id++);
+                rp_beat(socks[i]);
             }
-            s_beat(sender);
-            s_msg_t m;
-            while (s_take(sender, &m))
-                s_close(&m);
+            rp_beat(sender);
+            rp_msg_t m;
+            while (rp_take(sender, &m))
+                rp_close(&m);
             th_sleep_ms(2 + (int)(rand_r(&seed) % 6));
         }
     }
@@ -648,7 +458,7 @@ static void s_rename_backlog(void)
     CHECK_TRUE(st->msgs_expired > 0);
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, AGENTS + 1);
+    rp_end(socks, AGENTS + 1);
 }
 
 /* --- 4: offline names are freed with their last message, and bounded ------------- */
@@ -684,19 +494,19 @@ static void s_send_names(void *raw, void **beat, const char *prefix, int n, int 
     int64_t end = ab_now_ms() + 20000, next_beat = 0;
     while (*queued + *busy < n && ab_now_ms() < end) {
         if (ab_now_ms() >= next_beat) {
-            s_beat(beat[0]);
+            rp_beat(beat[0]);
             next_beat = ab_now_ms() + 150;
         }
         zmq_pollitem_t it = {raw, 0, ZMQ_POLLIN, 0};
         if (zmq_poll(&it, 1, 50) <= 0)
             continue;
-        s_msg_t m;
-        while (s_take(raw, &m)) {
+        rp_msg_t m;
+        while (rp_take(raw, &m)) {
             if (m.h.kind == AB_KIND_REPLY)
                 (*queued)++;
             else if (m.h.kind == AB_KIND_ERROR && m.h.error_code == AB_ERR_BUSY)
                 (*busy)++;
-            s_close(&m);
+            rp_close(&m);
         }
     }
 }
@@ -707,7 +517,7 @@ static void s_offline_names(void)
     th_broker(port, "--mailbox-max-names", "6000", NULL);
     ab_client_t *ctl = th_client(port);
     void *socks[1];
-    void *raw = socks[0] = s_raw(port, NULL, 0);
+    void *raw = socks[0] = rp_raw(port, NULL, 0);
     int queued, busy;
     s_send_names(raw, socks, "gone-", 5000, 300, &queued, &busy);
     CHECK_EQ(queued, 5000);
@@ -744,7 +554,7 @@ static void s_offline_names(void)
     agentbus__stats__free_unpacked(st, NULL);
     free(box);
     ab_client_destroy(&ctl);
-    s_raw_end(socks, 1);
+    rp_end(socks, 1);
 }
 
 /* --- 6: a late answer after another worker's answer is not a second final -------- */
@@ -763,20 +573,20 @@ static void s_late_setup(s_late_t *t)
     t->port = th_free_port();
     t->broker = th_broker(t->port, "--health-floor-ms", "200", "--health-ceiling-ms", "400",
                           NULL);
-    void *c = t->socks[0] = s_raw(t->port, NULL, 0);
-    void *w1 = t->socks[1] = s_raw(t->port, NULL, 0);
-    s_register(w1, "svc", 1, 0);
-    s_request(c, 42, "svc", 0, "q", 1);
-    s_msg_t m;
-    REQUIRE(s_wait(w1, AB_KIND_REQUEST, &m, 5000, t->socks, 2));
+    void *c = t->socks[0] = rp_raw(t->port, NULL, 0);
+    void *w1 = t->socks[1] = rp_raw(t->port, NULL, 0);
+    rp_register(w1, "svc", 1, 0);
+    rp_request(c, 42, "svc", 0, "q", 1);
+    rp_msg_t m;
+    REQUIRE(rp_wait(w1, AB_KIND_REQUEST, &m, 5000, t->socks, 2));
     t->bid = m.h.id;
-    s_close(&m);
-    void *w2 = t->socks[2] = s_raw(t->port, NULL, 0);
-    s_register(w2, "svc", 1, 0);
+    rp_close(&m);
+    void *w2 = t->socks[2] = rp_raw(t->port, NULL, 0);
+    rp_register(w2, "svc", 1, 0);
     void *live[2] = {c, w2};
-    REQUIRE(s_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
+    REQUIRE(rp_wait(w2, AB_KIND_REQUEST, &m, 15000, live, 2));
     CHECK_U64(m.h.id, t->bid);
-    s_close(&m);
+    rp_close(&m);
 }
 
 /* The stats of T's broker say LATE late replies and one reply (W1's or
@@ -792,19 +602,19 @@ static void s_late_end(s_late_t *t, unsigned long long late)
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&ctl);
     CHECK_TRUE(th_alive(t->broker));
-    s_raw_end(t->socks, 3);
+    rp_end(t->socks, 3);
 }
 
 /* W2 answers TEXT: the client's one answer; then as s_late_end. */
 static void s_w2_ends(s_late_t *t, const char *text)
 {
     void *live[2] = {t->socks[0], t->socks[2]};
-    s_msg_t m;
-    s_answer(t->socks[2], AB_KIND_REPLY, t->bid, text);
-    REQUIRE(s_wait(t->socks[0], AB_KIND_REPLY, &m, 5000, live, 2));
-    CHECK_TRUE(s_body_is(&m, text));
+    rp_msg_t m;
+    rp_answer(t->socks[2], AB_KIND_REPLY, t->bid, text);
+    REQUIRE(rp_wait(t->socks[0], AB_KIND_REPLY, &m, 5000, live, 2));
+    CHECK_TRUE(rp_body_is(&m, text));
     CHECK_U64(m.h.correlation_id, 42);
-    s_close(&m);
+    rp_close(&m);
     s_late_end(t, 0);
 }
 
@@ -819,32 +629,32 @@ static void s_late_round(int late_first)
     void **socks = t.socks, *c = socks[0], *w1 = socks[1], *w2 = socks[2];
     void *live[2] = {c, w2};
     uint64_t bid = t.bid;
-    s_msg_t m;
+    rp_msg_t m;
     if (late_first) {
-        s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
-        REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
-        CHECK_TRUE(s_body_is(&m, "from-w1"));
-        s_close(&m);
+        rp_answer(w1, AB_KIND_REPLY, bid, "from-w1");
+        REQUIRE(rp_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
+        CHECK_TRUE(rp_body_is(&m, "from-w1"));
+        rp_close(&m);
         /* W2 is told to stop: nobody waits for its answer (its slot). */
-        REQUIRE(s_wait(w2, AB_KIND_CANCEL, &m, 5000, live, 2));
+        REQUIRE(rp_wait(w2, AB_KIND_CANCEL, &m, 5000, live, 2));
         CHECK_U64(m.h.correlation_id, bid);
-        s_close(&m);
-        s_answer(w2, AB_KIND_REPLY, bid, "from-w2");
+        rp_close(&m);
+        rp_answer(w2, AB_KIND_REPLY, bid, "from-w2");
     } else {
-        s_answer(w2, AB_KIND_REPLY, bid, "from-w2");
-        REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
-        CHECK_TRUE(s_body_is(&m, "from-w2"));
-        s_close(&m);
-        s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
+        rp_answer(w2, AB_KIND_REPLY, bid, "from-w2");
+        REQUIRE(rp_wait(c, AB_KIND_REPLY, &m, 5000, live, 2));
+        CHECK_TRUE(rp_body_is(&m, "from-w2"));
+        rp_close(&m);
+        rp_answer(w1, AB_KIND_REPLY, bid, "from-w1");
     }
     /* No second final (REPLY or ERROR) for request 42. */
     int extra = 0;
     int64_t end = ab_now_ms() + 1500;
     while (ab_now_ms() < end) {
-        if (!s_wait(c, AB_KIND_REPLY, &m, 100, live, 2))
+        if (!rp_wait(c, AB_KIND_REPLY, &m, 100, live, 2))
             continue;
         extra += m.h.correlation_id == 42;
-        s_close(&m);
+        rp_close(&m);
     }
     CHECK_EQ(extra, 0);
     ab_client_t *ctl = th_client(t.port);
@@ -869,19 +679,19 @@ static void s_late_error_round(void)
     void **socks = t.socks, *c = socks[0], *w1 = socks[1], *w2 = socks[2];
     void *live[2] = {c, w2};
     uint64_t bid = t.bid;
-    s_msg_t m;
+    rp_msg_t m;
     ab_header_t h = ab_header_init(AB_KIND_ERROR);
     h.correlation_id = bid;
     h.error_code = AB_ERR_BACKEND;
     mt_raw_send(w1, &h, "backend woke up failing", 23);
     /* Neither the client's answer nor a CANCEL for W2, within a second. */
-    int early = s_wait(c, AB_KIND_ERROR, &m, 1000, live, 2);
+    int early = rp_wait(c, AB_KIND_ERROR, &m, 1000, live, 2);
     if (early)
-        s_close(&m);
+        rp_close(&m);
     CHECK_EQ(early, 0);
-    int cancelled = s_wait(w2, AB_KIND_CANCEL, &m, 200, live, 2);
+    int cancelled = rp_wait(w2, AB_KIND_CANCEL, &m, 200, live, 2);
     if (cancelled)
-        s_close(&m);
+        rp_close(&m);
     CHECK_EQ(cancelled, 0);
     s_w2_ends(&t, "from-w2");
 }
@@ -907,16 +717,16 @@ static void s_late_after_stream(void)
     void **socks = t.socks, *c = socks[0], *w1 = socks[1], *w2 = socks[2];
     void *live[2] = {c, w2};
     uint64_t bid = t.bid;
-    s_msg_t m;
-    s_answer(w2, AB_KIND_PARTIAL, bid, "part-w2 ");
-    REQUIRE(s_wait(c, AB_KIND_PARTIAL, &m, 5000, live, 2));
-    CHECK_TRUE(s_body_is(&m, "part-w2 "));
-    s_close(&m);
-    s_answer(w1, AB_KIND_REPLY, bid, "from-w1");
-    int early = s_wait(c, AB_KIND_REPLY, &m, 1000, live, 2);
+    rp_msg_t m;
+    rp_answer(w2, AB_KIND_PARTIAL, bid, "part-w2 ");
+    REQUIRE(rp_wait(c, AB_KIND_PARTIAL, &m, 5000, live, 2));
+    CHECK_TRUE(rp_body_is(&m, "part-w2 "));
+    rp_close(&m);
+    rp_answer(w1, AB_KIND_REPLY, bid, "from-w1");
+    int early = rp_wait(c, AB_KIND_REPLY, &m, 1000, live, 2);
     if (early) {
-        CHECK_TRUE(!s_body_is(&m, "from-w1"));
-        s_close(&m);
+        CHECK_TRUE(!rp_body_is(&m, "from-w1"));
+        rp_close(&m);
     }
     CHECK_EQ(early, 0);
     s_w2_ends(&t, "end-w2");
@@ -934,11 +744,11 @@ static void s_answer_after_pushback(void)
     int port = th_free_port();
     pid_t broker = th_broker(port, NULL);
     void *socks[3];
-    void *c = socks[0] = s_raw(port, NULL, 0);
-    void *wa = socks[1] = s_raw(port, NULL, 0);
-    void *wb = socks[2] = s_raw(port, NULL, 0);
-    s_register(wa, "svc", 1, 0);
-    s_register(wb, "svc", 1, 0);
+    void *c = socks[0] = rp_raw(port, NULL, 0);
+    void *wa = socks[1] = rp_raw(port, NULL, 0);
+    void *wb = socks[2] = rp_raw(port, NULL, 0);
+    rp_register(wa, "svc", 1, 0);
+    rp_register(wb, "svc", 1, 0);
     ab_header_t h = ab_header_init(AB_KIND_REQUEST);
     h.id = 42;
     h.target = ab_view_of("svc");
@@ -946,33 +756,33 @@ static void s_answer_after_pushback(void)
     h.timeout_ms = 20000;
     mt_raw_send(c, &h, "q", 1);
     /* whichever worker got it first pushes it back */
-    s_msg_t m;
+    rp_msg_t m;
     void *first = NULL, *second = NULL;
     for (int i = 0; i < 100 && !first; i++) {
-        if (s_wait(wa, AB_KIND_REQUEST, &m, 50, socks, 3))
+        if (rp_wait(wa, AB_KIND_REQUEST, &m, 50, socks, 3))
             first = wa, second = wb;
-        else if (s_wait(wb, AB_KIND_REQUEST, &m, 50, socks, 3))
+        else if (rp_wait(wb, AB_KIND_REQUEST, &m, 50, socks, 3))
             first = wb, second = wa;
     }
     REQUIRE(first != NULL);
     uint64_t bid = m.h.id;
-    s_close(&m);
+    rp_close(&m);
     ab_header_t e = ab_header_init(AB_KIND_ERROR);
     e.correlation_id = bid;
     e.error_code = AB_ERR_BACKEND;
     e.error_text = ab_view_of("backend down");
     mt_raw_send(first, &e, NULL, 0);
-    REQUIRE(s_wait(second, AB_KIND_REQUEST, &m, 5000, socks, 3));
+    REQUIRE(rp_wait(second, AB_KIND_REQUEST, &m, 5000, socks, 3));
     CHECK_U64(m.h.id, bid);
-    s_close(&m);
-    s_answer(first, AB_KIND_REPLY, bid, "from-first");
-    CHECK_EQ(s_count(second, AB_KIND_CANCEL, 800, socks, 3), 0);
-    s_answer(second, AB_KIND_REPLY, bid, "from-second");
-    REQUIRE(s_wait(c, AB_KIND_REPLY, &m, 5000, socks, 3));
-    CHECK_TRUE(s_body_is(&m, "from-second"));
+    rp_close(&m);
+    rp_answer(first, AB_KIND_REPLY, bid, "from-first");
+    CHECK_EQ(rp_count(second, AB_KIND_CANCEL, 800, socks, 3), 0);
+    rp_answer(second, AB_KIND_REPLY, bid, "from-second");
+    REQUIRE(rp_wait(c, AB_KIND_REPLY, &m, 5000, socks, 3));
+    CHECK_TRUE(rp_body_is(&m, "from-second"));
     CHECK_U64(m.h.correlation_id, 42);
-    s_close(&m);
-    CHECK_EQ(s_count(c, AB_KIND_REPLY, 500, socks, 3), 0);
+    rp_close(&m);
+    CHECK_EQ(rp_count(c, AB_KIND_REPLY, 500, socks, 3), 0);
     ab_client_t *ctl = th_client(port);
     Agentbus__Stats *st = th_stats(ctl);
     REQUIRE(st != NULL);
@@ -982,7 +792,7 @@ static void s_answer_after_pushback(void)
     agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&ctl);
     CHECK_TRUE(th_alive(broker));
-    s_raw_end(socks, 3);
+    rp_end(socks, 3);
 }
 
 int main(int argc, char **argv)
