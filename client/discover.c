@@ -59,7 +59,8 @@ int ab_discover(ab_client_t *c, const char *service, int timeout_ms, ab_director
     int rc = ab_client_discover_raw(c, service, timeout_ms, 0, &buf, &len);
     if (rc != AB_OK)
         return rc;
-    Agentbus__Directory *m = agentbus__directory__unpack(NULL, len, buf);
+    Agentbus__Directory *m =
+        (Agentbus__Directory *)ab_pb_unpack(&agentbus__directory__descriptor, len, buf);
     ab_free(buf);
     if (!m)
         return AB_EMALFORMED;
@@ -129,7 +130,8 @@ void ab_directory_destroy(ab_directory_t **dp)
 void ab_dir_event_deliver(ab_client_t *c, ab_dir_event_fn *fn, void *arg, const void *data,
                           size_t size)
 {
-    Agentbus__DirectoryEvent *m = agentbus__directory_event__unpack(NULL, size, data);
+    Agentbus__DirectoryEvent *m = (Agentbus__DirectoryEvent *)ab_pb_unpack(
+        &agentbus__directory_event__descriptor, size, data);
     if (!m)
         return; /* a broker never sends these */
     if (m->worker) {

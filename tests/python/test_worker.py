@@ -249,6 +249,20 @@ def test_inference_of_many_empty_messages(bus, serve):
         assert grown < 12 * len(payload) >> 10, "%d KiB" % grown
 
 
+def test_brokerctl_embed_of_many_empty_embeddings(bus, serve):
+    # A worker's reply passes the broker as bytes; brokerctl decoded it
+    # with protobuf-c, a record for each of 4 Mi empty embeddings (8 MiB):
+    # ~800 MiB, then 12 MB of "[]". Now within 4x its size: MALFORMED.
+    reply = b"\x12\x00" * (4 << 20)  # EmbedResponse.embeddings, each empty
+    serve("pyemb", lambda job: reply)
+    out = brokerctl(bus, "embed", "m", "x", "--service", "pyemb")
+    print("brokerctl: exit %d, %d bytes out: %s" % (out.returncode, len(out.stdout),
+                                                   out.stderr[-120:]))
+    assert out.returncode == 1
+    assert "MALFORMED: reply is not an EmbedResponse" in out.stderr
+    assert len(out.stdout) < 4096
+
+
 def test_python_worker_relays_ollama_lists(bus, serve):
     """inference_reply takes Ollama's logprobs and a message's tool_calls
     under Ollama's names (a worker relaying Ollama's chunks passes them as

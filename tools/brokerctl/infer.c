@@ -68,7 +68,8 @@ static void s_context(json_t *o, const Agentbus__GenerateResponse *g)
 
 static void s_on_generate(s_run_t *r, const void *data, size_t size)
 {
-    Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, size, data);
+    Agentbus__GenerateResponse *g = (Agentbus__GenerateResponse *)ab_pb_unpack(
+        &agentbus__generate_response__descriptor, size, data);
     if (!g) {
         r->status = AB_EMALFORMED;
         snprintf(r->error, sizeof r->error, "reply is not a GenerateResponse");
@@ -100,7 +101,8 @@ static void s_on_generate(s_run_t *r, const void *data, size_t size)
 
 static void s_on_chat(s_run_t *r, const void *data, size_t size)
 {
-    Agentbus__ChatResponse *c = agentbus__chat_response__unpack(NULL, size, data);
+    Agentbus__ChatResponse *c =
+        (Agentbus__ChatResponse *)ab_pb_unpack(&agentbus__chat_response__descriptor, size, data);
     if (!c) {
         r->status = AB_EMALFORMED;
         snprintf(r->error, sizeof r->error, "reply is not a ChatResponse");
@@ -134,7 +136,8 @@ static void s_on_chat(s_run_t *r, const void *data, size_t size)
 
 static void s_on_embed(s_run_t *r, const void *data, size_t size)
 {
-    Agentbus__EmbedResponse *e = agentbus__embed_response__unpack(NULL, size, data);
+    Agentbus__EmbedResponse *e =
+        (Agentbus__EmbedResponse *)ab_pb_unpack(&agentbus__embed_response__descriptor, size, data);
     if (!e) {
         r->status = AB_EMALFORMED;
         snprintf(r->error, sizeof r->error, "reply is not an EmbedResponse");
@@ -222,7 +225,8 @@ static int s_send(ab_client_t *c, const char *service, const char *worker,
     return run->status;
 }
 
-static Agentbus__InferenceOptions *s_options(const ctl_infer_flags_t *f, Agentbus__InferenceOptions *o)
+static Agentbus__InferenceOptions *s_options(const ctl_infer_flags_t *f,
+                                             Agentbus__InferenceOptions *o)
 {
     agentbus__inference_options__init(o);
     if (f->has_temp) {
