@@ -807,6 +807,20 @@ void ab_client_untrack(ab_req_t *r)
     r->owner = NULL;
 }
 
+/* R, orphaned, belongs to its worker alone now that its client left (or
+ * cancelled it): it lets go of the client's record, which then goes with the client's last
+ * connection and live request. Else a worker that never answers the CANCEL
+ * (hung, or careless) kept one record per departed client for as long as
+ * it stayed connected: `clients` grew with every client that left. */
+static void s_client_forget(ab_broker_t *b, ab_req_t *r)
+{
+    ab_req_client_done(b, r);
+    if (r->crec) {
+        ab_client_release(b, r->crec);
+        r->crec = NULL;
+    }
+}
+
 /* Forgets FOUND for its client: dropped if queued, else orphaned and its
  * worker told to stop. Either way it leaves its client's index. */
 static void s_cancel(ab_broker_t *b, ab_req_t *found)
@@ -821,10 +835,15 @@ static void s_cancel(ab_broker_t *b, ab_req_t *found)
         return;
     }
     /* Dispatched: the worker keeps the credit until it answers (CANCELLED,
-     * dropped as for any orphan), so the slot is not offered twice. */
+     * dropped as for any orphan), so the slot is not offered twice. The
+     * client is done with it: it leaves the client's quota and record now,
+     * as at a deadline. Else a worker that never answers the CANCEL (hung,
+     * or careless) kept the client refused BUSY by max-client-inflight for
+     * requests it had given up, and its record after it left. */
     ab_client_untrack(found);
     s_orphan(b, found);
     ab_cancel_send(b, found, AB_ERR_CANCELLED);
+    s_client_forget(b, found);
 }
 
 int ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t client_id)
@@ -836,20 +855,6 @@ int ab_cancel_from_client(ab_broker_t *b, const ab_rid_t *client, uint64_t clien
     b->c.cancelled++;
     s_cancel(b, r);
     return 1;
-}
-
-/* R, orphaned, belongs to its worker alone now that its client left: it
- * lets go of the client's record, which then goes with the client's last
- * connection and live request. Else a worker that never answers the CANCEL
- * (hung, or careless) kept one record per departed client for as long as
- * it stayed connected: `clients` grew with every client that left. */
-static void s_client_forget(ab_broker_t *b, ab_req_t *r)
-{
-    ab_req_client_done(b, r);
-    if (r->crec) {
-        ab_client_release(b, r->crec);
-        r->crec = NULL;
-    }
 }
 
 void ab_cancel_client_gone(ab_broker_t *b, ab_peer_t *p, int cancel)

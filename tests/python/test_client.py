@@ -130,6 +130,38 @@ def test_busy(procs):
         assert c.pending == 0
 
 
+def test_cancelled_requests_leave_the_client_quota(procs):
+    # A worker that never answers a CANCEL (the echo worker holds a job for
+    # its delay whatever comes) kept the slot, and so the request: it still
+    # counted against the client's max-client-inflight, which then refused
+    # the client BUSY for requests it had given up, and the client's record
+    # stayed after it left. Now a cancelled request leaves the client's
+    # count and record at once, as one past its deadline does.
+    from conftest import Bus
+    bus = Bus(procs).start("--max-client-inflight", "2")
+    bus.echo_worker("held", "--capacity", "4", "--delay-ms", "600000")
+    bus.echo_worker("echo")
+    bus.wait_workers("held")
+    bus.wait_workers("echo")
+    with bus.client(name="watcher") as w:
+        with bus.client(name="giver-up") as c:
+            held = [c.stream("held", b"x", timeout=600) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while w.control("stats")["pending"] < 2 and time.monotonic() < deadline:
+                c.poll(0.05)
+            assert w.control("stats")["pending"] == 2  # both at the worker
+            for s in held:
+                s.close()  # CANCEL: the worker keeps both slots
+            assert c.request("echo", b"still mine", timeout=10) == b"still mine"
+            assert c.request("echo", b"and again", timeout=10) == b"and again"
+        deadline = time.monotonic() + 30
+        while w.control("stats")["clients"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = w.control("stats")
+        assert st["clients"] == 0, st["clients"]  # records of clients with requests
+        assert st["pending"] == 2  # the worker still holds the two orphans
+
+
 def test_stream_close_cancels(bus):
     bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
     bus.wait_workers("slow")
