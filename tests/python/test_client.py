@@ -162,6 +162,50 @@ def test_cancelled_requests_leave_the_client_quota(procs):
         assert st["pending"] == 2  # the worker still holds the two orphans
 
 
+def test_departed_clients_leave_nothing(procs):
+    # 600 clients come and go, each doing a little of everything: named or
+    # not, a request, a subscription, a publication, a direct message, a
+    # stream left in flight at a worker that never answers it. Once they
+    # are gone the broker holds nothing of theirs but the orphans the worker
+    # still holds (at most its capacity): no client record, name, flow,
+    # subscription, topic or mailbox.
+    from conftest import Bus
+    bus = Bus(procs).start()
+    bus.echo_worker("held", "--capacity", "4", "--delay-ms", "600000")
+    bus.echo_worker("echo")
+    bus.wait_workers("held")
+    bus.wait_workers("echo")
+    with bus.client(name="watcher") as w:
+        for n in range(600):
+            with bus.client(name=("gone-%d" % n) if n % 2 else None) as c:
+                assert c.request("echo", b"x" * (n * 37 % 5000), timeout=10) is not None
+                if n % 3 == 0:
+                    c.subscribe("t.%d." % (n % 40))
+                if n % 5 == 0:
+                    c.publish("t.%d.x" % (n % 40), b"hello")
+                if n % 7 == 0:
+                    c.send("watcher", b"hi")
+                if n % 4 == 0:
+                    c.stream("held", b"y", timeout=600)
+                    c.poll(0.01)
+            while w.poll(0):
+                pass
+        keys = ("clients", "named_agents", "offline_names", "subscribers", "topics",
+                "mailbox_msgs", "mailbox_bytes", "held_bytes")
+        want = {"clients": 0, "named_agents": 1, "offline_names": 0, "subscribers": 0,
+                "topics": 0, "mailbox_msgs": 0, "mailbox_bytes": 0, "held_bytes": 0}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            while w.poll(0):
+                pass
+            st = w.control("stats")
+            if {k: st[k] for k in keys} == want:
+                break
+            time.sleep(0.1)
+        assert {k: st[k] for k in keys} == want
+        assert st["pending"] <= 4  # orphans at the held worker, each taking a slot
+
+
 def test_stream_close_cancels(bus):
     bus.echo_worker("slow", "--capacity", "1", "--delay-ms", "600000")
     bus.wait_workers("slow")
