@@ -614,6 +614,32 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, s_body_t *bod
     }
 }
 
+/* Whether a worker's ERROR of wire CODE says the request was at fault, not
+ * the worker: a malformed or refused request, a model it does not have, a
+ * cancel, an answer too large. The worker answered it, so it works: for
+ * its health such an answer is a success. Else any client could eject
+ * every worker of a service with five requests for a model that does not
+ * exist (or five bad payloads), again at each probe, with the backoff
+ * doubling each time. */
+static int s_request_at_fault(uint32_t code)
+{
+    switch (code) {
+    case AB_ERR_MALFORMED:
+    case AB_ERR_UNSUPPORTED:
+    case AB_ERR_NOT_FOUND:
+    case AB_ERR_MODEL_NOT_FOUND:
+    case AB_ERR_BAD_REQUEST:
+    case AB_ERR_CANCELLED:
+    case AB_ERR_BAD_NAME:
+    case AB_ERR_TOO_LARGE:
+    case AB_ERR_NO_AGENT:
+    case AB_ERR_DENIED:
+        return 1;
+    default: /* INTERNAL, APPLICATION, BACKEND, BUSY, BACKEND_BUSY, ... */
+        return 0;
+    }
+}
+
 /* Request ids are sequential: an agent must not answer for a service, so
  * only a holder, or a worker the request went to before (late), counts. */
 static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
@@ -695,7 +721,8 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
      * own workers' health is judged there); the link's health is its
      * heartbeats (link.h). A worker's own DEADLINE is judged as the
      * broker's (ab_health_on_deadline). */
-    int ok = h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER;
+    int ok = h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER ||
+             s_request_at_fault(h->error_code);
     if (!ok && h->error_code == AB_ERR_DEADLINE)
         ab_health_on_deadline(b, w, oks_then, held);
     else

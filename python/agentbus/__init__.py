@@ -20,7 +20,7 @@ from .errors import *  # noqa: F401,F403 (one class per status code)
 from .errors import AgentbusError, BY_CODE, STATUS_CODES, error
 from ._common import Message
 from .client import Client, Stream, Subscription
-from .worker import Job, Worker, inference_reply
+from .worker import Job, PayloadError, Worker, inference_reply
 from .aio import AsyncClient, AsyncStream, AsyncSubscription
 
 __version__ = "0.1.0"
@@ -31,6 +31,6 @@ def library_version() -> str:
     return _clib.ab_version().decode()
 
 
-__all__ = ["AsyncClient", "AsyncStream", "AsyncSubscription", "Worker", "Job", "inference_reply", "Client", "Stream", "Subscription", "Message", "AgentbusError", "BY_CODE",
+__all__ = ["AsyncClient", "AsyncStream", "AsyncSubscription", "Worker", "Job", "PayloadError", "inference_reply", "Client", "Stream", "Subscription", "Message", "AgentbusError", "BY_CODE",
            "STATUS_CODES", "error", "library_version", "LIB_PATH", "__version__"]
 __all__ += [c.__name__ for c in BY_CODE.values()]

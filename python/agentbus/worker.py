@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from . import _common as C
 from . import _pb
 from ._lib import CANCEL_FN, JOB_FN, b, data_bytes, lib, text, weak_method
-from .errors import AgentbusError, StoppedError, check, error
+from .errors import AgentbusError, BadRequestError, StoppedError, check, error
 
 Handler = Callable[["Job"], Any]
 _ECANCELLED = -44
@@ -35,6 +35,13 @@ _IDLE_LOOP_S = 1.0  # s: a call handed to a loop not running this long fails (_w
 
 class _LoopEnded(StoppedError):
     """A call handed to the worker's loop that ended before running it."""
+
+
+class PayloadError(BadRequestError, ValueError):  # type: ignore[misc, valid-type]
+    """``job.inference()`` of a payload that is not an InferenceRequest (or
+    would decode to more than 4x its size): a ``ValueError``, and
+    ``BAD_REQUEST`` to the client when the handler lets it go, which blames
+    the request, not the worker (the broker's failure budget)."""
 
 
 class Job:
@@ -74,8 +81,12 @@ class Job:
     def inference(self) -> Dict[str, Any]:
         """The payload decoded as an agentbus.InferenceRequest (what an
         "ollama" service receives): ``{"generate": {...}}``, ``{"chat":
-        {...}}`` or ``{"embed": {...}}`` with Ollama's field names."""
-        return _pb.unpack("inference_request", self.data)
+        {...}}`` or ``{"embed": {...}}`` with Ollama's field names. Raises
+        :class:`PayloadError` (a ``ValueError``) if the payload is not one."""
+        try:
+            return _pb.unpack("inference_request", self.data)
+        except ValueError as e:
+            raise PayloadError(str(e)) from None
 
     def send(self, part: C.Data) -> None:
         """Sends one chunk of a streamed reply (from any handler thread):

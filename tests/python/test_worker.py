@@ -144,6 +144,36 @@ def test_errors_reach_the_client(bus, serve):
     assert out.returncode != 0 and "APPLICATION" in out.stdout + out.stderr
 
 
+def test_requests_at_fault_do_not_eject_the_worker(bus, serve):
+    # Five failed requests in a row eject a worker (eject-failures). A
+    # worker's MODEL_NOT_FOUND or BAD_REQUEST blames the request, not the
+    # worker: any client could eject every worker of a service with five
+    # requests for a model that does not exist, then again at each probe.
+    # The worker's own failures (APPLICATION here) still eject it.
+    def handler(job):
+        if job.data.startswith(b"model"):
+            raise agentbus.ModelNotFoundError("no model %s" % job.text())
+        if job.data.startswith(b"bad"):
+            job.inference()  # not an InferenceRequest: BAD_REQUEST
+        if job.data.startswith(b"broken"):
+            raise RuntimeError("my database is down")
+        return b"ok"
+
+    serve("judged", handler)
+    with bus.client() as c:
+        for i in range(12):
+            with pytest.raises(agentbus.ModelNotFoundError):
+                c.request("judged", b"model-%d" % i, timeout=10)
+            with pytest.raises(agentbus.BadRequestError):  # job.inference()'s, unhandled
+                c.request("judged", b"bad\xff\xff\xff", timeout=10)
+        assert c.control("stats")["workers_ejected"] == 0
+        assert c.request("judged", b"fine", timeout=10) == b"ok"
+        for i in range(5):
+            with pytest.raises(agentbus.ApplicationError):
+                c.request("judged", b"broken", timeout=10)
+        assert c.control("stats")["workers_ejected"] == 1
+
+
 def test_cancellation_async_and_sync(bus, serve):
     seen = {"async": threading.Event(), "sync": threading.Event()}
     started = {"async": threading.Event(), "sync": threading.Event()}
@@ -226,7 +256,7 @@ def test_inference_of_many_empty_messages(bus, serve):
     def handler(job):
         try:
             job.inference()
-        except ValueError as e:
+        except ValueError as e:  # agentbus.PayloadError
             seen.append(str(e))
             raise
         return b"decoded"
@@ -236,7 +266,7 @@ def test_inference_of_many_empty_messages(bus, serve):
         f.write("5")  # VmHWM back to the RSS of now
     before = _hwm_kib()
     with bus.client() as c:
-        with pytest.raises(agentbus.ApplicationError) as e:
+        with pytest.raises(agentbus.BadRequestError) as e:
             c.request("pyinf", payload, model="m", timeout=60)
         assert "decodes to more than 4x its size" in e.value.text
         chat = _pb.pack("inference_request",
