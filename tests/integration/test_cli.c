@@ -228,13 +228,9 @@ static void s_keygen_force(void)
     CHECK_STR(pub, again);
 }
 
-/* Endpoints and URLs are checked before anything starts: exit 2, naming
- * the value. The broker logs the port it bound, not the one asked for. */
-static void s_endpoints(void)
+/* The broker's --bind, --peer, --name and --cache-redis (s_endpoints). */
+static void s_broker_endpoints(const char *bk)
 {
-    char bk[1024], wk[1024]; /* th_bin's buffer is reused by the next call */
-    snprintf(bk, sizeof bk, "%s", th_bin("agentbus-broker"));
-    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:99999", bk), 2);
     CHECK_TRUE(HAS("'tcp://127.0.0.1:99999'"));
     CHECK_EQ(s_sh("timeout 10 %s --bind=127.0.0.1:5555", bk), 2);
@@ -262,6 +258,12 @@ static void s_endpoints(void)
     CHECK_TRUE(stat(ipc + 6, &st) != 0);
     CHECK_EQ(s_sh("timeout 10 %s --cache-redis localhost", bk), 2);
     CHECK_TRUE(HAS("'localhost'"));
+}
+
+/* The endpoints and numbers of brokerctl, the worker and agentbus-load
+ * (s_endpoints). */
+static void s_client_endpoints(const char *bk, const char *wk)
+{
     CHECK_EQ(s_sh("timeout 10 %s --broker 127.0.0.1:5555 stats", CTL), 2);
     CHECK_TRUE(HAS("'127.0.0.1:5555'"));
     CHECK_EQ(s_sh("AB_BROKER=nowhere timeout 10 %s stats", CTL), 2);
@@ -288,29 +290,38 @@ static void s_endpoints(void)
                   "http://127.0.0.1:1", wk), 2);
     CHECK_TRUE(HAS("bad value 'four' for $OLLAMA_NUM_PARALLEL"));
     CHECK_EQ(s_sh("timeout 10 %s --broker=ipc:// ", th_bin("agentbus-load")), 2);
-    CHECK_EQ(s_sh("timeout 10 %s --broker bogus --listen 127.0.0.1:0", th_bin("agentbus-gateway")),
-             2);
+}
+
+/* The gateway's --broker, --listen and key files (s_endpoints). */
+static void s_gateway_endpoints(void)
+{
+    char gw[1024];
+    snprintf(gw, sizeof gw, "%s", th_bin("agentbus-gateway"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker bogus --listen 127.0.0.1:0", gw), 2);
     CHECK_TRUE(HAS("'bogus'") && HAS("no scheme"));
     /* --opt=VALUE, as every program takes it (README, "Command lines"): the
      * gateway took the whole "--broker=bogus" for an unknown option. */
-    CHECK_EQ(s_sh("timeout 10 %s --listen=127.0.0.1:0 --broker=bogus", th_bin("agentbus-gateway")),
-             2);
+    CHECK_EQ(s_sh("timeout 10 %s --listen=127.0.0.1:0 --broker=bogus", gw), 2);
     CHECK_TRUE(HAS("invalid --broker 'bogus'"));
-    CHECK_EQ(s_sh("timeout 10 %s --body-timeout-ms=-1", th_bin("agentbus-gateway")), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --body-timeout-ms=-1", gw), 2);
     CHECK_TRUE(HAS("--body-timeout-ms") && HAS("'-1'"));
     /* A --listen that is not IPv4:PORT is bad usage, exit 2 (it was 1, as
      * if the port could not be bound) */
-    CHECK_EQ(s_sh("timeout 10 %s --broker tcp://127.0.0.1:1 --listen localhost:0",
-                  th_bin("agentbus-gateway")), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --broker tcp://127.0.0.1:1 --listen localhost:0", gw), 2);
     CHECK_TRUE(HAS("'localhost:0'") && HAS("IPv4"));
     /* An unusable key file is named (it was "cannot connect to ...:
      * invalid argument"); exit 1, as docs/gateway.md has it. */
-    CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --key /nonexistent",
-                  th_bin("agentbus-gateway")), 1);
+    CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --key "
+                  "/nonexistent", gw), 1);
     CHECK_TRUE(HAS("--key") && HAS("'/nonexistent'") && HAS("secret certificate"));
     CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --broker-key x",
-                  th_bin("agentbus-gateway")), 1);
+                  gw), 1);
     CHECK_TRUE(HAS("--broker-key") && HAS("'x'"));
+}
+
+/* The broker logs the port it bound, not the one asked for (s_endpoints). */
+static void s_bound_ports(const char *bk)
+{
     /* Port '*': the log names the port actually bound. */
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0; true", bk), 0);
     const char *l = strstr(s_out, "listening on tcp://127.0.0.1:");
@@ -323,6 +334,19 @@ static void s_endpoints(void)
         return; /* no IPv6 loopback on this machine */
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://[::1]:0' --drain-ms 0; true", bk), 0);
     CHECK_TRUE(HAS("listening on tcp://[::1]:"));
+}
+
+/* Endpoints and URLs are checked before anything starts: exit 2, naming
+ * the value. The broker logs the port it bound, not the one asked for. */
+static void s_endpoints(void)
+{
+    char bk[1024], wk[1024]; /* th_bin's buffer is reused by the next call */
+    snprintf(bk, sizeof bk, "%s", th_bin("agentbus-broker"));
+    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
+    s_broker_endpoints(bk);
+    s_client_endpoints(bk, wk);
+    s_gateway_endpoints();
+    s_bound_ports(bk);
 }
 
 /* Names, topics and data starting with '-' are refused unless after "--";
