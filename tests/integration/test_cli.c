@@ -698,6 +698,26 @@ static void s_listen_reconnect(void)
     CHECK_TRUE(s_log_has(l, "back", 0));
 }
 
+/* agentbus-infer-load --seconds N with a live broker and calls that take
+ * 30 s: it ran until they were answered (up to 60 s past N). Now a call
+ * still running 2 s after N is cancelled and counted as cut off, not as
+ * failed or ok; exit 0. */
+static void s_infer_load_cut(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    th_worker(port, "slow", "--delay-ms", "30000", "--capacity", "4", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    int64_t t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout 60 %s --broker %s --service slow --agents 2 --seconds 1",
+                  th_bin("agentbus-infer-load"), th_ep(port)), 0);
+    CHECK_RANGE(ab_now_ms() - t0, 2500, 8000); /* 1 s + 2 s grace, not 30 s */
+    CHECK_TRUE(HAS("2 requests, 0 ok") && HAS("0 failed, 2 cut off"));
+    CHECK_TRUE(HAS("2 cut off: still running 2 s after the end"));
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -708,6 +728,7 @@ int main(int argc, char **argv)
         {"not_zeromq", s_not_zeromq},     {"worker_refused", s_worker_refused},
         {"keygen_force", s_keygen_force},
         {"listen_reconnect", s_listen_reconnect}, {"bad_values", s_bad_values},
+        {"infer_load_cut", s_infer_load_cut},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
