@@ -718,6 +718,39 @@ static void s_infer_load_cut(void)
     ab_client_destroy(&c);
 }
 
+/* A --data-dir given (flag, AB_DATA_DIR or config file) that cannot be
+ * created or opened stops the broker, exit 2 naming it and why: it ran on
+ * without its L3 cache after one ERROR line. An empty one runs without
+ * L3, as documented; a good one is created. */
+static void s_data_dir(void)
+{
+    char bk[1024], file[600], cfg[700];
+    snprintf(bk, sizeof bk, "%s", th_bin("agentbus-broker"));
+    snprintf(file, sizeof file, "%s/plain-file", th_dir());
+    snprintf(cfg, sizeof cfg, "%s/dd.cfg", th_dir());
+    REQUIRE(s_sh("touch %s && printf 'broker\n    data-dir = %s/sub\n' > %s", file, file,
+                 cfg) == 0);
+    const char *bind = "--bind tcp://127.0.0.1:0 --drain-ms 0";
+    CHECK_EQ(s_sh("timeout 10 %s %s --data-dir %s/sub", bk, bind, file), 2);
+    CHECK_TRUE(HAS("invalid data-dir '") && HAS("/plain-file/sub': cannot create it: Not a dir"));
+    CHECK_TRUE(!HAS("listening on"));
+    CHECK_EQ(s_sh("timeout 10 %s %s --data-dir=%s", bk, bind, file), 2);
+    CHECK_TRUE(HAS("/plain-file': cannot use it: Not a directory"));
+    CHECK_EQ(s_sh("AB_DATA_DIR=%s timeout 10 %s %s", file, bk, bind), 2);
+    CHECK_TRUE(HAS("invalid data-dir"));
+    CHECK_EQ(s_sh("timeout 10 %s %s --config %s", bk, bind, cfg), 2);
+    CHECK_TRUE(HAS("/plain-file/sub': cannot create it"));
+    /* The directory is there but LMDB cannot open cache.mdb in it. */
+    CHECK_EQ(s_sh("mkdir -p %s/lockdir/cache.mdb-lock && timeout 10 %s %s --data-dir %s/lockdir",
+                  th_dir(), bk, bind, th_dir()), 2);
+    CHECK_TRUE(HAS("cannot open the L3 cache in it") && HAS("Is a directory"));
+    /* Empty: no L3 (the default); a new directory: created, L3 on. */
+    CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s %s --data-dir ''; true", bk, bind), 0);
+    CHECK_TRUE(HAS("listening on") && !HAS("L3 cache") && !HAS("ERROR"));
+    CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s %s --data-dir %s/new; true", bk, bind, th_dir()), 0);
+    CHECK_TRUE(HAS("listening on") && HAS("L3 cache: ") && !HAS("ERROR"));
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -729,6 +762,7 @@ int main(int argc, char **argv)
         {"keygen_force", s_keygen_force},
         {"listen_reconnect", s_listen_reconnect}, {"bad_values", s_bad_values},
         {"infer_load_cut", s_infer_load_cut},
+        {"data_dir", s_data_dir},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
