@@ -751,6 +751,22 @@ static void s_data_dir(void)
     CHECK_TRUE(HAS("listening on") && HAS("L3 cache: ") && !HAS("ERROR"));
 }
 
+/* keygen --services '' (or --names, --topics: blanks and commas only)
+ * wrote a grant of nothing without a word; now exit 2 and nothing written. */
+static void s_keygen_grants(void)
+{
+    const char *d = th_dir();
+    const char *bad[] = {"--services ''", "--role worker --services ''", "--services ' , '",
+                         "--names ''", "--topics ,"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ(s_sh("%s keygen g%zu %s --out %s", CTL, i, bad[i], d), 2);
+        CHECK_TRUE(HAS("grants nothing; give at least one glob"));
+        CHECK_TRUE(s_sh("ls %s/g%zu.key* 2>/dev/null", d, i) != 0);
+    }
+    CHECK_EQ(s_sh("%s keygen g0 --services 'a,b' --out %s", CTL, d), 0);
+    CHECK_EQ(s_sh("grep -q 'services = \"a,b\"' %s/g0.key", d), 0);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -763,6 +779,7 @@ int main(int argc, char **argv)
         {"listen_reconnect", s_listen_reconnect}, {"bad_values", s_bad_values},
         {"infer_load_cut", s_infer_load_cut},
         {"data_dir", s_data_dir},
+        {"keygen_grants", s_keygen_grants},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
