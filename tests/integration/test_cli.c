@@ -466,6 +466,21 @@ static void s_bad_sim_values(const char *sim)
     CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
     CHECK_TRUE(HAS("--keep-alive wants a duration"));
     CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nanms", sim), 2);
+    /* Decimal only, as the other programs: strtod took "0x10" (16) and a
+     * leading blank or '+', sscanf a model's "token_ms=0x10". */
+    const char *hex[] = {"--time-scale 0x10", "--time-scale ' 5'", "--time-scale +5",
+                         "--port 0x10", "--num-parallel ' 2'", "--keep-alive 0x10",
+                         "--max-body-bytes 0x100", "--gpu 0x10G", "--seed 0x10"};
+    for (size_t i = 0; i < sizeof hex / sizeof hex[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet %s", sim, hex[i]), 2);
+        char opt[32];
+        snprintf(opt, sizeof opt, "%.*s", (int)strcspn(hex[i], " "), hex[i]);
+        CHECK_TRUE(HAS(opt));
+    }
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --model m,token_ms=0x10", sim), 2);
+    CHECK_TRUE(HAS("token_ms must be a number"));
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --fault-error-rate 0x1p-1", sim), 2);
+    CHECK_TRUE(HAS("faults.error_rate must be a number in [0, 1]"));
 }
 
 /* Values that were taken without a word, or refused without saying what
