@@ -782,6 +782,31 @@ static void s_keygen_grants(void)
     CHECK_EQ(s_sh("grep -q 'services = \"a,b\"' %s/g0.key", d), 0);
 }
 
+/* agentbus-attack-slow's numbers after its mode: atol took "abc" as 0,
+ * "1x" as 1 and "-5" as a count; now each is range-checked, exit 2 with
+ * the usage, before anything connects. */
+static void s_attack_slow_args(void)
+{
+    char at[1024];
+    snprintf(at, sizeof at, "%s --broker tcp://127.0.0.1:1 --pid 1",
+             th_bin("agentbus-attack-slow"));
+    const char *bad[][2] = {
+        {"replies abc 10", "bad value 'abc' for replies N"},
+        {"replies 10 1x", "bad value '1x' for replies SIZE"},
+        {"replies 10 10 -5", "bad value '-5' for replies PAUSE_MS"},
+        {"replies 10", "replies takes 2 to 3 numbers, not 1"},
+        {"subscribers 0 1 1", "bad value '0' for subscribers K"},
+        {"subscribers 1 1 99999999999", "for subscribers SIZE (expected 1..67108864)"},
+        {"connections 1 2", "connections takes 1 to 1 numbers, not 2"},
+        {"connections 100001", "bad value '100001' for connections C"},
+        {"bogus 1", "unknown mode 'bogus'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s %s", at, bad[i][0]), 2);
+        CHECK_TRUE(HAS(bad[i][1]) && HAS("usage: "));
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -795,6 +820,7 @@ int main(int argc, char **argv)
         {"infer_load_cut", s_infer_load_cut},
         {"data_dir", s_data_dir},
         {"keygen_grants", s_keygen_grants},
+        {"attack_slow_args", s_attack_slow_args},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
