@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 int ab_parse_long(const char *s, long min, long max, long *out)
 {
@@ -13,6 +14,61 @@ int ab_parse_long(const char *s, long min, long max, long *out)
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static size_t s_digits(const char *s)
+{
+    size_t n = 0;
+    while (s[n] >= '0' && s[n] <= '9')
+        n++;
+    return n;
+}
+
+/* The length of the decimal number at S (0: none there). */
+static size_t s_decimal_len(const char *s)
+{
+    size_t n = *s == '-', whole = s_digits(s + n), frac = 0;
+    n += whole;
+    if (s[n] == '.') {
+        frac = s_digits(s + n + 1);
+        n += 1 + frac;
+    }
+    if (!whole && !frac)
+        return 0;
+    if (s[n] == 'e' || s[n] == 'E') {
+        size_t sign = s[n + 1] == '-' || s[n + 1] == '+', exp = s_digits(s + n + 1 + sign);
+        if (exp)
+            n += 1 + sign + exp;
+    }
+    return n;
+}
+
+size_t ab_parse_decimal_prefix(const char *s, double *out)
+{
+    size_t n = s ? s_decimal_len(s) : 0;
+    char buf[64];
+    if (!n || n >= sizeof buf)
+        return 0;
+    /* strtod on a copy of just the decimal part: on S it would read
+     * "0x10" as 16 where only the "0" is decimal. */
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    errno = 0;
+    double v = strtod(buf, NULL); /* beyond a double: ERANGE (no inf or nan from digits) */
+    if (errno)
+        return 0;
+    *out = v;
+    return n;
+}
+
+int ab_parse_double(const char *s, double min, double max, double *out)
+{
+    double v;
+    size_t n = ab_parse_decimal_prefix(s, &v);
+    if (!n || s[n] || !(v >= min && v <= max))
         return -1;
     *out = v;
     return 0;

@@ -99,8 +99,10 @@ static inline uint64_t ab_broker_clock_us(const ab_broker_t *b)
 typedef void ab_tick_fn(ab_broker_t *b, int64_t now);
 #define AB_SWEEP_MS 100 /* period of the sweeps: liveness, idle services, rates */
 
-/* Sets up B from CFG: sockets bound, every subsystem initialised. 0 or -1
- * (logged); ab_broker_fini frees what was made either way. */
+/* Sets up B from CFG: sockets bound, every subsystem initialised. 0, -1
+ * (logged), or -2 when a configured place cannot be used (the L3 cache in
+ * --data-dir; said on stderr: exit 2 as for a bad value); ab_broker_fini
+ * frees what was made either way. */
 int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg);
 /* The loop, until b->stop (or a drain after b->term ends). 0 or -1. */
 int ab_broker_run(ab_broker_t *b);

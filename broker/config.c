@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* OPT_FLAG: a long 0/1 whose flag may stand alone (--insecure means 1). */
 /* OPT_LIST: a string to which each further setting appends ",VALUE". */
@@ -134,7 +136,8 @@ static const s_option_t s_options[] = {
     {"cache-l2-timeout-ms", OPT_LONG, OFF(cache_l2_timeout_ms), 1, 10000, "50",
      "Redis connect/reply timeout; slower or down: L2 skipped for a backoff"},
     {"data-dir", OPT_STR, OFF(data_dir), 0, 0, "",
-     "directory of the broker's files (the L3 cache, cache.mdb); empty: no L3 cache"},
+     "the broker's files (L3 cache: cache.mdb); created if missing; unusable: exit 2; "
+     "empty: no L3"},
     {"cache-l3-bytes", OPT_SIZE, OFF(cache_l3_bytes), 1 << 20, 1L << 40, "4G",
      "LMDB map size of the L3 cache in --data-dir (its bound on disk)"},
     {"cache-waiters-max", OPT_LONG, OFF(cache_waiters_max), 0, 1000000, "1024",
@@ -735,6 +738,33 @@ static int s_check_auth(ab_broker_config_t *cfg)
     return 0;
 }
 
+/* A data-dir given (file, environment or flag; the default is none) is
+ * created if missing and must be a directory this process can write: the
+ * broker ran on without its L3 cache after one ERROR line when it could
+ * not. An empty value is the documented way to run without L3. */
+static int s_check_data_dir(const ab_broker_config_t *cfg)
+{
+    const char *d = cfg->data_dir, *why = NULL;
+    struct stat st;
+    if (!d[0])
+        return 0;
+    if (mkdir(d, 0700) != 0 && errno != EEXIST)
+        why = "cannot create it";
+    else if (stat(d, &st) != 0)
+        why = "cannot read it";
+    else if (!S_ISDIR(st.st_mode)) {
+        why = "cannot use it";
+        errno = ENOTDIR;
+    }
+    else if (access(d, W_OK | X_OK) != 0)
+        why = "cannot write in it";
+    if (!why)
+        return 0;
+    fprintf(stderr, "agentbus-broker: invalid data-dir '%s': %s: %s (an empty data-dir runs "
+            "without the L3 cache)\n", d, why, strerror(errno));
+    return -1;
+}
+
 int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -781,7 +811,7 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
         return -1;
     }
     if (s_check_weights(cfg->client_weights) != 0 || s_check_links(cfg) != 0 ||
-        s_check_auth(cfg) != 0)
+        s_check_auth(cfg) != 0 || s_check_data_dir(cfg) != 0)
         return -1;
     return cfg->auth_curve ? s_check_peer_keys(cfg) : 0;
 }

@@ -47,10 +47,10 @@ int main(int argc, char **argv)
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    if (ab_broker_init(&s_broker, &cfg) != 0) {
+    if ((rc = ab_broker_init(&s_broker, &cfg)) != 0) {
         ab_broker_fini(&s_broker);
         ab_config_free(&cfg);
-        return 1;
+        return rc == -2 ? 2 : 1;
     }
     AB_INFO("agentbus-broker %s ready (queue-max %ld, default timeout %ld ms)", AB_PROGRAM_VERSION,
             cfg.queue_max, cfg.default_timeout_ms);

@@ -100,6 +100,11 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     return c;
 }
 
+int ab_cache_has_l3(const ab_cache_t *c)
+{
+    return c && c->l3;
+}
+
 void ab_cache_destroy(ab_cache_t **cp)
 {
     ab_cache_t *c = cp ? *cp : NULL;

@@ -228,13 +228,9 @@ static void s_keygen_force(void)
     CHECK_STR(pub, again);
 }
 
-/* Endpoints and URLs are checked before anything starts: exit 2, naming
- * the value. The broker logs the port it bound, not the one asked for. */
-static void s_endpoints(void)
+/* The broker's --bind, --peer, --name and --cache-redis (s_endpoints). */
+static void s_broker_endpoints(const char *bk)
 {
-    char bk[1024], wk[1024]; /* th_bin's buffer is reused by the next call */
-    snprintf(bk, sizeof bk, "%s", th_bin("agentbus-broker"));
-    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
     CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:99999", bk), 2);
     CHECK_TRUE(HAS("'tcp://127.0.0.1:99999'"));
     CHECK_EQ(s_sh("timeout 10 %s --bind=127.0.0.1:5555", bk), 2);
@@ -262,6 +258,12 @@ static void s_endpoints(void)
     CHECK_TRUE(stat(ipc + 6, &st) != 0);
     CHECK_EQ(s_sh("timeout 10 %s --cache-redis localhost", bk), 2);
     CHECK_TRUE(HAS("'localhost'"));
+}
+
+/* The endpoints and numbers of brokerctl, the worker and agentbus-load
+ * (s_endpoints). */
+static void s_client_endpoints(const char *bk, const char *wk)
+{
     CHECK_EQ(s_sh("timeout 10 %s --broker 127.0.0.1:5555 stats", CTL), 2);
     CHECK_TRUE(HAS("'127.0.0.1:5555'"));
     CHECK_EQ(s_sh("AB_BROKER=nowhere timeout 10 %s stats", CTL), 2);
@@ -288,29 +290,38 @@ static void s_endpoints(void)
                   "http://127.0.0.1:1", wk), 2);
     CHECK_TRUE(HAS("bad value 'four' for $OLLAMA_NUM_PARALLEL"));
     CHECK_EQ(s_sh("timeout 10 %s --broker=ipc:// ", th_bin("agentbus-load")), 2);
-    CHECK_EQ(s_sh("timeout 10 %s --broker bogus --listen 127.0.0.1:0", th_bin("agentbus-gateway")),
-             2);
+}
+
+/* The gateway's --broker, --listen and key files (s_endpoints). */
+static void s_gateway_endpoints(void)
+{
+    char gw[1024];
+    snprintf(gw, sizeof gw, "%s", th_bin("agentbus-gateway"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker bogus --listen 127.0.0.1:0", gw), 2);
     CHECK_TRUE(HAS("'bogus'") && HAS("no scheme"));
     /* --opt=VALUE, as every program takes it (README, "Command lines"): the
      * gateway took the whole "--broker=bogus" for an unknown option. */
-    CHECK_EQ(s_sh("timeout 10 %s --listen=127.0.0.1:0 --broker=bogus", th_bin("agentbus-gateway")),
-             2);
+    CHECK_EQ(s_sh("timeout 10 %s --listen=127.0.0.1:0 --broker=bogus", gw), 2);
     CHECK_TRUE(HAS("invalid --broker 'bogus'"));
-    CHECK_EQ(s_sh("timeout 10 %s --body-timeout-ms=-1", th_bin("agentbus-gateway")), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --body-timeout-ms=-1", gw), 2);
     CHECK_TRUE(HAS("--body-timeout-ms") && HAS("'-1'"));
     /* A --listen that is not IPv4:PORT is bad usage, exit 2 (it was 1, as
      * if the port could not be bound) */
-    CHECK_EQ(s_sh("timeout 10 %s --broker tcp://127.0.0.1:1 --listen localhost:0",
-                  th_bin("agentbus-gateway")), 2);
+    CHECK_EQ(s_sh("timeout 10 %s --broker tcp://127.0.0.1:1 --listen localhost:0", gw), 2);
     CHECK_TRUE(HAS("'localhost:0'") && HAS("IPv4"));
     /* An unusable key file is named (it was "cannot connect to ...:
      * invalid argument"); exit 1, as docs/gateway.md has it. */
-    CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --key /nonexistent",
-                  th_bin("agentbus-gateway")), 1);
+    CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --key "
+                  "/nonexistent", gw), 1);
     CHECK_TRUE(HAS("--key") && HAS("'/nonexistent'") && HAS("secret certificate"));
     CHECK_EQ(s_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --broker-key x",
-                  th_bin("agentbus-gateway")), 1);
+                  gw), 1);
     CHECK_TRUE(HAS("--broker-key") && HAS("'x'"));
+}
+
+/* The broker logs the port it bound, not the one asked for (s_endpoints). */
+static void s_bound_ports(const char *bk)
+{
     /* Port '*': the log names the port actually bound. */
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0; true", bk), 0);
     const char *l = strstr(s_out, "listening on tcp://127.0.0.1:");
@@ -323,6 +334,19 @@ static void s_endpoints(void)
         return; /* no IPv6 loopback on this machine */
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://[::1]:0' --drain-ms 0; true", bk), 0);
     CHECK_TRUE(HAS("listening on tcp://[::1]:"));
+}
+
+/* Endpoints and URLs are checked before anything starts: exit 2, naming
+ * the value. The broker logs the port it bound, not the one asked for. */
+static void s_endpoints(void)
+{
+    char bk[1024], wk[1024]; /* th_bin's buffer is reused by the next call */
+    snprintf(bk, sizeof bk, "%s", th_bin("agentbus-broker"));
+    snprintf(wk, sizeof wk, "%s", th_bin("agentbus-worker"));
+    s_broker_endpoints(bk);
+    s_client_endpoints(bk, wk);
+    s_gateway_endpoints();
+    s_bound_ports(bk);
 }
 
 /* Names, topics and data starting with '-' are refused unless after "--";
@@ -442,6 +466,21 @@ static void s_bad_sim_values(const char *sim)
     CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nan", sim), 2);
     CHECK_TRUE(HAS("--keep-alive wants a duration"));
     CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --keep-alive nanms", sim), 2);
+    /* Decimal only, as the other programs: strtod took "0x10" (16) and a
+     * leading blank or '+', sscanf a model's "token_ms=0x10". */
+    const char *hex[] = {"--time-scale 0x10", "--time-scale ' 5'", "--time-scale +5",
+                         "--port 0x10", "--num-parallel ' 2'", "--keep-alive 0x10",
+                         "--max-body-bytes 0x100", "--gpu 0x10G", "--seed 0x10"};
+    for (size_t i = 0; i < sizeof hex / sizeof hex[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet %s", sim, hex[i]), 2);
+        char opt[32];
+        snprintf(opt, sizeof opt, "%.*s", (int)strcspn(hex[i], " "), hex[i]);
+        CHECK_TRUE(HAS(opt));
+    }
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --model m,token_ms=0x10", sim), 2);
+    CHECK_TRUE(HAS("token_ms must be a number"));
+    CHECK_EQ(s_sh("timeout 10 %s --port 0 --quiet --fault-error-rate 0x1p-1", sim), 2);
+    CHECK_TRUE(HAS("faults.error_rate must be a number in [0, 1]"));
 }
 
 /* Values that were taken without a word, or refused without saying what
@@ -674,6 +713,100 @@ static void s_listen_reconnect(void)
     CHECK_TRUE(s_log_has(l, "back", 0));
 }
 
+/* agentbus-infer-load --seconds N with a live broker and calls that take
+ * 30 s: it ran until they were answered (up to 60 s past N). Now a call
+ * still running 2 s after N is cancelled and counted as cut off, not as
+ * failed or ok; exit 0. */
+static void s_infer_load_cut(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    th_worker(port, "slow", "--delay-ms", "30000", "--capacity", "4", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
+    int64_t t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout 60 %s --broker %s --service slow --agents 2 --seconds 1",
+                  th_bin("agentbus-infer-load"), th_ep(port)), 0);
+    CHECK_RANGE(ab_now_ms() - t0, 2500, 8000); /* 1 s + 2 s grace, not 30 s */
+    CHECK_TRUE(HAS("2 requests, 0 ok") && HAS("0 failed, 2 cut off"));
+    CHECK_TRUE(HAS("2 cut off: still running 2 s after the end"));
+    ab_client_destroy(&c);
+}
+
+/* A --data-dir given (flag, AB_DATA_DIR or config file) that cannot be
+ * created or opened stops the broker, exit 2 naming it and why: it ran on
+ * without its L3 cache after one ERROR line. An empty one runs without
+ * L3, as documented; a good one is created. */
+static void s_data_dir(void)
+{
+    char bk[1024], file[600], cfg[700];
+    snprintf(bk, sizeof bk, "%s", th_bin("agentbus-broker"));
+    snprintf(file, sizeof file, "%s/plain-file", th_dir());
+    snprintf(cfg, sizeof cfg, "%s/dd.cfg", th_dir());
+    REQUIRE(s_sh("touch %s && printf 'broker\n    data-dir = %s/sub\n' > %s", file, file,
+                 cfg) == 0);
+    const char *bind = "--bind tcp://127.0.0.1:0 --drain-ms 0";
+    CHECK_EQ(s_sh("timeout 10 %s %s --data-dir %s/sub", bk, bind, file), 2);
+    CHECK_TRUE(HAS("invalid data-dir '") && HAS("/plain-file/sub': cannot create it: Not a dir"));
+    CHECK_TRUE(!HAS("listening on"));
+    CHECK_EQ(s_sh("timeout 10 %s %s --data-dir=%s", bk, bind, file), 2);
+    CHECK_TRUE(HAS("/plain-file': cannot use it: Not a directory"));
+    CHECK_EQ(s_sh("AB_DATA_DIR=%s timeout 10 %s %s", file, bk, bind), 2);
+    CHECK_TRUE(HAS("invalid data-dir"));
+    CHECK_EQ(s_sh("timeout 10 %s %s --config %s", bk, bind, cfg), 2);
+    CHECK_TRUE(HAS("/plain-file/sub': cannot create it"));
+    /* The directory is there but LMDB cannot open cache.mdb in it. */
+    CHECK_EQ(s_sh("mkdir -p %s/lockdir/cache.mdb-lock && timeout 10 %s %s --data-dir %s/lockdir",
+                  th_dir(), bk, bind, th_dir()), 2);
+    CHECK_TRUE(HAS("cannot open the L3 cache in it") && HAS("Is a directory"));
+    /* Empty: no L3 (the default); a new directory: created, L3 on. */
+    CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s %s --data-dir ''; true", bk, bind), 0);
+    CHECK_TRUE(HAS("listening on") && !HAS("L3 cache") && !HAS("ERROR"));
+    CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s %s --data-dir %s/new; true", bk, bind, th_dir()), 0);
+    CHECK_TRUE(HAS("listening on") && HAS("L3 cache: ") && !HAS("ERROR"));
+}
+
+/* keygen --services '' (or --names, --topics: blanks and commas only)
+ * wrote a grant of nothing without a word; now exit 2 and nothing written. */
+static void s_keygen_grants(void)
+{
+    const char *d = th_dir();
+    const char *bad[] = {"--services ''", "--role worker --services ''", "--services ' , '",
+                         "--names ''", "--topics ,"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ(s_sh("%s keygen g%zu %s --out %s", CTL, i, bad[i], d), 2);
+        CHECK_TRUE(HAS("grants nothing; give at least one glob"));
+        CHECK_TRUE(s_sh("ls %s/g%zu.key* 2>/dev/null", d, i) != 0);
+    }
+    CHECK_EQ(s_sh("%s keygen g0 --services 'a,b' --out %s", CTL, d), 0);
+    CHECK_EQ(s_sh("grep -q 'services = \"a,b\"' %s/g0.key", d), 0);
+}
+
+/* agentbus-attack-slow's numbers after its mode: atol took "abc" as 0,
+ * "1x" as 1 and "-5" as a count; now each is range-checked, exit 2 with
+ * the usage, before anything connects. */
+static void s_attack_slow_args(void)
+{
+    char at[1024];
+    snprintf(at, sizeof at, "%s --broker tcp://127.0.0.1:1 --pid 1",
+             th_bin("agentbus-attack-slow"));
+    const char *bad[][2] = {
+        {"replies abc 10", "bad value 'abc' for replies N"},
+        {"replies 10 1x", "bad value '1x' for replies SIZE"},
+        {"replies 10 10 -5", "bad value '-5' for replies PAUSE_MS"},
+        {"replies 10", "replies takes 2 to 3 numbers, not 1"},
+        {"subscribers 0 1 1", "bad value '0' for subscribers K"},
+        {"subscribers 1 1 99999999999", "for subscribers SIZE (expected 1..67108864)"},
+        {"connections 1 2", "connections takes 1 to 1 numbers, not 2"},
+        {"connections 100001", "bad value '100001' for connections C"},
+        {"bogus 1", "unknown mode 'bogus'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s %s", at, bad[i][0]), 2);
+        CHECK_TRUE(HAS(bad[i][1]) && HAS("usage: "));
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -684,6 +817,10 @@ int main(int argc, char **argv)
         {"not_zeromq", s_not_zeromq},     {"worker_refused", s_worker_refused},
         {"keygen_force", s_keygen_force},
         {"listen_reconnect", s_listen_reconnect}, {"bad_values", s_bad_values},
+        {"infer_load_cut", s_infer_load_cut},
+        {"data_dir", s_data_dir},
+        {"keygen_grants", s_keygen_grants},
+        {"attack_slow_args", s_attack_slow_args},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

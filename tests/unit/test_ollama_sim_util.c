@@ -32,6 +32,11 @@ static void test_durations(void)
     CHECK_EQ(sim_parse_duration("5x", &ns), -1);
     CHECK_EQ(sim_parse_duration("", &ns), -1);
     CHECK_EQ(sim_parse_duration("m", &ns), -1);
+    /* Decimal only: strtod read "0x10" as 16 s, " 5" as 5 s, "inf" as for ever. */
+    CHECK_EQ(sim_parse_duration("0x10", &ns), -1);
+    CHECK_EQ(sim_parse_duration("0x10s", &ns), -1);
+    CHECK_EQ(sim_parse_duration(" 5", &ns), -1);
+    CHECK_EQ(sim_parse_duration("inf", &ns), -1);
     json_t *v = json_integer(0);
     CHECK_EQ(sim_parse_keep_alive(v, &ns), 0);
     CHECK_EQ(ns, 0);
@@ -52,6 +57,8 @@ static void test_durations(void)
 static void test_sizes(void)
 {
     uint64_t b = 0;
+    CHECK_EQ(sim_parse_size("0x10", &b), -1); /* strtod: 16 bytes */
+    CHECK_EQ(sim_parse_size("0x1p4G", &b), -1);
     CHECK_EQ(sim_parse_size("8G", &b), 0);
     CHECK_U64(b, 8ULL << 30);
     CHECK_EQ(sim_parse_size("256M", &b), 0);

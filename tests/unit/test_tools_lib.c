@@ -89,6 +89,25 @@ static void s_args(void)
     CHECK_EQ(tl_parse_long(NULL, 0, 100, &v), -1);
     CHECK_EQ(tl_parse_long("99999999999999999999", 0, 100, &v), -1);
     CHECK_EQ(v, -5); /* untouched by the failures */
+    /* ab_parse_double (parse.h): decimal only; strtod took all of these. */
+    double d = 7;
+    CHECK_EQ(ab_parse_double("1.5", 0, 10, &d), 0);
+    CHECK_TRUE(d == 1.5);
+    CHECK_EQ(ab_parse_double("-2e3", -1e4, 0, &d), 0);
+    CHECK_TRUE(d == -2000);
+    CHECK_EQ(ab_parse_double(".5", 0, 1, &d), 0);
+    CHECK_TRUE(d == 0.5);
+    const char *bad[] = {"0x10", "0x1p-1", " 5", "+5", "inf", "nan", "5x", "1e", ".", "-", "",
+                         "1e999", "5 "};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_EQ(ab_parse_double(bad[i], -1e300, 1e300, &d), -1);
+    CHECK_EQ(ab_parse_double("11", 0, 10, &d), -1);
+    CHECK_TRUE(d == 0.5); /* untouched by the failures */
+    CHECK_EQ((long)ab_parse_decimal_prefix("1.5s", &d), 3);
+    CHECK_TRUE(d == 1.5);
+    CHECK_EQ((long)ab_parse_decimal_prefix("8G", &d), 1);
+    CHECK_EQ((long)ab_parse_decimal_prefix("0x10", &d), 1); /* the "0": then 'x' is no unit */
+    CHECK_EQ((long)ab_parse_decimal_prefix("s", &d), 0);
     int port = tl_free_port();
     CHECK_RANGE(port, 1, 65535);
     /* Below the ephemeral range (32768 unless the host says otherwise),

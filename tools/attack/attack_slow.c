@@ -20,6 +20,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "attack_util.h"
+#include "tl_args.h"
 
 
 #include <limits.h>
@@ -271,7 +272,55 @@ static int s_connections(void *ctx, const char *ep, long c)
 static void s_usage(FILE *f, const char *argv0)
 {
     fprintf(f, "usage: %s --broker EP --pid PID replies N SIZE [PAUSE_MS] | subscribers K N SIZE "
-               "| connections C\n", argv0);
+               "| connections C\n"
+               "  N 1..10000000, SIZE 1..67108864 bytes, PAUSE_MS 0..3600000, K and C 1..100000\n",
+            argv0);
+}
+
+/* The numbers after a mode: how many it takes, their names and ranges. */
+typedef struct {
+    const char *mode;
+    int need, max; /* positional numbers: at least NEED, at most MAX */
+    const char *name[3];
+    long lo[3], hi[3];
+} s_mode_t;
+
+#define S_N_MAX 10000000L
+#define S_SIZE_MAX (64L << 20)
+static const s_mode_t s_modes[] = {
+    {"replies", 2, 3, {"N", "SIZE", "PAUSE_MS"}, {1, 1, 0}, {S_N_MAX, S_SIZE_MAX, 3600000}},
+    {"subscribers", 3, 3, {"K", "N", "SIZE"}, {1, 1, 1}, {100000, S_N_MAX, S_SIZE_MAX}},
+    {"connections", 1, 1, {"C"}, {1}, {100000}},
+};
+
+/* MODE's numbers from ARGV[FIRST..ARGC-1] into V[3] (0 when not given),
+ * or the mode's index; -1 after saying what is wrong (atol took "abc" as 0,
+ * "-5" as a count, and "1x" as 1). */
+static int s_mode_args(int argc, char **argv, int first, long v[3])
+{
+    const char *mode = argv[first];
+    int nargs = argc - first - 1;
+    for (size_t m = 0; m < sizeof s_modes / sizeof s_modes[0]; m++) {
+        const s_mode_t *d = &s_modes[m];
+        if (strcmp(mode, d->mode) != 0)
+            continue;
+        if (nargs < d->need || nargs > d->max) {
+            fprintf(stderr, "%s: %s takes %d to %d numbers, not %d\n", s_prog, mode, d->need,
+                    d->max, nargs);
+            return -1;
+        }
+        for (int k = 0; k < nargs; k++) {
+            const char *a = argv[first + 1 + k];
+            if (tl_parse_long(a, d->lo[k], d->hi[k], &v[k]) != 0) {
+                fprintf(stderr, "%s: bad value '%s' for %s %s (expected %ld..%ld)\n", s_prog, a,
+                        mode, d->name[k], d->lo[k], d->hi[k]);
+                return -1;
+            }
+        }
+        return (int)m;
+    }
+    fprintf(stderr, "%s: unknown mode '%s'\n", s_prog, mode);
+    return -1;
 }
 
 int main(int argc, char **argv)
@@ -290,7 +339,10 @@ int main(int argc, char **argv)
         else
             break; /* unknown: usage below */
     }
-    if (!ep || s_pid <= 0 || i >= argc || strncmp(argv[i], "--", 2) == 0) {
+    long v[3] = {0, 0, 0};
+    int m = -1;
+    if (!ep || s_pid <= 0 || i >= argc || strncmp(argv[i], "--", 2) == 0 ||
+        (m = s_mode_args(argc, argv, i, v)) < 0) {
         s_usage(stderr, argv[0]);
         return 2;
     }
@@ -301,18 +353,9 @@ int main(int argc, char **argv)
     }
     void *ctx = zmq_ctx_new();
     zmq_ctx_set(ctx, ZMQ_MAX_SOCKETS, 65536);
-    const char *mode = argv[i];
-    long a = i + 1 < argc ? atol(argv[i + 1]) : 0, b = i + 2 < argc ? atol(argv[i + 2]) : 0,
-         c = i + 3 < argc ? atol(argv[i + 3]) : 0;
-    int rc = 2;
-    if (strcmp(mode, "replies") == 0 && a > 0 && b > 0)
-        rc = s_replies(ctx, ep, a, b, c);
-    else if (strcmp(mode, "subscribers") == 0 && a > 0 && b > 0 && c > 0)
-        rc = s_subscribers(ctx, ep, a, b, c);
-    else if (strcmp(mode, "connections") == 0 && a > 0)
-        rc = s_connections(ctx, ep, a);
-    else
-        fprintf(stderr, "unknown mode or bad numbers (see --help)\n");
+    int rc = m == 0   ? s_replies(ctx, ep, v[0], v[1], v[2])
+             : m == 1 ? s_subscribers(ctx, ep, v[0], v[1], v[2])
+                      : s_connections(ctx, ep, v[0]);
     zmq_ctx_term(ctx);
     return rc;
 }

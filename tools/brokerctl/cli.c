@@ -75,7 +75,8 @@ static const struct {
                                       "(default: $AB_BROKER_KEY)"},
     {O_ROLE, "--role ROLE", "agent (default), worker, admin or peer"},
     {O_SERVICES, "--services LIST", "comma-separated globs: services a worker may register,\n"
-                                    "an agent may request (default: worker none, others all)"},
+                                    "an agent may request (default: worker none, others all);\n"
+                                    "a grant given names at least one (also --names, --topics)"},
     {O_NAMES, "--names PATTERNS", "agent names it may take, globs (default: NAME itself;\n"
                                   "admin: all)"},
     {O_TOPICS, "--topics PATTERNS", "topics it may publish and subscribe to (default all)"},

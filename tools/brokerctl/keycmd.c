@@ -19,6 +19,14 @@ static int s_zpl_ok(const char *v)
     return v && strlen(v) < 1024 && !strpbrk(v, "\"\n\r");
 }
 
+/* 1 if grant V (comma-separated globs) names nothing: "", blanks, commas.
+ * The broker reads such a grant as "none", not as the default, so a
+ * quoted variable that was empty took every service away without a word. */
+static int s_grant_empty(const char *v)
+{
+    return v && strspn(v, " ,") == strlen(v);
+}
+
 /* Writes the certificate text to PATH with MODE, as a new file: an
  * existing one is replaced only with --force (O_EXCL either way, so a
  * symlink planted there is not followed). 0 or -1 (errno; EEXIST). */
@@ -68,7 +76,9 @@ static int s_refuse_existing(const char *name, const char *suffix, const char *d
     return 1;
 }
 
-int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
+/* 0 when NAME and the options make a key; else 2 (bad usage) after
+ * saying why on stderr. */
+static int s_check_opts(const char *name, const ctl_keygen_opts_t *o)
 {
     if (!*name || strlen(name) > 60 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO"
                                                     "PQRSTUVWXYZ0123456789_-") != strlen(name)) {
@@ -85,11 +95,27 @@ int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
         fprintf(stderr, "brokerctl: keygen: a grant may not contain '\"' or a newline\n");
         return 2;
     }
+    const char *grant[3] = {o->services, o->names, o->topics};
+    static const char *const flag[3] = {"--services", "--names", "--topics"};
+    for (int i = 0; i < 3; i++)
+        if (s_grant_empty(grant[i])) {
+            fprintf(stderr, "brokerctl: keygen: %s '%s' grants nothing; give at least one "
+                            "glob, or leave %s out for its default\n", flag[i], grant[i],
+                    flag[i]);
+            return 2;
+        }
     if (!strcmp(o->role, "worker") && !o->services) {
         fprintf(stderr, "brokerctl: keygen: a worker key needs --services (the services it "
                         "may register)\n");
         return 2;
     }
+    return 0;
+}
+
+int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
+{
+    if (s_check_opts(name, o) != 0)
+        return 2;
     char pub[41], sec[41], path[4096], spath[4200];
     if (ab_curve_keypair(pub, sec) != AB_OK) {
         fprintf(stderr, "brokerctl: keygen: libzmq has no CURVE support\n");

@@ -2,7 +2,8 @@
  * agentbus-infer-load - N agents calling an inference service the way LLM
  * agents do: one generate request at a time each (streamed), a think time
  * between them, a share of the prompts repeated. Prints completed requests
- * per second, latency (time to first token and to the end) and errors.
+ * per second, latency (time to first token and to the end), errors and the
+ * calls cut off at the end (still running 2 s after --seconds: cancelled).
  * Used by `scripts/demo --ollama-sim` and to saturate simulated GPUs.
  */
 #include "agentbus.h"
@@ -24,8 +25,13 @@ typedef struct {
     const s_cfg_t *cfg;
     int index;
     uint64_t tokens;
+    uint64_t cut; /* calls still running at the end, cancelled: neither ok nor failed */
     tl_hist_t ttft;
 } s_agent_t;
+
+/* How long a call still running when --seconds is up may take to finish
+ * before it is cancelled and counted as cut off. */
+#define IL_GRACE_MS 2000
 
 typedef struct {
     s_agent_t *a;
@@ -64,6 +70,75 @@ static void s_model(const char *list, long n, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)strcspn(p, ","), p);
 }
 
+/* The next request of agent A into BUF (CAP bytes): its length; MODEL
+ * (128 bytes) is set to the model asked for. */
+static size_t s_pack_request(s_agent_t *a, uint32_t *rng, char *model, uint8_t *buf, size_t cap)
+{
+    const s_cfg_t *cfg = a->cfg;
+    char prompt[160];
+    *rng = *rng * 1103515245u + 12345u;
+    int repeat = (long)(*rng >> 8) % 100 < cfg->repeat_pct;
+    s_model(cfg->models, (long)(a->index + a->st.sent), model, 128);
+    if (repeat)
+        snprintf(prompt, sizeof prompt, "frequently asked question number %u", (*rng >> 4) % 8);
+    else
+        snprintf(prompt, sizeof prompt, "agent %d asks question %llu", a->index,
+                 (unsigned long long)a->st.sent);
+    Agentbus__InferenceRequest q = AGENTBUS__INFERENCE_REQUEST__INIT;
+    Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
+    Agentbus__InferenceOptions op = AGENTBUS__INFERENCE_OPTIONS__INIT;
+    op.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
+    op.seed = 1;
+    if (cfg->num_predict > 0) {
+        op.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT;
+        op.num_predict = cfg->num_predict;
+    }
+    g.model = model;
+    g.prompt = prompt;
+    g.options = &op;
+    q.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    q.generate = &g;
+    (void)cap; /* a prompt of < 160 bytes and a model of < 128: well within */
+    return agentbus__inference_request__pack(&q, buf);
+}
+
+/* One call of agent A on C, waited for until it ends or CUT_MS (then it
+ * is cancelled and counted as cut off: the run is over, the call neither
+ * failed nor succeeded; with a live broker a run used to wait up to 60 s
+ * past --seconds for the calls in flight). */
+static void s_call(s_agent_t *a, ab_client_t *c, uint32_t *rng, int64_t cut_ms)
+{
+    char model[128];
+    uint8_t buf[512];
+    size_t len = s_pack_request(a, rng, model, buf, sizeof buf);
+    s_call_t call = {a, tl_now_us(), 0, 0, 0, ""};
+    a->st.sent++;
+    uint64_t id = 0;
+    int rc = ab_client_request_start(c, a->cfg->service, buf, len,
+                                     &(ab_request_opts_t){.timeout_ms = 60000, .model = model},
+                                     s_on_event, &call, &id);
+    while (rc == AB_OK && !call.done && !ld_stop && tl_now_ms() < cut_ms)
+        if (ab_client_poll(c, 100) < 0)
+            break;
+    if (rc == AB_OK && !call.done) { /* CALL lives on this stack: end it now */
+        ab_client_cancel(c, id);
+        if (ld_stop || tl_now_ms() >= cut_ms) {
+            a->cut++;
+            return;
+        }
+    }
+    if (rc == AB_OK && call.done && call.status == AB_OK) {
+        a->st.ok++;
+        tl_hist_record(&a->st.lat, tl_now_us() - call.start_us);
+        return;
+    }
+    a->st.failed++;
+    if (!a->st.first_error) {
+        a->st.first_error = rc != AB_OK ? rc : call.done ? call.status : AB_ESTOPPED;
+        snprintf(a->st.first_error_text, sizeof a->st.first_error_text, "%s", call.error);
+    }
+}
+
 static void *s_agent_main(void *arg)
 {
     s_agent_t *a = arg;
@@ -76,56 +151,12 @@ static void *s_agent_main(void *arg)
     }
     uint32_t rng = 0x9e3779b9u * (uint32_t)(a->index + 1);
     int64_t end = tl_now_ms() + cfg->seconds * 1000;
-    char model[128], prompt[160];
     while (!ld_stop && tl_now_ms() < end) {
-        rng = rng * 1103515245u + 12345u;
-        int repeat = (long)(rng >> 8) % 100 < cfg->repeat_pct;
-        s_model(cfg->models, (long)(a->index + a->st.sent), model, sizeof model);
-        if (repeat)
-            snprintf(prompt, sizeof prompt, "frequently asked question number %u", (rng >> 4) % 8);
-        else
-            snprintf(prompt, sizeof prompt, "agent %d asks question %llu", a->index,
-                     (unsigned long long)a->st.sent);
-        Agentbus__InferenceRequest q = AGENTBUS__INFERENCE_REQUEST__INIT;
-        Agentbus__GenerateRequest g = AGENTBUS__GENERATE_REQUEST__INIT;
-        Agentbus__InferenceOptions op = AGENTBUS__INFERENCE_OPTIONS__INIT;
-        op.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
-        op.seed = 1;
-        if (cfg->num_predict > 0) {
-            op.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT;
-            op.num_predict = cfg->num_predict;
-        }
-        g.model = model;
-        g.prompt = prompt;
-        g.options = &op;
-        q.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
-        q.generate = &g;
-        uint8_t buf[512];
-        size_t len = agentbus__inference_request__pack(&q, buf);
-        s_call_t call = {a, tl_now_us(), 0, 0, 0, ""};
-        a->st.sent++;
-        uint64_t id = 0;
-        rc = ab_client_request_start(c, cfg->service, buf, len,
-                                     &(ab_request_opts_t){.timeout_ms = 60000, .model = model},
-                                     s_on_event, &call, &id);
-        while (rc == AB_OK && !call.done && !ld_stop)
-            if (ab_client_poll(c, 100) < 0)
-                break;
-        if (rc == AB_OK && !call.done) /* CALL lives on this stack: end it now */
-            ab_client_cancel(c, id);
-        if (rc == AB_OK && call.done && call.status == AB_OK) {
-            a->st.ok++;
-            tl_hist_record(&a->st.lat, tl_now_us() - call.start_us);
-        } else {
-            a->st.failed++;
-            if (!a->st.first_error) {
-                a->st.first_error = rc != AB_OK ? rc : call.done ? call.status : AB_ESTOPPED;
-                snprintf(a->st.first_error_text, sizeof a->st.first_error_text, "%s",
-                         call.error);
-            }
-        }
-        for (long t = 0; t < cfg->think_ms && !ld_stop; t += 50)
-            ab_client_poll(c, cfg->think_ms - t < 50 ? (int)(cfg->think_ms - t) : 50);
+        s_call(a, c, &rng, end + IL_GRACE_MS);
+        int64_t think_end = tl_now_ms() + cfg->think_ms;
+        think_end = think_end < end ? think_end : end;
+        for (int64_t now; !ld_stop && (now = tl_now_ms()) < think_end;)
+            ab_client_poll(c, think_end - now < 50 ? (int)(think_end - now) : 50);
     }
     ab_client_destroy(&c);
     return NULL;
@@ -169,7 +200,8 @@ static void s_usage(const char *argv0)
            "  --service S        the inference service (default ollama)\n"
            "  --models M1,M2     models, taken in turn (default sim-small)\n"
            "  --agents N         agents, 1..2000 (default 20)\n"
-           "  --seconds N        how long, 1..86400 (default 10)\n"
+           "  --seconds N        how long calls are started, 1..86400 (default 10);\n"
+           "                     see below for the calls still running then\n"
            "  --think-ms N       pause after each answer, 0..600000 (default 0)\n"
            "  --repeat-pct P     share of prompts that repeat an earlier one, 0..100\n"
            "                     (default 70)\n"
@@ -177,8 +209,13 @@ static void s_usage(const char *argv0)
            "                     model's own)\n"
            "  -h, --help         this text\n"
            "  --version          the version\n\n"
-           "Exit status: 0 when every request was answered; 1 if one failed or no\n"
-           "broker was reachable within 5 s; 2 on bad usage.\n");
+           "After --seconds no call starts; a call still running 2 s later (or at\n"
+           "SIGINT/SIGTERM) is cancelled and counted as \"cut off\": neither ok nor\n"
+           "failed. So a run ends within --seconds + 2 s (+ up to 5 s to reach the\n"
+           "broker).\n\n"
+           "Exit status: 0 when no request failed (cut-off ones do not count as\n"
+           "failed); 1 if one failed or no broker was reachable within 5 s; 2 on bad\n"
+           "usage.\n");
 }
 
 int main(int argc, char **argv)
@@ -207,16 +244,21 @@ int main(int argc, char **argv)
     ld_run(agents, sizeof *agents, cfg.agents, s_agent_main, &t);
     tl_hist_t ttft;
     tl_hist_reset(&ttft);
-    uint64_t tokens = 0;
+    uint64_t tokens = 0, cut = 0;
     for (long i = 0; i < cfg.agents; i++) {
         tl_hist_merge(&ttft, &agents[i].ttft);
         tokens += agents[i].tokens;
+        cut += agents[i].cut;
     }
     double secs = (tl_now_ms() - t0) / 1000.0;
     printf("infer-load: %ld agents, %.1f s: %llu requests, %llu ok (%.1f/s), %llu failed, "
-           "%.0f tokens/s\n",
+           "%llu cut off, %.0f tokens/s\n",
            cfg.agents, secs, (unsigned long long)t.sent, (unsigned long long)t.ok, t.ok / secs,
-           (unsigned long long)t.failed, tokens / secs);
+           (unsigned long long)t.failed, (unsigned long long)cut, tokens / secs);
+    if (cut)
+        printf("infer-load: %llu cut off: still running %d s after the end (--seconds %ld%s), "
+               "cancelled; counted neither ok nor failed\n", (unsigned long long)cut,
+               IL_GRACE_MS / 1000, cfg.seconds, ld_stop ? ", or interrupted" : "");
     printf("infer-load: latency p50 %.1f ms, p95 %.1f ms, p99 %.1f ms; first token p50 %.1f ms, "
            "p95 %.1f ms\n",
            tl_hist_percentile(&t.lat, 50) / 1000.0, tl_hist_percentile(&t.lat, 95) / 1000.0,

@@ -4,8 +4,10 @@
  * names the offending option; unknown keys are errors so typos show.
  */
 #include "sim.h"
+#include "parse.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,8 @@ static void s_usage(FILE *out)
             "  --fault-KEY VALUE for every key of /sim/faults (e.g. --fault-error-rate 0.5)\n"
             "  --quiet  --help, -h  --version (prints \"ollama-sim VERSION\"; --version-string S\n"
             "  sets the Ollama version the simulator reports)\n"
+            "Numbers are decimal (1.5, 2e3; sizes and durations with a suffix: 8G, 10s);\n"
+            "hex, a leading blank or '+', inf and nan are refused (exit 2).\n"
             "See docs/ollama-sim.md.\n");
 }
 
@@ -71,7 +75,8 @@ static int s_num_field(const json_t *v, double lo, double hi, double *out, const
     double x;
     if (json_is_number(v))
         x = json_number_value(v);
-    else if (json_is_string(v) && sscanf(json_string_value(v), "%lf", &x) == 1)
+    else if (json_is_string(v) && /* --model's key=value: decimal only (sscanf took "0x10", "5x") */
+             ab_parse_double(json_string_value(v), -HUGE_VAL, HUGE_VAL, &x) == 0)
         ;
     else
         x = NAN;
@@ -255,9 +260,8 @@ static json_t *s_model_spec(const char *spec)
 
 static int s_int_opt(const char *name, const char *v, long lo, long hi, long *out)
 {
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (!*v || *end || x < lo || x > hi) {
+    long x;
+    if (ab_parse_long(v, lo, hi, &x) != 0) { /* decimal only: strtol took " 5" and "+5" */
         fprintf(stderr, "ollama-sim: %s wants an integer in [%ld, %ld], got \"%s\"\n", name, lo, hi, v);
         return -1;
     }
@@ -273,9 +277,9 @@ static int s_set_option(sim_t *s, const char *name, const char *v)
         if (s_int_opt("--port", v, 0, 65535, &x)) return -1;
         s->port = (int)x;
     } else if (strcmp(name, "time_scale") == 0) {
-        char *end;
-        double d = strtod(v, &end);
-        if (!*v || *end || !(d > 0 && d <= 1e6)) {
+        double d;
+        /* decimal only: strtod took "0x10" (16), " 5" and "+5" */
+        if (ab_parse_double(v, 0, 1e6, &d) != 0 || d <= 0) {
             fprintf(stderr, "ollama-sim: --time-scale wants a number in (0, 1e6], got \"%s\"\n", v);
             return -1;
         }
@@ -410,16 +414,16 @@ static int s_fault_flag(sim_t *s, const char *flag, const char *val)
         /* The whole value a finite number: "abc" (strtod: 0) or "0.5x"
          * turned the fault off or on without a word, and "nan" (no JSON
          * real: NULL) left it as it was. */
-        char *end;
-        double x = strtod(val, &end);
-        v = (*val && !*end && isfinite(x)) ? json_real(x) : json_string(val); /* refused */
+        double x; /* decimal only, as every number here ("0x1p-1" was 0.5) */
+        v = ab_parse_double(val, -HUGE_VAL, HUGE_VAL, &x) == 0 ? json_real(x)
+                                                              : json_string(val); /* refused */
     } else if (strcmp(key, "error_message") == 0 || strcmp(key, "midstream_message") == 0 ||
              strcmp(key, "model") == 0)
         v = json_string(val);
     else {
-        char *end;
-        long long x = strtoll(val, &end, 10);
-        v = (*val && !*end) ? json_integer(x) : json_string(val); /* a string is then refused */
+        long x;
+        v = ab_parse_long(val, LONG_MIN, LONG_MAX, &x) == 0 ? json_integer(x)
+                                                            : json_string(val); /* refused */
     }
     json_t *o = json_object();
     json_object_set_new(o, key, v);

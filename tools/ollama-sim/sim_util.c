@@ -4,6 +4,7 @@
  * is seen at once and no thread spins).
  */
 #include "sim.h"
+#include "parse.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -85,12 +86,8 @@ int sim_parse_duration(const char *txt, int64_t *ns)
 {
     if (!txt || !*txt)
         return -1;
-    char *end;
-    errno = 0;
-    double plain = strtod(txt, &end);
-    if (errno == 0 && end != txt && *end == '\0') {   /* bare number = seconds */
-        if (isnan(plain)) /* "nan": no duration (the cast below was undefined) */
-            return -1;
+    double plain; /* decimal only: strtod took "0x10", " 5", "inf" and "nan" */
+    if (ab_parse_double(txt, -HUGE_VAL, HUGE_VAL, &plain) == 0) { /* bare number = seconds */
         /* beyond int64 nanoseconds: for ever, as a long Go duration here */
         *ns = plain < 0 ? -1 : plain * 1e9 > 9e18 ? SIM_FOREVER : (int64_t)(plain * 1e9);
         return 0;
@@ -104,11 +101,11 @@ int sim_parse_duration(const char *txt, int64_t *ns)
     if (!*p)
         return -1;
     while (*p) {
-        errno = 0;
-        double v = strtod(p, &end);
-        if (end == p || errno || !(v >= 0)) /* NaN too ("nanms") */
+        double v;
+        size_t n = ab_parse_decimal_prefix(p, &v); /* "nanms" and "0x10s" too */
+        if (!n || !(v >= 0))
             return -1;
-        p = end;
+        p += n;
         double unit;
         if (strncmp(p, "ns", 2) == 0) unit = 1, p += 2;
         else if (strncmp(p, "us", 2) == 0) unit = 1e3, p += 2;
@@ -141,11 +138,11 @@ int sim_parse_keep_alive(const json_t *v, int64_t *ns)
 
 int sim_parse_size(const char *txt, uint64_t *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(txt, &end);
-    if (end == txt || errno || v < 0)
+    double v;
+    size_t n = ab_parse_decimal_prefix(txt, &v); /* decimal only: strtod took "0x10" */
+    if (!n || v < 0)
         return -1;
+    const char *end = txt + n;
     double mul = 1;
     switch (toupper((unsigned char)*end)) {
     case '\0': break;
