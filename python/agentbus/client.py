@@ -463,7 +463,7 @@ class Client(_Base):
     # -- inference (Ollama-shaped) ----------------------------------------
     @_holding()
     def generate(self, model: str, prompt: str = "", *, stream: bool = False,
-                 system: str = "", format: str = "",
+                 system: str = "", format: Union[str, Mapping[str, Any], None] = "",
                  options: Optional[Mapping[str, Any]] = None,
                  keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
                  suffix: str = "", images: Optional[Sequence[bytes]] = None,
@@ -489,7 +489,8 @@ class Client(_Base):
 
     @_holding()
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
-             format: str = "", options: Optional[Mapping[str, Any]] = None,
+             format: Union[str, Mapping[str, Any], None] = "",
+             options: Optional[Mapping[str, Any]] = None,
              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
              timeout: Optional[float] = None,
              tools: Optional[Sequence[Mapping[str, Any]]] = None,
