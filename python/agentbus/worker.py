@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import ctypes
 import inspect
+import numbers
 import os
 import threading
 import time
@@ -107,11 +108,14 @@ class Job:
         w._kick()
 
 
-def _unsigned(n: Any) -> int:
+def _unsigned(n: Any, what: str = "capacity") -> int:
     """N for a C unsigned argument. ctypes wraps one outside 0..2**32-1
     silently (capacity=2**32 + 1 made a worker of capacity 1): such a
     value is passed as the nearest bound, which the library then refuses
-    with its own text ("capacity must be 1..100000")."""
+    with its own text ("capacity must be 1..100000"). Another type than an
+    int (a bool, 1.5, "2") is a TypeError: int() cut 1.5 to 1 and read "2"."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError("%s must be an int, not %s" % (what, type(n).__name__))
     return min(max(int(n), 0), 2**32 - 1)
 
 
@@ -171,6 +175,8 @@ class Worker:
         self._refused: tuple = (0, None)  # (code, error) as the loop last read it
         self._job_cb = JOB_FN(weak_method(self._on_job))
         self._cancel_cb = CANCEL_FN(weak_method(self._on_cancel))
+        if labels is not None and not isinstance(labels, Mapping):
+            raise TypeError("labels must be a dict, not %s" % type(labels).__name__)
         o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
         try:
             check(lib.ab_worker_new(byref(self._h), o, b(service), _unsigned(capacity)),

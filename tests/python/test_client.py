@@ -329,6 +329,16 @@ def test_refused_handle_says_why(bus):
     with pytest.raises(agentbus.InvalidError):
         w.capacity = 2**32 + 5
     assert w.capacity == 2
+    # Another type than an int is a TypeError: int() cut 1.7 to 1 and read
+    # "3" as 3; labels=[...] raised AttributeError from inside __init__.
+    for capacity in (1.7, "3", True, None):
+        with pytest.raises(TypeError, match="capacity must be an int"):
+            w.capacity = capacity
+        with pytest.raises(TypeError, match="capacity must be an int"):
+            agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, capacity=capacity)
+    assert w.capacity == 2
+    with pytest.raises(TypeError, match="labels must be a dict"):
+        agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, labels=[("gpu", "0")])
     w.close()
 
 
