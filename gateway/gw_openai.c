@@ -300,6 +300,16 @@ static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
     json_t *v;
     int bad = 0;
     const char *effort = s_effort(b, &bad);
+    /* A wrong type is named as such ("n": "2" was "n other than 1", and
+     * "echo": "yes" or "modalities": "audio" passed as if not given). */
+    if ((v = json_object_get(b, "n")) && !json_is_null(v) && !json_is_integer(v))
+        return "invalid n: expected an integer";
+    if ((v = json_object_get(b, "best_of")) && !json_is_null(v) && !json_is_integer(v))
+        return "invalid best_of: expected an integer";
+    if ((v = json_object_get(b, "echo")) && !json_is_null(v) && !json_is_boolean(v))
+        return "invalid echo: expected a boolean (true or false)";
+    if ((v = json_object_get(b, "modalities")) && !json_is_null(v) && !json_is_array(v))
+        return "invalid modalities: expected an array of strings";
     if (s_not_one(b, "n"))
         return "n other than 1 is not supported (one choice per request: send n requests)";
     if (s_not_one(b, "best_of"))

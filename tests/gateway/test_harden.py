@@ -620,6 +620,15 @@ def case_types(tmp):
                                   "response_format": {"type": "xml"}}, "response_format"),
         ("/v1/embeddings", {"model": "fast", "input": "x", "encoding_format": "hex"},
          "encoding_format"),
+        # passed as if not given ("echo": "yes", "modalities": "audio") or
+        # refused as another value ("n": "2" was "n other than 1")
+        ("/v1/completions", {"model": "fast", "prompt": "x", "echo": "yes"}, "echo"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "modalities": "audio"},
+         "modalities"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "n": "2"}, "n"),
+        ("/v1/completions", {"model": "fast", "prompt": "x", "best_of": 1.0}, "best_of"),
+        ("/api/generate", {"model": "fast", "prompt": "x", "options": {"num_ctx": 1e300}},
+         "option num_ctx"),
     ]
     for path, body, field in bad:
         st, _, text = post(gw + path, body)
@@ -636,6 +645,9 @@ def case_types(tmp):
                                   "max_tokens": 10, "temperature": 0,
                                   "response_format": {"type": "text"}}),
         ("/v1/embeddings", {"model": "fast", "input": "x", "encoding_format": "float"}),
+        ("/v1/completions", {"model": "fast", "prompt": "x", "echo": False, "n": 1,
+                             "best_of": None}),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "modalities": ["text"]}),
     ]
     for path, body in good:
         st, _, text = post(gw + path, body)
