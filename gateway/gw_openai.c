@@ -215,9 +215,13 @@ static const char *s_messages(json_t *b, json_t *o)
     const char *bad = NULL;
     size_t i;
     json_array_foreach(msgs, i, m) {
+        if (!json_is_object(m)) { /* was "a message needs a role" for [5] */
+            bad = "invalid messages: expected an array of message objects";
+            break;
+        }
         json_t *out = s_message(m, &bad);
         json_array_append_new(arr, out);
-        if (bad || (json_is_object(m) && (bad = s_tool_fields(m, out, map, i)) != NULL))
+        if (bad || (bad = s_tool_fields(m, out, map, i)) != NULL)
             break;
     }
     json_decref(map);

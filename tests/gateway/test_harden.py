@@ -627,6 +627,7 @@ def case_types(tmp):
          "modalities"),
         ("/v1/chat/completions", {"model": "fast", "messages": msgs, "n": "2"}, "n"),
         ("/v1/completions", {"model": "fast", "prompt": "x", "best_of": 1.0}, "best_of"),
+        ("/v1/chat/completions", {"model": "fast", "messages": ["hi"]}, "messages"),
         ("/api/generate", {"model": "fast", "prompt": "x", "options": {"num_ctx": 1e300}},
          "option num_ctx"),
     ]
@@ -637,6 +638,9 @@ def case_types(tmp):
         check(st == 400 and isinstance(msg, str) and msg.startswith(f"invalid {field}:") and
               (isinstance(err, dict) == path.startswith("/v1/")),
               f"{path} with a wrongly typed {field}: 400 naming it ({st} {text[:160]})")
+    # a message that is no object was "a message needs a role"
+    st, _, text = post(gw + "/v1/chat/completions", {"model": "fast", "messages": ["hi", 5]})
+    check(st == 400 and "message objects" in text, f"messages of strings: 400 saying so ({text})")
     check(t.sim_stats(sim)["requests"] == base, "none of them reached the simulator")
     good = [
         ("/api/generate", {"model": "fast", "prompt": "x", "raw": True, "stream": False}),
