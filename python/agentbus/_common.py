@@ -301,6 +301,14 @@ _TYPED_OPTIONS = ("temperature", "seed", "num_ctx", "num_predict", "top_k", "top
                   "repeat_penalty", "min_p")
 
 
+def check_callable(fn: Any, name: str) -> None:
+    """A handler or callback that cannot be called is a TypeError where it
+    is given: it failed only when the first job or message came, inside
+    the call that delivered it (poll, run, a request's wait)."""
+    if fn is not None and not callable(fn):
+        raise TypeError("%s must be callable or None, not %s" % (name, type(fn).__name__))
+
+
 def _list(v: Any, name: str) -> list:
     """A sequence argument as a list; None is empty. A str, bytes or dict
     is refused: list() would take its characters or keys (images="abc"

@@ -319,6 +319,7 @@ class AsyncClient(_Base):
                         timeout: Optional[float] = 5.0) -> "AsyncSubscription":
         """As :meth:`Client.subscribe`; iterate with ``async for``. With
         CALLBACK, it runs on the loop for each message."""
+        C.check_callable(callback, "callback")
         self._attach()
         rc = lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout))
         self._kick()

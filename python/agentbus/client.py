@@ -654,6 +654,7 @@ class Client(_Base):
         TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic
         message is passed to it from within the client's calls (``poll``,
         request waits); without, iterate the returned Subscription."""
+        C.check_callable(callback, "callback")
         check(lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout)),
               self.last_error)
         s = Subscription(self, pattern, callback)

@@ -153,6 +153,7 @@ class Worker:
                  heartbeat_ms: Optional[int] = None,
                  batching: Optional[bool] = None, key: Optional[str] = None,
                  broker_key: Optional[str] = None) -> None:
+        C.check_callable(handler, "handler")
         self.service = service
         self._handler = handler
         # Held while the handle is freed: stop() from another thread (or a
@@ -191,6 +192,7 @@ class Worker:
     # -- configuration ----------------------------------------------------
     def handler(self, fn: Handler) -> Handler:
         """Decorator form: ``@worker.handler``."""
+        C.check_callable(fn, "handler")
         self._handler = fn
         return fn
 

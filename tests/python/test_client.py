@@ -342,6 +342,26 @@ def test_refused_handle_says_why(bus):
     w.close()
 
 
+def test_uncallable_handler_or_callback_is_a_type_error(bus):
+    # A handler or subscription callback that is no function failed only
+    # once a job or message came, inside the call delivering it (a
+    # subscription's TypeError out of poll(), after the broker had it).
+    with pytest.raises(TypeError, match="handler must be callable"):
+        agentbus.Worker("ok", b"reply", endpoint=bus.endpoint)
+    w = agentbus.Worker("ok", endpoint=bus.endpoint)
+    with pytest.raises(TypeError, match="handler must be callable"):
+        w.handler("not a function")
+    w.close()
+    with bus.client() as c:
+        with pytest.raises(TypeError, match="callback must be callable"):
+            c.subscribe("alerts.", callback="print")
+        got = []
+        c.subscribe("alerts.", callback=got.append)
+        c.publish("alerts.x", b"1")
+        c.run(timeout=0.5)
+        assert [m.data for m in got] == [b"1"]
+
+
 def test_data_of_another_type_is_a_type_error(bus):
     # docs/python.md: bytes, bytearray, memoryview or str. Anything else was
     # sent as its str(): request("echo", None) answered b"None".
