@@ -3,6 +3,7 @@
 import asyncio
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -1050,3 +1051,23 @@ def test_stream_closed_from_another_thread_while_iterated(bus, monkeypatch):
         assert time.monotonic() - t0 < 5
         assert c.pending == 0
     assert not use.overlaps, use.overlaps[:3]
+
+
+def test_stopped_wait_says_stopped(bus):
+    # stop() sets a flag (any thread, a signal handler), which cannot write
+    # the handle's text: the wait that saw it raised StoppedError with the
+    # text of the call before it, "no message in time" (recv waits a second
+    # at a time, each a TIMEOUT inside).
+    c = bus.client()
+    try:
+        threading.Timer(1.3, c.stop).start()
+        t0 = time.monotonic()
+        with pytest.raises(agentbus.StoppedError) as e:
+            c.recv(timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert "stopped" in e.value.text and "no message" not in e.value.text, e.value.text
+        with pytest.raises(agentbus.StoppedError) as e:
+            c.request("echo", b"x", timeout=1)
+        assert "stopped" in e.value.text, e.value.text
+    finally:
+        c.close()
