@@ -599,7 +599,7 @@ def case_bigbody(tmp):
 
 
 def case_types(tmp):
-    sim, [(gw, _, _)] = t.start_stack(tmp, [[]])
+    sim, [(gw, port, _)] = t.start_stack(tmp, [[]])
     base = t.sim_stats(sim)["requests"]
     msgs = [{"role": "user", "content": "hi"}]
     bad = [
@@ -656,6 +656,34 @@ def case_types(tmp):
     for path, body in good:
         st, _, text = post(gw + path, body)
         check(st == 200, f"{path} with the right types: served ({st} {text[:120]})")
+    s_header_lines(sim, port)
+
+
+def s_header_lines(sim, port):
+    """A repeated X-Agentbus-* header: only its first line was read, so a
+    second "X-Agentbus-Cache: no-store" was dropped (the answer stored), and
+    a second timeout or an unreadable second line ignored (a seed makes
+    the answer cacheable, docs/cache.md)."""
+    gen = b'{"model":"fast","prompt":"two cache lines","stream":false,"options":{"seed":7}}'
+
+    def ask(lines):
+        return exchange(port, b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + lines +
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(gen) + gen)
+    before = t.sim_stats(sim)["requests"]
+    st, text, _ = ask(b"X-Agentbus-Cache: no-read\r\nX-Agentbus-Cache: no-store\r\n")
+    check(st == 200, f"no-read and no-store on two lines: served ({text[-120:]!r})")
+    st, text, _ = ask(b"")
+    check(st == 200 and t.sim_stats(sim)["requests"] == before + 2,
+          "the same request after it is not a cache hit: no-store was read "
+          f"({t.sim_stats(sim)['requests'] - before} at the simulator)")
+    for name, lines in [("X-Agentbus-Cache", b"X-Agentbus-Cache: off\r\nX-Agentbus-Cache: x\r\n"),
+                        ("X-Agentbus-Timeout-Ms", b"X-Agentbus-Timeout-Ms: 60000\r\n"
+                         b"X-Agentbus-Timeout-Ms: 5\r\n"),
+                        ("X-Agentbus-Priority", b"X-Agentbus-Priority: 3\r\n"
+                         b"X-Agentbus-Priority: batch\r\n")]:
+        st, text, _ = ask(lines)
+        check(st == 400 and f"invalid {name}" in text,
+              f"{name} twice: 400 naming it ({text[-90:]!r})")
 
 
 def case_offload(tmp):
