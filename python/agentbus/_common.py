@@ -96,6 +96,12 @@ def request_opts(timeout: Optional[float], model: Optional[str], worker: Optiona
     """An ab_request_opts_t; KEEP holds the encoded strings during the call.
     CACHE True marks the request cacheable, False bypasses the cache both
     ways; CACHE_TTL is in seconds."""
+    # "off" or "no" are true in Python: cache="off" went as the default
+    # and idempotent="no" as idempotent, each silently.
+    if cache is not None and not isinstance(cache, bool):
+        raise TypeError("cache must be True, False or None, not %s" % type(cache).__name__)
+    if not isinstance(idempotent, bool):
+        raise TypeError("idempotent must be True or False, not %s" % type(idempotent).__name__)
     o = RequestOpts()
     o.timeout_ms = budget_ms(timeout, 0)  # 0: the client's default
     if model:

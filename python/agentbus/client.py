@@ -425,7 +425,7 @@ class Client(_Base):
         (WORKER_LOST instead of re-dispatch).
         """
         if (cache_ttl is None and priority is None and model is None and worker is None
-                and cache is None and idempotent):
+                and cache is None and idempotent is True):
             return self._request_sync(service, data, timeout)
         call = self._start(service, data, timeout, model, worker, cache, cache_ttl, priority,
                            idempotent)

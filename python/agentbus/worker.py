@@ -534,6 +534,8 @@ def inference_reply(kind: str, **fields: Any) -> bytes:
     Ollama's field names (``response``, ``done``, ``message``, its
     ``tool_calls``, ``logprobs`` and ``context``, ``embeddings`` as lists of
     floats; durations in nanoseconds)."""
+    if kind not in ("generate", "chat", "embed"):  # was "undefined symbol: agentbus__..."
+        raise ValueError("kind must be 'generate', 'chat' or 'embed', not %r" % (kind,))
     f = dict(fields)
     timings = {k: f.pop(k) for k in list(f) if k in C._TIMINGS and kind != "embed"}
     if timings:

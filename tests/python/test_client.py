@@ -819,6 +819,16 @@ def test_priority_must_be_a_whole_number_or_a_lane(bus):
         assert c.pending == 0
         for good in (0, 255, "batch", "Interactive"):
             assert c.request("echo", b"ok", priority=good, timeout=5) == b"ok"
+        # cache="off" went as the default (neither True nor False) and
+        # idempotent="no" as idempotent (a non-empty str is true).
+        for kw in ({"cache": "off"}, {"cache": 0}, {"idempotent": "no"}, {"idempotent": None}):
+            with pytest.raises(TypeError, match=next(iter(kw))):
+                c.request("echo", b"x", timeout=5, **kw)
+            with pytest.raises(TypeError, match=next(iter(kw))):
+                c.stream("echo", b"x", timeout=5, **kw)
+        assert c.request("echo", b"ok", cache=False, idempotent=False, timeout=5) == b"ok"
+    with pytest.raises(ValueError, match="kind must be"):
+        agentbus.inference_reply("generat", response="x")
 
 
 class _HandleUse:
