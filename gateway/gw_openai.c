@@ -50,8 +50,10 @@ static const char *s_part_text(json_t *part)
 static const char *s_part_other(json_t *part, json_t *out)
 {
     const char *type = json_string_value(json_object_get(part, "type"));
-    if (type && strcmp(type, "text") == 0)
-        return NULL;
+    if (type && strcmp(type, "text") == 0) /* one without a string was dropped */
+        return json_is_string(json_object_get(part, "text"))
+                   ? NULL
+                   : "invalid content: a text part's text must be a string";
     if (!type || strcmp(type, "image_url") != 0)
         return "content parts other than text and image_url are not supported";
     json_t *iu = json_object_get(part, "image_url");
@@ -386,6 +388,11 @@ static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t 
         (!rf || (strcmp(rf, "text") && strcmp(rf, "json_object") && strcmp(rf, "json_schema"))))
         return "invalid response_format: expected {\"type\": \"text\", \"json_object\" or "
                "\"json_schema\"}";
+    /* Structured outputs without a schema object were answered as free
+     * text: the client asked for a shape and silently got none. */
+    if (rf && !strcmp(rf, "json_schema") &&
+        !json_is_object(json_object_get(json_object_get(v, "json_schema"), "schema")))
+        return "invalid response_format.json_schema.schema: expected a JSON schema object";
     return NULL;
 }
 

@@ -628,6 +628,14 @@ def case_types(tmp):
         ("/v1/chat/completions", {"model": "fast", "messages": msgs, "n": "2"}, "n"),
         ("/v1/completions", {"model": "fast", "prompt": "x", "best_of": 1.0}, "best_of"),
         ("/v1/chat/completions", {"model": "fast", "messages": ["hi"]}, "messages"),
+        # answered as if not sent: the part's text dropped, free text for a schema
+        ("/v1/chat/completions", {"model": "fast", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": 5}]}]}, "content"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": 5}}},
+         "response_format.json_schema.schema"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "response_format": {
+            "type": "json_schema"}}, "response_format.json_schema.schema"),
         ("/api/generate", {"model": "fast", "prompt": "x", "options": {"num_ctx": 1e300}},
          "option num_ctx"),
     ]
