@@ -542,11 +542,19 @@ static enum MHD_Result s_workers(gw_conn_t *c)
         json_t *body = gw_body_json(c, &res);
         if (!body)
             return res;
-        const char *m = json_string_value(json_object_get(body, "model"));
-        if (!m)
-            m = json_string_value(json_object_get(body, "name"));
+        /* model, else name (Ollama's: an empty model too); a wrong type is
+         * named, as on the other routes ("model is required" before) */
+        json_t *mv = json_object_get(body, "model"), *nv = json_object_get(body, "name");
+        const char *bad = mv && !json_is_null(mv) && !json_is_string(mv) ? "model"
+                          : nv && !json_is_null(nv) && !json_is_string(nv) ? "name" : NULL;
+        const char *m = json_string_value(mv);
+        if (!m || !m[0])
+            m = json_string_value(nv);
         snprintf(c->model, sizeof c->model, "%s", m ? m : "");
         json_decref(body);
+        if (bad)
+            return gw_reply_error(c, 400, bad[0] == 'm' ? "invalid model: expected a string"
+                                                        : "invalid name: expected a string");
         if (!c->model[0])
             return gw_reply_error(c, 400, "model is required");
     }

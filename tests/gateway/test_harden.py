@@ -607,6 +607,7 @@ def case_types(tmp):
         ("/api/generate", {"model": "fast", "prompt": "x", "stream": "false"}, "stream"),
         ("/api/embed", {"model": "fast", "input": "x", "truncate": "false"}, "truncate"),
         ("/api/chat", {"model": 7, "messages": msgs}, "model"),
+        ("/api/show", {"model": 7}, "model"),  # was "model is required"
         ("/v1/chat/completions", {"model": "fast", "messages": msgs, "stream": "true"}, "stream"),
         ("/v1/completions", {"model": "fast", "prompt": "x", "stream": 1}, "stream"),
         ("/v1/chat/completions", {"model": "fast", "messages": msgs, "max_tokens": "10"},
@@ -660,6 +661,7 @@ def case_types(tmp):
         ("/v1/completions", {"model": "fast", "prompt": "x", "echo": False, "n": 1,
                              "best_of": None}),
         ("/v1/chat/completions", {"model": "fast", "messages": msgs, "modalities": ["text"]}),
+        ("/api/show", {"model": "", "name": "fast"}),  # Ollama's: name when model is empty
     ]
     for path, body in good:
         st, _, text = post(gw + path, body)
