@@ -307,6 +307,12 @@ _TYPED_OPTIONS = ("temperature", "seed", "num_ctx", "num_predict", "top_k", "top
                   "repeat_penalty", "min_p")
 
 
+def check_message(m: Any) -> None:
+    """reply()'s message: another type raised AttributeError '_c'."""
+    if not isinstance(m, Message):
+        raise TypeError("message must be an agentbus.Message, not %s" % type(m).__name__)
+
+
 def check_callable(fn: Any, name: str) -> None:
     """A handler or callback that cannot be called is a TypeError where it
     is given: it failed only when the first job or message came, inside

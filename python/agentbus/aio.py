@@ -279,6 +279,9 @@ class AsyncClient(_Base):
 
     async def reply(self, message: C.Message, data: C.Data) -> None:
         """As :meth:`Client.reply`."""
+        C.check_message(message)
+        if message._c is None:  # None went to the library as NULL: INVALID
+            raise error(-1, "not a received direct message")
         payload = data_bytes(data)
         check(lib.ab_client_reply(self._handle(), message._c, payload, len(payload)),
               self.last_error)

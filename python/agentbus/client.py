@@ -595,6 +595,7 @@ class Client(_Base):
     @_holding()
     def reply(self, message: C.Message, data: Data) -> None:
         """Answers direct MESSAGE (received by this client) with DATA."""
+        C.check_message(message)
         if message._c is None:
             raise error(-1, "not a received direct message")
         payload = data_bytes(data)

@@ -343,7 +343,7 @@ def test_refused_handle_says_why(bus):
     w.close()
 
 
-def test_uncallable_handler_or_callback_is_a_type_error(bus):
+def test_uncallable_handler_or_callback_is_a_type_error(bus):  # and reply to a non-Message
     # A handler or subscription callback that is no function failed only
     # once a job or message came, inside the call delivering it (a
     # subscription's TypeError out of poll(), after the broker had it).
@@ -361,6 +361,16 @@ def test_uncallable_handler_or_callback_is_a_type_error(bus):
         c.publish("alerts.x", b"1")
         c.run(timeout=0.5)
         assert [m.data for m in got] == [b"1"]
+        # reply() to what is no Message raised AttributeError "'_c'"
+        for bad in (None, "alerts.x", got[0].sender):
+            with pytest.raises(TypeError, match="agentbus.Message"):
+                c.reply(bad, b"x")
+
+    async def areply():
+        async with agentbus.AsyncClient(bus.endpoint) as a:
+            with pytest.raises(TypeError, match="agentbus.Message"):
+                await a.reply(None, b"x")
+    asyncio.run(areply())
 
 
 def test_data_of_another_type_is_a_type_error(bus):
