@@ -667,6 +667,13 @@ def case_types(tmp):
         st, _, text = post(gw + path, body)
         check(st == 200, f"{path} with the right types: served ({st} {text[:120]})")
     s_header_lines(sim, port)
+    # a numeric option out of its range said only "bad value for --X: 'V'"
+    for args, want in [(["--max-body-bytes", "100"], "expected an integer 1024..1073741824"),
+                       (["--threads=999"], "expected an integer 0..256")]:
+        r = subprocess.run([f"{t.BIN}/agentbus-gateway", *args], capture_output=True, text=True,
+                           timeout=10)
+        check(r.returncode == 2 and want in r.stderr,
+              f"{args}: exit 2 naming the range ({r.returncode} {r.stderr[:100]!r})")
 
 
 def s_header_lines(sim, port):
