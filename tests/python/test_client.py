@@ -1091,3 +1091,17 @@ def test_stopped_wait_says_stopped(bus):
         assert "stopped" in e.value.text, e.value.text
     finally:
         c.close()
+
+
+def test_agentbus_lib_that_does_not_load_is_an_import_error(tmp_path):
+    # A wrong $AGENTBUS_LIB (a typo, a build not made yet) fell through to
+    # the checkout's build/ or the system's library without a word.
+    import subprocess
+    import sys
+    bad = tmp_path / "libagentbus.so"
+    bad.write_bytes(b"not a library")
+    for path in (str(tmp_path / "missing.so"), str(bad)):
+        env = dict(os.environ, AGENTBUS_LIB=path, PYTHONPATH=os.path.join(ROOT, "python"))
+        r = subprocess.run([sys.executable, "-c", "import agentbus; print(agentbus.LIB_PATH)"],
+                           env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "cannot load $AGENTBUS_LIB" in r.stderr, (r.stdout, r.stderr)
