@@ -291,8 +291,16 @@ class Worker:
         loop = asyncio.get_running_loop()
         fd = c_int()
         check(lib.ab_worker_fd(self._handle(), byref(fd)), self.last_error)
+        # A second run()/serve() (another thread, another loop) took over
+        # _loop and _pool and drained the same handle from a second thread
+        # beside the first, against the one-thread rule; it then outlived
+        # shutdown() and close().
+        with self._calls_lock:
+            if not self._served.is_set():
+                raise RuntimeError("agentbus: this worker is already serving (run() or serve() "
+                                   "on another thread or loop): one at a time")
+            self._served.clear()
         self._loop = loop
-        self._served.clear()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.capacity), thread_name_prefix="agentbus-worker")
         loop.add_reader(fd.value, self._drain)
