@@ -556,7 +556,7 @@ int ab_client_next_timeout_ms(ab_client_t *c)
 static int s_poll(ab_client_t *c, int timeout_ms)
 {
     if (atomic_load(&c->conn.stop)) /* nothing more is handled, input waiting or not */
-        return AB_ESTOPPED;
+        return ab_conn_stopped(&c->conn);
     int handled = s_process(c);
     if (handled != 0 || timeout_ms == 0)
         return handled;

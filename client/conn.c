@@ -91,6 +91,15 @@ const char *ab_conn_new_error(void)
     return s_new_error;
 }
 
+/* The stop flag is set from any thread or a signal handler, which cannot
+ * write the handle's text; the call that sees it does, so that
+ * last_error does not keep the text of the call before (a recv's "no
+ * message in time" came with a STOPPED). */
+int ab_conn_stopped(ab_conn_t *c)
+{
+    return ab_conn_fail(c, AB_ESTOPPED, "%s", "the handle was stopped (ab_*_stop)");
+}
+
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
 {
     va_list ap;
@@ -809,11 +818,11 @@ int ab_conn_wait(ab_conn_t *c, int timeout_ms)
 {
     zmq_pollitem_t items[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
     if (atomic_load(&c->stop))
-        return AB_ESTOPPED;
+        return ab_conn_stopped(c);
     ab_conn_flush(c); /* never sleep on gathered messages */
     int rc = zmq_poll(items, 2, timeout_ms);
     if (atomic_load(&c->stop))
-        return AB_ESTOPPED;
+        return ab_conn_stopped(c);
     if (rc < 0)
         return errno == EINTR ? 0 : ab_conn_fail(c, AB_EZMQ, "poll: %s", zmq_strerror(errno));
     return rc > 0;

@@ -222,7 +222,7 @@ int ab_client_recv(ab_client_t *c, ab_message_t **msg, int timeout_ms)
     if (c->msg.fn)
         return ab_conn_fail(&c->conn, AB_EINVAL, "a message handler is set");
     if (atomic_load(&c->conn.stop)) /* nothing handed out, waiting or not */
-        return AB_ESTOPPED;
+        return ab_conn_stopped(&c->conn);
     int64_t end = timeout_ms < 0 ? INT64_MAX : ab_now_ms() + timeout_ms;
     for (;;) {
         if ((*msg = s_pop(c)) != NULL)

@@ -93,12 +93,50 @@ enum MHD_Result gw_call_bus(gw_conn_t *c, gw_call_t *k)
     return MHD_YES;
 }
 
+static int s_cache_header(const char *v, uint32_t *flags);
+
+/* The lines of one header: how many, the first, and with FLAGS each read
+ * as X-Agentbus-Cache words (BAD set for one that does not read). */
+typedef struct {
+    const char *name, *first;
+    int n, bad;
+    uint32_t *flags;
+} s_lines_t;
+
+static enum MHD_Result s_line(void *cls, enum MHD_ValueKind kind, const char *key,
+                              const char *value)
+{
+    s_lines_t *l = cls;
+    (void)kind;
+    if (!key || strcasecmp(key, l->name) != 0)
+        return MHD_YES;
+    if (l->n++ == 0)
+        l->first = value;
+    if (l->flags && (!value || s_cache_header(value, l->flags) != 0))
+        l->bad = 1;
+    return MHD_YES;
+}
+
+/* MHD_lookup_connection_value gives the first line of a header only: a
+ * second "X-Agentbus-Timeout-Ms: 5" or "X-Agentbus-Cache: no-store" (HTTP
+ * joins repeated lines into one list, RFC 9110 5.3), or an unreadable one,
+ * was ignored and the caller silently got the first. */
+static s_lines_t s_header_lines(const gw_conn_t *c, const char *name, uint32_t *flags)
+{
+    s_lines_t l = {name, NULL, 0, 0, flags};
+    MHD_get_connection_values(c->conn, MHD_HEADER_KIND, s_line, &l);
+    return l;
+}
+
 /* X-Agentbus-Timeout-Ms into *MS, capped at --max-timeout-ms (0: not
- * given). 0, or -1 when it is not a number of ms > 0. */
+ * given). 0, -1 when it is not a number of ms > 0, -2 when given twice. */
 static int s_header_timeout(const gw_conn_t *c, int *ms)
 {
-    const char *t = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Timeout-Ms");
+    s_lines_t l = s_header_lines(c, "X-Agentbus-Timeout-Ms", NULL);
+    const char *t = l.first;
     *ms = 0;
+    if (l.n > 1)
+        return -2;
     if (!t)
         return 0;
     char *end = NULL;
@@ -157,11 +195,17 @@ static int s_cache_header(const char *v, uint32_t *flags)
 static const char *s_call_headers(gw_conn_t *c, s_hdrs_t *h)
 {
     memset(h, 0, sizeof *h);
-    if (s_header_timeout(c, &h->timeout_ms) != 0)
+    int rc = s_header_timeout(c, &h->timeout_ms);
+    if (rc == -2)
+        return "invalid X-Agentbus-Timeout-Ms: given more than once (send one value)";
+    if (rc != 0)
         return "invalid X-Agentbus-Timeout-Ms: want a number of milliseconds > 0";
     /* A lane name (interactive, normal, batch) or a number; a larger number
      * is capped at 255. */
-    const char *pr = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Priority");
+    s_lines_t pl = s_header_lines(c, "X-Agentbus-Priority", NULL);
+    const char *pr = pl.first;
+    if (pl.n > 1)
+        return "invalid X-Agentbus-Priority: given more than once (send one value)";
     if (pr) {
         char *end = NULL;
         long long n = strtoll(pr, &end, 10);
@@ -172,8 +216,7 @@ static const char *s_call_headers(gw_conn_t *c, s_hdrs_t *h)
         else
             return "invalid X-Agentbus-Priority: want interactive, normal, batch or 0..255";
     }
-    const char *cf = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Agentbus-Cache");
-    if (cf && s_cache_header(cf, &h->cache_flags) != 0)
+    if (s_header_lines(c, "X-Agentbus-Cache", &h->cache_flags).bad) /* every line, joined */
         return "invalid X-Agentbus-Cache: want on, off, no-read or no-store";
     return NULL;
 }

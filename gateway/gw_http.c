@@ -35,6 +35,8 @@ static gw_conn_t *s_conn_new(gw_t *g, struct MHD_Connection *conn, const char *u
             c->shard = i;
     c->route = gw_route_of(url);
     c->openai = strncmp(url, "/v1/", 4) == 0;
+    if (c->route == GW_R_OAI_MODEL) /* its name, from the path (MHD has decoded it) */
+        snprintf(c->model, sizeof c->model, "%s", url + strlen(GW_MODEL_PREFIX));
     c->t0_us = tl_now_us();
     atomic_fetch_add(&g->m.requests[c->route], 1);
     return c;

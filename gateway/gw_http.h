@@ -67,9 +67,17 @@ typedef enum {
     GW_SHED_GONE      /* its client had already closed the connection: dropped */
 } gw_shed_t;
 
+/* The routes (gw_route_of). */
+typedef enum {
+    GW_R_NOTFOUND = 0, GW_R_ROOT, GW_R_GENERATE, GW_R_CHAT, GW_R_EMBED, GW_R_EMBEDDINGS,
+    GW_R_TAGS, GW_R_PS, GW_R_SHOW, GW_R_VERSION, GW_R_OAI_CHAT, GW_R_OAI_COMPLETIONS,
+    GW_R_OAI_EMBEDDINGS, GW_R_OAI_MODELS, GW_R_OAI_MODEL, GW_R_METRICS, GW_R_HEALTHZ,
+    GW_R_COUNT /* not a route: how many there are */
+} gw_route_t;
+
 /* Counters for /metrics; atomics, bumped from any thread. */
 typedef struct {
-    atomic_ullong requests[16];   /* by route */
+    atomic_ullong requests[GW_R_COUNT]; /* by route */
     atomic_ullong status[6];      /* 1xx..5xx by class; [0] other */
     atomic_ullong in_flight;
     atomic_ullong chunks;         /* streamed chunks written */
@@ -108,12 +116,6 @@ typedef struct {
     gw_offload_t *offload;        /* large bodies are parsed there (NULL: here) */
     atomic_ullong next_id;        /* OpenAI ids */
 } gw_t;
-
-typedef enum {
-    GW_R_NOTFOUND = 0, GW_R_ROOT, GW_R_GENERATE, GW_R_CHAT, GW_R_EMBED, GW_R_EMBEDDINGS,
-    GW_R_TAGS, GW_R_PS, GW_R_SHOW, GW_R_VERSION, GW_R_OAI_CHAT, GW_R_OAI_COMPLETIONS,
-    GW_R_OAI_EMBEDDINGS, GW_R_OAI_MODELS, GW_R_METRICS, GW_R_HEALTHZ
-} gw_route_t;
 
 typedef enum { GW_P_READ = 0, GW_P_WAIT, GW_P_STREAM } gw_phase_t;
 
@@ -252,6 +254,8 @@ void gw_out_append(gw_conn_t *c, const char *s, size_t len);
  * said otherwise) --- */
 /* gw_intake.c */
 /* The route of URL's path (GW_R_NOTFOUND if none). */
+/* GET /v1/models/{model}: the prefix before the model's name */
+#define GW_MODEL_PREFIX "/v1/models/"
 gw_route_t gw_route_of(const char *url);
 /* Whether route R's requests go over the bus (and are admitted at intake). */
 int gw_route_on_bus(gw_route_t r);

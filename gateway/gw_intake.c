@@ -32,6 +32,7 @@ static const struct {
     {"/v1/completions", GW_R_OAI_COMPLETIONS},
     {"/v1/embeddings", GW_R_OAI_EMBEDDINGS},
     {"/v1/models", GW_R_OAI_MODELS},
+    {"/v1/models/{model}", GW_R_OAI_MODEL}, /* the name in /metrics; matched by prefix */
     {"/metrics", GW_R_METRICS},
     {"/healthz", GW_R_HEALTHZ},
 };
@@ -41,6 +42,11 @@ gw_route_t gw_route_of(const char *url)
     for (size_t i = 0; i < sizeof s_map / sizeof s_map[0]; i++)
         if (strcmp(url, s_map[i].path) == 0)
             return s_map[i].r;
+    /* OpenAI's (and Ollama's) GET /v1/models/{model}: the openai clients'
+     * models.retrieve() was a 404 "page not found" */
+    if (strncmp(url, GW_MODEL_PREFIX, strlen(GW_MODEL_PREFIX)) == 0 &&
+        url[strlen(GW_MODEL_PREFIX)])
+        return GW_R_OAI_MODEL;
     return GW_R_NOTFOUND;
 }
 

@@ -80,11 +80,23 @@ static int s_str(json_t *o, const char *key, char **out, char *err, size_t cap)
     return 0;
 }
 
+/* A JSON real as an int64 as Ollama reads one (Go's int64(float64): 1.5 is
+ * 1). Outside int64 the C conversion is undefined (1e300 came out as
+ * INT64_MIN on x86, a num_ctx Ollama was then given): -1. */
+static int s_real_int64(double d, int64_t *out)
+{
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+        return -1;
+    *out = (int64_t)d;
+    return 0;
+}
+
 /* keep_alive: a duration string or a number of seconds, kept as the text
  * the worker hands Ollama back (worker/ollama_json.c). */
 static int s_keep_alive(json_t *o, char *buf, size_t cap, char **out, char *err, size_t ecap)
 {
     json_t *v = json_object_get(o, "keep_alive");
+    int64_t secs = 0;
     *out = "";
     if (!v || json_is_null(v))
         return 0;
@@ -92,8 +104,8 @@ static int s_keep_alive(json_t *o, char *buf, size_t cap, char **out, char *err,
         *out = (char *)json_string_value(v);
     else if (json_is_integer(v))
         snprintf(buf, cap, "%lld", (long long)json_integer_value(v)), *out = buf;
-    else if (json_is_real(v))
-        snprintf(buf, cap, "%lld", (long long)json_real_value(v)), *out = buf;
+    else if (json_is_real(v) && s_real_int64(json_real_value(v), &secs) == 0)
+        snprintf(buf, cap, "%lld", (long long)secs), *out = buf;
     else
         return s_fail(err, ecap, "invalid %s: expected a duration", "keep_alive");
     return 0;
@@ -133,10 +145,12 @@ static int s_int(json_t *o, const char *key, int *has, int64_t *i, char *err, si
     double d = 0;
     if (s_num(o, key, has, &d, err, cap) != 0)
         return -1;
-    if (*has)
-        *i = json_is_integer(json_object_get(o, key))
-                 ? (int64_t)json_integer_value(json_object_get(o, key))
-                 : (int64_t)d;
+    if (!*has)
+        return 0;
+    if (json_is_integer(json_object_get(o, key)))
+        *i = (int64_t)json_integer_value(json_object_get(o, key));
+    else if (s_real_int64(d, i) != 0)
+        return s_fail(err, cap, "invalid option %s: expected an integer", key);
     return 0;
 }
 

@@ -50,8 +50,10 @@ static const char *s_part_text(json_t *part)
 static const char *s_part_other(json_t *part, json_t *out)
 {
     const char *type = json_string_value(json_object_get(part, "type"));
-    if (type && strcmp(type, "text") == 0)
-        return NULL;
+    if (type && strcmp(type, "text") == 0) /* one without a string was dropped */
+        return json_is_string(json_object_get(part, "text"))
+                   ? NULL
+                   : "invalid content: a text part's text must be a string";
     if (!type || strcmp(type, "image_url") != 0)
         return "content parts other than text and image_url are not supported";
     json_t *iu = json_object_get(part, "image_url");
@@ -215,9 +217,13 @@ static const char *s_messages(json_t *b, json_t *o)
     const char *bad = NULL;
     size_t i;
     json_array_foreach(msgs, i, m) {
+        if (!json_is_object(m)) { /* was "a message needs a role" for [5] */
+            bad = "invalid messages: expected an array of message objects";
+            break;
+        }
         json_t *out = s_message(m, &bad);
         json_array_append_new(arr, out);
-        if (bad || (json_is_object(m) && (bad = s_tool_fields(m, out, map, i)) != NULL))
+        if (bad || (bad = s_tool_fields(m, out, map, i)) != NULL)
             break;
     }
     json_decref(map);
@@ -300,6 +306,16 @@ static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
     json_t *v;
     int bad = 0;
     const char *effort = s_effort(b, &bad);
+    /* A wrong type is named as such ("n": "2" was "n other than 1", and
+     * "echo": "yes" or "modalities": "audio" passed as if not given). */
+    if ((v = json_object_get(b, "n")) && !json_is_null(v) && !json_is_integer(v))
+        return "invalid n: expected an integer";
+    if ((v = json_object_get(b, "best_of")) && !json_is_null(v) && !json_is_integer(v))
+        return "invalid best_of: expected an integer";
+    if ((v = json_object_get(b, "echo")) && !json_is_null(v) && !json_is_boolean(v))
+        return "invalid echo: expected a boolean (true or false)";
+    if ((v = json_object_get(b, "modalities")) && !json_is_null(v) && !json_is_array(v))
+        return "invalid modalities: expected an array of strings";
     if (s_not_one(b, "n"))
         return "n other than 1 is not supported (one choice per request: send n requests)";
     if (s_not_one(b, "best_of"))
@@ -372,6 +388,11 @@ static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t 
         (!rf || (strcmp(rf, "text") && strcmp(rf, "json_object") && strcmp(rf, "json_schema"))))
         return "invalid response_format: expected {\"type\": \"text\", \"json_object\" or "
                "\"json_schema\"}";
+    /* Structured outputs without a schema object were answered as free
+     * text: the client asked for a shape and silently got none. */
+    if (rf && !strcmp(rf, "json_schema") &&
+        !json_is_object(json_object_get(json_object_get(v, "json_schema"), "schema")))
+        return "invalid response_format.json_schema.schema: expected a JSON schema object";
     return NULL;
 }
 

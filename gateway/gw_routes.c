@@ -138,6 +138,30 @@ static enum MHD_Result s_show(gw_conn_t *c, const Agentbus__WorkerList *wl)
                                    "completion", "modified_at", now));
 }
 
+/* GET /v1/models/{model}: the model object of LIST (/v1/models' answer,
+ * taken) whose id is C's model, or that with ":latest"; else a 404 in
+ * OpenAI's shape, as for an inference on an unknown model. */
+static enum MHD_Result s_oai_model(gw_conn_t *c, json_t *list)
+{
+    json_t *m, *found = NULL;
+    size_t i;
+    char latest[sizeof c->model + 8];
+    snprintf(latest, sizeof latest, "%s:latest", c->model);
+    json_array_foreach(json_object_get(list, "data"), i, m) {
+        const char *id = json_string_value(json_object_get(m, "id"));
+        if (id && (!strcmp(id, c->model) || !strcmp(id, latest))) {
+            found = json_incref(m);
+            break;
+        }
+    }
+    json_decref(list);
+    if (found)
+        return gw_reply_json(c, 200, found);
+    char msg[sizeof c->model + 64];
+    snprintf(msg, sizeof msg, "model \"%s\" not found, try pulling it first", c->model);
+    return gw_reply_error(c, 404, msg);
+}
+
 /* The answer of a CONTROL "workers" call. */
 static enum MHD_Result s_models_answer(gw_conn_t *c)
 {
@@ -163,6 +187,8 @@ static enum MHD_Result s_models_answer(gw_conn_t *c)
         res = gw_reply_json(c, 200, s_ps(wl));
     } else if (c->route == GW_R_SHOW) {
         res = s_show(c, wl);
+    } else if (c->route == GW_R_OAI_MODEL) {
+        res = s_oai_model(c, gw_openai_models(s_tags(wl)));
     } else {
         res = gw_reply_json(c, 200, gw_openai_models(s_tags(wl)));
     }
@@ -426,7 +452,7 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     b[0] = '\0';
     s_metric(&b, &len, &cap, "# HELP agentbus_gateway_requests_total HTTP requests by route.\n"
                              "# TYPE agentbus_gateway_requests_total counter\n");
-    for (int r = 0; r <= GW_R_HEALTHZ; r++)
+    for (int r = 0; r < GW_R_COUNT; r++)
         s_metric(&b, &len, &cap, "agentbus_gateway_requests_total{route=\"%s\"} %llu\n",
                  gw_route_path((gw_route_t)r), (unsigned long long)atomic_load(&m->requests[r]));
     s_metric(&b, &len, &cap, "# HELP agentbus_gateway_responses_total Responses by status class.\n"
@@ -521,7 +547,7 @@ static const char *s_allowed(gw_route_t r)
 {
     switch (r) {
     case GW_R_ROOT: case GW_R_TAGS: case GW_R_PS: case GW_R_VERSION: case GW_R_OAI_MODELS:
-    case GW_R_METRICS: case GW_R_HEALTHZ:
+    case GW_R_OAI_MODEL: case GW_R_METRICS: case GW_R_HEALTHZ:
         return "GET, HEAD";
     default:
         return "POST";
@@ -542,11 +568,19 @@ static enum MHD_Result s_workers(gw_conn_t *c)
         json_t *body = gw_body_json(c, &res);
         if (!body)
             return res;
-        const char *m = json_string_value(json_object_get(body, "model"));
-        if (!m)
-            m = json_string_value(json_object_get(body, "name"));
+        /* model, else name (Ollama's: an empty model too); a wrong type is
+         * named, as on the other routes ("model is required" before) */
+        json_t *mv = json_object_get(body, "model"), *nv = json_object_get(body, "name");
+        const char *bad = mv && !json_is_null(mv) && !json_is_string(mv) ? "model"
+                          : nv && !json_is_null(nv) && !json_is_string(nv) ? "name" : NULL;
+        const char *m = json_string_value(mv);
+        if (!m || !m[0])
+            m = json_string_value(nv);
         snprintf(c->model, sizeof c->model, "%s", m ? m : "");
         json_decref(body);
+        if (bad)
+            return gw_reply_error(c, 400, bad[0] == 'm' ? "invalid model: expected a string"
+                                                        : "invalid name: expected a string");
         if (!c->model[0])
             return gw_reply_error(c, 400, "model is required");
     }
@@ -589,7 +623,7 @@ enum MHD_Result gw_routes_handle(gw_conn_t *c, const char *method)
         return s_healthz(c);
     case GW_R_METRICS:
         return s_metrics(c);
-    case GW_R_TAGS: case GW_R_PS: case GW_R_SHOW: case GW_R_OAI_MODELS:
+    case GW_R_TAGS: case GW_R_PS: case GW_R_SHOW: case GW_R_OAI_MODELS: case GW_R_OAI_MODEL:
         return s_workers(c);
     default: /* GW_R_GENERATE, CHAT, EMBED, EMBEDDINGS, OAI_CHAT, OAI_COMPLETIONS, OAI_EMBEDDINGS */
         return s_infer_request(c);

@@ -146,6 +146,18 @@ static const struct {
     {O_STREAMBUF, 0, 1L << 30},
 };
 
+/* " (expected an integer MIN..MAX)" for numeric option ID, else "": a bad
+ * value was refused without its bounds ("--max-body-bytes 100" said only
+ * "bad value"). */
+static const char *s_bounds(int id, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof s_nums / sizeof s_nums[0]; i++)
+        if (s_nums[i].id == id)
+            snprintf(buf, cap, " (expected an integer %ld..%ld)", s_nums[i].min, s_nums[i].max);
+    return buf;
+}
+
 /* Option ID's value V into CFG: 0, or -1 for a bad value. */
 static int s_take(gw_config_t *cfg, int id, const char *v)
 {
@@ -211,12 +223,15 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
             return -1;
         }
         if (s_take(cfg, id, p.value) != 0) {
+            char bounds[64];
             fprintf(stderr, "agentbus-gateway: bad value for --%s: '%s'%s\n", p.opt->name,
                     p.value, id == O_LISTEN ? " (expected an IPv4 address and a port "
                                               "0..65535, e.g. 127.0.0.1:11434)"
                              : id == O_NAME ? " (expected an agent name: 1..255 printable "
                                               "ASCII characters, no spaces, not starting "
-                                              "with '~')" : "");
+                                              "with '~')"
+                             : id == O_SERVICE ? " (expected 1..255 bytes)"
+                                               : s_bounds(id, bounds, sizeof bounds));
             return -1;
         }
     }

@@ -352,7 +352,10 @@ AB_EXPORT int ab_client_refused(const ab_client_t *client);
  * ab_client_poll, ab_client_recv, synchronous waits) return AB_ESTOPPED
  * soon, now and from then on, without handing out what is already waiting
  * (no more callbacks or messages): a stopped handle is only good for
- * ab_client_destroy. Thread: any thread, and signal handlers. */
+ * ab_client_destroy. The call that returns AB_ESTOPPED sets the handle's
+ * last error to say so (before 2026-12-07 it kept the text of the call
+ * before, such as a recv's "no message in time"). Thread: any thread, and
+ * signal handlers. */
 AB_EXPORT void ab_client_stop(ab_client_t *client);
 
 /* ======================================================================== */

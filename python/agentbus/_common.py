@@ -96,6 +96,12 @@ def request_opts(timeout: Optional[float], model: Optional[str], worker: Optiona
     """An ab_request_opts_t; KEEP holds the encoded strings during the call.
     CACHE True marks the request cacheable, False bypasses the cache both
     ways; CACHE_TTL is in seconds."""
+    # "off" or "no" are true in Python: cache="off" went as the default
+    # and idempotent="no" as idempotent, each silently.
+    if cache is not None and not isinstance(cache, bool):
+        raise TypeError("cache must be True, False or None, not %s" % type(cache).__name__)
+    if not isinstance(idempotent, bool):
+        raise TypeError("idempotent must be True or False, not %s" % type(idempotent).__name__)
     o = RequestOpts()
     o.timeout_ms = budget_ms(timeout, 0)  # 0: the client's default
     if model:
@@ -301,9 +307,51 @@ _TYPED_OPTIONS = ("temperature", "seed", "num_ctx", "num_predict", "top_k", "top
                   "repeat_penalty", "min_p")
 
 
+def check_message(m: Any) -> None:
+    """reply()'s message: another type raised AttributeError '_c'."""
+    if not isinstance(m, Message):
+        raise TypeError("message must be an agentbus.Message, not %s" % type(m).__name__)
+
+
+def check_callable(fn: Any, name: str) -> None:
+    """A handler or callback that cannot be called is a TypeError where it
+    is given: it failed only when the first job or message came, inside
+    the call that delivered it (poll, run, a request's wait)."""
+    if fn is not None and not callable(fn):
+        raise TypeError("%s must be callable or None, not %s" % (name, type(fn).__name__))
+
+
+def _list(v: Any, name: str) -> list:
+    """A sequence argument as a list; None is empty. A str, bytes or dict
+    is refused: list() would take its characters or keys (images="abc"
+    went as three one-byte images)."""
+    if v is None:
+        return []
+    if isinstance(v, (str, bytes, bytearray, memoryview, Mapping)):
+        raise TypeError("%s must be a list, not %s" % (name, type(v).__name__))
+    return list(v)
+
+
+def _mapping(v: Any, name: str) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise TypeError("%s must be a dict, not %s" % (name, type(v).__name__))
+    return v
+
+
+def _format(format: Optional[Union[str, Mapping[str, Any]]]) -> str:
+    """Ollama's format: "json", or a JSON schema (a dict) carried as its
+    text, compact with sorted keys as the gateway writes it (one cache
+    entry either way)."""
+    if format is None or isinstance(format, (str, bytes)):
+        return format or ""
+    return json.dumps(_mapping(format, "format"), separators=(",", ":"), sort_keys=True,
+                      ensure_ascii=False)
+
+
 def _options(options: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
     if not options:
         return None
+    _mapping(options, "options")
     o = {k: v for k, v in options.items() if k in _TYPED_OPTIONS}
     if isinstance(o.get("stop"), str):
         o["stop"] = [o["stop"]]
@@ -333,12 +381,12 @@ def generate_payload(model: str, prompt: str, *, system: str = "", format: str =
                      truncate: Optional[bool] = None, shift: Optional[bool] = None,
                      logprobs: bool = False, top_logprobs: int = 0,
                      context: Optional[Sequence[int]] = None) -> bytes:
-    g = {"model": model, "prompt": prompt, "system": system, "format": format or "",
+    g = {"model": model, "prompt": prompt, "system": system, "format": _format(format),
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive), "raw": raw,
-         "suffix": suffix, "images": list(images or []), "think": _think(think),
+         "suffix": suffix, "images": _list(images, "images"), "think": _think(think),
          "truncate": truncate, "shift": shift, "logprobs": bool(logprobs),
-         "top_logprobs": top_logprobs or 0, "context": list(context or [])}
+         "top_logprobs": top_logprobs or 0, "context": _list(context, "context")}
     return _pb.pack("inference_request", {"generate": g})
 
 
@@ -351,8 +399,9 @@ def _json_text(v: Any) -> str:
 
 
 def _message(m: Mapping[str, Any]) -> Dict[str, Any]:
+    _mapping(m, "a message")
     return {"role": m.get("role", "user"), "content": m.get("content") or "",
-            "images": list(m.get("images") or []),
+            "images": _list(m.get("images"), "a message's images"),
             "tool_calls_json": _json_text(m.get("tool_calls")),
             "tool_name": m.get("tool_name") or "",
             "thinking": m.get("thinking") or ""}
@@ -365,7 +414,8 @@ def chat_payload(model: str, messages: Iterable[Mapping[str, Any]], *, format: s
                  think: Optional[Union[bool, str]] = None,
                  truncate: Optional[bool] = None, shift: Optional[bool] = None,
                  logprobs: bool = False, top_logprobs: int = 0) -> bytes:
-    c = {"model": model, "messages": [_message(m) for m in messages], "format": format or "",
+    c = {"model": model, "messages": [_message(m) for m in _list(messages, "messages")],
+         "format": _format(format),
          "stream": bool(stream), "options": _options(options),
          "keep_alive": "" if keep_alive is None else str(keep_alive),
          "tools_json": _json_text(tools), "think": _think(think),

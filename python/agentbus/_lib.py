@@ -1,9 +1,10 @@
 """Loading libagentbus and declaring the C prototypes (ctypes, ABI mode).
 
 Nothing here speaks the protocol: every call goes to the C library, which
-is found, in order, through $AGENTBUS_LIB (a path), a libagentbus.so next
-to this package, the build/ directory of the checkout this package sits in,
-then the system loader (an installed libagentbus.so.0).
+is found through $AGENTBUS_LIB (a path: that library or an ImportError),
+else, in order, a libagentbus.so next to this package, the build/ directory
+of the checkout this package sits in, then the system loader (an installed
+libagentbus.so.0).
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ ABI_MAJOR = 0  # the soname's version this binding is written against
 
 def _candidates() -> List[str]:
     out: List[str] = []
-    env = os.environ.get("AGENTBUS_LIB")
-    if env:
-        out.append(env)
     here = os.path.dirname(os.path.abspath(__file__))
     out.append(os.path.join(here, "libagentbus.so"))
     root = os.path.dirname(os.path.dirname(here))  # checkout: python/agentbus
@@ -36,6 +34,15 @@ def _candidates() -> List[str]:
 
 
 def _load() -> ctypes.CDLL:
+    env = os.environ.get("AGENTBUS_LIB")
+    if env:
+        # Only that one: a path that is wrong (a typo, a build not made
+        # yet) fell through to the next place, so an ASan test run, say,
+        # used the normal build's library without a word.
+        try:
+            return ctypes.CDLL(env)
+        except OSError as e:
+            raise ImportError("agentbus: cannot load $AGENTBUS_LIB: %s" % e) from None
     errors = []
     for path in _candidates():
         if os.sep in path and not os.path.exists(path):
@@ -44,8 +51,6 @@ def _load() -> ctypes.CDLL:
             return ctypes.CDLL(path)
         except OSError as e:  # try the next place
             errors.append("%s: %s" % (path, e))
-    if os.environ.get("AGENTBUS_LIB"):
-        raise ImportError("agentbus: cannot load $AGENTBUS_LIB: %s" % "; ".join(errors))
     raise ImportError("agentbus: libagentbus not found (set AGENTBUS_LIB to its path); "
                       + "; ".join(errors))
 

@@ -14,6 +14,7 @@ pointer, a one-field oneof ("has_x") as a case enum at quantifier_offset.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Mapping
 from ctypes import (POINTER, Structure, c_bool, c_char_p, c_double, c_float, c_int, c_int32,
                     c_int64, c_size_t, c_uint, c_uint32, c_uint64, c_void_p)
 from typing import Any, Dict, List
@@ -104,6 +105,11 @@ _RANGE = {0: (-2**31, 2**31 - 1), 1: (-2**31, 2**31 - 1), 2: (-2**31, 2**31 - 1)
 def _scalar_value(ftype: int, v, name: str = "value"):
     if ftype in (T_STRING,):
         return v
+    # bool("false") is True and int("7") 7: a text where the field wants a
+    # number or a flag is the caller's mistake, not a value to guess.
+    if isinstance(v, (str, bytes, bytearray, memoryview)) or v is None:
+        raise TypeError("agentbus: %s: expected a %s, not %s" % (
+            name, "bool" if ftype == 12 else "number", type(v).__name__))
     if ftype == 12:
         return bool(v)
     if ftype in (10, 11):
@@ -127,17 +133,22 @@ def _build(d: MessageDesc, value: Dict[str, Any], keep: _Keep) -> int:
             continue
         v = value[name]
         if f.label == LABEL_REPEATED:
+            # list("abc") is three items: a text where a list is wanted
+            # would go as its characters (images="abc" as three images).
+            if isinstance(v, (str, bytes, bytearray, memoryview, Mapping)):
+                raise TypeError("agentbus: %s: expected a list, not %s" % (
+                    name, type(v).__name__))
             items = list(v)
             c_size_t.from_address(base + f.quantifier_offset).value = len(items)
             arr = keep.buf((c_void_p * max(1, len(items)))()) if f.type in (
                 T_STRING, T_MESSAGE) else None
             if f.type in (T_STRING, T_MESSAGE):
                 for i, it in enumerate(items):
-                    arr[i] = _one_ptr(f, it, keep)
+                    arr[i] = _one_ptr(f, it, keep, name)
             elif f.type == T_BYTES:
                 arr = keep.buf((BinaryData * max(1, len(items)))())
                 for i, it in enumerate(items):
-                    arr[i] = _binary(it, keep)
+                    arr[i] = _binary(it, keep, name)
             else:
                 ct = _SCALAR[f.type]
                 arr = keep.buf((ct * max(1, len(items)))(*[_scalar_value(f.type, x, name)
@@ -147,31 +158,48 @@ def _build(d: MessageDesc, value: Dict[str, Any], keep: _Keep) -> int:
         if f.flags & FLAG_ONEOF:
             c_uint32.from_address(base + f.quantifier_offset).value = f.id
         if f.type in (T_STRING, T_MESSAGE):
-            c_void_p.from_address(base + f.offset).value = _one_ptr(f, v, keep)
+            c_void_p.from_address(base + f.offset).value = _one_ptr(f, v, keep, name)
         elif f.type == T_BYTES:
             bd = BinaryData.from_address(base + f.offset)
-            bd.len, bd.data = _binary_fields(v, keep)
+            bd.len, bd.data = _binary_fields(v, keep, name)
         else:
             _SCALAR[f.type].from_address(base + f.offset).value = _scalar_value(f.type, v,
                                                                                 name)
     return base
 
 
-def _one_ptr(f: FieldDesc, v, keep: _Keep) -> int:
+def _one_ptr(f: FieldDesc, v, keep: _Keep, name: str = "value") -> int:
     if f.type == T_STRING:
-        s = keep.buf(ctypes.create_string_buffer(v.encode() if isinstance(v, str) else v))
+        # create_string_buffer(5) is 5 NULs, an empty string (and
+        # create_string_buffer(10**9) a gigabyte of them); the C side reads
+        # a string up to its first NUL, so "a\0b" would go as "a".
+        if isinstance(v, str):
+            v = v.encode()
+        elif not isinstance(v, bytes):
+            raise TypeError("agentbus: %s: expected str, not %s" % (name, type(v).__name__))
+        if b"\0" in v:
+            raise ValueError("agentbus: %s: a text cannot contain NUL" % name)
+        s = keep.buf(ctypes.create_string_buffer(v))
         return ctypes.addressof(s)
+    if not isinstance(v, Mapping):
+        raise TypeError("agentbus: %s: expected a dict, not %s" % (name, type(v).__name__))
     return _build(_desc_at(f.descriptor), v, keep)
 
 
-def _binary_fields(v, keep: _Keep):
-    raw = bytes(v) if not isinstance(v, str) else v.encode()
+def _binary_fields(v, keep: _Keep, name: str = "value"):
+    # bytes(5) is 5 zero bytes: a number is no payload.
+    if isinstance(v, str):
+        raw = v.encode()
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        raw = bytes(v)
+    else:
+        raise TypeError("agentbus: %s: expected bytes, not %s" % (name, type(v).__name__))
     s = keep.buf(ctypes.create_string_buffer(raw, len(raw) or 1))
     return len(raw), ctypes.addressof(s)
 
 
-def _binary(v, keep: _Keep) -> BinaryData:
-    return BinaryData(*_binary_fields(v, keep))
+def _binary(v, keep: _Keep, name: str = "value") -> BinaryData:
+    return BinaryData(*_binary_fields(v, keep, name))
 
 
 def pack(c_name: str, value: Dict[str, Any]) -> bytes:

@@ -279,6 +279,9 @@ class AsyncClient(_Base):
 
     async def reply(self, message: C.Message, data: C.Data) -> None:
         """As :meth:`Client.reply`."""
+        C.check_message(message)
+        if message._c is None:  # None went to the library as NULL: INVALID
+            raise error(-1, "not a received direct message")
         payload = data_bytes(data)
         check(lib.ab_client_reply(self._handle(), message._c, payload, len(payload)),
               self.last_error)
@@ -319,6 +322,7 @@ class AsyncClient(_Base):
                         timeout: Optional[float] = 5.0) -> "AsyncSubscription":
         """As :meth:`Client.subscribe`; iterate with ``async for``. With
         CALLBACK, it runs on the loop for each message."""
+        C.check_callable(callback, "callback")
         self._attach()
         rc = lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout))
         self._kick()

@@ -425,7 +425,7 @@ class Client(_Base):
         (WORKER_LOST instead of re-dispatch).
         """
         if (cache_ttl is None and priority is None and model is None and worker is None
-                and cache is None and idempotent):
+                and cache is None and idempotent is True):
             return self._request_sync(service, data, timeout)
         call = self._start(service, data, timeout, model, worker, cache, cache_ttl, priority,
                            idempotent)
@@ -463,7 +463,7 @@ class Client(_Base):
     # -- inference (Ollama-shaped) ----------------------------------------
     @_holding()
     def generate(self, model: str, prompt: str = "", *, stream: bool = False,
-                 system: str = "", format: str = "",
+                 system: str = "", format: Union[str, Mapping[str, Any], None] = "",
                  options: Optional[Mapping[str, Any]] = None,
                  keep_alive: Optional[Union[str, int]] = None, raw: bool = False,
                  suffix: str = "", images: Optional[Sequence[bytes]] = None,
@@ -489,7 +489,8 @@ class Client(_Base):
 
     @_holding()
     def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, stream: bool = False,
-             format: str = "", options: Optional[Mapping[str, Any]] = None,
+             format: Union[str, Mapping[str, Any], None] = "",
+             options: Optional[Mapping[str, Any]] = None,
              keep_alive: Optional[Union[str, int]] = None, service: str = "ollama",
              timeout: Optional[float] = None,
              tools: Optional[Sequence[Mapping[str, Any]]] = None,
@@ -594,6 +595,7 @@ class Client(_Base):
     @_holding()
     def reply(self, message: C.Message, data: Data) -> None:
         """Answers direct MESSAGE (received by this client) with DATA."""
+        C.check_message(message)
         if message._c is None:
             raise error(-1, "not a received direct message")
         payload = data_bytes(data)
@@ -653,6 +655,7 @@ class Client(_Base):
         TIMEOUT seconds for the broker to confirm. With CALLBACK, each topic
         message is passed to it from within the client's calls (``poll``,
         request waits); without, iterate the returned Subscription."""
+        C.check_callable(callback, "callback")
         check(lib.ab_client_subscribe(self._handle(), b(pattern), self._confirm_ms(timeout)),
               self.last_error)
         s = Subscription(self, pattern, callback)

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import ctypes
 import inspect
+import numbers
 import os
 import threading
 import time
@@ -118,11 +119,14 @@ class Job:
         w._kick()
 
 
-def _unsigned(n: Any) -> int:
+def _unsigned(n: Any, what: str = "capacity") -> int:
     """N for a C unsigned argument. ctypes wraps one outside 0..2**32-1
     silently (capacity=2**32 + 1 made a worker of capacity 1): such a
     value is passed as the nearest bound, which the library then refuses
-    with its own text ("capacity must be 1..100000")."""
+    with its own text ("capacity must be 1..100000"). Another type than an
+    int (a bool, 1.5, "2") is a TypeError: int() cut 1.5 to 1 and read "2"."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError("%s must be an int, not %s" % (what, type(n).__name__))
     return min(max(int(n), 0), 2**32 - 1)
 
 
@@ -160,6 +164,7 @@ class Worker:
                  heartbeat_ms: Optional[int] = None,
                  batching: Optional[bool] = None, key: Optional[str] = None,
                  broker_key: Optional[str] = None) -> None:
+        C.check_callable(handler, "handler")
         self.service = service
         self._handler = handler
         # Held while the handle is freed: stop() from another thread (or a
@@ -182,6 +187,8 @@ class Worker:
         self._refused: tuple = (0, None)  # (code, error) as the loop last read it
         self._job_cb = JOB_FN(weak_method(self._on_job))
         self._cancel_cb = CANCEL_FN(weak_method(self._on_cancel))
+        if labels is not None and not isinstance(labels, Mapping):
+            raise TypeError("labels must be a dict, not %s" % type(labels).__name__)
         o = C.make_options(endpoint, name, None, heartbeat_ms, False, batching, key, broker_key)
         try:
             check(lib.ab_worker_new(byref(self._h), o, b(service), _unsigned(capacity)),
@@ -196,6 +203,7 @@ class Worker:
     # -- configuration ----------------------------------------------------
     def handler(self, fn: Handler) -> Handler:
         """Decorator form: ``@worker.handler``."""
+        C.check_callable(fn, "handler")
         self._handler = fn
         return fn
 
@@ -294,8 +302,16 @@ class Worker:
         loop = asyncio.get_running_loop()
         fd = c_int()
         check(lib.ab_worker_fd(self._handle(), byref(fd)), self.last_error)
+        # A second run()/serve() (another thread, another loop) took over
+        # _loop and _pool and drained the same handle from a second thread
+        # beside the first, against the one-thread rule; it then outlived
+        # shutdown() and close().
+        with self._calls_lock:
+            if not self._served.is_set():
+                raise RuntimeError("agentbus: this worker is already serving (run() or serve() "
+                                   "on another thread or loop): one at a time")
+            self._served.clear()
         self._loop = loop
-        self._served.clear()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.capacity), thread_name_prefix="agentbus-worker")
         loop.add_reader(fd.value, self._drain)
@@ -537,6 +553,8 @@ def inference_reply(kind: str, **fields: Any) -> bytes:
     Ollama's field names (``response``, ``done``, ``message``, its
     ``tool_calls``, ``logprobs`` and ``context``, ``embeddings`` as lists of
     floats; durations in nanoseconds)."""
+    if kind not in ("generate", "chat", "embed"):  # was "undefined symbol: agentbus__..."
+        raise ValueError("kind must be 'generate', 'chat' or 'embed', not %r" % (kind,))
     f = dict(fields)
     timings = {k: f.pop(k) for k in list(f) if k in C._TIMINGS and kind != "embed"}
     if timings:

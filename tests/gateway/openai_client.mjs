@@ -19,6 +19,16 @@ function check(cond, what, detail) {
 const models = await client.models.list();
 const ids = models.data.map((m) => m.id);
 check(ids.includes('sim-small:latest') && models.data[0].object === 'model', 'models.list', ids);
+// models.retrieve (GET /v1/models/{model}) was a 404 "page not found"
+const one = await client.models.retrieve('sim-small');
+check(one.object === 'model' && one.id === 'sim-small:latest', 'models.retrieve', one);
+try {
+  await client.models.retrieve('no-such-model');
+  check(false, 'models.retrieve of an unknown model fails');
+} catch (err) {
+  check(err instanceof OpenAI.NotFoundError && err.error && err.error.code === 'model_not_found',
+    'models.retrieve of an unknown model: 404 NotFoundError', err.message);
+}
 
 const messages = [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'hello' }];
 const c = await client.chat.completions.create({ model: 'sim-small', messages, max_tokens: 6, seed: 4 });

@@ -599,7 +599,7 @@ def case_bigbody(tmp):
 
 
 def case_types(tmp):
-    sim, [(gw, _, _)] = t.start_stack(tmp, [[]])
+    sim, [(gw, port, _)] = t.start_stack(tmp, [[]])
     base = t.sim_stats(sim)["requests"]
     msgs = [{"role": "user", "content": "hi"}]
     bad = [
@@ -607,6 +607,7 @@ def case_types(tmp):
         ("/api/generate", {"model": "fast", "prompt": "x", "stream": "false"}, "stream"),
         ("/api/embed", {"model": "fast", "input": "x", "truncate": "false"}, "truncate"),
         ("/api/chat", {"model": 7, "messages": msgs}, "model"),
+        ("/api/show", {"model": 7}, "model"),  # was "model is required"
         ("/v1/chat/completions", {"model": "fast", "messages": msgs, "stream": "true"}, "stream"),
         ("/v1/completions", {"model": "fast", "prompt": "x", "stream": 1}, "stream"),
         ("/v1/chat/completions", {"model": "fast", "messages": msgs, "max_tokens": "10"},
@@ -620,6 +621,24 @@ def case_types(tmp):
                                   "response_format": {"type": "xml"}}, "response_format"),
         ("/v1/embeddings", {"model": "fast", "input": "x", "encoding_format": "hex"},
          "encoding_format"),
+        # passed as if not given ("echo": "yes", "modalities": "audio") or
+        # refused as another value ("n": "2" was "n other than 1")
+        ("/v1/completions", {"model": "fast", "prompt": "x", "echo": "yes"}, "echo"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "modalities": "audio"},
+         "modalities"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "n": "2"}, "n"),
+        ("/v1/completions", {"model": "fast", "prompt": "x", "best_of": 1.0}, "best_of"),
+        ("/v1/chat/completions", {"model": "fast", "messages": ["hi"]}, "messages"),
+        # answered as if not sent: the part's text dropped, free text for a schema
+        ("/v1/chat/completions", {"model": "fast", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": 5}]}]}, "content"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": 5}}},
+         "response_format.json_schema.schema"),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "response_format": {
+            "type": "json_schema"}}, "response_format.json_schema.schema"),
+        ("/api/generate", {"model": "fast", "prompt": "x", "options": {"num_ctx": 1e300}},
+         "option num_ctx"),
     ]
     for path, body, field in bad:
         st, _, text = post(gw + path, body)
@@ -628,6 +647,9 @@ def case_types(tmp):
         check(st == 400 and isinstance(msg, str) and msg.startswith(f"invalid {field}:") and
               (isinstance(err, dict) == path.startswith("/v1/")),
               f"{path} with a wrongly typed {field}: 400 naming it ({st} {text[:160]})")
+    # a message that is no object was "a message needs a role"
+    st, _, text = post(gw + "/v1/chat/completions", {"model": "fast", "messages": ["hi", 5]})
+    check(st == 400 and "message objects" in text, f"messages of strings: 400 saying so ({text})")
     check(t.sim_stats(sim)["requests"] == base, "none of them reached the simulator")
     good = [
         ("/api/generate", {"model": "fast", "prompt": "x", "raw": True, "stream": False}),
@@ -636,10 +658,49 @@ def case_types(tmp):
                                   "max_tokens": 10, "temperature": 0,
                                   "response_format": {"type": "text"}}),
         ("/v1/embeddings", {"model": "fast", "input": "x", "encoding_format": "float"}),
+        ("/v1/completions", {"model": "fast", "prompt": "x", "echo": False, "n": 1,
+                             "best_of": None}),
+        ("/v1/chat/completions", {"model": "fast", "messages": msgs, "modalities": ["text"]}),
+        ("/api/show", {"model": "", "name": "fast"}),  # Ollama's: name when model is empty
     ]
     for path, body in good:
         st, _, text = post(gw + path, body)
         check(st == 200, f"{path} with the right types: served ({st} {text[:120]})")
+    s_header_lines(sim, port)
+    # a numeric option out of its range said only "bad value for --X: 'V'"
+    for args, want in [(["--max-body-bytes", "100"], "expected an integer 1024..1073741824"),
+                       (["--threads=999"], "expected an integer 0..256")]:
+        r = subprocess.run([f"{t.BIN}/agentbus-gateway", *args], capture_output=True, text=True,
+                           timeout=10)
+        check(r.returncode == 2 and want in r.stderr,
+              f"{args}: exit 2 naming the range ({r.returncode} {r.stderr[:100]!r})")
+
+
+def s_header_lines(sim, port):
+    """A repeated X-Agentbus-* header: only its first line was read, so a
+    second "X-Agentbus-Cache: no-store" was dropped (the answer stored), and
+    a second timeout or an unreadable second line ignored (a seed makes
+    the answer cacheable, docs/cache.md)."""
+    gen = b'{"model":"fast","prompt":"two cache lines","stream":false,"options":{"seed":7}}'
+
+    def ask(lines):
+        return exchange(port, b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + lines +
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(gen) + gen)
+    before = t.sim_stats(sim)["requests"]
+    st, text, _ = ask(b"X-Agentbus-Cache: no-read\r\nX-Agentbus-Cache: no-store\r\n")
+    check(st == 200, f"no-read and no-store on two lines: served ({text[-120:]!r})")
+    st, text, _ = ask(b"")
+    check(st == 200 and t.sim_stats(sim)["requests"] == before + 2,
+          "the same request after it is not a cache hit: no-store was read "
+          f"({t.sim_stats(sim)['requests'] - before} at the simulator)")
+    for name, lines in [("X-Agentbus-Cache", b"X-Agentbus-Cache: off\r\nX-Agentbus-Cache: x\r\n"),
+                        ("X-Agentbus-Timeout-Ms", b"X-Agentbus-Timeout-Ms: 60000\r\n"
+                         b"X-Agentbus-Timeout-Ms: 5\r\n"),
+                        ("X-Agentbus-Priority", b"X-Agentbus-Priority: 3\r\n"
+                         b"X-Agentbus-Priority: batch\r\n")]:
+        st, text, _ = ask(lines)
+        check(st == 400 and f"invalid {name}" in text,
+              f"{name} twice: 400 naming it ({text[-90:]!r})")
 
 
 def case_offload(tmp):

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -405,7 +406,47 @@ def test_refused_handle_says_why(bus):
     with pytest.raises(agentbus.InvalidError):
         w.capacity = 2**32 + 5
     assert w.capacity == 2
+    # Another type than an int is a TypeError: int() cut 1.7 to 1 and read
+    # "3" as 3; labels=[...] raised AttributeError from inside __init__.
+    for capacity in (1.7, "3", True, None):
+        with pytest.raises(TypeError, match="capacity must be an int"):
+            w.capacity = capacity
+        with pytest.raises(TypeError, match="capacity must be an int"):
+            agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, capacity=capacity)
+    assert w.capacity == 2
+    with pytest.raises(TypeError, match="labels must be a dict"):
+        agentbus.Worker("ok", lambda job: b"", endpoint=bus.endpoint, labels=[("gpu", "0")])
     w.close()
+
+
+def test_uncallable_handler_or_callback_is_a_type_error(bus):  # and reply to a non-Message
+    # A handler or subscription callback that is no function failed only
+    # once a job or message came, inside the call delivering it (a
+    # subscription's TypeError out of poll(), after the broker had it).
+    with pytest.raises(TypeError, match="handler must be callable"):
+        agentbus.Worker("ok", b"reply", endpoint=bus.endpoint)
+    w = agentbus.Worker("ok", endpoint=bus.endpoint)
+    with pytest.raises(TypeError, match="handler must be callable"):
+        w.handler("not a function")
+    w.close()
+    with bus.client() as c:
+        with pytest.raises(TypeError, match="callback must be callable"):
+            c.subscribe("alerts.", callback="print")
+        got = []
+        c.subscribe("alerts.", callback=got.append)
+        c.publish("alerts.x", b"1")
+        c.run(timeout=0.5)
+        assert [m.data for m in got] == [b"1"]
+        # reply() to what is no Message raised AttributeError "'_c'"
+        for bad in (None, "alerts.x", got[0].sender):
+            with pytest.raises(TypeError, match="agentbus.Message"):
+                c.reply(bad, b"x")
+
+    async def areply():
+        async with agentbus.AsyncClient(bus.endpoint) as a:
+            with pytest.raises(TypeError, match="agentbus.Message"):
+                await a.reply(None, b"x")
+    asyncio.run(areply())
 
 
 def test_data_of_another_type_is_a_type_error(bus):
@@ -864,6 +905,16 @@ def test_priority_must_be_a_whole_number_or_a_lane(bus):
         assert c.pending == 0
         for good in (0, 255, "batch", "Interactive"):
             assert c.request("echo", b"ok", priority=good, timeout=5) == b"ok"
+        # cache="off" went as the default (neither True nor False) and
+        # idempotent="no" as idempotent (a non-empty str is true).
+        for kw in ({"cache": "off"}, {"cache": 0}, {"idempotent": "no"}, {"idempotent": None}):
+            with pytest.raises(TypeError, match=next(iter(kw))):
+                c.request("echo", b"x", timeout=5, **kw)
+            with pytest.raises(TypeError, match=next(iter(kw))):
+                c.stream("echo", b"x", timeout=5, **kw)
+        assert c.request("echo", b"ok", cache=False, idempotent=False, timeout=5) == b"ok"
+    with pytest.raises(ValueError, match="kind must be"):
+        agentbus.inference_reply("generat", response="x")
 
 
 class _HandleUse:
@@ -1096,3 +1147,37 @@ def test_stream_closed_from_another_thread_while_iterated(bus, monkeypatch):
         assert time.monotonic() - t0 < 5
         assert c.pending == 0
     assert not use.overlaps, use.overlaps[:3]
+
+
+def test_stopped_wait_says_stopped(bus):
+    # stop() sets a flag (any thread, a signal handler), which cannot write
+    # the handle's text: the wait that saw it raised StoppedError with the
+    # text of the call before it, "no message in time" (recv waits a second
+    # at a time, each a TIMEOUT inside).
+    c = bus.client()
+    try:
+        threading.Timer(1.3, c.stop).start()
+        t0 = time.monotonic()
+        with pytest.raises(agentbus.StoppedError) as e:
+            c.recv(timeout=10)
+        assert time.monotonic() - t0 < 5
+        assert "stopped" in e.value.text and "no message" not in e.value.text, e.value.text
+        with pytest.raises(agentbus.StoppedError) as e:
+            c.request("echo", b"x", timeout=1)
+        assert "stopped" in e.value.text, e.value.text
+    finally:
+        c.close()
+
+
+def test_agentbus_lib_that_does_not_load_is_an_import_error(tmp_path):
+    # A wrong $AGENTBUS_LIB (a typo, a build not made yet) fell through to
+    # the checkout's build/ or the system's library without a word.
+    import subprocess
+    import sys
+    bad = tmp_path / "libagentbus.so"
+    bad.write_bytes(b"not a library")
+    for path in (str(tmp_path / "missing.so"), str(bad)):
+        env = dict(os.environ, AGENTBUS_LIB=path, PYTHONPATH=os.path.join(ROOT, "python"))
+        r = subprocess.run([sys.executable, "-c", "import agentbus; print(agentbus.LIB_PATH)"],
+                           env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "cannot load $AGENTBUS_LIB" in r.stderr, (r.stdout, r.stderr)

@@ -180,6 +180,54 @@ def test_ids_out_of_range(ollama):
         assert g["context"][:2] == [0, 4294967295]
 
 
+def test_wrong_types_are_refused(ollama):
+    """A text field given another type, a text with a NUL, or a list given
+    as a str or dict is a TypeError/ValueError naming it, before anything
+    is sent. ctypes took them before: prompt=5 went as "" (and
+    system=10**8 allocated 100 MB of NULs to send ""), "a\\0b" as "a",
+    images="abc" as three one-byte images, context="12" as [1, 2],
+    raw="false" as True; options=[1] and messages=["hi"] raised
+    AttributeError."""
+    msgs = [{"role": "user", "content": "hi"}]
+    with ollama.client() as c:
+        cases = [
+            (TypeError, "prompt", lambda: c.generate("sim-small", 5, timeout=20)),
+            (TypeError, "system", lambda: c.generate("sim-small", "x", system=10**8, timeout=20)),
+            (ValueError, "prompt", lambda: c.generate("sim-small", "a\0b", timeout=20)),
+            (TypeError, "images", lambda: c.generate("sim-small", "x", images="abc", timeout=20)),
+            (TypeError, "images", lambda: c.generate("sim-small", "x", images=[5], timeout=20)),
+            (TypeError, "context", lambda: c.generate("sim-small", "x", context="12", timeout=20)),
+            (TypeError, "raw", lambda: c.generate("sim-small", "x", raw="false", timeout=20)),
+            (TypeError, "options", lambda: c.generate("sim-small", "x", options=[1], timeout=20)),
+            (TypeError, "temperature", lambda: c.generate("sim-small", "x",
+                                                          options={"temperature": "0"})),
+            (TypeError, "messages", lambda: c.chat("sim-small", "hi", timeout=20)),
+            (TypeError, "message", lambda: c.chat("sim-small", ["hi"], timeout=20)),
+            (TypeError, "content", lambda: c.chat("sim-small", [{"role": "user", "content": 5}])),
+            (ValueError, "content", lambda: c.chat("sim-small", [{"role": "user",
+                                                                  "content": "a\0b"}])),
+            (TypeError, "format", lambda: c.chat("sim-small", msgs, format=5, timeout=20)),
+        ]
+        for exc, name, call in cases:
+            with pytest.raises(exc, match=name):
+                call()
+        assert c.generate("sim-small", "x", options={"num_predict": 1}, timeout=20)["done"]
+
+
+def test_format_schema(ollama):
+    """format takes a JSON schema (a dict), as Ollama's does and the
+    gateway carries it: it crosses as its text, and the simulator answers
+    JSON. Before, a dict raised TypeError from ctypes ("{'type': ...}")."""
+    import json
+    schema = {"type": "object", "properties": {"text": {"type": "string"}}}
+    with ollama.client() as c:
+        g = c.generate("sim-small", "x", format=schema, options={"num_predict": 4}, timeout=20)
+        assert isinstance(json.loads(g["response"]), dict)
+        r = c.chat("sim-small", [{"role": "user", "content": "x"}], format=schema,
+                   options={"num_predict": 4}, timeout=20)
+        assert isinstance(json.loads(r["message"]["content"]), dict)
+
+
 def test_big_unstreamed_answer(ollama):
     """An answer over the worker's 8 MiB bound for stream: false (7,000
     tokens with 20 top_logprobs each, ~9 MB) is a TooLargeError (BackendError

@@ -826,3 +826,32 @@ def test_failure_after_work_began_is_not_redispatched(bus, serve, monkeypatch):
             assert tried == [data], tried
             assert chunks == ([b"p1"] if data == b"part" else []), chunks
     assert begun == [b"backend cut"] * 2, begun  # "part" too, though the broker knew
+
+
+def test_second_run_while_serving_is_refused(bus):
+    """A second run() on another thread while the first serves raised
+    nothing: it took over the worker's loop and pool and drained the same
+    C handle from a second thread (the handle is one thread's at a time),
+    and it was still running after shutdown() and close()."""
+    w = agentbus.Worker("twice", lambda job: job.data, endpoint=bus.endpoint)
+    first = threading.Thread(target=w.run, daemon=True)
+    first.start()
+    bus.wait_workers("twice")
+    got = {}
+
+    def second():
+        try:
+            w.run()
+            got["second"] = "returned"
+        except RuntimeError as e:
+            got["second"] = str(e)
+    t = threading.Thread(target=second, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive() and "already serving" in got.get("second", ""), got
+    with bus.client() as c:
+        assert c.request("twice", b"ok", timeout=5) == b"ok"
+    w.stop()
+    first.join(5)
+    assert not first.is_alive()
+    w.close()

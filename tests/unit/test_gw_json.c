@@ -122,6 +122,12 @@ static void s_test_refused(void)
         "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,-2]}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[1,2.5]}",
         "{\"model\":\"m\",\"prompt\":\"x\",\"context\":[4294967296]}",
+        /* a real outside int64 where an integer goes: its C conversion was
+         * undefined (INT64_MIN on x86), and the request went on with it */
+        "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"num_ctx\":1e300}}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"seed\":-1e19}}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"options\":{\"top_k\":9.3e18}}",
+        "{\"model\":\"m\",\"prompt\":\"x\",\"keep_alive\":1e300}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         gw_req_t req;
