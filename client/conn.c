@@ -97,6 +97,8 @@ const char *ab_conn_new_error(void)
  * message in time" came with a STOPPED). */
 int ab_conn_stopped(ab_conn_t *c)
 {
+    if (c->auth_refused) /* the text says why (ab_*_refused): kept */
+        return AB_ESTOPPED;
     return ab_conn_fail(c, AB_ESTOPPED, "%s", "the handle was stopped (ab_*_stop)");
 }
 

@@ -145,7 +145,9 @@ const char *ab_conn_refusal(const ab_conn_t *c);
 /* Formats the handle's last error text and returns CODE. */
 int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* AB_ESTOPPED, with the handle's text saying so (the stop flag's setter
- * cannot write it: any thread, a signal handler). Handle's thread. */
+ * cannot write it: any thread, a signal handler), unless the handshake
+ * was refused: the text then says why, as ab_*_refused promise. Handle's
+ * thread. */
 int ab_conn_stopped(ab_conn_t *c);
 /* Sends header H and DATA (copied; NULL/0 for none). */
 int ab_conn_send(ab_conn_t *c, const ab_header_t *h, const void *data, size_t size);

@@ -471,8 +471,8 @@ static int s_recv(ab_worker_t *w, ab_job_t **job, int timeout_ms, int quiet)
     if (!w || !job)
         return AB_EINVAL;
     *job = NULL;
-    if (atomic_load(&w->conn.stop)) /* no job handed out, waiting or not */
-        return ab_conn_stopped(&w->conn);
+    if (atomic_load(&w->conn.stop)) /* no job handed out; a refusal's text kept */
+        return ab_worker_refused(w) ? AB_ESTOPPED : ab_conn_stopped(&w->conn);
     /* Set when the first pass found no job: a job already waiting costs
      * no clock read. */
     int64_t end = 0;
