@@ -20,8 +20,7 @@ static int s_zpl_ok(const char *v)
 }
 
 /* 1 if grant V (comma-separated globs) names nothing: "", blanks, commas.
- * The broker reads such a grant as "none", not as the default, so a
- * quoted variable that was empty took every service away without a word. */
+ * The broker reads such a grant as "none", not as the default. */
 static int s_grant_empty(const char *v)
 {
     return v && strspn(v, " ,") == strlen(v);
@@ -95,16 +94,7 @@ static int s_check_opts(const char *name, const ctl_keygen_opts_t *o)
         fprintf(stderr, "brokerctl: keygen: a grant may not contain '\"' or a newline\n");
         return 2;
     }
-    const char *grant[3] = {o->services, o->names, o->topics};
-    static const char *const flag[3] = {"--services", "--names", "--topics"};
-    for (int i = 0; i < 3; i++)
-        if (s_grant_empty(grant[i])) {
-            fprintf(stderr, "brokerctl: keygen: %s '%s' grants nothing; give at least one "
-                            "glob, or leave %s out for its default\n", flag[i], grant[i],
-                    flag[i]);
-            return 2;
-        }
-    if (!strcmp(o->role, "worker") && !o->services) {
+    if (!strcmp(o->role, "worker") && (!o->services || s_grant_empty(o->services))) {
         fprintf(stderr, "brokerctl: keygen: a worker key needs --services (the services it "
                         "may register)\n");
         return 2;
@@ -112,10 +102,27 @@ static int s_check_opts(const char *name, const ctl_keygen_opts_t *o)
     return 0;
 }
 
+/* A grant of nothing is meant sometimes (a key that may claim no name),
+ * but from an empty shell variable it took every service away unsaid:
+ * said on stderr, the key written. */
+static void s_note_empty_grants(const ctl_keygen_opts_t *o)
+{
+    const char *grant[3] = {o->services, o->names, o->topics};
+    static const char *const flag[3] = {"--services", "--names", "--topics"};
+    static const char *const what[3] = {"request no service", "claim no agent name",
+                                        "publish or subscribe no topic"};
+    for (int i = 0; i < 3; i++)
+        if (s_grant_empty(grant[i]))
+            fprintf(stderr, "brokerctl: keygen: note: %s '%s' grants nothing: this key may %s "
+                            "(leave %s out for its default)\n", flag[i], grant[i], what[i],
+                    flag[i]);
+}
+
 int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
 {
     if (s_check_opts(name, o) != 0)
         return 2;
+    s_note_empty_grants(o);
     char pub[41], sec[41], path[4096], spath[4200];
     if (ab_curve_keypair(pub, sec) != AB_OK) {
         fprintf(stderr, "brokerctl: keygen: libzmq has no CURVE support\n");
