@@ -195,14 +195,8 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     if (ab_msgs_init(b) != 0 || ab_clients_init(b) != 0)
         return -1;
     b->cache = ab_cache_new(cfg); /* NULL: off */
-    if (b->cache && cfg->data_dir[0] && !ab_cache_has_l3(b->cache)) {
-        /* Asked for by name, so not dropped with only an ERROR line: the
-         * broker ran on without its L3 cache. */
-        fprintf(stderr, "agentbus-broker: invalid data-dir '%s': cannot open the L3 cache in it "
-                "(the error above says why; an empty data-dir runs without the L3 cache)\n",
-                cfg->data_dir);
+    if (ab_cache_l3_missing(b->cache, cfg)) /* said on stderr */
         return -2;
-    }
 
     if (s_router_new(b, cfg) != 0)
         return -1;

@@ -16,6 +16,7 @@
 #include "agentbus.pb-c.h"
 #include "util.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,9 +101,16 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     return c;
 }
 
-int ab_cache_has_l3(const ab_cache_t *c)
+int ab_cache_l3_missing(const ab_cache_t *c, const ab_broker_config_t *cfg)
 {
-    return c && c->l3;
+    if (!c || !cfg->data_dir || !cfg->data_dir[0] || c->l3)
+        return 0;
+    /* Asked for by name, so not dropped with only an ERROR line: the
+     * broker ran on without its L3 cache. */
+    fprintf(stderr, "agentbus-broker: invalid data-dir '%s': cannot open the L3 cache in it "
+            "(the error above says why; an empty data-dir runs without the L3 cache)\n",
+            cfg->data_dir);
+    return 1;
 }
 
 void ab_cache_destroy(ab_cache_t **cp)

@@ -31,9 +31,10 @@ typedef struct ab_cache_req ab_cache_req_t;
  * of memory: the broker then runs without a cache). */
 ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg);
 void ab_cache_destroy(ab_cache_t **c);
-/* 1 when C has its L3 tier (LMDB in --data-dir) open, else 0 (also for
- * NULL). A failure to open it was logged by ab_cache_new. */
-int ab_cache_has_l3(const ab_cache_t *c);
+/* 1, said on stderr, when CFG names a data-dir but C (not NULL: the cache
+ * is on) could not open its L3 tier there (ab_cache_new logged why); else
+ * 0. The broker then exits 2, as for a bad value. */
+int ab_cache_l3_missing(const ab_cache_t *c, const ab_broker_config_t *cfg);
 
 /* A REQUEST for service S arrived from CLIENT (which announced
  * CLIENT_FEATURES, AB_FEATURE_*, in its HELLO; 0 if none), header H,
