@@ -609,7 +609,7 @@ static void s_answer_dropped(ab_broker_t *b, const ab_header_t *h, s_body_t *bod
         uint64_t oks = r->oks_at_dispatch, held = ab_broker_clock_us(b) - r->dispatch_us;
         ab_req_free(b, r);
         if (judge)
-            ab_health_on_deadline(b, w, oks, held);
+            ab_health_on_deadline(b, w, oks, held, (h->flags & AB_FLAG_NON_IDEMPOTENT) != 0);
         ab_health_kick_later(b); /* its credit is back: the queue may move */
     }
 }
@@ -724,7 +724,7 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
     int ok = h->kind != AB_KIND_ERROR || w->peer->link_role == AB_LINK_WORKER ||
              s_request_at_fault(h->error_code);
     if (!ok && h->error_code == AB_ERR_DEADLINE)
-        ab_health_on_deadline(b, w, oks_then, held);
+        ab_health_on_deadline(b, w, oks_then, held, (h->flags & AB_FLAG_NON_IDEMPOTENT) != 0);
     else
         ab_health_on_result(b, w, ok);
     ab_service_dispatch(b, s);

@@ -526,9 +526,10 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok)
 }
 
 void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch,
-                           uint64_t held_us)
+                           uint64_t held_us, int begun)
 {
-    if (w->health.oks != oks_at_dispatch || held_us < (uint64_t)b->cfg->health_floor_ms * 1000) {
+    if (begun || w->health.oks != oks_at_dispatch ||
+        held_us < (uint64_t)b->cfg->health_floor_ms * 1000) {
         b->c.deadline_busy++;
         return;
     }

@@ -117,9 +117,13 @@ void ab_health_on_result(ab_broker_t *b, ab_worker_rec_t *w, int ok);
  * answering is busy (R waited in its backend's queue: the client's
  * deadline, not the worker, decided), and ejecting it would take back
  * what it is running, fail its streams WORKER_LOST and idle its GPU
- * (issue 20); a hung worker answers nothing and is still ejected. */
+ * (issue 20); a hung worker answers nothing and is still ejected.
+ * BEGUN (the answer's NON_IDEMPOTENT: its backend had produced output for
+ * it) is no failure either: the request was long, not the worker broken,
+ * and one client asking a slow model for long answers with a short
+ * deadline ejected the only worker after five. */
 void ab_health_on_deadline(ab_broker_t *b, ab_worker_rec_t *w, uint64_t oks_at_dispatch,
-                           uint64_t held_us);
+                           uint64_t held_us, int begun);
 void ab_health_on_draining(ab_broker_t *b, ab_worker_rec_t *w);
 /* Remembers R's holders other than WINNER, so their answers count as
  * duplicates; ab_health_is_dup asks. */

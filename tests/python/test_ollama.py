@@ -262,3 +262,23 @@ def test_truncate_shift(ollama):
         r = c.chat("sim-small", [{"role": "user", "content": "one two three"}], shift=False,
                    options={"num_ctx": 10, "seed": 1}, timeout=20)
         assert r["done_reason"] == "length" and r["eval_count"] == 10 - r["prompt_eval_count"]
+
+
+def test_long_streams_past_their_deadline_do_not_eject(bus, sim):
+    # One client asks a slow model for long streamed answers with a 1.5 s
+    # deadline: each passes while the worker streams it, and the worker
+    # answers the CANCEL at once, saying its backend had begun (tokens were
+    # flowing). Five such deadlines ejected the only worker, again at each
+    # probe; a request that was long is not a worker that failed.
+    port = sim("--quiet", "--model", "slow,token_ms=100,load_ms=0,reply_tokens=1000",
+               "--model", "fast,token_ms=1,load_ms=0,reply_tokens=3")
+    bus.procs.spawn("agentbus-worker", "--broker", bus.endpoint, "--backend", "ollama",
+                    "--ollama-url", "http://127.0.0.1:%d" % port, "--heartbeat-ms", "200")
+    bus.wait_workers("ollama")
+    with bus.client() as c:
+        for i in range(7):
+            with pytest.raises(agentbus.DeadlineError):
+                list(c.generate("slow", "a long story %d" % i, stream=True, timeout=1.5))
+        st = c.control("stats")
+        assert st["workers_ejected"] == 0 and st["deadline_busy"] >= 5, st["deadline_busy"]
+        assert c.generate("fast", "hi", timeout=10)["done"]
