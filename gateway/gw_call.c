@@ -214,7 +214,8 @@ static const char *s_call_headers(gw_conn_t *c, s_hdrs_t *h)
         else if (end != pr && !*end && n > 255)
             h->priority = 255u, h->has_priority = 1;
         else
-            return "invalid X-Agentbus-Priority: want interactive, normal, batch or 0..255";
+            return "invalid X-Agentbus-Priority: want interactive, normal, batch or a number >= 0 "
+                   "(above 255: 255)";
     }
     if (s_header_lines(c, "X-Agentbus-Cache", &h->cache_flags).bad) /* every line, joined */
         return "invalid X-Agentbus-Cache: want on, off, no-read or no-store";
