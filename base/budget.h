@@ -11,7 +11,8 @@
  * A repeated message field takes a record for each entry: millions of
  * empty entries, 2 bytes each on the wire, took ~25-60x the message's
  * size (a 40 MB chat request of empty messages: 2.7 GB in the broker).
- * Thread-safe: the budget is the caller's.
+ * Thread-safe: the budget is the caller's. Code that links libagentbus
+ * calls ab_pb_unpack (agentbus.h), which does the above.
  */
 #ifndef AB_BUDGET_H
 #define AB_BUDGET_H

@@ -7,7 +7,6 @@
  * message or the next timer. Nothing here blocks outside ZeroMQ.
  */
 #include "broker.h"
-#include "budget.h"
 #include "service.h"
 #include "router.h"
 #include "batching.h"
@@ -563,9 +562,8 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
     int takeover = 0;
     uint64_t instance = 0;
     if (pl->size) {
-        size_t left = AB_DECODE_BUDGET(pl->size); /* a peer's: base/budget.h */
-        ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
-        Agentbus__Hello *m = agentbus__hello__unpack(&a, pl->size, pl->data);
+        Agentbus__Hello *m = (Agentbus__Hello *)ab_pb_unpack(&agentbus__hello__descriptor,
+                                                             pl->size, pl->data); /* a peer's */
         if (!m) {
             s_reject(b, in, AB_EDECODE, 2);
             return;

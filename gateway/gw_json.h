@@ -55,8 +55,8 @@ void gw_req_free(gw_req_t *req);
  * with protobuf_c_message_free_unpacked(m, NULL); NULL when the bytes do
  * not decode or out of memory. */
 void *gw_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb);
-/* protobuf_c_message_unpack(DESC, LEN, PB) within AB_DECODE_BUDGET(LEN)
- * bytes (base/budget.h): a record for each entry of a repeated message
+/* protobuf_c_message_unpack(DESC, LEN, PB) within 4x LEN + 1 MiB
+ * (ab_pb_unpack, agentbus.h): a record for each entry of a repeated message
  * field took ~25x its 2 bytes on the wire (millions of empty embeddings);
  * NULL past it, as for bytes that do not decode. Free as gw_pb_unpack's. */
 void *gw_pb_decode(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb);

@@ -3,7 +3,7 @@
  * gw_pb_unpack in gw_json.h).
  */
 #include "gw_json.h"
-#include "budget.h"
+#include "agentbus.h"
 #include "text.h"
 
 #include <stdint.h>
@@ -84,9 +84,7 @@ static int s_fix(ProtobufCMessage *m)
 
 void *gw_pb_decode(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb)
 {
-    size_t left = AB_DECODE_BUDGET(len);
-    ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
-    return protobuf_c_message_unpack(desc, &a, len, pb);
+    return ab_pb_unpack(desc, len, pb);
 }
 
 void *gw_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const void *pb)

@@ -7,7 +7,6 @@
  * so the worker can send it as a PARTIAL the moment the line is complete.
  */
 #include "ollama_json.h"
-#include "budget.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "tl_base64.h"
@@ -285,10 +284,9 @@ int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, 
 {
     memset(call, 0, sizeof *call);
     /* within a budget: a client's 40 MB chat request of empty messages took
-     * a record for each, gigabytes (base/budget.h) */
-    size_t left = AB_DECODE_BUDGET(len);
-    ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
-    Agentbus__InferenceRequest *r = agentbus__inference_request__unpack(&a, len, pb);
+     * a record for each, gigabytes (ab_pb_unpack) */
+    Agentbus__InferenceRequest *r = (Agentbus__InferenceRequest *)ab_pb_unpack(
+        &agentbus__inference_request__descriptor, len, pb);
     if (!r)
         return s_fail(err, errcap, "payload is not an agentbus.InferenceRequest (or it "
                       "decodes to more than 4x its size)");

@@ -11,7 +11,6 @@
  */
 #define XXH_INLINE_ALL
 #include "cache_key.h"
-#include "budget.h"
 #include "codec.h"
 #include "agentbus.pb-c.h"
 
@@ -241,11 +240,9 @@ ab_key_kind_t ab_cache_key(const ab_key_input_t *in, ab_cache_key_t *key)
      * as they travel); it is cached only when marked, on its bytes. */
     if (has_model && in->size && !(in->flags & AB_FLAG_LZ4)) {
         /* within a budget: a client's 40 MB chat request of empty messages
-         * took 2.7 GB here, a record for each (base/budget.h) */
-        size_t left = AB_DECODE_BUDGET(in->size);
-        ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
-        Agentbus__InferenceRequest *r =
-            agentbus__inference_request__unpack(&a, in->size, in->payload);
+         * took 2.7 GB here, a record for each (ab_pb_unpack) */
+        Agentbus__InferenceRequest *r = (Agentbus__InferenceRequest *)ab_pb_unpack(
+            &agentbus__inference_request__descriptor, in->size, in->payload);
         if (r) {
             int det = 0;
             s_str(&st, 'k', "typed");

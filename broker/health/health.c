@@ -11,7 +11,6 @@
 #define AB_LOG_SUBSYS "health" /* log.h: the subsystem in log lines */
 #include "request.h"
 #include "auth.h"
-#include "budget.h"
 #include "health.h"
 #include "service.h"
 #include "router.h"
@@ -424,9 +423,8 @@ void ab_health_on_heartbeat(ab_broker_t *b, ab_worker_rec_t *w, const void *pl, 
     int64_t gap = now - h->last_hb_ms;
     h->last_hb_ms = now;
     if (pl && len) {
-        size_t left = AB_DECODE_BUDGET(len); /* a peer's: base/budget.h */
-        ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
-        Agentbus__WorkerHeartbeat *m = agentbus__worker_heartbeat__unpack(&a, len, pl);
+        Agentbus__WorkerHeartbeat *m = (Agentbus__WorkerHeartbeat *)ab_pb_unpack(
+            &agentbus__worker_heartbeat__descriptor, len, pl); /* a peer's */
         if (m) {
             ab_health_backend_state(b, w, m->backend_state);
             agentbus__worker_heartbeat__free_unpacked(m, NULL);

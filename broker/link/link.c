@@ -12,7 +12,6 @@
 #define AB_LOG_SUBSYS "link"
 #include "link_int.h"
 #include "auth.h"
-#include "budget.h"
 #include "batching.h"
 #include "batch.h"
 #include "router.h"
@@ -628,9 +627,8 @@ static void s_on_msg(ab_broker_t *b, ab_link_t *l, int dealer, const ab_header_t
                       pl->size, b->cfg->link_dir_max_bytes);
             return;
         }
-        size_t left = AB_DECODE_BUDGET(pl->size); /* a peer's: base/budget.h */
-        ProtobufCAllocator a = {AB_BUDGET_ALLOCATOR(&left)};
-        Agentbus__LinkMsg *m = agentbus__link_msg__unpack(&a, pl->size, pl->data);
+        Agentbus__LinkMsg *m = (Agentbus__LinkMsg *)ab_pb_unpack(&agentbus__link_msg__descriptor,
+                                                                 pl->size, pl->data);
         if (!m) {
             b->c.malformed++;
             return;
