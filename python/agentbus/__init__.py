@@ -31,6 +31,7 @@ def library_version() -> str:
     return _clib.ab_version().decode()
 
 
-__all__ = ["AsyncClient", "AsyncStream", "AsyncSubscription", "Worker", "Job", "PayloadError", "inference_reply", "Client", "Stream", "Subscription", "Message", "AgentbusError", "BY_CODE",
-           "STATUS_CODES", "error", "library_version", "LIB_PATH", "__version__"]
+__all__ = ["AsyncClient", "AsyncStream", "AsyncSubscription", "Worker", "Job", "PayloadError",
+           "inference_reply", "Client", "Stream", "Subscription", "Message", "AgentbusError",
+           "BY_CODE", "STATUS_CODES", "error", "library_version", "LIB_PATH", "__version__"]
 __all__ += [c.__name__ for c in BY_CODE.values()]
