@@ -88,6 +88,8 @@ static const s_option_t s_options[] = {
      "backoff of a worker's first ejection; doubles with each further one"},
     {"eject-max-ms", OPT_LONG, OFF(eject_max_ms), 10, 86400000, "60000",
      "cap on the ejection backoff"},
+    {"cancel-grace-ms", OPT_LONG, OFF(cancel_grace_ms), 0, 3600000, "10000",
+     "a worker that answers nothing this long after a CANCEL counts a failure (0: off)"},
     {"max-client-inflight", OPT_LONG, OFF(max_client_inflight), 1, 100000000, "100000",
      "requests one client may have held by the broker at once; beyond it BUSY"},
     {"drain-ms", OPT_LONG, OFF(drain_ms), 0, 600000, "2000",

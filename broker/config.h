@@ -45,6 +45,7 @@ typedef struct {
     long eject_failures;      /* consecutive failed requests before ejection */
     long eject_base_ms;       /* first ejection's backoff; doubles each time */
     long eject_max_ms;        /* cap on the backoff */
+    long cancel_grace_ms;     /* a CANCEL unanswered this long, nothing else answered: failure */
     long max_client_inflight; /* requests one client may have held at once */
     size_t max_held_bytes;        /* request bytes (payloads + records) held in total */
     size_t max_client_held_bytes; /* request bytes (payloads + records) held for one client */

@@ -43,6 +43,7 @@ typedef struct {
     uint64_t held_bytes_busy;   /* BUSY: max-client-held-bytes or max-held-bytes (request.c) */
     uint64_t deadline_early;    /* DEADLINE before dispatch: too little time left */
     uint64_t deadline_busy;     /* issue 20: expired at a worker that kept answering (health.c) */
+    uint64_t cancels_unanswered; /* cancel-grace-ms passed, the worker answered nothing */
 } ab_counters_t;
 
 /* Counts an ERROR sent or forwarded with wire CODE (any value; one the

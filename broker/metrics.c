@@ -191,6 +191,10 @@ static const struct {
     {"agentbus_deadline_busy_total",
      "Deadlines that passed at a worker that answered other requests meanwhile (not held against it)",
      C(deadline_busy)},
+    {"agentbus_cancels_unanswered_total",
+     "Cancelled requests a worker still held cancel-grace-ms later, having answered nothing since "
+     "(each a failure of the worker)",
+     C(cancels_unanswered)},
 };
 
 static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)

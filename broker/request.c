@@ -656,6 +656,8 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
      * not that worker, nor may an agent's key answer at all. */
     uint64_t from = holder ? p->rid_hash : ab_rid_hash(from_rid, b->in_key);
     int late = r && !holder && ab_req_tried(r, from) && ab_auth_may_answer(b->in_key);
+    if (holder)
+        p->worker->health.answers++; /* it answers: not hung (s_cancel_overdue) */
     if (!holder && !late) {
         b->c.replies_dropped++;
         if (final && ab_health_is_dup(b, corr, from))
@@ -747,6 +749,8 @@ void ab_req_on_answer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from,
 }
 
 /* --- deadlines ---------------------------------------------------------------- */
+static void s_cancel_overdue(ab_broker_t *b, ab_req_t *r);
+
 void ab_deadline_push(ab_broker_t *b, ab_req_t *r)
 {
     r->dl.key = r->deadline_ms;
@@ -785,6 +789,8 @@ void ab_deadline_expire(ab_broker_t *b, int64_t now)
              * it sent meanwhile may still wait in the socket behind a
              * busy loop: ab_health_on_deadline). */
             r->deadline_passed = 1;
+        } else if (r->state == AB_REQ_ORPHANED) {
+            s_cancel_overdue(b, r);
         } else {
             b->c.deadline_expired++;
             ab_req_fail(b, r, AB_ERR_DEADLINE, "deadline passed while queued");
@@ -793,6 +799,46 @@ void ab_deadline_expire(ab_broker_t *b, int64_t now)
 }
 
 /* --- cancel and the client index ------------------------------------------- */
+/* A worker that never answers a CANCEL (hung while its heartbeats go on:
+ * a stuck handler, a backend call that never returns) kept the slot
+ * forever: nothing judged it, since a deadline is judged at the worker's
+ * answer. Its capacity went, one request at a time, while it stayed
+ * "healthy". So an orphan R waits in the deadline heap for cancel-grace-ms
+ * more; if by then its worker answered nothing at all (no reply, chunk or
+ * error to any request), that counts one failure, and again each period:
+ * a hung worker is ejected after eject-failures periods, and what it holds
+ * is taken back (ab_health_take_back). One that answers others is busy,
+ * not hung (a handler that cannot stop): it keeps the slot until it
+ * answers. Not a broker link's: its health is its heartbeats. */
+static void s_cancel_arm(ab_broker_t *b, ab_req_t *r)
+{
+    ab_deadline_remove(b, r);
+    if (!b->cfg->cancel_grace_ms || r->state != AB_REQ_ORPHANED ||
+        r->worker->peer->link_role == AB_LINK_WORKER)
+        return;
+    r->answers_at_cancel = r->worker->health.answers;
+    r->dl.key = ab_now_ms() + b->cfg->cancel_grace_ms;
+    (void)ab_heap_push(&b->deadlines, &r->dl); /* out of memory: not watched */
+}
+
+/* R's CANCEL went cancel-grace-ms ago and its worker still holds it. */
+static void s_cancel_overdue(ab_broker_t *b, ab_req_t *r)
+{
+    ab_worker_rec_t *w = r->worker;
+    int hung = w->health.answers == r->answers_at_cancel;
+    s_cancel_arm(b, r); /* watched again: judged once per period */
+    if (!hung)
+        return;
+    b->c.cancels_unanswered++;
+    r->deadline_passed = 0; /* judged here: its late answer is not judged again */
+    AB_LOG_RL(&b->rl, w->peer->rid_hash ^ 0xca0c, ab_now_ms(), AB_LOG_WARN,
+              "worker %s%s%s answered nothing in the %ld ms since request %llu (service %s) was "
+              "cancelled: counted as a failure", w->peer->key, w->peer->name[0] ? " " : "",
+              w->peer->name, b->cfg->cancel_grace_ms, (unsigned long long)r->bid,
+              r->service->name);
+    ab_health_on_result(b, w, 0); /* may eject W, which frees R */
+}
+
 void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
 {
     if (!r->worker || ab_cache_has_waiters(r)) /* identical requests wait for it */
@@ -806,6 +852,7 @@ void ab_cancel_send(ab_broker_t *b, ab_req_t *r, uint32_t why)
     h.error_code = why;
     h.target = ab_view_of(r->service->name);
     ab_send(b, &r->worker->peer->rid, &h, NULL);
+    s_cancel_arm(b, r);
 }
 
 /* --- each client's own requests -------------------------------------------

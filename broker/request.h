@@ -82,6 +82,7 @@ struct ab_req {
     uint64_t dispatch_us;         /* last sent to a worker */
     uint64_t oks_at_dispatch;     /* its worker's successful answers then (health.h) */
     uint8_t deadline_passed;      /* orphaned by its deadline: judged at the worker's answer */
+    uint64_t answers_at_cancel;   /* its worker's answers when CANCEL went (cancel-grace-ms) */
     ab_defer_node_t later;        /* queued for an action after a walk (drain) */
     struct ab_fwd *fwd;           /* came over a broker link (link.h); NULL otherwise */
     uint64_t held_bytes; /* AB_REQ_RECORD_BYTES plus its payload's size when the

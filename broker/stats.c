@@ -239,6 +239,7 @@ static void s_failure_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->held_bytes_busy = c->held_bytes_busy;
     st->deadline_early = c->deadline_early;
     st->deadline_busy = c->deadline_busy;
+    st->cancels_unanswered = c->cancels_unanswered;
     st->clients = (uint32_t)zhashx_size(b->clients);
     st->draining = b->draining;
     st->probes = c->probes;

@@ -47,6 +47,7 @@ typedef struct {
     uint32_t stable_beats;       /* on-time heartbeats at this interval */
     uint32_t failures;           /* consecutive failed requests */
     uint64_t oks;                /* successful answers so far (ab_health_on_deadline) */
+    uint64_t answers;            /* frames answering requests it held (cancel-grace-ms) */
     uint32_t ejections, eject_streak;
     int64_t ejected_until_ms;
     uint32_t backoff_ms;         /* of the last ejection */

@@ -224,14 +224,14 @@ static int s_make_keys(void)
     return 0;
 }
 
-/* Short timers and small limits, so that expiry, eviction, full mailboxes
- * and queues happen within a run. */
+/* Short timers and small limits, so that expiry, eviction, full mailboxes,
+ * queues and unanswered CANCELs (cancel-grace-ms) happen within a run. */
 #define NF_BROKER_ARGS                                                                       \
     "--heartbeat-ms", "500", "--liveness", "3", "--mailbox-ttl-ms", "700",                   \
         "--mailbox-max-msgs", "8", "--mailbox-total-bytes", "64K", "--queue-max", "40",      \
         "--default-timeout-ms", "3000", "--max-timeout-ms", "8000", "--sub-queue-max", "16", \
         "--startup-grace-ms", "0", "--cache-l1-bytes", "1M", "--max-client-held-bytes",     \
-        "64K", "--self-check-ms", "100", "--log-level", "warn"
+        "64K", "--self-check-ms", "100", "--cancel-grace-ms", "300", "--log-level", "warn"
 
 /* --linked: a broker NAME on EP with CURVE, dialing PEER_EP and PEER2_EP
  * (NULL: none), into ARGV (strings kept in STORE, 8 of them). */

@@ -1,6 +1,7 @@
 """Python workers beside C ones: served to Python and C clients (brokerctl)."""
 
 import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -172,6 +173,55 @@ def test_requests_at_fault_do_not_eject_the_worker(bus, serve):
             with pytest.raises(agentbus.ApplicationError):
                 c.request("judged", b"broken", timeout=10)
         assert c.control("stats")["workers_ejected"] == 1
+
+
+def test_a_worker_that_never_answers_a_cancel(procs):
+    # A worker whose heartbeats go on but which never answers a CANCEL (a
+    # handler stuck for good: a backend call that never returns) kept the
+    # slot forever, and stayed "healthy": a deadline is judged at the
+    # worker's answer, and none came. Now cancel-grace-ms after the CANCEL
+    # a worker that answered nothing at all since counts a failure, once
+    # per period, and is ejected after eject-failures: what it held is
+    # taken back. One that answers others meanwhile is busy, not hung.
+    from conftest import Bus
+    bus = Bus(procs).start("--cancel-grace-ms", "300", "--eject-failures", "3")
+    release = threading.Event()
+
+    def handler(job):
+        if job.data == b"hang":
+            release.wait(60)  # never looks at job.cancelled
+        return job.data
+
+    r = Running(bus, "stuck", handler, capacity=4)
+    try:
+        with bus.client() as c:
+            with pytest.raises(agentbus.DeadlineError):
+                c.request("stuck", b"hang", timeout=0.5)
+            # Busy, not hung: it answers others for several periods.
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                assert c.request("stuck", b"other", timeout=10) == b"other"
+                time.sleep(0.05)
+            st = c.control("stats")
+            assert st["cancels_unanswered"] == 0 and st["workers_ejected"] == 0, st
+            assert st["pending"] == 1  # the orphan, holding its slot
+            # Hung: nothing answered for three periods -> ejected, taken back.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                st = c.control("stats")
+                if st["workers_ejected"] >= 1 and st["pending"] == 0:
+                    break
+                time.sleep(0.05)
+            assert st["workers_ejected"] == 1 and st["pending"] == 0, st
+            assert st["cancels_unanswered"] >= 3, st
+            release.set()  # its late answer is dropped; a probe brings it back
+            assert c.request("stuck", b"back", timeout=30) == b"back"
+            out = brokerctl(bus, "stats", "--json")
+            assert out.returncode == 0, out.stderr
+            assert json.loads(out.stdout)["health"]["cancels_unanswered"] >= 3
+    finally:
+        release.set()
+        r.stop()
 
 
 def test_cancellation_async_and_sync(bus, serve):

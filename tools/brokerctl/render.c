@@ -133,6 +133,9 @@ static json_t *s_health_json(const Agentbus__Stats *st)
                      "probes", (json_int_t)st->probes, "send_eagain", (json_int_t)st->send_eagain,
                      "send_unreachable", (json_int_t)st->send_unreachable, "client_limit_busy",
                      (json_int_t)st->client_limit_busy, "draining", st->draining);
+    json_object_set_new(j, "deadline_busy", json_integer((json_int_t)st->deadline_busy));
+    json_object_set_new(j, "cancels_unanswered",
+                        json_integer((json_int_t)st->cancels_unanswered));
     json_object_set_new(j, "transitions", entered);
     return j;
 }
@@ -276,13 +279,15 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             "   late replies %llu\n"
             "             deadline expired %llu   suspected %llu   ejected %llu   probes %llu"
             "   disconnects %llu\n"
-            "             send eagain %llu   unreachable %llu   client limit busy %llu%s\n",
+            "             send eagain %llu   unreachable %llu   client limit busy %llu\n"
+            "             deadline busy %llu   cancels unanswered %llu%s\n",
             (unsigned long long)st->redispatched, (unsigned long long)st->retries_exhausted,
             (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies,
             (unsigned long long)st->deadline_expired, (unsigned long long)st->workers_suspected,
             (unsigned long long)st->workers_ejected, (unsigned long long)st->probes,
             (unsigned long long)st->disconnects, (unsigned long long)st->send_eagain,
             (unsigned long long)st->send_unreachable, (unsigned long long)st->client_limit_busy,
+            (unsigned long long)st->deadline_busy, (unsigned long long)st->cancels_unanswered,
             st->draining ? "   DRAINING" : "");
     s_transitions_text(out, st);
     fprintf(out, "lanes        clients %u   client queue busy %llu   deadline early %llu\n\n",
