@@ -2,6 +2,12 @@
  * backend_ollama.c - serves inference requests from one Ollama server (one
  * GPU) over libcurl multi: keep-alive connections, N concurrent slots,
  * NDJSON streamed into PARTIAL replies line by line as it arrives.
+ * Generate and chat are always asked of Ollama streamed: a client's
+ * stream: false request gets no PARTIAL, its lines are put together here
+ * into the one REPLY Ollama's stream: false answer would be
+ * (ollama_assemble.h). So bytes arrive as soon as Ollama generates, for
+ * either kind, and a deadline passing mid-answer is said to the broker as
+ * "the backend had begun" (docs/health.md, "Circuit breaker").
  *
  * Why one thread and curl multi: the worker's ZeroMQ socket and every HTTP
  * transfer are driven by the same loop (wait = curl_multi_poll on the curl
@@ -33,6 +39,7 @@
  * Models: probed and reported by ollama_probe.c (backend_ollama.h).
  */
 #include "backend_ollama.h"
+#include "ollama_assemble.h"
 #include "ollama_json.h"
 #include "text.h"
 #include "tl_clock.h"
@@ -66,6 +73,7 @@ typedef struct s_job {
     CURL *easy;
     wk_ollama_credit_t *credit; /* its model's, while ACTIVE (NULL: admin, or table full) */
     wk_ndjson_t nd;
+    wk_ol_asm_t *whole; /* a stream: false generate or chat: its lines put together */
     long status;
     size_t body_bytes; /* of a 200 answer, this attempt: once > 0, no retry */
     char errbody[S_ERRBODY];
@@ -218,9 +226,9 @@ static void s_fail(s_job_t *j, int status, const char *fmt, const char *detail)
 }
 
 /* An answer over what the worker takes (a line over S_MAX_LINE, a
- * stream: false answer over WK_OLLAMA_BODY_MAX, a line whose decoding
- * would take over WK_OL_DECODE_MAX): TOO_LARGE, for the client to ask for
- * less. Counted for s_refused_summary. */
+ * stream: false answer that put together passes WK_OLLAMA_BODY_MAX, a
+ * line whose decoding would take over WK_OL_DECODE_MAX): TOO_LARGE, for
+ * the client to ask for less. Counted for s_refused_summary. */
 static void s_too_large(s_job_t *j, const char *why)
 {
     if (j->answered)
@@ -254,6 +262,25 @@ static void s_refused_summary(wk_ollama_t *o, int at_exit)
     o->too_large_said_ms = now;
 }
 
+/* A line of a stream: false request: kept, and when it is the done line
+ * the whole answer goes to the client as the REPLY. */
+static void s_whole_add(s_job_t *j, const wk_ol_chunk_t *c)
+{
+    uint8_t *out;
+    size_t out_len;
+    int rc = wk_ol_asm_add(j->whole, c->pb, c->pb_len, &out, &out_len);
+    if (rc == -1) {
+        s_too_large(j, "Ollama's answer (stream: false) is over the worker's 8 MiB bound: ask "
+                       "for it streamed (stream: true), each line is bounded on its own");
+    } else if (rc != 0) {
+        s_fail(j, AB_EINTERNAL, "%s", "worker out of memory putting the answer together");
+    } else if (out) {
+        j->answered = j->succeeded = 1;
+        ab_worker_reply(j->o->w, &j->job, out, out_len);
+        free(out);
+    }
+}
+
 static int s_on_line(const char *line, size_t len, void *arg)
 {
     s_job_t *j = arg;
@@ -277,6 +304,8 @@ static int s_on_line(const char *line, size_t len, void *arg)
     }
     if (!j->job) { /* preload: only the outcome matters */
         j->answered = j->succeeded = c.done;
+    } else if (j->whole) {
+        s_whole_add(j, &c);
     } else if (c.done) {
         j->answered = j->succeeded = 1;
         ab_worker_reply(o->w, &j->job, c.pb, c.pb_len);
@@ -303,13 +332,11 @@ static size_t s_on_data(char *data, size_t size, size_t n, void *arg)
     }
     j->body_bytes += bytes;
     int rc = wk_ndjson_feed(&j->nd, data, bytes, s_on_line, j);
-    if (rc < 0) /* the bound of S_MAX_LINE / WK_OLLAMA_BODY_MAX, said as the caller can act on it */
-        s_too_large(j, j->call.stream ? "Ollama sent a line over the worker's 16 MiB bound"
-                       : j->call.kind == WK_OL_EMBED
-                       ? "Ollama's embeddings are over the worker's 16 MiB bound: ask for fewer "
-                         "inputs (or dimensions) per request"
-                       : "Ollama's answer (stream: false) is over the worker's 8 MiB bound: ask "
-                         "for it streamed (stream: true), each line is bounded on its own");
+    if (rc < 0) /* the bound of S_MAX_LINE, said as the caller can act on it */
+        s_too_large(j, j->call.kind != WK_OL_EMBED
+                       ? "Ollama sent a line over the worker's 16 MiB bound"
+                       : "Ollama's embeddings are over the worker's 16 MiB bound: ask for fewer "
+                         "inputs (or dimensions) per request");
     /* A final answer (or an error) ends the transfer: nothing more to read. */
     return rc == 0 ? bytes : 0;
 }
@@ -338,6 +365,13 @@ static int s_start(wk_ollama_t *o, s_job_t *j)
 {
     char url[600];
     snprintf(url, sizeof url, "%s%s", o->url, j->call.path);
+    /* A client's stream: false generate or chat is streamed by Ollama too
+     * and its lines put together here. A retry starts a new one: it comes
+     * only before any byte of the answer (body_bytes 0). */
+    wk_ol_asm_destroy(&j->whole);
+    if (j->job && !j->call.stream && j->call.kind != WK_OL_EMBED &&
+        !(j->whole = wk_ol_asm_new(j->call.kind, WK_OLLAMA_BODY_MAX)))
+        return -1;
     j->easy = s_easy_get(o);
     if (!j->easy)
         return -1;
@@ -347,8 +381,7 @@ static int s_start(wk_ollama_t *o, s_job_t *j)
     j->errbody[0] = '\0';
     wk_ndjson_fini(&j->nd);
     /* embeddings come in one line, as large as a streamed line may be */
-    wk_ndjson_init(&j->nd, j->call.stream || j->call.kind == WK_OL_EMBED ? S_MAX_LINE
-                                                                          : WK_OLLAMA_BODY_MAX);
+    wk_ndjson_init(&j->nd, S_MAX_LINE);
     curl_easy_setopt(j->easy, CURLOPT_URL, url);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->call.body);
     curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE, (long)j->call.body_len);
@@ -403,6 +436,7 @@ static void s_job_free(wk_ollama_t *o, s_job_t *j)
         ab_job_destroy(&j->job);
     wk_ol_call_free(&j->call);
     wk_ndjson_fini(&j->nd);
+    wk_ol_asm_destroy(&j->whole);
     free(j);
 }
 

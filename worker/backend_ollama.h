@@ -17,7 +17,7 @@
 #include <curl/curl.h>
 #include <stdint.h>
 
-#define WK_OLLAMA_BODY_MAX (8u << 20) /* longest non-streamed / probe answer */
+#define WK_OLLAMA_BODY_MAX (8u << 20) /* longest stream: false answer (assembled), probe answer */
 #define WK_OLLAMA_REFRESH_MIN_MS 250  /* probes this soon after a change */
 #define WK_OLLAMA_SPARE_MAX 16        /* easy handles kept for reuse */
 #define WK_OLLAMA_CREDITS_MAX 32      /* models with a limit of their own at once */

@@ -320,8 +320,12 @@ int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, 
     if (rc == 0) {
         snprintf(call->model, sizeof call->model, "%s", model);
         json_object_set_new(j, "model", json_string(model));
+        /* Always streamed: bytes say at once that Ollama began (a CANCEL
+         * at the deadline is then no failure of the worker's); a client's
+         * stream: false answer is put together by the worker
+         * (ollama_assemble.h). Embeddings come in one object. */
         if (call->kind != WK_OL_EMBED)
-            json_object_set_new(j, "stream", json_boolean(call->stream));
+            json_object_set_new(j, "stream", json_true());
         call->body = tl_json_dumps(j, JSON_COMPACT); /* 0.7f as 0.7 */
         if (!call->body)
             rc = s_fail(err, errcap, "out of memory");

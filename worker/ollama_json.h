@@ -24,7 +24,8 @@ typedef struct {
     char *body;        /* JSON, malloc'd */
     size_t body_len;
     char model[256];
-    int stream;        /* 1: the answer is NDJSON, one PARTIAL per line */
+    int stream;        /* 1: the client wants a PARTIAL per line; 0: one REPLY (Ollama
+                        * is asked to stream generate and chat either way) */
 } wk_ol_call_t;
 
 /* Decodes PB (an InferenceRequest) into CALL. 0, or -1 with a reason in

@@ -318,7 +318,9 @@ static void s_midstream_error(void)
     CHECK_EQ(r.partials, 3);  /* what was generated arrived first */
     CHECK_TRUE(r.order_ok);   /* and the error was the last word */
     CHECK_TRUE(strstr(r.error, "simulated error mid-stream") != NULL);
-    /* not streamed: the simulator answers 500; still an error, never success */
+    /* not streamed: the worker asks Ollama to stream all the same (it
+     * puts the lines together): the error line ends it, no PARTIAL, still
+     * an error, never success */
     g.stream = 0;
     CHECK_EQ(ot_generate(c, &g, &r), AB_EBACKEND);
     CHECK_EQ(r.partials, 0);

@@ -282,3 +282,78 @@ def test_long_streams_past_their_deadline_do_not_eject(bus, sim):
         st = c.control("stats")
         assert st["workers_ejected"] == 0 and st["deadline_busy"] >= 5, st["deadline_busy"]
         assert c.generate("fast", "hi", timeout=10)["done"]
+
+
+def test_long_unstreamed_answers_past_their_deadline_do_not_eject(bus, sim):
+    # As above, for stream: false: Ollama sent nothing until the whole
+    # answer was ready, so the worker's answer to the CANCEL could not say
+    # its backend had begun, and five deadlines ejected the only worker.
+    # The worker asks Ollama to stream and puts the lines together itself:
+    # the first line says Ollama began (docs/health.md, "Circuit breaker").
+    port = sim("--quiet", "--model", "slow,token_ms=100,load_ms=0,reply_tokens=1000",
+               "--model", "fast,token_ms=1,load_ms=0,reply_tokens=3")
+    bus.procs.spawn("agentbus-worker", "--broker", bus.endpoint, "--backend", "ollama",
+                    "--ollama-url", "http://127.0.0.1:%d" % port, "--heartbeat-ms", "200")
+    bus.wait_workers("ollama")
+    with bus.client() as c:
+        for i in range(7):
+            with pytest.raises(agentbus.DeadlineError):
+                c.generate("slow", "a long story %d" % i, timeout=1.5)
+        st = c.control("stats")
+        assert st["workers_ejected"] == 0 and st["deadline_busy"] >= 5, st["deadline_busy"]
+        assert c.generate("fast", "hi", timeout=10)["done"]
+
+
+def _sim_whole(port, path, body):
+    """Ollama-sim's own stream: false answer to BODY."""
+    import json
+    import urllib.request
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
+                                 data=json.dumps(dict(body, stream=False)).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        return json.load(r)
+
+
+def _same_answer(ours, theirs):
+    """OURS (the worker's REPLY) holds what THEIRS (the backend's stream:
+    false answer) does, but for the time it was made and the durations."""
+    skip = {"created_at", "worker", "total_duration", "load_duration", "prompt_eval_duration",
+            "eval_duration"}
+    a = {k: v for k, v in ours.items() if k not in skip}
+    b = {k: v for k, v in theirs.items() if k not in skip}
+    assert a == b
+
+
+def test_unstreamed_answer_is_ollamas(ollama):
+    """The worker asks Ollama to stream a stream: false request and puts
+    the lines together: the REPLY holds what Ollama's own stream: false
+    answer does (text, thinking, logprobs, tool calls, context, counts)."""
+    opts = {"seed": 3, "num_predict": 12}
+    with ollama.client() as c:
+        g = c.generate("sim-small", "Why is the sky blue?", think=True, logprobs=True,
+                       top_logprobs=2, options=opts, timeout=20)
+        _same_answer(g, _sim_whole(ollama.sim_port, "/api/generate", {
+            "model": "sim-small", "prompt": "Why is the sky blue?", "think": True,
+            "logprobs": True, "top_logprobs": 2, "options": opts}))
+        assert g["thinking"] and g["response"] and g["context"] and len(g["logprobs"]) > 12
+        g = c.generate("sim-small", "a JSON object", format="json", options=opts, timeout=20)
+        _same_answer(g, _sim_whole(ollama.sim_port, "/api/generate", {
+            "model": "sim-small", "prompt": "a JSON object", "format": "json",
+            "options": opts}))
+        msgs = [{"role": "user", "content": "hello there"}]
+        r = c.chat("sim-small", msgs, think=True, logprobs=True, options=opts, timeout=20)
+        _same_answer(r, _sim_whole(ollama.sim_port, "/api/chat", {
+            "model": "sim-small", "messages": msgs, "think": True, "logprobs": True,
+            "options": opts}))
+        assert r["message"]["thinking"] and r["message"]["content"] and r["logprobs"]
+        msgs = [{"role": "user", "content": "what time is it in Lima?"}]
+        r = c.chat("sim-small", msgs, tools=TOOLS, options=opts, timeout=20)
+        _same_answer(r, _sim_whole(ollama.sim_port, "/api/chat", {
+            "model": "sim-small", "messages": msgs, "tools": TOOLS, "options": opts}))
+        assert r["message"]["tool_calls"]
+        msgs += [r["message"], {"role": "tool", "content": "noon", "tool_name": "get_time"}]
+        r = c.chat("sim-small", msgs, tools=TOOLS, options=opts, timeout=20)
+        _same_answer(r, _sim_whole(ollama.sim_port, "/api/chat", {
+            "model": "sim-small", "messages": msgs, "tools": TOOLS, "options": opts}))
+        assert r["message"]["content"].startswith("The get_time tool said: noon. ")
