@@ -1,5 +1,5 @@
 /*
- * broker.c - the event loop and the receive path.
+ * broker.c - the event loop and the receive path (the peer table: peer.c).
  *
  * One thread owns the ROUTER socket. Each turn drains every message that is
  * waiting (non-blocking receives), then runs the timers (request deadlines,
@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 
 #define AB_RECV_BURST 4096 /* messages per turn before timers get a look */
@@ -41,72 +40,13 @@ struct ab_tick {
     int id;
 };
 
-static void s_sweep_peers(ab_broker_t *b, int64_t now);
-
-/* Peers are keyed by their binary routing id (the ab_rid_t inside the peer),
- * so the per-message lookup hashes a few bytes and formats nothing. */
-static size_t s_rid_hash(const void *key)
-{
-    const ab_rid_t *r = key;
-    return (size_t)ab_hash_bytes(r->bytes, r->len);
-}
-
-static int s_rid_cmp(const void *a, const void *b)
-{
-    const ab_rid_t *x = a, *y = b;
-    if (x->len != y->len)
-        return x->len < y->len ? -1 : 1;
-    return memcmp(x->bytes, y->bytes, x->len);
-}
-
-/* The name of a peer without one: never freed. */
-static char s_no_name[1];
-
-int ab_peer_set_name(ab_peer_t *p, const char *prefix, const char *name)
-{
-    size_t lp = strlen(prefix), ln = strlen(name);
-    if (lp + ln > AB_NAME_MAX - 1)
-        ln = lp < AB_NAME_MAX - 1 ? AB_NAME_MAX - 1 - lp : 0;
-    char *n = lp + ln ? malloc(lp + ln + 1) : NULL;
-    if (p->name != s_no_name)
-        free(p->name); /* NULL in a record just calloc'd */
-    p->name = s_no_name;
-    if (!n)
-        return lp + ln ? -1 : 0;
-    memcpy(n, prefix, lp);
-    memcpy(n + lp, name, ln);
-    n[lp + ln] = '\0';
-    p->name = n;
-    return 0;
-}
-
-static void s_peer_free(void **item)
-{
-    ab_peer_t *p = *item;
-    ab_peer_set_name(p, "", "");
-    ab_defer_cancel(&p->later); /* a walk's queue never reaches a freed peer */
-    ab_defer_cancel(&p->kill);
-    ab_batching_peer_free(NULL, *item);
-    ab_idmap_fini(&((ab_peer_t *)*item)->reqs_by_id);
-    free(*item);
-    *item = NULL;
-}
-
 /* The peer and service tables. 0 or -1. */
 static int s_tables_new(ab_broker_t *b)
 {
-    b->peers = zhashx_new();
-    zhashx_set_key_hasher(b->peers, s_rid_hash);
-    zhashx_set_key_comparator(b->peers, s_rid_cmp);
-    zhashx_set_key_duplicator(b->peers, NULL);
-    zhashx_set_key_destructor(b->peers, NULL);
-    zhashx_set_destructor(b->peers, s_peer_free);
-    b->peer_keys = zhashx_new();
-    zhashx_set_key_duplicator(b->peer_keys, NULL);
-    zhashx_set_key_destructor(b->peer_keys, NULL);
     b->services = zhashx_new();
-    zhashx_set_destructor(b->services, ab_service_free);
-    return b->peers && b->peer_keys && b->services ? 0 : -1;
+    if (b->services)
+        zhashx_set_destructor(b->services, ab_service_free);
+    return ab_peers_new(b) == 0 && b->services ? 0 : -1;
 }
 
 /* The ROUTER socket with its options (not bound yet). 0 or -1. */
@@ -187,7 +127,7 @@ int ab_broker_init(ab_broker_t *b, ab_broker_config_t *cfg)
     /* Liveness is judged in whole intervals: a walk over every peer ten
      * times a second was ~1 ms of the loop each time with 10,000 agents. */
     long sweep = cfg->heartbeat_ms < 1000 ? cfg->heartbeat_ms : 1000;
-    if (ab_broker_every(b, sweep > AB_SWEEP_MS ? sweep : AB_SWEEP_MS, s_sweep_peers) < 0 ||
+    if (ab_broker_every(b, sweep > AB_SWEEP_MS ? sweep : AB_SWEEP_MS, ab_peers_sweep) < 0 ||
         ab_service_init(b) != 0 ||
         ab_router_init(b) != 0)
         return -1;
@@ -300,140 +240,6 @@ void ab_broker_cancel(ab_broker_t *b, int id)
         }
 }
 
-/* --- peers ---------------------------------------------------------------- */
-static void s_rid_key(const ab_rid_t *rid, char *key)
-{
-    ab_hex(rid->bytes, rid->len, key, 2 * AB_RID_MAX + 1);
-}
-
-ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid)
-{
-    /* The entries of a BATCH all come from one peer, and its answers and
-     * requests follow each other: the last two peers found are checked
-     * first (a hash of the id and a table probe saved per message; two,
-     * since a client's requests and a worker's answers alternate). */
-    for (int i = 0; i < 2; i++) {
-        ab_peer_t *p = b->peer_hint[i];
-        if (p && p->rid.len == rid->len && memcmp(p->rid.bytes, rid->bytes, rid->len) == 0)
-            return p;
-    }
-    ab_peer_t *p = zhashx_lookup(b->peers, rid);
-    if (p) {
-        b->peer_hint[1] = b->peer_hint[0];
-        b->peer_hint[0] = p;
-    }
-    return p;
-}
-
-ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key)
-{
-    return zhashx_lookup(b->peer_keys, key);
-}
-
-/* Names P with a random 64-bit token, unique among live peers. Never the
- * routing id: the ROUTER assigns ids in sequence from a random start, and a
- * peer that saw one could connect with the next ones (ZMQ_ROUTING_ID); when
- * libzmq (4.3) then assigns such an id to a new connection it aborts the
- * broker (an assertion in socket_base.cpp). So ids are never shown. */
-static void s_peer_key(ab_broker_t *b, ab_peer_t *p)
-{
-    static uint64_t seq;
-    for (int i = 0; i < 8; i++) {
-        uint64_t v = 0;
-        if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
-            v = ab_hash_bytes(p->rid.bytes, p->rid.len) ^ ab_now_ns() ^ ++seq;
-        snprintf(p->key, sizeof p->key, "%016llx", (unsigned long long)v);
-        if (!zhashx_lookup(b->peer_keys, p->key))
-            break;
-    }
-    zhashx_update(b->peer_keys, p->key, p);
-}
-
-/* Creates the record of a peer not seen before. */
-static ab_peer_t *s_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now)
-{
-    ab_peer_t *p = calloc(1, sizeof *p);
-    if (!p)
-        return NULL;
-    p->rid = *rid;
-    p->name = s_no_name;
-    p->rid_hash = ab_rid_hash(rid, b->in_key);
-    s_peer_key(b, p);
-    p->role = role;
-    p->connected_ms = p->last_seen_ms = now;
-    p->heartbeat_ms = b->cfg->heartbeat_ms;
-    p->fd = -1;
-    /* Its requests by client id: the same churn as the pending table. */
-    p->reqs_by_id.keep_cap = 2048;
-    ab_auth_peer_new(p, b->in_key);
-    zhashx_insert(b->peers, &p->rid, p);
-    AB_DEBUG("peer %s connected", p->key);
-    return p;
-}
-
-ab_peer_t *ab_peer_add(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now)
-{
-    const struct ab_key *k = b->in_key;
-    b->in_key = NULL; /* no connection: no key */
-    ab_peer_t *p = s_peer_new(b, rid, role, now);
-    b->in_key = k;
-    return p;
-}
-
-void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why)
-{
-    ab_link_peer_gone(b, peer); /* first: its worker record still names its service */
-    /* Agents come and go all day; a worker leaving matters to an operator. */
-    AB_LOG(peer->worker ? AB_LOG_INFO : AB_LOG_DEBUG, "peer %s (%s%s%s) dropped: %s", peer->key,
-           peer->worker ? "worker" : "agent", peer->name[0] ? " " : "", peer->name, why);
-    ab_directory_forget(b, &peer->rid);
-    int agent = !peer->worker;
-    if (peer->worker)
-        ab_worker_detach(b, peer->worker, why);
-    ab_cancel_client_gone(b, peer, agent); /* frees their workers' slots */
-    ab_clients_peer_gone(b, peer); /* after its requests left their flows */
-    ab_msgs_peer_gone(b, peer);
-    ab_batching_peer_free(b, peer);
-    ab_router_peer_gone(b, peer);
-    ab_auth_peer_gone(peer);
-    if (zhashx_lookup(b->peer_keys, peer->key) == peer)
-        zhashx_delete(b->peer_keys, peer->key);
-    for (int i = 0; i < 2; i++)
-        if (b->peer_hint[i] == peer)
-            b->peer_hint[i] = NULL; /* freed next */
-    zhashx_delete(b->peers, &peer->rid);
-}
-
-static void s_drop_silent(void *ctx, ab_defer_node_t *n)
-{
-    ab_peer_drop(ctx, ab_defer_data(n, ab_peer_t, later), "heartbeat timeout");
-}
-
-/* Drops the peers silent for `liveness` heartbeat intervals. */
-static void s_sweep_peers(ab_broker_t *b, int64_t now)
-{
-    /* Queued, then dropped: a zhashx may not change while iterated, and
-     * dropping one peer may drop another (re-dispatch), which then leaves
-     * the queue as it is freed. */
-    ab_defer_t dead;
-    ab_defer_init(&dead);
-    uint32_t agents = 0;
-    for (ab_peer_t *p = zhashx_first(b->peers); p; p = zhashx_next(b->peers)) {
-        if (p->link_role >= AB_LINK_WORKER)
-            continue; /* no connection: lives and dies with its link (link.h) */
-        int64_t ivl = p->heartbeat_ms > b->cfg->heartbeat_ms ? p->heartbeat_ms : b->cfg->heartbeat_ms;
-        if (p->worker && p->worker->health.expect_ms > ivl)
-            ivl = p->worker->health.expect_ms; /* adaptive interval (health.c) */
-        if (!p->worker && p->hb_told > ivl)
-            ivl = p->hb_told; /* agents' interval grows with their number (health.h) */
-        agents += !p->worker && p->link_role == AB_LINK_NONE;
-        if (now - p->last_seen_ms > ivl * b->cfg->liveness)
-            ab_defer_add(&dead, &p->later, s_drop_silent);
-    }
-    ab_defer_run(&dead, b);
-    ab_health_agents_counted(b, agents);
-}
-
 /* --- receive path ----------------------------------------------------------- */
 typedef struct {
     ab_rid_t rid;
@@ -540,7 +346,7 @@ static void s_reject(ab_broker_t *b, s_in_t *in, int status, size_t nframes)
     char key[2 * AB_RID_MAX + 1];
     b->c.malformed++;
     AB_COUNT_REJECTED(b, status);
-    s_rid_key(&in->rid, key);
+    ab_rid_key(&in->rid, key);
     /* A first message that is garbage is likelier a stranger than a bug: a
      * TLS or other binary client can pass libzmq's old ZMTP 1.0 greeting. */
     const char *stranger = ab_peer_lookup(b, &in->rid) ? "" : " (a new connection: not an "
@@ -605,7 +411,7 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
  * out of memory. */
 static ab_peer_t *s_peer_of(ab_broker_t *b, s_in_t *in, ab_peer_t *p, ab_role_t role)
 {
-    if (!p && (p = s_peer_new(b, &in->rid, role, in->now))) {
+    if (!p && (p = ab_peer_new(b, &in->rid, role, in->now))) {
         p->fd = in->fd; /* its connection: socket events, bytes in flight */
         p->local = (uint8_t)ab_batching_fd_local(in->fd);
         if (in->asked) /* not a BATCH entry's: its BATCH's may be a kept one */

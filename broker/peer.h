@@ -19,7 +19,7 @@
 
 #define AB_RID_MAX 255
 #define AB_NAME_MAX 256
-/* A peer's key: 16 hex digits and a NUL (broker.c). Not 2 * AB_RID_MAX + 1
+/* A peer's key: 16 hex digits and a NUL (peer.c). Not 2 * AB_RID_MAX + 1
  * as a hex routing id would need: 494 bytes a connection (issue 20). */
 #define AB_PEER_KEY_MAX 17
 
@@ -40,7 +40,7 @@ typedef enum { AB_ROLE_AGENT = 0, AB_ROLE_WORKER = 1, AB_ROLE_CONTROL = 2, AB_RO
 typedef struct {
     ab_rid_t rid;
     char key[AB_PEER_KEY_MAX]; /* random token naming it to peers, brokerctl and
-                                  logs; never its routing id (broker.c) */
+                                  logs; never its routing id (peer.c) */
     ab_role_t role;
     char *name;           /* its HELLO/REGISTER name, never NULL ("" none; ab_peer_set_name):
                              allocated to its length, not AB_NAME_MAX a connection (issue 20) */
@@ -104,6 +104,16 @@ ab_peer_t *ab_peer_by_key(ab_broker_t *b, const char *key);
 ab_peer_t *ab_peer_add(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now);
 /* Forgets PEER everywhere and frees it (WHY is logged). */
 void ab_peer_drop(ab_broker_t *b, ab_peer_t *peer, const char *why);
+/* The record of a peer not seen before, with routing id RID and ROLE, its
+ * key the connection's (b->in_key); NULL out of memory. */
+ab_peer_t *ab_peer_new(ab_broker_t *b, const ab_rid_t *rid, ab_role_t role, int64_t now);
+/* The broker's peer tables (b->peers by routing id, b->peer_keys by key).
+ * 0, or -1 out of memory. */
+int ab_peers_new(ab_broker_t *b);
+/* Drops the peers silent for `liveness` heartbeat intervals (a timer). */
+void ab_peers_sweep(ab_broker_t *b, int64_t now);
+/* RID in hex into KEY (2 * AB_RID_MAX + 1 bytes), for logs. */
+void ab_rid_key(const ab_rid_t *rid, char *key);
 /* A 64-bit hash of RID and the public key KEY (NULL: auth off) its
  * connection proved: names a worker in the health records, never 0. */
 uint64_t ab_rid_hash(const ab_rid_t *rid, const struct ab_key *key);

@@ -95,7 +95,7 @@ static const int s_weight[MV_COUNT_] = {
     [MV_bye] = 3,
     [MV_subscribe] = 4, [MV_unsubscribe] = 2, [MV_send] = 8, [MV_publish] = 5,
     [MV_heartbeat] = 5, [MV_discover] = 2, [MV_control] = 2, [MV_batch] = 6, [MV_deaf] = 1,
-    [MV_link] = 5, [MV_link_names] = 3, [MV_link_interest] = 3,
+    [MV_link] = 5, [MV_link_names] = 3, [MV_link_interest] = 3, [MV_mute] = 1,
 };
 
 /* --- options -------------------------------------------------------------- */
@@ -461,7 +461,7 @@ static int s_pick_move(int allow_compound)
         }
         if (i < MV_COUNT_ && (allow_compound || s_weight[i] > 0)) {
             int compound = i == MV_batch || i == MV_reconnect || i == MV_steal ||
-                           i == MV_work || i == MV_deaf;
+                           i == MV_work || i == MV_deaf || i == MV_mute;
             if (allow_compound || !compound)
                 return i;
         }
@@ -587,6 +587,8 @@ static void s_move(void)
 {
     nf_peer_t *p = &s_peers[nf_below((uint32_t)nf_opt.peers)];
     int mv = s_pick_move(1);
+    if (mv != MV_heartbeat && ab_now_ms() < p->mute_until_ms)
+        return; /* muted: heartbeats only */
     s_moves[mv]++;
     static nf_out_t o;
     switch (mv) {
@@ -601,6 +603,15 @@ static void s_move(void)
         int64_t now = ab_now_ms(), until = now + 200 + nf_below(3000);
         if (now >= p->deaf_until_ms + 5000)
             p->deaf_until_ms = until;
+        return;
+    }
+    case MV_mute: {
+        /* Heartbeats only for 0.5..3 s, as a worker whose handler hangs:
+         * alive, answering nothing. cancel-grace-ms (300 ms here) judges
+         * what it holds cancelled; eject-failures periods eject it. */
+        int64_t now = ab_now_ms();
+        if (now >= p->mute_until_ms + 5000)
+            p->mute_until_ms = now + 500 + nf_below(2500);
         return;
     }
     default:
@@ -760,14 +771,16 @@ static const char *s_final_stats(const char *ep, const char *who, char *buf, siz
     }
     printf("netfuzz: %s stats: msgs_in %llu, requests %llu, replies %llu, dropped %llu "
            "(duplicates %llu), late %llu, redispatched %llu, malformed %llu, batches_in %llu, "
-           "msgs_sent %llu, published %llu, pending %llu\n",
+           "msgs_sent %llu, published %llu, pending %llu, ejected %llu, cancels unanswered "
+           "%llu\n",
            who, (unsigned long long)st->msgs_in, (unsigned long long)st->requests,
            (unsigned long long)st->replies, (unsigned long long)st->replies_dropped,
            (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies,
            (unsigned long long)st->redispatched,
            (unsigned long long)st->malformed, (unsigned long long)st->batches_in,
            (unsigned long long)st->msgs_sent, (unsigned long long)st->published,
-           (unsigned long long)st->pending);
+           (unsigned long long)st->pending, (unsigned long long)st->workers_ejected,
+           (unsigned long long)st->cancels_unanswered);
     agentbus__stats__free_unpacked(st, NULL);
     return NULL;
 }

@@ -22,7 +22,7 @@
 #define NF_MOVES(X)                                                                          \
     X(hello) X(register) X(request) X(lz4) X(typed) X(cancel) X(answer) X(reconnect)        \
     X(steal) X(work) X(bye) X(subscribe) X(unsubscribe) X(send) X(publish) X(heartbeat)     \
-    X(discover) X(control) X(batch) X(deaf) X(link) X(link_names) X(link_interest)
+    X(discover) X(control) X(batch) X(deaf) X(link) X(link_names) X(link_interest) X(mute)
 #define NF_ENUM(n) MV_##n,
 enum { NF_MOVES(NF_ENUM) MV_COUNT_ };
 
@@ -46,6 +46,7 @@ typedef struct {
     int registered;
     uint64_t instance;
     int64_t deaf_until_ms;
+    int64_t mute_until_ms; /* sends nothing but HEARTBEATs until then (MV_mute) */
     uint64_t next_id;
     uint64_t held[NF_IDS]; /* requests it received as a worker */
     int nheld;
