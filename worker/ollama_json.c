@@ -9,10 +9,12 @@
 #include "ollama_json.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "parse.h"
 #include "tl_base64.h"
 #include "tl_json.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,9 +86,8 @@ static void s_set_keep_alive(json_t *j, const char *v)
 {
     if (!v || !*v)
         return;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end == '\0')
+    long n; /* strtol read " 5" or "+5" as 5, and a number past LONG_MAX as LONG_MAX */
+    if (ab_parse_long(v, LONG_MIN, LONG_MAX, &n) == 0)
         json_object_set_new(j, "keep_alive", json_integer(n));
     else
         json_object_set_new(j, "keep_alive", json_string(v));
