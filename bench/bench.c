@@ -651,8 +651,9 @@ static int s_parse_one(s_opts_t *o, const char *f, const char *v)
 {
     long x;
     int b;
-    if (!strcmp(f, "--seconds") && atof(v) > 0 && atof(v) <= 600)
-        o->seconds = atof(v);
+    double d; /* atof read "0x10" as 16 and "5s" as 5 */
+    if (!strcmp(f, "--seconds") && !ab_parse_double(v, 0, 600, &d) && d > 0)
+        o->seconds = d;
     else if (!strcmp(f, "--runs") && !tl_parse_long(v, 1, 16, &x))
         o->runs = (int)x;
     else if (!strcmp(f, "--window") && !tl_parse_long(v, 1, 50000, &x))

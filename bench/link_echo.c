@@ -16,6 +16,7 @@
  */
 #include "bare_hop.h"
 #include "tl_hist.h"
+#include "parse.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,10 +84,16 @@ static int s_rr(int port, double secs, int window, int count)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && !strcmp(argv[1], "serve"))
-        return s_serve(atoi(argv[2]));
-    if (argc == 6 && !strcmp(argv[1], "rr"))
-        return s_rr(atoi(argv[2]), atof(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    long port, window, count;
+    double secs;
+    /* atoi and atof read "80x" as 80 and "abc" as 0 */
+    if (argc == 3 && !strcmp(argv[1], "serve") && !ab_parse_long(argv[2], 1, 65535, &port))
+        return s_serve((int)port);
+    if (argc == 6 && !strcmp(argv[1], "rr") && !ab_parse_long(argv[2], 1, 65535, &port) &&
+        !ab_parse_double(argv[3], 0, 86400, &secs) && secs > 0 &&
+        !ab_parse_long(argv[4], 1, 1000000, &window) &&
+        !ab_parse_long(argv[5], 1, 100000000, &count))
+        return s_rr((int)port, secs, (int)window, (int)count);
     fprintf(stderr, "usage: agentbus-link-echo serve PORT\n"
                     "       agentbus-link-echo rr PORT SECONDS WINDOW LATENCY_COUNT\n");
     return 2;

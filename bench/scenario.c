@@ -66,13 +66,7 @@ static int s_wanted(const s_opts_t *o, const char *label)
 /* A number that is all of S, in [LO, HI]. */
 static int s_parse_real(const char *s, double lo, double hi, double *out)
 {
-    char *end = NULL;
-    errno = 0;
-    double d = *s ? strtod(s, &end) : 0;
-    if (!*s || *end || errno || !(d >= lo && d <= hi))
-        return -1;
-    *out = d;
-    return 0;
+    return ab_parse_double(s, lo, hi, out); /* strtod took "0x10", " 1" and "+1" */
 }
 
 /* Whether every comma-separated item of V passes OK (and there is one). */

@@ -7,6 +7,7 @@
 #include "auth.h"
 #include "lanes.h"
 #include "messaging.h"
+#include "parse.h"
 #include "service.h"
 #include "agentbus.pb-c.h"
 #include "util.h"
@@ -144,9 +145,9 @@ static int s_parse_weights(ab_broker_t *b, const char *spec)
     int rc = 0;
     for (char *tok = strtok_r(copy, ", ", &save); tok && rc == 0;
          tok = strtok_r(NULL, ", ", &save)) {
-        char *eq = strrchr(tok, '='), *end = NULL;
-        long w = eq ? strtol(eq + 1, &end, 10) : 0;
-        if (!eq || eq == tok || !end || *end || w < 1 || w > AB_WEIGHT_MAX) {
+        char *eq = strrchr(tok, '=');
+        long w = 0; /* ab_parse_long: strtol also took "+5" */
+        if (!eq || eq == tok || ab_parse_long(eq + 1, 1, AB_WEIGHT_MAX, &w) != 0) {
             AB_ERROR("client-weights: '%s' is not NAME=WEIGHT with WEIGHT 1..%d", tok,
                      AB_WEIGHT_MAX);
             rc = -1;

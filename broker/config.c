@@ -2,6 +2,7 @@
 #include "config.h"
 #include "metrics_http.h"
 #include "log.h"
+#include "parse.h"
 #include "util.h"
 
 #include <czmq.h>
@@ -324,7 +325,8 @@ static int s_check_links(const ab_broker_config_t *cfg)
         const char *why = strncmp(tok, "tcp://", 6) ? "expected tcp://HOST:PORT[#KEY]"
                                                     : s_bind_problem(tok);
         const char *port = strrchr(tok, ':');
-        if (!why && port && (!strcmp(port + 1, "*") || atol(port + 1) == 0))
+        long pn; /* atol read "0x50" or "5a" as a port number (0 or 5) */
+        if (!why && port && ab_parse_long(port + 1, 1, 65535, &pn) != 0)
             why = "a peer's port is 1..65535";
         /* Sources add up: the same peer in the file and on the command
          * line dialed it twice, two records for one broker name. */

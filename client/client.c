@@ -8,6 +8,7 @@
  */
 #include "idmap.h"
 #include "internal.h"
+#include "parse.h"
 #include "util.h"
 
 #include <stdlib.h>
@@ -266,9 +267,8 @@ int ab_priority_parse(const char *text, uint32_t *priority)
             *priority = names[i].value;
             return AB_OK;
         }
-    char *end = NULL;
-    long v = strtol(text, &end, 10);
-    if (end == text || *end || v < 0 || v > 255)
+    long v; /* strtol also took " 5" and "+5" */
+    if (ab_parse_long(text, 0, 255, &v) != 0)
         return AB_EINVAL;
     *priority = (uint32_t)v;
     return AB_OK;

@@ -561,7 +561,12 @@ static int s_embed(s_build_t *b, Agentbus__EmbedRequest *e, Agentbus__InferenceO
     json_t *in = json_object_get(b->body, "input");
     if (!in || json_is_null(in))
         in = json_object_get(b->body, "prompt");
-    size_t n = json_is_string(in) ? 1 : json_is_array(in) ? json_array_size(in) : 0;
+    /* "" is no input, as [] and none are, as Ollama reads them: it then
+     * loads the model and answers no embeddings (it was sent as [""], an
+     * embedding of the empty text). */
+    size_t n = json_is_string(in) ? json_string_length(in) > 0
+               : json_is_array(in) ? json_array_size(in)
+                                   : 0;
     if (in && !json_is_null(in) && !json_is_string(in) && !json_is_array(in))
         return s_fail(b->err, b->cap, "invalid %s: expected a string or strings", "input");
     e->input = s_keep(b->a, calloc(n + 1, sizeof(char *)));

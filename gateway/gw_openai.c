@@ -10,6 +10,7 @@
 #include "agentbus.pb-c.h"
 #include "tl_json.h"
 
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,11 +308,8 @@ static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
     int bad = 0;
     const char *effort = s_effort(b, &bad);
     /* A wrong type is named as such ("n": "2" was "n other than 1", and
-     * "echo": "yes" or "modalities": "audio" passed as if not given). */
-    if ((v = json_object_get(b, "n")) && !json_is_null(v) && !json_is_integer(v))
-        return "invalid n: expected an integer";
-    if ((v = json_object_get(b, "best_of")) && !json_is_null(v) && !json_is_integer(v))
-        return "invalid best_of: expected an integer";
+     * "echo": "yes" or "modalities": "audio" passed as if not given); n's
+     * and best_of's are checked with the other numbers (s_oai_numbers). */
     if ((v = json_object_get(b, "echo")) && !json_is_null(v) && !json_is_boolean(v))
         return "invalid echo: expected a boolean (true or false)";
     if ((v = json_object_get(b, "modalities")) && !json_is_null(v) && !json_is_array(v))
@@ -345,25 +343,84 @@ static const char *s_oai_refused(const gw_conn_t *c, json_t *b)
     return NULL;
 }
 
+/* An embeddings input OpenAI refuses with a 400: none, "", [] or an
+ * empty string in the array (its API reference: the input "cannot be an
+ * empty string", an array has at least one entry). Ollama's /api/embed
+ * answers those with no embeddings instead; Ollama's own OpenAI layer
+ * embeds "" and refuses []. Strings only here: token arrays are not
+ * carried. NULL, or the 400 text. */
+static const char *s_oai_input(json_t *b)
+{
+    json_t *in = json_object_get(b, "input"), *x;
+    size_t i;
+    if (!in || json_is_null(in))
+        return "invalid input: an input is required";
+    if (json_is_string(in) && !json_string_length(in))
+        return "invalid input: expected a non-empty string";
+    if (json_is_array(in) && !json_array_size(in))
+        return "invalid input: expected at least one string";
+    json_array_foreach(in, i, x) {
+        if (json_is_string(x) && !json_string_length(x))
+            return "invalid input: expected non-empty strings (an empty one is refused)";
+    }
+    return NULL;
+}
+
+/* OpenAI's numeric parameters that the gateway reads or maps: each one's
+ * JSON type and the range OpenAI's API reference gives for it
+ * (platform.openai.com/docs/api-reference/chat/create and
+ * .../completions/create), which its API enforces with a 400
+ * invalid_request_error naming the parameter. max_tokens -5 went on as
+ * Ollama's num_predict -5, which Ollama reads as no limit at all. */
+static const struct {
+    const char *key;
+    int integer;
+    double min, max;
+} s_oai_nums[] = {
+    {"temperature", 0, 0, 2},
+    {"top_p", 0, 0, 1},
+    {"seed", 1, -DBL_MAX, DBL_MAX},
+    {"max_tokens", 1, 1, DBL_MAX},
+    {"max_completion_tokens", 1, 1, DBL_MAX},
+    {"presence_penalty", 0, -2, 2},
+    {"frequency_penalty", 0, -2, 2},
+    {"n", 1, 1, 128},
+    {"best_of", 1, 0, 20},
+};
+
+/* The first of B's numeric parameters of the wrong type or out of its
+ * range: NULL, or the 400 text in MSG. */
+static const char *s_oai_numbers(json_t *b, char *msg, size_t cap)
+{
+    for (size_t i = 0; i < sizeof s_oai_nums / sizeof s_oai_nums[0]; i++) {
+        const char *key = s_oai_nums[i].key;
+        const char *what = s_oai_nums[i].integer ? "an integer" : "a number";
+        double min = s_oai_nums[i].min, max = s_oai_nums[i].max;
+        json_t *v = json_object_get(b, key);
+        if (!v || json_is_null(v))
+            continue;
+        if (!(s_oai_nums[i].integer ? json_is_integer(v) : json_is_number(v)))
+            snprintf(msg, cap, "invalid %s: expected %s", key, what);
+        else if (json_number_value(v) >= min && json_number_value(v) <= max)
+            continue;
+        else if (max == DBL_MAX)
+            snprintf(msg, cap, "invalid %s: expected %s >= %g", key, what, min);
+        else
+            snprintf(msg, cap, "invalid %s: expected %s from %g to %g", key, what, min, max);
+        return msg;
+    }
+    return NULL;
+}
+
 /* The JSON types of B's OpenAI fields that are read here or renamed on
- * the way to Ollama's shape: NULL, or the 400 text naming the field as
- * the client sent it (OpenAI refuses a wrong type too; "stream": "true"
- * was taken as false, an unknown response_format type ignored). */
+ * the way to Ollama's shape, and the ranges of its numbers: NULL, or the
+ * 400 text naming the field as the client sent it (OpenAI refuses a wrong
+ * type too; "stream": "true" was taken as false, an unknown
+ * response_format type ignored). */
 static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t cap)
 {
-    static const struct {
-        const char *key;
-        int integer;
-    } nums[] = {{"temperature", 0}, {"top_p", 0}, {"seed", 1}, {"max_tokens", 1},
-                {"max_completion_tokens", 1}, {"presence_penalty", 0}, {"frequency_penalty", 0}};
-    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
-        json_t *v = json_object_get(b, nums[i].key);
-        if (v && !json_is_null(v) && !(nums[i].integer ? json_is_integer(v) : json_is_number(v))) {
-            snprintf(msg, cap, "invalid %s: expected %s", nums[i].key,
-                     nums[i].integer ? "an integer" : "a number");
-            return msg;
-        }
-    }
+    if (s_oai_numbers(b, msg, cap))
+        return msg;
     json_t *v = json_object_get(b, "stream");
     if (v && !json_is_null(v) && !json_is_boolean(v))
         return "invalid stream: expected a boolean (true or false)";
@@ -378,6 +435,9 @@ static const char *s_oai_types(const gw_conn_t *c, json_t *b, char *msg, size_t 
         const char *f = json_string_value(v);
         if (v && !json_is_null(v) && (!f || (strcmp(f, "float") && strcmp(f, "base64"))))
             return "invalid encoding_format: expected \"float\" or \"base64\"";
+        const char *in = s_oai_input(b);
+        if (in)
+            return in;
     }
     const char *refused = s_oai_refused(c, b);
     if (refused)

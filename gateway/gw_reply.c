@@ -162,6 +162,21 @@ enum MHD_Result gw_reply_json(gw_conn_t *c, unsigned status, json_t *j)
     return gw_reply_json_hdr(c, status, j, NULL, NULL);
 }
 
+/* The parameter a 400's text names ("invalid max_tokens: ..."), for
+ * OpenAI's error.param, which its clients show and key on; NULL when the
+ * text names none. */
+static json_t *s_param(unsigned status, const char *text)
+{
+    size_t n = 0;
+    if (status != 400 || strncmp(text, "invalid ", 8) != 0)
+        return json_null();
+    text += 8;
+    while (text[n] == '_' || text[n] == '.' || (text[n] >= 'a' && text[n] <= 'z') ||
+           (text[n] >= '0' && text[n] <= '9'))
+        n++;
+    return n && text[n] == ':' ? json_stringn(text, n) : json_null();
+}
+
 json_t *gw_error_body(const gw_conn_t *c, unsigned status, const char *text)
 {
     /* jansson refuses a string that is not UTF-8: the answer was dropped
@@ -181,8 +196,8 @@ json_t *gw_error_body(const gw_conn_t *c, unsigned status, const char *text)
                    : status == 401 ? json_string("invalid_api_key")
                    : strncmp(text, "server busy", 11) == 0 ? json_string("server_busy")
                                    : json_null();
-    return json_pack("{s:{s:s, s:s, s:n, s:o}}", "error", "message", text, "type", type,
-                     "param", "code", code);
+    return json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", text, "type", type,
+                     "param", s_param(status, text), "code", code);
 }
 
 enum MHD_Result gw_reply_error(gw_conn_t *c, unsigned status, const char *text)

@@ -9,10 +9,12 @@
 #include "ollama_json.h"
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
+#include "parse.h"
 #include "tl_base64.h"
 #include "tl_json.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,9 +86,8 @@ static void s_set_keep_alive(json_t *j, const char *v)
 {
     if (!v || !*v)
         return;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end == '\0')
+    long n; /* strtol read " 5" or "+5" as 5, and a number past LONG_MAX as LONG_MAX */
+    if (ab_parse_long(v, LONG_MIN, LONG_MAX, &n) == 0)
         json_object_set_new(j, "keep_alive", json_integer(n));
     else
         json_object_set_new(j, "keep_alive", json_string(v));
@@ -244,8 +245,7 @@ static const char *s_build_chat(const Agentbus__ChatRequest *c, json_t *j, wk_ol
     return c->model;
 }
 
-static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, wk_ol_call_t *call,
-                                 char *err, size_t cap)
+static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, wk_ol_call_t *call)
 {
     call->kind = WK_OL_EMBED;
     call->path = "/api/embed";
@@ -261,8 +261,9 @@ static const char *s_build_embed(const Agentbus__EmbedRequest *e, json_t *j, wk_
     s_set_keep_alive(j, e->keep_alive);
     if (e->options)
         json_object_set_new(j, "options", s_options(e->options));
-    if (!e->n_input)
-        return s_fail(err, cap, "embed needs at least one input"), NULL;
+    /* No input goes on as input [] too: Ollama then loads the model and
+     * answers no embeddings (a client's way to preload an embedding model,
+     * which /api/generate refuses to load: it "does not support generate"). */
     return e->model;
 }
 
@@ -300,7 +301,7 @@ int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, 
         model = s_build_chat(r->chat, j, call, err, errcap);
         break;
     case AGENTBUS__INFERENCE_REQUEST__BODY_EMBED:
-        model = s_build_embed(r->embed, j, call, err, errcap);
+        model = s_build_embed(r->embed, j, call);
         break;
     case AGENTBUS__INFERENCE_REQUEST__BODY_LOAD:
         model = s_build_command(r->load, 1, j, call);

@@ -2,10 +2,12 @@
 #define AB_LOG_SUBSYS "auth" /* log.h: the subsystem in log lines */
 #include "auth_keys.h"
 #include "log.h"
+#include "parse.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fnmatch.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,8 +131,16 @@ static int s_key_fill(ab_key_t *k, zcert_t *c, const char *path, const char *fil
     k->names = s_grant(c, "names", adm ? "*" : (r == AB_KEYROLE_AGENT || r == AB_KEYROLE_PEER)
                                                    ? k->name : "");
     k->topics = s_grant(c, "topics", adm || r == AB_KEYROLE_AGENT ? "*" : "");
+    /* strtoul read "-1" as 4294967295 (no cap at all) and "8x" or "abc"
+     * as 8 or 0: a grant misread is a wider grant, so the key is refused. */
     const char *cap = zcert_meta(c, "capacity");
-    k->capacity = cap ? (uint32_t)strtoul(cap, NULL, 10) : 0;
+    long capv = 0;
+    if (cap && ab_parse_long(cap, 0, UINT32_MAX, &capv) != 0) {
+        AB_WARN("key %s: capacity '%s' is not a whole number 0..%lu: not trusted", path, cap,
+                (unsigned long)UINT32_MAX);
+        return -1;
+    }
+    k->capacity = (uint32_t)capv;
     return k->services && k->names && k->topics ? 0 : -1;
 }
 

@@ -87,6 +87,20 @@ static void s_refuses(void)
     CHECK_EQ(s_parse("--broker 127.0.0.1:5555 stats"), -1);
     CHECK_TRUE(strstr(s_err, "no scheme") != NULL);
     CHECK_EQ(s_parse("generate m p --temperature hot"), -1);
+    /* strtod read these as numbers: hex, inf, nan, beyond a double (HUGE_VAL) */
+    const char *temps[] = {"0x10", "inf", "nan", "1e999", "abc", "", "0.5x", "1.5e", "+1"};
+    for (size_t i = 0; i < sizeof temps / sizeof temps[0]; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "generate m p --temperature=%s", temps[i]);
+        CHECK_EQ(s_parse(line), -1);
+        CHECK_TRUE(strstr(s_err, "for --temperature: expected a decimal number") != NULL);
+    }
+    CHECK_EQ(s_parse("generate m p --temperature=1e1"), 0);
+    CHECK_TRUE(s_a.infer.temperature == 10.0);
+    /* ab_priority_parse's strtol took "+5" */
+    CHECK_EQ(s_parse("generate m p --priority=+5"), -1);
+    CHECK_TRUE(strstr(s_err, "--priority") != NULL);
+    CHECK_EQ(s_parse("generate m p --priority=5"), 0);
     CHECK_EQ(s_parse("request echo"), -1);
 }
 

@@ -220,6 +220,37 @@ static void s_test_build(void)
     CHECK_TRUE(strstr(call.body, "\"keep_alive\":0") != NULL);
     wk_ol_call_free(&call);
 
+    /* keep_alive: whole decimal seconds are a number, anything else the
+     * duration text Ollama reads (strtol made " 5" and "+5" 5, and a
+     * number past LONG_MAX LONG_MAX) */
+    static const struct {
+        const char *ka, *want;
+    } kas[] = {{"300", "\"keep_alive\":300"}, {"-1", "\"keep_alive\":-1"},
+               {"+5", "\"keep_alive\":\"+5\""}, {" 5", "\"keep_alive\":\" 5\""},
+               {"99999999999999999999", "\"keep_alive\":\"99999999999999999999\""}};
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_LOAD;
+    r.load = &mc;
+    for (size_t i = 0; i < sizeof kas / sizeof kas[0]; i++) {
+        mc.keep_alive = (char *)kas[i].ka;
+        len = agentbus__inference_request__pack(&r, buf);
+        REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+        CHECK_TRUE(strstr(call.body, kas[i].want) != NULL);
+        wk_ol_call_free(&call);
+    }
+    mc.keep_alive = "";
+
+    /* an embed of no input goes on as input [] (Ollama then loads the
+     * model and answers no embeddings); it was refused here */
+    Agentbus__EmbedRequest em = AGENTBUS__EMBED_REQUEST__INIT;
+    em.model = "e";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
+    r.embed = &em;
+    len = agentbus__inference_request__pack(&r, buf);
+    REQUIRE(wk_ol_call_build(buf, len, &call, err, sizeof err) == 0);
+    CHECK_STR(call.path, "/api/embed");
+    CHECK_TRUE(strstr(call.body, "\"input\":[]") != NULL);
+    wk_ol_call_free(&call);
+
     /* garbage and missing fields are refused with a reason */
     CHECK_EQ(wk_ol_call_build("\xff\xff\xff", 3, &call, err, sizeof err), -1);
     CHECK_TRUE(err[0] != '\0');

@@ -61,7 +61,7 @@ static const struct {
     {O_NOCACHE, "--no-cache", "do not answer from the broker's cache"},
     {O_NOSTORE, "--no-store", "do not store the reply in the broker's cache"},
     {O_TIER, "--tier l1|l2|l3", "clear only that tier"},
-    {O_TEMP, "--temperature T", "sampling temperature (0..100)"},
+    {O_TEMP, "--temperature T", "sampling temperature, a decimal number 0..100"},
     {O_SEED, "--seed N", "sampling seed"},
     {O_PREDICT, "--num-predict N", "most tokens to generate (-1: no limit)"},
     {O_SYSTEM, "--system TEXT", "system prompt"},
@@ -205,7 +205,6 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
 {
     int ok = 1;
     long t;
-    char *end;
     switch (id) {
     case O_BROKER: a->broker = v; break;
     case O_JSON: a->json = 1; break;
@@ -227,9 +226,8 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
         ok = !strcmp(v, "l1") || !strcmp(v, "l2") || !strcmp(v, "l3");
         a->tier = v;
         break;
-    case O_TEMP:
-        a->infer.temperature = strtod(v, &end);
-        ok = end != v && !*end && a->infer.temperature >= 0 && a->infer.temperature <= 100;
+    case O_TEMP: /* strtod took "0x10" (16), "inf", "nan" and " 1" */
+        ok = !ab_parse_double(v, 0, 100, &a->infer.temperature);
         a->infer.has_temp = 1;
         break;
     case O_SEED: ok = !tl_parse_long(v, -(1L << 62), 1L << 62, &a->infer.seed); a->infer.has_seed = 1; break;
@@ -253,6 +251,9 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
     }
     if (!ok && id == O_TIER)
         snprintf(errbuf, cap, "unknown cache tier '%s' (l1, l2 or l3)", v);
+    else if (!ok && id == O_TEMP)
+        snprintf(errbuf, cap, "bad value '%s' for --%s: expected a decimal number 0..100", v,
+                 name);
     else if (!ok)
         snprintf(errbuf, cap, "bad value '%s' for --%s", v ? v : "", name);
     return ok ? 0 : -1;

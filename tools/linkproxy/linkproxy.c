@@ -19,6 +19,8 @@
  * S_CAP bytes: past that the proxy stops reading that side (TCP pushes back
  * on the sender), so a stalled link costs bounded memory.
  */
+#include "parse.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -308,15 +310,25 @@ static int s_setup(int argc, char **argv, int *lfd, int *sfd)
     }
     const char *colon = strrchr(argv[2], ':');
     char host[256] = "127.0.0.1";
+    long lport, tport;
+    double delay_ms = 0;
+    /* atoi and atof read "80x" as 80 and "abc" as 0: a typo was a port 0 */
+    if (ab_parse_long(argv[1], 1, 65535, &lport) != 0 ||
+        ab_parse_long(colon ? colon + 1 : argv[2], 1, 65535, &tport) != 0 ||
+        (argc > 3 && ab_parse_double(argv[3], 0, 3600000, &delay_ms) != 0)) {
+        fprintf(stderr, "ab-linkproxy-c: ports are 1..65535, DELAY_MS a decimal number "
+                        "0..3600000\n");
+        return -1;
+    }
     if (colon)
         snprintf(host, sizeof host, "%.*s", (int)(colon - argv[2]), argv[2]);
     s_target = (struct sockaddr_in){.sin_family = AF_INET,
-                                    .sin_port = htons((uint16_t)atoi(colon ? colon + 1 : argv[2]))};
+                                    .sin_port = htons((uint16_t)tport)};
     if (inet_pton(AF_INET, host, &s_target.sin_addr) != 1) {
         fprintf(stderr, "ab-linkproxy-c: target host must be an IPv4 address: %s\n", host);
         return -1;
     }
-    s_delay_ns = argc > 3 ? (uint64_t)(atof(argv[3]) * 1e6) : 0;
+    s_delay_ns = (uint64_t)(delay_ms * 1e6);
     sigset_t set;
     sigemptyset(&set);
     int sigs[] = {SIGUSR1, SIGUSR2, SIGHUP, SIGTERM, SIGINT};
@@ -328,7 +340,7 @@ static int s_setup(int argc, char **argv, int *lfd, int *sfd)
     *lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(*lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1])),
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)lport),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (*sfd < 0 || *lfd < 0 || bind(*lfd, (struct sockaddr *)&a, sizeof a) < 0 ||
         listen(*lfd, 64) < 0) {

@@ -557,7 +557,10 @@ static int s_check_input(sim_req_t *r, const json_t *in, bool *load_only, enum M
             *res = sim_http_error(r, 400, "invalid input: want a string or a list of strings");
             return -1;
         }
-        *load_only = !input || json_is_null(input) || (json_is_array(input) && json_array_size(input) == 0);
+        /* Ollama's: "" is no input, as [] is; [""] embeds an empty text */
+        *load_only = !input || json_is_null(input) ||
+                     (json_is_string(input) && !json_string_length(input)) ||
+                     (json_is_array(input) && json_array_size(input) == 0);
         return 0;
     }
     if (r->route == R_CHAT) {
