@@ -203,11 +203,12 @@ static void s_set_pending(sim_req_t *r, json_t *o)
     if (!txt)
         return;
     size_t n = strlen(txt);
-    r->pending = realloc(txt, n + 2);
-    if (!r->pending) {
+    char *line = realloc(txt, n + 2);
+    if (!line) {
         free(txt);
         return;
     }
+    r->pending = line;
     r->pending[n] = '\n';
     r->pending[n + 1] = '\0';
     r->pend_len = n + 1;
