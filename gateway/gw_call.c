@@ -5,7 +5,9 @@
  */
 #include "gw_http.h"
 #include "agentbus.h"
+#include "parse.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +130,18 @@ static s_lines_t s_header_lines(const gw_conn_t *c, const char *name, uint32_t *
     return l;
 }
 
+/* A header's whole number: decimal digits only (strtoll also took "+5"
+ * and a leading blank), one past a long's range read as LONG_MAX (the
+ * caller caps it). 0, or -1. */
+static int s_header_number(const char *t, long *v)
+{
+    if (!t[0] || t[strspn(t, "0123456789")])
+        return -1;
+    if (ab_parse_long(t, 0, LONG_MAX, v) != 0)
+        *v = LONG_MAX;
+    return 0;
+}
+
 /* X-Agentbus-Timeout-Ms into *MS, capped at --max-timeout-ms (0: not
  * given). 0, -1 when it is not a number of ms > 0, -2 when given twice. */
 static int s_header_timeout(const gw_conn_t *c, int *ms)
@@ -139,9 +153,8 @@ static int s_header_timeout(const gw_conn_t *c, int *ms)
         return -2;
     if (!t)
         return 0;
-    char *end = NULL;
-    long long v = strtoll(t, &end, 10);
-    if (end == t || *end || v <= 0)
+    long v;
+    if (s_header_number(t, &v) != 0 || v <= 0)
         return -1;
     *ms = v > c->g->cfg.max_timeout_ms ? c->g->cfg.max_timeout_ms : (int)v;
     return 0;
@@ -207,11 +220,10 @@ static const char *s_call_headers(gw_conn_t *c, s_hdrs_t *h)
     if (pl.n > 1)
         return "invalid X-Agentbus-Priority: given more than once (send one value)";
     if (pr) {
-        char *end = NULL;
-        long long n = strtoll(pr, &end, 10);
+        long n;
         if (ab_priority_parse(pr, &h->priority) == AB_OK)
             h->has_priority = 1;
-        else if (end != pr && !*end && n > 255)
+        else if (s_header_number(pr, &n) == 0 && n > 255)
             h->priority = 255u, h->has_priority = 1;
         else
             return "invalid X-Agentbus-Priority: want interactive, normal, batch or a number >= 0 "

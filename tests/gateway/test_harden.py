@@ -701,6 +701,17 @@ def s_header_lines(sim, port):
         st, text, _ = ask(lines)
         check(st == 400 and f"invalid {name}" in text,
               f"{name} twice: 400 naming it ({text[-90:]!r})")
+    # Whole decimal numbers only (strtoll took "+5000"); one past any range
+    # is capped as a large one is (the timeout at --max-timeout-ms, the
+    # priority at 255).
+    for name, value, want in [("X-Agentbus-Timeout-Ms", "+5000", 400),
+                              ("X-Agentbus-Timeout-Ms", "99999999999999999999999", 200),
+                              ("X-Agentbus-Priority", "+300", 400),
+                              ("X-Agentbus-Priority", "+5", 400),
+                              ("X-Agentbus-Priority", "300", 200)]:
+        st, text, _ = ask(f"{name}: {value}\r\n".encode())
+        check(st == want and (want == 200 or f"invalid {name}" in text),
+              f"{name}: {value}: {want} ({st}, {text[-90:]!r})")
 
 
 def case_offload(tmp):
