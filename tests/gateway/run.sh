@@ -22,9 +22,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d /tmp/ab-gw-test.XXXXXX)
 pids=()
 cleanup() {
+  local rc=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # A sanitizer report in a log (the programs' exits included) fails the test.
+  python3 "$here/../../tools/lib/sanitizer.py" "$tmp"/*.log || rc=1
   if [[ ${AB_KEEP_TMP:-0} != 1 ]]; then rm -rf "$tmp"; fi
+  exit $rc
 }
 trap cleanup EXIT
 die() { echo "run.sh: $*" >&2; for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done; exit 1; }

@@ -36,6 +36,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "tools", "lib"))
 from ports import free_port  # noqa: E402  (tools/lib/ports.py)
+import sanitizer  # noqa: E402  (tools/lib/sanitizer.py)
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build"
 CASE = sys.argv[2] if len(sys.argv) > 2 else "busy"
@@ -430,7 +431,8 @@ def case_pipeline(tmp):
 
 
 def stop_all():
-    """Stops every process started here (PROCS, by PID), a stopped one too."""
+    """Stops every process started here (PROCS, by PID), a stopped one too;
+    then fails if a log has a sanitizer report (tools/lib/sanitizer.py)."""
     for p, _ in PROCS:
         try:
             os.kill(p.pid, signal.SIGCONT)
@@ -443,6 +445,10 @@ def stop_all():
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+    found = sanitizer.reports([log for _, log in PROCS])
+    if found:
+        PROCS.clear()  # fail() would print the same logs again
+        fail(sanitizer.describe(found))
 
 
 def main():

@@ -26,11 +26,15 @@ ns_pair() {
 }
 
 ns_cleanup() {
+  local rc=$?
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   ip netns del "$na" 2>/dev/null
   ip netns del "$nb" 2>/dev/null
+  # A sanitizer report in a log (the programs' exits included) fails the test.
+  python3 "$(dirname "${BASH_SOURCE[0]}")/../../tools/lib/sanitizer.py" "$tmp"/*.log || rc=1
   rm -rf "$tmp"
+  exit $rc
 }
 
 fail() {

@@ -22,6 +22,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "tools", "lib"))
 from ports import free_port  # noqa: E402  (tools/lib/ports.py)
+import sanitizer  # noqa: E402  (tools/lib/sanitizer.py)
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "build"
 NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -240,9 +241,10 @@ class Broker:
         cmd = [os.path.join(BIN, "agentbus-broker"), "--bind", self.endpoint, *args]
         if http:
             cmd += ["--http", f"127.0.0.1:{self.http}"]
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.NamedTemporaryFile(prefix="ab-metrics-broker.")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.procs = []
+        self.logs = [self.log]
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -253,10 +255,12 @@ class Broker:
         raise AssertionError("broker did not start")
 
     def worker(self, *args):
+        log = tempfile.NamedTemporaryFile(prefix="ab-metrics-worker.")
         p = subprocess.Popen([os.path.join(BIN, "agentbus-worker"), "--broker", self.endpoint,
                               "--backend", "echo", *args],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(p)
+        self.logs.append(log)
         return p
 
     def ctl(self, *args, check=True):
@@ -281,11 +285,21 @@ class Broker:
         return parse(body)
 
     def close(self):
+        """Stops the broker and its workers (SIGTERM, SIGKILL after 10 s);
+        fails if a log has a sanitizer report (tools/lib/sanitizer.py)."""
         for p in self.procs + [self.proc]:
             if p.poll() is None:
+                p.terminate()
+        for p in self.procs + [self.proc]:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
                 p.kill()
-            p.wait()
-        self.log.close()
+                p.wait()
+        found = sanitizer.reports([log.name for log in self.logs])
+        for log in self.logs:
+            log.close()
+        assert not found, sanitizer.describe(found)
 
 
 def value(fams, family, sample=None, **labels):

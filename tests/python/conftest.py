@@ -25,7 +25,17 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "lib"))
 
 import agentbus  # noqa: E402
 from ports import free_port  # noqa: E402  (tools/lib/ports.py)
+import sanitizer  # noqa: E402  (tools/lib/sanitizer.py)
 
+
+# Under the sanitizer build (tests/python/CMakeLists.txt) the interpreter runs
+# with the ASan runtime preloaded and leak checks off (its own allocations are
+# not ours); the programs a test starts are ASan-built themselves, so they get
+# leak checks back, and a report in any of their logs fails the test
+# (Procs.stop).
+CHILD_ENV = {}
+if "libasan" in os.environ.get("LD_PRELOAD", ""):
+    CHILD_ENV = {"LD_PRELOAD": "", "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1"}
 
 def ep(port: int) -> str:
     return "tcp://127.0.0.1:%d" % port
@@ -33,7 +43,8 @@ def ep(port: int) -> str:
 
 class Procs:
     """Processes a test started; stop() ends them by PID (SIGTERM, then
-    SIGKILL) and shows their logs when the test failed."""
+    SIGKILL), shows their logs when the test failed, and fails the test if
+    a log has a sanitizer report."""
 
     def __init__(self, tmp_path) -> None:
         self.tmp = tmp_path
@@ -44,6 +55,7 @@ class Procs:
         log = open(os.path.join(self.tmp, "%s-%d.log" % (os.path.basename(prog),
                                                           len(self.procs))), "w+")
         full_env = dict(os.environ)
+        full_env.update(CHILD_ENV)
         full_env.update(env or {})
         p = subprocess.Popen([path, *args], stdout=log, stderr=subprocess.STDOUT, env=full_env)
         self.procs.append((p, log))
@@ -61,13 +73,16 @@ class Procs:
         for p, _ in reversed(self.procs):
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGTERM)
-        for p, log in reversed(self.procs):
+        for p, _ in reversed(self.procs):
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait(5)
+        for _, log in self.procs:
             log.close()
+        found = sanitizer.reports([log.name for _, log in self.procs])
+        assert not found, sanitizer.describe(found)
 
 
 @pytest.fixture
