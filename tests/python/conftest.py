@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -145,6 +146,22 @@ class Bus:
                 time.sleep(0.05)
         raise AssertionError("%d worker(s) of %s did not register\n%s" %
                              (n, service, self.procs.logs()))
+
+
+class Running:
+    """A Worker running on its own thread for the length of a test."""
+
+    def __init__(self, bus, service, handler, **kw):
+        self.worker = agentbus.Worker(service, handler, endpoint=bus.endpoint, **kw)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        bus.wait_workers(service)
+
+    def stop(self):
+        self.worker.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.worker.close()
 
 
 @pytest.fixture

@@ -132,38 +132,50 @@ def test_busy(procs):
 
 
 def test_cancelled_requests_leave_the_client_quota(procs):
-    # A worker that never answers a CANCEL (the echo worker holds a job for
-    # its delay whatever comes) kept the slot, and so the request: it still
-    # counted against the client's max-client-inflight, which then refused
-    # the client BUSY for requests it had given up, and the client's record
+    # A worker that never answers a CANCEL (its handler holds the job
+    # whatever comes) kept the slot, and so the request: it still counted
+    # against the client's max-client-inflight, which then refused the
+    # client BUSY for requests it had given up, and the client's record
     # stayed after it left. Now a cancelled request leaves the client's
     # count and record at once, as one past its deadline does.
-    from conftest import Bus
+    from conftest import Bus, Running
     # cancel-grace-ms 0: the held worker answers nothing, and on a slow
     # machine it could be judged hung and its orphans taken back before
     # the last check (test_worker.py, test_a_worker_that_never_answers_a_cancel)
     bus = Bus(procs).start("--max-client-inflight", "2", "--cancel-grace-ms", "0")
-    bus.echo_worker("held", "--capacity", "4", "--delay-ms", "600000")
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def hold(job):
+        started.release()
+        release.wait(60)  # never looks at job.cancelled
+        return job.data
+
+    r = Running(bus, "held", hold, capacity=4)
     bus.echo_worker("echo")
-    bus.wait_workers("held")
     bus.wait_workers("echo")
-    with bus.client(name="watcher") as w:
-        with bus.client(name="giver-up") as c:
-            held = [c.stream("held", b"x", timeout=600) for _ in range(2)]
+    try:
+        with bus.client(name="watcher") as w:
+            with bus.client(name="giver-up") as c:
+                held = [c.stream("held", b"x", timeout=600) for _ in range(2)]
+                # Both in the handler before the CANCELs: a job still in
+                # the worker's ready queue is answered CANCELLED by the
+                # library, and its orphan goes (as it did here under load).
+                for _ in held:
+                    assert started.acquire(timeout=30)
+                assert w.control("stats")["pending"] == 2  # both at the worker
+                for s in held:
+                    s.close()  # CANCEL: the worker keeps both slots
+                assert c.request("echo", b"still mine", timeout=10) == b"still mine"
+                assert c.request("echo", b"and again", timeout=10) == b"and again"
             deadline = time.monotonic() + 30
-            while w.control("stats")["pending"] < 2 and time.monotonic() < deadline:
-                c.poll(0.05)
-            assert w.control("stats")["pending"] == 2  # both at the worker
-            for s in held:
-                s.close()  # CANCEL: the worker keeps both slots
-            assert c.request("echo", b"still mine", timeout=10) == b"still mine"
-            assert c.request("echo", b"and again", timeout=10) == b"and again"
-        deadline = time.monotonic() + 30
-        while w.control("stats")["clients"] > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        st = w.control("stats")
-        assert st["clients"] == 0, st["clients"]  # records of clients with requests
-        assert st["pending"] == 2  # the worker still holds the two orphans
+            while w.control("stats")["clients"] > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            st = w.control("stats")
+            assert st["clients"] == 0, st["clients"]  # records of clients with requests
+            assert st["pending"] == 2  # the worker still holds the two orphans
+    finally:
+        release.set()
+        r.stop()
 
 
 def test_departed_clients_leave_nothing(procs):
