@@ -12,11 +12,12 @@ set -uo pipefail
 bin=$1
 src=$(cd "$(dirname "$0")/../.." && pwd)
 # An ASan-built libagentbus loads into python only with the sanitizer
-# runtimes first (as tests/python does).
+# runtimes first, leak checks as tests/python has them (lsan.supp there).
 preload=()
 if [[ "$(ldd "$bin/libagentbus.so" 2>/dev/null)" == *libasan* ]]; then
   preload=("LD_PRELOAD=$(cc -print-file-name=libasan.so):$(cc -print-file-name=libubsan.so)"
-           "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1")
+           "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:malloc_context_size=6"
+           "LSAN_OPTIONS=suppressions=$src/tests/python/lsan.supp")
 fi
 . "$(dirname "$0")/netns_lib.sh"
 ns_pair hop_lz4_netns z 10.79.0

@@ -30,13 +30,14 @@ import sanitizer  # noqa: E402  (tools/lib/sanitizer.py)
 
 
 # Under the sanitizer build (tests/python/CMakeLists.txt) the interpreter runs
-# with the ASan runtime preloaded and leak checks off (its own allocations are
-# not ours); the programs a test starts are ASan-built themselves, so they get
-# leak checks back, and a report in any of their logs fails the test
-# (Procs.stop).
+# with the ASan runtime preloaded, and its leak checks leave the
+# interpreter's own allocations out (lsan.supp); the programs a test starts
+# are ASan-built themselves and get the usual options, and a report in any
+# of their logs fails the test (Procs.stop).
 CHILD_ENV = {}
 if "libasan" in os.environ.get("LD_PRELOAD", ""):
-    CHILD_ENV = {"LD_PRELOAD": "", "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1"}
+    CHILD_ENV = {"LD_PRELOAD": "", "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+                 "LSAN_OPTIONS": ""}
 
 def ep(port: int) -> str:
     return "tcp://127.0.0.1:%d" % port
