@@ -49,8 +49,10 @@ static void s_cleanup(void)
 {
     for (int i = 0; i < s_nkids; i++)
         if (s_kids[i] > 0) {
+            int st = 0;
             kill(s_kids[i], SIGTERM);
-            waitpid(s_kids[i], NULL, 0);
+            if (waitpid(s_kids[i], &st, 0) == s_kids[i])
+                bu_reaped(s_kids[i], st);
         }
     s_nkids = 0;
     if (s_dir[0]) {
