@@ -418,8 +418,8 @@ static int s_report(const s_opts_t *o, const s_sys_t *sys, const s_res_t *r)
     char title[300], l1[32], l2[32];
     snprintf(title, sizeof title,
              "agentbus-bench: request/reply, agentbus (batching %s; lz4 only off-machine) vs a "
-             "bare ZeroMQ hop and NATS;\nmedians of interleaved runs, tcp loopback, same run; throughput ratios "
-             "are medians of the per-run ratios",
+             "bare ZeroMQ hop and NATS;\nmedians of interleaved runs, tcp loopback, same run; "
+             "throughput ratios are medians of the per-run ratios",
              o->nobatch ? "off" : "on");
     bf_begin("rr", title, o->judge);
     bf_param("runs", o->runs);
@@ -572,7 +572,8 @@ static int s_auth_report(const s_opts_t *o)
     }
     if (rc == 0) {
         double med[4], lat[4] = {tl_hist_percentile(hp, 50) / 1e3, tl_hist_percentile(hc, 50) / 1e3,
-                                 tl_hist_percentile(hp, 99) / 1e3, tl_hist_percentile(hc, 99) / 1e3};
+                                 tl_hist_percentile(hp, 99) / 1e3,
+                                 tl_hist_percentile(hc, 99) / 1e3};
         for (int i = 0; i < 4; i++)
             med[i] = bu_median(r[i], runs);
         s_auth_figures(o, med, lat);
@@ -603,7 +604,8 @@ static void s_usage(void)
            "  --seconds S          length of one throughput run (default 2)\n"
            "  --runs N             runs per throughput figure; the median is kept (default 5)\n"
            "  --window N           requests in flight for throughput, every system (default %d)\n"
-           "  --latency-count N    sequential requests for the lone-request latency (default 5000)\n"
+           "  --latency-count N    sequential requests for the lone-request latency "
+           "(default 5000)\n"
            "  --size-small N       small payload bytes (default 64)\n"
            "  --size-large N       large payload bytes (default 4096)\n"
            "  --only bare|agentbus measure one system only (no NATS, no targets)\n"

@@ -401,7 +401,8 @@ int main(int argc, char **argv)
     int port = tl_free_port();
     char bep[64];
     snprintf(bep, sizeof bep, "tcp://127.0.0.1:%d", port);
-    const char *bargv[] = {broker, "--bind", bep, "--data-dir", s_dir, "--log-level", "error", NULL};
+    const char *bargv[] = {broker, "--bind", bep, "--data-dir", s_dir, "--log-level", "error",
+                           NULL};
     const char *wargv[] = {worker, "--broker", bep, "--service", "echo", NULL};
     s_spawn(bargv);
     s_spawn(wargv);

@@ -231,8 +231,8 @@ static void s_print_json(void)
     printf(",\n \"ratios\": [");
     for (int i = 0; i < S.nratio; i++) {
         const s_ratio_t *r = &S.ratio[i];
-        printf("%s\n  {\"key\": \"%s\", \"system\": \"%s\", \"baseline\": \"%s\", \"measured\": %s, "
-               "\"ratio\": %.4f",
+        printf("%s\n  {\"key\": \"%s\", \"system\": \"%s\", \"baseline\": \"%s\", "
+               "\"measured\": %s, \"ratio\": %.4f",
                i ? "," : "", r->key, r->system, r->baseline, r->measured ? "true" : "false",
                r->ratio);
         if (r->shown != BF_INFO)

@@ -241,7 +241,8 @@ static double s_round(const s_cfg_t *cfg, s_result_t *r)
 
 int main(int argc, char **argv)
 {
-    s_cfg_t cfg = {NULL, NULL, "sim-small", 32, 5, 85, 8, 1}; /* 85%: the seed workload's pool share */
+    /* 85%: the seed workload's pool share */
+    s_cfg_t cfg = {NULL, NULL, "sim-small", 32, 5, 85, 8, 1};
     if (s_args(argc, argv, &cfg) != 0) {
         fprintf(stderr, "usage: agentbus-gateway-bench --direct URL --gateway URL [--agents N] "
                         "[--seconds S] [--repeat-pct P] [--num-predict N] [--model M] "
@@ -284,7 +285,8 @@ int main(int argc, char **argv)
         printf("\np50 added with the cache off, per round (ms):");
         for (long k = 0; k < cfg.rounds; k++)
             printf(" %+.3f", added[k]);
-        printf("\nmedian over %ld rounds: %+.3f ms\n", cfg.rounds, s_median(added, (int)cfg.rounds));
+        printf("\nmedian over %ld rounds: %+.3f ms\n", cfg.rounds,
+               s_median(added, (int)cfg.rounds));
     }
     curl_global_cleanup();
     return failed ? 1 : 0;

@@ -198,7 +198,8 @@ typedef struct {
     double done_per_s, repeat_pct, err_pct;
     double done2_per_s;          /* over the second half of the window (closer to steady state) */
     double ip[3], bp[3], tt[2];  /* interactive, batch p50/p95/p99; TTFT p50/p95 (sim s) */
-    double add95, floor95;       /* batch: p95 of (latency - unloaded GPU time); p95 of the latter */
+    double add95, floor95;       /* batch: p95 of (latency - unloaded GPU time); p95 of the
+                                    latter */
     double all95;                /* p95 of every completed call, interactive and batch */
     double hit_pct;              /* bus: (cache hits + coalesced) / issued */
     uint64_t ok, errs, lost, err_by[SC_E_N];

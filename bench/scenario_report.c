@@ -33,7 +33,8 @@ void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s)
     memset(s, 0, sizeof *s);
     uint32_t *vi = malloc((r->nrecs + 1) * sizeof *vi), *vb = malloc((r->nrecs + 1) * sizeof *vb),
              *vt = malloc((r->nrecs + 1) * sizeof *vt), *va = malloc((r->nrecs + 1) * sizeof *va),
-             *vf = malloc((r->nrecs + 1) * sizeof *vf), *vall = malloc((r->nrecs + 1) * sizeof *vall);
+             *vf = malloc((r->nrecs + 1) * sizeof *vf),
+             *vall = malloc((r->nrecs + 1) * sizeof *vall);
     size_t ni = 0, nb = 0, nt = 0, nall = 0, rep = 0, in_window = 0, in_second = 0;
     uint32_t half_ms = (uint32_t)(r->seconds_wall * 500);
     for (size_t i = 0; vi && vb && vt && va && vf && vall && i < r->nrecs; i++) {
@@ -90,9 +91,9 @@ void sc_summarise(const sc_result_t *r, double scale, sc_sum_t *s)
 }
 
 static const char *s_hdr =
-    "run               loop   offered  done/s  rep%  all_p95  int_p50 int_p95 int_p99  bat_p50 bat_p95 "
-    "bat_p99 add_p95  ttft50 ttft95  err%   lost  util%  utilQ%  L1hit  L2hit  L3hit  coalesced  "
-    "hit%";
+    "run               loop   offered  done/s  rep%  all_p95  int_p50 int_p95 int_p99  "
+    "bat_p50 bat_p95 bat_p99 add_p95  ttft50 ttft95  err%   lost  util%  utilQ%  L1hit  L2hit  "
+    "L3hit  coalesced  hit%";
 
 /* The latency columns: "-" where no call of that kind completed. */
 static void s_lat(char out[10][16], const sc_sum_t *s)
@@ -108,7 +109,8 @@ static void s_row(FILE *f, const sc_result_t *r, const sc_sum_t *s)
     char off[16], hits[3][16], co[16], lat[10][16];
     snprintf(off, sizeof off, r->open_loop ? "%.0f" : "-", r->rate);
     for (int t = 0; t < 3; t++)
-        snprintf(hits[t], sizeof hits[t], r->has_bus ? "%llu" : "-", (unsigned long long)r->hits[t]);
+        snprintf(hits[t], sizeof hits[t], r->has_bus ? "%llu" : "-",
+                 (unsigned long long)r->hits[t]);
     snprintf(co, sizeof co, r->has_bus ? "%llu" : "-", (unsigned long long)r->coalesced);
     char hp[16], uq[16];
     snprintf(hp, sizeof hp, r->has_bus ? "%.0f" : "-", s->hit_pct);
@@ -124,15 +126,16 @@ static void s_row(FILE *f, const sc_result_t *r, const sc_sum_t *s)
 void sc_csv_row(FILE *f, const sc_result_t *r, const sc_sum_t *s, double scale)
 {
     fprintf(f, "%s,%s,%.1f,%.3f,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%llu,%llu,%llu,"
-               "%.1f,%.1f,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%g,%.3f,%.3f,%.1f,%.3f,"
-               "%.3f\n",
+               "%.1f,%.1f,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%llu,%g,%.3f,%.3f,"
+               "%.1f,%.3f,%.3f\n",
             r->label, r->open_loop ? "open" : "closed", r->open_loop ? r->rate : 0,
             s->done_per_s, s->repeat_pct, s->ip[0], s->ip[1], s->ip[2], s->bp[0], s->bp[1],
             s->bp[2], s->tt[0], s->tt[1], s->err_pct, (unsigned long long)r->issued,
             (unsigned long long)s->ok, (unsigned long long)s->lost, r->util_all, r->util_queued,
             r->queued_secs, (unsigned long long)r->hits[0], (unsigned long long)r->hits[1],
             (unsigned long long)r->hits[2], (unsigned long long)r->coalesced,
-            (unsigned long long)s->err_by[SC_E_HTTP503], (unsigned long long)s->err_by[SC_E_TIMEOUT],
+            (unsigned long long)s->err_by[SC_E_HTTP503],
+            (unsigned long long)s->err_by[SC_E_TIMEOUT],
             (unsigned long long)s->err_by[SC_E_CONN] + s->err_by[SC_E_HTTP],
             (unsigned long long)s->err_by[SC_E_BUS], (unsigned long long)s->err_by[SC_E_CUT],
             (unsigned long long)r->sim_503, scale, s->add95, s->floor95, s->hit_pct, s->all95,
@@ -260,7 +263,8 @@ static void s_plot_open(FILE *f, const char *out, const sc_result_t *res, int n,
         fprintf(f, "%s'%s/%s.open' using 1:2 with linespoints lw 2 lc rgb '%s' title '%s'",
                 j ? ", " : "plot ", out, labels[j], s_color(labels[j]), labels[j]);
     fprintf(f, ", x with lines dt 2 lc 'gray' title 'offered'\n"
-               "set title 'open loop: p95 of all calls (solid), interactive (dashed); errors apart'\n"
+               "set title 'open loop: p95 of all calls (solid), interactive (dashed); "
+               "errors apart'\n"
                "set ylabel 'p95 (s)'\n");
     for (int j = 0; j < nl; j++)
         fprintf(f, "%s'%s/%s.open' using 1:3 with linespoints lw 2 lc rgb '%s' title '%s', "

@@ -87,7 +87,8 @@ void sc_call_end(sc_call_t *call, int ok, int err)
         sc_rec_t *r = &a->recs[a->nrecs++];
         r->done_ms = (uint32_t)((now - a->t_start_us) / 1000);
         r->lat_us = (uint32_t)(now - call->t0_us);
-        r->ttft_us = call->req.stream && call->first_us ? (uint32_t)(call->first_us - call->t0_us) : 0;
+        r->ttft_us =
+            call->req.stream && call->first_us ? (uint32_t)(call->first_us - call->t0_us) : 0;
         r->ideal_us = (uint32_t)(sc_req_ideal_s(&call->req) / a->cfg->scale * 1e6);
         r->cls = (uint8_t)call->req.cls;
         r->ok = (uint8_t)ok;
@@ -126,11 +127,12 @@ static void *s_agent_main(void *arg)
     const sc_run_cfg_t *cfg = a->cfg;
     void *eng = cfg->ops->open(a);
     double gap_s = cfg->open_loop ? cfg->agents / cfg->rate : 0; /* sim s between arrivals */
-    a->next_us = a->t_start_us + (uint64_t)s_wall_us(cfg, cfg->open_loop
-                                                     ? sc_exp(&a->rng, gap_s)
-                                                     : sc_rand01(&a->rng) *
-                                                       sc_classes[sc_agent_class(a->index)].think_s *
-                                                       (cfg->no_think ? 0.1 : 1));
+    a->next_us = a->t_start_us +
+                 (uint64_t)s_wall_us(cfg, cfg->open_loop
+                                              ? sc_exp(&a->rng, gap_s)
+                                              : sc_rand01(&a->rng) *
+                                                sc_classes[sc_agent_class(a->index)].think_s *
+                                                (cfg->no_think ? 0.1 : 1));
     while (tl_now_us() < a->t_start_us)
         usleep(1000);
     for (;;) {

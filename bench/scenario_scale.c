@@ -570,7 +570,8 @@ static void s_bus_part(const sc_scale_cfg_t *cfg, s_child_t *k, ab_client_t *c, 
     usleep(1000000);
     f->r10 = s_rss_kib(broker);
     f->fails[0] = s_lone(c, cfg->lone, &f->l10[0], &f->l10[1]);
-    fprintf(stderr, "[scenario] scale: 10 agents: broker RSS %ld KiB, lone p50 %.0f us p99 %.0f us\n",
+    fprintf(stderr,
+            "[scenario] scale: 10 agents: broker RSS %ld KiB, lone p50 %.0f us p99 %.0f us\n",
             f->r10, f->l10[0], f->l10[1]);
     uint64_t t = tl_now_us();
     f->up += s_connect(cfg, k, 1000, cfg->agents - 10, "ab", ep, &f->nk);
@@ -581,8 +582,9 @@ static void s_bus_part(const sc_scale_cfg_t *cfg, s_child_t *k, ab_client_t *c, 
     f->q_dir = s_query_ms(c, "discover", NULL);
     f->q_stats = s_query_ms(c, "stats", NULL);
     f->q_agents = s_query_ms(c, "agents", &f->listed);
-    fprintf(stderr, "[scenario] scale: %d clients connected (their view) in %.1f s: broker RSS %ld KiB, lone p50 %.0f us "
-                    "p99 %.0f us; discover %.1f ms, stats %.1f ms, agents %.1f ms (%zu listed)\n",
+    fprintf(stderr, "[scenario] scale: %d clients connected (their view) in %.1f s: broker RSS "
+                    "%ld KiB, lone p50 %.0f us p99 %.0f us; discover %.1f ms, stats %.1f ms, "
+                    "agents %.1f ms (%zu listed)\n",
             f->up, f->connect_s, f->rn, f->ln[0], f->ln[1], f->q_dir, f->q_stats, f->q_agents,
             f->listed);
     f->pair_fails = s_lone_pair(c, ref, 5000, f->pair); /* a p99 of 50 samples per side */
@@ -614,11 +616,12 @@ static void s_print(const sc_scale_cfg_t *cfg, const s_fig_t *f, FILE *csv)
     printf("\nScale: %d connected libagentbus agents of %d asked (%d processes of <= %d; the "
            "broker listed %zu) vs 10; bare ROUTER held %d\n", f->up, cfg->agents, f->nk,
            cfg->per_proc, f->listed, f->bare_up);
-    printf("  RSS per connection: bare ROUTER %.2f KiB, broker %.2f KiB, broker above bare %.2f KiB "
-           "(target <= 2 KiB)\n", bare_per, broker_per, broker_per - bare_per);
+    printf("  RSS per connection: bare ROUTER %.2f KiB, broker %.2f KiB, broker above bare "
+           "%.2f KiB (target <= 2 KiB)\n", bare_per, broker_per, broker_per - bare_per);
     printf("  lone request round trip, one after the other: 10 connected (better of before/after) "
-           "p50 %.0f / p99 %.0f us; %d idle p50 %.0f / p99 %.0f us (p99 ratio %.2fx); %d active p50 "
-           "%.0f / p99 %.0f us\n", f->l10[0], f->l10[1], f->up, f->ln[0], f->ln[1],
+           "p50 %.0f / p99 %.0f us; %d idle p50 %.0f / p99 %.0f us (p99 ratio %.2fx); "
+           "%d active p50 %.0f / p99 %.0f us\n",
+           f->l10[0], f->l10[1], f->up, f->ln[0], f->ln[1],
            f->ln[1] / f->l10[1], f->up, f->la[0], f->la[1]);
     printf("  interleaved, same time: %d connected p50 %.0f / p99 %.0f us vs a broker with 10 "
            "p50 %.0f / p99 %.0f us: p99 ratio %.2fx (target <= 1.5x; %d failed)\n", f->up,
@@ -626,9 +629,9 @@ static void s_print(const sc_scale_cfg_t *cfg, const s_fig_t *f, FILE *csv)
            f->pair[3] > 0 ? f->pair[1] / f->pair[3] : 0, f->pair_fails);
     printf("  active phase: %ld echo requests ok, %ld failed (%.1f req/s offered)\n", f->aok,
            f->afail, (double)f->up);
-    printf("  with %d connected: discover %.1f ms, stats %.1f ms, agents %.1f ms (%zu listed); lone "
-           "failures %d/%d/%d\n", f->up, f->q_dir, f->q_stats, f->q_agents, f->listed, f->fails[0],
-           f->fails[1], f->fails[2]);
+    printf("  with %d connected: discover %.1f ms, stats %.1f ms, agents %.1f ms (%zu listed); "
+           "lone failures %d/%d/%d\n", f->up, f->q_dir, f->q_stats, f->q_agents, f->listed,
+           f->fails[0], f->fails[1], f->fails[2]);
     if (!csv)
         return;
     fprintf(csv, "agents,processes,bare_kib_10,bare_kib_n,broker_kib_10,broker_kib_n,"
@@ -637,7 +640,8 @@ static void s_print(const sc_scale_cfg_t *cfg, const s_fig_t *f, FILE *csv)
                  "lone_p99_active_us,active_ok,active_fail,discover_ms,stats_ms,agents_ms,"
                  "connect_s,pair_p50_n_us,pair_p99_n_us,pair_p50_10_us,pair_p99_10_us\n");
     fprintf(csv, "%d,%d,%ld,%ld,%ld,%ld,%.3f,%.3f,%.3f,%.1f,%.1f,%.1f,%.1f,%.1f,%.1f,%ld,%ld,"
-                 "%.2f,%.2f,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f\n", f->up, f->nk, f->b10, f->bn, f->r10, f->rn, bare_per,
+                 "%.2f,%.2f,%.2f,%.2f,%.1f,%.1f,%.1f,%.1f\n",
+            f->up, f->nk, f->b10, f->bn, f->r10, f->rn, bare_per,
             broker_per, broker_per - bare_per, f->l10[0], f->l10[1], f->ln[0], f->ln[1], f->la[0],
             f->la[1], f->aok, f->afail, f->q_dir, f->q_stats, f->q_agents, f->connect_s,
             f->pair[0], f->pair[1], f->pair[2], f->pair[3]);
@@ -671,8 +675,8 @@ static int s_client(const char *ep, ab_client_t **c)
     ab_options_set_endpoint(o, ep);
     int ok = ab_client_new(c, o) == AB_OK;
     ab_options_destroy(&o);
-    for (int i = 0; ok && i < 100 && ab_client_request(*c, "echo", "x", 1, 1000, NULL, NULL) != AB_OK;
-         i++)
+    for (int i = 0;
+         ok && i < 100 && ab_client_request(*c, "echo", "x", 1, 1000, NULL, NULL) != AB_OK; i++)
         usleep(100000);
     return ok ? 0 : -1;
 }

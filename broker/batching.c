@@ -11,9 +11,9 @@
  * idle bus sees exactly the old wire, a turn later by microseconds only,
  * since a turn ends as soon as nothing more is waiting. Count, bytes and
  * age limits flush earlier; the count limit is each peer's own and follows
- * its backlog (ab_batch_next_limit: from 64 up to batch-max-count). All messages to a peer pass through its queue,
- * so per-peer order is kept: a message too large to gather first flushes
- * what was gathered before it.
+ * its backlog (ab_batch_next_limit: from 64 up to batch-max-count). All
+ * messages to a peer pass through its queue, so per-peer order is kept: a
+ * message too large to gather first flushes what was gathered before it.
  *
  * Only peers that announced AB_FEATURE_BATCH get BATCHes; ab_send never
  * calls in here for the others, so an older peer sees exactly the old wire.

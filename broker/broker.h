@@ -41,7 +41,8 @@ struct ab_broker {
     zhashx_t *services; /* service.h: name -> ab_service_t (owned) */
     ab_idmap_t pending; /* request.h: bid -> ab_req_t (owned) */
     ab_heap_t deadlines; /* request.h: every held request, earliest deadline first */
-    uint64_t held_bytes; /* request.h: bytes of the requests held, payloads and records (max-held-bytes) */
+    uint64_t held_bytes; /* request.h: bytes of the requests held, payloads and records
+                            (max-held-bytes) */
     uint64_t next_bid;
     uint64_t dispatch_seq;
     int64_t started_ms;

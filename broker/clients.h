@@ -28,7 +28,8 @@ typedef struct ab_client_rec {
     uint32_t held;      /* requests held for it (queued, at a worker, waiting on a twin) */
     uint32_t queued;    /* of those, waiting in a lane */
     uint32_t conns;     /* connections bound to it now */
-    uint64_t held_bytes; /* bytes (payloads, records) of the requests held for it (max-client-held-bytes) */
+    uint64_t held_bytes; /* bytes (payloads, records) of the requests held for it
+                            (max-client-held-bytes) */
     uint64_t requests;  /* admitted */
     uint64_t refused;   /* answered BUSY by its quotas */
     char ident[];       /* "name" or "~key" */

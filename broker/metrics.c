@@ -189,7 +189,8 @@ static const struct {
      "Requests answered DEADLINE before dispatch: less time left than a fast answer",
      C(deadline_early)},
     {"agentbus_deadline_busy_total",
-     "Deadlines that passed at a worker that answered other requests meanwhile (not held against it)",
+     "Deadlines that passed at a worker that answered other requests meanwhile "
+     "(not held against it)",
      C(deadline_busy)},
     {"agentbus_cancels_unanswered_total",
      "Cancelled requests a worker still held cancel-grace-ms later, having answered nothing since "
@@ -217,7 +218,8 @@ static void s_core(s_out_t *o, ab_broker_t *b, int64_t now)
     s_one(o, "agentbus_pending_requests", "gauge", "Requests held (queued or in flight)",
           (double)ab_idmap_size(&b->pending));
     s_one(o, "agentbus_held_request_bytes", "gauge",
-          "Bytes of the requests held, payloads and records (queued, at workers, waiting on a twin)",
+          "Bytes of the requests held, payloads and records (queued, at workers, waiting on "
+          "a twin)",
           (double)b->held_bytes);
     s_one(o, "agentbus_services", "gauge", "Services known", (double)zhashx_size(b->services));
     for (size_t i = 0; i < sizeof s_counters / sizeof s_counters[0]; i++)

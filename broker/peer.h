@@ -34,7 +34,12 @@ typedef struct {
     uint8_t bytes[AB_RID_MAX];
 } ab_rid_t;
 
-typedef enum { AB_ROLE_AGENT = 0, AB_ROLE_WORKER = 1, AB_ROLE_CONTROL = 2, AB_ROLE_COUNT } ab_role_t;
+typedef enum {
+    AB_ROLE_AGENT = 0,
+    AB_ROLE_WORKER = 1,
+    AB_ROLE_CONTROL = 2,
+    AB_ROLE_COUNT
+} ab_role_t;
 
 /* A connected peer, known by its routing id. */
 typedef struct {

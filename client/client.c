@@ -415,8 +415,9 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
         ab_conn_hello(&c->conn);
         return;
     }
-    if (h->kind == AB_KIND_HELLO && (c->conn.restore_pending ||
-                                     ((h->flags & AB_FLAG_NEW_PEER) && c->conn.hello_answers > 1))) {
+    if (h->kind == AB_KIND_HELLO &&
+        (c->conn.restore_pending ||
+         ((h->flags & AB_FLAG_NEW_PEER) && c->conn.hello_answers > 1))) {
         /* A HELLO answer saying the broker had no record of us (it dropped
          * us for silence while we said nothing): restored once. */
         c->conn.restore_pending = 0;

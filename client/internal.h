@@ -143,7 +143,8 @@ void ab_conn_close(ab_conn_t *c);
 /* Why the broker refused C's handshake (a last error's text). */
 const char *ab_conn_refusal(const ab_conn_t *c);
 /* Formats the handle's last error text and returns CODE. */
-int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int ab_conn_fail(ab_conn_t *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* AB_ESTOPPED, with the handle's text saying so (the stop flag's setter
  * cannot write it: any thread, a signal handler), unless the handshake
  * was refused: the text then says why, as ab_*_refused promise. Handle's

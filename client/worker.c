@@ -421,7 +421,8 @@ static int s_process(ab_worker_t *w)
         agentbus__worker_heartbeat__init(&hb);
         hb.in_flight = w->n_out;
         hb.queued = w->n_ready;
-        hb.free_credit = w->capacity > w->n_out + w->n_ready ? w->capacity - w->n_out - w->n_ready : 0;
+        hb.free_credit =
+            w->capacity > w->n_out + w->n_ready ? w->capacity - w->n_out - w->n_ready : 0;
         hb.backend_state = w->backend_state;
         uint8_t buf[128];
         size_t len = agentbus__worker_heartbeat__get_packed_size(&hb);

@@ -185,7 +185,8 @@ static int s_cache_header(const char *v, uint32_t *flags)
         return -1;
     snprintf(buf, sizeof buf, "%s", v);
     int any = 0;
-    for (char *save = NULL, *t = strtok_r(buf, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
+    for (char *save = NULL, *t = strtok_r(buf, ", \t", &save); t;
+         t = strtok_r(NULL, ", \t", &save)) {
         if (!strcasecmp(t, "off"))
             *flags = (*flags | AB_CACHE_NO_READ | AB_CACHE_NO_STORE) & ~(uint32_t)AB_CACHE_ON;
         else if (!strcasecmp(t, "no-read"))

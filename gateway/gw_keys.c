@@ -19,7 +19,8 @@ typedef union {
 } s_pad_t;
 
 /* A name is a label value in /metrics: no quoting needed. */
-static const char s_name_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
+static const char s_name_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-";
 
 static int s_token_ok(const char *t, size_t len)
 {
@@ -54,7 +55,8 @@ static int s_line(gw_keys_t *k, const char *dir, char *line, char *err, size_t c
 {
     char *save = NULL, *f[4] = {0};
     int n = 0;
-    for (char *t = strtok_r(line, " \t\r\n", &save); t && n < 4; t = strtok_r(NULL, " \t\r\n", &save))
+    for (char *t = strtok_r(line, " \t\r\n", &save); t && n < 4;
+         t = strtok_r(NULL, " \t\r\n", &save))
         f[n++] = t;
     if (n == 0 || f[0][0] == '#')
         return 0;

@@ -529,7 +529,8 @@ static enum MHD_Result s_metrics(gw_conn_t *c)
     unsigned long long cum = 0;
     for (int i = 0; i <= GW_LAT_BUCKETS; i++) {
         cum += atomic_load(&m->lat_bucket[i]);
-        s_metric(&b, &len, &cap, "agentbus_gateway_request_duration_seconds_bucket{le=\"%s\"} %llu\n",
+        s_metric(&b, &len, &cap,
+                 "agentbus_gateway_request_duration_seconds_bucket{le=\"%s\"} %llu\n",
                  i < GW_LAT_BUCKETS ? edge[i] : "+Inf", cum);
     }
     s_metric(&b, &len, &cap,

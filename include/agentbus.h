@@ -259,11 +259,12 @@ AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
  * gathered until the turn ends or a limit is reached: a count that adapts
  * to the backlog (from 64, doubled after each turn that filled it, halved
  * after one that used under a quarter of it) up to MAX_COUNT messages
- * (2..4096, default 4096; under 64 it is a fixed limit), MAX_BYTES (256..16 MiB, default 64 KiB; a larger
- * message goes alone, in order) or MAX_AGE_US since the oldest gathered one
- * (0..1000000, default 200; checked when the handle sends or polls). Off:
- * one ZeroMQ message per message, and nothing batched is sent to this
- * handle (the wire of libagentbus 0.1).
+ * (2..4096, default 4096; under 64 it is a fixed limit), MAX_BYTES
+ * (256..16 MiB, default 64 KiB; a larger message goes alone, in order) or
+ * MAX_AGE_US since the oldest gathered one (0..1000000, default 200;
+ * checked when the handle sends or polls). Off: one ZeroMQ message per
+ * message, and nothing batched is sent to this handle (the wire of
+ * libagentbus 0.1).
  * Defaults come from $AB_BATCH (0/1), $AB_BATCH_MAX_COUNT,
  * $AB_BATCH_MAX_BYTES, $AB_BATCH_MAX_AGE_US when set. AB_EINVAL out of range
  * (ON is 0 or 1). */
@@ -277,11 +278,12 @@ AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count
  * to this handle, replies only when the broker asks (the requesting client
  * reads lz4 and the reply crosses a hop that compresses). The broker
  * announces lz4 only to handles whose connection leaves its machine (unless
- * it runs --compress-local): on ipc and loopback lz4 costs more than it saves. Received compressed payloads
- * are always decompressed before the application sees them (bounded by the
- * declared size and the max payload; a corrupt one ends its request with
- * AB_EMALFORMED). Defaults from $AB_COMPRESS_THRESHOLD_BYTES and
- * $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL out of range. */
+ * it runs --compress-local): on ipc and loopback lz4 costs more than it
+ * saves. Received compressed payloads are always decompressed before the
+ * application sees them (bounded by the declared size and the max payload;
+ * a corrupt one ends its request with AB_EMALFORMED). Defaults from
+ * $AB_COMPRESS_THRESHOLD_BYTES and $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL
+ * out of range. */
 AB_EXPORT int ab_options_set_compression(ab_options_t *opts, size_t threshold_bytes,
                                          unsigned min_saving_pct);
 /* CURVE authentication and encryption (a broker run with --auth curve;

@@ -19,7 +19,7 @@ __attribute__((weak)) atomic_int t_checks, t_failed;
 
 #define T_FAIL_(fmt, ...)                                                                          \
     do {                                                                                           \
-        fprintf(stderr, "%s:%d: " fmt "\n", __FILE__, __LINE__, __VA_ARGS__);                       \
+        fprintf(stderr, "%s:%d: " fmt "\n", __FILE__, __LINE__, __VA_ARGS__);                      \
         t_failed++;                                                                                \
     } while (0)
 
@@ -28,7 +28,7 @@ __attribute__((weak)) atomic_int t_checks, t_failed;
         long long a_ = (long long)(a), b_ = (long long)(b);                                        \
         t_checks++;                                                                                \
         if (a_ != b_)                                                                              \
-            T_FAIL_("CHECK_EQ(%s, %s): %lld != %lld", #a, #b, a_, b_);                              \
+            T_FAIL_("CHECK_EQ(%s, %s): %lld != %lld", #a, #b, a_, b_);                             \
     } while (0)
 
 #define CHECK_U64(a, b)                                                                            \
@@ -36,7 +36,7 @@ __attribute__((weak)) atomic_int t_checks, t_failed;
         unsigned long long a_ = (unsigned long long)(a), b_ = (unsigned long long)(b);             \
         t_checks++;                                                                                \
         if (a_ != b_)                                                                              \
-            T_FAIL_("CHECK_U64(%s, %s): %llu != %llu", #a, #b, a_, b_);                             \
+            T_FAIL_("CHECK_U64(%s, %s): %llu != %llu", #a, #b, a_, b_);                            \
     } while (0)
 
 #define CHECK_TRUE(e)                                                                              \
@@ -51,7 +51,7 @@ __attribute__((weak)) atomic_int t_checks, t_failed;
         const char *a_ = (a), *b_ = (b);                                                           \
         t_checks++;                                                                                \
         if (!a_ || !b_ || strcmp(a_, b_) != 0)                                                     \
-            T_FAIL_("CHECK_STR(%s, %s): \"%s\" != \"%s\"", #a, #b, a_ ? a_ : "(null)",              \
+            T_FAIL_("CHECK_STR(%s, %s): \"%s\" != \"%s\"", #a, #b, a_ ? a_ : "(null)",             \
                     b_ ? b_ : "(null)");                                                           \
     } while (0)
 
@@ -61,7 +61,7 @@ __attribute__((weak)) atomic_int t_checks, t_failed;
         double v_ = (double)(v), lo_ = (double)(lo), hi_ = (double)(hi);                           \
         t_checks++;                                                                                \
         if (v_ < lo_ || v_ > hi_)                                                                  \
-            T_FAIL_("CHECK_RANGE(%s): %g not in [%g, %g]", #v, v_, lo_, hi_);                       \
+            T_FAIL_("CHECK_RANGE(%s): %g not in [%g, %g]", #v, v_, lo_, hi_);                      \
     } while (0)
 
 #define REQUIRE(e)                                                                                 \

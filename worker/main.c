@@ -446,8 +446,8 @@ static int s_link_log(s_link_t *l, const char *ep, const char *service)
         l->warned = 0;
     }
     if (!up && !l->refused && !l->warned && now - l->since >= 5000) {
-        TL_WARN("worker", "no broker reachable at %s yet (is agentbus-broker running?), still trying",
-                ep);
+        TL_WARN("worker",
+                "no broker reachable at %s yet (is agentbus-broker running?), still trying", ep);
         l->warned = 1;
     }
     return fatal;

@@ -196,7 +196,8 @@ int ab_auth_init(ab_broker_t *b)
     a->revoked.role = AB_KEYROLE_COUNT; /* in no role's mask: every check fails */
     a->revoked.services = a->revoked.names = a->revoked.topics = "";
     char cert[4096], keys[4096];
-    if (s_paths(b, cert, keys, sizeof cert) != 0 || !(a->cert = s_broker_cert(cert, s_self_name(b))))
+    if (s_paths(b, cert, keys, sizeof cert) != 0 ||
+        !(a->cert = s_broker_cert(cert, s_self_name(b))))
         return -1;
     if (!(a->keys = ab_keys_new(keys)))
         return -1;

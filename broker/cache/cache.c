@@ -93,7 +93,8 @@ ab_cache_t *ab_cache_new(const ab_broker_config_t *cfg)
     if (cfg->cache_redis && *cfg->cache_redis)
         c->l2 = ab_l2_new(cfg->cache_redis, (int)cfg->cache_l2_timeout_ms,
                           cfg->cache_max_entry_bytes);
-    if (cfg->data_dir && *cfg->data_dir && (c->l3 = ab_l3_open(cfg->data_dir, cfg->cache_l3_bytes)) &&
+    if (cfg->data_dir && *cfg->data_dir &&
+        (c->l3 = ab_l3_open(cfg->data_dir, cfg->cache_l3_bytes)) &&
         !(c->l3w = ab_l3_writer_new(c->l3, AB_L3_QUEUE_MAX))) {
         AB_ERROR("L3 cache off: cannot start its writer thread");
         ab_l3_close(&c->l3);

@@ -38,9 +38,10 @@ int ab_cache_l3_missing(const ab_cache_t *c, const ab_broker_config_t *cfg);
 
 /* A REQUEST for service S arrived from CLIENT (which announced
  * CLIENT_FEATURES, AB_FEATURE_*, in its HELLO; 0 if none), header H,
- * payload BODY (BODY_LEN bytes) or NULL. Returns 1 when it was answered from the cache (the caller is done);
- * else 0 with *CR the request's cache state (NULL: not cacheable), to be
- * given to the ab_req_t (r->cache) the caller builds. */
+ * payload BODY (BODY_LEN bytes) or NULL. Returns 1 when it was answered
+ * from the cache (the caller is done); else 0 with *CR the request's cache
+ * state (NULL: not cacheable), to be given to the ab_req_t (r->cache) the
+ * caller builds. */
 int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
                         uint32_t client_features, const ab_header_t *h,
                         const void *body, size_t body_len, int64_t now, ab_cache_req_t **cr);

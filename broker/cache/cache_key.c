@@ -82,7 +82,8 @@ static void s_options(XXH3_state_t *st, const Agentbus__InferenceOptions *o)
     Agentbus__InferenceOptions none = AGENTBUS__INFERENCE_OPTIONS__INIT;
     if (!o)
         o = &none;
-    s_dbl(st, 'T', o->has_temperature_case == AGENTBUS__INFERENCE_OPTIONS__HAS_TEMPERATURE_TEMPERATURE,
+    s_dbl(st, 'T',
+          o->has_temperature_case == AGENTBUS__INFERENCE_OPTIONS__HAS_TEMPERATURE_TEMPERATURE,
           o->temperature);
     s_u64(st, 'S', o->has_seed_case == AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED,
           (uint64_t)o->seed);
@@ -146,7 +147,8 @@ static void s_generate_key(XXH3_state_t *st, const Agentbus__GenerateRequest *g,
     s_str(st, 's', g->system);
     s_str(st, 'f', g->format);
     /* Streaming changes the reply's shape (chunks vs one reply). */
-    s_u64(st, 'z', 1, g->has_stream_case == AGENTBUS__GENERATE_REQUEST__HAS_STREAM__NOT_SET || g->stream);
+    s_u64(st, 'z', 1,
+          g->has_stream_case == AGENTBUS__GENERATE_REQUEST__HAS_STREAM__NOT_SET || g->stream);
     s_u64(st, 'r', 1, g->raw);
     s_str(st, 'u', g->suffix);
     s_images(st, g->n_images, g->images);
@@ -194,7 +196,8 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
             s_u64(st, 'V', 1, c->shift);
         if (c->logprobs || c->top_logprobs)
             s_u64(st, 'l', 1, (uint64_t)c->logprobs | (uint64_t)(uint32_t)c->top_logprobs << 1);
-        s_u64(st, 'z', 1, c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
+        s_u64(st, 'z', 1,
+              c->has_stream_case == AGENTBUS__CHAT_REQUEST__HAS_STREAM__NOT_SET || c->stream);
         s_options(st, c->options);
         *det = s_deterministic(c->options);
         return 0;
@@ -206,7 +209,9 @@ static int s_typed(XXH3_state_t *st, const Agentbus__InferenceRequest *r, int *d
         s_u64(st, 'n', 1, e->n_input);
         for (size_t i = 0; i < e->n_input; i++)
             s_str(st, 'e', e->input[i]);
-        s_u64(st, 't', 1, e->has_truncate_case == AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE__NOT_SET || e->truncate);
+        s_u64(st, 't', 1,
+              e->has_truncate_case == AGENTBUS__EMBED_REQUEST__HAS_TRUNCATE__NOT_SET ||
+                  e->truncate);
         if (e->has_dimensions_case) /* only when set: older keys stay valid */
             s_u64(st, 'd', 1, (uint64_t)e->dimensions);
         s_options(st, e->options);

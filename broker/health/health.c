@@ -583,8 +583,9 @@ void ab_health_agents_counted(ab_broker_t *b, uint32_t agents)
     uint64_t floor = (uint64_t)b->cfg->heartbeat_ms, cur = b->agent_hb_ms ? b->agent_hb_ms : floor;
     b->agents_seen = agents;
     /* The interval that keeps N agents' heartbeats under the rate. */
-    uint64_t need = b->cfg->agent_hb_rate ? (uint64_t)agents * 1000 / (uint64_t)b->cfg->agent_hb_rate
-                                          : 0;
+    uint64_t need = b->cfg->agent_hb_rate
+                        ? (uint64_t)agents * 1000 / (uint64_t)b->cfg->agent_hb_rate
+                        : 0;
     uint64_t next = cur;
     if (need > cur && cur < AB_AGENT_HB_MAX_MS)
         next = s_round_up(need + need / 4, floor);

@@ -20,7 +20,8 @@
 #define AB_LINK_MODELS_MAX 64      /* model names per directory entry, each list */
 #define AB_LINK_HOPS_MAX 16        /* names on a route or crossed list */
 #define AB_LINK_TOPICS_MAX 4096    /* topic patterns listed to / taken from one peer */
-#define AB_LINK_TOPIC_DESTS_MAX 64 /* brokers with subscribers one link tells of; of one publication */
+#define AB_LINK_TOPIC_DESTS_MAX 64 /* brokers with subscribers one link tells of; of one
+                                      publication */
 #define AB_LINK_DESTS_MAX (AB_LINK_TOPIC_DESTS_MAX * AB_LINK_NAME_MAX + 1) /* Header.dests */
 
 enum { S_LM_HELLO = 1, S_LM_WELCOME = 2, S_LM_HEARTBEAT = 3, S_LM_DIRECTORY = 4,

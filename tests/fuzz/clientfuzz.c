@@ -390,7 +390,8 @@ static const char *s_play(void)
         for (int k = 0; k <= AB_KIND_MAX_ && n < sizeof cf_fail_text - 40; k++)
             if (cf_b.rec_in[k])
                 n += (size_t)snprintf(cf_fail_text + n, sizeof cf_fail_text - n, " %s %llu",
-                                      ab_kind_name((uint32_t)k), (unsigned long long)cf_b.rec_in[k]);
+                                      ab_kind_name((uint32_t)k),
+                                      (unsigned long long)cf_b.rec_in[k]);
         if (n < sizeof cf_fail_text - 2)
             snprintf(cf_fail_text + n, sizeof cf_fail_text - n, ")");
         return cf_fail_text;

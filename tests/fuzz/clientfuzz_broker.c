@@ -297,7 +297,8 @@ static void s_mk_directory(cf_msg_t *m, int whole)
         wi[i].in_flight = (uint32_t)cf_rand(&cf_b.rng);
         wi[i].suspicion = (double)cf_below(&cf_b.rng, 1000) / 7.0;
         /* more labels than a callback's stack array (64 pairs) now and then */
-        size_t want = cf_chance(&cf_b.rng, 20) ? 33 + cf_below(&cf_b.rng, 30) : cf_below(&cf_b.rng, 3);
+        size_t want =
+            cf_chance(&cf_b.rng, 20) ? 33 + cf_below(&cf_b.rng, 30) : cf_below(&cf_b.rng, 3);
         if (want > 70 - nl)
             want = 70 - nl;
         wi[i].n_labels = want;
@@ -420,7 +421,8 @@ static int s_mk(int mv, cf_msg_t *m, int *worker, size_t max)
     }
     case MV_discover:
         s_msg(m, AB_KIND_DISCOVER);
-        m->h.correlation_id = cf_chance(&cf_b.rng, 60) ? s_some_id(&cf_b.watches) : s_some_id(&cf_b.calls);
+        m->h.correlation_id =
+            cf_chance(&cf_b.rng, 60) ? s_some_id(&cf_b.watches) : s_some_id(&cf_b.calls);
         if (cf_chance(&cf_b.rng, 50))
             s_mk_directory(m, 0);
         else
@@ -518,7 +520,8 @@ static void s_move_batch(int bad)
     for (int i = 0; i < n; i++) {
         cf_msg_t m;
         int w = 0;
-        int mv = for_worker ? worker_mv[cf_below(&cf_b.rng, 7)] : client_mv[cf_below(&cf_b.rng, 10)];
+        int mv = for_worker ? worker_mv[cf_below(&cf_b.rng, 7)]
+                            : client_mv[cf_below(&cf_b.rng, 10)];
         if (!s_mk(mv, &m, &w, 8000))
             continue;
         if (m.h.kind == AB_KIND_REQUEST)
@@ -537,7 +540,8 @@ static void s_move_batch(int bad)
             uint32_t how = cf_below(&cf_b.rng, 4);
             if (how == 0)
                 for (int i = 0; i < 1 + (int)cf_below(&cf_b.rng, 4); i++)
-                    copy[cf_below(&cf_b.rng, (uint32_t)len)] ^= (uint8_t)(1 + cf_below(&cf_b.rng, 255));
+                    copy[cf_below(&cf_b.rng, (uint32_t)len)] ^=
+                        (uint8_t)(1 + cf_below(&cf_b.rng, 255));
             else if (how == 1)
                 len = cf_below(&cf_b.rng, (uint32_t)len);
             else if (how == 2)

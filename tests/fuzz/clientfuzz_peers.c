@@ -52,8 +52,8 @@ static int s_call_find(uint64_t id)
 static void s_call_add(uint64_t id, int ask)
 {
     if (s_call_find(id) >= 0)
-        cf_fail("ab_client_%s gave id %llu, which is still in flight", ask ? "ask" : "request_start",
-               (unsigned long long)id);
+        cf_fail("ab_client_%s gave id %llu, which is still in flight",
+                ask ? "ask" : "request_start", (unsigned long long)id);
     if (C.ncalls < CF_MAX_CALLS)
         C.calls[C.ncalls++] = (cf_call_t){id, ask};
     C.started++;

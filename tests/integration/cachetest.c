@@ -105,7 +105,8 @@ void ct_got_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     if (!ev->final) {
         g->partials++;
         size_t l = strlen(g->chunks);
-        snprintf(g->chunks + l, sizeof g->chunks - l, "%.*s", (int)ev->size, (const char *)ev->data);
+        snprintf(g->chunks + l, sizeof g->chunks - l, "%.*s", (int)ev->size,
+                 (const char *)ev->data);
         return;
     }
     g->finals++;

@@ -215,7 +215,8 @@ void ot_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
     if (ev->status != AB_OK)
         return;
     if (r->kind == 1) {
-        Agentbus__GenerateResponse *g = agentbus__generate_response__unpack(NULL, ev->size, ev->data);
+        Agentbus__GenerateResponse *g =
+            agentbus__generate_response__unpack(NULL, ev->size, ev->data);
         REQUIRE(g);
         CHECK_EQ(g->done, ev->final);
         s_append(r, g->response);

@@ -50,7 +50,8 @@ static int s_agents_child(const char *ep, int n, const char *prefix)
         snprintf(name, sizeof name, "%s-%d", prefix, i);
         /* A short interval of their own (HELLO): only the broker's
          * longer one keeps them alive at the pace it asks for. */
-        if (!o || ab_options_set_endpoint(o, ep) != AB_OK || ab_options_set_name(o, name) != AB_OK ||
+        if (!o || ab_options_set_endpoint(o, ep) != AB_OK ||
+            ab_options_set_name(o, name) != AB_OK ||
             ab_options_set_heartbeat_ms(o, 250) != AB_OK || ab_client_new(&c[i], o) != AB_OK)
             return 1;
         ab_options_destroy(&o);
@@ -81,7 +82,8 @@ static Agentbus__Stats *s_stats_when(ab_client_t *c, size_t off, uint64_t min, i
     int64_t end = ab_now_ms() + timeout_ms;
     for (;;) {
         Agentbus__Stats *st = th_stats(c);
-        uint64_t v = !st ? 0 : is32 ? *(uint32_t *)((char *)st + off) : *(uint64_t *)((char *)st + off);
+        uint64_t v = !st ? 0
+                     : is32 ? *(uint32_t *)((char *)st + off) : *(uint64_t *)((char *)st + off);
         if (!st || v >= min || ab_now_ms() >= end)
             return st;
         agentbus__stats__free_unpacked(st, NULL);

@@ -569,7 +569,8 @@ static void s_admin_verbs(void)
     at_broker(port);
     ab_client_t *adm = th_client(port);
     ab_client_t *ag = at_client(port, "ag1", NULL, 0);
-    const char *verbs[] = {"cache clear", "cache clear l1", "cache get 00000000000000000000000000000000",
+    const char *verbs[] = {"cache clear", "cache clear l1",
+                           "cache get 00000000000000000000000000000000",
                            "keys", "keys reload", "drain", "eject x"};
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
         void *buf = NULL;

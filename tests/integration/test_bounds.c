@@ -155,8 +155,9 @@ static void s_reply_reader(void)
             void *reply = NULL;
             size_t rs = 0;
             good_sent++;
-            good_ok += ab_client_request(good, "echo", payload, SIZE, 10000, &reply, &rs) == AB_OK &&
-                       rs == SIZE;
+            good_ok +=
+                ab_client_request(good, "echo", payload, SIZE, 10000, &reply, &rs) == AB_OK &&
+                rs == SIZE;
             ab_free(reply);
         }
         long r = th_rss_kb(broker);

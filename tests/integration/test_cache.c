@@ -569,7 +569,8 @@ static void s_cli(void)
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
-        {"l1_repeat", s_l1_repeat}, {"idle_client", s_idle_client}, {"flags", s_flags}, {"error_not_cached", s_error_not_cached},
+        {"l1_repeat", s_l1_repeat}, {"idle_client", s_idle_client}, {"flags", s_flags},
+        {"error_not_cached", s_error_not_cached},
         {"typed", s_typed_determinism}, {"typed_lz4", s_typed_lz4},
         {"coalesce_100", s_coalesce_100}, {"stream_fanout", s_stream_fanout},
         {"leader_fails", s_leader_fails}, {"waiter_deadline", s_waiter_deadline}, {"cli", s_cli},
@@ -577,7 +578,8 @@ int main(int argc, char **argv)
         /* test_cache_tiers.c */
         {"l3_restart", cache_l3_restart}, {"l3_epoch", cache_l3_epoch},
         {"l2_shared", cache_l2_shared},
-        {"l2_down", cache_l2_down}, {"l2_absent", cache_l2_absent}, {"l2_clear", cache_l2_clear}, {"l2_slow", cache_l2_slow},
+        {"l2_down", cache_l2_down}, {"l2_absent", cache_l2_absent}, {"l2_clear", cache_l2_clear},
+        {"l2_slow", cache_l2_slow},
         {"l3_truncated", cache_l3_truncated}, {"l2_breaker_skips", cache_l2_breaker_skips},
         {"l2_sigstop", cache_l2_sigstop}, {"l2_sigkill", cache_l2_sigkill},
         /* test_cache_hostile.c */

@@ -666,7 +666,8 @@ static int s_answered(const ct_got_t *g, const char *prefix, int n)
     int ok = 0;
     for (int i = 0; i < n; i++) {
         int wl = snprintf(want, sizeof want, "%s%d#", prefix, i);
-        ok += g[i].finals == 1 && g[i].status == AB_OK && strncmp(g[i].final, want, (size_t)wl) == 0;
+        ok += g[i].finals == 1 && g[i].status == AB_OK &&
+              strncmp(g[i].final, want, (size_t)wl) == 0;
     }
     return ok == n;
 }

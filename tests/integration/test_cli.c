@@ -66,11 +66,16 @@ static void s_arg_order(void)
     CHECK_EQ(th_run(cmd, s_out, sizeof s_out), 0);
     CHECK_TRUE(HAS("\thello"));
     /* --watch into a pipe: no terminal codes, repeats separated. */
-    CHECK_EQ(s_sh("timeout --foreground -k 5 -s INT 3 %s services --watch 1 --broker %s; true", CTL, ep), 0);
+    CHECK_EQ(s_sh("timeout --foreground -k 5 -s INT 3 %s services --watch 1 --broker %s; true",
+                  CTL, ep),
+             0);
     CHECK_TRUE(HAS("SERVICE"));
     CHECK_TRUE(!HAS("\033["));
     /* A stream with --json: one compact object per line. */
-    CHECK_EQ(s_sh("timeout --foreground -k 5 -s INT 3 %s services --watch 1 --json --broker %s; true", CTL, ep), 0);
+    CHECK_EQ(
+        s_sh("timeout --foreground -k 5 -s INT 3 %s services --watch 1 --json --broker %s; true",
+             CTL, ep),
+        0);
     CHECK_TRUE(s_out[0] == '[' && strchr(s_out, '\n') && strchr(s_out, '\n')[-1] == ']');
     /* The workers table keeps its columns: the id fits in 12. */
     CHECK_EQ(s_sh("timeout 30 %s workers --broker %s", CTL, ep), 0);
@@ -161,8 +166,8 @@ static void s_no_broker(void)
 static void s_worker_no_broker(void)
 {
     const char *ep = th_ep(th_free_port());
-    CHECK_EQ(s_sh("timeout -k 5 -s INT 7 %s --broker %s --drain-ms 0; true", th_bin("agentbus-worker"),
-                  ep), 0);
+    CHECK_EQ(s_sh("timeout -k 5 -s INT 7 %s --broker %s --drain-ms 0; true",
+                  th_bin("agentbus-worker"), ep), 0);
     char want[256];
     snprintf(want, sizeof want, "waiting for the broker at %s", ep);
     CHECK_TRUE(HAS(want));
@@ -648,7 +653,9 @@ static void s_log_lines(void)
      * wait4, the process never exiting); the lines checked here are
      * written long before that, so a stuck exit is killed, not waited on. */
     const char *bk = th_bin("agentbus-broker"), *wk = th_bin("agentbus-worker");
-    CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 2>&1; true", bk), 0);
+    CHECK_EQ(
+        s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 2>&1; true", bk),
+        0);
     CHECK_TRUE(s_rfc3339(s_out));
     CHECK_TRUE(strncmp(s_out + 24, " INFO  core      listening on tcp://", 36) == 0);
     CHECK_EQ(s_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 "

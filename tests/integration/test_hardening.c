@@ -150,7 +150,8 @@ static void s_forged_worker_id(void)
     int port = th_free_port();
     pid_t broker = th_broker(port, NULL);
     s_forged_worker_round(port, NULL, 0);
-    const uint8_t chosen[16] = {'W' | 0x80, 'v', 'i', 'c', 't', 'i', 'm', 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    const uint8_t chosen[16] = {'W' | 0x80, 'v', 'i', 'c', 't', 'i', 'm',
+                                1, 2, 3, 4, 5, 6, 7, 8, 9};
     s_forged_worker_round(port, chosen, sizeof chosen);
     CHECK_TRUE(th_alive(broker));
 }

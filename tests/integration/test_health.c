@@ -360,7 +360,7 @@ static void s_eject(void)
     json_decref(j);
 }
 
-/* --- adaptive heartbeat interval --------------------------------------------------------------- */
+/* --- adaptive heartbeat interval -------------------------------------------------------------- */
 static void s_interval(void)
 {
     int port = th_free_port();
@@ -415,7 +415,7 @@ static void s_interval(void)
     ab_client_destroy(&c);
 }
 
-/* --- discovery and change events ------------------------------------------------------------------ */
+/* --- discovery and change events -------------------------------------------------------------- */
 typedef struct {
     int n;
     char change[32][8];
@@ -531,7 +531,8 @@ static void s_discover(void)
     CHECK_EQ(w->n_labels, 2);
     int labels = 0;
     for (size_t i = 0; i < w->n_labels; i++)
-        labels += (!strcmp(w->label_keys[i], "model") && !strcmp(w->label_values[i], "llama3.2:1b")) +
+        labels += (!strcmp(w->label_keys[i], "model") &&
+                   !strcmp(w->label_values[i], "llama3.2:1b")) +
                   (!strcmp(w->label_keys[i], "gpu") && !strcmp(w->label_values[i], "0"));
     CHECK_EQ(labels, 2);
     ab_directory_destroy(&d);
@@ -672,7 +673,7 @@ static void s_watch_silence(void)
     ab_client_destroy(&c);
 }
 
-/* --- bounded queues and per-client limits ------------------------------------------------------------ */
+/* --- bounded queues and per-client limits ----------------------------------------------------- */
 static void s_flood(void)
 {
     int port = th_free_port();
@@ -759,7 +760,7 @@ static void s_flood(void)
     ab_client_destroy(&b);
 }
 
-/* --- graceful shutdown ------------------------------------------------------------------------------------ */
+/* --- graceful shutdown ------------------------------------------------------------------------ */
 static void s_broker_drain(void)
 {
     int port = th_free_port();
@@ -919,7 +920,8 @@ static void s_agent_spread(void)
     for (int i = 0; i < N; i++) { /* plain, whatever the run's AB_KEY: the ROUTER has no CURVE */
         ab_options_t *o = ab_options_new();
         REQUIRE(o && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
-        REQUIRE(ab_options_set_key_file(o, "") == AB_OK && ab_options_set_broker_key(o, "") == AB_OK);
+        REQUIRE(ab_options_set_key_file(o, "") == AB_OK &&
+                ab_options_set_broker_key(o, "") == AB_OK);
         REQUIRE(ab_client_new(&c[i], o) == AB_OK);
         ab_options_destroy(&o);
     }

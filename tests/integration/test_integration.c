@@ -383,7 +383,8 @@ static void s_garbage(void)
         ab_header_t h;
         if (n <= (int)sizeof buf && ab_header_parse(buf, (size_t)n, &h) == AB_OK &&
             h.kind == AB_KIND_ERROR) {
-            errors += h.error_code == AB_ERR_MALFORMED || h.error_code == AB_ERR_UNSUPPORTED_VERSION;
+            errors += h.error_code == AB_ERR_MALFORMED ||
+                      h.error_code == AB_ERR_UNSUPPORTED_VERSION;
             versions += h.error_code == AB_ERR_UNSUPPORTED_VERSION;
         }
     }
@@ -402,7 +403,8 @@ static void s_garbage(void)
     CHECK_EQ(th_stat_error(st, "rejected:FRAMES"), 2);
     CHECK_EQ(th_stat_error(st, "rejected:UNSUPPORTED_VERSION"), 2);
     CHECK_EQ(th_stat_error(st, "rejected:HEADER_SIZE"), 2);
-    CHECK_TRUE(th_stat_error(st, "rejected:DECODE") + th_stat_error(st, "rejected:MISSING_FIELD") >= 4);
+    CHECK_TRUE(th_stat_error(st, "rejected:DECODE") +
+               th_stat_error(st, "rejected:MISSING_FIELD") >= 4);
     agentbus__stats__free_unpacked(st, NULL);
     char cmd[512], text[8192];
     snprintf(cmd, sizeof cmd, "%s --broker %s stats", th_bin("brokerctl"), th_ep(port));
@@ -509,7 +511,9 @@ static void s_brokerctl(void)
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     j = json_loads(out, 0, &err);
     CHECK_TRUE(j && json_array_size(j) == 1);
-    CHECK_STR(json_string_value(json_object_get(json_object_get(json_array_get(j, 0), "labels"), "gpu")), "0");
+    CHECK_STR(json_string_value(json_object_get(json_object_get(json_array_get(j, 0), "labels"),
+                                                "gpu")),
+              "0");
     json_decref(j);
     snprintf(cmd, sizeof cmd, "printf 'hello from stdin' | %s --broker %s request echo -",
              th_bin("brokerctl"), th_ep(port));

@@ -430,7 +430,8 @@ static void s_long_via(void)
     for (int i = 0; i < 4; i++)
         port[i] = th_free_port();
     for (int i = 3; i >= 0; i--)
-        lt_broker(port[i], nm[i], lt_keysdir(i == 3 ? "D" : i == 2 ? "C" : i == 1 ? "B" : "A", NULL),
+        lt_broker(port[i], nm[i],
+                  lt_keysdir(i == 3 ? "D" : i == 2 ? "C" : i == 1 ? "B" : "A", NULL),
                   i < 3 ? lt_peer(port[i + 1]) : NULL, NULL, NULL, NULL);
     th_worker(port[3], "far3", NULL);
     th_worker(port[2], "far2", NULL);
@@ -647,8 +648,9 @@ static void s_roles(void)
      * reached LeakSanitizer's exit-time tracer (a clone in that group) and
      * left it and the worker stopped for good: this case hung in CI. */
     snprintf(cmd, sizeof cmd,
-             "AB_KEY=%s/broker.key_secret timeout --foreground -k 10 3 %s --broker %s --backend echo --service "
-             "sneaky >/dev/null 2>&1; grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
+             "AB_KEY=%s/broker.key_secret timeout --foreground -k 10 3 %s --broker %s "
+             "--backend echo --service sneaky >/dev/null 2>&1; "
+             "grep -c \"denied REGISTER from a peer broker's key outside a link\" %s",
              lt_certdir(), th_bin("agentbus-worker"), th_ep(pb), th_log_of(bpid));
     CHECK_EQ(th_run(cmd, out, sizeof out), 0);
     CHECK_EQ(lt_req(adm, "sneaky", "x", NULL, 0), AB_ENOSERVICE);
@@ -660,7 +662,8 @@ int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"two", s_two},         {"both_dial", s_both_dial},     {"cut", s_cut},
-        {"stall", s_stall},     {"restart", s_restart},         {"line", s_line},               {"triangle", s_triangle},
+        {"stall", s_stall},     {"restart", s_restart},         {"line", s_line},
+        {"triangle", s_triangle},
         {"unknown_key", s_unknown_key}, {"roles", s_roles}, {"long_via", s_long_via},
         {"dealer_backlog", s_dealer_backlog}, {"deadline_no_eject", s_deadline_no_eject},
     };

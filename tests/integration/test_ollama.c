@@ -50,7 +50,8 @@ static int s_most_digits(const char *t)
     if (!end)
         return 99;
     while (p < end) {
-        if (!(*p >= '0' && *p <= '9') || (p > t && (p[-1] == '"' || isalpha((unsigned char)p[-1])))) {
+        if (!(*p >= '0' && *p <= '9') ||
+            (p > t && (p[-1] == '"' || isalpha((unsigned char)p[-1])))) {
             p++;
             continue;
         }
@@ -138,8 +139,8 @@ static void s_round_trip(void)
 
     /* embed: the vector the simulator computes for the same input */
     json_t *ej = NULL;
-    REQUIRE(ot_http(sim, "/api/embed", "{\"model\":\"sim-embed\",\"input\":\"hello world\"}", &ej) ==
-            200);
+    REQUIRE(ot_http(sim, "/api/embed", "{\"model\":\"sim-embed\",\"input\":\"hello world\"}",
+                    &ej) == 200);
     json_t *v0 = json_array_get(json_array_get(json_object_get(ej, "embeddings"), 0), 0);
     size_t dims = json_array_size(json_array_get(json_object_get(ej, "embeddings"), 0));
     double first = json_number_value(v0);
@@ -518,7 +519,8 @@ int main(int argc, char **argv)
         {"busy_redispatch", s_busy_redispatch}, {"midstream_error", s_midstream_error},
         {"dropped", s_dropped}, {"hang_cancel", s_hang_cancel}, {"format", s_format},
         /* test_ollama_placement.c */
-        {"adaptive", ollama_adaptive}, {"timeout_credit", ollama_timeout_credit}, {"model_credit", ollama_model_credit}, {"model_slots", ollama_model_slots},
+        {"adaptive", ollama_adaptive}, {"timeout_credit", ollama_timeout_credit},
+        {"model_credit", ollama_model_credit}, {"model_slots", ollama_model_slots},
         {"model_scan", ollama_model_scan},
         {"busy_no_eject", ollama_busy_no_eject}, {"placement_loaded", ollama_placement_loaded},
         {"worker_gone", ollama_worker_gone},

@@ -184,8 +184,9 @@ void ollama_connect_timeout(void)
     r.kind = 1;
     /* no model to route by: the worker's state lists none (its Ollama never
      * answered), so the broker sends it to the worker as it is */
-    REQUIRE(ab_client_request_start(c, "ollama", buf, len, &(ab_request_opts_t){.timeout_ms = 60000},
-                                    ot_on_event, &r, NULL) == AB_OK);
+    REQUIRE(ab_client_request_start(c, "ollama", buf, len,
+                                    &(ab_request_opts_t){.timeout_ms = 60000}, ot_on_event, &r,
+                                    NULL) == AB_OK);
     ot_wait(c, &r, 1, 70000);
     CHECK_EQ(r.finals, 1);
     CHECK_EQ(r.status, AB_EBACKEND);

@@ -236,7 +236,8 @@ static int s_in_ps(const char *model)
     size_t i;
     json_t *m;
     int found = 0;
-    json_array_foreach(json_object_get(ps, "models"), i, m) found |= strcmp(s_str(m, "name"), model) == 0;
+    json_array_foreach(json_object_get(ps, "models"), i, m)
+        found |= strcmp(s_str(m, "name"), model) == 0;
     json_decref(ps);
     return found;
 }
@@ -285,7 +286,7 @@ static void test_generate(void)
     CHECK_EQ(s_int(fin, "eval_count"), 6);
     CHECK_EQ(s_int(fin, "prompt_eval_count"), 5);
     CHECK_TRUE(s_int(fin, "total_duration") > 0);
-    CHECK_TRUE(s_int(fin, "load_duration") >= 500000000LL);   /* simulated: sim-small loads 500 ms */
+    CHECK_TRUE(s_int(fin, "load_duration") >= 500000000LL); /* simulated: sim-small loads 500 ms */
     CHECK_TRUE(s_int(fin, "prompt_eval_duration") > 0);
     CHECK_TRUE(s_int(fin, "eval_duration") >= 6 * 10000000LL);   /* 6 tokens of 10 ms */
     CHECK_TRUE(s_int(fin, "total_duration") >= s_int(fin, "eval_duration"));
@@ -303,7 +304,8 @@ static void test_generate(void)
     CHECK_STR(t2, text);
     /* Another seed or prompt: another text. Default temperature: varied. */
     char *t3 = s_generate_text("{\"model\":\"sim-small\",\"prompt\":\"why is the sky blue\","
-                               "\"stream\":false,\"options\":{\"temperature\":0,\"seed\":8,\"num_predict\":6}}");
+                               "\"stream\":false,\"options\":{\"temperature\":0,\"seed\":8,"
+                               "\"num_predict\":6}}");
     CHECK_TRUE(strcmp(t3, text) != 0);
     char *v1 = s_generate_text("{\"model\":\"sim-small\",\"prompt\":\"hi\",\"stream\":false}");
     char *v2 = s_generate_text("{\"model\":\"sim-small\",\"prompt\":\"hi\",\"stream\":false}");
@@ -347,8 +349,9 @@ static void test_stream_live(void)
 static void test_chat(void)
 {
     s_sim("--time-scale", "20", NULL);
-    const char *b1 = "{\"model\":\"sim-small\",\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
-                     "{\"role\":\"user\",\"content\":\"hello there\"}],\"options\":{\"temperature\":0}}";
+    const char *b1 = "{\"model\":\"sim-small\",\"messages\":[{\"role\":\"system\","
+                     "\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"hello there\"}],"
+                     "\"options\":{\"temperature\":0}}";
     s_resp_t r = s_http("POST", "/api/chat", b1, 0, 30000);
     CHECK_EQ(r.status, 200);
     json_t *lines = s_lines(r.body.data);
@@ -397,7 +400,8 @@ static void test_embed(void)
 {
     s_sim("--time-scale", "20", NULL);
     long st;
-    json_t *a = s_json("POST", "/api/embed", "{\"model\":\"sim-embed\",\"input\":[\"alpha\",\"beta\"]}", &st);
+    json_t *a = s_json("POST", "/api/embed",
+                       "{\"model\":\"sim-embed\",\"input\":[\"alpha\",\"beta\"]}", &st);
     CHECK_EQ(st, 200);
     CHECK_STR(s_str(a, "model"), "sim-embed");
     json_t *e = json_object_get(a, "embeddings");
@@ -406,7 +410,8 @@ static void test_embed(void)
     double norm = 0;
     size_t i;
     json_t *x;
-    json_array_foreach(json_array_get(e, 0), i, x) norm += json_number_value(x) * json_number_value(x);
+    json_array_foreach(json_array_get(e, 0), i, x)
+        norm += json_number_value(x) * json_number_value(x);
     CHECK_RANGE(norm, 0.999, 1.001);
     CHECK_TRUE(s_int(a, "prompt_eval_count") == 2);
     CHECK_TRUE(s_int(a, "total_duration") > 0);
@@ -453,10 +458,12 @@ static void test_errors(void)
     CHECK_EQ(st, 400);
     CHECK_TRUE(strncmp(s_str(j, "error"), "invalid JSON body", 17) == 0);
     json_decref(j);
-    j = s_json("POST", "/api/generate", "{\"model\":\"sim-small\",\"prompt\":\"x\",\"stream\":\"yes\"}", &st);
+    j = s_json("POST", "/api/generate",
+               "{\"model\":\"sim-small\",\"prompt\":\"x\",\"stream\":\"yes\"}", &st);
     CHECK_EQ(st, 400);
     json_decref(j);
-    j = s_json("POST", "/api/generate", "{\"model\":\"sim-small\",\"prompt\":\"x\",\"keep_alive\":\"soon\"}", &st);
+    j = s_json("POST", "/api/generate",
+               "{\"model\":\"sim-small\",\"prompt\":\"x\",\"keep_alive\":\"soon\"}", &st);
     CHECK_EQ(st, 400);
     json_decref(j);
     s_resp_t r = s_http("GET", "/api/nothing", NULL, 0, 5000);
@@ -494,8 +501,8 @@ static void test_errors(void)
  * fourth concurrent request gets Ollama's 503. */
 static void test_queue_full(void)
 {
-    s_sim("--num-parallel", "2", "--max-queue", "1", "--model", "m,load_ms=0,token_ms=200,reply_tokens=50",
-          NULL);
+    s_sim("--num-parallel", "2", "--max-queue", "1", "--model",
+          "m,load_ms=0,token_ms=200,reply_tokens=50", NULL);
     const char *body = "{\"model\":\"m\",\"prompt\":\"p\"}";
     int fds[3];
     for (int i = 0; i < 3; i++) {
@@ -541,7 +548,8 @@ static void test_eviction(void)
     const char *names[] = {"a", "b", "a"};   /* b ends up least recently used */
     for (int i = 0; i < 3; i++) {
         char body[128];
-        snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":\"x\",\"stream\":false}", names[i]);
+        snprintf(body, sizeof body, "{\"model\":\"%s\",\"prompt\":\"x\",\"stream\":false}",
+                 names[i]);
         json_t *j = s_json("POST", "/api/generate", body, &st);
         CHECK_EQ(st, 200);
         json_decref(j);
@@ -595,7 +603,8 @@ static void test_max_loaded(void)
     CHECK_TRUE(!s_in_ps("a:latest") && s_in_ps("b:latest"));
     CHECK_EQ(s_stat("evictions"), 1);
     /* b busy: a request for a waits in the queue, b stays loaded */
-    int fd = s_raw_post("/api/generate", "{\"model\":\"b\",\"prompt\":\"x\",\"options\":{\"num_predict\":1000}}");
+    int fd = s_raw_post("/api/generate",
+                        "{\"model\":\"b\",\"prompt\":\"x\",\"options\":{\"num_predict\":1000}}");
     CHECK_EQ(s_wait_stat("active", 1, 5000), 0);
     int fa = s_raw_post("/api/generate", "{\"model\":\"a\",\"prompt\":\"x\"}");
     CHECK_EQ(s_wait_stat("queued", 1, 5000), 0);
@@ -642,7 +651,8 @@ static void test_keep_alive(void)
     CHECK_TRUE(unloaded);
     /* 1 min at time scale 20 = 3 s of real time (the wait below is bounded
      * well under the minute an unscaled keep-alive would take). */
-    j = s_json("POST", "/api/chat", "{\"model\":\"sim-small\",\"messages\":[],\"keep_alive\":\"1m\"}", &st);
+    j = s_json("POST", "/api/chat",
+               "{\"model\":\"sim-small\",\"messages\":[],\"keep_alive\":\"1m\"}", &st);
     CHECK_EQ(st, 200);
     json_decref(j);
     int gone = 0;
@@ -659,7 +669,9 @@ static void test_keep_alive(void)
     CHECK_EQ(s_int(stats, "unloads"), 3);
     json_decref(stats);
     /* Unload while busy: it stays until its request ends, then goes. */
-    int fd = s_raw_post("/api/generate", "{\"model\":\"sim-small\",\"prompt\":\"x\",\"options\":{\"num_predict\":16384}}");
+    int fd = s_raw_post("/api/generate",
+                        "{\"model\":\"sim-small\",\"prompt\":\"x\","
+                        "\"options\":{\"num_predict\":16384}}");
     char buf[4096];
     CHECK_TRUE(s_raw_wait_for(fd, "\"done\":false", buf, sizeof buf, 10000));
     j = s_json("POST", "/api/generate", "{\"model\":\"sim-small\",\"keep_alive\":0}", &st);
@@ -684,14 +696,16 @@ static void test_abort(void)
     json_t *stats = s_stats();
     CHECK_EQ(s_int(stats, "aborted"), 1);
     CHECK_EQ(s_int(stats, "aborted_queued"), 0);
-    json_t *slot = json_array_get(json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots"), 0);
+    json_t *slot = json_array_get(
+        json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots"), 0);
     CHECK_TRUE(json_is_false(json_object_get(slot, "busy")));
     CHECK_TRUE(s_int(slot, "busy_ns") > 0);
     CHECK_EQ(s_int(slot, "requests"), 1);
     json_decref(stats);
     long st;
     json_t *j = s_json("POST", "/api/generate",
-                       "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":false,\"options\":{\"num_predict\":2}}", &st);
+                       "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":false,"
+                       "\"options\":{\"num_predict\":2}}", &st);
     CHECK_EQ(st, 200);
     CHECK_EQ(s_int(j, "eval_count"), 2);
     json_decref(j);
@@ -804,12 +818,14 @@ static void test_time_scale(void)
     s_sim("--time-scale", "1000", "--model", "m,load_ms=10000,token_ms=19000,reply_tokens=10",
           "--fault-error-rate", "1", "--fault-count", "1", NULL);
     long st;
-    json_t *j = s_json("POST", "/api/generate", "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":false}", &st);
+    json_t *j = s_json("POST", "/api/generate",
+                       "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":false}", &st);
     CHECK_EQ(st, 500);
     CHECK_STR(s_str(j, "error"), "simulated failure");
     json_decref(j);
     /* The client's bound (60 s) is well under the modelled 200 s. */
-    s_resp_t r = s_http("POST", "/api/generate", "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":false}", 0, 60000);
+    s_resp_t r = s_http("POST", "/api/generate",
+                        "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":false}", 0, 60000);
     CHECK_EQ(r.rc, CURLE_OK);
     CHECK_EQ(r.status, 200);
     j = json_loads(r.body.data, 0, NULL);
@@ -820,7 +836,8 @@ static void test_time_scale(void)
     json_decref(j);
     s_resp_free(&r);
     json_t *stats = s_stats();
-    json_t *slot = json_array_get(json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots"), 0);
+    json_t *slot = json_array_get(
+        json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots"), 0);
     /* stats are real time: the slot was busy at least the scaled 200 ms */
     CHECK_TRUE(s_int(slot, "busy_ns") >= 200000000LL);
     json_decref(stats);
@@ -841,8 +858,9 @@ static void test_usage(void)
     snprintf(path, sizeof path, "%s/sim.json", th_dir());
     FILE *f = fopen(path, "w");
     REQUIRE(f);
-    fputs("{\"num_parallel\": 2, \"gpus\": [{\"vram\": \"2G\"}], \"models\": [{\"name\": \"cfg-model\", "
-          "\"size\": \"1G\", \"digest\": \"abc\", \"load_ms\": 0}], \"faults\": {\"drop_after\": 3}}",
+    fputs("{\"num_parallel\": 2, \"gpus\": [{\"vram\": \"2G\"}], \"models\": "
+          "[{\"name\": \"cfg-model\", \"size\": \"1G\", \"digest\": \"abc\", \"load_ms\": 0}], "
+          "\"faults\": {\"drop_after\": 3}}",
           f);
     fclose(f);
     s_sim("--config", path, NULL);
@@ -875,13 +893,17 @@ static void test_usage(void)
     json_decref(stats);
     s_sim("--model", "e,load_ms=0", NULL);
     stats = s_stats();
-    CHECK_EQ(json_array_size(json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots")), 1);
+    CHECK_EQ(json_array_size(json_object_get(json_array_get(json_object_get(stats, "models"), 0),
+                                             "slots")),
+             1);
     json_decref(stats);
     s_env = env;
     s_sim("--model", "e,load_ms=0,token_ms=100,reply_tokens=100", NULL);
     s_env = NULL;
     stats = s_stats();
-    CHECK_EQ(json_array_size(json_object_get(json_array_get(json_object_get(stats, "models"), 0), "slots")), 3);
+    CHECK_EQ(json_array_size(json_object_get(json_array_get(json_object_get(stats, "models"), 0),
+                                             "slots")),
+             3);
     json_decref(stats);
     int fds[3];
     for (int i = 0; i < 3; i++)

@@ -35,7 +35,8 @@ static void s_prefix_match(void)
                                         {"metrics", NULL},
                                         {"alerts.", "alerts.gpu.temp"}}; /* overlapping */
     static const char *topics[] = {"alerts.gpu.temp", "alerts.gpu", "alerts",   "alerts.cpu.load",
-                                   "metrics",         "metrics.x",  "alertsx.y", "alerts.gpu.temp.max"};
+                                   "metrics",         "metrics.x",  "alertsx.y",
+                                   "alerts.gpu.temp.max"};
     /* expected[s][t]: how many copies subscriber s gets of topic t */
     static const int expected[NSUB][8] = {{1, 1, 0, 1, 0, 0, 0, 1},
                                           {1, 0, 0, 0, 0, 0, 0, 0},

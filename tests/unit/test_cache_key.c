@@ -141,31 +141,65 @@ static int s_change(int i)
     case 1: s_gen.prompt = "why is the sky blue? "; return 1;
     case 2: s_gen.system = "be brief"; return 1;
     case 3: s_gen.format = "json"; return 1;
-    case 4: s_gen.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM; s_gen.stream = 0; return 1;
+    case 4:
+        s_gen.has_stream_case = AGENTBUS__GENERATE_REQUEST__HAS_STREAM_STREAM;
+        s_gen.stream = 0;
+        return 1;
     case 5: s_gen.raw = 1; return 1;
     case 6: s_gen.suffix = "end"; return 1;
     case 7: s_gen.n_images = 1; s_gen.images = &img; return 1;
     case 8: s_opts.num_ctx = 8192; return 1; /* context size */
     case 9: s_opts.has_num_ctx_case = 0; return 1;
-    case 10: s_opts.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED; s_opts.seed = 7; return 1;
-    case 11: s_opts.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT; s_opts.num_predict = 10; return 1;
-    case 12: s_opts.has_top_k_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TOP_K_TOP_K; s_opts.top_k = 40; return 1;
-    case 13: s_opts.has_top_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TOP_P_TOP_P; s_opts.top_p = 0.9; return 1;
+    case 10:
+        s_opts.has_seed_case = AGENTBUS__INFERENCE_OPTIONS__HAS_SEED_SEED;
+        s_opts.seed = 7;
+        return 1;
+    case 11:
+        s_opts.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT;
+        s_opts.num_predict = 10;
+        return 1;
+    case 12:
+        s_opts.has_top_k_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TOP_K_TOP_K;
+        s_opts.top_k = 40;
+        return 1;
+    case 13:
+        s_opts.has_top_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_TOP_P_TOP_P;
+        s_opts.top_p = 0.9;
+        return 1;
     case 14: s_opts.n_stop = 1; s_opts.stop = (char **)stop; return 1;
-    case 15: s_opts.has_repeat_penalty_case = AGENTBUS__INFERENCE_OPTIONS__HAS_REPEAT_PENALTY_REPEAT_PENALTY; s_opts.repeat_penalty = 1.1; return 1;
-    case 16: s_opts.has_min_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_MIN_P_MIN_P; s_opts.min_p = 0.05; return 1;
-    case 17: s_opts.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT; s_opts.num_predict = 0; return 1; /* present 0 != absent */
+    case 15:
+        s_opts.has_repeat_penalty_case =
+            AGENTBUS__INFERENCE_OPTIONS__HAS_REPEAT_PENALTY_REPEAT_PENALTY;
+        s_opts.repeat_penalty = 1.1;
+        return 1;
+    case 16:
+        s_opts.has_min_p_case = AGENTBUS__INFERENCE_OPTIONS__HAS_MIN_P_MIN_P;
+        s_opts.min_p = 0.05;
+        return 1;
+    case 17:
+        s_opts.has_num_predict_case = AGENTBUS__INFERENCE_OPTIONS__HAS_NUM_PREDICT_NUM_PREDICT;
+        s_opts.num_predict = 0;
+        return 1; /* present 0 != absent */
     case 18: s_opts.extra_json = "{\"mirostat\":2}"; return 1; /* an untyped option */
     case 19: s_opts.extra_json = "{\"mirostat\":2,\"num_gpu\":1}"; return 1;
     case 20: s_gen.think = "true"; return 1; /* a reasoning model thinks first */
     case 21: s_gen.think = "high"; return 1; /* a level thinks longer */
-    case 22: s_gen.has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE; s_gen.truncate = 0; return 1; /* a 400, not a cut prompt */
-    case 23: s_gen.has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT; s_gen.shift = 0; return 1;
+    case 22:
+        s_gen.has_truncate_case = AGENTBUS__GENERATE_REQUEST__HAS_TRUNCATE_TRUNCATE;
+        s_gen.truncate = 0;
+        return 1; /* a 400, not a cut prompt */
+    case 23:
+        s_gen.has_shift_case = AGENTBUS__GENERATE_REQUEST__HAS_SHIFT_SHIFT;
+        s_gen.shift = 0;
+        return 1;
     case 24: s_gen.logprobs = 1; return 1; /* the answer carries logprobs */
     case 25: s_gen.logprobs = 1; s_gen.top_logprobs = 2; return 1;
     case 26: s_gen.logprobs = 1; s_gen.top_logprobs = 3; return 1;
     case 27: s_gen.top_logprobs = 2; return 1; /* without logprobs: Ollama's to judge */
-    case 28: s_gen.n_context = 3; s_gen.context = (uint32_t *)ctx3; return 1; /* an earlier answer */
+    case 28:
+        s_gen.n_context = 3;
+        s_gen.context = (uint32_t *)ctx3;
+        return 1; /* an earlier answer */
     case 29: s_gen.n_context = 3; s_gen.context = (uint32_t *)ctx3b; return 1;
     case 30: s_gen.n_context = 2; s_gen.context = (uint32_t *)ctx3; return 1;
     default: return 0;
@@ -446,7 +480,8 @@ static void t_tools_in_key(void)
     tm.role = "tool";
     tm.content = "18 C";
     CHECK_EQ(s_key_of(NULL, NULL, 0, &k3), AB_KEY_TYPED);
-    am.tool_calls_json = "[{\"function\":{\"arguments\":{\"city\":\"Paris\"},\"name\":\"get_time\"}}]";
+    am.tool_calls_json =
+        "[{\"function\":{\"arguments\":{\"city\":\"Paris\"},\"name\":\"get_time\"}}]";
     CHECK_EQ(s_key_of(NULL, NULL, 0, &k4), AB_KEY_TYPED);
     CHECK_TRUE(!s_same(&k3, &k4));
     tm.tool_name = "get_time";

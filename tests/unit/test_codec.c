@@ -118,11 +118,12 @@ static void s_test_protobuf_c_agrees(void)
     ab_header_t ours = s_full();
     size_t len = ab_header_encode(&ours, buf, sizeof buf);
     CHECK_U64(len, agentbus__header__get_packed_size(&(Agentbus__Header){
-                       .base = m.base, .version = 1, .kind = AGENTBUS__KIND__KIND_REQUEST, .id = UINT64_MAX,
-                       .correlation_id = ours.correlation_id, .sender = "agent-7",
+                       .base = m.base, .version = 1, .kind = AGENTBUS__KIND__KIND_REQUEST,
+                       .id = UINT64_MAX, .correlation_id = ours.correlation_id, .sender = "agent-7",
                        .target = "llm.generate", .priority = 3, .timeout_ms = UINT32_MAX,
                        .flags = ours.flags, .original_size = ours.original_size,
-                       .error_code = AGENTBUS__ERROR_CODE__ERR_DEADLINE, .error_text = "took too long",
+                       .error_code = AGENTBUS__ERROR_CODE__ERR_DEADLINE,
+                       .error_text = "took too long",
                        .credit = 128, .model = "llama3:8b", .worker = "gpu0"}));
     Agentbus__Header *u = agentbus__header__unpack(NULL, len, buf);
     REQUIRE(u != NULL);

@@ -555,7 +555,8 @@ static void s_test_same_as_brokerctl(void)
     g.options = &o;
     s_same_bytes("generate", &(tl_infer_t){TL_INFER_GENERATE, "sim-small", 1, {.generate = &g}},
                  GW_GENERATE,
-                 "{\"model\":\"sim-small\",\"prompt\":\"the same prompt\",\"options\":{\"seed\":7}}");
+                 "{\"model\":\"sim-small\",\"prompt\":\"the same prompt\","
+                 "\"options\":{\"seed\":7}}");
     /* brokerctl embed m a b */
     Agentbus__EmbedRequest e = AGENTBUS__EMBED_REQUEST__INIT;
     char *in[] = {"a", "b"};
@@ -604,7 +605,8 @@ static void s_test_tools(void)
     agentbus__inference_request__free_unpacked(ir, NULL);
     gw_req_free(&req);
     /* no tools, or an empty list: nothing set (the request stays as before) */
-    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"tools\":[],\"messages\":[{\"role\":\"user\"}]}", &req);
+    ir = s_build(GW_CHAT, "{\"model\":\"m\",\"tools\":[],\"messages\":[{\"role\":\"user\"}]}",
+                 &req);
     REQUIRE(ir && ir->chat);
     CHECK_STR(ir->chat->tools_json, "");
     agentbus__inference_request__free_unpacked(ir, NULL);
@@ -613,7 +615,8 @@ static void s_test_tools(void)
     static const char *bad[][2] = {
         {"\"tools\":{}", "invalid tools"},
         {"\"tools\":[3]", "invalid tools[0]"},
-        {"\"tools\":[{\"type\":\"function\",\"function\":{\"description\":\"x\"}}]", "function.name"},
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"description\":\"x\"}}]",
+         "function.name"},
         {"\"tools\":[{\"function\":{\"name\":\"\"}}]", "function.name"},
         {"\"tools\":[{\"function\":{\"name\":\"f\",\"parameters\":[]}}]", "parameters"},
         {"\"tools\":[{\"type\":\"retrieval\",\"function\":{\"name\":\"f\"}}]", "type"},
@@ -657,7 +660,8 @@ static void s_test_tools(void)
     json_t *calls = json_object_get(json_object_get(o, "message"), "tool_calls");
     CHECK_EQ(json_array_size(calls), 1);
     CHECK_STR(json_string_value(json_object_get(
-                  json_object_get(json_object_get(json_array_get(calls, 0), "function"), "arguments"),
+                  json_object_get(json_object_get(json_array_get(calls, 0), "function"),
+                                  "arguments"),
                   "zone")),
               "UTC");
     json_decref(o);

@@ -27,9 +27,15 @@ static uint64_t s_exact(const uint64_t *v, size_t n, double p)
 
 typedef uint64_t(s_gen_fn)(void);
 static uint64_t s_uniform(void) { return t_rand() % 100000; }
-static uint64_t s_expo(void) { return (uint64_t)(-log((double)(t_rand() % 1000000 + 1) / 1e6) * 500.0); }
+static uint64_t s_expo(void)
+{
+    return (uint64_t)(-log((double)(t_rand() % 1000000 + 1) / 1e6) * 500.0);
+}
 static uint64_t s_const(void) { return 777; }
-static uint64_t s_bimodal(void) { return t_rand() % 2 ? 50 + t_rand() % 10 : 90000 + t_rand() % 5000; }
+static uint64_t s_bimodal(void)
+{
+    return t_rand() % 2 ? 50 + t_rand() % 10 : 90000 + t_rand() % 5000;
+}
 static uint64_t s_wide(void) { return 1 + t_rand() % 1000000000ull; }
 static uint64_t s_small(void) { return t_rand() % 32; }
 

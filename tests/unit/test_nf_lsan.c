@@ -59,16 +59,19 @@ int main(void)
     /* malloc'd, indirect: not how libzmq's loss looks */
     CHECK_EQ(s_read(S_HEAD S_BUF "Indirect leak of 18160 byte(s) in 1 object(s) allocated from:\n"
                                  "    #0 0x7f in __interceptor_malloc ../src/libsanitizer/a.cpp:1\n"
-                                 "    #1 0x7f (/lib/x86_64-linux-gnu/libzmq.so.5+0x83a3f)\n\n" S_TAIL,
+                                 "    #1 0x7f (/lib/x86_64-linux-gnu/libzmq.so.5+0x83a3f)\n\n"
+                                 S_TAIL,
                     &bytes),
              -1);
     /* a record with no frame past the allocator */
     CHECK_EQ(s_read(S_HEAD "Direct leak of 18160 byte(s) in 1 object(s) allocated from:\n"
-                           "    #0 0x7f in __interceptor_malloc ../src/libsanitizer/a.cpp:1\n\n" S_TAIL,
+                           "    #0 0x7f in __interceptor_malloc ../src/libsanitizer/a.cpp:1\n\n"
+                           S_TAIL,
                     &bytes),
              -1);
     /* another sanitizer error, a failed recount, two reports, an unknown line */
-    CHECK_EQ(s_read("x.c:1:2: runtime error: signed integer overflow\n" S_HEAD S_BUF S_TAIL, &bytes),
+    CHECK_EQ(s_read("x.c:1:2: runtime error: signed integer overflow\n" S_HEAD S_BUF S_TAIL,
+                    &bytes),
              -1);
     CHECK_EQ(s_read("2026 ERROR core at exit: the broker's bookkeeping is inconsistent: x\n" S_HEAD
                         S_BUF S_TAIL,

@@ -93,7 +93,8 @@ static void s_test_split_shrinks(void)
 
 static void s_test_generate_chunks(void)
 {
-    const char *part = "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\" ipsum\",\"done\":false}";
+    const char *part =
+        "{\"model\":\"m\",\"created_at\":\"t\",\"response\":\" ipsum\",\"done\":false}";
     wk_ol_chunk_t c;
     CHECK_EQ(wk_ol_chunk_parse(WK_OL_GENERATE, part, strlen(part), "w1", &c), 0);
     CHECK_EQ(c.done, 0);
@@ -143,7 +144,8 @@ static void s_test_chat_embed(void)
     agentbus__chat_response__free_unpacked(cr, NULL);
     free(c.pb);
 
-    const char *emb = "{\"model\":\"e\",\"embeddings\":[[0.5,-0.25],[1,0]],\"prompt_eval_count\":3}";
+    const char *emb =
+        "{\"model\":\"e\",\"embeddings\":[[0.5,-0.25],[1,0]],\"prompt_eval_count\":3}";
     CHECK_EQ(wk_ol_chunk_parse(WK_OL_EMBED, emb, strlen(emb), "w", &c), 0);
     CHECK_EQ(c.done, 1);
     Agentbus__EmbedResponse *er = agentbus__embed_response__unpack(NULL, c.pb_len, c.pb);
@@ -640,7 +642,8 @@ static void s_test_decode_bound(void)
         line[n++] = '[';
         for (int i = 0; i < 1024; i++) {
             x = x * 1103515245u + 12345u;
-            n += (size_t)sprintf(line + n, "%s%.9g", i ? "," : "", ((double)(x >> 8) / (1 << 24) - 0.5) / 8);
+            n += (size_t)sprintf(line + n, "%s%.9g", i ? "," : "",
+                                 ((double)(x >> 8) / (1 << 24) - 0.5) / 8);
         }
         n += (size_t)sprintf(line + n, "],");
         vecs++;

@@ -204,7 +204,8 @@ static void test_tools(void)
                                  "\"arguments\":{\"city\":\"sim-city\",\"days\":1,\"ok\":true,"
                                  "\"unit\":\"c\",\"x\":1.5}}}]"}};
     for (int i = 0; i < 2; i++) {
-        snprintf(body, sizeof body, "{\"tools\":%s,\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}]}",
+        snprintf(body, sizeof body,
+                 "{\"tools\":%s,\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}]}",
                  tools, prompts[i][0]);
         json_t *in = json_loads(body, 0, NULL);
         REQUIRE(in);

@@ -47,8 +47,8 @@ static void s_test_cases(void)
     S_EQ("nbsp\xC2\xA0.", "nbsp\xC2\xA0.");   /* U+00A0 is text */
     S_EQ("cut \xE2\x82", "cut " FFFD FFFD);   /* a sequence cut short at the end */
     S_EQ("nul\0after", "nul" FFFD "after"); /* LEN counts, not the NUL */
-    S_EQ("\xC0\xAF \xED\xA0\x80 \xF4\x90\x80\x80",
-         FFFD FFFD " " FFFD FFFD FFFD " " FFFD FFFD FFFD FFFD); /* overlong, surrogate, > U+10FFFF */
+    S_EQ("\xC0\xAF \xED\xA0\x80 \xF4\x90\x80\x80", /* overlong, surrogate, > U+10FFFF */
+         FFFD FFFD " " FFFD FFFD FFFD " " FFFD FFFD FFFD FFFD);
     S_EQ("", "");
 }
 

@@ -135,8 +135,8 @@ static pid_t s_broker(const char *path, int port)
     char bind[64];
     snprintf(bind, sizeof bind, "tcp://127.0.0.1:%d", port);
     const char *argv[] = {path, "--bind", bind, "--queue-max", "10000000", "--max-pending",
-                          "10000000", "--max-client-inflight", "10000000", "--max-client-queued", "10000000",
-                          "--liveness", "100",
+                          "10000000", "--max-client-inflight", "10000000", "--max-client-queued",
+                          "10000000", "--liveness", "100",
                           "--max-timeout-ms", "3600000", "--drain-ms", "0", "--log-level", "warn",
                           "--cache-l1-bytes", "0", "--sndhwm", "10000000", NULL};
     return at_spawn(path, argv, 1);

@@ -53,7 +53,8 @@ void ctl_render_cache(FILE *out, const Agentbus__CacheStats *cs, int json)
             "LOOKUP_P99");
     for (size_t i = 0; i < cs->n_tiers; i++) {
         const Agentbus__CacheTier *t = cs->tiers[i];
-        fprintf(out, "%-6s %-6s %10llu %10llu %10llu %12llu %10llu %10llu %10llu %10lluns %10lluns\n",
+        fprintf(out,
+                "%-6s %-6s %10llu %10llu %10llu %12llu %10llu %10llu %10llu %10lluns %10lluns\n",
                 t->name, t->state, (unsigned long long)t->hits, (unsigned long long)t->misses,
                 (unsigned long long)t->stores, (unsigned long long)t->bytes,
                 (unsigned long long)t->entries, (unsigned long long)t->evictions,

@@ -230,8 +230,14 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
         ok = !ab_parse_double(v, 0, 100, &a->infer.temperature);
         a->infer.has_temp = 1;
         break;
-    case O_SEED: ok = !tl_parse_long(v, -(1L << 62), 1L << 62, &a->infer.seed); a->infer.has_seed = 1; break;
-    case O_PREDICT: ok = !tl_parse_long(v, -2, 1L << 30, &a->infer.num_predict); a->infer.has_predict = 1; break;
+    case O_SEED:
+        ok = !tl_parse_long(v, -(1L << 62), 1L << 62, &a->infer.seed);
+        a->infer.has_seed = 1;
+        break;
+    case O_PREDICT:
+        ok = !tl_parse_long(v, -2, 1L << 30, &a->infer.num_predict);
+        a->infer.has_predict = 1;
+        break;
     case O_SYSTEM: a->infer.system = v; break;
     case O_NOSTREAM: a->infer.no_stream = 1; break;
     case O_SERVICE: ok = *v != '\0'; a->infer.service = v; break;

@@ -37,7 +37,8 @@ static json_t *s_service_json(const Agentbus__ServiceInfo *s)
 static json_t *s_service_json_base(const Agentbus__ServiceInfo *s)
 {
     const Agentbus__LatencySummary *l = s->latency;
-    json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
+    json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+                          "s:{s:I, s:I, s:I, s:I, s:I}}",
                      "name", s->name, "queue_depth", (json_int_t)s->queue_depth, "queue_max",
                      (json_int_t)s->queue_max, "workers", (json_int_t)s->workers, "capacity",
                      (json_int_t)s->capacity, "free_credit", (json_int_t)s->free_credit,
@@ -91,7 +92,8 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
 {
     json_t *errors = json_object(), *services = json_array();
     for (size_t i = 0; i < st->n_errors; i++)
-        json_object_set_new(errors, st->errors[i]->code, json_integer((json_int_t)st->errors[i]->count));
+        json_object_set_new(errors, st->errors[i]->code,
+                            json_integer((json_int_t)st->errors[i]->count));
     for (size_t i = 0; i < st->n_services; i++)
         json_array_append_new(services, s_service_json(st->services[i]));
     json_t *j = json_pack(
@@ -225,9 +227,9 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
         return;
     }
     fprintf(out, "agentbus-broker %s   uptime %.1f s\n", st->version, st->uptime_ms / 1000.0);
-    fprintf(out, "connections  agents %u (heartbeat %u ms)   workers %u   control %u   peer brokers "
-                 "%u (%u remote services)\n", st->agents, st->agent_heartbeat_ms, st->workers,
-            st->controls, st->peer_brokers, st->remote_workers);
+    fprintf(out, "connections  agents %u (heartbeat %u ms)   workers %u   control %u   "
+                 "peer brokers %u (%u remote services)\n", st->agents, st->agent_heartbeat_ms,
+            st->workers, st->controls, st->peer_brokers, st->remote_workers);
     fprintf(out, "messages     in %llu (%.0f/s)   out %llu (%.0f/s)\n",
             (unsigned long long)st->msgs_in, st->msgs_in_per_s, (unsigned long long)st->msgs_out,
             st->msgs_out_per_s);
@@ -246,7 +248,8 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             (unsigned long long)st->cancelled, (unsigned long long)st->cancelled_on_leave,
             st->service_count, (unsigned long long)st->services_expired,
             (unsigned long long)st->services_refused, (unsigned long long)st->registers_refused);
-    fprintf(out, "bounds       connections %u (refused %llu)   slow peers %u   in flight %llu bytes\n"
+    fprintf(out, "bounds       connections %u (refused %llu)   slow peers %u   "
+                 "in flight %llu bytes\n"
                  "             busy %llu   dropped %llu   disconnected %llu (%llu bytes)"
                  "   lost at drop %llu bytes\n"
                  "             requests hold %llu bytes (busy %llu)\n",

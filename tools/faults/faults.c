@@ -314,8 +314,8 @@ int main(int argc, char **argv)
             s_pump(c, 1);
         int64_t dt = s_out_ms ? s_out_ms - t0 : -1;
         undetected += !s_out_ms;
-        printf("run %2ld %-7s detected in %5lld ms (%s)\n", r / 2 + 1, is_stop ? "SIGSTOP" : "kill -9",
-               (long long)dt, s_out_ms ? s_how : "not detected");
+        printf("run %2ld %-7s detected in %5lld ms (%s)\n", r / 2 + 1,
+               is_stop ? "SIGSTOP" : "kill -9", (long long)dt, s_out_ms ? s_how : "not detected");
         fflush(stdout);
         if (s_out_ms && is_stop) {
             snprintf(hows[ns], sizeof hows[ns], "%s", s_how);

@@ -17,7 +17,8 @@ typedef struct {
     size_t size;
 } s_field_t;
 
-#define F(k, kind, member) {k, kind, offsetof(sim_faults_t, member), sizeof(((sim_faults_t *)0)->member)}
+#define F(k, kind, member) \
+    {k, kind, offsetof(sim_faults_t, member), sizeof(((sim_faults_t *)0)->member)}
 static const s_field_t s_fields[] = {
     F("error_rate", F_RATE, error_rate),
     F("error_status", F_INT, error_status),

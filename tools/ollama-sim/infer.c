@@ -15,7 +15,14 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-enum { STEP_TOKEN = 0, STEP_DONE = 1, STEP_THINK = 2, STEP_GONE = -1, STEP_DROP = -2, STEP_MIDSTREAM = -3 };
+enum {
+    STEP_TOKEN = 0,
+    STEP_DONE = 1,
+    STEP_THINK = 2,
+    STEP_GONE = -1,
+    STEP_DROP = -2,
+    STEP_MIDSTREAM = -3
+};
 
 static int64_t s_sim_ns(const sim_t *s, int64_t real_ns)
 {
@@ -366,8 +373,10 @@ static int s_check_common(sim_req_t *r, const json_t *in, const json_t **opts, i
     const json_t *seed = json_object_get(*opts, "seed");
     const json_t *stop = json_object_get(*opts, "stop");
     if ((np && !json_is_integer(np)) || (temp && !json_is_number(temp)) ||
-        (seed && !json_is_integer(seed)) || (stop && !json_is_string(stop) && !json_is_array(stop))) {
-        *res = sim_http_error(r, 400, "invalid options: wrong type of num_predict, temperature, seed or stop");
+        (seed && !json_is_integer(seed)) ||
+        (stop && !json_is_string(stop) && !json_is_array(stop))) {
+        *res = sim_http_error(r, 400, "invalid options: wrong type of num_predict, temperature, "
+                                      "seed or stop");
         return -1;
     }
     *ka = r->s->keep_alive_ns;
@@ -378,7 +387,8 @@ static int s_check_common(sim_req_t *r, const json_t *in, const json_t **opts, i
     }
     v = json_object_get(in, "format");
     if (v && !json_is_null(v) && !json_is_object(v) &&
-        !(json_is_string(v) && (strcmp(json_string_value(v), "json") == 0 || !json_string_length(v)))) {
+        !(json_is_string(v) &&
+          (strcmp(json_string_value(v), "json") == 0 || !json_string_length(v)))) {
         *res = sim_http_error(r, 400, "invalid format: want \"json\" or a JSON schema object");
         return -1;
     }
@@ -411,7 +421,8 @@ static int s_acquire(sim_req_t *r, sim_model_t *m, int64_t ka, enum MHD_Result *
     sim_t *s = r->s;
     if (m->size > sim_sched_max_vram(s)) {
         *res = sim_http_error(r, 500,
-                              "model requires more system memory (%.1f GiB) than is available (%.1f GiB)",
+                              "model requires more system memory (%.1f GiB) than is available "
+                              "(%.1f GiB)",
                               (double)m->size / 1073741824.0,
                               (double)sim_sched_max_vram(s) / 1073741824.0);
         return -1;
@@ -426,7 +437,8 @@ static int s_acquire(sim_req_t *r, sim_model_t *m, int64_t ka, enum MHD_Result *
     }
     sim_q_t q = sim_sched_enqueue(s, &r->job);
     if (q == SIM_Q_BUSY) {
-        *res = sim_http_error(r, 503, "server busy, please try again.  maximum pending requests exceeded");
+        *res = sim_http_error(r, 503, "server busy, please try again.  maximum pending requests "
+                                      "exceeded");
         return -1;
     }
     r->job_used = true;
@@ -576,12 +588,14 @@ static int s_check_input(sim_req_t *r, const json_t *in, bool *load_only, enum M
             const json_t *c = json_object_get(msg, "content");
             if (!json_is_object(msg) || !json_is_string(json_object_get(msg, "role")) ||
                 (c && !json_is_string(c))) {
-                *res = sim_http_error(r, 400, "invalid message %zu: want {\"role\": string, \"content\": string}", i);
+                *res = sim_http_error(r, 400, "invalid message %zu: want {\"role\": string, "
+                                              "\"content\": string}", i);
                 return -1;
             }
         }
         char err[256];
-        if (sim_tools_check(in, err, sizeof err) != 0 || sim_images(in, true, err, sizeof err) < 0) {
+        if (sim_tools_check(in, err, sizeof err) != 0 ||
+            sim_images(in, true, err, sizeof err) < 0) {
             *res = sim_http_error(r, 400, "%s", err);
             return -1;
         }
@@ -589,7 +603,8 @@ static int s_check_input(sim_req_t *r, const json_t *in, bool *load_only, enum M
         return 0;
     }
     const json_t *p = json_object_get(in, "prompt"), *sys = json_object_get(in, "system");
-    if ((p && !json_is_string(p) && !json_is_null(p)) || (sys && !json_is_string(sys) && !json_is_null(sys))) {
+    if ((p && !json_is_string(p) && !json_is_null(p)) ||
+        (sys && !json_is_string(sys) && !json_is_null(sys))) {
         *res = sim_http_error(r, 400, "invalid prompt or system: must be strings");
         return -1;
     }
@@ -630,7 +645,8 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
     int limit = m->reply_tokens;
     if (json_is_integer(np) && json_integer_value(np) > 0) {
         r->length_limited = true;
-        limit = json_integer_value(np) > SIM_MAX_TOKENS ? SIM_MAX_TOKENS : (int)json_integer_value(np);
+        limit = json_integer_value(np) > SIM_MAX_TOKENS ? SIM_MAX_TOKENS
+                                                        : (int)json_integer_value(np);
     }
     if (ctx && json_is_false(json_object_get(in, "shift")) && r->prompt_tokens + limit > ctx) {
         limit = ctx - r->prompt_tokens; /* no shifting: the context full ends it */
@@ -645,13 +661,15 @@ static enum MHD_Result s_generate(sim_req_t *r, const json_t *in, sim_model_t *m
     const json_t *fmt = json_object_get(in, "format");
     bool json_fmt = json_is_object(fmt) || (json_is_string(fmt) && json_string_length(fmt) > 0);
     r->gen_init = true;   /* sim_gen_free copes with a half-done init */
-    if (sim_gen_init(&r->gen, s_seed(r, in, opts), limit, json_fmt, json_object_get(opts, "stop")) != 0)
+    if (sim_gen_init(&r->gen, s_seed(r, in, opts), limit, json_fmt,
+                     json_object_get(opts, "stop")) != 0)
         return sim_http_error(r, 500, "out of memory");
     if (!r->stream)
         return s_generate_whole(r);
     if (r->draw.hang && r->draw.hang_after == 0 && s_hang(r) != 0)
         return MHD_NO;   /* nothing was sent: a hang before the headers */
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, s_reader, r, NULL);
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, s_reader, r, NULL);
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", "application/x-ndjson");

@@ -63,7 +63,8 @@ static void s_model_defaults(sim_model_t *m)
 static int s_str_field(const json_t *v, char *dst, size_t cap, const char *what)
 {
     if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) >= cap) {
-        fprintf(stderr, "ollama-sim: model %s must be a non-empty string shorter than %zu\n", what, cap);
+        fprintf(stderr, "ollama-sim: model %s must be a non-empty string shorter than %zu\n",
+                what, cap);
         return -1;
     }
     memcpy(dst, json_string_value(v), json_string_length(v) + 1);
@@ -122,7 +123,8 @@ static int s_model_from_json(sim_model_t *m, const json_t *o)
             else
                 rc = -1;
             if (rc != 0 || m->size == 0) {
-                fprintf(stderr, "ollama-sim: model size must be bytes > 0 (suffix K/M/G allowed)\n");
+                fprintf(stderr,
+                        "ollama-sim: model size must be bytes > 0 (suffix K/M/G allowed)\n");
                 rc = -1;
             }
         } else if (strcmp(key, "load_ms") == 0)
@@ -262,7 +264,8 @@ static int s_int_opt(const char *name, const char *v, long lo, long hi, long *ou
 {
     long x;
     if (ab_parse_long(v, lo, hi, &x) != 0) { /* decimal only: strtol took " 5" and "+5" */
-        fprintf(stderr, "ollama-sim: %s wants an integer in [%ld, %ld], got \"%s\"\n", name, lo, hi, v);
+        fprintf(stderr, "ollama-sim: %s wants an integer in [%ld, %ld], got \"%s\"\n",
+                name, lo, hi, v);
         return -1;
     }
     *out = x;
@@ -295,7 +298,9 @@ static int s_set_option(sim_t *s, const char *name, const char *v)
         s->max_loaded_models = (int)x;
     } else if (strcmp(name, "keep_alive") == 0) {
         if (sim_parse_duration(v, &s->keep_alive_ns) != 0) {
-            fprintf(stderr, "ollama-sim: --keep-alive wants a duration (5m, 10s, 300ms, -1), got \"%s\"\n", v);
+            fprintf(stderr,
+                    "ollama-sim: --keep-alive wants a duration (5m, 10s, 300ms, -1), got \"%s\"\n",
+                    v);
             return -1;
         }
     } else if (strcmp(name, "max_body_bytes") == 0) {
@@ -371,7 +376,8 @@ static int s_load_file(sim_t *s, const char *path)
                 }
             }
             if (rc != 0)
-                fprintf(stderr, "ollama-sim: --config %s: gpus must be [{\"vram\": bytes}, ...]\n", path);
+                fprintf(stderr, "ollama-sim: --config %s: gpus must be [{\"vram\": bytes}, ...]\n",
+                        path);
         } else if (strcmp(key, "faults") == 0) {
             char err[256];
             if (sim_faults_apply(&s->faults, v, err, sizeof err) != 0) {
@@ -525,7 +531,8 @@ int sim_config_load(sim_t *s, int argc, char **argv)
             json_t *o = s_model_spec(optarg);
             rc = o ? s_add_model(s, o) : -1;
             if (!o)
-                fprintf(stderr, "ollama-sim: --model wants NAME[,key=value...], got \"%s\"\n", optarg);
+                fprintf(stderr, "ollama-sim: --model wants NAME[,key=value...], got \"%s\"\n",
+                        optarg);
             json_decref(o);
             break;
         }

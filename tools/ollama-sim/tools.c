@@ -39,7 +39,8 @@ int sim_tools_check(const json_t *in, char *err, size_t cap)
         const json_t *fn = json_object_get(t, "function");
         const json_t *params = json_object_get(fn, "parameters");
         if (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name")))
-            return s_bad(err, cap, "tool", i, "want {\"type\":\"function\",\"function\":{\"name\":string,...}}");
+            return s_bad(err, cap, "tool", i,
+                         "want {\"type\":\"function\",\"function\":{\"name\":string,...}}");
         if (params && !json_is_null(params) && !json_is_object(params))
             return s_bad(err, cap, "tool", i, "parameters must be an object");
     }
@@ -56,7 +57,8 @@ int sim_tools_check(const json_t *in, char *err, size_t cap)
             if (!json_is_string(json_object_get(json_object_get(c, "function"), "name")) ||
                 (args && !json_is_null(args) && !json_is_object(args)))
                 return s_bad(err, cap, "message", i,
-                             "want tool_calls [{\"function\":{\"name\":string,\"arguments\":{...}}}]");
+                             "want tool_calls [{\"function\":{\"name\":string,"
+                             "\"arguments\":{...}}}]");
         }
     }
     return 0;
@@ -118,7 +120,8 @@ static json_t *s_arguments(const json_t *params)
     if (names)
         qsort(names, n, sizeof *names, s_cmp);
     for (size_t i = 0; names && i < n; i++)
-        json_object_set_new(args, names[i], s_placeholder(names[i], json_object_get(props, names[i])));
+        json_object_set_new(args, names[i],
+                            s_placeholder(names[i], json_object_get(props, names[i])));
     free(names);
     return args;
 }
