@@ -82,6 +82,23 @@ static void s_tail(const char *path)
         fprintf(stderr, "    | %s", ring[i % 40]);
 }
 
+/* Whether the log at PATH has a sanitizer report: ASan's and LSan's
+ * "==PID==ERROR: ...Sanitizer", UBSan's "FILE:LINE:COL: runtime error:"
+ * (tools/lib/sanitizer.py reads the same for the other harnesses). */
+static int s_sanitizer_report(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    char line[1024];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, "ERROR: AddressSanitizer") || strstr(line, "ERROR: LeakSanitizer") ||
+                strstr(line, ": runtime error: ");
+    fclose(f);
+    return found;
+}
+
 void th_finish(void)
 {
     for (int i = 0; i < s_nprocs; i++) {
@@ -92,6 +109,15 @@ void th_finish(void)
             fprintf(stderr, "process %d (%s) exited with status %d\n", (int)s_procs[i].pid,
                     s_procs[i].log, st);
         CHECK_EQ(st, 0);
+    }
+    /* Those the case stopped or killed itself, or that ended on their own,
+     * too: a case rarely checks how each one ended. */
+    for (int i = 0; i < s_nprocs; i++) {
+        int report = s_sanitizer_report(s_procs[i].log);
+        if (report)
+            fprintf(stderr, "process %d (%s): a sanitizer report in its log\n",
+                    (int)s_procs[i].pid, s_procs[i].log);
+        CHECK_EQ(report, 0);
     }
 }
 

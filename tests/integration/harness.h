@@ -40,8 +40,10 @@ int th_free_port(void);
 const char *th_ep(int port);
 
 /* Stops every process still running (SIGTERM) and checks that each exited
- * with status 0: a sanitizer finding (leak, overflow, UB) in a broker or
- * worker fails the test. Call at the end of a case. */
+ * with status 0, and that no process the case started has a sanitizer
+ * report in its log (one it stopped or killed itself too): a finding (leak,
+ * overflow, UB) in a broker or worker fails the test. Call at the end of a
+ * case. */
 void th_finish(void);
 
 /* Starts BIN (a program of the build, e.g. "agentbus-broker") with the
