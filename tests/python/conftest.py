@@ -39,6 +39,7 @@ if "libasan" in os.environ.get("LD_PRELOAD", ""):
     CHILD_ENV = {"LD_PRELOAD": "", "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
                  "LSAN_OPTIONS": ""}
 
+
 def ep(port: int) -> str:
     return "tcp://127.0.0.1:%d" % port
 
