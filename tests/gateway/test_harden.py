@@ -963,16 +963,12 @@ def case_streambuf(tmp):
 
 
 def s_gateways_clean():
-    """After stop_all: every gateway exited 0 on SIGTERM and its log has no
-    sanitizer report (under -DAB_SANITIZE=ON a leak or a use after free in
-    the paths above shows here)."""
+    """After stop_all (which fails on a sanitizer report in any log: under
+    -DAB_SANITIZE=ON a leak or a use after free in the paths above shows
+    there): every gateway exited 0 on SIGTERM."""
     for p, log in t.PROCS:
-        if "gateway" not in os.path.basename(log):
-            continue
-        with open(log, errors="replace") as f:
-            text = f.read()
-        if p.returncode != 0 or "Sanitizer" in text:
-            fail(f"{log}: exit {p.returncode} on SIGTERM, or a sanitizer report")
+        if "gateway" in os.path.basename(log) and p.returncode != 0:
+            fail(f"{log}: exit {p.returncode} on SIGTERM")
 
 
 def run_case(prefix, cases):
