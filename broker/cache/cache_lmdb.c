@@ -602,6 +602,7 @@ struct ab_l3_writer {
     zactor_t *actor;
     size_t queue_max;
     atomic_size_t queued; /* bytes sent to the thread, not yet written */
+    atomic_int done;      /* the thread's last touch of this record and of l3 */
 };
 
 /* Message: 'P' key(16) expires(8) blob | 'C'. */
@@ -666,6 +667,7 @@ static void s_writer_task(zsock_t *pipe, void *arg)
             next_maint = ab_now_ms() + AB_L3_MAINTAIN_MS;
         }
     }
+    atomic_store(&w->done, 1);
 }
 
 ab_l3_writer_t *ab_l3_writer_new(ab_l3_t *l3, size_t queue_max)
@@ -686,12 +688,27 @@ ab_l3_writer_t *ab_l3_writer_new(ab_l3_t *l3, size_t queue_max)
     return w;
 }
 
+/* $TERM: the thread writes what it has, then ends. zactor_destroy alone
+ * did not wait for that end when its $TERM (sent with a zero timeout) found
+ * the pipe full of writes, nor when a signal interrupted its wait (a second
+ * SIGTERM to a stopping broker): W was freed, and the L3 closed, under the
+ * thread (heap-use-after-free in s_apply, seen under ASan). So $TERM goes
+ * here, blocking, and the thread's own flag says it is done with W; the
+ * thread's exit signal is left for zactor_destroy to collect. */
 void ab_l3_writer_destroy(ab_l3_writer_t **p)
 {
     ab_l3_writer_t *w = p ? *p : NULL;
     if (!w)
         return;
-    zactor_destroy(&w->actor); /* $TERM: the thread writes what it has, then ends */
+    zsock_set_sndtimeo(w->actor, -1);
+    int sent;
+    while ((sent = zstr_send(w->actor, "$TERM")) != 0 && zmq_errno() == EINTR)
+        ;
+    if (sent != 0)
+        AB_ERROR("L3 cache writer: cannot stop its thread (%s)", zmq_strerror(zmq_errno()));
+    while (sent == 0 && !atomic_load(&w->done))
+        zclock_sleep(1);
+    zactor_destroy(&w->actor);
     free(w);
     *p = NULL;
 }

@@ -60,6 +60,7 @@ void cache_l2_absent(void);
 void cache_l2_clear(void);
 void cache_l2_slow(void);
 void cache_l3_truncated(void);
+void cache_l3_stop_signals(void);
 void cache_l2_breaker_skips(void);
 void cache_l2_sigstop(void);
 void cache_l2_sigkill(void);

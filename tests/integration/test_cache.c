@@ -581,6 +581,7 @@ int main(int argc, char **argv)
         {"l2_down", cache_l2_down}, {"l2_absent", cache_l2_absent}, {"l2_clear", cache_l2_clear},
         {"l2_slow", cache_l2_slow},
         {"l3_truncated", cache_l3_truncated}, {"l2_breaker_skips", cache_l2_breaker_skips},
+        {"l3_stop_signals", cache_l3_stop_signals},
         {"l2_sigstop", cache_l2_sigstop}, {"l2_sigkill", cache_l2_sigkill},
         /* test_cache_hostile.c */
         {"lz4_bomb", cache_lz4_bomb}, {"model_key", cache_model_key},
