@@ -797,7 +797,8 @@ void cache_l2_sigkill(void)
  * stop must end with status 0; th_finish reads the logs for a sanitizer
  * report. A guard, not a reproducer: the race needs the writer's thread
  * descheduled at that moment, and this case did not hit it in 100 stops
- * of the old code. */
+ * of the old code. unit_cache_lmdb's t_writer_stop_full_pipe reproduces
+ * the other way in, a pipe full of writes, every time. */
 void cache_l3_stop_signals(void)
 {
     char dir[600];

@@ -2,7 +2,7 @@
  * test_cache_lmdb.c - the L3 tier (broker/cache/cache_lmdb.c) on real LMDB files
  * in a temp directory: writes near a full map evict the oldest and never
  * fail; expiry; entries survive close/reopen; the writer thread writes
- * what it was given before it stops; a corrupt or foreign-format file is
+ * what it was given before it stops, its pipe full too; a corrupt or foreign-format file is
  * moved aside and a fresh one used; two processes writing one file give
  * every entry an age record of its own.
  */
@@ -10,6 +10,7 @@
 #include "log.h"
 #include "test.h"
 
+#include <czmq.h>
 #include <dirent.h>
 #include <lmdb.h>
 #include <stdio.h>
@@ -163,6 +164,41 @@ static void t_writer_thread(void)
     CHECK_U64(entries, 50);
     CHECK_TRUE(s_has(l3, 100, 0) && s_has(l3, 149, 0));
     CHECK_EQ(atomic_load(&ab_l3_counters(l3)->dropped), 1);
+    ab_l3_close(&l3);
+}
+
+/* Stopping the writer with its pipe full. czmq's zactor_destroy sends its
+ * $TERM with a zero timeout: with the pipe full the send failed, it did not
+ * wait, and the record and the L3 were freed under the thread, with writes
+ * it had accepted not yet written (0 of 1,004 written, and ASan's
+ * heap-use-after-free in s_apply, each of 3 runs of the old code). The puts
+ * only copy, each batch the thread writes ends with an fsync, and a lower
+ * pipe bound (~1,000 messages, not ~2,000) makes the full pipe certain. */
+static void t_writer_stop_full_pipe(void)
+{
+    ab_l3_t *l3 = ab_l3_open(s_dir, 4 << 20);
+    REQUIRE(l3);
+    ab_l3_clear(l3);
+    size_t hwm = zsys_pipehwm();
+    zsys_set_pipehwm(4);
+    ab_l3_writer_t *w = ab_l3_writer_new(l3, 1 << 20);
+    zsys_set_pipehwm(hwm);
+    REQUIRE(w);
+    uint64_t accepted = 0;
+    int full = 0;
+    for (uint64_t i = 1000; i < 101000 && !full; i++) {
+        ab_cache_key_t k = s_k(i);
+        if (ab_l3_writer_put(w, &k, 1000000, &i, sizeof i) == 0)
+            accepted++;
+        else
+            full = 1;
+    }
+    REQUIRE(full); /* the pipe filled: the case this is about */
+    ab_l3_writer_destroy(&w); /* returns once every accepted put is written */
+    uint64_t entries, bytes, map;
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    CHECK_U64(entries, accepted);
+    CHECK_TRUE(s_has(l3, 1000, 0) && s_has(l3, 1000 + accepted - 1, 0));
     ab_l3_close(&l3);
 }
 
@@ -451,6 +487,7 @@ int main(void)
     t_evict_near_full();
     t_expiry_and_reopen();
     t_writer_thread();
+    t_writer_stop_full_pipe();
     t_corrupt_and_foreign();
     t_truncated_empty_garbage();
     s_rm_dir();
