@@ -73,12 +73,17 @@ ab_client_rec_t *ab_client_of(ab_broker_t *b, ab_peer_t *p)
 {
     ab_client_rec_t *c = p->client;
     /* The identity changes only with the agent name (claimed, taken over):
-     * the hot path compares one pointer. */
-    if (c && p->client_agent == (const void *)p->agent)
+     * the hot path compares one number. Not the record's address: a rename
+     * frees the old name's record (its mailbox empty) and the new one's
+     * calloc may get the same address back (it did after 7 renames: glibc's
+     * cache for that size full, the chunk went to a fastbin), so the rename
+     * went unseen and the new name's requests were the old name's. */
+    uint64_t serial = ab_msgs_agent_serial(p);
+    if (c && p->client_agent == serial)
         return c;
     char buf[AB_NAME_MAX + 2 * AB_RID_MAX + 2];
     const char *ident = ab_client_identity(p, buf, sizeof buf);
-    p->client_agent = p->agent;
+    p->client_agent = serial;
     if (c && strcmp(c->ident, ident) == 0)
         return c;
     ab_client_rec_t *now = ab_client_named(b, ident);

@@ -64,8 +64,9 @@ typedef struct {
     uint32_t hb_told;     /* not a worker: the heartbeat interval it was told (ms; 0:
                              none yet). Liveness counts the longer of it and heartbeat_ms */
     struct ab_client_rec *client; /* who it is for fair queuing and quotas (clients.h) */
-    const void *client_agent;     /* its agent record when CLIENT was bound: unchanged
-                                     means the identity is too (no string work per request) */
+    uint64_t client_agent;        /* its agent record's serial when CLIENT was bound:
+                                     unchanged means the identity is too (no string work
+                                     per request) */
     int64_t fd_closed_ms; /* the monitor saw its fd close; being verified */
     struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */

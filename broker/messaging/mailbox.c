@@ -139,6 +139,7 @@ static ab_agent_t *s_agent_new(ab_broker_t *b, const char *name)
     if (!a)
         return NULL;
     memcpy(a->name, name, len + 1);
+    a->serial = ++b->msgs->serials;
     if (zhashx_insert(b->msgs->agents, a->name, a) != 0) {
         free(a);
         return NULL;
@@ -525,4 +526,9 @@ int ab_mailbox_audit(ab_broker_t *b, char *why, size_t cap)
             return ab_audit_bad(why, cap, "a connection names agent '%s', which is not bound to it",
                                 p->agent->name);
     return 0;
+}
+
+uint64_t ab_msgs_agent_serial(const ab_peer_t *p)
+{
+    return p->agent ? p->agent->serial : 0;
 }

@@ -40,6 +40,9 @@ void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st);
  * (audit.h). 0, or -1 with the first difference in WHY. */
 int ab_msgs_audit(ab_broker_t *b, char *why, size_t cap);
 int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len);
+/* The number of P's agent record (0: no name): it changes with the name,
+ * where the record's address may not (a freed one's is given again). */
+uint64_t ab_msgs_agent_serial(const ab_peer_t *p);
 /* The name P goes by: its agent name, else "~" + its key (in BUF of CAP
  * bytes). The identity of a client for fair queuing (clients.c). */
 const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);

@@ -30,6 +30,8 @@ typedef struct ab_tnode ab_tnode_t;
 typedef struct ab_agent {
     ab_peer_t *peer;          /* NULL while offline */
     uint64_t instance;        /* Hello.instance of the bound connection */
+    uint64_t serial;          /* this record's number, never reused (ab_msgs_t.serials):
+                                 a freed record's address may be (clients.c) */
     ab_list_t mail;           /* mailbox (ab_mail_t.link), oldest first */
     ab_defer_node_t later;    /* queued to be dropped after a walk (mailbox.c) */
     uint32_t depth;
@@ -106,6 +108,7 @@ typedef struct ab_msgs {
     size_t total_bytes;        /* all mailboxes, with overheads */
     uint32_t mailbox_msgs;
     uint32_t bound;            /* agent records bound to a live connection */
+    uint64_t serials;          /* ab_agent_t.serial of the newest record */
     ab_agent_t **blog_agents;  /* online agents with a non-empty mailbox */
     size_t n_blog_agents, cap_blog_agents;
     ab_subr_t **blog_subs;     /* subscribers with queued publications */

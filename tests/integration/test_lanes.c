@@ -9,6 +9,7 @@
  * bounded.
  */
 #include "harness.h"
+#include "rawpeer.h"
 #include "test.h"
 #include "util.h"
 
@@ -522,12 +523,64 @@ static void s_cli(void)
     ab_client_destroy(&ctl);
 }
 
+/* --- a renamed connection is its new name's client ------------------------------------ */
+/* A connection that renames itself (HELLO with another name) is its new
+ * name's client from its next request on. The broker tells a rename by its
+ * agent record: the old name's record is freed at the rename (its mailbox
+ * empty), and the new one may be given the same address; compared by
+ * address, the rename went unseen and the requests were the old name's. */
+static void s_rename_ident(void)
+{
+    enum { N = 200 };
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    ab_client_t *ctl = s_cl[0] = th_client(port);
+    void *socks[2];
+    void *wk = socks[0] = rp_raw(port, NULL, 0);
+    void *ag = socks[1] = rp_raw(port, NULL, 0);
+    rp_register(wk, "hold", 100000, 0); /* holds every request, answers none */
+    char name[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, "rn-%d", i);
+        rp_hello(ag, name, 7, 0, 1000000 + (uint64_t)i);
+        rp_request(ag, (uint64_t)i + 1, "hold", 0, "x", 1);
+        if (i % 20 == 0) {
+            rp_beat(wk);
+            rp_beat(ag);
+        }
+    }
+    /* Wait (bounded) for the worker to hold all N. */
+    int got = 0;
+    for (int64_t end = ab_now_ms() + WAIT_MS; got < N && ab_now_ms() < end;) {
+        rp_msg_t m;
+        if (!rp_wait(wk, AB_KIND_REQUEST, &m, 200, socks, 2))
+            continue;
+        got++;
+        rp_close(&m);
+    }
+    CHECK_EQ(got, N);
+    int wrong = 0;
+    for (int i = 0; i < N; i++) {
+        Agentbus__ClientInfo ci;
+        snprintf(name, sizeof name, "rn-%d", i);
+        if (s_client_info(ctl, name, &ci) != 0 || ci.in_flight != 1 || ci.requests != 1) {
+            if (wrong++ < 5)
+                printf("client %s: %s\n", name, s_client_info(ctl, name, &ci) ? "not listed"
+                                                                               : "not 1 held");
+        }
+    }
+    CHECK_EQ(wrong, 0);
+    ab_client_destroy(&ctl);
+    rp_end(socks, 2);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"interactive_first", s_interactive_first}, {"fair_single", s_fair_single},
         {"quota_busy", s_quota_busy},               {"leave_queued", s_leave_queued},
         {"deadline_early", s_deadline_early}, {"cli", s_cli},
+        {"rename_ident", s_rename_ident},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
