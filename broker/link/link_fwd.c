@@ -201,8 +201,14 @@ static int s_may_take(const ab_worker_rec_t *w, const char *via, uint32_t left)
         return 0;
     if (left == 0)
         return 0; /* hop limit */
-    if (via && (ab_link_in_list(via, strlen(via), l->name) || !strcmp(l->name, l->all->self)))
+    size_t vlen = via ? strlen(via) : 0;
+    if (via && (ab_link_in_list(via, vlen, l->name) || !strcmp(l->name, l->all->self)))
         return 0; /* it came from there: no loops */
+    /* Its crossed list must take this broker's name (ab_link_forward):
+     * else the send failed and the core dropped the remote worker as
+     * unreachable, a peer's service gone while its link stayed up. */
+    if (vlen && vlen + 1 + strlen(l->all->self) >= AB_VIA_MAX)
+        return 0;
     const ab_remote_t *rm = w->peer->remote;
     return !rm || rm->hops <= left - 1; /* the peer can reach it in the hops left */
 }

@@ -719,6 +719,59 @@ static void s_link_sender(void)
     ab_client_destroy(&a);
 }
 
+/* A raw peer proving key C sends A a request for echo (served at B, over
+ * A's other link) whose crossed list is full: 1099 characters of made-up
+ * broker names, so A's own name does not fit after them. It may not cross
+ * another link: answered NO_SERVICE. A took it, its forward to B failed and
+ * A dropped B's remote worker as unreachable while the link stayed up: echo
+ * was gone from A until B's directory changed (requests to it waited for
+ * their deadlines). */
+static void s_full_via(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port(), pb = th_free_port();
+    s_broker(pb, "B", "B", 0, NULL, NULL, NULL);
+    s_broker(pa, "A", "A", pb, "B", NULL, NULL);
+    s_at("B");
+    th_worker(pb, "echo", NULL);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    REQUIRE(lt_wait_rc(a, "echo", AB_OK, 20000) == 0);
+    void *ctx = zmq_ctx_new();
+    void *d = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello(d, "C") == 0);
+    REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
+    char via[1100];
+    for (size_t i = 0; i < sizeof via - 1; i++)
+        via[i] = i % 64 == 63 ? ',' : 'v';
+    via[sizeof via - 1] = '\0';
+    Agentbus__LinkMsg beat = AGENTBUS__LINK_MSG__INIT;
+    beat.type = 3; /* the link stays up (100 ms heartbeats) until the request comes */
+    beat.broker = (char *)"C";
+    s_fake_send(d, &beat);
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = 5;
+    h.target = ab_view_of("echo");
+    h.via = ab_view_of(via);
+    h.hops_left = 10;
+    h.origin_role = 1; /* an agent */
+    h.timeout_ms = 3000;
+    uint8_t hb[2048];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(d, "p", 1, 0) == 1);
+    CHECK_EQ(s_fake_error(d, 5, 10000, &a, 1), (int)AB_ERR_NO_SERVICE);
+    Agentbus__PeerInfo pi;
+    char st[32] = "";
+    CHECK_TRUE(lt_peer_info(a, "B", &pi, st, sizeof st) && pi.services == 1);
+    CHECK_STR(st, "up");
+    CHECK_EQ(lt_req(a, "echo", "still served", NULL, 0), AB_OK);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&a);
+}
+
 /* --- models across links -------------------------------------------------------------- */
 
 /* B and C dial A; each has one Ollama worker: A's has sim-large loaded,
@@ -770,6 +823,7 @@ int main(int argc, char **argv)
         {"pipeline", s_pipeline},
         {"link_sender", s_link_sender},
         {"cancel_credit", s_cancel_credit},
+        {"full_via", s_full_via},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
