@@ -104,6 +104,9 @@ typedef struct {
 typedef struct ab_msgs {
     zhashx_t *agents;          /* name -> ab_agent_t (owned) */
     size_t total_bytes;        /* all mailboxes, with overheads */
+    size_t handed_bytes;       /* charged for messages handed over to a peer broker until
+                                  its answer (ab_mail_fn): with TOTAL_BYTES, under
+                                  mailbox-total-bytes */
     uint32_t mailbox_msgs;
     uint32_t bound;            /* agent records bound to a live connection */
     ab_agent_t **blog_agents;  /* online agents with a non-empty mailbox */

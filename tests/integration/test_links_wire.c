@@ -447,13 +447,14 @@ static void s_fake_send(void *d, const Agentbus__LinkMsg *m)
     free(buf);
 }
 
-/* Says HELLO as broker NAME on D until the broker answers WELCOME. 0 or -1. */
-static int s_fake_hello(void *d, const char *name)
+/* Says HELLO as broker NAME on D until the broker answers WELCOME; the
+ * session (42 + AGAIN) is the fake broker's start. 0 or -1. */
+static int s_fake_hello_n(void *d, const char *name, uint64_t again)
 {
     Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
     m.type = 1;
     m.broker = (char *)name;
-    m.session = 42;
+    m.session = 42 + again;
     for (int tries = 0; tries < 100; tries++) {
         s_fake_send(d, &m);
         zmq_pollitem_t it = {d, 0, ZMQ_POLLIN, 0};
@@ -476,6 +477,11 @@ static int s_fake_hello(void *d, const char *name)
         }
     }
     return -1;
+}
+
+static int s_fake_hello(void *d, const char *name)
+{
+    return s_fake_hello_n(d, name, 0);
 }
 
 /* A directory of N entries named PREFIX<i> padded to NAMELEN characters. */
@@ -772,6 +778,86 @@ static void s_full_via(void)
     ab_client_destroy(&a);
 }
 
+/* The figures of A's mailboxes: messages waiting and bytes charged. */
+static void s_mailbox_figures(ab_client_t *a, uint64_t *msgs, uint64_t *bytes)
+{
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    *msgs = st->mailbox_msgs;
+    *bytes = st->mailbox_charged_bytes;
+    agentbus__stats__free_unpacked(st, NULL);
+}
+
+/* A raw peer proving key C (which never answers) claims name x, bound
+ * nowhere, for a moment, three times; each time A hands over x's full
+ * mailbox and a local agent fills it again. Then C restarts (a HELLO with
+ * another session): what A handed over comes back into the mailbox. The
+ * handed-over messages still count against mailbox-total-bytes until C
+ * answers, so each refill is refused BUSY and the mailboxes never hold
+ * more than their bound. They counted for nothing: A kept three mailboxes'
+ * worth for C, and put all of it back past mailbox-total-bytes. */
+static void s_handover_bound(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port();
+    setenv("AB_MAILBOX_TOTAL_BYTES", "100000", 1);
+    s_broker(pa, "A", "A", 0, NULL, "--link-heartbeat-ms", "5000");
+    unsetenv("AB_MAILBOX_TOTAL_BYTES");
+    ab_client_t *a = th_client(pa);
+    void *ctx = zmq_ctx_new();
+    void *d = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello(d, "C") == 0);
+    REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
+    static char data[8000];
+    memset(data, 'm', sizeof data);
+    uint64_t msgs = 0, bytes = 0;
+    for (int round = 0; round < 3; round++) {
+        int queued = 0, rc = AB_OK;
+        for (int i = 0; i < 40 && rc == AB_OK; i++) {
+            int q = 0;
+            rc = ab_client_send_wait(a, "x", data, sizeof data, 0, 5000, &q);
+            queued += rc == AB_OK && q;
+        }
+        CHECK_EQ(rc, AB_EBUSY); /* the mailboxes are full */
+        printf("handover_bound: round %d: %d queued\n", round, queued);
+        char *names[1] = {(char *)"x"};
+        Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+        m.type = 5; /* NAMES: x is bound at C now; A hands its mailbox over */
+        m.broker = (char *)"C";
+        m.n_names = 1;
+        m.names = names;
+        s_fake_send(d, &m);
+        int64_t end = ab_now_ms() + 10000;
+        do
+            s_mailbox_figures(a, &msgs, &bytes);
+        while (msgs && ab_now_ms() < end && (th_sleep_ms(20), 1));
+        CHECK_U64(msgs, 0);
+        m.n_names = 0; /* x gone from C: new messages wait at A again */
+        s_fake_send(d, &m);
+        Agentbus__PeerInfo pi;
+        char st[32];
+        end = ab_now_ms() + 10000;
+        while (!(lt_peer_info(a, "C", &pi, st, sizeof st) && pi.names == 0) &&
+               ab_now_ms() < end)
+            th_sleep_ms(20);
+        CHECK_EQ(pi.names, 0);
+    }
+    void *d2 = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello_n(d2, "C", 1) == 0); /* C restarted: A's link to it goes down */
+    int64_t end = ab_now_ms() + 10000;
+    do
+        s_mailbox_figures(a, &msgs, &bytes);
+    while (!msgs && ab_now_ms() < end && (th_sleep_ms(20), 1));
+    printf("handover_bound: put back: %llu messages, %llu bytes charged\n",
+           (unsigned long long)msgs, (unsigned long long)bytes);
+    CHECK_TRUE(msgs > 0);
+    CHECK_TRUE(bytes <= 100000);
+    zmq_close(d);
+    zmq_close(d2);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&a);
+}
+
 /* --- models across links -------------------------------------------------------------- */
 
 /* B and C dial A; each has one Ollama worker: A's has sim-large loaded,
@@ -824,6 +910,7 @@ int main(int argc, char **argv)
         {"link_sender", s_link_sender},
         {"cancel_credit", s_cancel_credit},
         {"full_via", s_full_via},
+        {"handover_bound", s_handover_bound},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
