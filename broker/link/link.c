@@ -91,6 +91,8 @@ static void s_close_dealer(ab_link_t *l)
 static void s_link_free(ab_broker_t *b, ab_link_t *l)
 {
     struct ab_links *ls = l->all;
+    if (l->in) /* at exit: its peer is freed with the others, naming no record */
+        l->in->link = NULL;
     ls->l[l->idx] = NULL;
     ls->n--;
     s_outq_free(b, l);
@@ -547,7 +549,10 @@ static ab_link_t *s_by_name(struct ab_links *ls, const char *name, const ab_link
 
 /* L's dialed connection was answered by broker NAME: when a record for
  * NAME exists already (it dialed us first), the dialed connection joins it
- * and L's empty shell goes. Returns the record that holds it. */
+ * and L's empty shell goes. Returns the record that holds it. A shell that
+ * still holds a connection its broker dialed (L was that broker's, which
+ * now answers as another at L's endpoint) drops it first: its peer named
+ * L, which is freed (the broker dials again and finds a record of its own). */
 static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
 {
     if (!strcmp(l->name, name))
@@ -577,6 +582,8 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
         o->outq->link = o;
         l->outq = NULL;
     }
+    if (l->in)
+        s_in_lost(b, l, "its endpoint answers as another broker now");
     s_link_free(b, l);
     return o;
 }

@@ -1,0 +1,149 @@
+/*
+ * test_links_hostile.c - a peer broker that plays tricks with its link
+ * records (issue 15, docs/links.md): raw ZeroMQ sockets speak LINK by
+ * hand to a real broker without auth (any connection may open a link
+ * then), as the broker it dials and as brokers that dial it.
+ */
+#include "harness.h"
+#include "test.h"
+#include "util.h"
+#include "agentbus.pb-c.h"
+#include "codec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+enum { S_HELLO = 1, S_WELCOME = 2, S_HEARTBEAT = 3 };
+
+/* Sends LinkMsg TYPE from broker NAME (SESSION) on S, to routing id RID
+ * (RLEN bytes) when S is a ROUTER. */
+static void s_link_send(void *s, const void *rid, size_t rlen, int type, const char *name,
+                        uint64_t session)
+{
+    Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+    m.type = (uint32_t)type;
+    m.broker = (char *)name;
+    m.session = session;
+    m.sent_us = type == S_HEARTBEAT ? (uint64_t)ab_now_us() : 0;
+    uint8_t body[256], hb[64];
+    size_t n = agentbus__link_msg__get_packed_size(&m);
+    REQUIRE(n <= sizeof body);
+    agentbus__link_msg__pack(&m, body);
+    ab_header_t h = ab_header_init(AB_KIND_LINK);
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    if (rid)
+        REQUIRE(zmq_send(s, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
+    REQUIRE(zmq_send(s, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(s, body, n, 0) == (int)n);
+}
+
+/* Waits up to TIMEOUT_MS on S (a ROUTER when RID is not NULL: the sender's
+ * id into RID, *RLEN) for a LinkMsg of TYPE; others are skipped. 1 or 0. */
+static int s_link_wait(void *s, int type, uint8_t *rid, size_t *rlen, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+    while (ab_now_ms() < end) {
+        if (zmq_poll(&it, 1, 20) != 1)
+            continue;
+        zmq_msg_t f[3];
+        int n = 0;
+        do
+            zmq_msg_init(&f[n]);
+        while (zmq_msg_recv(&f[n], s, 0) >= 0 && zmq_msg_more(&f[n]) && ++n < 3);
+        int nf = n < 3 ? n + 1 : 3, hi = rid ? 1 : 0, found = 0;
+        ab_header_t h;
+        if (nf == hi + 2 &&
+            ab_header_parse(zmq_msg_data(&f[hi]), zmq_msg_size(&f[hi]), &h) == AB_OK &&
+            h.kind == AB_KIND_LINK) {
+            Agentbus__LinkMsg *m = agentbus__link_msg__unpack(NULL, zmq_msg_size(&f[hi + 1]),
+                                                              zmq_msg_data(&f[hi + 1]));
+            found = m && (int)m->type == type;
+            if (found && rid) {
+                *rlen = zmq_msg_size(&f[0]);
+                memcpy(rid, zmq_msg_data(&f[0]), *rlen);
+            }
+            if (m)
+                agentbus__link_msg__free_unpacked(m, NULL);
+        }
+        for (int i = 0; i < nf; i++)
+            zmq_msg_close(&f[i]);
+        if (found)
+            return 1;
+    }
+    return 0;
+}
+
+static void *s_socket(void *ctx, int type)
+{
+    void *s = zmq_socket(ctx, type);
+    int zero = 0;
+    REQUIRE(s != NULL);
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    return s;
+}
+
+/* The broker A dials plays broker B: it answers A's HELLO as B, and also
+ * dials A as B (A's record for B holds both connections). A third
+ * connection says HELLO as C. Then B closes the connection A dialed (A's
+ * link to B goes down: it used that one; B's own stays), and the endpoint
+ * answers A's next HELLO as C. A moved its dialed connection into C's
+ * record and freed B's, whose accepted connection still named it: the
+ * next message on it read the freed record (heap-use-after-free). Now the
+ * accepted connection goes with the record, and A lives on. */
+static void s_renamed_dialed(void)
+{
+    int pa = th_free_port(), px = th_free_port();
+    char peer[64];
+    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", px);
+    void *ctx = zmq_ctx_new();
+    void *r = s_socket(ctx, ZMQ_ROUTER);
+    REQUIRE(zmq_bind(r, th_ep(px)) == 0);
+    pid_t apid = th_broker(pa, "--name", "A", "--peer", peer, "--link-heartbeat-ms", "1000",
+                           NULL);
+    uint8_t rid[256];
+    size_t rlen = 0;
+    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000));
+    s_link_send(r, rid, rlen, S_WELCOME, "B", 1);
+    void *d1 = s_socket(ctx, ZMQ_DEALER), *d2 = s_socket(ctx, ZMQ_DEALER);
+    REQUIRE(zmq_connect(d1, th_ep(pa)) == 0 && zmq_connect(d2, th_ep(pa)) == 0);
+    s_link_send(d1, NULL, 0, S_HELLO, "B", 1); /* B dials A too */
+    REQUIRE(s_link_wait(d1, S_WELCOME, NULL, NULL, 20000));
+    s_link_send(d2, NULL, 0, S_HELLO, "C", 7);
+    REQUIRE(s_link_wait(d2, S_WELCOME, NULL, NULL, 20000));
+    zmq_close(r); /* the connection A dialed is gone: A's link to B goes down */
+    r = s_socket(ctx, ZMQ_ROUTER);
+    int64_t end = ab_now_ms() + 10000;
+    while (zmq_bind(r, th_ep(px)) != 0 && ab_now_ms() < end)
+        th_sleep_ms(20);
+    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000)); /* A dials again */
+    s_link_send(r, rid, rlen, S_WELCOME, "C", 7);
+    th_sleep_ms(300);
+    for (int i = 0; i < 5; i++) { /* B's own connection speaks on */
+        s_link_send(d1, NULL, 0, S_HEARTBEAT, "B", 1);
+        s_link_send(d2, NULL, 0, S_HEARTBEAT, "C", 7);
+        th_sleep_ms(100);
+    }
+    ab_client_t *c = th_client(pa);
+    Agentbus__Stats *st = th_stats(c);
+    CHECK_TRUE(st != NULL);
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+    CHECK_EQ(th_alive(apid), 1);
+    zmq_close(r);
+    zmq_close(d1);
+    zmq_close(d2);
+    zmq_ctx_term(ctx);
+}
+
+int main(int argc, char **argv)
+{
+    static const th_case_t cases[] = {
+        {"renamed_dialed", s_renamed_dialed},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
