@@ -549,18 +549,22 @@ static ab_link_t *s_by_name(struct ab_links *ls, const char *name, const ab_link
 
 /* L's dialed connection was answered by broker NAME: when a record for
  * NAME exists already (it dialed us first), the dialed connection joins it
- * and L's empty shell goes. Returns the record that holds it. A shell that
- * still holds a connection its broker dialed (L was that broker's, which
- * now answers as another at L's endpoint) drops it first: its peer named
- * L, which is freed (the broker dials again and finds a record of its own). */
+ * and L's empty shell goes. Returns the record that holds it. When L was
+ * another broker's (its endpoint now answers as NAME), what was that
+ * broker's goes first: its link (down) and the connection it dialed here
+ * (dropped: it dials again and finds a record of its own). Else that
+ * connection stayed in L, renamed NAME or freed: it spoke for NAME (a
+ * second record named NAME), or named a freed record. */
 static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
 {
     if (!strcmp(l->name, name))
         return l;
+    if (l->up)
+        s_down(b, l, "the peer broker changed its name");
+    if (l->in)
+        s_in_lost(b, l, "its endpoint answers as another broker now");
     ab_link_t *o = s_by_name(b->links, name, l);
-    if (!o || l->up) {
-        if (l->up) /* a dialed endpoint now answers as another broker */
-            s_down(b, l, "the peer broker changed its name");
+    if (!o) {
         snprintf(l->name, sizeof l->name, "%s", name);
         return l;
     }
@@ -582,8 +586,6 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
         o->outq->link = o;
         l->outq = NULL;
     }
-    if (l->in)
-        s_in_lost(b, l, "its endpoint answers as another broker now");
     s_link_free(b, l);
     return o;
 }

@@ -140,10 +140,79 @@ static void s_renamed_dialed(void)
     zmq_ctx_term(ctx);
 }
 
+/* How many links C's broker lists under NAME (brokerctl peers). */
+static int s_links_named(ab_client_t *c, const char *name)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "peers", 5000, &buf, &len) != AB_OK)
+        return -1;
+    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    int n = 0;
+    for (size_t i = 0; pl && i < pl->n_peers; i++)
+        n += !strcmp(pl->peers[i]->name, name);
+    if (pl)
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    return n;
+}
+
+/* As renamed_dialed, but A's link to B stays up (on B's own connection)
+ * while the endpoint A dialed refuses its connection (DENIED, correlation
+ * 0: say HELLO again) and answers the next HELLO as C. A renamed B's
+ * record C, with B's own connection still in it: two records named C,
+ * one of them speaking for B. Now B's connection goes with B's record and
+ * the dialed one joins C's. */
+static void s_renamed_up(void)
+{
+    int pa = th_free_port(), px = th_free_port();
+    char peer[64];
+    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", px);
+    void *ctx = zmq_ctx_new();
+    void *r = s_socket(ctx, ZMQ_ROUTER);
+    REQUIRE(zmq_bind(r, th_ep(px)) == 0);
+    pid_t apid = th_broker(pa, "--name", "A", "--peer", peer, "--link-heartbeat-ms", "1000",
+                           NULL);
+    uint8_t rid[256];
+    size_t rlen = 0;
+    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000));
+    s_link_send(r, rid, rlen, S_WELCOME, "B", 1);
+    void *d1 = s_socket(ctx, ZMQ_DEALER), *d2 = s_socket(ctx, ZMQ_DEALER);
+    REQUIRE(zmq_connect(d1, th_ep(pa)) == 0 && zmq_connect(d2, th_ep(pa)) == 0);
+    s_link_send(d1, NULL, 0, S_HELLO, "B", 1);
+    REQUIRE(s_link_wait(d1, S_WELCOME, NULL, NULL, 20000));
+    s_link_send(d2, NULL, 0, S_HELLO, "C", 7);
+    REQUIRE(s_link_wait(d2, S_WELCOME, NULL, NULL, 20000));
+    ab_header_t h = ab_header_init(AB_KIND_ERROR);
+    h.error_code = AB_ERR_DENIED;
+    uint8_t hb[64];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(zmq_send(r, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
+    REQUIRE(zmq_send(r, hb, hl, 0) == (int)hl);
+    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000)); /* A says HELLO again */
+    s_link_send(r, rid, rlen, S_WELCOME, "C", 7);
+    s_link_send(d1, NULL, 0, S_HEARTBEAT, "B", 1);
+    ab_client_t *c = th_client(pa);
+    int64_t end = ab_now_ms() + 10000;
+    while (s_links_named(c, "B") != 0 && ab_now_ms() < end) /* the WELCOME as C taken */
+        th_sleep_ms(50);
+    CHECK_EQ(s_links_named(c, "B"), 0);
+    int named = s_links_named(c, "C");
+    printf("renamed_up: %d link(s) named C, %d named B\n", named, s_links_named(c, "B"));
+    CHECK_EQ(named, 1);
+    CHECK_EQ(th_alive(apid), 1);
+    ab_client_destroy(&c);
+    zmq_close(r);
+    zmq_close(d1);
+    zmq_close(d2);
+    zmq_ctx_term(ctx);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"renamed_dialed", s_renamed_dialed},
+        {"renamed_up", s_renamed_up},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
