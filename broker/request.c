@@ -136,6 +136,26 @@ static void s_held_release(ab_broker_t *b, ab_req_t *r)
     r->held_bytes = 0;
 }
 
+int ab_req_held_room(const ab_broker_t *b, const ab_req_t *r, uint64_t size)
+{
+    uint64_t now = r->held_bytes, want = AB_REQ_RECORD_BYTES + size;
+    if (want <= now)
+        return 1;
+    const ab_client_rec_t *c = r->crec;
+    if (c && c->held_bytes > now && c->held_bytes - now + want > b->cfg->max_client_held_bytes)
+        return 0;
+    return !(b->held_bytes > now && b->held_bytes - now + want > b->cfg->max_held_bytes);
+}
+
+void ab_req_held_resize(ab_broker_t *b, ab_req_t *r, uint64_t size)
+{
+    uint64_t want = AB_REQ_RECORD_BYTES + size;
+    b->held_bytes = b->held_bytes - r->held_bytes + want;
+    if (r->crec)
+        r->crec->held_bytes = r->crec->held_bytes - r->held_bytes + want;
+    r->held_bytes = want;
+}
+
 /* --- arrival ----------------------------------------------------------------- */
 /* Refuses a request to S with BUSY (counted in S, by code, and in ALSO). */
 static void s_busy(ab_broker_t *b, const ab_rid_t *rid, uint64_t id, ab_service_t *s,

@@ -78,6 +78,8 @@ int ab_link_req_plain(ab_broker_t *b, ab_req_t *r)
     size_t zl = zmq_msg_size(&r->payload);
     zmq_msg_t m;
     int rc = ab_lz4_check(zl, r->original_size, b->limits.max_payload);
+    if (rc == AB_OK && !ab_req_held_room(b, r, r->original_size))
+        return AB_EBUSY; /* plain, it would pass max-held-bytes: held bytes count what is held */
     if (rc == AB_OK && zmq_msg_init_size(&m, (size_t)r->original_size) != 0)
         return AB_ENOMEM;
     if (rc == AB_OK && (rc = ab_lz4_decompress(zmq_msg_data(&r->payload), zl, zmq_msg_data(&m),
@@ -86,6 +88,7 @@ int ab_link_req_plain(ab_broker_t *b, ab_req_t *r)
     if (rc != AB_OK)
         return rc;
     zmq_msg_move(&r->payload, &m); /* releases the compressed block */
+    ab_req_held_resize(b, r, r->original_size);
     r->flags &= ~(uint32_t)AB_FLAG_LZ4;
     r->original_size = 0;
     b->c.link_lz4_plain++;

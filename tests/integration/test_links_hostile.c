@@ -9,6 +9,8 @@
 #include "util.h"
 #include "agentbus.pb-c.h"
 #include "codec.h"
+#include "compress.h"
+#include "rawpeer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,11 +210,80 @@ static void s_renamed_up(void)
     zmq_ctx_term(ctx);
 }
 
+/* A peer broker C sends A requests whose payloads are lz4 blocks of 4 MiB
+ * of zeros (16 KiB each on the wire) for service plain, whose only worker
+ * cannot read lz4 (an old one): A decompresses each for it (a link's
+ * payload, docs/links.md) and holds the 4 MiB while the worker runs it.
+ * What A holds is counted in max-held-bytes (8M here): the bytes it counts
+ * cover every request its worker got, and a request that would pass the
+ * bound once plain is refused BUSY. A counted the compressed size: the
+ * worker got every request, 16 MiB held for 70 KB counted. */
+static void s_plain_held(void)
+{
+    enum { N = 4, SIZE = 4 << 20 };
+    int pa = th_free_port();
+    th_broker(pa, "--name", "A", "--link-heartbeat-ms", "1000", "--max-held-bytes", "8M",
+              "--startup-grace-ms", "0", NULL);
+    void *w = rp_raw(pa, NULL, 0);
+    rp_register(w, "plain", 16, 0); /* no features: no lz4 */
+    void *ctx = zmq_ctx_new();
+    void *d = s_socket(ctx, ZMQ_DEALER);
+    REQUIRE(zmq_connect(d, th_ep(pa)) == 0);
+    s_link_send(d, NULL, 0, S_HELLO, "C", 3);
+    REQUIRE(s_link_wait(d, S_WELCOME, NULL, NULL, 20000));
+    char *zeros = calloc(1, SIZE);
+    void *z = NULL;
+    size_t zl = 0;
+    REQUIRE(zeros && ab_lz4_compress(zeros, SIZE, 0, &z, &zl) == 1);
+    for (int i = 0; i < N; i++) {
+        ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+        h.id = 100 + (uint64_t)i;
+        h.target = ab_view_of("plain");
+        h.via = ab_view_of("C");
+        h.hops_left = 3;
+        h.flags = AB_FLAG_LZ4;
+        h.original_size = SIZE;
+        h.timeout_ms = 20000;
+        uint8_t hb[256];
+        size_t hl = ab_header_encode(&h, hb, sizeof hb);
+        REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
+        REQUIRE(zmq_send(d, z, zl, 0) == (int)zl);
+    }
+    int got = 0;
+    int64_t end = ab_now_ms() + 3000;
+    while (ab_now_ms() < end) { /* the worker takes what comes; C's link stays up */
+        rp_msg_t m;
+        while (rp_take(w, &m)) {
+            got += m.h.kind == AB_KIND_REQUEST && m.has_body && zmq_msg_size(&m.body) == SIZE;
+            rp_close(&m);
+        }
+        rp_beat(w);
+        s_link_send(d, NULL, 0, S_HEARTBEAT, "C", 3);
+        th_sleep_ms(100);
+    }
+    ab_client_t *c = th_client(pa);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    printf("plain_held: the worker got %d of %d, %llu bytes held counted, %llu BUSY\n", got, N,
+           (unsigned long long)st->held_bytes, (unsigned long long)st->held_bytes_busy);
+    CHECK_TRUE(got >= 1);
+    CHECK_TRUE(st->held_bytes >= (uint64_t)got * SIZE);
+    CHECK_TRUE(st->held_bytes <= (8u << 20) + (1u << 20));
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+    free(z);
+    free(zeros);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    rp_end(&w, 1);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"renamed_dialed", s_renamed_dialed},
         {"renamed_up", s_renamed_up},
+        {"plain_held", s_plain_held},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
