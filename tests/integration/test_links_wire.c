@@ -736,8 +736,9 @@ static void s_full_via(void)
 {
     s_keys(NULL);
     int pa = th_free_port(), pb = th_free_port();
-    s_broker(pb, "B", "B", 0, NULL, NULL, NULL);
-    s_broker(pa, "A", "A", pb, "B", NULL, NULL);
+    /* 1 s link heartbeats: the raw peer's link lives 5 s on one message */
+    s_broker(pb, "B", "B", 0, NULL, "--link-heartbeat-ms", "1000");
+    s_broker(pa, "A", "A", pb, "B", "--link-heartbeat-ms", "1000");
     s_at("B");
     th_worker(pb, "echo", NULL);
     s_at("A");
@@ -752,7 +753,7 @@ static void s_full_via(void)
         via[i] = i % 64 == 63 ? ',' : 'v';
     via[sizeof via - 1] = '\0';
     Agentbus__LinkMsg beat = AGENTBUS__LINK_MSG__INIT;
-    beat.type = 3; /* the link stays up (100 ms heartbeats) until the request comes */
+    beat.type = 3; /* the link stays up until the request comes */
     beat.broker = (char *)"C";
     s_fake_send(d, &beat);
     ab_header_t h = ab_header_init(AB_KIND_REQUEST);
