@@ -34,7 +34,8 @@ typedef enum {
 #define AB_REQ_SMALL_MAX 256 /* request payloads kept in the record (ab_req_t: small) */
 /* What one held request costs the broker beyond a payload of its own:
  * its record plus its entries in the pending table, the deadline heap and
- * the client's index (about 64 bytes together). Charged to the held bytes,
+ * the client's index (about 64 bytes together); a crossed list past
+ * AB_FWD_VIA_ROOM adds its own block (request.c, s_record_bytes). Charged to the held bytes,
  * so max-held-bytes bounds memory and not only payloads: 1,000,000 empty
  * requests (max-pending) were a gigabyte of records that counted as 0. */
 #define AB_REQ_RECORD_BYTES (sizeof(struct ab_req) + 64)

@@ -278,12 +278,91 @@ static void s_plain_held(void)
     rp_end(&w, 1);
 }
 
+/* Sends REQUEST ID for SVC over raw link D, with crossed list VIA. */
+static void s_link_request(void *d, uint64_t id, const char *svc, const char *via)
+{
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = id;
+    h.target = ab_view_of(svc);
+    h.via = ab_view_of(via);
+    h.hops_left = 3;
+    h.timeout_ms = 20000;
+    uint8_t hb[2048];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(d, "p", 1, 0) == 1);
+}
+
+/* A's held bytes once its worker on W holds N requests (C's link on D
+ * kept up meanwhile); 0 when it never did. */
+static uint64_t s_held_at(ab_client_t *c, void *w, void *d, int n)
+{
+    int got = 0;
+    int64_t end = ab_now_ms() + 10000;
+    while (got < n && ab_now_ms() < end) {
+        rp_msg_t m;
+        while (rp_take(w, &m)) {
+            got += m.h.kind == AB_KIND_REQUEST;
+            rp_close(&m);
+        }
+        rp_beat(w);
+        s_link_send(d, NULL, 0, S_HEARTBEAT, "C", 3);
+        th_sleep_ms(20);
+    }
+    Agentbus__Stats *st = got == n ? th_stats(c) : NULL;
+    uint64_t held = st ? st->held_bytes : 0;
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    return held;
+}
+
+/* A request that crossed many brokers keeps its crossed list in a block
+ * of its own (past 127 characters): what it holds counts it (max-held-bytes
+ * bounds records as well as payloads). Two requests from peer C, alike but
+ * for a crossed list of 1 and of 1000 characters: the second counts about
+ * 1000 bytes more. They counted the same: a peer's 1000-character lists
+ * were outside the bound (a million of them, max-pending, a gigabyte). */
+static void s_via_charged(void)
+{
+    int pa = th_free_port();
+    th_broker(pa, "--name", "A", "--link-heartbeat-ms", "1000", "--startup-grace-ms", "0",
+              NULL);
+    void *w = rp_raw(pa, NULL, 0);
+    rp_register(w, "hold", 16, 0); /* takes requests, answers none */
+    void *ctx = zmq_ctx_new();
+    void *d = s_socket(ctx, ZMQ_DEALER);
+    REQUIRE(zmq_connect(d, th_ep(pa)) == 0);
+    s_link_send(d, NULL, 0, S_HELLO, "C", 3);
+    REQUIRE(s_link_wait(d, S_WELCOME, NULL, NULL, 20000));
+    ab_client_t *c = th_client(pa);
+    char via[1001];
+    for (size_t i = 0; i < sizeof via - 1; i++)
+        via[i] = i % 50 == 49 ? ',' : 'v';
+    via[sizeof via - 1] = '\0';
+    via[0] = 'C';
+    via[1] = ',';
+    s_link_request(d, 1, "hold", "C");
+    uint64_t one = s_held_at(c, w, d, 1);
+    s_link_request(d, 2, "hold", via);
+    uint64_t two = s_held_at(c, w, d, 1);
+    printf("via_charged: held %llu with a short crossed list, %llu with a long one too\n",
+           (unsigned long long)one, (unsigned long long)two);
+    CHECK_TRUE(one > 0 && two > one);
+    CHECK_TRUE(two - one >= one + 900);
+    ab_client_destroy(&c);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    rp_end(&w, 1);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"renamed_dialed", s_renamed_dialed},
         {"renamed_up", s_renamed_up},
         {"plain_held", s_plain_held},
+        {"via_charged", s_via_charged},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
