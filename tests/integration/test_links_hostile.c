@@ -12,6 +12,7 @@
 #include "compress.h"
 #include "rawpeer.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,6 +357,127 @@ static void s_via_charged(void)
     rp_end(&w, 1);
 }
 
+typedef struct {
+    int ok, bad, done, deadline;
+} s_tally_t;
+
+static void s_tally_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_tally_t *t = arg;
+    if (!ev->final)
+        return;
+    t->done++;
+    if (ev->status == AB_OK)
+        t->ok++;
+    else
+        t->bad++;
+    t->deadline += ev->status == AB_EDEADLINE;
+    if (ev->status != AB_OK && t->bad == 1)
+        printf("in_full: first error %s\n", ab_status_name(ev->status));
+}
+
+/* B dials A (A sends to B on the connection B dialed); A's pipes hold 16
+ * messages (--sndhwm 16). B stops for a moment while A forwards it 48
+ * requests of 1 MiB: A's sends to it fail (its pipe and the sockets are
+ * full). What was lost is taken back: the link goes down, B dials again
+ * and A has B's service again; every request is answered before its
+ * deadline (by B's worker, or WORKER_LOST after its attempts). A dropped
+ * B's remote worker as unreachable while the link stayed up: B's service
+ * was gone from A for good (B's directory did not change) and all 48
+ * waited for their deadlines. */
+static void s_in_full(void)
+{
+    enum { N = 48, SIZE = 1 << 20 };
+    int pa = th_free_port(), pb = th_free_port();
+    char peer[64];
+    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", pa);
+    th_broker(pa, "--name", "A", "--link-heartbeat-ms", "1000", "--sndhwm", "16",
+              "--peer-out-max-bytes", "256M", NULL);
+    pid_t bpid = th_broker(pb, "--name", "B", "--link-heartbeat-ms", "1000", "--peer", peer,
+                           NULL);
+    void *w = rp_raw(pb, NULL, 0);
+    rp_register(w, "big", 64, 0); /* answers "ok" to every request (below) */
+    ab_client_t *a = th_client(pa);
+    char *data = calloc(1, SIZE);
+    REQUIRE(data != NULL);
+    s_tally_t probe = {0};
+    int64_t end = ab_now_ms() + 30000;
+    while (!probe.ok && ab_now_ms() < end) { /* B's service reached A */
+        s_tally_t t = {0};
+        REQUIRE(ab_client_request_start(a, "big", "p", 1, &(ab_request_opts_t){.timeout_ms = 2000},
+                                        s_tally_cb, &t, NULL) == AB_OK);
+        while (!t.done && ab_now_ms() < end) {
+            ab_client_poll(a, 10);
+            rp_msg_t m;
+            while (rp_take(w, &m)) {
+                if (m.h.kind == AB_KIND_REQUEST)
+                    rp_answer(w, AB_KIND_REPLY, m.h.id, "ok");
+                rp_close(&m);
+            }
+            rp_beat(w);
+        }
+        probe.ok = t.ok;
+        if (!t.ok)
+            th_sleep_ms(100);
+    }
+    REQUIRE(probe.ok);
+    kill(bpid, SIGSTOP);
+    s_tally_t t = {0};
+    for (int i = 0; i < N; i++)
+        REQUIRE(ab_client_request_start(a, "big", data, SIZE,
+                                        &(ab_request_opts_t){.timeout_ms = 15000}, s_tally_cb, &t,
+                                        NULL) == AB_OK);
+    int64_t cont = ab_now_ms() + 1500;
+    end = ab_now_ms() + 25000;
+    while (t.done < N && ab_now_ms() < end) {
+        if (cont && ab_now_ms() >= cont) {
+            kill(bpid, SIGCONT);
+            cont = 0;
+        }
+        ab_client_poll(a, 10);
+        rp_msg_t m;
+        while (rp_take(w, &m)) {
+            if (m.h.kind == AB_KIND_REQUEST)
+                rp_answer(w, AB_KIND_REPLY, m.h.id, "ok");
+            rp_close(&m);
+        }
+        rp_beat(w);
+    }
+    if (cont)
+        kill(bpid, SIGCONT);
+    Agentbus__Stats *st = th_stats(a);
+    printf("in_full: %d of %d answered: %d ok, %d errors (%d DEADLINE); A's send failures "
+           "%llu\n", t.done, N, t.ok, t.bad, t.deadline,
+           st ? (unsigned long long)st->send_failures : 0ull);
+    if (st)
+        agentbus__stats__free_unpacked(st, NULL);
+    CHECK_EQ(t.done, N);
+    CHECK_EQ(t.deadline, 0);
+    s_tally_t again = {0};
+    end = ab_now_ms() + 20000;
+    while (!again.ok && ab_now_ms() < end) { /* B's service is A's again */
+        s_tally_t one = {0};
+        REQUIRE(ab_client_request_start(a, "big", "p", 1, &(ab_request_opts_t){.timeout_ms = 2000},
+                                        s_tally_cb, &one, NULL) == AB_OK);
+        while (!one.done && ab_now_ms() < end) {
+            ab_client_poll(a, 10);
+            rp_msg_t m;
+            while (rp_take(w, &m)) {
+                if (m.h.kind == AB_KIND_REQUEST)
+                    rp_answer(w, AB_KIND_REPLY, m.h.id, "ok");
+                rp_close(&m);
+            }
+            rp_beat(w);
+        }
+        again.ok = one.ok;
+    }
+    CHECK_EQ(again.ok, 1);
+    free(data);
+    ab_client_destroy(&a);
+    rp_end(&w, 1);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -363,6 +485,7 @@ int main(int argc, char **argv)
         {"renamed_up", s_renamed_up},
         {"plain_held", s_plain_held},
         {"via_charged", s_via_charged},
+        {"in_full", s_in_full},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
