@@ -21,6 +21,7 @@
 #define AB_LOG_SUBSYS "batching" /* log.h: the subsystem in log lines */
 #include "agentbus.h"
 #include "batching.h"
+#include "link.h"
 #include "router.h"
 #include "batch.h"
 #include "broker.h"
@@ -297,6 +298,8 @@ void ab_batching_flush_all(ab_broker_t *b)
             ab_batch_fini(&p->out->batch);
         if (rc != 0 && p->worker)
             ab_peer_drop(b, p, "unreachable");
+        else if (rc != 0)
+            ab_link_send_failed(p); /* a link's connection: it goes down next turn */
     }
     b->oldest_gathered_us = 0;
     ab_router_reap(b); /* slow peers marked in this turn (router.c) */

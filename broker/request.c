@@ -60,6 +60,15 @@ static void s_req_release(ab_broker_t *b, ab_req_t *r)
     b->req_nspare++;
 }
 
+/* What R's record costs: AB_REQ_RECORD_BYTES, and the block of its own a
+ * crossed list too long for the record's room takes (up to AB_VIA_MAX:
+ * a peer broker writes it). */
+static uint64_t s_record_bytes(const ab_req_t *r)
+{
+    const struct ab_fwd *f = r->fwd;
+    return AB_REQ_RECORD_BYTES + (f && f != &r->fwd_room.f ? sizeof *f + strlen(f->via) + 1 : 0);
+}
+
 ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid_t *client,
                      const ab_header_t *h, const ab_req_body_t *body,
                      struct ab_cache_req *cache, int64_t now)
@@ -121,7 +130,7 @@ ab_req_t *ab_req_new(ab_broker_t *b, ab_service_t *s, ab_peer_t *p, const ab_rid
         ab_client_track(p, r); /* CANCEL and departure find it */
     }
     ab_deadline_push(b, r);
-    r->held_bytes = AB_REQ_RECORD_BYTES + (body && body->has && !r->small_held ? body->size : 0);
+    r->held_bytes = s_record_bytes(r) + (body && body->has && !r->small_held ? body->size : 0);
     b->held_bytes += r->held_bytes;
     crec->held_bytes += r->held_bytes;
     return r;
@@ -134,6 +143,26 @@ static void s_held_release(ab_broker_t *b, ab_req_t *r)
     if (r->crec)
         r->crec->held_bytes -= r->held_bytes;
     r->held_bytes = 0;
+}
+
+int ab_req_held_room(const ab_broker_t *b, const ab_req_t *r, uint64_t size)
+{
+    uint64_t now = r->held_bytes, want = s_record_bytes(r) + size;
+    if (want <= now)
+        return 1;
+    const ab_client_rec_t *c = r->crec;
+    if (c && c->held_bytes > now && c->held_bytes - now + want > b->cfg->max_client_held_bytes)
+        return 0;
+    return !(b->held_bytes > now && b->held_bytes - now + want > b->cfg->max_held_bytes);
+}
+
+void ab_req_held_resize(ab_broker_t *b, ab_req_t *r, uint64_t size)
+{
+    uint64_t want = s_record_bytes(r) + size;
+    b->held_bytes = b->held_bytes - r->held_bytes + want;
+    if (r->crec)
+        r->crec->held_bytes = r->crec->held_bytes - r->held_bytes + want;
+    r->held_bytes = want;
 }
 
 /* --- arrival ----------------------------------------------------------------- */
@@ -248,7 +277,8 @@ static void s_on_request_to(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid,
         return; /* answered from the cache */
     /* What ab_req_new will charge: a payload kept in the record costs no more. */
     int own = body && body->has && (body->msg || size > AB_REQ_SMALL_MAX);
-    if (s_over_bytes(b, p, rid, h, s, AB_REQ_RECORD_BYTES + (own ? size : 0))) {
+    size_t via = h->via.len + 1 > AB_FWD_VIA_ROOM ? sizeof(struct ab_fwd) + h->via.len + 1 : 0;
+    if (s_over_bytes(b, p, rid, h, s, AB_REQ_RECORD_BYTES + via + (own ? size : 0))) {
         ab_cache_req_free(&cr);
         return;
     }

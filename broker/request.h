@@ -34,7 +34,8 @@ typedef enum {
 #define AB_REQ_SMALL_MAX 256 /* request payloads kept in the record (ab_req_t: small) */
 /* What one held request costs the broker beyond a payload of its own:
  * its record plus its entries in the pending table, the deadline heap and
- * the client's index (about 64 bytes together). Charged to the held bytes,
+ * the client's index (about 64 bytes together); a crossed list past
+ * AB_FWD_VIA_ROOM adds its own block (request.c, s_record_bytes). Charged to the held bytes,
  * so max-held-bytes bounds memory and not only payloads: 1,000,000 empty
  * requests (max-pending) were a gigabyte of records that counted as 0. */
 #define AB_REQ_RECORD_BYTES (sizeof(struct ab_req) + 64)
@@ -142,6 +143,13 @@ void ab_req_fail(ab_broker_t *b, ab_req_t *r, uint32_t code, const char *text);
 void ab_req_free(ab_broker_t *b, ab_req_t *r);
 /* Closes R's payload and frees it (R must be out of every list). */
 void ab_req_destroy(ab_req_t *r);
+/* 1 when R may hold a payload of SIZE bytes in place of its own (made
+ * plain, link_fwd.c) under max-held-bytes and its client's
+ * max-client-held-bytes (as at arrival: one that holds nothing else may). */
+int ab_req_held_room(const ab_broker_t *b, const ab_req_t *r, uint64_t size);
+/* R's payload is SIZE bytes now: its held bytes, the broker's and its
+ * client's follow. */
+void ab_req_held_resize(ab_broker_t *b, ab_req_t *r, uint64_t size);
 /* R's client has its answer: R no longer counts toward its in-flight limit. */
 void ab_req_client_done(ab_broker_t *b, ab_req_t *r);
 /* Fails every request whose client still waits (drain); returns how many. */

@@ -595,6 +595,28 @@ static int s_start(ab_broker_t *b, ab_service_t *s, ab_worker_rec_t *w, ab_req_t
     return -1;
 }
 
+/* R, lz4-compressed, is for a worker that cannot read lz4: made plain when
+ * it came over a link (link_fwd.c), else (or when its plain size would pass
+ * the held-bytes bounds) failed here. 1 when failed. */
+static int s_plain_refused(ab_broker_t *b, ab_req_t *r)
+{
+    int rc = ab_link_req_plain(b, r);
+    if (rc == AB_OK)
+        return 0;
+    if (rc == AB_EBUSY) {
+        b->c.held_bytes_busy++;
+        ab_req_fail(b, r, AB_ERR_BUSY, "decompressed for its worker the request would pass "
+                                       "max-held-bytes or max-client-held-bytes; retry later");
+        return 1;
+    }
+    /* The broker never decompresses an agent's payload (a link's it does:
+     * link_fwd.c); an older worker cannot. */
+    b->c.lz4_refused++;
+    ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
+                                          "payloads: send this one uncompressed");
+    return 1;
+}
+
 /* What the dispatch pass does with candidate R: a worker for it (0), R
  * failed here (1: it cannot run, or too late), R waits and is passed over
  * (2: its model's workers are busy), or stop (3: no worker has credit). */
@@ -612,14 +634,8 @@ static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
     if (!*w)
         return r->route ? 2 : 3;
     if ((r->flags & AB_FLAG_LZ4) && !((*w)->peer->features & AB_FEATURE_LZ4) &&
-        ab_link_req_plain(b, r) != AB_OK) {
-        /* The broker never decompresses an agent's payload (a link's it
-         * does: link_fwd.c); an older worker cannot. */
-        b->c.lz4_refused++;
-        ab_req_fail(b, r, AB_ERR_UNSUPPORTED, "the worker cannot read lz4-compressed "
-                                              "payloads: send this one uncompressed");
+        s_plain_refused(b, r))
         return 1;
-    }
     return s_too_late(b, s, r, now) ? 1 : 0;
 }
 

@@ -91,6 +91,8 @@ static void s_close_dealer(ab_link_t *l)
 static void s_link_free(ab_broker_t *b, ab_link_t *l)
 {
     struct ab_links *ls = l->all;
+    if (l->in) /* at exit */
+        l->in->link = NULL;
     ls->l[l->idx] = NULL;
     ls->n--;
     s_outq_free(b, l);
@@ -346,9 +348,13 @@ int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
         return q ? ab_batching_send(b, q, buf, len, payload)
                  : ab_link_dealer_emit(b, l, buf, len, payload);
     }
-    if (l->in)
-        return b->cfg->batch ? ab_batching_send(b, l->in, buf, len, payload)
-                             : ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, payload);
+    if (l->in) {
+        int rc = b->cfg->batch ? ab_batching_send(b, l->in, buf, len, payload)
+                               : ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, payload);
+        if (rc != 0)
+            l->in_broken = 1; /* as a dialed connection's (ab_link_dealer_emit) */
+        return rc;
+    }
     errno = EHOSTUNREACH;
     return -1;
 }
@@ -547,15 +553,19 @@ static ab_link_t *s_by_name(struct ab_links *ls, const char *name, const ab_link
 
 /* L's dialed connection was answered by broker NAME: when a record for
  * NAME exists already (it dialed us first), the dialed connection joins it
- * and L's empty shell goes. Returns the record that holds it. */
+ * and L's empty shell goes. Returns the record that holds it. What was
+ * another broker's in L goes first: its link, and the connection it dialed
+ * (it dials again), which would speak for NAME or name a freed record. */
 static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
 {
     if (!strcmp(l->name, name))
         return l;
+    if (l->up)
+        s_down(b, l, "the peer broker changed its name");
+    if (l->in)
+        s_in_lost(b, l, "its endpoint answers as another broker now");
     ab_link_t *o = s_by_name(b->links, name, l);
-    if (!o || l->up) {
-        if (l->up) /* a dialed endpoint now answers as another broker */
-            s_down(b, l, "the peer broker changed its name");
+    if (!o) {
         snprintf(l->name, sizeof l->name, "%s", name);
         return l;
     }
@@ -923,10 +933,28 @@ static void s_broken(ab_broker_t *b, ab_link_t *l, int64_t now)
     s_redial(b, l);
 }
 
+/* A send on L's accepted connection failed: as s_broken for it. */
+static void s_in_broken(ab_broker_t *b, ab_link_t *l, int64_t now)
+{
+    l->in_broken = 0;
+    AB_LOG_RL(&b->rl, 0x11d4 + (uint64_t)l->idx, now, AB_LOG_WARN,
+              "link to '%s': a send on its accepted connection failed", l->name);
+    s_down(b, l, "a send on its connection failed");
+    s_in_lost(b, l, "a send on its link connection failed");
+}
+
+void ab_link_send_failed(ab_peer_t *p)
+{
+    if (p->link && p->link_role == AB_LINK_TRANSPORT && p->link->in == p)
+        p->link->in_broken = 1;
+}
+
 void ab_link_on_poll(ab_broker_t *b, int64_t now)
 {
     for (int i = 0; b->links && i < AB_LINKS_MAX; i++) {
         ab_link_t *l = b->links->l[i];
+        if (l && l->in_broken)
+            s_in_broken(b, l, now);
         if (l && l->broken)
             s_broken(b, l, now);
         if (l && l->dealer && s_drain(b, l, now) >= 0)

@@ -81,6 +81,12 @@ void ab_link_req_free(ab_req_t *r);
  * (AB_OK); else, or when the block is corrupt, an AB_E code and R is
  * unchanged. */
 int ab_link_req_plain(ab_broker_t *b, ab_req_t *r);
+/* A send gathered for peer P (batching.c) failed: when P is a link's
+ * accepted connection what it carried is lost, so the link goes down at
+ * the next turn and the connection is dropped (its broker dials again),
+ * as when a send on the dialed one fails: the requests it carried are
+ * taken back, the directory repaired on the way back up. */
+void ab_link_send_failed(ab_peer_t *p);
 /* Peer P is being dropped: a link forgets it. */
 void ab_link_peer_gone(ab_broker_t *b, ab_peer_t *p);
 /* A worker joined or left: the directory is sent to the peers soon. */

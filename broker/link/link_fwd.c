@@ -78,6 +78,8 @@ int ab_link_req_plain(ab_broker_t *b, ab_req_t *r)
     size_t zl = zmq_msg_size(&r->payload);
     zmq_msg_t m;
     int rc = ab_lz4_check(zl, r->original_size, b->limits.max_payload);
+    if (rc == AB_OK && !ab_req_held_room(b, r, r->original_size))
+        return AB_EBUSY; /* plain, it would pass max-held-bytes: held bytes count what is held */
     if (rc == AB_OK && zmq_msg_init_size(&m, (size_t)r->original_size) != 0)
         return AB_ENOMEM;
     if (rc == AB_OK && (rc = ab_lz4_decompress(zmq_msg_data(&r->payload), zl, zmq_msg_data(&m),
@@ -86,6 +88,7 @@ int ab_link_req_plain(ab_broker_t *b, ab_req_t *r)
     if (rc != AB_OK)
         return rc;
     zmq_msg_move(&r->payload, &m); /* releases the compressed block */
+    ab_req_held_resize(b, r, r->original_size);
     r->flags &= ~(uint32_t)AB_FLAG_LZ4;
     r->original_size = 0;
     b->c.link_lz4_plain++;
@@ -117,6 +120,38 @@ static int s_send_answer(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, ab_header_t
 
 /* --- what the core sends to link peers -------------------------------------------- */
 
+/* A request's id on a link: its broker id with the dispatch it belongs to
+ * (its attempts then) in bits 55..62 (bit 63 is link_msg.c's forwarded
+ * SENDs). A link lost and back takes a request back and sends it to the
+ * same peer again, while the peer may still run the first copy (its own
+ * side of the link stayed up): the first copy's answers must not pass for
+ * the second's, or the client's stream interleaves two runs. */
+#define S_ATTEMPT_SHIFT 55
+#define S_BID_MASK ((1ull << S_ATTEMPT_SHIFT) - 1)
+
+static uint64_t s_link_id(const ab_req_t *r)
+{
+    return r->bid | (uint64_t)r->attempts << S_ATTEMPT_SHIFT;
+}
+
+/* CANCEL H (BUF,LEN) for a request held by remote worker P: it names the
+ * request as the link knows it (s_link_id). 0 or -1. */
+static int s_send_cancel(ab_broker_t *b, ab_link_t *l, ab_header_t *h, const uint8_t *buf,
+                         size_t len, zmq_msg_t *payload)
+{
+    ab_req_t *r = ab_idmap_get(&b->pending, h->correlation_id);
+    if (!r)
+        return ab_link_send(b, l, buf, len, payload);
+    h->correlation_id = s_link_id(r);
+    uint8_t stack[1024];
+    size_t n;
+    uint8_t *hb = ab_header_encode_buf(h, stack, sizeof stack, &n);
+    int rc = hb ? ab_link_send(b, l, hb, n, payload) : -1;
+    if (hb != stack)
+        free(hb);
+    return rc;
+}
+
 int ab_link_emit(ab_broker_t *b, ab_peer_t *p, const uint8_t *buf, size_t len, zmq_msg_t *hmsg,
                  zmq_msg_t *payload)
 {
@@ -133,7 +168,7 @@ int ab_link_emit(ab_broker_t *b, ab_peer_t *p, const uint8_t *buf, size_t len, z
     } else if (ab_header_parse(buf, len, &h) != AB_OK) {
         rc = 0; /* the core's own encoding: cannot happen */
     } else if (p->link_role == AB_LINK_WORKER && h.kind == AB_KIND_CANCEL) {
-        rc = ab_link_send(b, l, buf, len, payload);
+        rc = s_send_cancel(b, l, &h, buf, len, payload);
     } else if (p->link_role == AB_LINK_CLIENT &&
                (h.kind == AB_KIND_PARTIAL || h.kind == AB_KIND_REPLY || h.kind == AB_KIND_ERROR)) {
         rc = s_send_answer(b, l, p, &h, buf, len, payload);
@@ -163,6 +198,7 @@ int ab_link_forward(ab_broker_t *b, ab_worker_rec_t *w, ab_req_t *r, ab_header_t
     } else {
         h->via = ab_view_of(l->all->self);
     }
+    h->id = s_link_id(r);
     h->hops_left = (f ? f->hops_left : (uint32_t)b->cfg->link_hop_limit) - 1;
     if (f) {
         h->origin_key = ab_view_of(f->origin_key);
@@ -201,8 +237,14 @@ static int s_may_take(const ab_worker_rec_t *w, const char *via, uint32_t left)
         return 0;
     if (left == 0)
         return 0; /* hop limit */
-    if (via && (ab_link_in_list(via, strlen(via), l->name) || !strcmp(l->name, l->all->self)))
+    size_t vlen = via ? strlen(via) : 0;
+    if (via && (ab_link_in_list(via, vlen, l->name) || !strcmp(l->name, l->all->self)))
         return 0; /* it came from there: no loops */
+    /* Its crossed list must take this broker's name (ab_link_forward):
+     * else the send failed and the core dropped the remote worker as
+     * unreachable, a peer's service gone while its link stayed up. */
+    if (vlen && vlen + 1 + strlen(l->all->self) >= AB_VIA_MAX)
+        return 0;
     const ab_remote_t *rm = w->peer->remote;
     return !rm || rm->hops <= left - 1; /* the peer can reach it in the hops left */
 }
@@ -377,17 +419,23 @@ void ab_link_fwd_request(ab_broker_t *b, ab_link_t *l, const ab_header_t *in, zm
 
 void ab_link_fwd_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *body)
 {
-    ab_req_t *r = ab_idmap_get(&b->pending, h->correlation_id);
+    uint64_t corr = h->correlation_id;
+    ab_req_t *r = ab_idmap_get(&b->pending, corr & S_BID_MASK);
     ab_worker_rec_t *w = r && r->state != AB_REQ_QUEUED ? r->worker : NULL;
-    if (!w || w->peer->link != l || w->peer->link_role != AB_LINK_WORKER) {
-        b->c.replies_dropped++; /* the link was lost and the request moved on */
+    if (!w || w->peer->link != l || w->peer->link_role != AB_LINK_WORKER ||
+        ((corr >> S_ATTEMPT_SHIFT) & 0xff) != r->attempts) {
+        /* the link was lost and the request moved on: to another worker,
+         * or to this peer again (an earlier copy's answer) */
+        b->c.replies_dropped++;
         if (h->kind != AB_KIND_PARTIAL)
             b->c.duplicates_dropped++;
         return;
     }
     if (h->kind != AB_KIND_PARTIAL)
         l->answered++;
-    ab_req_on_answer(b, w->peer, &w->peer->rid, h, body);
+    ab_header_t a = *h;
+    a.correlation_id = r->bid;
+    ab_req_on_answer(b, w->peer, &w->peer->rid, &a, body);
 }
 
 /* --- CONTROL "peers", services ----------------------------------------------------- */

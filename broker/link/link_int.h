@@ -52,6 +52,7 @@ typedef struct ab_link {
     int64_t out_last_ms, out_since_ms;
     int out_warned;              /* "not linked" said since the last dial (s_check) */
     ab_peer_t *in;               /* the connection the peer dialed (ROUTER peer) */
+    int in_broken;               /* a send on it failed: dropped, the link down, next turn */
     int64_t in_last_ms;
     int up;
     int64_t up_since_ms;

@@ -70,6 +70,7 @@ typedef struct {
     int64_t expires_ms;
     zmq_msg_t body; /* a reference to the bytes sent */
     int has_body;
+    size_t charge;  /* counted against mailbox-total-bytes until it ends (ab_mail_fn) */
     char *name;     /* the agent it is for (AB_NAME_MAX) */
     char sender[];
 } s_mail_t;
@@ -154,8 +155,11 @@ void ab_link_msg_free(ab_link_t *l)
     l->msg = NULL;
 }
 
-static void s_pend_remove(struct ab_link_msgs *ms, s_pend_t *e)
+static void s_pend_remove(ab_broker_t *b, s_pend_t *e)
 {
+    struct ab_link_msgs *ms = b->links->msg;
+    if (e->mail && e->mail->charge)
+        ab_mailbox_handed_done(b, e->mail->charge);
     ab_idmap_del(&ms->pending, e->fid);
     ab_list_remove(&e->node);
     s_mail_free(e->mail);
@@ -182,7 +186,7 @@ static void s_put_back(ab_broker_t *b, ab_link_t *l, int64_t now)
             n++;
         else
             lost++;
-        s_pend_remove(ms, e);
+        s_pend_remove(b, e);
     }
     if (n || lost)
         AB_WARN("link to '%s' lost: %zu handed-over message(s) put back into the mailbox "
@@ -215,7 +219,7 @@ void ab_link_msg_down(ab_broker_t *b, ab_link_t *l)
         if (e->l != l)
             continue;
         if (!e->rid.len) { /* nobody waits for it */
-            s_pend_remove(ms, e);
+            s_pend_remove(b, e);
             continue;
         }
         char text[192];
@@ -224,7 +228,7 @@ void ab_link_msg_down(ab_broker_t *b, ab_link_t *l)
         b->msgs->c.refused++;
         AB_COUNT_ERROR(b, AB_ERR_NO_AGENT);
         ab_send_error(b, &e->rid, e->id, AB_ERR_NO_AGENT, text);
-        s_pend_remove(ms, e);
+        s_pend_remove(b, e);
     }
 }
 
@@ -275,7 +279,7 @@ static void s_expire(ab_broker_t *b, int64_t now)
         if (e->expires_ms > now)
             break;
         if (!e->rid.len) {
-            s_pend_remove(ms, e);
+            s_pend_remove(b, e);
             continue;
         }
         char text[160];
@@ -283,7 +287,7 @@ static void s_expire(ab_broker_t *b, int64_t now)
                  e->l->name, e->target);
         AB_COUNT_ERROR(b, AB_ERR_NO_AGENT);
         ab_send_error(b, &e->rid, e->id, AB_ERR_NO_AGENT, text);
-        s_pend_remove(ms, e);
+        s_pend_remove(b, e);
     }
 }
 
@@ -451,7 +455,7 @@ static int s_send_recorded(ab_broker_t *b, ab_link_t *l, ab_header_t *h, zmq_msg
     if (buf && buf != stack)
         free(buf);
     if (rc != 0) {
-        s_pend_remove(ms, e);
+        s_pend_remove(b, e);
         return -1;
     }
     if (l->msg)
@@ -515,11 +519,13 @@ int ab_link_msg_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg
  * L's peer goes there. This broker accepted it under its own checks, so it
  * vouches for an agent's message (the sender's key was not kept). */
 static int s_hand_one(ab_broker_t *b, void *arg, const char *sender, uint64_t id, uint64_t corr,
-                      uint32_t flags, int64_t ttl_left_ms, zmq_msg_t *body)
+                      uint32_t flags, int64_t ttl_left_ms, zmq_msg_t *body, size_t charge)
 {
     const char *target = ((void **)arg)[1];
     ab_link_t *l = ((void **)arg)[0];
     char via[AB_LINK_NAME_MAX], sbuf[S_SENDER_MAX];
+    if (ab_idmap_size(&b->links->msg->pending) >= AB_LINK_SENDS_MAX)
+        return -1; /* the rest waits here: handed over at the peer's next NAMES */
     /* A copy to put back if the link is lost before the answer. */
     size_t slen = strlen(sender) + 1;
     s_mail_t *m = calloc(1, sizeof *m + slen);
@@ -549,7 +555,10 @@ static int s_hand_one(ab_broker_t *b, void *arg, const char *sender, uint64_t id
     }
     h.sender = ab_view_of(sender);
     h.target = ab_view_of(target);
-    return s_send_recorded(b, l, &h, body, NULL, 0, 0, target, m);
+    if (s_send_recorded(b, l, &h, body, NULL, 0, 0, target, m) != 0)
+        return -1;
+    m->charge = charge; /* recorded: the mailbox counts it in handed_bytes from now */
+    return 0;
 }
 
 static void s_hand_over_all(ab_broker_t *b, ab_link_t *l, int64_t now)
@@ -604,7 +613,7 @@ int ab_link_msg_on_answer(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zm
         r.correlation_id = e->id;
         ab_send(b, &e->rid, &r, body); /* "delivered" or "queued" */
     }
-    s_pend_remove(ms, e);
+    s_pend_remove(b, e);
     return 1;
 }
 

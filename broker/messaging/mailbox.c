@@ -176,7 +176,7 @@ static void s_mailbox_put(ab_broker_t *b, ab_peer_t *p, ab_agent_t *a, const cha
                        a ? a->bytes : 0, size, cfg->mailbox_max_bytes);
         return;
     }
-    if (m->total_bytes + charge > cfg->mailbox_total_bytes) {
+    if (m->total_bytes + m->handed_bytes + charge > cfg->mailbox_total_bytes) {
         ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
                        "broker mailboxes are full (mailbox-total-bytes %zu)",
                        cfg->mailbox_total_bytes);
@@ -349,7 +349,8 @@ size_t ab_mailbox_hand_over(ab_broker_t *b, const char *name, ab_mail_fn *fn, vo
         if (e->expires_ms <= now) {
             b->msgs->c.expired++;
         } else if (fn(b, arg, e->sender, e->id, e->corr, e->flags, e->expires_ms - now,
-                      e->has_body ? &e->body : NULL) == 0) {
+                      e->has_body ? &e->body : NULL, e->charge) == 0) {
+            b->msgs->handed_bytes += e->charge; /* until ab_mailbox_handed_done */
             n++;
         } else {
             break;
@@ -359,6 +360,13 @@ size_t ab_mailbox_hand_over(ab_broker_t *b, const char *name, ab_mail_fn *fn, vo
     if (ab_list_empty(&a->mail))
         s_agent_drop(b, a);
     return n;
+}
+
+void ab_mailbox_handed_done(ab_broker_t *b, size_t charge)
+{
+    ab_msgs_t *m = b->msgs;
+    if (m)
+        m->handed_bytes -= charge < m->handed_bytes ? charge : m->handed_bytes;
 }
 
 int ab_mailbox_put_back(ab_broker_t *b, const char *name, const char *sender, uint64_t id,
@@ -378,7 +386,8 @@ int ab_mailbox_put_back(ab_broker_t *b, const char *name, const char *sender, ui
         return -1;
     }
     /* No bound is checked: the message was in this mailbox a moment ago,
-     * and what waits for the peer's answer is bounded (link_msg.c). */
+     * and its charge still counts (handed_bytes) until the caller gives it
+     * back (ab_mailbox_handed_done). */
     e->id = id;
     e->corr = corr;
     e->flags = flags & AB_SEND_FLAGS;

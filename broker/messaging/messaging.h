@@ -47,9 +47,15 @@ uint64_t ab_msgs_agent_serial(const ab_peer_t *p);
  * bytes). The identity of a client for fair queuing (clients.c). */
 const char *ab_msgs_sender_name(const ab_peer_t *p, char *buf, size_t cap);
 /* One waiting message handed over (ab_mailbox_hand_over): 0 taken (BODY,
- * NULL when empty, may be moved), -1 refused (it stays). */
+ * NULL when empty, may be moved), -1 refused (it stays). CHARGE: what it
+ * counted against mailbox-total-bytes; taken, it counts on until the taker
+ * gives it back (ab_mailbox_handed_done: the peer broker answered, or the
+ * message was put back), so that what waits for peers' answers and what
+ * the mailboxes hold stay under one bound. */
 typedef int ab_mail_fn(ab_broker_t *b, void *arg, const char *sender, uint64_t id, uint64_t corr,
-                       uint32_t flags, int64_t ttl_left_ms, zmq_msg_t *body);
+                       uint32_t flags, int64_t ttl_left_ms, zmq_msg_t *body, size_t charge);
+/* A handed-over message of CHARGE bytes no longer waits (ab_mail_fn). */
+void ab_mailbox_handed_done(ab_broker_t *b, size_t charge);
 /* The name NAME, offline here, is bound on a peer broker now (broker links,
  * link_msg.c): what its mailbox holds goes to FN, oldest first, until FN
  * refuses one; an emptied offline name is forgotten. Returns how many. */

@@ -256,7 +256,7 @@ void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->no_subscribers = m->c.no_subscribers;
     st->receipts = m->c.receipts;
     st->offline_names = (uint32_t)(zhashx_size(m->agents) - m->bound);
-    st->mailbox_charged_bytes = m->total_bytes;
+    st->mailbox_charged_bytes = m->total_bytes + m->handed_bytes;
 }
 
 static void s_agent_info(Agentbus__AgentInfo *x, ab_peer_t *p, ab_agent_t *a, int64_t now)

@@ -106,6 +106,9 @@ typedef struct {
 typedef struct ab_msgs {
     zhashx_t *agents;          /* name -> ab_agent_t (owned) */
     size_t total_bytes;        /* all mailboxes, with overheads */
+    size_t handed_bytes;       /* charged for messages handed over to a peer broker until
+                                  its answer (ab_mail_fn): with TOTAL_BYTES, under
+                                  mailbox-total-bytes */
     uint32_t mailbox_msgs;
     uint32_t bound;            /* agent records bound to a live connection */
     uint64_t serials;          /* ab_agent_t.serial of the newest record */

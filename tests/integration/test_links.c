@@ -658,6 +658,121 @@ static void s_roles(void)
     ab_client_destroy(&adm);
 }
 
+/* --- one request run twice at the far broker ---------------------------------------------- */
+
+typedef struct {
+    ab_job_t *jobs[4];
+    int n;
+} s_held_t;
+
+static void s_hold_job(ab_worker_t *w, ab_job_t *job, void *arg)
+{
+    (void)w;
+    s_held_t *h = arg;
+    if (h->n < 4)
+        h->jobs[h->n++] = job;
+    else
+        ab_job_destroy(&job);
+}
+
+/* 1 when C's broker has its link to NAME up, using the connection it
+ * dialed (TRANSPORT "dialed") or the one it accepted, with a service. */
+static int s_link_on(ab_client_t *c, const char *name, const char *transport)
+{
+    Agentbus__PeerList *pl = lt_peers(c);
+    int on = 0;
+    for (size_t i = 0; pl && i < pl->n_peers; i++)
+        if (!strcmp(pl->peers[i]->name, name))
+            on = !strcmp(pl->peers[i]->state, "up") &&
+                 !strcmp(pl->peers[i]->transport, transport) &&
+                 (pl->peers[i]->services || !strcmp(transport, "dialed"));
+    if (pl)
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    return on;
+}
+
+/* Polls W (its jobs into H) and C for up to TIMEOUT_MS until C's broker
+ * uses the link to B it dialed, with a service (UP 1), or has it down (UP
+ * 0), or, with UP -1, until H holds N jobs. 0 or -1. */
+static int s_pump(ab_worker_t *w, s_held_t *h, ab_client_t *c, int up, int n, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms, next = 0;
+    do {
+        ab_worker_poll(w, 10, s_hold_job, h);
+        ab_client_poll(c, 10);
+        if (up < 0 && h->n >= n)
+            return 0;
+        if (up == 1 && ab_now_ms() >= next && s_link_on(c, "B", "dialed"))
+            return 0;
+        if (up == 0 && ab_now_ms() >= next && lt_wait_link(c, "B", 0, 0) == 0)
+            return 0;
+        next = ab_now_ms() + 20;
+    } while (ab_now_ms() < end);
+    return -1;
+}
+
+/* A and B dial each other; A's connection, through a proxy, carries the
+ * traffic (A's name sorts first). A request from A waits at B's worker;
+ * the proxy cuts A's connection: A's link goes down and takes the request
+ * back, B's stays up on its own connection and keeps it running. Back up,
+ * A sends it to B again (its second attempt): B's worker holds both. A
+ * stream from the first run arriving now is not its answer: the client
+ * gets the second run's alone. Both carried A's one request id over the
+ * link, so A took the first run's chunk as the new holder's and its client
+ * got "old" + "new" + "NEW": an answer made of two runs. */
+static void s_twice(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, "--link-heartbeat-ms", "1000");
+    lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pa), NULL, "--link-heartbeat-ms", "1000");
+    ab_client_t *a = th_client(pa), *b = th_client(pb);
+    int64_t end = ab_now_ms() + 30000;
+    while (!s_link_on(b, "A", "dialed") && ab_now_ms() < end) /* B's own connection first */
+        th_sleep_ms(20);
+    REQUIRE(s_link_on(b, "A", "dialed"));
+    pid_t proxy = s_proxy(px, pb, "0");
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o && ab_options_set_endpoint(o, th_ep(pb)) == AB_OK);
+    ab_worker_t *w = NULL;
+    REQUIRE(ab_worker_new(&w, o, "held", 4) == AB_OK);
+    ab_options_destroy(&o);
+    s_held_t h = {0};
+    REQUIRE(s_pump(w, &h, a, 1, 0, 30000) == 0); /* A's connection (the proxy) in use */
+    s_slot_t s = {0};
+    REQUIRE(ab_client_request_start(a, "held", "q", 1, &(ab_request_opts_t){.timeout_ms = 30000},
+                                    s_slot_cb, &s, NULL) == AB_OK);
+    REQUIRE(s_pump(w, &h, a, -1, 1, 20000) == 0);
+    kill(proxy, SIGUSR1); /* A's connection cut: A takes the request back */
+    REQUIRE(s_pump(w, &h, a, 0, 0, 20000) == 0);
+    kill(proxy, SIGHUP);
+    REQUIRE(s_pump(w, &h, a, -1, 2, 30000) == 0); /* sent again: B runs it twice */
+    CHECK_EQ(ab_worker_reply_part(w, h.jobs[0], "old", 3), AB_OK);
+    CHECK_EQ(ab_worker_reply_part(w, h.jobs[1], "new", 3), AB_OK);
+    CHECK_EQ(ab_worker_reply(w, &h.jobs[1], "NEW", 3), AB_OK);
+    CHECK_EQ(ab_worker_reply(w, &h.jobs[0], "OLD", 3), AB_OK);
+    end = ab_now_ms() + 10000;
+    while (!s.finals && ab_now_ms() < end) {
+        ab_worker_poll(w, 10, s_hold_job, &h);
+        ab_client_poll(a, 10);
+    }
+    for (int i = 0; i < 30; i++) { /* nothing more may come */
+        ab_worker_poll(w, 10, s_hold_job, &h);
+        ab_client_poll(a, 10);
+    }
+    printf("twice: %d partial(s), %d final(s), status %d, \"%.*s\"\n", s.partials, s.finals,
+           s.status, s.len, s.data);
+    CHECK_EQ(s.finals, 1);
+    CHECK_EQ(s.status, AB_OK);
+    CHECK_EQ(s.partials, 1);
+    CHECK_TRUE(s.len == 6 && !memcmp(s.data, "newNEW", 6));
+    for (int i = 2; i < h.n; i++)
+        ab_job_destroy(&h.jobs[i]);
+    ab_worker_destroy(&w);
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -666,6 +781,7 @@ int main(int argc, char **argv)
         {"triangle", s_triangle},
         {"unknown_key", s_unknown_key}, {"roles", s_roles}, {"long_via", s_long_via},
         {"dealer_backlog", s_dealer_backlog}, {"deadline_no_eject", s_deadline_no_eject},
+        {"twice", s_twice},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

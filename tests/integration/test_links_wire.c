@@ -447,13 +447,14 @@ static void s_fake_send(void *d, const Agentbus__LinkMsg *m)
     free(buf);
 }
 
-/* Says HELLO as broker NAME on D until the broker answers WELCOME. 0 or -1. */
-static int s_fake_hello(void *d, const char *name)
+/* Says HELLO as broker NAME on D until the broker answers WELCOME; the
+ * session (42 + AGAIN) is the fake broker's start. 0 or -1. */
+static int s_fake_hello_n(void *d, const char *name, uint64_t again)
 {
     Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
     m.type = 1;
     m.broker = (char *)name;
-    m.session = 42;
+    m.session = 42 + again;
     for (int tries = 0; tries < 100; tries++) {
         s_fake_send(d, &m);
         zmq_pollitem_t it = {d, 0, ZMQ_POLLIN, 0};
@@ -476,6 +477,11 @@ static int s_fake_hello(void *d, const char *name)
         }
     }
     return -1;
+}
+
+static int s_fake_hello(void *d, const char *name)
+{
+    return s_fake_hello_n(d, name, 0);
 }
 
 /* A directory of N entries named PREFIX<i> padded to NAMELEN characters. */
@@ -719,6 +725,140 @@ static void s_link_sender(void)
     ab_client_destroy(&a);
 }
 
+/* A raw peer proving key C sends A a request for echo (served at B, over
+ * A's other link) whose crossed list is full: 1099 characters of made-up
+ * broker names, so A's own name does not fit after them. It may not cross
+ * another link: answered NO_SERVICE. A took it, its forward to B failed and
+ * A dropped B's remote worker as unreachable while the link stayed up: echo
+ * was gone from A until B's directory changed (requests to it waited for
+ * their deadlines). */
+static void s_full_via(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port(), pb = th_free_port();
+    /* 1 s link heartbeats: the raw peer's link lives 5 s on one message */
+    s_broker(pb, "B", "B", 0, NULL, "--link-heartbeat-ms", "1000");
+    s_broker(pa, "A", "A", pb, "B", "--link-heartbeat-ms", "1000");
+    s_at("B");
+    th_worker(pb, "echo", NULL);
+    s_at("A");
+    ab_client_t *a = th_client(pa);
+    REQUIRE(lt_wait_rc(a, "echo", AB_OK, 20000) == 0);
+    void *ctx = zmq_ctx_new();
+    void *d = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello(d, "C") == 0);
+    REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
+    char via[1100];
+    for (size_t i = 0; i < sizeof via - 1; i++)
+        via[i] = i % 64 == 63 ? ',' : 'v';
+    via[sizeof via - 1] = '\0';
+    Agentbus__LinkMsg beat = AGENTBUS__LINK_MSG__INIT;
+    beat.type = 3; /* the link stays up until the request comes */
+    beat.broker = (char *)"C";
+    s_fake_send(d, &beat);
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = 5;
+    h.target = ab_view_of("echo");
+    h.via = ab_view_of(via);
+    h.hops_left = 10;
+    h.origin_role = 1; /* an agent */
+    h.timeout_ms = 3000;
+    uint8_t hb[2048];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    REQUIRE(zmq_send(d, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(d, "p", 1, 0) == 1);
+    CHECK_EQ(s_fake_error(d, 5, 10000, &a, 1), (int)AB_ERR_NO_SERVICE);
+    Agentbus__PeerInfo pi;
+    char st[32] = "";
+    CHECK_TRUE(lt_peer_info(a, "B", &pi, st, sizeof st) && pi.services == 1);
+    CHECK_STR(st, "up");
+    CHECK_EQ(lt_req(a, "echo", "still served", NULL, 0), AB_OK);
+    zmq_close(d);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&a);
+}
+
+/* The figures of A's mailboxes: messages waiting and bytes charged. */
+static void s_mailbox_figures(ab_client_t *a, uint64_t *msgs, uint64_t *bytes)
+{
+    Agentbus__Stats *st = th_stats(a);
+    REQUIRE(st != NULL);
+    *msgs = st->mailbox_msgs;
+    *bytes = st->mailbox_charged_bytes;
+    agentbus__stats__free_unpacked(st, NULL);
+}
+
+/* A raw peer proving key C (which never answers) claims name x, bound
+ * nowhere, for a moment, three times; each time A hands over x's full
+ * mailbox and a local agent fills it again. Then C restarts (a HELLO with
+ * another session): what A handed over comes back into the mailbox. The
+ * handed-over messages still count against mailbox-total-bytes until C
+ * answers, so each refill is refused BUSY and the mailboxes never hold
+ * more than their bound. They counted for nothing: A kept three mailboxes'
+ * worth for C, and put all of it back past mailbox-total-bytes. */
+static void s_handover_bound(void)
+{
+    s_keys(NULL);
+    int pa = th_free_port();
+    setenv("AB_MAILBOX_TOTAL_BYTES", "100000", 1);
+    s_broker(pa, "A", "A", 0, NULL, "--link-heartbeat-ms", "5000");
+    unsetenv("AB_MAILBOX_TOTAL_BYTES");
+    ab_client_t *a = th_client(pa);
+    void *ctx = zmq_ctx_new();
+    void *d = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello(d, "C") == 0);
+    REQUIRE(lt_wait_link(a, "C", 1, 20000) == 0);
+    static char data[8000];
+    memset(data, 'm', sizeof data);
+    uint64_t msgs = 0, bytes = 0;
+    for (int round = 0; round < 3; round++) {
+        int queued = 0, rc = AB_OK;
+        for (int i = 0; i < 40 && rc == AB_OK; i++) {
+            int q = 0;
+            rc = ab_client_send_wait(a, "x", data, sizeof data, 0, 5000, &q);
+            queued += rc == AB_OK && q;
+        }
+        CHECK_EQ(rc, AB_EBUSY); /* the mailboxes are full */
+        printf("handover_bound: round %d: %d queued\n", round, queued);
+        char *names[1] = {(char *)"x"};
+        Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+        m.type = 5; /* NAMES: x is bound at C now; A hands its mailbox over */
+        m.broker = (char *)"C";
+        m.n_names = 1;
+        m.names = names;
+        s_fake_send(d, &m);
+        int64_t end = ab_now_ms() + 10000;
+        do
+            s_mailbox_figures(a, &msgs, &bytes);
+        while (msgs && ab_now_ms() < end && (th_sleep_ms(20), 1));
+        CHECK_U64(msgs, 0);
+        m.n_names = 0; /* x gone from C: new messages wait at A again */
+        s_fake_send(d, &m);
+        Agentbus__PeerInfo pi;
+        char st[32];
+        end = ab_now_ms() + 10000;
+        while (!(lt_peer_info(a, "C", &pi, st, sizeof st) && pi.names == 0) &&
+               ab_now_ms() < end)
+            th_sleep_ms(20);
+        CHECK_EQ(pi.names, 0);
+    }
+    void *d2 = s_fake_peer(ctx, pa, "C", "A");
+    REQUIRE(s_fake_hello_n(d2, "C", 1) == 0); /* C restarted: A's link to it goes down */
+    int64_t end = ab_now_ms() + 10000;
+    do
+        s_mailbox_figures(a, &msgs, &bytes);
+    while (!msgs && ab_now_ms() < end && (th_sleep_ms(20), 1));
+    printf("handover_bound: put back: %llu messages, %llu bytes charged\n",
+           (unsigned long long)msgs, (unsigned long long)bytes);
+    CHECK_TRUE(msgs > 0);
+    CHECK_TRUE(bytes <= 100000);
+    zmq_close(d);
+    zmq_close(d2);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&a);
+}
+
 /* --- models across links -------------------------------------------------------------- */
 
 /* B and C dial A; each has one Ollama worker: A's has sim-large loaded,
@@ -770,6 +910,8 @@ int main(int argc, char **argv)
         {"pipeline", s_pipeline},
         {"link_sender", s_link_sender},
         {"cancel_credit", s_cancel_credit},
+        {"full_via", s_full_via},
+        {"handover_bound", s_handover_bound},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
