@@ -160,6 +160,13 @@ static void s_no_broker(void)
     CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
     snprintf(want, sizeof want, "agentbus-infer-load: no broker reachable at %s", ep);
     CHECK_TRUE(HAS(want));
+    /* agentbus-load (the demo's load) sent for --seconds, waited the
+     * requests' 5 s more and said only "first error: timed out waiting". */
+    t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout 60 %s --broker %s --seconds 20", th_bin("agentbus-load"), ep), 1);
+    CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
+    snprintf(want, sizeof want, "agentbus-load: no broker reachable at %s", ep);
+    CHECK_TRUE(HAS(want));
 }
 
 /* A worker with no broker says what it waits for, then that it still does. */
@@ -560,6 +567,17 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend ollama --ollama-url http://127.0.0.1:1 "
                   "--chunks 3", wk, ep), 2);
     CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
+    /* agentbus-load --priority: an empty item and a ninth were skipped
+     * without a word ("normal," ran as "normal"). */
+    const char *prios[] = {"normal,", ",batch", "normal,,batch",
+                           "1,1,1,1,1,1,1,1,interactive"};
+    for (size_t i = 0; i < sizeof prios / sizeof prios[0]; i++) {
+        CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --priority '%s'",
+                      th_bin("agentbus-load"), ep, prios[i]), 2);
+        char want[128];
+        snprintf(want, sizeof want, "bad value '%s' for --priority", prios[i]);
+        CHECK_TRUE(HAS(want));
+    }
     s_bad_sim_values(sim);
     s_json_usage();
     s_bad_gateway_values(ep);

@@ -126,22 +126,25 @@ static const tl_opt_t s_opts[] = {
     {NULL, 0, 0, 0},
 };
 
-/* "batch,interactive,...": each a name or number (ab_priority_parse). */
+/* "batch,interactive,...": 1..S_PRIO_MAX items, each a name or number
+ * (ab_priority_parse). An empty item ("normal,", "a,,b") is refused, and so
+ * is a ninth: they were skipped without a word. */
 static int s_priorities(s_cfg_t *cfg, const char *v)
 {
     cfg->nprio = 0;
-    for (const char *p = v; *p && cfg->nprio < S_PRIO_MAX;) {
+    for (const char *p = v;; p++) {
         char one[32];
         size_t n = strcspn(p, ",");
-        if (n == 0 || n >= sizeof one)
+        if (n == 0 || n >= sizeof one || cfg->nprio == S_PRIO_MAX)
             return -1;
         memcpy(one, p, n);
         one[n] = '\0';
         if (ab_priority_parse(one, &cfg->prio[cfg->nprio++]) != AB_OK)
             return -1;
-        p += n + (p[n] == ',');
+        p += n;
+        if (!*p)
+            return 0;
     }
-    return cfg->nprio ? 0 : -1;
 }
 
 static int s_take(void *arg, int id, const char *v)
@@ -171,12 +174,13 @@ static void s_usage(const char *argv0)
            "  --seconds N            how long, 1..3600 (default 10)\n"
            "  --window N             requests in flight per agent, 1..10000 (default 4)\n"
            "  --max-bytes N          largest request payload, 256..16777216 (default 4096)\n"
-           "  --priority P[,P...]    the lanes its requests take, in turn: interactive,\n"
-           "                         normal, batch or 0..255 (default normal)\n"
+           "  --priority P[,P...]    the lanes its requests take, in turn (at most 8):\n"
+           "                         interactive, normal, batch or 0..255 (default normal)\n"
            "  -h, --help             this text\n"
            "  --version              the version\n\n"
            "Exit status: 0 when every reply came back and matched; 1 if a request\n"
-           "failed or a reply did not match; 2 on bad usage.\n");
+           "failed or a reply did not match, or no broker was reachable within 5 s;\n"
+           "2 on bad usage.\n");
 }
 
 int main(int argc, char **argv)
@@ -187,6 +191,10 @@ int main(int argc, char **argv)
     if (prc)
         return prc > 0 ? 0 : 2;
     ld_signals();
+    /* With no broker every agent sent its window, waited --seconds and the
+     * requests' 5 s, then said only "first error: timed out waiting". */
+    if (ld_wait_broker(cfg.broker, "agentbus-load", 5000) != 0)
+        return 1;
     s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
     if (!agents)
         return 1;
