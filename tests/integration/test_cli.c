@@ -549,6 +549,31 @@ static void s_json_usage(void)
                      "'--bogus'\"}\n");
     CHECK_EQ(s_sh("timeout 10 %s stats --bogus 2>/dev/null", CTL), 2); /* text: stderr only */
     CHECK_STR(s_out, "");
+    /* Errors found after the command line was read, before anything is
+     * sent (a key or an endpoint that cannot be used, keygen's own), were
+     * on stderr only, nothing on stdout. */
+    static const struct {
+        const char *args, *code, *error;
+        int exit;
+    } after[] = {
+        {"--key /nonexistent stats", "USAGE", "--key '/nonexistent' cannot be used", 2},
+        {"--broker-key garbage workers", "USAGE", "--broker-key 'garbage' cannot be used", 2},
+        {"keygen k --role nobody --out /tmp", "USAGE", "keygen: --role is", 2},
+        {"keygen k --out /nonexistent", "INVALID", "keygen: cannot write /nonexistent/k.key",
+         1},
+    };
+    for (size_t i = 0; i < sizeof after / sizeof after[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --json %s 2>/dev/null", CTL, after[i].args), after[i].exit);
+        json_t *e = json_loads(s_out, 0, NULL);
+        const char *text = json_string_value(json_object_get(e, "error"));
+        CHECK_TRUE(e && json_is_false(json_object_get(e, "ok")));
+        CHECK_STR(json_string_value(json_object_get(e, "code")), after[i].code);
+        CHECK_TRUE(text && strncmp(text, after[i].error, strlen(after[i].error)) == 0);
+        json_decref(e);
+    }
+    CHECK_EQ(s_sh("AB_BROKER=nowhere timeout 10 %s --json watch 2>/dev/null", CTL), 2);
+    CHECK_TRUE(strncmp(s_out, "{\"ok\":false,\"code\":\"USAGE\",\"error\":\"invalid $AB_BROKER "
+                              "'nowhere'", 64) == 0);
 }
 
 static void s_bad_values(void)

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,24 @@ static void s_on_signal(int sig)
 
 static int s_json;
 static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
+
+/* Bad usage found before anything is sent: "brokerctl: TEXT" on stderr and,
+ * with --json, {"ok": false, "code": "USAGE", ...} on stdout as for any
+ * other usage error (a bad --key, --broker-key or $AB_BROKER printed
+ * nothing there). Returns 2, the exit status. */
+static int s_usage_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int s_usage_fail(const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "brokerctl: %s\n", text);
+    if (s_json)
+        ctl_render_error(stdout, "USAGE", text);
+    return 2;
+}
 
 /* Reports a failed command: always on stderr; with --json also as an
  * object on stdout, so scripts parsing stdout see the failure too. */
@@ -351,34 +370,30 @@ static int s_client_new(const ctl_args_t *a, ab_client_t **c)
     const char *env = getenv("AB_BROKER");
     s_endpoint = a->broker ? a->broker : env && *env ? env : AB_DEFAULT_ENDPOINT;
     char why[256];
-    if (!a->broker && tl_check_endpoint(s_endpoint, why, sizeof why) != 0) {
-        fprintf(stderr, "brokerctl: invalid $AB_BROKER '%s': %s\n", s_endpoint, why);
-        return 2;
-    }
+    if (!a->broker && tl_check_endpoint(s_endpoint, why, sizeof why) != 0)
+        return s_usage_fail("invalid $AB_BROKER '%s': %s", s_endpoint, why);
     ab_options_t *o = ab_options_new();
     if (!o || ab_options_set_endpoint(o, s_endpoint) != AB_OK) {
-        fprintf(stderr, "brokerctl: invalid broker endpoint '%s'\n", s_endpoint);
         ab_options_destroy(&o);
-        return 2;
+        return s_usage_fail("invalid broker endpoint '%s'", s_endpoint);
     }
     /* Only `listen` is an agent with a name: other commands stay unnamed,
      * so that any number of them can run at once. */
     if (!strcmp(a->cmd, "listen") && ab_options_set_name(o, a->pos[0]) != AB_OK) {
-        fprintf(stderr, "brokerctl: listen: invalid agent name '%s'\n", a->pos[0]);
         ab_options_destroy(&o);
-        return 2;
+        return s_usage_fail("listen: invalid agent name '%s'", a->pos[0]);
     }
     ab_options_set_takeover(o, a->takeover);
     const char *bad = a->key && ab_options_set_key_file(o, a->key) != AB_OK ? "--key" : NULL;
     if (!bad && a->broker_key && ab_options_set_broker_key(o, a->broker_key) != AB_OK)
         bad = "--broker-key";
     if (bad) {
-        fprintf(stderr, "brokerctl: %s '%s' cannot be used: expected %s\n", bad,
-                bad[2] == 'k' ? a->key : a->broker_key,
-                bad[2] == 'k' ? "a readable secret certificate (keygen's NAME.key_secret)"
-                              : "a Z85 public key (40 characters) or a certificate file");
         ab_options_destroy(&o);
-        return 2;
+        return s_usage_fail("%s '%s' cannot be used: expected %s", bad,
+                            bad[2] == 'k' ? a->key : a->broker_key,
+                            bad[2] == 'k'
+                                ? "a readable secret certificate (keygen's NAME.key_secret)"
+                                : "a Z85 public key (40 characters) or a certificate file");
     }
     int rc = ab_client_new(c, o);
     ab_options_destroy(&o);
