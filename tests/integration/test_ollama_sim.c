@@ -928,6 +928,19 @@ static void test_usage(void)
     CHECK_EQ(th_run(cmd, out, sizeof out), 2);
     CHECK_TRUE(strstr(out, ".none: unable to open") && strstr(out, "No such file"));
     CHECK_TRUE(strstr(out, "line -1") == NULL);
+    /* JSON that is not an object: said "(line -1)" too */
+    f = fopen(path, "w");
+    REQUIRE(f);
+    fputs("[1]", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s --config %s", th_bin("ollama-sim"), path);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, "not a JSON object") && !strstr(out, "line -1"));
+    /* an empty --version-string was "too long" */
+    snprintf(cmd, sizeof cmd, "%s --port 0 --version-string ''", th_bin("ollama-sim"));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, "--version-string wants 1..31 bytes, got \"\"") != NULL);
+    CHECK_TRUE(strstr(out, "too long") == NULL);
 }
 
 int main(int argc, char **argv)

@@ -317,8 +317,9 @@ static int s_set_option(sim_t *s, const char *name, const char *v)
         if (s_int_opt("--seed", v, 0, 0x7fffffffL, &x)) return -1;
         s->seed = (uint64_t)x;
     } else if (strcmp(name, "version") == 0) {
-        if (strlen(v) >= sizeof s->version || !*v) {
-            fprintf(stderr, "ollama-sim: --version-string too long\n");
+        if (strlen(v) >= sizeof s->version || !*v) { /* "" was said to be "too long" */
+            fprintf(stderr, "ollama-sim: --version-string wants 1..%zu bytes, got \"%s\"\n",
+                    sizeof s->version - 1, v);
             return -1;
         }
         snprintf(s->version, sizeof s->version, "%s", v);
@@ -337,9 +338,13 @@ static int s_load_file(sim_t *s, const char *path)
         fprintf(stderr, "ollama-sim: --config %s: %s\n", path, jerr.text);
         return -1;
     }
-    if (!root || !json_is_object(root)) {
-        fprintf(stderr, "ollama-sim: --config %s: %s (line %d)\n", path,
-                root ? "not a JSON object" : jerr.text, jerr.line);
+    if (!root) {
+        fprintf(stderr, "ollama-sim: --config %s: %s (line %d)\n", path, jerr.text, jerr.line);
+        return -1;
+    }
+    if (!json_is_object(root)) { /* parsed whole: no line to name ("line -1" was said) */
+        fprintf(stderr, "ollama-sim: --config %s: not a JSON object ({\"key\": value, ...})\n",
+                path);
         json_decref(root);
         return -1;
     }
