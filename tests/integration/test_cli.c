@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -865,6 +866,63 @@ static void s_attack_slow_args(void)
     }
 }
 
+/* Lines of s_out. */
+static int s_lines(void)
+{
+    int n = 0;
+    for (const char *p = s_out; *p; p++)
+        n += *p == '\n';
+    return n;
+}
+
+/* Names a worker chose (its name, a label, its service), with a newline,
+ * terminal escapes and a byte that is not UTF-8. brokerctl printed them as
+ * they were: a line of its own in `workers`, the terminal's title set, text
+ * turned red; --json workers and services left that worker and its service
+ * out (json_pack refused the string). `watch --events 1` printed every
+ * change that arrived in the same poll, here two. */
+static void s_peer_names(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    const char *ep = th_ep(port);
+    const char *watch_args[] = {"--broker", ep, "watch", "--events", "1", NULL};
+    pid_t watch = th_spawn("brokerctl", watch_args, NULL);
+    th_sleep_ms(1000); /* subscribed */
+    kill(watch, SIGSTOP); /* the two joins below wait for one poll */
+    const char *svc = "svc\033[1m\377";
+    th_worker(port, svc, "--name", "evil\033[31m\nfake\377", "--label",
+              "k=v\033]0;title\007", NULL);
+    th_worker(port, svc, "--name", "evil2", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, svc, 2, 10000) == 0);
+    th_sleep_ms(300);
+    kill(watch, SIGCONT);
+    CHECK_EQ(th_wait_exit(watch, 5000), 0);
+    CHECK_EQ(s_sh("cat %s", th_log_of(watch)), 0);
+    CHECK_EQ(s_lines(), 1);
+    CHECK_TRUE(!strpbrk(s_out, "\033\007\377"));
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s workers", CTL, ep), 0);
+    CHECK_EQ(s_lines(), 3); /* the header and one line each */
+    CHECK_TRUE(!strpbrk(s_out, "\033\007\377") && HAS("evil?[31m?fake? ") && HAS(" svc?[1m? "));
+    CHECK_TRUE(HAS(" k=v?]0;title?"));
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s services", CTL, ep), 0);
+    CHECK_TRUE(!strpbrk(s_out, "\033\377") && HAS("svc?[1m?"));
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s --json workers 2>/dev/null", CTL, ep), 0);
+    json_t *j = json_loads(s_out, 0, NULL);
+    CHECK_EQ(json_array_size(j), 2);
+    int named = 0;
+    for (size_t i = 0; i < json_array_size(j); i++) {
+        const char *name = json_string_value(json_object_get(json_array_get(j, i), "name"));
+        named += name && strcmp(name, "evil\033[31m\nfake?") == 0;
+    }
+    CHECK_EQ(named, 1);
+    json_decref(j);
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s --json services 2>/dev/null", CTL, ep), 0);
+    CHECK_TRUE(HAS("\"name\": \"svc\\u001B[1m?\""));
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -879,6 +937,7 @@ int main(int argc, char **argv)
         {"data_dir", s_data_dir},
         {"keygen_grants", s_keygen_grants},
         {"attack_slow_args", s_attack_slow_args},
+        {"peer_names", s_peer_names},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

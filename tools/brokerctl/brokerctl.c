@@ -88,6 +88,7 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
     if (strcmp(what, "stats") == 0) {
         Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
         if ((bad = !st) == 0) {
+            ctl_clean_pb(&st->base, !json); /* names peers chose */
             ctl_render_stats(stdout, st, json);
             if (st->cache && !json) { /* JSON: in the object, "cache" */
                 fprintf(stdout, "\ncache\n");
@@ -98,24 +99,28 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
     } else if (strcmp(what, "peers") == 0) {
         Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
         if ((bad = !pl) == 0) {
+            ctl_clean_pb(&pl->base, !json); /* names peers chose */
             ctl_render_peers(stdout, pl, json);
             agentbus__peer_list__free_unpacked(pl, NULL);
         }
     } else if (strcmp(what, "services") == 0) {
         Agentbus__ServiceList *sl = agentbus__service_list__unpack(NULL, len, buf);
         if ((bad = !sl) == 0) {
+            ctl_clean_pb(&sl->base, !json); /* names peers chose */
             ctl_render_services(stdout, sl->services, sl->n_services, json);
             agentbus__service_list__free_unpacked(sl, NULL);
         }
     } else if (strcmp(what, "clients") == 0) {
         Agentbus__ClientList *cl = agentbus__client_list__unpack(NULL, len, buf);
         if ((bad = !cl) == 0) {
+            ctl_clean_pb(&cl->base, !json); /* names peers chose */
             ctl_render_clients(stdout, cl, json);
             agentbus__client_list__free_unpacked(cl, NULL);
         }
     } else {
         Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, len, buf);
         if ((bad = !wl) == 0) {
+            ctl_clean_pb(&wl->base, !json); /* names peers chose */
             ctl_render_workers(stdout, wl, json);
             agentbus__worker_list__free_unpacked(wl, NULL);
         }
@@ -240,15 +245,26 @@ static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
     (void)c;
     (void)arg;
     const ab_worker_info_t *w = ev->worker;
+    if (s_events_left == 0) /* --events N: N printed already, more came in the same poll */
+        return;
+    /* The names a worker chose, made printable (ctl_clean_str). */
+    char *name = strdup(w->name), *service = strdup(w->service);
+    char *state = strdup(w->backend_state);
+    if (!name || !service || !state) {
+        free(name), free(service), free(state);
+        return;
+    }
+    ctl_clean_str(name, !s_json);
+    ctl_clean_str(service, !s_json);
+    ctl_clean_str(state, !s_json);
     if (s_json) {
         json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:s}",
-                              "change", ev->change, "id", w->id, "name", w->name, "service",
-                              w->service, "health", w->health, "capacity",
+                              "change", ev->change, "id", w->id, "name", name, "service",
+                              service, "health", w->health, "capacity",
                               (json_int_t)w->capacity, "in_flight", (json_int_t)w->in_flight,
                               "free_credit", (json_int_t)w->free_credit, "interval_ms",
                               (json_int_t)w->interval_ms, "suspicion", w->suspicion,
-                              "ejections", (json_int_t)w->ejections, "backend_state",
-                              w->backend_state);
+                              "ejections", (json_int_t)w->ejections, "backend_state", state);
         char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         if (s)
             printf("%s\n", s);
@@ -258,10 +274,11 @@ static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
         char word[16];
         printf("%-7s %-16s %-16s %-9s backend %-7s free %u/%u  interval %u ms  phi %.1f  "
                "ejections %u\n",
-               ev->change, w->name[0] ? w->name : w->id, w->service, w->health,
-               ctl_backend_word(w->backend_state, 0, word, sizeof word), w->free_credit,
-               w->capacity, w->interval_ms, w->suspicion, w->ejections);
+               ev->change, name[0] ? name : w->id, service, w->health,
+               ctl_backend_word(state, 0, word, sizeof word), w->free_credit, w->capacity,
+               w->interval_ms, w->suspicion, w->ejections);
     }
+    free(name), free(service), free(state);
     fflush(stdout);
     if (s_events_left > 0)
         s_events_left--;

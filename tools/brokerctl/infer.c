@@ -429,6 +429,7 @@ int ctl_models(ab_client_t *c, int json, int timeout_ms)
     ab_free(buf);
     if (!wl)
         return AB_EMALFORMED;
+    ctl_clean_pb(&wl->base, !json); /* names workers and their backends chose */
     if (json)
         s_models_json(wl);
     else

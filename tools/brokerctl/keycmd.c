@@ -205,6 +205,7 @@ int ctl_keys(ab_client_t *c, int reload, int json, int timeout_ms)
     ab_free(buf);
     if (!kl)
         return AB_EMALFORMED;
+    ctl_clean_pb(&kl->base, !json); /* names from certificate files */
     s_print(kl, json);
     agentbus__key_list__free_unpacked(kl, NULL);
     return AB_OK;

@@ -135,6 +135,7 @@ static int s_show_agents(ab_client_t *c, const ctl_msgcmd_opts_t *o)
         fprintf(stderr, "brokerctl: MALFORMED: the broker's answer could not be decoded\n");
         return 1;
     }
+    ctl_clean_pb(&al->base, !o->json);
     ctl_render_agents(stdout, al, o->json);
     agentbus__agent_list__free_unpacked(al, NULL);
     return 0;
