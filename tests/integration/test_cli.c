@@ -923,6 +923,28 @@ static void s_peer_names(void)
     ab_client_destroy(&c);
 }
 
+/* generate and chat sent to a service that is not an inference one: the
+ * echo worker's answer (the request's bytes) decoded as an empty,
+ * unfinished answer, and brokerctl printed nothing and exited 0. */
+static void s_not_inference(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    const char *cmds[] = {"generate", "chat"};
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(s_sh("timeout 30 %s --broker %s %s m p --service echo", CTL, th_ep(port),
+                      cmds[i]), 1);
+        char want[128];
+        snprintf(want, sizeof want, "brokerctl: MALFORMED: the answer of 'echo' is no %s answer",
+                 cmds[i]);
+        CHECK_TRUE(HAS(want) && HAS("is it an inference service?"));
+    }
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -937,7 +959,7 @@ int main(int argc, char **argv)
         {"data_dir", s_data_dir},
         {"keygen_grants", s_keygen_grants},
         {"attack_slow_args", s_attack_slow_args},
-        {"peer_names", s_peer_names},
+        {"peer_names", s_peer_names},     {"not_inference", s_not_inference},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -354,7 +354,8 @@ static int s_run(ab_client_t *c, const ctl_args_t *a)
         (!strcmp(cmd, "models") && a->npos))
         return s_infer(c, a);
     if (!strcmp(cmd, "models")) {
-        int mrc = ctl_models(c, a->json, (int)a->timeout_ms);
+        int mrc = ctl_models(c, a->infer.has_service ? a->infer.service : NULL, a->json,
+                             (int)a->timeout_ms);
         return mrc == AB_OK ? 0 : s_fail(c, mrc);
     }
     if (!strcmp(cmd, "cache")) {
