@@ -531,6 +531,15 @@ static void s_bad_gateway_values(const char *ep)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --timeout-ms 9000 "
                   "--max-timeout-ms 5000", gw, ep), 2);
     CHECK_TRUE(HAS("--timeout-ms 9000 is above --max-timeout-ms 5000"));
+    /* --ollama-version goes into JSON: one that is not UTF-8 started and
+     * failed every GET /api/version (the connection closed, "internal
+     * error"); an empty one was reported as "". */
+    const char *versions[] = {"\377", ""};
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --ollama-version '%s'",
+                      gw, ep, versions[i]), 2);
+        CHECK_TRUE(HAS("bad value for --ollama-version") && HAS("printable ASCII"));
+    }
 }
 
 /* brokerctl --json: a usage error is an error as any other, {"ok": false,
