@@ -624,6 +624,13 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("AB_LOG_FORMAT=xml timeout 10 %s --bind tcp://127.0.0.1:0",
                   th_bin("agentbus-broker")), 2);
     CHECK_TRUE(HAS("for log-format (from AB_LOG_FORMAT); expected text or json"));
+    /* A 0/1 option's value that is neither was "unexpected argument '2'". */
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --compress-local 2",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("invalid value '2' for compress-local (from command line); expected 0..1"));
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --insecure yes",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("invalid value 'yes' for insecure (from command line); expected 0..1"));
 }
 
 /* 1 when TS is RFC 3339 UTC with milliseconds: 2026-01-02T03:04:05.678Z. */
