@@ -613,6 +613,20 @@ static void s_bad_values(void)
         snprintf(want, sizeof want, "bad value '%s' for --priority", prios[i]);
         CHECK_TRUE(HAS(want));
     }
+    /* agentbus-infer-load --models: an empty item sent requests naming no
+     * model (each failed at the worker); one of 128 bytes or more asked
+     * for its first 127. */
+    const char *models[] = {"sim-small,", "a,,b", ",a"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --models '%s'",
+                      th_bin("agentbus-infer-load"), ep, models[i]), 2);
+        char want[128];
+        snprintf(want, sizeof want, "bad value '%s' for --models", models[i]);
+        CHECK_TRUE(HAS(want));
+    }
+    CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --models \"$(head -c 128 /dev/zero | "
+                  "tr '\\0' m)\"", th_bin("agentbus-infer-load"), ep), 2);
+    CHECK_TRUE(HAS("for --models"));
     s_bad_sim_values(sim);
     s_json_usage();
     s_bad_gateway_values(ep);
