@@ -627,6 +627,12 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --models \"$(head -c 128 /dev/zero | "
                   "tr '\\0' m)\"", th_bin("agentbus-infer-load"), ep), 2);
     CHECK_TRUE(HAS("for --models"));
+    /* brokerctl request --cache 600: "wrong number of arguments" without a
+     * word of why (--cache's TTL is written --cache=600). */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s request --cache 600 echo hi", CTL, ep), 2);
+    CHECK_TRUE(HAS("a TTL is written --cache=TTL_S"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s request echo hi --cache 600", CTL, ep), 2);
+    CHECK_TRUE(HAS("a TTL is written --cache=TTL_S"));
     s_bad_sim_values(sim);
     s_json_usage();
     s_bad_gateway_values(ep);

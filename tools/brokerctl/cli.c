@@ -278,6 +278,13 @@ static int s_hex32(const char *s)
 static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
 {
     const char *c = a->cmd;
+    int ttl_word = 0; /* "request --cache 600 echo hi": 600 was taken for an argument */
+    for (int i = 0; i < a->npos; i++)
+        ttl_word |= a->pos[i][0] && strspn(a->pos[i], "0123456789") == strlen(a->pos[i]);
+    if (!strcmp(c, "request") && a->npos == 3 && (seen & B(O_CACHE)) && !a->cache_ttl &&
+        ttl_word)
+        return "wrong number of arguments (a TTL is written --cache=TTL_S: --cache takes "
+               "no separate value)";
     if (a->npos < s_cmds[k].min || a->npos > s_cmds[k].max)
         return "wrong number of arguments";
     if (!strcmp(c, "models") && a->npos &&
