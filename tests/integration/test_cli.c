@@ -981,6 +981,29 @@ static void s_not_inference(void)
     ab_client_destroy(&c);
 }
 
+/* agentbus-load stopped early (SIGINT, as a user's Ctrl-C): its rate was
+ * ok / --seconds, a fifth of the truth after 2 s of --seconds 10. */
+static void s_load_rate(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
+    CHECK_EQ(s_sh("timeout -s INT 2 %s --broker %s --agents 2 --seconds 30; true",
+                  th_bin("agentbus-load"), th_ep(port)), 0);
+    const char *line = strstr(s_out, " ok ");
+    unsigned long long ok = 0, rate = 0;
+    double secs = 0;
+    const char *r = line ? strchr(line, '(') : NULL;
+    CHECK_TRUE(line && sscanf(line, " ok %llu", &ok) == 1);
+    CHECK_TRUE(r && sscanf(r, "(%llu req/s in %lf s)", &rate, &secs) == 2);
+    CHECK_TRUE(secs > 1.5 && secs < 10);
+    /* ok / secs, rounded */
+    CHECK_TRUE(ok > 0 && rate * secs > ok * 0.95 && rate * secs < ok * 1.05 + 1);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -996,6 +1019,7 @@ int main(int argc, char **argv)
         {"keygen_grants", s_keygen_grants},
         {"attack_slow_args", s_attack_slow_args},
         {"peer_names", s_peer_names},     {"not_inference", s_not_inference},
+        {"load_rate", s_load_rate},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
