@@ -610,7 +610,8 @@ const char *const sc_err_names[SC_E_N] = {"none", "503", "http", "timeout", "con
 
 /* Raises the descriptor limit (10,000 agents need more than 20,000 fds in
  * the broker; root may raise the hard limit too), prepares OUT and a
- * temporary directory for logs and the broker's data. */
+ * temporary directory for logs and the broker's data. 0; -2 when OUT
+ * cannot be made (bad usage), -1 otherwise, said on stderr. */
 static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
 {
     struct rlimit rl = {200000, 200000};
@@ -630,10 +631,17 @@ static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
     st->bin[len] = '\0';
     snprintf(self, cap, "%s", st->bin);
     *strrchr(st->bin, '/') = '\0';
-    mkdir(o->out, 0755);
+    /* It ended with exit 1 and not a word (--out /proc/x, a file's path) */
+    if (mkdir(o->out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "agentbus-scenario: cannot make --out %s: %s\n", o->out,
+                strerror(errno));
+        return -2;
+    }
     snprintf(s_dir, sizeof s_dir, "/tmp/ab-scenario-XXXXXX");
-    if (!mkdtemp(s_dir))
+    if (!mkdtemp(s_dir)) {
+        fprintf(stderr, "agentbus-scenario: cannot make %s: %s\n", s_dir, strerror(errno));
         return -1;
+    }
     atexit(s_cleanup);
     double load1 = -1;
     FILE *la = fopen("/proc/loadavg", "r");
@@ -764,12 +772,16 @@ int main(int argc, char **argv)
     s_t0 = tl_now_us();
     s_stack_t st;
     char self[PATH_MAX], path[PATH_MAX + 32];
-    if (s_setup(&o, &st, self, sizeof self) != 0)
-        return 1;
+    int setup = s_setup(&o, &st, self, sizeof self);
+    if (setup != 0)
+        return setup == -2 ? 2 : 1;
     snprintf(path, sizeof path, "%s/scenario.csv", o.out);
     FILE *csv = fopen(path, "w");
-    if (!csv)
-        return 1;
+    if (!csv) {
+        fprintf(stderr, "agentbus-scenario: cannot write %s (--out): %s\n", path,
+                strerror(errno));
+        return 2;
+    }
     fprintf(csv, "%s\n", sc_csv_hdr);
     static sc_result_t res[S_MAX_RUNS];
     int n = 0;
