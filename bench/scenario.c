@@ -654,6 +654,18 @@ static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
     return 0;
 }
 
+/* OUT/scenario.csv (its path in PATH), or NULL said on stderr (it was
+ * exit 1 without a word). */
+static FILE *s_open_csv(const s_opts_t *o, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/scenario.csv", o->out);
+    FILE *csv = fopen(path, "w");
+    if (!csv)
+        fprintf(stderr, "agentbus-scenario: cannot write %s (--out): %s\n", path,
+                strerror(errno));
+    return csv;
+}
+
 /* The systems of the same run: A (direct, new connections; keep-alive),
  * B (bus), C (gateway), as closed-loop templates. Returns how many. */
 static int s_systems(const s_opts_t *o, const s_stack_t *st, const char *bus_label,
@@ -775,13 +787,9 @@ int main(int argc, char **argv)
     int setup = s_setup(&o, &st, self, sizeof self);
     if (setup != 0)
         return setup == -2 ? 2 : 1;
-    snprintf(path, sizeof path, "%s/scenario.csv", o.out);
-    FILE *csv = fopen(path, "w");
-    if (!csv) {
-        fprintf(stderr, "agentbus-scenario: cannot write %s (--out): %s\n", path,
-                strerror(errno));
+    FILE *csv = s_open_csv(&o, path, sizeof path);
+    if (!csv)
         return 2;
-    }
     fprintf(csv, "%s\n", sc_csv_hdr);
     static sc_result_t res[S_MAX_RUNS];
     int n = 0;

@@ -322,6 +322,17 @@ static const char *s_not_utf8(const ProtobufCMessage *m)
     return NULL;
 }
 
+/* -1 (R freed, ERR saying which field) when a string of R is not UTF-8. */
+static int s_refuse_not_utf8(Agentbus__InferenceRequest *r, char *err, size_t errcap)
+{
+    const char *bad = s_not_utf8(&r->base);
+    if (!bad)
+        return 0;
+    snprintf(err, errcap, "the request's %s is not UTF-8 text", bad);
+    agentbus__inference_request__free_unpacked(r, NULL);
+    return -1;
+}
+
 int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, size_t errcap)
 {
     memset(call, 0, sizeof *call);
@@ -332,12 +343,8 @@ int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, 
     if (!r)
         return s_fail(err, errcap, "payload is not an agentbus.InferenceRequest (or it "
                       "decodes to more than 4x its size)");
-    const char *bad = s_not_utf8(&r->base);
-    if (bad) {
-        snprintf(err, errcap, "the request's %s is not UTF-8 text", bad);
-        agentbus__inference_request__free_unpacked(r, NULL);
+    if (s_refuse_not_utf8(r, err, errcap) != 0)
         return -1;
-    }
     json_t *j = json_object();
     const char *model = NULL;
     switch (r->body_case) {

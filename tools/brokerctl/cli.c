@@ -240,11 +240,7 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
         break;
     case O_SYSTEM: a->infer.system = v; break;
     case O_NOSTREAM: a->infer.no_stream = 1; break;
-    case O_SERVICE:
-        ok = *v != '\0';
-        a->infer.service = v;
-        a->infer.has_service = 1;
-        break;
+    case O_SERVICE: ok = *v != '\0'; a->infer.service = v; a->infer.has_service = 1; break;
     case O_PRIORITY:
         ok = ab_priority_parse(v, &a->priority) == AB_OK;
         a->infer.priority = a->priority;
