@@ -614,6 +614,14 @@ static void s_bad_load_values(const char *ep)
     CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --models \"$(head -c 128 /dev/zero | "
                   "tr '\\0' m)\"", th_bin("agentbus-infer-load"), ep), 2);
     CHECK_TRUE(HAS("for --models"));
+    /* A --service over the broker's 255 bytes failed every request at run
+     * time ("no such service is registered"), as brokerctl refuses it. */
+    const char *loads[] = {"agentbus-load", "agentbus-infer-load"};
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --service \"$(head -c 256 "
+                      "/dev/zero | tr '\\0' s)\"", th_bin(loads[i]), ep), 2);
+        CHECK_TRUE(HAS("for --service"));
+    }
     /* brokerctl request --cache 600: "wrong number of arguments" without a
      * word of why (--cache's TTL is written --cache=600). */
     CHECK_EQ(s_sh("timeout 10 %s --broker %s request --cache 600 echo hi", CTL, ep), 2);

@@ -176,7 +176,9 @@ static int s_take(void *arg, int id, const char *v)
 {
     s_cfg_t *cfg = arg;
     switch (id) {
-    case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
+    case O_SERVICE: /* as the broker takes: a longer one failed every request */
+        cfg->service = v;
+        return *v && strlen(v) <= 255 ? 0 : -1;
     case O_MODELS: /* "a,,b" or "a," sent requests naming no model, one of 128 bytes
                     * or more asked for its first 127 */
         cfg->models = v;
@@ -207,7 +209,7 @@ static void s_usage(const char *argv0)
            "token and whole answer) and errors.\n\n"
            "Options:\n"
            "  --broker EP        the broker (default: $AB_BROKER, else tcp://127.0.0.1:5555)\n"
-           "  --service S        the inference service (default ollama)\n"
+           "  --service S        the inference service, 1..255 bytes (default ollama)\n"
            "  --models M1,M2     models, taken in turn (default sim-small), each of\n"
            "                     1..127 bytes\n"
            "  --agents N         agents, 1..2000 (default 20)\n"
