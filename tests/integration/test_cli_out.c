@@ -9,7 +9,9 @@
 #include "util.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -133,12 +135,61 @@ static void s_load_rate(void)
     ab_client_destroy(&c);
 }
 
+typedef struct {
+    int port;
+    atomic_int stop;
+} s_failer_t;
+
+/* A worker that fails every request with a text of its choosing. */
+static void *s_failer(void *arg)
+{
+    s_failer_t *x = arg;
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, th_ep(x->port));
+    ab_worker_t *w = NULL;
+    int rc = ab_worker_new(&w, o, "failer", 4);
+    ab_options_destroy(&o);
+    while (rc == AB_OK && !atomic_load(&x->stop)) {
+        ab_job_t *job;
+        if (ab_worker_recv(w, &job, 100) == AB_OK)
+            ab_worker_fail(w, &job, AB_EAPPLICATION, "no\033]0;pwned\007\nbrokerctl: OK\377");
+    }
+    ab_worker_destroy(&w);
+    return NULL;
+}
+
+/* A worker's failure text went to stderr as it was (a terminal's title
+ * set, a line of its own), and with --json a text that is not UTF-8 was
+ * replaced whole by "(error text is not UTF-8)". */
+static void s_worker_error_text(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    s_failer_t x = {port, 0};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_failer, &x) == 0);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "failer", 1, 10000) == 0);
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s request failer x", CTL, th_ep(port)), 1);
+    CHECK_STR(s_out, "brokerctl: APPLICATION: no?]0;pwned??brokerctl: OK?\n");
+    CHECK_EQ(s_sh("timeout 30 %s --broker %s --json request failer x 2>/dev/null", CTL,
+                  th_ep(port)), 1);
+    json_t *j = json_loads(s_out, 0, NULL);
+    CHECK_STR(json_string_value(json_object_get(j, "error")),
+              "no\033]0;pwned\007\nbrokerctl: OK?");
+    json_decref(j);
+    atomic_store(&x.stop, 1);
+    pthread_join(th, NULL);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"peer_names", s_peer_names},
         {"not_inference", s_not_inference},
         {"load_rate", s_load_rate},
+        {"worker_error_text", s_worker_error_text},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

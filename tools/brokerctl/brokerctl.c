@@ -71,9 +71,7 @@ static int s_fail(ab_client_t *c, int rc)
                  s_endpoint);
         text = hint;
     }
-    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
-    if (s_json)
-        ctl_render_error(stdout, ab_status_name(rc), text);
+    ctl_report_error(s_json, ab_status_name(rc), text);
     return 1;
 }
 
@@ -339,9 +337,7 @@ static int s_infer(ab_client_t *c, const ctl_args_t *a)
                         a->timeout_set ? (int)a->timeout_ms : 120000, &s_stop, err, sizeof err);
     if (irc == AB_OK)
         return 0;
-    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(irc), err[0] ? err : ab_strerror(irc));
-    if (s_json)
-        ctl_render_error(stdout, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
+    ctl_report_error(s_json, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
     return 1;
 }
 

@@ -22,9 +22,7 @@
 static int s_fail(ab_client_t *c, int rc, int json)
 {
     const char *text = ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
-    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
-    if (json)
-        ctl_render_error(stdout, ab_status_name(rc), text);
+    ctl_report_error(json, ab_status_name(rc), text);
     return 1;
 }
 

@@ -439,3 +439,16 @@ void ctl_clean_pb(ProtobufCMessage *m, int text)
         }
     }
 }
+
+void ctl_report_error(int json, const char *code, const char *text)
+{
+    char shown[1024];
+    snprintf(shown, sizeof shown, "%s", text);
+    ctl_clean_str(shown, 1);
+    fprintf(stderr, "brokerctl: %s: %s\n", code, shown);
+    if (json) {
+        snprintf(shown, sizeof shown, "%s", text);
+        ctl_clean_str(shown, 0);
+        ctl_render_error(stdout, code, shown);
+    }
+}
