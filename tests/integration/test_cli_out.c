@@ -53,15 +53,25 @@ static void s_peer_names(void)
     int port = th_free_port();
     th_broker(port, "--startup-grace-ms", "0", NULL);
     const char *ep = th_ep(port);
+    ab_client_t *c = th_client(port);
     const char *watch_args[] = {"--broker", ep, "watch", "--events", "1", NULL};
     pid_t watch = th_spawn("brokerctl", watch_args, NULL);
-    th_sleep_ms(1000); /* subscribed */
+    /* connected (an agent to the broker; this client, by its stats query,
+     * is a control peer), then a moment for its DISCOVER */
+    unsigned agents = 0;
+    for (int i = 0; i < 200 && agents < 1; i++) {
+        Agentbus__Stats *st = th_stats(c);
+        agents = st ? st->agents : 0;
+        agentbus__stats__free_unpacked(st, NULL);
+        th_sleep_ms(50);
+    }
+    REQUIRE(agents >= 1);
+    th_sleep_ms(300);
     kill(watch, SIGSTOP); /* the two joins below wait for one poll */
     const char *svc = "svc\033[1m\377";
     th_worker(port, svc, "--name", "evil\033[31m\nfake\377", "--label",
               "k=v\033]0;title\007", NULL);
     th_worker(port, svc, "--name", "evil2", NULL);
-    ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, svc, 2, 10000) == 0);
     th_sleep_ms(300);
     kill(watch, SIGCONT);
