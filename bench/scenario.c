@@ -610,7 +610,8 @@ const char *const sc_err_names[SC_E_N] = {"none", "503", "http", "timeout", "con
 
 /* Raises the descriptor limit (10,000 agents need more than 20,000 fds in
  * the broker; root may raise the hard limit too), prepares OUT and a
- * temporary directory for logs and the broker's data. */
+ * temporary directory for logs and the broker's data. 0; -2 when OUT
+ * cannot be made (bad usage), -1 otherwise, said on stderr. */
 static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
 {
     struct rlimit rl = {200000, 200000};
@@ -630,10 +631,17 @@ static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
     st->bin[len] = '\0';
     snprintf(self, cap, "%s", st->bin);
     *strrchr(st->bin, '/') = '\0';
-    mkdir(o->out, 0755);
+    /* It ended with exit 1 and not a word (--out /proc/x, a file's path) */
+    if (mkdir(o->out, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "agentbus-scenario: cannot make --out %s: %s\n", o->out,
+                strerror(errno));
+        return -2;
+    }
     snprintf(s_dir, sizeof s_dir, "/tmp/ab-scenario-XXXXXX");
-    if (!mkdtemp(s_dir))
+    if (!mkdtemp(s_dir)) {
+        fprintf(stderr, "agentbus-scenario: cannot make %s: %s\n", s_dir, strerror(errno));
         return -1;
+    }
     atexit(s_cleanup);
     double load1 = -1;
     FILE *la = fopen("/proc/loadavg", "r");
@@ -644,6 +652,18 @@ static int s_setup(const s_opts_t *o, s_stack_t *st, char *self, size_t cap)
     s_progress("seed %llu, time scale %g, load average %.2f; logs in %s",
                (unsigned long long)o->seed, o->scale, load1, s_dir);
     return 0;
+}
+
+/* OUT/scenario.csv (its path in PATH), or NULL said on stderr (it was
+ * exit 1 without a word). */
+static FILE *s_open_csv(const s_opts_t *o, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/scenario.csv", o->out);
+    FILE *csv = fopen(path, "w");
+    if (!csv)
+        fprintf(stderr, "agentbus-scenario: cannot write %s (--out): %s\n", path,
+                strerror(errno));
+    return csv;
 }
 
 /* The systems of the same run: A (direct, new connections; keep-alive),
@@ -764,12 +784,12 @@ int main(int argc, char **argv)
     s_t0 = tl_now_us();
     s_stack_t st;
     char self[PATH_MAX], path[PATH_MAX + 32];
-    if (s_setup(&o, &st, self, sizeof self) != 0)
-        return 1;
-    snprintf(path, sizeof path, "%s/scenario.csv", o.out);
-    FILE *csv = fopen(path, "w");
+    int setup = s_setup(&o, &st, self, sizeof self);
+    if (setup != 0)
+        return setup == -2 ? 2 : 1;
+    FILE *csv = s_open_csv(&o, path, sizeof path);
     if (!csv)
-        return 1;
+        return 2;
     fprintf(csv, "%s\n", sc_csv_hdr);
     static sc_result_t res[S_MAX_RUNS];
     int n = 0;

@@ -600,10 +600,10 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
         }
         if (eq)
             val = eq + 1;
-        else if (o && o->type == OPT_FLAG) /* --insecure alone, or --insecure 0|1 */
-            val = i + 1 < argc && (!strcmp(argv[i + 1], "0") || !strcmp(argv[i + 1], "1"))
-                      ? argv[++i]
-                      : "1";
+        else if (o && o->type == OPT_FLAG) /* --insecure alone, or --insecure VALUE */
+            /* The broker takes no other word than a value: "--compress-local
+             * 2" said "unexpected argument '2'", not that 2 is no 0 or 1. */
+            val = i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0 ? argv[++i] : "1";
         else if (i + 1 < argc)
             val = argv[++i];
         if (!val) {

@@ -46,7 +46,8 @@ static void s_usage(FILE *f)
             "  --timeout-ms N            request deadline without X-Agentbus-Timeout-Ms "
             "(default 300000)\n"
             "  --max-timeout-ms N        cap of X-Agentbus-Timeout-Ms (default 3600000)\n"
-            "  --ollama-version S        what /api/version reports (default 0.5.7)\n"
+            "  --ollama-version S        what /api/version reports, 1..64 printable ASCII\n"
+            "                            characters (default 0.5.7)\n"
             "  --idle-timeout-s N        close a connection silent this long, not counting\n"
             "                            time waiting for the bus (default 60; 0 = never)\n"
             "  --header-timeout-ms N     close a connection whose request headers are not\n"
@@ -184,7 +185,13 @@ static int s_take(gw_config_t *cfg, int id, const char *v)
             return -1;
         cfg->name = v;
         break;
-    case O_VERSTR: cfg->version = v; break;
+    case O_VERSTR: /* JSON text: one not UTF-8 failed every GET /api/version */
+        if (!*v || strlen(v) > 64 || strspn(v, " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJ"
+                                               "KLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuv"
+                                               "wxyz{|}~") != strlen(v))
+            return -1;
+        cfg->version = v;
+        break;
     case O_MAXCONN: cfg->max_connections = (unsigned)n; break;
     case O_PERIP: cfg->max_conns_per_ip = (unsigned)n; break;
     case O_MAXBODY: cfg->max_body_bytes = (size_t)n; break;
@@ -231,7 +238,9 @@ static int s_args(int argc, char **argv, gw_config_t *cfg)
                                               "ASCII characters, no spaces, not starting "
                                               "with '~')"
                              : id == O_SERVICE ? " (expected 1..255 bytes)"
-                                               : s_bounds(id, bounds, sizeof bounds));
+                             : id == O_VERSTR ? " (expected 1..64 printable ASCII "
+                                                "characters, e.g. 0.5.7)"
+                                              : s_bounds(id, bounds, sizeof bounds));
             return -1;
         }
     }

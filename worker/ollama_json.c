@@ -10,6 +10,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "parse.h"
+#include "text.h"
 #include "tl_base64.h"
 #include "tl_json.h"
 
@@ -281,6 +282,57 @@ static const char *s_build_command(const Agentbus__ModelCommand *m, int load, js
     return m->model;
 }
 
+static int s_utf8(const char *s)
+{
+    for (size_t n; *s; s += n)
+        if ((n = ab_utf8_seq((const unsigned char *)s)) == 0)
+            return 0;
+    return 1;
+}
+
+/* The name of the first string of M (or of a message in it) that is not
+ * UTF-8, or NULL. json_string refuses such text, and the field was left out
+ * of Ollama's body without a word: a generate whose prompt was not UTF-8
+ * went as a load (no prompt) and was answered empty, with success. */
+static const char *s_not_utf8(const ProtobufCMessage *m)
+{
+    const ProtobufCMessageDescriptor *d = m ? m->descriptor : NULL;
+    for (unsigned i = 0; d && i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        const char *base = (const char *)m;
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue; /* another member of its oneof is set */
+        size_t n = 1;
+        void *const *items = (void *const *)(base + f->offset);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            n = *(const size_t *)(base + f->quantifier_offset);
+            items = *(void *const *const *)(base + f->offset);
+        }
+        for (size_t k = 0; items && k < n; k++) {
+            const char *bad = !items[k] ? NULL
+                              : f->type == PROTOBUF_C_TYPE_MESSAGE ? s_not_utf8(items[k])
+                              : s_utf8(items[k]) ? NULL : f->name;
+            if (bad)
+                return bad;
+        }
+    }
+    return NULL;
+}
+
+/* -1 (R freed, ERR saying which field) when a string of R is not UTF-8. */
+static int s_refuse_not_utf8(Agentbus__InferenceRequest *r, char *err, size_t errcap)
+{
+    const char *bad = s_not_utf8(&r->base);
+    if (!bad)
+        return 0;
+    snprintf(err, errcap, "the request's %s is not UTF-8 text", bad);
+    agentbus__inference_request__free_unpacked(r, NULL);
+    return -1;
+}
+
 int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, size_t errcap)
 {
     memset(call, 0, sizeof *call);
@@ -291,6 +343,8 @@ int wk_ol_call_build(const void *pb, size_t len, wk_ol_call_t *call, char *err, 
     if (!r)
         return s_fail(err, errcap, "payload is not an agentbus.InferenceRequest (or it "
                       "decodes to more than 4x its size)");
+    if (s_refuse_not_utf8(r, err, errcap) != 0)
+        return -1;
     json_t *j = json_object();
     const char *model = NULL;
     switch (r->body_case) {

@@ -160,6 +160,13 @@ static void s_no_broker(void)
     CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
     snprintf(want, sizeof want, "agentbus-infer-load: no broker reachable at %s", ep);
     CHECK_TRUE(HAS(want));
+    /* agentbus-load (the demo's load) sent for --seconds, waited the
+     * requests' 5 s more and said only "first error: timed out waiting". */
+    t0 = ab_now_ms();
+    CHECK_EQ(s_sh("timeout 60 %s --broker %s --seconds 20", th_bin("agentbus-load"), ep), 1);
+    CHECK_RANGE(ab_now_ms() - t0, 4500, 9000);
+    snprintf(want, sizeof want, "agentbus-load: no broker reachable at %s", ep);
+    CHECK_TRUE(HAS(want));
 }
 
 /* A worker with no broker says what it waits for, then that it still does. */
@@ -523,6 +530,15 @@ static void s_bad_gateway_values(const char *ep)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --timeout-ms 9000 "
                   "--max-timeout-ms 5000", gw, ep), 2);
     CHECK_TRUE(HAS("--timeout-ms 9000 is above --max-timeout-ms 5000"));
+    /* --ollama-version goes into JSON: one that is not UTF-8 started and
+     * failed every GET /api/version (the connection closed, "internal
+     * error"); an empty one was reported as "". */
+    const char *versions[] = {"\377", ""};
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --broker %s --listen 127.0.0.1:0 --ollama-version '%s'",
+                      gw, ep, versions[i]), 2);
+        CHECK_TRUE(HAS("bad value for --ollama-version") && HAS("printable ASCII"));
+    }
 }
 
 /* brokerctl --json: a usage error is an error as any other, {"ok": false,
@@ -542,6 +558,76 @@ static void s_json_usage(void)
                      "'--bogus'\"}\n");
     CHECK_EQ(s_sh("timeout 10 %s stats --bogus 2>/dev/null", CTL), 2); /* text: stderr only */
     CHECK_STR(s_out, "");
+    /* Errors found after the command line was read, before anything is
+     * sent (a key or an endpoint that cannot be used, keygen's own), were
+     * on stderr only, nothing on stdout. */
+    static const struct {
+        const char *args, *code, *error;
+        int exit;
+    } after[] = {
+        {"--key /nonexistent stats", "USAGE", "--key '/nonexistent' cannot be used", 2},
+        {"--broker-key garbage workers", "USAGE", "--broker-key 'garbage' cannot be used", 2},
+        {"keygen k --role nobody --out /tmp", "USAGE", "keygen: --role is", 2},
+        {"keygen k --out /nonexistent", "INVALID", "keygen: cannot write /nonexistent/k.key",
+         1},
+    };
+    for (size_t i = 0; i < sizeof after / sizeof after[0]; i++) {
+        CHECK_EQ(s_sh("timeout 10 %s --json %s 2>/dev/null", CTL, after[i].args), after[i].exit);
+        json_t *e = json_loads(s_out, 0, NULL);
+        const char *text = json_string_value(json_object_get(e, "error"));
+        CHECK_TRUE(e && json_is_false(json_object_get(e, "ok")));
+        CHECK_STR(json_string_value(json_object_get(e, "code")), after[i].code);
+        CHECK_TRUE(text && strncmp(text, after[i].error, strlen(after[i].error)) == 0);
+        json_decref(e);
+    }
+    CHECK_EQ(s_sh("AB_BROKER=nowhere timeout 10 %s --json watch 2>/dev/null", CTL), 2);
+    CHECK_TRUE(strncmp(s_out, "{\"ok\":false,\"code\":\"USAGE\",\"error\":\"invalid $AB_BROKER "
+                              "'nowhere'", 64) == 0);
+}
+
+/* The load tools' lists and brokerctl's --cache TTL (s_bad_values); EP
+ * has no broker. */
+static void s_bad_load_values(const char *ep)
+{
+    /* agentbus-load --priority: an empty item and a ninth were skipped
+     * without a word ("normal," ran as "normal"). */
+    const char *prios[] = {"normal,", ",batch", "normal,,batch",
+                           "1,1,1,1,1,1,1,1,interactive"};
+    for (size_t i = 0; i < sizeof prios / sizeof prios[0]; i++) {
+        CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --priority '%s'",
+                      th_bin("agentbus-load"), ep, prios[i]), 2);
+        char want[128];
+        snprintf(want, sizeof want, "bad value '%s' for --priority", prios[i]);
+        CHECK_TRUE(HAS(want));
+    }
+    /* agentbus-infer-load --models: an empty item sent requests naming no
+     * model (each failed at the worker); one of 128 bytes or more asked
+     * for its first 127. */
+    const char *models[] = {"sim-small,", "a,,b", ",a"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --models '%s'",
+                      th_bin("agentbus-infer-load"), ep, models[i]), 2);
+        char want[128];
+        snprintf(want, sizeof want, "bad value '%s' for --models", models[i]);
+        CHECK_TRUE(HAS(want));
+    }
+    CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --models \"$(head -c 128 /dev/zero | "
+                  "tr '\\0' m)\"", th_bin("agentbus-infer-load"), ep), 2);
+    CHECK_TRUE(HAS("for --models"));
+    /* A --service over the broker's 255 bytes failed every request at run
+     * time ("no such service is registered"), as brokerctl refuses it. */
+    const char *loads[] = {"agentbus-load", "agentbus-infer-load"};
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(s_sh("timeout 20 %s --broker %s --seconds 1 --service \"$(head -c 256 "
+                      "/dev/zero | tr '\\0' s)\"", th_bin(loads[i]), ep), 2);
+        CHECK_TRUE(HAS("for --service"));
+    }
+    /* brokerctl request --cache 600: "wrong number of arguments" without a
+     * word of why (--cache's TTL is written --cache=600). */
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s request --cache 600 echo hi", CTL, ep), 2);
+    CHECK_TRUE(HAS("a TTL is written --cache=TTL_S"));
+    CHECK_EQ(s_sh("timeout 10 %s --broker %s request echo hi --cache 600", CTL, ep), 2);
+    CHECK_TRUE(HAS("a TTL is written --cache=TTL_S"));
 }
 
 static void s_bad_values(void)
@@ -560,6 +646,7 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("timeout 10 %s --broker %s --backend ollama --ollama-url http://127.0.0.1:1 "
                   "--chunks 3", wk, ep), 2);
     CHECK_TRUE(HAS("--chunks is for --backend echo (this worker's backend is ollama)"));
+    s_bad_load_values(ep);
     s_bad_sim_values(sim);
     s_json_usage();
     s_bad_gateway_values(ep);
@@ -571,6 +658,13 @@ static void s_bad_values(void)
     CHECK_EQ(s_sh("AB_LOG_FORMAT=xml timeout 10 %s --bind tcp://127.0.0.1:0",
                   th_bin("agentbus-broker")), 2);
     CHECK_TRUE(HAS("for log-format (from AB_LOG_FORMAT); expected text or json"));
+    /* A 0/1 option's value that is neither was "unexpected argument '2'". */
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --compress-local 2",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("invalid value '2' for compress-local (from command line); expected 0..1"));
+    CHECK_EQ(s_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --insecure yes",
+                  th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("invalid value 'yes' for insecure (from command line); expected 0..1"));
 }
 
 /* 1 when TS is RFC 3339 UTC with milliseconds: 2026-01-02T03:04:05.678Z. */

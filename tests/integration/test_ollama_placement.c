@@ -548,5 +548,15 @@ void ollama_models_cli(void)
              th_ep(port));
     CHECK_EQ(th_run(cmd, out, sizeof out), 1);
     CHECK_TRUE(strstr(out, "NOT_FOUND: no worker 'nobody'") != NULL);
+    /* models --service S lists the workers of S only (the option was
+     * taken and ignored: w1 of 'ollama' listed for 'other') */
+    snprintf(cmd, sizeof cmd, "%s --broker %s models --service other", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "w1") == NULL && strstr(out, "no inference workers of 'other'"));
+    snprintf(cmd, sizeof cmd, "%s --broker %s models --service ollama", th_bin("brokerctl"),
+             th_ep(port));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 0);
+    CHECK_TRUE(strstr(out, "w1 (") != NULL);
     ab_client_destroy(&c);
 }

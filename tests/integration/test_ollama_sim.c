@@ -928,6 +928,35 @@ static void test_usage(void)
     CHECK_EQ(th_run(cmd, out, sizeof out), 2);
     CHECK_TRUE(strstr(out, ".none: unable to open") && strstr(out, "No such file"));
     CHECK_TRUE(strstr(out, "line -1") == NULL);
+    /* JSON that is not an object: said "(line -1)" too */
+    f = fopen(path, "w");
+    REQUIRE(f);
+    fputs("[1]", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s --config %s", th_bin("ollama-sim"), path);
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, "not a JSON object") && !strstr(out, "line -1"));
+    /* an empty --version-string was "too long" */
+    snprintf(cmd, sizeof cmd, "%s --port 0 --version-string ''", th_bin("ollama-sim"));
+    CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+    CHECK_TRUE(strstr(out, "--version-string wants 1..31 printable ASCII characters, got \"\"")
+               != NULL);
+    CHECK_TRUE(strstr(out, "too long") == NULL);
+    /* Text that is not UTF-8: a --version-string started and failed every
+     * GET /api/version; --fault-error-message and a --model key were left
+     * out without a word; a --model name was "missing". */
+    static const char *const not_utf8[][2] = {
+        {"--version-string x\377", "--version-string wants"},
+        {"--fault-error-message e\377", "--fault-error-message: \"e\377\" is not UTF-8"},
+        {"--model m,family=f\377", "--model: family is not UTF-8"},
+        {"--model m\377", "--model: the name is not UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof not_utf8 / sizeof not_utf8[0]; i++) {
+        snprintf(cmd, sizeof cmd, "timeout 10 %s --port 0 --quiet %s", th_bin("ollama-sim"),
+                 not_utf8[i][0]);
+        CHECK_EQ(th_run(cmd, out, sizeof out), 2);
+        CHECK_TRUE(strstr(out, not_utf8[i][1]) != NULL);
+    }
 }
 
 int main(int argc, char **argv)

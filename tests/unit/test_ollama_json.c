@@ -253,6 +253,27 @@ static void s_test_build(void)
     CHECK_TRUE(strstr(call.body, "\"input\":[]") != NULL);
     wk_ol_call_free(&call);
 
+    /* Text that is not UTF-8 is refused, naming its field: json_string
+     * gave NULL and the field was left out (a prompt: a load, answered
+     * empty with success; an embed's input: no embeddings). */
+    g.prompt = "why \xff?";
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_GENERATE;
+    r.generate = &g; /* a oneof: r.embed above shares its place */
+    len = agentbus__inference_request__pack(&r, buf);
+    CHECK_EQ(wk_ol_call_build(buf, len, &call, err, sizeof err), -1);
+    CHECK_STR(err, "the request's prompt is not UTF-8 text");
+    g.prompt = "why?";
+    char *in[] = {"ok", "\xc3("};
+    em.n_input = 2;
+    em.input = in;
+    r.body_case = AGENTBUS__INFERENCE_REQUEST__BODY_EMBED;
+    r.embed = &em;
+    len = agentbus__inference_request__pack(&r, buf);
+    CHECK_EQ(wk_ol_call_build(buf, len, &call, err, sizeof err), -1);
+    CHECK_STR(err, "the request's input is not UTF-8 text");
+    em.n_input = 0;
+    r.generate = &g;
+
     /* garbage and missing fields are refused with a reason */
     CHECK_EQ(wk_ol_call_build("\xff\xff\xff", 3, &call, err, sizeof err), -1);
     CHECK_TRUE(err[0] != '\0');

@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,24 @@ static void s_on_signal(int sig)
 static int s_json;
 static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
 
+/* Bad usage found before anything is sent: "brokerctl: TEXT" on stderr and,
+ * with --json, {"ok": false, "code": "USAGE", ...} on stdout as for any
+ * other usage error (a bad --key, --broker-key or $AB_BROKER printed
+ * nothing there). Returns 2, the exit status. */
+static int s_usage_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int s_usage_fail(const char *fmt, ...)
+{
+    char text[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "brokerctl: %s\n", text);
+    if (s_json)
+        ctl_render_error(stdout, "USAGE", text);
+    return 2;
+}
+
 /* Reports a failed command: always on stderr; with --json also as an
  * object on stdout, so scripts parsing stdout see the failure too. */
 static int s_fail(ab_client_t *c, int rc)
@@ -52,9 +71,7 @@ static int s_fail(ab_client_t *c, int rc)
                  s_endpoint);
         text = hint;
     }
-    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
-    if (s_json)
-        ctl_render_error(stdout, ab_status_name(rc), text);
+    ctl_report_error(s_json, ab_status_name(rc), text);
     return 1;
 }
 
@@ -69,6 +86,7 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
     if (strcmp(what, "stats") == 0) {
         Agentbus__Stats *st = agentbus__stats__unpack(NULL, len, buf);
         if ((bad = !st) == 0) {
+            ctl_clean_pb(&st->base, !json); /* names peers chose */
             ctl_render_stats(stdout, st, json);
             if (st->cache && !json) { /* JSON: in the object, "cache" */
                 fprintf(stdout, "\ncache\n");
@@ -79,24 +97,28 @@ static int s_show(ab_client_t *c, const char *what, int json, int timeout_ms)
     } else if (strcmp(what, "peers") == 0) {
         Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
         if ((bad = !pl) == 0) {
+            ctl_clean_pb(&pl->base, !json); /* names peers chose */
             ctl_render_peers(stdout, pl, json);
             agentbus__peer_list__free_unpacked(pl, NULL);
         }
     } else if (strcmp(what, "services") == 0) {
         Agentbus__ServiceList *sl = agentbus__service_list__unpack(NULL, len, buf);
         if ((bad = !sl) == 0) {
+            ctl_clean_pb(&sl->base, !json); /* names peers chose */
             ctl_render_services(stdout, sl->services, sl->n_services, json);
             agentbus__service_list__free_unpacked(sl, NULL);
         }
     } else if (strcmp(what, "clients") == 0) {
         Agentbus__ClientList *cl = agentbus__client_list__unpack(NULL, len, buf);
         if ((bad = !cl) == 0) {
+            ctl_clean_pb(&cl->base, !json); /* names peers chose */
             ctl_render_clients(stdout, cl, json);
             agentbus__client_list__free_unpacked(cl, NULL);
         }
     } else {
         Agentbus__WorkerList *wl = agentbus__worker_list__unpack(NULL, len, buf);
         if ((bad = !wl) == 0) {
+            ctl_clean_pb(&wl->base, !json); /* names peers chose */
             ctl_render_workers(stdout, wl, json);
             agentbus__worker_list__free_unpacked(wl, NULL);
         }
@@ -221,15 +243,26 @@ static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
     (void)c;
     (void)arg;
     const ab_worker_info_t *w = ev->worker;
+    if (s_events_left == 0) /* --events N: N printed already, more came in the same poll */
+        return;
+    /* The names a worker chose, made printable (ctl_clean_str). */
+    char *name = strdup(w->name), *service = strdup(w->service);
+    char *state = strdup(w->backend_state);
+    if (!name || !service || !state) {
+        free(name), free(service), free(state);
+        return;
+    }
+    ctl_clean_str(name, !s_json);
+    ctl_clean_str(service, !s_json);
+    ctl_clean_str(state, !s_json);
     if (s_json) {
         json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:s}",
-                              "change", ev->change, "id", w->id, "name", w->name, "service",
-                              w->service, "health", w->health, "capacity",
+                              "change", ev->change, "id", w->id, "name", name, "service",
+                              service, "health", w->health, "capacity",
                               (json_int_t)w->capacity, "in_flight", (json_int_t)w->in_flight,
                               "free_credit", (json_int_t)w->free_credit, "interval_ms",
                               (json_int_t)w->interval_ms, "suspicion", w->suspicion,
-                              "ejections", (json_int_t)w->ejections, "backend_state",
-                              w->backend_state);
+                              "ejections", (json_int_t)w->ejections, "backend_state", state);
         char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         if (s)
             printf("%s\n", s);
@@ -239,10 +272,11 @@ static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
         char word[16];
         printf("%-7s %-16s %-16s %-9s backend %-7s free %u/%u  interval %u ms  phi %.1f  "
                "ejections %u\n",
-               ev->change, w->name[0] ? w->name : w->id, w->service, w->health,
-               ctl_backend_word(w->backend_state, 0, word, sizeof word), w->free_credit,
-               w->capacity, w->interval_ms, w->suspicion, w->ejections);
+               ev->change, name[0] ? name : w->id, service, w->health,
+               ctl_backend_word(state, 0, word, sizeof word), w->free_credit, w->capacity,
+               w->interval_ms, w->suspicion, w->ejections);
     }
+    free(name), free(service), free(state);
     fflush(stdout);
     if (s_events_left > 0)
         s_events_left--;
@@ -303,9 +337,7 @@ static int s_infer(ab_client_t *c, const ctl_args_t *a)
                         a->timeout_set ? (int)a->timeout_ms : 120000, &s_stop, err, sizeof err);
     if (irc == AB_OK)
         return 0;
-    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(irc), err[0] ? err : ab_strerror(irc));
-    if (s_json)
-        ctl_render_error(stdout, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
+    ctl_report_error(s_json, ab_status_name(irc), err[0] ? err : ab_strerror(irc));
     return 1;
 }
 
@@ -318,7 +350,8 @@ static int s_run(ab_client_t *c, const ctl_args_t *a)
         (!strcmp(cmd, "models") && a->npos))
         return s_infer(c, a);
     if (!strcmp(cmd, "models")) {
-        int mrc = ctl_models(c, a->json, (int)a->timeout_ms);
+        int mrc = ctl_models(c, a->infer.has_service ? a->infer.service : NULL, a->json,
+                             (int)a->timeout_ms);
         return mrc == AB_OK ? 0 : s_fail(c, mrc);
     }
     if (!strcmp(cmd, "cache")) {
@@ -351,34 +384,30 @@ static int s_client_new(const ctl_args_t *a, ab_client_t **c)
     const char *env = getenv("AB_BROKER");
     s_endpoint = a->broker ? a->broker : env && *env ? env : AB_DEFAULT_ENDPOINT;
     char why[256];
-    if (!a->broker && tl_check_endpoint(s_endpoint, why, sizeof why) != 0) {
-        fprintf(stderr, "brokerctl: invalid $AB_BROKER '%s': %s\n", s_endpoint, why);
-        return 2;
-    }
+    if (!a->broker && tl_check_endpoint(s_endpoint, why, sizeof why) != 0)
+        return s_usage_fail("invalid $AB_BROKER '%s': %s", s_endpoint, why);
     ab_options_t *o = ab_options_new();
     if (!o || ab_options_set_endpoint(o, s_endpoint) != AB_OK) {
-        fprintf(stderr, "brokerctl: invalid broker endpoint '%s'\n", s_endpoint);
         ab_options_destroy(&o);
-        return 2;
+        return s_usage_fail("invalid broker endpoint '%s'", s_endpoint);
     }
     /* Only `listen` is an agent with a name: other commands stay unnamed,
      * so that any number of them can run at once. */
     if (!strcmp(a->cmd, "listen") && ab_options_set_name(o, a->pos[0]) != AB_OK) {
-        fprintf(stderr, "brokerctl: listen: invalid agent name '%s'\n", a->pos[0]);
         ab_options_destroy(&o);
-        return 2;
+        return s_usage_fail("listen: invalid agent name '%s'", a->pos[0]);
     }
     ab_options_set_takeover(o, a->takeover);
     const char *bad = a->key && ab_options_set_key_file(o, a->key) != AB_OK ? "--key" : NULL;
     if (!bad && a->broker_key && ab_options_set_broker_key(o, a->broker_key) != AB_OK)
         bad = "--broker-key";
     if (bad) {
-        fprintf(stderr, "brokerctl: %s '%s' cannot be used: expected %s\n", bad,
-                bad[2] == 'k' ? a->key : a->broker_key,
-                bad[2] == 'k' ? "a readable secret certificate (keygen's NAME.key_secret)"
-                              : "a Z85 public key (40 characters) or a certificate file");
         ab_options_destroy(&o);
-        return 2;
+        return s_usage_fail("%s '%s' cannot be used: expected %s", bad,
+                            bad[2] == 'k' ? a->key : a->broker_key,
+                            bad[2] == 'k'
+                                ? "a readable secret certificate (keygen's NAME.key_secret)"
+                                : "a Z85 public key (40 characters) or a certificate file");
     }
     int rc = ab_client_new(c, o);
     ab_options_destroy(&o);

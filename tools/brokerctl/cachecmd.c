@@ -107,10 +107,17 @@ static void s_entry(FILE *out, const Agentbus__CacheEntry *e, int json)
             e->ttl_left_ms / 1000.0, e->n_chunks);
     for (size_t i = 0; i < e->n_chunks; i++) {
         const Agentbus__CacheChunk *ch = e->chunks[i];
-        fprintf(out, "%-7s flags 0x%x  %zu bytes: %.*s\n",
+        /* Its first 200 bytes as a terminal may show them: they went to the
+         * screen as they were (escape sequences, lz4 bytes, cut at a NUL). */
+        char shown[201];
+        size_t n = ch->data.len > 200 ? 200 : ch->data.len;
+        for (size_t k = 0; k < n; k++)
+            shown[k] = ch->data.data[k] ? (char)ch->data.data[k] : '?';
+        shown[n] = '\0';
+        ctl_clean_str(shown, 1);
+        fprintf(out, "%-7s flags 0x%x  %zu bytes: %s\n",
                 ch->kind == AGENTBUS__KIND__KIND_PARTIAL ? "PARTIAL" : "REPLY", ch->flags,
-                ch->data.len, (int)(ch->data.len > 200 ? 200 : ch->data.len),
-                (const char *)ch->data.data);
+                ch->data.len, shown);
     }
 }
 
@@ -144,6 +151,7 @@ int ctl_cache(ab_client_t *c, int argc, char **argv, const char *tier, int json,
     } else {
         Agentbus__CacheStats *cs = agentbus__cache_stats__unpack(NULL, len, buf);
         if (cs) {
+            ctl_clean_pb(&cs->base, !json);
             ctl_render_cache(stdout, cs, json);
             agentbus__cache_stats__free_unpacked(cs, NULL);
         }

@@ -240,7 +240,7 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
         break;
     case O_SYSTEM: a->infer.system = v; break;
     case O_NOSTREAM: a->infer.no_stream = 1; break;
-    case O_SERVICE: ok = *v != '\0'; a->infer.service = v; break;
+    case O_SERVICE: ok = *v != '\0'; a->infer.service = v; a->infer.has_service = 1; break;
     case O_PRIORITY:
         ok = ab_priority_parse(v, &a->priority) == AB_OK;
         a->infer.priority = a->priority;
@@ -274,6 +274,13 @@ static int s_hex32(const char *s)
 static const char *s_check_args(const ctl_args_t *a, int k, unsigned seen)
 {
     const char *c = a->cmd;
+    int ttl_word = 0; /* "request --cache 600 echo hi": 600 was taken for an argument */
+    for (int i = 0; i < a->npos; i++)
+        ttl_word |= a->pos[i][0] && strspn(a->pos[i], "0123456789") == strlen(a->pos[i]);
+    if (!strcmp(c, "request") && a->npos == 3 && (seen & B(O_CACHE)) && !a->cache_ttl &&
+        ttl_word)
+        return "wrong number of arguments (a TTL is written --cache=TTL_S: --cache takes "
+               "no separate value)";
     if (a->npos < s_cmds[k].min || a->npos > s_cmds[k].max)
         return "wrong number of arguments";
     if (!strcmp(c, "models") && a->npos &&

@@ -19,7 +19,7 @@
 
 typedef struct {
     const char *service, *system; /* inference: --service, --system */
-    int no_stream, has_temp, has_seed, has_predict;
+    int no_stream, has_temp, has_seed, has_predict, has_service;
     double temperature;
     long seed, num_predict;
     uint32_t priority; /* --priority */

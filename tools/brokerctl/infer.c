@@ -29,7 +29,8 @@ typedef struct {
     int done;
     int status;
     char error[512];
-    int any_text;
+    int any_text, saw_done; /* generate, chat: text printed; an answer with done */
+    const char *service;    /* --service, for an error's text */
     const char *worker; /* models load|unload: for the message */
     const char *model;
     uint32_t priority; /* --priority: the lane at the broker */
@@ -75,6 +76,8 @@ static void s_on_generate(s_run_t *r, const void *data, size_t size)
         snprintf(r->error, sizeof r->error, "reply is not a GenerateResponse");
         return;
     }
+    r->any_text |= g->response[0] != '\0' || g->thinking[0] != '\0';
+    r->saw_done |= g->done;
     if (r->json) {
         json_t *o = g->done && g->timings ? s_timings(g->timings) : json_object();
         json_object_set_new(o, "model", json_string(g->model));
@@ -91,7 +94,6 @@ static void s_on_generate(s_run_t *r, const void *data, size_t size)
         s_print_json(o);
     } else {
         fputs(g->response, stdout);
-        r->any_text |= g->response[0] != '\0';
         if (g->done && r->any_text)
             fputc('\n', stdout);
     }
@@ -109,6 +111,8 @@ static void s_on_chat(s_run_t *r, const void *data, size_t size)
         return;
     }
     const char *content = c->message ? c->message->content : "";
+    r->any_text |= content[0] != '\0' || (c->message && c->message->tool_calls_json[0]);
+    r->saw_done |= c->done;
     if (r->json) {
         json_t *o = c->done && c->timings ? s_timings(c->timings) : json_object();
         json_object_set_new(o, "model", json_string(c->model));
@@ -126,7 +130,6 @@ static void s_on_chat(s_run_t *r, const void *data, size_t size)
         s_print_json(o);
     } else {
         fputs(content, stdout);
-        r->any_text |= content[0] != '\0';
         if (c->done && r->any_text)
             fputc('\n', stdout);
     }
@@ -190,6 +193,16 @@ static void s_on_event(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
             s_print_json(json_pack("{s:b, s:s, s:s, s:s}", "ok", 1, "action",
                                    r->kind == 4 ? "load" : "unload", "model", r->model,
                                    "worker", r->worker));
+    }
+    /* A service that is not an inference one (--service echo) answers
+     * bytes that decode as an empty, unfinished answer: that printed
+     * nothing and exited 0. */
+    if (ev->final && r->status == AB_OK && (r->kind == 1 || r->kind == 2) && !r->saw_done &&
+        !r->any_text) {
+        r->status = AB_EMALFORMED;
+        snprintf(r->error, sizeof r->error, "the answer of '%s' is no %s answer (no \"done\", "
+                 "no text): is it an inference service?", r->service,
+                 r->kind == 1 ? "generate" : "chat");
     }
     if (ev->final)
         r->done = 1;
@@ -320,6 +333,7 @@ int ctl_infer(ab_client_t *c, const char *cmd, int npos, const char *const *pos,
     s_run_t run = {0};
     run.json = json;
     run.priority = f->priority;
+    run.service = f->service;
     s_ctx_t x = {c, f, timeout_ms, stop, &run};
     int rc;
     if (strcmp(cmd, "generate") == 0 && npos == 2)
@@ -338,13 +352,13 @@ int ctl_infer(ab_client_t *c, const char *cmd, int npos, const char *const *pos,
     return rc;
 }
 
-static void s_models_text(const Agentbus__WorkerList *wl)
+static void s_models_text(const Agentbus__WorkerList *wl, const char *service)
 {
     int any = 0;
     for (size_t i = 0; i < wl->n_workers; i++) {
         const Agentbus__WorkerInfo *w = wl->workers[i];
         const Agentbus__InferenceState *st = w->inference;
-        if (!st)
+        if (!st || (service && strcmp(w->service, service) != 0))
             continue;
         any = 1;
         printf("%s (%s) service %s  backend %s %s%s\n", w->name[0] ? w->name : w->id, w->id,
@@ -375,17 +389,19 @@ static void s_models_text(const Agentbus__WorkerList *wl)
             printf(" %s", st->models[k]->name);
         printf("\n");
     }
-    if (!any)
+    if (!any && service)
+        printf("no inference workers of '%s'\n", service);
+    else if (!any)
         printf("no inference workers\n");
 }
 
-static void s_models_json(const Agentbus__WorkerList *wl)
+static void s_models_json(const Agentbus__WorkerList *wl, const char *service)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < wl->n_workers; i++) {
         const Agentbus__WorkerInfo *w = wl->workers[i];
         const Agentbus__InferenceState *st = w->inference;
-        if (!st)
+        if (!st || (service && strcmp(w->service, service) != 0))
             continue;
         json_t *loaded = json_array(), *models = json_array();
         for (size_t k = 0; k < st->n_loaded; k++)
@@ -418,7 +434,7 @@ static void s_models_json(const Agentbus__WorkerList *wl)
     s_print_json(json_pack("{s:o}", "workers", arr));
 }
 
-int ctl_models(ab_client_t *c, int json, int timeout_ms)
+int ctl_models(ab_client_t *c, const char *service, int json, int timeout_ms)
 {
     void *buf = NULL;
     size_t len = 0;
@@ -429,10 +445,11 @@ int ctl_models(ab_client_t *c, int json, int timeout_ms)
     ab_free(buf);
     if (!wl)
         return AB_EMALFORMED;
+    ctl_clean_pb(&wl->base, !json); /* names workers and their backends chose */
     if (json)
-        s_models_json(wl);
+        s_models_json(wl, service);
     else
-        s_models_text(wl);
+        s_models_text(wl, service);
     fflush(stdout);
     agentbus__worker_list__free_unpacked(wl, NULL);
     return AB_OK;

@@ -14,7 +14,8 @@
 int ctl_infer(ab_client_t *c, const char *cmd, int npos, const char *const *pos,
               const ctl_infer_flags_t *f, int json, int timeout_ms, volatile sig_atomic_t *stop,
               char *err, size_t errcap);
-/* brokerctl models: per inference worker its backend, slots, VRAM and models. */
-int ctl_models(ab_client_t *c, int json, int timeout_ms);
+/* brokerctl models: per inference worker its backend, slots, VRAM and models;
+ * those of SERVICE only unless it is NULL (--service given: it was ignored). */
+int ctl_models(ab_client_t *c, const char *service, int json, int timeout_ms);
 
 #endif

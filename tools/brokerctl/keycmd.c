@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,37 +69,48 @@ static int s_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
-static int s_refuse_existing(const char *name, const char *suffix, const char *dir)
+/* Says why keygen fails: "brokerctl: keygen: TEXT" on stderr and, with
+ * --json, {"ok": false, "code": CODE, "error": "keygen: TEXT"} on stdout,
+ * as every other command's errors (README, "Command lines": there was
+ * nothing on stdout). Returns RC. */
+static int s_fail(int json, int rc, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int s_fail(int json, int rc, const char *code, const char *fmt, ...)
 {
-    fprintf(stderr, "brokerctl: keygen: %s%s exists in %s; --force to replace it\n", name,
-            suffix, dir);
-    return 1;
+    char text[1024];
+    int n = snprintf(text, sizeof text, "keygen: ");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text + n, sizeof text - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "brokerctl: %s\n", text);
+    if (json)
+        ctl_render_error(stdout, code, text);
+    return rc;
+}
+
+static int s_refuse_existing(const char *name, const char *suffix, const char *dir, int json)
+{
+    return s_fail(json, 1, "INVALID", "%s%s exists in %s; --force to replace it", name, suffix,
+                  dir);
 }
 
 /* 0 when NAME and the options make a key; else 2 (bad usage) after
- * saying why on stderr. */
-static int s_check_opts(const char *name, const ctl_keygen_opts_t *o)
+ * saying why. */
+static int s_check_opts(const char *name, const ctl_keygen_opts_t *o, int json)
 {
     if (!*name || strlen(name) > 60 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO"
-                                                    "PQRSTUVWXYZ0123456789_-") != strlen(name)) {
-        fprintf(stderr, "brokerctl: keygen: NAME must be 1..60 letters, digits, '_' or '-'\n");
-        return 2;
-    }
+                                                    "PQRSTUVWXYZ0123456789_-") != strlen(name))
+        return s_fail(json, 2, "USAGE", "NAME must be 1..60 letters, digits, '_' or '-'");
     if (strcmp(o->role, "agent") && strcmp(o->role, "worker") && strcmp(o->role, "admin") &&
-        strcmp(o->role, "peer")) {
-        fprintf(stderr, "brokerctl: keygen: --role is agent, worker, admin or peer\n");
-        return 2;
-    }
+        strcmp(o->role, "peer"))
+        return s_fail(json, 2, "USAGE", "--role is agent, worker, admin or peer");
     if ((o->services && !s_zpl_ok(o->services)) || (o->names && !s_zpl_ok(o->names)) ||
-        (o->topics && !s_zpl_ok(o->topics))) {
-        fprintf(stderr, "brokerctl: keygen: a grant may not contain '\"' or a newline\n");
-        return 2;
-    }
-    if (!strcmp(o->role, "worker") && (!o->services || s_grant_empty(o->services))) {
-        fprintf(stderr, "brokerctl: keygen: a worker key needs --services (the services it "
-                        "may register)\n");
-        return 2;
-    }
+        (o->topics && !s_zpl_ok(o->topics)))
+        return s_fail(json, 2, "USAGE", "a grant may not contain '\"' or a newline");
+    if (!strcmp(o->role, "worker") && (!o->services || s_grant_empty(o->services)))
+        return s_fail(json, 2, "USAGE",
+                      "a worker key needs --services (the services it may register)");
     return 0;
 }
 
@@ -120,29 +132,26 @@ static void s_note_empty_grants(const ctl_keygen_opts_t *o)
 
 int ctl_keygen(const char *name, const ctl_keygen_opts_t *o, int json)
 {
-    if (s_check_opts(name, o) != 0)
+    if (s_check_opts(name, o, json) != 0)
         return 2;
     s_note_empty_grants(o);
     char pub[41], sec[41], path[4096], spath[4200];
-    if (ab_curve_keypair(pub, sec) != AB_OK) {
-        fprintf(stderr, "brokerctl: keygen: libzmq has no CURVE support\n");
-        return 1;
-    }
+    if (ab_curve_keypair(pub, sec) != AB_OK)
+        return s_fail(json, 1, "UNSUPPORTED", "libzmq has no CURVE support");
     snprintf(path, sizeof path, "%s/%s.key", o->out_dir, name);
     snprintf(spath, sizeof spath, "%s_secret", path);
     /* A key pair in use is not lost to a repeated command: both files are
      * checked before either is written, so neither half is replaced alone. */
     const char *exists = s_exists(path) ? ".key" : s_exists(spath) ? ".key_secret" : NULL;
     if (exists && !o->force)
-        return s_refuse_existing(name, exists, o->out_dir);
+        return s_refuse_existing(name, exists, o->out_dir, json);
     const char *failed = s_write(path, 0644, name, o, pub, NULL) != 0 ? path
                          : s_write(spath, 0600, name, o, pub, sec) != 0 ? spath : NULL;
     if (failed && errno == EEXIST) /* made by someone else since the check */
-        return s_refuse_existing(name, failed == path ? ".key" : ".key_secret", o->out_dir);
-    if (failed) {
-        fprintf(stderr, "brokerctl: keygen: cannot write %s: %s\n", failed, strerror(errno));
-        return 1;
-    }
+        return s_refuse_existing(name, failed == path ? ".key" : ".key_secret", o->out_dir,
+                                 json);
+    if (failed)
+        return s_fail(json, 1, "INVALID", "cannot write %s: %s", failed, strerror(errno));
     if (json)
         ctl_json_print(stdout, json_pack("{s:s, s:s, s:s, s:s}", "name", name, "public_key", pub,
                                          "public", path, "secret", spath));
@@ -196,6 +205,7 @@ int ctl_keys(ab_client_t *c, int reload, int json, int timeout_ms)
     ab_free(buf);
     if (!kl)
         return AB_EMALFORMED;
+    ctl_clean_pb(&kl->base, !json); /* names from certificate files */
     s_print(kl, json);
     agentbus__key_list__free_unpacked(kl, NULL);
     return AB_OK;

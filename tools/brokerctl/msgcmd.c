@@ -22,9 +22,7 @@
 static int s_fail(ab_client_t *c, int rc, int json)
 {
     const char *text = ab_client_last_error(c)[0] ? ab_client_last_error(c) : ab_strerror(rc);
-    fprintf(stderr, "brokerctl: %s: %s\n", ab_status_name(rc), text);
-    if (json)
-        ctl_render_error(stdout, ab_status_name(rc), text);
+    ctl_report_error(json, ab_status_name(rc), text);
     return 1;
 }
 
@@ -135,6 +133,7 @@ static int s_show_agents(ab_client_t *c, const ctl_msgcmd_opts_t *o)
         fprintf(stderr, "brokerctl: MALFORMED: the broker's answer could not be decoded\n");
         return 1;
     }
+    ctl_clean_pb(&al->base, !o->json);
     ctl_render_agents(stdout, al, o->json);
     agentbus__agent_list__free_unpacked(al, NULL);
     return 0;

@@ -4,6 +4,7 @@
 #include "msgcmd.h"
 #include "cachecmd.h"
 #include "lanecmd.h"
+#include "text.h"
 #include "tl_json.h"
 
 #include <jansson.h>
@@ -397,4 +398,57 @@ void ctl_render_error(FILE *out, const char *code, const char *text)
     json_t *t = json_string(text);
     ctl_json_print(out, json_pack("{s:b, s:s, s:o}", "ok", 0, "code", code,
                           "error", t ? t : json_string("(error text is not UTF-8)")));
+}
+
+void ctl_clean_str(char *s, int text)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (p && *p) {
+        size_t n = ab_utf8_seq(p);
+        int control = *p < 0x20 || *p == 0x7f || (n == 2 && p[0] == 0xc2 && p[1] < 0xa0);
+        if (n == 0 || (text && control)) {
+            memset(p, '?', n ? n : 1);
+            n = n ? n : 1;
+        }
+        p += n;
+    }
+}
+
+void ctl_clean_pb(ProtobufCMessage *m, int text)
+{
+    const ProtobufCMessageDescriptor *d = m ? m->descriptor : NULL;
+    for (unsigned i = 0; d && i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        char *base = (char *)m;
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue; /* another member of its oneof is set */
+        size_t n = 1;
+        void **items = (void **)(base + f->offset);
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            n = *(const size_t *)(base + f->quantifier_offset);
+            items = *(void ***)(base + f->offset);
+        }
+        for (size_t k = 0; items && k < n; k++) {
+            if (items[k] && f->type == PROTOBUF_C_TYPE_STRING)
+                ctl_clean_str(items[k], text);
+            else if (items[k])
+                ctl_clean_pb(items[k], text);
+        }
+    }
+}
+
+void ctl_report_error(int json, const char *code, const char *text)
+{
+    char shown[1024];
+    snprintf(shown, sizeof shown, "%s", text);
+    ctl_clean_str(shown, 1);
+    fprintf(stderr, "brokerctl: %s: %s\n", code, shown);
+    if (json) {
+        snprintf(shown, sizeof shown, "%s", text);
+        ctl_clean_str(shown, 0);
+        ctl_render_error(stdout, code, shown);
+    }
 }

@@ -32,4 +32,19 @@ void ctl_json_print(FILE *out, json_t *j);
 /* {"ok": false, "code": CODE, "error": TEXT} */
 void ctl_render_error(FILE *out, const char *code, const char *text);
 
+/* Makes S safe to print, in place, '?' for each byte that is not: a byte
+ * that is not UTF-8 (jansson refuses the string: json_pack failed and the
+ * worker or service it named was left out of --json workers / services);
+ * for TEXT output also each control character (C0 with tab and newline,
+ * DEL, C1), so that a name or label a worker chose can neither start a
+ * line of its own in a table nor send the terminal an escape sequence. */
+void ctl_clean_str(char *s, int text);
+/* A failed command's error: "brokerctl: CODE: TEXT" on stderr, and with
+ * JSON {"ok": false, ...} on stdout; TEXT as ctl_clean_str shows it (a
+ * worker chooses the text of its failures: ab_worker_fail). */
+void ctl_report_error(int json, const char *code, const char *text);
+/* ctl_clean_str on every string of M, of the messages in it and so on:
+ * for the broker's answers, whose strings peers and backends chose. */
+void ctl_clean_pb(ProtobufCMessage *m, int text);
+
 #endif

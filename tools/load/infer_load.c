@@ -176,8 +176,20 @@ static int s_take(void *arg, int id, const char *v)
 {
     s_cfg_t *cfg = arg;
     switch (id) {
-    case O_SERVICE: cfg->service = v; return *v ? 0 : -1;
-    case O_MODELS: cfg->models = v; return *v ? 0 : -1;
+    case O_SERVICE: /* as the broker takes: a longer one failed every request */
+        cfg->service = v;
+        return *v && strlen(v) <= 255 ? 0 : -1;
+    case O_MODELS: /* "a,,b" or "a," sent requests naming no model, one of 128 bytes
+                    * or more asked for its first 127 */
+        cfg->models = v;
+        for (const char *p = v;; p++) {
+            size_t n = strcspn(p, ",");
+            if (n == 0 || n >= 128)
+                return -1;
+            p += n;
+            if (!*p)
+                return 0;
+        }
     case O_AGENTS: return tl_parse_long(v, 1, 2000, &cfg->agents);
     case O_SECONDS: return tl_parse_long(v, 1, 86400, &cfg->seconds);
     case O_THINK: return tl_parse_long(v, 0, 600000, &cfg->think_ms);
@@ -197,8 +209,9 @@ static void s_usage(const char *argv0)
            "token and whole answer) and errors.\n\n"
            "Options:\n"
            "  --broker EP        the broker (default: $AB_BROKER, else tcp://127.0.0.1:5555)\n"
-           "  --service S        the inference service (default ollama)\n"
-           "  --models M1,M2     models, taken in turn (default sim-small)\n"
+           "  --service S        the inference service, 1..255 bytes (default ollama)\n"
+           "  --models M1,M2     models, taken in turn (default sim-small), each of\n"
+           "                     1..127 bytes\n"
            "  --agents N         agents, 1..2000 (default 20)\n"
            "  --seconds N        how long calls are started, 1..86400 (default 10);\n"
            "                     see below for the calls still running then\n"

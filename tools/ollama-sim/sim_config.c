@@ -247,7 +247,13 @@ static json_t *s_model_spec(const char *spec)
         json_decref(o);
         return NULL;
     }
-    json_object_set_new(o, "name", json_string(tok));
+    /* json_string is NULL for text that is not UTF-8: the name was then
+     * "missing" and a key=value left out without a word. */
+    if (json_object_set_new(o, "name", json_string(tok)) != 0) {
+        fprintf(stderr, "ollama-sim: --model: the name is not UTF-8 text\n");
+        json_decref(o);
+        return NULL;
+    }
     while ((tok = strtok_r(NULL, ",", &save))) {
         char *eq = strchr(tok, '=');
         if (!eq) {
@@ -255,7 +261,11 @@ static json_t *s_model_spec(const char *spec)
             return NULL;
         }
         *eq = '\0';
-        json_object_set_new(o, tok, json_string(eq + 1));
+        if (json_object_set_new(o, tok, json_string(eq + 1)) != 0) {
+            fprintf(stderr, "ollama-sim: --model: %s is not UTF-8 text\n", tok);
+            json_decref(o);
+            return NULL;
+        }
     }
     return o;
 }
@@ -271,6 +281,9 @@ static int s_int_opt(const char *name, const char *v, long lo, long hi, long *ou
     *out = x;
     return 0;
 }
+
+static const char s_printable[] = " !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~";
 
 /* Settings shared by the config file, the environment and the flags. */
 static int s_set_option(sim_t *s, const char *name, const char *v)
@@ -317,8 +330,13 @@ static int s_set_option(sim_t *s, const char *name, const char *v)
         if (s_int_opt("--seed", v, 0, 0x7fffffffL, &x)) return -1;
         s->seed = (uint64_t)x;
     } else if (strcmp(name, "version") == 0) {
-        if (strlen(v) >= sizeof s->version || !*v) {
-            fprintf(stderr, "ollama-sim: --version-string too long\n");
+        /* JSON text: one that is not UTF-8 failed every GET /api/version;
+         * "" was said to be "too long" */
+        size_t n = strlen(v);
+        if (n >= sizeof s->version || !n || strspn(v, s_printable) != n) {
+            fprintf(stderr,
+                    "ollama-sim: --version-string wants 1..%zu printable ASCII characters, "
+                    "got \"%s\"\n", sizeof s->version - 1, v);
             return -1;
         }
         snprintf(s->version, sizeof s->version, "%s", v);
@@ -337,9 +355,13 @@ static int s_load_file(sim_t *s, const char *path)
         fprintf(stderr, "ollama-sim: --config %s: %s\n", path, jerr.text);
         return -1;
     }
-    if (!root || !json_is_object(root)) {
-        fprintf(stderr, "ollama-sim: --config %s: %s (line %d)\n", path,
-                root ? "not a JSON object" : jerr.text, jerr.line);
+    if (!root) {
+        fprintf(stderr, "ollama-sim: --config %s: %s (line %d)\n", path, jerr.text, jerr.line);
+        return -1;
+    }
+    if (!json_is_object(root)) { /* parsed whole: no line to name ("line -1" was said) */
+        fprintf(stderr, "ollama-sim: --config %s: not a JSON object ({\"key\": value, ...})\n",
+                path);
         json_decref(root);
         return -1;
     }
@@ -432,7 +454,11 @@ static int s_fault_flag(sim_t *s, const char *flag, const char *val)
                                                             : json_string(val); /* refused */
     }
     json_t *o = json_object();
-    json_object_set_new(o, key, v);
+    if (json_object_set_new(o, key, v) != 0) { /* v NULL: not UTF-8, left out unsaid */
+        fprintf(stderr, "ollama-sim: --fault-%s: \"%s\" is not UTF-8 text\n", flag, val);
+        json_decref(o);
+        return -1;
+    }
     char err[256];
     int rc = sim_faults_apply(&s->faults, o, err, sizeof err);
     json_decref(o);
