@@ -796,7 +796,7 @@ static void s_broker_drain(void)
 {
     int port = th_free_port();
     pid_t broker = th_broker(port, "--drain-ms", "4000", NULL);
-    th_worker(port, "job", "--capacity", "8", "--delay-ms", "800", NULL);
+    th_worker(port, "job", "--name", "bd1", "--capacity", "8", "--delay-ms", "800", NULL);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
     static s_slot_t slots[7];
@@ -806,9 +806,12 @@ static void s_broker_drain(void)
                                          &(ab_request_opts_t){.timeout_ms = 10000}, s_slot_cb,
                                          &slots[i], NULL),
                  AB_OK);
-    ab_client_poll(c, 200);
+    /* States, not 200 and 100 ms of polling: a request the broker gets
+     * after the signal is refused, and one sent before the broker has
+     * seen the signal is served. */
+    REQUIRE(s_wait_held(c, "bd1", 6, 10000) == 0);
     REQUIRE(kill(broker, SIGTERM) == 0);
-    ab_client_poll(c, 100);
+    REQUIRE(s_wait_log(c, broker, "draining: ", 1, 10000) == 0);
     CHECK_EQ(ab_client_request(c, "job", "late", 4, 5000, NULL, NULL), AB_EBUSY);
     CHECK_TRUE(strstr(ab_client_last_error(c), "shutting down") != NULL);
     int64_t end = ab_now_ms() + 10000;
@@ -822,7 +825,7 @@ static void s_broker_drain(void)
     /* Drain time too short for the work held: answered with an error, exit 0. */
     port = th_free_port();
     broker = th_broker(port, "--drain-ms", "300", NULL);
-    th_worker(port, "job", "--delay-ms", "3000", NULL);
+    th_worker(port, "job", "--name", "bd2", "--delay-ms", "3000", NULL);
     c = th_client(port);
     REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
     memset(slots, 0, sizeof slots);
@@ -832,7 +835,7 @@ static void s_broker_drain(void)
                                          &(ab_request_opts_t){.timeout_ms = 10000}, s_slot_cb,
                                          &slots[i], NULL),
                  AB_OK);
-    ab_client_poll(c, 200);
+    REQUIRE(s_wait_held(c, "bd2", 2, 10000) == 0); /* else refused, not cut short */
     REQUIRE(kill(broker, SIGTERM) == 0);
     end = ab_now_ms() + 5000;
     while (s_done < 2 && ab_now_ms() < end)
