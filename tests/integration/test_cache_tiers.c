@@ -379,7 +379,10 @@ void cache_l2_down(void)
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
     s_redis_start(rport);
-    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    /* A killed Redis fails at once (reset, refused): no timeout needed to
+     * open the breaker. A short one made the read-back below a miss when
+     * the machine ran Redis late. */
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "5000", NULL);
     ab_client_t *c = th_client(port);
     ct_wk_t x = {.port = port, .service = "echo"};
     pthread_t th = ct_worker_start(&x, c);
