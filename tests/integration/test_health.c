@@ -14,7 +14,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -811,28 +813,100 @@ static int s_wait_log(ab_client_t *c, pid_t pid, const char *a, int n, int timeo
     return 0;
 }
 
+/* A worker on a thread of this test, named NAME, that holds every job it
+ * gets until RELEASE is set, then answers them "done": the broker's drain
+ * then lasts until the test lets it end, not for a delay the test's next
+ * step must beat. */
+typedef struct {
+    int port;
+    const char *name;
+    atomic_int held, release, stop;
+    pthread_t th;
+} s_holder_t;
+
+static void *s_holder_main(void *arg)
+{
+    s_holder_t *x = arg;
+    ab_options_t *o = ab_options_new();
+    ab_worker_t *w = NULL;
+    int rc = o && ab_options_set_endpoint(o, th_ep(x->port)) == AB_OK &&
+                     ab_options_set_name(o, x->name) == AB_OK
+                 ? ab_worker_new(&w, o, "job", 8)
+                 : AB_ENOMEM;
+    ab_options_destroy(&o);
+    if (rc != AB_OK)
+        return NULL;
+    ab_job_t *jobs[8];
+    int n = 0;
+    while (!atomic_load(&x->stop)) {
+        ab_job_t *j = NULL;
+        if (ab_worker_recv(w, &j, 20) == AB_OK && j) {
+            if (n < 8)
+                jobs[n++] = j;
+            else
+                ab_worker_fail(w, &j, AB_EINTERNAL, "more than the capacity");
+            atomic_store(&x->held, n);
+        }
+        if (atomic_load(&x->release))
+            while (n > 0)
+                ab_worker_reply(w, &jobs[--n], "done", 4);
+    }
+    while (n > 0)
+        ab_worker_reply(w, &jobs[--n], "done", 4);
+    ab_worker_destroy(&w);
+    return NULL;
+}
+
+static void s_holder_start(s_holder_t *x, ab_client_t *c)
+{
+    REQUIRE(pthread_create(&x->th, NULL, s_holder_main, x) == 0);
+    REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
+}
+
+/* Polls C until the holder has N jobs (bounded): 0 or -1. */
+static int s_holder_wait(s_holder_t *x, ab_client_t *c, int n)
+{
+    for (int64_t end = ab_now_ms() + 10000; atomic_load(&x->held) < n;) {
+        if (ab_now_ms() > end)
+            return -1;
+        ab_client_poll(c, 20);
+    }
+    return 0;
+}
+
+static void s_holder_end(s_holder_t *x)
+{
+    atomic_store(&x->stop, 1);
+    pthread_join(x->th, NULL);
+}
+
 static void s_broker_drain(void)
 {
     int port = th_free_port();
-    pid_t broker = th_broker(port, "--drain-ms", "4000", NULL);
-    th_worker(port, "job", "--name", "bd1", "--capacity", "8", "--delay-ms", "800", NULL);
+    /* The drain ends when the held requests are answered, which this test
+     * decides: no drain-ms to beat. */
+    pid_t broker = th_broker(port, "--drain-ms", "600000", NULL);
     ab_client_t *c = th_client(port);
-    REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
+    s_holder_t h1 = {.port = port, .name = "bd1"};
+    s_holder_start(&h1, c);
     static s_slot_t slots[7];
     s_done = 0;
     for (int i = 0; i < 6; i++)
         CHECK_EQ(ab_client_request_start(c, "job", "x", 1,
-                                         &(ab_request_opts_t){.timeout_ms = 10000}, s_slot_cb,
+                                         &(ab_request_opts_t){.timeout_ms = 60000}, s_slot_cb,
                                          &slots[i], NULL),
                  AB_OK);
-    /* States, not 200 and 100 ms of polling: a request the broker gets
-     * after the signal is refused, and one sent before the broker has
-     * seen the signal is served. */
-    REQUIRE(s_wait_held(c, "bd1", 6, 10000) == 0);
+    /* States, not 200 and 100 ms of polling: the six at the worker before
+     * the signal (the broker refuses one it gets after), the broker
+     * draining before the late one (it serves one it gets before), and
+     * the six held until the late one was answered (a broker whose six
+     * were done by then had gone: DISCONNECTED). */
+    REQUIRE(s_holder_wait(&h1, c, 6) == 0);
     REQUIRE(kill(broker, SIGTERM) == 0);
     REQUIRE(s_wait_log(c, broker, "draining: ", 1, 10000) == 0);
     CHECK_EQ(ab_client_request(c, "job", "late", 4, 5000, NULL, NULL), AB_EBUSY);
     CHECK_TRUE(strstr(ab_client_last_error(c), "shutting down") != NULL);
+    atomic_store(&h1.release, 1);
     int64_t end = ab_now_ms() + 10000;
     while (s_done < 6 && ab_now_ms() < end)
         ab_client_poll(c, 50);
@@ -840,13 +914,14 @@ static void s_broker_drain(void)
         CHECK_EQ(slots[i].status, AB_OK); /* drained: finished, not failed */
     CHECK_EQ(th_wait_exit(broker, 8000), 0);
     ab_client_destroy(&c);
+    s_holder_end(&h1);
 
     /* Drain time too short for the work held: answered with an error, exit 0. */
     port = th_free_port();
     broker = th_broker(port, "--drain-ms", "300", NULL);
-    th_worker(port, "job", "--name", "bd2", "--delay-ms", "3000", NULL);
     c = th_client(port);
-    REQUIRE(th_wait_workers(c, "job", 1, 10000) == 0);
+    s_holder_t h2 = {.port = port, .name = "bd2"}; /* answers only once the broker is gone */
+    s_holder_start(&h2, c);
     memset(slots, 0, sizeof slots);
     s_done = 0;
     for (int i = 0; i < 2; i++)
@@ -854,7 +929,7 @@ static void s_broker_drain(void)
                                          &(ab_request_opts_t){.timeout_ms = 10000}, s_slot_cb,
                                          &slots[i], NULL),
                  AB_OK);
-    REQUIRE(s_wait_held(c, "bd2", 2, 10000) == 0); /* else refused, not cut short */
+    REQUIRE(s_holder_wait(&h2, c, 2) == 0); /* else refused, not cut short */
     REQUIRE(kill(broker, SIGTERM) == 0);
     end = ab_now_ms() + 5000;
     while (s_done < 2 && ab_now_ms() < end)
@@ -863,6 +938,7 @@ static void s_broker_drain(void)
     CHECK_EQ(slots[1].status, AB_EINTERNAL);
     CHECK_EQ(th_wait_exit(broker, 5000), 0);
     ab_client_destroy(&c);
+    s_holder_end(&h2);
 }
 
 /* A worker drains on SIGTERM (finishing what it holds, taking nothing new)
