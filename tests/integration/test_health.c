@@ -415,6 +415,11 @@ static void s_interval(void)
             seen_max = w.interval_ms;
         if (w.interval_ms == 800)
             break;
+        /* Judged silent (a busy machine did not run it for a while), it
+         * waits for a request to probe it, and only a healthy worker's
+         * interval grows: one is sent. */
+        if (strcmp(w.health, "dead") == 0 || strcmp(w.health, "probing") == 0)
+            ab_client_request(c, "steady", "probe", 5, 5000, NULL, NULL);
         ab_client_poll(c, 50);
     }
     CHECK_EQ(w.interval_ms, 800); /* grew to the ceiling */
