@@ -8,6 +8,7 @@
  */
 #include "backend.h"
 #include "tl_clock.h"
+#include "tl_log.h"
 
 #include <stdlib.h>
 
@@ -65,6 +66,10 @@ static void s_on_job(void *ctx, ab_worker_t *w, ab_job_t *job)
     }
     it->job = job;
     it->due_ms = tl_now_ms() + e->args.delay_ms;
+    /* At debug level a test can see the job has left the library's ready
+     * queue: a CANCEL or a drain no longer takes it back from here. */
+    TL_DEBUG("echo", "holding request %llu for %ld ms", (unsigned long long)ab_job_id(job),
+             e->args.delay_ms);
     it->next = NULL;
     if (e->tail)
         e->tail->next = it;

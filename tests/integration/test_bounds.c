@@ -341,7 +341,9 @@ static int s_hello(void *raw, char *text, size_t cap)
         return -1;
     ab_header_t h;
     int64_t end = ab_now_ms() + 5000;
-    while (ab_now_ms() < end && s_raw_recv(raw, 500, &h, text, cap)) {
+    while (ab_now_ms() < end) { /* 500 ms without a message is no answer yet */
+        if (!s_raw_recv(raw, 500, &h, text, cap))
+            continue;
         if (h.kind == AB_KIND_HELLO && h.correlation_id == 7)
             return 1;
         if (h.kind == AB_KIND_ERROR)

@@ -176,8 +176,11 @@ static void s_pair_start(s_pair_t *p)
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
     ct_redis_start(rport, NULL, NULL);
-    th_broker(pa, "--cache-redis", addr, NULL);
-    th_broker(pb, "--cache-redis", addr, NULL);
+    /* What L2 holds is the subject here, not how long Redis may take: the
+     * default 50 ms is a deadline a Redis the machine runs late misses,
+     * and the lookup is then a miss (B's worker ran it). */
+    th_broker(pa, "--cache-redis", addr, "--cache-l2-timeout-ms", "5000", NULL);
+    th_broker(pb, "--cache-redis", addr, "--cache-l2-timeout-ms", "5000", NULL);
     p->ca = th_client(pa);
     p->cb = th_client(pb);
     p->xa = (ct_wk_t){.port = pa, .service = "echo"};
@@ -329,7 +332,9 @@ void cache_l2_noauth(void)
     char addr[64], out[512];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
     ct_redis_start(rport, "--requirepass", "not-sent-by-agentbus");
-    pid_t broker = th_broker(port, "--cache-redis", addr, NULL);
+    /* Redis's NOAUTH answer is the subject, not how long it takes: past the
+     * default 50 ms (a Redis the machine runs late) the lookup times out. */
+    pid_t broker = th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "5000", NULL);
     ab_client_t *c = th_client(port);
     ct_wk_t x = {.port = port, .service = "echo"};
     pthread_t th = ct_worker_start(&x, c);

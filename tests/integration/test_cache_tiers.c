@@ -301,8 +301,11 @@ void cache_l2_shared(void)
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
     s_redis_start(rport);
-    th_broker(pa, "--cache-redis", addr, NULL);
-    th_broker(pb, "--cache-redis", addr, NULL);
+    /* What L2 holds is the subject here, not how long Redis may take: the
+     * default 50 ms is a deadline a Redis the machine runs late misses,
+     * and the lookup is then a miss (B's worker ran it). */
+    th_broker(pa, "--cache-redis", addr, "--cache-l2-timeout-ms", "5000", NULL);
+    th_broker(pb, "--cache-redis", addr, "--cache-l2-timeout-ms", "5000", NULL);
     ab_client_t *ca = th_client(pa), *cb = th_client(pb);
     ct_wk_t xa = {.port = pa, .service = "echo"}, xb = {.port = pb, .service = "echo"};
     pthread_t ta = ct_worker_start(&xa, ca), tb = ct_worker_start(&xb, cb);
@@ -376,7 +379,10 @@ void cache_l2_down(void)
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", rport);
     s_redis_start(rport);
-    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "100", NULL);
+    /* A killed Redis fails at once (reset, refused): no timeout needed to
+     * open the breaker. A short one made the read-back below a miss when
+     * the machine ran Redis late. */
+    th_broker(port, "--cache-redis", addr, "--cache-l2-timeout-ms", "5000", NULL);
     ab_client_t *c = th_client(port);
     ct_wk_t x = {.port = port, .service = "echo"};
     pthread_t th = ct_worker_start(&x, c);

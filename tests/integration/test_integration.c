@@ -719,6 +719,28 @@ static void s_worker_api(void)
     ab_client_destroy(&c);
 }
 
+/* The requests the broker has at its workers, all of them. */
+static uint32_t s_in_flight(ab_client_t *c)
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    uint32_t n = 0;
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        n += wl->workers[i]->in_flight;
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    return n;
+}
+
+/* Polls C until the broker has N requests at its workers (bounded). */
+static uint32_t s_wait_in_flight(ab_client_t *c, uint32_t n, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    uint32_t got;
+    while ((got = s_in_flight(c)) != n && ab_now_ms() < end)
+        ab_client_poll(c, 20);
+    return got;
+}
+
 /* A lost worker's requests are re-dispatched (issue 5); a non-idempotent
  * one is answered WORKER_LOST at once. tests/integration/test_health.c
  * covers the rest of failure handling. */
@@ -739,14 +761,17 @@ static void s_worker_lost(void)
                  &(ab_request_opts_t){.timeout_ms = 20000, .flags = AB_REQUEST_NON_IDEMPOTENT},
                  s_tally_cb, &once, NULL),
              AB_OK);
-    ab_client_poll(c, 300);
+    /* Both at w1 before it goes (a state, not 300 ms of polling): a request
+     * the broker has not dispatched yet when the BYE comes stays queued,
+     * and the non-idempotent one then runs on w2 instead of failing. */
+    REQUIRE(s_wait_in_flight(c, 2, 10000) == 2);
     CHECK_EQ(th_stop(w1), 0); /* SIGTERM with --drain-ms 0: BYE at once */
     s_poll_until(c, &once, 1, 5000);
     CHECK_EQ(once.last_status, AB_EWORKERLOST);
     CHECK_EQ(t.finals, 0); /* back in the queue, waiting for a worker */
     pid_t w2 = th_worker(port, "slow", "--delay-ms", "5000", "--heartbeat-ms", "200", NULL);
     REQUIRE(th_wait_workers(c, "slow", 1, 10000) == 0);
-    ab_client_poll(c, 300);
+    REQUIRE(s_wait_in_flight(c, 1, 10000) == 1); /* at w2: its second dispatch */
     th_kill9(w2); /* no BYE: found by the socket monitor */
     ab_client_poll(c, 500);
     CHECK_EQ(t.finals, 0);
@@ -788,17 +813,6 @@ static void s_echo_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
         e->finals++;
         e->status = ev->status;
     }
-}
-
-static uint32_t s_in_flight(ab_client_t *c)
-{
-    Agentbus__WorkerList *wl = th_workers(c);
-    uint32_t n = 0;
-    for (size_t i = 0; wl && i < wl->n_workers; i++)
-        n += wl->workers[i]->in_flight;
-    if (wl)
-        agentbus__worker_list__free_unpacked(wl, NULL);
-    return n;
 }
 
 static void s_lost_payloads(void)

@@ -142,7 +142,10 @@ class Bus:
         end = time.monotonic() + timeout
         with self.client() as c:
             while time.monotonic() < end:
-                d = c.discover(service, timeout=1)
+                try:
+                    d = c.discover(service, timeout=1)
+                except agentbus.TimeoutError:  # a broker the machine ran late: ask again
+                    continue
                 if sum(1 for w in d["workers"] if w["health"] == "healthy") >= n:
                     return
                 time.sleep(0.05)

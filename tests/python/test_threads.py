@@ -20,6 +20,7 @@ class _HandleUse:
         self.inside = {}  # handle -> {thread ident: depth}
         self.overlaps = []
         self.threads = {}  # function name -> names of the threads that called it
+        self.calling = {}  # thread ident -> the function it is inside now
         lib = agentbus._lib.lib
         for name in _CLIENT_FUNCS:
             monkeypatch.setattr(lib, name, self._wrap(name, getattr(lib, name)))
@@ -42,6 +43,8 @@ class _HandleUse:
                 if h and others:
                     self.overlaps.append((name, me, others))
                 users[me] = users.get(me, 0) + 1
+                outer = self.calling.get(me)
+                self.calling[me] = name
             try:
                 return fn(*args)
             finally:
@@ -49,7 +52,23 @@ class _HandleUse:
                     users[me] -= 1
                     if not users[me]:
                         del users[me]
+                    if outer:
+                        self.calling[me] = outer
+                    else:
+                        del self.calling[me]
         return call
+
+    def wait_inside(self, t, names=("ab_client_poll", "ab_client_recv", "ab_client_request")):
+        """Waits until thread T is inside one of the library's waits
+        (NAMES): a state, where a fixed sleep found a thread the machine
+        was slow to run not there yet."""
+        end = time.monotonic() + 30
+        while True:
+            with self.lock:
+                if self.calling.get(t.ident) in names:
+                    return
+            assert t.is_alive() and time.monotonic() < end, "the thread never waited inside"
+            time.sleep(0.005)
 
 
 _CLIENT_FUNCS = (
@@ -60,9 +79,10 @@ _CLIENT_FUNCS = (
     "ab_client_publish", "ab_discover", "ab_client_control")
 
 
-def _blocked_in(c, call):
-    """Runs CALL(c) on a thread; returns (thread, box) where box[0] is what
-    it raised (or returned) once it ends."""
+def _blocked_in(c, call, use):
+    """Runs CALL(c) on a thread and waits until it is inside the library's
+    wait (USE, a _HandleUse, sees it); returns (thread, box) where box[0] is
+    what it raised (or returned) once it ends."""
     import threading
     box = []
 
@@ -73,7 +93,7 @@ def _blocked_in(c, call):
             box.append(e)
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    time.sleep(0.3)  # inside the library's wait by now
+    use.wait_inside(t)
     assert t.is_alive() and not box, box
     return t, box
 
@@ -104,7 +124,7 @@ def test_close_from_another_thread_interrupts_the_blocking_call(bus, monkeypatch
     }
     for what, call in calls.items():
         c = bus.client()
-        t, box = _blocked_in(c, call)
+        t, box = _blocked_in(c, call, use)
         c.close()
         assert not t.is_alive(), "%s: close() returned while the call was inside" % what
         assert isinstance(box[0], agentbus.StoppedError), "%s: %r" % (what, box[0])
@@ -121,7 +141,7 @@ def test_calls_from_another_thread_while_one_waits_are_refused(bus, monkeypatch)
     # they raise RuntimeError and touch nothing; stop() still works.
     use = _HandleUse(monkeypatch)
     with bus.client() as c:
-        t, box = _blocked_in(c, lambda c: c.recv())
+        t, box = _blocked_in(c, lambda c: c.recv(), use)
         for call in (lambda: c.publish("news", b"x"), lambda: c.pending,
                      lambda: c.last_error(), lambda: c.connected,
                      lambda: c.request("echo", b"x")):
@@ -167,14 +187,20 @@ def test_stream_collected_on_another_thread(bus, monkeypatch):
             t = threading.Thread(target=holder.clear if drop == "del" else holder[0].close,
                                  name="dropper-" + drop, daemon=True)
             droppers.add(t.name)
-            box = []
-            waiter = threading.Thread(target=lambda: box.append(c.run(1.5)), daemon=True)
+            box, dropped = [], threading.Event()
+
+            def wait():  # in the handle until the drop is done, however late
+                while not dropped.is_set():
+                    c.poll(1.0)
+                box.append(True)
+            waiter = threading.Thread(target=wait, daemon=True)
             waiter.start()
-            time.sleep(0.2)  # inside run()'s ab_client_poll
+            use.wait_inside(waiter, ("ab_client_poll",))  # a state, not 0.2 s
             t.start()
             t.join(10)
+            dropped.set()
             waiter.join(10)
-            assert box, "run did not return"
+            assert box, "the waiter did not return"
             holder.clear()
             assert c.pending == 0, drop
             # the worker's one slot is free again: nothing waits in the queue
