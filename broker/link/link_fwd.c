@@ -95,6 +95,18 @@ int ab_link_req_plain(ab_broker_t *b, ab_req_t *r)
     return AB_OK;
 }
 
+/* H, changed by this broker, encoded again and sent on L with PAYLOAD. 0 or -1. */
+static int s_send_header(ab_broker_t *b, ab_link_t *l, const ab_header_t *h, zmq_msg_t *payload)
+{
+    uint8_t stack[1024];
+    size_t n;
+    uint8_t *hb = ab_header_encode_buf(h, stack, sizeof stack, &n);
+    int rc = hb ? ab_link_send(b, l, hb, n, payload) : -1;
+    if (hb != stack)
+        free(hb);
+    return rc;
+}
+
 /* An answer (BUF,LEN parsed as H) to link client P crossing the link: its
  * payload compressed when the agent that asked reads lz4 (the request,
  * still held while it is answered, carries ACCEPT_LZ4 from the first
@@ -109,13 +121,7 @@ static int s_send_answer(ab_broker_t *b, ab_link_t *l, ab_peer_t *p, ab_header_t
         s_squeeze(b, l, h, payload);
     if (h->flags == before)
         return ab_link_send(b, l, buf, len, payload);
-    uint8_t stack[1024];
-    size_t n;
-    uint8_t *hb = ab_header_encode_buf(h, stack, sizeof stack, &n);
-    int rc = hb ? ab_link_send(b, l, hb, n, payload) : -1;
-    if (hb != stack)
-        free(hb);
-    return rc;
+    return s_send_header(b, l, h, payload);
 }
 
 /* --- what the core sends to link peers -------------------------------------------- */
@@ -143,13 +149,7 @@ static int s_send_cancel(ab_broker_t *b, ab_link_t *l, ab_header_t *h, const uin
     if (!r)
         return ab_link_send(b, l, buf, len, payload);
     h->correlation_id = s_link_id(r);
-    uint8_t stack[1024];
-    size_t n;
-    uint8_t *hb = ab_header_encode_buf(h, stack, sizeof stack, &n);
-    int rc = hb ? ab_link_send(b, l, hb, n, payload) : -1;
-    if (hb != stack)
-        free(hb);
-    return rc;
+    return s_send_header(b, l, h, payload);
 }
 
 int ab_link_emit(ab_broker_t *b, ab_peer_t *p, const uint8_t *buf, size_t len, zmq_msg_t *hmsg,

@@ -89,6 +89,48 @@ static void *s_socket(void *ctx, int type)
     return s;
 }
 
+/* Broker A (port pa) dials broker "B" at px, played by router R, which
+ * answers its HELLO as B; D1 dials A as B too (A's record for B holds both
+ * connections), D2 says HELLO as C. */
+typedef struct {
+    int pa, px;
+    pid_t apid;
+    void *ctx, *r, *d1, *d2;
+    uint8_t rid[256];
+    size_t rlen;
+} s_two_t;
+
+static void s_two_start(s_two_t *t)
+{
+    memset(t, 0, sizeof *t);
+    t->pa = th_free_port();
+    t->px = th_free_port();
+    char peer[64];
+    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", t->px);
+    t->ctx = zmq_ctx_new();
+    t->r = s_socket(t->ctx, ZMQ_ROUTER);
+    REQUIRE(zmq_bind(t->r, th_ep(t->px)) == 0);
+    t->apid = th_broker(t->pa, "--name", "A", "--peer", peer, "--link-heartbeat-ms", "1000",
+                        NULL);
+    REQUIRE(s_link_wait(t->r, S_HELLO, t->rid, &t->rlen, 20000));
+    s_link_send(t->r, t->rid, t->rlen, S_WELCOME, "B", 1);
+    t->d1 = s_socket(t->ctx, ZMQ_DEALER);
+    t->d2 = s_socket(t->ctx, ZMQ_DEALER);
+    REQUIRE(zmq_connect(t->d1, th_ep(t->pa)) == 0 && zmq_connect(t->d2, th_ep(t->pa)) == 0);
+    s_link_send(t->d1, NULL, 0, S_HELLO, "B", 1);
+    REQUIRE(s_link_wait(t->d1, S_WELCOME, NULL, NULL, 20000));
+    s_link_send(t->d2, NULL, 0, S_HELLO, "C", 7);
+    REQUIRE(s_link_wait(t->d2, S_WELCOME, NULL, NULL, 20000));
+}
+
+static void s_two_end(s_two_t *t)
+{
+    zmq_close(t->r);
+    zmq_close(t->d1);
+    zmq_close(t->d2);
+    zmq_ctx_term(t->ctx);
+}
+
 /* The broker A dials plays broker B: it answers A's HELLO as B, and also
  * dials A as B (A's record for B holds both connections). A third
  * connection says HELLO as C. Then B closes the connection A dialed (A's
@@ -99,48 +141,29 @@ static void *s_socket(void *ctx, int type)
  * accepted connection goes with the record, and A lives on. */
 static void s_renamed_dialed(void)
 {
-    int pa = th_free_port(), px = th_free_port();
-    char peer[64];
-    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", px);
-    void *ctx = zmq_ctx_new();
-    void *r = s_socket(ctx, ZMQ_ROUTER);
-    REQUIRE(zmq_bind(r, th_ep(px)) == 0);
-    pid_t apid = th_broker(pa, "--name", "A", "--peer", peer, "--link-heartbeat-ms", "1000",
-                           NULL);
-    uint8_t rid[256];
-    size_t rlen = 0;
-    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000));
-    s_link_send(r, rid, rlen, S_WELCOME, "B", 1);
-    void *d1 = s_socket(ctx, ZMQ_DEALER), *d2 = s_socket(ctx, ZMQ_DEALER);
-    REQUIRE(zmq_connect(d1, th_ep(pa)) == 0 && zmq_connect(d2, th_ep(pa)) == 0);
-    s_link_send(d1, NULL, 0, S_HELLO, "B", 1); /* B dials A too */
-    REQUIRE(s_link_wait(d1, S_WELCOME, NULL, NULL, 20000));
-    s_link_send(d2, NULL, 0, S_HELLO, "C", 7);
-    REQUIRE(s_link_wait(d2, S_WELCOME, NULL, NULL, 20000));
-    zmq_close(r); /* the connection A dialed is gone: A's link to B goes down */
-    r = s_socket(ctx, ZMQ_ROUTER);
+    s_two_t t;
+    s_two_start(&t);
+    zmq_close(t.r); /* the connection A dialed is gone: A's link to B goes down */
+    t.r = s_socket(t.ctx, ZMQ_ROUTER);
     int64_t end = ab_now_ms() + 10000;
-    while (zmq_bind(r, th_ep(px)) != 0 && ab_now_ms() < end)
+    while (zmq_bind(t.r, th_ep(t.px)) != 0 && ab_now_ms() < end)
         th_sleep_ms(20);
-    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000)); /* A dials again */
-    s_link_send(r, rid, rlen, S_WELCOME, "C", 7);
+    REQUIRE(s_link_wait(t.r, S_HELLO, t.rid, &t.rlen, 20000)); /* A dials again */
+    s_link_send(t.r, t.rid, t.rlen, S_WELCOME, "C", 7);
     th_sleep_ms(300);
     for (int i = 0; i < 5; i++) { /* B's own connection speaks on */
-        s_link_send(d1, NULL, 0, S_HEARTBEAT, "B", 1);
-        s_link_send(d2, NULL, 0, S_HEARTBEAT, "C", 7);
+        s_link_send(t.d1, NULL, 0, S_HEARTBEAT, "B", 1);
+        s_link_send(t.d2, NULL, 0, S_HEARTBEAT, "C", 7);
         th_sleep_ms(100);
     }
-    ab_client_t *c = th_client(pa);
+    ab_client_t *c = th_client(t.pa);
     Agentbus__Stats *st = th_stats(c);
     CHECK_TRUE(st != NULL);
     if (st)
         agentbus__stats__free_unpacked(st, NULL);
     ab_client_destroy(&c);
-    CHECK_EQ(th_alive(apid), 1);
-    zmq_close(r);
-    zmq_close(d1);
-    zmq_close(d2);
-    zmq_ctx_term(ctx);
+    CHECK_EQ(th_alive(t.apid), 1);
+    s_two_end(&t);
 }
 
 /* How many links C's broker lists under NAME (brokerctl peers). */
@@ -168,34 +191,18 @@ static int s_links_named(ab_client_t *c, const char *name)
  * the dialed one joins C's. */
 static void s_renamed_up(void)
 {
-    int pa = th_free_port(), px = th_free_port();
-    char peer[64];
-    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", px);
-    void *ctx = zmq_ctx_new();
-    void *r = s_socket(ctx, ZMQ_ROUTER);
-    REQUIRE(zmq_bind(r, th_ep(px)) == 0);
-    pid_t apid = th_broker(pa, "--name", "A", "--peer", peer, "--link-heartbeat-ms", "1000",
-                           NULL);
-    uint8_t rid[256];
-    size_t rlen = 0;
-    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000));
-    s_link_send(r, rid, rlen, S_WELCOME, "B", 1);
-    void *d1 = s_socket(ctx, ZMQ_DEALER), *d2 = s_socket(ctx, ZMQ_DEALER);
-    REQUIRE(zmq_connect(d1, th_ep(pa)) == 0 && zmq_connect(d2, th_ep(pa)) == 0);
-    s_link_send(d1, NULL, 0, S_HELLO, "B", 1);
-    REQUIRE(s_link_wait(d1, S_WELCOME, NULL, NULL, 20000));
-    s_link_send(d2, NULL, 0, S_HELLO, "C", 7);
-    REQUIRE(s_link_wait(d2, S_WELCOME, NULL, NULL, 20000));
+    s_two_t t;
+    s_two_start(&t);
     ab_header_t h = ab_header_init(AB_KIND_ERROR);
     h.error_code = AB_ERR_DENIED;
     uint8_t hb[64];
     size_t hl = ab_header_encode(&h, hb, sizeof hb);
-    REQUIRE(zmq_send(r, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
-    REQUIRE(zmq_send(r, hb, hl, 0) == (int)hl);
-    REQUIRE(s_link_wait(r, S_HELLO, rid, &rlen, 20000)); /* A says HELLO again */
-    s_link_send(r, rid, rlen, S_WELCOME, "C", 7);
-    s_link_send(d1, NULL, 0, S_HEARTBEAT, "B", 1);
-    ab_client_t *c = th_client(pa);
+    REQUIRE(zmq_send(t.r, t.rid, t.rlen, ZMQ_SNDMORE) == (int)t.rlen);
+    REQUIRE(zmq_send(t.r, hb, hl, 0) == (int)hl);
+    REQUIRE(s_link_wait(t.r, S_HELLO, t.rid, &t.rlen, 20000)); /* A says HELLO again */
+    s_link_send(t.r, t.rid, t.rlen, S_WELCOME, "C", 7);
+    s_link_send(t.d1, NULL, 0, S_HEARTBEAT, "B", 1);
+    ab_client_t *c = th_client(t.pa);
     int64_t end = ab_now_ms() + 10000;
     while (s_links_named(c, "B") != 0 && ab_now_ms() < end) /* the WELCOME as C taken */
         th_sleep_ms(50);
@@ -203,12 +210,9 @@ static void s_renamed_up(void)
     int named = s_links_named(c, "C");
     printf("renamed_up: %d link(s) named C, %d named B\n", named, s_links_named(c, "B"));
     CHECK_EQ(named, 1);
-    CHECK_EQ(th_alive(apid), 1);
+    CHECK_EQ(th_alive(t.apid), 1);
     ab_client_destroy(&c);
-    zmq_close(r);
-    zmq_close(d1);
-    zmq_close(d2);
-    zmq_ctx_term(ctx);
+    s_two_end(&t);
 }
 
 /* A peer broker C sends A requests whose payloads are lz4 blocks of 4 MiB
