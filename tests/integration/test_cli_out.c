@@ -4,6 +4,7 @@
  * safely, inference commands sent to a service that is not one, the load's
  * rate. One case per ctest entry.
  */
+#include "clitest.h"
 #include "harness.h"
 #include "test.h"
 #include "util.h"
@@ -12,32 +13,14 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#define CTL th_bin("brokerctl")
-
-/* Runs a command line built from FMT; exit status, output in s_out. */
-static char s_out[65536];
-static int s_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int s_sh(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    return th_run(cmd, s_out, sizeof s_out);
-}
-
-#define HAS(s) (strstr(s_out, (s)) != NULL)
-
-/* Lines of s_out. */
+/* Lines of cli_out. */
 static int s_lines(void)
 {
     int n = 0;
-    for (const char *p = s_out; *p; p++)
+    for (const char *p = cli_out; *p; p++)
         n += *p == '\n';
     return n;
 }
@@ -76,17 +59,17 @@ static void s_peer_names(void)
     th_sleep_ms(300);
     kill(watch, SIGCONT);
     CHECK_EQ(th_wait_exit(watch, 5000), 0);
-    CHECK_EQ(s_sh("cat %s", th_log_of(watch)), 0);
+    CHECK_EQ(cli_sh("cat %s", th_log_of(watch)), 0);
     CHECK_EQ(s_lines(), 1);
-    CHECK_TRUE(!strpbrk(s_out, "\033\007\377"));
-    CHECK_EQ(s_sh("timeout 30 %s --broker %s workers", CTL, ep), 0);
+    CHECK_TRUE(!strpbrk(cli_out, "\033\007\377"));
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s workers", CTL, ep), 0);
     CHECK_EQ(s_lines(), 3); /* the header and one line each */
-    CHECK_TRUE(!strpbrk(s_out, "\033\007\377") && HAS("evil?[31m?fake? ") && HAS(" svc?[1m? "));
+    CHECK_TRUE(!strpbrk(cli_out, "\033\007\377") && HAS("evil?[31m?fake? ") && HAS(" svc?[1m? "));
     CHECK_TRUE(HAS(" k=v?]0;title?"));
-    CHECK_EQ(s_sh("timeout 30 %s --broker %s services", CTL, ep), 0);
-    CHECK_TRUE(!strpbrk(s_out, "\033\377") && HAS("svc?[1m?"));
-    CHECK_EQ(s_sh("timeout 30 %s --broker %s --json workers 2>/dev/null", CTL, ep), 0);
-    json_t *j = json_loads(s_out, 0, NULL);
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s services", CTL, ep), 0);
+    CHECK_TRUE(!strpbrk(cli_out, "\033\377") && HAS("svc?[1m?"));
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s --json workers 2>/dev/null", CTL, ep), 0);
+    json_t *j = json_loads(cli_out, 0, NULL);
     CHECK_EQ(json_array_size(j), 2);
     int named = 0;
     for (size_t i = 0; i < json_array_size(j); i++) {
@@ -95,7 +78,7 @@ static void s_peer_names(void)
     }
     CHECK_EQ(named, 1);
     json_decref(j);
-    CHECK_EQ(s_sh("timeout 30 %s --broker %s --json services 2>/dev/null", CTL, ep), 0);
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s --json services 2>/dev/null", CTL, ep), 0);
     CHECK_TRUE(HAS("\"name\": \"svc\\u001B[1m?\""));
     ab_client_destroy(&c);
 }
@@ -112,8 +95,8 @@ static void s_not_inference(void)
     REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
     const char *cmds[] = {"generate", "chat"};
     for (int i = 0; i < 2; i++) {
-        CHECK_EQ(s_sh("timeout 30 %s --broker %s %s m p --service echo", CTL, th_ep(port),
-                      cmds[i]), 1);
+        CHECK_EQ(cli_sh("timeout 30 %s --broker %s %s m p --service echo", CTL, th_ep(port),
+                        cmds[i]), 1);
         char want[128];
         snprintf(want, sizeof want, "brokerctl: MALFORMED: the answer of 'echo' is no %s answer",
                  cmds[i]);
@@ -131,9 +114,9 @@ static void s_load_rate(void)
     th_worker(port, "echo", NULL);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "echo", 1, 10000) == 0);
-    CHECK_EQ(s_sh("timeout -s INT 2 %s --broker %s --agents 2 --seconds 30; true",
-                  th_bin("agentbus-load"), th_ep(port)), 0);
-    const char *line = strstr(s_out, " ok ");
+    CHECK_EQ(cli_sh("timeout -s INT 2 %s --broker %s --agents 2 --seconds 30; true",
+                    th_bin("agentbus-load"), th_ep(port)), 0);
+    const char *line = strstr(cli_out, " ok ");
     unsigned long long ok = 0, rate = 0;
     double secs = 0;
     const char *r = line ? strchr(line, '(') : NULL;
@@ -180,11 +163,11 @@ static void s_worker_error_text(void)
     REQUIRE(pthread_create(&th, NULL, s_failer, &x) == 0);
     ab_client_t *c = th_client(port);
     REQUIRE(th_wait_workers(c, "failer", 1, 10000) == 0);
-    CHECK_EQ(s_sh("timeout 30 %s --broker %s request failer x", CTL, th_ep(port)), 1);
-    CHECK_STR(s_out, "brokerctl: APPLICATION: no?]0;pwned??brokerctl: OK?\n");
-    CHECK_EQ(s_sh("timeout 30 %s --broker %s --json request failer x 2>/dev/null", CTL,
-                  th_ep(port)), 1);
-    json_t *j = json_loads(s_out, 0, NULL);
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s request failer x", CTL, th_ep(port)), 1);
+    CHECK_STR(cli_out, "brokerctl: APPLICATION: no?]0;pwned??brokerctl: OK?\n");
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s --json request failer x 2>/dev/null", CTL,
+                    th_ep(port)), 1);
+    json_t *j = json_loads(cli_out, 0, NULL);
     CHECK_STR(json_string_value(json_object_get(j, "error")),
               "no\033]0;pwned\007\nbrokerctl: OK?");
     json_decref(j);
