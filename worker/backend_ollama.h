@@ -42,7 +42,7 @@ typedef enum {
 typedef struct {
     CURL *easy;
     char *buf;
-    size_t len;
+    size_t len, cap; /* cap: BUF's size, kept from probe to probe */
     int ok;
     int over;      /* the answer passed WK_OLLAMA_BODY_MAX */
     char why[160]; /* when not ok: what happened, for the log */

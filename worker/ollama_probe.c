@@ -29,10 +29,22 @@ static size_t s_on_probe(char *data, size_t size, size_t n, void *arg)
         p->over = 1;
         return 0;
     }
-    char *b = realloc(p->buf, p->len + bytes + 1);
-    if (!b)
-        return 0;
-    p->buf = b;
+    /* Grown by doubling: a realloc to the exact size for each piece curl
+     * hands over may copy all of it again each time (8 MiB in 16 KiB
+     * pieces: 2 GiB; ASan's realloc always moves, and an ASan worker took
+     * past its probe's 5 s on a model list it should refuse at once). */
+    if (p->len + bytes + 1 > p->cap) {
+        size_t cap = p->cap ? p->cap : 16384;
+        while (cap < p->len + bytes + 1)
+            cap *= 2;
+        if (cap > WK_OLLAMA_BODY_MAX + 1)
+            cap = WK_OLLAMA_BODY_MAX + 1;
+        char *b = realloc(p->buf, cap);
+        if (!b)
+            return 0;
+        p->buf = b;
+        p->cap = cap;
+    }
     memcpy(p->buf + p->len, data, bytes);
     p->len += bytes;
     p->buf[p->len] = '\0';
@@ -182,5 +194,6 @@ void wk_ollama_probes_free(wk_ollama_t *o)
         free(o->probes[i].buf);
         o->probes[i].easy = NULL;
         o->probes[i].buf = NULL;
+        o->probes[i].cap = 0;
     }
 }
