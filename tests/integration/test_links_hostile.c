@@ -384,6 +384,38 @@ static void s_tally_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
         printf("in_full: first error %s\n", ab_status_name(ev->status));
 }
 
+/* Raw worker W answers "ok" to every request waiting for it, and beats. */
+static void s_serve(void *w)
+{
+    rp_msg_t m;
+    while (rp_take(w, &m)) {
+        if (m.h.kind == AB_KIND_REQUEST)
+            rp_answer(w, AB_KIND_REPLY, m.h.id, "ok");
+        rp_close(&m);
+    }
+    rp_beat(w);
+}
+
+/* 1 once a request from A to service big (served by W) is answered OK,
+ * asking again until MS have passed; else 0. */
+static int s_until_ok(ab_client_t *a, void *w, int ms)
+{
+    int64_t end = ab_now_ms() + ms;
+    while (ab_now_ms() < end) {
+        s_tally_t t = {0};
+        REQUIRE(ab_client_request_start(a, "big", "p", 1, &(ab_request_opts_t){.timeout_ms = 2000},
+                                        s_tally_cb, &t, NULL) == AB_OK);
+        while (!t.done && ab_now_ms() < end) {
+            ab_client_poll(a, 10);
+            s_serve(w);
+        }
+        if (t.ok)
+            return 1;
+        th_sleep_ms(100);
+    }
+    return 0;
+}
+
 /* B dials A (A sends to B on the connection B dialed); A's pipes hold 16
  * messages (--sndhwm 16). B stops for a moment while A forwards it 48
  * requests of 1 MiB: A's sends to it fail (its pipe and the sockets are
@@ -408,27 +440,7 @@ static void s_in_full(void)
     ab_client_t *a = th_client(pa);
     char *data = calloc(1, SIZE);
     REQUIRE(data != NULL);
-    s_tally_t probe = {0};
-    int64_t end = ab_now_ms() + 30000;
-    while (!probe.ok && ab_now_ms() < end) { /* B's service reached A */
-        s_tally_t t = {0};
-        REQUIRE(ab_client_request_start(a, "big", "p", 1, &(ab_request_opts_t){.timeout_ms = 2000},
-                                        s_tally_cb, &t, NULL) == AB_OK);
-        while (!t.done && ab_now_ms() < end) {
-            ab_client_poll(a, 10);
-            rp_msg_t m;
-            while (rp_take(w, &m)) {
-                if (m.h.kind == AB_KIND_REQUEST)
-                    rp_answer(w, AB_KIND_REPLY, m.h.id, "ok");
-                rp_close(&m);
-            }
-            rp_beat(w);
-        }
-        probe.ok = t.ok;
-        if (!t.ok)
-            th_sleep_ms(100);
-    }
-    REQUIRE(probe.ok);
+    REQUIRE(s_until_ok(a, w, 30000)); /* B's service reached A */
     kill(bpid, SIGSTOP);
     s_tally_t t = {0};
     for (int i = 0; i < N; i++)
@@ -436,20 +448,14 @@ static void s_in_full(void)
                                         &(ab_request_opts_t){.timeout_ms = 15000}, s_tally_cb, &t,
                                         NULL) == AB_OK);
     int64_t cont = ab_now_ms() + 1500;
-    end = ab_now_ms() + 25000;
+    int64_t end = ab_now_ms() + 25000;
     while (t.done < N && ab_now_ms() < end) {
         if (cont && ab_now_ms() >= cont) {
             kill(bpid, SIGCONT);
             cont = 0;
         }
         ab_client_poll(a, 10);
-        rp_msg_t m;
-        while (rp_take(w, &m)) {
-            if (m.h.kind == AB_KIND_REQUEST)
-                rp_answer(w, AB_KIND_REPLY, m.h.id, "ok");
-            rp_close(&m);
-        }
-        rp_beat(w);
+        s_serve(w);
     }
     if (cont)
         kill(bpid, SIGCONT);
@@ -461,25 +467,7 @@ static void s_in_full(void)
         agentbus__stats__free_unpacked(st, NULL);
     CHECK_EQ(t.done, N);
     CHECK_EQ(t.deadline, 0);
-    s_tally_t again = {0};
-    end = ab_now_ms() + 20000;
-    while (!again.ok && ab_now_ms() < end) { /* B's service is A's again */
-        s_tally_t one = {0};
-        REQUIRE(ab_client_request_start(a, "big", "p", 1, &(ab_request_opts_t){.timeout_ms = 2000},
-                                        s_tally_cb, &one, NULL) == AB_OK);
-        while (!one.done && ab_now_ms() < end) {
-            ab_client_poll(a, 10);
-            rp_msg_t m;
-            while (rp_take(w, &m)) {
-                if (m.h.kind == AB_KIND_REQUEST)
-                    rp_answer(w, AB_KIND_REPLY, m.h.id, "ok");
-                rp_close(&m);
-            }
-            rp_beat(w);
-        }
-        again.ok = one.ok;
-    }
-    CHECK_EQ(again.ok, 1);
+    CHECK_EQ(s_until_ok(a, w, 20000), 1); /* B's service is A's again */
     free(data);
     ab_client_destroy(&a);
     rp_end(&w, 1);
