@@ -227,45 +227,54 @@ case_broker_conf_tab()
 case_bash_completion()
 {
     need bash
-    # In a clean shell, as bash would when TAB is pressed: WORDS... gives
-    # the command line, the last word being completed.
-    complete_words()
-    {
-        PATH="$bin:$PATH" bash --norc --noprofile -c '
-            source "$1"; shift
-            COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))
-            COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
-            _brokerctl
-            printf "%s\n" "${COMPREPLY[@]}" | sort | tr "\n" " "' \
-            _ "$src/etc/bash-completion/brokerctl" "$@"
-    }
-    expect()
-    {
-        local want=$1 got
-        shift
-        got=$(complete_words "$@")
-        [[ $got == "$want " ]] || fail "completing '$*': got '$got', want '$want'"
-    }
-    expect "stats" brokerctl st
-    expect "watch workers" brokerctl w
-    expect "send services stats sub" brokerctl s
-    expect "--timeout-ms" brokerctl --tim
-    expect "--json" brokerctl --broker tcp://127.0.0.1:5555 --js
-    expect "stats" brokerctl --broker=tcp://127.0.0.1:5555 --timeout-ms 100 st
-    expect "clear" brokerctl cache cl
-    expect "l1 l2 l3" brokerctl cache clear --tier ""
-    expect "load" brokerctl models lo
-    # After the command, words are its arguments: no command names.
-    expect "" brokerctl stats s
-    # Each command's own options, and the values of options that take one
-    # (read from the help texts: "--opt VALUE").
-    expect "--priority" brokerctl request svc data --pri
-    expect "--watch" brokerctl stats --wa
-    expect "batch interactive normal" brokerctl generate --priority ""
-    expect "admin agent" brokerctl keygen bob --role a
-    expect "stats" brokerctl --key /dev/null --broker-key /dev/null st
-    expect "" brokerctl --timeout-ms ""
-    expect "/dev/null" brokerctl --key /dev/nu
+    # One clean shell for every case, as one session pressing TAB again and
+    # again: the completion reads brokerctl's help texts once per shell
+    # (about 20 runs of brokerctl); a shell per case made this case cost
+    # 400 runs and pass its 60 s on a busy machine. Each line below is the
+    # completions wanted, '|', then the command line, whose last word is
+    # the one being completed. After a command, words are its arguments
+    # (no command names); a command's own options, and the values of
+    # options that take one, are read from the help texts ("--opt VALUE").
+    cat >"$tmp/cases" <<'EOF'
+stats|brokerctl st
+watch workers|brokerctl w
+send services stats sub|brokerctl s
+--timeout-ms|brokerctl --tim
+--json|brokerctl --broker tcp://127.0.0.1:5555 --js
+stats|brokerctl --broker=tcp://127.0.0.1:5555 --timeout-ms 100 st
+clear|brokerctl cache cl
+l1 l2 l3|brokerctl cache clear --tier ""
+load|brokerctl models lo
+|brokerctl stats s
+--priority|brokerctl request svc data --pri
+--watch|brokerctl stats --wa
+batch interactive normal|brokerctl generate --priority ""
+admin agent|brokerctl keygen bob --role a
+stats|brokerctl --key /dev/null --broker-key /dev/null st
+|brokerctl --timeout-ms ""
+/dev/null|brokerctl --key /dev/nu
+EOF
+    # The shell prints a line for each case that differs, then how many
+    # cases it completed.
+    cat >"$tmp/complete.sh" <<'EOF'
+source "$1"
+n=0
+while IFS='|' read -r want words; do
+    eval "set -- $words"
+    COMP_WORDS=("$@") COMP_CWORD=$(($# - 1)) COMP_LINE="$*" COMPREPLY=()
+    COMP_POINT=${#COMP_LINE}
+    _brokerctl
+    got=$(printf '%s\n' "${COMPREPLY[@]}" | sort | tr '\n' ' ')
+    [[ $got == "$want " ]] || echo "completing '$words': got '$got', want '$want'"
+    n=$((n + 1))
+done <"$2"
+echo "completed $n"
+EOF
+    local out want
+    out=$(PATH="$bin:$PATH" bash --norc --noprofile "$tmp/complete.sh" \
+        "$src/etc/bash-completion/brokerctl" "$tmp/cases")
+    want="completed $(wc -l <"$tmp/cases")"
+    [[ $out == "$want" ]] || fail "$out (want only '$want')"
     # Registered for brokerctl.
     PATH="$bin:$PATH" bash --norc --noprofile -c 'source "$1"; complete -p brokerctl' \
         _ "$src/etc/bash-completion/brokerctl" | grep -- '-F _brokerctl' >/dev/null ||
