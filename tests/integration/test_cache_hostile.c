@@ -80,7 +80,12 @@ static Agentbus__CacheStats *s_cstats(ab_client_t *c, Agentbus__Stats **keep)
 void cache_lz4_bomb(void)
 {
     int port = th_free_port();
-    th_broker(port, NULL);
+    /* The worker's library inflates each unmarked bomb (64 MiB) on the
+     * thread that sends its heartbeats: on a machine starved enough (load
+     * 18 on 2 cores) that took seconds, the worker was declared dead and
+     * its request dispatched again (7 jobs, 2 errors). Silence is not what
+     * this case tests: heartbeats every 3 s, a worker's every 5 s. */
+    th_broker(port, "--heartbeat-ms", "3000", "--health-floor-ms", "5000", NULL);
     ab_client_t *c = th_client(port);
     ct_wk_t x = {.port = port, .service = "infer"};
     pthread_t th = ct_worker_start(&x, c);
