@@ -18,6 +18,7 @@
 #include "keycmd.h"
 #include "tl_args.h"
 #include "tl_clock.h"
+#include "grow.h"
 
 #include <jansson.h>
 #include <signal.h>
@@ -153,7 +154,7 @@ static char *s_read_stdin(size_t *len)
 typedef struct {
     int done, status;
     char *buf;
-    size_t len;
+    size_t len, cap;
     char error[512];
 } s_reply_t;
 
@@ -162,13 +163,11 @@ static void s_on_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
     (void)c;
     s_reply_t *r = arg;
-    if (ev->size) {
-        char *nb = realloc(r->buf, r->len + ev->size);
-        if (nb) {
-            memcpy(nb + r->len, ev->data, ev->size);
-            r->buf = nb;
-            r->len += ev->size;
-        }
+    /* By doubling: a realloc to the exact size for each chunk copied the
+     * whole answer again each time (base/grow.h). */
+    if (ev->size && ab_grow(&r->buf, &r->cap, r->len + ev->size) == 0) {
+        memcpy(r->buf + r->len, ev->data, ev->size);
+        r->len += ev->size;
     }
     if (ev->final) {
         r->done = 1;
