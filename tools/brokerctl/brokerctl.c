@@ -44,7 +44,8 @@ static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
 /* Bad usage found before anything is sent: "brokerctl: TEXT" on stderr and,
  * with --json, {"ok": false, "code": "USAGE", ...} on stdout as for any
  * other usage error (a bad --key, --broker-key or $AB_BROKER printed
- * nothing there). Returns 2, the exit status. */
+ * nothing there; so does one in $AB_KEY or $AB_BROKER_KEY). Returns 2, the
+ * exit status. */
 static int s_usage_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int s_usage_fail(const char *fmt, ...)
 {
@@ -397,16 +398,22 @@ static int s_client_new(const ctl_args_t *a, ab_client_t **c)
         return s_usage_fail("listen: invalid agent name '%s'", a->pos[0]);
     }
     ab_options_set_takeover(o, a->takeover);
-    const char *bad = a->key && ab_options_set_key_file(o, a->key) != AB_OK ? "--key" : NULL;
-    if (!bad && a->broker_key && ab_options_set_broker_key(o, a->broker_key) != AB_OK)
-        bad = "--broker-key";
+    /* $AB_KEY and $AB_BROKER_KEY are the same values as the flags, with
+     * the same exit status 2 (one in $AB_KEY failed later, in
+     * ab_client_new, exit 1 and not named). */
+    const char *ek = getenv("AB_KEY"), *ebk = getenv("AB_BROKER_KEY");
+    const char *key = a->key ? a->key : ek && *ek ? ek : NULL;
+    const char *bkey = a->broker_key ? a->broker_key : ebk && *ebk ? ebk : NULL;
+    const char *bad = key && ab_options_set_key_file(o, key) != AB_OK
+                          ? (a->key ? "--key" : "$AB_KEY") : NULL;
+    if (!bad && bkey && ab_options_set_broker_key(o, bkey) != AB_OK)
+        bad = a->broker_key ? "--broker-key" : "$AB_BROKER_KEY";
     if (bad) {
+        int is_key = !strcmp(bad, "--key") || !strcmp(bad, "$AB_KEY");
         ab_options_destroy(&o);
-        return s_usage_fail("%s '%s' cannot be used: expected %s", bad,
-                            bad[2] == 'k' ? a->key : a->broker_key,
-                            bad[2] == 'k'
-                                ? "a readable secret certificate (keygen's NAME.key_secret)"
-                                : "a Z85 public key (40 characters) or a certificate file");
+        return s_usage_fail("%s '%s' cannot be used: expected %s", bad, is_key ? key : bkey,
+                            is_key ? "a readable secret certificate (keygen's NAME.key_secret)"
+                                   : "a Z85 public key (40 characters) or a certificate file");
     }
     int rc = ab_client_new(c, o);
     ab_options_destroy(&o);

@@ -1,0 +1,69 @@
+/*
+ * test_cli_exit.c - what every program does with its command line, alike
+ * (ctest cli_exit_*, with test_cli.c): a key that cannot be used is bad
+ * usage (exit 2, named) from a flag or the environment, in every program.
+ * One case per ctest entry.
+ */
+#include "clitest.h"
+#include "harness.h"
+#include "test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A key that cannot be used: exit 2 and its source named, whether given as
+ * a flag or in the environment. brokerctl's $AB_KEY was exit 1 ("INVALID:
+ * key file ...") while its --key was 2; the worker's and the gateway's
+ * were 1 either way; a KEYFILE named in the gateway's --api-keys file was
+ * exit 1 after the file had passed its checks; agentbus-load with a bad
+ * $AB_KEY said "no broker reachable". No broker is needed: each is
+ * refused before connecting. */
+static void s_exit_keys(void)
+{
+    const char *ep = "tcp://127.0.0.1:1";
+    char ctl[1024], wk[1024], gw[1024];
+    snprintf(ctl, sizeof ctl, "%s --broker %s stats", CTL, ep);
+    snprintf(wk, sizeof wk, "%s --broker %s", th_bin("agentbus-worker"), ep);
+    snprintf(gw, sizeof gw, "%s --broker %s --listen 127.0.0.1:0 --quiet",
+             th_bin("agentbus-gateway"), ep);
+    const char *progs[] = {ctl, wk, gw};
+    for (size_t i = 0; i < 3; i++) {
+        CHECK_EQ(cli_sh("AB_KEY=/nonexistent timeout 10 %s", progs[i]), 2);
+        CHECK_TRUE(HAS("AB_KEY") && HAS("'/nonexistent'"));
+        CHECK_EQ(cli_sh("timeout 10 %s --key /nonexistent", progs[i]), 2);
+        CHECK_TRUE(HAS("--key") && HAS("'/nonexistent'"));
+        CHECK_EQ(cli_sh("AB_BROKER_KEY=garbage timeout 10 %s", progs[i]), 2);
+        CHECK_TRUE(HAS("AB_BROKER_KEY") && HAS("'garbage'"));
+        CHECK_EQ(cli_sh("timeout 10 %s --broker-key garbage", progs[i]), 2);
+        CHECK_TRUE(HAS("--broker-key") && HAS("'garbage'"));
+    }
+    /* brokerctl --json: the same USAGE object as for --key. */
+    CHECK_EQ(cli_sh("AB_KEY=/nonexistent timeout 10 %s --json 2>/dev/null", ctl), 2);
+    CHECK_TRUE(HAS("\"code\": \"USAGE\"") && HAS("$AB_KEY '/nonexistent' cannot be used"));
+    /* The gateway's --api-keys file naming a key file it cannot use. */
+    char keys[] = "/tmp/ab-cli-exitXXXXXX";
+    int fd = mkstemp(keys);
+    REQUIRE(fd >= 0);
+    const char line[] = "a 0123456789abcdef0123 /nonexistent.key_secret\n";
+    REQUIRE(write(fd, line, sizeof line - 1) == (ssize_t)(sizeof line - 1));
+    close(fd);
+    REQUIRE(chmod(keys, 0600) == 0);
+    CHECK_EQ(cli_sh("timeout 10 %s --api-keys %s", gw, keys), 2);
+    CHECK_TRUE(HAS(":1: cannot use the key file /nonexistent.key_secret"));
+    unlink(keys);
+    /* The load tools take keys from the environment only. */
+    CHECK_EQ(cli_sh("AB_KEY=/nonexistent timeout 10 %s --broker %s --seconds 1",
+                    th_bin("agentbus-load"), ep), 2);
+    CHECK_TRUE(HAS("key file '/nonexistent'") && !HAS("no broker reachable"));
+}
+
+int main(int argc, char **argv)
+{
+    static const th_case_t cases[] = {
+        {"exit_keys", s_exit_keys},
+    };
+    return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
+}
