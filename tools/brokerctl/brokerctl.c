@@ -263,11 +263,7 @@ static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
                               "free_credit", (json_int_t)w->free_credit, "interval_ms",
                               (json_int_t)w->interval_ms, "suspicion", w->suspicion,
                               "ejections", (json_int_t)w->ejections, "backend_state", state);
-        char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        if (s)
-            printf("%s\n", s);
-        free(s);
-        json_decref(j);
+        ctl_json_print(stdout, j); /* one line: watch is a stream */
     } else {
         char word[16];
         printf("%-7s %-16s %-16s %-9s backend %-7s free %u/%u  interval %u ms  phi %.1f  "
