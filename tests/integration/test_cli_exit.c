@@ -1,8 +1,8 @@
 /*
  * test_cli_exit.c - what every program does with its command line, alike
  * (ctest cli_exit_*, with test_cli.c): a key that cannot be used is bad
- * usage (exit 2, named) from a flag or the environment, in every program.
- * One case per ctest entry.
+ * usage (exit 2, named) from a flag or the environment, in every program;
+ * long options by their whole name only. One case per ctest entry.
  */
 #include "clitest.h"
 #include "harness.h"
@@ -60,10 +60,40 @@ static void s_exit_keys(void)
     CHECK_TRUE(HAS("key file '/nonexistent'") && !HAS("no broker reachable"));
 }
 
+/* Long options by their whole name only, in every program: ollama-sim
+ * (getopt_long) took any unambiguous prefix, `--por 1234` as --port and
+ * `--vers` as --version; the others refused them already. */
+static void s_exact_names(void)
+{
+    const char *sim = th_bin("ollama-sim");
+    const char *cut[] = {"--por 0", "--vers", "--num-par 2", "--con /dev/null", "--qui"};
+    for (size_t i = 0; i < sizeof cut / sizeof cut[0]; i++) {
+        CHECK_EQ(cli_sh("timeout 10 %s --port 0 --quiet %s", sim, cut[i]), 2);
+        char want[64];
+        snprintf(want, sizeof want, "unknown option \"%.*s\"", (int)strcspn(cut[i], " "),
+                 cut[i]);
+        CHECK_TRUE(HAS(want));
+    }
+    /* A value that starts with "--" is still a value; --opt=VALUE as ever. */
+    CHECK_EQ(cli_sh("timeout 10 %s --port=0 --quiet --version-string=--x --version", sim), 0);
+    CHECK_TRUE(HAS("ollama-sim "));
+    const char *others[] = {"agentbus-broker --bin tcp://127.0.0.1:0", "brokerctl stats --brok x",
+                            "agentbus-worker --brok x", "agentbus-gateway --liste 127.0.0.1:0",
+                            "agentbus-load --secon 1", "agentbus-infer-load --secon 1",
+                            "agentbus-faults --vers"};
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+        char prog[64];
+        snprintf(prog, sizeof prog, "%.*s", (int)strcspn(others[i], " "), others[i]);
+        CHECK_EQ(cli_sh("timeout 10 %s %s", th_bin(prog), strchr(others[i], ' ') + 1), 2);
+        CHECK_TRUE(HAS("unknown option"));
+    }
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"exit_keys", s_exit_keys},
+        {"exact_names", s_exact_names},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
