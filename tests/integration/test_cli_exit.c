@@ -2,7 +2,8 @@
  * test_cli_exit.c - what every program does with its command line, alike
  * (ctest cli_exit_*, with test_cli.c): a key that cannot be used is bad
  * usage (exit 2, named) from a flag or the environment, in every program;
- * long options by their whole name only. One case per ctest entry.
+ * --version and --help on stdout, exit 0, in every program built; long
+ * options by their whole name only. One case per ctest entry.
  */
 #include "clitest.h"
 #include "harness.h"
@@ -60,6 +61,44 @@ static void s_exit_keys(void)
     CHECK_TRUE(HAS("key file '/nonexistent'") && !HAS("no broker reachable"));
 }
 
+/* Every program the project builds (bench ones included): --version is
+ * "PROGRAM VERSION" on stdout, --help its usage on stdout, exit 0, nothing
+ * on stderr. The attack tools, agentbus-link-echo, agentbus-gateway-bench
+ * and ab-linkproxy-c had no --version (usage on stderr, exit 2, or taken
+ * for a port); agentbus-lanes-bench had none, and link-echo, gateway-bench
+ * and the link proxy no --help. */
+static void s_version_help(void)
+{
+    static const char *progs[] = {
+        "agentbus-broker", "agentbus-worker", "brokerctl", "agentbus-gateway", "agentbus-load",
+        "agentbus-infer-load", "ollama-sim", "agentbus-faults", "ab-linkproxy-c",
+        "agentbus-attack-slow", "agentbus-attack-bomb", "agentbus-attack-cancel",
+        "agentbus-attack-services", "agentbus-attack-names", "agentbus-bench",
+        "agentbus-cache-bench", "agentbus-link-echo", "agentbus-scenario",
+        "agentbus-lanes-bench", "agentbus-gateway-bench"};
+    for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++) {
+        const char *bin = th_bin(progs[i]);
+        if (access(bin, X_OK) != 0) { /* AB_BUILD_BENCH off: the benches are not built */
+            printf("skipped: %s (not built)\n", progs[i]);
+            continue;
+        }
+        char want[128];
+        snprintf(want, sizeof want, "%s %s\n", progs[i], ab_version());
+        CHECK_EQ(cli_sh("timeout 10 %s --version 2>/dev/null", bin), 0);
+        if (strcmp(cli_out, want) != 0)
+            fprintf(stderr, "%s --version: \"%s\"\n", progs[i], cli_out);
+        CHECK_STR(cli_out, want);
+        CHECK_EQ(cli_sh("timeout 10 %s --version 2>&1 >/dev/null", bin), 0);
+        CHECK_STR(cli_out, ""); /* nothing on stderr */
+        CHECK_EQ(cli_sh("timeout 10 %s --help 2>/dev/null", bin), 0);
+        if (!HAS("sage"))
+            fprintf(stderr, "%s --help: \"%s\"\n", progs[i], cli_out);
+        CHECK_TRUE(HAS("sage") || HAS("SAGE")); /* usage, Usage or USAGE */
+        CHECK_EQ(cli_sh("timeout 10 %s --help 2>&1 >/dev/null", bin), 0);
+        CHECK_STR(cli_out, "");
+    }
+}
+
 /* Long options by their whole name only, in every program: ollama-sim
  * (getopt_long) took any unambiguous prefix, `--por 1234` as --port and
  * `--vers` as --version; the others refused them already. */
@@ -93,6 +132,7 @@ int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"exit_keys", s_exit_keys},
+        {"version_help", s_version_help},
         {"exact_names", s_exact_names},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
