@@ -243,10 +243,18 @@ int main(int argc, char **argv)
 {
     /* 85%: the seed workload's pool share */
     s_cfg_t cfg = {NULL, NULL, "sim-small", 32, 5, 85, 8, 1};
+    static const char usage[] = "usage: agentbus-gateway-bench --direct URL --gateway URL "
+                                "[--agents N] [--seconds S] [--repeat-pct P] [--num-predict N] "
+                                "[--model M] [--rounds N]\n";
+    int info = tl_info_flag(argc, argv); /* as every program (README) */
+    if (info == TL_INFO_HELP)
+        fputs(usage, stdout);
+    else if (info == TL_INFO_VERSION) /* no libagentbus here: the version CMake gives */
+        tl_print_version("agentbus-gateway-bench", AB_PROGRAM_VERSION);
+    if (info)
+        return 0;
     if (s_args(argc, argv, &cfg) != 0) {
-        fprintf(stderr, "usage: agentbus-gateway-bench --direct URL --gateway URL [--agents N] "
-                        "[--seconds S] [--repeat-pct P] [--num-predict N] [--model M] "
-                        "[--rounds N]\n");
+        fputs(usage, stderr);
         return 2;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -319,6 +319,10 @@ static int s_parse(s_opts_t *o, int argc, char **argv)
             s_usage();
             return 1;
         }
+        if (!strcmp(f, "--version")) { /* as every program (README) */
+            tl_print_version("agentbus-lanes-bench", ab_version());
+            return 1;
+        }
         if (!v)
             return -1;
         i++;

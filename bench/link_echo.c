@@ -17,6 +17,8 @@
 #include "bare_hop.h"
 #include "tl_hist.h"
 #include "parse.h"
+#include "tl_args.h"
+#include "agentbus.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,10 +84,23 @@ static int s_rr(int port, double secs, int window, int count)
     return 0;
 }
 
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: agentbus-link-echo serve PORT\n"
+               "       agentbus-link-echo rr PORT SECONDS WINDOW LATENCY_COUNT\n");
+}
+
 int main(int argc, char **argv)
 {
     long port, window, count;
     double secs;
+    int info = tl_info_flag(argc, argv); /* as every program (README) */
+    if (info == TL_INFO_HELP)
+        s_usage(stdout);
+    else if (info == TL_INFO_VERSION)
+        tl_print_version("agentbus-link-echo", ab_version());
+    if (info)
+        return 0;
     /* atoi and atof read "80x" as 80 and "abc" as 0 */
     if (argc == 3 && !strcmp(argv[1], "serve") && !ab_parse_long(argv[2], 1, 65535, &port))
         return s_serve((int)port);
@@ -94,7 +109,6 @@ int main(int argc, char **argv)
         !ab_parse_long(argv[4], 1, 1000000, &window) &&
         !ab_parse_long(argv[5], 1, 100000000, &count))
         return s_rr((int)port, secs, (int)window, (int)count);
-    fprintf(stderr, "usage: agentbus-link-echo serve PORT\n"
-                    "       agentbus-link-echo rr PORT SECONDS WINDOW LATENCY_COUNT\n");
+    s_usage(stderr);
     return 2;
 }

@@ -10,6 +10,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "tl_clock.h"
+#include "grow.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -20,18 +21,17 @@
 /* --- HTTP helper --------------------------------------------------------------- */
 typedef struct {
     char *p;
-    size_t n;
+    size_t n, cap;
 } s_buf_t;
 
+/* The answer grows by doubling (base/grow.h says why). */
 static size_t s_collect(char *ptr, size_t size, size_t n, void *arg)
 {
     s_buf_t *b = arg;
     size_t len = size * n;
-    char *q = realloc(b->p, b->n + len + 1);
-    if (!q)
+    if (ab_grow(&b->p, &b->cap, b->n + len + 1) != 0)
         return 0;
-    memcpy(q + b->n, ptr, len);
-    b->p = q;
+    memcpy(b->p + b->n, ptr, len);
     b->n += len;
     b->p[b->n] = '\0';
     return len;
@@ -40,7 +40,7 @@ static size_t s_collect(char *ptr, size_t size, size_t n, void *arg)
 char *sc_http(const char *url, const char *body, long *status)
 {
     CURL *e = curl_easy_init();
-    s_buf_t b = {NULL, 0};
+    s_buf_t b = {NULL, 0, 0};
     if (!e)
         return NULL;
     curl_easy_setopt(e, CURLOPT_URL, url);

@@ -2,6 +2,7 @@
  * gw_keys.c - the API keys file and the bearer-token lookup.
  */
 #include "gw_keys.h"
+#include "agentbus.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -32,9 +33,21 @@ static int s_token_ok(const char *t, size_t len)
     return 1;
 }
 
-/* The index (1-based) of KEYFILE in the identities, added if new; 0 when
- * there are too many. */
-static unsigned s_ident(gw_keys_t *k, const char *dir, const char *file)
+/* Whether the library takes PATH as a secret certificate, as the bus
+ * connection made for it later will. */
+static int s_keyfile_ok(const char *path)
+{
+    ab_options_t *o = ab_options_new();
+    int ok = o && ab_options_set_key_file(o, path) == AB_OK;
+    ab_options_destroy(&o);
+    return ok;
+}
+
+/* The index (1-based) of KEYFILE in the identities, added if new; 0 (and
+ * the reason in ERR) when there are too many or a new one is not a usable
+ * secret certificate: checked here, with the file's other checks, so that
+ * it is bad usage (exit 2) naming the line, not a failure to connect. */
+static unsigned s_ident(gw_keys_t *k, const char *dir, const char *file, char *err, size_t cap)
 {
     char path[4096];
     if (file[0] == '/' || !dir[0])
@@ -44,9 +57,18 @@ static unsigned s_ident(gw_keys_t *k, const char *dir, const char *file)
     for (unsigned i = 0; i < k->n_idents; i++)
         if (strcmp(k->idents[i], path) == 0)
             return i + 1;
-    if (k->n_idents == GW_IDENTS_MAX)
+    if (k->n_idents == GW_IDENTS_MAX) {
+        snprintf(err, cap, "more than %d distinct key files", GW_IDENTS_MAX);
         return 0;
+    }
+    if (!s_keyfile_ok(path)) {
+        snprintf(err, cap, "cannot use the key file %s (a secret certificate from brokerctl "
+                 "keygen is expected)", path);
+        return 0;
+    }
     k->idents[k->n_idents] = strdup(path);
+    if (!k->idents[k->n_idents])
+        snprintf(err, cap, "out of memory");
     return k->idents[k->n_idents] ? ++k->n_idents : 0;
 }
 
@@ -90,10 +112,8 @@ static int s_line(gw_keys_t *k, const char *dir, char *line, char *err, size_t c
     snprintf(e->name, sizeof e->name, "%s", f[0]);
     memcpy(e->token, f[1], tl + 1);
     e->token_len = tl;
-    if (n == 3 && !(e->ident = s_ident(k, dir, f[2]))) {
-        snprintf(err, cap, "more than %d distinct key files", GW_IDENTS_MAX);
+    if (n == 3 && !(e->ident = s_ident(k, dir, f[2], err, cap)))
         return -1;
-    }
     k->n++;
     return 0;
 }

@@ -43,8 +43,8 @@ typedef struct {
 
 /* Reads PATH into *KEYS. The file must not be readable or writable by group
  * or others (it holds secrets), NAMEs and TOKENs must be unique, TOKENs at
- * least GW_TOKEN_MIN characters. 0, or -1 with the reason (file and line)
- * in ERR. */
+ * least GW_TOKEN_MIN characters, each KEYFILE a secret certificate the
+ * library can use. 0, or -1 with the reason (file and line) in ERR. */
 int gw_keys_load(gw_keys_t *keys, const char *path, char *err, size_t cap);
 void gw_keys_free(gw_keys_t *keys);
 

@@ -9,6 +9,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "tl_json.h"
+#include "grow.h"
 
 #include <float.h>
 #include <stdio.h>
@@ -773,16 +774,15 @@ static json_t *s_embeddings(gw_conn_t *c, const void *pb, size_t len)
     return o;
 }
 
-/* S appended to *BUF (*LEN bytes so far); on no memory the piece is lost
- * (the reply is then short, as when the text's realloc fails). */
-static void s_append(char **buf, size_t *len, const char *s)
+/* S appended to *BUF (*LEN bytes so far of *CAP), which grows by doubling
+ * (base/grow.h says why); on no memory the piece is lost (the reply is then
+ * short). */
+static void s_append(char **buf, size_t *len, size_t *cap, const char *s)
 {
     size_t n = s ? strlen(s) : 0;
-    char *t = n ? realloc(*buf, *len + n + 1) : NULL;
-    if (!t)
+    if (!n || ab_grow(buf, cap, *len + n + 1) != 0)
         return;
-    memcpy(t + *len, s, n + 1);
-    *buf = t;
+    memcpy(*buf + *len, s, n + 1);
     *len += n;
 }
 
@@ -791,9 +791,9 @@ static enum MHD_Result s_single(gw_conn_t *c)
 {
     gw_call_t *k = c->call;
     char *text = NULL;
-    size_t tlen = 0;
+    size_t tlen = 0, tcap = 0;
     char *think = NULL;
-    size_t klen = 0;
+    size_t klen = 0, kcap = 0;
     json_t *out = NULL;
     const char *finish = "stop";
     uint64_t prompt = 0, eval = 0;
@@ -807,8 +807,8 @@ static enum MHD_Result s_single(gw_conn_t *c)
             json_decref(out);
             out = s_embeddings(c, e->data, e->size);
         } else if (e->status == AB_OK && s_piece(c->kind, e->data, e->size, &p) == 0) {
-            s_append(&text, &tlen, p.text);
-            s_append(&think, &klen, p.thinking);
+            s_append(&text, &tlen, &tcap, p.text);
+            s_append(&think, &klen, &kcap, p.thinking);
             if (p.done)
                 finish = s_finish(p.done_reason), prompt = p.prompt, eval = p.eval;
             if (c->kind == GW_CHAT)

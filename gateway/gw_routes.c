@@ -8,6 +8,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 #include "tl_json.h"
+#include "grow.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -287,7 +288,7 @@ static enum MHD_Result s_single(gw_conn_t *c)
     json_t *last = NULL;
     gw_raw_list_t calls = {0}, lps = {0}; /* of every chunk: their items, as text */
     char *text = NULL;
-    size_t tlen = 0;
+    size_t tlen = 0, tcap = 0;
     int status = AB_OK, undecoded = 0;
     pthread_mutex_lock(&k->lock);
     gw_event_t *e;
@@ -300,13 +301,10 @@ static enum MHD_Result s_single(gw_conn_t *c)
         const char *piece = json_string_value(json_object_get(o, "response"));
         if (!piece)
             piece = json_string_value(json_object_get(json_object_get(o, "message"), "content"));
-        if (piece && *piece) {
-            char *p = realloc(text, tlen + strlen(piece) + 1);
-            if (p) {
-                memcpy(p + tlen, piece, strlen(piece) + 1);
-                text = p;
-                tlen += strlen(piece);
-            }
+        size_t plen = piece ? strlen(piece) : 0; /* by doubling: base/grow.h says why */
+        if (plen && ab_grow(&text, &tcap, tlen + plen + 1) == 0) {
+            memcpy(text + tlen, piece, plen + 1);
+            tlen += plen;
         }
         gw_raw_list_add(&calls, json_object_get(json_object_get(o, "message"), "tool_calls"));
         gw_raw_list_add(&lps, json_object_get(o, "logprobs"));

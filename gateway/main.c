@@ -334,7 +334,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (s_check_keys() != 0)
-        return 1; /* an unusable key file: 1, as docs/gateway.md has it */
+        return 2; /* a bad value, as brokerctl's and the worker's (docs/gateway.md) */
     if (g.cfg.api_keys && gw_keys_load(&g.keys, g.cfg.api_keys, err, sizeof err) != 0) {
         fprintf(stderr, "agentbus-gateway: --api-keys: %s\n", err);
         return 2;

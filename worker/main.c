@@ -205,6 +205,27 @@ static int s_check_ollama_url(const char *url, char *why, size_t cap)
 
 /* The broker's endpoint and the Ollama URL, checked before anything
  * starts: a typo is exit 2 naming the value, not a worker that waits. */
+/* The keys (flag, else environment) as the library will take them: one it
+ * cannot use is a bad value, exit 2 naming where it came from, as brokerctl
+ * and the gateway say it (it was exit 1 after the worker was made). */
+static int s_check_keys(const s_args_t *a)
+{
+    const char *ek = getenv("AB_KEY"), *ebk = getenv("AB_BROKER_KEY");
+    const char *key = a->key ? a->key : ek && *ek ? ek : NULL;
+    const char *bkey = a->broker_key ? a->broker_key : ebk && *ebk ? ebk : NULL;
+    ab_options_t *o = ab_options_new();
+    int bad_key = o && key && ab_options_set_key_file(o, key) != AB_OK;
+    int bad_bkey = o && !bad_key && bkey && ab_options_set_broker_key(o, bkey) != AB_OK;
+    ab_options_destroy(&o);
+    if (bad_key)
+        fprintf(stderr, "agentbus-worker: %s '%s': not a readable secret certificate "
+                "(brokerctl keygen's NAME.key_secret)\n", a->key ? "--key" : "$AB_KEY", key);
+    if (bad_bkey)
+        fprintf(stderr, "agentbus-worker: %s '%s': neither a Z85 public key nor a certificate "
+                "file\n", a->broker_key ? "--broker-key" : "$AB_BROKER_KEY", bkey);
+    return bad_key || bad_bkey ? -1 : 0;
+}
+
 static int s_check(s_args_t *a)
 {
     const char *env = getenv("AB_BROKER");
@@ -220,7 +241,7 @@ static int s_check(s_args_t *a)
                 why);
         return -1;
     }
-    return 0;
+    return s_check_keys(a);
 }
 
 /* The adaptive limit's floor under its maximum: the backend took the

@@ -226,7 +226,8 @@ apikeys_check() {
   bad_keys "a keys file open to others" 2 'chmod 600' "a $tok_full\n" 644
   bad_keys "a short token" 2 'bad-keys:2: token' "# c\nshort abc\n"
   bad_keys "a repeated token" 2 'repeats' "a $tok_full\nb $tok_full\n"
-  bad_keys "a missing key file" 1 'cannot use the key file' "a $tok_full /nonexistent.key_secret\n"
+  bad_keys "a missing key file" 2 'bad-keys:1: cannot use the key file' \
+    "a $tok_full /nonexistent.key_secret\n"
 }
 
 # --version: "agentbus-gateway VERSION" on stdout, exit 0, the version

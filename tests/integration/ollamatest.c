@@ -2,6 +2,7 @@
 #include "harness.h"
 #include "test.h"
 #include "util.h"
+#include "grow.h"
 #include "ollamatest.h"
 
 #include <curl/curl.h>
@@ -13,16 +14,16 @@
 /* --- the simulator ---------------------------------------------------------- */
 typedef struct {
     char *buf;
-    size_t len;
+    size_t len, cap;
 } s_body_t;
 
+/* By doubling (base/grow.h): a large answer under ASan copied itself again
+ * for each piece curl handed over. */
 static size_t s_body_write(char *d, size_t sz, size_t n, void *arg)
 {
     s_body_t *b = arg;
-    char *nb = realloc(b->buf, b->len + sz * n + 1);
-    if (!nb)
+    if (ab_grow(&b->buf, &b->cap, b->len + sz * n + 1) != 0)
         return 0;
-    b->buf = nb;
     memcpy(b->buf + b->len, d, sz * n);
     b->len += sz * n;
     b->buf[b->len] = '\0';
@@ -36,7 +37,7 @@ long ot_http(int port, const char *path, const char *body, json_t **out)
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     CURL *e = curl_easy_init();
-    s_body_t b = {NULL, 0};
+    s_body_t b = {NULL, 0, 0};
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_body_write);

@@ -305,12 +305,12 @@ static void s_gateway_endpoints(void)
     CHECK_EQ(cli_sh("timeout 10 %s --broker tcp://127.0.0.1:1 --listen localhost:0", gw), 2);
     CHECK_TRUE(HAS("'localhost:0'") && HAS("IPv4"));
     /* An unusable key file is named (it was "cannot connect to ...:
-     * invalid argument"); exit 1, as docs/gateway.md has it. */
+     * invalid argument"); exit 2, a bad value (test_cli_exit.c). */
     CHECK_EQ(cli_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --key "
-                    "/nonexistent", gw), 1);
+                    "/nonexistent", gw), 2);
     CHECK_TRUE(HAS("--key") && HAS("'/nonexistent'") && HAS("secret certificate"));
     CHECK_EQ(cli_sh("timeout 10 %s --listen 127.0.0.1:0 --broker tcp://127.0.0.1:1 --broker-key x",
-                    gw), 1);
+                    gw), 2);
     CHECK_TRUE(HAS("--broker-key") && HAS("'x'"));
 }
 
@@ -427,12 +427,12 @@ static void s_leading_dash(void)
     CHECK_EQ(cli_sh("timeout 10 %s $(for i in $(seq 65); do printf -- '--label k%%d=v ' $i; done)",
                     th_bin("agentbus-worker")), 2);
     CHECK_TRUE(HAS("at most 64 --label"));
-    /* A handle that cannot be made says why (ab_client_last_error(NULL)),
-     * not only "invalid argument". */
-    CHECK_EQ(cli_sh("AB_KEY=/nonexistent timeout 10 %s stats", CTL), 1);
-    CHECK_TRUE(HAS("key file '/nonexistent'"));
-    CHECK_EQ(cli_sh("AB_KEY=/nonexistent timeout 10 %s", th_bin("agentbus-worker")), 1);
-    CHECK_TRUE(HAS("key file '/nonexistent'"));
+    /* A key that cannot be used says why, not only "invalid argument"
+     * (exit 2, a bad value: test_cli_exit.c). */
+    CHECK_EQ(cli_sh("AB_KEY=/nonexistent timeout 10 %s stats", CTL), 2);
+    CHECK_TRUE(HAS("$AB_KEY '/nonexistent'"));
+    CHECK_EQ(cli_sh("AB_KEY=/nonexistent timeout 10 %s", th_bin("agentbus-worker")), 2);
+    CHECK_TRUE(HAS("$AB_KEY '/nonexistent'"));
     /* After "--" a leading-dash name reaches the broker, which judges it. */
     int port = th_free_port();
     th_broker(port, NULL);

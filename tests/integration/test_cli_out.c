@@ -131,6 +131,7 @@ static void s_load_rate(void)
 typedef struct {
     int port;
     atomic_int stop;
+    const char *text; /* NULL: the one s_worker_error_text checks */
 } s_failer_t;
 
 /* A worker that fails every request with a text of its choosing. */
@@ -145,7 +146,8 @@ static void *s_failer(void *arg)
     while (rc == AB_OK && !atomic_load(&x->stop)) {
         ab_job_t *job;
         if (ab_worker_recv(w, &job, 100) == AB_OK)
-            ab_worker_fail(w, &job, AB_EAPPLICATION, "no\033]0;pwned\007\nbrokerctl: OK\377");
+            ab_worker_fail(w, &job, AB_EAPPLICATION,
+                           x->text ? x->text : "no\033]0;pwned\007\nbrokerctl: OK\377");
     }
     ab_worker_destroy(&w);
     return NULL;
@@ -158,7 +160,7 @@ static void s_worker_error_text(void)
 {
     int port = th_free_port();
     th_broker(port, "--startup-grace-ms", "0", NULL);
-    s_failer_t x = {port, 0};
+    s_failer_t x = {port, 0, NULL};
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, s_failer, &x) == 0);
     ab_client_t *c = th_client(port);
@@ -176,6 +178,49 @@ static void s_worker_error_text(void)
     ab_client_destroy(&c);
 }
 
+/* C1 controls (U+0080..U+009F; U+009B is CSI to a terminal) and DEL in
+ * what peers chose: brokerctl --json printed them raw (JSON allows it,
+ * jansson leaves them), so `brokerctl --json workers` in a terminal ran a
+ * worker's escape sequence; they come out as \u009b, \u007f. Text output
+ * shows one '?' for each (a C1 control was two), and listen's text escapes
+ * them as bytes (\xc2\x9b), with a byte that is not UTF-8 (\x9b). */
+static void s_c1_controls(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", NULL);
+    const char *ep = th_ep(port);
+    ab_client_t *c = th_client(port);
+    th_worker(port, "c1", "--name", "w\xc2\x9b" "31m\x7f" "end", NULL);
+    REQUIRE(th_wait_workers(c, "c1", 1, 10000) == 0);
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s --json workers 2>/dev/null", CTL, ep), 0);
+    CHECK_TRUE(!strstr(cli_out, "\xc2\x9b") && !strchr(cli_out, 0x7f));
+    CHECK_TRUE(HAS("\"name\": \"w\\u009b31m\\u007fend\""));
+    json_t *j = json_loads(cli_out, 0, NULL); /* the same string, read back */
+    CHECK_STR(json_string_value(json_object_get(json_array_get(j, 0), "name")),
+              "w\xc2\x9b" "31m\x7f" "end");
+    json_decref(j);
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s workers", CTL, ep), 0);
+    CHECK_TRUE(HAS(" w?31m?end ") && !strstr(cli_out, "\xc2\x9b"));
+    /* An error text a worker chose, as --json and as text. */
+    s_failer_t x = {port, 0, "bad\xc2\x9b" "2J\xc2\x85" "x"};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_failer, &x) == 0);
+    REQUIRE(th_wait_workers(c, "failer", 1, 10000) == 0);
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s --json request failer x 2>/dev/null", CTL, ep),
+             1);
+    CHECK_TRUE(HAS("\"error\": \"bad\\u009b2J\\u0085x\"") && !strstr(cli_out, "\xc2"));
+    CHECK_EQ(cli_sh("timeout 30 %s --broker %s request failer x", CTL, ep), 1);
+    CHECK_STR(cli_out, "brokerctl: APPLICATION: bad?2J?x\n");
+    atomic_store(&x.stop, 1);
+    pthread_join(th, NULL);
+    /* listen's text: a direct message's bytes. */
+    CHECK_EQ(cli_sh("(timeout 30 %s --broker %s listen c1l --count 1 & sleep 1.5; "
+                    "%s --broker %s send c1l \"$(printf 'a\\302\\233b\\233c')\"; wait)",
+                    CTL, ep, CTL, ep), 0);
+    CHECK_TRUE(HAS("a\\xc2\\x9bb\\x9bc") && !strstr(cli_out, "\x9b"));
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -183,6 +228,7 @@ int main(int argc, char **argv)
         {"not_inference", s_not_inference},
         {"load_rate", s_load_rate},
         {"worker_error_text", s_worker_error_text},
+        {"c1_controls", s_c1_controls},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

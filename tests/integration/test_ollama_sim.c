@@ -5,6 +5,7 @@
  */
 #include "harness.h"
 #include "test.h"
+#include "grow.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -26,7 +27,7 @@ static int s_port;
 /* --- HTTP helpers ---------------------------------------------------------- */
 typedef struct {
     char *data;
-    size_t len;
+    size_t len, cap;
     int lines;
     int abort_after_lines;   /* 0 = read everything */
 } s_buf_t;
@@ -35,9 +36,7 @@ static size_t s_write(char *p, size_t sz, size_t n, void *arg)
 {
     s_buf_t *b = arg;
     size_t k = sz * n;
-    char *d = realloc(b->data, b->len + k + 1);
-    REQUIRE(d);
-    b->data = d;
+    REQUIRE(ab_grow(&b->data, &b->cap, b->len + k + 1) == 0); /* base/grow.h: by doubling */
     memcpy(b->data + b->len, p, k);
     b->len += k;
     b->data[b->len] = '\0';

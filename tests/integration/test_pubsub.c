@@ -396,6 +396,53 @@ static void s_pubsub_bad(void)
     free(box);
 }
 
+/* The subscriptions one connection may hold, as docs/limits.md gives them:
+ * 1024 patterns; the library refuses the 1025th itself (INVALID, nothing
+ * sent), the broker answers a raw peer's with BUSY, counted in
+ * msgs_refused. A pattern already held, or one after an unsubscribe, is
+ * taken. (The limit was in no document.) */
+static void s_subs_limit(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    mt_box_t *box = calloc(1, sizeof *box);
+    ab_client_t *c = mt_agent(port, NULL, 0, box);
+    char pat[64];
+    int ok = 0;
+    for (int i = 0; i < 1024; i++) {
+        snprintf(pat, sizeof pat, "lim.t%d", i);
+        ok += ab_client_subscribe(c, pat, 5000) == AB_OK;
+    }
+    CHECK_EQ(ok, 1024);
+    CHECK_EQ(ab_client_subscribe(c, "lim.over", 5000), AB_EINVAL);
+    CHECK_STR(ab_client_last_error(c), "too many subscriptions (max 1024)");
+    CHECK_EQ(ab_client_subscribe(c, "lim.t7", 5000), AB_OK); /* held: not one more */
+    CHECK_EQ(ab_client_unsubscribe(c, "lim.t7", 5000), AB_OK);
+    CHECK_EQ(ab_client_subscribe(c, "lim.over", 5000), AB_OK);
+    /* A raw peer (no library to stop it): the broker's own bound. */
+    void *ctx = NULL, *raw = mt_raw(port, &ctx);
+    uint8_t buf[256];
+    for (int i = 0; i < 1024; i++) {
+        snprintf(pat, sizeof pat, "raw.t%d.", i);
+        ab_header_t h = ab_header_init(AB_KIND_SUBSCRIBE);
+        h.target = ab_view_of(pat);
+        size_t n = ab_header_encode(&h, buf, sizeof buf);
+        REQUIRE(n > 0 && zmq_send(raw, buf, n, 0) == (int)n);
+    }
+    char text[256] = "";
+    CHECK_EQ(mt_raw_expect_error(raw, AB_KIND_SUBSCRIBE, "raw.over", 99, 0, text, sizeof text),
+             AB_ERR_BUSY);
+    CHECK_STR(text, "too many subscriptions on one connection (max 1024)");
+    CHECK_EQ(mt_raw_expect_error(raw, AB_KIND_SUBSCRIBE, "raw.t5.", 100, 0, NULL, 0), -1);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    Agentbus__Stats *st = th_stats(c);
+    CHECK_TRUE(st && st->msgs_refused == 1);
+    agentbus__stats__free_unpacked(st, NULL);
+    ab_client_destroy(&c);
+    free(box);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -404,6 +451,7 @@ int main(int argc, char **argv)
         {"resubscribe_idle", s_resubscribe_idle},
         {"slow_subscriber", s_slow_subscriber},
         {"pubsub_bad", s_pubsub_bad},
+        {"subs_limit", s_subs_limit},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -211,10 +211,8 @@ static void s_usage(FILE *f, const char *argv0)
 
 int main(int argc, char **argv)
 {
-    if (at_help_asked(argc, argv)) {
-        s_usage(stdout, argv[0]);
+    if (at_info_asked(argc, argv, "agentbus-attack-bomb", s_usage))
         return 0;
-    }
     if (s_args(argc, argv) != 0) {
         s_usage(stderr, argv[0]);
         return 2;

@@ -153,10 +153,8 @@ int main(int argc, char **argv)
     char path[PATH_MAX + 32];
     unsigned pending = 200000, cancels = 2000, leave = 100000;
     at_sibling(path, sizeof path, argv[0], "agentbus-broker");
-    if (at_help_asked(argc, argv)) {
-        s_usage(stdout, argv[0]);
+    if (at_info_asked(argc, argv, "agentbus-attack-cancel", s_usage))
         return 0;
-    }
     int i = 1;
     for (; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--broker") == 0)

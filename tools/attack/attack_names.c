@@ -81,10 +81,8 @@ int main(int argc, char **argv)
     char *real = realpath(argv[0], NULL);
     snprintf(bin_dir, sizeof bin_dir, "%s", dirname(real ? real : argv[0]));
     free(real);
-    if (at_help_asked(argc, argv)) {
-        s_usage(stdout, argv[0]);
+    if (at_info_asked(argc, argv, "agentbus-attack-names", s_usage))
         return 0;
-    }
     int i = 1;
     for (; i < argc; i++) {
         if (strcmp(argv[i], "--") == 0) {

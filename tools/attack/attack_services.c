@@ -90,10 +90,8 @@ int main(int argc, char **argv)
     const char *bargs[64];
     int nb = 0;
     at_sibling(path, sizeof path, argv[0], "agentbus-broker");
-    if (at_help_asked(argc, argv)) {
-        s_usage(stdout, argv[0]);
+    if (at_info_asked(argc, argv, "agentbus-attack-services", s_usage))
         return 0;
-    }
     int i = 1;
     for (; i < argc && strcmp(argv[i], "--") != 0; i += 2) {
         if (i + 1 >= argc)

@@ -326,10 +326,8 @@ static int s_mode_args(int argc, char **argv, int first, long v[3])
 int main(int argc, char **argv)
 {
     const char *ep = NULL;
-    if (at_help_asked(argc, argv)) {
-        s_usage(stdout, argv[0]);
+    if (at_info_asked(argc, argv, "agentbus-attack-slow", s_usage))
         return 0;
-    }
     int i = 1;
     for (; i + 1 < argc && strncmp(argv[i], "--", 2) == 0; i += 2) {
         if (strcmp(argv[i], "--broker") == 0)

@@ -185,12 +185,15 @@ void at_sibling(char *out, size_t size, const char *argv0, const char *name)
     snprintf(out, size, "%s/%s", dirname(self), name);
 }
 
-int at_help_asked(int argc, char **argv)
+int at_info_asked(int argc, char **argv, const char *prog,
+                  void (*usage)(FILE *f, const char *argv0))
 {
-    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return 1;
-    return 0;
+    int f = tl_info_flag(argc, argv);
+    if (f == TL_INFO_HELP)
+        usage(stdout, argv[0]);
+    else if (f == TL_INFO_VERSION) /* it had none: "unknown option" and the usage, exit 2 */
+        tl_print_version(prog, ab_version());
+    return f != 0;
 }
 
 long at_num(const char *prog, const char *opt, const char *v, long min, long max)

@@ -18,6 +18,7 @@
 #include "keycmd.h"
 #include "tl_args.h"
 #include "tl_clock.h"
+#include "grow.h"
 
 #include <jansson.h>
 #include <signal.h>
@@ -43,7 +44,8 @@ static const char *s_endpoint = AB_DEFAULT_ENDPOINT; /* for error texts */
 /* Bad usage found before anything is sent: "brokerctl: TEXT" on stderr and,
  * with --json, {"ok": false, "code": "USAGE", ...} on stdout as for any
  * other usage error (a bad --key, --broker-key or $AB_BROKER printed
- * nothing there). Returns 2, the exit status. */
+ * nothing there; so does one in $AB_KEY or $AB_BROKER_KEY). Returns 2, the
+ * exit status. */
 static int s_usage_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int s_usage_fail(const char *fmt, ...)
 {
@@ -153,7 +155,7 @@ static char *s_read_stdin(size_t *len)
 typedef struct {
     int done, status;
     char *buf;
-    size_t len;
+    size_t len, cap;
     char error[512];
 } s_reply_t;
 
@@ -162,13 +164,11 @@ static void s_on_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {
     (void)c;
     s_reply_t *r = arg;
-    if (ev->size) {
-        char *nb = realloc(r->buf, r->len + ev->size);
-        if (nb) {
-            memcpy(nb + r->len, ev->data, ev->size);
-            r->buf = nb;
-            r->len += ev->size;
-        }
+    /* By doubling: a realloc to the exact size for each chunk copied the
+     * whole answer again each time (base/grow.h). */
+    if (ev->size && ab_grow(&r->buf, &r->cap, r->len + ev->size) == 0) {
+        memcpy(r->buf + r->len, ev->data, ev->size);
+        r->len += ev->size;
     }
     if (ev->final) {
         r->done = 1;
@@ -263,11 +263,7 @@ static void s_on_dir_event(ab_client_t *c, const ab_dir_event_t *ev, void *arg)
                               "free_credit", (json_int_t)w->free_credit, "interval_ms",
                               (json_int_t)w->interval_ms, "suspicion", w->suspicion,
                               "ejections", (json_int_t)w->ejections, "backend_state", state);
-        char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        if (s)
-            printf("%s\n", s);
-        free(s);
-        json_decref(j);
+        ctl_json_print(stdout, j); /* one line: watch is a stream */
     } else {
         char word[16];
         printf("%-7s %-16s %-16s %-9s backend %-7s free %u/%u  interval %u ms  phi %.1f  "
@@ -398,16 +394,22 @@ static int s_client_new(const ctl_args_t *a, ab_client_t **c)
         return s_usage_fail("listen: invalid agent name '%s'", a->pos[0]);
     }
     ab_options_set_takeover(o, a->takeover);
-    const char *bad = a->key && ab_options_set_key_file(o, a->key) != AB_OK ? "--key" : NULL;
-    if (!bad && a->broker_key && ab_options_set_broker_key(o, a->broker_key) != AB_OK)
-        bad = "--broker-key";
+    /* $AB_KEY and $AB_BROKER_KEY are the same values as the flags, with
+     * the same exit status 2 (one in $AB_KEY failed later, in
+     * ab_client_new, exit 1 and not named). */
+    const char *ek = getenv("AB_KEY"), *ebk = getenv("AB_BROKER_KEY");
+    const char *key = a->key ? a->key : ek && *ek ? ek : NULL;
+    const char *bkey = a->broker_key ? a->broker_key : ebk && *ebk ? ebk : NULL;
+    const char *bad = key && ab_options_set_key_file(o, key) != AB_OK
+                          ? (a->key ? "--key" : "$AB_KEY") : NULL;
+    if (!bad && bkey && ab_options_set_broker_key(o, bkey) != AB_OK)
+        bad = a->broker_key ? "--broker-key" : "$AB_BROKER_KEY";
     if (bad) {
+        int is_key = !strcmp(bad, "--key") || !strcmp(bad, "$AB_KEY");
         ab_options_destroy(&o);
-        return s_usage_fail("%s '%s' cannot be used: expected %s", bad,
-                            bad[2] == 'k' ? a->key : a->broker_key,
-                            bad[2] == 'k'
-                                ? "a readable secret certificate (keygen's NAME.key_secret)"
-                                : "a Z85 public key (40 characters) or a certificate file");
+        return s_usage_fail("%s '%s' cannot be used: expected %s", bad, is_key ? key : bkey,
+                            is_key ? "a readable secret certificate (keygen's NAME.key_secret)"
+                                   : "a Z85 public key (40 characters) or a certificate file");
     }
     int rc = ab_client_new(c, o);
     ab_options_destroy(&o);

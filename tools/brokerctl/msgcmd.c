@@ -14,6 +14,7 @@
  */
 #include "msgcmd.h"
 #include "render.h"
+#include "text.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -26,19 +27,27 @@ static int s_fail(ab_client_t *c, int rc, int json)
     return 1;
 }
 
-/* DATA as one line of text: control characters and backslashes escaped. */
+/* DATA as one line of text: backslashes and control characters escaped,
+ * C1 ones (U+0080..U+009F: U+009B is a terminal's CSI) and bytes that are
+ * not UTF-8 (0x9B alone is CSI to a terminal that is not UTF-8) too, each
+ * byte as \xNN. */
 static void s_print_escaped(FILE *out, const void *data, size_t n)
 {
     const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n;) {
+        unsigned char tmp[5] = {0}; /* the sequence must end inside N */
+        memcpy(tmp, p + i, n - i < 4 ? n - i : 4);
+        size_t k = p[i] >= 0x80 ? ab_utf8_seq(tmp) : 1;
+        int c1 = k == 2 && p[i] == 0xc2 && p[i + 1] < 0xa0;
         if (p[i] == '\\')
             fputs("\\\\", out);
         else if (p[i] == '\n')
             fputs("\\n", out);
-        else if (p[i] < 0x20 || p[i] == 0x7f)
+        else if (p[i] < 0x20 || p[i] == 0x7f || k == 0 || c1)
             fprintf(out, "\\x%02x", p[i]);
         else
-            fputc(p[i], out);
+            fwrite(p + i, 1, k, out);
+        i += k && !c1 ? k : 1;
     }
 }
 
@@ -66,7 +75,10 @@ static void s_print_message(const ab_message_t *m, int json)
     } else if (m->type == AB_MSG_GAP) {
         printf("# gap: %llu messages lost\n", (unsigned long long)m->dropped);
     } else if (m->type == AB_MSG_ERROR) {
-        printf("# error: %s: %s\n", ab_status_name(m->status), m->error_text);
+        char text[1024]; /* a peer broker's text may come through: shown safely */
+        snprintf(text, sizeof text, "%s", m->error_text ? m->error_text : "");
+        ctl_clean_str(text, 1);
+        printf("# error: %s: %s\n", ab_status_name(m->status), text);
     } else if (m->type == AB_MSG_RECEIPT) {
         printf("# receipt for %llu\n", (unsigned long long)m->id);
     } else {

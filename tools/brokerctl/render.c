@@ -13,12 +13,33 @@
 
 int ctl_json_lines;
 
+/* JSON text S (jansson's: valid UTF-8, raw bytes only inside strings) to
+ * OUT with DEL and the C1 controls (U+0080..U+009F) escaped as \u007f,
+ * \u0080...: JSON allows them raw, and jansson leaves them so, but a
+ * terminal takes U+009B as CSI, the start of an escape sequence, as it
+ * takes ESC (which jansson escapes). In UTF-8 a C1 control is C2 80..9F,
+ * and C2 starts nothing else. */
+static void s_json_out(FILE *out, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == 0x7f) {
+            fputs("\\u007f", out);
+        } else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+            fprintf(out, "\\u00%02x", p[1]);
+            p++;
+        } else {
+            fputc(*p, out);
+        }
+    }
+    fputc('\n', out);
+}
+
 void ctl_json_print(FILE *out, json_t *j)
 {
     size_t flags = (ctl_json_lines ? JSON_COMPACT : JSON_INDENT(2)) | JSON_PRESERVE_ORDER;
     char *s = j ? tl_json_dumps(j, flags) : NULL; /* reals as short as exact */
     if (s) {
-        fprintf(out, "%s\n", s);
+        s_json_out(out, s);
         free(s);
     }
     json_decref(j);
@@ -402,16 +423,22 @@ void ctl_render_error(FILE *out, const char *code, const char *text)
 
 void ctl_clean_str(char *s, int text)
 {
-    unsigned char *p = (unsigned char *)s;
+    unsigned char *p = (unsigned char *)s, *w = p; /* W: where the shown text goes */
     while (p && *p) {
         size_t n = ab_utf8_seq(p);
         int control = *p < 0x20 || *p == 0x7f || (n == 2 && p[0] == 0xc2 && p[1] < 0xa0);
-        if (n == 0 || (text && control)) {
-            memset(p, '?', n ? n : 1);
-            n = n ? n : 1;
+        if (n == 0 || (text && control)) { /* one '?' for a C1 control's two bytes too */
+            *w++ = '?';
+            p += n ? n : 1;
+        } else {
+            if (w != p)
+                memmove(w, p, n);
+            w += n;
+            p += n;
         }
-        p += n;
     }
+    if (w != p) /* written only when shorter: protobuf-c's "" default is read-only */
+        *w = '\0';
 }
 
 void ctl_clean_pb(ProtobufCMessage *m, int text)

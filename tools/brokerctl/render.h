@@ -29,6 +29,8 @@ void ctl_json_set_bytes(json_t *j, const char *key, const void *data, size_t len
  * prints one compact JSON object per line. Takes J's reference. */
 extern int ctl_json_lines;
 void ctl_json_print(FILE *out, json_t *j);
+/* (Its strings' DEL and C1 controls, U+0080..U+009F, come out as \u007f,
+ * \u0080..., which JSON allows raw: a terminal takes U+009B for CSI.) */
 /* {"ok": false, "code": CODE, "error": TEXT} */
 void ctl_render_error(FILE *out, const char *code, const char *text);
 
@@ -36,8 +38,10 @@ void ctl_render_error(FILE *out, const char *code, const char *text);
  * that is not UTF-8 (jansson refuses the string: json_pack failed and the
  * worker or service it named was left out of --json workers / services);
  * for TEXT output also each control character (C0 with tab and newline,
- * DEL, C1), so that a name or label a worker chose can neither start a
- * line of its own in a table nor send the terminal an escape sequence. */
+ * DEL, C1: one '?' for its two bytes), so that a name or label a worker
+ * chose can neither start a line of its own in a table nor send the
+ * terminal an escape sequence. --json output escapes DEL and C1 instead
+ * (ctl_json_print). S may get shorter; it is written only then. */
 void ctl_clean_str(char *s, int text);
 /* A failed command's error: "brokerctl: CODE: TEXT" on stderr, and with
  * JSON {"ok": false, ...} on stdout; TEXT as ctl_clean_str shows it (a

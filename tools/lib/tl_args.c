@@ -177,3 +177,14 @@ void tl_print_version(const char *program, const char *version)
 {
     printf("%s %s\n", program, version);
 }
+
+int tl_info_flag(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return TL_INFO_HELP;
+        if (!strcmp(argv[i], "--version"))
+            return TL_INFO_VERSION;
+    }
+    return 0;
+}

@@ -71,4 +71,12 @@ int tl_check_http_url(const char *url, char *why, size_t cap);
 /* Prints "PROGRAM VERSION\n" to stdout (the format help2man reads). */
 void tl_print_version(const char *program, const char *version);
 
+/* For the programs that read their arguments by position (the benches,
+ * the attack tools, the link proxy): TL_INFO_HELP when an argument before
+ * a "--" is --help or -h, TL_INFO_VERSION when it is --version (the first
+ * found wins), else 0. Every program answers both the same way: usage or
+ * "PROGRAM VERSION" on stdout, exit 0, whatever else the line holds. */
+enum { TL_INFO_HELP = 1, TL_INFO_VERSION = 2 };
+int tl_info_flag(int argc, char **argv);
+
 #endif

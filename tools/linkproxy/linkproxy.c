@@ -20,6 +20,7 @@
  * on the sender), so a stalled link costs bounded memory.
  */
 #include "parse.h"
+#include "tl_args.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -302,10 +303,13 @@ static int s_signal(int sfd)
     return 1;
 }
 
+static const char s_usage[] =
+    "usage: ab-linkproxy-c LISTEN_PORT [TARGET_HOST:]TARGET_PORT [DELAY_MS]\n";
+
 static int s_setup(int argc, char **argv, int *lfd, int *sfd)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: ab-linkproxy-c LISTEN_PORT [TARGET_HOST:]TARGET_PORT [DELAY_MS]\n");
+        fputs(s_usage, stderr);
         return -1;
     }
     const char *colon = strrchr(argv[2], ':');
@@ -359,6 +363,13 @@ static int s_setup(int argc, char **argv, int *lfd, int *sfd)
 int main(int argc, char **argv)
 {
     int lfd, sfd;
+    int info = tl_info_flag(argc, argv); /* as every program (README) */
+    if (info == TL_INFO_HELP)
+        fputs(s_usage, stdout);
+    else if (info == TL_INFO_VERSION) /* no libagentbus here: the version CMake gives */
+        tl_print_version("ab-linkproxy-c", AB_PROGRAM_VERSION);
+    if (info)
+        return 0;
     if (s_setup(argc, argv, &lfd, &sfd) < 0)
         return 2;
     printf("ready\n");

@@ -242,8 +242,9 @@ int main(int argc, char **argv)
     ld_signals();
     /* Each call waits for its answer (up to 60 s): with no broker a run of
      * --seconds 1 took a minute, then said "CANCELLED". */
-    if (ld_wait_broker(cfg.broker, "agentbus-infer-load", 5000) != 0)
-        return 1;
+    int wrc = ld_wait_broker(cfg.broker, "agentbus-infer-load", 5000);
+    if (wrc != 0)
+        return wrc;
     s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
     if (!agents)
         return 1;

@@ -195,8 +195,9 @@ int main(int argc, char **argv)
     ld_signals();
     /* With no broker every agent sent its window, waited --seconds and the
      * requests' 5 s, then said only "first error: timed out waiting". */
-    if (ld_wait_broker(cfg.broker, "agentbus-load", 5000) != 0)
-        return 1;
+    int wrc = ld_wait_broker(cfg.broker, "agentbus-load", 5000);
+    if (wrc != 0)
+        return wrc;
     s_agent_t *agents = calloc((size_t)cfg.agents, sizeof *agents);
     if (!agents)
         return 1;

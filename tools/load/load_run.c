@@ -82,10 +82,15 @@ int ld_wait_broker(const char *broker, const char *prog, int ms)
     ab_client_destroy(&c);
     if (up)
         return 0;
+    if (rc != AB_OK) { /* no client at all: a bad $AB_KEY was "no broker reachable" */
+        fprintf(stderr, "%s: %s: %s\n", prog, ab_status_name(rc),
+                ab_client_last_error(NULL)[0] ? ab_client_last_error(NULL) : ab_strerror(rc));
+        return rc == AB_EINVAL ? 2 : 1;
+    }
     const char *env = getenv("AB_BROKER");
     fprintf(stderr, "%s: no broker reachable at %s (is agentbus-broker running?)\n", prog,
             broker ? broker : env && *env ? env : AB_DEFAULT_ENDPOINT);
-    return -1;
+    return 1;
 }
 
 int ld_parse(int argc, char **argv, const char *prog, const tl_opt_t *opts,

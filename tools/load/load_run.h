@@ -45,8 +45,11 @@ void ld_run(void *agents, size_t size, long n, void *(*fn)(void *), ld_stats_t *
 int ld_connect(const char *broker, const char *prefix, int index, ab_client_t **c);
 
 /* 0 once a client reaches BROKER (NULL: the default endpoint) within MS;
- * else says "PROG: no broker reachable at EP" on stderr and returns -1
- * (also when SIGINT/SIGTERM stop the wait). */
+ * else says "PROG: no broker reachable at EP" on stderr and returns 1
+ * (also when SIGINT/SIGTERM stop the wait). When no client can be made it
+ * says why (the library's text: a $AB_KEY that cannot be used, say) and
+ * returns 2 for a bad value (AB_EINVAL), else 1. The return is the exit
+ * status. */
 int ld_wait_broker(const char *broker, const char *prog, int ms);
 
 /* The ids of the options both programs have, in their option tables. */

@@ -483,8 +483,6 @@ static const struct option s_long[] = {
     {"model", required_argument, 0, 'm'},
     {"quiet", no_argument, 0, 'q'},
     {"help", no_argument, 0, 'h'},
-    /* Exact names win over getopt's prefix matching, so --version is not
-     * taken for --version-string. */
     {"version", no_argument, 0, 'V'},
     {"fault-error-rate", required_argument, 0, 'F'},
     {"fault-error-status", required_argument, 0, 'F'},
@@ -509,8 +507,36 @@ static const char *const s_names[] = {
     [5] = "max_body_bytes", [6] = "max_connections", [7] = "seed", [8] = "version",
 };
 
+/* Long options by their whole name only, as every other program takes
+ * them (tools/lib/tl_args.h, the broker): getopt_long also takes any
+ * unambiguous prefix, so `--por 1234` was --port and `--con FILE` a config
+ * file the scan below did not see. -1 (said on stderr) for a name that is
+ * not one of s_long's whole; values given apart are skipped. */
+static int s_exact_names(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (strncmp(argv[i], "--", 2) != 0)
+            continue;
+        const char *name = argv[i] + 2, *eq = strchr(name, '=');
+        size_t n = eq ? (size_t)(eq - name) : strlen(name);
+        const struct option *o = s_long;
+        while (o->name && (strlen(o->name) != n || strncmp(o->name, name, n) != 0))
+            o++;
+        if (!o->name) {
+            fprintf(stderr, "ollama-sim: unknown option \"--%.*s\"\n", (int)n, name);
+            s_usage(stderr);
+            return -1;
+        }
+        if (o->has_arg == required_argument && !eq)
+            i++; /* its value, whatever it looks like */
+    }
+    return 0;
+}
+
 int sim_config_load(sim_t *s, int argc, char **argv)
 {
+    if (s_exact_names(argc, argv) != 0)
+        return -1;
     /* The config file comes before the environment and the other flags. */
     const char *cfg = NULL;
     for (int i = 1; i < argc; i++) {
