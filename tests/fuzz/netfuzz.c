@@ -33,7 +33,7 @@
  * (closes, binds again: the broker dials anew with requests on the link),
  * opens one of its own to the near broker under the same name (a link's
  * two connections) and closes it or opens it again with the same routing
- * id, and stops reading for 0.5-5 s.
+ * id, sends requests of its own on either, and stops reading for 0.5-5 s.
  *
  * With --linked the same moves meet two brokers joined by a real link, and
  * authentication: a near broker (the good client's) and a far one, both

@@ -21,7 +21,8 @@
  * dial each other have them), close it, or close it and open it again
  * with the same routing id, and say anything on either; directories;
  * NAMES and INTEREST, so the broker forwards direct messages and
- * publications to it; answers to ids it never got and ERRORs
+ * publications to it; requests of its own on either connection, whose
+ * answers may find it gone; answers to ids it never got and ERRORs
  * to held ones (twice, a chunk after); and stop reading for 0.5-5 s with
  * a small receive buffer (move `stall` for a link), while the broker keeps
  * forwarding.
@@ -56,7 +57,7 @@ static struct {
     uint64_t held[NF_IDS];
     unsigned nheld;
     uint64_t hellos, welcomes, refused, echoed, held_total, drops, stalls, forged, renames;
-    uint64_t dealer_opens, dealer_same_id;
+    uint64_t dealer_opens, dealer_same_id, asked;
 } s_f = {.name = "nf-b1", .session = 1};
 
 /* --- sending ----------------------------------------------------------------------- */
@@ -374,6 +375,25 @@ static void s_dealer(void)
     s_f.dealer_same_id += same;
 }
 
+/* Requests of its own, as a peer broker forwards them, on either of its
+ * connections (the answers come back on one of them, which may be gone
+ * before they do: the next move may drop it). */
+static void s_ask(void)
+{
+    static const char *const svcs[] = {NF_GOOD_SVC, NF_FAR_SVC, "svc-a", "infer", "nosuch"};
+    static uint64_t next = 1;
+    for (uint32_t n = 1 + nf_below(8); n; n--) {
+        ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+        h.id = next++;
+        h.target = ab_view_of(NF_PICK(svcs));
+        h.timeout_ms = 300 + nf_below(3000);
+        h.hops_left = nf_below(4);
+        h.via = ab_view_of(nf_chance(80) ? s_f.name : "nf-b2,nf-b3");
+        s_send(&h, "the fake asked", 14, 1);
+        s_f.asked++;
+    }
+}
+
 void nf_fake_move(int64_t now)
 {
     static const char *const names[] = {"nf-b1", "nf-b2", "nf-b3", "nf-fake", "nf-far",
@@ -401,6 +421,8 @@ void nf_fake_move(int64_t now)
         s_dealer();
     } else if (r < 77) {
         s_forge();
+    } else if (r < 82) {
+        s_ask();
     } else if (r < 87) { /* moods: hold requests or echo them; refuse the next HELLO */
         s_f.hold = nf_chance(40);
         s_f.refuse = nf_chance(30);
@@ -427,13 +449,14 @@ void nf_fake_report(void)
         return;
     printf("netfuzz: dialed endpoint %s: %llu HELLOs (%llu answered, %llu refused), %llu "
            "requests echoed, %llu held, %llu forged answers, %llu renames, %llu drops, %llu "
-           "stalls, its own connection opened %llu times (%llu with the same id)\n",
+           "stalls, its own connection opened %llu times (%llu with the same id), %llu "
+           "requests of its own\n",
            nf_fake_ep, (unsigned long long)s_f.hellos, (unsigned long long)s_f.welcomes,
            (unsigned long long)s_f.refused, (unsigned long long)s_f.echoed,
            (unsigned long long)s_f.held_total, (unsigned long long)s_f.forged,
            (unsigned long long)s_f.renames, (unsigned long long)s_f.drops,
            (unsigned long long)s_f.stalls, (unsigned long long)s_f.dealer_opens,
-           (unsigned long long)s_f.dealer_same_id);
+           (unsigned long long)s_f.dealer_same_id, (unsigned long long)s_f.asked);
 }
 
 void nf_fake_close(void)
