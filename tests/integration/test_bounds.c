@@ -332,6 +332,72 @@ static void s_stall_disconnect(void)
     ab_client_destroy(&good);
 }
 
+/* Sends the echo service requests of SIZE bytes of PAYLOAD on RAW, one
+ * at a time (each read and answered before the next), until the broker
+ * has answered BUSY more than BUSY times in all or MAX were sent: the
+ * number sent. */
+static int s_until_busy(ab_client_t *good, void *raw, uint64_t *id, const char *payload,
+                        size_t size, uint64_t *busy, int max)
+{
+    uint64_t before = *busy;
+    int n = 0;
+    while (n < max && *busy == before) {
+        REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", ++*id, payload, size) == 0);
+        n++;
+        s_wait_taken(good, *id, 0, 10000);
+        Agentbus__Stats *st = s_stats(good);
+        *busy = st->out_busy;
+        agentbus__stats__free_unpacked(st, NULL);
+    }
+    return n;
+}
+
+/* A peer over its bound that says BYE and speaks again on the same
+ * connection is still over: the bytes it has not taken are still there.
+ * The broker kept the figures on the peer's record, and a new record
+ * started from zero: each BYE gave a peer that reads nothing a fresh
+ * bound (netfuzz's stall move played it), so one connection could hold
+ * the bound again and again, up to sndhwm messages in libzmq's pipe. */
+static void s_bye_keeps_bound(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--peer-out-max-bytes", "1M", "--peer-stall-ms", "600000",
+              "--heartbeat-ms", "1000", "--liveness", "60", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *good = th_client(port);
+    REQUIRE(th_wait_workers(good, "echo", 1, 10000) == 0);
+    void *ctx = zmq_ctx_new();
+    void *raw = s_raw(ctx, port, 0);
+    enum { SIZE = 64 * 1024 };
+    char *payload = malloc(SIZE);
+    REQUIRE(payload != NULL);
+    memset(payload, 'b', SIZE);
+    uint64_t id = 0, busy = 0;
+    s_until_busy(good, raw, &id, payload, SIZE, &busy, 400); /* over 1M: BUSY */
+    REQUIRE(busy > 0);
+    REQUIRE(s_raw_send(raw, AB_KIND_BYE, "", ++id, NULL, 0) == 0);
+    int64_t end = ab_now_ms() + 10000;
+    uint64_t in_flight = 0;
+    do { /* its record is gone: no peer holds bytes in flight */
+        th_sleep_ms(20);
+        Agentbus__Stats *st = s_stats(good);
+        in_flight = st->out_in_flight_bytes;
+        agentbus__stats__free_unpacked(st, NULL);
+    } while (in_flight >= MiB / 2 && ab_now_ms() < end);
+    REQUIRE(in_flight < MiB / 2);
+    /* The same connection, still reading nothing, asks again: the first
+     * request is admitted (its record has sent nothing yet), its answer
+     * puts the record where the connection is, over the bound, and the
+     * next is BUSY. From zero it would take 16 more. */
+    int n = s_until_busy(good, raw, &id, payload, SIZE, &busy, 6);
+    printf("after BYE: BUSY again after %d request(s) of 64 KiB\n", n);
+    CHECK_RANGE(n, 1, 3);
+    free(payload);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&good);
+}
+
 /* Says HELLO on RAW; 1 when the broker answered HELLO, 0 when it answered
  * ERROR (its text in TEXT), -1 on no answer. */
 static int s_hello(void *raw, char *text, size_t cap)
@@ -657,6 +723,7 @@ int main(int argc, char **argv)
         {"reply_reader", s_reply_reader},
         {"slow_subscriber", s_slow_subscriber},
         {"stall_disconnect", s_stall_disconnect},
+        {"bye_keeps_bound", s_bye_keeps_bound},
         {"max_connections", s_max_connections},
         {"lost_at_close", s_lost_at_close},
         {"held_bytes", s_held_bytes},
