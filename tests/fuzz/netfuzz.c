@@ -663,8 +663,9 @@ static void s_move(void)
     int mv = s_pick_move(1);
     if (mv != MV_heartbeat && ab_now_ms() < p->mute_until_ms)
         return; /* muted: heartbeats only */
-    if (p->stalling && (mv == MV_reconnect || mv == MV_bye || mv == MV_steal))
-        return; /* its connection stays while the broker's side of it fills */
+    if (p->stalling && (mv == MV_reconnect || mv == MV_steal))
+        return; /* its connection stays while the broker's side of it fills (a BYE
+                 * leaves it: the next record on it starts where the last one was) */
     s_moves[mv]++;
     static nf_out_t o;
     switch (mv) {
