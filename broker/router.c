@@ -322,8 +322,15 @@ void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int ha
         ab_peer_over(b, p); /* starts the stall clock */
 }
 
+static void s_cut(ab_broker_t *b, ab_peer_t *p);
+
 void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
 {
+    /* Marked to be cut at the end of the turn (past twice its bound) and
+     * dropped before (a BYE after it in the same BATCH, a failed flush):
+     * cut now, or its connection would stay open with all it holds. */
+    if (ab_defer_queued(&p->kill))
+        s_cut(b, p);
     /* What it had not taken is lost: its connection closed (libzmq discarded
      * it; figures at most one sweep old above S_FRESH_BYTES), or the broker
      * forgets it (silence, BYE) and will not answer it again. */
@@ -345,11 +352,9 @@ void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
     ab_defer_cancel(&p->kill);
 }
 
-/* Ends P's connection (see above) and drops P. */
-static void s_disconnect(void *ctx, ab_defer_node_t *n)
+/* Ends P's connection, counted (P goes next). */
+static void s_cut(ab_broker_t *b, ab_peer_t *p)
 {
-    ab_broker_t *b = ctx;
-    ab_peer_t *p = ab_defer_data(n, ab_peer_t, kill);
     s_refresh(p, ab_now_ms());
     uint64_t held = s_in_flight(p);
     b->c.slow_disconnects++;
@@ -361,6 +366,14 @@ static void s_disconnect(void *ctx, ab_defer_node_t *n)
               "peer-stall-ms %ld)", p->key, (unsigned long long)held,
               b->cfg->peer_out_max_bytes, b->cfg->peer_stall_ms);
     p->out_taken = p->out_sent; /* counted above, not again as lost */
+}
+
+/* Ends P's connection (see above) and drops P. */
+static void s_disconnect(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, kill);
+    s_cut(b, p);
     ab_peer_drop(b, p, "not reading what it is sent");
 }
 
