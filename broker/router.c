@@ -107,12 +107,23 @@ typedef struct {
     int64_t since_ms;
 } s_refused_t;
 
+/* The outbound figures of a record the broker dropped (BYE, silence, a
+ * takeover) while its connection stayed open with bytes the peer had not
+ * taken: the connection's next record starts from them (s_rebase). */
+typedef struct {
+    int fd, kind, sndbuf;
+    uint64_t ino, sent, taken, base;
+    int64_t over_ms;
+} s_carry_t;
+
 struct ab_conns {
     uint8_t *fd_state; /* S_FD_* by fd */
     size_t fd_cap;
     uint32_t open;
     s_refused_t *refused;
     size_t nrefused, cap_refused;
+    s_carry_t *carry; /* at most one per open connection */
+    size_t ncarry, cap_carry;
     ab_list_t over; /* peers over their bound, stall clock running (over_link) */
     ab_defer_t kill; /* peers to disconnect at the end of the turn (ab_peer_t.kill) */
     uint32_t closed_since_trim;
@@ -156,14 +167,49 @@ static uint64_t s_inode(int fd)
     return fd >= 0 && fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
 }
 
-/* P's connection is new to the accounting: start from zero there. */
-static void s_rebase(ab_peer_t *p)
+/* Removes what a dropped record left on FD (C's carry list) into *OUT
+ * (may be NULL): 1 when there was something. */
+static int s_carry_remove(struct ab_conns *c, int fd, s_carry_t *out)
+{
+    for (size_t i = 0; c && i < c->ncarry; i++)
+        if (c->carry[i].fd == fd) {
+            if (out)
+                *out = c->carry[i];
+            c->carry[i] = c->carry[--c->ncarry];
+            return 1;
+        }
+    return 0;
+}
+
+/* Takes the figures a dropped record left on P's connection: 1 when
+ * there were some (of the same socket: the fd may be another one now). */
+static int s_take_carry(struct ab_conns *c, ab_peer_t *p)
+{
+    s_carry_t k;
+    if (!s_carry_remove(c, p->fd, &k) || k.ino != p->out_ino)
+        return 0;
+    p->out_sent = k.sent;
+    p->out_taken = k.taken;
+    p->out_base = k.base;
+    p->out_kind = k.kind;
+    p->out_sndbuf = k.sndbuf;
+    p->out_over_ms = k.over_ms;
+    if (k.over_ms && !ab_list_linked(&p->over_link)) /* its stall clock runs on */
+        ab_list_insert_tail(&c->over, &p->over_link);
+    return 1;
+}
+
+/* P's connection is new to P's accounting: start from zero there, or,
+ * when an earlier record of the same connection left bytes not taken,
+ * from its figures: else a peer that reads nothing would get a fresh
+ * bound each time it said BYE and spoke again. */
+static void s_rebase(struct ab_conns *c, ab_peer_t *p)
 {
     p->out_fd = p->fd;
     p->out_sent = p->out_taken = p->out_base = 0;
     p->out_kind = S_KIND_UNKNOWN;
     p->out_over_ms = 0;
-    if (!(p->out_ino = s_inode(p->fd)))
+    if (!(p->out_ino = s_inode(p->fd)) || s_take_carry(c, p))
         return;
     int dom = 0, sb = 0;
     socklen_t l = sizeof dom;
@@ -270,29 +316,45 @@ static int s_beyond_twice(ab_broker_t *b, ab_peer_t *p)
 void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int has_payload)
 {
     if (p->out_fd != p->fd)
-        s_rebase(p);
+        s_rebase(b->conns, p);
     p->out_sent += s_wire(hlen) + (has_payload ? s_wire(plen) : 0);
     if (b->cfg->peer_out_max_bytes && s_in_flight(p) > b->cfg->peer_out_max_bytes)
         ab_peer_over(b, p); /* starts the stall clock */
 }
 
+static void s_cut(ab_broker_t *b, ab_peer_t *p);
+
 void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
 {
+    /* Marked to be cut at the end of the turn (past twice its bound) and
+     * dropped before (a BYE after it in the same BATCH, a failed flush):
+     * cut now, or its connection would stay open with all it holds. */
+    if (ab_defer_queued(&p->kill))
+        s_cut(b, p);
     /* What it had not taken is lost: its connection closed (libzmq discarded
      * it; figures at most one sweep old above S_FRESH_BYTES), or the broker
      * forgets it (silence, BYE) and will not answer it again. */
-    if (s_in_flight(p) && s_inode(p->fd) == p->out_ino)
+    int open = s_in_flight(p) && s_inode(p->fd) == p->out_ino;
+    if (open)
         s_refresh(p, ab_now_ms());
     b->c.out_lost_bytes += s_in_flight(p);
+    struct ab_conns *c = b->conns;
+    /* its connection stays (unless being disconnected): the next record
+     * on it inherits what this one had not seen taken */
+    if (open && s_in_flight(p) && c && !ab_defer_queued(&p->kill) &&
+        s_room((void **)&c->carry, c->ncarry, &c->cap_carry, sizeof *c->carry) == 0) {
+        s_carry_remove(c, p->fd, NULL); /* an older record's, now in this one */
+        c->carry[c->ncarry++] = (s_carry_t){p->fd, p->out_kind, p->out_sndbuf, p->out_ino,
+                                             p->out_sent, p->out_taken, p->out_base,
+                                             p->out_over_ms};
+    }
     ab_list_remove(&p->over_link);
     ab_defer_cancel(&p->kill);
 }
 
-/* Ends P's connection (see above) and drops P. */
-static void s_disconnect(void *ctx, ab_defer_node_t *n)
+/* Ends P's connection, counted (P goes next). */
+static void s_cut(ab_broker_t *b, ab_peer_t *p)
 {
-    ab_broker_t *b = ctx;
-    ab_peer_t *p = ab_defer_data(n, ab_peer_t, kill);
     s_refresh(p, ab_now_ms());
     uint64_t held = s_in_flight(p);
     b->c.slow_disconnects++;
@@ -304,6 +366,14 @@ static void s_disconnect(void *ctx, ab_defer_node_t *n)
               "peer-stall-ms %ld)", p->key, (unsigned long long)held,
               b->cfg->peer_out_max_bytes, b->cfg->peer_stall_ms);
     p->out_taken = p->out_sent; /* counted above, not again as lost */
+}
+
+/* Ends P's connection (see above) and drops P. */
+static void s_disconnect(void *ctx, ab_defer_node_t *n)
+{
+    ab_broker_t *b = ctx;
+    ab_peer_t *p = ab_defer_data(n, ab_peer_t, kill);
+    s_cut(b, p);
     ab_peer_drop(b, p, "not reading what it is sent");
 }
 
@@ -436,6 +506,7 @@ void ab_router_conn_event(ab_broker_t *b, int event, int fd)
             c->open--;
         s_admit(b, c, fd);
     } else if (event == ZMQ_EVENT_DISCONNECTED && st != S_FD_NONE) {
+        s_carry_remove(c, fd, NULL); /* what its records left goes with it */
         c->fd_state[fd] = S_FD_NONE;
         c->open--;
         c->closed_since_trim++;
@@ -496,6 +567,7 @@ void ab_router_fini(ab_broker_t *b)
         return;
     free(c->fd_state);
     free(c->refused);
+    free(c->carry);
     while (ab_list_pop_head(&c->over)) /* its peers are freed after this */
         ;
     ab_defer_clear(&c->kill); /* its peers are freed after this */

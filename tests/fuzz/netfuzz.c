@@ -17,7 +17,23 @@
  * directories, whole sets of agent names and of topic patterns, hostile
  * ones among them and some past their bounds, then forwarded requests and
  * answers: the broker runs with --auth none, so any peer may open a link)
- * and BATCHes of all of it.
+ * and BATCHes of all of it. Peers fall silent: deaf (reads nothing for a
+ * while), mute (sends heartbeats only), stall (subscribes, then reads
+ * nothing for 0.5-5 s while answers to its requests and publications come,
+ * then reads again or disconnects; odd peers take 8 messages and 8 KiB at
+ * a time, so the broker's side fills past peer-out-max-bytes, small here).
+ *
+ * The near broker also dials an endpoint netfuzz binds (netfuzz_fake.c,
+ * move dialed): it answers HELLO as a peer broker under a name that
+ * changes (its own, nf-b1..3 which the raw peers' LINK moves use too, so
+ * that one link record holds a dialed and an accepted connection, or a
+ * real broker's name), refuses a HELLO now and then, sends directories,
+ * NAMES and INTEREST, echoes the requests forwarded to it or holds them
+ * and fails them later, answers ids it never got, drops its connection
+ * (closes, binds again: the broker dials anew with requests on the link),
+ * opens one of its own to the near broker under the same name (a link's
+ * two connections) and closes it or opens it again with the same routing
+ * id, sends requests of its own on either, and stops reading for 0.5-5 s.
  *
  * With --linked the same moves meet two brokers joined by a real link, and
  * authentication: a near broker (the good client's) and a far one, both
@@ -28,6 +44,9 @@
  * keys: an agent granted a few names and topics, a worker granted two of
  * the services, a peer broker granted the names nf-b* (so its LINK moves
  * open links; the real brokers' names are not granted to it) and an admin.
+ * The dialed endpoint holds, by the seed, the brokers' key (odd seeds: the
+ * near broker takes it for nf-far or nf-mid, and refuses other names) or
+ * the nf-b* one (even seeds).
  * Every 3-10 s the far side has a fault: the far broker stopped (SIGSTOP)
  * for 0.3-2.5 s, so that the link is lost and found again with requests
  * on it, killed and restarted, or its echo worker killed and restarted.
@@ -57,7 +76,8 @@
  * broker answers, and so some later choices, depends on timing.
  *
  * netfuzz_moves.c builds each move's message; netfuzz_procs.c starts the
- * processes, gives the far side its faults and stops them.
+ * processes, gives the far side its faults and stops them; netfuzz_fake.c
+ * is the endpoint the near broker dials.
  *
  *   netfuzz [--seed N] [--seconds S] [--peers K] [--avoid move,...]
  *           [--broker-bin PATH | --endpoint EP | --linked | --line] [--verbose]
@@ -96,6 +116,7 @@ static const int s_weight[MV_COUNT_] = {
     [MV_subscribe] = 4, [MV_unsubscribe] = 2, [MV_send] = 8, [MV_publish] = 5,
     [MV_heartbeat] = 5, [MV_discover] = 2, [MV_control] = 2, [MV_batch] = 6, [MV_deaf] = 1,
     [MV_link] = 5, [MV_link_names] = 3, [MV_link_interest] = 3, [MV_mute] = 1,
+    [MV_stall] = 1, [MV_dialed] = 4,
 };
 
 /* --- options -------------------------------------------------------------- */
@@ -229,13 +250,19 @@ static const char *s_peer_ep(const nf_peer_t *p)
     return k ? nf_rb[k - 1].ep : nf_ep;
 }
 
+/* Odd peers take little at a time (8 messages, an 8 KiB kernel buffer):
+ * when they stop reading (deaf, stall) the broker's side of their pipe
+ * fills, not netfuzz's. */
 static void *s_socket_with_rid(const nf_peer_t *p, const char *rid, size_t len)
 {
     void *s = zmq_socket(s_ctx, ZMQ_DEALER);
-    int linger = 0, hwm = 20000;
+    int linger = 0, hwm = 20000, narrow = (int)(p - s_peers) % 2, rcvhwm = narrow ? 8 : hwm;
+    int rcvbuf = 8192;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
+    if (narrow)
+        zmq_setsockopt(s, ZMQ_RCVBUF, &rcvbuf, sizeof rcvbuf);
     if (len)
         zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, len);
     if (nf_opt.linked) {
@@ -430,14 +457,24 @@ static int s_read_one(nf_peer_t *p, void *s)
     return 1;
 }
 
-/* Reads what every peer has waiting (bounded), except deaf ones. */
+/* Reads what every peer has waiting (bounded), except deaf ones; a peer
+ * whose stall ends in a disconnect goes (and comes back under a new
+ * routing id, drawing nothing from the PRNG); the dialed endpoint too. */
 static void s_drain_all(void)
 {
     int64_t now = ab_now_ms();
+    nf_fake_pump(now);
     for (int i = 0; i < nf_opt.peers; i++) {
         nf_peer_t *p = &s_peers[i];
         if (now < p->deaf_until_ms)
             continue;
+        p->stalling = 0;
+        if (p->stall_drop) {
+            p->stall_drop = 0;
+            s_peer_close(p);
+            s_pick_rid(p);
+            p->sock = s_socket_with_rid(p, p->rid, p->rid_len);
+        }
         for (int k = 0; k < 256 && p->sock && s_read_one(p, p->sock); k++)
             ;
         for (int k = 0; k < 256 && p->twin && s_read_one(p, p->twin); k++)
@@ -461,7 +498,8 @@ static int s_pick_move(int allow_compound)
         }
         if (i < MV_COUNT_ && (allow_compound || s_weight[i] > 0)) {
             int compound = i == MV_batch || i == MV_reconnect || i == MV_steal ||
-                           i == MV_work || i == MV_deaf || i == MV_mute;
+                           i == MV_work || i == MV_deaf || i == MV_mute || i == MV_stall ||
+                           i == MV_dialed;
             if (allow_compound || !compound)
                 return i;
         }
@@ -583,12 +621,51 @@ static void s_do_work(nf_peer_t *p)
     }
 }
 
+/* A peer stops reading for 0.5..5 s while the broker keeps sending to it:
+ * it subscribes to t. and asks the good echo service for 16 answers of
+ * 6000 bytes, and a peer beside it publishes 48 of 6000 bytes on t.a
+ * (384K in all, past peer-out-max-bytes: BUSY, a subscriber's gaps, a
+ * disconnect after peer-stall-ms); then it reads again, or disconnects.
+ * The staller is narrow (odd: its own side takes little); with --linked
+ * the admin of its broker's four (may subscribe and ask), and the agent
+ * publishes (granted t.*). */
+static void s_do_stall(nf_peer_t *p)
+{
+    int i = (int)(p - s_peers), qi = (nf_opt.linked ? i | 3 : i | 1) % nf_opt.peers;
+    nf_peer_t *q = &s_peers[qi], *pub = &s_peers[nf_opt.linked ? qi & ~3 : qi & ~1];
+    int64_t now = ab_now_ms();
+    if (now < q->deaf_until_ms + 5000 || !q->sock || !pub->sock)
+        return;
+    q->deaf_until_ms = now + 500 + nf_below(4500);
+    q->stall_drop = nf_chance(30);
+    q->stalling = 1;
+    static nf_out_t o;
+    memset(&o, 0, sizeof o);
+    o.h = ab_header_init(AB_KIND_SUBSCRIBE);
+    o.h.target = ab_view_of("t.");
+    s_emit(q->sock, &o);
+    memset(o.buf, 'x', 6000);
+    for (int k = 0; k < 64; k++) {
+        nf_peer_t *from = k < 16 ? q : pub;
+        o.h = ab_header_init(k < 16 ? AB_KIND_REQUEST : AB_KIND_PUBLISH);
+        o.h.id = from->next_id++;
+        o.h.target = ab_view_of(k < 16 ? NF_GOOD_SVC : "t.a");
+        o.data = o.buf;
+        o.len = 6000;
+        o.has = 1;
+        s_send(from->sock, &o.h, o.data, o.len, 1);
+    }
+}
+
 static void s_move(void)
 {
     nf_peer_t *p = &s_peers[nf_below((uint32_t)nf_opt.peers)];
     int mv = s_pick_move(1);
     if (mv != MV_heartbeat && ab_now_ms() < p->mute_until_ms)
         return; /* muted: heartbeats only */
+    if (p->stalling && (mv == MV_reconnect || mv == MV_steal))
+        return; /* its connection stays while the broker's side of it fills (a BYE
+                 * leaves it: the next record on it starts where the last one was) */
     s_moves[mv]++;
     static nf_out_t o;
     switch (mv) {
@@ -605,6 +682,8 @@ static void s_move(void)
             p->deaf_until_ms = until;
         return;
     }
+    case MV_dialed: nf_fake_move(ab_now_ms()); return;
+    case MV_stall: s_do_stall(p); return;
     case MV_mute: {
         /* Heartbeats only for 0.5..3 s, as a worker whose handler hangs:
          * alive, answering nothing. cancel-grace-ms (300 ms here) judges
@@ -772,7 +851,7 @@ static const char *s_final_stats(const char *ep, const char *who, char *buf, siz
     printf("netfuzz: %s stats: msgs_in %llu, requests %llu, replies %llu, dropped %llu "
            "(duplicates %llu), late %llu, redispatched %llu, malformed %llu, batches_in %llu, "
            "msgs_sent %llu, published %llu, pending %llu, ejected %llu, cancels unanswered "
-           "%llu\n",
+           "%llu; not read: busy %llu, not sent %llu, disconnected %llu, pipe full %llu\n",
            who, (unsigned long long)st->msgs_in, (unsigned long long)st->requests,
            (unsigned long long)st->replies, (unsigned long long)st->replies_dropped,
            (unsigned long long)st->duplicates_dropped, (unsigned long long)st->late_replies,
@@ -780,7 +859,9 @@ static const char *s_final_stats(const char *ep, const char *who, char *buf, siz
            (unsigned long long)st->malformed, (unsigned long long)st->batches_in,
            (unsigned long long)st->msgs_sent, (unsigned long long)st->published,
            (unsigned long long)st->pending, (unsigned long long)st->workers_ejected,
-           (unsigned long long)st->cancels_unanswered);
+           (unsigned long long)st->cancels_unanswered, (unsigned long long)st->out_busy,
+           (unsigned long long)st->out_dropped, (unsigned long long)st->slow_disconnects,
+           (unsigned long long)st->send_eagain);
     agentbus__stats__free_unpacked(st, NULL);
     return NULL;
 }
@@ -803,6 +884,7 @@ static void s_print_summary(uint64_t moves, double secs)
     for (int i = 0; i < nf_opt.linked; i++)
         printf("netfuzz: %s: stopped %u times, killed %u, its worker killed %u\n", nf_rb[i].who,
                nf_rb[i].stops, nf_rb[i].kills, nf_rb[i].worker_kills);
+    nf_fake_report();
 }
 
 /* Plays moves until the time is up or a promise breaks. */
@@ -895,7 +977,7 @@ int main(int argc, char **argv)
     uint64_t moves = 0;
     int64_t t0 = ab_now_ms();
     s_ctx = zmq_ctx_new();
-    if (nf_start_processes() != 0 || s_wait_ready() != 0) {
+    if (nf_start_processes(s_ctx) != 0 || s_wait_ready() != 0) {
         fail = nf_broker_dead(buf, sizeof buf);
         fail = fail ? fail : "broker or echo worker did not come up";
     } else {
@@ -925,6 +1007,7 @@ int main(int argc, char **argv)
         nf_stop(&nf_rb[i].pid);
     for (int i = 0; i < nf_opt.peers; i++)
         s_peer_close(&s_peers[i]);
+    nf_fake_close();
     zmq_ctx_term(s_ctx);
     if (!fail) { /* a failed run keeps its logs for the developer */
         nf_remove_dir();

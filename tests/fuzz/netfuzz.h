@@ -22,7 +22,8 @@
 #define NF_MOVES(X)                                                                          \
     X(hello) X(register) X(request) X(lz4) X(typed) X(cancel) X(answer) X(reconnect)        \
     X(steal) X(work) X(bye) X(subscribe) X(unsubscribe) X(send) X(publish) X(heartbeat)     \
-    X(discover) X(control) X(batch) X(deaf) X(link) X(link_names) X(link_interest) X(mute)
+    X(discover) X(control) X(batch) X(deaf) X(link) X(link_names) X(link_interest) X(mute)  \
+    X(stall) X(dialed)
 #define NF_ENUM(n) MV_##n,
 enum { NF_MOVES(NF_ENUM) MV_COUNT_ };
 
@@ -46,6 +47,7 @@ typedef struct {
     int registered;
     uint64_t instance;
     int64_t deaf_until_ms;
+    int stalling, stall_drop; /* MV_stall: in a stall; disconnects when it ends */
     int64_t mute_until_ms; /* sends nothing but HEARTBEATs until then (MV_mute) */
     uint64_t next_id;
     uint64_t held[NF_IDS]; /* requests it received as a worker */
@@ -86,8 +88,30 @@ void nf_seen_add(uint64_t id);
  * (FLAG_NON_IDEMPOTENT) when BEGUN, a chunk or a reply with some text. */
 void nf_answer_to(nf_peer_t *p, nf_out_t *o, uint32_t kind, uint64_t corr, int begun);
 /* Builds the message of move MV from peer P into O: 1, or 0 when MV is not
- * a one-message move (batch, reconnect, steal, work, deaf). */
+ * a one-message move (batch, reconnect, steal, work, deaf, mute, stall,
+ * dialed). */
 int nf_make(int mv, nf_peer_t *p, nf_out_t *o);
+/* An id to answer: mostly one seen anywhere, else a random one. */
+uint64_t nf_seen_pick(void);
+
+/* --- the endpoint the near broker dials (netfuzz_fake.c) ------------------------------ */
+/* Its endpoint ("" when the run avoids the dialed move: then the near
+ * broker dials no such thing) and, with --linked, the certificate the
+ * near broker expects of it: nfbroker's (it may then claim the real
+ * brokers' names) or nflink's (nf-b*, the raw peers' names) by the seed. */
+extern char nf_fake_ep[64], nf_fake_cert[64];
+/* Binds it on 127.0.0.1 (a CURVE server with the key pair PUB, SEC when
+ * not NULL, which its own connection to the near broker uses too). 0 or
+ * -1. */
+int nf_fake_open(void *ctx, const char *pub, const char *sec);
+/* Reads what the broker sent it and answers as a peer broker would (HELLO,
+ * heartbeats, requests echoed or held): draws nothing from the PRNG. */
+void nf_fake_pump(int64_t now);
+/* One seeded hostile act of it (MV_dialed). */
+void nf_fake_move(int64_t now);
+/* Prints what it did; closes it. */
+void nf_fake_report(void);
+void nf_fake_close(void);
 
 /* The run's options (netfuzz.c parses them). */
 typedef struct {
@@ -125,8 +149,10 @@ extern char nf_key_pub[4][41], nf_key_sec[4][41], nf_server_pub[41];
 /* Makes the run's directory and starts what nf_opt asks for: the near
  * broker (unless --endpoint) and its echo worker, with --linked the other
  * brokers and theirs (the keys made first, AB_KEY and AB_BROKER_KEY set
- * for this process's clients). Does not wait for them. 0 or -1. */
-int nf_start_processes(void);
+ * for this process's clients), and binds in CTX the endpoint the near
+ * broker dials (nf_fake_open; not with --endpoint or --avoid dialed).
+ * Does not wait for them. 0 or -1. */
+int nf_start_processes(void *ctx);
 /* SIGTERM to *PID (SIGKILL after 5 s), reaped; *PID is 0 after. */
 void nf_stop(pid_t *pid);
 /* NULL while every broker lives, else which one died and how (in BUF). */

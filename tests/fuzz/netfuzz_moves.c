@@ -80,6 +80,11 @@ static uint64_t s_some_id(const uint64_t *own, int n)
     return nf_chance(50) ? nf_below(1000) : nf_rand();
 }
 
+uint64_t nf_seen_pick(void)
+{
+    return s_some_id(NULL, 0);
+}
+
 /* --- message moves -------------------------------------------------------------------- */
 static void s_out_payload(nf_out_t *o, size_t len)
 {

@@ -30,6 +30,7 @@ char nf_ep[64], nf_logpath[256];
 nf_broker_t nf_rb[2];
 char nf_key_pub[4][41], nf_key_sec[4][41], nf_server_pub[41];
 static char s_dir[64]; /* the run's directory: logs, keys */
+static char s_server_sec[41]; /* the brokers' secret key: the dialed endpoint may use it */
 static const char *const s_key_names[] = {"nfagent", "nfworker", "nflink", "nfadmin"};
 /* --linked: the far side's faults, from a PRNG of their own (seeded from
  * the run's seed), so that they do not change which moves a seed plays. */
@@ -214,7 +215,7 @@ static int s_make_keys(void)
             return -1;
     }
     snprintf(cert, sizeof cert, "%s/nfbroker.key", certs);
-    if (s_read_cert(cert, nf_server_pub, NULL) != 0)
+    if (s_read_cert(cert, nf_server_pub, s_server_sec) != 0)
         return -1;
     /* what the good client and the echo workers use (ab_options' defaults) */
     char admin[300];
@@ -225,18 +226,23 @@ static int s_make_keys(void)
 }
 
 /* Short timers and small limits, so that expiry, eviction, full mailboxes,
- * queues and unanswered CANCELs (cancel-grace-ms) happen within a run. */
+ * queues and unanswered CANCELs (cancel-grace-ms) happen within a run; a
+ * peer that stops reading (moves deaf, stall, dialed) passes
+ * peer-out-max-bytes and fills its pipe (sndhwm) within its spell. */
 #define NF_BROKER_ARGS                                                                       \
     "--heartbeat-ms", "500", "--liveness", "3", "--mailbox-ttl-ms", "700",                   \
         "--mailbox-max-msgs", "8", "--mailbox-total-bytes", "64K", "--queue-max", "40",      \
         "--default-timeout-ms", "3000", "--max-timeout-ms", "8000", "--sub-queue-max", "16", \
         "--startup-grace-ms", "0", "--cache-l1-bytes", "1M", "--max-client-held-bytes",     \
-        "64K", "--self-check-ms", "100", "--cancel-grace-ms", "300", "--log-level", "warn"
+        "64K", "--self-check-ms", "100", "--cancel-grace-ms", "300", "--log-level", "warn",  \
+        "--peer-out-max-bytes", "256K", "--peer-stall-ms", "1500", "--sndhwm", "2000"
 
 /* --linked: a broker NAME on EP with CURVE, dialing PEER_EP and PEER2_EP
- * (NULL: none), into ARGV (strings kept in STORE, 8 of them). */
+ * (NULL: none; its certificate CERT2's public key), into ARGV (strings
+ * kept in STORE, 8 of them). */
 static void s_linked_argv(char **argv, char store[][300], const char *bin, const char *name,
-                          const char *ep, const char *peer_ep, const char *peer2_ep)
+                          const char *ep, const char *peer_ep, const char *peer2_ep,
+                          const char *cert2)
 {
     char *fixed[] = {NF_BROKER_ARGS};
     int n = 0;
@@ -252,7 +258,7 @@ static void s_linked_argv(char **argv, char store[][300], const char *bin, const
     for (size_t i = 0; i < sizeof head / sizeof *head; i++)
         argv[n++] = head[i];
     if (peer2_ep) {
-        snprintf(store[6], 300, "%s#%s/certs/nfbroker.key", peer2_ep, s_dir);
+        snprintf(store[6], 300, "%s#%s/certs/%s.key", peer2_ep, s_dir, cert2);
         argv[n++] = "--peer";
         argv[n++] = store[6];
     }
@@ -264,7 +270,7 @@ static void s_linked_argv(char **argv, char store[][300], const char *bin, const
 /* --linked: the far broker, or with --line the middle one and the far
  * one (near - mid - far, each dialing its neighbours), each with its own
  * echo worker. 0 or -1. */
-static int s_start_linked(const char *bin, const char *wbin)
+static int s_start_linked(void *ctx, const char *bin, const char *wbin)
 {
     static const char *const names[2][2] = {{"nf-far"}, {"nf-mid", "nf-far"}};
     static const char *const whos[2][2] = {{"far broker"}, {"middle broker", "far broker"}};
@@ -282,13 +288,21 @@ static int s_start_linked(const char *bin, const char *wbin)
     }
     if (s_make_keys() != 0)
         return -1;
+    /* the endpoint the near broker dials as well (netfuzz_fake.c), with
+     * the brokers' key (it may claim their names) or the raw peers' */
+    int brokers_key = nf_opt.seed % 2;
+    snprintf(nf_fake_cert, sizeof nf_fake_cert, "%s", brokers_key ? "nfbroker" : "nflink");
+    if (!nf_avoid[MV_dialed] && nf_fake_open(ctx, brokers_key ? nf_server_pub : nf_key_pub[2],
+                                             brokers_key ? s_server_sec : nf_key_sec[2]))
+        return -1;
     char near_store[8][300], *argv[64];
-    s_linked_argv(argv, near_store, bin, "nf-near", nf_ep, nf_rb[0].ep, NULL);
+    s_linked_argv(argv, near_store, bin, "nf-near", nf_ep, nf_rb[0].ep,
+                  nf_fake_ep[0] ? nf_fake_ep : NULL, nf_fake_cert);
     nf_broker_pid = s_spawn(argv);
     for (int i = 0; i < nf_opt.linked; i++) {
         nf_broker_t *rb = &nf_rb[i];
         s_linked_argv(rb->argv, rb->store, bin, rb->name, rb->ep, i ? nf_rb[i - 1].ep : nf_ep,
-                      i + 1 < nf_opt.linked ? nf_rb[i + 1].ep : NULL);
+                      i + 1 < nf_opt.linked ? nf_rb[i + 1].ep : NULL, "nfbroker");
         rb->pid = s_spawn_to(rb->argv, rb->log);
         char *fw[] = {(char *)wbin, "--broker", rb->ep, "--backend", "echo", "--service",
                       (char *)rb->svc, "--capacity", "64", NULL};
@@ -298,7 +312,7 @@ static int s_start_linked(const char *bin, const char *wbin)
     return 0;
 }
 
-int nf_start_processes(void)
+int nf_start_processes(void *ctx)
 {
     snprintf(s_dir, sizeof s_dir, "/tmp/netfuzz.XXXXXX");
     if (!mkdtemp(s_dir))
@@ -309,13 +323,17 @@ int nf_start_processes(void)
              nf_opt.broker_bin ? nf_opt.broker_bin : AB_BIN_DIR "/agentbus-broker");
     snprintf(wbin, sizeof wbin, "%s", AB_BIN_DIR "/agentbus-worker");
     if (nf_opt.linked) {
-        if (s_start_linked(bin, wbin) != 0)
+        if (s_start_linked(ctx, bin, wbin) != 0)
             return -1;
     } else if (nf_opt.endpoint) {
         snprintf(nf_ep, sizeof nf_ep, "%s", nf_opt.endpoint);
     } else {
         snprintf(nf_ep, sizeof nf_ep, "tcp://127.0.0.1:%d", tl_free_port());
-        char *argv[] = {bin, "--bind", nf_ep, NF_BROKER_ARGS, NULL};
+        if (!nf_avoid[MV_dialed] && nf_fake_open(ctx, NULL, NULL) != 0)
+            return -1;
+        char *argv[] = {bin, "--bind", nf_ep, NF_BROKER_ARGS, "--peer", nf_fake_ep, NULL};
+        if (!nf_fake_ep[0]) /* --avoid dialed: no --peer */
+            argv[sizeof argv / sizeof *argv - 3] = NULL;
         nf_broker_pid = s_spawn(argv);
     }
     char *wargv[] = {wbin, "--broker", nf_ep, "--backend", "echo", "--service", NF_GOOD_SVC,

@@ -9,6 +9,7 @@
 #include "harness.h"
 #include "msgtest.h"
 #include "test.h"
+#include "batch.h"
 #include "codec.h"
 #include "util.h"
 
@@ -328,6 +329,170 @@ static void s_stall_disconnect(void)
     ab_free(reply);
     free(payload);
     zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&good);
+}
+
+/* Sends the echo service requests of SIZE bytes of PAYLOAD on RAW, one
+ * at a time (each read and answered before the next), until the broker
+ * has answered BUSY more than BUSY times in all or MAX were sent: the
+ * number sent. */
+static int s_until_busy(ab_client_t *good, void *raw, uint64_t *id, const char *payload,
+                        size_t size, uint64_t *busy, int max)
+{
+    uint64_t before = *busy;
+    int n = 0;
+    while (n < max && *busy == before) {
+        REQUIRE(s_raw_send(raw, AB_KIND_REQUEST, "echo", ++*id, payload, size) == 0);
+        n++;
+        s_wait_taken(good, *id, 0, 10000);
+        Agentbus__Stats *st = s_stats(good);
+        *busy = st->out_busy;
+        agentbus__stats__free_unpacked(st, NULL);
+    }
+    return n;
+}
+
+/* A peer over its bound that says BYE and speaks again on the same
+ * connection is still over: the bytes it has not taken are still there.
+ * The broker kept the figures on the peer's record, and a new record
+ * started from zero: each BYE gave a peer that reads nothing a fresh
+ * bound (netfuzz's stall move played it), so one connection could hold
+ * the bound again and again, up to sndhwm messages in libzmq's pipe. */
+static void s_bye_keeps_bound(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--peer-out-max-bytes", "1M", "--peer-stall-ms", "600000",
+              "--heartbeat-ms", "1000", "--liveness", "60", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *good = th_client(port);
+    REQUIRE(th_wait_workers(good, "echo", 1, 10000) == 0);
+    void *ctx = zmq_ctx_new();
+    void *raw = s_raw(ctx, port, 0);
+    enum { SIZE = 64 * 1024 };
+    char *payload = malloc(SIZE);
+    REQUIRE(payload != NULL);
+    memset(payload, 'b', SIZE);
+    uint64_t id = 0, busy = 0;
+    s_until_busy(good, raw, &id, payload, SIZE, &busy, 400); /* over 1M: BUSY */
+    REQUIRE(busy > 0);
+    REQUIRE(s_raw_send(raw, AB_KIND_BYE, "", ++id, NULL, 0) == 0);
+    int64_t end = ab_now_ms() + 10000;
+    uint64_t in_flight = 0;
+    do { /* its record is gone: no peer holds bytes in flight */
+        th_sleep_ms(20);
+        Agentbus__Stats *st = s_stats(good);
+        in_flight = st->out_in_flight_bytes;
+        agentbus__stats__free_unpacked(st, NULL);
+    } while (in_flight >= MiB / 2 && ab_now_ms() < end);
+    REQUIRE(in_flight < MiB / 2);
+    /* The same connection, still reading nothing, asks again: the first
+     * request is admitted (its record has sent nothing yet), its answer
+     * puts the record where the connection is, over the bound, and the
+     * next is BUSY. From zero it would take 16 more. */
+    int n = s_until_busy(good, raw, &id, payload, SIZE, &busy, 6);
+    printf("after BYE: BUSY again after %d request(s) of 64 KiB\n", n);
+    CHECK_RANGE(n, 1, 3);
+    free(payload);
+    zmq_close(raw);
+    zmq_ctx_term(ctx);
+    ab_client_destroy(&good);
+}
+
+/* Waits (bounded) for the stats figure slow_disconnects to reach N: its value. */
+static uint64_t s_wait_slow_disconnects(ab_client_t *c, uint64_t n, int timeout_ms)
+{
+    int64_t end = ab_now_ms() + timeout_ms;
+    for (;;) {
+        Agentbus__Stats *st = s_stats(c);
+        uint64_t d = st->slow_disconnects;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (d >= n || ab_now_ms() > end)
+            return d;
+        th_sleep_ms(20);
+    }
+}
+
+/* The broker's figure of bytes in flight to its peers once past BYTES,
+ * waited for (bounded): its last value. */
+static uint64_t s_wait_in_flight(ab_client_t *c, uint64_t bytes)
+{
+    uint64_t v = 0;
+    for (int64_t end = ab_now_ms() + 10000; ab_now_ms() < end; th_sleep_ms(20)) {
+        Agentbus__Stats *st = s_stats(c);
+        v = st->out_in_flight_bytes;
+        agentbus__stats__free_unpacked(st, NULL);
+        if (v > bytes)
+            break;
+    }
+    return v;
+}
+
+/* A peer past twice its bound is disconnected even when its record goes in
+ * the same turn. A raw worker that reads nothing (a 1-message receive
+ * pipe, which the REGISTER answer fills, and a 4 KiB socket buffer) is
+ * sent a request of 200 KiB: past twice its 64 KiB bound (one message may
+ * pass it). Then one BATCH of its holds a request and a BYE: the BUSY to
+ * the request is not sent (counted) and marks the connection to be cut at
+ * the end of the turn, and the BYE drops the record. Dropping it cancelled
+ * the cut: the connection stayed open with all it held, and its next
+ * record started with a fresh bound. */
+static void s_bye_when_cut(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--peer-out-max-bytes", "64K", "--peer-stall-ms", "600000",
+              "--heartbeat-ms", "1000", "--liveness", "60", NULL);
+    ab_client_t *good = th_client(port);
+    void *ctx = zmq_ctx_new();
+    void *w = zmq_socket(ctx, ZMQ_DEALER), *asker = s_raw(ctx, port, 0);
+    int linger = 0, hwm = 1, buf = 4096;
+    zmq_setsockopt(w, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(w, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(w, ZMQ_RCVBUF, &buf, sizeof buf);
+    REQUIRE(zmq_connect(w, th_ep(port)) == 0);
+    ab_header_t h = ab_header_init(AB_KIND_REGISTER);
+    h.target = ab_view_of("slow");
+    h.credit = 4;
+    uint8_t hb[512];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(zmq_send(w, hb, hl, 0) == (int)hl);
+    REQUIRE(th_wait_workers(good, "slow", 1, 10000) == 0);
+    enum { SIZE = 200 * 1024 };
+    char *payload = malloc(SIZE);
+    REQUIRE(payload != NULL);
+    memset(payload, 'c', SIZE);
+    REQUIRE(s_raw_send(asker, AB_KIND_REQUEST, "slow", 1, payload, SIZE) == 0);
+    uint64_t v = s_wait_in_flight(good, 128 * 1024);
+    printf("in flight to the worker: %llu bytes\n", (unsigned long long)v);
+    REQUIRE(v > 128 * 1024); /* not taken */
+    ab_batch_t b;
+    ab_batch_init(&b);
+    h = ab_header_init(AB_KIND_REQUEST);
+    h.id = 3;
+    h.target = ab_view_of("slow");
+    hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(ab_batch_add(&b, hb, hl, "x", 1, 1) == AB_OK);
+    h = ab_header_init(AB_KIND_BYE);
+    hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(ab_batch_add(&b, hb, hl, NULL, 0, 0) == AB_OK);
+    size_t blen;
+    const uint8_t *body = ab_batch_body(&b, &blen);
+    h = ab_header_init(AB_KIND_BATCH);
+    hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(zmq_send(w, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(w, body, blen, 0) == (int)blen);
+    ab_batch_fini(&b);
+    uint64_t d = s_wait_slow_disconnects(good, 1, 10000);
+    Agentbus__Stats *st = s_stats(good);
+    printf("not sent %llu, slow disconnects %llu (busy %llu)\n",
+           (unsigned long long)st->out_dropped, (unsigned long long)d,
+           (unsigned long long)st->out_busy);
+    CHECK_TRUE(st->out_dropped > 0);
+    agentbus__stats__free_unpacked(st, NULL);
+    CHECK_U64(d, 1);
+    free(payload);
+    zmq_close(w);
+    zmq_close(asker);
     zmq_ctx_term(ctx);
     ab_client_destroy(&good);
 }
@@ -657,6 +822,8 @@ int main(int argc, char **argv)
         {"reply_reader", s_reply_reader},
         {"slow_subscriber", s_slow_subscriber},
         {"stall_disconnect", s_stall_disconnect},
+        {"bye_keeps_bound", s_bye_keeps_bound},
+        {"bye_when_cut", s_bye_when_cut},
         {"max_connections", s_max_connections},
         {"lost_at_close", s_lost_at_close},
         {"held_bytes", s_held_bytes},
