@@ -41,8 +41,9 @@ int bu_reaped(pid_t pid, int status)
     return 1;
 }
 
-void bu_stop_pids(const pid_t *pids, int n)
+int bu_stop_pids(const pid_t *pids, int n)
 {
+    int crashed = 0;
     for (int i = 0; i < n; i++)
         kill(pids[i], SIGTERM);
     for (int i = 0; i < n; i++) {
@@ -55,6 +56,7 @@ void bu_stop_pids(const pid_t *pids, int n)
             got = waitpid(pids[i], &st, 0);
         }
         if (got == pids[i])
-            bu_reaped(pids[i], st);
+            crashed += bu_reaped(pids[i], st);
     }
+    return crashed;
 }

@@ -10,8 +10,8 @@
 /* Median of V[0..N-1] (N > 0); sorts V in place. */
 double bu_median(double *v, int n);
 /* SIGTERM to each of PIDS, up to 3 s for each to exit, then SIGKILL; reaps
- * them all, each through bu_reaped. */
-void bu_stop_pids(const pid_t *pids, int n);
+ * them all, each through bu_reaped. Returns how many of them crashed. */
+int bu_stop_pids(const pid_t *pids, int n);
 /* Says on stderr ("child PID crashed: ...") when STATUS, PID's from
  * waitpid, is a crash: ended by a signal a fault or abort() raises (a
  * sanitizer report aborts the program under abort_on_error=1, as

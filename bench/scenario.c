@@ -102,13 +102,17 @@ static int s_label_ok(const char *t)
 static pid_t s_kids[8];
 static int s_nkids;
 static char s_dir[64];
+static int s_crashed; /* children of the stack that crashed (bu_reaped) */
 
+/* atexit. A child that crashed (a sanitizer report aborts it in the ASan
+ * build) was said on stderr, and the run still ended 0 with its logs gone:
+ * the logs are kept and the exit status is 1. */
 static void s_cleanup(void)
 {
     sc_scale_cleanup();
-    bu_stop_pids(s_kids, s_nkids);
+    s_crashed += bu_stop_pids(s_kids, s_nkids);
     s_nkids = 0;
-    if (s_dir[0] && getenv("AB_SCENARIO_KEEP_LOGS")) {
+    if (s_dir[0] && (s_crashed || getenv("AB_SCENARIO_KEEP_LOGS"))) {
         fprintf(stderr, "scenario: logs kept in %s\n", s_dir);
         s_dir[0] = '\0';
     }
@@ -118,6 +122,11 @@ static void s_cleanup(void)
         if (system(cmd) != 0)
             fprintf(stderr, "scenario: could not remove %s\n", s_dir);
         s_dir[0] = '\0';
+    }
+    if (s_crashed) {
+        fprintf(stderr, "scenario: %d of its programs crashed (above): exit 1\n", s_crashed);
+        fflush(NULL);
+        _exit(1); /* exit() again from an atexit handler is undefined */
     }
 }
 
@@ -733,7 +742,7 @@ static void s_workload(const s_opts_t *o, s_stack_t *st, sc_result_t *res, int *
     s_ladders(o, st, sys, k, res, n, csv);
     if (o->deep <= 0 || s_nkids != S_KID_WORKERS + SC_GPUS)
         return;
-    bu_stop_pids(&s_kids[S_KID_WORKERS], SC_GPUS);
+    s_crashed += bu_stop_pids(&s_kids[S_KID_WORKERS], SC_GPUS);
     s_nkids = S_KID_WORKERS;
     static char label[32];
     snprintf(label, sizeof label, "bus-cap%d", o->deep);
@@ -809,7 +818,7 @@ int main(int argc, char **argv)
         lost = s_report(&o, res, n, path);
     for (int i = 0; i < n; i++)
         free(res[i].recs);
-    bu_stop_pids(s_kids, s_nkids); /* the stack is not needed for the scale part */
+    s_crashed += bu_stop_pids(s_kids, s_nkids); /* not needed for the scale part */
     s_nkids = 0;
     if (!o.skip_scale && o.scale_agents > 0) {
         snprintf(path, sizeof path, "%s/scale.csv", o.out);

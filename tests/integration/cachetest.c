@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 
@@ -97,6 +98,46 @@ int ct_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t 
     return rc;
 }
 
+
+int ct_num(const char *out)
+{
+    const char *h = strrchr(out, '#');
+    return h ? atoi(h + 1) : -1;
+}
+
+/* Why SPAN < TTL_MS proves the second asking had to be a hit: the broker
+ * stored the first answer at or after ASKED and looked the second up at or
+ * before the second answer came, both on the machine's one monotonic clock
+ * (ab_now_ms), so the entry was younger than SPAN at that lookup. */
+int64_t ct_cached_within(ct_wk_t *x, ab_client_t *c, const char *prefix, int ttl_ms, char *key,
+                         size_t cap, int *n)
+{
+    char out[512];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, cap, i ? "%s.%d" : "%s", prefix, i);
+        int64_t asked = ab_now_ms();
+        REQUIRE(ct_req(c, x->service, key, out, sizeof out) == AB_OK);
+        int64_t stored = ab_now_ms();
+        *n = ct_num(out);
+        CHECK_EQ(*n, atomic_load(&x->jobs)); /* a new key: the worker's answer */
+        REQUIRE(ct_req(c, x->service, key, out, sizeof out) == AB_OK);
+        int64_t span = ab_now_ms() - asked;
+        if (span < ttl_ms) {
+            CHECK_EQ(ct_num(out), *n); /* the first one's, from the cache */
+            return stored;
+        }
+        printf("%s asked twice in %lld ms, not within its %d ms TTL: no verdict, again\n", key,
+               (long long)span, ttl_ms);
+    }
+    REQUIRE(!"a key asked twice within its TTL in 20 tries");
+    return 0;
+}
+
+void ct_sleep_past(int64_t stored, int ttl_ms)
+{
+    while (ab_now_ms() < stored + ttl_ms + 10)
+        th_sleep_ms((int)(stored + ttl_ms + 10 - ab_now_ms()));
+}
 
 void ct_got_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
 {

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct {
@@ -39,6 +40,19 @@ pthread_t ct_worker_start(ct_wk_t *x, ab_client_t *c);
 void ct_worker_end(ct_wk_t *x, pthread_t th);
 /* A sync request of DATA; the reply's text in OUT. */
 int ct_req(ab_client_t *c, const char *svc, const char *data, char *out, size_t cap);
+/* N of the counting worker's answer "DATA#N" (-1: none). */
+int ct_num(const char *out);
+/* A TTL's two sides without a bound on how fast the machine runs: asks a
+ * new key (PREFIX, else PREFIX.1 ...: in KEY) twice, its first answer (*N)
+ * the worker's; when both were answered within TTL_MS of the first asking,
+ * the second must be the first's answer (checked); a machine that ran them
+ * later gives no verdict and the next key is tried (20 at most, then the
+ * case fails). Returns the time (ab_now_ms) the first answer had come by:
+ * the entry was stored before it, so it must have expired once
+ * ct_sleep_past(that, TTL_MS) returns. */
+int64_t ct_cached_within(ct_wk_t *x, ab_client_t *c, const char *prefix, int ttl_ms, char *key,
+                         size_t cap, int *n);
+void ct_sleep_past(int64_t stored, int ttl_ms);
 /* The callback filling a ct_got_t, and polling CS until N of G are done. */
 void ct_got_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg);
 void ct_poll_all(ab_client_t **cs, int nc, ct_got_t *g, int n, int timeout_ms);

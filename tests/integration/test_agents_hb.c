@@ -12,7 +12,8 @@
  * all with their connections open.
  *
  * No case asserts wall-clock speed: times only bound the waits, and the
- * heartbeat counts are bounded by the interval the broker announced.
+ * heartbeat counts are bounded by the interval the broker announced over
+ * the span measured.
  */
 #include "harness.h"
 #include "test.h"
@@ -120,12 +121,14 @@ static void s_interval_grows(void)
     CHECK_TRUE(agents >= S_N);
     CHECK_TRUE((uint64_t)ivl * 20 >= (uint64_t)agents * 1000); /* the rate bound */
     agentbus__stats__free_unpacked(st, NULL);
-    /* Every agent hears of it on its next beat (250 ms) and adopts it. */
+    /* Every agent hears of it on its next beat (250 ms) and adopts it,
+     * acknowledging with a beat at once. An agent the machine ran late
+     * may still do that inside the window: two messages each allowed. */
     for (int64_t end = ab_now_ms() + 1000; ab_now_ms() < end;)
         ab_client_poll(c, 50);
+    int64_t t0 = ab_now_ms(); /* before the query: the window opens at its answer */
     Agentbus__Stats *a = th_stats(c);
     REQUIRE(a != NULL);
-    int64_t t0 = ab_now_ms();
     for (int64_t end = t0 + 3 * (int64_t)ivl; ab_now_ms() < end;)
         ab_client_poll(c, 50);
     Agentbus__Stats *b = th_stats(c);
@@ -134,7 +137,7 @@ static void s_interval_grows(void)
     /* Inbound messages: heartbeats (each agent at 90-100% of the interval)
      * and this test's own stats query. */
     uint64_t in = b->msgs_in - a->msgs_in;
-    uint64_t most = (uint64_t)agents * (uint64_t)(span / (ivl * 9 / 10) + 1) + 2;
+    uint64_t most = (uint64_t)agents * (uint64_t)(span / (ivl * 9 / 10) + 1 + 2) + 2;
     printf("%llu messages in over %lld ms (at most %llu at %u ms; %llu at 250 ms)\n",
            (unsigned long long)in, (long long)span, (unsigned long long)most, ivl,
            (unsigned long long)(agents * (span / 225)));
@@ -143,10 +146,12 @@ static void s_interval_grows(void)
     agentbus__stats__free_unpacked(a, NULL);
     agentbus__stats__free_unpacked(b, NULL);
 
-    /* Silent with their connections open: dropped after liveness x ivl. */
+    /* Silent with their connections open: dropped after liveness x ivl
+     * by the broker's clock (or sooner, by its transport PINGs). Waited
+     * for, not timed: a broker the machine ran late drops them late. */
     REQUIRE(kill(kid, SIGSTOP) == 0);
     int64_t stopped = ab_now_ms(), freed = -1;
-    for (int64_t end = stopped + 3 * (int64_t)ivl + 5000; ab_now_ms() < end && freed < 0;) {
+    for (int64_t end = stopped + 60000; ab_now_ms() < end && freed < 0;) {
         st = th_stats(c);
         if (st && st->named_agents == 0)
             freed = ab_now_ms() - stopped;

@@ -38,6 +38,7 @@ typedef struct {
     char model_echo[160];
     int prompt_tokens;
     int64_t t_arrive, t_ready, t_prefill_end, t_end;
+    int64_t t_token_due; /* when the last token made was due (infer.c) */
     int phase;               /* 0 before prefill, 1 tokens, 2 ended */
     char *pending;
     size_t pend_len, pend_off;
