@@ -203,8 +203,6 @@ static int s_check_ollama_url(const char *url, char *why, size_t cap)
     return rc == CURLUE_OK ? 0 : -1;
 }
 
-/* The broker's endpoint and the Ollama URL, checked before anything
- * starts: a typo is exit 2 naming the value, not a worker that waits. */
 /* The keys (flag, else environment) as the library will take them: one it
  * cannot use is a bad value, exit 2 naming where it came from, as brokerctl
  * and the gateway say it (it was exit 1 after the worker was made). */
@@ -226,6 +224,9 @@ static int s_check_keys(const s_args_t *a)
     return bad_key || bad_bkey ? -1 : 0;
 }
 
+/* The broker's endpoint, the Ollama URL and the keys, checked before
+ * anything starts: a typo is exit 2 naming the value, not a worker that
+ * waits. */
 static int s_check(s_args_t *a)
 {
     const char *env = getenv("AB_BROKER");
