@@ -7,6 +7,7 @@
 #ifndef AB_NETFUZZ_H
 #define AB_NETFUZZ_H
 
+#include "agentbus.h"
 #include "codec.h"
 
 #include <stddef.h>
@@ -163,6 +164,15 @@ void nf_print_log(const char *path);
  * within 10 s (a leak report of libzmq's loss at close alone is said and
  * not counted: nf_lsan.h), else what failed (in BUF). */
 const char *nf_term_clean(pid_t *pid, const char *who, const char *log, char *buf, size_t cap);
+/* A client of the broker at EP (NULL when it cannot be made). */
+ab_client_t *nf_client_at(const char *ep);
+/* netfuzz_final.c: the broker at EP (WHO) still answers `stats` (printed
+ * in part): NULL, or what failed (in BUF). */
+const char *nf_final_stats(const char *ep, const char *who, char *buf, size_t cap);
+/* --linked: prints the links of the broker at EP (WHO); what failed when
+ * its link to FAR (NULL: not checked) answered no request. */
+const char *nf_final_links(const char *ep, const char *who, const char *far, char *buf,
+                           size_t cap);
 /* --linked: the far side's faults, from a PRNG of their own seeded from
  * nf_opt.seed: nf_fault_start at the start of play (NOW), nf_fault_step
  * as play goes on, nf_fault_end to let a stopped broker go on. */
