@@ -77,6 +77,7 @@ struct ab_job {
 
 static int s_answer(ab_worker_t *w, const ab_job_t *job, uint32_t kind, const void *data,
                     size_t size, uint32_t code, const char *text, uint32_t flags);
+static int s_heartbeat(ab_worker_t *w, int64_t now);
 
 /* A zeroed job, from W's spares when it has one. */
 static ab_job_t *s_job_new(ab_worker_t *w)
@@ -414,7 +415,13 @@ static int s_process(ab_worker_t *w)
     }
     /* Once per job handed out: the coarse clock (heartbeats are due in
      * seconds; a clock read per job showed in the worker's profile). */
-    int64_t now = ab_conn_coarse_ms();
+    s_heartbeat(w, ab_conn_coarse_ms());
+    return handled;
+}
+
+/* Sends W's heartbeat when one is due at NOW; 1 when it did. */
+static int s_heartbeat(ab_worker_t *w, int64_t now)
+{
     if (ab_conn_heartbeat_due(&w->conn, now)) {
         /* The heartbeat carries the worker's load and its backend's state. */
         Agentbus__WorkerHeartbeat hb;
@@ -430,8 +437,9 @@ static int s_process(ab_worker_t *w)
             agentbus__worker_heartbeat__pack(&hb, buf);
         ab_conn_heartbeat_with(&w->conn, now, w->capacity, len <= sizeof buf ? buf : NULL,
                                len <= sizeof buf ? len : 0);
+        return 1;
     }
-    return handled;
+    return 0;
 }
 
 /* Hands out the next ready job, tracking it until it is freed. */
@@ -768,4 +776,13 @@ int ab_worker_has_input(ab_worker_t *w)
 int ab_worker_flush(ab_worker_t *w)
 {
     return w ? ab_conn_flush(&w->conn) : AB_EINVAL;
+}
+
+int ab_worker_keepalive(ab_worker_t *w)
+{
+    if (!w)
+        return AB_EINVAL;
+    /* Sent at once with what the turn gathered: the handler may go on for
+     * long before the loop ends the turn. */
+    return s_heartbeat(w, ab_conn_coarse_ms()) ? ab_conn_flush(&w->conn) : AB_OK;
 }

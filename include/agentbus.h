@@ -981,6 +981,15 @@ AB_EXPORT unsigned ab_worker_in_flight(const ab_worker_t *worker);
  * after replying when the next call of those may be far off.
  * Errors: AB_EINVAL, AB_EBUSY, AB_EZMQ. */
 AB_EXPORT int ab_worker_flush(ab_worker_t *worker);
+/* Sends the worker's heartbeat if one is due (with its load, as
+ * ab_worker_poll does), and with it what the turn gathered. For a handler
+ * that works long between calls of ab_worker_recv/poll (a large answer
+ * put together, a slow decode): the broker hears nothing else from a
+ * worker meanwhile, and one silent past its heartbeat interval is taken
+ * for dead and its requests sent to others. Cheap when none is due (a
+ * coarse clock read): may be called per piece of work.
+ * Errors: AB_EINVAL, AB_EBUSY, AB_EZMQ. Thread: the worker's. */
+AB_EXPORT int ab_worker_keepalive(ab_worker_t *worker);
 
 /* Makes ab_worker_recv/poll/run return (AB_ESTOPPED, or AB_OK for run) soon,
  * now and from then on. Thread: any thread, and signal handlers. */

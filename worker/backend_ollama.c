@@ -287,6 +287,10 @@ static int s_on_line(const char *line, size_t len, void *arg)
     wk_ollama_t *o = j->o;
     if (j->answered)
         return 1;
+    /* One call of curl may hand over thousands of lines (a stream: false
+     * answer put together here sends nothing until its end): the broker
+     * must still hear from this worker as often as it asked. */
+    ab_worker_keepalive(o->w);
     wk_ol_chunk_t c;
     int rc = wk_ol_chunk_parse(j->call.kind, line, len, o->worker_name, &c);
     if (rc == -2)

@@ -24,7 +24,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -392,6 +394,86 @@ static void s_agent_ping(void)
     CHECK_TRUE(worker >= 1); /* the raw peer works: a worker still PINGs each second */
 }
 
+/* A worker whose handler works long between library calls (5 s, the
+ * broker asking a heartbeat each 500 ms): calling ab_worker_keepalive as it
+ * works keeps it alive, and its one answer is the request's (nothing taken
+ * back); the same work without it is silence, and the broker takes the
+ * worker for dead and its request back (which shows the setting bites).
+ * The Ollama worker calls it per line: one call of libcurl may hand over
+ * thousands, a stream: false answer sending nothing until its end. */
+typedef struct {
+    int port;
+    atomic_int keepalive, ready, done;
+    ab_worker_t *w;
+} s_long_t;
+
+static void *s_long_main(void *arg)
+{
+    s_long_t *x = arg;
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, th_ep(x->port));
+    int rc = ab_worker_new(&x->w, o, "long", 1);
+    ab_options_destroy(&o);
+    atomic_store(&x->ready, rc == AB_OK ? 1 : -1);
+    while (rc == AB_OK && !atomic_load(&x->done)) {
+        ab_job_t *job;
+        if (ab_worker_recv(x->w, &job, 100) != AB_OK)
+            continue;
+        for (int64_t end = ab_now_ms() + 5000; ab_now_ms() < end;) {
+            th_sleep_ms(20); /* a piece of the work */
+            if (atomic_load(&x->keepalive))
+                ab_worker_keepalive(x->w);
+        }
+        ab_worker_reply(x->w, &job, "done", 4);
+    }
+    ab_worker_destroy(&x->w);
+    return NULL;
+}
+
+static void s_ignore(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c, (void)ev, (void)arg;
+}
+
+/* The broker's count of requests taken back from lost workers. */
+static uint64_t s_redispatched(ab_client_t *c)
+{
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    uint64_t n = st->redispatched;
+    agentbus__stats__free_unpacked(st, NULL);
+    return n;
+}
+
+static void s_worker_keepalive(void)
+{
+    s_long_t x = {.port = th_free_port()};
+    atomic_store(&x.keepalive, 1);
+    th_broker(x.port, "--health-floor-ms", "500", "--health-ceiling-ms", "500", NULL);
+    ab_client_t *c = th_client(x.port);
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_long_main, &x) == 0);
+    REQUIRE(th_wait_workers(c, "long", 1, 10000) == 0);
+    void *out = NULL;
+    size_t len = 0;
+    CHECK_EQ(ab_client_request(c, "long", "x", 1, 30000, &out, &len), AB_OK);
+    CHECK_TRUE(len == 4 && out && !memcmp(out, "done", 4));
+    ab_free(out);
+    CHECK_U64(s_redispatched(c), 0); /* heard from all along */
+    /* Without it: silent for 5 s, found dead, its request taken back. */
+    atomic_store(&x.keepalive, 0);
+    REQUIRE(ab_client_request_start(c, "long", "y", 1, NULL, s_ignore, NULL, NULL) == AB_OK);
+    uint64_t back = 0;
+    for (int64_t end = ab_now_ms() + 20000; !back && ab_now_ms() < end;) {
+        ab_client_poll(c, 100);
+        back = s_redispatched(c);
+    }
+    CHECK_TRUE(back >= 1);
+    atomic_store(&x.done, 1);
+    ab_client_destroy(&c); /* its request goes with it */
+    pthread_join(th, NULL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && !strcmp(argv[1], "--agents"))
@@ -402,6 +484,7 @@ int main(int argc, char **argv)
         {"worker_transport", s_worker_transport},
         {"backlog", s_backlog},
         {"agent_ping", s_agent_ping},
+        {"worker_keepalive", s_worker_keepalive},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
