@@ -80,6 +80,7 @@ void cache_l2_sigstop(void);
 void cache_l2_sigkill(void);
 /* test_cache_hostile.c: raw peers (issue 11) and a cancelled leader. */
 void cache_lz4_bomb(void);
+void cache_lz4_bombs_beat(void);
 void cache_model_key(void);
 void cache_cancelled_leader(void);
 /* test_cache_l2.c: what L2 answers, good or garbage. */

@@ -596,7 +596,8 @@ int main(int argc, char **argv)
         {"l3_stop_signals", cache_l3_stop_signals},
         {"l2_sigstop", cache_l2_sigstop}, {"l2_sigkill", cache_l2_sigkill},
         /* test_cache_hostile.c */
-        {"lz4_bomb", cache_lz4_bomb}, {"model_key", cache_model_key},
+        {"lz4_bomb", cache_lz4_bomb}, {"lz4_bombs_beat", cache_lz4_bombs_beat},
+        {"model_key", cache_model_key},
         {"cancelled_leader", cache_cancelled_leader},
         {"l2_garbage_array", cache_l2_garbage_array}, {"l2_promote_ttl", cache_l2_promote_ttl},
         {"l2_promote_clamp", cache_l2_promote_clamp},

@@ -142,6 +142,95 @@ void cache_lz4_bomb(void)
     ab_client_destroy(&c);
 }
 
+/* A worker of CAPACITY 48 answering "ok" to each job (ab_worker_poll). */
+typedef struct {
+    int port;
+    atomic_int jobs, ready, done;
+} s_wide_t;
+
+static void s_wide_job(ab_worker_t *w, ab_job_t *job, void *arg)
+{
+    atomic_fetch_add(&((s_wide_t *)arg)->jobs, 1);
+    ab_worker_reply(w, &job, "ok", 2);
+}
+
+static void *s_wide_main(void *arg)
+{
+    s_wide_t *x = arg;
+    ab_options_t *o = ab_options_new();
+    ab_options_set_endpoint(o, th_ep(x->port));
+    ab_worker_t *w = NULL;
+    int rc = ab_worker_new(&w, o, "wide", 48);
+    ab_options_destroy(&o);
+    atomic_store(&x->ready, rc == AB_OK ? 1 : -1);
+    while (rc == AB_OK && !atomic_load(&x->done))
+        ab_worker_poll(w, 100, s_wide_job, x);
+    ab_worker_destroy(&w);
+    return NULL;
+}
+
+/* A whole credit of lz4 bombs at once (48 requests of 257 KB, each
+ * declaring 64 MiB) to a worker of capacity 48, whose heartbeats the
+ * broker wants every 200 ms. The worker's library inflates each request as
+ * it reads it; its turn read all 48 before it let a job run or a heartbeat
+ * go: 3 GiB inflated and about a second of silence (more on a busy
+ * machine), and the broker took it for dead and dispatched its requests
+ * again. Its turn now stops at 8 MiB taken in: every bomb is answered
+ * once, nothing is taken back. */
+void cache_lz4_bombs_beat(void)
+{
+    s_wide_t x = {.port = th_free_port()};
+    th_broker(x.port, "--health-floor-ms", "200", "--health-ceiling-ms", "200", NULL);
+    ab_client_t *c = th_client(x.port);
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_wide_main, &x) == 0);
+    REQUIRE(th_wait_workers(c, "wide", 1, 10000) == 0);
+    const size_t orig = 64u << 20;
+    void *zeros = calloc(1, orig), *bomb = NULL;
+    size_t blen = 0;
+    REQUIRE(zeros && ab_lz4_compress(zeros, orig, 0, &bomb, &blen) == 1);
+    free(zeros);
+    void *s = s_raw(x.port);
+    enum { N = 48 };
+    for (int i = 0; i < N; i++) {
+        ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+        h.id = (uint64_t)i + 1;
+        h.target = ab_view_of("wide");
+        h.flags = AB_FLAG_LZ4;
+        h.original_size = orig;
+        h.timeout_ms = 60000;
+        s_raw_send(s, &h, bomb, blen);
+    }
+    free(bomb);
+    int replies = 0, errors = 0;
+    int64_t hb_at = 0;
+    for (int64_t end = ab_now_ms() + 60000; replies + errors < N && ab_now_ms() < end;) {
+        if (ab_now_ms() >= hb_at) {
+            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
+            s_raw_send(s, &hb, NULL, 0);
+            hb_at = ab_now_ms() + 500;
+        }
+        ab_header_t h;
+        if (!s_raw_recv(s, &h, 200))
+            continue;
+        replies += h.kind == AB_KIND_REPLY;
+        errors += h.kind == AB_KIND_ERROR;
+    }
+    CHECK_EQ(replies, N);
+    CHECK_EQ(errors, 0);
+    Agentbus__Stats *st = th_stats(c);
+    REQUIRE(st != NULL);
+    CHECK_U64(st->redispatched, 0); /* the worker was heard from all along */
+    agentbus__stats__free_unpacked(st, NULL);
+    CHECK_EQ(atomic_load(&x.jobs), N); /* each computed once */
+    zmq_close(s);
+    zmq_ctx_term(s_zctx);
+    s_zctx = NULL;
+    atomic_store(&x.done, 1);
+    pthread_join(th, NULL);
+    ab_client_destroy(&c);
+}
+
 /* Packs a chat (KIND 'c'), embed ('e') request for MODEL. */
 static size_t s_typed_for(uint8_t *buf, int kind, const char *model)
 {
