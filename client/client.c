@@ -506,13 +506,17 @@ static int s_process(ab_client_t *c)
         c->conn.hello_answers = 0;
         c->conn.restore_pending = 0;
     }
-    for (int i = 0; i < 4096 && !atomic_load(&c->conn.stop); i++) {
+    size_t taken = 0; /* bounded in bytes too (internal.h) */
+    for (int i = 0; i < AB_CONN_TURN_MSGS && taken < AB_CONN_TURN_BYTES &&
+                    !atomic_load(&c->conn.stop);
+         i++) {
         ab_in_t in;
         int rc = ab_conn_recv(&c->conn, &in);
         if (rc < 0)
             return rc;
         if (rc == 0)
             break;
+        taken += in.size;
         s_on_message(c, &in);
         ab_in_close(&in);
         handled++;

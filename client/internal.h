@@ -182,8 +182,16 @@ int ab_conn_hello(ab_conn_t *c);
 /* Sends a header-only message of KIND. */
 int ab_conn_send_kind(ab_conn_t *c, uint32_t kind);
 /* Receives one message without waiting: 1 got one (caller calls
- * ab_in_close), 0 none waiting, < 0 error. Malformed input is skipped. */
+ * ab_in_close), 0 none waiting, < 0 error. Malformed input is skipped.
+ * An lz4 payload is inflated here (up to the max payload, 64 MiB). */
 int ab_conn_recv(ab_conn_t *c, ab_in_t *in);
+/* What one turn of a handle reads before it lets its heartbeat go (and,
+ * for a worker, its jobs run): AB_CONN_TURN_MSGS messages or
+ * AB_CONN_TURN_BYTES of payloads as inflated, at least one message. A turn
+ * that read a whole credit of lz4 bombs (64 MiB each) held them all at once
+ * and was silent for seconds: the broker dropped the peer. */
+#define AB_CONN_TURN_MSGS 4096
+#define AB_CONN_TURN_BYTES ((size_t)8 << 20)
 void ab_in_close(ab_in_t *in);
 /* Waits up to timeout_ms for socket or monitor input: 1 ready, 0 timeout,
  * AB_ESTOPPED, AB_EZMQ. */

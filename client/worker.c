@@ -27,9 +27,6 @@
 /* What a worker holds past its capacity (s_full). */
 #define S_SLACK_JOBS 1024
 #define S_SLACK_BYTES ((size_t)64 << 20)
-/* Payload bytes one turn of s_process takes in before it lets the jobs
- * run and a heartbeat go (at least one message, however large). */
-#define S_TURN_BYTES ((size_t)8 << 20)
 
 struct ab_worker {
     ab_conn_t conn;
@@ -405,14 +402,10 @@ static int s_process(ab_worker_t *w)
         s_register(w);
     }
     int handled = 0;
-    /* Bounded in bytes as well as in messages: each request is inflated
-     * (up to max-payload, 64 MiB) as it is read, and a turn that read a
-     * whole credit's worth of them held capacity x 64 MiB at once and sent
-     * no heartbeat until all were inflated (seconds on a starved machine:
-     * the broker took the worker for dead). Past S_TURN_BYTES the
-     * rest waits in the socket, compressed, for the next turn. */
+    /* Bounded in bytes too (internal.h): past them the rest waits in the
+     * socket, compressed, for the next turn. */
     size_t taken = 0;
-    for (int i = 0; i < 4096 && taken < S_TURN_BYTES; i++) {
+    for (int i = 0; i < AB_CONN_TURN_MSGS && taken < AB_CONN_TURN_BYTES; i++) {
         ab_in_t in;
         int rc = ab_conn_recv(&w->conn, &in);
         if (rc < 0)

@@ -5,6 +5,7 @@
  * would hide a duplicate answer). One case per ctest entry.
  */
 #include "codec.h"
+#include "compress.h"
 #include "harness.h"
 #include "msgtest.h"
 #include "rawpeer.h"
@@ -64,6 +65,93 @@ static void s_lz4_old_worker(void)
     ab_client_destroy(&ctl);
     CHECK_TRUE(th_alive(broker));
     rp_end(socks, 2);
+}
+
+/* Whether PID's log holds TEXT. */
+static int s_log_has(pid_t pid, const char *text)
+{
+    FILE *f = fopen(th_log_of(pid), "r");
+    REQUIRE(f != NULL);
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f))
+        found = strstr(line, text) != NULL;
+    fclose(f);
+    return found;
+}
+
+typedef struct {
+    int ok, failed;
+    size_t bytes;
+} s_got_t;
+
+static void s_count_reply(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c;
+    s_got_t *g = arg;
+    if (!ev->final)
+        return;
+    g->ok += ev->status == AB_OK;
+    g->failed += ev->status != AB_OK;
+    g->bytes += ev->status == AB_OK ? ev->size : 0;
+}
+
+/* A worker answering an agent's 64 requests with lz4 bombs (257 KB each,
+ * declaring 64 MiB) all at once, the broker asking the agent a heartbeat
+ * each 300 ms. The library inflates each answer as it reads it, and its
+ * turn read all 64 before its heartbeat was due again: a second and more
+ * of silence, and the broker dropped the agent ("heartbeat timeout").
+ * Its turn now stops at 8 MiB taken in: every answer arrives whole and
+ * the agent stays. */
+static void s_lz4_reply_bombs(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--heartbeat-ms", "300", "--agent-heartbeat-rate", "0", NULL);
+    void *socks[1];
+    void *w = socks[0] = rp_raw(port, NULL, 0);
+    rp_register(w, "bombs", 64, AB_FEATURE_LZ4);
+    ab_client_t *c = th_client(port);
+    enum { N = 64 };
+    s_got_t got = {0};
+    for (int i = 0; i < N; i++)
+        REQUIRE(ab_client_request_start(c, "bombs", "x", 1, NULL, s_count_reply, &got, NULL) ==
+                AB_OK);
+    ab_client_poll(c, 0); /* sent */
+    const size_t orig = 64u << 20;
+    void *zeros = calloc(1, orig), *bomb = NULL;
+    size_t blen = 0;
+    REQUIRE(zeros && ab_lz4_compress(zeros, orig, 0, &bomb, &blen) == 1);
+    free(zeros);
+    uint64_t ids[N];
+    int n = 0;
+    for (int64_t end = ab_now_ms() + 30000; n < N && ab_now_ms() < end;) {
+        rp_msg_t m;
+        ab_client_poll(c, 10);
+        if (!rp_wait(w, AB_KIND_REQUEST, &m, 100, socks, 1))
+            continue;
+        ids[n++] = m.h.id;
+        rp_close(&m);
+    }
+    REQUIRE(n == N);
+    for (int i = 0; i < N; i++) { /* all at once, before the agent reads any */
+        ab_header_t h = ab_header_init(AB_KIND_REPLY);
+        h.correlation_id = ids[i];
+        h.flags = AB_FLAG_LZ4;
+        h.original_size = orig;
+        mt_raw_send(w, &h, bomb, blen);
+    }
+    free(bomb);
+    for (int64_t end = ab_now_ms() + 60000; got.ok + got.failed < N && ab_now_ms() < end;) {
+        ab_client_poll(c, 100);
+        rp_beat(w);
+    }
+    CHECK_EQ(got.ok, N);
+    CHECK_EQ(got.failed, 0);
+    CHECK_U64(got.bytes, (uint64_t)N * orig);
+    ab_client_destroy(&c);
+    CHECK_TRUE(th_alive(broker));
+    CHECK_TRUE(!s_log_has(broker, "heartbeat timeout"));
+    rp_end(socks, 1);
 }
 
 /* --- 2: routing ids a peer chooses ------------------------------------------------ */
@@ -806,6 +894,7 @@ int main(int argc, char **argv)
         {"offline_names", s_offline_names},       {"late_answer", s_late_answer},
         {"late_after_stream", s_late_after_stream},
         {"answer_after_pushback", s_answer_after_pushback},
+        {"lz4_reply_bombs", s_lz4_reply_bombs},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
