@@ -109,7 +109,7 @@ static int s_crashed; /* children of the stack that crashed (bu_reaped) */
  * the logs are kept and the exit status is 1. */
 static void s_cleanup(void)
 {
-    sc_scale_cleanup();
+    s_crashed += sc_scale_cleanup();
     s_crashed += bu_stop_pids(s_kids, s_nkids);
     s_nkids = 0;
     if (s_dir[0] && (s_crashed || getenv("AB_SCENARIO_KEEP_LOGS"))) {

@@ -229,8 +229,10 @@ typedef struct {
     const char *bopt[8];     /* --broker-opt FLAG, VALUE pairs, NULL-ended */
 } sc_scale_cfg_t;
 int sc_scale(const sc_scale_cfg_t *cfg, FILE *csv);
-/* Stops whatever the scale part still runs (an interrupted run). */
-void sc_scale_cleanup(void);
+/* Stops whatever the scale part still runs (an interrupted run); returns
+ * how many of its processes crashed (bu_reaped), counted since the last
+ * call. */
+int sc_scale_cleanup(void);
 /* Child modes (the program execs itself). */
 int sc_scale_child(int argc, char **argv);
 int sc_bare_router(const char *ep);

@@ -268,18 +268,25 @@ static void s_untrack(pid_t pid)
         }
 }
 
+/* Processes of the scale part that crashed (bu_reaped): the run's exit
+ * status says so (sc_scale_cleanup). */
+static int s_crashed;
+
 /* bu_stop_pids, and forgets them (a reaped pid may be reused). */
 static void s_stop_pids(pid_t *pids, int n)
 {
-    bu_stop_pids(pids, n);
+    s_crashed += bu_stop_pids(pids, n);
     for (int i = 0; i < n; i++)
         s_untrack(pids[i]);
 }
 
-void sc_scale_cleanup(void)
+int sc_scale_cleanup(void)
 {
-    bu_stop_pids(s_pids, s_npids);
+    s_crashed += bu_stop_pids(s_pids, s_npids);
     s_npids = 0;
+    int n = s_crashed;
+    s_crashed = 0;
+    return n;
 }
 typedef struct {
     pid_t pid;
@@ -336,12 +343,15 @@ static void s_children_stop(s_child_t *k, int n)
         }
     for (int i = 0; i < n; i++) {
         if (k[i].pid > 0) {
-            int waited = 0;
-            while (waitpid(k[i].pid, NULL, WNOHANG) == 0 && waited++ < 500)
+            int waited = 0, st = 0;
+            pid_t r;
+            while ((r = waitpid(k[i].pid, &st, WNOHANG)) == 0 && waited++ < 500)
                 usleep(10000);
-            if (waited > 500) {
+            if (r == 0) { /* did not quit within 5 s */
                 kill(k[i].pid, SIGKILL);
                 waitpid(k[i].pid, NULL, 0);
+            } else if (r == k[i].pid) {
+                s_crashed += bu_reaped(k[i].pid, st);
             }
             s_untrack(k[i].pid);
         }
