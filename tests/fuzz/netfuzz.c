@@ -44,9 +44,10 @@
  * keys: an agent granted a few names and topics, a worker granted two of
  * the services, a peer broker granted the names nf-b* (so its LINK moves
  * open links; the real brokers' names are not granted to it) and an admin.
- * The dialed endpoint holds, by the seed, the brokers' key (odd seeds: the
- * near broker takes it for nf-far or nf-mid, and refuses other names) or
- * the nf-b* one (even seeds).
+ * The dialed endpoint holds, by the seed modulo 3, the nf-b* key (0), the
+ * brokers' key (1: the near broker takes it for nf-far or nf-mid, and
+ * refuses other names) or a key granted every name it says (2: nffake, so
+ * its renames and forged HELLOs are taken, the near broker's own name too).
  * Every 3-10 s the far side has a fault: the far broker stopped (SIGSTOP)
  * for 0.3-2.5 s, so that the link is lost and found again with requests
  * on it, killed and restarted, or its echo worker killed and restarted.

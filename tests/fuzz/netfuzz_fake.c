@@ -260,11 +260,16 @@ void nf_fake_pump(int64_t now)
 /* --- its moves ----------------------------------------------------------------------- */
 /* A directory: the services raw peers register, the good ones (so that
  * the good client's requests may come here and must come back right),
- * some withdrawn (capacity 0). */
+ * some withdrawn (capacity 0). Never the good ones under a name the raw
+ * peers claim too (nf-b*, ""): the broker keeps one link record per name,
+ * so a raw peer's connection to it would get the good client's request
+ * and answer it with anything (seed 40002 did: "echo of 184 bytes
+ * answered with 85 other bytes"). */
 static void s_dir(void)
 {
     static const char *const svcs[] = {"svc-a", "svc-b", "infer", NF_GOOD_SVC, NF_FAR_SVC,
                                        NF_MID_SVC};
+    uint32_t nsvcs = !s_f.name[0] || !strncmp(s_f.name, "nf-b", 4) ? 3 : 6;
     Agentbus__LinkService es[6], *ps[6];
     Agentbus__LinkMsg m;
     agentbus__link_msg__init(&m);
@@ -273,7 +278,7 @@ static void s_dir(void)
     size_t n = 1 + nf_below(6);
     for (size_t i = 0; i < n; i++) {
         agentbus__link_service__init(&es[i]);
-        es[i].name = (char *)NF_PICK(svcs);
+        es[i].name = (char *)svcs[nf_below(nsvcs)];
         es[i].capacity = nf_chance(15) ? 0 : 1 + nf_below(8);
         es[i].free_credit = nf_below(8);
         es[i].workers = 1;

@@ -31,6 +31,7 @@ nf_broker_t nf_rb[2];
 char nf_key_pub[4][41], nf_key_sec[4][41], nf_server_pub[41];
 static char s_dir[64]; /* the run's directory: logs, keys */
 static char s_server_sec[41]; /* the brokers' secret key: the dialed endpoint may use it */
+static char s_fake_pub[41], s_fake_sec[41]; /* or nffake's, whose names are all it claims */
 static const char *const s_key_names[] = {"nfagent", "nfworker", "nflink", "nfadmin"};
 /* --linked: the far side's faults, from a PRNG of their own (seeded from
  * the run's seed), so that they do not change which moves a seed plays. */
@@ -190,12 +191,15 @@ static int s_make_keys(void)
          "--capacity", "8", "--out", certs, NULL},
         {bctl, "keygen", "nflink", "--role", "peer", "--names", "nf-b*", "--out", certs, NULL},
         {bctl, "keygen", "nfadmin", "--role", "admin", "--out", certs, NULL},
+        /* the dialed endpoint's third choice: every name it may claim */
+        {bctl, "keygen", "nffake", "--role", "peer", "--names", "nf-b*,nf-fake,nf-near,nf-mid,nf-far",
+         "--out", certs, NULL},
     };
     for (size_t i = 0; i < sizeof gen / sizeof gen[0]; i++)
         if (s_run(gen[i]) != 0)
             return -1;
-    const char *all[] = {"nfbroker", "nfagent", "nfworker", "nflink", "nfadmin"};
-    for (size_t i = 0; i < 5; i++) {
+    const char *all[] = {"nfbroker", "nfagent", "nfworker", "nflink", "nfadmin", "nffake"};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
         char from[300], to[300], line[512];
         snprintf(from, sizeof from, "%s/%s.key", certs, all[i]);
         snprintf(to, sizeof to, "%s/%s.key", keys, all[i]);
@@ -216,6 +220,9 @@ static int s_make_keys(void)
     }
     snprintf(cert, sizeof cert, "%s/nfbroker.key", certs);
     if (s_read_cert(cert, nf_server_pub, s_server_sec) != 0)
+        return -1;
+    snprintf(cert, sizeof cert, "%s/nffake.key", certs);
+    if (s_read_cert(cert, s_fake_pub, s_fake_sec) != 0)
         return -1;
     /* what the good client and the echo workers use (ab_options' defaults) */
     char admin[300];
@@ -288,12 +295,16 @@ static int s_start_linked(void *ctx, const char *bin, const char *wbin)
     }
     if (s_make_keys() != 0)
         return -1;
-    /* the endpoint the near broker dials as well (netfuzz_fake.c), with
-     * the brokers' key (it may claim their names) or the raw peers' */
-    int brokers_key = nf_opt.seed % 2;
-    snprintf(nf_fake_cert, sizeof nf_fake_cert, "%s", brokers_key ? "nfbroker" : "nflink");
-    if (!nf_avoid[MV_dialed] && nf_fake_open(ctx, brokers_key ? nf_server_pub : nf_key_pub[2],
-                                             brokers_key ? s_server_sec : nf_key_sec[2]))
+    /* the endpoint the near broker dials as well (netfuzz_fake.c), by the
+     * seed: with the raw peers' link key (nf-b* only), the brokers' key
+     * (their names only), or nffake's (every name it says: its renames
+     * and forged HELLOs are taken, not refused) */
+    static const char *const certs[] = {"nflink", "nfbroker", "nffake"};
+    const char *pubs[] = {nf_key_pub[2], nf_server_pub, s_fake_pub},
+               *secs[] = {nf_key_sec[2], s_server_sec, s_fake_sec};
+    unsigned k = (unsigned)(nf_opt.seed % 3);
+    snprintf(nf_fake_cert, sizeof nf_fake_cert, "%s", certs[k]);
+    if (!nf_avoid[MV_dialed] && nf_fake_open(ctx, pubs[k], secs[k]))
         return -1;
     char near_store[8][300], *argv[64];
     s_linked_argv(argv, near_store, bin, "nf-near", nf_ep, nf_rb[0].ep,
