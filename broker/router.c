@@ -339,9 +339,10 @@ void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
         s_refresh(p, ab_now_ms());
     b->c.out_lost_bytes += s_in_flight(p);
     struct ab_conns *c = b->conns;
-    /* its connection stays (unless being disconnected): the next record
-     * on it inherits what this one had not seen taken */
-    if (open && s_in_flight(p) && c && !ab_defer_queued(&p->kill) &&
+    /* Its connection stays: the next record on it inherits what this one
+     * had not seen taken. A record marked to be cut was cut above, which
+     * leaves nothing in flight, so it carries nothing. */
+    if (open && s_in_flight(p) && c &&
         s_room((void **)&c->carry, c->ncarry, &c->cap_carry, sizeof *c->carry) == 0) {
         s_carry_remove(c, p->fd, NULL); /* an older record's, now in this one */
         c->carry[c->ncarry++] = (s_carry_t){p->fd, p->out_kind, p->out_sndbuf, p->out_ino,
