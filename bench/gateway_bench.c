@@ -239,22 +239,23 @@ static double s_round(const s_cfg_t *cfg, s_result_t *r)
     return added;
 }
 
+static void s_usage(FILE *f, const char *argv0)
+{
+    (void)argv0; /* the name the docs give */
+    fputs("usage: agentbus-gateway-bench --direct URL --gateway URL [--agents N] [--seconds S] "
+          "[--repeat-pct P] [--num-predict N] [--model M] [--rounds N]\n",
+          f);
+}
+
 int main(int argc, char **argv)
 {
     /* 85%: the seed workload's pool share */
     s_cfg_t cfg = {NULL, NULL, "sim-small", 32, 5, 85, 8, 1};
-    static const char usage[] = "usage: agentbus-gateway-bench --direct URL --gateway URL "
-                                "[--agents N] [--seconds S] [--repeat-pct P] [--num-predict N] "
-                                "[--model M] [--rounds N]\n";
-    int info = tl_info_flag(argc, argv); /* as every program (README) */
-    if (info == TL_INFO_HELP)
-        fputs(usage, stdout);
-    else if (info == TL_INFO_VERSION) /* no libagentbus here: the version CMake gives */
-        tl_print_version("agentbus-gateway-bench", AB_PROGRAM_VERSION);
-    if (info)
+    /* As every program (README); no libagentbus here: the version CMake gives. */
+    if (tl_info_answer(argc, argv, "agentbus-gateway-bench", AB_PROGRAM_VERSION, s_usage))
         return 0;
     if (s_args(argc, argv, &cfg) != 0) {
-        fputs(usage, stderr);
+        s_usage(stderr, argv[0]);
         return 2;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);

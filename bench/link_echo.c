@@ -84,8 +84,9 @@ static int s_rr(int port, double secs, int window, int count)
     return 0;
 }
 
-static void s_usage(FILE *f)
+static void s_usage(FILE *f, const char *argv0)
 {
+    (void)argv0; /* the name the docs give */
     fprintf(f, "usage: agentbus-link-echo serve PORT\n"
                "       agentbus-link-echo rr PORT SECONDS WINDOW LATENCY_COUNT\n");
 }
@@ -94,12 +95,7 @@ int main(int argc, char **argv)
 {
     long port, window, count;
     double secs;
-    int info = tl_info_flag(argc, argv); /* as every program (README) */
-    if (info == TL_INFO_HELP)
-        s_usage(stdout);
-    else if (info == TL_INFO_VERSION)
-        tl_print_version("agentbus-link-echo", ab_version());
-    if (info)
+    if (tl_info_answer(argc, argv, "agentbus-link-echo", ab_version(), s_usage)) /* README */
         return 0;
     /* atoi and atof read "80x" as 80 and "abc" as 0 */
     if (argc == 3 && !strcmp(argv[1], "serve") && !ab_parse_long(argv[2], 1, 65535, &port))
@@ -109,6 +105,6 @@ int main(int argc, char **argv)
         !ab_parse_long(argv[4], 1, 1000000, &window) &&
         !ab_parse_long(argv[5], 1, 100000000, &count))
         return s_rr((int)port, secs, (int)window, (int)count);
-    s_usage(stderr);
+    s_usage(stderr, argv[0]);
     return 2;
 }

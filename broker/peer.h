@@ -79,6 +79,9 @@ typedef struct {
     /* Outbound bytes (router.c): ZMTP bytes handed to libzmq for its current
      * connection (out_fd) and how many of them the peer has taken. */
     uint64_t out_sent, out_taken, out_base;
+    uint64_t out_counted;    /* of out_sent, what had been sent to an earlier record of
+                                this connection when it was dropped: what of it is not
+                                taken was counted lost then (router.c, s_lost) */
     uint64_t out_ino;        /* inode of that socket: the fd is still it */
     int out_fd, out_kind, out_sndbuf;
     ab_list_t over_link;     /* on the router's list of peers over their bound */

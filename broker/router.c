@@ -112,7 +112,7 @@ typedef struct {
  * taken: the connection's next record starts from them (s_rebase). */
 typedef struct {
     int fd, kind, sndbuf;
-    uint64_t ino, sent, taken, base;
+    uint64_t ino, sent, taken, base, counted;
     int64_t over_ms;
 } s_carry_t;
 
@@ -191,6 +191,7 @@ static int s_take_carry(struct ab_conns *c, ab_peer_t *p)
     p->out_sent = k.sent;
     p->out_taken = k.taken;
     p->out_base = k.base;
+    p->out_counted = k.counted;
     p->out_kind = k.kind;
     p->out_sndbuf = k.sndbuf;
     p->out_over_ms = k.over_ms;
@@ -206,7 +207,7 @@ static int s_take_carry(struct ab_conns *c, ab_peer_t *p)
 static void s_rebase(struct ab_conns *c, ab_peer_t *p)
 {
     p->out_fd = p->fd;
-    p->out_sent = p->out_taken = p->out_base = 0;
+    p->out_sent = p->out_taken = p->out_base = p->out_counted = 0;
     p->out_kind = S_KIND_UNKNOWN;
     p->out_over_ms = 0;
     if (!(p->out_ino = s_inode(p->fd)) || s_take_carry(c, p))
@@ -256,6 +257,16 @@ static uint64_t s_in_flight(const ab_peer_t *p)
 {
     /* A connection the kernel cannot tell about is bounded by SNDHWM only. */
     return p->out_fd == p->fd && p->out_kind != S_KIND_UNKNOWN ? p->out_sent - p->out_taken : 0;
+}
+
+/* What P has not taken and no earlier record of its connection counted
+ * lost: the bytes sent past both. Bytes are taken in the order sent, so
+ * those an earlier record left (below out_counted) go first. */
+static uint64_t s_lost(const ab_peer_t *p)
+{
+    if (!s_in_flight(p))
+        return 0;
+    return p->out_sent - (p->out_taken > p->out_counted ? p->out_taken : p->out_counted);
 }
 
 static void s_disconnect(void *ctx, ab_defer_node_t *n);
@@ -337,16 +348,19 @@ void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
     int open = s_in_flight(p) && s_inode(p->fd) == p->out_ino;
     if (open)
         s_refresh(p, ab_now_ms());
-    b->c.out_lost_bytes += s_in_flight(p);
+    b->c.out_lost_bytes += s_lost(p);
     struct ab_conns *c = b->conns;
-    /* its connection stays (unless being disconnected): the next record
-     * on it inherits what this one had not seen taken */
-    if (open && s_in_flight(p) && c && !ab_defer_queued(&p->kill) &&
+    /* Its connection stays: the next record on it inherits what this one
+     * had not seen taken, counted lost already (up to out_sent). A record
+     * marked to be cut was cut above, which leaves nothing in flight, so
+     * it carries nothing. */
+    if (open && s_in_flight(p) && c &&
         s_room((void **)&c->carry, c->ncarry, &c->cap_carry, sizeof *c->carry) == 0) {
         s_carry_remove(c, p->fd, NULL); /* an older record's, now in this one */
-        c->carry[c->ncarry++] = (s_carry_t){p->fd, p->out_kind, p->out_sndbuf, p->out_ino,
-                                             p->out_sent, p->out_taken, p->out_base,
-                                             p->out_over_ms};
+        c->carry[c->ncarry++] = (s_carry_t){
+            .fd = p->fd, .kind = p->out_kind, .sndbuf = p->out_sndbuf, .ino = p->out_ino,
+            .sent = p->out_sent, .taken = p->out_taken, .base = p->out_base,
+            .counted = p->out_sent, .over_ms = p->out_over_ms};
     }
     ab_list_remove(&p->over_link);
     ab_defer_cancel(&p->kill);

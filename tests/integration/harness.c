@@ -464,6 +464,11 @@ pid_t th_broker(int port, ...)
     return pid;
 }
 
+pid_t th_broker_va(int port, va_list ap)
+{
+    return s_broker_v(port, NULL, ap);
+}
+
 pid_t th_broker_env(int port, const char *const *env, ...)
 {
     va_list ap;

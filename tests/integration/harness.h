@@ -13,6 +13,7 @@
 #include "agentbus.h"
 #include "agentbus.pb-c.h"
 
+#include <stdarg.h>
 #include <sys/types.h>
 
 /* Creates the test's temp dir and registers the cleanup. With
@@ -70,6 +71,8 @@ const char *th_log_of(pid_t pid);
  * port), and waits until it answers a control query. */
 pid_t th_broker(int port, ...);
 pid_t th_broker_env(int port, const char *const *env, ...);
+/* th_broker with its flags in AP, for a test's own variadic helper. */
+pid_t th_broker_va(int port, va_list ap);
 /* Starts an echo worker for SERVICE with extra flags (NULL-terminated). */
 pid_t th_worker(int port, const char *service, ...);
 

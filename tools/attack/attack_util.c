@@ -188,12 +188,8 @@ void at_sibling(char *out, size_t size, const char *argv0, const char *name)
 int at_info_asked(int argc, char **argv, const char *prog,
                   void (*usage)(FILE *f, const char *argv0))
 {
-    int f = tl_info_flag(argc, argv);
-    if (f == TL_INFO_HELP)
-        usage(stdout, argv[0]);
-    else if (f == TL_INFO_VERSION) /* it had none: "unknown option" and the usage, exit 2 */
-        tl_print_version(prog, ab_version());
-    return f != 0;
+    /* --version: once none ("unknown option" and the usage, exit 2) */
+    return tl_info_answer(argc, argv, prog, ab_version(), usage);
 }
 
 long at_num(const char *prog, const char *opt, const char *v, long min, long max)

@@ -87,7 +87,7 @@ Agentbus__Stats *at_stats(void *s, uint64_t id, int timeout_ms);
 void at_sibling(char *out, size_t size, const char *argv0, const char *name);
 
 /* --help or -h before a "--": USAGE(stdout, argv[0]); --version: "PROG
- * VERSION" on stdout (tl_info_flag). 1 when either was done (exit 0), else
+ * VERSION" on stdout (tl_info_answer). 1 when either was done (exit 0), else
  * 0. */
 int at_info_asked(int argc, char **argv, const char *prog,
                   void (*usage)(FILE *f, const char *argv0));

@@ -188,3 +188,14 @@ int tl_info_flag(int argc, char **argv)
     }
     return 0;
 }
+
+int tl_info_answer(int argc, char **argv, const char *program, const char *version,
+                   void (*usage)(FILE *f, const char *argv0))
+{
+    int info = tl_info_flag(argc, argv);
+    if (info == TL_INFO_HELP)
+        usage(stdout, argv[0]);
+    else if (info == TL_INFO_VERSION)
+        tl_print_version(program, version);
+    return info != 0;
+}

@@ -21,6 +21,7 @@
 #include "parse.h"
 
 #include <stddef.h>
+#include <stdio.h>
 
 /* Parses S as a whole decimal number in [MIN, MAX] into *OUT.
  * 0 on success; -1 (and *OUT untouched) for NULL, "", trailing characters,
@@ -78,5 +79,10 @@ void tl_print_version(const char *program, const char *version);
  * "PROGRAM VERSION" on stdout, exit 0, whatever else the line holds. */
 enum { TL_INFO_HELP = 1, TL_INFO_VERSION = 2 };
 int tl_info_flag(int argc, char **argv);
+/* Answers what tl_info_flag finds: USAGE(stdout, argv[0]) for --help,
+ * tl_print_version(PROGRAM, VERSION) for --version. 1 when it answered (the
+ * program then exits 0), else 0: `if (tl_info_answer(...)) return 0;`. */
+int tl_info_answer(int argc, char **argv, const char *program, const char *version,
+                   void (*usage)(FILE *f, const char *argv0));
 
 #endif

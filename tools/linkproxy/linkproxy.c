@@ -303,13 +303,16 @@ static int s_signal(int sfd)
     return 1;
 }
 
-static const char s_usage[] =
-    "usage: ab-linkproxy-c LISTEN_PORT [TARGET_HOST:]TARGET_PORT [DELAY_MS]\n";
+static void s_usage(FILE *f, const char *argv0)
+{
+    (void)argv0; /* the name the docs give */
+    fputs("usage: ab-linkproxy-c LISTEN_PORT [TARGET_HOST:]TARGET_PORT [DELAY_MS]\n", f);
+}
 
 static int s_setup(int argc, char **argv, int *lfd, int *sfd)
 {
     if (argc < 3) {
-        fputs(s_usage, stderr);
+        s_usage(stderr, argv[0]);
         return -1;
     }
     const char *colon = strrchr(argv[2], ':');
@@ -363,12 +366,8 @@ static int s_setup(int argc, char **argv, int *lfd, int *sfd)
 int main(int argc, char **argv)
 {
     int lfd, sfd;
-    int info = tl_info_flag(argc, argv); /* as every program (README) */
-    if (info == TL_INFO_HELP)
-        fputs(s_usage, stdout);
-    else if (info == TL_INFO_VERSION) /* no libagentbus here: the version CMake gives */
-        tl_print_version("ab-linkproxy-c", AB_PROGRAM_VERSION);
-    if (info)
+    /* As every program (README); no libagentbus here: the version CMake gives. */
+    if (tl_info_answer(argc, argv, "ab-linkproxy-c", AB_PROGRAM_VERSION, s_usage))
         return 0;
     if (s_setup(argc, argv, &lfd, &sfd) < 0)
         return 2;
