@@ -686,7 +686,8 @@ static int s_check_peer_keys(const ab_broker_config_t *cfg)
         if (!key || !key[1])
             fprintf(stderr, "agentbus-broker: invalid peer '%s': with --auth curve its public "
                     "key is needed: tcp://HOST:PORT#KEY (KEY: its Z85 public key or the path of "
-                    "its public certificate)\n", tok);
+                    "its public certificate; in a config file quote the value, as '#' starts a "
+                    "comment there: peer = \"tcp://HOST:PORT#KEY\")\n", tok);
         else if (cert == -1)
             fprintf(stderr, "agentbus-broker: invalid peer '%s': the key '%s' is not a Z85 "
                     "public key (40 characters) and cannot be read as a certificate file: %s\n",
