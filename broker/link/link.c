@@ -464,20 +464,25 @@ static void s_redial(ab_broker_t *b, ab_link_t *l)
  * does not trust and no broker there all looked alike from this side:
  * nothing in the log (only the peer's log said "failed its handshake"). */
 #define S_DIAL_WARN_MS 5000
-static void s_dial_warn(ab_link_t *l, int64_t now)
+static void s_dial_warn(const ab_broker_t *b, ab_link_t *l, int64_t now)
 {
     if (!l->dealer || l->out_up || l->out_warned || now - l->out_since_ms < S_DIAL_WARN_MS)
         return;
     l->out_warned = 1;
-    if (l->out_conn)
-        AB_WARN("peer %s: connected but not linked after %lld s: it answers no LINK HELLO "
-                "(its log says why, e.g. a broker name its key is not granted)", l->endpoint,
-                (long long)(now - l->out_since_ms) / 1000);
+    long long s = (now - l->out_since_ms) / 1000;
+    if (l->out_conn) /* a refusal's reason was logged as it came ("refused the link: ...") */
+        AB_WARN("peer %s: connected but not linked after %lld s: it refused this broker's LINK "
+                "HELLO or answers none (its log says why, e.g. a broker name its key is not "
+                "granted)", l->endpoint, s);
+    else if (!b->cfg->auth_curve) /* keys play no part: say what does */
+        AB_WARN("peer %s: not linked after %lld s: no handshake completed. No broker listens "
+                "there, or it runs --auth curve (this one runs --auth none; its log then says "
+                "'does not use CURVE' or 'failed its handshake'); still trying", l->endpoint, s);
     else
         AB_WARN("peer %s: not linked after %lld s: no handshake completed. No broker listens "
                 "there, or it does not trust this broker's key, or the KEY given for it is "
                 "not its broker key (its log then says 'failed its handshake' or 'unknown "
-                "key'); still trying", l->endpoint, (long long)(now - l->out_since_ms) / 1000);
+                "key'); still trying", l->endpoint, s);
 }
 
 static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
@@ -485,7 +490,7 @@ static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
     int64_t silent = b->cfg->link_heartbeat_ms * AB_LINK_SILENT_IVL;
     if (l->endpoint[0] && !l->dealer)
         s_dial(b, l);
-    s_dial_warn(l, now);
+    s_dial_warn(b, l, now);
     if (l->dealer && l->out_up && now - l->out_last_ms > silent) {
         AB_WARN("link to '%s': dialed connection silent for %lld ms", l->name,
                 (long long)(now - l->out_last_ms));

@@ -595,6 +595,45 @@ static void s_unknown_key(void)
     ab_client_destroy(&b);
 }
 
+/* Waits up to 15 s for a line of the log of PID with TEXT; 1 or 0. */
+static int s_log_line(pid_t pid, const char *text, char *line, size_t cap)
+{
+    char cmd[1500];
+    snprintf(cmd, sizeof cmd, "grep -F -m1 -- \"%s\" %s", text, th_log_of(pid));
+    for (int i = 0; i < 300; i++) {
+        if (th_run(cmd, line, cap) == 0)
+            return 1;
+        th_sleep_ms(50);
+    }
+    return 0;
+}
+
+/* A broker run with --auth none dials one that runs --auth curve (--auth
+ * forgotten on one machine): B refuses the plain connection, and A's
+ * warning 5 s on names that cause. It spoke only of keys, which play no
+ * part under --auth none ("does not trust this broker's key, or the KEY
+ * given for it is not its broker key"). */
+static void s_auth_mismatch(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port();
+    pid_t bpid = lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    char bind[64], peer[64], line[2048];
+    snprintf(bind, sizeof bind, "tcp://127.0.0.1:%d", pa);
+    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", pb);
+    const char *argv[] = {"--auth", "none", "--name", "A", "--bind", bind, "--peer", peer, NULL};
+    pid_t apid = th_spawn("agentbus-broker", argv, NULL);
+    char refused[96]; /* "refused a connection to EP: it does not use CURVE", or
+                       * "a connection to EP failed its handshake", as events fall */
+    snprintf(refused, sizeof refused, "a connection to %s", peer);
+    CHECK_TRUE(s_log_line(bpid, refused, line, sizeof line));
+    REQUIRE(s_log_line(apid, "not linked after 5 s", line, sizeof line));
+    printf("A: %s", line);
+    CHECK_TRUE(strstr(line, "runs --auth curve (this one runs --auth none") != NULL);
+    CHECK_TRUE(strstr(line, "KEY given") == NULL);
+    CHECK_TRUE(th_alive(apid) && th_alive(bpid));
+}
+
 /* An agent key granted every service on A, but only "echo" on B: its
  * request for B's "secret" is DENIED by B; its "echo" passes; B's keys
  * read again without it, and with it, change that at once. A peer key may
@@ -781,7 +820,7 @@ int main(int argc, char **argv)
         {"triangle", s_triangle},
         {"unknown_key", s_unknown_key}, {"roles", s_roles}, {"long_via", s_long_via},
         {"dealer_backlog", s_dealer_backlog}, {"deadline_no_eject", s_deadline_no_eject},
-        {"twice", s_twice},
+        {"twice", s_twice},     {"auth_mismatch", s_auth_mismatch},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
