@@ -145,7 +145,10 @@ static int s_monitor(ab_broker_t *b, ab_link_t *l, void *d)
     snprintf(ep, sizeof ep, "inproc://ab-link-monitor-%p-%u", (void *)b, gen++);
     int zero = 0;
     void *m = NULL;
-    if (zmq_socket_monitor(d, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0 ||
+    int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                 ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                 ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+    if (zmq_socket_monitor(d, ep, events) != 0 ||
         !(m = zmq_socket(b->zctx, ZMQ_PAIR)) ||
         zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof zero) != 0 || zmq_connect(m, ep) != 0) {
         AB_ERROR("cannot watch the connection to peer %s: %s", l->endpoint,
@@ -189,6 +192,7 @@ static int s_dial(ab_broker_t *b, ab_link_t *l)
     l->out_up = 0;
     l->out_since_ms = ab_now_ms();
     l->out_warned = 0;
+    l->retry_at_ms = 0;
     return 0;
 }
 
@@ -490,6 +494,11 @@ static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
     int64_t silent = b->cfg->link_heartbeat_ms * AB_LINK_SILENT_IVL;
     if (l->endpoint[0] && !l->dealer)
         s_dial(b, l);
+    if (l->dealer && l->retry_at_ms && now >= l->retry_at_ms) { /* the same socket, monitor */
+        l->retry_at_ms = 0;
+        zmq_disconnect(l->dealer, l->endpoint); /* ENOENT when libzmq dropped it */
+        zmq_connect(l->dealer, l->endpoint);
+    }
     s_dial_warn(b, l, now);
     if (l->dealer && l->out_up && now - l->out_last_ms > silent) {
         AB_WARN("link to '%s': dialed connection silent for %lld ms", l->name,
@@ -901,9 +910,16 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
     for (int k = 0; k < 64 && l->mon && ab_monitor_event(l->mon, &event, &value, NULL, 0); k++) {
         if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             l->out_conn = 1;
+            l->retry_ms = 0;
             if (!l->out_up)
                 s_hello_or_beat(b, l); /* now, not at the next tick */
-        } else if (event == ZMQ_EVENT_DISCONNECTED) {
+        } else if (event != ZMQ_EVENT_DISCONNECTED) {
+            /* A refused handshake (a key the peer does not trust yet, an
+             * --auth mismatch): libzmq ends the session and never dials
+             * again, so a key trusted later linked nothing until a restart. */
+            l->retry_ms = l->retry_ms ? (l->retry_ms < 5000 ? l->retry_ms * 2 : 10000) : 500;
+            l->retry_at_ms = now + l->retry_ms;
+        } else {
             l->out_conn = 0;
             lost = 1;
         }
