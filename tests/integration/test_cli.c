@@ -253,6 +253,13 @@ static void s_broker_endpoints(const char *bk)
     CHECK_TRUE(stat(ipc + 6, &st) != 0);
     CHECK_EQ(cli_sh("timeout 10 %s --cache-redis localhost", bk), 2);
     CHECK_TRUE(HAS("'localhost'"));
+    /* A URL, as a Redis client elsewhere in the stack takes: the broker ran
+     * with L2 never connected ("cannot resolve the host name"). */
+    CHECK_EQ(cli_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --cache-redis "
+                    "redis://127.0.0.1:6379", bk), 2);
+    CHECK_TRUE(HAS("invalid cache-redis 'redis://127.0.0.1:6379'") && HAS("no redis:// URL"));
+    CHECK_EQ(cli_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --cache-redis u@127.0.0.1:6379",
+                    bk), 2);
 }
 
 /* The endpoints and numbers of brokerctl, the worker and agentbus-load
