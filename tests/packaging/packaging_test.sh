@@ -245,6 +245,9 @@ stats|brokerctl --broker=tcp://127.0.0.1:5555 --timeout-ms 100 st
 clear|brokerctl cache cl
 l1 l2 l3|brokerctl cache clear --tier ""
 load|brokerctl models lo
+reload|brokerctl keys r
+--json|brokerctl keys --js
+--watch|brokerctl peers --wat
 |brokerctl stats s
 --priority|brokerctl request svc data --pri
 --watch|brokerctl stats --wa
