@@ -584,6 +584,12 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
         return l;
     }
     if (o->dealer) { /* two --peer entries name one broker: keep the first */
+        /* Or two brokers given one name (cloned hosts keep the default):
+         * the second was dropped without a word, its services gone. */
+        AB_WARN("peer %s answers as '%s', which this broker dials at %s already: %s is not "
+                "dialed any more (two --peer entries for one broker, or two brokers with one "
+                "--name: it defaults to the host name)", l->endpoint, name, o->endpoint,
+                l->endpoint);
         s_close_dealer(l);
         l->endpoint[0] = '\0';
         return NULL;

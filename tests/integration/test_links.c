@@ -634,6 +634,27 @@ static void s_key_later(void)
     ab_client_destroy(&a);
 }
 
+/* A dials B and C, two brokers started with the same --name (hosts cloned
+ * with the default name): one is linked, and A says why the other is not
+ * (it dropped it without a word; its services were simply gone). */
+static void s_same_name(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), pc = th_free_port();
+    lt_broker(pb, "C", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    lt_broker(pc, "C", lt_keysdir("C", NULL), NULL, NULL, NULL, NULL);
+    pid_t apid = lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(pb), lt_peer(pc), NULL, NULL);
+    ab_client_t *a = th_client(pa);
+    REQUIRE(lt_wait_link(a, "C", 1, 30000) == 0);
+    char line[2048];
+    CHECK_TRUE(s_log_line(apid, "answers as 'C', which this broker dials at", line,
+                          sizeof line));
+    printf("A: %s", line);
+    CHECK_TRUE(strstr(line, "two brokers with one --name") != NULL);
+    CHECK_TRUE(th_alive(apid));
+    ab_client_destroy(&a);
+}
+
 /* A broker run with --auth none dials one that runs --auth curve (--auth
  * forgotten on one machine): B refuses the plain connection, and A's
  * warning 5 s on names that cause. It spoke only of keys, which play no
@@ -847,7 +868,7 @@ int main(int argc, char **argv)
         {"unknown_key", s_unknown_key}, {"roles", s_roles}, {"long_via", s_long_via},
         {"dealer_backlog", s_dealer_backlog}, {"deadline_no_eject", s_deadline_no_eject},
         {"twice", s_twice},     {"auth_mismatch", s_auth_mismatch},
-        {"key_later", s_key_later},
+        {"key_later", s_key_later},   {"same_name", s_same_name},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
