@@ -128,7 +128,8 @@ case_worker_key()
     local d=$tmp/units/agentbus-worker@echo.service.d out rc=0
     mkdir -p "$d"
     awk '/^```ini/ { on = 1; next } /^```/ { on = 0 } on' "$src/docs/operations.md" >"$d/key.conf"
-    grep -q '^LoadCredential=key:' "$d/key.conf" || fail "operations.md has no LoadCredential drop-in"
+    grep -q '^LoadCredential=key:' "$d/key.conf" ||
+        fail "operations.md has no LoadCredential drop-in"
     grep -q '^Environment=AB_KEY=%d/key$' "$d/key.conf" ||
         fail "operations.md's drop-in does not point AB_KEY at the credential"
     out=$(cd "$tmp/units" && systemd-analyze verify agentbus-worker@echo.service 2>&1) || rc=$?
