@@ -686,7 +686,8 @@ static int s_check_peer_keys(const ab_broker_config_t *cfg)
         if (!key || !key[1])
             fprintf(stderr, "agentbus-broker: invalid peer '%s': with --auth curve its public "
                     "key is needed: tcp://HOST:PORT#KEY (KEY: its Z85 public key or the path of "
-                    "its public certificate)\n", tok);
+                    "its public certificate; in a config file quote the value, as '#' starts a "
+                    "comment there: peer = \"tcp://HOST:PORT#KEY\")\n", tok);
         else if (cert == -1)
             fprintf(stderr, "agentbus-broker: invalid peer '%s': the key '%s' is not a Z85 "
                     "public key (40 characters) and cannot be read as a certificate file: %s\n",
@@ -803,10 +804,13 @@ int ab_config_load(ab_broker_config_t *cfg, int argc, char **argv)
     }
     const char *colon = cfg->cache_redis[0] ? strrchr(cfg->cache_redis, ':') : NULL;
     long port;
+    /* A redis:// URL, as other programs of the stack take, ran with "redis"
+     * for a host name it never resolved, L2 off behind its breaker. */
     if (cfg->cache_redis[0] &&
-        (!colon || colon == cfg->cache_redis || ab_parse_long(colon + 1, 1, 65535, &port) != 0)) {
-        fprintf(stderr, "agentbus-broker: invalid cache-redis '%s': expected HOST:PORT\n",
-                cfg->cache_redis);
+        (!colon || colon == cfg->cache_redis || ab_parse_long(colon + 1, 1, 65535, &port) != 0 ||
+         strpbrk(cfg->cache_redis, "/@"))) {
+        fprintf(stderr, "agentbus-broker: invalid cache-redis '%s': expected HOST:PORT (no "
+                "redis:// URL, user or database: e.g. 127.0.0.1:6379)\n", cfg->cache_redis);
         return -1;
     }
     const char *why = cfg->http[0] ? ab_http_addr_problem(cfg->http) : NULL;

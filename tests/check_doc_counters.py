@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The counters docs/limits.md names for the broker's bounds are the ones
+"""The counters docs/limits.md names for the broker's bounds, and those the
+operator documents name in prose ("counted in `name`"), are the ones
 `brokerctl --json stats` prints (ctest doc_counters).
 
 limits.md says each row names its counter as `brokerctl --json stats` does;
@@ -51,6 +52,27 @@ def doc_names(path):
     return out
 
 
+# Operator documents whose prose names counters: "counted in `name`",
+# "counted as `name`" (an agentbus_* name is a /metrics family, not looked
+# up here). links.md said `msgs_refused`, the protocol's field, which
+# brokerctl prints as `direct.refused`.
+PROSE_DOCS = ("operations.md", "links.md", "security.md", "cache.md", "health.md",
+              "placement.md", "lanes.md")
+
+
+def prose_names(path):
+    """(where, name) for each counter named in PATH's prose."""
+    with open(path, encoding="utf-8") as f:
+        text = re.sub(r"\s+", " ", f.read())
+    out = []
+    for m in re.finditer(r"[Cc]ounted(?: [a-z]+){0,3}[ (]*(?:in|as) "
+                         r"((?:`[a-z_.]+`(?:,? (?:and |or )?)?)+)", text):
+        for name in re.findall(r"`([a-z_.]+)`", m.group(1)):
+            if not name.startswith("agentbus_"):
+                out.append(("'%s'" % m.group(0)[:60], name))
+    return out
+
+
 def paths(doc, prefix=""):
     """Every key of DOC as a leaf name and as a dotted path from the top."""
     if isinstance(doc, dict):
@@ -94,11 +116,14 @@ def main():
             broker.terminate()
             broker.wait(timeout=30)
             log.close()
-    names = doc_names(os.path.join(src, "docs", "limits.md"))
+    names = [("docs/limits.md, " + s, n)
+             for s, n in doc_names(os.path.join(src, "docs", "limits.md"))]
+    for doc in PROSE_DOCS:
+        names += [("docs/%s, %s" % (doc, w), n)
+                  for w, n in prose_names(os.path.join(src, "docs", doc))]
     missing = [(s, n) for s, n in names if n not in have and n not in ELSEWHERE]
-    for section, name in missing:
-        print("docs/limits.md, %s: `%s` is not in brokerctl --json stats or agents"
-              % (section, name))
+    for where, name in missing:
+        print("%s: `%s` is not in brokerctl --json stats or agents" % (where, name))
     print("doc_counters: %d names checked, %d missing" % (len(names), len(missing)))
     return 1 if missing or not names else 0
 

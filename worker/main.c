@@ -19,12 +19,17 @@ static ab_worker_t *s_worker;
 static volatile sig_atomic_t s_signals;
 static long s_drain_ms = 2000;
 static volatile sig_atomic_t s_stopping; /* hard stop: the loop checks it */
+/* When the first signal came (ab_now_ms: clock_gettime, async-signal-safe).
+ * The drain starts then; the loop may log it up to a second later. */
+static volatile int64_t s_signal_ms;
 
 /* First SIGTERM/SIGINT/SIGHUP: drain (finish what is held, up to --drain-ms);
  * a second one, or --drain-ms 0: stop at once. */
 static void s_on_signal(int sig)
 {
     (void)sig;
+    if (!s_signals)
+        s_signal_ms = ab_now_ms();
     if (s_signals++ || s_drain_ms == 0) {
         s_stopping = 1;
         ab_worker_stop(s_worker);
@@ -490,7 +495,9 @@ static void s_drain_begin_log(s_drain_t *d)
     if (!s_signals || d->started || s_stopping)
         return;
     d->started = 1;
-    d->since = tl_now_ms();
+    /* From the signal, not from this line: a drain shorter than the loop's
+     * wait was logged as "drain ended after 0 ms (--drain-ms 300)". */
+    d->since = s_signal_ms ? s_signal_ms : tl_now_ms();
     unsigned n = ab_worker_in_flight(s_worker);
     TL_INFO("worker", "draining: taking nothing new, finishing %u request%s in flight "
             "(up to %ld ms, --drain-ms)", n, n == 1 ? "" : "s", s_drain_ms);

@@ -39,6 +39,7 @@ struct ab_l3 {
     uint64_t next_seq;     /* writer only */
     uint8_t scan_key[16];  /* writer only: where the expiry scan goes on */
     int scan_valid;
+    ab_ratelimit_t rl;     /* writer only: its WARN lines, one a minute */
     ab_l3_counters_t c;
 };
 
@@ -238,6 +239,7 @@ ab_l3_t *ab_l3_open(const char *dir, size_t map_bytes)
     ab_l3_t *l3 = calloc(1, sizeof *l3);
     if (!l3)
         return NULL;
+    l3->rl.interval_ms = 60000; /* a full map drops every batch: said once a minute */
     atomic_store(&l3->map_bytes, map_bytes);
     char path[4096], lock[4200];
     snprintf(path, sizeof path, "%s/cache.mdb", dir);
@@ -404,17 +406,17 @@ static int s_del_entry(ab_l3_t *l3, MDB_txn *txn, const uint8_t *kb)
     return mdb_del(txn, l3->entries, &k, NULL) == 0;
 }
 
-/* Oldest first, until the tree pages are under TARGET bytes. The count
- * is the caller's to add once its transaction commits: an aborted one
- * (a batch that still does not fit) evicted nothing. */
-static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
+/* Oldest first, at most MAX entries, until the tree pages are under TARGET
+ * bytes. The count is the caller's to add once its transaction commits. */
+static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target, size_t max)
 {
     size_t n = 0;
     MDB_cursor *cur;
     if (mdb_cursor_open(txn, l3->age, &cur) != 0)
         return 0;
     MDB_val k, v;
-    while (s_used(l3, txn) > target && mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0) {
+    while (n < max && s_used(l3, txn) > target &&
+           mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0) {
         uint8_t kb[16];
         if (v.mv_size != 16) {
             mdb_cursor_del(cur, 0);
@@ -430,12 +432,28 @@ static size_t s_evict_to(ab_l3_t *l3, MDB_txn *txn, size_t target)
     return n;
 }
 
-static size_t s_evict_if_needed(ab_l3_t *l3, MDB_txn *txn)
+/* When the tree pages pass HIGH bytes, evicts down to LOW in transactions
+ * of their own, 64 entries each, committed before the batch that needs the
+ * room is written. Evicting inside the batch's transaction took pages too
+ * (copy on write): with the map full that broke the transaction, and every
+ * batch after it was dropped (MDB_BAD_TXN), the cache full for good. */
+static void s_evict_apart(ab_l3_t *l3, size_t high, size_t low)
 {
-    size_t map = atomic_load(&l3->map_bytes);
-    if (s_used(l3, txn) > (size_t)(map * AB_L3_HIGH))
-        return s_evict_to(l3, txn, (size_t)(map * AB_L3_LOW));
-    return 0;
+    for (int round = 0; round < 4096; round++) {
+        MDB_txn *txn;
+        if (s_write_begin(l3, &txn) != 0)
+            return;
+        size_t n = 0;
+        if (s_used(l3, txn) > (round ? low : high))
+            n = s_evict_to(l3, txn, low, 64);
+        if (n == 0) {
+            mdb_txn_abort(txn);
+            return;
+        }
+        if (mdb_txn_commit(txn) != 0) /* frees TXN, committed or not */
+            return;
+        atomic_fetch_add(&l3->c.evictions, n);
+    }
 }
 
 static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
@@ -458,47 +476,57 @@ static int s_put_one(ab_l3_t *l3, MDB_txn *txn, const ab_l3_item_t *it)
     return mdb_put(txn, l3->age, &ak, &av, 0);
 }
 
-static int s_try_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, size_t target)
+static int s_try_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n)
 {
     MDB_txn *txn;
+    uint64_t seq0 = l3->next_seq;
     int rc = s_write_begin(l3, &txn);
     if (rc != 0)
         return rc;
     rc = s_seq_sync(l3, txn);
-    if (rc != 0) {
-        mdb_txn_abort(txn);
-        return rc;
-    }
-    size_t evicted = target ? s_evict_to(l3, txn, target) : s_evict_if_needed(l3, txn);
     for (size_t i = 0; i < n && rc == 0; i++)
         rc = s_put_one(l3, txn, &items[i]);
-    if (rc != 0) {
+    if (rc != 0)
         mdb_txn_abort(txn);
-        return rc;
-    }
-    rc = mdb_txn_commit(txn); /* frees TXN, committed or not */
-    if (rc == 0)
-        atomic_fetch_add(&l3->c.evictions, evicted);
+    else
+        rc = mdb_txn_commit(txn); /* frees TXN, committed or not */
+    if (rc != 0)
+        l3->next_seq = seq0;
     return rc;
 }
 
 int ab_l3_put_batch(ab_l3_t *l3, const ab_l3_item_t *items, size_t n, int64_t now_ms)
 {
-    (void)now_ms;
     if (!n)
         return 0;
-    uint64_t seq0 = l3->next_seq;
-    int rc = s_try_batch(l3, items, n, 0);
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
-        /* Free pages LMDB cannot reuse yet (old readers) or a big batch:
-         * make much more room and try once more. */
-        l3->next_seq = seq0;
-        rc = s_try_batch(l3, items, n, (size_t)(atomic_load(&l3->map_bytes) * AB_L3_LOW / 2));
+    size_t map = atomic_load(&l3->map_bytes), need = 0, room = (size_t)(map * AB_L3_HIGH);
+    for (size_t i = 0; i < n; i++) /* pages hold about half their size (inline values */
+        need += 2 * (AB_L3_REC_HDR + items[i].len + 64); /* split, overflow pages, copies) */
+    if (need > map - room && n > 1) /* more than the headroom: in halves, each made room for */
+        return ab_l3_put_batch(l3, items, n / 2, now_ms) |
+               ab_l3_put_batch(l3, items + n / 2, n - n / 2, now_ms);
+    /* Room for this batch below the high mark, made before it is written:
+     * a map filled to the last page cannot even delete (copies on write). */
+    size_t high = need < room ? room - need : 0, low = (size_t)(map * AB_L3_LOW);
+    if (need < room) /* else a reply that may never fit: it evicts nothing */
+        s_evict_apart(l3, high, high < low ? high : low);
+    int rc = s_try_batch(l3, items, n);
+    int full = rc == MDB_MAP_FULL || rc == MDB_TXN_FULL;
+    if (full && n > 1) { /* a batch as large as the room left: in halves */
+        int a = ab_l3_put_batch(l3, items, n / 2, now_ms);
+        return ab_l3_put_batch(l3, items + n / 2, n - n / 2, now_ms) | a;
+    }
+    if (full && need <= (size_t)(map * AB_L3_LOW / 2)) {
+        /* Free pages LMDB cannot reuse yet (old readers): make much more
+         * room and try once more. A reply that could never fit evicts
+         * nothing. */
+        s_evict_apart(l3, 0, (size_t)(map * AB_L3_LOW / 2));
+        rc = s_try_batch(l3, items, n);
     }
     if (rc != 0) {
-        l3->next_seq = seq0;
         atomic_fetch_add(&l3->c.dropped, n);
-        AB_WARN("L3 cache: a batch of %zu writes was dropped: %s", n, mdb_strerror(rc));
+        AB_LOG_RL(&l3->rl, 1, ab_now_ms(), AB_LOG_WARN,
+                  "L3 cache: a batch of %zu writes was dropped: %s", n, mdb_strerror(rc));
         return -1;
     }
     atomic_fetch_add(&l3->c.stores, n);
@@ -544,11 +572,11 @@ size_t ab_l3_maintain(ab_l3_t *l3, int64_t now_ms, size_t max)
         if (cur)
             mdb_cursor_close(cur);
     }
-    size_t evicted = s_evict_if_needed(l3, txn);
     if (mdb_txn_commit(txn) != 0)
         return 0;
     atomic_fetch_add(&l3->c.expired, removed);
-    atomic_fetch_add(&l3->c.evictions, evicted);
+    size_t map = atomic_load(&l3->map_bytes);
+    s_evict_apart(l3, (size_t)(map * AB_L3_HIGH), (size_t)(map * AB_L3_LOW));
     return removed;
 }
 

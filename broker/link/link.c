@@ -145,7 +145,10 @@ static int s_monitor(ab_broker_t *b, ab_link_t *l, void *d)
     snprintf(ep, sizeof ep, "inproc://ab-link-monitor-%p-%u", (void *)b, gen++);
     int zero = 0;
     void *m = NULL;
-    if (zmq_socket_monitor(d, ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0 ||
+    int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                 ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                 ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+    if (zmq_socket_monitor(d, ep, events) != 0 ||
         !(m = zmq_socket(b->zctx, ZMQ_PAIR)) ||
         zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof zero) != 0 || zmq_connect(m, ep) != 0) {
         AB_ERROR("cannot watch the connection to peer %s: %s", l->endpoint,
@@ -189,6 +192,7 @@ static int s_dial(ab_broker_t *b, ab_link_t *l)
     l->out_up = 0;
     l->out_since_ms = ab_now_ms();
     l->out_warned = 0;
+    l->retry_at_ms = 0;
     return 0;
 }
 
@@ -464,20 +468,25 @@ static void s_redial(ab_broker_t *b, ab_link_t *l)
  * does not trust and no broker there all looked alike from this side:
  * nothing in the log (only the peer's log said "failed its handshake"). */
 #define S_DIAL_WARN_MS 5000
-static void s_dial_warn(ab_link_t *l, int64_t now)
+static void s_dial_warn(const ab_broker_t *b, ab_link_t *l, int64_t now)
 {
     if (!l->dealer || l->out_up || l->out_warned || now - l->out_since_ms < S_DIAL_WARN_MS)
         return;
     l->out_warned = 1;
-    if (l->out_conn)
-        AB_WARN("peer %s: connected but not linked after %lld s: it answers no LINK HELLO "
-                "(its log says why, e.g. a broker name its key is not granted)", l->endpoint,
-                (long long)(now - l->out_since_ms) / 1000);
+    long long s = (now - l->out_since_ms) / 1000;
+    if (l->out_conn) /* a refusal's reason was logged as it came ("refused the link: ...") */
+        AB_WARN("peer %s: connected but not linked after %lld s: it refused this broker's LINK "
+                "HELLO or answers none (its log says why, e.g. a broker name its key is not "
+                "granted)", l->endpoint, s);
+    else if (!b->cfg->auth_curve) /* keys play no part: say what does */
+        AB_WARN("peer %s: not linked after %lld s: no handshake completed. No broker listens "
+                "there, or it runs --auth curve (this one runs --auth none; its log then says "
+                "'does not use CURVE' or 'failed its handshake'); still trying", l->endpoint, s);
     else
         AB_WARN("peer %s: not linked after %lld s: no handshake completed. No broker listens "
                 "there, or it does not trust this broker's key, or the KEY given for it is "
                 "not its broker key (its log then says 'failed its handshake' or 'unknown "
-                "key'); still trying", l->endpoint, (long long)(now - l->out_since_ms) / 1000);
+                "key'); still trying", l->endpoint, s);
 }
 
 static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
@@ -485,7 +494,12 @@ static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
     int64_t silent = b->cfg->link_heartbeat_ms * AB_LINK_SILENT_IVL;
     if (l->endpoint[0] && !l->dealer)
         s_dial(b, l);
-    s_dial_warn(l, now);
+    if (l->dealer && l->retry_at_ms && now >= l->retry_at_ms) { /* the same socket, monitor */
+        l->retry_at_ms = 0;
+        zmq_disconnect(l->dealer, l->endpoint); /* ENOENT when libzmq dropped it */
+        zmq_connect(l->dealer, l->endpoint);
+    }
+    s_dial_warn(b, l, now);
     if (l->dealer && l->out_up && now - l->out_last_ms > silent) {
         AB_WARN("link to '%s': dialed connection silent for %lld ms", l->name,
                 (long long)(now - l->out_last_ms));
@@ -570,6 +584,12 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
         return l;
     }
     if (o->dealer) { /* two --peer entries name one broker: keep the first */
+        /* Or two brokers given one name (cloned hosts keep the default):
+         * the second was dropped without a word, its services gone. */
+        AB_WARN("peer %s answers as '%s', which this broker dials at %s already: %s is not "
+                "dialed any more (two --peer entries for one broker, or two brokers with one "
+                "--name: it defaults to the host name)", l->endpoint, name, o->endpoint,
+                l->endpoint);
         s_close_dealer(l);
         l->endpoint[0] = '\0';
         return NULL;
@@ -896,9 +916,16 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
     for (int k = 0; k < 64 && l->mon && ab_monitor_event(l->mon, &event, &value, NULL, 0); k++) {
         if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             l->out_conn = 1;
+            l->retry_ms = 0;
             if (!l->out_up)
                 s_hello_or_beat(b, l); /* now, not at the next tick */
-        } else if (event == ZMQ_EVENT_DISCONNECTED) {
+        } else if (event != ZMQ_EVENT_DISCONNECTED) {
+            /* A refused handshake (a key the peer does not trust yet, an
+             * --auth mismatch): libzmq ends the session and never dials
+             * again, so a key trusted later linked nothing until a restart. */
+            l->retry_ms = l->retry_ms ? (l->retry_ms < 5000 ? l->retry_ms * 2 : 10000) : 500;
+            l->retry_at_ms = now + l->retry_ms;
+        } else {
             l->out_conn = 0;
             lost = 1;
         }

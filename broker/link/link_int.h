@@ -51,6 +51,8 @@ typedef struct ab_link {
     int out_up;                  /* the peer answered our HELLO on it */
     int64_t out_last_ms, out_since_ms;
     int out_warned;              /* "not linked" said since the last dial (s_check) */
+    int64_t retry_at_ms;         /* a refused handshake: dial again then (s_watch) */
+    int retry_ms;                /* its backoff: 500 ms doubling to 10 s */
     ab_peer_t *in;               /* the connection the peer dialed (ROUTER peer) */
     int in_broken;               /* a send on it failed: dropped, the link down, next turn */
     int64_t in_last_ms;

@@ -178,6 +178,48 @@ static void s_worker_error_text(void)
     ab_client_destroy(&c);
 }
 
+static void s_ignore_cb(ab_client_t *c, const ab_reply_event_t *ev, void *arg)
+{
+    (void)c, (void)ev, (void)arg;
+}
+
+/* What waits by model (docs/placement.md: the stats answer lists it) is in
+ * `brokerctl stats`: the broker sent it and brokerctl showed it nowhere,
+ * neither in the text nor in --json. One slot busy, two requests for model
+ * m1 and one for m2 wait. */
+static void s_model_queues(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", "--cache-l1-bytes", "0", NULL);
+    th_worker(port, "gen", "--capacity", "1", "--delay-ms", "20000", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(th_wait_workers(c, "gen", 1, 10000) == 0);
+    const char *models[] = {"m1", "m1", "m1", "m2"};
+    for (int i = 0; i < 4; i++)
+        REQUIRE(ab_client_request_start(c, "gen", "x", 1,
+                                        &(ab_request_opts_t){.timeout_ms = 30000,
+                                                             .model = models[i]},
+                                        s_ignore_cb, NULL, NULL) == AB_OK);
+    int64_t end = ab_now_ms() + 10000; /* until the three wait behind the first */
+    do {
+        ab_client_poll(c, 50);
+        cli_sh("%s --broker %s --json stats", CTL, th_ep(port));
+    } while (!strstr(cli_out, "\"queued\": 2") && ab_now_ms() < end);
+    json_t *j = json_loads(cli_out, 0, NULL), *mq = json_object_get(j, "model_queues");
+    CHECK_TRUE(json_is_array(mq) && json_array_size(mq) == 2);
+    for (size_t i = 0; i < json_array_size(mq); i++) {
+        json_t *q = json_array_get(mq, i);
+        const char *m = json_string_value(json_object_get(q, "model"));
+        CHECK_STR(json_string_value(json_object_get(q, "service")), "gen");
+        CHECK_EQ(json_integer_value(json_object_get(q, "queued")), m && !strcmp(m, "m1") ? 2 : 1);
+    }
+    json_decref(j);
+    CHECK_EQ(cli_sh("%s --broker %s stats", CTL, th_ep(port)), 0);
+    CHECK_TRUE(HAS("MODEL") && HAS("QUEUED"));
+    CHECK_TRUE(strstr(cli_out, "\ngen                  m1 ") != NULL);
+    ab_client_destroy(&c);
+}
+
 /* C1 controls (U+0080..U+009F; U+009B is CSI to a terminal) and DEL in
  * what peers chose: brokerctl --json printed them raw (JSON allows it,
  * jansson leaves them), so `brokerctl --json workers` in a terminal ran a
@@ -229,6 +271,7 @@ int main(int argc, char **argv)
         {"load_rate", s_load_rate},
         {"worker_error_text", s_worker_error_text},
         {"c1_controls", s_c1_controls},
+        {"model_queues", s_model_queues},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -72,6 +73,23 @@ static int s_log_count(pid_t pid, const char *a, const char *b)
 static int s_log_has(pid_t pid, const char *a, const char *b)
 {
     return s_log_count(pid, a, b) > 0;
+}
+
+/* The number right after A on the first line of the log of PID with A, or
+ * -1 when there is none. */
+static long s_log_number(pid_t pid, const char *a)
+{
+    FILE *f = fopen(th_log_of(pid), "r");
+    char line[1024];
+    long v = -1;
+    while (f && v < 0 && fgets(line, sizeof line, f)) {
+        const char *at = strstr(line, a);
+        if (at)
+            v = strtol(at + strlen(a), NULL, 10);
+    }
+    if (f)
+        fclose(f);
+    return v;
 }
 
 /* Polls C until the log of PID has N lines with A (bounded): 0 or -1. */
@@ -511,6 +529,11 @@ void health_worker_drain(void)
     CHECK_TRUE(s_log_has(w3, "finishing 1 request in flight", NULL));
     CHECK_TRUE(s_log_has(w3, "drain ended after ", "(--drain-ms 300) with 1 request in flight: "
                          "handed back to the broker"));
+    /* Timed from the signal: the loop, waiting up to a second, logged the
+     * drain's start late and timed it from there ("after 0 ms"). */
+    long drained = s_log_number(w3, "drain ended after ");
+    printf("wd3: drain ended after %ld ms\n", drained);
+    CHECK_RANGE(drained, 300, 5000);
     th_worker(port, "slowjob", "--name", "wd4", "--delay-ms", "100", NULL);
     end = ab_now_ms() + 10000;
     while (ht_done < 6 && ab_now_ms() < end)

@@ -179,6 +179,16 @@ static void s_batched(void)
     REQUIRE(lt_peer_info(b, "A", &pi, st, sizeof st));
     printf("B compressed %llu answers onto the link\n", (unsigned long long)pi.compressed);
     CHECK_TRUE(pi.compressed > 0);
+    /* brokerctl peers --json shows both figures (docs/links.md); it left
+     * them out, so an operator could not see what the link compressed. */
+    char cmd[1200], json[8192], want[64];
+    s_at("B");
+    snprintf(cmd, sizeof cmd, "%s --broker %s peers --json", th_bin("brokerctl"), th_ep(pb));
+    CHECK_EQ(th_run(cmd, json, sizeof json), 0);
+    snprintf(want, sizeof want, "\"compressed\": %llu", (unsigned long long)pi.compressed);
+    printf("brokerctl peers --json: %s\n", json);
+    CHECK_TRUE(strstr(json, want) != NULL);
+    CHECK_TRUE(strstr(json, "\"dir_refused\": 0") != NULL);
     ab_client_destroy(&a);
     ab_client_destroy(&b);
     unsetenv("AB_BATCH");

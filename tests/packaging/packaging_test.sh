@@ -118,6 +118,26 @@ case_systemd_security()
     done
 }
 
+case_worker_key()
+{
+    # operations.md's drop-in that hands a worker unit its key (the unit's
+    # dynamic user cannot read root's 0600 secret certificate; the docs gave
+    # no way to give it one) is one systemd takes as written.
+    need systemd-analyze
+    staged_units
+    local d=$tmp/units/agentbus-worker@echo.service.d out rc=0
+    mkdir -p "$d"
+    awk '/^```ini/ { on = 1; next } /^```/ { on = 0 } on' "$src/docs/operations.md" >"$d/key.conf"
+    grep -q '^LoadCredential=key:' "$d/key.conf" ||
+        fail "operations.md has no LoadCredential drop-in"
+    grep -q '^Environment=AB_KEY=%d/key$' "$d/key.conf" ||
+        fail "operations.md's drop-in does not point AB_KEY at the credential"
+    out=$(cd "$tmp/units" && systemd-analyze verify agentbus-worker@echo.service 2>&1) || rc=$?
+    [[ $rc -eq 0 && -z $out ]] || fail "systemd-analyze verify with the drop-in (rc $rc): $out"
+    grep -q 'AB_KEY' "$stage$unit_dir/agentbus-worker@.service" ||
+        fail "agentbus-worker@.service does not say how it gets a key"
+}
+
 case_man_pages()
 {
     need groff
@@ -245,6 +265,9 @@ stats|brokerctl --broker=tcp://127.0.0.1:5555 --timeout-ms 100 st
 clear|brokerctl cache cl
 l1 l2 l3|brokerctl cache clear --tier ""
 load|brokerctl models lo
+reload|brokerctl keys r
+--json|brokerctl keys --js
+--watch|brokerctl peers --wat
 |brokerctl stats s
 --priority|brokerctl request svc data --pri
 --watch|brokerctl stats --wa

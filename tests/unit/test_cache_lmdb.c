@@ -479,6 +479,42 @@ static void t_too_big_evicts_nothing(void)
     ab_l3_close(&l3);
 }
 
+/* Batches as the writer thread makes them under load (up to 256 writes
+ * of replies of about 1.6 KB, each an overflow page of its own) through a
+ * map of a few MiB: eviction must keep making room. */
+static void t_evict_big_batches(void)
+{
+    ab_l3_t *l3 = ab_l3_open(s_dir, 4 << 20); /* 4 MiB map */
+    REQUIRE(l3);
+    static uint8_t val[256][1600];
+    int failed = 0;
+    uint64_t next = 1;
+    for (int batch = 0; batch < 80; batch++) { /* ~33 MB through a 4 MiB map */
+        static ab_l3_item_t it[256];
+        int n = batch % 2 ? 256 : 1 + batch % 7;
+        for (int j = 0; j < n; j++, next++) {
+            memset(val[j], (int)next, sizeof val[j]);
+            memcpy(val[j], &next, 8);
+            it[j].key = s_k(next);
+            it[j].expires_ms = 1000000;
+            it[j].val = val[j];
+            it[j].len = sizeof val[j];
+        }
+        failed += ab_l3_put_batch(l3, it, (size_t)n, 0) != 0;
+    }
+    ab_l3_counters_t *c = ab_l3_counters(l3);
+    uint64_t entries, bytes, map;
+    ab_l3_usage(l3, &entries, &bytes, &map);
+    printf("4 MiB map, batches of up to 256 x 1600 B: %d failed, %llu dropped, %llu evicted, "
+           "%llu entries\n", failed, (unsigned long long)atomic_load(&c->dropped),
+           (unsigned long long)atomic_load(&c->evictions), (unsigned long long)entries);
+    CHECK_EQ(failed, 0);
+    CHECK_EQ(atomic_load(&c->dropped), 0);
+    CHECK_TRUE(atomic_load(&c->evictions) > 0);
+    CHECK_TRUE(s_has(l3, next - 1, 0)); /* the newest is kept */
+    ab_l3_close(&l3);
+}
+
 int main(void)
 {
     snprintf(s_dir, sizeof s_dir, "/tmp/ab-test-l3-XXXXXX");
@@ -499,6 +535,9 @@ int main(void)
     s_rm_dir();
     REQUIRE(mkdir(s_dir, 0700) == 0);
     t_too_big_evicts_nothing();
+    s_rm_dir();
+    REQUIRE(mkdir(s_dir, 0700) == 0);
+    t_evict_big_batches();
     s_rm_dir();
     return TEST_DONE("test_cache_lmdb");
 }

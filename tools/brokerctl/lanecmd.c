@@ -72,3 +72,24 @@ void ctl_render_clients(FILE *out, const Agentbus__ClientList *cl, int json)
     }
     ctl_json_print(out, arr);
 }
+
+void ctl_render_model_queues_text(FILE *out, const Agentbus__Stats *st)
+{
+    for (size_t i = 0; i < st->n_model_queues; i++) {
+        const Agentbus__ModelQueue *q = st->model_queues[i];
+        if (i == 0)
+            fprintf(out, "\n%-20s %-40s %7s\n", "SERVICE", "MODEL", "QUEUED");
+        fprintf(out, "%-20s %-40s %7u\n", q->service, q->model[0] ? q->model : "-", q->queued);
+    }
+}
+
+json_t *ctl_render_model_queues_json(const Agentbus__Stats *st)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < st->n_model_queues; i++) {
+        const Agentbus__ModelQueue *q = st->model_queues[i];
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:I}", "service", q->service, "model",
+                                             q->model, "queued", (json_int_t)q->queued));
+    }
+    return arr;
+}

@@ -6,13 +6,14 @@
 
 static json_t *s_peer_json(const Agentbus__PeerInfo *p)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "name",
-                          p->name, "endpoint", p->endpoint, "state", p->state, "transport",
-                          p->transport, "rtt_us", (json_int_t)p->rtt_us, "services",
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                          "name", p->name, "endpoint", p->endpoint, "state", p->state,
+                          "transport", p->transport, "rtt_us", (json_int_t)p->rtt_us, "services",
                           (json_int_t)p->services, "forwarded", (json_int_t)p->forwarded,
                           "received", (json_int_t)p->received, "answered",
                           (json_int_t)p->answered, "failed", (json_int_t)p->failed, "ups",
-                          (json_int_t)p->ups, "up_ms", (json_int_t)p->up_ms);
+                          (json_int_t)p->ups, "up_ms", (json_int_t)p->up_ms, "compressed",
+                          (json_int_t)p->compressed, "dir_refused", (json_int_t)p->dir_refused);
     /* Messaging across the link (docs/links.md "Messages and topics"). */
     json_t *m = json_pack("{s:I, s:b, s:I, s:I, s:I, s:I, s:I}", "names", (json_int_t)p->names,
                           "all_topics", p->topics == UINT32_MAX, "topics",

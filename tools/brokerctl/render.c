@@ -231,6 +231,7 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
         json_object_set_new(j, "link_pub_unroutable",
                             json_integer((json_int_t)st->link_pub_unroutable));
         json_object_set_new(j, "remote_workers", json_integer((json_int_t)st->remote_workers));
+        json_object_set_new(j, "model_queues", ctl_render_model_queues_json(st));
     json_object_set_new(j, "agent_heartbeat_ms", json_integer((json_int_t)st->agent_heartbeat_ms));
         json_object_set_new(j, "offline_names", json_integer((json_int_t)st->offline_names));
         json_object_set_new(j, "mailbox_charged_bytes",
@@ -319,6 +320,7 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
             st->clients, (unsigned long long)st->client_queue_busy,
             (unsigned long long)st->deadline_early);
     s_services_text(out, st->services, st->n_services);
+    ctl_render_model_queues_text(out, st);
 }
 
 json_t *ctl_render_worker_json(const Agentbus__WorkerInfo *w)
