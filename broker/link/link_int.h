@@ -110,6 +110,18 @@ int ab_link_dealer_emit(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t
                         zmq_msg_t *payload);
 /* Sends LinkMsg M as a LINK message over L. 0 or -1. */
 int ab_link_send_msg(ab_broker_t *b, ab_link_t *l, const Agentbus__LinkMsg *m);
+/* link_dial.c: the dialed connection. Closes L's DEALER and its monitor
+ * (what it held is dropped). */
+void ab_link_close_dealer(ab_link_t *l);
+/* Opens L's DEALER and dials its endpoint. 0 or -1. */
+int ab_link_dial(ab_broker_t *b, ab_link_t *l);
+/* KEY after '#' in a --peer: a Z85 public key or the path of a public
+ * certificate. 0 with OUT (AB_LINK_KEY_TXT bytes), or -1. */
+int ab_link_peer_key(const char *key, char *out);
+/* Says once per dial that L's dialed peer is still not linked, and what
+ * may be why. */
+void ab_link_dial_warn(const ab_broker_t *b, ab_link_t *l, int64_t now);
+
 /* A new remote worker's routing id for L. */
 void ab_link_rid(ab_link_t *l, ab_rid_t *rid);
 /* 1 when NAME is in the comma-separated LIST. */
