@@ -158,7 +158,10 @@ def gateway(bus, procs):
 def _post(url: str, body: dict):
     req = urllib.request.Request(url, json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=20) as r:
+    # 60 s: an answer of 8 MiB of floats (test_worker_many_small_items),
+    # made by the Python fake Ollama and put together whole by the worker
+    # and the gateway, took over 20 s at load 16 ('flaky build 3').
+    with urllib.request.urlopen(req, timeout=60) as r:
         return r.status, r.read().decode("utf-8")  # strict: the bytes are UTF-8
 
 
