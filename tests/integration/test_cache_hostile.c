@@ -71,6 +71,25 @@ static Agentbus__CacheStats *s_cstats(ab_client_t *c, Agentbus__Stats **keep)
     return ct_cache_stats(c, keep);
 }
 
+/* Counts the REPLYs and ERRORs raw client S gets until N came (within
+ * 60 s), heartbeating: a silent peer is dropped, its requests with it. */
+static void s_answers(void *s, int n, int *replies, int *errors)
+{
+    int64_t hb_at = 0;
+    for (int64_t end = ab_now_ms() + 60000; *replies + *errors < n && ab_now_ms() < end;) {
+        if (ab_now_ms() >= hb_at) {
+            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
+            s_raw_send(s, &hb, NULL, 0);
+            hb_at = ab_now_ms() + 500;
+        }
+        ab_header_t h;
+        if (!s_raw_recv(s, &h, 200))
+            continue;
+        *replies += h.kind == AB_KIND_REPLY;
+        *errors += h.kind == AB_KIND_ERROR;
+    }
+}
+
 /* The issue's lz4 bomb: a 257 KB block declaring 64 MiB, marked cacheable
  * (and the same unmarked), from a raw client. The broker used to
  * decompress and hash 64 MiB per bomb on its one thread (44 ms each). It
@@ -109,20 +128,7 @@ void cache_lz4_bomb(void)
     }
     free(bomb);
     int replies = 0, errors = 0;
-    int64_t end = ab_now_ms() + 60000;
-    int64_t hb_at = 0;
-    while (replies + errors < MARKED + UNMARKED && ab_now_ms() < end) {
-        if (ab_now_ms() >= hb_at) { /* a silent peer is dropped, its requests with it */
-            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
-            s_raw_send(s, &hb, NULL, 0);
-            hb_at = ab_now_ms() + 500;
-        }
-        ab_header_t h;
-        if (!s_raw_recv(s, &h, 200))
-            continue;
-        replies += h.kind == AB_KIND_REPLY;
-        errors += h.kind == AB_KIND_ERROR;
-    }
+    s_answers(s, MARKED + UNMARKED, &replies, &errors);
     CHECK_EQ(replies, MARKED + UNMARKED);
     CHECK_EQ(errors, 0);
     char out[512];
@@ -203,19 +209,7 @@ void cache_lz4_bombs_beat(void)
     }
     free(bomb);
     int replies = 0, errors = 0;
-    int64_t hb_at = 0;
-    for (int64_t end = ab_now_ms() + 60000; replies + errors < N && ab_now_ms() < end;) {
-        if (ab_now_ms() >= hb_at) {
-            ab_header_t hb = ab_header_init(AB_KIND_HEARTBEAT);
-            s_raw_send(s, &hb, NULL, 0);
-            hb_at = ab_now_ms() + 500;
-        }
-        ab_header_t h;
-        if (!s_raw_recv(s, &h, 200))
-            continue;
-        replies += h.kind == AB_KIND_REPLY;
-        errors += h.kind == AB_KIND_ERROR;
-    }
+    s_answers(s, N, &replies, &errors);
     CHECK_EQ(replies, N);
     CHECK_EQ(errors, 0);
     Agentbus__Stats *st = th_stats(c);
