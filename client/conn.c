@@ -947,6 +947,23 @@ static int64_t s_heartbeat_wait(ab_conn_t *c)
     return ivl - (int64_t)(x % span);
 }
 
+/* When the beat after this one is due. An agent keeps its phase: the next
+ * is timed from when this one was due, not from now, so a loop that stalled
+ * (a busy machine, a long handler) and then sent every handle's overdue beat
+ * in one sweep does not leave them beating together from then on. Skipped
+ * beats are skipped whole, so no gap exceeds the interval. A worker's beat
+ * is timed from now: the broker's failure detector expects it regular. */
+static int64_t s_heartbeat_next(ab_conn_t *c, int64_t now)
+{
+    int64_t due = c->next_heartbeat_ms, ivl = c->opts.heartbeat_ms, wait = s_heartbeat_wait(c);
+    if (due <= 0 || ivl <= 0 || !c->role || strcmp(c->role, "agent") != 0)
+        return now + wait;
+    int64_t next = due + wait;
+    if (next <= now)
+        next += ((now - next) / ivl + 1) * ivl;
+    return next;
+}
+
 int ab_conn_heartbeat(ab_conn_t *c, int64_t now, uint32_t credit)
 {
     return ab_conn_heartbeat_with(c, now, credit, NULL, 0);
@@ -962,7 +979,7 @@ int ab_conn_heartbeat_with(ab_conn_t *c, int64_t now, uint32_t credit, const voi
             h.credit = credit;
             ab_conn_send(c, &h, data, size); /* best effort: a full queue skips one */
         }
-        c->next_heartbeat_ms = now + s_heartbeat_wait(c);
+        c->next_heartbeat_ms = s_heartbeat_next(c, now);
     }
     int64_t left = c->next_heartbeat_ms - now;
     if (c->retry_at_ms && c->retry_at_ms - now < left)
