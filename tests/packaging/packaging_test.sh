@@ -93,6 +93,33 @@ case_install()
         fail "re-install overwrote an edited broker.conf"
 }
 
+# The documented uninstall (docs/operations.md): everything installed goes,
+# except a broker.conf the operator edited, which is kept and said. `xargs
+# rm < install_manifest.txt` deleted it with the rest.
+case_uninstall()
+{
+    stage_install
+    local conf
+    conf=$stage$(sed -n 's#^ExecStart=[^ ]* --config \([^ ]*\) .*#\1#p' \
+        "$stage$unit_dir/agentbus-broker.service")
+    [[ -f $conf ]] || fail "not installed: $conf"
+    echo "    bind = tcp://127.0.0.1:5599 # edited" >>"$conf"
+    DESTDIR=$stage cmake --build "$build" --target uninstall >"$tmp/un.log" 2>&1 ||
+        fail "uninstall failed: $(cat "$tmp/un.log")"
+    [[ -f $conf ]] || fail "uninstall removed the edited $conf"
+    grep -q "Keeping: $conf" "$tmp/un.log" || fail "uninstall did not say it kept $conf"
+    local left
+    left=$(find "$stage" -type f ! -path "$conf")
+    [[ -z $left ]] || fail "uninstall left: $left"
+    # Not edited: removed with the rest.
+    rm -f "$conf"
+    stage_install
+    DESTDIR=$stage cmake --build "$build" --target uninstall >"$tmp/un.log" 2>&1 ||
+        fail "uninstall failed: $(cat "$tmp/un.log")"
+    left=$(find "$stage" -type f)
+    [[ -z $left ]] || fail "uninstall left: $left"
+}
+
 case_systemd_verify()
 {
     need systemd-analyze
