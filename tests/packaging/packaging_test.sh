@@ -131,6 +131,20 @@ case_systemd_verify()
     [[ $rc -eq 0 && -z $out ]] || fail "systemd-analyze verify (rc $rc): $out"
 }
 
+# Exit 2 is a bad flag or config value: restarting repeats it every
+# RestartSec until the start limit, so each unit says not to restart on it
+# (docs/operations.md). systemd-analyze verify has checked the line's syntax.
+case_systemd_restart()
+{
+    staged_units
+    local u
+    for u in agentbus-broker.service agentbus-worker@.service; do
+        grep -q '^Restart=on-failure$' "$tmp/units/$u" || fail "$u: no Restart=on-failure"
+        grep -q '^RestartPreventExitStatus=2$' "$tmp/units/$u" ||
+            fail "$u: no RestartPreventExitStatus=2 (a bad config would restart in a loop)"
+    done
+}
+
 case_systemd_security()
 {
     need systemd-analyze
