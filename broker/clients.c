@@ -136,8 +136,8 @@ int ab_client_admit(ab_broker_t *b, ab_client_rec_t *c, const ab_service_t *s, i
         return 0;
     }
     c->refused++;
-    snprintf(why, cap, "client %s has %ld requests %s); retry after %llu ms", c->ident, limit,
-             what, (unsigned long long)s_retry_ms(s, lane));
+    snprintf(why, cap, "client %s has %ld request%s %s); retry after %llu ms", c->ident, limit,
+             limit == 1 ? "" : "s", what, (unsigned long long)s_retry_ms(s, lane));
     return 1;
 }
 
