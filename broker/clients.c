@@ -152,7 +152,8 @@ static int s_parse_weights(ab_broker_t *b, const char *spec)
          tok = strtok_r(NULL, ", ", &save)) {
         char *eq = strrchr(tok, '=');
         long w = 0; /* ab_parse_long: strtol also took "+5" */
-        if (!eq || eq == tok || ab_parse_long(eq + 1, 1, AB_WEIGHT_MAX, &w) != 0) {
+        if (!eq || eq == tok || strchr(tok, ';') || /* as config.c: no ';' */
+            ab_parse_long(eq + 1, 1, AB_WEIGHT_MAX, &w) != 0) {
             AB_ERROR("client-weights: '%s' is not NAME=WEIGHT with WEIGHT 1..%d", tok,
                      AB_WEIGHT_MAX);
             rc = -1;
