@@ -667,7 +667,8 @@ static void s_drain(ab_broker_t *b, int64_t now)
     if (!b->draining) {
         b->draining = 1;
         b->drain_end_ms = now + b->cfg->drain_ms;
-        AB_INFO("draining: %zu requests held, up to %ld ms", ab_idmap_size(&b->pending),
+        size_t held = ab_idmap_size(&b->pending);
+        AB_INFO("draining: %zu request%s held, up to %ld ms", held, held == 1 ? "" : "s",
                 b->cfg->drain_ms);
     }
     size_t live = ab_req_live(b);
@@ -755,7 +756,8 @@ int ab_broker_run(ab_broker_t *b)
         ab_msgs_turn_end(b); /* publications gathered in this turn */
         ab_batching_flush_all(b); /* end of the turn: what was gathered goes out */
     }
-    AB_INFO("stopping: %zu requests pending", ab_idmap_size(&b->pending));
+    size_t pending = ab_idmap_size(&b->pending);
+    AB_INFO("stopping: %zu request%s pending", pending, pending == 1 ? "" : "s");
     return 0;
 }
 

@@ -136,8 +136,8 @@ int ab_client_admit(ab_broker_t *b, ab_client_rec_t *c, const ab_service_t *s, i
         return 0;
     }
     c->refused++;
-    snprintf(why, cap, "client %s has %ld requests %s); retry after %llu ms", c->ident, limit,
-             what, (unsigned long long)s_retry_ms(s, lane));
+    snprintf(why, cap, "client %s has %ld request%s %s); retry after %llu ms", c->ident, limit,
+             limit == 1 ? "" : "s", what, (unsigned long long)s_retry_ms(s, lane));
     return 1;
 }
 
@@ -152,7 +152,8 @@ static int s_parse_weights(ab_broker_t *b, const char *spec)
          tok = strtok_r(NULL, ", ", &save)) {
         char *eq = strrchr(tok, '=');
         long w = 0; /* ab_parse_long: strtol also took "+5" */
-        if (!eq || eq == tok || ab_parse_long(eq + 1, 1, AB_WEIGHT_MAX, &w) != 0) {
+        if (!eq || eq == tok || strchr(tok, ';') || /* as config.c: no ';' */
+            ab_parse_long(eq + 1, 1, AB_WEIGHT_MAX, &w) != 0) {
             AB_ERROR("client-weights: '%s' is not NAME=WEIGHT with WEIGHT 1..%d", tok,
                      AB_WEIGHT_MAX);
             rc = -1;

@@ -618,11 +618,19 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
     return 0;
 }
 
-/* client-weights: "NAME=W" items separated by commas or spaces, W 1..1000. */
+/* client-weights: "NAME=W" items separated by commas or spaces, W 1..1000.
+ * A NAME may hold '=' (the last one splits) but not ';': "voice=4;planner=2"
+ * was taken as one item, the client "voice=4;planner" with weight 2. */
 static int s_check_weights(const char *spec)
 {
     for (const char *p = spec; p && *p;) {
         size_t n = strcspn(p, ", ");
+        if (memchr(p, ';', n)) {
+            fprintf(stderr, "agentbus-broker: invalid client-weights item '%.*s': ';' is no "
+                            "separator (NAME=WEIGHT items are separated by ',' or spaces, "
+                            "e.g. voice=4,planner=2)\n", (int)n, p);
+            return -1;
+        }
         const char *eq = NULL; /* the last '=': a name may hold one */
         for (const char *q = p; q < p + n; q++)
             eq = *q == '=' ? q : eq;

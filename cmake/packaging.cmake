@@ -75,3 +75,11 @@ if(HELP2MAN)
 else()
   message(WARNING "help2man not found: no man pages (scripts/setup installs it)")
 endif()
+
+# --- uninstall --------------------------------------------------------------
+# What install_manifest.txt lists, except a config file that differs from
+# the one installed (cmake/uninstall.cmake).
+add_custom_target(uninstall
+  COMMAND ${CMAKE_COMMAND} -DMANIFEST=${CMAKE_CURRENT_BINARY_DIR}/install_manifest.txt
+          -DSYSCONF_DIR=${AB_SYSCONF_DIR} -P ${CMAKE_CURRENT_SOURCE_DIR}/cmake/uninstall.cmake
+  VERBATIM COMMENT "uninstall (an edited config file is kept)")

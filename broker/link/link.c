@@ -85,6 +85,7 @@ static void s_link_free(ab_broker_t *b, ab_link_t *l)
     ls->n--;
     s_outq_free(b, l);
     ab_link_close_dealer(l);
+    ab_link_lookup_free(l);
     zhashx_destroy(&l->remote);
     ab_link_msg_free(l);
     ab_link_topic_free(l);

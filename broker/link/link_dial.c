@@ -1,17 +1,21 @@
 /*
  * link_dial.c - a broker link's dialed connection (link.h): the DEALER to a
- * --peer endpoint with its monitor, the peer's key, and what is said when
- * dialing links nothing.
+ * --peer endpoint with its monitor, the peer's key, the lookup of its host
+ * name, and what is said when dialing links nothing.
  */
 #define AB_LOG_SUBSYS "link"
 #include "link_int.h"
 #include "auth.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <czmq.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zmq.h>
 
 /* Closes L's dialed connection and its monitor (what it held is dropped). */
@@ -52,6 +56,90 @@ static int s_monitor(ab_broker_t *b, ab_link_t *l, void *d)
     return 0;
 }
 
+/* --- the peer's host name ------------------------------------------------------
+ * libzmq looks a tcp:// host name up itself, at each attempt, and says
+ * nothing when it does not resolve: the "not linked" warning then spoke of
+ * keys and of no broker listening. So each dial looks the name up here too,
+ * asynchronously (getaddrinfo_a: the broker's loop never waits on DNS), and
+ * the warning 5 s on reads the answer. A literal IP address needs none. */
+struct ab_link_lookup {
+    struct gaicb cb; /* the request: reads host and hints until it is done */
+    struct addrinfo hints;
+    char host[256];
+};
+
+/* The HOST of "tcp://[SOURCE;]HOST:PORT" into OUT: 0, or -1 for a literal
+ * IP address (or none). */
+static int s_host_name(const char *ep, char *out, size_t cap)
+{
+    const char *h = strrchr(ep, ';');
+    h = h ? h + 1 : ep + 6; /* after "tcp://" (s_peer_add) */
+    const char *end = strrchr(h, ':');
+    if (*h == '[' || !end || end == h || (size_t)(end - h) >= cap)
+        return -1; /* "[...]" holds an IPv6 address */
+    snprintf(out, cap, "%.*s", (int)(end - h), h);
+    unsigned char a[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, out, a) == 1 || inet_pton(AF_INET6, out, a) == 1 ? -1 : 0;
+}
+
+static void s_lookup_start(ab_link_t *l)
+{
+    char host[sizeof l->lookup->host];
+    if (s_host_name(l->endpoint, host, sizeof host) != 0)
+        return;
+    if (l->lookup && gai_error(&l->lookup->cb) == EAI_INPROGRESS)
+        return; /* the last dial's answer will do */
+    ab_link_lookup_free(l);
+    struct ab_link_lookup *lk = calloc(1, sizeof *lk);
+    if (!lk)
+        return; /* no hint, then */
+    memcpy(lk->host, host, sizeof host);
+    lk->hints.ai_family = AF_UNSPEC;
+    lk->hints.ai_socktype = SOCK_STREAM;
+    lk->cb.ar_name = lk->host;
+    lk->cb.ar_request = &lk->hints;
+    struct gaicb *list[1] = {&lk->cb};
+    if (getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0) {
+        free(lk); /* not queued */
+        return;
+    }
+    l->lookup = lk;
+}
+
+void ab_link_lookup_free(ab_link_t *l)
+{
+    struct ab_link_lookup *lk = l->lookup;
+    if (!lk)
+        return;
+    l->lookup = NULL;
+    if (gai_error(&lk->cb) == EAI_INPROGRESS && gai_cancel(&lk->cb) == EAI_NOTCANCELED) {
+        const struct gaicb *list[1] = {&lk->cb};
+        struct timespec two_s = {2, 0};
+        gai_suspend(list, 1, &two_s);
+    }
+    if (gai_error(&lk->cb) == EAI_INPROGRESS)
+        return; /* a resolver thread still writes into it: left to it (link_int.h) */
+    if (lk->cb.ar_result)
+        freeaddrinfo(lk->cb.ar_result);
+    free(lk);
+}
+
+/* What the lookup of L's host name says, into BUF: NULL when it resolved
+ * (or is no name). */
+static const char *s_lookup_hint(ab_link_t *l, char *buf, size_t cap)
+{
+    int rc = l->lookup ? gai_error(&l->lookup->cb) : 0;
+    if (rc == 0 || rc == EAI_CANCELED)
+        return NULL;
+    if (rc == EAI_INPROGRESS)
+        snprintf(buf, cap, "its host name '%s' has not resolved yet (DNS slow or not answering)",
+                 l->lookup->host);
+    else
+        snprintf(buf, cap, "its host name '%s' does not resolve (%s)", l->lookup->host,
+                 gai_strerror(rc));
+    return buf;
+}
+
 /* Opens L's DEALER and dials its endpoint. 0 or -1. */
 int ab_link_dial(ab_broker_t *b, ab_link_t *l)
 {
@@ -82,6 +170,7 @@ int ab_link_dial(ab_broker_t *b, ab_link_t *l)
     l->out_since_ms = ab_now_ms();
     l->out_warned = 0;
     l->retry_at_ms = 0;
+    s_lookup_start(l);
     return 0;
 }
 
@@ -115,7 +204,11 @@ void ab_link_dial_warn(const ab_broker_t *b, ab_link_t *l, int64_t now)
         return;
     l->out_warned = 1;
     long long s = (now - l->out_since_ms) / 1000;
-    if (l->out_conn) /* a refusal's reason was logged as it came ("refused the link: ...") */
+    char hint[400];
+    if (!l->out_conn && s_lookup_hint(l, hint, sizeof hint))
+        AB_WARN("peer %s: not linked after %lld s: %s: check the host in --peer, or this "
+                "machine's DNS; still trying", l->endpoint, s, hint);
+    else if (l->out_conn) /* a refusal's reason was logged as it came ("refused the link: ...") */
         AB_WARN("peer %s: connected but not linked after %lld s: it refused this broker's LINK "
                 "HELLO or answers none (its log says why, e.g. a broker name its key is not "
                 "granted)", l->endpoint, s);

@@ -51,6 +51,7 @@ typedef struct ab_link {
     int out_up;                  /* the peer answered our HELLO on it */
     int64_t out_last_ms, out_since_ms;
     int out_warned;              /* "not linked" said since the last dial (s_check) */
+    struct ab_link_lookup *lookup; /* its host name looked up (link_dial.c); NULL for an IP */
     int64_t retry_at_ms;         /* a refused handshake: dial again then (s_watch) */
     int retry_ms;                /* its backoff: 500 ms doubling to 10 s */
     ab_peer_t *in;               /* the connection the peer dialed (ROUTER peer) */
@@ -119,8 +120,12 @@ int ab_link_dial(ab_broker_t *b, ab_link_t *l);
  * certificate. 0 with OUT (AB_LINK_KEY_TXT bytes), or -1. */
 int ab_link_peer_key(const char *key, char *out);
 /* Says once per dial that L's dialed peer is still not linked, and what
- * may be why. */
+ * may be why: its host name that does not resolve, when it does not. */
 void ab_link_dial_warn(const ab_broker_t *b, ab_link_t *l, int64_t now);
+/* Frees L's host name lookup (ab_link_dial starts one). May wait up to 2 s
+ * for a lookup that cannot be cancelled; one still running then is left to
+ * finish on its own (its memory is not freed). */
+void ab_link_lookup_free(ab_link_t *l);
 
 /* A new remote worker's routing id for L. */
 void ab_link_rid(ab_link_t *l, ab_rid_t *rid);

@@ -27,6 +27,7 @@ void health_discover(void);
 void health_watch_restart(void);
 void health_watch_silence(void);
 void health_broker_drain(void);
+void health_broker_drain_one(void);
 void health_worker_drain(void);
 
 #endif

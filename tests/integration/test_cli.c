@@ -659,6 +659,14 @@ static void s_bad_values(void)
     CHECK_EQ(cli_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --insecure yes",
                     th_bin("agentbus-broker")), 2);
     CHECK_TRUE(HAS("invalid value 'yes' for insecure (from command line); expected 0..1"));
+    /* A ';' between client-weights items was taken into one client's name:
+     * "voice=4;planner" weighted 2, voice and planner 1. */
+    CHECK_EQ(cli_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --client-weights 'voice=4;planner=2'",
+                    th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("invalid client-weights item 'voice=4;planner=2': ';' is no separator"));
+    CHECK_EQ(cli_sh("timeout 10 %s --bind tcp://127.0.0.1:0 --client-weights 'a=1,b=2;c=3'",
+                    th_bin("agentbus-broker")), 2);
+    CHECK_TRUE(HAS("invalid client-weights item 'b=2;c=3'"));
 }
 
 /* 1 when TS is RFC 3339 UTC with milliseconds: 2026-01-02T03:04:05.678Z. */

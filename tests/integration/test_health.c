@@ -697,6 +697,7 @@ int main(int argc, char **argv)
         {"kill9_load", s_kill9_load}, {"sigstop", s_sigstop}, {"eject", s_eject},
         {"interval", s_interval}, {"discover", health_discover}, {"flood", s_flood},
         {"broker_drain", health_broker_drain}, {"worker_drain", health_worker_drain},
+        {"broker_drain_one", health_broker_drain_one},
         {"watch_restart", health_watch_restart}, {"watch_silence", health_watch_silence},
         {"agent_spread", s_agent_spread}, {"agent_phase_kept", s_agent_phase_kept},
     };

@@ -471,6 +471,34 @@ void health_broker_drain(void)
     s_holder_end(&h2);
 }
 
+/* The broker's drain lines count in words that agree: one request held is
+ * "1 request held" (it said "1 requests held"), and the line at the end
+ * counts what is left the same way. */
+void health_broker_drain_one(void)
+{
+    int port = th_free_port();
+    pid_t broker = th_broker(port, "--drain-ms", "300", NULL);
+    ab_client_t *c = th_client(port);
+    s_holder_t h = {.port = port, .name = "bd1"}; /* answers only once the broker is gone */
+    s_holder_start(&h, c);
+    static ht_slot_t slot;
+    ht_done = 0;
+    CHECK_EQ(ab_client_request_start(c, "job", "x", 1, &(ab_request_opts_t){.timeout_ms = 10000},
+                                     ht_slot_cb, &slot, NULL),
+             AB_OK);
+    REQUIRE(s_holder_wait(&h, c, 1) == 0);
+    REQUIRE(kill(broker, SIGTERM) == 0);
+    for (int64_t end = ab_now_ms() + 5000; ht_done < 1 && ab_now_ms() < end;)
+        ab_client_poll(c, 50);
+    CHECK_EQ(th_wait_exit(broker, 5000), 0);
+    CHECK_TRUE(s_log_has(broker, "draining: 1 request held, up to 300 ms", NULL));
+    CHECK_TRUE(s_log_has(broker, "drained: 1 answered with an error", NULL));
+    CHECK_TRUE(s_log_has(broker, "stopping: 0 requests pending", NULL));
+    CHECK_EQ(s_log_count(broker, "1 requests", NULL), 0);
+    ab_client_destroy(&c);
+    s_holder_end(&h);
+}
+
 /* A worker drains on SIGTERM (finishing what it holds, taking nothing new)
  * and says so in its log: how many requests it still held when it began,
  * and how it ended (all answered, or --drain-ms passed: handed back). */

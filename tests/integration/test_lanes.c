@@ -354,6 +354,46 @@ static void s_quota_busy(void)
         ab_client_destroy(&s_cl[i]);
 }
 
+/* A queued quota of one: the refusal counts it in the singular, "has 1
+ * request queued" (it said "1 requests"). */
+static void s_quota_one(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", "--max-client-queued", "1", NULL);
+    ab_client_t *ctl = s_cl[0] = th_client(port);
+    ab_client_t *greedy = s_cl[1] = s_named(port, "greedy");
+    ab_worker_t *w = s_worker(port, "gen");
+    for (int64_t end = ab_now_ms() + WAIT_MS; s_wait_worker(ctl, "gen") != 0;) {
+        ab_job_t *j = NULL;
+        ab_worker_recv(w, &j, 50);
+        REQUIRE(ab_now_ms() < end);
+    }
+    static s_slot_t sg[3];
+    s_send(greedy, "gen", "g", 0, &sg[0]);
+    char who;
+    ab_job_t *j = s_next_job(w, &who); /* one at the worker */
+    s_wk[0] = w;
+    s_send(greedy, "gen", "g", 0, &sg[1]); /* queued */
+    REQUIRE(s_wait_depth(ctl, "gen", "normal", 1) == 0);
+    s_send(greedy, "gen", "g", 0, &sg[2]); /* over the quota */
+    for (int64_t end = ab_now_ms() + WAIT_MS; ab_now_ms() < end && !sg[2].busy; s_pump())
+        ;
+    REQUIRE(sg[2].busy == 1);
+    printf("refused: %s\n", sg[2].error);
+    CHECK_TRUE(strstr(sg[2].error, "client greedy has 1 request queued (max-client-queued)") !=
+               NULL);
+    s_wk[0] = NULL;
+    s_answer(w, &j);
+    j = s_next_job(w, &who);
+    s_answer(w, &j);
+    for (int64_t end = ab_now_ms() + WAIT_MS; ab_now_ms() < end && sg[1].finals < 1; s_pump())
+        ;
+    CHECK_EQ(sg[0].ok + sg[1].ok, 2);
+    ab_worker_destroy(&w);
+    for (int i = 0; i < 4; i++)
+        ab_client_destroy(&s_cl[i]);
+}
+
 /* --- a client killed with requests queued in several lanes ------------------------------- */
 static void s_leave_queued(void)
 {
@@ -578,7 +618,8 @@ int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"interactive_first", s_interactive_first}, {"fair_single", s_fair_single},
-        {"quota_busy", s_quota_busy},               {"leave_queued", s_leave_queued},
+        {"quota_busy", s_quota_busy},               {"quota_one", s_quota_one},
+        {"leave_queued", s_leave_queued},
         {"deadline_early", s_deadline_early}, {"cli", s_cli},
         {"rename_ident", s_rename_ident},
     };

@@ -681,6 +681,26 @@ static void s_auth_mismatch(void)
     CHECK_TRUE(th_alive(apid) && th_alive(bpid));
 }
 
+/* A --peer whose host name does not resolve (a typo): A's warning 5 s on
+ * says so. It said "no broker listens there, or it runs --auth curve",
+ * nothing of the name, as libzmq's own lookups fail without a word. A
+ * literal IP (auth_mismatch) is not looked up. */
+static void s_unresolved(void)
+{
+    int pa = th_free_port();
+    char bind[64], line[2048];
+    snprintf(bind, sizeof bind, "tcp://127.0.0.1:%d", pa);
+    const char *argv[] = {"--auth", "none", "--name", "A", "--bind", bind, "--peer",
+                          "tcp://no-such-host.invalid:5555", NULL};
+    pid_t apid = th_spawn("agentbus-broker", argv, NULL);
+    REQUIRE(s_log_line(apid, "not linked after 5 s", line, sizeof line));
+    printf("A: %s", line);
+    CHECK_TRUE(strstr(line, "peer tcp://no-such-host.invalid:5555: not linked after 5 s: its host "
+                            "name 'no-such-host.invalid' does not resolve (") != NULL);
+    CHECK_TRUE(strstr(line, "No broker listens") == NULL);
+    CHECK_TRUE(th_alive(apid));
+}
+
 /* An agent key granted every service on A, but only "echo" on B: its
  * request for B's "secret" is DENIED by B; its "echo" passes; B's keys
  * read again without it, and with it, change that at once. A peer key may
@@ -869,6 +889,7 @@ int main(int argc, char **argv)
         {"dealer_backlog", s_dealer_backlog}, {"deadline_no_eject", s_deadline_no_eject},
         {"twice", s_twice},     {"auth_mismatch", s_auth_mismatch},
         {"key_later", s_key_later},   {"same_name", s_same_name},
+        {"unresolved", s_unresolved},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -93,6 +93,33 @@ case_install()
         fail "re-install overwrote an edited broker.conf"
 }
 
+# The documented uninstall (docs/operations.md): everything installed goes,
+# except a broker.conf the operator edited, which is kept and said. `xargs
+# rm < install_manifest.txt` deleted it with the rest.
+case_uninstall()
+{
+    stage_install
+    local conf
+    conf=$stage$(sed -n 's#^ExecStart=[^ ]* --config \([^ ]*\) .*#\1#p' \
+        "$stage$unit_dir/agentbus-broker.service")
+    [[ -f $conf ]] || fail "not installed: $conf"
+    echo "    bind = tcp://127.0.0.1:5599 # edited" >>"$conf"
+    DESTDIR=$stage cmake --build "$build" --target uninstall >"$tmp/un.log" 2>&1 ||
+        fail "uninstall failed: $(cat "$tmp/un.log")"
+    [[ -f $conf ]] || fail "uninstall removed the edited $conf"
+    grep -q "Keeping: $conf" "$tmp/un.log" || fail "uninstall did not say it kept $conf"
+    local left
+    left=$(find "$stage" -type f ! -path "$conf")
+    [[ -z $left ]] || fail "uninstall left: $left"
+    # Not edited: removed with the rest.
+    rm -f "$conf"
+    stage_install
+    DESTDIR=$stage cmake --build "$build" --target uninstall >"$tmp/un.log" 2>&1 ||
+        fail "uninstall failed: $(cat "$tmp/un.log")"
+    left=$(find "$stage" -type f)
+    [[ -z $left ]] || fail "uninstall left: $left"
+}
+
 case_systemd_verify()
 {
     need systemd-analyze
@@ -102,6 +129,20 @@ case_systemd_verify()
         agentbus-worker@echo.service 2>&1) || rc=$?
     # An unknown key or value is only a warning to systemd: any output fails.
     [[ $rc -eq 0 && -z $out ]] || fail "systemd-analyze verify (rc $rc): $out"
+}
+
+# Exit 2 is a bad flag or config value: restarting repeats it every
+# RestartSec until the start limit, so each unit says not to restart on it
+# (docs/operations.md). systemd-analyze verify has checked the line's syntax.
+case_systemd_restart()
+{
+    staged_units
+    local u
+    for u in agentbus-broker.service agentbus-worker@.service; do
+        grep -q '^Restart=on-failure$' "$tmp/units/$u" || fail "$u: no Restart=on-failure"
+        grep -q '^RestartPreventExitStatus=2$' "$tmp/units/$u" ||
+            fail "$u: no RestartPreventExitStatus=2 (a bad config would restart in a loop)"
+    done
 }
 
 case_systemd_security()

@@ -167,7 +167,8 @@ static void s_test_client_weights(void)
     CHECK_EQ(cfg.lane_batch_min_pct, 10);
     CHECK_EQ(cfg.max_client_queued, 10000);
     ab_config_free(&cfg);
-    static const char *bad[] = {"voice", "voice=0", "=3", "voice=1001", "voice=4x"};
+    static const char *bad[] = {"voice", "voice=0", "=3", "voice=1001", "voice=4x",
+                                "voice=4;planner=2"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char text[128];
         snprintf(text, sizeof text, "broker\n    client-weights = %s\n", bad[i]);

@@ -110,7 +110,8 @@ static const struct {
      "inference workers: slots, VRAM, loaded and available models;\n"
      "load|unload: (un)load MODEL on that worker's GPU", 0, 3, B(O_SERVICE)},
     {"cache", "[clear | get KEY]", "cache tiers: hits, misses, bytes, entries, lookup p50/p99;\n"
-                                   "clear: drop cached replies; get: one entry (32 hex digits)",
+                                   "clear: drop cached replies; get: one entry by its key\n"
+                                   "(32 hex digits; Redis shows keys: docs/cache.md)",
      0, 2, B(O_TIER)},
     {"send", "AGENT DATA", "direct message to agent AGENT (prints delivered/queued)", 2, 2, 0},
     {"listen", "NAME", "connect as agent NAME, print its messages (mailbox first)", 1, 1,
