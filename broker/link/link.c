@@ -487,6 +487,10 @@ static ab_link_t *s_named(ab_broker_t *b, ab_link_t *l, const char *name)
     memcpy(o->key, l->key, sizeof o->key);
     o->out_since_ms = l->out_since_ms;
     l->dealer = l->mon = NULL;
+    if (!o->lookup) { /* its host name's lookup too: freeing one still running may wait */
+        o->lookup = l->lookup;
+        l->lookup = NULL;
+    }
     if (l->outq) { /* what was gathered for the connection goes with it */
         s_outq_free(b, o);
         o->outq = l->outq;
