@@ -51,6 +51,12 @@ static struct {
     uint8_t rid[256];  /* the broker's dialed connection (from its HELLO) */
     size_t rid_len;
     const char *name;  /* the name it claims now */
+    /* A connection the broker may have bound to a record raw peers can
+     * claim (a name of theirs said on it: s_raw_name): the dialed one since
+     * its last drop, its own since it said HELLO. The broker binds a
+     * connection to a record by the name of the WELCOME it takes (dialed)
+     * or the HELLO (its own), and later names said on it change nothing. */
+    int dial_raw, own_raw;
     uint64_t session;
     int hold, refuse;  /* moods: keep requests unanswered; refuse the next HELLO */
     int64_t deaf_until_ms, rebind_ms, bound_ms;
@@ -92,8 +98,19 @@ static void s_send_link(Agentbus__LinkMsg *m)
     free(buf);
 }
 
+/* A name raw peers claim too (nf-b*, ""): a record by that name may get a
+ * raw peer's connection, which answers what it is sent with anything. */
+static int s_raw_name(const char *name)
+{
+    return !name[0] || !strncmp(name, "nf-b", 4);
+}
+
 static void s_send_type(uint32_t type, uint64_t echo_us)
 {
+    if (type == F_WELCOME && !s_f.out)
+        s_f.dial_raw |= s_raw_name(s_f.name);
+    else if (type == F_HELLO && s_f.out)
+        s_f.own_raw = s_raw_name(s_f.name);
     Agentbus__LinkMsg m;
     agentbus__link_msg__init(&m);
     m.type = type;
@@ -260,16 +277,21 @@ void nf_fake_pump(int64_t now)
 /* --- its moves ----------------------------------------------------------------------- */
 /* A directory: the services raw peers register, the good ones (so that
  * the good client's requests may come here and must come back right),
- * some withdrawn (capacity 0). Never the good ones under a name the raw
- * peers claim too (nf-b*, ""): the broker keeps one link record per name,
+ * some withdrawn (capacity 0). Never the good ones to a record the raw
+ * peers may claim too (nf-b*, ""): the broker keeps one link record per name,
  * so a raw peer's connection to it would get the good client's request
  * and answer it with anything (seed 40002 did: "echo of 184 bytes
- * answered with 85 other bytes"). */
+ * answered with 85 other bytes"). Which record a DIRECTORY goes to is the
+ * connection's binding, not the name it carries: the name said now was
+ * not enough (seed 50001, nf-b* key: bound as nf-b1, renamed nf-far,
+ * announced the good services to nf-b1: "echo of 20019 bytes answered
+ * with 1888 other bytes"). */
 static void s_dir(void)
 {
     static const char *const svcs[] = {"svc-a", "svc-b", "infer", NF_GOOD_SVC, NF_FAR_SVC,
                                        NF_MID_SVC};
-    uint32_t nsvcs = !s_f.name[0] || !strncmp(s_f.name, "nf-b", 4) ? 3 : 6;
+    int raw = s_raw_name(s_f.name) || (s_f.out ? s_f.own_raw : s_f.dial_raw);
+    uint32_t nsvcs = raw ? 3 : 6;
     Agentbus__LinkService es[6], *ps[6];
     Agentbus__LinkMsg m;
     agentbus__link_msg__init(&m);
@@ -341,6 +363,7 @@ static void s_drop(int64_t now)
     zmq_close(s_f.sock);
     s_f.sock = NULL;
     s_f.rid_len = 0;
+    s_f.dial_raw = 0; /* the broker dials again: a binding of its own */
     s_f.nheld = 0;
     s_f.rebind_ms = now + nf_below(1500); /* the broker may redial before it is back */
     s_f.drops++;
