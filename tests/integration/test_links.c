@@ -695,8 +695,13 @@ static void s_unresolved(void)
     pid_t apid = th_spawn("agentbus-broker", argv, NULL);
     REQUIRE(s_log_line(apid, "not linked after 5 s", line, sizeof line));
     printf("A: %s", line);
+    /* "does not resolve (...)" from a resolver that answers; a machine whose
+     * DNS does not answer within 5 s gets "has not resolved yet": a hint
+     * about the name either way. */
     CHECK_TRUE(strstr(line, "peer tcp://no-such-host.invalid:5555: not linked after 5 s: its host "
-                            "name 'no-such-host.invalid' does not resolve (") != NULL);
+                            "name 'no-such-host.invalid' ") != NULL);
+    CHECK_TRUE(strstr(line, "' does not resolve (") != NULL ||
+               strstr(line, "' has not resolved yet (") != NULL);
     CHECK_TRUE(strstr(line, "No broker listens") == NULL);
     CHECK_TRUE(th_alive(apid));
 }
