@@ -2,6 +2,7 @@
 #include "parse.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,4 +73,34 @@ int ab_parse_double(const char *s, double min, double max, double *out)
         return -1;
     *out = v;
     return 0;
+}
+
+int ab_parse_weight_item(const char *spec, size_t *pos, long max, ab_weight_item_t *it,
+                         char *why, size_t cap)
+{
+    const char *p = spec + *pos;
+    p += strspn(p, ", ");
+    if (!*p)
+        return 0;
+    size_t n = strcspn(p, ", ");
+    *it = (ab_weight_item_t){.item = p, .item_len = n};
+    *pos = (size_t)(p + n - spec);
+    if (memchr(p, ';', n)) {
+        snprintf(why, cap, "';' is no separator (NAME=WEIGHT items are separated by ',' or "
+                           "spaces, e.g. voice=4,planner=2)");
+        return -1;
+    }
+    const char *eq = NULL; /* the last '=' */
+    for (const char *q = p; q < p + n; q++)
+        eq = *q == '=' ? q : eq;
+    char num[24] = "";
+    size_t nl = eq ? n - (size_t)(eq + 1 - p) : 0;
+    if (eq && nl && nl < sizeof num)
+        memcpy(num, eq + 1, nl);
+    if (!eq || eq == p || ab_parse_long(num, 1, max, &it->weight) != 0) {
+        snprintf(why, cap, "expected NAME=WEIGHT with WEIGHT 1..%ld", max);
+        return -1;
+    }
+    it->name_len = (size_t)(eq - p);
+    return 1;
 }

@@ -27,4 +27,22 @@ int ab_parse_double(const char *s, double min, double max, double *out);
  * value is beyond a double's range. */
 size_t ab_parse_decimal_prefix(const char *s, double *out);
 
+/* One item of a NAME=WEIGHT list ("voice=4,planner=2": items separated by
+ * ',' or spaces, empty items skipped). NAME is the item up to its last '='
+ * (a name may hold one) and is not NUL-terminated. */
+typedef struct {
+    const char *item; /* the item as written, ITEM_LEN bytes */
+    size_t item_len;
+    size_t name_len; /* NAME: the first NAME_LEN bytes of ITEM */
+    long weight;
+} ab_weight_item_t;
+
+/* Reads the next item of SPEC from *POS into *IT and moves *POS past it.
+ * 1 for an item; 0 at the end of SPEC; -1 for a bad item (*IT names it),
+ * with what is wrong with it in WHY (CAP bytes): a ';' in it (no
+ * separator), or no NAME=WEIGHT with WEIGHT in [1, MAX]. The one reader of
+ * --client-weights, for the start-up check and the broker that applies it. */
+int ab_parse_weight_item(const char *spec, size_t *pos, long max, ab_weight_item_t *it,
+                         char *why, size_t cap);
+
 #endif

@@ -15,8 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define AB_WEIGHT_MAX 1000 /* a weight is requests per turn: past this it is a FIFO */
-
 const char *ab_client_identity(const ab_peer_t *p, char *out, size_t cap)
 {
     /* With --auth curve an agent key is one client across its connections
@@ -141,28 +139,23 @@ int ab_client_admit(ab_broker_t *b, ab_client_rec_t *c, const ab_service_t *s, i
     return 1;
 }
 
-/* "name=W,name=W": weights by identity, parsed once. */
+/* "name=W,name=W": weights by identity, parsed once (as config.c checked). */
 static int s_parse_weights(ab_broker_t *b, const char *spec)
 {
-    char *copy = strdup(spec), *save = NULL;
-    if (!copy)
-        return -1;
-    int rc = 0;
-    for (char *tok = strtok_r(copy, ", ", &save); tok && rc == 0;
-         tok = strtok_r(NULL, ", ", &save)) {
-        char *eq = strrchr(tok, '=');
-        long w = 0; /* ab_parse_long: strtol also took "+5" */
-        if (!eq || eq == tok || strchr(tok, ';') || /* as config.c: no ';' */
-            ab_parse_long(eq + 1, 1, AB_WEIGHT_MAX, &w) != 0) {
-            AB_ERROR("client-weights: '%s' is not NAME=WEIGHT with WEIGHT 1..%d", tok,
-                     AB_WEIGHT_MAX);
-            rc = -1;
-            break;
-        }
-        *eq = '\0';
-        zhashx_update(b->client_weights, tok, (void *)(uintptr_t)w);
+    ab_weight_item_t it;
+    char why[128];
+    size_t pos = 0;
+    int rc;
+    while ((rc = ab_parse_weight_item(spec, &pos, AB_CLIENT_WEIGHT_MAX, &it, why,
+                                      sizeof why)) > 0) {
+        char *name = strndup(it.item, it.name_len);
+        if (!name)
+            return -1;
+        zhashx_update(b->client_weights, name, (void *)(uintptr_t)it.weight);
+        free(name);
     }
-    free(copy);
+    if (rc < 0)
+        AB_ERROR("client-weights: '%.*s': %s", (int)it.item_len, it.item, why);
     return rc;
 }
 

@@ -623,29 +623,17 @@ static int s_load_flags(ab_broker_config_t *cfg, int argc, char **argv)
  * was taken as one item, the client "voice=4;planner" with weight 2. */
 static int s_check_weights(const char *spec)
 {
-    for (const char *p = spec; p && *p;) {
-        size_t n = strcspn(p, ", ");
-        if (memchr(p, ';', n)) {
-            fprintf(stderr, "agentbus-broker: invalid client-weights item '%.*s': ';' is no "
-                            "separator (NAME=WEIGHT items are separated by ',' or spaces, "
-                            "e.g. voice=4,planner=2)\n", (int)n, p);
+    ab_weight_item_t it;
+    char why[128];
+    size_t pos = 0;
+    int rc;
+    while (spec && (rc = ab_parse_weight_item(spec, &pos, AB_CLIENT_WEIGHT_MAX, &it, why,
+                                              sizeof why)) != 0)
+        if (rc < 0) {
+            fprintf(stderr, "agentbus-broker: invalid client-weights item '%.*s': %s\n",
+                    (int)it.item_len, it.item, why);
             return -1;
         }
-        const char *eq = NULL; /* the last '=': a name may hold one */
-        for (const char *q = p; q < p + n; q++)
-            eq = *q == '=' ? q : eq;
-        char num[16] = "";
-        size_t nl = eq ? n - (size_t)(eq + 1 - p) : 0;
-        long w = 0;
-        if (eq && nl && nl < sizeof num)
-            memcpy(num, eq + 1, nl);
-        if (n && (!eq || eq == p || ab_parse_long(num, 1, 1000, &w) != 0)) {
-            fprintf(stderr, "agentbus-broker: invalid client-weights item '%.*s': expected "
-                            "NAME=WEIGHT with WEIGHT 1..1000\n", (int)n, p);
-            return -1;
-        }
-        p += n + (p[n] != '\0');
-    }
     return 0;
 }
 

@@ -95,6 +95,7 @@ typedef struct {
     long lane_normal_min_pct; /* minimum share of dispatches for the normal lane */
     long lane_batch_min_pct;  /* ... and for the batch lane */
     char *client_weights;     /* "name=W,...": DRR weights by client identity */
+#define AB_CLIENT_WEIGHT_MAX 1000 /* a weight is requests per turn: past this it is a FIFO */
     /* issue 14: authentication and authorization (broker/auth/) */
     char *auth;                /* "none" or "curve" */
     int auth_curve;            /* auth == "curve" */

@@ -563,6 +563,33 @@ static void s_cli(void)
     ab_client_destroy(&ctl);
 }
 
+/* --- --client-weights reach the clients they name ------------------------------------- */
+/* The weights the broker applies are those the start-up check passed: one
+ * reader (ab_parse_weight_item) for both. Empty items and spaces are
+ * separators; an unnamed client keeps weight 1. */
+static void s_weights(void)
+{
+    int port = th_free_port();
+    th_broker(port, "--startup-grace-ms", "0", "--client-weights", " voice=4,,plan=2 x=7", NULL);
+    th_worker(port, "echo", NULL);
+    ab_client_t *ctl = s_cl[0] = th_client(port);
+    REQUIRE(th_wait_workers(ctl, "echo", 1, WAIT_MS) == 0);
+    static const char *names[] = {"voice", "plan", "other"};
+    static const int want[] = {4, 2, 1};
+    for (int i = 0; i < 3; i++) {
+        ab_client_t *c = s_cl[1 + i] = s_named(port, names[i]);
+        void *reply = NULL;
+        size_t rlen = 0;
+        CHECK_EQ(ab_client_request(c, "echo", "w", 1, 5000, &reply, &rlen), AB_OK);
+        ab_free(reply);
+        Agentbus__ClientInfo ci;
+        CHECK_EQ(s_client_info(ctl, names[i], &ci), 0);
+        CHECK_EQ((int)ci.weight, want[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        ab_client_destroy(&s_cl[i]);
+}
+
 /* --- a renamed connection is its new name's client ------------------------------------ */
 /* A connection that renames itself (HELLO with another name) is its new
  * name's client from its next request on. The broker tells a rename by its
@@ -621,7 +648,7 @@ int main(int argc, char **argv)
         {"quota_busy", s_quota_busy},               {"quota_one", s_quota_one},
         {"leave_queued", s_leave_queued},
         {"deadline_early", s_deadline_early}, {"cli", s_cli},
-        {"rename_ident", s_rename_ident},
+        {"rename_ident", s_rename_ident}, {"weights", s_weights},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

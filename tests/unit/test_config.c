@@ -7,11 +7,13 @@
  */
 #include "config.h"
 #include "log.h"
+#include "parse.h"
 #include "test.h"
 
 #include <czmq.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 static char s_path[64];
@@ -175,6 +177,29 @@ static void s_test_client_weights(void)
         CHECK_EQ(s_load_text(&cfg, text), -1);
         ab_config_free(&cfg);
     }
+    /* The reader both the check and the broker use (parse.h). */
+    const char *spec = " voice=4,,~0a1b=2 a=b=3, ";
+    static const char *names[] = {"voice", "~0a1b", "a=b"};
+    static const long ws[] = {4, 2, 3};
+    ab_weight_item_t it;
+    char why[128];
+    size_t pos = 0;
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(ab_parse_weight_item(spec, &pos, 1000, &it, why, sizeof why), 1);
+        CHECK_EQ((long)it.name_len, (long)strlen(names[i]));
+        CHECK_TRUE(strncmp(it.item, names[i], it.name_len) == 0);
+        CHECK_EQ(it.weight, ws[i]);
+    }
+    CHECK_EQ(ab_parse_weight_item(spec, &pos, 1000, &it, why, sizeof why), 0);
+    pos = 0;
+    spec = "a=1,b=2;c=3 d=4";
+    CHECK_EQ(ab_parse_weight_item(spec, &pos, 1000, &it, why, sizeof why), 1);
+    CHECK_EQ(ab_parse_weight_item(spec, &pos, 1000, &it, why, sizeof why), -1);
+    CHECK_TRUE(it.item_len == 7 && strncmp(it.item, "b=2;c=3", 7) == 0);
+    CHECK_TRUE(strstr(why, "';' is no separator") != NULL);
+    pos = 0;
+    CHECK_EQ(ab_parse_weight_item("v=1001", &pos, 1000, &it, why, sizeof why), -1);
+    CHECK_TRUE(strstr(why, "WEIGHT 1..1000") != NULL);
 }
 
 /* --peer's KEY with --auth curve: a missing certificate file, a mistyped
