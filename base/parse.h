@@ -1,6 +1,7 @@
 /*
- * parse.h - strict number parsing (base/: built into both common/ and
- * tools/lib, see docs/architecture.md). Thread-safe; no allocation.
+ * parse.h - strict number parsing and the NAME=WEIGHT list reader (base/:
+ * built into both common/ and tools/lib, see docs/architecture.md).
+ * Thread-safe; no allocation.
  */
 #ifndef AB_PARSE_H
 #define AB_PARSE_H
