@@ -91,7 +91,7 @@ enum { S_KIND_UNKNOWN = 0, S_KIND_TCP = 1, S_KIND_OTHER = 2 };
 #define S_TCPI_BYTES_ACKED 120
 
 /* The bytes P's TCP stack acknowledged on FD. 0 or -1. */
-static int s_tcp_acked(int fd, uint64_t *acked)
+int ab_router_tcp_acked(int fd, uint64_t *acked)
 {
     uint8_t ti[256] = {0};
     socklen_t l = sizeof ti;
@@ -156,12 +156,12 @@ static int s_room(void **arr, size_t n, size_t *cap, size_t size)
 }
 
 /* Bytes a frame of SIZE takes on the wire (ZMTP 3: flags, 1 or 8 size bytes). */
-static uint64_t s_wire(size_t size)
+uint64_t ab_router_wire(size_t size)
 {
     return size + (size > 255 ? 9 : 2);
 }
 
-static uint64_t s_inode(int fd)
+uint64_t ab_router_fd_inode(int fd)
 {
     struct stat st;
     return fd >= 0 && fstat(fd, &st) == 0 ? (uint64_t)st.st_ino : 0;
@@ -210,14 +210,14 @@ static void s_rebase(struct ab_conns *c, ab_peer_t *p)
     p->out_sent = p->out_taken = p->out_base = p->out_counted = 0;
     p->out_kind = S_KIND_UNKNOWN;
     p->out_over_ms = 0;
-    if (!(p->out_ino = s_inode(p->fd)) || s_take_carry(c, p))
+    if (!(p->out_ino = ab_router_fd_inode(p->fd)) || s_take_carry(c, p))
         return;
     int dom = 0, sb = 0;
     socklen_t l = sizeof dom;
     if (getsockopt(p->fd, SOL_SOCKET, SO_DOMAIN, &dom, &l) != 0)
         return;
     if (dom == AF_INET || dom == AF_INET6) {
-        if (s_tcp_acked(p->fd, &p->out_base) == 0)
+        if (ab_router_tcp_acked(p->fd, &p->out_base) == 0)
             p->out_kind = S_KIND_TCP;
     } else {
         l = sizeof sb;
@@ -233,12 +233,12 @@ static void s_rebase(struct ab_conns *c, ab_peer_t *p)
 static void s_refresh(ab_peer_t *p, int64_t now)
 {
     p->out_checked_ms = now;
-    if (p->out_kind == S_KIND_UNKNOWN || s_inode(p->fd) != p->out_ino)
+    if (p->out_kind == S_KIND_UNKNOWN || ab_router_fd_inode(p->fd) != p->out_ino)
         return;
     uint64_t taken = p->out_taken;
     if (p->out_kind == S_KIND_TCP) {
         uint64_t acked;
-        if (s_tcp_acked(p->fd, &acked) == 0)
+        if (ab_router_tcp_acked(p->fd, &acked) == 0)
             taken = acked - p->out_base; /* + handshake, pings: a few bytes */
     } else {
         int q = 0;
@@ -311,7 +311,7 @@ int ab_peer_over(ab_broker_t *b, ab_peer_t *p)
 /* 1 when P already holds more than twice its bound: nothing more is sent
  * to it (counted) and it is disconnected. One message may pass the bound,
  * so the broker's share for a peer stays under 2 x bound + one message. */
-static int s_beyond_twice(ab_broker_t *b, ab_peer_t *p)
+int ab_peer_beyond(ab_broker_t *b, ab_peer_t *p)
 {
     uint64_t bound = b->cfg->peer_out_max_bytes;
     if (!bound || s_in_flight(p) <= 2 * bound)
@@ -328,7 +328,7 @@ void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int ha
 {
     if (p->out_fd != p->fd)
         s_rebase(b->conns, p);
-    p->out_sent += s_wire(hlen) + (has_payload ? s_wire(plen) : 0);
+    p->out_sent += ab_router_wire(hlen) + (has_payload ? ab_router_wire(plen) : 0);
     if (b->cfg->peer_out_max_bytes && s_in_flight(p) > b->cfg->peer_out_max_bytes)
         ab_peer_over(b, p); /* starts the stall clock */
 }
@@ -345,7 +345,7 @@ void ab_router_peer_gone(ab_broker_t *b, ab_peer_t *p)
     /* What it had not taken is lost: its connection closed (libzmq discarded
      * it; figures at most one sweep old above S_FRESH_BYTES), or the broker
      * forgets it (silence, BYE) and will not answer it again. */
-    int open = s_in_flight(p) && s_inode(p->fd) == p->out_ino;
+    int open = s_in_flight(p) && ab_router_fd_inode(p->fd) == p->out_ino;
     if (open)
         s_refresh(p, ab_now_ms());
     b->c.out_lost_bytes += s_lost(p);
@@ -373,7 +373,7 @@ static void s_cut(ab_broker_t *b, ab_peer_t *p)
     uint64_t held = s_in_flight(p);
     b->c.slow_disconnects++;
     b->c.slow_disconnect_bytes += held;
-    if (p->fd >= 0 && p->out_ino && s_inode(p->fd) == p->out_ino)
+    if (p->fd >= 0 && p->out_ino && ab_router_fd_inode(p->fd) == p->out_ino)
         shutdown(p->fd, SHUT_RDWR);
     AB_LOG_RL(&b->rl, ab_hash_bytes(p->rid.bytes, p->rid.len) ^ 0x510e, ab_now_ms(), AB_LOG_WARN,
               "peer %s disconnected: %llu bytes sent to it not taken (peer-out-max-bytes %zu, "
@@ -718,7 +718,7 @@ int ab_header_msg(const ab_header_t *h, zmq_msg_t *out)
 static int s_send_encoded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const uint8_t *buf,
                           size_t len, zmq_msg_t *payload)
 {
-    if (p && s_beyond_twice(b, p))
+    if (p && ab_peer_beyond(b, p))
         return -1; /* counted; P is disconnected at the end of the turn */
     if (p && b->cfg->batch && (p->features & AB_FEATURE_BATCH))
         return ab_batching_send(b, p, buf, len, payload);
@@ -772,7 +772,7 @@ int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
     /* Into the peer's batch when it has one going (the common case under
      * load): the bytes are copied once, into the batch. */
     int rc = 1, batching = b->cfg->batch && (p->features & AB_FEATURE_BATCH);
-    if (s_beyond_twice(b, p))
+    if (ab_peer_beyond(b, p))
         rc = -1; /* counted; P is disconnected at the end of the turn */
     else if (batching)
         rc = ab_batching_add_bytes(b, p, buf, len, data, size, has);

@@ -60,6 +60,17 @@ int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t c
 /* 1 when P has more than peer-out-max-bytes in flight (asks the kernel
  * only when the running estimate says so). Starts P's stall clock. */
 int ab_peer_over(ab_broker_t *b, ab_peer_t *p);
+/* 1 when P already holds more than twice peer-out-max-bytes: nothing more
+ * may be sent to it (counted out_dropped) and it is disconnected at the end
+ * of the turn (a broker link's accepted connection too: link.c). */
+int ab_peer_beyond(ab_broker_t *b, ab_peer_t *p);
+/* The kernel's figures the bound is kept by, for a link's dialed
+ * connection too (link_out.c): the bytes the TCP connection on FD had
+ * acknowledged (0, or -1: not TCP); FD's inode (0: not open); the ZMTP
+ * bytes a frame of SIZE bytes takes on the wire. */
+int ab_router_tcp_acked(int fd, uint64_t *acked);
+uint64_t ab_router_fd_inode(int fd);
+uint64_t ab_router_wire(size_t size);
 /* P took HLEN + PLEN bytes (header and payload frames) just sent to it. */
 void ab_peer_sent(ab_broker_t *b, ab_peer_t *p, size_t hlen, size_t plen, int has_payload);
 /* Registers the router's sweep. */

@@ -224,6 +224,9 @@ int ab_link_dealer_emit(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t
                         zmq_msg_t *payload)
 {
     int more = payload ? ZMQ_SNDMORE : 0;
+    size_t plen = payload ? zmq_msg_size(payload) : 0;
+    if (l->dealer && ab_link_out_admit(b, l, len, plen, payload != NULL) != 0)
+        return -1; /* its peer does not read: broken, counted (link_out.c) */
     if (!l->dealer || zmq_send(l->dealer, buf, len, more | ZMQ_DONTWAIT) < 0 ||
         (payload && zmq_msg_send(payload, l->dealer, 0) < 0)) {
         /* What was gathered is lost with this connection: it is dialed
@@ -235,7 +238,7 @@ int ab_link_dealer_emit(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t
         return -1;
     }
     b->c.msgs_out++;
-    b->c.bytes_out += len + (payload ? zmq_msg_size(payload) : 0);
+    b->c.bytes_out += len + plen;
     return 0;
 }
 
@@ -265,6 +268,8 @@ int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
                  : ab_link_dealer_emit(b, l, buf, len, payload);
     }
     if (l->in) {
+        if (ab_peer_beyond(b, l->in))
+            return -1; /* counted; shut down at the end of the turn, the link with it */
         int rc = b->cfg->batch ? ab_batching_send(b, l->in, buf, len, payload)
                                : ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, payload);
         if (rc != 0)
@@ -288,10 +293,11 @@ static int s_send_msg_on(ab_broker_t *b, ab_link_t *l, int dealer, const Agentbu
     size_t len = ab_header_encode(&h, buf, sizeof buf);
     int rc = -1;
     if (dealer && l->dealer) {
-        if (zmq_send(l->dealer, buf, len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+        if (ab_link_out_admit(b, l, len, n, 1) == 0 &&
+            zmq_send(l->dealer, buf, len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
             zmq_msg_send(&body, l->dealer, 0) >= 0)
             rc = 0;
-    } else if (!dealer && l->in) {
+    } else if (!dealer && l->in && !ab_peer_beyond(b, l->in)) {
         rc = ab_send_raw_peer(b, l->in, &l->in->rid, buf, len, &body);
     }
     zmq_msg_close(&body);
@@ -369,6 +375,7 @@ static void s_in_lost(ab_broker_t *b, ab_link_t *l, const char *why)
 static void s_redial(ab_broker_t *b, ab_link_t *l)
 {
     s_outq_free(b, l);
+    ab_link_out_start(l, -1);
     ab_link_close_dealer(l);
     l->out_up = 0;
     if (ab_link_dial(b, l) != 0)
@@ -386,6 +393,8 @@ static void s_check(ab_broker_t *b, ab_link_t *l, int64_t now)
         zmq_connect(l->dealer, l->endpoint);
     }
     ab_link_dial_warn(b, l, now);
+    if (l->dealer && l->out_up)
+        ab_link_out_tick(b, l, now); /* marks it broken: s_broken at the next poll */
     if (l->dealer && l->out_up && now - l->out_last_ms > silent) {
         AB_WARN("link to '%s': dialed connection silent for %lld ms", l->name,
                 (long long)(now - l->out_last_ms));
@@ -804,7 +813,9 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
     uint16_t event;
     uint32_t value;
     for (int k = 0; k < 64 && l->mon && ab_monitor_event(l->mon, &event, &value, NULL, 0); k++) {
-        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+        if (event == ZMQ_EVENT_CONNECTED) {
+            ab_link_out_start(l, (int)value); /* the value is the connection's fd */
+        } else if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
             l->out_conn = 1;
             l->retry_ms = 0;
             if (!l->out_up)
@@ -816,6 +827,7 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
             l->retry_ms = l->retry_ms ? (l->retry_ms < 5000 ? l->retry_ms * 2 : 10000) : 500;
             l->retry_at_ms = now + l->retry_ms;
         } else {
+            ab_link_out_start(l, -1);
             l->out_conn = 0;
             lost = 1;
         }
@@ -844,9 +856,21 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
  * answered), and the connection is dialed again from scratch. */
 static void s_broken(ab_broker_t *b, ab_link_t *l, int64_t now)
 {
-    AB_LOG_RL(&b->rl, 0x11cc + (uint64_t)l->idx, now, AB_LOG_WARN,
-              "link to '%s': a send on its dialed connection failed", l->name);
-    s_down(b, l, "a send on its connection failed");
+    if (l->slow_bytes) { /* link_out.c: as router.c's s_cut for a peer */
+        b->c.slow_disconnects++;
+        b->c.slow_disconnect_bytes += l->slow_bytes;
+        AB_LOG_RL(&b->rl, 0x11cc + (uint64_t)l->idx, now, AB_LOG_WARN,
+                  "link to '%s': %llu bytes sent on its dialed connection not taken "
+                  "(peer-out-max-bytes %zu, peer-stall-ms %ld): dialed again", l->name,
+                  (unsigned long long)l->slow_bytes, b->cfg->peer_out_max_bytes,
+                  b->cfg->peer_stall_ms);
+        s_down(b, l, "the peer broker does not read what it is sent");
+    } else {
+        AB_LOG_RL(&b->rl, 0x11cc + (uint64_t)l->idx, now, AB_LOG_WARN,
+                  "link to '%s': a send on its dialed connection failed", l->name);
+        s_down(b, l, "a send on its connection failed");
+    }
+    l->slow_bytes = 0;
     s_redial(b, l);
 }
 

@@ -38,7 +38,7 @@ static int s_monitor(ab_broker_t *b, ab_link_t *l, void *d)
     snprintf(ep, sizeof ep, "inproc://ab-link-monitor-%p-%u", (void *)b, gen++);
     int zero = 0;
     void *m = NULL;
-    int events = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+    int events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
                  ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
                  ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
     if (zmq_socket_monitor(d, ep, events) != 0 ||

@@ -37,6 +37,18 @@ typedef struct ab_remote {
     char via[AB_VIA_MAX]; /* brokers beyond the peer on its route (path vector) */
 } ab_remote_t;
 
+/* What a link's dialed connection holds for the peer, in bytes (link_out.c):
+ * ZMTP bytes handed to libzmq since its handshake, less those the peer's
+ * TCP stack acknowledged. The accepted connection is a ROUTER peer, kept by
+ * the router's figures (router.h, ab_peer_beyond). */
+struct ab_link_out {
+    int fd;        /* the connection's socket (the monitor's CONNECTED event) */
+    uint64_t ino;  /* its inode; 0: no connection counted */
+    uint64_t base; /* its TCP bytes acknowledged at the handshake */
+    uint64_t sent, taken;
+    int64_t over_ms; /* over peer-out-max-bytes since; 0: not */
+};
+
 typedef struct ab_link {
     struct ab_links *all;
     int idx;
@@ -48,6 +60,8 @@ typedef struct ab_link {
     int out_conn;                /* its connection is made, handshake done (HELLO may go) */
     ab_peer_t *outq;             /* its send queue (AB_LINK_DEALER), NULL until used */
     int broken;                  /* a gathered send on it failed: dialed again next turn */
+    struct ab_link_out dout;     /* the bytes it holds for the peer (link_out.c) */
+    uint64_t slow_bytes;         /* broken because the peer did not take these bytes */
     int out_up;                  /* the peer answered our HELLO on it */
     int64_t out_last_ms, out_since_ms;
     int out_warned;              /* "not linked" said since the last dial (s_check) */
@@ -131,6 +145,20 @@ void ab_link_lookup_free(ab_link_t *l);
 void ab_link_rid(ab_link_t *l, ab_rid_t *rid);
 /* 1 when NAME is in the comma-separated LIST. */
 int ab_link_in_list(const char *list, size_t len, const char *name);
+
+/* link_out.c: the bound on what the dialed connection holds */
+/* L's dialed connection FD is made (the monitor's CONNECTED): its figures start at 0.
+ * FD -1: the connection is gone (nothing counted until the next). */
+void ab_link_out_start(ab_link_t *l, int fd);
+/* HLEN + PLEN bytes (the header frame, and a payload frame when HAS) are to
+ * go on L's dialed connection. 0; or -1 when it already holds more than
+ * twice peer-out-max-bytes that the peer has not taken: nothing more goes,
+ * L is marked broken (the link goes down, its requests are taken back, and
+ * it is dialed again) and the refusal counted (out_dropped). */
+int ab_link_out_admit(ab_broker_t *b, ab_link_t *l, size_t hlen, size_t plen, int has);
+/* Each tick: a dialed connection over peer-out-max-bytes for peer-stall-ms
+ * (back under half of it ends the clock) is marked broken the same way. */
+void ab_link_out_tick(ab_broker_t *b, ab_link_t *l, int64_t now);
 
 /* link_dir.c */
 /* Sends the whole directory to L. */

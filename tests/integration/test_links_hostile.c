@@ -473,6 +473,160 @@ static void s_in_full(void)
     rp_end(&w, 1);
 }
 
+/* --- a peer broker that does not read ------------------------------------------------ */
+
+/* Sends an INTEREST from broker "B" on S (to RID when S is a ROUTER): its
+ * subscribers hold "t.". */
+static void s_interest(void *s, const void *rid, size_t rlen)
+{
+    Agentbus__LinkMsg m = AGENTBUS__LINK_MSG__INIT;
+    char *topics[] = {"t."};
+    m.type = 6;
+    m.broker = "B";
+    m.session = 1;
+    m.n_topics = 1;
+    m.topics = topics;
+    uint8_t body[128], hb[64];
+    size_t n = agentbus__link_msg__get_packed_size(&m);
+    REQUIRE(n <= sizeof body);
+    agentbus__link_msg__pack(&m, body);
+    ab_header_t h = ab_header_init(AB_KIND_LINK);
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    if (rid)
+        REQUIRE(zmq_send(s, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
+    REQUIRE(zmq_send(s, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(s, body, n, 0) == (int)n);
+}
+
+/* C's link to NAME: its state into STATE and the topic patterns it took
+ * from the peer. 1 when listed. */
+static int s_link_info(ab_client_t *c, const char *name, char *state, size_t cap,
+                       uint32_t *topics)
+{
+    void *buf = NULL;
+    size_t len = 0;
+    if (ab_client_control(c, "peers", 5000, &buf, &len) != AB_OK)
+        return 0;
+    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
+    ab_free(buf);
+    int found = 0;
+    for (size_t i = 0; pl && i < pl->n_peers && !found; i++)
+        if (!strcmp(pl->peers[i]->name, name)) {
+            snprintf(state, cap, "%s", pl->peers[i]->state);
+            *topics = pl->peers[i]->topics;
+            found = 1;
+        }
+    if (pl)
+        agentbus__peer_list__free_unpacked(pl, NULL);
+    return found;
+}
+
+/* The hostile broker "B" keeps its link to A alive (heartbeats, its
+ * interest in "t.") and reads nothing: on the connection A dialed (DIALED
+ * 1: the ROUTER R, with A's routing id RID) or on the one it dialed (0:
+ * the DEALER S). Its receive side is small (64 KiB socket buffer, 4
+ * messages), so what A sends piles up at A. A's publishers send TOTAL
+ * bytes on "t.x" in messages of 64 KiB while it beats every 100 ms. A holds
+ * its connections to peer-out-max-bytes (1 MiB here) as any other: past
+ * twice the bound, or over it for peer-stall-ms, the link goes down. The
+ * bytes A held for it were bounded by sndhwm alone, in messages (a stopped
+ * peer broker took a broker to 1.5 GB in seconds). Returns A's
+ * slow_disconnects once it is not 0, or after 15 s. */
+static uint64_t s_slow_peer(int dialed, size_t total, const char *stall_ms)
+{
+    int pa = th_free_port(), px = th_free_port();
+    void *ctx = zmq_ctx_new(), *s = NULL;
+    int small = 65536, four = 4;
+    uint8_t rid[256];
+    size_t rlen = 0;
+    char peer[64];
+    snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", px);
+    if (dialed) { /* A dials B: the ROUTER S plays B */
+        s = s_socket(ctx, ZMQ_ROUTER);
+        zmq_setsockopt(s, ZMQ_RCVBUF, &small, sizeof small);
+        zmq_setsockopt(s, ZMQ_RCVHWM, &four, sizeof four);
+        REQUIRE(zmq_bind(s, th_ep(px)) == 0);
+    }
+    th_broker(pa, "--name", "A", "--link-heartbeat-ms", "200", "--peer-out-max-bytes", "1M",
+              "--peer-stall-ms", stall_ms, "--peer", dialed ? peer : "", NULL);
+    if (dialed) {
+        REQUIRE(s_link_wait(s, S_HELLO, rid, &rlen, 20000));
+        s_link_send(s, rid, rlen, S_WELCOME, "B", 1);
+    } else { /* B dials A: the DEALER S */
+        s = s_socket(ctx, ZMQ_DEALER);
+        zmq_setsockopt(s, ZMQ_RCVBUF, &small, sizeof small);
+        zmq_setsockopt(s, ZMQ_RCVHWM, &four, sizeof four);
+        REQUIRE(zmq_connect(s, th_ep(pa)) == 0);
+        s_link_send(s, NULL, 0, S_HELLO, "B", 1);
+        REQUIRE(s_link_wait(s, S_WELCOME, NULL, NULL, 20000));
+    }
+    s_interest(s, dialed ? rid : NULL, rlen);
+    ab_client_t *c = th_client(pa);
+    char state[32] = "";
+    uint32_t topics = 0;
+    for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && !topics;) {
+        s_link_send(s, dialed ? rid : NULL, rlen, S_HEARTBEAT, "B", 1);
+        REQUIRE(s_link_info(c, "B", state, sizeof state, &topics));
+        th_sleep_ms(100);
+    }
+    REQUIRE(topics == 1 && !strcmp(state, "up"));
+    enum { SIZE = 64 * 1024 };
+    char *data = calloc(1, SIZE);
+    REQUIRE(data != NULL);
+    size_t sent = 0;
+    uint64_t slow = 0;
+    int64_t beat = 0;
+    for (int64_t end = ab_now_ms() + 15000; ab_now_ms() < end && !slow;) {
+        if (sent < total && ab_client_publish(c, "t.x", data, SIZE, NULL) == AB_OK)
+            sent += SIZE;
+        if (ab_now_ms() - beat >= 100) {
+            beat = ab_now_ms();
+            s_link_send(s, dialed ? rid : NULL, rlen, S_HEARTBEAT, "B", 1);
+            Agentbus__Stats *st = th_stats(c);
+            REQUIRE(st != NULL);
+            slow = st->slow_disconnects;
+            agentbus__stats__free_unpacked(st, NULL);
+        }
+        ab_client_poll(c, sent < total ? 0 : 10);
+    }
+    REQUIRE(s_link_info(c, "B", state, sizeof state, &topics));
+    printf("slow_%s: %zu bytes published, A's link to B %s, slow disconnects %llu\n",
+           dialed ? "dialed" : "accepted", sent, state, (unsigned long long)slow);
+    if (dialed && slow) { /* A dials again; answered, the link is back */
+        REQUIRE(s_link_wait(s, S_HELLO, rid, &rlen, 20000));
+        s_link_send(s, rid, rlen, S_WELCOME, "B", 1);
+        for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && strcmp(state, "up");) {
+            s_link_send(s, rid, rlen, S_HEARTBEAT, "B", 1);
+            th_sleep_ms(100);
+            REQUIRE(s_link_info(c, "B", state, sizeof state, &topics));
+        }
+        CHECK_STR(state, "up");
+    }
+    free(data);
+    ab_client_destroy(&c);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    return slow;
+}
+
+/* Past twice the bound: refused, counted, the link down at once. */
+static void s_slow_dialed(void)
+{
+    CHECK_U64(s_slow_peer(1, 32u << 20, "600000"), 1);
+}
+
+static void s_slow_accepted(void)
+{
+    CHECK_U64(s_slow_peer(0, 32u << 20, "600000"), 1);
+}
+
+/* Over the bound (1.5 MiB sent, 128 KiB of socket buffer at B) and under
+ * twice it: the link goes down after peer-stall-ms. */
+static void s_slow_stall(void)
+{
+    CHECK_U64(s_slow_peer(1, 3u << 19, "1000"), 1);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -481,6 +635,9 @@ int main(int argc, char **argv)
         {"plain_held", s_plain_held},
         {"via_charged", s_via_charged},
         {"in_full", s_in_full},
+        {"slow_dialed", s_slow_dialed},
+        {"slow_accepted", s_slow_accepted},
+        {"slow_stall", s_slow_stall},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
