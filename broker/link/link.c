@@ -280,6 +280,13 @@ int ab_link_send(ab_broker_t *b, ab_link_t *l, const uint8_t *buf, size_t len,
     return -1;
 }
 
+int ab_link_over(ab_broker_t *b, ab_link_t *l)
+{
+    if (s_use_dealer(l))
+        return ab_link_out_over(b, l);
+    return l->in ? ab_peer_over(b, l->in) : 0;
+}
+
 /* Sends M on the dealer (DEALER 1) or to the accepted peer (0). */
 static int s_send_msg_on(ab_broker_t *b, ab_link_t *l, int dealer, const Agentbus__LinkMsg *m)
 {

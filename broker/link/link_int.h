@@ -46,7 +46,8 @@ struct ab_link_out {
     uint64_t ino;  /* its inode; 0: no connection counted */
     uint64_t base; /* its TCP bytes acknowledged at the handshake */
     uint64_t sent, taken;
-    int64_t over_ms; /* over peer-out-max-bytes since; 0: not */
+    int64_t over_ms;    /* over peer-out-max-bytes since; 0: not */
+    int64_t checked_ms; /* the kernel last asked */
 };
 
 typedef struct ab_link {
@@ -156,6 +157,12 @@ void ab_link_out_start(ab_link_t *l, int fd);
  * L is marked broken (the link goes down, its requests are taken back, and
  * it is dialed again) and the refusal counted (out_dropped). */
 int ab_link_out_admit(ab_broker_t *b, ab_link_t *l, size_t hlen, size_t plen, int has);
+/* 1 when L's dialed connection holds more than peer-out-max-bytes its peer
+ * has not taken (once over: more than half of it); starts its stall clock.
+ * The kernel is asked when the running figure says so, at most every 10 ms. */
+int ab_link_out_over(ab_broker_t *b, ab_link_t *l);
+/* The same for the connection L's traffic goes on now (either). */
+int ab_link_over(ab_broker_t *b, ab_link_t *l);
 /* Each tick: a dialed connection over peer-out-max-bytes for peer-stall-ms
  * (back under half of it ends the clock) is marked broken the same way. */
 void ab_link_out_tick(ab_broker_t *b, ab_link_t *l, int64_t now);

@@ -60,6 +60,7 @@ struct ab_link_msg {
     uint64_t names_sig; /* of the set last sent to it */
     int names_sent;     /* 0: send at the next tick */
     uint64_t sends_fwd, sends_recv, pubs_fwd, pubs_recv;
+    uint64_t pubs_dropped; /* not sent: the link over its bound (ab_link_over) */
 };
 
 /* A message handed over from this broker's mailbox, kept until the far
@@ -631,6 +632,11 @@ typedef struct {
 static void s_pub_copy(ab_broker_t *b, ab_link_t *l, const char *dests, void *arg)
 {
     const s_pub_t *pub = arg;
+    if (ab_link_over(b, l)) { /* as a slow subscriber's: the newest ones wait no more */
+        if (s_lm(l))
+            l->msg->pubs_dropped++;
+        return;
+    }
     char via[AB_VIA_MAX], okey[AB_LINK_KEY_TXT], sbuf[S_SENDER_MAX];
     ab_header_t f = ab_header_init(AB_KIND_PUBLISH);
     if (s_route_fields(b, pub->p, pub->h, l, &f, via, okey) != 0)
@@ -823,4 +829,5 @@ void ab_link_msg_peer_info(const ab_link_t *l, Agentbus__PeerInfo *p)
     p->sends_received = lm->sends_recv;
     p->publishes_forwarded = lm->pubs_fwd;
     p->publishes_received = lm->pubs_recv;
+    p->publishes_dropped = lm->pubs_dropped;
 }

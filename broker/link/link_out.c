@@ -12,6 +12,7 @@
 #define AB_LOG_SUBSYS "link" /* log.h: the subsystem in log lines */
 #include "link_int.h"
 #include "router.h"
+#include "util.h"
 
 void ab_link_out_start(ab_link_t *l, int fd)
 {
@@ -27,6 +28,7 @@ void ab_link_out_start(ab_link_t *l, int fd)
 static void s_refresh(struct ab_link_out *o)
 {
     uint64_t acked;
+    o->checked_ms = ab_now_ms();
     if (!o->ino || ab_router_fd_inode(o->fd) != o->ino || ab_router_tcp_acked(o->fd, &acked))
         return;
     uint64_t taken = acked - o->base; /* + pings: a few bytes */
@@ -60,6 +62,29 @@ int ab_link_out_admit(ab_broker_t *b, ab_link_t *l, size_t hlen, size_t plen, in
     return 0;
 }
 
+/* Once over, it must take half the bound to be under again: one that does
+ * not read cannot hover just under it (as router.c's s_level). */
+static uint64_t s_level(const struct ab_link_out *o, uint64_t bound)
+{
+    return o->over_ms ? bound / 2 : bound;
+}
+
+int ab_link_out_over(ab_broker_t *b, ab_link_t *l)
+{
+    struct ab_link_out *o = &l->dout;
+    uint64_t bound = (uint64_t)b->cfg->peer_out_max_bytes;
+    if (!bound || !o->ino || o->sent - o->taken <= s_level(o, bound))
+        return 0;
+    int64_t now = ab_now_ms();
+    if (!o->over_ms || now - o->checked_ms >= 10)
+        s_refresh(o);
+    if (o->sent - o->taken <= s_level(o, bound))
+        return 0;
+    if (!o->over_ms)
+        o->over_ms = now;
+    return 1;
+}
+
 void ab_link_out_tick(ab_broker_t *b, ab_link_t *l, int64_t now)
 {
     struct ab_link_out *o = &l->dout;
@@ -67,9 +92,7 @@ void ab_link_out_tick(ab_broker_t *b, ab_link_t *l, int64_t now)
     if (!bound || !o->ino || l->broken)
         return;
     s_refresh(o);
-    /* Once over, it must take half the bound to be under again: one that
-     * does not read cannot hover just under it (as router.c's s_level). */
-    if (o->sent - o->taken <= (o->over_ms ? bound / 2 : bound)) {
+    if (o->sent - o->taken <= s_level(o, bound)) {
         o->over_ms = 0;
     } else if (!o->over_ms) {
         o->over_ms = now;

@@ -498,10 +498,10 @@ static void s_interest(void *s, const void *rid, size_t rlen)
     REQUIRE(zmq_send(s, body, n, 0) == (int)n);
 }
 
-/* C's link to NAME: its state into STATE and the topic patterns it took
- * from the peer. 1 when listed. */
+/* C's link to NAME: its state into STATE, the topic patterns it took from
+ * the peer and the publications it did not send it (bound). 1 when listed. */
 static int s_link_info(ab_client_t *c, const char *name, char *state, size_t cap,
-                       uint32_t *topics)
+                       uint32_t *topics, uint64_t *pubs_dropped)
 {
     void *buf = NULL;
     size_t len = 0;
@@ -514,6 +514,7 @@ static int s_link_info(ab_client_t *c, const char *name, char *state, size_t cap
         if (!strcmp(pl->peers[i]->name, name)) {
             snprintf(state, cap, "%s", pl->peers[i]->state);
             *topics = pl->peers[i]->topics;
+            *pubs_dropped = pl->peers[i]->publishes_dropped;
             found = 1;
         }
     if (pl)
@@ -521,110 +522,189 @@ static int s_link_info(ab_client_t *c, const char *name, char *state, size_t cap
     return found;
 }
 
-/* The hostile broker "B" keeps its link to A alive (heartbeats, its
- * interest in "t.") and reads nothing: on the connection A dialed (DIALED
- * 1: the ROUTER R, with A's routing id RID) or on the one it dialed (0:
- * the DEALER S). Its receive side is small (64 KiB socket buffer, 4
- * messages), so what A sends piles up at A. A's publishers send TOTAL
- * bytes on "t.x" in messages of 64 KiB while it beats every 100 ms. A holds
- * its connections to peer-out-max-bytes (1 MiB here) as any other: past
- * twice the bound, or over it for peer-stall-ms, the link goes down. The
- * bytes A held for it were bounded by sndhwm alone, in messages (a stopped
- * peer broker took a broker to 1.5 GB in seconds). Returns A's
- * slow_disconnects once it is not 0, or after 15 s. */
-static uint64_t s_slow_peer(int dialed, size_t total, const char *stall_ms)
+/* Sends REQUEST ID for "echo" of SIZE bytes on S (to RID when S is a
+ * ROUTER), as a peer broker forwards one. */
+static void s_link_echo(void *s, const void *rid, size_t rlen, uint64_t id, const void *data,
+                        size_t size)
 {
-    int pa = th_free_port(), px = th_free_port();
-    void *ctx = zmq_ctx_new(), *s = NULL;
-    int small = 65536, four = 4;
-    uint8_t rid[256];
-    size_t rlen = 0;
+    ab_header_t h = ab_header_init(AB_KIND_REQUEST);
+    h.id = id;
+    h.target = ab_view_of("echo");
+    h.via = ab_view_of("");
+    h.hops_left = 3;
+    h.timeout_ms = 60000;
+    uint8_t hb[256];
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    if (rid)
+        REQUIRE(zmq_send(s, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
+    REQUIRE(zmq_send(s, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(s, data, size, 0) == (int)size);
+}
+
+/* The hostile peer broker "B" and broker A. */
+typedef struct {
+    int dialed; /* 1: A dials B, played by the ROUTER S; 0: B dials A: the DEALER S */
+    int pa;
+    void *ctx, *s;
+    uint8_t rid[256]; /* A's routing id at S (dialed) */
+    size_t rlen;
+    ab_client_t *c; /* on A */
+} s_slow_t;
+
+static void s_beat(s_slow_t *t)
+{
+    s_link_send(t->s, t->dialed ? t->rid : NULL, t->rlen, S_HEARTBEAT, "B", 1);
+}
+
+/* Starts A (peer-out-max-bytes 1M, peer-stall-ms STALL_MS, an echo worker)
+ * and B, whose receive side is small (64 KiB socket buffer, 4 messages)
+ * and which reads nothing once the link is up: what A sends piles up at A. */
+static void s_slow_start(s_slow_t *t, int dialed, const char *stall_ms)
+{
+    memset(t, 0, sizeof *t);
+    t->dialed = dialed;
+    t->pa = th_free_port();
+    int px = th_free_port(), small = 65536, four = 4;
     char peer[64];
     snprintf(peer, sizeof peer, "tcp://127.0.0.1:%d", px);
-    if (dialed) { /* A dials B: the ROUTER S plays B */
-        s = s_socket(ctx, ZMQ_ROUTER);
-        zmq_setsockopt(s, ZMQ_RCVBUF, &small, sizeof small);
-        zmq_setsockopt(s, ZMQ_RCVHWM, &four, sizeof four);
-        REQUIRE(zmq_bind(s, th_ep(px)) == 0);
-    }
-    th_broker(pa, "--name", "A", "--link-heartbeat-ms", "200", "--peer-out-max-bytes", "1M",
+    t->ctx = zmq_ctx_new();
+    t->s = s_socket(t->ctx, dialed ? ZMQ_ROUTER : ZMQ_DEALER);
+    zmq_setsockopt(t->s, ZMQ_RCVBUF, &small, sizeof small);
+    zmq_setsockopt(t->s, ZMQ_RCVHWM, &four, sizeof four);
+    if (dialed)
+        REQUIRE(zmq_bind(t->s, th_ep(px)) == 0);
+    th_broker(t->pa, "--name", "A", "--link-heartbeat-ms", "200", "--peer-out-max-bytes", "1M",
               "--peer-stall-ms", stall_ms, "--peer", dialed ? peer : "", NULL);
+    th_worker(t->pa, "echo", "--capacity", "2", NULL); /* takes under 1M at a time */
     if (dialed) {
-        REQUIRE(s_link_wait(s, S_HELLO, rid, &rlen, 20000));
-        s_link_send(s, rid, rlen, S_WELCOME, "B", 1);
-    } else { /* B dials A: the DEALER S */
-        s = s_socket(ctx, ZMQ_DEALER);
-        zmq_setsockopt(s, ZMQ_RCVBUF, &small, sizeof small);
-        zmq_setsockopt(s, ZMQ_RCVHWM, &four, sizeof four);
-        REQUIRE(zmq_connect(s, th_ep(pa)) == 0);
-        s_link_send(s, NULL, 0, S_HELLO, "B", 1);
-        REQUIRE(s_link_wait(s, S_WELCOME, NULL, NULL, 20000));
+        REQUIRE(s_link_wait(t->s, S_HELLO, t->rid, &t->rlen, 20000));
+        s_link_send(t->s, t->rid, t->rlen, S_WELCOME, "B", 1);
+    } else {
+        REQUIRE(zmq_connect(t->s, th_ep(t->pa)) == 0);
+        s_link_send(t->s, NULL, 0, S_HELLO, "B", 1);
+        REQUIRE(s_link_wait(t->s, S_WELCOME, NULL, NULL, 20000));
     }
-    s_interest(s, dialed ? rid : NULL, rlen);
-    ab_client_t *c = th_client(pa);
+    s_interest(t->s, dialed ? t->rid : NULL, t->rlen);
+    t->c = th_client(t->pa);
+    REQUIRE(th_wait_workers(t->c, "echo", 1, 20000) == 0);
     char state[32] = "";
     uint32_t topics = 0;
+    uint64_t dropped = 0;
     for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && !topics;) {
-        s_link_send(s, dialed ? rid : NULL, rlen, S_HEARTBEAT, "B", 1);
-        REQUIRE(s_link_info(c, "B", state, sizeof state, &topics));
+        s_beat(t);
+        REQUIRE(s_link_info(t->c, "B", state, sizeof state, &topics, &dropped));
         th_sleep_ms(100);
     }
     REQUIRE(topics == 1 && !strcmp(state, "up"));
-    enum { SIZE = 64 * 1024 };
+}
+
+static void s_slow_end(s_slow_t *t)
+{
+    ab_client_destroy(&t->c);
+    zmq_close(t->s);
+    zmq_ctx_term(t->ctx);
+}
+
+/* A's slow_disconnects (stats), with B's heartbeats meanwhile. */
+static uint64_t s_slow_count(s_slow_t *t)
+{
+    s_beat(t);
+    Agentbus__Stats *st = th_stats(t->c);
+    REQUIRE(st != NULL);
+    uint64_t n = st->slow_disconnects;
+    agentbus__stats__free_unpacked(st, NULL);
+    return n;
+}
+
+/* B asks A's echo service, over the link, for 48 answers of 256 KiB and
+ * never reads them, while it beats every 100 ms. A held everything it
+ * sent to a peer broker to sndhwm only, in messages (a stopped peer broker
+ * took a broker to 1.5 GB in seconds), on either connection; now past
+ * twice peer-out-max-bytes nothing more goes and the link goes down at
+ * once (peer-stall-ms is 10 minutes here). On the dialed connection A then
+ * dials again; answered, the link is back. */
+static void s_slow_answers(int dialed)
+{
+    enum { N = 48, SIZE = 256 * 1024 };
+    s_slow_t t;
+    s_slow_start(&t, dialed, "600000");
+    char *data = calloc(1, SIZE);
+    REQUIRE(data != NULL);
+    for (int i = 0; i < N; i++)
+        s_link_echo(t.s, dialed ? t.rid : NULL, t.rlen, (uint64_t)i + 1, data, SIZE);
+    free(data);
+    uint64_t slow = 0;
+    for (int64_t end = ab_now_ms() + 15000; ab_now_ms() < end && !slow; th_sleep_ms(100))
+        slow = s_slow_count(&t);
+    char state[32] = "";
+    uint32_t topics;
+    uint64_t dropped;
+    REQUIRE(s_link_info(t.c, "B", state, sizeof state, &topics, &dropped));
+    printf("slow_%s: %d answers of %d KiB asked, A's link to B %s, slow disconnects %llu\n",
+           dialed ? "dialed" : "accepted", N, SIZE / 1024, state, (unsigned long long)slow);
+    CHECK_U64(slow, 1);
+    CHECK_TRUE(strcmp(state, "up") != 0); /* the link was cut, not the worker */
+    CHECK_EQ((int)th_workers_of(t.c, "echo"), 1);
+    if (dialed && slow) { /* A dials again; answered, the link is back */
+        REQUIRE(s_link_wait(t.s, S_HELLO, t.rid, &t.rlen, 20000));
+        s_link_send(t.s, t.rid, t.rlen, S_WELCOME, "B", 1);
+        for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && strcmp(state, "up");) {
+            s_beat(&t);
+            th_sleep_ms(100);
+            REQUIRE(s_link_info(t.c, "B", state, sizeof state, &topics, &dropped));
+        }
+        CHECK_STR(state, "up");
+    }
+    s_slow_end(&t);
+}
+
+static void s_slow_dialed(void)
+{
+    s_slow_answers(1);
+}
+
+static void s_slow_accepted(void)
+{
+    s_slow_answers(0);
+}
+
+/* A's publishers send 8 MiB on "t.x" (B's interest) in messages of 64 KiB.
+ * Over peer-out-max-bytes the link carries no more of them, as a slow
+ * subscriber's queue takes no more (counted in PUBLISH_DROP); over it for
+ * peer-stall-ms (1 s) the link goes down. Before, all 8 MiB went into the
+ * pipe, and the link stayed up. */
+static void s_slow_stall(void)
+{
+    enum { SIZE = 64 * 1024, TOTAL = 8 << 20 };
+    s_slow_t t;
+    s_slow_start(&t, 1, "1000");
     char *data = calloc(1, SIZE);
     REQUIRE(data != NULL);
     size_t sent = 0;
     uint64_t slow = 0;
     int64_t beat = 0;
     for (int64_t end = ab_now_ms() + 15000; ab_now_ms() < end && !slow;) {
-        if (sent < total && ab_client_publish(c, "t.x", data, SIZE, NULL) == AB_OK)
+        if (sent < TOTAL && ab_client_publish(t.c, "t.x", data, SIZE, NULL) == AB_OK)
             sent += SIZE;
         if (ab_now_ms() - beat >= 100) {
             beat = ab_now_ms();
-            s_link_send(s, dialed ? rid : NULL, rlen, S_HEARTBEAT, "B", 1);
-            Agentbus__Stats *st = th_stats(c);
-            REQUIRE(st != NULL);
-            slow = st->slow_disconnects;
-            agentbus__stats__free_unpacked(st, NULL);
+            slow = s_slow_count(&t);
         }
-        ab_client_poll(c, sent < total ? 0 : 10);
-    }
-    REQUIRE(s_link_info(c, "B", state, sizeof state, &topics));
-    printf("slow_%s: %zu bytes published, A's link to B %s, slow disconnects %llu\n",
-           dialed ? "dialed" : "accepted", sent, state, (unsigned long long)slow);
-    if (dialed && slow) { /* A dials again; answered, the link is back */
-        REQUIRE(s_link_wait(s, S_HELLO, rid, &rlen, 20000));
-        s_link_send(s, rid, rlen, S_WELCOME, "B", 1);
-        for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && strcmp(state, "up");) {
-            s_link_send(s, rid, rlen, S_HEARTBEAT, "B", 1);
-            th_sleep_ms(100);
-            REQUIRE(s_link_info(c, "B", state, sizeof state, &topics));
-        }
-        CHECK_STR(state, "up");
+        ab_client_poll(t.c, sent < TOTAL ? 0 : 10);
     }
     free(data);
-    ab_client_destroy(&c);
-    zmq_close(s);
-    zmq_ctx_term(ctx);
-    return slow;
-}
-
-/* Past twice the bound: refused, counted, the link down at once. */
-static void s_slow_dialed(void)
-{
-    CHECK_U64(s_slow_peer(1, 32u << 20, "600000"), 1);
-}
-
-static void s_slow_accepted(void)
-{
-    CHECK_U64(s_slow_peer(0, 32u << 20, "600000"), 1);
-}
-
-/* Over the bound (1.5 MiB sent, 128 KiB of socket buffer at B) and under
- * twice it: the link goes down after peer-stall-ms. */
-static void s_slow_stall(void)
-{
-    CHECK_U64(s_slow_peer(1, 3u << 19, "1000"), 1);
+    char state[32] = "";
+    uint32_t topics;
+    uint64_t dropped = 0;
+    REQUIRE(s_link_info(t.c, "B", state, sizeof state, &topics, &dropped));
+    printf("slow_stall: %zu bytes published, %llu not sent to B, A's link to B %s, "
+           "slow disconnects %llu\n", sent, (unsigned long long)dropped, state,
+           (unsigned long long)slow);
+    CHECK_U64(slow, 1);
+    CHECK_TRUE(strcmp(state, "up") != 0);
+    CHECK_TRUE(dropped > 0);
+    s_slow_end(&t);
 }
 
 int main(int argc, char **argv)

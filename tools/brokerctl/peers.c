@@ -15,13 +15,14 @@ static json_t *s_peer_json(const Agentbus__PeerInfo *p)
                           (json_int_t)p->ups, "up_ms", (json_int_t)p->up_ms, "compressed",
                           (json_int_t)p->compressed, "dir_refused", (json_int_t)p->dir_refused);
     /* Messaging across the link (docs/links.md "Messages and topics"). */
-    json_t *m = json_pack("{s:I, s:b, s:I, s:I, s:I, s:I, s:I}", "names", (json_int_t)p->names,
+    json_t *m = json_pack("{s:I, s:b, s:I, s:I, s:I, s:I, s:I, s:I}", "names", (json_int_t)p->names,
                           "all_topics", p->topics == UINT32_MAX, "topics",
                           (json_int_t)(p->topics == UINT32_MAX ? 0 : p->topics),
                           "sends_forwarded", (json_int_t)p->sends_forwarded, "sends_received",
                           (json_int_t)p->sends_received, "publishes_forwarded",
                           (json_int_t)p->publishes_forwarded, "publishes_received",
-                          (json_int_t)p->publishes_received);
+                          (json_int_t)p->publishes_received, "publishes_dropped",
+                          (json_int_t)p->publishes_dropped);
     if (o && m)
         json_object_update(o, m);
     json_decref(m);
@@ -31,8 +32,8 @@ static json_t *s_peer_json(const Agentbus__PeerInfo *p)
 /* The second table: names, topics and messages across each link. */
 static void s_render_msgs(FILE *out, const Agentbus__PeerList *pl)
 {
-    fprintf(out, "\n%-16s %8s %8s %12s %12s %12s %12s\n", "PEER", "NAMES", "TOPICS", "SEND_FWD",
-            "SEND_RECV", "PUBLISH_FWD", "PUBLISH_RECV");
+    fprintf(out, "\n%-16s %8s %8s %12s %12s %12s %12s %12s\n", "PEER", "NAMES", "TOPICS",
+            "SEND_FWD", "SEND_RECV", "PUBLISH_FWD", "PUBLISH_RECV", "PUBLISH_DROP");
     for (size_t i = 0; i < pl->n_peers; i++) {
         const Agentbus__PeerInfo *p = pl->peers[i];
         char topics[16];
@@ -40,10 +41,12 @@ static void s_render_msgs(FILE *out, const Agentbus__PeerList *pl)
             snprintf(topics, sizeof topics, "all");
         else
             snprintf(topics, sizeof topics, "%u", p->topics);
-        fprintf(out, "%-16s %8u %8s %12llu %12llu %12llu %12llu\n", p->name[0] ? p->name : "?",
-                p->names, topics, (unsigned long long)p->sends_forwarded,
-                (unsigned long long)p->sends_received, (unsigned long long)p->publishes_forwarded,
-                (unsigned long long)p->publishes_received);
+        fprintf(out, "%-16s %8u %8s %12llu %12llu %12llu %12llu %12llu\n",
+                p->name[0] ? p->name : "?", p->names, topics,
+                (unsigned long long)p->sends_forwarded, (unsigned long long)p->sends_received,
+                (unsigned long long)p->publishes_forwarded,
+                (unsigned long long)p->publishes_received,
+                (unsigned long long)p->publishes_dropped);
     }
 }
 
