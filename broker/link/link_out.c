@@ -7,7 +7,13 @@
  * of publications in seconds. The connection is held to the bound every
  * other connection is held to (peer-out-max-bytes, peer-stall-ms;
  * docs/limits.md), measured the same way: by what the peer's TCP stack
- * acknowledged, never by anything the peer says.
+ * acknowledged, never by anything the peer says. The connection's fd comes
+ * from the dealer's monitor (CONNECTED); its inode is kept with it, so a
+ * number the kernel gives to another socket later is not asked
+ * (ab_router_fd_inode). (One given away before the event was read would
+ * be, until the DISCONNECTED event that follows resets the figures.) Over
+ * ipc, or whatever is not TCP, the dialed connection is bounded by sndhwm
+ * only, as a ROUTER peer the kernel cannot tell of.
  */
 #define AB_LOG_SUBSYS "link" /* log.h: the subsystem in log lines */
 #include "link_int.h"
@@ -19,7 +25,7 @@ void ab_link_out_start(ab_link_t *l, int fd)
     struct ab_link_out *o = &l->dout;
     *o = (struct ab_link_out){.fd = fd};
     if (fd < 0 || ab_router_tcp_acked(fd, &o->base) != 0)
-        return; /* not TCP: bounded by sndhwm only, as a ROUTER peer the kernel cannot tell of */
+        return; /* not TCP: bounded by sndhwm only (above) */
     o->ino = ab_router_fd_inode(fd);
 }
 
