@@ -58,6 +58,9 @@ typedef struct {
 typedef struct {
     ab_options_t opts;
     ab_limits_t limits;
+    ab_limits_t rx_limits; /* what a received message may hold: a BATCH's body can
+                            * pass the max payload (up to ZMQ_MAXMSGSIZE), its
+                            * entries are checked one by one (conn.c, s_fits) */
     ab_sendq_t *sendq;
     void *ctx;
     void *sock;
@@ -111,6 +114,8 @@ typedef struct {
     size_t size;
     int body_owned;
     int in_hdr; /* DATA is an inline payload inside hdr (codec.h "Inline") */
+    int status; /* AB_EPAYLOADSIZE: an answer over the max payload, made an
+                 * ERROR for its call (conn.c, s_fits); else AB_OK */
 } ab_in_t;
 
 /* Moves IN's payload into OUT (initialised by the caller) without copying

@@ -235,9 +235,15 @@ AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
  * within 4 s by a worker, 6 s by a client, with the default. */
 AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 /* Largest payload accepted from the broker, and sent (> 0; larger ones
- * fail with AB_EPAYLOADSIZE). A larger message from the broker ends the
- * connection (libzmq's ZMQ_MAXMSGSIZE); the library dials again within a
- * second, and the calls in flight fail with AB_EDISCONNECTED. */
+ * fail with AB_EPAYLOADSIZE). An answer from the broker with a larger
+ * payload (a reply, or one chunk of a streamed one) ends its call at once
+ * with AB_EPAYLOADSIZE, and a request's worker is told to stop (CANCEL); a
+ * worker answers a larger request AB_EMALFORMED; other messages over it
+ * are dropped. Batches of smaller answers may be larger: only each answer
+ * is held to it. A message from the broker larger than the max payload
+ * plus 68 KiB (header and framing) ends the connection (libzmq's
+ * ZMQ_MAXMSGSIZE); the library dials again within a second, and the calls
+ * in flight fail with AB_EDISCONNECTED. */
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
 /* Default timeout (> 0) of requests and waits given timeout_ms < 0. */
 AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
