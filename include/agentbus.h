@@ -935,7 +935,11 @@ AB_EXPORT int ab_worker_reply_part(ab_worker_t *worker, ab_job_t *job,
  * Errors: AB_EINVAL, AB_EPAYLOADSIZE, AB_EBUSY, AB_EZMQ. */
 AB_EXPORT int ab_worker_reply(ab_worker_t *worker, ab_job_t **job, const void *data, size_t size);
 /* Fails the request: the client gets STATUS (AB_EAPPLICATION if STATUS is
- * not an AB_E* code) with TEXT (may be NULL; copied). Frees the job
+ * not an AB_E* code) with TEXT (may be NULL; copied). A code the protocol
+ * has no ErrorCode for arrives as the nearest it has: the codec's
+ * rejections (AB_EFRAMES .. AB_EDECODE, AB_EBATCH, AB_ELZ4, AB_EINLINE) as
+ * AB_EMALFORMED, the library's own (AB_EINVAL, AB_ENOMEM, AB_ETIMEOUT,
+ * AB_EDISCONNECTED, AB_EZMQ, AB_ESTOPPED) as AB_EINTERNAL. Frees the job
  * (*job = NULL), also on error. Errors: AB_EINVAL, AB_EBUSY, AB_EZMQ. */
 AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, const char *text);
 /* As ab_worker_fail, for a failure after the work may have begun (e.g. a

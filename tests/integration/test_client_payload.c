@@ -1,7 +1,7 @@
 /*
  * test_client_payload.c - what a client with a max payload under the
- * broker's gets, against a real broker (found by a library user's trial,
- * 2026-12-08):
+ * broker's gets, and the status a worker's failure carries, against a real
+ * broker (found by a library user's trial, 2026-12-08):
  *   batch_burst   50 echoes of 100 B to a client whose max payload is
  *                 1000 B: the broker answers them in BATCHes larger than
  *                 1000 B, whose entries are each small. Every one is
@@ -13,6 +13,9 @@
  *                 ends its call the same way and cancels the request at the
  *                 worker (before: both dropped unseen, the call waited for
  *                 its deadline and failed AB_ETIMEOUT);
+ *   fail_status   ab_worker_fail with a status that is not an AB_E* code
+ *                 (-999, 12345) reaches the client as AB_EAPPLICATION, as
+ *                 agentbus.h promises (before: -999 arrived as INTERNAL).
  */
 #include "agentbus.h"
 #include "harness.h"
@@ -104,6 +107,11 @@ static void s_job(ab_worker_t *w, ab_job_t *job, void *arg)
         if (s_held)
             ab_job_destroy(&s_held);
         s_held = job;
+    } else if (n && d[0] == 'F' && n < 32) { /* F<status>; the payload has no NUL */
+        char num[32];
+        memcpy(num, d + 1, n - 1);
+        num[n - 1] = '\0';
+        ab_worker_fail(w, &job, atoi(num), "failed on purpose");
     } else {
         ab_worker_reply(w, &job, d, n);
     }
@@ -177,11 +185,38 @@ static void s_answer_over(void)
     ab_client_destroy(&c);
 }
 
+/* --- fail_status ---------------------------------------------------------- */
+
+static void s_fail_status(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = s_client(port, 1 << 20);
+    s_wk_t k = {.port = port};
+    pthread_t th = s_wk_start(&k, c);
+    static const struct {
+        const char *req;
+        int want;
+    } t[] = {{"F-999", AB_EAPPLICATION}, {"F12345", AB_EAPPLICATION}, {"F0", AB_EAPPLICATION},
+             {"F-5", AB_EBUSY}, {"F-16", AB_ENOTFOUND}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        int rc = ab_client_request(c, "pl", t[i].req, strlen(t[i].req), 5000, NULL, NULL);
+        printf("fail_status: ab_worker_fail(%s) -> %s (%s)\n", t[i].req + 1, ab_status_name(rc),
+               ab_client_last_error(c));
+        CHECK_EQ(rc, t[i].want);
+        CHECK_STR(ab_client_last_error(c), "failed on purpose");
+    }
+    atomic_store(&k.stop, 1);
+    pthread_join(th, NULL);
+    ab_client_destroy(&c);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
         {"batch_burst", s_batch_burst},
         {"answer_over", s_answer_over},
+        {"fail_status", s_fail_status},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }
