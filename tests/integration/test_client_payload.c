@@ -13,6 +13,10 @@
  *                 ends its call the same way and cancels the request at the
  *                 worker (before: both dropped unseen, the call waited for
  *                 its deadline and failed AB_ETIMEOUT);
+ *   request_over  a request of 20,000 B to a worker that takes 10,000 is
+ *                 answered AB_EMALFORMED at once and the worker's credit
+ *                 comes back (before: dropped unseen by the worker, the
+ *                 client waited for the deadline, the credit held);
  *   fail_status   ab_worker_fail with a status that is not an AB_E* code
  *                 (-999, 12345) reaches the client as AB_EAPPLICATION, as
  *                 agentbus.h promises (before: -999 arrived as INTERNAL).
@@ -185,6 +189,54 @@ static void s_answer_over(void)
     ab_client_destroy(&c);
 }
 
+/* --- request_over --------------------------------------------------------- */
+
+static void s_request_over(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_options_t *o = ab_options_new();
+    REQUIRE(o != NULL && ab_options_set_endpoint(o, th_ep(port)) == AB_OK);
+    REQUIRE(ab_options_set_max_payload(o, 10000) == AB_OK);
+    ab_worker_t *w = NULL;
+    REQUIRE(ab_worker_new(&w, o, "pl", 1) == AB_OK);
+    ab_options_destroy(&o);
+    ab_client_t *c = s_client(port, 1 << 20);
+    int64_t t0 = ab_now_ms();
+    while (!ab_worker_connected(w) && ab_now_ms() - t0 < 10000)
+        ab_worker_poll(w, 20, s_job, NULL);
+    REQUIRE(th_wait_workers(c, "pl", 1, 10000) == 0);
+    static char big[20000];
+    th_answer_t a = {0};
+    REQUIRE(ab_client_request_start(c, "pl", big, sizeof big,
+                                    &(ab_request_opts_t){.timeout_ms = 5000}, th_answer_cb, &a,
+                                    NULL) == AB_OK);
+    int jobs = 0;
+    t0 = ab_now_ms();
+    while (!a.finals && ab_now_ms() - t0 < 8000) {
+        ab_client_poll(c, 10);
+        int n = ab_worker_poll(w, 10, s_job, NULL);
+        jobs += n > 0 ? n : 0;
+    }
+    int64_t ms = ab_now_ms() - t0;
+    printf("request_over: request of 20000 B to a worker that takes 10000 -> %s in %lld ms, "
+           "%d jobs handed out\n", ab_status_name(a.status), (long long)ms, jobs);
+    CHECK_EQ(a.status, AB_EMALFORMED);
+    CHECK_EQ(jobs, 0);
+    CHECK_TRUE(ms < 2000);
+    /* its credit came back: a request it takes is answered */
+    a = (th_answer_t){0};
+    REQUIRE(ab_client_request_start(c, "pl", "hi", 2, NULL, th_answer_cb, &a, NULL) == AB_OK);
+    t0 = ab_now_ms();
+    while (!a.finals && ab_now_ms() - t0 < 5000) {
+        ab_client_poll(c, 10);
+        ab_worker_poll(w, 10, s_job, NULL);
+    }
+    CHECK_EQ(a.status, AB_OK);
+    ab_worker_destroy(&w);
+    ab_client_destroy(&c);
+}
+
 /* --- fail_status ---------------------------------------------------------- */
 
 static void s_fail_status(void)
@@ -216,6 +268,7 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"batch_burst", s_batch_burst},
         {"answer_over", s_answer_over},
+        {"request_over", s_request_over},
         {"fail_status", s_fail_status},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
