@@ -17,6 +17,10 @@
  *                 answered AB_EMALFORMED at once and the worker's credit
  *                 comes back (before: dropped unseen by the worker, the
  *                 client waited for the deadline, the credit held);
+ *   max_unbounded a max payload of SIZE_MAX ("no bound") takes a reply of
+ *                 200 KB (before: ZMQ_MAXMSGSIZE, the max payload plus
+ *                 68 KiB, wrapped around to 68 KiB, and the reply cost the
+ *                 connection: AB_EDISCONNECTED);
  *   fail_status   ab_worker_fail with a status that is not an AB_E* code
  *                 (-999, 12345) reaches the client as AB_EAPPLICATION, as
  *                 agentbus.h promises (before: -999 arrived as INTERNAL).
@@ -28,6 +32,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +242,27 @@ static void s_request_over(void)
     ab_client_destroy(&c);
 }
 
+/* --- max_unbounded -------------------------------------------------------- */
+
+static void s_max_unbounded(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    th_worker(port, "pl", NULL);
+    ab_client_t *c = s_client(port, SIZE_MAX);
+    REQUIRE(th_wait_workers(c, "pl", 1, 10000) == 0);
+    static char big[200000];
+    void *r = NULL;
+    size_t n = 0;
+    int rc = ab_client_request(c, "pl", big, sizeof big, 5000, &r, &n);
+    printf("max_unbounded: echo of 200000 B with max payload SIZE_MAX -> %s (%zu B)\n",
+           ab_status_name(rc), n);
+    CHECK_EQ(rc, AB_OK);
+    CHECK_U64(n, sizeof big);
+    ab_free(r);
+    ab_client_destroy(&c);
+}
+
 /* --- fail_status ---------------------------------------------------------- */
 
 static void s_fail_status(void)
@@ -269,6 +295,7 @@ int main(int argc, char **argv)
         {"batch_burst", s_batch_burst},
         {"answer_over", s_answer_over},
         {"request_over", s_request_over},
+        {"max_unbounded", s_max_unbounded},
         {"fail_status", s_fail_status},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
