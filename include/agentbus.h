@@ -583,7 +583,9 @@ typedef enum {
     AB_MSG_GAP = 4,     /* `dropped` topic messages were lost (slow subscriber) */
     AB_MSG_ERROR = 5    /* the broker refused our message `id` (status, error_text:
                            AB_EBUSY, AB_EBADNAME, AB_ETOOLARGE, AB_ENOAGENT), or
-                           our name (AB_ENAMETAKEN, id 0) */
+                           our name (id 0: AB_ENAMETAKEN; AB_EBADNAME for a name
+                           that breaks the rules above, which
+                           ab_options_set_name does not check; AB_EDENIED) */
 } ab_msg_type_t;
 
 /* One received message. Strings are NUL-terminated, never NULL.
