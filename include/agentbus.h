@@ -247,9 +247,10 @@ AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
 /* Default timeout (> 0) of requests and waits given timeout_ms < 0. */
 AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
-/* With ON = 1, a client's name (ab_options_set_name) replaces a live
- * connection that holds it (for restarts); the old connection gets an
- * AB_ENAMETAKEN message. Default 0: the name is refused instead. */
+/* With ON nonzero (any value but 0 counts as 1: not range-checked), a
+ * client's name (ab_options_set_name) replaces a live connection that holds
+ * it (for restarts); the old connection gets an AB_ENAMETAKEN message.
+ * Default 0: the name is refused instead. */
 AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
 
 /* Batching (see docs/protocol.md, BATCH). When on (the default), messages
@@ -372,7 +373,7 @@ AB_EXPORT void ab_client_stop(ab_client_t *client);
 
 /* Processes what has arrived and what has timed out, running callbacks
  * (replies, messages, directory events). Waits up to timeout_ms for the
- * first event (0: don't wait; -1: until one arrives).
+ * first event (0: don't wait; -1, or any negative: until one arrives).
  * Returns the number of events handled (>= 0): messages received (each of
  * a BATCH's; at most 4,096 a call) plus calls it ended (expired, or failed
  * when the connection was lost or refused), so a mass expiry of many calls
@@ -620,7 +621,7 @@ typedef void(ab_message_fn)(ab_client_t *client, const ab_message_t *m, void *ar
  * Errors: AB_EINVAL. Owns: ARG stays the caller's while FN is set. */
 AB_EXPORT int ab_client_on_message(ab_client_t *client, ab_message_fn *fn, void *arg);
 
-/* Waits up to timeout_ms (-1: forever, 0: don't wait) for a message in the
+/* Waits up to timeout_ms (-1 or any negative: forever, 0: don't wait) for a message in the
  * receive queue, processing traffic (and request callbacks) meanwhile.
  * Errors: AB_ETIMEOUT, AB_ESTOPPED, AB_EINVAL (a handler is set), AB_EZMQ;
  * *msg is NULL then. Owns: on AB_OK *msg is the caller's, freed with
@@ -764,7 +765,8 @@ typedef struct {
  * new snapshot (a service nobody registered gives empty arrays). Other
  * requests' callbacks may run during the wait. Errors: AB_EINVAL,
  * AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED, AB_ENOMEM, AB_EMALFORMED
- * (undecodable). */
+ * (undecodable), AB_ENOSERVICE (SERVICE over 255 bytes: no service can
+ * have that name). */
 AB_EXPORT int ab_discover(ab_client_t *client, const char *service, int timeout_ms,
                           ab_directory_t **out);
 AB_EXPORT void ab_directory_destroy(ab_directory_t **dir);
@@ -882,7 +884,7 @@ AB_EXPORT int ab_worker_set_backend_state(ab_worker_t *worker, const char *state
 /* 12. Worker: receiving and answering jobs                                 */
 /* ======================================================================== */
 
-/* Waits up to timeout_ms (-1: forever) for the next request.
+/* Waits up to timeout_ms (-1 or any negative: forever) for the next request.
  * Errors: AB_EINVAL, AB_ETIMEOUT, AB_ESTOPPED (stopped, or drained after
  * ab_worker_shutdown), AB_EZMQ; *job is NULL then.
  * Owns: on AB_OK the caller owns *job and must end it with ab_worker_reply
