@@ -691,6 +691,25 @@ int ab_in_take_body(ab_in_t *in, zmq_msg_t *out, size_t *at)
     return AB_OK;
 }
 
+/* Makes IN, an answer (REPLY, PARTIAL) over the max payload, an ERROR
+ * for its call with IN->status AB_EPAYLOADSIZE. Returns 1 (IN is ready). */
+static int s_too_large(ab_in_t *in)
+{
+    ab_header_t *h = &in->h;
+    h->kind = AB_KIND_ERROR;
+    h->error_code = AB_ERR_MALFORMED;
+    h->error_text = ab_view_of("an answer's payload exceeds the max payload "
+                               "(ab_options_set_max_payload)");
+    h->flags &= ~(uint32_t)AB_FLAG_LZ4;
+    zmq_msg_close(&in->body);
+    zmq_msg_init(&in->body);
+    in->has_body = in->in_hdr = in->body_owned = 0;
+    in->data = NULL;
+    in->size = 0;
+    in->status = AB_EPAYLOADSIZE;
+    return 1;
+}
+
 /* Holds a received payload to the max payload (the message or BATCH it
  * came in was let in up to rx_limits). Before 2026-12-08 a message over it
  * was dropped unseen, and so was a BATCH whose body passed it, however
@@ -706,19 +725,8 @@ static int s_fits(ab_conn_t *c, ab_in_t *in)
     in->status = AB_OK;
     if (!in->has_body || h->kind == AB_KIND_BATCH || in->size <= c->opts.max_payload)
         return 1;
-    if (h->kind == AB_KIND_REPLY || h->kind == AB_KIND_PARTIAL) {
-        h->kind = AB_KIND_ERROR;
-        h->error_code = AB_ERR_MALFORMED;
-        h->error_text = ab_view_of("an answer's payload exceeds the max payload "
-                                   "(ab_options_set_max_payload)");
-        zmq_msg_close(&in->body);
-        zmq_msg_init(&in->body);
-        in->has_body = in->in_hdr = in->body_owned = 0;
-        in->data = NULL;
-        in->size = 0;
-        in->status = AB_EPAYLOADSIZE;
-        return 1;
-    }
+    if (h->kind == AB_KIND_REPLY || h->kind == AB_KIND_PARTIAL)
+        return s_too_large(in);
     if (h->kind == AB_KIND_REQUEST) {
         ab_header_t e = ab_header_init(AB_KIND_ERROR);
         e.correlation_id = h->id;
@@ -776,6 +784,8 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
         ab_in_close(in);
         return 0;
     }
+    if (rc == AB_ELZ4 && h->original_size > c->opts.max_payload)
+        return s_too_large(in); /* as it would be uncompressed: AB_EPAYLOADSIZE */
     h->kind = AB_KIND_ERROR;
     h->error_code = rc == AB_ENOMEM ? AB_ERR_INTERNAL : AB_ERR_MALFORMED;
     h->error_text = ab_view_of(rc == AB_ENOMEM ? "out of memory decompressing a reply" : text);

@@ -13,6 +13,9 @@
  *                 ends its call the same way and cancels the request at the
  *                 worker (before: both dropped unseen, the call waited for
  *                 its deadline and failed AB_ETIMEOUT);
+ *   answer_over_lz4 the same when the answers come lz4-compressed (small,
+ *                 declaring 20,000 B): AB_EPAYLOADSIZE too (before:
+ *                 AB_EMALFORMED, "compressed payload is corrupt");
  *   request_over  a request of 20,000 B to a worker that takes 10,000 is
  *                 answered AB_EMALFORMED at once and the worker's credit
  *                 comes back (before: dropped unseen by the worker, the
@@ -158,10 +161,15 @@ static pthread_t s_wk_start(s_wk_t *k, ab_client_t *c)
 
 /* --- answer_over ---------------------------------------------------------- */
 
-static void s_answer_over(void)
+/* LZ4: the broker compresses on loopback too (--compress-local 1), so the
+ * answers arrive lz4-compressed, small, declaring 20,000 B. */
+static void s_answer_over_on(int lz4)
 {
     int port = th_free_port();
-    th_broker(port, NULL);
+    if (lz4)
+        th_broker(port, "--compress-local", "1", NULL);
+    else
+        th_broker(port, NULL);
     ab_client_t *c = s_client(port, 10000);
     s_wk_t k = {.port = port};
     pthread_t th = s_wk_start(&k, c);
@@ -192,6 +200,16 @@ static void s_answer_over(void)
     atomic_store(&k.stop, 1);
     pthread_join(th, NULL);
     ab_client_destroy(&c);
+}
+
+static void s_answer_over(void)
+{
+    s_answer_over_on(0);
+}
+
+static void s_answer_over_lz4(void)
+{
+    s_answer_over_on(1);
 }
 
 /* --- request_over --------------------------------------------------------- */
@@ -294,6 +312,7 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"batch_burst", s_batch_burst},
         {"answer_over", s_answer_over},
+        {"answer_over_lz4", s_answer_over_lz4},
         {"request_over", s_request_over},
         {"max_unbounded", s_max_unbounded},
         {"fail_status", s_fail_status},
