@@ -407,10 +407,11 @@ static void s_restore(ab_client_t *c)
     }
 }
 
-/* Ends CALL, whose answer (or a chunk of it) passed the max payload, with
- * AB_EPAYLOADSIZE; a request's worker may still be streaming: it is told
- * (CANCEL), as for a streamed reply that grows past it (s_sync_cb). */
-static void s_oversize(ab_client_t *c, s_call_t *call, const ab_header_t *h)
+/* Ends CALL with STATUS: its answer (or a chunk of it) could not be used
+ * (over the max payload, a corrupt lz4 payload). A request's worker may
+ * still be streaming: it is told (CANCEL), as for a streamed reply that
+ * grows past the max payload (s_sync_cb). */
+static void s_unusable(ab_client_t *c, s_call_t *call, const ab_header_t *h, int status)
 {
     if (call->kind == AB_KIND_REQUEST) {
         ab_header_t x = ab_header_init(AB_KIND_CANCEL);
@@ -420,7 +421,7 @@ static void s_oversize(ab_client_t *c, s_call_t *call, const ab_header_t *h)
     }
     char text[AB_ERRTEXT_MAX];
     ab_view_copy(h->error_text, text, sizeof text);
-    s_call_end(c, call, AB_EPAYLOADSIZE, NULL, 0, text);
+    s_call_end(c, call, status, NULL, 0, text);
 }
 
 static void s_on_message(ab_client_t *c, ab_in_t *in)
@@ -453,9 +454,9 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     if (h->kind == AB_KIND_HELLO && h->correlation_id)
         c->conn.refused_busy = 0; /* admitted */
     s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
-    if (in->status != AB_OK) { /* an answer over the max payload (conn.c, s_fits) */
+    if (in->status != AB_OK) { /* an answer made an ERROR here (ab_in_t.status) */
         if (call)
-            s_oversize(c, call, h);
+            s_unusable(c, call, h, in->status);
         return;
     }
     if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {

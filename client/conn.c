@@ -794,6 +794,8 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
     in->has_body = in->in_hdr = 0;
     in->data = NULL;
     in->size = 0;
+    /* ended here, not by the broker: the client tells it */
+    in->status = rc == AB_ENOMEM ? AB_EINTERNAL : AB_EMALFORMED;
     return 1;
 }
 

@@ -114,8 +114,11 @@ typedef struct {
     size_t size;
     int body_owned;
     int in_hdr; /* DATA is an inline payload inside hdr (codec.h "Inline") */
-    int status; /* AB_EPAYLOADSIZE: an answer over the max payload, made an
-                 * ERROR for its call (conn.c, s_fits); else AB_OK */
+    int status; /* an answer the library could not use, made an ERROR for
+                 * its call: AB_EPAYLOADSIZE over the max payload (conn.c,
+                 * s_fits), AB_EMALFORMED or AB_EINTERNAL for an lz4 one
+                 * (s_inflate); else AB_OK. The broker still thinks the
+                 * call runs: the client tells it (CANCEL) */
 } ab_in_t;
 
 /* Moves IN's payload into OUT (initialised by the caller) without copying

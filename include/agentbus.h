@@ -288,9 +288,9 @@ AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count
  * it runs --compress-local): on ipc and loopback lz4 costs more than it
  * saves. Received compressed payloads are always decompressed before the
  * application sees them (bounded by the declared size and the max payload;
- * a corrupt one ends its request with AB_EMALFORMED). Defaults from
- * $AB_COMPRESS_THRESHOLD_BYTES and $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL
- * out of range. */
+ * a corrupt one ends its request with AB_EMALFORMED and cancels it at the
+ * broker). Defaults from $AB_COMPRESS_THRESHOLD_BYTES and
+ * $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL out of range. */
 AB_EXPORT int ab_options_set_compression(ab_options_t *opts, size_t threshold_bytes,
                                          unsigned min_saving_pct);
 /* CURVE authentication and encryption (a broker run with --auth curve;
