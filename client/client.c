@@ -407,6 +407,23 @@ static void s_restore(ab_client_t *c)
     }
 }
 
+/* Ends CALL with STATUS: its answer (or a chunk of it) could not be used
+ * (over the max payload, a corrupt lz4 payload). A request's worker may
+ * still be streaming: it is told (CANCEL), as for a streamed reply that
+ * grows past the max payload (s_sync_cb). */
+static void s_unusable(ab_client_t *c, s_call_t *call, const ab_header_t *h, int status)
+{
+    if (call->kind == AB_KIND_REQUEST) {
+        ab_header_t x = ab_header_init(AB_KIND_CANCEL);
+        x.id = ab_conn_next_id(&c->conn);
+        x.correlation_id = call->id;
+        ab_conn_send(&c->conn, &x, NULL, 0);
+    }
+    char text[AB_ERRTEXT_MAX];
+    ab_view_copy(h->error_text, text, sizeof text);
+    s_call_end(c, call, status, NULL, 0, text);
+}
+
 static void s_on_message(ab_client_t *c, ab_in_t *in)
 {
     ab_header_t *h = &in->h;
@@ -437,6 +454,11 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     if (h->kind == AB_KIND_HELLO && h->correlation_id)
         c->conn.refused_busy = 0; /* admitted */
     s_call_t *call = h->correlation_id ? ab_idmap_get(&c->calls, h->correlation_id) : NULL;
+    if (in->status != AB_OK) { /* an answer made an ERROR here (ab_in_t.status) */
+        if (call)
+            s_unusable(c, call, h, in->status);
+        return;
+    }
     if (h->kind == AB_KIND_SEND && call && !(h->flags & AB_FLAG_RECEIPT)) {
         /* An agent's answer to our ab_client_ask: only from the agent
          * asked (the broker names the sender). Any agent may send us a

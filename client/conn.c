@@ -133,6 +133,15 @@ static int s_curve(ab_conn_t *c)
     return AB_OK;
 }
 
+/* The largest message libzmq lets in (ZMQ_MAXMSGSIZE): a payload of the
+ * max payload with its header, or a BATCH of that size. */
+static size_t s_rx_max(const ab_conn_t *c)
+{
+    size_t extra = c->opts.max_header + 4096;
+    return c->opts.max_payload > SIZE_MAX / 2 - extra ? SIZE_MAX / 2
+                                                      : c->opts.max_payload + extra;
+}
+
 int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
 {
     memset(c, 0, sizeof *c);
@@ -143,6 +152,11 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
     c->role = role;
     c->limits.max_header = c->opts.max_header;
     c->limits.max_payload = c->opts.max_payload;
+    /* A received message is bounded by ZMQ_MAXMSGSIZE (below) as a whole;
+     * a BATCH of small answers may pass the max payload: its entries are
+     * held to it (s_fits), not the batch. */
+    c->rx_limits = c->limits;
+    c->rx_limits.max_payload = s_rx_max(c);
     c->next_id = 1;
     c->instance = s_instance_id(c);
     c->hb_rand = c->instance;
@@ -175,7 +189,7 @@ int ab_conn_open(ab_conn_t *c, const ab_options_t *opts, const char *role)
         tmo = 3000;
     if (role && !strcmp(role, "agent"))
         ivl = tmo;
-    int64_t maxmsg = (int64_t)(c->opts.max_payload + c->opts.max_header + 4096);
+    int64_t maxmsg = (int64_t)s_rx_max(c);
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &hwm, sizeof hwm);
@@ -639,7 +653,7 @@ static int s_batch_entry(ab_conn_t *c, ab_in_t *in)
         pl = e->payload;
         nf = e->has_payload ? 2 : 1;
     } else if (c->in_rd.left && ab_batch_next(&c->in_rd, f, &nf) == 1) {
-        ab_msg_decode(f, nf, &c->limits, &in->h, &pl); /* checked by ab_batch_open */
+        ab_msg_decode(f, nf, &c->rx_limits, &in->h, &pl); /* checked by ab_batch_open */
     } else {
         s_batch_done(c);
         return 0;
@@ -675,6 +689,53 @@ int ab_in_take_body(ab_in_t *in, zmq_msg_t *out, size_t *at)
     if (in->size)
         memcpy(zmq_msg_data(out), in->data, in->size);
     return AB_OK;
+}
+
+/* Makes IN, an answer (REPLY, PARTIAL) over the max payload, an ERROR
+ * for its call with IN->status AB_EPAYLOADSIZE. Returns 1 (IN is ready). */
+static int s_too_large(ab_in_t *in)
+{
+    ab_header_t *h = &in->h;
+    h->kind = AB_KIND_ERROR;
+    h->error_code = AB_ERR_MALFORMED;
+    h->error_text = ab_view_of("an answer's payload exceeds the max payload "
+                               "(ab_options_set_max_payload)");
+    h->flags &= ~(uint32_t)AB_FLAG_LZ4;
+    zmq_msg_close(&in->body);
+    zmq_msg_init(&in->body);
+    in->has_body = in->in_hdr = in->body_owned = 0;
+    in->data = NULL;
+    in->size = 0;
+    in->status = AB_EPAYLOADSIZE;
+    return 1;
+}
+
+/* Holds a received payload to the max payload (the message or BATCH it
+ * came in was let in up to rx_limits). Before 2026-12-08 a message over it
+ * was dropped unseen, and so was a BATCH whose body passed it, however
+ * small its entries: a client with a max payload under the broker's batch
+ * size lost whole bursts of answers, each call waiting for its deadline.
+ * Now an answer (REPLY, PARTIAL) over it becomes an ERROR for its call,
+ * with IN->status AB_EPAYLOADSIZE; a request is answered MALFORMED to the
+ * broker (it frees the worker's credit); anything else is dropped.
+ * 1: IN is ready; 0: IN was closed. */
+static int s_fits(ab_conn_t *c, ab_in_t *in)
+{
+    ab_header_t *h = &in->h;
+    in->status = AB_OK;
+    if (!in->has_body || h->kind == AB_KIND_BATCH || in->size <= c->opts.max_payload)
+        return 1;
+    if (h->kind == AB_KIND_REPLY || h->kind == AB_KIND_PARTIAL)
+        return s_too_large(in);
+    if (h->kind == AB_KIND_REQUEST) {
+        ab_header_t e = ab_header_init(AB_KIND_ERROR);
+        e.correlation_id = h->id;
+        e.error_code = AB_ERR_MALFORMED;
+        e.error_text = ab_view_of("the request's payload exceeds the worker's max payload");
+        ab_conn_send(c, &e, NULL, 0);
+    }
+    ab_in_close(in);
+    return 0;
 }
 
 /* Replaces a compressed payload by its original bytes. 1: IN is ready (an
@@ -723,6 +784,8 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
         ab_in_close(in);
         return 0;
     }
+    if (rc == AB_ELZ4 && h->original_size > c->opts.max_payload)
+        return s_too_large(in); /* as it would be uncompressed: AB_EPAYLOADSIZE */
     h->kind = AB_KIND_ERROR;
     h->error_code = rc == AB_ENOMEM ? AB_ERR_INTERNAL : AB_ERR_MALFORMED;
     h->error_text = ab_view_of(rc == AB_ENOMEM ? "out of memory decompressing a reply" : text);
@@ -731,6 +794,8 @@ static int s_inflate(ab_conn_t *c, ab_in_t *in)
     in->has_body = in->in_hdr = 0;
     in->data = NULL;
     in->size = 0;
+    /* ended here, not by the broker: the client tells it */
+    in->status = rc == AB_ENOMEM ? AB_EINTERNAL : AB_EMALFORMED;
     return 1;
 }
 
@@ -750,7 +815,7 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
     for (;;) {
         if (s_batch_entry(c, in)) {
             s_note_features(c, in);
-            if (s_inflate(c, in))
+            if (s_fits(c, in) && s_inflate(c, in))
                 return 1;
             continue;
         }
@@ -780,7 +845,7 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
         ab_frame_t f[2] = {{zmq_msg_data(&in->hdr), zmq_msg_size(&in->hdr)},
                            {zmq_msg_data(&in->body), zmq_msg_size(&in->body)}};
         ab_frame_t pl;
-        if (ab_msg_decode(f, n, &c->limits, &in->h, &pl) != AB_OK) {
+        if (ab_msg_decode(f, n, &c->rx_limits, &in->h, &pl) != AB_OK) {
             ab_in_close(in); /* a broker never sends these: skip it */
             continue;
         }
@@ -804,14 +869,15 @@ int ab_conn_recv(ab_conn_t *c, ab_in_t *in)
             ab_in_close(in);
             const void *body = (const uint8_t *)zmq_msg_data(&c->in_batch) + at;
             size_t blen = pl.size;
-            int brc = ab_batch_decode(&c->in_dec, body, blen, &c->limits);
+            int brc = ab_batch_decode(&c->in_dec, body, blen, &c->rx_limits);
             c->in_next = 0;
-            if (brc == AB_ENOMEM && ab_batch_open(&c->in_rd, body, blen, &c->limits, NULL) != AB_OK)
+            if (brc == AB_ENOMEM &&
+                ab_batch_open(&c->in_rd, body, blen, &c->rx_limits, NULL) != AB_OK)
                 c->in_rd.left = 0; /* malformed: dropped whole */
             continue; /* AB_EBATCH: in_dec is empty, dropped whole */
         }
         s_note_features(c, in);
-        if (s_inflate(c, in))
+        if (s_fits(c, in) && s_inflate(c, in))
             return 1;
     }
 }

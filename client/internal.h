@@ -58,6 +58,9 @@ typedef struct {
 typedef struct {
     ab_options_t opts;
     ab_limits_t limits;
+    ab_limits_t rx_limits; /* what a received message may hold: a BATCH's body can
+                            * pass the max payload (up to ZMQ_MAXMSGSIZE), its
+                            * entries are checked one by one (conn.c, s_fits) */
     ab_sendq_t *sendq;
     void *ctx;
     void *sock;
@@ -111,6 +114,11 @@ typedef struct {
     size_t size;
     int body_owned;
     int in_hdr; /* DATA is an inline payload inside hdr (codec.h "Inline") */
+    int status; /* an answer the library could not use, made an ERROR for
+                 * its call: AB_EPAYLOADSIZE over the max payload (conn.c,
+                 * s_fits), AB_EMALFORMED or AB_EINTERNAL for an lz4 one
+                 * (s_inflate); else AB_OK. The broker still thinks the
+                 * call runs: the client tells it (CANCEL) */
 } ab_in_t;
 
 /* Moves IN's payload into OUT (initialised by the caller) without copying

@@ -166,7 +166,11 @@ void ab_cmsg_on_error(ab_client_t *c, const ab_in_t *in)
     m.sender = "";
     m.target = "";
     m.status = ab_status_from_wire(h->error_code);
-    m.id = m.status == AB_ENAMETAKEN ? 0 : h->correlation_id;
+    /* A refusal of our HELLO is one of our name (BAD_NAME, or DENIED with
+     * --auth curve), as NAME_TAKEN is: id 0, as agentbus.h says, not the
+     * HELLO's id, which the application never saw. */
+    int of_name = m.status == AB_ENAMETAKEN || h->correlation_id == c->conn.hello_id;
+    m.id = of_name ? 0 : h->correlation_id;
     m.error_text = text;
     ab_conn_fail(&c->conn, m.status, "%s", text);
     s_deliver(c, &m);

@@ -617,8 +617,10 @@ static int s_fail(ab_worker_t *w, ab_job_t **job, int status, const char *text, 
 {
     if (!job || !*job)
         return AB_EINVAL;
+    /* Not an AB_E* code at all (-999): APPLICATION, as promised, not the
+     * INTERNAL ab_status_to_wire gives a status in no row. */
     uint32_t code = ab_status_to_wire(status);
-    if (code == AB_ERR_NONE || status >= 0)
+    if (code == AB_ERR_NONE || status >= 0 || ab_status_index(status) < 0)
         code = AB_ERR_APPLICATION;
     int rc = s_answer(w, *job, AB_KIND_ERROR, NULL, 0, code, text ? text : "", flags);
     (*job)->answered = 1;

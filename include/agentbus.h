@@ -235,15 +235,22 @@ AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
  * within 4 s by a worker, 6 s by a client, with the default. */
 AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 /* Largest payload accepted from the broker, and sent (> 0; larger ones
- * fail with AB_EPAYLOADSIZE). A larger message from the broker ends the
- * connection (libzmq's ZMQ_MAXMSGSIZE); the library dials again within a
- * second, and the calls in flight fail with AB_EDISCONNECTED. */
+ * fail with AB_EPAYLOADSIZE). An answer from the broker with a larger
+ * payload (a reply, or one chunk of a streamed one) ends its call at once
+ * with AB_EPAYLOADSIZE, and a request's worker is told to stop (CANCEL); a
+ * worker answers a larger request AB_EMALFORMED; other messages over it
+ * are dropped. Batches of smaller answers may be larger: only each answer
+ * is held to it. A message from the broker larger than the max payload
+ * plus 68 KiB (header and framing) ends the connection (libzmq's
+ * ZMQ_MAXMSGSIZE); the library dials again within a second, and the calls
+ * in flight fail with AB_EDISCONNECTED. */
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
 /* Default timeout (> 0) of requests and waits given timeout_ms < 0. */
 AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
-/* With ON = 1, a client's name (ab_options_set_name) replaces a live
- * connection that holds it (for restarts); the old connection gets an
- * AB_ENAMETAKEN message. Default 0: the name is refused instead. */
+/* With ON nonzero (any value but 0 counts as 1: not range-checked), a
+ * client's name (ab_options_set_name) replaces a live connection that holds
+ * it (for restarts); the old connection gets an AB_ENAMETAKEN message.
+ * Default 0: the name is refused instead. */
 AB_EXPORT int ab_options_set_takeover(ab_options_t *opts, int on);
 
 /* Batching (see docs/protocol.md, BATCH). When on (the default), messages
@@ -281,9 +288,9 @@ AB_EXPORT int ab_options_set_batch_limits(ab_options_t *opts, unsigned max_count
  * it runs --compress-local): on ipc and loopback lz4 costs more than it
  * saves. Received compressed payloads are always decompressed before the
  * application sees them (bounded by the declared size and the max payload;
- * a corrupt one ends its request with AB_EMALFORMED). Defaults from
- * $AB_COMPRESS_THRESHOLD_BYTES and $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL
- * out of range. */
+ * a corrupt one ends its request with AB_EMALFORMED and cancels it at the
+ * broker). Defaults from $AB_COMPRESS_THRESHOLD_BYTES and
+ * $AB_COMPRESS_MIN_SAVING_PCT. AB_EINVAL out of range. */
 AB_EXPORT int ab_options_set_compression(ab_options_t *opts, size_t threshold_bytes,
                                          unsigned min_saving_pct);
 /* CURVE authentication and encryption (a broker run with --auth curve;
@@ -366,7 +373,7 @@ AB_EXPORT void ab_client_stop(ab_client_t *client);
 
 /* Processes what has arrived and what has timed out, running callbacks
  * (replies, messages, directory events). Waits up to timeout_ms for the
- * first event (0: don't wait; -1: until one arrives).
+ * first event (0: don't wait; -1, or any negative: until one arrives).
  * Returns the number of events handled (>= 0): messages received (each of
  * a BATCH's; at most 4,096 a call) plus calls it ended (expired, or failed
  * when the connection was lost or refused), so a mass expiry of many calls
@@ -577,7 +584,9 @@ typedef enum {
     AB_MSG_GAP = 4,     /* `dropped` topic messages were lost (slow subscriber) */
     AB_MSG_ERROR = 5    /* the broker refused our message `id` (status, error_text:
                            AB_EBUSY, AB_EBADNAME, AB_ETOOLARGE, AB_ENOAGENT), or
-                           our name (AB_ENAMETAKEN, id 0) */
+                           our name (id 0: AB_ENAMETAKEN; AB_EBADNAME for a name
+                           that breaks the rules above, which
+                           ab_options_set_name does not check; AB_EDENIED) */
 } ab_msg_type_t;
 
 /* One received message. Strings are NUL-terminated, never NULL.
@@ -612,7 +621,7 @@ typedef void(ab_message_fn)(ab_client_t *client, const ab_message_t *m, void *ar
  * Errors: AB_EINVAL. Owns: ARG stays the caller's while FN is set. */
 AB_EXPORT int ab_client_on_message(ab_client_t *client, ab_message_fn *fn, void *arg);
 
-/* Waits up to timeout_ms (-1: forever, 0: don't wait) for a message in the
+/* Waits up to timeout_ms (-1 or any negative: forever, 0: don't wait) for a message in the
  * receive queue, processing traffic (and request callbacks) meanwhile.
  * Errors: AB_ETIMEOUT, AB_ESTOPPED, AB_EINVAL (a handler is set), AB_EZMQ;
  * *msg is NULL then. Owns: on AB_OK *msg is the caller's, freed with
@@ -756,7 +765,8 @@ typedef struct {
  * new snapshot (a service nobody registered gives empty arrays). Other
  * requests' callbacks may run during the wait. Errors: AB_EINVAL,
  * AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED, AB_ENOMEM, AB_EMALFORMED
- * (undecodable). */
+ * (undecodable), AB_ENOSERVICE (SERVICE over 255 bytes: no service can
+ * have that name). */
 AB_EXPORT int ab_discover(ab_client_t *client, const char *service, int timeout_ms,
                           ab_directory_t **out);
 AB_EXPORT void ab_directory_destroy(ab_directory_t **dir);
@@ -874,7 +884,7 @@ AB_EXPORT int ab_worker_set_backend_state(ab_worker_t *worker, const char *state
 /* 12. Worker: receiving and answering jobs                                 */
 /* ======================================================================== */
 
-/* Waits up to timeout_ms (-1: forever) for the next request.
+/* Waits up to timeout_ms (-1 or any negative: forever) for the next request.
  * Errors: AB_EINVAL, AB_ETIMEOUT, AB_ESTOPPED (stopped, or drained after
  * ab_worker_shutdown), AB_EZMQ; *job is NULL then.
  * Owns: on AB_OK the caller owns *job and must end it with ab_worker_reply
@@ -929,7 +939,11 @@ AB_EXPORT int ab_worker_reply_part(ab_worker_t *worker, ab_job_t *job,
  * Errors: AB_EINVAL, AB_EPAYLOADSIZE, AB_EBUSY, AB_EZMQ. */
 AB_EXPORT int ab_worker_reply(ab_worker_t *worker, ab_job_t **job, const void *data, size_t size);
 /* Fails the request: the client gets STATUS (AB_EAPPLICATION if STATUS is
- * not an AB_E* code) with TEXT (may be NULL; copied). Frees the job
+ * not an AB_E* code) with TEXT (may be NULL; copied). A code the protocol
+ * has no ErrorCode for arrives as the nearest it has: the codec's
+ * rejections (AB_EFRAMES .. AB_EDECODE, AB_EBATCH, AB_ELZ4, AB_EINLINE) as
+ * AB_EMALFORMED, the library's own (AB_EINVAL, AB_ENOMEM, AB_ETIMEOUT,
+ * AB_EDISCONNECTED, AB_EZMQ, AB_ESTOPPED) as AB_EINTERNAL. Frees the job
  * (*job = NULL), also on error. Errors: AB_EINVAL, AB_EBUSY, AB_EZMQ. */
 AB_EXPORT int ab_worker_fail(ab_worker_t *worker, ab_job_t **job, int status, const char *text);
 /* As ab_worker_fail, for a failure after the work may have begun (e.g. a

@@ -27,6 +27,8 @@
  *                 handshake: the queue to it stops at 256 MiB (AB_EBUSY,
  *                 not 100,000 messages); once a broker reads, every queued
  *                 request arrives and sending works again.
+ *   lz4_corrupt   a streamed chunk with a corrupt lz4 payload ends its
+ *                 request (AB_EMALFORMED) and the broker is told (CANCEL);
  * (clientfuzz found destroy_start, stopped, oversize and ask_partial.)
  */
 #include "agentbus.h"
@@ -233,6 +235,76 @@ static void s_sync_stream(void)
 {
     s_sync_case(S_MAX / S_CHUNK, AB_OK); /* exactly the max payload: joined */
     s_sync_case(400, AB_EPAYLOADSIZE);   /* 25 MiB offered */
+}
+
+/* --- lz4_corrupt ---------------------------------------------------------------- */
+
+typedef struct {
+    int port;
+    atomic_int done;
+    th_answer_t a;
+} s_lz_t;
+
+static void *s_lz_thread(void *arg)
+{
+    s_lz_t *x = arg;
+    ab_options_t *o = s_opts(x->port, 0);
+    ab_client_t *c = NULL;
+    REQUIRE(ab_client_new(&c, o) == AB_OK);
+    ab_options_destroy(&o);
+    REQUIRE(ab_client_request_start(c, "svc", "go", 2, &(ab_request_opts_t){.timeout_ms = 20000},
+                                    th_answer_cb, &x->a, NULL) == AB_OK);
+    int64_t end = ab_now_ms() + 15000;
+    while (!x->a.finals && ab_now_ms() < end)
+        ab_client_poll(c, 50);
+    ab_client_poll(c, 100); /* the CANCEL goes out */
+    ab_client_destroy(&c);
+    atomic_store(&x->done, 1);
+    return NULL;
+}
+
+/* A streamed chunk whose lz4 payload is corrupt ends its request with
+ * AB_EMALFORMED, and the broker is told (CANCEL), as for one over the max
+ * payload: before 2026-12-08 nothing was sent, and the worker behind the
+ * broker went on streaming until the request's deadline. */
+static void s_lz4_corrupt(void)
+{
+    int port = 0;
+    void *router = bt_fake_router(&port);
+    s_lz_t x = {.port = port};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, s_lz_thread, &x) == 0);
+    zmq_msg_t rid;
+    zmq_msg_init(&rid);
+    s_handshake(router, AB_KIND_HELLO, NULL, &rid);
+    uint64_t id = 0;
+    int cancelled = 0;
+    int64_t end = ab_now_ms() + 20000;
+    while (!atomic_load(&x.done) && ab_now_ms() < end) {
+        s_in_t in;
+        if (!s_in(router, &in, 50))
+            continue;
+        if (in.h.kind == AB_KIND_REQUEST && !id) {
+            id = in.h.id;
+            ab_header_t h = ab_header_init(AB_KIND_PARTIAL);
+            h.correlation_id = id;
+            h.flags = AB_FLAG_LZ4;
+            h.original_size = 100;
+            s_out(router, &rid, &h, "\xff\xfe\xfd not lz4", 12);
+        }
+        cancelled |= id && in.h.kind == AB_KIND_CANCEL && in.h.correlation_id == id;
+        s_in_close(&in);
+    }
+    pthread_join(th, NULL);
+    printf("lz4_corrupt: %s, CANCEL %s\n", ab_status_name(x.a.status),
+           cancelled ? "sent" : "not sent");
+    CHECK_EQ(x.a.finals, 1);
+    CHECK_EQ(x.a.status, AB_EMALFORMED);
+    CHECK_EQ(cancelled, 1);
+    zmq_msg_close(&rid);
+    zmq_close(router);
+    zmq_ctx_term(bt_ctx);
+    bt_ctx = NULL;
 }
 
 /* --- recv_queue ----------------------------------------------------------------- */
@@ -746,6 +818,7 @@ int main(int argc, char **argv)
         {"oversize", s_oversize},
         {"ask_partial", s_ask_partial},
         {"send_queue", s_send_queue},
+        {"lz4_corrupt", s_lz4_corrupt},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -254,6 +254,26 @@ static void s_name_taken(void)
     free(second);
 }
 
+/* A name that breaks the rules (ab_options_set_name checks only its
+ * length) is refused like a taken one: an AB_MSG_ERROR with id 0 (before
+ * 2026-12-08 it carried the id of the handle's HELLO, 1, which reads as a
+ * refusal of a message the application never sent), and the handle goes on
+ * unnamed. */
+static void s_name_bad(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    mt_box_t *box = calloc(1, sizeof *box);
+    ab_client_t *c = mt_agent(port, "~not-a-name", 0, box);
+    CHECK_EQ(mt_wait(c, box, AB_MSG_ERROR, 1, 5000), 1);
+    CHECK_EQ(box->status[0], AB_EBADNAME);
+    CHECK_U64(box->id[0], 0);
+    printf("refusal: id %llu, %s\n", (unsigned long long)box->id[0], ab_client_last_error(c));
+    CHECK_EQ(ab_client_send_wait(c, "someone", "x", 1, 0, 5000, NULL), AB_OK);
+    ab_client_destroy(&c);
+    free(box);
+}
+
 /* With the takeover option the newcomer gets the name (and its messages);
  * the old connection is told. */
 static void s_takeover(void)
@@ -453,7 +473,8 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"direct_once", s_direct_once}, {"mailbox_order", s_mailbox_order},
         {"mailbox_full", s_mailbox_full}, {"ttl_expiry", s_ttl_expiry},
-        {"name_taken", s_name_taken}, {"takeover", s_takeover}, {"ask_reply", s_ask_reply},
+        {"name_taken", s_name_taken}, {"name_bad", s_name_bad}, {"takeover", s_takeover},
+        {"ask_reply", s_ask_reply},
         {"direct_bad", s_direct_bad}, {"forged_answer", s_forged_answer},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
