@@ -20,6 +20,22 @@
 
 enum { S_HELLO = 1, S_WELCOME = 2, S_HEARTBEAT = 3 };
 
+/* Sends LinkMsg M on S, to routing id RID (RLEN bytes) when S is a ROUTER. */
+static void s_link_msg(void *s, const void *rid, size_t rlen, const Agentbus__LinkMsg *m)
+{
+    uint8_t body[256], hb[64];
+    size_t n = agentbus__link_msg__get_packed_size(m);
+    REQUIRE(n <= sizeof body);
+    agentbus__link_msg__pack(m, body);
+    ab_header_t h = ab_header_init(AB_KIND_LINK);
+    size_t hl = ab_header_encode(&h, hb, sizeof hb);
+    REQUIRE(hl > 0);
+    if (rid)
+        REQUIRE(zmq_send(s, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
+    REQUIRE(zmq_send(s, hb, hl, ZMQ_SNDMORE) == (int)hl);
+    REQUIRE(zmq_send(s, body, n, 0) == (int)n);
+}
+
 /* Sends LinkMsg TYPE from broker NAME (SESSION) on S, to routing id RID
  * (RLEN bytes) when S is a ROUTER. */
 static void s_link_send(void *s, const void *rid, size_t rlen, int type, const char *name,
@@ -30,17 +46,7 @@ static void s_link_send(void *s, const void *rid, size_t rlen, int type, const c
     m.broker = (char *)name;
     m.session = session;
     m.sent_us = type == S_HEARTBEAT ? (uint64_t)ab_now_us() : 0;
-    uint8_t body[256], hb[64];
-    size_t n = agentbus__link_msg__get_packed_size(&m);
-    REQUIRE(n <= sizeof body);
-    agentbus__link_msg__pack(&m, body);
-    ab_header_t h = ab_header_init(AB_KIND_LINK);
-    size_t hl = ab_header_encode(&h, hb, sizeof hb);
-    REQUIRE(hl > 0);
-    if (rid)
-        REQUIRE(zmq_send(s, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
-    REQUIRE(zmq_send(s, hb, hl, ZMQ_SNDMORE) == (int)hl);
-    REQUIRE(zmq_send(s, body, n, 0) == (int)n);
+    s_link_msg(s, rid, rlen, &m);
 }
 
 /* Waits up to TIMEOUT_MS on S (a ROUTER when RID is not NULL: the sender's
@@ -486,16 +492,7 @@ static void s_interest(void *s, const void *rid, size_t rlen)
     m.session = 1;
     m.n_topics = 1;
     m.topics = topics;
-    uint8_t body[128], hb[64];
-    size_t n = agentbus__link_msg__get_packed_size(&m);
-    REQUIRE(n <= sizeof body);
-    agentbus__link_msg__pack(&m, body);
-    ab_header_t h = ab_header_init(AB_KIND_LINK);
-    size_t hl = ab_header_encode(&h, hb, sizeof hb);
-    if (rid)
-        REQUIRE(zmq_send(s, rid, rlen, ZMQ_SNDMORE) == (int)rlen);
-    REQUIRE(zmq_send(s, hb, hl, ZMQ_SNDMORE) == (int)hl);
-    REQUIRE(zmq_send(s, body, n, 0) == (int)n);
+    s_link_msg(s, rid, rlen, &m);
 }
 
 /* C's link to NAME: its state into STATE, the topic patterns it took from
