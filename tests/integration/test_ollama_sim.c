@@ -523,7 +523,9 @@ static void test_queue_full(void)
     /* A client that gives up while queued leaves the queue at once. */
     close(fds[2]);
     CHECK_EQ(s_wait_stat("queued", 0, 5000), 0);
-    CHECK_EQ(s_stat("aborted_queued"), 1);
+    /* Counted when the server ends the request, a moment after the queue
+     * let it go (flaky under load, 2026-12-07: read between the two). */
+    CHECK_EQ(s_wait_stat("aborted_queued", 1, 5000), 0);
     CHECK_EQ(s_stat("active"), 2);
     /* Closing a running one hands its slot to the next queued one. */
     fds[2] = s_raw_post("/api/generate", body);
