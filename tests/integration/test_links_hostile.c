@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "compress.h"
 #include "rawpeer.h"
+#include "linktest.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -495,30 +496,6 @@ static void s_interest(void *s, const void *rid, size_t rlen)
     s_link_msg(s, rid, rlen, &m);
 }
 
-/* C's link to NAME: its state into STATE, the topic patterns it took from
- * the peer and the publications it did not send it (bound). 1 when listed. */
-static int s_link_info(ab_client_t *c, const char *name, char *state, size_t cap,
-                       uint32_t *topics, uint64_t *pubs_dropped)
-{
-    void *buf = NULL;
-    size_t len = 0;
-    if (ab_client_control(c, "peers", 5000, &buf, &len) != AB_OK)
-        return 0;
-    Agentbus__PeerList *pl = agentbus__peer_list__unpack(NULL, len, buf);
-    ab_free(buf);
-    int found = 0;
-    for (size_t i = 0; pl && i < pl->n_peers && !found; i++)
-        if (!strcmp(pl->peers[i]->name, name)) {
-            snprintf(state, cap, "%s", pl->peers[i]->state);
-            *topics = pl->peers[i]->topics;
-            *pubs_dropped = pl->peers[i]->publishes_dropped;
-            found = 1;
-        }
-    if (pl)
-        agentbus__peer_list__free_unpacked(pl, NULL);
-    return found;
-}
-
 /* Sends REQUEST ID for "echo" of SIZE bytes on S (to RID when S is a
  * ROUTER), as a peer broker forwards one. */
 static void s_link_echo(void *s, const void *rid, size_t rlen, uint64_t id, const void *data,
@@ -586,14 +563,13 @@ static void s_slow_start(s_slow_t *t, int dialed, const char *stall_ms)
     t->c = th_client(t->pa);
     REQUIRE(th_wait_workers(t->c, "echo", 1, 20000) == 0);
     char state[32] = "";
-    uint32_t topics = 0;
-    uint64_t dropped = 0;
-    for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && !topics;) {
+    Agentbus__PeerInfo pi = {.topics = 0};
+    for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && !pi.topics;) {
         s_beat(t);
-        REQUIRE(s_link_info(t->c, "B", state, sizeof state, &topics, &dropped));
+        REQUIRE(lt_peer_info(t->c, "B", &pi, state, sizeof state));
         th_sleep_ms(100);
     }
-    REQUIRE(topics == 1 && !strcmp(state, "up"));
+    REQUIRE(pi.topics == 1 && !strcmp(state, "up"));
 }
 
 static void s_slow_end(s_slow_t *t)
@@ -635,9 +611,8 @@ static void s_slow_answers(int dialed)
     for (int64_t end = ab_now_ms() + 15000; ab_now_ms() < end && !slow; th_sleep_ms(100))
         slow = s_slow_count(&t);
     char state[32] = "";
-    uint32_t topics;
-    uint64_t dropped;
-    REQUIRE(s_link_info(t.c, "B", state, sizeof state, &topics, &dropped));
+    Agentbus__PeerInfo pi;
+    REQUIRE(lt_peer_info(t.c, "B", &pi, state, sizeof state));
     printf("slow_%s: %d answers of %d KiB asked, A's link to B %s, slow disconnects %llu\n",
            dialed ? "dialed" : "accepted", N, SIZE / 1024, state, (unsigned long long)slow);
     CHECK_U64(slow, 1);
@@ -649,7 +624,7 @@ static void s_slow_answers(int dialed)
         for (int64_t end = ab_now_ms() + 20000; ab_now_ms() < end && strcmp(state, "up");) {
             s_beat(&t);
             th_sleep_ms(100);
-            REQUIRE(s_link_info(t.c, "B", state, sizeof state, &topics, &dropped));
+            REQUIRE(lt_peer_info(t.c, "B", &pi, state, sizeof state));
         }
         CHECK_STR(state, "up");
     }
@@ -692,15 +667,14 @@ static void s_slow_stall(void)
     }
     free(data);
     char state[32] = "";
-    uint32_t topics;
-    uint64_t dropped = 0;
-    REQUIRE(s_link_info(t.c, "B", state, sizeof state, &topics, &dropped));
+    Agentbus__PeerInfo pi;
+    REQUIRE(lt_peer_info(t.c, "B", &pi, state, sizeof state));
     printf("slow_stall: %zu bytes published, %llu not sent to B, A's link to B %s, "
-           "slow disconnects %llu\n", sent, (unsigned long long)dropped, state,
+           "slow disconnects %llu\n", sent, (unsigned long long)pi.publishes_dropped, state,
            (unsigned long long)slow);
     CHECK_U64(slow, 1);
     CHECK_TRUE(strcmp(state, "up") != 0);
-    CHECK_TRUE(dropped > 0);
+    CHECK_TRUE(pi.publishes_dropped > 0);
     s_slow_end(&t);
 }
 
