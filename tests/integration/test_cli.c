@@ -741,29 +741,35 @@ static void s_not_zeromq(void)
 
 /* Log lines of the broker and the worker: text with date, level and
  * subsystem; JSON lines; --log-level everywhere, checked at start-up. */
+/* The program after it gets its stderr joined to its stdout by a shell it
+ * replaces, so that what timeout itself writes can go elsewhere. */
+#define S_OWN "sh -c 'exec \"$0\" \"$@\" 2>&1' "
+
 static void s_log_lines(void)
 {
     /* -k 5 on every interrupted run: under ASan on a loaded machine,
      * LeakSanitizer's exit-time scan (a ptrace tracer it forks) has been
      * seen to deadlock once in ~40 interrupted runs (the tracer waiting in
      * wait4, the process never exiting); the lines checked here are
-     * written long before that, so a stuck exit is killed, not waited on. */
+     * written long before that, so a stuck exit is killed, not waited on.
+     * Then timeout writes "Killed" to its stderr, which was the program's
+     * too and broke the JSON lines (flaky build-asan, 2026-12-08): the
+     * program's stderr goes to the output through S_OWN, timeout's away. */
     const char *bk = th_bin("agentbus-broker"), *wk = th_bin("agentbus-worker");
-    CHECK_EQ(
-        cli_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 2>&1; true", bk),
-        0);
+    CHECK_EQ(cli_sh("timeout -k 5 -s INT 2 " S_OWN "%s --bind 'tcp://127.0.0.1:*' --drain-ms 0 "
+                    "2>/dev/null; true", bk), 0);
     CHECK_TRUE(s_rfc3339(cli_out));
     CHECK_TRUE(strncmp(cli_out + 24, " INFO  core      listening on tcp://", 36) == 0);
-    CHECK_EQ(cli_sh("timeout -k 5 -s INT 2 %s --bind 'tcp://127.0.0.1:*' --drain-ms 0 "
-                    "--log-format json 2>&1; true", bk), 0);
+    CHECK_EQ(cli_sh("timeout -k 5 -s INT 2 " S_OWN "%s --bind 'tcp://127.0.0.1:*' --drain-ms 0 "
+                    "--log-format json 2>/dev/null; true", bk), 0);
     CHECK_EQ(s_json_lines("core", "listening on tcp://127.0.0.1:"), 1);
     const char *ep = th_ep(th_free_port()); /* no broker there: the worker says so */
-    CHECK_EQ(cli_sh("timeout -k 5 -s INT 2 %s --broker %s --log-format=json 2>&1; "
-                    "true", wk, ep), 0);
+    CHECK_EQ(cli_sh("timeout -k 5 -s INT 2 " S_OWN "%s --broker %s --log-format=json "
+                    "2>/dev/null; true", wk, ep), 0);
     CHECK_EQ(s_json_lines("worker", "serving 'echo'"), 1);
     /* --log-level error: the worker's INFO line is not written. */
-    CHECK_EQ(cli_sh("timeout -k 5 -s INT 2 %s --broker %s --log-level error 2>&1; "
-                    "true", wk, ep), 0);
+    CHECK_EQ(cli_sh("timeout -k 5 -s INT 2 " S_OWN "%s --broker %s --log-level error "
+                    "2>/dev/null; true", wk, ep), 0);
     CHECK_TRUE(!HAS("serving"));
     CHECK_EQ(cli_sh("timeout 10 %s --log-level loud", wk), 2);
     CHECK_TRUE(HAS("'loud'"));
