@@ -287,6 +287,19 @@ static void s_zap_reply(void *zap, zmq_msg_t *req_id, const char *code, const ch
     zmq_send(zap, "", 0, 0);
 }
 
+static void s_reload(ab_broker_t *b, const char *why);
+
+/* 1 when the keys directory reported a change since it was last asked
+ * (what it reported is read and dropped). */
+static int s_dir_changed(struct ab_auth *a)
+{
+    char buf[4096];
+    int changed = 0;
+    while (a->inotify_fd >= 0 && read(a->inotify_fd, buf, sizeof buf) > 0)
+        changed = 1;
+    return changed;
+}
+
 /* Decides one ZAP request (frames F, N of them). */
 static void s_zap_one(ab_broker_t *b, zmq_msg_t *f, size_t n)
 {
@@ -300,6 +313,15 @@ static void s_zap_one(ab_broker_t *b, zmq_msg_t *f, size_t n)
     int curve = n >= 7 && zmq_msg_size(&f[5]) == 5 && !memcmp(zmq_msg_data(&f[5]), "CURVE", 5);
     if (curve && zmq_msg_size(&f[6]) == 32 && zmq_z85_encode(pub, zmq_msg_data(&f[6]), 32))
         k = ab_keys_lookup(a->keys, pub);
+    if (!k && pub[0] && s_dir_changed(a)) {
+        /* A key copied in since the last tick (S_TICK_MS) is read now: a
+         * peer started right after the copy (`cp NAME.key KEYS/ &&
+         * brokerctl ...`, as security.md sets up) was refused, and
+         * brokerctl stops at that DENIED. Only a refusal asks, and only a
+         * change reported costs a reload. */
+        s_reload(b, "the keys directory changed");
+        k = ab_keys_lookup(a->keys, pub);
+    }
     /* NULL comes only from a plain (ipc) listener, whose ZAP domain is
      * empty: a tcp listener is a CURVE server, where a NULL client fails the
      * mechanism handshake before ZAP. */
@@ -596,11 +618,7 @@ static void s_tick(ab_broker_t *b, int64_t now)
     struct ab_auth *a = b->auth;
     if (atomic_exchange(&b->reload, 0))
         s_reload(b, "SIGHUP");
-    char buf[4096];
-    int changed = 0;
-    while (a->inotify_fd >= 0 && read(a->inotify_fd, buf, sizeof buf) > 0)
-        changed = 1;
-    if (changed)
+    if (s_dir_changed(a))
         s_reload(b, "the keys directory changed");
 }
 

@@ -192,6 +192,17 @@ static void s_not_zeromq(ab_broker_t *b, const char *addr, int event, uint32_t v
                                      : "it uses CURVE, this endpoint does not (--auth)");
         return;
     }
+    if (b->cfg->auth_curve && event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+        value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) {
+        /* Its HELLO did not decrypt with this broker's secret key: it was
+         * made for another public key. A peer broker whose --peer KEY is
+         * wrong meets this too, and the text named only clients' options. */
+        AB_LOG_RL(&rl, 4, ab_now_ms(), AB_LOG_WARN,
+                  "a connection to %s failed its handshake: it was given another public key "
+                  "for this broker (a client's --broker-key / AB_BROKER_KEY, a peer broker's "
+                  "--peer KEY); this broker's is in its broker.key (brokerctl keys)", addr);
+        return;
+    }
     if (b->cfg->auth_curve) { /* the client may give up first: the cause is often unknown */
         AB_LOG_RL(&rl, 3, ab_now_ms(), AB_LOG_WARN,
                   "a connection to %s failed its handshake (value %u): a client without a key "

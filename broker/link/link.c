@@ -378,6 +378,23 @@ static void s_in_lost(ab_broker_t *b, ab_link_t *l, const char *why)
     ab_peer_drop(b, p, why);
 }
 
+/* L went down (what its dialed connection carried is lost) while its peer
+ * may hold it up still, on the connection the peer dialed: L's accepted one,
+ * standing by. That one is closed too, so that the peer takes the link down
+ * at once as well and dials again: the requests it forwarded here went with
+ * L's client, its directory, names and topics here were withdrawn, and it
+ * knew of none of it. Kept open, it went on forwarding over it, and this
+ * broker, its link down, dropped every message but heartbeats (s_on_msg):
+ * the peer's requests waited for their deadlines for as long as this
+ * broker's own dial failed (a one-way cut; the peer's key removed from the
+ * keys directory on the far side). Its HELLO on the new connection brings
+ * the link up here, both directories sent whole. */
+static void s_down_both(ab_broker_t *b, ab_link_t *l, const char *why)
+{
+    s_down(b, l, why);
+    s_in_lost(b, l, "the link went down on its other connection");
+}
+
 /* Closes L's dialed connection and dials again. */
 static void s_redial(ab_broker_t *b, ab_link_t *l)
 {
@@ -853,7 +870,7 @@ static void s_watch(ab_broker_t *b, ab_link_t *l, int64_t now)
     AB_LOG_RL(&b->rl, 0x11a0 + (uint64_t)l->idx, now, AB_LOG_WARN,
               "link to '%s': its dialed connection closed", l->name);
     if (s_use_dealer(l))
-        s_down(b, l, "its dialed connection closed");
+        s_down_both(b, l, "its dialed connection closed");
     s_redial(b, l);
 }
 
@@ -871,11 +888,11 @@ static void s_broken(ab_broker_t *b, ab_link_t *l, int64_t now)
                   "(peer-out-max-bytes %zu, peer-stall-ms %ld): dialed again", l->name,
                   (unsigned long long)l->slow_bytes, b->cfg->peer_out_max_bytes,
                   b->cfg->peer_stall_ms);
-        s_down(b, l, "the peer broker does not read what it is sent");
+        s_down_both(b, l, "the peer broker does not read what it is sent");
     } else {
         AB_LOG_RL(&b->rl, 0x11cc + (uint64_t)l->idx, now, AB_LOG_WARN,
                   "link to '%s': a send on its dialed connection failed", l->name);
-        s_down(b, l, "a send on its connection failed");
+        s_down_both(b, l, "a send on its connection failed");
     }
     l->slow_bytes = 0;
     s_redial(b, l);
@@ -887,8 +904,9 @@ static void s_in_broken(ab_broker_t *b, ab_link_t *l, int64_t now)
     l->in_broken = 0;
     AB_LOG_RL(&b->rl, 0x11d4 + (uint64_t)l->idx, now, AB_LOG_WARN,
               "link to '%s': a send on its accepted connection failed", l->name);
-    s_down(b, l, "a send on its connection failed");
-    s_in_lost(b, l, "a send on its link connection failed");
+    s_down_both(b, l, "a send on its link connection failed");
+    if (l->dealer && l->out_up) /* the peer may hold the link up on it: as s_down_both */
+        s_redial(b, l);
 }
 
 void ab_link_send_failed(ab_peer_t *p)

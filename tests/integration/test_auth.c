@@ -462,6 +462,35 @@ static void s_listen_denied(void)
     }
 }
 
+/* A key copied into the keys directory and used at once, as security.md
+ * sets up two machines ("the broker picks them up at once"), brokerctl run
+ * right after cp: the broker looked at its directory's changes every
+ * 250 ms and refused the handshake until then, and brokerctl stops at that
+ * DENIED ("the broker refused the connection's handshake: its key is not
+ * trusted there"; the link trial met it). Five keys, each copied and used
+ * at once: each is taken (before: each refused but when the tick fell
+ * between the copy and the handshake, a few ms of 250). */
+static void s_key_copied(void)
+{
+    at_setup();
+    int port = at_port_with_ep();
+    at_broker(port);
+    char ctl[600], cmd[3000], out[4096];
+    snprintf(ctl, sizeof ctl, "%s", th_bin("brokerctl"));
+    for (int i = 0; i < 5; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "late%d", i);
+        at_key(name, "", 0);
+        snprintf(cmd, sizeof cmd, "cp %s/certs/%s.key %s/keys/ && %s --broker %s --key %s "
+                 "--broker-key %s stats", at_data, name, at_data, ctl, th_ep(port),
+                 at_secret(name), at_broker_pub());
+        int rc = th_run(cmd, out, sizeof out);
+        if (rc != 0)
+            printf("%s: %s", name, out);
+        CHECK_EQ(rc, 0);
+    }
+}
+
 /* agentbus-worker says why the broker refuses it, not that none is
  * reachable: no key, an untrusted key, a key whose role may not register.
  * The broker's operator may mend each (trust the key, grant it), so each
@@ -832,7 +861,7 @@ int main(int argc, char **argv)
         {"admin_verbs", s_admin_verbs}, {"removed_key", s_removed_key},
         {"key_quota", s_key_quota},     {"hangup", s_hangup},
         {"listen_denied", s_listen_denied}, {"worker_refused", s_worker_refused},
-        {"refused_sticky", s_refused_sticky},
+        {"refused_sticky", s_refused_sticky}, {"key_copied", s_key_copied},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

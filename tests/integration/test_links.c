@@ -803,8 +803,9 @@ static int s_link_on(ab_client_t *c, const char *name, const char *transport)
 }
 
 /* Polls W (its jobs into H) and C for up to TIMEOUT_MS until C's broker
- * uses the link to B it dialed, with a service (UP 1), or has it down (UP
- * 0), or, with UP -1, until H holds N jobs. 0 or -1. */
+ * uses the link to B it dialed, with a service (UP 1), or its link to B
+ * took requests back (UP 0: it went down; it may be up again already, on
+ * the connection B dialed), or, with UP -1, until H holds N jobs. 0 or -1. */
 static int s_pump(ab_worker_t *w, s_held_t *h, ab_client_t *c, int up, int n, int timeout_ms)
 {
     int64_t end = ab_now_ms() + timeout_ms, next = 0;
@@ -815,7 +816,10 @@ static int s_pump(ab_worker_t *w, s_held_t *h, ab_client_t *c, int up, int n, in
             return 0;
         if (up == 1 && ab_now_ms() >= next && s_link_on(c, "B", "dialed"))
             return 0;
-        if (up == 0 && ab_now_ms() >= next && lt_wait_link(c, "B", 0, 0) == 0)
+        Agentbus__PeerInfo pi;
+        char st[32];
+        if (up == 0 && ab_now_ms() >= next && lt_peer_info(c, "B", &pi, st, sizeof st) &&
+            pi.failed > 0)
             return 0;
         next = ab_now_ms() + 20;
     } while (ab_now_ms() < end);
@@ -825,7 +829,8 @@ static int s_pump(ab_worker_t *w, s_held_t *h, ab_client_t *c, int up, int n, in
 /* A and B dial each other; A's connection, through a proxy, carries the
  * traffic (A's name sorts first). A request from A waits at B's worker;
  * the proxy cuts A's connection: A's link goes down and takes the request
- * back, B's stays up on its own connection and keeps it running. Back up,
+ * back (and closes B's connection, so that B's goes down too: s_one_way;
+ * B's worker keeps the first run, which B no longer holds). Back up,
  * A sends it to B again (its second attempt): B's worker holds both. A
  * stream from the first run arriving now is not its answer: the client
  * gets the second run's alone. Both carried A's one request id over the
@@ -884,6 +889,76 @@ static void s_twice(void)
     ab_client_destroy(&b);
 }
 
+/* A dials B with a KEY that is a peer certificate but not B's broker key
+ * (the operator's copy of the wrong file). B's log says what to check on
+ * the dialing side: its --peer KEY (before: "a client without a key
+ * (--key / AB_KEY), with another broker's key (--broker-key), or not
+ * ZeroMQ" and the libzmq code 285212673, naming only clients' options). */
+static void s_wrong_key(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port();
+    pid_t bpid = lt_broker(pb, "B", lt_keysdir("B", NULL), NULL, NULL, NULL, NULL);
+    char peer[800], line[2048];
+    snprintf(peer, sizeof peer, "%s#%s/stranger.key", th_ep(pb), lt_certdir());
+    lt_broker(pa, "A", lt_keysdir("A", NULL), peer, NULL, NULL, NULL);
+    CHECK_TRUE(s_log_line(bpid, "failed its handshake", line, sizeof line));
+    printf("B: %s", line);
+    CHECK_TRUE(strstr(line, "--peer KEY") != NULL);
+}
+
+/* A and B dial each other; A's connection, through a proxy, carries the
+ * traffic (A's name sorts first). The proxy cuts A's connection and every
+ * later one, a network cut one way (or B no longer trusting A's key: B
+ * closes A's connections and refuses its dials): B's own connection to A
+ * still works. A's link goes down with its connection. B's stayed up on its
+ * own connection, and B forwarded its agents' requests over it to A, which
+ * dropped them (its link down: nothing but heartbeats is read), so they
+ * waited for their deadlines, for as long as the cut lasted (before: this
+ * request DEADLINE, A's link "connecting"). Now A closes B's connection
+ * when its link goes down; B takes the link down too and dials again, and
+ * the link is up on B's connection for both. */
+static void s_one_way(void)
+{
+    s_keys();
+    int pa = th_free_port(), pb = th_free_port(), px = th_free_port();
+    lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, NULL, NULL);
+    lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pa), NULL, NULL, NULL);
+    th_worker(pa, "on-a", NULL);
+    th_worker(pb, "on-b", NULL);
+    ab_client_t *a = th_client(pa), *b = th_client(pb);
+    int64_t end = ab_now_ms() + 30000;
+    while (!s_link_on(b, "A", "dialed") && ab_now_ms() < end) /* B's own connection first */
+        th_sleep_ms(20);
+    REQUIRE(s_link_on(b, "A", "dialed"));
+    pid_t proxy = s_proxy(px, pb, "0");
+    end = ab_now_ms() + 30000;
+    while (!s_link_on(a, "B", "dialed") && ab_now_ms() < end) /* then A's, through the proxy */
+        th_sleep_ms(20);
+    REQUIRE(s_link_on(a, "B", "dialed"));
+    REQUIRE(lt_wait_rc(b, "on-a", AB_OK, 20000) == 0);
+    REQUIRE(lt_wait_rc(a, "on-b", AB_OK, 20000) == 0);
+    kill(proxy, SIGUSR1); /* and never restored */
+    end = ab_now_ms() + 30000;
+    while (s_link_on(a, "B", "dialed") && ab_now_ms() < end) /* A saw its connection go */
+        th_sleep_ms(20);
+    REQUIRE(!s_link_on(a, "B", "dialed"));
+    void *reply = NULL;
+    size_t n = 0;
+    CHECK_EQ(ab_client_request(b, "on-a", "from B", 6, 20000, &reply, &n), AB_OK);
+    CHECK_TRUE(n == 6 && !memcmp(reply, "from B", 6));
+    ab_free(reply);
+    char out[64];
+    CHECK_EQ(lt_req(a, "on-b", "from A", out, sizeof out), AB_OK);
+    CHECK_STR(out, "from A");
+    end = ab_now_ms() + 30000;
+    while (!s_link_on(a, "B", "accepted") && ab_now_ms() < end)
+        th_sleep_ms(20);
+    CHECK_TRUE(s_link_on(a, "B", "accepted"));
+    ab_client_destroy(&a);
+    ab_client_destroy(&b);
+}
+
 int main(int argc, char **argv)
 {
     static const th_case_t cases[] = {
@@ -894,7 +969,8 @@ int main(int argc, char **argv)
         {"dealer_backlog", s_dealer_backlog}, {"deadline_no_eject", s_deadline_no_eject},
         {"twice", s_twice},     {"auth_mismatch", s_auth_mismatch},
         {"key_later", s_key_later},   {"same_name", s_same_name},
-        {"unresolved", s_unresolved},
+        {"unresolved", s_unresolved}, {"one_way", s_one_way},
+        {"wrong_key", s_wrong_key},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

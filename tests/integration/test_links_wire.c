@@ -916,6 +916,17 @@ static void s_models(void)
     REQUIRE(ot_wait_loaded(a, "link:B", "sim-small:latest", 1, 20000) == 0);
     REQUIRE(ot_wait_loaded(a, "link:C", "sim-large:latest", 1, 20000) == 0);
     CHECK_EQ(ot_wait_loaded(a, "link:C", "sim-small:latest", 0, 1000), 0);
+    /* brokerctl models names a peer's loaded models, with no VRAM or
+     * expiry, which the directory does not carry (before: "sim-small:latest
+     * (0.00 GiB VRAM, until )", and "backend  " with no URL). */
+    char cmd[1200], text[8192];
+    snprintf(cmd, sizeof cmd, "%s --broker %s models", th_bin("brokerctl"), th_ep(pa));
+    CHECK_EQ(th_run(cmd, text, sizeof text), 0);
+    const char *lb = strstr(text, "link:B");
+    REQUIRE(lb != NULL);
+    printf("%s", lb);
+    CHECK_TRUE(strstr(lb, "loaded: sim-small:latest\n") != NULL);
+    CHECK_TRUE(strstr(text, "until )") == NULL && strstr(text, "backend  ") == NULL);
     for (int i = 0; i < 6; i++) {
         ot_res_t r;
         ot_gen_t g = {i % 2 ? "sim-large" : "sim-small", "where do I run", NULL, 1, i, 0};

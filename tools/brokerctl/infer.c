@@ -362,7 +362,7 @@ static void s_models_text(const Agentbus__WorkerList *wl, const char *service)
             continue;
         any = 1;
         printf("%s (%s) service %s  backend %s %s%s\n", w->name[0] ? w->name : w->id, w->id,
-               w->service, st->backend_url, st->backend_version,
+               w->service, st->backend_url[0] ? st->backend_url : "-", st->backend_version,
                st->backend_up ? "" : " (DOWN)");
         printf("  slots %u/%u  in flight %u  shrinks %llu  retries %llu  cancelled %llu\n",
                st->slots, st->slots_max, w->in_flight, (unsigned long long)st->slot_shrinks,
@@ -381,9 +381,14 @@ static void s_models_text(const Agentbus__WorkerList *wl, const char *service)
         printf("  loaded:");
         if (!st->n_loaded)
             printf(" (none)");
-        for (size_t k = 0; k < st->n_loaded; k++)
-            printf(" %s (%.2f GiB VRAM, until %s)", st->loaded[k]->name,
-                   st->loaded[k]->size_vram / 1073741824.0, st->loaded[k]->expires_at);
+        for (size_t k = 0; k < st->n_loaded; k++) {
+            const Agentbus__LoadedModel *m = st->loaded[k];
+            if (!m->size_vram && !m->expires_at[0]) /* a peer broker's (link:NAME): names only */
+                printf(" %s", m->name);
+            else
+                printf(" %s (%.2f GiB VRAM, until %s)", m->name, m->size_vram / 1073741824.0,
+                       m->expires_at);
+        }
         printf("\n  available:");
         for (size_t k = 0; k < st->n_models; k++)
             printf(" %s", st->models[k]->name);
