@@ -15,6 +15,10 @@
  * messages to a peer pass through its queue, so per-peer order is kept: a
  * message too large to gather first flushes what was gathered before it.
  *
+ * A batch body is at most batch-max-bytes, and for a peer that said its
+ * max payload (Hello.max_payload) at most that + AB_PEER_RX_SLACK: a
+ * larger frame would pass its ZMQ_MAXMSGSIZE and cut its connection.
+ *
  * Only peers that announced AB_FEATURE_BATCH get BATCHes; ab_send never
  * calls in here for the others, so an older peer sees exactly the old wire.
  */
@@ -226,7 +230,7 @@ int ab_batching_send(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size_t hl
     s_mark_dirty(b, p);
     q->gathered++;
     size_t esz = ab_batch_entry_size(hlen, payload ? zmq_msg_size(payload) : 0);
-    size_t max = b->cfg->batch_max_bytes;
+    size_t max = ab_peer_batch_max(b, p); /* what P reads (its max payload) */
     if (esz + 8 > max) /* too big to gather: out now, after what was before it */
         return s_flush(b, p) != 0 ? -1 : ab_send_raw_peer(b, p, &p->rid, hdr, hlen, payload);
     if (q->held) {
@@ -263,7 +267,7 @@ int ab_batching_add_bytes(ab_broker_t *b, ab_peer_t *p, const uint8_t *hdr, size
     struct ab_outq *q = p->out;
     if (!q || (!q->held && q->batch.count == 0))
         return 1; /* the turn's first message to P: held as a message (s_hold) */
-    size_t esz = ab_batch_entry_size(hlen, has ? size : 0), max = b->cfg->batch_max_bytes;
+    size_t esz = ab_batch_entry_size(hlen, has ? size : 0), max = ab_peer_batch_max(b, p);
     size_t have = q->held ? s_held_size(q) + 8 : q->batch.len;
     if (esz + 8 > max || have + esz > max)
         return 1; /* ab_batching_send flushes first, or sends it alone */

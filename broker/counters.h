@@ -17,6 +17,7 @@ typedef struct {
     uint64_t errors_sent[AB_WIRE_ERROR_COUNT]; /* ERROR replies by ab_wire_error_index */
     uint64_t rejected[AB_STATUS_COUNT];        /* codec rejections by ab_status_index */
     uint64_t redispatched, retries_exhausted, duplicates_dropped, late_replies;
+    uint64_t answers_too_large; /* answers over their client's max payload (router.c) */
     uint64_t deadline_expired, workers_suspected, workers_ejected, disconnects;
     uint64_t send_eagain, send_unreachable, client_limit_busy, probes;
     /* Snapshot one rate interval ago, for per-second figures. */

@@ -57,6 +57,35 @@ int ab_peer_set_name(ab_peer_t *p, const char *prefix, const char *name)
     return 0;
 }
 
+size_t ab_peer_max_payload(const ab_broker_t *b, const ab_peer_t *p)
+{
+    return p && p->max_payload ? p->max_payload : b->cfg->max_payload_bytes;
+}
+
+uint64_t ab_payload_size(const ab_header_t *h, size_t size)
+{
+    /* An lz4 payload stands for its original bytes: a receiver that
+     * inflates it holds those (a hostile sender may declare anything: the
+     * larger of the two is judged). */
+    if ((h->flags & AB_FLAG_LZ4) && h->original_size > size)
+        return h->original_size;
+    return size;
+}
+
+int ab_peer_over_max(const ab_broker_t *b, const ab_peer_t *p, const ab_header_t *h,
+                     size_t size)
+{
+    return ab_payload_size(h, size) > (uint64_t)ab_peer_max_payload(b, p);
+}
+
+size_t ab_peer_batch_max(const ab_broker_t *b, const ab_peer_t *p)
+{
+    /* max_payload is at most max-payload-bytes (1 GiB, config.c): no
+     * overflow in the sum. */
+    size_t max = b->cfg->batch_max_bytes, rx = ab_peer_max_payload(b, p) + AB_PEER_RX_SLACK;
+    return rx < max ? rx : max;
+}
+
 static void s_peer_free(void **item)
 {
     ab_peer_t *p = *item;

@@ -9,6 +9,7 @@
 #ifndef AB_PEER_H
 #define AB_PEER_H
 
+#include "codec.h"
 #include "defer.h"
 #include "idmap.h"
 #include "list.h"
@@ -71,6 +72,8 @@ typedef struct {
     struct ab_agent *agent;  /* its agent name, when it claimed one (msgs.h) */
     struct ab_subr *subr;    /* its subscriptions, when it has any (msgs.h) */
     uint32_t features;       /* AB_FEATURE_* from its HELLO or REGISTER */
+    size_t max_payload;      /* the largest payload it reads (Hello.max_payload), bounded
+                                by max-payload-bytes; 0: not said (ab_peer_max_payload) */
     int announced;           /* FEATURES came from a HELLO or REGISTER (not just 0) */
     struct ab_outq *out;     /* batching state (batching.c), NULL until used */
     ab_list_t reqs;          /* its requests as a client (ab_req_t.clink, placement.c):
@@ -102,6 +105,21 @@ typedef struct {
  * may be NULL before (a record just calloc'd). ab_peer_set_name(P, "", "")
  * frees it. 0, or -1 out of memory (the name is then ""). */
 int ab_peer_set_name(ab_peer_t *p, const char *prefix, const char *name);
+
+/* The largest payload P reads: what its HELLO said (Hello.max_payload),
+ * else the broker's max-payload-bytes (an older peer, a worker, a link). */
+size_t ab_peer_max_payload(const ab_broker_t *b, const ab_peer_t *p);
+/* The payload size H (+ a payload of SIZE bytes) stands for at its
+ * receiver: SIZE, or the original size of an lz4 payload when larger. */
+uint64_t ab_payload_size(const ab_header_t *h, size_t size);
+/* 1 when a payload of SIZE bytes with header H is over P's max payload
+ * (ab_peer_max_payload). */
+int ab_peer_over_max(const ab_broker_t *b, const ab_peer_t *p, const ab_header_t *h,
+                     size_t size);
+/* The largest BATCH body P may be sent: batch-max-bytes, held to P's
+ * max payload + AB_PEER_RX_SLACK (docs/protocol.md "Max payload"). */
+#define AB_PEER_RX_SLACK 4096
+size_t ab_peer_batch_max(const ab_broker_t *b, const ab_peer_t *p);
 
 /* The peer with routing id RID, or NULL. */
 ab_peer_t *ab_peer_lookup(ab_broker_t *b, const ab_rid_t *rid);

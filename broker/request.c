@@ -670,6 +670,34 @@ static int s_request_at_fault(uint32_t code)
     }
 }
 
+/* 1 when the answer H (+ BODY) to R is over its client's max payload
+ * (Hello.max_payload), which it would cut or pass unseen: the client gets
+ * ERROR(TOO_LARGE) instead (*E: for the counts). After a chunk R is
+ * orphaned and cancelled, as at a deadline: its worker keeps R and the
+ * credit until its final answer frees both. The cache's waiters got the
+ * answer itself (ab_send holds each to its own client's max payload). */
+static int s_too_large(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_req_t *r,
+                       ab_header_t *e)
+{
+    ab_peer_t *c = r->owner ? r->owner : ab_peer_lookup(b, &r->client);
+    size_t size = body->msg ? zmq_msg_size(body->msg) : body->size;
+    if (!c || !body->has || h->kind == AB_KIND_ERROR || !ab_peer_over_max(b, c, h, size))
+        return 0;
+    char text[200];
+    ab_answer_too_large_text(b, c, h, size, text, sizeof text);
+    b->c.answers_too_large++;
+    ab_send_error(b, &r->client, r->client_id, AB_ERR_TOO_LARGE, text);
+    *e = ab_header_init(AB_KIND_ERROR);
+    e->error_code = AB_ERR_TOO_LARGE;
+    if (h->kind == AB_KIND_PARTIAL) {
+        s_count_final(b, e, r);
+        s_orphan(b, r);
+        ab_cancel_send(b, r, AB_ERR_CANCELLED);
+        ab_req_client_done(b, r);
+    }
+    return 1;
+}
+
 /* Request ids are sequential: an agent must not answer for a service, so
  * only a holder, or a worker the request went to before (late), counts. */
 static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
@@ -731,17 +759,21 @@ static void s_on_answer(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *from_rid,
     }
     if (r->cache) /* before the payload is moved on: waiters and the store copy it */
         ab_cache_on_answer(b, r, h, s_msg(body));
-    if (s_forward(b, h, body, r) != 0) {
+    ab_header_t over;
+    int too_large = s_too_large(b, h, body, r, &over);
+    if (!too_large && s_forward(b, h, body, r) != 0) {
         s_answer_lost(b, h, r);
         return;
     }
     if (!final) {
+        if (too_large) /* R is orphaned and cancelled */
+            return;
         r->streamed = 1;
         if (r->route)
             r->route->streamed = 1;
         return;
     }
-    s_count_final(b, h, r);
+    s_count_final(b, too_large ? &over : h, r);
     ab_service_t *s = r->service;
     ab_worker_rec_t *w = r->worker;
     w->completed++;

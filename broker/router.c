@@ -725,10 +725,51 @@ static int s_send_encoded(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, con
     return ab_send_raw_peer(b, p, rid, buf, len, payload);
 }
 
+static int s_send(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
+                  zmq_msg_t *payload);
+
+void ab_answer_too_large_text(const ab_broker_t *b, const ab_peer_t *p, const ab_header_t *h,
+                              size_t size, char *out, size_t cap)
+{
+    snprintf(out, cap,
+             "the %s's payload of %llu bytes exceeds this client's max payload of %zu bytes "
+             "(ab_options_set_max_payload; Hello.max_payload)",
+             h->kind == AB_KIND_PARTIAL ? "streamed chunk" : "reply",
+             (unsigned long long)ab_payload_size(h, size), ab_peer_max_payload(b, p));
+}
+
+/* An answer (REPLY, PARTIAL) H with a payload of SIZE bytes over P's max
+ * payload would cut P's connection (past ZMQ_MAXMSGSIZE) or be dropped
+ * unseen by its library: P gets ERROR(TOO_LARGE) for that call instead,
+ * counted. A worker's answer is refused before this (request.c, which
+ * also cancels the request at the worker); this catches every other
+ * answer: the cache's, a late one, a control answer. 1 when it did. */
+static int s_answer_over(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, size_t size)
+{
+    if (!p || (h->kind != AB_KIND_REPLY && h->kind != AB_KIND_PARTIAL) ||
+        !ab_peer_over_max(b, p, h, size))
+        return 0;
+    char text[200];
+    ab_answer_too_large_text(b, p, h, size, text, sizeof text);
+    b->c.answers_too_large++;
+    AB_COUNT_ERROR(b, AB_ERR_TOO_LARGE);
+    ab_header_t e = ab_header_init(AB_KIND_ERROR);
+    e.correlation_id = h->correlation_id;
+    e.error_code = AB_ERR_TOO_LARGE;
+    e.error_text = ab_view_of(text);
+    s_send(b, p, &p->rid, &e, NULL);
+    return 1;
+}
+
 /* ab_send with the peer already found (P, or NULL: none has RID). */
 static int s_send(ab_broker_t *b, ab_peer_t *p, const ab_rid_t *rid, const ab_header_t *h,
                   zmq_msg_t *payload)
 {
+    if (payload && s_answer_over(b, p, h, zmq_msg_size(payload))) {
+        zmq_msg_close(payload); /* consumed, as a send would have */
+        zmq_msg_init(payload);
+        return 0;
+    }
     uint8_t stack[512];
     size_t len;
     uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);
@@ -764,6 +805,8 @@ int ab_msg_of_bytes(zmq_msg_t *m, const void *data, size_t size)
 int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const void *data,
                        size_t size, int has)
 {
+    if (has && s_answer_over(b, p, h, size))
+        return 0;
     uint8_t stack[512];
     size_t len;
     uint8_t *buf = ab_header_encode_buf(h, stack, sizeof stack, &len);

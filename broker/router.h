@@ -46,6 +46,12 @@ int ab_send_try(ab_broker_t *b, const ab_rid_t *rid, zmq_msg_t *hdr, zmq_msg_t *
 size_t ab_recv_frames(void *sock, zmq_msg_t *f, size_t cap, size_t *kept, size_t *bytes);
 /* Encodes H into a new message (fan-out sends copies of it). 0 or -1. */
 int ab_header_msg(const ab_header_t *h, zmq_msg_t *out);
+/* The text of ERROR(TOO_LARGE) for an answer H (REPLY, PARTIAL) with a
+ * payload of SIZE bytes over client P's max payload, into OUT (CAP bytes).
+ * ab_send and its kin send that ERROR in place of such an answer (counted
+ * answers_too_large): no answer ever passes a client's max payload. */
+void ab_answer_too_large_text(const ab_broker_t *b, const ab_peer_t *p, const ab_header_t *h,
+                              size_t size, char *out, size_t cap);
 /* Sends ERROR(code, text) answering CORR to RID. */
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
                   const char *text);

@@ -227,6 +227,7 @@ static void s_failure_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->retries_exhausted = c->retries_exhausted;
     st->duplicates_dropped = c->duplicates_dropped;
     st->late_replies = c->late_replies;
+    st->answers_too_large = c->answers_too_large;
     st->deadline_expired = c->deadline_expired;
     st->workers_suspected = c->workers_suspected;
     st->workers_ejected = c->workers_ejected;

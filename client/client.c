@@ -424,6 +424,17 @@ static void s_unusable(ab_client_t *c, s_call_t *call, const ab_header_t *h, int
     s_call_end(c, call, status, NULL, 0, text);
 }
 
+/* The status an ERROR ends CALL with. A request's TOO_LARGE is the
+ * broker's: its answer (or a chunk of it) was over our max payload
+ * (Hello.max_payload), the AB_EPAYLOADSIZE the library gives when it finds
+ * that itself (conn_recv.c, s_fits). */
+static int s_error_status(const s_call_t *call, const ab_header_t *h)
+{
+    if (call->kind == AB_KIND_REQUEST && h->error_code == AB_ERR_TOO_LARGE)
+        return AB_EPAYLOADSIZE;
+    return ab_status_from_wire(h->error_code);
+}
+
 static void s_on_message(ab_client_t *c, ab_in_t *in)
 {
     ab_header_t *h = &in->h;
@@ -510,7 +521,7 @@ static void s_on_message(ab_client_t *c, ab_in_t *in)
     }
     char text[AB_ERRTEXT_MAX];
     ab_view_copy(h->error_text, text, sizeof text);
-    s_call_end(c, call, ab_status_from_wire(h->error_code), NULL, 0, text);
+    s_call_end(c, call, s_error_status(call, h), NULL, 0, text);
 }
 
 /* Handles monitor events, incoming messages and timers once. */

@@ -598,6 +598,10 @@ int ab_conn_hello(ab_conn_t *c)
     m.heartbeat_ms = (uint32_t)c->opts.heartbeat_ms;
     m.takeover = c->opts.takeover;
     m.instance = c->instance;
+    /* The broker sends nothing larger (SEND, PUBLISH, answers), and no
+     * BATCH past it + 4096: nothing it sends cuts this connection at
+     * ZMQ_MAXMSGSIZE (s_rx_max), nor is dropped unseen (s_fits). */
+    m.max_payload = (uint64_t)c->opts.max_payload;
     m.features = (c->opts.batch ? AB_FEATURE_BATCH : 0) | AB_FEATURE_LZ4 | AB_FEATURE_INLINE;
     uint8_t buf[512];
     size_t len = agentbus__hello__get_packed_size(&m);

@@ -235,15 +235,21 @@ AB_EXPORT int ab_options_set_name(ab_options_t *opts, const char *name);
  * within 4 s by a worker, 6 s by a client, with the default. */
 AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
 /* Largest payload accepted from the broker, and sent (> 0; larger ones
- * fail with AB_EPAYLOADSIZE). An answer from the broker with a larger
- * payload (a reply, or one chunk of a streamed one) ends its call at once
- * with AB_EPAYLOADSIZE, and a request's worker is told to stop (CANCEL); a
- * worker answers a larger request AB_EMALFORMED; other messages over it
- * are dropped. Batches of smaller answers may be larger: only each answer
- * is held to it. A message from the broker larger than the max payload
- * plus 68 KiB (header and framing) ends the connection (libzmq's
- * ZMQ_MAXMSGSIZE); the library dials again within a second, and the calls
- * in flight fail with AB_EDISCONNECTED. */
+ * fail with AB_EPAYLOADSIZE). A client tells the broker in its HELLO
+ * (Hello.max_payload), and the broker sends it nothing larger: a direct
+ * message to it over this is refused to its sender (AB_ETOOLARGE, naming
+ * this limit), a publication over it is not given to it (an AB_MSG_GAP
+ * counts it), and an answer over it (a reply, or one chunk of a streamed
+ * one) ends its call at once with AB_EPAYLOADSIZE, a request's worker
+ * being told to stop (CANCEL). The library holds what it receives to it
+ * too (from a broker that does not read the field): such an answer ends
+ * its call the same way; a worker answers a larger request AB_EMALFORMED
+ * (a worker's HELLO does not carry it); other messages over it are
+ * dropped. Batches of smaller answers may be larger, up to the max payload
+ * plus 4 KiB: only each answer is held to it. A message from the broker
+ * larger than the max payload plus 68 KiB (header and framing) ends the
+ * connection (libzmq's ZMQ_MAXMSGSIZE); the library dials again within a
+ * second, and the calls in flight fail with AB_EDISCONNECTED. */
 AB_EXPORT int ab_options_set_max_payload(ab_options_t *opts, size_t bytes);
 /* Default timeout (> 0) of requests and waits given timeout_ms < 0. */
 AB_EXPORT int ab_options_set_timeout_ms(ab_options_t *opts, int ms);
@@ -414,9 +420,9 @@ AB_EXPORT size_t ab_client_pending(const ab_client_t *client);
  * ab_client_request_start.
  * Errors: any AB_E* status; typical: AB_EINVAL, AB_ENOSERVICE, AB_EBUSY,
  * AB_EDEADLINE, AB_ETIMEOUT, AB_EDISCONNECTED, AB_EAPPLICATION,
- * AB_ESTOPPED; AB_EPAYLOADSIZE when a streamed reply's chunks together
- * exceed the max payload (ab_options_set_max_payload: the request is
- * cancelled then). On error *reply is NULL and the handle's last error holds
+ * AB_ESTOPPED; AB_EPAYLOADSIZE when the reply, one chunk of a streamed
+ * one, or its chunks together exceed the max payload
+ * (ab_options_set_max_payload: a streamed request is cancelled then). On error *reply is NULL and the handle's last error holds
  * the broker's or library's text.
  * Owns: on AB_OK, *reply is a malloc'd buffer of *reply_size bytes (a
  * streamed reply's chunks concatenated), the caller's, freed with ab_free;
@@ -581,7 +587,8 @@ typedef enum {
     AB_MSG_DIRECT = 1,  /* a direct message (ab_client_send) to this agent */
     AB_MSG_TOPIC = 2,   /* a message published on a topic this handle subscribes */
     AB_MSG_RECEIPT = 3, /* the recipient's application got our message `id` */
-    AB_MSG_GAP = 4,     /* `dropped` topic messages were lost (slow subscriber) */
+    AB_MSG_GAP = 4,     /* `dropped` topic messages were lost (slow subscriber, or
+                           over this handle's max payload) */
     AB_MSG_ERROR = 5    /* the broker refused our message `id` (status, error_text:
                            AB_EBUSY, AB_EBADNAME, AB_ETOOLARGE, AB_ENOAGENT), or
                            our name (id 0: AB_ENAMETAKEN; AB_EBADNAME for a name
@@ -637,8 +644,11 @@ AB_EXPORT void ab_message_destroy(ab_message_t **msg);
 
 /* Sends DATA (copied) to the agent NAME; returns at once. It is delivered at
  * once when NAME is connected, else kept in NAME's mailbox. If the broker
- * refuses it (mailbox full: AB_EBUSY; bad name; too large) an AB_MSG_ERROR
- * message with this id arrives later. *id (may be NULL) gets its id.
+ * refuses it (mailbox full: AB_EBUSY; bad name; too large: AB_ETOOLARGE,
+ * over the broker's message-max-bytes or NAME's own max payload, see
+ * ab_options_set_max_payload, also when it waited in NAME's mailbox and
+ * NAME came back with a smaller one) an AB_MSG_ERROR message with this id
+ * arrives later. *id (may be NULL) gets its id.
  * Errors now: AB_EINVAL, AB_EBADNAME, AB_EPAYLOADSIZE, AB_EBUSY (the local
  * queue to the broker is full), AB_EZMQ. */
 AB_EXPORT int ab_client_send(ab_client_t *client, const char *name, const void *data,
@@ -647,7 +657,8 @@ AB_EXPORT int ab_client_send(ab_client_t *client, const char *name, const void *
 /* As ab_client_send, but waits up to timeout_ms (< 0: the default timeout)
  * for the broker to accept the message: AB_OK with *queued (may be NULL) = 0
  * when it was handed to NAME's connection, 1 when it waits in the mailbox.
- * Errors: those of ab_client_send, AB_EBUSY (mailbox full), AB_ETOOLARGE,
+ * Errors: those of ab_client_send, AB_EBUSY (mailbox full), AB_ETOOLARGE
+ * (over message-max-bytes or NAME's max payload: nothing was delivered),
  * AB_ETIMEOUT, AB_EDISCONNECTED, AB_ESTOPPED. Other callbacks may run
  * during the wait. */
 AB_EXPORT int ab_client_send_wait(ab_client_t *client, const char *name, const void *data,
@@ -655,7 +666,8 @@ AB_EXPORT int ab_client_send_wait(ab_client_t *client, const char *name, const v
 
 /* Request/reply between agents: sends DATA (copied) to agent NAME and calls
  * FN once (final = 1) with its answer (the payload NAME passed to
- * ab_client_reply) or an error: AB_EBUSY (mailbox full), AB_ETIMEOUT (no
+ * ab_client_reply) or an error: AB_EBUSY (mailbox full), AB_ETOOLARGE (over
+ * message-max-bytes or NAME's max payload), AB_ETIMEOUT (no
  * answer within timeout_ms; < 0: the default), AB_EDISCONNECTED,
  * AB_ESTOPPED. The message may wait in NAME's mailbox while the timeout
  * runs. Only an answer from NAME ends it: a message from another agent
@@ -706,7 +718,9 @@ AB_EXPORT int ab_client_subscribe(ab_client_t *client, const char *pattern, int 
 AB_EXPORT int ab_client_unsubscribe(ab_client_t *client, const char *pattern, int timeout_ms);
 
 /* Publishes DATA (copied) on TOPIC (no trailing '.'): every subscriber with
- * a matching pattern gets it once. Returns at once; nothing is stored for
+ * a matching pattern gets it once, but a subscriber whose max payload
+ * (ab_options_set_max_payload) is smaller, which gets an AB_MSG_GAP instead
+ * (the publisher is not told). Returns at once; nothing is stored for
  * absent subscribers. *id (may be NULL) gets its id.
  * Errors: AB_EINVAL, AB_EBADNAME, AB_EPAYLOADSIZE, AB_EBUSY (local queue
  * full), AB_EZMQ; later, as AB_MSG_ERROR: AB_ETOOLARGE. */

@@ -33,6 +33,7 @@ struct ab_mail {
     zmq_msg_t body;
     int has_body;
     size_t size;   /* payload bytes */
+    uint64_t psize; /* the payload as its receiver's max payload judges it (ab_payload_size) */
     size_t charge; /* bytes counted against mailbox-total-bytes */
     char sender[]; /* NUL-terminated */
 };
@@ -108,6 +109,25 @@ static void s_accepted(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
     zmq_msg_close(&m);
 }
 
+/* 1 when the SEND H (+ BODY) from P is over the max payload of TO, the
+ * connection NAME is bound to (Hello.max_payload): delivered, it would cut
+ * TO's connection (past its ZMQ_MAXMSGSIZE) or be dropped unseen by its
+ * library while its sender was told "delivered". Refused TOO_LARGE
+ * instead (counted: msgs_too_large, msgs_refused). */
+static int s_over_receiver(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h,
+                           const zmq_msg_t *body, const char *name, const ab_peer_t *to)
+{
+    uint64_t size = ab_payload_size(h, body ? zmq_msg_size((zmq_msg_t *)body) : 0);
+    size_t max = ab_peer_max_payload(b, to);
+    if (size <= max)
+        return 0;
+    b->msgs->c.too_large++;
+    ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_TOO_LARGE,
+                   "message of %llu bytes exceeds the max payload of agent '%s' (%zu bytes, "
+                   "its ab_options_set_max_payload)", (unsigned long long)size, name, max);
+    return 1;
+}
+
 /* A SEND to "~key": straight to that connection, no mailbox. */
 static void s_send_unnamed(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_msg_t *body,
                            const char *name, const char *sender)
@@ -118,6 +138,8 @@ static void s_send_unnamed(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, z
                        "agent '%s' is not connected (unnamed agents have no mailbox)", name);
         return;
     }
+    if (s_over_receiver(b, p, h, body, name, to))
+        return;
     if (s_deliver(b, &to->rid, name, sender, h->id, h->correlation_id, h->flags, body) != 0) {
         ab_msgs_refuse(b, &p->rid, h->id, AB_ERR_BUSY,
                        "agent '%s' is not taking messages (its pipe is full; unnamed agents "
@@ -201,6 +223,7 @@ static void s_mailbox_put(ab_broker_t *b, ab_peer_t *p, ab_agent_t *a, const cha
         e->has_body = 1;
     }
     e->size = size;
+    e->psize = ab_payload_size(h, size);
     e->charge = sizeof(ab_mail_t) + slen + size;
     memcpy(e->sender, sender, slen);
     ab_list_insert_tail(&a->mail, &e->link);
@@ -253,6 +276,8 @@ void ab_mailbox_on_send(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zmq_
     }
     ab_agent_t *a = zhashx_lookup(m->agents, name);
     int receipt = (h->flags & AB_FLAG_RECEIPT) != 0;
+    if (a && a->peer && s_over_receiver(b, p, h, body, name, a->peer))
+        return; /* (an offline name's limit is judged when it is delivered) */
     if (a && a->peer && a->depth == 0 &&
         s_deliver(b, &a->peer->rid, name, sender, h->id, h->correlation_id, h->flags, body) ==
             0) {
@@ -279,6 +304,37 @@ static void s_mail_remove(ab_broker_t *b, ab_agent_t *a, ab_mail_t *e)
     s_mail_free(e);
 }
 
+/* The live connection SENDER (a bound name, or "~key") is, or NULL. */
+static ab_peer_t *s_sender_peer(ab_broker_t *b, const char *sender)
+{
+    if (sender[0] == '~')
+        return ab_peer_by_key(b, sender + 1);
+    ab_agent_t *a = zhashx_lookup(b->msgs->agents, sender);
+    return a ? a->peer : NULL;
+}
+
+/* E waited in A's mailbox while A was offline, and A came back with a max
+ * payload under it: dropped, counted as a refusal (msgs_too_large), and
+ * its sender, when connected here, told (ERROR TOO_LARGE for its id: an
+ * AB_MSG_ERROR after the "queued" it had). */
+static void s_mail_over(ab_broker_t *b, ab_agent_t *a, ab_mail_t *e)
+{
+    ab_msgs_t *m = b->msgs;
+    ab_peer_t *from = s_sender_peer(b, e->sender);
+    size_t max = ab_peer_max_payload(b, a->peer);
+    m->c.too_large++;
+    if (from && !(e->flags & AB_FLAG_RECEIPT))
+        ab_msgs_refuse(b, &from->rid, e->id, AB_ERR_TOO_LARGE,
+                       "message of %llu bytes to agent '%s' dropped from its mailbox: it "
+                       "reconnected with a max payload of %zu bytes",
+                       (unsigned long long)e->psize, a->name, max);
+    else {
+        m->c.refused++;
+        AB_COUNT_ERROR(b, AB_ERR_TOO_LARGE);
+    }
+    s_mail_remove(b, a, e);
+}
+
 size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
 {
     size_t sent = 0;
@@ -289,6 +345,10 @@ size_t ab_mailbox_flush(ab_broker_t *b, ab_agent_t *a, int64_t now, int *done)
         if (e->expires_ms <= now) {
             b->msgs->c.expired++;
             s_mail_remove(b, a, e);
+            continue;
+        }
+        if (e->psize > ab_peer_max_payload(b, a->peer)) {
+            s_mail_over(b, a, e);
             continue;
         }
         if (s_deliver(b, &a->peer->rid, a->name, e->sender, e->id, e->corr, e->flags,
@@ -398,6 +458,7 @@ int ab_mailbox_put_back(ab_broker_t *b, const char *name, const char *sender, ui
         e->has_body = 1;
     }
     e->size = size;
+    e->psize = size;
     e->charge = sizeof(ab_mail_t) + slen + size;
     memcpy(e->sender, sender, slen);
     ab_list_insert_head(&a->mail, &e->link);

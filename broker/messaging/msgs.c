@@ -255,23 +255,28 @@ void ab_msgs_stats(ab_broker_t *b, Agentbus__Stats *st)
     st->slow_drops = m->c.slow_drops;
     st->no_subscribers = m->c.no_subscribers;
     st->receipts = m->c.receipts;
+    st->msgs_too_large = m->c.too_large;
+    st->pub_too_large = m->c.pub_too_large;
     st->offline_names = (uint32_t)(zhashx_size(m->agents) - m->bound);
     st->mailbox_charged_bytes = m->total_bytes + m->handed_bytes;
 }
 
-static void s_agent_info(Agentbus__AgentInfo *x, ab_peer_t *p, ab_agent_t *a, int64_t now)
+static void s_agent_info(const ab_broker_t *b, Agentbus__AgentInfo *x, ab_peer_t *p,
+                         ab_agent_t *a, int64_t now)
 {
     agentbus__agent_info__init(x);
     x->name = a ? a->name : (char *)"";
     x->id = p ? p->key : (char *)"";
     x->connected = p != NULL;
     x->connected_ms = p ? (uint64_t)(now - p->connected_ms) : 0;
+    x->max_payload = p ? ab_peer_max_payload(b, p) : 0;
     x->mailbox_depth = a ? a->depth : 0;
     x->mailbox_bytes = a ? a->bytes : 0;
     ab_subr_t *s = p ? p->subr : NULL;
     if (s) {
         x->sub_queue = (uint32_t)s->qlen;
         x->sub_dropped = s->dropped;
+        x->sub_too_large = s->too_large;
     }
 }
 
@@ -290,7 +295,7 @@ int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len)
     for (ab_peer_t *p = zhashx_first(b->peers); p && n < cap; p = zhashx_next(b->peers)) {
         if (p->role != AB_ROLE_AGENT && !p->agent && !p->subr)
             continue;
-        s_agent_info(&ai[n], p, p->agent, now);
+        s_agent_info(b, &ai[n], p, p->agent, now);
         ab_subr_t *s = p->subr;
         if (s && s->npats) {
             if (!(subs[n] = calloc(s->npats, sizeof **subs)))
@@ -307,7 +312,7 @@ int ab_msgs_agents_answer(ab_broker_t *b, uint8_t **out, size_t *len)
     for (ab_agent_t *a = zhashx_first(m->agents); a && n < cap; a = zhashx_next(m->agents)) {
         if (a->peer)
             continue;
-        s_agent_info(&ai[n], NULL, a, now);
+        s_agent_info(b, &ai[n], NULL, a, now);
         ap[n] = &ai[n];
         n++;
     }

@@ -52,6 +52,8 @@ typedef struct ab_pub {
     uint32_t refs;
     uint64_t seq;
     size_t size;              /* header + payload bytes */
+    uint64_t psize;           /* its payload as a subscriber's max payload judges it
+                                 (ab_payload_size: the original size of an lz4 one) */
 } ab_pub_t;
 
 /* One queued publication for a subscriber. */
@@ -75,6 +77,7 @@ typedef struct ab_subr {
     size_t qbytes;            /* header + payload bytes queued (pubsub.c) */
     uint64_t gap;             /* dropped since the last gap notice */
     uint64_t dropped;         /* dropped in total */
+    uint64_t too_large;       /* not given: over its max payload (also in GAP) */
     uint64_t mark;            /* last publication matched: deduplicates */
     int backlog;
     ab_list_t turn_link;      /* on ab_fanout_t.turn: publications wait for the turn's end */
@@ -98,6 +101,8 @@ typedef struct {
 typedef struct {
     uint64_t sent, delivered, queued, expired, refused, receipts;
     uint64_t published, fanout, slow_drops, no_subscribers;
+    uint64_t too_large;       /* SENDs over the recipient's max payload (mailbox.c) */
+    uint64_t pub_too_large;   /* publications over a subscriber's max payload (pubsub.c) */
     uint64_t prev_fanout;
     int64_t prev_ms;
     double fanout_per_s;

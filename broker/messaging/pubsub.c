@@ -317,10 +317,13 @@ static size_t s_fan_max_count(const ab_broker_t *b)
     return n < q ? n : q;
 }
 
-static size_t s_fan_max_bytes(const ab_broker_t *b)
+/* The largest BATCH body for S: batch-max-bytes held to S's max payload
+ * (ab_peer_batch_max), AB_FAN_MAX_BYTES and peer-out-max-bytes. */
+static size_t s_fan_max_bytes(const ab_broker_t *b, const ab_subr_t *s)
 {
-    size_t n = b->cfg->batch_max_bytes < AB_FAN_MAX_BYTES ? b->cfg->batch_max_bytes
-                                                           : AB_FAN_MAX_BYTES;
+    size_t n = ab_peer_batch_max(b, s->peer);
+    if (n > AB_FAN_MAX_BYTES)
+        n = AB_FAN_MAX_BYTES;
     size_t bound = b->cfg->peer_out_max_bytes;
     return bound && bound < n ? bound : n;
 }
@@ -362,6 +365,33 @@ static void s_flush_now(ab_broker_t *b, ab_subr_t *s)
         ab_msgs_backlog_sub(b, s);
 }
 
+/* S got publications in this loop turn: they go at its end. */
+static void s_turn_join(ab_broker_t *b, ab_subr_t *s)
+{
+    ab_msgs_t *m = b->msgs;
+    if (!ab_list_linked(&s->turn_link)) {
+        if (ab_list_empty(&m->fan.turn))
+            m->fan.turn_us = ab_now_us();
+        ab_list_insert_tail(&m->fan.turn, &s->turn_link);
+    }
+}
+
+/* PUB is over S's max payload (Hello.max_payload): sent, it would cut S's
+ * connection (past its ZMQ_MAXMSGSIZE) or be dropped unseen by its
+ * library. S does not get it: counted as a slow subscriber's drops are,
+ * and reported to it as a gap before whatever it gets next (now, with no
+ * next: S is flushed at the turn's end, or by the backlog). */
+static void s_too_large(ab_broker_t *b, ab_subr_t *s)
+{
+    s->too_large++;
+    s->gap++;
+    b->msgs->c.pub_too_large++;
+    if (s_batches(b, s) && !s->backlog)
+        s_turn_join(b, s);
+    else
+        ab_msgs_backlog_sub(b, s);
+}
+
 /* Gives subscriber S publication PUB. */
 static void s_push(ab_broker_t *b, ab_subr_t *s, ab_pub_t *pub)
 {
@@ -380,7 +410,8 @@ static void s_push(ab_broker_t *b, ab_subr_t *s, ab_pub_t *pub)
     }
     /* Gathered this turn: a full batch leaves before the next is begun,
      * so waiting for the turn's end never drops anything. */
-    if (s->qlen && (s->qlen >= s_fan_max_count(b) || s->qbytes + pub->size > s_fan_max_bytes(b))) {
+    if (s->qlen &&
+        (s->qlen >= s_fan_max_count(b) || s->qbytes + pub->size > s_fan_max_bytes(b, s))) {
         s_flush_now(b, s);
         if (s->backlog) {
             s_enqueue(b, s, pub);
@@ -388,11 +419,7 @@ static void s_push(ab_broker_t *b, ab_subr_t *s, ab_pub_t *pub)
         }
     }
     s_enqueue(b, s, pub);
-    if (!ab_list_linked(&s->turn_link)) {
-        if (ab_list_empty(&m->fan.turn))
-            m->fan.turn_us = ab_now_us();
-        ab_list_insert_tail(&m->fan.turn, &s->turn_link);
-    }
+    s_turn_join(b, s);
 }
 
 void ab_pubsub_turn_end(ab_broker_t *b)
@@ -410,15 +437,20 @@ static size_t s_push_all(ab_broker_t *b, ab_subr_t **list, size_t n, ab_pub_t *p
         if (s->mark == pub->seq) /* matched by another of its patterns */
             continue;
         s->mark = pub->seq;
-        s_push(b, s, pub);
+        if (pub->psize > ab_peer_max_payload(b, s->peer))
+            s_too_large(b, s);
+        else
+            s_push(b, s, pub);
         k++;
     }
     return k;
 }
 
-/* The publication's record, its header encoded once and BODY moved in
- * (NULL on failure: out of memory). The caller holds one reference. */
-static ab_pub_t *s_pub_new(const ab_header_t *out, zmq_msg_t *body, uint64_t seq)
+/* The publication's record, its header encoded once and BODY moved in,
+ * PSIZE its payload's size as subscribers' max payloads judge it (NULL on
+ * failure: out of memory). The caller holds one reference. */
+static ab_pub_t *s_pub_new(const ab_header_t *out, zmq_msg_t *body, uint64_t seq,
+                           uint64_t psize)
 {
     ab_pub_t *pub = malloc(sizeof *pub);
     if (!pub)
@@ -433,6 +465,7 @@ static ab_pub_t *s_pub_new(const ab_header_t *out, zmq_msg_t *body, uint64_t seq
         zmq_msg_move(&pub->body, body);
     pub->refs = 1;
     pub->seq = seq;
+    pub->psize = psize;
     pub->size = zmq_msg_size(&pub->hdr) + zmq_msg_size(&pub->body);
     return pub;
 }
@@ -476,8 +509,8 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
         if (!node)
             break;
         size_t n = next ? node->n_prefix : node->n_exact;
-        if (n && !pub && !(pub = s_pub_new(&out, body, seq))) /* shared by every subscriber */
-            return;
+        if (n && !pub && !(pub = s_pub_new(&out, body, seq, ab_payload_size(h, size))))
+            return; /* (shared by every subscriber) */
         matched += next ? s_push_all(b, node->prefix, node->n_prefix, pub)
                         : s_push_all(b, node->exact, node->n_exact, pub);
     }
@@ -495,7 +528,7 @@ void ab_pubsub_on_publish(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, zm
 /* How many of S's oldest publications go in one BATCH (1: send it alone). */
 static size_t s_batch_span(const ab_broker_t *b, const ab_subr_t *s)
 {
-    size_t max = s_fan_max_count(b), bytes = s_fan_max_bytes(b), n = 0, sum = 4;
+    size_t max = s_fan_max_count(b), bytes = s_fan_max_bytes(b, s), n = 0, sum = 4;
     if (max > AB_BATCH_MAX_COUNT)
         max = AB_BATCH_MAX_COUNT;
     while (n < s->qlen && n < max) {

@@ -119,6 +119,12 @@ static void s_mk_hello(nf_peer_t *p, nf_out_t *o)
     m.heartbeat_ms = nf_chance(50) ? 0 : 100 + nf_below(2000);
     m.takeover = nf_chance(30);
     m.instance = nf_chance(80) ? p->instance : nf_rand();
+    /* Hello.max_payload: unsaid, small (the broker then holds SENDs,
+     * publications, answers and BATCHes to it), the edges, anything. */
+    static const uint64_t maxes[] = {1, 100, 4096, 65536, 1 << 20, UINT64_MAX};
+    m.max_payload = nf_chance(50)   ? 0
+                    : nf_chance(80) ? maxes[nf_below(sizeof maxes / sizeof maxes[0])]
+                                    : nf_rand();
     o->h = ab_header_init(AB_KIND_HELLO);
     o->h.id = s_new_id(p);
     if (nf_chance(90))

@@ -201,18 +201,19 @@ void ctl_render_msg_stats(FILE *out, const Agentbus__Stats *st)
 {
     fprintf(out,
             "direct       sent %llu   delivered %llu   queued %llu   expired %llu   refused %llu"
-            "   receipts %llu\n",
+            " (too large %llu)   receipts %llu\n",
             (unsigned long long)st->msgs_sent, (unsigned long long)st->msgs_delivered,
             (unsigned long long)st->msgs_queued, (unsigned long long)st->msgs_expired,
-            (unsigned long long)st->msgs_refused, (unsigned long long)st->receipts);
+            (unsigned long long)st->msgs_refused, (unsigned long long)st->msgs_too_large,
+            (unsigned long long)st->receipts);
     fprintf(out, "mailboxes    %u messages, %llu bytes   named agents %u\n", st->mailbox_msgs,
             (unsigned long long)st->mailbox_bytes, st->named_agents);
     fprintf(out,
             "pub/sub      topics %u   subscribers %u   published %llu   fan-out %llu (%.0f/s)"
-            "   slow-subscriber drops %llu   unmatched %llu\n",
+            "   slow-subscriber drops %llu   too large %llu   unmatched %llu\n",
             st->topics, st->subscribers, (unsigned long long)st->published,
             (unsigned long long)st->fanout, st->fanout_per_s, (unsigned long long)st->slow_drops,
-            (unsigned long long)st->no_subscribers);
+            (unsigned long long)st->pub_too_large, (unsigned long long)st->no_subscribers);
 }
 
 void ctl_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
@@ -232,12 +233,16 @@ void ctl_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
                                (json_int_t)a->mailbox_bytes, "subscriptions", subs, "sub_queue",
                                (json_int_t)a->sub_queue, "sub_dropped",
                                (json_int_t)a->sub_dropped));
+            json_t *last = json_array_get(arr, json_array_size(arr) - 1);
+            json_object_set_new(last, "sub_too_large", json_integer((json_int_t)a->sub_too_large));
+            json_object_set_new(last, "max_payload", json_integer((json_int_t)a->max_payload));
         }
         ctl_json_print(out, arr);
         return;
     }
-    fprintf(out, "%-20s %-12s %9s %8s %10s %7s %8s  %s\n", "NAME", "ID", "AGE_S", "MAILBOX",
-            "MBOX_BYTES", "SUB_Q", "DROPPED", "SUBSCRIPTIONS");
+    fprintf(out, "%-20s %-12s %9s %8s %10s %7s %8s %9s %11s  %s\n", "NAME", "ID", "AGE_S",
+            "MAILBOX", "MBOX_BYTES", "SUB_Q", "DROPPED", "TOO_LARGE", "MAX_PAYLOAD",
+            "SUBSCRIPTIONS");
     for (size_t i = 0; i < al->n_agents; i++) {
         const Agentbus__AgentInfo *a = al->agents[i];
         char age[32];
@@ -245,10 +250,11 @@ void ctl_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
             snprintf(age, sizeof age, "%.1f", a->connected_ms / 1000.0);
         else
             snprintf(age, sizeof age, "offline");
-        fprintf(out, "%-20s %-12s %9s %8u %10llu %7u %8llu ", a->name[0] ? a->name : "-",
-                a->id[0] ? a->id : "-", age, a->mailbox_depth,
+        fprintf(out, "%-20s %-12s %9s %8u %10llu %7u %8llu %9llu %11llu ",
+                a->name[0] ? a->name : "-", a->id[0] ? a->id : "-", age, a->mailbox_depth,
                 (unsigned long long)a->mailbox_bytes, a->sub_queue,
-                (unsigned long long)a->sub_dropped);
+                (unsigned long long)a->sub_dropped, (unsigned long long)a->sub_too_large,
+                (unsigned long long)a->max_payload);
         for (size_t k = 0; k < a->n_subscriptions; k++)
             fprintf(out, " %s", a->subscriptions[k]);
         fprintf(out, "\n");
@@ -259,7 +265,7 @@ void ctl_render_agents(FILE *out, const Agentbus__AgentList *al, int json)
 
 void *ctl_render_msg_stats_json(const Agentbus__Stats *st)
 {
-    return json_pack("{s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
+    json_t *j = json_pack("{s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I},"
                      " s:{s:I, s:I, s:I, s:I, s:f, s:I, s:I}}",
                      "direct", "sent", (json_int_t)st->msgs_sent, "delivered",
                      (json_int_t)st->msgs_delivered, "queued", (json_int_t)st->msgs_queued,
@@ -272,4 +278,10 @@ void *ctl_render_msg_stats_json(const Agentbus__Stats *st)
                      "fanout", (json_int_t)st->fanout, "fanout_per_s", st->fanout_per_s,
                      "slow_drops", (json_int_t)st->slow_drops, "unmatched",
                      (json_int_t)st->no_subscribers);
+    /* Over a receiver's max payload (Hello.max_payload; docs/messaging.md). */
+    json_object_set_new(json_object_get(j, "direct"), "too_large",
+                        json_integer((json_int_t)st->msgs_too_large));
+    json_object_set_new(json_object_get(j, "pubsub"), "too_large",
+                        json_integer((json_int_t)st->pub_too_large));
+    return j;
 }

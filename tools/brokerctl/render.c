@@ -131,6 +131,9 @@ static json_t *s_stats_json(const Agentbus__Stats *st)
         (json_int_t)st->pending, "replies_dropped", (json_int_t)st->replies_dropped, "malformed",
         (json_int_t)st->malformed, "send_failures", (json_int_t)st->send_failures, "errors",
         errors, "services", services);
+    if (j) /* answers over their client's max payload (Hello.max_payload) */
+        json_object_set_new(j, "answers_too_large",
+                            json_integer((json_int_t)st->answers_too_large));
     json_t *msgs = ctl_render_msg_stats_json(st);
     if (j && msgs)
         json_object_update(j, msgs);
@@ -262,9 +265,10 @@ void ctl_render_stats(FILE *out, const Agentbus__Stats *st, int json)
     fprintf(out, "requests     %llu   replies %llu   pending %llu\n",
             (unsigned long long)st->requests, (unsigned long long)st->replies,
             (unsigned long long)st->pending);
-    fprintf(out, "dropped      replies %llu   malformed %llu   send failures %llu\n",
+    fprintf(out, "dropped      replies %llu   malformed %llu   send failures %llu"
+                 "   answers too large %llu\n",
             (unsigned long long)st->replies_dropped, (unsigned long long)st->malformed,
-            (unsigned long long)st->send_failures);
+            (unsigned long long)st->send_failures, (unsigned long long)st->answers_too_large);
     ctl_render_msg_stats(out, st);
     fprintf(out, "limits       cancelled %llu (client left %llu)   services %u (expired %llu, "
                  "refused %llu)   registers refused %llu\n",
