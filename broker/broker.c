@@ -385,9 +385,7 @@ static void s_on_hello(ab_broker_t *b, s_in_t *in, ab_peer_t *p, const ab_frame_
         instance = m->instance;
         p->features = m->features;
         p->announced = 1;
-        /* Any value a peer writes: 0 (not said) or one past what this
-         * broker takes stands for max-payload-bytes (ab_peer_max_payload). */
-        p->max_payload = m->max_payload < b->cfg->max_payload_bytes ? (size_t)m->max_payload : 0;
+        ab_peer_said_max_payload(b, p, m->max_payload);
         agentbus__hello__free_unpacked(m, NULL);
     }
     const char *why;

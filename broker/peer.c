@@ -57,6 +57,13 @@ int ab_peer_set_name(ab_peer_t *p, const char *prefix, const char *name)
     return 0;
 }
 
+void ab_peer_said_max_payload(const ab_broker_t *b, ab_peer_t *p, uint64_t said)
+{
+    /* Any value a peer writes: 0 (not said) or one past what this broker
+     * takes stands for max-payload-bytes (ab_peer_max_payload). */
+    p->max_payload = said < b->cfg->max_payload_bytes ? (size_t)said : 0;
+}
+
 size_t ab_peer_max_payload(const ab_broker_t *b, const ab_peer_t *p)
 {
     return p && p->max_payload ? p->max_payload : b->cfg->max_payload_bytes;

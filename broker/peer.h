@@ -106,7 +106,10 @@ typedef struct {
  * frees it. 0, or -1 out of memory (the name is then ""). */
 int ab_peer_set_name(ab_peer_t *p, const char *prefix, const char *name);
 
-/* The largest payload P reads: what its HELLO said (Hello.max_payload),
+/* Keeps SAID, the max payload P's HELLO or REGISTER says, bounded: 0 or
+ * anything from max-payload-bytes up stands for max-payload-bytes. */
+void ab_peer_said_max_payload(const ab_broker_t *b, ab_peer_t *p, uint64_t said);
+/* The largest payload P reads: what its HELLO or REGISTER said (Hello.max_payload),
  * else the broker's max-payload-bytes (an older peer, a worker, a link). */
 size_t ab_peer_max_payload(const ab_broker_t *b, const ab_peer_t *p);
 /* The payload size H (+ a payload of SIZE bytes) stands for at its

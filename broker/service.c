@@ -399,6 +399,7 @@ int ab_worker_on_register(ab_broker_t *b, ab_peer_t *p, const ab_header_t *in, c
             p->heartbeat_ms = m->heartbeat_ms;
         p->features = m->features;
         p->announced = 1;
+        ab_peer_said_max_payload(b, p, m->max_payload); /* no request over it goes to it */
         zhashx_purge(p->worker->labels);
         for (size_t i = 0; i < m->n_labels; i++)
             zhashx_update(p->worker->labels, m->labels[i]->key, m->labels[i]->value);
@@ -501,6 +502,33 @@ void ab_service_fini(ab_broker_t *b)
         zhashx_destroy(&b->services);
 }
 
+int ab_worker_fits(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_req_t *r)
+{
+    (void)b;
+    size_t max = w->peer->max_payload;
+    if (!max || !r->has_payload)
+        return 1;
+    size_t n = r->small_held ? r->small_len : zmq_msg_size((zmq_msg_t *)&r->payload);
+    uint64_t size = (r->flags & AB_FLAG_LZ4) && r->original_size > n ? r->original_size : n;
+    return size <= max;
+}
+
+/* 1 when S has workers and R fits none of them (ab_worker_fits): no worker
+ * may ever take it. *MOST: the largest max payload among them. */
+static int s_fits_none(const ab_broker_t *b, ab_service_t *s, const ab_req_t *r, size_t *most)
+{
+    *most = 0;
+    if (!zlistx_size(s->workers))
+        return 0;
+    for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+        if (ab_worker_fits(b, w, r))
+            return 0;
+        if (w->peer->max_payload > *most)
+            *most = w->peer->max_payload;
+    }
+    return 1;
+}
+
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s, const ab_req_t *r)
 {
     /* Local first: a broker link's remote worker (link.h) is picked only
@@ -511,7 +539,7 @@ ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s, const ab_req_t
     uint32_t best_free = 0, remote_free = 0, remote_hops = UINT32_MAX;
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
         uint32_t free_credit = ab_health_free_credit(w);
-        if (free_credit == 0)
+        if (free_credit == 0 || (r && !ab_worker_fits(b, w, r)))
             continue;
         if (w->peer->link_role == AB_LINK_WORKER) {
             uint32_t hops = ab_link_hops(w);
@@ -629,6 +657,15 @@ static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
         char text[AB_NAME_MAX + AB_MODEL_MAX + 64];
         uint32_t code = ab_placement_why(s, r, text, sizeof text);
         ab_req_fail(b, r, code, text);
+        return 1;
+    }
+    size_t most;
+    if (!*w && s_fits_none(b, s, r, &most)) {
+        char text[200];
+        snprintf(text, sizeof text, "the request's payload exceeds the max payload of every "
+                 "worker of '%s' (the largest: %zu bytes; ab_options_set_max_payload)", s->name,
+                 most);
+        ab_req_fail(b, r, AB_ERR_TOO_LARGE, text);
         return 1;
     }
     if (!*w)

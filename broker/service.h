@@ -95,8 +95,14 @@ void ab_service_each(ab_broker_t *b, int (*want)(const ab_service_t *), ab_defer
 /* Ends the startup grace: services no worker registered for during it are
  * removed and their queued requests answered NO_SERVICE. */
 void ab_service_end_grace(ab_broker_t *b);
+/* 1 when W reads R's payload: its size (an lz4 one's original size when
+ * larger) is within the max payload W's REGISTER said (Register.max_payload;
+ * not said: the broker's, which R passed on arrival). A larger one would cut
+ * the worker's connection (past its ZMQ_MAXMSGSIZE). */
+int ab_worker_fits(const ab_broker_t *b, const ab_worker_rec_t *w, const ab_req_t *r);
 /* The worker of S that takes request R next (R may be NULL): local ones
- * first, then broker links that may take R (link.h). NULL when none. */
+ * first, then broker links that may take R (link.h), among those R fits
+ * (ab_worker_fits). NULL when none. */
 ab_worker_rec_t *ab_service_pick(ab_broker_t *b, ab_service_t *s, const ab_req_t *r);
 /* REGISTER IN (+ payload PL) from P: P becomes (or stays) a worker of the
  * service IN names, and is answered. 0, or AB_EDECODE for a malformed one

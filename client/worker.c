@@ -244,6 +244,7 @@ static int s_register(ab_worker_t *w)
     reg.name = w->conn.opts.name;
     reg.heartbeat_ms = (uint32_t)w->conn.opts.heartbeat_ms;
     reg.features = (w->conn.opts.batch ? AB_FEATURE_BATCH : 0) | AB_FEATURE_LZ4 | AB_FEATURE_INLINE;
+    reg.max_payload = w->conn.opts.max_payload; /* the broker sends no larger request */
     reg.n_labels = w->nlabels;
     reg.labels = entp;
     size_t len = agentbus__register__get_packed_size(&reg);

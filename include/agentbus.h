@@ -243,9 +243,12 @@ AB_EXPORT int ab_options_set_heartbeat_ms(ab_options_t *opts, int ms);
  * one) ends its call at once with AB_EPAYLOADSIZE, a request's worker
  * being told to stop (CANCEL). The library holds what it receives to it
  * too (from a broker that does not read the field): such an answer ends
- * its call the same way; a worker answers a larger request AB_EMALFORMED
- * (a worker's HELLO does not carry it); other messages over it are
- * dropped. Batches of smaller answers may be larger, up to the max payload
+ * its call the same way. A worker tells the broker in its REGISTER
+ * (Register.max_payload): the broker sends it no larger request but to
+ * another worker of the service that reads it, and a request no worker
+ * of the service reads ends AB_EPAYLOADSIZE at its client (a broker that
+ * does not read the field: the worker answers it AB_EMALFORMED). Other
+ * messages over it are dropped. Batches of smaller answers may be larger, up to the max payload
  * plus 4 KiB: only each answer is held to it. A message from the broker
  * larger than the max payload plus 68 KiB (header and framing) ends the
  * connection (libzmq's ZMQ_MAXMSGSIZE); the library dials again within a

@@ -267,8 +267,9 @@ ab_worker_rec_t *ab_placement_pick(ab_broker_t *b, ab_service_t *s, ab_req_t *r,
         if (tier == 0)
             loaded_somewhere = 1;
         int avoided = rt->avoid && w->peer->rid_hash == rt->avoid;
-        if (avoided || w->in_flight >= w->capacity || s_model_full(w, rt))
-            continue;
+        if (avoided || w->in_flight >= w->capacity || s_model_full(w, rt) ||
+            !ab_worker_fits(b, w, r))
+            continue; /* busy, or R is over its max payload (ab_worker_fits) */
         /* Same tier: local first, then a peer (links: docs/links.md). */
         if (!best || tier < best_tier ||
             (tier == best_tier && (s_remote(w) != s_remote(best) ? !s_remote(w)

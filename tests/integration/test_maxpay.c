@@ -28,6 +28,13 @@
  *   batch_over     with batch-max-bytes 4 MiB, a burst of 2,000 answers of
  *                  1,000 B to a client taking 1,000 B: no BATCH passes what
  *                  it reads (before: BATCHes of up to 4 MiB cut it);
+ *   worker_over    requests of 100,000 and 2,000 B to a worker taking
+ *                  1,000 B (Register.max_payload) end AB_EPAYLOADSIZE at
+ *                  once and never reach it; it keeps its connection and
+ *                  answers the next small one; with a second worker of the
+ *                  default max payload the large ones go to that one
+ *                  (before: the first cut the worker's connection, the
+ *                  second was answered MALFORMED by its library);
  *   hello_bounds   raw peers say max payloads 1, 0, 2^64-1 and a lz4 SEND
  *                  declaring 100,000 B: the broker bounds each (0 and
  *                  2^64-1 are its own max-payload-bytes) and judges the
@@ -271,6 +278,7 @@ static void s_publish_over(void)
 
 typedef struct {
     int port;
+    size_t max; /* its max payload (0: the default) */
     atomic_int stop, cancels, jobs;
     ab_job_t *held; /* the job streaming, until cancelled */
 } s_wk_t;
@@ -306,6 +314,8 @@ static void *s_wk_main(void *arg)
     s_wk_t *k = arg;
     ab_options_t *o = ab_options_new();
     REQUIRE(o != NULL && ab_options_set_endpoint(o, th_ep(k->port)) == AB_OK);
+    if (k->max)
+        REQUIRE(ab_options_set_max_payload(o, k->max) == AB_OK);
     ab_worker_t *w = NULL;
     REQUIRE(ab_worker_new(&w, o, "mp", 1) == AB_OK);
     ab_options_destroy(&o);
@@ -356,6 +366,82 @@ static void s_reply_over(void)
     CHECK_U64(S_STAT(c, pending), 0);
     atomic_store(&k.stop, 1);
     pthread_join(th, NULL);
+    ab_client_destroy(&c);
+}
+
+/* --- worker_over --------------------------------------------------------- */
+
+/* The broker's token for the connection of SERVICE's only worker now. */
+static void s_worker_id(ab_client_t *c, const char *service, char id[64])
+{
+    Agentbus__WorkerList *wl = th_workers(c);
+    int n = 0;
+    id[0] = '\0';
+    for (size_t i = 0; wl && i < wl->n_workers; i++)
+        if (strcmp(wl->workers[i]->service, service) == 0 && n++ == 0)
+            snprintf(id, 64, "%s", wl->workers[i]->id);
+    if (wl)
+        agentbus__worker_list__free_unpacked(wl, NULL);
+    CHECK_EQ(n, 1);
+}
+
+/* A request of SIZE bytes of s_big for a model (placement picks its
+ * worker, not the service's plain pick): its final status. */
+static int s_model_request(ab_client_t *c, size_t size)
+{
+    th_answer_t a = {0};
+    ab_request_opts_t o = {.timeout_ms = 30000, .model = "any"};
+    REQUIRE(ab_client_request_start(c, "mp", s_big, size, &o, th_answer_cb, &a, NULL) == AB_OK);
+    int64_t end = ab_now_ms() + 30000;
+    while (!a.finals && ab_now_ms() < end)
+        ab_client_poll(c, 20);
+    CHECK_EQ(a.finals, 1);
+    return a.status;
+}
+
+static void s_worker_over(void)
+{
+    int port = th_free_port();
+    th_broker(port, NULL);
+    ab_client_t *c = s_agent(port, "rq", 0, NULL);
+    /* Bytes lz4 cannot shrink: the request's frame is as large as it says. */
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < S_BIG; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        s_big[i] = (char)(x >> 32);
+    }
+    s_big[0] = 'x'; /* echoed (s_job) */
+    s_wk_t small = {.port = port, .max = S_SMALL}, big = {.port = port};
+    pthread_t ts, tb;
+    REQUIRE(pthread_create(&ts, NULL, s_wk_main, &small) == 0);
+    REQUIRE(th_wait_workers(c, "mp", 1, 10000) == 0);
+    char id0[64], id1[64];
+    s_worker_id(c, "mp", id0);
+    static const size_t sizes[] = {S_BIG, S_MID};
+    for (int i = 0; i < 2; i++) {
+        int rc = ab_client_request(c, "mp", s_big, sizes[i], 30000, NULL, NULL);
+        printf("worker_over: %zu B to a worker taking 1000 -> %s (%s)\n", sizes[i],
+               ab_status_name(rc), ab_client_last_error(c));
+        CHECK_EQ(rc, AB_EPAYLOADSIZE);
+    }
+    CHECK_EQ(s_model_request(c, S_BIG), AB_EPAYLOADSIZE);
+    CHECK_EQ(ab_client_request(c, "mp", "hi", 2, 30000, NULL, NULL), AB_OK);
+    CHECK_EQ(atomic_load(&small.jobs), 1); /* "hi" alone */
+    s_worker_id(c, "mp", id1);
+    printf("worker_over: the worker's connection %s -> %s\n", id0, id1);
+    CHECK_STR(id1, id0);
+    /* A worker that reads them: the large ones go to it, never to the other. */
+    REQUIRE(pthread_create(&tb, NULL, s_wk_main, &big) == 0);
+    REQUIRE(th_wait_workers(c, "mp", 2, 10000) == 0);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ(ab_client_request(c, "mp", s_big, S_BIG, 30000, NULL, NULL), AB_OK);
+    CHECK_EQ(s_model_request(c, S_BIG), AB_OK);
+    CHECK_EQ(atomic_load(&big.jobs), 5);
+    CHECK_EQ(atomic_load(&small.jobs), 1);
+    atomic_store(&small.stop, 1);
+    atomic_store(&big.stop, 1);
+    pthread_join(ts, NULL);
+    pthread_join(tb, NULL);
     ab_client_destroy(&c);
 }
 
@@ -486,6 +572,7 @@ int main(int argc, char **argv)
     static const th_case_t cases[] = {
         {"send_over", s_send_over},       {"mailbox_over", s_mailbox_over},
         {"publish_over", s_publish_over}, {"reply_over", s_reply_over},
+        {"worker_over", s_worker_over},
         {"batch_over", s_batch_over},     {"hello_bounds", s_hello_bounds},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
