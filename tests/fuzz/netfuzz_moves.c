@@ -145,6 +145,12 @@ static void s_mk_register(nf_peer_t *p, nf_out_t *o)
     m.name = nf_chance(70) ? (char *)NF_PICK(s_names) : (char *)"";
     m.features = nf_below(8);
     m.heartbeat_ms = nf_chance(50) ? 0 : 200 + nf_below(2000);
+    /* Register.max_payload: mostly unsaid; else requests over it must go
+     * to another worker or end TOO_LARGE, never to this one. */
+    static const uint64_t maxes[] = {1, 100, 4096, 1 << 20, UINT64_MAX};
+    m.max_payload = nf_chance(70)   ? 0
+                    : nf_chance(80) ? maxes[nf_below(sizeof maxes / sizeof maxes[0])]
+                                    : nf_rand();
     m.n_labels = nf_below(4);
     for (size_t i = 0; i < m.n_labels; i++) {
         agentbus__register__labels_entry__init(&le[i]);
