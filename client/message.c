@@ -255,10 +255,14 @@ void ab_message_destroy(ab_message_t **msg)
 }
 
 /* --- sending ---------------------------------------------------------------- */
-static int s_check_send(ab_client_t *c, const char *name, const void *data, size_t size)
+static int s_check_send(ab_client_t *c, const char *name, const void *data, size_t size,
+                        int flags)
 {
     if (!c || !name || (size && !data))
         return c ? ab_conn_fail(&c->conn, AB_EINVAL, "invalid argument") : AB_EINVAL;
+    if (flags & ~AB_SEND_RECEIPT) /* a bit of a later version, or a mistake: not ignored */
+        return ab_conn_fail(&c->conn, AB_EINVAL, "unknown send flags 0x%x (AB_SEND_RECEIPT: %d)",
+                            (unsigned)(flags & ~AB_SEND_RECEIPT), AB_SEND_RECEIPT);
     if (ab_agent_name_check(name) != AB_OK && !(name[0] == '~' && name[1]))
         return ab_conn_fail(&c->conn, AB_EBADNAME, "malformed agent name '%.64s'", name);
     if (size > c->conn.opts.max_payload)
@@ -270,7 +274,7 @@ static int s_check_send(ab_client_t *c, const char *name, const void *data, size
 static int s_send(ab_client_t *c, const char *name, const void *data, size_t size, int flags,
                   uint64_t corr, uint64_t *id)
 {
-    int rc = s_check_send(c, name, data, size);
+    int rc = s_check_send(c, name, data, size, flags);
     if (rc != AB_OK)
         return rc;
     ab_header_t h = ab_header_init(AB_KIND_SEND);
@@ -294,7 +298,7 @@ int ab_client_send(ab_client_t *c, const char *name, const void *data, size_t si
 int ab_client_send_wait(ab_client_t *c, const char *name, const void *data, size_t size,
                         int flags, int timeout_ms, int *queued)
 {
-    int rc = s_check_send(c, name, data, size);
+    int rc = s_check_send(c, name, data, size, flags);
     if (rc != AB_OK)
         return rc;
     ab_header_t t = ab_header_init(AB_KIND_SEND);
@@ -312,7 +316,7 @@ int ab_client_send_wait(ab_client_t *c, const char *name, const void *data, size
 int ab_client_ask(ab_client_t *c, const char *name, const void *data, size_t size,
                   int timeout_ms, ab_reply_fn *fn, void *arg, uint64_t *id)
 {
-    int rc = s_check_send(c, name, data, size);
+    int rc = s_check_send(c, name, data, size, 0);
     if (rc != AB_OK)
         return rc;
     ab_header_t t = ab_header_init(AB_KIND_SEND);

@@ -651,7 +651,8 @@ AB_EXPORT void ab_message_destroy(ab_message_t **msg);
  * over the broker's message-max-bytes or NAME's own max payload, see
  * ab_options_set_max_payload, also when it waited in NAME's mailbox and
  * NAME came back with a smaller one) an AB_MSG_ERROR message with this id
- * arrives later. *id (may be NULL) gets its id.
+ * arrives later. *id (may be NULL) gets its id. FLAGS: 0 or
+ * AB_SEND_RECEIPT; any other bit is AB_EINVAL (ab_client_send_wait too).
  * Errors now: AB_EINVAL, AB_EBADNAME, AB_EPAYLOADSIZE, AB_EBUSY (the local
  * queue to the broker is full), AB_EZMQ. */
 AB_EXPORT int ab_client_send(ab_client_t *client, const char *name, const void *data,

@@ -441,6 +441,10 @@ static void s_direct_bad(void)
     /* A NULL name is a NULL argument (the header's rule), not a bad name. */
     CHECK_EQ(ab_client_send(ca, NULL, "x", 1, 0, NULL), AB_EINVAL);
     CHECK_EQ(ab_client_send_wait(ca, NULL, "x", 1, 0, 1000, NULL), AB_EINVAL);
+    /* A flag bit it does not know is refused, not ignored (it was sent). */
+    CHECK_EQ(ab_client_send(ca, "bob", "x", 1, 0x100, NULL), AB_EINVAL);
+    CHECK_TRUE(strstr(ab_client_last_error(ca), "unknown send flags 0x100") != NULL);
+    CHECK_EQ(ab_client_send_wait(ca, "bob", "x", 1, AB_SEND_RECEIPT | 4, 1000, NULL), AB_EINVAL);
     char big[2000];
     memset(big, 'x', sizeof big);
     CHECK_EQ(ab_client_send_wait(ca, "bob", big, sizeof big, 0, 5000, NULL), AB_ETOOLARGE);
