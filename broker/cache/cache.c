@@ -164,21 +164,40 @@ static void s_flight_drop(ab_cache_t *c, s_flight_t *f)
     free(f);
 }
 
-/* The digest of MODEL as any worker of S reported it ("" when none did). */
+/* The digest of MODEL as the workers of S report it ("" when none did), or
+ * NULL when two of them report different ones. Names are compared as
+ * placement compares them ("llama3" is "llama3:latest"): Ollama lists a
+ * model with its tag, clients often name it without, and an exact match
+ * left the digest out of every such key, so a re-pulled model's old
+ * answers were served. Workers that disagree (a re-pull reached one
+ * server and not yet another) make the request uncacheable: the key is
+ * made before placement, so whichever digest it named, the answer might
+ * come from the other model and be stored, or served, under it. */
+static int s_digest_take(const char **d, const char *name, const char *digest, const char *model)
+{
+    if (!*digest || !ab_model_same(name, model))
+        return 0;
+    if (**d && strcmp(*d, digest) != 0)
+        return -1;
+    *d = digest;
+    return 0;
+}
+
 static const char *s_digest(const ab_service_t *s, const char *model)
 {
+    const char *d = "";
     if (!*model)
-        return "";
+        return d;
     for (ab_worker_rec_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
         const Agentbus__InferenceState *st = w->inference;
         for (size_t i = 0; st && i < st->n_models; i++)
-            if (strcmp(st->models[i]->name, model) == 0 && *st->models[i]->digest)
-                return st->models[i]->digest;
+            if (s_digest_take(&d, st->models[i]->name, st->models[i]->digest, model) < 0)
+                return NULL;
         for (size_t i = 0; st && i < st->n_loaded; i++)
-            if (strcmp(st->loaded[i]->name, model) == 0 && *st->loaded[i]->digest)
-                return st->loaded[i]->digest;
+            if (s_digest_take(&d, st->loaded[i]->name, st->loaded[i]->digest, model) < 0)
+                return NULL;
     }
-    return "";
+    return d;
 }
 
 /* The service's default TTL, when one of its workers declares it with the
@@ -301,8 +320,12 @@ int ab_cache_on_request(ab_broker_t *b, ab_service_t *s, const ab_rid_t *client,
     /* Without a model or the CACHEABLE mark there is no key (cache_key.c's
      * first test) and no clock read either: most requests stop here. */
     uint64_t t_in = model[0] || (h->flags & AB_FLAG_CACHEABLE) ? ab_now_ns() : 0;
-    ab_key_input_t in = {s->name, model, s_digest(s, model), h->flags,
-                         body, body ? body_len : 0, 0, 0};
+    const char *digest = s_digest(s, model);
+    if (!digest) {
+        c->uncacheable++; /* workers disagree on the model: s_digest */
+        return 0;
+    }
+    ab_key_input_t in = {s->name, model, digest, h->flags, body, body ? body_len : 0, 0, 0};
     in.plain_only = !(client_features & AB_FEATURE_LZ4);
     void *plain = NULL;
     if ((h->flags & AB_FLAG_LZ4) && in.size && (model[0] || (h->flags & AB_FLAG_CACHEABLE))) {

@@ -55,6 +55,7 @@ struct ab_l2 {
     char host[256], port_s[8];
     int port, timeout_ms;
     size_t max_reply;
+    size_t max_get;     /* the longest value a lookup reads: a header and a blob */
     ab_l2_counters_t c;
     int fd, connecting;
     int64_t conn_ns;          /* when the connect started */
@@ -576,7 +577,8 @@ ab_l2_t *ab_l2_new(const char *addr, int timeout_ms, size_t max_value)
     l2->port = (int)port;
     snprintf(l2->port_s, sizeof l2->port_s, "%ld", port);
     l2->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
-    l2->max_reply = max_value + S_VHDR + 65536;
+    l2->max_get = max_value + S_VHDR;
+    l2->max_reply = l2->max_get + 65536;
     l2->fd = -1;
     l2->c.state = AB_L2_OPEN; /* until connected */
     return l2;
@@ -699,9 +701,16 @@ int ab_l2_get(ab_l2_t *l2, uint64_t tag, const ab_cache_key_t *key)
         return -1;
     char k[AB_L2_NS_LEN + AB_CACHE_KEY_HEX];
     s_key_str(key, k);
-    const char *argv[2] = {"GET", k};
-    size_t lens[2] = {3, strlen(k)};
-    if (s_send(l2, S_GET, tag, 2, argv, lens, -1, NULL) != 0)
+    /* GETRANGE, not GET: a value over our cache-max-entry-bytes (stored by
+     * a broker allowed more) comes cut to one byte over it, and is a miss.
+     * A GET of it was a reply over max_reply, a protocol error: every
+     * lookup of that key closed the connection and opened the breaker. A
+     * missing key answers "" (a miss too). */
+    char end[24];
+    snprintf(end, sizeof end, "%zu", l2->max_get);
+    const char *argv[4] = {"GETRANGE", k, "0", end};
+    size_t lens[4] = {8, strlen(k), 1, strlen(end)};
+    if (s_send(l2, S_GET, tag, 4, argv, lens, -1, NULL) != 0)
         return -1;
     l2->c.sent++;
     return 0;
@@ -757,7 +766,7 @@ int ab_l2_recv(ab_l2_t *l2, uint64_t *tag, int *hit, const uint8_t **val, size_t
         return 0;
     redisReply *r = it.r;
     *tag = it.tag;
-    *hit = r && r->type == REDIS_REPLY_STRING && r->len >= S_VHDR &&
+    *hit = r && r->type == REDIS_REPLY_STRING && r->len >= S_VHDR && r->len <= l2->max_get &&
            memcmp(r->str, s_vmagic, sizeof s_vmagic) == 0;
     uint64_t exp = 0;
     for (size_t i = 0; *hit && i < 8; i++)

@@ -139,7 +139,7 @@ int ab_register_check(const ab_broker_config_t *cfg, size_t size, const Agentbus
 }
 
 /* Ollama names "llama3" and "llama3:latest" are the same model. */
-static int s_model_eq(const char *a, const char *b)
+int ab_model_same(const char *a, const char *b)
 {
     size_t la = strcspn(a, ":"), lb = strcspn(b, ":");
     if (la != lb || strncmp(a, b, la) != 0)
@@ -151,7 +151,7 @@ static int s_model_eq(const char *a, const char *b)
 static const Agentbus__ModelInfo *s_model_info(const ab_worker_rec_t *w, const char *model)
 {
     for (size_t i = 0; w->inference && i < w->inference->n_models; i++)
-        if (s_model_eq(w->inference->models[i]->name, model))
+        if (ab_model_same(w->inference->models[i]->name, model))
             return w->inference->models[i];
     return NULL;
 }
@@ -161,7 +161,7 @@ static int s_loaded(const ab_worker_rec_t *w, const char *model)
     if (!w->inference)
         return 1; /* generic: as good as loaded */
     for (size_t i = 0; i < w->inference->n_loaded; i++)
-        if (s_model_eq(w->inference->loaded[i]->name, model))
+        if (ab_model_same(w->inference->loaded[i]->name, model))
             return 1;
     return 0;
 }
@@ -217,7 +217,7 @@ static int s_model_full(const ab_worker_rec_t *w, const struct ab_route *rt)
         return 0;
     uint32_t limit = st->model_slots_max < w->capacity ? st->model_slots_max : 0;
     for (size_t i = 0; i < st->n_model_slots; i++)
-        if (s_model_eq(st->model_slots[i]->name, rt->model)) {
+        if (ab_model_same(st->model_slots[i]->name, rt->model)) {
             limit = st->model_slots[i]->slots ? st->model_slots[i]->slots : 1;
             break;
         }
@@ -226,7 +226,7 @@ static int s_model_full(const ab_worker_rec_t *w, const struct ab_route *rt)
     uint32_t n = 0;
     for (const ab_list_t *q = ab_list_first(&w->reqs); q; q = ab_list_next(&w->reqs, q)) {
         const ab_req_t *x = ab_list_data(q, ab_req_t, qlink);
-        if (x->route && s_model_eq(x->route->model, rt->model) && ++n >= limit)
+        if (x->route && ab_model_same(x->route->model, rt->model) && ++n >= limit)
             return 1;
     }
     return 0;

@@ -36,6 +36,10 @@ void ab_route_free(ab_req_t *r);
 int ab_register_check(const ab_broker_config_t *cfg, size_t size,
                       const struct Agentbus__Register *m, char *why, size_t cap);
 
+/* 1 when A and B name the same Ollama model ("llama3" is "llama3:latest"),
+ * else 0. Any thread; A and B NUL-terminated. */
+int ab_model_same(const char *a, const char *b);
+
 /* Replaces W's inference state with ST (ownership taken; NULL clears). */
 void ab_placement_update(ab_worker_rec_t *w, struct Agentbus__InferenceState *st);
 /* Frees W's placement data (the worker record is going away). */

@@ -15,7 +15,8 @@
 
 /* Payload prefixes: "fail" -> ERROR(APPLICATION); "flaky" -> the first one
  * fails with INTERNAL, later ones are answered; "stream" -> 4 PARTIALs and
- * a REPLY. Anything else: one REPLY "DATA#N". */
+ * a REPLY; "big" -> "DATA#N" and 200000 dots. Anything else: one REPLY
+ * "DATA#N". */
 static void s_answer(ct_wk_t *x, ab_job_t *job, int n)
 {
     size_t len;
@@ -26,6 +27,14 @@ static void s_answer(ct_wk_t *x, ab_job_t *job, int n)
         ab_worker_fail(x->w, &job, AB_EAPPLICATION, "refused on purpose");
     } else if (len >= 5 && memcmp(d, "flaky", 5) == 0 && n == 1) {
         ab_worker_fail(x->w, &job, AB_EINTERNAL, "transient failure");
+    } else if (len >= 3 && memcmp(d, "big", 3) == 0) {
+        size_t bl = (size_t)ol + 200000;
+        char *big = malloc(bl);
+        REQUIRE(big);
+        memcpy(big, out, (size_t)ol);
+        memset(big + ol, '.', bl - (size_t)ol);
+        ab_worker_reply(x->w, &job, big, bl);
+        free(big);
     } else if (len >= 6 && memcmp(d, "stream", 6) == 0) {
         for (int i = 0; i < 4; i++) {
             char part[64];

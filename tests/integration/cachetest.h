@@ -69,6 +69,7 @@ void ct_redis_stop(void);
 void cache_l3_restart(void);
 void cache_l3_epoch(void);
 void cache_l2_shared(void);
+void cache_l2_big_entry(void);
 void cache_l2_down(void);
 void cache_l2_absent(void);
 void cache_l2_clear(void);

@@ -80,6 +80,7 @@ void ollama_model_scan(void);
 void ollama_busy_no_eject(void);
 void ollama_placement_loaded(void);
 void ollama_worker_gone(void);
+void ollama_cache_digest(void);
 void ollama_placement_vram(void);
 void ollama_models_cli(void);
 /* test_ollama_backend.c: Ollama down at start, down and up again, a host

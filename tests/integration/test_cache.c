@@ -589,7 +589,7 @@ int main(int argc, char **argv)
         {"service_ttl", s_service_ttl}, {"label_ttl_cap", s_label_ttl_cap},
         /* test_cache_tiers.c */
         {"l3_restart", cache_l3_restart}, {"l3_epoch", cache_l3_epoch},
-        {"l2_shared", cache_l2_shared},
+        {"l2_shared", cache_l2_shared}, {"l2_big_entry", cache_l2_big_entry},
         {"l2_down", cache_l2_down}, {"l2_absent", cache_l2_absent}, {"l2_clear", cache_l2_clear},
         {"l2_slow", cache_l2_slow},
         {"l3_truncated", cache_l3_truncated}, {"l2_breaker_skips", cache_l2_breaker_skips},

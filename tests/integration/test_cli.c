@@ -928,6 +928,18 @@ static void s_keygen_grants(void)
     CHECK_EQ(cli_sh("grep -q 'services = \"a,b\"' %s/g9.key", d), 0);
 }
 
+/* brokerctl request --cache=TTL out of its range said only "bad value '0'
+ * for --cache": now the range too, and still exit 2 before connecting. */
+static void s_cache_ttl_value(void)
+{
+    const char *bad[] = {"0", "-1", "2592001", "abc"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ(cli_sh("timeout 10 %s --broker tcp://127.0.0.1:1 request --cache=%s echo hi",
+                        CTL, bad[i]), 2);
+        CHECK_TRUE(HAS("for --cache: a TTL in seconds, 1..2592000"));
+    }
+}
+
 /* agentbus-attack-slow's numbers after its mode: atol took "abc" as 0,
  * "1x" as 1 and "-5" as a count; now each is range-checked, exit 2 with
  * the usage, before anything connects. */
@@ -968,6 +980,7 @@ int main(int argc, char **argv)
         {"conf_peer", s_conf_peer},
         {"keygen_grants", s_keygen_grants},
         {"attack_slow_args", s_attack_slow_args},
+        {"cache_ttl_value", s_cache_ttl_value},
     };
     return th_main(argc, argv, cases, sizeof cases / sizeof cases[0]);
 }

@@ -523,7 +523,7 @@ int main(int argc, char **argv)
         {"model_credit", ollama_model_credit}, {"model_slots", ollama_model_slots},
         {"model_scan", ollama_model_scan},
         {"busy_no_eject", ollama_busy_no_eject}, {"placement_loaded", ollama_placement_loaded},
-        {"worker_gone", ollama_worker_gone},
+        {"worker_gone", ollama_worker_gone}, {"cache_digest", ollama_cache_digest},
         {"placement_vram", ollama_placement_vram}, {"models_cli", ollama_models_cli},
         /* test_ollama_backend.c */
         {"backend_down", ollama_backend_down}, {"backend_down_up", ollama_backend_down_up},

@@ -560,3 +560,62 @@ void ollama_models_cli(void)
     CHECK_TRUE(strstr(out, "w1 (") != NULL);
     ab_client_destroy(&c);
 }
+
+/* Waits (bounded) until the broker holds worker NAME's model list. */
+static int s_wait_models(ab_client_t *c, const char *name)
+{
+    for (int i = 0; i < 300; i++, th_sleep_ms(50)) {
+        Agentbus__WorkerList *wl = NULL;
+        const Agentbus__InferenceState *st = ot_state(c, name, &wl, NULL);
+        int n = st ? (int)st->n_models : 0;
+        if (wl)
+            agentbus__worker_list__free_unpacked(wl, NULL);
+        if (n > 0)
+            return 0;
+    }
+    return -1;
+}
+
+/* The cache key holds the model's digest, so a re-pulled model's old
+ * answers are never served (docs/cache.md). Ollama lists "tiny:latest";
+ * a client asking for "tiny" got a key without any digest (the names were
+ * compared exactly), and the old answer after the re-pull. And while two
+ * workers report different digests for the model (a re-pull that reached
+ * one server), the answer may come from either: nothing is cached then. */
+void ollama_cache_digest(void)
+{
+    static const char d1[] = "1111111111111111111111111111111111111111111111111111111111111111",
+                      d2[] = "2222222222222222222222222222222222222222222222222222222222222222";
+    char m1[128], m2[128];
+    snprintf(m1, sizeof m1, "tiny,size=256M,digest=%s", d1);
+    snprintf(m2, sizeof m2, "tiny,size=256M,digest=%s", d2);
+    int s1 = ot_sim("--model", m1, NULL), s2 = ot_sim("--model", m2, NULL);
+    int port = th_free_port();
+    th_broker(port, NULL);
+    pid_t w1 = ot_oworker(port, s1, "w1", NULL);
+    ab_client_t *c = th_client(port);
+    REQUIRE(s_wait_models(c, "w1") == 0);
+    ot_res_t r;
+    ot_gen_t p = {"tiny", "before the re-pull", NULL, 0, 7, 30000};
+    CHECK_EQ(ot_generate(c, &p, &r), AB_OK);
+    CHECK_EQ(ot_generate(c, &p, &r), AB_OK); /* cached */
+    CHECK_EQ(ot_sim_stat(s1, "endpoints.generate"), 1);
+    /* w2's server has the re-pulled model: the two disagree. */
+    ot_oworker(port, s2, "w2", NULL);
+    REQUIRE(s_wait_models(c, "w2") == 0);
+    ot_gen_t q = {"tiny", "during the re-pull", NULL, 0, 7, 30000};
+    CHECK_EQ(ot_generate(c, &q, &r), AB_OK);
+    CHECK_EQ(ot_generate(c, &q, &r), AB_OK); /* not cached: either model may answer */
+    CHECK_EQ(ot_sim_stat(s1, "endpoints.generate") + ot_sim_stat(s2, "endpoints.generate"), 3);
+    /* Only the re-pulled model is left: P's old answer is not served. */
+    th_kill9(w1);
+    int gone = 0;
+    for (int i = 0; i < 300 && !gone; i++, th_sleep_ms(50))
+        gone = th_workers_of(c, "ollama") == 1;
+    REQUIRE(gone);
+    long long before = ot_sim_stat(s2, "endpoints.generate");
+    CHECK_EQ(ot_generate(c, &p, &r), AB_OK);
+    CHECK_STR(r.worker, "w2");
+    CHECK_EQ(ot_sim_stat(s2, "endpoints.generate"), before + 1);
+    ab_client_destroy(&c);
+}

@@ -57,7 +57,7 @@ static const struct {
     {O_EVENTS, "--events N", "exit after N changes"},
     {O_COUNT, "--count N", "exit after N messages"},
     {O_TAKEOVER, "--takeover", "take the name from a live connection"},
-    {O_CACHE, "--cache[=TTL_S]", "mark the request cacheable (TTL in seconds)"},
+    {O_CACHE, "--cache[=TTL_S]", "mark the request cacheable (TTL in seconds, 1..2592000)"},
     {O_NOCACHE, "--no-cache", "do not answer from the broker's cache"},
     {O_NOSTORE, "--no-store", "do not store the reply in the broker's cache"},
     {O_TIER, "--tier l1|l2|l3", "clear only that tier"},
@@ -261,6 +261,9 @@ static int s_take(ctl_args_t *a, int id, const char *name, const char *v, char *
     else if (!ok && id == O_TEMP)
         snprintf(errbuf, cap, "bad value '%s' for --%s: expected a decimal number 0..100", v,
                  name);
+    else if (!ok && id == O_CACHE) /* "--cache=0" looked like a way to say no TTL */
+        snprintf(errbuf, cap, "bad value '%s' for --%s: a TTL in seconds, 1..2592000 (30 days); "
+                 "--cache alone takes the service's or the broker's", v, name);
     else if (!ok)
         snprintf(errbuf, cap, "bad value '%s' for --%s", v ? v : "", name);
     return ok ? 0 : -1;
