@@ -686,7 +686,8 @@ static int s_too_large(ab_broker_t *b, const ab_header_t *h, s_body_t *body, ab_
     char text[200];
     ab_answer_too_large_text(b, c, h, size, text, sizeof text);
     b->c.answers_too_large++;
-    ab_send_error(b, &r->client, r->client_id, AB_ERR_TOO_LARGE, text);
+    ab_send_error_flags(b, &r->client, r->client_id, AB_ERR_TOO_LARGE, AB_FLAG_OVER_MAX_PAYLOAD,
+                        text);
     *e = ab_header_init(AB_KIND_ERROR);
     e->error_code = AB_ERR_TOO_LARGE;
     if (h->kind == AB_KIND_PARTIAL) {

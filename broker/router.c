@@ -756,6 +756,7 @@ static int s_answer_over(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, siz
     ab_header_t e = ab_header_init(AB_KIND_ERROR);
     e.correlation_id = h->correlation_id;
     e.error_code = AB_ERR_TOO_LARGE;
+    e.flags = AB_FLAG_OVER_MAX_PAYLOAD; /* the library: AB_EPAYLOADSIZE */
     e.error_text = ab_view_of(text);
     s_send(b, p, &p->rid, &e, NULL);
     return 1;
@@ -842,7 +843,14 @@ int ab_send_peer_bytes(ab_broker_t *b, ab_peer_t *p, const ab_header_t *h, const
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
                   const char *text)
 {
+    return ab_send_error_flags(b, rid, corr, code, 0, text);
+}
+
+int ab_send_error_flags(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
+                        uint32_t flags, const char *text)
+{
     ab_header_t h = ab_header_init(AB_KIND_ERROR);
+    h.flags = flags;
     h.correlation_id = corr;
     h.error_code = code;
     h.error_text = ab_view_of(text);

@@ -55,6 +55,9 @@ void ab_answer_too_large_text(const ab_broker_t *b, const ab_peer_t *p, const ab
 /* Sends ERROR(code, text) answering CORR to RID. */
 int ab_send_error(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
                   const char *text);
+/* As ab_send_error, with Header.flags FLAGS (AB_FLAG_OVER_MAX_PAYLOAD). */
+int ab_send_error_flags(ab_broker_t *b, const ab_rid_t *rid, uint64_t corr, uint32_t code,
+                        uint32_t flags, const char *text);
 
 /* router.c: bytes in flight per peer and the connection limit.
  *

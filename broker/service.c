@@ -665,7 +665,11 @@ static int s_verdict(ab_broker_t *b, ab_service_t *s, ab_req_t *r, int64_t now,
         snprintf(text, sizeof text, "the request's payload exceeds the max payload of every "
                  "worker of '%s' (the largest: %zu bytes; ab_options_set_max_payload)", s->name,
                  most);
-        ab_req_fail(b, r, AB_ERR_TOO_LARGE, text);
+        ab_send_error_flags(b, &r->client, r->client_id, AB_ERR_TOO_LARGE,
+                            AB_FLAG_OVER_MAX_PAYLOAD, text); /* the library: AB_EPAYLOADSIZE */
+        AB_COUNT_ERROR(b, AB_ERR_TOO_LARGE);
+        r->service->errors++;
+        ab_req_free(b, r);
         return 1;
     }
     if (!*w)

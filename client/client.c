@@ -424,13 +424,16 @@ static void s_unusable(ab_client_t *c, s_call_t *call, const ab_header_t *h, int
     s_call_end(c, call, status, NULL, 0, text);
 }
 
-/* The status an ERROR ends CALL with. A request's TOO_LARGE is the
- * broker's: its answer (or a chunk of it) was over our max payload
- * (Hello.max_payload), the AB_EPAYLOADSIZE the library gives when it finds
- * that itself (conn_recv.c, s_fits). */
+/* The status an ERROR ends CALL with. A request's TOO_LARGE marked
+ * OVER_MAX_PAYLOAD is the broker's: its answer (or a chunk of it) was over
+ * our max payload (Hello.max_payload), the AB_EPAYLOADSIZE the library
+ * gives when it finds that itself (conn_recv.c, s_fits), or the request was
+ * over every worker's (Register.max_payload). Unmarked, the worker said it
+ * (an Ollama worker's reply over its own bounds): AB_ETOOLARGE. */
 static int s_error_status(const s_call_t *call, const ab_header_t *h)
 {
-    if (call->kind == AB_KIND_REQUEST && h->error_code == AB_ERR_TOO_LARGE)
+    if (call->kind == AB_KIND_REQUEST && h->error_code == AB_ERR_TOO_LARGE &&
+        (h->flags & AB_FLAG_OVER_MAX_PAYLOAD))
         return AB_EPAYLOADSIZE;
     return ab_status_from_wire(h->error_code);
 }

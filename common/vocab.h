@@ -97,7 +97,9 @@
     X(AB_FLAG_LZ4_SKIPPED, 1u << 20, "LZ4_SKIPPED") /* sender tried lz4; saving too small */     \
     X(AB_FLAG_ACCEPT_LZ4, 1u << 21, "ACCEPT_LZ4") /* broker -> worker: client reads lz4 */      \
     X(AB_FLAG_ADMIN, 1u << 22, "ADMIN") /* broker -> worker: requester holds the admin role */  \
-    X(AB_FLAG_NEW_PEER, 1u << 23, "NEW_PEER") /* HELLO answer: this HELLO began a new record */
+    X(AB_FLAG_NEW_PEER, 1u << 23, "NEW_PEER") /* HELLO answer: this HELLO began a new record */ \
+    X(AB_FLAG_OVER_MAX_PAYLOAD, 1u << 24, "OVER_MAX_PAYLOAD") /* ERROR(TOO_LARGE): a peer's   \
+                                                                  max payload, not a worker's */
 
 /* agentbus.Header: X(MEMBER, NUMBER, TYPE), in field-number order (the
  * order protobuf-c writes fields in; the codec writes them in the list's
