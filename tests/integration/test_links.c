@@ -802,6 +802,16 @@ static int s_link_on(ab_client_t *c, const char *name, const char *transport)
     return on;
 }
 
+/* Waits (30 s at most) until C's broker uses its link to NAME over
+ * TRANSPORT (s_link_on). 1 when it does. */
+static int s_wait_link_on(ab_client_t *c, const char *name, const char *transport)
+{
+    int64_t end = ab_now_ms() + 30000;
+    while (!s_link_on(c, name, transport) && ab_now_ms() < end)
+        th_sleep_ms(20);
+    return s_link_on(c, name, transport);
+}
+
 /* Polls W (its jobs into H) and C for up to TIMEOUT_MS until C's broker
  * uses the link to B it dialed, with a service (UP 1), or its link to B
  * took requests back (UP 0: it went down; it may be up again already, on
@@ -843,10 +853,7 @@ static void s_twice(void)
     lt_broker(pa, "A", lt_keysdir("A", NULL), lt_peer(px), NULL, "--link-heartbeat-ms", "1000");
     lt_broker(pb, "B", lt_keysdir("B", NULL), lt_peer(pa), NULL, "--link-heartbeat-ms", "1000");
     ab_client_t *a = th_client(pa), *b = th_client(pb);
-    int64_t end = ab_now_ms() + 30000;
-    while (!s_link_on(b, "A", "dialed") && ab_now_ms() < end) /* B's own connection first */
-        th_sleep_ms(20);
-    REQUIRE(s_link_on(b, "A", "dialed"));
+    REQUIRE(s_wait_link_on(b, "A", "dialed")); /* B's own connection first */
     pid_t proxy = s_proxy(px, pb, "0");
     ab_options_t *o = ab_options_new();
     REQUIRE(o && ab_options_set_endpoint(o, th_ep(pb)) == AB_OK);
@@ -867,7 +874,7 @@ static void s_twice(void)
     CHECK_EQ(ab_worker_reply_part(w, h.jobs[1], "new", 3), AB_OK);
     CHECK_EQ(ab_worker_reply(w, &h.jobs[1], "NEW", 3), AB_OK);
     CHECK_EQ(ab_worker_reply(w, &h.jobs[0], "OLD", 3), AB_OK);
-    end = ab_now_ms() + 10000;
+    int64_t end = ab_now_ms() + 10000;
     while (!s.finals && ab_now_ms() < end) {
         ab_worker_poll(w, 10, s_hold_job, &h);
         ab_client_poll(a, 10);
@@ -927,19 +934,13 @@ static void s_one_way(void)
     th_worker(pa, "on-a", NULL);
     th_worker(pb, "on-b", NULL);
     ab_client_t *a = th_client(pa), *b = th_client(pb);
-    int64_t end = ab_now_ms() + 30000;
-    while (!s_link_on(b, "A", "dialed") && ab_now_ms() < end) /* B's own connection first */
-        th_sleep_ms(20);
-    REQUIRE(s_link_on(b, "A", "dialed"));
+    REQUIRE(s_wait_link_on(b, "A", "dialed")); /* B's own connection first */
     pid_t proxy = s_proxy(px, pb, "0");
-    end = ab_now_ms() + 30000;
-    while (!s_link_on(a, "B", "dialed") && ab_now_ms() < end) /* then A's, through the proxy */
-        th_sleep_ms(20);
-    REQUIRE(s_link_on(a, "B", "dialed"));
+    REQUIRE(s_wait_link_on(a, "B", "dialed")); /* then A's, through the proxy */
     REQUIRE(lt_wait_rc(b, "on-a", AB_OK, 20000) == 0);
     REQUIRE(lt_wait_rc(a, "on-b", AB_OK, 20000) == 0);
     kill(proxy, SIGUSR1); /* and never restored */
-    end = ab_now_ms() + 30000;
+    int64_t end = ab_now_ms() + 30000;
     while (s_link_on(a, "B", "dialed") && ab_now_ms() < end) /* A saw its connection go */
         th_sleep_ms(20);
     REQUIRE(!s_link_on(a, "B", "dialed"));
@@ -951,10 +952,7 @@ static void s_one_way(void)
     char out[64];
     CHECK_EQ(lt_req(a, "on-b", "from A", out, sizeof out), AB_OK);
     CHECK_STR(out, "from A");
-    end = ab_now_ms() + 30000;
-    while (!s_link_on(a, "B", "accepted") && ab_now_ms() < end)
-        th_sleep_ms(20);
-    CHECK_TRUE(s_link_on(a, "B", "accepted"));
+    CHECK_TRUE(s_wait_link_on(a, "B", "accepted"));
     ab_client_destroy(&a);
     ab_client_destroy(&b);
 }
